@@ -1,0 +1,352 @@
+"""The Python API: ``Orchestrator`` over one project's store and keyring.
+
+The CLI is a thin layer over this class. Reads replay and verify the job's own events (never
+the whole project); writes check the transition with the reducer, seal the new events onto
+the head they were decided from, and append with that expected sequence, so a concurrent
+writer makes the append fail instead of forking the history.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+
+from orchestrator import clock, faults
+from orchestrator.config import Settings, default_actor
+from orchestrator.errors import (ConcurrencyError, ConfigError, ContextSignatureInvalid, InvalidInputError,
+                                 JobNotFoundError, OrchestratorError)
+from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream, check_head_record,
+                                  head_record, seal, verify_stream)
+from orchestrator.security import validate_id
+from orchestrator.signing import Keyring, canonical, load_keyring
+from orchestrator.state import Event, JobState, apply, replay
+from orchestrator.store.base import EventStore, Head, StoredLine
+
+if TYPE_CHECKING:
+    from orchestrator.queue import QueueIndex
+    from orchestrator.worker import Worker
+
+log = logging.getLogger(__name__)
+
+HEADS_AREA = "heads"
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_job_id(now: float | None = None) -> str:
+    """A ULID: 48-bit milliseconds + 80 random bits, so ids sort by submission time."""
+    ms = int((time.time() if now is None else now) * 1000)
+    value = (ms << 80) | int.from_bytes(secrets.token_bytes(10), "big")
+    return "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(26)))
+
+
+def key_job_id(project_id: str, key: str) -> str:
+    """The job id an idempotency key maps to: the same key always names the same job."""
+    return "key-" + hashlib.sha256(f"{project_id}\0{key}".encode()).hexdigest()[:32]
+
+
+def context_digest(kind: str, input: Any, options: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical({"kind": kind, "input": input, "options": options})).hexdigest()
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as read: its verified stream and the state replayed from the verified prefix."""
+
+    job_id: str
+    stream: VerifiedStream
+    state: JobState | None
+    problems: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def head(self) -> Head:
+        return self.stream.head
+
+    @property
+    def events(self) -> list[Event]:
+        return [Event.from_record(r) for r in self.stream.records]
+
+    def integrity_error(self) -> dict[str, Any] | None:
+        if self.ok:
+            return None
+        first = self.problems[0]
+        return {"code": ContextSignatureInvalid.code,
+                "message": f"history failed verification at line {first.line}: {first.code} ({first.message}); "
+                           "the job will not be run",
+                "problems": [p.to_dict() for p in self.problems]}
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What ``status`` shows: the derived state plus anything an operator needs to act."""
+
+    job_id: str
+    state: str | None
+    kind: str | None
+    attempt: int
+    run_id: str | None
+    worker_id: str | None
+    lease_expires_at: str | None
+    retry_at: str | None
+    question: str | None
+    last_error: dict[str, Any] | None
+    integrity_error: dict[str, Any] | None
+    result: dict[str, Any] | None
+    priority: int
+    submitted_at: str | None
+    updated_at: str | None
+    events: int
+
+    @classmethod
+    def from_view(cls, view: JobView) -> "JobStatus":
+        s = view.state
+        iso = lambda t: clock.to_iso(t) if t else None  # noqa: E731
+        return cls(job_id=view.job_id, state=s.state if s else None, kind=s.kind if s else None,
+                   attempt=s.attempt if s else 0, run_id=s.run_id if s else None,
+                   worker_id=s.worker_id if s else None,
+                   lease_expires_at=iso(s.lease_expires_at) if s else None,
+                   retry_at=iso(s.retry_at) if s else None, question=s.question if s else None,
+                   last_error=dict(s.last_error) if s and s.last_error else None,
+                   integrity_error=view.integrity_error(), result=dict(s.result) if s and s.result else None,
+                   priority=s.priority if s else 0, submitted_at=iso(s.submitted_at) if s else None,
+                   updated_at=iso(s.updated_at) if s else None, events=view.head.seq)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Submission:
+    job_id: str
+    created: bool  # False when an idempotency key named an existing job
+
+
+class Orchestrator:
+    """One project: submit jobs, read their state, verify their history.
+
+    ``store`` and ``keyring`` default to the file backend under
+    ``BASE_PATH/<PROJECT_ID>/.orchestrator`` and the keyring of ``signing.load_keyring``.
+    ``clock`` is injectable so that tests decide what "now" is.
+    """
+
+    def __init__(self, base_path: str | os.PathLike[str] | None = None, project_id: str | None = None, *,
+                 store: EventStore | None = None, keyring: Keyring | None = None,
+                 clock: Callable[[], float] = clock.now, actor: str | None = None,
+                 store_url: str | None = None) -> None:
+        self.settings = Settings.load(base_path, project_id, store_url=store_url)
+        self.keyring = keyring or load_keyring()
+        self._check_keyring_outside_store()
+        if store is None and self.settings.store_url:  # PostgreSQL backend (docs/postgres.md)
+            from orchestrator.store.postgres import open_store
+
+            store = open_store(self.settings.store_url, self.settings.project_id)
+        if store is None:
+            from orchestrator.store.jsonl import JsonlStore
+
+            store = JsonlStore(self.settings.state_dir)
+        self.store = store
+        self.clock = clock
+        self.actor = actor or default_actor()
+        self._queue: QueueIndex | None = None
+
+    @property
+    def project_id(self) -> str:
+        return self.settings.project_id
+
+    def _check_keyring_outside_store(self) -> None:
+        source = Path(self.keyring.source)
+        if source.is_absolute() or os.sep in self.keyring.source:
+            state = self.settings.state_dir.resolve()
+            if source.resolve() == state or state in source.resolve().parents:
+                raise ConfigError(f"the keyring {source} lies inside the store {state}; a key kept in the store "
+                                  "could be replaced along with the events, so it is never trusted")
+
+    # -- reading ----------------------------------------------------------------------------
+    def load(self, job_id: str) -> JobView:
+        """Read, verify and replay one job. Raises ``JobNotFoundError`` for an unknown id."""
+        validate_id(job_id, "job id")
+        # The head record is read BEFORE the events: it is written after its events are durable,
+        # so a writer racing this read can only make the events longer than the record, never
+        # shorter (which would look like a cut history: TRUNCATED).
+        head_raw = self.store.get_aux(HEADS_AREA, job_id)
+        lines = self.store.read(job_id)
+        if not lines:
+            raise JobNotFoundError(f"no job {job_id!r} in project {self.project_id!r}", job_id=job_id)
+        return self._view(job_id, verify_stream(job_id, lines, self.keyring), head_raw)
+
+    def _view(self, job_id: str, stream: VerifiedStream, head_raw: bytes | None | bool = False) -> JobView:
+        problems = list(stream.problems)
+        state: JobState | None = None
+        for rec in stream.records:
+            try:
+                state = apply(state, Event.from_record(rec))
+            except (OrchestratorError, KeyError, TypeError, ValueError) as exc:
+                problems.append(Problem(job_id, rec["seq"], INVALID_HISTORY, f"{rec.get('type')}: {exc}"))
+                break
+            if rec["seq"] == 1 and rec["data"].get("context_digest") != context_digest(
+                    state.kind, state.input, dict(state.options)):
+                problems.append(Problem(job_id, 1, CONTEXT_MISMATCH, "the submitted context does not match its digest"))
+        if head_raw is False:
+            head_raw = self.store.get_aux(HEADS_AREA, job_id)
+        head_problem = check_head_record(job_id, stream.lines, head_raw, self.keyring)
+        if head_problem:
+            problems.append(head_problem)
+        return JobView(job_id, stream, state, tuple(problems))
+
+    def status(self, job_id: str) -> JobStatus:
+        view = self.load(job_id)
+        st = JobStatus.from_view(view)
+        if st.state == "running" and view.state is not None:  # show the lease as renewed by heartbeats
+            from orchestrator.leases import lease_expiry
+
+            expiry = lease_expiry(self.store, view.state)
+            st = replace(st, lease_expires_at=clock.to_iso(expiry) if expiry else None)
+        return st
+
+    def job_ids(self) -> Iterator[str]:
+        return self.store.job_ids()
+
+    def jobs(self, states: Iterable[str] | None = None) -> list[JobStatus]:
+        """Every job's status, oldest first, optionally only those in ``states``."""
+        wanted = set(states or ())
+        out = []
+        for job_id in self.store.job_ids():
+            st = self.status(job_id)
+            if not wanted or st.state in wanted:
+                out.append(st)
+        out.sort(key=lambda s: (s.submitted_at or "", s.job_id))
+        return out
+
+    # -- writing ----------------------------------------------------------------------------
+    def append(self, view: JobView | None, job_id: str, new: Sequence[tuple[str, dict[str, Any]]], *,
+               run_id: str | None = None, actor: str | None = None, now: float | None = None,
+               audit: tuple[str, str] | None = None) -> JobView:
+        """Append events ``(type, data)`` decided from ``view``; refuse a history that did not verify.
+
+        Each event is validated against its model and against the state machine before anything
+        is written. Raises ``ConcurrencyError`` if the job changed since ``view`` was read.
+        ``audit=(action, note)`` also records an audit entry naming the last new event.
+        """
+        from orchestrator.events import validate_data
+
+        if view is not None and not view.ok:
+            raise ContextSignatureInvalid(view.integrity_error()["message"], job_id=job_id)
+        ts = clock.to_iso(self.clock() if now is None else now)
+        state = view.state if view else None
+        head = view.head if view else Head(0, b"")
+        records = []
+        for seq, (etype, data) in enumerate(new, head.seq + 1):
+            rec = {"job_id": job_id, "run_id": run_id, "type": etype, "ts": ts, "actor": actor or self.actor,
+                   "data": validate_data(etype, data)}
+            state = apply(state, Event.from_record({**rec, "seq": seq}))
+            records.append(rec)
+        lines = seal(self.keyring, job_id, head, records)
+        old = view.state if view else None
+        from orchestrator import audit as audit_log
+
+        self.queue.before_append(job_id, old, state)
+        # the pending lock spans event + entry, so a concurrent heal never writes the entry too
+        with audit_log.pending(self, job_id) if audit is not None else contextlib.nullcontext():
+            new_head = self.store.append(job_id, lambda _h: lines, expected_seq=head.seq)
+            faults.point("append.after_event")
+            self.queue.after_append(job_id, old, state)
+            self.store.put_aux(HEADS_AREA, job_id, head_record(self.keyring, job_id, new_head))
+            if audit is not None:
+                audit_log.record(self, job_id=job_id, run_id=run_id, action=audit[0], note=audit[1],
+                                 actor=actor or self.actor, event_line=lines[-1], now=now)
+        stream = VerifiedStream(job_id, (view.stream.lines if view else []) + [
+            StoredLine(head.seq + i, line) for i, line in enumerate(lines, 1)])
+        stream.records = (view.stream.records if view else []) + [json.loads(line) for line in lines]
+        return JobView(job_id, stream, state, ())
+
+    def submit_job(self, kind: str, input: Any = None, *, audit: bool = False, key: str | None = None,
+                   max_attempts: int = 3, timeout: float | None = None, priority: int = 0,
+                   actor: str | None = None) -> Submission:
+        """Submit a job; with an idempotency ``key``, the same key returns the same job."""
+        from orchestrator.events import JobOptions
+
+        try:
+            options = JobOptions(audit=audit, max_attempts=max_attempts, timeout=timeout, priority=priority,
+                                 key=key).model_dump(mode="json", exclude_none=True)
+        except ValueError as exc:
+            raise InvalidInputError(f"invalid job options: {exc}") from None
+        try:
+            canonical(input)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"the job input is not plain JSON: {exc}") from None
+        data = {"kind": kind, "input": input, "options": options,
+                "context_digest": context_digest(kind, input, options)}
+        job_id = key_job_id(self.project_id, key) if key else new_job_id(self.clock())
+        try:
+            self.append(None, job_id, [("job_submitted", data)], actor=actor)
+        except ConcurrencyError:
+            if not key:
+                raise
+            existing = self.load(job_id)
+            first = existing.stream.records[0]["data"] if existing.stream.records else {}
+            if (first.get("kind"), first.get("input"), first.get("options")) != (kind, input, options):
+                raise InvalidInputError(f"idempotency key {key!r} already names job {job_id} with a different "
+                                        "kind, input or options", job_id=job_id) from None
+            return Submission(job_id, created=False)
+        return Submission(job_id, created=True)
+
+    def submit(self, kind: str, input: Any = None, **options: Any) -> str:
+        """Submit a job and return its id (see ``submit_job`` for the options)."""
+        return self.submit_job(kind, input, **options).job_id
+
+    # -- worker -----------------------------------------------------------------------------
+    @property
+    def queue(self) -> "QueueIndex":
+        """The ready/running index (a derived cache fed by ``append``; see ``orchestrator/queue.py``)."""
+        if self._queue is None:
+            from orchestrator.queue import index_for
+
+            self._queue = index_for(self)
+        return self._queue
+
+    @queue.setter
+    def queue(self, index: "QueueIndex") -> None:
+        self._queue = index
+
+    def worker(self, **settings: Any) -> "Worker":
+        """A worker over this project: ``orch.worker().run_once()`` runs at most one job."""
+        from orchestrator.worker import Worker, WorkerSettings
+
+        return Worker(self, WorkerSettings(**settings))
+
+    # -- control ----------------------------------------------------------------------------
+    # Operator actions (orchestrator/control.py): each checks the transition, is idempotent,
+    # and writes one job event plus its audit entry. They return a ``control.ControlResult``.
+    def approve(self, job_id: str, note: str = "", *, now: float | None = None) -> Any:
+        """awaiting_audit -> succeeded."""
+        from orchestrator import control
+
+        return control.approve(self, job_id, note, now=now)
+
+    def revise(self, job_id: str, notes: str, *, note: str = "", now: float | None = None) -> Any:
+        """awaiting_audit -> queued, re-run with ``notes`` in the context's revisions."""
+        from orchestrator import control
+
+        return control.revise(self, job_id, notes, note=note, now=now)
+
+    def resume(self, job_id: str, answer: str, *, note: str = "", now: float | None = None) -> Any:
+        """waiting_human -> queued, re-run with ``answer`` in the context's answers."""
+        from orchestrator import control
+
+        return control.resume(self, job_id, answer, note=note, now=now)
+
+    def cancel(self, job_id: str, reason: str = "", *, now: float | None = None) -> Any:
+        """Any non-final state -> cancelled (a running worker notices on its next append)."""
+        from orchestrator import control
+
+        return control.cancel(self, job_id, reason, now=now)

@@ -1,0 +1,232 @@
+"""The audit log: one signed, chained entry per control action and per system decision.
+
+Entries live in the project's audit stream (``audit/audit_events.jsonl`` on the file
+backend), in the same line format as job events. Each names the job, run, actor, action,
+a sanitized note, and the hash of the job event it produced, so the audit log and the job
+histories can be cross-checked (``integrity.verify_project``).
+
+Healing (see docs/control-plane.md): a crash between a job event and its audit entry leaves
+an event with no entry. The job event is the truth, so the entry is written later, once:
+
+* every event of a type in ``AUDITED_EVENTS`` must have exactly one entry;
+* after an entry is durable, a *marker* ``audited/<event_hash>`` is written (a derived
+  cache, deletable). ``heal`` first checks the markers of the job's audited events: when
+  all exist (the normal case) it reads nothing else, so commands never scan the audit log;
+* the writer of an event holds the job's *pending lock* from before the event until after
+  its entry; ``heal`` takes the same lock before writing, so it never races a live writer.
+  A writer that crashed released its lock with its process. Only under the lock, and only
+  when a marker is missing, does ``heal`` read the audit log (the rare path) to tell a lost
+  marker from a lost entry.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+from orchestrator import clock, faults
+from orchestrator.history import seal
+from orchestrator.security import sanitize_text
+from orchestrator.signing import line_hash
+from orchestrator.store.base import AUDIT_STREAM
+
+if TYPE_CHECKING:
+    from orchestrator.api import JobView, Orchestrator
+
+MARKERS_AREA = "audited"
+LOCK_BUCKETS = 64
+
+# event type -> the audit action that explains it; every such event must have one audit entry
+AUDITED_EVENTS: dict[str, str] = {
+    "job_approved": "approve",
+    "job_revised": "revise",
+    "job_resumed": "resume",
+    "job_cancelled": "cancel",
+    "stale_recovered": "stale_recovered",
+    "job_timeout": "job_timeout",
+}
+# the field of an audited event whose text becomes the entry's note when it is healed
+_NOTE_FIELD = {"job_approved": "note", "job_revised": "notes", "job_resumed": "answer", "job_cancelled": "reason",
+               "stale_recovered": "error", "job_timeout": "error"}
+
+
+# -- the pending lock -----------------------------------------------------------------------------
+_local_locks: dict[tuple[int, int], threading.Lock] = {}
+_local_guard = threading.Lock()
+
+
+def _bucket(job_id: str) -> int:
+    return hashlib.sha256(job_id.encode()).digest()[0] % LOCK_BUCKETS
+
+
+@contextlib.contextmanager
+def pending(orch: "Orchestrator", job_id: str) -> Iterator[None]:
+    """Hold the job's pending lock: between a job event and its audit entry, nobody heals.
+
+    On the file backend an ``flock`` on ``locks/audit-NN.lock`` (released by the kernel if the
+    process dies, and exclusive between threads too, since each call opens its own file);
+    elsewhere a process-local lock. Jobs share 64 buckets, so an unrelated job may wait a moment.
+    """
+    root = getattr(orch.store, "root", None)
+    bucket = _bucket(job_id)
+    if isinstance(root, Path):
+        folder = root / "locks"
+        path = folder / f"audit-{bucket:02d}.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+        return
+    with _local_guard:
+        lock = _local_locks.setdefault((id(orch.store), bucket), threading.Lock())
+    with lock:
+        yield
+
+
+# -- writing ------------------------------------------------------------------------------------------
+def _mark(orch: "Orchestrator", event_hash: str, audit_seq: int) -> None:
+    orch.store.put_aux(MARKERS_AREA, event_hash, str(audit_seq).encode())
+
+
+def _entry(orch: "Orchestrator", *, job_id: str, action: str, actor: str, run_id: str | None, note: str,
+           event_line: bytes | None, extra: dict[str, Any] | None, now: float | None) -> dict[str, Any]:
+    data: dict[str, Any] = {"action": action, "note": sanitize_text(note)}
+    if event_line is not None:
+        event = json.loads(event_line)
+        data.update(event_hash=line_hash(event_line), event_seq=event.get("seq"), event_type=event.get("type"))
+    if extra:
+        data.update(extra)
+    return {"job_id": job_id, "run_id": run_id, "type": "audit", "actor": actor,
+            "ts": clock.to_iso(orch.clock() if now is None else now), "data": data}
+
+
+def record(orch: "Orchestrator", *, job_id: str, action: str, actor: str, run_id: str | None = None,
+           note: str = "", event_line: bytes | None = None, extra: dict[str, Any] | None = None,
+           now: float | None = None) -> int:
+    """Append one audit entry (durable when this returns); returns its sequence number.
+
+    With ``event_line``, the caller must hold ``pending(orch, job_id)`` (``Orchestrator.append``
+    does), so a concurrent ``heal`` cannot write the same entry.
+    """
+    rec = _entry(orch, job_id=job_id, action=action, actor=actor, run_id=run_id, note=note,
+                 event_line=event_line, extra=extra, now=now)
+    head = orch.store.append(AUDIT_STREAM, lambda h: seal(orch.keyring, AUDIT_STREAM, h, [rec]))
+    faults.point("audit.after_entry")
+    if event_line is not None:
+        _mark(orch, rec["data"]["event_hash"], head.seq)
+    return head.seq
+
+
+# -- healing ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Unaudited:
+    """An audited-type event with no marker: its entry is missing, or only its marker is."""
+
+    job_id: str
+    seq: int
+    raw: bytes
+    record: dict[str, Any]
+
+    @property
+    def event_hash(self) -> str:
+        return line_hash(self.raw)
+
+
+def unmarked(orch: "Orchestrator", view: "JobView") -> list[Unaudited]:
+    """The job's verified events that need an audit entry and have no marker (cheap: no log read)."""
+    out = []
+    for stored, rec in zip(view.stream.lines, view.stream.records):
+        if rec.get("type") in AUDITED_EVENTS and orch.store.get_aux(MARKERS_AREA, line_hash(stored.raw)) is None:
+            out.append(Unaudited(view.job_id, stored.seq, stored.raw, rec))
+    return out
+
+
+def audited_hashes(orch: "Orchestrator") -> dict[str, int]:
+    """event_hash -> audit seq for every entry of the audit log (the rare, full read)."""
+    found: dict[str, int] = {}
+    for stored in orch.store.read(AUDIT_STREAM):
+        if b'"event_hash"' not in stored.raw:
+            continue
+        try:
+            eh = json.loads(stored.raw)["data"]["event_hash"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a damaged line is verify's business
+        found.setdefault(eh, stored.seq)
+    return found
+
+
+def heal(orch: "Orchestrator", views: Iterable["JobView"], *, now: float | None = None) -> list[int]:
+    """Write the missing audit entries of these jobs, once; returns the new entries' seqs.
+
+    Only verified events are considered (a damaged history is not explained further).
+    """
+    todo = [u for view in views for u in unmarked(orch, view)]
+    if not todo:
+        return []
+    written: list[int] = []
+    with contextlib.ExitStack() as stack:
+        one_job_per_bucket = {_bucket(u.job_id): u.job_id for u in todo}
+        for bucket in sorted(one_job_per_bucket):  # one order everywhere: no deadlock between healers
+            stack.enter_context(pending(orch, one_job_per_bucket[bucket]))
+        present = audited_hashes(orch)
+        for u in todo:
+            eh = u.event_hash
+            if eh in present:  # only the marker was lost
+                _mark(orch, eh, present[eh])
+                continue
+            rec = u.record
+            field = _NOTE_FIELD.get(rec["type"], "")
+            faults.point("audit.heal.before_entry")
+            seq = record(orch, job_id=u.job_id, action=AUDITED_EVENTS[rec["type"]], actor=rec.get("actor", "?"),
+                         run_id=rec.get("run_id"), note=str(rec.get("data", {}).get(field, "")), event_line=u.raw,
+                         extra={"healed": True, "healed_by": orch.actor, "event_ts": rec.get("ts")}, now=now)
+            present[eh] = seq
+            written.append(seq)
+    return written
+
+
+def heal_quietly(orch: "Orchestrator", views: Iterable["JobView"], *, now: float | None = None) -> list[int]:
+    """``heal`` for read-mostly commands: a machine without a signing key just skips it."""
+    from orchestrator.errors import SigningKeyError
+
+    try:
+        return heal(orch, views, now=now)
+    except SigningKeyError:
+        return []
+
+
+def entries_for(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | None = None
+                ) -> tuple[list[Any], list[tuple[int, dict[str, Any]]]]:
+    """All audit lines, and the parsed entries naming ``job_id`` and/or ``run_id``.
+
+    Canonical JSON makes ``"job_id":"X"`` an exact byte pattern, so only matching lines are
+    parsed. Returns the lines too, since a caller verifying an entry needs the one before it.
+    """
+    lines = orch.store.read(AUDIT_STREAM)
+    needles = [canonical_pair("job_id", job_id) if job_id else None, canonical_pair("run_id", run_id) if run_id else None]
+    out = []
+    for stored in lines:
+        if all(n is None or n in stored.raw for n in needles):
+            try:
+                rec = json.loads(stored.raw)
+            except ValueError:
+                continue
+            if (job_id is None or rec.get("job_id") == job_id) and (run_id is None or rec.get("run_id") == run_id):
+                out.append((stored.seq, rec))
+    return lines, out
+
+
+def canonical_pair(key: str, value: str) -> bytes:
+    return json.dumps({key: value}, ensure_ascii=False, separators=(",", ":"))[1:-1].encode()

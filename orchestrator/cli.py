@@ -1,0 +1,272 @@
+"""The ``orchestrator`` command line: a thin click layer over ``orchestrator.api``.
+
+Every command takes ``--base-path``, ``--project-id`` and ``--json``. Expected errors print
+``error[CODE]: message`` (or a JSON object with ``--json``) and exit with the error's code,
+never a traceback; everything printed passes through ``sanitize_text``.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from orchestrator.config import load_dotenv_file
+from orchestrator.errors import InvalidInputError, OrchestratorError
+from orchestrator.security import sanitize_text
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+EXIT_INTEGRITY = 7
+
+
+class Output:
+    """Prints results as text or JSON, always sanitized."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def emit(self, data: Any, text: str | Callable[[], str]) -> None:
+        if self.as_json:
+            click.echo(sanitize_text(json.dumps(data, ensure_ascii=False, default=str)))
+        else:
+            click.echo(sanitize_text(text() if callable(text) else text))
+
+    def error(self, exc: OrchestratorError) -> None:
+        if self.as_json:
+            click.echo(sanitize_text(json.dumps(exc.to_dict(), ensure_ascii=False, default=str)))
+        else:
+            click.echo(sanitize_text(f"error[{exc.code}]: {exc.message}"), err=True)
+
+    def progress(self, message: str) -> None:
+        if sys.stderr.isatty():
+            click.echo(message, err=True)
+
+
+# -- store selection (PostgreSQL backend, docs/postgres.md) ----------------------------------
+store_option = click.option(
+    "--store", "store_url", envvar="ORCH_STORE_URL", show_envvar=True, default=None,
+    help="Where events live: 'file' (BASE_PATH/<PROJECT_ID>/.orchestrator) or a postgresql:// URL.  [default: file]")
+
+
+def project_command(fn: Callable[..., int | None]) -> Callable[..., None]:
+    """Add the common options, build the ``Orchestrator`` lazily, and map errors to exit codes."""
+
+    @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+    @click.option("--project-id", envvar="PROJECT_ID", show_envvar=True, default=None,
+                  help="Project under the base path.  [default: default]")
+    @click.option("--base-path", envvar="BASE_PATH", show_envvar=True, default=None,
+                  type=click.Path(file_okay=False), help="Folder holding projects.  [default: .]")
+    @store_option
+    @functools.wraps(fn)
+    def wrapper(base_path: str | None, project_id: str | None, as_json: bool, store_url: str | None,
+                **kwargs: Any) -> None:
+        out = Output(as_json)
+        ctx = click.get_current_context()
+        try:
+            from orchestrator.api import Orchestrator
+
+            orch = Orchestrator(base_path=base_path, project_id=project_id, store_url=store_url)
+            code = fn(orch, out, **kwargs)
+        except OrchestratorError as exc:
+            out.error(exc)
+            ctx.exit(exc.exit_code)
+        ctx.exit(code or 0)
+
+    return wrapper
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="jsonl-orchestrator")
+def cli() -> None:
+    """Local-first, event-sourced job orchestrator on signed JSONL files.
+
+    Exit codes: 0 ok, 1 internal error, 2 usage error, 3 invalid input or id, 4 job not found,
+    5 action does not fit the job's state, 6 concurrent change (retry), 7 integrity problem,
+    8 signing key problem, 10 storage error. See the README's exit-code table.
+    """
+
+
+# -- submit -----------------------------------------------------------------------------------
+@cli.command(context_settings=CONTEXT)
+@click.option("--kind", required=True, help="Handler name: command, llm, or a registered Python handler.")
+@click.option("--input", "input_json", default=None, help="Job input as JSON text.")
+@click.option("--input-file", type=click.File("rb"), default=None, help="Read the JSON input from a file ('-' for stdin).")
+@click.option("--audit", is_flag=True, help="Send a successful result to awaiting_audit for approval.")
+@click.option("--key", default=None, help="Idempotency key: submitting the same key again returns the same job id.")
+@click.option("--max-attempts", type=click.IntRange(1, 1000), default=3, show_default=True, help="Runs allowed before failing.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Seconds a run may take.")
+@click.option("--priority", type=click.IntRange(-1000, 1000), default=0, show_default=True, help="Higher runs first.")
+@project_command
+def submit(orch: Any, out: Output, kind: str, input_json: str | None, input_file: Any, audit: bool, key: str | None,
+           max_attempts: int, timeout: float | None, priority: int) -> None:
+    """Submit a job and print its id (the same id again for the same --key)."""
+    if input_json is not None and input_file is not None:
+        raise InvalidInputError("give --input or --input-file, not both")
+    raw = input_file.read() if input_file is not None else input_json
+    try:
+        value = json.loads(raw) if raw is not None else None
+    except ValueError as exc:
+        raise InvalidInputError(f"--input is not valid JSON: {exc}") from None
+    sub = orch.submit_job(kind, value, audit=audit, key=key, max_attempts=max_attempts, timeout=timeout,
+                          priority=priority)
+    out.emit({"job_id": sub.job_id, "created": sub.created},
+             sub.job_id if sub.created else f"{sub.job_id}\n(already submitted with key {key!r}; nothing written)")
+
+
+# -- status -----------------------------------------------------------------------------------
+def _status_text(st: Any) -> str:
+    rows = [("job_id", st.job_id), ("state", st.state or "unknown"), ("kind", st.kind), ("attempt", st.attempt),
+            ("run_id", st.run_id), ("worker", st.worker_id), ("lease_expires_at", st.lease_expires_at),
+            ("retry_at", st.retry_at), ("question", st.question),
+            ("last_error", f"{st.last_error['code']}: {st.last_error.get('message', '')}" if st.last_error else None),
+            ("summary", (st.result or {}).get("summary")), ("updated_at", st.updated_at)]
+    lines = [f"{k:<17}{v}" for k, v in rows if v not in (None, "")]
+    if st.integrity_error:
+        lines.append(f"{'INTEGRITY':<17}{st.integrity_error['code']}: {st.integrity_error['message']}")
+    return "\n".join(lines)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("job_id", required=False)
+@click.option("--all", "all_jobs", is_flag=True, help="List every job (oldest first).")
+@click.option("--state", "states", multiple=True, type=click.Choice(
+    ["queued", "running", "awaiting_audit", "waiting_human", "succeeded", "failed", "cancelled"]),
+    help="With --all: only jobs in this state (repeatable).")
+@project_command
+def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: tuple[str, ...]) -> int:
+    """Show a job's state, attempt, run id, lease, pending question and last error.
+
+    Exits 7 when the job's history failed verification (the job will not be run).
+    """
+    if all_jobs or states:
+        if job_id:
+            raise InvalidInputError("give a job id or --all, not both")
+        jobs = orch.jobs(states)
+        out.emit({"jobs": [j.to_dict() for j in jobs], "count": len(jobs)},
+                 lambda: "\n".join([f"{'JOB_ID':<36} {'STATE':<15} {'KIND':<16} {'ATT':>3}  UPDATED"] + [
+                     f"{j.job_id:<36} {(j.state or 'unknown'):<15} {(j.kind or '-')[:16]:<16} {j.attempt:>3}  "
+                     f"{j.updated_at or '-'}" + ("  INTEGRITY" if j.integrity_error else "") for j in jobs]))
+        return EXIT_INTEGRITY if any(j.integrity_error for j in jobs) else 0
+    if not job_id:
+        raise click.UsageError("give a JOB_ID, or --all")
+    st = orch.status(job_id)
+    out.emit(st.to_dict(), lambda: _status_text(st))
+    return EXIT_INTEGRITY if st.integrity_error else 0
+
+
+# -- verify -----------------------------------------------------------------------------------
+@cli.command(context_settings=CONTEXT)
+@click.option("--job-id", default=None, help="Verify one job instead of the whole project.")
+@click.option("--export-head", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="After verifying, write a signed digest of every head to this file (keep it elsewhere).")
+@click.option("--against", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Also prove nothing was rolled back since this exported head file.")
+@project_command
+def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, against: str | None) -> int:
+    """Check the signatures and hash chains of every events file and of the audit log.
+
+    Names the file and line of each problem; exits 7 on any integrity problem.
+    """
+    from orchestrator.integrity import check_anchor, export_anchor, verify_project
+
+    report = verify_project(orch, job_id, progress=lambda n: out.progress(f"verified {n} jobs..."))
+    if against:
+        report.problems.extend(check_anchor(orch, Path(against)))
+    result = report.to_dict()
+    if export_head and report.ok:
+        result["exported"] = export_anchor(orch, Path(export_head))
+    where = getattr(orch.store, "path", None)
+
+    def text() -> str:
+        lines = [f"{where(p.stream) if where and p.stream != 'anchor' else p.stream}:{p.line}: {p.code}: {p.message}"
+                 for p in report.problems]
+        lines += [f"warning: {where(w.stream) if where else w.stream}:{w.line}: {w.code}: {w.message}"
+                  for w in getattr(report, "warnings", [])]  # control plane: audit cross-check
+        verdict = "OK" if report.ok else f"FAILED: {len(report.problems)} problem(s)"
+        lines.append(f"{verdict}: {report.streams} stream(s), {report.events} event(s) checked")
+        if "exported" in result:
+            lines.append(f"head anchor written to {export_head}")
+        elif export_head:
+            lines.append("head anchor NOT written: fix the problems first")
+        return "\n".join(lines)
+
+    out.emit(result, text)
+    return 0 if report.ok else EXIT_INTEGRITY
+
+
+# -- keys -------------------------------------------------------------------------------------
+@cli.group(context_settings=CONTEXT)
+def keys() -> None:
+    """Signing keys: list, rotate, revoke (keys live outside the store)."""
+
+
+@keys.command("list", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def keys_list(as_json: bool) -> None:
+    """Show the keyring folder, the signing key id and the trusted key ids."""
+    from orchestrator.signing import load_keyring
+
+    ring = load_keyring()
+    data = {"keyring": ring.source, "signing_key": ring.signer_id, "trusted": sorted(ring.trusted),
+            "revoked": sorted(ring.revoked)}
+    Output(as_json).emit(data, "\n".join(f"{k:<12} {v}" for k, v in data.items()))
+
+
+@keys.command("rotate", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def keys_rotate(as_json: bool) -> None:
+    """Create a new signing key in the keyring folder; old public keys keep verifying old events."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from orchestrator.signing import default_keyring_dir, write_keypair
+    import os
+
+    folder = Path(os.environ.get("ORCH_KEYRING_DIR") or default_keyring_dir())
+    kid = write_keypair(folder, Ed25519PrivateKey.generate())
+    Output(as_json).emit({"signing_key": kid, "keyring": str(folder)}, f"new signing key {kid} in {folder}")
+
+
+@keys.command("revoke", context_settings=CONTEXT)
+@click.argument("kid")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def keys_revoke(kid: str, as_json: bool) -> None:
+    """Stop trusting KID: events it signed fail verification with KEY_REVOKED."""
+    import os
+
+    from orchestrator.signing import REVOKED_FILE, default_keyring_dir
+
+    folder = Path(os.environ.get("ORCH_KEYRING_DIR") or default_keyring_dir())
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(folder / REVOKED_FILE, "a") as fh:
+        fh.write(kid + "\n")
+    Output(as_json).emit({"revoked": kid}, f"revoked {kid}")
+
+
+def _register_commands() -> None:
+    """Commands of other areas live in ``orchestrator/commands/``; each module adds to ``cli``."""
+    import importlib
+    import pkgutil
+
+    import orchestrator.commands as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{info.name}")
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:
+    """Entry point of the console script and of ``scripts/*.py``."""
+    load_dotenv_file()
+    cli.main(args=argv, prog_name=prog_name)
+
+
+def run_script(command: str, argv: list[str] | None = None) -> None:
+    """``scripts/<name>.py``: the same command, named as the runbook names it."""
+    load_dotenv_file()
+    args = sys.argv[1:] if argv is None else argv
+    cli.commands[command].main(args=args, prog_name=f"scripts/{Path(sys.argv[0]).name}")

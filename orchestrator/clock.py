@@ -1,0 +1,22 @@
+"""Time in one place: epoch floats inside, ISO-8601 UTC strings on disk.
+
+Every decision that depends on time takes ``now`` as an argument; only the CLI and the
+worker loop read the real clock, through ``now()``.
+"""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+
+def now() -> float:
+    return time.time()
+
+
+def to_iso(epoch: float) -> str:
+    """Microsecond ISO-8601 in UTC with a ``Z``: sortable as text and readable in ``tail``."""
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def from_iso(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

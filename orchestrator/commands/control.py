@@ -1,0 +1,105 @@
+"""``orchestrator control approve|revise|resume|cancel`` and ``orchestrator resume-from-chat``.
+
+Local CLI only: there is deliberately no ``--token`` option (an unknown option is click's
+usage error, exit 2). An idempotent repeat exits 0 and says "already applied".
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from orchestrator.cli import CONTEXT, Output, cli, project_command
+from orchestrator.errors import InvalidInputError
+
+_TEXT = {
+    "approve": ("NOTE", False, "Approve a job awaiting audit: awaiting_audit -> succeeded."),
+    "revise": ("NOTES", True, "Send a job awaiting audit back with revision NOTES: awaiting_audit -> queued."),
+    "resume": ("ANSWER", True, "Answer a job's pending question: waiting_human -> queued, re-run with ANSWER."),
+    "cancel": ("REASON", False, "Cancel a job in any non-final state -> cancelled (a running worker stops "
+                                "at its next write)."),
+}
+
+
+@cli.group("control", context_settings=CONTEXT)
+def control_group() -> None:
+    """Operator actions: approve, revise, resume, cancel.
+
+    Each checks that the action fits the job's state (else exit 5, nothing written) and is
+    idempotent: the same action again (same job, same answer or notes, same pending question)
+    writes nothing and exits 0 saying it was already applied. A different answer or notes after
+    the decision was taken is refused with ACTION_CONFLICT (exit 5). Notes and answers are
+    sanitized (secrets redacted) before they are written.
+    """
+
+
+def _emit(out: Output, result: Any) -> None:
+    out.emit(result.to_dict(), result.message)
+
+
+def _make(action: str) -> None:
+    metavar, required, help_text = _TEXT[action]
+    note_names = ["--note", "--reason"] if action == "cancel" else ["--note"]
+    note_help = ("Comment for the audit log (default: the text itself)." if required
+                 else f"The {metavar.lower()} (instead of the positional {metavar}).")
+
+    @control_group.command(action, context_settings=CONTEXT, help=help_text)
+    @click.argument("job_id")
+    @click.argument("text", metavar=metavar if required else f"[{metavar}]", required=required)
+    @click.option(*note_names, "note", default=None, help=note_help)
+    @project_command
+    def command(orch: Any, out: Output, job_id: str, text: str | None, note: str | None) -> None:
+        from orchestrator import control
+
+        if required:
+            result = getattr(control, action)(orch, job_id, text, note=note or "")
+        else:
+            if text is not None and note is not None:
+                raise InvalidInputError(f"give the {metavar.lower()} as an argument or with {note_names[0]}, not both")
+            result = getattr(control, action)(orch, job_id, text if text is not None else (note or ""))
+        _emit(out, result)
+
+
+for _action in ("approve", "revise", "resume", "cancel"):
+    _make(_action)
+
+
+@cli.command("resume-from-chat", context_settings=CONTEXT)
+@click.argument("job_id")
+@click.argument("message")
+@click.option("--note", default=None, help="Comment for the audit log (default: the answer).")
+@project_command
+def resume_from_chat(orch: Any, out: Output, job_id: str, message: str, note: str | None) -> None:
+    """Resume JOB_ID with the answer in a pasted chat MESSAGE: "job_id: <JOB_ID>; <answer>".
+
+    Tolerates any case and spacing, full-width "：" and "；", a missing space. Refuses a message
+    that names another job (JOB_ID_MISMATCH, exit 3) or has no answer (CHAT_MESSAGE_INVALID,
+    exit 3); nothing is written then. Idempotent like `control resume`.
+    """
+    from orchestrator import control
+
+    _emit(out, control.resume_from_chat(orch, job_id, message, note=note or ""))
+
+
+@cli.group("audit", context_settings=CONTEXT)
+def audit_group() -> None:
+    """The audit log: heal missing entries (see also audit-timeline and verify)."""
+
+
+@audit_group.command("heal", context_settings=CONTEXT)
+@click.option("--job-id", default=None, help="Heal one job instead of every job of the project.")
+@project_command
+def audit_heal(orch: Any, out: Output, job_id: str | None) -> None:
+    """Write the audit entries a crash left missing (once; the job events are the truth).
+
+    Every command that touches a job heals it already; this heals the whole project at once.
+    """
+    from orchestrator import audit
+
+    ids = [job_id] if job_id else sorted(orch.job_ids())
+    written: list[int] = []
+    for start in range(0, len(ids), 500):
+        views = [v for v in (orch.load(j) for j in ids[start:start + 500]) if v.ok]
+        written += audit.heal(orch, views)
+    out.emit({"jobs": len(ids), "written": len(written), "audit_seqs": written},
+             f"checked {len(ids)} job(s); wrote {len(written)} missing audit entr{'y' if len(written) == 1 else 'ies'}")

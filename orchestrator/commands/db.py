@@ -1,0 +1,73 @@
+"""``orchestrator db``: the PostgreSQL schema (``db migrate``, ``db status``)."""
+from __future__ import annotations
+
+import click
+
+from orchestrator.cli import CONTEXT, Output, cli, store_option
+from orchestrator.errors import ConfigError, OrchestratorError
+
+
+@cli.group(context_settings=CONTEXT)
+def db() -> None:
+    """PostgreSQL backend: create and upgrade the schema (see docs/postgres.md)."""
+
+
+def _url(store_url: str | None) -> str:
+    from orchestrator.store.postgres import is_postgres_url
+
+    if not is_postgres_url(store_url):
+        raise ConfigError("give --store postgresql://... (or set ORCH_STORE_URL); the file backend has no schema")
+    return store_url  # type: ignore[return-value]
+
+
+def _run(as_json: bool, action) -> None:
+    out = Output(as_json)
+    ctx = click.get_current_context()
+    try:
+        action(out)
+    except OrchestratorError as exc:
+        out.error(exc)
+        ctx.exit(exc.exit_code)
+
+
+@db.command("migrate", context_settings=CONTEXT)
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def db_migrate(store_url: str | None, as_json: bool) -> None:
+    """Create or upgrade the schema to this release's version.
+
+    Idempotent (running it again applies nothing) and safe to run from several machines at
+    once (an advisory lock makes them take turns). Each migration commits with its version row.
+    """
+    from orchestrator.store.pg_schema import migrate
+
+    def action(out: Output) -> None:
+        result = migrate(_url(store_url))
+        out.emit(result, lambda: (f"schema migrated from version {result['from_version']} to {result['to_version']}: "
+                                  + ", ".join(result["applied"])) if result["applied"]
+                 else f"schema already at version {result['to_version']}; nothing to do")
+
+    _run(as_json, action)
+
+
+@db.command("status", context_settings=CONTEXT)
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def db_status(store_url: str | None, as_json: bool) -> None:
+    """Show the schema version of the database and the version this release needs (exit 3 if behind)."""
+    from orchestrator.store.pg_schema import current_version, latest_version
+    from orchestrator.store.postgres import connect
+
+    def action(out: Output) -> None:
+        conn = connect(_url(store_url), autocommit=True)
+        try:
+            version = current_version(conn)
+        finally:
+            conn.close()
+        data = {"version": version, "latest": latest_version(), "up_to_date": version >= latest_version()}
+        out.emit(data, f"schema version {version}, this release needs {latest_version()}"
+                 + ("" if data["up_to_date"] else ": run `orchestrator db migrate`"))
+        if not data["up_to_date"]:
+            click.get_current_context().exit(ConfigError.exit_code)
+
+    _run(as_json, action)

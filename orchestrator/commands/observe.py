@@ -1,0 +1,81 @@
+"""``orchestrator audit-timeline`` and ``orchestrator metrics``: what on-call looks at."""
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from orchestrator.cli import CONTEXT, EXIT_INTEGRITY, Output, cli, project_command
+
+
+@cli.command("audit-timeline", context_settings=CONTEXT)
+@click.option("--job-id", default=None, help="The job whose timeline to show.")
+@click.option("--run-id", default=None, help="Show one run (its job is found from the audit log or the projection cache).")
+@click.option("--since", default=None, help="Only lines at or after this ISO-8601 time.")
+@click.option("--action", default=None, help="Only this action or event type (approve, resume, job_claimed, ...).")
+@project_command
+def audit_timeline(orch: Any, out: Output, job_id: str | None, run_id: str | None, since: str | None,
+                   action: str | None) -> int:
+    """The merged, time-ordered timeline of a job's events and audit entries.
+
+    Each line carries its verification status (ok, or a problem code such as SIGNATURE_INVALID,
+    AUDIT_EVENT_MISSING). Exits 7 when any line shown, or the job's history, failed verification.
+    Reads one job and the audit log, never every job.
+    """
+    from orchestrator.timeline import render, timeline
+
+    if not job_id and not run_id:
+        raise click.UsageError("give --job-id or --run-id")
+    result = timeline(orch, job_id=job_id, run_id=run_id, since=since, action=action)
+    out.emit(result, lambda: render(result))
+    return 0 if result["ok"] else EXIT_INTEGRITY
+
+
+def _threshold(name: str, kind: Any, help_text: str) -> Any:
+    from orchestrator.metrics import Thresholds
+
+    var = Thresholds.ENV[name]
+    return click.option(f"--{name.replace('_', '-')}", name, type=kind, default=None, envvar=var, show_envvar=True,
+                        help=f"{help_text}  [default: {getattr(Thresholds, name)}]")
+
+
+@cli.command("metrics", context_settings=CONTEXT)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "prometheus"]), default="table",
+              show_default=True, help="Output format (--json is the same as --format json).")
+@click.option("--rebuild", is_flag=True, help="Ignore the projection cache and replay every job.")
+@click.option("--fail-on", type=click.Choice(["warning", "critical"]), default=None,
+              help="Exit 12 (ALERTS_FIRING) when an alert of this severity or worse fires.")
+@_threshold("stall_grace", float, "Seconds past lease expiry before a running job counts as stalled.")
+@_threshold("stalled_max", int, "Alert STALLED_JOBS when stalled_count exceeds this.")
+@_threshold("resume_success_min", float, "Alert RESUME_SUCCESS_LOW below this rate (0..1).")
+@_threshold("resume_min_samples", int, "Resumes with an outcome needed before the rate can alert.")
+@_threshold("converge_max_seconds", float, "Alert CONVERGE_SLOW when mean_converge_time exceeds this.")
+@_threshold("waiting_human_max", int, "Alert WAITING_HUMAN_BACKLOG above this many waiting jobs.")
+@_threshold("awaiting_audit_max", int, "Alert AWAITING_AUDIT_BACKLOG above this many jobs awaiting audit.")
+@project_command
+def metrics(orch: Any, out: Output, fmt: str, rebuild: bool, fail_on: str | None, **limits: Any) -> None:
+    """stalled_count, resume_success_rate, mean_converge_time, jobs per state, and alerts.
+
+    Fast on large projects: per-job summaries are cached in projections/jobs-v1 (derived,
+    deletable) and only jobs whose events file changed are replayed. See docs/metrics.md.
+    """
+    from orchestrator import metrics as m
+    from orchestrator.errors import AlertsFiringError
+    from orchestrator.projection import refresh
+
+    result = refresh(orch, rebuild=rebuild, progress=lambda n: out.progress(f"replayed {n} jobs..."))
+    figures = m.compute(orch.project_id, result.rows.values(), orch.clock(), m.Thresholds.from_env(**limits))
+    data = {**figures.to_dict(), "replayed": result.replayed}
+    if fmt == "prometheus" and not out.as_json:
+        click.echo(m.prometheus(figures), nl=False)
+    elif fmt == "json" or out.as_json:
+        Output(True).emit(data, "")
+    else:
+        out.emit(data, lambda: m.table(figures))
+    if fail_on:
+        worst = {"warning": 1, "critical": 2}
+        rank = {"info": 0, **worst}
+        firing = [a for a in figures.alerts if rank[a["severity"]] >= worst[fail_on]]
+        if firing:
+            raise AlertsFiringError(f"{len(firing)} alert(s) at {fail_on} or worse: "
+                                    + ", ".join(a["code"] for a in firing))

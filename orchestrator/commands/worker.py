@@ -1,0 +1,83 @@
+"""``orchestrator worker`` (runbook: ``scripts/worker.py``): run jobs once or in a loop."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+
+from orchestrator.cli import CONTEXT, Output, cli, project_command
+
+EXIT_RAN = 0
+EXIT_NOTHING_TO_DO = 75  # sysexits EX_TEMPFAIL: nothing runnable now, try again later
+
+
+def _env_list(value: str | None) -> tuple[str, ...]:
+    return tuple(m.strip() for m in (value or "").split(",") if m.strip())
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--once", is_flag=True, envvar="ORCH_WORKER_ONCE", show_envvar=True,
+              help="Recover stale jobs, claim and run at most one job, then exit "
+                   f"(exit {EXIT_RAN}: ran a job; exit {EXIT_NOTHING_TO_DO}: nothing was runnable).")
+@click.option("--max-jobs", type=click.IntRange(min=1), default=None, envvar="ORCH_MAX_JOBS", show_envvar=True,
+              help="Exit after running this many jobs.")
+@click.option("--idle-exit", is_flag=True, envvar="ORCH_IDLE_EXIT", show_envvar=True,
+              help="Exit when no queued job is left (a delayed retry still counts as queued).")
+@click.option("--lease-seconds", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              envvar="ORCH_LEASE_SECONDS", show_envvar=True,
+              help="Lease length; renewed every third of it while a job runs. A job whose lease "
+                   "expired is recovered by the next worker.")
+@click.option("--worker-id", default=None, envvar="ORCH_WORKER_ID", show_envvar=True,
+              help="Name of this worker in events and leases.  [default: host-pid-random]")
+@click.option("--import", "imports", multiple=True, help="Import MODULE to register Python handlers (repeatable).  "
+              "[env var: ORCH_HANDLERS=mod1,mod2, added to --import]")
+@click.option("--stop-grace-seconds", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              envvar="ORCH_STOP_GRACE_SECONDS", show_envvar=True,
+              help="On SIGTERM/SIGINT, how long the running job may still take before it is killed and handed back.")
+@click.option("--retry-base-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              envvar="ORCH_RETRY_BASE_SECONDS", show_envvar=True,
+              help="First retry delay; doubles per failed attempt, with jitter.")
+@click.option("--retry-max-seconds", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              envvar="ORCH_RETRY_MAX_SECONDS", show_envvar=True, help="Longest retry delay.")
+@click.option("--artifacts-import", is_flag=True, envvar="ORCH_ARTIFACTS_IMPORT", show_envvar=True,
+              help="Copy the artifact folders of the jobs a job's input names in 'artifacts_from' into "
+                   "its own folder (inputs/<job_id>/). Off by default: nothing crosses between jobs.")
+@project_command
+def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: bool, lease_seconds: float,
+           worker_id: str | None, imports: tuple[str, ...], stop_grace_seconds: float, retry_base_seconds: float,
+           retry_max_seconds: float, artifacts_import: bool) -> int:
+    """Run jobs: recover stale runs, claim by priority then FIFO, run the handler, record the outcome.
+
+    Without --once it loops, waking as soon as a job is submitted; SIGTERM/SIGINT stop it
+    gracefully (no new claims; the running job finishes within --stop-grace-seconds, or is
+    killed and handed back to the queue).
+
+    Exit codes: 0 ran a job (--once) or stopped normally, 75 nothing was runnable (--once),
+    3 bad option or handler module.
+    """
+    from orchestrator.worker import Worker, WorkerSettings
+
+    modules = tuple(imports) + _env_list(os.environ.get("ORCH_HANDLERS"))
+    settings = WorkerSettings(worker_id=worker_id, lease_seconds=lease_seconds, stop_grace_seconds=stop_grace_seconds,
+                              retry_base_seconds=retry_base_seconds, retry_max_seconds=retry_max_seconds,
+                              imports=modules, artifacts_import=artifacts_import)
+    w = Worker(orch, settings)
+
+    def report(result: Any) -> None:
+        out.emit(result.to_dict(), f"{result.job_id} {result.run_id}: {result.outcome}"
+                 + (f" ({result.error_code})" if result.error_code else ""))
+
+    with w.handle_signals():
+        if once:
+            result = w.run_once()
+            if result is None:
+                out.emit({"ran": False, "worker_id": w.worker_id}, "nothing to run")
+                return EXIT_NOTHING_TO_DO
+            report(result)
+            return EXIT_RAN
+        out.progress(f"worker {w.worker_id} started")
+        done = w.run(max_jobs=max_jobs, idle_exit=idle_exit, on_result=report)
+    if not out.as_json:
+        click.echo(f"worker {w.worker_id} stopped after {done} job(s)", err=True)
+    return EXIT_RAN

@@ -1,0 +1,67 @@
+"""Settings in one object: option > environment (``.env`` included by the CLI) > default.
+
+``BASE_PATH`` and ``PROJECT_ID`` keep the names of the runbook; every other setting is an
+``ORCH_*`` variable. Paths are resolved here once, and the project folder is validated so
+nothing escapes ``BASE_PATH/<PROJECT_ID>``.
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from orchestrator.errors import ConfigError
+from orchestrator.security import validate_id
+
+DEFAULT_BASE_PATH = "."
+DEFAULT_PROJECT_ID = "default"
+STATE_DIR = ".orchestrator"
+
+
+@dataclass(frozen=True)
+class Settings:
+    base_path: Path
+    project_id: str
+    store_url: str | None = None  # ORCH_STORE_URL / --store: a postgresql:// URL; unset = files
+
+    @classmethod
+    def load(cls, base_path: str | os.PathLike[str] | None = None, project_id: str | None = None,
+             env: Mapping[str, str] | None = None, store_url: str | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        base = Path(base_path or env.get("BASE_PATH") or DEFAULT_BASE_PATH).expanduser()
+        project = project_id or env.get("PROJECT_ID") or DEFAULT_PROJECT_ID
+        validate_id(project, "project id")
+        if base.exists() and not base.is_dir():
+            raise ConfigError(f"BASE_PATH {base} is not a folder")
+        store = store_url or env.get("ORCH_STORE_URL") or None
+        if store and store != "file" and not store.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("ORCH_STORE_URL / --store must be 'file' or a postgresql:// URL")
+        return cls(base_path=base.resolve(), project_id=project, store_url=None if store == "file" else store)
+
+    @property
+    def project_dir(self) -> Path:
+        return self.base_path / self.project_id
+
+    @property
+    def state_dir(self) -> Path:
+        return self.project_dir / STATE_DIR
+
+
+def default_actor() -> str:
+    """``user@host`` of the operator running a command, for the audit trail."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry (containers)
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def load_dotenv_file(path: str | os.PathLike[str] = ".env") -> None:
+    """Read ``.env`` into the environment without overriding variables already set."""
+    if os.path.isfile(path):
+        from dotenv import load_dotenv
+
+        load_dotenv(path, override=False)

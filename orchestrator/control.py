@@ -1,0 +1,211 @@
+"""Operator actions: approve, revise, resume, cancel.
+
+Each action reads the job, heals a missing audit entry left by a crash, decides from the
+replayed state, and appends one event (plus its audit entry) with the head it decided from
+as the expected sequence. Deciding is where idempotency lives:
+
+* the state fits the action: it is applied (a pending question or audit is open);
+* the state does not fit, but the decision that closed the *last* open question/audit is this
+  same action with the same text: it was already applied, nothing is written, success;
+* it was closed by this action with a *different* text: ``ACTION_CONFLICT`` (exit 5);
+* otherwise: ``INVALID_TRANSITION`` (exit 5), from the reducer's own transition table.
+
+Two operators racing the same action both decide "apply"; the store lets exactly one append
+through (``expected_seq``), the other gets ``ConcurrencyError``, re-reads, and now finds the
+action already applied. Text typed by an operator is sanitized before it is written anywhere.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from orchestrator import audit
+from orchestrator.errors import (ActionConflictError, ChatMessageError, JobIdMismatchError, ConcurrencyError, ContextSignatureInvalid, InvalidInputError,
+                                 InvalidTransitionError)
+from orchestrator.security import sanitize_text
+from orchestrator.state import AWAITING_AUDIT, CANCELLED, WAITING_HUMAN, check_transition
+
+if TYPE_CHECKING:
+    from orchestrator.api import JobView, Orchestrator
+
+MAX_RACE_RETRIES = 8
+MAX_TEXT_CHARS = 20_000
+
+# action -> (event type, the data field compared for "same action", the state it needs)
+ACTIONS: dict[str, tuple[str, str | None]] = {
+    "approve": ("job_approved", None),  # a repeated approve is the same action whatever its note
+    "revise": ("job_revised", "notes"),
+    "resume": ("job_resumed", "answer"),
+    "cancel": ("job_cancelled", None),
+}
+_PAST = {"approve": "approved", "revise": "revised", "resume": "resumed", "cancel": "cancelled"}
+
+
+@dataclass(frozen=True)
+class ControlResult:
+    """What an action did: ``applied`` (an event was written) or ``already_applied`` (nothing was)."""
+
+    job_id: str
+    action: str
+    applied: bool
+    event_type: str
+    event_seq: int  # the event written now, or the earlier event that already did it
+    state: str
+    message: str
+
+    @property
+    def already_applied(self) -> bool:
+        return not self.applied
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "already_applied": self.already_applied}
+
+
+def approve(orch: "Orchestrator", job_id: str, note: str = "", *, now: float | None = None) -> ControlResult:
+    return _act(orch, job_id, "approve", {"note": _clean(note, "note")}, now)
+
+
+def revise(orch: "Orchestrator", job_id: str, notes: str, *, note: str = "", now: float | None = None) -> ControlResult:
+    """``note`` is an optional comment for the audit entry (default: the notes themselves)."""
+    return _act(orch, job_id, "revise", {"notes": _clean(notes, "revision notes", required=True)}, now,
+                note=_clean(note, "note"))
+
+
+def resume(orch: "Orchestrator", job_id: str, answer: str, *, note: str = "", now: float | None = None,
+           via: str | None = None) -> ControlResult:
+    """``note`` is an optional comment for the audit entry (default: the answer itself)."""
+    return _act(orch, job_id, "resume", {"answer": _clean(answer, "answer", required=True)}, now,
+                note=_clean(note, "note"), via=via)
+
+
+def cancel(orch: "Orchestrator", job_id: str, reason: str = "", *, now: float | None = None) -> ControlResult:
+    return _act(orch, job_id, "cancel", {"reason": _clean(reason, "reason")}, now)
+
+
+def _clean(text: str | None, what: str, *, required: bool = False) -> str:
+    text = sanitize_text((text or "").strip())
+    if required and not text:
+        raise InvalidInputError(f"the {what} must not be empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise InvalidInputError(f"the {what} is {len(text)} characters long (at most {MAX_TEXT_CHARS})")
+    return text
+
+
+def _act(orch: "Orchestrator", job_id: str, action: str, data: dict[str, Any], now: float | None, *,
+         note: str = "", via: str | None = None) -> ControlResult:
+    event_type, _ = ACTIONS[action]
+    text = note or next(iter(data.values()))
+    if via:
+        text = f"[via {via}] {text}"
+    for _ in range(MAX_RACE_RETRIES):
+        view = orch.load(job_id)
+        if not view.ok:
+            _refuse_tampered(orch, view, action, now)
+        audit.heal(orch, [view], now=now)
+        earlier = _already_applied(view, action, data)
+        if earlier is not None:
+            return earlier
+        state = view.state.state if view.state else None
+        try:
+            check_transition(state, event_type)
+        except InvalidTransitionError as exc:
+            raise InvalidTransitionError(f"cannot {action} job {job_id}: {exc.message}; nothing was written",
+                                         job_id=job_id, **exc.details) from None
+        event_data = dict(data)
+        if action == "resume":
+            event_data["question"] = view.state.question
+        try:
+            new = orch.append(view, job_id, [(event_type, event_data)], run_id=view.state.run_id, now=now,
+                              audit=(action, text))
+        except ConcurrencyError:
+            continue  # someone wrote first: read again and decide again
+        return ControlResult(job_id, action, True, event_type, new.head.seq, new.state.state,
+                             f"{_PAST[action]} job {job_id} (event {new.head.seq}); state is now {new.state.state}"
+                             + (f" (via {via})" if via else ""))
+    raise ConcurrencyError(f"job {job_id} kept changing while deciding {action}; run the command again", job_id=job_id)
+
+
+def _refuse_tampered(orch: "Orchestrator", view: "JobView", action: str, now: float | None) -> None:
+    """A job whose history does not verify is never acted on; the refusal is a system decision."""
+    err = view.integrity_error() or {}
+    audit.record(orch, job_id=view.job_id, action="integrity_refusal", actor=orch.actor,
+                 run_id=view.state.run_id if view.state else None,
+                 note=f"{action} refused: {err.get('message', '')}", now=now)
+    raise ContextSignatureInvalid(f"refusing to {action} job {view.job_id}: {err.get('message', '')}",
+                                  job_id=view.job_id, problems=err.get("problems", []))
+
+
+def _opens(action: str, rec: dict[str, Any]) -> bool:
+    """Does this event open the question (or audit) that ``action`` answers?"""
+    if action == "resume":
+        return rec["type"] == "human_input_requested" or (
+            rec["type"] == "stale_recovered" and rec.get("data", {}).get("to") == WAITING_HUMAN)
+    return rec["type"] == "audit_requested"
+
+
+def _already_applied(view: "JobView", action: str, data: dict[str, Any]) -> ControlResult | None:
+    """The earlier event that already did exactly this, or None; raises on a conflicting one."""
+    state = view.state.state if view.state else None
+    event_type, field = ACTIONS[action]
+    records = view.stream.records
+    if action == "cancel":
+        if state != CANCELLED:
+            return None
+        done = next(r for r in reversed(records) if r["type"] == "job_cancelled")
+        return _repeat(view, action, done)
+    if state == (WAITING_HUMAN if action == "resume" else AWAITING_AUDIT):
+        return None  # the question is open: this is a new decision
+    opened = max((i for i, r in enumerate(records) if _opens(action, r)), default=None)
+    if opened is None:
+        return None
+    closing = next((r for r in records[opened + 1:]
+                    if r["type"] in ("job_approved", "job_revised", "job_resumed", "job_cancelled")), None)
+    if closing is None or closing["type"] != event_type:
+        return None  # closed by another action (or not at all): the transition check explains
+    if field is None or closing["data"].get(field) == data[field]:
+        return _repeat(view, action, closing)
+    raise ActionConflictError(
+        f"job {view.job_id} was already {_PAST[action]} at {closing['ts']} by {closing['actor']} "
+        f"(event {closing['seq']}) with a different {field}: {closing['data'].get(field)!r}; "
+        f"nothing was written", job_id=view.job_id, event_seq=closing["seq"])
+
+
+def _repeat(view: "JobView", action: str, done: dict[str, Any]) -> ControlResult:
+    return ControlResult(view.job_id, action, False, done["type"], done["seq"], view.state.state,
+                         f"already applied: job {view.job_id} was {_PAST[action]} at {done['ts']} by {done['actor']} "
+                         f"(event {done['seq']}); nothing written; state is {view.state.state}")
+
+
+# -- chat messages ------------------------------------------------------------------------------------
+# ``job_id: <id>; <answer>`` as typed or pasted from a chat client: any case and spacing for the
+# key (job_id, job id, job-id, jobid), ``:``/``：``/``=`` after it, ``;``/``；``/``,``/``，`` or just
+# a space after the id, optional quotes or backticks around the id, leading chat noise ("> ", "@bot").
+_CHAT = re.compile(
+    r"^[^A-Za-z0-9]*?job[ \t_-]?id\s*[:：=]\s*[`'\"“‘]?(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*)[`'\"”’]?"
+    r"\s*(?:[;；,，]\s*)?(?P<answer>.*)\Z", re.I | re.S)
+
+
+def parse_chat_message(job_id: str, message: str) -> str:
+    """The answer in a chat message naming ``job_id``; refuse malformed or other-job messages.
+
+    Ids are compared ignoring case (ULIDs are case-insensitive); the command line's id is used.
+    """
+    m = _CHAT.match(message.strip())
+    if m is None:
+        raise ChatMessageError(f"the message must look like 'job_id: {job_id}; <answer>'; nothing was written")
+    named = m.group("id")
+    if named.lower() != job_id.lower():
+        raise JobIdMismatchError(f"the message names job {named}, not {job_id}; nothing was written "
+                                 "(paste the message into the command of the job it names)",
+                                 job_id=job_id, message_job_id=named)
+    answer = m.group("answer").strip()
+    if not answer:
+        raise ChatMessageError(f"the message names job {job_id} but holds no answer after the id; nothing was written")
+    return answer
+
+
+def resume_from_chat(orch: "Orchestrator", job_id: str, message: str, *, note: str = "",
+                     now: float | None = None) -> ControlResult:
+    """Resume ``job_id`` with the answer of a pasted chat message (idempotent like ``resume``)."""
+    return resume(orch, job_id, parse_chat_message(job_id, message), note=note, now=now, via="chat")

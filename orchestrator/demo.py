@@ -1,0 +1,87 @@
+"""A real run on the embedded file backend: ``python -m orchestrator.demo [BASE_PATH]``.
+
+Submits jobs (a command, Python handlers that succeed, ask a human, need an audit, fail
+and retry, fail for good), runs a worker until nothing is left to do, shows the derived
+states, verifies the signed history, shows that a hand edit is caught, and ends with what
+an operator can do next. Everything happens under BASE_PATH (default ``./demo-base``) with
+the project id ``demo``; run it again to start afresh. No network or LLM is needed.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from orchestrator import Orchestrator
+from orchestrator.integrity import verify_project
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    base = Path(args[0] if args else "demo-base").resolve()
+    if (base / "demo").exists():
+        shutil.rmtree(base / "demo")
+    base.mkdir(parents=True, exist_ok=True)
+    orch = Orchestrator(base_path=base, project_id="demo")
+    say(f"== jsonl-orchestrator demo: store at {orch.settings.state_dir}")
+
+    import orchestrator.demo_handlers  # noqa: F401  (registers demo.* handlers)
+
+    script = ("import json, os; open(os.environ['ORCH_TERMINAL_FILE'], 'w').write(json.dumps("
+              "{'status': 'done', 'summary': 'disk check ok', 'output': {'free_gb': 42}}))")
+    jobs = {
+        "command": orch.submit("command", {"argv": [sys.executable, "-c", script]}),
+        "greet": orch.submit("demo.greet", {"name": "operator"}, key="greet-2026-11-22"),
+        "ask": orch.submit("demo.ask", {"task": "paint the shed"}),
+        "audit": orch.submit("demo.draft", {"topic": "release notes"}, audit=True, priority=5),
+        "flaky": orch.submit("demo.flaky", {"url": "https://example.invalid/data"}, max_attempts=3),
+        "broken": orch.submit("demo.broken", {"path": "missing.csv"}),
+    }
+    again = orch.submit("demo.greet", {"name": "operator"}, key="greet-2026-11-22")
+    say(f"submitted {len(jobs)} jobs; the same idempotency key again gives the same id: {again == jobs['greet']}")
+
+    worker = orch.worker(worker_id="demo-worker", retry_base_seconds=0.05, lease_seconds=10)
+    say("\n== worker: claims by priority then FIFO, runs each handler in its own process group")
+    worker.run(idle_exit=True, on_result=lambda r: say(
+        f"  {r.job_id}  {r.outcome:<15}" + (f" ({r.error_code})" if r.error_code else "")))
+
+    say("\n== states (replayed from each job's signed events)")
+    names = {v: k for k, v in jobs.items()}
+    for st in orch.jobs():
+        extra = st.question or (st.last_error or {}).get("code") or (st.result or {}).get("summary") or ""
+        say(f"  {names.get(st.job_id, '?'):<8} {st.job_id}  {st.state:<15} attempt={st.attempt}  {extra}")
+    draft = orch.settings.state_dir / "artifacts" / jobs["audit"] / "draft.md"
+    say(f"  the audit job's artifact: {draft}")
+
+    report = verify_project(orch)
+    say(f"\n== verify: {'OK' if report.ok else 'FAILED'} - {report.streams} streams, {report.events} events, "
+        "each signed (Ed25519) and hash-chained")
+    path = orch.store.path(jobs["command"])
+    original = path.read_bytes()
+    path.write_bytes(original.replace(b"disk check ok", b"disk check OK!", 1))
+    tampered = orch.status(jobs["command"])
+    say(f"after editing {path.name} by hand: status shows {tampered.integrity_error['code']} "
+        "(a worker would refuse to run it)")
+    path.write_bytes(original)
+    say("restored the file; the job verifies again: " + str(orch.load(jobs["command"]).ok))
+
+    env = f"BASE_PATH={base} PROJECT_ID=demo"
+    say("\n== what you can do next (from a checkout)\n"
+        f"  {env} python3 scripts/status.py --all\n"
+        f"  {env} python3 scripts/status.py {jobs['ask']}            # the pending question\n"
+        f"  {env} python3 scripts/control.py resume {jobs['ask']} \"green\"\n"
+        f"  {env} python3 scripts/control.py approve {jobs['audit']}\n"
+        f"  {env} python3 scripts/control.py revise {jobs['audit']} \"mention the new worker\"\n"
+        f"  {env} python3 scripts/worker.py --import orchestrator.demo_handlers --once   # re-runs a resumed job\n"
+        f"  {env} python3 scripts/audit_timeline.py --job-id {jobs['flaky']}\n"
+        f"  {env} python3 scripts/verify.py\n"
+        f"  tail -n 3 {orch.store.path(jobs['flaky'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

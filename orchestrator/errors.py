@@ -1,0 +1,168 @@
+"""One exception root; every expected error has a stable code and an exit code.
+
+The CLI maps any ``OrchestratorError`` to ``{"error": code, "message": ...}`` and its
+``exit_code``, without a traceback. Exit 1 is reserved for unexpected internal errors and
+2 for usage errors (click's default), so expected errors start at 3.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class OrchestratorError(Exception):
+    """An expected error that an operator can act on."""
+
+    code: str = "ORCHESTRATOR_ERROR"
+    exit_code: int = 1
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        super().__init__(message or (self.__doc__ or self.code).strip())
+        self.details = details
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, **({"details": self.details} if self.details else {})}
+
+
+class ConfigError(OrchestratorError):
+    """The configuration is invalid (options, environment or .env)."""
+
+    code = "CONFIG_ERROR"
+    exit_code = 3
+
+
+class InvalidIdError(OrchestratorError):
+    """A job, project, run or key id is not a safe identifier."""
+
+    code = "INVALID_ID"
+    exit_code = 3
+
+
+class PathEscapeError(OrchestratorError):
+    """A path would escape the project folder or the job's artifact folder."""
+
+    code = "PATH_ESCAPE"
+    exit_code = 3
+
+
+class InvalidInputError(OrchestratorError):
+    """A command argument is well-formed for the shell but not valid for the orchestrator."""
+
+    code = "INVALID_INPUT"
+    exit_code = 3
+
+
+class JobNotFoundError(OrchestratorError):
+    """No job with this id exists in the project."""
+
+    code = "JOB_NOT_FOUND"
+    exit_code = 4
+
+
+class InvalidTransitionError(OrchestratorError):
+    """The action does not fit the job's current state; nothing was written."""
+
+    code = "INVALID_TRANSITION"
+    exit_code = 5
+
+
+class ConcurrencyError(OrchestratorError):
+    """Another writer appended to the job first; re-read and decide again."""
+
+    code = "CONCURRENT_APPEND"
+    exit_code = 6
+
+
+class IntegrityError(OrchestratorError):
+    """A history failed verification (bad signature, broken chain, corrupt line or rollback)."""
+
+    code = "INTEGRITY_ERROR"
+    exit_code = 7
+
+
+class ContextSignatureInvalid(IntegrityError):
+    """The job's signed context (input, options, answers, revisions) failed verification; it is never run."""
+
+    code = "CONTEXT_SIGNATURE_INVALID"
+    exit_code = 7
+
+
+class SigningKeyError(OrchestratorError):
+    """No usable signing key: missing, unreadable, or readable by others."""
+
+    code = "SIGNING_KEY_ERROR"
+    exit_code = 8
+
+
+class MalformedPayloadError(OrchestratorError):
+    """A handler's terminal payload is not valid JSON, misses fields or names an artifact outside its folder."""
+
+    code = "MALFORMED_PAYLOAD"
+    exit_code = 9
+
+
+class StorageError(OrchestratorError):
+    """The store could not durably write (disk full, I/O error); nothing was acknowledged."""
+
+    code = "STORAGE_ERROR"
+    exit_code = 10
+
+
+class HandlerNotFoundError(OrchestratorError):
+    """No handler is registered for the job's kind."""
+
+    code = "HANDLER_NOT_FOUND"
+    exit_code = 11
+
+
+class LeaseLostError(ConcurrencyError):
+    """This worker's claim was taken over (stale recovery, cancel); its late result is refused."""
+
+    code = "LEASE_LOST"
+    exit_code = 6
+
+
+# -- control plane --------------------------------------------------------------------------------
+class ActionConflictError(InvalidTransitionError):
+    """The job already took a different decision of this kind (another answer or notes); nothing was written."""
+
+    code = "ACTION_CONFLICT"
+    exit_code = 5
+
+
+class ChatMessageError(InvalidInputError):
+    """A chat message is not of the form ``job_id: <job_id>; <answer>``."""
+
+    code = "CHAT_MESSAGE_INVALID"
+    exit_code = 3
+
+
+class JobIdMismatchError(InvalidInputError):
+    """A chat message names a different job than the one given on the command line."""
+
+    code = "JOB_ID_MISMATCH"
+    exit_code = 3
+
+
+class RunNotFoundError(JobNotFoundError):
+    """No job in the project has a run with this id."""
+
+    code = "RUN_NOT_FOUND"
+    exit_code = 4
+
+
+class AlertsFiringError(OrchestratorError):
+    """``metrics --fail-on`` found alerts at or above the given severity."""
+
+    code = "ALERTS_FIRING"
+    exit_code = 12
+
+
+class ImportConflictError(OrchestratorError):
+    """An imported stream already holds a different history in the destination; nothing was overwritten."""
+
+    code = "IMPORT_CONFLICT"
+    exit_code = 3

@@ -1,0 +1,136 @@
+"""Handlers: what a job's ``kind`` runs.
+
+Built in: ``command`` (a subprocess, no shell) and ``llm`` (an OpenAI-compatible endpoint).
+Python handlers are registered by name with ``@handler("name")`` in a module the worker
+imports (``--import MODULE`` / ``ORCH_HANDLERS``), or named ``module:function`` as the kind.
+A Python handler receives a ``JobContext`` and returns the terminal payload (a dict or a
+``TerminalPayload``); it runs in a forked child process (see ``orchestrator/runner.py``).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from orchestrator.errors import ConfigError
+from orchestrator.runner import Child, fork_call
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one run reads its context and leaves its terminal payload and output."""
+
+    run_dir: Path
+    context_file: Path
+    terminal_file: Path
+    output_file: Path
+    artifacts_dir: Path
+
+    @classmethod
+    def create(cls, run_dir: Path, artifacts_dir: Path) -> "RunPaths":
+        run_dir.mkdir(parents=True, exist_ok=True)
+        artifacts_dir.mkdir(parents=True, exist_ok=True)
+        return cls(run_dir, run_dir / "context.json", run_dir / "terminal.json", run_dir / "output.log",
+                   artifacts_dir)
+
+
+class JobContext:
+    """The handler context as an object: ``ctx.input``, ``ctx.answers``, ``ctx["job_id"]``, ``ctx.artifacts_dir``."""
+
+    def __init__(self, data: Mapping[str, Any], artifacts_dir: Path) -> None:
+        self._data = dict(data)
+        self.artifacts_dir = artifacts_dir
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._data[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self._data[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class Handler:
+    name: str = "?"
+
+    def start(self, context: dict[str, Any], paths: RunPaths) -> Child:
+        raise NotImplementedError
+
+
+class PythonHandler(Handler):
+    def __init__(self, name: str, fn: Callable[[JobContext], Any]) -> None:
+        self.name = name
+        self.fn = fn
+
+    def start(self, context: dict[str, Any], paths: RunPaths) -> Child:
+        ctx = JobContext(context, paths.artifacts_dir)
+        return fork_call(lambda: self.fn(ctx), terminal_file=paths.terminal_file, output=paths.output_file)
+
+
+_REGISTRY: dict[str, Handler] = {}
+
+
+def register(name: str, fn: Callable[[JobContext], Any]) -> None:
+    if not name or name in ("command",):
+        raise ConfigError(f"handler name {name!r} is reserved or empty")
+    _REGISTRY[name] = PythonHandler(name, fn)
+
+
+def handler(name: str) -> Callable[[Callable[[JobContext], Any]], Callable[[JobContext], Any]]:
+    """Decorator: ``@handler("report")`` makes jobs of kind ``report`` call the function."""
+
+    def deco(fn: Callable[[JobContext], Any]) -> Callable[[JobContext], Any]:
+        register(name, fn)
+        return fn
+
+    return deco
+
+
+def resolve(kind: str) -> Handler | None:
+    """The handler for a kind: built-in, registered, or ``module:function``; None if unknown."""
+    _builtins()
+    found = _REGISTRY.get(kind)
+    if found is not None:
+        return found
+    if ":" in kind:
+        module_name, _, attr = kind.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError, ValueError) as exc:
+            log.warning("cannot load handler %s: %s", kind, exc, extra={"kind": kind})
+            return None
+        if callable(fn):
+            return PythonHandler(kind, fn)
+    return None
+
+
+def import_modules(names: Iterable[str]) -> list[str]:
+    """Import modules that register handlers (``--import``/``ORCH_HANDLERS``); raise ``ConfigError``."""
+    done = []
+    for name in names:
+        name = name.strip()
+        if not name:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import handler module {name!r}: {exc}") from None
+        done.append(name)
+    return done
+
+
+def _builtins() -> None:
+    if "command" not in _REGISTRY:
+        from orchestrator.handlers.command import CommandHandler
+        from orchestrator.handlers.llm import call_llm
+
+        _REGISTRY["command"] = CommandHandler()
+        _REGISTRY.setdefault("llm", PythonHandler("llm", call_llm))

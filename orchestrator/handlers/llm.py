@@ -1,0 +1,115 @@
+"""The ``llm`` handler: an OpenAI-compatible chat-completions call that must answer with a terminal payload.
+
+Settings come from the environment (``.env`` included): ``LLM_URL`` (the base URL, e.g.
+``https://api.example.com/v1``, or the full ``.../chat/completions`` URL), ``LLM_API_KEY``,
+``LLM_MODEL`` and ``ORCH_LLM_TIMEOUT`` (seconds, default 60). The job's input is sent as the
+user message (a string as is, anything else as JSON), with the context (answers, revisions)
+and a system prompt describing the payload. Every failure becomes a ``failed`` payload with
+a stable ``error_code``: ``LLM_CONFIG`` (no URL), ``LLM_NETWORK_ERROR``, ``LLM_TIMEOUT``,
+``LLM_HTTP_ERROR`` (retryable for 408/429/5xx only), ``LLM_BAD_RESPONSE`` (not JSON or not
+chat-completions shaped). A reply whose content is not a valid payload is passed on as is,
+so the worker records ``MALFORMED_PAYLOAD``.
+
+The API key is only ever put in the ``Authorization`` header: every text this module
+produces has the key's value replaced and then goes through ``sanitize_text``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+from typing import Any
+
+from orchestrator.security import REDACTED, sanitize_text
+
+DEFAULT_TIMEOUT = 60.0
+MAX_REPLY_BYTES = 4 * 1024 * 1024
+SYSTEM_PROMPT = (
+    "You are a job handler. Do the task in the user message. Reply with ONLY a JSON object: "
+    '{"status": "done" | "needs_human" | "needs_audit" | "failed", "summary": "<one paragraph>", '
+    '"question": "<required when status is needs_human>", "output": <any JSON result>, '
+    '"artifacts": [], "retryable": true}. No prose outside the JSON.'
+)
+
+
+def _scrub(text: str, key: str) -> str:
+    if key:
+        text = text.replace(key, REDACTED)
+    return sanitize_text(text)
+
+
+def _failed(code: str, message: str, key: str, retryable: bool = True) -> dict[str, Any]:
+    return {"status": "failed", "summary": _scrub(message, key)[:2000], "error_code": code, "retryable": retryable}
+
+
+def endpoint(url: str) -> str:
+    url = url.rstrip("/")
+    return url if url.endswith("/chat/completions") else url + "/chat/completions"
+
+
+def _messages(ctx: Any) -> list[dict[str, str]]:
+    data = ctx.to_dict() if hasattr(ctx, "to_dict") else dict(ctx)
+    task = data.get("input")
+    task_text = task if isinstance(task, str) else json.dumps(task, ensure_ascii=False)
+    extra = {k: data.get(k) for k in ("answers", "revisions", "attempt") if data.get(k)}
+    user = task_text + ("\n\nContext: " + json.dumps(extra, ensure_ascii=False) if extra else "")
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def _strip_fences(content: str) -> str:
+    text = content.strip()
+    if text.startswith("```"):
+        text = text.split("\n", 1)[1] if "\n" in text else ""
+        if text.rstrip().endswith("```"):
+            text = text.rstrip()[:-3]
+    return text.strip()
+
+
+def call_llm(ctx: Any, environ: dict[str, str] | None = None) -> Any:
+    """Ask the model for a terminal payload; return it (or a ``failed`` payload on any error)."""
+    env = os.environ if environ is None else environ
+    key = env.get("LLM_API_KEY", "")
+    url = env.get("LLM_URL", "")
+    if not url:
+        return _failed("LLM_CONFIG", "LLM_URL is not set", key, retryable=False)
+    try:
+        timeout = float(env.get("ORCH_LLM_TIMEOUT") or DEFAULT_TIMEOUT)
+    except ValueError:
+        timeout = DEFAULT_TIMEOUT
+    body = {"model": env.get("LLM_MODEL") or "default", "messages": _messages(ctx), "temperature": 0}
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(endpoint(url), data=json.dumps(body).encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - the operator's own URL
+            raw = resp.read(MAX_REPLY_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        detail = exc.read(500).decode("utf-8", errors="replace") if exc.fp else ""
+        retry = exc.code in (408, 429) or exc.code >= 500
+        return _failed("LLM_HTTP_ERROR", f"LLM endpoint answered HTTP {exc.code}: {detail}", key, retryable=retry)
+    except (socket.timeout, TimeoutError):
+        return _failed("LLM_TIMEOUT", f"LLM endpoint did not answer within {timeout:g}s", key)
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, (socket.timeout, TimeoutError)):
+            return _failed("LLM_TIMEOUT", f"LLM endpoint did not answer within {timeout:g}s", key)
+        return _failed("LLM_NETWORK_ERROR", f"cannot reach the LLM endpoint: {exc.reason}", key)
+    except OSError as exc:
+        return _failed("LLM_NETWORK_ERROR", f"cannot reach the LLM endpoint: {exc}", key)
+    if len(raw) > MAX_REPLY_BYTES:
+        return _failed("LLM_BAD_RESPONSE", "the LLM reply is larger than 4 MiB", key)
+    try:
+        content = json.loads(raw)["choices"][0]["message"]["content"]
+        if not isinstance(content, str):
+            raise TypeError("content is not a string")
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        snippet = raw[:200].decode("utf-8", errors="replace")
+        return _failed("LLM_BAD_RESPONSE", f"the reply is not a chat completion ({exc}): {snippet}", key)
+    try:
+        return json.loads(_strip_fences(content))
+    except ValueError:
+        # not JSON: hand the text on so the worker records MALFORMED_PAYLOAD with it
+        return {"status": "failed", "summary": _scrub(content, key)[:2000], "error_code": "MALFORMED_PAYLOAD",
+                "retryable": True, "output": {"reply_not_json": True}}

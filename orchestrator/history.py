@@ -1,0 +1,141 @@
+"""Reading and writing signed, chained streams: the bridge between lines and events.
+
+``verify_stream`` checks every line of a stream (parse, canonical form, position, chain,
+stream binding, signature) and names each problem by line. ``seal`` turns new events into
+lines chained to a stream's head. Job histories and the audit log use the same code.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from orchestrator.signing import FORMAT_VERSION, Keyring, canonical, genesis, line_hash
+from orchestrator.store.base import AUDIT_STREAM, Head, StoredLine
+
+# Problem codes, each a different way a history can be damaged.
+CORRUPT_LINE = "CORRUPT_LINE"  # not JSON, not an object, or not in canonical form
+UNSUPPORTED_VERSION = "UNSUPPORTED_VERSION"
+SEQUENCE_MISMATCH = "SEQUENCE_MISMATCH"  # line deleted, duplicated, inserted or reordered
+CHAIN_BROKEN = "CHAIN_BROKEN"  # prev is not the hash of the line before
+WRONG_STREAM = "WRONG_STREAM"  # a line from another job spliced in
+TRUNCATED = "TRUNCATED"  # the file is shorter than its signed head record says
+HEAD_MISMATCH = "HEAD_MISMATCH"  # the line the head record names was rewritten
+ROLLED_BACK = "ROLLED_BACK"  # shorter than, or different from, an exported anchor
+INVALID_HISTORY = "INVALID_HISTORY"  # signed events that the state machine refuses
+CONTEXT_MISMATCH = "CONTEXT_MISMATCH"  # the submitted context does not match its digest
+
+
+@dataclass(frozen=True)
+class Problem:
+    stream: str
+    line: int
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stream": self.stream, "line": self.line, "code": self.code, "message": self.message}
+
+
+@dataclass
+class VerifiedStream:
+    """A stream's records in order, up to (not including) the first damaged line."""
+
+    stream: str
+    lines: list[StoredLine]
+    records: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def head(self) -> Head:
+        return Head(len(self.lines), self.lines[-1].raw if self.lines else b"")
+
+
+def verify_stream(stream: str, lines: Sequence[StoredLine], keyring: Keyring, *,
+                  prev_line: bytes | None = None) -> VerifiedStream:
+    """Check every line; records stop at the first problem, problems list all of them.
+
+    ``prev_line`` is the line before ``lines[0]`` when verifying from the middle of a stream.
+    """
+    result = VerifiedStream(stream, list(lines))
+    expected_prev = line_hash(prev_line) if prev_line is not None else genesis(stream)
+    clean = True
+    for stored in lines:
+        code, message, rec = _check_line(stream, stored, expected_prev, keyring)
+        expected_prev = line_hash(stored.raw)
+        if code:
+            clean = False
+            result.problems.append(Problem(stream, stored.seq, code, message))
+        elif clean:
+            result.records.append(rec)
+    return result
+
+
+def _check_line(stream: str, stored: StoredLine, expected_prev: str,
+                keyring: Keyring) -> tuple[str | None, str, dict[str, Any]]:
+    try:
+        rec = json.loads(stored.raw)
+    except (ValueError, UnicodeDecodeError):
+        return CORRUPT_LINE, "not valid JSON", {}
+    if not isinstance(rec, dict):
+        return CORRUPT_LINE, "not a JSON object", {}
+    try:
+        if canonical(rec) != stored.raw:
+            return CORRUPT_LINE, "not in canonical form (edited by hand?)", rec
+    except ValueError:
+        return CORRUPT_LINE, "holds a value JSON cannot carry (NaN?)", rec
+    if rec.get("v") != FORMAT_VERSION:
+        return UNSUPPORTED_VERSION, f"format version {rec.get('v')!r} is not {FORMAT_VERSION}", rec
+    if rec.get("seq") != stored.seq:
+        return SEQUENCE_MISMATCH, f"seq {rec.get('seq')!r} stands at line {stored.seq}", rec
+    if rec.get("prev") != expected_prev:
+        return CHAIN_BROKEN, "prev is not the hash of the line before", rec
+    if stream != AUDIT_STREAM and rec.get("job_id") != stream:
+        return WRONG_STREAM, f"belongs to job {rec.get('job_id')!r}", rec
+    sig_problem = keyring.check(rec)
+    if sig_problem:
+        return sig_problem, f"signature check failed ({sig_problem}) for key {rec.get('kid')!r}", rec
+    return None, "", rec
+
+
+def seal(keyring: Keyring, stream: str, head: Head, records: Iterable[dict[str, Any]]) -> list[bytes]:
+    """Number, chain and sign new records after ``head``; returns their lines."""
+    prev = line_hash(head.last_line) if head.seq else genesis(stream)
+    seq = head.seq
+    out = []
+    for rec in records:
+        seq += 1
+        line = keyring.seal({**rec, "v": FORMAT_VERSION, "seq": seq, "prev": prev})
+        prev = line_hash(line)
+        out.append(line)
+    return out
+
+
+# -- head records: detect a job file cut at a line boundary --------------------------------------
+
+
+def head_record(keyring: Keyring, stream: str, head: Head) -> bytes:
+    """A signed note of a stream's length and last hash, kept beside the stream."""
+    return keyring.seal({"stream": stream, "seq": head.seq, "hash": line_hash(head.last_line)})
+
+
+def check_head_record(stream: str, lines: Sequence[StoredLine], raw: bytes | None, keyring: Keyring) -> Problem | None:
+    if raw is None:
+        return None
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        return Problem(stream, 0, CORRUPT_LINE, "the head record is not valid JSON")
+    if keyring.check(rec) or rec.get("stream") != stream:
+        return Problem(stream, 0, "SIGNATURE_INVALID", "the head record's signature does not verify")
+    seq = rec.get("seq", 0)
+    if seq > len(lines):
+        return Problem(stream, len(lines), TRUNCATED,
+                       f"the signed head record says {seq} events, the file holds {len(lines)}: events were cut")
+    if seq and line_hash(lines[seq - 1].raw) != rec.get("hash"):
+        return Problem(stream, seq, HEAD_MISMATCH, "the line named by the head record was rewritten")
+    return None

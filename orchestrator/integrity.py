@@ -1,0 +1,147 @@
+"""Whole-project verification and the external anchor against rollback.
+
+Signatures and the chain catch any edit, insertion, deletion, reorder or splice inside a
+file; the per-job signed head record catches a job file cut at a line boundary. What no
+check inside the store can catch is a rollback of the *whole* store (files and head records
+restored from an old copy): for that, ``export_anchor`` writes a signed digest of every
+head to a file kept elsewhere, and ``check_anchor`` proves nothing was rolled back since.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from orchestrator import clock
+from orchestrator.api import Orchestrator
+from orchestrator.errors import InvalidInputError
+from orchestrator.history import ROLLED_BACK, Problem, verify_stream
+from orchestrator.signing import canonical, line_hash
+from orchestrator.store.base import AUDIT_STREAM
+
+ANCHOR_FORMAT = "jsonl-orchestrator/anchor/v1"
+
+
+AUDIT_EVENT_MISSING = "AUDIT_EVENT_MISSING"  # an audit entry names an event its job does not hold
+AUDIT_ENTRY_MISSING = "AUDIT_ENTRY_MISSING"  # an audited event has no entry (a crash; healed by the next command)
+
+
+@dataclass
+class VerifyReport:
+    streams: int = 0
+    events: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  # not integrity failures: verify still passes
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "streams": self.streams, "events": self.events,
+                "problems": [p.to_dict() for p in self.problems], "warnings": [w.to_dict() for w in self.warnings]}
+
+
+def _audit_claims(orch: Orchestrator, job_id: str | None) -> dict[str, list[tuple[int, str]]]:
+    """job id -> [(audit seq, event hash)] for every audit entry that names a job event."""
+    from orchestrator.audit import entries_for
+
+    claims: dict[str, list[tuple[int, str]]] = {}
+    for seq, rec in entries_for(orch, job_id=job_id)[1]:
+        data = rec.get("data")
+        if isinstance(data, dict) and isinstance(data.get("event_hash"), str):
+            claims.setdefault(str(rec.get("job_id")), []).append((seq, data["event_hash"]))
+    return claims
+
+
+def _cross_check(report: VerifyReport, job_id: str, view: Any, claims: list[tuple[int, str]]) -> None:
+    """Every entry's event must be in the job's history; every audited event should have an entry."""
+    from orchestrator.audit import AUDITED_EVENTS
+
+    hashes = [line_hash(s.raw) for s in view.stream.lines] if view is not None else []
+    present = set(hashes)
+    for seq, eh in claims:
+        if eh not in present:
+            report.problems.append(Problem(AUDIT_STREAM, seq, AUDIT_EVENT_MISSING,
+                                           f"names event {eh[:16]}... of job {job_id}, which its history does not hold "
+                                           "(the job file was cut or rolled back)"))
+    if view is None:
+        return
+    claimed = {eh for _, eh in claims}
+    for stored, rec, eh in zip(view.stream.lines, view.stream.records, hashes):
+        if rec.get("type") in AUDITED_EVENTS and eh not in claimed:
+            report.warnings.append(Problem(job_id, stored.seq, AUDIT_ENTRY_MISSING,
+                                           f"{rec['type']} has no audit entry (a crash between the two writes); "
+                                           "the next command on the job, or `orchestrator audit heal`, writes it"))
+
+
+def verify_project(orch: Orchestrator, job_id: str | None = None, *,
+                   progress: Callable[[int], None] | None = None) -> VerifyReport:
+    """Check every job's history (or one job's) and the audit log; list each problem by line."""
+    report = VerifyReport()
+    job_ids = [job_id] if job_id else sorted(orch.store.job_ids())
+    claims = _audit_claims(orch, job_id)
+    for n, jid in enumerate(job_ids, 1):
+        view = orch.load(jid)
+        report.streams += 1
+        report.events += len(view.stream.lines)
+        report.problems.extend(view.problems)
+        _cross_check(report, jid, view, claims.pop(jid, []))
+        if progress and n % 1000 == 0:
+            progress(n)
+    for jid, rest in sorted(claims.items()):  # entries naming jobs that have no events at all
+        _cross_check(report, jid, None, rest)
+    if job_id is None:
+        lines = orch.store.read(AUDIT_STREAM)
+        if lines:
+            audit = verify_stream(AUDIT_STREAM, lines, orch.keyring)
+            report.streams += 1
+            report.events += len(lines)
+            report.problems.extend(audit.problems)
+    return report
+
+
+def _heads(orch: Orchestrator) -> dict[str, dict[str, Any]]:
+    heads = {}
+    for stream in [*sorted(orch.store.job_ids()), AUDIT_STREAM]:
+        lines = orch.store.read(stream)
+        if lines:
+            heads[stream] = {"seq": len(lines), "hash": line_hash(lines[-1].raw)}
+    return heads
+
+
+def export_anchor(orch: Orchestrator, path: Path) -> dict[str, Any]:
+    """Write a signed digest of every stream's head to ``path`` (keep it outside the store)."""
+    body = {"format": ANCHOR_FORMAT, "project_id": orch.project_id, "created_at": clock.to_iso(orch.clock()),
+            "heads": _heads(orch)}
+    kid, sig = orch.keyring.sign_bytes(canonical(body))
+    doc = {**body, "kid": kid, "sig": sig}
+    tmp = Path(f"{path}.tmp")
+    tmp.write_bytes(canonical(doc) + b"\n")
+    os.replace(tmp, path)
+    return {"path": str(path), "streams": len(body["heads"]), "created_at": body["created_at"]}
+
+
+def check_anchor(orch: Orchestrator, path: Path) -> list[Problem]:
+    """Every stream in the anchor must still hold its anchored line, unchanged."""
+    try:
+        doc = json.loads(Path(path).read_bytes())
+        body = {k: v for k, v in doc.items() if k not in ("kid", "sig")}
+        signed = orch.keyring.verify_bytes(doc["kid"], doc["sig"], canonical(body))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidInputError(f"cannot read anchor {path}: {exc}") from None
+    if not signed or body.get("format") != ANCHOR_FORMAT:
+        return [Problem("anchor", 0, "SIGNATURE_INVALID", f"{path} is not an anchor signed by a trusted key")]
+    if body.get("project_id") != orch.project_id:
+        raise InvalidInputError(f"{path} anchors project {body.get('project_id')!r}, not {orch.project_id!r}")
+    problems = []
+    for stream, head in body["heads"].items():
+        lines = orch.store.read(stream)
+        if len(lines) < head["seq"]:
+            problems.append(Problem(stream, len(lines), ROLLED_BACK,
+                                    f"holds {len(lines)} events; the anchor of {body['created_at']} saw {head['seq']}"))
+        elif line_hash(lines[head["seq"] - 1].raw) != head["hash"]:
+            problems.append(Problem(stream, head["seq"], ROLLED_BACK, "the anchored line was rewritten"))
+    return problems

@@ -1,0 +1,171 @@
+"""Project figures and alerts for on-call: computed from the projection rows at a given ``now``.
+
+Definitions (docs/metrics.md is the reference):
+
+* ``counts``: jobs per state (every state listed, zeros included), plus ``integrity_errors``.
+* ``stalled_count``: jobs in ``running`` whose lease expired more than ``stall_grace`` seconds
+  before ``now`` (the worker is gone and no stale recovery has run yet).
+* ``resume_success_rate``: of the resumes whose outcome is known, the fraction after which the
+  job next reached ``succeeded`` (directly or through approve) rather than asking again
+  (``waiting_human``), failing or being cancelled. ``None`` when no resume has an outcome yet.
+* ``mean_converge_time``: mean seconds from submission to the final state (succeeded, failed,
+  cancelled), over the jobs that reached one. ``None`` when none has.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from orchestrator.projection import Row
+from orchestrator.state import STATES
+
+SEVERITIES = ("info", "warning", "critical")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Alert thresholds; each has an ``ORCH_*`` environment variable and a ``metrics`` option."""
+
+    stall_grace: float = 0.0  # ORCH_STALL_GRACE_SECONDS
+    stalled_max: int = 0  # ORCH_ALERT_STALLED_MAX: alert when stalled_count exceeds it
+    resume_success_min: float = 0.8  # ORCH_ALERT_RESUME_SUCCESS_MIN
+    resume_min_samples: int = 5  # ORCH_ALERT_RESUME_MIN_SAMPLES: below this, no rate alert
+    converge_max_seconds: float = 3600.0  # ORCH_ALERT_CONVERGE_MAX_SECONDS
+    waiting_human_max: int = 50  # ORCH_ALERT_WAITING_HUMAN_MAX
+    awaiting_audit_max: int = 50  # ORCH_ALERT_AWAITING_AUDIT_MAX
+
+    ENV = {"stall_grace": "ORCH_STALL_GRACE_SECONDS", "stalled_max": "ORCH_ALERT_STALLED_MAX",
+           "resume_success_min": "ORCH_ALERT_RESUME_SUCCESS_MIN", "resume_min_samples": "ORCH_ALERT_RESUME_MIN_SAMPLES",
+           "converge_max_seconds": "ORCH_ALERT_CONVERGE_MAX_SECONDS", "waiting_human_max": "ORCH_ALERT_WAITING_HUMAN_MAX",
+           "awaiting_audit_max": "ORCH_ALERT_AWAITING_AUDIT_MAX"}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Thresholds":
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name, var in cls.ENV.items():
+            kind = type(getattr(cls, name))
+            if overrides.get(name) is not None:
+                values[name] = kind(overrides[name])
+            elif env.get(var):
+                try:
+                    values[name] = kind(env[var])
+                except ValueError:
+                    from orchestrator.errors import ConfigError
+
+                    raise ConfigError(f"{var}={env[var]!r} is not a {kind.__name__}") from None
+        return cls(**values)
+
+
+@dataclass
+class Metrics:
+    project_id: str
+    now: float
+    jobs: int
+    counts: dict[str, int]
+    integrity_errors: int
+    stalled_count: int
+    resume_success_rate: float | None
+    resumes_decided: int
+    mean_converge_time: float | None
+    converged_jobs: int
+    alerts: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def compute(project_id: str, rows: Iterable[Row], now: float, limits: Thresholds) -> Metrics:
+    counts = {s: 0 for s in STATES}
+    jobs = integrity = stalled = ok = failed = converged = 0
+    converge_sum = 0.0
+    for row in rows:
+        jobs += 1
+        if row.state in counts:
+            counts[row.state] += 1
+        if not row.ok:
+            integrity += 1
+        if row.state == "running" and row.lease_expires_at is not None and row.lease_expires_at + limits.stall_grace < now:
+            stalled += 1
+        ok += row.resumes_ok
+        failed += row.resumes_failed
+        if row.final_at is not None and row.submitted_at is not None:
+            converged += 1
+            converge_sum += row.final_at - row.submitted_at
+    m = Metrics(project_id=project_id, now=now, jobs=jobs, counts=counts, integrity_errors=integrity,
+                stalled_count=stalled, resume_success_rate=ok / (ok + failed) if ok + failed else None,
+                resumes_decided=ok + failed, mean_converge_time=converge_sum / converged if converged else None,
+                converged_jobs=converged)
+    m.alerts = alerts(m, limits)
+    return m
+
+
+def alerts(m: Metrics, t: Thresholds) -> list[dict[str, str]]:
+    out = []
+
+    def add(code: str, severity: str, message: str) -> None:
+        out.append({"code": code, "severity": severity, "message": message})
+
+    if m.integrity_errors:
+        add("INTEGRITY_ERRORS", "critical", f"{m.integrity_errors} job(s) failed verification and will not run; "
+                                            "run verify (runbook E)")
+    if m.stalled_count > t.stalled_max:
+        add("STALLED_JOBS", "critical", f"{m.stalled_count} running job(s) have an expired lease "
+                                        f"(limit {t.stalled_max}); run a worker to recover them (runbook A)")
+    if (m.resume_success_rate is not None and m.resumes_decided >= t.resume_min_samples
+            and m.resume_success_rate < t.resume_success_min):
+        add("RESUME_SUCCESS_LOW", "warning", f"resume success rate {m.resume_success_rate:.0%} over "
+                                             f"{m.resumes_decided} resume(s) is below {t.resume_success_min:.0%}")
+    if m.mean_converge_time is not None and m.mean_converge_time > t.converge_max_seconds:
+        add("CONVERGE_SLOW", "warning", f"mean time to a final state {m.mean_converge_time:.1f}s exceeds "
+                                        f"{t.converge_max_seconds:.0f}s")
+    if m.counts["waiting_human"] > t.waiting_human_max:
+        add("WAITING_HUMAN_BACKLOG", "warning", f"{m.counts['waiting_human']} job(s) wait for an answer "
+                                                f"(limit {t.waiting_human_max}); runbook C")
+    if m.counts["awaiting_audit"] > t.awaiting_audit_max:
+        add("AWAITING_AUDIT_BACKLOG", "warning", f"{m.counts['awaiting_audit']} job(s) wait for approval "
+                                                 f"(limit {t.awaiting_audit_max}); runbook B")
+    return out
+
+
+def _num(value: float | None) -> str:
+    return "NaN" if value is None or (isinstance(value, float) and math.isnan(value)) else repr(float(value))
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def prometheus(m: Metrics) -> str:
+    """The Prometheus text exposition format (version 0.0.4)."""
+    p = f'project="{_label(m.project_id)}"'
+    lines = ["# HELP orchestrator_jobs Jobs by state.", "# TYPE orchestrator_jobs gauge"]
+    lines += [f'orchestrator_jobs{{{p},state="{s}"}} {n}' for s, n in m.counts.items()]
+    for name, help_text, value in [
+        ("orchestrator_integrity_errors", "Jobs whose history failed verification.", m.integrity_errors),
+        ("orchestrator_stalled_jobs", "Running jobs whose lease expired (stalled_count).", m.stalled_count),
+        ("orchestrator_resume_success_ratio", "Resumes after which the job succeeded, over resumes with an outcome.",
+         m.resume_success_rate),
+        ("orchestrator_resumes_decided", "Resumes whose outcome is known.", m.resumes_decided),
+        ("orchestrator_mean_converge_seconds", "Mean seconds from submission to a final state.", m.mean_converge_time),
+        ("orchestrator_converged_jobs", "Jobs in a final state.", m.converged_jobs),
+    ]:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge",
+                  f"{name}{{{p}}} {value if isinstance(value, int) else _num(value)}"]
+    lines += ["# HELP orchestrator_alert Alerts firing (1 per alert).", "# TYPE orchestrator_alert gauge"]
+    lines += [f'orchestrator_alert{{{p},code="{a["code"]}",severity="{a["severity"]}"}} 1' for a in m.alerts]
+    return "\n".join(lines) + "\n"
+
+
+def table(m: Metrics) -> str:
+    rate = "n/a" if m.resume_success_rate is None else f"{m.resume_success_rate:.1%} ({m.resumes_decided} resumes)"
+    conv = "n/a" if m.mean_converge_time is None else f"{m.mean_converge_time:.3f}s ({m.converged_jobs} jobs)"
+    lines = [f"project              {m.project_id}", f"jobs                 {m.jobs}",
+             f"stalled_count        {m.stalled_count}", f"resume_success_rate  {rate}",
+             f"mean_converge_time   {conv}", f"integrity_errors     {m.integrity_errors}", "", "STATE            JOBS"]
+    lines += [f"{s:<16} {n:>5}" for s, n in m.counts.items()]
+    lines += ["", "ALERTS" if m.alerts else "ALERTS: none"]
+    lines += [f"[{a['severity']}] {a['code']}: {a['message']}" for a in m.alerts]
+    return "\n".join(lines)

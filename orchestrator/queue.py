@@ -1,0 +1,303 @@
+"""The ready and running indexes: derived caches that let a worker claim without scanning.
+
+``QueueIndex`` is a projection of the job events, fed by ``Orchestrator.append`` through
+``before_append``/``after_append``, and rebuildable from the events at any time
+(``docs/ADR-state-source.md``). Two rules make it crash-safe:
+
+* an entry is written *before* the event that makes a job runnable (or running), and
+  removed only *after* the event that ends it. A crash in between leaves an extra entry,
+  never a missing one;
+* an entry is only a hint: the claimer re-reads the job's verified events before acting,
+  and drops entries whose job is no longer queued/running when it meets them.
+
+The file index keeps one empty file per ready job, named so that a sorted listing is the
+claim order (priority desc, then runnable-at asc, then job id):
+``index/ready/<1000-priority>.<runnable_at_us>.<job_id>``, and ``index/running/<job_id>``.
+A PostgreSQL backend implements the same interface with a table and
+``SELECT ... FOR UPDATE SKIP LOCKED`` in ``candidates``; the claim itself stays an append
+with an expected sequence, so the index never decides who wins.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from orchestrator import faults
+from orchestrator.state import QUEUED, RUNNING, JobState
+from orchestrator.wakeup import Watcher, make_watcher
+
+if TYPE_CHECKING:
+    from orchestrator.api import Orchestrator
+
+log = logging.getLogger(__name__)
+
+INDEX_DIR = "index"
+BUILT_MARKER = "built"
+
+
+@dataclass(frozen=True, order=True)
+class ReadyEntry:
+    """One ready-index entry; ordering is the claim order."""
+
+    neg_priority: int
+    runnable_at_us: int
+    job_id: str
+
+    @property
+    def priority(self) -> int:
+        return -self.neg_priority
+
+    @property
+    def runnable_at(self) -> float:
+        return self.runnable_at_us / 1e6
+
+    @property
+    def name(self) -> str:
+        return f"{1000 - self.priority:04d}.{self.runnable_at_us:017d}.{self.job_id}"
+
+    @classmethod
+    def parse(cls, name: str) -> "ReadyEntry | None":
+        parts = name.split(".", 2)
+        if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+            return None
+        return cls(int(parts[0]) - 1000, int(parts[1]), parts[2])
+
+    @classmethod
+    def for_state(cls, state: JobState) -> "ReadyEntry":
+        """The entry a queued job should have: runnable at its retry time, else when it was queued."""
+        at = state.retry_at if state.retry_at else state.updated_at
+        return cls(-state.priority, int(round(at * 1e6)), state.job_id)
+
+
+class QueueIndex(ABC):
+    """Ready and running jobs, as hints for claiming and stale recovery."""
+
+    # -- projection hooks (called by Orchestrator.append) --------------------------------------
+    def before_append(self, job_id: str, old: JobState | None, new: JobState) -> None:
+        """Make the entries the new state needs exist before its event is written."""
+        if new.state == QUEUED:
+            self.put_ready(ReadyEntry.for_state(new))
+        elif new.state == RUNNING:
+            self.put_running(job_id)
+
+    def after_append(self, job_id: str, old: JobState | None, new: JobState) -> None:
+        """The event is durable: announce new work, drop entries the job no longer needs."""
+        faults.point("queue.after_append")
+        if new.state == QUEUED:
+            self.announce(ReadyEntry.for_state(new))
+        if old is not None and old.state == QUEUED:
+            before = ReadyEntry.for_state(old)
+            if new.state != QUEUED or before != ReadyEntry.for_state(new):
+                self.drop_ready(before)
+        if old is not None and old.state == RUNNING and new.state != RUNNING:
+            self.drop_running(job_id)
+
+    # -- storage --------------------------------------------------------------------------------
+    @abstractmethod
+    def put_ready(self, entry: ReadyEntry) -> None: ...
+
+    @abstractmethod
+    def drop_ready(self, entry: ReadyEntry) -> None: ...
+
+    def announce(self, entry: ReadyEntry) -> None:
+        """Wake idle workers: the job's event is now durable."""
+
+    @abstractmethod
+    def ready(self) -> list[ReadyEntry]:
+        """Every ready entry, in claim order (due or not)."""
+
+    @abstractmethod
+    def put_running(self, job_id: str) -> None: ...
+
+    @abstractmethod
+    def drop_running(self, job_id: str) -> None: ...
+
+    @abstractmethod
+    def running(self) -> list[str]:
+        """Job ids that may be running (checked against their events before use)."""
+
+    @abstractmethod
+    def is_built(self) -> bool: ...
+
+    @abstractmethod
+    def mark_built(self) -> None: ...
+
+    def wait(self, timeout: float) -> bool:
+        """Block until new work may have been announced, or ``timeout`` seconds; no busy polling."""
+        threading.Event().wait(timeout)
+        return False
+
+    def close(self) -> None:
+        """Release watches; the index is still usable for claims afterwards."""
+
+    # -- rebuild ----------------------------------------------------------------------------------
+    def ensure_built(self, orch: "Orchestrator") -> None:
+        if not self.is_built():
+            self.rebuild(orch)
+
+    def rebuild(self, orch: "Orchestrator") -> int:
+        """Scan every job once and add the entries of queued and running ones (O(all jobs))."""
+        count = 0
+        for job_id in orch.store.job_ids():
+            try:
+                view = orch.load(job_id)
+            except Exception:  # noqa: BLE001 - a broken job must not stop the rebuild
+                log.warning("rebuild: cannot read job %s", job_id, extra={"job_id": job_id})
+                continue
+            s = view.state
+            if s is None:
+                continue
+            if s.state == QUEUED or not view.ok:  # a broken job is met once, refused and dropped
+                self.put_ready(ReadyEntry.for_state(s))
+                count += 1
+            elif s.state == RUNNING:
+                self.put_running(job_id)
+                count += 1
+        self.mark_built()
+        log.info("ready index rebuilt from events: %d entries", count, extra={"entries": count})
+        return count
+
+
+class MemoryQueueIndex(QueueIndex):
+    """For the in-memory store; a condition variable wakes waiting workers."""
+
+    def __init__(self) -> None:
+        self._ready: set[ReadyEntry] = set()
+        self._running: set[str] = set()
+        self._built = False
+        self._cond = threading.Condition()
+        self._announced = 0
+        self._seen = 0  # announcements up to the last wait: later ones, even during a scan, wake the next wait
+
+    def put_ready(self, entry: ReadyEntry) -> None:
+        with self._cond:
+            self._ready.add(entry)
+
+    def drop_ready(self, entry: ReadyEntry) -> None:
+        with self._cond:
+            self._ready.discard(entry)
+
+    def announce(self, entry: ReadyEntry) -> None:
+        with self._cond:
+            self._announced += 1
+            self._cond.notify_all()
+
+    def ready(self) -> list[ReadyEntry]:
+        with self._cond:
+            return sorted(self._ready)
+
+    def put_running(self, job_id: str) -> None:
+        with self._cond:
+            self._running.add(job_id)
+
+    def drop_running(self, job_id: str) -> None:
+        with self._cond:
+            self._running.discard(job_id)
+
+    def running(self) -> list[str]:
+        with self._cond:
+            return sorted(self._running)
+
+    def is_built(self) -> bool:
+        return self._built
+
+    def mark_built(self) -> None:
+        self._built = True
+
+    def wait(self, timeout: float) -> bool:
+        with self._cond:
+            woke = self._cond.wait_for(lambda: self._announced != self._seen, timeout)
+            self._seen = self._announced
+            return woke
+
+
+class FileQueueIndex(QueueIndex):
+    """Empty files under ``<state_dir>/index``; listing ``ready/`` costs O(ready jobs), not O(all jobs)."""
+
+    def __init__(self, root: Path, wakeup: str = "auto") -> None:
+        self.root = Path(root)
+        self.ready_dir = self.root / "ready"
+        self.running_dir = self.root / "running"
+        self._wakeup = wakeup
+        self._watcher: "Watcher | None" = None
+
+    def _touch(self, path: Path) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.close(fd)
+
+    @staticmethod
+    def _unlink(path: Path) -> None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def put_ready(self, entry: ReadyEntry) -> None:
+        self._touch(self.ready_dir / entry.name)
+        faults.point("queue.after_put_ready")
+
+    def drop_ready(self, entry: ReadyEntry) -> None:
+        self._unlink(self.ready_dir / entry.name)
+
+    def announce(self, entry: ReadyEntry) -> None:
+        # IN_ATTRIB wakes watchers only now that the event is durable
+        try:
+            os.utime(self.ready_dir / entry.name)
+        except FileNotFoundError:  # claimed already by a fast worker
+            pass
+
+    def ready(self) -> list[ReadyEntry]:
+        try:
+            names = os.listdir(self.ready_dir)
+        except FileNotFoundError:
+            return []
+        entries = [e for e in map(ReadyEntry.parse, names) if e is not None]
+        entries.sort()
+        return entries
+
+    def put_running(self, job_id: str) -> None:
+        self._touch(self.running_dir / job_id)
+
+    def drop_running(self, job_id: str) -> None:
+        self._unlink(self.running_dir / job_id)
+
+    def running(self) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(self.running_dir) if not n.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    def is_built(self) -> bool:
+        return (self.root / BUILT_MARKER).exists()
+
+    def mark_built(self) -> None:
+        self._touch(self.root / BUILT_MARKER)
+
+    def wait(self, timeout: float) -> bool:
+        if self._watcher is None:
+            self.ready_dir.mkdir(parents=True, exist_ok=True)
+            self._watcher = make_watcher(self.ready_dir, self._wakeup)
+        return self._watcher.wait(timeout)
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+
+
+def index_for(orch: "Orchestrator", wakeup: str | None = None) -> QueueIndex:
+    """The index that matches the store: files next to a file store, memory otherwise."""
+    root = getattr(orch.store, "root", None)
+    if root is not None:
+        return FileQueueIndex(Path(root) / INDEX_DIR, wakeup or os.environ.get("ORCH_WAKEUP", "auto"))
+    return MemoryQueueIndex()
+

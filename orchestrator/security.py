@@ -1,0 +1,214 @@
+"""Secret redaction, id validation and path containment.
+
+Everything a job prints or an operator types may end up in a JSONL event or a log, so
+``sanitize_text`` runs over text before it is persisted. Ids become file names and
+artifact paths come from jobs, so both are checked before they touch the filesystem.
+
+Every regex here is written to run in linear time: each repeated piece has disjoint
+alternatives, and patterns that must scan a run of characters before failing only start
+at the beginning of such a run (a negative lookbehind), so a 5 MB line costs one pass.
+Key names are matched on an ASCII-lowered copy instead of with re.IGNORECASE: same
+result, but sre keeps its fast scan for the first character (about 4x faster).
+"""
+from __future__ import annotations
+
+import os
+import re
+import string
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import InvalidIdError, PathEscapeError
+
+__all__ = ["REDACTED", "sanitize_text", "sanitize_obj", "validate_id", "safe_join", "validate_artifact_path"]
+
+REDACTED = "[REDACTED]"
+
+# Key names whose value is secret, in lower case. They also match as the END of a longer
+# name (``db_password``, ``GITHUB_TOKEN``, ``x-api-key``): such names are secret too.
+_KEYS = (
+    r"p(?:ass(?:word|wd|phrase)|wd|rivate[_-]?key)|token|api[_-]?key"
+    r"|se(?:cret(?:[_-]?access)?(?:[_-]?key)?|ssion[_-]?id)"
+)
+_HEADER_KEYS = r"authorization|cookie"  # also proxy-authorization, set-cookie
+# Separator between a key and its value: ``k=v``, ``k: v``, ``"k": "v"``, ``\"k\": \"v\"``.
+_SEP = r"""(?:\\?["'])?[ \t]*[:=][ \t]*"""
+# A quoted value (the quote may be JSON-escaped); escapes are skipped so ``\"`` stays inside.
+_QUOTED = r"""(?P<q>\\?["'])(?P<v>(?:(?!(?P=q))(?:\\.|[^\\\r\n]))+)"""
+
+
+def _unquoted(stop: str) -> str:
+    """Regex for a bare value: 1+ chars not in ``stop``, backslash escapes kept whole.
+
+    Written as an unrolled loop (no alternation inside the repeat) so it stays fast.
+    """
+    plain = rf"[^{stop}\\]"
+    return rf"(?:{plain}|\\.){plain}*(?:\\.{plain}*)*"
+
+
+_TO_EOL, _TO_SPACE, _TO_AMP = _unquoted(r"\r\n\"'"), _unquoted(r"\s\"'"), _unquoted(r"\s\"'&")
+
+
+_PEM = re.compile(
+    r"-----BEGIN[A-Z0-9 ]{0,64}PRIVATE KEY-----"
+    r"(?:[\s\S]*?-----END[A-Z0-9 ]{0,64}PRIVATE KEY-----|[\s\S]*)"  # unterminated: to the end
+)
+# ``scheme://user:pass@host``; the password runs to the last ``@`` of the authority.
+_URL_CREDS = re.compile(r"""://[^\s:/?#@"'<>]*:(?P<v>[^\s/?#"'<>]+)@""")
+_HEADER = re.compile(
+    rf"(?:{_HEADER_KEYS}){_SEP}(?P<q>\\?[\"'])?(?:(?:bearer|basic|digest|token|negotiate|ntlm)[ \t]+)?"
+    rf"""(?P<v>(?(q)(?:(?!(?P=q))(?:\\.|[^\\\r\n]))+|{_TO_EOL}))"""
+)
+# ``--password x``, ``--db-token 'x'``: the flag must start a word.
+_CLI = re.compile(
+    rf"""-(?<![\w-]-)-?(?:[a-z0-9]+[-_])*(?:{_KEYS})[ \t]+(?:{_QUOTED}|(?P<u>{_TO_SPACE}))"""
+)
+_KV = re.compile(rf"""(?:{_KEYS}){_SEP}(?:{_QUOTED}|(?P<u>{_TO_AMP}))""")
+# Well-known credential shapes, recognised without any key name. Start and end at the
+# edge of a token run so a match never splits a run (this keeps redaction idempotent).
+_SHAPES = re.compile(
+    r"(?<![A-Za-z0-9_-])(?:"
+    r"sk-[A-Za-z0-9_-]{20,}"  # OpenAI sk-/sk-proj-, Anthropic sk-ant-
+    r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"  # GitHub
+    r"|(?:AKIA|ASIA)[0-9A-Z]{16}"  # AWS access key id
+    r"|xox[baprs]-[A-Za-z0-9-]{10,}"  # Slack
+    r"|AIza[0-9A-Za-z_-]{35}"  # Google API key
+    r"|eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"  # JWT
+    r")(?![A-Za-z0-9_-])"
+)
+_SENSITIVE_KEY = re.compile(rf"(?:{_KEYS}|{_HEADER_KEYS})\Z", re.I)
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def _redact_values(rx: re.Pattern[str], text: str) -> str:
+    """Replace each match's value group, keeping its key, separator, quote and scheme.
+
+    Matching runs on an ASCII-lowered copy (same length, same offsets) so key names are
+    case-insensitive; the kept text is sliced from the original.
+    """
+    out: list[str] = []
+    pos = 0
+    for m in rx.finditer(text.translate(_ASCII_LOWER)):
+        group = "v" if m.start("v") >= 0 else "u"
+        out.append(text[pos : m.start(group)])
+        out.append(REDACTED)
+        pos = m.end(group)
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def sanitize_text(text: str) -> str:
+    """Return ``text`` with secret values replaced by ``[REDACTED]``, key names kept.
+
+    Idempotent, linear-time, and ordinary prose ("the password policy", "token count 5")
+    is left alone: a key word only triggers redaction when a ``=``/``:`` value follows.
+    """
+    if not isinstance(text, str):
+        text = str(text)
+    text = _PEM.sub(REDACTED, text)
+    for rx in (_URL_CREDS, _HEADER, _CLI, _KV):
+        text = _redact_values(rx, text)
+    return _SHAPES.sub(REDACTED, text)
+
+
+def sanitize_obj(obj: Any) -> Any:
+    """Return a copy of a JSON-like structure with every string value sanitized.
+
+    Keys are never changed, but a scalar stored under a secret-looking key
+    (``{"password": "x"}``) is redacted whole, since its text alone looks harmless.
+    """
+    if isinstance(obj, str):
+        return sanitize_text(obj)
+    if isinstance(obj, dict):
+        out: dict[Any, Any] = {}
+        for key, value in obj.items():
+            secret = isinstance(key, str) and _SENSITIVE_KEY.search(key) is not None
+            if secret and not isinstance(value, bool) and isinstance(value, (str, int, float)) and value != "":
+                out[key] = REDACTED
+            else:
+                out[key] = sanitize_obj(value)
+        return out
+    if isinstance(obj, list):
+        return [sanitize_obj(item) for item in obj]
+    if isinstance(obj, tuple):
+        return tuple(sanitize_obj(item) for item in obj)
+    return obj
+
+
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _show(value: object) -> str:
+    """repr() for messages, cut short so a hostile 5 MB value never lands in a log."""
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+def validate_id(value: str, what: str = "job id") -> str:
+    """Return ``value`` if it is safe as a single file-name component, else raise.
+
+    Ids become file names, so only ``[A-Za-z0-9._-]`` (first char alphanumeric, at most
+    128 chars) is allowed and ``..`` is refused anywhere.
+    """
+    if not isinstance(value, str):
+        reason = f"must be a string, not {type(value).__name__}"
+    elif not value:
+        reason = "must not be empty"
+    elif len(value) > 128:
+        reason = f"is {len(value)} characters long (at most 128)"
+    elif ".." in value:
+        reason = "must not contain '..'"
+    elif not value[0].isascii() or not value[0].isalnum():
+        reason = "must start with a letter or digit"
+    elif _ID_RE.fullmatch(value) is None:
+        reason = "may contain only letters, digits, '.', '_' and '-'"
+    else:
+        return value
+    raise InvalidIdError(f"invalid {what} {_show(value)}: {reason}")
+
+
+def _inside(root: str, path: str) -> bool:
+    """True if the resolved ``path`` is ``root`` or below it (both already real)."""
+    return os.path.commonpath([root, path]) == root
+
+
+def safe_join(root: Path, *parts: str) -> Path:
+    """Join relative ``parts`` under ``root``; raise unless the result stays inside it.
+
+    Containment is checked on the real paths, so ``..`` and symlinks pointing outside
+    are caught. The joined, unresolved path is returned.
+    """
+    root_s = os.fspath(root)
+    if not root_s or "\x00" in root_s:
+        raise PathEscapeError(f"invalid root {_show(root_s)}")
+    for part in parts:
+        part_s = os.fspath(part)
+        if not isinstance(part_s, str) or "\x00" in part_s:
+            raise PathEscapeError(f"invalid path component {_show(part)}")
+        if os.path.isabs(part_s):
+            raise PathEscapeError(f"absolute path component {_show(part_s)} under {root_s}")
+    joined = Path(root_s, *parts)
+    if not _inside(os.path.realpath(root_s), os.path.realpath(joined)):
+        raise PathEscapeError(f"path {_show(str(joined))} escapes {root_s}")
+    return joined
+
+
+def validate_artifact_path(artifacts_dir: Path, rel: str) -> Path:
+    """Resolve a job-supplied artifact path; raise unless it is strictly inside the folder.
+
+    Refuses absolute paths, drive letters, backslashes, NUL and any ``..`` component
+    outright, then follows symlinks so a link inside the folder cannot point out of it.
+    """
+    if not isinstance(rel, str) or not rel:
+        raise PathEscapeError(f"artifact path must be a non-empty string, got {_show(rel)}")
+    if "\x00" in rel or "\\" in rel:
+        raise PathEscapeError(f"artifact path {_show(rel)} contains NUL or backslash")
+    if os.path.isabs(rel) or re.match(r"[A-Za-z]:", rel):
+        raise PathEscapeError(f"artifact path {_show(rel)} must be relative")
+    if ".." in rel.split("/"):
+        raise PathEscapeError(f"artifact path {_show(rel)} must not contain '..'")
+    root = os.path.realpath(artifacts_dir)
+    target = os.path.realpath(os.path.join(root, rel))
+    if target == root or not _inside(root, target):
+        raise PathEscapeError(f"artifact path {_show(rel)} escapes {artifacts_dir}")
+    return Path(target)

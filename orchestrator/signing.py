@@ -1,0 +1,239 @@
+"""Canonical encoding, Ed25519 signatures, the hash chain and the keyring.
+
+A line on disk is the canonical JSON of a record (sorted keys, no spaces, UTF-8, no NaN)
+whose ``sig`` is an Ed25519 signature over the canonical JSON of the same record without
+``sig``. ``prev`` is the SHA-256 of the previous line's bytes; the first line's ``prev``
+is bound to the stream (job id) so lines cannot be spliced between files.
+
+Keys live outside the store: a private key signs, public keys of the keyring verify. A
+verifier holding only public keys cannot forge. Key ids are derived from the public key,
+so rotation adds a key and old events stay verifiable.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import stat
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from orchestrator.errors import SigningKeyError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+PRIVATE_SUFFIX = ".key"
+PUBLIC_SUFFIX = ".pub"
+ACTIVE_FILE = "active"
+REVOKED_FILE = "revoked"
+
+
+def canonical(obj: Any) -> bytes:
+    """The one byte encoding that is signed, hashed and written."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def line_hash(line: bytes) -> str:
+    return hashlib.sha256(line).hexdigest()
+
+
+def genesis(stream: str) -> str:
+    """The ``prev`` of a stream's first line: binds line 1 to its stream."""
+    return hashlib.sha256(b"jsonl-orchestrator/v1/genesis/" + stream.encode()).hexdigest()
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "k-" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass
+class Keyring:
+    """Trusted public keys by id, the revoked ids, and (when this process signs) one private key."""
+
+    trusted: dict[str, Ed25519PublicKey] = field(default_factory=dict)
+    revoked: frozenset[str] = frozenset()
+    signer: Ed25519PrivateKey | None = None
+    signer_id: str | None = None
+    source: str = "memory"
+    _load_signer: Any = None  # deferred: a verify-only command never creates a key
+
+    @classmethod
+    def generate(cls) -> "Keyring":
+        """An in-memory keyring with a fresh key (tests, benchmarks)."""
+        ring = cls()
+        ring.add_signer(Ed25519PrivateKey.generate())
+        return ring
+
+    def add_signer(self, private: Ed25519PrivateKey) -> str:
+        kid = key_id(private.public_key())
+        self.signer, self.signer_id = private, kid
+        self.trusted[kid] = private.public_key()
+        return kid
+
+    def _require_signer(self) -> tuple[str, Ed25519PrivateKey]:
+        if self.signer is None and self._load_signer is not None:
+            loader, self._load_signer = self._load_signer, None
+            loader(self)
+        if self.signer is None or self.signer_id is None:
+            raise SigningKeyError("no signing key is configured (set ORCH_SIGNING_KEY, ORCH_SIGNING_KEY_FILE or ORCH_KEYRING_DIR)")
+        return self.signer_id, self.signer
+
+    def seal(self, record: dict[str, Any]) -> bytes:
+        """Sign ``record`` (which must not hold ``kid``/``sig``) and return its line bytes."""
+        kid, private = self._require_signer()
+        record["kid"] = kid
+        record["sig"] = _b64(private.sign(canonical(record)))
+        return canonical(record)
+
+    def check(self, record: dict[str, Any]) -> str | None:
+        """Verify a parsed record's signature; return a problem code or None."""
+        kid = record.get("kid")
+        sig = record.get("sig")
+        if not isinstance(kid, str) or not isinstance(sig, str):
+            return "SIGNATURE_MISSING"
+        if kid in self.revoked:
+            return "KEY_REVOKED"
+        public = self.trusted.get(kid)
+        if public is None:
+            return "UNKNOWN_KEY"
+        body = {k: v for k, v in record.items() if k != "sig"}
+        try:
+            public.verify(_unb64(sig), canonical(body))
+        except (InvalidSignature, ValueError):
+            return "SIGNATURE_INVALID"
+        return None
+
+    def sign_bytes(self, data: bytes) -> tuple[str, str]:
+        kid, private = self._require_signer()
+        return kid, _b64(private.sign(data))
+
+    def verify_bytes(self, kid: str, sig: str, data: bytes) -> bool:
+        public = self.trusted.get(kid)
+        if public is None or kid in self.revoked:
+            return False
+        try:
+            public.verify(_unb64(sig), data)
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+
+# --- loading keys from the environment or the user's config folder ---------------------------
+
+
+def default_keyring_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "jsonl-orchestrator" / "keys"
+
+
+def _private_from_pem_file(path: Path) -> Ed25519PrivateKey:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise SigningKeyError(f"cannot read signing key file {path}: {exc.strerror}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SigningKeyError(f"signing key file {path} is readable by others; run: chmod 600 {path}")
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SigningKeyError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def _public_from_pem(data: bytes, where: Path) -> Ed25519PublicKey:
+    key = serialization.load_pem_public_key(data)
+    if not isinstance(key, Ed25519PublicKey):
+        raise SigningKeyError(f"{where} is not an Ed25519 public key")
+    return key
+
+
+def write_keypair(directory: Path, private: Ed25519PrivateKey, *, activate: bool = True) -> str:
+    """Store a key pair owner-only (private 0600, folder 0700) and optionally make it the signer."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(directory, 0o700)
+    kid = key_id(private.public_key())
+    priv_path = directory / f"{kid}{PRIVATE_SUFFIX}"
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+        fh.flush()
+        os.fsync(fh.fileno())
+    pub = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (directory / f"{kid}{PUBLIC_SUFFIX}").write_bytes(pub)
+    if activate:
+        tmp = directory / f".{ACTIVE_FILE}.tmp"
+        tmp.write_text(kid + "\n")
+        os.replace(tmp, directory / ACTIVE_FILE)
+    return kid
+
+
+def _load_dir_signer(directory: Path, announce: bool) -> Any:
+    def load(ring: Keyring) -> None:
+        active = directory / ACTIVE_FILE
+        if not active.exists():
+            kid = write_keypair(directory, Ed25519PrivateKey.generate())
+            if announce:
+                print(f"orchestrator: generated signing key {kid} in {directory} (owner-only); back it up, "
+                      "and keep its .pub to verify old events", file=sys.stderr)
+        kid = active.read_text().strip()
+        ring.add_signer(_private_from_pem_file(directory / f"{kid}{PRIVATE_SUFFIX}"))
+    return load
+
+
+def load_keyring(env: Mapping[str, str] | None = None, *, announce: bool = True) -> Keyring:
+    """Build the keyring from ``ORCH_SIGNING_KEY`` / ``ORCH_SIGNING_KEY_FILE`` / ``ORCH_KEYRING_DIR``.
+
+    Public keys of the keyring folder are always trusted; so is ``ORCH_TRUSTED_KEYS_DIR``.
+    The private key is loaded (or, in the keyring folder, created) only when something is
+    signed, so read-only commands never write a key.
+    """
+    env = os.environ if env is None else env
+    directory = Path(env.get("ORCH_KEYRING_DIR") or default_keyring_dir())
+    ring = Keyring(source=str(directory))
+    for folder in filter(None, [directory, env.get("ORCH_TRUSTED_KEYS_DIR")]):
+        folder = Path(folder)
+        if folder.is_dir():
+            for pub in sorted(folder.glob(f"*{PUBLIC_SUFFIX}")):
+                key = _public_from_pem(pub.read_bytes(), pub)
+                ring.trusted[key_id(key)] = key
+            revoked = folder / REVOKED_FILE
+            if revoked.exists():
+                ring.revoked = ring.revoked | {ln.strip() for ln in revoked.read_text().splitlines() if ln.strip()}
+    if env.get("ORCH_SIGNING_KEY"):
+        try:
+            seed = _unb64(env["ORCH_SIGNING_KEY"].strip())
+            ring.add_signer(Ed25519PrivateKey.from_private_bytes(seed))
+        except ValueError:
+            raise SigningKeyError("ORCH_SIGNING_KEY must be the base64url encoding of a 32-byte Ed25519 seed") from None
+        ring.source = "ORCH_SIGNING_KEY"
+    elif env.get("ORCH_SIGNING_KEY_FILE"):
+        ring.add_signer(_private_from_pem_file(Path(env["ORCH_SIGNING_KEY_FILE"])))
+        ring.source = env["ORCH_SIGNING_KEY_FILE"]
+    else:
+        ring._load_signer = _load_dir_signer(directory, announce)
+    return ring
+
+
+def new_seed() -> str:
+    """A fresh private key as the base64url text ``ORCH_SIGNING_KEY`` expects."""
+    raw = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    return _b64(raw)

@@ -1,0 +1,203 @@
+"""The job state machine as a pure reducer: ``apply(state, event) -> state``.
+
+No I/O, no clock, no signatures: ``replay(events)`` folds already-verified events into a
+``JobState``. The one table ``TRANSITIONS`` says which state each event type may follow;
+an event that does not fit is refused with ``InvalidTransitionError``. Control actions ask
+``check_transition`` before writing, so the same table guards writes and replays.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Mapping
+
+from orchestrator.clock import from_iso
+from orchestrator.errors import InvalidTransitionError
+
+QUEUED, RUNNING, AWAITING_AUDIT, WAITING_HUMAN = "queued", "running", "awaiting_audit", "waiting_human"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+STATES = (QUEUED, RUNNING, AWAITING_AUDIT, WAITING_HUMAN, SUCCEEDED, FAILED, CANCELLED)
+FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+NON_FINAL_STATES = frozenset(STATES) - FINAL_STATES
+
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_PRIORITY = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A verified event as the reducer sees it (the envelope minus chain and signature)."""
+
+    seq: int
+    type: str
+    job_id: str
+    ts: str
+    actor: str
+    data: Mapping[str, Any]
+    run_id: str | None = None
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> "Event":
+        return cls(seq=rec["seq"], type=rec["type"], job_id=rec["job_id"], ts=rec["ts"], actor=rec["actor"],
+                   data=rec.get("data") or {}, run_id=rec.get("run_id"))
+
+
+@dataclass(frozen=True)
+class JobState:
+    """Everything known about a job after replaying its events."""
+
+    job_id: str
+    state: str
+    kind: str
+    input: Any
+    options: Mapping[str, Any]
+    submitted_at: float
+    updated_at: float
+    seq: int = 0
+    attempt: int = 0  # runs started (1-based once claimed)
+    failures: int = 0  # failed attempts since the last human input; compared with max_attempts
+    epoch: int = 0  # fencing epoch of the current or last claim
+    run_id: str | None = None
+    worker_id: str | None = None
+    lease_expires_at: float | None = None
+    retry_at: float | None = None  # a queued job is not runnable before this
+    question: str | None = None
+    last_error: Mapping[str, Any] | None = None
+    result: Mapping[str, Any] | None = None
+    answers: tuple[str, ...] = ()
+    revisions: tuple[str, ...] = ()
+    last_event: str | None = None
+    history: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (type, ts) per event
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def max_attempts(self) -> int:
+        return int(self.options.get("max_attempts") or DEFAULT_MAX_ATTEMPTS)
+
+    @property
+    def priority(self) -> int:
+        return int(self.options.get("priority") or DEFAULT_PRIORITY)
+
+    @property
+    def timeout(self) -> float | None:
+        value = self.options.get("timeout")
+        return float(value) if value else None
+
+    def context(self) -> dict[str, Any]:
+        """The JSON object a handler receives for the current run."""
+        return {"job_id": self.job_id, "run_id": self.run_id, "attempt": self.attempt, "kind": self.kind,
+                "input": self.input, "options": dict(self.options), "answers": list(self.answers),
+                "revisions": list(self.revisions), "question": self.question}
+
+
+# event type -> the states it may follow (None: the job does not exist yet)
+TRANSITIONS: dict[str, frozenset[str | None]] = {
+    "job_submitted": frozenset({None}),
+    "job_claimed": frozenset({QUEUED}),
+    "job_succeeded": frozenset({RUNNING}),
+    "audit_requested": frozenset({RUNNING}),
+    "human_input_requested": frozenset({RUNNING}),
+    "job_failed": frozenset({RUNNING}),
+    "job_timeout": frozenset({RUNNING}),
+    "stale_recovered": frozenset({RUNNING}),
+    "job_approved": frozenset({AWAITING_AUDIT}),
+    "job_revised": frozenset({AWAITING_AUDIT}),
+    "job_resumed": frozenset({WAITING_HUMAN}),
+    "job_cancelled": NON_FINAL_STATES,
+    "job_released": frozenset({RUNNING}),
+}
+
+
+def check_transition(current: str | None, event_type: str) -> None:
+    """Raise ``InvalidTransitionError`` unless ``event_type`` may follow ``current``."""
+    allowed = TRANSITIONS.get(event_type)
+    if allowed is None:
+        raise InvalidTransitionError(f"unknown event type {event_type!r}")
+    if current not in allowed:
+        wanted = " or ".join(sorted(s for s in allowed if s)) or "a new job"
+        raise InvalidTransitionError(f"{event_type} needs a job that is {wanted}; this one is {current or 'missing'}",
+                                     state=current, event=event_type)
+
+
+def _t(ts: str) -> float:
+    return from_iso(ts)
+
+
+def _retry_or_fail(s: JobState, e: Event, **extra: Any) -> JobState:
+    retry_at = e.data.get("retry_at")
+    error = {"code": e.data.get("error_code"), "message": e.data.get("error", "")}
+    return replace(s, state=QUEUED if retry_at else FAILED, retry_at=_t(retry_at) if retry_at else None,
+                   failures=s.failures + 1, last_error=error, lease_expires_at=None, worker_id=None, **extra)
+
+
+def _submitted(s: JobState | None, e: Event) -> JobState:
+    t = _t(e.ts)
+    return JobState(job_id=e.job_id, state=QUEUED, kind=e.data["kind"], input=e.data.get("input"),
+                    options=e.data.get("options") or {}, submitted_at=t, updated_at=t)
+
+
+def _claimed(s: JobState, e: Event) -> JobState:
+    lease = e.data.get("lease_expires_at")
+    return replace(s, state=RUNNING, run_id=e.run_id, attempt=s.attempt + 1, epoch=e.data["epoch"],
+                   worker_id=e.data.get("worker_id"), lease_expires_at=_t(lease) if lease else None,
+                   retry_at=None)
+
+
+def _outcome(to: str) -> Callable[[JobState, Event], JobState]:
+    def apply_outcome(s: JobState, e: Event) -> JobState:
+        result = {k: e.data[k] for k in ("summary", "output", "artifacts") if k in e.data}
+        return replace(s, state=to, result=result, question=e.data.get("question") if to == WAITING_HUMAN else None,
+                       lease_expires_at=None, worker_id=None, last_error=None if to == SUCCEEDED else s.last_error)
+    return apply_outcome
+
+
+def _stale(s: JobState, e: Event) -> JobState:
+    if e.data.get("to") == WAITING_HUMAN:
+        error = {"code": e.data.get("error_code"), "message": e.data.get("error", "")}
+        return replace(s, state=WAITING_HUMAN, question=e.data.get("question"), lease_expires_at=None,
+                       worker_id=None, last_error=error)
+    return _retry_or_fail(s, e)
+
+
+def _human_input(field_name: str, key: str) -> Callable[[JobState, Event], JobState]:
+    def apply_input(s: JobState, e: Event) -> JobState:
+        added = (*getattr(s, field_name), e.data[key])
+        return replace(s, state=QUEUED, question=None, failures=0, retry_at=None, **{field_name: added})
+    return apply_input
+
+
+_REDUCERS: dict[str, Callable[[Any, Event], JobState]] = {
+    "job_submitted": _submitted,
+    "job_claimed": _claimed,
+    "job_succeeded": _outcome(SUCCEEDED),
+    "audit_requested": _outcome(AWAITING_AUDIT),
+    "human_input_requested": _outcome(WAITING_HUMAN),
+    "job_failed": _retry_or_fail,
+    "job_timeout": _retry_or_fail,
+    "stale_recovered": _stale,
+    "job_approved": lambda s, e: replace(s, state=SUCCEEDED),
+    "job_revised": _human_input("revisions", "notes"),
+    "job_resumed": _human_input("answers", "answer"),
+    "job_cancelled": lambda s, e: replace(s, state=CANCELLED, lease_expires_at=None, retry_at=None),
+    # a stopping worker handed the run back: queued again, and the attempt does not count as a failure
+    "job_released": lambda s, e: replace(s, state=QUEUED, lease_expires_at=None, worker_id=None, retry_at=None),
+}
+assert _REDUCERS.keys() == TRANSITIONS.keys()
+
+
+def apply(state: JobState | None, event: Event) -> JobState:
+    """Fold one event into the state; refuse an event that does not fit."""
+    check_transition(state.state if state else None, event.type)
+    new = _REDUCERS[event.type](state, event)
+    return replace(new, seq=event.seq, updated_at=_t(event.ts), last_event=event.type,
+                   history=(*new.history, (event.type, event.ts)))
+
+
+def replay(events: Iterable[Event]) -> JobState | None:
+    """The state after all ``events`` (None for no events)."""
+    state: JobState | None = None
+    for event in events:
+        state = apply(state, event)
+    return state

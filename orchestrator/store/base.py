@@ -1,0 +1,84 @@
+"""The storage contract: append-only streams of opaque lines.
+
+A *stream* is one job's event log (named by its job id) or the project's audit log
+(``AUDIT_STREAM``). The store knows nothing of signatures or states: it keeps lines in
+order, serialises appends per stream, and says exactly what is durable when a call returns.
+Every backend passes ``tests/contract``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+AUDIT_STREAM = "@audit"
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The last complete line of a stream: its number (0 when empty) and its bytes (``b""``)."""
+
+    seq: int
+    last_line: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLine:
+    """One complete line as stored: its 1-based position and its bytes without the newline."""
+
+    seq: int
+    raw: bytes
+
+
+Builder = Callable[[Head], Sequence[bytes]]
+
+
+class EventStore(ABC):
+    """Append-only, per-stream ordered storage of lines."""
+
+    @abstractmethod
+    def append(self, stream: str, build: Builder, expected_seq: int | None = None) -> Head:
+        """Append the lines ``build(head)`` returns, atomically and durably.
+
+        Appends to one stream are serialised: ``build`` runs while the stream is locked, with
+        its current head, so it can chain and sign the new lines. If ``expected_seq`` is given
+        and the stream does not hold exactly that many lines, raise ``ConcurrencyError`` and
+        write nothing. When this returns, every new line is durable (fsynced) and visible to
+        every reader; if it raises, none of them is acknowledged and readers never see a part
+        of one. Returns the new head.
+        """
+
+    @abstractmethod
+    def read(self, stream: str, from_seq: int = 1) -> list[StoredLine]:
+        """The stream's complete lines from ``from_seq`` on; ``[]`` for a missing stream.
+
+        A torn tail (bytes after the last newline, left by a crash) is not a line and is
+        never returned. Lines are returned as stored, not validated.
+        """
+
+    @abstractmethod
+    def job_ids(self) -> Iterator[str]:
+        """Every job stream that holds at least one line, in no particular order."""
+
+    @abstractmethod
+    def put_aux(self, area: str, key: str, data: bytes) -> None:
+        """Replace a small auxiliary record (head records, derived caches) atomically.
+
+        Not fsynced: after a crash a reader may find the previous version or none, never a
+        torn one. Nothing in an aux area is the truth; events are.
+        """
+
+    @abstractmethod
+    def get_aux(self, area: str, key: str) -> bytes | None:
+        """The record stored under ``area``/``key``, or None."""
+
+    def delete_aux(self, area: str, key: str) -> None:
+        """Remove an auxiliary record; a missing one is fine. Default: blank it (readers treat b"" as none)."""
+        if self.get_aux(area, key) is not None:
+            self.put_aux(area, key, b"")
+
+    def exists(self, stream: str) -> bool:
+        return bool(self.read(stream)[:1])
+
+    def close(self) -> None:
+        """Release resources; the store is unusable afterwards."""

@@ -1,0 +1,213 @@
+"""The embedded file backend: one JSONL file per job, plus the audit log.
+
+Durability: an append takes an exclusive ``flock`` on the stream's file (held only for the
+append), repairs a torn tail left by a crash, checks the expected sequence, writes all new
+lines with one ``write`` on an ``O_APPEND`` descriptor and ``fdatasync``s before returning.
+A newly created file also gets its folder fsynced, so the file itself survives power loss.
+If a write or sync fails, the file is cut back to where it was and ``StorageError`` is
+raised: nothing unacknowledged stays visible, and a failed fsync is never taken as success.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+from orchestrator import faults
+from orchestrator.errors import ConcurrencyError, IntegrityError, StorageError
+from orchestrator.security import validate_id
+from orchestrator.store.base import AUDIT_STREAM, Builder, EventStore, Head, StoredLine
+
+log = logging.getLogger(__name__)
+
+EVENTS_SUFFIX = ".events.jsonl"
+_TAIL_CHUNK = 64 * 1024
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def makedirs_durable(path: Path) -> None:
+    """Create ``path`` and fsync each parent that gained an entry."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        fsync_dir(d.parent)
+
+
+def _complete_end(fd: int, size: int) -> tuple[int, bytes]:
+    """Offset just past the last newline, and the last complete line (without newline)."""
+    end = size
+    buf = b""
+    last_nl = -1
+    while end > 0:
+        start = max(0, end - _TAIL_CHUNK)
+        buf = os.pread(fd, end - start, start) + buf
+        end = start
+        last_nl = buf.rfind(b"\n")
+        if last_nl == -1:
+            continue
+        prev_nl = buf.rfind(b"\n", 0, last_nl)
+        if prev_nl != -1 or end == 0:
+            return end + last_nl + 1, buf[prev_nl + 1:last_nl]
+    return 0, b""
+
+
+class JsonlStore(EventStore):
+    """Files under ``<root>`` (a project's ``.orchestrator`` folder)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.jobs_dir = self.root / "queue" / "jobs"
+        self.audit_path = self.root / "audit" / "audit_events.jsonl"
+        self._dirs_ready = False
+
+    # -- paths --------------------------------------------------------------------------------
+    def path(self, stream: str) -> Path:
+        if stream == AUDIT_STREAM:
+            return self.audit_path
+        return self.jobs_dir / f"{validate_id(stream, 'job id')}{EVENTS_SUFFIX}"
+
+    def _ensure_dirs(self) -> None:
+        if not self._dirs_ready:
+            makedirs_durable(self.jobs_dir)
+            makedirs_durable(self.audit_path.parent)
+            self._dirs_ready = True
+
+    def _open_for_append(self, path: Path) -> tuple[int, bool]:
+        try:
+            return os.open(path, os.O_RDWR | os.O_APPEND), False
+        except FileNotFoundError:
+            self._ensure_dirs()
+        try:
+            return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            return os.open(path, os.O_RDWR | os.O_APPEND), False
+
+    # -- contract -----------------------------------------------------------------------------
+    def append(self, stream: str, build: Builder, expected_seq: int | None = None) -> Head:
+        path = self.path(stream)
+        fd, created = self._open_for_append(path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            end, last = _complete_end(fd, size)
+            if end != size:
+                log.warning("repairing torn tail of %s: dropping %d bytes after the last complete line",
+                            path, size - end, extra={"stream": stream, "torn_bytes": size - end})
+                os.ftruncate(fd, end)
+                os.fdatasync(fd)
+            head = Head(self._seq_of(path, last), last)
+            if expected_seq is not None and expected_seq != head.seq:
+                raise ConcurrencyError(f"{stream}: expected {expected_seq} events, found {head.seq}",
+                                       stream=stream, expected=expected_seq, found=head.seq)
+            new = list(build(head))
+            if not new:
+                return head
+            data = b"".join(line + b"\n" for line in new)
+            if data.count(b"\n") != len(new):
+                raise ValueError("a line must not contain a newline")
+            faults.point("store.append.before_write")
+            try:
+                self._write_all(fd, data)
+                faults.point("store.append.after_write")
+                os.fdatasync(fd)
+                if created:
+                    fsync_dir(path.parent)
+            except OSError as exc:
+                self._cut_back(fd, end)
+                raise StorageError(f"could not durably append to {path}: {os.strerror(exc.errno or errno.EIO)}; "
+                                   "nothing was written", stream=stream) from None
+            faults.point("store.append.after_fsync")
+            return Head(head.seq + len(new), new[-1])
+        finally:
+            os.close(fd)  # releases the flock
+
+    @staticmethod
+    def _write_all(fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+
+    @staticmethod
+    def _cut_back(fd: int, end: int) -> None:
+        try:
+            os.ftruncate(fd, end)
+            os.fdatasync(fd)
+        except OSError:  # pragma: no cover - the disk is failing; readers still ignore a torn tail
+            log.error("could not cut back a failed append", extra={"offset": end})
+
+    @staticmethod
+    def _seq_of(path: Path, last: bytes) -> int:
+        if not last:
+            return 0
+        try:
+            seq = json.loads(last)["seq"]
+        except (ValueError, KeyError, TypeError):
+            raise IntegrityError(f"{path}: the last line is corrupt; refusing to append (run verify)") from None
+        if not isinstance(seq, int):
+            raise IntegrityError(f"{path}: the last line has no integer seq; refusing to append (run verify)")
+        return seq
+
+    def read(self, stream: str, from_seq: int = 1) -> list[StoredLine]:
+        try:
+            with open(self.path(stream), "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        complete = data[: data.rfind(b"\n") + 1]
+        lines = complete.split(b"\n")[:-1]
+        return [StoredLine(i, raw) for i, raw in enumerate(lines, 1) if i >= from_seq]
+
+    def _aux_path(self, area: str, key: str) -> Path:
+        return self.root / validate_id(area, "aux area") / validate_id(key, "aux key")
+
+    def put_aux(self, area: str, key: str, data: bytes) -> None:
+        path = self._aux_path(area, key)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_bytes(data)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def delete_aux(self, area: str, key: str) -> None:
+        try:
+            self._aux_path(area, key).unlink()
+        except FileNotFoundError:
+            pass
+
+    def get_aux(self, area: str, key: str) -> bytes | None:
+        try:
+            return self._aux_path(area, key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def job_ids(self) -> Iterator[str]:
+        try:
+            entries = os.scandir(self.jobs_dir)
+        except FileNotFoundError:
+            return
+        with entries:
+            for entry in entries:
+                name = entry.name
+                if name.endswith(EVENTS_SUFFIX) and entry.stat().st_size > 0:
+                    yield name[: -len(EVENTS_SUFFIX)]

@@ -1,0 +1,91 @@
+"""Versioned schema migrations for the PostgreSQL backend.
+
+Migrations are the numbered files ``store/migrations/NNNN_name.sql``, applied in order,
+each in its own transaction together with its row in ``orch_schema_migrations``, so a crash
+leaves the schema at a whole version. ``migrate`` holds a session advisory lock for the
+whole run: two operators (or two deploys) migrating at once take turns, and the second finds
+nothing left to do.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from orchestrator import faults
+from orchestrator.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_TABLE = "orch_schema_migrations"
+# pg_advisory_lock key for migrations: any fixed 64-bit number, distinct from stream locks.
+MIGRATION_LOCK = 0x6F726368_6D696772  # "orchmigr"
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    """Every migration shipped in the package, oldest first."""
+    out = []
+    for entry in resources.files("orchestrator.store.migrations").iterdir():
+        m = _NAME.match(entry.name)
+        if m:
+            out.append(Migration(int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
+    out.sort(key=lambda mig: mig.version)
+    if [mig.version for mig in out] != list(range(1, len(out) + 1)):
+        raise RuntimeError("migrations must be numbered 0001, 0002, ... without gaps")
+    return out
+
+
+def latest_version() -> int:
+    return migrations()[-1].version
+
+
+def current_version(conn: Any) -> int:
+    """The schema version of the database (0 when never migrated)."""
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (MIGRATIONS_TABLE,)).fetchone()
+    if not row[0]:
+        return 0
+    return conn.execute(f"SELECT coalesce(max(version), 0) FROM {MIGRATIONS_TABLE}").fetchone()[0]
+
+
+def migrate(url: str) -> dict[str, Any]:
+    """Bring the schema to the latest version; idempotent and safe to run concurrently."""
+    import psycopg
+
+    from orchestrator.store.postgres import connect
+
+    conn = connect(url, autocommit=True)
+    try:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
+                         "version integer PRIMARY KEY, name text NOT NULL, "
+                         "applied_at timestamptz NOT NULL DEFAULT now())")
+            before = current_version(conn)
+            applied = []
+            for mig in migrations():
+                if mig.version <= before:
+                    continue
+                with conn.transaction():
+                    conn.execute(mig.sql)
+                    faults.point("pg.migrate.before_record")
+                    conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (version, name) VALUES (%s, %s)",
+                                 (mig.version, mig.name))
+                log.info("applied migration %04d_%s", mig.version, mig.name, extra={"version": mig.version})
+                applied.append(f"{mig.version:04d}_{mig.name}")
+            return {"from_version": before, "to_version": current_version(conn), "applied": applied}
+        except psycopg.Error as exc:
+            raise ConfigError(f"migration failed: {exc}".strip()) from None
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+    finally:
+        conn.close()

@@ -1,0 +1,206 @@
+"""The PostgreSQL backend: the same streams of signed lines, shared by many machines.
+
+Each line is kept byte for byte in ``orch_events`` (project, stream, seq), so a history
+verifies exactly as it does in a file, and moves between backends without re-signing.
+``orch_streams`` holds one row per stream with its head: an append locks that row
+``FOR UPDATE`` (creating it first if needed), checks the expected sequence, inserts the new
+lines and moves the head, all in one transaction. Durability is PostgreSQL's: the session
+forces ``synchronous_commit = on``, so when ``append`` returns the commit is flushed to the
+server's WAL. Several projects may share one database (the ``project`` column).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+from orchestrator import faults
+from orchestrator.errors import ConcurrencyError, ConfigError, StorageError
+from orchestrator.security import sanitize_text, validate_id
+from orchestrator.store.base import AUDIT_STREAM, Builder, EventStore, Head, StoredLine
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("postgresql", "postgres")
+_IDLE_CONNECTIONS = 4  # kept open per store; more are opened on demand and closed after use
+
+
+def is_postgres_url(url: str | None) -> bool:
+    return bool(url) and urlsplit(url).scheme in SCHEMES
+
+
+def _driver() -> Any:
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - depends on the install
+        raise ConfigError("the PostgreSQL backend needs psycopg 3: pip install 'jsonl-orchestrator[postgres]'") from None
+    return psycopg
+
+
+def connect(url: str, *, autocommit: bool = False) -> Any:
+    """A psycopg connection with durable commits; connection failures become ``StorageError``."""
+    psycopg = _driver()
+    try:
+        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise StorageError(sanitize_text(f"cannot connect to PostgreSQL at {url}: {exc}".strip())) from None
+    # A server configured with synchronous_commit=off could lose acknowledged appends.
+    conn.execute("SET synchronous_commit = on")
+    if not autocommit:
+        conn.commit()
+    return conn
+
+
+class PostgresStore(EventStore):
+    """One project's streams in a PostgreSQL database (schema from ``orchestrator db migrate``)."""
+
+    def __init__(self, url: str, project: str = "default") -> None:
+        if not is_postgres_url(url):
+            raise ConfigError(sanitize_text(f"not a PostgreSQL URL: {url!r} (expected postgresql://...)"))
+        self.url = url
+        self.project = validate_id(project, "project id")
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        self._checked = False
+        self._closed = False
+
+    # -- connections ------------------------------------------------------------------------
+    def _take(self) -> Any:
+        with self._lock:
+            if self._closed:
+                raise StorageError("the store is closed")
+            conn = self._idle.pop() if self._idle else None
+        if conn is None or conn.closed:
+            conn = connect(self.url, autocommit=True)
+        if not self._checked:
+            self._check_schema(conn)
+        return conn
+
+    def _give(self, conn: Any) -> None:
+        with self._lock:
+            if not self._closed and not conn.closed and len(self._idle) < _IDLE_CONNECTIONS:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def _check_schema(self, conn: Any) -> None:
+        from orchestrator.store.pg_schema import current_version, latest_version
+
+        version = current_version(conn)
+        if version < latest_version():
+            raise ConfigError(f"the database schema is at version {version}, this release needs {latest_version()}: "
+                              "run `orchestrator db migrate` first")
+        self._checked = True
+
+    def _run(self, fn: Any, *, transaction: bool = False) -> Any:
+        """Run ``fn(conn)``, in a transaction if asked (connections are autocommit, so a single
+        statement is atomic on its own); driver errors become ``StorageError``."""
+        psycopg = _driver()
+        conn = self._take()
+        try:
+            if transaction:
+                with conn.transaction():
+                    result = fn(conn)
+            else:
+                result = fn(conn)
+        except psycopg.errors.UniqueViolation:
+            # Only reachable if the stream lock was bypassed: the primary key still refuses a fork.
+            self._give(conn)
+            raise ConcurrencyError("another writer appended to this stream first") from None
+        except psycopg.Error as exc:
+            conn.close()
+            raise StorageError(sanitize_text(f"PostgreSQL error: {exc}".strip()) + "; nothing was written") from None
+        except BaseException:
+            self._give(conn)
+            raise
+        self._give(conn)
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    # -- contract ---------------------------------------------------------------------------
+    def append(self, stream: str, build: Builder, expected_seq: int | None = None) -> Head:
+        self._check_stream(stream)
+
+        def tx(conn: Any) -> Head:
+            conn.execute("INSERT INTO orch_streams (project, stream) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                         (self.project, stream))
+            seq, last = conn.execute("SELECT seq, last_line FROM orch_streams WHERE project = %s AND stream = %s "
+                                     "FOR UPDATE", (self.project, stream)).fetchone()
+            head = Head(seq, bytes(last))
+            if expected_seq is not None and expected_seq != head.seq:
+                raise ConcurrencyError(f"{stream}: expected {expected_seq} events, found {head.seq}",
+                                       stream=stream, expected=expected_seq, found=head.seq)
+            new = [bytes(line) for line in build(head)]
+            if not new:
+                return head
+            if any(b"\n" in line for line in new):
+                raise ValueError("a line must not contain a newline")
+            rows = [(self.project, stream, head.seq + i, line) for i, line in enumerate(new, 1)]
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO orch_events (project, stream, seq, line) VALUES (%s, %s, %s, %s)", rows)
+            conn.execute("UPDATE orch_streams SET seq = %s, last_line = %s WHERE project = %s AND stream = %s",
+                         (head.seq + len(new), new[-1], self.project, stream))
+            faults.point("pg.append.before_commit")
+            return Head(head.seq + len(new), new[-1])
+
+        result = self._run(tx, transaction=True)
+        faults.point("pg.append.after_commit")
+        return result
+
+    def read(self, stream: str, from_seq: int = 1) -> list[StoredLine]:
+        self._check_stream(stream)
+
+        # Lines are numbered by position, as in a file: a deleted row shows up as a sequence
+        # mismatch in verification instead of silently closing the gap.
+        def tx(conn: Any) -> list[StoredLine]:
+            rows = conn.execute("SELECT line FROM orch_events WHERE project = %s AND stream = %s AND seq >= %s "
+                                "ORDER BY seq", (self.project, stream, from_seq)).fetchall()
+            return [StoredLine(i, bytes(r[0])) for i, r in enumerate(rows, max(from_seq, 1))]
+
+        return self._run(tx)
+
+    def job_ids(self) -> Iterator[str]:
+        rows = self._run(lambda conn: conn.execute(
+            "SELECT stream FROM orch_streams WHERE project = %s AND seq > 0 AND stream <> %s",
+            (self.project, AUDIT_STREAM)).fetchall())
+        return iter([r[0] for r in rows])
+
+    def put_aux(self, area: str, key: str, data: bytes) -> None:
+        validate_id(area, "aux area")
+        validate_id(key, "aux key")
+        self._run(lambda conn: conn.execute(
+            "INSERT INTO orch_aux (project, area, key, data) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (project, area, key) DO UPDATE SET data = EXCLUDED.data",
+            (self.project, area, key, bytes(data))))
+
+    def get_aux(self, area: str, key: str) -> bytes | None:
+        row = self._run(lambda conn: conn.execute(
+            "SELECT data FROM orch_aux WHERE project = %s AND area = %s AND key = %s",
+            (self.project, area, key)).fetchone())
+        return bytes(row[0]) if row else None
+
+    def exists(self, stream: str) -> bool:
+        self._check_stream(stream)
+        row = self._run(lambda conn: conn.execute(
+            "SELECT seq FROM orch_streams WHERE project = %s AND stream = %s", (self.project, stream)).fetchone())
+        return bool(row and row[0])
+
+    @staticmethod
+    def _check_stream(stream: str) -> None:
+        if stream != AUDIT_STREAM:
+            validate_id(stream, "job id")
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({sanitize_text(self.url)!r}, project={self.project!r})"
+
+
+def open_store(url: str, project: str) -> EventStore:
+    """The store a ``--store`` / ``ORCH_STORE_URL`` value names (only PostgreSQL URLs for now)."""
+    return PostgresStore(url, project)

@@ -1,0 +1,144 @@
+"""One job's events and audit entries, merged in time order, each with its verification status.
+
+Finding the data reads one job and the audit log, never every job:
+
+* ``--job-id J``: the job's events file, and the audit lines that name ``J`` (canonical JSON
+  makes ``"job_id":"J"`` an exact byte pattern, so only those lines are parsed);
+* ``--run-id R``: the job is found from the audit lines naming ``R``; a run with no audit
+  entry is found in the projection cache (``projection.job_of_run``), refreshed incrementally.
+
+Status per line: ``ok``; for a job event, the verification problem of that line, or
+``AFTER_DAMAGE`` for lines after the first damaged one (never trusted), or
+``AUDIT_ENTRY_MISSING`` for an audited event without entry; for an audit entry, its own
+signature/chain problem (checked against the line before it) or ``AUDIT_EVENT_MISSING`` when
+the job event it names is not in the job's history (a cut or rolled back file).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from orchestrator import audit
+from orchestrator.clock import from_iso
+from orchestrator.errors import InvalidInputError, RunNotFoundError
+from orchestrator.history import verify_stream
+from orchestrator.signing import line_hash
+from orchestrator.store.base import AUDIT_STREAM
+
+if TYPE_CHECKING:
+    from orchestrator.api import Orchestrator
+
+AUDIT_EVENT_MISSING = "AUDIT_EVENT_MISSING"
+AUDIT_ENTRY_MISSING = "AUDIT_ENTRY_MISSING"
+AFTER_DAMAGE = "AFTER_DAMAGE"
+_ACTION_EVENT = {"approve": "job_approved", "revise": "job_revised", "resume": "job_resumed", "cancel": "job_cancelled"}
+
+
+@dataclass(frozen=True)
+class Line:
+    ts: str
+    source: str  # "event" or "audit"
+    seq: int
+    what: str  # event type, or audit action
+    actor: str
+    run_id: str | None
+    detail: str
+    status: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _detail(rec: dict[str, Any]) -> str:
+    d = rec.get("data") or {}
+    t = rec.get("type")
+    if t == "audit":
+        extra = f" -> {d.get('event_type')} #{d.get('event_seq')}" if d.get("event_hash") else ""
+        return f"{d.get('note', '')}{extra}{' (healed)' if d.get('healed') else ''}"
+    if t == "job_submitted":
+        return f"kind={d.get('kind')}"
+    if t == "job_claimed":
+        return f"worker={d.get('worker_id')} attempt={d.get('attempt')}"
+    if t in ("job_failed", "job_timeout", "stale_recovered"):
+        return f"{d.get('error_code')}: {d.get('error', '')}" + (f" -> {d['to']}" if d.get("to") else "")
+    for key in ("question", "answer", "notes", "note", "reason", "summary"):
+        if d.get(key):
+            return f"{key}: {d[key]}"
+    return ""
+
+
+def find_job_of_run(orch: "Orchestrator", run_id: str) -> str:
+    _, entries = audit.entries_for(orch, run_id=run_id)
+    if entries:
+        return entries[0][1]["job_id"]
+    from orchestrator.projection import job_of_run
+
+    job_id = job_of_run(orch, run_id)
+    if job_id is None:
+        raise RunNotFoundError(f"no job in project {orch.project_id!r} has a run {run_id!r}", run_id=run_id)
+    return job_id
+
+
+def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | None = None,
+             since: str | None = None, action: str | None = None, heal: bool = True) -> dict[str, Any]:
+    if not job_id and not run_id:
+        raise InvalidInputError("give --job-id or --run-id")
+    if job_id is None:
+        job_id = find_job_of_run(orch, run_id)  # type: ignore[arg-type]
+    try:
+        since_t = from_iso(since) if since else None
+    except ValueError:
+        raise InvalidInputError(f"--since {since!r} is not an ISO-8601 time (e.g. 2026-11-22T03:00:00Z)") from None
+    view = orch.load(job_id)
+    if heal and view.ok:
+        audit.heal_quietly(orch, [view])
+    lines, entries = audit.entries_for(orch, job_id=job_id)
+    bad = {p.line: p.code for p in view.problems if p.stream == job_id and p.line}
+    first_bad = min(bad) if bad else None
+    hashes = {line_hash(s.raw) for s in view.stream.lines}
+    audited = {rec.get("data", {}).get("event_hash") for _, rec in entries}
+    out: list[Line] = []
+    for stored in view.stream.lines:
+        try:
+            rec = json.loads(stored.raw)
+        except ValueError:
+            rec = {}
+        status = bad.get(stored.seq) or ("ok" if first_bad is None or stored.seq < first_bad else AFTER_DAMAGE)
+        if status == "ok" and rec.get("type") in audit.AUDITED_EVENTS and line_hash(stored.raw) not in audited:
+            status = AUDIT_ENTRY_MISSING
+        out.append(Line(str(rec.get("ts", "")), "event", stored.seq, str(rec.get("type", "?")), str(rec.get("actor", "")),
+                        rec.get("run_id"), _detail(rec), status))
+    for seq, rec in entries:
+        checked = verify_stream(AUDIT_STREAM, [lines[seq - 1]], orch.keyring,
+                                prev_line=lines[seq - 2].raw if seq > 1 else None)
+        eh = rec.get("data", {}).get("event_hash")
+        status = (checked.problems[0].code if checked.problems
+                  else AUDIT_EVENT_MISSING if eh and eh not in hashes else "ok")
+        out.append(Line(str(rec.get("ts", "")), "audit", seq, str(rec.get("data", {}).get("action", "?")),
+                        str(rec.get("actor", "")), rec.get("run_id"), _detail(rec), status))
+    out.sort(key=lambda ln: (ln.ts, ln.source == "audit", ln.seq))
+    if run_id:
+        out = [ln for ln in out if ln.run_id == run_id]
+    if since_t is not None:
+        out = [ln for ln in out if ln.ts and from_iso(ln.ts) >= since_t]
+    if action:
+        wanted = {action, _ACTION_EVENT.get(action, action)}
+        out = [ln for ln in out if ln.what in wanted]
+    return {"job_id": job_id, "run_id": run_id, "lines": [ln.to_dict() for ln in out],
+            "ok": all(ln.status == "ok" for ln in out) and view.ok,
+            "problems": [p.to_dict() for p in view.problems]}
+
+
+def render(result: dict[str, Any]) -> str:
+    rows = [f"timeline of job {result['job_id']}" + (f", run {result['run_id']}" if result["run_id"] else ""),
+            f"{'TIME':<27} {'SRC':<5} {'SEQ':>4}  {'WHAT':<22} {'ACTOR':<20} {'RUN':<14} {'STATUS':<20} DETAIL"]
+    for ln in result["lines"]:
+        rows.append(f"{ln['ts']:<27} {ln['source']:<5} {ln['seq']:>4}  {ln['what'][:22]:<22} {ln['actor'][:20]:<20} "
+                    f"{(ln['run_id'] or '-')[:14]:<14} {ln['status']:<20} {ln['detail'][:120]}")
+    if not result["lines"]:
+        rows.append("(no lines match)")
+    for p in result["problems"]:
+        rows.append(f"PROBLEM line {p['line']}: {p['code']}: {p['message']}")
+    rows.append("OK: every line verified" if result["ok"] else "NOT OK: see the STATUS column and problems")
+    return "\n".join(rows)

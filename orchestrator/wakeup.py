@@ -1,0 +1,101 @@
+"""Waking an idle worker when a job becomes ready, without busy polling.
+
+On Linux, ``InotifyWatcher`` (libc through ctypes, no dependency) blocks in ``select`` on
+an inotify descriptor watching the ready index folder: a new entry (``IN_CREATE``) or an
+announced one (``IN_ATTRIB``, touched after the event is durable) wakes it at once.
+Elsewhere, or if inotify is unavailable, ``PollingWatcher`` compares the folder's mtime
+every ``POLL_INTERVAL`` seconds (``ORCH_WAKEUP=poll`` forces it).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import select
+import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.2
+IN_ATTRIB, IN_MOVED_TO, IN_CREATE, IN_CLOSE_WRITE = 0x4, 0x80, 0x100, 0x8
+IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, 0o2000000
+
+
+class Watcher:
+    def wait(self, timeout: float) -> bool:
+        """True if something changed (maybe spuriously), False on timeout."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class PollingWatcher(Watcher):
+    def __init__(self, path: Path, interval: float = POLL_INTERVAL) -> None:
+        self.path = path
+        self.interval = interval
+        self._last = self._stamp()
+
+    def _stamp(self) -> tuple[int, int]:
+        try:
+            st = os.stat(self.path)
+            return st.st_mtime_ns, st.st_nlink
+        except FileNotFoundError:
+            return (0, 0)
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        pause = threading.Event()
+        while True:
+            stamp = self._stamp()
+            if stamp != self._last:
+                self._last = stamp
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            pause.wait(min(self.interval, left))
+
+
+class InotifyWatcher(Watcher):
+    def __init__(self, path: Path) -> None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        mask = IN_CREATE | IN_ATTRIB | IN_MOVED_TO | IN_CLOSE_WRITE
+        if libc.inotify_add_watch(fd, os.fsencode(path), mask) < 0:
+            err = ctypes.get_errno()
+            os.close(fd)
+            raise OSError(err, f"inotify_add_watch({path}) failed")
+        self.fd = fd
+
+    def wait(self, timeout: float) -> bool:
+        readable, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
+        if not readable:
+            return False
+        try:
+            while os.read(self.fd, 65536):
+                pass
+        except BlockingIOError:
+            pass
+        return True
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def make_watcher(path: Path, mode: str = "auto") -> Watcher:
+    """``auto``: inotify on Linux, else polling; ``poll`` forces polling."""
+    if mode != "poll" and sys.platform.startswith("linux"):
+        try:
+            return InotifyWatcher(path)
+        except (OSError, AttributeError) as exc:
+            log.warning("inotify unavailable (%s); polling the ready index every %.1fs", exc, POLL_INTERVAL)
+    return PollingWatcher(path)

@@ -1,0 +1,542 @@
+"""The worker: recover stale runs, claim a job, run its handler, record the outcome.
+
+Every decision takes ``now`` (``recover_stale(now)``, ``claim(now)``, ``run_once(now)``);
+only the loop reads the clock. The event log stays the truth:
+
+* a claim is an append of ``job_claimed`` with the expected sequence the worker read, so of
+  several workers only one wins; it carries a fencing ``epoch`` one higher than the last;
+* the outcome is appended with the sequence seen at claim time, so if anything else was
+  written meanwhile (stale recovery by another worker, a cancel), the append fails and the
+  worker re-reads: a different epoch means its lease was taken over and its late result is
+  refused (``LEASE_LOST``);
+* heartbeats renew a lease record outside the log (``orchestrator/leases.py``).
+
+See ``docs/worker.md`` for the design and a crash analysis.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from orchestrator import audit as audit_log
+from orchestrator import clock as clock_mod
+from orchestrator import faults
+from orchestrator.api import JobView, Orchestrator
+from orchestrator.errors import (ConcurrencyError, InvalidInputError, JobNotFoundError, LeaseLostError,
+                                 MalformedPayloadError, PathEscapeError)
+from orchestrator.handlers import RunPaths, import_modules, resolve
+from orchestrator.leases import Lease, drop_lease, lease_expiry, write_lease
+from orchestrator.payload import DONE, NEEDS_AUDIT, NEEDS_HUMAN, TerminalPayload, parse_payload
+from orchestrator.queue import ReadyEntry
+from orchestrator.runner import Child, tail, write_json_atomic
+from orchestrator.security import safe_join, sanitize_obj, sanitize_text, validate_id
+from orchestrator.state import QUEUED, RUNNING, WAITING_HUMAN, JobState
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_STOP_GRACE_SECONDS = 10.0
+DEFAULT_RETRY_BASE_SECONDS = 1.0
+DEFAULT_RETRY_MAX_SECONDS = 300.0
+IDLE_MAX_WAIT = 30.0  # an idle worker still wakes this often to look for stale leases
+ORPHAN_ENTRY_GRACE = 60.0  # a ready entry whose job has no event yet is kept this long (submit in flight)
+OUTPUT_TAIL_BYTES = 4000
+RUNS_DIR = "runs"
+ARTIFACTS_DIR = "artifacts"
+
+NO_TERMINAL_SIGNAL_EXIT = "NO_TERMINAL_SIGNAL_EXIT"
+NO_TERMINAL_SIGNAL_TIMEOUT = "NO_TERMINAL_SIGNAL_TIMEOUT"
+NO_TERMINAL_SIGNAL_STALE = "NO_TERMINAL_SIGNAL_STALE"
+
+
+class WorkerStop(BaseException):
+    """Raised inside the worker's waits by SIGTERM/SIGINT; a BaseException so no ``except Exception`` eats it."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Worker options; each has an ``ORCH_*`` variable on the command line (see ``orchestrator worker -h``)."""
+
+    worker_id: str | None = None
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    stop_grace_seconds: float = DEFAULT_STOP_GRACE_SECONDS
+    retry_base_seconds: float = DEFAULT_RETRY_BASE_SECONDS
+    retry_max_seconds: float = DEFAULT_RETRY_MAX_SECONDS
+    imports: tuple[str, ...] = ()
+    artifacts_import: bool = False  # ORCH_ARTIFACTS_IMPORT: copy artifacts named by input "artifacts_from"
+
+
+@dataclass(frozen=True)
+class Claim:
+    view: JobView
+    run_id: str
+    epoch: int
+
+    @property
+    def job_id(self) -> str:
+        return self.view.job_id
+
+    @property
+    def state(self) -> JobState:
+        assert self.view.state is not None
+        return self.view.state
+
+
+@dataclass
+class RunResult:
+    """What one run ended as: the job's new state and how it got there."""
+
+    job_id: str
+    run_id: str
+    outcome: str  # succeeded, awaiting_audit, waiting_human, retry, failed, timeout, released, lease_lost
+    state: str | None
+    error_code: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def new_run_id() -> str:
+    return "run-" + os.urandom(8).hex()
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
+
+
+class Worker:
+    """Runs jobs of one project; ``run_once`` for one job, ``run`` for the loop."""
+
+    def __init__(self, orch: Orchestrator, settings: WorkerSettings | None = None, *,
+                 rng: random.Random | None = None) -> None:
+        self.orch = orch
+        self.settings = settings or WorkerSettings()
+        self.worker_id = validate_id(self.settings.worker_id or default_worker_id(), "worker id")
+        self.actor = f"worker:{self.worker_id}"
+        self.rng = rng or random.Random()
+        self.queue = orch.queue
+        self.next_due: float | None = None  # earliest delayed job this worker could run
+        self._stop_at: float | None = None
+        self._in_wait = False
+        self._warned_kinds: set[str] = set()
+        import_modules(self.settings.imports)
+
+    # -- paths ----------------------------------------------------------------------------------
+    def artifacts_dir(self, job_id: str) -> Path:
+        return safe_join(self.orch.settings.state_dir, ARTIFACTS_DIR, validate_id(job_id))
+
+    def run_dir(self, run_id: str) -> Path:
+        return safe_join(self.orch.settings.state_dir, RUNS_DIR, run_id)
+
+    # -- stale recovery -----------------------------------------------------------------------
+    def recover_stale(self, now: float | None = None) -> list[str]:
+        """Recover running jobs whose lease expired; only the running index is scanned."""
+        now = self.orch.clock() if now is None else now
+        self.queue.ensure_built(self.orch)
+        recovered = []
+        for job_id in self.queue.running():
+            try:
+                view = self.orch.load(job_id)
+            except JobNotFoundError:
+                self.queue.drop_running(job_id)
+                continue
+            s = view.state
+            if not view.ok or s is None or s.state != RUNNING:
+                self.queue.drop_running(job_id)
+                continue
+            expiry = lease_expiry(self.orch.store, s)
+            if expiry is not None and expiry > now:
+                continue
+            if self._recover(view, s, expiry, now):
+                recovered.append(job_id)
+        return recovered
+
+    def _recover(self, view: JobView, s: JobState, expiry: float | None, now: float) -> bool:
+        artifacts = self._run_artifacts(s)
+        expired = clock_mod.to_iso(expiry) if expiry else None
+        data: dict[str, Any] = {"error_code": NO_TERMINAL_SIGNAL_STALE, "stale_worker_id": s.worker_id,
+                                "lease_expired_at": expired, "artifacts": artifacts}
+        why = f"worker {s.worker_id} stopped renewing its lease (expired {expired}) and left no terminal payload"
+        if artifacts:
+            data.update(to=WAITING_HUMAN, question=(
+                f"Run {s.run_id} ended without a terminal payload but left {len(artifacts)} artifact(s): "
+                f"{', '.join(artifacts[:5])}. Check them, then resume with what to do next."))
+        elif s.failures + 1 < s.max_attempts:
+            data.update(to=QUEUED, retry_at=clock_mod.to_iso(now + self.backoff(s.failures + 1)))
+        else:
+            data.update(to="failed")
+        data["error"] = sanitize_text(why)
+        try:
+            self.orch.append(view, s.job_id, [("stale_recovered", data)], run_id=s.run_id, actor=self.actor,
+                             now=now, audit=("stale_recovered", f"{why}; to {data['to']}"))
+        except ConcurrencyError:
+            return False  # another worker recovered it, or the run finished just now
+        drop_lease(self.orch.store, s.job_id, s.epoch)
+        log.warning("recovered stale job %s -> %s", s.job_id, data["to"],
+                    extra={"job_id": s.job_id, "run_id": s.run_id, "stale_worker_id": s.worker_id})
+        return True
+
+    def _run_artifacts(self, s: JobState) -> list[str]:
+        """Files in the job's folder written since the run was claimed: what a dead run left behind."""
+        claimed = [ts for etype, ts in s.history if etype == "job_claimed"]
+        since = clock_mod.from_iso(claimed[-1]) if claimed else 0.0
+        root = self.artifacts_dir(s.job_id)
+        found = []
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                path = Path(dirpath, name)
+                try:
+                    if path.stat().st_mtime >= since - 1.0:  # mtime granularity
+                        found.append(path.relative_to(root).as_posix())
+                except OSError:
+                    continue
+        return sorted(found)[:100]
+
+    # -- claiming ---------------------------------------------------------------------------------
+    def claim(self, now: float | None = None) -> Claim | None:
+        """Claim the first runnable job (priority, then FIFO); None if there is none."""
+        now = self.orch.clock() if now is None else now
+        self.queue.ensure_built(self.orch)
+        self.next_due = None
+        for entry in self.queue.ready():
+            if entry.runnable_at > now:  # delayed (retry backoff): the sorted names tell, no read needed
+                self.next_due = min(self.next_due or entry.runnable_at, entry.runnable_at)
+                continue
+            claim = self._try_claim(entry, now)
+            if claim is not None:
+                return claim
+        return None
+
+    def _try_claim(self, entry: ReadyEntry, now: float) -> Claim | None:
+        try:
+            view = self.orch.load(entry.job_id)
+        except JobNotFoundError:
+            if now - entry.runnable_at > ORPHAN_ENTRY_GRACE:  # its submit never completed
+                self.queue.drop_ready(entry)
+            return None
+        if not view.ok:
+            self._refuse(view, entry, now)
+            return None
+        s = view.state
+        if s is None or s.state != QUEUED:
+            self.queue.drop_ready(entry)
+            return None
+        expected = ReadyEntry.for_state(s)
+        if expected != entry:  # a left-over entry from a crash: put the right one in place
+            self.queue.put_ready(expected)
+            self.queue.drop_ready(entry)
+            if expected.runnable_at > now:
+                self.next_due = min(self.next_due or expected.runnable_at, expected.runnable_at)
+                return None
+        if resolve(s.kind) is None:
+            if s.kind not in self._warned_kinds:
+                self._warned_kinds.add(s.kind)
+                log.warning("no handler for kind %r; leaving job %s queued for a worker that has one "
+                            "(--import MODULE)", s.kind, s.job_id, extra={"job_id": s.job_id, "kind": s.kind})
+            return None
+        run_id, epoch = new_run_id(), s.epoch + 1
+        data = {"worker_id": self.worker_id, "epoch": epoch, "attempt": s.attempt + 1,
+                "lease_expires_at": clock_mod.to_iso(now + self.settings.lease_seconds)}
+        faults.point("worker.before_claim")
+        try:
+            claimed = self.orch.append(view, s.job_id, [("job_claimed", data)], run_id=run_id, actor=self.actor,
+                                       now=now)
+        except ConcurrencyError:
+            return None  # another worker won this one
+        faults.point("worker.after_claim")
+        return Claim(claimed, run_id, epoch)
+
+    def _refuse(self, view: JobView, entry: ReadyEntry, now: float) -> None:
+        """A job whose history failed verification is never run: audit the refusal, drop its entry."""
+        err = view.integrity_error() or {}
+        audit_log.record(self.orch, job_id=view.job_id, action="run_refused", actor=self.actor,
+                         note=sanitize_text(f"{err.get('code')}: {err.get('message')}"), now=now)
+        self.queue.drop_ready(entry)
+        log.error("refusing to run job %s: %s", view.job_id, err.get("message"),
+                  extra={"job_id": view.job_id, "code": err.get("code")})
+
+    # -- running ----------------------------------------------------------------------------------
+    def run_once(self, now: float | None = None) -> RunResult | None:
+        """Recover stale jobs, then claim and run at most one job; None if nothing was runnable."""
+        now = self.orch.clock() if now is None else now
+        self.recover_stale(now)
+        claim = self.claim(now)
+        return self.execute(claim) if claim else None
+
+    def execute(self, claim: Claim) -> RunResult:
+        """Run a claimed job's handler under its lease and timeout, then record the outcome."""
+        s = claim.state
+        paths = RunPaths.create(self.run_dir(claim.run_id), self.artifacts_dir(s.job_id))
+        self._renew(claim)
+        try:
+            handler = resolve(s.kind)
+            if handler is None:
+                raise InvalidInputError(f"no handler for kind {s.kind!r}")
+            self._import_artifacts(s, paths.artifacts_dir)
+            context = {**s.context(), "artifacts_dir": str(paths.artifacts_dir)}
+            write_json_atomic(paths.context_file, context)
+            child = handler.start(context, paths)
+        except (InvalidInputError, PathEscapeError) as exc:
+            return self._fail(claim, exc.code, exc.message, retryable=False, paths=paths)
+        except (FileNotFoundError, PermissionError) as exc:
+            return self._fail(claim, "COMMAND_NOT_FOUND", f"cannot start the handler: {exc}", retryable=False,
+                              paths=paths)
+        except OSError as exc:
+            return self._fail(claim, "HANDLER_START_FAILED", f"cannot start the handler: {exc}", paths=paths)
+        log.info("running job %s (%s) as %s", s.job_id, s.kind, claim.run_id,
+                 extra={"job_id": s.job_id, "run_id": claim.run_id, "pid": child.pid})
+        how, code = self._supervise(claim, child)
+        if how == "lost":
+            return self._lost(claim, "the job changed while it ran (taken over or cancelled)")
+        if how == "timeout":
+            return self._fail(claim, NO_TERMINAL_SIGNAL_TIMEOUT, f"killed after its timeout of {s.timeout:g}s",
+                              paths=paths, event="job_timeout")
+        if how == "stopped":
+            return self._release(claim, paths)
+        return self._record_exit(claim, code, paths)
+
+    def _supervise(self, claim: Claim, child: Child) -> tuple[str, int | None]:
+        """Wait for the child; renew the lease; enforce the timeout and the stop grace period."""
+        start = time.monotonic()
+        beat = max(0.05, self.settings.lease_seconds / 3)
+        next_beat = start + beat
+        timeout = claim.state.timeout
+        deadline = start + timeout if timeout else None
+        stop_deadline: float | None = None
+        while True:
+            if self._stop_at is not None and stop_deadline is None:
+                stop_deadline = time.monotonic() + self.settings.stop_grace_seconds
+            limits = [next_beat] + [t for t in (deadline, stop_deadline) if t is not None]
+            try:
+                self._in_wait = True
+                code = child.wait(max(0.0, min(limits) - time.monotonic()))
+            except WorkerStop:
+                if stop_deadline is not None:  # a second signal: do not wait any longer
+                    stop_deadline = time.monotonic()
+                continue
+            finally:
+                self._in_wait = False
+            if code is not None:
+                return "exited", code
+            now_m = time.monotonic()
+            if deadline is not None and now_m >= deadline:
+                self._kill(child)
+                return "timeout", None
+            if stop_deadline is not None and now_m >= stop_deadline:
+                self._kill(child)
+                return "stopped", None
+            if now_m >= next_beat:
+                next_beat = now_m + beat
+                if not self._renew(claim):
+                    self._kill(child)
+                    return "lost", None
+
+    @staticmethod
+    def _kill(child: Child) -> None:
+        child.kill_group(signal.SIGKILL)
+        child.wait(5.0)
+
+    def _renew(self, claim: Claim) -> bool:
+        """Heartbeat: False if the job's log grew since the claim (taken over, cancelled)."""
+        if self.orch.store.read(claim.job_id, from_seq=claim.view.head.seq + 1):
+            return False
+        now = self.orch.clock()
+        write_lease(self.orch.store, Lease(claim.job_id, claim.run_id, claim.epoch, self.worker_id, os.getpid(),
+                                           now + self.settings.lease_seconds, now))
+        return True
+
+    def _record_exit(self, claim: Claim, code: int | None, paths: RunPaths) -> RunResult:
+        s = claim.state
+        try:
+            raw = paths.terminal_file.read_bytes()
+        except FileNotFoundError:
+            return self._fail(claim, NO_TERMINAL_SIGNAL_EXIT,
+                              f"the process exited with status {code} without writing a terminal payload",
+                              paths=paths)
+        try:
+            payload = parse_payload(raw, paths.artifacts_dir)
+        except MalformedPayloadError as exc:
+            return self._fail(claim, exc.code, exc.message, paths=paths)
+        result = {"summary": sanitize_text(payload.summary), "output": sanitize_obj(payload.output),
+                  "artifacts": payload.artifacts}
+        if payload.status == DONE and not s.options.get("audit"):
+            return self._finish(claim, [("job_succeeded", result)], "succeeded", paths)
+        if payload.status in (DONE, NEEDS_AUDIT):
+            return self._finish(claim, [("audit_requested", result)], "awaiting_audit", paths)
+        if payload.status == NEEDS_HUMAN:
+            question = sanitize_text(payload.question or "")
+            return self._finish(claim, [("human_input_requested", {**result, "question": question})],
+                                "waiting_human", paths)
+        return self._fail(claim, payload.error_code or "HANDLER_FAILED", payload.summary, paths=paths,
+                          retryable=payload.retryable, payload=payload)
+
+    def backoff(self, failures: int) -> float:
+        """Exponential backoff with jitter: base * 2^(failures-1), capped, times a factor in [0.5, 1)."""
+        delay = min(self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2 ** max(0, failures - 1))
+        return delay * (0.5 + self.rng.random() / 2)
+
+    def _fail(self, claim: Claim, code: str, message: str, *, paths: RunPaths, retryable: bool = True,
+              event: str = "job_failed", payload: TerminalPayload | None = None) -> RunResult:
+        s = claim.state
+        now = self.orch.clock()
+        failures = s.failures + 1
+        data: dict[str, Any] = {"error_code": code, "error": sanitize_text(message)[:4000]}
+        if retryable and failures < s.max_attempts:
+            data["retry_at"] = clock_mod.to_iso(now + self.backoff(failures))
+        if event == "job_timeout":
+            data["timeout"] = s.timeout
+        else:
+            data["output_tail"] = sanitize_text(tail(paths.output_file, OUTPUT_TAIL_BYTES))
+            data["summary"] = sanitize_text(payload.summary if payload else "")[:4000]
+        outcome = "retry" if "retry_at" in data else "failed"
+        return self._finish(claim, [(event, data)], outcome, paths, error_code=code)
+
+    def _release(self, claim: Claim, paths: RunPaths) -> RunResult:
+        data = {"error_code": "WORKER_STOPPED", "worker_id": self.worker_id,
+                "error": f"worker {self.worker_id} stopped; the run was killed after the "
+                         f"{self.settings.stop_grace_seconds:g}s grace period and handed back",
+                "output_tail": sanitize_text(tail(paths.output_file, OUTPUT_TAIL_BYTES))}
+        return self._finish(claim, [("job_released", data)], "released", paths, error_code="WORKER_STOPPED",
+                            audit=("job_released", data["error"]))
+
+    def _finish(self, claim: Claim, events: list[tuple[str, dict[str, Any]]], outcome: str, paths: RunPaths,
+                *, error_code: str | None = None, audit: tuple[str, str] | None = None) -> RunResult:
+        """Append the outcome with the claim's expected sequence; refuse it if the lease was taken over."""
+        faults.point("worker.before_outcome")
+        view = claim.view
+        try:
+            for _ in range(3):
+                try:
+                    view = self.orch.append(view, claim.job_id, events, run_id=claim.run_id, actor=self.actor,
+                                            audit=audit)
+                    break
+                except ConcurrencyError:
+                    view = self.orch.load(claim.job_id)
+                    cur = view.state
+                    if (not view.ok or cur is None or cur.state != RUNNING or cur.epoch != claim.epoch
+                            or cur.run_id != claim.run_id):
+                        raise LeaseLostError(f"job {claim.job_id}: run {claim.run_id} (epoch {claim.epoch}) was "
+                                             f"taken over; its result is not recorded",
+                                             job_id=claim.job_id) from None
+            else:
+                raise LeaseLostError(f"job {claim.job_id}: could not record the outcome")
+        except LeaseLostError as exc:
+            return self._lost(claim, exc.message)
+        faults.point("worker.after_outcome")
+        self._cleanup(claim, paths)
+        state = view.state.state if view.state else None
+        log.info("job %s run %s: %s", claim.job_id, claim.run_id, outcome,
+                 extra={"job_id": claim.job_id, "run_id": claim.run_id, "outcome": outcome})
+        return RunResult(claim.job_id, claim.run_id, outcome, state, error_code)
+
+    def _lost(self, claim: Claim, why: str) -> RunResult:
+        log.warning("lease lost for job %s run %s: %s", claim.job_id, claim.run_id, why,
+                    extra={"job_id": claim.job_id, "run_id": claim.run_id})
+        return RunResult(claim.job_id, claim.run_id, "lease_lost", None, LeaseLostError.code, {"message": why})
+
+    def _cleanup(self, claim: Claim, paths: RunPaths) -> None:
+        drop_lease(self.orch.store, claim.job_id, claim.epoch)
+        shutil.rmtree(paths.run_dir, ignore_errors=True)
+
+    def _import_artifacts(self, s: JobState, target: Path) -> None:
+        """Only with ``artifacts_import`` on: copy (never move) the folders of jobs named in input ``artifacts_from``."""
+        names = s.input.get("artifacts_from") if isinstance(s.input, dict) else None
+        if not names:
+            return
+        if not self.settings.artifacts_import:
+            log.info("job %s names artifacts_from, but ORCH_ARTIFACTS_IMPORT is off: nothing copied", s.job_id)
+            return
+        for other in [names] if isinstance(names, str) else list(names):
+            src = self.artifacts_dir(validate_id(str(other)))
+            if src.is_dir() and other != s.job_id:
+                shutil.copytree(src, safe_join(target, "inputs", other), dirs_exist_ok=True)
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to stop: no new claims; a running job gets the grace period."""
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_at is not None
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.stop()
+        log.warning("signal %d: stopping (no new claims)", signum, extra={"signal": signum})
+        if self._in_wait:
+            raise WorkerStop(signum)
+
+    def handle_signals(self) -> "_SignalScope":
+        """Context manager: SIGTERM/SIGINT stop the worker gracefully (main thread only)."""
+        return _SignalScope(self._on_signal)
+
+    def run(self, max_jobs: int | None = None, idle_exit: bool = False,
+            on_result: Callable[[RunResult], None] | None = None) -> int:
+        """Loop until stopped (or ``max_jobs`` runs, or idle with ``idle_exit``); returns the runs done."""
+        done = 0
+        self.queue.wait(0)  # start watching before the first scan, so no announcement is missed
+        next_recovery = 0.0
+        recovery_every = min(max(self.settings.lease_seconds / 2, 0.05), 5.0)
+        try:
+            while not self.stopping and (max_jobs is None or done < max_jobs):
+                now = self.orch.clock()
+                if time.monotonic() >= next_recovery:
+                    self.recover_stale(now)
+                    next_recovery = time.monotonic() + recovery_every
+                claim = self.claim(now)
+                if claim is not None:
+                    result = self.execute(claim)
+                    done += 1
+                    if on_result:
+                        on_result(result)
+                    continue
+                if idle_exit and self.next_due is None:
+                    break
+                wait = IDLE_MAX_WAIT
+                if self.queue.running():  # another worker may die: look at its lease again soon
+                    wait = min(wait, max(0.0, next_recovery - time.monotonic()))
+                if self.next_due is not None:
+                    wait = min(wait, max(0.0, self.next_due - now))
+                self._idle(wait)
+        finally:
+            self.queue.close()
+        return done
+
+    def _idle(self, timeout: float) -> None:
+        if self.stopping:
+            return
+        try:
+            self._in_wait = True
+            self.queue.wait(timeout)
+        except WorkerStop:
+            pass
+        finally:
+            self._in_wait = False
+
+
+class _SignalScope:
+    def __init__(self, handler: Callable[[int, Any], None]) -> None:
+        self.handler = handler
+        self.saved: dict[int, Any] = {}
+
+    def __enter__(self) -> "_SignalScope":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.saved[sig] = signal.signal(sig, self.handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self.saved.items():
+            signal.signal(sig, old)
+

@@ -1,0 +1,9 @@
+#!/usr/bin/env python3
+"""Runbook command `audit_timeline`: the same as `orchestrator audit-timeline` (see -h)."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from orchestrator.cli import run_script  # noqa: E402
+
+run_script("audit-timeline")

@@ -1,0 +1,161 @@
+"""submit / status / verify as an operator runs them: real scripts, real files, real exit codes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from helpers import REPO, run_script
+
+
+def submit(env: dict[str, str], *args: str) -> str:
+    proc = run_script("submit", "--kind", "command", "--input", '{"argv": ["echo", "hi"]}', "--json", *args,
+                      env=env, check=True)
+    return json.loads(proc.stdout)["job_id"]
+
+
+def test_submit_then_status_shows_a_queued_job(cli_env: dict[str, str]) -> None:
+    job_id = submit(cli_env)
+    proc = run_script("status", job_id, "--json", env=cli_env, check=True)
+    st = json.loads(proc.stdout)
+    assert st["job_id"] == job_id and st["state"] == "queued" and st["attempt"] == 0 and "run_id" in st
+    text = run_script("status", job_id, env=cli_env, check=True).stdout
+    assert "queued" in text and job_id in text
+
+
+def test_the_events_file_is_where_the_spec_says_and_each_line_is_json(cli_env: dict[str, str], base: Path) -> None:
+    job_id = submit(cli_env)
+    path = base / "proj" / ".orchestrator" / "queue" / "jobs" / f"{job_id}.events.jsonl"
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 2
+    rec = json.loads(lines[0])
+    assert {"v", "seq", "job_id", "run_id", "type", "ts", "actor", "data", "prev", "kid", "sig"} <= rec.keys()
+    assert rec["type"] == "job_submitted"
+
+
+def test_same_idempotency_key_returns_the_same_job_id_and_writes_nothing(cli_env: dict[str, str], base: Path) -> None:
+    first = submit(cli_env, "--key", "nightly")
+    second = submit(cli_env, "--key", "nightly")
+    assert first == second
+    assert len(list((base / "proj" / ".orchestrator" / "queue" / "jobs").iterdir())) == 1
+
+
+def test_same_key_with_different_input_is_refused(cli_env: dict[str, str]) -> None:
+    submit(cli_env, "--key", "k1")
+    proc = run_script("submit", "--kind", "command", "--input", '{"argv": ["rm"]}', "--key", "k1", "--json", env=cli_env)
+    assert proc.returncode == 3 and json.loads(proc.stdout)["error"] == "INVALID_INPUT"
+
+
+def test_input_file_and_stdin_are_accepted(cli_env: dict[str, str], tmp_path: Path) -> None:
+    f = tmp_path / "in.json"
+    f.write_text('{"x": [1, 2]}')
+    run_script("submit", "--kind", "k", "--input-file", str(f), env=cli_env, check=True)
+    proc = run_script("submit", "--kind", "k", "--input-file", "-", "--json", env=cli_env, input='{"y": 1}', check=True)
+    assert json.loads(proc.stdout)["created"] is True
+
+
+def test_status_all_filters_by_state(cli_env: dict[str, str]) -> None:
+    a, b = submit(cli_env), submit(cli_env)
+    data = json.loads(run_script("status", "--all", "--state", "queued", "--json", env=cli_env, check=True).stdout)
+    assert {j["job_id"] for j in data["jobs"]} == {a, b}
+    none = json.loads(run_script("status", "--all", "--state", "succeeded", "--json", env=cli_env, check=True).stdout)
+    assert none["count"] == 0
+
+
+def test_expected_errors_have_codes_exit_codes_and_no_traceback(cli_env: dict[str, str]) -> None:
+    cases = [
+        (("status", "no-such-job"), 4, "JOB_NOT_FOUND"),
+        (("status", "../../etc/passwd"), 3, "INVALID_ID"),
+        (("submit", "--kind", "k", "--input", "{not json"), 3, "INVALID_INPUT"),
+        (("submit", "--kind", "k", "--input", "1", "--project-id", "../x"), 3, "INVALID_ID"),
+    ]
+    for (name, *args), code, error in cases:
+        proc = run_script(name, *args, env=cli_env)
+        assert proc.returncode == code, (args, proc.stdout, proc.stderr)
+        assert f"error[{error}]" in proc.stderr and "Traceback" not in proc.stderr
+        as_json = run_script(name, *args, "--json", env=cli_env)
+        assert json.loads(as_json.stdout)["error"] == error
+
+
+def test_usage_errors_exit_2(cli_env: dict[str, str]) -> None:
+    assert run_script("submit", "--input", "{}", env=cli_env).returncode == 2  # --kind missing
+    assert run_script("status", "--token", "x", env=cli_env).returncode == 2
+
+
+def test_help_is_available_and_shows_environment_variables(cli_env: dict[str, str]) -> None:
+    for name in ("submit", "status", "verify"):
+        proc = run_script(name, "-h", env=cli_env, check=True)
+        assert "BASE_PATH" in proc.stdout and "PROJECT_ID" in proc.stdout and "--json" in proc.stdout
+
+
+def test_verify_passes_then_names_file_and_line_of_an_edit_and_exits_7(cli_env: dict[str, str], base: Path) -> None:
+    job_id = submit(cli_env)
+    ok = run_script("verify", env=cli_env)
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    path = base / "proj" / ".orchestrator" / "queue" / "jobs" / f"{job_id}.events.jsonl"
+    path.write_bytes(path.read_bytes().replace(b'"echo"', b'"evil"'))
+    bad = run_script("verify", env=cli_env)
+    assert bad.returncode == 7
+    assert f"{path}:1: SIGNATURE_INVALID" in bad.stdout
+    status = run_script("status", job_id, "--json", env=cli_env)
+    assert status.returncode == 7
+    assert json.loads(status.stdout)["integrity_error"]["code"] == "CONTEXT_SIGNATURE_INVALID"
+
+
+def test_verify_anchor_detects_a_rollback_of_the_whole_store(cli_env: dict[str, str], base: Path, tmp_path: Path) -> None:
+    import shutil
+
+    submit(cli_env)
+    store = base / "proj" / ".orchestrator"
+    backup = tmp_path / "backup"
+    shutil.copytree(store, backup)
+    submit(cli_env)
+    anchor = tmp_path / "anchor.json"
+    assert run_script("verify", "--export-head", str(anchor), env=cli_env).returncode == 0
+    shutil.rmtree(store)
+    shutil.copytree(backup, store)  # an attacker restores yesterday's store, head records included
+    assert run_script("verify", env=cli_env).returncode == 0
+    proc = run_script("verify", "--against", str(anchor), "--json", env=cli_env)
+    assert proc.returncode == 7
+    assert [p["code"] for p in json.loads(proc.stdout)["problems"]] == ["ROLLED_BACK"]
+
+
+def test_settings_come_from_options_then_environment_then_dotenv(cli_env: dict[str, str], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / ".env").write_text(f"BASE_PATH={tmp_path / 'from-dotenv'}\nPROJECT_ID=dotenv-proj\n")
+    env = {k: v for k, v in cli_env.items() if k not in ("BASE_PATH", "PROJECT_ID")}
+
+    def run(*args: str) -> str:
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / "submit.py"), "--kind", "k", "--json", *args],
+                              env=env, cwd=workdir, capture_output=True, text=True, check=True)
+        return json.loads(proc.stdout)["job_id"]
+
+    run()
+    assert list((tmp_path / "from-dotenv" / "dotenv-proj" / ".orchestrator" / "queue" / "jobs").iterdir())
+    env["PROJECT_ID"] = "env-proj"
+    run()
+    assert (tmp_path / "from-dotenv" / "env-proj").is_dir()
+    run("--project-id", "opt-proj", "--base-path", str(tmp_path / "opt"))
+    assert (tmp_path / "opt" / "opt-proj").is_dir()
+
+
+def test_console_script_module_runs_the_same_cli(cli_env: dict[str, str]) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "from orchestrator.cli import main; main()", "status", "--all"],
+                          env=cli_env, capture_output=True, text=True)
+    assert proc.returncode == 0 and "JOB_ID" in proc.stdout
+
+
+def test_demo_runs_on_the_file_backend(cli_env: dict[str, str], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.demo", str(tmp_path / "demo")], env=cli_env,
+                          capture_output=True, text=True, timeout=120, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stderr
+    assert "verify: OK" in proc.stdout and "CONTEXT_SIGNATURE_INVALID" in proc.stdout

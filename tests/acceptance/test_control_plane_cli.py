@@ -1,0 +1,142 @@
+"""The operator's side of the runbook, through the real scripts as subprocesses."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import jobstates as js
+from helpers import REPO, run_script
+from orchestrator import Orchestrator
+from orchestrator.signing import load_keyring
+
+
+@pytest.fixture
+def api(base: Path, cli_env: dict[str, str]) -> Orchestrator:
+    """The Python API on the same store and key the scripts use (to play the worker's part)."""
+    return Orchestrator(base_path=base, project_id="proj", keyring=load_keyring(cli_env, announce=False))
+
+
+def ok(name: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return run_script(name, *args, env=env, check=True)
+
+
+def as_json(proc: subprocess.CompletedProcess) -> dict:
+    return json.loads(proc.stdout)
+
+
+def test_the_runbook_flow_from_submit_to_metrics(api: Orchestrator, cli_env: dict[str, str]) -> None:
+    env = cli_env
+    # submit + status
+    audited = as_json(ok("submit", "--kind", "echo", "--input", '{"text": "draft"}', "--audit", "--json", env=env))["job_id"]
+    assert as_json(ok("status", audited, "--json", env=env))["state"] == "queued"
+    # the worker's part: run it to awaiting_audit; the operator revises, then approves the re-run
+    js.awaiting_audit(api, run_id="run-a1", job_id=audited)
+    revised = as_json(ok("control", "revise", audited, "add a summary", "--json", env=env))
+    assert revised["applied"] and revised["state"] == "queued"
+    js.awaiting_audit(api, run_id="run-a2", job_id=audited)
+    approved = as_json(ok("control", "approve", audited, "--note", "LGTM", "--json", env=env))
+    assert approved["applied"] and approved["state"] == "succeeded"
+    assert "already applied" in ok("control", "approve", audited, env=env).stdout
+
+    # resume twice with the same answer: one event
+    asking = js.waiting_human(api, run_id="run-h1")
+    first = ok("control", "resume", asking, "yes, go ahead", env=env)
+    second = ok("control", "resume", asking, "yes, go ahead", "--json", env=env)
+    assert "resumed job" in first.stdout and as_json(second)["already_applied"] is True
+    assert js.event_types(api, asking).count("job_resumed") == 1
+    conflict = run_script("control", "resume", asking, "no", env=env)
+    assert conflict.returncode == 5 and "ACTION_CONFLICT" in conflict.stderr
+
+    # resume_from_chat, pasted from a Chinese chat client, then again: one event
+    chat = js.waiting_human(api, run_id="run-c1")
+    message = f"JOB_ID：{chat}；继续部署"
+    assert "resumed job" in ok("resume_from_chat", chat, message, env=env).stdout
+    assert "already applied" in ok("resume_from_chat", chat, message, env=env).stdout
+    assert api.load(chat).state.answers == ("继续部署",)
+
+    # cancel a running job
+    busy = js.running(api, run_id="run-r1")
+    assert as_json(ok("control", "cancel", busy, "--reason", "wrong input", "--json", env=env))["state"] == "cancelled"
+
+    # audit_timeline by job and by run
+    tl = as_json(ok("audit_timeline", "--job-id", audited, "--json", env=env))
+    kinds = [(ln["source"], ln["what"]) for ln in tl["lines"]]
+    assert ("event", "job_revised") in kinds and ("audit", "revise") in kinds and ("audit", "approve") in kinds
+    assert kinds.index(("event", "job_revised")) < kinds.index(("audit", "revise")) < kinds.index(("event", "job_approved"))
+    assert tl["ok"] and {ln["status"] for ln in tl["lines"]} == {"ok"}
+    by_run = as_json(ok("audit_timeline", "--run-id", "run-a2", "--json", env=env))
+    assert by_run["job_id"] == audited and {ln["run_id"] for ln in by_run["lines"]} == {"run-a2"}
+    assert ("audit", "approve") in [(ln["source"], ln["what"]) for ln in by_run["lines"]]
+    table = ok("audit_timeline", "--job-id", audited, env=env).stdout
+    assert "job_approved" in table and "STATUS" in table and "OK: every line verified" in table
+    only = as_json(ok("audit_timeline", "--job-id", audited, "--action", "approve", "--json", env=env))
+    assert {ln["what"] for ln in only["lines"]} == {"approve", "job_approved"}
+
+    # metrics: table, json, prometheus
+    m = as_json(ok("metrics", "--project-id", "proj", "--json", env=env))
+    assert m["counts"]["succeeded"] == 1 and m["counts"]["cancelled"] == 1 and m["counts"]["queued"] == 2
+    assert m["stalled_count"] == 0 and m["resume_success_rate"] is None and m["alerts"] == []
+    assert "stalled_count" in ok("metrics", "--project-id", "proj", env=env).stdout
+    prom = ok("metrics", "--project-id", "proj", "--format", "prometheus", env=env).stdout
+    assert 'orchestrator_jobs{project="proj",state="succeeded"} 1' in prom
+    assert "# TYPE orchestrator_stalled_jobs gauge" in prom
+
+    # and verify agrees with everything the control plane wrote
+    verified = as_json(run_script("verify", "--json", env=env))
+    assert verified["ok"] and verified["warnings"] == []
+
+
+def test_there_is_no_token_option(api: Orchestrator, cli_env: dict[str, str]) -> None:
+    job_id = js.waiting_human(api)
+    for args in (["resume", job_id, "yes", "--token", "x"], ["approve", job_id, "--token", "x"],
+                 ["cancel", "--token", "x", job_id]):
+        proc = run_script("control", *args, env=cli_env)
+        assert proc.returncode == 2 and "No such option" in proc.stderr
+    assert js.event_types(api, job_id)[-1] == "human_input_requested"
+
+
+def test_a_refused_action_exits_non_zero_with_a_clear_code(api: Orchestrator, cli_env: dict[str, str]) -> None:
+    job_id = api.submit("echo", {})
+    proc = run_script("control", "approve", job_id, "--json", env=cli_env)
+    assert proc.returncode == 5 and as_json(proc)["error"] == "INVALID_TRANSITION"
+    assert run_script("control", "resume", "nope", "x", env=cli_env).returncode == 4
+    assert run_script("control", "resume", "../etc", "x", env=cli_env).returncode == 3
+    assert js.event_types(api, job_id) == ["job_submitted"]
+
+
+@pytest.mark.parametrize("message", [
+    "job_id: {id}; yes", "JOB_ID:{id};yes", "Job Id ： {id} ； yes", "job-id：{id}；yes", "jobid: `{id}` yes",
+])
+def test_resume_from_chat_accepts_the_forms_chat_clients_paste(api: Orchestrator, cli_env, message: str) -> None:
+    job_id = js.waiting_human(api)
+    proc = run_script("resume_from_chat", job_id, message.format(id=job_id), "--json", env=cli_env)
+    assert proc.returncode == 0, proc.stderr
+    assert api.load(job_id).state.answers == ("yes",)
+
+
+def test_resume_from_chat_refuses_a_message_naming_another_job(api: Orchestrator, cli_env) -> None:
+    mine, other = js.waiting_human(api), js.waiting_human(api)
+    proc = run_script("resume_from_chat", mine, f"job_id: {other}; yes", "--json", env=cli_env)
+    assert proc.returncode == 3 and as_json(proc)["error"] == "JOB_ID_MISMATCH"
+    bad = run_script("resume_from_chat", mine, "yes please", env=cli_env)
+    assert bad.returncode == 3 and "CHAT_MESSAGE_INVALID" in bad.stderr
+    assert js.event_types(api, mine)[-1] == js.event_types(api, other)[-1] == "human_input_requested"
+
+
+def test_operators_racing_the_same_resume_in_processes_write_one_event(api: Orchestrator, cli_env) -> None:
+    job_id = js.waiting_human(api)
+    script = str(REPO / "scripts" / "control.py")
+    procs = [subprocess.Popen([sys.executable, script, "resume", job_id, "ship it", "--json"], env=cli_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, outs
+    results = [json.loads(o) for o, _ in outs]
+    assert sum(r["applied"] for r in results) == 1
+    assert js.event_types(api, job_id).count("job_resumed") == 1
+    resume_entries = [ln for ln in (api.settings.state_dir / "audit" / "audit_events.jsonl").read_text().splitlines()
+                      if '"action":"resume"' in ln]
+    assert len(resume_entries) == 1

@@ -1,0 +1,72 @@
+"""Secrets typed into a note never reach a file under .orchestrator/ nor any command's output."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jobstates as js
+from helpers import run_script
+from orchestrator import Orchestrator
+from orchestrator.signing import load_keyring
+
+# one canary per pattern sanitize_text covers; each secret value carries a unique CANARY tag
+CANARIES = {
+    "password": "password=CANARY01pw",
+    "token": "token=CANARY02tk",
+    "cookie": "Cookie: sid=CANARY03ck",
+    "bearer": "Authorization: Bearer CANARY04br",
+    "api_key": "api_key=CANARY05ak",
+    "secret": "client_secret: CANARY06cs",
+    "cli_flag": "--db-password CANARY07fl",
+    "url_creds": "https://deploy:CANARY08url@git.example.com/repo.git",
+    "openai": "sk-proj-CANARY09abcdefghijklmnopqrstu",
+    "github": "ghp_CANARY10abcdefghijklmnopqrstuvwx",
+    "aws": "AKIACANARY11XYZ12345",
+    "slack": "xoxb-CANARY12-123456789",
+    "google": "AIza" + "CANARY13" + "a" * 27,
+    "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiCANARY14.c2lnbmF0dXJl",
+    "private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nCANARY15pk\n-----END OPENSSH PRIVATE KEY-----",
+}
+TEXT = "see:\n" + "\n".join(f"{name} {value}" for name, value in CANARIES.items())
+TAG = re.compile(r"CANARY\d\d")
+
+
+def leaks(text: str) -> set[str]:
+    found = set(TAG.findall(text))
+    return {name for name, value in CANARIES.items() if TAG.search(value).group() in found}
+
+
+def test_each_canary_is_redacted_everywhere(base: Path, cli_env: dict[str, str]) -> None:
+    api = Orchestrator(base_path=base, project_id="proj", keyring=load_keyring(cli_env, announce=False))
+    outputs: list[str] = []
+
+    def run(*args: str) -> None:
+        proc = run_script(*args, env=cli_env)
+        outputs.extend([proc.stdout, proc.stderr])
+
+    review = js.awaiting_audit(api, run_id="run-1")
+    run("control", "revise", review, TEXT, "--note", TEXT)
+    js.awaiting_audit(api, run_id="run-2", job_id=review)
+    run("control", "approve", review, TEXT)
+    asking = js.waiting_human(api, run_id="run-3")
+    run("control", "resume", asking, TEXT, "--note", TEXT)
+    run("control", "resume", asking, "a different " + TEXT)  # refused: the error names the earlier answer
+    chat = js.waiting_human(api, run_id="run-4")
+    run("resume_from_chat", chat, f"job_id: {chat}; {TEXT}")
+    run("resume_from_chat", chat, f"job_id: someone-else; {TEXT}")  # refused
+    running = js.running(api, run_id="run-5")
+    run("control", "cancel", running, "--reason", TEXT)
+    run("audit_timeline", "--job-id", review)
+    run("audit_timeline", "--job-id", asking, "--json")
+    run("audit_timeline", "--run-id", "run-4", "--json")
+    run("status", asking, "--json")
+    run("metrics", "--json")
+    run("verify")
+
+    assert leaks(TEXT) == set(CANARIES)  # the check itself finds every canary
+    assert "[REDACTED]" in (api.settings.state_dir / "audit" / "audit_events.jsonl").read_text()
+    leaked_files = {str(p): leaks(p.read_bytes().decode("utf-8", "replace"))
+                    for p in api.settings.state_dir.rglob("*") if p.is_file()}
+    assert {p: names for p, names in leaked_files.items() if names} == {}
+    assert leaks("\n".join(outputs)) == set()
+    assert api.load(asking).state.answers[0].count("[REDACTED]") >= len(CANARIES) - 1

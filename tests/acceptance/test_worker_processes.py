@@ -1,0 +1,256 @@
+"""Real worker processes: exit codes, wake-up, SIGKILL mid-job, a SIGSTOPped zombie, graceful stop, races.
+
+Decisions are never waited for with a fixed sleep: each test polls the store with a timeout.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from helpers import REPO, run_script
+
+WAIT = 20.0
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = WAIT, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def env(cli_env: dict[str, str]) -> dict[str, str]:
+    return {**cli_env, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "ORCH_HANDLERS": "worker_handlers"}
+
+
+@pytest.fixture
+def orch(env: dict[str, str], base: Path, monkeypatch: pytest.MonkeyPatch):
+    """An in-process Orchestrator on the same store and key as the worker processes."""
+    from orchestrator import Orchestrator
+
+    monkeypatch.setenv("ORCH_SIGNING_KEY", env["ORCH_SIGNING_KEY"])
+    return Orchestrator(base_path=base, project_id="proj")
+
+
+def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, str(REPO / "scripts" / "worker.py"), *args], env=env, cwd=str(REPO),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = WAIT) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"worker did not exit: {out}\n{err}") from None
+    return proc.returncode, out, err
+
+
+def stop(proc: subprocess.Popen[str] | None) -> None:
+    """Kill (if still running) and reap, closing the pipes."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        stop(proc)
+    proc.communicate()
+
+
+def records(orch, job_id: str) -> list[dict]:
+    return [json.loads(line.raw) for line in orch.store.read(job_id)]
+
+
+def state(orch, job_id: str) -> str | None:
+    return orch.status(job_id).state
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def waiting_job(orch, tmp_path: Path, **options) -> tuple[str, Path, Path]:
+    started, release = tmp_path / "started", tmp_path / "release"
+    job = orch.submit("t.wait", {"started": str(started), "release": str(release)}, **options)
+    return job, started, release
+
+
+def test_once_exits_75_when_nothing_is_runnable_and_0_after_running_a_job(env, orch) -> None:
+    idle = run_script("worker", "--once", env=env)
+    assert idle.returncode == 75, idle.stderr
+    job = orch.submit("t.echo", "x")
+    ran = run_script("worker", "--once", "--json", env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["job_id"] == job and state(orch, job) == "succeeded"
+
+
+def test_worker_help_shows_an_env_var_for_every_option(env) -> None:
+    text = run_script("worker", "-h", env=env).stdout
+    for var in ("ORCH_WORKER_ONCE", "ORCH_MAX_JOBS", "ORCH_IDLE_EXIT", "ORCH_LEASE_SECONDS", "ORCH_WORKER_ID",
+                "ORCH_HANDLERS", "ORCH_STOP_GRACE_SECONDS", "ORCH_RETRY_BASE_SECONDS", "ORCH_ARTIFACTS_IMPORT"):
+        assert var in text
+
+
+def test_an_unknown_handler_module_is_a_config_error(env) -> None:
+    proc = run_script("worker", "--once", "--import", "no_such_module_xyz", env=env)
+    assert proc.returncode == 3 and "CONFIG_ERROR" in proc.stderr
+
+
+def cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+@pytest.mark.parametrize("wakeup", ["auto", "poll"])
+def test_an_idle_worker_picks_up_a_new_job_quickly_without_busy_polling(env, orch, wakeup: str) -> None:
+    proc = start_worker({**env, "ORCH_WAKEUP": wakeup}, "--max-jobs", "2")
+    try:
+        first = orch.submit("t.echo", 1)
+        wait_until(lambda: state(orch, first) == "succeeded", what="first job")
+        if sys.platform.startswith("linux"):
+            before = cpu_ticks(proc.pid)
+            time.sleep(1.0)  # measuring idle CPU over a second, not waiting for a decision
+            assert cpu_ticks(proc.pid) - before <= 10  # <= 0.1 s of CPU in 1 s idle
+        job = orch.submit("t.echo", 2)
+        wait_until(lambda: len(records(orch, job)) >= 2, what="claim")
+        ev = records(orch, job)
+        from orchestrator.clock import from_iso
+        latency = from_iso(ev[1]["ts"]) - from_iso(ev[0]["ts"])
+        assert ev[1]["type"] == "job_claimed"
+        assert latency < (0.5 if wakeup == "auto" else 1.0), f"picked up after {latency * 1000:.0f} ms"
+        code, _out, err = finish(proc)
+        assert code == 0, err
+    finally:
+        stop(proc)
+
+
+def test_a_worker_killed_mid_job_is_recovered_by_the_next_worker(env, orch, tmp_path: Path) -> None:
+    job, started, release = waiting_job(orch, tmp_path)
+    victim = start_worker(env, "--worker-id", "victim", "--lease-seconds", "1")
+    try:
+        wait_until(started.exists, what="the job to start")
+        handler_pid = json.loads(started.read_text())["pid"]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(5)
+        wait_until(lambda: not alive(handler_pid), timeout=5, what="the handler to die with its worker")
+        release.write_text("go")
+        # the next worker passes recover the job once the lease expired, then run it again
+        wait_until(lambda: run_script("worker", "--once", "--worker-id", "rescuer", env=env).returncode == 0
+                   and state(orch, job) == "succeeded", what="recovery")
+    finally:
+        stop(victim)
+    ev = records(orch, job)
+    kinds = [e["type"] for e in ev]
+    assert kinds == ["job_submitted", "job_claimed", "stale_recovered", "job_claimed", "job_succeeded"]
+    stale = ev[2]["data"]
+    assert stale["stale_worker_id"] == "victim" and stale["error_code"] == "NO_TERMINAL_SIGNAL_STALE"
+    assert ev[3]["data"]["epoch"] == 2 and ev[4]["actor"] == "worker:rescuer"
+
+
+def test_a_stopped_then_continued_worker_cannot_write_after_its_lease_was_taken_over(env, orch, tmp_path) -> None:
+    job, started, release = waiting_job(orch, tmp_path)
+    zombie = start_worker(env, "--once", "--worker-id", "zombie", "--lease-seconds", "1")
+    rescuer = None
+    try:
+        wait_until(started.exists, what="the zombie's run to start")
+        os.kill(zombie.pid, signal.SIGSTOP)
+        started.unlink()
+        rescuer = start_worker(env, "--worker-id", "rescuer", "--lease-seconds", "5", "--max-jobs", "1")
+        wait_until(lambda: orch.status(job).worker_id == "rescuer" and started.exists(), what="the takeover")
+        release.write_text("go")  # both runs may now finish
+        code, _out, err = finish(rescuer)
+        assert code == 0, err
+        assert state(orch, job) == "succeeded"
+        before = records(orch, job)
+        os.kill(zombie.pid, signal.SIGCONT)
+        code, out, err = finish(zombie)
+    finally:
+        stop(zombie)
+        stop(rescuer)
+    assert code == 0 and "lease_lost" in out, (out, err)
+    assert records(orch, job) == before  # the zombie's late result was refused
+    zombie_events = [e["type"] for e in before if e["actor"] == "worker:zombie"]
+    assert zombie_events == ["job_claimed"]
+    assert [e["data"]["epoch"] for e in before if e["type"] == "job_claimed"] == [1, 2]
+
+
+def test_sigterm_lets_the_running_job_finish_and_claims_nothing_more(env, orch, tmp_path: Path) -> None:
+    job, started, release = waiting_job(orch, tmp_path)
+    proc = start_worker(env, "--stop-grace-seconds", "20")
+    try:
+        wait_until(started.exists, what="the job to start")
+        later = orch.submit("t.echo", "later")
+        proc.send_signal(signal.SIGTERM)
+        release.write_text("go")
+        code, _out, err = finish(proc)
+    finally:
+        stop(proc)
+    assert code == 0, err
+    assert state(orch, job) == "succeeded" and state(orch, later) == "queued"
+
+
+def test_sigterm_past_the_grace_period_kills_the_run_and_hands_the_job_back(env, orch, tmp_path: Path) -> None:
+    job, started, _release = waiting_job(orch, tmp_path)
+    proc = start_worker(env, "--stop-grace-seconds", "0.3", "--worker-id", "leaving")
+    try:
+        wait_until(started.exists, what="the job to start")
+        pid = json.loads(started.read_text())["pid"]
+        proc.send_signal(signal.SIGTERM)
+        code, _out, err = finish(proc)
+    finally:
+        stop(proc)
+    assert code == 0, err
+    last = records(orch, job)[-1]
+    assert last["type"] == "job_released" and last["data"]["error_code"] == "WORKER_STOPPED"
+    st = orch.load(job).state
+    assert (st.state, st.failures) == ("queued", 0)
+    wait_until(lambda: not alive(pid), timeout=5, what="the killed handler to go away")
+    audit = [json.loads(line.raw) for line in orch.store.read("@audit")]
+    assert any(a["job_id"] == job and a["data"]["action"] == "job_released" for a in audit)
+
+
+def test_several_worker_processes_run_each_job_exactly_once(env, orch) -> None:
+    jobs = [orch.submit("t.echo", i) for i in range(24)]
+    workers = [start_worker(env, "--idle-exit", "--worker-id", f"w{i}") for i in range(3)]
+    try:
+        for w in workers:
+            code, _out, err = finish(w, timeout=60)
+            assert code == 0, err
+    finally:
+        for w in workers:
+            stop(w)
+    for job in jobs:
+        kinds = [e["type"] for e in records(orch, job)]
+        assert kinds == ["job_submitted", "job_claimed", "job_succeeded"], kinds
+
+
+@pytest.mark.parametrize("point, recovered", [
+    ("worker.after_claim", True), ("worker.before_outcome", True), ("queue.after_append", True),
+    ("worker.after_outcome", False),
+])
+def test_a_worker_crashing_at_each_write_point_loses_no_job(env, orch, point: str, recovered: bool) -> None:
+    env = {**env, "ORCH_RETRY_BASE_SECONDS": "0"}
+    job = orch.submit("t.echo", "x")
+    crashed = run_script("worker", "--once", "--lease-seconds", "0.3", env={**env, "ORCH_CRASH_AT": point})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    wait_until(lambda: run_script("worker", "--once", env=env).returncode in (0, 75)
+               and state(orch, job) == "succeeded", what=f"the job after a crash at {point}")
+    kinds = [e["type"] for e in records(orch, job)]
+    assert kinds.count("job_succeeded") == 1
+    assert ("stale_recovered" in kinds) == recovered, kinds

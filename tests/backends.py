@@ -1,0 +1,150 @@
+"""Backends for tests: the PostgreSQL test database, and raw access to stored histories.
+
+``require_pg()`` returns the URL of a migrated test database (``ORCH_TEST_PG_URL``, default
+``postgresql://postgres@127.0.0.1:5432/test``). When the server is unreachable the test
+FAILS if ``CI=true`` (CI must run these tests for real) and SKIPS otherwise, with the reason.
+Each PostgreSQL test uses its own project id and deletes its rows afterwards.
+
+``RawHistory`` lets a test act as an intruder with write access to the storage: read and
+rewrite a job's stored lines (a file on disk, or rows in ``orch_events``).
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.store.postgres import PostgresStore
+
+# Read at import: the autouse fixture of conftest.py clears ORCH_* variables for each test.
+PG_URL = os.environ.get("ORCH_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+_ready: dict[str, Any] = {}
+
+
+def require_pg() -> str:
+    """The migrated test database's URL; fail in CI, skip elsewhere, when it is unreachable."""
+    if "url" not in _ready:
+        try:
+            from orchestrator.store.pg_schema import migrate
+
+            migrate(PG_URL)
+            _ready["url"] = PG_URL
+        except Exception as exc:  # noqa: BLE001 - any failure means "no usable database"
+            _ready["error"] = f"PostgreSQL unreachable at ORCH_TEST_PG_URL={PG_URL}: {exc}"
+            _ready["url"] = None
+    if _ready["url"] is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{_ready['error']} (CI=true: the PostgreSQL tests must run)")
+        pytest.skip(f"{_ready['error']} (set ORCH_TEST_PG_URL to run the PostgreSQL tests)")
+    return _ready["url"]
+
+
+def unique_project(prefix: str = "t") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:16]}"
+
+
+def drop_project(url: str, project: str) -> None:
+    from orchestrator.store.postgres import connect
+
+    conn = connect(url, autocommit=True)
+    try:
+        for table in ("orch_events", "orch_streams", "orch_aux"):
+            conn.execute(f"DELETE FROM {table} WHERE project = %s", (project,))
+    finally:
+        conn.close()
+
+
+class TestPostgresStore(PostgresStore):
+    """A store on a fresh project whose rows are deleted on ``close``."""
+
+    __test__ = False
+
+    def __init__(self, project: str | None = None) -> None:
+        super().__init__(require_pg(), project or unique_project())
+
+    def close(self) -> None:
+        super().close()
+        drop_project(self.url, self.project)
+
+
+# -- raw access, as an intruder with write access to the storage would have -------------------
+class RawHistory:
+    """Read and rewrite a stream's stored bytes, newline-terminated lines as in a file."""
+
+    def __init__(self, orch: Any) -> None:
+        self.orch = orch
+
+    def read_bytes(self, stream: str) -> bytes:
+        raise NotImplementedError
+
+    def write_bytes(self, stream: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def drop_head_record(self, stream: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class FileHistory(RawHistory):
+    def path(self, stream: str) -> Path:
+        return self.orch.store.path(stream)
+
+    def read_bytes(self, stream: str) -> bytes:
+        return self.path(stream).read_bytes()
+
+    def write_bytes(self, stream: str, data: bytes) -> None:
+        self.path(stream).write_bytes(data)
+
+    def drop_head_record(self, stream: str) -> None:
+        (self.orch.settings.state_dir / "heads" / stream).unlink()
+
+
+class PgHistory(RawHistory):
+    """Rows of ``orch_events``: an edit of a line is an ``UPDATE`` of its row's bytes."""
+
+    _connection: Any = None
+
+    def _conn(self) -> Any:
+        from orchestrator.store.postgres import connect
+
+        if self._connection is None:
+            self._connection = connect(self.orch.store.url, autocommit=True)
+            self._connection.execute("SET synchronous_commit = off")  # an intruder needs no durability
+        return self._connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+
+    def read_bytes(self, stream: str) -> bytes:
+        return b"".join(s.raw + b"\n" for s in self.orch.store.read(stream))
+
+    def write_bytes(self, stream: str, data: bytes) -> None:
+        assert data.endswith(b"\n") or not data, "PostgreSQL rows hold complete lines only"
+        new = data.split(b"\n")[:-1]
+        old = [s.raw for s in self.orch.store.read(stream)]
+        project = self.orch.store.project
+        conn = self._conn()
+        if len(new) == len(old):
+            for seq, (a, b) in enumerate(zip(old, new), 1):
+                if a != b:
+                    conn.execute("UPDATE orch_events SET line = %s WHERE project = %s AND stream = %s AND seq = %s",
+                                 (b, project, stream, seq))
+        else:
+            conn.execute("DELETE FROM orch_events WHERE project = %s AND stream = %s", (project, stream))
+            for seq, line in enumerate(new, 1):
+                conn.execute("INSERT INTO orch_events (project, stream, seq, line) VALUES (%s, %s, %s, %s)",
+                             (project, stream, seq, line))
+        # the head row follows, as it would in a restored backup or a careful intruder's edit
+        conn.execute("INSERT INTO orch_streams (project, stream, seq, last_line) VALUES (%s, %s, %s, %s) "
+                     "ON CONFLICT (project, stream) DO UPDATE SET seq = EXCLUDED.seq, last_line = EXCLUDED.last_line",
+                     (project, stream, len(new), new[-1] if new else b""))
+
+    def drop_head_record(self, stream: str) -> None:
+        self._conn().execute("DELETE FROM orch_aux WHERE project = %s AND area = 'heads' AND key = %s",
+                             (self.orch.store.project, stream))

@@ -1,0 +1,52 @@
+"""Shared fixtures: every test gets its own keyring and base path, never the user's."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.signing import Keyring, new_seed
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private keyring folder and no inherited orchestrator settings."""
+    for name in list(os.environ):
+        if name.startswith("ORCH_") or name in ("BASE_PATH", "PROJECT_ID", "LLM_API_KEY", "LLM_URL"):
+            monkeypatch.delenv(name)
+    keyring_dir = tmp_path / "keyring"
+    monkeypatch.setenv("ORCH_KEYRING_DIR", str(keyring_dir))
+    return keyring_dir
+
+
+@pytest.fixture
+def keyring() -> Keyring:
+    return Keyring.generate()
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    path = tmp_path / "base"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def orch(base: Path, keyring: Keyring):
+    from orchestrator import Orchestrator
+
+    return Orchestrator(base_path=base, project_id="proj", keyring=keyring)
+
+
+@pytest.fixture
+def cli_env(base: Path, isolated_env: Path) -> dict[str, str]:
+    """Environment for running the real scripts as subprocesses against ``base``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env.update(BASE_PATH=str(base), PROJECT_ID="proj", ORCH_SIGNING_KEY=new_seed(),
+               ORCH_KEYRING_DIR=str(isolated_env), PYTHONPATH=str(REPO))
+    return env
+

@@ -1,0 +1,151 @@
+"""The EventStore contract, run against every backend.
+
+A new backend joins by adding a factory to ``BACKENDS`` (PostgreSQL adds itself when a
+server is reachable).
+"""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from orchestrator.errors import ConcurrencyError
+from orchestrator.store.base import AUDIT_STREAM, EventStore, Head
+from orchestrator.store.jsonl import JsonlStore
+from orchestrator.store.memory import MemoryStore
+
+from backends import TestPostgresStore
+
+BACKENDS: dict[str, Callable[[Path], EventStore]] = {
+    "memory": lambda tmp: MemoryStore(),
+    "jsonl": lambda tmp: JsonlStore(tmp / "proj" / ".orchestrator"),
+    # a fresh project in the test database (ORCH_TEST_PG_URL); fails in CI, skips elsewhere, if unreachable
+    "postgres": lambda tmp: TestPostgresStore(),
+}
+NEEDS_SERVER = {"postgres": pytest.mark.postgres}
+
+
+@pytest.fixture(params=[pytest.param(name, marks=NEEDS_SERVER.get(name, ())) for name in sorted(BACKENDS)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> EventStore:
+    s = BACKENDS[request.param](tmp_path)
+    yield s
+    s.close()
+
+
+def lines(head: Head, *payloads: str) -> list[bytes]:
+    return [json.dumps({"seq": head.seq + i, "p": p}).encode() for i, p in enumerate(payloads, 1)]
+
+
+def append(store: EventStore, stream: str, *payloads: str, expected: int | None = None) -> Head:
+    return store.append(stream, lambda h: lines(h, *payloads), expected_seq=expected)
+
+
+def test_a_missing_stream_reads_empty_and_does_not_exist(store: EventStore) -> None:
+    assert store.read("job-1") == []
+    assert not store.exists("job-1")
+
+
+def test_append_returns_the_new_head_and_read_returns_lines_in_order(store: EventStore) -> None:
+    head = append(store, "job-1", "a", "b", expected=0)
+    assert head.seq == 2 and json.loads(head.last_line)["p"] == "b"
+    got = store.read("job-1")
+    assert [s.seq for s in got] == [1, 2]
+    assert [json.loads(s.raw)["p"] for s in got] == ["a", "b"]
+
+
+def test_read_from_a_sequence_skips_earlier_lines(store: EventStore) -> None:
+    append(store, "job-1", "a", "b", "c")
+    assert [s.seq for s in store.read("job-1", from_seq=2)] == [2, 3]
+
+
+def test_builder_sees_the_current_head(store: EventStore) -> None:
+    append(store, "job-1", "a")
+    seen: list[Head] = []
+    store.append("job-1", lambda h: (seen.append(h), lines(h, "b"))[1])
+    assert seen[0].seq == 1 and json.loads(seen[0].last_line)["p"] == "a"
+
+
+def test_conflicting_expected_sequence_raises_and_writes_nothing(store: EventStore) -> None:
+    append(store, "job-1", "a", expected=0)
+    with pytest.raises(ConcurrencyError):
+        append(store, "job-1", "b", expected=0)
+    with pytest.raises(ConcurrencyError):
+        append(store, "job-1", "b", expected=5)
+    assert [json.loads(s.raw)["p"] for s in store.read("job-1")] == ["a"]
+
+
+def test_creating_an_existing_stream_with_expected_zero_is_a_conflict(store: EventStore) -> None:
+    append(store, "job-1", "a", expected=0)
+    with pytest.raises(ConcurrencyError):
+        append(store, "job-1", "again", expected=0)
+
+
+def test_a_builder_that_raises_writes_nothing(store: EventStore) -> None:
+    append(store, "job-1", "a")
+
+    def boom(head: Head) -> list[bytes]:
+        raise RuntimeError("decided not to write")
+
+    with pytest.raises(RuntimeError):
+        store.append("job-1", boom)
+    assert len(store.read("job-1")) == 1
+
+
+def test_a_line_with_a_newline_is_refused(store: EventStore) -> None:
+    with pytest.raises(ValueError):
+        store.append("job-1", lambda h: [b'{"seq":1}\n{"seq":2}'])
+    assert store.read("job-1") == []
+
+
+def test_streams_are_independent_and_job_ids_lists_job_streams_only(store: EventStore) -> None:
+    append(store, "job-1", "a")
+    append(store, "job-2", "b", "c")
+    append(store, AUDIT_STREAM, "audit entry")
+    assert sorted(store.job_ids()) == ["job-1", "job-2"]
+    assert len(store.read("job-2")) == 2 and len(store.read(AUDIT_STREAM)) == 1
+
+
+def test_concurrent_appends_with_expected_sequence_never_fork_the_stream(store: EventStore) -> None:
+    append(store, "job-1", "start")
+    wins: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def contender(name: str) -> None:
+        barrier.wait()
+        try:
+            append(store, "job-1", name, expected=1)
+            wins.append(name)
+        except ConcurrencyError:
+            pass
+
+    threads = [threading.Thread(target=contender, args=(f"w{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    assert [json.loads(s.raw)["p"] for s in store.read("job-1")] == ["start", wins[0]]
+
+
+def test_unexpected_appends_from_many_threads_all_land_in_sequence(store: EventStore) -> None:
+    def writer(i: int) -> None:
+        for j in range(20):
+            append(store, AUDIT_STREAM, f"{i}-{j}")
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = store.read(AUDIT_STREAM)
+    assert [json.loads(s.raw)["seq"] for s in got] == list(range(1, 81))
+
+
+def test_aux_records_replace_and_read_back(store: EventStore) -> None:
+    assert store.get_aux("heads", "job-1") is None
+    store.put_aux("heads", "job-1", b"one")
+    store.put_aux("heads", "job-1", b"two")
+    assert store.get_aux("heads", "job-1") == b"two"

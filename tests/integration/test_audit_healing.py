@@ -1,0 +1,140 @@
+"""A crash between a job event and its audit entry is healed by the next command: once, never twice."""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+import jobstates as js
+from helpers import run_script
+from orchestrator import Orchestrator, audit
+from orchestrator.integrity import verify_project
+from orchestrator.signing import line_hash, load_keyring
+from orchestrator.store.base import AUDIT_STREAM
+
+
+def entries(orch: Orchestrator, job_id: str, action: str | None = None) -> list[dict]:
+    recs = [json.loads(s.raw) for s in orch.store.read(AUDIT_STREAM)]
+    return [r for r in recs if r["job_id"] == job_id and (action is None or r["data"]["action"] == action)]
+
+
+@pytest.fixture
+def cli_orch(base: Path, cli_env: dict[str, str]) -> Orchestrator:
+    """The API over the same store and key as the scripts run by ``cli_env``."""
+    return Orchestrator(base_path=base, project_id="proj", keyring=load_keyring(cli_env, announce=False))
+
+
+def test_crash_after_the_event_is_healed_once_by_the_next_command(cli_orch: Orchestrator, cli_env) -> None:
+    job_id = js.waiting_human(cli_orch)
+    crashed = run_script("control", "resume", job_id, "yes", env={**cli_env, "ORCH_CRASH_AT": "append.after_event"})
+    assert crashed.returncode == -9
+    assert js.event_types(cli_orch, job_id)[-1] == "job_resumed"  # the event is the truth
+    assert entries(cli_orch, job_id, "resume") == []
+    assert [w.code for w in verify_project(cli_orch).warnings] == ["AUDIT_ENTRY_MISSING"]
+
+    again = run_script("control", "resume", job_id, "yes", env=cli_env)
+    assert again.returncode == 0 and "already applied" in again.stdout
+    healed = entries(cli_orch, job_id, "resume")
+    assert len(healed) == 1 and healed[0]["data"]["healed"] is True
+    resumed_line = cli_orch.store.read(job_id)[-1].raw
+    assert healed[0]["data"]["event_hash"] == line_hash(resumed_line)
+    assert healed[0]["actor"] == json.loads(resumed_line)["actor"]
+
+    for _ in range(2):  # later commands find the entry and write nothing
+        assert run_script("control", "resume", job_id, "yes", env=cli_env).returncode == 0
+        assert run_script("audit_timeline", "--job-id", job_id, env=cli_env).returncode == 0
+    assert len(entries(cli_orch, job_id, "resume")) == 1
+    report = verify_project(cli_orch)
+    assert report.ok and not report.warnings
+
+
+def test_crash_after_the_entry_but_before_its_marker_writes_no_second_entry(cli_orch: Orchestrator, cli_env) -> None:
+    job_id = js.waiting_human(cli_orch)
+    crashed = run_script("control", "resume", job_id, "yes", env={**cli_env, "ORCH_CRASH_AT": "audit.after_entry"})
+    assert crashed.returncode == -9 and len(entries(cli_orch, job_id, "resume")) == 1
+    assert run_script("control", "cancel", job_id, "stop", env=cli_env).returncode == 0
+    assert len(entries(cli_orch, job_id, "resume")) == 1
+    assert audit.unmarked(cli_orch, cli_orch.load(job_id)) == []  # the marker was restored from the log
+
+
+def test_a_job_touched_with_every_marker_present_never_reads_the_audit_log(orch: Orchestrator, monkeypatch) -> None:
+    job_id = js.waiting_human(orch)
+    orch.resume(job_id, "yes")
+
+    def full_scan(_orch):  # the rare path; the normal path must not take it
+        raise AssertionError("the audit log was scanned")
+
+    monkeypatch.setattr(audit, "audited_hashes", full_scan)
+    assert orch.resume(job_id, "yes").already_applied
+    assert orch.cancel(job_id).applied
+
+
+def test_deleted_markers_are_rebuilt_from_the_log_without_duplicates(orch: Orchestrator) -> None:
+    job_id = js.waiting_human(orch)
+    orch.resume(job_id, "yes")
+    orch.cancel(job_id)
+    import shutil
+
+    shutil.rmtree(orch.settings.state_dir / audit.MARKERS_AREA)
+    assert audit.heal(orch, [orch.load(job_id)]) == []
+    assert len(entries(orch, job_id)) == 2 and audit.unmarked(orch, orch.load(job_id)) == []
+
+
+def test_events_a_worker_wrote_without_an_entry_get_one(orch: Orchestrator) -> None:
+    job_id = js.running(orch)
+    js.finish(orch, job_id, "job_timeout", {"error_code": "NO_TERMINAL_SIGNAL_TIMEOUT", "timeout": 5,
+                                            "retry_at": "2030-01-01T00:00:00.000000Z"})
+    assert audit.heal(orch, [orch.load(job_id)]) != []
+    (entry,) = entries(orch, job_id)
+    assert entry["data"]["action"] == "job_timeout" and entry["actor"] == "w1" and entry["run_id"] == "run-1"
+
+
+def test_heal_waits_for_a_live_writer_instead_of_writing_its_entry_too(orch: Orchestrator) -> None:
+    job_id = js.waiting_human(orch)
+    view = orch.load(job_id)
+    with audit.pending(orch, job_id):  # a writer between its event and its entry
+        new = orch.append(view, job_id, [("job_resumed", {"answer": "yes"})])
+        healer = threading.Thread(target=lambda: audit.heal(orch, [orch.load(job_id)]))
+        healer.start()
+        healer.join(timeout=0.3)
+        assert healer.is_alive(), "heal must wait for the writer's lock"
+        audit.record(orch, job_id=job_id, action="resume", actor="op@host", note="yes",
+                     event_line=new.stream.lines[-1].raw)
+    healer.join(timeout=10)
+    assert len(entries(orch, job_id, "resume")) == 1
+
+
+def test_verify_detects_a_job_file_cut_back_consistently(orch: Orchestrator) -> None:
+    job_id = js.waiting_human(orch)
+    orch.resume(job_id, "yes")
+    path = orch.store.path(job_id)
+    path.write_bytes(b"".join(line + b"\n" for line in path.read_bytes().split(b"\n")[:3]))
+    (orch.settings.state_dir / "heads" / job_id).unlink()  # no head record: the chain alone cannot tell
+    assert orch.load(job_id).ok
+    report = verify_project(orch)
+    assert [p.code for p in report.problems] == ["AUDIT_EVENT_MISSING"]
+    assert report.problems[0].stream == AUDIT_STREAM
+
+
+def test_append_with_audit_holds_the_pending_lock_between_event_and_entry(orch: Orchestrator) -> None:
+    from orchestrator import faults
+
+    job_id = js.waiting_human(orch)
+    healers: list[threading.Thread] = []
+
+    def heal_in_between() -> None:  # runs after the event is durable, before its entry
+        healer = threading.Thread(target=lambda: audit.heal(orch, [orch.load(job_id)]))
+        healer.start()
+        healer.join(timeout=0.3)
+        assert healer.is_alive(), "heal must not write while the writer is between event and entry"
+        healers.append(healer)
+
+    faults.arm("append.after_event", heal_in_between)
+    try:
+        orch.resume(job_id, "yes")
+    finally:
+        faults.disarm_all()
+    healers[0].join(timeout=10)
+    assert len(entries(orch, job_id, "resume")) == 1

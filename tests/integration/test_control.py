@@ -1,0 +1,196 @@
+"""Control actions: transitions checked by the reducer, idempotent repeats, races, audit entries."""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+import jobstates as js
+from orchestrator import Orchestrator
+from orchestrator.errors import (ActionConflictError, ContextSignatureInvalid, InvalidInputError,
+                                 InvalidTransitionError, JobNotFoundError)
+from orchestrator.signing import line_hash
+from orchestrator.store.base import AUDIT_STREAM
+
+
+def audit_entries(orch: Orchestrator, job_id: str | None = None) -> list[dict]:
+    recs = [json.loads(s.raw) for s in orch.store.read(AUDIT_STREAM)]
+    return [r for r in recs if job_id is None or r["job_id"] == job_id]
+
+
+def file_bytes(orch: Orchestrator) -> dict[str, bytes]:
+    root = orch.settings.state_dir
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file() and "locks" not in p.parts}
+
+
+# -- idempotency ---------------------------------------------------------------------------------------
+def test_resume_twice_with_same_answer_writes_one_event(orch: Orchestrator) -> None:
+    job_id = js.waiting_human(orch)
+    first = orch.resume(job_id, "yes, deploy")
+    second = orch.resume(job_id, "yes, deploy")
+    assert first.applied and not first.already_applied
+    assert second.already_applied and second.event_seq == first.event_seq
+    assert "already applied" in second.message
+    assert js.event_types(orch, job_id).count("job_resumed") == 1
+    assert len([e for e in audit_entries(orch, job_id) if e["data"]["action"] == "resume"]) == 1
+    assert orch.load(job_id).state.answers == ("yes, deploy",)
+
+
+def test_resume_records_the_question_it_answers(orch: Orchestrator) -> None:
+    job_id = js.waiting_human(orch, question="Which region?")
+    orch.resume(job_id, "eu-west-1")
+    assert orch.load(job_id).events[-1].data == {"answer": "eu-west-1", "question": "Which region?"}
+
+
+def test_a_different_answer_after_a_resume_is_refused_and_writes_nothing(orch: Orchestrator) -> None:
+    job_id = js.waiting_human(orch)
+    orch.resume(job_id, "yes")
+    before = file_bytes(orch)
+    with pytest.raises(ActionConflictError) as exc:
+        orch.resume(job_id, "no")
+    assert exc.value.code == "ACTION_CONFLICT" and exc.value.exit_code == 5
+    assert "different answer" in exc.value.message and "'yes'" in exc.value.message
+    assert file_bytes(orch) == before
+
+
+def test_the_same_answer_to_a_new_question_is_a_new_resume(orch: Orchestrator) -> None:
+    job_id = js.waiting_human(orch, run_id="run-1")
+    orch.resume(job_id, "yes")
+    js.waiting_human(orch, run_id="run-2", job_id=job_id)  # the re-run asks the same question again
+    assert orch.resume(job_id, "yes").applied
+    assert js.event_types(orch, job_id).count("job_resumed") == 2
+    assert orch.load(job_id).state.answers == ("yes", "yes")
+
+
+def test_revise_twice_with_the_same_notes_writes_one_event_and_other_notes_conflict(orch: Orchestrator) -> None:
+    job_id = js.awaiting_audit(orch)
+    assert orch.revise(job_id, "shorter please").applied
+    assert orch.revise(job_id, "shorter please").already_applied
+    with pytest.raises(ActionConflictError):
+        orch.revise(job_id, "longer please")
+    assert js.event_types(orch, job_id).count("job_revised") == 1
+    assert orch.load(job_id).state.revisions == ("shorter please",)
+
+
+def test_approve_twice_writes_one_event(orch: Orchestrator) -> None:
+    job_id = js.awaiting_audit(orch)
+    assert orch.approve(job_id, "looks good").applied
+    again = orch.approve(job_id, "looks good")
+    assert again.already_applied and again.state == "succeeded"
+    assert js.event_types(orch, job_id).count("job_approved") == 1
+
+
+def test_cancel_twice_writes_one_event(orch: Orchestrator) -> None:
+    job_id = orch.submit("echo", {})
+    assert orch.cancel(job_id, "not needed").applied
+    assert orch.cancel(job_id, "other reason").already_applied
+    assert js.event_types(orch, job_id) == ["job_submitted", "job_cancelled"]
+
+
+# -- transitions that do not fit -----------------------------------------------------------------------
+@pytest.mark.parametrize("make, action, arg", [
+    (lambda o: o.submit("echo", {}), "approve", ""),
+    (lambda o: o.submit("echo", {}), "resume", "yes"),
+    (lambda o: o.submit("echo", {}), "revise", "notes"),
+    (js.awaiting_audit, "resume", "yes"),
+    (js.waiting_human, "approve", ""),
+    (js.waiting_human, "revise", "notes"),
+])
+def test_an_action_that_does_not_fit_the_state_is_refused_and_writes_nothing(orch: Orchestrator, make, action,
+                                                                               arg) -> None:
+    job_id = make(orch)
+    before = file_bytes(orch)
+    with pytest.raises(InvalidTransitionError) as exc:
+        getattr(orch, action)(job_id, arg) if arg else getattr(orch, action)(job_id)
+    assert exc.value.code == "INVALID_TRANSITION" and "nothing was written" in exc.value.message
+    assert file_bytes(orch) == before
+
+
+def test_approve_after_a_revise_is_refused_not_taken_as_already_applied(orch: Orchestrator) -> None:
+    job_id = js.awaiting_audit(orch)
+    orch.revise(job_id, "fix the title")
+    with pytest.raises(InvalidTransitionError) as exc:
+        orch.approve(job_id)
+    assert not isinstance(exc.value, ActionConflictError)
+
+
+def test_cancel_of_a_final_job_is_refused(orch: Orchestrator) -> None:
+    job_id = js.awaiting_audit(orch)
+    orch.approve(job_id)
+    with pytest.raises(InvalidTransitionError):
+        orch.cancel(job_id)
+
+
+def test_cancel_of_a_running_job_writes_just_the_event(orch: Orchestrator) -> None:
+    job_id = js.running(orch, run_id="run-9")
+    result = orch.cancel(job_id, "operator stop")
+    view = orch.load(job_id)
+    assert result.applied and view.state.state == "cancelled"
+    assert view.events[-1].run_id == "run-9"  # the worker of run-9 sees it on its next append
+    assert js.event_types(orch, job_id)[-1] == "job_cancelled"
+
+
+def test_empty_answers_and_unknown_jobs_are_refused(orch: Orchestrator) -> None:
+    job_id = js.waiting_human(orch)
+    with pytest.raises(InvalidInputError):
+        orch.resume(job_id, "   ")
+    with pytest.raises(JobNotFoundError):
+        orch.resume("01NOSUCHJOB", "yes")
+
+
+def test_a_tampered_job_is_refused_and_the_refusal_is_audited(orch: Orchestrator) -> None:
+    job_id = js.waiting_human(orch)
+    path = orch.store.path(job_id)
+    path.write_bytes(path.read_bytes().replace(b'"hi"', b'"HI"'))
+    with pytest.raises(ContextSignatureInvalid):
+        orch.resume(job_id, "yes")
+    assert "job_resumed" not in path.read_text()
+    assert [e["data"]["action"] for e in audit_entries(orch, job_id)] == ["integrity_refusal"]
+
+
+# -- races -------------------------------------------------------------------------------------------------
+def test_operators_racing_the_same_resume_in_threads_write_one_event(base: Path, keyring) -> None:
+    setup = Orchestrator(base_path=base, project_id="proj", keyring=keyring)
+    for _ in range(5):
+        job_id = js.waiting_human(setup)
+        barrier = threading.Barrier(6)
+        results, errors = [], []
+
+        def operator() -> None:
+            mine = Orchestrator(base_path=base, project_id="proj", keyring=keyring)
+            barrier.wait()
+            try:
+                results.append(mine.resume(job_id, "go"))
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=operator) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert sum(r.applied for r in results) == 1 and len(results) == 6
+        assert js.event_types(setup, job_id).count("job_resumed") == 1
+        assert len([e for e in audit_entries(setup, job_id) if e["data"]["action"] == "resume"]) == 1
+
+
+# -- the audit entries -----------------------------------------------------------------------------------
+def test_each_action_writes_one_signed_entry_naming_the_event_it_produced(orch: Orchestrator) -> None:
+    job_id = js.awaiting_audit(orch, run_id="run-7")
+    orch.revise(job_id, "add a summary")
+    js.awaiting_audit(orch, run_id="run-8", job_id=job_id)
+    orch.approve(job_id, "ok now")
+    lines = orch.store.read(job_id)
+    entries = audit_entries(orch, job_id)
+    assert [(e["data"]["action"], e["run_id"], e["actor"]) for e in entries] == [
+        ("revise", "run-7", orch.actor), ("approve", "run-8", orch.actor)]
+    by_hash = {line_hash(s.raw): json.loads(s.raw) for s in lines}
+    assert [by_hash[e["data"]["event_hash"]]["type"] for e in entries] == ["job_revised", "job_approved"]
+    assert entries[1]["data"]["note"] == "ok now"
+    from orchestrator.integrity import verify_project
+
+    report = verify_project(orch)
+    assert report.ok and not report.warnings

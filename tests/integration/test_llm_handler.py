@@ -1,0 +1,147 @@
+"""The ``llm`` handler against a small OpenAI-compatible server on 127.0.0.1, including its failure modes."""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from orchestrator.handlers.llm import call_llm
+from orchestrator.worker import Worker, WorkerSettings
+
+KEY = "sk-test-0123456789abcdefghijklmnopqrstuv"
+
+
+class FakeLLM(BaseHTTPRequestHandler):
+    """Answers like a chat-completions endpoint; ``server.mode`` picks the behaviour."""
+
+    def log_message(self, *args: Any) -> None:  # keep test output quiet
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length))
+        self.server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        mode = self.server.mode
+        if mode == "slow":
+            time.sleep(1.5)
+            mode = "done"
+        if mode.startswith("http"):
+            status = int(mode[4:])
+            self._send(status, f"error; you sent Authorization: {self.headers.get('Authorization')}".encode())
+            return
+        if mode == "not_json":
+            self._send(200, b"<html>gateway says hi</html>")
+            return
+        contents = {
+            "done": json.dumps({"status": "done", "summary": "wrote the haiku", "output": {"text": "..."}}),
+            "needs_human": json.dumps({"status": "needs_human", "summary": "unclear", "question": "Which tone?"}),
+            "fenced": "```json\n" + json.dumps({"status": "done", "summary": "fenced"}) + "\n```",
+            "content_not_json": "Sure! Here is your haiku.",
+            "missing_fields": json.dumps({"status": "done"}),
+        }
+        reply = {"id": "x", "object": "chat.completion",
+                 "choices": [{"index": 0, "message": {"role": "assistant", "content": contents[mode]}}]}
+        self._send(200, json.dumps(reply).encode())
+
+    def _send(self, status: int, data: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def server() -> Iterator[ThreadingHTTPServer]:
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), FakeLLM)
+    srv.mode = "done"
+    srv.requests = []
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    thread.join(5)
+
+
+def llm_env(srv: ThreadingHTTPServer, **extra: str) -> dict[str, str]:
+    return {"LLM_URL": f"http://127.0.0.1:{srv.server_address[1]}/v1", "LLM_API_KEY": KEY, "LLM_MODEL": "tiny",
+            **extra}
+
+
+CTX = {"job_id": "J1", "run_id": "r1", "attempt": 1, "input": "write a haiku", "answers": ["calm"], "revisions": []}
+
+
+def test_a_reply_with_a_payload_is_returned_and_the_request_is_openai_shaped(server) -> None:
+    assert call_llm(CTX, llm_env(server))["summary"] == "wrote the haiku"
+    req = server.requests[0]
+    assert req["path"] == "/v1/chat/completions" and req["auth"] == f"Bearer {KEY}"
+    assert req["body"]["model"] == "tiny" and req["body"]["messages"][0]["role"] == "system"
+    assert "write a haiku" in req["body"]["messages"][1]["content"] and "calm" in req["body"]["messages"][1]["content"]
+
+
+def test_a_fenced_json_reply_is_accepted(server) -> None:
+    server.mode = "fenced"
+    assert call_llm(CTX, llm_env(server))["summary"] == "fenced"
+
+
+@pytest.mark.parametrize("mode, code, retryable", [
+    ("http500", "LLM_HTTP_ERROR", True), ("http429", "LLM_HTTP_ERROR", True), ("http401", "LLM_HTTP_ERROR", False),
+    ("not_json", "LLM_BAD_RESPONSE", True), ("content_not_json", "MALFORMED_PAYLOAD", True),
+])
+def test_each_failure_mode_becomes_a_failed_payload_with_its_code(server, mode: str, code: str, retryable: bool) -> None:
+    server.mode = mode
+    payload = call_llm(CTX, llm_env(server))
+    assert (payload["status"], payload["error_code"], payload["retryable"]) == ("failed", code, retryable)
+    assert KEY not in json.dumps(payload)
+
+
+def test_a_timeout_is_llm_timeout(server) -> None:
+    server.mode = "slow"
+    payload = call_llm(CTX, llm_env(server, ORCH_LLM_TIMEOUT="0.2"))
+    assert payload["error_code"] == "LLM_TIMEOUT"
+
+
+def test_a_refused_connection_is_a_network_error() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    payload = call_llm(CTX, {"LLM_URL": f"http://127.0.0.1:{port}", "LLM_API_KEY": KEY})
+    assert payload["error_code"] == "LLM_NETWORK_ERROR" and KEY not in json.dumps(payload)
+
+
+def test_no_url_is_a_config_failure_without_retry() -> None:
+    assert call_llm(CTX, {})["error_code"] == "LLM_CONFIG"
+
+
+def all_bytes_under(folder: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("mode, state, code", [
+    ("done", "succeeded", None), ("needs_human", "waiting_human", None), ("http400", "failed", "LLM_HTTP_ERROR"),
+    ("missing_fields", "failed", "MALFORMED_PAYLOAD"), ("content_not_json", "failed", "MALFORMED_PAYLOAD"),
+])
+def test_llm_jobs_through_the_worker_never_write_the_key_anywhere(orch, server, monkeypatch, caplog, capfd,
+                                                                    mode: str, state: str, code: str | None) -> None:
+    for name, value in llm_env(server).items():
+        monkeypatch.setenv(name, value)
+    caplog.set_level(logging.DEBUG)
+    server.mode = mode
+    job = orch.submit("llm", "write a haiku", max_attempts=1)
+    Worker(orch, WorkerSettings(worker_id="w")).run_once()
+    st = orch.status(job)
+    assert st.state == state and (st.last_error or {}).get("code") == code
+    if mode == "needs_human":
+        assert st.question == "Which tone?"
+    assert KEY.encode() not in all_bytes_under(orch.settings.state_dir)
+    out, err = capfd.readouterr()
+    assert KEY not in out + err + caplog.text

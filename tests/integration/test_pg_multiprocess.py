@@ -1,0 +1,102 @@
+"""Several processes writing to one PostgreSQL database never fork a stream.
+
+Each process plays a worker on another machine: it walks the same queued jobs and tries to
+claim each one (read, decide, append with the expected sequence), recording an audit entry
+for every claim it wins. The database must let exactly one claim per job through, and the
+shared audit stream must stay one unbroken chain.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator import Orchestrator
+from orchestrator.integrity import verify_project
+from orchestrator.signing import Keyring, new_seed
+from orchestrator.store.base import AUDIT_STREAM
+
+from backends import TestPostgresStore
+
+pytestmark = pytest.mark.postgres
+REPO = Path(__file__).resolve().parents[2]
+PROCESSES = 4
+JOBS = 20
+
+RACER = r"""
+import json, sys
+from orchestrator import Orchestrator
+from orchestrator.errors import ConcurrencyError
+from orchestrator.store.postgres import PostgresStore
+
+url, project, worker, base = sys.argv[1:5]
+jobs = sys.argv[5:]
+orch = Orchestrator(base_path=base, project_id=project, store=PostgresStore(url, project))
+won, lost = [], 0
+for job_id in jobs:
+    view = orch.load(job_id)
+    if view.state.state != "queued":
+        lost += 1
+        continue
+    try:
+        orch.append(view, job_id, [("job_claimed", {"worker_id": worker, "epoch": 1, "attempt": 1,
+                                                    "lease_expires_at": "2030-01-01T00:00:00.000000Z"})],
+                    run_id=f"run-{worker}", actor=worker, audit=("claim", f"claimed by {worker}"))
+        won.append(job_id)
+    except ConcurrencyError:
+        lost += 1
+print(json.dumps({"worker": worker, "won": won, "lost": lost}))
+"""
+
+
+@pytest.fixture
+def shared(base: Path, monkeypatch: pytest.MonkeyPatch):
+    """A project in the test database and a signing key every process shares."""
+    seed = new_seed()
+    monkeypatch.setenv("ORCH_SIGNING_KEY", seed)
+    store = TestPostgresStore()
+    orch = Orchestrator(base_path=base, project_id=store.project, store=store)
+    yield orch, seed
+    store.close()
+
+
+def test_workers_in_separate_processes_claim_each_job_exactly_once(shared, base: Path, cli_env) -> None:
+    orch, seed = shared
+    jobs = [orch.submit("echo", {"n": i}) for i in range(JOBS)]
+    env = {**cli_env, "ORCH_SIGNING_KEY": seed}
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, orch.store.url, orch.project_id, f"w{i}", str(base),
+                               *jobs], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO))
+             for i in range(PROCESSES)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+        results.append(json.loads(out))
+    won = [job for r in results for job in r["won"]]
+    assert sorted(won) == sorted(jobs), "every job claimed once, by exactly one process"
+    for job_id in jobs:
+        events = [e.type for e in orch.load(job_id).events]
+        assert events == ["job_submitted", "job_claimed"]
+    audit = orch.store.read(AUDIT_STREAM)
+    assert len(audit) == JOBS and [json.loads(s.raw)["seq"] for s in audit] == list(range(1, JOBS + 1))
+    report = verify_project(orch)
+    assert report.ok, report.problems
+
+
+@pytest.mark.parametrize("point, visible", [("pg.append.before_commit", False), ("pg.append.after_commit", True)])
+def test_a_writer_killed_around_the_commit_leaves_all_or_nothing(shared, cli_env, point: str, visible: bool) -> None:
+    orch, seed = shared
+    env = {**cli_env, "ORCH_SIGNING_KEY": seed, "ORCH_STORE_URL": orch.store.url, "PROJECT_ID": orch.project_id,
+           "ORCH_CRASH_AT": point}
+    proc = subprocess.run([sys.executable, "-c", "import sys; from orchestrator.cli import main; main(sys.argv[1:])",
+                           "submit", "--kind", "echo", "--key", "k1"], env=env, capture_output=True, timeout=60,
+                          cwd=str(REPO))
+    assert proc.returncode == -9  # SIGKILL at the crash point
+    assert len(list(orch.store.job_ids())) == (1 if visible else 0)
+    # the next writer is not blocked by the dead one's lock, and the same key finds the same job
+    job_id = orch.submit_job("echo", None, key="k1")
+    assert job_id.created is not visible
+    assert verify_project(orch).ok and orch.status(job_id.job_id).state == "queued"

@@ -1,0 +1,119 @@
+"""The audit timeline (merged, verified, one job) and the projection behind ``metrics``."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import jobstates as js
+from orchestrator import Orchestrator
+from orchestrator.errors import RunNotFoundError
+from orchestrator.metrics import Thresholds, compute
+from orchestrator.projection import refresh, summarize
+from orchestrator.store.base import AUDIT_STREAM
+from orchestrator.timeline import timeline
+
+
+def test_timeline_merges_events_and_entries_in_order_with_status(orch: Orchestrator) -> None:
+    job_id = js.waiting_human(orch, run_id="run-1")
+    orch.resume(job_id, "yes")
+    tl = timeline(orch, job_id=job_id)
+    assert [(ln["source"], ln["what"]) for ln in tl["lines"]] == [
+        ("event", "job_submitted"), ("event", "job_claimed"), ("event", "human_input_requested"),
+        ("event", "job_resumed"), ("audit", "resume")]
+    assert tl["ok"] and {ln["status"] for ln in tl["lines"]} == {"ok"}
+
+
+def test_timeline_marks_a_tampered_audit_entry_and_a_missing_event(orch: Orchestrator) -> None:
+    job_id = js.waiting_human(orch)
+    orch.resume(job_id, "yes")
+    orch.cancel(job_id, "stop")
+    audit_path = orch.store.path(AUDIT_STREAM)
+    audit_path.write_bytes(audit_path.read_bytes().replace(b'"note":"stop"', b'"note":"STOP"'))
+    path = orch.store.path(job_id)
+    path.write_bytes(b"".join(ln + b"\n" for ln in path.read_bytes().split(b"\n")[:4]))  # cut the cancel
+    (orch.settings.state_dir / "heads" / job_id).unlink()
+    statuses = {ln["what"]: ln["status"] for ln in timeline(orch, job_id=job_id)["lines"] if ln["source"] == "audit"}
+    assert statuses == {"resume": "ok", "cancel": "SIGNATURE_INVALID"}
+    audit_path.write_bytes(audit_path.read_bytes().replace(b'"note":"STOP"', b'"note":"stop"'))
+    tl = timeline(orch, job_id=job_id)
+    assert {ln["what"]: ln["status"] for ln in tl["lines"] if ln["source"] == "audit"}["cancel"] == "AUDIT_EVENT_MISSING"
+    assert not tl["ok"]
+
+
+def test_timeline_reads_one_job_never_the_others(orch: Orchestrator, monkeypatch) -> None:
+    others = [js.waiting_human(orch) for _ in range(3)]
+    job_id = js.waiting_human(orch, run_id="run-x")
+    orch.resume(job_id, "yes")
+    read = []
+    real_read = orch.store.read
+    monkeypatch.setattr(orch.store, "read", lambda stream, from_seq=1: read.append(stream) or real_read(stream, from_seq))
+    monkeypatch.setattr(orch.store, "job_ids", lambda: pytest.fail("listed every job"))
+    timeline(orch, run_id="run-x")
+    assert set(read) == {job_id, AUDIT_STREAM} and not set(others) & set(read)
+
+
+def test_a_run_without_audit_entries_is_found_through_the_projection(orch: Orchestrator) -> None:
+    job_id = js.running(orch, run_id="run-quiet")
+    tl = timeline(orch, run_id="run-quiet")
+    assert tl["job_id"] == job_id and [ln["what"] for ln in tl["lines"]] == ["job_claimed"]
+    with pytest.raises(RunNotFoundError):
+        timeline(orch, run_id="run-nobody")
+
+
+def test_summary_counts_each_resume_by_what_happened_next(orch: Orchestrator) -> None:
+    job_id = js.waiting_human(orch, run_id="r1")
+    orch.resume(job_id, "try A")
+    js.waiting_human(orch, run_id="r2", job_id=job_id)  # asked again: that resume failed
+    orch.resume(job_id, "try B")
+    js.claim(orch, job_id, "r3")
+    js.finish(orch, job_id, "job_succeeded", {"summary": "done"})
+    row = summarize(orch.load(job_id))
+    assert (row.resumes_ok, row.resumes_failed, row.state, row.runs) == (1, 1, "succeeded", ["r1", "r2", "r3"])
+    assert row.final_at is not None and row.final_at >= row.submitted_at
+
+
+def test_projection_replays_only_changed_jobs_and_can_be_deleted(orch: Orchestrator, monkeypatch) -> None:
+    ids = [js.waiting_human(orch) for _ in range(4)]
+    first = refresh(orch)
+    assert first.replayed == 4
+    assert refresh(orch).replayed == 0
+    orch.resume(ids[0], "yes")
+    loads = []
+    real_load = orch.load
+    monkeypatch.setattr(orch, "load", lambda j: loads.append(j) or real_load(j))
+    again = refresh(orch)
+    assert again.replayed == 1 and loads == [ids[0]] and again.rows[ids[0]].state == "queued"
+    shutil.rmtree(orch.settings.state_dir / "projections")
+    rebuilt = refresh(orch)
+    assert rebuilt.replayed == 4 and rebuilt.rows == again.rows
+
+
+def test_a_job_rewritten_to_the_same_size_is_replayed_again(orch: Orchestrator) -> None:
+    job_id = orch.submit("echo", {"text": "hello"})
+    assert refresh(orch).rows[job_id].ok
+    path = orch.store.path(job_id)
+    path.write_bytes(path.read_bytes().replace(b"hello", b"HELLO"))
+    assert refresh(orch).rows[job_id].ok is False
+
+
+def test_stalled_jobs_are_counted_at_the_injected_now(base, keyring) -> None:
+    now = [1_900_000_000.0]
+    orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring, clock=lambda: now[0])
+    js.running(orch, lease="2030-03-17T17:46:40.000000Z")  # 1_900_000_000 + 0
+    js.running(orch, lease="2030-03-17T17:56:40.000000Z")  # + 600 s
+    rows = refresh(orch).rows.values()
+    assert compute("proj", rows, now[0] + 1, Thresholds()).stalled_count == 1
+    assert compute("proj", rows, now[0] + 601, Thresholds()).stalled_count == 2
+    assert compute("proj", rows, now[0] - 1, Thresholds()).stalled_count == 0
+
+
+def test_metrics_refresh_heals_a_missing_audit_entry(orch: Orchestrator) -> None:
+    job_id = js.waiting_human(orch)
+    view = orch.load(job_id)
+    orch.append(view, job_id, [("job_resumed", {"answer": "yes", "question": "Deploy to prod?"})])  # no entry
+    assert refresh(orch).healed == 1
+    entries = [json.loads(s.raw) for s in orch.store.read(AUDIT_STREAM)]
+    assert [e["data"]["action"] for e in entries] == ["resume"]
+    assert refresh(orch, rebuild=True).healed == 0

@@ -1,0 +1,485 @@
+"""The worker in-process on the file backend: outcomes, retries, claiming order, leases, fencing, recovery."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+import worker_handlers  # noqa: F401  (registers t.* handlers)
+from orchestrator.store.base import AUDIT_STREAM
+from orchestrator.worker import Worker, WorkerSettings
+
+PY = sys.executable
+
+
+def write_terminal(payload: object) -> list[str]:
+    """argv of a command that writes ``payload`` to $ORCH_TERMINAL_FILE."""
+    code = f"import os; open(os.environ['ORCH_TERMINAL_FILE'], 'w').write({json.dumps(json.dumps(payload))})"
+    return [PY, "-c", code]
+
+
+def events(orch, job_id: str) -> list[dict]:
+    return [json.loads(line.raw) for line in orch.store.read(job_id)]
+
+
+def types(orch, job_id: str) -> list[str]:
+    return [e["type"] for e in events(orch, job_id)]
+
+
+def audits(orch) -> list[dict]:
+    return [json.loads(line.raw) for line in orch.store.read(AUDIT_STREAM)]
+
+
+def make_worker(orch, **kw) -> Worker:
+    kw.setdefault("worker_id", "w1")
+    kw.setdefault("retry_base_seconds", 0.0)
+    return Worker(orch, WorkerSettings(**kw), rng=random.Random(7))
+
+
+# -- outcomes ---------------------------------------------------------------------------------------
+def test_a_done_payload_succeeds_with_summary_output_and_artifacts(orch) -> None:
+    argv = [PY, "-c", "import os,json; open(os.path.join(os.environ['ORCH_ARTIFACTS_DIR'],'r.txt'),'w').write('x');"
+            "open(os.environ['ORCH_TERMINAL_FILE'],'w').write(json.dumps({'status':'done','summary':'made r',"
+            "'output':{'rows':3},'artifacts':['r.txt']}))"]
+    job = orch.submit("command", {"argv": argv})
+    result = make_worker(orch).run_once()
+    assert (result.job_id, result.outcome) == (job, "succeeded")
+    st = orch.status(job)
+    assert st.state == "succeeded" and st.result == {"summary": "made r", "output": {"rows": 3}, "artifacts": ["r.txt"]}
+    assert (orch.settings.state_dir / "artifacts" / job / "r.txt").read_text() == "x"
+    assert types(orch, job) == ["job_submitted", "job_claimed", "job_succeeded"]
+
+
+def test_an_audit_job_goes_to_awaiting_audit_on_done(orch) -> None:
+    job = orch.submit("t.echo", {"a": 1}, audit=True)
+    make_worker(orch).run_once()
+    assert orch.status(job).state == "awaiting_audit"
+
+
+def test_needs_audit_goes_to_awaiting_audit_even_without_the_option(orch) -> None:
+    job = orch.submit("t.payload", {"status": "needs_audit", "summary": "please check"})
+    make_worker(orch).run_once()
+    assert orch.status(job).state == "awaiting_audit"
+
+
+def test_needs_human_waits_with_the_question_and_the_answer_reaches_the_rerun(orch) -> None:
+    job = orch.submit("t.ask")
+    w = make_worker(orch)
+    w.run_once()
+    st = orch.status(job)
+    assert (st.state, st.question) == ("waiting_human", "blue or green?")
+    orch.append(orch.load(job), job, [("job_resumed", {"answer": "green"})])
+    w.run_once()
+    st = orch.status(job)
+    assert st.state == "succeeded" and st.result["summary"] == "answered green" and st.attempt == 2
+
+
+def test_a_process_that_exits_without_a_payload_records_no_terminal_signal_exit(orch) -> None:
+    job = orch.submit("command", {"argv": [PY, "-c", "print('password=hunter2 working'); raise SystemExit(3)"]},
+                      max_attempts=1)
+    make_worker(orch).run_once()
+    failed = events(orch, job)[-1]
+    assert failed["type"] == "job_failed" and failed["data"]["error_code"] == "NO_TERMINAL_SIGNAL_EXIT"
+    assert "status 3" in failed["data"]["error"]
+    assert "working" in failed["data"]["output_tail"] and "hunter2" not in failed["data"]["output_tail"]
+    assert orch.status(job).state == "failed"
+
+
+@pytest.mark.parametrize("payload", ["{not json", json.dumps({"status": "done"}),
+                                     json.dumps({"status": "done", "summary": "x", "artifacts": ["../../escape"]})])
+def test_a_malformed_payload_is_recorded_as_malformed_payload(orch, payload: str) -> None:
+    code = f"import os; open(os.environ['ORCH_TERMINAL_FILE'], 'w').write({payload!r})"
+    job = orch.submit("command", {"argv": [PY, "-c", code]}, max_attempts=1)
+    make_worker(orch).run_once()
+    st = orch.status(job)
+    assert st.state == "failed" and st.last_error["code"] == "MALFORMED_PAYLOAD"
+
+
+def test_a_python_handler_can_be_named_module_function(orch) -> None:
+    job = orch.submit("worker_handlers:echo", "hi")
+    make_worker(orch).run_once()
+    assert orch.status(job).result["summary"] == "echo hi"
+
+
+def test_a_handler_that_raises_fails_the_attempt_with_a_sanitized_message(orch) -> None:
+    def boom(ctx):
+        raise RuntimeError("token=abc123secret broke")
+    from orchestrator.handlers import register
+    register("t.boom", boom)
+    job = orch.submit("t.boom", max_attempts=1)
+    make_worker(orch).run_once()
+    err = orch.status(job).last_error
+    assert err["code"] == "HANDLER_ERROR" and "broke" in err["message"] and "abc123secret" not in err["message"]
+
+
+def test_a_job_of_an_unknown_kind_stays_queued_for_a_capable_worker(orch) -> None:
+    job = orch.submit("nobody.handles.this")
+    assert make_worker(orch).run_once() is None
+    assert orch.status(job).state == "queued"
+
+
+# -- retries ----------------------------------------------------------------------------------------
+def test_a_failed_attempt_is_retried_after_a_backoff_and_then_succeeds(orch) -> None:
+    job = orch.submit("t.flaky", {"succeed_on": 2}, max_attempts=3)
+    w = make_worker(orch, retry_base_seconds=10.0)
+    first = w.run_once()
+    st = orch.status(job)
+    assert first.outcome == "retry" and st.state == "queued" and st.retry_at is not None
+    retry_at = orch.load(job).state.retry_at
+    assert w.run_once(now=retry_at - 0.5) is None  # not runnable before its time
+    assert w.next_due == pytest.approx(retry_at, abs=1e-3)
+    assert w.run_once(now=retry_at + 0.01).outcome == "succeeded"
+    assert orch.status(job).attempt == 2
+
+
+def test_failures_stop_at_max_attempts(orch) -> None:
+    job = orch.submit("t.flaky", {"succeed_on": 99}, max_attempts=2)
+    w = make_worker(orch)
+    assert w.run_once().outcome == "retry"
+    assert w.run_once(now=orch.clock() + 1).outcome == "failed"
+    st = orch.status(job)
+    assert st.state == "failed" and st.attempt == 2
+
+
+def test_retryable_false_fails_at_once(orch) -> None:
+    job = orch.submit("t.payload", {"status": "failed", "summary": "bad input", "retryable": False,
+                                    "error_code": "BAD_INPUT"}, max_attempts=5)
+    make_worker(orch).run_once()
+    st = orch.status(job)
+    assert (st.state, st.attempt, st.last_error["code"]) == ("failed", 1, "BAD_INPUT")
+
+
+def test_backoff_is_exponential_with_jitter_and_capped(orch) -> None:
+    w = make_worker(orch, retry_base_seconds=2.0, retry_max_seconds=20.0)
+    delays = {n: [w.backoff(n) for _ in range(200)] for n in (1, 2, 3, 10)}
+    for n, expected in ((1, 2.0), (2, 4.0), (3, 8.0), (10, 20.0)):
+        assert all(expected * 0.5 <= d < expected for d in delays[n])
+        assert len(set(delays[n])) > 100  # jittered
+
+
+# -- claiming -------------------------------------------------------------------------------------------
+def test_claims_follow_priority_then_fifo(orch) -> None:
+    t = orch.clock()
+    low = orch.submit("t.echo", 1)
+    high = orch.submit("t.echo", 2, priority=10)
+    low2 = orch.submit("t.echo", 3)
+    w = make_worker(orch)
+    order = [w.claim(now=t + 1).job_id for _ in range(3)]
+    assert order == [high, low, low2]
+    assert w.claim(now=t + 1) is None
+
+
+def test_claiming_does_not_read_finished_jobs(orch, monkeypatch) -> None:
+    done = [orch.submit("t.echo", i) for i in range(30)]
+    w = make_worker(orch)
+    for _ in done:
+        w.run_once()
+    fresh = orch.submit("t.echo", "new")
+    reads: list[str] = []
+    real_read = orch.store.read
+    monkeypatch.setattr(orch.store, "read", lambda stream, from_seq=1: reads.append(stream) or real_read(stream, from_seq))
+    assert w.claim().job_id == fresh
+    assert set(reads) == {fresh}
+
+
+def test_the_ready_index_is_a_cache_deleting_it_is_safe(orch) -> None:
+    finished = orch.submit("t.echo", 0)
+    w = make_worker(orch)
+    w.run_once()
+    a = orch.submit("t.echo", 1)
+    b = orch.submit("t.echo", 2, priority=3)
+    shutil.rmtree(orch.settings.state_dir / "index")
+    w2 = make_worker(orch)
+    assert [w2.claim().job_id, w2.claim().job_id] == [b, a]
+    assert w2.claim() is None and orch.status(finished).state == "succeeded"
+
+
+def test_an_entry_written_before_a_crashed_submit_is_kept_then_dropped(orch) -> None:
+    from orchestrator import faults
+
+    class Crash(Exception):
+        pass
+
+    def crash() -> None:
+        raise Crash()
+    faults.arm("store.append.before_write", crash)
+    with pytest.raises(Crash):
+        orch.submit("t.echo", 1)
+    entries = orch.queue.ready()
+    assert len(entries) == 1  # the entry exists although the event does not
+    w = make_worker(orch)
+    assert w.claim(now=entries[0].runnable_at + 1) is None and orch.queue.ready() == entries  # in flight: kept
+    assert w.claim(now=entries[0].runnable_at + 3600) is None and orch.queue.ready() == []  # abandoned: dropped
+
+
+def test_a_stale_entry_of_a_finished_job_is_dropped_when_met(orch) -> None:
+    from orchestrator.queue import ReadyEntry
+
+    job = orch.submit("t.echo", 1)
+    w = make_worker(orch)
+    w.run_once()
+    st = orch.load(job).state
+    orch.queue.put_ready(ReadyEntry.for_state(st))  # as if a crash left it behind
+    assert w.claim() is None and orch.queue.ready() == []
+
+
+def test_two_workers_never_claim_the_same_attempt(orch) -> None:
+    job = orch.submit("t.echo", 1)
+    a, b = make_worker(orch, worker_id="a"), make_worker(orch, worker_id="b")
+    view = orch.load(job)
+    first = a.claim()
+    assert first is not None
+    entry = next(iter([e for e in orch.queue.ready()]), None)
+    assert entry is None
+    # b decided from the same (old) view: its claim append is refused by the expected sequence
+    from orchestrator.errors import ConcurrencyError
+    with pytest.raises(ConcurrencyError):
+        orch.append(view, job, [("job_claimed", {"worker_id": "b", "epoch": 1, "attempt": 1,
+                                                 "lease_expires_at": "2030-01-01T00:00:00.000000Z"})], run_id="run-b")
+    assert b.claim() is None
+    assert types(orch, job).count("job_claimed") == 1
+
+
+# -- leases, stale recovery, fencing ----------------------------------------------------------------
+def test_heartbeats_renew_the_lease_without_writing_events(orch) -> None:
+    job = orch.submit("t.lease", {"sleep": 0.6})
+    w = make_worker(orch, lease_seconds=0.15)
+    w.run_once()
+    assert types(orch, job) == ["job_submitted", "job_claimed", "job_succeeded"]
+    [record] = orch.status(job).result["output"]  # what the handler saw while it ran
+    from orchestrator.clock import from_iso
+    claimed = from_iso(events(orch, job)[1]["data"]["lease_expires_at"]) - 0.15
+    assert record["renewed_at"] > claimed + 0.3 and record["expires_at"] == pytest.approx(record["renewed_at"] + 0.15)
+    assert not list((orch.settings.state_dir / "leases").iterdir())  # dropped when the run ended
+
+
+def test_an_expired_lease_is_recovered_to_queued_with_evidence(orch) -> None:
+    job = orch.submit("t.echo", 1)
+    dead = make_worker(orch, worker_id="dead", lease_seconds=30)
+    t = orch.clock()
+    claim = dead.claim(now=t)
+    assert claim is not None  # ... and the worker dies before running it
+    other = make_worker(orch, worker_id="other")
+    assert other.recover_stale(now=t + 29) == []
+    assert other.recover_stale(now=t + 31) == [job]
+    ev = events(orch, job)[-1]
+    assert ev["type"] == "stale_recovered" and ev["data"]["to"] == "queued"
+    assert ev["data"]["error_code"] == "NO_TERMINAL_SIGNAL_STALE" and ev["data"]["stale_worker_id"] == "dead"
+    assert ev["data"]["lease_expired_at"] and ev["data"]["retry_at"]
+    entry = [a for a in audits(orch) if a["job_id"] == job]
+    assert entry and entry[-1]["data"]["action"] == "stale_recovered"
+    assert orch.status(job).last_error["code"] == "NO_TERMINAL_SIGNAL_STALE"
+    assert other.run_once(now=t + 3600).outcome == "succeeded"
+
+
+def test_a_renewed_lease_record_delays_recovery(orch) -> None:
+    from orchestrator.leases import Lease, write_lease
+
+    job = orch.submit("t.echo", 1)
+    t = orch.clock()
+    claim = make_worker(orch, worker_id="busy", lease_seconds=10).claim(now=t)
+    write_lease(orch.store, Lease(job, claim.run_id, claim.epoch, "busy", 1, t + 100, t + 90))
+    assert make_worker(orch).recover_stale(now=t + 50) == []
+    assert make_worker(orch).recover_stale(now=t + 101) == [job]
+
+
+def test_status_shows_the_lease_as_renewed_by_heartbeats(orch) -> None:
+    from orchestrator.clock import to_iso
+    from orchestrator.leases import Lease, write_lease
+
+    job = orch.submit("t.echo", 1)
+    t = orch.clock()
+    claim = make_worker(orch, worker_id="busy", lease_seconds=10).claim(now=t)
+    assert orch.status(job).lease_expires_at == to_iso(t + 10)
+    write_lease(orch.store, Lease(job, claim.run_id, claim.epoch, "busy", 1, t + 100, t + 90))
+    assert orch.status(job).lease_expires_at == to_iso(t + 100)
+
+
+def test_a_zombies_lease_record_cannot_extend_the_new_owners_lease(orch) -> None:
+    from orchestrator.leases import Lease, lease_expiry, write_lease
+
+    job = orch.submit("t.echo", 1)
+    t = orch.clock()
+    old = make_worker(orch, worker_id="zombie", lease_seconds=10).claim(now=t)
+    make_worker(orch).recover_stale(now=t + 11)
+    new = make_worker(orch, worker_id="new", lease_seconds=10).claim(now=t + 3600)
+    write_lease(orch.store, Lease(job, old.run_id, old.epoch, "zombie", 1, t + 10**6, t + 3600))
+    assert new.epoch == old.epoch + 1
+    assert lease_expiry(orch.store, orch.load(job).state) == pytest.approx(t + 3610, abs=1e-3)
+
+
+def test_a_dead_run_that_left_artifacts_goes_to_waiting_human(orch) -> None:
+    job = orch.submit("t.echo", 1)
+    t = orch.clock()
+    make_worker(orch, worker_id="dead", lease_seconds=5).claim(now=t)
+    folder = orch.settings.state_dir / "artifacts" / job
+    folder.mkdir(parents=True)
+    (folder / "half.csv").write_text("1,2")
+    make_worker(orch).recover_stale(now=t + 6)
+    st = orch.status(job)
+    assert st.state == "waiting_human" and "half.csv" in st.question
+    assert events(orch, job)[-1]["data"]["artifacts"] == ["half.csv"]
+
+
+def test_a_stale_job_out_of_attempts_fails(orch) -> None:
+    job = orch.submit("t.echo", 1, max_attempts=1)
+    t = orch.clock()
+    make_worker(orch, lease_seconds=5).claim(now=t)
+    make_worker(orch).recover_stale(now=t + 6)
+    assert orch.status(job).state == "failed"
+
+
+def test_stale_recovery_reads_only_running_jobs(orch, monkeypatch) -> None:
+    for i in range(20):
+        orch.submit("t.echo", i)
+    w = make_worker(orch)
+    for _ in range(20):
+        w.run_once()
+    job = orch.submit("t.echo", "x")
+    t = orch.clock()
+    make_worker(orch, lease_seconds=1).claim(now=t)
+    reads: list[str] = []
+    real_read = orch.store.read
+    monkeypatch.setattr(orch.store, "read", lambda stream, from_seq=1: reads.append(stream) or real_read(stream, from_seq))
+    assert w.recover_stale(now=t + 2) == [job]
+    assert set(reads) - {AUDIT_STREAM} == {job}
+
+
+def test_a_worker_whose_lease_was_taken_over_cannot_write(orch) -> None:
+    job = orch.submit("t.echo", "late")
+    t = orch.clock()
+    zombie = make_worker(orch, worker_id="zombie", lease_seconds=5)
+    claim = zombie.claim(now=t)
+    rescuer = make_worker(orch, worker_id="rescuer", lease_seconds=5)
+    rescuer.recover_stale(now=t + 6)
+    assert rescuer.run_once(now=t + 3600).outcome == "succeeded"
+    before = types(orch, job)
+    result = zombie.execute(claim)  # wakes up and finishes its old run
+    assert result.outcome == "lease_lost" and result.error_code == "LEASE_LOST"
+    assert types(orch, job) == before
+    assert not any(e["actor"] == "worker:zombie" and e["type"] != "job_claimed" for e in events(orch, job))
+
+
+def test_a_zombie_cannot_write_while_the_new_owner_is_still_running(orch) -> None:
+    job = orch.submit("t.echo", "late")
+    t = orch.clock()
+    zombie = make_worker(orch, worker_id="zombie", lease_seconds=5)
+    claim = zombie.claim(now=t)
+    rescuer = make_worker(orch, worker_id="rescuer", lease_seconds=5)
+    rescuer.recover_stale(now=t + 6)
+    assert rescuer.claim(now=t + 3600).epoch == claim.epoch + 1  # running under epoch 2
+    before = types(orch, job)
+    assert zombie.execute(claim).outcome == "lease_lost"
+    assert types(orch, job) == before and orch.status(job).state == "running"
+
+
+# -- integrity ----------------------------------------------------------------------------------------
+def test_a_tampered_job_is_never_run_and_the_refusal_is_audited(orch, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    job = orch.submit("command", {"argv": ["touch", str(marker)]})
+    path = orch.store.path(job)
+    path.write_bytes(path.read_bytes().replace(b"touch", b"rm -rf", 1))
+    w = make_worker(orch)
+    assert w.run_once() is None and not marker.exists()
+    assert orch.status(job).integrity_error["code"] == "CONTEXT_SIGNATURE_INVALID"
+    refusal = [a for a in audits(orch) if a["job_id"] == job]
+    assert refusal[-1]["data"]["action"] == "run_refused" and "CONTEXT_SIGNATURE_INVALID" in refusal[-1]["data"]["note"]
+    assert orch.queue.ready() == []  # dropped: not met again
+    assert w.run_once() is None and len([a for a in audits(orch) if a["job_id"] == job]) == 1
+
+
+# -- artifacts ------------------------------------------------------------------------------------------
+def _two_jobs_sharing(orch, worker: Worker) -> tuple[str, str]:
+    argv = [PY, "-c", "import os,json; open(os.path.join(os.environ['ORCH_ARTIFACTS_DIR'],'a.txt'),'w').write('A');"
+            "open(os.environ['ORCH_TERMINAL_FILE'],'w').write(json.dumps({'status':'done','summary':'a'}))"]
+    first = orch.submit("command", {"argv": argv})
+    worker.run_once()
+    second = orch.submit("t.echo", {"artifacts_from": [first]})
+    worker.run_once()
+    return first, second
+
+
+def test_artifacts_are_never_shared_between_jobs_by_default(orch) -> None:
+    first, second = _two_jobs_sharing(orch, make_worker(orch))
+    root = orch.settings.state_dir / "artifacts"
+    assert sorted(p.name for p in (root / first).iterdir()) == ["a.txt"]
+    assert list((root / second).rglob("*")) == []
+
+
+def test_the_explicit_artifacts_import_setting_copies_never_moves(orch) -> None:
+    first, second = _two_jobs_sharing(orch, make_worker(orch, artifacts_import=True))
+    root = orch.settings.state_dir / "artifacts"
+    assert (root / second / "inputs" / first / "a.txt").read_text() == "A"
+    assert (root / first / "a.txt").read_text() == "A"
+
+
+# -- command handler environment ---------------------------------------------------------------
+def test_a_command_gets_the_orch_variables_but_never_the_orchestrators_secrets(orch, monkeypatch) -> None:
+    monkeypatch.setenv("ORCH_SIGNING_KEY", "c2VjcmV0LXNlZWQ")
+    monkeypatch.setenv("LLM_API_KEY", "sk-test-should-not-leak-000000000000")
+    monkeypatch.setenv("HARMLESS", "1")
+    code = ("import os,json; e=dict(os.environ); ctx=json.load(open(e['ORCH_CONTEXT_FILE']));"
+            "open(e['ORCH_TERMINAL_FILE'],'w').write(json.dumps({'status':'done','summary':'env',"
+            "'output':{'env':sorted(e),'ctx':ctx,'cwd':os.getcwd(),'extra':e.get('EXTRA')}}))")
+    job = orch.submit("command", {"argv": [PY, "-c", code], "env": {"EXTRA": "yes"}})
+    make_worker(orch).run_once()
+    out = orch.status(job).result["output"]
+    assert {"ORCH_JOB_ID", "ORCH_RUN_ID", "ORCH_CONTEXT_FILE", "ORCH_ARTIFACTS_DIR", "ORCH_TERMINAL_FILE",
+            "HARMLESS"} <= set(out["env"])
+    assert not {"ORCH_SIGNING_KEY", "LLM_API_KEY", "ORCH_KEYRING_DIR"} & set(out["env"])
+    assert out["extra"] == "yes" and out["cwd"] == str(orch.settings.state_dir / "artifacts" / job)
+    ctx = out["ctx"]
+    assert ctx["job_id"] == job and ctx["attempt"] == 1 and ctx["run_id"] == orch.status(job).run_id
+    assert ctx["answers"] == [] and ctx["revisions"] == [] and ctx["input"]["env"] == {"EXTRA": "yes"}
+
+
+def test_a_command_that_does_not_exist_fails_without_retry(orch) -> None:
+    job = orch.submit("command", {"argv": ["/no/such/program"]}, max_attempts=3)
+    make_worker(orch).run_once()
+    st = orch.status(job)
+    assert st.state == "failed" and st.last_error["code"] == "COMMAND_NOT_FOUND"
+
+
+def test_a_bad_command_input_fails_with_invalid_input(orch) -> None:
+    job = orch.submit("command", {"args": "echo"})
+    make_worker(orch).run_once()
+    assert orch.status(job).last_error["code"] == "INVALID_INPUT"
+
+
+# -- timeouts -------------------------------------------------------------------------------------------
+def test_a_run_past_its_timeout_is_killed_with_its_process_group(orch, tmp_path: Path) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    code = (f"import subprocess,time; p=subprocess.Popen(['sleep','30']); open({str(pidfile)!r},'w').write(str(p.pid));"
+            "time.sleep(30)")
+    job = orch.submit("command", {"argv": [PY, "-c", code]}, timeout=0.5, max_attempts=2)
+    result = make_worker(orch).run_once()
+    assert result.outcome == "retry" and result.error_code == "NO_TERMINAL_SIGNAL_TIMEOUT"
+    ev = events(orch, job)[-1]
+    assert ev["type"] == "job_timeout" and ev["data"]["timeout"] == 0.5 and ev["data"]["retry_at"]
+    grandchild = int(pidfile.read_text())
+    assert wait_until(lambda: not alive(grandchild), 5.0)
+
+
+def alive(pid: int) -> bool:
+    """True for a live process (a zombie nobody reaped yet counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_until(predicate, timeout: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()

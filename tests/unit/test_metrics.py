@@ -1,0 +1,57 @@
+"""Metric definitions on projection rows, at an injected ``now``."""
+from __future__ import annotations
+
+from orchestrator.metrics import Thresholds, compute, prometheus
+from orchestrator.projection import Row
+
+NOW = 1_800_000_000.0
+
+
+def row(state: str, *, submitted: float = NOW - 100, final: float | None = None, lease: float | None = None,
+        ok: bool = True, resumes: tuple[int, int] = (0, 0)) -> Row:
+    return Row(state=state, ok=ok, submitted_at=submitted, updated_at=submitted, final_at=final,
+               lease_expires_at=lease, resumes_ok=resumes[0], resumes_failed=resumes[1], runs=[])
+
+
+def test_stalled_counts_running_jobs_whose_lease_expired_before_now() -> None:
+    rows = [row("running", lease=NOW - 1), row("running", lease=NOW + 60), row("queued"), row("running", lease=NOW - 30)]
+    m = compute("p", rows, NOW, Thresholds())
+    assert m.stalled_count == 2
+    assert compute("p", rows, NOW, Thresholds(stall_grace=10)).stalled_count == 1
+    assert [a["code"] for a in m.alerts] == ["STALLED_JOBS"] and m.alerts[0]["severity"] == "critical"
+
+
+def test_resume_success_rate_is_over_resumes_with_an_outcome() -> None:
+    m = compute("p", [row("succeeded", resumes=(3, 1)), row("waiting_human", resumes=(0, 1)), row("queued")], NOW,
+                Thresholds(resume_min_samples=1))
+    assert m.resume_success_rate == 0.6 and m.resumes_decided == 5
+    assert [a["code"] for a in m.alerts] == ["RESUME_SUCCESS_LOW"]
+    assert compute("p", [row("queued")], NOW, Thresholds()).resume_success_rate is None
+
+
+def test_mean_converge_time_is_over_jobs_in_a_final_state() -> None:
+    rows = [row("succeeded", submitted=NOW - 10, final=NOW - 4), row("cancelled", submitted=NOW - 10, final=NOW),
+            row("running", lease=NOW + 5)]
+    m = compute("p", rows, NOW, Thresholds())
+    assert m.mean_converge_time == 8.0 and m.converged_jobs == 2
+    assert [a["code"] for a in compute("p", rows, NOW, Thresholds(converge_max_seconds=5)).alerts] == ["CONVERGE_SLOW"]
+
+
+def test_counts_list_every_state_and_integrity_errors_alert() -> None:
+    m = compute("p", [row("queued"), row("queued", ok=False)], NOW, Thresholds())
+    assert m.counts["queued"] == 2 and m.counts["failed"] == 0 and len(m.counts) == 7
+    assert m.integrity_errors == 1 and m.alerts[0]["code"] == "INTEGRITY_ERRORS"
+
+
+def test_thresholds_come_from_options_over_the_environment() -> None:
+    env = {"ORCH_ALERT_STALLED_MAX": "4", "ORCH_ALERT_RESUME_SUCCESS_MIN": "0.5"}
+    t = Thresholds.from_env(env, stalled_max=None, resume_success_min=0.9)
+    assert t.stalled_max == 4 and t.resume_success_min == 0.9 and t.converge_max_seconds == 3600.0
+
+
+def test_prometheus_text_exposition() -> None:
+    text = prometheus(compute("p\"x", [row("running", lease=NOW - 1)], NOW, Thresholds()))
+    assert 'orchestrator_jobs{project="p\\"x",state="running"} 1' in text
+    assert 'orchestrator_resume_success_ratio{project="p\\"x"} NaN' in text
+    assert 'orchestrator_alert{project="p\\"x",code="STALLED_JOBS",severity="critical"} 1' in text
+    assert text.endswith("\n") and all(ln.startswith("#") or " " in ln for ln in text.splitlines())

@@ -1,0 +1,56 @@
+"""The terminal payload contract (orchestrator/payload.py)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import MalformedPayloadError
+from orchestrator.payload import parse_payload
+
+FOLDER = Path("/nonexistent/artifacts/JOB1")
+
+
+def test_a_done_payload_with_output_and_artifacts_is_accepted() -> None:
+    p = parse_payload(json.dumps({"status": "done", "summary": "ok", "output": {"n": 1},
+                                  "artifacts": ["report.md", "sub/x.txt"]}), FOLDER)
+    assert (p.status, p.output, p.artifacts, p.retryable) == ("done", {"n": 1}, ["report.md", "sub/x.txt"], True)
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    (b"not json", "not valid JSON"),
+    (b"[1, 2]", "must be a JSON object"),
+    (json.dumps({"summary": "no status"}), "status"),
+    (json.dumps({"status": "done"}), "summary"),
+    (json.dumps({"status": "finished", "summary": "x"}), "status"),
+    (json.dumps({"status": "needs_human", "summary": "x"}), "question"),
+    (json.dumps({"status": "needs_human", "summary": "x", "question": "  "}), "question"),
+    (json.dumps({"status": "done", "summary": "x", "surprise": 1}), "surprise"),
+    (json.dumps({"status": "done", "summary": "x", "retryable": "maybe"}), "retryable"),
+])
+def test_bad_json_and_missing_fields_are_malformed_payload(raw: bytes | str, fragment: str) -> None:
+    with pytest.raises(MalformedPayloadError) as err:
+        parse_payload(raw, FOLDER)
+    assert err.value.code == "MALFORMED_PAYLOAD"
+    assert fragment in err.value.message
+
+
+@pytest.mark.parametrize("path", ["../other-job/x", "/etc/passwd", "a/../../b", "C:/x", "a\\b", ""])
+def test_an_artifact_outside_the_jobs_folder_is_malformed_payload(path: str) -> None:
+    with pytest.raises(MalformedPayloadError, match="artifact"):
+        parse_payload({"status": "done", "summary": "x", "artifacts": [path]}, FOLDER)
+
+
+def test_a_symlink_out_of_the_folder_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "artifacts" / "JOB1"
+    folder.mkdir(parents=True)
+    (folder / "escape").symlink_to(tmp_path)
+    with pytest.raises(MalformedPayloadError):
+        parse_payload({"status": "done", "summary": "x", "artifacts": ["escape/secret"]}, folder)
+
+
+def test_secrets_in_validation_errors_are_redacted() -> None:
+    with pytest.raises(MalformedPayloadError) as err:
+        parse_payload({"status": "done", "summary": 5, "question": ["password=hunter2"]}, FOLDER)
+    assert "hunter2" not in err.value.message

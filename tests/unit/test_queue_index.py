@@ -1,0 +1,60 @@
+"""The ready index: ordering, projection hooks and crash-safe ordering of writes (memory implementation)."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from orchestrator.queue import MemoryQueueIndex, ReadyEntry
+from orchestrator.state import QUEUED, RUNNING, SUCCEEDED, JobState
+
+
+def job(job_id: str, state: str = QUEUED, priority: int = 0, at: float = 100.0, retry_at: float | None = None):
+    return JobState(job_id=job_id, state=state, kind="k", input=None, options={"priority": priority},
+                    submitted_at=at, updated_at=at, retry_at=retry_at)
+
+
+def test_claim_order_is_priority_then_fifo_then_id() -> None:
+    entries = [ReadyEntry.for_state(job("B", at=1.0)), ReadyEntry.for_state(job("A", at=2.0)),
+               ReadyEntry.for_state(job("C", priority=5, at=3.0)), ReadyEntry.for_state(job("D", priority=-1000, at=0.5)),
+               ReadyEntry.for_state(job("E", priority=1000, at=9.0))]
+    assert [e.job_id for e in sorted(entries)] == ["E", "C", "B", "A", "D"]
+    # the file names sort the same way
+    assert [ReadyEntry.parse(n).job_id for n in sorted(e.name for e in entries)] == ["E", "C", "B", "A", "D"]
+
+
+def test_a_delayed_job_is_ordered_by_its_retry_time() -> None:
+    e = ReadyEntry.for_state(job("A", at=1.0, retry_at=50.0))
+    assert e.runnable_at == 50.0 and ReadyEntry.parse(e.name) == e
+
+
+def test_entry_exists_before_the_event_and_is_dropped_after_the_job_leaves_the_queue() -> None:
+    index = MemoryQueueIndex()
+    queued = job("A")
+    index.before_append("A", None, queued)
+    assert [e.job_id for e in index.ready()] == ["A"]  # before the event is written
+    index.after_append("A", None, queued)
+    running = replace(queued, state=RUNNING, updated_at=200.0)
+    index.before_append("A", queued, running)
+    assert index.running() == ["A"] and index.ready()  # still both: a crash here leaves extras, never gaps
+    index.after_append("A", queued, running)
+    assert index.ready() == []
+    done = replace(running, state=SUCCEEDED)
+    index.before_append("A", running, done)
+    index.after_append("A", running, done)
+    assert index.running() == []
+
+
+def test_a_retry_moves_the_entry_to_its_new_time() -> None:
+    index = MemoryQueueIndex()
+    running = job("A", state=RUNNING)
+    retry = replace(running, state=QUEUED, retry_at=500.0, updated_at=300.0)
+    index.before_append("A", running, retry)
+    index.after_append("A", running, retry)
+    assert [e.runnable_at for e in index.ready()] == [500.0]
+
+
+def test_an_announcement_during_a_scan_wakes_the_next_wait() -> None:
+    index = MemoryQueueIndex()
+    index.wait(0)
+    index.announce(ReadyEntry.for_state(job("A")))  # arrives while the worker scans
+    assert index.wait(5.0) is True  # returns at once
+    assert index.wait(0.01) is False

@@ -1,0 +1,335 @@
+"""Spec for orchestrator.security: secret redaction, safe ids, path containment."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orchestrator.errors import InvalidIdError, PathEscapeError
+from orchestrator.security import (
+    REDACTED,
+    safe_join,
+    sanitize_obj,
+    sanitize_text,
+    validate_artifact_path,
+    validate_id,
+)
+
+# --------------------------------------------------------------------------- redaction
+
+# (text containing a secret, the canary that must disappear, text that must survive)
+CANARIES = [
+    ("password=CanaryPw1 user=bob", "CanaryPw1", "password="),
+    ("PASSWORD: CanaryPw2", "CanaryPw2", "PASSWORD: "),
+    ("passwd=CanaryPw3", "CanaryPw3", "passwd="),
+    ("pwd=CanaryPw4", "CanaryPw4", "pwd="),
+    ("db_password = 'Canary Pw5'", "Canary Pw5", "db_password = '"),
+    ("token=CanaryTok1&page=2", "CanaryTok1", "&page=2"),
+    ("access_token=CanaryTok2", "CanaryTok2", "access_token="),
+    ("refresh_token: CanaryTok3", "CanaryTok3", "refresh_token: "),
+    ("GITHUB_TOKEN=CanaryTok4", "CanaryTok4", "GITHUB_TOKEN="),
+    ("secret=CanarySec1", "CanarySec1", "secret="),
+    ("client_secret: CanarySec2", "CanarySec2", "client_secret: "),
+    ("aws_secret_access_key = CanarySec3/abc+def", "CanarySec3", "aws_secret_access_key = "),
+    ("api_key=CanaryKey1", "CanaryKey1", "api_key="),
+    ("apikey=CanaryKey2", "CanaryKey2", "apikey="),
+    ("X-Api-Key: CanaryKey3", "CanaryKey3", "X-Api-Key: "),
+    ("cookie=sid=CanaryCookie1", "CanaryCookie1", "cookie="),
+    ("Cookie: sid=CanaryCookie2; theme=dark", "CanaryCookie2", "Cookie: "),
+    ("Set-Cookie: sid=CanaryCookie3; Path=/; HttpOnly", "CanaryCookie3", "Set-Cookie: "),
+    ("Authorization: Bearer CanaryBearer1", "CanaryBearer1", "Authorization: Bearer "),
+    ("authorization: bearer CanaryBearer2", "CanaryBearer2", "authorization: bearer "),
+    ("Authorization: Basic Q2FuYXJ5QmFzaWM=", "Q2FuYXJ5QmFzaWM", "Authorization: Basic "),
+    ('{"Authorization": "Bearer CanaryBearer3"}', "CanaryBearer3", '"Authorization": "Bearer '),
+    ('{"password": "CanaryJson1", "user": "bob"}', "CanaryJson1", '"user": "bob"'),
+    ("{'token': 'CanaryRepr1'}", "CanaryRepr1", "{'token': '"),
+    ("deploy --password CanaryCli1 --verbose", "CanaryCli1", "--password "),
+    ("deploy --token 'CanaryCli2 x' --verbose", "CanaryCli2", "--token '"),
+    ("deploy --db-password=CanaryCli3", "CanaryCli3", "--db-password="),
+    ("key sk-" + "CanaryOpenAI" + "x" * 20, "CanaryOpenAI", "key "),
+    ("sk-proj-CanaryProj" + "x" * 30, "CanaryProj", ""),
+    ("sk-ant-api03-CanaryAnt" + "x" * 40, "CanaryAnt", ""),
+    ("ghp_CanaryGhp" + "x" * 30, "CanaryGhp", ""),
+    ("gho_CanaryGho" + "x" * 30, "CanaryGho", ""),
+    ("ghs_CanaryGhs" + "x" * 30, "CanaryGhs", ""),
+    ("github_pat_CanaryPat_" + "x" * 60, "CanaryPat", ""),
+    ("aws AKIACANARYAWS1234567 id", "CANARYAWS1234567", "aws "),
+    ("xoxb-1234-CanarySlack-abcdef", "CanarySlack", ""),
+    ("google AIzaCanaryGoogle" + "x" * 23, "CanaryGoogle", "google "),
+    ("jwt eyJhbGciOiJIUzI1NiJ9.eyJDanaryJwt0In0.c2lnbmF0dXJl", "eyJDanaryJwt0In0", "jwt "),
+    ("postgres://admin:CanaryUrl1@db:5432/app", "CanaryUrl1", "postgres://admin:"),
+]
+
+
+@pytest.mark.parametrize(("text", "canary", "kept"), CANARIES, ids=[c[1] for c in CANARIES])
+def test_each_secret_pattern_is_redacted_and_key_name_kept(text: str, canary: str, kept: str) -> None:
+    out = sanitize_text(text)
+    assert canary not in out
+    assert REDACTED in out
+    assert kept in out
+
+
+@pytest.mark.parametrize(("text", "canary", "kept"), CANARIES, ids=[c[1] for c in CANARIES])
+def test_redaction_is_idempotent(text: str, canary: str, kept: str) -> None:
+    once = sanitize_text(text)
+    assert sanitize_text(once) == once
+
+
+def test_redacted_marker_is_the_public_constant() -> None:
+    assert REDACTED == "[REDACTED]"
+    assert sanitize_text("password=x") == "password=[REDACTED]"
+
+
+def test_key_names_are_case_insensitive() -> None:
+    for key in ("password", "Password", "PASSWORD", "pAsSwOrD"):
+        assert sanitize_text(f"{key}=hunter2") == f"{key}=[REDACTED]"
+
+
+def test_cookie_value_with_equals_is_redacted_whole() -> None:
+    assert sanitize_text("cookie=sid=123") == "cookie=[REDACTED]"
+
+
+def test_cookie_header_redacts_every_pair() -> None:
+    out = sanitize_text("Cookie: sid=abc; csrftoken=def; theme=dark\nnext line")
+    assert out == "Cookie: [REDACTED]\nnext line"
+
+
+def test_bearer_header_keeps_scheme_and_hides_token() -> None:
+    assert sanitize_text("Authorization: Bearer abc.def-ghi") == "Authorization: Bearer [REDACTED]"
+    assert sanitize_text("proxy-authorization: basic dXNlcjpwYXNz") == "proxy-authorization: basic [REDACTED]"
+
+
+def test_curl_header_argument_keeps_its_closing_quote() -> None:
+    out = sanitize_text("curl -H 'Authorization: Bearer abc123' https://api.example.com")
+    assert out == "curl -H 'Authorization: Bearer [REDACTED]' https://api.example.com"
+
+
+def test_json_shaped_text_stays_valid_json() -> None:
+    line = json.dumps({"password": 'pa"ss', "Authorization": "Bearer t0k", "user": "bob", "n": 3})
+    doc = json.loads(sanitize_text(line))
+    assert doc == {"password": REDACTED, "Authorization": f"Bearer {REDACTED}", "user": "bob", "n": 3}
+
+
+def test_json_escaped_inside_json_string_is_redacted() -> None:
+    line = json.dumps({"msg": json.dumps({"password": "inner-secret"})})
+    out = sanitize_text(line)
+    assert "inner-secret" not in out
+    assert json.loads(json.loads(out)["msg"]) == {"password": REDACTED}
+
+
+def test_pem_private_key_block_is_replaced_whole() -> None:
+    pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA1\nq2w3e4r5\n-----END RSA PRIVATE KEY-----"
+    out = sanitize_text(f"before\n{pem}\nafter")
+    assert out == f"before\n{REDACTED}\nafter"
+
+
+def test_unterminated_pem_block_is_redacted_to_the_end() -> None:
+    out = sanitize_text("key:\n-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjE\ntruncated")
+    assert out == f"key:\n{REDACTED}"
+
+
+def test_url_credentials_keep_user_and_host() -> None:
+    assert sanitize_text("https://alice:s3cr3t@example.com/x?y=1") == "https://alice:[REDACTED]@example.com/x?y=1"
+    assert sanitize_text("redis://:s3cr3t@cache:6379/0") == "redis://:[REDACTED]@cache:6379/0"
+
+
+def test_url_password_containing_at_sign_is_redacted_whole() -> None:
+    assert sanitize_text("mysql://root:p@ss@db/app") == "mysql://root:[REDACTED]@db/app"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the password policy was updated",
+        "token count 5",
+        "token count: 5",
+        "Max tokens: 4096",
+        "rotate secrets weekly",
+        "the cookie jar is empty",
+        "authorization failed for user bob",
+        "multi-token support in --verbose mode",
+        "risk-assessment-framework-for-the-new-service-v2",
+        "see https://example.com:8443/path?email=a@b.com",
+        "job-42 finished in 3.2s (exit 0)",
+        "ünïcödé ✓ 日本語",
+    ],
+)
+def test_ordinary_text_is_untouched(text: str) -> None:
+    assert sanitize_text(text) == text
+
+
+def test_non_string_input_is_stringified() -> None:
+    assert sanitize_text(ValueError("password=x")) == "password=[REDACTED]"  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "big",
+    [
+        pytest.param(("INFO job started token count: 5 --verbose https://h/x eyJ-a sk-x\n" * 80_000), id="log"),
+        pytest.param("password=" * 560_000, id="keys"),
+        pytest.param("a" * 5_000_000, id="one-run"),
+        pytest.param("eyJ-" * 1_250_000, id="jwt-prefixes"),
+        pytest.param("--a-" * 1_250_000, id="flag-prefixes"),
+        pytest.param('"password":"\\' * 400_000, id="quotes"),
+    ],
+)
+def test_five_megabytes_is_sanitized_in_linear_time(big: str) -> None:
+    assert len(big) >= 4_800_000
+    start = time.perf_counter()
+    sanitize_text(big)
+    assert time.perf_counter() - start < 5.0
+
+
+def test_sanitize_obj_redacts_strings_recursively_and_keeps_keys() -> None:
+    original = {
+        "cmd": ["deploy", "--token", "abc", "--password hunter2"],
+        "env": {"DB_PASSWORD": "hunter2", "HOME": "/root", "retries": 3},
+        "password=x": ("password=y", None, True, 1.5),
+    }
+    out = sanitize_obj(original)
+    assert out == {
+        "cmd": ["deploy", "--token", "abc", "--password [REDACTED]"],
+        "env": {"DB_PASSWORD": REDACTED, "HOME": "/root", "retries": 3},
+        "password=x": ("password=[REDACTED]", None, True, 1.5),
+    }
+    assert original["env"]["DB_PASSWORD"] == "hunter2"  # a new structure, input untouched
+
+
+def test_sanitize_obj_redacts_scalars_under_secret_keys_only() -> None:
+    out = sanitize_obj({"api_key": 12345, "token_count": 5, "enabled": True, "password": "", "secret": None})
+    assert out == {"api_key": REDACTED, "token_count": 5, "enabled": True, "password": "", "secret": None}
+
+
+# Fragments that make generated text hit every branch of the redaction patterns.
+FRAGMENTS = [
+    "a", "Z", "0", " ", "\n", "\t", "=", ":", '"', "'", "\\", "&", "-", "_", ".", "/", "@", "?", "]", "[",
+    "password", "TOKEN", "secret", "api_key", "Cookie", "Authorization", "Bearer ", "--", "://", "sk-",
+    "ghp_", "AKIA", "AIza", "xoxb-", "eyJ", "x" * 20, "-----BEGIN RSA PRIVATE KEY-----",
+    "-----END RSA PRIVATE KEY-----", REDACTED,
+]
+tricky_text = st.lists(st.sampled_from(FRAGMENTS), max_size=40).map("".join)
+any_text = st.one_of(st.text(max_size=300), tricky_text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(any_text)
+def test_property_sanitize_is_idempotent_and_never_raises(text: str) -> None:
+    once = sanitize_text(text)
+    assert sanitize_text(once) == once
+
+
+@settings(max_examples=500, deadline=None)
+@given(any_text, st.data())
+def test_property_password_canary_never_survives(text: str, data: st.DataObject) -> None:
+    at = data.draw(st.integers(min_value=0, max_value=len(text)))
+    out = sanitize_text(text[:at] + "password=CANARY123xyz" + text[at:])
+    assert "CANARY123xyz" not in out
+
+
+# --------------------------------------------------------------------------- ids
+
+
+@pytest.mark.parametrize("good", ["good-id_1.2", "a", "0", "Job.2024-01-01_x", "a" * 128])
+def test_valid_ids_are_returned_unchanged(good: str) -> None:
+    assert validate_id(good) == good
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["../x", "a/b", "/abs", "x\x00", "", ".", "..", "a..b", "a" * 200, "a\\b", "a b", "x\n", "-x", ".hidden",
+     "_x", "é", None, 42],
+)
+def test_invalid_ids_are_rejected(bad: object) -> None:
+    with pytest.raises(InvalidIdError) as info:
+        validate_id(bad)  # type: ignore[arg-type]
+    assert info.value.code == "INVALID_ID"
+    assert str(info.value).startswith("invalid job id ")
+
+
+def test_invalid_id_message_names_what_was_checked() -> None:
+    with pytest.raises(InvalidIdError, match=r"^invalid project id '\.\./p': "):
+        validate_id("../p", "project id")
+
+
+def test_invalid_id_message_is_bounded_for_huge_values() -> None:
+    with pytest.raises(InvalidIdError) as info:
+        validate_id("x" * 5_000_000)
+    assert len(str(info.value)) < 300
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def test_safe_join_returns_joined_path_inside_root(tmp_path: Path) -> None:
+    assert safe_join(tmp_path, "jobs", "a.jsonl") == tmp_path / "jobs" / "a.jsonl"
+    assert safe_join(tmp_path, "jobs/../b") == tmp_path / "jobs/../b"  # stays inside after resolving
+    assert safe_join(tmp_path) == tmp_path
+
+
+@pytest.mark.parametrize("parts", [("..",), ("../x",), ("a", "..", ".."), ("a/../../x",), ("/etc/passwd",),
+                                   ("a", "/abs"), ("x\x00y",)])
+def test_safe_join_rejects_escapes(tmp_path: Path, parts: tuple[str, ...]) -> None:
+    with pytest.raises(PathEscapeError) as info:
+        safe_join(tmp_path / "root", *parts)
+    assert info.value.code == "PATH_ESCAPE"
+
+
+def test_safe_join_rejects_empty_root() -> None:
+    with pytest.raises(PathEscapeError):
+        safe_join("", "x")  # type: ignore[arg-type]
+
+
+def test_safe_join_rejects_symlink_pointing_outside(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "link").symlink_to(outside)
+    with pytest.raises(PathEscapeError):
+        safe_join(root, "link", "stolen.txt")
+    with pytest.raises(PathEscapeError):
+        safe_join(root, "link")
+
+
+def test_safe_join_allows_symlink_pointing_inside(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    assert safe_join(tmp_path, "alias", "f") == tmp_path / "alias" / "f"
+
+
+def test_validate_artifact_path_returns_resolved_path(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "report.txt").write_text("ok")
+    got = validate_artifact_path(tmp_path, "out/report.txt")
+    assert got == Path(os.path.realpath(tmp_path / "out" / "report.txt"))
+    assert validate_artifact_path(tmp_path, "not-yet-written.bin").name == "not-yet-written.bin"
+
+
+@pytest.mark.parametrize(
+    "rel", ["", ".", "..", "../x", "a/../../x", "a/../b", "/etc/passwd", "x\x00", "a\\b", "..\\x", "C:\\x", "c:x"]
+)
+def test_validate_artifact_path_rejects_unsafe_names(tmp_path: Path, rel: str) -> None:
+    with pytest.raises(PathEscapeError) as info:
+        validate_artifact_path(tmp_path, rel)
+    assert info.value.code == "PATH_ESCAPE"
+
+
+def test_validate_artifact_path_rejects_symlinks_pointing_outside(tmp_path: Path) -> None:
+    artifacts, secret = tmp_path / "artifacts", tmp_path / "secret.txt"
+    artifacts.mkdir()
+    secret.write_text("s3cr3t")
+    (artifacts / "file-link").symlink_to(secret)
+    (artifacts / "dir-link").symlink_to(tmp_path)
+    for rel in ("file-link", "dir-link/secret.txt"):
+        with pytest.raises(PathEscapeError):
+            validate_artifact_path(artifacts, rel)
+
+
+def test_validate_artifact_path_rejects_non_string(tmp_path: Path) -> None:
+    with pytest.raises(PathEscapeError):
+        validate_artifact_path(tmp_path, None)  # type: ignore[arg-type]

@@ -1,0 +1,163 @@
+"""The state machine of SPEC.md, replayed from plain event lists (no files, no clock)."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from orchestrator.errors import InvalidTransitionError
+from orchestrator.state import (AWAITING_AUDIT, CANCELLED, FAILED, QUEUED, RUNNING, STATES, SUCCEEDED, TRANSITIONS,
+                                WAITING_HUMAN, Event, apply, replay)
+
+TS = "2026-11-22T10:00:00.000000Z"
+LATER = "2026-11-22T10:05:00.000000Z"
+
+
+def ev(etype: str, data: dict[str, Any] | None = None, seq: int = 1, run_id: str | None = None, ts: str = TS) -> Event:
+    return Event(seq=seq, type=etype, job_id="job1", ts=ts, actor="test", data=data or {}, run_id=run_id)
+
+
+SUBMIT = ev("job_submitted", {"kind": "echo", "input": {"x": 1}, "options": {"max_attempts": 2, "audit": False}})
+CLAIM = ev("job_claimed", {"worker_id": "w1", "epoch": 1, "attempt": 1, "lease_expires_at": LATER}, run_id="r1")
+DONE = ev("job_succeeded", {"summary": "ok", "output": 42, "artifacts": []}, run_id="r1")
+AUDIT = ev("audit_requested", {"summary": "check me"}, run_id="r1")
+ASK = ev("human_input_requested", {"question": "which branch?"}, run_id="r1")
+FAIL_RETRY = ev("job_failed", {"error_code": "HANDLER_ERROR", "error": "boom", "retry_at": LATER}, run_id="r1")
+FAIL_FINAL = ev("job_failed", {"error_code": "HANDLER_ERROR", "error": "boom"}, run_id="r1")
+TIMEOUT_RETRY = ev("job_timeout", {"error_code": "NO_TERMINAL_SIGNAL_TIMEOUT", "timeout": 5, "retry_at": LATER})
+STALE_QUEUED = ev("stale_recovered", {"error_code": "NO_TERMINAL_SIGNAL_STALE", "to": "queued", "retry_at": TS})
+STALE_HUMAN = ev("stale_recovered", {"error_code": "NO_TERMINAL_SIGNAL_STALE", "to": "waiting_human",
+                                     "question": "the run left files but no result; continue?"})
+APPROVE = ev("job_approved", {})
+REVISE = ev("job_revised", {"notes": "shorter please"})
+RESUME = ev("job_resumed", {"answer": "main", "question": "which branch?"})
+CANCEL = ev("job_cancelled", {"reason": "no longer needed"})
+RELEASE = ev("job_released", {"error_code": "WORKER_STOPPED", "worker_id": "w1"}, run_id="r1")
+
+
+def run(*events: Event):
+    return replay(ev_with_seq(events))
+
+
+def ev_with_seq(events: tuple[Event, ...]) -> list[Event]:
+    return [Event(seq=i, type=e.type, job_id=e.job_id, ts=e.ts, actor=e.actor, data=e.data, run_id=e.run_id)
+            for i, e in enumerate(events, 1)]
+
+
+# -- every allowed transition ---------------------------------------------------------------------
+@pytest.mark.parametrize("events, expected", [
+    ((SUBMIT,), QUEUED),
+    ((SUBMIT, CLAIM), RUNNING),
+    ((SUBMIT, CLAIM, DONE), SUCCEEDED),
+    ((SUBMIT, CLAIM, AUDIT), AWAITING_AUDIT),
+    ((SUBMIT, CLAIM, ASK), WAITING_HUMAN),
+    ((SUBMIT, CLAIM, FAIL_RETRY), QUEUED),
+    ((SUBMIT, CLAIM, FAIL_FINAL), FAILED),
+    ((SUBMIT, CLAIM, TIMEOUT_RETRY), QUEUED),
+    ((SUBMIT, CLAIM, STALE_QUEUED), QUEUED),
+    ((SUBMIT, CLAIM, STALE_HUMAN), WAITING_HUMAN),
+    ((SUBMIT, CLAIM, AUDIT, APPROVE), SUCCEEDED),
+    ((SUBMIT, CLAIM, AUDIT, REVISE), QUEUED),
+    ((SUBMIT, CLAIM, ASK, RESUME), QUEUED),
+    ((SUBMIT, CANCEL), CANCELLED),
+    ((SUBMIT, CLAIM, CANCEL), CANCELLED),
+    ((SUBMIT, CLAIM, AUDIT, CANCEL), CANCELLED),
+    ((SUBMIT, CLAIM, ASK, CANCEL), CANCELLED),
+    ((SUBMIT, CLAIM, RELEASE), QUEUED),
+], ids=lambda v: "-".join(e.type for e in v) if isinstance(v, tuple) else v)
+def test_allowed_transition_reaches_expected_state(events: tuple[Event, ...], expected: str) -> None:
+    assert run(*events).state == expected
+
+
+# -- every refused transition: each event type from each state it may not follow ------------------
+REACH = {QUEUED: (SUBMIT,), RUNNING: (SUBMIT, CLAIM), AWAITING_AUDIT: (SUBMIT, CLAIM, AUDIT),
+         WAITING_HUMAN: (SUBMIT, CLAIM, ASK), SUCCEEDED: (SUBMIT, CLAIM, DONE), FAILED: (SUBMIT, CLAIM, FAIL_FINAL),
+         CANCELLED: (SUBMIT, CANCEL)}
+SAMPLE = {e.type: e for e in (SUBMIT, CLAIM, DONE, AUDIT, ASK, FAIL_FINAL, TIMEOUT_RETRY, STALE_QUEUED, APPROVE,
+                              REVISE, RESUME, CANCEL, RELEASE)}
+REFUSED = [(state, etype) for state in STATES for etype in TRANSITIONS if state not in TRANSITIONS[etype]]
+
+
+def test_reach_table_covers_every_state() -> None:
+    assert {run(*prefix).state for prefix in REACH.values()} == set(STATES)
+
+
+@pytest.mark.parametrize("state, etype", REFUSED, ids=[f"{s}+{t}" for s, t in REFUSED])
+def test_event_that_does_not_fit_the_state_is_refused(state: str, etype: str) -> None:
+    before = run(*REACH[state])
+    with pytest.raises(InvalidTransitionError):
+        apply(before, ev(etype, dict(SAMPLE[etype].data), seq=before.seq + 1))
+
+
+def test_any_event_before_submission_is_refused() -> None:
+    for etype in TRANSITIONS:
+        if etype != "job_submitted":
+            with pytest.raises(InvalidTransitionError):
+                apply(None, SAMPLE[etype])
+
+
+def test_final_states_accept_no_event() -> None:
+    for final in (SUCCEEDED, FAILED, CANCELLED):
+        s = run(*REACH[final])
+        for etype, sample in SAMPLE.items():
+            with pytest.raises(InvalidTransitionError):
+                apply(s, sample)
+
+
+# -- what the state carries -------------------------------------------------------------------------
+def test_claim_starts_an_attempt_with_run_id_epoch_and_lease() -> None:
+    s = run(SUBMIT, CLAIM)
+    assert (s.attempt, s.run_id, s.epoch, s.worker_id) == (1, "r1", 1, "w1")
+    assert s.lease_expires_at is not None
+
+
+def test_failed_attempt_with_retry_at_is_queued_but_delayed_and_counts_a_failure() -> None:
+    s = run(SUBMIT, CLAIM, FAIL_RETRY)
+    assert s.state == QUEUED and s.retry_at is not None and s.failures == 1
+    assert s.last_error == {"code": "HANDLER_ERROR", "message": "boom"}
+
+
+def test_second_claim_is_attempt_two() -> None:
+    claim2 = ev("job_claimed", {"worker_id": "w2", "epoch": 2, "attempt": 2, "lease_expires_at": LATER}, run_id="r2")
+    s = run(SUBMIT, CLAIM, FAIL_RETRY, claim2)
+    assert (s.attempt, s.run_id, s.epoch, s.retry_at) == (2, "r2", 2, None)
+
+
+def test_waiting_human_shows_the_question_and_resume_adds_the_answer_to_the_context() -> None:
+    asked = run(SUBMIT, CLAIM, ASK)
+    assert asked.question == "which branch?"
+    resumed = run(SUBMIT, CLAIM, ASK, RESUME)
+    assert resumed.question is None and resumed.answers == ("main",)
+    assert resumed.context()["answers"] == ["main"]
+
+
+def test_revise_adds_notes_to_the_context_and_resets_failures() -> None:
+    s = run(SUBMIT, CLAIM, FAIL_RETRY, ev("job_claimed", {"worker_id": "w", "epoch": 2, "attempt": 2,
+                                                              "lease_expires_at": LATER}, run_id="r2"), AUDIT, REVISE)
+    assert s.revisions == ("shorter please",) and s.failures == 0 and s.state == QUEUED
+
+
+def test_stale_recovery_to_waiting_human_keeps_the_evidence_as_last_error() -> None:
+    s = run(SUBMIT, CLAIM, STALE_HUMAN)
+    assert s.question and s.last_error["code"] == "NO_TERMINAL_SIGNAL_STALE"
+
+
+def test_context_has_the_fields_handlers_rely_on() -> None:
+    ctx = run(SUBMIT, CLAIM).context()
+    assert {"job_id", "run_id", "attempt", "input", "answers", "revisions"} <= ctx.keys()
+    assert ctx["attempt"] == 1 and ctx["input"] == {"x": 1}
+
+
+def test_replay_of_nothing_is_none() -> None:
+    assert replay([]) is None
+
+
+def test_reducer_does_not_mutate_the_previous_state() -> None:
+    queued = run(SUBMIT)
+    apply(queued, Event(2, "job_claimed", "job1", TS, "t", CLAIM.data, "r1"))
+    assert queued.state == QUEUED and queued.attempt == 0
+
+
+def test_a_released_run_is_queued_again_without_counting_a_failure() -> None:
+    s = run(SUBMIT, CLAIM, RELEASE)
+    assert (s.state, s.failures, s.attempt, s.worker_id, s.retry_at) == (QUEUED, 0, 1, None, None)

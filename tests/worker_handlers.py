@@ -1,0 +1,61 @@
+"""Python handlers used by the worker tests (importable in worker subprocesses: --import worker_handlers)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from orchestrator import handler
+from orchestrator.handlers import JobContext
+
+
+@handler("t.echo")
+def echo(ctx: JobContext) -> dict:
+    return {"status": "done", "summary": f"echo {ctx.input}", "output": ctx.input}
+
+
+@handler("t.payload")
+def payload(ctx: JobContext) -> dict:
+    """Returns the payload given as the input."""
+    return ctx.input
+
+
+@handler("t.ask")
+def ask(ctx: JobContext) -> dict:
+    if ctx.answers:
+        return {"status": "done", "summary": f"answered {ctx.answers[-1]}"}
+    return {"status": "needs_human", "summary": "need a choice", "question": "blue or green?"}
+
+
+@handler("t.flaky")
+def flaky(ctx: JobContext) -> dict:
+    if ctx.attempt < int(ctx.input.get("succeed_on", 2)):
+        return {"status": "failed", "summary": f"attempt {ctx.attempt} failed", "retryable": True}
+    return {"status": "done", "summary": f"ok on attempt {ctx.attempt}"}
+
+
+@handler("t.wait")
+def wait_for_release(ctx: JobContext) -> dict:
+    """Marks itself started, writes optional artifacts, then waits until the release file exists."""
+    Path(ctx.input["started"]).write_text(json.dumps({"pid": os.getpid(), "run_id": ctx.run_id}))
+    for name in ctx.input.get("artifacts", []):
+        Path(ctx.artifacts_dir, name).write_text("partial")
+    deadline = time.monotonic() + float(ctx.input.get("max_wait", 20))
+    while not os.path.exists(ctx.input["release"]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return {"status": "done", "summary": f"released in {ctx.run_id}"}
+
+
+@handler("t.env")
+def env(ctx: JobContext) -> dict:
+    return {"status": "done", "summary": "env", "output": sorted(os.environ)}
+
+
+@handler("t.lease")
+def lease(ctx: JobContext) -> dict:
+    """Runs for a while, then reports the lease record its worker renewed meanwhile."""
+    time.sleep(float(ctx.input["sleep"]))
+    folder = Path(ctx.artifacts_dir).parents[1] / "leases"
+    records = [json.loads(p.read_text()) for p in folder.iterdir() if p.name.startswith(ctx.job_id)]
+    return {"status": "done", "summary": "lease", "output": records}
