@@ -1,0 +1,40 @@
+"""Every expected error has a stable code and an exit code, and the README's table tells an operator about it."""
+from __future__ import annotations
+
+import re
+
+from helpers import REPO
+from orchestrator import errors
+
+
+def all_error_classes() -> list[type[errors.OrchestratorError]]:
+    found, todo = [], [errors.OrchestratorError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return [c for c in found if c is not errors.OrchestratorError]
+
+
+def readme_exit_table() -> dict[str, int]:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Exit codes"):]
+    codes: dict[str, int] = {}
+    for line in section.splitlines():
+        m = re.match(r"\|\s*(\d+)\s*\|([^|]*)\|", line)
+        if m:
+            for code in re.findall(r"`([A-Z_]+)`", m.group(2)):
+                codes[code] = int(m.group(1))
+    return codes
+
+
+def test_every_error_code_is_in_the_readme_exit_table_with_its_exit_code() -> None:
+    table = readme_exit_table()
+    for cls in all_error_classes():
+        assert cls.code in table, f"{cls.__name__} ({cls.code}) is missing from the README exit-code table"
+        assert table[cls.code] == cls.exit_code, f"{cls.code}: README says {table[cls.code]}, code says {cls.exit_code}"
+
+
+def test_expected_errors_never_use_the_internal_or_usage_exit_codes() -> None:
+    for cls in all_error_classes():
+        assert cls.exit_code >= 3, f"{cls.code} uses exit {cls.exit_code}, kept for internal/usage errors"
