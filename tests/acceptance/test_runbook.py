@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,8 +144,6 @@ def test_runbook_block_runs_as_written(block: Block, checkout: Path, git_repo, p
     if missing:
         pytest.skip(f"runbook line {block.line} needs scripts/{missing[0]}.py, which lands with another branch "
                     "(worker/performance); this block runs as soon as it exists")
-    if any("<worker_pid>" in c for c, _ in block.commands):
-        pytest.skip("stopping a live worker by pid needs a worker process started by the test (not yet wired)")
     base: Path = projects["base"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     env.update(BASE_PATH=str(base), ORCH_SIGNING_KEY=projects["seed"], PYTHONPATH=str(checkout),
@@ -163,14 +162,29 @@ def test_runbook_block_runs_as_written(block: Block, checkout: Path, git_repo, p
     values = {"<job_id>": job_id, "<run_id>": run_id, "<answer>": ANSWER, "<pid>": project,
               "<backup_dir>": str(base / f"backup-{shared or block.line}"), "<checkout>": str(repo),
               "<last_good_commit>": last_good}
-    for command, expected in block.commands:
-        for placeholder, value in values.items():
-            command = command.replace(placeholder, value)
-        assert not re.search(r"<[a-z_]+>", command.splitlines()[0]), f"unsubstituted placeholder in {command!r}"
-        if command.startswith("python3 "):
-            command = f"{sys.executable} {command[len('python3 '):]}"
-        proc = subprocess.run(["bash", "-c", command], cwd=checkout, env=env, capture_output=True, text=True,
-                              timeout=120)
-        assert proc.returncode == expected, (
-            f"docs/runbook.md line {block.line}: `{command}` exited {proc.returncode}, the runbook says {expected}\n"
-            f"stdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-2000:]}")
+    worker = None
+    if any("<worker_pid>" in c for c, _ in block.commands):  # a live worker for the block to stop
+        worker = subprocess.Popen([sys.executable, "scripts/worker.py"], cwd=checkout, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)  # let it start and go idle; the block must stop a worker that is really running
+        assert worker.poll() is None, f"the worker died before the runbook stopped it: {worker.communicate()}"
+        values["<worker_pid>"] = str(worker.pid)
+    try:
+        for command, expected in block.commands:
+            for placeholder, value in values.items():
+                command = command.replace(placeholder, value)
+            assert not re.search(r"<[a-z_]+>", command.splitlines()[0]), f"unsubstituted placeholder in {command!r}"
+            if command.startswith("python3 "):
+                command = f"{sys.executable} {command[len('python3 '):]}"
+            proc = subprocess.run(["bash", "-c", command], cwd=checkout, env=env, capture_output=True, text=True,
+                                  timeout=120)
+            assert proc.returncode == expected, (
+                f"docs/runbook.md line {block.line}: `{command}` exited {proc.returncode}, the runbook says {expected}\n"
+                f"stdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-2000:]}")
+    except BaseException:
+        if worker is not None:
+            worker.kill()
+        raise
+    if worker is not None:
+        out, err = worker.communicate(timeout=30)
+        assert worker.returncode == 0, f"the worker did not stop gracefully on SIGTERM: {worker.returncode}\n{out}\n{err}"
