@@ -261,6 +261,7 @@ class Orchestrator:
             faults.point("append.after_event")
             self.queue.after_append(job_id, old, state)
             self.store.put_aux(HEADS_AREA, job_id, head_record(self.keyring, job_id, new_head))
+            faults.point("append.after_head")
             if audit is not None:
                 audit_log.record(self, job_id=job_id, run_id=run_id, action=audit[0], note=audit[1],
                                  actor=actor or self.actor, event_line=lines[-1], now=now)

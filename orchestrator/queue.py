@@ -150,6 +150,7 @@ class QueueIndex(ABC):
                 log.warning("rebuild: cannot read job %s", job_id, extra={"job_id": job_id})
                 continue
             s = view.state
+            faults.point("queue.rebuild.each_job")
             if s is None:
                 continue
             if s.state == QUEUED or not view.ok:  # a broken job is met once, refused and dropped

@@ -286,6 +286,7 @@ class Worker:
             context = {**s.context(), "artifacts_dir": str(paths.artifacts_dir)}
             write_json_atomic(paths.context_file, context)
             child = handler.start(context, paths)
+            faults.point("worker.after_start")
         except (InvalidInputError, PathEscapeError) as exc:
             return self._fail(claim, exc.code, exc.message, retryable=False, paths=paths)
         except (FileNotFoundError, PermissionError) as exc:

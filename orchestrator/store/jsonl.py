@@ -113,6 +113,7 @@ class JsonlStore(EventStore):
                             path, size - end, extra={"stream": stream, "torn_bytes": size - end})
                 os.ftruncate(fd, end)
                 os.fdatasync(fd)
+                faults.point("store.append.after_repair")
             head = Head(self._seq_of(path, last), last)
             if expected_seq is not None and expected_seq != head.seq:
                 raise ConcurrencyError(f"{stream}: expected {expected_seq} events, found {head.seq}",
@@ -124,6 +125,8 @@ class JsonlStore(EventStore):
             if data.count(b"\n") != len(new):
                 raise ValueError("a line must not contain a newline")
             faults.point("store.append.before_write")
+            # a crash in the middle of the write: only part of the bytes reach the file (a torn tail)
+            faults.point("store.append.mid_write", lambda: os.write(fd, data[: max(1, len(data) // 2)]))
             try:
                 self._write_all(fd, data)
                 faults.point("store.append.after_write")
