@@ -1,8 +1,11 @@
 """Handlers the campaigns run (registered on import; worker processes get ``--import`` of this module)."""
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from orchestrator.handlers import JobContext, handler
@@ -30,7 +33,20 @@ SECRET_TEXT = "\n".join(f"{name} {value}" for name, value in SECRETS.items())
 
 @handler("rel.echo")
 def echo(ctx: JobContext) -> dict[str, Any]:
-    return {"status": "done", "summary": "echo", "output": ctx.input}
+    if isinstance(ctx.input, dict) and ctx.input.get("sleep"):
+        time.sleep(float(ctx.input["sleep"]))
+    out = {k: v for k, v in ctx.input.items() if k != "pad"} if isinstance(ctx.input, dict) else ctx.input
+    return {"status": "done", "summary": "echo", "output": out}
+
+
+@handler("rel.wait")
+def wait_for_release(ctx: JobContext) -> dict[str, Any]:
+    """Marks itself started, then waits for the release file (the zombie scenario)."""
+    Path(ctx.input["started"]).write_text(json.dumps({"pid": os.getpid(), "run_id": ctx.run_id}))
+    deadline = time.monotonic() + 30
+    while not os.path.exists(ctx.input["release"]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return {"status": "done", "summary": f"released in {ctx.run_id}"}
 
 
 @handler("rel.ask")

@@ -186,11 +186,16 @@ class JsonlStore(EventStore):
         path = self._aux_path(area, key)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            tmp.write_bytes(data)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(data)
-        os.replace(tmp, path)
+            try:
+                tmp.write_bytes(data)
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as exc:  # a full disk must surface as STORAGE_ERROR (exit 10), not a traceback
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"could not write {path}: {os.strerror(exc.errno or errno.EIO)}",
+                               area=area) from None
 
     def delete_aux(self, area: str, key: str) -> None:
         try:
