@@ -161,7 +161,7 @@ def audited_hashes(orch: "Orchestrator") -> dict[str, int]:
             continue
         try:
             eh = json.loads(stored.raw)["data"]["event_hash"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             continue  # a damaged line is verify's business
         found.setdefault(eh, stored.seq)
     return found
@@ -221,7 +221,7 @@ def entries_for(orch: "Orchestrator", *, job_id: str | None = None, run_id: str 
         if all(n is None or n in stored.raw for n in needles):
             try:
                 rec = json.loads(stored.raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if (job_id is None or rec.get("job_id") == job_id) and (run_id is None or rec.get("run_id") == run_id):
                 out.append((stored.seq, rec))

@@ -130,7 +130,7 @@ def check_anchor(orch: Orchestrator, path: Path) -> list[Problem]:
         doc = json.loads(Path(path).read_bytes())
         body = {k: v for k, v in doc.items() if k not in ("kid", "sig")}
         signed = orch.keyring.verify_bytes(doc["kid"], doc["sig"], canonical(body))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise InvalidInputError(f"cannot read anchor {path}: {exc}") from None
     if not signed or body.get("format") != ANCHOR_FORMAT:
         return [Problem("anchor", 0, "SIGNATURE_INVALID", f"{path} is not an anchor signed by a trusted key")]

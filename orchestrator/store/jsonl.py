@@ -163,7 +163,7 @@ class JsonlStore(EventStore):
             return 0
         try:
             seq = json.loads(last)["seq"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise IntegrityError(f"{path}: the last line is corrupt; refusing to append (run verify)") from None
         if not isinstance(seq, int):
             raise IntegrityError(f"{path}: the last line has no integer seq; refusing to append (run verify)")
