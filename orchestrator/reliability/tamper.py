@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator.api import HEADS_AREA, Orchestrator
+from orchestrator.audit import AUDIT_HEAD
 from orchestrator.integrity import check_anchor, export_anchor, verify_project
 from orchestrator.reliability.common import new_project, progress
 from orchestrator.reliability.crash import workload
@@ -53,17 +54,18 @@ class Matrix:
         """Write ``new_bytes`` as ``stream``; (verify detected it, the anchor detected it); then restore."""
         path = self.orch.store.path(stream)
         old = path.read_bytes()
-        head = self.orch.store.get_aux(HEADS_AREA, stream) if stream != AUDIT_STREAM else None
+        head_key = AUDIT_HEAD if stream == AUDIT_STREAM else (HEADS_AREA, stream)
+        head = self.orch.store.get_aux(*head_key)
         path.write_bytes(new_bytes)
         if drop_head:
-            self.orch.store.delete_aux(HEADS_AREA, stream)
+            self.orch.store.delete_aux(*head_key)
         try:
             detected = not verify_project(self.orch).ok
             anchored = bool(check_anchor(self.orch, self.anchor))
         finally:
             path.write_bytes(old)
             if head is not None:
-                self.orch.store.put_aux(HEADS_AREA, stream, head)
+                self.orch.store.put_aux(*head_key, head)
         return detected, anchored
 
     # -- kinds: each returns (stream, new bytes, drop_head) or None when it does not apply ---------------
@@ -120,6 +122,17 @@ class Matrix:
         ls = _split(self.orch.store.path(AUDIT_STREAM).read_bytes())
         return AUDIT_STREAM, _join(ls[: self.rng.randrange(1, len(ls))]), False
 
+    def audit_cut_without_head(self) -> tuple[str, bytes, bool]:
+        stream, data, _ = self.audit_cut()
+        return stream, data, True
+
+    def last_newline_flipped(self) -> tuple[str, bytes, bool]:
+        """The last line loses its newline: it now looks like a torn tail, so only the head record can tell."""
+        stream = self._stream(multi=False)
+        data = bytearray(self.orch.store.path(stream).read_bytes())
+        data[-1] ^= 1 << self.rng.randrange(8)
+        return stream, bytes(data), False
+
     def unknown_key_id(self) -> tuple[str, bytes, bool]:
         stream, ls = self._lines()
         i = self.rng.randrange(len(ls))
@@ -154,7 +167,9 @@ KINDS: dict[str, tuple[Callable[[Matrix], tuple[str, bytes, bool]], bool]] = {
     "resigned_untrusted_key": (Matrix.resigned_untrusted, True),
     "cut_at_line_boundary": (Matrix.cut_with_head, True),
     "cut_and_head_record_deleted": (Matrix.cut_without_head, False),
-    "audit_log_cut_at_line_boundary": (Matrix.audit_cut, False),
+    "last_newline_damaged": (Matrix.last_newline_flipped, True),
+    "audit_log_cut_at_line_boundary": (Matrix.audit_cut, True),
+    "audit_log_cut_and_head_record_deleted": (Matrix.audit_cut_without_head, False),
 }
 
 

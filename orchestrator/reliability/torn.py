@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.api import HEADS_AREA, Orchestrator
+from orchestrator.audit import AUDIT_HEAD
 from orchestrator.integrity import verify_project
 from orchestrator.reliability.common import new_project, progress
 from orchestrator.store.base import AUDIT_STREAM
@@ -55,7 +56,8 @@ def campaign(root: Path, step: int = 1) -> dict[str, Any]:
     for stream in (job_id, AUDIT_STREAM):
         path = orch.store.path(stream)
         before = path.read_bytes()
-        head_before = orch.store.get_aux(HEADS_AREA, job_id)
+        head_key = AUDIT_HEAD if stream == AUDIT_STREAM else (HEADS_AREA, job_id)
+        head_before = orch.store.get_aux(*head_key)
         _append_next(orch, stream, job_id)
         whole = path.read_bytes()
         next_line = whole[len(before):]
@@ -63,7 +65,7 @@ def campaign(root: Path, step: int = 1) -> dict[str, Any]:
         def restore(tail: bytes) -> None:
             path.write_bytes(before + tail)
             if head_before is not None:  # the crash came before the head record was rewritten
-                orch.store.put_aux(HEADS_AREA, job_id, head_before)
+                orch.store.put_aux(*head_key, head_before)
 
         def check(tail: bytes) -> bool:
             restore(tail)
