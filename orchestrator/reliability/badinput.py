@@ -146,7 +146,7 @@ def lines(root: Path, samples: int = 300, seed: int = 5) -> dict[str, Any]:
     rng = random.Random(seed)
     good = ring.seal({"v": 1, "seq": 1, "prev": "0" * 64, "job_id": "j", "type": "job_submitted", "data": {}})
     hostile = [DEEP.encode(), b"NaN", b'{"v":1,"seq":1,"x":NaN}', b"\xff\xfe", b"{}", b"[]", b"1e999999",
-               b'{"seq":1,"seq":2}', b"\ufeff".decode("latin-1").encode() + good, good.replace(b",", b", ", 1),
+               b'{"seq":1,"seq":2}', b"\xef\xbb\xbf" + good, good.replace(b",", b", ", 1),
                b"\x00" * 100]
     hostile += [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))).replace(b"\n", b"")
                 for _ in range(samples)]

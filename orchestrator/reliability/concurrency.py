@@ -34,8 +34,7 @@ HANDLERS_MODULE = "orchestrator.reliability.handlers"
 def late_writes(orch: Orchestrator, job_id: str) -> int:
     """Outcome events written by a run that was no longer the job's current run (a zombie's)."""
     current, late = None, 0
-    for stored in orch.store.read(job_id):
-        rec = json.loads(stored.raw)
+    for rec in orch.load(job_id).stream.records:
         if rec["type"] == "job_claimed":
             current = rec.get("run_id")
         elif rec["type"] in OUTCOME_TYPES and rec.get("run_id") != current:

@@ -137,21 +137,25 @@ def one_crash(root: Path, point: str, nth: int, name: str) -> dict[str, Any]:
     acks = read_acks(acks_file)
     extra, torn = _unacked(orch, acks)
     lost_before = acked_lost(orch, acks)
-    recover(orch)
+    try:
+        recover(orch)
+        recovery_error = ""
+    except Exception as exc:  # noqa: BLE001 - a recovery that fails is a failed run, reported
+        recovery_error = f"{type(exc).__name__}: {exc}"
     report = verify_project(orch)
     job_ids = sorted(orch.store.job_ids())
     out = {
         "point": point, "nth": nth, "crashed": child.killed, "child_error": "" if child.killed or child.exit_code == 0
         else child.stderr[-2000:],
         "acked_lost": max(lost_before, acked_lost(orch, acks)),
-        "unacked_streams": extra, "torn_tails": torn,
+        "recovery_error": recovery_error, "unacked_streams": extra, "torn_tails": torn,
         "verify_problems": len(report.problems), "audit_missing": len(report.warnings),
         "jobs": len(job_ids),
         "jobs_lost": sum(orch.status(j).state not in FINAL_STATES for j in job_ids),
         "finished_twice": sum(finished_twice(orch, j) for j in job_ids),
         "heads_missing": sum(orch.store.get_aux(HEADS_AREA, j) is None for j in job_ids),
     }
-    out["ok"] = (out["crashed"] and not out["child_error"] and out["acked_lost"] == 0 and extra <= 1 and torn <= 1
+    out["ok"] = (out["crashed"] and not out["child_error"] and not recovery_error and out["acked_lost"] == 0 and extra <= 1 and torn <= 1
                  and not out["verify_problems"] and not out["audit_missing"] and not out["jobs_lost"]
                  and not out["finished_twice"])
     return out

@@ -69,6 +69,23 @@ def _complete_end(fd: int, size: int) -> tuple[int, bytes]:
     return 0, b""
 
 
+def _holds_a_line(path: str) -> bool:
+    """False for a file holding only a torn first line (a crash while the job was submitted).
+
+    One byte read in the normal case (the file ends with a newline); the whole file only
+    when its tail is torn, which is rare.
+    """
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) == b"\n":
+                return True
+            fh.seek(0)
+            return b"\n" in fh.read()
+    except OSError:
+        return False
+
+
 class JsonlStore(EventStore):
     """Files under ``<root>`` (a project's ``.orchestrator`` folder)."""
 
@@ -217,5 +234,5 @@ class JsonlStore(EventStore):
         with entries:
             for entry in entries:
                 name = entry.name
-                if name.endswith(EVENTS_SUFFIX) and entry.stat().st_size > 0:
+                if name.endswith(EVENTS_SUFFIX) and entry.stat().st_size > 0 and _holds_a_line(entry.path):
                     yield name[: -len(EVENTS_SUFFIX)]
