@@ -150,6 +150,7 @@ def clock_jumps(root: Path, steps: int = 200, jobs: int = 12, seed: int = 3) -> 
     """Random claims, runs and recoveries by 3 workers while one injected clock jumps around."""
     project = new_project(root, f"clock-{seed}")
     now = [time.time()]
+    latest = [now[0]]
     rng = random.Random(seed)
     orchs = [project.orch(clock=lambda: now[0]) for _ in range(3)]
     workers = [Worker(o, WorkerSettings(worker_id=f"c{i}", lease_seconds=5, retry_base_seconds=0.01),
@@ -162,6 +163,7 @@ def clock_jumps(root: Path, steps: int = 200, jobs: int = 12, seed: int = 3) -> 
         op = rng.random()
         if op < 0.2:
             now[0] += rng.choice([-7200, -60, -5, 3, 6, 60, 7200]) * rng.random()
+            latest[0] = max(latest[0], now[0])
             jumps += 1
         elif op < 0.5 and i not in pending:
             claim = workers[i].claim(now[0])
@@ -173,9 +175,12 @@ def clock_jumps(root: Path, steps: int = 200, jobs: int = 12, seed: int = 3) -> 
             workers[i].recover_stale(now[0])
     for i, claim in list(pending.items()):  # zombies finishing late
         workers[i].execute(claim)
-    now[0] += 7200
-    for _ in range(jobs * 4):
+    # liveness once time moves on: a day past the latest time any worker saw, then until idle
+    now[0] = latest[0] + 86_400
+    for _ in range(jobs * 6):
         if workers[0].run_once(now[0]) is None:
-            break
+            if all(orchs[0].status(j).state in FINAL_STATES for j in job_ids):
+                break
+            now[0] += 3600  # a retry backoff or a lease still ahead of the clock
     out = {"steps": steps, "jumps": jumps, **_outcome(orchs[0], job_ids)}
     return out
