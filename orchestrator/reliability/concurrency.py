@@ -65,10 +65,10 @@ def _outcome(orch: Orchestrator, job_ids: list[str]) -> dict[str, Any]:
 
 
 def storm(root: Path, workers: int = 4, jobs: int = 150, kill_every: float = 1.0, lease: float = 1.0,
-          timeout: float = 120.0, seed: int = 1) -> dict[str, Any]:
+          timeout: float = 120.0, seed: int = 1, job_seconds: float = 0.01) -> dict[str, Any]:
     project = new_project(root, f"storm-{workers}x{jobs}")
     orch = project.orch()
-    job_ids = [orch.submit("rel.echo", {"i": i, "sleep": 0.01}, max_attempts=1000) for i in range(jobs)]
+    job_ids = [orch.submit("rel.echo", {"i": i, "sleep": job_seconds}, max_attempts=1000) for i in range(jobs)]
     env = _worker_env(project, lease)
     rng = random.Random(seed)
     procs = [_start(env, "--worker-id", f"w{i}") for i in range(workers)]

@@ -173,16 +173,16 @@ KINDS: dict[str, tuple[Callable[[Matrix], tuple[str, bytes, bool]], bool]] = {
 }
 
 
-def build_project(root: Path) -> Orchestrator:
+def build_project(root: Path, histories: int = 2) -> Orchestrator:
     project = new_project(root, "tamper")
     orch = project.orch()
-    for _ in range(2):
-        workload(orch)
+    for _ in range(histories):
+        workload(orch)  # 6 jobs with varied histories, and their audit entries
     return orch
 
 
-def campaign(root: Path, flips: int = 500, per_kind: int = 50, seed: int = 6) -> dict[str, Any]:
-    orch = build_project(root)
+def campaign(root: Path, flips: int = 500, per_kind: int = 50, seed: int = 6, histories: int = 2) -> dict[str, Any]:
+    orch = build_project(root, histories)
     anchor = root / "tamper" / "anchor.json"
     export_anchor(orch, anchor)
     matrix = Matrix(orch, random.Random(seed), anchor)
