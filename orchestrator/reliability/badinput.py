@@ -23,7 +23,7 @@ from typing import Any, Callable
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
-from orchestrator.errors import MalformedPayloadError, OrchestratorError
+from orchestrator.errors import MalformedPayloadError
 from orchestrator.history import verify_stream
 from orchestrator.payload import parse_payload
 from orchestrator.reliability.common import PROJECT, Project, new_project, progress, tree_digest
@@ -172,13 +172,12 @@ def symlinked_artifacts(root: Path) -> dict[str, Any]:
     crashed = False
     try:
         Worker(orch, WorkerSettings(worker_id="sym")).run_once()
-    except OrchestratorError:
-        pass
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - the worker must record the refusal, not die (and leave the job running)
         crashed = True
+    st = orch.status(job)
+    refused = st.state == "failed" and (st.last_error or {}).get("code") == "PATH_ESCAPE"
     tally = Tally()
-    tally.add("symlinked artifact folder", refused=orch.status(job).state != "succeeded", crashed=crashed,
-              harmed=any(outside.iterdir()))
+    tally.add("symlinked artifact folder", refused=refused, crashed=crashed, harmed=any(outside.iterdir()))
     return tally.to_dict()
 
 
@@ -209,6 +208,7 @@ def secrets(root: Path) -> dict[str, Any]:
     logging.getLogger("orchestrator").addHandler(capture)
     level = logging.getLogger("orchestrator").level
     logging.getLogger("orchestrator").setLevel(logging.DEBUG)
+    logging.getLogger("orchestrator").propagate = False  # captured here, not printed
     channels = ["done", "ask", "fail", "audit", "raise", "exit"]
     try:
         jobs = {how: orch.submit("rel.leak", {"how": how}, max_attempts=1) for how in channels}
@@ -239,6 +239,7 @@ def secrets(root: Path) -> dict[str, Any]:
         os.environ.pop("LEAKS", None)
         logging.getLogger("orchestrator").removeHandler(capture)
         logging.getLogger("orchestrator").setLevel(level)
+        logging.getLogger("orchestrator").propagate = True
     found: dict[str, set[str]] = {}
     for path in project.state_dir.rglob("*"):
         if path.is_file():

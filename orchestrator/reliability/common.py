@@ -1,7 +1,6 @@
 """Shared pieces: a throw-away project, forked children that crash, acknowledgements, checks."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys

@@ -14,7 +14,6 @@ waiting on people, audit healing, index rebuild) and the campaign checks:
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import time
@@ -27,7 +26,7 @@ from orchestrator import faults
 from orchestrator.api import HEADS_AREA, Orchestrator
 from orchestrator.integrity import verify_project
 from orchestrator.reliability import handlers  # noqa: F401 - registers rel.* handlers
-from orchestrator.reliability.common import (FINAL_STATES, Project, acked_lost, finished_twice, new_project,
+from orchestrator.reliability.common import (FINAL_STATES, acked_lost, finished_twice, new_project,
                                              progress, read_acks, record_acks, run_forked, streams)
 from orchestrator.worker import Worker, WorkerSettings
 
