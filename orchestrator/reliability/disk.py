@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,8 @@ def _cli(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _resume_and_check(project: Project, acked: list[str]) -> dict[str, Any]:
-    orch = project.orch()
+    # a day later: a worker that stopped on the full disk after its claim left a lease to expire first
+    orch = project.orch(clock=lambda: time.time() + 86_400)
     present = set(orch.store.job_ids())
     missing = [j for j in acked if j not in present]
     after = orch.submit("rel.echo", {"after": "space freed"})
@@ -87,8 +89,11 @@ def full_disk(root: Path, size: int = 512 * 1024) -> dict[str, Any]:
             ballast.write_bytes(b"\0" * BALLAST)  # freed later, like an operator clearing space
             acked, error = _fill(project, 2000)
             cli = _cli(project, "submit", "--kind", "rel.echo", "--input", '{"x": "' + "y" * 8000 + '"}', "--json")
+            worker_cli = _cli(project, "worker", "--once", "--import", "orchestrator.reliability.handlers")
             ballast.unlink()
-            out = {"mode": "tmpfs", **_resume_and_check(project, acked)}
+            out = {"mode": "tmpfs", "worker_exit_while_full": worker_cli.returncode,
+                   "worker_error": (worker_cli.stderr.strip().splitlines() or [""])[-1][:300],
+                   **_resume_and_check(project, acked)}
         finally:
             _umount(mnt)
     else:
@@ -98,6 +103,8 @@ def full_disk(root: Path, size: int = 512 * 1024) -> dict[str, Any]:
     out["error_code"] = getattr(error, "code", None) if not isinstance(error, str) else error
     if cli is not None:
         out["cli_exit"] = cli.returncode
+        # a worker on a full disk stops with STORAGE_ERROR (10) or, if it still found room, ran a job (0)
+        out["worker_clear"] = out["worker_exit_while_full"] in (0, StorageError.exit_code)
         out["cli_clear"] = cli.returncode == StorageError.exit_code and StorageError.code in cli.stdout
     progress(f"full disk ({out['mode']}): {out['acked']} acked, {out['acked_missing']} missing, "
              f"error {out['error_code']}, resumed {out['resumed']}")

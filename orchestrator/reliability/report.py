@@ -112,6 +112,9 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
             d["acked_missing"] == 0)
         add("  error code / CLI exit", f"{d['error_code']} / {d.get('cli_exit', 'n/a')}", "STORAGE_ERROR / 10",
             d["error_code"] == "STORAGE_ERROR" and d.get("cli_exit", 10) == 10)
+        if "worker_exit_while_full" in d:
+            add("  `worker --once` on the full disk: exit", d["worker_exit_while_full"], "10 (or 0 if it found room)",
+                d["worker_clear"])
         add("  work resumes once space is freed", d["resumed"] and d["unfinished"] == 0, "True",
             d["resumed"] and d["unfinished"] == 0)
     if "fsync" in r:

@@ -17,7 +17,7 @@ def test_a_filling_disk_acknowledges_only_what_is_on_disk_and_resumes_when_freed
     assert result["acked"] > 0 and result["acked_missing"] == 0
     assert result["resumed"] and result["unfinished"] == 0 and result["verify_ok"]
     if result["mode"] == "tmpfs":
-        assert result["cli_exit"] == 10 and result["cli_clear"]
+        assert result["cli_exit"] == 10 and result["cli_clear"] and result["worker_clear"]
 
 
 def test_a_failed_fsync_is_never_acknowledged_and_the_next_append_repairs(tmp_path: Path) -> None:
