@@ -36,3 +36,13 @@ def test_a_full_disk_while_writing_a_head_record_is_a_storage_error(orch: Orches
         orch.submit("echo", {})
     assert info.value.exit_code == 10 and "No space left" in info.value.message
     assert not list((orch.settings.state_dir / "heads").glob(".*.tmp"))
+
+
+def test_an_index_entry_that_cannot_be_written_is_a_storage_error_and_nothing_is_acknowledged(
+        orch: Orchestrator) -> None:
+    blocked = orch.settings.state_dir / "index" / "ready"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("not a folder")  # entries cannot be created, like a disk out of inodes
+    with pytest.raises(StorageError):
+        orch.submit("echo", {})
+    assert list(orch.store.job_ids()) == []  # the entry comes before the event: nothing was written
