@@ -120,7 +120,9 @@ def recover(orch: Orchestrator) -> None:
     audit_log.heal(orch, [orch.load(j) for j in orch.store.job_ids()])
 
 
-def one_crash(root: Path, point: str, nth: int, name: str) -> dict[str, Any]:
+def one_crash(root: Path, point: str, nth: int, name: str,
+              then: tuple[str, int] | None = None) -> dict[str, Any]:
+    """Crash the workload at ``point``'s ``nth`` pass; with ``then``, crash the first recovery too."""
     project = new_project(root, name)
     acks_file = project.base.parent / "acks"
 
@@ -131,8 +133,19 @@ def one_crash(root: Path, point: str, nth: int, name: str) -> dict[str, Any]:
         workload(orch)
         return 0
 
+    def recovery_body() -> int:
+        assert then is not None
+        faults.arm(then[0], nth=then[1])
+        orch = project.orch(clock=lambda: time.time() + DAY)
+        record_acks(orch, acks_file)
+        recover(orch)
+        return 0
+
     child = run_forked(body)
-    orch = project.orch(clock=lambda: time.time() + DAY)
+    if then is not None:
+        run_forked(recovery_body)  # killed, or done if the point was never passed: both are fine
+    later = DAY if then is None else 2 * DAY  # past the leases of the (crashed) recovery too
+    orch = project.orch(clock=lambda: time.time() + later)
     acks = read_acks(acks_file)
     extra, torn = _unacked(orch, acks)
     lost_before = acked_lost(orch, acks)
@@ -154,7 +167,9 @@ def one_crash(root: Path, point: str, nth: int, name: str) -> dict[str, Any]:
         "finished_twice": sum(finished_twice(orch, j) for j in job_ids),
         "heads_missing": sum(orch.store.get_aux(HEADS_AREA, j) is None for j in job_ids),
     }
-    out["ok"] = (out["crashed"] and not out["child_error"] and not recovery_error and out["acked_lost"] == 0 and extra <= 1 and torn <= 1
+    crashes = 1 if then is None else 2  # each crash may leave one unacknowledged append
+    out["ok"] = (out["crashed"] and not out["child_error"] and not recovery_error and out["acked_lost"] == 0
+                 and extra <= crashes and torn <= crashes
                  and not out["verify_problems"] and not out["audit_missing"] and not out["jobs_lost"]
                  and not out["finished_twice"])
     return out
@@ -172,8 +187,26 @@ def sweep(root: Path, seeds: int = 1, points: list[str] | None = None, seed0: in
             runs.append(one_crash(root, point, nth, f"{point}-{s}"))
         bad = [r for r in runs if r["point"] == point and not r["ok"]]
         progress(f"crash {point}: {seeds} seeds, {len(bad)} failed")
+    return _summary(runs, {"points": len(names), "passes": dict(counts)})
+
+
+def double_sweep(root: Path, runs: int = 10, seed: int = 0) -> dict[str, Any]:
+    """Crash the workload at a random point, then crash the recovery at a random point, then recover."""
+    counts = calibrate(root)
+    rng = random.Random(seed)
+    names = sorted(counts)
+    out = []
+    for i in range(runs):
+        point = rng.choice(names)
+        then = (rng.choice(names), 1 + rng.randrange(4))
+        out.append(one_crash(root, point, 1 + rng.randrange(counts[point]), f"double-{i}", then=then))
+    progress(f"double crashes: {runs} runs, {sum(not r['ok'] for r in out)} failed")
+    return _summary(out, {})
+
+
+def _summary(runs: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
     return {
-        "points": len(names), "runs": len(runs), "passes": dict(counts),
+        **extra, "runs": len(runs),
         "crashed": sum(r["crashed"] for r in runs),
         "acked_lost": sum(r["acked_lost"] for r in runs),
         "jobs_lost": sum(r["jobs_lost"] for r in runs),

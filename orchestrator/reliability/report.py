@@ -17,9 +17,9 @@ from typing import Any, Callable
 from orchestrator.reliability import badinput, concurrency, crash, disk, tamper, torn
 from orchestrator.reliability.common import progress
 
-QUICK = {"crash_seeds": 1, "torn_step": 7, "flips": 500, "per_kind": 20, "storm": (4, 150, 0.5), "zombie_rounds": 1,
+QUICK = {"crash_seeds": 1, "double_crashes": 8, "torn_step": 7, "flips": 500, "per_kind": 20, "storm": (4, 150, 0.5), "zombie_rounds": 1,
          "clock_seeds": 3, "line_samples": 300}
-LONG = {"crash_seeds": 20, "torn_step": 1, "flips": 2000, "per_kind": 200, "storm": (8, 1000, 1.0),
+LONG = {"crash_seeds": 20, "double_crashes": 200, "torn_step": 1, "flips": 2000, "per_kind": 200, "storm": (8, 1000, 1.0),
         "zombie_rounds": 3, "clock_seeds": 30, "line_samples": 3000}
 
 
@@ -28,6 +28,7 @@ def run_all(root: Path, quick: bool = True, only: set[str] | None = None) -> dic
     workers, jobs, kill_every = size["storm"]
     parts: dict[str, Callable[[], Any]] = {
         "crash": lambda: crash.sweep(root / "crash", seeds=size["crash_seeds"]),
+        "double_crash": lambda: crash.double_sweep(root / "double_crash", runs=size["double_crashes"]),
         "torn": lambda: torn.campaign(root / "torn", step=size["torn_step"]),
         "tamper": lambda: tamper.campaign(root / "tamper", flips=size["flips"], per_kind=size["per_kind"]),
         "storm": lambda: concurrency.storm(root / "storm", workers=workers, jobs=jobs, kill_every=kill_every,
@@ -75,6 +76,11 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
             c["jobs_lost"] == 0 and c["finished_twice"] == 0)
         add("  histories failing verify after recovery", c["verify_problems"], "0", c["verify_problems"] == 0)
         add("  runs breaking any invariant", len(c["failed_runs"]), "0", not c["failed_runs"])
+    if "double_crash" in r:
+        d = r["double_crash"]
+        add(f"crash, then crash the recovery ({d['runs']} random pairs): acked lost / jobs lost / twice",
+            f"{d['acked_lost']} / {d['jobs_lost']} / {d['finished_twice']}", "0 / 0 / 0",
+            not d["failed_runs"] and d["acked_lost"] == 0 and d["jobs_lost"] == 0 and d["finished_twice"] == 0)
     if "torn" in r:
         t = r["torn"]
         add("torn-tail offsets recovered (job file + audit log)", f"{t['recovered']}/{t['offsets']}", "all",
@@ -144,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the short versions (what CI runs)")
     parser.add_argument("--json", action="store_true", help="print every measured figure as JSON")
     parser.add_argument("--only", action="append", default=None,
-                        help="run only these parts (repeatable): crash torn tamper storm zombie clock disk fsync "
+                        help="run only these parts (repeatable): crash double_crash torn tamper storm zombie clock disk fsync "
                              "bad_input secrets")
     parser.add_argument("--keep", metavar="DIR", default=None, help="work in DIR and keep it (default: a temp dir)")
     args = parser.parse_args(argv)

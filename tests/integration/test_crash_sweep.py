@@ -36,6 +36,12 @@ def test_a_crash_at_a_later_pass_recovers_too(tmp_path: Path, point: str, nth: i
     assert run["ok"], run
 
 
+def test_a_crash_during_the_recovery_from_a_crash_loses_nothing_either(tmp_path: Path) -> None:
+    result = crash.double_sweep(tmp_path, runs=8, seed=1)
+    assert result["failed_runs"] == []
+    assert (result["acked_lost"], result["jobs_lost"], result["finished_twice"]) == (0, 0, 0)
+
+
 def test_the_sweep_catches_a_writer_that_appends_after_a_torn_tail(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     # Remove the protection (the repair of a torn tail before appending): the sweep must notice.
