@@ -24,6 +24,7 @@ from orchestrator.errors import (ConcurrencyError, ConfigError, ContextSignature
                                  JobNotFoundError, OrchestratorError)
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream, check_head_record,
                                   head_record, seal, verify_stream)
+from orchestrator.limits import MAX_INPUT_BYTES, MAX_JSON_DEPTH, json_depth
 from orchestrator.security import validate_id
 from orchestrator.signing import Keyring, canonical, load_keyring
 from orchestrator.state import Event, JobState, apply, replay
@@ -261,6 +262,7 @@ class Orchestrator:
             faults.point("append.after_event")
             self.queue.after_append(job_id, old, state)
             self.store.put_aux(HEADS_AREA, job_id, head_record(self.keyring, job_id, new_head))
+            faults.point("append.after_head")
             if audit is not None:
                 audit_log.record(self, job_id=job_id, run_id=run_id, action=audit[0], note=audit[1],
                                  actor=actor or self.actor, event_line=lines[-1], now=now)
@@ -280,10 +282,15 @@ class Orchestrator:
                                  key=key).model_dump(mode="json", exclude_none=True)
         except ValueError as exc:
             raise InvalidInputError(f"invalid job options: {exc}") from None
+        if json_depth(input) > MAX_JSON_DEPTH:
+            raise InvalidInputError(f"the job input is nested deeper than {MAX_JSON_DEPTH} levels")
         try:
-            canonical(input)
+            size = len(canonical(input))
         except (TypeError, ValueError) as exc:
             raise InvalidInputError(f"the job input is not plain JSON: {exc}") from None
+        if size > MAX_INPUT_BYTES:
+            raise InvalidInputError(f"the job input is {size} bytes as JSON (at most {MAX_INPUT_BYTES}); "
+                                    "pass large data as a file path or an artifact")
         data = {"kind": kind, "input": input, "options": options,
                 "context_digest": context_digest(kind, input, options)}
         job_id = key_job_id(self.project_id, key) if key else new_job_id(self.clock())

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from orchestrator import clock, faults
-from orchestrator.history import seal
+from orchestrator.history import head_record, seal
 from orchestrator.security import sanitize_text
 from orchestrator.signing import line_hash
 from orchestrator.store.base import AUDIT_STREAM
@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from orchestrator.api import JobView, Orchestrator
 
 MARKERS_AREA = "audited"
+# The signed head record of the audit log (like ``heads/<job_id>`` for a job): without it, a log
+# cut at a line boundary, or whose last newline was damaged, would look complete.
+AUDIT_HEAD = ("audit-head", "audit")
 LOCK_BUCKETS = 64
 
 # event type -> the audit action that explains it; every such event must have one audit entry
@@ -123,6 +126,7 @@ def record(orch: "Orchestrator", *, job_id: str, action: str, actor: str, run_id
     rec = _entry(orch, job_id=job_id, action=action, actor=actor, run_id=run_id, note=note,
                  event_line=event_line, extra=extra, now=now)
     head = orch.store.append(AUDIT_STREAM, lambda h: seal(orch.keyring, AUDIT_STREAM, h, [rec]))
+    orch.store.put_aux(*AUDIT_HEAD, head_record(orch.keyring, AUDIT_STREAM, head))
     faults.point("audit.after_entry")
     if event_line is not None:
         _mark(orch, rec["data"]["event_hash"], head.seq)
@@ -161,7 +165,7 @@ def audited_hashes(orch: "Orchestrator") -> dict[str, int]:
             continue
         try:
             eh = json.loads(stored.raw)["data"]["event_hash"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             continue  # a damaged line is verify's business
         found.setdefault(eh, stored.seq)
     return found
@@ -221,7 +225,7 @@ def entries_for(orch: "Orchestrator", *, job_id: str | None = None, run_id: str 
         if all(n is None or n in stored.raw for n in needles):
             try:
                 rec = json.loads(stored.raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if (job_id is None or rec.get("job_id") == job_id) and (run_id is None or rec.get("run_id") == run_id):
                 out.append((stored.seq, rec))

@@ -108,7 +108,7 @@ def submit(orch: Any, out: Output, kind: str, input_json: str | None, input_file
     raw = input_file.read() if input_file is not None else input_json
     try:
         value = json.loads(raw) if raw is not None else None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidInputError(f"--input is not valid JSON: {exc}") from None
     sub = orch.submit_job(kind, value, audit=audit, key=key, max_attempts=max_attempts, timeout=timeout,
                           priority=priority)

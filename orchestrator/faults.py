@@ -34,13 +34,16 @@ def kill_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def point(name: str) -> None:
+def point(name: str, prepare: Callable[[], None] | None = None) -> None:
+    """Pass the crash point ``name``; when it fires, ``prepare`` runs first (e.g. a half write)."""
     entry = _armed.get(name)
     if entry is None:
         return
     entry[0] -= 1
     if entry[0] <= 0:
         del _armed[name]
+        if prepare is not None:
+            prepare()
         (entry[1] or kill_self)()
 
 

@@ -79,7 +79,7 @@ def _check_line(stream: str, stored: StoredLine, expected_prev: str,
                 keyring: Keyring) -> tuple[str | None, str, dict[str, Any]]:
     try:
         rec = json.loads(stored.raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
         return CORRUPT_LINE, "not valid JSON", {}
     if not isinstance(rec, dict):
         return CORRUPT_LINE, "not a JSON object", {}
@@ -128,7 +128,7 @@ def check_head_record(stream: str, lines: Sequence[StoredLine], raw: bytes | Non
         return None
     try:
         rec = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return Problem(stream, 0, CORRUPT_LINE, "the head record is not valid JSON")
     if keyring.check(rec) or rec.get("stream") != stream:
         return Problem(stream, 0, "SIGNATURE_INVALID", "the head record's signature does not verify")

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from orchestrator import clock
 from orchestrator.api import Orchestrator
 from orchestrator.errors import InvalidInputError
-from orchestrator.history import ROLLED_BACK, Problem, verify_stream
+from orchestrator.history import ROLLED_BACK, Problem, check_head_record, verify_stream
 from orchestrator.signing import canonical, line_hash
 from orchestrator.store.base import AUDIT_STREAM
 
@@ -94,12 +94,18 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
     for jid, rest in sorted(claims.items()):  # entries naming jobs that have no events at all
         _cross_check(report, jid, None, rest)
     if job_id is None:
+        from orchestrator.audit import AUDIT_HEAD
+
+        head_raw = orch.store.get_aux(*AUDIT_HEAD)  # before the lines: a racing append only makes them longer
         lines = orch.store.read(AUDIT_STREAM)
         if lines:
             audit = verify_stream(AUDIT_STREAM, lines, orch.keyring)
             report.streams += 1
             report.events += len(lines)
             report.problems.extend(audit.problems)
+        cut = check_head_record(AUDIT_STREAM, lines, head_raw or None, orch.keyring)
+        if cut:
+            report.problems.append(cut)
     return report
 
 
@@ -130,7 +136,7 @@ def check_anchor(orch: Orchestrator, path: Path) -> list[Problem]:
         doc = json.loads(Path(path).read_bytes())
         body = {k: v for k, v in doc.items() if k not in ("kid", "sig")}
         signed = orch.keyring.verify_bytes(doc["kid"], doc["sig"], canonical(body))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise InvalidInputError(f"cannot read anchor {path}: {exc}") from None
     if not signed or body.get("format") != ANCHOR_FORMAT:
         return [Problem("anchor", 0, "SIGNATURE_INVALID", f"{path} is not an anchor signed by a trusted key")]

@@ -57,7 +57,7 @@ def read_lease(store: EventStore, job_id: str, epoch: int) -> Lease | None:
         data = json.loads(raw)
         data.pop("expires_at_iso", None)
         return Lease(**data)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return None
 
 

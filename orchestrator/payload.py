@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from orchestrator.errors import MalformedPayloadError, PathEscapeError
+from orchestrator.limits import MAX_JSON_DEPTH, json_depth
 from orchestrator.security import sanitize_text, validate_artifact_path
 
 MAX_PAYLOAD_BYTES = 1024 * 1024
@@ -57,8 +58,12 @@ def parse_payload(raw: bytes | str | dict[str, Any], artifacts_dir: Path) -> Ter
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise MalformedPayloadError(f"the terminal payload is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise MalformedPayloadError("the terminal payload is nested too deeply") from None
     else:
         data = raw
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise MalformedPayloadError(f"the terminal payload is nested deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(data, dict):
         raise MalformedPayloadError(f"the terminal payload must be a JSON object, not {type(data).__name__}")
     try:

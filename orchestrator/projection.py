@@ -157,7 +157,7 @@ def _read(orch: "Orchestrator") -> dict[str, list[Any]]:
     try:
         doc = json.loads(data)
         return doc["rows"] if doc.get("version") == VERSION and isinstance(doc.get("rows"), dict) else {}
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return {}  # a damaged cache is just rebuilt
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator import faults
+from orchestrator.errors import StorageError
 from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.wakeup import Watcher, make_watcher
 
@@ -150,6 +151,7 @@ class QueueIndex(ABC):
                 log.warning("rebuild: cannot read job %s", job_id, extra={"job_id": job_id})
                 continue
             s = view.state
+            faults.point("queue.rebuild.each_job")
             if s is None:
                 continue
             if s.state == QUEUED or not view.ok:  # a broken job is met once, refused and dropped
@@ -228,10 +230,13 @@ class FileQueueIndex(QueueIndex):
 
     def _touch(self, path: Path) -> None:
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        except OSError as exc:  # a full disk (no inode left) is STORAGE_ERROR, not a traceback
+            raise StorageError(f"could not write the index entry {path}: {exc.strerror}") from None
         os.close(fd)
 
     @staticmethod

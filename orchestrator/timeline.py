@@ -102,7 +102,7 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
     for stored in view.stream.lines:
         try:
             rec = json.loads(stored.raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             rec = {}
         status = bad.get(stored.seq) or ("ok" if first_bad is None or stored.seq < first_bad else AFTER_DAMAGE)
         if status == "ok" and rec.get("type") in audit.AUDITED_EVENTS and line_hash(stored.raw) not in audited:

@@ -96,7 +96,7 @@ def _records(inp: IO[bytes]) -> Iterator[bytes]:
 def _json(raw: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         obj = None
     if not isinstance(obj, dict):
         raise InvalidInputError(f"not a bundle: expected {what}, found {raw[:60]!r}")

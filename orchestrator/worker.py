@@ -276,7 +276,11 @@ class Worker:
     def execute(self, claim: Claim) -> RunResult:
         """Run a claimed job's handler under its lease and timeout, then record the outcome."""
         s = claim.state
-        paths = RunPaths.create(self.run_dir(claim.run_id), self.artifacts_dir(s.job_id))
+        try:
+            paths = RunPaths.create(self.run_dir(claim.run_id), self.artifacts_dir(s.job_id))
+        except PathEscapeError as exc:  # e.g. the job's artifact folder is a symlink out of the store
+            paths = RunPaths.create(self.run_dir(claim.run_id), self.run_dir(claim.run_id) / "refused")
+            return self._fail(claim, exc.code, exc.message, retryable=False, paths=paths)
         self._renew(claim)
         try:
             handler = resolve(s.kind)
@@ -286,6 +290,7 @@ class Worker:
             context = {**s.context(), "artifacts_dir": str(paths.artifacts_dir)}
             write_json_atomic(paths.context_file, context)
             child = handler.start(context, paths)
+            faults.point("worker.after_start")
         except (InvalidInputError, PathEscapeError) as exc:
             return self._fail(claim, exc.code, exc.message, retryable=False, paths=paths)
         except (FileNotFoundError, PermissionError) as exc:

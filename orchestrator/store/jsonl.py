@@ -69,6 +69,23 @@ def _complete_end(fd: int, size: int) -> tuple[int, bytes]:
     return 0, b""
 
 
+def _holds_a_line(path: str) -> bool:
+    """False for a file holding only a torn first line (a crash while the job was submitted).
+
+    One byte read in the normal case (the file ends with a newline); the whole file only
+    when its tail is torn, which is rare.
+    """
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) == b"\n":
+                return True
+            fh.seek(0)
+            return b"\n" in fh.read()
+    except OSError:
+        return False
+
+
 class JsonlStore(EventStore):
     """Files under ``<root>`` (a project's ``.orchestrator`` folder)."""
 
@@ -113,6 +130,7 @@ class JsonlStore(EventStore):
                             path, size - end, extra={"stream": stream, "torn_bytes": size - end})
                 os.ftruncate(fd, end)
                 os.fdatasync(fd)
+                faults.point("store.append.after_repair")
             head = Head(self._seq_of(path, last), last)
             if expected_seq is not None and expected_seq != head.seq:
                 raise ConcurrencyError(f"{stream}: expected {expected_seq} events, found {head.seq}",
@@ -124,6 +142,8 @@ class JsonlStore(EventStore):
             if data.count(b"\n") != len(new):
                 raise ValueError("a line must not contain a newline")
             faults.point("store.append.before_write")
+            # a crash in the middle of the write: only part of the bytes reach the file (a torn tail)
+            faults.point("store.append.mid_write", lambda: os.write(fd, data[: max(1, len(data) // 2)]))
             try:
                 self._write_all(fd, data)
                 faults.point("store.append.after_write")
@@ -160,7 +180,7 @@ class JsonlStore(EventStore):
             return 0
         try:
             seq = json.loads(last)["seq"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise IntegrityError(f"{path}: the last line is corrupt; refusing to append (run verify)") from None
         if not isinstance(seq, int):
             raise IntegrityError(f"{path}: the last line has no integer seq; refusing to append (run verify)")
@@ -183,11 +203,16 @@ class JsonlStore(EventStore):
         path = self._aux_path(area, key)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            tmp.write_bytes(data)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(data)
-        os.replace(tmp, path)
+            try:
+                tmp.write_bytes(data)
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as exc:  # a full disk must surface as STORAGE_ERROR (exit 10), not a traceback
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"could not write {path}: {os.strerror(exc.errno or errno.EIO)}",
+                               area=area) from None
 
     def delete_aux(self, area: str, key: str) -> None:
         try:
@@ -209,5 +234,5 @@ class JsonlStore(EventStore):
         with entries:
             for entry in entries:
                 name = entry.name
-                if name.endswith(EVENTS_SUFFIX) and entry.stat().st_size > 0:
+                if name.endswith(EVENTS_SUFFIX) and entry.stat().st_size > 0 and _holds_a_line(entry.path):
                     yield name[: -len(EVENTS_SUFFIX)]

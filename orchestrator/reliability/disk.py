@@ -1,0 +1,183 @@
+"""Full disks and failing fsyncs.
+
+``full_disk`` mounts a small tmpfs (when this process may mount, i.e. root on Linux) or,
+failing that, limits file sizes with ``RLIMIT_FSIZE`` in a forked child, then writes until
+the store refuses. It checks that every acknowledged submit is on disk and verifies, that
+the refusal is ``STORAGE_ERROR`` (exit 10 on the command line), and that once space is freed
+the store takes new work and the workers finish everything.
+
+``failed_fsync`` makes ``fdatasync`` fail once inside an append: the append must raise,
+the lines must be gone (a failed fsync is never taken as success, nor retried into one), and
+the next append must land right after the last acknowledged line.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import OrchestratorError, StorageError
+from orchestrator.integrity import verify_project
+from orchestrator.reliability import handlers  # noqa: F401 - registers rel.* handlers
+from orchestrator.reliability.common import FINAL_STATES, Project, progress, run_forked
+from orchestrator.worker import Worker, WorkerSettings
+
+BALLAST = 192 * 1024
+
+
+def _mount_tmpfs(where: Path, size: int) -> bool:
+    if sys.platform != "linux" or os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    where.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)],
+                          capture_output=True).returncode == 0
+
+
+def _umount(where: Path) -> None:
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def _fill(project: Project, payload_bytes: int, limit: int = 10_000) -> tuple[list[str], OrchestratorError | None]:
+    orch = project.orch()
+    acked: list[str] = []
+    for i in range(limit):
+        try:
+            acked.append(orch.submit("rel.echo", {"i": i, "pad": "x" * payload_bytes}))
+        except OrchestratorError as exc:
+            return acked, exc
+    return acked, None
+
+
+def _cli(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env.update(project.env)
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def _resume_and_check(project: Project, acked: list[str]) -> dict[str, Any]:
+    # a day later: a worker that stopped on the full disk after its claim left a lease to expire first
+    orch = project.orch(clock=lambda: time.time() + 86_400)
+    present = set(orch.store.job_ids())
+    missing = [j for j in acked if j not in present]
+    after = orch.submit("rel.echo", {"after": "space freed"})
+    worker = Worker(orch, WorkerSettings(worker_id="disk", retry_base_seconds=0))
+    for _ in range(len(present) + 5):
+        if worker.run_once() is None:
+            break
+    ids = sorted(orch.store.job_ids())
+    return {"acked": len(acked), "acked_missing": len(missing), "resumed": orch.status(after).state == "succeeded",
+            "unfinished": sum(orch.status(j).state not in FINAL_STATES for j in ids),
+            "verify_ok": verify_project(orch).ok}
+
+
+def full_disk(root: Path, size: int = 512 * 1024) -> dict[str, Any]:
+    mnt = root / "disk" / "mnt"
+    if _mount_tmpfs(mnt, size):
+        try:
+            base = mnt / "base"
+            base.mkdir()
+            project = Project(base)
+            ballast = mnt / "ballast"
+            ballast.write_bytes(b"\0" * BALLAST)  # freed later, like an operator clearing space
+            acked, error = _fill(project, 2000)
+            cli = _cli(project, "submit", "--kind", "rel.echo", "--input", '{"x": "' + "y" * 8000 + '"}', "--json")
+            worker_cli = _cli(project, "worker", "--once", "--import", "orchestrator.reliability.handlers")
+            ballast.unlink()
+            out = {"mode": "tmpfs", "worker_exit_while_full": worker_cli.returncode,
+                   "worker_error": (worker_cli.stderr.strip().splitlines() or [""])[-1][:300],
+                   **_resume_and_check(project, acked)}
+        finally:
+            _umount(mnt)
+    else:
+        out = _rlimit(root)
+        cli = None
+        error = out.pop("error")
+    out["error_code"] = getattr(error, "code", None) if not isinstance(error, str) else error
+    if cli is not None:
+        out["cli_exit"] = cli.returncode
+        # a worker on a full disk stops with STORAGE_ERROR (10) or, if it still found room, ran a job (0)
+        out["worker_clear"] = out["worker_exit_while_full"] in (0, StorageError.exit_code)
+        out["cli_clear"] = cli.returncode == StorageError.exit_code and StorageError.code in cli.stdout
+    progress(f"full disk ({out['mode']}): {out['acked']} acked, {out['acked_missing']} missing, "
+             f"error {out['error_code']}, resumed {out['resumed']}")
+    return out
+
+
+def _rlimit(root: Path, limit: int = 64 * 1024) -> dict[str, Any]:
+    """Fallback without mount rights: a child whose files may not grow past ``limit`` bytes."""
+    base = root / "disk" / "base"
+    base.mkdir(parents=True)
+    project = Project(base)
+    result_file = root / "disk" / "result"
+
+    def body() -> int:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of dying
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        acked, error = _fill(project, limit // 4, limit=3)
+        big_error = None
+        try:
+            project.orch().submit("rel.echo", {"pad": "x" * limit})
+        except OrchestratorError as exc:
+            big_error = exc.code
+        result_file.write_text("\n".join([big_error or "none", *acked]))
+        return 0
+
+    run_forked(body)
+    lines = result_file.read_text().splitlines()
+    return {"mode": "rlimit_fsize", "error": lines[0], **_resume_and_check(project, lines[1:])}
+
+
+def failed_fsync(root: Path, trials: int = 20) -> dict[str, Any]:
+    """fdatasync fails once per trial: the append raises, its lines are gone, the next one lands cleanly."""
+    base = root / "fsync" / "base"
+    base.mkdir(parents=True)
+    orch = Project(base).orch()
+    job = orch.submit("rel.ask", {})
+    raised = kept = bad_after = 0
+    real = os.fdatasync
+    for t in range(trials):
+        path = orch.store.path(job)
+        before = path.read_bytes()
+        calls = [0]
+
+        def failing(fd: int) -> None:
+            calls[0] += 1
+            if calls[0] == 1:
+                raise OSError(errno.EIO, "injected fsync failure")
+            real(fd)
+
+        os.fdatasync = failing  # type: ignore[assignment]
+        try:
+            from orchestrator import audit as audit_log
+
+            audit_log.record(orch, job_id=job, action="note", actor="rel", note=f"fsync trial {t}") if t % 2 else \
+                orch.append(orch.load(job), job, [("job_claimed", {"worker_id": "w", "epoch": t + 1, "attempt": 1,
+                                                                     "lease_expires_at": "2030-01-01T00:00:00Z"})],
+                            run_id=f"run-{t}")
+        except StorageError:
+            raised += 1
+        finally:
+            os.fdatasync = real  # type: ignore[assignment]
+        if t % 2 == 0:
+            kept += path.read_bytes() != before
+        # the next append works and chains onto the last acknowledged line
+        view = orch.load(job)
+        if view.state.state == "queued" and t % 2 == 0:
+            orch.append(view, job, [("job_claimed", {"worker_id": "w", "epoch": view.state.epoch + 1, "attempt": 1,
+                                                     "lease_expires_at": "2030-01-01T00:00:00Z"})], run_id=f"ok-{t}")
+            view = orch.load(job)
+            orch.append(view, job, [("job_released", {"error_code": "X", "worker_id": "w", "error": "back"})],
+                        run_id=f"ok-{t}")
+        bad_after += not verify_project(orch).ok
+    out = {"trials": trials, "raised": raised, "acknowledged_anyway": trials - raised, "lines_kept": kept,
+           "verify_failures_after": bad_after}
+    progress(f"failed fsync: {raised}/{trials} appends raised STORAGE_ERROR, {kept} left lines behind")
+    return out

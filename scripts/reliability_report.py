@@ -1,0 +1,9 @@
+#!/usr/bin/env python3
+"""Runs the reliability campaigns and prints the figure table of docs/guarantees.md (see -h)."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from orchestrator.reliability.report import main  # noqa: E402
+
+sys.exit(main())

@@ -1,0 +1,140 @@
+"""Property-based tests for the line parser, the payload validator and the CLI, plus the documented limits."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from orchestrator import Orchestrator
+from orchestrator.cli import cli
+from orchestrator.errors import InvalidInputError, MalformedPayloadError
+from orchestrator.history import verify_stream
+from orchestrator.limits import MAX_INPUT_BYTES, MAX_JSON_DEPTH, json_depth
+from orchestrator.payload import TerminalPayload, parse_payload
+from orchestrator.signing import Keyring, load_keyring
+from orchestrator.store.base import StoredLine
+
+RING = Keyring.generate()
+GOOD = RING.seal({"v": 1, "seq": 1, "prev": "0" * 64, "job_id": "j", "type": "job_submitted", "data": {}})
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20)
+hostile_paths = st.sampled_from(["../x", "/etc/passwd", "a/../../b", "x\x00y", "C:\\x", "", ".", "a/./b", "ok.txt"])
+payload_like = st.fixed_dictionaries({}, optional={
+    "status": st.sampled_from(["done", "needs_human", "needs_audit", "failed", "DONE", "", "ok"]) | json_values,
+    "summary": st.text(max_size=30) | json_values, "question": st.text(max_size=30) | st.none() | json_values,
+    "output": json_values, "artifacts": st.lists(hostile_paths | st.text(max_size=10), max_size=3) | json_values,
+    "retryable": st.booleans() | json_values, "error_code": st.text(max_size=10) | st.none(),
+    "extra": json_values})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400) | st.builds(lambda v: json.dumps(v).encode(), json_values))
+def test_the_line_parser_reports_any_damaged_line_and_never_raises(raw: bytes) -> None:
+    result = verify_stream("j", [StoredLine(1, raw)], RING)
+    assert bool(result.problems) == (raw != GOOD)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, len(GOOD) - 1), st.integers(1, 255))
+def test_any_byte_change_of_a_signed_line_is_reported(offset: int, xor: int) -> None:
+    line = bytearray(GOOD)
+    line[offset] ^= xor
+    assert verify_stream("j", [StoredLine(1, bytes(line))], RING).problems
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload_like | json_values | st.text(max_size=50) | st.binary(max_size=50))
+def test_the_payload_validator_returns_a_payload_or_malformed_payload_and_nothing_else(tmp_path: Path,
+                                                                                      raw: object) -> None:
+    if isinstance(raw, (dict, list, int, float, bool)) or raw is None:
+        candidates = [raw, json.dumps(raw)] if not isinstance(raw, float) or raw == raw else [raw]
+    else:
+        candidates = [raw]
+    for candidate in candidates:
+        try:
+            payload = parse_payload(candidate, tmp_path)  # type: ignore[arg-type]
+        except MalformedPayloadError:
+            continue
+        assert isinstance(payload, TerminalPayload)
+        assert all(".." not in a.split("/") and not a.startswith("/") for a in payload.artifacts)
+
+
+@pytest.fixture
+def runner_env(base: Path, cli_env: dict[str, str]) -> dict[str, str]:
+    return {**cli_env, "BASE_PATH": str(base)}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(max_size=40) | st.builds(json.dumps, json_values))
+def test_cli_submit_stores_valid_json_exactly_and_refuses_anything_else_with_exit_3(runner_env: dict[str, str],
+                                                                                     text: str) -> None:
+    result = CliRunner().invoke(cli, ["submit", "--kind", "k", "--input", text, "--json"], env=runner_env)
+    assert result.exit_code in (0, 3), result.output
+    if result.exit_code == 0:
+        job = json.loads(result.output)["job_id"]
+        ring = load_keyring(runner_env, announce=False)
+        stored = Orchestrator(base_path=runner_env["BASE_PATH"], project_id="proj", keyring=ring).load(job).state.input
+        assert stored == json.loads(text)
+    else:
+        assert json.loads(result.output)["error"] == "INVALID_INPUT"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(max_size=30).filter(lambda s: s and not s.startswith("-")))
+def test_cli_status_of_any_text_is_not_found_or_invalid_id_never_a_crash(runner_env: dict[str, str],
+                                                                         job_id: str) -> None:
+    result = CliRunner().invoke(cli, ["status", job_id, "--json"], env=runner_env)
+    assert result.exit_code in (3, 4), result.output
+    assert json.loads(result.output)["error"] in ("INVALID_ID", "JOB_NOT_FOUND")
+
+
+# -- documented limits (README "Limits") -------------------------------------------------------
+def nested(depth: int) -> object:
+    value: object = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_a_job_input_nested_deeper_than_the_limit_is_invalid_input(orch: Orchestrator) -> None:
+    assert orch.submit("k", nested(MAX_JSON_DEPTH))
+    with pytest.raises(InvalidInputError, match="nested deeper"):
+        orch.submit("k", nested(MAX_JSON_DEPTH + 1))
+
+
+def test_a_job_input_larger_than_the_limit_is_invalid_input(orch: Orchestrator) -> None:
+    with pytest.raises(InvalidInputError, match="at most"):
+        orch.submit("k", "x" * MAX_INPUT_BYTES)
+
+
+def test_cli_submit_of_a_hundred_thousand_levels_is_invalid_input_not_a_crash(runner_env: dict[str, str]) -> None:
+    result = CliRunner().invoke(cli, ["submit", "--kind", "k", "--input-file", "-", "--json"], env=runner_env,
+                                input="[" * 100_000 + "]" * 100_000)
+    assert result.exit_code == 3 and json.loads(result.output)["error"] == "INVALID_INPUT"
+
+
+def test_json_depth_counts_nesting_without_recursion() -> None:
+    assert json_depth(0) == 0 and json_depth([]) == 1 and json_depth({"a": [1]}) == 2
+    assert json_depth(nested(100_000)) > MAX_JSON_DEPTH
+
+
+@pytest.mark.parametrize("raw", ["[" * 100_000 + "]" * 100_000,
+                                 '{"status":"done","summary":"s","output":' + "[" * 100 + "]" * 100 + "}"])
+def test_a_deeply_nested_payload_is_malformed_payload(tmp_path: Path, raw: str) -> None:
+    with pytest.raises(MalformedPayloadError, match="nested"):
+        parse_payload(raw, tmp_path)
+
+
+def test_a_handler_writing_a_deeply_nested_payload_fails_its_job_not_the_worker(orch: Orchestrator) -> None:
+    script = "import os; open(os.environ['ORCH_TERMINAL_FILE'], 'w').write('[' * 100000 + ']' * 100000)"
+    job = orch.submit("command", {"argv": [sys.executable, "-c", script]}, max_attempts=1)
+    result = orch.worker(worker_id="w").run_once()
+    assert result is not None and result.error_code == "MALFORMED_PAYLOAD"
+    assert orch.status(job).state == "failed"
