@@ -249,3 +249,21 @@ def test_wait_returns_false_after_its_timeout_when_nothing_is_announced(cluster:
     assert index.wait(0.3) is False
     assert time.monotonic() - t0 >= 0.25
     index.close()
+
+
+def test_queued_jobs_imported_into_postgres_are_claimed(cluster: Cluster, base: Path) -> None:
+    import io
+
+    from orchestrator.transfer import export_project, import_project
+
+    source = Orchestrator(base_path=base, project_id=cluster.project)  # the file backend, same key
+    job = source.submit("t.echo", "moved")
+    here = cluster.machine("a")
+    w = cluster.worker(here, "w")
+    assert w.claim() is None  # the index is built (empty) before the import
+    bundle = io.BytesIO()
+    export_project(source, bundle)
+    bundle.seek(0)
+    import_project(here, bundle)
+    claim = cluster.worker(cluster.machine("b"), "w2").claim()
+    assert claim is not None and claim.job_id == job
