@@ -406,6 +406,8 @@ class Workers:
             line = proc.stdout.readline() if proc.stdout else ""
             if "READY" not in line:
                 raise RuntimeError(f"{system.name} worker did not start (exit {proc.poll()})")
+            # keep reading what the worker prints, or it blocks once the pipe buffer is full
+            threading.Thread(target=proc.stdout.read, daemon=True).start()  # type: ignore[union-attr]
         time.sleep(1.0)  # let each worker finish starting (LISTEN, queue registration) after READY
 
     def stop(self) -> None:
