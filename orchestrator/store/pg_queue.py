@@ -27,7 +27,7 @@ from typing import Any
 from orchestrator import faults
 from orchestrator.queue import QueueIndex, ReadyEntry
 from orchestrator.state import QUEUED, RUNNING, JobState
-from orchestrator.store.postgres import PostgresStore, connect
+from orchestrator.store.postgres import PostgresStore, _driver, connect
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class PgQueueIndex(QueueIndex):
 
     # -- storage ----------------------------------------------------------------------------------
     def _sql(self, sql: str, params: tuple[Any, ...] = (), fetch: bool = False) -> Any:
+        """One autocommit statement through the store's connections (and its error mapping)."""
         def run(conn: Any) -> Any:
             cur = conn.execute(sql, params)
             return cur.fetchall() if fetch else None
@@ -168,7 +169,7 @@ class PgQueueIndex(QueueIndex):
         Announcements made while the caller was scanning are queued on the listening
         connection, so the next ``wait`` returns at once: none is missed.
         """
-        psycopg = __import__("psycopg")
+        psycopg = _driver()
         timeout = max(0.0, min(timeout, LISTEN_FALLBACK_SECONDS))
         try:
             if self._listener is None or self._listener.closed:
