@@ -21,7 +21,7 @@ import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
 from orchestrator import Orchestrator
-from orchestrator.errors import LeaseLostError
+from orchestrator.errors import ConcurrencyError, LeaseLostError
 from orchestrator.signing import new_seed
 from orchestrator.store.pg_queue import PgQueueIndex
 from orchestrator.store.postgres import PostgresStore
@@ -127,7 +127,7 @@ def test_a_refused_claim_leaves_the_index_as_it_was(cluster: Cluster) -> None:
     job = a.submit("t.echo", 1)
     view = b.load(job)
     a.cancel(job)  # the job changes after b read it
-    with pytest.raises(Exception):
+    with pytest.raises(ConcurrencyError):
         b.append(view, job, [("job_claimed", {"worker_id": "b", "epoch": 1, "attempt": 1,
                                               "lease_expires_at": "2030-01-01T00:00:00.000000Z"})], fence=1)
     assert a.queue.running() == [] and a.queue.ready() == []  # the cancel removed it, the refused claim added nothing
