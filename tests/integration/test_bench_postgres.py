@@ -31,4 +31,6 @@ def test_the_postgres_benchmark_runs_w1_w2_w3_at_smoke_size(system: str, tmp_pat
     assert row["workers"] == 1 and "| system |" in proc.stdout
     assert row["w1"]["jobs"] == 5 and row["w1"]["jobs_per_s"] > 0, row
     assert row["w2"]["n"] == 3 and row["w2"]["p50"] > 0, row
-    assert row["w3"]["n"] == 2 and row["w3"]["duplicate_executions"] == 0, row
+    assert row["w3"]["n"] == 2 and row["w3"]["duplicate_executions"] >= 0, row
+    if system == "ours":  # a peer's duplicates are its semantics, measured, not this test's business
+        assert row["w3"]["duplicate_executions"] == 0, row
