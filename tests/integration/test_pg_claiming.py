@@ -267,3 +267,19 @@ def test_queued_jobs_imported_into_postgres_are_claimed(cluster: Cluster, base: 
     import_project(here, bundle)
     claim = cluster.worker(cluster.machine("b"), "w2").claim()
     assert claim is not None and claim.job_id == job
+
+
+def test_a_lost_listen_connection_is_reopened_and_reported_as_a_wake_up(cluster: Cluster) -> None:
+    here, submitter = cluster.machine("a"), cluster.machine("b")
+    index = here.queue
+    assert isinstance(index, PgQueueIndex)
+    index.wait(0)
+    pid = index._listener.info.backend_pid  # noqa: SLF001
+    with submitter.store._take() as conn:  # noqa: SLF001 - an operator (or a restart) cuts the connection
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    t0 = time.monotonic()
+    assert index.wait(5.0) is True and time.monotonic() - t0 < 2.0  # the caller rescans at once
+    index.wait(0)  # listening again, on a new connection
+    submitter.submit("t.echo", 1)
+    assert index.wait(5.0) is True
+    index.close()
