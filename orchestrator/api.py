@@ -231,12 +231,13 @@ class Orchestrator:
     # -- writing ----------------------------------------------------------------------------
     def append(self, view: JobView | None, job_id: str, new: Sequence[tuple[str, dict[str, Any]]], *,
                run_id: str | None = None, actor: str | None = None, now: float | None = None,
-               audit: tuple[str, str] | None = None) -> JobView:
+               audit: tuple[str, str] | None = None, fence: int | None = None) -> JobView:
         """Append events ``(type, data)`` decided from ``view``; refuse a history that did not verify.
 
         Each event is validated against its model and against the state machine before anything
         is written. Raises ``ConcurrencyError`` if the job changed since ``view`` was read.
         ``audit=(action, note)`` also records an audit entry naming the last new event.
+        ``fence`` is a worker's fencing epoch, checked by stores that can (``EventStore.append``).
         """
         from orchestrator.events import validate_data
 
@@ -258,7 +259,7 @@ class Orchestrator:
         self.queue.before_append(job_id, old, state)
         # the pending lock spans event + entry, so a concurrent heal never writes the entry too
         with audit_log.pending(self, job_id) if audit is not None else contextlib.nullcontext():
-            new_head = self.store.append(job_id, lambda _h: lines, expected_seq=head.seq)
+            new_head = self.store.append(job_id, lambda _h: lines, expected_seq=head.seq, fence=fence)
             faults.point("append.after_event")
             self.queue.after_append(job_id, old, state)
             self.store.put_aux(HEADS_AREA, job_id, head_record(self.keyring, job_id, new_head))

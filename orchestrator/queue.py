@@ -112,6 +112,11 @@ class QueueIndex(ABC):
     def ready(self) -> list[ReadyEntry]:
         """Every ready entry, in claim order (due or not)."""
 
+    def candidates(self, now: float) -> list[ReadyEntry]:
+        """The entries a claimer should try at ``now``, in claim order (a shared index may
+        reserve the first one for this claimer); by default every ready entry."""
+        return self.ready()
+
     @abstractmethod
     def put_running(self, job_id: str) -> None: ...
 
@@ -300,7 +305,11 @@ class FileQueueIndex(QueueIndex):
 
 
 def index_for(orch: "Orchestrator", wakeup: str | None = None) -> QueueIndex:
-    """The index that matches the store: files next to a file store, memory otherwise."""
+    """The index that matches the store: its own if it has one (PostgreSQL), files next to a file
+    store, memory otherwise."""
+    own = getattr(orch.store, "queue_index", None)
+    if own is not None:
+        return own()
     root = getattr(orch.store, "root", None)
     if root is not None:
         return FileQueueIndex(Path(root) / INDEX_DIR, wakeup or os.environ.get("ORCH_WAKEUP", "auto"))

@@ -120,6 +120,9 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
             if (rec.get("streams"), rec.get("events")) != (streams, events):
                 raise IntegrityError(f"the bundle's trailer says {rec.get('streams')} streams and {rec.get('events')} "
                                      f"events, it held {streams} and {events}")
+            forget = getattr(orch.queue, "forget_built", None)
+            if written and forget is not None:  # the lines bypassed the index: the next worker rebuilds it
+                forget()
             return {"project_id": orch.project_id, "streams": streams, "events": events, "written": written}
         stream, count = rec.get("stream"), rec.get("lines")
         if not isinstance(stream, str) or not isinstance(count, int) or count < 1:

@@ -178,7 +178,8 @@ class Worker:
         data["error"] = sanitize_text(why)
         try:
             self.orch.append(view, s.job_id, [("stale_recovered", data)], run_id=s.run_id, actor=self.actor,
-                             now=now, audit=("stale_recovered", f"{why}; to {data['to']}"))
+                             now=now, audit=("stale_recovered", f"{why}; to {data['to']}"),
+                             fence=s.epoch + 1)  # supersedes the dead run's epoch
         except ConcurrencyError:
             return False  # another worker recovered it, or the run finished just now
         drop_lease(self.orch.store, s.job_id, s.epoch)
@@ -208,7 +209,7 @@ class Worker:
         now = self.orch.clock() if now is None else now
         self.queue.ensure_built(self.orch)
         self.next_due = None
-        for entry in self.queue.ready():
+        for entry in self.queue.candidates(now):
             if entry.runnable_at > now:  # delayed (retry backoff): the sorted names tell, no read needed
                 self.next_due = min(self.next_due or entry.runnable_at, entry.runnable_at)
                 continue
@@ -250,7 +251,7 @@ class Worker:
         faults.point("worker.before_claim")
         try:
             claimed = self.orch.append(view, s.job_id, [("job_claimed", data)], run_id=run_id, actor=self.actor,
-                                       now=now)
+                                       now=now, fence=epoch)
         except ConcurrencyError:
             return None  # another worker won this one
         faults.point("worker.after_claim")
@@ -423,7 +424,7 @@ class Worker:
             for _ in range(3):
                 try:
                     view = self.orch.append(view, claim.job_id, events, run_id=claim.run_id, actor=self.actor,
-                                            audit=audit)
+                                            audit=audit, fence=claim.epoch)
                     break
                 except ConcurrencyError:
                     view = self.orch.load(claim.job_id)

@@ -51,7 +51,7 @@ def drop_project(url: str, project: str) -> None:
 
     conn = connect(url, autocommit=True)
     try:
-        for table in ("orch_events", "orch_streams", "orch_aux"):
+        for table in ("orch_events", "orch_streams", "orch_aux", "orch_ready", "orch_running"):
             conn.execute(f"DELETE FROM {table} WHERE project = %s", (project,))
     finally:
         conn.close()

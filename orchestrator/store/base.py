@@ -37,7 +37,8 @@ class EventStore(ABC):
     """Append-only, per-stream ordered storage of lines."""
 
     @abstractmethod
-    def append(self, stream: str, build: Builder, expected_seq: int | None = None) -> Head:
+    def append(self, stream: str, build: Builder, expected_seq: int | None = None,
+               fence: int | None = None) -> Head:
         """Append the lines ``build(head)`` returns, atomically and durably.
 
         Appends to one stream are serialised: ``build`` runs while the stream is locked, with
@@ -46,6 +47,11 @@ class EventStore(ABC):
         write nothing. When this returns, every new line is durable (fsynced) and visible to
         every reader; if it raises, none of them is acknowledged and readers never see a part
         of one. Returns the new head.
+
+        ``fence`` is the fencing epoch of the worker appending (None for anyone else). A store
+        that can check it (PostgreSQL) refuses, with ``LeaseLostError``, an epoch lower than the
+        highest one appended to the stream; the others rely on ``expected_seq`` and the worker's
+        re-read (``docs/worker.md``).
         """
 
     @abstractmethod

@@ -118,7 +118,8 @@ class JsonlStore(EventStore):
             return os.open(path, os.O_RDWR | os.O_APPEND), False
 
     # -- contract -----------------------------------------------------------------------------
-    def append(self, stream: str, build: Builder, expected_seq: int | None = None) -> Head:
+    def append(self, stream: str, build: Builder, expected_seq: int | None = None,
+               fence: int | None = None) -> Head:
         path = self.path(stream)
         fd, created = self._open_for_append(path)
         try:

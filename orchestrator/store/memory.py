@@ -14,7 +14,8 @@ class MemoryStore(EventStore):
         self._lock = threading.Lock()
         self._aux: dict[tuple[str, str], bytes] = {}
 
-    def append(self, stream: str, build: Builder, expected_seq: int | None = None) -> Head:
+    def append(self, stream: str, build: Builder, expected_seq: int | None = None,
+               fence: int | None = None) -> Head:
         with self._lock:
             lines = self._streams.get(stream, [])
             head = Head(len(lines), lines[-1] if lines else b"")

@@ -7,16 +7,22 @@ verifies exactly as it does in a file, and moves between backends without re-sig
 lines and moves the head, all in one transaction. Durability is PostgreSQL's: the session
 forces ``synchronous_commit = on``, so when ``append`` returns the commit is flushed to the
 server's WAL. Several projects may share one database (the ``project`` column).
+
+Fencing is checked by the database: an append given a worker's ``fence`` epoch writes it into
+the stream's row, and a trigger (migration 0002) refuses to move it backwards, so a worker
+whose claim was superseded gets ``LeaseLostError`` and writes nothing. Statements attached with
+``attach`` (the queue index, ``orchestrator/store/pg_queue.py``) run inside the next append's
+transaction on that stream, so the index and its ``NOTIFY`` commit together with the event.
 """
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 from orchestrator import faults
-from orchestrator.errors import ConcurrencyError, ConfigError, StorageError
+from orchestrator.errors import ConcurrencyError, ConfigError, LeaseLostError, StorageError
 from orchestrator.security import sanitize_text, validate_id
 from orchestrator.store.base import AUDIT_STREAM, Builder, EventStore, Head, StoredLine
 
@@ -24,6 +30,8 @@ log = logging.getLogger(__name__)
 
 SCHEMES = ("postgresql", "postgres")
 _IDLE_CONNECTIONS = 4  # kept open per store; more are opened on demand and closed after use
+FENCED_SQLSTATE = "OF001"  # raised by the orch_streams_fence trigger (migrations/0002_claiming.sql)
+InTransaction = Callable[[Any], None]
 
 
 def is_postgres_url(url: str | None) -> bool:
@@ -64,6 +72,7 @@ class PostgresStore(EventStore):
         self._lock = threading.Lock()
         self._checked = False
         self._closed = False
+        self._attached = threading.local()
 
     # -- connections ------------------------------------------------------------------------
     def _take(self) -> Any:
@@ -109,8 +118,12 @@ class PostgresStore(EventStore):
             self._give(conn)
             raise ConcurrencyError("another writer appended to this stream first") from None
         except psycopg.Error as exc:
-            conn.close()
-            raise StorageError(sanitize_text(f"PostgreSQL error: {exc}".strip()) + "; nothing was written") from None
+            if getattr(exc, "sqlstate", None) != FENCED_SQLSTATE:
+                conn.close()
+                raise StorageError(sanitize_text(f"PostgreSQL error: {exc}".strip()) + "; nothing was written") from None
+            self._give(conn)
+            raise LeaseLostError(sanitize_text(f"refused by the database: {exc.diag.message_primary or exc}"),
+                                 fenced=True) from None
         except BaseException:
             self._give(conn)
             raise
@@ -125,8 +138,21 @@ class PostgresStore(EventStore):
             conn.close()
 
     # -- contract ---------------------------------------------------------------------------
-    def append(self, stream: str, build: Builder, expected_seq: int | None = None) -> Head:
+    def attach(self, stream: str, fn: InTransaction | None) -> None:
+        """Run ``fn(conn)`` inside the transaction of this thread's next append to ``stream``.
+
+        Replaces anything attached before; dropped after that append, whether it commits or not.
+        """
+        pending = self._attached.__dict__.setdefault("by_stream", {})
+        if fn is None:
+            pending.pop(stream, None)
+        else:
+            pending[stream] = fn
+
+    def append(self, stream: str, build: Builder, expected_seq: int | None = None,
+               fence: int | None = None) -> Head:
         self._check_stream(stream)
+        extra = self._attached.__dict__.get("by_stream", {}).pop(stream, None)
 
         def tx(conn: Any) -> Head:
             conn.execute("INSERT INTO orch_streams (project, stream) VALUES (%s, %s) ON CONFLICT DO NOTHING",
@@ -145,8 +171,12 @@ class PostgresStore(EventStore):
             rows = [(self.project, stream, head.seq + i, line) for i, line in enumerate(new, 1)]
             with conn.cursor() as cur:
                 cur.executemany("INSERT INTO orch_events (project, stream, seq, line) VALUES (%s, %s, %s, %s)", rows)
-            conn.execute("UPDATE orch_streams SET seq = %s, last_line = %s WHERE project = %s AND stream = %s",
-                         (head.seq + len(new), new[-1], self.project, stream))
+            # the fence trigger refuses an epoch lower than the stream's (a superseded worker)
+            conn.execute("UPDATE orch_streams SET seq = %s, last_line = %s, fence = coalesce(%s, fence) "
+                         "WHERE project = %s AND stream = %s",
+                         (head.seq + len(new), new[-1], fence, self.project, stream))
+            if extra is not None:
+                extra(conn)
             faults.point("pg.append.before_commit")
             return Head(head.seq + len(new), new[-1])
 
@@ -185,6 +215,16 @@ class PostgresStore(EventStore):
             "SELECT data FROM orch_aux WHERE project = %s AND area = %s AND key = %s",
             (self.project, area, key)).fetchone())
         return bytes(row[0]) if row else None
+
+    def delete_aux(self, area: str, key: str) -> None:
+        self._run(lambda conn: conn.execute("DELETE FROM orch_aux WHERE project = %s AND area = %s AND key = %s",
+                                            (self.project, area, key)))
+
+    def queue_index(self) -> Any:
+        """The ready/running index shared by every machine (``orchestrator/store/pg_queue.py``)."""
+        from orchestrator.store.pg_queue import PgQueueIndex
+
+        return PgQueueIndex(self)
 
     def exists(self, stream: str) -> bool:
         self._check_stream(stream)

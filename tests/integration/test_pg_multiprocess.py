@@ -8,6 +8,7 @@ shared audit stream must stay one unbroken chain.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,29 @@ def test_a_writer_killed_around_the_commit_leaves_all_or_nothing(shared, cli_env
     job_id = orch.submit_job("echo", None, key="k1")
     assert job_id.created is not visible
     assert verify_project(orch).ok and orch.status(job_id.job_id).state == "queued"
+
+
+def test_worker_processes_on_one_database_run_each_job_exactly_once(shared, tmp_path: Path, cli_env) -> None:
+    """Real ``scripts/worker.py`` processes, each with its own base path (its own "machine")."""
+    orch, seed = shared
+    jobs = [orch.submit("t.echo", i) for i in range(JOBS * 2)]
+    procs = []
+    for i in range(PROCESSES):
+        machine = tmp_path / f"machine{i}"
+        machine.mkdir()
+        env = {**cli_env, "ORCH_SIGNING_KEY": seed, "ORCH_STORE_URL": orch.store.url, "PROJECT_ID": orch.project_id,
+               "BASE_PATH": str(machine), "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}",
+               "ORCH_HANDLERS": "worker_handlers"}
+        procs.append(subprocess.Popen([sys.executable, str(REPO / "scripts" / "worker.py"), "--idle-exit", "--json",
+                                       "--worker-id", f"proc{i}"], env=env, cwd=str(REPO),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    ran: list[str] = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        ran += [json.loads(line)["job_id"] for line in out.splitlines() if line.startswith("{")]
+    assert sorted(ran) == sorted(jobs), "each job ran once, in exactly one process"
+    for job_id in jobs:
+        assert [e.type for e in orch.load(job_id).events] == ["job_submitted", "job_claimed", "job_succeeded"]
+    assert orch.queue.ready() == [] and orch.queue.running() == []
+    assert verify_project(orch).ok

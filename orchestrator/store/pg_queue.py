@@ -1,0 +1,195 @@
+"""The ready/running index on PostgreSQL: claiming across machines, woken by LISTEN/NOTIFY.
+
+The file index lives on one disk, so workers on other machines cannot see it; this one lives in
+the database every worker shares (tables ``orch_ready`` and ``orch_running``, migration 0002).
+Three things differ from the file index, each for a reason:
+
+* **The index commits with the event.** ``before_append`` attaches its statements to the
+  store's next append on that job (``PostgresStore.attach``), so the rows and the ``NOTIFY``
+  that announces a runnable job are part of the event's own transaction: never behind the log,
+  never announced before the event is visible, and dropped if the append is refused.
+* **Candidates are reserved with ``FOR UPDATE SKIP LOCKED``.** ``candidates(now)`` reserves the
+  first due row for a few seconds in one statement, so concurrent workers spread over different
+  jobs instead of all racing for the first one. A reservation is only a hint: the claim is still
+  an append with the expected sequence, so the index never decides who wins.
+* **Idle workers ``LISTEN``.** ``wait`` blocks on a dedicated connection until a ``NOTIFY`` for
+  the project arrives, or a bounded fallback timeout passes (a lost connection is re-opened and
+  reported as a wake-up, so the caller rescans): no polling loop.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+from typing import Any
+
+from orchestrator import faults
+from orchestrator.queue import QueueIndex, ReadyEntry
+from orchestrator.state import QUEUED, RUNNING, JobState
+from orchestrator.store.postgres import PostgresStore, _driver, connect
+
+log = logging.getLogger(__name__)
+
+INDEX_AREA = "queue"
+BUILT_KEY = "built"
+RESERVATION_SECONDS = 2.0  # how long a reserved candidate is skipped by other workers
+CANDIDATES = 8  # due rows returned besides the reserved one, tried if the reserved claim fails
+LISTEN_FALLBACK_SECONDS = 10.0  # an idle wait never lasts longer, even if a NOTIFY were lost
+
+
+def channel(project: str) -> str:
+    """The NOTIFY channel of a project (an identifier: hashed, since project ids may be 128 chars)."""
+    return "orch_ready_" + hashlib.sha256(project.encode()).hexdigest()[:24]
+
+
+class PgQueueIndex(QueueIndex):
+    """The project's ready and running jobs in ``orch_ready`` / ``orch_running``."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        self.project = store.project
+        self.channel = channel(store.project)
+        self.reserver = f"{socket.gethostname()}-{os.getpid()}"  # shown in reserved_by, for diagnosis
+        self._listener: Any = None
+
+    # -- projection: written inside the event's transaction --------------------------------------
+    def before_append(self, job_id: str, old: JobState | None, new: JobState) -> None:
+        p = self.project
+
+        def in_transaction(conn: Any) -> None:
+            if new.state == QUEUED:
+                e = ReadyEntry.for_state(new)
+                conn.execute("DELETE FROM orch_ready WHERE project = %s AND job_id = %s "
+                             "AND (priority, runnable_at_us) <> (%s, %s)", (p, job_id, e.priority, e.runnable_at_us))
+                conn.execute("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us) "
+                             "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING", (p, job_id, e.priority, e.runnable_at_us))
+                # delivered at commit, only if it commits: a woken worker always finds the event
+                conn.execute("SELECT pg_notify(%s, %s)", (self.channel, job_id))
+            elif old is not None and old.state == QUEUED:
+                conn.execute("DELETE FROM orch_ready WHERE project = %s AND job_id = %s", (p, job_id))
+            if new.state == RUNNING:
+                conn.execute("INSERT INTO orch_running (project, job_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                             (p, job_id))
+            elif old is not None and old.state == RUNNING:
+                conn.execute("DELETE FROM orch_running WHERE project = %s AND job_id = %s", (p, job_id))
+
+        self.store.attach(job_id, in_transaction)
+
+    def after_append(self, job_id: str, old: JobState | None, new: JobState) -> None:
+        faults.point("queue.after_append")  # nothing left to do: the rows committed with the event
+
+    # -- storage ----------------------------------------------------------------------------------
+    def _sql(self, sql: str, params: tuple[Any, ...] = (), fetch: bool = False) -> Any:
+        """One autocommit statement through the store's connections (and its error mapping)."""
+        def run(conn: Any) -> Any:
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if fetch else None
+        return self.store._run(run)
+
+    def put_ready(self, entry: ReadyEntry) -> None:
+        self._sql("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us) VALUES (%s, %s, %s, %s) "
+                  "ON CONFLICT DO NOTHING", (self.project, entry.job_id, entry.priority, entry.runnable_at_us))
+
+    def drop_ready(self, entry: ReadyEntry) -> None:
+        self._sql("DELETE FROM orch_ready WHERE project = %s AND job_id = %s AND priority = %s AND runnable_at_us = %s",
+                  (self.project, entry.job_id, entry.priority, entry.runnable_at_us))
+
+    def announce(self, entry: ReadyEntry) -> None:
+        self._sql("SELECT pg_notify(%s, %s)", (self.channel, entry.job_id))
+
+    def ready(self) -> list[ReadyEntry]:
+        rows = self._sql("SELECT priority, runnable_at_us, job_id FROM orch_ready WHERE project = %s "
+                         "ORDER BY priority DESC, runnable_at_us, job_id", (self.project,), fetch=True)
+        return [ReadyEntry(-pr, at, job) for pr, at, job in rows]
+
+    def candidates(self, now: float) -> list[ReadyEntry]:
+        """Reserve the first due job (SKIP LOCKED), then a few more due ones, then hints for later.
+
+        The result, in claim order: the reserved entry; up to ``CANDIDATES`` other due,
+        unreserved entries; the earliest not-yet-due entry; and, for a job another worker
+        reserved, an entry dated when its reservation lapses (so this worker looks again then,
+        in case that worker could not claim it).
+        """
+        now_us = int(round(now * 1e6))
+        until = now_us + int(RESERVATION_SECONDS * 1e6)
+        p = self.project
+
+        def run(conn: Any) -> list[ReadyEntry]:
+            reserved = conn.execute(
+                "WITH pick AS (SELECT job_id, priority, runnable_at_us FROM orch_ready "
+                "  WHERE project = %s AND runnable_at_us <= %s AND reserved_until_us <= %s "
+                "  ORDER BY priority DESC, runnable_at_us, job_id LIMIT 1 FOR UPDATE SKIP LOCKED) "
+                "UPDATE orch_ready r SET reserved_by = %s, reserved_until_us = %s FROM pick "
+                "WHERE r.project = %s AND r.job_id = pick.job_id AND r.priority = pick.priority "
+                "AND r.runnable_at_us = pick.runnable_at_us RETURNING r.priority, r.runnable_at_us, r.job_id",
+                (p, now_us, now_us, self.reserver, until, p)).fetchall()
+            rest = conn.execute(
+                "(SELECT priority, runnable_at_us, job_id FROM orch_ready WHERE project = %s "
+                "  AND runnable_at_us <= %s AND reserved_until_us <= %s "
+                "  ORDER BY priority DESC, runnable_at_us, job_id LIMIT %s) "
+                "UNION ALL (SELECT priority, runnable_at_us, job_id FROM orch_ready WHERE project = %s "
+                "  AND runnable_at_us > %s ORDER BY runnable_at_us LIMIT 1) "
+                "UNION ALL (SELECT priority, reserved_until_us, job_id FROM orch_ready WHERE project = %s "
+                "  AND runnable_at_us <= %s AND reserved_until_us > %s ORDER BY reserved_until_us LIMIT 1)",
+                (p, now_us, now_us, CANDIDATES, p, now_us, p, now_us, now_us)).fetchall()
+            seen = {r[2] for r in reserved}
+            out = [ReadyEntry(-pr, at, job) for pr, at, job in reserved]
+            out += [ReadyEntry(-pr, at, job) for pr, at, job in rest if job not in seen]
+            return out
+
+        return self.store._run(run)
+
+    def put_running(self, job_id: str) -> None:
+        self._sql("INSERT INTO orch_running (project, job_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                  (self.project, job_id))
+
+    def drop_running(self, job_id: str) -> None:
+        self._sql("DELETE FROM orch_running WHERE project = %s AND job_id = %s", (self.project, job_id))
+
+    def running(self) -> list[str]:
+        rows = self._sql("SELECT job_id FROM orch_running WHERE project = %s ORDER BY job_id", (self.project,),
+                         fetch=True)
+        return [r[0] for r in rows]
+
+    def is_built(self) -> bool:
+        return bool(self.store.get_aux(INDEX_AREA, BUILT_KEY))
+
+    def mark_built(self) -> None:
+        self.store.put_aux(INDEX_AREA, BUILT_KEY, b"1")
+
+    def forget_built(self) -> None:
+        """Make the next worker rebuild the index (after an import wrote events around it)."""
+        self.store.delete_aux(INDEX_AREA, BUILT_KEY)
+
+    # -- waking idle workers ----------------------------------------------------------------------
+    def wait(self, timeout: float) -> bool:
+        """Block until a job of this project is announced (``NOTIFY``), or the timeout passes.
+
+        Announcements made while the caller was scanning are queued on the listening
+        connection, so the next ``wait`` returns at once: none is missed.
+        """
+        psycopg = _driver()
+        timeout = max(0.0, min(timeout, LISTEN_FALLBACK_SECONDS))
+        try:
+            if self._listener is None or self._listener.closed:
+                self._listener = connect(self.store.url, autocommit=True)
+                self._listener.execute(f"LISTEN {self.channel}")
+                if timeout == 0:
+                    return False
+            woke = False
+            for _ in self._listener.notifies(timeout=timeout, stop_after=1):
+                woke = True
+            if woke:  # drain the burst: one scan serves every job announced so far
+                for _ in self._listener.notifies(timeout=0):
+                    pass
+            return woke
+        except psycopg.Error as exc:
+            log.warning("LISTEN connection lost (%s); reconnecting", exc)
+            self.close()
+            return True  # the caller rescans: a job may have been announced while we were deaf
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None

@@ -1,0 +1,36 @@
+"""``bench/postgres.py`` keeps working: a smoke-size run per system (peers only when installed)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backends import require_pg
+
+pytestmark = pytest.mark.postgres
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("system", ["ours", "procrastinate", "dbos"])
+def test_the_postgres_benchmark_runs_w1_w2_w3_at_smoke_size(system: str, tmp_path: Path, cli_env) -> None:
+    url = require_pg()
+    if system != "ours" and importlib.util.find_spec(system) is None:
+        pytest.skip(f"{system} is not installed (pip install '.[bench-pg]' to compare with it)")
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in cli_env.items() if k not in ("ORCH_SIGNING_KEY", "BASE_PATH", "PROJECT_ID")}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "postgres.py"), "--url", url, "--systems", system,
+                           "--workers", "1", "--w1-jobs", "5", "--w2-samples", "3", "--w3-samples", "2",
+                           "--json", str(out)], env=env, capture_output=True, text=True, timeout=180, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    [row] = results["runs"]
+    assert row["workers"] == 1 and "| system |" in proc.stdout
+    assert row["w1"]["jobs"] == 5 and row["w1"]["jobs_per_s"] > 0, row
+    assert row["w2"]["n"] == 3 and row["w2"]["p50"] > 0, row
+    assert row["w3"]["n"] == 2 and row["w3"]["duplicate_executions"] >= 0, row
+    if system == "ours":  # a peer's duplicates are its semantics, measured, not this test's business
+        assert row["w3"]["duplicate_executions"] == 0, row

@@ -1,0 +1,285 @@
+"""Claiming across machines on PostgreSQL: SKIP LOCKED candidates, fencing checked by the
+database, LISTEN/NOTIFY wake-up, and leases and stale recovery that need no shared disk.
+
+Each "machine" is its own ``Orchestrator`` with its own store (connections) and its own base
+path, so nothing can pass between them through local files; only the database is shared.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+import worker_handlers  # noqa: F401  (registers t.* handlers)
+from orchestrator import Orchestrator
+from orchestrator.errors import ConcurrencyError, LeaseLostError
+from orchestrator.signing import new_seed
+from orchestrator.store.pg_queue import PgQueueIndex
+from orchestrator.store.postgres import PostgresStore
+from orchestrator.worker import Worker, WorkerSettings
+
+from backends import TestPostgresStore, require_pg
+
+pytestmark = pytest.mark.postgres
+REPO = Path(__file__).resolve().parents[2]
+WAIT = 20.0
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = WAIT, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Cluster:
+    """One PostgreSQL project seen from several machines (each with its own base path)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.seed = new_seed()
+        os.environ["ORCH_SIGNING_KEY"] = self.seed
+        self.home = TestPostgresStore()
+        self.project = self.home.project
+        self.url = self.home.url
+        self.stores: list[PostgresStore] = []
+
+    def machine(self, name: str) -> Orchestrator:
+        store = PostgresStore(self.url, self.project)
+        self.stores.append(store)
+        base = self.tmp / name
+        base.mkdir(exist_ok=True)
+        return Orchestrator(base_path=base, project_id=self.project, store=store)
+
+    def worker(self, orch: Orchestrator, name: str, **kw: Any) -> Worker:
+        kw.setdefault("retry_base_seconds", 0.0)
+        return Worker(orch, WorkerSettings(worker_id=name, **kw), rng=random.Random(7))
+
+    def close(self) -> None:
+        for store in self.stores:
+            store.close()
+        self.home.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    require_pg()
+    monkeypatch.setenv("ORCH_SIGNING_KEY", "")  # replaced by Cluster; restored by monkeypatch
+    c = Cluster(tmp_path)
+    yield c
+    c.close()
+
+
+def types(orch: Orchestrator, job_id: str) -> list[str]:
+    return [json.loads(line.raw)["type"] for line in orch.store.read(job_id)]
+
+
+# -- claiming ------------------------------------------------------------------------------------
+def test_concurrent_claimers_get_different_candidates_with_skip_locked(cluster: Cluster) -> None:
+    a, b = cluster.machine("a"), cluster.machine("b")
+    jobs = [a.submit("t.echo", i) for i in range(3)]
+    now = a.clock()
+    first_a = a.queue.candidates(now)[0].job_id
+    first_b = b.queue.candidates(now)[0].job_id
+    assert first_a == jobs[0] and first_b == jobs[1], "the second claimer skips the reserved job"
+    # a reservation is a hint that lapses: nobody claimed jobs[0], so it is offered again later
+    assert b.queue.candidates(now + 5)[0].job_id == jobs[0]
+
+
+def test_each_job_is_claimed_exactly_once_by_concurrent_workers_on_postgres(cluster: Cluster) -> None:
+    machines = [cluster.machine(f"m{i}") for i in range(4)]
+    jobs = [machines[0].submit("t.echo", i) for i in range(24)]
+    now = machines[0].clock()
+    claims: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def claimer(i: int) -> None:
+        w = cluster.worker(machines[i], f"w{i}")
+        while (claim := w.claim(now)) is not None:
+            with lock:
+                claims.append((claim.job_id, w.worker_id))
+
+    threads = [threading.Thread(target=claimer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(j for j, _ in claims) == sorted(jobs), "every job claimed once, none twice"
+    for job in jobs:
+        assert types(machines[0], job) == ["job_submitted", "job_claimed"]
+    assert machines[0].queue.ready() == [] and sorted(machines[0].queue.running()) == sorted(jobs)
+
+
+def test_a_refused_claim_leaves_the_index_as_it_was(cluster: Cluster) -> None:
+    a, b = cluster.machine("a"), cluster.machine("b")
+    job = a.submit("t.echo", 1)
+    view = b.load(job)
+    a.cancel(job)  # the job changes after b read it
+    with pytest.raises(ConcurrencyError):
+        b.append(view, job, [("job_claimed", {"worker_id": "b", "epoch": 1, "attempt": 1,
+                                              "lease_expires_at": "2030-01-01T00:00:00.000000Z"})], fence=1)
+    assert a.queue.running() == [] and a.queue.ready() == []  # the cancel removed it, the refused claim added nothing
+
+
+# -- fencing ---------------------------------------------------------------------------------------
+def test_a_zombie_worker_cannot_append_on_postgres(cluster: Cluster) -> None:
+    """The database, not only the worker's own re-read, refuses an append from a superseded epoch."""
+    a, b = cluster.machine("zombie-host"), cluster.machine("rescuer-host")
+    job = a.submit("t.echo", "late")
+    t = a.clock()
+    zombie = cluster.worker(a, "zombie", lease_seconds=5)
+    claim = zombie.claim(now=t)
+    rescuer = cluster.worker(b, "rescuer", lease_seconds=5)
+    assert rescuer.recover_stale(now=t + 6) == [job]
+    assert rescuer.claim(now=t + 3600).epoch == claim.epoch + 1
+    before = types(b, job)
+    # A zombie that bypasses every Python check: it re-reads the head (so the expected sequence
+    # matches) and appends its outcome. Only its epoch is stale.
+    fresh = a.load(job)
+    with pytest.raises(LeaseLostError) as refused:
+        a.append(fresh, job, [("job_succeeded", {"summary": "late", "output": None, "artifacts": []})],
+                 run_id=claim.run_id, actor="worker:zombie", fence=claim.epoch)
+    assert refused.value.details.get("fenced") is True and "superseded" in refused.value.message
+    assert types(b, job) == before and b.status(job).state == "running"
+    # the worker's own path records nothing either
+    assert zombie.execute(claim).outcome == "lease_lost"
+    assert types(b, job) == before
+
+
+def test_the_fence_follows_the_latest_claim_and_allows_its_owner(cluster: Cluster) -> None:
+    a = cluster.machine("a")
+    job = a.submit("t.echo", "x")
+    w = cluster.worker(a, "w")
+    result = w.run_once()
+    assert result is not None and result.outcome == "succeeded"
+    with a.store._take() as conn:  # noqa: SLF001 - read the fence the database holds
+        fence = conn.execute("SELECT fence FROM orch_streams WHERE project = %s AND stream = %s",
+                             (a.project_id, job)).fetchone()[0]
+    assert fence == 1
+
+
+# -- leases and stale recovery across machines ----------------------------------------------------
+def test_stale_recovery_works_when_the_dead_worker_was_on_another_machine(cluster: Cluster, cli_env) -> None:
+    here = cluster.machine("machine-b")
+    started, release = cluster.tmp / "started", cluster.tmp / "release"
+    job = here.submit("t.wait", {"started": str(started), "release": str(release)})
+    other_base = cluster.tmp / "machine-a"
+    other_base.mkdir()
+    env = {**cli_env, "ORCH_SIGNING_KEY": cluster.seed, "ORCH_STORE_URL": cluster.url, "PROJECT_ID": cluster.project,
+           "BASE_PATH": str(other_base), "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}",
+           "ORCH_HANDLERS": "worker_handlers"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "worker.py"), "--once", "--worker-id", "machine-a",
+                             "--lease-seconds", "1"], env=env, cwd=str(REPO),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_until(started.exists, what="the job to start on machine a")
+        # its heartbeats are in the database, not on a disk machine b could not read
+        wait_until(lambda: here.store.get_aux("leases", f"{job}.1"), what="a lease record in the database")
+        assert not (cluster.tmp / "machine-b" / cluster.project / ".orchestrator" / "leases").exists()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    rescuer = cluster.worker(here, "machine-b", lease_seconds=1)
+    assert here.queue.running() == [job]  # machine b sees what ran on machine a
+    lease = json.loads(here.store.get_aux("leases", f"{job}.1"))
+    assert rescuer.recover_stale(now=lease["expires_at"] - 0.1) == []  # not before the lease ends
+    assert rescuer.recover_stale(now=lease["expires_at"] + 0.1) == [job]
+    release.write_text("go")
+    result = rescuer.run_once(now=lease["expires_at"] + 60)
+    assert result is not None and result.outcome == "succeeded"
+    assert types(here, job) == ["job_submitted", "job_claimed", "stale_recovered", "job_claimed", "job_succeeded"]
+    assert here.status(job).state == "succeeded" and here.queue.running() == []
+
+
+# -- LISTEN/NOTIFY ---------------------------------------------------------------------------------
+def test_an_idle_worker_is_woken_by_notify_within_200ms_without_polling(cluster: Cluster) -> None:
+    here, submitter = cluster.machine("worker-host"), cluster.machine("submit-host")
+    w = cluster.worker(here, "idle", lease_seconds=30)
+    scans: list[float] = []
+    real = here.queue.candidates
+
+    def counting(now: float) -> list:
+        scans.append(time.monotonic())
+        return real(now)
+
+    here.queue.candidates = counting  # type: ignore[method-assign]
+    done: list[Any] = []
+    loop = threading.Thread(target=lambda: done.append(w.run(max_jobs=1)))
+    loop.start()
+    try:
+        wait_until(lambda: scans, what="the first scan")
+        idle_from = time.monotonic()
+        time.sleep(1.0)  # measuring what an idle worker does for a second, not waiting for a decision
+        assert len([s for s in scans if s >= idle_from]) == 0, f"{len(scans)} scans while idle: polling"
+        job = submitter.submit("command", {"argv": ["true"]})
+        loop.join(WAIT)
+        assert done == [1]
+    finally:
+        if loop.is_alive():  # an assertion failed: wake the loop so it can stop
+            w.stop()
+            submitter.submit("command", {"argv": ["true"]})
+            loop.join(WAIT)
+    lines = [json.loads(line.raw) for line in submitter.store.read(job)]
+    from orchestrator.clock import from_iso
+
+    latency = from_iso(lines[1]["ts"]) - from_iso(lines[0]["ts"])
+    assert lines[1]["type"] == "job_claimed" and latency < 0.2, f"claimed {latency * 1000:.0f} ms after submit"
+
+
+def test_wait_returns_false_after_its_timeout_when_nothing_is_announced(cluster: Cluster) -> None:
+    index = cluster.machine("a").queue
+    assert isinstance(index, PgQueueIndex)
+    index.wait(0)
+    t0 = time.monotonic()
+    assert index.wait(0.3) is False
+    assert time.monotonic() - t0 >= 0.25
+    index.close()
+
+
+def test_queued_jobs_imported_into_postgres_are_claimed(cluster: Cluster, base: Path) -> None:
+    import io
+
+    from orchestrator.transfer import export_project, import_project
+
+    source = Orchestrator(base_path=base, project_id=cluster.project)  # the file backend, same key
+    job = source.submit("t.echo", "moved")
+    here = cluster.machine("a")
+    w = cluster.worker(here, "w")
+    assert w.claim() is None  # the index is built (empty) before the import
+    bundle = io.BytesIO()
+    export_project(source, bundle)
+    bundle.seek(0)
+    import_project(here, bundle)
+    claim = cluster.worker(cluster.machine("b"), "w2").claim()
+    assert claim is not None and claim.job_id == job
+
+
+def test_a_lost_listen_connection_is_reopened_and_reported_as_a_wake_up(cluster: Cluster) -> None:
+    here, submitter = cluster.machine("a"), cluster.machine("b")
+    index = here.queue
+    assert isinstance(index, PgQueueIndex)
+    index.wait(0)
+    pid = index._listener.info.backend_pid  # noqa: SLF001
+    with submitter.store._take() as conn:  # noqa: SLF001 - an operator (or a restart) cuts the connection
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    t0 = time.monotonic()
+    assert index.wait(5.0) is True and time.monotonic() - t0 < 2.0  # the caller rescans at once
+    index.wait(0)  # listening again, on a new connection
+    submitter.submit("t.echo", 1)
+    assert index.wait(5.0) is True
+    index.close()
