@@ -108,8 +108,8 @@ def record_acks(orch: Orchestrator, path: Path) -> None:
     real = orch.store.append
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
-    def acking(stream: str, build: Any, expected_seq: int | None = None) -> Any:
-        head = real(stream, build, expected_seq)
+    def acking(stream: str, build: Any, expected_seq: int | None = None, **options: Any) -> Any:
+        head = real(stream, build, expected_seq, **options)
         os.write(fd, f"{stream} {head.seq} {line_hash(head.last_line)}\n".encode())
         return head
 
