@@ -28,15 +28,25 @@ PR_SET_PDEATHSIG = 1
 _libc: Any = None
 
 
+def _load_libc() -> Any:
+    """libc, loaded once in the worker: ``find_library`` runs ``ldconfig`` (~2 ms), too slow for every child."""
+    global _libc
+    if _libc is None and sys.platform.startswith("linux"):
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        except OSError:
+            _libc = False
+    return _libc
+
+
 def _die_with_parent() -> None:
     """Linux only: the kernel SIGKILLs this process when the worker that started it dies."""
-    global _libc
     if not sys.platform.startswith("linux"):
         return
     try:
-        if _libc is None:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc = _load_libc()
+        if libc:
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass
 
@@ -121,6 +131,7 @@ def _open_output(path: Path) -> int:
 
 def spawn_command(argv: list[str], *, cwd: Path, env: dict[str, str], output: Path) -> Child:
     """Start ``argv`` (no shell) in a new session, stdout and stderr into ``output``."""
+    _load_libc()  # in the worker, so the child's preexec_fn does not search for libc
     fd = _open_output(output)
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
@@ -142,6 +153,7 @@ def fork_call(fn: Callable[[], Any], *, terminal_file: Path, output: Path) -> Ch
     An exception becomes a ``failed`` payload with ``error_code`` ``HANDLER_ERROR``; a return
     value that is not JSON leaves an unparsable terminal file (``MALFORMED_PAYLOAD``).
     """
+    _load_libc()  # in the worker, once: the child inherits the handle
     sys.stdout.flush()
     sys.stderr.flush()
     with warnings.catch_warnings():  # Python 3.12 warns about fork() with threads; the child only runs fn
