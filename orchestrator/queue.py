@@ -105,7 +105,7 @@ class QueueIndex(ABC):
     def drop_ready(self, entry: ReadyEntry) -> None: ...
 
     def announce(self, entry: ReadyEntry) -> None:
-        """Wake idle workers: the job's event is now durable."""
+        """Wake idle workers: the job's event is now durable. Restores the entry if a claimer dropped it."""
 
     @abstractmethod
     def ready(self) -> list[ReadyEntry]:
@@ -184,6 +184,7 @@ class MemoryQueueIndex(QueueIndex):
 
     def announce(self, entry: ReadyEntry) -> None:
         with self._cond:
+            self._ready.add(entry)  # a claimer may have dropped it while the event was in flight
             self._announced += 1
             self._cond.notify_all()
 
@@ -252,8 +253,11 @@ class FileQueueIndex(QueueIndex):
         # IN_ATTRIB wakes watchers only now that the event is durable
         try:
             os.utime(self.ready_dir / entry.name)
-        except FileNotFoundError:  # claimed already by a fast worker
-            pass
+        except FileNotFoundError:
+            # A claimer met the entry before the event landed, saw the job not queued yet and dropped
+            # it; or a fast worker claimed the job already. Put it back: in the first case the job
+            # would otherwise stay queued with no entry, in the second the extra entry is dropped when met.
+            self._touch(self.ready_dir / entry.name)
 
     def ready(self) -> list[ReadyEntry]:
         try:
