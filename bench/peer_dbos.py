@@ -2,8 +2,8 @@
 ``DBOS.recv`` in the workflow and ``DBOSClient.send`` from outside.
 
 Every SQLite connection (SQLAlchemy engines of the worker and of the client) gets
-``synchronous=FULL`` through a global ``connect`` listener. The queue and ``recv`` poll every 1 ms (DBOS.s
-default is 1 s). Duplicates in W3: the same answer sent twice at once by two processes; the step
+``synchronous=FULL`` through a global ``connect`` listener. The queue and ``recv`` poll every 1 ms
+(DBOS's defaults are 1 s). Duplicates in W3: the same answer sent twice at once by two processes; the step
 after ``recv`` counts its executions in a file.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.latency import peak_rss_kb
 from bench.common import Params, progress, scratch_dir, summarize, timed_poll
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,8 +42,7 @@ def _url(root: Path) -> str:
 
 def worker_main() -> None:
     """A DBOS application process serving the queue until the stop file appears."""
-    import resource
-
+    
     from dbos import DBOS
 
     cfg = json.loads(os.environ["BENCH_DBOS"])
@@ -71,8 +71,7 @@ def worker_main() -> None:
     print(json.dumps({"ready": True}), flush=True)
     while not (root / "stop").exists():
         time.sleep(0.01)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"maxrss_kb": rss}), flush=True)
+    print(json.dumps({"maxrss_kb": peak_rss_kb()}), flush=True)
     DBOS.destroy()
 
 

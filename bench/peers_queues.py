@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.latency import peak_rss_kb
 from bench.common import NotApplicable, Params, progress, scratch_dir, sqlite_full, summarize, timed_poll
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,9 +169,7 @@ def worker_main() -> None:
             break
         else:
             time.sleep(IDLE_PAUSE)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"done": done, "elapsed_s": time.perf_counter() - t0,
-                      "maxrss_kb": rss // 1024 if sys.platform == "darwin" else rss}), flush=True)
+    print(json.dumps({"done": done, "elapsed_s": time.perf_counter() - t0, "maxrss_kb": peak_rss_kb()}), flush=True)
 
 
 def _start(name: str, root: Path, max_jobs: int | None) -> subprocess.Popen[str]:

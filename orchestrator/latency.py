@@ -56,10 +56,24 @@ def noop_handler(ctx: Any) -> dict[str, Any]:
 
 
 # -- the worker process --------------------------------------------------------------------------
-def _worker_main() -> None:
-    """Entry of the worker process: ``Worker.run`` reporting each recorded outcome as a JSON line."""
+def peak_rss_kb() -> int:
+    """This process's peak resident set: ``VmHWM`` (reset by exec), not ``ru_maxrss``, which Linux carries
+    over from the parent across fork + exec and so reports the launcher's size for a small child."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     import resource
 
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss // 1024 if sys.platform == "darwin" else rss
+
+
+def _worker_main() -> None:
+    """Entry of the worker process: ``Worker.run`` reporting each recorded outcome as a JSON line."""
     from orchestrator.api import Orchestrator
 
     cfg = json.loads(os.environ["ORCH_BENCH_WORKER"])
@@ -85,9 +99,7 @@ def _worker_main() -> None:
     with worker.handle_signals():
         done = worker.run(max_jobs=cfg.get("max_jobs"), idle_exit=cfg.get("idle_exit", False), on_result=timed_report)
     elapsed = time.perf_counter() - started
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss_kb = rss // 1024 if sys.platform == "darwin" else rss
-    out.write(json.dumps({"summary": True, "done": done, "elapsed_s": elapsed, "maxrss_kb": rss_kb}) + "\n")
+    out.write(json.dumps({"summary": True, "done": done, "elapsed_s": elapsed, "maxrss_kb": peak_rss_kb()}) + "\n")
     out.flush()
 
 
