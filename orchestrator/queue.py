@@ -25,7 +25,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from orchestrator import faults
 from orchestrator.state import QUEUED, RUNNING, JobState
@@ -110,6 +110,10 @@ class QueueIndex(ABC):
     @abstractmethod
     def ready(self) -> list[ReadyEntry]:
         """Every ready entry, in claim order (due or not)."""
+
+    def candidates(self) -> Iterator[ReadyEntry]:
+        """The ready entries in claim order, produced lazily: a claim usually stops at the first one."""
+        return iter(self.ready())
 
     @abstractmethod
     def put_running(self, job_id: str) -> None: ...
@@ -267,6 +271,16 @@ class FileQueueIndex(QueueIndex):
         entries = [e for e in map(ReadyEntry.parse, names) if e is not None]
         entries.sort()
         return entries
+
+    def candidates(self) -> Iterator[ReadyEntry]:
+        # The zero-padded names sort as their entries do, so a string sort (C speed) gives the claim
+        # order and only the entries a claim actually looks at are parsed.
+        try:
+            names = os.listdir(self.ready_dir)
+        except FileNotFoundError:
+            return iter(())
+        names.sort()
+        return (e for e in map(ReadyEntry.parse, names) if e is not None)
 
     def put_running(self, job_id: str) -> None:
         self._touch(self.running_dir / job_id)

@@ -208,7 +208,7 @@ class Worker:
         now = self.orch.clock() if now is None else now
         self.queue.ensure_built(self.orch)
         self.next_due = None
-        for entry in self.queue.ready():
+        for entry in self.queue.candidates():
             if entry.runnable_at > now:  # delayed (retry backoff): the sorted names tell, no read needed
                 self.next_due = min(self.next_due or entry.runnable_at, entry.runnable_at)
                 continue
