@@ -4,7 +4,8 @@ Used by ``scripts/bench_terminal_latency.py`` (the release gate) and by the ``be
 (W1-W4). Three processes take part, as in production:
 
 * a real worker (``Worker.run``) in its own process, which reports, for every run it records,
-  the moment its outcome append returned (after ``fdatasync``) on a pipe;
+  the moment its outcome append returned (after ``fdatasync``; stamped at the named point
+  ``append.after_event``) on a pipe;
 * the handler, forked by that worker as always, which stamps the moment it returns its
   terminal payload (``time.monotonic_ns``: CLOCK_MONOTONIC is one clock for every process);
 * this process, the *separate reader*: it waits on inotify for the job's events file to be
@@ -74,16 +75,26 @@ def peak_rss_kb() -> int:
 
 def _worker_main() -> None:
     """Entry of the worker process: ``Worker.run`` reporting each recorded outcome as a JSON line."""
+    from orchestrator import faults
     from orchestrator.api import Orchestrator
 
     cfg = json.loads(os.environ["ORCH_BENCH_WORKER"])
     orch = Orchestrator(base_path=cfg["base_path"], project_id=cfg["project_id"])
     worker = orch.worker(lease_seconds=cfg.get("lease_seconds", 30.0), worker_id="bench-worker")
     out = sys.stdout
+    appended: list[int] = []
+
+    def stamp() -> None:  # "append.after_event": Orchestrator.append's store append returned (after fdatasync)
+        appended.append(time.monotonic_ns())
+        faults.arm("append.after_event", stamp)  # a named point fires once per arming
+
+    faults.arm("append.after_event", stamp)
 
     def report(result: Any) -> None:
+        # the outcome is the worker's last append before it reports the run
+        durable = appended[-1] if appended else time.monotonic_ns()
         out.write(json.dumps({"job_id": result.job_id, "outcome": result.outcome, "state": result.state,
-                              "durable_ns": time.monotonic_ns()}) + "\n")
+                              "durable_ns": durable}) + "\n")
         out.flush()
 
     out.write(json.dumps({"ready": True}) + "\n")
