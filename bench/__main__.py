@@ -102,6 +102,10 @@ def run(params: Params, only: set[str]) -> dict[str, Any]:
             results["systems"][name] = _guard(name, peers_workflows.run_peer, name, params)
         else:
             results["systems"][name] = {"error": "not installed (pip install -e '.[bench]')"}
+    if want("floor"):
+        from bench import floor
+
+        results["floor"] = _guard("floor", floor.run, params)
     if want("scale") or want("coldstart"):
         results["scale"] = _guard("scale", scale.run, params)
         if "error" in results["scale"]:

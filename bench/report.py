@@ -17,7 +17,7 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str, bool]] = [
     ("W3", "W3 duplicate executions", lambda r: r.get("W3", {}).get("duplicates"), "", False),
     ("W4", "W4 worker peak RSS", lambda r: r.get("W4", {}).get("rss_mb"), "MB", False),
 ]
-WORKLOADS = ("W1", "W2", "W3", "W4", "terminal", "scale", "coldstart")
+WORKLOADS = ("W1", "W2", "W3", "W4", "terminal", "scale", "coldstart", "floor")
 
 
 def _fmt(value: Any) -> str:
@@ -75,6 +75,10 @@ def table(results: dict[str, Any]) -> str:
         extra.append(f"verify: {v['events_per_s']:,.0f} events/s ({v['events']} events, {v['jobs']} jobs, process wall time)")
         c = sc["coldstart"]
         extra.append(f"status cold start: {c['status_ms']:.0f} ms (python -c pass: {c['python_startup_ms']:.0f} ms)")
+    fl = results.get("floor")
+    if fl and "error" not in fl:
+        extra.append("physical floors (plain Python, this disk and CPU; P50 / P99 us): " + ", ".join(
+            f"{k} {v['p50_us']:.0f} / {v['p99_us']:.0f}" for k, v in fl.items() if isinstance(v, dict)))
     if extra:
         out.append("\n".join(extra))
     out.append(targets_text(results))

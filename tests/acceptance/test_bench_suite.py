@@ -25,7 +25,7 @@ def test_the_quick_suite_prints_the_table_and_writes_json_with_every_workload(tm
     for row in WORKLOAD_ROWS:
         assert f"| {row} |" in proc.stdout
     for line in ("terminal latency (handler return -> durable + visible)", "finished jobs: claim P50", "metrics on",
-                 "verify:", "status cold start:", "targets:"):
+                 "verify:", "status cold start:", "physical floors", "targets:"):
         assert line in proc.stdout
     assert "[bench]" in proc.stderr  # progress goes to stderr, not into the table
     data = json.loads(out.read_text())
