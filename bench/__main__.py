@@ -51,6 +51,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--w2-samples", type=int, help="W2 samples (default 300)")
     ap.add_argument("--w3-samples", type=int, help="W3 samples (default 200)")
     ap.add_argument("--scale", type=_sizes, help="finished-job counts for the scale workload (default 1000,10000,100000)")
+    ap.add_argument("--skip-cold-metrics", action="store_true", help="do not time metrics --rebuild (minutes at 100k)")
     ap.add_argument("--base", type=Path, help="folder on the disk to measure (default: the temp folder)")
     ap.add_argument("--repeat", type=int, default=1, help="run everything N times and report the median of each number")
     ap.add_argument("--json", dest="json_out", type=Path, help="also write every result as JSON to this file")
@@ -59,7 +60,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def params_from(args: argparse.Namespace) -> Params:
     p = Params.quick() if args.quick else Params()
-    over: dict[str, Any] = {"peers": args.peers}
+    over: dict[str, Any] = {"peers": args.peers, "metrics_cold": not args.skip_cold_metrics}
     for field, value in (("w1_jobs", args.w1_jobs), ("w2_samples", args.w2_samples), ("w3_samples", args.w3_samples),
                          ("scale_sizes", args.scale), ("base", args.base)):
         if value is not None:

@@ -27,7 +27,8 @@ class Params:
     w3_duplicate_trials: int = 20
     terminal_samples: int = 300
     scale_sizes: tuple[int, ...] = (1000, 10000, 100000)
-    scale_samples: int = 30
+    scale_samples: int = 100
+    metrics_cold: bool = True  # --skip-cold-metrics: the rebuild replays every job (minutes at 100k)
     coldstart_runs: int = 7
     peers: tuple[str, ...] = ()
     base: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))

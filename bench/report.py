@@ -70,7 +70,8 @@ def table(results: dict[str, Any]) -> str:
                          f"(P99 {v['claim_ms']['p99']:.2f}), status P50 {v['status_ms']['p50']:.2f} ms "
                          f"(P99 {v['status_ms']['p99']:.2f})")
         m = sc["metrics"]
-        extra.append(f"metrics on {m['jobs']} jobs: cold {m['cold_s']:.2f} s, warm {m['warm_s']:.2f} s (process wall time)")
+        cold = f"{m['cold_s']:.2f} s" if m.get("cold_s") is not None else "not measured"
+        extra.append(f"metrics on {m['jobs']} jobs: cold (--rebuild) {cold}, warm {m['warm_s']:.2f} s (process wall time)")
         v = sc["verify"]
         extra.append(f"verify: {v['events_per_s']:,.0f} events/s ({v['events']} events, {v['jobs']} jobs, process wall time)")
         c = sc["coldstart"]
