@@ -182,13 +182,16 @@ class WorkerProcess:
 class Reader:
     """Sees job states as any other process would: a fresh read and full verification per look."""
 
+    POLL = 0.0005  # without inotify: appends do not change the folder's mtime, so poll the job itself
+
     def __init__(self, orch: Any) -> None:
-        from orchestrator.wakeup import make_watcher
+        from orchestrator.wakeup import InotifyWatcher, make_watcher
 
         self.orch = orch
         jobs_dir = Path(orch.store.root) / "queue" / "jobs"
         jobs_dir.mkdir(parents=True, exist_ok=True)
         self.watcher = make_watcher(jobs_dir)  # IN_CLOSE_WRITE: an appender closes only after its fsync
+        self.inotify = isinstance(self.watcher, InotifyWatcher)
 
     def wait_for(self, job_id: str, states: Iterable[str], timeout: float = 30.0,
                  accept: Callable[[Any], bool] | None = None) -> tuple[Any, int]:
@@ -208,7 +211,10 @@ class Reader:
             if left <= 0:
                 raise TimeoutError(f"job {job_id} did not reach {sorted(wanted)} within {timeout}s "
                                    f"(last seen: {st.state if st else None})")
-            self.watcher.wait(min(left, 0.25))
+            if self.inotify:
+                self.watcher.wait(min(left, 0.25))
+            else:
+                time.sleep(self.POLL)
 
     def close(self) -> None:
         self.watcher.close()
