@@ -246,7 +246,10 @@ def keys_revoke(kid: str, as_json: bool) -> None:
 
 
 def _register_commands() -> None:
-    """Commands of other areas live in ``orchestrator/commands/``; each module adds to ``cli``."""
+    """Commands of other areas live in ``orchestrator/commands/``; each module adds to ``cli``.
+
+    Imported on first need, not with this module: ``scripts/status.py`` then skips every other
+    command's imports (cold start)."""
     import importlib
     import pkgutil
 
@@ -256,17 +259,17 @@ def _register_commands() -> None:
         importlib.import_module(f"{package.__name__}.{info.name}")
 
 
-_register_commands()
-
-
 def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:
     """Entry point of the console script and of ``scripts/*.py``."""
     load_dotenv_file()
+    _register_commands()
     cli.main(args=argv, prog_name=prog_name)
 
 
 def run_script(command: str, argv: list[str] | None = None) -> None:
     """``scripts/<name>.py``: the same command, named as the runbook names it."""
     load_dotenv_file()
+    if command not in cli.commands:
+        _register_commands()
     args = sys.argv[1:] if argv is None else argv
     cli.commands[command].main(args=args, prog_name=f"scripts/{Path(sys.argv[0]).name}")

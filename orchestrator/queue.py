@@ -25,7 +25,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from orchestrator import faults
 from orchestrator.errors import StorageError
@@ -106,16 +106,16 @@ class QueueIndex(ABC):
     def drop_ready(self, entry: ReadyEntry) -> None: ...
 
     def announce(self, entry: ReadyEntry) -> None:
-        """Wake idle workers: the job's event is now durable."""
+        """Wake idle workers: the job's event is now durable. Restores the entry if a claimer dropped it."""
 
     @abstractmethod
     def ready(self) -> list[ReadyEntry]:
         """Every ready entry, in claim order (due or not)."""
 
-    def candidates(self, now: float) -> list[ReadyEntry]:
-        """The entries a claimer should try at ``now``, in claim order (a shared index may
-        reserve the first one for this claimer); by default every ready entry."""
-        return self.ready()
+    def candidates(self, now: float) -> Iterator[ReadyEntry]:
+        """The entries a claimer should try at ``now``, in claim order, produced lazily (a claim
+        usually stops at the first one; a shared index may reserve that one for this claimer)."""
+        return iter(self.ready())
 
     @abstractmethod
     def put_running(self, job_id: str) -> None: ...
@@ -191,6 +191,7 @@ class MemoryQueueIndex(QueueIndex):
 
     def announce(self, entry: ReadyEntry) -> None:
         with self._cond:
+            self._ready.add(entry)  # a claimer may have dropped it while the event was in flight
             self._announced += 1
             self._cond.notify_all()
 
@@ -262,8 +263,11 @@ class FileQueueIndex(QueueIndex):
         # IN_ATTRIB wakes watchers only now that the event is durable
         try:
             os.utime(self.ready_dir / entry.name)
-        except FileNotFoundError:  # claimed already by a fast worker
-            pass
+        except FileNotFoundError:
+            # A claimer met the entry before the event landed, saw the job not queued yet and dropped
+            # it; or a fast worker claimed the job already. Put it back: in the first case the job
+            # would otherwise stay queued with no entry, in the second the extra entry is dropped when met.
+            self._touch(self.ready_dir / entry.name)
 
     def ready(self) -> list[ReadyEntry]:
         try:
@@ -273,6 +277,16 @@ class FileQueueIndex(QueueIndex):
         entries = [e for e in map(ReadyEntry.parse, names) if e is not None]
         entries.sort()
         return entries
+
+    def candidates(self, now: float) -> Iterator[ReadyEntry]:
+        # The zero-padded names sort as their entries do, so a string sort (C speed) gives the claim
+        # order and only the entries a claim actually looks at are parsed.
+        try:
+            names = os.listdir(self.ready_dir)
+        except FileNotFoundError:
+            return iter(())
+        names.sort()
+        return (e for e in map(ReadyEntry.parse, names) if e is not None)
 
     def put_running(self, job_id: str) -> None:
         self._touch(self.running_dir / job_id)

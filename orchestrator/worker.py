@@ -230,6 +230,8 @@ class Worker:
             return None
         s = view.state
         if s is None or s.state != QUEUED:
+            if entry.runnable_at > (s.updated_at if s else 0.0) and now - entry.runnable_at < ORPHAN_ENTRY_GRACE:
+                return None  # newer than the job's last event: its event (a resume, a revise) may be in flight
             self.queue.drop_ready(entry)
             return None
         expected = ReadyEntry.for_state(s)

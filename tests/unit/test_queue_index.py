@@ -58,3 +58,15 @@ def test_an_announcement_during_a_scan_wakes_the_next_wait() -> None:
     index.announce(ReadyEntry.for_state(job("A")))  # arrives while the worker scans
     assert index.wait(5.0) is True  # returns at once
     assert index.wait(0.01) is False
+
+
+def test_file_candidates_come_in_the_same_order_as_the_sorted_entries(tmp_path) -> None:
+    from orchestrator.queue import FileQueueIndex
+
+    index = FileQueueIndex(tmp_path / "index")
+    for name, prio, at in (("C", 0, 300.0), ("A", 5, 900.0), ("B", 0, 100.0), ("D", -1000, 1.0), ("E", 1000, 5e9),
+                           ("F", 0, 100.0)):
+        index.put_ready(ReadyEntry.for_state(job(name, priority=prio, at=at)))
+    (index.ready_dir / ".tmp-not-an-entry").touch()
+    assert list(index.candidates(0.0)) == index.ready()
+    assert [e.job_id for e in index.candidates(0.0)] == ["E", "A", "B", "F", "C", "D"]

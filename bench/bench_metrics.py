@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate a project of N jobs through the real API, then time ``metrics`` on it.
 
-    python3 benchmarks/bench_metrics.py --jobs 100000 --base-path /tmp/bench [--no-fsync] [--procs 2]
+    python3 -m bench.bench_metrics --jobs 100000 --base-path /tmp/bench [--no-fsync] [--procs 2]
 
 Jobs are spread over every state (succeeded, waiting_human, resumed then succeeded,
 awaiting_audit, running with an expired lease, queued, cancelled), with the events a worker

@@ -1,0 +1,90 @@
+"""Physical floors on this machine: what no design on this disk and CPU can go below.
+
+Plain Python loops, no orchestrator code in the timed part: an fdatasync'd append of one line,
+a file created and made durable (file + folder fsync, as a new job's first event needs), fork
+and exit of a process the size of a worker, one Ed25519 signature and one verification.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from bench.common import Params, progress, scratch_dir
+
+
+def _median_us(fn: Callable[[int], None], n: int) -> dict[str, float]:
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn(i)
+        out.append((time.perf_counter() - t0) * 1e6)
+    out.sort()
+    return {"p50_us": statistics.median(out), "p99_us": out[min(len(out) - 1, int(len(out) * 0.99))]}
+
+
+def run(params: Params, n: int = 300) -> dict[str, Any]:
+    """In a fresh process that imports what a worker imports: the suite's own process holds the
+    peers' libraries too (~140 MB), and fork time grows with the size of the process."""
+    import json
+    import subprocess
+    import sys
+
+    progress("floors: fdatasync'd append, durable file creation, fork+exit, sign, verify")
+    root = scratch_dir(params, "floor")
+    try:
+        env = dict(os.environ)
+        repo = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
+        proc = subprocess.run([sys.executable, "-c", f"import json, sys; from bench.floor import measure; "
+                               f"print(json.dumps(measure(sys.argv[1], {n})))", str(root)],
+                              env=env, capture_output=True, text=True, timeout=300, check=True)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def measure(root_dir: str, n: int) -> dict[str, Any]:
+    """The timed loops; run by ``run`` in a process the size of a worker."""
+    import json
+
+    import orchestrator.worker  # noqa: F401  (the fork below is of a process of a worker's size)
+    from orchestrator.latency import peak_rss_kb
+    from orchestrator.signing import Keyring, canonical
+
+    root = Path(root_dir)
+    fd = os.open(root / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    line = b"x" * 360 + b"\n"  # the size of a typical event line
+
+    def append(_: int) -> None:
+        os.write(fd, line)
+        os.fdatasync(fd)
+
+    def create(i: int) -> None:
+        f = os.open(root / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        os.write(f, line)
+        os.fdatasync(f)
+        os.close(f)
+        d = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(d)
+        os.close(d)
+
+    def fork(_: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+    ring = Keyring.generate()
+    record = {"job_id": "J", "type": "job_succeeded", "ts": "2026-11-22T00:00:00.000000Z", "actor": "w",
+              "data": {"summary": "ok"}, "seq": 3, "prev": "0" * 64, "v": 1}
+    parsed = json.loads(ring.seal(dict(record)))
+    out = {"fdatasync_append": _median_us(append, n), "durable_create": _median_us(create, n // 3),
+           "fork_exit": _median_us(fork, n // 3), "sign": _median_us(lambda _: ring.seal(dict(record)), n),
+           "verify": _median_us(lambda _: ring.check(parsed), n),
+           "canonical": _median_us(lambda _: canonical(record), n), "process_rss_mb": peak_rss_kb() / 1024}
+    os.close(fd)
+    return out

@@ -1,0 +1,130 @@
+"""W1-W4 and terminal latency for jsonl-orchestrator, through the real worker and the real API.
+
+Every job runs in a real worker process (``orchestrator.latency.WorkerProcess``: ``Worker.run``,
+Python handler forked per run as in production), every event is signed and fdatasynced, and
+"visible" means a fresh read by this (other) process that verifies every signature and the chain.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import Params, env_without_orch, progress, scratch_dir, summarize
+from orchestrator import latency as lat
+from orchestrator import terminal_bench as tb
+
+
+def _orch(base: Path, env: dict[str, str]) -> Any:
+    from orchestrator.api import Orchestrator
+    from orchestrator.signing import load_keyring
+
+    return Orchestrator(base_path=base, project_id="bench", keyring=load_keyring(env, announce=False))
+
+
+def _env(base: Path) -> dict[str, str]:
+    from orchestrator.signing import new_seed
+
+    env = env_without_orch()
+    env.update(ORCH_SIGNING_KEY=new_seed(), ORCH_KEYRING_DIR=str(base / "keys"))
+    return env
+
+
+def w1_w4(params: Params) -> dict[str, Any]:
+    """W1: ``w1_jobs`` no-op jobs submitted, then one worker process runs them all; W4: its peak RSS."""
+    base = scratch_dir(params, "ours-w1")
+    try:
+        env = _env(base)
+        orch = _orch(base, env)
+        t0 = time.perf_counter()
+        for i in range(params.w1_jobs):
+            orch.submit(lat.NOOP_KIND, {"i": i})
+        enqueue_s = time.perf_counter() - t0
+        progress(f"ours W1: {params.w1_jobs} jobs enqueued in {enqueue_s:.1f}s; one worker process runs them")
+        worker = lat.WorkerProcess(str(base), "bench", env, max_jobs=params.w1_jobs, idle_exit=True).start()
+        summary = worker.stop(timeout=600)
+        done = summary.get("done", 0)
+        if done != params.w1_jobs:
+            raise RuntimeError(f"the worker ran {done} of {params.w1_jobs} jobs")
+        states = {orch.status(j).state for j in list(orch.job_ids())[:50]}
+        if states != {"succeeded"}:
+            raise RuntimeError(f"unexpected job states after W1: {states}")
+        return {"W1": {"jobs": done, "jobs_per_s": done / summary["elapsed_s"], "elapsed_s": summary["elapsed_s"],
+                       "enqueue_per_s": params.w1_jobs / enqueue_s},
+                "W4": {"rss_mb": summary["maxrss_kb"] / 1024}}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def w2_terminal(params: Params) -> dict[str, Any]:
+    """W2 (submit -> terminal state visible) and terminal latency come from one run of the gate's benchmark."""
+    base = scratch_dir(params, "ours-w2")
+    try:
+        samples = max(params.w2_samples, params.terminal_samples)
+        progress(f"ours W2/terminal: {samples} jobs, one at a time, to an idle worker process")
+        rows = tb.run(tb.Settings(samples=samples, seed=20260222, base_path=base, project_id="bench"),
+                      progress=progress)
+        return {"W2": summarize([r["submit_to_visible_ms"] for r in rows[:params.w2_samples]]),
+                "terminal": summarize([r["latency_ms"] for r in rows[:params.terminal_samples]])}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _resume_at(args: tuple[str, dict[str, str], str, Any]) -> str:
+    base, env, job_id, barrier = args
+    orch = _orch(Path(base), env)
+    barrier.wait()
+    return str(orch.resume(job_id, "yes"))
+
+
+def w3(params: Params) -> dict[str, Any]:
+    """W3: resume a waiting job from this process; time until its final state is visible. Then the same
+    answer delivered twice at once by two processes: count the extra executions (claims) and events."""
+    base = scratch_dir(params, "ours-w3")
+    worker = None
+    try:
+        env = _env(base)
+        orch = _orch(base, env)
+        worker = lat.WorkerProcess(str(base), "bench", env).start()
+        reader = lat.Reader(orch)
+        lat_ms: list[float] = []
+        progress(f"ours W3: {params.w3_samples} resumes")
+        for i in range(params.w3_samples):
+            job_id = orch.submit(lat.ASK_KIND, {"i": i})
+            reader.wait_for(job_id, {"waiting_human"})
+            t0 = time.monotonic_ns()
+            orch.resume(job_id, "yes")
+            st, seen = reader.wait_for(job_id, {"succeeded", "failed"})
+            lat_ms.append((seen - t0) / 1e6)
+        duplicates = 0
+        ctx = multiprocessing.get_context("fork")
+        progress(f"ours W3: {params.w3_duplicate_trials} double deliveries of the same answer")
+        for i in range(params.w3_duplicate_trials):
+            job_id = orch.submit(lat.ASK_KIND, {"dup": i})
+            reader.wait_for(job_id, {"waiting_human"})
+            barrier = ctx.Barrier(2)
+            procs = [ctx.Process(target=_resume_at, args=((str(base), env, job_id, barrier),)) for _ in range(2)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join(30)
+            reader.wait_for(job_id, {"succeeded", "failed"})
+            time.sleep(0.02)  # a duplicate run, if any, would be claimed by now
+            types = [e.type for e in orch.load(job_id).events]
+            duplicates += (types.count("job_claimed") - 2) + (types.count("job_resumed") - 1)
+        reader.close()
+        return {"W3": {**summarize(lat_ms), "duplicates": duplicates, "duplicate_trials": params.w3_duplicate_trials}}
+    finally:
+        if worker is not None:
+            worker.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def run_all(params: Params) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    out.update(w1_w4(params))
+    out.update(w2_terminal(params))
+    out.update(w3(params))
+    return out

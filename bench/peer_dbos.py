@@ -1,0 +1,176 @@
+"""DBOS with its SQLite system database: W1/W2 through a queue served by a DBOS worker process, W3 with
+``DBOS.recv`` in the workflow and ``DBOSClient.send`` from outside.
+
+Every SQLite connection (SQLAlchemy engines of the worker and of the client) gets
+``synchronous=FULL`` through a global ``connect`` listener. The queue and ``recv`` poll every 1 ms
+(DBOS's defaults are 1 s). Duplicates in W3: the same answer sent twice at once by two processes; the step
+after ``recv`` counts its executions in a file.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator.latency import peak_rss_kb
+from bench.common import Params, progress, scratch_dir, summarize, timed_poll
+
+REPO = Path(__file__).resolve().parents[1]
+QUEUE = "bench"
+
+
+def _full_sync() -> None:
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        if type(dbapi_conn).__module__.startswith("sqlite3"):
+            dbapi_conn.execute("PRAGMA synchronous=FULL")
+
+    event.listen(Engine, "connect", on_connect)
+
+
+def _url(root: Path) -> str:
+    return f"sqlite:///{root / 'dbos.sqlite'}"
+
+
+def worker_main() -> None:
+    """A DBOS application process serving the queue until the stop file appears."""
+    
+    from dbos import DBOS
+
+    cfg = json.loads(os.environ["BENCH_DBOS"])
+    root = Path(cfg["root"])
+    _full_sync()
+    DBOS(config={"name": "bench", "system_database_url": _url(root), "run_admin_server": False,
+                 "notification_listener_polling_interval_sec": 0.001})  # recv wakes within 1 ms (default 1 s)
+
+    @DBOS.workflow(name="noop")
+    def noop(i: int) -> int:
+        return i
+
+    @DBOS.step(name="record")
+    def record(answer: str) -> str:
+        with open(root / "runs.txt", "a") as fh:
+            fh.write("x\n")
+        return answer
+
+    @DBOS.workflow(name="ask")
+    def ask() -> str:
+        answer = DBOS.recv("answer", timeout_seconds=120)
+        return record(str(answer))
+
+    DBOS.launch()
+    DBOS.register_queue(QUEUE, polling_interval_sec=0.001, worker_concurrency=1)
+    print(json.dumps({"ready": True}), flush=True)
+    while not (root / "stop").exists():
+        time.sleep(0.01)
+    print(json.dumps({"maxrss_kb": peak_rss_kb()}), flush=True)
+    DBOS.destroy()
+
+
+def _start(root: Path) -> subprocess.Popen[str]:
+    env = dict(os.environ, BENCH_DBOS=json.dumps({"root": str(root)}))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen([sys.executable, "-c", "from bench.peer_dbos import worker_main; worker_main()"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    if not proc.stdout.readline():
+        raise RuntimeError("the DBOS worker did not start")
+    return proc
+
+
+def _stop(root: Path, proc: subprocess.Popen[str]) -> dict[str, Any]:
+    (root / "stop").touch()
+    out, _ = proc.communicate(timeout=120)
+    lines = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+    return lines[-1] if lines else {}
+
+
+def _client(root: Path) -> Any:
+    from dbos import DBOSClient
+
+    _full_sync()
+    return DBOSClient(system_database_url=_url(root))
+
+
+def _status(client: Any, wf: str) -> str | None:
+    st = client.retrieve_workflow(wf).get_status()
+    return st.status if st else None
+
+
+def _send_at(args: tuple[str, str, Any]) -> None:
+    root, wf, barrier = args
+    client = _client(Path(root))
+    barrier.wait()
+    client.send(wf, "yes", "answer")
+    client.destroy()
+
+
+def run(params: Params) -> dict[str, Any]:
+    out: dict[str, Any] = {"note": "SQLite system database, synchronous=FULL; queue polled every 1 ms", "durable": True}
+    root = scratch_dir(params, "dbos")
+    proc = None
+    try:
+        client = _client(root)
+        proc = _start(root)  # creates the schema; the queue is not served until jobs exist
+        t_enq = time.perf_counter()
+        handles = [client.enqueue({"queue_name": QUEUE, "workflow_name": "noop"}, i) for i in range(params.w1_jobs)]
+        progress(f"dbos W1: {params.w1_jobs} workflows enqueued in {time.perf_counter() - t_enq:.1f}s")
+        t0 = time.perf_counter()
+        last = handles[-1].get_workflow_id()
+        timed_poll(lambda: _status(client, last) == "SUCCESS", timeout=900, pause=0.001)
+        out["W1"] = {"jobs": params.w1_jobs, "jobs_per_s": params.w1_jobs / (time.perf_counter() - t0),
+                     "note": "enqueued while the worker was idle; timed from the first enqueue being served"}
+        lat = []
+        progress(f"dbos W2: {params.w2_samples} workflows one at a time")
+        for i in range(params.w2_samples + 5):
+            t1 = time.monotonic_ns()
+            wf = client.enqueue({"queue_name": QUEUE, "workflow_name": "noop"}, i).get_workflow_id()
+            timed_poll(lambda: _status(client, wf) == "SUCCESS")
+            if i >= 5:
+                lat.append((time.monotonic_ns() - t1) / 1e6)
+        out["W2"] = summarize(lat)
+        lat = []
+        progress(f"dbos W3: {params.w3_samples} resumes")
+        for i in range(params.w3_samples):
+            wf = client.enqueue({"queue_name": QUEUE, "workflow_name": "ask"}).get_workflow_id()
+            timed_poll(lambda: _status(client, wf) == "PENDING")
+            time.sleep(0.01)  # let the workflow reach recv
+            t1 = time.monotonic_ns()
+            client.send(wf, "yes", "answer")
+            timed_poll(lambda: _status(client, wf) == "SUCCESS")
+            lat.append((time.monotonic_ns() - t1) / 1e6)
+        before = len((root / "runs.txt").read_text().splitlines())
+        ctx = multiprocessing.get_context("fork")
+        for _ in range(params.w3_duplicate_trials):
+            wf = client.enqueue({"queue_name": QUEUE, "workflow_name": "ask"}).get_workflow_id()
+            timed_poll(lambda: _status(client, wf) == "PENDING")
+            time.sleep(0.01)
+            barrier = ctx.Barrier(2)
+            procs = [ctx.Process(target=_send_at, args=((str(root), wf, barrier),)) for _ in range(2)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join(60)
+            timed_poll(lambda: _status(client, wf) == "SUCCESS")
+        time.sleep(0.05)
+        runs = len((root / "runs.txt").read_text().splitlines()) - before
+        out["W3"] = {**summarize(lat), "duplicates": runs - params.w3_duplicate_trials,
+                     "duplicate_trials": params.w3_duplicate_trials}
+        summary = _stop(root, proc)
+        proc = None
+        if "maxrss_kb" in summary:
+            out["W4"] = {"rss_mb": summary["maxrss_kb"] / 1024, "note": "peak over the whole run, not W1 only"}
+        client.destroy()
+        return out
+    finally:
+        if proc is not None:
+            _stop(root, proc)
+        shutil.rmtree(root, ignore_errors=True)

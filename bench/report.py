@@ -1,0 +1,149 @@
+"""The printed table, the ours/peer ratios and the targets (met / not met): printed, never asserted."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from bench.common import ratio
+
+# (key, label, getter, unit, higher is better)
+ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str, bool]] = [
+    ("W1", "W1 throughput", lambda r: r.get("W1", {}).get("jobs_per_s"), "jobs/s", True),
+    ("W2", "W2 submit->visible P50", lambda r: r.get("W2", {}).get("p50"), "ms", False),
+    ("W2", "W2 submit->visible P95", lambda r: r.get("W2", {}).get("p95"), "ms", False),
+    ("W2", "W2 submit->visible P99", lambda r: r.get("W2", {}).get("p99"), "ms", False),
+    ("W3", "W3 resume->visible P50", lambda r: r.get("W3", {}).get("p50"), "ms", False),
+    ("W3", "W3 resume->visible P95", lambda r: r.get("W3", {}).get("p95"), "ms", False),
+    ("W3", "W3 resume->visible P99", lambda r: r.get("W3", {}).get("p99"), "ms", False),
+    ("W3", "W3 duplicate executions", lambda r: r.get("W3", {}).get("duplicates"), "", False),
+    ("W4", "W4 worker peak RSS", lambda r: r.get("W4", {}).get("rss_mb"), "MB", False),
+]
+WORKLOADS = ("W1", "W2", "W3", "W4", "terminal", "scale", "coldstart", "floor")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+    return str(value)
+
+
+def _cell(result: dict[str, Any], key: str, get: Callable[[dict[str, Any]], Any]) -> str:
+    if "error" in result:
+        return "error"
+    if "na" in result.get(key, {}):
+        return "n/a"
+    return _fmt(get(result))
+
+
+def table(results: dict[str, Any]) -> str:
+    systems = list(results["systems"])
+    head = "| workload | unit | " + " | ".join(systems) + " |"
+    lines = [head, "|---|---|" + "---:|" * len(systems)]
+    for key, label, get, unit, _hib in ROWS:
+        lines.append(f"| {label} | {unit} | " + " | ".join(_cell(results["systems"][s], key, get) for s in systems) + " |")
+    out = ["\n".join(lines)]
+    ratios = ratio_lines(results)
+    if ratios:
+        out.append("ours / peer (> 1 means ours is ahead):\n" + "\n".join(ratios))
+    notes = []
+    for name, r in results["systems"].items():
+        if r.get("note"):
+            notes.append(f"- {name}: {r['note']}" + ("" if r.get("durable", True) else "  [NOT DURABLE]"))
+        if "error" in r:
+            notes.append(f"- {name}: error: {r['error']}")
+        for key in ("W1", "W2", "W3", "W4"):
+            if "na" in r.get(key, {}):
+                notes.append(f"- {name} {key}: n/a: {r[key]['na']}")
+    if notes:
+        out.append("notes:\n" + "\n".join(dict.fromkeys(notes)))
+    ours = results["systems"].get("ours", {})
+    extra = []
+    if "terminal" in ours:
+        t = ours["terminal"]
+        extra.append(f"terminal latency (handler return -> durable + visible): P50 {t['p50']:.2f} ms, "
+                     f"P95 {t['p95']:.2f} ms, P99 {t['p99']:.2f} ms, max {t['max']:.2f} ms (n={t['n']})")
+    sc = results.get("scale")
+    if sc:
+        for size, v in sc["sizes"].items():
+            extra.append(f"scale {int(size):>7} finished jobs: claim P50 {v['claim_ms']['p50']:.2f} ms "
+                         f"(P99 {v['claim_ms']['p99']:.2f}), status P50 {v['status_ms']['p50']:.2f} ms "
+                         f"(P99 {v['status_ms']['p99']:.2f})")
+        m = sc["metrics"]
+        cold = f"{m['cold_s']:.2f} s" if m.get("cold_s") is not None else "not measured"
+        extra.append(f"metrics on {m['jobs']} jobs: cold (--rebuild) {cold}, warm {m['warm_s']:.2f} s (process wall time)")
+        v = sc["verify"]
+        extra.append(f"verify: {v['events_per_s']:,.0f} events/s ({v['events']} events, {v['jobs']} jobs, process wall time)")
+        c = sc["coldstart"]
+        extra.append(f"status cold start: {c['status_ms']:.0f} ms (python -c pass: {c['python_startup_ms']:.0f} ms)")
+    fl = results.get("floor")
+    if fl and "error" not in fl:
+        extra.append("physical floors (plain Python, this disk and CPU; P50 / P99 us): " + ", ".join(
+            f"{k} {v['p50_us']:.0f} / {v['p99_us']:.0f}" for k, v in fl.items() if isinstance(v, dict)))
+    if extra:
+        out.append("\n".join(extra))
+    out.append(targets_text(results))
+    return "\n\n".join(out)
+
+
+def ratio_lines(results: dict[str, Any]) -> list[str]:
+    ours = results["systems"].get("ours")
+    if not ours:
+        return []
+    lines = []
+    for key, label, get, _unit, hib in ROWS:
+        if key == "W3" and label.endswith("executions"):
+            continue
+        parts = []
+        for name, r in results["systems"].items():
+            if name == "ours" or "error" in r or "na" in r.get(key, {}):
+                continue
+            x = ratio(get(ours), get(r), hib)
+            if x is not None:
+                parts.append(f"{name} {x:.2f}x")
+        if parts:
+            lines.append(f"- {label}: " + ", ".join(parts))
+    return lines
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target with its measurement and met / not met (None when not measured in this run)."""
+    ours = results["systems"].get("ours", {})
+    peers = {n: r for n, r in results["systems"].items() if n != "ours" and r.get("durable", True) and "error" not in r}
+    sc = results.get("scale") or {}
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, measured: Any, met: bool | None) -> None:
+        out.append({"target": name, "measured": measured, "met": met})
+
+    t = ours.get("terminal")
+    add("terminal latency P99 <= 2 ms", t and round(t["p99"], 3), t and t["p99"] <= 2.0)
+    w1 = ours.get("W1", {}).get("jobs_per_s")
+    best = max(((r.get("W1", {}).get("jobs_per_s") or 0, n) for n, r in peers.items()), default=(0, None))
+    add("W1 ahead of every durable peer", w1 and f"{w1:.0f} jobs/s vs best {best[1]} {best[0]:.0f}",
+        (w1 > best[0]) if w1 and best[1] else None)
+    w2 = ours.get("W2")
+    add("W2 P99 <= 3 ms", w2 and round(w2["p99"], 3), w2 and w2["p99"] <= 3.0)
+    w3 = ours.get("W3")
+    add("W3 P99 <= 5 ms, 0 duplicates", w3 and f"{w3['p99']:.2f} ms, {w3['duplicates']} duplicates",
+        w3 and w3["p99"] <= 5.0 and w3["duplicates"] == 0)
+    g = sc.get("growth")
+    add("claim at largest size within 1.2x of smallest (P50)", g and round(g["claim_p50"], 2), g and g["claim_p50"] <= 1.2)
+    add("status at largest size within 1.2x of smallest (P50)", g and round(g["status_p50"], 2),
+        g and g["status_p50"] <= 1.2)
+    m = sc.get("metrics")
+    add("metrics on 100k jobs <= 1 s warm", m and f"{m['warm_s']:.2f} s on {m['jobs']} jobs",
+        (m["warm_s"] <= 1.0 if m["jobs"] >= 100000 else None) if m else None)
+    c = sc.get("coldstart")
+    add("status cold start <= 150 ms", c and round(c["status_ms"], 1), c and c["status_ms"] <= 150)
+    w4 = ours.get("W4")
+    add("worker RSS <= 40 MB", w4 and round(w4["rss_mb"], 1), w4 and w4["rss_mb"] <= 40)
+    return out
+
+
+def targets_text(results: dict[str, Any]) -> str:
+    lines = ["targets:"]
+    for t in results.get("targets") or targets(results):
+        verdict = {True: "met", False: "NOT MET", None: "not measured at this size"}[t["met"]]
+        lines.append(f"- {t['target']}: {verdict} ({t['measured'] if t['measured'] is not None else '-'})")
+    return "\n".join(lines)

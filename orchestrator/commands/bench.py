@@ -1,0 +1,43 @@
+"""``orchestrator bench-terminal-latency`` (runbook: ``scripts/bench_terminal_latency.py``): the v1.2.3 gate."""
+from __future__ import annotations
+
+import json
+import click
+
+from orchestrator.cli import CONTEXT, Output, cli
+from orchestrator.security import sanitize_text
+
+EXIT_GATE_FAILED = 13
+
+
+@cli.command("bench-terminal-latency", context_settings=CONTEXT)
+@click.option("--samples", type=click.IntRange(min=1), default=1000, show_default=True, help="Jobs measured.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the payload sizes (reproducible runs).")
+@click.option("--raw-output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write one JSON line per sample (latency_ms and its components) to this file.")
+@click.option("--report", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the Markdown report (P50/P95/P99/max, PASS/FAIL, machine, settings) to this file.")
+@click.option("--base-path", envvar="BASE_PATH", show_envvar=True, default=None, type=click.Path(file_okay=False),
+              help="Disk to measure: the scratch project is created here.  [default: a temporary folder]")
+@click.option("--project-id", default=None,
+              help="Project to write the benchmark jobs into, kept afterwards. PROJECT_ID from the environment is "
+                   "deliberately not used: by default a scratch project is created and deleted.")
+@click.option("--keep", is_flag=True, help="Keep the scratch project (to inspect the events).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def bench_terminal_latency(samples: int, seed: int, raw_output: str | None, report: str | None, base_path: str | None,
+                           project_id: str | None, keep: bool, as_json: bool) -> None:
+    """Terminal latency: handler return -> terminal state durable and visible to a separate reader.
+
+    Runs a real worker process and reads each job as `status` would. Exits 0 when the release gate
+    (P95 <= 80 ms, P99 <= 150 ms) passes, 13 when it fails; our own target (P99 <= 2 ms) is reported.
+    """
+    from orchestrator import terminal_bench as tb
+
+    out = Output(as_json)
+    result = tb.execute(samples, seed, base_path, project_id, raw_output, report, keep,
+                        progress=lambda m: click.echo(m, err=True))
+    if as_json:
+        click.echo(sanitize_text(json.dumps(result, default=str)))
+    else:
+        out.emit(result, tb.text_summary(result))
+    click.get_current_context().exit(0 if result["verdicts"]["gate"] else EXIT_GATE_FAILED)

@@ -1,0 +1,272 @@
+"""Measuring how long a result takes to become durable and visible: the harness behind the benchmarks.
+
+Used by ``scripts/bench_terminal_latency.py`` (the release gate) and by the ``bench`` suite
+(W1-W4). Three processes take part, as in production:
+
+* a real worker (``Worker.run``) in its own process, which reports, for every run it records,
+  the moment its outcome append returned (after ``fdatasync``; stamped at the named point
+  ``append.after_event``) on a pipe;
+* the handler, forked by that worker as always, which stamps the moment it returns its
+  terminal payload (``time.monotonic_ns``: CLOCK_MONOTONIC is one clock for every process);
+* this process, the *separate reader*: it waits on inotify for the job's events file to be
+  closed after a write and re-reads the job from disk each time (read, verify every signature
+  and the chain, replay), exactly what ``status`` does. Nothing is cached between reads.
+
+Terminal latency of one job = ``max(durable, visible) - returned``: the result counts only once
+it is both fsynced by the writer and seen by the reader.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+TERMINAL_STATES = frozenset({"succeeded", "failed", "awaiting_audit", "waiting_human", "cancelled"})
+ECHO_KIND = "orchestrator.latency:echo_handler"
+ASK_KIND = "orchestrator.latency:ask_handler"
+NOOP_KIND = "orchestrator.latency:noop_handler"
+DEFINITION = ("from the handler returning its terminal payload (stamped in the handler's process) to the "
+              "terminal state being both durable (the worker's outcome append returned after fdatasync) and "
+              "visible to a separate reader process (a fresh read of the events file: every signature and "
+              "the chain verified, the state replayed)")
+
+
+# -- handlers (run in the worker's forked child, named as module:function kinds) -------------------
+def echo_handler(ctx: Any) -> dict[str, Any]:
+    """Returns at once; ``returned_ns`` is the last thing computed before the payload leaves the handler."""
+    pad = ctx.input.get("pad", 0) if isinstance(ctx.input, dict) else 0
+    return {"status": "done", "summary": "bench", "output": {"pad": "x" * pad, "returned_ns": time.monotonic_ns()}}
+
+
+def ask_handler(ctx: Any) -> dict[str, Any]:
+    """Human in the loop: asks once, finishes with the answer."""
+    if not ctx.answers:
+        return {"status": "needs_human", "summary": "bench asks", "question": "go?",
+                "output": {"returned_ns": time.monotonic_ns()}}
+    return {"status": "done", "summary": f"answered {ctx.answers[-1]}", "output": {"returned_ns": time.monotonic_ns()}}
+
+
+def noop_handler(ctx: Any) -> dict[str, Any]:
+    return {"status": "done", "summary": "noop"}
+
+
+# -- the worker process --------------------------------------------------------------------------
+def peak_rss_kb() -> int:
+    """This process's peak resident set: ``VmHWM`` (reset by exec), not ``ru_maxrss``, which Linux carries
+    over from the parent across fork + exec and so reports the launcher's size for a small child."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss // 1024 if sys.platform == "darwin" else rss
+
+
+def _worker_main() -> None:
+    """Entry of the worker process: ``Worker.run`` reporting each recorded outcome as a JSON line."""
+    from orchestrator import faults
+    from orchestrator.api import Orchestrator
+
+    cfg = json.loads(os.environ["ORCH_BENCH_WORKER"])
+    orch = Orchestrator(base_path=cfg["base_path"], project_id=cfg["project_id"])
+    worker = orch.worker(lease_seconds=cfg.get("lease_seconds", 30.0), worker_id="bench-worker")
+    out = sys.stdout
+    appended: list[int] = []
+
+    def stamp() -> None:  # "append.after_event": Orchestrator.append's store append returned (after fdatasync)
+        appended.append(time.monotonic_ns())
+        faults.arm("append.after_event", stamp)  # a named point fires once per arming
+
+    faults.arm("append.after_event", stamp)
+
+    def report(result: Any) -> None:
+        # the outcome is the worker's last append before it reports the run
+        durable = appended[-1] if appended else time.monotonic_ns()
+        out.write(json.dumps({"job_id": result.job_id, "outcome": result.outcome, "state": result.state,
+                              "durable_ns": durable}) + "\n")
+        out.flush()
+
+    out.write(json.dumps({"ready": True}) + "\n")
+    out.flush()
+    started = time.perf_counter()
+    first: list[float] = []
+
+    def timed_report(result: Any) -> None:
+        if not first:
+            first.append(time.perf_counter())
+        report(result)
+
+    with worker.handle_signals():
+        done = worker.run(max_jobs=cfg.get("max_jobs"), idle_exit=cfg.get("idle_exit", False), on_result=timed_report)
+    elapsed = time.perf_counter() - started
+    out.write(json.dumps({"summary": True, "done": done, "elapsed_s": elapsed, "maxrss_kb": peak_rss_kb()}) + "\n")
+    out.flush()
+
+
+@dataclass
+class WorkerProcess:
+    """A real worker in another process; ``durable[job_id]`` lists the moments its outcomes were fsynced."""
+
+    base_path: str
+    project_id: str
+    env: dict[str, str]
+    max_jobs: int | None = None
+    idle_exit: bool = False
+    durable: dict[str, list[int]] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    proc: subprocess.Popen[str] | None = None
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def start(self) -> "WorkerProcess":
+        cfg = {"base_path": self.base_path, "project_id": self.project_id, "max_jobs": self.max_jobs,
+               "idle_exit": self.idle_exit}
+        env = dict(self.env, ORCH_BENCH_WORKER=json.dumps(cfg))
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen([sys.executable, "-c", "from orchestrator.latency import _worker_main; _worker_main()"],
+                                     env=env, stdout=subprocess.PIPE, text=True, bufsize=1)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the benchmark worker did not start (exit {self.proc.wait()})")
+        threading.Thread(target=self._pump, daemon=True).start()
+        return self
+
+    def _pump(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            msg = json.loads(line)
+            with self._cond:
+                if msg.get("summary"):
+                    self.summary = msg
+                else:
+                    self.durable.setdefault(msg["job_id"], []).append(msg["durable_ns"])
+                self._cond.notify_all()
+
+    def wait_durable(self, job_id: str, count: int, timeout: float = 30.0) -> int:
+        """The moment the ``count``-th outcome of ``job_id`` was durable (monotonic ns)."""
+        with self._cond:
+            ok = self._cond.wait_for(lambda: len(self.durable.get(job_id, ())) >= count, timeout)
+            if not ok:
+                raise TimeoutError(f"the worker recorded no outcome #{count} for job {job_id} within {timeout}s")
+            return self.durable[job_id][count - 1]
+
+    def stop(self, timeout: float = 30.0) -> dict[str, Any]:
+        if self.proc is None:
+            return self.summary
+        if self.proc.poll() is None and not self.idle_exit:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        deadline = time.monotonic() + 5
+        with self._cond:
+            self._cond.wait_for(lambda: bool(self.summary) or time.monotonic() > deadline, 5)
+        return self.summary
+
+
+# -- the separate reader --------------------------------------------------------------------------
+class Reader:
+    """Sees job states as any other process would: a fresh read and full verification per look."""
+
+    POLL = 0.0005  # without inotify: appends do not change the folder's mtime, so poll the job itself
+
+    def __init__(self, orch: Any) -> None:
+        from orchestrator.wakeup import InotifyWatcher, make_watcher
+
+        self.orch = orch
+        jobs_dir = Path(orch.store.root) / "queue" / "jobs"
+        jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.watcher = make_watcher(jobs_dir)  # IN_CLOSE_WRITE: an appender closes only after its fsync
+        self.inotify = isinstance(self.watcher, InotifyWatcher)
+
+    def wait_for(self, job_id: str, states: Iterable[str], timeout: float = 30.0,
+                 accept: Callable[[Any], bool] | None = None) -> tuple[Any, int]:
+        """Block until the job is in one of ``states``; returns its status and when it was seen."""
+        from orchestrator.errors import JobNotFoundError
+
+        wanted = frozenset(states)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                st = self.orch.status(job_id)
+            except JobNotFoundError:
+                st = None
+            if st is not None and st.state in wanted and (accept is None or accept(st)):
+                return st, time.monotonic_ns()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"job {job_id} did not reach {sorted(wanted)} within {timeout}s "
+                                   f"(last seen: {st.state if st else None})")
+            if self.inotify:
+                self.watcher.wait(min(left, 0.25))
+            else:
+                time.sleep(self.POLL)
+
+    def close(self) -> None:
+        self.watcher.close()
+
+
+# -- statistics -------------------------------------------------------------------------------------
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (the value at or above which ``100 - p`` % of samples lie)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * p // 100))
+    return ordered[int(min(rank, len(ordered))) - 1]
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    return {"n": len(values), "p50": percentile(values, 50), "p95": percentile(values, 95),
+            "p99": percentile(values, 99), "max": max(values) if values else float("nan"),
+            "mean": sum(values) / len(values) if values else float("nan")}
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (no host names, no user names)."""
+    import platform
+
+    info: dict[str, Any] = {"python": f"{platform.python_implementation()} {platform.python_version()}",
+                            "os": f"{platform.system()} {platform.release()}", "arch": platform.machine(),
+                            "cpus": os.cpu_count()}
+    try:
+        info["loadavg_1m_5m_15m"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
+        if names:
+            info["cpu"] = names[0]
+    except OSError:
+        pass
+    return info
+
+
+def filesystem_of(path: Path) -> str:
+    """The mount (device and type) holding ``path``, from /proc/mounts when there is one."""
+    try:
+        target = str(Path(path).resolve())
+        best = ("", "?", "?")
+        with open("/proc/mounts") as fh:
+            for ln in fh:
+                dev, mnt, fstype = ln.split()[:3]
+                if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[0]):
+                    best = (mnt, dev, fstype)
+        return f"{best[2]} on {best[1]} (mounted at {best[0]})"
+    except OSError:
+        return "unknown"
