@@ -12,7 +12,7 @@ Submits ``--jobs`` no-op jobs, then runs them with one in-process worker, and re
   into durable ones (``synchronous_commit = on``: the commit waits for the WAL flush) and
   hint-only ones that opted out (``synchronous_commit = off``);
 * ``statements``: statements sent; ``round_trips``: statements sent outside a pipeline plus one
-  per pipeline synchronisation (an approximation of waits for the server);
+  per fetch inside a pipeline and one per pipeline (an approximation of waits for the server);
 * ``jobs_per_s``: W1 throughput of this single in-process worker (no process start-up).
 """
 from __future__ import annotations
@@ -139,6 +139,15 @@ def instrument() -> None:
 
     psycopg.Cursor.execute = cur_execute  # type: ignore[method-assign]
     psycopg.Cursor.executemany = executemany  # type: ignore[method-assign]
+    for name in ("fetchone", "fetchall", "fetchmany"):  # in a pipeline, a fetch waits for the server
+        real_fetch = getattr(psycopg.Cursor, name)
+
+        def fetch(self: Any, *a: Any, _real: Any = real_fetch, **kw: Any) -> Any:
+            if state(self.connection)["pipe"]:
+                COUNTS.round_trips += 1
+            return _real(self, *a, **kw)
+
+        setattr(psycopg.Cursor, name, fetch)
     psycopg.Connection.transaction = transaction  # type: ignore[method-assign]
     psycopg.Connection.pipeline = pipeline  # type: ignore[method-assign]
 

@@ -43,6 +43,11 @@ def _key(job_id: str, epoch: int) -> str:
     return f"{job_id}.{epoch}"
 
 
+def lease_aux(job_id: str, epoch: int, lease: Lease | None) -> dict[tuple[str, str], bytes | None]:
+    """The lease record of (job, epoch) as an ``aux`` write of an append (None drops it)."""
+    return {(LEASES_AREA, _key(job_id, epoch)): lease.to_json() if lease is not None else None}
+
+
 def write_lease(store: EventStore, lease: Lease) -> None:
     """Replace the lease record of this (job, epoch) atomically."""
     store.put_aux(LEASES_AREA, _key(lease.job_id, lease.epoch), lease.to_json())

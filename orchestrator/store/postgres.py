@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from orchestrator import faults
 from orchestrator.errors import ConcurrencyError, ConfigError, LeaseLostError, StorageError
 from orchestrator.security import sanitize_text, validate_id
-from orchestrator.store.base import AUDIT_STREAM, Builder, EventStore, Head, StoredLine
+from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, StoredLine
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,21 @@ SCHEMES = ("postgresql", "postgres")
 _IDLE_CONNECTIONS = 4  # kept open per store; more are opened on demand and closed after use
 FENCED_SQLSTATE = "OF001"  # raised by the orch_streams_fence trigger (migrations/0002_claiming.sql)
 InTransaction = Callable[[Any], None]
+
+# Locks the stream's row and returns its head in one statement, creating the row if needed. The
+# no-op update (not of ``fence``: its trigger does not fire) is what takes the row lock, and after
+# waiting for another writer it returns the row as that writer committed it.
+_LOCK_HEAD = ("INSERT INTO orch_streams AS s (project, stream) VALUES (%s, %s) "
+              "ON CONFLICT (project, stream) DO UPDATE SET seq = s.seq RETURNING s.seq, s.last_line")
+_INSERT_LINES = ("INSERT INTO orch_events (project, stream, seq, line) "
+                 "SELECT %s, %s, n, l FROM unnest(%s::bigint[], %s::bytea[]) AS t(n, l)")
+_MOVE_HEAD = ("UPDATE orch_streams SET seq = %s, last_line = %s, fence = coalesce(%s, fence) "
+              "WHERE project = %s AND stream = %s")
+_PUT_AUX_MANY = ("INSERT INTO orch_aux (project, area, key, data) "
+                 "SELECT %s, a, k, d FROM unnest(%s::text[], %s::text[], %s::bytea[]) AS t(a, k, d) "
+                 "ON CONFLICT (project, area, key) DO UPDATE SET data = EXCLUDED.data")
+_DROP_AUX_MANY = ("DELETE FROM orch_aux USING unnest(%s::text[], %s::text[]) AS t(a, k) "
+                  "WHERE project = %s AND area = t.a AND key = t.k")
 
 
 def is_postgres_url(url: str | None) -> bool:
@@ -62,6 +77,8 @@ def connect(url: str, *, autocommit: bool = False) -> Any:
 
 class PostgresStore(EventStore):
     """One project's streams in a PostgreSQL database (schema from ``orchestrator db migrate``)."""
+
+    atomic_aux = True  # ``append(..., aux=...)`` writes the records in the lines' transaction
 
     def __init__(self, url: str, project: str = "default") -> None:
         if not is_postgres_url(url):
@@ -150,39 +167,56 @@ class PostgresStore(EventStore):
             pending[stream] = fn
 
     def append(self, stream: str, build: Builder, expected_seq: int | None = None,
-               fence: int | None = None) -> Head:
+               fence: int | None = None, aux: AuxWrites | None = None) -> Head:
+        """``EventStore.append`` in one transaction and two round trips.
+
+        The first locks the stream's row and reads its head (``BEGIN`` and one upsert that
+        creates the row if needed); the second, pipelined, sends the lines, the new head, the
+        ``aux`` records, the statements ``attach``-ed to this stream, and ``COMMIT``: all of them
+        commit together, durably, or none does.
+        """
         self._check_stream(stream)
         extra = self._attached.__dict__.get("by_stream", {}).pop(stream, None)
+        p = self.project
 
         def tx(conn: Any) -> Head:
-            conn.execute("INSERT INTO orch_streams (project, stream) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                         (self.project, stream))
-            seq, last = conn.execute("SELECT seq, last_line FROM orch_streams WHERE project = %s AND stream = %s "
-                                     "FOR UPDATE", (self.project, stream)).fetchone()
-            head = Head(seq, bytes(last))
-            if expected_seq is not None and expected_seq != head.seq:
-                raise ConcurrencyError(f"{stream}: expected {expected_seq} events, found {head.seq}",
-                                       stream=stream, expected=expected_seq, found=head.seq)
-            new = [bytes(line) for line in build(head)]
-            if not new:
-                return head
-            if any(b"\n" in line for line in new):
-                raise ValueError("a line must not contain a newline")
-            rows = [(self.project, stream, head.seq + i, line) for i, line in enumerate(new, 1)]
-            with conn.cursor() as cur:
-                cur.executemany("INSERT INTO orch_events (project, stream, seq, line) VALUES (%s, %s, %s, %s)", rows)
-            # the fence trigger refuses an epoch lower than the stream's (a superseded worker)
-            conn.execute("UPDATE orch_streams SET seq = %s, last_line = %s, fence = coalesce(%s, fence) "
-                         "WHERE project = %s AND stream = %s",
-                         (head.seq + len(new), new[-1], fence, self.project, stream))
-            if extra is not None:
-                extra(conn)
-            faults.point("pg.append.before_commit")
-            return Head(head.seq + len(new), new[-1])
+            with conn.pipeline():
+                with conn.transaction():
+                    seq, last = conn.execute(_LOCK_HEAD, (p, stream)).fetchone()
+                    head = Head(seq, bytes(last))
+                    if expected_seq is not None and expected_seq != head.seq:
+                        raise ConcurrencyError(f"{stream}: expected {expected_seq} events, found {head.seq}",
+                                               stream=stream, expected=expected_seq, found=head.seq)
+                    new = [bytes(line) for line in build(head)]
+                    if not new:
+                        return head
+                    if any(b"\n" in line for line in new):
+                        raise ValueError("a line must not contain a newline")
+                    new_head = Head(head.seq + len(new), new[-1])
+                    conn.execute(_INSERT_LINES, (p, stream, list(range(head.seq + 1, new_head.seq + 1)), new))
+                    # the fence trigger refuses an epoch lower than the stream's (a superseded worker)
+                    conn.execute(_MOVE_HEAD, (new_head.seq, new_head.last_line, fence, p, stream))
+                    if aux is not None:
+                        self._aux_in_transaction(conn, aux(new_head))
+                    if extra is not None:
+                        extra(conn)
+                    faults.point("pg.append.before_commit")
+                    return new_head
 
-        result = self._run(tx, transaction=True)
+        result = self._run(tx)
         faults.point("pg.append.after_commit")
         return result
+
+    def _aux_in_transaction(self, conn: Any, records: Any) -> None:
+        put = [(area, key, bytes(data)) for (area, key), data in records.items() if data is not None]
+        drop = [(area, key) for (area, key), data in records.items() if data is None]
+        for area, key in records:
+            validate_id(area, "aux area")
+            validate_id(key, "aux key")
+        if put:
+            conn.execute(_PUT_AUX_MANY, (self.project, [r[0] for r in put], [r[1] for r in put], [r[2] for r in put]))
+        if drop:
+            conn.execute(_DROP_AUX_MANY, ([r[0] for r in drop], [r[1] for r in drop], self.project))
 
     def read(self, stream: str, from_seq: int = 1) -> list[StoredLine]:
         self._check_stream(stream)
