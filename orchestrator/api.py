@@ -176,9 +176,9 @@ class Orchestrator:
     def load(self, job_id: str) -> JobView:
         """Read, verify and replay one job. Raises ``JobNotFoundError`` for an unknown id."""
         validate_id(job_id, "job id")
-        # The head record is read BEFORE the events: it is written after its events are durable,
-        # so a writer racing this read can only make the events longer than the record, never
-        # shorter (which would look like a cut history: TRUNCATED).
+        # The head record is read BEFORE the events: it is written after its events are durable
+        # (or with them, on PostgreSQL), so a writer racing this read can only make the events
+        # longer than the record, never shorter (which would look like a cut history: TRUNCATED).
         head_raw = self.store.get_aux(HEADS_AREA, job_id)
         lines = self.store.read(job_id)
         if not lines:
