@@ -179,8 +179,7 @@ class Orchestrator:
         # The head record is read BEFORE the events: it is written after its events are durable
         # (or with them, on PostgreSQL), so a writer racing this read can only make the events
         # longer than the record, never shorter (which would look like a cut history: TRUNCATED).
-        head_raw = self.store.get_aux(HEADS_AREA, job_id)
-        lines = self.store.read(job_id)
+        head_raw, lines = self.store.read_with_aux(job_id, HEADS_AREA, job_id)
         if not lines:
             raise JobNotFoundError(f"no job {job_id!r} in project {self.project_id!r}", job_id=job_id)
         return self._view(job_id, verify_stream(job_id, lines, self.keyring), head_raw)

@@ -74,6 +74,13 @@ class EventStore(ABC):
         never returned. Lines are returned as stored, not validated.
         """
 
+    def read_with_aux(self, stream: str, area: str, key: str) -> tuple[bytes | None, list[StoredLine]]:
+        """``get_aux(area, key)`` and then ``read(stream)``: the record is read first, so an append
+        racing this call can only make the lines longer than a head record says, never shorter.
+        PostgreSQL reads both in one statement (one snapshot, one round trip)."""
+        record = self.get_aux(area, key)
+        return record, self.read(stream)
+
     @abstractmethod
     def job_ids(self) -> Iterator[str]:
         """Every job stream that holds at least one line, in no particular order."""

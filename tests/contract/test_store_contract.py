@@ -177,3 +177,12 @@ def test_a_refused_or_empty_append_writes_none_of_its_aux_records(store: EventSt
         store.append("job-1", lambda h: lines(h, "b"), expected_seq=0, aux=records)
     store.append("job-1", lambda h: [], aux=records)
     assert called == [] and store.get_aux("heads", "job-1") is None
+
+
+def test_read_with_aux_returns_the_record_and_the_stream_together(store: EventStore) -> None:
+    assert store.read_with_aux("job-1", "heads", "job-1") == (None, [])
+    append(store, "job-1", "a", "b")
+    assert store.read_with_aux("job-1", "heads", "job-1") == (None, store.read("job-1"))
+    store.put_aux("heads", "job-1", b"head")
+    record, got = store.read_with_aux("job-1", "heads", "job-1")
+    assert record == b"head" and [s.seq for s in got] == [1, 2] and got == store.read("job-1")
