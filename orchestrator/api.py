@@ -16,7 +16,7 @@ import secrets
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from orchestrator import clock, faults
 from orchestrator.config import Settings, default_actor
@@ -176,11 +176,10 @@ class Orchestrator:
     def load(self, job_id: str) -> JobView:
         """Read, verify and replay one job. Raises ``JobNotFoundError`` for an unknown id."""
         validate_id(job_id, "job id")
-        # The head record is read BEFORE the events: it is written after its events are durable,
-        # so a writer racing this read can only make the events longer than the record, never
-        # shorter (which would look like a cut history: TRUNCATED).
-        head_raw = self.store.get_aux(HEADS_AREA, job_id)
-        lines = self.store.read(job_id)
+        # The head record is read BEFORE the events: it is written after its events are durable
+        # (or with them, on PostgreSQL), so a writer racing this read can only make the events
+        # longer than the record, never shorter (which would look like a cut history: TRUNCATED).
+        head_raw, lines = self.store.read_with_aux(job_id, HEADS_AREA, job_id)
         if not lines:
             raise JobNotFoundError(f"no job {job_id!r} in project {self.project_id!r}", job_id=job_id)
         return self._view(job_id, verify_stream(job_id, lines, self.keyring), head_raw)
@@ -231,13 +230,19 @@ class Orchestrator:
     # -- writing ----------------------------------------------------------------------------
     def append(self, view: JobView | None, job_id: str, new: Sequence[tuple[str, dict[str, Any]]], *,
                run_id: str | None = None, actor: str | None = None, now: float | None = None,
-               audit: tuple[str, str] | None = None, fence: int | None = None) -> JobView:
+               audit: tuple[str, str] | None = None, fence: int | None = None,
+               aux: Mapping[tuple[str, str], bytes | None] | None = None) -> JobView:
         """Append events ``(type, data)`` decided from ``view``; refuse a history that did not verify.
 
         Each event is validated against its model and against the state machine before anything
         is written. Raises ``ConcurrencyError`` if the job changed since ``view`` was read.
         ``audit=(action, note)`` also records an audit entry naming the last new event.
         ``fence`` is a worker's fencing epoch, checked by stores that can (``EventStore.append``).
+
+        The job's signed head record is written with the events, and so are the optional ``aux``
+        records (``(area, key) -> bytes``, None deletes; e.g. a lease): on a store with
+        ``atomic_aux`` (PostgreSQL) in the events' own transaction, so they are durable with the
+        events or absent with them; elsewhere (files) right after the events, head record first.
         """
         from orchestrator.events import validate_data
 
@@ -259,10 +264,24 @@ class Orchestrator:
         self.queue.before_append(job_id, old, state)
         # the pending lock spans event + entry, so a concurrent heal never writes the entry too
         with audit_log.pending(self, job_id) if audit is not None else contextlib.nullcontext():
-            new_head = self.store.append(job_id, lambda _h: lines, expected_seq=head.seq, fence=fence)
-            faults.point("append.after_event")
-            self.queue.after_append(job_id, old, state)
-            self.store.put_aux(HEADS_AREA, job_id, head_record(self.keyring, job_id, new_head))
+            if self.store.atomic_aux:  # one transaction: no crash can separate the events from their head
+                def with_events(new_head: Head) -> dict[tuple[str, str], bytes | None]:
+                    return {(HEADS_AREA, job_id): head_record(self.keyring, job_id, new_head), **(aux or {})}
+
+                new_head = self.store.append(job_id, lambda _h: lines, expected_seq=head.seq, fence=fence,
+                                             aux=with_events)
+                faults.point("append.after_event")
+                self.queue.after_append(job_id, old, state)
+            else:
+                new_head = self.store.append(job_id, lambda _h: lines, expected_seq=head.seq, fence=fence)
+                faults.point("append.after_event")
+                self.queue.after_append(job_id, old, state)
+                self.store.put_aux(HEADS_AREA, job_id, head_record(self.keyring, job_id, new_head))
+                for (area, key), data in (aux or {}).items():
+                    if data is None:
+                        self.store.delete_aux(area, key)
+                    else:
+                        self.store.put_aux(area, key, data)
             faults.point("append.after_head")
             if audit is not None:
                 audit_log.record(self, job_id=job_id, run_id=run_id, action=audit[0], note=audit[1],

@@ -3,7 +3,9 @@
 The claim event carries the first lease expiry. While the job runs, the worker renews the
 lease by atomically replacing one small record per (job, epoch) in the store's aux area
 ``leases`` (a file ``.orchestrator/leases/<job_id>.<epoch>`` on the file backend), every
-``lease_seconds / 3``. Keying by epoch means a paused ("zombie") worker that wakes up can
+``lease_seconds / 3``. On a store with ``atomic_aux`` (PostgreSQL) the first record is written in
+the claim's transaction and the last one deleted in the outcome's (``lease_aux``), so a short job
+costs no lease commit at all. Keying by epoch means a paused ("zombie") worker that wakes up can
 only rewrite its own, superseded record, never the lease of the worker that took over.
 
 A lease record is a derived cache like any other: a missing or unreadable one falls back to
@@ -41,6 +43,11 @@ class Lease:
 
 def _key(job_id: str, epoch: int) -> str:
     return f"{job_id}.{epoch}"
+
+
+def lease_aux(job_id: str, epoch: int, lease: Lease | None) -> dict[tuple[str, str], bytes | None]:
+    """The lease record of (job, epoch) as an ``aux`` write of an append (None drops it)."""
+    return {(LEASES_AREA, _key(job_id, epoch)): lease.to_json() if lease is not None else None}
 
 
 def write_lease(store: EventStore, lease: Lease) -> None:

@@ -34,7 +34,7 @@ from orchestrator.api import JobView, Orchestrator
 from orchestrator.errors import (ConcurrencyError, InvalidInputError, JobNotFoundError, LeaseLostError,
                                  MalformedPayloadError, PathEscapeError)
 from orchestrator.handlers import RunPaths, import_modules, resolve
-from orchestrator.leases import Lease, drop_lease, lease_expiry, write_lease
+from orchestrator.leases import Lease, drop_lease, lease_aux, lease_expiry, write_lease
 from orchestrator.payload import DONE, NEEDS_AUDIT, NEEDS_HUMAN, TerminalPayload, parse_payload
 from orchestrator.queue import ReadyEntry
 from orchestrator.runner import Child, tail, write_json_atomic
@@ -80,6 +80,7 @@ class Claim:
     view: JobView
     run_id: str
     epoch: int
+    leased: bool = False  # the first lease record was written with the claim event (atomic aux stores)
 
     @property
     def job_id(self) -> str:
@@ -176,13 +177,16 @@ class Worker:
         else:
             data.update(to="failed")
         data["error"] = sanitize_text(why)
+        atomic = self.orch.store.atomic_aux  # drop the dead run's lease in the same transaction
         try:
             self.orch.append(view, s.job_id, [("stale_recovered", data)], run_id=s.run_id, actor=self.actor,
                              now=now, audit=("stale_recovered", f"{why}; to {data['to']}"),
-                             fence=s.epoch + 1)  # supersedes the dead run's epoch
+                             fence=s.epoch + 1,  # supersedes the dead run's epoch
+                             aux=lease_aux(s.job_id, s.epoch, None) if atomic else None)
         except ConcurrencyError:
             return False  # another worker recovered it, or the run finished just now
-        drop_lease(self.orch.store, s.job_id, s.epoch)
+        if not atomic:
+            drop_lease(self.orch.store, s.job_id, s.epoch)
         log.warning("recovered stale job %s -> %s", s.job_id, data["to"],
                     extra={"job_id": s.job_id, "run_id": s.run_id, "stale_worker_id": s.worker_id})
         return True
@@ -250,14 +254,19 @@ class Worker:
         run_id, epoch = new_run_id(), s.epoch + 1
         data = {"worker_id": self.worker_id, "epoch": epoch, "attempt": s.attempt + 1,
                 "lease_expires_at": clock_mod.to_iso(now + self.settings.lease_seconds)}
+        # Where the store can write it in the claim's own transaction (PostgreSQL), the first lease
+        # record costs no commit of its own; elsewhere ``execute`` writes it when the run starts.
+        lease = None
+        if self.orch.store.atomic_aux:
+            lease = Lease(s.job_id, run_id, epoch, self.worker_id, os.getpid(), now + self.settings.lease_seconds, now)
         faults.point("worker.before_claim")
         try:
             claimed = self.orch.append(view, s.job_id, [("job_claimed", data)], run_id=run_id, actor=self.actor,
-                                       now=now, fence=epoch)
+                                       now=now, fence=epoch, aux=lease_aux(s.job_id, epoch, lease) if lease else None)
         except ConcurrencyError:
             return None  # another worker won this one
         faults.point("worker.after_claim")
-        return Claim(claimed, run_id, epoch)
+        return Claim(claimed, run_id, epoch, leased=lease is not None)
 
     def _refuse(self, view: JobView, entry: ReadyEntry, now: float) -> None:
         """A job whose history failed verification is never run: audit the refusal, drop its entry."""
@@ -284,7 +293,8 @@ class Worker:
         except PathEscapeError as exc:  # e.g. the job's artifact folder is a symlink out of the store
             paths = RunPaths.create(self.run_dir(claim.run_id), self.run_dir(claim.run_id) / "refused")
             return self._fail(claim, exc.code, exc.message, retryable=False, paths=paths)
-        self._renew(claim)
+        if not claim.leased:
+            self._renew(claim)
         try:
             handler = resolve(s.kind)
             if handler is None:
@@ -422,11 +432,13 @@ class Worker:
         """Append the outcome with the claim's expected sequence; refuse it if the lease was taken over."""
         faults.point("worker.before_outcome")
         view = claim.view
+        # the lease record goes with the outcome where the store can do both at once
+        drop = lease_aux(claim.job_id, claim.epoch, None) if self.orch.store.atomic_aux else None
         try:
             for _ in range(3):
                 try:
                     view = self.orch.append(view, claim.job_id, events, run_id=claim.run_id, actor=self.actor,
-                                            audit=audit, fence=claim.epoch)
+                                            audit=audit, fence=claim.epoch, aux=drop)
                     break
                 except ConcurrencyError:
                     view = self.orch.load(claim.job_id)
@@ -453,7 +465,8 @@ class Worker:
         return RunResult(claim.job_id, claim.run_id, "lease_lost", None, LeaseLostError.code, {"message": why})
 
     def _cleanup(self, claim: Claim, paths: RunPaths) -> None:
-        drop_lease(self.orch.store, claim.job_id, claim.epoch)
+        if not self.orch.store.atomic_aux:  # else dropped by the outcome's own transaction
+            drop_lease(self.orch.store, claim.job_id, claim.epoch)
         shutil.rmtree(paths.run_dir, ignore_errors=True)
 
     def _import_artifacts(self, s: JobState, target: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 AUDIT_STREAM = "@audit"
 
@@ -31,14 +31,19 @@ class StoredLine:
 
 
 Builder = Callable[[Head], Sequence[bytes]]
+# ``(area, key) -> new bytes``, or None to delete the record; given the stream's new head
+AuxWrites = Callable[[Head], Mapping[tuple[str, str], "bytes | None"]]
 
 
 class EventStore(ABC):
     """Append-only, per-stream ordered storage of lines."""
 
+    #: True when ``append(..., aux=...)`` writes the records in the lines' own transaction.
+    atomic_aux = False
+
     @abstractmethod
     def append(self, stream: str, build: Builder, expected_seq: int | None = None,
-               fence: int | None = None) -> Head:
+               fence: int | None = None, aux: AuxWrites | None = None) -> Head:
         """Append the lines ``build(head)`` returns, atomically and durably.
 
         Appends to one stream are serialised: ``build`` runs while the stream is locked, with
@@ -52,6 +57,13 @@ class EventStore(ABC):
         that can check it (PostgreSQL) refuses, with ``LeaseLostError``, an epoch lower than the
         highest one appended to the stream; the others rely on ``expected_seq`` and the worker's
         re-read (``docs/worker.md``).
+
+        ``aux`` (optional) is called with the new head once the lines are built and returns aux
+        records to write with them (``(area, key) -> bytes``, or None to delete one). Where
+        ``atomic_aux`` is true (PostgreSQL) they are part of the append's transaction: committed
+        and durable together with the lines, or, if the append fails, not written at all. The
+        other stores write them after the lines are durable, with ``put_aux`` semantics (a crash
+        in between leaves the lines without them). Not called when nothing is appended.
         """
 
     @abstractmethod
@@ -61,6 +73,13 @@ class EventStore(ABC):
         A torn tail (bytes after the last newline, left by a crash) is not a line and is
         never returned. Lines are returned as stored, not validated.
         """
+
+    def read_with_aux(self, stream: str, area: str, key: str) -> tuple[bytes | None, list[StoredLine]]:
+        """``get_aux(area, key)`` and then ``read(stream)``: the record is read first, so an append
+        racing this call can only make the lines longer than a head record says, never shorter.
+        PostgreSQL reads both in one statement (one snapshot, one round trip)."""
+        record = self.get_aux(area, key)
+        return record, self.read(stream)
 
     @abstractmethod
     def job_ids(self) -> Iterator[str]:
@@ -82,6 +101,14 @@ class EventStore(ABC):
         """Remove an auxiliary record; a missing one is fine. Default: blank it (readers treat b"" as none)."""
         if self.get_aux(area, key) is not None:
             self.put_aux(area, key, b"")
+
+    def _write_aux(self, records: Mapping[tuple[str, str], bytes | None]) -> None:
+        """Write ``aux`` records one by one (the non-atomic stores' way, after the lines)."""
+        for (area, key), data in records.items():
+            if data is None:
+                self.delete_aux(area, key)
+            else:
+                self.put_aux(area, key, data)
 
     def exists(self, stream: str) -> bool:
         return bool(self.read(stream)[:1])

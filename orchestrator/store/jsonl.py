@@ -20,7 +20,7 @@ from typing import Iterator
 from orchestrator import faults
 from orchestrator.errors import ConcurrencyError, IntegrityError, StorageError
 from orchestrator.security import validate_id
-from orchestrator.store.base import AUDIT_STREAM, Builder, EventStore, Head, StoredLine
+from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, StoredLine
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,13 @@ class JsonlStore(EventStore):
 
     # -- contract -----------------------------------------------------------------------------
     def append(self, stream: str, build: Builder, expected_seq: int | None = None,
-               fence: int | None = None) -> Head:
+               fence: int | None = None, aux: AuxWrites | None = None) -> Head:
+        new_head, appended = self._append(stream, build, expected_seq)
+        if appended and aux is not None:
+            self._write_aux(aux(new_head))  # after the lines are durable (files cannot do both at once)
+        return new_head
+
+    def _append(self, stream: str, build: Builder, expected_seq: int | None) -> tuple[Head, bool]:
         path = self.path(stream)
         fd, created = self._open_for_append(path)
         try:
@@ -138,7 +144,7 @@ class JsonlStore(EventStore):
                                        stream=stream, expected=expected_seq, found=head.seq)
             new = list(build(head))
             if not new:
-                return head
+                return head, False
             data = b"".join(line + b"\n" for line in new)
             if data.count(b"\n") != len(new):
                 raise ValueError("a line must not contain a newline")
@@ -156,7 +162,7 @@ class JsonlStore(EventStore):
                 raise StorageError(f"could not durably append to {path}: {os.strerror(exc.errno or errno.EIO)}; "
                                    "nothing was written", stream=stream) from None
             faults.point("store.append.after_fsync")
-            return Head(head.seq + len(new), new[-1])
+            return Head(head.seq + len(new), new[-1]), True
         finally:
             os.close(fd)  # releases the flock
 

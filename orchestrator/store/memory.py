@@ -5,7 +5,7 @@ import threading
 from typing import Iterator
 
 from orchestrator.errors import ConcurrencyError
-from orchestrator.store.base import AUDIT_STREAM, Builder, EventStore, Head, StoredLine
+from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, StoredLine
 
 
 class MemoryStore(EventStore):
@@ -15,7 +15,7 @@ class MemoryStore(EventStore):
         self._aux: dict[tuple[str, str], bytes] = {}
 
     def append(self, stream: str, build: Builder, expected_seq: int | None = None,
-               fence: int | None = None) -> Head:
+               fence: int | None = None, aux: AuxWrites | None = None) -> Head:
         with self._lock:
             lines = self._streams.get(stream, [])
             head = Head(len(lines), lines[-1] if lines else b"")
@@ -26,7 +26,10 @@ class MemoryStore(EventStore):
                 if b"\n" in line:
                     raise ValueError("a line must not contain a newline")
             self._streams[stream] = lines + new
-            return Head(head.seq + len(new), new[-1] if new else head.last_line)
+            new_head = Head(head.seq + len(new), new[-1] if new else head.last_line)
+        if new and aux is not None:
+            self._write_aux(aux(new_head))
+        return new_head
 
     def read(self, stream: str, from_seq: int = 1) -> list[StoredLine]:
         with self._lock:

@@ -38,6 +38,33 @@ CANDIDATES = 8  # due rows returned besides the reserved one, tried if the reser
 LISTEN_FALLBACK_SECONDS = 10.0  # an idle wait never lasts longer, even if a NOTIFY were lost
 
 
+# One statement, one round trip: reserve the first due, unreserved row (SKIP LOCKED), and list
+# the other due rows, the next not-yet-due one and the next lapsing reservation. A reservation is
+# a hint, never an acknowledged event, so its commit does not wait for the WAL flush
+# (``synchronous_commit`` off for this transaction only): a crash can only forget a reservation,
+# which at worst lets two workers try the same job, and the append still decides.
+_CANDIDATES = """
+WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)),
+pick AS (SELECT job_id, priority, runnable_at_us FROM orch_ready
+         WHERE project = %(p)s AND runnable_at_us <= %(now)s AND reserved_until_us <= %(now)s
+         ORDER BY priority DESC, runnable_at_us, job_id LIMIT 1 FOR UPDATE SKIP LOCKED),
+reserved AS (UPDATE orch_ready r SET reserved_by = %(by)s, reserved_until_us = %(until)s FROM pick, async_commit
+             WHERE r.project = %(p)s AND r.job_id = pick.job_id AND r.priority = pick.priority
+             AND r.runnable_at_us = pick.runnable_at_us
+             RETURNING r.priority, r.runnable_at_us, r.job_id)
+SELECT 0 AS part, priority, runnable_at_us AS at, job_id FROM reserved
+UNION ALL (SELECT 1, priority, runnable_at_us, job_id FROM orch_ready
+           WHERE project = %(p)s AND runnable_at_us <= %(now)s AND reserved_until_us <= %(now)s
+           ORDER BY priority DESC, runnable_at_us, job_id LIMIT %(n)s)
+UNION ALL (SELECT 2, priority, runnable_at_us, job_id FROM orch_ready
+           WHERE project = %(p)s AND runnable_at_us > %(now)s ORDER BY runnable_at_us LIMIT 1)
+UNION ALL (SELECT 3, priority, reserved_until_us, job_id FROM orch_ready
+           WHERE project = %(p)s AND runnable_at_us <= %(now)s AND reserved_until_us > %(now)s
+           ORDER BY reserved_until_us LIMIT 1)
+ORDER BY part, priority DESC, at, job_id
+"""
+
+
 def channel(project: str) -> str:
     """The NOTIFY channel of a project (an identifier: hashed, since project ids may be 128 chars)."""
     return "orch_ready_" + hashlib.sha256(project.encode()).hexdigest()[:24]
@@ -116,26 +143,13 @@ class PgQueueIndex(QueueIndex):
         p = self.project
 
         def run(conn: Any) -> list[ReadyEntry]:
-            reserved = conn.execute(
-                "WITH pick AS (SELECT job_id, priority, runnable_at_us FROM orch_ready "
-                "  WHERE project = %s AND runnable_at_us <= %s AND reserved_until_us <= %s "
-                "  ORDER BY priority DESC, runnable_at_us, job_id LIMIT 1 FOR UPDATE SKIP LOCKED) "
-                "UPDATE orch_ready r SET reserved_by = %s, reserved_until_us = %s FROM pick "
-                "WHERE r.project = %s AND r.job_id = pick.job_id AND r.priority = pick.priority "
-                "AND r.runnable_at_us = pick.runnable_at_us RETURNING r.priority, r.runnable_at_us, r.job_id",
-                (p, now_us, now_us, self.reserver, until, p)).fetchall()
-            rest = conn.execute(
-                "(SELECT priority, runnable_at_us, job_id FROM orch_ready WHERE project = %s "
-                "  AND runnable_at_us <= %s AND reserved_until_us <= %s "
-                "  ORDER BY priority DESC, runnable_at_us, job_id LIMIT %s) "
-                "UNION ALL (SELECT priority, runnable_at_us, job_id FROM orch_ready WHERE project = %s "
-                "  AND runnable_at_us > %s ORDER BY runnable_at_us LIMIT 1) "
-                "UNION ALL (SELECT priority, reserved_until_us, job_id FROM orch_ready WHERE project = %s "
-                "  AND runnable_at_us <= %s AND reserved_until_us > %s ORDER BY reserved_until_us LIMIT 1)",
-                (p, now_us, now_us, CANDIDATES, p, now_us, p, now_us, now_us)).fetchall()
-            seen = {r[2] for r in reserved}
-            out = [ReadyEntry(-pr, at, job) for pr, at, job in reserved]
-            out += [ReadyEntry(-pr, at, job) for pr, at, job in rest if job not in seen]
+            rows = conn.execute(_CANDIDATES, {"p": p, "now": now_us, "by": self.reserver, "until": until,
+                                              "n": CANDIDATES + 1}).fetchall()
+            out, seen = [], set()
+            for _part, pr, at, job in rows:  # the reserved row first; it is in the statement's snapshot twice
+                if job not in seen:
+                    seen.add(job)
+                    out.append(ReadyEntry(-pr, at, job))
             return out
 
         return self.store._run(run)

@@ -2,9 +2,11 @@
 
 Each line is kept byte for byte in ``orch_events`` (project, stream, seq), so a history
 verifies exactly as it does in a file, and moves between backends without re-signing.
-``orch_streams`` holds one row per stream with its head: an append locks that row
-``FOR UPDATE`` (creating it first if needed), checks the expected sequence, inserts the new
-lines and moves the head, all in one transaction. Durability is PostgreSQL's: the session
+``orch_streams`` holds one row per stream with its head: an append locks that row (creating it
+first if needed), checks the expected sequence, inserts the new lines and moves the head, all
+in one transaction, together with any ``aux`` records given (the job's signed head record, a
+lease), so on this backend an event and its head record are committed both or neither
+(``atomic_aux``). Durability is PostgreSQL's: the session
 forces ``synchronous_commit = on``, so when ``append`` returns the commit is flushed to the
 server's WAL. Several projects may share one database (the ``project`` column).
 
@@ -24,7 +26,7 @@ from urllib.parse import urlsplit
 from orchestrator import faults
 from orchestrator.errors import ConcurrencyError, ConfigError, LeaseLostError, StorageError
 from orchestrator.security import sanitize_text, validate_id
-from orchestrator.store.base import AUDIT_STREAM, Builder, EventStore, Head, StoredLine
+from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, StoredLine
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,26 @@ SCHEMES = ("postgresql", "postgres")
 _IDLE_CONNECTIONS = 4  # kept open per store; more are opened on demand and closed after use
 FENCED_SQLSTATE = "OF001"  # raised by the orch_streams_fence trigger (migrations/0002_claiming.sql)
 InTransaction = Callable[[Any], None]
+
+# Locks the stream's row and returns its head in one statement, creating the row if needed. The
+# no-op update (not of ``fence``: its trigger does not fire) is what takes the row lock, and after
+# waiting for another writer it returns the row as that writer committed it.
+_LOCK_HEAD = ("INSERT INTO orch_streams AS s (project, stream) VALUES (%s, %s) "
+              "ON CONFLICT (project, stream) DO UPDATE SET seq = s.seq RETURNING s.seq, s.last_line")
+# A job's head record and its lines in one statement: one snapshot, so on this backend (where
+# both commit together) they always agree, and one round trip instead of two.
+_READ_WITH_AUX = ("SELECT 0, 0::bigint, data FROM orch_aux WHERE project = %s AND area = %s AND key = %s "
+                  "UNION ALL SELECT 1, seq, line FROM orch_events WHERE project = %s AND stream = %s "
+                  "ORDER BY 1, 2")
+_INSERT_LINES = ("INSERT INTO orch_events (project, stream, seq, line) "
+                 "SELECT %s, %s, n, l FROM unnest(%s::bigint[], %s::bytea[]) AS t(n, l)")
+_MOVE_HEAD = ("UPDATE orch_streams SET seq = %s, last_line = %s, fence = coalesce(%s, fence) "
+              "WHERE project = %s AND stream = %s")
+_PUT_AUX_MANY = ("INSERT INTO orch_aux (project, area, key, data) "
+                 "SELECT %s, a, k, d FROM unnest(%s::text[], %s::text[], %s::bytea[]) AS t(a, k, d) "
+                 "ON CONFLICT (project, area, key) DO UPDATE SET data = EXCLUDED.data")
+_DROP_AUX_MANY = ("DELETE FROM orch_aux USING unnest(%s::text[], %s::text[]) AS t(a, k) "
+                  "WHERE project = %s AND area = t.a AND key = t.k")
 
 
 def is_postgres_url(url: str | None) -> bool:
@@ -62,6 +84,8 @@ def connect(url: str, *, autocommit: bool = False) -> Any:
 
 class PostgresStore(EventStore):
     """One project's streams in a PostgreSQL database (schema from ``orchestrator db migrate``)."""
+
+    atomic_aux = True  # ``append(..., aux=...)`` writes the records in the lines' transaction
 
     def __init__(self, url: str, project: str = "default") -> None:
         if not is_postgres_url(url):
@@ -150,39 +174,56 @@ class PostgresStore(EventStore):
             pending[stream] = fn
 
     def append(self, stream: str, build: Builder, expected_seq: int | None = None,
-               fence: int | None = None) -> Head:
+               fence: int | None = None, aux: AuxWrites | None = None) -> Head:
+        """``EventStore.append`` in one transaction and two round trips.
+
+        The first locks the stream's row and reads its head (``BEGIN`` and one upsert that
+        creates the row if needed); the second, pipelined, sends the lines, the new head, the
+        ``aux`` records, the statements ``attach``-ed to this stream, and ``COMMIT``: all of them
+        commit together, durably, or none does.
+        """
         self._check_stream(stream)
         extra = self._attached.__dict__.get("by_stream", {}).pop(stream, None)
+        p = self.project
 
         def tx(conn: Any) -> Head:
-            conn.execute("INSERT INTO orch_streams (project, stream) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                         (self.project, stream))
-            seq, last = conn.execute("SELECT seq, last_line FROM orch_streams WHERE project = %s AND stream = %s "
-                                     "FOR UPDATE", (self.project, stream)).fetchone()
-            head = Head(seq, bytes(last))
-            if expected_seq is not None and expected_seq != head.seq:
-                raise ConcurrencyError(f"{stream}: expected {expected_seq} events, found {head.seq}",
-                                       stream=stream, expected=expected_seq, found=head.seq)
-            new = [bytes(line) for line in build(head)]
-            if not new:
-                return head
-            if any(b"\n" in line for line in new):
-                raise ValueError("a line must not contain a newline")
-            rows = [(self.project, stream, head.seq + i, line) for i, line in enumerate(new, 1)]
-            with conn.cursor() as cur:
-                cur.executemany("INSERT INTO orch_events (project, stream, seq, line) VALUES (%s, %s, %s, %s)", rows)
-            # the fence trigger refuses an epoch lower than the stream's (a superseded worker)
-            conn.execute("UPDATE orch_streams SET seq = %s, last_line = %s, fence = coalesce(%s, fence) "
-                         "WHERE project = %s AND stream = %s",
-                         (head.seq + len(new), new[-1], fence, self.project, stream))
-            if extra is not None:
-                extra(conn)
-            faults.point("pg.append.before_commit")
-            return Head(head.seq + len(new), new[-1])
+            with conn.pipeline():
+                with conn.transaction():
+                    seq, last = conn.execute(_LOCK_HEAD, (p, stream)).fetchone()
+                    head = Head(seq, bytes(last))
+                    if expected_seq is not None and expected_seq != head.seq:
+                        raise ConcurrencyError(f"{stream}: expected {expected_seq} events, found {head.seq}",
+                                               stream=stream, expected=expected_seq, found=head.seq)
+                    new = [bytes(line) for line in build(head)]
+                    if not new:
+                        return head
+                    if any(b"\n" in line for line in new):
+                        raise ValueError("a line must not contain a newline")
+                    new_head = Head(head.seq + len(new), new[-1])
+                    conn.execute(_INSERT_LINES, (p, stream, list(range(head.seq + 1, new_head.seq + 1)), new))
+                    # the fence trigger refuses an epoch lower than the stream's (a superseded worker)
+                    conn.execute(_MOVE_HEAD, (new_head.seq, new_head.last_line, fence, p, stream))
+                    if aux is not None:
+                        self._aux_in_transaction(conn, aux(new_head))
+                    if extra is not None:
+                        extra(conn)
+                    faults.point("pg.append.before_commit")
+                    return new_head
 
-        result = self._run(tx, transaction=True)
+        result = self._run(tx)
         faults.point("pg.append.after_commit")
         return result
+
+    def _aux_in_transaction(self, conn: Any, records: Any) -> None:
+        put = [(area, key, bytes(data)) for (area, key), data in records.items() if data is not None]
+        drop = [(area, key) for (area, key), data in records.items() if data is None]
+        for area, key in records:
+            validate_id(area, "aux area")
+            validate_id(key, "aux key")
+        if put:
+            conn.execute(_PUT_AUX_MANY, (self.project, [r[0] for r in put], [r[1] for r in put], [r[2] for r in put]))
+        if drop:
+            conn.execute(_DROP_AUX_MANY, ([r[0] for r in drop], [r[1] for r in drop], self.project))
 
     def read(self, stream: str, from_seq: int = 1) -> list[StoredLine]:
         self._check_stream(stream)
@@ -193,6 +234,17 @@ class PostgresStore(EventStore):
             rows = conn.execute("SELECT line FROM orch_events WHERE project = %s AND stream = %s AND seq >= %s "
                                 "ORDER BY seq", (self.project, stream, from_seq)).fetchall()
             return [StoredLine(i, bytes(r[0])) for i, r in enumerate(rows, max(from_seq, 1))]
+
+        return self._run(tx)
+
+    def read_with_aux(self, stream: str, area: str, key: str) -> tuple[bytes | None, list[StoredLine]]:
+        self._check_stream(stream)
+
+        def tx(conn: Any) -> tuple[bytes | None, list[StoredLine]]:
+            rows = conn.execute(_READ_WITH_AUX, (self.project, area, key, self.project, stream)).fetchall()
+            record = bytes(rows[0][2]) if rows and rows[0][0] == 0 else None
+            lines = [bytes(r[2]) for r in rows if r[0] == 1]
+            return record, [StoredLine(i, raw) for i, raw in enumerate(lines, 1)]
 
         return self._run(tx)
 

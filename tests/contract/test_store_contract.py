@@ -149,3 +149,40 @@ def test_aux_records_replace_and_read_back(store: EventStore) -> None:
     store.put_aux("heads", "job-1", b"one")
     store.put_aux("heads", "job-1", b"two")
     assert store.get_aux("heads", "job-1") == b"two"
+
+
+def test_aux_records_given_with_an_append_are_written_with_its_new_head(store: EventStore) -> None:
+    store.put_aux("leases", "job-1.1", b"old lease")
+    seen: list[Head] = []
+
+    def records(head: Head) -> dict[tuple[str, str], bytes | None]:
+        seen.append(head)
+        return {("heads", "job-1"): str(head.seq).encode(), ("leases", "job-1.1"): None}
+
+    head = store.append("job-1", lambda h: lines(h, "a", "b"), expected_seq=0, aux=records)
+    assert seen == [head] and head.seq == 2
+    assert store.get_aux("heads", "job-1") == b"2"
+    assert not store.get_aux("leases", "job-1.1")  # deleted (a blanked record reads as none)
+
+
+def test_a_refused_or_empty_append_writes_none_of_its_aux_records(store: EventStore) -> None:
+    append(store, "job-1", "a", expected=0)
+    called: list[Head] = []
+
+    def records(head: Head) -> dict[tuple[str, str], bytes | None]:
+        called.append(head)
+        return {("heads", "job-1"): b"must not be written"}
+
+    with pytest.raises(ConcurrencyError):
+        store.append("job-1", lambda h: lines(h, "b"), expected_seq=0, aux=records)
+    store.append("job-1", lambda h: [], aux=records)
+    assert called == [] and store.get_aux("heads", "job-1") is None
+
+
+def test_read_with_aux_returns_the_record_and_the_stream_together(store: EventStore) -> None:
+    assert store.read_with_aux("job-1", "heads", "job-1") == (None, [])
+    append(store, "job-1", "a", "b")
+    assert store.read_with_aux("job-1", "heads", "job-1") == (None, store.read("job-1"))
+    store.put_aux("heads", "job-1", b"head")
+    record, got = store.read_with_aux("job-1", "heads", "job-1")
+    assert record == b"head" and [s.seq for s in got] == [1, 2] and got == store.read("job-1")

@@ -34,3 +34,18 @@ def test_the_postgres_benchmark_runs_w1_w2_w3_at_smoke_size(system: str, tmp_pat
     assert row["w3"]["n"] == 2 and row["w3"]["duplicate_executions"] >= 0, row
     if system == "ours":  # a peer's duplicates are its semantics, measured, not this test's business
         assert row["w3"]["duplicate_executions"] == 0, row
+
+
+def test_a_job_costs_one_durable_commit_to_submit_and_two_to_run_on_postgres(tmp_path: Path, cli_env) -> None:
+    """Submit: the event with its head record and index rows. Run: the claim (with the first lease)
+    and the outcome (dropping the lease); the candidate reservation commits without a WAL flush."""
+    url = require_pg()
+    out = tmp_path / "commits.json"
+    env = {k: v for k, v in cli_env.items() if k not in ("ORCH_SIGNING_KEY", "BASE_PATH", "PROJECT_ID")}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "pg_commits.py"), "--url", url, "--jobs", "5",
+                           "--json", str(out)], env=env, capture_output=True, text=True, timeout=180, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stderr
+    per_job = json.loads(out.read_text())
+    assert per_job["submit"]["durable_commits"] == 1
+    assert per_job["run"]["durable_commits"] == 2
+    assert per_job["run"]["async_commits"] == 1

@@ -133,6 +133,24 @@ def test_a_refused_claim_leaves_the_index_as_it_was(cluster: Cluster) -> None:
     assert a.queue.running() == [] and a.queue.ready() == []  # the cancel removed it, the refused claim added nothing
 
 
+def test_a_reservation_commits_asynchronously_and_leaves_appends_synchronous(cluster: Cluster) -> None:
+    """The reservation is a hint (``synchronous_commit`` off for its own transaction only); every
+    append that follows on the same connections still waits for the WAL flush."""
+    a = cluster.machine("a")
+    job = a.submit("t.echo", 1)
+    assert [e.job_id for e in a.queue.candidates(a.clock())][:1] == [job]
+    with a.store._take() as conn:  # noqa: SLF001 - look at the pooled connection the reservation used
+        reserved_by = conn.execute("SELECT reserved_by FROM orch_ready WHERE project = %s AND job_id = %s",
+                                   (a.project_id, job)).fetchone()[0]
+        setting = conn.execute("SHOW synchronous_commit").fetchone()[0]
+    assert reserved_by is not None and setting == "on"
+    seen: list[str] = []
+    for _ in range(3):  # whichever pooled connection the append takes
+        a.store.attach("other", lambda conn: seen.append(conn.execute("SHOW synchronous_commit").fetchone()[0]))
+        a.store.append("other", lambda h: [b"{}"])
+    assert seen == ["on"] * 3
+
+
 # -- fencing ---------------------------------------------------------------------------------------
 def test_a_zombie_worker_cannot_append_on_postgres(cluster: Cluster) -> None:
     """The database, not only the worker's own re-read, refuses an append from a superseded epoch."""
@@ -171,6 +189,18 @@ def test_the_fence_follows_the_latest_claim_and_allows_its_owner(cluster: Cluste
 
 
 # -- leases and stale recovery across machines ----------------------------------------------------
+def test_the_lease_is_written_with_the_claim_and_dropped_with_the_outcome(cluster: Cluster) -> None:
+    a = cluster.machine("a")
+    job = a.submit("t.echo", "x")
+    w = cluster.worker(a, "w", lease_seconds=30)
+    claim = w.claim(a.clock())
+    lease = json.loads(a.store.get_aux("leases", f"{job}.1"))  # before the run starts: no commit of its own
+    assert (lease["run_id"], lease["epoch"], lease["worker_id"]) == (claim.run_id, 1, "w")
+    assert w.execute(claim).outcome == "succeeded"
+    assert a.store.get_aux("leases", f"{job}.1") is None
+
+
+
 def test_stale_recovery_works_when_the_dead_worker_was_on_another_machine(cluster: Cluster, cli_env) -> None:
     here = cluster.machine("machine-b")
     started, release = cluster.tmp / "started", cluster.tmp / "release"

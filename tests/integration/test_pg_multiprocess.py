@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import Orchestrator
+from orchestrator.api import HEADS_AREA, key_job_id
 from orchestrator.integrity import verify_project
 from orchestrator.signing import Keyring, new_seed
 from orchestrator.store.base import AUDIT_STREAM
@@ -30,6 +31,7 @@ JOBS = 20
 RACER = r"""
 import json, sys
 from orchestrator import Orchestrator
+from orchestrator.api import HEADS_AREA, key_job_id
 from orchestrator.errors import ConcurrencyError
 from orchestrator.store.postgres import PostgresStore
 
@@ -85,6 +87,25 @@ def test_workers_in_separate_processes_claim_each_job_exactly_once(shared, base:
     assert len(audit) == JOBS and [json.loads(s.raw)["seq"] for s in audit] == list(range(1, JOBS + 1))
     report = verify_project(orch)
     assert report.ok, report.problems
+
+
+@pytest.mark.parametrize("point, visible", [("pg.append.before_commit", False), ("pg.append.after_commit", True)])
+def test_a_crash_between_event_and_head_record_cannot_happen_on_postgres(shared, cli_env, point: str,
+                                                                          visible: bool) -> None:
+    """The signed head record commits in the event's own transaction: a writer killed just before
+    the commit leaves neither, one killed just after leaves both (on files it may leave the event alone)."""
+    orch, seed = shared
+    env = {**cli_env, "ORCH_SIGNING_KEY": seed, "ORCH_STORE_URL": orch.store.url, "PROJECT_ID": orch.project_id,
+           "ORCH_CRASH_AT": point}
+    proc = subprocess.run([sys.executable, "-c", "import sys; from orchestrator.cli import main; main(sys.argv[1:])",
+                           "submit", "--kind", "echo", "--key", "k1"], env=env, capture_output=True, timeout=60,
+                          cwd=str(REPO))
+    assert proc.returncode == -9  # SIGKILL at the crash point
+    job_id = key_job_id(orch.project_id, "k1")
+    assert orch.store.exists(job_id) is visible
+    assert (orch.store.get_aux(HEADS_AREA, job_id) is not None) is visible, "both or neither"
+    if visible:  # the head record names the committed event
+        assert orch.load(job_id).ok
 
 
 @pytest.mark.parametrize("point, visible", [("pg.append.before_commit", False), ("pg.append.after_commit", True)])

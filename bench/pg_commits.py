@@ -1,0 +1,242 @@
+"""Commits and statements per job on PostgreSQL: what one W1 job costs the database.
+
+    python bench/pg_commits.py --jobs 200
+
+Submits ``--jobs`` no-op jobs, then runs them with one in-process worker, and reports per job:
+
+* ``xact_commit``: the delta of ``pg_stat_database.xact_commit`` of the bench's own database
+  (``--url``, created if missing, used by nothing else), i.e. every committed transaction,
+  read-only ones included (each autocommit ``SELECT`` is one);
+* ``write_commits``: transactions that wrote something (client-side count: an autocommit
+  ``INSERT``/``UPDATE``/``DELETE``/``pg_notify``, or a transaction block holding one), split
+  into durable ones (``synchronous_commit = on``: the commit waits for the WAL flush) and
+  hint-only ones that opted out (``synchronous_commit = off``);
+* ``statements``: statements sent; ``round_trips``: statements sent outside a pipeline plus one
+  per fetch inside a pipeline and one per pipeline (an approximation of waits for the server);
+* ``jobs_per_s``: W1 throughput of this single in-process worker (no process start-up).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/orch_commits"
+WRITES = ("INSERT", "UPDATE", "DELETE", "WITH")
+
+
+class Counts:
+    def __init__(self) -> None:
+        self.statements = 0
+        self.round_trips = 0
+        self.durable_commits = 0
+        self.async_commits = 0
+
+
+COUNTS = Counts()
+
+
+def _writes(query: Any) -> bool:
+    text = query if isinstance(query, str) else str(getattr(query, "_obj", query))
+    head = text.lstrip().upper()
+    return head.startswith(("INSERT", "UPDATE", "DELETE")) or "PG_NOTIFY" in head or (
+        head.startswith("WITH") and any(w in head for w in (" UPDATE ", " INSERT ", " DELETE ")))
+
+
+def instrument() -> None:
+    """Count statements, round trips and write commits on every psycopg connection."""
+    import psycopg
+
+    def state(conn: Any) -> dict[str, Any]:
+        st = conn.__dict__.get("_count")
+        if st is None:
+            st = conn.__dict__["_count"] = {"tx": 0, "wrote": False, "async": False, "pipe": 0}
+        return st
+
+    def note(conn: Any, query: Any, n: int = 1) -> None:
+        st = state(conn)
+        COUNTS.statements += n
+        if not st["pipe"]:
+            COUNTS.round_trips += 1
+        text = query if isinstance(query, str) else str(query)
+        if "synchronous_commit = off" in text or "'synchronous_commit', 'off'" in text:
+            st["async"] = True
+        if _writes(query):
+            if st["tx"]:
+                st["wrote"] = True
+            elif conn.autocommit:
+                if st["async"] or "'synchronous_commit', 'off'" in text:
+                    COUNTS.async_commits += 1
+                else:
+                    COUNTS.durable_commits += 1
+        if not st["tx"]:
+            st["async"] = False
+
+    real_cur_execute = psycopg.Cursor.execute
+    real_executemany = psycopg.Cursor.executemany
+    real_transaction = psycopg.Connection.transaction
+    real_pipeline = psycopg.Connection.pipeline
+
+    def cur_execute(self: Any, query: Any, params: Any = None, **kw: Any) -> Any:
+        note(self.connection, query)
+        return real_cur_execute(self, query, params, **kw)
+
+    def executemany(self: Any, query: Any, params_seq: Any, **kw: Any) -> Any:
+        note(self.connection, query)
+        return real_executemany(self, query, params_seq, **kw)
+
+    @contextlib.contextmanager
+    def transaction(self: Any, *a: Any, **kw: Any) -> Any:
+        st = state(self)
+        st["tx"] += 1
+        if st["tx"] == 1:
+            st["wrote"], st["async"] = False, False
+        ok = False
+        try:
+            with real_transaction(self, *a, **kw) as tx:
+                yield tx
+            ok = True
+        finally:
+            st["tx"] -= 1
+            if st["tx"] == 0:
+                if not st["pipe"]:
+                    COUNTS.round_trips += 2  # BEGIN, COMMIT
+                if ok and st["wrote"]:
+                    if st["async"]:
+                        COUNTS.async_commits += 1
+                    else:
+                        COUNTS.durable_commits += 1
+                st["async"] = False
+
+    @contextlib.contextmanager
+    def pipeline(self: Any) -> Any:
+        st = state(self)
+        st["pipe"] += 1
+        try:
+            with real_pipeline(self) as p:
+                real_sync = p.sync
+
+                def sync() -> None:
+                    COUNTS.round_trips += 1
+                    real_sync()
+
+                p.sync = sync  # type: ignore[method-assign]
+                yield p
+        finally:
+            st["pipe"] -= 1
+            if not st["pipe"]:
+                COUNTS.round_trips += 1
+
+    psycopg.Cursor.execute = cur_execute  # type: ignore[method-assign]
+    psycopg.Cursor.executemany = executemany  # type: ignore[method-assign]
+    for name in ("fetchone", "fetchall", "fetchmany"):  # in a pipeline, a fetch waits for the server
+        real_fetch = getattr(psycopg.Cursor, name)
+
+        def fetch(self: Any, *a: Any, _real: Any = real_fetch, **kw: Any) -> Any:
+            if state(self.connection)["pipe"]:
+                COUNTS.round_trips += 1
+            return _real(self, *a, **kw)
+
+        setattr(psycopg.Cursor, name, fetch)
+    psycopg.Connection.transaction = transaction  # type: ignore[method-assign]
+    psycopg.Connection.pipeline = pipeline  # type: ignore[method-assign]
+
+
+def xact_commit(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()") if conn.info.server_version >= 150000 else None
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        return conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+                            ).fetchone()[0]
+
+
+def settle(url: str, orch: Any) -> int:
+    """xact_commit once every backend's statistics reached the server: a backend flushes them
+    when it exits, so the store's idle connections and the worker's LISTEN one are closed."""
+    store = orch.store
+    with store._lock:
+        idle, store._idle = store._idle, []
+    for conn in idle:
+        conn.close()
+    orch.queue.close()
+    time.sleep(1.0)
+    return xact_commit(url)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--url", default=os.environ.get("ORCH_COMMITS_PG_URL", DEFAULT_URL))
+    p.add_argument("--jobs", type=int, default=200)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+
+    from bench.postgres import ensure_database
+
+    ensure_database(args.url)
+    instrument()
+    from orchestrator import Orchestrator
+    from orchestrator.handlers import handler
+    from orchestrator.signing import new_seed
+    from orchestrator.store.pg_schema import migrate
+    from orchestrator.store.postgres import PostgresStore
+
+    @handler("bench.noop")
+    def noop(ctx: Any) -> dict:
+        return {"status": "done", "summary": "noop"}
+
+    migrate(args.url)
+    tmp = tempfile.TemporaryDirectory(prefix="orch-commits-")
+    os.environ["ORCH_SIGNING_KEY"] = os.environ.get("ORCH_SIGNING_KEY") or new_seed()
+    os.environ["ORCH_KEYRING_DIR"] = str(Path(tmp.name) / "keyring")
+    project = f"commits{uuid.uuid4().hex[:10]}"
+    orch = Orchestrator(base_path=tmp.name, project_id=project, store=PostgresStore(args.url, project))
+    worker = orch.worker(worker_id="commits", lease_seconds=30)
+    worker.queue.ensure_built(orch)
+    orch.submit("bench.noop", {"n": -1})  # warm up connections and prepared statements
+    worker.run(max_jobs=1, idle_exit=True)
+    out: dict[str, Any] = {"jobs": args.jobs, "loadavg": os.getloadavg()}
+    for phase in ("submit", "run"):
+        before = settle(args.url, orch)
+        c0 = dict(COUNTS.__dict__)
+        t0 = time.perf_counter()
+        if phase == "submit":
+            for i in range(args.jobs):
+                orch.submit("bench.noop", {"n": i})
+        else:
+            done = worker.run(max_jobs=args.jobs, idle_exit=True)
+            assert done == args.jobs, done
+        elapsed = time.perf_counter() - t0
+        after = settle(args.url, orch)
+        per = {k: round((v - c0[k]) / args.jobs, 2) for k, v in COUNTS.__dict__.items()}
+        # the two settle() calls themselves commit a few read-only transactions
+        per["xact_commit"] = round((after - before) / args.jobs, 2)
+        per["per_s"] = round(args.jobs / elapsed, 1)
+        out[phase] = per
+    out["total"] = {k: round(out["submit"][k] + out["run"][k], 2) for k in out["run"] if k != "per_s"}
+    orch.store.close()
+    import psycopg
+
+    with psycopg.connect(args.url, autocommit=True) as conn:
+        for table in ("orch_events", "orch_streams", "orch_aux", "orch_ready", "orch_running"):
+            conn.execute(f"DELETE FROM {table} WHERE project = %s", (project,))
+    tmp.cleanup()
+    print(json.dumps(out, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
