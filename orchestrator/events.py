@@ -18,6 +18,7 @@ ENVELOPE_VERSION = 1
 
 _REQUIRED = object()
 _STR, _STR1, _OPT_STR, _POS_INT, _STR_LIST, _JSON = "str", "str1", "optstr", "posint", "strlist", "json"
+_FLOAT, _STALE_TO = "float", "stale_to"  # a finite float (an int is left to the models: they dump 3.0)
 _RESULT = (("summary", _STR, ""), ("output", _JSON, None), ("artifacts", _STR_LIST, ()))
 _FAILURE = (("error_code", _STR, _REQUIRED), ("error", _STR, ""), ("retry_at", _OPT_STR, None))
 
@@ -29,6 +30,10 @@ SPECS: dict[str, tuple[tuple[str, str, Any], ...]] = {
     "audit_requested": _RESULT,
     "human_input_requested": (*_RESULT, ("question", _STR1, _REQUIRED)),
     "job_failed": (*_FAILURE, ("summary", _STR, ""), ("output_tail", _STR, "")),
+    "job_timeout": (*_FAILURE, ("timeout", _FLOAT, _REQUIRED)),
+    "stale_recovered": (*_FAILURE, ("to", _STALE_TO, _REQUIRED), ("stale_worker_id", _OPT_STR, None),
+                        ("lease_expired_at", _OPT_STR, None), ("artifacts", _STR_LIST, ()),
+                        ("question", _OPT_STR, None)),
     "job_released": (("error_code", _STR, "WORKER_STOPPED"), ("error", _STR, ""), ("worker_id", _OPT_STR, None),
                      ("output_tail", _STR, "")),
     "job_approved": (("note", _STR, ""),),
@@ -79,6 +84,10 @@ def _fits(kind: str, value: Any) -> bool:
         return value is None or _plain_str(value)
     if kind == _POS_INT:
         return type(value) is int and value >= 1
+    if kind == _FLOAT:
+        return type(value) is float and math.isfinite(value)
+    if kind == _STALE_TO:
+        return type(value) is str and value in ("queued", "waiting_human", "failed")
     if kind == _STR_LIST:
         return type(value) is list and all(_plain_str(v) for v in value)
     return _plain_json(value)

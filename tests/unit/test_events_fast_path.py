@@ -58,6 +58,11 @@ def test_each_fast_spec_matches_its_model_field_by_field() -> None:
     ("job_failed", {"error_code": "HANDLER_FAILED", "error": "x", "retry_at": "2030-01-01T00:00:00Z",
                     "output_tail": "", "summary": ""}),
     ("job_released", {"error_code": "WORKER_STOPPED", "worker_id": "w", "error": "e", "output_tail": ""}),
+    ("job_timeout", {"error_code": "NO_TERMINAL_SIGNAL_TIMEOUT", "error": "e", "timeout": 2.5}),
+    ("stale_recovered", {"error_code": "NO_TERMINAL_SIGNAL_STALE", "error": "e", "to": "waiting_human",
+                         "stale_worker_id": "w", "lease_expired_at": "2030-01-01T00:00:00Z", "artifacts": ["a"],
+                         "question": "q?"}),
+    ("stale_recovered", {"error_code": "NO_TERMINAL_SIGNAL_STALE", "to": "queued", "retry_at": None}),
     ("job_resumed", {"answer": "yes", "question": "go?"}),
     ("job_cancelled", {"reason": "r"}),
 ])
@@ -80,6 +85,8 @@ def test_what_workers_write_is_accepted_without_the_models_and_equals_their_dump
     ("human_input_requested", {"question": ""}),
     ("job_failed", {"error": "no code"}),
     ("job_timeout", {"error_code": "X", "timeout": 3}),
+    ("job_timeout", {"error_code": "X", "timeout": float("inf")}),
+    ("stale_recovered", {"error_code": "X", "to": "running"}),
 ])
 def test_anything_unusual_goes_to_the_models(event_type: str, data: dict) -> None:
     assert events.accept(event_type, data) is None
@@ -144,3 +151,21 @@ print(sorted(m for m in sys.modules if m.startswith("pydantic")))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_real_worker_claims_runs_and_records_a_job_without_pydantic(base: Path, cli_env: dict[str, str]) -> None:
+    from orchestrator import Orchestrator
+    from orchestrator.signing import load_keyring
+
+    orch = Orchestrator(base_path=base, project_id="proj", keyring=load_keyring(cli_env, announce=False))
+    job_id = orch.submit("orchestrator.latency:noop_handler", {"n": 1})
+    code = f"""
+import sys
+from orchestrator import Orchestrator
+orch = Orchestrator(base_path={str(base)!r}, project_id="proj")
+result = orch.worker(worker_id="w-lean").run_once()
+print(orch.status({job_id!r}).state, sorted(m for m in sys.modules if m.startswith("pydantic")))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split(None, 1) == ["succeeded", "[]\n"]
