@@ -1,158 +1,134 @@
-"""Event payloads: one frozen pydantic model per event type, validated when an event is written.
+"""Event payload validation, cheap for the data a worker writes: pydantic only when needed.
 
-Each model's docstring names the transition it causes. The envelope (``v``, ``seq``,
-``job_id``, ``run_id``, ``type``, ``ts``, ``actor``, ``data``, ``prev``, ``kid``, ``sig``)
-is built by ``orchestrator.history``; ``v`` is the envelope format version and a reader
-refuses versions it does not know. Replays do not import this module (the reducer reads the
-verified ``data`` directly), which keeps read-only commands fast to start.
+The reference is one frozen pydantic model per event type (``orchestrator.event_models``, each
+documented with the transition it causes). Importing pydantic and building those models costs a
+worker about 10 MB, so ``validate_data`` first tries a small, strict *acceptor*: for the event
+types a worker writes, data that is plainly well formed (exact types, known keys, JSON values
+only) is returned as the models would return it. Anything else - a missing or extra key, a
+subclass, a tuple, a NaN, an unknown type - goes to the pydantic models, so every error (and its
+message) still comes from them. ``tests/unit/test_events_fast_path.py`` checks the acceptor
+against the models field by field and on generated data.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from orchestrator.errors import InvalidInputError
+import math
+from typing import Any
 
 ENVELOPE_VERSION = 1
 
+_REQUIRED = object()
+_STR, _STR1, _OPT_STR, _POS_INT, _STR_LIST, _JSON = "str", "str1", "optstr", "posint", "strlist", "json"
+_FLOAT, _STALE_TO = "float", "stale_to"  # a finite float (an int is left to the models: they dump 3.0)
+_RESULT = (("summary", _STR, ""), ("output", _JSON, None), ("artifacts", _STR_LIST, ()))
+_FAILURE = (("error_code", _STR, _REQUIRED), ("error", _STR, ""), ("retry_at", _OPT_STR, None))
 
-class _Data(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class JobOptions(_Data):
-    audit: bool = False
-    max_attempts: int = Field(default=3, ge=1, le=1000)
-    timeout: Optional[float] = Field(default=None, gt=0)
-    priority: int = Field(default=0, ge=-1000, le=1000)
-    key: Optional[str] = Field(default=None, min_length=1, max_length=200)
-
-
-class JobSubmitted(_Data):
-    """(new) -> queued. ``context_digest`` is the SHA-256 of the canonical context, checked before each run."""
-
-    kind: str = Field(min_length=1, max_length=200)
-    input: Any = None
-    options: JobOptions
-    context_digest: str
-
-
-class JobClaimed(_Data):
-    """queued -> running. Starts attempt ``attempt`` as ``run_id`` under fencing ``epoch``."""
-
-    worker_id: str
-    epoch: int = Field(ge=1)
-    attempt: int = Field(ge=1)
-    lease_expires_at: str
-
-
-class _Result(_Data):
-    summary: str = ""
-    output: Any = None
-    artifacts: list[str] = []
-
-
-class JobSucceeded(_Result):
-    """running -> succeeded (payload ``done``, job not under audit)."""
-
-
-class AuditRequested(_Result):
-    """running -> awaiting_audit (payload ``done`` of an ``audit`` job, or ``needs_audit``)."""
-
-
-class HumanInputRequested(_Result):
-    """running -> waiting_human (payload ``needs_human``); ``question`` is what the operator answers."""
-
-    question: str = Field(min_length=1)
-
-
-class _Failure(_Data):
-    error_code: str
-    error: str = ""
-    retry_at: Optional[str] = None  # set: back to queued, runnable at that time; unset: final
-
-
-class JobFailed(_Failure):
-    """running -> queued (``retry_at`` set) or failed. Records ``MALFORMED_PAYLOAD``, ``NO_TERMINAL_SIGNAL_EXIT``, handler failures."""
-
-    summary: str = ""
-    output_tail: str = ""
-
-
-class JobTimeout(_Failure):
-    """running -> queued (``retry_at`` set) or failed, after the run passed its timeout (``NO_TERMINAL_SIGNAL_TIMEOUT``)."""
-
-    timeout: float
-
-
-class StaleRecovered(_Failure):
-    """running -> queued or waiting_human: the worker's lease expired (``NO_TERMINAL_SIGNAL_STALE``)."""
-
-    to: Literal["queued", "waiting_human", "failed"]
-    stale_worker_id: Optional[str] = None
-    lease_expired_at: Optional[str] = None
-    artifacts: list[str] = []
-    question: Optional[str] = None
-
-
-class JobApproved(_Data):
-    """awaiting_audit -> succeeded."""
-
-    note: str = ""
-
-
-class JobRevised(_Data):
-    """awaiting_audit -> queued; the notes join the context's ``revisions`` for the re-run."""
-
-    notes: str = Field(min_length=1)
-
-
-class JobResumed(_Data):
-    """waiting_human -> queued; the answer joins the context's ``answers`` for the re-run."""
-
-    answer: str = Field(min_length=1)
-    question: Optional[str] = None
-
-
-class JobCancelled(_Data):
-    """any non-final state -> cancelled."""
-
-    reason: str = ""
-
-
-class JobReleased(_Data):
-    """running -> queued: a stopping worker killed the run after its grace period (``WORKER_STOPPED``); not a failure."""
-
-    error_code: str = "WORKER_STOPPED"
-    error: str = ""
-    worker_id: Optional[str] = None
-    output_tail: str = ""
-
-
-EVENT_MODELS: dict[str, type[_Data]] = {
-    "job_submitted": JobSubmitted,
-    "job_claimed": JobClaimed,
-    "job_succeeded": JobSucceeded,
-    "audit_requested": AuditRequested,
-    "human_input_requested": HumanInputRequested,
-    "job_failed": JobFailed,
-    "job_timeout": JobTimeout,
-    "stale_recovered": StaleRecovered,
-    "job_approved": JobApproved,
-    "job_revised": JobRevised,
-    "job_resumed": JobResumed,
-    "job_cancelled": JobCancelled,
-    "job_released": JobReleased,
+# event type -> (field, kind, default) in the models' field order (the order of their dumps)
+SPECS: dict[str, tuple[tuple[str, str, Any], ...]] = {
+    "job_claimed": (("worker_id", _STR, _REQUIRED), ("epoch", _POS_INT, _REQUIRED),
+                    ("attempt", _POS_INT, _REQUIRED), ("lease_expires_at", _STR, _REQUIRED)),
+    "job_succeeded": _RESULT,
+    "audit_requested": _RESULT,
+    "human_input_requested": (*_RESULT, ("question", _STR1, _REQUIRED)),
+    "job_failed": (*_FAILURE, ("summary", _STR, ""), ("output_tail", _STR, "")),
+    "job_timeout": (*_FAILURE, ("timeout", _FLOAT, _REQUIRED)),
+    "stale_recovered": (*_FAILURE, ("to", _STALE_TO, _REQUIRED), ("stale_worker_id", _OPT_STR, None),
+                        ("lease_expired_at", _OPT_STR, None), ("artifacts", _STR_LIST, ()),
+                        ("question", _OPT_STR, None)),
+    "job_released": (("error_code", _STR, "WORKER_STOPPED"), ("error", _STR, ""), ("worker_id", _OPT_STR, None),
+                     ("output_tail", _STR, "")),
+    "job_approved": (("note", _STR, ""),),
+    "job_revised": (("notes", _STR1, _REQUIRED),),
+    "job_resumed": (("answer", _STR1, _REQUIRED), ("question", _OPT_STR, None)),
+    "job_cancelled": (("reason", _STR, ""),),
 }
+_NAMES = {event: frozenset(name for name, _, _ in spec) for event, spec in SPECS.items()}
+_MAX_DEPTH = 64
+
+
+def _plain_str(value: Any) -> bool:
+    if type(value) is not str:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # lone surrogates: leave them to pydantic
+        return False
+    return True
+
+
+def _plain_json(value: Any, depth: int = 0) -> bool:
+    """True for values the models' ``Any`` dumps unchanged: dict (str keys), list, str, int, bool, finite float, None."""
+    kind = type(value)
+    if value is None or kind is bool or kind is int:
+        return True
+    if kind is str:
+        return _plain_str(value)
+    if kind is float:
+        return math.isfinite(value)
+    if depth >= _MAX_DEPTH:
+        return False
+    if kind is list:
+        return all(_plain_json(v, depth + 1) for v in value)
+    if kind is dict:
+        return all(_plain_str(k) and _plain_json(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _fits(kind: str, value: Any) -> bool:
+    if kind == _STR:
+        return _plain_str(value)
+    if kind == _STR1:
+        return _plain_str(value) and len(value) >= 1
+    if kind == _OPT_STR:
+        return value is None or _plain_str(value)
+    if kind == _POS_INT:
+        return type(value) is int and value >= 1
+    if kind == _FLOAT:
+        return type(value) is float and math.isfinite(value)
+    if kind == _STALE_TO:
+        return type(value) is str and value in ("queued", "waiting_human", "failed")
+    if kind == _STR_LIST:
+        return type(value) is list and all(_plain_str(v) for v in value)
+    return _plain_json(value)
+
+
+def accept(event_type: str, data: Any) -> dict[str, Any] | None:
+    """The models' dump of ``data`` when it is plainly valid, else ``None`` (ask the models)."""
+    spec = SPECS.get(event_type)
+    if spec is None or type(data) is not dict or not data.keys() <= _NAMES[event_type]:
+        return None
+    out: dict[str, Any] = {}
+    for name, kind, default in spec:
+        if name in data:
+            value = data[name]
+            if not _fits(kind, value):
+                return None
+        elif default is _REQUIRED:
+            return None
+        else:
+            value = default
+        if value is not None:
+            out[name] = list(value) if kind == _STR_LIST else value
+    return out
 
 
 def validate_data(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
     """Check an event's payload against its model and return it as plain JSON data."""
-    model = EVENT_MODELS.get(event_type)
-    if model is None:
-        raise InvalidInputError(f"unknown event type {event_type!r}")
+    fast = accept(event_type, data)
+    if fast is not None:
+        return fast
+    from orchestrator.event_models import validate_with_models
+
+    return validate_with_models(event_type, data)
+
+
+def __getattr__(name: str) -> Any:  # the models stay importable from here, built on first use
+    if name.startswith("_"):
+        raise AttributeError(name)
+    from orchestrator import event_models
+
     try:
-        return model.model_validate(data).model_dump(mode="json", exclude_none=True)
-    except ValidationError as exc:
-        raise InvalidInputError(f"invalid {event_type} data: {exc.errors(include_url=False)}") from None
+        return getattr(event_models, name)
+    except AttributeError:
+        raise AttributeError(f"module 'orchestrator.events' has no attribute {name!r}") from None

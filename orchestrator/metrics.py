@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from orchestrator.projection import Row
+from orchestrator.projection import Columns, Row
 from orchestrator.state import STATES
 
 SEVERITIES = ("info", "warning", "critical")
@@ -77,23 +77,23 @@ class Metrics:
         return dict(self.__dict__)
 
 
-def compute(project_id: str, rows: Iterable[Row], now: float, limits: Thresholds) -> Metrics:
-    counts = {s: 0 for s in STATES}
-    jobs = integrity = stalled = ok = failed = converged = 0
-    converge_sum = 0.0
-    for row in rows:
-        jobs += 1
-        if row.state in counts:
-            counts[row.state] += 1
-        if not row.ok:
-            integrity += 1
-        if row.state == "running" and row.lease_expires_at is not None and row.lease_expires_at + limits.stall_grace < now:
+def compute(project_id: str, rows: "Iterable[Row] | Columns", now: float, limits: Thresholds) -> Metrics:
+    """The figures at ``now``, from projection columns (fast: no object per job) or any rows."""
+    cols = rows if isinstance(rows, Columns) else Columns.from_rows(rows)
+    jobs = len(cols)
+    counts = {s: cols.state.count(code) for code, s in enumerate(STATES)}
+    integrity = cols.ok.count(0)
+    running, stall_grace = STATES.index("running"), limits.stall_grace
+    lease = cols.lease
+    stalled = 0
+    pos = cols.state.find(running)
+    while pos != -1:  # running jobs only, found by a C scan of the state column
+        if lease[pos] + stall_grace < now:  # NaN (no lease) compares false
             stalled += 1
-        ok += row.resumes_ok
-        failed += row.resumes_failed
-        if row.final_at is not None and row.submitted_at is not None:
-            converged += 1
-            converge_sum += row.final_at - row.submitted_at
+        pos = cols.state.find(running, pos + 1)
+    ok, failed = sum(cols.resumes_ok), sum(cols.resumes_failed)
+    durations = [f - s for f, s in zip(cols.final, cols.submitted) if f == f and s == s]  # NaN != NaN: skipped
+    converged, converge_sum = len(durations), math.fsum(durations)
     m = Metrics(project_id=project_id, now=now, jobs=jobs, counts=counts, integrity_errors=integrity,
                 stalled_count=stalled, resume_success_rate=ok / (ok + failed) if ok + failed else None,
                 resumes_decided=ok + failed, mean_converge_time=converge_sum / converged if converged else None,

@@ -1,55 +1,78 @@
 """The terminal payload: what a handler hands back when a run ends.
 
 A handler (a command writing ``$ORCH_TERMINAL_FILE``, a Python function returning a dict,
-or the ``llm`` handler) produces one JSON object; ``parse_payload`` validates it with
-pydantic and checks every artifact path against the job's own folder. Anything wrong is a
+or the ``llm`` handler) produces one JSON object; ``parse_payload`` validates it and checks
+every artifact path against the job's own folder. Anything wrong is a
 ``MalformedPayloadError`` (``MALFORMED_PAYLOAD``), which the worker records as an event.
+
+The reference is the pydantic model ``orchestrator.payload_model.TerminalPayload``. A plainly
+valid payload (exact types, known keys, limits met) is accepted by a small check here without
+importing pydantic (about 10 MB of a worker's memory); anything else goes to the model, so every
+rejection and its message still come from it. Either way the result is a ``Payload``.
 """
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from typing import Any
 
 from orchestrator.errors import MalformedPayloadError, PathEscapeError
+from orchestrator.events import _plain_json, _plain_str
 from orchestrator.limits import MAX_JSON_DEPTH, json_depth
 from orchestrator.security import sanitize_text, validate_artifact_path
 
 MAX_PAYLOAD_BYTES = 1024 * 1024
 DONE, NEEDS_HUMAN, NEEDS_AUDIT, FAILED = "done", "needs_human", "needs_audit", "failed"
+STATUSES = (DONE, NEEDS_HUMAN, NEEDS_AUDIT, FAILED)
+MAX_TEXT, MAX_ARTIFACTS = 10_000, 1000  # the model's limits
+_FIELDS = frozenset({"status", "summary", "question", "output", "artifacts", "retryable", "error_code"})
+_ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 
-class TerminalPayload(BaseModel):
-    """``{"status", "summary", "question", "output", "artifacts", "retryable"}``; ``error_code`` is optional."""
+@dataclass(frozen=True)
+class Payload:
+    """A validated terminal payload (the fields of ``TerminalPayload``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    status: Literal["done", "needs_human", "needs_audit", "failed"]
-    summary: str = Field(max_length=10_000)
-    question: Optional[str] = Field(default=None, max_length=10_000)
+    status: str
+    summary: str
+    question: str | None = None
     output: Any = None
-    artifacts: list[str] = Field(default_factory=list, max_length=1000)
+    artifacts: list[str] = field(default_factory=list)
     retryable: bool = True
-    error_code: Optional[str] = Field(default=None, pattern=r"^[A-Z][A-Z0-9_]{0,63}$")
-
-    @model_validator(mode="after")
-    def _question_for_humans(self) -> "TerminalPayload":
-        if self.status == NEEDS_HUMAN and not (self.question or "").strip():
-            raise ValueError("a needs_human payload needs a non-empty 'question'")
-        return self
+    error_code: str | None = None
 
 
-def _short(errors: list[dict[str, Any]]) -> str:
-    parts = []
-    for err in errors[:5]:
-        where = ".".join(str(p) for p in err.get("loc", ())) or "payload"
-        parts.append(f"{where}: {err.get('msg')}")
-    return "; ".join(parts)
+def _accept(data: dict[str, Any]) -> Payload | None:
+    """``data`` as a ``Payload`` when it is plainly valid, else ``None`` (ask the model)."""
+    if not data.keys() <= _FIELDS:
+        return None
+    status, summary = data.get("status"), data.get("summary")
+    question, artifacts = data.get("question"), data.get("artifacts", [])
+    retryable, error_code = data.get("retryable", True), data.get("error_code")
+    output = data.get("output")
+    if not (type(status) is str and status in STATUSES and _plain_str(summary) and len(summary) <= MAX_TEXT
+            and (question is None or (_plain_str(question) and len(question) <= MAX_TEXT))
+            and type(artifacts) is list and len(artifacts) <= MAX_ARTIFACTS and all(map(_plain_str, artifacts))
+            and type(retryable) is bool
+            and (error_code is None or (_plain_str(error_code) and _ERROR_CODE.fullmatch(error_code)))
+            and _plain_json(output)):
+        return None
+    if status == NEEDS_HUMAN and not (question or "").strip():
+        return None  # the model's own error message
+    return Payload(status, summary, question, output, list(artifacts), retryable, error_code)
 
 
-def parse_payload(raw: bytes | str | dict[str, Any], artifacts_dir: Path) -> TerminalPayload:
+def __getattr__(name: str) -> Any:  # the pydantic model, loaded on first use
+    if name == "TerminalPayload":
+        from orchestrator.payload_model import TerminalPayload
+
+        return TerminalPayload
+    raise AttributeError(f"module 'orchestrator.payload' has no attribute {name!r}")
+
+
+def parse_payload(raw: bytes | str | dict[str, Any], artifacts_dir: Path) -> Payload:
     """Validate a payload (JSON text or an already decoded object); raise ``MalformedPayloadError``."""
     if isinstance(raw, (bytes, str)):
         if len(raw) > MAX_PAYLOAD_BYTES:
@@ -66,10 +89,16 @@ def parse_payload(raw: bytes | str | dict[str, Any], artifacts_dir: Path) -> Ter
         raise MalformedPayloadError(f"the terminal payload is nested deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(data, dict):
         raise MalformedPayloadError(f"the terminal payload must be a JSON object, not {type(data).__name__}")
-    try:
-        payload = TerminalPayload.model_validate(data)
-    except ValidationError as exc:
-        raise MalformedPayloadError(sanitize_text(f"invalid terminal payload: {_short(exc.errors())}")) from None
+    payload = _accept(data)
+    if payload is None:
+        from orchestrator.payload_model import validate
+
+        try:
+            model = validate(data)
+        except ValueError as exc:
+            raise MalformedPayloadError(sanitize_text(f"invalid terminal payload: {exc}")) from None
+        payload = Payload(model.status, model.summary, model.question, model.output, list(model.artifacts),
+                          model.retryable, model.error_code)
     try:
         json.dumps(payload.output, allow_nan=False)
     except (TypeError, ValueError) as exc:

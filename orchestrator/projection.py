@@ -2,35 +2,48 @@
 
 One row per job, computed by replaying that job's verified events, stored with the
 *fingerprint* of the job's events file (size and mtime in nanoseconds on the file backend;
-the event count elsewhere). A refresh lists the fingerprints (one ``scandir``, no file is
-opened) and replays only the jobs whose fingerprint changed or that have no row, so the
-cost of ``metrics`` on an unchanged project of 100,000 jobs is one directory listing plus
-one cache read. Append-only files only grow, so a changed job always changes its size; the
-mtime also catches a file rewritten to the same size.
+the event count elsewhere). A refresh lists the fingerprints (one directory listing and one
+``stat`` per file; no events file is opened) and replays only the jobs whose fingerprint
+changed or that have no row. Append-only files only grow, so a changed job always changes its
+size; the mtime also catches a file rewritten to the same size.
 
-The cache is ``projections/jobs-v1`` (one JSON document). It is derived (ADR: events > audit
-log > caches): delete it at any time, or pass ``--rebuild``, and the next refresh recomputes it.
-Rows are never trusted for anything but figures: no job is run or changed because of a row.
+The cache is ``projections/jobs-v2``, stored by *columns* (``Columns``): one JSON header line,
+then the job ids as text and every figure as a packed ``array`` (machine numbers; ``NaN`` for
+"none"). Decoding 100,000 rows is a few ``array.frombytes`` calls (memory copies) instead of
+parsing 100,000 JSON lists, and the figures are computed straight from the columns without
+building a Python object per job. Every section's length is checked before use, so a damaged
+file is just rebuilt. It is derived (ADR: events > audit log > caches): delete it at any time, or
+pass ``--rebuild``, and the next refresh recomputes it. Rows are never trusted for anything but
+figures: no job is run or changed because of a row.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
+from array import array
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 
 from orchestrator.clock import from_iso
-from orchestrator.state import FAILED, SUCCEEDED, CANCELLED, WAITING_HUMAN, Event, apply
+from orchestrator.state import CANCELLED, FAILED, STATES, SUCCEEDED, WAITING_HUMAN, Event, apply
 
 if TYPE_CHECKING:
     from orchestrator.api import JobView, Orchestrator
 
-AREA, KEY, VERSION = "projections", "jobs-v1", 2
+AREA, KEY, VERSION = "projections", "jobs-v2", 3
+OLD_KEYS = ("jobs-v1",)  # earlier formats, removed when the new cache is written
 HEAL_BATCH = 500
+NO_STATE = 255  # state code of a job with no valid first event
+STATE_CODE = {s: i for i, s in enumerate(STATES)}
+NAN = math.nan
+_KNOWN_CODES = bytes([*range(len(STATES)), NO_STATE])
 
 
 class Row(NamedTuple):
-    """What metrics need of one job (times are epoch seconds). A tuple: 100k of them load fast."""
+    """What metrics need of one job (times are epoch seconds)."""
 
     state: str | None
     ok: bool
@@ -42,12 +55,133 @@ class Row(NamedTuple):
     resumes_failed: int  # resumes after which it asked again, failed or was cancelled
     runs: list[str]  # run ids, oldest first
 
-    def dump(self, fp: list[int]) -> list[Any]:
-        return [*fp, *self]  # flat: fewer JSON tokens to parse
+
+def _f(value: float | None) -> float:
+    return NAN if value is None else float(value)
+
+
+def _opt(value: float) -> float | None:
+    return None if value != value else value  # NaN means none
+
+
+class Columns:
+    """Rows stored column by column, in one order: ``ids[i]`` is the job of every column's ``[i]``.
+
+    ``size``/``mtime`` are the fingerprint the row was computed from; times are ``NaN`` when
+    absent; ``state`` holds an index into ``STATES`` (``NO_STATE`` for none); ``runs`` holds each
+    job's run ids joined by spaces (ids never contain one).
+    """
+
+    NUMERIC = (("size", "q"), ("mtime", "q"), ("submitted", "d"), ("updated", "d"), ("final", "d"),
+               ("lease", "d"), ("resumes_ok", "q"), ("resumes_failed", "q"))
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.state = bytearray()
+        self.ok = bytearray()
+        self.runs: list[str] = []
+        for name, code in self.NUMERIC:
+            setattr(self, name, array(code))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, job_id: str, fp: tuple[int, int], row: Row) -> None:
+        self.ids.append(job_id)
+        self.size.append(fp[0])
+        self.mtime.append(fp[1])
+        self.state.append(STATE_CODE.get(row.state, NO_STATE) if row.state is not None else NO_STATE)
+        self.ok.append(1 if row.ok else 0)
+        self.submitted.append(_f(row.submitted_at))
+        self.updated.append(_f(row.updated_at))
+        self.final.append(_f(row.final_at))
+        self.lease.append(_f(row.lease_expires_at))
+        self.resumes_ok.append(row.resumes_ok)
+        self.resumes_failed.append(row.resumes_failed)
+        self.runs.append(" ".join(row.runs))
+
+    def copy_from(self, other: "Columns", i: int) -> None:
+        self.ids.append(other.ids[i])
+        self.state.append(other.state[i])
+        self.ok.append(other.ok[i])
+        self.runs.append(other.runs[i])
+        for name, _ in self.NUMERIC:
+            getattr(self, name).append(getattr(other, name)[i])
+
+    def row(self, i: int) -> Row:
+        code = self.state[i]
+        return Row(state=None if code == NO_STATE else STATES[code], ok=bool(self.ok[i]),
+                   submitted_at=_opt(self.submitted[i]), updated_at=_opt(self.updated[i]),
+                   final_at=_opt(self.final[i]), lease_expires_at=_opt(self.lease[i]),
+                   resumes_ok=self.resumes_ok[i], resumes_failed=self.resumes_failed[i],
+                   runs=self.runs[i].split() if self.runs[i] else [])
 
     @classmethod
-    def load(cls, raw: list[Any]) -> "Row":
-        return cls._make(raw[2:])
+    def from_rows(cls, rows: Iterable[Row]) -> "Columns":
+        cols = cls()
+        for i, row in enumerate(rows):
+            cols.add(str(i), (0, 0), row)
+        return cols
+
+    def dump(self) -> bytes:
+        sections = ["\n".join(self.ids).encode(), bytes(self.state), bytes(self.ok), "\n".join(self.runs).encode()]
+        sections += [getattr(self, name).tobytes() for name, _ in self.NUMERIC]
+        header = {"version": VERSION, "n": len(self.ids), "byteorder": sys.byteorder,
+                  "lengths": [len(s) for s in sections]}
+        return json.dumps(header, separators=(",", ":")).encode() + b"\n" + b"".join(sections)
+
+    @classmethod
+    def load(cls, data: bytes) -> "Columns | None":
+        """Decode ``dump``'s bytes; ``None`` when they are not exactly a cache of this version."""
+        end = data.find(b"\n")
+        try:
+            header = json.loads(data[:end]) if end > 0 else None
+            if not (isinstance(header, dict) and header.get("version") == VERSION
+                    and header.get("byteorder") == sys.byteorder):
+                return None
+            n, lengths = header["n"], header["lengths"]
+            if (not isinstance(n, int) or not isinstance(lengths, list) or len(lengths) != 4 + len(cls.NUMERIC)
+                    or not all(isinstance(x, int) and x >= 0 for x in lengths)
+                    or end + 1 + sum(lengths) != len(data)):
+                return None
+            parts, pos = [], end + 1
+            for length in lengths:
+                parts.append(data[pos:pos + length])
+                pos += length
+            cols = cls()
+            cols.ids = parts[0].decode().split("\n") if n else []
+            cols.state, cols.ok = bytearray(parts[1]), bytearray(parts[2])
+            cols.runs = parts[3].decode().split("\n") if n else []
+            for (name, _), raw in zip(cls.NUMERIC, parts[4:]):
+                getattr(cols, name).frombytes(raw)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
+            return None  # a damaged cache is just rebuilt
+        columns = [cols.ids, cols.state, cols.ok, cols.runs, *(getattr(cols, name) for name, _ in cls.NUMERIC)]
+        if any(len(c) != n for c in columns) or cols.state.translate(None, _KNOWN_CODES):
+            return None  # a column of the wrong length, or a state code that names no state
+        return cols
+
+
+class Rows(Mapping[str, Row]):
+    """A read-only ``job id -> Row`` view of columns (rows are built only when looked at)."""
+
+    def __init__(self, cols: Columns) -> None:
+        self.columns = cols
+        self._index: dict[str, int] | None = None
+
+    def _pos(self) -> dict[str, int]:
+        if self._index is None:
+            self._index = dict(zip(self.columns.ids, range(len(self.columns))))
+        return self._index
+
+    def __getitem__(self, job_id: str) -> Row:
+        return self.columns.row(self._pos()[job_id])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.columns.ids)
+
+    def __len__(self) -> int:
+        return len(self.columns)
 
 
 def summarize(view: "JobView") -> Row:
@@ -78,35 +212,61 @@ def summarize(view: "JobView") -> Row:
                resumes_ok=ok, resumes_failed=failed, runs=runs)
 
 
-def fingerprints(orch: "Orchestrator") -> dict[str, list[int]]:
-    """job id -> fingerprint of its events, without opening any events file when possible."""
+def scan(orch: "Orchestrator") -> tuple[list[str], array, array]:
+    """Every job's id and fingerprint (two integers), without opening any events file when possible."""
     store = orch.store
     custom = getattr(store, "fingerprints", None)
     if callable(custom):  # a backend may offer a cheap one (e.g. head seqs from one SQL query)
-        return {k: list(v) for k, v in custom().items()}
-    jobs_dir = getattr(store, "jobs_dir", None)
-    if jobs_dir is not None:
-        from orchestrator.store.jsonl import EVENTS_SUFFIX
+        fps = {k: tuple(v) for k, v in custom().items()}
+    elif getattr(store, "jobs_dir", None) is not None:
+        return _scan_dir(store.jobs_dir)
+    else:
+        fps = {job_id: (len(store.read(job_id)), 0) for job_id in store.job_ids()}  # slow generic fallback
+    return list(fps), array("q", (v[0] for v in fps.values())), array("q", (v[1] for v in fps.values()))
 
-        out = {}
-        try:
-            with os.scandir(jobs_dir) as entries:
-                for entry in entries:
-                    if entry.name.endswith(EVENTS_SUFFIX):
-                        st = entry.stat()
-                        if st.st_size:
-                            out[entry.name[: -len(EVENTS_SUFFIX)]] = [st.st_size, st.st_mtime_ns]
-        except FileNotFoundError:
-            pass
-        return out
-    return {job_id: [len(store.read(job_id)), 0] for job_id in store.job_ids()}  # slow generic fallback
+
+def _scan_dir(jobs_dir: os.PathLike[str] | str) -> tuple[list[str], array, array]:
+    from orchestrator.store.jsonl import EVENTS_SUFFIX
+
+    ids: list[str] = []
+    sizes, mtimes = array("q"), array("q")
+    try:
+        dir_fd = os.open(jobs_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return ids, sizes, mtimes
+    try:
+        stat, cut = os.stat, -len(EVENTS_SUFFIX)
+        # listdir + stat relative to the open folder: ~25% faster than scandir's DirEntry.stat
+        for name in os.listdir(dir_fd):
+            if name.endswith(EVENTS_SUFFIX):
+                try:
+                    st = stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if st.st_size:
+                    ids.append(name[:cut])
+                    sizes.append(st.st_size)
+                    mtimes.append(st.st_mtime_ns)
+    finally:
+        os.close(dir_fd)
+    return ids, sizes, mtimes
+
+
+def fingerprints(orch: "Orchestrator") -> dict[str, list[int]]:
+    """job id -> fingerprint of its events (kept for callers that want a mapping)."""
+    ids, sizes, mtimes = scan(orch)
+    return {job_id: [a, b] for job_id, a, b in zip(ids, sizes, mtimes)}
 
 
 @dataclass
 class Refresh:
-    rows: dict[str, Row]
+    rows: Rows
     replayed: int
     healed: int
+
+    @property
+    def columns(self) -> Columns:
+        return self.rows.columns
 
 
 def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
@@ -118,23 +278,21 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
     """
     from orchestrator import audit
 
-    raw = {} if rebuild else _read(orch)
-    fps = fingerprints(orch)  # taken before reading: a job that grows meanwhile is seen again next time
-    rows: dict[str, Row] = {}
-    out_raw: dict[str, list[Any]] = {}
-    changed = 0
-    healed = 0
+    cached = (None if rebuild else _read(orch)) or Columns()
+    ids, sizes, mtimes = scan(orch)  # taken before reading: a job that grows meanwhile is seen again next time
+    if ids == cached.ids and sizes == cached.size and mtimes == cached.mtime:
+        return Refresh(Rows(cached), 0, 0)  # nothing changed: three list comparisons in C
+    where = dict(zip(cached.ids, range(len(cached))))
+    cols = Columns()
+    changed = healed = 0
     batch: list[Any] = []
-    for job_id, fp in fps.items():
-        cached = raw.get(job_id)
-        if cached is not None and cached[0] == fp[0] and cached[1] == fp[1]:
-            rows[job_id] = Row.load(cached)
-            out_raw[job_id] = cached
+    for job_id, size, mtime in zip(ids, sizes, mtimes):
+        i = where.get(job_id)
+        if i is not None and cached.size[i] == size and cached.mtime[i] == mtime:
+            cols.copy_from(cached, i)
             continue
         view = orch.load(job_id)
-        row = summarize(view)
-        rows[job_id] = row
-        out_raw[job_id] = row.dump(fp)
+        cols.add(job_id, (size, mtime), summarize(view))
         changed += 1
         if heal and view.ok:
             batch.append(view)
@@ -145,25 +303,21 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
             progress(changed)
     if batch:
         healed += len(audit.heal_quietly(orch, batch))
-    if changed or len(out_raw) != len(raw):
-        orch.store.put_aux(AREA, KEY, json.dumps({"version": VERSION, "rows": out_raw}, separators=(",", ":")).encode())
-    return Refresh(rows, changed, healed)
+    orch.store.put_aux(AREA, KEY, cols.dump())
+    for old in OLD_KEYS:
+        orch.store.delete_aux(AREA, old)
+    return Refresh(Rows(cols), changed, healed)
 
 
-def _read(orch: "Orchestrator") -> dict[str, list[Any]]:
+def _read(orch: "Orchestrator") -> Columns | None:
     data = orch.store.get_aux(AREA, KEY)
-    if not data:
-        return {}
-    try:
-        doc = json.loads(data)
-        return doc["rows"] if doc.get("version") == VERSION and isinstance(doc.get("rows"), dict) else {}
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
-        return {}  # a damaged cache is just rebuilt
+    return Columns.load(data) if data else None
 
 
 def job_of_run(orch: "Orchestrator", run_id: str) -> str | None:
     """The job that ran ``run_id``, from the rows (refreshed incrementally)."""
-    for job_id, row in refresh(orch).rows.items():
-        if run_id in row.runs:
+    cols = refresh(orch).columns
+    for job_id, runs in zip(cols.ids, cols.runs):
+        if run_id in runs.split():
             return job_id
     return None

@@ -35,7 +35,7 @@ from orchestrator.errors import (ConcurrencyError, InvalidInputError, JobNotFoun
                                  MalformedPayloadError, PathEscapeError)
 from orchestrator.handlers import RunPaths, import_modules, resolve
 from orchestrator.leases import Lease, drop_lease, lease_aux, lease_expiry, write_lease
-from orchestrator.payload import DONE, NEEDS_AUDIT, NEEDS_HUMAN, TerminalPayload, parse_payload
+from orchestrator.payload import DONE, NEEDS_AUDIT, NEEDS_HUMAN, Payload, parse_payload
 from orchestrator.queue import ReadyEntry
 from orchestrator.runner import Child, tail, write_json_atomic
 from orchestrator.security import safe_join, sanitize_obj, sanitize_text, validate_id
@@ -404,7 +404,7 @@ class Worker:
         return delay * (0.5 + self.rng.random() / 2)
 
     def _fail(self, claim: Claim, code: str, message: str, *, paths: RunPaths, retryable: bool = True,
-              event: str = "job_failed", payload: TerminalPayload | None = None) -> RunResult:
+              event: str = "job_failed", payload: Payload | None = None) -> RunResult:
         s = claim.state
         now = self.orch.clock()
         failures = s.failures + 1

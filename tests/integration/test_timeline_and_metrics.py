@@ -117,3 +117,78 @@ def test_metrics_refresh_heals_a_missing_audit_entry(orch: Orchestrator) -> None
     entries = [json.loads(s.raw) for s in orch.store.read(AUDIT_STREAM)]
     assert [e["data"]["action"] for e in entries] == ["resume"]
     assert refresh(orch, rebuild=True).healed == 0
+
+
+def _mixed_project(orch: Orchestrator) -> list[str]:
+    ids = [js.waiting_human(orch, run_id="r1")]
+    orch.resume(ids[0], "yes")
+    js.claim(orch, ids[0], "r2")
+    js.finish(orch, ids[0], "job_succeeded", {"summary": "done"})
+    ids += [js.running(orch, run_id="r3", lease="2020-01-01T00:00:00.000000Z"), orch.submit("echo", {"x": 1})]
+    orch.cancel(ids[-1], "no longer needed")
+    ids.append(orch.submit("echo", {"x": 2}))
+    return ids
+
+
+def test_columns_cache_round_trips_every_row_and_figure(orch: Orchestrator) -> None:
+    ids = _mixed_project(orch)
+    built = refresh(orch)
+    loaded = refresh(orch)
+    assert built.replayed == 4 and loaded.replayed == 0
+    assert dict(loaded.rows) == dict(built.rows) == {j: summarize(orch.load(j)) for j in ids}
+    now = orch.clock()
+    from_columns = compute("p", loaded.columns, now, Thresholds(resume_min_samples=1))
+    from_rows = compute("p", list(loaded.rows.values()), now, Thresholds(resume_min_samples=1))
+    assert from_columns == from_rows
+    assert (from_columns.stalled_count, from_columns.resumes_decided, from_columns.converged_jobs) == (1, 1, 2)
+
+
+def test_nothing_changed_reads_the_cache_without_rewriting_it(orch: Orchestrator, monkeypatch) -> None:
+    _mixed_project(orch)
+    refresh(orch)
+    writes = []
+    monkeypatch.setattr(orch.store, "put_aux", lambda *a: writes.append(a))
+    monkeypatch.setattr(orch, "load", lambda j: pytest.fail(f"{j} replayed although unchanged"))
+    assert refresh(orch).replayed == 0 and writes == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad_state_code", "old_version", "garbage"])
+def test_a_damaged_columns_cache_is_rebuilt_and_never_gives_wrong_figures(orch: Orchestrator, damage: str) -> None:
+    ids = _mixed_project(orch)
+    good = refresh(orch)
+    path = orch.settings.state_dir / "projections" / "jobs-v2"
+    data = path.read_bytes()
+    header, _, body = data.partition(b"\n")
+    if damage == "truncated":
+        data = data[:-3]
+    elif damage == "bad_state_code":
+        meta = json.loads(header)
+        state_at = len(header) + 1 + meta["lengths"][0]
+        data = data[:state_at] + b"\x07" + data[state_at + 1:]  # 7 names no state
+    elif damage == "old_version":
+        data = header.replace(b'"version":3', b'"version":2') + b"\n" + body
+    else:
+        data = b"\x00\xff" * 50
+    path.write_bytes(data)
+    again = refresh(orch)
+    assert again.replayed == len(ids) and dict(again.rows) == dict(good.rows)
+
+
+def test_the_json_cache_of_the_previous_version_is_removed(orch: Orchestrator) -> None:
+    orch.submit("echo", {"x": 1})
+    orch.store.put_aux("projections", "jobs-v1", b'{"version":2,"rows":{}}')
+    refresh(orch)
+    assert orch.store.get_aux("projections", "jobs-v1") is None
+
+
+def test_every_changed_job_is_replayed_among_many_unchanged(orch: Orchestrator) -> None:
+    ids = [orch.submit("echo", {"i": i}) for i in range(30)]
+    assert refresh(orch).replayed == 30
+    for job_id in ids[3::7]:
+        orch.cancel(job_id, "changed")
+    gone = orch.store.path(ids[5])
+    gone.unlink()
+    again = refresh(orch)
+    assert again.replayed == len(ids[3::7])
+    assert {j for j, r in again.rows.items() if r.state == "cancelled"} == set(ids[3::7])
+    assert ids[5] not in again.rows and len(again.rows) == 29

@@ -15,7 +15,7 @@ from orchestrator.cli import cli
 from orchestrator.errors import InvalidInputError, MalformedPayloadError
 from orchestrator.history import verify_stream
 from orchestrator.limits import MAX_INPUT_BYTES, MAX_JSON_DEPTH, json_depth
-from orchestrator.payload import TerminalPayload, parse_payload
+from orchestrator.payload import Payload, parse_payload
 from orchestrator.signing import Keyring, load_keyring
 from orchestrator.store.base import StoredLine
 
@@ -62,7 +62,7 @@ def test_the_payload_validator_returns_a_payload_or_malformed_payload_and_nothin
             payload = parse_payload(candidate, tmp_path)  # type: ignore[arg-type]
         except MalformedPayloadError:
             continue
-        assert isinstance(payload, TerminalPayload)
+        assert isinstance(payload, Payload)
         assert all(".." not in a.split("/") and not a.startswith("/") for a in payload.artifacts)
 
 

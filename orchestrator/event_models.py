@@ -1,0 +1,156 @@
+"""Event payloads: one frozen pydantic model per event type, the reference for ``events.validate_data``.
+
+Each model's docstring names the transition it causes. The envelope (``v``, ``seq``,
+``job_id``, ``run_id``, ``type``, ``ts``, ``actor``, ``data``, ``prev``, ``kid``, ``sig``)
+is built by ``orchestrator.history``; ``v`` is the envelope format version (``events.ENVELOPE_VERSION``) and a reader
+refuses versions it does not know. Replays do not import this module (the reducer reads the
+verified ``data`` directly), which keeps read-only commands fast to start.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from orchestrator.errors import InvalidInputError
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class JobOptions(_Data):
+    audit: bool = False
+    max_attempts: int = Field(default=3, ge=1, le=1000)
+    timeout: Optional[float] = Field(default=None, gt=0)
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    key: Optional[str] = Field(default=None, min_length=1, max_length=200)
+
+
+class JobSubmitted(_Data):
+    """(new) -> queued. ``context_digest`` is the SHA-256 of the canonical context, checked before each run."""
+
+    kind: str = Field(min_length=1, max_length=200)
+    input: Any = None
+    options: JobOptions
+    context_digest: str
+
+
+class JobClaimed(_Data):
+    """queued -> running. Starts attempt ``attempt`` as ``run_id`` under fencing ``epoch``."""
+
+    worker_id: str
+    epoch: int = Field(ge=1)
+    attempt: int = Field(ge=1)
+    lease_expires_at: str
+
+
+class _Result(_Data):
+    summary: str = ""
+    output: Any = None
+    artifacts: list[str] = []
+
+
+class JobSucceeded(_Result):
+    """running -> succeeded (payload ``done``, job not under audit)."""
+
+
+class AuditRequested(_Result):
+    """running -> awaiting_audit (payload ``done`` of an ``audit`` job, or ``needs_audit``)."""
+
+
+class HumanInputRequested(_Result):
+    """running -> waiting_human (payload ``needs_human``); ``question`` is what the operator answers."""
+
+    question: str = Field(min_length=1)
+
+
+class _Failure(_Data):
+    error_code: str
+    error: str = ""
+    retry_at: Optional[str] = None  # set: back to queued, runnable at that time; unset: final
+
+
+class JobFailed(_Failure):
+    """running -> queued (``retry_at`` set) or failed. Records ``MALFORMED_PAYLOAD``, ``NO_TERMINAL_SIGNAL_EXIT``, handler failures."""
+
+    summary: str = ""
+    output_tail: str = ""
+
+
+class JobTimeout(_Failure):
+    """running -> queued (``retry_at`` set) or failed, after the run passed its timeout (``NO_TERMINAL_SIGNAL_TIMEOUT``)."""
+
+    timeout: float
+
+
+class StaleRecovered(_Failure):
+    """running -> queued or waiting_human: the worker's lease expired (``NO_TERMINAL_SIGNAL_STALE``)."""
+
+    to: Literal["queued", "waiting_human", "failed"]
+    stale_worker_id: Optional[str] = None
+    lease_expired_at: Optional[str] = None
+    artifacts: list[str] = []
+    question: Optional[str] = None
+
+
+class JobApproved(_Data):
+    """awaiting_audit -> succeeded."""
+
+    note: str = ""
+
+
+class JobRevised(_Data):
+    """awaiting_audit -> queued; the notes join the context's ``revisions`` for the re-run."""
+
+    notes: str = Field(min_length=1)
+
+
+class JobResumed(_Data):
+    """waiting_human -> queued; the answer joins the context's ``answers`` for the re-run."""
+
+    answer: str = Field(min_length=1)
+    question: Optional[str] = None
+
+
+class JobCancelled(_Data):
+    """any non-final state -> cancelled."""
+
+    reason: str = ""
+
+
+class JobReleased(_Data):
+    """running -> queued: a stopping worker killed the run after its grace period (``WORKER_STOPPED``); not a failure."""
+
+    error_code: str = "WORKER_STOPPED"
+    error: str = ""
+    worker_id: Optional[str] = None
+    output_tail: str = ""
+
+
+EVENT_MODELS: dict[str, type[_Data]] = {
+    "job_submitted": JobSubmitted,
+    "job_claimed": JobClaimed,
+    "job_succeeded": JobSucceeded,
+    "audit_requested": AuditRequested,
+    "human_input_requested": HumanInputRequested,
+    "job_failed": JobFailed,
+    "job_timeout": JobTimeout,
+    "stale_recovered": StaleRecovered,
+    "job_approved": JobApproved,
+    "job_revised": JobRevised,
+    "job_resumed": JobResumed,
+    "job_cancelled": JobCancelled,
+    "job_released": JobReleased,
+}
+
+
+def validate_with_models(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Check an event's payload against its model and return it as plain JSON data."""
+    model = EVENT_MODELS.get(event_type)
+    if model is None:
+        raise InvalidInputError(f"unknown event type {event_type!r}")
+    try:
+        return model.model_validate(data).model_dump(mode="json", exclude_none=True)
+    except ValidationError as exc:
+        raise InvalidInputError(f"invalid {event_type} data: {exc.errors(include_url=False)}") from None

@@ -1,0 +1,171 @@
+"""The pydantic-free acceptors (events and terminal payload) agree with the pydantic models.
+
+The acceptors may only ever *accept* what the models accept, and return exactly what the
+models return; everything else must go to the models (so errors keep their exact text).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from orchestrator import events
+from orchestrator.errors import InvalidInputError, MalformedPayloadError
+from orchestrator.event_models import EVENT_MODELS, validate_with_models
+from orchestrator.payload import Payload, _accept, parse_payload
+from orchestrator.payload_model import TerminalPayload, _short
+
+FOLDER = Path("/nonexistent/artifacts/JOB1")
+
+scalars = st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=True) | st.text(max_size=5)
+values = st.recursive(scalars | st.tuples(scalars), lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.text(max_size=3), inner, max_size=3), max_leaves=8)
+FIELD_NAMES = sorted({n for spec in events.SPECS.values() for n, _, _ in spec} | {"extra"})
+
+
+def _models_verdict(event_type: str, data: dict) -> object:
+    try:
+        return validate_with_models(event_type, data)
+    except InvalidInputError as exc:
+        return exc
+
+
+def test_each_fast_spec_matches_its_model_field_by_field() -> None:
+    for event_type, spec in events.SPECS.items():
+        model = EVENT_MODELS[event_type]
+        assert [name for name, _, _ in spec] == list(model.model_fields), event_type
+        for name, kind, default in spec:
+            info = model.model_fields[name]
+            if default is events._REQUIRED:
+                assert info.is_required(), (event_type, name)
+            else:
+                assert not info.is_required() and info.get_default(call_default_factory=True) == (
+                    list(default) if kind == "strlist" else default), (event_type, name)
+
+
+@pytest.mark.parametrize("event_type, data", [
+    ("job_claimed", {"worker_id": "w", "epoch": 1, "attempt": 2, "lease_expires_at": "2030-01-01T00:00:00Z"}),
+    ("job_succeeded", {"summary": "ok", "output": {"n": [1, 2.5, None, "é"]}, "artifacts": ["a.txt"]}),
+    ("job_succeeded", {"summary": "ok", "output": None, "artifacts": []}),
+    ("audit_requested", {"summary": "check"}),
+    ("human_input_requested", {"summary": "", "output": None, "artifacts": [], "question": "go?"}),
+    ("job_failed", {"error_code": "HANDLER_FAILED", "error": "x", "retry_at": "2030-01-01T00:00:00Z",
+                    "output_tail": "", "summary": ""}),
+    ("job_released", {"error_code": "WORKER_STOPPED", "worker_id": "w", "error": "e", "output_tail": ""}),
+    ("job_timeout", {"error_code": "NO_TERMINAL_SIGNAL_TIMEOUT", "error": "e", "timeout": 2.5}),
+    ("stale_recovered", {"error_code": "NO_TERMINAL_SIGNAL_STALE", "error": "e", "to": "waiting_human",
+                         "stale_worker_id": "w", "lease_expired_at": "2030-01-01T00:00:00Z", "artifacts": ["a"],
+                         "question": "q?"}),
+    ("stale_recovered", {"error_code": "NO_TERMINAL_SIGNAL_STALE", "to": "queued", "retry_at": None}),
+    ("job_resumed", {"answer": "yes", "question": "go?"}),
+    ("job_cancelled", {"reason": "r"}),
+])
+def test_what_workers_write_is_accepted_without_the_models_and_equals_their_dump(event_type: str,
+                                                                                  data: dict) -> None:
+    fast = events.accept(event_type, data)
+    assert fast is not None, "the common case must not need pydantic"
+    assert fast == validate_with_models(event_type, data)
+    assert json.dumps(fast) == json.dumps(validate_with_models(event_type, data))  # same key order
+
+
+@pytest.mark.parametrize("event_type, data", [
+    ("job_claimed", {"worker_id": "w", "epoch": 0, "attempt": 1, "lease_expires_at": "x"}),
+    ("job_claimed", {"worker_id": "w", "epoch": True, "attempt": 1, "lease_expires_at": "x"}),
+    ("job_claimed", {"worker_id": "w", "epoch": "1", "attempt": 1, "lease_expires_at": "x"}),
+    ("job_succeeded", {"summary": "ok", "surprise": 1}),
+    ("job_succeeded", {"summary": 5}),
+    ("job_succeeded", {"output": {"x": float("nan")}}),
+    ("job_succeeded", {"output": (1, 2)}),
+    ("human_input_requested", {"question": ""}),
+    ("job_failed", {"error": "no code"}),
+    ("job_timeout", {"error_code": "X", "timeout": 3}),
+    ("job_timeout", {"error_code": "X", "timeout": float("inf")}),
+    ("stale_recovered", {"error_code": "X", "to": "running"}),
+])
+def test_anything_unusual_goes_to_the_models(event_type: str, data: dict) -> None:
+    assert events.accept(event_type, data) is None
+    verdict = _models_verdict(event_type, data)
+    if isinstance(verdict, InvalidInputError):
+        with pytest.raises(InvalidInputError) as err:
+            events.validate_data(event_type, data)
+        assert err.value.message == verdict.message
+    else:
+        assert events.validate_data(event_type, data) == verdict
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(sorted(events.SPECS)), st.dictionaries(st.sampled_from(FIELD_NAMES), values, max_size=6))
+def test_the_event_acceptor_never_disagrees_with_the_models(event_type: str, data: dict) -> None:
+    fast = events.accept(event_type, data)
+    if fast is not None:
+        assert fast == validate_with_models(event_type, data)
+
+
+payload_like = st.fixed_dictionaries({}, optional={
+    "status": st.sampled_from(["done", "needs_human", "needs_audit", "failed", "other"]) | values,
+    "summary": st.text(max_size=5) | values, "question": st.none() | st.text(max_size=3) | st.just("  ") | values,
+    "output": values, "artifacts": st.lists(st.text(max_size=3), max_size=2) | values,
+    "retryable": st.booleans() | values, "error_code": st.sampled_from(["E1", "bad", "X_Y", "A\n"]) | values,
+    "surprise": values})
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload_like)
+def test_the_payload_acceptor_never_disagrees_with_the_model(data: dict) -> None:
+    fast = _accept(data)
+    if fast is None:
+        return
+    model = TerminalPayload.model_validate(data)
+    assert fast == Payload(model.status, model.summary, model.question, model.output, list(model.artifacts),
+                           model.retryable, model.error_code)
+
+
+def test_payload_errors_still_come_from_the_model_word_for_word() -> None:
+    raw = json.dumps({"status": "needs_human", "summary": "x", "question": "  "})
+    assert _accept(json.loads(raw)) is None
+    with pytest.raises(MalformedPayloadError) as err:
+        parse_payload(raw, FOLDER)
+    with pytest.raises(ValidationError) as model_err:
+        TerminalPayload.model_validate(json.loads(raw))
+    assert err.value.message == f"invalid terminal payload: {_short(model_err.value.errors())}"
+    assert err.value.message.endswith("needs a non-empty 'question'")
+
+
+def test_a_worker_running_well_formed_jobs_never_imports_pydantic(tmp_path: Path) -> None:
+    code = f"""
+import sys
+from pathlib import Path
+from orchestrator import events
+from orchestrator.payload import parse_payload
+import orchestrator.worker
+events.validate_data("job_claimed", {{"worker_id": "w", "epoch": 1, "attempt": 1, "lease_expires_at": "x"}})
+p = parse_payload(b'{{"status": "done", "summary": "ok", "output": {{"a": 1}}}}', Path({str(tmp_path)!r}))
+events.validate_data("job_succeeded", {{"summary": p.summary, "output": p.output, "artifacts": p.artifacts}})
+print(sorted(m for m in sys.modules if m.startswith("pydantic")))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_real_worker_claims_runs_and_records_a_job_without_pydantic(base: Path, cli_env: dict[str, str]) -> None:
+    from orchestrator import Orchestrator
+    from orchestrator.signing import load_keyring
+
+    orch = Orchestrator(base_path=base, project_id="proj", keyring=load_keyring(cli_env, announce=False))
+    job_id = orch.submit("orchestrator.latency:noop_handler", {"n": 1})
+    code = f"""
+import sys
+from orchestrator import Orchestrator
+orch = Orchestrator(base_path={str(base)!r}, project_id="proj")
+result = orch.worker(worker_id="w-lean").run_once()
+print(orch.status({job_id!r}).state, sorted(m for m in sys.modules if m.startswith("pydantic")))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split(None, 1) == ["succeeded", "[]\n"]
