@@ -15,19 +15,10 @@ from typing import Callable
 
 import pytest
 
-from helpers import REPO, run_script
-
-WAIT = 20.0
+from helpers import REPO, WAIT, run_script, wait_until
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = WAIT, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
 
 
 @pytest.fixture

@@ -28,20 +28,11 @@ from orchestrator.store.postgres import PostgresStore
 from orchestrator.worker import Worker, WorkerSettings
 
 from backends import TestPostgresStore, require_pg
+from helpers import REPO, WAIT, wait_until
 
 pytestmark = pytest.mark.postgres
-REPO = Path(__file__).resolve().parents[2]
-WAIT = 20.0
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = WAIT, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Cluster:
