@@ -264,24 +264,14 @@ class Orchestrator:
         self.queue.before_append(job_id, old, state)
         # the pending lock spans event + entry, so a concurrent heal never writes the entry too
         with audit_log.pending(self, job_id) if audit is not None else contextlib.nullcontext():
-            if self.store.atomic_aux:  # one transaction: no crash can separate the events from their head
-                def with_events(new_head: Head) -> dict[tuple[str, str], bytes | None]:
-                    return {(HEADS_AREA, job_id): head_record(self.keyring, job_id, new_head), **(aux or {})}
+            def with_events(new_head: Head) -> dict[tuple[str, str], bytes | None]:
+                return {(HEADS_AREA, job_id): head_record(self.keyring, job_id, new_head), **(aux or {})}
 
-                new_head = self.store.append(job_id, lambda _h: lines, expected_seq=head.seq, fence=fence,
-                                             aux=with_events)
-                faults.point("append.after_event")
-                self.queue.after_append(job_id, old, state)
-            else:
-                new_head = self.store.append(job_id, lambda _h: lines, expected_seq=head.seq, fence=fence)
-                faults.point("append.after_event")
-                self.queue.after_append(job_id, old, state)
-                self.store.put_aux(HEADS_AREA, job_id, head_record(self.keyring, job_id, new_head))
-                for (area, key), data in (aux or {}).items():
-                    if data is None:
-                        self.store.delete_aux(area, key)
-                    else:
-                        self.store.put_aux(area, key, data)
+            # the store writes the head record (then ``aux``) in the events' transaction where it can
+            # (PostgreSQL), else right after the events are durable: a record is never ahead of its events
+            new_head = self.store.append(job_id, lambda _h: lines, expected_seq=head.seq, fence=fence, aux=with_events)
+            faults.point("append.after_event")
+            self.queue.after_append(job_id, old, state)
             faults.point("append.after_head")
             if audit is not None:
                 audit_log.record(self, job_id=job_id, run_id=run_id, action=audit[0], note=audit[1],

@@ -5,7 +5,8 @@ lease by atomically replacing one small record per (job, epoch) in the store's a
 ``leases`` (a file ``.orchestrator/leases/<job_id>.<epoch>`` on the file backend), every
 ``lease_seconds / 3``. On a store with ``atomic_aux`` (PostgreSQL) the first record is written in
 the claim's transaction and the last one deleted in the outcome's (``lease_aux``), so a short job
-costs no lease commit at all. Keying by epoch means a paused ("zombie") worker that wakes up can
+costs no lease commit at all. Stale recovery drops the dead run's record with its event on every
+store (in its transaction, or right after it). Keying by epoch means a paused ("zombie") worker that wakes up can
 only rewrite its own, superseded record, never the lease of the worker that took over.
 
 A lease record is a derived cache like any other: a missing or unreadable one falls back to

@@ -177,16 +177,13 @@ class Worker:
         else:
             data.update(to="failed")
         data["error"] = sanitize_text(why)
-        atomic = self.orch.store.atomic_aux  # drop the dead run's lease in the same transaction
-        try:
+        try:  # the dead run's lease is dropped with the event (in its transaction where the store can)
             self.orch.append(view, s.job_id, [("stale_recovered", data)], run_id=s.run_id, actor=self.actor,
                              now=now, audit=("stale_recovered", f"{why}; to {data['to']}"),
                              fence=s.epoch + 1,  # supersedes the dead run's epoch
-                             aux=lease_aux(s.job_id, s.epoch, None) if atomic else None)
+                             aux=lease_aux(s.job_id, s.epoch, None))
         except ConcurrencyError:
             return False  # another worker recovered it, or the run finished just now
-        if not atomic:
-            drop_lease(self.orch.store, s.job_id, s.epoch)
         log.warning("recovered stale job %s -> %s", s.job_id, data["to"],
                     extra={"job_id": s.job_id, "run_id": s.run_id, "stale_worker_id": s.worker_id})
         return True
