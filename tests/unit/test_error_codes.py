@@ -38,3 +38,13 @@ def test_every_error_code_is_in_the_readme_exit_table_with_its_exit_code() -> No
 def test_expected_errors_never_use_the_internal_or_usage_exit_codes() -> None:
     for cls in all_error_classes():
         assert cls.exit_code >= 3, f"{cls.code} uses exit {cls.exit_code}, kept for internal/usage errors"
+
+
+def test_the_cli_help_names_every_exit_code_of_the_readme_table() -> None:
+    from orchestrator.cli import cli
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    readme_exits = {int(m) for m in re.findall(r"^\|\s*(\d+)\s*\|", text[text.index("## Exit codes"):], re.M)}
+    help_text = " ".join((cli.help or "").split())
+    for exit_code in sorted(readme_exits):
+        assert re.search(rf"\b{exit_code} [a-z]", help_text), f"`orchestrator -h` does not mention exit {exit_code}"
