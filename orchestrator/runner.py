@@ -15,10 +15,13 @@ import ctypes.util
 import json
 import os
 import select
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -52,9 +55,29 @@ def _die_with_parent() -> None:
 
 
 class Child:
-    """A running handler process: its pid is also its process group id."""
+    """A running handler process: its pid is also its process group id.
+
+    ``output`` holds what it printed (stdout and stderr); its terminal payload is read with
+    ``payload()`` once it is done, and ``finish()`` removes what the run left behind.
+    """
 
     pid: int
+    output: Path
+    terminal_file: Path | None = None
+
+    def payload(self) -> bytes | None:
+        """The terminal payload the run produced, or None if it left none."""
+        if self.terminal_file is None:
+            return None
+        try:
+            return self.terminal_file.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def finish(self) -> None:
+        """After the outcome is recorded: remove the run's folder (context, terminal file, output)."""
+        if self.terminal_file is not None:
+            shutil.rmtree(self.terminal_file.parent, ignore_errors=True)
 
     def poll(self) -> int | None:
         raise NotImplementedError
@@ -170,7 +193,7 @@ def _open_output(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
 
-def spawn_command(argv: list[str], *, cwd: Path, env: dict[str, str], output: Path) -> Child:
+def spawn_command(argv: list[str], *, cwd: Path, env: dict[str, str], output: Path, terminal_file: Path) -> Child:
     """Start ``argv`` (no shell) in a new session, stdout and stderr into ``output``."""
     _load_libc()  # in the worker, so the child's preexec_fn does not search for libc
     fd = _open_output(output)
@@ -179,56 +202,86 @@ def spawn_command(argv: list[str], *, cwd: Path, env: dict[str, str], output: Pa
                                 start_new_session=True, close_fds=True, preexec_fn=_die_with_parent)
     finally:
         os.close(fd)
-    return PopenChild(proc)
+    child = PopenChild(proc)
+    child.terminal_file, child.output = terminal_file, output
+    return child
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
+    write_bytes_atomic(path, json.dumps(data, ensure_ascii=False, allow_nan=False).encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, allow_nan=False))
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
-def fork_call(fn: Callable[[], Any], *, terminal_file: Path, output: Path) -> Child:
-    """Run ``fn()`` in a forked child (own process group); its return value becomes the terminal file.
+def handler_payload(fn: Callable[[], Any]) -> bytes:
+    """Call a Python handler and return its terminal payload as bytes, whatever it does.
 
-    An exception becomes a ``failed`` payload with ``error_code`` ``HANDLER_ERROR``; a return
-    value that is not JSON leaves an unparsable terminal file (``MALFORMED_PAYLOAD``).
+    An exception becomes a ``failed`` payload with ``error_code`` ``HANDLER_ERROR`` (traceback on
+    stderr, so in the output tail); a return value that is not JSON becomes unparsable bytes, which
+    the worker records as ``MALFORMED_PAYLOAD``. A ``BaseException`` (``sys.exit``) is not caught:
+    the process running the handler exits without a payload (``NO_TERMINAL_SIGNAL_EXIT``).
     """
+    try:
+        result = fn()
+        if hasattr(result, "model_dump"):
+            result = result.model_dump(mode="json")
+        try:
+            return json.dumps(result, ensure_ascii=False, allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            return f"<handler returned a value that is not JSON: {exc}>".encode()
+    except Exception as exc:  # the handler's failure is the job's outcome, not the worker's
+        traceback.print_exc()
+        return json.dumps({"status": "failed", "summary": f"handler raised {type(exc).__name__}: {exc}"[:2000],
+                           "error_code": "HANDLER_ERROR", "retryable": True}).encode()
+
+
+def _become_handler_process(output: Path) -> None:
+    """In a freshly forked child: own process group, default signals, die with the worker, output to a file."""
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _die_with_parent()
+    fd = _open_output(output)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    # print() goes to the output file even if the worker had replaced sys.stdout (a logger, a test runner)
+    sys.stdout = open(1, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)
+
+
+def _fork() -> int:
     _load_libc()  # in the worker, once: the child inherits the handle
     _reap()
     sys.stdout.flush()
     sys.stderr.flush()
-    done_r, done_w = os.pipe()
-    with warnings.catch_warnings():  # Python 3.12 warns about fork() with threads; the child only runs fn
+    with warnings.catch_warnings():  # Python 3.12 warns about fork() with threads; the child only runs handlers
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
+    if pid:
+        try:
+            os.setpgid(pid, pid)  # also done in the child: whichever runs first wins the race
+        except (ProcessLookupError, PermissionError):
+            pass
+    return pid
+
+
+def fork_call(fn: Callable[[], Any], *, terminal_file: Path, output: Path) -> Child:
+    """Run ``fn()`` in a child forked for this run alone; its payload (``handler_payload``) becomes the
+    terminal file. Used with ``handler_process="per-run"``; the default reuses one ``HandlerHost``."""
+    done_r, done_w = os.pipe()
+    pid = _fork()
     if pid == 0:  # pragma: no cover - runs in the child, covered by the worker tests
         code = 1
         try:
             os.close(done_r)
-            os.setpgid(0, 0)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            _die_with_parent()
-            fd = _open_output(output)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            os.close(fd)
-            try:
-                result = fn()
-                if hasattr(result, "model_dump"):
-                    result = result.model_dump(mode="json")
-                try:
-                    write_json_atomic(terminal_file, result)
-                except (TypeError, ValueError) as exc:
-                    terminal_file.write_text(f"<handler returned a value that is not JSON: {exc}>")
-                code = 0
-            except Exception as exc:  # the handler's failure is the job's outcome, not the worker's
-                traceback.print_exc()
-                write_json_atomic(terminal_file, {
-                    "status": "failed", "summary": f"handler raised {type(exc).__name__}: {exc}"[:2000],
-                    "error_code": "HANDLER_ERROR", "retryable": True})
-                code = 0
+            _become_handler_process(output)
+            write_bytes_atomic(terminal_file, handler_payload(fn))
+            code = 0
         except BaseException:
             traceback.print_exc()
         finally:
@@ -242,11 +295,209 @@ def fork_call(fn: Callable[[], Any], *, terminal_file: Path, output: Path) -> Ch
                     pass
                 os._exit(code)
     os.close(done_w)
-    try:
-        os.setpgid(pid, pid)  # also done in the child: whichever runs first wins the race
-    except (ProcessLookupError, PermissionError):
-        pass
-    return ForkChild(pid, done_r)
+    child = ForkChild(pid, done_r)
+    child.terminal_file, child.output = terminal_file, output
+    return child
+
+
+# -- a reused handler process -------------------------------------------------------------------
+_FRAME = struct.Struct(">I")
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    """Exactly ``n`` bytes, or None if the other end closed first (its process died)."""
+    parts, left = [], n
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _read_frame(fd: int) -> bytes | None:
+    head = _read_exact(fd, _FRAME.size)
+    return None if head is None else _read_exact(fd, _FRAME.unpack(head)[0])
+
+
+def _write_frame(fd: int, data: bytes) -> None:
+    view = memoryview(_FRAME.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _host_main(call: Callable[[str, dict[str, Any], str], Any], req_r: int, resp_w: int) -> None:
+    """The reused handler process: one request (kind, context) in, one payload out, until the worker closes."""
+    while True:
+        frame = _read_frame(req_r)
+        if frame is None:  # the worker closed the pipe (or died): nothing more to run
+            return
+        request = json.loads(frame)
+        os.ftruncate(1, 0)  # this run's output only (stdout and stderr share the O_APPEND file)
+        payload = handler_payload(lambda: call(request["kind"], request["context"], request["artifacts_dir"]))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        _write_frame(resp_w, payload)
+
+
+class HandlerHost:
+    """One long-lived child process that runs a worker's Python handlers, one run after another.
+
+    Forking a worker-sized process costs ~2 ms here, more than everything else a short job does;
+    the host is forked once (and again after a kill, a crash, or ``max_runs`` runs) and keeps every
+    property of the per-run child: handler code runs outside the worker, in its own process group
+    (a timeout or a stop kills the group, and the next run gets a fresh host), it dies with the
+    worker (``PR_SET_PDEATHSIG``), and a handler that crashes the process ends its run with no
+    payload (``NO_TERMINAL_SIGNAL_EXIT``). What a run no longer gets is a fresh copy of the worker:
+    module state a handler changes is seen by the next runs of the same host (``docs/worker.md``).
+    """
+
+    def __init__(self, folder: Path, call: Callable[[str, dict[str, Any], str], Any], max_runs: int = 1000,
+                 generation: Callable[[], int] = lambda: 0) -> None:
+        self.folder = folder
+        self.output = folder / "output.log"
+        self.call = call
+        self.max_runs = max_runs
+        self.generation = generation  # a change (a handler registered since the fork) asks for a new host
+        self.pid: int | None = None
+        self.runs = 0
+        self._forked_at_generation = -1
+        self._req_w: int | None = None
+        self._resp_r: int | None = None
+
+    def run(self, kind: str, context: dict[str, Any], artifacts_dir: Path) -> "HostRun":
+        """Hand one run to the host (forking a new one if there is none); returns at once."""
+        request = json.dumps({"kind": kind, "context": context, "artifacts_dir": str(artifacts_dir)},
+                             ensure_ascii=False).encode()
+        for attempt in (1, 2):
+            if self.pid is None or self.runs >= self.max_runs or self._forked_at_generation != self.generation():
+                self.close()
+                self._spawn()
+            assert self._req_w is not None and self._resp_r is not None and self.pid is not None
+            try:
+                _write_frame(self._req_w, request)
+            except BrokenPipeError:  # it died between runs (killed from outside): start a new one
+                self.discard()
+                if attempt == 2:
+                    raise
+                continue
+            self.runs += 1
+            return HostRun(self, self.pid, self._resp_r)
+        raise AssertionError("unreachable")
+
+    def _spawn(self) -> None:
+        generation = self.generation()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        req_r, req_w = os.pipe()
+        resp_r, resp_w = os.pipe()
+        pid = _fork()
+        if pid == 0:  # pragma: no cover - runs in the host, covered by the worker tests
+            code = 0
+            try:
+                os.close(req_w)
+                os.close(resp_r)
+                _become_handler_process(self.output)
+                _host_main(self.call, req_r, resp_w)
+            except BaseException:  # sys.exit in a handler, a broken pipe: the run ends without a payload
+                traceback.print_exc()
+                code = 1
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        os.close(req_r)
+        os.close(resp_w)
+        self.pid, self.runs, self._req_w, self._resp_r = pid, 0, req_w, resp_r
+        self._forked_at_generation = generation
+
+    def _close_fds(self) -> None:
+        for fd in (self._req_w, self._resp_r):
+            if fd is not None:
+                os.close(fd)
+        self._req_w = self._resp_r = None
+
+    def discard(self) -> None:
+        """Forget a host that was killed or died; it is reaped later, and the next run forks a new one."""
+        if self.pid is not None:
+            _UNREAPED.add(self.pid)
+        self._close_fds()
+        self.pid = None
+        _reap()
+
+    def close(self) -> None:
+        """Let the host exit (it reads the end of its pipe) and remove its output file."""
+        self.discard()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def clear_output(self) -> None:
+        """Empty the output file once the run's tail was taken (it may hold what the handler printed)."""
+        try:
+            os.truncate(self.output, 0)
+        except OSError:
+            pass
+
+
+class HostRun(Child):
+    """One run inside a ``HandlerHost``: done when the host answers, or ends if the host dies."""
+
+    def __init__(self, host: HandlerHost, pid: int, resp_fd: int) -> None:
+        self.host = host
+        self.pid = pid
+        self.output = host.output
+        self.returncode: int | None = None
+        self._payload: bytes | None = None
+        self._resp_fd = resp_fd
+
+    def poll(self) -> int | None:
+        return self.wait(0)
+
+    def wait(self, timeout: float) -> int | None:
+        if self.returncode is not None:
+            return self.returncode
+        readable, _, _ = select.select([self._resp_fd], [], [], max(0.0, timeout))
+        if not readable:
+            return None
+        self._payload = _read_frame(self._resp_fd)
+        if self._payload is not None:
+            self.returncode = 0
+            return 0
+        # the host died during the run: its exit status, then a new host for the next run
+        try:
+            _pid, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            self.returncode = -1
+        self.host.pid = None
+        self.host._close_fds()
+        return self.returncode
+
+    def kill_group(self, sig: int = signal.SIGKILL) -> None:
+        super().kill_group(sig)
+        if sig == signal.SIGKILL and self.returncode is None:
+            self.returncode = -sig
+            if self.host.pid == self.pid:  # its process group is gone: the next run forks a new host
+                self.host.pid = None
+                self.host._close_fds()
+            deadline = time.monotonic() + 5.0
+            while True:  # reap it now, as the per-run child is (a SIGKILLed process exits at once)
+                try:
+                    if os.waitpid(self.pid, os.WNOHANG)[0]:
+                        break
+                except ChildProcessError:
+                    break
+                if time.monotonic() > deadline:
+                    _UNREAPED.add(self.pid)
+                    break
+                time.sleep(0.001)
+
+    def payload(self) -> bytes | None:
+        return self._payload
+
+    def finish(self) -> None:
+        self.host.clear_output()
 
 
 def tail(path: Path, limit: int = 4000) -> str:

@@ -9,7 +9,8 @@ only the loop reads the clock. The event log stays the truth:
   written meanwhile (stale recovery by another worker, a cancel), the append fails and the
   worker re-reads: a different epoch means its lease was taken over and its late result is
   refused (``LEASE_LOST``);
-* heartbeats renew a lease record outside the log (``orchestrator/leases.py``).
+* heartbeats renew a lease record outside the log (``orchestrator/leases.py``); a run shorter
+  than a heartbeat needs none, the claim event carries the first expiry.
 
 See ``docs/worker.md`` for the design and a crash analysis.
 """
@@ -33,11 +34,11 @@ from orchestrator import faults
 from orchestrator.api import JobView, Orchestrator
 from orchestrator.errors import (ConcurrencyError, InvalidInputError, JobNotFoundError, LeaseLostError,
                                  MalformedPayloadError, PathEscapeError)
-from orchestrator.handlers import RunPaths, import_modules, resolve
-from orchestrator.leases import Lease, drop_lease, lease_aux, lease_expiry, write_lease
+from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
+from orchestrator.leases import Lease, lease_aux, lease_expiry, write_lease
 from orchestrator.payload import DONE, NEEDS_AUDIT, NEEDS_HUMAN, Payload, parse_payload
 from orchestrator.queue import ReadyEntry
-from orchestrator.runner import Child, tail, write_json_atomic
+from orchestrator.runner import Child, HandlerHost, tail
 from orchestrator.security import safe_join, sanitize_obj, sanitize_text, validate_id
 from orchestrator.state import QUEUED, RUNNING, WAITING_HUMAN, JobState
 
@@ -52,6 +53,8 @@ ORPHAN_ENTRY_GRACE = 60.0  # a ready entry whose job has no event yet is kept th
 OUTPUT_TAIL_BYTES = 4000
 RUNS_DIR = "runs"
 ARTIFACTS_DIR = "artifacts"
+
+HANDLER_PROCESS_MODES = ("reused", "per-run")
 
 NO_TERMINAL_SIGNAL_EXIT = "NO_TERMINAL_SIGNAL_EXIT"
 NO_TERMINAL_SIGNAL_TIMEOUT = "NO_TERMINAL_SIGNAL_TIMEOUT"
@@ -73,6 +76,15 @@ class WorkerSettings:
     retry_max_seconds: float = DEFAULT_RETRY_MAX_SECONDS
     imports: tuple[str, ...] = ()
     artifacts_import: bool = False  # ORCH_ARTIFACTS_IMPORT: copy artifacts named by input "artifacts_from"
+    handler_process: str = "reused"  # ORCH_HANDLER_PROCESS: "reused" (one HandlerHost) or "per-run" (a fork per run)
+    handler_max_runs: int = 1000  # ORCH_HANDLER_MAX_RUNS: runs one reused handler process serves, then a new one
+
+    def __post_init__(self) -> None:
+        if self.handler_process not in HANDLER_PROCESS_MODES:
+            raise InvalidInputError(f"handler_process must be one of {', '.join(HANDLER_PROCESS_MODES)}, "
+                                    f"not {self.handler_process!r}")
+        if self.handler_max_runs < 1:
+            raise InvalidInputError("handler_max_runs must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,6 @@ class Claim:
     view: JobView
     run_id: str
     epoch: int
-    leased: bool = False  # the first lease record was written with the claim event (atomic aux stores)
 
     @property
     def job_id(self) -> str:
@@ -130,6 +141,8 @@ class Worker:
         self._stop_at: float | None = None
         self._in_wait = False
         self._warned_kinds: set[str] = set()
+        self._host: HandlerHost | None = None
+        self._renewed = False  # the current run wrote a lease record (dropped with its outcome)
         import_modules(self.settings.imports)
 
     # -- paths ----------------------------------------------------------------------------------
@@ -251,19 +264,15 @@ class Worker:
         run_id, epoch = new_run_id(), s.epoch + 1
         data = {"worker_id": self.worker_id, "epoch": epoch, "attempt": s.attempt + 1,
                 "lease_expires_at": clock_mod.to_iso(now + self.settings.lease_seconds)}
-        # Where the store can write it in the claim's own transaction (PostgreSQL), the first lease
-        # record costs no commit of its own; elsewhere ``execute`` writes it when the run starts.
-        lease = None
-        if self.orch.store.atomic_aux:
-            lease = Lease(s.job_id, run_id, epoch, self.worker_id, os.getpid(), now + self.settings.lease_seconds, now)
+        # the claim event carries the first lease expiry: a run shorter than a heartbeat writes no lease record
         faults.point("worker.before_claim")
         try:
             claimed = self.orch.append(view, s.job_id, [("job_claimed", data)], run_id=run_id, actor=self.actor,
-                                       now=now, fence=epoch, aux=lease_aux(s.job_id, epoch, lease) if lease else None)
+                                       now=now, fence=epoch)
         except ConcurrencyError:
             return None  # another worker won this one
         faults.point("worker.after_claim")
-        return Claim(claimed, run_id, epoch, leased=lease is not None)
+        return Claim(claimed, run_id, epoch)
 
     def _refuse(self, view: JobView, entry: ReadyEntry, now: float) -> None:
         """A job whose history failed verification is never run: audit the refusal, drop its entry."""
@@ -285,40 +294,64 @@ class Worker:
     def execute(self, claim: Claim) -> RunResult:
         """Run a claimed job's handler under its lease and timeout, then record the outcome."""
         s = claim.state
+        self._renewed = False
         try:
             paths = RunPaths.create(self.run_dir(claim.run_id), self.artifacts_dir(s.job_id))
         except PathEscapeError as exc:  # e.g. the job's artifact folder is a symlink out of the store
-            paths = RunPaths.create(self.run_dir(claim.run_id), self.run_dir(claim.run_id) / "refused")
-            return self._fail(claim, exc.code, exc.message, retryable=False, paths=paths)
-        if not claim.leased:
-            self._renew(claim)
+            return self._fail(claim, exc.code, exc.message, retryable=False)
         try:
             handler = resolve(s.kind)
             if handler is None:
                 raise InvalidInputError(f"no handler for kind {s.kind!r}")
             self._import_artifacts(s, paths.artifacts_dir)
             context = {**s.context(), "artifacts_dir": str(paths.artifacts_dir)}
-            write_json_atomic(paths.context_file, context)
-            child = handler.start(context, paths)
+            child = handler.start(context, paths, host=self._handler_host())
             faults.point("worker.after_start")
-        except (InvalidInputError, PathEscapeError) as exc:
-            return self._fail(claim, exc.code, exc.message, retryable=False, paths=paths)
-        except (FileNotFoundError, PermissionError) as exc:
-            return self._fail(claim, "COMMAND_NOT_FOUND", f"cannot start the handler: {exc}", retryable=False,
-                              paths=paths)
-        except OSError as exc:
-            return self._fail(claim, "HANDLER_START_FAILED", f"cannot start the handler: {exc}", paths=paths)
+        except (InvalidInputError, PathEscapeError, OSError) as exc:
+            return self._not_started(claim, exc, paths)
         log.info("running job %s (%s) as %s", s.job_id, s.kind, claim.run_id,
                  extra={"job_id": s.job_id, "run_id": claim.run_id, "pid": child.pid})
-        how, code = self._supervise(claim, child)
-        if how == "lost":
-            return self._lost(claim, "the job changed while it ran (taken over or cancelled)")
-        if how == "timeout":
-            return self._fail(claim, NO_TERMINAL_SIGNAL_TIMEOUT, f"killed after its timeout of {s.timeout:g}s",
-                              paths=paths, event="job_timeout")
-        if how == "stopped":
-            return self._release(claim, paths)
-        return self._record_exit(claim, code, paths)
+        try:
+            how, code = self._supervise(claim, child)
+            if how == "lost":
+                return self._lost(claim, "the job changed while it ran (taken over or cancelled)")
+            if how == "timeout":
+                return self._fail(claim, NO_TERMINAL_SIGNAL_TIMEOUT, f"killed after its timeout of {s.timeout:g}s",
+                                  event="job_timeout")
+            if how == "stopped":
+                return self._release(claim, child.output)
+            return self._record_exit(claim, code, child, paths.artifacts_dir)
+        finally:
+            child.finish()
+
+    def _not_started(self, claim: Claim, exc: Exception, paths: RunPaths) -> RunResult:
+        """The handler could not start: bad input or no such command (not retried), or an OS error."""
+        try:
+            if isinstance(exc, (InvalidInputError, PathEscapeError)):
+                return self._fail(claim, exc.code, exc.message, retryable=False, output=paths.output_file)
+            if isinstance(exc, (FileNotFoundError, PermissionError)):
+                return self._fail(claim, "COMMAND_NOT_FOUND", f"cannot start the handler: {exc}", retryable=False,
+                                  output=paths.output_file)
+            return self._fail(claim, "HANDLER_START_FAILED", f"cannot start the handler: {exc}",
+                              output=paths.output_file)
+        finally:
+            shutil.rmtree(paths.run_dir, ignore_errors=True)
+
+    def _handler_host(self) -> HandlerHost | None:
+        """The reused handler process (created on first use), or None with ``handler_process="per-run"``."""
+        if self.settings.handler_process != "reused":
+            return None
+        if self._host is None:
+            folder = self.run_dir(f"host-{os.getpid()}-{os.urandom(4).hex()}")
+            self._host = HandlerHost(folder, call_python_handler, max_runs=self.settings.handler_max_runs,
+                                     generation=registry_generation)
+        return self._host
+
+    def close(self) -> None:
+        """Let the reused handler process exit; ``run`` does this when it returns."""
+        if self._host is not None:
+            self._host.close()
+            self._host = None
 
     def _supervise(self, claim: Claim, child: Child) -> tuple[str, int | None]:
         """Wait for the child; renew the lease; enforce the timeout and the stop grace period."""
@@ -366,33 +399,33 @@ class Worker:
         if self.orch.store.read(claim.job_id, from_seq=claim.view.head.seq + 1):
             return False
         now = self.orch.clock()
+        self._renewed = True
         write_lease(self.orch.store, Lease(claim.job_id, claim.run_id, claim.epoch, self.worker_id, os.getpid(),
                                            now + self.settings.lease_seconds, now))
         return True
 
-    def _record_exit(self, claim: Claim, code: int | None, paths: RunPaths) -> RunResult:
+    def _record_exit(self, claim: Claim, code: int | None, child: Child, artifacts_dir: Path) -> RunResult:
         s = claim.state
-        try:
-            raw = paths.terminal_file.read_bytes()
-        except FileNotFoundError:
+        raw = child.payload()
+        if raw is None:
             return self._fail(claim, NO_TERMINAL_SIGNAL_EXIT,
                               f"the process exited with status {code} without writing a terminal payload",
-                              paths=paths)
+                              output=child.output)
         try:
-            payload = parse_payload(raw, paths.artifacts_dir)
+            payload = parse_payload(raw, artifacts_dir)
         except MalformedPayloadError as exc:
-            return self._fail(claim, exc.code, exc.message, paths=paths)
+            return self._fail(claim, exc.code, exc.message, output=child.output)
         result = {"summary": sanitize_text(payload.summary), "output": sanitize_obj(payload.output),
                   "artifacts": payload.artifacts}
         if payload.status == DONE and not s.options.get("audit"):
-            return self._finish(claim, [("job_succeeded", result)], "succeeded", paths)
+            return self._finish(claim, [("job_succeeded", result)], "succeeded")
         if payload.status in (DONE, NEEDS_AUDIT):
-            return self._finish(claim, [("audit_requested", result)], "awaiting_audit", paths)
+            return self._finish(claim, [("audit_requested", result)], "awaiting_audit")
         if payload.status == NEEDS_HUMAN:
             question = sanitize_text(payload.question or "")
             return self._finish(claim, [("human_input_requested", {**result, "question": question})],
-                                "waiting_human", paths)
-        return self._fail(claim, payload.error_code or "HANDLER_FAILED", payload.summary, paths=paths,
+                                "waiting_human")
+        return self._fail(claim, payload.error_code or "HANDLER_FAILED", payload.summary, output=child.output,
                           retryable=payload.retryable, payload=payload)
 
     def backoff(self, failures: int) -> float:
@@ -400,8 +433,9 @@ class Worker:
         delay = min(self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2 ** max(0, failures - 1))
         return delay * (0.5 + self.rng.random() / 2)
 
-    def _fail(self, claim: Claim, code: str, message: str, *, paths: RunPaths, retryable: bool = True,
+    def _fail(self, claim: Claim, code: str, message: str, *, output: Path | None = None, retryable: bool = True,
               event: str = "job_failed", payload: Payload | None = None) -> RunResult:
+        """Record a failed attempt (a retry while attempts remain); ``output`` holds what the run printed."""
         s = claim.state
         now = self.orch.clock()
         failures = s.failures + 1
@@ -411,26 +445,26 @@ class Worker:
         if event == "job_timeout":
             data["timeout"] = s.timeout
         else:
-            data["output_tail"] = sanitize_text(tail(paths.output_file, OUTPUT_TAIL_BYTES))
+            data["output_tail"] = sanitize_text(tail(output, OUTPUT_TAIL_BYTES)) if output else ""
             data["summary"] = sanitize_text(payload.summary if payload else "")[:4000]
         outcome = "retry" if "retry_at" in data else "failed"
-        return self._finish(claim, [(event, data)], outcome, paths, error_code=code)
+        return self._finish(claim, [(event, data)], outcome, error_code=code)
 
-    def _release(self, claim: Claim, paths: RunPaths) -> RunResult:
+    def _release(self, claim: Claim, output: Path) -> RunResult:
         data = {"error_code": "WORKER_STOPPED", "worker_id": self.worker_id,
                 "error": f"worker {self.worker_id} stopped; the run was killed after the "
                          f"{self.settings.stop_grace_seconds:g}s grace period and handed back",
-                "output_tail": sanitize_text(tail(paths.output_file, OUTPUT_TAIL_BYTES))}
-        return self._finish(claim, [("job_released", data)], "released", paths, error_code="WORKER_STOPPED",
+                "output_tail": sanitize_text(tail(output, OUTPUT_TAIL_BYTES))}
+        return self._finish(claim, [("job_released", data)], "released", error_code="WORKER_STOPPED",
                             audit=("job_released", data["error"]))
 
-    def _finish(self, claim: Claim, events: list[tuple[str, dict[str, Any]]], outcome: str, paths: RunPaths,
+    def _finish(self, claim: Claim, events: list[tuple[str, dict[str, Any]]], outcome: str,
                 *, error_code: str | None = None, audit: tuple[str, str] | None = None) -> RunResult:
         """Append the outcome with the claim's expected sequence; refuse it if the lease was taken over."""
         faults.point("worker.before_outcome")
         view = claim.view
-        # the lease record goes with the outcome where the store can do both at once
-        drop = lease_aux(claim.job_id, claim.epoch, None) if self.orch.store.atomic_aux else None
+        # a renewed lease record is dropped with the outcome (in its transaction where the store can)
+        drop = lease_aux(claim.job_id, claim.epoch, None) if self._renewed else None
         try:
             for _ in range(3):
                 try:
@@ -450,7 +484,6 @@ class Worker:
         except LeaseLostError as exc:
             return self._lost(claim, exc.message)
         faults.point("worker.after_outcome")
-        self._cleanup(claim, paths)
         state = view.state.state if view.state else None
         log.info("job %s run %s: %s", claim.job_id, claim.run_id, outcome,
                  extra={"job_id": claim.job_id, "run_id": claim.run_id, "outcome": outcome})
@@ -460,11 +493,6 @@ class Worker:
         log.warning("lease lost for job %s run %s: %s", claim.job_id, claim.run_id, why,
                     extra={"job_id": claim.job_id, "run_id": claim.run_id})
         return RunResult(claim.job_id, claim.run_id, "lease_lost", None, LeaseLostError.code, {"message": why})
-
-    def _cleanup(self, claim: Claim, paths: RunPaths) -> None:
-        if not self.orch.store.atomic_aux:  # else dropped by the outcome's own transaction
-            drop_lease(self.orch.store, claim.job_id, claim.epoch)
-        shutil.rmtree(paths.run_dir, ignore_errors=True)
 
     def _import_artifacts(self, s: JobState, target: Path) -> None:
         """Only with ``artifacts_import`` on: copy (never move) the folders of jobs named in input ``artifacts_from``."""
@@ -529,6 +557,7 @@ class Worker:
                 self._idle(wait)
         finally:
             self.queue.close()
+            self.close()
         return done
 
     def _idle(self, timeout: float) -> None:

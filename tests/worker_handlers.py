@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -59,3 +60,38 @@ def lease(ctx: JobContext) -> dict:
     folder = Path(ctx.artifacts_dir).parents[1] / "leases"
     records = [json.loads(p.read_text()) for p in folder.iterdir() if p.name.startswith(ctx.job_id)]
     return {"status": "done", "summary": "lease", "output": records}
+
+
+_RUNS_HERE = [0]  # module state of the process that runs handlers: counts the runs it served
+
+
+@handler("t.pid")
+def pid(ctx: JobContext) -> dict:
+    """Which process ran this, and how many runs that process served so far."""
+    _RUNS_HERE[0] += 1
+    return {"status": "done", "summary": "pid", "output": {"pid": os.getpid(), "runs": _RUNS_HERE[0]}}
+
+
+@handler("t.die")
+def die(ctx: JobContext) -> dict:
+    """Ends the process that runs it, with no payload (a crash)."""
+    os._exit(int(ctx.input))
+
+
+@handler("t.sysexit")
+def sysexit(ctx: JobContext) -> dict:
+    raise SystemExit(4)
+
+
+@handler("t.print")
+def print_then(ctx: JobContext) -> dict:
+    """Prints ``text`` (stdout) and ``err`` (stderr), then returns ``payload``."""
+    print(ctx.input.get("text", ""))
+    print(ctx.input.get("err", ""), file=sys.stderr)
+    return ctx.input["payload"]
+
+
+@handler("t.sleep")
+def sleep(ctx: JobContext) -> dict:
+    time.sleep(float(ctx.input))
+    return {"status": "done", "summary": "slept"}

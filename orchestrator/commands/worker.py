@@ -43,10 +43,18 @@ def _env_list(value: str | None) -> tuple[str, ...]:
 @click.option("--artifacts-import", is_flag=True, envvar="ORCH_ARTIFACTS_IMPORT", show_envvar=True,
               help="Copy the artifact folders of the jobs a job's input names in 'artifacts_from' into "
                    "its own folder (inputs/<job_id>/). Off by default: nothing crosses between jobs.")
+@click.option("--handler-process", type=click.Choice(["reused", "per-run"]), default="reused", show_default=True,
+              envvar="ORCH_HANDLER_PROCESS", show_envvar=True,
+              help="Python handlers run in a child process: 'reused' keeps one for many runs (replaced after a "
+                   "crash, a timeout or --handler-max-runs runs); 'per-run' forks a fresh one for every run "
+                   "(~2 ms more per job; nothing a handler leaves in memory reaches the next run).")
+@click.option("--handler-max-runs", type=click.IntRange(min=1), default=1000, show_default=True,
+              envvar="ORCH_HANDLER_MAX_RUNS", show_envvar=True,
+              help="Runs one reused handler process serves before a new one replaces it.")
 @project_command
 def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: bool, lease_seconds: float,
            worker_id: str | None, imports: tuple[str, ...], stop_grace_seconds: float, retry_base_seconds: float,
-           retry_max_seconds: float, artifacts_import: bool) -> int:
+           retry_max_seconds: float, artifacts_import: bool, handler_process: str, handler_max_runs: int) -> int:
     """Run jobs: recover stale runs, claim by priority then FIFO, run the handler, record the outcome.
 
     Without --once it loops, waking as soon as a job is submitted; SIGTERM/SIGINT stop it
@@ -61,7 +69,8 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     modules = tuple(imports) + _env_list(os.environ.get("ORCH_HANDLERS"))
     settings = WorkerSettings(worker_id=worker_id, lease_seconds=lease_seconds, stop_grace_seconds=stop_grace_seconds,
                               retry_base_seconds=retry_base_seconds, retry_max_seconds=retry_max_seconds,
-                              imports=modules, artifacts_import=artifacts_import)
+                              imports=modules, artifacts_import=artifacts_import, handler_process=handler_process,
+                              handler_max_runs=handler_max_runs)
     w = Worker(orch, settings)
 
     def report(result: Any) -> None:
@@ -70,7 +79,10 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
 
     with w.handle_signals():
         if once:
-            result = w.run_once()
+            try:
+                result = w.run_once()
+            finally:
+                w.close()
             if result is None:
                 out.emit({"ran": False, "worker_id": w.worker_id}, "nothing to run")
                 return EXIT_NOTHING_TO_DO

@@ -4,7 +4,8 @@ Built in: ``command`` (a subprocess, no shell) and ``llm`` (an OpenAI-compatible
 Python handlers are registered by name with ``@handler("name")`` in a module the worker
 imports (``--import MODULE`` / ``ORCH_HANDLERS``), or named ``module:function`` as the kind.
 A Python handler receives a ``JobContext`` and returns the terminal payload (a dict or a
-``TerminalPayload``); it runs in a forked child process (see ``orchestrator/runner.py``).
+``TerminalPayload``); it runs in a child process of the worker, reused from run to run by
+default (see ``orchestrator/runner.py``).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from orchestrator.errors import ConfigError
-from orchestrator.runner import Child, fork_call
+from orchestrator.runner import Child, HandlerHost, fork_call
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,13 @@ class RunPaths:
 
     @classmethod
     def create(cls, run_dir: Path, artifacts_dir: Path) -> "RunPaths":
-        run_dir.mkdir(parents=True, exist_ok=True)
+        """The paths of a run; only the artifact folder is created (a run folder only by handlers that need one)."""
         artifacts_dir.mkdir(parents=True, exist_ok=True)
         return cls(run_dir, run_dir / "context.json", run_dir / "terminal.json", run_dir / "output.log",
                    artifacts_dir)
+
+    def make_run_dir(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
 
 
 class JobContext:
@@ -61,7 +65,8 @@ class JobContext:
 class Handler:
     name: str = "?"
 
-    def start(self, context: dict[str, Any], paths: RunPaths) -> Child:
+    def start(self, context: dict[str, Any], paths: RunPaths, host: HandlerHost | None = None) -> Child:
+        """Start the run; ``host`` is the worker's reused handler process (None: a process for this run)."""
         raise NotImplementedError
 
 
@@ -70,18 +75,37 @@ class PythonHandler(Handler):
         self.name = name
         self.fn = fn
 
-    def start(self, context: dict[str, Any], paths: RunPaths) -> Child:
+    def start(self, context: dict[str, Any], paths: RunPaths, host: HandlerHost | None = None) -> Child:
+        if host is not None:
+            return host.run(self.name, context, paths.artifacts_dir)
+        paths.make_run_dir()
         ctx = JobContext(context, paths.artifacts_dir)
         return fork_call(lambda: self.fn(ctx), terminal_file=paths.terminal_file, output=paths.output_file)
 
 
+def call_python_handler(kind: str, context: dict[str, Any], artifacts_dir: str) -> Any:
+    """What a ``HandlerHost`` runs for one request: the Python handler of ``kind`` on ``context``."""
+    found = resolve(kind)
+    if not isinstance(found, PythonHandler):
+        raise LookupError(f"no Python handler for kind {kind!r} in the handler process")
+    return found.fn(JobContext(context, Path(artifacts_dir)))
+
+
 _REGISTRY: dict[str, Handler] = {}
+_generation = 0  # bumped by every registration: a reused handler process forked before it is replaced
 
 
 def register(name: str, fn: Callable[[JobContext], Any]) -> None:
+    global _generation
     if not name or name in ("command",):
         raise ConfigError(f"handler name {name!r} is reserved or empty")
     _REGISTRY[name] = PythonHandler(name, fn)
+    _generation += 1
+
+
+def registry_generation() -> int:
+    """Changes whenever a handler is registered, so a ``HandlerHost`` forked earlier is not reused."""
+    return _generation
 
 
 def handler(name: str) -> Callable[[Callable[[JobContext], Any]], Callable[[JobContext], Any]]:

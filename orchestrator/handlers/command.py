@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from orchestrator.errors import InvalidInputError
 from orchestrator.handlers import Handler, RunPaths
-from orchestrator.runner import Child, spawn_command
+from orchestrator.runner import Child, HandlerHost, spawn_command, write_json_atomic
 from orchestrator.security import safe_join
 
 SECRET_ENV = frozenset({"LLM_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"})
@@ -56,7 +56,7 @@ def parse_input(value: Any) -> tuple[list[str], str | None, dict[str, Any] | Non
 class CommandHandler(Handler):
     name = "command"
 
-    def start(self, context: dict[str, Any], paths: RunPaths) -> Child:
+    def start(self, context: dict[str, Any], paths: RunPaths, host: HandlerHost | None = None) -> Child:
         argv, cwd, extra = parse_input(context.get("input"))
         if cwd is None:
             workdir = paths.artifacts_dir
@@ -66,4 +66,7 @@ class CommandHandler(Handler):
             workdir = safe_join(paths.artifacts_dir, cwd)
         if not workdir.is_dir():
             raise InvalidInputError(f"command cwd {cwd!r} is not a folder")
-        return spawn_command(argv, cwd=workdir, env=child_env(context, paths, extra), output=paths.output_file)
+        paths.make_run_dir()
+        write_json_atomic(paths.context_file, context)
+        return spawn_command(argv, cwd=workdir, env=child_env(context, paths, extra), output=paths.output_file,
+                             terminal_file=paths.terminal_file)

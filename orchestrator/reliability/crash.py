@@ -49,7 +49,7 @@ def _decide(orch: Orchestrator, job_ids: list[str]) -> None:
 
 
 def workload(orch: Orchestrator) -> None:
-    """Submit, run, ask, audit, approve, resume, cancel, repair a torn tail, heal, rebuild the index."""
+    """Submit, run, ask, audit, approve, resume, renew a lease, cancel, repair a torn tail, heal, rebuild the index."""
     worker = Worker(orch, WorkerSettings(worker_id="crashy", lease_seconds=30, retry_base_seconds=0))
     jobs = [orch.submit("rel.echo", {"i": 1}), orch.submit("rel.echo", {"i": 2}, audit=True),
             orch.submit("rel.ask", {}), orch.submit("rel.echo", {"i": 3}, key="same-key")]
@@ -58,6 +58,9 @@ def workload(orch: Orchestrator) -> None:
         fh.write(b'{"seq":2,"torn')
     _drain(worker)
     _decide(orch, jobs)
+    # a run longer than a heartbeat: its worker renews the lease (a lease record, dropped with the outcome)
+    orch.submit("rel.echo", {"sleep": 0.25})
+    _drain(Worker(orch, WorkerSettings(worker_id="crashy-beat", lease_seconds=0.3, retry_base_seconds=0)))
     late = orch.submit("rel.echo", {"late": True})
     orch.cancel(late, "not needed")
     gone = orch.submit("rel.echo", {"gone": True})  # a cancel whose audit entry was never written: heal writes it

@@ -55,7 +55,7 @@ def stop(proc: subprocess.Popen[str] | None) -> None:
     if proc is None:
         return
     if proc.poll() is None:
-        stop(proc)
+        proc.kill()
     proc.communicate()
 
 
@@ -93,8 +93,22 @@ def test_once_exits_75_when_nothing_is_runnable_and_0_after_running_a_job(env, o
 def test_worker_help_shows_an_env_var_for_every_option(env) -> None:
     text = run_script("worker", "-h", env=env).stdout
     for var in ("ORCH_WORKER_ONCE", "ORCH_MAX_JOBS", "ORCH_IDLE_EXIT", "ORCH_LEASE_SECONDS", "ORCH_WORKER_ID",
-                "ORCH_HANDLERS", "ORCH_STOP_GRACE_SECONDS", "ORCH_RETRY_BASE_SECONDS", "ORCH_ARTIFACTS_IMPORT"):
+                "ORCH_HANDLERS", "ORCH_STOP_GRACE_SECONDS", "ORCH_RETRY_BASE_SECONDS", "ORCH_ARTIFACTS_IMPORT",
+                "ORCH_HANDLER_PROCESS", "ORCH_HANDLER_MAX_RUNS"):
         assert var in text
+
+
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_python_handlers_run_outside_the_worker_in_either_handler_process_mode(env, orch, mode: str) -> None:
+    job = orch.submit("t.pid", None)
+    ran = run_script("worker", "--once", "--json", env={**env, "ORCH_HANDLER_PROCESS": mode})
+    assert ran.returncode == 0, ran.stderr
+    assert state(orch, job) == "succeeded" and json.loads(ran.stdout)["outcome"] == "succeeded"
+
+
+def test_a_bad_handler_process_mode_is_a_usage_error(env) -> None:
+    proc = run_script("worker", "--once", "--handler-process", "thread", env=env)
+    assert proc.returncode == 2 and "'thread' is not one of 'reused', 'per-run'" in proc.stderr
 
 
 def test_an_unknown_handler_module_is_a_config_error(env) -> None:

@@ -180,16 +180,27 @@ def test_the_fence_follows_the_latest_claim_and_allows_its_owner(cluster: Cluste
 
 
 # -- leases and stale recovery across machines ----------------------------------------------------
-def test_the_lease_is_written_with_the_claim_and_dropped_with_the_outcome(cluster: Cluster) -> None:
+def test_a_short_run_writes_no_lease_row_and_a_renewed_one_is_dropped_with_the_outcome(cluster: Cluster) -> None:
     a = cluster.machine("a")
-    job = a.submit("t.echo", "x")
-    w = cluster.worker(a, "w", lease_seconds=30)
+    started, release = cluster.tmp / "started", cluster.tmp / "release"
+    job = a.submit("t.wait", {"started": str(started), "release": str(release)})
+    w = cluster.worker(a, "w", lease_seconds=0.3)
     claim = w.claim(a.clock())
-    lease = json.loads(a.store.get_aux("leases", f"{job}.1"))  # before the run starts: no commit of its own
-    assert (lease["run_id"], lease["epoch"], lease["worker_id"]) == (claim.run_id, 1, "w")
-    assert w.execute(claim).outcome == "succeeded"
-    assert a.store.get_aux("leases", f"{job}.1") is None
-
+    assert claim is not None
+    assert a.store.get_aux("leases", f"{job}.1") is None  # the claim event carries the first expiry: no commit
+    results: list[Any] = []
+    runner = threading.Thread(target=lambda: results.append(w.execute(claim)))
+    runner.start()
+    try:
+        wait_until(started.exists, what="the job to start")
+        wait_until(lambda: a.store.get_aux("leases", f"{job}.1"), what="a heartbeat's lease row")
+        lease = json.loads(a.store.get_aux("leases", f"{job}.1"))
+        assert (lease["run_id"], lease["epoch"], lease["worker_id"]) == (claim.run_id, 1, "w")
+    finally:
+        release.write_text("go")
+        runner.join(WAIT)
+    assert results and results[0].outcome == "succeeded"
+    assert a.store.get_aux("leases", f"{job}.1") is None  # deleted in the outcome's transaction
 
 
 def test_stale_recovery_works_when_the_dead_worker_was_on_another_machine(cluster: Cluster, cli_env) -> None:

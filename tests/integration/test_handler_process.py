@@ -1,0 +1,159 @@
+"""Python handlers run in a child process that the worker reuses from run to run (``HandlerHost``).
+
+Reusing the process must keep what a process per run gave: handler code never runs in the
+worker, a crash or a timeout ends only that run (the next run gets a new process), a handler
+registered later is seen, and nothing one run printed leaks into the next run's record.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+import worker_handlers  # noqa: F401  (registers t.* handlers)
+from orchestrator.errors import InvalidInputError
+from orchestrator.handlers import register
+from orchestrator.worker import Worker, WorkerSettings
+
+
+def make_worker(orch, **kw) -> Worker:
+    kw.setdefault("worker_id", "w1")
+    kw.setdefault("retry_base_seconds", 0.0)
+    return Worker(orch, WorkerSettings(**kw))
+
+
+def run(orch, worker: Worker, kind: str, value: object, **options) -> dict:
+    job = orch.submit(kind, value, **options)
+    result = worker.run_once()
+    assert result is not None and result.job_id == job
+    return {"result": result, "status": orch.status(job), "events": [json.loads(x.raw) for x in orch.store.read(job)]}
+
+
+def pid_of(orch, worker: Worker) -> dict:
+    return run(orch, worker, "t.pid", None)["status"].result["output"]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped) counts as gone
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_runs_share_one_handler_process_that_is_not_the_worker(orch) -> None:
+    w = make_worker(orch)
+    first, second = pid_of(orch, w), pid_of(orch, w)
+    assert first["pid"] == second["pid"] != os.getpid()
+    assert (first["runs"], second["runs"]) == (1, 2)  # module state lives on between runs of one process
+    w.close()
+
+
+def test_per_run_mode_forks_a_fresh_process_for_every_run(orch) -> None:
+    w = make_worker(orch, handler_process="per-run")
+    first, second = pid_of(orch, w), pid_of(orch, w)
+    assert len({first["pid"], second["pid"], os.getpid()}) == 3
+    assert (first["runs"], second["runs"]) == (1, 1)
+
+
+def test_the_process_is_replaced_after_max_runs(orch) -> None:
+    w = make_worker(orch, handler_max_runs=2)
+    pids = [pid_of(orch, w)["pid"] for _ in range(5)]
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
+    w.close()
+
+
+def test_a_handler_that_kills_its_process_ends_only_that_run(orch) -> None:
+    w = make_worker(orch)
+    before = pid_of(orch, w)["pid"]
+    crashed = run(orch, w, "t.die", 3, max_attempts=1)
+    assert crashed["status"].state == "failed"
+    assert crashed["events"][-1]["data"]["error_code"] == "NO_TERMINAL_SIGNAL_EXIT"
+    assert "status 3" in crashed["events"][-1]["data"]["error"]
+    after = pid_of(orch, w)
+    assert after["pid"] != before and after["runs"] == 1  # a new process for the next run
+    w.close()
+
+
+def test_sys_exit_in_a_handler_records_no_terminal_signal_exit(orch) -> None:
+    w = make_worker(orch)
+    out = run(orch, w, "t.sysexit", None, max_attempts=1)
+    assert out["events"][-1]["data"]["error_code"] == "NO_TERMINAL_SIGNAL_EXIT"
+    assert pid_of(orch, w)["runs"] == 1
+    w.close()
+
+
+def test_a_timeout_kills_the_process_and_the_next_run_gets_a_new_one(orch) -> None:
+    w = make_worker(orch)
+    before = pid_of(orch, w)["pid"]
+    started = time.monotonic()
+    out = run(orch, w, "t.sleep", 30, timeout=0.3, max_attempts=1)
+    assert time.monotonic() - started < 10
+    assert out["events"][-1]["type"] == "job_timeout"
+    assert not alive(before)
+    assert pid_of(orch, w)["pid"] != before
+    w.close()
+
+
+def test_a_process_killed_between_runs_is_replaced(orch) -> None:
+    w = make_worker(orch)
+    before = pid_of(orch, w)["pid"]
+    os.kill(before, signal.SIGKILL)
+    time.sleep(0.05)
+    assert pid_of(orch, w)["pid"] != before
+    w.close()
+
+
+def test_a_handler_registered_after_the_process_started_is_found(orch) -> None:
+    w = make_worker(orch)
+    pid_of(orch, w)
+    register("t.late", lambda ctx: {"status": "done", "summary": "late", "output": os.getpid()})
+    out = run(orch, w, "t.late", None)
+    assert out["status"].state == "succeeded"
+    w.close()
+
+
+def test_output_of_one_run_never_reaches_the_next_runs_record_and_is_not_kept(orch) -> None:
+    w = make_worker(orch)
+    failed = {"status": "failed", "summary": "no", "retryable": False}
+    first = run(orch, w, "t.print", {"text": "first run password=hunter2", "err": "oops", "payload": failed})
+    tail = first["events"][-1]["data"]["output_tail"]
+    assert "first run" in tail and "oops" in tail and "hunter2" not in tail  # sanitized
+    second = run(orch, w, "t.print", {"text": "second run", "payload": failed})
+    assert "first run" not in second["events"][-1]["data"]["output_tail"]
+    assert w._host is not None and w._host.output.read_bytes() == b""  # emptied once the tail was taken
+    w.close()
+
+
+def test_run_closes_the_handler_process_and_removes_its_folder(orch) -> None:
+    w = make_worker(orch)
+    job = orch.submit("t.pid", None)
+    assert w.run(max_jobs=1) == 1
+    pid = orch.status(job).result["output"]["pid"]
+    deadline = time.monotonic() + 5
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not alive(pid)
+    assert not list((orch.settings.state_dir / "runs").glob("host-*"))
+
+
+def test_a_short_python_run_leaves_no_run_folder_and_no_lease_record(orch) -> None:
+    w = make_worker(orch)
+    pid_of(orch, w)
+    runs = orch.settings.state_dir / "runs"
+    assert [p.name for p in runs.iterdir() if not p.name.startswith("host-")] == []
+    assert not (orch.settings.state_dir / "leases").exists() or not list((orch.settings.state_dir / "leases").iterdir())
+    w.close()
+
+
+@pytest.mark.parametrize("settings", [{"handler_process": "fork"}, {"handler_max_runs": 0}])
+def test_bad_handler_process_settings_are_refused(settings: dict) -> None:
+    with pytest.raises(InvalidInputError):
+        WorkerSettings(**settings)
