@@ -25,6 +25,10 @@ from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore
 log = logging.getLogger(__name__)
 
 EVENTS_SUFFIX = ".events.jsonl"
+# Small signed JSON records rewritten on every append or heartbeat: kept in a fixed 512-byte slot
+# overwritten in place (``JsonlStore._put_slot``) instead of a new file renamed over the old one.
+SLOT_AREAS = frozenset({"heads", "leases", "audit-head"})
+SLOT_BYTES = 512
 _TAIL_CHUNK = 64 * 1024
 
 
@@ -208,6 +212,8 @@ class JsonlStore(EventStore):
 
     def put_aux(self, area: str, key: str, data: bytes) -> None:
         path = self._aux_path(area, key)
+        if area in SLOT_AREAS and len(data) < SLOT_BYTES and data.endswith(b"}"):
+            return self._put_slot(path, area, data)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             try:
@@ -221,6 +227,34 @@ class JsonlStore(EventStore):
             raise StorageError(f"could not write {path}: {os.strerror(exc.errno or errno.EIO)}",
                                area=area) from None
 
+    def _put_slot(self, path: Path, area: str, data: bytes) -> None:
+        """Overwrite the record in place: one 512-byte write at offset 0, under the file's lock.
+
+        A rename costs ~0.2 ms here (ext4 creates the file and flushes it before the rename), twice
+        per job for head records; a write in place ~5 us. The file keeps its size, so a crash (of
+        the process, or of the machine, given sector-atomic writes, the assumption PostgreSQL makes
+        for ``pg_control``) leaves the previous record or the new one; readers take a shared lock,
+        so they never see half of a write; a file created but never written reads as no record.
+        """
+        slot = data + b"\n" + b" " * (SLOT_BYTES - 1 - len(data))
+        try:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if os.pwrite(fd, slot, 0) != SLOT_BYTES:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                if os.fstat(fd).st_size > SLOT_BYTES:  # it held a larger record, written by rename
+                    os.ftruncate(fd, SLOT_BYTES)
+            finally:
+                os.close(fd)
+        except OSError as exc:  # a full disk must surface as STORAGE_ERROR (exit 10), not a traceback
+            raise StorageError(f"could not write {path}: {os.strerror(exc.errno or errno.EIO)}",
+                               area=area) from None
+
     def delete_aux(self, area: str, key: str) -> None:
         try:
             self._aux_path(area, key).unlink()
@@ -228,10 +262,18 @@ class JsonlStore(EventStore):
             pass
 
     def get_aux(self, area: str, key: str) -> bytes | None:
+        path = self._aux_path(area, key)
         try:
-            return self._aux_path(area, key).read_bytes()
+            if area not in SLOT_AREAS:
+                return path.read_bytes() or None
+            with open(path, "rb") as fh:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH)  # never half of an in-place write
+                data = fh.read()
         except FileNotFoundError:
             return None
+        if len(data) == SLOT_BYTES and data.endswith((b" ", b"\n")):
+            data = data[: data.rindex(b"\n")]
+        return data or None
 
     def job_ids(self) -> Iterator[str]:
         try:

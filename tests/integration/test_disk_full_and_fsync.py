@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -28,10 +29,11 @@ def test_a_failed_fsync_is_never_acknowledged_and_the_next_append_repairs(tmp_pa
 
 def test_a_full_disk_while_writing_a_head_record_is_a_storage_error(orch: Orchestrator,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    def full(self: Path, data: bytes) -> int:
+    def full(*_args: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(Path, "write_bytes", full)
+    monkeypatch.setattr(Path, "write_bytes", full)  # a record replaced by rename
+    monkeypatch.setattr(os, "pwrite", full)  # a head record overwritten in place (its 512-byte slot)
     with pytest.raises(StorageError) as info:
         orch.submit("echo", {})
     assert info.value.exit_code == 10 and "No space left" in info.value.message
