@@ -142,6 +142,7 @@ class Worker:
         self._in_wait = False
         self._warned_kinds: set[str] = set()
         self._host: HandlerHost | None = None
+        self._runs_root: Path | None = None
         self._renewed = False  # the current run wrote a lease record (dropped with its outcome)
         import_modules(self.settings.imports)
 
@@ -150,7 +151,11 @@ class Worker:
         return safe_join(self.orch.settings.state_dir, ARTIFACTS_DIR, validate_id(job_id))
 
     def run_dir(self, run_id: str) -> Path:
-        return safe_join(self.orch.settings.state_dir, RUNS_DIR, run_id)
+        """``runs/<run_id>``: the runs folder is checked once (it must not lead out of the store); a run
+        id is this worker's own random name, so its folder is not resolved again on every run."""
+        if self._runs_root is None:
+            self._runs_root = safe_join(self.orch.settings.state_dir, RUNS_DIR)
+        return self._runs_root / validate_id(run_id, "run id")
 
     # -- stale recovery -----------------------------------------------------------------------
     def recover_stale(self, now: float | None = None) -> list[str]:

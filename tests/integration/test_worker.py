@@ -174,6 +174,36 @@ def test_claims_follow_priority_then_fifo(orch) -> None:
     assert w.claim(now=t + 1) is None
 
 
+def test_a_worker_draining_a_backlog_lists_the_ready_folder_once_not_per_claim(orch, monkeypatch) -> None:
+    import orchestrator.queue as queue_mod
+
+    jobs = [orch.submit("t.echo", i) for i in range(20)]
+    listings: list[str] = []
+    real_listdir = os.listdir
+    monkeypatch.setattr(queue_mod.os, "listdir", lambda p: listings.append(str(p)) or real_listdir(p))
+    monkeypatch.setattr(queue_mod, "LISTING_MAX_AGE", 60.0)
+    w = make_worker(orch)
+    assert [w.claim().job_id for _ in jobs] == jobs  # FIFO, from one listing
+    assert sum(p.endswith("ready") for p in listings) == 1
+    assert w.claim() is None  # the walk reached its end: listed again, nothing left
+    late = orch.submit("t.echo", "late")
+    assert w.claim().job_id == late  # a new listing at once: the previous one was used up
+
+
+def test_a_higher_priority_job_submitted_during_a_drain_waits_at_most_one_listing_age(orch, monkeypatch) -> None:
+    import orchestrator.queue as queue_mod
+
+    now = [1000.0]
+    monkeypatch.setattr(queue_mod.time, "monotonic", lambda: now[0])
+    low = [orch.submit("t.echo", i) for i in range(3)]
+    w = make_worker(orch)
+    assert w.claim().job_id == low[0]
+    urgent = orch.submit("t.echo", "urgent", priority=5)
+    assert w.claim().job_id == low[1]  # the listing is fresh: the walk goes on
+    now[0] += queue_mod.LISTING_MAX_AGE + 0.001
+    assert w.claim().job_id == urgent  # listed again: priority first
+
+
 def test_claiming_does_not_read_finished_jobs(orch, monkeypatch) -> None:
     done = [orch.submit("t.echo", i) for i in range(30)]
     w = make_worker(orch)
