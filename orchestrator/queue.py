@@ -296,21 +296,30 @@ class FileQueueIndex(QueueIndex):
         order, and only the entries a claim actually looks at are parsed.
         """
         fresh = time.monotonic() - self._listed_at <= LISTING_MAX_AGE
-        if not (fresh and self._next < len(self._listing)):
-            try:
-                self._listing = sorted(os.listdir(self.ready_dir))
-            except FileNotFoundError:
-                self._listing = []
-            self._listed_at, self._next = time.monotonic(), 0
-        return self._walk()
+        return self._walk(relist=not (fresh and self._next < len(self._listing)))
 
-    def _walk(self) -> Iterator[ReadyEntry]:
-        while self._next < len(self._listing):
-            name = self._listing[self._next]
-            self._next += 1
-            entry = ReadyEntry.parse(name)
-            if entry is not None:
-                yield entry
+    def _walk(self, relist: bool) -> Iterator[ReadyEntry]:
+        if relist:
+            self._relist()
+        while True:
+            while self._next < len(self._listing):
+                name = self._listing[self._next]
+                self._next += 1
+                entry = ReadyEntry.parse(name)
+                if entry is not None:
+                    yield entry
+            if relist:
+                return
+            # an older listing ran out: list once more, so nothing added since (a retry) is missed
+            relist = True
+            self._relist()
+
+    def _relist(self) -> None:
+        try:
+            self._listing = sorted(os.listdir(self.ready_dir))
+        except FileNotFoundError:
+            self._listing = []
+        self._listed_at, self._next = time.monotonic(), 0
 
     def put_running(self, job_id: str) -> None:
         self._touch(self.running_dir / job_id)

@@ -204,6 +204,16 @@ def test_a_higher_priority_job_submitted_during_a_drain_waits_at_most_one_listin
     assert w.claim().job_id == urgent  # listed again: priority first
 
 
+def test_a_retry_queued_during_a_drain_is_run_before_an_idle_worker_exits(orch) -> None:
+    flaky = orch.submit("t.flaky", {"succeed_on": 2}, max_attempts=3)
+    others = [orch.submit("t.echo", i) for i in range(3)]
+    unknown = orch.submit("t.no-such-handler", None)  # skipped: the walk of the listing ends on it
+    w = make_worker(orch, retry_base_seconds=0.05)  # the retry gets a new ready entry, due a little later
+    assert w.run(idle_exit=True) == 5
+    assert {orch.status(j).state for j in [flaky, *others]} == {"succeeded"}
+    assert orch.status(unknown).state == "queued"
+
+
 def test_claiming_does_not_read_finished_jobs(orch, monkeypatch) -> None:
     done = [orch.submit("t.echo", i) for i in range(30)]
     w = make_worker(orch)
