@@ -95,3 +95,10 @@ def print_then(ctx: JobContext) -> dict:
 def sleep(ctx: JobContext) -> dict:
     time.sleep(float(ctx.input))
     return {"status": "done", "summary": "slept"}
+
+
+@handler("t.artifact_by_key")
+def artifact_by_key(ctx: JobContext) -> dict:
+    """Writes an artifact through the context's string path (not the attribute)."""
+    Path(ctx["artifacts_dir"], "note.txt").write_text("hi")
+    return {"status": "done", "summary": "wrote", "artifacts": ["note.txt"]}

@@ -58,6 +58,7 @@ class CommandHandler(Handler):
 
     def start(self, context: dict[str, Any], paths: RunPaths, host: HandlerHost | None = None) -> Child:
         argv, cwd, extra = parse_input(context.get("input"))
+        paths.make_artifacts_dir()  # the command runs there (or below it)
         if cwd is None:
             workdir = paths.artifacts_dir
         elif os.path.isabs(cwd):

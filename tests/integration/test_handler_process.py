@@ -157,3 +157,14 @@ def test_a_short_python_run_leaves_no_run_folder_and_no_lease_record(orch) -> No
 def test_bad_handler_process_settings_are_refused(settings: dict) -> None:
     with pytest.raises(InvalidInputError):
         WorkerSettings(**settings)
+
+
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_the_artifact_folder_exists_once_a_handler_asks_for_it_and_not_before(orch, mode: str) -> None:
+    w = make_worker(orch, handler_process=mode)
+    quiet = run(orch, w, "t.echo", "no files")
+    assert not (orch.settings.state_dir / "artifacts" / quiet["result"].job_id).exists()
+    wrote = run(orch, w, "t.artifact_by_key", None)
+    assert wrote["status"].state == "succeeded" and wrote["status"].result["artifacts"] == ["note.txt"]
+    assert (orch.settings.state_dir / "artifacts" / wrote["result"].job_id / "note.txt").read_text() == "hi"
+    w.close()
