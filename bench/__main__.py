@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.common import NotApplicable, Params, progress
+from bench.common import NotApplicable, Params, progress, settle
 
 ALL_PEERS = ("huey-sqlite", "huey-file", "persist-queue", "litequeue", "dbos", "langgraph")
 
@@ -88,10 +88,13 @@ def run(params: Params, only: set[str]) -> dict[str, Any]:
                                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "systems": {}}
     mine: dict[str, Any] = {}
     if want("W1") or want("W4"):
+        settle()
         mine.update(_guard("ours", ours.w1_w4, params))
     if want("W2") or want("terminal"):
+        settle()
         mine.update(_guard("ours", ours.w2_terminal, params))
     if want("W3"):
+        settle()
         mine.update(_guard("ours", ours.w3, params))
     results["systems"]["ours"] = mine
     queues, flows = peers_queues.available(), peers_workflows.available()
@@ -99,6 +102,7 @@ def run(params: Params, only: set[str]) -> dict[str, Any]:
         if not (want("W1") or want("W2") or want("W3") or want("W4")):
             break
         progress(f"peer {name}")
+        settle()
         if name in queues:
             results["systems"][name] = _guard(name, peers_queues.run_peer, name, params)
         elif name in flows:

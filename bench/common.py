@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from orchestrator.latency import percentile, summarize  # one definition of percentiles for every system
 
-__all__ = ["NotApplicable", "Params", "percentile", "summarize", "progress", "scratch_dir", "sqlite_full"]
+__all__ = ["NotApplicable", "Params", "percentile", "summarize", "progress", "scratch_dir", "settle", "sqlite_full"]
 
 
 class NotApplicable(Exception):
@@ -37,6 +37,15 @@ class Params:
     def quick(cls, **over: Any) -> "Params":
         return cls(**{**dict(w1_jobs=40, w2_samples=15, w3_samples=10, w3_duplicate_trials=3, terminal_samples=15,
                              scale_sizes=(50, 200), scale_samples=5, coldstart_runs=2), **over})
+
+
+def settle() -> None:
+    """Before a timed workload: flush what earlier ones left (deleted scratch folders are discarded by
+    the disk at the next journal commit), so no system is measured while another one's writes drain."""
+    import time
+
+    os.sync()
+    time.sleep(0.5)
 
 
 def progress(message: str) -> None:

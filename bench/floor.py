@@ -1,7 +1,8 @@
 """Physical floors on this machine: what no design on this disk and CPU can go below.
 
 Plain Python loops, no orchestrator code in the timed part: an fdatasync'd append of one line,
-a file created and made durable (file + folder fsync, as a new job's first event needs), fork
+a file created and made durable (file + folder fsync, as a new job's first event needs), an
+empty file created (an index entry), fork
 and exit of a process the size of a worker, one Ed25519 signature and one verification.
 """
 from __future__ import annotations
@@ -82,9 +83,26 @@ def measure(root_dir: str, n: int) -> dict[str, Any]:
     record = {"job_id": "J", "type": "job_succeeded", "ts": "2026-11-22T00:00:00.000000Z", "actor": "w",
               "data": {"summary": "ok"}, "seq": 3, "prev": "0" * 64, "v": 1}
     parsed = json.loads(ring.seal(dict(record)))
+    def empty_create(i: int) -> None:  # an index entry, a lock or a head record's first write
+        os.close(os.open(root / f"e{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+
     out = {"fdatasync_append": _median_us(append, n), "durable_create": _median_us(create, n // 3),
+           "empty_create": _median_us(empty_create, n),
            "fork_exit": _median_us(fork, n // 3), "sign": _median_us(lambda _: ring.seal(dict(record)), n),
            "verify": _median_us(lambda _: ring.check(parsed), n),
            "canonical": _median_us(lambda _: canonical(record), n), "process_rss_mb": peak_rss_kb() / 1024}
     os.close(fd)
     return out
+
+
+def w1_ceiling(floor: dict[str, Any]) -> dict[str, float]:
+    """What one job of W1 costs at the least, from the floors, and the throughput that allows.
+
+    Every job a worker runs verifies its submitted event and its head record (2 verifications),
+    signs its claim and its outcome and a head record for each (4 signatures), and makes both
+    appends durable (2 fdatasyncs): no scheduling, no JSON, no Python in between.
+    """
+    crypto_us = 4 * floor["sign"]["p50_us"] + 2 * floor["verify"]["p50_us"]
+    io_us = 2 * floor["fdatasync_append"]["p50_us"]
+    return {"crypto_us": crypto_us, "fsync_us": io_us, "crypto_jobs_per_s": 1e6 / crypto_us,
+            "crypto_and_fsync_jobs_per_s": 1e6 / (crypto_us + io_us)}

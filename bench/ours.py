@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import Params, env_without_orch, progress, scratch_dir, summarize
+from bench.common import Params, env_without_orch, progress, scratch_dir, settle, summarize
 from orchestrator import latency as lat
 from orchestrator import terminal_bench as tb
 
@@ -42,6 +42,7 @@ def w1_w4(params: Params) -> dict[str, Any]:
         for i in range(params.w1_jobs):
             orch.submit(lat.NOOP_KIND, {"i": i})
         enqueue_s = time.perf_counter() - t0
+        settle()
         progress(f"ours W1: {params.w1_jobs} jobs enqueued in {enqueue_s:.1f}s; one worker process runs them")
         worker = lat.WorkerProcess(str(base), "bench", env, max_jobs=params.w1_jobs, idle_exit=True).start()
         summary = worker.stop(timeout=600)

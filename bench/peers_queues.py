@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.latency import peak_rss_kb
-from bench.common import NotApplicable, Params, progress, scratch_dir, sqlite_full, summarize, timed_poll
+from bench.common import NotApplicable, Params, progress, scratch_dir, settle, sqlite_full, summarize, timed_poll
 
 REPO = Path(__file__).resolve().parents[1]
 IDLE_PAUSE = 0.0005
@@ -198,12 +198,14 @@ def run_peer(name: str, params: Params) -> dict[str, Any]:
         peer = PEERS[name](root)
         for i in range(params.w1_jobs):
             peer.enqueue(i)
+        settle()
         progress(f"{name} W1: {params.w1_jobs} jobs enqueued; one worker process runs them")
         summary = _finish(_start(name, root, params.w1_jobs))
         out["W1"] = {"jobs": summary["done"], "jobs_per_s": summary["done"] / summary["elapsed_s"]}
         out["W4"] = {"rss_mb": summary["maxrss_kb"] / 1024}
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    settle()
     root = scratch_dir(params, name)
     proc = None
     try:
