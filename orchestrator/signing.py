@@ -8,6 +8,11 @@ is bound to the stream (job id) so lines cannot be spliced between files.
 Keys live outside the store: a private key signs, public keys of the keyring verify. A
 verifier holding only public keys cannot forge. Key ids are derived from the public key,
 so rotation adds a key and old events stay verifiable.
+
+Keys are generated, stored (PEM) and identified with ``cryptography``; the signatures themselves
+are made and checked with libsodium (PyNaCl), about twice as fast here for a verification
+(54 vs 103 us), which every read does for every line. Ed25519 signatures are deterministic, so
+both libraries produce the same bytes (``tests/unit/test_signing.py`` checks it both ways).
 """
 from __future__ import annotations
 
@@ -22,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl.exceptions import CryptoError
+from nacl.signing import SigningKey, VerifyKey
 
 from orchestrator.errors import SigningKeyError
 
@@ -74,6 +80,8 @@ class Keyring:
     signer_id: str | None = None
     source: str = "memory"
     _load_signer: Any = None  # deferred: a verify-only command never creates a key
+    _sodium_signer: tuple[Ed25519PrivateKey, SigningKey] | None = None
+    _sodium_keys: dict[str, tuple[Ed25519PublicKey, VerifyKey]] = field(default_factory=dict)
 
     @classmethod
     def generate(cls) -> "Keyring":
@@ -96,11 +104,30 @@ class Keyring:
             raise SigningKeyError("no signing key is configured (set ORCH_SIGNING_KEY, ORCH_SIGNING_KEY_FILE or ORCH_KEYRING_DIR)")
         return self.signer_id, self.signer
 
+    def _sign(self, private: Ed25519PrivateKey, data: bytes) -> bytes:
+        cached = self._sodium_signer
+        if cached is None or cached[0] is not private:
+            seed = private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                         serialization.NoEncryption())
+            cached = self._sodium_signer = (private, SigningKey(seed))
+        return cached[1].sign(data).signature
+
+    def _verify(self, kid: str, public: Ed25519PublicKey, sig: bytes, data: bytes) -> bool:
+        cached = self._sodium_keys.get(kid)
+        if cached is None or cached[0] is not public:
+            raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            cached = self._sodium_keys[kid] = (public, VerifyKey(raw))
+        try:
+            cached[1].verify(data, sig)
+        except (CryptoError, ValueError, TypeError):  # BadSignatureError, or a signature of the wrong length
+            return False
+        return True
+
     def seal(self, record: dict[str, Any]) -> bytes:
         """Sign ``record`` (which must not hold ``kid``/``sig``) and return its line bytes."""
         kid, private = self._require_signer()
         record["kid"] = kid
-        record["sig"] = _b64(private.sign(canonical(record)))
+        record["sig"] = _b64(self._sign(private, canonical(record)))
         return canonical(record)
 
     def check(self, record: dict[str, Any]) -> str | None:
@@ -116,24 +143,24 @@ class Keyring:
             return "UNKNOWN_KEY"
         body = {k: v for k, v in record.items() if k != "sig"}
         try:
-            public.verify(_unb64(sig), canonical(body))
-        except (InvalidSignature, ValueError):
+            raw_sig = _unb64(sig)
+        except ValueError:
             return "SIGNATURE_INVALID"
-        return None
+        return None if self._verify(kid, public, raw_sig, canonical(body)) else "SIGNATURE_INVALID"
 
     def sign_bytes(self, data: bytes) -> tuple[str, str]:
         kid, private = self._require_signer()
-        return kid, _b64(private.sign(data))
+        return kid, _b64(self._sign(private, data))
 
     def verify_bytes(self, kid: str, sig: str, data: bytes) -> bool:
         public = self.trusted.get(kid)
         if public is None or kid in self.revoked:
             return False
         try:
-            public.verify(_unb64(sig), data)
-        except (InvalidSignature, ValueError):
+            raw_sig = _unb64(sig)
+        except ValueError:
             return False
-        return True
+        return self._verify(kid, public, raw_sig, data)
 
 
 # --- loading keys from the environment or the user's config folder ---------------------------
