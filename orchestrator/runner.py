@@ -334,7 +334,8 @@ def _host_main(call: Callable[[str, dict[str, Any], str], Any], req_r: int, resp
         if frame is None:  # the worker closed the pipe (or died): nothing more to run
             return
         request = json.loads(frame)
-        os.ftruncate(1, 0)  # this run's output only (stdout and stderr share the O_APPEND file)
+        if os.fstat(1).st_size:  # this run's output only (late writes of an earlier run's threads)
+            os.ftruncate(1, 0)
         payload = handler_payload(lambda: call(request["kind"], request["context"], request["artifacts_dir"]))
         sys.stdout.flush()
         sys.stderr.flush()
@@ -435,7 +436,8 @@ class HandlerHost:
     def clear_output(self) -> None:
         """Empty the output file once the run's tail was taken (it may hold what the handler printed)."""
         try:
-            os.truncate(self.output, 0)
+            if os.stat(self.output).st_size:  # a truncation is a journaled inode update, even of an empty file
+                os.truncate(self.output, 0)
         except OSError:
             pass
 
