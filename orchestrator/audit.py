@@ -126,21 +126,17 @@ def record(orch: "Orchestrator", *, job_id: str, action: str, actor: str, run_id
     rec = _entry(orch, job_id=job_id, action=action, actor=actor, run_id=run_id, note=note,
                  event_line=event_line, extra=extra, now=now)
     build = lambda h: seal(orch.keyring, AUDIT_STREAM, h, [rec])  # noqa: E731
-    if orch.store.atomic_aux:  # PostgreSQL: entry, head record and marker in one transaction
-        def with_entry(head: Head) -> dict[tuple[str, str], bytes | None]:
-            out: dict[tuple[str, str], bytes | None] = {AUDIT_HEAD: head_record(orch.keyring, AUDIT_STREAM, head)}
-            if event_line is not None:
-                out[(MARKERS_AREA, rec["data"]["event_hash"])] = str(head.seq).encode()
-            return out
 
-        head = orch.store.append(AUDIT_STREAM, build, aux=with_entry)
-        faults.point("audit.after_entry")
-        return head.seq
-    head = orch.store.append(AUDIT_STREAM, build)
-    orch.store.put_aux(*AUDIT_HEAD, head_record(orch.keyring, AUDIT_STREAM, head))
+    def with_entry(head: Head) -> dict[tuple[str, str], bytes | None]:
+        out: dict[tuple[str, str], bytes | None] = {AUDIT_HEAD: head_record(orch.keyring, AUDIT_STREAM, head)}
+        if event_line is not None:
+            out[(MARKERS_AREA, rec["data"]["event_hash"])] = str(head.seq).encode()
+        return out
+
+    # the head record and the marker go with the entry: in its transaction on PostgreSQL, right
+    # after it is durable on files (a marker lost in a crash is restored by ``heal``)
+    head = orch.store.append(AUDIT_STREAM, build, aux=with_entry)
     faults.point("audit.after_entry")
-    if event_line is not None:
-        _mark(orch, rec["data"]["event_hash"], head.seq)
     return head.seq
 
 

@@ -25,9 +25,10 @@ from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore
 log = logging.getLogger(__name__)
 
 EVENTS_SUFFIX = ".events.jsonl"
-# Small signed JSON records rewritten on every append or heartbeat: kept in a fixed 512-byte slot
-# overwritten in place (``JsonlStore._put_slot``) instead of a new file renamed over the old one.
-SLOT_AREAS = frozenset({"heads", "leases", "audit-head"})
+# Small records written on every append, heartbeat or audited action (head records, leases, audit
+# markers): a fixed 512-byte slot written in place (``JsonlStore._put_slot``), not a new file renamed
+# over the old one. Other areas (the metrics cache) keep replace-by-rename.
+SLOT_AREAS = frozenset({"heads", "leases", "audit-head", "audited"})
 SLOT_BYTES = 512
 _TAIL_CHUNK = 64 * 1024
 
@@ -212,7 +213,7 @@ class JsonlStore(EventStore):
 
     def put_aux(self, area: str, key: str, data: bytes) -> None:
         path = self._aux_path(area, key)
-        if area in SLOT_AREAS and len(data) < SLOT_BYTES and data.endswith(b"}"):
+        if area in SLOT_AREAS:
             return self._put_slot(path, area, data)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
@@ -236,6 +237,8 @@ class JsonlStore(EventStore):
         for ``pg_control``) leaves the previous record or the new one; readers take a shared lock,
         so they never see half of a write; a file created but never written reads as no record.
         """
+        if len(data) >= SLOT_BYTES:  # head, lease and marker records are bounded by design (ids <= 128 chars)
+            raise ValueError(f"a record of {len(data)} bytes does not fit the {SLOT_BYTES}-byte slot of {area}/")
         slot = data + b"\n" + b" " * (SLOT_BYTES - 1 - len(data))
         try:
             try:
@@ -247,7 +250,7 @@ class JsonlStore(EventStore):
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 if os.pwrite(fd, slot, 0) != SLOT_BYTES:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                if os.fstat(fd).st_size > SLOT_BYTES:  # it held a larger record, written by rename
+                if os.fstat(fd).st_size > SLOT_BYTES:  # not written by this store: keep the slot exact
                     os.ftruncate(fd, SLOT_BYTES)
             finally:
                 os.close(fd)

@@ -30,14 +30,23 @@ def test_a_slot_file_created_but_never_written_reads_as_no_record(tmp_path: Path
     assert store.get_aux("heads", "job-1") is None
 
 
-def test_a_larger_record_written_by_rename_is_replaced_by_a_slot(tmp_path: Path) -> None:
+def test_a_record_too_large_for_its_slot_is_refused_and_a_foreign_file_is_cut_to_the_slot(tmp_path: Path) -> None:
+    import pytest
+
     store = JsonlStore(tmp_path)
-    big = json.dumps({"pad": "y" * 2000}).encode()
-    store.put_aux("heads", "job-1", big)  # too big for a slot: replaced by rename, as any record
-    assert store.get_aux("heads", "job-1") == big
+    with pytest.raises(ValueError, match="does not fit"):
+        store.put_aux("heads", "job-1", json.dumps({"pad": "y" * 600}).encode())
+    (tmp_path / "heads" / "job-1").parent.mkdir(exist_ok=True)
+    (tmp_path / "heads" / "job-1").write_bytes(b"{" + b"z" * 2000 + b"}")  # not written by the store
     store.put_aux("heads", "job-1", record(5))
     assert store.get_aux("heads", "job-1") == record(5)
     assert (tmp_path / "heads" / "job-1").stat().st_size == SLOT_BYTES
+
+
+def test_an_older_record_written_by_rename_still_reads(tmp_path: Path) -> None:
+    (tmp_path / "heads").mkdir()
+    (tmp_path / "heads" / "job-1").write_bytes(record(7))  # as the store wrote it before slots
+    assert JsonlStore(tmp_path).get_aux("heads", "job-1") == record(7)
 
 
 def test_other_areas_keep_replace_by_rename(tmp_path: Path) -> None:
