@@ -6,7 +6,7 @@ Used by ``scripts/bench_terminal_latency.py`` (the release gate) and by the ``be
 * a real worker (``Worker.run``) in its own process, which reports, for every run it records,
   the moment its outcome append returned (after ``fdatasync``; stamped at the named point
   ``append.after_event``) on a pipe;
-* the handler, forked by that worker as always, which stamps the moment it returns its
+* the handler, run by that worker's handler process as always, which stamps the moment it returns its
   terminal payload (``time.monotonic_ns``: CLOCK_MONOTONIC is one clock for every process);
 * this process, the *separate reader*: it waits on inotify for the job's events file to be
   closed after a write and re-reads the job from disk each time (read, verify every signature
@@ -37,7 +37,7 @@ DEFINITION = ("from the handler returning its terminal payload (stamped in the h
               "the chain verified, the state replayed)")
 
 
-# -- handlers (run in the worker's forked child, named as module:function kinds) -------------------
+# -- handlers (run in the worker's handler process, named as module:function kinds) ---------------
 def echo_handler(ctx: Any) -> dict[str, Any]:
     """Returns at once; ``returned_ns`` is the last thing computed before the payload leaves the handler."""
     pad = ctx.input.get("pad", 0) if isinstance(ctx.input, dict) else 0

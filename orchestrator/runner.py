@@ -1,8 +1,8 @@
 """Child processes that run handlers, each in its own process group.
 
 The worker never runs handler code in its own process: a command is started with
-``Popen(start_new_session=True)``, a Python handler in a forked child that calls the function
-and writes the terminal file. So a timeout or a stop can kill the whole group
+``Popen(start_new_session=True)``, a Python handler in a child process that calls the function
+(a ``HandlerHost`` reused from run to run, or ``fork_call`` per run). So a timeout or a stop can kill the whole group
 (``killpg``), a crashing handler cannot take the worker down, and handler code cannot
 swallow the worker's stop signal. On Linux the child also asks for ``SIGKILL`` when its
 worker dies (``PR_SET_PDEATHSIG``), so a SIGKILLed worker does not leave its handler behind

@@ -96,7 +96,7 @@ def summary(rows: list[dict[str, Any]], settings: Settings, elapsed_s: float) ->
             "settings": {"samples": settings.samples, "seed": settings.seed, "warmup": settings.warmup,
                          "filesystem": lat.filesystem_of(settings.base_path), "fsync": "fdatasync per append",
                          "verification": "every read verifies every signature and the chain",
-                         "worker": "one worker process (Worker.run), Python handler in a forked child",
+                         "worker": "one worker process (Worker.run), Python handler in its reused handler process",
                          "elapsed_s": round(elapsed_s, 2)}}
 
 
