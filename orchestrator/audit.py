@@ -79,13 +79,9 @@ def pending(orch: "Orchestrator", job_id: str) -> Iterator[None]:
     root = getattr(orch.store, "root", None)
     bucket = _bucket(job_id)
     if isinstance(root, Path):
-        folder = root / "locks"
-        path = folder / f"audit-{bucket:02d}.lock"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        from orchestrator.store.jsonl import open_creating
+
+        fd = open_creating(root / "locks" / f"audit-{bucket:02d}.lock", os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

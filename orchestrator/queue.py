@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Iterator
 from orchestrator import faults
 from orchestrator.errors import StorageError
 from orchestrator.state import QUEUED, RUNNING, JobState
+from orchestrator.store.jsonl import open_creating
 from orchestrator.wakeup import Watcher, make_watcher
 
 if TYPE_CHECKING:
@@ -243,11 +244,7 @@ class FileQueueIndex(QueueIndex):
 
     def _touch(self, path: Path) -> None:
         try:
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-            except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            fd = open_creating(path)
         except OSError as exc:  # a full disk (no inode left) is STORAGE_ERROR, not a traceback
             raise StorageError(f"could not write the index entry {path}: {exc.strerror}") from None
         os.close(fd)

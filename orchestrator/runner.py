@@ -270,30 +270,39 @@ def _fork() -> int:
     return pid
 
 
+def _child_main(output: Path, close: tuple[int, ...], body: Callable[[], None], announce: int | None = None) -> None:
+    """What a freshly forked handler process runs: close the worker's ends of the pipes, become a
+    handler process, run ``body``, then exit 0 (1 if it raised; the traceback goes to ``output``),
+    first writing the exit code on ``announce`` if given. Never returns."""
+    code = 1
+    try:
+        for fd in close:
+            os.close(fd)
+        _become_handler_process(output)
+        body()
+        code = 0
+    except BaseException:  # sys.exit in a handler, a broken pipe: the run ends without a payload
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            if announce is not None:
+                try:
+                    os.write(announce, bytes([code & 0xFF]))  # everything is written: the worker may go on
+                except OSError:
+                    pass
+            os._exit(code)
+
+
 def fork_call(fn: Callable[[], Any], *, terminal_file: Path, output: Path) -> Child:
     """Run ``fn()`` in a child forked for this run alone; its payload (``handler_payload``) becomes the
     terminal file. Used with ``handler_process="per-run"``; the default reuses one ``HandlerHost``."""
     done_r, done_w = os.pipe()
     pid = _fork()
     if pid == 0:  # pragma: no cover - runs in the child, covered by the worker tests
-        code = 1
-        try:
-            os.close(done_r)
-            _become_handler_process(output)
-            write_bytes_atomic(terminal_file, handler_payload(fn))
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                try:
-                    os.write(done_w, bytes([code & 0xFF]))  # everything is written: the worker may go on
-                except OSError:
-                    pass
-                os._exit(code)
+        _child_main(output, (done_r,), lambda: write_bytes_atomic(terminal_file, handler_payload(fn)), done_w)
     os.close(done_w)
     child = ForkChild(pid, done_r)
     child.terminal_file, child.output = terminal_file, output
@@ -395,21 +404,7 @@ class HandlerHost:
         resp_r, resp_w = os.pipe()
         pid = _fork()
         if pid == 0:  # pragma: no cover - runs in the host, covered by the worker tests
-            code = 0
-            try:
-                os.close(req_w)
-                os.close(resp_r)
-                _become_handler_process(self.output)
-                _host_main(self.call, req_r, resp_w)
-            except BaseException:  # sys.exit in a handler, a broken pipe: the run ends without a payload
-                traceback.print_exc()
-                code = 1
-            finally:
-                try:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                finally:
-                    os._exit(code)
+            _child_main(self.output, (req_w, resp_r), lambda: _host_main(self.call, req_r, resp_w))
         os.close(req_r)
         os.close(resp_w)
         self.pid, self.runs, self._req_w, self._resp_r = pid, 0, req_w, resp_r

@@ -41,6 +41,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def open_creating(path: Path, flags: int = os.O_WRONLY) -> int:
+    """``os.open(path, flags | O_CREAT)``, creating the parent folders when they are missing."""
+    try:
+        return os.open(path, flags | os.O_CREAT, 0o644)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags | os.O_CREAT, 0o644)
+
+
 def makedirs_durable(path: Path) -> None:
     """Create ``path`` and fsync each parent that gained an entry."""
     missing = []
@@ -241,11 +250,7 @@ class JsonlStore(EventStore):
             raise ValueError(f"a record of {len(data)} bytes does not fit the {SLOT_BYTES}-byte slot of {area}/")
         slot = data + b"\n" + b" " * (SLOT_BYTES - 1 - len(data))
         try:
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-            except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            fd = open_creating(path)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 if os.pwrite(fd, slot, 0) != SLOT_BYTES:
