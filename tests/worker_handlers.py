@@ -39,7 +39,9 @@ def flaky(ctx: JobContext) -> dict:
 @handler("t.wait")
 def wait_for_release(ctx: JobContext) -> dict:
     """Marks itself started, writes optional artifacts, then waits until the release file exists."""
-    Path(ctx.input["started"]).write_text(json.dumps({"pid": os.getpid(), "run_id": ctx.run_id}))
+    started = Path(ctx.input["started"])  # written whole, then renamed: whoever sees it can read it
+    started.with_name(started.name + ".tmp").write_text(json.dumps({"pid": os.getpid(), "run_id": ctx.run_id}))
+    os.replace(started.with_name(started.name + ".tmp"), started)
     for name in ctx.input.get("artifacts", []):
         Path(ctx.artifacts_dir, name).write_text("partial")
     deadline = time.monotonic() + float(ctx.input.get("max_wait", 20))

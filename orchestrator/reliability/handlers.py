@@ -42,7 +42,9 @@ def echo(ctx: JobContext) -> dict[str, Any]:
 @handler("rel.wait")
 def wait_for_release(ctx: JobContext) -> dict[str, Any]:
     """Marks itself started, then waits for the release file (the zombie scenario)."""
-    Path(ctx.input["started"]).write_text(json.dumps({"pid": os.getpid(), "run_id": ctx.run_id}))
+    started = Path(ctx.input["started"])  # written whole, then renamed: whoever sees it can read it
+    started.with_name(started.name + ".tmp").write_text(json.dumps({"pid": os.getpid(), "run_id": ctx.run_id}))
+    os.replace(started.with_name(started.name + ".tmp"), started)
     deadline = time.monotonic() + 30
     while not os.path.exists(ctx.input["release"]) and time.monotonic() < deadline:
         time.sleep(0.02)
