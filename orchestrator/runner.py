@@ -470,12 +470,11 @@ class HostRun(Child):
         if self._payload is not None:
             self.returncode = 0
             return 0
-        # the host died during the run: its exit status, then a new host for the next run
-        try:
-            _pid, status = os.waitpid(self.pid, 0)
-            self.returncode = os.waitstatus_to_exitcode(status)
-        except ChildProcessError:
-            self.returncode = -1
+        # The reply pipe closed: the host died during the run (its exit status is the run's), or a
+        # handler closed the pipe and still runs, which must not hang the worker: it is killed.
+        self.returncode = self._reaped_within(1.0)
+        if self.returncode is None:
+            self.kill_group(signal.SIGKILL)
         self.host.lost(self.pid)
         return self.returncode
 
@@ -489,22 +488,27 @@ class HostRun(Child):
             if readable or time.monotonic() >= end:
                 return readable
 
+    def _reaped_within(self, seconds: float) -> int | None:
+        """Reap the host if it exits within ``seconds``: its exit status (-1 if already reaped), else None."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return -1
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.001)
+
     def kill_group(self, sig: int = signal.SIGKILL) -> None:
         super().kill_group(sig)
         if sig == signal.SIGKILL and self.returncode is None:
             self.returncode = -sig
             self.host.lost(self.pid)  # its process group is gone: the next run forks a new host
-            deadline = time.monotonic() + 5.0
-            while True:  # reap it now, as the per-run child is (a SIGKILLed process exits at once)
-                try:
-                    if os.waitpid(self.pid, os.WNOHANG)[0]:
-                        break
-                except ChildProcessError:
-                    break
-                if time.monotonic() > deadline:
-                    _UNREAPED.add(self.pid)
-                    break
-                time.sleep(0.001)
+            if self._reaped_within(5.0) is None:  # reaped now, as the per-run child is
+                _UNREAPED.add(self.pid)
 
     def payload(self) -> bytes | None:
         return self._payload

@@ -104,3 +104,11 @@ def artifact_by_key(ctx: JobContext) -> dict:
     """Writes an artifact through the context's string path (not the attribute)."""
     Path(ctx["artifacts_dir"], "note.txt").write_text("hi")
     return {"status": "done", "summary": "wrote", "artifacts": ["note.txt"]}
+
+
+@handler("t.closefds")
+def close_fds(ctx: JobContext) -> dict:
+    """Closes every descriptor it did not open (the pipes to its worker among them), then keeps running."""
+    os.closerange(3, 4096)
+    time.sleep(float(ctx.input))
+    return {"status": "done", "summary": "never seen"}

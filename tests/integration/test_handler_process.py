@@ -90,6 +90,16 @@ def test_sys_exit_in_a_handler_records_no_terminal_signal_exit(orch) -> None:
     w.close()
 
 
+def test_a_handler_that_closes_the_pipes_and_runs_on_is_killed_not_waited_for(orch) -> None:
+    w = make_worker(orch)
+    started = time.monotonic()
+    out = run(orch, w, "t.closefds", 30, max_attempts=1)
+    assert time.monotonic() - started < 10
+    assert out["events"][-1]["data"]["error_code"] == "NO_TERMINAL_SIGNAL_EXIT"
+    assert pid_of(orch, w)["runs"] == 1  # a new process for the next run
+    w.close()
+
+
 def test_a_timeout_kills_the_process_and_the_next_run_gets_a_new_one(orch) -> None:
     w = make_worker(orch)
     before = pid_of(orch, w)["pid"]
