@@ -78,7 +78,22 @@ def project_command(fn: Callable[..., int | None]) -> Callable[..., None]:
     return wrapper
 
 
-@click.group(context_settings=CONTEXT)
+class _LazyGroup(click.Group):
+    """Commands of other areas (``orchestrator/commands/``) are imported the first time a command this
+    module does not define is looked up, or all are listed: ``scripts/status.py`` then skips every
+    other command's imports (cold start), and any caller of ``cli`` still sees every command."""
+
+    def get_command(self, ctx: click.Context | None, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            _register_commands()
+        return super().get_command(ctx, cmd_name)  # type: ignore[arg-type]
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        _register_commands()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=_LazyGroup, context_settings=CONTEXT)
 @click.version_option(package_name="jsonl-orchestrator")
 def cli() -> None:
     """Local-first, event-sourced job orchestrator on signed JSONL files.
@@ -248,10 +263,7 @@ def keys_revoke(kid: str, as_json: bool) -> None:
 
 
 def _register_commands() -> None:
-    """Commands of other areas live in ``orchestrator/commands/``; each module adds to ``cli``.
-
-    Imported on first need, not with this module: ``scripts/status.py`` then skips every other
-    command's imports (cold start)."""
+    """Import ``orchestrator/commands/``: each module adds its commands to ``cli`` (see ``_LazyGroup``)."""
     import importlib
     import pkgutil
 
@@ -264,14 +276,13 @@ def _register_commands() -> None:
 def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:
     """Entry point of the console script and of ``scripts/*.py``."""
     load_dotenv_file()
-    _register_commands()
     cli.main(args=argv, prog_name=prog_name)
 
 
 def run_script(command: str, argv: list[str] | None = None) -> None:
     """``scripts/<name>.py``: the same command, named as the runbook names it."""
     load_dotenv_file()
-    if command not in cli.commands:
-        _register_commands()
+    found = cli.get_command(None, command)
+    assert found is not None, command
     args = sys.argv[1:] if argv is None else argv
-    cli.commands[command].main(args=args, prog_name=f"scripts/{Path(sys.argv[0]).name}")
+    found.main(args=args, prog_name=f"scripts/{Path(sys.argv[0]).name}")

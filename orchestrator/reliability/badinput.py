@@ -84,7 +84,7 @@ def cli_inputs(root: Path) -> dict[str, Any]:
 
     def case(what: str, args: list[str], input: bytes | None = None) -> None:
         code, text = _cli(project, ["--json"] if False else args, input)
-        crashed = code == 1 or "Traceback" in text
+        crashed = code == 1 or "Traceback" in text or "No such command" in text  # a case that did not run fails
         refused = code not in (0, 1) and any(c in text for c in EXPECTED_CODES | {"Usage:", "Error:"})
         appeared = {p for p in _outside(root) - around if not p.startswith(str(project.base / PROJECT))}
         harmed = truth() != before or appeared
