@@ -114,15 +114,21 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
         raise InvalidInputError(f"the bundle holds project {first.get('project_id')!r}; import it with "
                                 f"--project-id {first.get('project_id')}")
     streams = events = written = 0
+    forgotten: list[bool] = []
+
+    def before_first_write() -> None:
+        """The lines bypass the queue index: make the next worker rebuild it, before the first one
+        lands (an import cut short or killed after it must not leave queued jobs unindexed)."""
+        if not forgotten:
+            orch.queue.forget_built()
+        forgotten.append(True)
+
     for raw in records:
         rec = _json(raw, "a stream header")
         if rec.get("end"):
             if (rec.get("streams"), rec.get("events")) != (streams, events):
                 raise IntegrityError(f"the bundle's trailer says {rec.get('streams')} streams and {rec.get('events')} "
                                      f"events, it held {streams} and {events}")
-            forget = getattr(orch.queue, "forget_built", None)
-            if written and forget is not None:  # the lines bypassed the index: the next worker rebuilds it
-                forget()
             return {"project_id": orch.project_id, "streams": streams, "events": events, "written": written}
         stream, count = rec.get("stream"), rec.get("lines")
         if not isinstance(stream, str) or not isinstance(count, int) or count < 1:
@@ -139,7 +145,7 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
         problems = _problems(orch, stream, lines, head)
         if problems:
             raise _refuse("import", problems)
-        written += _write_stream(orch, stream, lines, head)
+        written += _write_stream(orch, stream, lines, head, before_first_write)
         streams += 1
         events += count
         if progress and streams % PROGRESS_EVERY == 0:
@@ -147,13 +153,16 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
     raise IntegrityError("the bundle has no end record: it was cut short (export again)")
 
 
-def _write_stream(orch: Orchestrator, stream: str, lines: list[StoredLine], head: bytes | None) -> int:
+def _write_stream(orch: Orchestrator, stream: str, lines: list[StoredLine], head: bytes | None,
+                  before_write: Callable[[], None]) -> int:
     """Append what the destination lacks; returns the number of lines written."""
     existing = orch.store.read(stream)
     if len(existing) > len(lines) or any(a.raw != b.raw for a, b in zip(existing, lines)):
         raise ImportConflictError(f"stream {stream} already holds a different history in the destination "
                                   f"({len(existing)} events); nothing of it was overwritten", stream=stream)
     done = len(existing)
+    if done < len(lines):
+        before_write()
     while done < len(lines):
         chunk = [s.raw for s in lines[done:done + CHUNK]]
         orch.store.append(stream, lambda _h, chunk=chunk: chunk, expected_seq=done)

@@ -16,6 +16,7 @@ from orchestrator.signing import Keyring
 from orchestrator.store.base import AUDIT_STREAM
 from orchestrator.transfer import export_project, import_project
 
+import worker_handlers  # noqa: F401  (registers t.* handlers)
 from backends import TestPostgresStore, unique_project
 
 pytestmark = pytest.mark.postgres
@@ -121,6 +122,28 @@ def test_an_interrupted_import_is_completed_by_running_it_again(file_orch, pg_or
     result = import_project(pg_orch, io.BytesIO(whole))
     assert every_byte(pg_orch) == every_byte(file_orch)
     assert 0 < result["written"] < result["events"]
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_imported_queued_jobs_are_claimed_by_a_worker_whose_index_was_already_built(
+        base: Path, keyring: Keyring, cut: bool) -> None:
+    source = Orchestrator(base_path=base / "src", project_id="p", keyring=keyring)
+    queued = [source.submit("t.echo", i) for i in range(4)]
+    buf = io.BytesIO()
+    export_project(source, buf)
+    whole = buf.getvalue()
+    dest = Orchestrator(base_path=base / "dst", project_id="p", keyring=keyring)
+    dest.submit("t.echo", "local")
+    assert dest.worker().run_once() is not None  # the destination's index is built now
+    if cut:  # an import cut short still wrote some jobs: they must not be left out of the index
+        with pytest.raises(IntegrityError, match="cut short"):
+            import_project(dest, io.BytesIO(whole[: whole.index(b"\n", len(whole) // 2) + 1]))
+        written = set(dest.store.job_ids()) & set(queued)
+    else:
+        import_project(dest, io.BytesIO(whole))
+        written = set(queued)
+    ran = {r.job_id for r in iter(dest.worker().run_once, None)}
+    assert written and ran == written
 
 
 def test_import_never_overwrites_a_different_history(file_orch, pg_orch) -> None:
