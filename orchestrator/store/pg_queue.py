@@ -122,9 +122,6 @@ class PgQueueIndex(QueueIndex):
         self._sql("DELETE FROM orch_ready WHERE project = %s AND job_id = %s AND priority = %s AND runnable_at_us = %s",
                   (self.project, entry.job_id, entry.priority, entry.runnable_at_us))
 
-    def announce(self, entry: ReadyEntry) -> None:
-        self._sql("SELECT pg_notify(%s, %s)", (self.channel, entry.job_id))
-
     def ready(self) -> list[ReadyEntry]:
         rows = self._sql("SELECT priority, runnable_at_us, job_id FROM orch_ready WHERE project = %s "
                          "ORDER BY priority DESC, runnable_at_us, job_id", (self.project,), fetch=True)
@@ -173,7 +170,6 @@ class PgQueueIndex(QueueIndex):
         self.store.put_aux(INDEX_AREA, BUILT_KEY, b"1")
 
     def forget_built(self) -> None:
-        """Make the next worker rebuild the index (after an import wrote events around it)."""
         self.store.delete_aux(INDEX_AREA, BUILT_KEY)
 
     # -- waking idle workers ----------------------------------------------------------------------
@@ -201,6 +197,11 @@ class PgQueueIndex(QueueIndex):
         except psycopg.Error as exc:
             log.warning("LISTEN connection lost (%s); reconnecting", exc)
             self.close()
+            try:  # listen again before the caller rescans, so nothing announced after the scan is missed
+                self._listener = connect(self.store.url, autocommit=True)
+                self._listener.execute(f"LISTEN {self.channel}")
+            except psycopg.Error:
+                self.close()  # the next wait tries again
             return True  # the caller rescans: a job may have been announced while we were deaf
 
     def close(self) -> None:
