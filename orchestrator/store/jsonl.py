@@ -279,7 +279,9 @@ class JsonlStore(EventStore):
                 data = fh.read()
         except FileNotFoundError:
             return None
-        if len(data) == SLOT_BYTES and data.endswith((b" ", b"\n")):
+        if len(data) >= SLOT_BYTES and data[SLOT_BYTES - 1:SLOT_BYTES] in (b" ", b"\n"):
+            # a slot; also one whose write landed on a longer foreign file before its cut (a crash between)
+            data = data[:SLOT_BYTES]
             data = data[: data.rindex(b"\n")]
         return data or None
 

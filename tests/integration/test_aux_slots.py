@@ -77,3 +77,14 @@ def test_a_reader_never_sees_half_of_a_rewrite(tmp_path: Path) -> None:
     finally:
         stop.set()
         t.join()
+
+
+def test_a_slot_written_over_a_longer_foreign_file_reads_right_even_before_the_cut(tmp_path: Path) -> None:
+    store = JsonlStore(tmp_path)
+    (tmp_path / "heads").mkdir()
+    path = tmp_path / "heads" / "job-1"
+    path.write_bytes(b"{" + b"z" * 2000 + b"}")
+    store.put_aux("heads", "job-1", record(5))
+    whole = path.read_bytes()
+    path.write_bytes(whole + b"z" * 1000)  # as if the process died between the slot's write and the cut
+    assert store.get_aux("heads", "job-1") == record(5)
