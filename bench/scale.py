@@ -29,7 +29,7 @@ def _gen(args: tuple[str, dict[str, str], int, int]) -> int:
     base, env, start, stop = args
     import orchestrator.store.jsonl as jsonl
     from orchestrator.api import Orchestrator, context_digest
-    from orchestrator.events import JobOptions
+    from orchestrator.event_models import JobOptions
     from orchestrator.signing import load_keyring
 
     os.fdatasync = lambda fd: None  # type: ignore[assignment]  # generation only: see the module docstring

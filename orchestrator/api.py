@@ -285,7 +285,7 @@ class Orchestrator:
                    max_attempts: int = 3, timeout: float | None = None, priority: int = 0,
                    actor: str | None = None) -> Submission:
         """Submit a job; with an idempotency ``key``, the same key returns the same job."""
-        from orchestrator.events import JobOptions
+        from orchestrator.event_models import JobOptions
 
         try:
             options = JobOptions(audit=audit, max_attempts=max_attempts, timeout=timeout, priority=priority,

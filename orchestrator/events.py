@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from orchestrator.limits import plain_json, plain_str
+
 ENVELOPE_VERSION = 1
 
 _REQUIRED = object()
@@ -42,46 +44,15 @@ SPECS: dict[str, tuple[tuple[str, str, Any], ...]] = {
     "job_cancelled": (("reason", _STR, ""),),
 }
 _NAMES = {event: frozenset(name for name, _, _ in spec) for event, spec in SPECS.items()}
-_MAX_DEPTH = 64
-
-
-def _plain_str(value: Any) -> bool:
-    if type(value) is not str:
-        return False
-    if value.isascii():
-        return True
-    try:
-        value.encode()
-    except UnicodeEncodeError:  # lone surrogates: leave them to pydantic
-        return False
-    return True
-
-
-def _plain_json(value: Any, depth: int = 0) -> bool:
-    """True for values the models' ``Any`` dumps unchanged: dict (str keys), list, str, int, bool, finite float, None."""
-    kind = type(value)
-    if value is None or kind is bool or kind is int:
-        return True
-    if kind is str:
-        return _plain_str(value)
-    if kind is float:
-        return math.isfinite(value)
-    if depth >= _MAX_DEPTH:
-        return False
-    if kind is list:
-        return all(_plain_json(v, depth + 1) for v in value)
-    if kind is dict:
-        return all(_plain_str(k) and _plain_json(v, depth + 1) for k, v in value.items())
-    return False
 
 
 def _fits(kind: str, value: Any) -> bool:
     if kind == _STR:
-        return _plain_str(value)
+        return plain_str(value)
     if kind == _STR1:
-        return _plain_str(value) and len(value) >= 1
+        return plain_str(value) and len(value) >= 1
     if kind == _OPT_STR:
-        return value is None or _plain_str(value)
+        return value is None or plain_str(value)
     if kind == _POS_INT:
         return type(value) is int and value >= 1
     if kind == _FLOAT:
@@ -89,8 +60,8 @@ def _fits(kind: str, value: Any) -> bool:
     if kind == _STALE_TO:
         return type(value) is str and value in ("queued", "waiting_human", "failed")
     if kind == _STR_LIST:
-        return type(value) is list and all(_plain_str(v) for v in value)
-    return _plain_json(value)
+        return type(value) is list and all(plain_str(v) for v in value)
+    return plain_json(value)
 
 
 def accept(event_type: str, data: Any) -> dict[str, Any] | None:
@@ -122,13 +93,3 @@ def validate_data(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
 
     return validate_with_models(event_type, data)
 
-
-def __getattr__(name: str) -> Any:  # the models stay importable from here, built on first use
-    if name.startswith("_"):
-        raise AttributeError(name)
-    from orchestrator import event_models
-
-    try:
-        return getattr(event_models, name)
-    except AttributeError:
-        raise AttributeError(f"module 'orchestrator.events' has no attribute {name!r}") from None

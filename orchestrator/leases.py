@@ -1,12 +1,11 @@
 """Lease records: heartbeats that do not bloat the event log.
 
-The claim event carries the first lease expiry. While the job runs, the worker renews the
-lease by atomically replacing one small record per (job, epoch) in the store's aux area
-``leases`` (a file ``.orchestrator/leases/<job_id>.<epoch>`` on the file backend), every
-``lease_seconds / 3``. On a store with ``atomic_aux`` (PostgreSQL) the first record is written in
-the claim's transaction and the last one deleted in the outcome's (``lease_aux``), so a short job
-costs no lease commit at all. Stale recovery drops the dead run's record with its event on every
-store (in its transaction, or right after it). Keying by epoch means a paused ("zombie") worker that wakes up can
+The claim event carries the first lease expiry, so a run shorter than a heartbeat writes no
+record. While a job runs, the worker renews the lease every ``lease_seconds / 3`` by replacing
+one small record per (job, epoch) in the store's aux area ``leases`` (on the file backend a
+512-byte slot ``.orchestrator/leases/<job_id>.<epoch>`` written in place). The outcome of a run
+that renewed, and stale recovery, drop the record with their event (``drop_lease_aux``: in its
+transaction on PostgreSQL, right after it on files). Keying by epoch means a paused ("zombie") worker that wakes up can
 only rewrite its own, superseded record, never the lease of the worker that took over.
 
 A lease record is a derived cache like any other: a missing or unreadable one falls back to
@@ -46,9 +45,9 @@ def _key(job_id: str, epoch: int) -> str:
     return f"{job_id}.{epoch}"
 
 
-def lease_aux(job_id: str, epoch: int, lease: Lease | None) -> dict[tuple[str, str], bytes | None]:
-    """The lease record of (job, epoch) as an ``aux`` write of an append (None drops it)."""
-    return {(LEASES_AREA, _key(job_id, epoch)): lease.to_json() if lease is not None else None}
+def drop_lease_aux(job_id: str, epoch: int) -> dict[tuple[str, str], bytes | None]:
+    """The deletion of the lease record of (job, epoch), as an ``aux`` write of an append."""
+    return {(LEASES_AREA, _key(job_id, epoch)): None}
 
 
 def write_lease(store: EventStore, lease: Lease) -> None:
@@ -68,9 +67,6 @@ def read_lease(store: EventStore, job_id: str, epoch: int) -> Lease | None:
     except (ValueError, TypeError, RecursionError):
         return None
 
-
-def drop_lease(store: EventStore, job_id: str, epoch: int) -> None:
-    store.delete_aux(LEASES_AREA, _key(job_id, epoch))
 
 
 def lease_expiry(store: EventStore, state: JobState) -> float | None:

@@ -6,6 +6,7 @@ recursion, turns it into the input's own error code instead of a crash.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 MAX_INPUT_BYTES = 1024 * 1024  # a job's input, as canonical JSON
@@ -27,3 +28,34 @@ def json_depth(value: Any) -> int:
                 return deepest
             stack.extend((child, depth) for child in item)
     return deepest
+
+
+# -- plainly valid JSON: what the fast acceptors (events.py, payload.py) take without pydantic --------
+def plain_str(value: Any) -> bool:
+    if type(value) is not str:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # lone surrogates: leave them to pydantic
+        return False
+    return True
+
+
+def plain_json(value: Any, depth: int = 0) -> bool:
+    """True for values the models' ``Any`` dumps unchanged: dict (str keys), list, str, int, bool, finite float, None."""
+    kind = type(value)
+    if value is None or kind is bool or kind is int:
+        return True
+    if kind is str:
+        return plain_str(value)
+    if kind is float:
+        return math.isfinite(value)
+    if depth >= MAX_JSON_DEPTH:
+        return False
+    if kind is list:
+        return all(plain_json(v, depth + 1) for v in value)
+    if kind is dict:
+        return all(plain_str(k) and plain_json(v, depth + 1) for k, v in value.items())
+    return False

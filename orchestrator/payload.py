@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import MalformedPayloadError, PathEscapeError
-from orchestrator.events import _plain_json, _plain_str
-from orchestrator.limits import MAX_JSON_DEPTH, json_depth
+from orchestrator.limits import MAX_JSON_DEPTH, json_depth, plain_json, plain_str
 from orchestrator.security import sanitize_text, validate_artifact_path
 
 MAX_PAYLOAD_BYTES = 1024 * 1024
 DONE, NEEDS_HUMAN, NEEDS_AUDIT, FAILED = "done", "needs_human", "needs_audit", "failed"
 STATUSES = (DONE, NEEDS_HUMAN, NEEDS_AUDIT, FAILED)
-MAX_TEXT, MAX_ARTIFACTS = 10_000, 1000  # the model's limits
+MAX_TEXT, MAX_ARTIFACTS = 10_000, 1000  # shared with the model (payload_model.py)
+ERROR_CODE_PATTERN = r"[A-Z][A-Z0-9_]{0,63}"
 _FIELDS = frozenset({"status", "summary", "question", "output", "artifacts", "retryable", "error_code"})
-_ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+_ERROR_CODE = re.compile(ERROR_CODE_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -52,24 +52,16 @@ def _accept(data: dict[str, Any]) -> Payload | None:
     question, artifacts = data.get("question"), data.get("artifacts", [])
     retryable, error_code = data.get("retryable", True), data.get("error_code")
     output = data.get("output")
-    if not (type(status) is str and status in STATUSES and _plain_str(summary) and len(summary) <= MAX_TEXT
-            and (question is None or (_plain_str(question) and len(question) <= MAX_TEXT))
-            and type(artifacts) is list and len(artifacts) <= MAX_ARTIFACTS and all(map(_plain_str, artifacts))
+    if not (type(status) is str and status in STATUSES and plain_str(summary) and len(summary) <= MAX_TEXT
+            and (question is None or (plain_str(question) and len(question) <= MAX_TEXT))
+            and type(artifacts) is list and len(artifacts) <= MAX_ARTIFACTS and all(map(plain_str, artifacts))
             and type(retryable) is bool
-            and (error_code is None or (_plain_str(error_code) and _ERROR_CODE.fullmatch(error_code)))
-            and _plain_json(output)):
+            and (error_code is None or (plain_str(error_code) and _ERROR_CODE.fullmatch(error_code)))
+            and plain_json(output)):
         return None
     if status == NEEDS_HUMAN and not (question or "").strip():
         return None  # the model's own error message
     return Payload(status, summary, question, output, list(artifacts), retryable, error_code)
-
-
-def __getattr__(name: str) -> Any:  # the pydantic model, loaded on first use
-    if name == "TerminalPayload":
-        from orchestrator.payload_model import TerminalPayload
-
-        return TerminalPayload
-    raise AttributeError(f"module 'orchestrator.payload' has no attribute {name!r}")
 
 
 def parse_payload(raw: bytes | str | dict[str, Any], artifacts_dir: Path) -> Payload:

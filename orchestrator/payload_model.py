@@ -9,7 +9,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-NEEDS_HUMAN = "needs_human"
+from orchestrator.payload import (DONE, ERROR_CODE_PATTERN, FAILED, MAX_ARTIFACTS, MAX_TEXT, NEEDS_AUDIT,
+                                  NEEDS_HUMAN)
 
 
 class TerminalPayload(BaseModel):
@@ -17,13 +18,13 @@ class TerminalPayload(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    status: Literal["done", "needs_human", "needs_audit", "failed"]
-    summary: str = Field(max_length=10_000)
-    question: Optional[str] = Field(default=None, max_length=10_000)
+    status: Literal[DONE, NEEDS_HUMAN, NEEDS_AUDIT, FAILED]  # type: ignore[valid-type]
+    summary: str = Field(max_length=MAX_TEXT)
+    question: Optional[str] = Field(default=None, max_length=MAX_TEXT)
     output: Any = None
-    artifacts: list[str] = Field(default_factory=list, max_length=1000)
+    artifacts: list[str] = Field(default_factory=list, max_length=MAX_ARTIFACTS)
     retryable: bool = True
-    error_code: Optional[str] = Field(default=None, pattern=r"^[A-Z][A-Z0-9_]{0,63}$")
+    error_code: Optional[str] = Field(default=None, pattern=f"^{ERROR_CODE_PATTERN}$")
 
     @model_validator(mode="after")
     def _question_for_humans(self) -> "TerminalPayload":

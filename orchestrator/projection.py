@@ -90,7 +90,7 @@ class Columns:
         self.ids.append(job_id)
         self.size.append(fp[0])
         self.mtime.append(fp[1])
-        self.state.append(STATE_CODE.get(row.state, NO_STATE) if row.state is not None else NO_STATE)
+        self.state.append(STATE_CODE.get(row.state, NO_STATE))
         self.ok.append(1 if row.ok else 0)
         self.submitted.append(_f(row.submitted_at))
         self.updated.append(_f(row.updated_at))
@@ -215,14 +215,10 @@ def summarize(view: "JobView") -> Row:
 def scan(orch: "Orchestrator") -> tuple[list[str], array, array]:
     """Every job's id and fingerprint (two integers), without opening any events file when possible."""
     store = orch.store
-    custom = getattr(store, "fingerprints", None)
-    if callable(custom):  # a backend may offer a cheap one (e.g. head seqs from one SQL query)
-        fps = {k: tuple(v) for k, v in custom().items()}
-    elif getattr(store, "jobs_dir", None) is not None:
+    if getattr(store, "jobs_dir", None) is not None:
         return _scan_dir(store.jobs_dir)
-    else:
-        fps = {job_id: (len(store.read(job_id)), 0) for job_id in store.job_ids()}  # slow generic fallback
-    return list(fps), array("q", (v[0] for v in fps.values())), array("q", (v[1] for v in fps.values()))
+    fps = {job_id: len(store.read(job_id)) for job_id in store.job_ids()}  # slow generic fallback
+    return list(fps), array("q", fps.values()), array("q", (0 for _ in fps))
 
 
 def _scan_dir(jobs_dir: os.PathLike[str] | str) -> tuple[list[str], array, array]:
@@ -250,12 +246,6 @@ def _scan_dir(jobs_dir: os.PathLike[str] | str) -> tuple[list[str], array, array
     finally:
         os.close(dir_fd)
     return ids, sizes, mtimes
-
-
-def fingerprints(orch: "Orchestrator") -> dict[str, list[int]]:
-    """job id -> fingerprint of its events (kept for callers that want a mapping)."""
-    ids, sizes, mtimes = scan(orch)
-    return {job_id: [a, b] for job_id, a, b in zip(ids, sizes, mtimes)}
 
 
 @dataclass

@@ -80,8 +80,11 @@ class Keyring:
     signer_id: str | None = None
     source: str = "memory"
     _load_signer: Any = None  # deferred: a verify-only command never creates a key
-    _sodium_signer: tuple[Ed25519PrivateKey, SigningKey] | None = None
-    _sodium_keys: dict[str, tuple[Ed25519PublicKey, VerifyKey]] = field(default_factory=dict)
+    # libsodium's views of the keys above, made on first use (not part of the keyring's identity)
+    _sodium_signer: tuple[Ed25519PrivateKey, SigningKey] | None = field(default=None, init=False, repr=False,
+                                                                         compare=False)
+    _sodium_keys: dict[str, tuple[Ed25519PublicKey, VerifyKey]] = field(default_factory=dict, init=False,
+                                                                         repr=False, compare=False)
 
     @classmethod
     def generate(cls) -> "Keyring":

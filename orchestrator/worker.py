@@ -35,7 +35,7 @@ from orchestrator.api import JobView, Orchestrator
 from orchestrator.errors import (ConcurrencyError, InvalidInputError, JobNotFoundError, LeaseLostError,
                                  MalformedPayloadError, PathEscapeError)
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
-from orchestrator.leases import Lease, lease_aux, lease_expiry, write_lease
+from orchestrator.leases import Lease, drop_lease_aux, lease_expiry, write_lease
 from orchestrator.payload import DONE, NEEDS_AUDIT, NEEDS_HUMAN, Payload, parse_payload
 from orchestrator.queue import ReadyEntry
 from orchestrator.runner import Child, HandlerHost, tail
@@ -199,7 +199,7 @@ class Worker:
             self.orch.append(view, s.job_id, [("stale_recovered", data)], run_id=s.run_id, actor=self.actor,
                              now=now, audit=("stale_recovered", f"{why}; to {data['to']}"),
                              fence=s.epoch + 1,  # supersedes the dead run's epoch
-                             aux=lease_aux(s.job_id, s.epoch, None))
+                             aux=drop_lease_aux(s.job_id, s.epoch))
         except ConcurrencyError:
             return False  # another worker recovered it, or the run finished just now
         log.warning("recovered stale job %s -> %s", s.job_id, data["to"],
@@ -469,7 +469,7 @@ class Worker:
         faults.point("worker.before_outcome")
         view = claim.view
         # a renewed lease record is dropped with the outcome (in its transaction where the store can)
-        drop = lease_aux(claim.job_id, claim.epoch, None) if self._renewed else None
+        drop = drop_lease_aux(claim.job_id, claim.epoch) if self._renewed else None
         try:
             for _ in range(3):
                 try:

@@ -1,11 +1,9 @@
 """``orchestrator bench-terminal-latency`` (runbook: ``scripts/bench_terminal_latency.py``): the v1.2.3 gate."""
 from __future__ import annotations
 
-import json
 import click
 
 from orchestrator.cli import CONTEXT, Output, cli
-from orchestrator.security import sanitize_text
 
 EXIT_GATE_FAILED = 13
 
@@ -36,8 +34,5 @@ def bench_terminal_latency(samples: int, seed: int, raw_output: str | None, repo
     out = Output(as_json)
     result = tb.execute(samples, seed, base_path, project_id, raw_output, report, keep,
                         progress=lambda m: click.echo(m, err=True))
-    if as_json:
-        click.echo(sanitize_text(json.dumps(result, default=str)))
-    else:
-        out.emit(result, tb.text_summary(result))
+    out.emit(result, lambda: tb.text_summary(result))
     click.get_current_context().exit(0 if result["verdicts"]["gate"] else EXIT_GATE_FAILED)

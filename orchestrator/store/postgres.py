@@ -5,7 +5,7 @@ verifies exactly as it does in a file, and moves between backends without re-sig
 ``orch_streams`` holds one row per stream with its head: an append locks that row (creating it
 first if needed), checks the expected sequence, inserts the new lines and moves the head, all
 in one transaction, together with any ``aux`` records given (the job's signed head record, a
-lease), so on this backend an event and its head record are committed both or neither
+lease deletion, an audit marker), so on this backend an event and its head record are committed both or neither
 (``atomic_aux``). Durability is PostgreSQL's: the session
 forces ``synchronous_commit = on``, so when ``append`` returns the commit is flushed to the
 server's WAL. Several projects may share one database (the ``project`` column).
