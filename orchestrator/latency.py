@@ -84,7 +84,7 @@ def _worker_main() -> None:
     out = sys.stdout
     appended: list[int] = []
 
-    def stamp() -> None:  # "append.after_event": Orchestrator.append's store append returned (after fdatasync)
+    def stamp() -> None:  # "append.after_event": the store append returned (fdatasync done, head record written)
         appended.append(time.monotonic_ns())
         faults.arm("append.after_event", stamp)  # a named point fires once per arming
 
