@@ -136,6 +136,7 @@ class JsonlStore(EventStore):
                fence: int | None = None, aux: AuxWrites | None = None) -> Head:
         new_head, appended = self._append(stream, build, expected_seq)
         if appended and aux is not None:
+            faults.point("store.append.before_aux")  # the lines are durable, their head record not yet
             self._write_aux(aux(new_head))  # after the lines are durable (files cannot do both at once)
         return new_head
 

@@ -52,7 +52,9 @@ def test_crash_after_the_event_is_healed_once_by_the_next_command(cli_orch: Orch
 
 def test_crash_after_the_entry_but_before_its_marker_writes_no_second_entry(cli_orch: Orchestrator, cli_env) -> None:
     job_id = js.waiting_human(cli_orch)
-    crashed = run_script("control", "resume", job_id, "yes", env={**cli_env, "ORCH_CRASH_AT": "audit.after_entry"})
+    # the resume appends its event (1st pass), then its audit entry (2nd): killed once that entry is durable
+    crashed = run_script("control", "resume", job_id, "yes",
+                         env={**cli_env, "ORCH_CRASH_AT": "store.append.before_aux:2"})
     assert crashed.returncode == -9 and len(entries(cli_orch, job_id, "resume")) == 1
     assert run_script("control", "cancel", job_id, "stop", env=cli_env).returncode == 0
     assert len(entries(cli_orch, job_id, "resume")) == 1

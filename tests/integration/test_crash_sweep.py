@@ -14,7 +14,7 @@ from orchestrator.reliability import crash
 # the write paths issue 6 names; the sweep must reach every one of them
 REQUIRED_POINTS = {
     "store.append.before_write", "store.append.mid_write", "store.append.after_write", "store.append.after_fsync",
-    "store.append.after_repair", "append.after_event", "append.after_head", "audit.after_entry",
+    "store.append.after_repair", "store.append.before_aux", "append.after_event", "append.after_head", "audit.after_entry",
     "audit.heal.before_entry", "worker.before_claim", "worker.after_claim", "worker.after_start",
     "worker.before_outcome", "worker.after_outcome", "lease.after_write", "queue.after_put_ready",
     "queue.after_append", "queue.rebuild.each_job",
