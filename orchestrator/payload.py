@@ -91,10 +91,10 @@ def parse_payload(raw: bytes | str | dict[str, Any], artifacts_dir: Path) -> Pay
             raise MalformedPayloadError(sanitize_text(f"invalid terminal payload: {exc}")) from None
         payload = Payload(model.status, model.summary, model.question, model.output, list(model.artifacts),
                           model.retryable, model.error_code)
-    try:
-        json.dumps(payload.output, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise MalformedPayloadError(f"the payload's output is not plain JSON: {exc}") from None
+        try:  # the fast check (``plain_json``) already guarantees this for the payloads it accepts
+            json.dumps(payload.output, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise MalformedPayloadError(f"the payload's output is not plain JSON: {exc}") from None
     for rel in payload.artifacts:
         try:
             validate_artifact_path(artifacts_dir, rel)
