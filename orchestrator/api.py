@@ -206,12 +206,23 @@ class Orchestrator:
     def status(self, job_id: str) -> JobStatus:
         view = self.load(job_id)
         st = JobStatus.from_view(view)
-        if st.state == "running" and view.state is not None:  # show the lease as renewed by heartbeats
-            from orchestrator.leases import lease_expiry
-
-            expiry = lease_expiry(self.store, view.state)
+        if st.state == "running":  # show the lease as renewed by heartbeats
+            expiry = self._renewed_lease(view)
             st = replace(st, lease_expires_at=clock.to_iso(expiry) if expiry else None)
         return st
+
+    def lease_expiry(self, job_id: str) -> float | None:
+        """When the running job's current lease ends, heartbeats included; ``None`` if it is not running."""
+        try:
+            view = self.load(job_id)
+        except JobNotFoundError:  # removed since it was listed: not running
+            return None
+        return self._renewed_lease(view) if view.state is not None and view.state.state == "running" else None
+
+    def _renewed_lease(self, view: JobView) -> float | None:
+        from orchestrator.leases import lease_expiry
+
+        return lease_expiry(self.store, view.state) if view.state is not None else None
 
     def job_ids(self) -> Iterator[str]:
         return self.store.job_ids()

@@ -3,8 +3,10 @@
 Definitions (docs/metrics.md is the reference):
 
 * ``counts``: jobs per state (every state listed, zeros included), plus ``integrity_errors``.
-* ``stalled_count``: jobs in ``running`` whose lease expired more than ``stall_grace`` seconds
-  before ``now`` (the worker is gone and no stale recovery has run yet).
+* ``stalled_count``: jobs in ``running`` whose current lease (heartbeats included) expired more
+  than ``stall_grace`` seconds before ``now`` (the worker is gone and no stale recovery has run yet).
+  The projection holds the claim's expiry only; a job past it is checked against its lease record
+  through ``renewed_lease``, so a healthy long run is not counted.
 * ``resume_success_rate``: of the resumes whose outcome is known, the fraction after which the
   job next reached ``succeeded`` (directly or through approve) rather than asking again
   (``waiting_human``), failing or being cancelled. ``None`` when no resume has an outcome yet.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from orchestrator.projection import Columns, Row
 from orchestrator.state import STATES
@@ -77,8 +79,13 @@ class Metrics:
         return dict(self.__dict__)
 
 
-def compute(project_id: str, rows: "Iterable[Row] | Columns", now: float, limits: Thresholds) -> Metrics:
-    """The figures at ``now``, from projection columns (fast: no object per job) or any rows."""
+def compute(project_id: str, rows: "Iterable[Row] | Columns", now: float, limits: Thresholds,
+            renewed_lease: Callable[[str], float | None] | None = None) -> Metrics:
+    """The figures at ``now``, from projection columns (fast: no object per job) or any rows.
+
+    ``renewed_lease(job_id)`` gives a running job's lease expiry with heartbeats included; it is
+    asked only about jobs whose claim-time expiry has passed (few), never about the others.
+    """
     cols = rows if isinstance(rows, Columns) else Columns.from_rows(rows)
     jobs = len(cols)
     counts = {s: cols.state.count(code) for code, s in enumerate(STATES)}
@@ -89,7 +96,9 @@ def compute(project_id: str, rows: "Iterable[Row] | Columns", now: float, limits
     pos = cols.state.find(running)
     while pos != -1:  # running jobs only, found by a C scan of the state column
         if lease[pos] + stall_grace < now:  # NaN (no lease) compares false
-            stalled += 1
+            renewed = renewed_lease(cols.ids[pos]) if renewed_lease is not None else None
+            if renewed is None or renewed + stall_grace < now:
+                stalled += 1
         pos = cols.state.find(running, pos + 1)
     ok, failed = sum(cols.resumes_ok), sum(cols.resumes_failed)
     durations = [f - s for f, s in zip(cols.final, cols.submitted) if f == f and s == s]  # NaN != NaN: skipped

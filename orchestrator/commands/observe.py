@@ -64,7 +64,8 @@ def metrics(orch: Any, out: Output, fmt: str, rebuild: bool, fail_on: str | None
     from orchestrator.projection import refresh
 
     result = refresh(orch, rebuild=rebuild, progress=lambda n: out.progress(f"replayed {n} jobs..."))
-    figures = m.compute(orch.project_id, result.columns, orch.clock(), m.Thresholds.from_env(**limits))
+    figures = m.compute(orch.project_id, result.columns, orch.clock(), m.Thresholds.from_env(**limits),
+                        renewed_lease=orch.lease_expiry)
     data = {**figures.to_dict(), "replayed": result.replayed}
     if fmt == "prometheus" and not out.as_json:
         click.echo(m.prometheus(figures), nl=False)

@@ -9,6 +9,7 @@ import pytest
 import jobstates as js
 from orchestrator import Orchestrator
 from orchestrator.errors import RunNotFoundError
+from orchestrator.leases import Lease, write_lease
 from orchestrator.metrics import Thresholds, compute
 from orchestrator.projection import refresh, summarize
 from orchestrator.store.base import AUDIT_STREAM
@@ -107,6 +108,25 @@ def test_stalled_jobs_are_counted_at_the_injected_now(base, keyring) -> None:
     assert compute("proj", rows, now[0] + 1, Thresholds()).stalled_count == 1
     assert compute("proj", rows, now[0] + 601, Thresholds()).stalled_count == 2
     assert compute("proj", rows, now[0] - 1, Thresholds()).stalled_count == 0
+
+
+def test_a_running_job_whose_heartbeat_renewed_its_lease_is_not_stalled(base, keyring) -> None:
+    now = [1_900_000_000.0]
+    orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring, clock=lambda: now[0])
+    healthy = js.running(orch, run_id="run-1", lease="2030-03-17T17:46:40.000000Z")  # claim's expiry: now + 0
+    gone = js.running(orch, run_id="run-2", lease="2030-03-17T17:46:40.000000Z")
+    write_lease(orch.store, Lease(job_id=healthy, run_id="run-1", epoch=1, worker_id="w1", pid=1,
+                                  expires_at=now[0] + 600, renewed_at=now[0]))
+    cols = refresh(orch).columns
+    renewed = orch.lease_expiry
+    assert compute("proj", cols, now[0] + 1, Thresholds(), renewed_lease=renewed).stalled_count == 1  # only `gone`
+    assert compute("proj", cols, now[0] + 601, Thresholds(), renewed_lease=renewed).stalled_count == 2
+    assert compute("proj", cols, now[0] + 601, Thresholds(stall_grace=5), renewed_lease=renewed).stalled_count == 1
+    # a record left by an earlier run of the same epoch key does not count for this run
+    write_lease(orch.store, Lease(job_id=gone, run_id="run-0", epoch=1, worker_id="w1", pid=1,
+                                  expires_at=now[0] + 600, renewed_at=now[0]))
+    assert compute("proj", cols, now[0] + 1, Thresholds(), renewed_lease=renewed).stalled_count == 1
+    assert orch.lease_expiry(gone) == now[0] and orch.lease_expiry("no-such-job") is None
 
 
 def test_metrics_refresh_heals_a_missing_audit_entry(orch: Orchestrator) -> None:
