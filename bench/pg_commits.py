@@ -32,7 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/orch_commits"
-WRITES = ("INSERT", "UPDATE", "DELETE", "WITH")
 
 
 class Counts:

@@ -272,7 +272,7 @@ class Orchestrator:
         old = view.state if view else None
         from orchestrator import audit as audit_log
 
-        self.queue.before_append(job_id, old, state)
+        index_statements = self.queue.before_append(job_id, old, state)  # None unless the index is in the store
         # the pending lock spans event + entry, so a concurrent heal never writes the entry too
         with audit_log.pending(self, job_id) if audit is not None else contextlib.nullcontext():
             def with_events(new_head: Head) -> dict[tuple[str, str], bytes | None]:
@@ -280,7 +280,8 @@ class Orchestrator:
 
             # the store writes the head record (then ``aux``) in the events' transaction where it can
             # (PostgreSQL), else right after the events are durable: a record is never ahead of its events
-            new_head = self.store.append(job_id, lambda _h: lines, expected_seq=head.seq, fence=fence, aux=with_events)
+            new_head = self.store.append(job_id, lambda _h: lines, expected_seq=head.seq, fence=fence, aux=with_events,
+                                         in_transaction=index_statements)
             faults.point("append.after_event")
             self.queue.after_append(job_id, old, state)
             faults.point("append.after_head")

@@ -26,11 +26,12 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from orchestrator import faults
 from orchestrator.errors import StorageError
 from orchestrator.state import QUEUED, RUNNING, JobState
+from orchestrator.store.base import InTransaction
 from orchestrator.store.jsonl import open_creating
 from orchestrator.wakeup import Watcher, make_watcher
 
@@ -77,27 +78,49 @@ class ReadyEntry:
         return cls(-state.priority, int(round(at * 1e6)), state.job_id)
 
 
+class IndexChange(NamedTuple):
+    """What one event changes in the index: the one place the transition rules live."""
+
+    put_ready: ReadyEntry | None  # the job is (still) queued: its entry, new or unchanged
+    drop_ready: ReadyEntry | None  # the entry the job no longer has (it left queued, or moved)
+    put_running: bool  # the job is running (the entry is put again on each event: idempotent)
+    drop_running: bool
+
+    @classmethod
+    def of(cls, old: JobState | None, new: JobState) -> "IndexChange":
+        after = ReadyEntry.for_state(new) if new.state == QUEUED else None
+        before = ReadyEntry.for_state(old) if old is not None and old.state == QUEUED else None
+        was_running = old is not None and old.state == RUNNING
+        return cls(after, before if before != after else None,
+                   new.state == RUNNING, was_running and new.state != RUNNING)
+
+
 class QueueIndex(ABC):
     """Ready and running jobs, as hints for claiming and stale recovery."""
 
     # -- projection hooks (called by Orchestrator.append) --------------------------------------
-    def before_append(self, job_id: str, old: JobState | None, new: JobState) -> None:
-        """Make the entries the new state needs exist before its event is written."""
-        if new.state == QUEUED:
-            self.put_ready(ReadyEntry.for_state(new))
-        elif new.state == RUNNING:
+    def before_append(self, job_id: str, old: JobState | None, new: JobState) -> InTransaction | None:
+        """Make the entries the new state needs exist before its event is written.
+
+        An index kept in the store's database returns its statements instead, for the append to
+        run in its own transaction (``EventStore.append(in_transaction=...)``); this one returns None.
+        """
+        change = IndexChange.of(old, new)
+        if change.put_ready is not None:
+            self.put_ready(change.put_ready)
+        if change.put_running:
             self.put_running(job_id)
+        return None
 
     def after_append(self, job_id: str, old: JobState | None, new: JobState) -> None:
         """The event is durable: announce new work, drop entries the job no longer needs."""
         faults.point("queue.after_append")
-        if new.state == QUEUED:
-            self.announce(ReadyEntry.for_state(new))
-        if old is not None and old.state == QUEUED:
-            before = ReadyEntry.for_state(old)
-            if new.state != QUEUED or before != ReadyEntry.for_state(new):
-                self.drop_ready(before)
-        if old is not None and old.state == RUNNING and new.state != RUNNING:
+        change = IndexChange.of(old, new)
+        if change.put_ready is not None:
+            self.announce(change.put_ready)
+        if change.drop_ready is not None:
+            self.drop_ready(change.drop_ready)
+        if change.drop_running:
             self.drop_running(job_id)
 
     # -- storage --------------------------------------------------------------------------------
@@ -278,6 +301,9 @@ class FileQueueIndex(QueueIndex):
             # A claimer met the entry before the event landed, saw the job not queued yet and dropped
             # it; or a fast worker claimed the job already. Put it back: in the first case the job
             # would otherwise stay queued with no entry, in the second the extra entry is dropped when met.
+            # The claimer's own rule (keep an entry newer than the job's last event, worker._try_claim)
+            # covers a drop that comes after this call; this put-back covers the entry that does not
+            # look newer, because the clock stepped back between the job's last event and this one.
             self._touch(self.ready_dir / entry.name)
 
     def ready(self) -> list[ReadyEntry]:

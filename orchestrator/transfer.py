@@ -123,34 +123,38 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
             orch.queue.forget_built()
         forgotten.append(True)
 
-    for raw in records:
-        rec = _json(raw, "a stream header")
-        if rec.get("end"):
-            if (rec.get("streams"), rec.get("events")) != (streams, events):
-                raise IntegrityError(f"the bundle's trailer says {rec.get('streams')} streams and {rec.get('events')} "
-                                     f"events, it held {streams} and {events}")
-            return {"project_id": orch.project_id, "streams": streams, "events": events, "written": written}
-        stream, count = rec.get("stream"), rec.get("lines")
-        if not isinstance(stream, str) or not isinstance(count, int) or count < 1:
-            raise InvalidInputError(f"not a bundle: bad stream header {raw[:80]!r}")
-        if stream != AUDIT_STREAM:
-            validate_id(stream, "job id")
-        head = base64.b64decode(rec["head"]) if rec.get("head") else None
-        lines = []
-        for i in range(1, count + 1):
-            line = next(records, None)
-            if line is None:
-                raise IntegrityError(f"the bundle was cut short inside stream {stream}")
-            lines.append(StoredLine(i, line))
-        problems = _problems(orch, stream, lines, head)
-        if problems:
-            raise _refuse("import", problems)
-        written += _write_stream(orch, stream, lines, head, before_first_write)
-        streams += 1
-        events += count
-        if progress and streams % PROGRESS_EVERY == 0:
-            progress(f"imported {streams} streams, {events} events...")
-    raise IntegrityError("the bundle has no end record: it was cut short (export again)")
+    try:
+        for raw in records:
+            rec = _json(raw, "a stream header")
+            if rec.get("end"):
+                if (rec.get("streams"), rec.get("events")) != (streams, events):
+                    raise IntegrityError(f"the bundle's trailer says {rec.get('streams')} streams and {rec.get('events')} "
+                                         f"events, it held {streams} and {events}")
+                return {"project_id": orch.project_id, "streams": streams, "events": events, "written": written}
+            stream, count = rec.get("stream"), rec.get("lines")
+            if not isinstance(stream, str) or not isinstance(count, int) or count < 1:
+                raise InvalidInputError(f"not a bundle: bad stream header {raw[:80]!r}")
+            if stream != AUDIT_STREAM:
+                validate_id(stream, "job id")
+            head = base64.b64decode(rec["head"]) if rec.get("head") else None
+            lines = []
+            for i in range(1, count + 1):
+                line = next(records, None)
+                if line is None:
+                    raise IntegrityError(f"the bundle was cut short inside stream {stream}")
+                lines.append(StoredLine(i, line))
+            problems = _problems(orch, stream, lines, head)
+            if problems:
+                raise _refuse("import", problems)
+            written += _write_stream(orch, stream, lines, head, before_first_write)
+            streams += 1
+            events += count
+            if progress and streams % PROGRESS_EVERY == 0:
+                progress(f"imported {streams} streams, {events} events...")
+        raise IntegrityError("the bundle has no end record: it was cut short (export again)")
+    finally:
+        if forgotten:  # again after the last write: a worker that rebuilt the index meanwhile missed the rest
+            orch.queue.forget_built()
 
 
 def _write_stream(orch: Orchestrator, stream: str, lines: list[StoredLine], head: bytes | None,

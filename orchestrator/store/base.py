@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 AUDIT_STREAM = "@audit"
 
@@ -33,6 +33,8 @@ class StoredLine:
 Builder = Callable[[Head], Sequence[bytes]]
 # ``(area, key) -> new bytes``, or None to delete the record; given the stream's new head
 AuxWrites = Callable[[Head], Mapping[tuple[str, str], "bytes | None"]]
+# statements run on the store's own connection inside an append's transaction (``atomic_aux`` stores)
+InTransaction = Callable[[Any], None]
 
 
 class EventStore(ABC):
@@ -43,7 +45,8 @@ class EventStore(ABC):
 
     @abstractmethod
     def append(self, stream: str, build: Builder, expected_seq: int | None = None,
-               fence: int | None = None, aux: AuxWrites | None = None) -> Head:
+               fence: int | None = None, aux: AuxWrites | None = None,
+               in_transaction: InTransaction | None = None) -> Head:
         """Append the lines ``build(head)`` returns, atomically and durably.
 
         Appends to one stream are serialised: ``build`` runs while the stream is locked, with
@@ -64,6 +67,11 @@ class EventStore(ABC):
         and durable together with the lines, or, if the append fails, not written at all. The
         other stores write them after the lines are durable, with ``put_aux`` semantics (a crash
         in between leaves the lines without them). Not called when nothing is appended.
+
+        ``in_transaction`` (optional, ``atomic_aux`` stores only) runs with the store's connection
+        inside that same transaction: a queue index kept in the database (``store/pg_queue.py``)
+        commits its rows with the event this way. The other stores refuse one (``ValueError``):
+        their indexes write around the append instead.
         """
 
     @abstractmethod
@@ -109,6 +117,11 @@ class EventStore(ABC):
                 self.delete_aux(area, key)
             else:
                 self.put_aux(area, key, data)
+
+    @staticmethod
+    def _no_transaction(in_transaction: InTransaction | None) -> None:
+        if in_transaction is not None:
+            raise ValueError("this store has no transaction to run statements in (in_transaction)")
 
     def exists(self, stream: str) -> bool:
         return bool(self.read(stream)[:1])

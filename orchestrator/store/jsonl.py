@@ -9,6 +9,7 @@ raised: nothing unacknowledged stays visible, and a failed fsync is never taken 
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -20,7 +21,7 @@ from typing import Iterator
 from orchestrator import faults
 from orchestrator.errors import ConcurrencyError, IntegrityError, StorageError
 from orchestrator.security import validate_id
-from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, StoredLine
+from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,30 @@ def _holds_a_line(path: str) -> bool:
         return False
 
 
+def _remove_strays(path: Path) -> None:
+    """Remove the temporary copies of ``path`` left by writers killed before their rename (their
+    process is gone); a live writer's copy is left alone. Only big, rarely written records (the
+    ``metrics`` cache) take this path, so listing their folder here costs nothing that matters."""
+    prefix = f".{path.name}."
+    try:
+        names = [n for n in os.listdir(path.parent) if n.startswith(prefix) and n.endswith(".tmp")]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):-len(".tmp")]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its writer is still alive
+        except ProcessLookupError:
+            pass
+        except OSError:  # alive under another user (EPERM): not ours to remove
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(path.parent / name)
+
+
 class JsonlStore(EventStore):
     """Files under ``<root>`` (a project's ``.orchestrator`` folder)."""
 
@@ -133,7 +158,9 @@ class JsonlStore(EventStore):
 
     # -- contract -----------------------------------------------------------------------------
     def append(self, stream: str, build: Builder, expected_seq: int | None = None,
-               fence: int | None = None, aux: AuxWrites | None = None) -> Head:
+               fence: int | None = None, aux: AuxWrites | None = None,
+               in_transaction: InTransaction | None = None) -> Head:
+        self._no_transaction(in_transaction)
         new_head, appended = self._append(stream, build, expected_seq)
         if appended and aux is not None:
             faults.point("store.append.before_aux")  # the lines are durable, their head record not yet
@@ -237,6 +264,8 @@ class JsonlStore(EventStore):
             tmp.unlink(missing_ok=True)
             raise StorageError(f"could not write {path}: {os.strerror(exc.errno or errno.EIO)}",
                                area=area) from None
+        _remove_strays(path)
+
 
     def _put_slot(self, path: Path, area: str, data: bytes) -> None:
         """Overwrite the record in place: one 512-byte write at offset 0, under the file's lock.

@@ -5,7 +5,7 @@ import threading
 from typing import Iterator
 
 from orchestrator.errors import ConcurrencyError
-from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, StoredLine
+from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
 
 
 class MemoryStore(EventStore):
@@ -15,7 +15,9 @@ class MemoryStore(EventStore):
         self._aux: dict[tuple[str, str], bytes] = {}
 
     def append(self, stream: str, build: Builder, expected_seq: int | None = None,
-               fence: int | None = None, aux: AuxWrites | None = None) -> Head:
+               fence: int | None = None, aux: AuxWrites | None = None,
+               in_transaction: InTransaction | None = None) -> Head:
+        self._no_transaction(in_transaction)
         with self._lock:
             lines = self._streams.get(stream, [])
             head = Head(len(lines), lines[-1] if lines else b"")

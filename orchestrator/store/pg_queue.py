@@ -4,8 +4,8 @@ The file index lives on one disk, so workers on other machines cannot see it; th
 the database every worker shares (tables ``orch_ready`` and ``orch_running``, migration 0002).
 Three things differ from the file index, each for a reason:
 
-* **The index commits with the event.** ``before_append`` attaches its statements to the
-  store's next append on that job (``PostgresStore.attach``), so the rows and the ``NOTIFY``
+* **The index commits with the event.** ``before_append`` returns its statements, and
+  ``Orchestrator.append`` passes them to the store's append (``in_transaction``), so the rows and the ``NOTIFY``
   that announces a runnable job are part of the event's own transaction: never behind the log,
   never announced before the event is visible, and dropped if the append is refused.
 * **Candidates are reserved with ``FOR UPDATE SKIP LOCKED``.** ``candidates(now)`` reserves the
@@ -22,11 +22,13 @@ import hashlib
 import logging
 import os
 import socket
+import time
 from typing import Any
 
 from orchestrator import faults
-from orchestrator.queue import QueueIndex, ReadyEntry
-from orchestrator.state import QUEUED, RUNNING, JobState
+from orchestrator.queue import IndexChange, QueueIndex, ReadyEntry
+from orchestrator.state import JobState
+from orchestrator.store.base import InTransaction
 from orchestrator.store.postgres import PostgresStore, _driver, connect
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ INDEX_AREA = "queue"
 BUILT_KEY = "built"
 RESERVATION_SECONDS = 2.0  # how long a reserved candidate is skipped by other workers
 CANDIDATES = 8  # due rows returned besides the reserved one, tried if the reserved claim fails
+BUILT_RECHECK_SECONDS = 1.0  # how stale a worker's "the index is built" may be (see is_built)
 LISTEN_FALLBACK_SECONDS = 10.0  # an idle wait never lasts longer, even if a NOTIFY were lost
 
 
@@ -79,29 +82,31 @@ class PgQueueIndex(QueueIndex):
         self.channel = channel(store.project)
         self.reserver = f"{socket.gethostname()}-{os.getpid()}"  # shown in reserved_by, for diagnosis
         self._listener: Any = None
+        self._built_until = 0.0  # monotonic time until which "built" is trusted without asking
 
     # -- projection: written inside the event's transaction --------------------------------------
-    def before_append(self, job_id: str, old: JobState | None, new: JobState) -> None:
-        p = self.project
+    def before_append(self, job_id: str, old: JobState | None, new: JobState) -> InTransaction:
+        """The whole index change (``IndexChange``), as statements for the event's own transaction."""
+        p, change = self.project, IndexChange.of(old, new)
 
         def in_transaction(conn: Any) -> None:
-            if new.state == QUEUED:
-                e = ReadyEntry.for_state(new)
+            e = change.put_ready
+            if change.drop_ready is not None:  # every other row of the job goes, left-overs of a repair too
+                keep = (e.priority, e.runnable_at_us) if e is not None else (None, None)
                 conn.execute("DELETE FROM orch_ready WHERE project = %s AND job_id = %s "
-                             "AND (priority, runnable_at_us) <> (%s, %s)", (p, job_id, e.priority, e.runnable_at_us))
+                             "AND (priority, runnable_at_us) IS DISTINCT FROM (%s::integer, %s::bigint)", (p, job_id, *keep))
+            if e is not None:
                 conn.execute("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us) "
                              "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING", (p, job_id, e.priority, e.runnable_at_us))
                 # delivered at commit, only if it commits: a woken worker always finds the event
                 conn.execute("SELECT pg_notify(%s, %s)", (self.channel, job_id))
-            elif old is not None and old.state == QUEUED:
-                conn.execute("DELETE FROM orch_ready WHERE project = %s AND job_id = %s", (p, job_id))
-            if new.state == RUNNING:
+            if change.put_running:
                 conn.execute("INSERT INTO orch_running (project, job_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                              (p, job_id))
-            elif old is not None and old.state == RUNNING:
+            if change.drop_running:
                 conn.execute("DELETE FROM orch_running WHERE project = %s AND job_id = %s", (p, job_id))
 
-        self.store.attach(job_id, in_transaction)
+        return in_transaction
 
     def after_append(self, job_id: str, old: JobState | None, new: JobState) -> None:
         faults.point("queue.after_append")  # nothing left to do: the rows committed with the event
@@ -164,12 +169,19 @@ class PgQueueIndex(QueueIndex):
         return [r[0] for r in rows]
 
     def is_built(self) -> bool:
-        return bool(self.store.get_aux(INDEX_AREA, BUILT_KEY))
+        """Asked before every claim: a "built" seen in the last ``BUILT_RECHECK_SECONDS`` is trusted
+        without a round trip, so an import's ``forget_built`` reaches a busy worker that late at most."""
+        if time.monotonic() < self._built_until:
+            return True
+        built = bool(self.store.get_aux(INDEX_AREA, BUILT_KEY))
+        self._built_until = time.monotonic() + BUILT_RECHECK_SECONDS if built else 0.0
+        return built
 
     def mark_built(self) -> None:
         self.store.put_aux(INDEX_AREA, BUILT_KEY, b"1")
 
     def forget_built(self) -> None:
+        self._built_until = 0.0
         self.store.delete_aux(INDEX_AREA, BUILT_KEY)
 
     # -- waking idle workers ----------------------------------------------------------------------

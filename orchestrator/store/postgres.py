@@ -12,8 +12,8 @@ server's WAL. Several projects may share one database (the ``project`` column).
 
 Fencing is checked by the database: an append given a worker's ``fence`` epoch writes it into
 the stream's row, and a trigger (migration 0002) refuses to move it backwards, so a worker
-whose claim was superseded gets ``LeaseLostError`` and writes nothing. Statements attached with
-``attach`` (the queue index, ``orchestrator/store/pg_queue.py``) run inside the next append's
+whose claim was superseded gets ``LeaseLostError`` and writes nothing. Statements passed as
+``in_transaction`` (the queue index, ``orchestrator/store/pg_queue.py``) run inside the append's
 transaction on that stream, so the index and its ``NOTIFY`` commit together with the event.
 """
 from __future__ import annotations
@@ -26,14 +26,13 @@ from urllib.parse import urlsplit
 from orchestrator import faults
 from orchestrator.errors import ConcurrencyError, ConfigError, LeaseLostError, StorageError
 from orchestrator.security import sanitize_text, validate_id
-from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, StoredLine
+from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
 
 log = logging.getLogger(__name__)
 
 SCHEMES = ("postgresql", "postgres")
 _IDLE_CONNECTIONS = 4  # kept open per store; more are opened on demand and closed after use
 FENCED_SQLSTATE = "OF001"  # raised by the orch_streams_fence trigger (migrations/0002_claiming.sql)
-InTransaction = Callable[[Any], None]
 
 # Locks the stream's row and returns its head in one statement, creating the row if needed. The
 # no-op update (not of ``fence``: its trigger does not fire) is what takes the row lock, and after
@@ -96,7 +95,6 @@ class PostgresStore(EventStore):
         self._lock = threading.Lock()
         self._checked = False
         self._closed = False
-        self._attached = threading.local()
 
     # -- connections ------------------------------------------------------------------------
     def _take(self) -> Any:
@@ -126,17 +124,13 @@ class PostgresStore(EventStore):
                               "run `orchestrator db migrate` first")
         self._checked = True
 
-    def _run(self, fn: Any, *, transaction: bool = False) -> Any:
-        """Run ``fn(conn)``, in a transaction if asked (connections are autocommit, so a single
-        statement is atomic on its own); driver errors become ``StorageError``."""
+    def _run(self, fn: Any) -> Any:
+        """Run ``fn(conn)`` on a pooled connection (autocommit: one statement is atomic on its own,
+        ``fn`` opens a transaction when it needs more); driver errors become ``StorageError``."""
         psycopg = _driver()
         conn = self._take()
         try:
-            if transaction:
-                with conn.transaction():
-                    result = fn(conn)
-            else:
-                result = fn(conn)
+            result = fn(conn)
         except psycopg.errors.UniqueViolation:
             # Only reachable if the stream lock was bypassed: the primary key still refuses a fork.
             self._give(conn)
@@ -162,28 +156,17 @@ class PostgresStore(EventStore):
             conn.close()
 
     # -- contract ---------------------------------------------------------------------------
-    def attach(self, stream: str, fn: InTransaction | None) -> None:
-        """Run ``fn(conn)`` inside the transaction of this thread's next append to ``stream``.
-
-        Replaces anything attached before; dropped after that append, whether it commits or not.
-        """
-        pending = self._attached.__dict__.setdefault("by_stream", {})
-        if fn is None:
-            pending.pop(stream, None)
-        else:
-            pending[stream] = fn
-
     def append(self, stream: str, build: Builder, expected_seq: int | None = None,
-               fence: int | None = None, aux: AuxWrites | None = None) -> Head:
+               fence: int | None = None, aux: AuxWrites | None = None,
+               in_transaction: InTransaction | None = None) -> Head:
         """``EventStore.append`` in one transaction and two round trips.
 
         The first locks the stream's row and reads its head (``BEGIN`` and one upsert that
         creates the row if needed); the second, pipelined, sends the lines, the new head, the
-        ``aux`` records, the statements ``attach``-ed to this stream, and ``COMMIT``: all of them
+        ``aux`` records, the ``in_transaction`` statements, and ``COMMIT``: all of them
         commit together, durably, or none does.
         """
         self._check_stream(stream)
-        extra = self._attached.__dict__.get("by_stream", {}).pop(stream, None)
         p = self.project
 
         def tx(conn: Any) -> Head:
@@ -205,8 +188,8 @@ class PostgresStore(EventStore):
                     conn.execute(_MOVE_HEAD, (new_head.seq, new_head.last_line, fence, p, stream))
                     if aux is not None:
                         self._aux_in_transaction(conn, aux(new_head))
-                    if extra is not None:
-                        extra(conn)
+                    if in_transaction is not None:
+                        in_transaction(conn)
                     faults.point("pg.append.before_commit")
                     return new_head
 

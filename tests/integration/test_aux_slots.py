@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -88,3 +89,20 @@ def test_a_slot_written_over_a_longer_foreign_file_reads_right_even_before_the_c
     whole = path.read_bytes()
     path.write_bytes(whole + b"z" * 1000)  # as if the process died between the slot's write and the cut
     assert store.get_aux("heads", "job-1") == record(5)
+
+
+def test_a_copy_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    store = JsonlStore(tmp_path)
+    store.put_aux("projections", "jobs-v2", b"first")
+    folder = store._aux_path("projections", "jobs-v2").parent  # noqa: SLF001
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a pid whose process has ended
+    stray, live = folder / f".jobs-v2.{dead}.tmp", folder / f".jobs-v2.{os.getppid()}.tmp"
+    stray.write_bytes(b"half a cache")
+    live.write_bytes(b"a writer still at work")
+    store.put_aux("projections", "jobs-v2", b"second")
+    assert not stray.exists() and live.exists()
+    assert store.get_aux("projections", "jobs-v2") == b"second"

@@ -137,8 +137,8 @@ def test_a_reservation_commits_asynchronously_and_leaves_appends_synchronous(clu
     assert reserved_by is not None and setting == "on"
     seen: list[str] = []
     for _ in range(3):  # whichever pooled connection the append takes
-        a.store.attach("other", lambda conn: seen.append(conn.execute("SHOW synchronous_commit").fetchone()[0]))
-        a.store.append("other", lambda h: [b"{}"])
+        a.store.append("other", lambda h: [b"{}"],
+                       in_transaction=lambda conn: seen.append(conn.execute("SHOW synchronous_commit").fetchone()[0]))
     assert seen == ["on"] * 3
 
 

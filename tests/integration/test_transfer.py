@@ -146,6 +146,26 @@ def test_imported_queued_jobs_are_claimed_by_a_worker_whose_index_was_already_bu
     assert written and ran == written
 
 
+def test_a_worker_that_rebuilt_its_index_during_an_import_still_claims_every_imported_job(
+        base: Path, keyring: Keyring) -> None:
+    from orchestrator import faults
+
+    source = Orchestrator(base_path=base / "src", project_id="p", keyring=keyring)
+    queued = [source.submit("t.echo", i) for i in range(4)]
+    buf = io.BytesIO()
+    export_project(source, buf)
+    dest = Orchestrator(base_path=base / "dst", project_id="p", keyring=keyring)
+    worker = dest.worker()
+    # a worker scans the project after the first imported job landed, before the others
+    faults.arm("import.after_chunk", lambda: worker.queue.ensure_built(dest))
+    try:
+        import_project(dest, io.BytesIO(buf.getvalue()))
+    finally:
+        faults.disarm_all()
+    ran = {r.job_id for r in iter(worker.run_once, None)}
+    assert ran == set(queued)
+
+
 def test_import_never_overwrites_a_different_history(file_orch, pg_orch) -> None:
     fill(file_orch, 1)
     buf = io.BytesIO()

@@ -70,3 +70,17 @@ def test_file_candidates_come_in_the_same_order_as_the_sorted_entries(tmp_path) 
     (index.ready_dir / ".tmp-not-an-entry").touch()
     assert list(index.candidates(0.0)) == index.ready()
     assert [e.job_id for e in index.candidates(0.0)] == ["E", "A", "B", "F", "C", "D"]
+
+
+def test_every_index_applies_one_table_of_what_an_event_changes() -> None:
+    from orchestrator.queue import IndexChange
+
+    queued, later = job("A"), job("A", at=300.0)
+    running = replace(queued, state=RUNNING, updated_at=200.0)
+    entry, moved = ReadyEntry.for_state(queued), ReadyEntry.for_state(later)
+    assert IndexChange.of(None, queued) == IndexChange(entry, None, False, False)  # submitted
+    assert IndexChange.of(queued, running) == IndexChange(None, entry, True, False)  # claimed
+    assert IndexChange.of(running, later) == IndexChange(moved, None, False, True)  # retried / released
+    assert IndexChange.of(running, replace(running, state=SUCCEEDED)) == IndexChange(None, None, False, True)
+    assert IndexChange.of(queued, later) == IndexChange(moved, entry, False, False)  # moved in the queue
+    assert IndexChange.of(queued, replace(queued, seq=2)) == IndexChange(entry, None, False, False)  # unchanged
