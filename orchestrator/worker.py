@@ -50,6 +50,8 @@ DEFAULT_RETRY_BASE_SECONDS = 1.0
 DEFAULT_RETRY_MAX_SECONDS = 300.0
 IDLE_MAX_WAIT = 30.0  # an idle worker still wakes this often to look for stale leases
 ORPHAN_ENTRY_GRACE = 60.0  # a ready entry whose job has no event yet is kept this long (submit in flight)
+SUBMIT_IN_FLIGHT = 1.0  # an entry this young whose job has no event yet: its submit is probably writing it
+SUBMIT_WAIT = 0.05  # how long a claimer waits for that submit (the wait ends the moment it is durable)
 OUTPUT_TAIL_BYTES = 4000
 RUNS_DIR = "runs"
 ARTIFACTS_DIR = "artifacts"
@@ -243,7 +245,16 @@ class Worker:
         except JobNotFoundError:
             if now - entry.runnable_at > ORPHAN_ENTRY_GRACE:  # its submit never completed
                 self.queue.drop_ready(entry)
-            return None
+                return None
+            # A new job's entry is written before its first event: woken by the entry, wait for that
+            # submit to finish rather than go back to sleep until it announces the job (~0.5 ms later).
+            if now - entry.runnable_at > SUBMIT_IN_FLIGHT or not self.orch.store.wait_for_first_line(
+                    entry.job_id, SUBMIT_WAIT):
+                return None
+            try:
+                view = self.orch.load(entry.job_id)
+            except JobNotFoundError:
+                return None
         if not view.ok:
             self._refuse(view, entry, now)
             return None

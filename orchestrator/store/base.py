@@ -123,6 +123,15 @@ class EventStore(ABC):
         if in_transaction is not None:
             raise ValueError("this store has no transaction to run statements in (in_transaction)")
 
+    def wait_for_first_line(self, stream: str, timeout: float) -> bool:
+        """Wait, at most ``timeout`` seconds, for the append that is creating ``stream`` to finish;
+        True once the stream holds a line. A claimer that meets a brand-new job's ready entry
+        before its first event uses it instead of giving up and waiting to be woken again.
+
+        Default: no wait (a store whose index commits with the event never shows the entry first).
+        """
+        return self.exists(stream)
+
     def exists(self, stream: str) -> bool:
         return bool(self.read(stream)[:1])
 

@@ -15,6 +15,7 @@ import fcntl
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -234,6 +235,25 @@ class JsonlStore(EventStore):
         if not isinstance(seq, int):
             raise IntegrityError(f"{path}: the last line has no integer seq; refusing to append (run verify)")
         return seq
+
+    def wait_for_first_line(self, stream: str, timeout: float) -> bool:
+        """Poll (every 0.1 ms at most, never longer than ``timeout``) until the file holds its first
+        line. The line is there ~0.1 ms after the submit wrote the ready entry, before its fsync: the
+        caller may read and check it meanwhile, but cannot append its own line before the submit is
+        durable, since that append waits for the lock the submit holds until then."""
+        path = self.path(stream)
+        deadline = time.monotonic() + timeout
+        pause = 0.00005
+        while True:
+            try:
+                if os.stat(path).st_size:
+                    return True
+            except FileNotFoundError:  # the submit is between its ready entry and its events file
+                pass
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.0001)
 
     def read(self, stream: str, from_seq: int = 1) -> list[StoredLine]:
         try:

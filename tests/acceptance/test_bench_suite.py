@@ -66,3 +66,23 @@ def test_the_gate_fails_when_p95_or_p99_is_over_its_limit() -> None:
     assert tb.verdicts({**ok, "p99": 150.1})["gate"] is False
     assert tb.verdicts({**ok, "p99": 2.0})["target_p99"] is True
     assert tb.verdicts(ok)["target_p99"] is False
+
+
+def test_the_step_by_step_trace_of_w2_stamps_every_step_in_path_order(tmp_path: Path, cli_env) -> None:
+    out = tmp_path / "trace.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.trace", "--samples", "8", "--json", str(out)], cwd=REPO,
+                          env=cli_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = json.loads(out.read_text())["steps"]
+    from bench.trace import STEPS
+
+    labels = [label for label, _, _ in STEPS]
+    assert list(steps) == [label for label in labels if label in steps]  # path order; a second try is rare
+    assert all(steps[label]["n"] == 8 for label in labels if not label.startswith("worker tries again"))
+    # steps that cause one another, so each comes after the one before in every sample
+    chain = ["claim fdatasynced", "handler returned", "outcome decided (payload parsed)", "outcome written",
+             "outcome fdatasynced", "outcome recorded (head record)"]
+    medians = [steps[label]["p50"] for label in chain]
+    assert medians == sorted(medians) and medians[0] > 0
+    assert steps["visible to the separate reader"]["p50"] > steps["outcome written"]["p50"]
+    assert "| visible to the separate reader |" in proc.stdout

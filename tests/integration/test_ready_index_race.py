@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 import jobstates as js
+import worker_handlers  # noqa: F401  (registers t.* handlers)
 from orchestrator.queue import FileQueueIndex, MemoryQueueIndex
 from orchestrator.worker import Worker, WorkerSettings
 
@@ -47,3 +48,57 @@ def test_announcing_restores_an_entry_a_claimer_dropped_meanwhile(orch, index_ki
     orch.queue.drop_ready(entry)  # a claimer that read the job just before the resume event landed
     orch.queue.announce(entry)  # the resume's announcement, after its event is durable
     assert orch.queue.ready() == [entry]
+
+
+def test_a_claimer_woken_by_a_new_entry_waits_for_its_submit_instead_of_giving_up(orch, monkeypatch) -> None:
+    """The entry is written before the job's first event: a worker woken by it finds no event yet.
+    It waits for the submit (the line is there ~0.1 ms later) and claims the job in the same pass,
+    its claim landing once the submit is durable, instead of sleeping until the announcement."""
+    import threading
+    import time
+
+    from orchestrator.store import jsonl
+
+    worker = Worker(orch, WorkerSettings(worker_id="w-early"))
+    put_ready, claimed, lines_at_folder_fsync = orch.queue.put_ready, [], []
+    real_fsync_dir = jsonl.fsync_dir
+
+    def slow_folder_fsync(path):  # the submit's last durable step, under the file's lock
+        if path == orch.store.jobs_dir:
+            time.sleep(0.02)  # the waiting worker has read the line by now and wants to append its claim
+            lines_at_folder_fsync.extend(p.read_bytes().count(b"\n") for p in path.glob("*.events.jsonl"))
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(jsonl, "fsync_dir", slow_folder_fsync)
+
+    def put_then_wake_a_worker(entry):
+        put_ready(entry)
+        thread = threading.Thread(target=lambda: claimed.append(worker.claim()))
+        thread.start()
+        time.sleep(0.02)  # the worker looks now: the events file does not exist yet
+        claimed.append(thread)
+
+    monkeypatch.setattr(orch.queue, "put_ready", put_then_wake_a_worker)
+    job_id = orch.submit("t.echo", "early")
+    monkeypatch.undo()
+    claimed.pop(0).join(5)
+    (claim,) = claimed
+    assert claim is not None and claim.job_id == job_id
+    assert [e.type for e in orch.load(job_id).events] == ["job_submitted", "job_claimed"]
+    assert lines_at_folder_fsync == [1]  # the claim was written only after the submit was durable
+
+
+def test_a_claimer_does_not_wait_for_an_entry_left_by_a_submit_that_died(orch, monkeypatch) -> None:
+    from orchestrator.queue import ReadyEntry
+
+    worker = Worker(orch, WorkerSettings(worker_id="w-orphan"))
+    now = orch.clock()
+    waits = []
+    real_wait = orch.store.wait_for_first_line
+    monkeypatch.setattr(orch.store, "wait_for_first_line", lambda s, t: waits.append(s) or real_wait(s, t))
+    young, old = "01JYOUNGJOB0000000000000AA", "01JOLDJOB000000000000000AA"
+    orch.queue.put_ready(ReadyEntry(0, int((now - 0.001) * 1e6), young))  # its submit may still be writing
+    orch.queue.put_ready(ReadyEntry(0, int((now - 5) * 1e6), old))  # its submit died seconds ago
+    assert worker.claim(now) is None
+    assert waits == [young]  # waited (and gave up after SUBMIT_WAIT) for the young one only
+    assert {e.job_id for e in orch.queue.ready()} == {young, old}  # both kept until ORPHAN_ENTRY_GRACE

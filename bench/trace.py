@@ -1,0 +1,180 @@
+"""W2 step by step: where the time between a submit and the visible final state goes.
+
+    python -m bench.trace --samples 300
+
+Submits one job at a time (the echo handler of the latency benchmark) to an idle worker in
+another process, as W2 does, while that worker stamps the named points it passes
+(``faults.point``, ``CLOCK_MONOTONIC``) and writes them to a file. For every sample the stamps
+are taken relative to the moment the submit started; the table gives P50/P90/P99 of each step,
+in the order the steps happen. The handler stamps its own return; the separate reader stamps
+the moment it saw the final state, after the same verified read ``status`` does.
+
+The stamping itself costs a few microseconds per point, so the figures are a little above W2's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# (label, named point, which pass: 0 = first, -1 = last) in the order they happen on the path
+# (a worker woken by the new entry tries the job before its submit returned, and waits on the
+# file's lock: its claim is often written before the submit returns)
+STEPS = [
+    ("worker woken, tries the claim", "worker.try_claim", 0),
+    ("worker tries again (the first try found no event yet)", "worker.try_claim", 1),
+    ("claim written", "store.append.after_write", 0),
+    ("submit returned (durable)", "submit.returned", 0),
+    ("claim fdatasynced", "store.append.after_fsync", 0),
+    ("claim recorded (head record, index)", "worker.after_claim", 0),
+    ("request sent to the handler process", "worker.after_start", 0),
+    ("handler returned", "handler.returned", 0),
+    ("outcome decided (payload parsed)", "worker.before_outcome", 0),
+    ("outcome written", "store.append.after_write", -1),
+    ("outcome fdatasynced", "store.append.after_fsync", -1),
+    ("outcome recorded (head record)", "append.after_event", -1),
+    ("visible to the separate reader", "reader.visible", 0),
+]
+
+
+def _worker(base: str, report: str) -> None:
+    """The worker process: ``Worker.run`` with every named point stamped."""
+    from orchestrator import faults
+    from orchestrator import worker as worker_mod
+    from orchestrator.api import Orchestrator
+
+    stamps: list[tuple[str, int]] = []
+    real_point = faults.point
+
+    def point(name: str, prepare: Any = None) -> None:
+        stamps.append((name, time.monotonic_ns()))
+        real_point(name, prepare)
+
+    faults.point = point  # every module calls faults.point through the module
+    real_try = worker_mod.Worker._try_claim
+
+    def try_claim(self: Any, entry: Any, now: float) -> Any:
+        stamps.append(("worker.try_claim", time.monotonic_ns()))
+        return real_try(self, entry, now)
+
+    worker_mod.Worker._try_claim = try_claim  # type: ignore[method-assign]
+    out = os.open(report, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def on_result(result: Any) -> None:
+        os.write(out, (json.dumps({"job_id": result.job_id, "stamps": stamps}) + "\n").encode())
+        stamps.clear()
+
+    orch = Orchestrator(base_path=base, project_id="trace")
+    w = orch.worker(worker_id="trace-worker")
+    os.write(out, b'{"ready": true}\n')
+    with w.handle_signals():
+        w.run(on_result=on_result)
+
+
+def run(samples: int, pause_ms: float = 0.0, warmup: int = 10) -> dict[str, dict[str, float]]:
+    from orchestrator import latency as lat
+    from orchestrator.api import Orchestrator
+    from orchestrator.signing import load_keyring, new_seed
+
+    base = Path(tempfile.mkdtemp(prefix="orch-trace-"))
+    report = base / "stamps.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env.update(ORCH_SIGNING_KEY=new_seed(), ORCH_KEYRING_DIR=str(base / "keys"))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen([sys.executable, "-m", "bench.trace", "--worker", str(base), str(report)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (report.exists() and report.read_bytes()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the tracing worker did not start")
+            time.sleep(0.01)
+        orch = Orchestrator(base_path=base, project_id="trace", keyring=load_keyring(env, announce=False))
+        reader = lat.Reader(orch)
+        mine: dict[str, dict[str, int]] = {}
+        for i in range(warmup + samples):
+            t0 = time.monotonic_ns()
+            job_id = orch.submit(lat.ECHO_KIND, {"pad": 64, "sample": i})
+            submitted = time.monotonic_ns()
+            st, seen = reader.wait_for(job_id, lat.TERMINAL_STATES)
+            if i >= warmup:
+                mine[job_id] = {"t0": t0, "submit.returned": submitted, "reader.visible": seen,
+                                "handler.returned": int(st.result["output"]["returned_ns"])}
+            if pause_ms:
+                time.sleep(pause_ms / 1000)
+        reader.close()
+        time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    worker_stamps = {}
+    for line in report.read_text().splitlines():
+        msg = json.loads(line)
+        if "job_id" in msg:
+            worker_stamps[msg["job_id"]] = msg["stamps"]
+    shutil.rmtree(base, ignore_errors=True)
+    columns: dict[str, list[float]] = {label: [] for label, _, _ in STEPS}
+    for job_id, own in mine.items():
+        passes = worker_stamps.get(job_id, [])
+        for label, name, which in STEPS:
+            if name in own:
+                t = own[name]
+            else:
+                hits = [ns for n, ns in passes if n == name]
+                if not -len(hits) <= which < len(hits):
+                    continue
+                t = hits[which]
+            columns[label].append((t - own["t0"]) / 1e6)
+    return {label: _stats(values) for label, values in columns.items() if values}
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def pct(p: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, -(-len(ordered) * p // 100) - 1))]
+
+    return {"n": len(ordered), "p50": pct(50), "p90": pct(90), "p99": pct(99)}
+
+
+def table(result: dict[str, dict[str, float]]) -> str:
+    n = max(s["n"] for s in result.values())
+    lines = ["| step (ms since the submit started) | P50 | P90 | P99 |", "|---|---:|---:|---:|"]
+    lines += [f"| {label} | {s['p50']:.3f} | {s['p90']:.3f} | {s['p99']:.3f} |" + (f" (in {s['n']} samples)" if s["n"] < n else "")
+              for label, s in result.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.trace", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=300, help="jobs to trace (after 10 warm-up jobs)")
+    parser.add_argument("--pause-ms", type=float, default=0.0,
+                        help="pause between samples (W2 has none: the next job is submitted once the last is seen)")
+    parser.add_argument("--json", dest="json_path", help="also write the figures as JSON to this file")
+    parser.add_argument("--worker", nargs=2, metavar=("BASE", "REPORT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        _worker(*args.worker)
+        return 0
+    if args.samples < 1:
+        parser.error("--samples must be at least 1")
+    from orchestrator.latency import machine
+
+    result = run(args.samples, args.pause_ms)
+    print(table(result))
+    print(f"\nmachine: {machine()}")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps({"steps": result, "machine": machine()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
