@@ -50,8 +50,8 @@ DEFAULT_RETRY_BASE_SECONDS = 1.0
 DEFAULT_RETRY_MAX_SECONDS = 300.0
 IDLE_MAX_WAIT = 30.0  # an idle worker still wakes this often to look for stale leases
 ORPHAN_ENTRY_GRACE = 60.0  # a ready entry whose job has no event yet is kept this long (submit in flight)
-SUBMIT_IN_FLIGHT = 1.0  # an entry this young whose job has no event yet: its submit is probably writing it
-SUBMIT_WAIT = 0.05  # how long a claimer waits for that submit (the wait ends the moment it is durable)
+EVENT_IN_FLIGHT = 1.0  # an entry this young whose job's event is not there yet: its writer is probably at it
+EVENT_WAIT = 0.05  # how long a claimer waits for that event (the wait ends the moment the line is written)
 OUTPUT_TAIL_BYTES = 4000
 RUNS_DIR = "runs"
 ARTIFACTS_DIR = "artifacts"
@@ -239,22 +239,35 @@ class Worker:
                 return claim
         return None
 
+    def _load_for_claim(self, entry: ReadyEntry, now: float) -> JobView | None:
+        """The entry's job, read and verified; None if it has no event yet.
+
+        An entry is written before the event that makes its job queued (a submit, a resume, a
+        revise), so a worker woken by a new entry usually arrives before that event. For a young
+        entry it waits for the event (``EventStore.wait_for_more``) and reads the job again, rather
+        than going back to sleep until the writer announces the job (~0.5 ms later).
+        """
+        waited = now - entry.runnable_at > EVENT_IN_FLIGHT  # an old entry: nothing is in flight
+        while True:
+            try:
+                view: JobView | None = self.orch.load(entry.job_id)
+            except JobNotFoundError:
+                view = None
+            s = view.state if view is not None else None
+            pending = view is None or (view.ok and s is not None and s.state != QUEUED
+                                       and entry.runnable_at > s.updated_at)  # its event is not there yet
+            if not pending or waited:
+                return view
+            waited = True
+            if not self.orch.store.wait_for_more(entry.job_id, view.head.seq if view else 0, EVENT_WAIT):
+                return view
+
     def _try_claim(self, entry: ReadyEntry, now: float) -> Claim | None:
-        try:
-            view = self.orch.load(entry.job_id)
-        except JobNotFoundError:
+        view = self._load_for_claim(entry, now)
+        if view is None:
             if now - entry.runnable_at > ORPHAN_ENTRY_GRACE:  # its submit never completed
                 self.queue.drop_ready(entry)
-                return None
-            # A new job's entry is written before its first event: woken by the entry, wait for that
-            # submit to finish rather than go back to sleep until it announces the job (~0.5 ms later).
-            if now - entry.runnable_at > SUBMIT_IN_FLIGHT or not self.orch.store.wait_for_first_line(
-                    entry.job_id, SUBMIT_WAIT):
-                return None
-            try:
-                view = self.orch.load(entry.job_id)
-            except JobNotFoundError:
-                return None
+            return None
         if not view.ok:
             self._refuse(view, entry, now)
             return None

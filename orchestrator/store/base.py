@@ -123,14 +123,14 @@ class EventStore(ABC):
         if in_transaction is not None:
             raise ValueError("this store has no transaction to run statements in (in_transaction)")
 
-    def wait_for_first_line(self, stream: str, timeout: float) -> bool:
-        """Wait, at most ``timeout`` seconds, for the append that is creating ``stream`` to finish;
-        True once the stream holds a line. A claimer that meets a brand-new job's ready entry
-        before its first event uses it instead of giving up and waiting to be woken again.
+    def wait_for_more(self, stream: str, seq: int, timeout: float) -> bool:
+        """Wait, at most ``timeout`` seconds, for ``stream`` to hold more than ``seq`` lines (written,
+        not necessarily durable yet); True once it does. A claimer that meets a job's ready entry
+        before the event that queues it uses this instead of going back to sleep.
 
         Default: no wait (a store whose index commits with the event never shows the entry first).
         """
-        return self.exists(stream)
+        return len(self.read(stream)) > seq
 
     def exists(self, stream: str) -> bool:
         return bool(self.read(stream)[:1])

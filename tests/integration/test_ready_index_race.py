@@ -94,11 +94,34 @@ def test_a_claimer_does_not_wait_for_an_entry_left_by_a_submit_that_died(orch, m
     worker = Worker(orch, WorkerSettings(worker_id="w-orphan"))
     now = orch.clock()
     waits = []
-    real_wait = orch.store.wait_for_first_line
-    monkeypatch.setattr(orch.store, "wait_for_first_line", lambda s, t: waits.append(s) or real_wait(s, t))
+    real_wait = orch.store.wait_for_more
+    monkeypatch.setattr(orch.store, "wait_for_more", lambda s, n, t: waits.append(s) or real_wait(s, n, t))
     young, old = "01JYOUNGJOB0000000000000AA", "01JOLDJOB000000000000000AA"
     orch.queue.put_ready(ReadyEntry(0, int((now - 0.001) * 1e6), young))  # its submit may still be writing
     orch.queue.put_ready(ReadyEntry(0, int((now - 5) * 1e6), old))  # its submit died seconds ago
     assert worker.claim(now) is None
-    assert waits == [young]  # waited (and gave up after SUBMIT_WAIT) for the young one only
+    assert waits == [young]  # waited (and gave up after EVENT_WAIT) for the young one only
     assert {e.job_id for e in orch.queue.ready()} == {young, old}  # both kept until ORPHAN_ENTRY_GRACE
+
+
+def test_a_claimer_woken_by_a_resumes_entry_waits_for_the_resume_and_claims_the_job(orch, monkeypatch) -> None:
+    import threading
+    import time
+
+    worker = Worker(orch, WorkerSettings(worker_id="w-resume"))
+    job_id = js.waiting_human(orch, job_id=orch.submit("t.echo", "ask"))
+    put_ready, claimed = orch.queue.put_ready, []
+
+    def put_then_wake_a_worker(entry):
+        put_ready(entry)
+        thread = threading.Thread(target=lambda: claimed.append(worker.claim()))
+        thread.start()
+        time.sleep(0.02)  # the worker reads the job now: still waiting_human, its entry newer than its events
+        claimed.append(thread)
+
+    monkeypatch.setattr(orch.queue, "put_ready", put_then_wake_a_worker)
+    orch.resume(job_id, "yes")
+    monkeypatch.undo()
+    claimed.pop(0).join(5)
+    (claim,) = claimed
+    assert claim is not None and claim.job_id == job_id and claim.state.answers == ("yes",)
