@@ -56,6 +56,13 @@ def test_append_returns_the_new_head_and_read_returns_lines_in_order(store: Even
     assert [json.loads(s.raw)["p"] for s in got] == ["a", "b"]
 
 
+def test_waiting_for_more_lines_says_whether_the_stream_grew_past_a_sequence(store: EventStore) -> None:
+    assert store.wait_for_more("job-w", 0, timeout=0.01) is False  # nothing is being written
+    store.append("job-w", lambda h: [b'{"n":1}'])
+    assert store.wait_for_more("job-w", 0, timeout=0.01) is True
+    assert store.wait_for_more("job-w", 1, timeout=0.01) is False
+
+
 def test_read_from_a_sequence_skips_earlier_lines(store: EventStore) -> None:
     append(store, "job-1", "a", "b", "c")
     assert [s.seq for s in store.read("job-1", from_seq=2)] == [2, 3]
