@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # file's lock: its claim is often written before the submit returns)
 STEPS = [
     ("worker woken, tries the claim", "worker.try_claim", 0),
-    ("worker tries again (the first try found no event yet)", "worker.try_claim", 1),
+    ("worker tries a second time (its first try found nothing to claim)", "worker.try_claim", 1),
     ("claim written", "store.append.after_write", 0),
     ("submit returned (durable)", "submit.returned", 0),
     ("claim fdatasynced", "store.append.after_fsync", 0),
@@ -112,15 +112,18 @@ def run(samples: int, pause_ms: float = 0.0, warmup: int = 10) -> dict[str, dict
                 time.sleep(pause_ms / 1000)
         reader.close()
         time.sleep(0.2)
-    finally:
         proc.terminate()
         proc.wait(30)
-    worker_stamps = {}
-    for line in report.read_text().splitlines():
-        msg = json.loads(line)
-        if "job_id" in msg:
-            worker_stamps[msg["job_id"]] = msg["stamps"]
-    shutil.rmtree(base, ignore_errors=True)
+        worker_stamps = {}
+        for line in report.read_text().splitlines():
+            msg = json.loads(line)
+            if "job_id" in msg:
+                worker_stamps[msg["job_id"]] = msg["stamps"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(base, ignore_errors=True)
     columns: dict[str, list[float]] = {label: [] for label, _, _ in STEPS}
     for job_id, own in mine.items():
         passes = worker_stamps.get(job_id, [])

@@ -280,7 +280,14 @@ class Orchestrator:
 
             # the store writes the head record (then ``aux``) in the events' transaction where it can
             # (PostgreSQL), else right after the events are durable: a record is never ahead of its events
-            new_head = self.store.append(job_id, lambda _h: lines, expected_seq=head.seq, fence=fence, aux=with_events,
+            def build(current: Head) -> list[bytes]:
+                # as many events as the view, but not the same last one (a line this was decided from was
+                # cut back after a failed fsync, and another took its place): the new lines would not chain
+                if current.last_line != head.last_line:
+                    raise ConcurrencyError(f"{job_id}: event {head.seq} changed since it was read", job_id=job_id)
+                return lines
+
+            new_head = self.store.append(job_id, build, expected_seq=head.seq, fence=fence, aux=with_events,
                                          in_transaction=index_statements)
             faults.point("append.after_event")
             self.queue.after_append(job_id, old, state)

@@ -96,8 +96,9 @@ def compute(project_id: str, rows: "Iterable[Row] | Columns", now: float, limits
     pos = cols.state.find(running)
     while pos != -1:  # running jobs only, found by a C scan of the state column
         if lease[pos] + stall_grace < now:  # NaN (no lease) compares false
-            renewed = renewed_lease(cols.ids[pos]) if renewed_lease is not None else None
-            if renewed is None or renewed + stall_grace < now:
+            # None from renewed_lease: the job is no longer running (it ended since the projection was read)
+            current = renewed_lease(cols.ids[pos]) if renewed_lease is not None else lease[pos]
+            if current is not None and current + stall_grace < now:
                 stalled += 1
         pos = cols.state.find(running, pos + 1)
     ok, failed = sum(cols.resumes_ok), sum(cols.resumes_failed)

@@ -158,10 +158,6 @@ class QueueIndex(ABC):
     @abstractmethod
     def mark_built(self) -> None: ...
 
-    @abstractmethod
-    def forget_built(self) -> None:
-        """Make the next worker rebuild the index (an import wrote events around it)."""
-
     def wait(self, timeout: float) -> bool:
         """Block until new work may have been announced, or ``timeout`` seconds; no busy polling."""
         threading.Event().wait(timeout)
@@ -245,9 +241,6 @@ class MemoryQueueIndex(QueueIndex):
 
     def mark_built(self) -> None:
         self._built = True
-
-    def forget_built(self) -> None:
-        self._built = False
 
     def wait(self, timeout: float) -> bool:
         with self._cond:
@@ -368,9 +361,6 @@ class FileQueueIndex(QueueIndex):
 
     def mark_built(self) -> None:
         self._touch(self.root / BUILT_MARKER)
-
-    def forget_built(self) -> None:
-        self._unlink(self.root / BUILT_MARKER)
 
     def wait(self, timeout: float) -> bool:
         if self._watcher is None:

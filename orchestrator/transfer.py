@@ -25,8 +25,10 @@ from typing import IO, Any, Callable, Iterator
 
 from orchestrator import clock, faults
 from orchestrator.api import HEADS_AREA, Orchestrator
-from orchestrator.errors import ImportConflictError, IntegrityError, InvalidInputError
-from orchestrator.history import Problem, check_head_record, verify_stream
+from orchestrator.errors import ImportConflictError, IntegrityError, InvalidInputError, OrchestratorError
+from orchestrator.history import Problem, VerifiedStream, check_head_record, verify_stream
+from orchestrator.queue import IndexChange
+from orchestrator.state import Event, replay
 from orchestrator.security import validate_id
 from orchestrator.store.base import AUDIT_STREAM, StoredLine
 
@@ -41,8 +43,10 @@ def _header(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode() + b"\n"
 
 
-def _problems(orch: Orchestrator, stream: str, lines: list[StoredLine], head: bytes | None) -> list[Problem]:
-    problems = list(verify_stream(stream, lines, orch.keyring).problems)
+def _problems(orch: Orchestrator, stream: str, lines: list[StoredLine], head: bytes | None,
+              verified: VerifiedStream | None = None) -> list[Problem]:
+    verified = verified or verify_stream(stream, lines, orch.keyring)
+    problems = list(verified.problems)
     if stream != AUDIT_STREAM:
         hp = check_head_record(stream, lines, head, orch.keyring)
         if hp:
@@ -114,59 +118,63 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
         raise InvalidInputError(f"the bundle holds project {first.get('project_id')!r}; import it with "
                                 f"--project-id {first.get('project_id')}")
     streams = events = written = 0
-    forgotten: list[bool] = []
+    for raw in records:
+        rec = _json(raw, "a stream header")
+        if rec.get("end"):
+            if (rec.get("streams"), rec.get("events")) != (streams, events):
+                raise IntegrityError(f"the bundle's trailer says {rec.get('streams')} streams and {rec.get('events')} "
+                                     f"events, it held {streams} and {events}")
+            return {"project_id": orch.project_id, "streams": streams, "events": events, "written": written}
+        stream, count = rec.get("stream"), rec.get("lines")
+        if not isinstance(stream, str) or not isinstance(count, int) or count < 1:
+            raise InvalidInputError(f"not a bundle: bad stream header {raw[:80]!r}")
+        if stream != AUDIT_STREAM:
+            validate_id(stream, "job id")
+        head = base64.b64decode(rec["head"]) if rec.get("head") else None
+        lines = []
+        for i in range(1, count + 1):
+            line = next(records, None)
+            if line is None:
+                raise IntegrityError(f"the bundle was cut short inside stream {stream}")
+            lines.append(StoredLine(i, line))
+        verified = verify_stream(stream, lines, orch.keyring)
+        problems = _problems(orch, stream, lines, head, verified)
+        if problems:
+            raise _refuse("import", problems)
+        if stream != AUDIT_STREAM:
+            _index(orch, verified)
+        written += _write_stream(orch, stream, lines, head)
+        streams += 1
+        events += count
+        if progress and streams % PROGRESS_EVERY == 0:
+            progress(f"imported {streams} streams, {events} events...")
+    raise IntegrityError("the bundle has no end record: it was cut short (export again)")
 
-    def before_first_write() -> None:
-        """The lines bypass the queue index: make the next worker rebuild it, before the first one
-        lands (an import cut short or killed after it must not leave queued jobs unindexed)."""
-        if not forgotten:
-            orch.queue.forget_built()
-        forgotten.append(True)
 
+def _index(orch: Orchestrator, verified: VerifiedStream) -> None:
+    """The lines bypass ``Orchestrator.append``, so put the job's ready/running entries here, before
+    they land, as an append would (an entry before the event; a crash in between leaves an extra
+    entry, never a missing one). A history the state machine refuses gets none: it never runs."""
     try:
-        for raw in records:
-            rec = _json(raw, "a stream header")
-            if rec.get("end"):
-                if (rec.get("streams"), rec.get("events")) != (streams, events):
-                    raise IntegrityError(f"the bundle's trailer says {rec.get('streams')} streams and {rec.get('events')} "
-                                         f"events, it held {streams} and {events}")
-                return {"project_id": orch.project_id, "streams": streams, "events": events, "written": written}
-            stream, count = rec.get("stream"), rec.get("lines")
-            if not isinstance(stream, str) or not isinstance(count, int) or count < 1:
-                raise InvalidInputError(f"not a bundle: bad stream header {raw[:80]!r}")
-            if stream != AUDIT_STREAM:
-                validate_id(stream, "job id")
-            head = base64.b64decode(rec["head"]) if rec.get("head") else None
-            lines = []
-            for i in range(1, count + 1):
-                line = next(records, None)
-                if line is None:
-                    raise IntegrityError(f"the bundle was cut short inside stream {stream}")
-                lines.append(StoredLine(i, line))
-            problems = _problems(orch, stream, lines, head)
-            if problems:
-                raise _refuse("import", problems)
-            written += _write_stream(orch, stream, lines, head, before_first_write)
-            streams += 1
-            events += count
-            if progress and streams % PROGRESS_EVERY == 0:
-                progress(f"imported {streams} streams, {events} events...")
-        raise IntegrityError("the bundle has no end record: it was cut short (export again)")
-    finally:
-        if forgotten:  # again after the last write: a worker that rebuilt the index meanwhile missed the rest
-            orch.queue.forget_built()
+        state = replay(Event.from_record(rec) for rec in verified.records)
+    except (OrchestratorError, KeyError, TypeError, ValueError):
+        return
+    if state is None:
+        return
+    change = IndexChange.of(None, state)
+    if change.put_ready is not None:
+        orch.queue.put_ready(change.put_ready)
+    if change.put_running:
+        orch.queue.put_running(verified.stream)
 
 
-def _write_stream(orch: Orchestrator, stream: str, lines: list[StoredLine], head: bytes | None,
-                  before_write: Callable[[], None]) -> int:
+def _write_stream(orch: Orchestrator, stream: str, lines: list[StoredLine], head: bytes | None) -> int:
     """Append what the destination lacks; returns the number of lines written."""
     existing = orch.store.read(stream)
     if len(existing) > len(lines) or any(a.raw != b.raw for a, b in zip(existing, lines)):
         raise ImportConflictError(f"stream {stream} already holds a different history in the destination "
                                   f"({len(existing)} events); nothing of it was overwritten", stream=stream)
     done = len(existing)
-    if done < len(lines):
-        before_write()
     while done < len(lines):
         chunk = [s.raw for s in lines[done:done + CHUNK]]
         orch.store.append(stream, lambda _h, chunk=chunk: chunk, expected_seq=done)

@@ -128,7 +128,9 @@ class EventStore(ABC):
         not necessarily durable yet); True once it does. A claimer that meets a job's ready entry
         before the event that queues it uses this instead of going back to sleep.
 
-        Default: no wait (a store whose index commits with the event never shows the entry first).
+        Default: no wait, one look. Right for PostgreSQL, whose index commits with the event (an
+        entry is never seen first); the memory store holds one process, whose writer cannot be
+        in the middle of an append while its own claimer looks.
         """
         return len(self.read(stream)) > seq
 

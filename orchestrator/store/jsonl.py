@@ -102,10 +102,14 @@ def _holds_a_line(path: str) -> bool:
         return False
 
 
+STRAY_AGE = 600.0  # a temporary copy untouched this long, whose writer's pid is gone here, is a stray
+
+
 def _remove_strays(path: Path) -> None:
-    """Remove the temporary copies of ``path`` left by writers killed before their rename (their
-    process is gone); a live writer's copy is left alone. Only big, rarely written records (the
-    ``metrics`` cache) take this path, so listing their folder here costs nothing that matters."""
+    """Remove the temporary copies of ``path`` left by writers killed before their rename: untouched
+    for ``STRAY_AGE`` seconds *and* their pid not alive on this machine (the age keeps a writer in
+    another pid namespace safe). Only big, rarely written records (the ``metrics`` cache) take this
+    path, so listing their folder here costs nothing that matters."""
     prefix = f".{path.name}."
     try:
         names = [n for n in os.listdir(path.parent) if n.startswith(prefix) and n.endswith(".tmp")]
@@ -116,11 +120,13 @@ def _remove_strays(path: Path) -> None:
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
+            if time.time() - os.stat(path.parent / name).st_mtime < STRAY_AGE:
+                continue
             os.kill(int(pid), 0)
             continue  # its writer is still alive
         except ProcessLookupError:
             pass
-        except OSError:  # alive under another user (EPERM): not ours to remove
+        except OSError:  # gone already, or alive under another user (EPERM): not ours to remove
             continue
         with contextlib.suppress(OSError):
             os.unlink(path.parent / name)

@@ -91,7 +91,9 @@ class PgQueueIndex(QueueIndex):
 
         def in_transaction(conn: Any) -> None:
             e = change.put_ready
-            if change.drop_ready is not None:  # every other row of the job goes, left-overs of a repair too
+            # every other row of the job goes, left-overs of a repair too: whenever its entry moves, goes,
+            # or is written again (a submit has no rows to clear, so it skips this statement)
+            if change.drop_ready is not None or (e is not None and old is not None):
                 keep = (e.priority, e.runnable_at_us) if e is not None else (None, None)
                 conn.execute("DELETE FROM orch_ready WHERE project = %s AND job_id = %s "
                              "AND (priority, runnable_at_us) IS DISTINCT FROM (%s::integer, %s::bigint)", (p, job_id, *keep))
@@ -170,7 +172,8 @@ class PgQueueIndex(QueueIndex):
 
     def is_built(self) -> bool:
         """Asked before every claim: a "built" seen in the last ``BUILT_RECHECK_SECONDS`` is trusted
-        without a round trip, so an import's ``forget_built`` reaches a busy worker that late at most."""
+        without a round trip, so an operator's deletion of the record reaches a busy worker that late
+        at most."""
         if time.monotonic() < self._built_until:
             return True
         built = bool(self.store.get_aux(INDEX_AREA, BUILT_KEY))
@@ -179,10 +182,6 @@ class PgQueueIndex(QueueIndex):
 
     def mark_built(self) -> None:
         self.store.put_aux(INDEX_AREA, BUILT_KEY, b"1")
-
-    def forget_built(self) -> None:
-        self._built_until = 0.0
-        self.store.delete_aux(INDEX_AREA, BUILT_KEY)
 
     # -- waking idle workers ----------------------------------------------------------------------
     def wait(self, timeout: float) -> bool:

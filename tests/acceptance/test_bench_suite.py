@@ -78,7 +78,7 @@ def test_the_step_by_step_trace_of_w2_stamps_every_step_in_path_order(tmp_path: 
 
     labels = [label for label, _, _ in STEPS]
     assert list(steps) == [label for label in labels if label in steps]  # path order; a second try is rare
-    assert all(steps[label]["n"] == 8 for label in labels if not label.startswith("worker tries again"))
+    assert all(steps[label]["n"] == 8 for label in labels if not label.startswith("worker tries a second time"))
     # steps that cause one another, so each comes after the one before in every sample
     chain = ["claim fdatasynced", "handler returned", "outcome decided (payload parsed)", "outcome written",
              "outcome fdatasynced", "outcome recorded (head record)"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import threading
 from pathlib import Path
 
@@ -101,8 +102,12 @@ def test_a_copy_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path) -
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True).stdout.strip()  # a pid whose process has ended
     stray, live = folder / f".jobs-v2.{dead}.tmp", folder / f".jobs-v2.{os.getppid()}.tmp"
-    stray.write_bytes(b"half a cache")
-    live.write_bytes(b"a writer still at work")
+    recent = folder / f".jobs-v2.{int(dead) + 1}.tmp"  # a writer of another pid namespace, still at work
+    for path in (stray, live, recent):
+        path.write_bytes(b"half a cache")
+    old = time.time() - 3600
+    os.utime(stray, (old, old))
+    os.utime(live, (old, old))
     store.put_aux("projections", "jobs-v2", b"second")
-    assert not stray.exists() and live.exists()
+    assert not stray.exists() and live.exists() and recent.exists()
     assert store.get_aux("projections", "jobs-v2") == b"second"

@@ -10,7 +10,9 @@ import pytest
 
 import jobstates as js
 import worker_handlers  # noqa: F401  (registers t.* handlers)
+from orchestrator import Orchestrator
 from orchestrator.queue import FileQueueIndex, MemoryQueueIndex
+from orchestrator import worker as worker_mod
 from orchestrator.worker import Worker, WorkerSettings
 
 
@@ -23,6 +25,7 @@ def test_a_resume_racing_a_claim_scan_leaves_the_job_claimable(orch, index_kind:
     if index_kind == "memory":
         orch.queue = MemoryQueueIndex()
     assert isinstance(orch.queue, FileQueueIndex if index_kind == "file" else MemoryQueueIndex)
+    monkeypatch.setattr(worker_mod, "EVENT_WAIT", 0.0)  # the scan runs on the writer's own thread: nothing to wait for
     worker = Worker(orch, WorkerSettings(worker_id="w-race"))
     job_id = js.waiting_human(orch)
     put_ready = orch.queue.put_ready
@@ -59,6 +62,7 @@ def test_a_claimer_woken_by_a_new_entry_waits_for_its_submit_instead_of_giving_u
 
     from orchestrator.store import jsonl
 
+    monkeypatch.setattr(worker_mod, "EVENT_WAIT", 10.0)  # the submit's pace does not matter: the wait ends with it
     worker = Worker(orch, WorkerSettings(worker_id="w-early"))
     put_ready, claimed, lines_at_folder_fsync = orch.queue.put_ready, [], []
     real_fsync_dir = jsonl.fsync_dir
@@ -108,6 +112,7 @@ def test_a_claimer_woken_by_a_resumes_entry_waits_for_the_resume_and_claims_the_
     import threading
     import time
 
+    monkeypatch.setattr(worker_mod, "EVENT_WAIT", 10.0)
     worker = Worker(orch, WorkerSettings(worker_id="w-resume"))
     job_id = js.waiting_human(orch, job_id=orch.submit("t.echo", "ask"))
     put_ready, claimed = orch.queue.put_ready, []
@@ -125,3 +130,22 @@ def test_a_claimer_woken_by_a_resumes_entry_waits_for_the_resume_and_claims_the_
     claimed.pop(0).join(5)
     (claim,) = claimed
     assert claim is not None and claim.job_id == job_id and claim.state.answers == ("yes",)
+
+
+def test_an_append_decided_from_a_line_that_was_replaced_at_the_same_position_is_refused(orch) -> None:
+    """A claimer may read a submit's line before its fsync. If that fsync failed, the line was cut
+    back, and another submit of the same id took its place, the claim would not chain: refused."""
+    from orchestrator.errors import ConcurrencyError
+
+    job_id = orch.submit("t.echo", "first")
+    view = orch.load(job_id)  # read before the line's fsync, say
+    path = orch.store.path(job_id)
+    path.write_bytes(b"")  # the failed fsync's cut-back
+    (orch.settings.state_dir / "heads" / job_id).unlink()
+    again = Orchestrator(base_path=orch.settings.base_path, project_id=orch.project_id, keyring=orch.keyring,
+                         clock=lambda: orch.clock() + 1)
+    again.append(None, job_id, [("job_submitted", view.stream.records[0]["data"])])  # same id, other line
+    replaced = path.read_bytes()
+    with pytest.raises(ConcurrencyError):
+        orch.append(view, job_id, [("job_cancelled", {"reason": "decided from the first line"})])
+    assert path.read_bytes() == replaced and orch.load(job_id).ok

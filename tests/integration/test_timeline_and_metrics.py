@@ -127,6 +127,8 @@ def test_a_running_job_whose_heartbeat_renewed_its_lease_is_not_stalled(base, ke
                                   expires_at=now[0] + 600, renewed_at=now[0]))
     assert compute("proj", cols, now[0] + 1, Thresholds(), renewed_lease=renewed).stalled_count == 1
     assert orch.lease_expiry(gone) == now[0] and orch.lease_expiry("no-such-job") is None
+    js.finish(orch, gone, "job_succeeded", {"summary": "late but done"})  # after the projection was read
+    assert compute("proj", cols, now[0] + 1, Thresholds(), renewed_lease=renewed).stalled_count == 0
 
 
 def test_metrics_refresh_heals_a_missing_audit_entry(orch: Orchestrator) -> None:

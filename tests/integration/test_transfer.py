@@ -166,6 +166,20 @@ def test_a_worker_that_rebuilt_its_index_during_an_import_still_claims_every_imp
     assert ran == set(queued)
 
 
+def test_an_imported_running_job_whose_worker_is_gone_is_recovered(base: Path, keyring: Keyring) -> None:
+    import jobstates as js
+
+    source = Orchestrator(base_path=base / "src", project_id="p", keyring=keyring)
+    job = js.running(source, kind="t.echo", lease="2020-01-01T00:00:00.000000Z")  # its worker is long gone
+    buf = io.BytesIO()
+    export_project(source, buf)
+    dest = Orchestrator(base_path=base / "dst", project_id="p", keyring=keyring)
+    worker = dest.worker()
+    assert worker.run_once() is None  # the destination's index is built (empty) before the import
+    import_project(dest, io.BytesIO(buf.getvalue()))
+    assert worker.recover_stale(dest.clock()) == [job]
+
+
 def test_import_never_overwrites_a_different_history(file_orch, pg_orch) -> None:
     fill(file_orch, 1)
     buf = io.BytesIO()
