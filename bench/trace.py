@@ -1,6 +1,6 @@
-"""W2 step by step: where the time between a submit and the visible final state goes.
+"""W2 (or W3) step by step: where the time between a submit (a resume) and the visible final state goes.
 
-    python -m bench.trace --samples 300
+    python -m bench.trace --samples 300 [--workload w3]
 
 Submits one job at a time (the echo handler of the latency benchmark) to an idle worker in
 another process, as W2 does, while that worker stamps the named points it passes
@@ -8,6 +8,10 @@ another process, as W2 does, while that worker stamps the named points it passes
 are taken relative to the moment the submit started; the table gives P50/P90/P99 of each step,
 in the order the steps happen. The handler stamps its own return; the separate reader stamps
 the moment it saw the final state, after the same verified read ``status`` does.
+
+With ``--workload w3`` each job first asks a question (its first run ends in ``waiting_human``);
+the clock starts when this process calls ``resume``, whose own event and audit entry are stamped
+too, and the worker's stamps are those of the second run.
 
 The stamping itself costs a few microseconds per point, so the figures are a little above W2's.
 """
@@ -43,6 +47,13 @@ STEPS = [
     ("outcome fdatasynced", "store.append.after_fsync", -1),
     ("outcome recorded (head record)", "append.after_event", -1),
     ("visible to the separate reader", "reader.visible", 0),
+]
+W3_STEPS = [
+    ("the resume's event durable", "resume.event_durable", 0),
+    ("worker woken, tries the claim", "worker.try_claim", 0),
+    ("claim written", "store.append.after_write", 0),
+    ("the resume returned (its audit entry durable too)", "resume.returned", 0),
+    *STEPS[4:],
 ]
 
 
@@ -80,7 +91,8 @@ def _worker(base: str, report: str) -> None:
         w.run(on_result=on_result)
 
 
-def run(samples: int, pause_ms: float = 0.0, warmup: int = 10) -> dict[str, dict[str, float]]:
+def run(samples: int, pause_ms: float = 0.0, warmup: int = 10, workload: str = "w2") -> dict[str, dict[str, float]]:
+    from orchestrator import faults
     from orchestrator import latency as lat
     from orchestrator.api import Orchestrator
     from orchestrator.signing import load_keyring, new_seed
@@ -100,14 +112,29 @@ def run(samples: int, pause_ms: float = 0.0, warmup: int = 10) -> dict[str, dict
         orch = Orchestrator(base_path=base, project_id="trace", keyring=load_keyring(env, announce=False))
         reader = lat.Reader(orch)
         mine: dict[str, dict[str, int]] = {}
+        durable: list[int] = []  # this process's own appends (the resume's event), stamped like the worker's
+
+        def stamp() -> None:
+            durable.append(time.monotonic_ns())
+            faults.arm("append.after_event", stamp)
+
         for i in range(warmup + samples):
-            t0 = time.monotonic_ns()
-            job_id = orch.submit(lat.ECHO_KIND, {"pad": 64, "sample": i})
-            submitted = time.monotonic_ns()
-            st, seen = reader.wait_for(job_id, lat.TERMINAL_STATES)
+            if workload == "w3":
+                job_id = orch.submit(lat.ASK_KIND, {"sample": i})
+                reader.wait_for(job_id, {"waiting_human"})
+                durable.clear()
+                faults.arm("append.after_event", stamp)
+                t0 = time.monotonic_ns()
+                orch.resume(job_id, "yes")
+                own = {"t0": t0, "resume.returned": time.monotonic_ns(), "resume.event_durable": durable[0]}
+                faults.disarm_all()
+            else:
+                t0 = time.monotonic_ns()
+                job_id = orch.submit(lat.ECHO_KIND, {"pad": 64, "sample": i})
+                own = {"t0": t0, "submit.returned": time.monotonic_ns()}
+            st, seen = reader.wait_for(job_id, {"succeeded", "failed"} if workload == "w3" else lat.TERMINAL_STATES)
             if i >= warmup:
-                mine[job_id] = {"t0": t0, "submit.returned": submitted, "reader.visible": seen,
-                                "handler.returned": int(st.result["output"]["returned_ns"])}
+                mine[job_id] = {**own, "reader.visible": seen, "handler.returned": int(st.result["output"]["returned_ns"])}
             if pause_ms:
                 time.sleep(pause_ms / 1000)
         reader.close()
@@ -118,16 +145,17 @@ def run(samples: int, pause_ms: float = 0.0, warmup: int = 10) -> dict[str, dict
         for line in report.read_text().splitlines():
             msg = json.loads(line)
             if "job_id" in msg:
-                worker_stamps[msg["job_id"]] = msg["stamps"]
+                worker_stamps[msg["job_id"]] = msg["stamps"]  # the last run's (W3: the run after the resume)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         shutil.rmtree(base, ignore_errors=True)
-    columns: dict[str, list[float]] = {label: [] for label, _, _ in STEPS}
+    steps = W3_STEPS if workload == "w3" else STEPS
+    columns: dict[str, list[float]] = {label: [] for label, _, _ in steps}
     for job_id, own in mine.items():
         passes = worker_stamps.get(job_id, [])
-        for label, name, which in STEPS:
+        for label, name, which in steps:
             if name in own:
                 t = own[name]
             else:
@@ -150,7 +178,7 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 def table(result: dict[str, dict[str, float]]) -> str:
     n = max(s["n"] for s in result.values())
-    lines = ["| step (ms since the submit started) | P50 | P90 | P99 |", "|---|---:|---:|---:|"]
+    lines = ["| step (ms since the submit or resume started) | P50 | P90 | P99 |", "|---|---:|---:|---:|"]
     lines += [f"| {label} | {s['p50']:.3f} | {s['p90']:.3f} | {s['p99']:.3f} |" + (f" (in {s['n']} samples)" if s["n"] < n else "")
               for label, s in result.items()]
     return "\n".join(lines)
@@ -159,6 +187,8 @@ def table(result: dict[str, dict[str, float]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.trace", description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=300, help="jobs to trace (after 10 warm-up jobs)")
+    parser.add_argument("--workload", choices=["w2", "w3"], default="w2",
+                        help="w2: submit to final state; w3: resume of a waiting job to final state")
     parser.add_argument("--pause-ms", type=float, default=0.0,
                         help="pause between samples (W2 has none: the next job is submitted once the last is seen)")
     parser.add_argument("--json", dest="json_path", help="also write the figures as JSON to this file")
@@ -171,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--samples must be at least 1")
     from orchestrator.latency import machine
 
-    result = run(args.samples, args.pause_ms)
+    result = run(args.samples, args.pause_ms, workload=args.workload)
     print(table(result))
     print(f"\nmachine: {machine()}")
     if args.json_path:

@@ -86,3 +86,15 @@ def test_the_step_by_step_trace_of_w2_stamps_every_step_in_path_order(tmp_path: 
     assert medians == sorted(medians) and medians[0] > 0
     assert steps["visible to the separate reader"]["p50"] > steps["outcome written"]["p50"]
     assert "| visible to the separate reader |" in proc.stdout
+
+
+def test_the_w3_trace_starts_the_clock_at_the_resume_and_stamps_the_run_after_it(tmp_path: Path, cli_env) -> None:
+    out = tmp_path / "trace.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.trace", "--samples", "5", "--workload", "w3", "--json",
+                           str(out)], cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = json.loads(out.read_text())["steps"]
+    assert all(s["n"] == 5 for s in steps.values()) and steps["the resume's event durable"]["p50"] > 0
+    chain = ["claim fdatasynced", "handler returned", "outcome written",
+             "visible to the separate reader"]  # each causes the next in every sample
+    assert [steps[label]["p50"] for label in chain] == sorted(steps[label]["p50"] for label in chain)
