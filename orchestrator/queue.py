@@ -216,7 +216,8 @@ class MemoryQueueIndex(QueueIndex):
 
     def announce(self, entry: ReadyEntry) -> None:
         with self._cond:
-            self._ready.add(entry)  # a claimer may have dropped it while the event was in flight
+            if entry.job_id not in self._running:  # a claimer may have dropped it while the event was in flight
+                self._ready.add(entry)
             self._announced += 1
             self._cond.notify_all()
 
@@ -291,13 +292,15 @@ class FileQueueIndex(QueueIndex):
         try:
             os.utime(self.ready_dir / entry.name)
         except FileNotFoundError:
-            # A claimer met the entry before the event landed, saw the job not queued yet and dropped
-            # it; or a fast worker claimed the job already. Put it back: in the first case the job
-            # would otherwise stay queued with no entry, in the second the extra entry is dropped when met.
-            # The claimer's own rule (keep an entry newer than the job's last event, worker._try_claim)
-            # covers a drop that comes after this call; this put-back covers the entry that does not
-            # look newer, because the clock stepped back between the job's last event and this one.
-            self._touch(self.ready_dir / entry.name)
+            # A fast worker claimed the job already (its running entry is there): nothing to do. Or a
+            # claimer dropped the entry as stale, because it did not look newer than the job's last
+            # event (the clock stepped back between that event and this one): put it back, or the job
+            # would stay queued with no entry. (A claimer never drops an entry newer than the job's last
+            # event while the entry is young, worker._try_claim: so no drop comes after this call.) If a
+            # running entry left by a crash hides this case, stale recovery puts the entry back when
+            # it meets that running entry (Worker.recover_stale).
+            if not os.path.exists(self.running_dir / entry.job_id):
+                self._touch(self.ready_dir / entry.name)
 
     def ready(self) -> list[ReadyEntry]:
         try:

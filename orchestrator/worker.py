@@ -173,6 +173,8 @@ class Worker:
                 continue
             s = view.state
             if not view.ok or s is None or s.state != RUNNING:
+                if view.ok and s is not None and s.state == QUEUED:  # a crash left the entry: heal the ready one
+                    self.queue.put_ready(ReadyEntry.for_state(s))
                 self.queue.drop_running(job_id)
                 continue
             expiry = lease_expiry(self.orch.store, s)

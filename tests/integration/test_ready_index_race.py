@@ -149,3 +149,26 @@ def test_an_append_decided_from_a_line_that_was_replaced_at_the_same_position_is
     with pytest.raises(ConcurrencyError):
         orch.append(view, job_id, [("job_cancelled", {"reason": "decided from the first line"})])
     assert path.read_bytes() == replaced and orch.load(job_id).ok
+
+
+def test_announcing_leaves_no_entry_behind_for_a_job_a_fast_worker_already_claimed(orch, index_kind: str) -> None:
+    if index_kind == "memory":
+        orch.queue = MemoryQueueIndex()
+    job_id = orch.submit("t.echo", "fast")
+    (entry,) = orch.queue.ready()
+    claim = Worker(orch, WorkerSettings(worker_id="w-fast")).claim()  # before the submitter's announcement
+    assert claim is not None and orch.queue.ready() == []
+    orch.queue.announce(entry)  # the submitter's announcement, late
+    assert orch.queue.ready() == []  # no stale entry for the next claim to read and drop
+
+
+def test_stale_recovery_puts_back_the_ready_entry_of_a_queued_job_a_crash_left_in_running(orch) -> None:
+    worker = Worker(orch, WorkerSettings(worker_id="w-heal"))
+    job_id = orch.submit("t.echo", "lost entry")
+    worker.queue.ensure_built(orch)  # built: no rebuild will find the job for us
+    (entry,) = orch.queue.ready()
+    orch.queue.drop_ready(entry)  # dropped as stale after a clock step...
+    orch.queue.put_running(job_id)  # ...while a crash had left a running entry, which hid it from announce
+    assert worker.recover_stale(orch.clock()) == [] and orch.queue.running() == []
+    assert [e.job_id for e in orch.queue.ready()] == [job_id]
+    assert worker.claim() is not None
