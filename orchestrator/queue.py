@@ -83,8 +83,8 @@ class IndexChange(NamedTuple):
 
     put_ready: ReadyEntry | None  # the job is (still) queued: its entry, new or unchanged
     drop_ready: ReadyEntry | None  # the entry the job no longer has (it left queued, or moved)
-    put_running: bool  # the job is running (the entry is put again on each event: idempotent)
-    drop_running: bool
+    put_running: bool  # the job is running: the entry of its epoch (put again on each event: idempotent)
+    drop_running: bool  # the job left running: the entry of the epoch it ran under
 
     @classmethod
     def of(cls, old: JobState | None, new: JobState) -> "IndexChange":
@@ -109,19 +109,23 @@ class QueueIndex(ABC):
         if change.put_ready is not None:
             self.put_ready(change.put_ready)
         if change.put_running:
-            self.put_running(job_id)
+            self.put_running(job_id, new.epoch)
         return None
 
     def after_append(self, job_id: str, old: JobState | None, new: JobState) -> None:
-        """The event is durable: announce new work, drop entries the job no longer needs."""
+        """The event is durable: drop entries the job no longer needs, announce new work.
+
+        The running entry goes first: a job handed back to the queue must not look claimed to its
+        own announcement (which puts back a ready entry only for a job nobody claimed).
+        """
         faults.point("queue.after_append")
         change = IndexChange.of(old, new)
-        if change.put_ready is not None:
-            self.announce(change.put_ready)
+        if change.drop_running and old is not None:
+            self.drop_running(job_id, old.epoch)
         if change.drop_ready is not None:
             self.drop_ready(change.drop_ready)
-        if change.drop_running:
-            self.drop_running(job_id)
+        if change.put_ready is not None:
+            self.announce(change.put_ready)
 
     # -- storage --------------------------------------------------------------------------------
     @abstractmethod
@@ -142,15 +146,22 @@ class QueueIndex(ABC):
         usually stops at the first one; a shared index may reserve that one for this claimer)."""
         return iter(self.ready())
 
+    # Running entries are kept per (job, epoch): the worker that hands a job back to the queue drops
+    # the entry of *its* epoch, never the one the next claimer (epoch + 1) put before its claim.
+    # ``epoch=None`` names an entry of unknown epoch (an older index, or a store that needs none).
     @abstractmethod
-    def put_running(self, job_id: str) -> None: ...
+    def put_running(self, job_id: str, epoch: int | None = None) -> None: ...
 
     @abstractmethod
-    def drop_running(self, job_id: str) -> None: ...
+    def drop_running(self, job_id: str, epoch: int | None = None) -> None: ...
 
     @abstractmethod
+    def running_entries(self) -> list[tuple[str, int | None]]:
+        """(job id, epoch) of every running entry: jobs that may be running under that epoch."""
+
     def running(self) -> list[str]:
         """Job ids that may be running (checked against their events before use)."""
+        return sorted({job_id for job_id, _ in self.running_entries()})
 
     @abstractmethod
     def is_built(self) -> bool: ...
@@ -188,7 +199,7 @@ class QueueIndex(ABC):
                 self.put_ready(ReadyEntry.for_state(s))
                 count += 1
             elif s.state == RUNNING:
-                self.put_running(job_id)
+                self.put_running(job_id, s.epoch)
                 count += 1
         self.mark_built()
         log.info("ready index rebuilt from events: %d entries", count, extra={"entries": count})
@@ -200,7 +211,7 @@ class MemoryQueueIndex(QueueIndex):
 
     def __init__(self) -> None:
         self._ready: set[ReadyEntry] = set()
-        self._running: set[str] = set()
+        self._running: set[tuple[str, int | None]] = set()
         self._built = False
         self._cond = threading.Condition()
         self._announced = 0
@@ -216,7 +227,7 @@ class MemoryQueueIndex(QueueIndex):
 
     def announce(self, entry: ReadyEntry) -> None:
         with self._cond:
-            if entry.job_id not in self._running:  # a claimer may have dropped it while the event was in flight
+            if all(job_id != entry.job_id for job_id, _ in self._running):  # not claimed: see FileQueueIndex
                 self._ready.add(entry)
             self._announced += 1
             self._cond.notify_all()
@@ -225,17 +236,17 @@ class MemoryQueueIndex(QueueIndex):
         with self._cond:
             return sorted(self._ready)
 
-    def put_running(self, job_id: str) -> None:
+    def put_running(self, job_id: str, epoch: int | None = None) -> None:
         with self._cond:
-            self._running.add(job_id)
+            self._running.add((job_id, epoch))
 
-    def drop_running(self, job_id: str) -> None:
+    def drop_running(self, job_id: str, epoch: int | None = None) -> None:
         with self._cond:
-            self._running.discard(job_id)
+            self._running.discard((job_id, epoch))
 
-    def running(self) -> list[str]:
+    def running_entries(self) -> list[tuple[str, int | None]]:
         with self._cond:
-            return sorted(self._running)
+            return list(self._running)
 
     def is_built(self) -> bool:
         return self._built
@@ -299,7 +310,7 @@ class FileQueueIndex(QueueIndex):
             # event while the entry is young, worker._try_claim: so no drop comes after this call.) If a
             # running entry left by a crash hides this case, stale recovery puts the entry back when
             # it meets that running entry (Worker.recover_stale).
-            if not os.path.exists(self.running_dir / entry.job_id):
+            if not any(job_id == entry.job_id for job_id, _ in self.running_entries()):
                 self._touch(self.ready_dir / entry.name)
 
     def ready(self) -> list[ReadyEntry]:
@@ -347,17 +358,28 @@ class FileQueueIndex(QueueIndex):
             self._listing = []
         self._listed_at, self._next = time.monotonic(), 0
 
-    def put_running(self, job_id: str) -> None:
-        self._touch(self.running_dir / job_id)
+    @staticmethod
+    def _running_name(job_id: str, epoch: int | None) -> str:
+        return job_id if epoch is None else f"{job_id}@{epoch}"  # "@" is never in an id
 
-    def drop_running(self, job_id: str) -> None:
-        self._unlink(self.running_dir / job_id)
+    def put_running(self, job_id: str, epoch: int | None = None) -> None:
+        self._touch(self.running_dir / self._running_name(job_id, epoch))
 
-    def running(self) -> list[str]:
+    def drop_running(self, job_id: str, epoch: int | None = None) -> None:
+        self._unlink(self.running_dir / self._running_name(job_id, epoch))
+
+    def running_entries(self) -> list[tuple[str, int | None]]:
         try:
-            return sorted(n for n in os.listdir(self.running_dir) if not n.startswith("."))
+            names = os.listdir(self.running_dir)
         except FileNotFoundError:
             return []
+        out: list[tuple[str, int | None]] = []
+        for name in names:
+            job_id, at, epoch = name.partition("@")
+            if name.startswith(".") or (at and not epoch.isdigit()):
+                continue
+            out.append((job_id, int(epoch) if at else None))
+        return out
 
     def is_built(self) -> bool:
         return (self.root / BUILT_MARKER).exists()

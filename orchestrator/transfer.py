@@ -165,7 +165,7 @@ def _index(orch: Orchestrator, verified: VerifiedStream) -> None:
     if change.put_ready is not None:
         orch.queue.put_ready(change.put_ready)
     if change.put_running:
-        orch.queue.put_running(verified.stream)
+        orch.queue.put_running(verified.stream, state.epoch)
 
 
 def _write_stream(orch: Orchestrator, stream: str, lines: list[StoredLine], head: bytes | None) -> int:

@@ -165,17 +165,21 @@ class Worker:
         now = self.orch.clock() if now is None else now
         self.queue.ensure_built(self.orch)
         recovered = []
-        for job_id in self.queue.running():
+        for job_id, epoch in self.queue.running_entries():
             try:
                 view = self.orch.load(job_id)
             except JobNotFoundError:
-                self.queue.drop_running(job_id)
+                self.queue.drop_running(job_id, epoch)
                 continue
             s = view.state
-            if not view.ok or s is None or s.state != RUNNING:
-                if view.ok and s is not None and s.state == QUEUED:  # a crash left the entry: heal the ready one
+            if not view.ok or s is None or s.state != RUNNING or epoch not in (None, s.epoch):
+                if view.ok and s is not None and s.state == QUEUED:
+                    # the job is queued: make sure it has its ready entry (a crash, or a clock step, may have
+                    # left it without one); keep the entry of the next epoch, a claim that is being written
                     self.queue.put_ready(ReadyEntry.for_state(s))
-                self.queue.drop_running(job_id)
+                    if epoch == s.epoch + 1:
+                        continue
+                self.queue.drop_running(job_id, epoch)
                 continue
             expiry = lease_expiry(self.orch.store, s)
             if expiry is not None and expiry > now:

@@ -158,17 +158,19 @@ class PgQueueIndex(QueueIndex):
 
         return self.store._run(run)
 
-    def put_running(self, job_id: str) -> None:
+    # Rows are per job, without an epoch: those of appends change in the event's own transaction, so
+    # a worker handing a job back cannot remove the next claimer's row as the file index could.
+    def put_running(self, job_id: str, epoch: int | None = None) -> None:
         self._sql("INSERT INTO orch_running (project, job_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                   (self.project, job_id))
 
-    def drop_running(self, job_id: str) -> None:
+    def drop_running(self, job_id: str, epoch: int | None = None) -> None:
         self._sql("DELETE FROM orch_running WHERE project = %s AND job_id = %s", (self.project, job_id))
 
-    def running(self) -> list[str]:
+    def running_entries(self) -> list[tuple[str, int | None]]:
         rows = self._sql("SELECT job_id FROM orch_running WHERE project = %s ORDER BY job_id", (self.project,),
                          fetch=True)
-        return [r[0] for r in rows]
+        return [(r[0], None) for r in rows]
 
     def is_built(self) -> bool:
         """Asked before every claim: a "built" seen in the last ``BUILT_RECHECK_SECONDS`` is trusted

@@ -172,3 +172,13 @@ def test_stale_recovery_puts_back_the_ready_entry_of_a_queued_job_a_crash_left_i
     assert worker.recover_stale(orch.clock()) == [] and orch.queue.running() == []
     assert [e.job_id for e in orch.queue.ready()] == [job_id]
     assert worker.claim() is not None
+
+
+def test_stale_recovery_keeps_the_running_entry_of_a_claim_being_written(orch) -> None:
+    worker = Worker(orch, WorkerSettings(worker_id="w-keep"))
+    job_id = orch.submit("t.echo", "claim in flight")
+    worker.queue.ensure_built(orch)
+    orch.queue.put_running(job_id, 1)  # another worker's claim (epoch 1): its entry first, its event next
+    orch.queue.put_running(job_id, 0)  # a left-over of no run at all
+    worker.recover_stale(orch.clock())
+    assert orch.queue.running_entries() == [(job_id, 1)]

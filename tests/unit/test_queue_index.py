@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from orchestrator.queue import MemoryQueueIndex, ReadyEntry
 from orchestrator.state import QUEUED, RUNNING, SUCCEEDED, JobState
 
@@ -84,3 +86,36 @@ def test_every_index_applies_one_table_of_what_an_event_changes() -> None:
     assert IndexChange.of(running, replace(running, state=SUCCEEDED)) == IndexChange(None, None, False, True)
     assert IndexChange.of(queued, later) == IndexChange(moved, entry, False, False)  # moved in the queue
     assert IndexChange.of(queued, replace(queued, seq=2)) == IndexChange(entry, None, False, False)  # unchanged
+
+
+def _index(kind: str, tmp_path):
+    from orchestrator.queue import FileQueueIndex
+
+    return MemoryQueueIndex() if kind == "memory" else FileQueueIndex(tmp_path / "index", "poll")
+
+
+@pytest.mark.parametrize("kind", ["memory", "file"])
+def test_a_worker_handing_a_job_back_never_drops_the_next_claimers_running_entry(kind: str, tmp_path) -> None:
+    index = _index(kind, tmp_path)
+    running1 = replace(job("A"), state=RUNNING, epoch=1, updated_at=200.0)
+    released = replace(running1, state=QUEUED, updated_at=300.0)
+    running2 = replace(released, state=RUNNING, epoch=2, updated_at=301.0)
+    index.before_append("A", running1, released)  # worker 1 hands the job back...
+    index.before_append("A", released, running2)  # ...worker 2, woken by the entry, claims before 1 is done
+    index.after_append("A", running1, released)  # worker 1 drops the entry of *its* epoch
+    assert index.running() == ["A"]  # worker 2's entry is still there: its death would be recovered
+    index.after_append("A", released, running2)
+    assert index.running() == ["A"] and index.ready() == []
+
+
+@pytest.mark.parametrize("kind", ["memory", "file"])
+def test_a_job_handed_back_gets_its_entry_back_if_a_claimer_dropped_it_meanwhile(kind: str, tmp_path) -> None:
+    index = _index(kind, tmp_path)
+    running1 = replace(job("A"), state=RUNNING, epoch=1, updated_at=200.0)
+    released = replace(running1, state=QUEUED, updated_at=300.0)
+    index.before_append("A", job("A"), running1)  # the run's own running entry
+    index.before_append("A", running1, released)
+    (entry,) = index.ready()
+    index.drop_ready(entry)  # a claimer judged it stale (the clock stepped back)
+    index.after_append("A", running1, released)  # the job's own running entry no longer hides it
+    assert index.ready() == [entry] and index.running() == []
