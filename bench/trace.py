@@ -99,7 +99,9 @@ def run(samples: int, pause_ms: float = 0.0, warmup: int = 10, workload: str = "
 
     base = Path(tempfile.mkdtemp(prefix="orch-trace-"))
     report = base / "stamps.jsonl"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    from bench.common import env_without_orch
+
+    env = env_without_orch()
     env.update(ORCH_SIGNING_KEY=new_seed(), ORCH_KEYRING_DIR=str(base / "keys"))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
     proc = subprocess.Popen([sys.executable, "-m", "bench.trace", "--worker", str(base), str(report)], env=env)
@@ -168,12 +170,10 @@ def run(samples: int, pause_ms: float = 0.0, warmup: int = 10, workload: str = "
 
 
 def _stats(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
+    from bench.common import percentile  # the suite's one definition (nearest rank)
 
-    def pct(p: float) -> float:
-        return ordered[min(len(ordered) - 1, max(0, -(-len(ordered) * p // 100) - 1))]
-
-    return {"n": len(ordered), "p50": pct(50), "p90": pct(90), "p99": pct(99)}
+    return {"n": len(values), "p50": percentile(values, 50), "p90": percentile(values, 90),
+            "p99": percentile(values, 99)}
 
 
 def table(result: dict[str, dict[str, float]]) -> str:

@@ -27,7 +27,8 @@ from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, Ve
 from orchestrator.limits import MAX_INPUT_BYTES, MAX_JSON_DEPTH, json_depth
 from orchestrator.security import validate_id
 from orchestrator.signing import Keyring, canonical, load_keyring
-from orchestrator.state import Event, JobState, apply, replay
+from orchestrator.leases import lease_expiry
+from orchestrator.state import RUNNING, Event, JobState, apply, replay
 from orchestrator.store.base import EventStore, Head, StoredLine
 
 if TYPE_CHECKING:
@@ -206,8 +207,8 @@ class Orchestrator:
     def status(self, job_id: str) -> JobStatus:
         view = self.load(job_id)
         st = JobStatus.from_view(view)
-        if st.state == "running":  # show the lease as renewed by heartbeats
-            expiry = self._renewed_lease(view)
+        if view.state is not None and view.state.state == RUNNING:  # show the lease as renewed by heartbeats
+            expiry = lease_expiry(self.store, view.state)
             st = replace(st, lease_expires_at=clock.to_iso(expiry) if expiry else None)
         return st
 
@@ -217,12 +218,8 @@ class Orchestrator:
             view = self.load(job_id)
         except JobNotFoundError:  # removed since it was listed: not running
             return None
-        return self._renewed_lease(view) if view.state is not None and view.state.state == "running" else None
-
-    def _renewed_lease(self, view: JobView) -> float | None:
-        from orchestrator.leases import lease_expiry
-
-        return lease_expiry(self.store, view.state) if view.state is not None else None
+        s = view.state
+        return lease_expiry(self.store, s) if s is not None and s.state == RUNNING else None
 
     def job_ids(self) -> Iterator[str]:
         return self.store.job_ids()
@@ -355,7 +352,10 @@ class Orchestrator:
         self._queue = index
 
     def worker(self, **settings: Any) -> "Worker":
-        """A worker over this project: ``orch.worker().run_once()`` runs at most one job."""
+        """A worker over this project: ``orch.worker().run_once()`` runs at most one job.
+
+        A Python handler runs in a handler process the worker keeps between runs: ``close()`` it (or
+        use ``with orch.worker() as w:``) when done; a dropped worker ends it when collected."""
         from orchestrator.worker import Worker, WorkerSettings
 
         return Worker(self, WorkerSettings(**settings))

@@ -283,6 +283,7 @@ def run_script(command: str, argv: list[str] | None = None) -> None:
     """``scripts/<name>.py``: the same command, named as the runbook names it."""
     load_dotenv_file()
     found = cli.get_command(None, command)
-    assert found is not None, command
+    if found is None:  # a script named after a command that does not exist: a packaging mistake
+        raise SystemExit(f"no command {command!r}")
     args = sys.argv[1:] if argv is None else argv
     found.main(args=args, prog_name=f"scripts/{Path(sys.argv[0]).name}")

@@ -68,7 +68,6 @@ def read_lease(store: EventStore, job_id: str, epoch: int) -> Lease | None:
         return None
 
 
-
 def lease_expiry(store: EventStore, state: JobState) -> float | None:
     """When the current run's lease ends: the renewed record if it belongs to this epoch, else the claim's."""
     lease = read_lease(store, state.job_id, state.epoch)

@@ -182,6 +182,18 @@ class QueueIndex(ABC):
         if not self.is_built():
             self.rebuild(orch)
 
+    def index_job(self, s: JobState, ok: bool = True) -> bool:
+        """Put the entry a job in state ``s`` needs, whatever the index held; True if it needs one.
+        A job whose history failed verification gets a ready entry: a claimer meets it once, refuses
+        it (audited) and drops the entry."""
+        if s.state == QUEUED or not ok:
+            self.put_ready(ReadyEntry.for_state(s))
+            return True
+        if s.state == RUNNING:
+            self.put_running(s.job_id, s.epoch)
+            return True
+        return False
+
     def rebuild(self, orch: "Orchestrator") -> int:
         """Scan every job once and add the entries of queued and running ones (O(all jobs))."""
         count = 0
@@ -191,15 +203,8 @@ class QueueIndex(ABC):
             except Exception:  # noqa: BLE001 - a broken job must not stop the rebuild
                 log.warning("rebuild: cannot read job %s", job_id, extra={"job_id": job_id})
                 continue
-            s = view.state
             faults.point("queue.rebuild.each_job")
-            if s is None:
-                continue
-            if s.state == QUEUED or not view.ok:  # a broken job is met once, refused and dropped
-                self.put_ready(ReadyEntry.for_state(s))
-                count += 1
-            elif s.state == RUNNING:
-                self.put_running(job_id, s.epoch)
+            if view.state is not None and self.index_job(view.state, view.ok):
                 count += 1
         self.mark_built()
         log.info("ready index rebuilt from events: %d entries", count, extra={"entries": count})

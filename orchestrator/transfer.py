@@ -27,7 +27,6 @@ from orchestrator import clock, faults
 from orchestrator.api import HEADS_AREA, Orchestrator
 from orchestrator.errors import ImportConflictError, IntegrityError, InvalidInputError, OrchestratorError
 from orchestrator.history import Problem, VerifiedStream, check_head_record, verify_stream
-from orchestrator.queue import IndexChange
 from orchestrator.state import Event, replay
 from orchestrator.security import validate_id
 from orchestrator.store.base import AUDIT_STREAM, StoredLine
@@ -141,9 +140,7 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
         problems = _problems(orch, stream, lines, head, verified)
         if problems:
             raise _refuse("import", problems)
-        if stream != AUDIT_STREAM:
-            _index(orch, verified)
-        written += _write_stream(orch, stream, lines, head)
+        written += _write_stream(orch, verified, head)
         streams += 1
         events += count
         if progress and streams % PROGRESS_EVERY == 0:
@@ -152,29 +149,27 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
 
 
 def _index(orch: Orchestrator, verified: VerifiedStream) -> None:
-    """The lines bypass ``Orchestrator.append``, so put the job's ready/running entries here, before
-    they land, as an append would (an entry before the event; a crash in between leaves an extra
-    entry, never a missing one). A history the state machine refuses gets none: it never runs."""
+    """The lines bypass ``Orchestrator.append``, so put the job's index entry here, before they land,
+    as an append would (an entry before the event; a crash in between leaves an extra entry, never
+    a missing one), by the rule a rebuild follows (``QueueIndex.index_job``)."""
     try:
         state = replay(Event.from_record(rec) for rec in verified.records)
     except (OrchestratorError, KeyError, TypeError, ValueError):
-        return
-    if state is None:
-        return
-    change = IndexChange.of(None, state)
-    if change.put_ready is not None:
-        orch.queue.put_ready(change.put_ready)
-    if change.put_running:
-        orch.queue.put_running(verified.stream, state.epoch)
+        return  # the state machine refuses this history: it never runs, and needs no entry
+    if state is not None:
+        orch.queue.index_job(state)
 
 
-def _write_stream(orch: Orchestrator, stream: str, lines: list[StoredLine], head: bytes | None) -> int:
+def _write_stream(orch: Orchestrator, verified: VerifiedStream, head: bytes | None) -> int:
     """Append what the destination lacks; returns the number of lines written."""
+    stream, lines = verified.stream, verified.lines
     existing = orch.store.read(stream)
     if len(existing) > len(lines) or any(a.raw != b.raw for a, b in zip(existing, lines)):
         raise ImportConflictError(f"stream {stream} already holds a different history in the destination "
                                   f"({len(existing)} events); nothing of it was overwritten", stream=stream)
     done = len(existing)
+    if done < len(lines) and stream != AUDIT_STREAM:
+        _index(orch, verified)
     while done < len(lines):
         chunk = [s.raw for s in lines[done:done + CHUNK]]
         orch.store.append(stream, lambda _h, chunk=chunk: chunk, expected_seq=done)

@@ -24,6 +24,7 @@ import signal
 import socket
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -380,13 +381,22 @@ class Worker:
             folder = self.run_dir(f"host-{os.getpid()}-{os.urandom(4).hex()}")
             self._host = HandlerHost(folder, call_python_handler, max_runs=self.settings.handler_max_runs,
                                      generation=registry_generation)
+            # a worker used through run_once and dropped (or the interpreter exiting) still ends it
+            weakref.finalize(self, self._host.close)
         return self._host
 
     def close(self) -> None:
-        """Let the reused handler process exit; ``run`` does this when it returns."""
+        """Let the reused handler process exit and remove its folder; ``run`` does this when it returns
+        (``with orch.worker() as w:`` too; a worker that is dropped does it when collected)."""
         if self._host is not None:
             self._host.close()
             self._host = None
+
+    def __enter__(self) -> "Worker":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def _supervise(self, claim: Claim, child: Child) -> tuple[str, int | None]:
         """Wait for the child; renew the lease; enforce the timeout and the stop grace period."""

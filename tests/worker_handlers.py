@@ -9,6 +9,7 @@ from pathlib import Path
 
 from orchestrator import handler
 from orchestrator.handlers import JobContext
+from orchestrator.runner import write_json_atomic
 
 
 @handler("t.echo")
@@ -39,9 +40,8 @@ def flaky(ctx: JobContext) -> dict:
 @handler("t.wait")
 def wait_for_release(ctx: JobContext) -> dict:
     """Marks itself started, writes optional artifacts, then waits until the release file exists."""
-    started = Path(ctx.input["started"])  # written whole, then renamed: whoever sees it can read it
-    started.with_name(started.name + ".tmp").write_text(json.dumps({"pid": os.getpid(), "run_id": ctx.run_id}))
-    os.replace(started.with_name(started.name + ".tmp"), started)
+    # written whole, then renamed: whoever sees it can read it
+    write_json_atomic(Path(ctx.input["started"]), {"pid": os.getpid(), "run_id": ctx.run_id})
     for name in ctx.input.get("artifacts", []):
         Path(ctx.artifacts_dir, name).write_text("partial")
     deadline = time.monotonic() + float(ctx.input.get("max_wait", 20))

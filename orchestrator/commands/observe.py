@@ -56,7 +56,7 @@ def _threshold(name: str, kind: Any, help_text: str) -> Any:
 def metrics(orch: Any, out: Output, fmt: str, rebuild: bool, fail_on: str | None, **limits: Any) -> None:
     """stalled_count, resume_success_rate, mean_converge_time, jobs per state, and alerts.
 
-    Fast on large projects: per-job summaries are cached in projections/jobs-v1 (derived,
+    Fast on large projects: per-job summaries are cached in projections/jobs-v2 (derived,
     deletable) and only jobs whose events file changed are replayed. See docs/metrics.md.
     """
     from orchestrator import metrics as m

@@ -62,7 +62,7 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     killed and handed back to the queue).
 
     Exit codes: 0 ran a job (--once) or stopped normally, 75 nothing was runnable (--once),
-    3 bad option or handler module.
+    2 unknown option or choice, 3 bad setting value or handler module.
     """
     from orchestrator.worker import Worker, WorkerSettings
 

@@ -1,7 +1,6 @@
 """Handlers the campaigns run (registered on import; worker processes get ``--import`` of this module)."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -9,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.handlers import JobContext, handler
+from orchestrator.runner import write_json_atomic
 
 # One value per pattern ``sanitize_text`` covers; each carries a ``LEAKnn`` tag that must never be stored.
 SECRETS = {
@@ -42,9 +42,8 @@ def echo(ctx: JobContext) -> dict[str, Any]:
 @handler("rel.wait")
 def wait_for_release(ctx: JobContext) -> dict[str, Any]:
     """Marks itself started, then waits for the release file (the zombie scenario)."""
-    started = Path(ctx.input["started"])  # written whole, then renamed: whoever sees it can read it
-    started.with_name(started.name + ".tmp").write_text(json.dumps({"pid": os.getpid(), "run_id": ctx.run_id}))
-    os.replace(started.with_name(started.name + ".tmp"), started)
+    # written whole, then renamed: whoever sees it can read it
+    write_json_atomic(Path(ctx.input["started"]), {"pid": os.getpid(), "run_id": ctx.run_id})
     deadline = time.monotonic() + 30
     while not os.path.exists(ctx.input["release"]) and time.monotonic() < deadline:
         time.sleep(0.02)

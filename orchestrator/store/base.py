@@ -129,8 +129,9 @@ class EventStore(ABC):
         before the event that queues it uses this instead of going back to sleep.
 
         Default: no wait, one look. Right for PostgreSQL, whose index commits with the event (an
-        entry is never seen first); the memory store holds one process, whose writer cannot be
-        in the middle of an append while its own claimer looks.
+        entry is never seen first). The memory store, too, only looks once: threads sharing it
+        can see an entry before its event, and the claimer then keeps the entry for the
+        announcement to wake it (``Worker._try_claim``).
         """
         return len(self.read(stream)) > seq
 

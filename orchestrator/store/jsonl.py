@@ -132,6 +132,20 @@ def _remove_strays(path: Path) -> None:
             os.unlink(path.parent / name)
 
 
+def _slot_record(data: bytes) -> bytes | None:
+    """The record in a slot file's bytes: up to its newline when the rest of the 512 bytes is padding
+    (also when the write landed on a longer foreign file before its cut: a crash between). Bytes that
+    are all NUL (a write a power loss lost, on a file system that shows them) are no record; any
+    other content is returned whole, for the caller's check to judge."""
+    if not data.strip(b"\0"):
+        return None
+    if len(data) >= SLOT_BYTES:
+        nl = data.find(b"\n", 0, SLOT_BYTES)
+        if nl >= 0 and not data[nl + 1:SLOT_BYTES].strip(b" "):
+            return data[:nl] or None
+    return data
+
+
 class JsonlStore(EventStore):
     """Files under ``<root>`` (a project's ``.orchestrator`` folder)."""
 
@@ -295,7 +309,6 @@ class JsonlStore(EventStore):
                                area=area) from None
         _remove_strays(path)
 
-
     def _put_slot(self, path: Path, area: str, data: bytes) -> None:
         """Overwrite the record in place: one 512-byte write at offset 0, under the file's lock.
 
@@ -338,11 +351,7 @@ class JsonlStore(EventStore):
                 data = fh.read()
         except FileNotFoundError:
             return None
-        if len(data) >= SLOT_BYTES and data[SLOT_BYTES - 1:SLOT_BYTES] in (b" ", b"\n"):
-            # a slot; also one whose write landed on a longer foreign file before its cut (a crash between)
-            data = data[:SLOT_BYTES]
-            data = data[: data.rindex(b"\n")]
-        return data or None
+        return _slot_record(data)
 
     def job_ids(self) -> Iterator[str]:
         try:

@@ -196,8 +196,7 @@ class PgQueueIndex(QueueIndex):
         timeout = max(0.0, min(timeout, LISTEN_FALLBACK_SECONDS))
         try:
             if self._listener is None or self._listener.closed:
-                self._listener = connect(self.store.url, autocommit=True)
-                self._listener.execute(f"LISTEN {self.channel}")
+                self._listen()
                 if timeout == 0:
                     return False
             woke = False
@@ -211,11 +210,14 @@ class PgQueueIndex(QueueIndex):
             log.warning("LISTEN connection lost (%s); reconnecting", exc)
             self.close()
             try:  # listen again before the caller rescans, so nothing announced after the scan is missed
-                self._listener = connect(self.store.url, autocommit=True)
-                self._listener.execute(f"LISTEN {self.channel}")
+                self._listen()
             except psycopg.Error:
                 self.close()  # the next wait tries again
             return True  # the caller rescans: a job may have been announced while we were deaf
+
+    def _listen(self) -> None:
+        self._listener = connect(self.store.url, autocommit=True)
+        self._listener.execute(f"LISTEN {self.channel}")
 
     def close(self) -> None:
         if self._listener is not None:

@@ -154,6 +154,25 @@ def test_run_closes_the_handler_process_and_removes_its_folder(orch) -> None:
     assert not list((orch.settings.state_dir / "runs").glob("host-*"))
 
 
+@pytest.mark.parametrize("how", ["with", "dropped"])
+def test_a_worker_used_run_by_run_ends_its_handler_process_too(orch, how: str) -> None:
+    import gc
+
+    job = orch.submit("t.pid", None)
+    if how == "with":
+        with make_worker(orch) as w:
+            assert w.run_once() is not None
+    else:
+        assert make_worker(orch).run_once() is not None  # the worker is dropped at once
+        gc.collect()
+    pid = orch.status(job).result["output"]["pid"]
+    deadline = time.monotonic() + 5
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not alive(pid)
+    assert not list((orch.settings.state_dir / "runs").glob("host-*"))
+
+
 def test_a_short_python_run_leaves_no_run_folder_and_no_lease_record(orch) -> None:
     w = make_worker(orch)
     pid_of(orch, w)

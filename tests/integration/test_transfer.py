@@ -194,6 +194,20 @@ def test_import_never_overwrites_a_different_history(file_orch, pg_orch) -> None
     assert pg_orch.store.read(job_id) == before
 
 
+def test_a_refused_import_files_no_entry_for_the_history_it_refused(base: Path, keyring: Keyring) -> None:
+    source = Orchestrator(base_path=base / "src", project_id="p", keyring=keyring)
+    job_id = source.submit("t.echo", "theirs")
+    buf = io.BytesIO()
+    export_project(source, buf)
+    dest = Orchestrator(base_path=base / "dst", project_id="p", keyring=keyring, clock=lambda: source.clock() + 60)
+    dest.append(None, job_id, [("job_submitted", {"kind": "t.echo", "input": "ours", "options": {},
+                                                  "context_digest": "x"})])
+    before = dest.queue.ready()
+    with pytest.raises(ImportConflictError):
+        import_project(dest, io.BytesIO(buf.getvalue()))
+    assert dest.queue.ready() == before  # no entry filed under the bundle's (refused) submit time
+
+
 def test_a_bundle_of_another_project_is_refused(file_orch, pg_orch, base, keyring) -> None:
     fill(file_orch, 1)
     buf = io.BytesIO()
