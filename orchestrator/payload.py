@@ -57,7 +57,7 @@ def _accept(data: dict[str, Any]) -> Payload | None:
             and type(artifacts) is list and len(artifacts) <= MAX_ARTIFACTS and all(map(plain_str, artifacts))
             and type(retryable) is bool
             and (error_code is None or (plain_str(error_code) and _ERROR_CODE.fullmatch(error_code)))
-            and plain_json(output)):
+            and plain_json(output, 1)):  # output sits one level down: the payload's depth limit holds
         return None
     if status == NEEDS_HUMAN and not (question or "").strip():
         return None  # the model's own error message
@@ -77,12 +77,12 @@ def parse_payload(raw: bytes | str | dict[str, Any], artifacts_dir: Path) -> Pay
             raise MalformedPayloadError("the terminal payload is nested too deeply") from None
     else:
         data = raw
-    if json_depth(data) > MAX_JSON_DEPTH:
-        raise MalformedPayloadError(f"the terminal payload is nested deeper than {MAX_JSON_DEPTH} levels")
-    if not isinstance(data, dict):
-        raise MalformedPayloadError(f"the terminal payload must be a JSON object, not {type(data).__name__}")
-    payload = _accept(data)
+    payload = _accept(data) if isinstance(data, dict) else None  # a plainly valid payload is walked once
     if payload is None:
+        if json_depth(data) > MAX_JSON_DEPTH:
+            raise MalformedPayloadError(f"the terminal payload is nested deeper than {MAX_JSON_DEPTH} levels")
+        if not isinstance(data, dict):
+            raise MalformedPayloadError(f"the terminal payload must be a JSON object, not {type(data).__name__}")
         from orchestrator.payload_model import validate
 
         try:

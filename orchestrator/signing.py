@@ -10,8 +10,8 @@ verifier holding only public keys cannot forge. Key ids are derived from the pub
 so rotation adds a key and old events stay verifiable.
 
 Keys are generated, stored (PEM) and identified with ``cryptography``; the signatures themselves
-are made and checked with libsodium (PyNaCl), about twice as fast here for a verification
-(54 vs 103 us), which every read does for every line. Ed25519 signatures are deterministic, so
+are made and checked with libsodium (PyNaCl), about twice as fast for a verification, which every
+read does for every line (figures in ``docs/decisions.md``). Ed25519 signatures are deterministic, so
 both libraries produce the same bytes (``tests/unit/test_signing.py`` checks it both ways).
 """
 from __future__ import annotations
@@ -83,8 +83,8 @@ class Keyring:
     # libsodium's views of the keys above, made on first use (not part of the keyring's identity)
     _sodium_signer: tuple[Ed25519PrivateKey, SigningKey] | None = field(default=None, init=False, repr=False,
                                                                          compare=False)
-    _sodium_keys: dict[str, tuple[Ed25519PublicKey, VerifyKey]] = field(default_factory=dict, init=False,
-                                                                         repr=False, compare=False)
+    # by key id: an id is the hash of its public key, so one id never names two keys
+    _sodium_keys: dict[str, VerifyKey] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def generate(cls) -> "Keyring":
@@ -116,12 +116,12 @@ class Keyring:
         return cached[1].sign(data).signature
 
     def _verify(self, kid: str, public: Ed25519PublicKey, sig: bytes, data: bytes) -> bool:
-        cached = self._sodium_keys.get(kid)
-        if cached is None or cached[0] is not public:
+        verifier = self._sodium_keys.get(kid)
+        if verifier is None:
             raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-            cached = self._sodium_keys[kid] = (public, VerifyKey(raw))
+            verifier = self._sodium_keys[kid] = VerifyKey(raw)
         try:
-            cached[1].verify(data, sig)
+            verifier.verify(data, sig)
         except (CryptoError, ValueError, TypeError):  # BadSignatureError, or a signature of the wrong length
             return False
         return True

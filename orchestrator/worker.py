@@ -335,16 +335,22 @@ class Worker:
             paths = RunPaths.create(self.run_dir(claim.run_id), self.artifacts_dir(s.job_id))
         except PathEscapeError as exc:  # e.g. the job's artifact folder is a symlink out of the store
             return self._fail(claim, exc.code, exc.message, retryable=False)
+        handler = resolve(s.kind)
         try:
-            handler = resolve(s.kind)
             if handler is None:
                 raise InvalidInputError(f"no handler for kind {s.kind!r}")
             self._import_artifacts(s, paths.artifacts_dir)
             context = {**s.context(), "artifacts_dir": str(paths.artifacts_dir)}
             child = handler.start(context, paths, host=self._handler_host())
             faults.point("worker.after_start")
-        except (InvalidInputError, PathEscapeError, OSError) as exc:
-            return self._not_started(claim, exc, paths)
+        except (InvalidInputError, PathEscapeError) as exc:  # bad input: not retried
+            return self._not_started(claim, paths, exc.code, exc.message, retryable=False)
+        except OSError as exc:
+            # a command's program that is missing or not executable is bad input too; any other OS
+            # error (the worker's own folders, the handler process) may pass: retried
+            missing = isinstance(exc, (FileNotFoundError, PermissionError)) and handler.name == "command"
+            return self._not_started(claim, paths, "COMMAND_NOT_FOUND" if missing else "HANDLER_START_FAILED",
+                                     f"cannot start the handler: {exc}", retryable=not missing)
         log.info("running job %s (%s) as %s", s.job_id, s.kind, claim.run_id,
                  extra={"job_id": s.job_id, "run_id": claim.run_id, "pid": child.pid})
         try:
@@ -360,16 +366,10 @@ class Worker:
         finally:
             child.finish()
 
-    def _not_started(self, claim: Claim, exc: Exception, paths: RunPaths) -> RunResult:
-        """The handler could not start: bad input or no such command (not retried), or an OS error."""
+    def _not_started(self, claim: Claim, paths: RunPaths, code: str, message: str, *, retryable: bool) -> RunResult:
+        """The handler could not start: record the failed attempt and remove the run's folder."""
         try:
-            if isinstance(exc, (InvalidInputError, PathEscapeError)):
-                return self._fail(claim, exc.code, exc.message, retryable=False, output=paths.output_file)
-            if isinstance(exc, (FileNotFoundError, PermissionError)):
-                return self._fail(claim, "COMMAND_NOT_FOUND", f"cannot start the handler: {exc}", retryable=False,
-                                  output=paths.output_file)
-            return self._fail(claim, "HANDLER_START_FAILED", f"cannot start the handler: {exc}",
-                              output=paths.output_file)
+            return self._fail(claim, code, message, retryable=retryable, output=paths.output_file)
         finally:
             shutil.rmtree(paths.run_dir, ignore_errors=True)
 

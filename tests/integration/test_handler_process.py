@@ -197,3 +197,16 @@ def test_the_artifact_folder_exists_once_a_handler_asks_for_it_and_not_before(or
     assert wrote["status"].state == "succeeded" and wrote["status"].result["artifacts"] == ["note.txt"]
     assert (orch.settings.state_dir / "artifacts" / wrote["result"].job_id / "note.txt").read_text() == "hi"
     w.close()
+
+
+def test_a_handler_process_that_cannot_start_is_a_retried_failure_not_a_missing_command(orch, monkeypatch) -> None:
+    from orchestrator.runner import HandlerHost
+
+    def denied(*_a, **_k):
+        raise PermissionError(13, "Permission denied", "runs/host-1")  # say its folder cannot be made
+
+    monkeypatch.setattr(HandlerHost, "run", denied)
+    job = orch.submit("t.echo", "x")
+    assert make_worker(orch).run_once() is not None
+    st = orch.status(job)
+    assert st.last_error["code"] == "HANDLER_START_FAILED" and st.state == "queued"  # a retry is due
