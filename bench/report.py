@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from bench.common import ratio
+from bench.floor import w1_ceiling
 
 # (key, label, getter, unit, higher is better)
 ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str, bool]] = [
@@ -80,8 +81,6 @@ def table(results: dict[str, Any]) -> str:
     if fl and "error" not in fl:
         extra.append("physical floors (plain Python, this disk and CPU; P50 / P99 us): " + ", ".join(
             f"{k} {v['p50_us']:.0f} / {v['p99_us']:.0f}" for k, v in fl.items() if isinstance(v, dict)))
-        from bench.floor import w1_ceiling
-
         c = w1_ceiling(fl)
         extra.append(f"W1 ceiling of the format itself (4 signatures + 2 verifications + 2 fdatasyncs per job, "
                      f"nothing else): signatures alone {c['crypto_us']:.0f} us/job = {c['crypto_jobs_per_s']:,.0f} "
@@ -129,8 +128,6 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     fl = results.get("floor")
     ceiling = ""
     if fl and "error" not in fl:
-        from bench.floor import w1_ceiling
-
         ceiling = f"; the format's signatures alone allow {w1_ceiling(fl)['crypto_jobs_per_s']:,.0f}"
     add("W1 ahead of every durable peer", w1 and f"{w1:.0f} jobs/s vs best {best[1]} {best[0]:.0f}{ceiling}",
         (w1 > best[0]) if w1 and best[1] else None)

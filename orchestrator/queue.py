@@ -281,6 +281,7 @@ class FileQueueIndex(QueueIndex):
         self._listing: list[str] = []  # the ready/ listing claims walk (see ``candidates``)
         self._listed_at = float("-inf")
         self._next = 0
+        self._cursor = threading.Lock()  # workers of one Orchestrator (threads) share the walk
 
     def _touch(self, path: Path) -> None:
         try:
@@ -344,9 +345,7 @@ class FileQueueIndex(QueueIndex):
         if relist:
             self._relist()
         while True:
-            while self._next < len(self._listing):
-                name = self._listing[self._next]
-                self._next += 1
+            while (name := self._take_next()) is not None:
                 entry = ReadyEntry.parse(name)
                 if entry is not None:
                     yield entry
@@ -356,12 +355,20 @@ class FileQueueIndex(QueueIndex):
             relist = True
             self._relist()
 
+    def _take_next(self) -> str | None:
+        with self._cursor:
+            if self._next >= len(self._listing):
+                return None
+            self._next += 1
+            return self._listing[self._next - 1]
+
     def _relist(self) -> None:
         try:
-            self._listing = sorted(os.listdir(self.ready_dir))
+            listing = sorted(os.listdir(self.ready_dir))
         except FileNotFoundError:
-            self._listing = []
-        self._listed_at, self._next = time.monotonic(), 0
+            listing = []
+        with self._cursor:
+            self._listing, self._listed_at, self._next = listing, time.monotonic(), 0
 
     @staticmethod
     def _running_name(job_id: str, epoch: int | None) -> str:

@@ -337,7 +337,7 @@ def _write_frame(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _host_main(call: Callable[[str, dict[str, Any], str], Any], req_r: int, resp_w: int) -> None:
+def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: int) -> None:
     """The reused handler process: one request (kind, context) in, one payload out, until the worker closes."""
     while True:
         frame = _read_frame(req_r)
@@ -346,7 +346,7 @@ def _host_main(call: Callable[[str, dict[str, Any], str], Any], req_r: int, resp
         request = json.loads(frame)
         if os.fstat(1).st_size:  # this run's output only (late writes of an earlier run's threads)
             os.ftruncate(1, 0)
-        payload = handler_payload(lambda: call(request["kind"], request["context"], request["artifacts_dir"]))
+        payload = handler_payload(lambda: call(request["kind"], request["context"]))
         sys.stdout.flush()
         sys.stderr.flush()
         _write_frame(resp_w, payload)
@@ -364,8 +364,8 @@ class HandlerHost:
     module state a handler changes is seen by the next runs of the same host (``docs/worker.md``).
     """
 
-    def __init__(self, folder: Path, call: Callable[[str, dict[str, Any], str], Any], max_runs: int = 1000,
-                 generation: Callable[[], int] = lambda: 0) -> None:
+    def __init__(self, folder: Path, call: Callable[[str, dict[str, Any]], Any], max_runs: int,
+                 generation: Callable[[], int]) -> None:
         self.folder = folder
         self.output = folder / "output.log"
         self.call = call
@@ -377,10 +377,9 @@ class HandlerHost:
         self._req_w: int | None = None
         self._resp_r: int | None = None
 
-    def run(self, kind: str, context: dict[str, Any], artifacts_dir: Path) -> "HostRun":
+    def run(self, kind: str, context: dict[str, Any]) -> "HostRun":
         """Hand one run to the host (forking a new one if there is none); returns at once."""
-        request = json.dumps({"kind": kind, "context": context, "artifacts_dir": str(artifacts_dir)},
-                             ensure_ascii=False).encode()
+        request = json.dumps({"kind": kind, "context": context}, ensure_ascii=False).encode()
         for attempt in (1, 2):
             if self.pid is None or self.runs >= self.max_runs or self._forked_at_generation != self.generation():
                 self.close()

@@ -95,18 +95,18 @@ class PythonHandler(Handler):
 
     def start(self, context: dict[str, Any], paths: RunPaths, host: HandlerHost | None = None) -> Child:
         if host is not None:
-            return host.run(self.name, context, paths.artifacts_dir)
+            return host.run(self.name, context)
         paths.make_run_dir()
         ctx = JobContext(context, paths.artifacts_dir)
         return fork_call(lambda: self.fn(ctx), terminal_file=paths.terminal_file, output=paths.output_file)
 
 
-def call_python_handler(kind: str, context: dict[str, Any], artifacts_dir: str) -> Any:
+def call_python_handler(kind: str, context: dict[str, Any]) -> Any:
     """What a ``HandlerHost`` runs for one request: the Python handler of ``kind`` on ``context``."""
     found = resolve(kind)
     if not isinstance(found, PythonHandler):
         raise LookupError(f"no Python handler for kind {kind!r} in the handler process")
-    return found.fn(JobContext(context, Path(artifacts_dir)))
+    return found.fn(JobContext(context, Path(context["artifacts_dir"])))  # the worker sets it for every run
 
 
 _REGISTRY: dict[str, Handler] = {}
