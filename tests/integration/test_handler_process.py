@@ -142,16 +142,20 @@ def test_output_of_one_run_never_reaches_the_next_runs_record_and_is_not_kept(or
     w.close()
 
 
-def test_run_closes_the_handler_process_and_removes_its_folder(orch) -> None:
-    w = make_worker(orch)
-    job = orch.submit("t.pid", None)
-    assert w.run(max_jobs=1) == 1
-    pid = orch.status(job).result["output"]["pid"]
+def assert_handler_process_ended(orch, pid: int) -> None:
+    """The process is gone (within 5 s: it exits once it reads the end of its pipe) and so is its folder."""
     deadline = time.monotonic() + 5
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not alive(pid)
     assert not list((orch.settings.state_dir / "runs").glob("host-*"))
+
+
+def test_run_closes_the_handler_process_and_removes_its_folder(orch) -> None:
+    w = make_worker(orch)
+    job = orch.submit("t.pid", None)
+    assert w.run(max_jobs=1) == 1
+    assert_handler_process_ended(orch, orch.status(job).result["output"]["pid"])
 
 
 @pytest.mark.parametrize("how", ["with", "dropped"])
@@ -165,12 +169,7 @@ def test_a_worker_used_run_by_run_ends_its_handler_process_too(orch, how: str) -
     else:
         assert make_worker(orch).run_once() is not None  # the worker is dropped at once
         gc.collect()
-    pid = orch.status(job).result["output"]["pid"]
-    deadline = time.monotonic() + 5
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not alive(pid)
-    assert not list((orch.settings.state_dir / "runs").glob("host-*"))
+    assert_handler_process_ended(orch, orch.status(job).result["output"]["pid"])
 
 
 def test_a_short_python_run_leaves_no_run_folder_and_no_lease_record(orch) -> None:
