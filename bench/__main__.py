@@ -53,6 +53,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--scale", type=_sizes, help="finished-job counts for the scale workload (default 1000,10000,100000)")
     ap.add_argument("--skip-cold-metrics", action="store_true", help="do not time metrics --rebuild (minutes at 100k)")
     ap.add_argument("--base", type=Path, help="folder on the disk to measure (default: the temp folder)")
+    ap.add_argument("--settle-max-s", type=float,
+                    help="before each timed workload, the longest wait for creating a file to cost what it usually "
+                         "does on this disk (default 180; 0 with --quick: probe and record only)")
     ap.add_argument("--repeat", type=int, default=1, help="run everything N times and report the median of each number")
     ap.add_argument("--json", dest="json_out", type=Path, help="also write every result as JSON to this file")
     return ap.parse_args(argv)
@@ -62,7 +65,7 @@ def params_from(args: argparse.Namespace) -> Params:
     p = Params.quick() if args.quick else Params()
     over: dict[str, Any] = {"peers": args.peers, "metrics_cold": not args.skip_cold_metrics}
     for field, value in (("w1_jobs", args.w1_jobs), ("w2_samples", args.w2_samples), ("w3_samples", args.w3_samples),
-                         ("scale_sizes", args.scale), ("base", args.base)):
+                         ("scale_sizes", args.scale), ("base", args.base), ("settle_max_s", args.settle_max_s)):
         if value is not None:
             over[field] = value
     return replace(p, **over)
@@ -83,18 +86,19 @@ def run(params: Params, only: set[str]) -> dict[str, Any]:
     from orchestrator.latency import machine
 
     want = lambda w: not only or w in only  # noqa: E731
+    params.settle_log.clear()
     results: dict[str, Any] = {"machine": machine(), "params": {k: (str(v) if isinstance(v, Path) else v)
                                                               for k, v in params.__dict__.items()},
                                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "systems": {}}
     mine: dict[str, Any] = {}
     if want("W1") or want("W4"):
-        settle()
+        settle(params, "ours W1")
         mine.update(_guard("ours", ours.w1_w4, params))
     if want("W2") or want("terminal"):
-        settle()
+        settle(params, "ours W2")
         mine.update(_guard("ours", ours.w2_terminal, params))
     if want("W3"):
-        settle()
+        settle(params, "ours W3")
         mine.update(_guard("ours", ours.w3, params))
     results["systems"]["ours"] = mine
     queues, flows = peers_queues.available(), peers_workflows.available()
@@ -102,7 +106,7 @@ def run(params: Params, only: set[str]) -> dict[str, Any]:
         if not (want("W1") or want("W2") or want("W3") or want("W4")):
             break
         progress(f"peer {name}")
-        settle()
+        settle(params, name)
         if name in queues:
             results["systems"][name] = _guard(name, peers_queues.run_peer, name, params)
         elif name in flows:
@@ -112,12 +116,15 @@ def run(params: Params, only: set[str]) -> dict[str, Any]:
     if want("floor"):
         from bench import floor
 
+        settle(params, "floor")
         results["floor"] = _guard("floor", floor.run, params)
     if want("scale") or want("coldstart"):
+        settle(params, "scale")
         results["scale"] = _guard("scale", scale.run, params)
         if "error" in results["scale"]:
             results["scale"] = None
     results["machine"]["loadavg_after"] = machine().get("loadavg_1m_5m_15m")
+    results["settle"] = list(params.settle_log)
     results["targets"] = report.targets(results)
     return results
 
@@ -154,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(run(params, only))
     results = median_of(runs) if len(runs) > 1 else runs[0]
     results["runs"] = len(runs)
+    if len(runs) > 1:
+        results["settle"] = [r["settle"] for r in runs]
     results["targets"] = report.targets(results)
     results["elapsed_s"] = round(time.perf_counter() - t0, 1)
     m = results["machine"]

@@ -32,20 +32,61 @@ class Params:
     coldstart_runs: int = 7
     peers: tuple[str, ...] = ()
     base: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
+    quiet_create_us: float = 300.0  # settle: an empty file's creation at or under this is the disk's usual state
+    settle_max_s: float = 180.0  # settle: the longest wait for it
+    settle_log: list[dict[str, Any]] = field(default_factory=list)  # what every settle saw (the JSON keeps it)
 
     @classmethod
     def quick(cls, **over: Any) -> "Params":
         return cls(**{**dict(w1_jobs=40, w2_samples=15, w3_samples=10, w3_duplicate_trials=3, terminal_samples=15,
-                             scale_sizes=(50, 200), scale_samples=5, coldstart_runs=2), **over})
+                             scale_sizes=(50, 200), scale_samples=5, coldstart_runs=2,
+                             settle_max_s=0.0), **over})
 
 
-def settle() -> None:
-    """Before a timed workload: flush what earlier ones left (deleted scratch folders are discarded by
-    the disk at the next journal commit), so no system is measured while another one's writes drain."""
+def create_p50_us(folder: Path, n: int = 10, gap_s: float = 0.02) -> float:
+    """The median time to create an empty file in ``folder``, ``n`` creations ``gap_s`` apart."""
+    import time
+
+    times = []
+    for i in range(n):
+        path = folder / f"probe-{i}"
+        t0 = time.perf_counter()
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        times.append((time.perf_counter() - t0) * 1e6)
+        os.unlink(path)
+        time.sleep(gap_s)
+    return sorted(times)[n // 2]
+
+
+def settle(params: Params, before: str) -> None:
+    """Before a timed workload: flush what earlier ones left, then wait (at most ``settle_max_s``) until
+    creating a file costs what it usually does on this disk, so no system is measured while another's
+    writes drain. On this VM an empty file's creation sometimes costs 0.6-1.0 ms instead of 20-150 us
+    for minutes at a time (``docs/performance.md``); this format creates files per job, SQLite peers do
+    not. What each settle saw goes to ``params.settle_log`` (and the JSON)."""
     import time
 
     os.sync()
     time.sleep(0.5)
+    params.base.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="bench-settle-", dir=params.base))
+    try:
+        t0 = time.monotonic()
+        first = last = create_p50_us(folder)
+        while last > params.quiet_create_us and time.monotonic() - t0 < params.settle_max_s:
+            time.sleep(1.0)
+            last = create_p50_us(folder)
+        waited = time.monotonic() - t0
+    finally:
+        for leftover in folder.iterdir():
+            leftover.unlink()
+        folder.rmdir()
+    entry = {"before": before, "create_p50_us": round(first, 1), "create_p50_us_after": round(last, 1),
+             "waited_s": round(waited, 1), "quiet": last <= params.quiet_create_us}
+    params.settle_log.append(entry)
+    if first > params.quiet_create_us:
+        progress(f"settle before {before}: creating a file took {first:.0f} us; waited {waited:.0f} s, "
+                 f"now {last:.0f} us" + ("" if entry["quiet"] else " (still slow: measured anyway)"))
 
 
 def progress(message: str) -> None:

@@ -42,7 +42,7 @@ def w1_w4(params: Params) -> dict[str, Any]:
         for i in range(params.w1_jobs):
             orch.submit(lat.NOOP_KIND, {"i": i})
         enqueue_s = time.perf_counter() - t0
-        settle()
+        settle(params, "ours W1's run")
         progress(f"ours W1: {params.w1_jobs} jobs enqueued in {enqueue_s:.1f}s; one worker process runs them")
         worker = lat.WorkerProcess(str(base), "bench", env, max_jobs=params.w1_jobs, idle_exit=True).start()
         summary = worker.stop(timeout=600)

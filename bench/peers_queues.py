@@ -198,14 +198,14 @@ def run_peer(name: str, params: Params) -> dict[str, Any]:
         peer = PEERS[name](root)
         for i in range(params.w1_jobs):
             peer.enqueue(i)
-        settle()
+        settle(params, f"{name} W1's run")
         progress(f"{name} W1: {params.w1_jobs} jobs enqueued; one worker process runs them")
         summary = _finish(_start(name, root, params.w1_jobs))
         out["W1"] = {"jobs": summary["done"], "jobs_per_s": summary["done"] / summary["elapsed_s"]}
         out["W4"] = {"rss_mb": summary["maxrss_kb"] / 1024}
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    settle()
+    settle(params, f"{name} W2")
     root = scratch_dir(params, name)
     proc = None
     try:

@@ -85,10 +85,27 @@ def table(results: dict[str, Any]) -> str:
         extra.append(f"W1 ceiling of the format itself (4 signatures + 2 verifications + 2 fdatasyncs per job, "
                      f"nothing else): signatures alone {c['crypto_us']:.0f} us/job = {c['crypto_jobs_per_s']:,.0f} "
                      f"jobs/s; with the fdatasyncs {c['crypto_and_fsync_jobs_per_s']:,.0f} jobs/s")
+    extra.extend(settle_lines(results.get("settle")))
     if extra:
         out.append("\n".join(extra))
     out.append(targets_text(results))
     return "\n\n".join(out)
+
+
+def settle_lines(settle: Any) -> list[str]:
+    """One line on the disk's state before the timed workloads (``common.settle``); a list per run."""
+    entries = [e for run in settle for e in run] if settle and isinstance(settle[0], list) else (settle or [])
+    if not entries:
+        return []
+    waited = [e for e in entries if e["waited_s"] >= 1]
+    slow = [e["before"] for e in entries if not e["quiet"]]
+    line = (f"disk before each timed workload: creating a file took {min(e['create_p50_us'] for e in entries):.0f}-"
+            f"{max(e['create_p50_us'] for e in entries):.0f} us (P50 of 10); {len(waited)} of {len(entries)} "
+            "settles waited for it to come back to its usual cost"
+            + (f" (longest {max(e['waited_s'] for e in waited):.0f} s)" if waited else ""))
+    if slow:
+        line += f"; still slow when measured anyway: {', '.join(slow)}"
+    return [line]
 
 
 def ratio_lines(results: dict[str, Any]) -> list[str]:

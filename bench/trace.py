@@ -34,10 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # (a worker woken by the new entry tries the job before its submit returned, and waits on the
 # file's lock: its claim is often written before the submit returns)
 STEPS = [
+    ("submit: ready entry written", "submitter.queue.after_put_ready", 0),
     ("worker woken, tries the claim", "worker.try_claim", 0),
+    ("submit: its line written", "submitter.store.append.after_write", 0),
     ("worker tries a second time (its first try found nothing to claim)", "worker.try_claim", 1),
+    ("submit: file and folder durable (its lock released next)", "submitter.store.append.after_fsync", 0),
     ("claim written", "store.append.after_write", 0),
-    ("submit returned (durable)", "submit.returned", 0),
+    ("submit returned (its head record written)", "submit.returned", 0),
     ("claim fdatasynced", "store.append.after_fsync", 0),
     ("claim recorded (head record, index)", "worker.after_claim", 0),
     ("request sent to the handler process", "worker.after_start", 0),
@@ -53,7 +56,7 @@ W3_STEPS = [
     ("worker woken, tries the claim", "worker.try_claim", 0),
     ("claim written", "store.append.after_write", 0),
     ("the resume returned (its audit entry durable too)", "resume.returned", 0),
-    *STEPS[4:],
+    *STEPS[7:],
 ]
 
 
@@ -91,15 +94,18 @@ def _worker(base: str, report: str) -> None:
         w.run(on_result=on_result)
 
 
-def run(samples: int, pause_ms: float = 0.0, warmup: int = 10, workload: str = "w2") -> dict[str, dict[str, float]]:
+def run(samples: int, pause_ms: float = 0.0, warmup: int = 10, workload: str = "w2",
+        settle_max_s: float = 180.0) -> dict[str, dict[str, float]]:
     from orchestrator import faults
     from orchestrator import latency as lat
     from orchestrator.api import Orchestrator
     from orchestrator.signing import load_keyring, new_seed
 
+    from bench.common import Params, env_without_orch, settle
+
+    settle(Params(settle_max_s=settle_max_s), "the trace")  # not in the wake of an earlier run's deletions (docs/performance.md)
     base = Path(tempfile.mkdtemp(prefix="orch-trace-"))
     report = base / "stamps.jsonl"
-    from bench.common import env_without_orch
 
     env = env_without_orch()
     env.update(ORCH_SIGNING_KEY=new_seed(), ORCH_KEYRING_DIR=str(base / "keys"))
@@ -115,6 +121,14 @@ def run(samples: int, pause_ms: float = 0.0, warmup: int = 10, workload: str = "
         reader = lat.Reader(orch)
         mine: dict[str, dict[str, int]] = {}
         durable: list[int] = []  # this process's own appends (the resume's event), stamped like the worker's
+        own_points: dict[str, int] = {}  # this process's named points, first pass of each (the submit's)
+        real_point = faults.point
+
+        def point(name: str, prepare: Any = None) -> None:
+            own_points.setdefault(f"submitter.{name}", time.monotonic_ns())
+            real_point(name, prepare)
+
+        faults.point = point
 
         def stamp() -> None:
             durable.append(time.monotonic_ns())
@@ -131,15 +145,17 @@ def run(samples: int, pause_ms: float = 0.0, warmup: int = 10, workload: str = "
                 own = {"t0": t0, "resume.returned": time.monotonic_ns(), "resume.event_durable": durable[0]}
                 faults.disarm_all()
             else:
+                own_points.clear()
                 t0 = time.monotonic_ns()
                 job_id = orch.submit(lat.ECHO_KIND, {"pad": 64, "sample": i})
-                own = {"t0": t0, "submit.returned": time.monotonic_ns()}
+                own = {"t0": t0, "submit.returned": time.monotonic_ns(), **own_points}
             st, seen = reader.wait_for(job_id, {"succeeded", "failed"} if workload == "w3" else lat.TERMINAL_STATES)
             if i >= warmup:
                 mine[job_id] = {**own, "reader.visible": seen, "handler.returned": int(st.result["output"]["returned_ns"])}
             if pause_ms:
                 time.sleep(pause_ms / 1000)
         reader.close()
+        faults.point = real_point
         time.sleep(0.2)
         proc.terminate()
         proc.wait(30)
@@ -192,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pause-ms", type=float, default=0.0,
                         help="pause between samples (W2 has none: the next job is submitted once the last is seen)")
     parser.add_argument("--json", dest="json_path", help="also write the figures as JSON to this file")
+    parser.add_argument("--settle-max-s", type=float, default=180.0,
+                        help="longest wait for file creation to come back to its usual cost first (0: do not wait)")
     parser.add_argument("--worker", nargs=2, metavar=("BASE", "REPORT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -201,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--samples must be at least 1")
     from orchestrator.latency import machine
 
-    result = run(args.samples, args.pause_ms, workload=args.workload)
+    result = run(args.samples, args.pause_ms, workload=args.workload, settle_max_s=args.settle_max_s)
     print(table(result))
     print(f"\nmachine: {machine()}")
     if args.json_path:

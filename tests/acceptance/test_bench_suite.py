@@ -37,6 +37,25 @@ def test_the_quick_suite_prints_the_table_and_writes_json_with_every_workload(tm
     assert data["scale"]["coldstart"]["status_ms"] > 0 and data["scale"]["verify"]["events_per_s"] > 0
     assert {t["target"] for t in data["targets"]} >= {"terminal latency P99 <= 2 ms", "worker RSS <= 40 MB"}
     assert not list((tmp_path / "b").iterdir())  # scratch projects are removed
+    assert {e["before"] for e in data["settle"]} >= {"ours W1", "ours W2", "ours W3", "floor", "scale"}
+    assert "disk before each timed workload: creating a file took" in proc.stdout
+
+
+def test_settle_waits_until_creating_a_file_is_cheap_again_and_records_what_it_saw(tmp_path: Path) -> None:
+    from bench.common import Params, settle
+    from bench.report import settle_lines
+
+    quiet = Params(base=tmp_path, quiet_create_us=1e9, settle_max_s=30)
+    settle(quiet, "a quiet disk")
+    assert quiet.settle_log[0]["quiet"] and quiet.settle_log[0]["waited_s"] < 1
+
+    slow = Params(base=tmp_path, quiet_create_us=0.0, settle_max_s=1.0)  # no creation is ever that cheap
+    settle(slow, "a slow disk")
+    entry = slow.settle_log[0]
+    assert entry["before"] == "a slow disk" and not entry["quiet"] and entry["waited_s"] >= 1.0
+    assert "still slow when measured anyway: a slow disk" in settle_lines(slow.settle_log)[0]
+    assert "1 of 2 settles waited" in settle_lines([quiet.settle_log, slow.settle_log])[0]
+    assert list(tmp_path.iterdir()) == []  # the probe's files and folder are gone
 
 
 def test_bench_terminal_latency_writes_raw_samples_and_a_report_with_verdicts(tmp_path: Path, cli_env) -> None:
