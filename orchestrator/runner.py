@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import json
 import os
 import select
@@ -352,6 +353,68 @@ def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: i
         _write_frame(resp_w, payload)
 
 
+HOST_PREFIX = "host-"  # runs/host-<pid>-<random>: a worker's handler process folder
+ALIVE_FILE = ".alive"  # inside it, locked for as long as the worker (or its handler process) lives
+HOST_STRAY_AGE = 600.0  # a host folder with no lock file at all is a leftover once it is this old
+
+
+def claim_host_folder(folder: Path) -> int:
+    """Create ``folder`` holding a locked ``.alive`` file; returns the lock's descriptor (keep it open).
+
+    The folder is made under a staging name and renamed into place once its lock is held, so a sweep
+    never meets a live folder unlocked. The kernel drops the lock when this process and the handler
+    process it forks (which inherits it) are both gone, however they ended and whatever pid namespace
+    they ran in: what a pid check cannot tell across namespaces (``sweep_dead_host_folders``)."""
+    staging = folder.with_name(f".{folder.name}.new")
+    staging.mkdir(parents=True)
+    fd = os.open(staging / ALIVE_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(staging, folder)
+    except BaseException:
+        os.close(fd)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return fd
+
+
+def sweep_dead_host_folders(runs_dir: Path) -> list[str]:
+    """Remove the handler-process folders of workers that are gone without ``close`` (SIGKILL, a
+    crash): their ``.alive`` lock is free. Their ``output.log`` may still hold what the last handler
+    printed. A folder with no lock file (killed while being made) goes once it is ``HOST_STRAY_AGE``
+    old. Returns the names removed."""
+    try:
+        names = [n for n in os.listdir(runs_dir) if n.startswith((HOST_PREFIX, f".{HOST_PREFIX}"))]
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        folder = runs_dir / name
+        try:
+            fd = os.open(folder / ALIVE_FILE, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            try:
+                if time.time() - os.stat(folder).st_mtime >= HOST_STRAY_AGE:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed.append(name)
+            except OSError:
+                pass
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: its worker or handler process is alive
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(name)
+        finally:
+            os.close(fd)
+    return removed
+
+
 class HandlerHost:
     """One long-lived child process that runs a worker's Python handlers, one run after another.
 
@@ -376,6 +439,7 @@ class HandlerHost:
         self._forked_at_generation = -1
         self._req_w: int | None = None
         self._resp_r: int | None = None
+        self._alive: int | None = None  # the folder's lock (``claim_host_folder``), held until ``close``
 
     def run(self, kind: str, context: dict[str, Any]) -> "HostRun":
         """Hand one run to the host (forking a new one if there is none); returns at once."""
@@ -398,7 +462,10 @@ class HandlerHost:
 
     def _spawn(self) -> None:
         generation = self.generation()
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if self._alive is None:
+            self._alive = claim_host_folder(self.folder)
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
         pid = _fork()
@@ -430,9 +497,12 @@ class HandlerHost:
         _reap()
 
     def close(self) -> None:
-        """Let the host exit (it reads the end of its pipe) and remove its output file."""
+        """Let the host exit (it reads the end of its pipe) and remove its folder."""
         self.discard()
         shutil.rmtree(self.folder, ignore_errors=True)
+        if self._alive is not None:
+            os.close(self._alive)
+            self._alive = None
 
     def clear_output(self) -> None:
         """Empty the output file once the run's tail was taken (it may hold what the handler printed)."""

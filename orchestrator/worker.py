@@ -39,7 +39,7 @@ from orchestrator.handlers import RunPaths, call_python_handler, import_modules,
 from orchestrator.leases import Lease, drop_lease_aux, lease_expiry, write_lease
 from orchestrator.payload import DONE, NEEDS_AUDIT, NEEDS_HUMAN, Payload, parse_payload
 from orchestrator.queue import ReadyEntry
-from orchestrator.runner import Child, HandlerHost, tail
+from orchestrator.runner import HOST_PREFIX, Child, HandlerHost, sweep_dead_host_folders, tail
 from orchestrator.security import safe_join, sanitize_obj, sanitize_text, validate_id
 from orchestrator.state import QUEUED, RUNNING, WAITING_HUMAN, JobState
 
@@ -50,6 +50,7 @@ DEFAULT_STOP_GRACE_SECONDS = 10.0
 DEFAULT_RETRY_BASE_SECONDS = 1.0
 DEFAULT_RETRY_MAX_SECONDS = 300.0
 IDLE_MAX_WAIT = 30.0  # an idle worker still wakes this often to look for stale leases
+HOST_SWEEP_EVERY = 60.0  # how often stale recovery also removes the handler folders of workers that are gone
 ORPHAN_ENTRY_GRACE = 60.0  # a ready entry whose job has no event yet is kept this long (submit in flight)
 EVENT_IN_FLIGHT = 1.0  # an entry this young whose job's event is not there yet: its writer is probably at it
 EVENT_WAIT = 0.05  # how long a claimer waits for that event (the wait ends the moment the line is written)
@@ -146,6 +147,7 @@ class Worker:
         self._warned_kinds: set[str] = set()
         self._host: HandlerHost | None = None
         self._runs_root: Path | None = None
+        self._next_host_sweep = 0.0  # time.monotonic() of the next sweep (the first recovery does one)
         self._renewed = False  # the current run wrote a lease record (dropped with its outcome)
         import_modules(self.settings.imports)
 
@@ -153,18 +155,30 @@ class Worker:
     def artifacts_dir(self, job_id: str) -> Path:
         return safe_join(self.orch.settings.state_dir, ARTIFACTS_DIR, validate_id(job_id))
 
-    def run_dir(self, run_id: str) -> Path:
-        """``runs/<run_id>``: the runs folder is checked once (it must not lead out of the store); a run
-        id is this worker's own random name, so its folder is not resolved again on every run."""
+    @property
+    def runs_root(self) -> Path:
+        """``runs/``, checked once (it must not lead out of the store)."""
         if self._runs_root is None:
             self._runs_root = safe_join(self.orch.settings.state_dir, RUNS_DIR)
-        return self._runs_root / validate_id(run_id, "run id")
+        return self._runs_root
+
+    def run_dir(self, run_id: str) -> Path:
+        """``runs/<run_id>``: a run id is this worker's own random name, so its folder is not resolved
+        again on every run."""
+        return self.runs_root / validate_id(run_id, "run id")
 
     # -- stale recovery -----------------------------------------------------------------------
     def recover_stale(self, now: float | None = None) -> list[str]:
-        """Recover running jobs whose lease expired; only the running index is scanned."""
+        """Recover running jobs whose lease expired; only the running index is scanned. Now and then,
+        also remove the handler folders that workers killed before their ``close`` left behind."""
         now = self.orch.clock() if now is None else now
         self.queue.ensure_built(self.orch)
+        if time.monotonic() >= self._next_host_sweep:
+            self._next_host_sweep = time.monotonic() + HOST_SWEEP_EVERY
+            swept = sweep_dead_host_folders(self.runs_root)
+            if swept:
+                log.info("removed %d handler folder(s) of workers that are gone", len(swept),
+                         extra={"folders": swept})
         recovered = []
         for job_id, epoch in self.queue.running_entries():
             try:
@@ -378,7 +392,7 @@ class Worker:
         if self.settings.handler_process != "reused":
             return None
         if self._host is None:
-            folder = self.run_dir(f"host-{os.getpid()}-{os.urandom(4).hex()}")
+            folder = self.run_dir(f"{HOST_PREFIX}{os.getpid()}-{os.urandom(4).hex()}")
             self._host = HandlerHost(folder, call_python_handler, max_runs=self.settings.handler_max_runs,
                                      generation=registry_generation)
             # a worker used through run_once and dropped (or the interpreter exiting) still ends it

@@ -154,12 +154,15 @@ def test_a_worker_killed_mid_job_is_recovered_by_the_next_worker(env, orch, tmp_
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(5)
         wait_until(lambda: not alive(handler_pid), timeout=5, what="the handler to die with its worker")
+        hosts = orch.settings.state_dir / "runs"
+        assert len(list(hosts.glob("host-*"))) == 1  # the victim's handler folder, left behind
         release.write_text("go")
         # the next worker passes recover the job once the lease expired, then run it again
         wait_until(lambda: run_script("worker", "--once", "--worker-id", "rescuer", env=env).returncode == 0
                    and state(orch, job) == "succeeded", what="recovery")
     finally:
         stop(victim)
+    assert not list(hosts.glob("host-*"))  # removed by the rescuer's stale recovery (and its own by its close)
     ev = records(orch, job)
     kinds = [e["type"] for e in ev]
     assert kinds == ["job_submitted", "job_claimed", "stale_recovered", "job_claimed", "job_succeeded"]

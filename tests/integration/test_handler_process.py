@@ -172,6 +172,27 @@ def test_a_worker_used_run_by_run_ends_its_handler_process_too(orch, how: str) -
     assert_handler_process_ended(orch, orch.status(job).result["output"]["pid"])
 
 
+def test_a_sweep_removes_the_handler_folders_of_workers_that_are_gone_and_keeps_live_ones(tmp_path) -> None:
+    from orchestrator import runner
+
+    live = runner.claim_host_folder(tmp_path / "host-live")
+    pid = os.fork()
+    if pid == 0:  # a worker that dies without close (SIGKILL, a crash): the kernel drops its lock
+        runner.claim_host_folder(tmp_path / "host-dead")
+        (tmp_path / "host-dead" / "output.log").write_text("what its last handler printed")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    (tmp_path / "host-young-unlocked").mkdir()  # being made right now (no lock file yet)
+    old = tmp_path / "host-old-unlocked"
+    old.mkdir()
+    os.utime(old, (time.time() - runner.HOST_STRAY_AGE - 1,) * 2)
+    (tmp_path / "r-0001").mkdir()  # a run's own folder is not the sweep's business
+    assert sorted(runner.sweep_dead_host_folders(tmp_path)) == ["host-dead", "host-old-unlocked"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["host-live", "host-young-unlocked", "r-0001"]
+    os.close(live)  # its worker is gone now too
+    assert runner.sweep_dead_host_folders(tmp_path) == ["host-live"]
+
+
 def test_a_short_python_run_leaves_no_run_folder_and_no_lease_record(orch) -> None:
     w = make_worker(orch)
     pid_of(orch, w)
