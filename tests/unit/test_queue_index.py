@@ -119,3 +119,24 @@ def test_a_job_handed_back_gets_its_entry_back_if_a_claimer_dropped_it_meanwhile
     index.drop_ready(entry)  # a claimer judged it stale (the clock stepped back)
     index.after_append("A", running1, released)  # the job's own running entry no longer hides it
     assert index.ready() == [entry] and index.running() == []
+
+
+def test_a_file_index_claim_links_the_ready_entry_into_running_instead_of_creating_a_file(tmp_path) -> None:
+    from orchestrator.queue import FileQueueIndex
+
+    index = FileQueueIndex(tmp_path)
+    queued = job("A")
+    index.before_append("A", None, queued)
+    index.after_append("A", None, queued)
+    ready_file = index.ready_dir / ReadyEntry.for_state(queued).name
+    inode = ready_file.stat().st_ino
+    running = replace(queued, state=RUNNING, epoch=1, updated_at=200.0)
+    index.before_append("A", queued, running)
+    assert (index.running_dir / "A@1").stat().st_ino == inode and ready_file.exists()  # a second name, for now
+    index.after_append("A", queued, running)
+    assert not ready_file.exists() and index.running_entries() == [("A", 1)]
+
+    # no ready entry to link (a crash, a stale drop): the running entry is created instead
+    b = job("B")
+    index.before_append("B", b, replace(b, state=RUNNING, epoch=1))
+    assert ("B", 1) in index.running_entries()
