@@ -185,10 +185,28 @@ class Orchestrator:
             raise JobNotFoundError(f"no job {job_id!r} in project {self.project_id!r}", job_id=job_id)
         return self._view(job_id, verify_stream(job_id, lines, self.keyring), head_raw)
 
-    def _view(self, job_id: str, stream: VerifiedStream, head_raw: bytes | None | bool = False) -> JobView:
+    def load_more(self, view: JobView) -> JobView:
+        """``view``'s job read again, checking only the lines written since: those ``view`` verified
+        must still be there byte for byte (else the whole job is verified again, as ``load`` does).
+        What a claimer that waited for an event uses, so its wait does not cost a second full check."""
+        if not view.ok or not view.stream.lines:
+            return self.load(view.job_id)
+        head_raw, lines = self.store.read_with_aux(view.job_id, HEADS_AREA, view.job_id)
+        known = view.stream.lines
+        if len(lines) < len(known) or any(a.raw != b.raw for a, b in zip(lines, known)):
+            if not lines:
+                raise JobNotFoundError(f"no job {view.job_id!r} in project {self.project_id!r}", job_id=view.job_id)
+            return self._view(view.job_id, verify_stream(view.job_id, lines, self.keyring), head_raw)
+        added = verify_stream(view.job_id, lines[len(known):], self.keyring, prev_line=known[-1].raw)
+        stream = VerifiedStream(view.job_id, lines, view.stream.records + added.records, added.problems)
+        return self._view(view.job_id, stream, head_raw, resume_from=(view.state, len(view.stream.records)))
+
+    def _view(self, job_id: str, stream: VerifiedStream, head_raw: bytes | None | bool = False,
+              resume_from: tuple[JobState | None, int] = (None, 0)) -> JobView:
+        """Replay the verified records (from ``resume_from``: a state and how many records it has seen)."""
         problems = list(stream.problems)
-        state: JobState | None = None
-        for rec in stream.records:
+        state, seen = resume_from
+        for rec in stream.records[seen:]:
             try:
                 state = apply(state, Event.from_record(rec))
             except (OrchestratorError, KeyError, TypeError, ValueError) as exc:

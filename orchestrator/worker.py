@@ -269,9 +269,10 @@ class Worker:
         than going back to sleep until the writer announces the job (~0.5 ms later).
         """
         waited = now - entry.runnable_at > EVENT_IN_FLIGHT  # an old entry: nothing is in flight
+        view: JobView | None = None
         while True:
-            try:
-                view: JobView | None = self.orch.load(entry.job_id)
+            try:  # after a wait, only the new lines are checked
+                view = self.orch.load(entry.job_id) if view is None else self.orch.load_more(view)
             except JobNotFoundError:
                 view = None
             s = view.state if view is not None else None

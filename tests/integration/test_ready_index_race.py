@@ -124,12 +124,17 @@ def test_a_claimer_woken_by_a_resumes_entry_waits_for_the_resume_and_claims_the_
         time.sleep(0.02)  # the worker reads the job now: still waiting_human, its entry newer than its events
         claimed.append(thread)
 
+    read_on_from = []
+    real_load_more = orch.load_more
+    orch.load_more = lambda view: read_on_from.append(view.head.seq) or real_load_more(view)
     monkeypatch.setattr(orch.queue, "put_ready", put_then_wake_a_worker)
     orch.resume(job_id, "yes")
     monkeypatch.undo()
     claimed.pop(0).join(5)
     (claim,) = claimed
     assert claim is not None and claim.job_id == job_id and claim.state.answers == ("yes",)
+    # after its wait it checked only the resume's line, not again the events it had read before it
+    assert read_on_from == [len(orch.load(job_id).events) - 2]
 
 
 def test_an_append_decided_from_a_line_that_was_replaced_at_the_same_position_is_refused(orch) -> None:

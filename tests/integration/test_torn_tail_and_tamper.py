@@ -250,3 +250,42 @@ def test_a_reformatted_line_is_corrupt_even_when_its_content_still_verifies(orch
     pretty = json.dumps(json.loads(lines[-1]), sort_keys=True, separators=(", ", ": "), ensure_ascii=False).encode()
     _rewrite(raw, job_id, lambda ls: ls[:-1] + [pretty])
     assert [(p.line, p.code) for p in orch.load(job_id).problems][0] == (4, "CORRUPT_LINE")
+
+
+# -- reading on from a verified view (a claimer that waited for an event) --------------------------------
+def _two_steps(orch: Orchestrator) -> tuple[str, object]:
+    """A job read after its first two events, then two more events written."""
+    job_id = orch.submit("echo", {"text": "hello"})
+    view = orch.append(orch.load(job_id), job_id, [("job_claimed", {
+        "worker_id": "w1", "epoch": 1, "attempt": 1, "lease_expires_at": "2030-01-01T00:00:00.000000Z"})],
+        run_id="run-1")
+    seen = orch.load(job_id)
+    view = orch.append(view, job_id, [("human_input_requested", {"question": "go on?"})], run_id="run-1")
+    orch.append(view, job_id, [("job_resumed", {"answer": "yes", "question": "go on?"})])
+    return job_id, seen
+
+
+def test_reading_on_checks_only_the_new_lines_and_ends_where_a_full_read_does(orch: Orchestrator, monkeypatch) -> None:
+    from orchestrator import history
+
+    job_id, seen = _two_steps(orch)
+    checked = []
+    real = history._check_line
+    monkeypatch.setattr(history, "_check_line", lambda stream, stored, *a: checked.append(stored.seq) or real(stream, stored, *a))
+    more = orch.load_more(seen)
+    assert checked == [3, 4]  # the two lines written since; the first two were verified by ``seen``
+    full = orch.load(job_id)
+    assert more.ok and more.state == full.state and more.head == full.head
+    assert more.stream.records == full.stream.records
+
+
+def test_reading_on_still_detects_an_edit_of_a_line_it_had_verified_or_of_a_new_one(orch: Orchestrator,
+                                                                                    raw: RawHistory) -> None:
+    job_id, seen = _two_steps(orch)
+    whole = raw.read_bytes(job_id)
+    lines = whole.split(b"\n")[:-1]
+    raw.write_bytes(job_id, whole.replace(b'"w1"', b'"w2"', 1))  # line 2, which ``seen`` verified
+    assert not orch.load_more(seen).ok
+    raw.write_bytes(job_id, b"".join(x + b"\n" for x in lines[:3] + [lines[3].replace(b"yes", b"yep")]))
+    problems = orch.load_more(seen).problems
+    assert problems and problems[0].line == 4
