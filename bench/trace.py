@@ -34,11 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # (a worker woken by the new entry tries the job before its submit returned, and waits on the
 # file's lock: its claim is often written before the submit returns)
 STEPS = [
-    ("submit: ready entry written", "submitter.queue.after_put_ready", 0),
+    ("submit: ready entry written", "caller.queue.after_put_ready", 0),
     ("worker woken, tries the claim", "worker.try_claim", 0),
-    ("submit: its line written", "submitter.store.append.after_write", 0),
+    ("submit: its line written", "caller.store.append.after_write", 0),
     ("worker tries a second time (its first try found nothing to claim)", "worker.try_claim", 1),
-    ("submit: file and folder durable (its lock released next)", "submitter.store.append.after_fsync", 0),
+    ("submit: file and folder durable (its lock released next)", "caller.store.append.after_fsync", 0),
+    ("claimer holds the file's lock", "store.append.before_write", 0),
     ("claim written", "store.append.after_write", 0),
     ("submit returned (its head record written)", "submit.returned", 0),
     ("claim fdatasynced", "store.append.after_fsync", 0),
@@ -52,11 +53,14 @@ STEPS = [
     ("visible to the separate reader", "reader.visible", 0),
 ]
 W3_STEPS = [
-    ("the resume's event durable", "resume.event_durable", 0),
     ("worker woken, tries the claim", "worker.try_claim", 0),
+    ("resume: its line written", "caller.store.append.after_write", 0),
+    ("resume: its line durable (its lock released next)", "caller.store.append.after_fsync", 0),
+    ("the resume's event recorded (head record)", "resume.event_durable", 0),
+    ("claimer holds the file's lock", "store.append.before_write", 0),
     ("claim written", "store.append.after_write", 0),
     ("the resume returned (its audit entry durable too)", "resume.returned", 0),
-    *STEPS[7:],
+    *STEPS[8:],
 ]
 
 
@@ -125,7 +129,7 @@ def run(samples: int, pause_ms: float = 0.0, warmup: int = 10, workload: str = "
         real_point = faults.point
 
         def point(name: str, prepare: Any = None) -> None:
-            own_points.setdefault(f"submitter.{name}", time.monotonic_ns())
+            own_points.setdefault(f"caller.{name}", time.monotonic_ns())
             real_point(name, prepare)
 
         faults.point = point
@@ -140,9 +144,11 @@ def run(samples: int, pause_ms: float = 0.0, warmup: int = 10, workload: str = "
                 reader.wait_for(job_id, {"waiting_human"})
                 durable.clear()
                 faults.arm("append.after_event", stamp)
+                own_points.clear()
                 t0 = time.monotonic_ns()
                 orch.resume(job_id, "yes")
-                own = {"t0": t0, "resume.returned": time.monotonic_ns(), "resume.event_durable": durable[0]}
+                own = {"t0": t0, "resume.returned": time.monotonic_ns(), "resume.event_durable": durable[0],
+                       **own_points}
                 faults.disarm_all()
             else:
                 own_points.clear()
