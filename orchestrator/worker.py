@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -53,6 +54,7 @@ IDLE_MAX_WAIT = 30.0  # an idle worker still wakes this often to look for stale 
 HOST_SWEEP_EVERY = 60.0  # how often stale recovery also removes the handler folders of workers that are gone
 ORPHAN_ENTRY_GRACE = 60.0  # a ready entry whose job has no event yet is kept this long (submit in flight)
 EVENT_IN_FLIGHT = 1.0  # an entry this young whose job's event is not there yet: its writer is probably at it
+KNOWN_VIEWS = 128  # jobs a worker left unfinished (a question, an audit, a retry) whose last view it keeps
 EVENT_WAIT = 0.05  # how long a claimer waits for that event (the wait ends the moment the line is written)
 OUTPUT_TAIL_BYTES = 4000
 RUNS_DIR = "runs"
@@ -146,6 +148,7 @@ class Worker:
         self._in_wait = False
         self._warned_kinds: set[str] = set()
         self._host: HandlerHost | None = None
+        self._known: OrderedDict[str, JobView] = OrderedDict()  # see ``_remember``
         self._runs_root: Path | None = None
         self._next_host_sweep = 0.0  # time.monotonic() of the next sweep (the first recovery does one)
         self._renewed = False  # the current run wrote a lease record (dropped with its outcome)
@@ -269,9 +272,9 @@ class Worker:
         than going back to sleep until the writer announces the job (~0.5 ms later).
         """
         waited = now - entry.runnable_at > EVENT_IN_FLIGHT  # an old entry: nothing is in flight
-        view: JobView | None = None
+        view: JobView | None = self._known.pop(entry.job_id, None)  # what this worker last wrote of it
         while True:
-            try:  # after a wait, only the new lines are checked
+            try:  # from a view already verified (after a wait, or written here), only the new lines are checked
                 view = self.orch.load(entry.job_id) if view is None else self.orch.load_more(view)
             except JobNotFoundError:
                 view = None
@@ -544,10 +547,23 @@ class Worker:
         except LeaseLostError as exc:
             return self._lost(claim, exc.message)
         faults.point("worker.after_outcome")
+        self._remember(view)
         state = view.state.state if view.state else None
         log.info("job %s run %s: %s", claim.job_id, claim.run_id, outcome,
                  extra={"job_id": claim.job_id, "run_id": claim.run_id, "outcome": outcome})
         return RunResult(claim.job_id, claim.run_id, outcome, state, error_code)
+
+    def _remember(self, view: JobView) -> None:
+        """Keep the view of a job this worker left unfinished: a resume, a revise or a retry brings it
+        back, often to this worker, whose claim then checks only the lines written since (``load_more``
+        compares the rest byte for byte with this view) instead of the whole job again."""
+        if view.state is None or view.state.is_final:
+            self._known.pop(view.job_id, None)
+            return
+        self._known[view.job_id] = view
+        self._known.move_to_end(view.job_id)
+        if len(self._known) > KNOWN_VIEWS:
+            self._known.popitem(last=False)
 
     def _lost(self, claim: Claim, why: str) -> RunResult:
         log.warning("lease lost for job %s run %s: %s", claim.job_id, claim.run_id, why,

@@ -79,6 +79,39 @@ def test_needs_human_waits_with_the_question_and_the_answer_reaches_the_rerun(or
     assert st.state == "succeeded" and st.result["summary"] == "answered green" and st.attempt == 2
 
 
+def test_a_worker_that_left_a_job_waiting_checks_only_the_new_lines_when_it_claims_it_again(orch,
+                                                                                        monkeypatch) -> None:
+    from orchestrator import history
+
+    job = orch.submit("t.ask")
+    w = make_worker(orch)
+    w.run_once()  # submitted, claimed, human_input_requested: this worker keeps that view
+    orch.resume(job, "green")
+    checked = []
+    real = history._check_line
+    monkeypatch.setattr(history, "_check_line", lambda stream, line, *a: checked.append((stream, line.seq))
+                        or real(stream, line, *a))
+    w.run_once()
+    assert checked[0] == (job, 4)  # the resume's line alone, not lines 1-3 again
+    assert orch.status(job).state == "succeeded"
+    assert job not in w._known  # finished: nothing kept
+    # a job it never wrote is read and checked in full
+    other = orch.submit("t.echo", "x")
+    checked.clear()
+    w.run_once()
+    assert checked[0] == (other, 1)
+
+
+def test_a_worker_still_refuses_a_job_whose_history_was_edited_after_it_handed_it_back(orch) -> None:
+    job = orch.submit("t.flaky", {"succeed_on": 2})
+    w = make_worker(orch)
+    assert w.run_once().outcome == "retry"  # queued again, due now; this worker keeps its view
+    path = orch.store.path(job)
+    path.write_bytes(path.read_bytes().replace(b'"succeed_on":2', b'"succeed_on":1', 1))  # line 1
+    assert w.run_once() is None  # not claimed: the edited line differs from the view, so all was checked
+    assert types(orch, job)[-1] == "job_failed" and len(types(orch, job)) == 3
+
+
 def test_a_process_that_exits_without_a_payload_records_no_terminal_signal_exit(orch) -> None:
     job = orch.submit("command", {"argv": [PY, "-c", "print('password=hunter2 working'); raise SystemExit(3)"]},
                       max_attempts=1)
