@@ -10,15 +10,17 @@
 * an entry is only a hint: the claimer re-reads the job's verified events before acting,
   and drops entries whose job is no longer queued/running when it meets them.
 
-The file index keeps one empty file per ready job, named so that a sorted listing is the
+The file index keeps one empty entry per ready job, named so that a sorted listing is the
 claim order (priority desc, then runnable-at asc, then job id):
-``index/ready/<1000-priority>.<runnable_at_us>.<job_id>``, and ``index/running/<job_id>``.
+``index/ready/<1000-priority>.<runnable_at_us>.<job_id>``, and ``index/running/<job_id>@<epoch>``;
+each entry is a hard link of ``index/.entry`` (a name, no new file: ``FileQueueIndex._touch``).
 A PostgreSQL backend implements the same interface with a table and
 ``SELECT ... FOR UPDATE SKIP LOCKED`` in ``candidates``; the claim itself stays an append
 with an expected sequence, so the index never decides who wins.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 INDEX_DIR = "index"
 BUILT_MARKER = "built"
+ENTRY_TEMPLATE = ".entry"  # the empty file every entry is a hard link of (FileQueueIndex._touch)
 
 
 @dataclass(frozen=True, order=True)
@@ -109,7 +112,7 @@ class QueueIndex(ABC):
         if change.put_ready is not None:
             self.put_ready(change.put_ready)
         if change.put_running:
-            self.put_running(job_id, new.epoch, replaces=change.drop_ready)
+            self.put_running(job_id, new.epoch)
         return None
 
     def after_append(self, job_id: str, old: JobState | None, new: JobState) -> None:
@@ -150,9 +153,7 @@ class QueueIndex(ABC):
     # the entry of *its* epoch, never the one the next claimer (epoch + 1) put before its claim.
     # ``epoch=None`` names an entry of unknown epoch (an older index, or a store that needs none).
     @abstractmethod
-    def put_running(self, job_id: str, epoch: int | None = None, *, replaces: ReadyEntry | None = None) -> None:
-        """The job runs under ``epoch``. ``replaces``: the ready entry it had (a claim), which an index may
-        reuse for the running entry; it is still dropped by ``drop_ready`` once the event is durable."""
+    def put_running(self, job_id: str, epoch: int | None = None) -> None: ...
 
     @abstractmethod
     def drop_running(self, job_id: str, epoch: int | None = None) -> None: ...
@@ -243,7 +244,7 @@ class MemoryQueueIndex(QueueIndex):
         with self._cond:
             return sorted(self._ready)
 
-    def put_running(self, job_id: str, epoch: int | None = None, *, replaces: ReadyEntry | None = None) -> None:
+    def put_running(self, job_id: str, epoch: int | None = None) -> None:
         with self._cond:
             self._running.add((job_id, epoch))
 
@@ -284,14 +285,40 @@ class FileQueueIndex(QueueIndex):
         self._listed_at = float("-inf")
         self._next = 0
         self._cursor = threading.Lock()  # workers of one Orchestrator (threads) share the walk
-        self._running_dir_made = False
+        self.template = self.root / ENTRY_TEMPLATE
 
     def _touch(self, path: Path) -> None:
+        """Make the entry ``path`` exist: a hard link of the index's one empty file, not a file of its own.
+
+        Only an entry's name means anything. Creating a file costs 20 us to over 1 ms on the benchmark
+        disk, depending on how many files were deleted in the last minutes (``docs/performance.md``); a
+        link costs ~20 us either way and is seen by watchers as a creation (``IN_CREATE``) all the same.
+        Where links fail (the folder or the template is missing, too many links: 65,000 on ext4, no
+        hard links on this file system), the entry is created as before."""
+        try:
+            os.link(self.template, path)
+            return
+        except FileExistsError:
+            return
+        except FileNotFoundError:
+            self._make_template()
+            with contextlib.suppress(OSError):
+                os.link(self.template, path)
+                return
+        except OSError:
+            pass
         try:
             fd = open_creating(path)
         except OSError as exc:  # a full disk (no inode left) is STORAGE_ERROR, not a traceback
             raise StorageError(f"could not write the index entry {path}: {exc.strerror}") from None
         os.close(fd)
+
+    def _make_template(self) -> None:
+        with contextlib.suppress(OSError):  # if it cannot be made, entries are created one by one
+            os.close(open_creating(self.template))
+        for folder in (self.ready_dir, self.running_dir):
+            with contextlib.suppress(OSError):
+                folder.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
     def _unlink(path: Path) -> None:
@@ -377,23 +404,8 @@ class FileQueueIndex(QueueIndex):
     def _running_name(job_id: str, epoch: int | None) -> str:
         return job_id if epoch is None else f"{job_id}@{epoch}"  # "@" is never in an id
 
-    def put_running(self, job_id: str, epoch: int | None = None, *, replaces: ReadyEntry | None = None) -> None:
-        """A claim links the job's ready entry into ``running/`` (a new name, no new file): creating a
-        file is the one step whose cost swings on this disk (20 us to over 1 ms), a link stays ~20 us.
-        Without the ready entry (a crash, a stale drop) or without hard links, the entry is created."""
-        path = self.running_dir / self._running_name(job_id, epoch)
-        if replaces is not None:
-            if not self._running_dir_made:  # a link does not make its folder
-                self.running_dir.mkdir(parents=True, exist_ok=True)
-                self._running_dir_made = True
-            try:
-                os.link(self.ready_dir / replaces.name, path)
-                return
-            except FileExistsError:
-                return
-            except OSError:
-                pass
-        self._touch(path)
+    def put_running(self, job_id: str, epoch: int | None = None) -> None:
+        self._touch(self.running_dir / self._running_name(job_id, epoch))
 
     def drop_running(self, job_id: str, epoch: int | None = None) -> None:
         self._unlink(self.running_dir / self._running_name(job_id, epoch))

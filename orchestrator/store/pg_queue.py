@@ -160,7 +160,7 @@ class PgQueueIndex(QueueIndex):
 
     # Rows are per job, without an epoch: those of appends change in the event's own transaction, so
     # a worker handing a job back cannot remove the next claimer's row as the file index could.
-    def put_running(self, job_id: str, epoch: int | None = None, *, replaces: ReadyEntry | None = None) -> None:
+    def put_running(self, job_id: str, epoch: int | None = None) -> None:
         self._sql("INSERT INTO orch_running (project, job_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                   (self.project, job_id))
 

@@ -121,22 +121,52 @@ def test_a_job_handed_back_gets_its_entry_back_if_a_claimer_dropped_it_meanwhile
     assert index.ready() == [entry] and index.running() == []
 
 
-def test_a_file_index_claim_links_the_ready_entry_into_running_instead_of_creating_a_file(tmp_path) -> None:
+def test_file_index_entries_are_links_of_one_empty_file_not_files_of_their_own(tmp_path, monkeypatch) -> None:
+    import errno
+    import os
+
     from orchestrator.queue import FileQueueIndex
 
     index = FileQueueIndex(tmp_path)
     queued = job("A")
     index.before_append("A", None, queued)
     index.after_append("A", None, queued)
-    ready_file = index.ready_dir / ReadyEntry.for_state(queued).name
-    inode = ready_file.stat().st_ino
     running = replace(queued, state=RUNNING, epoch=1, updated_at=200.0)
     index.before_append("A", queued, running)
-    assert (index.running_dir / "A@1").stat().st_ino == inode and ready_file.exists()  # a second name, for now
+    entries = [index.ready_dir / ReadyEntry.for_state(queued).name, index.running_dir / "A@1"]
+    template = index.template.stat()
+    assert all(p.stat().st_ino == template.st_ino for p in entries) and template.st_size == 0
     index.after_append("A", queued, running)
-    assert not ready_file.exists() and index.running_entries() == [("A", 1)]
+    assert index.ready() == [] and index.running_entries() == [("A", 1)]
 
-    # no ready entry to link (a crash, a stale drop): the running entry is created instead
-    b = job("B")
-    index.before_append("B", b, replace(b, state=RUNNING, epoch=1))
-    assert ("B", 1) in index.running_entries()
+    index.template.unlink()  # removed by hand: made again by the next entry
+    index.put_ready(ReadyEntry.for_state(job("B")))
+    assert index.template.exists() and [e.job_id for e in index.ready()] == ["B"]
+
+    def too_many_links(*_a):
+        raise OSError(errno.EMLINK, "Too many links")
+
+    monkeypatch.setattr(os, "link", too_many_links)  # 65,000 entries on ext4, or no hard links at all
+    index.put_running("C", 1)
+    assert ("C", 1) in index.running_entries()
+    assert (index.running_dir / "C@1").stat().st_ino != index.template.stat().st_ino  # a file of its own
+
+
+def test_a_new_entry_and_its_announcement_both_wake_a_waiting_file_index(tmp_path) -> None:
+    """Entries are links: a link into ``ready/`` must wake watchers as a created file does (IN_CREATE),
+    and the announcement's touch (IN_ATTRIB) too."""
+    import sys
+
+    from orchestrator.queue import FileQueueIndex
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("inotify is Linux only; elsewhere the folder's mtime is polled")
+    writer, waiter = FileQueueIndex(tmp_path), FileQueueIndex(tmp_path)
+    entry = ReadyEntry.for_state(job("A"))
+    assert waiter.wait(0) is False  # armed, nothing yet
+    writer.put_ready(entry)
+    assert waiter.wait(1.0) is True
+    writer.announce(entry)
+    assert waiter.wait(1.0) is True
+    assert waiter.wait(0.05) is False
+    waiter.close()
