@@ -68,6 +68,9 @@ ORDER BY part, priority DESC, at, job_id
 """
 
 
+_PUT_RUNNING = "INSERT INTO orch_running (project, job_id, epoch) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
+
+
 def channel(project: str) -> str:
     """The NOTIFY channel of a project (an identifier: hashed, since project ids may be 128 chars)."""
     return "orch_ready_" + hashlib.sha256(project.encode()).hexdigest()[:24]
@@ -103,10 +106,10 @@ class PgQueueIndex(QueueIndex):
                 # delivered at commit, only if it commits: a woken worker always finds the event
                 conn.execute("SELECT pg_notify(%s, %s)", (self.channel, job_id))
             if change.put_running:
-                conn.execute("INSERT INTO orch_running (project, job_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                             (p, job_id))
-            if change.drop_running:
-                conn.execute("DELETE FROM orch_running WHERE project = %s AND job_id = %s", (p, job_id))
+                conn.execute(_PUT_RUNNING, (p, job_id, new.epoch))
+            if change.drop_running and old is not None:  # its own epoch's row, and one from before 0003
+                conn.execute("DELETE FROM orch_running WHERE project = %s AND job_id = %s AND epoch IN (%s, 0)",
+                             (p, job_id, old.epoch))
 
         return in_transaction
 
@@ -158,19 +161,20 @@ class PgQueueIndex(QueueIndex):
 
         return self.store._run(run)
 
-    # Rows are per job, without an epoch: those of appends change in the event's own transaction, so
-    # a worker handing a job back cannot remove the next claimer's row as the file index could.
+    # Rows are per (job, epoch) (migration 0003): stale recovery, which drops outside the event's
+    # transaction, removes only the epoch it listed, never the row of a claim committed since.
+    # Epoch 0 is a row from before 0003 (or written without an epoch): it stands for any epoch.
     def put_running(self, job_id: str, epoch: int | None = None) -> None:
-        self._sql("INSERT INTO orch_running (project, job_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                  (self.project, job_id))
+        self._sql(_PUT_RUNNING, (self.project, job_id, epoch or 0))
 
     def drop_running(self, job_id: str, epoch: int | None = None) -> None:
-        self._sql("DELETE FROM orch_running WHERE project = %s AND job_id = %s", (self.project, job_id))
+        self._sql("DELETE FROM orch_running WHERE project = %s AND job_id = %s AND epoch = %s",
+                  (self.project, job_id, epoch or 0))
 
     def running_entries(self) -> list[tuple[str, int | None]]:
-        rows = self._sql("SELECT job_id FROM orch_running WHERE project = %s ORDER BY job_id", (self.project,),
-                         fetch=True)
-        return [(r[0], None) for r in rows]
+        rows = self._sql("SELECT job_id, epoch FROM orch_running WHERE project = %s ORDER BY job_id, epoch",
+                         (self.project,), fetch=True)
+        return [(job_id, epoch or None) for job_id, epoch in rows]
 
     def is_built(self) -> bool:
         """Asked before every claim: a "built" seen in the last ``BUILT_RECHECK_SECONDS`` is trusted

@@ -94,6 +94,35 @@ def _index(kind: str, tmp_path):
     return MemoryQueueIndex() if kind == "memory" else FileQueueIndex(tmp_path / "index", "poll")
 
 
+@pytest.fixture
+def pg_store():
+    from backends import TestPostgresStore
+
+    store = TestPostgresStore()
+    yield store
+    store.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "file", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_stale_recovery_dropping_the_epoch_it_listed_never_drops_a_later_claims_entry(kind: str, tmp_path,
+                                                                                     request) -> None:
+    """Stale recovery drops entries outside any event's transaction, from a listing and a read that
+    may be a little old: the job's next claim (another machine's) may have committed since."""
+    if kind == "postgres":
+        from orchestrator.store.pg_queue import PgQueueIndex
+
+        index = PgQueueIndex(request.getfixturevalue("pg_store"))
+    else:
+        index = _index(kind, tmp_path)
+    index.put_running("A", 1)
+    assert index.running_entries() == [("A", 1)]  # what the recoverer lists, then reads the job: queued
+    index.put_running("A", 2)  # meanwhile another worker claims it again (epoch 2)
+    index.drop_running("A", 1)  # the recoverer drops the entry it listed
+    assert index.running_entries() == [("A", 2)]  # the new claim's entry stands: its death would be recovered
+    index.drop_running("A", 2)
+    assert index.running_entries() == []
+
+
 @pytest.mark.parametrize("kind", ["memory", "file"])
 def test_a_worker_handing_a_job_back_never_drops_the_next_claimers_running_entry(kind: str, tmp_path) -> None:
     index = _index(kind, tmp_path)

@@ -1,0 +1,75 @@
+"""Schema migrations on a database of its own: an older schema with rows in it moves up intact.
+
+Each test creates a scratch database next to the test database (same server and user) and drops it.
+"""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from backends import require_pg
+from orchestrator.store.pg_schema import MIGRATIONS_TABLE, current_version, latest_version, migrate, migrations
+from orchestrator.store.postgres import connect
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def scratch_db():
+    """The URL of a new, empty database, dropped afterwards."""
+    url = require_pg()
+    name = f"orch_mig_{uuid.uuid4().hex[:12]}"
+    admin = connect(url, autocommit=True)
+    admin.execute(f"CREATE DATABASE {name}")
+    base, _, _ = url.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+def apply_up_to(url: str, version: int) -> None:
+    """The schema as a release that shipped only migrations 1..version left it."""
+    conn = connect(url, autocommit=True)
+    try:
+        conn.execute(f"CREATE TABLE {MIGRATIONS_TABLE} (version integer PRIMARY KEY, name text NOT NULL, "
+                     "applied_at timestamptz NOT NULL DEFAULT now())")
+        for mig in migrations()[:version]:
+            with conn.transaction():
+                conn.execute(mig.sql)
+                conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (version, name) VALUES (%s, %s)", (mig.version, mig.name))
+    finally:
+        conn.close()
+
+
+def test_a_fresh_database_migrates_to_the_latest_version_and_a_second_run_does_nothing(scratch_db: str) -> None:
+    first = migrate(scratch_db)
+    assert first["from_version"] == 0 and first["to_version"] == latest_version()
+    assert first["applied"] == [f"{m.version:04d}_{m.name}" for m in migrations()]
+    assert migrate(scratch_db)["applied"] == []
+
+
+def test_running_rows_written_before_0003_stand_for_any_epoch_after_it(scratch_db: str) -> None:
+    from orchestrator.store.pg_queue import PgQueueIndex
+    from orchestrator.store.postgres import PostgresStore
+
+    apply_up_to(scratch_db, 2)
+    conn = connect(scratch_db, autocommit=True)
+    conn.execute("INSERT INTO orch_running (project, job_id) VALUES ('p', 'J1')")  # a release before 0003
+    conn.close()
+    assert migrate(scratch_db)["applied"] == ["0003_running_epochs"]
+    store = PostgresStore(scratch_db, "p")
+    try:
+        index = PgQueueIndex(store)
+        assert index.running_entries() == [("J1", None)]  # epoch unknown: counts for any (Worker.recover_stale)
+        index.put_running("J1", 4)
+        assert index.running_entries() == [("J1", None), ("J1", 4)]
+        index.drop_running("J1", None)  # stale recovery drops the old row it listed...
+        assert index.running_entries() == [("J1", 4)]  # ...and only that one
+        check = connect(scratch_db, autocommit=True)
+        assert current_version(check) == latest_version()
+        check.close()
+    finally:
+        store.close()
