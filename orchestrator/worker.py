@@ -37,7 +37,7 @@ from orchestrator.api import JobView, Orchestrator
 from orchestrator.errors import (ConcurrencyError, InvalidInputError, JobNotFoundError, LeaseLostError,
                                  MalformedPayloadError, PathEscapeError)
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
-from orchestrator.leases import Lease, drop_lease_aux, lease_expiry, write_lease
+from orchestrator.leases import LEASES_AREA, Lease, drop_lease_aux, lease_expiry, write_lease
 from orchestrator.payload import DONE, NEEDS_AUDIT, NEEDS_HUMAN, Payload, parse_payload
 from orchestrator.queue import ReadyEntry
 from orchestrator.runner import HOST_PREFIX, Child, HandlerHost, sweep_dead_host_folders, tail
@@ -182,6 +182,7 @@ class Worker:
             if swept:
                 log.info("removed %d handler folder(s) of workers that are gone", len(swept),
                          extra={"folders": swept})
+            self._sweep_left_over_leases()
         recovered = []
         for job_id, epoch in self.queue.running_entries():
             try:
@@ -205,6 +206,33 @@ class Worker:
             if self._recover(view, s, expiry, now):
                 recovered.append(job_id)
         return recovered
+
+    def _sweep_left_over_leases(self) -> list[str]:
+        """Remove the lease records of runs that are over. An outcome drops its run's record right
+        after its event on files (with it on PostgreSQL), so a worker killed in between leaves one
+        behind: harmless (a record counts only for the epoch that runs), but never read again. A
+        record of the epoch that runs now is kept; so is every record of a job that fails
+        verification (an operator's evidence)."""
+        removed = []
+        for key in self.orch.store.aux_keys(LEASES_AREA):
+            job_id, _, epoch = key.rpartition(".")
+            if not epoch.isdigit() or not job_id:
+                continue
+            try:
+                view: JobView | None = self.orch.load(job_id)
+            except JobNotFoundError:
+                view = None
+            except InvalidInputError:  # not a job id: not a record this code wrote
+                continue
+            if view is not None and not view.ok:
+                continue
+            s = view.state if view is not None else None
+            if s is None or s.state != RUNNING or s.epoch != int(epoch):
+                self.orch.store.delete_aux(LEASES_AREA, key)
+                removed.append(key)
+        if removed:
+            log.info("removed %d lease record(s) of runs that are over", len(removed), extra={"leases": removed})
+        return removed
 
     def _recover(self, view: JobView, s: JobState, expiry: float | None, now: float) -> bool:
         artifacts = self._run_artifacts(s)

@@ -105,6 +105,10 @@ class EventStore(ABC):
     def get_aux(self, area: str, key: str) -> bytes | None:
         """The record stored under ``area``/``key``, or None."""
 
+    @abstractmethod
+    def aux_keys(self, area: str) -> list[str]:
+        """The keys of the records stored in ``area`` (for sweeps of left-over records)."""
+
     def delete_aux(self, area: str, key: str) -> None:
         """Remove an auxiliary record; a missing one is fine. Default: blank it (readers treat b"" as none)."""
         if self.get_aux(area, key) is not None:

@@ -335,6 +335,13 @@ class JsonlStore(EventStore):
             raise StorageError(f"could not write {path}: {os.strerror(exc.errno or errno.EIO)}",
                                area=area) from None
 
+    def aux_keys(self, area: str) -> list[str]:
+        try:
+            names = os.listdir(self.root / validate_id(area, "aux area"))
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if not n.startswith("."))  # a dot name is a writer's temporary copy
+
     def delete_aux(self, area: str, key: str) -> None:
         try:
             self._aux_path(area, key).unlink()

@@ -46,6 +46,9 @@ class MemoryStore(EventStore):
     def put_aux(self, area: str, key: str, data: bytes) -> None:
         self._aux[(area, key)] = bytes(data)
 
+    def aux_keys(self, area: str) -> list[str]:
+        return sorted(key for a, key in list(self._aux) if a == area)
+
     def delete_aux(self, area: str, key: str) -> None:
         self._aux.pop((area, key), None)
 

@@ -251,6 +251,11 @@ class PostgresStore(EventStore):
             (self.project, area, key)).fetchone())
         return bytes(row[0]) if row else None
 
+    def aux_keys(self, area: str) -> list[str]:
+        rows = self._run(lambda conn: conn.execute(
+            "SELECT key FROM orch_aux WHERE project = %s AND area = %s ORDER BY key", (self.project, area)).fetchall())
+        return [r[0] for r in rows]
+
     def delete_aux(self, area: str, key: str) -> None:
         self._run(lambda conn: conn.execute("DELETE FROM orch_aux WHERE project = %s AND area = %s AND key = %s",
                                             (self.project, area, key)))

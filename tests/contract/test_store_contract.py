@@ -193,3 +193,13 @@ def test_read_with_aux_returns_the_record_and_the_stream_together(store: EventSt
     store.put_aux("heads", "job-1", b"head")
     record, got = store.read_with_aux("job-1", "heads", "job-1")
     assert record == b"head" and [s.seq for s in got] == [1, 2] and got == store.read("job-1")
+
+
+def test_the_keys_of_an_aux_area_are_listed_without_other_areas_or_deleted_records(store: EventStore) -> None:
+    assert store.aux_keys("leases") == []
+    store.put_aux("leases", "J1.1", b"a")
+    store.put_aux("leases", "J2.3", b"b")
+    store.put_aux("heads", "J1", b"c")
+    store.put_aux("leases", "J3.1", b"d")
+    store.delete_aux("leases", "J3.1")
+    assert store.aux_keys("leases") == ["J1.1", "J2.3"]

@@ -112,6 +112,24 @@ def test_a_worker_still_refuses_a_job_whose_history_was_edited_after_it_handed_i
     assert types(orch, job)[-1] == "job_failed" and len(types(orch, job)) == 3
 
 
+def test_stale_recovery_removes_lease_records_of_runs_that_are_over_and_keeps_the_running_ones(orch) -> None:
+    import time
+
+    from orchestrator.leases import LEASES_AREA, Lease, write_lease
+
+    finished = orch.submit("t.echo", "done")
+    make_worker(orch).run_once()
+    orch.submit("t.echo", "running")
+    claim = make_worker(orch, worker_id="w2").claim()  # still running, under epoch 1
+    gone = "01JAAAAAAAAAAAAAAAAAAAAAAA"  # its job no longer exists
+    for job_id, run_id in ((finished, "r-old"), (claim.job_id, claim.run_id), (gone, "r-gone")):
+        # the first is what an outcome append killed before its aux writes leaves behind
+        write_lease(orch.store, Lease(job_id, run_id, 1, "w", os.getpid(), time.time() + 60, time.time()))
+    orch.store.put_aux(LEASES_AREA, "not-a-lease", b"{}")
+    assert make_worker(orch, worker_id="w3").recover_stale() == []  # a new worker sweeps on its first pass
+    assert orch.store.aux_keys(LEASES_AREA) == sorted([f"{claim.job_id}.1", "not-a-lease"])
+
+
 def test_a_process_that_exits_without_a_payload_records_no_terminal_signal_exit(orch) -> None:
     job = orch.submit("command", {"argv": [PY, "-c", "print('password=hunter2 working'); raise SystemExit(3)"]},
                       max_attempts=1)
