@@ -88,7 +88,8 @@ def run(params: Params, only: set[str]) -> dict[str, Any]:
     want = lambda w: not only or w in only  # noqa: E731
     params.settle_log.clear()
     results: dict[str, Any] = {"machine": machine(), "params": {k: (str(v) if isinstance(v, Path) else v)
-                                                              for k, v in params.__dict__.items()},
+                                                              for k, v in params.__dict__.items()
+                                                              if k != "settle_log"},
                                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "systems": {}}
     mine: dict[str, Any] = {}
     if want("W1") or want("W4"):
@@ -124,7 +125,7 @@ def run(params: Params, only: set[str]) -> dict[str, Any]:
         if "error" in results["scale"]:
             results["scale"] = None
     results["machine"]["loadavg_after"] = machine().get("loadavg_1m_5m_15m")
-    results["settle"] = list(params.settle_log)
+    results["settle"] = [list(params.settle_log)]  # one list per run (main joins the runs' lists)
     results["targets"] = report.targets(results)
     return results
 
@@ -161,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(run(params, only))
     results = median_of(runs) if len(runs) > 1 else runs[0]
     results["runs"] = len(runs)
-    if len(runs) > 1:
-        results["settle"] = [r["settle"] for r in runs]
+    results["settle"] = [r["settle"][0] for r in runs]
     results["targets"] = report.targets(results)
     results["elapsed_s"] = round(time.perf_counter() - t0, 1)
     m = results["machine"]

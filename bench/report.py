@@ -93,8 +93,8 @@ def table(results: dict[str, Any]) -> str:
 
 
 def settle_lines(settle: Any) -> list[str]:
-    """One line on the disk's state before the timed workloads (``common.settle``); a list per run."""
-    entries = [e for run in settle for e in run] if settle and isinstance(settle[0], list) else (settle or [])
+    """One line on the disk's state before the timed workloads (``common.settle``): a list per run."""
+    entries = [e for run in settle or [] for e in run]
     if not entries:
         return []
     waited = [e for e in entries if e["waited_s"] >= 1]

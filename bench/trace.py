@@ -115,6 +115,7 @@ def run(samples: int, pause_ms: float = 0.0, warmup: int = 10, workload: str = "
     env.update(ORCH_SIGNING_KEY=new_seed(), ORCH_KEYRING_DIR=str(base / "keys"))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
     proc = subprocess.Popen([sys.executable, "-m", "bench.trace", "--worker", str(base), str(report)], env=env)
+    real_point = faults.point
     try:
         deadline = time.monotonic() + 60
         while not (report.exists() and report.read_bytes()):
@@ -126,7 +127,6 @@ def run(samples: int, pause_ms: float = 0.0, warmup: int = 10, workload: str = "
         mine: dict[str, dict[str, int]] = {}
         durable: list[int] = []  # this process's own appends (the resume's event), stamped like the worker's
         own_points: dict[str, int] = {}  # this process's named points, first pass of each (the submit's)
-        real_point = faults.point
 
         def point(name: str, prepare: Any = None) -> None:
             own_points.setdefault(f"caller.{name}", time.monotonic_ns())
@@ -161,7 +161,6 @@ def run(samples: int, pause_ms: float = 0.0, warmup: int = 10, workload: str = "
             if pause_ms:
                 time.sleep(pause_ms / 1000)
         reader.close()
-        faults.point = real_point
         time.sleep(0.2)
         proc.terminate()
         proc.wait(30)
@@ -171,6 +170,8 @@ def run(samples: int, pause_ms: float = 0.0, warmup: int = 10, workload: str = "
             if "job_id" in msg:
                 worker_stamps[msg["job_id"]] = msg["stamps"]  # the last run's (W3: the run after the resume)
     finally:
+        faults.point = real_point
+        faults.disarm_all()
         if proc.poll() is None:
             proc.kill()
             proc.wait()

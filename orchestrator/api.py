@@ -188,7 +188,9 @@ class Orchestrator:
     def load_more(self, view: JobView) -> JobView:
         """``view``'s job read again, checking only the lines written since: those ``view`` verified
         must still be there byte for byte (else the whole job is verified again, as ``load`` does).
-        What a claimer that waited for an event uses, so its wait does not cost a second full check."""
+        What a claimer that waited for an event uses, so its wait does not cost a second full check.
+        ``view`` must come from ``load``, ``load_more`` or ``append`` of this orchestrator, under the
+        keys it trusts now: it is taken as verified."""
         if not view.ok or not view.stream.lines:
             return self.load(view.job_id)
         head_raw, lines = self.store.read_with_aux(view.job_id, HEADS_AREA, view.job_id)

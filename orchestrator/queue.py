@@ -296,14 +296,14 @@ class FileQueueIndex(QueueIndex):
         Where links fail (the folder or the template is missing, too many links: 65,000 on ext4, no
         hard links on this file system), the entry is created as before."""
         try:
-            os.link(self.template, path)
+            os.link(self.template, path, follow_symlinks=False)  # a planted symlink is linked, not its target
             return
         except FileExistsError:
             return
         except FileNotFoundError:
             self._make_template()
             with contextlib.suppress(OSError):
-                os.link(self.template, path)
+                os.link(self.template, path, follow_symlinks=False)
                 return
         except OSError:
             pass

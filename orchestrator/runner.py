@@ -381,8 +381,8 @@ def claim_host_folder(folder: Path) -> int:
 def sweep_dead_host_folders(runs_dir: Path) -> list[str]:
     """Remove the handler-process folders of workers that are gone without ``close`` (SIGKILL, a
     crash): their ``.alive`` lock is free. Their ``output.log`` may still hold what the last handler
-    printed. A folder with no lock file (killed while being made) goes once it is ``HOST_STRAY_AGE``
-    old. Returns the names removed."""
+    printed. A folder with no lock file, and a staging folder (its worker killed while making it),
+    goes once it is ``HOST_STRAY_AGE`` old. Returns the names removed."""
     try:
         names = [n for n in os.listdir(runs_dir) if n.startswith((HOST_PREFIX, f".{HOST_PREFIX}"))]
     except OSError:
@@ -391,28 +391,50 @@ def sweep_dead_host_folders(runs_dir: Path) -> list[str]:
     for name in names:
         folder = runs_dir / name
         try:
-            fd = os.open(folder / ALIVE_FILE, os.O_RDONLY | os.O_CLOEXEC)
+            # a staging folder goes by age only: its lock file exists a moment before it is locked
+            fd = -1 if name.startswith(".") else os.open(folder / ALIVE_FILE, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
+            fd = -1
+        except OSError:
+            continue
+        if fd < 0:  # a folder of a worker from before the lock file counts as alive while its pid is
             try:
-                if time.time() - os.stat(folder).st_mtime >= HOST_STRAY_AGE:
+                if time.time() - os.stat(folder).st_mtime >= HOST_STRAY_AGE and (
+                        name.startswith(".") or not _pid_alive_here(name)):
                     shutil.rmtree(folder, ignore_errors=True)
                     removed.append(name)
             except OSError:
                 pass
             continue
-        except OSError:
-            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: its worker or handler process is alive
+            # still that folder's lock file? A worker that closed its host removed the folder first
+            # and may have made a new one of the same name since, with a new, held lock file
+            same = os.path.samestat(os.fstat(fd), os.stat(folder / ALIVE_FILE))
+        except OSError:  # held (its worker or handler process is alive), or gone meanwhile
             os.close(fd)
             continue
         try:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(name)
+            if same:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(name)
         finally:
             os.close(fd)
     return removed
+
+
+def _pid_alive_here(name: str) -> bool:
+    """``host-<pid>-...``: whether that pid is alive on this machine (True when it cannot tell)."""
+    pid = name[len(HOST_PREFIX):].split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive under another user
+        return True
+    return True
 
 
 class HandlerHost:

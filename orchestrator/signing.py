@@ -93,6 +93,11 @@ class Keyring:
         ring.add_signer(Ed25519PrivateKey.generate())
         return ring
 
+    def trust_state(self) -> tuple[frozenset[str], frozenset[str]]:
+        """What a verification depends on (revoked and trusted key ids): a view verified under another
+        state must be verified again (``Worker._load_for_claim``)."""
+        return self.revoked, frozenset(self.trusted)
+
     def add_signer(self, private: Ed25519PrivateKey) -> str:
         kid = key_id(private.public_key())
         self.signer, self.signer_id = private, kid

@@ -55,6 +55,7 @@ HOST_SWEEP_EVERY = 60.0  # how often stale recovery also removes the handler fol
 ORPHAN_ENTRY_GRACE = 60.0  # a ready entry whose job has no event yet is kept this long (submit in flight)
 EVENT_IN_FLIGHT = 1.0  # an entry this young whose job's event is not there yet: its writer is probably at it
 KNOWN_VIEWS = 128  # jobs a worker left unfinished (a question, an audit, a retry) whose last view it keeps
+KNOWN_VIEW_MAX_BYTES = 64 * 1024  # ...if their events take no more than this (inputs may be up to 1 MiB)
 EVENT_WAIT = 0.05  # how long a claimer waits for that event (the wait ends the moment the line is written)
 OUTPUT_TAIL_BYTES = 4000
 RUNS_DIR = "runs"
@@ -148,7 +149,7 @@ class Worker:
         self._in_wait = False
         self._warned_kinds: set[str] = set()
         self._host: HandlerHost | None = None
-        self._known: OrderedDict[str, JobView] = OrderedDict()  # see ``_remember``
+        self._known: OrderedDict[str, tuple[JobView, Any]] = OrderedDict()  # see ``_remember``
         self._runs_root: Path | None = None
         self._next_host_sweep = 0.0  # time.monotonic() of the next sweep (the first recovery does one)
         self._renewed = False  # the current run wrote a lease record (dropped with its outcome)
@@ -300,7 +301,7 @@ class Worker:
         than going back to sleep until the writer announces the job (~0.5 ms later).
         """
         waited = now - entry.runnable_at > EVENT_IN_FLIGHT  # an old entry: nothing is in flight
-        view: JobView | None = self._known.pop(entry.job_id, None)  # what this worker last wrote of it
+        view = self._kept_view(entry.job_id)  # what this worker last wrote of it
         while True:
             try:  # from a view already verified (after a wait, or written here), only the new lines are checked
                 view = self.orch.load(entry.job_id) if view is None else self.orch.load_more(view)
@@ -585,13 +586,19 @@ class Worker:
         """Keep the view of a job this worker left unfinished: a resume, a revise or a retry brings it
         back, often to this worker, whose claim then checks only the lines written since (``load_more``
         compares the rest byte for byte with this view) instead of the whole job again."""
-        if view.state is None or view.state.is_final:
-            self._known.pop(view.job_id, None)
+        self._known.pop(view.job_id, None)
+        if view.state is None or view.state.is_final or sum(len(x.raw) for x in view.stream.lines) > KNOWN_VIEW_MAX_BYTES:
             return
-        self._known[view.job_id] = view
-        self._known.move_to_end(view.job_id)
+        self._known[view.job_id] = (view, self.orch.keyring.trust_state())
         if len(self._known) > KNOWN_VIEWS:
             self._known.popitem(last=False)
+
+    def _kept_view(self, job_id: str) -> JobView | None:
+        """The view ``_remember`` kept, if the keys trusted and revoked are still those it was checked with."""
+        kept = self._known.pop(job_id, None)
+        if kept is None or kept[1] != self.orch.keyring.trust_state():
+            return None
+        return kept[0]
 
     def _lost(self, claim: Claim, why: str) -> RunResult:
         log.warning("lease lost for job %s run %s: %s", claim.job_id, claim.run_id, why,

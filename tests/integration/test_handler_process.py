@@ -186,11 +186,48 @@ def test_a_sweep_removes_the_handler_folders_of_workers_that_are_gone_and_keeps_
     old = tmp_path / "host-old-unlocked"
     old.mkdir()
     os.utime(old, (time.time() - runner.HOST_STRAY_AGE - 1,) * 2)
+    older_worker = tmp_path / f"host-{os.getpid()}-0000"  # a live worker from before the lock file
+    older_worker.mkdir()
+    os.utime(older_worker, (time.time() - runner.HOST_STRAY_AGE - 1,) * 2)
     (tmp_path / "r-0001").mkdir()  # a run's own folder is not the sweep's business
-    assert sorted(runner.sweep_dead_host_folders(tmp_path)) == ["host-dead", "host-old-unlocked"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["host-live", "host-young-unlocked", "r-0001"]
+    staging = tmp_path / ".host-making.new"  # a worker between creating its lock file and locking it
+    staging.mkdir()
+    (staging / runner.ALIVE_FILE).touch()
+    old_staging = tmp_path / ".host-killed.new"
+    old_staging.mkdir()
+    os.utime(old_staging, (time.time() - runner.HOST_STRAY_AGE - 1,) * 2)
+    assert sorted(runner.sweep_dead_host_folders(tmp_path)) == [".host-killed.new", "host-dead", "host-old-unlocked"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".host-making.new", older_worker.name, "host-live",
+                                                          "host-young-unlocked", "r-0001"]
     os.close(live)  # its worker is gone now too
     assert runner.sweep_dead_host_folders(tmp_path) == ["host-live"]
+
+
+def test_a_sweep_never_removes_a_folder_whose_lock_file_was_replaced_meanwhile(tmp_path, monkeypatch) -> None:
+    """A worker that closes its host removes the folder, then may claim one of the same name again
+    (a new host after a timeout): a sweep that locked the old, free lock file must not remove it."""
+    import fcntl
+    import shutil
+
+    from orchestrator import runner
+
+    pid = os.fork()
+    if pid == 0:
+        runner.claim_host_folder(tmp_path / "host-1-x")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    real_flock, held = fcntl.flock, []
+
+    def flock_then_the_folder_is_claimed_again(fd, op):
+        real_flock(fd, op)
+        if op & fcntl.LOCK_NB and not held:  # the sweep's try, which wins the old, free lock
+            shutil.rmtree(tmp_path / "host-1-x")
+            held.append(runner.claim_host_folder(tmp_path / "host-1-x"))
+
+    monkeypatch.setattr(fcntl, "flock", flock_then_the_folder_is_claimed_again)
+    assert runner.sweep_dead_host_folders(tmp_path) == []
+    assert (tmp_path / "host-1-x" / runner.ALIVE_FILE).exists()
+    os.close(held[0])
 
 
 def test_a_short_python_run_leaves_no_run_folder_and_no_lease_record(orch) -> None:

@@ -102,6 +102,22 @@ def test_a_worker_that_left_a_job_waiting_checks_only_the_new_lines_when_it_clai
     assert checked[0] == (other, 1)
 
 
+def test_a_kept_view_is_not_used_once_the_trusted_or_revoked_keys_changed(orch, monkeypatch) -> None:
+    from orchestrator import history
+
+    job = orch.submit("t.ask")
+    w = make_worker(orch)
+    w.run_once()
+    orch.resume(job, "green")
+    orch.keyring.revoked = orch.keyring.revoked | {"some-other-key"}  # revoked in this process meanwhile
+    checked = []
+    real = history._check_line
+    monkeypatch.setattr(history, "_check_line", lambda stream, line, *a: checked.append(line.seq)
+                        or real(stream, line, *a))
+    w.run_once()
+    assert checked[:4] == [1, 2, 3, 4]  # every line checked again, under the keys trusted now
+
+
 def test_a_worker_still_refuses_a_job_whose_history_was_edited_after_it_handed_it_back(orch) -> None:
     job = orch.submit("t.flaky", {"succeed_on": 2})
     w = make_worker(orch)

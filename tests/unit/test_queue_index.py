@@ -172,7 +172,7 @@ def test_file_index_entries_are_links_of_one_empty_file_not_files_of_their_own(t
     index.put_ready(ReadyEntry.for_state(job("B")))
     assert index.template.exists() and [e.job_id for e in index.ready()] == ["B"]
 
-    def too_many_links(*_a):
+    def too_many_links(*_a, **_k):
         raise OSError(errno.EMLINK, "Too many links")
 
     monkeypatch.setattr(os, "link", too_many_links)  # 65,000 entries on ext4, or no hard links at all
