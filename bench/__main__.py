@@ -125,7 +125,7 @@ def run(params: Params, only: set[str]) -> dict[str, Any]:
         if "error" in results["scale"]:
             results["scale"] = None
     results["machine"]["loadavg_after"] = machine().get("loadavg_1m_5m_15m")
-    results["settle"] = [list(params.settle_log)]  # one list per run (main joins the runs' lists)
+    results["settle"] = list(params.settle_log)  # this run's; main keeps one list per run
     results["targets"] = report.targets(results)
     return results
 
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(run(params, only))
     results = median_of(runs) if len(runs) > 1 else runs[0]
     results["runs"] = len(runs)
-    results["settle"] = [r["settle"][0] for r in runs]
+    results["settle"] = [r["settle"] for r in runs]
     results["targets"] = report.targets(results)
     results["elapsed_s"] = round(time.perf_counter() - t0, 1)
     m = results["machine"]

@@ -61,15 +61,14 @@ def create_p50_us(folder: Path, n: int = 10, gap_s: float = 0.02) -> float:
 def settle(params: Params, before: str) -> None:
     """Before a timed workload: flush what earlier ones left, then wait (at most ``settle_max_s``) until
     creating a file costs what it usually does on this disk, so no system is measured while another's
-    writes drain. On this VM an empty file's creation sometimes costs 0.6-1.0 ms instead of 20-150 us
+    writes drain. On this VM an empty file's creation sometimes costs 0.3-1.4 ms instead of 10-150 us
     for minutes at a time (``docs/performance.md``); this format creates files per job, SQLite peers do
     not. What each settle saw goes to ``params.settle_log`` (and the JSON)."""
     import time
 
     os.sync()
     time.sleep(0.5)
-    params.base.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="bench-settle-", dir=params.base))
+    folder = scratch_dir(params, "settle")
     try:
         t0 = time.monotonic()
         first = last = create_p50_us(folder)

@@ -181,6 +181,10 @@ class Orchestrator:
         # (or with them, on PostgreSQL), so a writer racing this read can only make the events
         # longer than the record, never shorter (which would look like a cut history: TRUNCATED).
         head_raw, lines = self.store.read_with_aux(job_id, HEADS_AREA, job_id)
+        return self._verified_view(job_id, lines, head_raw)
+
+    def _verified_view(self, job_id: str, lines: list[StoredLine], head_raw: bytes | None) -> JobView:
+        """Every line verified, then replayed (``load``'s part after the read)."""
         if not lines:
             raise JobNotFoundError(f"no job {job_id!r} in project {self.project_id!r}", job_id=job_id)
         return self._view(job_id, verify_stream(job_id, lines, self.keyring), head_raw)
@@ -195,10 +199,8 @@ class Orchestrator:
             return self.load(view.job_id)
         head_raw, lines = self.store.read_with_aux(view.job_id, HEADS_AREA, view.job_id)
         known = view.stream.lines
-        if len(lines) < len(known) or any(a.raw != b.raw for a, b in zip(lines, known)):
-            if not lines:
-                raise JobNotFoundError(f"no job {view.job_id!r} in project {self.project_id!r}", job_id=view.job_id)
-            return self._view(view.job_id, verify_stream(view.job_id, lines, self.keyring), head_raw)
+        if lines[:len(known)] != known:  # shorter, or a line changed: verify it all
+            return self._verified_view(view.job_id, lines, head_raw)
         added = verify_stream(view.job_id, lines[len(known):], self.keyring, prev_line=known[-1].raw)
         stream = VerifiedStream(view.job_id, lines, view.stream.records + added.records, added.problems)
         return self._view(view.job_id, stream, head_raw, resume_from=(view.state, len(view.stream.records)))

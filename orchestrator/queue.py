@@ -166,6 +166,11 @@ class QueueIndex(ABC):
         """Job ids that may be running (checked against their events before use)."""
         return sorted({job_id for job_id, _ in self.running_entries()})
 
+    def is_claimed(self, job_id: str) -> bool:
+        """Whether the job has a running entry, of any epoch: an announcement does not put back the
+        ready entry of a job a worker already claimed (``FileQueueIndex.announce``)."""
+        return any(j == job_id for j, _ in self.running_entries())
+
     @abstractmethod
     def is_built(self) -> bool: ...
 
@@ -235,7 +240,7 @@ class MemoryQueueIndex(QueueIndex):
 
     def announce(self, entry: ReadyEntry) -> None:
         with self._cond:
-            if all(job_id != entry.job_id for job_id, _ in self._running):  # not claimed: see FileQueueIndex
+            if not self.is_claimed(entry.job_id):  # see FileQueueIndex.announce
                 self._ready.add(entry)
             self._announced += 1
             self._cond.notify_all()
@@ -346,7 +351,7 @@ class FileQueueIndex(QueueIndex):
             # event while the entry is young, worker._try_claim: so no drop comes after this call.) If a
             # running entry left by a crash hides this case, stale recovery puts the entry back when
             # it meets that running entry (Worker.recover_stale).
-            if not any(job_id == entry.job_id for job_id, _ in self.running_entries()):
+            if not self.is_claimed(entry.job_id):
                 self._touch(self.ready_dir / entry.name)
 
     def ready(self) -> list[ReadyEntry]:

@@ -28,6 +28,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+from orchestrator.store.jsonl import STRAY_AGE, pid_alive
+
 PR_SET_PDEATHSIG = 1
 _libc: Any = None
 
@@ -355,7 +357,7 @@ def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: i
 
 HOST_PREFIX = "host-"  # runs/host-<pid>-<random>: a worker's handler process folder
 ALIVE_FILE = ".alive"  # inside it, locked for as long as the worker (or its handler process) lives
-HOST_STRAY_AGE = 600.0  # a host folder with no lock file at all is a leftover once it is this old
+HOST_STRAY_AGE = STRAY_AGE  # a host folder with no lock file at all is a leftover once it is this old
 
 
 def claim_host_folder(folder: Path) -> int:
@@ -399,8 +401,9 @@ def sweep_dead_host_folders(runs_dir: Path) -> list[str]:
             continue
         if fd < 0:  # a folder of a worker from before the lock file counts as alive while its pid is
             try:
+                pid = name[len(HOST_PREFIX):].split("-", 1)[0]  # host-<pid>-<random>
                 if time.time() - os.stat(folder).st_mtime >= HOST_STRAY_AGE and (
-                        name.startswith(".") or not _pid_alive_here(name)):
+                        name.startswith(".") or not pid.isdigit() or not pid_alive(int(pid))):
                     shutil.rmtree(folder, ignore_errors=True)
                     removed.append(name)
             except OSError:
@@ -422,19 +425,6 @@ def sweep_dead_host_folders(runs_dir: Path) -> list[str]:
             os.close(fd)
     return removed
 
-
-def _pid_alive_here(name: str) -> bool:
-    """``host-<pid>-...``: whether that pid is alive on this machine (True when it cannot tell)."""
-    pid = name[len(HOST_PREFIX):].split("-", 1)[0]
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # alive under another user
-        return True
-    return True
 
 
 class HandlerHost:

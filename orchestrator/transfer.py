@@ -25,9 +25,8 @@ from typing import IO, Any, Callable, Iterator
 
 from orchestrator import clock, faults
 from orchestrator.api import HEADS_AREA, Orchestrator
-from orchestrator.errors import ImportConflictError, IntegrityError, InvalidInputError, OrchestratorError
+from orchestrator.errors import ImportConflictError, IntegrityError, InvalidInputError
 from orchestrator.history import Problem, VerifiedStream, check_head_record, verify_stream
-from orchestrator.state import Event, replay
 from orchestrator.security import validate_id
 from orchestrator.store.base import AUDIT_STREAM, StoredLine
 
@@ -148,16 +147,14 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
     raise IntegrityError("the bundle has no end record: it was cut short (export again)")
 
 
-def _index(orch: Orchestrator, verified: VerifiedStream) -> None:
+def _index(orch: Orchestrator, verified: VerifiedStream, head: bytes | None) -> None:
     """The lines bypass ``Orchestrator.append``, so put the job's index entry here, before they land,
     as an append would (an entry before the event; a crash in between leaves an extra entry, never
-    a missing one), by the rule a rebuild follows (``QueueIndex.index_job``)."""
-    try:
-        state = replay(Event.from_record(rec) for rec in verified.records)
-    except (OrchestratorError, KeyError, TypeError, ValueError):
-        return  # the state machine refuses this history: it never runs, and needs no entry
-    if state is not None:
-        orch.queue.index_job(state)
+    a missing one), by the rule a rebuild follows: the job replayed as ``load`` replays it, then
+    ``QueueIndex.index_job``."""
+    view = orch._view(verified.stream, verified, head)
+    if view.state is not None:
+        orch.queue.index_job(view.state, view.ok)
 
 
 def _write_stream(orch: Orchestrator, verified: VerifiedStream, head: bytes | None) -> int:
@@ -169,7 +166,7 @@ def _write_stream(orch: Orchestrator, verified: VerifiedStream, head: bytes | No
                                   f"({len(existing)} events); nothing of it was overwritten", stream=stream)
     done = len(existing)
     if done < len(lines) and stream != AUDIT_STREAM:
-        _index(orch, verified)
+        _index(orch, verified, head)
     while done < len(lines):
         chunk = [s.raw for s in lines[done:done + CHUNK]]
         orch.store.append(stream, lambda _h, chunk=chunk: chunk, expected_seq=done)

@@ -51,7 +51,7 @@ DEFAULT_STOP_GRACE_SECONDS = 10.0
 DEFAULT_RETRY_BASE_SECONDS = 1.0
 DEFAULT_RETRY_MAX_SECONDS = 300.0
 IDLE_MAX_WAIT = 30.0  # an idle worker still wakes this often to look for stale leases
-HOST_SWEEP_EVERY = 60.0  # how often stale recovery also removes the handler folders of workers that are gone
+SWEEP_EVERY = 60.0  # how often stale recovery also removes what killed workers left behind (_sweep_leftovers)
 ORPHAN_ENTRY_GRACE = 60.0  # a ready entry whose job has no event yet is kept this long (submit in flight)
 EVENT_IN_FLIGHT = 1.0  # an entry this young whose job's event is not there yet: its writer is probably at it
 KNOWN_VIEWS = 128  # jobs a worker left unfinished (a question, an audit, a retry) whose last view it keeps
@@ -151,7 +151,7 @@ class Worker:
         self._host: HandlerHost | None = None
         self._known: OrderedDict[str, tuple[JobView, Any]] = OrderedDict()  # see ``_remember``
         self._runs_root: Path | None = None
-        self._next_host_sweep = 0.0  # time.monotonic() of the next sweep (the first recovery does one)
+        self._next_sweep = 0.0  # time.monotonic() of the next sweep of leftovers (the first recovery does one)
         self._renewed = False  # the current run wrote a lease record (dropped with its outcome)
         import_modules(self.settings.imports)
 
@@ -174,16 +174,12 @@ class Worker:
     # -- stale recovery -----------------------------------------------------------------------
     def recover_stale(self, now: float | None = None) -> list[str]:
         """Recover running jobs whose lease expired; only the running index is scanned. Now and then,
-        also remove the handler folders that workers killed before their ``close`` left behind."""
+        also remove what killed workers left behind (``_sweep_leftovers``)."""
         now = self.orch.clock() if now is None else now
         self.queue.ensure_built(self.orch)
-        if time.monotonic() >= self._next_host_sweep:
-            self._next_host_sweep = time.monotonic() + HOST_SWEEP_EVERY
-            swept = sweep_dead_host_folders(self.runs_root)
-            if swept:
-                log.info("removed %d handler folder(s) of workers that are gone", len(swept),
-                         extra={"folders": swept})
-            self._sweep_left_over_leases()
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + SWEEP_EVERY
+            self._sweep_leftovers()
         recovered = []
         for job_id, epoch in self.queue.running_entries():
             try:
@@ -207,6 +203,14 @@ class Worker:
             if self._recover(view, s, expiry, now):
                 recovered.append(job_id)
         return recovered
+
+    def _sweep_leftovers(self) -> None:
+        """The handler folders of workers killed before their ``close``, and the lease records of runs
+        that are over."""
+        swept = sweep_dead_host_folders(self.runs_root)
+        if swept:
+            log.info("removed %d handler folder(s) of workers that are gone", len(swept), extra={"folders": swept})
+        self._sweep_left_over_leases()
 
     def _sweep_left_over_leases(self) -> list[str]:
         """Remove the lease records of runs that are over. An outcome drops its run's record right

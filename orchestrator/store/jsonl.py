@@ -102,7 +102,18 @@ def _holds_a_line(path: str) -> bool:
         return False
 
 
-STRAY_AGE = 600.0  # a temporary copy untouched this long, whose writer's pid is gone here, is a stray
+STRAY_AGE = 600.0  # a left-over untouched this long, whose writer's pid is gone here, is a stray
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is alive on this machine; True when it cannot tell (alive under another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _remove_strays(path: Path) -> None:
@@ -120,13 +131,9 @@ def _remove_strays(path: Path) -> None:
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
-            if time.time() - os.stat(path.parent / name).st_mtime < STRAY_AGE:
-                continue
-            os.kill(int(pid), 0)
-            continue  # its writer is still alive
-        except ProcessLookupError:
-            pass
-        except OSError:  # gone already, or alive under another user (EPERM): not ours to remove
+            if time.time() - os.stat(path.parent / name).st_mtime < STRAY_AGE or pid_alive(int(pid)):
+                continue  # recent, or its writer is still alive
+        except OSError:  # gone already
             continue
         with contextlib.suppress(OSError):
             os.unlink(path.parent / name)
