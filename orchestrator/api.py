@@ -291,6 +291,8 @@ class Orchestrator:
         old = view.state if view else None
         from orchestrator import audit as audit_log
 
+        if old is None:
+            self.queue.built_with_first_job(self.store)
         index_statements = self.queue.before_append(job_id, old, state)  # None unless the index is in the store
         # the pending lock spans event + entry, so a concurrent heal never writes the entry too
         with audit_log.pending(self, job_id) if audit is not None else contextlib.nullcontext():

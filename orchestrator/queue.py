@@ -39,6 +39,7 @@ from orchestrator.wakeup import Watcher, make_watcher
 
 if TYPE_CHECKING:
     from orchestrator.api import Orchestrator
+    from orchestrator.store.base import EventStore
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ class IndexChange(NamedTuple):
 
 class QueueIndex(ABC):
     """Ready and running jobs, as hints for claiming and stale recovery."""
+
+    _seen_built = False  # ``built_with_first_job`` found the index built once: not asked again
 
     # -- projection hooks (called by Orchestrator.append) --------------------------------------
     def before_append(self, job_id: str, old: JobState | None, new: JobState) -> InTransaction | None:
@@ -189,6 +192,20 @@ class QueueIndex(ABC):
     def ensure_built(self, orch: "Orchestrator") -> None:
         if not self.is_built():
             self.rebuild(orch)
+
+    def built_with_first_job(self, store: "EventStore") -> None:
+        """Called before a new job's first event: in a project with no job yet, the index is complete
+        as it is (every job from now on gets its entries through the append hooks), so it is marked
+        built, and the first worker claims at once instead of loading every job submitted before it
+        started (``rebuild``). An index that was never built in a project that has jobs (an older
+        version wrote them, or an operator removed the index) is left for that rebuild."""
+        if self._seen_built:
+            return
+        if self.is_built():
+            self._seen_built = True  # an index marked built is complete: no need to ask on every submit
+        elif not store.has_jobs():
+            self.mark_built()
+            self._seen_built = True
 
     def index_job(self, s: JobState, ok: bool = True) -> bool:
         """Put the entry a job in state ``s`` needs, whatever the index held; True if it needs one.

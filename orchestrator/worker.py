@@ -22,6 +22,7 @@ import random
 import shutil
 import signal
 import socket
+import stat
 import threading
 import time
 import weakref
@@ -151,13 +152,26 @@ class Worker:
         self._host: HandlerHost | None = None
         self._known: OrderedDict[str, tuple[JobView, Any]] = OrderedDict()  # see ``_remember``
         self._runs_root: Path | None = None
+        self._artifacts_root: str | None = None  # see ``artifacts_dir``
         self._next_sweep = 0.0  # time.monotonic() of the next sweep of leftovers (the first recovery does one)
         self._renewed = False  # the current run wrote a lease record (dropped with its outcome)
         import_modules(self.settings.imports)
 
     # -- paths ----------------------------------------------------------------------------------
     def artifacts_dir(self, job_id: str) -> Path:
-        return safe_join(self.orch.settings.state_dir, ARTIFACTS_DIR, validate_id(job_id))
+        """``artifacts/<job_id>``, never outside the store. The root is checked once (as ``runs_root``);
+        the job's own folder is resolved only when it is a symlink: a folder, or no folder yet, under a
+        checked root is inside it (resolving both every time cost ~0.2 ms per run)."""
+        if self._artifacts_root is None:
+            self._artifacts_root = str(safe_join(self.orch.settings.state_dir, ARTIFACTS_DIR))
+        path = os.path.join(self._artifacts_root, validate_id(job_id))  # an id is one plain name
+        try:
+            plain = not stat.S_ISLNK(os.lstat(path).st_mode)
+        except FileNotFoundError:
+            plain = True
+        except OSError:
+            plain = False
+        return Path(path) if plain else safe_join(self.orch.settings.state_dir, ARTIFACTS_DIR, job_id)
 
     @property
     def runs_root(self) -> Path:

@@ -93,6 +93,10 @@ class EventStore(ABC):
     def job_ids(self) -> Iterator[str]:
         """Every job stream that holds at least one line, in no particular order."""
 
+    def has_jobs(self) -> bool:
+        """Whether any job stream holds a line; stops at the first one it meets."""
+        return next(iter(self.job_ids()), None) is not None
+
     @abstractmethod
     def put_aux(self, area: str, key: str, data: bytes) -> None:
         """Replace a small auxiliary record (head records, derived caches) atomically.

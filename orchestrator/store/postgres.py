@@ -237,6 +237,11 @@ class PostgresStore(EventStore):
             (self.project, AUDIT_STREAM)).fetchall())
         return iter([r[0] for r in rows])
 
+    def has_jobs(self) -> bool:
+        return bool(self._run(lambda conn: conn.execute(
+            "SELECT 1 FROM orch_streams WHERE project = %s AND seq > 0 AND stream <> %s LIMIT 1",
+            (self.project, AUDIT_STREAM)).fetchall()))
+
     def put_aux(self, area: str, key: str, data: bytes) -> None:
         validate_id(area, "aux area")
         validate_id(key, "aux key")

@@ -203,3 +203,11 @@ def test_the_keys_of_an_aux_area_are_listed_without_other_areas_or_deleted_recor
     store.put_aux("leases", "J3.1", b"d")
     store.delete_aux("leases", "J3.1")
     assert store.aux_keys("leases") == ["J1.1", "J2.3"]
+
+
+def test_has_jobs_is_true_once_a_job_stream_holds_a_line(store: EventStore) -> None:
+    assert not store.has_jobs()
+    append(store, AUDIT_STREAM, "audit entry")  # the audit stream is not a job
+    assert not store.has_jobs()
+    append(store, "job-1", "a")
+    assert store.has_jobs()

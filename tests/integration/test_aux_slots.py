@@ -98,7 +98,7 @@ def test_a_copy_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path) -
 
     store = JsonlStore(tmp_path)
     store.put_aux("projections", "jobs-v2", b"first")
-    folder = store._aux_path("projections", "jobs-v2").parent  # noqa: SLF001
+    folder = Path(store._aux_path("projections", "jobs-v2")).parent  # noqa: SLF001
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True).stdout.strip()  # a pid whose process has ended
     stray, live = folder / f".jobs-v2.{dead}.tmp", folder / f".jobs-v2.{os.getppid()}.tmp"
@@ -116,7 +116,7 @@ def test_a_copy_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path) -
 def test_a_slot_that_is_not_one_reads_as_its_bytes_or_as_no_record(tmp_path) -> None:
     store = JsonlStore(tmp_path)
     store.put_aux("heads", "job-1", b'{"seq":1}')
-    path = store._aux_path("heads", "job-1")  # noqa: SLF001
+    path = Path(store._aux_path("heads", "job-1"))  # noqa: SLF001
     path.write_bytes(b"x" * 511 + b" ")  # hand-written: a space at byte 512 but no newline
     assert store.get_aux("heads", "job-1") == b"x" * 511 + b" "  # judged by the caller, no crash
     path.write_bytes(b"\0" * SLOT_BYTES)  # a write a power loss lost
