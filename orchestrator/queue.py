@@ -308,8 +308,11 @@ class FileQueueIndex(QueueIndex):
         self._next = 0
         self._cursor = threading.Lock()  # workers of one Orchestrator (threads) share the walk
         self.template = self.root / ENTRY_TEMPLATE
+        # an entry's path is joined as a string: a ``pathlib`` join costs ~10 us, three per job
+        self._ready_s, self._running_s = str(self.ready_dir), str(self.running_dir)
+        self._built_s = str(self.root / BUILT_MARKER)
 
-    def _touch(self, path: Path) -> None:
+    def _touch(self, path: "Path | str") -> None:
         """Make the entry ``path`` exist: a hard link of the index's one empty file, not a file of its own.
 
         Only an entry's name means anything. Creating a file costs 20 us to over 1 ms on the benchmark
@@ -343,23 +346,23 @@ class FileQueueIndex(QueueIndex):
                 folder.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
-    def _unlink(path: Path) -> None:
+    def _unlink(path: str) -> None:
         try:
-            path.unlink()
+            os.unlink(path)
         except FileNotFoundError:
             pass
 
     def put_ready(self, entry: ReadyEntry) -> None:
-        self._touch(self.ready_dir / entry.name)
+        self._touch(os.path.join(self._ready_s, entry.name))
         faults.point("queue.after_put_ready")
 
     def drop_ready(self, entry: ReadyEntry) -> None:
-        self._unlink(self.ready_dir / entry.name)
+        self._unlink(os.path.join(self._ready_s, entry.name))
 
     def announce(self, entry: ReadyEntry) -> None:
         # IN_ATTRIB wakes watchers only now that the event is durable
         try:
-            os.utime(self.ready_dir / entry.name)
+            os.utime(os.path.join(self._ready_s, entry.name))
         except FileNotFoundError:
             # A fast worker claimed the job already (its running entry is there): nothing to do. Or a
             # claimer dropped the entry as stale, because it did not look newer than the job's last
@@ -369,7 +372,7 @@ class FileQueueIndex(QueueIndex):
             # running entry left by a crash hides this case, stale recovery puts the entry back when
             # it meets that running entry (Worker.recover_stale).
             if not self.is_claimed(entry.job_id):
-                self._touch(self.ready_dir / entry.name)
+                self._touch(os.path.join(self._ready_s, entry.name))
 
     def ready(self) -> list[ReadyEntry]:
         try:
@@ -427,10 +430,10 @@ class FileQueueIndex(QueueIndex):
         return job_id if epoch is None else f"{job_id}@{epoch}"  # "@" is never in an id
 
     def put_running(self, job_id: str, epoch: int | None = None) -> None:
-        self._touch(self.running_dir / self._running_name(job_id, epoch))
+        self._touch(os.path.join(self._running_s, self._running_name(job_id, epoch)))
 
     def drop_running(self, job_id: str, epoch: int | None = None) -> None:
-        self._unlink(self.running_dir / self._running_name(job_id, epoch))
+        self._unlink(os.path.join(self._running_s, self._running_name(job_id, epoch)))
 
     def running_entries(self) -> list[tuple[str, int | None]]:
         try:
@@ -446,10 +449,10 @@ class FileQueueIndex(QueueIndex):
         return out
 
     def is_built(self) -> bool:
-        return (self.root / BUILT_MARKER).exists()
+        return os.path.exists(self._built_s)
 
     def mark_built(self) -> None:
-        self._touch(self.root / BUILT_MARKER)
+        self._touch(self._built_s)
 
     def wait(self, timeout: float) -> bool:
         if self._watcher is None:

@@ -132,11 +132,15 @@ class Keyring:
         return True
 
     def seal(self, record: dict[str, Any]) -> bytes:
-        """Sign ``record`` (which must not hold ``kid``/``sig``) and return its line bytes."""
+        """Sign ``record`` (which must not hold ``kid``/``sig``) and return its line bytes:
+        ``canonical(record)`` with ``kid`` and ``sig``. The record is encoded once, in two halves
+        around the place ``sig`` sorts into, which the signed bytes and the line share."""
         kid, private = self._require_signer()
         record["kid"] = kid
-        record["sig"] = _b64(self._sign(private, canonical(record)))
-        return canonical(record)
+        below = canonical({k: v for k, v in record.items() if k < "sig"})[1:-1]
+        above = canonical({k: v for k, v in record.items() if k > "sig"})[1:-1]
+        record["sig"] = sig = _b64(self._sign(private, b"{" + b",".join(filter(None, (below, above))) + b"}"))
+        return b"{" + b",".join(filter(None, (below, b'"sig":"' + sig.encode() + b'"', above))) + b"}"
 
     def check(self, record: dict[str, Any]) -> str | None:
         """Verify a parsed record's signature; return a problem code or None."""

@@ -6,6 +6,8 @@ and drops the entry as stale; without a repair the resumed job stays queued with
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import jobstates as js
@@ -68,9 +70,9 @@ def test_a_claimer_woken_by_a_new_entry_waits_for_its_submit_instead_of_giving_u
     real_fsync_dir = jsonl.fsync_dir
 
     def slow_folder_fsync(path):  # the submit's last durable step, under the file's lock
-        if path == orch.store.jobs_dir:
+        if Path(path) == orch.store.jobs_dir:
             time.sleep(0.02)  # the waiting worker has read the line by now and wants to append its claim
-            lines_at_folder_fsync.extend(p.read_bytes().count(b"\n") for p in path.glob("*.events.jsonl"))
+            lines_at_folder_fsync.extend(p.read_bytes().count(b"\n") for p in Path(path).glob("*.events.jsonl"))
         real_fsync_dir(path)
 
     monkeypatch.setattr(jsonl, "fsync_dir", slow_folder_fsync)
