@@ -102,6 +102,11 @@ def run(params: Params, only: set[str]) -> dict[str, Any]:
         settle(params, "ours W3")
         mine.update(_guard("ours", ours.w3, params))
     results["systems"]["ours"] = mine
+    if want("skeleton"):
+        from bench import skeleton
+
+        settle(params, "skeleton")
+        results["skeleton"] = _guard("skeleton", skeleton.measure, params)
     queues, flows = peers_queues.available(), peers_workflows.available()
     for name in params.peers:
         if not (want("W1") or want("W2") or want("W3") or want("W4")):

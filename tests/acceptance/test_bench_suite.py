@@ -25,7 +25,7 @@ def test_the_quick_suite_prints_the_table_and_writes_json_with_every_workload(tm
     for row in WORKLOAD_ROWS:
         assert f"| {row} |" in proc.stdout
     for line in ("terminal latency (handler return -> durable + visible)", "finished jobs: claim P50", "metrics on",
-                 "verify:", "status cold start:", "physical floors", "targets:"):
+                 "verify:", "status cold start:", "physical floors", "floor of the W2 / W3 paths", "targets:"):
         assert line in proc.stdout
     assert "[bench]" in proc.stderr  # progress goes to stderr, not into the table
     data = json.loads(out.read_text())
@@ -34,11 +34,12 @@ def test_the_quick_suite_prints_the_table_and_writes_json_with_every_workload(tm
     assert ours["W2"]["n"] == 15 and ours["W3"]["n"] == 10 and ours["W3"]["duplicates"] == 0
     assert ours["W4"]["rss_mb"] > 0 and ours["terminal"]["n"] == 15
     assert set(data["scale"]["sizes"]) == {"50", "200"}
+    assert data["skeleton"]["W2"]["n"] == 15 and data["skeleton"]["W3"]["n"] == 10  # the paths' floor, same sizes
     assert data["scale"]["coldstart"]["status_ms"] > 0 and data["scale"]["verify"]["events_per_s"] > 0
     assert {t["target"] for t in data["targets"]} >= {"terminal latency P99 <= 2 ms", "worker RSS <= 40 MB"}
     assert not list((tmp_path / "b").iterdir())  # scratch projects are removed
     (run,) = data["settle"]  # one list per run
-    assert {e["before"] for e in run} >= {"ours W1", "ours W2", "ours W3", "floor", "scale"}
+    assert {e["before"] for e in run} >= {"ours W1", "ours W2", "ours W3", "skeleton", "floor", "scale"}
     assert "settle_log" not in data["params"]
     assert "disk before each timed workload: creating a file took" in proc.stdout
 
