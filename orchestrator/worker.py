@@ -41,7 +41,7 @@ from orchestrator.handlers import RunPaths, call_python_handler, import_modules,
 from orchestrator.leases import LEASES_AREA, Lease, drop_lease_aux, lease_expiry, write_lease
 from orchestrator.payload import DONE, NEEDS_AUDIT, NEEDS_HUMAN, Payload, parse_payload
 from orchestrator.queue import ReadyEntry
-from orchestrator.runner import HOST_PREFIX, Child, HandlerHost, sweep_dead_host_folders, tail
+from orchestrator.runner import HOST_PREFIX, Child, HandlerHost, precise_sleeps, sweep_dead_host_folders, tail
 from orchestrator.security import safe_join, sanitize_obj, sanitize_text, validate_id
 from orchestrator.state import QUEUED, RUNNING, WAITING_HUMAN, JobState
 
@@ -660,6 +660,7 @@ class Worker:
             on_result: Callable[[RunResult], None] | None = None) -> int:
         """Loop until stopped (or ``max_jobs`` runs, or idle with ``idle_exit``); returns the runs done."""
         done = 0
+        precise_sleeps()
         self.queue.wait(0)  # start watching before the first scan, so no announcement is missed
         next_recovery = 0.0
         recovery_every = min(max(self.settings.lease_seconds / 2, 0.05), 5.0)
