@@ -73,3 +73,34 @@ def test_running_rows_written_before_0003_stand_for_any_epoch_after_it(scratch_d
         check.close()
     finally:
         store.close()
+
+
+def test_a_migration_that_dies_before_its_version_row_leaves_no_trace_and_the_next_run_applies_it(
+        scratch_db: str) -> None:
+    """Each migration and its version row are one transaction: a failure between them (the named
+    point ``pg.migrate.before_record``) rolls the schema change back too, so the next run starts
+    from the same version and applies it again, instead of finding half a schema."""
+    from orchestrator import faults
+
+    apply_up_to(scratch_db, latest_version() - 1)
+    columns = "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public' ORDER BY 1, 2"
+    conn = connect(scratch_db, autocommit=True)
+    before = conn.execute(columns).fetchall()
+
+    def die() -> None:
+        raise RuntimeError("the migrating process dies here")
+
+    faults.arm("pg.migrate.before_record", die)
+    try:
+        with pytest.raises(RuntimeError):
+            migrate(scratch_db)
+    finally:
+        faults.disarm_all()
+    try:
+        assert current_version(conn) == latest_version() - 1
+        assert conn.execute(columns).fetchall() == before  # the schema change was rolled back with it
+        last = migrations()[-1]
+        again = migrate(scratch_db)  # the same statements run again on the rolled-back schema
+        assert again["applied"] == [f"{last.version:04d}_{last.name}"] and current_version(conn) == latest_version()
+    finally:
+        conn.close()
