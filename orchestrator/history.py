@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from orchestrator.signing import FORMAT_VERSION, Keyring, canonical, genesis, halves, line_hash, members
+from orchestrator.signing import FORMAT_VERSION, Keyring, canonical, genesis, line_hash
 from orchestrator.store.base import AUDIT_STREAM, Head, StoredLine
 
 # Problem codes, each a different way a history can be damaged.
@@ -83,9 +83,8 @@ def _check_line(stream: str, stored: StoredLine, expected_prev: str,
         return CORRUPT_LINE, "not valid JSON", {}
     if not isinstance(rec, dict):
         return CORRUPT_LINE, "not a JSON object", {}
-    try:  # one encoding of the record gives both its canonical form and the bytes its signature covers
-        below, above = halves(rec)
-        if members(below, b'"sig":' + canonical(rec["sig"]) if "sig" in rec else b"", above) != stored.raw:
+    try:
+        if canonical(rec) != stored.raw:
             return CORRUPT_LINE, "not in canonical form (edited by hand?)", rec
     except ValueError:
         return CORRUPT_LINE, "holds a value JSON cannot carry (NaN?)", rec
@@ -97,7 +96,7 @@ def _check_line(stream: str, stored: StoredLine, expected_prev: str,
         return CHAIN_BROKEN, "prev is not the hash of the line before", rec
     if stream != AUDIT_STREAM and rec.get("job_id") != stream:
         return WRONG_STREAM, f"belongs to job {rec.get('job_id')!r}", rec
-    sig_problem = keyring.check(rec, signed=members(below, above))
+    sig_problem = keyring.check(rec)
     if sig_problem:
         return sig_problem, f"signature check failed ({sig_problem}) for key {rec.get('kid')!r}", rec
     return None, "", rec
