@@ -236,13 +236,11 @@ def keys_list(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def keys_rotate(as_json: bool) -> None:
     """Create a new signing key in the keyring folder; old public keys keep verifying old events."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     from orchestrator.signing import default_keyring_dir, write_keypair
     import os
 
     folder = Path(os.environ.get("ORCH_KEYRING_DIR") or default_keyring_dir())
-    kid = write_keypair(folder, Ed25519PrivateKey.generate())
+    kid = write_keypair(folder)
     Output(as_json).emit({"signing_key": kid, "keyring": str(folder)}, f"new signing key {kid} in {folder}")
 
 

@@ -9,10 +9,14 @@ Keys live outside the store: a private key signs, public keys of the keyring ver
 verifier holding only public keys cannot forge. Key ids are derived from the public key,
 so rotation adds a key and old events stay verifiable.
 
-Keys are generated, stored (PEM) and identified with ``cryptography``; the signatures themselves
-are made and checked with libsodium (PyNaCl), about twice as fast for a verification, which every
-read does for every line (figures in ``docs/decisions.md``). Ed25519 signatures are deterministic, so
-both libraries produce the same bytes (``tests/unit/test_signing.py`` checks it both ways).
+Keys are held as their raw 32 bytes (a private key as its seed). The signatures are made and
+checked with libsodium (PyNaCl), about twice as fast as OpenSSL for a verification, which every read
+does for every line (figures in ``docs/decisions.md``). Key files are PEM (PKCS#8 and
+SubjectPublicKeyInfo), written by ``cryptography``; reading one takes the fixed RFC 8410 encoding of
+an Ed25519 key apart directly (``_raw_from_pem``) and leaves anything else to ``cryptography``, which
+is imported only then: importing it costs ~45 ms, a third of a ``status`` command's start.
+Ed25519 signatures are deterministic, so both libraries produce the same bytes
+(``tests/unit/test_signing.py`` checks it both ways).
 """
 from __future__ import annotations
 
@@ -27,8 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
@@ -73,9 +75,25 @@ def genesis(stream: str) -> str:
     return hashlib.sha256(b"jsonl-orchestrator/v1/genesis/" + stream.encode()).hexdigest()
 
 
-def key_id(public: Ed25519PublicKey) -> str:
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return "k-" + hashlib.sha256(raw).hexdigest()[:16]
+def key_id(public: bytes) -> str:
+    """The id of a public key (its raw 32 bytes): derived from the key, so it never names two keys."""
+    return "k-" + hashlib.sha256(public).hexdigest()[:16]
+
+
+def seed_of(private: Any) -> bytes:
+    """A private key as its 32-byte seed: the seed itself, or a ``cryptography`` Ed25519 private key."""
+    if isinstance(private, (bytes, bytearray)):
+        if len(private) != 32:
+            raise ValueError("an Ed25519 seed is 32 bytes")
+        return bytes(private)
+    from cryptography.hazmat.primitives import serialization
+
+    return private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                 serialization.NoEncryption())
+
+
+def public_of(seed: bytes) -> bytes:
+    return bytes(SigningKey(seed).verify_key)
 
 
 def _b64(data: bytes) -> str:
@@ -90,15 +108,14 @@ def _unb64(text: str) -> bytes:
 class Keyring:
     """Trusted public keys by id, the revoked ids, and (when this process signs) one private key."""
 
-    trusted: dict[str, Ed25519PublicKey] = field(default_factory=dict)
+    trusted: dict[str, bytes] = field(default_factory=dict)  # key id -> raw public key
     revoked: frozenset[str] = frozenset()
-    signer: Ed25519PrivateKey | None = None
+    signer: bytes | None = None  # the signing key's seed
     signer_id: str | None = None
     source: str = "memory"
     _load_signer: Any = None  # deferred: a verify-only command never creates a key
     # libsodium's views of the keys above, made on first use (not part of the keyring's identity)
-    _sodium_signer: tuple[Ed25519PrivateKey, SigningKey] | None = field(default=None, init=False, repr=False,
-                                                                         compare=False)
+    _sodium_signer: tuple[bytes, SigningKey] | None = field(default=None, init=False, repr=False, compare=False)
     # by key id: an id is the hash of its public key, so one id never names two keys
     _sodium_keys: dict[str, VerifyKey] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -106,7 +123,7 @@ class Keyring:
     def generate(cls) -> "Keyring":
         """An in-memory keyring with a fresh key (tests, benchmarks)."""
         ring = cls()
-        ring.add_signer(Ed25519PrivateKey.generate())
+        ring.add_signer(bytes(SigningKey.generate()))
         return ring
 
     def trust_state(self) -> tuple[frozenset[str], frozenset[str]]:
@@ -114,13 +131,16 @@ class Keyring:
         state must be verified again (``Worker._load_for_claim``)."""
         return self.revoked, frozenset(self.trusted)
 
-    def add_signer(self, private: Ed25519PrivateKey) -> str:
-        kid = key_id(private.public_key())
-        self.signer, self.signer_id = private, kid
-        self.trusted[kid] = private.public_key()
+    def add_signer(self, private: Any) -> str:
+        """Sign with ``private`` (a 32-byte seed, or a ``cryptography`` Ed25519 private key) and trust it."""
+        seed = seed_of(private)
+        public = public_of(seed)
+        kid = key_id(public)
+        self.signer, self.signer_id = seed, kid
+        self.trusted[kid] = public
         return kid
 
-    def _require_signer(self) -> tuple[str, Ed25519PrivateKey]:
+    def _require_signer(self) -> tuple[str, bytes]:
         if self.signer is None and self._load_signer is not None:
             loader, self._load_signer = self._load_signer, None
             loader(self)
@@ -128,19 +148,16 @@ class Keyring:
             raise SigningKeyError("no signing key is configured (set ORCH_SIGNING_KEY, ORCH_SIGNING_KEY_FILE or ORCH_KEYRING_DIR)")
         return self.signer_id, self.signer
 
-    def _sign(self, private: Ed25519PrivateKey, data: bytes) -> bytes:
+    def _sign(self, seed: bytes, data: bytes) -> bytes:
         cached = self._sodium_signer
-        if cached is None or cached[0] is not private:
-            seed = private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                         serialization.NoEncryption())
-            cached = self._sodium_signer = (private, SigningKey(seed))
+        if cached is None or cached[0] is not seed:
+            cached = self._sodium_signer = (seed, SigningKey(seed))
         return cached[1].sign(data).signature
 
-    def _verify(self, kid: str, public: Ed25519PublicKey, sig: bytes, data: bytes) -> bool:
+    def _verify(self, kid: str, public: bytes, sig: bytes, data: bytes) -> bool:
         verifier = self._sodium_keys.get(kid)
         if verifier is None:
-            raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-            verifier = self._sodium_keys[kid] = VerifyKey(raw)
+            verifier = self._sodium_keys[kid] = VerifyKey(public)
         try:
             verifier.verify(data, sig)
         except (CryptoError, ValueError, TypeError):  # BadSignatureError, or a signature of the wrong length
@@ -195,31 +212,71 @@ def default_keyring_dir() -> Path:
     return Path(base) / "jsonl-orchestrator" / "keys"
 
 
-def _private_from_pem_file(path: Path) -> Ed25519PrivateKey:
+# The DER of an Ed25519 key in the two forms ``write_keypair`` writes (RFC 8410): a fixed prefix and the
+# 32 raw bytes. Any other encoding of a key is read by ``cryptography``.
+_PKCS8_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
+_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+
+
+def _raw_from_pem(data: bytes, label: bytes, prefix: bytes) -> bytes | None:
+    """The key's 32 raw bytes if ``data`` is exactly the PEM block ``label`` of ``prefix`` + 32 bytes."""
+    lines = data.strip().split(b"\n")
+    if len(lines) < 3 or lines[0].strip() != b"-----BEGIN " + label + b"-----" \
+            or lines[-1].strip() != b"-----END " + label + b"-----":
+        return None
+    try:
+        der = base64.b64decode(b"".join(ln.strip() for ln in lines[1:-1]), validate=True)
+    except ValueError:
+        return None
+    if len(der) != len(prefix) + 32 or not der.startswith(prefix):
+        return None
+    return der[len(prefix):]
+
+
+def _private_from_pem_file(path: Path) -> bytes:
     try:
         st = path.stat()
     except OSError as exc:
         raise SigningKeyError(f"cannot read signing key file {path}: {exc.strerror}") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SigningKeyError(f"signing key file {path} is readable by others; run: chmod 600 {path}")
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    data = path.read_bytes()
+    seed = _raw_from_pem(data, b"PRIVATE KEY", _PKCS8_PREFIX)
+    if seed is not None:
+        return seed
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = serialization.load_pem_private_key(data, password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise SigningKeyError(f"{path} is not an Ed25519 private key")
-    return key
+    return seed_of(key)
 
 
-def _public_from_pem(data: bytes, where: Path) -> Ed25519PublicKey:
+def _public_from_pem(data: bytes, where: Path) -> bytes:
+    raw = _raw_from_pem(data, b"PUBLIC KEY", _SPKI_PREFIX)
+    if raw is not None:
+        return raw
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     key = serialization.load_pem_public_key(data)
     if not isinstance(key, Ed25519PublicKey):
         raise SigningKeyError(f"{where} is not an Ed25519 public key")
-    return key
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def write_keypair(directory: Path, private: Ed25519PrivateKey, *, activate: bool = True) -> str:
-    """Store a key pair owner-only (private 0600, folder 0700) and optionally make it the signer."""
+def write_keypair(directory: Path, private: Any = None, *, activate: bool = True) -> str:
+    """Store a key pair owner-only (private 0600, folder 0700) and optionally make it the signer.
+    ``private``: a seed or a ``cryptography`` Ed25519 private key; a new key when None."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private = Ed25519PrivateKey.from_private_bytes(seed_of(private)) if private is not None \
+        else Ed25519PrivateKey.generate()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(directory, 0o700)
-    kid = key_id(private.public_key())
+    kid = key_id(public_of(seed_of(private)))
     priv_path = directory / f"{kid}{PRIVATE_SUFFIX}"
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -240,7 +297,7 @@ def _load_dir_signer(directory: Path, announce: bool) -> Any:
     def load(ring: Keyring) -> None:
         active = directory / ACTIVE_FILE
         if not active.exists():
-            kid = write_keypair(directory, Ed25519PrivateKey.generate())
+            kid = write_keypair(directory)
             if announce:
                 print(f"orchestrator: generated signing key {kid} in {directory} (owner-only); back it up, "
                       "and keep its .pub to verify old events", file=sys.stderr)
@@ -270,8 +327,7 @@ def load_keyring(env: Mapping[str, str] | None = None, *, announce: bool = True)
                 ring.revoked = ring.revoked | {ln.strip() for ln in revoked.read_text().splitlines() if ln.strip()}
     if env.get("ORCH_SIGNING_KEY"):
         try:
-            seed = _unb64(env["ORCH_SIGNING_KEY"].strip())
-            ring.add_signer(Ed25519PrivateKey.from_private_bytes(seed))
+            ring.add_signer(_unb64(env["ORCH_SIGNING_KEY"].strip()))
         except ValueError:
             raise SigningKeyError("ORCH_SIGNING_KEY must be the base64url encoding of a 32-byte Ed25519 seed") from None
         ring.source = "ORCH_SIGNING_KEY"
@@ -285,6 +341,4 @@ def load_keyring(env: Mapping[str, str] | None = None, *, announce: bool = True)
 
 def new_seed() -> str:
     """A fresh private key as the base64url text ``ORCH_SIGNING_KEY`` expects."""
-    raw = Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
-    return _b64(raw)
+    return _b64(bytes(SigningKey.generate()))

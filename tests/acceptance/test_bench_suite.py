@@ -97,11 +97,11 @@ def test_the_step_by_step_trace_of_w2_stamps_every_step_in_path_order(tmp_path: 
                           env=cli_env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = json.loads(out.read_text())["steps"]
-    from bench.trace import STEPS
+    from bench.trace import SOMETIMES, STEPS
 
     labels = [label for label, _, _ in STEPS]
     assert list(steps) == [label for label in labels if label in steps]  # path order; a second try is rare
-    assert all(steps[label]["n"] == 8 for label in labels if not label.startswith("worker tries a second time"))
+    assert all(steps[label]["n"] == 8 for label in labels if label not in SOMETIMES)
     # steps that cause one another, so each comes after the one before in every sample
     chain = ["claim fdatasynced", "handler returned", "outcome decided (payload parsed)", "outcome written",
              "outcome fdatasynced", "outcome recorded (head record)"]
@@ -118,7 +118,10 @@ def test_the_w3_trace_starts_the_clock_at_the_resume_and_stamps_the_run_after_it
                           cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = json.loads(out.read_text())["steps"]
-    assert all(s["n"] == 5 for s in steps.values()) and steps["the resume's event recorded (head record)"]["p50"] > 0
+    from bench.trace import SOMETIMES
+
+    assert all(s["n"] == 5 for label, s in steps.items() if label not in SOMETIMES)
+    assert steps["the resume's event recorded (head record)"]["p50"] > 0
     assert steps["resume: its line written"]["p50"] < steps["resume: its line durable (its lock released next)"]["p50"]
     chain = ["claim fdatasynced", "handler returned", "outcome written",
              "visible to the separate reader"]  # each causes the next in every sample

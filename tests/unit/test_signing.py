@@ -156,3 +156,62 @@ def test_canonical_gives_the_same_bytes_and_errors_as_json_dumps_with_its_option
             continue
         with pytest.raises(error):
             canonical(bad)
+
+
+def test_key_files_read_without_cryptography_give_the_keys_cryptography_reads(tmp_path: Path) -> None:
+    """Key files are read by taking the fixed RFC 8410 encoding apart (``cryptography`` costs ~45 ms to
+    import); for every key ``write_keypair`` writes, the raw bytes are the ones ``cryptography`` reads."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from orchestrator.signing import (_PKCS8_PREFIX, _SPKI_PREFIX, _private_from_pem_file, _public_from_pem,
+                                      _raw_from_pem, key_id)
+
+    for i in range(20):
+        folder = tmp_path / f"k{i}"
+        kid = write_keypair(folder)
+        private_pem, public_pem = (folder / f"{kid}.key").read_bytes(), (folder / f"{kid}.pub").read_bytes()
+        assert _raw_from_pem(private_pem, b"PRIVATE KEY", _PKCS8_PREFIX) is not None  # the fast path is taken
+        assert _raw_from_pem(public_pem, b"PUBLIC KEY", _SPKI_PREFIX) is not None
+        theirs = serialization.load_pem_private_key(private_pem, password=None)
+        assert _private_from_pem_file(folder / f"{kid}.key") == theirs.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+        raw_public = theirs.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        assert _public_from_pem(public_pem, folder) == raw_public and key_id(raw_public) == kid
+    # a key file the fixed form does not match (text before the block, as `openssl pkcs12` writes) is read by
+    # cryptography; a file neither can read is refused with cryptography's error, never misread
+    other = Ed25519PrivateKey.generate()
+    seed = other.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    pem = other.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption())
+    for name, data in (("annotated.key", b"Bag Attributes\n  friendlyName: ops\n" + pem),
+                       ("openssh.key", other.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                                           serialization.NoEncryption()))):
+        path = tmp_path / name
+        path.write_bytes(data)
+        path.chmod(0o600)
+        if name == "annotated.key":
+            assert _raw_from_pem(data, b"PRIVATE KEY", _PKCS8_PREFIX) is None and _private_from_pem_file(path) == seed
+        else:
+            with pytest.raises(ValueError):
+                _private_from_pem_file(path)
+    # a truncated, an extended or a foreign block is not taken apart by hand
+    good = (tmp_path / "k0").glob("*.pub").__next__().read_bytes()
+    lines = good.strip().split(b"\n")
+    assert _raw_from_pem(good.replace(b"PUBLIC KEY", b"PRIVATE KEY"), b"PRIVATE KEY", _PKCS8_PREFIX) is None
+    assert _raw_from_pem(b"\n".join([lines[0], lines[1][:-4], lines[-1]]), b"PUBLIC KEY", _SPKI_PREFIX) is None
+
+
+def test_a_status_reader_never_imports_cryptography(tmp_path: Path) -> None:
+    """Reading and verifying a job, as ``status`` does, takes no ``cryptography`` import (~45 ms)."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "keys"
+    write_keypair(folder)
+    code = ("import sys; from orchestrator.signing import load_keyring; ring = load_keyring(); "
+            "line = ring.seal({'seq': 1}); import json; assert ring.check(json.loads(line)) is None; "
+            "print(sorted(m for m in sys.modules if m.startswith('cryptography')))")
+    env = {**os.environ, "ORCH_KEYRING_DIR": str(folder)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
