@@ -102,7 +102,7 @@ class IndexChange(NamedTuple):
 class QueueIndex(ABC):
     """Ready and running jobs, as hints for claiming and stale recovery."""
 
-    _seen_built = False  # ``built_with_first_job`` found the index built once: not asked again
+    _seen_built = False  # ``built_with_first_job`` has decided for this project: not asked again
 
     # -- projection hooks (called by Orchestrator.append) --------------------------------------
     def before_append(self, job_id: str, old: JobState | None, new: JobState) -> InTransaction | None:
@@ -201,9 +201,9 @@ class QueueIndex(ABC):
         version wrote them, or an operator removed the index) is left for that rebuild."""
         if self._seen_built:
             return
-        if self.is_built():
-            self._seen_built = True  # an index marked built is complete: no need to ask on every submit
-        elif not store.has_jobs():
+        if self.is_built() or store.has_jobs():  # built, or left for the rebuild: not asked again either way
+            self._seen_built = True
+        else:
             self.mark_built()
             self._seen_built = True
 

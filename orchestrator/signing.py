@@ -14,7 +14,8 @@ checked with libsodium (PyNaCl), about twice as fast as OpenSSL for a verificati
 does for every line (figures in ``docs/decisions.md``). Key files are PEM (PKCS#8 and
 SubjectPublicKeyInfo), written by ``cryptography``; reading one takes the fixed RFC 8410 encoding of
 an Ed25519 key apart directly (``_raw_from_pem``) and leaves anything else to ``cryptography``, which
-is imported only then: importing it costs ~45 ms, a third of a ``status`` command's start.
+is imported only then: importing it costs 10-30 ms of a command's start, and loads OpenSSL into
+every worker (~9 MB).
 Ed25519 signatures are deterministic, so both libraries produce the same bytes
 (``tests/unit/test_signing.py`` checks it both ways).
 """
@@ -49,8 +50,22 @@ def _not_json(obj: Any) -> Any:
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
-_make_encoder = getattr(json.encoder, "c_make_encoder", None)
-_encode_str = getattr(json.encoder, "c_encode_basestring", None)
+def _c_encoder() -> tuple[Any, Any]:
+    """json's C encoder and string encoder, if this interpreter has them with the arguments used here
+    (a private API: checked once, else ``canonical`` falls back to ``json.dumps``)."""
+    make, encode_str = getattr(json.encoder, "c_make_encoder", None), getattr(json.encoder, "c_encode_basestring", None)
+    try:
+        probe = {"b": [1, 2.5, None, True], "a": "\u00e9"}
+        if make is not None and encode_str is not None and "".join(
+                make({}, _not_json, encode_str, None, ":", ",", True, False, False)(probe, 0)) == json.dumps(
+                probe, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False):
+            return make, encode_str
+    except Exception:  # noqa: BLE001 - another signature: use json.dumps
+        pass
+    return None, None
+
+
+_make_encoder, _encode_str = _c_encoder()
 
 
 def canonical(obj: Any) -> bytes:
@@ -155,10 +170,10 @@ class Keyring:
         return cached[1].sign(data).signature
 
     def _verify(self, kid: str, public: bytes, sig: bytes, data: bytes) -> bool:
-        verifier = self._sodium_keys.get(kid)
-        if verifier is None:
-            verifier = self._sodium_keys[kid] = VerifyKey(public)
         try:
+            verifier = self._sodium_keys.get(kid)
+            if verifier is None:
+                verifier = self._sodium_keys[kid] = VerifyKey(public)
             verifier.verify(data, sig)
         except (CryptoError, ValueError, TypeError):  # BadSignatureError, or a signature of the wrong length
             return False

@@ -152,26 +152,38 @@ class Worker:
         self._host: HandlerHost | None = None
         self._known: OrderedDict[str, tuple[JobView, Any]] = OrderedDict()  # see ``_remember``
         self._runs_root: Path | None = None
-        self._artifacts_root: str | None = None  # see ``artifacts_dir``
+        self._artifacts_root_id: tuple[int, int] | None = None  # the artifacts folder last checked in full
         self._next_sweep = 0.0  # time.monotonic() of the next sweep of leftovers (the first recovery does one)
         self._renewed = False  # the current run wrote a lease record (dropped with its outcome)
         import_modules(self.settings.imports)
 
     # -- paths ----------------------------------------------------------------------------------
     def artifacts_dir(self, job_id: str) -> Path:
-        """``artifacts/<job_id>``, never outside the store. The root is checked once (as ``runs_root``);
-        the job's own folder is resolved only when it is a symlink: a folder, or no folder yet, under a
-        checked root is inside it (resolving both every time cost ~0.2 ms per run)."""
-        if self._artifacts_root is None:
-            self._artifacts_root = str(safe_join(self.orch.settings.state_dir, ARTIFACTS_DIR))
-        path = os.path.join(self._artifacts_root, validate_id(job_id))  # an id is one plain name
+        """``artifacts/<job_id>``, never outside the store. Resolving it (``safe_join``: two ``realpath``
+        walks) cost ~0.2 ms per run, so it is resolved in full only when something is not as last
+        checked: the ``artifacts`` folder must be the very folder (device, inode) that passed the full
+        check, and not a symlink; the job's folder must not be a symlink (or not exist yet)."""
+        root = os.path.join(self.orch.settings.state_dir, ARTIFACTS_DIR)
+        path = os.path.join(root, validate_id(job_id))  # an id is one plain name
         try:
-            plain = not stat.S_ISLNK(os.lstat(path).st_mode)
+            st: os.stat_result | None = os.lstat(root)
         except FileNotFoundError:
-            plain = True
+            return Path(path)  # no folder yet: the handler makes real ones, inside the store
         except OSError:
-            plain = False
-        return Path(path) if plain else safe_join(self.orch.settings.state_dir, ARTIFACTS_DIR, job_id)
+            st = None
+        real_dir = st is not None and stat.S_ISDIR(st.st_mode)
+        if real_dir and (st.st_dev, st.st_ino) == self._artifacts_root_id:  # type: ignore[union-attr]
+            try:
+                if not stat.S_ISLNK(os.lstat(path).st_mode):
+                    return Path(path)
+            except FileNotFoundError:
+                return Path(path)
+            except OSError:
+                pass
+        checked = safe_join(self.orch.settings.state_dir, ARTIFACTS_DIR, job_id)  # PathEscapeError if out
+        if real_dir:
+            self._artifacts_root_id = (st.st_dev, st.st_ino)  # type: ignore[union-attr]
+        return checked
 
     @property
     def runs_root(self) -> Path:

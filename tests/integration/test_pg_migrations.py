@@ -83,9 +83,12 @@ def test_a_migration_that_dies_before_its_version_row_leaves_no_trace_and_the_ne
     from orchestrator import faults
 
     apply_up_to(scratch_db, latest_version() - 1)
-    columns = "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public' ORDER BY 1, 2"
+    schema = ("SELECT 'column', table_name, column_name FROM information_schema.columns WHERE table_schema = 'public' "
+              "UNION ALL SELECT 'index', tablename, indexdef FROM pg_indexes WHERE schemaname = 'public' "
+              "UNION ALL SELECT 'constraint', table_name, constraint_name FROM information_schema.table_constraints "
+              "WHERE table_schema = 'public' ORDER BY 1, 2, 3")
     conn = connect(scratch_db, autocommit=True)
-    before = conn.execute(columns).fetchall()
+    before = conn.execute(schema).fetchall()
 
     def die() -> None:
         raise RuntimeError("the migrating process dies here")
@@ -98,7 +101,7 @@ def test_a_migration_that_dies_before_its_version_row_leaves_no_trace_and_the_ne
         faults.disarm_all()
     try:
         assert current_version(conn) == latest_version() - 1
-        assert conn.execute(columns).fetchall() == before  # the schema change was rolled back with it
+        assert conn.execute(schema).fetchall() == before  # the schema change was rolled back with it
         last = migrations()[-1]
         again = migrate(scratch_db)  # the same statements run again on the rolled-back schema
         assert again["applied"] == [f"{last.version:04d}_{last.name}"] and current_version(conn) == latest_version()

@@ -150,7 +150,8 @@ def test_canonical_gives_the_same_bytes_and_errors_as_json_dumps_with_its_option
     circular: list = []
     circular.append(circular)
     for bad, error in ((float("nan"), ValueError), ({"x": float("inf")}, ValueError), ({"x": object()}, TypeError),
-                       ({1: "int key"}, None), (circular, ValueError), ({"s": {1, 2}}, TypeError)):
+                       ({1: "int key"}, None), (circular, ValueError), ({"s": {1, 2}}, TypeError),
+                       ({(1, 2): "tuple key"}, TypeError)):
         if error is None:
             assert canonical(bad) == dumps(bad)
             continue
@@ -159,7 +160,7 @@ def test_canonical_gives_the_same_bytes_and_errors_as_json_dumps_with_its_option
 
 
 def test_key_files_read_without_cryptography_give_the_keys_cryptography_reads(tmp_path: Path) -> None:
-    """Key files are read by taking the fixed RFC 8410 encoding apart (``cryptography`` costs ~45 ms to
+    """Key files are read by taking the fixed RFC 8410 encoding apart (``cryptography`` costs 10-30 ms to
     import); for every key ``write_keypair`` writes, the raw bytes are the ones ``cryptography`` reads."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -195,6 +196,17 @@ def test_key_files_read_without_cryptography_give_the_keys_cryptography_reads(tm
         else:
             with pytest.raises(ValueError):
                 _private_from_pem_file(path)
+    # an X25519 key has the same length and layout but another algorithm: never read as an Ed25519 seed
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    x25519 = X25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption())
+    path = tmp_path / "x25519.key"
+    path.write_bytes(x25519)
+    path.chmod(0o600)
+    assert _raw_from_pem(x25519, b"PRIVATE KEY", _PKCS8_PREFIX) is None
+    with pytest.raises(SigningKeyError, match="not an Ed25519 private key"):
+        _private_from_pem_file(path)
     # a truncated, an extended or a foreign block is not taken apart by hand
     good = (tmp_path / "k0").glob("*.pub").__next__().read_bytes()
     lines = good.strip().split(b"\n")
@@ -203,7 +215,7 @@ def test_key_files_read_without_cryptography_give_the_keys_cryptography_reads(tm
 
 
 def test_a_status_reader_never_imports_cryptography(tmp_path: Path) -> None:
-    """Reading and verifying a job, as ``status`` does, takes no ``cryptography`` import (~45 ms)."""
+    """Reading and verifying a job, as ``status`` does, takes no ``cryptography`` import (10-30 ms)."""
     import subprocess
     import sys
 
