@@ -101,17 +101,32 @@ def _event(job: str, seq: int, etype: str) -> dict[str, Any]:
             "v": 1, "prev": "0" * 64, "data": {"summary": "ok"} if etype == "job_succeeded" else {"kind": "k"}}
 
 
+def _head(seal: Any, name: str, seq: int) -> bytes:
+    """A signed head record (its hash a constant: the skeleton hashes no line)."""
+    return seal({"stream": name, "seq": seq, "hash": "0" * 64})
+
+
+def _lines(path: "str | Path") -> list[bytes]:
+    """The file's complete lines (a line being written is not one yet); none when there is no file."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return []
+    return data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]
+
+
+def _verified(check: Any, lines: list[bytes], head: bytes | None) -> bool:
+    """Every line and the head record (when there is one yet) verify."""
+    return all(check(ln) for ln in lines) and (head is None or check(head))
+
+
 def _lines_when_more_than(path: str, known: int, timeout: float = 5.0) -> list[bytes]:
     """The job's complete lines once there are more than ``known`` (its ready entry comes before its
     event, as in the real store: the worker wakes early and waits for the line, polling every 50 us)."""
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except FileNotFoundError:
-            data = b""
-        lines = data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]
+        lines = _lines(path)
         if len(lines) > known:
             return lines
         if time.monotonic() > deadline:
@@ -138,18 +153,18 @@ def _worker(root: Path, seal: Any, check: Any, req_w: int | None, resp_r: int | 
             # job's first head record comes after its event, so there may be none yet
             head = _read_head(os.path.join(heads, name))
             lines = _lines_when_more_than(path, known)
-            if not (all(check(ln) for ln in lines[known:]) and (head is None or check(head))):
+            if not _verified(check, lines[known:], head):
                 raise SystemExit("skeleton: a line did not verify")
             seq = len(lines)
             claim = seal(_event(name, seq + 1, "job_claimed"))
             _append(path, claim)  # waits for the writer's lock: its event is durable first
-            _write_head(os.path.join(heads, name), seal({"stream": name, "seq": seq + 1, "hash": "0" * 64}))
+            _write_head(os.path.join(heads, name), _head(seal, name, seq + 1))
             if req_w is not None and resp_r is not None:
                 os.write(req_w, name.encode())
                 os.read(resp_r, 4096)
             outcome = seal(_event(name, seq + 2, "job_succeeded"))
             _append(path, outcome)
-            _write_head(os.path.join(heads, name), seal({"stream": name, "seq": seq + 2, "hash": "0" * 64}))
+            _write_head(os.path.join(heads, name), _head(seal, name, seq + 2))
         watcher.wait(0.25)
 
 
@@ -167,17 +182,17 @@ def _submit(root: Path, name: str, seal: Any, template: Path) -> None:
     then its head record."""
     import fcntl
 
+    from orchestrator.store.jsonl import fsync_dir
+
     jobs = root / "jobs"
-    line, head = seal(_event(name, 1, "job_submitted")), seal({"stream": name, "seq": 1, "hash": "0" * 64})
+    line, head = seal(_event(name, 1, "job_submitted")), _head(seal, name, 1)
     os.link(template, root / "ready" / name)
     fd = os.open(jobs / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.write(fd, line + b"\n")
         os.fdatasync(fd)
-        dfd = os.open(jobs, os.O_RDONLY | os.O_DIRECTORY)
-        os.fsync(dfd)
-        os.close(dfd)
+        fsync_dir(jobs)
     finally:
         os.close(fd)
     _write_head(str(root / "heads" / name), head)
@@ -188,7 +203,7 @@ def _asked(root: Path, name: str, seal: Any) -> None:
     path = root / "jobs" / name
     path.write_bytes(b"".join(seal(_event(name, seq, etype)) + b"\n" for seq, etype in
                               ((1, "job_submitted"), (2, "job_claimed"), (3, "job_needs_human"))))
-    _write_head(str(root / "heads" / name), seal({"stream": name, "seq": 3, "hash": "0" * 64}))
+    _write_head(str(root / "heads" / name), _head(seal, name, 3))
 
 
 def _resume(root: Path, name: str, seal: Any, check: Any, template: Path) -> None:
@@ -197,14 +212,13 @@ def _resume(root: Path, name: str, seal: Any, check: Any, template: Path) -> Non
     and its marker."""
     path = str(root / "jobs" / name)
     head = _read_head(root / "heads" / name)
-    with open(path, "rb") as fh:
-        lines = fh.read().split(b"\n")[:-1]
-    if not (head and all(check(ln) for ln in lines) and check(head)):
+    lines = _lines(path)
+    if head is None or not _verified(check, lines, head):
         raise SystemExit("skeleton: a line did not verify")
     line = seal(_event(name, len(lines) + 1, "job_resumed"))
     os.link(template, root / "ready" / name)
     _append(path, line)
-    _write_head(str(root / "heads" / name), seal({"stream": name, "seq": len(lines) + 1, "hash": "0" * 64}))
+    _write_head(str(root / "heads" / name), _head(seal, name, len(lines) + 1))
     audit = str(root / "audit.jsonl")
     if not os.path.exists(audit):
         os.close(os.open(audit, os.O_WRONLY | os.O_CREAT, 0o644))
@@ -232,20 +246,8 @@ def run(samples: int, hop: bool = True, base: Path | None = None, workload: str 
         if hop:
             req_r, req_w = os.pipe()
             resp_r, resp_w = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    _handler(req_r, resp_w)
-                finally:
-                    os._exit(0)
-            children.append(pid)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _worker(root, seal, check, req_w, resp_r, known=3 if workload == "w3" else 0)
-            finally:
-                os._exit(0)
-        children.append(pid)
+            children.append(_child(_handler, req_r, resp_w))
+        children.append(_child(_worker, root, seal, check, req_w, resp_r, 3 if workload == "w3" else 0))
         reader = InotifyWatcher(root / "jobs")
         out: list[float] = []
         for i in range(WARMUP + samples):  # the first rounds (imports, first writes) are not counted
@@ -262,11 +264,8 @@ def run(samples: int, hop: bool = True, base: Path | None = None, workload: str 
             give_up = time.monotonic() + 10.0
             while True:
                 record = _read_head(root / "heads" / name)
-                with open(root / "jobs" / name, "rb") as fh:
-                    data = fh.read()
-                lines = data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]
-                if (all(check(ln) for ln in lines) and (record is None or check(record))
-                        and lines and b'"job_succeeded"' in lines[-1]):
+                lines = _lines(root / "jobs" / name)
+                if _verified(check, lines, record) and lines and b'"job_succeeded"' in lines[-1]:  # verified first, as status
                     if i >= WARMUP:
                         out.append((time.monotonic_ns() - t0) / 1e6)
                     break
@@ -283,6 +282,17 @@ def run(samples: int, hop: bool = True, base: Path | None = None, workload: str 
         for pid in children:
             _reap(pid)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _child(fn: Any, *args: Any) -> int:
+    """Fork a process that runs ``fn(*args)`` and exits; its pid."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fn(*args)
+        finally:
+            os._exit(0)
+    return pid
 
 
 def _reap(pid: int, grace: float = 2.0) -> None:

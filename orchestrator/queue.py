@@ -199,12 +199,9 @@ class QueueIndex(ABC):
         built, and the first worker claims at once instead of loading every job submitted before it
         started (``rebuild``). An index that was never built in a project that has jobs (an older
         version wrote them, or an operator removed the index) is left for that rebuild."""
-        if self._seen_built:
-            return
-        if self.is_built() or store.has_jobs():  # built, or left for the rebuild: not asked again either way
-            self._seen_built = True
-        else:
-            self.mark_built()
+        if not self._seen_built:
+            if not (self.is_built() or store.has_jobs()):  # built already, or left for the rebuild
+                self.mark_built()
             self._seen_built = True
 
     def index_job(self, s: JobState, ok: bool = True) -> bool:

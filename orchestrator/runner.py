@@ -375,7 +375,6 @@ def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: i
 
 HOST_PREFIX = "host-"  # runs/host-<pid>-<random>: a worker's handler process folder
 ALIVE_FILE = ".alive"  # inside it, locked for as long as the worker (or its handler process) lives
-HOST_STRAY_AGE = STRAY_AGE  # a host folder with no lock file at all is a leftover once it is this old
 
 
 def claim_host_folder(folder: Path) -> int:
@@ -402,7 +401,7 @@ def sweep_dead_host_folders(runs_dir: Path) -> list[str]:
     """Remove the handler-process folders of workers that are gone without ``close`` (SIGKILL, a
     crash): their ``.alive`` lock is free. Their ``output.log`` may still hold what the last handler
     printed. A folder with no lock file, and a staging folder (its worker killed while making it),
-    goes once it is ``HOST_STRAY_AGE`` old. Returns the names removed."""
+    goes once it is ``STRAY_AGE`` old. Returns the names removed."""
     try:
         names = [n for n in os.listdir(runs_dir) if n.startswith((HOST_PREFIX, f".{HOST_PREFIX}"))]
     except OSError:
@@ -420,7 +419,7 @@ def sweep_dead_host_folders(runs_dir: Path) -> list[str]:
         if fd < 0:  # a folder of a worker from before the lock file counts as alive while its pid is
             try:
                 pid = name[len(HOST_PREFIX):].split("-", 1)[0]  # host-<pid>-<random>
-                if time.time() - os.stat(folder).st_mtime >= HOST_STRAY_AGE and (
+                if time.time() - os.stat(folder).st_mtime >= STRAY_AGE and (
                         name.startswith(".") or not pid.isdigit() or not pid_alive(int(pid))):
                     shutil.rmtree(folder, ignore_errors=True)
                     removed.append(name)
@@ -442,7 +441,6 @@ def sweep_dead_host_folders(runs_dir: Path) -> list[str]:
         finally:
             os.close(fd)
     return removed
-
 
 
 class HandlerHost:

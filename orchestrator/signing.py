@@ -287,11 +287,11 @@ def write_keypair(directory: Path, private: Any = None, *, activate: bool = True
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    private = Ed25519PrivateKey.from_private_bytes(seed_of(private)) if private is not None \
-        else Ed25519PrivateKey.generate()
+    seed = seed_of(private) if private is not None else bytes(SigningKey.generate())
+    private = Ed25519PrivateKey.from_private_bytes(seed)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(directory, 0o700)
-    kid = key_id(public_of(seed_of(private)))
+    kid = key_id(public_of(seed))
     priv_path = directory / f"{kid}{PRIVATE_SUFFIX}"
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -152,7 +152,8 @@ class Worker:
         self._host: HandlerHost | None = None
         self._known: OrderedDict[str, tuple[JobView, Any]] = OrderedDict()  # see ``_remember``
         self._runs_root: Path | None = None
-        self._artifacts_root_id: tuple[int, int] | None = None  # the artifacts folder last checked in full
+        self._artifacts_root: str | None = None  # ``artifacts_dir``: the folder's path,
+        self._artifacts_root_id: tuple[int, int] | None = None  # ...and the (device, inode) last checked in full
         self._next_sweep = 0.0  # time.monotonic() of the next sweep of leftovers (the first recovery does one)
         self._renewed = False  # the current run wrote a lease record (dropped with its outcome)
         import_modules(self.settings.imports)
@@ -163,7 +164,9 @@ class Worker:
         walks) cost ~0.2 ms per run, so it is resolved in full only when something is not as last
         checked: the ``artifacts`` folder must be the very folder (device, inode) that passed the full
         check, and not a symlink; the job's folder must not be a symlink (or not exist yet)."""
-        root = os.path.join(self.orch.settings.state_dir, ARTIFACTS_DIR)
+        if self._artifacts_root is None:  # the path only: what it leads to is checked below, every time
+            self._artifacts_root = os.path.join(self.orch.settings.state_dir, ARTIFACTS_DIR)
+        root = self._artifacts_root
         path = os.path.join(root, validate_id(job_id))  # an id is one plain name
         try:
             st: os.stat_result | None = os.lstat(root)

@@ -185,17 +185,17 @@ def test_a_sweep_removes_the_handler_folders_of_workers_that_are_gone_and_keeps_
     (tmp_path / "host-young-unlocked").mkdir()  # being made right now (no lock file yet)
     old = tmp_path / "host-old-unlocked"
     old.mkdir()
-    os.utime(old, (time.time() - runner.HOST_STRAY_AGE - 1,) * 2)
+    os.utime(old, (time.time() - runner.STRAY_AGE - 1,) * 2)
     older_worker = tmp_path / f"host-{os.getpid()}-0000"  # a live worker from before the lock file
     older_worker.mkdir()
-    os.utime(older_worker, (time.time() - runner.HOST_STRAY_AGE - 1,) * 2)
+    os.utime(older_worker, (time.time() - runner.STRAY_AGE - 1,) * 2)
     (tmp_path / "r-0001").mkdir()  # a run's own folder is not the sweep's business
     staging = tmp_path / ".host-making.new"  # a worker between creating its lock file and locking it
     staging.mkdir()
     (staging / runner.ALIVE_FILE).touch()
     old_staging = tmp_path / ".host-killed.new"
     old_staging.mkdir()
-    os.utime(old_staging, (time.time() - runner.HOST_STRAY_AGE - 1,) * 2)
+    os.utime(old_staging, (time.time() - runner.STRAY_AGE - 1,) * 2)
     assert sorted(runner.sweep_dead_host_folders(tmp_path)) == [".host-killed.new", "host-dead", "host-old-unlocked"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".host-making.new", older_worker.name, "host-live",
                                                           "host-young-unlocked", "r-0001"]
