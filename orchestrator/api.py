@@ -23,7 +23,7 @@ from orchestrator.config import Settings, default_actor
 from orchestrator.errors import (ConcurrencyError, ConfigError, ContextSignatureInvalid, InvalidInputError,
                                  JobNotFoundError, OrchestratorError)
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream, check_head_record,
-                                  head_record, seal, verify_stream)
+                                  head_anchor, head_record, seal, verify_stream)
 from orchestrator.limits import MAX_INPUT_BYTES, MAX_JSON_DEPTH, json_depth
 from orchestrator.security import validate_id
 from orchestrator.signing import Keyring, canonical, load_keyring
@@ -174,19 +174,31 @@ class Orchestrator:
                                   "could be replaced along with the events, so it is never trusted")
 
     # -- reading ----------------------------------------------------------------------------
-    def load(self, job_id: str) -> JobView:
-        """Read, verify and replay one job. Raises ``JobNotFoundError`` for an unknown id."""
+    def load(self, job_id: str, *, every_signature: bool = False) -> JobView:
+        """Read, verify and replay one job. Raises ``JobNotFoundError`` for an unknown id.
+
+        The lines its signed head record vouches for (``history.head_anchor``) have their own
+        signatures checked only where they name another key; ``every_signature=True`` checks each
+        one (``verify``). Either way any edit, cut or splice of the history is a problem."""
         validate_id(job_id, "job id")
         # The head record is read BEFORE the events: it is written after its events are durable
         # (or with them, on PostgreSQL), so a writer racing this read can only make the events
         # longer than the record, never shorter (which would look like a cut history: TRUNCATED).
         head_raw, lines = self.store.read_with_aux(job_id, HEADS_AREA, job_id)
-        return self._verified_view(job_id, lines, head_raw)
+        return self._verified_view(job_id, lines, head_raw, every_signature=every_signature)
 
-    def _verified_view(self, job_id: str, lines: list[StoredLine], head_raw: bytes | None) -> JobView:
-        """Every line verified, then replayed (``load``'s part after the read)."""
+    def _verified_view(self, job_id: str, lines: list[StoredLine], head_raw: bytes | None, *,
+                       every_signature: bool = False) -> JobView:
+        """The lines verified, then replayed (``load``'s part after the read). From the head record
+        when it verifies; when that finds any problem, every line is checked again on its own, so a
+        problem is named at the line it is on, exactly as ``verify`` names it."""
         if not lines:
             raise JobNotFoundError(f"no job {job_id!r} in project {self.project_id!r}", job_id=job_id)
+        anchor = None if every_signature else head_anchor(job_id, lines, head_raw, self.keyring)
+        if anchor is not None:
+            stream = verify_stream(job_id, lines, self.keyring, anchor=anchor)
+            if stream.ok:
+                return self._view(job_id, stream, head_checked=True)
         return self._view(job_id, verify_stream(job_id, lines, self.keyring), head_raw)
 
     def load_more(self, view: JobView) -> JobView:
@@ -206,8 +218,9 @@ class Orchestrator:
         return self._view(view.job_id, stream, head_raw, resume_from=(view.state, len(view.stream.records)))
 
     def _view(self, job_id: str, stream: VerifiedStream, head_raw: bytes | None | bool = False,
-              resume_from: tuple[JobState | None, int] = (None, 0)) -> JobView:
-        """Replay the verified records (from ``resume_from``: a state and how many records it has seen)."""
+              resume_from: tuple[JobState | None, int] = (None, 0), head_checked: bool = False) -> JobView:
+        """Replay the verified records (from ``resume_from``: a state and how many records it has seen),
+        then check the head record (unless the lines were verified from it: ``head_checked``)."""
         problems = list(stream.problems)
         state, seen = resume_from
         for rec in stream.records[seen:]:
@@ -219,11 +232,12 @@ class Orchestrator:
             if rec["seq"] == 1 and rec["data"].get("context_digest") != context_digest(
                     state.kind, state.input, dict(state.options)):
                 problems.append(Problem(job_id, 1, CONTEXT_MISMATCH, "the submitted context does not match its digest"))
-        if head_raw is False:
-            head_raw = self.store.get_aux(HEADS_AREA, job_id)
-        head_problem = check_head_record(job_id, stream.lines, head_raw, self.keyring)
-        if head_problem:
-            problems.append(head_problem)
+        if not head_checked:
+            if head_raw is False:
+                head_raw = self.store.get_aux(HEADS_AREA, job_id)
+            head_problem = check_head_record(job_id, stream.lines, head_raw, self.keyring)
+            if head_problem:
+                problems.append(head_problem)
         return JobView(job_id, stream, state, tuple(problems))
 
     def status(self, job_id: str) -> JobStatus:

@@ -84,7 +84,7 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
     job_ids = [job_id] if job_id else sorted(orch.store.job_ids())
     claims = _audit_claims(orch, job_id)
     for n, jid in enumerate(job_ids, 1):
-        view = orch.load(jid)
+        view = orch.load(jid, every_signature=True)
         report.streams += 1
         report.events += len(view.stream.lines)
         report.problems.extend(view.problems)

@@ -92,8 +92,9 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     if "tamper" in r:
         for kind, k in r["tamper"]["kinds"].items():
             if k["promised"]:
-                add(f"tamper {kind}: detected by verify", f"{k['detected']}/{k['trials']}", "100%",
-                    k["detected"] == k["trials"])
+                add(f"tamper {kind}: detected by verify / by a read (status)",
+                    f"{k['detected']}/{k['trials']} / {k['detected_by_read']}/{k['trials']}", "100% / 100%",
+                    k["detected"] == k["trials"] and k["detected_by_read"] == k["trials"])
             else:
                 add(f"tamper {kind}: detected by verify / with anchor",
                     f"{k['detected']}/{k['trials']} / {k['detected_with_anchor']}/{k['trials']}",

@@ -3,8 +3,10 @@
 A project with varied histories (run, asked, audited, approved, resumed, cancelled) is built
 once; each trial edits a copy of one stream's bytes, runs the whole-project ``verify``, and
 restores the bytes. A trial counts as *detected* when ``verify`` reports an integrity
-problem. ``promised`` says whether ``docs/format.md`` promises detection without an
-external anchor; the cuts it does not promise are checked against an anchor instead.
+problem, and as *detected by a read* when reading the job as ``status`` and a claiming worker
+do (``Orchestrator.load``: from the signed head record, ``history.head_anchor``) refuses it too.
+``promised`` says whether ``docs/format.md`` promises detection without an external anchor;
+the cuts it does not promise are checked against an anchor instead.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any, Callable
 
 from orchestrator.api import HEADS_AREA, Orchestrator
 from orchestrator.audit import AUDIT_HEAD
+from orchestrator.errors import JobNotFoundError
 from orchestrator.integrity import check_anchor, export_anchor, verify_project
 from orchestrator.reliability.common import new_project, progress
 from orchestrator.reliability.crash import workload
@@ -50,8 +53,19 @@ class Matrix:
         choices = [j for j in self.jobs if len(self.orch.store.read(j)) >= 2] if multi else self.jobs
         return self.rng.choice(choices + [AUDIT_STREAM])
 
-    def trial(self, stream: str, new_bytes: bytes, *, drop_head: bool = False) -> tuple[bool, bool]:
-        """Write ``new_bytes`` as ``stream``; (verify detected it, the anchor detected it); then restore."""
+    def read_detects(self, stream: str) -> bool:
+        """A read of the job refuses it: it does not verify, or no complete line is left (not found).
+        The audit log has no such read: True, so that only ``verify`` counts for it."""
+        if stream == AUDIT_STREAM:
+            return True
+        try:
+            return not self.orch.load(stream).ok
+        except JobNotFoundError:
+            return True
+
+    def trial(self, stream: str, new_bytes: bytes, *, drop_head: bool = False) -> tuple[bool, bool, bool]:
+        """Write ``new_bytes`` as ``stream``; (verify detected it, the anchor detected it, a read refused
+        it); then restore."""
         path = self.orch.store.path(stream)
         old = path.read_bytes()
         head_key = AUDIT_HEAD if stream == AUDIT_STREAM else (HEADS_AREA, stream)
@@ -62,11 +76,12 @@ class Matrix:
         try:
             detected = not verify_project(self.orch).ok
             anchored = bool(check_anchor(self.orch, self.anchor))
+            read = self.read_detects(stream)
         finally:
             path.write_bytes(old)
             if head is not None:
                 self.orch.store.put_aux(*head_key, head)
-        return detected, anchored
+        return detected, anchored, read
 
     # -- kinds: each returns (stream, new bytes, drop_head) or None when it does not apply ---------------
     def byte_flip(self) -> tuple[str, bytes, bool]:
@@ -189,24 +204,27 @@ def campaign(root: Path, flips: int = 500, per_kind: int = 50, seed: int = 6, hi
     kinds: dict[str, dict[str, Any]] = {}
     for name, (mutate, promised) in KINDS.items():
         n = flips if name == "byte_flip" else per_kind
-        detected = anchored = 0
+        detected = anchored = read = 0
         for _ in range(n):
             stream, data, drop_head = mutate(matrix)
             if stream.startswith("copied-"):
                 orch.store.path(stream).write_bytes(data)
-                detected += not orch.load(stream).ok
+                detected += not orch.load(stream, every_signature=True).ok
+                read += matrix.read_detects(stream)
                 orch.store.path(stream).unlink()
                 anchored += 1  # not in the anchor, but verify already reports it
                 continue
-            d, a = matrix.trial(stream, data, drop_head=drop_head)
+            d, a, r = matrix.trial(stream, data, drop_head=drop_head)
             detected += d
             anchored += d or a
-        kinds[name] = {"trials": n, "detected": detected, "detected_with_anchor": anchored, "promised": promised}
-        progress(f"tamper {name}: {detected}/{n} detected by verify, {anchored}/{n} with the anchor")
+            read += r
+        kinds[name] = {"trials": n, "detected": detected, "detected_with_anchor": anchored, "detected_by_read": read,
+                       "promised": promised}
+        progress(f"tamper {name}: {detected}/{n} detected by verify, {read}/{n} by a read, {anchored}/{n} with the anchor")
     # a revoked key: every line it signed stops verifying
     ring = orch.keyring
     ring.revoked = frozenset({ring.signer_id or ""})
     kinds["revoked_key"] = {"trials": 1, "detected": int(not verify_project(orch).ok), "detected_with_anchor": 1,
-                            "promised": True}
+                            "detected_by_read": int(all(matrix.read_detects(j) for j in matrix.jobs)), "promised": True}
     ring.revoked = frozenset()
     return {"kinds": kinds, "clean_after": verify_project(orch).ok}

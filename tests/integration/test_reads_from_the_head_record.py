@@ -1,0 +1,166 @@
+"""A read (``status``, a claiming worker) verifies a job from its signed head record.
+
+The head record's signature covers the hash of the line it names, and each line's ``prev`` the
+line before it, so the head's key vouches for every line up to it. A read checks such a line's own
+signature only when the line names another key; every other check (parse, canonical form,
+sequence, chain, job id, key trusted and not revoked) is made on every line. ``verify`` still
+checks every signature. When anything fails, the read checks each line on its own, so a problem
+is named at the line it is on, as ``verify`` names it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import worker_handlers  # noqa: F401  (registers t.* handlers)
+
+from orchestrator import Orchestrator
+from orchestrator.api import HEADS_AREA
+from orchestrator.history import head_record
+from orchestrator.integrity import verify_project
+from orchestrator.signing import Keyring, canonical
+from orchestrator.store.base import Head
+
+
+def _finished_job(orch: Orchestrator) -> str:
+    job = orch.submit("t.echo", {"x": 1})
+    orch.worker().run_once()
+    assert orch.status(job).state == "succeeded"
+    return job
+
+
+def _lines(orch: Orchestrator, job: str) -> list[bytes]:
+    return orch.store.path(job).read_bytes().split(b"\n")[:-1]
+
+
+def _write(orch: Orchestrator, job: str, lines: list[bytes]) -> None:
+    orch.store.path(job).write_bytes(b"".join(line + b"\n" for line in lines))
+
+
+def _broken_signature(line: bytes) -> bytes:
+    """The same record with another (well-formed, wrong) signature."""
+    rec = json.loads(line)
+    rec["sig"] = rec["sig"][::-1]
+    return canonical(rec)
+
+
+def _resign_head(orch: Orchestrator, job: str, ring: Keyring) -> None:
+    """A fresh head record over the file as it is now, signed by ``ring``'s key."""
+    lines = _lines(orch, job)
+    orch.store.put_aux(HEADS_AREA, job, head_record(ring, job, Head(len(lines), lines[-1])))
+
+
+def _count_verifications(monkeypatch: pytest.MonkeyPatch, ring: Keyring) -> list[int]:
+    calls = [0]
+    real = ring._verify
+
+    def counting(*args: object) -> bool:
+        calls[0] += 1
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ring, "_verify", counting)
+    return calls
+
+
+def test_a_read_checks_the_head_records_signature_for_the_lines_it_vouches_for(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = _finished_job(orch)
+    calls = _count_verifications(monkeypatch, orch.keyring)
+    assert orch.load(job).ok
+    assert calls[0] == 1  # the head record's; its key signed all three lines
+    calls[0] = 0
+    assert orch.load(job, every_signature=True).ok
+    assert calls[0] == len(_lines(orch, job)) + 1  # verify's way: every line, then the head record
+
+
+def test_lines_written_after_the_head_record_are_checked_one_by_one(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file store writes a head record after its lines: a read in between sees lines past it."""
+    job = _finished_job(orch)
+    lines = _lines(orch, job)
+    orch.store.put_aux(HEADS_AREA, job, head_record(orch.keyring, job, Head(1, lines[0])))
+    calls = _count_verifications(monkeypatch, orch.keyring)
+    assert orch.load(job).ok
+    assert calls[0] == 1 + (len(lines) - 1)
+    _write(orch, job, lines[:-1] + [_broken_signature(lines[-1])])
+    problems = orch.load(job).problems
+    assert [(p.line, p.code) for p in problems] == [(len(lines), "SIGNATURE_INVALID")]
+
+
+def test_an_edited_signature_is_named_at_its_line_as_verify_names_it(orch: Orchestrator) -> None:
+    job = _finished_job(orch)
+    lines = _lines(orch, job)
+    _write(orch, job, [_broken_signature(lines[0])] + lines[1:])
+    read = [(p.line, p.code) for p in orch.load(job).problems]
+    assert read[0] == (1, "SIGNATURE_INVALID")
+    assert read == [(p.line, p.code) for p in verify_project(orch, job).problems]
+
+
+def _resealed(orch: Orchestrator, job: str, lines: list[bytes], signers: list[Keyring | None]) -> list[bytes]:
+    """``lines`` chained again and signed again, line ``i`` by ``signers[i]`` (None: kept as it is, only
+    if its ``prev`` is right already); written with a fresh head record of the orchestrator's key."""
+    from orchestrator.signing import genesis, line_hash
+
+    out: list[bytes] = []
+    for line, ring in zip(lines, signers):
+        if ring is None:
+            out.append(line)
+            continue
+        rec = json.loads(line)
+        rec.pop("kid"), rec.pop("sig")
+        rec["prev"] = line_hash(out[-1]) if out else genesis(job)
+        out.append(ring.seal(rec))
+    _write(orch, job, out)
+    _resign_head(orch, job, orch.keyring)
+    return out
+
+
+def test_a_line_naming_another_key_is_checked_against_that_key(orch: Orchestrator) -> None:
+    """The head's key vouches only for lines under its own name: a line signed (or claiming to be
+    signed) by another trusted key is checked with that key, even below the head record."""
+    job = _finished_job(orch)
+    other = Keyring.generate()
+    orch.keyring.trusted.update(other.trusted)
+    lines = _resealed(orch, job, _lines(orch, job), [orch.keyring, other, orch.keyring])
+    assert orch.load(job).ok  # a valid line of another trusted key is fine
+    forged = [lines[0], _broken_signature(lines[1]), lines[2]]  # the other key's name, not its signature
+    _resealed(orch, job, forged, [None, None, orch.keyring])
+    assert [(p.line, p.code) for p in orch.load(job).problems] == [(2, "SIGNATURE_INVALID")]
+
+
+def test_a_revoked_key_fails_a_read_whether_it_signed_the_head_or_a_line(orch: Orchestrator) -> None:
+    job = _finished_job(orch)
+    orch.keyring.revoked = frozenset({orch.keyring.signer_id or ""})
+    assert "KEY_REVOKED" in {p.code for p in orch.load(job).problems}
+    orch.keyring.revoked = frozenset()
+    other = Keyring.generate()  # a line under a key revoked since, below a head record of a key still trusted
+    orch.keyring.trusted.update(other.trusted)
+    _resealed(orch, job, _lines(orch, job), [other, orch.keyring, orch.keyring])
+    assert orch.load(job).ok
+    orch.keyring.revoked = frozenset({other.signer_id or ""})
+    assert [(p.line, p.code) for p in orch.load(job).problems] == [(1, "KEY_REVOKED")]
+
+
+def test_a_head_record_that_does_not_verify_means_every_line_is_checked(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = _finished_job(orch)
+    _resign_head(orch, job, Keyring.generate())  # an untrusted key
+    calls = _count_verifications(monkeypatch, orch.keyring)
+    problems = orch.load(job).problems
+    assert [p.code for p in problems] == ["SIGNATURE_INVALID"]  # the head record's, as before
+    assert calls[0] == len(_lines(orch, job))  # every line checked on its own (the untrusted head: no call)
+
+
+def test_what_only_verify_sees_a_line_its_own_key_vouched_for_with_a_bad_signature(orch: Orchestrator) -> None:
+    """The one case a read and ``verify`` differ, as documented: the holder of a trusted key wrote a
+    line under that key with a signature that does not verify, then signed a head record over it
+    (a key holder could as well have signed the line). ``verify`` reports it; a read takes the
+    head record's word."""
+    job = _finished_job(orch)
+    lines = _lines(orch, job)
+    bad = _broken_signature(lines[2])
+    _write(orch, job, lines[:2] + [bad])
+    _resign_head(orch, job, orch.keyring)
+    assert orch.load(job).ok
+    assert [(p.line, p.code) for p in verify_project(orch, job).problems] == [(3, "SIGNATURE_INVALID")]
