@@ -2,7 +2,8 @@
 
 Every job runs in a real worker process (``orchestrator.latency.WorkerProcess``: ``Worker.run``,
 Python handler forked per run as in production), every event is signed and fdatasynced, and
-"visible" means a fresh read by this (other) process that verifies every signature and the chain.
+"visible" means a fresh read by this (other) process, verified as ``status`` does (the chain, the signed
+head record, and each line's signature where the head record does not vouch for it: ``docs/format.md``).
 """
 from __future__ import annotations
 

@@ -9,8 +9,9 @@ Used by ``scripts/bench_terminal_latency.py`` (the release gate) and by the ``be
 * the handler, run by that worker's handler process as always, which stamps the moment it returns its
   terminal payload (``time.monotonic_ns``: CLOCK_MONOTONIC is one clock for every process);
 * this process, the *separate reader*: it waits on inotify for the job's events file to be
-  closed after a write and re-reads the job from disk each time (read, verify every signature
-  and the chain, replay), exactly what ``status`` does. Nothing is cached between reads.
+  closed after a write and re-reads the job from disk each time (read, verify the chain, the
+  signed head record and every signature it does not vouch for, replay), exactly what ``status``
+  does. Nothing is cached between reads.
 
 Terminal latency of one job = ``max(durable, visible) - returned``: the result counts only once
 it is both fsynced by the writer and seen by the reader.
@@ -33,8 +34,8 @@ ASK_KIND = "orchestrator.latency:ask_handler"
 NOOP_KIND = "orchestrator.latency:noop_handler"
 DEFINITION = ("from the handler returning its terminal payload (stamped in the handler's process) to the "
               "terminal state being both durable (the worker's outcome append returned after fdatasync) and "
-              "visible to a separate reader process (a fresh read of the events file: every signature and "
-              "the chain verified, the state replayed)")
+              "visible to a separate reader process (a fresh read of the events file, verified as status does: "
+              "the chain, the signed head record and each signature it does not vouch for; the state replayed)")
 
 
 # -- handlers (run in the worker's handler process, named as module:function kinds) ---------------
