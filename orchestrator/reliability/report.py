@@ -91,7 +91,10 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
             t["complete_garbage_line_reported"])
     if "tamper" in r:
         for kind, k in r["tamper"]["kinds"].items():
-            if k["promised"]:
+            if k["promised"] and kind.startswith("audit_log"):  # no read of the audit log starts from its head
+                add(f"tamper {kind}: detected by verify", f"{k['detected']}/{k['trials']}", "100%",
+                    k["detected"] == k["trials"])
+            elif k["promised"]:
                 add(f"tamper {kind}: detected by verify / by a read (status)",
                     f"{k['detected']}/{k['trials']} / {k['detected_by_read']}/{k['trials']}", "100% / 100%",
                     k["detected"] == k["trials"] and k["detected_by_read"] == k["trials"])
