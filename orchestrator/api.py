@@ -201,18 +201,19 @@ class Orchestrator:
                 return self._view(job_id, stream, head_checked=True)
         return self._view(job_id, verify_stream(job_id, lines, self.keyring), head_raw)
 
-    def load_more(self, view: JobView) -> JobView:
+    def load_more(self, view: JobView, *, every_signature: bool = False) -> JobView:
         """``view``'s job read again, checking only the lines written since: those ``view`` verified
         must still be there byte for byte (else the whole job is verified again, as ``load`` does).
         What a claimer that waited for an event uses, so its wait does not cost a second full check.
         ``view`` must come from ``load``, ``load_more`` or ``append`` of this orchestrator, under the
-        keys it trusts now: it is taken as verified."""
+        keys it trusts now: it is taken as verified (as it was verified: a worker keeps only views it
+        read with ``every_signature``). ``every_signature`` as for ``load``, when it reads all again."""
         if not view.ok or not view.stream.lines:
-            return self.load(view.job_id)
+            return self.load(view.job_id, every_signature=every_signature)
         head_raw, lines = self.store.read_with_aux(view.job_id, HEADS_AREA, view.job_id)
         known = view.stream.lines
         if lines[:len(known)] != known:  # shorter, or a line changed: verify it all
-            return self._verified_view(view.job_id, lines, head_raw)
+            return self._verified_view(view.job_id, lines, head_raw, every_signature=every_signature)
         added = verify_stream(view.job_id, lines[len(known):], self.keyring, prev_line=known[-1].raw)
         stream = VerifiedStream(view.job_id, lines, view.stream.records + added.records, added.problems)
         return self._view(view.job_id, stream, head_raw, resume_from=(view.state, len(view.stream.records)))

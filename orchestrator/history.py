@@ -170,9 +170,13 @@ def check_head_record(stream: str, lines: Sequence[StoredLine], raw: bytes | Non
         rec = json.loads(raw)
     except (ValueError, RecursionError):
         return Problem(stream, 0, CORRUPT_LINE, "the head record is not valid JSON")
+    if not isinstance(rec, dict):
+        return Problem(stream, 0, CORRUPT_LINE, "the head record is not a JSON object")
     if keyring.check(rec) or rec.get("stream") != stream:
         return Problem(stream, 0, "SIGNATURE_INVALID", "the head record's signature does not verify")
     seq = rec.get("seq", 0)
+    if type(seq) is not int or seq < 0:  # signed, so written by a key holder: still a problem, not a crash
+        return Problem(stream, 0, CORRUPT_LINE, f"the head record's seq {seq!r} is not a count of events")
     if seq > len(lines):
         return Problem(stream, len(lines), TRUNCATED,
                        f"the signed head record says {seq} events, the file holds {len(lines)}: events were cut")

@@ -201,7 +201,10 @@ class Keyring:
             raw_sig = _unb64(sig)
         except ValueError:
             return "SIGNATURE_INVALID"
-        body = canonical({k: v for k, v in record.items() if k != "sig"})
+        try:
+            body = canonical({k: v for k, v in record.items() if k != "sig"})
+        except (ValueError, TypeError):  # NaN (json.loads accepts it) or another value no signed record holds
+            return "SIGNATURE_INVALID"
         return None if self._verify(kid, public, raw_sig, body) else "SIGNATURE_INVALID"
 
     def sign_bytes(self, data: bytes) -> tuple[str, str]:

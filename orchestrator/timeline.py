@@ -90,7 +90,7 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
         since_t = from_iso(since) if since else None
     except ValueError:
         raise InvalidInputError(f"--since {since!r} is not an ISO-8601 time (e.g. 2026-11-22T03:00:00Z)") from None
-    view = orch.load(job_id)
+    view = orch.load(job_id, every_signature=True)  # it says "every line verified": each signature checked
     if heal and view.ok:
         audit.heal_quietly(orch, [view])
     lines, entries = audit.entries_for(orch, job_id=job_id)

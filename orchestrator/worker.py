@@ -337,7 +337,10 @@ class Worker:
         view = self._kept_view(entry.job_id)  # what this worker last wrote of it
         while True:
             try:  # from a view already verified (after a wait, or written here), only the new lines are checked
-                view = self.orch.load(entry.job_id) if view is None else self.orch.load_more(view)
+                # every signature: a line the head record vouches for is taken on its word by reads,
+                # never by a run (docs/format.md)
+                view = (self.orch.load(entry.job_id, every_signature=True) if view is None
+                        else self.orch.load_more(view, every_signature=True))
             except JobNotFoundError:
                 view = None
             s = view.state if view is not None else None

@@ -91,13 +91,13 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
             t["complete_garbage_line_reported"])
     if "tamper" in r:
         for kind, k in r["tamper"]["kinds"].items():
-            if k["promised"] and kind.startswith("audit_log"):  # no read of the audit log starts from its head
+            if k["promised"] and not k["read_trials"]:  # the audit log only: no read of it starts from a head record
                 add(f"tamper {kind}: detected by verify", f"{k['detected']}/{k['trials']}", "100%",
                     k["detected"] == k["trials"])
-            elif k["promised"]:
-                add(f"tamper {kind}: detected by verify / by a read (status)",
-                    f"{k['detected']}/{k['trials']} / {k['detected_by_read']}/{k['trials']}", "100% / 100%",
-                    k["detected"] == k["trials"] and k["detected_by_read"] == k["trials"])
+            elif k["promised"]:  # a read counts over the trials that hit a job's file
+                add(f"tamper {kind}: detected by verify / job files by a read (status)",
+                    f"{k['detected']}/{k['trials']} / {k['detected_by_read']}/{k['read_trials']}", "100% / 100%",
+                    k["detected"] == k["trials"] and k["detected_by_read"] == k["read_trials"])
             else:
                 add(f"tamper {kind}: detected by verify / with anchor",
                     f"{k['detected']}/{k['trials']} / {k['detected_with_anchor']}/{k['trials']}",

@@ -47,23 +47,24 @@ class Matrix:
         self.orch, self.rng, self.anchor = orch, rng, anchor
         self.jobs = sorted(orch.store.job_ids())
         self.intruder = Keyring.generate()
+        self.copied_head: bytes | None = None  # the head record ``copied_under_other_id`` copies too
 
     def _stream(self, multi: bool = True) -> str:
         """A random job with at least 2 lines (or the audit log, now and then)."""
         choices = [j for j in self.jobs if len(self.orch.store.read(j)) >= 2] if multi else self.jobs
         return self.rng.choice(choices + [AUDIT_STREAM])
 
-    def read_detects(self, stream: str) -> bool:
+    def read_detects(self, stream: str) -> bool | None:
         """A read of the job refuses it: it does not verify, or no complete line is left (not found).
-        The audit log has no such read: True, so that only ``verify`` counts for it."""
+        None for the audit log, which has no such read (only ``verify`` counts for it)."""
         if stream == AUDIT_STREAM:
-            return True
+            return None
         try:
             return not self.orch.load(stream).ok
         except JobNotFoundError:
             return True
 
-    def trial(self, stream: str, new_bytes: bytes, *, drop_head: bool = False) -> tuple[bool, bool, bool]:
+    def trial(self, stream: str, new_bytes: bytes, *, drop_head: bool = False) -> tuple[bool, bool, bool | None]:
         """Write ``new_bytes`` as ``stream``; (verify detected it, the anchor detected it, a read refused
         it); then restore."""
         path = self.orch.store.path(stream)
@@ -165,7 +166,9 @@ class Matrix:
         return stream, _join(ls[:i] + [forged] + ls[i + 1:]), False
 
     def copied_under_other_id(self) -> tuple[str, bytes, bool]:
+        """A job's file, and its head record, copied under another job id."""
         src = self.rng.choice(self.jobs)
+        self.copied_head = self.orch.store.get_aux(HEADS_AREA, src)
         return "copied-" + src[-8:], self.orch.store.path(src).read_bytes(), False
 
 
@@ -204,27 +207,34 @@ def campaign(root: Path, flips: int = 500, per_kind: int = 50, seed: int = 6, hi
     kinds: dict[str, dict[str, Any]] = {}
     for name, (mutate, promised) in KINDS.items():
         n = flips if name == "byte_flip" else per_kind
-        detected = anchored = read = 0
+        detected = anchored = read = read_trials = 0
         for _ in range(n):
             stream, data, drop_head = mutate(matrix)
             if stream.startswith("copied-"):
                 orch.store.path(stream).write_bytes(data)
+                if matrix.copied_head is not None:
+                    orch.store.put_aux(HEADS_AREA, stream, matrix.copied_head)
                 detected += not orch.load(stream, every_signature=True).ok
-                read += matrix.read_detects(stream)
+                r: bool | None = matrix.read_detects(stream)
+                orch.store.delete_aux(HEADS_AREA, stream)
                 orch.store.path(stream).unlink()
                 anchored += 1  # not in the anchor, but verify already reports it
-                continue
-            d, a, r = matrix.trial(stream, data, drop_head=drop_head)
-            detected += d
-            anchored += d or a
-            read += r
+            else:
+                d, a, r = matrix.trial(stream, data, drop_head=drop_head)
+                detected += d
+                anchored += d or a
+            if r is not None:  # a job's file: a read counts too
+                read_trials += 1
+                read += r
         kinds[name] = {"trials": n, "detected": detected, "detected_with_anchor": anchored, "detected_by_read": read,
-                       "promised": promised}
-        progress(f"tamper {name}: {detected}/{n} detected by verify, {read}/{n} by a read, {anchored}/{n} with the anchor")
+                       "read_trials": read_trials, "promised": promised}
+        progress(f"tamper {name}: {detected}/{n} detected by verify, {read}/{read_trials} job files by a read, "
+                 f"{anchored}/{n} with the anchor")
     # a revoked key: every line it signed stops verifying
     ring = orch.keyring
     ring.revoked = frozenset({ring.signer_id or ""})
     kinds["revoked_key"] = {"trials": 1, "detected": int(not verify_project(orch).ok), "detected_with_anchor": 1,
-                            "detected_by_read": int(all(matrix.read_detects(j) for j in matrix.jobs)), "promised": True}
+                            "detected_by_read": int(all(matrix.read_detects(j) for j in matrix.jobs)), "read_trials": 1,
+                            "promised": True}
     ring.revoked = frozenset()
     return {"kinds": kinds, "clean_after": verify_project(orch).ok}

@@ -155,8 +155,10 @@ def test_a_head_record_that_does_not_verify_means_every_line_is_checked(
 def test_what_only_verify_sees_a_line_its_own_key_vouched_for_with_a_bad_signature(orch: Orchestrator) -> None:
     """The one case a read and ``verify`` differ, as documented: the holder of a trusted key wrote a
     line under that key with a signature that does not verify, then signed a head record over it
-    (a key holder could as well have signed the line). ``verify`` reports it; a read takes the
-    head record's word."""
+    (a key holder could as well have signed the line). ``verify`` and the audit timeline report
+    it; a read for ``status`` takes the head record's word."""
+    from orchestrator.timeline import timeline
+
     job = _finished_job(orch)
     lines = _lines(orch, job)
     bad = _broken_signature(lines[2])
@@ -164,3 +166,59 @@ def test_what_only_verify_sees_a_line_its_own_key_vouched_for_with_a_bad_signatu
     _resign_head(orch, job, orch.keyring)
     assert orch.load(job).ok
     assert [(p.line, p.code) for p in verify_project(orch, job).problems] == [(3, "SIGNATURE_INVALID")]
+    assert not timeline(orch, job_id=job)["ok"]
+
+
+def test_a_worker_never_runs_a_job_with_a_line_that_does_not_verify_even_one_its_head_vouches_for(
+        orch: Orchestrator) -> None:
+    """A claim checks every signature: the case a read takes on the head record's word is refused."""
+    job = orch.submit("t.echo", {"x": 1})
+    lines = _lines(orch, job)
+    _write(orch, job, [_broken_signature(lines[0])])
+    _resign_head(orch, job, orch.keyring)
+    assert orch.load(job).ok  # status: the head record's word
+    assert orch.worker().run_once() is None  # the worker: refused, not run
+    assert orch.status(job).state == "queued"
+    from orchestrator import audit
+
+    _, entries = audit.entries_for(orch, job_id=job)
+    assert [rec["data"]["action"] for _, rec in entries] == ["run_refused"]
+
+
+def test_a_line_without_a_signature_is_reported_even_below_the_head_record(orch: Orchestrator) -> None:
+    job = _finished_job(orch)
+    lines = _lines(orch, job)
+    rec = json.loads(lines[1])
+    del rec["sig"]
+    unsigned = canonical(rec)
+    _resealed(orch, job, [lines[0], unsigned, lines[2]], [None, None, orch.keyring])
+    assert [(p.line, p.code) for p in orch.load(job).problems] == [(2, "SIGNATURE_MISSING")]
+
+
+def test_a_head_record_of_another_job_vouches_for_nothing(orch: Orchestrator,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    job, other = _finished_job(orch), _finished_job(orch)
+    orch.store.put_aux(HEADS_AREA, job, orch.store.get_aux(HEADS_AREA, other) or b"")
+    calls = _count_verifications(monkeypatch, orch.keyring)
+    assert [p.code for p in orch.load(job).problems] == ["SIGNATURE_INVALID"]  # the head record's, as before
+    assert calls[0] == len(_lines(orch, job)) + 1  # every line on its own, then the head record's check
+
+
+@pytest.mark.parametrize("raw", [
+    b"[]", b'"text"', b"12",
+    b'{"hash":"x","kid":"KID","seq":1,"sig":"AA","stream":"JOB","z":NaN}',
+], ids=["list", "string", "number", "nan"])
+def test_a_hostile_head_record_is_a_problem_not_a_crash(orch: Orchestrator, raw: bytes) -> None:
+    job = _finished_job(orch)
+    orch.store.put_aux(HEADS_AREA, job, raw.replace(b"KID", (orch.keyring.signer_id or "").encode())
+                       .replace(b"JOB", job.encode()))
+    assert not orch.status(job).integrity_error is None
+    assert not verify_project(orch).ok
+
+
+@pytest.mark.parametrize("seq", [1.0, True, -1, "1"])
+def test_a_signed_head_record_with_a_seq_that_is_not_a_count_is_a_problem(orch: Orchestrator, seq: object) -> None:
+    job = _finished_job(orch)
+    orch.store.put_aux(HEADS_AREA, job, orch.keyring.seal({"stream": job, "seq": seq, "hash": "x"}))
+    assert orch.status(job).integrity_error is not None
+    assert not verify_project(orch).ok

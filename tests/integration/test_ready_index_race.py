@@ -128,7 +128,7 @@ def test_a_claimer_woken_by_a_resumes_entry_waits_for_the_resume_and_claims_the_
 
     read_on_from = []
     real_load_more = orch.load_more
-    orch.load_more = lambda view: read_on_from.append(view.head.seq) or real_load_more(view)
+    orch.load_more = lambda view, **kw: read_on_from.append(view.head.seq) or real_load_more(view, **kw)
     monkeypatch.setattr(orch.queue, "put_ready", put_then_wake_a_worker)
     orch.resume(job_id, "yes")
     monkeypatch.undo()
