@@ -600,7 +600,7 @@ class Worker:
                                             audit=audit, fence=claim.epoch, aux=drop)
                     break
                 except ConcurrencyError:
-                    view = self.orch.load(claim.job_id)
+                    view = self.orch.load(claim.job_id, every_signature=True)  # kept afterwards (_remember)
                     cur = view.state
                     if (not view.ok or cur is None or cur.state != RUNNING or cur.epoch != claim.epoch
                             or cur.run_id != claim.run_id):
