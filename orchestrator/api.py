@@ -179,7 +179,8 @@ class Orchestrator:
 
         The lines its signed head record vouches for (``history.head_anchor``) have their own
         signatures checked only where they name another key; ``every_signature=True`` checks each
-        one (``verify``). Either way any edit, cut or splice of the history is a problem."""
+        one (``verify``), and so does every read with ``ORCH_STRICT_READS=1``. Either way any edit, cut
+        or splice of the history is a problem."""
         validate_id(job_id, "job id")
         # The head record is read BEFORE the events: it is written after its events are durable
         # (or with them, on PostgreSQL), so a writer racing this read can only make the events
@@ -194,7 +195,8 @@ class Orchestrator:
         problem is named at the line it is on, exactly as ``verify`` names it."""
         if not lines:
             raise JobNotFoundError(f"no job {job_id!r} in project {self.project_id!r}", job_id=job_id)
-        anchor = None if every_signature else head_anchor(job_id, lines, head_raw, self.keyring)
+        strict = every_signature or self.settings.strict_reads
+        anchor = None if strict else head_anchor(job_id, lines, head_raw, self.keyring)
         if anchor is not None:
             stream = verify_stream(job_id, lines, self.keyring, anchor=anchor)
             if stream.ok:

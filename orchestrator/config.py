@@ -26,6 +26,7 @@ class Settings:
     base_path: Path
     project_id: str
     store_url: str | None = None  # ORCH_STORE_URL / --store: a postgresql:// URL; unset = files
+    strict_reads: bool = False  # ORCH_STRICT_READS: every read checks every signature (docs/format.md)
 
     @classmethod
     def load(cls, base_path: str | os.PathLike[str] | None = None, project_id: str | None = None,
@@ -39,7 +40,11 @@ class Settings:
         store = store_url or env.get("ORCH_STORE_URL") or None
         if store and store != "file" and not store.startswith(("postgresql://", "postgres://")):
             raise ConfigError("ORCH_STORE_URL / --store must be 'file' or a postgresql:// URL")
-        return cls(base_path=base.resolve(), project_id=project, store_url=None if store == "file" else store)
+        strict = env.get("ORCH_STRICT_READS", "").strip().lower()
+        if strict not in ("", "0", "1", "false", "true", "no", "yes", "off", "on"):
+            raise ConfigError(f"ORCH_STRICT_READS must be 1 or 0 (true/false, yes/no, on/off), not {strict!r}")
+        return cls(base_path=base.resolve(), project_id=project, store_url=None if store == "file" else store,
+                   strict_reads=strict in ("1", "true", "yes", "on"))
 
     @property
     def project_dir(self) -> Path:

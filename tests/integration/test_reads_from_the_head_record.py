@@ -222,3 +222,25 @@ def test_a_signed_head_record_with_a_seq_that_is_not_a_count_is_a_problem(orch: 
     orch.store.put_aux(HEADS_AREA, job, orch.keyring.seal({"stream": job, "seq": seq, "hash": "x"}))
     assert orch.status(job).integrity_error is not None
     assert not verify_project(orch).ok
+
+
+def test_strict_reads_check_every_signature(base: Path, keyring: Keyring, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ORCH_STRICT_READS=1``: even the case a read takes on the head record's word is reported."""
+    monkeypatch.setenv("ORCH_STRICT_READS", "1")
+    orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring)
+    job = _finished_job(orch)
+    lines = _lines(orch, job)
+    _write(orch, job, lines[:2] + [_broken_signature(lines[2])])
+    _resign_head(orch, job, orch.keyring)
+    assert [(p.line, p.code) for p in orch.load(job).problems] == [(3, "SIGNATURE_INVALID")]
+    assert orch.status(job).integrity_error is not None
+
+
+@pytest.mark.parametrize("value", ["maybe", "2"])
+def test_a_strict_reads_setting_that_is_not_a_yes_or_no_is_a_config_error(base: Path, value: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.errors import ConfigError
+
+    monkeypatch.setenv("ORCH_STRICT_READS", value)
+    with pytest.raises(ConfigError, match="ORCH_STRICT_READS"):
+        Orchestrator(base_path=base, project_id="proj", keyring=Keyring.generate())
