@@ -118,7 +118,7 @@ def _lines(path: "str | Path") -> list[bytes]:
 
 
 def _verified(check: Any, lines: list[bytes], head: bytes | None, known: int = 0) -> bool:
-    """The job's lines as a read takes them (``history.head_anchor``): the head record, when there is
+    """The job's lines as a read takes them (``history.check_head``): the head record, when there is
     one yet, verifies and vouches for the lines up to the one it names; every line after that (and
     after the first ``known``, verified before) verifies on its own."""
     if head is None:

@@ -23,7 +23,7 @@ from orchestrator.config import Settings, default_actor
 from orchestrator.errors import (ConcurrencyError, ConfigError, ContextSignatureInvalid, InvalidInputError,
                                  JobNotFoundError, OrchestratorError)
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream, check_head_record,
-                                  head_anchor, head_record, seal, verify_stream)
+                                  check_head, head_record, seal, verify_stream)
 from orchestrator.limits import MAX_INPUT_BYTES, MAX_JSON_DEPTH, json_depth
 from orchestrator.security import validate_id
 from orchestrator.signing import Keyring, canonical, load_keyring
@@ -177,7 +177,7 @@ class Orchestrator:
     def load(self, job_id: str, *, every_signature: bool = False) -> JobView:
         """Read, verify and replay one job. Raises ``JobNotFoundError`` for an unknown id.
 
-        The lines its signed head record vouches for (``history.head_anchor``) have their own
+        The lines its signed head record vouches for (``history.check_head``) have their own
         signatures checked only where they name another key; ``every_signature=True`` checks each
         one (``verify``), and so does every read with ``ORCH_STRICT_READS=1``. Either way any edit, cut
         or splice of the history is a problem."""
@@ -195,13 +195,12 @@ class Orchestrator:
         problem is named at the line it is on, exactly as ``verify`` names it."""
         if not lines:
             raise JobNotFoundError(f"no job {job_id!r} in project {self.project_id!r}", job_id=job_id)
-        strict = every_signature or self.settings.strict_reads
-        anchor = None if strict else head_anchor(job_id, lines, head_raw, self.keyring)
-        if anchor is not None:
+        head_problem, anchor = check_head(job_id, lines, head_raw, self.keyring)
+        if anchor is not None and not (every_signature or self.settings.strict_reads):
             stream = verify_stream(job_id, lines, self.keyring, anchor=anchor)
             if stream.ok:
-                return self._view(job_id, stream, head_checked=True)
-        return self._view(job_id, verify_stream(job_id, lines, self.keyring), head_raw)
+                return self._view(job_id, stream, head_problem)
+        return self._view(job_id, verify_stream(job_id, lines, self.keyring), head_problem)
 
     def load_more(self, view: JobView, *, every_signature: bool = False) -> JobView:
         """``view``'s job read again, checking only the lines written since: those ``view`` verified
@@ -218,12 +217,13 @@ class Orchestrator:
             return self._verified_view(view.job_id, lines, head_raw, every_signature=every_signature)
         added = verify_stream(view.job_id, lines[len(known):], self.keyring, prev_line=known[-1].raw)
         stream = VerifiedStream(view.job_id, lines, view.stream.records + added.records, added.problems)
-        return self._view(view.job_id, stream, head_raw, resume_from=(view.state, len(view.stream.records)))
+        return self._view(view.job_id, stream, check_head_record(view.job_id, lines, head_raw, self.keyring),
+                          resume_from=(view.state, len(view.stream.records)))
 
-    def _view(self, job_id: str, stream: VerifiedStream, head_raw: bytes | None | bool = False,
-              resume_from: tuple[JobState | None, int] = (None, 0), head_checked: bool = False) -> JobView:
-        """Replay the verified records (from ``resume_from``: a state and how many records it has seen),
-        then check the head record (unless the lines were verified from it: ``head_checked``)."""
+    def _view(self, job_id: str, stream: VerifiedStream, head_problem: Problem | None,
+              resume_from: tuple[JobState | None, int] = (None, 0)) -> JobView:
+        """Replay the verified records (from ``resume_from``: a state and how many records it has seen);
+        ``head_problem`` is what ``history.check_head`` found wrong with the head record, if anything."""
         problems = list(stream.problems)
         state, seen = resume_from
         for rec in stream.records[seen:]:
@@ -235,12 +235,8 @@ class Orchestrator:
             if rec["seq"] == 1 and rec["data"].get("context_digest") != context_digest(
                     state.kind, state.input, dict(state.options)):
                 problems.append(Problem(job_id, 1, CONTEXT_MISMATCH, "the submitted context does not match its digest"))
-        if not head_checked:
-            if head_raw is False:
-                head_raw = self.store.get_aux(HEADS_AREA, job_id)
-            head_problem = check_head_record(job_id, stream.lines, head_raw, self.keyring)
-            if head_problem:
-                problems.append(head_problem)
+        if head_problem:
+            problems.append(head_problem)
         return JobView(job_id, stream, state, tuple(problems))
 
     def status(self, job_id: str) -> JobStatus:

@@ -4,10 +4,11 @@
 stream binding, signature) and names each problem by line. ``seal`` turns new events into
 lines chained to a stream's head. Job histories and the audit log use the same code.
 
-A read may start from the stream's signed head record (``head_anchor``): that signature covers
+A read may start from the stream's signed head record (``check_head``): that signature covers
 the line it names by hash, and each line's ``prev`` covers the line before it, so every line up
 to the head is vouched for byte for byte by the head's key. Such a line's own signature is then
-checked only when it names another key. ``verify`` checks every signature regardless.
+checked only when it names another key. ``verify``, the audit timeline and a worker's claim check every
+signature regardless (``Orchestrator.load(every_signature=True)``).
 """
 from __future__ import annotations
 
@@ -69,31 +70,12 @@ class Anchor:
     kid: str
 
 
-def head_anchor(stream: str, lines: Sequence[StoredLine], raw: bytes | None, keyring: Keyring) -> Anchor | None:
-    """The head record ``raw`` as an ``Anchor`` over ``lines`` (the whole stream, from line 1), or None
-    when there is none, it does not verify, or it does not name one of these lines by its hash: the
-    caller then checks every signature, as ``verify`` does, which also names any problem exactly."""
-    if raw is None:
-        return None
-    try:
-        rec = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(rec, dict) or rec.get("stream") != stream or keyring.check(rec):
-        return None
-    seq = rec.get("seq")
-    if type(seq) is not int or not 0 < seq <= len(lines) or lines[seq - 1].seq != seq \
-            or line_hash(lines[seq - 1].raw) != rec.get("hash"):
-        return None
-    return Anchor(seq, rec["kid"])
-
-
 def verify_stream(stream: str, lines: Sequence[StoredLine], keyring: Keyring, *,
                   prev_line: bytes | None = None, anchor: Anchor | None = None) -> VerifiedStream:
     """Check every line; records stop at the first problem, problems list all of them.
 
     ``prev_line`` is the line before ``lines[0]`` when verifying from the middle of a stream.
-    With an ``anchor`` (``head_anchor``) a line it vouches for, under the key it names itself, has
+    With an ``anchor`` (``check_head``) a line it vouches for, under the key it names itself, has
     its signature taken as checked; everything else is checked in full. Only a result without
     problems means anything then: the lines before a broken link are not vouched for, so a caller
     that gets problems verifies again without the anchor (``Orchestrator.load``).
@@ -164,22 +146,31 @@ def head_record(keyring: Keyring, stream: str, head: Head) -> bytes:
 
 
 def check_head_record(stream: str, lines: Sequence[StoredLine], raw: bytes | None, keyring: Keyring) -> Problem | None:
+    """What is wrong with the head record ``raw`` over ``lines`` (the whole stream), or None."""
+    return check_head(stream, lines, raw, keyring)[0]
+
+
+def check_head(stream: str, lines: Sequence[StoredLine], raw: bytes | None,
+               keyring: Keyring) -> tuple[Problem | None, Anchor | None]:
+    """The head record ``raw`` checked against ``lines`` (the whole stream, from line 1): (what is wrong
+    with it, or None; the ``Anchor`` it gives when nothing is and it names a line, or None). No record
+    at all is neither. Without an anchor a reader checks every signature, as ``verify`` does."""
     if raw is None:
-        return None
+        return None, None
     try:
         rec = json.loads(raw)
     except (ValueError, RecursionError):
-        return Problem(stream, 0, CORRUPT_LINE, "the head record is not valid JSON")
+        return Problem(stream, 0, CORRUPT_LINE, "the head record is not valid JSON"), None
     if not isinstance(rec, dict):
-        return Problem(stream, 0, CORRUPT_LINE, "the head record is not a JSON object")
+        return Problem(stream, 0, CORRUPT_LINE, "the head record is not a JSON object"), None
     if keyring.check(rec) or rec.get("stream") != stream:
-        return Problem(stream, 0, "SIGNATURE_INVALID", "the head record's signature does not verify")
+        return Problem(stream, 0, "SIGNATURE_INVALID", "the head record's signature does not verify"), None
     seq = rec.get("seq", 0)
     if type(seq) is not int or seq < 0:  # signed, so written by a key holder: still a problem, not a crash
-        return Problem(stream, 0, CORRUPT_LINE, f"the head record's seq {seq!r} is not a count of events")
+        return Problem(stream, 0, CORRUPT_LINE, f"the head record's seq {seq!r} is not a count of events"), None
     if seq > len(lines):
         return Problem(stream, len(lines), TRUNCATED,
-                       f"the signed head record says {seq} events, the file holds {len(lines)}: events were cut")
+                       f"the signed head record says {seq} events, the file holds {len(lines)}: events were cut"), None
     if seq and line_hash(lines[seq - 1].raw) != rec.get("hash"):
-        return Problem(stream, seq, HEAD_MISMATCH, "the line named by the head record was rewritten")
-    return None
+        return Problem(stream, seq, HEAD_MISMATCH, "the line named by the head record was rewritten"), None
+    return None, (Anchor(seq, rec["kid"]) if seq else None)

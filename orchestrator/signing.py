@@ -10,8 +10,9 @@ verifier holding only public keys cannot forge. Key ids are derived from the pub
 so rotation adds a key and old events stay verifiable.
 
 Keys are held as their raw 32 bytes (a private key as its seed). The signatures are made and
-checked with libsodium (PyNaCl), about twice as fast as OpenSSL for a verification, which every read
-does for every line (figures in ``docs/decisions.md``). Key files are PEM (PKCS#8 and
+checked with libsodium (PyNaCl), about twice as fast as OpenSSL for a verification, which ``verify``
+does for every line and a read for every line its job's head record does not vouch for (figures in
+``docs/decisions.md``). Key files are PEM (PKCS#8 and
 SubjectPublicKeyInfo), written by ``cryptography``; reading one takes the fixed RFC 8410 encoding of
 an Ed25519 key apart directly (``_raw_from_pem``) and leaves anything else to ``cryptography``, which
 is imported only then: importing it costs 10-30 ms of a command's start, and loads OpenSSL into

@@ -152,7 +152,8 @@ def _index(orch: Orchestrator, verified: VerifiedStream, head: bytes | None) -> 
     as an append would (an entry before the event; a crash in between leaves an extra entry, never
     a missing one), by the rule a rebuild follows: the job replayed as ``load`` replays it, then
     ``QueueIndex.index_job``."""
-    view = orch._view(verified.stream, verified, head)
+    head_problem = check_head_record(verified.stream, verified.lines, head, orch.keyring)
+    view = orch._view(verified.stream, verified, head_problem)
     if view.state is not None:
         orch.queue.index_job(view.state, view.ok)
 

@@ -4,7 +4,7 @@ A project with varied histories (run, asked, audited, approved, resumed, cancell
 once; each trial edits a copy of one stream's bytes, runs the whole-project ``verify``, and
 restores the bytes. A trial counts as *detected* when ``verify`` reports an integrity
 problem, and as *detected by a read* when reading the job as ``status`` and a claiming worker
-do (``Orchestrator.load``: from the signed head record, ``history.head_anchor``) refuses it too.
+do (``Orchestrator.load``: from the signed head record, ``history.check_head``) refuses it too.
 ``promised`` says whether ``docs/format.md`` promises detection without an external anchor;
 the cuts it does not promise are checked against an anchor instead.
 """
@@ -47,7 +47,6 @@ class Matrix:
         self.orch, self.rng, self.anchor = orch, rng, anchor
         self.jobs = sorted(orch.store.job_ids())
         self.intruder = Keyring.generate()
-        self.copied_head: bytes | None = None  # the head record ``copied_under_other_id`` copies too
 
     def _stream(self, multi: bool = True) -> str:
         """A random job with at least 2 lines (or the audit log, now and then)."""
@@ -83,6 +82,20 @@ class Matrix:
             if head is not None:
                 self.orch.store.put_aux(*head_key, head)
         return detected, anchored, read
+
+    def copied_trial(self, stream: str, data: bytes) -> tuple[bool, bool | None]:
+        """``data`` (a job's whole file) written as the new job ``stream``, with its source's head record;
+        (verify detected it, a read refused it); then removed."""
+        source = json.loads(data.split(b"\n", 1)[0])["job_id"]
+        head = self.orch.store.get_aux(HEADS_AREA, source)
+        self.orch.store.path(stream).write_bytes(data)
+        if head is not None:
+            self.orch.store.put_aux(HEADS_AREA, stream, head)
+        try:
+            return not self.orch.load(stream, every_signature=True).ok, self.read_detects(stream)
+        finally:
+            self.orch.store.delete_aux(HEADS_AREA, stream)
+            self.orch.store.path(stream).unlink()
 
     # -- kinds: each returns (stream, new bytes, drop_head) or None when it does not apply ---------------
     def byte_flip(self) -> tuple[str, bytes, bool]:
@@ -168,7 +181,6 @@ class Matrix:
     def copied_under_other_id(self) -> tuple[str, bytes, bool]:
         """A job's file, and its head record, copied under another job id."""
         src = self.rng.choice(self.jobs)
-        self.copied_head = self.orch.store.get_aux(HEADS_AREA, src)
         return "copied-" + src[-8:], self.orch.store.path(src).read_bytes(), False
 
 
@@ -210,14 +222,10 @@ def campaign(root: Path, flips: int = 500, per_kind: int = 50, seed: int = 6, hi
         detected = anchored = read = read_trials = 0
         for _ in range(n):
             stream, data, drop_head = mutate(matrix)
+            r: bool | None
             if stream.startswith("copied-"):
-                orch.store.path(stream).write_bytes(data)
-                if matrix.copied_head is not None:
-                    orch.store.put_aux(HEADS_AREA, stream, matrix.copied_head)
-                detected += not orch.load(stream, every_signature=True).ok
-                r: bool | None = matrix.read_detects(stream)
-                orch.store.delete_aux(HEADS_AREA, stream)
-                orch.store.path(stream).unlink()
+                d, r = matrix.copied_trial(stream, data)
+                detected += d
                 anchored += 1  # not in the anchor, but verify already reports it
             else:
                 d, a, r = matrix.trial(stream, data, drop_head=drop_head)
