@@ -212,7 +212,7 @@ def test_a_hostile_head_record_is_a_problem_not_a_crash(orch: Orchestrator, raw:
     job = _finished_job(orch)
     orch.store.put_aux(HEADS_AREA, job, raw.replace(b"KID", (orch.keyring.signer_id or "").encode())
                        .replace(b"JOB", job.encode()))
-    assert not orch.status(job).integrity_error is None
+    assert orch.status(job).integrity_error is not None
     assert not verify_project(orch).ok
 
 
