@@ -193,9 +193,13 @@ class Orchestrator:
         """The lines verified, then replayed (``load``'s part after the read). From the head record
         when it verifies; when that finds any problem, every line is checked again on its own, so a
         problem is named at the line it is on, exactly as ``verify`` names it."""
+        head_problem, anchor = check_head(job_id, lines, head_raw or None, self.keyring)
         if not lines:
-            raise JobNotFoundError(f"no job {job_id!r} in project {self.project_id!r}", job_id=job_id)
-        head_problem, anchor = check_head(job_id, lines, head_raw, self.keyring)
+            if head_problem is None:  # no event and no record of one: a job that never was
+                raise JobNotFoundError(f"no job {job_id!r} in project {self.project_id!r}", job_id=job_id)
+            # a head record says events were written: the whole history was removed (the file deleted
+            # or emptied), which a read must report as it reports a cut, not as a job never submitted
+            return self._view(job_id, VerifiedStream(job_id, []), head_problem)
         if anchor is not None and not (every_signature or self.settings.strict_reads):
             stream = verify_stream(job_id, lines, self.keyring, anchor=anchor)
             if stream.ok:

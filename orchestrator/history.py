@@ -169,8 +169,8 @@ def check_head(stream: str, lines: Sequence[StoredLine], raw: bytes | None,
     if type(seq) is not int or seq < 0:  # signed, so written by a key holder: still a problem, not a crash
         return Problem(stream, 0, CORRUPT_LINE, f"the head record's seq {seq!r} is not a count of events"), None
     if seq > len(lines):
-        return Problem(stream, len(lines), TRUNCATED,
-                       f"the signed head record says {seq} events, the file holds {len(lines)}: events were cut"), None
+        held = f"the file holds {len(lines)}: events were cut" if lines else "none are left: the file was deleted or emptied"
+        return Problem(stream, len(lines), TRUNCATED, f"the signed head record says {seq} events, {held}"), None
     if seq and line_hash(lines[seq - 1].raw) != rec.get("hash"):
         return Problem(stream, seq, HEAD_MISMATCH, "the line named by the head record was rewritten"), None
     return None, (Anchor(seq, rec["kid"]) if seq else None)

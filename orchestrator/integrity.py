@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator import clock
-from orchestrator.api import Orchestrator
-from orchestrator.errors import InvalidInputError
+from orchestrator.api import HEADS_AREA, Orchestrator
+from orchestrator.errors import InvalidIdError, InvalidInputError, JobNotFoundError
 from orchestrator.history import ROLLED_BACK, Problem, check_head_record, verify_stream
 from orchestrator.signing import canonical, line_hash
 from orchestrator.store.base import AUDIT_STREAM
@@ -79,7 +79,8 @@ def _cross_check(report: VerifyReport, job_id: str, view: Any, claims: list[tupl
 
 def verify_project(orch: Orchestrator, job_id: str | None = None, *,
                    progress: Callable[[int], None] | None = None) -> VerifyReport:
-    """Check every job's history (or one job's) and the audit log; list each problem by line."""
+    """Check every job's history (or one job's) and the audit log; list each problem by line. A job
+    whose events are all gone is found by its head record."""
     report = VerifyReport()
     job_ids = [job_id] if job_id else sorted(orch.store.job_ids())
     claims = _audit_claims(orch, job_id)
@@ -94,6 +95,7 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
     for jid, rest in sorted(claims.items()):  # entries naming jobs that have no events at all
         _cross_check(report, jid, None, rest)
     if job_id is None:
+        report.problems.extend(_removed_histories(orch, set(job_ids)))
         from orchestrator.audit import AUDIT_HEAD
 
         head_raw = orch.store.get_aux(*AUDIT_HEAD)  # before the lines: a racing append only makes them longer
@@ -107,6 +109,24 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
         if cut:
             report.problems.append(cut)
     return report
+
+
+def _removed_histories(orch: Orchestrator, listed: set[str]) -> list[Problem]:
+    """The jobs whose events are all gone while their signed head record is still there (the file
+    deleted or emptied): ``job_ids`` lists only files holding a line, so they would pass unseen."""
+    problems = []
+    for key in orch.store.aux_keys(HEADS_AREA):
+        if key in listed:
+            continue
+        try:
+            view = orch.load(key, every_signature=True)
+        except JobNotFoundError:  # no record after all (a slot created but never written)
+            continue
+        except InvalidIdError:  # not a job id: not a record this code wrote
+            continue
+        if not view.stream.lines:  # (a job submitted since the listing has lines, and was not listed)
+            problems.extend(view.problems)
+    return problems
 
 
 def _heads(orch: Orchestrator) -> dict[str, dict[str, Any]]:

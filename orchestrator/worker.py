@@ -35,7 +35,7 @@ from orchestrator import audit as audit_log
 from orchestrator import clock as clock_mod
 from orchestrator import faults
 from orchestrator.api import JobView, Orchestrator
-from orchestrator.errors import (ConcurrencyError, InvalidInputError, JobNotFoundError, LeaseLostError,
+from orchestrator.errors import (ConcurrencyError, InvalidIdError, InvalidInputError, JobNotFoundError, LeaseLostError,
                                  MalformedPayloadError, PathEscapeError)
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
 from orchestrator.leases import LEASES_AREA, Lease, drop_lease_aux, lease_expiry, write_lease
@@ -256,7 +256,7 @@ class Worker:
                 view: JobView | None = self.orch.load(job_id)
             except JobNotFoundError:
                 view = None
-            except InvalidInputError:  # not a job id: not a record this code wrote
+            except InvalidIdError:  # not a job id: not a record this code wrote
                 continue
             if view is not None and not view.ok:
                 continue

@@ -54,23 +54,26 @@ class Matrix:
         return self.rng.choice(choices + [AUDIT_STREAM])
 
     def read_detects(self, stream: str) -> bool | None:
-        """A read of the job refuses it: it does not verify, or no complete line is left (not found).
+        """A read of the job reports it: the job does not verify (a job "not found" is not a report).
         None for the audit log, which has no such read (only ``verify`` counts for it)."""
         if stream == AUDIT_STREAM:
             return None
         try:
             return not self.orch.load(stream).ok
         except JobNotFoundError:
-            return True
+            return False
 
-    def trial(self, stream: str, new_bytes: bytes, *, drop_head: bool = False) -> tuple[bool, bool, bool | None]:
-        """Write ``new_bytes`` as ``stream``; (verify detected it, the anchor detected it, a read refused
-        it); then restore."""
+    def trial(self, stream: str, new_bytes: bytes | None, *, drop_head: bool = False) -> tuple[bool, bool, bool | None]:
+        """Write ``new_bytes`` as ``stream`` (None: delete its file); (verify detected it, the anchor
+        detected it, a read reported it); then restore."""
         path = self.orch.store.path(stream)
         old = path.read_bytes()
         head_key = AUDIT_HEAD if stream == AUDIT_STREAM else (HEADS_AREA, stream)
         head = self.orch.store.get_aux(*head_key)
-        path.write_bytes(new_bytes)
+        if new_bytes is None:
+            path.unlink()
+        else:
+            path.write_bytes(new_bytes)
         if drop_head:
             self.orch.store.delete_aux(*head_key)
         try:
@@ -178,13 +181,20 @@ class Matrix:
         forged = _resign(ls[i], self.intruder, lambda r: r["data"].update(edited=True))
         return stream, _join(ls[:i] + [forged] + ls[i + 1:]), False
 
+    def emptied(self) -> tuple[str, bytes, bool]:
+        """Every line of a job removed: no file lists the job any more, its head record still does."""
+        return self.rng.choice(self.jobs), b"", False
+
+    def file_deleted(self) -> tuple[str, None, bool]:
+        return self.rng.choice(self.jobs), None, False
+
     def copied_under_other_id(self) -> tuple[str, bytes, bool]:
         """A job's file, and its head record, copied under another job id."""
         src = self.rng.choice(self.jobs)
         return "copied-" + src[-8:], self.orch.store.path(src).read_bytes(), False
 
 
-KINDS: dict[str, tuple[Callable[[Matrix], tuple[str, bytes, bool]], bool]] = {
+KINDS: dict[str, tuple[Callable[[Matrix], tuple[str, bytes | None, bool]], bool]] = {
     # name -> (mutation, detection promised without an anchor)
     "byte_flip": (Matrix.byte_flip, True),
     "delete_line": (Matrix.delete, True),
@@ -197,6 +207,8 @@ KINDS: dict[str, tuple[Callable[[Matrix], tuple[str, bytes, bool]], bool]] = {
     "resigned_untrusted_key": (Matrix.resigned_untrusted, True),
     "cut_at_line_boundary": (Matrix.cut_with_head, True),
     "cut_and_head_record_deleted": (Matrix.cut_without_head, False),
+    "job_file_emptied": (Matrix.emptied, True),
+    "job_file_deleted": (Matrix.file_deleted, True),
     "last_newline_damaged": (Matrix.last_newline_flipped, True),
     "audit_log_cut_at_line_boundary": (Matrix.audit_cut, True),
     "audit_log_cut_and_head_record_deleted": (Matrix.audit_cut_without_head, False),

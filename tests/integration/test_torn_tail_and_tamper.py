@@ -196,6 +196,45 @@ def test_tail_cut_at_a_line_boundary_is_detected_by_the_head_record(orch: Orches
     assert "TRUNCATED" in codes(orch)
 
 
+def test_a_history_removed_whole_is_detected_by_its_head_record(orch: Orchestrator, raw: RawHistory) -> None:
+    # every event gone (the file emptied; every row deleted): no job file lists it, its head record still does
+    job_id = job_with_history(orch)
+    orch.submit("echo", {})
+    raw.write_bytes(job_id, b"")
+    assert [(p.stream, p.code) for p in verify_project(orch).problems] == [(job_id, "TRUNCATED")]
+    assert [p.code for p in verify_project(orch, job_id).problems] == ["TRUNCATED"]
+    status = orch.status(job_id)  # a read reports the cut, not a job that never was
+    assert status.state is None and [p["code"] for p in status.integrity_error["problems"]] == ["TRUNCATED"]
+
+
+def test_a_deleted_job_file_is_reported_never_run_nor_acted_on(file_orch: Orchestrator) -> None:
+    from orchestrator.audit import entries_for
+    from orchestrator.errors import ContextSignatureInvalid
+
+    job_id = job_with_history(file_orch)  # queued again after its resume: its ready entry is there
+    events_file(file_orch, job_id).unlink()
+    assert [p.code for p in verify_project(file_orch).problems] == ["TRUNCATED"]
+    with pytest.raises(ContextSignatureInvalid):
+        file_orch.cancel(job_id)
+    assert file_orch.worker().run_once() is None
+    assert [rec["data"]["action"] for _, rec in entries_for(file_orch, job_id=job_id)[1]] == [
+        "integrity_refusal", "run_refused"]
+    assert file_orch.queue.ready() == []  # refused once, not again on every poll
+
+
+def test_a_head_record_slot_created_but_never_written_is_no_job(file_orch: Orchestrator) -> None:
+    # a crash between creating the slot and writing it: no record, so neither a job nor a removed one
+    from orchestrator.errors import JobNotFoundError
+
+    file_orch.submit("echo", {})
+    slot = file_orch.store.root / HEADS_AREA / "01ARZ3NDEKTSV4RRFFQ69G5FAV"
+    slot.write_bytes(b"")
+    (slot.parent / "not a job id").write_bytes(b"{}")
+    assert verify_project(file_orch).ok
+    with pytest.raises(JobNotFoundError):
+        file_orch.status(slot.name)
+
+
 def test_without_the_head_record_a_cut_is_caught_only_by_the_external_anchor(orch: Orchestrator, raw: RawHistory,
                                                                              tmp_path: Path) -> None:
     job_id = job_with_history(orch)

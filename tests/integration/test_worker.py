@@ -142,8 +142,9 @@ def test_stale_recovery_removes_lease_records_of_runs_that_are_over_and_keeps_th
         # the first is what an outcome append killed before its aux writes leaves behind
         write_lease(orch.store, Lease(job_id, run_id, 1, "w", os.getpid(), time.time() + 60, time.time()))
     orch.store.put_aux(LEASES_AREA, "not-a-lease", b"{}")
+    (orch.store.root / LEASES_AREA / "a stray file.1").write_bytes(b"{}")  # not a job id: left alone, no crash
     assert make_worker(orch, worker_id="w3").recover_stale() == []  # a new worker sweeps on its first pass
-    assert orch.store.aux_keys(LEASES_AREA) == sorted([f"{claim.job_id}.1", "not-a-lease"])
+    assert orch.store.aux_keys(LEASES_AREA) == sorted([f"{claim.job_id}.1", "a stray file.1", "not-a-lease"])
 
 
 def test_a_process_that_exits_without_a_payload_records_no_terminal_signal_exit(orch) -> None:
