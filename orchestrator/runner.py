@@ -365,7 +365,10 @@ def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: i
         if frame is None:  # the worker closed the pipe (or died): nothing more to run
             return
         request = json.loads(frame)
-        if os.fstat(1).st_size:  # this run's output only (late writes of an earlier run's threads)
+        # Emptied here as well as by the worker (``HandlerHost.clear_output``): threads or processes an
+        # earlier run left behind may have printed since the worker emptied it, and only this process
+        # knows when the run starts. This run's tail holds this run's output only.
+        if os.fstat(1).st_size:
             os.ftruncate(1, 0)
         payload = handler_payload(lambda: call(request["kind"], request["context"]))
         sys.stdout.flush()
@@ -533,7 +536,9 @@ class HandlerHost:
             self._alive = None
 
     def clear_output(self) -> None:
-        """Empty the output file once the run's tail was taken (it may hold what the handler printed)."""
+        """Empty the output file once the run's tail was taken, as a per-run child's folder is removed:
+        what a handler printed is not kept, and a run that ends before the host starts it (killed or
+        dead before ``_host_main`` empties the file) shows no earlier run's output in its record."""
         try:
             if os.stat(self.output).st_size:  # a truncation is a journaled inode update, even of an empty file
                 os.truncate(self.output, 0)
