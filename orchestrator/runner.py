@@ -26,9 +26,12 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator.store.jsonl import STRAY_AGE, pid_alive
+
+if TYPE_CHECKING:  # handlers imports this module
+    from orchestrator.handlers import RunPaths
 
 PR_SET_PDEATHSIG = 1
 _libc: Any = None
@@ -79,7 +82,7 @@ class Child:
     """A running handler process: its pid is also its process group id.
 
     ``output`` holds what it printed (stdout and stderr); its terminal payload is read with
-    ``payload()`` once it is done, and ``finish()`` removes what the run left behind.
+    ``payload()`` once it is done, and ``finish(paths)`` removes what the run left behind.
     """
 
     pid: int
@@ -95,10 +98,9 @@ class Child:
         except FileNotFoundError:
             return None
 
-    def finish(self) -> None:
-        """After the outcome is recorded: remove the run's folder (context, terminal file, output)."""
-        if self.terminal_file is not None:
-            shutil.rmtree(self.terminal_file.parent, ignore_errors=True)
+    def finish(self, paths: RunPaths) -> None:
+        """After the outcome is recorded: remove what the run left behind (its folder, ``paths.remove``)."""
+        paths.remove()
 
     def poll(self) -> int | None:
         raise NotImplementedError
@@ -615,7 +617,8 @@ class HostRun(Child):
     def payload(self) -> bytes | None:
         return self._payload
 
-    def finish(self) -> None:
+    def finish(self, paths: RunPaths) -> None:
+        """A run in the host made no folder (no ``rmtree`` per run): what it left is the host's output."""
         self.host.clear_output()
 
 

@@ -447,14 +447,14 @@ class Worker:
                 return self._release(claim, child.output)
             return self._record_exit(claim, code, child, paths.artifacts_dir)
         finally:
-            child.finish()
+            child.finish(paths)
 
     def _not_started(self, claim: Claim, paths: RunPaths, code: str, message: str, *, retryable: bool) -> RunResult:
         """The handler could not start: record the failed attempt and remove the run's folder."""
         try:
             return self._fail(claim, code, message, retryable=retryable, output=paths.output_file)
         finally:
-            shutil.rmtree(paths.run_dir, ignore_errors=True)
+            paths.remove()
 
     def _handler_host(self) -> HandlerHost | None:
         """The reused handler process (created on first use), or None with ``handler_process="per-run"``."""

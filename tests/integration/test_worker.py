@@ -552,6 +552,18 @@ def test_a_command_that_does_not_exist_fails_without_retry(orch) -> None:
     assert st.state == "failed" and st.last_error["code"] == "COMMAND_NOT_FOUND"
 
 
+@pytest.mark.parametrize("kind,value,mode", [
+    ("command", {"argv": write_terminal({"status": "done", "summary": "ok"})}, "reused"),
+    ("command", {"argv": ["/no/such/program"]}, "reused"),  # its folder is made, then it cannot start
+    ("t.echo", "x", "per-run"),
+], ids=["command", "command-not-started", "python-per-run"])
+def test_a_runs_folder_is_removed_once_its_outcome_is_recorded(orch, kind: str, value: object, mode: str) -> None:
+    job = orch.submit(kind, value, max_attempts=1)
+    assert make_worker(orch, handler_process=mode).run_once().job_id == job
+    assert orch.status(job).state in ("succeeded", "failed")
+    assert list((orch.settings.state_dir / "runs").iterdir()) == []
+
+
 def test_a_bad_command_input_fails_with_invalid_input(orch) -> None:
     job = orch.submit("command", {"args": "echo"})
     make_worker(orch).run_once()
