@@ -26,9 +26,12 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator.store.jsonl import STRAY_AGE, pid_alive
+
+if TYPE_CHECKING:  # handlers imports this module
+    from orchestrator.handlers import RunPaths
 
 PR_SET_PDEATHSIG = 1
 _libc: Any = None
@@ -79,7 +82,7 @@ class Child:
     """A running handler process: its pid is also its process group id.
 
     ``output`` holds what it printed (stdout and stderr); its terminal payload is read with
-    ``payload()`` once it is done, and ``finish()`` removes what the run left behind.
+    ``payload()`` once it is done, and ``finish(paths)`` removes what the run left behind.
     """
 
     pid: int
@@ -95,10 +98,9 @@ class Child:
         except FileNotFoundError:
             return None
 
-    def finish(self) -> None:
-        """After the outcome is recorded: remove the run's folder (context, terminal file, output)."""
-        if self.terminal_file is not None:
-            shutil.rmtree(self.terminal_file.parent, ignore_errors=True)
+    def finish(self, paths: RunPaths) -> None:
+        """After the outcome is recorded: remove what the run left behind (its folder, ``paths.remove``)."""
+        paths.remove()
 
     def poll(self) -> int | None:
         raise NotImplementedError
@@ -365,7 +367,10 @@ def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: i
         if frame is None:  # the worker closed the pipe (or died): nothing more to run
             return
         request = json.loads(frame)
-        if os.fstat(1).st_size:  # this run's output only (late writes of an earlier run's threads)
+        # Emptied here as well as by the worker (``HandlerHost.clear_output``): threads or processes an
+        # earlier run left behind may have printed since the worker emptied it, and only this process
+        # knows when the run starts. This run's tail holds this run's output only.
+        if os.fstat(1).st_size:
             os.ftruncate(1, 0)
         payload = handler_payload(lambda: call(request["kind"], request["context"]))
         sys.stdout.flush()
@@ -533,7 +538,9 @@ class HandlerHost:
             self._alive = None
 
     def clear_output(self) -> None:
-        """Empty the output file once the run's tail was taken (it may hold what the handler printed)."""
+        """Empty the output file once the run's tail was taken, as a per-run child's folder is removed:
+        what a handler printed is not kept, and a run that ends before the host starts it (killed or
+        dead before ``_host_main`` empties the file) shows no earlier run's output in its record."""
         try:
             if os.stat(self.output).st_size:  # a truncation is a journaled inode update, even of an empty file
                 os.truncate(self.output, 0)
@@ -610,7 +617,8 @@ class HostRun(Child):
     def payload(self) -> bytes | None:
         return self._payload
 
-    def finish(self) -> None:
+    def finish(self, paths: RunPaths) -> None:
+        """A run in the host made no folder (no ``rmtree`` per run): what it left is the host's output."""
         self.host.clear_output()
 
 

@@ -27,7 +27,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -100,6 +100,7 @@ class Claim:
     view: JobView
     run_id: str
     epoch: int
+    renewed: bool = False  # a heartbeat of this run wrote its lease record, which the outcome drops (_supervise)
 
     @property
     def job_id(self) -> str:
@@ -155,7 +156,6 @@ class Worker:
         self._artifacts_root: str | None = None  # ``artifacts_dir``: the folder's path,
         self._artifacts_root_id: tuple[int, int] | None = None  # ...and the (device, inode) last checked in full
         self._next_sweep = 0.0  # time.monotonic() of the next sweep of leftovers (the first recovery does one)
-        self._renewed = False  # the current run wrote a lease record (dropped with its outcome)
         import_modules(self.settings.imports)
 
     # -- paths ----------------------------------------------------------------------------------
@@ -413,7 +413,6 @@ class Worker:
     def execute(self, claim: Claim) -> RunResult:
         """Run a claimed job's handler under its lease and timeout, then record the outcome."""
         s = claim.state
-        self._renewed = False
         try:
             paths = RunPaths.create(self.run_dir(claim.run_id), self.artifacts_dir(s.job_id))
         except PathEscapeError as exc:  # e.g. the job's artifact folder is a symlink out of the store
@@ -437,7 +436,7 @@ class Worker:
         log.info("running job %s (%s) as %s", s.job_id, s.kind, claim.run_id,
                  extra={"job_id": s.job_id, "run_id": claim.run_id, "pid": child.pid})
         try:
-            how, code = self._supervise(claim, child)
+            how, code, claim = self._supervise(claim, child)
             if how == "lost":
                 return self._lost(claim, "the job changed while it ran (taken over or cancelled)")
             if how == "timeout":
@@ -447,14 +446,14 @@ class Worker:
                 return self._release(claim, child.output)
             return self._record_exit(claim, code, child, paths.artifacts_dir)
         finally:
-            child.finish()
+            child.finish(paths)
 
     def _not_started(self, claim: Claim, paths: RunPaths, code: str, message: str, *, retryable: bool) -> RunResult:
         """The handler could not start: record the failed attempt and remove the run's folder."""
         try:
             return self._fail(claim, code, message, retryable=retryable, output=paths.output_file)
         finally:
-            shutil.rmtree(paths.run_dir, ignore_errors=True)
+            paths.remove()
 
     def _handler_host(self) -> HandlerHost | None:
         """The reused handler process (created on first use), or None with ``handler_process="per-run"``."""
@@ -481,8 +480,10 @@ class Worker:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _supervise(self, claim: Claim, child: Child) -> tuple[str, int | None]:
-        """Wait for the child; renew the lease; enforce the timeout and the stop grace period."""
+    def _supervise(self, claim: Claim, child: Child) -> tuple[str, int | None, Claim]:
+        """Wait for the child; renew the lease; enforce the timeout and the stop grace period. Returns how
+        it ended, its exit status, and the claim to record its outcome under: marked ``renewed`` once a
+        heartbeat wrote a lease record, so the flag belongs to this run and cannot reach the next."""
         start = time.monotonic()
         beat = max(0.05, self.settings.lease_seconds / 3)
         next_beat = start + beat
@@ -503,19 +504,20 @@ class Worker:
             finally:
                 self._in_wait = False
             if code is not None:
-                return "exited", code
+                return "exited", code, claim
             now_m = time.monotonic()
             if deadline is not None and now_m >= deadline:
                 self._kill(child)
-                return "timeout", None
+                return "timeout", None, claim
             if stop_deadline is not None and now_m >= stop_deadline:
                 self._kill(child)
-                return "stopped", None
+                return "stopped", None, claim
             if now_m >= next_beat:
                 next_beat = now_m + beat
                 if not self._renew(claim):
                     self._kill(child)
-                    return "lost", None
+                    return "lost", None, claim
+                claim = replace(claim, renewed=True)
 
     @staticmethod
     def _kill(child: Child) -> None:
@@ -527,7 +529,6 @@ class Worker:
         if self.orch.store.read(claim.job_id, from_seq=claim.view.head.seq + 1):
             return False
         now = self.orch.clock()
-        self._renewed = True
         write_lease(self.orch.store, Lease(claim.job_id, claim.run_id, claim.epoch, self.worker_id, os.getpid(),
                                            now + self.settings.lease_seconds, now))
         return True
@@ -592,7 +593,7 @@ class Worker:
         faults.point("worker.before_outcome")
         view = claim.view
         # a renewed lease record is dropped with the outcome (in its transaction where the store can)
-        drop = drop_lease_aux(claim.job_id, claim.epoch) if self._renewed else None
+        drop = drop_lease_aux(claim.job_id, claim.epoch) if claim.renewed else None
         try:
             for _ in range(3):
                 try:

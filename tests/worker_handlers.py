@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -90,6 +91,21 @@ def print_then(ctx: JobContext) -> dict:
     """Prints ``text`` (stdout) and ``err`` (stderr), then returns ``payload``."""
     print(ctx.input.get("text", ""))
     print(ctx.input.get("err", ""), file=sys.stderr)
+    return ctx.input["payload"]
+
+
+@handler("t.print_late")
+def print_late(ctx: JobContext) -> dict:
+    """Prints ``text``, and leaves a thread behind that prints ``late`` once its worker emptied the output file."""
+    print(ctx.input["text"])
+
+    def late() -> None:
+        deadline = time.monotonic() + 5
+        while os.fstat(1).st_size and time.monotonic() < deadline:
+            time.sleep(0.005)
+        print(ctx.input["late"], flush=True)
+
+    threading.Thread(target=late, daemon=True).start()
     return ctx.input["payload"]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -42,6 +43,11 @@ class RunPaths:
 
     def make_artifacts_dir(self) -> None:
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+
+    def remove(self) -> None:
+        """Remove the run's folder once its outcome is recorded or it could not start (the output's
+        tail is in the event); the job's artifact folder stays."""
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 class JobContext:

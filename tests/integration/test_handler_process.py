@@ -142,6 +142,34 @@ def test_output_of_one_run_never_reaches_the_next_runs_record_and_is_not_kept(or
     w.close()
 
 
+def test_what_a_thread_left_by_one_run_prints_late_never_reaches_the_next_runs_record(orch) -> None:
+    w = make_worker(orch)
+    failed = {"status": "failed", "summary": "no", "retryable": False}
+    run(orch, w, "t.print_late", {"text": "first run", "late": "late line of the first run", "payload": failed})
+    assert w._host is not None
+    deadline = time.monotonic() + 5  # the thread writes once the worker emptied the output file
+    while b"late line" not in w._host.output.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert b"late line" in w._host.output.read_bytes()
+    second = run(orch, w, "t.print", {"text": "second run", "payload": failed})
+    tail = second["events"][-1]["data"]["output_tail"]
+    assert "second run" in tail and "late line" not in tail
+    w.close()
+
+
+def test_a_run_that_ends_before_its_handler_process_starts_it_shows_no_earlier_runs_output(orch) -> None:
+    w = make_worker(orch, stop_grace_seconds=0)
+    failed = {"status": "failed", "summary": "no", "retryable": False}
+    run(orch, w, "t.print", {"text": "first run", "payload": failed})
+    assert w._host is not None and w._host.pid is not None
+    os.kill(w._host.pid, signal.SIGSTOP)  # it never reads the next request: killed before it starts the run
+    w.stop()
+    released = run(orch, w, "t.print", {"text": "second run", "payload": failed})
+    assert released["result"].outcome == "released"
+    assert released["events"][-1]["data"]["output_tail"] == ""
+    w.close()
+
+
 def assert_handler_process_ended(orch, pid: int) -> None:
     """The process is gone (within 5 s: it exits once it reads the end of its pipe) and so is its folder."""
     deadline = time.monotonic() + 5

@@ -366,6 +366,23 @@ def test_heartbeats_renew_the_lease_without_writing_events(orch) -> None:
     assert not list((orch.settings.state_dir / "leases").iterdir())  # dropped when the run ended
 
 
+def test_only_a_run_whose_heartbeat_wrote_a_lease_record_drops_one_with_its_outcome(orch, monkeypatch) -> None:
+    w = make_worker(orch, lease_seconds=0.3)
+    outcomes, real_append = [], orch.append
+
+    def append(view, job_id, evs, **kw):
+        if evs[0][0] not in ("job_submitted", "job_claimed"):
+            outcomes.append((job_id, evs[0][0], kw.get("aux") is not None))
+        return real_append(view, job_id, evs, **kw)
+
+    monkeypatch.setattr(orch, "append", append)
+    renewed = orch.submit("t.lease", {"sleep": 0.6})
+    w.run_once()
+    short = orch.submit("t.echo", "quick")  # the same worker's next run, shorter than a heartbeat
+    w.run_once()
+    assert outcomes == [(renewed, "job_succeeded", True), (short, "job_succeeded", False)]
+
+
 def test_an_expired_lease_is_recovered_to_queued_with_evidence(orch) -> None:
     job = orch.submit("t.echo", 1)
     dead = make_worker(orch, worker_id="dead", lease_seconds=30)
@@ -551,6 +568,18 @@ def test_a_command_that_does_not_exist_fails_without_retry(orch) -> None:
     make_worker(orch).run_once()
     st = orch.status(job)
     assert st.state == "failed" and st.last_error["code"] == "COMMAND_NOT_FOUND"
+
+
+@pytest.mark.parametrize("kind,value,mode", [
+    ("command", {"argv": write_terminal({"status": "done", "summary": "ok"})}, "reused"),
+    ("command", {"argv": ["/no/such/program"]}, "reused"),  # its folder is made, then it cannot start
+    ("t.echo", "x", "per-run"),
+], ids=["command", "command-not-started", "python-per-run"])
+def test_a_runs_folder_is_removed_once_its_outcome_is_recorded(orch, kind: str, value: object, mode: str) -> None:
+    job = orch.submit(kind, value, max_attempts=1)
+    assert make_worker(orch, handler_process=mode).run_once().job_id == job
+    assert orch.status(job).state in ("succeeded", "failed")
+    assert list((orch.settings.state_dir / "runs").iterdir()) == []
 
 
 def test_a_bad_command_input_fails_with_invalid_input(orch) -> None:
