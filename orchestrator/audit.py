@@ -44,6 +44,7 @@ MARKERS_AREA = "audited"
 # cut at a line boundary, or whose last newline was damaged, would look complete.
 AUDIT_HEAD = ("audit-head", "audit")
 LOCK_BUCKETS = 64
+HEAL_BATCH = 500  # jobs a bulk heal (audit heal, metrics) loads and passes to ``heal`` at a time
 
 # event type -> the audit action that explains it; every such event must have one audit entry
 AUDITED_EVENTS: dict[str, str] = {

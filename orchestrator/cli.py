@@ -14,8 +14,10 @@ from typing import Any, Callable
 
 import click
 
-from orchestrator.config import load_dotenv_file
+from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PROJECT_ID,
+                                 load_dotenv_file)
 from orchestrator.errors import InvalidInputError, OrchestratorError
+from orchestrator.limits import MAX_ATTEMPTS_LIMIT, PRIORITY_LIMIT
 from orchestrator.security import sanitize_text
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -56,9 +58,9 @@ def project_command(fn: Callable[..., int | None]) -> Callable[..., None]:
 
     @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
     @click.option("--project-id", envvar="PROJECT_ID", show_envvar=True, default=None,
-                  help="Project under the base path.  [default: default]")
+                  help=f"Project under the base path.  [default: {DEFAULT_PROJECT_ID}]")
     @click.option("--base-path", envvar="BASE_PATH", show_envvar=True, default=None,
-                  type=click.Path(file_okay=False), help="Folder holding projects.  [default: .]")
+                  type=click.Path(file_okay=False), help=f"Folder holding projects.  [default: {DEFAULT_BASE_PATH}]")
     @store_option
     @functools.wraps(fn)
     def wrapper(base_path: str | None, project_id: str | None, as_json: bool, store_url: str | None,
@@ -113,9 +115,11 @@ def cli() -> None:
 @click.option("--input-file", type=click.File("rb"), default=None, help="Read the JSON input from a file ('-' for stdin).")
 @click.option("--audit", is_flag=True, help="Send a successful result to awaiting_audit for approval.")
 @click.option("--key", default=None, help="Idempotency key: submitting the same key again returns the same job id.")
-@click.option("--max-attempts", type=click.IntRange(1, 1000), default=3, show_default=True, help="Runs allowed before failing.")
+@click.option("--max-attempts", type=click.IntRange(1, MAX_ATTEMPTS_LIMIT), default=DEFAULT_MAX_ATTEMPTS,
+              show_default=True, help="Runs allowed before failing.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Seconds a run may take.")
-@click.option("--priority", type=click.IntRange(-1000, 1000), default=0, show_default=True, help="Higher runs first.")
+@click.option("--priority", type=click.IntRange(-PRIORITY_LIMIT, PRIORITY_LIMIT), default=DEFAULT_PRIORITY,
+              show_default=True, help="Higher runs first.")
 @project_command
 def submit(orch: Any, out: Output, kind: str, input_json: str | None, input_file: Any, audit: bool, key: str | None,
            max_attempts: int, timeout: float | None, priority: int) -> None:

@@ -20,6 +20,18 @@ DEFAULT_BASE_PATH = "."
 DEFAULT_PROJECT_ID = "default"
 STATE_DIR = ".orchestrator"
 
+# Defaults that both an option (and its ``--help``) and the library use: named once, here, because
+# the command modules must not import the modules that own them (``orchestrator.worker`` is slow to import).
+DEFAULT_MAX_ATTEMPTS = 3  # submit --max-attempts; JobOptions
+DEFAULT_PRIORITY = 0  # submit --priority; JobOptions
+DEFAULT_LEASE_SECONDS = 30.0  # worker --lease-seconds / ORCH_LEASE_SECONDS; WorkerSettings
+DEFAULT_STOP_GRACE_SECONDS = 10.0  # ORCH_STOP_GRACE_SECONDS
+DEFAULT_RETRY_BASE_SECONDS = 1.0  # ORCH_RETRY_BASE_SECONDS
+DEFAULT_RETRY_MAX_SECONDS = 300.0  # ORCH_RETRY_MAX_SECONDS
+HANDLER_PROCESS_MODES = ("reused", "per-run")  # ORCH_HANDLER_PROCESS
+DEFAULT_HANDLER_PROCESS = "reused"
+DEFAULT_HANDLER_MAX_RUNS = 1000  # ORCH_HANDLER_MAX_RUNS
+
 
 @dataclass(frozen=True)
 class Settings:

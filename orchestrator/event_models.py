@@ -12,7 +12,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY
 from orchestrator.errors import InvalidInputError
+from orchestrator.limits import MAX_ATTEMPTS_LIMIT, PRIORITY_LIMIT
 
 
 class _Data(BaseModel):
@@ -21,9 +23,9 @@ class _Data(BaseModel):
 
 class JobOptions(_Data):
     audit: bool = False
-    max_attempts: int = Field(default=3, ge=1, le=1000)
+    max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=MAX_ATTEMPTS_LIMIT)
     timeout: Optional[float] = Field(default=None, gt=0)
-    priority: int = Field(default=0, ge=-1000, le=1000)
+    priority: int = Field(default=DEFAULT_PRIORITY, ge=-PRIORITY_LIMIT, le=PRIORITY_LIMIT)
     key: Optional[str] = Field(default=None, min_length=1, max_length=200)
 
 

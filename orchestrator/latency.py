@@ -78,10 +78,11 @@ def _worker_main() -> None:
     """Entry of the worker process: ``Worker.run`` reporting each recorded outcome as a JSON line."""
     from orchestrator import faults
     from orchestrator.api import Orchestrator
+    from orchestrator.config import DEFAULT_LEASE_SECONDS
 
     cfg = json.loads(os.environ["ORCH_BENCH_WORKER"])
     orch = Orchestrator(base_path=cfg["base_path"], project_id=cfg["project_id"])
-    worker = orch.worker(lease_seconds=cfg.get("lease_seconds", 30.0), worker_id="bench-worker")
+    worker = orch.worker(lease_seconds=cfg.get("lease_seconds", DEFAULT_LEASE_SECONDS), worker_id="bench-worker")
     out = sys.stdout
     appended: list[int] = []
 

@@ -11,6 +11,8 @@ from typing import Any
 
 MAX_INPUT_BYTES = 1024 * 1024  # a job's input, as canonical JSON
 MAX_JSON_DEPTH = 64  # nesting of arrays/objects in a job's input and a terminal payload
+MAX_ATTEMPTS_LIMIT = 1000  # a job's max_attempts is 1..MAX_ATTEMPTS_LIMIT
+PRIORITY_LIMIT = 1000  # a job's priority is -PRIORITY_LIMIT..PRIORITY_LIMIT
 
 
 def json_depth(value: Any) -> int:

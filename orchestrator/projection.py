@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 AREA, KEY, VERSION = "projections", "jobs-v2", 3
 OLD_KEYS = ("jobs-v1",)  # earlier formats, removed when the new cache is written
-HEAL_BATCH = 500
 NO_STATE = 255  # state code of a job with no valid first event
 STATE_CODE = {s: i for i, s in enumerate(STATES)}
 NAN = math.nan
@@ -286,7 +285,7 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
         changed += 1
         if heal and view.ok:
             batch.append(view)
-            if len(batch) >= HEAL_BATCH:
+            if len(batch) >= audit.HEAL_BATCH:
                 healed += len(audit.heal_quietly(orch, batch))
                 batch = []
         if progress and changed % 1000 == 0:

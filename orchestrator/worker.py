@@ -35,6 +35,9 @@ from orchestrator import audit as audit_log
 from orchestrator import clock as clock_mod
 from orchestrator import faults
 from orchestrator.api import JobView, Orchestrator
+from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
+                                 DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
+                                 HANDLER_PROCESS_MODES)
 from orchestrator.errors import (ConcurrencyError, InvalidIdError, InvalidInputError, JobNotFoundError, LeaseLostError,
                                  MalformedPayloadError, PathEscapeError)
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
@@ -47,10 +50,6 @@ from orchestrator.state import QUEUED, RUNNING, WAITING_HUMAN, JobState
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LEASE_SECONDS = 30.0
-DEFAULT_STOP_GRACE_SECONDS = 10.0
-DEFAULT_RETRY_BASE_SECONDS = 1.0
-DEFAULT_RETRY_MAX_SECONDS = 300.0
 IDLE_MAX_WAIT = 30.0  # an idle worker still wakes this often to look for stale leases
 SWEEP_EVERY = 60.0  # how often stale recovery also removes what killed workers left behind (_sweep_leftovers)
 ORPHAN_ENTRY_GRACE = 60.0  # a ready entry whose job has no event yet is kept this long (submit in flight)
@@ -61,8 +60,6 @@ EVENT_WAIT = 0.05  # how long a claimer waits for that event (the wait ends the 
 OUTPUT_TAIL_BYTES = 4000
 RUNS_DIR = "runs"
 ARTIFACTS_DIR = "artifacts"
-
-HANDLER_PROCESS_MODES = ("reused", "per-run")
 
 NO_TERMINAL_SIGNAL_EXIT = "NO_TERMINAL_SIGNAL_EXIT"
 NO_TERMINAL_SIGNAL_TIMEOUT = "NO_TERMINAL_SIGNAL_TIMEOUT"
@@ -84,8 +81,8 @@ class WorkerSettings:
     retry_max_seconds: float = DEFAULT_RETRY_MAX_SECONDS
     imports: tuple[str, ...] = ()
     artifacts_import: bool = False  # ORCH_ARTIFACTS_IMPORT: copy artifacts named by input "artifacts_from"
-    handler_process: str = "reused"  # ORCH_HANDLER_PROCESS: "reused" (one HandlerHost) or "per-run" (a fork per run)
-    handler_max_runs: int = 1000  # ORCH_HANDLER_MAX_RUNS: runs one reused handler process serves, then a new one
+    handler_process: str = DEFAULT_HANDLER_PROCESS  # "reused" (one HandlerHost) or "per-run" (a fork per run)
+    handler_max_runs: int = DEFAULT_HANDLER_MAX_RUNS  # runs one reused handler process serves, then a new one
 
     def __post_init__(self) -> None:
         if self.handler_process not in HANDLER_PROCESS_MODES:

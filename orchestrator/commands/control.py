@@ -98,8 +98,8 @@ def audit_heal(orch: Any, out: Output, job_id: str | None) -> None:
 
     ids = [job_id] if job_id else sorted(orch.job_ids())
     written: list[int] = []
-    for start in range(0, len(ids), 500):
-        views = [v for v in (orch.load(j) for j in ids[start:start + 500]) if v.ok]
+    for start in range(0, len(ids), audit.HEAL_BATCH):
+        views = [v for v in (orch.load(j) for j in ids[start:start + audit.HEAL_BATCH]) if v.ok]
         written += audit.heal(orch, views)
     out.emit({"jobs": len(ids), "written": len(written), "audit_seqs": written},
              f"checked {len(ids)} job(s); wrote {len(written)} missing audit entr{'y' if len(written) == 1 else 'ies'}")

@@ -7,6 +7,9 @@ from typing import Any
 import click
 
 from orchestrator.cli import CONTEXT, Output, cli, project_command
+from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
+                                 DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
+                                 HANDLER_PROCESS_MODES)
 
 EXIT_RAN = 0
 EXIT_NOTHING_TO_DO = 75  # sysexits EX_TEMPFAIL: nothing runnable now, try again later
@@ -24,7 +27,7 @@ def _env_list(value: str | None) -> tuple[str, ...]:
               help="Exit after running this many jobs.")
 @click.option("--idle-exit", is_flag=True, envvar="ORCH_IDLE_EXIT", show_envvar=True,
               help="Exit when no queued job is left (a delayed retry still counts as queued).")
-@click.option("--lease-seconds", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+@click.option("--lease-seconds", type=click.FloatRange(min=0.1), default=DEFAULT_LEASE_SECONDS, show_default=True,
               envvar="ORCH_LEASE_SECONDS", show_envvar=True,
               help="Lease length; renewed every third of it while a job runs. A job whose lease "
                    "expired is recovered by the next worker.")
@@ -32,23 +35,23 @@ def _env_list(value: str | None) -> tuple[str, ...]:
               help="Name of this worker in events and leases.  [default: host-pid-random]")
 @click.option("--import", "imports", multiple=True, help="Import MODULE to register Python handlers (repeatable).  "
               "[env var: ORCH_HANDLERS=mod1,mod2, added to --import]")
-@click.option("--stop-grace-seconds", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              envvar="ORCH_STOP_GRACE_SECONDS", show_envvar=True,
+@click.option("--stop-grace-seconds", type=click.FloatRange(min=0), default=DEFAULT_STOP_GRACE_SECONDS,
+              show_default=True, envvar="ORCH_STOP_GRACE_SECONDS", show_envvar=True,
               help="On SIGTERM/SIGINT, how long the running job may still take before it is killed and handed back.")
-@click.option("--retry-base-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              envvar="ORCH_RETRY_BASE_SECONDS", show_envvar=True,
+@click.option("--retry-base-seconds", type=click.FloatRange(min=0), default=DEFAULT_RETRY_BASE_SECONDS,
+              show_default=True, envvar="ORCH_RETRY_BASE_SECONDS", show_envvar=True,
               help="First retry delay; doubles per failed attempt, with jitter.")
-@click.option("--retry-max-seconds", type=click.FloatRange(min=0), default=300.0, show_default=True,
+@click.option("--retry-max-seconds", type=click.FloatRange(min=0), default=DEFAULT_RETRY_MAX_SECONDS, show_default=True,
               envvar="ORCH_RETRY_MAX_SECONDS", show_envvar=True, help="Longest retry delay.")
 @click.option("--artifacts-import", is_flag=True, envvar="ORCH_ARTIFACTS_IMPORT", show_envvar=True,
               help="Copy the artifact folders of the jobs a job's input names in 'artifacts_from' into "
                    "its own folder (inputs/<job_id>/). Off by default: nothing crosses between jobs.")
-@click.option("--handler-process", type=click.Choice(["reused", "per-run"]), default="reused", show_default=True,
-              envvar="ORCH_HANDLER_PROCESS", show_envvar=True,
+@click.option("--handler-process", type=click.Choice(HANDLER_PROCESS_MODES), default=DEFAULT_HANDLER_PROCESS,
+              show_default=True, envvar="ORCH_HANDLER_PROCESS", show_envvar=True,
               help="Python handlers run in a child process: 'reused' keeps one for many runs (replaced after a "
                    "crash, a timeout or --handler-max-runs runs); 'per-run' forks a fresh one for every run "
                    "(~2 ms more per job; nothing a handler leaves in memory reaches the next run).")
-@click.option("--handler-max-runs", type=click.IntRange(min=1), default=1000, show_default=True,
+@click.option("--handler-max-runs", type=click.IntRange(min=1), default=DEFAULT_HANDLER_MAX_RUNS, show_default=True,
               envvar="ORCH_HANDLER_MAX_RUNS", show_envvar=True,
               help="Runs one reused handler process serves before a new one replaces it.")
 @project_command

@@ -87,6 +87,28 @@ def test_help_is_available_and_shows_environment_variables(cli_env: dict[str, st
         assert "BASE_PATH" in proc.stdout and "PROJECT_ID" in proc.stdout and "--json" in proc.stdout
 
 
+def test_an_option_left_out_means_what_the_library_uses_when_it_is_left_out() -> None:
+    import inspect
+
+    from orchestrator.api import Orchestrator
+    from orchestrator.cli import cli
+    from orchestrator.event_models import JobOptions
+    from orchestrator.worker import WorkerSettings
+
+    def cli_defaults(name: str) -> dict[str, object]:
+        command = cli.get_command(None, name)  # type: ignore[arg-type]
+        assert command is not None
+        return {p.name: p.default for p in command.params}
+
+    submit, api = cli_defaults("submit"), inspect.signature(Orchestrator.submit_job).parameters
+    for name in ("max_attempts", "priority"):
+        assert submit[name] == api[name].default == JobOptions.model_fields[name].default, name
+    worker = cli_defaults("worker")
+    for name in ("lease_seconds", "stop_grace_seconds", "retry_base_seconds", "retry_max_seconds", "handler_process",
+                 "handler_max_runs"):
+        assert worker[name] == getattr(WorkerSettings(), name), name
+
+
 def test_verify_passes_then_names_file_and_line_of_an_edit_and_exits_7(cli_env: dict[str, str], base: Path) -> None:
     job_id = submit(cli_env)
     ok = run_script("verify", env=cli_env)

@@ -7,6 +7,8 @@ import time
 import threading
 from pathlib import Path
 
+import pytest
+
 from orchestrator.store.jsonl import SLOT_BYTES, JsonlStore
 
 
@@ -25,30 +27,37 @@ def test_a_record_is_rewritten_in_place_and_reads_back_exactly(tmp_path: Path) -
     assert json.loads(path.read_bytes()) == {"seq": 2, "pad": "xx"}  # still plain JSON for `cat` and jq
 
 
-def test_a_slot_file_created_but_never_written_reads_as_no_record(tmp_path: Path) -> None:
-    store = JsonlStore(tmp_path)
+@pytest.mark.parametrize("written, reads_as", [
+    pytest.param(b"", None, id="created_but_never_written"),  # a crash between create and write
+    pytest.param(record(7), record(7), id="an_older_record_written_by_rename"),  # as the store wrote it before slots
+    pytest.param(b"x" * 511 + b" ", b"x" * 511 + b" ", id="no_newline_in_the_slot"),  # hand-written: no newline
+    pytest.param(b"\0" * SLOT_BYTES, None, id="all_nul"),  # a write a power loss lost
+])
+def test_a_slot_file_the_store_did_not_write_reads_as_its_bytes_or_as_no_record(
+        tmp_path: Path, written: bytes, reads_as: bytes | None) -> None:
     (tmp_path / "heads").mkdir()
-    (tmp_path / "heads" / "job-1").write_bytes(b"")  # a crash between create and write
-    assert store.get_aux("heads", "job-1") is None
+    (tmp_path / "heads" / "job-1").write_bytes(written)
+    assert JsonlStore(tmp_path).get_aux("heads", "job-1") == reads_as  # not a slot: the caller judges it; no crash
 
 
-def test_a_record_too_large_for_its_slot_is_refused_and_a_foreign_file_is_cut_to_the_slot(tmp_path: Path) -> None:
-    import pytest
-
+def test_a_record_too_large_for_its_slot_is_refused(tmp_path: Path) -> None:
     store = JsonlStore(tmp_path)
     with pytest.raises(ValueError, match="does not fit"):
         store.put_aux("heads", "job-1", json.dumps({"pad": "y" * 600}).encode())
-    (tmp_path / "heads" / "job-1").parent.mkdir(exist_ok=True)
-    (tmp_path / "heads" / "job-1").write_bytes(b"{" + b"z" * 2000 + b"}")  # not written by the store
+    assert store.get_aux("heads", "job-1") is None
+
+
+def test_a_slot_written_over_a_longer_foreign_file_is_cut_to_the_slot_and_reads_right_even_before_the_cut(
+        tmp_path: Path) -> None:
+    store = JsonlStore(tmp_path)
+    (tmp_path / "heads").mkdir()
+    path = tmp_path / "heads" / "job-1"
+    path.write_bytes(b"{" + b"z" * 2000 + b"}")  # not written by the store
     store.put_aux("heads", "job-1", record(5))
     assert store.get_aux("heads", "job-1") == record(5)
-    assert (tmp_path / "heads" / "job-1").stat().st_size == SLOT_BYTES
-
-
-def test_an_older_record_written_by_rename_still_reads(tmp_path: Path) -> None:
-    (tmp_path / "heads").mkdir()
-    (tmp_path / "heads" / "job-1").write_bytes(record(7))  # as the store wrote it before slots
-    assert JsonlStore(tmp_path).get_aux("heads", "job-1") == record(7)
+    assert path.stat().st_size == SLOT_BYTES
+    path.write_bytes(path.read_bytes() + b"z" * 1000)  # as if the process died between the slot's write and the cut
+    assert store.get_aux("heads", "job-1") == record(5)
 
 
 def test_other_areas_keep_replace_by_rename(tmp_path: Path) -> None:
@@ -81,17 +90,6 @@ def test_a_reader_never_sees_half_of_a_rewrite(tmp_path: Path) -> None:
         t.join()
 
 
-def test_a_slot_written_over_a_longer_foreign_file_reads_right_even_before_the_cut(tmp_path: Path) -> None:
-    store = JsonlStore(tmp_path)
-    (tmp_path / "heads").mkdir()
-    path = tmp_path / "heads" / "job-1"
-    path.write_bytes(b"{" + b"z" * 2000 + b"}")
-    store.put_aux("heads", "job-1", record(5))
-    whole = path.read_bytes()
-    path.write_bytes(whole + b"z" * 1000)  # as if the process died between the slot's write and the cut
-    assert store.get_aux("heads", "job-1") == record(5)
-
-
 def test_a_copy_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path) -> None:
     import subprocess
     import sys
@@ -111,13 +109,3 @@ def test_a_copy_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path) -
     store.put_aux("projections", "jobs-v2", b"second")
     assert not stray.exists() and live.exists() and recent.exists()
     assert store.get_aux("projections", "jobs-v2") == b"second"
-
-
-def test_a_slot_that_is_not_one_reads_as_its_bytes_or_as_no_record(tmp_path) -> None:
-    store = JsonlStore(tmp_path)
-    store.put_aux("heads", "job-1", b'{"seq":1}')
-    path = Path(store._aux_path("heads", "job-1"))  # noqa: SLF001
-    path.write_bytes(b"x" * 511 + b" ")  # hand-written: a space at byte 512 but no newline
-    assert store.get_aux("heads", "job-1") == b"x" * 511 + b" "  # judged by the caller, no crash
-    path.write_bytes(b"\0" * SLOT_BYTES)  # a write a power loss lost
-    assert store.get_aux("heads", "job-1") is None
