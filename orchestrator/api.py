@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from orchestrator import clock, faults
-from orchestrator.config import Settings, default_actor
+from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Settings, default_actor
 from orchestrator.errors import (ConcurrencyError, ConfigError, ContextSignatureInvalid, InvalidInputError,
                                  JobNotFoundError, OrchestratorError)
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream, check_head_record,
@@ -339,7 +339,7 @@ class Orchestrator:
         return JobView(job_id, stream, state, ())
 
     def submit_job(self, kind: str, input: Any = None, *, audit: bool = False, key: str | None = None,
-                   max_attempts: int = 3, timeout: float | None = None, priority: int = 0,
+                   max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout: float | None = None, priority: int = DEFAULT_PRIORITY,
                    actor: str | None = None) -> Submission:
         """Submit a job; with an idempotency ``key``, the same key returns the same job."""
         from orchestrator.event_models import JobOptions

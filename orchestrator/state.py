@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable, Mapping
 
 from orchestrator.clock import from_iso
+from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY
 from orchestrator.errors import InvalidTransitionError
 
 QUEUED, RUNNING, AWAITING_AUDIT, WAITING_HUMAN = "queued", "running", "awaiting_audit", "waiting_human"
@@ -18,9 +19,6 @@ SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, AWAITING_AUDIT, WAITING_HUMAN, SUCCEEDED, FAILED, CANCELLED)
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 NON_FINAL_STATES = frozenset(STATES) - FINAL_STATES
-
-DEFAULT_MAX_ATTEMPTS = 3
-DEFAULT_PRIORITY = 0
 
 
 @dataclass(frozen=True, slots=True)
