@@ -28,7 +28,7 @@ from orchestrator.limits import MAX_INPUT_BYTES, MAX_JSON_DEPTH, json_depth
 from orchestrator.security import validate_id
 from orchestrator.signing import Keyring, canonical, load_keyring
 from orchestrator.leases import lease_expiry
-from orchestrator.state import RUNNING, Event, JobState, apply, replay
+from orchestrator.state import RUNNING, Event, JobState, apply
 from orchestrator.store.base import EventStore, Head, StoredLine
 
 if TYPE_CHECKING:
