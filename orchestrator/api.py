@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 
 from orchestrator import clock, faults
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Settings, default_actor
-from orchestrator.errors import (ConcurrencyError, ConfigError, ContextSignatureInvalid, InvalidInputError,
-                                 JobNotFoundError, OrchestratorError)
+from orchestrator.errors import (ConcurrencyError, ConfigError, ContextSignatureInvalid, InvalidIdError,
+                                 InvalidInputError, JobNotFoundError, OrchestratorError)
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream, check_head_record,
                                   check_head, head_record, seal, verify_stream)
 from orchestrator.limits import MAX_INPUT_BYTES, MAX_JSON_DEPTH, json_depth
@@ -263,11 +263,30 @@ class Orchestrator:
     def job_ids(self) -> Iterator[str]:
         return self.store.job_ids()
 
+    def removed_job_ids(self, listed: Iterable[str]) -> list[str]:
+        """The jobs whose events are all gone (the file deleted or emptied) while their signed head record
+        is still there. ``job_ids`` lists only jobs holding an event, so it cannot name them; ``listed`` is
+        what it gave. Their reads report ``TRUNCATED``; a record's slot never written is no job."""
+        known = set(listed)
+        removed = []
+        for job_id in self.store.aux_keys(HEADS_AREA):
+            if job_id in known:
+                continue
+            try:
+                view = self.load(job_id)
+            except (JobNotFoundError, InvalidIdError):  # no record after all, or not a name this code wrote
+                continue
+            if not view.stream.lines:  # (a job submitted since the listing has its events)
+                removed.append(job_id)
+        return removed
+
     def jobs(self, states: Iterable[str] | None = None) -> list[JobStatus]:
-        """Every job's status, oldest first, optionally only those in ``states``."""
+        """Every job's status, oldest first, optionally only those in ``states``; a job whose events
+        were all removed is listed too (no state, its integrity error)."""
         wanted = set(states or ())
         out = []
-        for job_id in self.store.job_ids():
+        listed = list(self.store.job_ids())
+        for job_id in listed + self.removed_job_ids(listed):
             st = self.status(job_id)
             if not wanted or st.state in wanted:
                 out.append(st)
@@ -361,18 +380,31 @@ class Orchestrator:
         data = {"kind": kind, "input": input, "options": options,
                 "context_digest": context_digest(kind, input, options)}
         job_id = key_job_id(self.project_id, key) if key else new_job_id(self.clock())
+        # a key names the same job every time: one whose events were all removed still has its head
+        # record, and a submit must not write a new first event over that evidence
+        if key and self.store.get_aux(HEADS_AREA, job_id) is not None:
+            return self._submitted_before(job_id, key, (kind, input, options))
         try:
             self.append(None, job_id, [("job_submitted", data)], actor=actor)
         except ConcurrencyError:
             if not key:
                 raise
-            existing = self.load(job_id)
-            first = existing.stream.records[0]["data"] if existing.stream.records else {}
-            if (first.get("kind"), first.get("input"), first.get("options")) != (kind, input, options):
-                raise InvalidInputError(f"idempotency key {key!r} already names job {job_id} with a different "
-                                        "kind, input or options", job_id=job_id) from None
-            return Submission(job_id, created=False)
+            return self._submitted_before(job_id, key, (kind, input, options))
         return Submission(job_id, created=True)
+
+    def _submitted_before(self, job_id: str, key: str, request: tuple[str, Any, dict[str, Any]]) -> Submission:
+        """A submit whose idempotency ``key`` names an existing job: that job, if it was the same
+        ``(kind, input, options)``; refused if its history does not verify (or was removed)."""
+        existing = self.load(job_id)
+        if not existing.ok:
+            err = existing.integrity_error() or {}
+            raise ContextSignatureInvalid(f"idempotency key {key!r} names job {job_id}, whose {err.get('message', '')}; "
+                                          "nothing was written", job_id=job_id, problems=err.get("problems", []))
+        first = existing.stream.records[0]["data"]
+        if (first.get("kind"), first.get("input"), first.get("options")) != request:
+            raise InvalidInputError(f"idempotency key {key!r} already names job {job_id} with a different "
+                                    "kind, input or options", job_id=job_id) from None
+        return Submission(job_id, created=False)
 
     def submit(self, kind: str, input: Any = None, **options: Any) -> str:
         """Submit a job and return its id (see ``submit_job`` for the options)."""

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator import clock
-from orchestrator.api import HEADS_AREA, Orchestrator
-from orchestrator.errors import InvalidIdError, InvalidInputError, JobNotFoundError
+from orchestrator.api import Orchestrator
+from orchestrator.errors import InvalidInputError
 from orchestrator.history import ROLLED_BACK, Problem, check_head_record, verify_stream
 from orchestrator.signing import canonical, line_hash
 from orchestrator.store.base import AUDIT_STREAM
@@ -95,7 +95,9 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
     for jid, rest in sorted(claims.items()):  # entries naming jobs that have no events at all
         _cross_check(report, jid, None, rest)
     if job_id is None:
-        report.problems.extend(_removed_histories(orch, set(job_ids)))
+        for jid in orch.removed_job_ids(job_ids):  # its head record says it had events: none are left
+            report.streams += 1
+            report.problems.extend(orch.load(jid, every_signature=True).problems)
         from orchestrator.audit import AUDIT_HEAD
 
         head_raw = orch.store.get_aux(*AUDIT_HEAD)  # before the lines: a racing append only makes them longer
@@ -109,24 +111,6 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
         if cut:
             report.problems.append(cut)
     return report
-
-
-def _removed_histories(orch: Orchestrator, listed: set[str]) -> list[Problem]:
-    """The jobs whose events are all gone while their signed head record is still there (the file
-    deleted or emptied): ``job_ids`` lists only files holding a line, so they would pass unseen."""
-    problems = []
-    for key in orch.store.aux_keys(HEADS_AREA):
-        if key in listed:
-            continue
-        try:
-            view = orch.load(key, every_signature=True)
-        except JobNotFoundError:  # no record after all (a slot created but never written)
-            continue
-        except InvalidIdError:  # not a job id: not a record this code wrote
-            continue
-        if not view.stream.lines:  # (a job submitted since the listing has lines, and was not listed)
-            problems.extend(view.problems)
-    return problems
 
 
 def _heads(orch: Orchestrator) -> dict[str, dict[str, Any]]:

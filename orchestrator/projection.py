@@ -269,8 +269,15 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
 
     cached = (None if rebuild else _read(orch)) or Columns()
     ids, sizes, mtimes = scan(orch)  # taken before reading: a job that grows meanwhile is seen again next time
-    if ids == cached.ids and sizes == cached.size and mtimes == cached.mtime:
+    n = len(ids)  # the cache holds these, then the jobs whose events were all removed (size 0: no listed job has it)
+    if (ids == cached.ids[:n] and sizes == cached.size[:n] and mtimes == cached.mtime[:n]
+            and not any(cached.size[n:]) and _still_removed(orch, cached.ids[n:])):
         return Refresh(Rows(cached), 0, 0)  # nothing changed: three list comparisons in C
+    # a job's events removed whole change the listing, so only then can there be a new one to find
+    for job_id in orch.removed_job_ids(ids):  # a head record that says there were events: an integrity error
+        ids.append(job_id)
+        sizes.append(0)
+        mtimes.append(0)
     where = dict(zip(cached.ids, range(len(cached))))
     cols = Columns()
     changed = healed = 0
@@ -296,6 +303,13 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
     for old in OLD_KEYS:
         orch.store.delete_aux(AREA, old)
     return Refresh(Rows(cols), changed, healed)
+
+
+def _still_removed(orch: "Orchestrator", job_ids: list[str]) -> bool:
+    """Whether these jobs, whose events were all removed, still have the head record that says so."""
+    from orchestrator.api import HEADS_AREA
+
+    return all(orch.store.get_aux(HEADS_AREA, job_id) is not None for job_id in job_ids)
 
 
 def _read(orch: "Orchestrator") -> Columns | None:

@@ -207,6 +207,31 @@ def test_a_history_removed_whole_is_detected_by_its_head_record(orch: Orchestrat
     assert status.state is None and [p["code"] for p in status.integrity_error["problems"]] == ["TRUNCATED"]
 
 
+def test_a_keyed_submit_never_writes_over_a_removed_history(orch: Orchestrator, raw: RawHistory) -> None:
+    from orchestrator.errors import ContextSignatureInvalid
+
+    job_id = orch.submit("echo", {"n": 1}, key="nightly")
+    raw.write_bytes(job_id, b"")
+    with pytest.raises(ContextSignatureInvalid, match="TRUNCATED"):
+        orch.submit("echo", {"n": 1}, key="nightly")  # the same key names the same job
+    assert raw.read_bytes(job_id) == b""  # nothing was written over the evidence
+    assert [p.code for p in verify_project(orch).problems] == ["TRUNCATED"]
+
+
+def test_every_job_listing_shows_a_removed_history(orch: Orchestrator, raw: RawHistory) -> None:
+    from orchestrator.metrics import Thresholds, compute
+    from orchestrator.projection import refresh
+
+    kept, removed = orch.submit("echo", {}), job_with_history(orch)
+    assert compute("p", refresh(orch).columns, 0.0, Thresholds()).integrity_errors == 0
+    raw.write_bytes(removed, b"")
+    listed = {st.job_id: st for st in orch.jobs()}  # status --all
+    assert set(listed) == {kept, removed} and listed[removed].integrity_error is not None
+    m = compute("p", refresh(orch).columns, 0.0, Thresholds())  # metrics
+    assert (m.jobs, m.integrity_errors) == (2, 1)
+    assert refresh(orch).replayed == 0  # and the cache stays as it is until something changes
+
+
 def test_a_deleted_job_file_is_reported_never_run_nor_acted_on(file_orch: Orchestrator) -> None:
     from orchestrator.audit import entries_for
     from orchestrator.errors import ContextSignatureInvalid
