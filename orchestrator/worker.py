@@ -292,7 +292,8 @@ class Worker:
         return True
 
     def _run_artifacts(self, s: JobState) -> list[str]:
-        """Files in the job's folder written since the run was claimed: what a dead run left behind."""
+        """Files in the job's folder written since the run was claimed: what a dead run left behind, named
+        as stored (sanitized: a file name may hold a secret, ``token=...``)."""
         claimed = [ts for etype, ts in s.history if etype == "job_claimed"]
         since = clock_mod.from_iso(claimed[-1]) if claimed else 0.0
         root = self.artifacts_dir(s.job_id)
@@ -302,7 +303,7 @@ class Worker:
                 path = Path(dirpath, name)
                 try:
                     if path.stat().st_mtime >= since - 1.0:  # mtime granularity
-                        found.append(path.relative_to(root).as_posix())
+                        found.append(sanitize_text(path.relative_to(root).as_posix()))
                 except OSError:
                     continue
         return sorted(found)[:100]
@@ -541,8 +542,9 @@ class Worker:
             payload = parse_payload(raw, artifacts_dir)
         except MalformedPayloadError as exc:
             return self._fail(claim, exc.code, exc.message, output=child.output)
+        # the artifact paths were checked as given (parse_payload); what is stored is their sanitized text
         result = {"summary": sanitize_text(payload.summary), "output": sanitize_obj(payload.output),
-                  "artifacts": payload.artifacts}
+                  "artifacts": [sanitize_text(rel) for rel in payload.artifacts]}
         if payload.status == DONE and not s.options.get("audit"):
             return self._finish(claim, [("job_succeeded", result)], "succeeded")
         if payload.status in (DONE, NEEDS_AUDIT):
