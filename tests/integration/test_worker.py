@@ -481,6 +481,32 @@ def test_a_dead_run_that_left_artifacts_goes_to_waiting_human(orch) -> None:
     assert events(orch, job)[-1]["data"]["artifacts"] == ["half.csv"]
 
 
+def test_stale_recovery_removes_the_folders_of_runs_that_are_over_and_keeps_those_that_may_be_live(orch) -> None:
+    import fcntl
+    dead_job, live_job = orch.submit("t.echo", 1), orch.submit("t.echo", 2)
+    t = orch.clock()
+    dead = make_worker(orch, worker_id="dead", lease_seconds=5).claim(now=t)
+    live = make_worker(orch, worker_id="other", lease_seconds=600).claim(now=t)
+    assert (dead.job_id, live.job_id) == (dead_job, live_job)
+    runs = orch.settings.state_dir / "runs"
+    gone = "run-00000000000000aa"  # a run of a job that is gone (or finished long ago)
+    zombie = "run-00000000000000bb"  # over by the events, but its handler still runs (holds its output)
+    for run_id in (dead.run_id, live.run_id, gone, zombie):
+        (runs / run_id).mkdir(parents=True)
+        (runs / run_id / "output.log").write_text("password=hunter2 Authorization: Bearer hunter2xyz\n")
+        (runs / run_id / "terminal.json").write_text('{"status": "done", "summary": "token=hunter2xyz"}')
+    (runs / "host-1-ab").mkdir()  # a handler process folder: not a run's, left to its own sweep
+    held = os.open(runs / zombie / "output.log", os.O_WRONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert make_worker(orch).recover_stale(now=t + 6) == [dead_job]  # the run of dead_job is over now
+        assert sorted(p.name for p in runs.iterdir()) == sorted([live.run_id, zombie, "host-1-ab"])
+    finally:
+        os.close(held)
+    make_worker(orch).recover_stale(now=t + 7)  # a new worker sweeps at once; the zombie has exited
+    assert sorted(p.name for p in runs.iterdir()) == sorted([live.run_id, "host-1-ab"])
+
+
 def test_a_stale_job_out_of_attempts_fails(orch) -> None:
     job = orch.submit("t.echo", 1, max_attempts=1)
     t = orch.clock()
