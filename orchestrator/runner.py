@@ -18,6 +18,7 @@ import os
 import select
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -213,7 +214,15 @@ class ForkChild(Child):
 
 
 def _open_output(path: Path) -> int:
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    """Open a run's output file, locked (``flock``) for as long as a process holds it: the handler
+    inherits the descriptor as its stdout and stderr, so the lock lives exactly as long as the
+    handler (and anything it started that kept them), and ``remove_run_folder`` leaves its folder."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held by a sweep deciding about a run that is over: the output is not kept anyway
+        pass
+    return fd
 
 
 def spawn_command(argv: list[str], *, cwd: Path, env: dict[str, str], output: Path, terminal_file: Path) -> Child:
@@ -446,6 +455,35 @@ def sweep_dead_host_folders(runs_dir: Path) -> list[str]:
         finally:
             os.close(fd)
     return removed
+
+
+def remove_run_folder(folder: Path) -> bool:
+    """Remove a run's folder (``runs/run-*``) unless a process of that run still holds its output's
+    lock (``_open_output``): a handler that still runs, whatever its job's events say. The caller
+    decides that the run is over; this only refuses to pull a folder from under a live process.
+    Returns True if the folder is gone."""
+    try:
+        if not stat.S_ISDIR(os.lstat(folder).st_mode):
+            return False  # not what a run makes (a symlink, a file): left alone
+    except OSError:
+        return False  # gone meanwhile (its worker removed it)
+    try:
+        fd = os.open(folder / "output.log", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        fd = -1  # the handler never started
+    except OSError:
+        return False
+    try:
+        if fd >= 0:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False  # held: the run's handler (or a process it started) is alive
+        shutil.rmtree(folder, ignore_errors=True)
+        return not os.path.lexists(folder)
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 class HandlerHost:

@@ -111,11 +111,22 @@ def sanitize_text(text: str) -> str:
     return _SHAPES.sub(REDACTED, text)
 
 
+def _holds_something(value: Any) -> bool:
+    """False for a value that cannot carry a secret: ``None``, a bool, or an empty string or container."""
+    if value is None or isinstance(value, bool):
+        return False
+    if isinstance(value, (str, list, tuple, dict)):
+        return len(value) > 0
+    return True
+
+
 def sanitize_obj(obj: Any) -> Any:
     """Return a copy of a JSON-like structure with every string value sanitized.
 
-    Keys are never changed, but a scalar stored under a secret-looking key
-    (``{"password": "x"}``) is redacted whole, since its text alone looks harmless.
+    Keys are never changed, but whatever is stored under a secret-looking key is redacted
+    whole: a scalar (``{"password": "x"}``), since its text alone looks harmless, and a list
+    or an object (``{"token": {"a": "x"}}``), since nothing inside it says it is secret. Only
+    a value that holds nothing (``None``, a bool, ``""``, ``[]``, ``{}``) is kept as is.
     """
     if isinstance(obj, str):
         return sanitize_text(obj)
@@ -123,10 +134,7 @@ def sanitize_obj(obj: Any) -> Any:
         out: dict[Any, Any] = {}
         for key, value in obj.items():
             secret = isinstance(key, str) and _SENSITIVE_KEY.search(key) is not None
-            if secret and not isinstance(value, bool) and isinstance(value, (str, int, float)) and value != "":
-                out[key] = REDACTED
-            else:
-                out[key] = sanitize_obj(value)
+            out[key] = REDACTED if secret and _holds_something(value) else sanitize_obj(value)
         return out
     if isinstance(obj, list):
         return [sanitize_obj(item) for item in obj]

@@ -44,7 +44,8 @@ from orchestrator.handlers import RunPaths, call_python_handler, import_modules,
 from orchestrator.leases import LEASES_AREA, Lease, drop_lease_aux, lease_expiry, write_lease
 from orchestrator.payload import DONE, NEEDS_AUDIT, NEEDS_HUMAN, Payload, parse_payload
 from orchestrator.queue import ReadyEntry
-from orchestrator.runner import HOST_PREFIX, Child, HandlerHost, precise_sleeps, sweep_dead_host_folders, tail
+from orchestrator.runner import (HOST_PREFIX, Child, HandlerHost, precise_sleeps, remove_run_folder,
+                                 sweep_dead_host_folders, tail)
 from orchestrator.security import safe_join, sanitize_obj, sanitize_text, validate_id
 from orchestrator.state import QUEUED, RUNNING, WAITING_HUMAN, JobState
 
@@ -59,6 +60,7 @@ KNOWN_VIEW_MAX_BYTES = 64 * 1024  # ...if their events take no more than this (i
 EVENT_WAIT = 0.05  # how long a claimer waits for that event (the wait ends the moment the line is written)
 OUTPUT_TAIL_BYTES = 4000
 RUNS_DIR = "runs"
+RUN_PREFIX = "run-"  # runs/run-<16 hex>: one run's folder (runs/host-*: a worker's handler process)
 ARTIFACTS_DIR = "artifacts"
 
 NO_TERMINAL_SIGNAL_EXIT = "NO_TERMINAL_SIGNAL_EXIT"
@@ -125,7 +127,7 @@ class RunResult:
 
 
 def new_run_id() -> str:
-    return "run-" + os.urandom(8).hex()
+    return RUN_PREFIX + os.urandom(8).hex()
 
 
 def default_worker_id() -> str:
@@ -203,9 +205,13 @@ class Worker:
         also remove what killed workers left behind (``_sweep_leftovers``)."""
         now = self.orch.clock() if now is None else now
         self.queue.ensure_built(self.orch)
-        if time.monotonic() >= self._next_sweep:
+        recovered = self._recover_expired(now)
+        if time.monotonic() >= self._next_sweep:  # after the recoveries: the runs they ended are over
             self._next_sweep = time.monotonic() + SWEEP_EVERY
             self._sweep_leftovers()
+        return recovered
+
+    def _recover_expired(self, now: float) -> list[str]:
         recovered = []
         for job_id, epoch in self.queue.running_entries():
             try:
@@ -231,12 +237,41 @@ class Worker:
         return recovered
 
     def _sweep_leftovers(self) -> None:
-        """The handler folders of workers killed before their ``close``, and the lease records of runs
-        that are over."""
+        """The handler folders of workers killed before their ``close``, and the run folders and lease
+        records of runs that are over."""
         swept = sweep_dead_host_folders(self.runs_root)
         if swept:
             log.info("removed %d handler folder(s) of workers that are gone", len(swept), extra={"folders": swept})
+        self._sweep_left_over_runs()
         self._sweep_left_over_leases()
+
+    def _sweep_left_over_runs(self) -> list[str]:
+        """Remove the ``runs/run-*`` folders of runs that are over. A run's folder is removed by its
+        worker once the outcome is recorded; a worker killed before that (SIGKILL, a crash) leaves it,
+        with the raw output, context and payload of the run. A run is over unless its job is running
+        under that run id now; the folders are listed before the running jobs are read, and a run's
+        folder is made only after its claim (and its running entry) is written, so a folder listed
+        here whose run is live is seen as running. A run the events say is over but whose handler
+        still runs (a worker paused past its lease, a cancel not yet noticed) holds its output's
+        lock, and its folder stays (``remove_run_folder``)."""
+        try:
+            names = [n for n in os.listdir(self.runs_root) if n.startswith(RUN_PREFIX)]
+        except OSError:
+            return []
+        if not names:
+            return []
+        live = set()
+        for job_id, _epoch in self.queue.running_entries():
+            try:
+                s = self.orch.load(job_id).state
+            except (JobNotFoundError, InvalidIdError):
+                continue
+            if s is not None and s.state == RUNNING:  # even unverified: its run may be live
+                live.add(s.run_id)
+        removed = [n for n in names if n not in live and remove_run_folder(self.runs_root / n)]
+        if removed:
+            log.info("removed %d run folder(s) of runs that are over", len(removed), extra={"folders": removed})
+        return removed
 
     def _sweep_left_over_leases(self) -> list[str]:
         """Remove the lease records of runs that are over. An outcome drops its run's record right
@@ -292,7 +327,8 @@ class Worker:
         return True
 
     def _run_artifacts(self, s: JobState) -> list[str]:
-        """Files in the job's folder written since the run was claimed: what a dead run left behind."""
+        """Files in the job's folder written since the run was claimed: what a dead run left behind, named
+        as stored (sanitized: a file name may hold a secret, ``token=...``)."""
         claimed = [ts for etype, ts in s.history if etype == "job_claimed"]
         since = clock_mod.from_iso(claimed[-1]) if claimed else 0.0
         root = self.artifacts_dir(s.job_id)
@@ -302,7 +338,7 @@ class Worker:
                 path = Path(dirpath, name)
                 try:
                     if path.stat().st_mtime >= since - 1.0:  # mtime granularity
-                        found.append(path.relative_to(root).as_posix())
+                        found.append(sanitize_text(path.relative_to(root).as_posix()))
                 except OSError:
                     continue
         return sorted(found)[:100]
@@ -541,8 +577,9 @@ class Worker:
             payload = parse_payload(raw, artifacts_dir)
         except MalformedPayloadError as exc:
             return self._fail(claim, exc.code, exc.message, output=child.output)
+        # the artifact paths were checked as given (parse_payload); what is stored is their sanitized text
         result = {"summary": sanitize_text(payload.summary), "output": sanitize_obj(payload.output),
-                  "artifacts": payload.artifacts}
+                  "artifacts": [sanitize_text(rel) for rel in payload.artifacts]}
         if payload.status == DONE and not s.options.get("audit"):
             return self._finish(claim, [("job_succeeded", result)], "succeeded")
         if payload.status in (DONE, NEEDS_AUDIT):

@@ -10,8 +10,11 @@ a stable ``error_code``: ``LLM_CONFIG`` (no URL), ``LLM_NETWORK_ERROR``, ``LLM_T
 chat-completions shaped). A reply whose content is not a valid payload is passed on as is,
 so the worker records ``MALFORMED_PAYLOAD``.
 
-The API key is only ever put in the ``Authorization`` header: every text this module
-produces has the key's value replaced and then goes through ``sanitize_text``.
+The API key is only ever put in the ``Authorization`` header. A key has no shape
+``sanitize_text`` could recognise, and an endpoint (a proxy, a debugging server, a model
+told to) may echo it, so its exact value is replaced in everything ``call_llm`` returns, on
+every path: each string of the payload, nested ones and object keys included
+(``_without_key``). Failure texts also go through ``sanitize_text``.
 """
 from __future__ import annotations
 
@@ -34,10 +37,38 @@ SYSTEM_PROMPT = (
 )
 
 
+def _key_forms(key: str) -> tuple[str, ...]:
+    """The key as sent, and as it reads inside JSON text (escaped), longest first."""
+    forms = {key, json.dumps(key)[1:-1], json.dumps(key, ensure_ascii=False)[1:-1]} if key else set()
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def _drop_key(text: str, forms: tuple[str, ...]) -> str:
+    for form in forms:
+        text = text.replace(form, REDACTED)
+    return text
+
+
+def _without_key(value: Any, key: str) -> Any:
+    """``value`` (a decoded JSON reply) with the key's value replaced in every string and object key."""
+    forms = _key_forms(key)
+    if not forms:
+        return value
+
+    def walk(item: Any) -> Any:
+        if isinstance(item, str):
+            return _drop_key(item, forms)
+        if isinstance(item, dict):
+            return {walk(k): walk(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [walk(v) for v in item]
+        return item
+
+    return walk(value)
+
+
 def _scrub(text: str, key: str) -> str:
-    if key:
-        text = text.replace(key, REDACTED)
-    return sanitize_text(text)
+    return sanitize_text(_drop_key(text, _key_forms(key)))
 
 
 def _failed(code: str, message: str, key: str, retryable: bool = True) -> dict[str, Any]:
@@ -108,8 +139,11 @@ def call_llm(ctx: Any, environ: dict[str, str] | None = None) -> Any:
         snippet = raw[:200].decode("utf-8", errors="replace")
         return _failed("LLM_BAD_RESPONSE", f"the reply is not a chat completion ({exc}): {snippet}", key)
     try:
-        return json.loads(_strip_fences(content))
+        # valid or not, the payload goes to the worker, which stores what it can of it
+        return _without_key(json.loads(_strip_fences(content)), key)
     except ValueError:
         # not JSON: hand the text on so the worker records MALFORMED_PAYLOAD with it
         return {"status": "failed", "summary": _scrub(content, key)[:2000], "error_code": "MALFORMED_PAYLOAD",
                 "retryable": True, "output": {"reply_not_json": True}}
+    except RecursionError:
+        return _failed("LLM_BAD_RESPONSE", "the reply's JSON is nested too deeply", key)

@@ -262,3 +262,21 @@ def test_a_worker_crashing_at_each_write_point_loses_no_job(env, orch, point: st
     kinds = [e["type"] for e in records(orch, job)]
     assert kinds.count("job_succeeded") == 1
     assert ("stale_recovered" in kinds) == recovered, kinds
+
+
+def test_a_run_folder_left_by_a_worker_killed_before_its_outcome_is_removed_by_the_next_worker(env, orch) -> None:
+    secret = "hunter2" + "xyz"  # printed by the run, never written in its input
+    code = ("import os; print('password=hunter2' + 'xyz', 'Authorization: Bearer ' + 'hunter2' + 'xyz', flush=True);"
+            "open(os.environ['ORCH_TERMINAL_FILE'], 'w').write('{\"status\": \"done\", \"summary\": \"ok\"}')")
+    job = orch.submit("command", {"argv": [sys.executable, "-c", code]})
+    env = {**env, "ORCH_RETRY_BASE_SECONDS": "0"}
+    crashed = run_script("worker", "--once", "--lease-seconds", "0.3",
+                         env={**env, "ORCH_CRASH_AT": "worker.before_outcome"})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    runs = orch.settings.state_dir / "runs"
+    assert [p.name for p in runs.glob("run-*/output.log")]  # what the killed worker left: the raw output
+    wait_until(lambda: run_script("worker", "--once", env=env).returncode in (0, 75)
+               and state(orch, job) == "succeeded", what="the job after the crash")
+    assert not list(runs.glob("run-*"))
+    files = [p for p in orch.settings.state_dir.rglob("*") if p.is_file()]
+    assert not [p for p in files if secret.encode() in p.read_bytes()]

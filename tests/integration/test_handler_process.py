@@ -231,6 +231,41 @@ def test_a_sweep_removes_the_handler_folders_of_workers_that_are_gone_and_keeps_
     assert runner.sweep_dead_host_folders(tmp_path) == ["host-live"]
 
 
+@pytest.mark.parametrize("how", ["command", "per-run"])
+def test_a_runs_folder_is_never_removed_while_its_handler_runs(tmp_path, how: str) -> None:
+    """Whatever the job's events say (a worker paused past its lease, a cancel not yet noticed), a
+    handler that still runs holds its output's lock, and its run's folder stays."""
+    import sys
+
+    from helpers import wait_until
+    from orchestrator import runner
+
+    folder, release = tmp_path / "run-0000000000000001", tmp_path / "release"
+    folder.mkdir()
+    output, terminal = folder / "output.log", folder / "terminal.json"
+    if how == "command":
+        code = (f"import os, time\nprint('started', flush=True)\n"
+                f"while not os.path.exists({str(release)!r}): time.sleep(0.01)")
+        child = runner.spawn_command([sys.executable, "-c", code], cwd=tmp_path, env=dict(os.environ), output=output,
+                                     terminal_file=terminal)
+    else:
+        def wait() -> dict:
+            print("started", flush=True)
+            while not release.exists():
+                time.sleep(0.01)
+            return {"status": "done", "summary": "ok"}
+        child = runner.fork_call(wait, terminal_file=terminal, output=output)
+    try:
+        wait_until(lambda: output.exists() and "started" in output.read_text(), what="the handler to start")
+        assert runner.remove_run_folder(folder) is False and output.exists()
+    finally:
+        release.touch()
+        assert child.wait(10) is not None
+    # a forked handler announces its exit a moment before it is gone (and its lock with it)
+    wait_until(lambda: runner.remove_run_folder(folder), timeout=5, what="the folder to go with its handler")
+    assert not folder.exists()
+
+
 def test_a_sweep_never_removes_a_folder_whose_lock_file_was_replaced_meanwhile(tmp_path, monkeypatch) -> None:
     """A worker that closes its host removes the folder, then may claim one of the same name again
     (a new host after a timeout): a sweep that locked the old, free lock file must not remove it."""

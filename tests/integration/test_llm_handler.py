@@ -16,6 +16,8 @@ from orchestrator.handlers.llm import call_llm
 from orchestrator.worker import Worker, WorkerSettings
 
 KEY = "sk-test-0123456789abcdefghijklmnopqrstuv"
+# a key sanitize_text cannot recognise without a key name; its "/" may be escaped in JSON text
+PLAIN_KEY = "plain.Key/0123-no-known-shape"
 
 
 class FakeLLM(BaseHTTPRequestHandler):
@@ -39,6 +41,9 @@ class FakeLLM(BaseHTTPRequestHandler):
         if mode == "not_json":
             self._send(200, b"<html>gateway says hi</html>")
             return
+        if mode.startswith("echo"):  # a proxy or a model that repeats the key it was sent, everywhere it can
+            self._send(200, json.dumps(self._echo(mode)).encode())
+            return
         contents = {
             "done": json.dumps({"status": "done", "summary": "wrote the haiku", "output": {"text": "..."}}),
             "needs_human": json.dumps({"status": "needs_human", "summary": "unclear", "question": "Which tone?"}),
@@ -49,6 +54,18 @@ class FakeLLM(BaseHTTPRequestHandler):
         reply = {"id": "x", "object": "chat.completion",
                  "choices": [{"index": 0, "message": {"role": "assistant", "content": contents[mode]}}]}
         self._send(200, json.dumps(reply).encode())
+
+    def _echo(self, mode: str) -> dict[str, Any]:
+        seen = (self.headers.get("Authorization") or "").split(" ", 1)[-1]
+        echoed = {"status": "done", "summary": f"the proxy saw {seen}", "artifacts": [f"{seen}.txt"],
+                  "output": {"seen": seen, seen: [{"deep": f"x{seen}x"}], "n": 1}}
+        content = {
+            "echo_done": json.dumps(echoed),
+            "echo_needs_human": json.dumps({**echoed, "status": "needs_human", "question": f"is {seen} right?"}),
+            "echo_invalid": json.dumps({**echoed, "status": "weird", seen: True}),  # refused by the worker
+            "echo_not_json": f"Sure! Your key is {seen}.",
+        }[mode]
+        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
 
     def _send(self, status: int, data: bytes) -> None:
         self.send_response(status)
@@ -103,6 +120,18 @@ def test_each_failure_mode_becomes_a_failed_payload_with_its_code(server, mode: 
     assert KEY not in json.dumps(payload)
 
 
+@pytest.mark.parametrize("mode", ["echo_done", "echo_needs_human", "echo_invalid", "echo_not_json"])
+def test_a_key_the_endpoint_echoes_is_replaced_everywhere_in_the_payload(server, mode: str) -> None:
+    server.mode = mode
+    payload = call_llm(CTX, llm_env(server, LLM_API_KEY=PLAIN_KEY))
+    assert server.requests[0]["auth"] == f"Bearer {PLAIN_KEY}"
+    text = json.dumps(payload, ensure_ascii=False)
+    assert PLAIN_KEY not in text and PLAIN_KEY.replace("/", "\\/") not in text and "[REDACTED]" in text
+    if mode == "echo_done":
+        assert payload["output"] == {"seen": "[REDACTED]", "[REDACTED]": [{"deep": "x[REDACTED]x"}], "n": 1}
+        assert payload["artifacts"] == ["[REDACTED].txt"]
+
+
 def test_a_timeout_is_llm_timeout(server) -> None:
     server.mode = "slow"
     payload = call_llm(CTX, llm_env(server, ORCH_LLM_TIMEOUT="0.2"))
@@ -145,3 +174,19 @@ def test_llm_jobs_through_the_worker_never_write_the_key_anywhere(orch, server, 
     assert KEY.encode() not in all_bytes_under(orch.settings.state_dir)
     out, err = capfd.readouterr()
     assert KEY not in out + err + caplog.text
+
+
+@pytest.mark.parametrize("mode, state", [
+    ("echo_done", "succeeded"), ("echo_needs_human", "waiting_human"), ("echo_invalid", "failed"),
+    ("echo_not_json", "failed"),
+])
+def test_a_key_without_a_known_shape_echoed_by_the_endpoint_never_reaches_a_file(orch, server, monkeypatch,
+                                                                                  mode: str, state: str) -> None:
+    for name, value in llm_env(server, LLM_API_KEY=PLAIN_KEY).items():
+        monkeypatch.setenv(name, value)
+    server.mode = mode
+    job = orch.submit("llm", "write a haiku", max_attempts=1)
+    Worker(orch, WorkerSettings(worker_id="w")).run_once()
+    assert orch.status(job).state == state
+    stored = all_bytes_under(orch.settings.state_dir)
+    assert PLAIN_KEY.encode() not in stored and PLAIN_KEY.replace("/", "\\/").encode() not in stored

@@ -185,6 +185,36 @@ def test_a_handler_that_raises_fails_the_attempt_with_a_sanitized_message(orch) 
     assert err["code"] == "HANDLER_ERROR" and "broke" in err["message"] and "abc123secret" not in err["message"]
 
 
+def test_secrets_nested_under_a_secret_key_or_in_artifact_names_are_stored_redacted(orch) -> None:
+    def nested(ctx):
+        (ctx.artifacts_dir / "token=hunter2xyz.txt").write_text("x")
+        return {"status": "done", "summary": "s", "artifacts": ["token=hunter2xyz.txt"],
+                "output": {"x": {"token": {"a": "hunter2xyz"}}, "password": ["hunter2xyz"], "rows": 3}}
+    from orchestrator.handlers import register
+    register("t.nested_secret", nested)
+    job = orch.submit("t.nested_secret", max_attempts=1)
+    make_worker(orch).run_once()
+    st = orch.status(job)
+    assert st.state == "succeeded"  # the artifact path was checked as given, then stored sanitized
+    assert st.result["output"] == {"x": {"token": "[REDACTED]"}, "password": "[REDACTED]", "rows": 3}
+    assert st.result["artifacts"] == ["token=[REDACTED]"]
+    assert not any(b"hunter2xyz" in p.read_bytes() for p in orch.settings.state_dir.rglob("*") if p.is_file())
+
+
+def test_a_dead_runs_artifact_names_are_stored_sanitized(orch) -> None:
+    job = orch.submit("t.echo", 1)
+    t = orch.clock()
+    make_worker(orch, worker_id="dead", lease_seconds=5).claim(now=t)
+    folder = orch.settings.state_dir / "artifacts" / job
+    folder.mkdir(parents=True)
+    (folder / "password=hunter2xyz.csv").write_text("1,2")
+    make_worker(orch).recover_stale(now=t + 6)
+    st = orch.status(job)
+    assert st.state == "waiting_human" and "password=[REDACTED]" in st.question
+    assert events(orch, job)[-1]["data"]["artifacts"] == ["password=[REDACTED]"]
+    assert "hunter2xyz" not in json.dumps(events(orch, job))
+
+
 def test_a_job_of_an_unknown_kind_stays_queued_for_a_capable_worker(orch) -> None:
     job = orch.submit("nobody.handles.this")
     assert make_worker(orch).run_once() is None
@@ -449,6 +479,32 @@ def test_a_dead_run_that_left_artifacts_goes_to_waiting_human(orch) -> None:
     st = orch.status(job)
     assert st.state == "waiting_human" and "half.csv" in st.question
     assert events(orch, job)[-1]["data"]["artifacts"] == ["half.csv"]
+
+
+def test_stale_recovery_removes_the_folders_of_runs_that_are_over_and_keeps_those_that_may_be_live(orch) -> None:
+    import fcntl
+    dead_job, live_job = orch.submit("t.echo", 1), orch.submit("t.echo", 2)
+    t = orch.clock()
+    dead = make_worker(orch, worker_id="dead", lease_seconds=5).claim(now=t)
+    live = make_worker(orch, worker_id="other", lease_seconds=600).claim(now=t)
+    assert (dead.job_id, live.job_id) == (dead_job, live_job)
+    runs = orch.settings.state_dir / "runs"
+    gone = "run-00000000000000aa"  # a run of a job that is gone (or finished long ago)
+    zombie = "run-00000000000000bb"  # over by the events, but its handler still runs (holds its output)
+    for run_id in (dead.run_id, live.run_id, gone, zombie):
+        (runs / run_id).mkdir(parents=True)
+        (runs / run_id / "output.log").write_text("password=hunter2 Authorization: Bearer hunter2xyz\n")
+        (runs / run_id / "terminal.json").write_text('{"status": "done", "summary": "token=hunter2xyz"}')
+    (runs / "host-1-ab").mkdir()  # a handler process folder: not a run's, left to its own sweep
+    held = os.open(runs / zombie / "output.log", os.O_WRONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert make_worker(orch).recover_stale(now=t + 6) == [dead_job]  # the run of dead_job is over now
+        assert sorted(p.name for p in runs.iterdir()) == sorted([live.run_id, zombie, "host-1-ab"])
+    finally:
+        os.close(held)
+    make_worker(orch).recover_stale(now=t + 7)  # a new worker sweeps at once; the zombie has exited
+    assert sorted(p.name for p in runs.iterdir()) == sorted([live.run_id, "host-1-ab"])
 
 
 def test_a_stale_job_out_of_attempts_fails(orch) -> None:

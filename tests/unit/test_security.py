@@ -206,6 +206,21 @@ def test_sanitize_obj_redacts_scalars_under_secret_keys_only() -> None:
     assert out == {"api_key": REDACTED, "token_count": 5, "enabled": True, "password": "", "secret": None}
 
 
+def test_sanitize_obj_redacts_any_value_under_a_secret_key_whole() -> None:
+    out = sanitize_obj({"password": ["hunter2xyz"], "x": {"token": {"a": "hunter2xyz"}},
+                        "nested": [{"DB_PASSWORD": [{"v": 1}, "hunter2xyz"]}], "Authorization": ("hunter2xyz",)})
+    assert out == {"password": REDACTED, "x": {"token": REDACTED}, "nested": [{"DB_PASSWORD": REDACTED}],
+                   "Authorization": REDACTED}
+    assert "hunter2xyz" not in repr(out)
+
+
+def test_sanitize_obj_keeps_an_empty_value_under_a_secret_key_and_any_value_under_other_keys() -> None:
+    out = sanitize_obj({"password": [], "token": {}, "secret": "", "api_key": False,
+                        "token_count": [1, 2], "tokens": {"used": 5}})
+    assert out == {"password": [], "token": {}, "secret": "", "api_key": False,
+                   "token_count": [1, 2], "tokens": {"used": 5}}
+
+
 # Fragments that make generated text hit every branch of the redaction patterns.
 FRAGMENTS = [
     "a", "Z", "0", " ", "\n", "\t", "=", ":", '"', "'", "\\", "&", "-", "_", ".", "/", "@", "?", "]", "[",
