@@ -224,44 +224,73 @@ def keys() -> None:
     """Signing keys: list, rotate, revoke (keys live outside the store)."""
 
 
+def keys_command(fn: Callable[..., None]) -> Callable[..., None]:
+    """``--json`` and the error mapping of ``project_command`` for a ``keys`` command (no project)."""
+
+    @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+    @functools.wraps(fn)
+    def wrapper(as_json: bool, **kwargs: Any) -> None:
+        out = Output(as_json)
+        try:
+            fn(out, **kwargs)
+        except OrchestratorError as exc:
+            out.error(exc)
+            click.get_current_context().exit(exc.exit_code)
+
+    return wrapper
+
+
+def _keyring_folder() -> Path:
+    import os
+
+    from orchestrator.signing import default_keyring_dir
+
+    return Path(os.environ.get("ORCH_KEYRING_DIR") or default_keyring_dir())
+
+
 @keys.command("list", context_settings=CONTEXT)
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def keys_list(as_json: bool) -> None:
+@keys_command
+def keys_list(out: Output) -> None:
     """Show the keyring folder, the signing key id and the trusted key ids."""
     from orchestrator.signing import load_keyring
 
     ring = load_keyring()
     data = {"keyring": ring.source, "signing_key": ring.signer_id, "trusted": sorted(ring.trusted),
             "revoked": sorted(ring.revoked)}
-    Output(as_json).emit(data, "\n".join(f"{k:<12} {v}" for k, v in data.items()))
+    out.emit(data, "\n".join(f"{k:<12} {v}" for k, v in data.items()))
 
 
 @keys.command("rotate", context_settings=CONTEXT)
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def keys_rotate(as_json: bool) -> None:
+@keys_command
+def keys_rotate(out: Output) -> None:
     """Create a new signing key in the keyring folder; old public keys keep verifying old events."""
-    from orchestrator.signing import default_keyring_dir, write_keypair
-    import os
+    from orchestrator.errors import SigningKeyError
+    from orchestrator.signing import write_keypair
 
-    folder = Path(os.environ.get("ORCH_KEYRING_DIR") or default_keyring_dir())
-    kid = write_keypair(folder)
-    Output(as_json).emit({"signing_key": kid, "keyring": str(folder)}, f"new signing key {kid} in {folder}")
+    folder = _keyring_folder()
+    try:
+        kid = write_keypair(folder)
+    except OSError as exc:
+        raise SigningKeyError(f"cannot write a new key in the keyring folder {folder}: {exc.strerror or exc}") from None
+    out.emit({"signing_key": kid, "keyring": str(folder)}, f"new signing key {kid} in {folder}")
 
 
 @keys.command("revoke", context_settings=CONTEXT)
 @click.argument("kid")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def keys_revoke(kid: str, as_json: bool) -> None:
+@keys_command
+def keys_revoke(out: Output, kid: str) -> None:
     """Stop trusting KID: events it signed fail verification with KEY_REVOKED."""
-    import os
+    from orchestrator.errors import SigningKeyError
+    from orchestrator.signing import REVOKED_FILE
 
-    from orchestrator.signing import REVOKED_FILE, default_keyring_dir
-
-    folder = Path(os.environ.get("ORCH_KEYRING_DIR") or default_keyring_dir())
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(folder / REVOKED_FILE, "a") as fh:
-        fh.write(kid + "\n")
-    Output(as_json).emit({"revoked": kid}, f"revoked {kid}")
+    folder = _keyring_folder()
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(folder / REVOKED_FILE, "a") as fh:
+            fh.write(kid + "\n")
+    except OSError as exc:
+        raise SigningKeyError(f"cannot add {kid} to {folder / REVOKED_FILE}: {exc.strerror or exc}") from None
+    out.emit({"revoked": kid}, f"revoked {kid}")
 
 
 def _register_commands() -> None:

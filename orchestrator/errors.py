@@ -91,7 +91,7 @@ class ContextSignatureInvalid(IntegrityError):
 
 
 class SigningKeyError(OrchestratorError):
-    """No usable signing key: missing, unreadable, or readable by others."""
+    """No usable signing key (missing, unreadable, or readable by others), or a keyring file that cannot be read."""
 
     code = "SIGNING_KEY_ERROR"
     exit_code = 8

@@ -252,21 +252,42 @@ def _raw_from_pem(data: bytes, label: bytes, prefix: bytes) -> bytes | None:
     return der[len(prefix):]
 
 
-def _private_from_pem_file(path: Path) -> bytes:
+def _key_file_stat(path: Path, what: str) -> os.stat_result:
+    """The status of a key file that must be a regular file: a folder or a FIFO named like a key would
+    otherwise crash or block every command. Any problem is a ``SigningKeyError`` naming the file."""
     try:
         st = path.stat()
     except OSError as exc:
-        raise SigningKeyError(f"cannot read signing key file {path}: {exc.strerror}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SigningKeyError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SigningKeyError(f"{what} {path} is not a regular file; remove it or put the key file there")
+    return st
+
+
+def _read_key_file(path: Path, what: str) -> bytes:
+    _key_file_stat(path, what)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise SigningKeyError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def _private_from_pem_file(path: Path) -> bytes:
+    if _key_file_stat(path, "signing key file").st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SigningKeyError(f"signing key file {path} is readable by others; run: chmod 600 {path}")
-    data = path.read_bytes()
+    data = _read_key_file(path, "signing key file")
     seed = _raw_from_pem(data, b"PRIVATE KEY", _PKCS8_PREFIX)
     if seed is not None:
         return seed
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    key = serialization.load_pem_private_key(data, password=None)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # not PEM, damaged, encrypted, or an unknown algorithm
+        raise SigningKeyError(f"signing key file {path} is not an unencrypted PEM (PKCS#8) Ed25519 private key; "
+                              "restore it from its backup") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise SigningKeyError(f"{path} is not an Ed25519 private key")
     return seed_of(key)
@@ -276,10 +297,15 @@ def _public_from_pem(data: bytes, where: Path) -> bytes:
     raw = _raw_from_pem(data, b"PUBLIC KEY", _SPKI_PREFIX)
     if raw is not None:
         return raw
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    key = serialization.load_pem_public_key(data)
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise SigningKeyError(f"public key file {where} is not a PEM (SubjectPublicKeyInfo) public key; every .pub "
+                              "of a keyring folder is trusted, so remove the file or replace it with the key") from None
     if not isinstance(key, Ed25519PublicKey):
         raise SigningKeyError(f"{where} is not an Ed25519 public key")
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -316,13 +342,49 @@ def _load_dir_signer(directory: Path, announce: bool) -> Any:
     def load(ring: Keyring) -> None:
         active = directory / ACTIVE_FILE
         if not active.exists():
-            kid = write_keypair(directory)
+            try:
+                kid = write_keypair(directory)
+            except OSError as exc:
+                raise SigningKeyError(f"cannot create a signing key in {directory}: {exc.strerror or exc}") from None
             if announce:
                 print(f"orchestrator: generated signing key {kid} in {directory} (owner-only); back it up, "
                       "and keep its .pub to verify old events", file=sys.stderr)
-        kid = active.read_text().strip()
+        try:
+            kid = _read_key_file(active, "active key file").decode().strip()
+        except UnicodeDecodeError:
+            raise SigningKeyError(f"active key file {active} is not UTF-8 text; it should hold one key id") from None
+        if kid in ("", ".", "..") or "/" in kid or os.sep in kid:
+            raise SigningKeyError(f"active key file {active} does not name a key id ({kid[:40]!r}); "
+                                  f"it should hold the id of a {PRIVATE_SUFFIX} file of {directory}")
         ring.add_signer(_private_from_pem_file(directory / f"{kid}{PRIVATE_SUFFIX}"))
     return load
+
+
+def _trust_folder(ring: Keyring, folder: Path) -> None:
+    """Trust every ``*.pub`` of ``folder`` and add its ``revoked`` ids. A folder that does not exist holds no
+    keys; anything in it that cannot be read is a ``SigningKeyError`` naming the file, never skipped: a key left
+    out would make the events it signed fail as UNKNOWN_KEY, as if they had been forged."""
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise SigningKeyError(f"keyring folder {folder} is not a folder") from None
+    except OSError as exc:
+        raise SigningKeyError(f"cannot read keyring folder {folder}: {exc.strerror or exc}") from None
+    for name in names:
+        if name.endswith(PUBLIC_SUFFIX):
+            pub = folder / name
+            key = _public_from_pem(_read_key_file(pub, "public key file"), pub)
+            ring.trusted[key_id(key)] = key
+    if REVOKED_FILE in names:
+        revoked = folder / REVOKED_FILE
+        try:
+            text = _read_key_file(revoked, "revoked-keys file").decode()
+        except UnicodeDecodeError:
+            raise SigningKeyError(f"revoked-keys file {revoked} is not UTF-8 text; it should hold one key id "
+                                  "a line") from None
+        ring.revoked = ring.revoked | {ln.strip() for ln in text.splitlines() if ln.strip()}
 
 
 def load_keyring(env: Mapping[str, str] | None = None, *, announce: bool = True) -> Keyring:
@@ -330,20 +392,14 @@ def load_keyring(env: Mapping[str, str] | None = None, *, announce: bool = True)
 
     Public keys of the keyring folder are always trusted; so is ``ORCH_TRUSTED_KEYS_DIR``.
     The private key is loaded (or, in the keyring folder, created) only when something is
-    signed, so read-only commands never write a key.
+    signed, so read-only commands never write a key. A key file, ``revoked`` file or folder
+    that cannot be read is a ``SigningKeyError`` naming it.
     """
     env = os.environ if env is None else env
     directory = Path(env.get("ORCH_KEYRING_DIR") or default_keyring_dir())
     ring = Keyring(source=str(directory))
     for folder in filter(None, [directory, env.get("ORCH_TRUSTED_KEYS_DIR")]):
-        folder = Path(folder)
-        if folder.is_dir():
-            for pub in sorted(folder.glob(f"*{PUBLIC_SUFFIX}")):
-                key = _public_from_pem(pub.read_bytes(), pub)
-                ring.trusted[key_id(key)] = key
-            revoked = folder / REVOKED_FILE
-            if revoked.exists():
-                ring.revoked = ring.revoked | {ln.strip() for ln in revoked.read_text().splitlines() if ln.strip()}
+        _trust_folder(ring, Path(folder))
     if env.get("ORCH_SIGNING_KEY"):
         try:
             ring.add_signer(_unb64(env["ORCH_SIGNING_KEY"].strip()))

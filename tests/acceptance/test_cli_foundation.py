@@ -181,3 +181,33 @@ def test_demo_runs_on_the_file_backend(cli_env: dict[str, str], tmp_path: Path) 
                           capture_output=True, text=True, timeout=120, cwd=str(REPO))
     assert proc.returncode == 0, proc.stderr
     assert "verify: OK" in proc.stdout and "CONTEXT_SIGNATURE_INVALID" in proc.stdout
+
+
+def test_a_bad_file_in_the_keyring_folder_exits_8_naming_it_and_writes_nothing(cli_env: dict[str, str],
+                                                                              base: Path, isolated_env: Path) -> None:
+    env = {k: v for k, v in cli_env.items() if k != "ORCH_SIGNING_KEY"}  # sign with the keyring folder's key
+    submit(env)
+    jobs = base / "proj" / ".orchestrator" / "queue" / "jobs"
+    before = {p.name: p.read_bytes() for p in jobs.iterdir()}
+    kid = (isolated_env / "active").read_text().strip()
+    cases = [("stray.pub", b"junk\n", ["submit", "verify", "status"]),
+             ("revoked", b"\xff\xfe\n", ["submit", "verify", "status"]),
+             (f"{kid}.key", b"junk\n", ["submit"])]
+    for name, data, commands in cases:
+        bad = isolated_env / name
+        saved = bad.read_bytes() if bad.exists() else None
+        bad.write_bytes(data)
+        for command in commands:
+            args = {"submit": ["--kind", "k", "--input", "{}"], "verify": [], "status": ["--all"]}[command]
+            proc = run_script(command, *args, env=env)
+            assert proc.returncode == 8, (name, command, proc.stdout, proc.stderr)
+            assert "error[SIGNING_KEY_ERROR]" in proc.stderr and str(bad) in proc.stderr
+            assert "Traceback" not in proc.stderr
+        as_json = run_script(commands[-1], *args, "--json", env=env)
+        assert json.loads(as_json.stdout)["error"] == "SIGNING_KEY_ERROR" and as_json.returncode == 8
+        if saved is None:
+            bad.unlink()
+        else:
+            bad.write_bytes(saved)
+    assert {p.name: p.read_bytes() for p in jobs.iterdir()} == before
+    assert run_script("verify", env=env).returncode == 0

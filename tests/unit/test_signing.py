@@ -96,6 +96,52 @@ def test_revoked_key_ids_fail_verification(isolated_env: Path) -> None:
     assert load_keyring().check(rec) == "KEY_REVOKED"
 
 
+def _break_keyring(folder: Path, what: str) -> Path:
+    """Spoil one file of a keyring folder that holds an active key; return the file named in the error."""
+    active = folder / (folder / "active").read_text().strip()
+    bad = {"junk .pub": folder / "stray.pub", "folder named .pub": folder / "old.pub",
+           "junk private key": active.with_suffix(".key"), "non-UTF-8 revoked": folder / "revoked",
+           "folder named revoked": folder / "revoked", "folder named active": folder / "active",
+           "active naming a path": folder / "active"}[what]
+    if what.startswith("folder named"):
+        if bad.exists():
+            bad.unlink()
+        bad.mkdir()
+    elif what == "non-UTF-8 revoked":
+        bad.write_bytes(b"\xff\xfe k-1\n")
+    elif what == "active naming a path":
+        bad.write_text("../../etc/passwd\n")
+    else:
+        bad.write_bytes(b"junk\n")
+    return bad
+
+
+@pytest.mark.parametrize("what", ["junk .pub", "folder named .pub", "non-UTF-8 revoked", "folder named revoked"])
+def test_an_unreadable_public_key_or_revoked_file_stops_every_keyring_load_naming_the_file(
+        isolated_env: Path, what: str) -> None:
+    """Never skipped: a trusted key left out would make the events it signed fail as UNKNOWN_KEY, like forgeries."""
+    write_keypair(isolated_env)
+    bad = _break_keyring(isolated_env, what)
+    with pytest.raises(SigningKeyError, match=str(bad)):
+        load_keyring()
+
+
+@pytest.mark.parametrize("what", ["junk private key", "folder named active", "active naming a path"])
+def test_an_unreadable_signing_key_is_a_signing_key_error_when_signing_and_reads_still_work(
+        isolated_env: Path, what: str) -> None:
+    write_keypair(isolated_env)
+    bad = _break_keyring(isolated_env, what)
+    ring = load_keyring()  # reading needs only the public keys
+    with pytest.raises(SigningKeyError, match=str(bad)):
+        ring.seal({"seq": 1})
+
+
+def test_a_trusted_keys_folder_that_is_a_file_is_a_signing_key_error(tmp_path: Path) -> None:
+    (tmp_path / "trusted").write_text("not a folder")
+    with pytest.raises(SigningKeyError, match="not a folder"):
+        load_keyring({"ORCH_KEYRING_DIR": str(tmp_path / "keys"), "ORCH_TRUSTED_KEYS_DIR": str(tmp_path / "trusted")})
+
+
 def test_a_keyring_inside_the_store_is_never_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from orchestrator import Orchestrator
 
@@ -180,7 +226,7 @@ def test_key_files_read_without_cryptography_give_the_keys_cryptography_reads(tm
         raw_public = theirs.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         assert _public_from_pem(public_pem, folder) == raw_public and key_id(raw_public) == kid
     # a key file the fixed form does not match (text before the block, as `openssl pkcs12` writes) is read by
-    # cryptography; a file neither can read is refused with cryptography's error, never misread
+    # cryptography; a file neither can read is refused as a signing-key error, never misread
     other = Ed25519PrivateKey.generate()
     seed = other.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
     pem = other.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -194,7 +240,7 @@ def test_key_files_read_without_cryptography_give_the_keys_cryptography_reads(tm
         if name == "annotated.key":
             assert _raw_from_pem(data, b"PRIVATE KEY", _PKCS8_PREFIX) is None and _private_from_pem_file(path) == seed
         else:
-            with pytest.raises(ValueError):
+            with pytest.raises(SigningKeyError, match="not an unencrypted PEM"):
                 _private_from_pem_file(path)
     # an X25519 key has the same length and layout but another algorithm: never read as an Ed25519 seed
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
