@@ -166,11 +166,16 @@ class Orchestrator:
         return self.settings.project_id
 
     def _check_keyring_outside_store(self) -> None:
-        source = Path(self.keyring.source)
-        if source.is_absolute() or os.sep in self.keyring.source:
-            state = self.settings.state_dir.resolve()
-            if source.resolve() == state or state in source.resolve().parents:
-                raise ConfigError(f"the keyring {source} lies inside the store {state}; a key kept in the store "
+        """Refuse a keyring that reads keys from inside the store: the keyring folder, a trusted-keys folder
+        or the signing key file (``Keyring.paths``; ``source`` for a keyring built without them)."""
+        paths = list(self.keyring.paths)
+        if not paths and (Path(self.keyring.source).is_absolute() or os.sep in self.keyring.source):
+            paths.append(self.keyring.source)
+        state = self.settings.state_dir.resolve()
+        for path in paths:
+            where = Path(path).resolve()
+            if where == state or state in where.parents:
+                raise ConfigError(f"the keyring {path} lies inside the store {state}; a key kept in the store "
                                   "could be replaced along with the events, so it is never trusted")
 
     # -- reading ----------------------------------------------------------------------------

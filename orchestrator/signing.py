@@ -129,6 +129,9 @@ class Keyring:
     signer: bytes | None = None  # the signing key's seed
     signer_id: str | None = None
     source: str = "memory"
+    # every folder and file keys are read from (keyring folder, trusted-keys folder, signing key file): none
+    # may lie inside a store (``Orchestrator._check_keyring_outside_store``)
+    paths: tuple[str, ...] = ()
     _load_signer: Any = None  # deferred: a verify-only command never creates a key
     # libsodium's views of the keys above, made on first use (not part of the keyring's identity)
     _sodium_signer: tuple[bytes, SigningKey] | None = field(default=None, init=False, repr=False, compare=False)
@@ -397,8 +400,9 @@ def load_keyring(env: Mapping[str, str] | None = None, *, announce: bool = True)
     """
     env = os.environ if env is None else env
     directory = Path(env.get("ORCH_KEYRING_DIR") or default_keyring_dir())
-    ring = Keyring(source=str(directory))
-    for folder in filter(None, [directory, env.get("ORCH_TRUSTED_KEYS_DIR")]):
+    folders = [str(directory), *filter(None, [env.get("ORCH_TRUSTED_KEYS_DIR")])]
+    ring = Keyring(source=str(directory), paths=tuple(folders))
+    for folder in folders:
         _trust_folder(ring, Path(folder))
     if env.get("ORCH_SIGNING_KEY"):
         try:
@@ -409,6 +413,7 @@ def load_keyring(env: Mapping[str, str] | None = None, *, announce: bool = True)
     elif env.get("ORCH_SIGNING_KEY_FILE"):
         ring.add_signer(_private_from_pem_file(Path(env["ORCH_SIGNING_KEY_FILE"])))
         ring.source = env["ORCH_SIGNING_KEY_FILE"]
+        ring.paths += (ring.source,)
     else:
         ring._load_signer = _load_dir_signer(directory, announce)
     return ring

@@ -211,3 +211,15 @@ def test_a_bad_file_in_the_keyring_folder_exits_8_naming_it_and_writes_nothing(c
             bad.write_bytes(saved)
     assert {p.name: p.read_bytes() for p in jobs.iterdir()} == before
     assert run_script("verify", env=env).returncode == 0
+
+
+def test_a_trusted_keys_folder_inside_the_store_is_refused_with_exit_3(cli_env: dict[str, str], base: Path) -> None:
+    """A key put next to the events could be replaced along with them: re-signed histories would pass verify."""
+    from orchestrator.signing import write_keypair
+
+    submit(cli_env)
+    planted = base / "proj" / ".orchestrator" / "trusted"
+    write_keypair(planted)
+    proc = run_script("verify", "--json", env={**cli_env, "ORCH_TRUSTED_KEYS_DIR": str(planted)})
+    assert proc.returncode == 3 and json.loads(proc.stdout)["error"] == "CONFIG_ERROR"
+    assert str(planted) in json.loads(proc.stdout)["message"]

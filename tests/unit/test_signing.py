@@ -150,6 +150,40 @@ def test_a_keyring_inside_the_store_is_never_trusted(tmp_path: Path, monkeypatch
         Orchestrator(base_path=tmp_path, project_id="p")
 
 
+@pytest.mark.parametrize("where", ["trusted-keys folder", "trusted-keys folder, relative", "keyring folder beside an "
+                                   "environment key", "keyring folder, relative from inside the store",
+                                   "signing key file"])
+def test_no_folder_or_file_the_keyring_reads_keys_from_may_lie_inside_the_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """Each one's keys are trusted, so an attacker who rewrites the events could re-sign them with a key put there."""
+    from orchestrator import Orchestrator
+
+    store = tmp_path / "p" / ".orchestrator"
+    (store / "keys").mkdir(parents=True)
+    attacker = store / "keys" / f"{write_keypair(store / 'keys')}.key"
+    monkeypatch.setenv("ORCH_KEYRING_DIR", str(tmp_path / "outside"))
+    if where == "trusted-keys folder":
+        monkeypatch.setenv("ORCH_TRUSTED_KEYS_DIR", str(store / "keys"))
+    elif where == "trusted-keys folder, relative":
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("ORCH_TRUSTED_KEYS_DIR", os.path.join("p", ".orchestrator", "keys"))
+    elif where.startswith("keyring folder beside"):
+        monkeypatch.setenv("ORCH_SIGNING_KEY", new_seed())  # the folder's .pub files are trusted all the same
+        monkeypatch.setenv("ORCH_KEYRING_DIR", str(store / "keys"))
+    elif where.startswith("keyring folder, relative"):
+        monkeypatch.chdir(store)
+        monkeypatch.setenv("ORCH_KEYRING_DIR", "keys")
+    else:
+        monkeypatch.setenv("ORCH_SIGNING_KEY_FILE", str(attacker))
+    with pytest.raises(ConfigError, match="inside the store"):
+        Orchestrator(base_path=tmp_path, project_id="p")
+    monkeypatch.delenv("ORCH_TRUSTED_KEYS_DIR", raising=False)
+    monkeypatch.setenv("ORCH_TRUSTED_KEYS_DIR", str(tmp_path / "trusted"))  # outside: accepted
+    monkeypatch.delenv("ORCH_SIGNING_KEY_FILE", raising=False)
+    monkeypatch.setenv("ORCH_KEYRING_DIR", str(tmp_path / "outside"))
+    Orchestrator(base_path=tmp_path, project_id="p")
+
+
 def test_signatures_are_the_same_ed25519_bytes_as_openssl_makes_and_checks() -> None:
     """Signing runs on libsodium (speed); a line signed by either library verifies with the other."""
     import json
