@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -17,7 +18,7 @@ import click
 from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PROJECT_ID,
                                  load_dotenv_file)
 from orchestrator.errors import InvalidInputError, OrchestratorError
-from orchestrator.limits import MAX_ATTEMPTS_LIMIT, PRIORITY_LIMIT
+from orchestrator.limits import MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, PRIORITY_LIMIT
 from orchestrator.security import sanitize_text
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -45,6 +46,22 @@ class Output:
     def progress(self, message: str) -> None:
         if sys.stderr.isatty():
             click.echo(message, err=True)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """``FloatRange`` that refuses NaN too: NaN passes every comparison of the range, and a NaN duration
+    never expires (or overflows a timestamp), a NaN threshold never alerts."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return number
+
+
+def seconds(min: float = 0.0, *, min_open: bool = False) -> FiniteFloatRange:
+    """The type of a duration option: ``min`` to ``limits.MAX_DURATION_SECONDS`` (a year)."""
+    return FiniteFloatRange(min=min, max=MAX_DURATION_SECONDS, min_open=min_open)
 
 
 # -- store selection (PostgreSQL backend, docs/postgres.md) ----------------------------------
@@ -75,6 +92,12 @@ def project_command(fn: Callable[..., int | None]) -> Callable[..., None]:
         except OrchestratorError as exc:
             out.error(exc)
             ctx.exit(exc.exit_code)
+        except (NotADirectoryError, IsADirectoryError, PermissionError) as exc:  # a store folder that is a file, ...
+            from orchestrator.store.jsonl import path_error
+
+            error = path_error(exc)
+            out.error(error)
+            ctx.exit(error.exit_code)
         ctx.exit(code or 0)
 
     return wrapper
@@ -117,7 +140,7 @@ def cli() -> None:
 @click.option("--key", default=None, help="Idempotency key: submitting the same key again returns the same job id.")
 @click.option("--max-attempts", type=click.IntRange(1, MAX_ATTEMPTS_LIMIT), default=DEFAULT_MAX_ATTEMPTS,
               show_default=True, help="Runs allowed before failing.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Seconds a run may take.")
+@click.option("--timeout", type=seconds(min_open=True), default=None, help="Seconds a run may take (a year at most).")
 @click.option("--priority", type=click.IntRange(-PRIORITY_LIMIT, PRIORITY_LIMIT), default=DEFAULT_PRIORITY,
               show_default=True, help="Higher runs first.")
 @project_command
@@ -304,17 +327,27 @@ def _register_commands() -> None:
         importlib.import_module(f"{package.__name__}.{info.name}")
 
 
+def _load_dotenv(args: list[str]) -> None:
+    """``.env`` is read before click parses the options (they take their defaults from the environment), so
+    its errors are reported here, in the form the commands use."""
+    try:
+        load_dotenv_file()
+    except OrchestratorError as exc:
+        Output("--json" in args).error(exc)
+        sys.exit(exc.exit_code)
+
+
 def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:
     """Entry point of the console script and of ``scripts/*.py``."""
-    load_dotenv_file()
+    _load_dotenv(sys.argv[1:] if argv is None else argv)
     cli.main(args=argv, prog_name=prog_name)
 
 
 def run_script(command: str, argv: list[str] | None = None) -> None:
     """``scripts/<name>.py``: the same command, named as the runbook names it."""
-    load_dotenv_file()
+    args = sys.argv[1:] if argv is None else argv
+    _load_dotenv(args)
     found = cli.get_command(None, command)
     if found is None:  # a script named after a command that does not exist: a packaging mistake
         raise SystemExit(f"no command {command!r}")
-    args = sys.argv[1:] if argv is None else argv
     found.main(args=args, prog_name=f"scripts/{Path(sys.argv[0]).name}")

@@ -77,8 +77,18 @@ def default_actor() -> str:
 
 
 def load_dotenv_file(path: str | os.PathLike[str] = ".env") -> None:
-    """Read ``.env`` into the environment without overriding variables already set."""
+    """Read ``.env`` into the environment without overriding variables already set. A file that cannot be
+    read (not UTF-8, a NUL in a value, no permission) is a ``ConfigError`` naming it."""
     if os.path.isfile(path):
         from dotenv import load_dotenv
 
-        load_dotenv(path, override=False)
+        where = os.path.abspath(path)
+        try:
+            load_dotenv(path, override=False)
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{where} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                              f"{exc.start}); save it as UTF-8") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {where}: {exc.strerror or exc}") from None
+        except ValueError as exc:  # os.environ refuses a NUL character in a name or value
+            raise ConfigError(f"{where} cannot be loaded into the environment: {exc}") from None

@@ -105,7 +105,7 @@ class MalformedPayloadError(OrchestratorError):
 
 
 class StorageError(OrchestratorError):
-    """The store could not durably write (disk full, I/O error); nothing was acknowledged."""
+    """The store could not durably write (disk full, I/O error) or a path of it is unusable; nothing was acknowledged."""
 
     code = "STORAGE_ERROR"
     exit_code = 10

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY
 from orchestrator.errors import InvalidInputError
-from orchestrator.limits import MAX_ATTEMPTS_LIMIT, PRIORITY_LIMIT
+from orchestrator.limits import MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, PRIORITY_LIMIT
 
 
 class _Data(BaseModel):
@@ -24,7 +24,7 @@ class _Data(BaseModel):
 class JobOptions(_Data):
     audit: bool = False
     max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=MAX_ATTEMPTS_LIMIT)
-    timeout: Optional[float] = Field(default=None, gt=0)
+    timeout: Optional[float] = Field(default=None, gt=0, le=MAX_DURATION_SECONDS, allow_inf_nan=False)
     priority: int = Field(default=DEFAULT_PRIORITY, ge=-PRIORITY_LIMIT, le=PRIORITY_LIMIT)
     key: Optional[str] = Field(default=None, min_length=1, max_length=200)
 

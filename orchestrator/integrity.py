@@ -8,6 +8,8 @@ head to a file kept elsewhere, and ``check_anchor`` proves nothing was rolled ba
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from typing import Any, Callable
 
 from orchestrator import clock
 from orchestrator.api import Orchestrator
-from orchestrator.errors import InvalidInputError
+from orchestrator.errors import InvalidInputError, StorageError
 from orchestrator.history import ROLLED_BACK, Problem, check_head_record, verify_stream
 from orchestrator.signing import canonical, line_hash
 from orchestrator.store.base import AUDIT_STREAM
@@ -123,35 +125,78 @@ def _heads(orch: Orchestrator) -> dict[str, dict[str, Any]]:
 
 
 def export_anchor(orch: Orchestrator, path: Path) -> dict[str, Any]:
-    """Write a signed digest of every stream's head to ``path`` (keep it outside the store)."""
+    """Write a signed digest of every stream's head to ``path`` (keep it outside the store).
+
+    Written to a temporary file, synced, then renamed over ``path``: an older anchor is replaced only by a
+    complete new one. A path that cannot be written is ``InvalidInputError`` (a missing folder, no permission),
+    a full or failing disk ``StorageError``."""
     body = {"format": ANCHOR_FORMAT, "project_id": orch.project_id, "created_at": clock.to_iso(orch.clock()),
             "heads": _heads(orch)}
     kid, sig = orch.keyring.sign_bytes(canonical(body))
     doc = {**body, "kid": kid, "sig": sig}
     tmp = Path(f"{path}.tmp")
-    tmp.write_bytes(canonical(doc) + b"\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(canonical(doc) + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        error = StorageError if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO) else InvalidInputError
+        raise error(f"cannot write the head anchor to {path}: {exc.strerror or exc}; the verification itself "
+                    "passed, and no anchor was written") from None
     return {"path": str(path), "streams": len(body["heads"]), "created_at": body["created_at"]}
 
 
-def check_anchor(orch: Orchestrator, path: Path) -> list[Problem]:
-    """Every stream in the anchor must still hold its anchored line, unchanged."""
+def _read_anchor(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The anchor at ``path`` as (document, signed body); a file that is not one is ``InvalidInputError``."""
     try:
         doc = json.loads(Path(path).read_bytes())
-        body = {k: v for k, v in doc.items() if k not in ("kid", "sig")}
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read anchor {path}: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
+        raise InvalidInputError(f"anchor {path} is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("kid"), str) or not isinstance(doc.get("sig"), str):
+        raise InvalidInputError(f"{path} is not an anchor: a JSON object with kid and sig, as verify --export-head "
+                                "writes")
+    return doc, {k: v for k, v in doc.items() if k not in ("kid", "sig")}
+
+
+def _anchored_heads(path: Path, body: dict[str, Any]) -> dict[str, tuple[int, str]]:
+    """Stream -> (seq, hash) of a signed anchor; a malformed one is ``InvalidInputError``, never a crash."""
+    heads = body.get("heads")
+    if not isinstance(heads, dict) or not isinstance(body.get("created_at"), str):
+        raise InvalidInputError(f"anchor {path} has no heads or no created_at")
+    out = {}
+    for stream, head in heads.items():
+        seq, digest = (head.get("seq"), head.get("hash")) if isinstance(head, dict) else (None, None)
+        if type(seq) is not int or seq < 1 or not isinstance(digest, str):
+            raise InvalidInputError(f"anchor {path}: the head of {stream!r} is not a sequence number and a hash")
+        out[stream] = (seq, digest)
+    return out
+
+
+def check_anchor(orch: Orchestrator, path: Path) -> list[Problem]:
+    """Every stream in the anchor must still hold its anchored line, unchanged. A file that is not a
+    well-formed anchor is ``InvalidInputError``; one not signed by a trusted key is a problem."""
+    doc, body = _read_anchor(path)
+    try:
         signed = orch.keyring.verify_bytes(doc["kid"], doc["sig"], canonical(body))
-    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise InvalidInputError(f"cannot read anchor {path}: {exc}") from None
+    except (ValueError, TypeError):  # NaN or Infinity: json.loads takes them, no anchor holds them
+        raise InvalidInputError(f"anchor {path} holds NaN or Infinity, which no anchor holds") from None
     if not signed or body.get("format") != ANCHOR_FORMAT:
         return [Problem("anchor", 0, "SIGNATURE_INVALID", f"{path} is not an anchor signed by a trusted key")]
     if body.get("project_id") != orch.project_id:
         raise InvalidInputError(f"{path} anchors project {body.get('project_id')!r}, not {orch.project_id!r}")
+    heads = _anchored_heads(path, body)
     problems = []
-    for stream, head in body["heads"].items():
+    for stream, (seq, digest) in heads.items():
         lines = orch.store.read(stream)
-        if len(lines) < head["seq"]:
+        if len(lines) < seq:
             problems.append(Problem(stream, len(lines), ROLLED_BACK,
-                                    f"holds {len(lines)} events; the anchor of {body['created_at']} saw {head['seq']}"))
-        elif line_hash(lines[head["seq"] - 1].raw) != head["hash"]:
-            problems.append(Problem(stream, head["seq"], ROLLED_BACK, "the anchored line was rewritten"))
+                                    f"holds {len(lines)} events; the anchor of {body['created_at']} saw {seq}"))
+        elif line_hash(lines[seq - 1].raw) != digest:
+            problems.append(Problem(stream, seq, ROLLED_BACK, "the anchored line was rewritten"))
     return problems

@@ -13,6 +13,11 @@ MAX_INPUT_BYTES = 1024 * 1024  # a job's input, as canonical JSON
 MAX_JSON_DEPTH = 64  # nesting of arrays/objects in a job's input and a terminal payload
 MAX_ATTEMPTS_LIMIT = 1000  # a job's max_attempts is 1..MAX_ATTEMPTS_LIMIT
 PRIORITY_LIMIT = 1000  # a job's priority is -PRIORITY_LIMIT..PRIORITY_LIMIT
+# The longest duration any option takes (a job's timeout, the worker's lease, stop grace and retry delays): a
+# year. Finite, so it can be signed (canonical JSON has no Infinity), and far inside the limits a duration
+# meets in the code: ``now + lease`` or ``now + retry delay`` is written as an ISO timestamp (year <= 9999,
+# ~2.5e11 s away) and waits are capped by ``threading.TIMEOUT_MAX`` (~292 years).
+MAX_DURATION_SECONDS = 366 * 24 * 3600.0
 
 
 def json_depth(value: Any) -> int:

@@ -43,6 +43,17 @@ class Thresholds:
            "converge_max_seconds": "ORCH_ALERT_CONVERGE_MAX_SECONDS", "waiting_human_max": "ORCH_ALERT_WAITING_HUMAN_MAX",
            "awaiting_audit_max": "ORCH_ALERT_AWAITING_AUDIT_MAX"}
 
+    def __post_init__(self) -> None:
+        # NaN compares false with everything: a NaN threshold would silently never alert (or, for the grace,
+        # never count a job as stalled); a negative one would always alert
+        for name, var in self.ENV.items():
+            value = getattr(self, name)
+            if not value >= 0 or (name == "resume_success_min" and value > 1):
+                from orchestrator.errors import ConfigError
+
+                allowed = "a rate from 0 to 1" if name == "resume_success_min" else "a number >= 0"
+                raise ConfigError(f"{var} (--{name.replace('_', '-')}) must be {allowed}, not {value!r}")
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Thresholds":
         env = os.environ if env is None else env

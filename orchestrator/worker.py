@@ -42,6 +42,7 @@ from orchestrator.errors import (ConcurrencyError, InvalidIdError, InvalidInputE
                                  MalformedPayloadError, PathEscapeError)
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
 from orchestrator.leases import LEASES_AREA, Lease, drop_lease_aux, lease_expiry, write_lease
+from orchestrator.limits import MAX_DURATION_SECONDS
 from orchestrator.payload import DONE, NEEDS_AUDIT, NEEDS_HUMAN, Payload, parse_payload
 from orchestrator.queue import ReadyEntry
 from orchestrator.runner import (HOST_PREFIX, Child, HandlerHost, precise_sleeps, remove_run_folder,
@@ -92,6 +93,13 @@ class WorkerSettings:
                                     f"not {self.handler_process!r}")
         if self.handler_max_runs < 1:
             raise InvalidInputError("handler_max_runs must be at least 1")
+        for name, least in (("lease_seconds", 0.1), ("stop_grace_seconds", 0.0), ("retry_base_seconds", 0.0),
+                            ("retry_max_seconds", 0.0)):
+            value = getattr(self, name)
+            # NaN fails both comparisons; inf or a huge value would overflow the ISO timestamps written from it
+            if not least <= value <= MAX_DURATION_SECONDS:
+                raise InvalidInputError(f"{name} must be a number of seconds from {least:g} to "
+                                        f"{MAX_DURATION_SECONDS:.0f} (a year), not {value!r}")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import CONTEXT, EXIT_INTEGRITY, Output, cli, project_command
+from orchestrator.cli import CONTEXT, EXIT_INTEGRITY, FiniteFloatRange, Output, cli, project_command, seconds
 
 
 @cli.command("audit-timeline", context_settings=CONTEXT)
@@ -45,13 +45,14 @@ def _threshold(name: str, kind: Any, help_text: str) -> Any:
 @click.option("--rebuild", is_flag=True, help="Ignore the projection cache and replay every job.")
 @click.option("--fail-on", type=click.Choice(["warning", "critical"]), default=None,
               help="Exit 12 (ALERTS_FIRING) when an alert of this severity or worse fires.")
-@_threshold("stall_grace", float, "Seconds past lease expiry before a running job counts as stalled.")
-@_threshold("stalled_max", int, "Alert STALLED_JOBS when stalled_count exceeds this.")
-@_threshold("resume_success_min", float, "Alert RESUME_SUCCESS_LOW below this rate (0..1).")
-@_threshold("resume_min_samples", int, "Resumes with an outcome needed before the rate can alert.")
-@_threshold("converge_max_seconds", float, "Alert CONVERGE_SLOW when mean_converge_time exceeds this.")
-@_threshold("waiting_human_max", int, "Alert WAITING_HUMAN_BACKLOG above this many waiting jobs.")
-@_threshold("awaiting_audit_max", int, "Alert AWAITING_AUDIT_BACKLOG above this many jobs awaiting audit.")
+@_threshold("stall_grace", seconds(), "Seconds past lease expiry before a running job counts as stalled.")
+@_threshold("stalled_max", click.IntRange(min=0), "Alert STALLED_JOBS when stalled_count exceeds this.")
+@_threshold("resume_success_min", FiniteFloatRange(0, 1), "Alert RESUME_SUCCESS_LOW below this rate (0..1).")
+@_threshold("resume_min_samples", click.IntRange(min=0), "Resumes with an outcome needed before the rate can alert.")
+@_threshold("converge_max_seconds", seconds(), "Alert CONVERGE_SLOW when mean_converge_time exceeds this.")
+@_threshold("waiting_human_max", click.IntRange(min=0), "Alert WAITING_HUMAN_BACKLOG above this many waiting jobs.")
+@_threshold("awaiting_audit_max", click.IntRange(min=0),
+            "Alert AWAITING_AUDIT_BACKLOG above this many jobs awaiting audit.")
 @project_command
 def metrics(orch: Any, out: Output, fmt: str, rebuild: bool, fail_on: str | None, **limits: Any) -> None:
     """stalled_count, resume_success_rate, mean_converge_time, jobs per state, and alerts.

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import CONTEXT, Output, cli, project_command
+from orchestrator.cli import CONTEXT, Output, cli, project_command, seconds
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
                                  DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
                                  HANDLER_PROCESS_MODES)
@@ -27,7 +27,7 @@ def _env_list(value: str | None) -> tuple[str, ...]:
               help="Exit after running this many jobs.")
 @click.option("--idle-exit", is_flag=True, envvar="ORCH_IDLE_EXIT", show_envvar=True,
               help="Exit when no queued job is left (a delayed retry still counts as queued).")
-@click.option("--lease-seconds", type=click.FloatRange(min=0.1), default=DEFAULT_LEASE_SECONDS, show_default=True,
+@click.option("--lease-seconds", type=seconds(0.1), default=DEFAULT_LEASE_SECONDS, show_default=True,
               envvar="ORCH_LEASE_SECONDS", show_envvar=True,
               help="Lease length; renewed every third of it while a job runs. A job whose lease "
                    "expired is recovered by the next worker.")
@@ -35,13 +35,13 @@ def _env_list(value: str | None) -> tuple[str, ...]:
               help="Name of this worker in events and leases.  [default: host-pid-random]")
 @click.option("--import", "imports", multiple=True, help="Import MODULE to register Python handlers (repeatable).  "
               "[env var: ORCH_HANDLERS=mod1,mod2, added to --import]")
-@click.option("--stop-grace-seconds", type=click.FloatRange(min=0), default=DEFAULT_STOP_GRACE_SECONDS,
+@click.option("--stop-grace-seconds", type=seconds(), default=DEFAULT_STOP_GRACE_SECONDS,
               show_default=True, envvar="ORCH_STOP_GRACE_SECONDS", show_envvar=True,
               help="On SIGTERM/SIGINT, how long the running job may still take before it is killed and handed back.")
-@click.option("--retry-base-seconds", type=click.FloatRange(min=0), default=DEFAULT_RETRY_BASE_SECONDS,
+@click.option("--retry-base-seconds", type=seconds(), default=DEFAULT_RETRY_BASE_SECONDS,
               show_default=True, envvar="ORCH_RETRY_BASE_SECONDS", show_envvar=True,
               help="First retry delay; doubles per failed attempt, with jitter.")
-@click.option("--retry-max-seconds", type=click.FloatRange(min=0), default=DEFAULT_RETRY_MAX_SECONDS, show_default=True,
+@click.option("--retry-max-seconds", type=seconds(), default=DEFAULT_RETRY_MAX_SECONDS, show_default=True,
               envvar="ORCH_RETRY_MAX_SECONDS", show_envvar=True, help="Longest retry delay.")
 @click.option("--artifacts-import", is_flag=True, envvar="ORCH_ARTIFACTS_IMPORT", show_envvar=True,
               help="Copy the artifact folders of the jobs a job's input names in 'artifacts_from' into "
@@ -65,7 +65,7 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     killed and handed back to the queue).
 
     Exit codes: 0 ran a job (--once) or stopped normally, 75 nothing was runnable (--once),
-    2 unknown option or choice, 3 bad setting value or handler module.
+    2 unknown option, choice or out-of-range value, 3 bad setting value or handler module.
     """
     from orchestrator.worker import Worker, WorkerSettings
 

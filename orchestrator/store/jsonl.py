@@ -35,6 +35,26 @@ SLOT_BYTES = 512
 _TAIL_CHUNK = 64 * 1024
 
 
+def path_error(exc: OSError) -> StorageError:
+    """The ``StorageError`` for a store path that is not what it must be: a file where a folder belongs
+    (naming the first such part of the path), a folder where a file belongs, or one this user may not use.
+    The CLI maps these here (``cli.project_command``): any folder of the store can be hit, by any command."""
+    name = None if exc.filename is None else os.fsdecode(exc.filename)
+    if isinstance(exc, NotADirectoryError) and name is not None:
+        path = Path(name)
+        for part in [*reversed(path.parents), path]:
+            if os.path.lexists(part) and not os.path.isdir(part):
+                return StorageError(f"{part} is a file where a folder belongs; move it aside and restore the "
+                                    "folder from a backup, then run verify", path=str(part))
+    if isinstance(exc, IsADirectoryError):
+        reason = " is a folder where a file belongs; move it aside and restore the file from a backup, then run verify"
+    elif isinstance(exc, PermissionError):
+        reason = ": permission denied; run the command as the store's owner, or fix the owner and mode"
+    else:
+        reason = f": {exc.strerror or exc}"
+    return StorageError(f"{name or 'a path of the store'}{reason}", path=name)
+
+
 def fsync_dir(path: "Path | str") -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -223,3 +223,54 @@ def test_a_trusted_keys_folder_inside_the_store_is_refused_with_exit_3(cli_env: 
     proc = run_script("verify", "--json", env={**cli_env, "ORCH_TRUSTED_KEYS_DIR": str(planted)})
     assert proc.returncode == 3 and json.loads(proc.stdout)["error"] == "CONFIG_ERROR"
     assert str(planted) in json.loads(proc.stdout)["message"]
+
+
+def test_an_anchor_file_that_is_not_an_anchor_is_invalid_input_exit_3(cli_env: dict[str, str], tmp_path: Path) -> None:
+    submit(cli_env)
+    anchor = tmp_path / "anchor.json"
+    for content in (b"[1,2]", b'"x"', b"null", b"{}", b'{"kid": 1, "sig": "x"}', b"\xff\xfe", b"nope",
+                    b'{"kid": "k", "sig": "s", "heads": NaN}'):
+        anchor.write_bytes(content)
+        proc = run_script("verify", "--against", str(anchor), env=cli_env)
+        assert proc.returncode == 3, (content, proc.stdout, proc.stderr)
+        assert "error[INVALID_INPUT]" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_export_head_into_a_missing_folder_is_invalid_input_and_writes_nothing(cli_env: dict[str, str],
+                                                                              tmp_path: Path) -> None:
+    submit(cli_env)
+    target = tmp_path / "no-such-folder" / "anchor.json"
+    proc = run_script("verify", "--export-head", str(target), "--json", env=cli_env)
+    assert proc.returncode == 3, (proc.stdout, proc.stderr)
+    error = json.loads(proc.stdout)
+    assert error["error"] == "INVALID_INPUT" and str(target) in error["message"]
+    assert not target.parent.exists()
+
+
+def test_a_dotenv_that_is_not_utf8_is_a_config_error_exit_3(cli_env: dict[str, str], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / ".env").write_bytes(b"PROJECT_ID=caf\xe9\n")  # Latin-1, as an old editor saves it
+    for args in ((), ("--json",)):
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / "status.py"), "--all", *args], env=cli_env,
+                              cwd=workdir, capture_output=True, text=True)
+        assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
+        assert "CONFIG_ERROR" in proc.stdout + proc.stderr and str(workdir / ".env") in proc.stdout + proc.stderr
+
+
+def test_a_store_folder_that_is_a_file_is_a_storage_error_naming_it_exit_10(cli_env: dict[str, str],
+                                                                           base: Path) -> None:
+    job_id = submit(cli_env)
+    jobs = base / "proj" / ".orchestrator" / "queue" / "jobs"
+    jobs.rename(jobs.with_name("jobs.moved"))
+    jobs.write_bytes(b"")
+    for args in (("submit", "--kind", "k"), ("status", job_id), ("status", "--all"), ("verify",),
+                 ("worker", "--once")):
+        proc = run_script(*args, env=cli_env)
+        assert proc.returncode == 10, (args, proc.stdout, proc.stderr)
+        assert f"error[STORAGE_ERROR]: {jobs} is a file where a folder belongs" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert len(list(jobs.with_name("jobs.moved").iterdir())) == 1

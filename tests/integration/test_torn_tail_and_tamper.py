@@ -280,6 +280,25 @@ def test_anchor_passes_when_the_store_only_grew(orch: Orchestrator, raw: RawHist
     assert check_anchor(orch, anchor) == []
 
 
+@pytest.mark.parametrize("heads", [[1, 2], {"j": [1]}, {"j": {"seq": "1", "hash": "x"}}, {"j": {"seq": 0, "hash": "x"}},
+                                   {"j": {"seq": 1}}, {"j": {"seq": True, "hash": "x"}}])
+def test_a_signed_anchor_with_malformed_heads_is_invalid_input_not_a_crash(orch: Orchestrator, tmp_path: Path,
+                                                                           heads: object) -> None:
+    import json
+
+    from orchestrator.errors import InvalidInputError
+    from orchestrator.integrity import ANCHOR_FORMAT
+    from orchestrator.signing import canonical
+
+    body = {"format": ANCHOR_FORMAT, "project_id": orch.project_id, "created_at": "2026-01-01T00:00:00.000000Z",
+            "heads": heads}
+    kid, sig = orch.keyring.sign_bytes(canonical(body))
+    anchor = tmp_path / "anchor.json"
+    anchor.write_text(json.dumps({**body, "kid": kid, "sig": sig}))
+    with pytest.raises(InvalidInputError, match="anchor"):
+        check_anchor(orch, anchor)
+
+
 def test_a_tampered_job_refuses_further_writes(orch: Orchestrator, raw: RawHistory) -> None:
     from orchestrator.errors import ContextSignatureInvalid
 

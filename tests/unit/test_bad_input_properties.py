@@ -14,7 +14,7 @@ from orchestrator import Orchestrator
 from orchestrator.cli import cli
 from orchestrator.errors import InvalidInputError, MalformedPayloadError
 from orchestrator.history import verify_stream
-from orchestrator.limits import MAX_INPUT_BYTES, MAX_JSON_DEPTH, json_depth
+from orchestrator.limits import MAX_DURATION_SECONDS, MAX_INPUT_BYTES, MAX_JSON_DEPTH, json_depth
 from orchestrator.payload import Payload, parse_payload
 from orchestrator.signing import Keyring, load_keyring
 from orchestrator.store.base import StoredLine
@@ -112,6 +112,40 @@ def test_a_job_input_nested_deeper_than_the_limit_is_invalid_input(orch: Orchest
 def test_a_job_input_larger_than_the_limit_is_invalid_input(orch: Orchestrator) -> None:
     with pytest.raises(InvalidInputError, match="at most"):
         orch.submit("k", "x" * MAX_INPUT_BYTES)
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), float("nan"), 1e308, MAX_DURATION_SECONDS + 1, 0, -1])
+def test_a_job_timeout_that_is_not_a_number_of_seconds_up_to_a_year_is_invalid_input_and_writes_nothing(
+        orch: Orchestrator, timeout: float) -> None:
+    with pytest.raises(InvalidInputError, match="timeout"):
+        orch.submit("k", {}, timeout=timeout)
+    assert list(orch.store.job_ids()) == []
+    assert orch.status(orch.submit("k", {}, timeout=MAX_DURATION_SECONDS)).state == "queued"
+
+
+@pytest.mark.parametrize("args", [
+    ["submit", "--kind", "k", "--timeout", "inf"], ["submit", "--kind", "k", "--timeout", "nan"],
+    ["submit", "--kind", "k", "--timeout", "1e308"], ["worker", "--once", "--lease-seconds", "inf"],
+    ["worker", "--once", "--lease-seconds", "1e12"], ["worker", "--once", "--stop-grace-seconds", "nan"],
+    ["worker", "--once", "--retry-base-seconds", "1e308"], ["worker", "--once", "--retry-max-seconds", "nan"],
+    ["metrics", "--stall-grace", "nan"], ["metrics", "--resume-success-min", "nan"], ["metrics", "--stalled-max", "-1"]])
+def test_a_duration_or_threshold_option_that_is_nan_infinite_or_out_of_range_is_a_usage_error(
+        runner_env: dict[str, str], base: Path, args: list[str]) -> None:
+    """Like any option value out of its range (exit 2): checked before anything is read or written."""
+    result = CliRunner().invoke(cli, args, env=runner_env)
+    assert result.exit_code == 2 and "Invalid value" in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not (base / "proj").exists()
+
+
+def test_worker_settings_refuse_a_duration_that_is_nan_infinite_or_beyond_a_year() -> None:
+    from orchestrator.worker import WorkerSettings
+
+    for name in ("lease_seconds", "stop_grace_seconds", "retry_base_seconds", "retry_max_seconds"):
+        for value in (float("nan"), float("inf"), MAX_DURATION_SECONDS * 2, -1.0):
+            with pytest.raises(InvalidInputError, match=name):
+                WorkerSettings(**{name: value})
+    assert WorkerSettings(lease_seconds=MAX_DURATION_SECONDS, retry_max_seconds=MAX_DURATION_SECONDS)
 
 
 def test_cli_submit_of_a_hundred_thousand_levels_is_invalid_input_not_a_crash(runner_env: dict[str, str]) -> None:

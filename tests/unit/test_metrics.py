@@ -49,6 +49,20 @@ def test_thresholds_come_from_options_over_the_environment() -> None:
     assert t.stalled_max == 4 and t.resume_success_min == 0.9 and t.converge_max_seconds == 3600.0
 
 
+def test_a_threshold_that_is_nan_negative_or_a_rate_above_one_is_a_config_error() -> None:
+    """NaN compares false with everything: as a threshold it would silently never alert."""
+    import pytest
+
+    from orchestrator.errors import ConfigError
+
+    for env in ({"ORCH_STALL_GRACE_SECONDS": "nan"}, {"ORCH_ALERT_CONVERGE_MAX_SECONDS": "NaN"},
+                {"ORCH_ALERT_STALLED_MAX": "-1"}, {"ORCH_ALERT_RESUME_SUCCESS_MIN": "1.5"}):
+        with pytest.raises(ConfigError, match=next(iter(env))):
+            Thresholds.from_env(env)
+    with pytest.raises(ConfigError, match="ORCH_ALERT_RESUME_SUCCESS_MIN"):
+        Thresholds(resume_success_min=float("nan"))
+
+
 def test_prometheus_text_exposition() -> None:
     text = prometheus(compute("p\"x", [row("running", lease=NOW - 1)], NOW, Thresholds()))
     assert 'orchestrator_jobs{project="p\\"x",state="running"} 1' in text
