@@ -247,18 +247,23 @@ class Orchestrator:
         view = self.load(job_id)
         st = JobStatus.from_view(view)
         if view.state is not None and view.state.state == RUNNING:  # show the lease as renewed by heartbeats
-            expiry = lease_expiry(self.store, view.state)
-            st = replace(st, lease_expires_at=clock.to_iso(expiry) if expiry else None)
+            expiry = lease_expiry(self.store, view.state, self.clock())
+            try:
+                st = replace(st, lease_expires_at=clock.to_iso(expiry) if expiry else None)
+            except (ValueError, OverflowError, OSError):  # beyond what a date can show: keep the claim's
+                pass
         return st
 
-    def lease_expiry(self, job_id: str) -> float | None:
+    def lease_expiry(self, job_id: str, now: float | None = None) -> float | None:
         """When the running job's current lease ends, heartbeats included; ``None`` if it is not running."""
         try:
             view = self.load(job_id)
         except JobNotFoundError:  # removed since it was listed: not running
             return None
         s = view.state
-        return lease_expiry(self.store, s) if s is not None and s.state == RUNNING else None
+        if s is None or s.state != RUNNING:
+            return None
+        return lease_expiry(self.store, s, self.clock() if now is None else now)
 
     def job_ids(self) -> Iterator[str]:
         return self.store.job_ids()

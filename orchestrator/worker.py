@@ -37,7 +37,7 @@ from orchestrator import faults
 from orchestrator.api import JobView, Orchestrator
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
                                  DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
-                                 HANDLER_PROCESS_MODES)
+                                 HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS)
 from orchestrator.errors import (ConcurrencyError, InvalidIdError, InvalidInputError, JobNotFoundError, LeaseLostError,
                                  MalformedPayloadError, PathEscapeError)
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
@@ -90,6 +90,8 @@ class WorkerSettings:
                                     f"not {self.handler_process!r}")
         if self.handler_max_runs < 1:
             raise InvalidInputError("handler_max_runs must be at least 1")
+        if not 0 < self.lease_seconds <= MAX_LEASE_SECONDS:  # a longer lease's heartbeats would be ignored
+            raise InvalidInputError(f"lease_seconds must be above 0 and at most {MAX_LEASE_SECONDS:g}")
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,7 @@ class Worker:
                         continue
                 self.queue.drop_running(job_id, epoch)
                 continue
-            expiry = lease_expiry(self.orch.store, s)
+            expiry = lease_expiry(self.orch.store, s, now)
             if expiry is not None and expiry > now:
                 continue
             if self._recover(view, s, expiry, now):
