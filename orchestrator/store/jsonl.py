@@ -43,13 +43,39 @@ def fsync_dir(path: "Path | str") -> None:
         os.close(fd)
 
 
+def vacate(path: "Path | str") -> bool:
+    """Remove a directory found where a record or index file belongs, if it is empty; True when
+    ``path`` is free now. This store never makes a directory there (a stray ``mkdir``), and an empty
+    one holds nothing to lose; one that holds anything is left alone for an operator to look at."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    log.warning("removed the empty directory %s, found where a record belongs", path, extra={"path": str(path)})
+    return True
+
+
 def open_creating(path: "Path | str", flags: int = os.O_WRONLY) -> int:
-    """``os.open(path, flags | O_CREAT)``, creating the parent folders when they are missing."""
+    """``os.open(path, flags | O_CREAT)``, creating the parent folders when they are missing, and
+    taking the place of an empty directory (``vacate``); a directory that holds files raises
+    ``IsADirectoryError``."""
     try:
         return os.open(path, flags | os.O_CREAT, 0o644)
     except FileNotFoundError:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, flags | os.O_CREAT, 0o644)
+    except IsADirectoryError:
+        if not vacate(path):
+            raise
+    return os.open(path, flags | os.O_CREAT, 0o644)
+
+
+def _not_a_file(path: "Path | str", exc: OSError) -> str:
+    """Why a write to ``path`` failed, for ``StorageError``: a directory in a record's place says so."""
+    if isinstance(exc, IsADirectoryError):
+        return f"{path} is a directory that holds files, where a record belongs; move it away"
+    return f"could not write {path}: {os.strerror(exc.errno or errno.EIO)}"
 
 
 def makedirs_durable(path: Path) -> None:
@@ -314,11 +340,15 @@ class JsonlStore(EventStore):
             except FileNotFoundError:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp.write_bytes(data)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except IsADirectoryError:  # a stray directory in the record's place: take it if it is empty
+                if not vacate(path):
+                    raise
+                os.replace(tmp, path)
         except OSError as exc:  # a full disk must surface as STORAGE_ERROR (exit 10), not a traceback
             tmp.unlink(missing_ok=True)
-            raise StorageError(f"could not write {path}: {os.strerror(exc.errno or errno.EIO)}",
-                               area=area) from None
+            raise StorageError(_not_a_file(path, exc), area=area) from None
         _remove_strays(path)
 
     def _put_slot(self, path: str, area: str, data: bytes) -> None:
@@ -344,23 +374,31 @@ class JsonlStore(EventStore):
             finally:
                 os.close(fd)
         except OSError as exc:  # a full disk must surface as STORAGE_ERROR (exit 10), not a traceback
-            raise StorageError(f"could not write {path}: {os.strerror(exc.errno or errno.EIO)}",
-                               area=area) from None
+            raise StorageError(_not_a_file(path, exc), area=area) from None
 
     def aux_keys(self, area: str) -> list[str]:
+        """The names of the files in the area: a directory there is no record (``get_aux``)."""
         try:
-            names = os.listdir(self.root / validate_id(area, "aux area"))
-        except FileNotFoundError:
+            entries = os.scandir(self.root / validate_id(area, "aux area"))
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        return sorted(n for n in names if not n.startswith("."))  # a dot name is a writer's temporary copy
+        with entries:  # a dot name is a writer's temporary copy
+            return sorted(e.name for e in entries if not e.name.startswith(".") and not e.is_dir(follow_symlinks=False))
 
     def delete_aux(self, area: str, key: str) -> None:
+        path = self._aux_path(area, key)
         try:
-            os.unlink(self._aux_path(area, key))
+            os.unlink(path)
         except FileNotFoundError:
             pass
+        except (IsADirectoryError, PermissionError):  # Linux says EISDIR for a directory, BSDs EPERM
+            if not os.path.isdir(path):
+                raise
+            vacate(path)  # no record either way: one holding files is left for an operator
 
     def get_aux(self, area: str, key: str) -> bytes | None:
+        """The record, or None when there is none; a directory in its place (a stray ``mkdir``, not
+        something this store writes) is no record, as a damaged cache entry is."""
         path = self._aux_path(area, key)
         try:
             if area not in SLOT_AREAS:
@@ -369,7 +407,7 @@ class JsonlStore(EventStore):
             with open(path, "rb") as fh:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_SH)  # never half of an in-place write
                 data = fh.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
         return _slot_record(data)
 
