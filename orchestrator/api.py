@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 from orchestrator import clock, faults
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Settings, default_actor
 from orchestrator.errors import (ConcurrencyError, ConfigError, ContextSignatureInvalid, InvalidInputError,
-                                 JobNotFoundError, OrchestratorError)
-from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream, check_head_record,
-                                  check_head, head_record, seal, verify_stream)
+                                 JobNotFoundError, OrchestratorError, PathEscapeError)
+from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, PATH_ESCAPE, Problem, VerifiedStream,
+                                  check_head_record, check_head, head_record, seal, verify_stream)
 from orchestrator.limits import MAX_INPUT_BYTES, MAX_JSON_DEPTH, json_depth
 from orchestrator.security import validate_id
 from orchestrator.signing import Keyring, canonical, load_keyring
@@ -185,8 +185,17 @@ class Orchestrator:
         # The head record is read BEFORE the events: it is written after its events are durable
         # (or with them, on PostgreSQL), so a writer racing this read can only make the events
         # longer than the record, never shorter (which would look like a cut history: TRUNCATED).
-        head_raw, lines = self.store.read_with_aux(job_id, HEADS_AREA, job_id)
+        try:
+            head_raw, lines = self.store.read_with_aux(job_id, HEADS_AREA, job_id)
+        except PathEscapeError as exc:
+            return self._linked_view(job_id, exc)
         return self._verified_view(job_id, lines, head_raw, every_signature=every_signature)
+
+    def _linked_view(self, job_id: str, exc: PathEscapeError) -> JobView:
+        """The job whose events file or head record is a symbolic link, which the store never follows:
+        no event can be trusted, so it is reported as the job's problem, like a damaged file (``status``
+        exits 7, a worker refuses it, ``verify`` lists it), not raised at every command that lists jobs."""
+        return self._view(job_id, VerifiedStream(job_id, []), Problem(job_id, 0, PATH_ESCAPE, exc.message))
 
     def _verified_view(self, job_id: str, lines: list[StoredLine], head_raw: bytes | None, *,
                        every_signature: bool = False) -> JobView:
@@ -215,7 +224,10 @@ class Orchestrator:
         read with ``every_signature``). ``every_signature`` as for ``load``, when it reads all again."""
         if not view.ok or not view.stream.lines:
             return self.load(view.job_id, every_signature=every_signature)
-        head_raw, lines = self.store.read_with_aux(view.job_id, HEADS_AREA, view.job_id)
+        try:
+            head_raw, lines = self.store.read_with_aux(view.job_id, HEADS_AREA, view.job_id)
+        except PathEscapeError as exc:
+            return self._linked_view(view.job_id, exc)
         known = view.stream.lines
         if lines[:len(known)] != known:  # shorter, or a line changed: verify it all
             return self._verified_view(view.job_id, lines, head_raw, every_signature=every_signature)

@@ -26,6 +26,7 @@ from typing import Any
 
 from orchestrator import clock, faults
 from orchestrator.config import MAX_LEASE_SECONDS
+from orchestrator.errors import PathEscapeError
 from orchestrator.state import JobState
 from orchestrator.store.base import EventStore
 
@@ -70,7 +71,10 @@ def write_lease(store: EventStore, lease: Lease) -> None:
 
 def read_lease(store: EventStore, job_id: str, epoch: int) -> Lease | None:
     """The record of (job, epoch); ``None`` when there is none or it is not a record of the right shape."""
-    raw = store.get_aux(LEASES_AREA, _key(job_id, epoch))
+    try:
+        raw = store.get_aux(LEASES_AREA, _key(job_id, epoch))
+    except PathEscapeError:  # a symbolic link in the record's place, never followed: no record
+        return None
     if not raw:
         return None
     try:

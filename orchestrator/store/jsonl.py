@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from orchestrator import faults
-from orchestrator.errors import ConcurrencyError, IntegrityError, StorageError
+from orchestrator.errors import ConcurrencyError, IntegrityError, PathEscapeError, StorageError
 from orchestrator.security import validate_id
 from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
 
@@ -33,6 +33,21 @@ EVENTS_SUFFIX = ".events.jsonl"
 SLOT_AREAS = frozenset({"heads", "leases", "audit-head", "audited"})
 SLOT_BYTES = 512
 _TAIL_CHUNK = 64 * 1024
+_APPEND = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW
+
+
+def _nofollow(path: str, flags: int) -> int:
+    """``open``'s opener for an events file or a slot: never through a symbolic link, which could lead
+    anywhere (outside ``BASE_PATH/<PROJECT_ID>``); the link itself fails with ``ELOOP``. Free: no
+    extra system call."""
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def _refuse_link(path: str, exc: OSError) -> None:
+    """Raise ``PathEscapeError`` if ``exc`` is an ``O_NOFOLLOW`` open meeting a symbolic link."""
+    if exc.errno == errno.ELOOP:
+        raise PathEscapeError(f"{path} is a symbolic link; the store never follows one (it could lead outside "
+                              "the project folder): remove it", path=path) from None
 
 
 def fsync_dir(path: "Path | str") -> None:
@@ -118,7 +133,7 @@ def _holds_a_line(path: str) -> bool:
     when its tail is torn, which is rare.
     """
     try:
-        with open(path, "rb") as fh:
+        with open(path, "rb", opener=_nofollow) as fh:
             fh.seek(-1, os.SEEK_END)
             if fh.read(1) == b"\n":
                 return True
@@ -206,14 +221,25 @@ class JsonlStore(EventStore):
             self._dirs_ready = True
 
     def _open_for_append(self, path: str) -> tuple[int, bool]:
+        """The events file and whether this call created it; never through a symbolic link (``PATH_ESCAPE``,
+        dangling or not), and a directory in its place is taken when empty (``vacate``), else ``STORAGE_ERROR``."""
         try:
-            return os.open(path, os.O_RDWR | os.O_APPEND), False
-        except FileNotFoundError:
-            self._ensure_dirs()
-        try:
-            return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644), True
-        except FileExistsError:
-            return os.open(path, os.O_RDWR | os.O_APPEND), False
+            try:
+                return os.open(path, _APPEND), False
+            except FileNotFoundError:
+                self._ensure_dirs()
+            except IsADirectoryError:
+                if not vacate(path):
+                    raise
+            try:
+                return os.open(path, _APPEND | os.O_CREAT | os.O_EXCL, 0o644), True
+            except FileExistsError:
+                return os.open(path, _APPEND), False
+        except OSError as exc:
+            _refuse_link(path, exc)
+            if isinstance(exc, IsADirectoryError):
+                raise StorageError(_not_a_file(path, exc)) from None
+            raise
 
     # -- contract -----------------------------------------------------------------------------
     def append(self, stream: str, build: Builder, expected_seq: int | None = None,
@@ -317,11 +343,17 @@ class JsonlStore(EventStore):
             time.sleep(0.00005)  # the writer is ~0.1 ms away: notice it within ~50 us
 
     def read(self, stream: str, from_seq: int = 1) -> list[StoredLine]:
+        """See ``EventStore.read``. A symbolic link in the file's place is never followed: ``PATH_ESCAPE``
+        (``Orchestrator.load`` reports it as the job's problem); a directory there holds no line."""
+        path = self._file(stream)
         try:
-            with open(self._file(stream), "rb") as fh:
+            with open(path, "rb", opener=_nofollow) as fh:
                 data = fh.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):
             return []
+        except OSError as exc:
+            _refuse_link(path, exc)
+            raise
         complete = data[: data.rfind(b"\n") + 1]
         lines = complete.split(b"\n")[:-1]
         return [StoredLine(i, raw) for i, raw in enumerate(lines, 1) if i >= from_seq]
@@ -364,7 +396,7 @@ class JsonlStore(EventStore):
             raise ValueError(f"a record of {len(data)} bytes does not fit the {SLOT_BYTES}-byte slot of {area}/")
         slot = data + b"\n" + b" " * (SLOT_BYTES - 1 - len(data))
         try:
-            fd = open_creating(path)
+            fd = open_creating(path, os.O_WRONLY | os.O_NOFOLLOW)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 if os.pwrite(fd, slot, 0) != SLOT_BYTES:
@@ -374,6 +406,7 @@ class JsonlStore(EventStore):
             finally:
                 os.close(fd)
         except OSError as exc:  # a full disk must surface as STORAGE_ERROR (exit 10), not a traceback
+            _refuse_link(path, exc)  # never written through a symbolic link: PATH_ESCAPE
             raise StorageError(_not_a_file(path, exc), area=area) from None
 
     def aux_keys(self, area: str) -> list[str]:
@@ -398,17 +431,22 @@ class JsonlStore(EventStore):
 
     def get_aux(self, area: str, key: str) -> bytes | None:
         """The record, or None when there is none; a directory in its place (a stray ``mkdir``, not
-        something this store writes) is no record, as a damaged cache entry is."""
+        something this store writes) is no record, as a damaged cache entry is. A slot is never read
+        through a symbolic link: ``PATH_ESCAPE`` (other areas are replaced by rename, which replaces a
+        link and never writes through it)."""
         path = self._aux_path(area, key)
         try:
             if area not in SLOT_AREAS:
                 with open(path, "rb") as fh:
                     return fh.read() or None
-            with open(path, "rb") as fh:
+            with open(path, "rb", opener=_nofollow) as fh:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_SH)  # never half of an in-place write
                 data = fh.read()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
+        except OSError as exc:
+            _refuse_link(path, exc)
+            raise
         return _slot_record(data)
 
     def job_ids(self) -> Iterator[str]:
@@ -419,5 +457,9 @@ class JsonlStore(EventStore):
         with entries:
             for entry in entries:
                 name = entry.name
-                if name.endswith(EVENTS_SUFFIX) and entry.stat().st_size > 0 and _holds_a_line(entry.path):
+                if not name.endswith(EVENTS_SUFFIX):
+                    continue
+                if entry.is_symlink():  # never followed, but listed: reading it reports PATH_ESCAPE
+                    yield name[: -len(EVENTS_SUFFIX)]
+                elif entry.stat(follow_symlinks=False).st_size > 0 and _holds_a_line(entry.path):
                     yield name[: -len(EVENTS_SUFFIX)]
