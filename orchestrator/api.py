@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 from orchestrator import clock, faults
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Settings, default_actor
 from orchestrator.errors import (ConcurrencyError, ConfigError, ContextSignatureInvalid, InvalidIdError,
-                                 InvalidInputError, JobNotFoundError, OrchestratorError)
-from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream, check_head_record,
-                                  check_head, head_record, seal, verify_stream)
+                                 InvalidInputError, JobNotFoundError, OrchestratorError, PathEscapeError)
+from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, PATH_ESCAPE, Problem, VerifiedStream,
+                                  check_head_record, check_head, head_record, seal, verify_stream)
 from orchestrator.limits import MAX_INPUT_BYTES, MAX_JSON_DEPTH, json_depth
 from orchestrator.security import validate_id
 from orchestrator.signing import Keyring, canonical, load_keyring
@@ -190,8 +190,17 @@ class Orchestrator:
         # The head record is read BEFORE the events: it is written after its events are durable
         # (or with them, on PostgreSQL), so a writer racing this read can only make the events
         # longer than the record, never shorter (which would look like a cut history: TRUNCATED).
-        head_raw, lines = self.store.read_with_aux(job_id, HEADS_AREA, job_id)
+        try:
+            head_raw, lines = self.store.read_with_aux(job_id, HEADS_AREA, job_id)
+        except PathEscapeError as exc:
+            return self._linked_view(job_id, exc)
         return self._verified_view(job_id, lines, head_raw, every_signature=every_signature)
+
+    def _linked_view(self, job_id: str, exc: PathEscapeError) -> JobView:
+        """The job whose events file or head record is a symbolic link, which the store never follows:
+        no event can be trusted, so it is reported as the job's problem, like a damaged file (``status``
+        exits 7, a worker refuses it, ``verify`` lists it), not raised at every command that lists jobs."""
+        return self._view(job_id, VerifiedStream(job_id, []), Problem(job_id, 0, PATH_ESCAPE, exc.message))
 
     def _verified_view(self, job_id: str, lines: list[StoredLine], head_raw: bytes | None, *,
                        every_signature: bool = False) -> JobView:
@@ -220,7 +229,10 @@ class Orchestrator:
         read with ``every_signature``). ``every_signature`` as for ``load``, when it reads all again."""
         if not view.ok or not view.stream.lines:
             return self.load(view.job_id, every_signature=every_signature)
-        head_raw, lines = self.store.read_with_aux(view.job_id, HEADS_AREA, view.job_id)
+        try:
+            head_raw, lines = self.store.read_with_aux(view.job_id, HEADS_AREA, view.job_id)
+        except PathEscapeError as exc:
+            return self._linked_view(view.job_id, exc)
         known = view.stream.lines
         if lines[:len(known)] != known:  # shorter, or a line changed: verify it all
             return self._verified_view(view.job_id, lines, head_raw, every_signature=every_signature)
@@ -252,18 +264,23 @@ class Orchestrator:
         view = self.load(job_id)
         st = JobStatus.from_view(view)
         if view.state is not None and view.state.state == RUNNING:  # show the lease as renewed by heartbeats
-            expiry = lease_expiry(self.store, view.state)
-            st = replace(st, lease_expires_at=clock.to_iso(expiry) if expiry else None)
+            expiry = lease_expiry(self.store, view.state, self.clock())
+            try:
+                st = replace(st, lease_expires_at=clock.to_iso(expiry) if expiry else None)
+            except (ValueError, OverflowError, OSError):  # beyond what a date can show: keep the claim's
+                pass
         return st
 
-    def lease_expiry(self, job_id: str) -> float | None:
+    def lease_expiry(self, job_id: str, now: float | None = None) -> float | None:
         """When the running job's current lease ends, heartbeats included; ``None`` if it is not running."""
         try:
             view = self.load(job_id)
         except JobNotFoundError:  # removed since it was listed: not running
             return None
         s = view.state
-        return lease_expiry(self.store, s) if s is not None and s.state == RUNNING else None
+        if s is None or s.state != RUNNING:
+            return None
+        return lease_expiry(self.store, s, self.clock() if now is None else now)
 
     def job_ids(self) -> Iterator[str]:
         return self.store.job_ids()

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from orchestrator import clock, faults
+from orchestrator.errors import StorageError
 from orchestrator.history import head_record, seal
 from orchestrator.security import sanitize_text
 from orchestrator.signing import line_hash
@@ -82,7 +83,11 @@ def pending(orch: "Orchestrator", job_id: str) -> Iterator[None]:
     if isinstance(root, Path):
         from orchestrator.store.jsonl import open_creating
 
-        fd = open_creating(root / "locks" / f"audit-{bucket:02d}.lock", os.O_RDWR)
+        path = root / "locks" / f"audit-{bucket:02d}.lock"
+        try:
+            fd = open_creating(path, os.O_RDWR)
+        except OSError as exc:  # no inode left, or a directory holding files in its place
+            raise StorageError(f"could not open the lock {path}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

@@ -25,6 +25,9 @@ STATE_DIR = ".orchestrator"
 DEFAULT_MAX_ATTEMPTS = 3  # submit --max-attempts; JobOptions
 DEFAULT_PRIORITY = 0  # submit --priority; JobOptions
 DEFAULT_LEASE_SECONDS = 30.0  # worker --lease-seconds / ORCH_LEASE_SECONDS; WorkerSettings
+MIN_LEASE_SECONDS = 0.1
+# the longest lease a worker takes: a lease record promising more is no heartbeat's (orchestrator/leases.py)
+MAX_LEASE_SECONDS = 86400.0
 DEFAULT_STOP_GRACE_SECONDS = 10.0  # ORCH_STOP_GRACE_SECONDS
 DEFAULT_RETRY_BASE_SECONDS = 1.0  # ORCH_RETRY_BASE_SECONDS
 DEFAULT_RETRY_MAX_SECONDS = 300.0  # ORCH_RETRY_MAX_SECONDS

@@ -30,6 +30,7 @@ HEAD_MISMATCH = "HEAD_MISMATCH"  # the line the head record names was rewritten
 ROLLED_BACK = "ROLLED_BACK"  # shorter than, or different from, an exported anchor
 INVALID_HISTORY = "INVALID_HISTORY"  # signed events that the state machine refuses
 CONTEXT_MISMATCH = "CONTEXT_MISMATCH"  # the submitted context does not match its digest
+PATH_ESCAPE = "PATH_ESCAPE"  # the events file or head record is a symbolic link, never followed
 
 
 @dataclass(frozen=True)

@@ -11,19 +11,31 @@ only rewrite its own, superseded record, never the lease of the worker that took
 
 A lease record is a derived cache like any other: a missing or unreadable one falls back to
 the expiry in the claim event, which can only make recovery earlier, never later than the
-event says.
+event says. So does a record no heartbeat could have written (``read_lease``, ``_plausible``):
+fields of the wrong type, a lease longer than ``MAX_LEASE_SECONDS`` (the largest ``lease_seconds``
+a worker takes; a heartbeat extends the lease by its own from when it writes), or an expiry further
+ahead of ``now`` than that and ``CLOCK_SKEW_SECONDS``. A record planted in the folder delays stale
+recovery by at most that much, never forever.
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from orchestrator import clock, faults
+from orchestrator.config import MAX_LEASE_SECONDS
+from orchestrator.errors import PathEscapeError
 from orchestrator.state import JobState
 from orchestrator.store.base import EventStore
 
 LEASES_AREA = "leases"
+# How far ahead of the reader's clock a heartbeat may have been written and still count (a worker on
+# another host, a clock stepped back); a record that could only come from further ahead is not trusted
+CLOCK_SKEW_SECONDS = 60.0
+_FIELDS = {"job_id": str, "run_id": str, "epoch": int, "worker_id": str, "pid": int,
+           "expires_at": float, "renewed_at": float}
 
 
 @dataclass(frozen=True)
@@ -58,20 +70,49 @@ def write_lease(store: EventStore, lease: Lease) -> None:
 
 
 def read_lease(store: EventStore, job_id: str, epoch: int) -> Lease | None:
-    raw = store.get_aux(LEASES_AREA, _key(job_id, epoch))
+    """The record of (job, epoch); ``None`` when there is none or it is not a record of the right shape."""
+    try:
+        raw = store.get_aux(LEASES_AREA, _key(job_id, epoch))
+    except PathEscapeError:  # a symbolic link in the record's place, never followed: no record
+        return None
     if not raw:
         return None
     try:
         data = json.loads(raw)
-        data.pop("expires_at_iso", None)
-        return Lease(**data)
-    except (ValueError, TypeError, RecursionError):
+    except (ValueError, RecursionError):
         return None
+    if not isinstance(data, dict):
+        return None
+    data.pop("expires_at_iso", None)
+    if data.keys() != _FIELDS.keys():
+        return None
+    for name, kind in _FIELDS.items():
+        value = data[name]
+        accepted = (int, float) if kind is float else kind
+        if type(value) is bool or not isinstance(value, accepted):
+            return None  # "soon", null, true: not what ``Lease.to_json`` writes
+        if kind is float:
+            if not math.isfinite(value):  # (json reads NaN and Infinity too)
+                return None
+            data[name] = float(value)
+    if data["job_id"] != job_id or data["epoch"] != epoch:
+        return None
+    return Lease(**data)
 
 
-def lease_expiry(store: EventStore, state: JobState) -> float | None:
-    """When the current run's lease ends: the renewed record if it belongs to this epoch, else the claim's."""
+def _plausible(lease: Lease, state: JobState, now: float) -> bool:
+    """Whether a heartbeat of the current run could have written ``lease`` by ``now``: it belongs to the
+    run, extends the lease by at most ``MAX_LEASE_SECONDS`` from when it was written, and was not
+    written further ahead of ``now`` than ``CLOCK_SKEW_SECONDS``."""
+    return (lease.run_id == state.run_id
+            and 0.0 <= lease.expires_at - lease.renewed_at <= MAX_LEASE_SECONDS
+            and lease.expires_at <= now + MAX_LEASE_SECONDS + CLOCK_SKEW_SECONDS)
+
+
+def lease_expiry(store: EventStore, state: JobState, now: float) -> float | None:
+    """When the current run's lease ends, as seen at ``now``: the renewed record if a heartbeat of
+    this run could have written it (``_plausible``), else the claim's."""
     lease = read_lease(store, state.job_id, state.epoch)
-    if lease is not None and lease.run_id == state.run_id:
+    if lease is not None and _plausible(lease, state, now):
         return max(lease.expires_at, state.lease_expires_at or 0.0)
     return state.lease_expires_at

@@ -34,7 +34,7 @@ from orchestrator import faults
 from orchestrator.errors import StorageError
 from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import InTransaction
-from orchestrator.store.jsonl import open_creating
+from orchestrator.store.jsonl import open_creating, vacate
 from orchestrator.wakeup import Watcher, make_watcher
 
 if TYPE_CHECKING:
@@ -348,6 +348,10 @@ class FileQueueIndex(QueueIndex):
             os.unlink(path)
         except FileNotFoundError:
             pass
+        except (IsADirectoryError, PermissionError):  # a directory named like an entry (EISDIR; EPERM on BSDs)
+            if not os.path.isdir(path):
+                raise
+            vacate(path)  # an empty one goes; one holding files stays, met again and skipped like this
 
     def put_ready(self, entry: ReadyEntry) -> None:
         self._touch(os.path.join(self._ready_s, entry.name))

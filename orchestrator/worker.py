@@ -37,7 +37,7 @@ from orchestrator import faults
 from orchestrator.api import JobView, Orchestrator
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
                                  DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
-                                 HANDLER_PROCESS_MODES)
+                                 HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS)
 from orchestrator.errors import (ConcurrencyError, InvalidIdError, InvalidInputError, JobNotFoundError, LeaseLostError,
                                  MalformedPayloadError, PathEscapeError)
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
@@ -93,13 +93,16 @@ class WorkerSettings:
                                     f"not {self.handler_process!r}")
         if self.handler_max_runs < 1:
             raise InvalidInputError("handler_max_runs must be at least 1")
-        for name, least in (("lease_seconds", 0.1), ("stop_grace_seconds", 0.0), ("retry_base_seconds", 0.0),
-                            ("retry_max_seconds", 0.0)):
+        # a lease's heartbeats are trusted up to MAX_LEASE_SECONDS (leases.lease_expiry); the other durations
+        # up to a year: NaN fails both comparisons, inf or a huge value would overflow the ISO timestamps
+        for name, least, most in (("lease_seconds", MIN_LEASE_SECONDS, MAX_LEASE_SECONDS),
+                                  ("stop_grace_seconds", 0.0, MAX_DURATION_SECONDS),
+                                  ("retry_base_seconds", 0.0, MAX_DURATION_SECONDS),
+                                  ("retry_max_seconds", 0.0, MAX_DURATION_SECONDS)):
             value = getattr(self, name)
-            # NaN fails both comparisons; inf or a huge value would overflow the ISO timestamps written from it
-            if not least <= value <= MAX_DURATION_SECONDS:
-                raise InvalidInputError(f"{name} must be a number of seconds from {least:g} to "
-                                        f"{MAX_DURATION_SECONDS:.0f} (a year), not {value!r}")
+            if not least <= value <= most:
+                raise InvalidInputError(f"{name} must be a number of seconds from {least:g} to {most:.0f}, "
+                                        f"not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -237,7 +240,7 @@ class Worker:
                         continue
                 self.queue.drop_running(job_id, epoch)
                 continue
-            expiry = lease_expiry(self.orch.store, s)
+            expiry = lease_expiry(self.orch.store, s, now)
             if expiry is not None and expiry > now:
                 continue
             if self._recover(view, s, expiry, now):

@@ -6,10 +6,10 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import CONTEXT, Output, cli, project_command, seconds
+from orchestrator.cli import CONTEXT, FiniteFloatRange, Output, cli, project_command, seconds
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
                                  DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
-                                 HANDLER_PROCESS_MODES)
+                                 HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS)
 
 EXIT_RAN = 0
 EXIT_NOTHING_TO_DO = 75  # sysexits EX_TEMPFAIL: nothing runnable now, try again later
@@ -27,8 +27,8 @@ def _env_list(value: str | None) -> tuple[str, ...]:
               help="Exit after running this many jobs.")
 @click.option("--idle-exit", is_flag=True, envvar="ORCH_IDLE_EXIT", show_envvar=True,
               help="Exit when no queued job is left (a delayed retry still counts as queued).")
-@click.option("--lease-seconds", type=seconds(0.1), default=DEFAULT_LEASE_SECONDS, show_default=True,
-              envvar="ORCH_LEASE_SECONDS", show_envvar=True,
+@click.option("--lease-seconds", type=FiniteFloatRange(min=MIN_LEASE_SECONDS, max=MAX_LEASE_SECONDS),
+              default=DEFAULT_LEASE_SECONDS, show_default=True, envvar="ORCH_LEASE_SECONDS", show_envvar=True,
               help="Lease length; renewed every third of it while a job runs. A job whose lease "
                    "expired is recovered by the next worker.")
 @click.option("--worker-id", default=None, envvar="ORCH_WORKER_ID", show_envvar=True,

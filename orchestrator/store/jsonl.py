@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from orchestrator import faults
-from orchestrator.errors import ConcurrencyError, IntegrityError, StorageError
+from orchestrator.errors import ConcurrencyError, IntegrityError, PathEscapeError, StorageError
 from orchestrator.security import validate_id
 from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
 
@@ -33,6 +33,21 @@ EVENTS_SUFFIX = ".events.jsonl"
 SLOT_AREAS = frozenset({"heads", "leases", "audit-head", "audited"})
 SLOT_BYTES = 512
 _TAIL_CHUNK = 64 * 1024
+_APPEND = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW
+
+
+def _nofollow(path: str, flags: int) -> int:
+    """``open``'s opener for an events file or a slot: never through a symbolic link, which could lead
+    anywhere (outside ``BASE_PATH/<PROJECT_ID>``); the link itself fails with ``ELOOP``. Free: no
+    extra system call."""
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def _refuse_link(path: str, exc: OSError) -> None:
+    """Raise ``PathEscapeError`` if ``exc`` is an ``O_NOFOLLOW`` open meeting a symbolic link."""
+    if exc.errno == errno.ELOOP:
+        raise PathEscapeError(f"{path} is a symbolic link; the store never follows one (it could lead outside "
+                              "the project folder): remove it", path=path) from None
 
 
 def path_error(exc: OSError) -> StorageError:
@@ -63,13 +78,39 @@ def fsync_dir(path: "Path | str") -> None:
         os.close(fd)
 
 
+def vacate(path: "Path | str") -> bool:
+    """Remove a directory found where a record or index file belongs, if it is empty; True when
+    ``path`` is free now. This store never makes a directory there (a stray ``mkdir``), and an empty
+    one holds nothing to lose; one that holds anything is left alone for an operator to look at."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    log.warning("removed the empty directory %s, found where a record belongs", path, extra={"path": str(path)})
+    return True
+
+
 def open_creating(path: "Path | str", flags: int = os.O_WRONLY) -> int:
-    """``os.open(path, flags | O_CREAT)``, creating the parent folders when they are missing."""
+    """``os.open(path, flags | O_CREAT)``, creating the parent folders when they are missing, and
+    taking the place of an empty directory (``vacate``); a directory that holds files raises
+    ``IsADirectoryError``."""
     try:
         return os.open(path, flags | os.O_CREAT, 0o644)
     except FileNotFoundError:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, flags | os.O_CREAT, 0o644)
+    except IsADirectoryError:
+        if not vacate(path):
+            raise
+    return os.open(path, flags | os.O_CREAT, 0o644)
+
+
+def _not_a_file(path: "Path | str", exc: OSError) -> str:
+    """Why a write to ``path`` failed, for ``StorageError``: a directory in a record's place says so."""
+    if isinstance(exc, IsADirectoryError):
+        return f"{path} is a directory that holds files, where a record belongs; move it away"
+    return f"could not write {path}: {os.strerror(exc.errno or errno.EIO)}"
 
 
 def makedirs_durable(path: Path) -> None:
@@ -112,7 +153,7 @@ def _holds_a_line(path: str) -> bool:
     when its tail is torn, which is rare.
     """
     try:
-        with open(path, "rb") as fh:
+        with open(path, "rb", opener=_nofollow) as fh:
             fh.seek(-1, os.SEEK_END)
             if fh.read(1) == b"\n":
                 return True
@@ -200,14 +241,25 @@ class JsonlStore(EventStore):
             self._dirs_ready = True
 
     def _open_for_append(self, path: str) -> tuple[int, bool]:
+        """The events file and whether this call created it; never through a symbolic link (``PATH_ESCAPE``,
+        dangling or not), and a directory in its place is taken when empty (``vacate``), else ``STORAGE_ERROR``."""
         try:
-            return os.open(path, os.O_RDWR | os.O_APPEND), False
-        except FileNotFoundError:
-            self._ensure_dirs()
-        try:
-            return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644), True
-        except FileExistsError:
-            return os.open(path, os.O_RDWR | os.O_APPEND), False
+            try:
+                return os.open(path, _APPEND), False
+            except FileNotFoundError:
+                self._ensure_dirs()
+            except IsADirectoryError:
+                if not vacate(path):
+                    raise
+            try:
+                return os.open(path, _APPEND | os.O_CREAT | os.O_EXCL, 0o644), True
+            except FileExistsError:
+                return os.open(path, _APPEND), False
+        except OSError as exc:
+            _refuse_link(path, exc)
+            if isinstance(exc, IsADirectoryError):
+                raise StorageError(_not_a_file(path, exc)) from None
+            raise
 
     # -- contract -----------------------------------------------------------------------------
     def append(self, stream: str, build: Builder, expected_seq: int | None = None,
@@ -311,11 +363,17 @@ class JsonlStore(EventStore):
             time.sleep(0.00005)  # the writer is ~0.1 ms away: notice it within ~50 us
 
     def read(self, stream: str, from_seq: int = 1) -> list[StoredLine]:
+        """See ``EventStore.read``. A symbolic link in the file's place is never followed: ``PATH_ESCAPE``
+        (``Orchestrator.load`` reports it as the job's problem); a directory there holds no line."""
+        path = self._file(stream)
         try:
-            with open(self._file(stream), "rb") as fh:
+            with open(path, "rb", opener=_nofollow) as fh:
                 data = fh.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):
             return []
+        except OSError as exc:
+            _refuse_link(path, exc)
+            raise
         complete = data[: data.rfind(b"\n") + 1]
         lines = complete.split(b"\n")[:-1]
         return [StoredLine(i, raw) for i, raw in enumerate(lines, 1) if i >= from_seq]
@@ -334,11 +392,15 @@ class JsonlStore(EventStore):
             except FileNotFoundError:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp.write_bytes(data)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except IsADirectoryError:  # a stray directory in the record's place: take it if it is empty
+                if not vacate(path):
+                    raise
+                os.replace(tmp, path)
         except OSError as exc:  # a full disk must surface as STORAGE_ERROR (exit 10), not a traceback
             tmp.unlink(missing_ok=True)
-            raise StorageError(f"could not write {path}: {os.strerror(exc.errno or errno.EIO)}",
-                               area=area) from None
+            raise StorageError(_not_a_file(path, exc), area=area) from None
         _remove_strays(path)
 
     def _put_slot(self, path: str, area: str, data: bytes) -> None:
@@ -354,7 +416,7 @@ class JsonlStore(EventStore):
             raise ValueError(f"a record of {len(data)} bytes does not fit the {SLOT_BYTES}-byte slot of {area}/")
         slot = data + b"\n" + b" " * (SLOT_BYTES - 1 - len(data))
         try:
-            fd = open_creating(path)
+            fd = open_creating(path, os.O_WRONLY | os.O_NOFOLLOW)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 if os.pwrite(fd, slot, 0) != SLOT_BYTES:
@@ -364,33 +426,47 @@ class JsonlStore(EventStore):
             finally:
                 os.close(fd)
         except OSError as exc:  # a full disk must surface as STORAGE_ERROR (exit 10), not a traceback
-            raise StorageError(f"could not write {path}: {os.strerror(exc.errno or errno.EIO)}",
-                               area=area) from None
+            _refuse_link(path, exc)  # never written through a symbolic link: PATH_ESCAPE
+            raise StorageError(_not_a_file(path, exc), area=area) from None
 
     def aux_keys(self, area: str) -> list[str]:
+        """The names of the files in the area: a directory there is no record (``get_aux``)."""
         try:
-            names = os.listdir(self.root / validate_id(area, "aux area"))
-        except FileNotFoundError:
+            entries = os.scandir(self.root / validate_id(area, "aux area"))
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        return sorted(n for n in names if not n.startswith("."))  # a dot name is a writer's temporary copy
+        with entries:  # a dot name is a writer's temporary copy
+            return sorted(e.name for e in entries if not e.name.startswith(".") and not e.is_dir(follow_symlinks=False))
 
     def delete_aux(self, area: str, key: str) -> None:
+        path = self._aux_path(area, key)
         try:
-            os.unlink(self._aux_path(area, key))
+            os.unlink(path)
         except FileNotFoundError:
             pass
+        except (IsADirectoryError, PermissionError):  # Linux says EISDIR for a directory, BSDs EPERM
+            if not os.path.isdir(path):
+                raise
+            vacate(path)  # no record either way: one holding files is left for an operator
 
     def get_aux(self, area: str, key: str) -> bytes | None:
+        """The record, or None when there is none; a directory in its place (a stray ``mkdir``, not
+        something this store writes) is no record, as a damaged cache entry is. A slot is never read
+        through a symbolic link: ``PATH_ESCAPE`` (other areas are replaced by rename, which replaces a
+        link and never writes through it)."""
         path = self._aux_path(area, key)
         try:
             if area not in SLOT_AREAS:
                 with open(path, "rb") as fh:
                     return fh.read() or None
-            with open(path, "rb") as fh:
+            with open(path, "rb", opener=_nofollow) as fh:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_SH)  # never half of an in-place write
                 data = fh.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
+        except OSError as exc:
+            _refuse_link(path, exc)
+            raise
         return _slot_record(data)
 
     def job_ids(self) -> Iterator[str]:
@@ -401,5 +477,9 @@ class JsonlStore(EventStore):
         with entries:
             for entry in entries:
                 name = entry.name
-                if name.endswith(EVENTS_SUFFIX) and entry.stat().st_size > 0 and _holds_a_line(entry.path):
+                if not name.endswith(EVENTS_SUFFIX):
+                    continue
+                if entry.is_symlink():  # never followed, but listed: reading it reports PATH_ESCAPE
+                    yield name[: -len(EVENTS_SUFFIX)]
+                elif entry.stat(follow_symlinks=False).st_size > 0 and _holds_a_line(entry.path):
                     yield name[: -len(EVENTS_SUFFIX)]

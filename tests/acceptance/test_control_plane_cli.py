@@ -147,7 +147,7 @@ def test_metrics_does_not_alert_on_a_long_run_whose_heartbeats_renew_its_lease(a
 
     job_id = js.running(api, run_id="run-1", lease="2020-01-01T00:00:00.000000Z")  # the claim's expiry: long past
     write_lease(api.store, Lease(job_id=job_id, run_id="run-1", epoch=1, worker_id="w1", pid=1,
-                                 expires_at=4_000_000_000.0, renewed_at=api.clock()))
+                                 expires_at=api.clock() + 3600, renewed_at=api.clock()))  # an hour's lease
     m = as_json(ok("metrics", "--project-id", "proj", "--json", "--fail-on", "critical", env=cli_env))
     assert m["stalled_count"] == 0 and m["counts"]["running"] == 1
     api.store.put_aux("leases", f"{job_id}.1", b"")  # the record gone: the claim's expiry is all there is

@@ -3,8 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+import jobstates as js
 from orchestrator import Orchestrator
+from orchestrator.errors import PathEscapeError, StorageError
 from orchestrator.reliability import handlers  # noqa: F401 - registers rel.echo
+from orchestrator.store.jsonl import JsonlStore
 
 
 def test_a_job_whose_artifact_folder_is_a_symlink_out_of_the_store_fails_with_path_escape(
@@ -39,3 +44,178 @@ def test_an_artifacts_folder_swapped_for_a_symlink_after_a_run_is_caught_by_the_
     result = worker.run_once()
     assert result is not None and result.job_id == job and result.error_code == "PATH_ESCAPE"
     assert list(outside.iterdir()) == []
+
+
+# -- a directory where a record, an index entry or a lock file belongs -------------------------------
+def _plant_dir(path: Path, holding_files: bool) -> None:
+    """A directory the store never makes: empty, or holding a file that must not be lost."""
+    if path.is_file():
+        path.unlink()
+    path.mkdir(parents=True)
+    if holding_files:
+        (path / "note").write_text("an operator's file")
+
+
+holding = pytest.mark.parametrize("holding_files", [False, True], ids=["empty", "holding_files"])
+
+
+@pytest.mark.parametrize("area", ["heads", "leases", "audited", "audit-head", "projections"])
+def test_a_directory_in_place_of_a_record_is_no_record_and_is_replaced_only_when_empty(
+        tmp_path: Path, area: str) -> None:
+    store = JsonlStore(tmp_path)
+    _plant_dir(tmp_path / area / "empty", holding_files=False)
+    _plant_dir(tmp_path / area / "full", holding_files=True)
+    assert store.get_aux(area, "empty") is None and store.get_aux(area, "full") is None  # before: IsADirectoryError
+    assert store.aux_keys(area) == []  # no record: a sweep never meets them
+    store.delete_aux(area, "full")  # dropping a record that is not there is fine, and loses nothing
+    store.put_aux(area, "empty", b"{}")  # rebuilt in the empty one's place
+    assert store.get_aux(area, "empty") == b"{}"
+    with pytest.raises(StorageError, match="is a directory that holds files") as err:
+        store.put_aux(area, "full", b"{}")
+    assert err.value.code == "STORAGE_ERROR"
+    assert (tmp_path / area / "full" / "note").read_text() == "an operator's file"
+
+
+@holding
+def test_a_directory_in_leases_or_in_the_index_never_stops_a_worker(orch: Orchestrator, holding_files: bool) -> None:
+    state = orch.settings.state_dir
+    dead = orch.submit("rel.echo", {"x": 0})
+    t = orch.clock()
+    assert orch.worker(worker_id="dead", lease_seconds=1).claim(now=t) is not None  # ... and the worker died
+    planted = ["leases/subdir.1", f"leases/{dead}.1", "index/running/subdir.1",
+               "index/ready/0999.00000000000000001.subdir"]  # met first: priority 1
+    for rel in planted:
+        _plant_dir(state / rel, holding_files)
+    job = orch.submit("rel.echo", {"x": 1})
+    with orch.worker(worker_id="w") as worker:
+        result = worker.run_once(now=t + 60)  # before the fix: IsADirectoryError from the sweep or the index
+    assert result is not None and (result.job_id, result.state) == (job, "succeeded")
+    assert orch.status(dead).last_error["code"] == "NO_TERMINAL_SIGNAL_STALE"  # its lease: the claim's
+    for rel in planted[2:]:  # an index entry's directory goes when empty, stays (skipped) when not
+        assert (state / rel / "note").is_file() if holding_files else not (state / rel).exists()
+
+
+@holding
+def test_a_directory_in_place_of_a_head_record_or_the_metrics_cache_never_gives_a_traceback(
+        orch: Orchestrator, holding_files: bool) -> None:
+    from orchestrator.integrity import verify_project
+    from orchestrator.projection import refresh
+
+    state = orch.settings.state_dir
+    job = orch.submit("rel.echo", {"x": 1})
+    for rel in ["heads/subdir", "audit-head/audit", "projections/jobs-v2"]:
+        _plant_dir(state / rel, holding_files)
+    assert verify_project(orch).ok  # before the fix: IsADirectoryError (a missing record, like a deleted one)
+    if holding_files:
+        with pytest.raises(StorageError, match="jobs-v2 is a directory that holds files"):
+            refresh(orch)  # the cache cannot be written: a clear error, and the directory kept
+        assert (state / "projections" / "jobs-v2" / "note").is_file()
+    else:
+        assert list(refresh(orch).rows) == [job] and (state / "projections" / "jobs-v2").is_file()
+
+
+@holding
+def test_a_directory_in_place_of_an_audit_lock_is_taken_when_empty_else_a_storage_error(
+        orch: Orchestrator, holding_files: bool) -> None:
+    job = js.waiting_human(orch)
+    for bucket in range(64):
+        _plant_dir(orch.settings.state_dir / "locks" / f"audit-{bucket:02d}.lock", holding_files)
+    if holding_files:
+        with pytest.raises(StorageError, match="could not open the lock"):
+            orch.resume(job, "yes")
+        assert orch.status(job).state == "waiting_human"
+    else:
+        orch.resume(job, "yes")
+        assert orch.status(job).state == "queued"
+
+
+# -- a symbolic link where an events file or a slot record belongs ---------------------------------
+def _outside(tmp_path: Path, exists: bool) -> Path:
+    target = tmp_path / "outside" / ("file" if exists else "nowhere")
+    target.parent.mkdir(exist_ok=True)
+    if exists:
+        target.write_bytes(b"")
+    return target
+
+
+@pytest.mark.parametrize("exists", [True, False], ids=["to_a_file_outside", "dangling"])
+def test_a_symlink_planted_as_a_jobs_events_file_is_never_written_through_and_is_reported(
+        orch: Orchestrator, tmp_path: Path, exists: bool) -> None:
+    from orchestrator.api import key_job_id
+    from orchestrator.integrity import verify_project
+
+    other = orch.submit("rel.echo", {"x": 0})
+    job = key_job_id(orch.project_id, "k1")  # the id a submit with this key writes to
+    target = _outside(tmp_path, exists)
+    orch.store.path(job).symlink_to(target)
+    with pytest.raises(PathEscapeError, match="is a symbolic link"):  # before: appended to the outside file
+        orch.submit_job("rel.echo", {"x": 1}, key="k1")
+    assert (target.read_bytes() == b"") if exists else not target.exists()
+    st = orch.status(job)  # a read reports it as the job's problem (exit 7), never follows it
+    assert st.integrity_error is not None and st.integrity_error["problems"][0]["code"] == "PATH_ESCAPE"
+    assert {j.job_id for j in orch.jobs()} == {other, job}  # before (dangling): FileNotFoundError
+    assert [p.code for p in verify_project(orch).problems] == ["PATH_ESCAPE"]
+
+
+def test_a_symlink_planted_as_a_head_record_is_never_written_through_and_its_job_is_never_run(
+        orch: Orchestrator, tmp_path: Path) -> None:
+    from orchestrator.integrity import verify_project
+
+    job = orch.submit("rel.echo", {"x": 1})
+    head = orch.settings.state_dir / "heads" / job
+    head.unlink()
+    target = _outside(tmp_path, exists=True)
+    head.symlink_to(target)
+    assert orch.worker(worker_id="w").run_once() is None  # refused, not claimed: its head record is a link
+    assert orch.status(job).integrity_error["problems"][0]["code"] == "PATH_ESCAPE"
+    assert [p.code for p in verify_project(orch).problems] == ["PATH_ESCAPE"]
+    assert target.read_bytes() == b"" and head.is_symlink()
+
+
+@pytest.mark.parametrize("area", ["heads", "leases", "audited", "audit-head"])
+@pytest.mark.parametrize("exists", [True, False], ids=["to_a_file_outside", "dangling"])
+def test_a_slot_is_never_written_or_read_through_a_symlink(tmp_path: Path, area: str, exists: bool) -> None:
+    store = JsonlStore(tmp_path / "store")
+    target = _outside(tmp_path, exists)
+    (tmp_path / "store" / area).mkdir(parents=True)
+    (tmp_path / "store" / area / "k").symlink_to(target)
+    with pytest.raises(PathEscapeError) as err:
+        store.put_aux(area, "k", b"{}")  # before: written to the target, or created it
+    assert err.value.code == "PATH_ESCAPE" and err.value.exit_code == 3
+    with pytest.raises(PathEscapeError):
+        store.get_aux(area, "k")
+    assert (target.read_bytes() == b"") if exists else not target.exists()
+
+
+def test_a_symlink_planted_as_a_lease_record_reads_as_no_record(orch: Orchestrator, tmp_path: Path) -> None:
+    from orchestrator.leases import read_lease
+
+    from orchestrator.leases import Lease
+
+    job = orch.submit("rel.echo", {"x": 1})
+    t = orch.clock()
+    claim = orch.worker(worker_id="dead", lease_seconds=1).claim(now=t)
+    target = _outside(tmp_path, exists=True)  # a record that would keep the job for another hour
+    target.write_bytes(Lease(job, claim.run_id, 1, "dead", 1, t + 3600, t).to_json())
+    (orch.settings.state_dir / "leases").mkdir(exist_ok=True)
+    (orch.settings.state_dir / "leases" / f"{job}.1").symlink_to(target)
+    assert read_lease(orch.store, job, 1) is None
+    assert orch.worker(worker_id="w").recover_stale(now=t + 2) == [job]  # recovery is not blocked
+
+
+@holding
+def test_a_directory_planted_as_a_jobs_events_file_is_taken_when_empty_else_a_storage_error(
+        orch: Orchestrator, holding_files: bool) -> None:
+    from orchestrator.api import key_job_id
+
+    orch.submit("rel.echo", {"x": 0})
+    job = key_job_id(orch.project_id, "k1")
+    _plant_dir(orch.store.path(job), holding_files)
+    assert orch.store.read(job) == []  # no line, no traceback
+    if holding_files:
+        with pytest.raises(StorageError, match="is a directory that holds files"):
+            orch.submit_job("rel.echo", {"x": 1}, key="k1")
+        assert (orch.store.path(job) / "note").is_file()
+    else:
+        assert orch.submit_job("rel.echo", {"x": 1}, key="k1").created
+        assert orch.status(job).state == "queued"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
+from orchestrator.clock import to_iso
 from orchestrator.store.base import AUDIT_STREAM
 from orchestrator.worker import Worker, WorkerSettings
 
@@ -465,7 +466,86 @@ def test_a_zombies_lease_record_cannot_extend_the_new_owners_lease(orch) -> None
     new = make_worker(orch, worker_id="new", lease_seconds=10).claim(now=t + 3600)
     write_lease(orch.store, Lease(job, old.run_id, old.epoch, "zombie", 1, t + 10**6, t + 3600))
     assert new.epoch == old.epoch + 1
-    assert lease_expiry(orch.store, orch.load(job).state) == pytest.approx(t + 3610, abs=1e-3)
+    assert lease_expiry(orch.store, orch.load(job).state, t + 3600) == pytest.approx(t + 3610, abs=1e-3)
+
+
+def _plant_lease(orch, job: str, run_id: str, **fields) -> None:
+    record = {"job_id": job, "run_id": run_id, "epoch": 1, "worker_id": "w", "pid": 1,
+              "expires_at": orch.clock() + 5, "renewed_at": orch.clock(), **fields}
+    orch.store.put_aux("leases", f"{job}.1", json.dumps(record).encode())
+
+
+@pytest.mark.parametrize("fields", [
+    pytest.param({"expires_at": "soon"}, id="expiry_a_string"),
+    pytest.param({"expires_at": None}, id="expiry_null"),
+    pytest.param({"expires_at": True}, id="expiry_a_bool"),
+    pytest.param({"renewed_at": [1]}, id="renewal_a_list"),
+    pytest.param({"epoch": "1"}, id="epoch_a_string"),
+    pytest.param({"pid": 1.5}, id="pid_a_float"),
+    pytest.param({"worker_id": 7}, id="worker_a_number"),
+    pytest.param({"extra": 1}, id="an_unknown_field"),
+])
+def test_a_lease_record_of_the_wrong_types_reads_as_no_record_so_the_claims_expiry_counts(orch, fields) -> None:
+    job = orch.submit("t.echo", 1)
+    t = orch.clock()
+    claim = make_worker(orch, worker_id="dead", lease_seconds=10).claim(now=t)
+    _plant_lease(orch, job, claim.run_id, **fields)
+    assert orch.status(job).lease_expires_at == to_iso(t + 10)  # before the fix: TypeError
+    assert [j.state for j in orch.jobs()] == ["running"]
+    assert make_worker(orch).recover_stale(now=t + 9) == []
+    assert make_worker(orch).recover_stale(now=t + 11) == [job]
+
+
+@pytest.mark.parametrize("raw", [b"[1, 2]", b'"a lease"', b"7", b"{not json"])
+def test_a_lease_record_that_is_not_a_json_object_reads_as_no_record(orch, raw: bytes) -> None:
+    from orchestrator.leases import read_lease
+
+    job = orch.submit("t.echo", 1)
+    make_worker(orch, worker_id="dead", lease_seconds=10).claim(now=orch.clock())
+    orch.store.put_aux("leases", f"{job}.1", raw)
+    assert read_lease(orch.store, job, 1) is None
+
+
+@pytest.mark.parametrize("expires, renewed", [
+    pytest.param(1e12, None, id="a_lease_longer_than_the_longest"),  # before the fix: "year 33658 is out of range"
+    pytest.param(1e12, 1e12 - 30, id="a_renewal_from_the_far_future"),
+    pytest.param(float("inf"), None, id="an_infinite_expiry"),
+    pytest.param(None, "later", id="a_renewal_before_its_expiry"),
+])
+def test_a_lease_record_no_heartbeat_could_have_written_does_not_delay_recovery(orch, expires, renewed) -> None:
+    job = orch.submit("t.echo", 1)
+    t = orch.clock()
+    claim = make_worker(orch, worker_id="dead", lease_seconds=10).claim(now=t)
+    if renewed == "later":
+        expires, renewed = t + 5, t + 50
+    _plant_lease(orch, job, claim.run_id, expires_at=expires, renewed_at=t if renewed is None else renewed)
+    assert orch.status(job).lease_expires_at == to_iso(t + 10)
+    assert make_worker(orch).recover_stale(now=t + 11) == [job]
+
+
+def test_a_renewed_lease_is_bounded_by_the_longest_lease_a_worker_takes(orch) -> None:
+    from orchestrator.config import MAX_LEASE_SECONDS
+    from orchestrator.errors import InvalidInputError
+
+    job = orch.submit("t.echo", 1)
+    t = orch.clock()
+    claim = make_worker(orch, worker_id="busy", lease_seconds=10).claim(now=t)
+    _plant_lease(orch, job, claim.run_id, expires_at=t + MAX_LEASE_SECONDS, renewed_at=t)  # the longest a heartbeat sets
+    assert make_worker(orch).recover_stale(now=t + MAX_LEASE_SECONDS - 1) == []
+    assert make_worker(orch).recover_stale(now=t + MAX_LEASE_SECONDS + 1) == [job]
+    with pytest.raises(InvalidInputError, match="lease_seconds"):
+        WorkerSettings(lease_seconds=MAX_LEASE_SECONDS + 1)
+
+
+def test_status_shows_the_claims_expiry_when_the_renewed_one_is_past_the_last_date_it_can_show(base, keyring) -> None:
+    from orchestrator import Orchestrator
+
+    t = 253_402_290_000.0  # 9999-12-31T21:00:00Z: a day-long lease renewed now ends after year 9999
+    orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring, clock=lambda: t)
+    job = orch.submit("t.echo", 1)
+    claim = make_worker(orch, worker_id="busy", lease_seconds=10).claim(now=t)
+    _plant_lease(orch, job, claim.run_id, expires_at=t + 86_000, renewed_at=t)
+    assert orch.status(job).lease_expires_at == to_iso(t + 10)  # not "year 10000 is out of range"
 
 
 def test_a_dead_run_that_left_artifacts_goes_to_waiting_human(orch) -> None:
