@@ -139,13 +139,18 @@ def test_a_duration_or_threshold_option_that_is_nan_infinite_or_out_of_range_is_
 
 
 def test_worker_settings_refuse_a_duration_that_is_nan_infinite_or_beyond_a_year() -> None:
+    from orchestrator.config import MAX_LEASE_SECONDS
     from orchestrator.worker import WorkerSettings
 
     for name in ("lease_seconds", "stop_grace_seconds", "retry_base_seconds", "retry_max_seconds"):
         for value in (float("nan"), float("inf"), MAX_DURATION_SECONDS * 2, -1.0):
             with pytest.raises(InvalidInputError, match=name):
                 WorkerSettings(**{name: value})
-    assert WorkerSettings(lease_seconds=MAX_DURATION_SECONDS, retry_max_seconds=MAX_DURATION_SECONDS)
+    assert WorkerSettings(stop_grace_seconds=MAX_DURATION_SECONDS, retry_max_seconds=MAX_DURATION_SECONDS)
+    # a lease at most a day: a heartbeat's record is trusted up to that (leases.lease_expiry)
+    assert WorkerSettings(lease_seconds=MAX_LEASE_SECONDS)
+    with pytest.raises(InvalidInputError, match="lease_seconds"):
+        WorkerSettings(lease_seconds=MAX_LEASE_SECONDS * 2)
 
 
 def test_cli_submit_of_a_hundred_thousand_levels_is_invalid_input_not_a_crash(runner_env: dict[str, str]) -> None:
