@@ -285,10 +285,11 @@ class Orchestrator:
     def job_ids(self) -> Iterator[str]:
         return self.store.job_ids()
 
-    def removed_job_ids(self, listed: Iterable[str]) -> list[str]:
-        """The jobs whose events are all gone (the file deleted or emptied) while their signed head record
-        is still there. ``job_ids`` lists only jobs holding an event, so it cannot name them; ``listed`` is
-        what it gave. Their reads report ``TRUNCATED``; a record's slot never written is no job."""
+    def removed_jobs(self, listed: Iterable[str]) -> list[JobView]:
+        """The jobs with a head record and no event left (the file deleted or emptied), read: ``job_ids``
+        lists only jobs holding an event, so it cannot name them; ``listed`` is what it gave. Any record
+        counts, signed or not: its view's problem is ``TRUNCATED`` when it verifies, ``SIGNATURE_INVALID``
+        (or ``CORRUPT_LINE``) when not. A record's slot never written is no job."""
         known = set(listed)
         removed = []
         for job_id in self.store.aux_keys(HEADS_AREA):
@@ -299,16 +300,16 @@ class Orchestrator:
             except (JobNotFoundError, InvalidIdError):  # no record after all, or not a name this code wrote
                 continue
             if not view.stream.lines:  # (a job submitted since the listing has its events)
-                removed.append(job_id)
+                removed.append(view)
         return removed
 
     def jobs(self, states: Iterable[str] | None = None) -> list[JobStatus]:
         """Every job's status, oldest first, optionally only those in ``states``; a job whose events
         were all removed is listed too (no state, its integrity error)."""
         wanted = set(states or ())
-        out = []
         listed = list(self.store.job_ids())
-        for job_id in listed + self.removed_job_ids(listed):
+        out = [JobStatus.from_view(view) for view in self.removed_jobs(listed)] if not wanted else []
+        for job_id in listed:
             st = self.status(job_id)
             if not wanted or st.state in wanted:
                 out.append(st)

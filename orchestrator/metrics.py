@@ -45,13 +45,20 @@ class Thresholds:
 
     def __post_init__(self) -> None:
         # NaN compares false with everything: a NaN threshold would silently never alert (or, for the grace,
-        # never count a job as stalled); a negative one would always alert
+        # never count a job as stalled); a negative one would always alert; the CLI's bounds, from Python too
+        from orchestrator.limits import MAX_DURATION_SECONDS
+
         for name, var in self.ENV.items():
             value = getattr(self, name)
-            if not value >= 0 or (name == "resume_success_min" and value > 1):
+            if name == "resume_success_min":
+                most, allowed = 1.0, "a rate from 0 to 1"
+            elif name in ("stall_grace", "converge_max_seconds"):
+                most, allowed = MAX_DURATION_SECONDS, f"a number of seconds from 0 to {MAX_DURATION_SECONDS:.0f} (a year)"
+            else:  # a count
+                most, allowed = math.inf, "a number >= 0"
+            if not (math.isfinite(value) and 0 <= value <= most):
                 from orchestrator.errors import ConfigError
 
-                allowed = "a rate from 0 to 1" if name == "resume_success_min" else "a number >= 0"
                 raise ConfigError(f"{var} (--{name.replace('_', '-')}) must be {allowed}, not {value!r}")
 
     @classmethod

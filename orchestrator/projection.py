@@ -22,12 +22,14 @@ import json
 import math
 import os
 import sys
+from stat import S_ISDIR
 from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 
 from orchestrator.clock import from_iso
+from orchestrator.errors import JobNotFoundError
 from orchestrator.state import CANCELLED, FAILED, STATES, SUCCEEDED, WAITING_HUMAN, Event, apply
 
 if TYPE_CHECKING:
@@ -238,7 +240,7 @@ def _scan_dir(jobs_dir: os.PathLike[str] | str) -> tuple[list[str], array, array
                     st = stat(name, dir_fd=dir_fd, follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                if st.st_size:
+                if st.st_size and not S_ISDIR(st.st_mode):  # a link is listed: its read reports PATH_ESCAPE
                     ids.append(name[:cut])
                     sizes.append(st.st_size)
                     mtimes.append(st.st_mtime_ns)
@@ -270,11 +272,13 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
     cached = (None if rebuild else _read(orch)) or Columns()
     ids, sizes, mtimes = scan(orch)  # taken before reading: a job that grows meanwhile is seen again next time
     n = len(ids)  # the cache holds these, then the jobs whose events were all removed (size 0: no listed job has it)
-    if (ids == cached.ids[:n] and sizes == cached.size[:n] and mtimes == cached.mtime[:n]
-            and not any(cached.size[n:]) and _still_removed(orch, cached.ids[n:])):
+    same_jobs = ids == cached.ids[:n] and not any(cached.size[n:]) and _still_removed(orch, cached.ids[n:])
+    if same_jobs and sizes == cached.size[:n] and mtimes == cached.mtime[:n]:
         return Refresh(Rows(cached), 0, 0)  # nothing changed: three list comparisons in C
-    # a job's events removed whole change the listing, so only then can there be a new one to find
-    for job_id in orch.removed_job_ids(ids):  # a head record that says there were events: an integrity error
+    # removing a job's events whole takes it off the listing: only then is there a new one to look for
+    # (in heads/, a listing of every job); jobs that only grew keep the removed ones the cache holds
+    removed = cached.ids[n:] if same_jobs else [view.job_id for view in orch.removed_jobs(ids)]
+    for job_id in removed:  # a head record, and no event left: an integrity error
         ids.append(job_id)
         sizes.append(0)
         mtimes.append(0)
@@ -287,7 +291,10 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
         if i is not None and cached.size[i] == size and cached.mtime[i] == mtime:
             cols.copy_from(cached, i)
             continue
-        view = orch.load(job_id)
+        try:
+            view = orch.load(job_id)
+        except JobNotFoundError:  # no complete line (a submit killed mid-write), or removed since the scan
+            continue
         cols.add(job_id, (size, mtime), summarize(view))
         changed += 1
         if heal and view.ok:

@@ -217,7 +217,7 @@ def _open_output(path: Path) -> int:
     """Open a run's output file, locked (``flock``) for as long as a process holds it: the handler
     inherits the descriptor as its stdout and stderr, so the lock lives exactly as long as the
     handler (and anything it started that kept them), and ``remove_run_folder`` leaves its folder."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:  # held by a sweep deciding about a run that is over: the output is not kept anyway

@@ -25,8 +25,8 @@ from typing import IO, Any, Callable, Iterator
 
 from orchestrator import clock, faults
 from orchestrator.api import HEADS_AREA, Orchestrator
-from orchestrator.errors import ImportConflictError, IntegrityError, InvalidInputError
-from orchestrator.history import Problem, VerifiedStream, check_head_record, verify_stream
+from orchestrator.errors import ImportConflictError, IntegrityError, InvalidInputError, PathEscapeError
+from orchestrator.history import PATH_ESCAPE, Problem, VerifiedStream, check_head_record, verify_stream
 from orchestrator.security import validate_id
 from orchestrator.store.base import AUDIT_STREAM, StoredLine
 
@@ -66,16 +66,25 @@ def export_project(orch: Orchestrator, out: IO[bytes], *, allow_damaged: bool = 
                        "created_at": clock.to_iso(orch.clock())}))
     streams = events = 0
     damaged: list[dict[str, Any]] = []
-    for stream in [*sorted(orch.store.job_ids()), AUDIT_STREAM]:
-        lines = orch.store.read(stream)
+
+    def found(problems: list[Problem]) -> None:
+        if problems and not allow_damaged:
+            raise _refuse("export", problems)
+        damaged.extend(p.to_dict() for p in problems)
+
+    listed = sorted(orch.store.job_ids())
+    for view in orch.removed_jobs(listed):  # no event left to export: only what is wrong with them
+        found(list(view.problems))
+    for stream in [*listed, AUDIT_STREAM]:
+        try:
+            lines = orch.store.read(stream)
+            head = orch.store.get_aux(HEADS_AREA, stream) if stream != AUDIT_STREAM else None
+        except PathEscapeError as exc:  # a symbolic link in the file's place is never followed
+            found([Problem(stream, 0, PATH_ESCAPE, exc.message)])
+            continue
         if not lines:
             continue
-        head = orch.store.get_aux(HEADS_AREA, stream) if stream != AUDIT_STREAM else None
-        problems = _problems(orch, stream, lines, head)
-        if problems:
-            if not allow_damaged:
-                raise _refuse("export", problems)
-            damaged.extend(p.to_dict() for p in problems)
+        found(_problems(orch, stream, lines, head))
         out.write(_header({"stream": stream, "lines": len(lines),
                            "head": base64.b64encode(head).decode() if head is not None else None}))
         out.write(b"".join(s.raw + b"\n" for s in lines))

@@ -95,15 +95,21 @@ def vacate(path: "Path | str") -> bool:
 def open_creating(path: "Path | str", flags: int = os.O_WRONLY) -> int:
     """``os.open(path, flags | O_CREAT)``, creating the parent folders when they are missing, and
     taking the place of an empty directory (``vacate``); a directory that holds files raises
-    ``IsADirectoryError``."""
+    ``IsADirectoryError``. Never through a symbolic link (``PathEscapeError``), like every file of
+    the store: a planted link would have a lock or a record made anywhere."""
+    flags |= os.O_CREAT | os.O_NOFOLLOW
     try:
-        return os.open(path, flags | os.O_CREAT, 0o644)
-    except FileNotFoundError:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    except IsADirectoryError:
-        if not vacate(path):
-            raise
-    return os.open(path, flags | os.O_CREAT, 0o644)
+        try:
+            return os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except IsADirectoryError:
+            if not vacate(path):
+                raise
+        return os.open(path, flags, 0o644)
+    except OSError as exc:
+        _refuse_link(str(path), exc)
+        raise
 
 
 def _not_a_file(path: "Path | str", exc: OSError) -> str:
@@ -416,7 +422,7 @@ class JsonlStore(EventStore):
             raise ValueError(f"a record of {len(data)} bytes does not fit the {SLOT_BYTES}-byte slot of {area}/")
         slot = data + b"\n" + b" " * (SLOT_BYTES - 1 - len(data))
         try:
-            fd = open_creating(path, os.O_WRONLY | os.O_NOFOLLOW)
+            fd = open_creating(path)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 if os.pwrite(fd, slot, 0) != SLOT_BYTES:

@@ -219,3 +219,17 @@ def test_a_directory_planted_as_a_jobs_events_file_is_taken_when_empty_else_a_st
     else:
         assert orch.submit_job("rel.echo", {"x": 1}, key="k1").created
         assert orch.status(job).state == "queued"
+
+
+def test_a_symbolic_link_planted_as_an_audit_lock_is_refused_and_nothing_is_made_outside(
+        orch: Orchestrator, tmp_path: Path) -> None:
+    from orchestrator import audit
+
+    job = orch.submit("rel.echo", {"x": 1})
+    locks = orch.store.root / "locks"
+    locks.mkdir(exist_ok=True)
+    target = tmp_path / "escaped"
+    (locks / f"audit-{audit._bucket(job):02d}.lock").symlink_to(target)
+    with pytest.raises(PathEscapeError):
+        orch.cancel(job, "no")
+    assert not target.exists() and orch.status(job).state == "queued"

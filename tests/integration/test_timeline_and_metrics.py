@@ -218,3 +218,28 @@ def test_every_changed_job_is_replayed_among_many_unchanged(orch: Orchestrator) 
     assert refresh(orch).replayed == 0
     orch.store.delete_aux(HEADS_AREA, removed)  # nothing is left of it: no job at all
     assert removed not in refresh(orch).rows and len(refresh(orch).rows) == 29
+
+
+def test_metrics_skips_what_is_no_job_in_the_jobs_folder(orch: Orchestrator) -> None:
+    # a submit killed mid-write leaves a file with no complete line; a stray folder is not a file
+    job = orch.submit("echo", {})
+    jobs_dir = orch.store.path(job).parent
+    (jobs_dir / "01ARZ3NDEKTSV4RRFFQ69G5FAV.events.jsonl").write_bytes(b'{"seq":1,"ty')
+    (jobs_dir / "01ARZ3NDEKTSV4RRFFQ69G5FAW.events.jsonl").mkdir()
+    rows = refresh(orch).rows
+    assert list(rows) == [job]
+    assert compute("p", refresh(orch).columns, 0.0, Thresholds()).jobs == 1
+
+
+def test_metrics_looks_for_removed_histories_only_when_the_job_listing_changed(orch: Orchestrator,
+                                                                              monkeypatch) -> None:
+    ids = [orch.submit("echo", {"i": i}) for i in range(3)]
+    refresh(orch)
+    looked: list[int] = []
+    real = Orchestrator.removed_jobs
+    monkeypatch.setattr(Orchestrator, "removed_jobs", lambda self, listed: looked.append(1) or real(self, listed))
+    orch.cancel(ids[0], "changed")  # a job grew: the listing is the same
+    assert refresh(orch).replayed == 1 and looked == []
+    orch.store.path(ids[1]).unlink()  # a job left the listing: its head record is looked for
+    again = refresh(orch)
+    assert looked == [1] and not again.rows[ids[1]].ok

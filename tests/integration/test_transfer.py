@@ -249,3 +249,26 @@ def test_cli_export_of_a_tampered_project_exits_7_and_writes_no_file(cli_env, ba
     proc = _cli("export", "-o", str(target), env=env)
     assert proc.returncode == 7 and b"INTEGRITY_ERROR" in proc.stderr and job_id.encode() in proc.stderr
     assert not target.exists() and not list(tmp_path.glob(".out.bundle*"))
+
+
+def test_export_refuses_a_job_whose_events_were_removed_and_lists_it_when_allowed(file_orch: Orchestrator) -> None:
+    ids = fill(file_orch)
+    file_orch.store.path(ids[0]).unlink()  # its head record says it had events
+    with pytest.raises(IntegrityError, match="TRUNCATED"):
+        export_project(file_orch, io.BytesIO())
+    done = export_project(file_orch, io.BytesIO(), allow_damaged=True)
+    assert [(p["stream"], p["code"]) for p in done["damaged"]] == [(ids[0], "TRUNCATED")]
+
+
+def test_export_and_the_anchor_never_follow_a_symbolic_link_in_a_job_files_place(file_orch: Orchestrator,
+                                                                              tmp_path: Path) -> None:
+    ids = fill(file_orch)
+    outside = tmp_path / "outside.jsonl"
+    path = file_orch.store.path(ids[0])
+    outside.write_bytes(path.read_bytes())
+    path.unlink()
+    path.symlink_to(outside)
+    done = export_project(file_orch, io.BytesIO(), allow_damaged=True)
+    assert (ids[0], "PATH_ESCAPE") in [(p["stream"], p["code"]) for p in done["damaged"]]
+    anchor = export_anchor(file_orch, tmp_path / "anchor.json")  # the linked job is left out, not a crash
+    assert anchor["streams"] == len(ids)  # the other jobs and the audit log

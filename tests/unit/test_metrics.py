@@ -56,7 +56,9 @@ def test_a_threshold_that_is_nan_negative_or_a_rate_above_one_is_a_config_error(
     from orchestrator.errors import ConfigError
 
     for env in ({"ORCH_STALL_GRACE_SECONDS": "nan"}, {"ORCH_ALERT_CONVERGE_MAX_SECONDS": "NaN"},
-                {"ORCH_ALERT_STALLED_MAX": "-1"}, {"ORCH_ALERT_RESUME_SUCCESS_MIN": "1.5"}):
+                {"ORCH_ALERT_STALLED_MAX": "-1"}, {"ORCH_ALERT_RESUME_SUCCESS_MIN": "1.5"},
+                {"ORCH_STALL_GRACE_SECONDS": "inf"}, {"ORCH_ALERT_CONVERGE_MAX_SECONDS": "1e12"},
+                {"ORCH_ALERT_WAITING_HUMAN_MAX": "inf"}):  # the command line's bounds hold from Python too
         with pytest.raises(ConfigError, match=next(iter(env))):
             Thresholds.from_env(env)
     with pytest.raises(ConfigError, match="ORCH_ALERT_RESUME_SUCCESS_MIN"):
