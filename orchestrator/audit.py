@@ -5,7 +5,7 @@ backend), in the same line format as job events. Each names the job, run, actor,
 a sanitized note, and the hash of the job event it produced, so the audit log and the job
 histories can be cross-checked (``integrity.verify_project``).
 
-Healing (see docs/control-plane.md): a crash between a job event and its audit entry leaves
+Healing (docs/runbook.md, "audit heal"): a crash between a job event and its audit entry leaves
 an event with no entry. The job event is the truth, so the entry is written later, once:
 
 * every event of a type in ``AUDITED_EVENTS`` must have exactly one entry;
@@ -21,17 +21,12 @@ an event with no entry. The job event is the truth, so the entry is written late
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
-import os
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from orchestrator import clock, faults
-from orchestrator.errors import StorageError
 from orchestrator.history import head_record, seal
 from orchestrator.security import sanitize_text
 from orchestrator.signing import line_hash
@@ -62,10 +57,6 @@ _NOTE_FIELD = {"job_approved": "note", "job_revised": "notes", "job_resumed": "a
 
 
 # -- the pending lock -----------------------------------------------------------------------------
-_local_locks: dict[tuple[int, int], threading.Lock] = {}
-_local_guard = threading.Lock()
-
-
 def _bucket(job_id: str) -> int:
     return hashlib.sha256(job_id.encode()).digest()[0] % LOCK_BUCKETS
 
@@ -74,29 +65,11 @@ def _bucket(job_id: str) -> int:
 def pending(orch: "Orchestrator", job_id: str) -> Iterator[None]:
     """Hold the job's pending lock: between a job event and its audit entry, nobody heals.
 
-    On the file backend an ``flock`` on ``locks/audit-NN.lock`` (released by the kernel if the
-    process dies, and exclusive between threads too, since each call opens its own file);
-    elsewhere a process-local lock. Jobs share 64 buckets, so an unrelated job may wait a moment.
+    ``EventStore.exclusive``: between processes on every backend (an ``flock`` on files, an advisory
+    lock on PostgreSQL, where the event and its entry commit in two transactions), released if the
+    holder dies. Jobs share 64 buckets, so an unrelated job may wait a moment.
     """
-    root = getattr(orch.store, "root", None)
-    bucket = _bucket(job_id)
-    if isinstance(root, Path):
-        from orchestrator.store.jsonl import open_creating
-
-        path = root / "locks" / f"audit-{bucket:02d}.lock"
-        try:
-            fd = open_creating(path, os.O_RDWR)
-        except OSError as exc:  # no inode left, or a directory holding files in its place
-            raise StorageError(f"could not open the lock {path}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-        return
-    with _local_guard:
-        lock = _local_locks.setdefault((id(orch.store), bucket), threading.Lock())
-    with lock:
+    with orch.store.exclusive(f"audit-{_bucket(job_id):02d}"):
         yield
 
 

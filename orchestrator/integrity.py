@@ -28,6 +28,7 @@ ANCHOR_FORMAT = "jsonl-orchestrator/anchor/v1"
 
 AUDIT_EVENT_MISSING = "AUDIT_EVENT_MISSING"  # an audit entry names an event its job does not hold
 AUDIT_ENTRY_MISSING = "AUDIT_ENTRY_MISSING"  # an audited event has no entry (a crash; healed by the next command)
+AUDIT_ENTRY_DUPLICATE = "AUDIT_ENTRY_DUPLICATE"  # a second entry for one event (a heal raced its writer)
 
 
 @dataclass
@@ -64,7 +65,13 @@ def _cross_check(report: VerifyReport, job_id: str, view: Any, claims: list[tupl
 
     hashes = [line_hash(s.raw) for s in view.stream.lines] if view is not None else []
     present = set(hashes)
+    first_entry: dict[str, int] = {}
     for seq, eh in claims:
+        if eh in first_entry:  # not a forgery (signed), but the log says the action happened twice
+            report.warnings.append(Problem(AUDIT_STREAM, seq, AUDIT_ENTRY_DUPLICATE,
+                                           f"names event {eh[:16]}... of job {job_id}, as entry {first_entry[eh]} "
+                                           "already does (a heal raced the event's writer)"))
+        first_entry.setdefault(eh, seq)
         if eh not in present:
             report.problems.append(Problem(AUDIT_STREAM, seq, AUDIT_EVENT_MISSING,
                                            f"names event {eh[:16]}... of job {job_id}, which its history does not hold "

@@ -7,6 +7,8 @@ Every backend passes ``tests/contract``.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -35,6 +37,10 @@ Builder = Callable[[Head], Sequence[bytes]]
 AuxWrites = Callable[[Head], Mapping[tuple[str, str], "bytes | None"]]
 # statements run on the store's own connection inside an append's transaction (``atomic_aux`` stores)
 InTransaction = Callable[[Any], None]
+
+
+_LOCAL_LOCKS: dict[tuple[int, str], threading.Lock] = {}
+_LOCAL_GUARD = threading.Lock()
 
 
 class EventStore(ABC):
@@ -125,6 +131,16 @@ class EventStore(ABC):
                 self.delete_aux(area, key)
             else:
                 self.put_aux(area, key, data)
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Hold the lock ``name`` for the block, exclusive between every process and thread using this
+        store, and released if the holder dies. What spans several writes uses it (an audited event
+        and its entry, against a heal). Default: a lock of this process (the memory store)."""
+        with _LOCAL_GUARD:
+            lock = _LOCAL_LOCKS.setdefault((id(self), name), threading.Lock())
+        with lock:
+            yield
 
     @staticmethod
     def _no_transaction(in_transaction: InTransaction | None) -> None:

@@ -444,6 +444,21 @@ class JsonlStore(EventStore):
         with entries:  # a dot name is a writer's temporary copy
             return sorted(e.name for e in entries if not e.name.startswith(".") and not e.is_dir(follow_symlinks=False))
 
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """An ``flock`` on ``locks/<name>.lock``: released by the kernel if the process dies, and
+        exclusive between threads too (each call opens its own file)."""
+        path = self.root / "locks" / f"{validate_id(name, 'lock name')}.lock"
+        try:
+            fd = open_creating(path, os.O_RDWR)
+        except OSError as exc:  # no inode left, or a directory holding files in its place
+            raise StorageError(f"could not open the lock {path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def delete_aux(self, area: str, key: str) -> None:
         path = self._aux_path(area, key)
         try:

@@ -18,6 +18,8 @@ transaction on that stream, so the index and its ``NOTIFY`` commit together with
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import threading
 from typing import Any, Iterator
@@ -260,6 +262,27 @@ class PostgresStore(EventStore):
         rows = self._run(lambda conn: conn.execute(
             "SELECT key FROM orch_aux WHERE project = %s AND area = %s ORDER BY key", (self.project, area)).fetchall())
         return [r[0] for r in rows]
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """A session advisory lock (``pg_advisory_lock``) on a connection kept for the block: every
+        process using this database for the project takes turns, and the server releases it when
+        the holder's connection ends (the process died)."""
+        key = int.from_bytes(hashlib.sha256(f"{self.project}\0{name}".encode()).digest()[:8], "big", signed=True)
+        conn = self._take()
+        try:
+            conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        except BaseException:
+            conn.close()
+            raise
+        try:
+            yield
+        finally:
+            try:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                self._give(conn)
+            except Exception:  # the session is gone, and its lock with it
+                conn.close()
 
     def delete_aux(self, area: str, key: str) -> None:
         self._run(lambda conn: conn.execute("DELETE FROM orch_aux WHERE project = %s AND area = %s AND key = %s",

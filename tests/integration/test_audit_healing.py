@@ -140,3 +140,57 @@ def test_append_with_audit_holds_the_pending_lock_between_event_and_entry(orch: 
         faults.disarm_all()
     healers[0].join(timeout=10)
     assert len(entries(orch, job_id, "resume")) == 1
+
+
+@pytest.fixture(params=["jsonl", pytest.param("postgres", marks=pytest.mark.postgres)])
+def two_processes(request: pytest.FixtureRequest, base: Path, keyring):
+    """Two orchestrators over one project, each with its own store, as two processes have."""
+    if request.param == "jsonl":
+        yield tuple(Orchestrator(base_path=base, project_id="proj", keyring=keyring) for _ in range(2))
+        return
+    from backends import TestPostgresStore
+
+    from orchestrator.store.postgres import PostgresStore
+
+    first = TestPostgresStore()
+    second = PostgresStore(first.url, first.project)
+    yield (Orchestrator(base_path=base, project_id=first.project, keyring=keyring, store=first),
+           Orchestrator(base_path=base, project_id=first.project, keyring=keyring, store=second))
+    second.close()
+    first.close()
+
+
+def test_another_process_never_heals_an_event_whose_writer_is_between_event_and_entry(two_processes) -> None:
+    # on PostgreSQL the event and its entry commit in two transactions: the pending lock must hold
+    # between processes there too (it was a lock of one process: a racing resume wrote a second entry)
+    from orchestrator import faults
+
+    writer, other = two_processes
+    job_id = js.waiting_human(writer)
+    healers: list[threading.Thread] = []
+
+    def heal_in_between() -> None:
+        healer = threading.Thread(target=lambda: audit.heal(other, [other.load(job_id)]))
+        healer.start()
+        healer.join(timeout=0.3)
+        assert healer.is_alive(), "another process's heal must wait for the writer's lock"
+        healers.append(healer)
+
+    faults.arm("append.after_event", heal_in_between)
+    try:
+        writer.resume(job_id, "yes")
+    finally:
+        faults.disarm_all()
+    healers[0].join(timeout=10)
+    assert len(entries(writer, job_id, "resume")) == 1
+    assert other.resume(job_id, "yes").already_applied and len(entries(writer, job_id, "resume")) == 1
+
+
+def test_verify_warns_of_a_second_entry_for_one_event(orch: Orchestrator) -> None:
+    # what the race above left behind before the pending lock held between processes on PostgreSQL
+    job_id = js.waiting_human(orch)
+    orch.resume(job_id, "yes")
+    event = orch.load(job_id).stream.lines[-1].raw
+    audit.record(orch, job_id=job_id, action="resume", actor="healer", note="yes", event_line=event)
+    report = verify_project(orch)
+    assert report.ok and [w.code for w in report.warnings] == ["AUDIT_ENTRY_DUPLICATE"]
