@@ -120,28 +120,6 @@ def test_verify_detects_a_job_file_cut_back_consistently(orch: Orchestrator) -> 
     assert report.problems[0].stream == AUDIT_STREAM
 
 
-def test_append_with_audit_holds_the_pending_lock_between_event_and_entry(orch: Orchestrator) -> None:
-    from orchestrator import faults
-
-    job_id = js.waiting_human(orch)
-    healers: list[threading.Thread] = []
-
-    def heal_in_between() -> None:  # runs after the event is durable, before its entry
-        healer = threading.Thread(target=lambda: audit.heal(orch, [orch.load(job_id)]))
-        healer.start()
-        healer.join(timeout=0.3)
-        assert healer.is_alive(), "heal must not write while the writer is between event and entry"
-        healers.append(healer)
-
-    faults.arm("append.after_event", heal_in_between)
-    try:
-        orch.resume(job_id, "yes")
-    finally:
-        faults.disarm_all()
-    healers[0].join(timeout=10)
-    assert len(entries(orch, job_id, "resume")) == 1
-
-
 @pytest.fixture(params=["jsonl", pytest.param("postgres", marks=pytest.mark.postgres)])
 def two_processes(request: pytest.FixtureRequest, base: Path, keyring):
     """Two orchestrators over one project, each with its own store, as two processes have."""
