@@ -37,10 +37,11 @@ _APPEND = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW
 
 
 def _nofollow(path: str, flags: int) -> int:
-    """``open``'s opener for an events file or a slot: never through a symbolic link, which could lead
-    anywhere (outside ``BASE_PATH/<PROJECT_ID>``); the link itself fails with ``ELOOP``. Free: no
-    extra system call."""
-    return os.open(path, flags | os.O_NOFOLLOW)
+    """``open``'s opener for reading an events file or a slot: never through a symbolic link, which
+    could lead anywhere (outside ``BASE_PATH/<PROJECT_ID>``); the link itself fails with ``ELOOP``.
+    Non-blocking, so a FIFO planted in a file's place reads as empty instead of hanging the reader
+    (no effect on a regular file). Free: no extra system call."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
 
 
 def _refuse_link(path: str, exc: OSError) -> None:

@@ -233,3 +233,27 @@ def test_a_symbolic_link_planted_as_an_audit_lock_is_refused_and_nothing_is_made
     with pytest.raises(PathEscapeError):
         orch.cancel(job, "no")
     assert not target.exists() and orch.status(job).state == "queued"
+
+
+def test_a_fifo_planted_in_a_job_files_place_never_hangs_a_read(orch: Orchestrator) -> None:
+    import os
+    import threading
+
+    from orchestrator.errors import JobNotFoundError
+
+    orch.submit("rel.echo", {"x": 1})
+    fifo = orch.store.path("01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    os.mkfifo(fifo)
+    outcome: list[object] = []
+
+    def read() -> None:
+        try:
+            orch.status(fifo.name.split(".")[0])
+        except JobNotFoundError as exc:  # no event in it, and no head record: no job
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=5)
+    assert not reader.is_alive(), "opening the FIFO blocked the read"
+    assert len(outcome) == 1 and [st.job_id for st in orch.jobs()] != []
