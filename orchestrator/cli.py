@@ -212,7 +212,8 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
 def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, against: str | None) -> int:
     """Check the signatures and hash chains of every events file and of the audit log.
 
-    Names the file and line of each problem; exits 7 on any integrity problem.
+    Also reports a job whose events are all gone while its head record remains (its file deleted
+    or emptied). Names the file and line of each problem; exits 7 on any integrity problem.
     """
     from orchestrator.integrity import check_anchor, export_anchor, verify_project
 
@@ -263,14 +264,6 @@ def keys_command(fn: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-def _keyring_folder() -> Path:
-    import os
-
-    from orchestrator.signing import default_keyring_dir
-
-    return Path(os.environ.get("ORCH_KEYRING_DIR") or default_keyring_dir())
-
-
 @keys.command("list", context_settings=CONTEXT)
 @keys_command
 def keys_list(out: Output) -> None:
@@ -288,9 +281,9 @@ def keys_list(out: Output) -> None:
 def keys_rotate(out: Output) -> None:
     """Create a new signing key in the keyring folder; old public keys keep verifying old events."""
     from orchestrator.errors import SigningKeyError
-    from orchestrator.signing import write_keypair
+    from orchestrator.signing import keyring_dir, write_keypair
 
-    folder = _keyring_folder()
+    folder = keyring_dir()
     try:
         kid = write_keypair(folder)
     except OSError as exc:
@@ -304,9 +297,9 @@ def keys_rotate(out: Output) -> None:
 def keys_revoke(out: Output, kid: str) -> None:
     """Stop trusting KID: events it signed fail verification with KEY_REVOKED."""
     from orchestrator.errors import SigningKeyError
-    from orchestrator.signing import REVOKED_FILE
+    from orchestrator.signing import REVOKED_FILE, keyring_dir
 
-    folder = _keyring_folder()
+    folder = keyring_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(folder / REVOKED_FILE, "a") as fh:

@@ -34,7 +34,7 @@ from orchestrator import faults
 from orchestrator.errors import StorageError
 from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import InTransaction
-from orchestrator.store.jsonl import open_creating, vacate
+from orchestrator.store.jsonl import open_creating, remove_file
 from orchestrator.wakeup import Watcher, make_watcher
 
 if TYPE_CHECKING:
@@ -342,23 +342,12 @@ class FileQueueIndex(QueueIndex):
             with contextlib.suppress(OSError):
                 folder.mkdir(parents=True, exist_ok=True)
 
-    @staticmethod
-    def _unlink(path: str) -> None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except (IsADirectoryError, PermissionError):  # a directory named like an entry (EISDIR; EPERM on BSDs)
-            if not os.path.isdir(path):
-                raise
-            vacate(path)  # an empty one goes; one holding files stays, met again and skipped like this
-
     def put_ready(self, entry: ReadyEntry) -> None:
         self._touch(os.path.join(self._ready_s, entry.name))
         faults.point("queue.after_put_ready")
 
     def drop_ready(self, entry: ReadyEntry) -> None:
-        self._unlink(os.path.join(self._ready_s, entry.name))
+        remove_file(os.path.join(self._ready_s, entry.name))
 
     def announce(self, entry: ReadyEntry) -> None:
         # IN_ATTRIB wakes watchers only now that the event is durable
@@ -434,7 +423,7 @@ class FileQueueIndex(QueueIndex):
         self._touch(os.path.join(self._running_s, self._running_name(job_id, epoch)))
 
     def drop_running(self, job_id: str, epoch: int | None = None) -> None:
-        self._unlink(os.path.join(self._running_s, self._running_name(job_id, epoch)))
+        remove_file(os.path.join(self._running_s, self._running_name(job_id, epoch)))
 
     def running_entries(self) -> list[tuple[str, int | None]]:
         try:

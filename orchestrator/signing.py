@@ -234,6 +234,12 @@ def default_keyring_dir() -> Path:
     return Path(base) / "jsonl-orchestrator" / "keys"
 
 
+def keyring_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The keyring folder: ``ORCH_KEYRING_DIR``, else ``default_keyring_dir()``."""
+    env = os.environ if env is None else env
+    return Path(env.get("ORCH_KEYRING_DIR") or default_keyring_dir())
+
+
 # The DER of an Ed25519 key in the two forms ``write_keypair`` writes (RFC 8410): a fixed prefix and the
 # 32 raw bytes. Any other encoding of a key is read by ``cryptography``.
 _PKCS8_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
@@ -267,8 +273,11 @@ def _key_file_stat(path: Path, what: str) -> os.stat_result:
     return st
 
 
-def _read_key_file(path: Path, what: str) -> bytes:
-    _key_file_stat(path, what)
+def _read_key_file(path: Path, what: str, *, owner_only: bool = False) -> bytes:
+    """The bytes of a key file (``_key_file_stat``); with ``owner_only``, one that others may read is refused."""
+    mode = _key_file_stat(path, what).st_mode
+    if owner_only and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SigningKeyError(f"{what} {path} is readable by others; run: chmod 600 {path}")
     try:
         return path.read_bytes()
     except OSError as exc:
@@ -276,9 +285,7 @@ def _read_key_file(path: Path, what: str) -> bytes:
 
 
 def _private_from_pem_file(path: Path) -> bytes:
-    if _key_file_stat(path, "signing key file").st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise SigningKeyError(f"signing key file {path} is readable by others; run: chmod 600 {path}")
-    data = _read_key_file(path, "signing key file")
+    data = _read_key_file(path, "signing key file", owner_only=True)
     seed = _raw_from_pem(data, b"PRIVATE KEY", _PKCS8_PREFIX)
     if seed is not None:
         return seed
@@ -399,7 +406,7 @@ def load_keyring(env: Mapping[str, str] | None = None, *, announce: bool = True)
     that cannot be read is a ``SigningKeyError`` naming it.
     """
     env = os.environ if env is None else env
-    directory = Path(env.get("ORCH_KEYRING_DIR") or default_keyring_dir())
+    directory = keyring_dir(env)
     folders = [str(directory), *filter(None, [env.get("ORCH_TRUSTED_KEYS_DIR")])]
     ring = Keyring(source=str(directory), paths=tuple(folders))
     for folder in folders:

@@ -264,7 +264,8 @@ class Worker:
         folder is made only after its claim (and its running entry) is written, so a folder listed
         here whose run is live is seen as running. A run the events say is over but whose handler
         still runs (a worker paused past its lease, a cancel not yet noticed) holds its output's
-        lock, and its folder stays (``remove_run_folder``)."""
+        lock, and its folder stays (``remove_run_folder``). So the running jobs are read here again
+        rather than taken from this pass's recovery, which read them before the listing."""
         try:
             names = [n for n in os.listdir(self.runs_root) if n.startswith(RUN_PREFIX)]
         except OSError:

@@ -93,6 +93,19 @@ def vacate(path: "Path | str") -> bool:
     return True
 
 
+def remove_file(path: "Path | str") -> None:
+    """Remove a record or index file; one already gone is fine, and a directory in its place goes
+    only when empty (``vacate``): one holding files stays, met again and passed over like this."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except (IsADirectoryError, PermissionError):  # Linux says EISDIR for a directory, BSDs EPERM
+        if not os.path.isdir(path):
+            raise
+        vacate(path)
+
+
 def open_creating(path: "Path | str", flags: int = os.O_WRONLY) -> int:
     """``os.open(path, flags | O_CREAT)``, creating the parent folders when they are missing, and
     taking the place of an empty directory (``vacate``); a directory that holds files raises
@@ -461,15 +474,7 @@ class JsonlStore(EventStore):
             os.close(fd)
 
     def delete_aux(self, area: str, key: str) -> None:
-        path = self._aux_path(area, key)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except (IsADirectoryError, PermissionError):  # Linux says EISDIR for a directory, BSDs EPERM
-            if not os.path.isdir(path):
-                raise
-            vacate(path)  # no record either way: one holding files is left for an operator
+        remove_file(self._aux_path(area, key))
 
     def get_aux(self, area: str, key: str) -> bytes | None:
         """The record, or None when there is none; a directory in its place (a stray ``mkdir``, not

@@ -69,6 +69,11 @@ def _driver() -> Any:
     return psycopg
 
 
+def _storage_error(exc: Exception) -> StorageError:
+    """A driver error as the project's error: the message sanitized (a URL may hold a password)."""
+    return StorageError(sanitize_text(f"PostgreSQL error: {exc}".strip()) + "; nothing was written")
+
+
 def connect(url: str, *, autocommit: bool = False) -> Any:
     """A psycopg connection with durable commits; connection failures become ``StorageError``."""
     psycopg = _driver()
@@ -140,7 +145,7 @@ class PostgresStore(EventStore):
         except psycopg.Error as exc:
             if getattr(exc, "sqlstate", None) != FENCED_SQLSTATE:
                 conn.close()
-                raise StorageError(sanitize_text(f"PostgreSQL error: {exc}".strip()) + "; nothing was written") from None
+                raise _storage_error(exc) from None
             self._give(conn)
             raise LeaseLostError(sanitize_text(f"refused by the database: {exc.diag.message_primary or exc}"),
                                  fenced=True) from None
@@ -269,11 +274,14 @@ class PostgresStore(EventStore):
         process using this database for the project takes turns, and the server releases it when
         the holder's connection ends (the process died)."""
         key = int.from_bytes(hashlib.sha256(f"{self.project}\0{name}".encode()).digest()[:8], "big", signed=True)
+        psycopg = _driver()
         conn = self._take()
         try:
             conn.execute("SELECT pg_advisory_lock(%s)", (key,))
-        except BaseException:
+        except BaseException as exc:
             conn.close()
+            if isinstance(exc, psycopg.Error):  # as every other call of this store reports it (``_run``)
+                raise _storage_error(exc) from None
             raise
         try:
             yield
