@@ -155,8 +155,8 @@ def export_anchor(orch: Orchestrator, path: Path) -> dict[str, Any]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         error = StorageError if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO) else InvalidInputError
-        raise error(f"cannot write the head anchor to {path}: {exc.strerror or exc}; the verification itself "
-                    "passed, and no anchor was written") from None
+        raise error(f"cannot write the head anchor to {path}: {exc.strerror or exc}; no anchor was written "
+                    "(an older one there is left as it was)") from None
     return {"path": str(path), "streams": len(body["heads"]), "created_at": body["created_at"]}
 
 
