@@ -50,11 +50,19 @@ def latest_version() -> int:
 
 
 def current_version(conn: Any) -> int:
-    """The schema version of the database (0 when never migrated)."""
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (MIGRATIONS_TABLE,)).fetchone()
-    if not row[0]:
-        return 0
-    return conn.execute(f"SELECT coalesce(max(version), 0) FROM {MIGRATIONS_TABLE}").fetchone()[0]
+    """The schema version of the database (0 when never migrated). A driver error (a role with no
+    privilege on the table, say) is a ``StorageError``, as from every call of the store."""
+    import psycopg
+
+    from orchestrator.store.postgres import _storage_error
+
+    try:
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (MIGRATIONS_TABLE,)).fetchone()
+        if not row[0]:
+            return 0
+        return conn.execute(f"SELECT coalesce(max(version), 0) FROM {MIGRATIONS_TABLE}").fetchone()[0]
+    except psycopg.Error as exc:
+        raise _storage_error(exc) from None
 
 
 def migrate(url: str) -> dict[str, Any]:

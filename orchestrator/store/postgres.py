@@ -79,12 +79,12 @@ def connect(url: str, *, autocommit: bool = False) -> Any:
     psycopg = _driver()
     try:
         conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
+        # A server configured with synchronous_commit=off could lose acknowledged appends.
+        conn.execute("SET synchronous_commit = on")
+        if not autocommit:
+            conn.commit()
     except psycopg.Error as exc:
         raise StorageError(sanitize_text(f"cannot connect to PostgreSQL at {url}: {exc}".strip())) from None
-    # A server configured with synchronous_commit=off could lose acknowledged appends.
-    conn.execute("SET synchronous_commit = on")
-    if not autocommit:
-        conn.commit()
     return conn
 
 
@@ -112,7 +112,11 @@ class PostgresStore(EventStore):
         if conn is None or conn.closed:
             conn = connect(self.url, autocommit=True)
         if not self._checked:
-            self._check_schema(conn)
+            try:
+                self._check_schema(conn)
+            except BaseException:
+                conn.close()
+                raise
         return conn
 
     def _give(self, conn: Any) -> None:

@@ -107,3 +107,43 @@ def test_a_migration_that_dies_before_its_version_row_leaves_no_trace_and_the_ne
         assert again["applied"] == [f"{last.version:04d}_{last.name}"] and current_version(conn) == latest_version()
     finally:
         conn.close()
+
+
+
+@pytest.fixture
+def unprivileged_url(scratch_db: str):
+    """The URL of a migrated database, as a role that may log in but read none of its tables."""
+    migrate(scratch_db)
+    role = f"orch_noaccess_{uuid.uuid4().hex[:8]}"
+    admin = connect(scratch_db, autocommit=True)
+    admin.execute(f"CREATE ROLE {role} LOGIN")
+    scheme, _, rest = scratch_db.partition("://")
+    try:
+        yield f"{scheme}://{role}@{rest.partition('@')[2]}"
+    finally:
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.close()
+
+
+def test_a_role_that_may_not_read_the_schema_gets_a_storage_error_not_a_driver_traceback(unprivileged_url) -> None:
+    """The first call of a store checks the schema's version; a driver error there is reported like
+    every other call's, as ``StorageError``."""
+    from orchestrator.errors import StorageError
+    from orchestrator.store.postgres import PostgresStore
+
+    store = PostgresStore(unprivileged_url, "p")
+    with pytest.raises(StorageError, match="permission denied"):
+        store.has_jobs()
+    store.close()
+
+
+def test_db_status_as_a_role_that_may_not_read_the_schema_is_a_storage_error(unprivileged_url) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    result = CliRunner().invoke(cli, ["db", "status", "--store", unprivileged_url, "--json"])
+    assert result.exit_code == 10, result.output
+    assert json.loads(result.stdout)["error"] == "STORAGE_ERROR"
