@@ -15,6 +15,7 @@ import ctypes.util
 import fcntl
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -29,6 +30,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from orchestrator.security import sanitize_text
 from orchestrator.store.jsonl import STRAY_AGE, pid_alive
 
 if TYPE_CHECKING:  # handlers imports this module
@@ -660,15 +662,28 @@ class HostRun(Child):
         self.host.clear_output()
 
 
-def tail(path: Path, limit: int = 4000) -> str:
-    """The last ``limit`` bytes of a file as text (not yet sanitized)."""
+# Read before a tail as well, so that a secret the tail's cut goes through is seen whole by
+# ``sanitize_text`` (or falls on the dropped first line), not left as an unrecognisable half.
+TAIL_MARGIN_BYTES = 16 * 1024
+_LINE_BREAK = re.compile(r"[\r\n]")
+
+
+def sanitized_tail(path: Path, limit: int = 4000) -> str:
+    """The last ``limit`` characters of a run's output, sanitized ("..." first when cut).
+
+    A cut must never go through a secret before it is sanitized: half a ``password=...`` or a
+    private key without its BEGIN line matches no pattern. So ``TAIL_MARGIN_BYTES`` more are read,
+    the first line of what was read (cut at an arbitrary byte) is dropped, the rest is sanitized,
+    and only then is it cut to ``limit``."""
     try:
         with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - limit))
+            size = fh.seek(0, os.SEEK_END)
+            start = fh.seek(max(0, size - limit - TAIL_MARGIN_BYTES))
             data = fh.read()
     except FileNotFoundError:
         return ""
     text = data.decode("utf-8", errors="replace")
-    return ("..." + text) if size > limit else text
+    if start > 0 and (first_break := _LINE_BREAK.search(text)):
+        text = text[first_break.end():]
+    text = sanitize_text(text)
+    return "..." + text[-limit:] if start > 0 or len(text) > limit else text

@@ -53,6 +53,10 @@ _PEM = re.compile(
     r"-----BEGIN[A-Z0-9 ]{0,64}PRIVATE KEY-----"
     r"(?:[\s\S]*?-----END[A-Z0-9 ]{0,64}PRIVATE KEY-----|[\s\S]*)"  # unterminated: to the end
 )
+# The END line of a key whose BEGIN line is not in the text (a tail cut through it), and the
+# body lines of the key left before it (``_redact_headless_keys``).
+_PEM_END = re.compile(r"-----END[A-Z0-9 ]{0,64}PRIVATE KEY-----")
+_PEM_BODY_LINE = re.compile(r"[A-Za-z0-9+/=]*\r?")
 # ``scheme://user:pass@host``; the password runs to the last ``@`` of the authority.
 _URL_CREDS = re.compile(r"""://[^\s:/?#@"'<>]*:(?P<v>[^\s/?#"'<>]+)@""")
 _HEADER = re.compile(
@@ -97,6 +101,27 @@ def _redact_values(rx: re.Pattern[str], text: str) -> str:
     return "".join(out)
 
 
+def _redact_headless_keys(text: str) -> str:
+    """Redact a private key's END line with the base64 lines before it, when its BEGIN line is not
+    there (``_PEM`` has already taken every whole key): what is left of a key in a cut text.
+    Linear: each line is looked at once, walking back from an END line to the first that is not
+    base64."""
+    out: list[str] = []
+    pos = 0
+    for m in _PEM_END.finditer(text):
+        start = m.start()
+        while start > pos and text[start - 1] == "\n":  # the line before is whole: is it the key's?
+            line_start = max(text.rfind("\n", pos, start - 1) + 1, pos)
+            if not _PEM_BODY_LINE.fullmatch(text, line_start, start - 1):
+                break
+            start = line_start
+        out.append(text[pos:start])
+        out.append(REDACTED)
+        pos = m.end()
+    out.append(text[pos:])
+    return "".join(out)
+
+
 def sanitize_text(text: str) -> str:
     """Return ``text`` with secret values replaced by ``[REDACTED]``, key names kept.
 
@@ -106,6 +131,8 @@ def sanitize_text(text: str) -> str:
     if not isinstance(text, str):
         text = str(text)
     text = _PEM.sub(REDACTED, text)
+    if "-----END" in text:
+        text = _redact_headless_keys(text)
     for rx in (_URL_CREDS, _HEADER, _CLI, _KV):
         text = _redact_values(rx, text)
     return _SHAPES.sub(REDACTED, text)

@@ -46,7 +46,7 @@ from orchestrator.limits import MAX_DURATION_SECONDS
 from orchestrator.payload import DONE, NEEDS_AUDIT, NEEDS_HUMAN, Payload, parse_payload
 from orchestrator.queue import ReadyEntry
 from orchestrator.runner import (HOST_PREFIX, Child, HandlerHost, precise_sleeps, remove_run_folder,
-                                 sweep_dead_host_folders, tail)
+                                 sanitized_tail, sweep_dead_host_folders)
 from orchestrator.security import safe_join, sanitize_obj, sanitize_text, validate_id
 from orchestrator.state import QUEUED, RUNNING, WAITING_HUMAN, JobState
 
@@ -620,7 +620,7 @@ class Worker:
         if event == "job_timeout":
             data["timeout"] = s.timeout
         else:
-            data["output_tail"] = sanitize_text(tail(output, OUTPUT_TAIL_BYTES)) if output else ""
+            data["output_tail"] = sanitized_tail(output, OUTPUT_TAIL_BYTES) if output else ""
             data["summary"] = sanitize_text(payload.summary if payload else "")[:4000]
         outcome = "retry" if "retry_at" in data else "failed"
         return self._finish(claim, [(event, data)], outcome, error_code=code)
@@ -629,7 +629,7 @@ class Worker:
         data = {"error_code": "WORKER_STOPPED", "worker_id": self.worker_id,
                 "error": f"worker {self.worker_id} stopped; the run was killed after the "
                          f"{self.settings.stop_grace_seconds:g}s grace period and handed back",
-                "output_tail": sanitize_text(tail(output, OUTPUT_TAIL_BYTES))}
+                "output_tail": sanitized_tail(output, OUTPUT_TAIL_BYTES)}
         return self._finish(claim, [("job_released", data)], "released", error_code="WORKER_STOPPED",
                             audit=("job_released", data["error"]))
 

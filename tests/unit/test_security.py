@@ -348,3 +348,10 @@ def test_validate_artifact_path_rejects_symlinks_pointing_outside(tmp_path: Path
 def test_validate_artifact_path_rejects_non_string(tmp_path: Path) -> None:
     with pytest.raises(PathEscapeError):
         validate_artifact_path(tmp_path, None)  # type: ignore[arg-type]
+
+
+def test_a_key_whose_begin_line_was_cut_away_is_redacted_from_its_body_to_its_end_line() -> None:
+    """What is left of a key in the tail of some output: body lines and the END line, no BEGIN."""
+    cut = "log line: starting\nMIIEpAIBAAKCAQEA1q2w3e4r5\nt6y7u8i9o0p+/==\n-----END RSA PRIVATE KEY-----\nexit 1"
+    assert sanitize_text(cut) == f"log line: starting\n{REDACTED}\nexit 1"
+    assert sanitize_text("A1b2\r\nC3d4\r\n-----END PRIVATE KEY-----\r\n") == f"{REDACTED}\r\n"

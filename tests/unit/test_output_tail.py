@@ -1,0 +1,37 @@
+"""The output tail kept in a failure event: sanitized before it is cut, so no cut hides a secret."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.runner import TAIL_MARGIN_BYTES, sanitized_tail
+from orchestrator.security import REDACTED
+
+KEY_BODY = [("MIIJQgIBADANBgkqhkiG9w0BAQEFAASCCSwwggkoAgEAAoICAQ" + f"{i:014d}")[:64] for i in range(100)]  # ~6.5 KB: an RSA-4096 key
+PEM = "-----BEGIN PRIVATE KEY-----\n" + "\n".join(KEY_BODY) + "\n-----END PRIVATE KEY-----\n"
+
+
+def test_a_private_key_printed_before_a_few_lines_leaves_none_of_its_body_in_the_tail(tmp_path: Path) -> None:
+    out = tmp_path / "output.log"
+    out.write_text("starting\n" + PEM + "".join(f"step {i} done\n" for i in range(30)) + "exit 1\n")
+    cut_at = out.stat().st_size - 4000
+    assert out.read_text().index("BEGIN") < cut_at < out.read_text().index("END")  # a 4000-byte cut is inside the key
+    tail = sanitized_tail(out, 4000)
+    assert not any(line in tail for line in KEY_BODY) and "END PRIVATE KEY" not in tail
+    assert tail.endswith("step 29 done\nexit 1\n") and REDACTED in tail
+
+
+def test_a_secret_the_read_starts_inside_of_is_dropped_with_its_line(tmp_path: Path) -> None:
+    out = tmp_path / "output.log"
+    value = "s3cr3t" * ((TAIL_MARGIN_BYTES + 8000) // 6)  # longer than the margin and the tail together
+    out.write_text(f"password={value}\nlast line\n")
+    for limit in (4000, 100):
+        tail = sanitized_tail(out, limit)
+        assert "s3cr3t" not in tail  # the read began inside the value: the whole line is dropped
+        assert tail == "...last line\n"
+
+
+def test_a_short_output_is_kept_whole_and_sanitized(tmp_path: Path) -> None:
+    out = tmp_path / "output.log"
+    out.write_text("token=abc123\nbye\n")
+    assert sanitized_tail(out, 4000) == f"token={REDACTED}\nbye\n"
+    assert sanitized_tail(tmp_path / "missing.log", 4000) == ""
