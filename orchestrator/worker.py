@@ -623,7 +623,9 @@ class Worker:
             data["output_tail"] = sanitized_tail(output, OUTPUT_TAIL_BYTES) if output else ""
             data["summary"] = sanitize_text(payload.summary if payload else "")[:4000]
         outcome = "retry" if "retry_at" in data else "failed"
-        return self._finish(claim, [(event, data)], outcome, error_code=code)
+        # a timeout is the worker's decision, so it has its audit entry (``audit.AUDITED_EVENTS``)
+        audit = (event, data["error"]) if event == "job_timeout" else None
+        return self._finish(claim, [(event, data)], outcome, error_code=code, audit=audit)
 
     def _release(self, claim: Claim, output: Path) -> RunResult:
         data = {"error_code": "WORKER_STOPPED", "worker_id": self.worker_id,

@@ -727,6 +727,17 @@ def test_a_run_past_its_timeout_is_killed_with_its_process_group(orch, tmp_path:
     assert wait_until(lambda: not alive(grandchild), 5.0)
 
 
+def test_a_timeout_is_audited_with_its_event_not_left_for_heal(orch) -> None:
+    from orchestrator.integrity import verify_project
+
+    job = orch.submit("command", {"argv": [PY, "-c", "import time; time.sleep(30)"]}, timeout=0.3, max_attempts=1)
+    make_worker(orch).run_once()
+    entries = [json.loads(s.raw) for s in orch.store.read(AUDIT_STREAM)]
+    timeouts = [e["data"] for e in entries if e["job_id"] == job and e["data"]["action"] == "job_timeout"]
+    assert len(timeouts) == 1 and "healed" not in timeouts[0]
+    assert verify_project(orch).warnings == []
+
+
 def alive(pid: int) -> bool:
     """True for a live process (a zombie nobody reaped yet counts as dead)."""
     try:
