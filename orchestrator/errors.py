@@ -111,6 +111,11 @@ class StorageError(OrchestratorError):
     exit_code = 10
 
 
+class StorageUnavailableError(StorageError):
+    """The store could not be reached (a connection lost or refused: a server restarting, a network
+    failure). It may pass: a worker waits and tries again once it has reached the store."""
+
+
 class HandlerNotFoundError(OrchestratorError):
     """No handler is registered for the job's kind."""
 

@@ -39,7 +39,7 @@ from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCE
                                  DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
                                  HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS)
 from orchestrator.errors import (ConcurrencyError, InvalidIdError, InvalidInputError, JobNotFoundError, LeaseLostError,
-                                 MalformedPayloadError, PathEscapeError)
+                                 MalformedPayloadError, PathEscapeError, StorageUnavailableError)
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
 from orchestrator.leases import LEASES_AREA, Lease, drop_lease_aux, lease_expiry, write_lease
 from orchestrator.limits import MAX_DURATION_SECONDS
@@ -53,6 +53,9 @@ from orchestrator.state import QUEUED, RUNNING, WAITING_HUMAN, JobState
 log = logging.getLogger(__name__)
 
 IDLE_MAX_WAIT = 30.0  # an idle worker still wakes this often to look for stale leases
+# A worker that has reached its store waits this long, doubling up to the maximum, before it tries
+# again after losing it (a PostgreSQL restart): it stays up instead of exiting with the fleet.
+STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS = 0.2, 5.0
 SWEEP_EVERY = 60.0  # how often stale recovery also removes what killed workers left behind (_sweep_leftovers)
 ORPHAN_ENTRY_GRACE = 60.0  # a ready entry whose job has no event yet is kept this long (submit in flight)
 EVENT_IN_FLIGHT = 1.0  # an entry this young whose job's event is not there yet: its writer is probably at it
@@ -570,12 +573,18 @@ class Worker:
         child.wait(5.0)
 
     def _renew(self, claim: Claim) -> bool:
-        """Heartbeat: False if the job's log grew since the claim (taken over, cancelled)."""
-        if self.orch.store.read(claim.job_id, from_seq=claim.view.head.seq + 1):
-            return False
-        now = self.orch.clock()
-        write_lease(self.orch.store, Lease(claim.job_id, claim.run_id, claim.epoch, self.worker_id, os.getpid(),
-                                           now + self.settings.lease_seconds, now))
+        """Heartbeat: False if the job's log grew since the claim (taken over, cancelled). A store out of
+        reach is not a takeover: the run goes on, and if the lease runs out meanwhile the fence refuses
+        its outcome (``_append_outcome``)."""
+        try:
+            if self.orch.store.read(claim.job_id, from_seq=claim.view.head.seq + 1):
+                return False
+            now = self.orch.clock()
+            write_lease(self.orch.store, Lease(claim.job_id, claim.run_id, claim.epoch, self.worker_id, os.getpid(),
+                                               now + self.settings.lease_seconds, now))
+        except StorageUnavailableError as exc:
+            log.warning("job %s: the lease could not be renewed (%s); the run goes on", claim.job_id, exc.message,
+                        extra={"job_id": claim.job_id, "run_id": claim.run_id})
         return True
 
     def _record_exit(self, claim: Claim, code: int | None, child: Child, artifacts_dir: Path) -> RunResult:
@@ -643,21 +652,7 @@ class Worker:
         # a renewed lease record is dropped with the outcome (in its transaction where the store can)
         drop = drop_lease_aux(claim.job_id, claim.epoch) if claim.renewed else None
         try:
-            for _ in range(3):
-                try:
-                    view = self.orch.append(view, claim.job_id, events, run_id=claim.run_id, actor=self.actor,
-                                            audit=audit, fence=claim.epoch, aux=drop)
-                    break
-                except ConcurrencyError:
-                    view = self.orch.load(claim.job_id, every_signature=True)  # kept afterwards (_remember)
-                    cur = view.state
-                    if (not view.ok or cur is None or cur.state != RUNNING or cur.epoch != claim.epoch
-                            or cur.run_id != claim.run_id):
-                        raise LeaseLostError(f"job {claim.job_id}: run {claim.run_id} (epoch {claim.epoch}) was "
-                                             f"taken over; its result is not recorded",
-                                             job_id=claim.job_id) from None
-            else:
-                raise LeaseLostError(f"job {claim.job_id}: could not record the outcome")
+            view = self._append_outcome(claim, events, audit, drop)
         except LeaseLostError as exc:
             return self._lost(claim, exc.message)
         faults.point("worker.after_outcome")
@@ -666,6 +661,57 @@ class Worker:
         log.info("job %s run %s: %s", claim.job_id, claim.run_id, outcome,
                  extra={"job_id": claim.job_id, "run_id": claim.run_id, "outcome": outcome})
         return RunResult(claim.job_id, claim.run_id, outcome, state, error_code)
+
+    def _append_outcome(self, claim: Claim, events: list[tuple[str, dict[str, Any]]],
+                        audit: tuple[str, str] | None, drop: Any) -> JobView:
+        """Append the outcome on the claim's head. After a conflict or a lost connection the job is read
+        again (the view is kept afterwards: ``_remember``): the outcome is appended again while this run
+        still holds the job, taken as written when it is there (the connection broke after the commit),
+        and refused (``LeaseLostError``) when another run has the job. A store out of reach is waited
+        for, since the result exists only in this process; a stop request gives it up to stale recovery."""
+        view, conflicts, pause = claim.view, 0, STORE_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                return self.orch.append(view, claim.job_id, events, run_id=claim.run_id, actor=self.actor,
+                                        audit=audit, fence=claim.epoch, aux=drop)
+            except ConcurrencyError:
+                conflicts += 1
+                if conflicts >= 3:
+                    raise LeaseLostError(f"job {claim.job_id}: could not record the outcome") from None
+            except StorageUnavailableError as exc:
+                pause = self._wait_for_store(exc, pause, giving_up=True)
+            while True:
+                try:
+                    view = self.orch.load(claim.job_id, every_signature=True)
+                    break
+                except StorageUnavailableError as exc:
+                    pause = self._wait_for_store(exc, pause, giving_up=True)
+            since_claim = view.stream.records[len(claim.view.stream.records):]
+            if view.ok and [(r["type"], r.get("run_id")) for r in since_claim] == [(t, claim.run_id) for t, _ in events]:
+                return view  # written before the connection broke
+            cur = view.state
+            if not view.ok or cur is None or cur.state != RUNNING or cur.epoch != claim.epoch or cur.run_id != claim.run_id:
+                raise LeaseLostError(f"job {claim.job_id}: run {claim.run_id} (epoch {claim.epoch}) was "
+                                     f"taken over; its result is not recorded", job_id=claim.job_id)
+
+    def _wait_for_store(self, exc: StorageUnavailableError, pause: float, *, giving_up: bool = False) -> float:
+        """Wait ``pause`` seconds before trying a store that could not be reached; returns the next pause.
+        A stop request ends the wait, and with ``giving_up`` raises ``exc`` instead of waiting."""
+        if giving_up and self.stopping:
+            raise exc
+        log.warning("the store cannot be reached (%s); trying again in %.1fs", exc.message, pause,
+                    extra={"code": exc.code})
+        try:
+            self._in_wait = True
+            if not self.stopping:
+                threading.Event().wait(pause)
+        except WorkerStop:
+            pass
+        finally:
+            self._in_wait = False
+        if giving_up and self.stopping:
+            raise exc
+        return min(pause * 2, STORE_RETRY_MAX_SECONDS)
 
     def _remember(self, view: JobView) -> None:
         """Keep the view of a job this worker left unfinished: a resume, a revise or a retry brings it
@@ -731,27 +777,34 @@ class Worker:
         self.queue.wait(0)  # start watching before the first scan, so no announcement is missed
         next_recovery = 0.0
         recovery_every = min(max(self.settings.lease_seconds / 2, 0.05), 5.0)
+        reached, pause = False, STORE_RETRY_FIRST_SECONDS  # a store never reached is a setting to fix: exit
         try:
             while not self.stopping and (max_jobs is None or done < max_jobs):
-                now = self.orch.clock()
-                if time.monotonic() >= next_recovery:
-                    self.recover_stale(now)
-                    next_recovery = time.monotonic() + recovery_every
-                claim = self.claim(now)
-                if claim is not None:
-                    result = self.execute(claim)
-                    done += 1
-                    if on_result:
-                        on_result(result)
-                    continue
-                if idle_exit and self.next_due is None:
-                    break
-                wait = IDLE_MAX_WAIT
-                if self.queue.running():  # another worker may die: look at its lease again soon
-                    wait = min(wait, max(0.0, next_recovery - time.monotonic()))
-                if self.next_due is not None:
-                    wait = min(wait, max(0.0, self.next_due - now))
-                self._idle(wait)
+                try:
+                    now = self.orch.clock()
+                    if time.monotonic() >= next_recovery:
+                        self.recover_stale(now)
+                        next_recovery = time.monotonic() + recovery_every
+                    claim = self.claim(now)
+                    reached, pause = True, STORE_RETRY_FIRST_SECONDS
+                    if claim is not None:
+                        result = self.execute(claim)
+                        done += 1
+                        if on_result:
+                            on_result(result)
+                        continue
+                    if idle_exit and self.next_due is None:
+                        break
+                    wait = IDLE_MAX_WAIT
+                    if self.queue.running():  # another worker may die: look at its lease again soon
+                        wait = min(wait, max(0.0, next_recovery - time.monotonic()))
+                    if self.next_due is not None:
+                        wait = min(wait, max(0.0, self.next_due - now))
+                    self._idle(wait)
+                except StorageUnavailableError as exc:
+                    if not reached:
+                        raise
+                    pause = self._wait_for_store(exc, pause)
         finally:
             self.queue.close()
             self.close()

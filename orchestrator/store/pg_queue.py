@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from orchestrator import faults
+from orchestrator.errors import StorageError
 from orchestrator.queue import IndexChange, QueueIndex, ReadyEntry
 from orchestrator.state import JobState
 from orchestrator.store.base import InTransaction
@@ -210,13 +211,14 @@ class PgQueueIndex(QueueIndex):
                 for _ in self._listener.notifies(timeout=0):
                     pass
             return woke
-        except psycopg.Error as exc:
+        except (psycopg.Error, StorageError) as exc:  # ``connect`` reports its failures as StorageError
             log.warning("LISTEN connection lost (%s); reconnecting", exc)
             self.close()
             try:  # listen again before the caller rescans, so nothing announced after the scan is missed
                 self._listen()
-            except psycopg.Error:
-                self.close()  # the next wait tries again
+            except (psycopg.Error, StorageError):
+                self.close()  # the next wait tries again, after a pause: no busy loop while the server is away
+                time.sleep(min(timeout, 1.0))
             return True  # the caller rescans: a job may have been announced while we were deaf
 
     def _listen(self) -> None:

@@ -21,12 +21,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import select
 import threading
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 from orchestrator import faults
-from orchestrator.errors import ConcurrencyError, ConfigError, LeaseLostError, StorageError
+from orchestrator.errors import ConcurrencyError, ConfigError, LeaseLostError, StorageError, StorageUnavailableError
 from orchestrator.security import sanitize_text, validate_id
 from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
 
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 
 SCHEMES = ("postgresql", "postgres")
 _IDLE_CONNECTIONS = 4  # kept open per store; more are opened on demand and closed after use
+# TCP keepalives, so a connection to a server that vanished (a network partition, a host powered
+# off) fails within ~30 s instead of blocking a worker's heartbeat until the kernel gives up.
+_KEEPALIVES = {"connect_timeout": "10", "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
+               "keepalives_count": "3", "tcp_user_timeout": "30000"}
 FENCED_SQLSTATE = "OF001"  # raised by the orch_streams_fence trigger (migrations/0002_claiming.sql)
 
 # Locks the stream's row and returns its head in one statement, creating the row if needed. The
@@ -69,8 +74,13 @@ def _driver() -> Any:
     return psycopg
 
 
-def _storage_error(exc: Exception) -> StorageError:
-    """A driver error as the project's error: the message sanitized (a URL may hold a password)."""
+def _storage_error(exc: Exception, conn: Any = None) -> StorageError:
+    """A driver error as the project's error: the message sanitized (a URL may hold a password).
+    On a connection that broke, it is ``StorageUnavailableError``: it may pass, and a commit in
+    flight may or may not have happened."""
+    if conn is not None and (conn.broken or conn.closed):
+        return StorageUnavailableError(sanitize_text(f"the connection to PostgreSQL was lost: {exc}".strip())
+                                       + "; a write in flight may or may not have been committed (read it back)")
     return StorageError(sanitize_text(f"PostgreSQL error: {exc}".strip()) + "; nothing was written")
 
 
@@ -78,14 +88,27 @@ def connect(url: str, *, autocommit: bool = False) -> Any:
     """A psycopg connection with durable commits; connection failures become ``StorageError``."""
     psycopg = _driver()
     try:
-        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
+        params = {**_KEEPALIVES, **psycopg.conninfo.conninfo_to_dict(url)}  # the URL's own settings win
+        conn = psycopg.connect(autocommit=autocommit, **params)
         # A server configured with synchronous_commit=off could lose acknowledged appends.
         conn.execute("SET synchronous_commit = on")
         if not autocommit:
             conn.commit()
+    except psycopg.OperationalError as exc:  # refused, unreachable, restarting: may pass
+        raise StorageUnavailableError(sanitize_text(f"cannot connect to PostgreSQL at {url}: {exc}".strip())) from None
     except psycopg.Error as exc:
         raise StorageError(sanitize_text(f"cannot connect to PostgreSQL at {url}: {exc}".strip())) from None
     return conn
+
+
+def _went_away(conn: Any) -> bool:
+    """True if an idle connection has something to read: the server ended it (a restart, an
+    administrator, a pooler), having sent its error before closing. One ``poll`` and no round
+    trip, so a worker whose pooled connections were cut does not fail its next statement."""
+    try:
+        return bool(select.select([conn.fileno()], [], [], 0)[0])
+    except (OSError, ValueError, _driver().Error):
+        return True
 
 
 class PostgresStore(EventStore):
@@ -109,6 +132,8 @@ class PostgresStore(EventStore):
             if self._closed:
                 raise StorageError("the store is closed")
             conn = self._idle.pop() if self._idle else None
+        if conn is not None and not conn.closed and _went_away(conn):
+            conn.close()
         if conn is None or conn.closed:
             conn = connect(self.url, autocommit=True)
         if not self._checked:
@@ -148,8 +173,9 @@ class PostgresStore(EventStore):
             raise ConcurrencyError("another writer appended to this stream first") from None
         except psycopg.Error as exc:
             if getattr(exc, "sqlstate", None) != FENCED_SQLSTATE:
+                error = _storage_error(exc, conn)
                 conn.close()
-                raise _storage_error(exc) from None
+                raise error from None
             self._give(conn)
             raise LeaseLostError(sanitize_text(f"refused by the database: {exc.diag.message_primary or exc}"),
                                  fenced=True) from None
@@ -283,9 +309,10 @@ class PostgresStore(EventStore):
         try:
             conn.execute("SELECT pg_advisory_lock(%s)", (key,))
         except BaseException as exc:
+            error = _storage_error(exc, conn) if isinstance(exc, psycopg.Error) else None
             conn.close()
-            if isinstance(exc, psycopg.Error):  # as every other call of this store reports it (``_run``)
-                raise _storage_error(exc) from None
+            if error is not None:  # as every other call of this store reports it (``_run``)
+                raise error from None
             raise
         try:
             yield

@@ -756,3 +756,86 @@ def wait_until(predicate, timeout: float) -> bool:
             return True
         time.sleep(0.02)
     return predicate()
+
+
+# -- a store out of reach ----------------------------------------------------------------------------
+def _unreachable() -> None:
+    from orchestrator.errors import StorageUnavailableError
+
+    raise StorageUnavailableError("the connection was lost")
+
+
+def test_an_outcome_whose_acknowledgement_was_lost_is_found_written_not_taken_for_a_takeover(orch) -> None:
+    from orchestrator import faults
+
+    job = orch.submit("t.echo", {"x": 1})
+    worker = make_worker(orch)
+    claim = worker.claim()
+    faults.arm("append.after_event", _unreachable)  # the outcome is durable; its acknowledgement is lost
+    try:
+        result = worker.execute(claim)
+    finally:
+        faults.disarm_all()
+    assert result.outcome == "succeeded"
+    assert [e["type"] for e in events(orch, job)] == ["job_submitted", "job_claimed", "job_succeeded"]
+
+
+def test_an_outcome_refused_by_a_store_out_of_reach_is_written_once_it_is_back(orch) -> None:
+    from orchestrator import faults
+
+    job = orch.submit("t.echo", {"x": 1})
+    worker = make_worker(orch)
+    claim = worker.claim()
+    faults.arm("store.append.before_write", _unreachable)  # nothing written: the worker waits, then appends
+    try:
+        assert worker.execute(claim).outcome == "succeeded"
+    finally:
+        faults.disarm_all()
+    assert [e["type"] for e in events(orch, job)] == ["job_submitted", "job_claimed", "job_succeeded"]
+
+
+def _claims_failing_at(worker, failing: set[int], monkeypatch) -> None:
+    """Make the worker's n-th claims (counted from 1) find the store out of reach."""
+    real_claim, calls = worker.claim, []
+
+    def claim(now=None):
+        calls.append(now)
+        if len(calls) in failing:
+            _unreachable()
+        return real_claim(now)
+
+    monkeypatch.setattr(worker, "claim", claim)
+
+
+def test_a_worker_lives_through_a_store_out_of_reach_once_it_has_reached_it(orch, monkeypatch) -> None:
+    jobs = [orch.submit("t.echo", {"x": i}) for i in range(2)]
+    worker = make_worker(orch)
+    _claims_failing_at(worker, {2, 3}, monkeypatch)  # after the first job, the store goes away for a while
+    assert worker.run(max_jobs=2) == 2
+    assert [orch.status(j).state for j in jobs] == ["succeeded", "succeeded"]
+
+
+def test_a_worker_that_never_reached_its_store_exits_with_the_error(orch, monkeypatch) -> None:
+    from orchestrator.errors import StorageUnavailableError
+
+    orch.submit("t.echo", {"x": 1})
+    worker = make_worker(orch)
+    _claims_failing_at(worker, {1}, monkeypatch)
+    with pytest.raises(StorageUnavailableError):  # a wrong URL, a server that is not there: a setting to fix
+        worker.run(max_jobs=1)
+
+
+def test_a_heartbeat_that_cannot_reach_the_store_lets_the_run_go_on(orch, monkeypatch) -> None:
+    job = orch.submit("t.lease", {"sleep": 0.5})
+    worker = make_worker(orch, lease_seconds=0.15)
+    real_read, failed = orch.store.read, []
+
+    def read(stream, from_seq=1):
+        if stream == job and from_seq > 1:  # the heartbeat's look for events since the claim
+            failed.append(from_seq)
+            _unreachable()
+        return real_read(stream, from_seq)
+
+    monkeypatch.setattr(orch.store, "read", read)
+    (orch.settings.state_dir / "leases").mkdir(exist_ok=True)  # the handler lists it: none was renewed
+    assert worker.run_once().outcome == "succeeded" and failed  # not killed as "taken over"
