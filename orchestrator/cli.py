@@ -205,7 +205,8 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
 @cli.command(context_settings=CONTEXT)
 @click.option("--job-id", default=None, help="Verify one job instead of the whole project.")
 @click.option("--export-head", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="After verifying, write a signed digest of every head to this file (keep it elsewhere).")
+              help="After verifying the whole project (not with --job-id), write a signed digest of every "
+                   "head to this file (keep it elsewhere).")
 @click.option("--against", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Also prove nothing was rolled back since this exported head file.")
 @project_command
@@ -217,6 +218,9 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
     """
     from orchestrator.integrity import check_anchor, export_anchor, verify_project
 
+    if export_head and job_id:  # the anchor signs every stream's head: it must follow a check of them all
+        raise InvalidInputError("--export-head anchors every job, so it needs the whole project verified: "
+                                "leave out --job-id")
     report = verify_project(orch, job_id, progress=lambda n: out.progress(f"verified {n} jobs..."))
     if against:
         report.problems.extend(check_anchor(orch, Path(against)))
