@@ -84,7 +84,7 @@ def test_every_block_is_marked_and_every_command_is_a_real_one() -> None:
 def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A scratch checkout: the code by symlink, files a command may write copied."""
     root = tmp_path_factory.mktemp("checkout")
-    for name in ("scripts", "orchestrator", "tests", "pyproject.toml", "docs"):
+    for name in ("scripts", "orchestrator", "tests", "pyproject.toml", "docs", "utils", "test_imports.py"):
         (root / name).symlink_to(REPO / name)
     (root / ".env.example").write_bytes((REPO / ".env.example").read_bytes())
     return root
