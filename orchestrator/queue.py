@@ -34,7 +34,7 @@ from orchestrator import faults
 from orchestrator.errors import StorageError
 from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import InTransaction
-from orchestrator.store.jsonl import open_creating, remove_file
+from orchestrator.store.jsonl import check_folders, make_folder, open_creating, remove_file
 from orchestrator.wakeup import Watcher, make_watcher
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INDEX_DIR = "index"
+INDEX_FOLDERS = ("", "ready", "running")  # under INDEX_DIR; checked when the index is opened (check_folders)
 BUILT_MARKER = "built"
 ENTRY_TEMPLATE = ".entry"  # the empty file every entry is a hard link of (FileQueueIndex._touch)
 
@@ -292,10 +293,12 @@ LISTING_MAX_AGE = 0.05  # seconds a worker draining a backlog keeps walking one 
 
 
 class FileQueueIndex(QueueIndex):
-    """Empty files under ``<state_dir>/index``; listing ``ready/`` costs O(ready jobs), not O(all jobs)."""
+    """Empty files under ``<state_dir>/index``; listing ``ready/`` costs O(ready jobs), not O(all jobs).
+    Its folders are checked when it is opened, as the store's are: never a symbolic link."""
 
     def __init__(self, root: Path, wakeup: str = "auto") -> None:
         self.root = Path(root)
+        check_folders(self.root, INDEX_FOLDERS)
         self.ready_dir = self.root / "ready"
         self.running_dir = self.root / "running"
         self._wakeup = wakeup
@@ -330,17 +333,16 @@ class FileQueueIndex(QueueIndex):
         except OSError:
             pass
         try:
-            fd = open_creating(path)
+            fd = open_creating(path, self.root)
         except OSError as exc:  # a full disk (no inode left) is STORAGE_ERROR, not a traceback
             raise StorageError(f"could not write the index entry {path}: {exc.strerror}") from None
         os.close(fd)
 
     def _make_template(self) -> None:
-        with contextlib.suppress(OSError):  # if it cannot be made, entries are created one by one
-            os.close(open_creating(self.template))
         for folder in (self.ready_dir, self.running_dir):
-            with contextlib.suppress(OSError):
-                folder.mkdir(parents=True, exist_ok=True)
+            make_folder(folder, self.root)
+        with contextlib.suppress(OSError):  # if it cannot be made, entries are created one by one
+            os.close(open_creating(self.template, self.root))
 
     def put_ready(self, entry: ReadyEntry) -> None:
         self._touch(os.path.join(self._ready_s, entry.name))
@@ -446,7 +448,7 @@ class FileQueueIndex(QueueIndex):
 
     def wait(self, timeout: float) -> bool:
         if self._watcher is None:
-            self.ready_dir.mkdir(parents=True, exist_ok=True)
+            make_folder(self.ready_dir, self.root)
             self._watcher = make_watcher(self.ready_dir, self._wakeup)
         return self._watcher.wait(timeout)
 

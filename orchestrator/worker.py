@@ -48,6 +48,7 @@ from orchestrator.queue import ReadyEntry
 from orchestrator.runner import (HOST_PREFIX, Child, HandlerHost, precise_sleeps, remove_run_folder,
                                  sweep_dead_host_folders, tail)
 from orchestrator.security import safe_join, sanitize_obj, sanitize_text, validate_id
+from orchestrator.store.jsonl import check_folders, linked_folder_error
 from orchestrator.state import QUEUED, RUNNING, WAITING_HUMAN, JobState
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ OUTPUT_TAIL_BYTES = 4000
 RUNS_DIR = "runs"
 RUN_PREFIX = "run-"  # runs/run-<16 hex>: one run's folder (runs/host-*: a worker's handler process)
 ARTIFACTS_DIR = "artifacts"
+WORKER_FOLDERS = ("", RUNS_DIR, ARTIFACTS_DIR)  # under the state dir, on any store: checked when a worker starts
 
 NO_TERMINAL_SIGNAL_EXIT = "NO_TERMINAL_SIGNAL_EXIT"
 NO_TERMINAL_SIGNAL_TIMEOUT = "NO_TERMINAL_SIGNAL_TIMEOUT"
@@ -166,6 +168,7 @@ class Worker:
         self._artifacts_root: str | None = None  # ``artifacts_dir``: the folder's path,
         self._artifacts_root_id: tuple[int, int] | None = None  # ...and the (device, inode) last checked in full
         self._next_sweep = 0.0  # time.monotonic() of the next sweep of leftovers (the first recovery does one)
+        check_folders(orch.settings.state_dir, WORKER_FOLDERS)  # a link: PATH_ESCAPE before any job is claimed
         import_modules(self.settings.imports)
 
     # -- paths ----------------------------------------------------------------------------------
@@ -173,7 +176,8 @@ class Worker:
         """``artifacts/<job_id>``, never outside the store. Resolving it (``safe_join``: two ``realpath``
         walks) cost ~0.2 ms per run, so it is resolved in full only when something is not as last
         checked: the ``artifacts`` folder must be the very folder (device, inode) that passed the full
-        check, and not a symlink; the job's folder must not be a symlink (or not exist yet)."""
+        check; the job's folder must not be a symlink (or not exist yet). ``artifacts`` itself is never
+        a symlink (``PathEscapeError``), wherever it leads: one planted while the worker runs is met here."""
         if self._artifacts_root is None:  # the path only: what it leads to is checked below, every time
             self._artifacts_root = os.path.join(self.orch.settings.state_dir, ARTIFACTS_DIR)
         root = self._artifacts_root
@@ -184,6 +188,8 @@ class Worker:
             return Path(path)  # no folder yet: the handler makes real ones, inside the store
         except OSError:
             st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            raise linked_folder_error(root)
         real_dir = st is not None and stat.S_ISDIR(st.st_mode)
         if real_dir and (st.st_dev, st.st_ino) == self._artifacts_root_id:  # type: ignore[union-attr]
             try:
