@@ -34,7 +34,7 @@ from orchestrator import faults
 from orchestrator.errors import StorageError
 from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import InTransaction
-from orchestrator.store.jsonl import check_folders, make_folder, open_creating, remove_file
+from orchestrator.store.jsonl import check_folders, make_folder, open_creating, path_error, remove_file
 from orchestrator.wakeup import Watcher, make_watcher
 
 if TYPE_CHECKING:
@@ -365,12 +365,11 @@ class FileQueueIndex(QueueIndex):
             # it meets that running entry (Worker.recover_stale).
             if not self.is_claimed(entry.job_id):
                 self._touch(os.path.join(self._ready_s, entry.name))
+        except OSError as exc:
+            raise path_error(exc) from None
 
     def ready(self) -> list[ReadyEntry]:
-        try:
-            names = os.listdir(self.ready_dir)
-        except FileNotFoundError:
-            return []
+        names = self._list(self.ready_dir)
         entries = [e for e in map(ReadyEntry.parse, names) if e is not None]
         entries.sort()
         return entries
@@ -410,10 +409,7 @@ class FileQueueIndex(QueueIndex):
             return self._listing[self._next - 1]
 
     def _relist(self) -> None:
-        try:
-            listing = sorted(os.listdir(self.ready_dir))
-        except FileNotFoundError:
-            listing = []
+        listing = sorted(self._list(self.ready_dir))
         with self._cursor:
             self._listing, self._listed_at, self._next = listing, time.monotonic(), 0
 
@@ -428,10 +424,7 @@ class FileQueueIndex(QueueIndex):
         remove_file(os.path.join(self._running_s, self._running_name(job_id, epoch)))
 
     def running_entries(self) -> list[tuple[str, int | None]]:
-        try:
-            names = os.listdir(self.running_dir)
-        except FileNotFoundError:
-            return []
+        names = self._list(self.running_dir)
         out: list[tuple[str, int | None]] = []
         for name in names:
             job_id, at, epoch = name.partition("@")
@@ -439,6 +432,16 @@ class FileQueueIndex(QueueIndex):
                 continue
             out.append((job_id, int(epoch) if at else None))
         return out
+
+    @staticmethod
+    def _list(folder: Path) -> list[str]:
+        """The names in ``folder``; none when it is missing, ``StorageError`` when it cannot be listed."""
+        try:
+            return os.listdir(folder)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise path_error(exc) from None
 
     def is_built(self) -> bool:
         return os.path.exists(self._built_s)

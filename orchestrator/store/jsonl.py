@@ -58,7 +58,7 @@ def _refuse_link(path: str, exc: OSError) -> None:
 def path_error(exc: OSError) -> StorageError:
     """The ``StorageError`` for a store path that is not what it must be: a file where a folder belongs
     (naming the first such part of the path), a folder where a file belongs, or one this user may not use.
-    The CLI maps these here (``cli.project_command``): any folder of the store can be hit, by any command."""
+    The store maps its own ``OSError``s here, where they happen, so a Python caller gets it as the CLI does."""
     name = None if exc.filename is None else os.fsdecode(exc.filename)
     if isinstance(exc, NotADirectoryError) and name is not None:
         path = Path(name)
@@ -99,15 +99,18 @@ def vacate(path: "Path | str") -> bool:
 
 def remove_file(path: "Path | str") -> None:
     """Remove a record or index file; one already gone is fine, and a directory in its place goes
-    only when empty (``vacate``): one holding files stays, met again and passed over like this."""
+    only when empty (``vacate``): one holding files stays, met again and passed over like this.
+    Any other failure is ``StorageError`` (``path_error``)."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
-    except (IsADirectoryError, PermissionError):  # Linux says EISDIR for a directory, BSDs EPERM
+    except (IsADirectoryError, PermissionError) as exc:  # Linux says EISDIR for a directory, BSDs EPERM
         if not os.path.isdir(path):
-            raise
+            raise path_error(exc) from None
         vacate(path)
+    except OSError as exc:
+        raise path_error(exc) from None
 
 
 def open_creating(path: "Path | str", top: "Path | str", flags: int = os.O_WRONLY) -> int:
@@ -134,6 +137,8 @@ def _not_a_file(path: "Path | str", exc: OSError) -> str:
     """Why a write to ``path`` failed, for ``StorageError``: a directory in a record's place says so."""
     if isinstance(exc, IsADirectoryError):
         return f"{path} is a directory that holds files, where a record belongs; move it away"
+    if isinstance(exc, (NotADirectoryError, PermissionError)):
+        return path_error(exc).message
     return f"could not write {path}: {os.strerror(exc.errno or errno.EIO)}"
 
 
@@ -338,7 +343,7 @@ class JsonlStore(EventStore):
             _refuse_link(path, exc)
             if isinstance(exc, IsADirectoryError):
                 raise StorageError(_not_a_file(path, exc)) from None
-            raise
+            raise path_error(exc) from None
 
     # -- contract -----------------------------------------------------------------------------
     def append(self, stream: str, build: Builder, expected_seq: int | None = None,
@@ -433,6 +438,8 @@ class JsonlStore(EventStore):
                 size = os.stat(path).st_size
             except FileNotFoundError:  # a submit between its ready entry and its events file
                 size = -1
+            except OSError as exc:
+                raise path_error(exc) from None
             if size != seen:
                 seen = size
                 if size > 0 and len(self.read(stream)) > seq:
@@ -452,7 +459,7 @@ class JsonlStore(EventStore):
             return []
         except OSError as exc:
             _refuse_link(path, exc)
-            raise
+            raise path_error(exc) from None
         complete = data[: data.rfind(b"\n") + 1]
         lines = complete.split(b"\n")[:-1]
         return [StoredLine(i, raw) for i, raw in enumerate(lines, 1) if i >= from_seq]
@@ -514,6 +521,8 @@ class JsonlStore(EventStore):
             entries = os.scandir(self.root / validate_id(area, "aux area"))
         except (FileNotFoundError, NotADirectoryError):
             return []
+        except OSError as exc:
+            raise path_error(exc) from None
         with entries:  # a dot name is a writer's temporary copy
             return sorted(e.name for e in entries if not e.name.startswith(".") and not e.is_dir(follow_symlinks=False))
 
@@ -552,7 +561,7 @@ class JsonlStore(EventStore):
             return None
         except OSError as exc:
             _refuse_link(path, exc)
-            raise
+            raise path_error(exc) from None
         return _slot_record(data)
 
     def job_ids(self) -> Iterator[str]:
@@ -560,6 +569,8 @@ class JsonlStore(EventStore):
             entries = os.scandir(self.jobs_dir)
         except FileNotFoundError:
             return
+        except OSError as exc:
+            raise path_error(exc) from None
         with entries:
             for entry in entries:
                 name = entry.name

@@ -334,6 +334,25 @@ def test_a_folder_of_the_store_that_is_a_file_is_a_storage_error_when_the_store_
     assert err.value.exit_code == 10
 
 
+@pytest.mark.parametrize("action", ["submit", "status", "jobs", "verify", "metrics", "worker", "cancel"])
+def test_a_store_folder_turned_into_a_file_under_an_open_orchestrator_is_a_storage_error_for_python_callers(
+        orch: Orchestrator, action: str) -> None:
+    """The CLI mapped these ``OSError``s for its commands only; a Python caller got ``NotADirectoryError``."""
+    from orchestrator.integrity import verify_project
+    from orchestrator.projection import refresh
+
+    job = orch.submit("rel.echo", {"x": 1})
+    orch.queue  # noqa: B018 - opened before the damage, as in a long-lived process
+    jobs = orch.store.jobs_dir
+    jobs.rename(jobs.with_name("jobs.moved"))
+    jobs.write_bytes(b"")
+    calls = {"submit": lambda: orch.submit("rel.echo", {"x": 2}), "status": lambda: orch.status(job),
+             "jobs": lambda: list(orch.jobs()), "verify": lambda: verify_project(orch), "metrics": lambda: refresh(orch),
+             "worker": lambda: orch.worker(worker_id="w").run_once(), "cancel": lambda: orch.cancel(job, "no")}
+    with pytest.raises(StorageError, match=f"{jobs} is a file where a folder belongs"):
+        calls[action]()
+
+
 @pytest.mark.parametrize("area", ["heads", "projections", "locks", "queue"])
 def test_a_folder_the_store_makes_is_never_made_through_a_dangling_symbolic_link(tmp_path: Path, area: str) -> None:
     """Planted after the store was opened, so the check at opening did not see it: ``makedirs`` would take
