@@ -35,6 +35,7 @@ from orchestrator import audit as audit_log
 from orchestrator import clock as clock_mod
 from orchestrator import faults
 from orchestrator.api import JobView, Orchestrator
+from orchestrator.artifacts import recorded_names
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
                                  DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
                                  HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS)
@@ -43,7 +44,7 @@ from orchestrator.errors import (ConcurrencyError, InvalidIdError, InvalidInputE
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
 from orchestrator.leases import LEASES_AREA, Lease, drop_lease_aux, lease_expiry, write_lease
 from orchestrator.limits import MAX_DURATION_SECONDS
-from orchestrator.payload import DONE, NEEDS_AUDIT, NEEDS_HUMAN, Payload, parse_payload
+from orchestrator.payload import DONE, FAILED, NEEDS_AUDIT, Payload, parse_payload
 from orchestrator.queue import ReadyEntry
 from orchestrator.runner import (HOST_PREFIX, Child, HandlerHost, precise_sleeps, remove_run_folder,
                                  sweep_dead_host_folders, tail)
@@ -346,7 +347,7 @@ class Worker:
 
     def _run_artifacts(self, s: JobState) -> list[str]:
         """Files in the job's folder written since the run was claimed: what a dead run left behind, named
-        as stored (sanitized: a file name may hold a secret, ``token=...``)."""
+        as stored (sanitized: a file name may hold a secret, ``token=...``; the file is moved to match)."""
         claimed = [ts for etype, ts in s.history if etype == "job_claimed"]
         since = clock_mod.from_iso(claimed[-1]) if claimed else 0.0
         root = self.artifacts_dir(s.job_id)
@@ -356,10 +357,10 @@ class Worker:
                 path = Path(dirpath, name)
                 try:
                     if path.stat().st_mtime >= since - 1.0:  # mtime granularity
-                        found.append(sanitize_text(path.relative_to(root).as_posix()))
+                        found.append(path.relative_to(root).as_posix())
                 except OSError:
                     continue
-        return sorted(found)[:100]
+        return sorted(recorded_names(root, sorted(found)))[:100]  # moved once the walk is over
 
     # -- claiming ---------------------------------------------------------------------------------
     def claim(self, now: float | None = None) -> Claim | None:
@@ -595,19 +596,19 @@ class Worker:
             payload = parse_payload(raw, artifacts_dir)
         except MalformedPayloadError as exc:
             return self._fail(claim, exc.code, exc.message, output=child.output)
-        # the artifact paths were checked as given (parse_payload); what is stored is their sanitized text
+        if payload.status == FAILED:
+            return self._fail(claim, payload.error_code or "HANDLER_FAILED", payload.summary, output=child.output,
+                              retryable=payload.retryable, payload=payload)
+        # the artifact paths were checked as given (parse_payload); what is stored is their sanitized text,
+        # and a file whose name that changes is moved to match (artifacts.recorded_names)
         result = {"summary": sanitize_text(payload.summary), "output": sanitize_obj(payload.output),
-                  "artifacts": [sanitize_text(rel) for rel in payload.artifacts]}
+                  "artifacts": recorded_names(artifacts_dir, payload.artifacts)}
         if payload.status == DONE and not s.options.get("audit"):
             return self._finish(claim, [("job_succeeded", result)], "succeeded")
         if payload.status in (DONE, NEEDS_AUDIT):
             return self._finish(claim, [("audit_requested", result)], "awaiting_audit")
-        if payload.status == NEEDS_HUMAN:
-            question = sanitize_text(payload.question or "")
-            return self._finish(claim, [("human_input_requested", {**result, "question": question})],
-                                "waiting_human")
-        return self._fail(claim, payload.error_code or "HANDLER_FAILED", payload.summary, output=child.output,
-                          retryable=payload.retryable, payload=payload)
+        question = sanitize_text(payload.question or "")  # needs_human, the one status left
+        return self._finish(claim, [("human_input_requested", {**result, "question": question})], "waiting_human")
 
     def backoff(self, failures: int) -> float:
         """Exponential backoff with jitter: base * 2^(failures-1), capped, times a factor in [0.5, 1)."""
