@@ -92,12 +92,6 @@ def project_command(fn: Callable[..., int | None]) -> Callable[..., None]:
         except OrchestratorError as exc:
             out.error(exc)
             ctx.exit(exc.exit_code)
-        except (NotADirectoryError, IsADirectoryError, PermissionError) as exc:  # a store folder that is a file, ...
-            from orchestrator.store.jsonl import path_error
-
-            error = path_error(exc)
-            out.error(error)
-            ctx.exit(error.exit_code)
         ctx.exit(code or 0)
 
     return wrapper

@@ -187,11 +187,12 @@ class Reader:
     POLL = 0.0005  # without inotify: appends do not change the folder's mtime, so poll the job itself
 
     def __init__(self, orch: Any) -> None:
+        from orchestrator.store.jsonl import make_folder
         from orchestrator.wakeup import InotifyWatcher, make_watcher
 
         self.orch = orch
-        jobs_dir = Path(orch.store.root) / "queue" / "jobs"
-        jobs_dir.mkdir(parents=True, exist_ok=True)
+        jobs_dir = orch.store.jobs_dir
+        make_folder(jobs_dir, orch.store.root)
         self.watcher = make_watcher(jobs_dir)  # IN_CLOSE_WRITE: an appender closes only after its fsync
         self.inotify = isinstance(self.watcher, InotifyWatcher)
 

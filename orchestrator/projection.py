@@ -223,7 +223,7 @@ def scan(orch: "Orchestrator") -> tuple[list[str], array, array]:
 
 
 def _scan_dir(jobs_dir: os.PathLike[str] | str) -> tuple[list[str], array, array]:
-    from orchestrator.store.jsonl import EVENTS_SUFFIX
+    from orchestrator.store.jsonl import EVENTS_SUFFIX, path_error
 
     ids: list[str] = []
     sizes, mtimes = array("q"), array("q")
@@ -231,6 +231,8 @@ def _scan_dir(jobs_dir: os.PathLike[str] | str) -> tuple[list[str], array, array
         dir_fd = os.open(jobs_dir, os.O_RDONLY | os.O_DIRECTORY)
     except FileNotFoundError:
         return ids, sizes, mtimes
+    except OSError as exc:
+        raise path_error(exc) from None
     try:
         stat, cut = os.stat, -len(EVENTS_SUFFIX)
         # listdir + stat relative to the open folder: ~25% faster than scandir's DirEntry.stat

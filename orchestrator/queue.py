@@ -34,7 +34,7 @@ from orchestrator import faults
 from orchestrator.errors import StorageError
 from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import InTransaction
-from orchestrator.store.jsonl import open_creating, remove_file
+from orchestrator.store.jsonl import check_folders, make_folder, open_creating, path_error, remove_file
 from orchestrator.wakeup import Watcher, make_watcher
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INDEX_DIR = "index"
+INDEX_FOLDERS = ("", "ready", "running")  # under INDEX_DIR; checked when the index is opened (check_folders)
 BUILT_MARKER = "built"
 ENTRY_TEMPLATE = ".entry"  # the empty file every entry is a hard link of (FileQueueIndex._touch)
 
@@ -292,10 +293,12 @@ LISTING_MAX_AGE = 0.05  # seconds a worker draining a backlog keeps walking one 
 
 
 class FileQueueIndex(QueueIndex):
-    """Empty files under ``<state_dir>/index``; listing ``ready/`` costs O(ready jobs), not O(all jobs)."""
+    """Empty files under ``<state_dir>/index``; listing ``ready/`` costs O(ready jobs), not O(all jobs).
+    Its folders are checked when it is opened, as the store's are: never a symbolic link."""
 
     def __init__(self, root: Path, wakeup: str = "auto") -> None:
         self.root = Path(root)
+        check_folders(self.root, INDEX_FOLDERS)
         self.ready_dir = self.root / "ready"
         self.running_dir = self.root / "running"
         self._wakeup = wakeup
@@ -330,17 +333,16 @@ class FileQueueIndex(QueueIndex):
         except OSError:
             pass
         try:
-            fd = open_creating(path)
+            fd = open_creating(path, self.root)
         except OSError as exc:  # a full disk (no inode left) is STORAGE_ERROR, not a traceback
             raise StorageError(f"could not write the index entry {path}: {exc.strerror}") from None
         os.close(fd)
 
     def _make_template(self) -> None:
-        with contextlib.suppress(OSError):  # if it cannot be made, entries are created one by one
-            os.close(open_creating(self.template))
         for folder in (self.ready_dir, self.running_dir):
-            with contextlib.suppress(OSError):
-                folder.mkdir(parents=True, exist_ok=True)
+            make_folder(folder, self.root)
+        with contextlib.suppress(OSError):  # if it cannot be made, entries are created one by one
+            os.close(open_creating(self.template, self.root))
 
     def put_ready(self, entry: ReadyEntry) -> None:
         self._touch(os.path.join(self._ready_s, entry.name))
@@ -363,12 +365,11 @@ class FileQueueIndex(QueueIndex):
             # it meets that running entry (Worker.recover_stale).
             if not self.is_claimed(entry.job_id):
                 self._touch(os.path.join(self._ready_s, entry.name))
+        except OSError as exc:
+            raise path_error(exc) from None
 
     def ready(self) -> list[ReadyEntry]:
-        try:
-            names = os.listdir(self.ready_dir)
-        except FileNotFoundError:
-            return []
+        names = self._list(self.ready_dir)
         entries = [e for e in map(ReadyEntry.parse, names) if e is not None]
         entries.sort()
         return entries
@@ -408,10 +409,7 @@ class FileQueueIndex(QueueIndex):
             return self._listing[self._next - 1]
 
     def _relist(self) -> None:
-        try:
-            listing = sorted(os.listdir(self.ready_dir))
-        except FileNotFoundError:
-            listing = []
+        listing = sorted(self._list(self.ready_dir))
         with self._cursor:
             self._listing, self._listed_at, self._next = listing, time.monotonic(), 0
 
@@ -426,10 +424,7 @@ class FileQueueIndex(QueueIndex):
         remove_file(os.path.join(self._running_s, self._running_name(job_id, epoch)))
 
     def running_entries(self) -> list[tuple[str, int | None]]:
-        try:
-            names = os.listdir(self.running_dir)
-        except FileNotFoundError:
-            return []
+        names = self._list(self.running_dir)
         out: list[tuple[str, int | None]] = []
         for name in names:
             job_id, at, epoch = name.partition("@")
@@ -437,6 +432,16 @@ class FileQueueIndex(QueueIndex):
                 continue
             out.append((job_id, int(epoch) if at else None))
         return out
+
+    @staticmethod
+    def _list(folder: Path) -> list[str]:
+        """The names in ``folder``; none when it is missing, ``StorageError`` when it cannot be listed."""
+        try:
+            return os.listdir(folder)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise path_error(exc) from None
 
     def is_built(self) -> bool:
         return os.path.exists(self._built_s)
@@ -446,7 +451,7 @@ class FileQueueIndex(QueueIndex):
 
     def wait(self, timeout: float) -> bool:
         if self._watcher is None:
-            self.ready_dir.mkdir(parents=True, exist_ok=True)
+            make_folder(self.ready_dir, self.root)
             self._watcher = make_watcher(self.ready_dir, self._wakeup)
         return self._watcher.wait(timeout)
 

@@ -35,6 +35,7 @@ from orchestrator import audit as audit_log
 from orchestrator import clock as clock_mod
 from orchestrator import faults
 from orchestrator.api import JobView, Orchestrator
+from orchestrator.artifacts import recorded_names
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
                                  DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
                                  HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS)
@@ -43,11 +44,12 @@ from orchestrator.errors import (ConcurrencyError, InvalidIdError, InvalidInputE
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
 from orchestrator.leases import LEASES_AREA, Lease, drop_lease_aux, lease_expiry, write_lease
 from orchestrator.limits import MAX_DURATION_SECONDS
-from orchestrator.payload import DONE, NEEDS_AUDIT, NEEDS_HUMAN, Payload, parse_payload
+from orchestrator.payload import DONE, FAILED, NEEDS_AUDIT, Payload, parse_payload
 from orchestrator.queue import ReadyEntry
 from orchestrator.runner import (HOST_PREFIX, Child, HandlerHost, precise_sleeps, remove_run_folder,
                                  sanitized_tail, sweep_dead_host_folders)
 from orchestrator.security import safe_join, sanitize_obj, sanitize_text, validate_id
+from orchestrator.store.jsonl import check_folders, linked_folder_error
 from orchestrator.state import QUEUED, RUNNING, WAITING_HUMAN, JobState
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ OUTPUT_TAIL_BYTES = 4000
 RUNS_DIR = "runs"
 RUN_PREFIX = "run-"  # runs/run-<16 hex>: one run's folder (runs/host-*: a worker's handler process)
 ARTIFACTS_DIR = "artifacts"
+WORKER_FOLDERS = ("", RUNS_DIR, ARTIFACTS_DIR)  # under the state dir, on any store: checked when a worker starts
 
 NO_TERMINAL_SIGNAL_EXIT = "NO_TERMINAL_SIGNAL_EXIT"
 NO_TERMINAL_SIGNAL_TIMEOUT = "NO_TERMINAL_SIGNAL_TIMEOUT"
@@ -169,6 +172,7 @@ class Worker:
         self._artifacts_root: str | None = None  # ``artifacts_dir``: the folder's path,
         self._artifacts_root_id: tuple[int, int] | None = None  # ...and the (device, inode) last checked in full
         self._next_sweep = 0.0  # time.monotonic() of the next sweep of leftovers (the first recovery does one)
+        check_folders(orch.settings.state_dir, WORKER_FOLDERS)  # a link: PATH_ESCAPE before any job is claimed
         import_modules(self.settings.imports)
 
     # -- paths ----------------------------------------------------------------------------------
@@ -176,7 +180,8 @@ class Worker:
         """``artifacts/<job_id>``, never outside the store. Resolving it (``safe_join``: two ``realpath``
         walks) cost ~0.2 ms per run, so it is resolved in full only when something is not as last
         checked: the ``artifacts`` folder must be the very folder (device, inode) that passed the full
-        check, and not a symlink; the job's folder must not be a symlink (or not exist yet)."""
+        check; the job's folder must not be a symlink (or not exist yet). ``artifacts`` itself is never
+        a symlink (``PathEscapeError``), wherever it leads: one planted while the worker runs is met here."""
         if self._artifacts_root is None:  # the path only: what it leads to is checked below, every time
             self._artifacts_root = os.path.join(self.orch.settings.state_dir, ARTIFACTS_DIR)
         root = self._artifacts_root
@@ -187,6 +192,8 @@ class Worker:
             return Path(path)  # no folder yet: the handler makes real ones, inside the store
         except OSError:
             st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            raise linked_folder_error(root)
         real_dir = st is not None and stat.S_ISDIR(st.st_mode)
         if real_dir and (st.st_dev, st.st_ino) == self._artifacts_root_id:  # type: ignore[union-attr]
             try:
@@ -343,7 +350,7 @@ class Worker:
 
     def _run_artifacts(self, s: JobState) -> list[str]:
         """Files in the job's folder written since the run was claimed: what a dead run left behind, named
-        as stored (sanitized: a file name may hold a secret, ``token=...``)."""
+        as stored (sanitized: a file name may hold a secret, ``token=...``; the file is moved to match)."""
         claimed = [ts for etype, ts in s.history if etype == "job_claimed"]
         since = clock_mod.from_iso(claimed[-1]) if claimed else 0.0
         root = self.artifacts_dir(s.job_id)
@@ -353,10 +360,10 @@ class Worker:
                 path = Path(dirpath, name)
                 try:
                     if path.stat().st_mtime >= since - 1.0:  # mtime granularity
-                        found.append(sanitize_text(path.relative_to(root).as_posix()))
+                        found.append(path.relative_to(root).as_posix())
                 except OSError:
                     continue
-        return sorted(found)[:100]
+        return sorted(recorded_names(root, sorted(found)))[:100]  # moved once the walk is over
 
     # -- claiming ---------------------------------------------------------------------------------
     def claim(self, now: float | None = None) -> Claim | None:
@@ -598,19 +605,19 @@ class Worker:
             payload = parse_payload(raw, artifacts_dir)
         except MalformedPayloadError as exc:
             return self._fail(claim, exc.code, exc.message, output=child.output)
-        # the artifact paths were checked as given (parse_payload); what is stored is their sanitized text
+        if payload.status == FAILED:
+            return self._fail(claim, payload.error_code or "HANDLER_FAILED", payload.summary, output=child.output,
+                              retryable=payload.retryable, payload=payload)
+        # the artifact paths were checked as given (parse_payload); what is stored is their sanitized text,
+        # and a file whose name that changes is moved to match (artifacts.recorded_names)
         result = {"summary": sanitize_text(payload.summary), "output": sanitize_obj(payload.output),
-                  "artifacts": [sanitize_text(rel) for rel in payload.artifacts]}
+                  "artifacts": recorded_names(artifacts_dir, payload.artifacts)}
         if payload.status == DONE and not s.options.get("audit"):
             return self._finish(claim, [("job_succeeded", result)], "succeeded")
         if payload.status in (DONE, NEEDS_AUDIT):
             return self._finish(claim, [("audit_requested", result)], "awaiting_audit")
-        if payload.status == NEEDS_HUMAN:
-            question = sanitize_text(payload.question or "")
-            return self._finish(claim, [("human_input_requested", {**result, "question": question})],
-                                "waiting_human")
-        return self._fail(claim, payload.error_code or "HANDLER_FAILED", payload.summary, output=child.output,
-                          retryable=payload.retryable, payload=payload)
+        question = sanitize_text(payload.question or "")  # needs_human, the one status left
+        return self._finish(claim, [("human_input_requested", {**result, "question": question})], "waiting_human")
 
     def backoff(self, failures: int) -> float:
         """Exponential backoff with jitter: base * 2^(failures-1), capped, times a factor in [0.5, 1)."""

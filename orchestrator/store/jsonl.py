@@ -15,9 +15,10 @@ import fcntl
 import json
 import logging
 import os
+import stat
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from orchestrator import faults
 from orchestrator.errors import ConcurrencyError, IntegrityError, PathEscapeError, StorageError
@@ -32,6 +33,9 @@ EVENTS_SUFFIX = ".events.jsonl"
 # over the old one. Other areas (the metrics cache) keep replace-by-rename.
 SLOT_AREAS = frozenset({"heads", "leases", "audit-head", "audited"})
 SLOT_BYTES = 512
+# The store's own folders under its root ("" is the root, ``.orchestrator``): checked once when the
+# store is opened (``check_folders``). A new area of ``put_aux`` belongs here too (a test walks a store).
+STORE_FOLDERS = ("", "queue", "queue/jobs", "audit", "locks", *sorted(SLOT_AREAS), "projections")
 _TAIL_CHUNK = 64 * 1024
 _APPEND = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW
 
@@ -54,7 +58,7 @@ def _refuse_link(path: str, exc: OSError) -> None:
 def path_error(exc: OSError) -> StorageError:
     """The ``StorageError`` for a store path that is not what it must be: a file where a folder belongs
     (naming the first such part of the path), a folder where a file belongs, or one this user may not use.
-    The CLI maps these here (``cli.project_command``): any folder of the store can be hit, by any command."""
+    The store maps its own ``OSError``s here, where they happen, so a Python caller gets it as the CLI does."""
     name = None if exc.filename is None else os.fsdecode(exc.filename)
     if isinstance(exc, NotADirectoryError) and name is not None:
         path = Path(name)
@@ -95,20 +99,23 @@ def vacate(path: "Path | str") -> bool:
 
 def remove_file(path: "Path | str") -> None:
     """Remove a record or index file; one already gone is fine, and a directory in its place goes
-    only when empty (``vacate``): one holding files stays, met again and passed over like this."""
+    only when empty (``vacate``): one holding files stays, met again and passed over like this.
+    Any other failure is ``StorageError`` (``path_error``)."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
-    except (IsADirectoryError, PermissionError):  # Linux says EISDIR for a directory, BSDs EPERM
+    except (IsADirectoryError, PermissionError) as exc:  # Linux says EISDIR for a directory, BSDs EPERM
         if not os.path.isdir(path):
-            raise
+            raise path_error(exc) from None
         vacate(path)
+    except OSError as exc:
+        raise path_error(exc) from None
 
 
-def open_creating(path: "Path | str", flags: int = os.O_WRONLY) -> int:
-    """``os.open(path, flags | O_CREAT)``, creating the parent folders when they are missing, and
-    taking the place of an empty directory (``vacate``); a directory that holds files raises
+def open_creating(path: "Path | str", top: "Path | str", flags: int = os.O_WRONLY) -> int:
+    """``os.open(path, flags | O_CREAT)``, creating the parent folders when they are missing (``make_folder``,
+    up to ``top``), and taking the place of an empty directory (``vacate``); a directory that holds files raises
     ``IsADirectoryError``. Never through a symbolic link (``PathEscapeError``), like every file of
     the store: a planted link would have a lock or a record made anywhere."""
     flags |= os.O_CREAT | os.O_NOFOLLOW
@@ -116,7 +123,7 @@ def open_creating(path: "Path | str", flags: int = os.O_WRONLY) -> int:
         try:
             return os.open(path, flags, 0o644)
         except FileNotFoundError:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            make_folder(os.path.dirname(path), top)
         except IsADirectoryError:
             if not vacate(path):
                 raise
@@ -130,22 +137,77 @@ def _not_a_file(path: "Path | str", exc: OSError) -> str:
     """Why a write to ``path`` failed, for ``StorageError``: a directory in a record's place says so."""
     if isinstance(exc, IsADirectoryError):
         return f"{path} is a directory that holds files, where a record belongs; move it away"
+    if isinstance(exc, (NotADirectoryError, PermissionError)):
+        return path_error(exc).message
     return f"could not write {path}: {os.strerror(exc.errno or errno.EIO)}"
 
 
-def makedirs_durable(path: Path) -> None:
-    """Create ``path`` and fsync each parent that gained an entry."""
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
+def linked_folder_error(path: str) -> PathEscapeError:
+    """The error for a folder of the store that is a symbolic link (``check_folders``, ``Worker.artifacts_dir``)."""
+    return PathEscapeError(f"{path} is a symbolic link where a folder of the store belongs; the store never "
+                           "follows one (it could lead outside the project folder): remove it (and move the "
+                           "folder it leads to into its place, if the store's files are there)", path=path)
+
+
+def _refuse_as_folder(path: str, mode: int) -> None:
+    """Raise unless ``mode`` (from ``lstat``) is a real folder: a symbolic link is ``PathEscapeError``,
+    anything else ``StorageError``."""
+    if stat.S_ISLNK(mode):
+        raise linked_folder_error(path)
+    if not stat.S_ISDIR(mode):
+        raise StorageError(f"{path} is a file where a folder belongs; move it aside and restore the folder from a "
+                           "backup, then run verify", path=path)
+
+
+def check_folders(root: "Path | str", names: Iterable[str]) -> None:
+    """Refuse a folder of the store (``names``, under ``root``; "" is ``root``) that is a symbolic link or not a
+    folder, when the store is opened: ``O_NOFOLLOW`` guards the last part of a path only, and a linked
+    ``queue/`` would have every write land where it leads. One ``lstat`` per folder, once, instead of a
+    check per operation. A missing folder is fine: ``make_folder`` makes it, never through a link. The
+    folders above ``root`` (``BASE_PATH/<PROJECT_ID>``) are the user's, and may be links."""
+    for name in names:
+        path = os.path.join(root, name) if name else os.fspath(root)
         try:
-            d.mkdir()
-        except FileExistsError:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
             continue
-        fsync_dir(d.parent)
+        except OSError as exc:
+            raise path_error(exc) from None
+        _refuse_as_folder(path, mode)
+
+
+def make_folder(path: "Path | str", top: "Path | str", durable: bool = False) -> None:
+    """``os.makedirs(path, exist_ok=True)`` for a folder of the store, except that a folder found there already
+    (at or below ``top``) must be a real one: ``makedirs`` takes a link to a folder for the folder. A link is
+    ``PathEscapeError``; a file, or any other ``OSError``, ``StorageError``. ``durable``: fsync each parent
+    that gained an entry. Costs nothing when the folder is made; an ``lstat`` when it was there."""
+    path, top = os.fspath(path), os.fspath(top)
+    parent = os.path.dirname(path) or "."
+    try:
+        try:
+            os.mkdir(path)
+        except FileNotFoundError:
+            if parent == path:
+                raise
+            make_folder(parent, top, durable)
+            try:
+                os.mkdir(path)
+            except FileExistsError:  # made meanwhile
+                return _check_found(path, top)
+        except FileExistsError:
+            return _check_found(path, top)
+        if durable:
+            fsync_dir(parent)
+    except OSError as exc:
+        raise path_error(exc) from None
+
+
+def _check_found(path: str, top: str) -> None:
+    """A folder ``make_folder`` found already there: one of the store's must be real, not a link."""
+    if path == top or path.startswith(top.rstrip(os.sep) + os.sep):
+        _refuse_as_folder(path, os.lstat(path).st_mode)
+    elif not os.path.isdir(path):  # the user's folders: a link to a folder is theirs to choose
+        raise FileExistsError(errno.EEXIST, "exists, and is not a folder", path)
 
 
 def _complete_end(fd: int, size: int) -> tuple[int, bytes]:
@@ -235,7 +297,8 @@ def _slot_record(data: bytes) -> bytes | None:
 
 
 class JsonlStore(EventStore):
-    """Files under ``<root>`` (a project's ``.orchestrator`` folder)."""
+    """Files under ``<root>`` (a project's ``.orchestrator`` folder). Opening it checks its folders
+    (``check_folders``): one that is a symbolic link is ``PathEscapeError``, a file ``StorageError``."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -243,6 +306,7 @@ class JsonlStore(EventStore):
         self.audit_path = self.root / "audit" / "audit_events.jsonl"
         self._dirs_ready = False
         self._root_s, self._jobs_s = str(self.root), str(self.jobs_dir)  # the hot paths join strings, not Paths
+        check_folders(self._root_s, STORE_FOLDERS)
 
     # -- paths --------------------------------------------------------------------------------
     def path(self, stream: str) -> Path:
@@ -256,8 +320,8 @@ class JsonlStore(EventStore):
 
     def _ensure_dirs(self) -> None:
         if not self._dirs_ready:
-            makedirs_durable(self.jobs_dir)
-            makedirs_durable(self.audit_path.parent)
+            make_folder(self.jobs_dir, self._root_s, durable=True)
+            make_folder(self.audit_path.parent, self._root_s, durable=True)
             self._dirs_ready = True
 
     def _open_for_append(self, path: str) -> tuple[int, bool]:
@@ -279,7 +343,7 @@ class JsonlStore(EventStore):
             _refuse_link(path, exc)
             if isinstance(exc, IsADirectoryError):
                 raise StorageError(_not_a_file(path, exc)) from None
-            raise
+            raise path_error(exc) from None
 
     # -- contract -----------------------------------------------------------------------------
     def append(self, stream: str, build: Builder, expected_seq: int | None = None,
@@ -374,6 +438,8 @@ class JsonlStore(EventStore):
                 size = os.stat(path).st_size
             except FileNotFoundError:  # a submit between its ready entry and its events file
                 size = -1
+            except OSError as exc:
+                raise path_error(exc) from None
             if size != seen:
                 seen = size
                 if size > 0 and len(self.read(stream)) > seq:
@@ -393,7 +459,7 @@ class JsonlStore(EventStore):
             return []
         except OSError as exc:
             _refuse_link(path, exc)
-            raise
+            raise path_error(exc) from None
         complete = data[: data.rfind(b"\n") + 1]
         lines = complete.split(b"\n")[:-1]
         return [StoredLine(i, raw) for i, raw in enumerate(lines, 1) if i >= from_seq]
@@ -410,7 +476,7 @@ class JsonlStore(EventStore):
             try:
                 tmp.write_bytes(data)
             except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                make_folder(path.parent, self._root_s)
                 tmp.write_bytes(data)
             try:
                 os.replace(tmp, path)
@@ -436,7 +502,7 @@ class JsonlStore(EventStore):
             raise ValueError(f"a record of {len(data)} bytes does not fit the {SLOT_BYTES}-byte slot of {area}/")
         slot = data + b"\n" + b" " * (SLOT_BYTES - 1 - len(data))
         try:
-            fd = open_creating(path)
+            fd = open_creating(path, self._root_s)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 if os.pwrite(fd, slot, 0) != SLOT_BYTES:
@@ -455,6 +521,8 @@ class JsonlStore(EventStore):
             entries = os.scandir(self.root / validate_id(area, "aux area"))
         except (FileNotFoundError, NotADirectoryError):
             return []
+        except OSError as exc:
+            raise path_error(exc) from None
         with entries:  # a dot name is a writer's temporary copy
             return sorted(e.name for e in entries if not e.name.startswith(".") and not e.is_dir(follow_symlinks=False))
 
@@ -464,7 +532,7 @@ class JsonlStore(EventStore):
         exclusive between threads too (each call opens its own file)."""
         path = self.root / "locks" / f"{validate_id(name, 'lock name')}.lock"
         try:
-            fd = open_creating(path, os.O_RDWR)
+            fd = open_creating(path, self._root_s, os.O_RDWR)
         except OSError as exc:  # no inode left, or a directory holding files in its place
             raise StorageError(f"could not open the lock {path}: {exc.strerror}") from None
         try:
@@ -493,7 +561,7 @@ class JsonlStore(EventStore):
             return None
         except OSError as exc:
             _refuse_link(path, exc)
-            raise
+            raise path_error(exc) from None
         return _slot_record(data)
 
     def job_ids(self) -> Iterator[str]:
@@ -501,6 +569,8 @@ class JsonlStore(EventStore):
             entries = os.scandir(self.jobs_dir)
         except FileNotFoundError:
             return
+        except OSError as exc:
+            raise path_error(exc) from None
         with entries:
             for entry in entries:
                 name = entry.name

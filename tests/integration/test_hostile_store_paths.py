@@ -257,3 +257,129 @@ def test_a_fifo_planted_in_a_job_files_place_never_hangs_a_read(orch: Orchestrat
     reader.join(timeout=5)
     assert not reader.is_alive(), "opening the FIFO blocked the read"
     assert len(outcome) == 1 and [st.job_id for st in orch.jobs()] != []
+
+
+# -- a symbolic link, or a file, where a folder of the store belongs -------------------------------
+def _store_folders() -> list[str]:
+    """Every fixed folder of a project's ``.orchestrator`` ("" is the folder itself)."""
+    from orchestrator.queue import INDEX_DIR, INDEX_FOLDERS
+    from orchestrator.store.jsonl import STORE_FOLDERS
+    from orchestrator.worker import WORKER_FOLDERS
+
+    index = [f"{INDEX_DIR}/{name}" if name else INDEX_DIR for name in INDEX_FOLDERS]
+    return sorted({*STORE_FOLDERS, *index, *WORKER_FOLDERS})
+
+
+def _busy_project(orch: Orchestrator) -> None:
+    """A project whose store has made every folder it makes."""
+    from orchestrator.integrity import verify_project
+    from orchestrator.projection import refresh
+
+    done = orch.submit("rel.echo", {"x": 1}, audit=True)
+    with orch.worker(worker_id="w") as worker:
+        worker.run_once()
+    orch.approve(done)
+    orch.cancel(orch.submit("rel.echo", {"x": 2}), "not needed")
+    (orch.settings.state_dir / "artifacts" / done).mkdir(parents=True, exist_ok=True)
+    refresh(orch)
+    verify_project(orch)
+
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
+
+
+def test_every_folder_the_store_makes_is_one_it_checks(orch: Orchestrator) -> None:
+    _busy_project(orch)
+    state = orch.settings.state_dir
+    made = {str(p.relative_to(state)) for p in state.rglob("*") if p.is_dir()}
+    fixed = set(_store_folders()) - {""}
+    assert made - fixed <= {p for p in made if p.startswith(("artifacts/", "runs/"))}  # a job's or a run's own
+    assert {"queue/jobs", "heads", "index/ready", "locks", "projections"} <= made & fixed
+
+
+@pytest.mark.parametrize("folder", _store_folders(), ids=lambda name: name or ".orchestrator")
+def test_a_folder_of_the_store_that_is_a_symbolic_link_is_refused_and_nothing_is_written_where_it_leads(
+        orch: Orchestrator, keyring, tmp_path: Path, folder: str) -> None:
+    import shutil
+
+    _busy_project(orch)
+    place = orch.settings.state_dir / folder if folder else orch.settings.state_dir
+    outside = tmp_path / "outside"  # the folder moved out, as to another disk, and linked back
+    shutil.move(place, outside) if place.exists() else outside.mkdir()
+    place.symlink_to(outside, target_is_directory=True)
+    before = _tree(outside)
+    with pytest.raises(PathEscapeError, match="is a symbolic link where a folder of the store belongs") as err:
+        again = Orchestrator(base_path=orch.settings.base_path, project_id="proj", keyring=keyring)
+        job = again.submit("rel.echo", {"x": 3})
+        again.worker(worker_id="w2").run_once()  # before the fix: ran, its files written where the link leads
+    assert err.value.code == "PATH_ESCAPE" and err.value.exit_code == 3 and str(place) in err.value.message
+    assert _tree(outside) == before
+    if folder in ("runs", "artifacts"):  # the worker refused to start: no job burned on a store's fault
+        assert again.status(job).state == "queued"
+
+
+@pytest.mark.parametrize("folder", [f for f in _store_folders() if f], ids=str)
+def test_a_folder_of_the_store_that_is_a_file_is_a_storage_error_when_the_store_is_opened(
+        orch: Orchestrator, keyring, folder: str) -> None:
+    import shutil
+
+    _busy_project(orch)
+    place = orch.settings.state_dir / folder
+    shutil.rmtree(place, ignore_errors=True)
+    place.parent.mkdir(parents=True, exist_ok=True)
+    place.write_bytes(b"")
+    with pytest.raises(StorageError, match=f"{place} is a file where a folder belongs") as err:
+        Orchestrator(base_path=orch.settings.base_path, project_id="proj", keyring=keyring).worker(worker_id="w2")
+    assert err.value.exit_code == 10
+
+
+@pytest.mark.parametrize("action", ["submit", "status", "jobs", "verify", "metrics", "worker", "cancel"])
+def test_a_store_folder_turned_into_a_file_under_an_open_orchestrator_is_a_storage_error_for_python_callers(
+        orch: Orchestrator, action: str) -> None:
+    """The CLI mapped these ``OSError``s for its commands only; a Python caller got ``NotADirectoryError``."""
+    from orchestrator.integrity import verify_project
+    from orchestrator.projection import refresh
+
+    job = orch.submit("rel.echo", {"x": 1})
+    orch.queue  # noqa: B018 - opened before the damage, as in a long-lived process
+    jobs = orch.store.jobs_dir
+    jobs.rename(jobs.with_name("jobs.moved"))
+    jobs.write_bytes(b"")
+    calls = {"submit": lambda: orch.submit("rel.echo", {"x": 2}), "status": lambda: orch.status(job),
+             "jobs": lambda: list(orch.jobs()), "verify": lambda: verify_project(orch), "metrics": lambda: refresh(orch),
+             "worker": lambda: orch.worker(worker_id="w").run_once(), "cancel": lambda: orch.cancel(job, "no")}
+    with pytest.raises(StorageError, match=f"{jobs} is a file where a folder belongs"):
+        calls[action]()
+
+
+@pytest.mark.parametrize("area", ["heads", "projections", "locks", "queue"])
+def test_a_folder_the_store_makes_is_never_made_through_a_dangling_symbolic_link(tmp_path: Path, area: str) -> None:
+    """Planted after the store was opened, so the check at opening did not see it: ``makedirs`` would take
+    a link for the folder; the store's own ``make_folder`` does not."""
+    root = tmp_path / "store"
+    store = JsonlStore(root)
+    target = tmp_path / "outside" / "nowhere"
+    root.mkdir()
+    (root / area).symlink_to(target)
+    with pytest.raises(PathEscapeError, match=f"{root / area} is a symbolic link"):
+        if area == "locks":
+            with store.exclusive("x"):
+                pass
+        elif area == "queue":
+            store.append("J1", lambda head: [b'{"seq": 1}'])
+        else:
+            store.put_aux(area, "k", b"{}")
+    assert not (tmp_path / "outside").exists()
+
+
+def test_a_project_folder_that_is_a_symbolic_link_is_the_users_choice_and_is_followed(
+        base: Path, keyring, tmp_path: Path) -> None:
+    """Only the store's own folders are refused as links: users link their project folders (to another disk)."""
+    elsewhere = tmp_path / "disk2" / "proj"
+    elsewhere.mkdir(parents=True)
+    (base / "proj").symlink_to(elsewhere, target_is_directory=True)
+    orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring)
+    job = orch.submit("rel.echo", {"x": 1})
+    assert orch.worker(worker_id="w").run_once().state == "succeeded"
+    assert (elsewhere / ".orchestrator" / "queue" / "jobs" / f"{job}.events.jsonl").is_file()

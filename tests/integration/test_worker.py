@@ -202,6 +202,28 @@ def test_secrets_nested_under_a_secret_key_or_in_artifact_names_are_stored_redac
     assert not any(b"hunter2xyz" in p.read_bytes() for p in orch.settings.state_dir.rglob("*") if p.is_file())
 
 
+def test_an_artifact_named_with_a_secret_is_renamed_on_disk_to_the_name_its_event_records(orch) -> None:
+    def secret_names(ctx):
+        folder = ctx.artifacts_dir
+        (folder / "token=abc123.txt").write_text("first")
+        (folder / "token=def456.txt").write_text("second")  # sanitized, it would take the first one's name
+        (folder / "password=hunter2").mkdir()
+        (folder / "password=hunter2" / "report.md").write_text("third")
+        (folder / "plain.txt").write_text("plain")
+        return {"status": "needs_audit", "summary": "s", "artifacts": [
+            "token=abc123.txt", "token=def456.txt", "password=hunter2/report.md", "plain.txt"]}
+    from orchestrator.handlers import register
+    register("t.secret_names", secret_names)
+    job = orch.submit("t.secret_names", max_attempts=1)
+    make_worker(orch).run_once()
+    recorded = events(orch, job)[-1]["data"]["artifacts"]
+    assert recorded == ["token=[REDACTED]", "2-token=[REDACTED]", "password=[REDACTED]", "plain.txt"]
+    folder = orch.settings.state_dir / "artifacts" / job
+    assert [(folder / name).read_text() for name in recorded] == ["first", "second", "third", "plain"]
+    names = "/".join(p.name for p in orch.settings.state_dir.rglob("*"))
+    assert not any(secret in names for secret in ("abc123", "def456", "hunter2"))
+
+
 def test_a_job_of_an_unknown_kind_stays_queued_for_a_capable_worker(orch) -> None:
     job = orch.submit("nobody.handles.this")
     assert make_worker(orch).run_once() is None
@@ -548,6 +570,7 @@ def test_a_dead_run_that_left_artifacts_goes_to_waiting_human(orch, left: str, s
     assert st.state == "waiting_human" and stored in st.question
     assert events(orch, job)[-1]["data"]["artifacts"] == [stored]
     assert "hunter2xyz" not in json.dumps(events(orch, job))
+    assert [p.name for p in folder.iterdir()] == [stored]  # the file is found under the name recorded
 
 
 def test_stale_recovery_removes_the_folders_of_runs_that_are_over_and_keeps_those_that_may_be_live(orch) -> None:

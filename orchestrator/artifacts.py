@@ -1,0 +1,74 @@
+"""A job's artifact names: the name an event records is the name the file has on disk.
+
+Artifact names are recorded sanitized, since a handler may put a secret in a file name
+(``token=abc123.txt`` is recorded as ``token=[REDACTED]``). A file kept under its raw name would
+leave the secret in every listing, backup and copy of the store, and an operator could not find the
+file by the name the event shows. So the worker moves it to the recorded name before recording it:
+its run is over, and the folder is the job's own, inside the store.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable
+
+from orchestrator.security import sanitize_text
+
+log = logging.getLogger(__name__)
+
+MAX_TAKEN = 1000  # names tried (``2-token=[REDACTED]``, ``3-...``) before a file is left where it is
+
+
+def recorded_names(folder: Path, paths: Iterable[str]) -> list[str]:
+    """The names to record for the artifacts ``paths`` (relative to ``folder``): each one sanitized
+    whole, as events always recorded them, and the file or folder whose name that changes moved to
+    it (``password=x/report.md`` -> ``password=[REDACTED]``); a name already taken gets a ``2-``
+    prefix on its last part (``3-``, ...). A name that needs no change costs what recording it
+    always did: one ``sanitize_text``."""
+    moved: dict[str, str] = {}  # a path named twice is moved once
+    names = []
+    for path in paths:
+        name = sanitize_text(path)
+        if name != path:
+            if path not in moved:
+                moved[path] = _move(folder, path, name)
+            name = moved[path]
+        names.append(name)
+    return names
+
+
+def _move(folder: Path, source: str, target: str) -> str:
+    """Move ``source`` to ``target``, or to ``2-target``, ... when that is taken; the name it has now
+    (``target`` when there is nothing to move, or it cannot be moved: the record stays sanitized)."""
+    if not os.path.lexists(folder / source):  # named in the payload but never written, or gone since
+        return target
+    head, _, last = target.rpartition("/")
+    why = "every name is taken"
+    for n in range(1, MAX_TAKEN + 1):
+        taken = last if n == 1 else f"{n}-{last}"
+        candidate = f"{head}/{taken}" if head else taken
+        if os.path.lexists(folder / candidate) or sanitize_text(candidate) != candidate:
+            continue
+        try:
+            if head:
+                os.makedirs(folder / head, exist_ok=True)
+            os.rename(folder / source, folder / candidate)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            break
+        _remove_emptied(folder, os.path.dirname(source))
+        return candidate
+    log.warning("could not move the artifact %s of %s to the name its event records: %s", target, folder, why,
+                extra={"folder": str(folder), "artifact": target})
+    return target
+
+
+def _remove_emptied(folder: Path, parent: str) -> None:
+    """Remove the folders a move left empty (``password=x/`` once its one file moved): their names hold the secret."""
+    while parent:
+        try:
+            os.rmdir(folder / parent)
+        except OSError:  # not empty: another file is still there
+            return
+        parent = os.path.dirname(parent)
