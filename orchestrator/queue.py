@@ -354,7 +354,7 @@ class FileQueueIndex(QueueIndex):
     def announce(self, entry: ReadyEntry) -> None:
         # IN_ATTRIB wakes watchers only now that the event is durable
         try:
-            os.utime(os.path.join(self._ready_s, entry.name))
+            os.utime(os.path.join(self._ready_s, entry.name), follow_symlinks=False)  # a planted link: its own times
         except FileNotFoundError:
             # A fast worker claimed the job already (its running entry is there): nothing to do. Or a
             # claimer dropped the entry as stale, because it did not look newer than the job's last
