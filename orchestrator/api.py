@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from orchestrator import clock, faults
+from orchestrator.command_input import COMMAND_KIND, parse_command_input
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Settings, default_actor
 from orchestrator.errors import (ConcurrencyError, ConfigError, ContextSignatureInvalid, InvalidIdError,
                                  InvalidInputError, JobNotFoundError, OrchestratorError, PathEscapeError)
@@ -407,6 +408,8 @@ class Orchestrator:
         # record, and a submit must not write a new first event over that evidence
         if key and self.store.get_aux(HEADS_AREA, job_id) is not None:
             return self._submitted_before(job_id, key, (kind, input, options))
+        if kind == COMMAND_KIND:  # after the key's job: one submitted before this check is still the same job
+            parse_command_input(input)  # a few microseconds; llm takes any input, a Python handler's is its own
         try:
             self.append(None, job_id, [("job_submitted", data)], actor=actor)
         except ConcurrencyError:

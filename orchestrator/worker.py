@@ -39,9 +39,10 @@ from orchestrator.artifacts import recorded_names
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
                                  DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
                                  HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS)
-from orchestrator.errors import (ConcurrencyError, InvalidIdError, InvalidInputError, JobNotFoundError, LeaseLostError,
-                                 MalformedPayloadError, PathEscapeError, StorageUnavailableError)
-from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
+from orchestrator.errors import (ConcurrencyError, HandlerNotFoundError, InvalidIdError, InvalidInputError,
+                                 JobNotFoundError, LeaseLostError, MalformedPayloadError, PathEscapeError,
+                                 StorageUnavailableError)
+from orchestrator.handlers import RunPaths, call_python_handler, import_modules, lookup, registry_generation, resolve
 from orchestrator.leases import LEASES_AREA, Lease, drop_lease_aux, lease_expiry, write_lease
 from orchestrator.limits import MAX_DURATION_SECONDS
 from orchestrator.payload import DONE, FAILED, NEEDS_AUDIT, Payload, parse_payload
@@ -143,6 +144,14 @@ class RunResult:
         return dict(self.__dict__)
 
 
+@dataclass
+class Unhandled:
+    """Queued jobs of one kind that a claim left for another worker, and why this one has no handler for it."""
+
+    reason: str
+    job_ids: set[str] = field(default_factory=set)
+
+
 def new_run_id() -> str:
     return RUN_PREFIX + os.urandom(8).hex()
 
@@ -166,6 +175,7 @@ class Worker:
         self._stop_at: float | None = None
         self._in_wait = False
         self._warned_kinds: set[str] = set()
+        self.unhandled: dict[str, Unhandled] = {}  # kind -> the jobs the last claim left queued for want of a handler
         self._host: HandlerHost | None = None
         self._known: OrderedDict[str, tuple[JobView, Any]] = OrderedDict()  # see ``_remember``
         self._runs_root: Path | None = None
@@ -371,6 +381,7 @@ class Worker:
         now = self.orch.clock() if now is None else now
         self.queue.ensure_built(self.orch)
         self.next_due = None
+        self.unhandled = {}
         for entry in self.queue.candidates(now):
             if entry.runnable_at > now:  # delayed (retry backoff): the sorted names tell, no read needed
                 self.next_due = min(self.next_due or entry.runnable_at, entry.runnable_at)
@@ -429,11 +440,7 @@ class Worker:
             if expected.runnable_at > now:
                 self.next_due = min(self.next_due or expected.runnable_at, expected.runnable_at)
                 return None
-        if resolve(s.kind) is None:
-            if s.kind not in self._warned_kinds:
-                self._warned_kinds.add(s.kind)
-                log.warning("no handler for kind %r; leaving job %s queued for a worker that has one "
-                            "(--import MODULE)", s.kind, s.job_id, extra={"job_id": s.job_id, "kind": s.kind})
+        if self._no_handler(s):
             return None
         run_id, epoch = new_run_id(), s.epoch + 1
         data = {"worker_id": self.worker_id, "epoch": epoch, "attempt": s.attempt + 1,
@@ -447,6 +454,40 @@ class Worker:
             return None  # another worker won this one
         faults.point("worker.after_claim")
         return Claim(claimed, run_id, epoch)
+
+    def _no_handler(self, s: JobState) -> bool:
+        """True if this worker has no handler for the job's kind: the job stays queued for a worker that has
+        one (workers with different ``--import`` modules share a queue). Warned once per kind; counted for
+        ``handler_not_found``; a kind is looked up once per pass (a ``module:function`` kind is an import)."""
+        left = self.unhandled.get(s.kind)
+        if left is None:
+            try:
+                lookup(s.kind)
+                return False
+            except HandlerNotFoundError as exc:
+                left = self.unhandled[s.kind] = Unhandled(exc.details["reason"])
+                if s.kind not in self._warned_kinds:
+                    self._warned_kinds.add(s.kind)
+                    log.warning("%s; leaving job %s queued for a worker that has one (--import MODULE / "
+                                "ORCH_HANDLERS)", sanitize_text(exc.message), s.job_id,
+                                extra={"job_id": s.job_id, "kind": s.kind})
+        left.job_ids.add(s.job_id)  # a set: a pass may meet an entry twice (queue.candidates)
+        return True
+
+    def handler_not_found(self) -> HandlerNotFoundError | None:
+        """The jobs the last ``claim`` left queued for want of a handler, by kind and why, as the error
+        ``worker --once`` exits with (11) when it ran nothing; None if it left none."""
+        if not self.unhandled:
+            return None
+        kinds = {kind: {"jobs": len(left.job_ids), "reason": left.reason} for kind, left in self.unhandled.items()}
+        jobs = sum(k["jobs"] for k in kinds.values())
+        listed = "; ".join(f"{kind!r} ({k['jobs']} job(s)): {k['reason']}" for kind, k in list(kinds.items())[:5])
+        more = f"; {len(kinds) - 5} more kind(s)" if len(kinds) > 5 else ""
+        return HandlerNotFoundError(
+            f"{jobs} queued job(s) left for a worker with a handler for their kind: {listed}{more}. "
+            "Start a worker that has it (--import MODULE / ORCH_HANDLERS; for a module:function kind, the module "
+            "on its PYTHONPATH), or cancel the job and submit it with the right --kind",
+            worker_id=self.worker_id, jobs=jobs, kinds=kinds)
 
     def _refuse(self, view: JobView, entry: ReadyEntry, now: float) -> None:
         """A job whose history failed verification is never run: audit the refusal, drop its entry."""

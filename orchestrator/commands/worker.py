@@ -10,6 +10,8 @@ from orchestrator.cli import CONTEXT, FiniteFloatRange, Output, cli, project_com
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
                                  DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
                                  HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS)
+from orchestrator.errors import HandlerNotFoundError
+from orchestrator.security import sanitize_text
 
 EXIT_RAN = 0
 EXIT_NOTHING_TO_DO = 75  # sysexits EX_TEMPFAIL: nothing runnable now, try again later
@@ -22,7 +24,9 @@ def _env_list(value: str | None) -> tuple[str, ...]:
 @cli.command(context_settings=CONTEXT)
 @click.option("--once", is_flag=True, envvar="ORCH_WORKER_ONCE", show_envvar=True,
               help="Recover stale jobs, claim and run at most one job, then exit "
-                   f"(exit {EXIT_RAN}: ran a job; exit {EXIT_NOTHING_TO_DO}: nothing was runnable).")
+                   f"(exit {EXIT_RAN}: ran a job; exit {EXIT_NOTHING_TO_DO}: nothing was runnable; exit "
+                   f"{HandlerNotFoundError.exit_code}: ran nothing and left queued jobs of a kind it has no "
+                   "handler for).")
 @click.option("--max-jobs", type=click.IntRange(min=1), default=None, envvar="ORCH_MAX_JOBS", show_envvar=True,
               help="Exit after running this many jobs.")
 @click.option("--idle-exit", is_flag=True, envvar="ORCH_IDLE_EXIT", show_envvar=True,
@@ -65,7 +69,9 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     killed and handed back to the queue).
 
     Exit codes: 0 ran a job (--once) or stopped normally, 75 nothing was runnable (--once),
-    2 unknown option, choice or out-of-range value, 3 bad setting value or handler module.
+    11 ran nothing but left queued jobs of a kind this worker has no handler for (--once; the
+    error names the kinds, how many jobs, and why), 2 unknown option, choice or out-of-range
+    value, 3 bad setting value or a handler module that cannot be imported.
     """
     from orchestrator.worker import Worker, WorkerSettings
 
@@ -87,6 +93,9 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
             finally:
                 w.close()
             if result is None:
+                missing = w.handler_not_found()
+                if missing is not None:
+                    raise missing
                 out.emit({"ran": False, "worker_id": w.worker_id}, "nothing to run")
                 return EXIT_NOTHING_TO_DO
             report(result)
@@ -94,5 +103,7 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
         out.progress(f"worker {w.worker_id} started")
         done = w.run(max_jobs=max_jobs, idle_exit=idle_exit, on_result=report)
     if not out.as_json:
-        click.echo(f"worker {w.worker_id} stopped after {done} job(s)", err=True)
+        left = w.handler_not_found()  # what its last pass left queued: a looping worker only warned of it
+        click.echo(sanitize_text(f"worker {w.worker_id} stopped after {done} job(s)"
+                                 + (f"; {left.message}" if left else "")), err=True)
     return EXIT_RAN

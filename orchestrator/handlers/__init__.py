@@ -10,16 +10,13 @@ default (see ``orchestrator/runner.py``).
 from __future__ import annotations
 
 import importlib
-import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, HandlerNotFoundError
 from orchestrator.runner import Child, HandlerHost, fork_call
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -142,22 +139,51 @@ def handler(name: str) -> Callable[[Callable[[JobContext], Any]], Callable[[JobC
     return deco
 
 
-def resolve(kind: str) -> Handler | None:
-    """The handler for a kind: built-in, registered, or ``module:function``; None if unknown."""
+def lookup(kind: str) -> Handler:
+    """The handler for a kind: built-in, registered, or ``module:function``.
+
+    Raises ``HandlerNotFoundError`` saying why (its ``reason`` detail), also when the module of a
+    ``module:function`` kind raises while importing: any job's kind is imported, and a broken
+    module must not stop the worker that meets it.
+    """
     _builtins()
     found = _REGISTRY.get(kind)
     if found is not None:
         return found
-    if ":" in kind:
-        module_name, _, attr = kind.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError, ValueError) as exc:
-            log.warning("cannot load handler %s: %s", kind, exc, extra={"kind": kind})
-            return None
-        if callable(fn):
-            return PythonHandler(kind, fn)
-    return None
+    if ":" not in kind:
+        raise _not_found(kind, "no handler is registered with this name")
+    module_name, _, attr = kind.partition(":")
+    if not all(part.isidentifier() for part in module_name.split(".")):  # "", "..x", "a b"
+        raise _not_found(kind, f"{module_name!r} is not a module name")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise _not_found(kind, _import_failure(module_name, exc)) from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise _not_found(kind, f"module {module_name!r} has no function {attr!r}")
+    return PythonHandler(kind, fn)
+
+
+def resolve(kind: str) -> Handler | None:
+    """The handler for a kind, or None (``lookup`` says why)."""
+    try:
+        return lookup(kind)
+    except HandlerNotFoundError:
+        return None
+
+
+def _not_found(kind: str, reason: str) -> HandlerNotFoundError:
+    return HandlerNotFoundError(f"no handler for kind {kind!r}: {reason}", kind=kind, reason=reason)
+
+
+def _import_failure(module_name: str, exc: Exception) -> str:
+    """Why a handler module did not import: not there, or its own error (a bug, a missing dependency)."""
+    missing = getattr(exc, "name", None)
+    if isinstance(exc, ModuleNotFoundError) and missing and (module_name + ".").startswith(missing + "."):
+        return f"no module {module_name!r} can be imported here"
+    return (f"importing module {module_name!r} raised {type(exc).__name__}: {exc} "
+            f"(python -c 'import {module_name}' shows the traceback)")
 
 
 def import_modules(names: Iterable[str]) -> list[str]:
@@ -169,8 +195,8 @@ def import_modules(names: Iterable[str]) -> list[str]:
             continue
         try:
             importlib.import_module(name)
-        except ImportError as exc:
-            raise ConfigError(f"cannot import handler module {name!r}: {exc}") from None
+        except Exception as exc:  # a module's own error too, not only a missing one: no traceback
+            raise ConfigError(f"cannot import handler module {name!r}: {_import_failure(name, exc)}") from None
         done.append(name)
     return done
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from orchestrator.command_input import parse_command_input
 from orchestrator.errors import InvalidInputError
 from orchestrator.handlers import Handler, RunPaths
 from orchestrator.runner import Child, HandlerHost, spawn_command, write_json_atomic
@@ -20,44 +21,23 @@ from orchestrator.security import safe_join
 SECRET_ENV = frozenset({"LLM_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"})
 
 
-def child_env(context: Mapping[str, Any], paths: RunPaths, extra: Mapping[str, Any] | None,
+def child_env(context: Mapping[str, Any], paths: RunPaths, extra: Mapping[str, str] | None,
               environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment a command runs with: never the orchestrator's keys or settings."""
     base = os.environ if environ is None else environ
     env = {k: v for k, v in base.items() if not k.startswith("ORCH_") and k not in SECRET_ENV}
-    for key, value in (extra or {}).items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise InvalidInputError("command input 'env' must map strings to strings")
-        env[key] = value
+    env.update(extra or {})  # checked by parse_command_input
     env.update(ORCH_JOB_ID=str(context["job_id"]), ORCH_RUN_ID=str(context["run_id"]),
                ORCH_CONTEXT_FILE=str(paths.context_file), ORCH_ARTIFACTS_DIR=str(paths.artifacts_dir),
                ORCH_TERMINAL_FILE=str(paths.terminal_file))
     return env
 
 
-def parse_input(value: Any) -> tuple[list[str], str | None, dict[str, Any] | None]:
-    if not isinstance(value, dict):
-        raise InvalidInputError('command input must be an object like {"argv": ["echo", "hi"]}')
-    argv = value.get("argv")
-    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-        raise InvalidInputError("command input 'argv' must be a non-empty list of strings")
-    cwd = value.get("cwd")
-    if cwd is not None and not isinstance(cwd, str):
-        raise InvalidInputError("command input 'cwd' must be a string")
-    env = value.get("env")
-    if env is not None and not isinstance(env, dict):
-        raise InvalidInputError("command input 'env' must be an object")
-    unknown = set(value) - {"argv", "cwd", "env"}
-    if unknown:
-        raise InvalidInputError(f"command input has unknown keys: {sorted(unknown)}")
-    return argv, cwd, env
-
-
 class CommandHandler(Handler):
     name = "command"
 
     def start(self, context: dict[str, Any], paths: RunPaths, host: HandlerHost | None = None) -> Child:
-        argv, cwd, extra = parse_input(context.get("input"))
+        argv, cwd, extra = parse_command_input(context.get("input"))
         paths.make_artifacts_dir()  # the command runs there (or below it)
         if cwd is None:
             workdir = paths.artifacts_dir

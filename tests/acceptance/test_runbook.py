@@ -120,6 +120,8 @@ def prepare(orch: Orchestrator, state: str) -> tuple[str, str]:
                           input={"argv": [sys.executable, "-c", DONE_SCRIPT]}), "run-rb1"
     if state == "stale_waiting_human":
         return js.stale_to_waiting_human(orch, run_id="run-rb1"), "run-rb1"
+    if state == "queued_unknown_kind":  # no worker of the runbook has a handler for it
+        return orch.submit("nosuchhandler", {}), ""
     job_id = js.waiting_human(orch, run_id="run-rb1")
     if state == "resumed":
         orch.resume(job_id, ANSWER)

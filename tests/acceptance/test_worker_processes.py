@@ -90,6 +90,53 @@ def test_once_exits_75_when_nothing_is_runnable_and_0_after_running_a_job(env, o
     assert json.loads(ran.stdout)["job_id"] == job and state(orch, job) == "succeeded"
 
 
+def test_once_exits_11_naming_the_kinds_it_has_no_handler_for_and_leaves_their_jobs_queued(env, orch) -> None:
+    jobs = [orch.submit(kind, {}) for kind in ("nosuchhandler", "nosuchhandler", "nosuchmod:fn")]
+    proc = run_script("worker", "--once", "--json", env=env)
+    assert proc.returncode == 11, proc.stderr
+    error = json.loads(proc.stdout)
+    assert error["error"] == "HANDLER_NOT_FOUND" and error["details"]["jobs"] == 3
+    assert {k: v["jobs"] for k, v in error["details"]["kinds"].items()} == {"nosuchhandler": 2, "nosuchmod:fn": 1}
+    assert [state(orch, job) for job in jobs] == ["queued"] * 3
+    text = run_script("worker", "--once", env=env)
+    assert text.returncode == 11 and "Traceback" not in text.stderr
+    assert "error[HANDLER_NOT_FOUND]: 3 queued job(s)" in text.stderr and "--import MODULE" in text.stderr
+
+
+def test_once_runs_a_job_it_has_a_handler_for_before_reporting_those_it_has_none_for(env, orch) -> None:
+    orch.submit("nosuchhandler", {}, priority=5)
+    job = orch.submit("t.echo", "x")
+    assert run_script("worker", "--once", env=env).returncode == 0 and state(orch, job) == "succeeded"
+    assert run_script("worker", "--once", env=env).returncode == 11
+
+
+def test_a_kind_whose_module_raises_on_import_is_reported_not_a_worker_crash(env, orch, tmp_path: Path) -> None:
+    (tmp_path / "t_broken_handlers.py").write_text("raise RuntimeError('bug in the handler module')\n")
+    env = {**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{tmp_path}"}
+    job = orch.submit("t_broken_handlers:fn", {})
+    proc = run_script("worker", "--once", env=env)
+    assert proc.returncode == 11 and "Traceback" not in proc.stderr, proc.stderr
+    assert "importing module 't_broken_handlers' raised RuntimeError: bug in the handler module" in proc.stderr
+    assert state(orch, job) == "queued"
+    imported = run_script("worker", "--once", "--import", "t_broken_handlers", env=env)
+    assert imported.returncode == 3 and "Traceback" not in imported.stderr, imported.stderr
+    assert "error[CONFIG_ERROR]: cannot import handler module 't_broken_handlers'" in imported.stderr
+
+
+def test_a_looping_worker_warns_once_per_kind_it_has_no_handler_for_and_counts_them_when_it_stops(env, orch) -> None:
+    jobs = [orch.submit("nosuchhandler", {}) for _ in range(2)]
+    code, _out, err = finish(start_worker(env, "--idle-exit"))
+    assert code == 0 and [state(orch, job) for job in jobs] == ["queued"] * 2
+    assert err.count("no handler for kind 'nosuchhandler'") == 1  # the warning, at the default log level
+    assert "stopped after 0 job(s); 2 queued job(s) left for a worker with a handler for their kind" in err
+
+
+def test_submit_refuses_a_command_job_that_can_never_start(env, orch) -> None:
+    proc = run_script("submit", "--kind", "command", "--input", "{}", "--json", env=env)
+    assert proc.returncode == 3 and json.loads(proc.stdout)["error"] == "INVALID_INPUT"
+    assert orch.jobs() == []
+
+
 def test_worker_help_shows_an_env_var_for_every_option(env) -> None:
     text = run_script("worker", "-h", env=env).stdout
     for var in ("ORCH_WORKER_ONCE", "ORCH_MAX_JOBS", "ORCH_IDLE_EXIT", "ORCH_LEASE_SECONDS", "ORCH_WORKER_ID",

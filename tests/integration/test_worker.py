@@ -230,6 +230,77 @@ def test_a_job_of_an_unknown_kind_stays_queued_for_a_capable_worker(orch) -> Non
     assert orch.status(job).state == "queued"
 
 
+def test_a_worker_that_ran_nothing_says_which_kinds_it_has_no_handler_for_and_how_many_jobs(orch) -> None:
+    for kind in ("nobody.handles.this", "nobody.handles.this", "no_such_module:fn"):
+        orch.submit(kind)
+    worker = make_worker(orch)
+    assert worker.run_once() is None
+    missing = worker.handler_not_found()
+    assert missing is not None and missing.code == "HANDLER_NOT_FOUND" and missing.exit_code == 11
+    assert missing.details["jobs"] == 3
+    assert missing.details["kinds"] == {
+        "nobody.handles.this": {"jobs": 2, "reason": "no handler is registered with this name"},
+        "no_such_module:fn": {"jobs": 1, "reason": "no module 'no_such_module' can be imported here"}}
+    assert "--import MODULE" in missing.message and "--kind" in missing.message
+
+
+def test_a_worker_with_no_queued_job_it_lacks_a_handler_for_has_nothing_to_report(orch) -> None:
+    worker = make_worker(orch)
+    assert worker.run_once() is None and worker.handler_not_found() is None
+    orch.submit("t.echo", "x")
+    assert worker.run_once().outcome == "succeeded" and worker.handler_not_found() is None
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("nobody.handles.this", "no handler is registered with this name"),
+    ("no_such_module:fn", "no module 'no_such_module' can be imported here"),
+    ("os:no_such_function", "module 'os' has no function 'no_such_function'"),
+    ("..relative:fn", "'..relative' is not a module name"),
+    (":fn", "'' is not a module name"),
+])
+def test_lookup_says_why_a_kind_has_no_handler(kind: str, reason: str) -> None:
+    from orchestrator.errors import HandlerNotFoundError
+    from orchestrator.handlers import lookup
+
+    with pytest.raises(HandlerNotFoundError) as caught:
+        lookup(kind)
+    assert caught.value.details == {"kind": kind, "reason": reason}
+
+
+@pytest.fixture
+def broken_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``t_raises_on_import`` (its own bug) and ``t_missing_dependency`` (imports a module that is not there)."""
+    (tmp_path / "t_raises_on_import.py").write_text("raise RuntimeError('bug in the handler module')\n"
+                                                     "def fn(ctx): return {'status': 'done', 'summary': 'x'}\n")
+    (tmp_path / "t_missing_dependency.py").write_text("import t_not_installed_anywhere\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+@pytest.mark.parametrize("module, error", [("t_raises_on_import", "RuntimeError: bug in the handler module"),
+                                           ("t_missing_dependency", "ModuleNotFoundError: No module named "
+                                                                    "'t_not_installed_anywhere'")])
+def test_a_kind_whose_module_raises_on_import_stays_queued_and_the_worker_runs_the_next_job(
+        orch, broken_modules, module: str, error: str) -> None:
+    broken = orch.submit(f"{module}:fn")
+    runnable = orch.submit("t.echo", "x")
+    worker = make_worker(orch)
+    assert worker.run_once().job_id == runnable
+    assert orch.status(broken).state == "queued"
+    assert worker.run_once() is None
+    reason = worker.handler_not_found().details["kinds"][f"{module}:fn"]["reason"]
+    assert reason.startswith(f"importing module {module!r} raised {error}")
+
+
+@pytest.mark.parametrize("module", ["t_raises_on_import", "t_missing_dependency", "t_no_such_handler_module"])
+def test_a_handler_module_that_cannot_be_imported_is_a_config_error_naming_why(orch, broken_modules,
+                                                                               module: str) -> None:
+    from orchestrator.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"cannot import handler module {module!r}: "
+                                          f"(importing module {module!r} raised|no module {module!r})"):
+        make_worker(orch, imports=(module,))
+
+
 # -- retries ----------------------------------------------------------------------------------------
 def test_a_failed_attempt_is_retried_after_a_backoff_and_then_succeeds(orch) -> None:
     job = orch.submit("t.flaky", {"succeed_on": 2}, max_attempts=3)
@@ -730,10 +801,31 @@ def test_a_runs_folder_is_removed_once_its_outcome_is_recorded(orch, kind: str, 
     assert list((orch.settings.state_dir / "runs").iterdir()) == []
 
 
-def test_a_bad_command_input_fails_with_invalid_input(orch) -> None:
-    job = orch.submit("command", {"args": "echo"})
-    make_worker(orch).run_once()
-    assert orch.status(job).last_error["code"] == "INVALID_INPUT"
+BAD_COMMAND_INPUTS = [None, "echo hi", {}, {"argv": []}, {"argv": "echo"}, {"argv": ["echo", 1]}, {"args": ["echo"]},
+                      {"argv": ["ec\0ho"]}, {"argv": ["echo"], "cwd": 3}, {"argv": ["echo"], "env": ["A=1"]},
+                      {"argv": ["echo"], "env": {"A": 1}}, {"argv": ["echo"], "env": {"A=B": "1"}},
+                      {"argv": ["echo"], "env": {"A": "1\0"}}]
+
+
+@pytest.mark.parametrize("value", BAD_COMMAND_INPUTS)
+def test_submit_refuses_a_command_input_that_can_never_start_and_writes_nothing(orch, value: object) -> None:
+    from orchestrator.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="command input"):
+        orch.submit("command", value)
+    assert list(orch.store.job_ids()) == []
+
+
+@pytest.mark.parametrize("value", [{"args": "echo"}, {"argv": ["ec\0ho"]}, {"argv": ["echo"], "env": {"A": "\0"}}])
+def test_a_command_job_stored_before_submit_checked_its_input_fails_with_invalid_input(orch, value: object) -> None:
+    from orchestrator.api import context_digest, new_job_id
+
+    options = {"audit": False, "max_attempts": 3, "priority": 0}
+    job = new_job_id()
+    orch.append(None, job, [("job_submitted", {"kind": "command", "input": value, "options": options,
+                                               "context_digest": context_digest("command", value, options)})])
+    result = make_worker(orch).run_once()
+    assert (result.job_id, result.outcome, result.error_code) == (job, "failed", "INVALID_INPUT")
 
 
 # -- timeouts -------------------------------------------------------------------------------------------
