@@ -11,10 +11,12 @@ The cache is ``projections/jobs-v2``, stored by *columns* (``Columns``): one JSO
 then the job ids as text and every figure as a packed ``array`` (machine numbers; ``NaN`` for
 "none"). Decoding 100,000 rows is a few ``array.frombytes`` calls (memory copies) instead of
 parsing 100,000 JSON lists, and the figures are computed straight from the columns without
-building a Python object per job. Every section's length is checked before use, so a damaged
-file is just rebuilt. It is derived (ADR: events > audit log > caches): delete it at any time, or
-pass ``--rebuild``, and the next refresh recomputes it. Rows are never trusted for anything but
-figures: no job is run or changed because of a row.
+building a Python object per job. A listed file that holds no event (a submit killed mid-write)
+has an entry too, with its fingerprint and in no state (``NOT_A_JOB``, counted nowhere), so that
+an unchanged listing still matches the cache. Every section's length is checked before use, so a
+damaged file is just rebuilt. It is derived (ADR: events > audit log > caches): delete it at any
+time, or pass ``--rebuild``, and the next refresh recomputes it. Rows are never trusted for
+anything but figures: no job is run or changed because of a row.
 """
 from __future__ import annotations
 
@@ -35,12 +37,14 @@ from orchestrator.state import CANCELLED, FAILED, STATES, SUCCEEDED, WAITING_HUM
 if TYPE_CHECKING:
     from orchestrator.api import JobView, Orchestrator
 
-AREA, KEY, VERSION = "projections", "jobs-v2", 3
+AREA, KEY, VERSION = "projections", "jobs-v2", 4
+READABLE = (3, VERSION)  # format 3 is format 4 with no NOT_A_JOB entry: read as it is, not rebuilt
 OLD_KEYS = ("jobs-v1",)  # earlier formats, removed when the new cache is written
 NO_STATE = 255  # state code of a job with no valid first event
+NOT_A_JOB = 254  # state code of a listed file holding no event (format 4): no job, but part of the listing
 STATE_CODE = {s: i for i, s in enumerate(STATES)}
 NAN = math.nan
-_KNOWN_CODES = bytes([*range(len(STATES)), NO_STATE])
+_KNOWN_CODES = bytes([*range(len(STATES)), NOT_A_JOB, NO_STATE])
 
 
 class Row(NamedTuple):
@@ -101,6 +105,17 @@ class Columns:
         self.resumes_failed.append(row.resumes_failed)
         self.runs.append(" ".join(row.runs))
 
+    def add_not_a_job(self, name: str, fp: tuple[int, int]) -> None:
+        """A listed file that holds no event: kept with its fingerprint, so that an unchanged listing
+        still matches the cache (the warm path) and a change of the file has it read again."""
+        self.add(name, fp, Row(None, True, None, None, None, None, 0, 0, []))
+        self.state[-1] = NOT_A_JOB
+
+    @property
+    def jobs(self) -> int:
+        """The rows that are jobs: ``len`` counts the NOT_A_JOB entries too."""
+        return len(self.ids) - self.state.count(NOT_A_JOB)
+
     def copy_from(self, other: "Columns", i: int) -> None:
         self.ids.append(other.ids[i])
         self.state.append(other.state[i])
@@ -137,7 +152,7 @@ class Columns:
         end = data.find(b"\n")
         try:
             header = json.loads(data[:end]) if end > 0 else None
-            if not (isinstance(header, dict) and header.get("version") == VERSION
+            if not (isinstance(header, dict) and header.get("version") in READABLE
                     and header.get("byteorder") == sys.byteorder):
                 return None
             n, lengths = header["n"], header["lengths"]
@@ -164,7 +179,7 @@ class Columns:
 
 
 class Rows(Mapping[str, Row]):
-    """A read-only ``job id -> Row`` view of columns (rows are built only when looked at)."""
+    """A read-only ``job id -> Row`` view of the jobs in columns (rows are built only when looked at)."""
 
     def __init__(self, cols: Columns) -> None:
         self.columns = cols
@@ -172,17 +187,18 @@ class Rows(Mapping[str, Row]):
 
     def _pos(self) -> dict[str, int]:
         if self._index is None:
-            self._index = dict(zip(self.columns.ids, range(len(self.columns))))
+            cols = self.columns
+            self._index = {job_id: i for i, job_id in enumerate(cols.ids) if cols.state[i] != NOT_A_JOB}
         return self._index
 
     def __getitem__(self, job_id: str) -> Row:
         return self.columns.row(self._pos()[job_id])
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.columns.ids)
+        return iter(self._pos())
 
     def __len__(self) -> int:
-        return len(self.columns)
+        return len(self._pos())
 
 
 def summarize(view: "JobView") -> Row:
@@ -294,6 +310,7 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
         try:
             view = orch.load(job_id)
         except JobNotFoundError:  # no complete line (a submit killed mid-write), or removed since the scan
+            cols.add_not_a_job(job_id, (size, mtime))
             continue
         cols.add(job_id, (size, mtime), summarize(view))
         changed += 1
