@@ -14,24 +14,26 @@ parsing 100,000 JSON lists, and the figures are computed straight from the colum
 building a Python object per job. A listed file that holds no event (a submit killed mid-write)
 has an entry too, with its fingerprint and in no state (``NOT_A_JOB``, counted nowhere), so that
 an unchanged listing still matches the cache. Every section's length is checked before use, so a
-damaged file is just rebuilt. It is derived (ADR: events > audit log > caches): delete it at any
-time, or pass ``--rebuild``, and the next refresh recomputes it. Rows are never trusted for
-anything but figures: no job is run or changed because of a row.
+damaged file is just rebuilt; a cache that cannot be read is rebuilt too, and one that cannot be
+written is a warning, never a failed command. It is derived (ADR: events > audit log > caches):
+delete it at any time, or pass ``--rebuild``, and the next refresh recomputes it. Rows are never
+trusted for anything but figures: no job is run or changed because of a row.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
 from stat import S_ISDIR
 from array import array
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 
 from orchestrator.clock import from_iso
-from orchestrator.errors import JobNotFoundError
+from orchestrator.errors import JobNotFoundError, PathEscapeError, StorageError
 from orchestrator.state import CANCELLED, FAILED, STATES, SUCCEEDED, WAITING_HUMAN, Event, apply
 
 if TYPE_CHECKING:
@@ -45,6 +47,8 @@ NOT_A_JOB = 254  # state code of a listed file holding no event (format 4): no j
 STATE_CODE = {s: i for i, s in enumerate(STATES)}
 NAN = math.nan
 _KNOWN_CODES = bytes([*range(len(STATES)), NOT_A_JOB, NO_STATE])
+
+log = logging.getLogger(__name__)
 
 
 class Row(NamedTuple):
@@ -270,6 +274,7 @@ class Refresh:
     rows: Rows
     replayed: int
     healed: int
+    warnings: list[dict[str, str]] = field(default_factory=list)  # {code, message}: the cache was not written
 
     @property
     def columns(self) -> Columns:
@@ -323,10 +328,7 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
             progress(changed)
     if batch:
         healed += len(audit.heal_quietly(orch, batch))
-    orch.store.put_aux(AREA, KEY, cols.dump())
-    for old in OLD_KEYS:
-        orch.store.delete_aux(AREA, old)
-    return Refresh(Rows(cols), changed, healed)
+    return Refresh(Rows(cols), changed, healed, _write(orch, cols))
 
 
 def _still_removed(orch: "Orchestrator", job_ids: list[str]) -> bool:
@@ -337,8 +339,29 @@ def _still_removed(orch: "Orchestrator", job_ids: list[str]) -> bool:
 
 
 def _read(orch: "Orchestrator") -> Columns | None:
-    data = orch.store.get_aux(AREA, KEY)
+    """The cache, or None to rebuild it: one that cannot be read (no permission, a symbolic link, a
+    folder in its place) is as damaged as one whose bytes do not decode."""
+    try:
+        data = orch.store.get_aux(AREA, KEY)
+    except (OSError, PathEscapeError):
+        return None
     return Columns.load(data) if data else None
+
+
+def _write(orch: "Orchestrator", cols: Columns) -> list[dict[str, str]]:
+    """Store the cache; the warning to give when it cannot be. A cache that cannot be written (a folder
+    holding files in its place, a full disk) fails no command: the figures are right without it, and
+    only the next call is slower. Nothing in its place is removed unless it is the cache's own."""
+    try:
+        orch.store.put_aux(AREA, KEY, cols.dump())
+        for old in OLD_KEYS:
+            orch.store.delete_aux(AREA, old)
+    except (OSError, StorageError) as exc:
+        reason = exc.message if isinstance(exc, StorageError) else str(exc)
+        message = f"the metrics cache was not written, so every call replays every job until it can be: {reason}"
+        log.warning(message, extra={"area": AREA, "key": KEY})
+        return [{"code": "CACHE_NOT_WRITTEN", "message": message}]
+    return []
 
 
 def job_of_run(orch: "Orchestrator", run_id: str) -> str | None:
