@@ -105,7 +105,7 @@ def compute(project_id: str, rows: "Iterable[Row] | Columns", now: float, limits
     asked only about jobs whose claim-time expiry has passed (few), never about the others.
     """
     cols = rows if isinstance(rows, Columns) else Columns.from_rows(rows)
-    jobs = len(cols)
+    jobs = cols.jobs
     counts = {s: cols.state.count(code) for code, s in enumerate(STATES)}
     integrity = cols.ok.count(0)
     running, stall_grace = STATES.index("running"), limits.stall_grace

@@ -11,36 +11,44 @@ The cache is ``projections/jobs-v2``, stored by *columns* (``Columns``): one JSO
 then the job ids as text and every figure as a packed ``array`` (machine numbers; ``NaN`` for
 "none"). Decoding 100,000 rows is a few ``array.frombytes`` calls (memory copies) instead of
 parsing 100,000 JSON lists, and the figures are computed straight from the columns without
-building a Python object per job. Every section's length is checked before use, so a damaged
-file is just rebuilt. It is derived (ADR: events > audit log > caches): delete it at any time, or
-pass ``--rebuild``, and the next refresh recomputes it. Rows are never trusted for anything but
-figures: no job is run or changed because of a row.
+building a Python object per job. A listed file that holds no event (a submit killed mid-write)
+has an entry too, with its fingerprint and in no state (``NOT_A_JOB``, counted nowhere), so that
+an unchanged listing still matches the cache. Every section's length is checked before use, so a
+damaged file is just rebuilt; a cache that cannot be read is rebuilt too, and one that cannot be
+written is a warning, never a failed command. It is derived (ADR: events > audit log > caches):
+delete it at any time, or pass ``--rebuild``, and the next refresh recomputes it. Rows are never
+trusted for anything but figures: no job is run or changed because of a row.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
 from stat import S_ISDIR
 from array import array
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 
 from orchestrator.clock import from_iso
-from orchestrator.errors import JobNotFoundError
+from orchestrator.errors import JobNotFoundError, PathEscapeError, StorageError
 from orchestrator.state import CANCELLED, FAILED, STATES, SUCCEEDED, WAITING_HUMAN, Event, apply
 
 if TYPE_CHECKING:
     from orchestrator.api import JobView, Orchestrator
 
-AREA, KEY, VERSION = "projections", "jobs-v2", 3
+AREA, KEY, VERSION = "projections", "jobs-v2", 4
+READABLE = (3, VERSION)  # format 3 is format 4 with no NOT_A_JOB entry: read as it is, not rebuilt
 OLD_KEYS = ("jobs-v1",)  # earlier formats, removed when the new cache is written
 NO_STATE = 255  # state code of a job with no valid first event
+NOT_A_JOB = 254  # state code of a listed file holding no event (format 4): no job, but part of the listing
 STATE_CODE = {s: i for i, s in enumerate(STATES)}
 NAN = math.nan
-_KNOWN_CODES = bytes([*range(len(STATES)), NO_STATE])
+_KNOWN_CODES = bytes([*range(len(STATES)), NOT_A_JOB, NO_STATE])
+
+log = logging.getLogger(__name__)
 
 
 class Row(NamedTuple):
@@ -101,6 +109,17 @@ class Columns:
         self.resumes_failed.append(row.resumes_failed)
         self.runs.append(" ".join(row.runs))
 
+    def add_not_a_job(self, name: str, fp: tuple[int, int]) -> None:
+        """A listed file that holds no event: kept with its fingerprint, so that an unchanged listing
+        still matches the cache (the warm path) and a change of the file has it read again."""
+        self.add(name, fp, Row(None, True, None, None, None, None, 0, 0, []))
+        self.state[-1] = NOT_A_JOB
+
+    @property
+    def jobs(self) -> int:
+        """The rows that are jobs: ``len`` counts the NOT_A_JOB entries too."""
+        return len(self.ids) - self.state.count(NOT_A_JOB)
+
     def copy_from(self, other: "Columns", i: int) -> None:
         self.ids.append(other.ids[i])
         self.state.append(other.state[i])
@@ -137,7 +156,7 @@ class Columns:
         end = data.find(b"\n")
         try:
             header = json.loads(data[:end]) if end > 0 else None
-            if not (isinstance(header, dict) and header.get("version") == VERSION
+            if not (isinstance(header, dict) and header.get("version") in READABLE
                     and header.get("byteorder") == sys.byteorder):
                 return None
             n, lengths = header["n"], header["lengths"]
@@ -164,7 +183,7 @@ class Columns:
 
 
 class Rows(Mapping[str, Row]):
-    """A read-only ``job id -> Row`` view of columns (rows are built only when looked at)."""
+    """A read-only ``job id -> Row`` view of the jobs in columns (rows are built only when looked at)."""
 
     def __init__(self, cols: Columns) -> None:
         self.columns = cols
@@ -172,17 +191,18 @@ class Rows(Mapping[str, Row]):
 
     def _pos(self) -> dict[str, int]:
         if self._index is None:
-            self._index = dict(zip(self.columns.ids, range(len(self.columns))))
+            cols = self.columns
+            self._index = {job_id: i for i, job_id in enumerate(cols.ids) if cols.state[i] != NOT_A_JOB}
         return self._index
 
     def __getitem__(self, job_id: str) -> Row:
         return self.columns.row(self._pos()[job_id])
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.columns.ids)
+        return iter(self._pos())
 
     def __len__(self) -> int:
-        return len(self.columns)
+        return len(self._pos())
 
 
 def summarize(view: "JobView") -> Row:
@@ -256,6 +276,7 @@ class Refresh:
     rows: Rows
     replayed: int
     healed: int
+    warnings: list[dict[str, str]] = field(default_factory=list)  # {code, message}: the cache was not written
 
     @property
     def columns(self) -> Columns:
@@ -296,6 +317,7 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
         try:
             view = orch.load(job_id)
         except JobNotFoundError:  # no complete line (a submit killed mid-write), or removed since the scan
+            cols.add_not_a_job(job_id, (size, mtime))
             continue
         cols.add(job_id, (size, mtime), summarize(view))
         changed += 1
@@ -308,10 +330,7 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
             progress(changed)
     if batch:
         healed += len(audit.heal_quietly(orch, batch))
-    orch.store.put_aux(AREA, KEY, cols.dump())
-    for old in OLD_KEYS:
-        orch.store.delete_aux(AREA, old)
-    return Refresh(Rows(cols), changed, healed)
+    return Refresh(Rows(cols), changed, healed, _write(orch, cols))
 
 
 def _still_removed(orch: "Orchestrator", job_ids: list[str]) -> bool:
@@ -322,8 +341,29 @@ def _still_removed(orch: "Orchestrator", job_ids: list[str]) -> bool:
 
 
 def _read(orch: "Orchestrator") -> Columns | None:
-    data = orch.store.get_aux(AREA, KEY)
+    """The cache, or None to rebuild it: one that cannot be read (no permission, a symbolic link, a
+    folder in its place) is as damaged as one whose bytes do not decode."""
+    try:
+        data = orch.store.get_aux(AREA, KEY)
+    except (OSError, PathEscapeError):
+        return None
     return Columns.load(data) if data else None
+
+
+def _write(orch: "Orchestrator", cols: Columns) -> list[dict[str, str]]:
+    """Store the cache; the warning to give when it cannot be. A cache that cannot be written (a folder
+    holding files in its place, a full disk) fails no command: the figures are right without it, and
+    only the next call is slower. Nothing in its place is removed unless it is the cache's own."""
+    try:
+        orch.store.put_aux(AREA, KEY, cols.dump())
+        for old in OLD_KEYS:
+            orch.store.delete_aux(AREA, old)
+    except (OSError, StorageError) as exc:
+        reason = exc.message if isinstance(exc, StorageError) else str(exc)
+        message = f"the metrics cache was not written, so every call replays every job until it can be: {reason}"
+        log.warning(message, extra={"area": AREA, "key": KEY})
+        return [{"code": "CACHE_NOT_WRITTEN", "message": message}]
+    return []
 
 
 def job_of_run(orch: "Orchestrator", run_id: str) -> str | None:

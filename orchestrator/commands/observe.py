@@ -58,7 +58,8 @@ def metrics(orch: Any, out: Output, fmt: str, rebuild: bool, fail_on: str | None
     """stalled_count, resume_success_rate, mean_converge_time, jobs per state, and alerts.
 
     Fast on large projects: per-job summaries are cached in projections/jobs-v2 (derived,
-    deletable) and only jobs whose events file changed are replayed. See docs/metrics.md.
+    deletable) and only jobs whose events file changed are replayed. A cache that cannot be
+    written is a warning (CACHE_NOT_WRITTEN), not a failure. See docs/metrics.md.
     """
     from orchestrator import metrics as m
     from orchestrator.errors import AlertsFiringError
@@ -67,7 +68,7 @@ def metrics(orch: Any, out: Output, fmt: str, rebuild: bool, fail_on: str | None
     result = refresh(orch, rebuild=rebuild, progress=lambda n: out.progress(f"replayed {n} jobs..."))
     figures = m.compute(orch.project_id, result.columns, orch.clock(), m.Thresholds.from_env(**limits),
                         renewed_lease=orch.lease_expiry)
-    data = {**figures.to_dict(), "replayed": result.replayed}
+    data = {**figures.to_dict(), "replayed": result.replayed, "warnings": result.warnings}  # also on stderr (logged)
     if fmt == "prometheus" and not out.as_json:
         click.echo(m.prometheus(figures), nl=False)
     elif fmt == "json" or out.as_json:

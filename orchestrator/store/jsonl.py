@@ -546,15 +546,14 @@ class JsonlStore(EventStore):
 
     def get_aux(self, area: str, key: str) -> bytes | None:
         """The record, or None when there is none; a directory in its place (a stray ``mkdir``, not
-        something this store writes) is no record, as a damaged cache entry is. A slot is never read
-        through a symbolic link: ``PATH_ESCAPE`` (other areas are replaced by rename, which replaces a
-        link and never writes through it)."""
+        something this store writes) is no record, as a damaged cache entry is. No record is read
+        through a symbolic link: ``PATH_ESCAPE`` (the areas that are not slots are replaced by rename,
+        which replaces a link and never writes through it); a FIFO in a record's place reads as none."""
         path = self._aux_path(area, key)
         try:
-            if area not in SLOT_AREAS:
-                with open(path, "rb") as fh:
-                    return fh.read() or None
             with open(path, "rb", opener=_nofollow) as fh:
+                if area not in SLOT_AREAS:
+                    return fh.read() or None
                 fcntl.flock(fh.fileno(), fcntl.LOCK_SH)  # never half of an in-place write
                 data = fh.read()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):

@@ -153,3 +153,17 @@ def test_metrics_does_not_alert_on_a_long_run_whose_heartbeats_renew_its_lease(a
     api.store.put_aux("leases", f"{job_id}.1", b"")  # the record gone: the claim's expiry is all there is
     failed = run_script("metrics", "--project-id", "proj", "--json", "--fail-on", "critical", env=cli_env)
     assert failed.returncode == 12 and json.loads(failed.stdout.splitlines()[0])["stalled_count"] == 1
+
+
+def test_metrics_gives_its_figures_and_a_warning_when_a_folder_of_files_is_in_its_caches_place(
+        api: Orchestrator, cli_env) -> None:
+    api.submit("echo", {})
+    note = api.settings.state_dir / "projections" / "jobs-v2" / "note"
+    note.parent.mkdir(parents=True)
+    note.write_text("an operator's file")
+    m = run_script("metrics", "--json", env=cli_env)  # before the fix: exit 10 until the folder was moved away
+    assert m.returncode == 0 and as_json(m)["jobs"] == 1
+    assert [w["code"] for w in as_json(m)["warnings"]] == ["CACHE_NOT_WRITTEN"]
+    table = run_script("metrics", env=cli_env)
+    assert table.returncode == 0 and "metrics cache was not written" in table.stderr and "jobs-v2" in table.stderr
+    assert note.read_text() == "an operator's file"

@@ -1,6 +1,7 @@
 """Paths planted inside the store never lead a worker outside it, nor crash it."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -96,7 +97,7 @@ def test_a_directory_in_leases_or_in_the_index_never_stops_a_worker(orch: Orches
 
 
 @holding
-def test_a_directory_in_place_of_a_head_record_or_the_metrics_cache_never_gives_a_traceback(
+def test_a_directory_in_place_of_a_head_record_or_the_metrics_cache_never_fails_a_command(
         orch: Orchestrator, holding_files: bool) -> None:
     from orchestrator.integrity import verify_project
     from orchestrator.projection import refresh
@@ -107,11 +108,79 @@ def test_a_directory_in_place_of_a_head_record_or_the_metrics_cache_never_gives_
         _plant_dir(state / rel, holding_files)
     assert verify_project(orch).ok  # before the fix: IsADirectoryError (a missing record, like a deleted one)
     if holding_files:
-        with pytest.raises(StorageError, match="jobs-v2 is a directory that holds files"):
-            refresh(orch)  # the cache cannot be written: a clear error, and the directory kept
+        for _ in range(2):  # the cache cannot be written: figures from the events each time, a warning, the files kept
+            result = refresh(orch)
+            assert list(result.rows) == [job] and [w["code"] for w in result.warnings] == ["CACHE_NOT_WRITTEN"]
+            assert "jobs-v2 is a directory that holds files" in result.warnings[0]["message"]
         assert (state / "projections" / "jobs-v2" / "note").is_file()
     else:
         assert list(refresh(orch).rows) == [job] and (state / "projections" / "jobs-v2").is_file()
+
+
+def _refresh_or_fail_if_it_hangs(orch: Orchestrator):
+    """``refresh`` in a thread: a FIFO read blocks until a writer comes, and a test must fail, not hang."""
+    import threading
+
+    from orchestrator.projection import refresh
+
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(refresh(orch))
+        except Exception as exc:  # raised again in the test's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(10)
+    if not outcome:
+        pytest.fail("refresh hung reading the metrics cache")
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome[0]
+
+
+@pytest.mark.parametrize("planted", ["projections_is_a_file", "folder_as_its_temporary_copy"])
+def test_a_metrics_cache_that_cannot_be_written_is_a_warning_and_what_is_in_its_way_is_kept(
+        orch: Orchestrator, planted: str) -> None:
+    from orchestrator.projection import refresh
+
+    state = orch.settings.state_dir
+    job = orch.submit("rel.echo", {"x": 1})
+    in_the_way = state / "projections" if planted == "projections_is_a_file" else \
+        state / "projections" / f".jobs-v2.{os.getpid()}.tmp" / "note"
+    in_the_way.parent.mkdir(parents=True, exist_ok=True)
+    in_the_way.write_text("an operator's file")
+    result = refresh(orch)  # before the fix: StorageError (exit 10)
+    assert list(result.rows) == [job] and [w["code"] for w in result.warnings] == ["CACHE_NOT_WRITTEN"]
+    assert in_the_way.read_text() == "an operator's file"
+
+
+@pytest.mark.parametrize("planted", ["fifo", "link_to_a_fifo", "unreadable"])
+def test_a_metrics_cache_that_cannot_be_read_is_rebuilt_in_its_place_and_never_hangs(
+        orch: Orchestrator, tmp_path: Path, monkeypatch, planted: str) -> None:
+    cache, outside = orch.settings.state_dir / "projections" / "jobs-v2", tmp_path / "outside.fifo"
+    job = orch.submit("rel.echo", {"x": 1})
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    if planted == "fifo":
+        os.mkfifo(cache)
+    elif planted == "link_to_a_fifo":
+        os.mkfifo(outside)
+        cache.symlink_to(outside)
+    else:  # no permission to read it; root reads anything, so the store is made to say so
+        real = orch.store.get_aux
+
+        def refused(area: str, key: str) -> bytes | None:
+            if area == "projections":
+                raise PermissionError(13, "Permission denied", key)
+            return real(area, key)
+
+        monkeypatch.setattr(orch.store, "get_aux", refused)
+    result = _refresh_or_fail_if_it_hangs(orch)  # before the fix: a FIFO hung it, no permission was exit 10
+    assert list(result.rows) == [job] and result.warnings == []
+    assert cache.is_file() and not cache.is_symlink()  # the link itself replaced, never what it points to
+    assert planted != "link_to_a_fifo" or outside.is_fifo()
 
 
 @holding

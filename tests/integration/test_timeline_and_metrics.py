@@ -189,12 +189,21 @@ def test_a_damaged_columns_cache_is_rebuilt_and_never_gives_wrong_figures(orch: 
         state_at = len(header) + 1 + meta["lengths"][0]
         data = data[:state_at] + b"\x07" + data[state_at + 1:]  # 7 names no state
     elif damage == "old_version":
-        data = header.replace(b'"version":3', b'"version":2') + b"\n" + body
+        data = header.replace(b'"version":4', b'"version":2') + b"\n" + body
     else:
         data = b"\x00\xff" * 50
     path.write_bytes(data)
     again = refresh(orch)
     assert again.replayed == len(ids) and dict(again.rows) == dict(good.rows)
+
+
+def test_a_cache_of_format_3_is_read_as_it_is_since_format_4_only_adds_entries(orch: Orchestrator) -> None:
+    ids = _mixed_project(orch)
+    refresh(orch)
+    path = orch.settings.state_dir / "projections" / "jobs-v2"
+    path.write_bytes(path.read_bytes().replace(b'"version":4', b'"version":3', 1))  # what the previous code wrote
+    again = refresh(orch)
+    assert again.replayed == 0 and sorted(again.rows) == sorted(ids)
 
 
 def test_the_json_cache_of_the_previous_version_is_removed(orch: Orchestrator) -> None:
@@ -243,3 +252,36 @@ def test_metrics_looks_for_removed_histories_only_when_the_job_listing_changed(o
     orch.store.path(ids[1]).unlink()  # a job left the listing: its head record is looked for
     again = refresh(orch)
     assert looked == [1] and not again.rows[ids[1]].ok
+
+
+def test_a_file_or_folder_in_the_jobs_folder_that_is_no_job_keeps_metrics_on_its_warm_path(
+        orch: Orchestrator, monkeypatch) -> None:
+    job = orch.submit("echo", {})
+    jobs_dir = orch.store.path(job).parent
+    (jobs_dir / "01ARZ3NDEKTSV4RRFFQ69G5FAV.events.jsonl").write_bytes(b'{"seq":1,"ty')  # a submit killed mid-write
+    (jobs_dir / "01ARZ3NDEKTSV4RRFFQ69G5FAW.events.jsonl").mkdir()
+    assert list(refresh(orch).rows) == [job]  # the torn file is read once, and the cache says it is no job
+    writes = []
+    monkeypatch.setattr(orch.store, "put_aux", lambda *a: writes.append(a))
+    monkeypatch.setattr(orch, "load", lambda j: pytest.fail(f"{j} read although nothing changed"))
+    warm = refresh(orch)
+    assert warm.replayed == 0 and writes == [] and list(warm.rows) == [job]
+    assert compute("p", warm.columns, 0.0, Thresholds()).jobs == 1
+
+
+def test_a_torn_submit_is_read_again_only_when_its_file_changes(orch: Orchestrator, monkeypatch) -> None:
+    job = orch.submit("echo", {"n": 1}, key="nightly")
+    path = orch.store.path(job)
+    path.write_bytes(path.read_bytes()[:40])  # a submit killed mid-write: half a line, and no head record yet
+    (orch.settings.state_dir / "heads" / job).unlink()
+    read, load = [], orch.load
+    monkeypatch.setattr(orch, "load", lambda j, **kw: read.append(j) or load(j, **kw))
+    assert job not in refresh(orch).rows and job not in refresh(orch).rows
+    assert read == [job]  # once: then the cache says the file, as it is, holds no job
+    assert orch.submit_job("echo", {"n": 1}, key="nightly").created  # the retry cuts the torn bytes first
+    assert refresh(orch).rows[job].state == "queued" and read == [job, job]
+    path.write_bytes(b'{"seq":1,"ty')  # torn once its head record exists: tampering, never "no job"
+    assert not refresh(orch).rows[job].ok
+    path.unlink()
+    (orch.settings.state_dir / "heads" / job).unlink()
+    assert len(refresh(orch).columns) == 0
