@@ -1,8 +1,8 @@
 """The ``orchestrator`` command line: a thin click layer over ``orchestrator.api``.
 
 Every command takes ``--base-path``, ``--project-id`` and ``--json``. Expected errors print
-``error[CODE]: message`` (or a JSON object with ``--json``) and exit with the error's code,
-never a traceback; everything printed passes through ``sanitize_text``.
+``error[CODE]: message`` (or a JSON object with ``--json``, usage errors included) and exit with
+the error's code, never a traceback; everything printed passes through ``sanitize_text``.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import click
 
 from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PROJECT_ID,
                                  load_dotenv_file)
-from orchestrator.errors import InvalidInputError, OrchestratorError
+from orchestrator.errors import InvalidInputError, OrchestratorError, UsageError
 from orchestrator.limits import MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, PRIORITY_LIMIT
 from orchestrator.security import sanitize_text
 
@@ -148,7 +148,7 @@ def submit(orch: Any, out: Output, kind: str, input_json: str | None, input_file
            max_attempts: int, timeout: float | None, priority: int) -> None:
     """Submit a job and print its id (the same id again for the same --key)."""
     if input_json is not None and input_file is not None:
-        raise InvalidInputError("give --input or --input-file, not both")
+        raise click.UsageError("give --input or --input-file, not both")
     raw = input_file.read() if input_file is not None else input_json
     try:
         value = json.loads(raw) if raw is not None else None
@@ -187,7 +187,7 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
     """
     if all_jobs or states:
         if job_id:
-            raise InvalidInputError("give a job id or --all, not both")
+            raise click.UsageError("give a JOB_ID or --all, not both")
         jobs = orch.jobs(states)
         out.emit({"jobs": [j.to_dict() for j in jobs], "count": len(jobs)},
                  lambda: "\n".join([f"{'JOB_ID':<36} {'STATE':<15} {'KIND':<16} {'ATT':>3}  UPDATED"] + [
@@ -320,27 +320,50 @@ def _register_commands() -> None:
         importlib.import_module(f"{package.__name__}.{info.name}")
 
 
+def _wants_json(args: list[str]) -> bool:
+    """Whether errors found before the command runs (``.env``, usage) print as JSON: click has not parsed yet."""
+    return "--json" in args
+
+
 def _load_dotenv(args: list[str]) -> None:
     """``.env`` is read before click parses the options (they take their defaults from the environment), so
     its errors are reported here, in the form the commands use."""
     try:
         load_dotenv_file()
     except OrchestratorError as exc:
-        Output("--json" in args).error(exc)
+        Output(_wants_json(args)).error(exc)
         sys.exit(exc.exit_code)
 
 
+def _run(command: click.Command, args: list[str], prog_name: str | None) -> None:
+    """Run ``command`` as click's standalone mode does, except that with ``--json`` a usage error (exit 2) is
+    printed like every other error, as one JSON object on stdout: a caller that reads stdout gets it too."""
+    try:
+        code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
+    except click.ClickException as exc:
+        if isinstance(exc, click.UsageError) and _wants_json(args):
+            Output(True).error(UsageError(exc.format_message()))
+        else:
+            exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:  # Ctrl-C outside a command's own handling
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)  # ctx.exit(n) returns n; a command that returns exits 0
+
+
 def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:
-    """Entry point of the console script and of ``scripts/*.py``."""
-    _load_dotenv(sys.argv[1:] if argv is None else argv)
-    cli.main(args=argv, prog_name=prog_name)
+    """Entry point of the console script and of ``python3 -m orchestrator``."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    _load_dotenv(args)
+    _run(cli, args, prog_name)
 
 
 def run_script(command: str, argv: list[str] | None = None) -> None:
     """``scripts/<name>.py``: the same command, named as the runbook names it."""
-    args = sys.argv[1:] if argv is None else argv
+    args = sys.argv[1:] if argv is None else list(argv)
     _load_dotenv(args)
     found = cli.get_command(None, command)
     if found is None:  # a script named after a command that does not exist: a packaging mistake
         raise SystemExit(f"no command {command!r}")
-    found.main(args=args, prog_name=f"scripts/{Path(sys.argv[0]).name}")
+    _run(found, args, f"scripts/{Path(sys.argv[0]).name}")

@@ -1,0 +1,50 @@
+"""`--json` prints one JSON object on stdout, usage errors included (docs/decisions.md, CLI)."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+from helpers import run_module, run_script
+
+USAGE_ERRORS = [
+    ("status",),  # no JOB_ID and no --all
+    ("status", "--all", "01SOMEJOB"),  # both
+    ("audit-timeline",),  # neither --job-id nor --run-id
+    ("submit", "--kind", "x", "--timeout", "inf"),  # out of range
+    ("submit", "--kind", "x", "--input", "{}", "--input-file", "-"),  # both
+    ("verify", "--against", "missing"),  # no such file
+    ("status", "--token", "x"),  # unknown option
+]
+
+
+def run_command(name: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``scripts/<name>.py``, the runbook's way."""
+    return run_script(name.replace("-", "_"), *args, env=env)
+
+
+def test_a_usage_error_under_json_is_one_usage_error_object_on_stdout_with_exit_2(cli_env: dict[str, str]) -> None:
+    for name, *args in USAGE_ERRORS:
+        for proc in (run_command(name, *args, "--json", env=cli_env), run_module(name, *args, "--json", env=cli_env)):
+            assert proc.returncode == 2, (name, args, proc.stdout, proc.stderr)
+            error = json.loads(proc.stdout)
+            assert error["error"] == "USAGE_ERROR" and error["message"], (name, args)
+            assert proc.stderr == "", (name, args, proc.stderr)
+
+
+def test_without_json_a_usage_error_is_clicks_text_on_stderr(cli_env: dict[str, str]) -> None:
+    for name, *args in USAGE_ERRORS:
+        proc = run_command(name, *args, env=cli_env)
+        assert proc.returncode == 2 and proc.stdout == "", (name, args, proc.stdout)
+        assert proc.stderr.startswith(f"Usage: scripts/{name.replace('-', '_')}.py ") and "\nError: " in proc.stderr
+
+
+def test_help_still_prints_with_json_and_exits_0(cli_env: dict[str, str]) -> None:
+    for proc in (run_script("status", "-h", "--json", env=cli_env), run_module("status", "--help", "--json", env=cli_env),
+                 run_module("-h", env=cli_env)):
+        assert proc.returncode == 0 and proc.stdout.startswith("Usage: "), proc.stderr
+
+
+def test_status_without_a_job_id_and_status_with_both_are_the_same_usage_error(cli_env: dict[str, str]) -> None:
+    neither, both = (run_script("status", *args, "--json", env=cli_env) for args in ((), ("--all", "01SOMEJOB")))
+    assert neither.returncode == both.returncode == 2
+    assert json.loads(neither.stdout)["error"] == json.loads(both.stdout)["error"] == "USAGE_ERROR"
