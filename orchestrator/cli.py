@@ -6,12 +6,13 @@ the error's code, never a traceback; everything printed passes through ``sanitiz
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -70,6 +71,23 @@ store_option = click.option(
     help="Where events live: 'file' (BASE_PATH/<PROJECT_ID>/.orchestrator) or a postgresql:// URL.  [default: file]")
 
 
+@contextlib.contextmanager
+def reported_errors(out: Output) -> Iterator[None]:
+    """Print an expected error in the commands' form and exit with its code, never with a traceback."""
+    try:
+        yield
+    except OrchestratorError as exc:
+        error = exc
+    except (NotADirectoryError, IsADirectoryError, PermissionError) as exc:  # a store folder that is a file, ...
+        from orchestrator.store.jsonl import path_error
+
+        error = path_error(exc)
+    else:
+        return
+    out.error(error)
+    click.get_current_context().exit(error.exit_code)
+
+
 def project_command(fn: Callable[..., int | None]) -> Callable[..., None]:
     """Add the common options, build the ``Orchestrator`` lazily, and map errors to exit codes."""
 
@@ -83,22 +101,12 @@ def project_command(fn: Callable[..., int | None]) -> Callable[..., None]:
     def wrapper(base_path: str | None, project_id: str | None, as_json: bool, store_url: str | None,
                 **kwargs: Any) -> None:
         out = Output(as_json)
-        ctx = click.get_current_context()
-        try:
+        with reported_errors(out):
             from orchestrator.api import Orchestrator
 
             orch = Orchestrator(base_path=base_path, project_id=project_id, store_url=store_url)
             code = fn(orch, out, **kwargs)
-        except OrchestratorError as exc:
-            out.error(exc)
-            ctx.exit(exc.exit_code)
-        except (NotADirectoryError, IsADirectoryError, PermissionError) as exc:  # a store folder that is a file, ...
-            from orchestrator.store.jsonl import path_error
-
-            error = path_error(exc)
-            out.error(error)
-            ctx.exit(error.exit_code)
-        ctx.exit(code or 0)
+        click.get_current_context().exit(code or 0)
 
     return wrapper
 
@@ -204,8 +212,9 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
 # -- verify -----------------------------------------------------------------------------------
 @cli.command(context_settings=CONTEXT)
 @click.option("--job-id", default=None, help="Verify one job instead of the whole project.")
-@click.option("--export-head", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="After verifying, write a signed digest of every head to this file (keep it elsewhere).")
+@click.option("--export-head", metavar="FILE", default=None,
+              help="After verifying, write a signed digest of every head to this file (keep it elsewhere); a path "
+                   "that cannot be written is refused (exit 3) before verifying.")
 @click.option("--against", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Also prove nothing was rolled back since this exported head file.")
 @project_command
@@ -216,13 +225,18 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
     or emptied). Names the file and line of each problem; exits 7 on any integrity problem.
     """
     from orchestrator.integrity import check_anchor, export_anchor, verify_project
+    from orchestrator.output_file import OutputFile
 
-    report = verify_project(orch, job_id, progress=lambda n: out.progress(f"verified {n} jobs..."))
-    if against:
-        report.problems.extend(check_anchor(orch, Path(against)))
-    result = report.to_dict()
-    if export_head and report.ok:
-        result["exported"] = export_anchor(orch, Path(export_head))
+    anchor = OutputFile(export_head, "the head anchor") if export_head else None
+    with anchor or contextlib.nullcontext():
+        report = verify_project(orch, job_id, progress=lambda n: out.progress(f"verified {n} jobs..."))
+        if against:
+            report.problems.extend(check_anchor(orch, Path(against)))
+        result = report.to_dict()
+        if anchor and report.ok:
+            result["exported"] = export_anchor(orch, anchor)
+        elif anchor:
+            anchor.discard()  # an older anchor there stays as it was
     where = getattr(orch.store, "path", None)
 
     def text() -> str:
