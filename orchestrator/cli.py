@@ -111,6 +111,16 @@ def project_command(fn: Callable[..., int | None]) -> Callable[..., None]:
     return wrapper
 
 
+def note_missing_store(orch: Any, out: Output) -> None:
+    """A project-wide read of a store that does not exist finds nothing, as a fresh project's does (its first
+    submit creates the store), so it is not an error; but the text names the folder read (on stderr, the
+    output itself unchanged), so a mistyped --base-path or --project-id shows."""
+    root = getattr(orch.store, "root", None)  # the file backend's folder; PostgreSQL has no such thing
+    if root is not None and not out.as_json and not root.exists():
+        click.echo(sanitize_text(f"note: no store at {root} (nothing written to this project yet); "
+                                 "check --base-path and --project-id"), err=True)
+
+
 class _LazyGroup(click.Group):
     """Commands of other areas (``orchestrator/commands/``) are imported the first time a command this
     module does not define is looked up, or all are listed: ``scripts/status.py`` then skips every
@@ -197,6 +207,7 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
         if job_id:
             raise click.UsageError("give a JOB_ID or --all, not both")
         jobs = orch.jobs(states)
+        note_missing_store(orch, out)
         out.emit({"jobs": [j.to_dict() for j in jobs], "count": len(jobs)},
                  lambda: "\n".join([f"{'JOB_ID':<36} {'STATE':<15} {'KIND':<16} {'ATT':>3}  UPDATED"] + [
                      f"{j.job_id:<36} {(j.state or 'unknown'):<15} {(j.kind or '-')[:16]:<16} {j.attempt:>3}  "
@@ -230,6 +241,7 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
     anchor = OutputFile(export_head, "the head anchor") if export_head else None
     with anchor or contextlib.nullcontext():
         report = verify_project(orch, job_id, progress=lambda n: out.progress(f"verified {n} jobs..."))
+        note_missing_store(orch, out)
         if against:
             report.problems.extend(check_anchor(orch, Path(against)))
         result = report.to_dict()

@@ -5,7 +5,8 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import CONTEXT, EXIT_INTEGRITY, FiniteFloatRange, Output, cli, project_command, seconds
+from orchestrator.cli import (CONTEXT, EXIT_INTEGRITY, FiniteFloatRange, Output, cli, note_missing_store, project_command,
+                              seconds)
 
 
 @cli.command("audit-timeline", context_settings=CONTEXT)
@@ -66,6 +67,7 @@ def metrics(orch: Any, out: Output, fmt: str, rebuild: bool, fail_on: str | None
     from orchestrator.projection import refresh
 
     result = refresh(orch, rebuild=rebuild, progress=lambda n: out.progress(f"replayed {n} jobs..."))
+    note_missing_store(orch, out)
     figures = m.compute(orch.project_id, result.columns, orch.clock(), m.Thresholds.from_env(**limits),
                         renewed_lease=orch.lease_expiry)
     worst = {"warning": 1, "critical": 2}

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import CONTEXT, Output, cli, project_command
+from orchestrator.cli import CONTEXT, Output, cli, note_missing_store, project_command
 from orchestrator.output_file import OutputFile
 
 
@@ -34,6 +34,7 @@ def export_cmd(orch: Any, out: Output, output: str, allow_damaged: bool) -> int:
     else:
         with OutputFile(output, "the bundle") as fh:
             result = export_project(orch, fh, allow_damaged=allow_damaged, progress=_progress)  # type: ignore[arg-type]
+    note_missing_store(orch, out)
     text = (f"exported {result['streams']} streams, {result['events']} events of project {result['project_id']}"
             + (f" to {output}" if output != "-" else "")
             + (f"; {len(result['damaged'])} problem(s) carried as they are" if result["damaged"] else ""))

@@ -1,5 +1,5 @@
 """A command runs against the store the operator meant, or says why not: a `.env` line that cannot be parsed is a
-CONFIG_ERROR."""
+CONFIG_ERROR, and a read of a store that does not exist names the folder it read."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import REPO
+from helpers import REPO, run_script
 
 
 def in_folder(folder: Path, script: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -28,3 +28,17 @@ def test_a_dotenv_line_that_cannot_be_parsed_is_a_config_error_naming_the_file_a
     assert as_json.returncode == 3 and json.loads(as_json.stdout)["error"] == "CONFIG_ERROR"
     assert f"{work / '.env'}, line 2" in json.loads(as_json.stdout)["message"]
     assert sorted(p.name for p in work.iterdir()) == [".env"]  # no ./p2/.orchestrator in the current folder
+
+
+def test_verify_and_status_all_of_a_store_that_does_not_exist_say_so_and_exit_0(
+        cli_env: dict[str, str], base: Path) -> None:
+    env = {**cli_env, "PROJECT_ID": "typo"}
+    store = base / "typo" / ".orchestrator"
+    for args in (("verify",), ("status", "--all"), ("metrics",)):
+        proc = run_script(*args, env=env)
+        assert proc.returncode == 0 and f"note: no store at {store}" in proc.stderr, (args, proc.stderr)
+        as_json = run_script(*args, "--json", env=env)
+        assert as_json.returncode == 0 and as_json.stderr == "" and json.loads(as_json.stdout), args
+    assert not (base / "typo").exists()
+    run_script("submit", "--kind", "k", env=env, check=True)
+    assert "no store" not in run_script("verify", env=env, check=True).stderr
