@@ -6,7 +6,7 @@ import errno
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from orchestrator.errors import InvalidInputError, StorageError
 
@@ -27,22 +27,26 @@ class OutputFile:
         self.path, self.what = Path(path), what
         self._tmp = self.path.with_name(f".{self.path.name}.{os.urandom(4).hex()}.tmp")
         self._done = False
+        self._fh: BinaryIO | None = None
         if self.path.is_dir():
             raise InvalidInputError(f"cannot write {what} to {self.path}: it is a folder")
         with self._refused():
             self._fh = open(self._tmp, "xb")
 
     def write(self, data: bytes) -> None:
+        assert self._fh is not None and not self._done
         with self._refused():
             self._fh.write(data)
 
     def flush(self) -> None:
+        assert self._fh is not None and not self._done
         with self._refused():
             self._fh.flush()
 
     def commit(self) -> None:
         """Sync the file and rename it over ``path`` (once; nothing after ``discard``)."""
         if not self._done:
+            assert self._fh is not None
             with self._refused():
                 self._fh.flush()
                 os.fsync(self._fh.fileno())
@@ -53,10 +57,11 @@ class OutputFile:
     def discard(self) -> None:
         """Drop what was written: ``path`` stays as it was."""
         self._done = True
-        with contextlib.suppress(OSError):
-            self._fh.close()
-        with contextlib.suppress(OSError):
-            self._tmp.unlink()
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self._fh.close()
+            with contextlib.suppress(OSError):
+                self._tmp.unlink()
 
     def __enter__(self) -> OutputFile:
         return self
@@ -73,8 +78,7 @@ class OutputFile:
         try:
             yield
         except OSError as exc:
-            if hasattr(self, "_fh"):
-                self.discard()
+            self.discard()
             error = StorageError if exc.errno in DISK_ERRORS else InvalidInputError
             raise error(f"cannot write {self.what} to {self.path}: {self._reason(exc)}; nothing was written there",
                         path=str(self.path)) from None
