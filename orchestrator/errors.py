@@ -29,7 +29,7 @@ class OrchestratorError(Exception):
 
 
 class UsageError(OrchestratorError):
-    """The command line does not fit the command (an unknown option, a missing argument, a value out of range); see -h."""
+    """The command line does not fit the command (an unknown option, a missing argument, a value out of range)."""
 
     code = "USAGE_ERROR"
     exit_code = 2

@@ -5,8 +5,8 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import (CONTEXT, EXIT_INTEGRITY, FiniteFloatRange, Output, cli, note_missing_store, project_command,
-                              seconds)
+from orchestrator.cli import (CONTEXT, EXIT_INTEGRITY, FiniteFloatRange, Output, cli, note_missing_store,
+                              project_command, seconds)
 
 
 @cli.command("audit-timeline", context_settings=CONTEXT)

@@ -45,8 +45,8 @@ def test_without_json_a_usage_error_is_clicks_text_on_stderr(cli_env: dict[str, 
 
 
 def test_help_still_prints_with_json_and_exits_0(cli_env: dict[str, str]) -> None:
-    for proc in (run_script("status", "-h", "--json", env=cli_env), run_module("status", "--help", "--json", env=cli_env),
-                 run_module("-h", env=cli_env)):
+    for proc in (run_script("status", "-h", "--json", env=cli_env),
+                 run_module("status", "--help", "--json", env=cli_env), run_module("-h", env=cli_env)):
         assert proc.returncode == 0 and proc.stdout.startswith("Usage: "), proc.stderr
 
 

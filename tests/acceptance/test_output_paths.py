@@ -1,5 +1,6 @@
-"""A file a command writes where the operator says (export -o, verify --export-head, the benchmark's --raw-output and
---report): a path that cannot be written is INVALID_INPUT (exit 3) before any work, never a traceback or a partial file."""
+"""A file a command writes where the operator says (export -o, verify --export-head, the benchmark's --raw-output
+and --report): a path that cannot be written is INVALID_INPUT (exit 3) before any work, never a traceback or a
+partial file."""
 from __future__ import annotations
 
 import json
