@@ -1,23 +1,24 @@
 """The ``orchestrator`` command line: a thin click layer over ``orchestrator.api``.
 
 Every command takes ``--base-path``, ``--project-id`` and ``--json``. Expected errors print
-``error[CODE]: message`` (or a JSON object with ``--json``) and exit with the error's code,
-never a traceback; everything printed passes through ``sanitize_text``.
+``error[CODE]: message`` (or a JSON object with ``--json``, usage errors included) and exit with
+the error's code, never a traceback; everything printed passes through ``sanitize_text``.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 
 from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PROJECT_ID,
                                  load_dotenv_file)
-from orchestrator.errors import InvalidInputError, OrchestratorError
+from orchestrator.errors import InvalidInputError, OrchestratorError, UsageError
 from orchestrator.limits import MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, PRIORITY_LIMIT
 from orchestrator.security import sanitize_text
 
@@ -70,6 +71,23 @@ store_option = click.option(
     help="Where events live: 'file' (BASE_PATH/<PROJECT_ID>/.orchestrator) or a postgresql:// URL.  [default: file]")
 
 
+@contextlib.contextmanager
+def reported_errors(out: Output) -> Iterator[None]:
+    """Print an expected error in the commands' form and exit with its code, never with a traceback."""
+    try:
+        yield
+    except OrchestratorError as exc:
+        error = exc
+    except (NotADirectoryError, IsADirectoryError, PermissionError) as exc:  # a path the store did not map itself
+        from orchestrator.store.jsonl import path_error
+
+        error = path_error(exc)
+    else:
+        return
+    out.error(error)
+    click.get_current_context().exit(error.exit_code)
+
+
 def project_command(fn: Callable[..., int | None]) -> Callable[..., None]:
     """Add the common options, build the ``Orchestrator`` lazily, and map errors to exit codes."""
 
@@ -83,18 +101,24 @@ def project_command(fn: Callable[..., int | None]) -> Callable[..., None]:
     def wrapper(base_path: str | None, project_id: str | None, as_json: bool, store_url: str | None,
                 **kwargs: Any) -> None:
         out = Output(as_json)
-        ctx = click.get_current_context()
-        try:
+        with reported_errors(out):
             from orchestrator.api import Orchestrator
 
             orch = Orchestrator(base_path=base_path, project_id=project_id, store_url=store_url)
             code = fn(orch, out, **kwargs)
-        except OrchestratorError as exc:
-            out.error(exc)
-            ctx.exit(exc.exit_code)
-        ctx.exit(code or 0)
+        click.get_current_context().exit(code or 0)
 
     return wrapper
+
+
+def note_missing_store(orch: Any, out: Output) -> None:
+    """A project-wide read of a store that does not exist finds nothing, as a fresh project's does (its first
+    submit creates the store), so it is not an error; but the text names the folder read (on stderr, the
+    output itself unchanged), so a mistyped --base-path or --project-id shows."""
+    root = getattr(orch.store, "root", None)  # the file backend's folder; PostgreSQL has no such thing
+    if root is not None and not out.as_json and not root.exists():
+        click.echo(sanitize_text(f"note: no store at {root} (nothing written to this project yet); "
+                                 "check --base-path and --project-id"), err=True)
 
 
 class _LazyGroup(click.Group):
@@ -142,7 +166,7 @@ def submit(orch: Any, out: Output, kind: str, input_json: str | None, input_file
            max_attempts: int, timeout: float | None, priority: int) -> None:
     """Submit a job and print its id (the same id again for the same --key)."""
     if input_json is not None and input_file is not None:
-        raise InvalidInputError("give --input or --input-file, not both")
+        raise click.UsageError("give --input or --input-file, not both")
     raw = input_file.read() if input_file is not None else input_json
     try:
         value = json.loads(raw) if raw is not None else None
@@ -181,8 +205,9 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
     """
     if all_jobs or states:
         if job_id:
-            raise InvalidInputError("give a job id or --all, not both")
+            raise click.UsageError("give a JOB_ID or --all, not both")
         jobs = orch.jobs(states)
+        note_missing_store(orch, out)
         out.emit({"jobs": [j.to_dict() for j in jobs], "count": len(jobs)},
                  lambda: "\n".join([f"{'JOB_ID':<36} {'STATE':<15} {'KIND':<16} {'ATT':>3}  UPDATED"] + [
                      f"{j.job_id:<36} {(j.state or 'unknown'):<15} {(j.kind or '-')[:16]:<16} {j.attempt:>3}  "
@@ -198,9 +223,10 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
 # -- verify -----------------------------------------------------------------------------------
 @cli.command(context_settings=CONTEXT)
 @click.option("--job-id", default=None, help="Verify one job instead of the whole project.")
-@click.option("--export-head", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="After verifying the whole project (not with --job-id), write a signed digest of every "
-                   "head to this file (keep it elsewhere).")
+@click.option("--export-head", metavar="FILE", default=None,
+              help="After verifying the whole project (not with --job-id), write a signed digest of every head "
+                   "to this file (keep it elsewhere); a path that cannot be written is refused (exit 3) before "
+                   "verifying.")
 @click.option("--against", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Also prove nothing was rolled back since this exported head file.")
 @project_command
@@ -211,16 +237,22 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
     or emptied). Names the file and line of each problem; exits 7 on any integrity problem.
     """
     from orchestrator.integrity import check_anchor, export_anchor, verify_project
+    from orchestrator.output_file import OutputFile
 
     if export_head and job_id:  # the anchor signs every stream's head: it must follow a check of them all
         raise InvalidInputError("--export-head anchors every job, so it needs the whole project verified: "
                                 "leave out --job-id")
-    report = verify_project(orch, job_id, progress=lambda n: out.progress(f"verified {n} jobs..."))
-    if against:
-        report.problems.extend(check_anchor(orch, Path(against)))
-    result = report.to_dict()
-    if export_head and report.ok:
-        result["exported"] = export_anchor(orch, Path(export_head))
+    anchor = OutputFile(export_head, "the head anchor") if export_head else None
+    with anchor or contextlib.nullcontext():
+        report = verify_project(orch, job_id, progress=lambda n: out.progress(f"verified {n} jobs..."))
+        note_missing_store(orch, out)
+        if against:
+            report.problems.extend(check_anchor(orch, Path(against)))
+        result = report.to_dict()
+        if anchor and report.ok:
+            result["exported"] = export_anchor(orch, anchor)
+        elif anchor:
+            anchor.discard()  # an older anchor there stays as it was
     where = getattr(orch.store, "path", None)
 
     def text() -> str:
@@ -318,27 +350,50 @@ def _register_commands() -> None:
         importlib.import_module(f"{package.__name__}.{info.name}")
 
 
+def _wants_json(args: list[str]) -> bool:
+    """Whether errors found before the command runs (``.env``, usage) print as JSON: click has not parsed yet."""
+    return "--json" in args
+
+
 def _load_dotenv(args: list[str]) -> None:
     """``.env`` is read before click parses the options (they take their defaults from the environment), so
     its errors are reported here, in the form the commands use."""
     try:
         load_dotenv_file()
     except OrchestratorError as exc:
-        Output("--json" in args).error(exc)
+        Output(_wants_json(args)).error(exc)
         sys.exit(exc.exit_code)
 
 
+def _run(command: click.Command, args: list[str], prog_name: str | None) -> None:
+    """Run ``command`` as click's standalone mode does, except that with ``--json`` a usage error (exit 2) is
+    printed like every other error, as one JSON object on stdout: a caller that reads stdout gets it too."""
+    try:
+        code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
+    except click.ClickException as exc:
+        if isinstance(exc, click.UsageError) and _wants_json(args):
+            Output(True).error(UsageError(exc.format_message()))
+        else:
+            exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:  # Ctrl-C outside a command's own handling
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)  # ctx.exit(n) returns n; a command that returns exits 0
+
+
 def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:
-    """Entry point of the console script and of ``scripts/*.py``."""
-    _load_dotenv(sys.argv[1:] if argv is None else argv)
-    cli.main(args=argv, prog_name=prog_name)
+    """Entry point of the console script and of ``python3 -m orchestrator``."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    _load_dotenv(args)
+    _run(cli, args, prog_name)
 
 
 def run_script(command: str, argv: list[str] | None = None) -> None:
     """``scripts/<name>.py``: the same command, named as the runbook names it."""
-    args = sys.argv[1:] if argv is None else argv
+    args = sys.argv[1:] if argv is None else list(argv)
     _load_dotenv(args)
     found = cli.get_command(None, command)
     if found is None:  # a script named after a command that does not exist: a packaging mistake
         raise SystemExit(f"no command {command!r}")
-    found.main(args=args, prog_name=f"scripts/{Path(sys.argv[0]).name}")
+    _run(found, args, f"scripts/{Path(sys.argv[0]).name}")

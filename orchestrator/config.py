@@ -81,17 +81,30 @@ def default_actor() -> str:
 
 def load_dotenv_file(path: str | os.PathLike[str] = ".env") -> None:
     """Read ``.env`` into the environment without overriding variables already set. A file that cannot be
-    read (not UTF-8, a NUL in a value, no permission) is a ``ConfigError`` naming it."""
+    read (not UTF-8, a NUL in a value, no permission) or has a line python-dotenv cannot parse is a
+    ``ConfigError`` naming it: python-dotenv only logs and skips such a line, and a skipped ``BASE_PATH`` would
+    send every command to another store."""
     if os.path.isfile(path):
+        import io
+
         from dotenv import load_dotenv
+        from dotenv.parser import parse_stream
 
         where = os.path.abspath(path)
         try:
-            load_dotenv(path, override=False)
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{where} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
                               f"{exc.start}); save it as UTF-8") from None
         except OSError as exc:
             raise ConfigError(f"cannot read {where}: {exc.strerror or exc}") from None
+        # parse_stream is what load_dotenv parses with; its bindings flag a statement it could not parse
+        bad = next((b for b in parse_stream(io.StringIO(text)) if b.error), None)
+        if bad is not None:  # the line is not quoted back: it may hold a secret
+            raise ConfigError(f"{where}, line {bad.original.line}: cannot be parsed (an unterminated quote? "
+                              "write NAME=value, NAME=\"value\" or NAME='value'); nothing was loaded from it")
+        try:
+            load_dotenv(stream=io.StringIO(text), override=False)
         except ValueError as exc:  # os.environ refuses a NUL character in a name or value
             raise ConfigError(f"{where} cannot be loaded into the environment: {exc}") from None

@@ -2,7 +2,8 @@
 
 The CLI maps any ``OrchestratorError`` to ``{"error": code, "message": ...}`` and its
 ``exit_code``, without a traceback. Exit 1 is reserved for unexpected internal errors and
-2 for usage errors (click's default), so expected errors start at 3.
+2 for usage errors (click's default; ``UsageError`` is their form with ``--json``), so every
+other expected error starts at 3.
 """
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ class OrchestratorError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         return {"error": self.code, "message": self.message, **({"details": self.details} if self.details else {})}
+
+
+class UsageError(OrchestratorError):
+    """The command line does not fit the command (an unknown option, a missing argument, a value out of range)."""
+
+    code = "USAGE_ERROR"
+    exit_code = 2
 
 
 class ConfigError(OrchestratorError):

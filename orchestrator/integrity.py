@@ -8,18 +8,16 @@ head to a file kept elsewhere, and ``check_anchor`` proves nothing was rolled ba
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator import clock
 from orchestrator.api import Orchestrator
-from orchestrator.errors import InvalidInputError, PathEscapeError, StorageError
+from orchestrator.errors import InvalidInputError, PathEscapeError
 from orchestrator.history import ROLLED_BACK, Problem, check_head_record, verify_stream
+from orchestrator.output_file import OutputFile
 from orchestrator.signing import canonical, line_hash
 from orchestrator.store.base import AUDIT_STREAM
 
@@ -134,30 +132,19 @@ def _heads(orch: Orchestrator) -> dict[str, dict[str, Any]]:
     return heads
 
 
-def export_anchor(orch: Orchestrator, path: Path) -> dict[str, Any]:
-    """Write a signed digest of every stream's head to ``path`` (keep it outside the store).
+def export_anchor(orch: Orchestrator, target: Path | OutputFile) -> dict[str, Any]:
+    """Write a signed digest of every stream's head to ``target`` (keep it outside the store).
 
-    Written to a temporary file, synced, then renamed over ``path``: an older anchor is replaced only by a
-    complete new one. A path that cannot be written is ``InvalidInputError`` (a missing folder, no permission),
-    a full or failing disk ``StorageError``."""
+    Written whole or not at all (``OutputFile``): an older anchor is replaced only by a complete new one.
+    ``target`` may be an ``OutputFile`` the caller opened before its own work (``verify --export-head``
+    opens it before verifying), so a path that cannot be written is refused first."""
     body = {"format": ANCHOR_FORMAT, "project_id": orch.project_id, "created_at": clock.to_iso(orch.clock()),
             "heads": _heads(orch)}
     kid, sig = orch.keyring.sign_bytes(canonical(body))
-    doc = {**body, "kid": kid, "sig": sig}
-    tmp = Path(f"{path}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(canonical(doc) + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        error = StorageError if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO) else InvalidInputError
-        raise error(f"cannot write the head anchor to {path}: {exc.strerror or exc}; no anchor was written "
-                    "(an older one there is left as it was)") from None
-    return {"path": str(path), "streams": len(body["heads"]), "created_at": body["created_at"]}
+    out = target if isinstance(target, OutputFile) else OutputFile(target, "the head anchor")
+    with out:
+        out.write(canonical({**body, "kid": kid, "sig": sig}) + b"\n")
+    return {"path": str(out.path), "streams": len(body["heads"]), "created_at": body["created_at"]}
 
 
 def _read_anchor(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -130,10 +130,32 @@ def report_markdown(result: dict[str, Any]) -> str:
 
 def execute(samples: int, seed: int, base_path: str | None, project_id: str | None, raw_output: str | None,
             report: str | None, keep: bool, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """The command: scratch project unless ``project_id`` is given; writes the raw JSONL and the report."""
-    import tempfile
+    """The command: scratch project unless ``project_id`` is given; writes the raw JSONL and the report.
 
+    The project id and both output files are checked before measuring (``OutputFile`` opens them at once):
+    a bad one is refused in a second, not after a benchmark whose results would then be lost."""
+    import contextlib
+
+    from orchestrator.output_file import OutputFile
     from orchestrator.security import validate_id
+
+    scratch = project_id is None
+    project = validate_id(project_id or f"bench-latency-{os.urandom(4).hex()}", "project id")
+    with contextlib.ExitStack() as outputs:
+        raw = outputs.enter_context(OutputFile(raw_output, "the raw samples")) if raw_output else None
+        md = outputs.enter_context(OutputFile(report, "the report")) if report else None
+        rows, result = _measure(samples, seed, base_path, project, scratch and not keep, progress)
+        if raw:
+            raw.write("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode())
+        if md:
+            md.write(report_markdown(result).encode())
+    return result
+
+
+def _measure(samples: int, seed: int, base_path: str | None, project: str, delete: bool,
+             progress: Callable[[str], None] | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run the benchmark in ``project`` under ``base_path`` (else a temporary folder); the rows and the summary."""
+    import tempfile
 
     tmp = None
     if base_path is None:
@@ -142,29 +164,19 @@ def execute(samples: int, seed: int, base_path: str | None, project_id: str | No
     else:
         base = Path(base_path)
         base.mkdir(parents=True, exist_ok=True)
-    scratch = project_id is None
-    project = validate_id(project_id or f"bench-latency-{os.urandom(4).hex()}", "project id")
     settings = Settings(samples=samples, seed=seed, base_path=base, project_id=project)
     t0 = time.perf_counter()
     try:
         rows = run(settings, progress)
     finally:
-        if scratch and not keep:
+        if delete:
             shutil.rmtree(base / project, ignore_errors=True)
         shutil.rmtree(base / f".{project}-keys", ignore_errors=True)
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     result = summary(rows, settings, time.perf_counter() - t0)
-    result["settings"]["project"] = "scratch (deleted)" if scratch and not keep else project
-    if raw_output:
-        Path(raw_output).parent.mkdir(parents=True, exist_ok=True)
-        with open(raw_output, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, sort_keys=True) + "\n")
-    if report:
-        Path(report).parent.mkdir(parents=True, exist_ok=True)
-        Path(report).write_text(report_markdown(result), encoding="utf-8")
-    return result
+    result["settings"]["project"] = "scratch (deleted)" if delete else project
+    return rows, result
 
 
 def text_summary(result: dict[str, Any]) -> str:

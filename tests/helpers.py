@@ -19,6 +19,12 @@ def run_script(name: str, *args: str, env: dict[str, str], check: bool = False, 
     return proc
 
 
+def run_module(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``python3 -m orchestrator ARGS``: every command, those without a script too."""
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=str(REPO))
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = WAIT, what: str = "condition") -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

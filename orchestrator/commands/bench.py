@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from orchestrator.cli import CONTEXT, Output, cli
+from orchestrator.cli import CONTEXT, Output, cli, reported_errors
 
 EXIT_GATE_FAILED = 13
 
@@ -11,9 +11,9 @@ EXIT_GATE_FAILED = 13
 @cli.command("bench-terminal-latency", context_settings=CONTEXT)
 @click.option("--samples", type=click.IntRange(min=1), default=1000, show_default=True, help="Jobs measured.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the payload sizes (reproducible runs).")
-@click.option("--raw-output", type=click.Path(dir_okay=False, writable=True), default=None,
+@click.option("--raw-output", metavar="FILE", default=None,
               help="Write one JSON line per sample (latency_ms and its components) to this file.")
-@click.option("--report", type=click.Path(dir_okay=False, writable=True), default=None,
+@click.option("--report", metavar="FILE", default=None,
               help="Write the Markdown report (P50/P95/P99/max, PASS/FAIL, machine, settings) to this file.")
 @click.option("--base-path", envvar="BASE_PATH", show_envvar=True, default=None, type=click.Path(file_okay=False),
               help="Disk to measure: the scratch project is created here.  [default: a temporary folder]")
@@ -28,11 +28,13 @@ def bench_terminal_latency(samples: int, seed: int, raw_output: str | None, repo
 
     Runs a real worker process and reads each job as `status` would. Exits 0 when the release gate
     (P95 <= 80 ms, P99 <= 150 ms) passes, 13 when it fails; our own target (P99 <= 2 ms) is reported.
+    A --project-id, --raw-output or --report that cannot be used is refused (exit 3) before measuring.
     """
     from orchestrator import terminal_bench as tb
 
     out = Output(as_json)
-    result = tb.execute(samples, seed, base_path, project_id, raw_output, report, keep,
-                        progress=lambda m: click.echo(m, err=True))
+    with reported_errors(out):
+        result = tb.execute(samples, seed, base_path, project_id, raw_output, report, keep,
+                            progress=lambda m: click.echo(m, err=True))
     out.emit(result, lambda: tb.text_summary(result))
     click.get_current_context().exit(0 if result["verdicts"]["gate"] else EXIT_GATE_FAILED)

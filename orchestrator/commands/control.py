@@ -10,7 +10,6 @@ from typing import Any
 import click
 
 from orchestrator.cli import CONTEXT, Output, cli, project_command
-from orchestrator.errors import InvalidInputError
 
 _TEXT = {
     "approve": ("NOTE", False, "Approve a job awaiting audit: awaiting_audit -> succeeded."),
@@ -55,7 +54,7 @@ def _make(action: str) -> None:
             result = getattr(control, action)(orch, job_id, text, note=note or "")
         else:
             if text is not None and note is not None:
-                raise InvalidInputError(f"give the {metavar.lower()} as an argument or with {note_names[0]}, not both")
+                raise click.UsageError(f"give the {metavar.lower()} as an argument or with {note_names[0]}, not both")
             result = getattr(control, action)(orch, job_id, text if text is not None else (note or ""))
         _emit(out, result)
 

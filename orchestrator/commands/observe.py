@@ -5,7 +5,8 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import CONTEXT, EXIT_INTEGRITY, FiniteFloatRange, Output, cli, project_command, seconds
+from orchestrator.cli import (CONTEXT, EXIT_INTEGRITY, FiniteFloatRange, Output, cli, note_missing_store,
+                              project_command, seconds)
 
 
 @cli.command("audit-timeline", context_settings=CONTEXT)
@@ -54,31 +55,38 @@ def _threshold(name: str, kind: Any, help_text: str) -> Any:
 @_threshold("awaiting_audit_max", click.IntRange(min=0),
             "Alert AWAITING_AUDIT_BACKLOG above this many jobs awaiting audit.")
 @project_command
-def metrics(orch: Any, out: Output, fmt: str, rebuild: bool, fail_on: str | None, **limits: Any) -> None:
+def metrics(orch: Any, out: Output, fmt: str, rebuild: bool, fail_on: str | None, **limits: Any) -> int:
     """stalled_count, resume_success_rate, mean_converge_time, jobs per state, and alerts.
 
     Fast on large projects: per-job summaries are cached in projections/jobs-v2 (derived,
     deletable) and only jobs whose events file changed are replayed. A cache that cannot be
     written is a warning (CACHE_NOT_WRITTEN), not a failure. See docs/metrics.md.
+    With --fail-on and JSON output, firing alerts add "error": "ALERTS_FIRING" to the one object.
     """
     from orchestrator import metrics as m
     from orchestrator.errors import AlertsFiringError
     from orchestrator.projection import refresh
 
     result = refresh(orch, rebuild=rebuild, progress=lambda n: out.progress(f"replayed {n} jobs..."))
+    note_missing_store(orch, out)
     figures = m.compute(orch.project_id, result.columns, orch.clock(), m.Thresholds.from_env(**limits),
                         renewed_lease=orch.lease_expiry)
-    data = {**figures.to_dict(), "replayed": result.replayed, "warnings": result.warnings}  # also on stderr (logged)
+    worst = {"warning": 1, "critical": 2}
+    rank = {"info": 0, **worst}
+    firing = [a["code"] for a in figures.alerts if fail_on and rank[a["severity"]] >= worst[fail_on]]
+    error = AlertsFiringError(f"{len(firing)} alert(s) at {fail_on} or worse: {', '.join(firing)}",
+                              firing=firing) if firing else None
+    # the figures and the verdict in one object: a JSON reader parses stdout once, whatever the exit code
+    data = {**figures.to_dict(), "replayed": result.replayed, "warnings": result.warnings,  # also on stderr
+            **(error.to_dict() if error else {})}
     if fmt == "prometheus" and not out.as_json:
         click.echo(m.prometheus(figures), nl=False)
     elif fmt == "json" or out.as_json:
         Output(True).emit(data, "")
     else:
         out.emit(data, lambda: m.table(figures))
-    if fail_on:
-        worst = {"warning": 1, "critical": 2}
-        rank = {"info": 0, **worst}
-        firing = [a for a in figures.alerts if rank[a["severity"]] >= worst[fail_on]]
-        if firing:
-            raise AlertsFiringError(f"{len(firing)} alert(s) at {fail_on} or worse: "
-                                    + ", ".join(a["code"] for a in firing))
+    if error is None:
+        return 0
+    if not out.as_json:
+        out.error(error)  # stderr, as every error without --json
+    return error.exit_code

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
-from orchestrator.cli import CONTEXT, Output, cli, project_command
+from orchestrator.cli import CONTEXT, Output, cli, note_missing_store, project_command
+from orchestrator.output_file import OutputFile
 
 
 def _progress(message: str) -> None:
@@ -15,8 +15,9 @@ def _progress(message: str) -> None:
 
 
 @cli.command("export", context_settings=CONTEXT)
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
-              help="Bundle file to write ('-' for stdout, e.g. piped into `orchestrator import -`).")
+@click.option("-o", "--output", required=True, metavar="FILE",
+              help="Bundle file to write ('-' for stdout, e.g. piped into `orchestrator import -`); a path that "
+                   "cannot be written is refused (exit 3) before anything is read.")
 @click.option("--allow-damaged", is_flag=True,
               help="Carry streams that fail verification as they are (evidence); import still refuses them.")
 @project_command
@@ -31,14 +32,9 @@ def export_cmd(orch: Any, out: Output, output: str, allow_damaged: bool) -> int:
     if output == "-":
         result = export_project(orch, sys.stdout.buffer, allow_damaged=allow_damaged, progress=_progress)
     else:
-        target = Path(output)
-        tmp = target.with_name(f".{target.name}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                result = export_project(orch, fh, allow_damaged=allow_damaged, progress=_progress)
-            tmp.replace(target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with OutputFile(output, "the bundle") as fh:
+            result = export_project(orch, fh, allow_damaged=allow_damaged, progress=_progress)  # type: ignore[arg-type]
+    note_missing_store(orch, out)
     text = (f"exported {result['streams']} streams, {result['events']} events of project {result['project_id']}"
             + (f" to {output}" if output != "-" else "")
             + (f"; {len(result['damaged'])} problem(s) carried as they are" if result["damaged"] else ""))

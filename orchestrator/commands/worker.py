@@ -68,6 +68,9 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     gracefully (no new claims; the running job finishes within --stop-grace-seconds, or is
     killed and handed back to the queue).
 
+    With --json it prints JSON Lines, one JSON object per line: one per job it ran (one in all with
+    --once), and an error object last if it stops on an error.
+
     Exit codes: 0 ran a job (--once) or stopped normally, 75 nothing was runnable (--once),
     11 ran nothing but left queued jobs of a kind this worker has no handler for (--once; the
     error names the kinds, how many jobs, and why), 2 unknown option, choice or out-of-range

@@ -1,0 +1,86 @@
+"""`--json` prints one JSON object on stdout, usage errors and firing alerts included (docs/decisions.md, CLI)."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import jobstates as js
+from helpers import run_module, run_script
+from orchestrator import Orchestrator
+from orchestrator.signing import load_keyring
+
+USAGE_ERRORS = [
+    ("status",),  # no JOB_ID and no --all
+    ("status", "--all", "01SOMEJOB"),  # both
+    ("audit-timeline",),  # neither --job-id nor --run-id
+    ("submit", "--kind", "x", "--timeout", "inf"),  # out of range
+    ("submit", "--kind", "x", "--input", "{}", "--input-file", "-"),  # both
+    ("verify", "--against", "missing"),  # no such file
+    ("status", "--token", "x"),  # unknown option
+]
+
+
+def run_command(name: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``scripts/<name>.py``, the runbook's way."""
+    return run_script(name.replace("-", "_"), *args, env=env)
+
+
+def test_a_usage_error_under_json_is_one_usage_error_object_on_stdout_with_exit_2(cli_env: dict[str, str]) -> None:
+    for name, *args in USAGE_ERRORS:
+        for proc in (run_command(name, *args, "--json", env=cli_env), run_module(name, *args, "--json", env=cli_env)):
+            assert proc.returncode == 2, (name, args, proc.stdout, proc.stderr)
+            error = json.loads(proc.stdout)
+            assert error["error"] == "USAGE_ERROR" and error["message"], (name, args)
+            assert proc.stderr == "", (name, args, proc.stderr)
+
+
+def test_without_json_a_usage_error_is_clicks_text_on_stderr(cli_env: dict[str, str]) -> None:
+    for name, *args in USAGE_ERRORS:
+        proc = run_command(name, *args, env=cli_env)
+        assert proc.returncode == 2 and proc.stdout == "", (name, args, proc.stdout)
+        assert proc.stderr.startswith(f"Usage: scripts/{name.replace('-', '_')}.py ") and "\nError: " in proc.stderr
+
+
+def test_help_still_prints_with_json_and_exits_0(cli_env: dict[str, str]) -> None:
+    for proc in (run_script("status", "-h", "--json", env=cli_env),
+                 run_module("status", "--help", "--json", env=cli_env), run_module("-h", env=cli_env)):
+        assert proc.returncode == 0 and proc.stdout.startswith("Usage: "), proc.stderr
+
+
+def test_status_without_a_job_id_and_status_with_both_are_the_same_usage_error(cli_env: dict[str, str]) -> None:
+    neither, both = (run_script("status", *args, "--json", env=cli_env) for args in ((), ("--all", "01SOMEJOB")))
+    assert neither.returncode == both.returncode == 2
+    assert json.loads(neither.stdout)["error"] == json.loads(both.stdout)["error"] == "USAGE_ERROR"
+
+
+@pytest.fixture
+def api(base: Path, cli_env: dict[str, str]) -> Orchestrator:
+    return Orchestrator(base_path=base, project_id="proj", keyring=load_keyring(cli_env, announce=False))
+
+
+def test_metrics_fail_on_prints_the_figures_and_the_firing_alerts_as_one_object_exit_12(
+        api: Orchestrator, cli_env: dict[str, str]) -> None:
+    js.waiting_human(api)
+    args = ("--waiting-human-max", "0", "--fail-on", "warning")
+    proc = run_script("metrics", *args, "--json", env=cli_env)
+    assert proc.returncode == 12 and len(proc.stdout.splitlines()) == 1, proc.stdout
+    data = json.loads(proc.stdout)
+    assert data["counts"]["waiting_human"] == 1 and data["error"] == "ALERTS_FIRING"
+    assert data["details"]["firing"] == ["WAITING_HUMAN_BACKLOG"] and "WAITING_HUMAN_BACKLOG" in data["message"]
+    text = run_script("metrics", *args, env=cli_env)
+    assert text.returncode == 12 and "WAITING_HUMAN_BACKLOG" in text.stdout
+    assert text.stderr.startswith("error[ALERTS_FIRING]: 1 alert(s) at warning or worse: WAITING_HUMAN_BACKLOG")
+    calm = run_script("metrics", "--fail-on", "critical", "--json", env=cli_env)
+    assert calm.returncode == 0 and "error" not in json.loads(calm.stdout)
+
+
+def test_worker_json_in_a_loop_is_json_lines_one_object_per_job(cli_env: dict[str, str]) -> None:
+    submitted = {json.loads(run_script("submit", "--kind", "command", "--input", json.dumps({"argv": ["true"]}),
+                                       "--max-attempts", "1", "--json", env=cli_env, check=True).stdout)["job_id"]
+                 for _ in range(2)}
+    proc = run_script("worker", "--idle-exit", "--json", env=cli_env, check=True)
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert {line["job_id"] for line in lines} == submitted and len(lines) == 2 and all("outcome" in x for x in lines)

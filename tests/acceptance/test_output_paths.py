@@ -1,0 +1,54 @@
+"""A file a command writes where the operator says (export -o, verify --export-head, the benchmark's --raw-output
+and --report): a path that cannot be written is INVALID_INPUT (exit 3) before any work, never a traceback or a
+partial file."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from helpers import run_module, run_script
+
+COMMANDS = [("export", "-o"), ("verify", "--export-head"), ("bench-terminal-latency", "--samples", "1", "--raw-output"),
+            ("bench-terminal-latency", "--samples", "1", "--report")]
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    """A folder this user may not create files in: a read-only one, or sysfs for root (who may write anywhere else)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o500)
+    for candidate in (folder, Path("/sys")):
+        try:
+            os.close(os.open(candidate / ".probe", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError:
+            return candidate
+        os.unlink(candidate / ".probe")
+    pytest.skip("no folder refuses this user's files")
+
+
+def test_an_output_path_that_cannot_be_written_is_invalid_input_before_any_work_and_leaves_no_file(
+        cli_env: dict[str, str], tmp_path: Path) -> None:
+    run_script("submit", "--kind", "k", env=cli_env, check=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "a-file").write_text("")
+    (work / "a-folder").mkdir()
+    targets = {"a missing folder": work / "missing" / "out", "a file as folder": work / "a-file" / "out",
+               "a folder": work / "a-folder", "no permission": unwritable_folder(tmp_path) / "out"}
+    before = sorted(work.rglob("*"))
+    for command in COMMANDS:
+        for case, target in targets.items():
+            proc = run_module(*command, str(target), "--json", env=cli_env)
+            assert proc.returncode == 3, (command, case, proc.stdout, proc.stderr)
+            error = json.loads(proc.stdout)
+            assert error["error"] == "INVALID_INPUT" and str(target) in error["message"], (command, case)
+            assert "Traceback" not in proc.stderr and "samples" not in proc.stderr, (command, case)  # nothing measured
+    assert sorted(work.rglob("*")) == before
+
+
+def test_the_benchmark_refuses_a_bad_project_id_before_measuring(cli_env: dict[str, str]) -> None:
+    proc = run_script("bench_terminal_latency", "--samples", "1", "--project-id", "../x", "--json", env=cli_env)
+    assert proc.returncode == 3 and json.loads(proc.stdout)["error"] == "INVALID_ID", (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and "samples" not in proc.stderr
