@@ -267,19 +267,27 @@ def keys_command(fn: Callable[..., None]) -> Callable[..., None]:
 @keys.command("list", context_settings=CONTEXT)
 @keys_command
 def keys_list(out: Output) -> None:
-    """Show the keyring folder, the signing key id and the trusted key ids."""
+    """Show the keyring folder, the key that will sign (and whether it is revoked) and the trusted key ids."""
     from orchestrator.signing import load_keyring
 
     ring = load_keyring()
-    data = {"keyring": ring.source, "signing_key": ring.signer_id, "trusted": sorted(ring.trusted),
-            "revoked": sorted(ring.revoked)}
-    out.emit(data, "\n".join(f"{k:<12} {v}" for k, v in data.items()))
+    signer = ring.signing_key_id()
+    revoked = signer in ring.revoked
+    data = {"keyring": ring.source, "signing_key": signer, "signing_key_revoked": revoked,
+            "trusted": sorted(ring.trusted), "revoked": sorted(ring.revoked)}
+    shown = (f"{signer} (REVOKED: writes are refused until a new key is active: orchestrator keys rotate)"
+             if revoked else signer or "none yet (the first write creates one in the keyring folder)")
+    out.emit(data, "\n".join(f"{k:<12} {v}" for k, v in {**data, "signing_key": shown}.items()
+                              if k != "signing_key_revoked"))
 
 
 @keys.command("rotate", context_settings=CONTEXT)
 @keys_command
 def keys_rotate(out: Output) -> None:
-    """Create a new signing key in the keyring folder; old public keys keep verifying old events."""
+    """Create a new signing key in the keyring folder and make it active; old public keys keep verifying old events.
+
+    A process reads the active key once, when it first signs: restart running workers to sign with the new key.
+    """
     from orchestrator.errors import SigningKeyError
     from orchestrator.signing import keyring_dir, write_keypair
 
@@ -295,18 +303,24 @@ def keys_rotate(out: Output) -> None:
 @click.argument("kid")
 @keys_command
 def keys_revoke(out: Output, kid: str) -> None:
-    """Stop trusting KID: events it signed fail verification with KEY_REVOKED."""
-    from orchestrator.errors import SigningKeyError
-    from orchestrator.signing import REVOKED_FILE, keyring_dir
+    """Stop trusting KID (an id `keys list` shows): events it signed fail verification with KEY_REVOKED.
 
-    folder = keyring_dir()
-    try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(folder / REVOKED_FILE, "a") as fh:
-            fh.write(kid + "\n")
-    except OSError as exc:
-        raise SigningKeyError(f"cannot add {kid} to {folder / REVOKED_FILE}: {exc.strerror or exc}") from None
-    out.emit({"revoked": kid}, f"revoked {kid}")
+    KID must be a key of the keyring (INVALID_ID for a malformed id, INVALID_INPUT for an unknown one); revoking
+    it again changes nothing. Revoking the key that signs stops every write (SIGNING_KEY_ERROR, exit 8) until
+    `keys rotate` makes a new key active: rotate and restart the workers first. A running worker reads the
+    revoked ids again once a minute.
+    """
+    from orchestrator.signing import revoke
+
+    ring = revoke(kid)
+    already = kid in ring.revoked
+    warning = None
+    if kid == ring.signing_key_id():
+        warning = (f"{kid} is the active signing key: writes are refused (exit 8) until a new key is active "
+                   "(orchestrator keys rotate)")
+        click.echo(f"warning: {warning}", err=True)
+    out.emit({"revoked": kid, "already_revoked": already, "warning": warning},
+             f"{kid} was already revoked; nothing changed" if already else f"revoked {kid}")
 
 
 def _register_commands() -> None:
