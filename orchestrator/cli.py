@@ -137,7 +137,8 @@ def cli() -> None:
 @click.option("--input", "input_json", default=None, help="Job input as JSON text.")
 @click.option("--input-file", type=click.File("rb"), default=None, help="Read the JSON input from a file ('-' for stdin).")
 @click.option("--audit", is_flag=True, help="Send a successful result to awaiting_audit for approval.")
-@click.option("--key", default=None, help="Idempotency key: submitting the same key again returns the same job id.")
+@click.option("--key", default=None, help="Idempotency key, an id (letters, digits, '.', '_', '-'): submitting the "
+              "same key again returns the same job id.")
 @click.option("--max-attempts", type=click.IntRange(1, MAX_ATTEMPTS_LIMIT), default=DEFAULT_MAX_ATTEMPTS,
               show_default=True, help="Runs allowed before failing.")
 @click.option("--timeout", type=seconds(min_open=True), default=None, help="Seconds a run may take (a year at most).")

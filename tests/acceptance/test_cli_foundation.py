@@ -47,6 +47,15 @@ def test_same_key_with_different_input_is_refused(cli_env: dict[str, str]) -> No
     assert proc.returncode == 3 and json.loads(proc.stdout)["error"] == "INVALID_INPUT"
 
 
+def test_an_idempotency_key_that_is_not_an_id_is_refused_with_exit_3_and_never_stored(cli_env: dict[str, str],
+                                                                                       base: Path) -> None:
+    for key in ("deploy password=hunter2", "a\nb"):
+        proc = run_script("submit", "--kind", "ok", "--input", "{}", "--key", key, env=cli_env)
+        assert proc.returncode == 3 and "error[INVALID_ID]: invalid idempotency key" in proc.stderr
+        assert "hunter2" not in proc.stderr
+    assert not (base / "proj" / ".orchestrator" / "queue" / "jobs").exists()
+
+
 def test_input_file_and_stdin_are_accepted(cli_env: dict[str, str], tmp_path: Path) -> None:
     f = tmp_path / "in.json"
     f.write_text('{"x": [1, 2]}')
