@@ -90,6 +90,18 @@ def test_the_runbook_flow_from_submit_to_metrics(api: Orchestrator, cli_env: dic
     assert verified["ok"] and verified["warnings"] == []
 
 
+def test_audit_timeline_refuses_filters_that_could_only_match_nothing(api: Orchestrator, cli_env: dict[str, str]) -> None:
+    job_id, other = js.waiting_human(api, run_id="run-mine"), js.running(api, run_id="run-theirs")
+    proc = run_script("audit_timeline", "--job-id", job_id, "--action", "approved", env=cli_env)
+    assert proc.returncode == 2 and "'approved' is not one of 'approve'" in proc.stderr
+    assert "run_refused" in ok("audit_timeline", "-h", env=cli_env).stdout  # the actions are listed in the help
+    proc = run_script("audit_timeline", "--run-id", "../x", "--json", env=cli_env)
+    assert proc.returncode == 3 and as_json(proc)["error"] == "INVALID_ID"
+    proc = run_script("audit_timeline", "--job-id", job_id, "--run-id", "run-theirs", "--json", env=cli_env)
+    assert proc.returncode == 4 and as_json(proc)["error"] == "RUN_NOT_FOUND"
+    assert as_json(ok("audit_timeline", "--run-id", "run-theirs", "--json", env=cli_env))["job_id"] == other
+
+
 def test_there_is_no_token_option(api: Orchestrator, cli_env: dict[str, str]) -> None:
     job_id = js.waiting_human(api)
     for args in (["resume", job_id, "yes", "--token", "x"], ["approve", job_id, "--token", "x"],
