@@ -11,6 +11,7 @@ import click
 
 from orchestrator.cli import CONTEXT, Output, cli, project_command
 from orchestrator.errors import InvalidInputError
+from orchestrator.security import one_line
 
 _TEXT = {
     "approve": ("NOTE", False, "Approve a job awaiting audit: awaiting_audit -> succeeded."),
@@ -34,7 +35,7 @@ def control_group() -> None:
 
 
 def _emit(out: Output, result: Any) -> None:
-    out.emit(result.to_dict(), result.message)
+    out.emit(result.to_dict(), one_line(result.message))  # it names the actor of an earlier event
 
 
 def _make(action: str) -> None:

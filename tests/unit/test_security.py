@@ -348,3 +348,15 @@ def test_validate_artifact_path_rejects_symlinks_pointing_outside(tmp_path: Path
 def test_validate_artifact_path_rejects_non_string(tmp_path: Path) -> None:
     with pytest.raises(PathEscapeError):
         validate_artifact_path(tmp_path, None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("plain text, é 中 🙂", "plain text, é 中 🙂"),
+    ("a\nstate  succeeded", "a\\nstate  succeeded"),
+    ("\r\t\x00\x1b[2K\x7f\x85", "\\r\\t\\x00\\x1b[2K\\x7f\\x85"),
+    ("x\u2028y\u2029z\u202eevil\u2066", "x\\u2028y\\u2029z\\u202eevil\\u2066"),
+])
+def test_one_line_escapes_what_could_end_or_rewrite_a_terminal_line(text: str, shown: str) -> None:
+    from orchestrator.security import one_line
+
+    assert one_line(text) == shown and len(one_line(text).splitlines()) == 1
