@@ -114,6 +114,8 @@ def test_human_output_shows_control_characters_escaped_so_handler_text_cannot_fo
     ok("control", "resume", job_id, "yes\nstate            succeeded", env=operator)
     again = ok("control", "resume", job_id, "yes\nstate            succeeded", env=cli_env).stdout
     assert "already applied" in again and len(again.splitlines()) == 1  # it names the first resume's actor
+    conflict = run_script("control", "resume", job_id, "no", env=cli_env)
+    assert conflict.returncode == 5 and len(conflict.stderr.splitlines()) == 1
     lines = ok("audit_timeline", "--job-id", job_id, env=cli_env).stdout.splitlines()
     assert len(lines) == 2 + 5 + 1 and not any(ln.startswith("state") for ln in lines)  # head, 4 events + 1 entry, OK
     api.submit("echo\nINJECTED", {})
