@@ -309,7 +309,7 @@ def keys_revoke(out: Output, kid: str) -> None:
     KID must be a key of the keyring (INVALID_ID for a malformed id, INVALID_INPUT for an unknown one); revoking
     it again changes nothing. Revoking the key that signs stops every write (SIGNING_KEY_ERROR, exit 8) until
     `keys rotate` makes a new key active: rotate and restart the workers first. A running worker reads the
-    revoked ids again once a minute.
+    keyring folders again once a minute, and stops writing with a key revoked since.
     """
     from orchestrator.signing import revoke
 

@@ -5,8 +5,8 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import CONTEXT, EXIT_INTEGRITY, FiniteFloatRange, Output, cli, project_command, seconds
 from orchestrator.audit import ACTIONS
+from orchestrator.cli import CONTEXT, EXIT_INTEGRITY, FiniteFloatRange, Output, cli, project_command, seconds
 from orchestrator.state import TRANSITIONS
 from orchestrator.timeline import FILTERS
 
