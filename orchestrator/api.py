@@ -384,9 +384,13 @@ class Orchestrator:
     def submit_job(self, kind: str, input: Any = None, *, audit: bool = False, key: str | None = None,
                    max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout: float | None = None, priority: int = DEFAULT_PRIORITY,
                    actor: str | None = None) -> Submission:
-        """Submit a job; with an idempotency ``key``, the same key returns the same job."""
+        """Submit a job; with an idempotency ``key``, the same key returns the same job.
+
+        The key is checked here, not in ``JobOptions``, which also describes older histories (free-text keys)."""
         from orchestrator.event_models import JobOptions
 
+        if key is not None:  # it is stored in the job's first event and printed: an id, never free text
+            validate_id(key, "idempotency key")
         try:
             options = JobOptions(audit=audit, max_attempts=max_attempts, timeout=timeout, priority=priority,
                                  key=key).model_dump(mode="json", exclude_none=True)

@@ -51,6 +51,9 @@ AUDITED_EVENTS: dict[str, str] = {
     "stale_recovered": "stale_recovered",
     "job_timeout": "job_timeout",
 }
+# every action an entry can name: those above, and decisions audited without being in that table
+# (a released run, a refused run or action); ``audit-timeline --action`` accepts these and the event types
+ACTIONS = frozenset({*AUDITED_EVENTS.values(), "job_released", "run_refused", "integrity_refusal"})
 # the field of an audited event whose text becomes the entry's note when it is healed
 _NOTE_FIELD = {"job_approved": "note", "job_revised": "notes", "job_resumed": "answer", "job_cancelled": "reason",
                "stale_recovered": "error", "job_timeout": "error"}

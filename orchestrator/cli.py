@@ -20,7 +20,7 @@ from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAUL
                                  load_dotenv_file)
 from orchestrator.errors import InvalidInputError, OrchestratorError, UsageError
 from orchestrator.limits import MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, PRIORITY_LIMIT
-from orchestrator.security import sanitize_text
+from orchestrator.security import one_line, sanitize_text
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_INTEGRITY = 7
@@ -155,7 +155,8 @@ def cli() -> None:
 @click.option("--input", "input_json", default=None, help="Job input as JSON text.")
 @click.option("--input-file", type=click.File("rb"), default=None, help="Read the JSON input from a file ('-' for stdin).")
 @click.option("--audit", is_flag=True, help="Send a successful result to awaiting_audit for approval.")
-@click.option("--key", default=None, help="Idempotency key: submitting the same key again returns the same job id.")
+@click.option("--key", default=None, help="Idempotency key, an id (letters, digits, '.', '_', '-'): submitting the "
+              "same key again returns the same job id.")
 @click.option("--max-attempts", type=click.IntRange(1, MAX_ATTEMPTS_LIMIT), default=DEFAULT_MAX_ATTEMPTS,
               show_default=True, help="Runs allowed before failing.")
 @click.option("--timeout", type=seconds(min_open=True), default=None, help="Seconds a run may take (a year at most).")
@@ -185,9 +186,9 @@ def _status_text(st: Any) -> str:
             ("retry_at", st.retry_at), ("question", st.question),
             ("last_error", f"{st.last_error['code']}: {st.last_error.get('message', '')}" if st.last_error else None),
             ("summary", (st.result or {}).get("summary")), ("updated_at", st.updated_at)]
-    lines = [f"{k:<17}{v}" for k, v in rows if v not in (None, "")]
+    lines = [f"{k:<17}{one_line(v)}" for k, v in rows if v not in (None, "")]
     if st.integrity_error:
-        lines.append(f"{'INTEGRITY':<17}{st.integrity_error['code']}: {st.integrity_error['message']}")
+        lines.append(f"{'INTEGRITY':<17}{one_line(st.integrity_error['code'] + ': ' + st.integrity_error['message'])}")
     return "\n".join(lines)
 
 
@@ -210,7 +211,7 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
         note_missing_store(orch, out)
         out.emit({"jobs": [j.to_dict() for j in jobs], "count": len(jobs)},
                  lambda: "\n".join([f"{'JOB_ID':<36} {'STATE':<15} {'KIND':<16} {'ATT':>3}  UPDATED"] + [
-                     f"{j.job_id:<36} {(j.state or 'unknown'):<15} {(j.kind or '-')[:16]:<16} {j.attempt:>3}  "
+                     f"{j.job_id:<36} {(j.state or 'unknown'):<15} {one_line(j.kind or '-')[:16]:<16} {j.attempt:>3}  "
                      f"{j.updated_at or '-'}" + ("  INTEGRITY" if j.integrity_error else "") for j in jobs]))
         return EXIT_INTEGRITY if any(j.integrity_error for j in jobs) else 0
     if not job_id:
@@ -297,19 +298,27 @@ def keys_command(fn: Callable[..., None]) -> Callable[..., None]:
 @keys.command("list", context_settings=CONTEXT)
 @keys_command
 def keys_list(out: Output) -> None:
-    """Show the keyring folder, the signing key id and the trusted key ids."""
+    """Show the keyring folder, the key that will sign (and whether it is revoked) and the trusted key ids."""
     from orchestrator.signing import load_keyring
 
     ring = load_keyring()
-    data = {"keyring": ring.source, "signing_key": ring.signer_id, "trusted": sorted(ring.trusted),
-            "revoked": sorted(ring.revoked)}
-    out.emit(data, "\n".join(f"{k:<12} {v}" for k, v in data.items()))
+    signer = ring.signing_key_id()
+    revoked = signer in ring.revoked
+    data = {"keyring": ring.source, "signing_key": signer, "signing_key_revoked": revoked,
+            "trusted": sorted(ring.trusted), "revoked": sorted(ring.revoked)}
+    shown = (f"{signer} (REVOKED: writes are refused until a new key is active: orchestrator keys rotate)"
+             if revoked else signer or "none yet (the first write creates one in the keyring folder)")
+    out.emit(data, "\n".join(f"{k:<12} {v}" for k, v in {**data, "signing_key": shown}.items()
+                              if k != "signing_key_revoked"))
 
 
 @keys.command("rotate", context_settings=CONTEXT)
 @keys_command
 def keys_rotate(out: Output) -> None:
-    """Create a new signing key in the keyring folder; old public keys keep verifying old events."""
+    """Create a new signing key in the keyring folder and make it active; old public keys keep verifying old events.
+
+    A process reads the active key once, when it first signs: restart running workers to sign with the new key.
+    """
     from orchestrator.errors import SigningKeyError
     from orchestrator.signing import keyring_dir, write_keypair
 
@@ -325,18 +334,24 @@ def keys_rotate(out: Output) -> None:
 @click.argument("kid")
 @keys_command
 def keys_revoke(out: Output, kid: str) -> None:
-    """Stop trusting KID: events it signed fail verification with KEY_REVOKED."""
-    from orchestrator.errors import SigningKeyError
-    from orchestrator.signing import REVOKED_FILE, keyring_dir
+    """Stop trusting KID (an id `keys list` shows): events it signed fail verification with KEY_REVOKED.
 
-    folder = keyring_dir()
-    try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(folder / REVOKED_FILE, "a") as fh:
-            fh.write(kid + "\n")
-    except OSError as exc:
-        raise SigningKeyError(f"cannot add {kid} to {folder / REVOKED_FILE}: {exc.strerror or exc}") from None
-    out.emit({"revoked": kid}, f"revoked {kid}")
+    KID must be a key of the keyring (INVALID_ID for a malformed id, INVALID_INPUT for an unknown one); revoking
+    it again changes nothing. Revoking the key that signs stops every write (SIGNING_KEY_ERROR, exit 8) until
+    `keys rotate` makes a new key active: rotate and restart the workers first. A running worker reads the
+    keyring folders again once a minute, and stops writing with a key revoked since.
+    """
+    from orchestrator.signing import revoke
+
+    ring = revoke(kid)
+    already = kid in ring.revoked
+    warning = None
+    if kid == ring.signing_key_id():
+        warning = (f"{kid} is the active signing key: writes are refused (exit 8) until a new key is active "
+                   "(orchestrator keys rotate)")
+        click.echo(f"warning: {warning}", err=True)
+    out.emit({"revoked": kid, "already_revoked": already, "warning": warning},
+             f"{kid} was already revoked; nothing changed" if already else f"revoked {kid}")
 
 
 def _register_commands() -> None:

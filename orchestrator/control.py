@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator import audit
 from orchestrator.errors import (ActionConflictError, ChatMessageError, JobIdMismatchError, ConcurrencyError, ContextSignatureInvalid, InvalidInputError,
                                  InvalidTransitionError)
-from orchestrator.security import sanitize_text
+from orchestrator.security import one_line, sanitize_text
 from orchestrator.state import AWAITING_AUDIT, CANCELLED, WAITING_HUMAN, check_transition
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ def _already_applied(view: "JobView", action: str, data: dict[str, Any]) -> Cont
     if field is None or closing["data"].get(field) == data[field]:
         return _repeat(view, action, closing)
     raise ActionConflictError(
-        f"job {view.job_id} was already {_PAST[action]} at {closing['ts']} by {closing['actor']} "
+        f"job {view.job_id} was already {_PAST[action]} at {closing['ts']} by {one_line(closing['actor'])} "
         f"(event {closing['seq']}) with a different {field}: {closing['data'].get(field)!r}; "
         f"nothing was written", job_id=view.job_id, event_seq=closing["seq"])
 

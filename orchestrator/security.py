@@ -20,7 +20,7 @@ from typing import Any
 
 from orchestrator.errors import InvalidIdError, PathEscapeError
 
-__all__ = ["REDACTED", "sanitize_text", "sanitize_obj", "validate_id", "safe_join", "validate_artifact_path"]
+__all__ = ["REDACTED", "sanitize_text", "sanitize_obj", "one_line", "validate_id", "safe_join", "validate_artifact_path"]
 
 REDACTED = "[REDACTED]"
 
@@ -168,6 +168,21 @@ def sanitize_obj(obj: Any) -> Any:
     if isinstance(obj, tuple):
         return tuple(sanitize_obj(item) for item in obj)
     return obj
+
+
+# what ends, rewrites or reorders a line on a terminal: C0 and C1 controls (newline, carriage return, escape),
+# DEL, the Unicode line and paragraph separators, and the bidirectional overrides and isolates
+_LINE_BREAKERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def one_line(value: object) -> str:
+    """``value`` as one line of human output, each control character escaped as ``repr`` writes it
+    (``\\n``, ``\\r``, ``\\x1b``): text a handler or an operator supplied (a question, an error, a note)
+    cannot forge a line such as ``state  succeeded`` or drive the terminal. JSON output keeps the text."""
+    text = value if isinstance(value, str) else str(value)
+    if _LINE_BREAKERS.search(text) is None:
+        return text
+    return _LINE_BREAKERS.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

@@ -23,7 +23,9 @@ from orchestrator import audit
 from orchestrator.clock import from_iso
 from orchestrator.errors import InvalidInputError, RunNotFoundError
 from orchestrator.history import verify_stream
+from orchestrator.security import one_line, validate_id
 from orchestrator.signing import line_hash
+from orchestrator.state import TRANSITIONS
 from orchestrator.store.base import AUDIT_STREAM
 
 if TYPE_CHECKING:
@@ -33,6 +35,8 @@ AUDIT_EVENT_MISSING = "AUDIT_EVENT_MISSING"
 AUDIT_ENTRY_MISSING = "AUDIT_ENTRY_MISSING"
 AFTER_DAMAGE = "AFTER_DAMAGE"
 _ACTION_EVENT = {"approve": "job_approved", "revise": "job_revised", "resume": "job_resumed", "cancel": "job_cancelled"}
+# what ``action=`` filters on: an audit action or an event type (any other name would silently match nothing)
+FILTERS = tuple(sorted(audit.ACTIONS)) + tuple(sorted(set(TRANSITIONS) - audit.ACTIONS))
 
 
 @dataclass(frozen=True)
@@ -82,8 +86,12 @@ def find_job_of_run(orch: "Orchestrator", run_id: str) -> str:
 
 def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | None = None,
              since: str | None = None, action: str | None = None, heal: bool = True) -> dict[str, Any]:
-    if not job_id and not run_id:
+    if job_id is None and run_id is None:
         raise InvalidInputError("give --job-id or --run-id")
+    if action is not None and action not in FILTERS:
+        raise InvalidInputError(f"--action {action!r} is no audit action or event type; one of: {', '.join(FILTERS)}")
+    if run_id is not None:
+        validate_id(run_id, "run id")
     if job_id is None:
         job_id = find_job_of_run(orch, run_id)  # type: ignore[arg-type]
     try:
@@ -120,6 +128,9 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
     out.sort(key=lambda ln: (ln.ts, ln.source == "audit", ln.seq))
     if run_id:
         out = [ln for ln in out if ln.run_id == run_id]
+        if not out:  # a run of another job: an empty timeline would read as "nothing happened in that run"
+            raise RunNotFoundError(f"job {job_id} has no run {run_id!r} (without --job-id, the run's own job is "
+                                   "found)", run_id=run_id, job_id=job_id)
     if since_t is not None:
         out = [ln for ln in out if ln.ts and from_iso(ln.ts) >= since_t]
     if action:
@@ -131,14 +142,18 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
 
 
 def render(result: dict[str, Any]) -> str:
+    """The table; each field on one line (``security.one_line``): what a line holds was written by handlers,
+    operators or, on a damaged line, anyone."""
     rows = [f"timeline of job {result['job_id']}" + (f", run {result['run_id']}" if result["run_id"] else ""),
             f"{'TIME':<27} {'SRC':<5} {'SEQ':>4}  {'WHAT':<22} {'ACTOR':<20} {'RUN':<14} {'STATUS':<20} DETAIL"]
     for ln in result["lines"]:
-        rows.append(f"{ln['ts']:<27} {ln['source']:<5} {ln['seq']:>4}  {ln['what'][:22]:<22} {ln['actor'][:20]:<20} "
-                    f"{(ln['run_id'] or '-')[:14]:<14} {ln['status']:<20} {ln['detail'][:120]}")
+        ts, what, actor, status, detail = (one_line(ln[k]) for k in ("ts", "what", "actor", "status", "detail"))
+        run = one_line(ln["run_id"] or "-")
+        rows.append(f"{ts:<27} {ln['source']:<5} {ln['seq']:>4}  {what[:22]:<22} {actor[:20]:<20} "
+                    f"{run[:14]:<14} {status:<20} {detail[:120]}")
     if not result["lines"]:
         rows.append("(no lines match)")
     for p in result["problems"]:
-        rows.append(f"PROBLEM line {p['line']}: {p['code']}: {p['message']}")
+        rows.append(one_line(f"PROBLEM line {p['line']}: {p['code']}: {p['message']}"))
     rows.append("OK: every line verified" if result["ok"] else "NOT OK: see the STATUS column and problems")
     return "\n".join(rows)

@@ -59,7 +59,7 @@ IDLE_MAX_WAIT = 30.0  # an idle worker still wakes this often to look for stale 
 # A worker that has reached its store waits this long, doubling up to the maximum, before it tries
 # again after losing it (a PostgreSQL restart): it stays up instead of exiting with the fleet.
 STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS = 0.2, 5.0
-SWEEP_EVERY = 60.0  # how often stale recovery also removes what killed workers left behind (_sweep_leftovers)
+SWEEP_EVERY = 60.0  # how often stale recovery also removes what killed workers left behind and reads the keyring
 ORPHAN_ENTRY_GRACE = 60.0  # a ready entry whose job has no event yet is kept this long (submit in flight)
 EVENT_IN_FLIGHT = 1.0  # an entry this young whose job's event is not there yet: its writer is probably at it
 KNOWN_VIEWS = 128  # jobs a worker left unfinished (a question, an audit, a retry) whose last view it keeps
@@ -233,12 +233,15 @@ class Worker:
     # -- stale recovery -----------------------------------------------------------------------
     def recover_stale(self, now: float | None = None) -> list[str]:
         """Recover running jobs whose lease expired; only the running index is scanned. Now and then,
-        also remove what killed workers left behind (``_sweep_leftovers``)."""
+        also remove what killed workers left behind (``_sweep_leftovers``) and read the keyring folders
+        again (``Keyring.reload``): a worker whose key was revoked since it started then refuses to write
+        (SIGNING_KEY_ERROR)."""
         now = self.orch.clock() if now is None else now
         self.queue.ensure_built(self.orch)
         recovered = self._recover_expired(now)
         if time.monotonic() >= self._next_sweep:  # after the recoveries: the runs they ended are over
             self._next_sweep = time.monotonic() + SWEEP_EVERY
+            self.orch.keyring.reload()
             self._sweep_leftovers()
         return recovered
 
@@ -247,6 +250,8 @@ class Worker:
         for job_id, epoch in self.queue.running_entries():
             try:
                 view = self.orch.load(job_id)
+                if not view.ok and self.orch.keyring.reload():  # a key made or revoked since this worker started
+                    view = self.orch.load(job_id)
             except JobNotFoundError:
                 self.queue.drop_running(job_id, epoch)
                 continue
@@ -425,6 +430,8 @@ class Worker:
                 self.queue.drop_ready(entry)
             return None
         if not view.ok:
+            if self.orch.keyring.reload():  # a key made (keys rotate) or revoked since this worker started
+                return self._try_claim(entry, now)
             self._refuse(view, entry, now)
             return None
         s = view.state

@@ -10,11 +10,14 @@ from typing import Any
 import click
 
 from orchestrator.cli import CONTEXT, Output, cli, project_command
+from orchestrator.security import one_line
 
 _TEXT = {
     "approve": ("NOTE", False, "Approve a job awaiting audit: awaiting_audit -> succeeded."),
     "revise": ("NOTES", True, "Send a job awaiting audit back with revision NOTES: awaiting_audit -> queued."),
-    "resume": ("ANSWER", True, "Answer a job's pending question: waiting_human -> queued, re-run with ANSWER."),
+    "resume": ("ANSWER", True, "Answer a job's pending question: waiting_human -> queued, re-run with ANSWER. "
+                               "The job receives ANSWER trimmed and with secrets redacted (password=x is "
+                               "password=[REDACTED]), and a repeat is compared in that form."),
     "cancel": ("REASON", False, "Cancel a job in any non-final state -> cancelled (a running worker stops "
                                 "at its next write)."),
 }
@@ -28,12 +31,13 @@ def control_group() -> None:
     idempotent: the same action again (same job, same answer or notes, same pending question)
     writes nothing and exits 0 saying it was already applied. A different answer or notes after
     the decision was taken is refused with ACTION_CONFLICT (exit 5). Notes and answers are
-    sanitized (secrets redacted) before they are written.
+    sanitized (secrets redacted) before they are written, and compared as written: two answers
+    that differ only in a redacted secret are the same answer to the job.
     """
 
 
 def _emit(out: Output, result: Any) -> None:
-    out.emit(result.to_dict(), result.message)
+    out.emit(result.to_dict(), one_line(result.message))  # it names the actor of an earlier event
 
 
 def _make(action: str) -> None:

@@ -5,15 +5,20 @@ from typing import Any
 
 import click
 
+from orchestrator.audit import ACTIONS
 from orchestrator.cli import (CONTEXT, EXIT_INTEGRITY, FiniteFloatRange, Output, cli, note_missing_store,
                               project_command, seconds)
+from orchestrator.state import TRANSITIONS
+from orchestrator.timeline import FILTERS
 
 
 @cli.command("audit-timeline", context_settings=CONTEXT)
 @click.option("--job-id", default=None, help="The job whose timeline to show.")
 @click.option("--run-id", default=None, help="Show one run (its job is found from the audit log or the projection cache).")
 @click.option("--since", default=None, help="Only lines at or after this ISO-8601 time.")
-@click.option("--action", default=None, help="Only this action or event type (approve, resume, job_claimed, ...).")
+@click.option("--action", type=click.Choice(FILTERS), metavar="ACTION", default=None,
+              help=f"Only this audit action ({', '.join(sorted(ACTIONS))}) or event type "
+                   f"({', '.join(sorted(TRANSITIONS))}).")
 @project_command
 def audit_timeline(orch: Any, out: Output, job_id: str | None, run_id: str | None, since: str | None,
                    action: str | None) -> int:
@@ -25,7 +30,7 @@ def audit_timeline(orch: Any, out: Output, job_id: str | None, run_id: str | Non
     """
     from orchestrator.timeline import render, timeline
 
-    if not job_id and not run_id:
+    if job_id is None and run_id is None:
         raise click.UsageError("give --job-id or --run-id")
     result = timeline(orch, job_id=job_id, run_id=run_id, since=since, action=action)
     out.emit(result, lambda: render(result))

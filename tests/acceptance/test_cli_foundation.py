@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from helpers import REPO, run_script
@@ -43,6 +45,15 @@ def test_same_key_with_different_input_is_refused(cli_env: dict[str, str]) -> No
     submit(cli_env, "--key", "k1")
     proc = run_script("submit", "--kind", "command", "--input", '{"argv": ["rm"]}', "--key", "k1", "--json", env=cli_env)
     assert proc.returncode == 3 and json.loads(proc.stdout)["error"] == "INVALID_INPUT"
+
+
+def test_an_idempotency_key_that_is_not_an_id_is_refused_with_exit_3_and_never_stored(cli_env: dict[str, str],
+                                                                                       base: Path) -> None:
+    for key in ("deploy password=hunter2", "a\nb"):
+        proc = run_script("submit", "--kind", "ok", "--input", "{}", "--key", key, env=cli_env)
+        assert proc.returncode == 3 and "error[INVALID_ID]: invalid idempotency key" in proc.stderr
+        assert "hunter2" not in proc.stderr
+    assert not (base / "proj" / ".orchestrator" / "queue" / "jobs").exists()
 
 
 def test_input_file_and_stdin_are_accepted(cli_env: dict[str, str], tmp_path: Path) -> None:
@@ -283,3 +294,51 @@ def test_a_store_folder_that_is_a_file_is_a_storage_error_naming_it_exit_10(cli_
         assert f"error[STORAGE_ERROR]: {jobs} is a file where a folder belongs" in proc.stderr
         assert "Traceback" not in proc.stderr
     assert len(list(jobs.with_name("jobs.moved").iterdir())) == 1
+
+
+def keys(env: dict[str, str], *args: str):
+    return subprocess.run([sys.executable, "-m", "orchestrator", "keys", *args], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=str(REPO))
+
+
+def test_keys_list_shows_the_active_key_of_the_keyring_folder_before_anything_signed(
+        cli_env: dict[str, str], isolated_env: Path) -> None:
+    env = {k: v for k, v in cli_env.items() if k != "ORCH_SIGNING_KEY"}  # the default setup: the folder's key
+    assert json.loads(keys(env, "list", "--json").stdout)["signing_key"] is None  # none yet
+    submit(env)
+    listed = json.loads(keys(env, "list", "--json").stdout)
+    assert listed["signing_key"] == (isolated_env / "active").read_text().strip()
+    assert listed["signing_key_revoked"] is False
+
+
+def test_revoking_the_active_key_warns_and_every_write_is_refused_until_a_new_key_is_active(
+        cli_env: dict[str, str], base: Path, isolated_env: Path) -> None:
+    env = {k: v for k, v in cli_env.items() if k != "ORCH_SIGNING_KEY"}
+    submit(env)
+    kid = (isolated_env / "active").read_text().strip()
+    revoked = keys(env, "revoke", kid, "--json")
+    assert revoked.returncode == 0 and "active signing key" in revoked.stderr
+    assert "keys rotate" in json.loads(revoked.stdout)["warning"]
+    jobs = base / "proj" / ".orchestrator" / "queue" / "jobs"
+    before = sorted(jobs.iterdir())
+    proc = run_script("submit", "--kind", "ok", "--input", "{}", env=env)
+    assert proc.returncode == 8 and f"error[SIGNING_KEY_ERROR]: the signing key {kid} is revoked" in proc.stderr
+    assert "keys rotate" in proc.stderr and sorted(jobs.iterdir()) == before  # nothing written
+    listed = json.loads(keys(env, "list", "--json").stdout)
+    assert listed["signing_key"] == kid and listed["signing_key_revoked"] is True
+    assert "REVOKED" in keys(env, "list").stdout
+    assert keys(env, "rotate").returncode == 0
+    job_id = submit(env)
+    assert run_script("status", job_id, env=env).returncode == 0
+
+
+def test_keys_revoke_refuses_a_malformed_or_unknown_id_and_writes_nothing(cli_env: dict[str, str],
+                                                                          isolated_env: Path) -> None:
+    env = {k: v for k, v in cli_env.items() if k != "ORCH_SIGNING_KEY"}
+    submit(env)
+    kid = (isolated_env / "active").read_text().strip()
+    for bad, error in [("", "INVALID_ID"), (f"evil\n{kid}", "INVALID_ID"), ("k-0123456789abcdef", "INVALID_INPUT")]:
+        proc = keys(env, "revoke", bad, "--json")
+        assert proc.returncode == 3 and json.loads(proc.stdout)["error"] == error, (bad, proc.stdout, proc.stderr)
+    assert not (isolated_env / "revoked").exists()
+    assert run_script("submit", "--kind", "ok", "--input", "{}", env=env).returncode == 0

@@ -90,6 +90,38 @@ def test_the_runbook_flow_from_submit_to_metrics(api: Orchestrator, cli_env: dic
     assert verified["ok"] and verified["warnings"] == []
 
 
+def test_audit_timeline_refuses_filters_that_could_only_match_nothing(api: Orchestrator, cli_env: dict[str, str]) -> None:
+    job_id, other = js.waiting_human(api, run_id="run-mine"), js.running(api, run_id="run-theirs")
+    proc = run_script("audit_timeline", "--job-id", job_id, "--action", "approved", env=cli_env)
+    assert proc.returncode == 2 and "'approved' is not one of 'approve'" in proc.stderr
+    assert "run_refused" in ok("audit_timeline", "-h", env=cli_env).stdout  # the actions are listed in the help
+    proc = run_script("audit_timeline", "--run-id", "../x", "--json", env=cli_env)
+    assert proc.returncode == 3 and as_json(proc)["error"] == "INVALID_ID"
+    proc = run_script("audit_timeline", "--job-id", job_id, "--run-id", "run-theirs", "--json", env=cli_env)
+    assert proc.returncode == 4 and as_json(proc)["error"] == "RUN_NOT_FOUND"
+    assert as_json(ok("audit_timeline", "--run-id", "run-theirs", "--json", env=cli_env))["job_id"] == other
+
+
+def test_human_output_shows_control_characters_escaped_so_handler_text_cannot_forge_lines(
+        api: Orchestrator, cli_env: dict[str, str]) -> None:
+    forged = "Deploy?\nstate            succeeded\r\x1b[2K\u2028x"
+    job_id = js.waiting_human(api, question=forged)
+    lines = ok("status", job_id, env=cli_env).stdout.splitlines()
+    assert [ln for ln in lines if ln.startswith("state")] == ["state            waiting_human"]
+    assert "question         Deploy?\\nstate            succeeded\\r\\x1b[2K\\u2028x" in lines
+    assert as_json(ok("status", job_id, "--json", env=cli_env))["question"] == forged  # JSON keeps the text
+    operator = {**cli_env, "LOGNAME": "ops\nstate            succeeded"}  # the actor of the audit trail
+    ok("control", "resume", job_id, "yes\nstate            succeeded", env=operator)
+    again = ok("control", "resume", job_id, "yes\nstate            succeeded", env=cli_env).stdout
+    assert "already applied" in again and len(again.splitlines()) == 1  # it names the first resume's actor
+    conflict = run_script("control", "resume", job_id, "no", env=cli_env)
+    assert conflict.returncode == 5 and len(conflict.stderr.splitlines()) == 1
+    lines = ok("audit_timeline", "--job-id", job_id, env=cli_env).stdout.splitlines()
+    assert len(lines) == 2 + 5 + 1 and not any(ln.startswith("state") for ln in lines)  # head, 4 events + 1 entry, OK
+    api.submit("echo\nINJECTED", {})
+    assert len(ok("status", "--all", env=cli_env).stdout.splitlines()) == 1 + 2
+
+
 def test_there_is_no_token_option(api: Orchestrator, cli_env: dict[str, str]) -> None:
     job_id = js.waiting_human(api)
     for args in (["resume", job_id, "yes", "--token", "x"], ["approve", job_id, "--token", "x"],

@@ -163,7 +163,7 @@ def test_runbook_block_runs_as_written(block: Block, checkout: Path, git_repo, p
     repo, last_good = git_repo
     values = {"<job_id>": job_id, "<run_id>": run_id, "<answer>": ANSWER, "<pid>": project,
               "<backup_dir>": str(base / f"backup-{shared or block.line}"), "<checkout>": str(repo),
-              "<last_good_commit>": last_good}
+              "<last_good_commit>": last_good, "<old_kid>": load_keyring(env, announce=False).signer_id or ""}
     worker = None
     if any("<worker_pid>" in c for c, _ in block.commands):  # a live worker for the block to stop
         worker = subprocess.Popen([sys.executable, "scripts/worker.py"], cwd=checkout, env=env,

@@ -55,6 +55,15 @@ def test_a_different_answer_after_a_resume_is_refused_and_writes_nothing(orch: O
     assert file_bytes(orch) == before
 
 
+def test_answers_that_differ_only_in_a_redacted_secret_are_the_same_answer_to_the_job(orch: Orchestrator) -> None:
+    """The job receives the answer as stored, redacted; the typed secret is kept nowhere (docs/decisions.md)."""
+    job_id = js.waiting_human(orch)
+    first, again = orch.resume(job_id, "password=aaa-first"), orch.resume(job_id, "password=bbb-second")
+    assert first.applied and again.already_applied and again.event_seq == first.event_seq
+    assert orch.load(job_id).state.context()["answers"] == ["password=[REDACTED]"]
+    assert not [name for name, data in file_bytes(orch).items() if b"aaa-first" in data or b"bbb-second" in data]
+
+
 def test_the_same_answer_to_a_new_question_is_a_new_resume(orch: Orchestrator) -> None:
     job_id = js.waiting_human(orch, run_id="run-1")
     orch.resume(job_id, "yes")

@@ -119,6 +119,57 @@ def test_a_kept_view_is_not_used_once_the_trusted_or_revoked_keys_changed(orch, 
     assert checked[:4] == [1, 2, 3, 4]  # every line checked again, under the keys trusted now
 
 
+def test_a_worker_started_before_a_key_rotation_runs_the_jobs_signed_with_the_new_key(base, isolated_env) -> None:
+    """Not refused as UNKNOWN_KEY (and dropped from the queue): the worker reads the keyring folder again."""
+    from orchestrator import Orchestrator
+    from orchestrator.signing import write_keypair
+
+    orch = Orchestrator(base_path=base, project_id="proj")  # signs with the keyring folder's active key
+    w = make_worker(orch)
+    orch.submit("t.echo", "a")
+    assert w.run_once().outcome == "succeeded"
+    write_keypair(isolated_env)  # keys rotate, in another process
+    job = Orchestrator(base_path=base, project_id="proj").submit("t.echo", "b")  # a new process: the new key
+    result = w.run_once()
+    assert result is not None and (result.job_id, result.outcome) == (job, "succeeded")
+
+
+def test_a_worker_started_before_a_key_rotation_recovers_a_run_claimed_under_the_new_key(base, isolated_env) -> None:
+    from orchestrator import Orchestrator
+    from orchestrator.signing import write_keypair
+
+    orch = Orchestrator(base_path=base, project_id="proj")
+    w = make_worker(orch, worker_id="old")
+    orch.submit("t.echo", "a")
+    assert w.run_once().outcome == "succeeded"
+    write_keypair(isolated_env)  # keys rotate, in another process
+    newer = Orchestrator(base_path=base, project_id="proj")
+    job = newer.submit("t.echo", "b")
+    t = newer.clock()
+    assert make_worker(newer, worker_id="dead", lease_seconds=30).claim(now=t) is not None  # then it dies
+    assert w.recover_stale(now=t + 31) == [job]
+
+
+def test_a_worker_whose_key_is_revoked_while_it_runs_writes_nothing_more_with_it(base, isolated_env) -> None:
+    """Its next sweep (at most a minute) reads the revoked ids: every write is then SIGNING_KEY_ERROR."""
+    from orchestrator import Orchestrator
+    from orchestrator.errors import SigningKeyError
+    from orchestrator.signing import revoke, write_keypair
+
+    orch = Orchestrator(base_path=base, project_id="proj")
+    w = make_worker(orch)
+    orch.submit("t.echo", "a")
+    assert w.run_once().outcome == "succeeded"
+    kid = orch.keyring.signer_id
+    write_keypair(isolated_env)  # keys rotate, then keys revoke of the old key, in other processes
+    revoke(kid)
+    job = Orchestrator(base_path=base, project_id="proj").submit("t.echo", "b")
+    w._next_sweep = 0.0  # a minute later
+    with pytest.raises(SigningKeyError, match=f"{kid} is revoked"):
+        w.run_once()
+    assert types(orch, job) == ["job_submitted"]
+
+
 def test_a_worker_still_refuses_a_job_whose_history_was_edited_after_it_handed_it_back(orch) -> None:
     job = orch.submit("t.flaky", {"succeed_on": 2})
     w = make_worker(orch)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from orchestrator import Orchestrator
 from orchestrator.cli import cli
-from orchestrator.errors import InvalidInputError, MalformedPayloadError
+from orchestrator.errors import InvalidIdError, InvalidInputError, MalformedPayloadError
 from orchestrator.history import verify_stream
 from orchestrator.limits import MAX_DURATION_SECONDS, MAX_INPUT_BYTES, MAX_JSON_DEPTH, json_depth
 from orchestrator.payload import Payload, parse_payload
@@ -112,6 +112,25 @@ def test_a_job_input_nested_deeper_than_the_limit_is_invalid_input(orch: Orchest
 def test_a_job_input_larger_than_the_limit_is_invalid_input(orch: Orchestrator) -> None:
     with pytest.raises(InvalidInputError, match="at most"):
         orch.submit("k", "x" * MAX_INPUT_BYTES)
+
+
+@pytest.mark.parametrize("key", ["deploy password=hunter2", "a\nb", "", "../x", "-x", "k" * 129, "ключ"])
+def test_an_idempotency_key_that_is_not_an_id_is_invalid_id_and_writes_nothing(orch: Orchestrator, key: str) -> None:
+    """Keys are ids (docs/decisions.md): stored in the first event and printed, never free text."""
+    with pytest.raises(InvalidIdError, match="invalid idempotency key"):
+        orch.submit_job("k", {}, key=key)
+    assert list(orch.store.job_ids()) == []
+    assert orch.submit_job("k", {}, key="deploy-2026.12_01").created
+
+
+def test_a_history_submitted_with_a_free_text_key_before_keys_were_checked_still_replays(orch: Orchestrator) -> None:
+    from orchestrator.api import context_digest
+    from orchestrator.integrity import verify_project
+
+    options = {"audit": False, "max_attempts": 3, "priority": 0, "key": "deploy to prod"}
+    orch.append(None, "key-legacy", [("job_submitted", {"kind": "k", "input": {}, "options": options,
+                                                        "context_digest": context_digest("k", {}, options)})])
+    assert orch.status("key-legacy").state == "queued" and verify_project(orch).ok
 
 
 @pytest.mark.parametrize("timeout", [float("inf"), float("nan"), 1e308, MAX_DURATION_SECONDS + 1, 0, -1])

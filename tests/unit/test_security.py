@@ -355,3 +355,15 @@ def test_a_key_whose_begin_line_was_cut_away_is_redacted_from_its_body_to_its_en
     cut = "log line: starting\nMIIEpAIBAAKCAQEA1q2w3e4r5\nt6y7u8i9o0p+/==\n-----END RSA PRIVATE KEY-----\nexit 1"
     assert sanitize_text(cut) == f"log line: starting\n{REDACTED}\nexit 1"
     assert sanitize_text("A1b2\r\nC3d4\r\n-----END PRIVATE KEY-----\r\n") == f"{REDACTED}\r\n"
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("plain text, é 中 🙂", "plain text, é 中 🙂"),
+    ("a\nstate  succeeded", "a\\nstate  succeeded"),
+    ("\r\t\x00\x1b[2K\x7f\x85", "\\r\\t\\x00\\x1b[2K\\x7f\\x85"),
+    ("x\u2028y\u2029z\u202eevil\u2066", "x\\u2028y\\u2029z\\u202eevil\\u2066"),
+])
+def test_one_line_escapes_what_could_end_or_rewrite_a_terminal_line(text: str, shown: str) -> None:
+    from orchestrator.security import one_line
+
+    assert one_line(text) == shown and len(one_line(text).splitlines()) == 1

@@ -96,6 +96,83 @@ def test_revoked_key_ids_fail_verification(isolated_env: Path) -> None:
     assert load_keyring().check(rec) == "KEY_REVOKED"
 
 
+def test_a_revoked_signing_key_signs_nothing_and_the_error_says_to_rotate(isolated_env: Path) -> None:
+    """Whatever it signed would fail as KEY_REVOKED everywhere: a job broken from birth."""
+    kid = write_keypair(isolated_env)
+    (isolated_env / "revoked").write_text(kid + "\n")
+    ring = load_keyring()
+    with pytest.raises(SigningKeyError, match=f"signing key {kid} is revoked.*keys rotate"):
+        ring.seal({"seq": 1})
+    with pytest.raises(SigningKeyError, match="revoked"):
+        ring.sign_bytes(b"anchor")
+    write_keypair(isolated_env)  # keys rotate: a new active key
+    assert load_keyring().seal({"seq": 1})
+
+
+def test_a_revoked_environment_key_is_refused_naming_the_variable(isolated_env: Path) -> None:
+    seed = new_seed()
+    kid = load_keyring({"ORCH_SIGNING_KEY": seed, "ORCH_KEYRING_DIR": str(isolated_env)}).signer_id
+    isolated_env.mkdir()
+    (isolated_env / "revoked").write_text(f"{kid}\n")
+    with pytest.raises(SigningKeyError, match=f"{kid} is revoked.*ORCH_SIGNING_KEY"):
+        load_keyring({"ORCH_SIGNING_KEY": seed, "ORCH_KEYRING_DIR": str(isolated_env)}).seal({"seq": 1})
+
+
+def test_a_keyring_reloaded_by_a_long_running_process_knows_the_keys_made_and_revoked_since_it_started(
+        isolated_env: Path) -> None:
+    ring = load_keyring()
+    ring.seal({"seq": 1})
+    newer = write_keypair(isolated_env)  # keys rotate, elsewhere
+    (isolated_env / "revoked").write_text(f"{ring.signer_id}\n")  # keys revoke, elsewhere
+    ring.seal({"seq": 2})  # what it loaded at start
+    assert ring.reload() and not ring.reload()  # changed, then nothing more
+    assert newer in ring.trusted
+    with pytest.raises(SigningKeyError, match="revoked"):
+        ring.seal({"seq": 3})
+
+
+def test_the_signing_key_id_is_known_without_reading_the_private_key(isolated_env: Path) -> None:
+    assert load_keyring().signing_key_id() is None and not isolated_env.exists()  # none yet: nothing created
+    kid = write_keypair(isolated_env)
+    ring = load_keyring()
+    assert ring.signing_key_id() == kid and ring.signer is None
+    assert load_keyring({"ORCH_SIGNING_KEY": new_seed(), "ORCH_KEYRING_DIR": str(isolated_env)}).signing_key_id() != kid
+
+
+@pytest.mark.parametrize("kid", ["", "k-nothex", "K-0123456789ABCDEF", "k-0123456789abcdef\n", "../k-0123456789abcdef",
+                                 "evil\n{active}", "{active}\nevil", "{active}\u2028"])
+def test_revoke_refuses_an_id_that_is_not_a_key_id_and_writes_nothing(isolated_env: Path, kid: str) -> None:
+    """The revoked file is one id a line: an id holding a line break would revoke another key."""
+    from orchestrator.errors import InvalidIdError
+    from orchestrator.signing import revoke
+
+    active = write_keypair(isolated_env)
+    with pytest.raises(InvalidIdError, match="key id"):
+        revoke(kid.format(active=active))
+    assert not (isolated_env / "revoked").exists() and not load_keyring().revoked
+
+
+def test_revoke_refuses_an_id_that_names_no_key_of_the_keyring(isolated_env: Path) -> None:
+    from orchestrator.errors import InvalidInputError
+    from orchestrator.signing import revoke
+
+    write_keypair(isolated_env)
+    with pytest.raises(InvalidInputError, match="k-0123456789abcdef names no key"):
+        revoke("k-0123456789abcdef")
+    assert not (isolated_env / "revoked").exists()
+
+
+def test_revoke_writes_a_key_once_on_a_line_of_its_own(isolated_env: Path, tmp_path: Path) -> None:
+    from orchestrator.signing import revoke
+
+    old, trusted_elsewhere = write_keypair(isolated_env), write_keypair(tmp_path / "trusted", activate=False)
+    (isolated_env / "revoked").write_text("k-feedfeedfeedfeed")  # edited by hand: no newline at the end
+    assert old not in revoke(old).revoked
+    assert old in revoke(old).revoked  # again: already revoked, nothing written
+    revoke(trusted_elsewhere, {"ORCH_KEYRING_DIR": str(isolated_env), "ORCH_TRUSTED_KEYS_DIR": str(tmp_path / "trusted")})
+    assert (isolated_env / "revoked").read_text().splitlines() == ["k-feedfeedfeedfeed", old, trusted_elsewhere]
+
+
 def _break_keyring(folder: Path, what: str) -> Path:
     """Spoil one file of a keyring folder that holds an active key; return the file named in the error."""
     active = folder / (folder / "active").read_text().strip()
