@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 
 from orchestrator.clock import from_iso
-from orchestrator.errors import JobNotFoundError, PathEscapeError, StorageError
+from orchestrator.errors import InvalidIdError, JobNotFoundError, PathEscapeError, StorageError
 from orchestrator.state import CANCELLED, FAILED, STATES, SUCCEEDED, WAITING_HUMAN, Event, apply
 
 if TYPE_CHECKING:
@@ -316,8 +316,9 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
             continue
         try:
             view = orch.load(job_id)
-        except JobNotFoundError:  # no complete line (a submit killed mid-write), or removed since the scan
-            cols.add_not_a_job(job_id, (size, mtime))
+        except (JobNotFoundError, InvalidIdError):  # no complete line (a submit killed mid-write), removed
+            if "\n" not in job_id:  # since the scan, or a stray file whose name is no id (one line per id)
+                cols.add_not_a_job(job_id, (size, mtime))
             continue
         cols.add(job_id, (size, mtime), summarize(view))
         changed += 1

@@ -194,6 +194,12 @@ def _show(value: object) -> str:
     return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
+def is_id(value: str) -> bool:
+    """Whether ``value`` passes ``validate_id``: for names found on disk, where one that does not is
+    no record this code wrote (a stray file), to be passed over rather than refused."""
+    return _ID_RE.fullmatch(value) is not None and ".." not in value
+
+
 def validate_id(value: str, what: str = "job id") -> str:
     """Return ``value`` if it is safe as a single file-name component, else raise.
 

@@ -22,7 +22,7 @@ from typing import Iterable, Iterator
 
 from orchestrator import faults
 from orchestrator.errors import ConcurrencyError, IntegrityError, PathEscapeError, StorageError
-from orchestrator.security import validate_id
+from orchestrator.security import is_id, validate_id
 from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
 
 log = logging.getLogger(__name__)
@@ -573,8 +573,8 @@ class JsonlStore(EventStore):
         with entries:
             for entry in entries:
                 name = entry.name
-                if not name.endswith(EVENTS_SUFFIX):
-                    continue
+                if not name.endswith(EVENTS_SUFFIX) or not is_id(name[: -len(EVENTS_SUFFIX)]):
+                    continue  # not a job's file: a stray one (``my notes.events.jsonl``) is no job this code wrote
                 if entry.is_symlink():  # never followed, but listed: reading it reports PATH_ESCAPE
                     yield name[: -len(EVENTS_SUFFIX)]
                 elif entry.stat(follow_symlinks=False).st_size > 0 and _holds_a_line(entry.path):

@@ -452,3 +452,19 @@ def test_a_project_folder_that_is_a_symbolic_link_is_the_users_choice_and_is_fol
     job = orch.submit("rel.echo", {"x": 1})
     assert orch.worker(worker_id="w").run_once().state == "succeeded"
     assert (elsewhere / ".orchestrator" / "queue" / "jobs" / f"{job}.events.jsonl").is_file()
+
+
+@pytest.mark.parametrize("name", ["my notes", "copy of J", "a\nb", "..x"])
+def test_a_stray_file_named_like_no_job_is_passed_over_by_every_command_that_lists_jobs(
+        orch: Orchestrator, name: str) -> None:
+    """A file in ``queue/jobs/`` whose name is no job id (an operator's copy, a note) is no job this code
+    wrote: the commands that list every job pass over it instead of refusing the whole project."""
+    from orchestrator.integrity import verify_project
+    from orchestrator.projection import refresh
+
+    job = orch.submit("rel.echo", {"x": 1})
+    stray = orch.store.jobs_dir / f"{name}.events.jsonl"
+    stray.write_bytes(orch.store.path(job).read_bytes())
+    assert verify_project(orch).ok and [s.job_id for s in orch.jobs()] == [job]
+    assert list(refresh(orch).rows) == [job]
+    assert refresh(orch).replayed == 0  # and the next call stays on its warm path
