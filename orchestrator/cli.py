@@ -31,16 +31,17 @@ class Output:
 
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
+        self.data_on_stdout = False  # stdout carries data (``export -o -``): results and errors go to stderr
 
     def emit(self, data: Any, text: str | Callable[[], str]) -> None:
         if self.as_json:
-            click.echo(sanitize_text(json.dumps(data, ensure_ascii=False, default=str)))
+            click.echo(sanitize_text(json.dumps(data, ensure_ascii=False, default=str)), err=self.data_on_stdout)
         else:
-            click.echo(sanitize_text(text() if callable(text) else text))
+            click.echo(sanitize_text(text() if callable(text) else text), err=self.data_on_stdout)
 
     def error(self, exc: OrchestratorError) -> None:
         if self.as_json:
-            click.echo(sanitize_text(json.dumps(exc.to_dict(), ensure_ascii=False, default=str)))
+            click.echo(sanitize_text(json.dumps(exc.to_dict(), ensure_ascii=False, default=str)), err=self.data_on_stdout)
         else:
             click.echo(sanitize_text(f"error[{exc.code}]: {exc.message}"), err=True)
 

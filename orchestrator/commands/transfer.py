@@ -30,6 +30,7 @@ def export_cmd(orch: Any, out: Output, output: str, allow_damaged: bool) -> int:
     from orchestrator.transfer import export_project
 
     if output == "-":
+        out.data_on_stdout = True  # the bundle: the summary, or an error after part of it, goes to stderr
         result = export_project(orch, sys.stdout.buffer, allow_damaged=allow_damaged, progress=_progress)
     else:
         with OutputFile(output, "the bundle") as fh:
@@ -38,10 +39,7 @@ def export_cmd(orch: Any, out: Output, output: str, allow_damaged: bool) -> int:
     text = (f"exported {result['streams']} streams, {result['events']} events of project {result['project_id']}"
             + (f" to {output}" if output != "-" else "")
             + (f"; {len(result['damaged'])} problem(s) carried as they are" if result["damaged"] else ""))
-    if output == "-":  # stdout carries the bundle: the summary goes to stderr
-        click.echo(text, err=True)
-    else:
-        out.emit(result, text)
+    out.emit(result, text)
     return 7 if result["damaged"] else 0
 
 

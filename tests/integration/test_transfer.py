@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -249,6 +250,21 @@ def test_cli_export_of_a_tampered_project_exits_7_and_writes_no_file(cli_env, ba
     proc = _cli("export", "-o", str(target), env=env)
     assert proc.returncode == 7 and b"INTEGRITY_ERROR" in proc.stderr and job_id.encode() in proc.stderr
     assert not target.exists() and not list(tmp_path.glob(".out.bundle*"))
+
+
+def test_export_to_stdout_with_json_keeps_stdout_for_the_bundle_its_summary_and_errors_go_to_stderr(
+        cli_env, base, project) -> None:
+    env = {**cli_env, "PROJECT_ID": project}
+    job_ids = [_cli("submit", "--kind", "echo", "--input", f'{{"i": {i}}}', env=env).stdout.decode().strip()
+               for i in range(2)]
+    done = _cli("export", "-o", "-", "--json", env=env)
+    assert done.returncode == 0 and json.loads(done.stderr)["streams"] == 2
+    assert json.loads(done.stdout.splitlines()[-1])["end"] is True  # the bundle alone, to its end record
+    path = base / project / ".orchestrator" / "queue" / "jobs" / f"{max(job_ids)}.events.jsonl"
+    path.write_bytes(path.read_bytes().replace(b'"i":1', b'"i":9'))
+    failed = _cli("export", "-o", "-", "--json", env=env)
+    assert failed.returncode == 7 and json.loads(failed.stderr.splitlines()[-1])["error"] == "INTEGRITY_ERROR"
+    assert b'"error"' not in failed.stdout  # whatever of the bundle was written is not followed by JSON
 
 
 def test_export_refuses_a_job_whose_events_were_removed_and_lists_it_when_allowed(file_orch: Orchestrator) -> None:
