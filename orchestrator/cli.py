@@ -287,11 +287,8 @@ def keys_command(fn: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(fn)
     def wrapper(as_json: bool, **kwargs: Any) -> None:
         out = Output(as_json)
-        try:
+        with reported_errors(out):
             fn(out, **kwargs)
-        except OrchestratorError as exc:
-            out.error(exc)
-            click.get_current_context().exit(exc.exit_code)
 
     return wrapper
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from orchestrator.cli import CONTEXT, Output, cli, store_option
-from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.cli import CONTEXT, Output, cli, reported_errors, store_option
+from orchestrator.errors import ConfigError
 
 
 @cli.group(context_settings=CONTEXT)
@@ -22,12 +22,8 @@ def _url(store_url: str | None) -> str:
 
 def _run(as_json: bool, action) -> None:
     out = Output(as_json)
-    ctx = click.get_current_context()
-    try:
+    with reported_errors(out):
         action(out)
-    except OrchestratorError as exc:
-        out.error(exc)
-        ctx.exit(exc.exit_code)
 
 
 @db.command("migrate", context_settings=CONTEXT)
