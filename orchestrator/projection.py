@@ -317,7 +317,7 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
         try:
             view = orch.load(job_id)
         except (JobNotFoundError, InvalidIdError):  # no complete line (a submit killed mid-write), removed
-            if "\n" not in job_id:  # since the scan, or a stray file whose name is no id (one line per id)
+            if _storable(job_id):  # since the scan, or a stray file whose name is no id
                 cols.add_not_a_job(job_id, (size, mtime))
             continue
         cols.add(job_id, (size, mtime), summarize(view))
@@ -334,6 +334,16 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
     return Refresh(Rows(cols), changed, healed, _write(orch, cols))
 
 
+def _storable(name: str) -> bool:
+    """Whether a stray file's name can be an entry of the cache, which holds one UTF-8 line per id: one
+    with a newline, or bytes that are not UTF-8 (``os.listdir`` gives them as surrogates), cannot."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\n" not in name
+
+
 def _still_removed(orch: "Orchestrator", job_ids: list[str]) -> bool:
     """Whether these jobs, whose events were all removed, still have the head record that says so."""
     from orchestrator.api import HEADS_AREA
@@ -346,7 +356,7 @@ def _read(orch: "Orchestrator") -> Columns | None:
     folder in its place) is as damaged as one whose bytes do not decode."""
     try:
         data = orch.store.get_aux(AREA, KEY)
-    except (OSError, PathEscapeError):
+    except (OSError, PathEscapeError, StorageError):  # the store reports its OSErrors as StorageError
         return None
     return Columns.load(data) if data else None
 

@@ -36,6 +36,9 @@ SLOT_BYTES = 512
 # The store's own folders under its root ("" is the root, ``.orchestrator``): checked once when the
 # store is opened (``check_folders``). A new area of ``put_aux`` belongs here too (a test walks a store).
 STORE_FOLDERS = ("", "queue", "queue/jobs", "audit", "locks", *sorted(SLOT_AREAS), "projections")
+# Folders of derived data only: a file in their place is left to the code that uses them (``metrics``
+# writes around a blocked cache, with a warning); a link is refused like any other.
+DERIVED_FOLDERS = frozenset({"projections"})
 _TAIL_CHUNK = 64 * 1024
 _APPEND = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW
 
@@ -149,12 +152,12 @@ def linked_folder_error(path: str) -> PathEscapeError:
                            "folder it leads to into its place, if the store's files are there)", path=path)
 
 
-def _refuse_as_folder(path: str, mode: int) -> None:
+def _refuse_as_folder(path: str, mode: int, *, derived: bool = False) -> None:
     """Raise unless ``mode`` (from ``lstat``) is a real folder: a symbolic link is ``PathEscapeError``,
-    anything else ``StorageError``."""
+    anything else ``StorageError`` (not for a ``derived`` folder: only a link is refused there)."""
     if stat.S_ISLNK(mode):
         raise linked_folder_error(path)
-    if not stat.S_ISDIR(mode):
+    if not stat.S_ISDIR(mode) and not derived:
         raise StorageError(f"{path} is a file where a folder belongs; move it aside and restore the folder from a "
                            "backup, then run verify", path=path)
 
@@ -173,7 +176,7 @@ def check_folders(root: "Path | str", names: Iterable[str]) -> None:
             continue
         except OSError as exc:
             raise path_error(exc) from None
-        _refuse_as_folder(path, mode)
+        _refuse_as_folder(path, mode, derived=name in DERIVED_FOLDERS)
 
 
 def make_folder(path: "Path | str", top: "Path | str", durable: bool = False) -> None:
