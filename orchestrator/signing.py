@@ -382,7 +382,9 @@ def write_keypair(directory: Path, private: Any = None, *, activate: bool = True
         fh.flush()
         os.fsync(fh.fileno())
     pub = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    (directory / f"{kid}{PUBLIC_SUFFIX}").write_bytes(pub)
+    public_tmp = directory / f".{kid}{PUBLIC_SUFFIX}.tmp"
+    public_tmp.write_bytes(pub)
+    os.replace(public_tmp, directory / f"{kid}{PUBLIC_SUFFIX}")  # whole: a running worker reads the folder again
     if activate:
         tmp = directory / f".{ACTIVE_FILE}.tmp"
         tmp.write_text(kid + "\n")

@@ -41,7 +41,7 @@ from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCE
                                  HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS)
 from orchestrator.errors import (ConcurrencyError, HandlerNotFoundError, InvalidIdError, InvalidInputError,
                                  JobNotFoundError, LeaseLostError, MalformedPayloadError, PathEscapeError,
-                                 StorageUnavailableError)
+                                 SigningKeyError, StorageUnavailableError)
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, lookup, registry_generation, resolve
 from orchestrator.leases import LEASES_AREA, Lease, drop_lease_aux, lease_expiry, write_lease
 from orchestrator.limits import MAX_DURATION_SECONDS
@@ -241,16 +241,27 @@ class Worker:
         recovered = self._recover_expired(now)
         if time.monotonic() >= self._next_sweep:  # after the recoveries: the runs they ended are over
             self._next_sweep = time.monotonic() + SWEEP_EVERY
-            self.orch.keyring.reload()
+            self._reload_keys()
             self._sweep_leftovers()
         return recovered
+
+    def _reload_keys(self) -> bool:
+        """``Keyring.reload``, True if a key was added or revoked. A keyring file that cannot be read now (a
+        ``.pub`` being written, or damaged since) stops nothing: the keys this worker trusts stay as they were,
+        and it says so; a process started now would refuse that keyring (SIGNING_KEY_ERROR)."""
+        try:
+            return self.orch.keyring.reload()
+        except SigningKeyError as exc:
+            log.warning("the keyring could not be read again (%s); the keys read before stay in use", exc.message,
+                        extra={"code": exc.code})
+            return False
 
     def _recover_expired(self, now: float) -> list[str]:
         recovered = []
         for job_id, epoch in self.queue.running_entries():
             try:
                 view = self.orch.load(job_id)
-                if not view.ok and self.orch.keyring.reload():  # a key made or revoked since this worker started
+                if not view.ok and self._reload_keys():  # a key made or revoked since this worker started
                     view = self.orch.load(job_id)
             except JobNotFoundError:
                 self.queue.drop_running(job_id, epoch)
@@ -430,7 +441,7 @@ class Worker:
                 self.queue.drop_ready(entry)
             return None
         if not view.ok:
-            if self.orch.keyring.reload():  # a key made (keys rotate) or revoked since this worker started
+            if self._reload_keys():  # a key made (keys rotate) or revoked since this worker started
                 return self._try_claim(entry, now)
             self._refuse(view, entry, now)
             return None

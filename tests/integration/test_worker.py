@@ -170,6 +170,22 @@ def test_a_worker_whose_key_is_revoked_while_it_runs_writes_nothing_more_with_it
     assert types(orch, job) == ["job_submitted"]
 
 
+def test_a_keyring_file_that_cannot_be_read_while_a_worker_runs_stops_nothing(base, isolated_env) -> None:
+    """A ``.pub`` half written (or damaged) when a running worker reads the folder again: it keeps the keys it
+    read before and goes on; only a process started now refuses that keyring."""
+    from orchestrator import Orchestrator
+
+    orch = Orchestrator(base_path=base, project_id="proj")
+    w = make_worker(orch)
+    orch.submit("t.echo", "a")
+    assert w.run_once().outcome == "succeeded"
+    (isolated_env / "k-0000000000000000.pub").write_bytes(b"")  # a key file being written
+    job = orch.submit("t.echo", "b")
+    w._next_sweep = 0.0  # the sweep reads the folder again
+    result = w.run_once()
+    assert result is not None and (result.job_id, result.outcome) == (job, "succeeded")
+
+
 def test_a_worker_still_refuses_a_job_whose_history_was_edited_after_it_handed_it_back(orch) -> None:
     job = orch.submit("t.flaky", {"succeed_on": 2})
     w = make_worker(orch)
