@@ -674,7 +674,8 @@ def sanitized_tail(path: Path, limit: int = 4000) -> str:
     A cut must never go through a secret before it is sanitized: half a ``password=...`` or a
     private key without its BEGIN line matches no pattern. So ``TAIL_MARGIN_BYTES`` more are read,
     the first line of what was read (cut at an arbitrary byte) is dropped, the rest is sanitized,
-    and only then is it cut to ``limit``."""
+    and only then is it cut to ``limit`` (redaction may shorten it enough to bring the start of what was
+    read into the tail: hence the drop, of half the margin when no line break was read)."""
     try:
         with open(path, "rb") as fh:
             size = fh.seek(0, os.SEEK_END)
@@ -683,7 +684,8 @@ def sanitized_tail(path: Path, limit: int = 4000) -> str:
     except FileNotFoundError:
         return ""
     text = data.decode("utf-8", errors="replace")
-    if start > 0 and (first_break := _LINE_BREAK.search(text)):
-        text = text[first_break.end():]
+    if start > 0:  # the line the read began in was cut at an arbitrary byte: drop it; with no line break
+        first_break = _LINE_BREAK.search(text)  # in all that was read, the margin's first half instead
+        text = text[first_break.end():] if first_break else text[TAIL_MARGIN_BYTES // 2:]
     text = sanitize_text(text)
     return "..." + text[-limit:] if start > 0 or len(text) > limit else text

@@ -35,3 +35,14 @@ def test_a_short_output_is_kept_whole_and_sanitized(tmp_path: Path) -> None:
     out.write_text("token=abc123\nbye\n")
     assert sanitized_tail(out, 4000) == f"token={REDACTED}\nbye\n"
     assert sanitized_tail(tmp_path / "missing.log", 4000) == ""
+
+
+def test_a_secret_cut_by_the_read_on_one_long_line_stays_out_when_redaction_shortens_the_rest(tmp_path: Path) -> None:
+    """One line, no line break in all that is read: a key name cut by the read (``db_pass|word``) leaves
+    its value unrecognised, and redacting a long value after it brings that start into the tail."""
+    before, cut = "x" * 100 + '{"db_pass', 'word": "hunter2-SECRET", "session_token": "'
+    value = "A" * (4000 + TAIL_MARGIN_BYTES - len(cut) - 2)  # so that the read begins exactly at "word"
+    out = tmp_path / "output.log"
+    out.write_text(before + cut + value + '"}')
+    assert out.stat().st_size - 4000 - TAIL_MARGIN_BYTES == len(before)
+    assert "hunter2" not in sanitized_tail(out, 4000)
