@@ -529,8 +529,11 @@ class Worker:
         s = claim.state
         try:
             paths = RunPaths.create(self.run_dir(claim.run_id), self.artifacts_dir(s.job_id))
-        except PathEscapeError as exc:  # e.g. the job's artifact folder is a symlink out of the store
-            return self._fail(claim, exc.code, exc.message, retryable=False)
+        except PathEscapeError as exc:
+            if self._store_folder_linked():  # the store's fault, not the job's: hand it back, and stop
+                self._hand_back(claim, exc)
+                raise
+            return self._fail(claim, exc.code, exc.message, retryable=False)  # its own folder, a link out
         handler = resolve(s.kind)
         try:
             if handler is None:
@@ -701,6 +704,19 @@ class Worker:
         # a timeout is the worker's decision, so it has its audit entry (``audit.AUDITED_EVENTS``)
         audit = (event, data["error"]) if event == "job_timeout" else None
         return self._finish(claim, [(event, data)], outcome, error_code=code, audit=audit)
+
+    def _store_folder_linked(self) -> bool:
+        """Whether ``runs/`` or ``artifacts/`` became a symbolic link since this worker started (checked then)."""
+        state = self.orch.settings.state_dir
+        return any(os.path.islink(os.path.join(state, name)) for name in WORKER_FOLDERS if name)
+
+    def _hand_back(self, claim: Claim, exc: PathEscapeError) -> None:
+        """Give a claimed job back, not counted as a failure, when this worker cannot run anything (a folder
+        of the store became a link): as a worker that refuses to start would never have claimed it."""
+        data = {"error_code": exc.code, "worker_id": self.worker_id, "output_tail": "",
+                "error": f"worker {self.worker_id} stopped before running it: {exc.message}"}
+        self._finish(claim, [("job_released", data)], "released", error_code=exc.code,
+                     audit=("job_released", data["error"]))
 
     def _release(self, claim: Claim, output: Path) -> RunResult:
         data = {"error_code": "WORKER_STOPPED", "worker_id": self.worker_id,

@@ -42,8 +42,12 @@ def test_an_artifacts_folder_swapped_for_a_symlink_after_a_run_is_caught_by_the_
     shutil.rmtree(orch.settings.state_dir / "artifacts")
     (orch.settings.state_dir / "artifacts").symlink_to(outside)
     job = orch.submit("rel.echo", {"x": 2})
-    result = worker.run_once()
-    assert result is not None and result.job_id == job and result.error_code == "PATH_ESCAPE"
+    with pytest.raises(PathEscapeError):  # the store's fault: the worker stops, as it would not have started
+        worker.run_once()
+    view = orch.load(job)
+    assert view.state.state == "queued" and view.state.failures == 0  # handed back, not failed
+    last = view.stream.records[-1]
+    assert last["type"] == "job_released" and last["data"]["error_code"] == "PATH_ESCAPE"
     assert list(outside.iterdir()) == []
 
 
