@@ -53,7 +53,9 @@ def _move(folder: Path, source: str, target: str) -> str:
         try:
             if head:
                 os.makedirs(folder / head, exist_ok=True)
-            os.rename(folder / source, folder / candidate)
+            _rename_no_replace(folder / source, folder / candidate)
+        except FileExistsError:  # taken since the check (another process moving a file to that name)
+            continue
         except OSError as exc:
             why = exc.strerror or str(exc)
             break
@@ -62,6 +64,19 @@ def _move(folder: Path, source: str, target: str) -> str:
     log.warning("could not move the artifact %s of %s to the name its event records: %s", target, folder, why,
                 extra={"folder": str(folder), "artifact": target})
     return target
+
+
+def _rename_no_replace(source: Path, target: Path) -> None:
+    """``os.rename`` that never replaces a file at ``target`` (``FileExistsError``): a file is linked to its
+    new name, then unlinked from the old one. A folder is renamed (a rename onto a folder that holds files
+    fails; onto an empty one, nothing is lost)."""
+    if os.path.isdir(source) and not os.path.islink(source):
+        if os.path.lexists(target) and not os.path.isdir(target):
+            raise FileExistsError(17, "File exists", str(target))
+        os.rename(source, target)
+        return
+    os.link(source, target, follow_symlinks=False)
+    os.unlink(source)
 
 
 def _remove_emptied(folder: Path, parent: str) -> None:
