@@ -4,7 +4,9 @@ Each test creates a scratch database next to the test database (same server and 
 """
 from __future__ import annotations
 
+import contextlib
 import uuid
+from typing import Iterator
 
 import pytest
 
@@ -15,19 +17,25 @@ from orchestrator.store.postgres import connect
 pytestmark = pytest.mark.postgres
 
 
+@contextlib.contextmanager
+def made(admin_url: str, create: str, drop: str) -> Iterator[None]:
+    """Run ``create`` on the server of ``admin_url``, then ``drop`` whatever happens."""
+    admin = connect(admin_url, autocommit=True)
+    admin.execute(create)
+    try:
+        yield
+    finally:
+        admin.execute(drop)
+        admin.close()
+
+
 @pytest.fixture
 def scratch_db():
     """The URL of a new, empty database, dropped afterwards."""
     url = require_pg()
     name = f"orch_mig_{uuid.uuid4().hex[:12]}"
-    admin = connect(url, autocommit=True)
-    admin.execute(f"CREATE DATABASE {name}")
-    base, _, _ = url.rpartition("/")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+    with made(url, f"CREATE DATABASE {name}", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"):
+        yield f"{url.rpartition('/')[0]}/{name}"
 
 
 def apply_up_to(url: str, version: int) -> None:
@@ -109,20 +117,14 @@ def test_a_migration_that_dies_before_its_version_row_leaves_no_trace_and_the_ne
         conn.close()
 
 
-
 @pytest.fixture
 def unprivileged_url(scratch_db: str):
     """The URL of a migrated database, as a role that may log in but read none of its tables."""
     migrate(scratch_db)
     role = f"orch_noaccess_{uuid.uuid4().hex[:8]}"
-    admin = connect(scratch_db, autocommit=True)
-    admin.execute(f"CREATE ROLE {role} LOGIN")
     scheme, _, rest = scratch_db.partition("://")
-    try:
+    with made(scratch_db, f"CREATE ROLE {role} LOGIN", f"DROP ROLE IF EXISTS {role}"):
         yield f"{scheme}://{role}@{rest.partition('@')[2]}"
-    finally:
-        admin.execute(f"DROP ROLE IF EXISTS {role}")
-        admin.close()
 
 
 def test_a_role_that_may_not_read_the_schema_gets_a_storage_error_not_a_driver_traceback(unprivileged_url) -> None:
