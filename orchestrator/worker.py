@@ -49,7 +49,7 @@ from orchestrator.payload import DONE, FAILED, NEEDS_AUDIT, Payload, parse_paylo
 from orchestrator.queue import ReadyEntry
 from orchestrator.runner import (HOST_PREFIX, Child, HandlerHost, precise_sleeps, remove_run_folder,
                                  sanitized_tail, sweep_dead_host_folders)
-from orchestrator.security import safe_join, sanitize_obj, sanitize_text, validate_id
+from orchestrator.security import one_line, safe_join, sanitize_obj, sanitize_text, validate_id
 from orchestrator.store.jsonl import check_folders, linked_folder_error
 from orchestrator.state import QUEUED, RUNNING, WAITING_HUMAN, JobState
 
@@ -778,20 +778,21 @@ class Worker:
 
     def _wait_for_store(self, exc: StorageUnavailableError, pause: float, *, giving_up: bool = False) -> float:
         """Wait ``pause`` seconds before trying a store that could not be reached; returns the next pause.
-        A stop request ends the wait, and with ``giving_up`` raises ``exc`` instead of waiting."""
+        A stop request ends the wait, and with ``giving_up`` (a run's outcome in hand) raises ``exc``."""
+        if not (giving_up and self.stopping):
+            log.warning("the store cannot be reached (%s); trying again in %.1fs", one_line(exc.message), pause,
+                        extra={"code": exc.code})
+            try:
+                self._in_wait = True
+                if not self.stopping:
+                    threading.Event().wait(pause)
+            except WorkerStop:
+                pass
+            finally:
+                self._in_wait = False
         if giving_up and self.stopping:
-            raise exc
-        log.warning("the store cannot be reached (%s); trying again in %.1fs", exc.message, pause,
-                    extra={"code": exc.code})
-        try:
-            self._in_wait = True
-            if not self.stopping:
-                threading.Event().wait(pause)
-        except WorkerStop:
-            pass
-        finally:
-            self._in_wait = False
-        if giving_up and self.stopping:
+            log.warning("stopping with the store out of reach: the outcome of the run in progress is not recorded; "
+                        "the job is recovered when its lease expires")
             raise exc
         return min(pause * 2, STORE_RETRY_MAX_SECONDS)
 
@@ -856,10 +857,11 @@ class Worker:
         """Loop until stopped (or ``max_jobs`` runs, or idle with ``idle_exit``); returns the runs done."""
         done = 0
         precise_sleeps()
+        self.orch.store.has_jobs()  # a store that cannot be reached now is a setting to fix: exit (one call)
+        pause = STORE_RETRY_FIRST_SECONDS  # from here on, losing the store is waited out
         self.queue.wait(0)  # start watching before the first scan, so no announcement is missed
         next_recovery = 0.0
         recovery_every = min(max(self.settings.lease_seconds / 2, 0.05), 5.0)
-        reached, pause = False, STORE_RETRY_FIRST_SECONDS  # a store never reached is a setting to fix: exit
         try:
             while not self.stopping and (max_jobs is None or done < max_jobs):
                 try:
@@ -868,7 +870,7 @@ class Worker:
                         self.recover_stale(now)
                         next_recovery = time.monotonic() + recovery_every
                     claim = self.claim(now)
-                    reached, pause = True, STORE_RETRY_FIRST_SECONDS
+                    pause = STORE_RETRY_FIRST_SECONDS
                     if claim is not None:
                         result = self.execute(claim)
                         done += 1
@@ -884,8 +886,6 @@ class Worker:
                         wait = min(wait, max(0.0, self.next_due - now))
                     self._idle(wait)
                 except StorageUnavailableError as exc:
-                    if not reached:
-                        raise
                     pause = self._wait_for_store(exc, pause)
         finally:
             self.queue.close()

@@ -78,10 +78,21 @@ def _storage_error(exc: Exception, conn: Any = None) -> StorageError:
     """A driver error as the project's error: the message sanitized (a URL may hold a password).
     On a connection that broke, it is ``StorageUnavailableError``: it may pass, and a commit in
     flight may or may not have happened."""
-    if conn is not None and (conn.broken or conn.closed):
+    if (conn is not None and (conn.broken or conn.closed)) or _connection_lost(exc):
         return StorageUnavailableError(sanitize_text(f"the connection to PostgreSQL was lost: {exc}".strip())
                                        + "; a write in flight may or may not have been committed (read it back)")
     return StorageError(sanitize_text(f"PostgreSQL error: {exc}".strip()) + "; nothing was written")
+
+
+def _connection_lost(exc: Exception) -> bool:
+    """A driver error that says the connection, not the statement, failed, though psycopg may not have
+    marked the connection broken yet: an ``OperationalError`` with no SQLSTATE (the socket: "server closed
+    the connection", "cannot exit pipeline mode while busy"), or of class 08 (connection exception) or
+    57P0x (the server shutting down or ending the session: ``pg_terminate_backend``, a restart)."""
+    if not isinstance(exc, _driver().OperationalError):
+        return False
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith(("08", "57P0"))
 
 
 def connect(url: str, *, autocommit: bool = False) -> Any:

@@ -84,3 +84,25 @@ def test_a_listen_connection_that_cannot_be_reopened_is_a_wake_up_not_a_worker_e
     index.wait(0)  # the server is back: listening again
     assert index._listener is not None and not index._listener.closed  # noqa: SLF001
     index.close()
+
+
+@pytest.mark.parametrize("error, lost", [
+    ("OperationalError", True),  # no SQLSTATE: the socket ("cannot exit pipeline mode while busy")
+    ("errors.AdminShutdown", True),  # 57P01: pg_terminate_backend, a restart
+    ("errors.ConnectionFailure", True),  # 08006
+    ("errors.QueryCanceled", False),  # 57014: the statement (a statement timeout), not the connection
+    ("errors.UniqueViolation", False),
+])
+def test_a_driver_error_that_says_the_connection_failed_is_storage_unavailable_even_on_a_live_connection(
+        error: str, lost: bool) -> None:
+    """psycopg does not always mark the connection broken before such an error reaches the store."""
+    import functools
+
+    import psycopg
+    import psycopg.errors  # noqa: F401 - looked up by name below
+
+    from orchestrator.errors import StorageUnavailableError
+    from orchestrator.store.postgres import _storage_error
+
+    kind = functools.reduce(getattr, error.split("."), psycopg)
+    assert isinstance(_storage_error(kind("the driver's message")), StorageUnavailableError) is lost

@@ -1002,9 +1002,16 @@ def test_a_worker_that_never_reached_its_store_exits_with_the_error(orch, monkey
 
     orch.submit("t.echo", {"x": 1})
     worker = make_worker(orch)
-    _claims_failing_at(worker, {1}, monkeypatch)
+    monkeypatch.setattr(orch.store, "has_jobs", _unreachable)  # its first call, before anything else
     with pytest.raises(StorageUnavailableError):  # a wrong URL, a server that is not there: a setting to fix
         worker.run(max_jobs=1)
+
+
+def test_a_worker_whose_first_pass_loses_the_store_it_reached_waits_for_it(orch, monkeypatch) -> None:
+    job = orch.submit("t.echo", {"x": 1})
+    worker = make_worker(orch)
+    _claims_failing_at(worker, {1}, monkeypatch)  # a restart of the server right after the worker connected
+    assert worker.run(max_jobs=1) == 1 and orch.status(job).state == "succeeded"
 
 
 def test_a_heartbeat_that_cannot_reach_the_store_lets_the_run_go_on(orch, monkeypatch) -> None:
