@@ -83,7 +83,10 @@ def load_dotenv_file(path: str | os.PathLike[str] = ".env") -> None:
     """Read ``.env`` into the environment without overriding variables already set. A file that cannot be
     read (not UTF-8, a NUL in a value, no permission) or has a line python-dotenv cannot parse is a
     ``ConfigError`` naming it: python-dotenv only logs and skips such a line, and a skipped ``BASE_PATH`` would
-    send every command to another store."""
+    send every command to another store. ``PYTHON_DOTENV_DISABLED`` set to a true value (python-dotenv's own
+    switch) skips the file altogether, checks included, whatever the installed python-dotenv knows of it."""
+    if os.environ.get("PYTHON_DOTENV_DISABLED", "").casefold() in {"1", "true", "t", "yes", "y"}:
+        return
     if os.path.isfile(path):
         import io
 

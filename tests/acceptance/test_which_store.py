@@ -30,6 +30,17 @@ def test_a_dotenv_line_that_cannot_be_parsed_is_a_config_error_naming_the_file_a
     assert sorted(p.name for p in work.iterdir()) == [".env"]  # no ./p2/.orchestrator in the current folder
 
 
+def test_a_dotenv_switched_off_with_python_dotenv_disabled_is_neither_read_nor_checked(
+        cli_env: dict[str, str], tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".env").write_text('PROJECT_ID=from-dotenv\nBASE_PATH="unterminated\n')
+    env = {**cli_env, "PYTHON_DOTENV_DISABLED": "true"}
+    done = in_folder(work, "submit", "--kind", "k", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    assert (Path(cli_env["BASE_PATH"]) / cli_env["PROJECT_ID"] / ".orchestrator").is_dir()  # the environment's
+
+
 def test_verify_and_status_all_of_a_store_that_does_not_exist_say_so_and_exit_0(
         cli_env: dict[str, str], base: Path) -> None:
     env = {**cli_env, "PROJECT_ID": "typo"}
