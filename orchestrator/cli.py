@@ -35,15 +35,18 @@ class Output:
 
     def emit(self, data: Any, text: str | Callable[[], str]) -> None:
         if self.as_json:
-            click.echo(sanitize_text(json.dumps(data, ensure_ascii=False, default=str)), err=self.data_on_stdout)
+            self._json(data)
         else:
             click.echo(sanitize_text(text() if callable(text) else text), err=self.data_on_stdout)
 
     def error(self, exc: OrchestratorError) -> None:
         if self.as_json:
-            click.echo(sanitize_text(json.dumps(exc.to_dict(), ensure_ascii=False, default=str)), err=self.data_on_stdout)
+            self._json(exc.to_dict())
         else:
             click.echo(sanitize_text(f"error[{exc.code}]: {exc.message}"), err=True)
+
+    def _json(self, data: Any) -> None:
+        click.echo(sanitize_text(json.dumps(data, ensure_ascii=False, default=str)), err=self.data_on_stdout)
 
     def progress(self, message: str) -> None:
         if sys.stderr.isatty():

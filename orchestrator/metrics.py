@@ -53,7 +53,8 @@ class Thresholds:
             if name == "resume_success_min":
                 most, allowed = 1.0, "a rate from 0 to 1"
             elif name in ("stall_grace", "converge_max_seconds"):
-                most, allowed = MAX_DURATION_SECONDS, f"a number of seconds from 0 to {MAX_DURATION_SECONDS:.0f} (a year)"
+                most = MAX_DURATION_SECONDS
+                allowed = f"a number of seconds from 0 to {MAX_DURATION_SECONDS:.0f} (a year)"
             else:  # a count
                 most, allowed = math.inf, "a number >= 0"
             if not (math.isfinite(value) and 0 <= value <= most):

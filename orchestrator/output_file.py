@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import BinaryIO, Iterator
 
 from orchestrator.errors import InvalidInputError, StorageError
+from orchestrator.store.jsonl import fsync_dir
 
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
 
@@ -17,10 +18,11 @@ class OutputFile:
     """``path`` written whole or not at all, and refused before the work that fills it.
 
     Creating it opens a temporary file next to ``path`` at once, so a path that cannot be written is
-    refused before anything is read or measured. Leaving the ``with`` block syncs the file and renames
-    it over ``path``; an error in the block (or ``discard``) removes it, and a file already at ``path``
-    is left as it was. A path that cannot be written is ``InvalidInputError`` (a missing folder, a file
-    where a folder belongs, a folder at ``path``, no permission), a full or failing disk ``StorageError``.
+    refused before anything is read or measured. Leaving the ``with`` block syncs the file, renames
+    it over ``path`` and syncs the folder; an error in the block (or ``discard``) removes it, and a
+    file already at ``path`` is left as it was. A path that cannot be written is ``InvalidInputError``
+    (a missing folder, a file where a folder belongs, a folder at ``path``, no permission), a full or
+    failing disk ``StorageError``.
     """
 
     def __init__(self, path: str | os.PathLike[str], what: str) -> None:
@@ -52,6 +54,7 @@ class OutputFile:
                 os.fsync(self._fh.fileno())
                 self._fh.close()
                 os.replace(self._tmp, self.path)
+                fsync_dir(self.path.parent)  # the rename too: an anchor that vanishes on a power cut proves nothing
             self._done = True
 
     def discard(self) -> None:

@@ -20,7 +20,8 @@ from typing import Any
 
 from orchestrator.errors import InvalidIdError, PathEscapeError
 
-__all__ = ["REDACTED", "sanitize_text", "sanitize_obj", "one_line", "validate_id", "safe_join", "validate_artifact_path"]
+__all__ = ["REDACTED", "sanitize_text", "sanitize_obj", "one_line", "shown", "validate_id", "safe_join",
+           "validate_artifact_path"]
 
 REDACTED = "[REDACTED]"
 
@@ -188,7 +189,7 @@ def one_line(value: object) -> str:
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-def _show(value: object) -> str:
+def shown(value: object) -> str:
     """repr() for messages, cut short so a hostile 5 MB value never lands in a log."""
     shown = repr(value)
     return shown if len(shown) <= 80 else shown[:77] + "..."
@@ -220,7 +221,7 @@ def validate_id(value: str, what: str = "job id") -> str:
         reason = "may contain only letters, digits, '.', '_' and '-'"
     else:
         return value
-    raise InvalidIdError(f"invalid {what} {_show(value)}: {reason}")
+    raise InvalidIdError(f"invalid {what} {shown(value)}: {reason}")
 
 
 def _inside(root: str, path: str) -> bool:
@@ -236,16 +237,16 @@ def safe_join(root: Path, *parts: str) -> Path:
     """
     root_s = os.fspath(root)
     if not root_s or "\x00" in root_s:
-        raise PathEscapeError(f"invalid root {_show(root_s)}")
+        raise PathEscapeError(f"invalid root {shown(root_s)}")
     for part in parts:
         part_s = os.fspath(part)
         if not isinstance(part_s, str) or "\x00" in part_s:
-            raise PathEscapeError(f"invalid path component {_show(part)}")
+            raise PathEscapeError(f"invalid path component {shown(part)}")
         if os.path.isabs(part_s):
-            raise PathEscapeError(f"absolute path component {_show(part_s)} under {root_s}")
+            raise PathEscapeError(f"absolute path component {shown(part_s)} under {root_s}")
     joined = Path(root_s, *parts)
     if not _inside(os.path.realpath(root_s), os.path.realpath(joined)):
-        raise PathEscapeError(f"path {_show(str(joined))} escapes {root_s}")
+        raise PathEscapeError(f"path {shown(str(joined))} escapes {root_s}")
     return joined
 
 
@@ -256,15 +257,15 @@ def validate_artifact_path(artifacts_dir: Path, rel: str) -> Path:
     outright, then follows symlinks so a link inside the folder cannot point out of it.
     """
     if not isinstance(rel, str) or not rel:
-        raise PathEscapeError(f"artifact path must be a non-empty string, got {_show(rel)}")
+        raise PathEscapeError(f"artifact path must be a non-empty string, got {shown(rel)}")
     if "\x00" in rel or "\\" in rel:
-        raise PathEscapeError(f"artifact path {_show(rel)} contains NUL or backslash")
+        raise PathEscapeError(f"artifact path {shown(rel)} contains NUL or backslash")
     if os.path.isabs(rel) or re.match(r"[A-Za-z]:", rel):
-        raise PathEscapeError(f"artifact path {_show(rel)} must be relative")
+        raise PathEscapeError(f"artifact path {shown(rel)} must be relative")
     if ".." in rel.split("/"):
-        raise PathEscapeError(f"artifact path {_show(rel)} must not contain '..'")
+        raise PathEscapeError(f"artifact path {shown(rel)} must not contain '..'")
     root = os.path.realpath(artifacts_dir)
     target = os.path.realpath(os.path.join(root, rel))
     if target == root or not _inside(root, target):
-        raise PathEscapeError(f"artifact path {_show(rel)} escapes {artifacts_dir}")
+        raise PathEscapeError(f"artifact path {shown(rel)} escapes {artifacts_dir}")
     return Path(target)

@@ -103,8 +103,9 @@ _KEY_ID = re.compile(r"k-[0-9a-f]{16}")
 def validate_key_id(value: str) -> str:
     """Return ``value`` if it has the form ``key_id`` gives every key, else raise ``InvalidIdError``."""
     if not isinstance(value, str) or _KEY_ID.fullmatch(value) is None:
-        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
-        raise InvalidIdError(f"invalid key id {shown}: a key id is 'k-' and 16 hex digits, "
+        from orchestrator.security import shown
+
+        raise InvalidIdError(f"invalid key id {shown(value)}: a key id is 'k-' and 16 hex digits, "
                              "as `orchestrator keys list` shows")
     return value
 
@@ -382,14 +383,24 @@ def write_keypair(directory: Path, private: Any = None, *, activate: bool = True
         fh.flush()
         os.fsync(fh.fileno())
     pub = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    public_tmp = directory / f".{kid}{PUBLIC_SUFFIX}.tmp"
-    public_tmp.write_bytes(pub)
-    os.replace(public_tmp, directory / f"{kid}{PUBLIC_SUFFIX}")  # whole: a running worker reads the folder again
+    _write_whole(directory / f"{kid}{PUBLIC_SUFFIX}", pub)  # whole: a running worker reads the folder again
     if activate:
-        tmp = directory / f".{ACTIVE_FILE}.tmp"
-        tmp.write_text(kid + "\n")
-        os.replace(tmp, directory / ACTIVE_FILE)
+        _write_whole(directory / ACTIVE_FILE, kid.encode() + b"\n")
     return kid
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Write ``path`` whole and durably (a synced temporary file renamed over it, then the folder synced): the
+    public key verifies every event its key signs, and a power cut must not leave it empty."""
+    from orchestrator.store.jsonl import fsync_dir
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def _active_id(directory: Path) -> str | None:

@@ -652,7 +652,8 @@ class Worker:
             write_lease(self.orch.store, Lease(claim.job_id, claim.run_id, claim.epoch, self.worker_id, os.getpid(),
                                                now + self.settings.lease_seconds, now))
         except StorageUnavailableError as exc:
-            log.warning("job %s: the lease could not be renewed (%s); the run goes on", claim.job_id, exc.message,
+            log.warning("job %s: the lease could not be renewed (%s); the run goes on", claim.job_id,
+                        one_line(exc.message),
                         extra={"job_id": claim.job_id, "run_id": claim.run_id})
         return True
 
@@ -762,19 +763,24 @@ class Worker:
                     raise LeaseLostError(f"job {claim.job_id}: could not record the outcome") from None
             except StorageUnavailableError as exc:
                 pause = self._wait_for_store(exc, pause, giving_up=True)
-            while True:
-                try:
-                    view = self.orch.load(claim.job_id, every_signature=True)
-                    break
-                except StorageUnavailableError as exc:
-                    pause = self._wait_for_store(exc, pause, giving_up=True)
-            since_claim = view.stream.records[len(claim.view.stream.records):]
-            if view.ok and [(r["type"], r.get("run_id")) for r in since_claim] == [(t, claim.run_id) for t, _ in events]:
+            view, pause = self._read_back(claim.job_id, pause)
+            since_claim = [(r["type"], r.get("run_id")) for r in view.stream.records[len(claim.view.stream.records):]]
+            if view.ok and since_claim == [(etype, claim.run_id) for etype, _ in events]:
                 return view  # written before the connection broke
             cur = view.state
-            if not view.ok or cur is None or cur.state != RUNNING or cur.epoch != claim.epoch or cur.run_id != claim.run_id:
+            if not (view.ok and cur is not None and cur.state == RUNNING and (cur.epoch, cur.run_id) == (
+                    claim.epoch, claim.run_id)):
                 raise LeaseLostError(f"job {claim.job_id}: run {claim.run_id} (epoch {claim.epoch}) was "
                                      f"taken over; its result is not recorded", job_id=claim.job_id)
+
+    def _read_back(self, job_id: str, pause: float) -> tuple[JobView, float]:
+        """The job read again, every signature checked (the store waited for while out of reach), and the next
+        pause (``_wait_for_store``)."""
+        while True:
+            try:
+                return self.orch.load(job_id, every_signature=True), pause
+            except StorageUnavailableError as exc:
+                pause = self._wait_for_store(exc, pause, giving_up=True)
 
     def _wait_for_store(self, exc: StorageUnavailableError, pause: float, *, giving_up: bool = False) -> float:
         """Wait ``pause`` seconds before trying a store that could not be reached; returns the next pause.

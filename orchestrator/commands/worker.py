@@ -30,7 +30,8 @@ def _env_list(value: str | None) -> tuple[str, ...]:
 @click.option("--max-jobs", type=click.IntRange(min=1), default=None, envvar="ORCH_MAX_JOBS", show_envvar=True,
               help="Exit after running this many jobs.")
 @click.option("--idle-exit", is_flag=True, envvar="ORCH_IDLE_EXIT", show_envvar=True,
-              help="Exit when no queued job is left (a delayed retry still counts as queued).")
+              help="Exit when no queued job is left that this worker can run (a delayed retry still counts as "
+                   "queued; a job of a kind it has no handler for does not).")
 @click.option("--lease-seconds", type=FiniteFloatRange(min=MIN_LEASE_SECONDS, max=MAX_LEASE_SECONDS),
               default=DEFAULT_LEASE_SECONDS, show_default=True, envvar="ORCH_LEASE_SECONDS", show_envvar=True,
               help="Lease length; renewed every third of it while a job runs. A job whose lease "
@@ -74,7 +75,9 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     Exit codes: 0 ran a job (--once) or stopped normally, 75 nothing was runnable (--once),
     11 ran nothing but left queued jobs of a kind this worker has no handler for (--once; the
     error names the kinds, how many jobs, and why), 2 unknown option, choice or out-of-range
-    value, 3 bad setting value or a handler module that cannot be imported.
+    value, 3 bad setting value, a handler module that cannot be imported, or a folder of the store
+    that is a symbolic link (PATH_ESCAPE), 8 no usable signing key, 10 the store refused a write or
+    could not be reached (a looping worker that reached it once waits for it instead).
     """
     from orchestrator.worker import Worker, WorkerSettings
 

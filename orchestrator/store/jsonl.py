@@ -136,6 +136,12 @@ def open_creating(path: "Path | str", top: "Path | str", flags: int = os.O_WRONL
         raise
 
 
+def _write_new(path: "Path | str", data: bytes) -> None:
+    """Write ``data`` to ``path``, replacing a file there but never writing through a link in its place."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644), "wb") as fh:
+        fh.write(data)
+
+
 def _not_a_file(path: "Path | str", exc: OSError) -> str:
     """Why a write to ``path`` failed, for ``StorageError``: a directory in a record's place says so."""
     if isinstance(exc, IsADirectoryError):
@@ -477,10 +483,10 @@ class JsonlStore(EventStore):
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             try:
-                tmp.write_bytes(data)
+                _write_new(tmp, data)
             except FileNotFoundError:
                 make_folder(path.parent, self._root_s)
-                tmp.write_bytes(data)
+                _write_new(tmp, data)
             try:
                 os.replace(tmp, path)
             except IsADirectoryError:  # a stray directory in the record's place: take it if it is empty
