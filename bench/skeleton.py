@@ -187,7 +187,7 @@ def _submit(root: Path, name: str, seal: Any, template: Path) -> None:
     then its head record."""
     import fcntl
 
-    from orchestrator.store.jsonl import fsync_dir
+    from orchestrator.store.files import fsync_dir
 
     jobs = root / "jobs"
     line, head = seal(_event(name, 1, "job_submitted")), _head(seal, name, 1)

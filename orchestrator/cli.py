@@ -83,7 +83,7 @@ def reported_errors(out: Output) -> Iterator[None]:
     except OrchestratorError as exc:
         error = exc
     except (NotADirectoryError, IsADirectoryError, PermissionError) as exc:  # a path the store did not map itself
-        from orchestrator.store.jsonl import path_error
+        from orchestrator.store.files import path_error
 
         error = path_error(exc)
     else:

@@ -187,7 +187,7 @@ class Reader:
     POLL = 0.0005  # without inotify: appends do not change the folder's mtime, so poll the job itself
 
     def __init__(self, orch: Any) -> None:
-        from orchestrator.store.jsonl import make_folder
+        from orchestrator.store.files import make_folder
         from orchestrator.wakeup import InotifyWatcher, make_watcher
 
         self.orch = orch

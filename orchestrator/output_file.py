@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import BinaryIO, Iterator
 
 from orchestrator.errors import InvalidInputError, StorageError
-from orchestrator.store.jsonl import fsync_dir
+from orchestrator.store.files import fsync_dir
 
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
 

@@ -243,7 +243,8 @@ def scan(orch: "Orchestrator") -> tuple[list[str], array, array]:
 
 
 def _scan_dir(jobs_dir: os.PathLike[str] | str) -> tuple[list[str], array, array]:
-    from orchestrator.store.jsonl import EVENTS_SUFFIX, path_error
+    from orchestrator.store.files import path_error
+    from orchestrator.store.jsonl import EVENTS_SUFFIX
 
     ids: list[str] = []
     sizes, mtimes = array("q"), array("q")

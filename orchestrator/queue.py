@@ -34,7 +34,7 @@ from orchestrator import faults
 from orchestrator.errors import StorageError
 from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import InTransaction
-from orchestrator.store.jsonl import check_folders, make_folder, open_creating, path_error, remove_file
+from orchestrator.store.files import check_folders, make_folder, open_creating, path_error, remove_file
 from orchestrator.wakeup import Watcher, make_watcher
 
 if TYPE_CHECKING:

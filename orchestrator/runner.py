@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator.security import sanitize_text
-from orchestrator.store.jsonl import STRAY_AGE, pid_alive
+from orchestrator.store.files import STRAY_AGE, pid_alive
 
 if TYPE_CHECKING:  # handlers imports this module
     from orchestrator.handlers import RunPaths

@@ -392,7 +392,7 @@ def write_keypair(directory: Path, private: Any = None, *, activate: bool = True
 def _write_whole(path: Path, data: bytes) -> None:
     """Write ``path`` whole and durably (a synced temporary file renamed over it, then the folder synced): the
     public key verifies every event its key signs, and a power cut must not leave it empty."""
-    from orchestrator.store.jsonl import fsync_dir
+    from orchestrator.store.files import fsync_dir
 
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:

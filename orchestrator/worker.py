@@ -50,7 +50,7 @@ from orchestrator.queue import ReadyEntry
 from orchestrator.runner import (HOST_PREFIX, Child, HandlerHost, precise_sleeps, remove_run_folder,
                                  sanitized_tail, sweep_dead_host_folders)
 from orchestrator.security import one_line, safe_join, sanitize_obj, sanitize_text, validate_id
-from orchestrator.store.jsonl import check_folders, linked_folder_error
+from orchestrator.store.files import check_folders, linked_folder_error
 from orchestrator.state import QUEUED, RUNNING, WAITING_HUMAN, JobState
 
 log = logging.getLogger(__name__)

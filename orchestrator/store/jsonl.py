@@ -15,15 +15,16 @@ import fcntl
 import json
 import logging
 import os
-import stat
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 from orchestrator import faults
-from orchestrator.errors import ConcurrencyError, IntegrityError, PathEscapeError, StorageError
+from orchestrator.errors import ConcurrencyError, IntegrityError, StorageError
 from orchestrator.security import is_id, validate_id
 from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
+from orchestrator.store.files import (check_folders, fsync_dir, make_folder, nofollow_opener, open_creating, path_error,
+                                      refuse_link, remove_file, remove_strays, vacate, write_failure, write_new)
 
 log = logging.getLogger(__name__)
 
@@ -41,182 +42,6 @@ STORE_FOLDERS = ("", "queue", "queue/jobs", "audit", "locks", *sorted(SLOT_AREAS
 DERIVED_FOLDERS = frozenset({"projections"})
 _TAIL_CHUNK = 64 * 1024
 _APPEND = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW
-
-
-def _nofollow(path: str, flags: int) -> int:
-    """``open``'s opener for reading an events file or a slot: never through a symbolic link, which
-    could lead anywhere (outside ``BASE_PATH/<PROJECT_ID>``); the link itself fails with ``ELOOP``.
-    Non-blocking, so a FIFO planted in a file's place reads as empty instead of hanging the reader
-    (no effect on a regular file). Free: no extra system call."""
-    return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
-
-
-def _refuse_link(path: str, exc: OSError) -> None:
-    """Raise ``PathEscapeError`` if ``exc`` is an ``O_NOFOLLOW`` open meeting a symbolic link."""
-    if exc.errno == errno.ELOOP:
-        raise PathEscapeError(f"{path} is a symbolic link; the store never follows one (it could lead outside "
-                              "the project folder): remove it", path=path) from None
-
-
-def path_error(exc: OSError) -> StorageError:
-    """The ``StorageError`` for a store path that is not what it must be: a file where a folder belongs
-    (naming the first such part of the path), a folder where a file belongs, or one this user may not use.
-    The store maps its own ``OSError``s here, where they happen, so a Python caller gets it as the CLI does."""
-    name = None if exc.filename is None else os.fsdecode(exc.filename)
-    if isinstance(exc, NotADirectoryError) and name is not None:
-        path = Path(name)
-        for part in [*reversed(path.parents), path]:
-            if os.path.lexists(part) and not os.path.isdir(part):
-                return StorageError(f"{part} is a file where a folder belongs; move it aside and restore the "
-                                    "folder from a backup, then run verify", path=str(part))
-    if isinstance(exc, IsADirectoryError):
-        reason = " is a folder where a file belongs; move it aside and restore the file from a backup, then run verify"
-    elif isinstance(exc, PermissionError):
-        reason = ": permission denied; run the command as the store's owner, or fix the owner and mode"
-    else:
-        reason = f": {exc.strerror or exc}"
-    return StorageError(f"{name or 'a path of the store'}{reason}", path=name)
-
-
-def fsync_dir(path: "Path | str") -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def vacate(path: "Path | str") -> bool:
-    """Remove a directory found where a record or index file belongs, if it is empty; True when
-    ``path`` is free now. This store never makes a directory there (a stray ``mkdir``), and an empty
-    one holds nothing to lose; one that holds anything is left alone for an operator to look at."""
-    try:
-        os.rmdir(path)
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    log.warning("removed the empty directory %s, found where a record belongs", path, extra={"path": str(path)})
-    return True
-
-
-def remove_file(path: "Path | str") -> None:
-    """Remove a record or index file; one already gone is fine, and a directory in its place goes
-    only when empty (``vacate``): one holding files stays, met again and passed over like this.
-    Any other failure is ``StorageError`` (``path_error``)."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except (IsADirectoryError, PermissionError) as exc:  # Linux says EISDIR for a directory, BSDs EPERM
-        if not os.path.isdir(path):
-            raise path_error(exc) from None
-        vacate(path)
-    except OSError as exc:
-        raise path_error(exc) from None
-
-
-def open_creating(path: "Path | str", top: "Path | str", flags: int = os.O_WRONLY) -> int:
-    """``os.open(path, flags | O_CREAT)``, creating the parent folders when they are missing (``make_folder``,
-    up to ``top``), and taking the place of an empty directory (``vacate``); a directory that holds files raises
-    ``IsADirectoryError``. Never through a symbolic link (``PathEscapeError``), like every file of
-    the store: a planted link would have a lock or a record made anywhere."""
-    flags |= os.O_CREAT | os.O_NOFOLLOW
-    try:
-        try:
-            return os.open(path, flags, 0o644)
-        except FileNotFoundError:
-            make_folder(os.path.dirname(path), top)
-        except IsADirectoryError:
-            if not vacate(path):
-                raise
-        return os.open(path, flags, 0o644)
-    except OSError as exc:
-        _refuse_link(str(path), exc)
-        raise
-
-
-def _write_new(path: "Path | str", data: bytes) -> None:
-    """Write ``data`` to ``path``, replacing a file there but never writing through a link in its place."""
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644), "wb") as fh:
-        fh.write(data)
-
-
-def _not_a_file(path: "Path | str", exc: OSError) -> str:
-    """Why a write to ``path`` failed, for ``StorageError``: a directory in a record's place says so."""
-    if isinstance(exc, IsADirectoryError):
-        return f"{path} is a directory that holds files, where a record belongs; move it away"
-    if isinstance(exc, (NotADirectoryError, PermissionError)):
-        return path_error(exc).message
-    return f"could not write {path}: {os.strerror(exc.errno or errno.EIO)}"
-
-
-def linked_folder_error(path: str) -> PathEscapeError:
-    """The error for a folder of the store that is a symbolic link (``check_folders``, ``Worker.artifacts_dir``)."""
-    return PathEscapeError(f"{path} is a symbolic link where a folder of the store belongs; the store never "
-                           "follows one (it could lead outside the project folder): remove it (and move the "
-                           "folder it leads to into its place, if the store's files are there)", path=path)
-
-
-def _refuse_as_folder(path: str, mode: int, *, derived: bool = False) -> None:
-    """Raise unless ``mode`` (from ``lstat``) is a real folder: a symbolic link is ``PathEscapeError``,
-    anything else ``StorageError`` (not for a ``derived`` folder: only a link is refused there)."""
-    if stat.S_ISLNK(mode):
-        raise linked_folder_error(path)
-    if not stat.S_ISDIR(mode) and not derived:
-        raise StorageError(f"{path} is a file where a folder belongs; move it aside and restore the folder from a "
-                           "backup, then run verify", path=path)
-
-
-def check_folders(root: "Path | str", names: Iterable[str]) -> None:
-    """Refuse a folder of the store (``names``, under ``root``; "" is ``root``) that is a symbolic link or not a
-    folder, when the store is opened: ``O_NOFOLLOW`` guards the last part of a path only, and a linked
-    ``queue/`` would have every write land where it leads. One ``lstat`` per folder, once, instead of a
-    check per operation. A missing folder is fine: ``make_folder`` makes it, never through a link. The
-    folders above ``root`` (``BASE_PATH/<PROJECT_ID>``) are the user's, and may be links."""
-    for name in names:
-        path = os.path.join(root, name) if name else os.fspath(root)
-        try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise path_error(exc) from None
-        _refuse_as_folder(path, mode, derived=name in DERIVED_FOLDERS)
-
-
-def make_folder(path: "Path | str", top: "Path | str", durable: bool = False) -> None:
-    """``os.makedirs(path, exist_ok=True)`` for a folder of the store, except that a folder found there already
-    (at or below ``top``) must be a real one: ``makedirs`` takes a link to a folder for the folder. A link is
-    ``PathEscapeError``; a file, or any other ``OSError``, ``StorageError``. ``durable``: fsync each parent
-    that gained an entry. Costs nothing when the folder is made; an ``lstat`` when it was there."""
-    path, top = os.fspath(path), os.fspath(top)
-    parent = os.path.dirname(path) or "."
-    try:
-        try:
-            os.mkdir(path)
-        except FileNotFoundError:
-            if parent == path:
-                raise
-            make_folder(parent, top, durable)
-            try:
-                os.mkdir(path)
-            except FileExistsError:  # made meanwhile
-                return _check_found(path, top)
-        except FileExistsError:
-            return _check_found(path, top)
-        if durable:
-            fsync_dir(parent)
-    except OSError as exc:
-        raise path_error(exc) from None
-
-
-def _check_found(path: str, top: str) -> None:
-    """A folder ``make_folder`` found already there: one of the store's must be real, not a link."""
-    if path == top or path.startswith(top.rstrip(os.sep) + os.sep):
-        _refuse_as_folder(path, os.lstat(path).st_mode)
-    elif not os.path.isdir(path):  # the user's folders: a link to a folder is theirs to choose
-        raise FileExistsError(errno.EEXIST, "exists, and is not a folder", path)
 
 
 def _complete_end(fd: int, size: int) -> tuple[int, bytes]:
@@ -244,7 +69,7 @@ def _holds_a_line(path: str) -> bool:
     when its tail is torn, which is rare.
     """
     try:
-        with open(path, "rb", opener=_nofollow) as fh:
+        with open(path, "rb", opener=nofollow_opener) as fh:
             fh.seek(-1, os.SEEK_END)
             if fh.read(1) == b"\n":
                 return True
@@ -252,43 +77,6 @@ def _holds_a_line(path: str) -> bool:
             return b"\n" in fh.read()
     except OSError:
         return False
-
-
-STRAY_AGE = 600.0  # a left-over untouched this long, whose writer's pid is gone here, is a stray
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` is alive on this machine; True when it cannot tell (alive under another user)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def _remove_strays(path: Path) -> None:
-    """Remove the temporary copies of ``path`` left by writers killed before their rename: untouched
-    for ``STRAY_AGE`` seconds *and* their pid not alive on this machine (the age keeps a writer in
-    another pid namespace safe). Only big, rarely written records (the ``metrics`` cache) take this
-    path, so listing their folder here costs nothing that matters."""
-    prefix = f".{path.name}."
-    try:
-        names = [n for n in os.listdir(path.parent) if n.startswith(prefix) and n.endswith(".tmp")]
-    except OSError:
-        return
-    for name in names:
-        pid = name[len(prefix):-len(".tmp")]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            if time.time() - os.stat(path.parent / name).st_mtime < STRAY_AGE or pid_alive(int(pid)):
-                continue  # recent, or its writer is still alive
-        except OSError:  # gone already
-            continue
-        with contextlib.suppress(OSError):
-            os.unlink(path.parent / name)
 
 
 def _slot_record(data: bytes) -> bytes | None:
@@ -315,7 +103,7 @@ class JsonlStore(EventStore):
         self.audit_path = self.root / "audit" / "audit_events.jsonl"
         self._dirs_ready = False
         self._root_s, self._jobs_s = str(self.root), str(self.jobs_dir)  # the hot paths join strings, not Paths
-        check_folders(self._root_s, STORE_FOLDERS)
+        check_folders(self._root_s, STORE_FOLDERS, DERIVED_FOLDERS)
 
     # -- paths --------------------------------------------------------------------------------
     def path(self, stream: str) -> Path:
@@ -349,9 +137,9 @@ class JsonlStore(EventStore):
             except FileExistsError:
                 return os.open(path, _APPEND), False
         except OSError as exc:
-            _refuse_link(path, exc)
+            refuse_link(path, exc)
             if isinstance(exc, IsADirectoryError):
-                raise StorageError(_not_a_file(path, exc)) from None
+                raise StorageError(write_failure(path, exc)) from None
             raise path_error(exc) from None
 
     # -- contract -----------------------------------------------------------------------------
@@ -462,12 +250,12 @@ class JsonlStore(EventStore):
         (``Orchestrator.load`` reports it as the job's problem); a directory there holds no line."""
         path = self._file(stream)
         try:
-            with open(path, "rb", opener=_nofollow) as fh:
+            with open(path, "rb", opener=nofollow_opener) as fh:
                 data = fh.read()
         except (FileNotFoundError, IsADirectoryError):
             return []
         except OSError as exc:
-            _refuse_link(path, exc)
+            refuse_link(path, exc)
             raise path_error(exc) from None
         complete = data[: data.rfind(b"\n") + 1]
         lines = complete.split(b"\n")[:-1]
@@ -483,10 +271,10 @@ class JsonlStore(EventStore):
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             try:
-                _write_new(tmp, data)
+                write_new(tmp, data)
             except FileNotFoundError:
                 make_folder(path.parent, self._root_s)
-                _write_new(tmp, data)
+                write_new(tmp, data)
             try:
                 os.replace(tmp, path)
             except IsADirectoryError:  # a stray directory in the record's place: take it if it is empty
@@ -495,8 +283,8 @@ class JsonlStore(EventStore):
                 os.replace(tmp, path)
         except OSError as exc:  # a full disk must surface as STORAGE_ERROR (exit 10), not a traceback
             tmp.unlink(missing_ok=True)
-            raise StorageError(_not_a_file(path, exc), area=area) from None
-        _remove_strays(path)
+            raise StorageError(write_failure(path, exc), area=area) from None
+        remove_strays(path)
 
     def _put_slot(self, path: str, area: str, data: bytes) -> None:
         """Overwrite the record in place: one 512-byte write at offset 0, under the file's lock.
@@ -521,8 +309,8 @@ class JsonlStore(EventStore):
             finally:
                 os.close(fd)
         except OSError as exc:  # a full disk must surface as STORAGE_ERROR (exit 10), not a traceback
-            _refuse_link(path, exc)  # never written through a symbolic link: PATH_ESCAPE
-            raise StorageError(_not_a_file(path, exc), area=area) from None
+            refuse_link(path, exc)  # never written through a symbolic link: PATH_ESCAPE
+            raise StorageError(write_failure(path, exc), area=area) from None
 
     def aux_keys(self, area: str) -> list[str]:
         """The names of the files in the area: a directory there is no record (``get_aux``)."""
@@ -560,7 +348,7 @@ class JsonlStore(EventStore):
         which replaces a link and never writes through it); a FIFO in a record's place reads as none."""
         path = self._aux_path(area, key)
         try:
-            with open(path, "rb", opener=_nofollow) as fh:
+            with open(path, "rb", opener=nofollow_opener) as fh:
                 if area not in SLOT_AREAS:
                     return fh.read() or None
                 fcntl.flock(fh.fileno(), fcntl.LOCK_SH)  # never half of an in-place write
@@ -568,7 +356,7 @@ class JsonlStore(EventStore):
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
         except OSError as exc:
-            _refuse_link(path, exc)
+            refuse_link(path, exc)
             raise path_error(exc) from None
         return _slot_record(data)
 

@@ -185,7 +185,7 @@ def test_a_metrics_cache_that_cannot_be_read_is_rebuilt_in_its_place_and_never_h
 
         def refused(area: str, key: str) -> bytes | None:
             if area == "projections":
-                from orchestrator.store.jsonl import path_error
+                from orchestrator.store.files import path_error
 
                 raise path_error(PermissionError(13, "Permission denied", key))  # as the store reports it
             return real(area, key)
