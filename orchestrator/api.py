@@ -472,17 +472,17 @@ class Orchestrator:
 
         return control.approve(self, job_id, note, now=now)
 
-    def revise(self, job_id: str, notes: str, *, note: str = "", now: float | None = None) -> Any:
-        """awaiting_audit -> queued, re-run with ``notes`` in the context's revisions."""
+    def revise(self, job_id: str, notes: str, *, note: str = "", now: float | None = None, again: bool = False) -> Any:
+        """awaiting_audit -> queued, re-run with ``notes`` in the context's revisions (``again``: see ``control``)."""
         from orchestrator import control
 
-        return control.revise(self, job_id, notes, note=note, now=now)
+        return control.revise(self, job_id, notes, note=note, now=now, again=again)
 
-    def resume(self, job_id: str, answer: str, *, note: str = "", now: float | None = None) -> Any:
-        """waiting_human -> queued, re-run with ``answer`` in the context's answers."""
+    def resume(self, job_id: str, answer: str, *, note: str = "", now: float | None = None, again: bool = False) -> Any:
+        """waiting_human -> queued, re-run with ``answer`` in the context's answers (``again``: see ``control``)."""
         from orchestrator import control
 
-        return control.resume(self, job_id, answer, note=note, now=now)
+        return control.resume(self, job_id, answer, note=note, now=now, again=again)
 
     def cancel(self, job_id: str, reason: str = "", *, now: float | None = None) -> Any:
         """Any non-final state -> cancelled (a running worker notices on its next append)."""

@@ -4,7 +4,9 @@ Each action reads the job, heals a missing audit entry left by a crash, decides 
 replayed state, and appends one event (plus its audit entry) with the head it decided from
 as the expected sequence. Deciding is where idempotency lives:
 
-* the state fits the action: it is applied (a pending question or audit is open);
+* the state fits the action: it is applied (a pending question or audit is open), unless the job
+  asks again exactly what the last decision answered (same question, same output) and this is that
+  same decision again: a retry of it, already applied, unless the caller says ``again``;
 * the state does not fit, but the decision that closed the *last* open question/audit is this
   same action with the same text: it was already applied, nothing is written, success;
 * it was closed by this action with a *different* text: ``ACTION_CONFLICT`` (exit 5);
@@ -39,6 +41,7 @@ ACTIONS: dict[str, tuple[str, str | None]] = {
     "resume": ("job_resumed", "answer"),
     "cancel": ("job_cancelled", None),
 }
+DECISIONS = frozenset(event_type for event_type, _ in ACTIONS.values())
 _PAST = {"approve": "approved", "revise": "revised", "resume": "resumed", "cancel": "cancelled"}
 
 
@@ -66,17 +69,20 @@ def approve(orch: "Orchestrator", job_id: str, note: str = "", *, now: float | N
     return _act(orch, job_id, "approve", {"note": _clean(note, "note")}, now)
 
 
-def revise(orch: "Orchestrator", job_id: str, notes: str, *, note: str = "", now: float | None = None) -> ControlResult:
-    """``note`` is an optional comment for the audit entry (default: the notes themselves)."""
+def revise(orch: "Orchestrator", job_id: str, notes: str, *, note: str = "", now: float | None = None,
+           again: bool = False) -> ControlResult:
+    """``note`` is an optional comment for the audit entry (default: the notes themselves); ``again``: the
+    same notes as the last revise are a new decision even when the job shows the same output again."""
     return _act(orch, job_id, "revise", {"notes": _clean(notes, "revision notes", required=True)}, now,
-                note=_clean(note, "note"))
+                note=_clean(note, "note"), again=again)
 
 
 def resume(orch: "Orchestrator", job_id: str, answer: str, *, note: str = "", now: float | None = None,
-           via: str | None = None) -> ControlResult:
-    """``note`` is an optional comment for the audit entry (default: the answer itself)."""
+           via: str | None = None, again: bool = False) -> ControlResult:
+    """``note`` is an optional comment for the audit entry (default: the answer itself); ``again``: the same
+    answer as the last resume is a new decision even when the job asks the same question again."""
     return _act(orch, job_id, "resume", {"answer": _clean(answer, "answer", required=True)}, now,
-                note=_clean(note, "note"), via=via)
+                note=_clean(note, "note"), via=via, again=again)
 
 
 def cancel(orch: "Orchestrator", job_id: str, reason: str = "", *, now: float | None = None) -> ControlResult:
@@ -93,7 +99,7 @@ def _clean(text: str | None, what: str, *, required: bool = False) -> str:
 
 
 def _act(orch: "Orchestrator", job_id: str, action: str, data: dict[str, Any], now: float | None, *,
-         note: str = "", via: str | None = None) -> ControlResult:
+         note: str = "", via: str | None = None, again: bool = False) -> ControlResult:
     event_type, _ = ACTIONS[action]
     text = note or next(iter(data.values()))
     if via:
@@ -103,7 +109,7 @@ def _act(orch: "Orchestrator", job_id: str, action: str, data: dict[str, Any], n
         if not view.ok:
             _refuse_tampered(orch, view, action, now)
         audit.heal(orch, [view], now=now)
-        earlier = _already_applied(view, action, data)
+        earlier = _already_applied(view, action, data, again)
         if earlier is not None:
             return earlier
         state = view.state.state if view.state else None
@@ -144,7 +150,12 @@ def _opens(action: str, rec: dict[str, Any]) -> bool:
     return rec["type"] == "audit_requested"
 
 
-def _already_applied(view: "JobView", action: str, data: dict[str, Any]) -> ControlResult | None:
+def _closing(records: list[dict[str, Any]], opened: int) -> dict[str, Any] | None:
+    """The decision that closed the question or audit opened at ``records[opened]``, if any yet."""
+    return next((r for r in records[opened + 1:] if r["type"] in DECISIONS), None)
+
+
+def _already_applied(view: "JobView", action: str, data: dict[str, Any], again: bool = False) -> ControlResult | None:
     """The earlier event that already did exactly this, or None; raises on a conflicting one."""
     state = view.state.state if view.state else None
     event_type, field = ACTIONS[action]
@@ -155,12 +166,11 @@ def _already_applied(view: "JobView", action: str, data: dict[str, Any]) -> Cont
         done = next(r for r in reversed(records) if r["type"] == "job_cancelled")
         return _repeat(view, action, done)
     if state == (WAITING_HUMAN if action == "resume" else AWAITING_AUDIT):
-        return None  # the question is open: this is a new decision
+        return None if again else _asked_again(view, action, data)
     opened = max((i for i, r in enumerate(records) if _opens(action, r)), default=None)
     if opened is None:
         return None
-    closing = next((r for r in records[opened + 1:]
-                    if r["type"] in ("job_approved", "job_revised", "job_resumed", "job_cancelled")), None)
+    closing = _closing(records, opened)
     if closing is None or closing["type"] != event_type:
         return None  # closed by another action (or not at all): the transition check explains
     if field is None or closing["data"].get(field) == data[field]:
@@ -171,6 +181,28 @@ def _already_applied(view: "JobView", action: str, data: dict[str, Any]) -> Cont
         f"nothing was written", job_id=view.job_id, event_seq=closing["seq"])
 
 
+def _asked_again(view: "JobView", action: str, data: dict[str, Any]) -> ControlResult | None:
+    """A question (or audit) is open. If the job asks exactly what the last one asked (same question,
+    summary, output and artifacts) and that one was closed by this same decision, this command is a
+    retry of that decision, made after the job already re-ran on it: already applied, or every blind
+    retry would answer a question its operator never saw. None: a new decision (``again`` also says so)."""
+    event_type, field = ACTIONS[action]
+    records = view.stream.records
+    opened = [i for i, r in enumerate(records) if _opens(action, r)]
+    if len(opened) < 2 or records[opened[-2]]["data"] != records[opened[-1]]["data"]:
+        return None
+    closing = _closing(records, opened[-2])
+    if closing is None or closing["type"] != event_type or closing["data"].get(field) != data[field]:
+        return None
+    asked = records[opened[-1]]
+    thing = "asks the same question" if action == "resume" else "shows the same output for audit"
+    return ControlResult(view.job_id, action, False, closing["type"], closing["seq"], view.state.state,
+                         f"already applied: job {view.job_id} was {_PAST[action]} with this {field} at {closing['ts']} "
+                         f"by {closing['actor']} (event {closing['seq']}), and {thing} again since (event "
+                         f"{asked['seq']}); nothing written; state is {view.state.state}. To give the same {field} "
+                         f"again, add --again")
+
+
 def _repeat(view: "JobView", action: str, done: dict[str, Any]) -> ControlResult:
     return ControlResult(view.job_id, action, False, done["type"], done["seq"], view.state.state,
                          f"already applied: job {view.job_id} was {_PAST[action]} at {done['ts']} by {done['actor']} "
@@ -179,17 +211,20 @@ def _repeat(view: "JobView", action: str, done: dict[str, Any]) -> ControlResult
 
 # -- chat messages ------------------------------------------------------------------------------------
 # ``job_id: <id>; <answer>`` as typed or pasted from a chat client: any case and spacing for the
-# key (job_id, job id, job-id, jobid), ``:``/``：``/``=`` after it, ``;``/``；``/``,``/``，`` or just
-# a space after the id, optional quotes or backticks around the id, leading chat noise ("> ", "@bot").
-_CHAT = re.compile(
-    r"^[^A-Za-z0-9]*?job[ \t_-]?id\s*[:：=]\s*[`'\"“‘]?(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*)[`'\"”’]?"
-    r"\s*(?:[;；,，]\s*)?(?P<answer>.*)\Z", re.I | re.S)
+# key (job_id, job id, job-id, jobid), ``:``/``：``/``=`` after it, ``;``/``；``/``,``/``，``/``:`` or
+# just a space after the id, optional quotes or backticks around the id, leading chat noise ("> ", "@bot").
+# The id must end at a separator (quote, ``;``, ``,``, ``:``, a space, the end): "J<look-alike letter>X" names no job.
+_JOB_KEY = r"job[ \t_-]?id\s*[:：=]\s*[`'\"“‘]?(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*)[`'\"”’]?(?=[\s;；,，:：]|\Z)"
+_CHAT = re.compile(r"^(?:[^A-Za-z0-9]*@[A-Za-z0-9._-]+)*[^A-Za-z0-9]*?" + _JOB_KEY
+                   + r"\s*(?:[;；,，:：]\s*)?(?P<answer>.*)\Z", re.I | re.S)
+_NAMED_AGAIN = re.compile(r"(?<![A-Za-z0-9])" + _JOB_KEY, re.I)
 
 
 def parse_chat_message(job_id: str, message: str) -> str:
     """The answer in a chat message naming ``job_id``; refuse malformed or other-job messages.
 
-    Ids are compared ignoring case (ULIDs are case-insensitive); the command line's id is used.
+    Ids are compared ignoring case (ULIDs are case-insensitive); the command line's id is used. A message
+    that names another job anywhere (a pasted thread) is refused, like one that names it first.
     """
     m = _CHAT.match(message.strip())
     if m is None:
@@ -200,12 +235,17 @@ def parse_chat_message(job_id: str, message: str) -> str:
                                  "(paste the message into the command of the job it names)",
                                  job_id=job_id, message_job_id=named)
     answer = m.group("answer").strip()
+    for other in _NAMED_AGAIN.finditer(answer):  # a pasted thread, or "job_id: J; job_id: K; ..."
+        if other.group("id").lower() != job_id.lower():
+            raise JobIdMismatchError(f"the message names job {job_id} and then job {other.group('id')}; nothing was "
+                                     "written (paste only the message that answers this job)",
+                                     job_id=job_id, message_job_id=other.group("id"))
     if not answer:
         raise ChatMessageError(f"the message names job {job_id} but holds no answer after the id; nothing was written")
     return answer
 
 
 def resume_from_chat(orch: "Orchestrator", job_id: str, message: str, *, note: str = "",
-                     now: float | None = None) -> ControlResult:
+                     now: float | None = None, again: bool = False) -> ControlResult:
     """Resume ``job_id`` with the answer of a pasted chat message (idempotent like ``resume``)."""
-    return resume(orch, job_id, parse_chat_message(job_id, message), note=note, now=now, via="chat")
+    return resume(orch, job_id, parse_chat_message(job_id, message), note=note, now=now, via="chat", again=again)

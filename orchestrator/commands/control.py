@@ -28,8 +28,9 @@ def control_group() -> None:
     """Operator actions: approve, revise, resume, cancel.
 
     Each checks that the action fits the job's state (else exit 5, nothing written) and is
-    idempotent: the same action again (same job, same answer or notes, same pending question)
-    writes nothing and exits 0 saying it was already applied. A different answer or notes after
+    idempotent: the same action again (same job, same answer or notes) writes nothing and exits 0
+    saying it was already applied, also after the job re-ran and asks exactly the same again
+    (then --again gives the same answer or notes once more). A different answer or notes after
     the decision was taken is refused with ACTION_CONFLICT (exit 5). Notes and answers are
     sanitized (secrets redacted) before they are written, and compared as written: two answers
     that differ only in a redacted secret are the same answer to the job.
@@ -38,6 +39,16 @@ def control_group() -> None:
 
 def _emit(out: Output, result: Any) -> None:
     out.emit(result.to_dict(), one_line(result.message))  # it names the actor of an earlier event
+
+
+def _again_option(action: str) -> Any:
+    """``--again`` for the actions a job can ask for twice (resume, revise); nothing for the others."""
+    if action not in ("resume", "revise"):
+        return lambda command: command
+    thing, field = ("asks the same question", "answer") if action == "resume" else ("shows the same output", "notes")
+    return click.option("--again", is_flag=True, help=(
+        f"Give the same {field} as the last {action} although the job {thing} again. Without it, that "
+        f"repeat is taken as a retry of the last {action}: already applied, nothing written."))
 
 
 def _make(action: str) -> None:
@@ -50,12 +61,13 @@ def _make(action: str) -> None:
     @click.argument("job_id")
     @click.argument("text", metavar=metavar if required else f"[{metavar}]", required=required)
     @click.option(*note_names, "note", default=None, help=note_help)
+    @_again_option(action)
     @project_command
-    def command(orch: Any, out: Output, job_id: str, text: str | None, note: str | None) -> None:
+    def command(orch: Any, out: Output, job_id: str, text: str | None, note: str | None, again: bool = False) -> None:
         from orchestrator import control
 
         if required:
-            result = getattr(control, action)(orch, job_id, text, note=note or "")
+            result = getattr(control, action)(orch, job_id, text, note=note or "", again=again)
         else:
             if text is not None and note is not None:
                 raise click.UsageError(f"give the {metavar.lower()} as an argument or with {note_names[0]}, not both")
@@ -71,17 +83,19 @@ for _action in ("approve", "revise", "resume", "cancel"):
 @click.argument("job_id")
 @click.argument("message")
 @click.option("--note", default=None, help="Comment for the audit log (default: the answer).")
+@_again_option("resume")
 @project_command
-def resume_from_chat(orch: Any, out: Output, job_id: str, message: str, note: str | None) -> None:
+def resume_from_chat(orch: Any, out: Output, job_id: str, message: str, note: str | None, again: bool) -> None:
     """Resume JOB_ID with the answer in a pasted chat MESSAGE: "job_id: <JOB_ID>; <answer>".
 
-    Tolerates any case and spacing, full-width "：" and "；", a missing space. Refuses a message
-    that names another job (JOB_ID_MISMATCH, exit 3) or has no answer (CHAT_MESSAGE_INVALID,
-    exit 3); nothing is written then. Idempotent like `control resume`.
+    Tolerates any case and spacing, full-width "：" and "；", a missing space, a leading "@bot".
+    Refuses a message that names another job, first or anywhere after (JOB_ID_MISMATCH, exit 3), or
+    has no answer (CHAT_MESSAGE_INVALID, exit 3); nothing is written then. Idempotent like
+    `control resume`.
     """
     from orchestrator import control
 
-    _emit(out, control.resume_from_chat(orch, job_id, message, note=note or ""))
+    _emit(out, control.resume_from_chat(orch, job_id, message, note=note or "", again=again))
 
 
 @cli.group("audit", context_settings=CONTEXT)

@@ -122,6 +122,19 @@ def test_human_output_shows_control_characters_escaped_so_handler_text_cannot_fo
     assert len(ok("status", "--all", env=cli_env).stdout.splitlines()) == 1 + 2
 
 
+def test_a_blind_retry_after_the_job_asks_the_same_again_writes_nothing_and_again_answers_it(
+        api: Orchestrator, cli_env: dict[str, str]) -> None:
+    job_id = js.waiting_human(api, run_id="run-1")
+    ok("control", "resume", job_id, "yes", env=cli_env)
+    js.waiting_human(api, run_id="run-2", job_id=job_id)  # the re-run asks exactly the same again
+    retry = as_json(ok("control", "resume", job_id, "yes", "--json", env=cli_env))
+    assert retry["already_applied"] is True and retry["state"] == "waiting_human" and "--again" in retry["message"]
+    message = f"job_id: {job_id}; yes"
+    assert "already applied" in ok("resume_from_chat", job_id, message, env=cli_env).stdout
+    assert "resumed job" in ok("resume_from_chat", job_id, message, "--again", env=cli_env).stdout
+    assert api.load(job_id).state.answers == ("yes", "yes")
+
+
 def test_there_is_no_token_option(api: Orchestrator, cli_env: dict[str, str]) -> None:
     job_id = js.waiting_human(api)
     for args in (["resume", job_id, "yes", "--token", "x"], ["approve", job_id, "--token", "x"],

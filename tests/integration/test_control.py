@@ -64,13 +64,51 @@ def test_answers_that_differ_only_in_a_redacted_secret_are_the_same_answer_to_th
     assert not [name for name, data in file_bytes(orch).items() if b"aaa-first" in data or b"bbb-second" in data]
 
 
-def test_the_same_answer_to_a_new_question_is_a_new_resume(orch: Orchestrator) -> None:
+def test_a_resume_retried_after_the_job_asks_the_same_question_again_is_already_applied(orch: Orchestrator) -> None:
+    """The retry of a resume whose job re-ran and asks exactly the same: no answer to a question not seen."""
+    job_id = js.waiting_human(orch, run_id="run-1")
+    first = orch.resume(job_id, "yes")
+    js.waiting_human(orch, run_id="run-2", job_id=job_id)  # the re-run asks the same question again
+    before = file_bytes(orch)
+    retry = orch.resume(job_id, "yes")
+    assert retry.already_applied and retry.event_seq == first.event_seq and retry.state == "waiting_human"
+    assert "asks the same question again" in retry.message and "--again" in retry.message
+    assert file_bytes(orch) == before
+
+
+def test_again_gives_the_same_answer_to_the_same_question_once_more(orch: Orchestrator) -> None:
     job_id = js.waiting_human(orch, run_id="run-1")
     orch.resume(job_id, "yes")
-    js.waiting_human(orch, run_id="run-2", job_id=job_id)  # the re-run asks the same question again
-    assert orch.resume(job_id, "yes").applied
-    assert js.event_types(orch, job_id).count("job_resumed") == 2
+    js.waiting_human(orch, run_id="run-2", job_id=job_id)
+    assert orch.resume(job_id, "yes", again=True).applied
+    assert orch.resume(job_id, "yes", again=True).already_applied  # a retry of that one: the job is queued
     assert orch.load(job_id).state.answers == ("yes", "yes")
+
+
+def test_the_same_answer_to_a_different_question_is_a_new_resume(orch: Orchestrator) -> None:
+    job_id = js.waiting_human(orch, run_id="run-1", question="Deploy to prod?")
+    orch.resume(job_id, "yes")
+    js.waiting_human(orch, run_id="run-2", job_id=job_id, question="Deploy to prod? The canary failed.")
+    assert orch.resume(job_id, "yes").applied
+    assert orch.load(job_id).state.answers == ("yes", "yes")
+
+
+def test_another_answer_to_the_same_question_asked_again_is_a_new_resume(orch: Orchestrator) -> None:
+    job_id = js.waiting_human(orch, run_id="run-1")
+    orch.resume(job_id, "yes")
+    js.waiting_human(orch, run_id="run-2", job_id=job_id)
+    assert orch.resume(job_id, "no").applied
+    assert orch.load(job_id).state.answers == ("yes", "no")
+
+
+def test_a_revise_retried_after_the_job_shows_the_same_output_again_is_already_applied(orch: Orchestrator) -> None:
+    job_id = js.awaiting_audit(orch, run_id="run-1")
+    first = orch.revise(job_id, "shorter please")
+    js.awaiting_audit(orch, run_id="run-2", job_id=job_id)  # the re-run gives the same draft
+    retry = orch.revise(job_id, "shorter please")
+    assert retry.already_applied and retry.event_seq == first.event_seq and retry.state == "awaiting_audit"
+    assert orch.revise(job_id, "shorter please", again=True).applied
+    assert orch.load(job_id).state.revisions == ("shorter please", "shorter please")
 
 
 def test_revise_twice_with_the_same_notes_writes_one_event_and_other_notes_conflict(orch: Orchestrator) -> None:
