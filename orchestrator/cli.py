@@ -27,11 +27,14 @@ EXIT_INTEGRITY = 7
 
 
 class Output:
-    """Prints results as text or JSON, always sanitized."""
+    """Prints results as text or JSON, always sanitized.
 
-    def __init__(self, as_json: bool) -> None:
+    ``data_on_stdout``: stdout carries the command's data (``export -o -``), so results and errors go to stderr.
+    """
+
+    def __init__(self, as_json: bool, data_on_stdout: bool = False) -> None:
         self.as_json = as_json
-        self.data_on_stdout = False  # stdout carries data (``export -o -``): results and errors go to stderr
+        self.data_on_stdout = data_on_stdout
 
     def emit(self, data: Any, text: str | Callable[[], str]) -> None:
         if self.as_json:
@@ -69,6 +72,43 @@ def seconds(min: float = 0.0, *, min_open: bool = False) -> FiniteFloatRange:
     return FiniteFloatRange(min=min, max=MAX_DURATION_SECONDS, min_open=min_open)
 
 
+class StdoutOption(click.Option):
+    """An option naming a file where ``-`` means stdout (``export -o -``). Stdout then carries data for a
+    reader that expects nothing else (``import -``), so every result and error of the command goes to
+    stderr, also those found before it runs: a ``.env`` error, a usage error (``given_as_stdout``), the
+    settings or the store (``project_command``)."""
+
+    def given_as_stdout(self, args: list[str]) -> bool:
+        """Whether the raw ``args`` of the command give this option as ``-`` (the last time it is given,
+        as click keeps the last value): read before click parses them, or after it failed to."""
+        value = None
+        rest = iter(args)
+        for arg in rest:
+            if arg == "--":  # only arguments follow
+                break
+            if arg in self.opts:  # -o - / --output -
+                value = next(rest, None)
+                continue
+            for name in self.opts:  # --output=- / -o-
+                attached = f"{name}=" if name.startswith("--") else name
+                if arg.startswith(attached) and len(arg) > len(attached):
+                    value = arg[len(attached):]
+        return value == "-"
+
+
+def _data_on_stdout(command: click.Command, args: list[str]) -> bool:
+    """Whether the raw command line ``args`` of ``command`` (the group, a script's command) asks for data on
+    stdout (a ``StdoutOption`` given as ``-``). A group's options are flags (``--version``, ``-h``), so its
+    first other word names the command."""
+    while isinstance(command, click.Group):
+        name = next((arg for arg in args if not arg.startswith("-")), None)
+        found = command.get_command(click.Context(command), name) if name else None
+        if found is None:
+            return False
+        command, args = found, args[args.index(name) + 1:]
+    return any(isinstance(p, StdoutOption) and p.given_as_stdout(args) for p in command.params)
+
+
 # -- store selection (PostgreSQL backend, docs/postgres.md) ----------------------------------
 store_option = click.option(
     "--store", "store_url", envvar="ORCH_STORE_URL", show_envvar=True, default=None,
@@ -104,7 +144,9 @@ def project_command(fn: Callable[..., int | None]) -> Callable[..., None]:
     @functools.wraps(fn)
     def wrapper(base_path: str | None, project_id: str | None, as_json: bool, store_url: str | None,
                 **kwargs: Any) -> None:
-        out = Output(as_json)
+        ctx = click.get_current_context()
+        out = Output(as_json, data_on_stdout=any(  # known before the settings or the store can fail
+            isinstance(p, StdoutOption) and ctx.params.get(p.name) == "-" for p in ctx.command.params))
         with reported_errors(out):
             from orchestrator.api import Orchestrator
 
@@ -371,24 +413,25 @@ def _wants_json(args: list[str]) -> bool:
     return "--json" in args
 
 
-def _load_dotenv(args: list[str]) -> None:
+def _load_dotenv(command: click.Command, args: list[str]) -> None:
     """``.env`` is read before click parses the options (they take their defaults from the environment), so
     its errors are reported here, in the form the commands use."""
     try:
         load_dotenv_file()
     except OrchestratorError as exc:
-        Output(_wants_json(args)).error(exc)
+        Output(_wants_json(args), data_on_stdout=_data_on_stdout(command, args)).error(exc)
         sys.exit(exc.exit_code)
 
 
 def _run(command: click.Command, args: list[str], prog_name: str | None) -> None:
     """Run ``command`` as click's standalone mode does, except that with ``--json`` a usage error (exit 2) is
-    printed like every other error, as one JSON object on stdout: a caller that reads stdout gets it too."""
+    printed like every other error, as one JSON object on stdout (on stderr when stdout carries data:
+    ``export -o -``): a caller that reads stdout gets it too. Without ``--json`` click prints it on stderr."""
     try:
         code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except click.ClickException as exc:
         if isinstance(exc, click.UsageError) and _wants_json(args):
-            Output(True).error(UsageError(exc.format_message()))
+            Output(True, data_on_stdout=_data_on_stdout(command, args)).error(UsageError(exc.format_message()))
         else:
             exc.show()
         sys.exit(exc.exit_code)
@@ -401,14 +444,14 @@ def _run(command: click.Command, args: list[str], prog_name: str | None) -> None
 def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:
     """Entry point of the console script and of ``python3 -m orchestrator``."""
     args = sys.argv[1:] if argv is None else list(argv)
-    _load_dotenv(args)
+    _load_dotenv(cli, args)
     _run(cli, args, prog_name)
 
 
 def run_script(command: str, argv: list[str] | None = None) -> None:
     """``scripts/<name>.py``: the same command, named as the runbook names it."""
     args = sys.argv[1:] if argv is None else list(argv)
-    _load_dotenv(args)
+    _load_dotenv(cli, [command, *args])
     found = cli.get_command(None, command)
     if found is None:  # a script named after a command that does not exist: a packaging mistake
         raise SystemExit(f"no command {command!r}")

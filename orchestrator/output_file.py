@@ -3,37 +3,102 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
+import re
+import stat
+import time
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, ClassVar, Iterator
 
+from orchestrator import faults
 from orchestrator.errors import InvalidInputError, StorageError
-from orchestrator.store.files import fsync_dir
+from orchestrator.store.files import STRAY_AGE, fsync_dir
 
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
+TEMP_HEX = 8  # hex digits of a temporary file's random part: .<name>.<8 hex>.tmp
+
+
+def remove_leftovers(path: Path, now: float, keep: frozenset[str] = frozenset()) -> list[str]:
+    """Remove the temporary files of ``path`` that killed writers left (``.<name>.<8 hex>.tmp``), and return
+    their names. One is removed only when it is a regular file of this user (never a link, a folder or a
+    FIFO, never followed), untouched for ``STRAY_AGE`` seconds, and no writer holds its lock: a live
+    ``OutputFile`` holds one on its temporary file until the rename (the kernel drops it when the process
+    dies, SIGKILL included). The age covers the instant between a writer's create and its lock, clocks of a
+    shared folder's server, and locks that a file system does not share. ``keep``: names never touched (this
+    process's own live temporary files: some file systems emulate these locks per process). Best effort:
+    whatever cannot be checked is left."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{{TEMP_HEX}}}\.tmp")
+    removed: list[str] = []
+    try:
+        entries = [e for e in os.scandir(path.parent) if pattern.fullmatch(e.name) and e.name not in keep]
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            seen = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(seen.st_mode) or seen.st_uid != os.geteuid() or now - seen.st_mtime < STRAY_AGE:
+            continue
+        if _remove_unheld(entry.path, seen):
+            removed.append(entry.name)
+    return removed
+
+
+def _remove_unheld(name: str, seen: os.stat_result) -> bool:
+    """Unlink ``name`` if it is still the file ``seen`` and no process holds its lock; the lock is held while
+    unlinking, so a writer cannot take it in between (none would: its own file is new)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # gone, replaced by a link, not ours to read
+        return False
+    try:
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino) or not stat.S_ISREG(opened.st_mode):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by a live writer: BlockingIOError
+        current = os.stat(name, follow_symlinks=False)  # the name still the file judged (not a new one)
+        if (current.st_dev, current.st_ino) != (seen.st_dev, seen.st_ino):
+            return False
+        os.unlink(name)
+        return True
+    except OSError:  # held, gone, or a file system without these locks: cannot tell, so it stays
+        return False
+    finally:
+        os.close(fd)
 
 
 class OutputFile:
     """``path`` written whole or not at all, and refused before the work that fills it.
 
-    Creating it opens a temporary file next to ``path`` at once, so a path that cannot be written is
-    refused before anything is read or measured. Leaving the ``with`` block syncs the file, renames
-    it over ``path`` and syncs the folder; an error in the block (or ``discard``) removes it, and a
-    file already at ``path`` is left as it was. A path that cannot be written is ``InvalidInputError``
-    (a missing folder, a file where a folder belongs, a folder at ``path``, no permission), a full or
-    failing disk ``StorageError``.
+    Creating it opens a temporary file next to ``path`` at once (``.<name>.<8 hex>.tmp``, locked until
+    the rename), so a path that cannot be written is refused before anything is read or measured.
+    Leaving the ``with`` block syncs the file, renames it over ``path`` and syncs the folder; an error
+    in the block (or ``discard``) removes it, and a file already at ``path`` is left as it was. A path
+    that cannot be written is ``InvalidInputError`` (a missing folder, a file where a folder belongs, a
+    folder at ``path``, no permission), a full or failing disk ``StorageError``. A process killed
+    before the rename leaves its temporary file: the next ``OutputFile`` of the same ``path`` removes
+    it (``remove_leftovers``). Two writers of one ``path`` each write their own temporary file; the
+    last rename wins, whole.
     """
+
+    _held: ClassVar[set[Path]] = set()  # this process's live temporary files (``remove_leftovers`` keep)
 
     def __init__(self, path: str | os.PathLike[str], what: str) -> None:
         self.path, self.what = Path(path), what
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.urandom(4).hex()}.tmp")
+        self._tmp = self.path.with_name(f".{self.path.name}.{os.urandom(TEMP_HEX // 2).hex()}.tmp")
         self._done = False
         self._fh: BinaryIO | None = None
         if self.path.is_dir():
             raise InvalidInputError(f"cannot write {what} to {self.path}: it is a folder")
         with self._refused():
             self._fh = open(self._tmp, "xb")
+        self._held.add(self._tmp)
+        with contextlib.suppress(OSError):  # without these locks, leftovers are never removed (nothing else)
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        remove_leftovers(self.path, time.time(), keep=frozenset(p.name for p in self._held))
 
     def write(self, data: bytes) -> None:
         assert self._fh is not None and not self._done
@@ -52,8 +117,9 @@ class OutputFile:
             with self._refused():
                 self._fh.flush()
                 os.fsync(self._fh.fileno())
-                self._fh.close()
-                os.replace(self._tmp, self.path)
+                faults.point("output_file.before_rename")
+                os.replace(self._tmp, self.path)  # before the close, which drops the lock: never a stray meanwhile
+                self._release()
                 fsync_dir(self.path.parent)  # the rename too: an anchor that vanishes on a power cut proves nothing
             self._done = True
 
@@ -62,9 +128,14 @@ class OutputFile:
         self._done = True
         if self._fh is not None:
             with contextlib.suppress(OSError):
-                self._fh.close()
-            with contextlib.suppress(OSError):
                 self._tmp.unlink()
+            self._release()
+
+    def _release(self) -> None:
+        self._held.discard(self._tmp)
+        if self._fh is not None and not self._fh.closed:
+            with contextlib.suppress(OSError):
+                self._fh.close()
 
     def __enter__(self) -> OutputFile:
         return self
@@ -88,6 +159,8 @@ class OutputFile:
 
     def _reason(self, exc: OSError) -> str:
         if isinstance(exc, FileNotFoundError):
+            if self._fh is not None and self.path.parent.is_dir():  # opened, then taken away
+                return f"its temporary file {self._tmp.name} was removed by another process"
             return f"there is no folder {self.path.parent}"
         if isinstance(exc, NotADirectoryError):
             blocking = next((p for p in reversed(self.path.parents) if p.exists() and not p.is_dir()), self.path.parent)

@@ -61,9 +61,10 @@ def _refuse(action: str, problems: list[Problem]) -> IntegrityError:
 
 def export_project(orch: Orchestrator, out: IO[bytes], *, allow_damaged: bool = False,
                    progress: Progress | None = None) -> dict[str, Any]:
-    """Write every job stream, the audit stream and the head records of ``orch`` to ``out``."""
-    out.write(_header({"format": BUNDLE_FORMAT, "project_id": orch.project_id,
-                       "created_at": clock.to_iso(orch.clock())}))
+    """Write every job stream, the audit stream and the head records of ``orch`` to ``out``.
+
+    Nothing is written before the store has been read once: a store that cannot be opened (or a removed
+    job's history) leaves ``out`` empty, so ``export -o -`` prints no part of a bundle before such an error."""
     streams = events = 0
     damaged: list[dict[str, Any]] = []
 
@@ -75,6 +76,8 @@ def export_project(orch: Orchestrator, out: IO[bytes], *, allow_damaged: bool = 
     listed = sorted(orch.store.job_ids())
     for view in orch.removed_jobs(listed):  # no event left to export: only what is wrong with them
         found(list(view.problems))
+    out.write(_header({"format": BUNDLE_FORMAT, "project_id": orch.project_id,
+                       "created_at": clock.to_iso(orch.clock())}))
     for stream in [*listed, AUDIT_STREAM]:
         try:
             lines = orch.store.read(stream)

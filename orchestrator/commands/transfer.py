@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import CONTEXT, Output, cli, note_missing_store, project_command
+from orchestrator.cli import CONTEXT, Output, StdoutOption, cli, note_missing_store, project_command
 from orchestrator.output_file import OutputFile
 
 
@@ -15,9 +15,10 @@ def _progress(message: str) -> None:
 
 
 @cli.command("export", context_settings=CONTEXT)
-@click.option("-o", "--output", required=True, metavar="FILE",
-              help="Bundle file to write ('-' for stdout, e.g. piped into `orchestrator import -`); a path that "
-                   "cannot be written is refused (exit 3) before anything is read.")
+@click.option("-o", "--output", cls=StdoutOption, required=True, metavar="FILE",
+              help="Bundle file to write ('-' for stdout, e.g. piped into `orchestrator import -`: stdout then "
+                   "holds the bundle alone, the summary and every error go to stderr); a path that cannot be "
+                   "written is refused (exit 3) before anything is read.")
 @click.option("--allow-damaged", is_flag=True,
               help="Carry streams that fail verification as they are (evidence); import still refuses them.")
 @project_command
@@ -29,8 +30,7 @@ def export_cmd(orch: Any, out: Output, output: str, allow_damaged: bool) -> int:
     """
     from orchestrator.transfer import export_project
 
-    if output == "-":
-        out.data_on_stdout = True  # the bundle: the summary, or an error after part of it, goes to stderr
+    if output == "-":  # the bundle alone: ``out`` prints the summary and any error on stderr (StdoutOption)
         result = export_project(orch, sys.stdout.buffer, allow_damaged=allow_damaged, progress=_progress)
     else:
         with OutputFile(output, "the bundle") as fh:

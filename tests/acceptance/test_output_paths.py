@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from helpers import run_module, run_script
+from orchestrator.store.jsonl import STRAY_AGE
 
 COMMANDS = [("export", "-o"), ("verify", "--export-head"), ("bench-terminal-latency", "--samples", "1", "--raw-output"),
             ("bench-terminal-latency", "--samples", "1", "--report")]
@@ -52,3 +55,20 @@ def test_the_benchmark_refuses_a_bad_project_id_before_measuring(cli_env: dict[s
     proc = run_script("bench_terminal_latency", "--samples", "1", "--project-id", "../x", "--json", env=cli_env)
     assert proc.returncode == 3 and json.loads(proc.stdout)["error"] == "INVALID_ID", (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr and "samples" not in proc.stderr
+
+
+def test_an_export_killed_before_its_rename_leaves_no_bundle_and_the_next_one_removes_its_temporary_file(
+        cli_env: dict[str, str], tmp_path: Path) -> None:
+    run_script("submit", "--kind", "k", env=cli_env, check=True)
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    target = folder / "out.bundle"
+    killed = run_module("export", "-o", str(target), env={**cli_env, "ORCH_CRASH_AT": "output_file.before_rename"})
+    assert killed.returncode == -signal.SIGKILL and not target.exists(), killed.stderr
+    [leftover] = folder.iterdir()
+    assert leftover.name.startswith(".out.bundle.") and leftover.name.endswith(".tmp")
+    assert leftover.read_bytes().endswith(b'"end":true,"events":1,"streams":1}\n')  # the whole bundle, synced
+    then = time.time() - STRAY_AGE - 60
+    os.utime(leftover, (then, then))
+    done = run_module("export", "-o", str(target), env=cli_env)
+    assert done.returncode == 0 and list(folder.iterdir()) == [target], done.stderr

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
 
 from orchestrator.errors import InvalidInputError, StorageError
-from orchestrator.output_file import OutputFile
+from orchestrator.output_file import OutputFile, remove_leftovers
+from orchestrator.store.jsonl import STRAY_AGE
 
 
 def test_the_file_appears_only_when_the_block_ends_and_replaces_the_old_one_whole(tmp_path: Path) -> None:
@@ -54,3 +57,71 @@ def test_a_full_disk_is_a_storage_error_and_leaves_the_old_file(tmp_path: Path, 
     with pytest.raises(StorageError, match="No space left on device"), OutputFile(target, "the output") as out:
         out.write(b"new\n")
     assert target.read_bytes() == b"old\n" and os.listdir(tmp_path) == ["out.jsonl"]
+
+
+def aged(path: Path, seconds: float = STRAY_AGE + 60) -> Path:
+    """``path`` as if untouched for ``seconds`` (a link itself, not what it points to)."""
+    then = time.time() - seconds
+    os.utime(path, (then, then), follow_symlinks=False)
+    return path
+
+
+def test_a_leftover_temporary_file_of_the_same_target_is_removed_by_the_next_write_once_old(tmp_path: Path) -> None:
+    target = tmp_path / "out.jsonl"
+    old = tmp_path / ".out.jsonl.0123abcd.tmp"
+    old.write_bytes(b"a killed writer's half")
+    aged(old)
+    recent = tmp_path / ".out.jsonl.89abcdef.tmp"  # perhaps a writer that has not taken its lock yet
+    recent.write_bytes(b"")
+    with OutputFile(target, "the output") as out:
+        out.write(b"new\n")
+        assert not old.exists() and recent.exists()
+    assert sorted(os.listdir(tmp_path)) == [".out.jsonl.89abcdef.tmp", "out.jsonl"]
+
+
+def test_a_leftover_is_kept_while_a_process_holds_its_lock_however_old(tmp_path: Path) -> None:
+    held = tmp_path / ".out.jsonl.0123abcd.tmp"
+    with open(held, "wb") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        aged(held)
+        with OutputFile(tmp_path / "out.jsonl", "the output") as out:
+            out.write(b"new\n")
+        assert held.exists()
+    assert remove_leftovers(tmp_path / "out.jsonl", time.time()) == [held.name]  # its holder is gone
+
+
+def test_only_the_targets_own_temporary_files_are_ever_removed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_bytes(b"keep")
+    folder = tmp_path / "work"
+    folder.mkdir()
+    for name in (".out.jsonl.0123abc.tmp", ".out.jsonl.0123abcde.tmp", ".out.jsonl.0123ABCD.tmp",
+                 ".out.jsonl.0123abcd.tmp.bak", "out.jsonl.0123abcd.tmp", ".other.jsonl.0123abcd.tmp",
+                 ".out.jsonl.x.0123abcd.tmp", ".out.jsonl.tmp"):
+        (folder / name).write_bytes(b"not ours")
+    (folder / ".out.jsonl.11111111.tmp").symlink_to(outside / "precious")  # a link: never followed, never removed
+    (folder / ".out.jsonl.22222222.tmp").mkdir()
+    (folder / ".out.jsonl.22222222.tmp" / "inside").write_bytes(b"keep")
+    os.mkfifo(folder / ".out.jsonl.33333333.tmp")
+    if os.geteuid() == 0:  # another user's file: only root can make one here
+        (folder / ".out.jsonl.44444444.tmp").write_bytes(b"theirs")
+        os.chown(folder / ".out.jsonl.44444444.tmp", 65534, 65534)
+    for path in [*folder.iterdir(), outside / "precious"]:
+        aged(path)
+    before = sorted(os.listdir(folder))
+    with OutputFile(folder / "out.jsonl", "the output") as out:
+        out.write(b"new\n")
+    assert sorted(os.listdir(folder)) == sorted([*before, "out.jsonl"])
+    assert (outside / "precious").read_bytes() == b"keep" and (folder / ".out.jsonl.22222222.tmp" / "inside").exists()
+
+
+def test_a_temporary_file_taken_away_before_the_rename_is_an_error_that_says_so(tmp_path: Path) -> None:
+    target = tmp_path / "out.jsonl"
+    target.write_bytes(b"old\n")
+    with pytest.raises(InvalidInputError, match=r"its temporary file \.out\.jsonl\.[0-9a-f]{8}\.tmp was removed"):
+        with OutputFile(target, "the output") as out:
+            out.write(b"new\n")
+            [temp] = tmp_path.glob(".out.jsonl.*.tmp")
+            temp.unlink()  # another machine's write, where locks are not shared
+    assert target.read_bytes() == b"old\n"
