@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import run_module, run_script
-from orchestrator.store.jsonl import STRAY_AGE
+from orchestrator.store.files import STRAY_AGE
 
 COMMANDS = [("export", "-o"), ("verify", "--export-head"), ("bench-terminal-latency", "--samples", "1", "--raw-output"),
             ("bench-terminal-latency", "--samples", "1", "--report")]

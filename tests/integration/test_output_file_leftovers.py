@@ -11,7 +11,7 @@ from pathlib import Path
 
 from helpers import REPO
 from orchestrator.output_file import OutputFile
-from orchestrator.store.jsonl import STRAY_AGE
+from orchestrator.store.files import STRAY_AGE
 
 WRITER = """
 import sys

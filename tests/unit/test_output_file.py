@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.errors import InvalidInputError, StorageError
 from orchestrator.output_file import OutputFile, remove_leftovers
-from orchestrator.store.jsonl import STRAY_AGE
+from orchestrator.store.files import STRAY_AGE
 
 
 def test_the_file_appears_only_when_the_block_ends_and_replaces_the_old_one_whole(tmp_path: Path) -> None:
