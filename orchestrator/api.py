@@ -152,7 +152,7 @@ class Orchestrator:
         if store is None and self.settings.store_url:  # PostgreSQL backend (docs/postgres.md)
             from orchestrator.store.postgres import open_store
 
-            store = open_store(self.settings.store_url, self.settings.project_id)
+            store = open_store(self.settings.store_url, self.settings.project_id, self.settings.pg_deadline_seconds)
         if store is None:
             from orchestrator.store.jsonl import JsonlStore
 

@@ -7,6 +7,7 @@ nothing escapes ``BASE_PATH/<PROJECT_ID>``.
 from __future__ import annotations
 
 import getpass
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Mapping
 
 from orchestrator.errors import ConfigError
+from orchestrator.limits import MAX_DURATION_SECONDS
 from orchestrator.security import validate_id
 
 DEFAULT_BASE_PATH = "."
@@ -34,6 +36,9 @@ DEFAULT_RETRY_MAX_SECONDS = 300.0  # ORCH_RETRY_MAX_SECONDS
 HANDLER_PROCESS_MODES = ("reused", "per-run")  # ORCH_HANDLER_PROCESS
 DEFAULT_HANDLER_PROCESS = "reused"
 DEFAULT_HANDLER_MAX_RUNS = 1000  # ORCH_HANDLER_MAX_RUNS
+# ORCH_PG_DEADLINE_SECONDS: a call to PostgreSQL that has not returned by then has its connection cut
+# (a stalled server; docs/postgres.md): a third of the default lease, ~1000x an ordinary call. 0: none.
+DEFAULT_PG_DEADLINE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class Settings:
     project_id: str
     store_url: str | None = None  # ORCH_STORE_URL / --store: a postgresql:// URL; unset = files
     strict_reads: bool = False  # ORCH_STRICT_READS: every read checks every signature (docs/format.md)
+    pg_deadline_seconds: float = DEFAULT_PG_DEADLINE_SECONDS  # ORCH_PG_DEADLINE_SECONDS; 0: no deadline
 
     @classmethod
     def load(cls, base_path: str | os.PathLike[str] | None = None, project_id: str | None = None,
@@ -58,8 +64,9 @@ class Settings:
         strict = env.get("ORCH_STRICT_READS", "").strip().lower()
         if strict not in ("", "0", "1", "false", "true", "no", "yes", "off", "on"):
             raise ConfigError(f"ORCH_STRICT_READS must be 1 or 0 (true/false, yes/no, on/off), not {strict!r}")
+        deadline = _seconds(env, "ORCH_PG_DEADLINE_SECONDS", DEFAULT_PG_DEADLINE_SECONDS)
         return cls(base_path=base.resolve(), project_id=project, store_url=None if store == "file" else store,
-                   strict_reads=strict in ("1", "true", "yes", "on"))
+                   strict_reads=strict in ("1", "true", "yes", "on"), pg_deadline_seconds=deadline)
 
     @property
     def project_dir(self) -> Path:
@@ -68,6 +75,20 @@ class Settings:
     @property
     def state_dir(self) -> Path:
         return self.project_dir / STATE_DIR
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A duration variable: 0 up to a year (``limits.MAX_DURATION_SECONDS``), or its default when unset."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= MAX_DURATION_SECONDS:  # NaN fails too
+        raise ConfigError(f"{name} must be a number of seconds from 0 to {MAX_DURATION_SECONDS:.0f}, not {text!r}")
+    return value
 
 
 def default_actor() -> str:

@@ -222,8 +222,9 @@ class PgQueueIndex(QueueIndex):
             return True  # the caller rescans: a job may have been announced while we were deaf
 
     def _listen(self) -> None:
-        self._listener = connect(self.store.url, autocommit=True)
-        self._listener.execute(f"LISTEN {self.channel}")
+        self._listener = connect(self.store.url, autocommit=True, deadline=self.store.deadline)
+        with self.store.deadline.bounded(self._listener):
+            self._listener.execute(f"LISTEN {self.channel}")
 
     def close(self) -> None:
         if self._listener is not None:

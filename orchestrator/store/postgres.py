@@ -15,18 +15,26 @@ the stream's row, and a trigger (migration 0002) refuses to move it backwards, s
 whose claim was superseded gets ``LeaseLostError`` and writes nothing. Statements passed as
 ``in_transaction`` (the queue index, ``orchestrator/store/pg_queue.py``) run inside the append's
 transaction on that stream, so the index and its ``NOTIFY`` commit together with the event.
+
+Every call has a deadline (``Deadline``, ``ORCH_PG_DEADLINE_SECONDS``): a server or pooler that
+stalls without closing the connection would otherwise block the caller (a worker's heartbeat or
+outcome) for as long as it stalls.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import logging
+import os
 import select
+import socket
 import threading
+import time
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 from orchestrator import faults
+from orchestrator.config import DEFAULT_PG_DEADLINE_SECONDS
 from orchestrator.errors import ConcurrencyError, ConfigError, LeaseLostError, StorageError, StorageUnavailableError
 from orchestrator.security import sanitize_text, validate_id
 from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
@@ -95,16 +103,111 @@ def _connection_lost(exc: Exception) -> bool:
     return state is None or state.startswith(("08", "57P0"))
 
 
-def connect(url: str, *, autocommit: bool = False) -> Any:
-    """A psycopg connection with durable commits; connection failures become ``StorageError``."""
+class Deadline:
+    """Cuts the connection of a call to PostgreSQL that has not returned within ``seconds``.
+
+    A server or pooler that stalls while its kernel still acknowledges the traffic is not seen by
+    TCP keepalives, and psycopg waits for its answer for ever. One thread per store, started by the
+    first call and gone after a quiet period, sleeps until the earliest deadline and shuts the late
+    call's socket down (``shutdown(SHUT_RDWR)``: the blocked wait wakes at once and psycopg reports
+    the connection lost; a cancel request would need a second connection to the stalled server). The
+    caller then raises ``StorageUnavailableError``. A call pays two dict operations and a clock read
+    (``arm``/``disarm``); ``seconds=None`` turns it off.
+    """
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds or None
+        self._due: dict[Any, float] = {}  # connection -> monotonic deadline; one call at a time per connection
+        self._lock = threading.Lock()  # held while a socket is shut down, and to start the thread
+        self._watching = False
+
+    def arm(self, conn: Any) -> None:
+        if self.seconds is None:
+            return
+        self._due[conn] = time.monotonic() + self.seconds
+        if not self._watching:
+            self._start()
+
+    def disarm(self, conn: Any) -> bool:
+        """False if the deadline passed and the connection was cut (the caller must close it)."""
+        if self.seconds is None or self._due.pop(conn, None) is not None:
+            return True
+        with self._lock:  # the watcher has it: wait until it is done (the fd must not be reused meanwhile)
+            return self._due.pop(conn, None) is not None  # put back: it was not due
+
+    @contextlib.contextmanager
+    def bounded(self, conn: Any) -> Iterator[None]:
+        """The block as one call: a cut closes ``conn`` and raises ``StorageUnavailableError``."""
+        self.arm(conn)
+        try:
+            yield
+        except BaseException:
+            if not self.disarm(conn):
+                conn.close()
+                raise self.error() from None
+            raise
+        if not self.disarm(conn):
+            conn.close()
+            raise self.error()
+
+    def error(self) -> StorageUnavailableError:
+        return StorageUnavailableError(f"PostgreSQL did not answer within {self.seconds:g}s "
+                                       "(ORCH_PG_DEADLINE_SECONDS), so the connection was cut; a write in flight "
+                                       "may or may not have been committed (read it back)")
+
+    def _start(self) -> None:
+        with self._lock:
+            if not self._watching:
+                self._watching = True
+                threading.Thread(target=self._watch, name="orch-pg-deadline", daemon=True).start()
+
+    def _watch(self) -> None:
+        period = self.seconds or 0.0
+        time.sleep(period)  # no call armed when the thread started is due before this
+        while True:
+            now, due = time.monotonic(), self._due.copy()  # one C call: atomic under the GIL
+            if not due:
+                with self._lock:  # quiet: stop, unless a call was armed since (arm writes, then reads _watching)
+                    self._watching = False
+                    if not self._due:
+                        return
+                    self._watching = True
+                continue
+            for conn, at in due.items():
+                if at <= now:
+                    self._cut(conn, now)
+            # a call armed from now on is due a full period from now, later than any armed before it
+            time.sleep(min([at for at in due.values() if at > now] or [now + period]) - now)
+
+    def _cut(self, conn: Any, now: float) -> None:
+        with self._lock:
+            at = self._due.pop(conn, None)
+            if at is None:
+                return  # it returned meanwhile
+            if at > now:  # it returned, and the connection's next call was armed since
+                self._due[conn] = at
+                return
+            log.warning("PostgreSQL did not answer within %gs; cutting the connection", self.seconds,
+                        extra={"deadline_seconds": self.seconds})
+            try:
+                with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except Exception:  # noqa: BLE001 - already closed: nothing left to unblock
+                pass
+
+
+def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = None) -> Any:
+    """A psycopg connection with durable commits; connection failures become ``StorageError``. Its
+    first statements keep ``deadline`` (opening it is bounded by ``connect_timeout``)."""
     psycopg = _driver()
     try:
         params = {**_KEEPALIVES, **psycopg.conninfo.conninfo_to_dict(url)}  # the URL's own settings win
         conn = psycopg.connect(autocommit=autocommit, **params)
-        # A server configured with synchronous_commit=off could lose acknowledged appends.
-        conn.execute("SET synchronous_commit = on")
-        if not autocommit:
-            conn.commit()
+        with deadline.bounded(conn) if deadline is not None else contextlib.nullcontext():
+            # A server configured with synchronous_commit=off could lose acknowledged appends.
+            conn.execute("SET synchronous_commit = on")
+            if not autocommit:
+                conn.commit()
     except psycopg.OperationalError as exc:  # refused, unreachable, restarting: may pass
         raise StorageUnavailableError(sanitize_text(f"cannot connect to PostgreSQL at {url}: {exc}".strip())) from None
     except psycopg.Error as exc:
@@ -127,11 +230,13 @@ class PostgresStore(EventStore):
 
     atomic_aux = True  # ``append(..., aux=...)`` writes the records in the lines' transaction
 
-    def __init__(self, url: str, project: str = "default") -> None:
+    def __init__(self, url: str, project: str = "default",
+                 deadline_seconds: float | None = DEFAULT_PG_DEADLINE_SECONDS) -> None:
         if not is_postgres_url(url):
             raise ConfigError(sanitize_text(f"not a PostgreSQL URL: {url!r} (expected postgresql://...)"))
         self.url = url
         self.project = validate_id(project, "project id")
+        self.deadline = Deadline(deadline_seconds)  # every call's bound; None or 0: none
         self._idle: list[Any] = []
         self._lock = threading.Lock()
         self._checked = False
@@ -146,18 +251,19 @@ class PostgresStore(EventStore):
         if conn is not None and not conn.closed and _went_away(conn):
             conn.close()
         if conn is None or conn.closed:
-            conn = connect(self.url, autocommit=True)
+            conn = connect(self.url, autocommit=True, deadline=self.deadline)
         if not self._checked:
             try:
-                self._check_schema(conn)
+                with self.deadline.bounded(conn):
+                    self._check_schema(conn)
             except BaseException:
                 conn.close()
                 raise
         return conn
 
-    def _give(self, conn: Any) -> None:
+    def _give(self, conn: Any, reusable: bool = True) -> None:
         with self._lock:
-            if not self._closed and not conn.closed and len(self._idle) < _IDLE_CONNECTIONS:
+            if reusable and not self._closed and not conn.closed and len(self._idle) < _IDLE_CONNECTIONS:
                 self._idle.append(conn)
                 return
         conn.close()
@@ -173,16 +279,21 @@ class PostgresStore(EventStore):
 
     def _run(self, fn: Any) -> Any:
         """Run ``fn(conn)`` on a pooled connection (autocommit: one statement is atomic on its own,
-        ``fn`` opens a transaction when it needs more); driver errors become ``StorageError``."""
+        ``fn`` opens a transaction when it needs more), within the store's deadline; driver errors
+        become ``StorageError``."""
         psycopg = _driver()
         conn = self._take()
+        self.deadline.arm(conn)  # inline, not ``bounded``: this is every call's path
         try:
             result = fn(conn)
-        except psycopg.errors.UniqueViolation:
-            # Only reachable if the stream lock was bypassed: the primary key still refuses a fork.
-            self._give(conn)
-            raise ConcurrencyError("another writer appended to this stream first") from None
         except psycopg.Error as exc:
+            if not self.deadline.disarm(conn):
+                conn.close()
+                raise self.deadline.error() from None
+            if isinstance(exc, psycopg.errors.UniqueViolation):
+                # Only reachable if the stream lock was bypassed: the primary key still refuses a fork.
+                self._give(conn)
+                raise ConcurrencyError("another writer appended to this stream first") from None
             if getattr(exc, "sqlstate", None) != FENCED_SQLSTATE:
                 error = _storage_error(exc, conn)
                 conn.close()
@@ -191,9 +302,10 @@ class PostgresStore(EventStore):
             raise LeaseLostError(sanitize_text(f"refused by the database: {exc.diag.message_primary or exc}"),
                                  fenced=True) from None
         except BaseException:
-            self._give(conn)
+            self._give(conn, self.deadline.disarm(conn))
             raise
-        self._give(conn)
+        # a call that returned just as it was cut keeps its result; only its connection is gone
+        self._give(conn, self.deadline.disarm(conn))
         return result
 
     def close(self) -> None:
@@ -318,7 +430,8 @@ class PostgresStore(EventStore):
         psycopg = _driver()
         conn = self._take()
         try:
-            conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+            with self.deadline.bounded(conn):  # the holder's hold is short (an append), unless the server stalls
+                conn.execute("SELECT pg_advisory_lock(%s)", (key,))
         except BaseException as exc:
             error = _storage_error(exc, conn) if isinstance(exc, psycopg.Error) else None
             conn.close()
@@ -329,7 +442,8 @@ class PostgresStore(EventStore):
             yield
         finally:
             try:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                with self.deadline.bounded(conn):
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
                 self._give(conn)
             except Exception:  # the session is gone, and its lock with it
                 conn.close()
@@ -359,6 +473,6 @@ class PostgresStore(EventStore):
         return f"PostgresStore({sanitize_text(self.url)!r}, project={self.project!r})"
 
 
-def open_store(url: str, project: str) -> EventStore:
+def open_store(url: str, project: str, deadline_seconds: float | None = DEFAULT_PG_DEADLINE_SECONDS) -> EventStore:
     """The store a ``--store`` / ``ORCH_STORE_URL`` value names (only PostgreSQL URLs for now)."""
-    return PostgresStore(url, project)
+    return PostgresStore(url, project, deadline_seconds)

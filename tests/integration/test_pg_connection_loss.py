@@ -1,12 +1,20 @@
 """A lost connection to PostgreSQL (a server restart, an administrator, a pooler closing idle
 connections) is something a worker lives through: it never exits for it once it has reached the
-database, and the run in progress is recorded once, by its own worker."""
+database, and the run in progress is recorded once, by its own worker. A server that stalls
+without closing the connection is cut off at the store's deadline and treated the same way."""
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import selectors
+import socket
+import threading
+import time
 import uuid
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -15,7 +23,7 @@ from orchestrator import Orchestrator, faults
 from orchestrator.store.postgres import PostgresStore, connect
 from orchestrator.worker import Worker, WorkerSettings
 
-from backends import TestPostgresStore, require_pg
+from backends import TestPostgresStore, drop_project, require_pg, unique_project
 from helpers import wait_until
 
 pytestmark = pytest.mark.postgres
@@ -106,3 +114,205 @@ def test_a_driver_error_that_says_the_connection_failed_is_storage_unavailable_e
 
     kind = functools.reduce(getattr, error.split("."), psycopg)
     assert isinstance(_storage_error(kind("the driver's message")), StorageUnavailableError) is lost
+
+
+# -- a server that stalls: the connection stays open, nothing comes back ------------------------
+class StallingProxy:
+    """A TCP proxy to the test server that can stop forwarding while keeping every socket open, as a
+    hung server or pooler does whose kernel still acknowledges the traffic (keepalives see nothing).
+
+    ``stall(seconds)`` stops everything (new connections wait in the listen backlog) until
+    ``resume`` or for ``seconds``; ``freeze()`` stops the connections open now for good, while new
+    ones flow (a pooler's stuck backend)."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.target = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.setblocking(False)
+        user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+        self.url = urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{self.listener.getsockname()[1]}"))
+        self._resume_at = 0.0  # monotonic: stalled until then
+        self._peer: dict[socket.socket, socket.socket] = {}
+        self._freeze = threading.Event()
+        self._frozen = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="stalling-proxy", daemon=True)
+        self._thread.start()
+
+    def stall(self, seconds: float = 3600.0) -> None:
+        self._resume_at = time.monotonic() + seconds
+
+    def resume(self) -> None:
+        self._resume_at = 0.0
+
+    def freeze(self) -> None:
+        self._frozen.clear()
+        self._freeze.set()
+        assert self._frozen.wait(5)
+
+    def _loop(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.listener, selectors.EVENT_READ)
+        while not self._stop.is_set():
+            if time.monotonic() < self._resume_at:
+                time.sleep(0.005)
+                continue
+            if self._freeze.is_set():  # the sockets stay open (in _peer), they are just never read again
+                for sock in self._peer:
+                    sel.unregister(sock)
+                self._freeze.clear()
+                self._frozen.set()
+            for key, _ in sel.select(0.02):
+                sock = key.fileobj
+                if sock is self.listener:
+                    with contextlib.suppress(BlockingIOError):
+                        client, _ = self.listener.accept()
+                        server = socket.create_connection(self.target)
+                        self._peer[client], self._peer[server] = server, client
+                        sel.register(client, selectors.EVENT_READ)
+                        sel.register(server, selectors.EVENT_READ)
+                    continue
+                other = self._peer.get(sock)  # type: ignore[call-overload]
+                if other is None:
+                    continue
+                try:
+                    data = sock.recv(65536)  # type: ignore[union-attr]
+                    if data:
+                        other.sendall(data)
+                        continue
+                except OSError:
+                    pass
+                for end in (sock, other):
+                    sel.unregister(end)
+                    self._peer.pop(end, None)  # type: ignore[arg-type]
+                    end.close()
+        sel.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for sock in [*self._peer, self.listener]:
+            sock.close()
+
+
+@pytest.fixture
+def stalling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An orchestrator whose PostgreSQL is reached through a ``StallingProxy``, with a deadline of 0.5 s."""
+    url = require_pg()
+    proxy = StallingProxy(url)
+    project = unique_project()
+    monkeypatch.setenv("ORCH_PG_DEADLINE_SECONDS", str(DEADLINE))
+    orch = Orchestrator(base_path=tmp_path, project_id=project, store_url=proxy.url)
+    orch.proxy = proxy  # type: ignore[attr-defined]
+    yield orch
+    proxy.resume()
+    orch.store.close()
+    proxy.close()
+    drop_project(url, project)
+
+
+DEADLINE = 0.5
+MARGIN = 1.5  # for a loaded, shared machine
+
+
+def test_a_call_to_a_stalled_server_is_cut_at_the_deadline_as_storage_unavailable(stalling) -> None:
+    from orchestrator.errors import StorageUnavailableError
+
+    assert stalling.store.has_jobs() is False  # a connection is now in the pool, the schema checked
+    stalling.proxy.stall(5.0)
+    start = time.monotonic()
+    with pytest.raises(StorageUnavailableError, match=r"did not answer within 0\.5s") as caught:
+        stalling.store.has_jobs()
+    assert DEADLINE <= time.monotonic() - start < DEADLINE + MARGIN
+    assert caught.value.exit_code == 10
+    stalling.proxy.resume()
+    assert stalling.store.has_jobs() is False  # a new connection: the cut one was not put back
+
+
+def test_calls_within_the_deadline_keep_their_connection_and_the_watchdog_stops_when_quiet(stalling) -> None:
+    def backend(conn):
+        return conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+    first = stalling.store._run(backend)  # noqa: SLF001
+    watchdog = stalling.store.deadline
+    assert watchdog._watching  # noqa: SLF001 - armed for every call
+    stalling.store._run(lambda conn: conn.execute("SELECT pg_sleep(%s)", (DEADLINE * 0.6,)))  # noqa: SLF001
+    for _ in range(50):
+        assert stalling.store.has_jobs() is False
+    assert stalling.store._run(backend) == first  # noqa: SLF001 - never cut, never replaced
+    wait_until(lambda: not watchdog._watching, timeout=5 * DEADLINE, what="the idle watchdog to stop")  # noqa: SLF001
+    assert stalling.store._run(backend) == first  # noqa: SLF001 - and it starts again with the next call
+
+
+def test_a_worker_enforces_the_job_timeout_while_the_server_stalls_and_records_the_run_once_it_is_back(
+        stalling, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = stalling.submit("t.sleep", 30, timeout=1.0, max_attempts=1)
+    worker = Worker(stalling, WorkerSettings(worker_id="w1", lease_seconds=1.5, handler_process="per-run"),
+                    rng=random.Random(7))
+    killed: list[float] = []
+    kill = Worker._kill  # noqa: SLF001
+    monkeypatch.setattr(Worker, "_kill", staticmethod(lambda child: (killed.append(time.monotonic()), kill(child))))
+    claim = worker.claim()
+    assert claim is not None
+    start = time.monotonic()
+    stalling.proxy.stall(STALL)  # from the first heartbeat (0.5 s) until well after the job's timeout (1 s)
+    result = worker.execute(claim)
+    # the heartbeat was cut at its deadline, so the timeout was enforced during the stall, not after it
+    assert killed and killed[0] - start < 1.0 + DEADLINE + MARGIN < STALL
+    assert time.monotonic() - start >= STALL  # the outcome waited for the server, then was written
+    assert (result.outcome, result.error_code) == ("failed", "NO_TERMINAL_SIGNAL_TIMEOUT")
+    types = [json.loads(s.raw)["type"] for s in stalling.store.read(job)]
+    assert types == ["job_submitted", "job_claimed", "job_timeout"]
+    worker.close()
+
+
+STALL = 4.5
+
+
+def test_a_worker_whose_connections_freeze_for_good_opens_new_ones_and_records_the_outcome_once(stalling) -> None:
+    """A pooler's stuck backend: the connections open now never answer again, new ones do."""
+    job = stalling.submit("t.sleep", 1.2)
+    worker = Worker(stalling, WorkerSettings(worker_id="w1", lease_seconds=1.5, handler_process="per-run"),
+                    rng=random.Random(7))
+    claim = worker.claim()
+    assert claim is not None
+    stalling.proxy.freeze()
+    results: list[Any] = []
+
+    def execute() -> None:
+        try:
+            results.append(worker.execute(claim))
+        except BaseException as exc:  # noqa: BLE001 - reported below, not as a thread's crash
+            results.append(exc)
+
+    run = threading.Thread(target=execute, daemon=True)
+    run.start()
+    run.join(30)
+    if run.is_alive():  # blocked for good: let it give up, so it does not outlive the test
+        worker.stop()
+        stalling.proxy.close()
+        run.join(30)
+        pytest.fail("the worker blocked on a frozen connection")
+    assert results[0].outcome == "succeeded"
+    types = [json.loads(s.raw)["type"] for s in stalling.store.read(job)]
+    assert types == ["job_submitted", "job_claimed", "job_succeeded"]
+    worker.close()
+
+
+@pytest.mark.parametrize("value, seconds", [("", 10.0), ("2.5", 2.5), ("0", None)])
+def test_the_deadline_is_ten_seconds_unless_orch_pg_deadline_seconds_says_otherwise(value, seconds) -> None:
+    from orchestrator.config import Settings
+    from orchestrator.store.postgres import PostgresStore as Store
+
+    settings = Settings.load(env={"ORCH_PG_DEADLINE_SECONDS": value})
+    assert Store("postgresql://localhost/x", deadline_seconds=settings.pg_deadline_seconds).deadline.seconds == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan", "inf"])
+def test_a_deadline_that_is_not_a_number_of_seconds_is_a_config_error(value) -> None:
+    from orchestrator.config import Settings
+    from orchestrator.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ORCH_PG_DEADLINE_SECONDS"):
+        Settings.load(env={"ORCH_PG_DEADLINE_SECONDS": value})
