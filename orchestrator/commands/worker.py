@@ -77,7 +77,9 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     killed and handed back to the queue).
 
     With --json it prints JSON Lines, one JSON object per line: one per job it ran (one in all with
-    --once), and an error object last if it stops on an error.
+    --once), and last, without --once, {"event": "worker_stopped", ...} when it stops (jobs run,
+    and the queued jobs of kinds it has no handler for, by kind), or an error object if it stops
+    on an error.
 
     Exit codes: 0 ran a job (--once) or stopped normally, 75 nothing was runnable (--once),
     11 ran nothing but left queued jobs of a kind this worker has no handler for (--once; the
@@ -117,8 +119,12 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
             return EXIT_RAN
         out.progress(f"worker {w.worker_id} started")
         done = w.run(max_jobs=max_jobs, idle_exit=idle_exit, on_result=report)
-    if not out.as_json:
-        left = w.handler_not_found()  # what its last pass left queued: a looping worker only warned of it
-        click.echo(sanitize_text(f"worker {w.worker_id} stopped after {done} job(s)"
-                                 + (f"; {left.message}" if left else "")), err=True)
+    left = w.handler_not_found()  # what its last pass left queued: a looping worker only warned of it
+    message = f"worker {w.worker_id} stopped after {done} job(s)" + (f"; {left.message}" if left else "")
+    if out.as_json:  # the last JSON line, told from a run's line ("job_id") and an error's ("error") by "event"
+        no_handler = {key: left.details[key] for key in ("jobs", "kinds")} if left else {"jobs": 0, "kinds": {}}
+        out.emit({"event": "worker_stopped", "worker_id": w.worker_id, "jobs_run": done, "no_handler": no_handler,
+                  "message": message}, message)
+    else:
+        click.echo(sanitize_text(message), err=True)
     return EXIT_RAN
