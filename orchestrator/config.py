@@ -39,6 +39,7 @@ DEFAULT_HANDLER_MAX_RUNS = 1000  # ORCH_HANDLER_MAX_RUNS
 # ORCH_PG_DEADLINE_SECONDS: a call to PostgreSQL that has not returned by then has its connection cut
 # (a stalled server; docs/postgres.md): a third of the default lease, ~1000x an ordinary call. 0: none.
 DEFAULT_PG_DEADLINE_SECONDS = 10.0
+DEFAULT_STORE_WAIT_SECONDS = 30.0  # ORCH_STORE_WAIT_SECONDS: worker --once, a store lost in recovery or the claim
 
 
 @dataclass(frozen=True)

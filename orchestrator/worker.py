@@ -38,7 +38,8 @@ from orchestrator.api import JobView, Orchestrator
 from orchestrator.artifacts import recorded_names
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
                                  DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
-                                 HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS)
+                                 DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS,
+                                 MIN_LEASE_SECONDS)
 from orchestrator.errors import (ConcurrencyError, HandlerNotFoundError, InvalidIdError, InvalidInputError,
                                  JobNotFoundError, LeaseLostError, MalformedPayloadError, PathEscapeError,
                                  SigningKeyError, StorageUnavailableError)
@@ -93,6 +94,7 @@ class WorkerSettings:
     artifacts_import: bool = False  # ORCH_ARTIFACTS_IMPORT: copy artifacts named by input "artifacts_from"
     handler_process: str = DEFAULT_HANDLER_PROCESS  # "reused" (one HandlerHost) or "per-run" (a fork per run)
     handler_max_runs: int = DEFAULT_HANDLER_MAX_RUNS  # runs one reused handler process serves, then a new one
+    store_wait_seconds: float = DEFAULT_STORE_WAIT_SECONDS  # run_once: a store lost in recovery or claim, retried
 
     def __post_init__(self) -> None:
         if self.handler_process not in HANDLER_PROCESS_MODES:
@@ -105,7 +107,8 @@ class WorkerSettings:
         for name, least, most in (("lease_seconds", MIN_LEASE_SECONDS, MAX_LEASE_SECONDS),
                                   ("stop_grace_seconds", 0.0, MAX_DURATION_SECONDS),
                                   ("retry_base_seconds", 0.0, MAX_DURATION_SECONDS),
-                                  ("retry_max_seconds", 0.0, MAX_DURATION_SECONDS)):
+                                  ("retry_max_seconds", 0.0, MAX_DURATION_SECONDS),
+                                  ("store_wait_seconds", 0.0, MAX_DURATION_SECONDS)):
             value = getattr(self, name)
             if not least <= value <= most:
                 raise InvalidInputError(f"{name} must be a number of seconds from {least:g} to {most:.0f}, "
@@ -182,6 +185,7 @@ class Worker:
         self._artifacts_root: str | None = None  # ``artifacts_dir``: the folder's path,
         self._artifacts_root_id: tuple[int, int] | None = None  # ...and the (device, inode) last checked in full
         self._next_sweep = 0.0  # time.monotonic() of the next sweep of leftovers (the first recovery does one)
+        self._reached = False  # run_once reached the store once: losing it from then on is waited out (a while)
         check_folders(orch.settings.state_dir, WORKER_FOLDERS)  # a link: PATH_ESCAPE before any job is claimed
         import_modules(self.settings.imports)
 
@@ -518,11 +522,47 @@ class Worker:
 
     # -- running ----------------------------------------------------------------------------------
     def run_once(self, now: float | None = None) -> RunResult | None:
-        """Recover stale jobs, then claim and run at most one job; None if nothing was runnable."""
-        now = self.orch.clock() if now is None else now
-        self.recover_stale(now)
-        claim = self.claim(now)
+        """Recover stale jobs, then claim and run at most one job; None if nothing was runnable.
+
+        A store lost during the recovery or the claim (a PostgreSQL restart) is tried again, as the loop
+        does, for up to ``store_wait_seconds``; then, or on a stop request, its error is raised, saying so.
+        A store this worker never reached (its first call here: a wrong URL) is raised at once, as by ``run``.
+        The run itself is never tried again: its heartbeat and outcome wait for the store on their own."""
+        claim = self._recover_and_claim(now)
         return self.execute(claim) if claim else None
+
+    def _recover_and_claim(self, now: float | None) -> Claim | None:
+        wait = self.settings.store_wait_seconds
+        if wait and not self._reached:
+            self.orch.store.has_jobs()  # a store that cannot be reached now is a setting to fix: raised (one call)
+            self._reached = True
+        give_up_at, pause, lost = time.monotonic() + wait, STORE_RETRY_FIRST_SECONDS, False
+        while True:
+            at = self.orch.clock() if now is None else now
+            try:
+                self.recover_stale(at)
+                claim = self.claim(at)
+            except StorageUnavailableError as exc:
+                if not wait:
+                    raise
+                lost, left = True, give_up_at - time.monotonic()
+                if left > 0 and not self.stopping:
+                    self._wait_for_store(exc, min(pause, left))
+                    pause = min(pause * 2, STORE_RETRY_MAX_SECONDS)
+                    if not self.stopping:
+                        continue
+                why = ("a stop was requested while waiting for it" if self.stopping else
+                       f"still out of reach after {wait:g}s of retries (store_wait_seconds, ORCH_STORE_WAIT_SECONDS)")
+                raise StorageUnavailableError(f"{exc.message}; {why} during stale recovery or the claim: "
+                                              "no job was run", **exc.details) from None
+            # After a loss, a job due before the wait is over is waited for, as the loop would: on PostgreSQL the
+            # candidate whose claim the loss interrupted stays reserved (skipped) for a moment (pg_queue.candidates).
+            due = self.next_due
+            if claim is None and lost and now is None and due is not None and due - at < give_up_at - time.monotonic():
+                self._pause(max(0.0, due - at))
+                if not self.stopping:
+                    continue
+            return claim
 
     def execute(self, claim: Claim) -> RunResult:
         """Run a claimed job's handler under its lease and timeout, then record the outcome."""
@@ -788,19 +828,23 @@ class Worker:
         if not (giving_up and self.stopping):
             log.warning("the store cannot be reached (%s); trying again in %.1fs", one_line(exc.message), pause,
                         extra={"code": exc.code})
-            try:
-                self._in_wait = True
-                if not self.stopping:
-                    threading.Event().wait(pause)
-            except WorkerStop:
-                pass
-            finally:
-                self._in_wait = False
+            self._pause(pause)
         if giving_up and self.stopping:
             log.warning("stopping with the store out of reach: the outcome of the run in progress is not recorded; "
                         "the job is recovered when its lease expires")
             raise exc
         return min(pause * 2, STORE_RETRY_MAX_SECONDS)
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, unless a stop was requested; a stop signal ends the sleep."""
+        try:
+            self._in_wait = True
+            if not self.stopping:
+                threading.Event().wait(seconds)
+        except WorkerStop:
+            pass
+        finally:
+            self._in_wait = False
 
     def _remember(self, view: JobView) -> None:
         """Keep the view of a job this worker left unfinished: a resume, a revise or a retry brings it

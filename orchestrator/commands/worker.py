@@ -9,7 +9,8 @@ import click
 from orchestrator.cli import CONTEXT, FiniteFloatRange, Output, cli, project_command, seconds
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
                                  DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
-                                 HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS)
+                                 DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS,
+                                 MIN_LEASE_SECONDS)
 from orchestrator.errors import HandlerNotFoundError
 from orchestrator.security import sanitize_text
 
@@ -59,10 +60,16 @@ def _env_list(value: str | None) -> tuple[str, ...]:
 @click.option("--handler-max-runs", type=click.IntRange(min=1), default=DEFAULT_HANDLER_MAX_RUNS, show_default=True,
               envvar="ORCH_HANDLER_MAX_RUNS", show_envvar=True,
               help="Runs one reused handler process serves before a new one replaces it.")
+@click.option("--store-wait-seconds", type=seconds(), default=DEFAULT_STORE_WAIT_SECONDS, show_default=True,
+              envvar="ORCH_STORE_WAIT_SECONDS", show_envvar=True,
+              help="With --once: how long a store lost during stale recovery or the claim (a PostgreSQL restart) is "
+                   "tried again before exiting 10; 0: exit at once. A store out of reach at the first call exits 10 "
+                   "at once; a looping worker waits for a lost store as long as it takes.")
 @project_command
 def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: bool, lease_seconds: float,
            worker_id: str | None, imports: tuple[str, ...], stop_grace_seconds: float, retry_base_seconds: float,
-           retry_max_seconds: float, artifacts_import: bool, handler_process: str, handler_max_runs: int) -> int:
+           retry_max_seconds: float, artifacts_import: bool, handler_process: str, handler_max_runs: int,
+           store_wait_seconds: float) -> int:
     """Run jobs: recover stale runs, claim by priority then FIFO, run the handler, record the outcome.
 
     Without --once it loops, waking as soon as a job is submitted; SIGTERM/SIGINT stop it
@@ -70,14 +77,18 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     killed and handed back to the queue).
 
     With --json it prints JSON Lines, one JSON object per line: one per job it ran (one in all with
-    --once), and an error object last if it stops on an error.
+    --once), and last, without --once, {"event": "worker_stopped", ...} when it stops (jobs run,
+    and the queued jobs of kinds it has no handler for, by kind), or an error object if it stops
+    on an error.
 
     Exit codes: 0 ran a job (--once) or stopped normally, 75 nothing was runnable (--once),
     11 ran nothing but left queued jobs of a kind this worker has no handler for (--once; the
     error names the kinds, how many jobs, and why), 2 unknown option, choice or out-of-range
     value, 3 bad setting value, a handler module that cannot be imported, or a folder of the store
     that is a symbolic link (PATH_ESCAPE), 8 no usable signing key, 10 the store refused a write or
-    could not be reached (a looping worker that reached it once waits for it instead).
+    could not be reached (a looping worker that reached it once waits for it instead; --once
+    retries a store lost during stale recovery or the claim for --store-wait-seconds, and waits
+    for its run's outcome as long as it takes).
     """
     from orchestrator.worker import Worker, WorkerSettings
 
@@ -85,7 +96,7 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     settings = WorkerSettings(worker_id=worker_id, lease_seconds=lease_seconds, stop_grace_seconds=stop_grace_seconds,
                               retry_base_seconds=retry_base_seconds, retry_max_seconds=retry_max_seconds,
                               imports=modules, artifacts_import=artifacts_import, handler_process=handler_process,
-                              handler_max_runs=handler_max_runs)
+                              handler_max_runs=handler_max_runs, store_wait_seconds=store_wait_seconds)
     w = Worker(orch, settings)
 
     def report(result: Any) -> None:
@@ -108,8 +119,12 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
             return EXIT_RAN
         out.progress(f"worker {w.worker_id} started")
         done = w.run(max_jobs=max_jobs, idle_exit=idle_exit, on_result=report)
-    if not out.as_json:
-        left = w.handler_not_found()  # what its last pass left queued: a looping worker only warned of it
-        click.echo(sanitize_text(f"worker {w.worker_id} stopped after {done} job(s)"
-                                 + (f"; {left.message}" if left else "")), err=True)
+    left = w.handler_not_found()  # what its last pass left queued: a looping worker only warned of it
+    message = f"worker {w.worker_id} stopped after {done} job(s)" + (f"; {left.message}" if left else "")
+    if out.as_json:  # the last JSON line, told from a run's line ("job_id") and an error's ("error") by "event"
+        no_handler = {key: left.details[key] for key in ("jobs", "kinds")} if left else {"jobs": 0, "kinds": {}}
+        out.emit({"event": "worker_stopped", "worker_id": w.worker_id, "jobs_run": done, "no_handler": no_handler,
+                  "message": message}, message)
+    else:
+        click.echo(sanitize_text(message), err=True)
     return EXIT_RAN

@@ -82,5 +82,7 @@ def test_worker_json_in_a_loop_is_json_lines_one_object_per_job(cli_env: dict[st
                                        "--max-attempts", "1", "--json", env=cli_env, check=True).stdout)["job_id"]
                  for _ in range(2)}
     proc = run_script("worker", "--idle-exit", "--json", env=cli_env, check=True)
-    lines = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert {line["job_id"] for line in lines} == submitted and len(lines) == 2 and all("outcome" in x for x in lines)
+    *runs, stopped = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert {line["job_id"] for line in runs} == submitted and len(runs) == 2 and all("outcome" in x for x in runs)
+    assert stopped["event"] == "worker_stopped" and stopped["jobs_run"] == 2
+    assert stopped["no_handler"] == {"jobs": 0, "kinds": {}}

@@ -131,6 +131,22 @@ def test_a_looping_worker_warns_once_per_kind_it_has_no_handler_for_and_counts_t
     assert "stopped after 0 job(s); 2 queued job(s) left for a worker with a handler for their kind" in err
 
 
+def test_a_looping_worker_with_json_ends_with_a_stop_line_naming_the_kinds_it_left(env, orch) -> None:
+    left = [orch.submit(kind, {}) for kind in ("nosuchhandler", "nosuchhandler", "nosuchmod:fn")]
+    job = orch.submit("t.echo", "x")
+    code, out, _err = finish(start_worker(env, "--idle-exit", "--json", "--worker-id", "w-json"))
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]  # JSON Lines: every line is one object
+    assert [line.get("job_id") for line in lines[:-1]] == [job] and lines[0]["outcome"] == "succeeded"
+    stopped = lines[-1]
+    assert stopped["event"] == "worker_stopped" and stopped["worker_id"] == "w-json" and stopped["jobs_run"] == 1
+    assert stopped["no_handler"]["jobs"] == 3
+    assert {k: v["jobs"] for k, v in stopped["no_handler"]["kinds"].items()} == {"nosuchhandler": 2, "nosuchmod:fn": 1}
+    assert "no handler is registered" in stopped["no_handler"]["kinds"]["nosuchhandler"]["reason"]
+    assert stopped["message"].startswith("worker w-json stopped after 1 job(s); 3 queued job(s) left for a worker")
+    assert [state(orch, j) for j in left] == ["queued"] * 3
+
+
 def test_submit_refuses_a_command_job_that_can_never_start(env, orch) -> None:
     proc = run_script("submit", "--kind", "command", "--input", "{}", "--json", env=env)
     assert proc.returncode == 3 and json.loads(proc.stdout)["error"] == "INVALID_INPUT"
@@ -141,7 +157,7 @@ def test_worker_help_shows_an_env_var_for_every_option(env) -> None:
     text = run_script("worker", "-h", env=env).stdout
     for var in ("ORCH_WORKER_ONCE", "ORCH_MAX_JOBS", "ORCH_IDLE_EXIT", "ORCH_LEASE_SECONDS", "ORCH_WORKER_ID",
                 "ORCH_HANDLERS", "ORCH_STOP_GRACE_SECONDS", "ORCH_RETRY_BASE_SECONDS", "ORCH_ARTIFACTS_IMPORT",
-                "ORCH_HANDLER_PROCESS", "ORCH_HANDLER_MAX_RUNS"):
+                "ORCH_HANDLER_PROCESS", "ORCH_HANDLER_MAX_RUNS", "ORCH_STORE_WAIT_SECONDS"):
         assert var in text
 
 

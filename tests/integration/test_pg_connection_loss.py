@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import selectors
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -24,7 +27,7 @@ from orchestrator.store.postgres import PostgresStore, connect
 from orchestrator.worker import Worker, WorkerSettings
 
 from backends import TestPostgresStore, drop_project, require_pg, unique_project
-from helpers import wait_until
+from helpers import REPO, wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -71,6 +74,144 @@ def test_a_connection_cut_while_the_outcome_commits_is_retried_and_the_job_succe
     assert result.outcome == "succeeded"
     types = [json.loads(s.raw)["type"] for s in orch.store.read(job)]
     assert types == ["job_submitted", "job_claimed", "job_succeeded"]
+
+
+def test_once_waits_out_a_connection_cut_while_its_claim_commits_and_runs_the_job(named_store, tmp_path: Path) -> None:
+    orch = Orchestrator(base_path=tmp_path, project_id=named_store.project, store=named_store)
+    job = orch.submit("t.echo", {"x": 1})
+    worker = Worker(orch, WorkerSettings(worker_id="w1", handler_process="per-run"), rng=random.Random(7))
+    faults.arm("pg.append.before_commit", named_store.cut)  # the claim's transaction loses its connection
+    result = worker.run_once()
+    assert result is not None and result.outcome == "succeeded"
+    types = [json.loads(s.raw)["type"] for s in orch.store.read(job)]
+    assert types == ["job_submitted", "job_claimed", "job_succeeded"]
+
+
+def test_once_waits_out_a_connection_cut_while_it_recovers_a_stale_job(named_store, tmp_path: Path) -> None:
+    import time
+
+    ahead = [0.0]  # how far this test's clock runs ahead of the real one
+    orch = Orchestrator(base_path=tmp_path, project_id=named_store.project, store=named_store,
+                        clock=lambda: time.time() + ahead[0])
+    job = orch.submit("t.echo", {"x": 1})
+    dead = Worker(orch, WorkerSettings(worker_id="dead", lease_seconds=1))
+    assert dead.claim() is not None  # and never runs it: its lease expires
+    ahead[0] = 60.0
+    worker = Worker(orch, WorkerSettings(worker_id="w1", handler_process="per-run", retry_base_seconds=0),
+                    rng=random.Random(7))
+    faults.arm("pg.append.before_commit", named_store.cut)  # the stale_recovered transaction loses its connection
+    result = worker.run_once()
+    assert result is not None and result.outcome == "succeeded"
+    types = [json.loads(s.raw)["type"] for s in orch.store.read(job)]
+    assert types == ["job_submitted", "job_claimed", "stale_recovered", "job_claimed", "job_succeeded"]
+
+
+def test_once_gives_up_on_a_server_that_stays_away_past_store_wait_seconds(
+        named_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from orchestrator.errors import StorageUnavailableError
+    from orchestrator.store import postgres
+
+    orch = Orchestrator(base_path=tmp_path, project_id=named_store.project, store=named_store)
+    job = orch.submit("t.echo", {"x": 1})
+    worker = Worker(orch, WorkerSettings(worker_id="w1", store_wait_seconds=0.5))
+
+    def refused(*_a, **_k):
+        raise StorageUnavailableError("cannot connect to PostgreSQL: Connection refused")
+
+    def server_down() -> None:
+        named_store.cut()
+        monkeypatch.setattr(postgres, "connect", refused)
+
+    faults.arm("pg.append.before_commit", server_down)
+    started = time.monotonic()
+    try:
+        with pytest.raises(StorageUnavailableError) as caught:
+            worker.run_once()
+        waited = time.monotonic() - started
+    finally:
+        monkeypatch.undo()  # the server is back (the fixture's clean-up connects)
+    assert 0.5 <= waited < 5.0
+    assert "still out of reach after 0.5s of retries" in caught.value.message
+    assert orch.status(job).state == "queued"  # the claim was never committed
+
+
+def test_once_that_cannot_reach_the_server_at_its_first_call_raises_at_once(tmp_path: Path) -> None:
+    """A wrong URL is a setting to fix: no retries, whatever ``store_wait_seconds`` says."""
+    import time
+
+    from orchestrator.errors import StorageUnavailableError
+
+    require_pg()
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/test?connect_timeout=2", "nowhere")
+    orch = Orchestrator(base_path=tmp_path, project_id="nowhere", store=store)
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailableError, match="cannot connect to PostgreSQL"):
+        Worker(orch, WorkerSettings(worker_id="w1", store_wait_seconds=30)).run_once()
+    assert time.monotonic() - started < 5.0
+    store.close()
+
+
+# ``scripts/worker.py`` as a process whose claim loses its connection: the server is cut mid-transaction
+# (pg_terminate_backend, as a restart would), then comes back at once or refuses connections from then on.
+CUT_THEN_RUN = r"""
+import sys, time
+from orchestrator import faults
+from orchestrator.errors import StorageUnavailableError
+from orchestrator.store import postgres
+
+admin_url, name, mode = sys.argv[1:4]
+GONE = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+
+
+def cut():
+    admin = postgres.connect(admin_url, autocommit=True)
+    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (name,))
+    while admin.execute(GONE, (name,)).fetchone()[0]:
+        time.sleep(0.01)
+    admin.close()
+    if mode == "stays-down":
+        def refused(*_a, **_k):
+            raise StorageUnavailableError("cannot connect to PostgreSQL: Connection refused")
+        postgres.connect = refused
+
+
+faults.arm("pg.append.before_commit", cut)
+from orchestrator.cli import main
+main(sys.argv[4:])
+"""
+
+
+@pytest.mark.parametrize("mode", ["comes-back", "stays-down"])
+def test_worker_once_waits_out_a_connection_lost_in_its_claim_for_store_wait_seconds_then_exits_10(
+        mode: str, base: Path, cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.signing import new_seed
+
+    seed = new_seed()
+    monkeypatch.setenv("ORCH_SIGNING_KEY", seed)
+    home = TestPostgresStore()
+    try:
+        orch = Orchestrator(base_path=base, project_id=home.project, store=home)
+        job = orch.submit("t.echo", {"x": 1})
+        name = f"orch-test-{uuid.uuid4().hex[:10]}"
+        env = {**cli_env, "ORCH_SIGNING_KEY": seed, "ORCH_STORE_URL": f"{require_pg()}?application_name={name}",
+               "PROJECT_ID": home.project, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}",
+               "ORCH_HANDLERS": "worker_handlers", "ORCH_STORE_WAIT_SECONDS": "5" if mode == "comes-back" else "1"}
+        proc = subprocess.run([sys.executable, "-c", CUT_THEN_RUN, require_pg(), name, mode, "worker", "--once",
+                               "--json"], env=env, capture_output=True, text=True, timeout=60, cwd=str(REPO))
+        if mode == "comes-back":
+            assert proc.returncode == 0, proc.stderr
+            assert json.loads(proc.stdout)["outcome"] == "succeeded" and orch.status(job).state == "succeeded"
+        else:
+            assert proc.returncode == 10, proc.stderr
+            error = json.loads(proc.stdout)
+            assert error["error"] == "STORAGE_ERROR" and "Traceback" not in proc.stderr
+            assert "still out of reach after 1s of retries" in error["message"], error
+            assert "no job was run" in error["message"] and orch.status(job).state == "queued"
+        assert "the store cannot be reached" in proc.stderr  # the retries are not silent
+    finally:
+        home.close()
 
 
 def test_a_listen_connection_that_cannot_be_reopened_is_a_wake_up_not_a_worker_exit(

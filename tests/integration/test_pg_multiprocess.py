@@ -127,7 +127,9 @@ def test_worker_processes_on_one_database_run_each_job_exactly_once(shared, tmp_
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
-        ran += [json.loads(line)["job_id"] for line in out.splitlines() if line.startswith("{")]
+        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        assert lines[-1]["event"] == "worker_stopped"
+        ran += [line["job_id"] for line in lines[:-1]]
     assert sorted(ran) == sorted(jobs), "each job ran once, in exactly one process"
     for job_id in jobs:
         assert [e.type for e in orch.load(job_id).events] == ["job_submitted", "job_claimed", "job_succeeded"]

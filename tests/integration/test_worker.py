@@ -1014,6 +1014,85 @@ def test_a_worker_whose_first_pass_loses_the_store_it_reached_waits_for_it(orch,
     assert worker.run(max_jobs=1) == 1 and orch.status(job).state == "succeeded"
 
 
+def test_once_waits_out_a_store_lost_during_its_claim_and_runs_the_job(orch, monkeypatch) -> None:
+    job = orch.submit("t.echo", {"x": 1})
+    worker = make_worker(orch)
+    _claims_failing_at(worker, {1, 2}, monkeypatch)  # a server restart between the recovery and the claim
+    result = worker.run_once()
+    assert result is not None and result.outcome == "succeeded" and orch.status(job).state == "succeeded"
+
+
+def test_once_waits_out_a_store_lost_during_stale_recovery(orch, monkeypatch) -> None:
+    job = orch.submit("t.echo", {"x": 1})
+    worker = make_worker(orch)
+    real_recover, calls = worker.recover_stale, []
+
+    def recover_stale(now=None):
+        calls.append(now)
+        if len(calls) == 1:
+            _unreachable()
+        return real_recover(now)
+
+    monkeypatch.setattr(worker, "recover_stale", recover_stale)
+    result = worker.run_once()
+    assert len(calls) == 2 and result is not None and orch.status(job).state == "succeeded"
+
+
+def test_once_gives_up_on_a_store_lost_for_longer_than_store_wait_seconds_and_says_so(orch, monkeypatch) -> None:
+    import time
+
+    from orchestrator.errors import StorageUnavailableError
+
+    job = orch.submit("t.echo", {"x": 1})
+    worker = make_worker(orch, store_wait_seconds=0.5)
+    _claims_failing_at(worker, set(range(1, 100)), monkeypatch)
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailableError) as caught:
+        worker.run_once()
+    assert 0.5 <= time.monotonic() - started < 5.0
+    assert "the connection was lost; still out of reach after 0.5s of retries" in caught.value.message
+    assert "no job was run" in caught.value.message and orch.status(job).state == "queued"
+
+
+def test_once_with_store_wait_seconds_0_raises_the_first_loss(orch, monkeypatch) -> None:
+    from orchestrator.errors import StorageUnavailableError
+
+    orch.submit("t.echo", {"x": 1})
+    worker = make_worker(orch, store_wait_seconds=0)
+    _claims_failing_at(worker, {1}, monkeypatch)
+    with pytest.raises(StorageUnavailableError, match="^the connection was lost$"):
+        worker.run_once()
+
+
+def test_once_stopped_while_it_waits_for_the_store_raises_without_claiming(orch, monkeypatch) -> None:
+    from orchestrator.errors import StorageUnavailableError
+
+    job = orch.submit("t.echo", {"x": 1})
+    worker = make_worker(orch, store_wait_seconds=30)
+    real_claim = worker.claim
+
+    def claim(now=None):
+        worker.stop()  # SIGTERM as the store goes away
+        monkeypatch.setattr(worker, "claim", real_claim)
+        _unreachable()
+
+    monkeypatch.setattr(worker, "claim", claim)
+    with pytest.raises(StorageUnavailableError, match="a stop was requested while waiting for it"):
+        worker.run_once()
+    assert orch.status(job).state == "queued"
+
+
+def test_once_that_never_reached_its_store_raises_at_once(orch, monkeypatch) -> None:
+    from orchestrator.errors import StorageUnavailableError
+
+    job = orch.submit("t.echo", {"x": 1})
+    worker = make_worker(orch)  # store_wait_seconds: 30 by default
+    monkeypatch.setattr(orch.store, "has_jobs", _unreachable)  # its first call, before anything else
+    with pytest.raises(StorageUnavailableError, match="^the connection was lost$"):
+        worker.run_once()
+    assert orch.status(job).state == "queued"
+
+
 def test_a_heartbeat_that_cannot_reach_the_store_lets_the_run_go_on(orch, monkeypatch) -> None:
     job = orch.submit("t.lease", {"sleep": 0.5})
     worker = make_worker(orch, lease_seconds=0.15)
