@@ -3,19 +3,32 @@
 A bundle is a stream of lines, written and read one stream at a time (never the whole
 project in memory)::
 
-    {"format": "jsonl-orchestrator/export/v1", "project_id": ..., "created_at": ...}
-    {"stream": "<job id or @audit>", "lines": N, "head": "<base64 head record>" | null}
+    {"format": "jsonl-orchestrator/export/v2", "project_id": ..., "created_at": ...}
+    {"stream": "@audit", "lines": N, "head": "<base64 of audit-head/audit>" | null}
+    <the audit log's N lines, byte for byte as stored>
+    {"stream": "<job id>", "lines": N, "head": "<base64 of heads/<job id>>" | null}
     <the stream's N lines, byte for byte as stored>
     ...
     {"end": true, "streams": S, "events": E}
 
 Lines are copied, never re-encoded or re-signed, so every signature and chain link verifies
-on the other side, and an anchor exported before the move still checks after it. Both ends
-verify each stream before writing it: a damaged history is refused (``IntegrityError``)
-unless the export is told to carry it as evidence (``allow_damaged``), and the import
-refuses it anyway. An import that stops half way is resumed by running it again: a stream
-already holding a prefix of the bundle's lines gets the rest; one holding anything else is a
-conflict.
+on the other side, and an anchor exported before the move still checks after it. Every
+stream, the audit log too, carries its signed head record, so a stream cut at a line
+boundary (in the source, or in the bundle) is caught like ``verify`` catches it. Both ends
+verify each stream, with its head record, before writing it: a damaged history is refused
+(``IntegrityError``) unless the export is told to carry it as evidence (``allow_damaged``),
+and the import refuses it anyway. A malformed bundle (a header field of the wrong type, a
+head that is not base64) is ``InvalidInputError`` naming the bundle's line, before anything
+of that stream is written.
+
+An import that stops half way is resumed by running it again: a stream already holding a
+prefix of the bundle's lines gets the rest; one holding all of them, and possibly more
+written since, is complete and left as it is; one holding anything else is a conflict. The
+audit log comes first (format v2) so that it is whole before any job lands: a command run
+on the half-imported project that heals a job's audit entries (``metrics``, a control
+action, ``audit heal``) finds them there, or writes entries *after* the bundle's, which a
+second run accepts (docs/decisions.md, 2026-12-01). Bundles of format v1 (the audit log
+last, with no head record) are still imported.
 """
 from __future__ import annotations
 
@@ -25,12 +38,15 @@ from typing import IO, Any, Callable, Iterator
 
 from orchestrator import clock, faults
 from orchestrator.api import HEADS_AREA, Orchestrator
-from orchestrator.errors import ImportConflictError, IntegrityError, InvalidInputError, PathEscapeError
+from orchestrator.audit import AUDIT_HEAD
+from orchestrator.errors import ImportConflictError, IntegrityError, InvalidIdError, InvalidInputError, PathEscapeError
 from orchestrator.history import PATH_ESCAPE, Problem, VerifiedStream, check_head_record, verify_stream
-from orchestrator.security import validate_id
+from orchestrator.security import is_id, shown, validate_id
 from orchestrator.store.base import AUDIT_STREAM, StoredLine
 
-BUNDLE_FORMAT = "jsonl-orchestrator/export/v1"
+BUNDLE_FORMAT = "jsonl-orchestrator/export/v2"
+# still imported: v1 put the audit log last and carried no head record of it
+OLDER_FORMATS = frozenset({"jsonl-orchestrator/export/v1"})
 CHUNK = 1000  # lines per append on import: each chunk is one atomic, durable append
 PROGRESS_EVERY = 1000  # streams
 
@@ -41,14 +57,20 @@ def _header(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode() + b"\n"
 
 
+def _head_key(stream: str) -> tuple[str, str]:
+    """Where a stream's signed head record lives: ``audit-head/audit`` or ``heads/<job_id>``."""
+    return AUDIT_HEAD if stream == AUDIT_STREAM else (HEADS_AREA, stream)
+
+
 def _problems(orch: Orchestrator, stream: str, lines: list[StoredLine], head: bytes | None,
               verified: VerifiedStream | None = None) -> list[Problem]:
+    """The stream's problems, its head record's included (a stream cut at a line boundary), as ``verify``
+    finds them."""
     verified = verified or verify_stream(stream, lines, orch.keyring)
     problems = list(verified.problems)
-    if stream != AUDIT_STREAM:
-        hp = check_head_record(stream, lines, head, orch.keyring)
-        if hp:
-            problems.append(hp)
+    hp = check_head_record(stream, lines, head, orch.keyring)
+    if hp:
+        problems.append(hp)
     return problems
 
 
@@ -61,7 +83,7 @@ def _refuse(action: str, problems: list[Problem]) -> IntegrityError:
 
 def export_project(orch: Orchestrator, out: IO[bytes], *, allow_damaged: bool = False,
                    progress: Progress | None = None) -> dict[str, Any]:
-    """Write every job stream, the audit stream and the head records of ``orch`` to ``out``.
+    """Write the audit stream, then every job stream, each with its signed head record, to ``out``.
 
     Nothing is written before the store has been read once: a store that cannot be opened (or a removed
     job's history) leaves ``out`` empty, so ``export -o -`` prints no part of a bundle before such an error."""
@@ -78,14 +100,16 @@ def export_project(orch: Orchestrator, out: IO[bytes], *, allow_damaged: bool = 
         found(list(view.problems))
     out.write(_header({"format": BUNDLE_FORMAT, "project_id": orch.project_id,
                        "created_at": clock.to_iso(orch.clock())}))
-    for stream in [*listed, AUDIT_STREAM]:
+    for stream in [AUDIT_STREAM, *listed]:  # the audit log first: see the module's docstring
         try:
+            head = orch.store.get_aux(*_head_key(stream)) or None  # before the lines: an append only adds lines
             lines = orch.store.read(stream)
-            head = orch.store.get_aux(HEADS_AREA, stream) if stream != AUDIT_STREAM else None
         except PathEscapeError as exc:  # a symbolic link in the file's place is never followed
             found([Problem(stream, 0, PATH_ESCAPE, exc.message)])
             continue
         if not lines:
+            if stream == AUDIT_STREAM:  # an emptied audit log whose head record says it held entries
+                found([p for p in [check_head_record(stream, lines, head, orch.keyring)] if p])
             continue
         found(_problems(orch, stream, lines, head))
         out.write(_header({"stream": stream, "lines": len(lines),
@@ -100,57 +124,100 @@ def export_project(orch: Orchestrator, out: IO[bytes], *, allow_damaged: bool = 
     return {"project_id": orch.project_id, "streams": streams, "events": events, "damaged": damaged}
 
 
-def _records(inp: IO[bytes]) -> Iterator[bytes]:
-    for raw in inp:
+def _records(inp: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(bundle line number, line without its newline)."""
+    for n, raw in enumerate(inp, 1):
         if not raw.endswith(b"\n"):
-            raise IntegrityError("the bundle ends in the middle of a line: it was cut short (export again)")
-        yield raw[:-1]
+            raise IntegrityError(f"the bundle ends in the middle of its line {n}: it was cut short (export again)")
+        yield n, raw[:-1]
 
 
-def _json(raw: bytes, what: str) -> dict[str, Any]:
+def _malformed(n: int, what: str) -> InvalidInputError:
+    return InvalidInputError(f"not a bundle: line {n}: {what}; nothing from that line on was written")
+
+
+def _json(n: int, raw: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(raw)
     except (ValueError, RecursionError):
         obj = None
     if not isinstance(obj, dict):
-        raise InvalidInputError(f"not a bundle: expected {what}, found {raw[:60]!r}")
+        raise _malformed(n, f"expected {what}, found {raw[:60]!r}")
     return obj
 
 
-def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | None = None) -> dict[str, Any]:
-    """Write a bundle's streams into ``orch``'s store, verifying each before writing it."""
-    records = _records(inp)
-    first = _json(next(records, b""), "a bundle header")
-    if first.get("format") != BUNDLE_FORMAT:
-        raise InvalidInputError(f"not a bundle of format {BUNDLE_FORMAT}: {first.get('format')!r}")
-    if first.get("project_id") != orch.project_id:
-        # Idempotency keys map to job ids through the project id: a renamed project would break them.
-        raise InvalidInputError(f"the bundle holds project {first.get('project_id')!r}; import it with "
-                                f"--project-id {first.get('project_id')}")
-    streams = events = written = 0
-    for raw in records:
-        rec = _json(raw, "a stream header")
-        if rec.get("end"):
-            if (rec.get("streams"), rec.get("events")) != (streams, events):
-                raise IntegrityError(f"the bundle's trailer says {rec.get('streams')} streams and {rec.get('events')} "
-                                     f"events, it held {streams} and {events}")
-            return {"project_id": orch.project_id, "streams": streams, "events": events, "written": written}
-        stream, count = rec.get("stream"), rec.get("lines")
-        if not isinstance(stream, str) or not isinstance(count, int) or count < 1:
-            raise InvalidInputError(f"not a bundle: bad stream header {raw[:80]!r}")
-        if stream != AUDIT_STREAM:
+def _count(n: int, rec: dict[str, Any], field: str) -> int:
+    value = rec.get(field)
+    if type(value) is not int or value < 0:  # not a bool, a float or a string of digits
+        raise _malformed(n, f"{field} is {shown(value)}, not a count")
+    return value
+
+
+def _stream_header(n: int, rec: dict[str, Any]) -> tuple[str, int, bytes | None]:
+    """A stream header's (stream, lines, head record); any field of the wrong type is ``InvalidInputError``
+    naming the line, an unsafe job id ``InvalidIdError``."""
+    stream = rec.get("stream")
+    if not isinstance(stream, str):
+        raise _malformed(n, f"stream is {shown(stream)}, not a job id or {AUDIT_STREAM}")
+    if stream != AUDIT_STREAM:
+        try:
             validate_id(stream, "job id")
-        head = base64.b64decode(rec["head"]) if rec.get("head") else None
+        except InvalidIdError as exc:
+            raise InvalidIdError(f"not a bundle: line {n}: {exc.message}; nothing from that line on was "
+                                 "written") from None
+    count = _count(n, rec, "lines")
+    if count < 1:  # an export leaves an empty stream out
+        raise _malformed(n, f"stream {stream} has lines 0")
+    value = rec.get("head")
+    if value is None:
+        return stream, count, None
+    if isinstance(value, str) and value:
+        try:
+            return stream, count, base64.b64decode(value, validate=True)
+        except ValueError:  # binascii.Error (bad padding or letters), or a string that is not ASCII
+            pass
+    raise _malformed(n, f"the head of stream {stream} is {shown(value)}, not a base64 head record or null")
+
+
+def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | None = None) -> dict[str, Any]:
+    """Write a bundle's streams into ``orch``'s store, verifying each (and its head record) before writing it."""
+    records = _records(inp)
+    n, raw = next(records, (1, b""))
+    first = _json(n, raw, "a bundle header")
+    fmt = first.get("format")
+    if fmt != BUNDLE_FORMAT and fmt not in OLDER_FORMATS:
+        raise InvalidInputError(f"not a bundle of format {BUNDLE_FORMAT} (or v1): {shown(fmt)}")
+    project = first.get("project_id")
+    if project != orch.project_id:
+        # Idempotency keys map to job ids through the project id: a renamed project would break them.
+        hint = f"; import it with --project-id {project}" if isinstance(project, str) and is_id(project) else ""
+        raise InvalidInputError(f"the bundle holds project {shown(project)}, not {orch.project_id!r}{hint}")
+    streams = events = written = 0
+    audit_head: bool | None = None  # whether the audit log came with its head record (None: no audit log)
+    for n, raw in records:
+        rec = _json(n, raw, "a stream header or the end record")
+        if "end" in rec:
+            if rec["end"] is not True:
+                raise _malformed(n, f"end is {shown(rec['end'])}, not true")
+            said = (_count(n, rec, "streams"), _count(n, rec, "events"))
+            if said != (streams, events):
+                raise IntegrityError(f"the bundle's end record (line {n}) says {said[0]} streams and {said[1]} "
+                                     f"events, it held {streams} and {events}")
+            return {"project_id": orch.project_id, "format": fmt, "streams": streams, "events": events,
+                    "written": written, "audit_head": audit_head}
+        stream, count, head = _stream_header(n, rec)
         lines = []
         for i in range(1, count + 1):
-            line = next(records, None)
+            n, line = next(records, (n, None))
             if line is None:
-                raise IntegrityError(f"the bundle was cut short inside stream {stream}")
+                raise IntegrityError(f"the bundle was cut short inside stream {stream} (it ends at its line {n})")
             lines.append(StoredLine(i, line))
         verified = verify_stream(stream, lines, orch.keyring)
         problems = _problems(orch, stream, lines, head, verified)
         if problems:
             raise _refuse("import", problems)
+        if stream == AUDIT_STREAM:
+            audit_head = head is not None
         written += _write_stream(orch, verified, head)
         streams += 1
         events += count
@@ -171,12 +238,18 @@ def _index(orch: Orchestrator, verified: VerifiedStream, head: bytes | None) -> 
 
 
 def _write_stream(orch: Orchestrator, verified: VerifiedStream, head: bytes | None) -> int:
-    """Append what the destination lacks; returns the number of lines written."""
+    """Append what the destination lacks, then the head record; returns the number of lines written.
+
+    A stream that already holds every line of the bundle's, followed by lines written since (an audit
+    entry a heal added while the import was half done, a job an operator acted on), is complete: it
+    is left as it is, its newer head record too. Any other difference is a conflict."""
     stream, lines = verified.stream, verified.lines
     existing = orch.store.read(stream)
-    if len(existing) > len(lines) or any(a.raw != b.raw for a, b in zip(existing, lines)):
+    if any(a.raw != b.raw for a, b in zip(existing, lines)):
         raise ImportConflictError(f"stream {stream} already holds a different history in the destination "
                                   f"({len(existing)} events); nothing of it was overwritten", stream=stream)
+    if len(existing) > len(lines):
+        return 0
     done = len(existing)
     if done < len(lines) and stream != AUDIT_STREAM:
         _index(orch, verified, head)
@@ -186,5 +259,5 @@ def _write_stream(orch: Orchestrator, verified: VerifiedStream, head: bytes | No
         faults.point("import.after_chunk")
         done += len(chunk)
     if head is not None:
-        orch.store.put_aux(HEADS_AREA, stream, head)
+        orch.store.put_aux(*_head_key(stream), head)
     return len(lines) - len(existing)

@@ -49,9 +49,10 @@ def export_cmd(orch: Any, out: Output, output: str, allow_damaged: bool) -> int:
 def import_cmd(orch: Any, out: Output, bundle: str) -> None:
     """Write a bundle from `orchestrator export` into this project's store (--store picks the backend).
 
-    Every stream is verified before it is written; a damaged one stops the import (exit 7).
-    Running it again after an interruption completes it; a job that already holds a
-    different history is a conflict (exit 3), never overwritten.
+    Every stream is verified, with its signed head record, before it is written; a damaged or
+    cut one stops the import (exit 7), a malformed bundle is refused (exit 3). Running it again
+    after an interruption completes it; a stream that already holds a different history is a
+    conflict (exit 3), never overwritten.
     """
     from orchestrator.transfer import import_project
 
@@ -61,4 +62,7 @@ def import_cmd(orch: Any, out: Output, bundle: str) -> None:
         with open(bundle, "rb") as fh:
             result = import_project(orch, fh, progress=_progress)
     out.emit(result, f"imported {result['streams']} streams, {result['events']} events into project "
-                     f"{result['project_id']} ({result['written']} written, the rest were already there)")
+                     f"{result['project_id']} ({result['written']} written, the rest were already there)"
+                     + ("; the bundle carried no head record of the audit log (format v1, or none in the "
+                        "source), so a cut of its last entries could not be checked: export it again with "
+                        "this version" if result["audit_head"] is False else ""))

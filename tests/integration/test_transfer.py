@@ -11,6 +11,7 @@ import pytest
 
 from orchestrator import Orchestrator
 from orchestrator.api import HEADS_AREA
+from orchestrator.audit import AUDIT_HEAD
 from orchestrator.errors import ImportConflictError, IntegrityError, InvalidInputError
 from orchestrator.integrity import check_anchor, export_anchor, verify_project
 from orchestrator.signing import Keyring
@@ -288,3 +289,289 @@ def test_export_and_the_anchor_never_follow_a_symbolic_link_in_a_job_files_place
     assert (ids[0], "PATH_ESCAPE") in [(p["stream"], p["code"]) for p in done["damaged"]]
     anchor = export_anchor(file_orch, tmp_path / "anchor.json")  # the linked job is left out, not a crash
     assert anchor["streams"] == len(ids)  # the other jobs and the audit log
+
+
+# -- the audit log's signed head record travels with it (a cut of its last entries is caught) -------
+
+
+def parse_bundle(data: bytes) -> tuple[dict, list[tuple[dict, list[bytes]]]]:
+    """(header, [(stream header, its lines)]) of a well-formed bundle."""
+    rows = data.split(b"\n")[:-1]
+    header, i, streams = json.loads(rows[0]), 1, []
+    while "end" not in (rec := json.loads(rows[i])):
+        streams.append((rec, rows[i + 1:i + 1 + rec["lines"]]))
+        i += 1 + rec["lines"]
+    return header, streams
+
+
+def make_bundle(header: dict, streams: list[tuple[dict, list[bytes]]]) -> bytes:
+    """A bundle of these streams, its end record counting them (as an editor of a bundle would write it)."""
+    out = [json.dumps(header).encode()]
+    for rec, lines in streams:
+        out += [json.dumps(rec).encode(), *lines]
+    out.append(json.dumps({"end": True, "streams": len(streams), "events": sum(len(ls) for _, ls in streams)}).encode())
+    return b"\n".join(out) + b"\n"
+
+
+def bundle_of(orch: Orchestrator) -> bytes:
+    buf = io.BytesIO()
+    export_project(orch, buf)
+    return buf.getvalue()
+
+
+def history(orch: Orchestrator):
+    from backends import FileHistory, PgHistory
+
+    return PgHistory(orch) if orch.store.__class__.__name__ != "JsonlStore" else FileHistory(orch)
+
+
+@pytest.mark.parametrize("direction", ["file_to_pg", "pg_to_file"])
+def test_the_audit_logs_head_record_moves_with_it_and_a_cut_of_its_last_entry_is_caught_on_the_other_side(
+        file_orch, pg_orch, direction) -> None:
+    src, dst = (file_orch, pg_orch) if direction == "file_to_pg" else (pg_orch, file_orch)
+    fill(src)
+    move(src, dst)
+    assert dst.store.get_aux(*AUDIT_HEAD) == src.store.get_aux(*AUDIT_HEAD) is not None
+    assert verify_project(dst).ok
+    raw = history(dst)
+    try:
+        data = raw.read_bytes(AUDIT_STREAM)
+        raw.write_bytes(AUDIT_STREAM, data[:data.rindex(b"\n", 0, -1) + 1])  # its last entry, cut at a line boundary
+    finally:
+        raw.close()
+    report = verify_project(dst)
+    assert [(p.stream, p.code) for p in report.problems] == [(AUDIT_STREAM, "TRUNCATED")]  # as in the source
+
+
+def test_a_bundle_whose_audit_log_was_cut_is_refused_and_nothing_is_written(file_orch, base, keyring) -> None:
+    fill(file_orch)
+    header, streams = parse_bundle(bundle_of(file_orch))
+    rec, lines = streams[0]
+    assert rec["stream"] == AUDIT_STREAM and rec["head"]  # first, with its head record
+    streams[0] = ({**rec, "lines": len(lines) - 1}, lines[:-1])
+    dest = Orchestrator(base_path=base / "dst", project_id=file_orch.project_id, keyring=keyring)
+    with pytest.raises(IntegrityError, match="TRUNCATED"):
+        import_project(dest, io.BytesIO(make_bundle(header, streams)))
+    assert dest.store.read(AUDIT_STREAM) == [] and list(dest.store.job_ids()) == []
+
+
+def test_export_refuses_a_project_whose_audit_log_was_cut_and_carries_it_when_allowed(file_orch) -> None:
+    fill(file_orch)
+    path = file_orch.store.path(AUDIT_STREAM)
+    data = path.read_bytes()
+    path.write_bytes(data[:data.rindex(b"\n", 0, -1) + 1])
+    with pytest.raises(IntegrityError, match="TRUNCATED"):
+        export_project(file_orch, io.BytesIO())
+    done = export_project(file_orch, io.BytesIO(), allow_damaged=True)
+    assert [(p["stream"], p["code"]) for p in done["damaged"]] == [(AUDIT_STREAM, "TRUNCATED")]
+
+
+def test_a_bundle_of_format_v1_without_the_audit_head_record_still_imports(file_orch, base, keyring) -> None:
+    fill(file_orch)
+    header, streams = parse_bundle(bundle_of(file_orch))
+    (audit_rec, audit_lines), jobs = streams[0], streams[1:]
+    v1 = make_bundle({**header, "format": "jsonl-orchestrator/export/v1"},
+                     [*jobs, ({**audit_rec, "head": None}, audit_lines)])  # as v1 wrote it: the audit log last
+    dest = Orchestrator(base_path=base / "dst", project_id=file_orch.project_id, keyring=keyring)
+    result = import_project(dest, io.BytesIO(v1))
+    assert result["audit_head"] is False and result["format"] == "jsonl-orchestrator/export/v1"
+    assert every_byte(dest) == every_byte(file_orch) and verify_project(dest).ok
+    assert dest.store.get_aux(*AUDIT_HEAD) is None  # nothing to carry; the next audit entry writes one
+
+
+def test_cli_a_moved_audit_log_cut_by_its_last_entry_fails_verify_and_a_cut_bundle_is_refused_with_exit_7(
+        cli_env, tmp_path) -> None:
+    env = {**cli_env, "PROJECT_ID": "p"}
+    for n in range(2):
+        job = _cli("submit", "--kind", "echo", "--input", f'{{"n": {n}}}', env=env).stdout.decode().strip()
+        assert _cli("control", "cancel", job, "no longer needed", env=env).returncode == 0
+    bundle = tmp_path / "b.bundle"
+    assert _cli("export", "-o", str(bundle), env=env).returncode == 0
+    moved = {**env, "BASE_PATH": str(tmp_path / "moved")}
+    assert _cli("import", str(bundle), env=moved).returncode == 0
+    log = tmp_path / "moved" / "p" / ".orchestrator" / "audit" / "audit_events.jsonl"
+    log.write_bytes(log.read_bytes().split(b"\n", 1)[0] + b"\n")  # its second entry, cut at a line boundary
+    proc = _cli("verify", env=moved)
+    assert proc.returncode == 7 and b"TRUNCATED" in proc.stdout + proc.stderr
+    header, streams = parse_bundle(bundle.read_bytes())
+    rec, lines = streams[0]
+    assert rec["stream"] == AUDIT_STREAM and len(lines) == 2
+    bundle.write_bytes(make_bundle(header, [({**rec, "lines": 1}, lines[:1]), *streams[1:]]))
+    proc = _cli("import", str(bundle), env={**env, "BASE_PATH": str(tmp_path / "other")})
+    assert proc.returncode == 7 and b"TRUNCATED" in proc.stderr, proc.stderr
+    assert not [p for p in (tmp_path / "other").rglob("*") if p.is_file()]  # nothing written
+
+
+# -- an import cut short is completed by running it again, whatever healed the audit log in between --
+
+
+def heal_everything(orch: Orchestrator) -> list[int]:
+    """What `metrics` and `audit heal` do on the half-imported project: write the missing audit entries."""
+    from orchestrator import audit
+
+    return audit.heal(orch, [v for v in (orch.load(j) for j in orch.store.job_ids()) if v.ok])
+
+
+def source_with_audited_jobs(base: Path, keyring: Keyring, *, one_entry_lost: bool) -> Orchestrator:
+    source = Orchestrator(base_path=base / "src", project_id="p", keyring=keyring)
+    fill(source, 4)
+    if one_entry_lost:  # a crash between a cancel and its audit entry, in the source, never healed there
+        job = source.submit("echo", {"lost": True})
+        source.append(source.load(job), job, [("job_cancelled", {"reason": "entry lost"})])
+    return source
+
+
+@pytest.mark.parametrize("one_entry_lost", [False, True])
+def test_an_import_cut_at_any_line_then_healed_is_completed_by_running_it_again(base, keyring, one_entry_lost) -> None:
+    source = source_with_audited_jobs(base, keyring, one_entry_lost=one_entry_lost)
+    whole = bundle_of(source)
+    rows = whole.count(b"\n")
+    for cut in range(1, rows):  # after every line but the end record's
+        dest = Orchestrator(base_path=base / f"dst{cut}", project_id="p", keyring=keyring)
+        with pytest.raises(IntegrityError, match="cut short|no end record"):
+            import_project(dest, io.BytesIO(b"".join(whole.splitlines(keepends=True)[:cut])))
+        heal_everything(dest)
+        import_project(dest, io.BytesIO(whole))
+        heal_everything(dest)
+        report = verify_project(dest)
+        assert report.ok and not report.warnings, (cut, report.problems, report.warnings)
+        theirs, ours = every_byte(source), every_byte(dest)
+        healed = ours[AUDIT_STREAM][0][len(theirs[AUDIT_STREAM][0]):]
+        assert ours[AUDIT_STREAM][0][:len(theirs[AUDIT_STREAM][0])] == theirs[AUDIT_STREAM][0]  # the bundle's, then
+        assert len(healed) == one_entry_lost  # the entry the source lacked, written once
+        assert {s: v for s, v in ours.items() if s != AUDIT_STREAM} == {s: v for s, v in theirs.items()
+                                                                        if s != AUDIT_STREAM}
+
+
+@pytest.mark.parametrize("one_entry_lost", [False, True])
+def test_an_import_that_crashed_after_any_write_then_healed_is_completed_by_running_it_again(
+        base, keyring, one_entry_lost) -> None:
+    from orchestrator import faults
+
+    class Crash(Exception):
+        pass
+
+    def crash() -> None:
+        raise Crash
+
+    source = source_with_audited_jobs(base, keyring, one_entry_lost=one_entry_lost)
+    whole = bundle_of(source)
+    streams = len(parse_bundle(whole)[1])
+    for nth in range(1, streams + 1):  # each stream is one chunk: the crash falls before its head record
+        dest = Orchestrator(base_path=base / f"dst{nth}", project_id="p", keyring=keyring)
+        faults.arm("import.after_chunk", crash, nth=nth)
+        try:
+            with pytest.raises(Crash):
+                import_project(dest, io.BytesIO(whole))
+        finally:
+            faults.disarm_all()
+        heal_everything(dest)
+        import_project(dest, io.BytesIO(whole))
+        heal_everything(dest)
+        report = verify_project(dest)
+        assert report.ok and not report.warnings, (nth, report.problems, report.warnings)
+        assert len(dest.store.read(AUDIT_STREAM)) == len(source.store.read(AUDIT_STREAM)) + one_entry_lost
+
+
+def test_a_stream_that_holds_the_bundles_lines_and_more_since_is_complete_and_keeps_its_newer_head(
+        file_orch, base, keyring) -> None:
+    ids = fill(file_orch, 2)
+    whole = bundle_of(file_orch)
+    dest = Orchestrator(base_path=base / "dst", project_id=file_orch.project_id, keyring=keyring)
+    import_project(dest, io.BytesIO(whole))
+    dest.append(dest.load(ids[0]), ids[0], [("job_cancelled", {"reason": "acted on after the import"})],
+                audit=("cancel", "after the import"))
+    def heads() -> dict[str, bytes | None]:
+        return {s: dest.store.get_aux(HEADS_AREA, s) for s in ids} | {AUDIT_STREAM: dest.store.get_aux(*AUDIT_HEAD)}
+
+    newer = heads()
+    result = import_project(dest, io.BytesIO(whole))  # again: nothing to write, nothing overwritten
+    assert result["written"] == 0 and heads() == newer
+    assert verify_project(dest).ok and dest.status(ids[0]).state == "cancelled"
+
+
+def test_cli_an_import_cut_short_then_metrics_then_the_import_again_completes(cli_env, tmp_path) -> None:
+    env = {**cli_env, "PROJECT_ID": "p"}
+    for n in range(3):
+        job = _cli("submit", "--kind", "echo", "--input", f'{{"n": {n}}}', env=env).stdout.decode().strip()
+        assert _cli("control", "cancel", job, "no longer needed", env=env).returncode == 0
+    bundle, cut = tmp_path / "b.bundle", tmp_path / "cut.bundle"
+    assert _cli("export", "-o", str(bundle), env=env).returncode == 0
+    rows = bundle.read_bytes().splitlines(keepends=True)
+    cut.write_bytes(b"".join(rows[:-2]))  # the end record and the last line lost on the way
+    dest = {**env, "BASE_PATH": str(tmp_path / "dest")}
+    proc = _cli("import", str(cut), env=dest)
+    assert proc.returncode == 7 and b"cut short" in proc.stderr
+    assert _cli("metrics", env=dest).returncode == 0  # it heals the audit entries it finds missing
+    proc = _cli("import", str(bundle), env=dest)
+    assert proc.returncode == 0, proc.stderr
+    assert _cli("verify", env=dest).returncode == 0
+
+
+# -- a malformed bundle is INVALID_INPUT naming its line, never a crash, and nothing of it is written --
+
+BAD_HEADER_FIELDS = [
+    ("head", "abc"), ("head", "a!bc"), ("head", 123), ("head", True), ("head", []), ("head", {}), ("head", ""),
+    ("head", "é"), ("lines", "3"), ("lines", 2.0), ("lines", True), ("lines", -1), ("lines", 0), ("lines", None),
+    ("lines", [2]), ("stream", 5), ("stream", None), ("stream", ["@audit"]), ("stream", {}),
+]
+
+
+@pytest.mark.parametrize("field,value", BAD_HEADER_FIELDS, ids=[f"{f}={v!r}" for f, v in BAD_HEADER_FIELDS])
+def test_a_stream_header_field_of_the_wrong_type_is_invalid_input_naming_its_line_and_nothing_is_written(
+        file_orch, base, keyring, field, value) -> None:
+    fill(file_orch, 2)
+    header, streams = parse_bundle(bundle_of(file_orch))
+    streams[0] = ({**streams[0][0], field: value}, streams[0][1])
+    dest = Orchestrator(base_path=base / "dst", project_id=file_orch.project_id, keyring=keyring)
+    with pytest.raises(InvalidInputError, match=r"^not a bundle: line 2: "):
+        import_project(dest, io.BytesIO(make_bundle(header, streams)))
+    assert dest.store.read(AUDIT_STREAM) == [] and list(dest.store.job_ids()) == []
+
+
+@pytest.mark.parametrize("field,value", [("end", "yes"), ("end", 1), ("streams", "3"), ("events", True),
+                                         ("events", None)])
+def test_an_end_record_field_of_the_wrong_type_is_invalid_input_naming_its_line(file_orch, base, keyring,
+                                                                                field, value) -> None:
+    fill(file_orch, 2)
+    rows = bundle_of(file_orch).splitlines()
+    rows[-1] = json.dumps({**json.loads(rows[-1]), field: value}).encode()
+    dest = Orchestrator(base_path=base / "dst", project_id=file_orch.project_id, keyring=keyring)
+    with pytest.raises(InvalidInputError, match=rf"^not a bundle: line {len(rows)}: "):
+        import_project(dest, io.BytesIO(b"\n".join(rows) + b"\n"))
+
+
+def test_a_malformed_head_on_a_later_stream_writes_nothing_of_that_stream(file_orch, base, keyring) -> None:
+    fill(file_orch, 3)
+    header, streams = parse_bundle(bundle_of(file_orch))
+    rec, lines = streams[2]
+    streams[2] = ({**rec, "head": "not base64!"}, lines)
+    line = 2 + len(streams[0][1]) + 1 + len(streams[1][1]) + 1
+    dest = Orchestrator(base_path=base / "dst", project_id=file_orch.project_id, keyring=keyring)
+    with pytest.raises(InvalidInputError, match=rf"^not a bundle: line {line}: the head of stream {rec['stream']}"):
+        import_project(dest, io.BytesIO(make_bundle(header, streams)))
+    assert dest.store.read(rec["stream"]) == [] and dest.store.get_aux(HEADS_AREA, rec["stream"]) is None
+
+
+def test_a_bundle_header_of_the_wrong_type_is_invalid_input(base, keyring) -> None:
+    dest = Orchestrator(base_path=base / "dst", project_id="p", keyring=keyring)
+    for first in (b"[1,2]", b'{"format": 2, "project_id": "p"}', b'{"format": "jsonl-orchestrator/export/v2", '
+                  b'"project_id": ["p"]}', b""):
+        with pytest.raises(InvalidInputError):
+            import_project(dest, io.BytesIO(first + b"\n"))
+
+
+@pytest.mark.parametrize("head", ["abc", 123])
+def test_cli_a_malformed_head_in_a_bundle_exits_3_invalid_input_naming_the_line_no_traceback(
+        cli_env, tmp_path, head) -> None:
+    env = {**cli_env, "PROJECT_ID": "p"}
+    assert _cli("submit", "--kind", "echo", "--input", "{}", env=env).returncode == 0
+    bundle = tmp_path / "b.bundle"
+    assert _cli("export", "-o", str(bundle), env=env).returncode == 0
+    header, streams = parse_bundle(bundle.read_bytes())
+    streams[0] = ({**streams[0][0], "head": head}, streams[0][1])
+    bundle.write_bytes(make_bundle(header, streams))
+    proc = _cli("import", str(bundle), env={**env, "BASE_PATH": str(tmp_path / "dest")})
+    assert proc.returncode == 3 and b"INVALID_INPUT" in proc.stderr and b"line 2" in proc.stderr, proc.stderr
+    assert b"Traceback" not in proc.stderr
+    assert not [p for p in (tmp_path / "dest").rglob("*") if p.is_file()]
