@@ -60,6 +60,7 @@ IDLE_MAX_WAIT = 30.0  # an idle worker still wakes this often to look for stale 
 # A worker that has reached its store waits this long, doubling up to the maximum, before it tries
 # again after losing it (a PostgreSQL restart): it stays up instead of exiting with the fleet.
 STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS = 0.2, 5.0
+HEARTBEAT_RETRY_SECONDS = 1.0  # a heartbeat the store missed is tried again this soon (at most a beat later)
 SWEEP_EVERY = 60.0  # how often stale recovery also removes what killed workers left behind and reads the keyring
 ORPHAN_ENTRY_GRACE = 60.0  # a ready entry whose job has no event yet is kept this long (submit in flight)
 EVENT_IN_FLIGHT = 1.0  # an entry this young whose job's event is not there yet: its writer is probably at it
@@ -670,10 +671,12 @@ class Worker:
                 self._kill(child)
                 return "stopped", None, claim
             if now_m >= next_beat:
-                next_beat = now_m + beat
-                if not self._renew(claim):
+                renewed = self._renew(claim)
+                if renewed is False:
                     self._kill(child)
                     return "lost", None, claim
+                # a heartbeat the store missed is tried again soon: a whole beat later may be past the lease
+                next_beat = time.monotonic() + (beat if renewed else min(beat, HEARTBEAT_RETRY_SECONDS))
                 claim = replace(claim, renewed=True)
 
     @staticmethod
@@ -681,10 +684,10 @@ class Worker:
         child.kill_group(signal.SIGKILL)
         child.wait(5.0)
 
-    def _renew(self, claim: Claim) -> bool:
-        """Heartbeat: False if the job's log grew since the claim (taken over, cancelled). A store out of
-        reach is not a takeover: the run goes on, and if the lease runs out meanwhile the fence refuses
-        its outcome (``_append_outcome``)."""
+    def _renew(self, claim: Claim) -> bool | None:
+        """Heartbeat: True when the lease was renewed, False if the job's log grew since the claim (taken over,
+        cancelled), None when the store is out of reach. That is not a takeover: the run goes on, and if the
+        lease runs out meanwhile the fence refuses its outcome (``_append_outcome``)."""
         try:
             if self.orch.store.read(claim.job_id, from_seq=claim.view.head.seq + 1):
                 return False
@@ -695,6 +698,7 @@ class Worker:
             log.warning("job %s: the lease could not be renewed (%s); the run goes on", claim.job_id,
                         one_line(exc.message),
                         extra={"job_id": claim.job_id, "run_id": claim.run_id})
+            return None
         return True
 
     def _record_exit(self, claim: Claim, code: int | None, child: Child, artifacts_dir: Path) -> RunResult:

@@ -543,6 +543,29 @@ def test_heartbeats_renew_the_lease_without_writing_events(orch) -> None:
     assert not list((orch.settings.state_dir / "leases").iterdir())  # dropped when the run ended
 
 
+def test_a_heartbeat_the_store_missed_is_tried_again_soon_not_a_whole_beat_later(orch, monkeypatch) -> None:
+    """A beat is a third of the lease: two missed in a row would leave the run past its lease."""
+    import time
+
+    import orchestrator.worker as worker_mod
+    from orchestrator.errors import StorageUnavailableError
+
+    monkeypatch.setattr(worker_mod, "HEARTBEAT_RETRY_SECONDS", 0.1)
+    tries, real_write = [], worker_mod.write_lease
+
+    def write_lease(store, lease):
+        tries.append(time.monotonic())
+        if len(tries) == 1:
+            raise StorageUnavailableError("the server went away")
+        real_write(store, lease)
+
+    monkeypatch.setattr(worker_mod, "write_lease", write_lease)
+    job = orch.submit("t.lease", {"sleep": 0.9})
+    make_worker(orch, lease_seconds=1.5).run_once()  # beats every 0.5 s
+    assert types(orch, job)[-1] == "job_succeeded"
+    assert len(tries) >= 2 and tries[1] - tries[0] < 0.3
+
+
 def test_only_a_run_whose_heartbeat_wrote_a_lease_record_drops_one_with_its_outcome(orch, monkeypatch) -> None:
     w = make_worker(orch, lease_seconds=0.3)
     outcomes, real_append = [], orch.append
