@@ -25,8 +25,10 @@ def audit_timeline(orch: Any, out: Output, job_id: str | None, run_id: str | Non
     """The merged, time-ordered timeline of a job's events and audit entries.
 
     Each line carries its verification status (ok, or a problem code such as SIGNATURE_INVALID,
-    AUDIT_EVENT_MISSING). Exits 7 when any line shown, or the job's history, failed verification.
-    Reads one job and the audit log, never every job.
+    AUDIT_EVENT_MISSING). Exits 7 when any line shown, or the job's history, failed verification;
+    an audited event without its entry (AUDIT_ENTRY_MISSING) is a warning, as in verify. A missing
+    entry is written here only with a signing key this machine already has: a read command never
+    creates one. Reads one job and the audit log, never every job.
     """
     from orchestrator.timeline import render, timeline
 
