@@ -97,8 +97,9 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
         job_id = find_job_of_run(orch, run_id)  # type: ignore[arg-type]
     try:
         since_t = from_iso(since) if since else None
-    except ValueError:
-        raise InvalidInputError(f"--since {since!r} is not an ISO-8601 time (e.g. 2026-11-22T03:00:00Z)") from None
+    except (ValueError, OverflowError):
+        raise InvalidInputError(f"--since {since!r} is not an ISO-8601 time (e.g. 2026-11-22T03:00:00Z, or "
+                                "2026-11-22T03:00:00 in UTC, or 2026-11-22T04:00:00+01:00)") from None
     view = orch.load(job_id, every_signature=True)  # it says "every line verified": each signature checked
     if heal and view.ok:
         audit.heal_quietly(orch, [view])
@@ -133,7 +134,7 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
             raise RunNotFoundError(f"job {job_id} has no run {run_id!r} (without --job-id, the run's own job is "
                                    "found)", run_id=run_id, job_id=job_id)
     if since_t is not None:
-        out = [ln for ln in out if ln.ts and from_iso(ln.ts) >= since_t]
+        out = [ln for ln in out if _at_or_after(ln.ts, since_t)]
     if action:
         wanted = {action, _ACTION_EVENT.get(action, action)}
         out = [ln for ln in out if ln.what in wanted]
@@ -147,6 +148,13 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
     return {"job_id": job_id, "run_id": run_id, "lines": [ln.to_dict() for ln in out],
             "ok": all(ln.status in ("ok", AUDIT_ENTRY_MISSING) for ln in out) and view.ok,
             "problems": [p.to_dict() for p in view.problems], "warnings": warnings}
+
+
+def _at_or_after(ts: str, since_t: float) -> bool:
+    try:
+        return bool(ts) and from_iso(ts) >= since_t
+    except (ValueError, OverflowError):  # a damaged line's time says nothing
+        return False
 
 
 def render(result: dict[str, Any]) -> str:

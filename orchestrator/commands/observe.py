@@ -15,7 +15,10 @@ from orchestrator.timeline import FILTERS
 @cli.command("audit-timeline", context_settings=CONTEXT)
 @click.option("--job-id", default=None, help="The job whose timeline to show.")
 @click.option("--run-id", default=None, help="Show one run (its job is found from the audit log or the projection cache).")
-@click.option("--since", default=None, help="Only lines at or after this ISO-8601 time.")
+@click.option("--since", metavar="TIME", default=None,
+              help="Only lines at or after this ISO-8601 time (every time shown is UTC, and so is a TIME without "
+                   "a zone: 2026-12-01T16:00:00 is 2026-12-01T16:00:00Z; 2026-12-01T17:00:00+01:00 is the same "
+                   "time).")
 @click.option("--action", type=click.Choice(FILTERS), metavar="ACTION", default=None,
               help=f"Only this audit action ({', '.join(sorted(ACTIONS))}) or event type "
                    f"({', '.join(sorted(TRANSITIONS))}).")
