@@ -1,5 +1,6 @@
 """The times `audit-timeline` takes and shows, through the real command: every time shown is UTC, so a time
-given without a zone is UTC too, whatever the machine's zone."""
+given without a zone is UTC too, whatever the machine's zone; and a clock stepped back never moves an event
+above the ones it follows (docs/guarantees.md section 2: clocks affect only liveness)."""
 from __future__ import annotations
 
 import json
@@ -70,3 +71,21 @@ def test_the_help_says_a_time_without_a_zone_is_utc(cli_env) -> None:
     proc = run_module("audit-timeline", "-h", env=cli_env)
     text = " ".join(proc.stdout.split())
     assert proc.returncode == 0 and "every time shown is UTC, and so is a TIME without a zone" in text
+
+
+def test_a_clock_stepped_back_leaves_the_events_in_sequence_order_in_text_and_json(base: Path, cli_env) -> None:
+    api = Orchestrator(base_path=base, project_id="proj", keyring=load_keyring(cli_env, announce=False),
+                       clock=lambda: AT)
+    job_id = js.waiting_human(api, run_id="run-1")
+    api.resume(job_id, "blue", now=AT - 3600)  # the operator's clock is an hour behind
+    api.cancel(job_id, "stop", now=AT + 60)
+    expected = [("event", 1), ("event", 2), ("event", 3), ("event", 4), ("audit", 1), ("event", 5), ("audit", 2)]
+    assert shown(job_id, cli_env) == expected
+    text = run_module("audit-timeline", "--job-id", job_id, env=cli_env).stdout.splitlines()
+    rows = [line.split()[1:5] for line in text if line[:4].isdigit()]
+    assert [(src, int(seq)) for src, seq, _what, _actor in rows] == expected
+    assert [what for _src, _seq, what, _actor in rows][3:5] == ["job_resumed", "resume"]
+    resumed = next(line for line in text if " job_resumed " in line)
+    assert "answer: blue" in resumed  # what the operator answered, not the question again
+    # --since cuts at the first line at or after the time: the resume, stamped earlier, happened later
+    assert shown(job_id, cli_env, "--since", "2026-12-01T16:14:00") == expected
