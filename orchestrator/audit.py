@@ -156,14 +156,18 @@ def audited_hashes(orch: "Orchestrator") -> dict[str, int]:
     return found
 
 
-def heal(orch: "Orchestrator", views: Iterable["JobView"], *, now: float | None = None) -> list[int]:
+def heal(orch: "Orchestrator", views: Iterable["JobView"], *, now: float | None = None,
+         create_key: bool = True) -> list[int]:
     """Write the missing audit entries of these jobs, once; returns the new entries' seqs.
 
-    Only verified events are considered (a damaged history is not explained further).
+    Only verified events are considered (a damaged history is not explained further). The signing key
+    is loaded before anything is written or locked (``SigningKeyError`` if there is none); with
+    ``create_key=False`` it must exist already (``Keyring.ensure_signer``).
     """
     todo = [u for view in views for u in unmarked(orch, view)]
     if not todo:
         return []
+    orch.keyring.ensure_signer(create=create_key)
     written: list[int] = []
     with contextlib.ExitStack() as stack:
         one_job_per_bucket = {_bucket(u.job_id): u.job_id for u in todo}
@@ -187,11 +191,15 @@ def heal(orch: "Orchestrator", views: Iterable["JobView"], *, now: float | None 
 
 
 def heal_quietly(orch: "Orchestrator", views: Iterable["JobView"], *, now: float | None = None) -> list[int]:
-    """``heal`` for read-mostly commands: a machine without a signing key just skips it."""
+    """``heal`` for read commands (``audit-timeline``, ``metrics``): only with a signing key this machine
+    already has, never a new one. A machine without one (set up to verify, with only ``.pub`` files; or
+    whose key is revoked) skips it: the entry stays missing, a warning (``AUDIT_ENTRY_MISSING``), until a
+    command that writes (a control action on the job, ``audit heal``) runs where the key is. A key created
+    here would sign an entry no other machine trusts, and ``verify`` would fail there."""
     from orchestrator.errors import SigningKeyError
 
     try:
-        return heal(orch, views, now=now)
+        return heal(orch, views, now=now, create_key=False)
     except SigningKeyError:
         return []
 

@@ -272,8 +272,8 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
 @click.option("--job-id", default=None, help="Verify one job instead of the whole project.")
 @click.option("--export-head", metavar="FILE", default=None,
               help="After verifying the whole project (not with --job-id), write a signed digest of every head "
-                   "to this file (keep it elsewhere); a path that cannot be written is refused (exit 3) before "
-                   "verifying.")
+                   "to this file (keep it elsewhere), signed with the key this machine has (exit 8 if none: "
+                   "verify never creates one); a path that cannot be written is refused (exit 3) before verifying.")
 @click.option("--against", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Also prove nothing was rolled back since this exported head file.")
 @project_command
@@ -283,7 +283,7 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
     Also reports a job whose events are all gone while its head record remains (its file deleted
     or emptied). Names the file and line of each problem; exits 7 on any integrity problem.
     """
-    from orchestrator.integrity import check_anchor, export_anchor, verify_project
+    from orchestrator.integrity import check_anchor, export_anchor, require_anchor_key, verify_project
     from orchestrator.output_file import OutputFile
 
     if export_head and job_id:  # the anchor signs every stream's head: it must follow a check of them all
@@ -291,6 +291,8 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
                                 "leave out --job-id")
     anchor = OutputFile(export_head, "the head anchor") if export_head else None
     with anchor or contextlib.nullcontext():
+        if anchor:
+            require_anchor_key(orch)  # a key this machine has (verify creates none), before the work
         report = verify_project(orch, job_id, progress=lambda n: out.progress(f"verified {n} jobs..."))
         note_missing_store(orch, out)
         if against:

@@ -19,4 +19,11 @@ def to_iso(epoch: float) -> str:
 
 
 def from_iso(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    """Epoch seconds of an ISO-8601 time (``ValueError`` if it is none). A time without a zone is UTC, like
+    every time this program writes and shows: never the machine's local time, which would make a replay (a
+    ``retry_at`` of the Python API) or ``audit-timeline --since`` depend on ``TZ``. Any year 1 to 9999 works,
+    with any offset."""
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.timestamp()

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from orchestrator import clock
 from orchestrator.api import Orchestrator
-from orchestrator.errors import InvalidInputError, PathEscapeError
+from orchestrator.errors import InvalidInputError, PathEscapeError, SigningKeyError
 from orchestrator.history import ROLLED_BACK, Problem, check_head_record, verify_stream
 from orchestrator.output_file import OutputFile
 from orchestrator.signing import canonical, line_hash
@@ -81,7 +81,8 @@ def _cross_check(report: VerifyReport, job_id: str, view: Any, claims: list[tupl
         if rec.get("type") in AUDITED_EVENTS and eh not in claimed:
             report.warnings.append(Problem(job_id, stored.seq, AUDIT_ENTRY_MISSING,
                                            f"{rec['type']} has no audit entry (a crash between the two writes); "
-                                           "the next command on the job, or `orchestrator audit heal`, writes it"))
+                                           "the next command on the job, or `orchestrator audit heal`, writes it "
+                                           "where the project's signing key is"))
 
 
 def verify_project(orch: Orchestrator, job_id: str | None = None, *,
@@ -137,7 +138,11 @@ def export_anchor(orch: Orchestrator, target: Path | OutputFile) -> dict[str, An
 
     Written whole or not at all (``OutputFile``): an older anchor is replaced only by a complete new one.
     ``target`` may be an ``OutputFile`` the caller opened before its own work (``verify --export-head``
-    opens it before verifying), so a path that cannot be written is refused first."""
+    opens it before verifying), so a path that cannot be written is refused first.
+
+    Signed with the signing key this machine already has (``SigningKeyError`` if none): ``verify`` is a read
+    command and never creates a key (``require_anchor_key`` checks it before the verify)."""
+    require_anchor_key(orch)
     body = {"format": ANCHOR_FORMAT, "project_id": orch.project_id, "created_at": clock.to_iso(orch.clock()),
             "heads": _heads(orch)}
     kid, sig = orch.keyring.sign_bytes(canonical(body))
@@ -145,6 +150,16 @@ def export_anchor(orch: Orchestrator, target: Path | OutputFile) -> dict[str, An
     with out:
         out.write(canonical({**body, "kid": kid, "sig": sig}) + b"\n")
     return {"path": str(out.path), "streams": len(body["heads"]), "created_at": body["created_at"]}
+
+
+def require_anchor_key(orch: Orchestrator) -> str:
+    """The id of the key that will sign an anchor: one this machine has (``Keyring.ensure_signer`` without
+    creating one); else ``SigningKeyError`` (exit 8) saying how to get one."""
+    try:
+        return orch.keyring.ensure_signer(create=False)
+    except SigningKeyError as exc:
+        raise SigningKeyError(f"--export-head signs the anchor with this machine's signing key: {exc.message}"
+                              ) from None
 
 
 def _read_anchor(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:

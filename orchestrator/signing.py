@@ -148,7 +148,7 @@ class Keyring:
     paths: tuple[str, ...] = ()
     folders: tuple[str, ...] = ()  # the folders whose ``*.pub`` are trusted and whose ``revoked`` ids are refused
     signer_folder: Path | None = None  # the keyring folder whose active key signs (no key set in the environment)
-    _load_signer: Any = None  # deferred: a verify-only command never creates a key
+    _load_signer: Any = None  # deferred: called as ``_load_signer(ring, create)`` when something is first signed
     # libsodium's views of the keys above, made on first use (not part of the keyring's identity)
     _sodium_signer: tuple[bytes, SigningKey] | None = field(default=None, init=False, repr=False, compare=False)
     # by key id: an id is the hash of its public key, so one id never names two keys
@@ -175,10 +175,22 @@ class Keyring:
         self.trusted[kid] = public
         return kid
 
+    def ensure_signer(self, *, create: bool = True) -> str:
+        """Load the signing key now and return its id; ``SigningKeyError`` if nothing can sign.
+
+        With the keyring folder as the source (no ``ORCH_SIGNING_KEY*``) and no key in it yet, the folder's
+        first key is created, unless ``create`` is False: a read command (``audit-timeline``, ``metrics``,
+        ``verify``, ...) signs only with a key the machine already has, and never creates one, so a machine
+        set up to verify (only ``.pub`` files) writes nothing another machine cannot verify (docs/decisions.md,
+        "Signing keys"). A loader that fails is kept, so a later call tries again (and names the same cause)."""
+        if self.signer is None and self._load_signer is not None:
+            self._load_signer(self, create)
+            self._load_signer = None
+        return self._require_signer()[0]
+
     def _require_signer(self) -> tuple[str, bytes]:
         if self.signer is None and self._load_signer is not None:
-            loader, self._load_signer = self._load_signer, None
-            loader(self)
+            self.ensure_signer()
         if self.signer is None or self.signer_id is None:
             raise SigningKeyError("no signing key is configured (set ORCH_SIGNING_KEY, ORCH_SIGNING_KEY_FILE or ORCH_KEYRING_DIR)")
         # every signature, not once at load: a set lookup (~50 ns beside ~20 us for the signature), and
@@ -419,9 +431,13 @@ def _active_id(directory: Path) -> str | None:
 
 
 def _load_dir_signer(directory: Path, announce: bool) -> Any:
-    def load(ring: Keyring) -> None:
+    def load(ring: Keyring, create: bool) -> None:
         kid = _active_id(directory)
         if kid is None:
+            if not create:
+                raise SigningKeyError(f"the keyring folder {directory} holds no signing key, and this command never "
+                                      "creates one: `orchestrator keys rotate` creates one there (or set "
+                                      "ORCH_SIGNING_KEY or ORCH_SIGNING_KEY_FILE)")
             try:
                 kid = write_keypair(directory)
             except OSError as exc:
@@ -465,8 +481,9 @@ def load_keyring(env: Mapping[str, str] | None = None, *, announce: bool = True)
 
     Public keys of the keyring folder are always trusted; so is ``ORCH_TRUSTED_KEYS_DIR``.
     The private key is loaded (or, in the keyring folder, created) only when something is
-    signed, so read-only commands never write a key. A key file, ``revoked`` file or folder
-    that cannot be read is a ``SigningKeyError`` naming it.
+    signed, and created only by a command that writes (``Keyring.ensure_signer``): read commands
+    never write a key. A key file, ``revoked`` file or folder that cannot be read is a
+    ``SigningKeyError`` naming it.
     """
     env = os.environ if env is None else env
     directory = keyring_dir(env)

@@ -1,4 +1,11 @@
-"""One job's events and audit entries, merged in time order, each with its verification status.
+"""One job's events and audit entries, merged, each with its verification status.
+
+The order (docs/decisions.md, "The audit-timeline's order"): the job's events in sequence order,
+always; an audit entry naming one of them right after it; an entry naming none (a released or refused
+run, an integrity refusal, or an event the history no longer holds) merged in by its time, never
+moving an event, nor above an entry written before it. Times are what each writer's clock said: a
+clock stepped back must not show an event above the ones it follows (docs/guarantees.md section 2:
+clocks affect only liveness).
 
 Finding the data reads one job and the audit log, never every job:
 
@@ -9,8 +16,9 @@ Finding the data reads one job and the audit log, never every job:
 
 Status per line: ``ok``; for a job event, the verification problem of that line, or
 ``AFTER_DAMAGE`` for lines after the first damaged one (never trusted), or
-``AUDIT_ENTRY_MISSING`` for an audited event without entry; for an audit entry, its own
-signature/chain problem (checked against the line before it) or ``AUDIT_EVENT_MISSING`` when
+``AUDIT_ENTRY_MISSING`` for an audited event without entry (a warning, as in ``verify``: the event
+is the truth, and the entry is written by the next command that may sign); for an audit entry, its
+own signature/chain problem (checked against the line before it) or ``AUDIT_EVENT_MISSING`` when
 the job event it names is not in the job's history (a cut or rolled back file).
 """
 from __future__ import annotations
@@ -64,8 +72,10 @@ def _detail(rec: dict[str, Any]) -> str:
         return f"kind={d.get('kind')}"
     if t == "job_claimed":
         return f"worker={d.get('worker_id')} attempt={d.get('attempt')}"
-    if t in ("job_failed", "job_timeout", "stale_recovered"):
+    if t in ("job_failed", "job_timeout", "stale_recovered", "job_released"):
         return f"{d.get('error_code')}: {d.get('error', '')}" + (f" -> {d['to']}" if d.get("to") else "")
+    if t == "job_resumed":  # it also holds the question it answers: the answer is what happened
+        return f"answer: {d.get('answer', '')}" + (f" (question: {d['question']})" if d.get("question") else "")
     for key in ("question", "answer", "notes", "note", "reason", "summary"):
         if d.get(key):
             return f"{key}: {d[key]}"
@@ -96,49 +106,107 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
         job_id = find_job_of_run(orch, run_id)  # type: ignore[arg-type]
     try:
         since_t = from_iso(since) if since else None
-    except ValueError:
-        raise InvalidInputError(f"--since {since!r} is not an ISO-8601 time (e.g. 2026-11-22T03:00:00Z)") from None
+    except (ValueError, OverflowError):
+        raise InvalidInputError(f"--since {since!r} is not an ISO-8601 time (e.g. 2026-11-22T03:00:00Z, or "
+                                "2026-11-22T03:00:00 in UTC, or 2026-11-22T04:00:00+01:00)") from None
     view = orch.load(job_id, every_signature=True)  # it says "every line verified": each signature checked
     if heal and view.ok:
         audit.heal_quietly(orch, [view])
     lines, entries = audit.entries_for(orch, job_id=job_id)
     bad = {p.line: p.code for p in view.problems if p.stream == job_id and p.line}
     first_bad = min(bad) if bad else None
-    hashes = {line_hash(s.raw) for s in view.stream.lines}
-    audited = {rec.get("data", {}).get("event_hash") for _, rec in entries}
-    out: list[Line] = []
-    for stored in view.stream.lines:
+    hashes = [line_hash(s.raw) for s in view.stream.lines]
+    known = set(hashes)
+    audited = {eh for _, rec in entries if isinstance(eh := (rec.get("data") or {}).get("event_hash"), str)}
+    events: list[Line] = []
+    for stored, eh in zip(view.stream.lines, hashes):
         try:
             rec = json.loads(stored.raw)
         except (ValueError, RecursionError):
             rec = {}
         status = bad.get(stored.seq) or ("ok" if first_bad is None or stored.seq < first_bad else AFTER_DAMAGE)
-        if status == "ok" and rec.get("type") in audit.AUDITED_EVENTS and line_hash(stored.raw) not in audited:
+        if status == "ok" and rec.get("type") in audit.AUDITED_EVENTS and eh not in audited:
             status = AUDIT_ENTRY_MISSING
-        out.append(Line(str(rec.get("ts", "")), "event", stored.seq, str(rec.get("type", "?")), str(rec.get("actor", "")),
-                        rec.get("run_id"), _detail(rec), status))
+        events.append(Line(str(rec.get("ts", "")), "event", stored.seq, str(rec.get("type", "?")),
+                           str(rec.get("actor", "")), rec.get("run_id"), _detail(rec), status))
+    named: dict[str, list[Line]] = {}  # event hash -> the entries naming that event, in audit-log order
+    loose: list[Line] = []  # entries naming no event of this history, in audit-log order
     for seq, rec in entries:
         checked = verify_stream(AUDIT_STREAM, [lines[seq - 1]], orch.keyring,
                                 prev_line=lines[seq - 2].raw if seq > 1 else None)
-        eh = rec.get("data", {}).get("event_hash")
+        eh = (rec.get("data") or {}).get("event_hash")
+        names_event = isinstance(eh, str) and eh in known
         status = (checked.problems[0].code if checked.problems
-                  else AUDIT_EVENT_MISSING if eh and eh not in hashes else "ok")
-        out.append(Line(str(rec.get("ts", "")), "audit", seq, str(rec.get("data", {}).get("action", "?")),
-                        str(rec.get("actor", "")), rec.get("run_id"), _detail(rec), status))
-    out.sort(key=lambda ln: (ln.ts, ln.source == "audit", ln.seq))
+                  else AUDIT_EVENT_MISSING if eh and not names_event else "ok")
+        line = Line(str(rec.get("ts", "")), "audit", seq, str(rec.get("data", {}).get("action", "?")),
+                    str(rec.get("actor", "")), rec.get("run_id"), _detail(rec), status)
+        if names_event:
+            named.setdefault(eh, []).append(line)
+        else:
+            loose.append(line)
+    out = _merge(events, hashes, named, loose)
+    if run_id and not any(ln.run_id == run_id for ln in out):
+        # a run of another job: an empty timeline would read as "nothing happened in that run"
+        raise RunNotFoundError(f"job {job_id} has no run {run_id!r} (without --job-id, the run's own job is "
+                               "found)", run_id=run_id, job_id=job_id)
+    if since_t is not None:  # the job's timeline from its first line at or after the time (see ``_first_since``)
+        out = out[_first_since(out, since_t):]
     if run_id:
         out = [ln for ln in out if ln.run_id == run_id]
-        if not out:  # a run of another job: an empty timeline would read as "nothing happened in that run"
-            raise RunNotFoundError(f"job {job_id} has no run {run_id!r} (without --job-id, the run's own job is "
-                                   "found)", run_id=run_id, job_id=job_id)
-    if since_t is not None:
-        out = [ln for ln in out if ln.ts and from_iso(ln.ts) >= since_t]
     if action:
         wanted = {action, _ACTION_EVENT.get(action, action)}
         out = [ln for ln in out if ln.what in wanted]
+    unaudited = [ln.seq for ln in out if ln.status == AUDIT_ENTRY_MISSING]
+    warnings = [{"code": AUDIT_ENTRY_MISSING, "events": unaudited,
+                 "message": f"event(s) {', '.join(f'#{n}' for n in unaudited)} of job {job_id} have no audit entry "
+                            "(a crash came between the event and its entry); not written here, since a read "
+                            "command writes one only with a signing key this machine already has: run "
+                            f"`orchestrator audit heal --job-id {job_id}` where the project's signing key is"}
+                ] if unaudited else []
     return {"job_id": job_id, "run_id": run_id, "lines": [ln.to_dict() for ln in out],
-            "ok": all(ln.status == "ok" for ln in out) and view.ok,
-            "problems": [p.to_dict() for p in view.problems]}
+            "ok": all(ln.status in ("ok", AUDIT_ENTRY_MISSING) for ln in out) and view.ok,
+            "problems": [p.to_dict() for p in view.problems], "warnings": warnings}
+
+
+def _merge(events: list[Line], hashes: list[str], named: dict[str, list[Line]], loose: list[Line]) -> list[Line]:
+    """The events in sequence order, each followed by the entries naming it (in audit-log order); the other
+    entries, in audit-log order, merged in by time: one goes before the first event stamped later than it, but
+    never above an entry written before it in the audit log (so never above the event that entry names).
+    Neither order depends on a clock: one stepped back leaves an event, or an entry, after the ones it follows.
+    Times compare as text (each writer stamps ``clock.to_iso``: sortable; a damaged line's time sorts wherever
+    its text does)."""
+    # for each loose entry, the last event it must follow: the latest one named by an entry written before it
+    attached = sorted((ln.seq, k) for k, eh in enumerate(hashes) for ln in named.get(eh, ()))  # (audit seq, event)
+    after: list[int] = []
+    last, j = -1, 0
+    for entry in loose:
+        while j < len(attached) and attached[j][0] < entry.seq:
+            last = max(last, attached[j][1])
+            j += 1
+        after.append(last)
+    out: list[Line] = []
+    i = 0
+    for k, (event, eh) in enumerate(zip(events, hashes)):
+        while i < len(loose) and after[i] < k and loose[i].ts < event.ts:
+            out.append(loose[i])
+            i += 1
+        out.append(event)
+        out.extend(named.pop(eh, ()))  # a line repeated in the history is named once, after its first copy
+    out.extend(loose[i:])
+    return out
+
+
+def _first_since(out: list[Line], since_t: float) -> int:
+    """Where ``--since`` cuts the timeline: at its first line stamped at or after ``since_t``; every line after
+    it is kept, even one stamped earlier (a clock stepped back), since it happened later. With clocks that
+    never step back, these are exactly the lines stamped at or after ``since_t``."""
+    for i, ln in enumerate(out):
+        try:
+            if ln.ts and from_iso(ln.ts) >= since_t:
+                return i
+        except (ValueError, OverflowError):  # a damaged line's time says nothing
+            continue
+    return len(out)
 
 
 def render(result: dict[str, Any]) -> str:
@@ -155,5 +223,7 @@ def render(result: dict[str, Any]) -> str:
         rows.append("(no lines match)")
     for p in result["problems"]:
         rows.append(one_line(f"PROBLEM line {p['line']}: {p['code']}: {p['message']}"))
+    for w in result.get("warnings", ()):
+        rows.append(one_line(f"warning: {w['code']}: {w['message']}"))
     rows.append("OK: every line verified" if result["ok"] else "NOT OK: see the STATUS column and problems")
     return "\n".join(rows)

@@ -15,18 +15,26 @@ from orchestrator.timeline import FILTERS
 @cli.command("audit-timeline", context_settings=CONTEXT)
 @click.option("--job-id", default=None, help="The job whose timeline to show.")
 @click.option("--run-id", default=None, help="Show one run (its job is found from the audit log or the projection cache).")
-@click.option("--since", default=None, help="Only lines at or after this ISO-8601 time.")
+@click.option("--since", metavar="TIME", default=None,
+              help="Only the lines from the first one at or after this ISO-8601 time (every time shown is UTC, and "
+                   "so is a TIME without a zone: 2026-12-01T16:00:00 is 2026-12-01T16:00:00Z; "
+                   "2026-12-01T17:00:00+01:00 is the same time). A line after it stamped earlier (a clock stepped "
+                   "back) is kept: it happened later.")
 @click.option("--action", type=click.Choice(FILTERS), metavar="ACTION", default=None,
               help=f"Only this audit action ({', '.join(sorted(ACTIONS))}) or event type "
                    f"({', '.join(sorted(TRANSITIONS))}).")
 @project_command
 def audit_timeline(orch: Any, out: Output, job_id: str | None, run_id: str | None, since: str | None,
                    action: str | None) -> int:
-    """The merged, time-ordered timeline of a job's events and audit entries.
+    """The timeline of a job: its events and audit entries, merged.
 
+    The job's events are always in their sequence order (a clock stepped back never moves one); an
+    audit entry follows the event it names, and one naming no event is merged in by its time.
     Each line carries its verification status (ok, or a problem code such as SIGNATURE_INVALID,
-    AUDIT_EVENT_MISSING). Exits 7 when any line shown, or the job's history, failed verification.
-    Reads one job and the audit log, never every job.
+    AUDIT_EVENT_MISSING). Exits 7 when any line shown, or the job's history, failed verification;
+    an audited event without its entry (AUDIT_ENTRY_MISSING) is a warning, as in verify. A missing
+    entry is written here only with a signing key this machine already has: a read command never
+    creates one. Reads one job and the audit log, never every job.
     """
     from orchestrator.timeline import render, timeline
 

@@ -27,6 +27,69 @@ def test_timeline_merges_events_and_entries_in_order_with_status(orch: Orchestra
     assert tl["ok"] and {ln["status"] for ln in tl["lines"]} == {"ok"}
 
 
+T0 = 1_796_141_640.0  # 2026-12-01T16:14:00Z
+
+
+def order(tl: dict) -> list[tuple[str, str]]:
+    return [(ln["source"], ln["what"]) for ln in tl["lines"]]
+
+
+def test_a_jobs_events_stay_in_sequence_order_when_the_clock_steps_back(base, keyring) -> None:
+    """Clocks affect only liveness (docs/guarantees.md section 2): an event written by a clock an hour behind
+    is still shown after the events it follows, and its audit entry right after it."""
+    orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring, clock=lambda: T0)
+    job_id = js.waiting_human(orch)
+    orch.resume(job_id, "blue", now=T0 - 3600)
+    orch.cancel(job_id, "stop", now=T0 + 60)
+    tl = timeline(orch, job_id=job_id)
+    assert [(ln["source"], ln["seq"]) for ln in tl["lines"]] == [
+        ("event", 1), ("event", 2), ("event", 3), ("event", 4), ("audit", 1), ("event", 5), ("audit", 2)]
+    assert order(tl)[3:5] == [("event", "job_resumed"), ("audit", "resume")] and tl["ok"]
+
+
+def test_an_entry_naming_no_event_is_merged_in_by_time_and_never_moves_an_event(base, keyring) -> None:
+    from orchestrator import audit
+
+    orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring, clock=lambda: T0)
+    job_id = orch.submit("echo", {})
+    js.claim(orch, job_id, "run-1", now=T0 + 10)
+    audit.record(orch, job_id=job_id, run_id="run-1", action="run_refused", actor="w2", note="early", now=T0 + 15)
+    js.finish(orch, job_id, "human_input_requested", {"question": "Deploy?"}, now=T0 + 20)
+    orch.resume(job_id, "blue", now=T0 - 3600)  # the clock stepped back an hour
+    audit.record(orch, job_id=job_id, run_id="run-1", action="run_refused", actor="w2", note="late", now=T0 - 3500)
+    assert [(ln["what"], ln["detail"]) for ln in timeline(orch, job_id=job_id)["lines"]] == [
+        ("job_submitted", "kind=echo"), ("job_claimed", "worker=w1 attempt=1"), ("run_refused", "early"),
+        ("human_input_requested", "question: Deploy?"), ("job_resumed", "answer: blue (question: Deploy?)"),
+        ("resume", "blue -> job_resumed #4"), ("run_refused", "late")]
+
+
+def test_since_cuts_the_timeline_at_its_first_line_at_or_after_the_time(base, keyring) -> None:
+    """Every line after the cut happened later, even one stamped earlier by a clock stepped back."""
+    orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring, clock=lambda: T0)
+    job_id = js.waiting_human(orch)  # events 1-3 at T0
+    orch.resume(job_id, "blue", now=T0 - 3600)
+    orch.cancel(job_id, "stop", now=T0 + 60)
+
+    def since(iso: str) -> list[tuple[str, int]]:
+        return [(ln["source"], ln["seq"]) for ln in timeline(orch, job_id=job_id, since=iso)["lines"]]
+
+    assert since("2026-12-01T16:14:00Z") == since("2026-12-01T15:00:00Z") == [
+        ("event", 1), ("event", 2), ("event", 3), ("event", 4), ("audit", 1), ("event", 5), ("audit", 2)]
+    assert since("2026-12-01T16:14:30Z") == [("event", 5), ("audit", 2)]
+    assert since("2026-12-01T16:16:00Z") == []
+    # with --action: the lines of that action after the cut
+    assert [ln["seq"] for ln in timeline(orch, job_id=job_id, since="2026-12-01T16:14:00", action="resume")["lines"]
+            ] == [4, 1]
+
+
+def test_a_resume_line_shows_the_answer(orch: Orchestrator) -> None:
+    job_id = js.waiting_human(orch, question="Which colour?")
+    orch.resume(job_id, "blue")
+    details = {ln["what"]: ln["detail"] for ln in timeline(orch, job_id=job_id)["lines"]}
+    assert details["human_input_requested"] == "question: Which colour?"
+    assert details["job_resumed"] == "answer: blue (question: Which colour?)"
+
+
 def test_timeline_marks_a_tampered_audit_entry_and_a_missing_event(orch: Orchestrator) -> None:
     job_id = js.waiting_human(orch)
     orch.resume(job_id, "yes")

@@ -384,3 +384,15 @@ def test_a_status_reader_never_imports_cryptography(tmp_path: Path) -> None:
     env = {**os.environ, "ORCH_KEYRING_DIR": str(folder)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_read_signs_only_with_a_key_it_has_and_a_later_write_still_creates_the_first_key(
+        isolated_env: Path, capsys) -> None:
+    ring = load_keyring()
+    with pytest.raises(SigningKeyError, match="never creates one.*keys rotate"):
+        ring.ensure_signer(create=False)
+    assert not isolated_env.exists(), "a read created a key (or its folder)"
+    ring.seal({"seq": 1})  # a write: the folder's first key
+    assert "generated signing key" in capsys.readouterr().err
+    assert ring.ensure_signer(create=False) == ring.signer_id
+    assert load_keyring().ensure_signer(create=False) == ring.signer_id  # another process finds it

@@ -1,0 +1,41 @@
+"""Times read from text: a time without a zone is UTC, as every time written and shown is, whatever ``TZ`` says."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from orchestrator.clock import from_iso, to_iso
+
+
+@pytest.fixture
+def zone(monkeypatch: pytest.MonkeyPatch):
+    def set_zone(tz: str) -> None:
+        monkeypatch.setenv("TZ", tz)
+        time.tzset()
+
+    yield set_zone
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize("tz", ["EST+5", "JST-9", "UTC0"])  # New York in winter, Tokyo, UTC (POSIX forms)
+def test_a_time_without_a_zone_is_utc_whatever_the_machines_zone(zone, tz: str) -> None:
+    zone(tz)
+    assert from_iso("2026-12-01T16:00:00") == from_iso("2026-12-01T16:00:00Z") == 1_796_140_800.0
+    assert from_iso("2026-12-01T17:00:00+01:00") == 1_796_140_800.0
+    assert from_iso(to_iso(1_796_141_640.25)) == 1_796_141_640.25
+
+
+@pytest.mark.parametrize("tz", ["EST+5", "JST-9"])
+def test_the_first_and_last_years_read_in_any_zone(zone, tz: str) -> None:
+    zone(tz)
+    assert from_iso("0001-01-01T00:00:00") == -62_135_596_800.0
+    assert from_iso("0001-01-01T00:00:00+09:00") == -62_135_596_800.0 - 9 * 3600
+    assert from_iso("9999-12-31T23:59:59-14:00") == 253_402_300_799.0 + 14 * 3600
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2026-13-01", "10000-01-01T00:00:00", ""])
+def test_text_that_is_no_time_is_a_value_error(text: str) -> None:
+    with pytest.raises(ValueError):
+        from_iso(text)
