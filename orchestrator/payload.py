@@ -29,6 +29,9 @@ MAX_TEXT, MAX_ARTIFACTS = 10_000, 1000  # shared with the model (payload_model.p
 ERROR_CODE_PATTERN = r"[A-Z][A-Z0-9_]{0,63}"
 _FIELDS = frozenset({"status", "summary", "question", "output", "artifacts", "retryable", "error_code"})
 _ERROR_CODE = re.compile(ERROR_CODE_PATTERN)
+NOT_UNICODE = ("the terminal payload holds text that is not valid Unicode (a lone surrogate such as \\udcff, "
+               "e.g. a file name or bytes that are not UTF-8 decoded with 'surrogateescape'): decode such bytes "
+               "with errors='replace', or send them as base64")
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,11 @@ def parse_payload(raw: bytes | str | dict[str, Any], artifacts_dir: Path) -> Pay
         payload = Payload(model.status, model.summary, model.question, model.output, list(model.artifacts),
                           model.retryable, model.error_code)
         try:  # the fast check (``plain_json``) already guarantees this for the payloads it accepts
-            json.dumps(payload.output, allow_nan=False)
+            # UTF-8, as every event is written: the model takes a lone surrogate in the output (an object's key
+            # too) and in an artifact path, which no event can hold (``signing.canonical`` would raise)
+            json.dumps([payload.output, payload.artifacts], ensure_ascii=False, allow_nan=False).encode()
+        except UnicodeEncodeError:
+            raise MalformedPayloadError(NOT_UNICODE) from None
         except (TypeError, ValueError) as exc:
             raise MalformedPayloadError(f"the payload's output is not plain JSON: {exc}") from None
     for rel in payload.artifacts:

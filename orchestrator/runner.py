@@ -30,6 +30,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from orchestrator.errors import MalformedPayloadError
+from orchestrator.payload import NOT_UNICODE
 from orchestrator.security import sanitize_text
 from orchestrator.store.jsonl import STRAY_AGE, pid_alive
 
@@ -255,9 +257,10 @@ def handler_payload(fn: Callable[[], Any]) -> bytes:
     """Call a Python handler and return its terminal payload as bytes, whatever it does.
 
     An exception becomes a ``failed`` payload with ``error_code`` ``HANDLER_ERROR`` (traceback on
-    stderr, so in the output tail); a return value that is not JSON becomes unparsable bytes, which
-    the worker records as ``MALFORMED_PAYLOAD``. A ``BaseException`` (``sys.exit``) is not caught:
-    the process running the handler exits without a payload (``NO_TERMINAL_SIGNAL_EXIT``).
+    stderr, so in the output tail); a return value that is not JSON (a set, an object, text that is
+    not valid Unicode) a ``failed`` payload with ``error_code`` ``MALFORMED_PAYLOAD`` saying why. A
+    ``BaseException`` (``sys.exit``) is not caught: the process running the handler exits without a
+    payload (``NO_TERMINAL_SIGNAL_EXIT``).
     """
     try:
         result = fn()
@@ -265,12 +268,23 @@ def handler_payload(fn: Callable[[], Any]) -> bytes:
             result = result.model_dump(mode="json")
         try:
             return json.dumps(result, ensure_ascii=False, allow_nan=False).encode()
+        except UnicodeEncodeError:
+            return _malformed(NOT_UNICODE)
         except (TypeError, ValueError) as exc:
-            return f"<handler returned a value that is not JSON: {exc}>".encode()
+            return _malformed(f"the handler returned a value that is not JSON: {exc}")
+        except RecursionError:
+            return _malformed("the handler returned a value nested too deeply to be JSON")
     except Exception as exc:  # the handler's failure is the job's outcome, not the worker's
         traceback.print_exc()
         return json.dumps({"status": "failed", "summary": f"handler raised {type(exc).__name__}: {exc}"[:2000],
                            "error_code": "HANDLER_ERROR", "retryable": True}).encode()
+
+
+def _malformed(why: str) -> bytes:
+    """The payload of a handler whose return value is no terminal payload: recorded as ``MALFORMED_PAYLOAD``
+    with the reason (bytes the worker could not parse would only say "not valid JSON")."""
+    return json.dumps({"status": "failed", "summary": why, "error_code": MalformedPayloadError.code,
+                       "retryable": True}).encode()
 
 
 def _become_handler_process(output: Path) -> None:

@@ -738,6 +738,11 @@ class Worker:
             view = self._append_outcome(claim, events, audit, drop)
         except LeaseLostError as exc:
             return self._lost(claim, exc.message)
+        except UnicodeEncodeError as exc:  # text no event can hold (a lone surrogate) past every check: nothing
+            if error_code == MalformedPayloadError.code:  # was written; the run failed, the worker goes on
+                raise
+            return self._fail(claim, MalformedPayloadError.code,
+                              f"the outcome holds text that cannot be written as UTF-8 ({exc.reason})")
         faults.point("worker.after_outcome")
         self._remember(view)
         state = view.state.state if view.state else None
