@@ -82,3 +82,50 @@ def test_an_outcome_that_cannot_be_encoded_fails_the_run_instead_of_stopping_the
     result, last = run_one(orch, "t.echo", "x")
     assert (result.outcome, result.error_code) == ("failed", "MALFORMED_PAYLOAD")
     assert last["type"] == "job_failed" and "cannot be written as UTF-8" in last["data"]["error"]
+
+
+# -- a handler module that exits while it is imported ---------------------------------------------------
+@pytest.fixture
+def exiting_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Handler modules that end their import with something other than an ``Exception``."""
+    for name, body in {"t_exits_on_import": "import sys; sys.exit(0)",
+                       "t_interrupts_on_import": "raise KeyboardInterrupt",
+                       "t_base_exception_on_import": "class Stop(BaseException): pass\nraise Stop('its own')",
+                       "t_takes_sigterm_on_import": "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                                                    "signal.signal(signal.SIGINT, signal.SIG_IGN)"}.items():
+        (tmp_path / f"{name}.py").write_text(f"{body}\ndef fn(ctx): return {{'status': 'done', 'summary': 'x'}}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+@pytest.mark.parametrize("module, raised", [("t_exits_on_import", "SystemExit: 0"),
+                                            ("t_interrupts_on_import", "KeyboardInterrupt"),
+                                            ("t_base_exception_on_import", "Stop: its own")])
+def test_a_kind_whose_module_exits_on_import_stays_queued_and_the_worker_runs_the_next_job(
+        orch, exiting_modules, module: str, raised: str) -> None:
+    broken = orch.submit(f"{module}:fn", max_attempts=1)
+    runnable = orch.submit("t.echo", "x")
+    worker = make_worker(orch)
+    with worker.handle_signals():  # as the worker command runs: SIGINT stops it through its own handler
+        assert worker.run_once().job_id == runnable
+        assert worker.run_once() is None
+    assert orch.status(broken).state == "queued"
+    reason = worker.handler_not_found().details["kinds"][f"{module}:fn"]["reason"]
+    assert reason.startswith(f"importing module {module!r} raised {raised}")
+
+
+def test_a_keyboard_interrupt_while_importing_for_a_worker_without_its_own_signal_handling_is_not_swallowed(
+        orch, exiting_modules) -> None:
+    # used from Python without handle_signals, SIGINT raises KeyboardInterrupt: it may be a real Ctrl-C
+    orch.submit("t_interrupts_on_import:fn")
+    with pytest.raises(KeyboardInterrupt):
+        make_worker(orch).run_once()
+
+
+def test_a_module_imported_for_a_kind_cannot_take_the_workers_stop_signals(orch, exiting_modules) -> None:
+    import signal
+
+    orch.submit("t_takes_sigterm_on_import:fn")
+    worker = make_worker(orch)
+    with worker.handle_signals() as scope:
+        assert make_worker(orch).run_once() is not None
+        assert signal.getsignal(signal.SIGTERM) == scope.handler == signal.getsignal(signal.SIGINT)
