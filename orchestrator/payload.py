@@ -67,11 +67,18 @@ def _accept(data: dict[str, Any]) -> Payload | None:
     return Payload(status, summary, question, output, list(artifacts), retryable, error_code)
 
 
+def too_large(size: int) -> MalformedPayloadError:
+    """The error for a payload of ``size`` bytes, over ``MAX_PAYLOAD_BYTES``: whoever reads one stops at the limit
+    (``runner.Child.payload``, ``runner.HostRun``), so a 400 MB file costs the worker no more than 1 MiB."""
+    return MalformedPayloadError(f"the terminal payload is {size} bytes (at most {MAX_PAYLOAD_BYTES})",
+                                 size=size)
+
+
 def parse_payload(raw: bytes | str | dict[str, Any], artifacts_dir: Path) -> Payload:
     """Validate a payload (JSON text or an already decoded object); raise ``MalformedPayloadError``."""
     if isinstance(raw, (bytes, str)):
         if len(raw) > MAX_PAYLOAD_BYTES:
-            raise MalformedPayloadError(f"the terminal payload is {len(raw)} bytes (at most {MAX_PAYLOAD_BYTES})")
+            raise too_large(len(raw))
         try:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:

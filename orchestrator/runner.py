@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator.errors import MalformedPayloadError
-from orchestrator.payload import NOT_UNICODE
+from orchestrator.payload import MAX_PAYLOAD_BYTES, NOT_UNICODE, too_large
 from orchestrator.security import sanitize_text
 from orchestrator.store.jsonl import STRAY_AGE, pid_alive
 
@@ -95,13 +95,25 @@ class Child:
     terminal_file: Path | None = None
 
     def payload(self) -> bytes | None:
-        """The terminal payload the run produced, or None if it left none."""
+        """The terminal payload the run produced, or None if it left none; ``MalformedPayloadError`` for one over
+        ``MAX_PAYLOAD_BYTES`` (never read past the limit: ``truncate -s 400M`` costs the worker nothing) or
+        that is not a regular file (a FIFO nobody writes would block the read forever)."""
         if self.terminal_file is None:
             return None
         try:
-            return self.terminal_file.read_bytes()
+            fd = os.open(self.terminal_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise MalformedPayloadError("the terminal payload is not a regular file (a FIFO, a device, a folder)")
+            if st.st_size > MAX_PAYLOAD_BYTES:
+                raise too_large(st.st_size)
+            data = fh.read(MAX_PAYLOAD_BYTES + 1)  # what a process that outlived the run appended since
+            if len(data) > MAX_PAYLOAD_BYTES:
+                raise too_large(max(len(data), os.fstat(fd).st_size))
+            return data
 
     def finish(self, paths: RunPaths) -> None:
         """After the outcome is recorded: remove what the run left behind (its folder, ``paths.remove``)."""
@@ -267,13 +279,16 @@ def handler_payload(fn: Callable[[], Any]) -> bytes:
         if hasattr(result, "model_dump"):
             result = result.model_dump(mode="json")
         try:
-            return json.dumps(result, ensure_ascii=False, allow_nan=False).encode()
+            data = json.dumps(result, ensure_ascii=False, allow_nan=False).encode()
         except UnicodeEncodeError:
             return _malformed(NOT_UNICODE)
         except (TypeError, ValueError) as exc:
             return _malformed(f"the handler returned a value that is not JSON: {exc}")
         except RecursionError:
             return _malformed("the handler returned a value nested too deeply to be JSON")
+        # refused here, as the worker would: a payload it will not read is not sent (the worker would have to
+        # kill this process, which is mid-write of a frame it cannot take back, ``HostRun.wait``)
+        return data if len(data) <= MAX_PAYLOAD_BYTES else _malformed(too_large(len(data)).message)
     except Exception as exc:  # the handler's failure is the job's outcome, not the worker's
         traceback.print_exc()
         return json.dumps({"status": "failed", "summary": f"handler raised {type(exc).__name__}: {exc}"[:2000],
@@ -374,9 +389,22 @@ def _read_exact(fd: int, n: int) -> bytes | None:
     return b"".join(parts)
 
 
-def _read_frame(fd: int) -> bytes | None:
+def _read_frame(fd: int, limit: int | None = None) -> bytes | None:
+    """One frame, or None if the other end closed first; ``FrameTooLarge`` (nothing allocated, the rest of
+    the frame left unread) if it announces more than ``limit`` bytes."""
     head = _read_exact(fd, _FRAME.size)
-    return None if head is None else _read_exact(fd, _FRAME.unpack(head)[0])
+    if head is None:
+        return None
+    size = _FRAME.unpack(head)[0]
+    if limit is not None and size > limit:
+        raise FrameTooLarge(size)
+    return _read_exact(fd, size)
+
+
+class FrameTooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
 
 
 def _write_frame(fd: int, data: bytes) -> None:
@@ -611,6 +639,7 @@ class HostRun(Child):
         self.output = host.output
         self.returncode: int | None = None
         self._payload: bytes | None = None
+        self._too_large: int | None = None  # the size the host announced for a payload over the limit
         self._resp_fd = resp_fd
 
     def poll(self) -> int | None:
@@ -624,7 +653,15 @@ class HostRun(Child):
             readable, _, _ = select.select([self._resp_fd], [], [], max(0.0, timeout))
         if not readable:
             return None
-        self._payload = _read_frame(self._resp_fd)
+        try:
+            self._payload = _read_frame(self._resp_fd, MAX_PAYLOAD_BYTES)
+        except FrameTooLarge as exc:
+            # not read (nor allocated): the host is blocked writing the rest, and a pipe that holds it cannot
+            # serve another run. It is killed and replaced (``handler_payload`` refuses such a payload first,
+            # so only a handler writing to the pipe itself gets here)
+            self._too_large = exc.size
+            self.kill_group(signal.SIGKILL)
+            return self.returncode
         if self._payload is not None:
             self.returncode = 0
             return 0
@@ -669,6 +706,8 @@ class HostRun(Child):
                 _UNREAPED.add(self.pid)
 
     def payload(self) -> bytes | None:
+        if self._too_large is not None:
+            raise too_large(self._too_large)
         return self._payload
 
     def finish(self, paths: RunPaths) -> None:

@@ -659,7 +659,10 @@ class Worker:
 
     def _record_exit(self, claim: Claim, code: int | None, child: Child, artifacts_dir: Path) -> RunResult:
         s = claim.state
-        raw = child.payload()
+        try:
+            raw = child.payload()
+        except MalformedPayloadError as exc:  # too large to read, or not a file
+            return self._fail(claim, exc.code, exc.message, output=child.output)
         if raw is None:
             return self._fail(claim, NO_TERMINAL_SIGNAL_EXIT,
                               f"the process exited with status {code} without writing a terminal payload",

@@ -129,3 +129,69 @@ def test_a_module_imported_for_a_kind_cannot_take_the_workers_stop_signals(orch,
     with worker.handle_signals() as scope:
         assert make_worker(orch).run_once() is not None
         assert signal.getsignal(signal.SIGTERM) == scope.handler == signal.getsignal(signal.SIGINT)
+
+
+# -- a payload over the limit is never read whole -----------------------------------------------------------
+def test_a_terminal_file_of_400_mb_is_malformed_payload_without_being_read_into_the_worker(orch) -> None:
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, the peak so far
+    argv = [PY, "-c", "import os; os.truncate(os.open(os.environ['ORCH_TERMINAL_FILE'], os.O_CREAT | os.O_WRONLY),"
+                      " 400 * 1024 * 1024)"]
+    result, last = run_one(orch, "command", {"argv": argv})
+    assert (result.outcome, result.error_code) == ("failed", "MALFORMED_PAYLOAD")
+    assert last["data"]["error"] == "the terminal payload is 419430400 bytes (at most 1048576)"
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50 * 1024
+
+
+def test_a_terminal_file_that_is_a_fifo_is_malformed_payload_not_a_worker_blocked_forever(orch) -> None:
+    import threading
+
+    argv = [PY, "-c", "import os; os.mkfifo(os.environ['ORCH_TERMINAL_FILE'])"]
+    outcome: list = []
+    runner = threading.Thread(target=lambda: outcome.append(run_one(orch, "command", {"argv": argv})), daemon=True)
+    runner.start()
+    runner.join(20)
+    assert outcome, "the worker blocked opening the FIFO"
+    result, last = outcome[0]
+    assert (result.outcome, result.error_code) == ("failed", "MALFORMED_PAYLOAD")
+    assert "not a regular file" in last["data"]["error"]
+
+
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_python_handler_returning_more_than_a_mib_is_malformed_payload_and_its_process_is_kept(
+        orch, mode: str) -> None:
+    register("t.huge", lambda ctx: {"status": "done", "summary": "x", "output": "a" * (2 * 1024 * 1024)})
+    worker = make_worker(orch, handler_process=mode)
+    first = worker_pid(orch, worker)
+    job = orch.submit("t.huge", max_attempts=1)
+    result = worker.run_once()
+    assert (result.job_id, result.error_code) == (job, "MALFORMED_PAYLOAD")
+    assert "the terminal payload is 2097200 bytes (at most 1048576)" in events(orch, job)[-1]["data"]["error"]
+    if mode == "reused":  # refused in the handler process, which stays
+        assert worker_pid(orch, worker) == first
+    worker.close()
+
+
+def worker_pid(orch, worker: Worker) -> int:
+    job = orch.submit("t.pid")
+    worker.run_once()
+    return orch.status(job).result["output"]["pid"]
+
+
+def test_a_handler_process_announcing_a_frame_over_the_limit_is_replaced_and_the_frame_never_read(
+        orch, monkeypatch) -> None:
+    import orchestrator.runner as runner
+
+    worker = make_worker(orch)
+    # a handler process that sends more than the limit (its own check bypassed, as by a handler writing to the pipe)
+    monkeypatch.setattr(runner, "handler_payload", lambda fn: b"x" * (runner.MAX_PAYLOAD_BYTES + 10))
+    job = orch.submit("t.echo", "x", max_attempts=1)
+    result = worker.run_once()
+    assert (result.job_id, result.error_code) == (job, "MALFORMED_PAYLOAD")
+    assert events(orch, job)[-1]["data"]["error"] == "the terminal payload is 1048586 bytes (at most 1048576)"
+    host = worker._host
+    assert host is not None and host.pid is None  # killed; the next run forks a new one
+    monkeypatch.undo()
+    assert worker_pid(orch, worker) == worker._host.pid
+    worker.close()
