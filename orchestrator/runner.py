@@ -15,7 +15,6 @@ import ctypes.util
 import fcntl
 import json
 import os
-import re
 import select
 import shutil
 import signal
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator.errors import MalformedPayloadError
 from orchestrator.payload import MAX_PAYLOAD_BYTES, NOT_UNICODE, too_large
-from orchestrator.security import sanitize_text
+from orchestrator.security import CUT_MARGIN, sanitized_cut
 from orchestrator.store.jsonl import STRAY_AGE, pid_alive
 
 if TYPE_CHECKING:  # handlers imports this module
@@ -291,8 +290,9 @@ def handler_payload(fn: Callable[[], Any]) -> bytes:
         return data if len(data) <= MAX_PAYLOAD_BYTES else _malformed(too_large(len(data)).message)
     except Exception as exc:  # the handler's failure is the job's outcome, not the worker's
         traceback.print_exc()
-        return json.dumps({"status": "failed", "summary": f"handler raised {type(exc).__name__}: {exc}"[:2000],
-                           "error_code": "HANDLER_ERROR", "retryable": True}).encode()
+        summary = sanitized_cut(f"handler raised {type(exc).__name__}: {exc}", 2000)  # sanitized, then cut
+        return json.dumps({"status": "failed", "summary": summary, "error_code": "HANDLER_ERROR",
+                           "retryable": True}).encode()
 
 
 def _malformed(why: str) -> bytes:
@@ -715,20 +715,13 @@ class HostRun(Child):
         self.host.clear_output()
 
 
-# Read before a tail as well, so that a secret the tail's cut goes through is seen whole by
-# ``sanitize_text`` (or falls on the dropped first line), not left as an unrecognisable half.
-TAIL_MARGIN_BYTES = 16 * 1024
-_LINE_BREAK = re.compile(r"[\r\n]")
+TAIL_MARGIN_BYTES = CUT_MARGIN  # read before a tail as well (``security.sanitized_cut``)
 
 
 def sanitized_tail(path: Path, limit: int = 4000) -> str:
-    """The last ``limit`` characters of a run's output, sanitized ("..." first when cut).
-
-    A cut must never go through a secret before it is sanitized: half a ``password=...`` or a
-    private key without its BEGIN line matches no pattern. So ``TAIL_MARGIN_BYTES`` more are read,
-    the first line of what was read (cut at an arbitrary byte) is dropped, the rest is sanitized,
-    and only then is it cut to ``limit`` (redaction may shorten it enough to bring the start of what was
-    read into the tail: hence the drop, of half the margin when no line break was read)."""
+    """The last ``limit`` characters of a run's output, sanitized ("..." first when cut): ``TAIL_MARGIN_BYTES``
+    more are read, and ``security.sanitized_cut`` sanitizes before it cuts, so a cut never goes through a
+    secret before it is sanitized."""
     try:
         with open(path, "rb") as fh:
             size = fh.seek(0, os.SEEK_END)
@@ -736,9 +729,4 @@ def sanitized_tail(path: Path, limit: int = 4000) -> str:
             data = fh.read()
     except FileNotFoundError:
         return ""
-    text = data.decode("utf-8", errors="replace")
-    if start > 0:  # the line the read began in was cut at an arbitrary byte: drop it; with no line break
-        first_break = _LINE_BREAK.search(text)  # in all that was read, the margin's first half instead
-        text = text[first_break.end():] if first_break else text[TAIL_MARGIN_BYTES // 2:]
-    text = sanitize_text(text)
-    return "..." + text[-limit:] if start > 0 or len(text) > limit else text
+    return sanitized_cut(data.decode("utf-8", errors="replace"), limit, tail=True, cut=start > 0)

@@ -20,7 +20,7 @@ from typing import Any
 
 from orchestrator.errors import InvalidIdError, PathEscapeError
 
-__all__ = ["REDACTED", "sanitize_text", "sanitize_obj", "one_line", "shown", "validate_id", "safe_join",
+__all__ = ["REDACTED", "sanitize_text", "sanitized_cut", "sanitize_obj", "one_line", "shown", "validate_id", "safe_join",
            "validate_artifact_path"]
 
 REDACTED = "[REDACTED]"
@@ -139,6 +139,38 @@ def sanitize_text(text: str) -> str:
     return _SHAPES.sub(REDACTED, text)
 
 
+# Read (or kept) beyond a cut, so that a secret the cut goes through is seen whole by ``sanitize_text`` (or
+# falls on the dropped line), not left as an unrecognisable half.
+CUT_MARGIN = 16 * 1024
+_LINE_BREAK = re.compile(r"[\r\n]")
+
+
+def sanitized_cut(text: str, limit: int, *, tail: bool = False, cut: bool = False) -> str:
+    """``text`` sanitized, then cut to its first ``limit`` characters ("..." last when cut), or with ``tail``
+    to its last ("..." first). ``cut``: ``text`` is itself already a cut on the side that is dropped (a read
+    that stopped before the end, or began after the start).
+
+    A cut must never go through a secret before it is sanitized: half a ``password=...``, a URL whose
+    credentials lose their ``@``, or a private key without its BEGIN line matches no pattern. Only
+    ``limit + CUT_MARGIN`` characters are kept; where they were cut from more, the line the cut went through
+    is dropped (half the margin when it holds no line break: redacting a long value can shorten the text
+    enough to bring the cut into what is kept); the rest is sanitized, and only then cut to ``limit``.
+    A secret cut by that first cut would have to be longer than the margin to reach what is kept."""
+    if len(text) > limit + CUT_MARGIN:
+        text = text[-(limit + CUT_MARGIN):] if tail else text[:limit + CUT_MARGIN]
+        cut = True
+    if cut and tail:
+        first_break = _LINE_BREAK.search(text)
+        text = text[first_break.end():] if first_break else text[CUT_MARGIN // 2:]
+    elif cut:
+        last_break = max(text.rfind("\n"), text.rfind("\r"))
+        text = text[:last_break + 1] if last_break >= 0 else text[:-(CUT_MARGIN // 2)]
+    text = sanitize_text(text)
+    if not cut and len(text) <= limit:
+        return text
+    return "..." + text[-limit:] if tail else text[:limit] + "..."
+
+
 def _holds_something(value: Any) -> bool:
     """False for a value that cannot carry a secret: ``None``, a bool, or an empty string or container."""
     if value is None or isinstance(value, bool):
@@ -192,7 +224,7 @@ _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 def shown(value: object) -> str:
     """repr() for messages, cut short so a hostile 5 MB value never lands in a log."""
     shown = repr(value)
-    return shown if len(shown) <= 80 else shown[:77] + "..."
+    return shown if len(shown) <= 80 else sanitized_cut(shown, 77)  # a cut never leaves half a secret
 
 
 def is_id(value: str) -> bool:

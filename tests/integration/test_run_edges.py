@@ -195,3 +195,88 @@ def test_a_handler_process_announcing_a_frame_over_the_limit_is_replaced_and_the
     monkeypatch.undo()
     assert worker_pid(orch, worker) == worker._host.pid
     worker.close()
+
+
+# -- a cut never goes through a secret before it is sanitized -----------------------------------------------
+DB_URL = "postgres://app:S3cretDbPassw0rd@db.internal/prod"
+
+
+def padded(prefix_len: int, limit: int) -> str:
+    """Padding so that a cut at ``limit`` characters of ``prefix + padding + DB_URL`` falls in the password."""
+    return "x" * (limit - prefix_len - len("postgres://app:S3cre"))
+
+
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_handler_exception_cut_inside_a_secret_leaves_none_of_it_in_the_events(orch, mode: str) -> None:
+    prefix = "handler raised ValueError: "
+    text = padded(len(prefix), 2000) + DB_URL
+    assert (prefix + text)[:2000].endswith("postgres://app:S3cre")
+
+    def leaks(ctx):
+        raise ValueError(text)
+
+    register("t.leaks", leaks)
+    result, last = run_one(orch, "t.leaks", handler_process=mode)
+    stored = (orch.settings.state_dir / "queue" / "jobs" / f"{result.job_id}.events.jsonl").read_text()
+    assert "S3cre" not in stored and "postgres://app:" in stored
+    assert result.error_code == "HANDLER_ERROR" and last["data"]["summary"].endswith("...")
+
+
+class SecretEcho:
+    """An endpoint that answers with ``body`` and ``status``, each holding a password where the handler cuts."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        import threading
+
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(outer.status)
+                self.send_header("Content-Length", str(len(outer.body)))
+                self.end_headers()
+                self.wfile.write(outer.body)
+
+        self.status, self.body = status, body
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.mark.parametrize("status, body, cut, code", [
+    # an HTTP error's body was read 500 bytes long, then sanitized
+    (500, (padded(0, 500) + DB_URL + " and more").encode(), 500, "LLM_HTTP_ERROR"),
+    # a reply that is not a chat completion was quoted by its first 200 bytes, then sanitized
+    (200, (padded(0, 200) + DB_URL + " not json").encode(), 200, "LLM_BAD_RESPONSE"),
+], ids=["http-error-body", "not-a-chat-completion"])
+def test_an_llm_failure_quoting_the_reply_cuts_it_only_after_it_is_sanitized(
+        status: int, body: bytes, cut: int, code: str) -> None:
+    from orchestrator.handlers.llm import call_llm
+
+    assert body[:cut].endswith(b"postgres://app:S3cre")
+    endpoint = SecretEcho(status, body)
+    try:
+        failed = call_llm({"input": "x"}, {"LLM_URL": endpoint.url, "LLM_API_KEY": "k"})
+    finally:
+        endpoint.close()
+    assert failed["error_code"] == code and "postgres://app:" in failed["summary"]
+    assert "S3cre" not in failed["summary"]
+
+
+def test_a_value_shown_in_a_message_is_cut_only_after_it_is_sanitized() -> None:
+    from orchestrator.security import shown
+
+    value = padded(1, 77) + DB_URL  # repr adds a quote before it
+    assert repr(value)[:77].endswith("postgres://app:S3cre")
+    assert "S3cre" not in shown(value) and shown(value).endswith("...") and len(shown(value)) <= 80
