@@ -181,26 +181,51 @@ def _holds_something(value: Any) -> bool:
 
 
 def sanitize_obj(obj: Any) -> Any:
-    """Return a copy of a JSON-like structure with every string value sanitized.
+    """Return a copy of a JSON-like structure with every string sanitized, object keys included.
 
-    Keys are never changed, but whatever is stored under a secret-looking key is redacted
-    whole: a scalar (``{"password": "x"}``), since its text alone looks harmless, and a list
-    or an object (``{"token": {"a": "x"}}``), since nothing inside it says it is secret. Only
-    a value that holds nothing (``None``, a bool, ``""``, ``[]``, ``{}``) is kept as is.
+    Whatever is stored under a secret-looking key is redacted whole: a scalar (``{"password": "x"}``),
+    since its text alone looks harmless, and a list or an object (``{"token": {"a": "x"}}``), since
+    nothing inside it says it is secret. Only a value that holds nothing (``None``, a bool, ``""``,
+    ``[]``, ``{}``) is kept as is. A key is itself text a handler chose (``{"note password=x": 1}``):
+    it is sanitized too (``_sanitized_keys``), and no value is lost when two keys become one.
     """
     if isinstance(obj, str):
         return sanitize_text(obj)
     if isinstance(obj, dict):
         out: dict[Any, Any] = {}
-        for key, value in obj.items():
+        for key, stored in _sanitized_keys(obj).items():
+            value = obj[key]
             secret = isinstance(key, str) and _SENSITIVE_KEY.search(key) is not None
-            out[key] = REDACTED if secret and _holds_something(value) else sanitize_obj(value)
+            out[stored] = REDACTED if secret and _holds_something(value) else sanitize_obj(value)
         return out
     if isinstance(obj, list):
         return [sanitize_obj(item) for item in obj]
     if isinstance(obj, tuple):
         return tuple(sanitize_obj(item) for item in obj)
     return obj
+
+
+def _sanitized_keys(obj: dict[Any, Any]) -> dict[Any, Any]:
+    """Each key of ``obj`` and the key it is stored under: sanitized, in the object's order. A key that
+    sanitizing leaves as it is keeps its name; one that it changes gets its sanitized name, or, when that
+    name is taken (``{"password=a": 1, "password=b": 2}``), ``2-``, ``3-``, ... in front of it, as an artifact
+    does (a number after it would be taken into the redacted value). So no two keys become one."""
+    renamed = {key: sanitize_text(key) for key in obj if isinstance(key, str)}
+    renamed = {key: new for key, new in renamed.items() if new != key}
+    if not renamed:
+        return {key: key for key in obj}
+    taken = {key for key in obj if key not in renamed}
+    names = {}
+    for key in obj:
+        name = renamed.get(key, key)
+        if key in renamed:
+            n = 1
+            while name in taken:
+                n += 1
+                name = f"{n}-{renamed[key]}"
+            taken.add(name)
+        names[key] = name
+    return names
 
 
 # what ends, rewrites or reorders a line on a terminal: C0 and C1 controls (newline, carriage return, escape),

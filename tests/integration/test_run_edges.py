@@ -280,3 +280,16 @@ def test_a_value_shown_in_a_message_is_cut_only_after_it_is_sanitized() -> None:
     value = padded(1, 77) + DB_URL  # repr adds a quote before it
     assert repr(value)[:77].endswith("postgres://app:S3cre")
     assert "S3cre" not in shown(value) and shown(value).endswith("...") and len(shown(value)) <= 80
+
+
+# -- secrets in an output's keys ----------------------------------------------------------------------------
+def test_a_secret_in_an_output_key_is_stored_redacted_and_no_value_is_lost(orch) -> None:
+    register("t.keys", lambda ctx: {"status": "done", "summary": "s",
+                                    "output": {"note password=KEYSEC1": 1, "note password=KEYSEC2": 2,
+                                               "rows": {"token=KEYSEC3": [3]}}})
+    result, last = run_one(orch, "t.keys")
+    assert result.outcome == "succeeded"
+    assert last["data"]["output"] == {"note password=[REDACTED]": 1, "2-note password=[REDACTED]": 2,
+                                      "rows": {"token=[REDACTED]": [3]}}
+    stored = (orch.settings.state_dir / "queue" / "jobs" / f"{result.job_id}.events.jsonl").read_text()
+    assert "KEYSEC" not in stored
