@@ -558,7 +558,7 @@ class Worker:
                 return self._lost(claim, "the job changed while it ran (taken over or cancelled)")
             if how == "timeout":
                 return self._fail(claim, NO_TERMINAL_SIGNAL_TIMEOUT, f"killed after its timeout of {s.timeout:g}s",
-                                  event="job_timeout")
+                                  output=child.output, event="job_timeout")
             if how == "stopped":
                 return self._release(claim, child.output)
             return self._record_exit(claim, code, child, paths.artifacts_dir)
@@ -702,8 +702,8 @@ class Worker:
         if event == "job_timeout":
             data["timeout"] = s.timeout
         else:
-            data["output_tail"] = sanitized_tail(output, OUTPUT_TAIL_BYTES) if output else ""
             data["summary"] = sanitize_text(payload.summary if payload else "")[:4000]
+        data["output_tail"] = sanitized_tail(output, OUTPUT_TAIL_BYTES) if output else ""
         outcome = "retry" if "retry_at" in data else "failed"
         # a timeout is the worker's decision, so it has its audit entry (``audit.AUDITED_EVENTS``)
         audit = (event, data["error"]) if event == "job_timeout" else None

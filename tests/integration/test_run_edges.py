@@ -293,3 +293,24 @@ def test_a_secret_in_an_output_key_is_stored_redacted_and_no_value_is_lost(orch)
                                       "rows": {"token=[REDACTED]": [3]}}
     stored = (orch.settings.state_dir / "queue" / "jobs" / f"{result.job_id}.events.jsonl").read_text()
     assert "KEYSEC" not in stored
+
+
+# -- a timeout keeps the tail of what the run printed ----------------------------------------------------------
+@pytest.mark.parametrize("kind, value", [
+    ("command", {"argv": [PY, "-c", "import time; print('working password=hunter2', flush=True); time.sleep(30)"]}),
+    ("t.print_then_sleep", None),
+])
+def test_a_run_killed_at_its_timeout_keeps_its_output_tail_sanitized(orch, kind: str, value: object) -> None:
+    import time
+
+    def print_then_sleep(ctx):
+        print("working password=hunter2", flush=True)
+        time.sleep(30)
+
+    register("t.print_then_sleep", print_then_sleep)
+    job = orch.submit(kind, value, timeout=1.0, max_attempts=1)
+    result = make_worker(orch).run_once()
+    assert (result.job_id, result.error_code) == (job, "NO_TERMINAL_SIGNAL_TIMEOUT")
+    timeout = events(orch, job)[-1]
+    assert timeout["type"] == "job_timeout"
+    assert timeout["data"]["output_tail"] == "working password=[REDACTED]\n"
