@@ -303,11 +303,16 @@ def _malformed(why: str) -> bytes:
 
 
 def _become_handler_process(output: Path) -> None:
-    """In a freshly forked child: own process group, default signals, die with the worker, output to a file."""
+    """In a freshly forked child: own process group, default signals, die with the worker, output to a file,
+    and stdin from ``/dev/null``, as a command gets (not the worker's terminal or pipe)."""
     os.setpgid(0, 0)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     _die_with_parent()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    sys.stdin = open(0, encoding="utf-8", errors="replace", closefd=False)
     fd = _open_output(output)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -344,7 +349,10 @@ def _child_main(output: Path, close: tuple[int, ...], body: Callable[[], None], 
         _become_handler_process(output)
         body()
         code = 0
-    except BaseException:  # sys.exit in a handler, a broken pipe: the run ends without a payload
+    except SystemExit as exc:  # sys.exit(N) in a handler: the run ends without a payload, and with status N
+        traceback.print_exc()
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    except BaseException:  # a KeyboardInterrupt of its own, a broken pipe: the run ends without a payload
         traceback.print_exc()
     finally:
         try:

@@ -314,3 +314,37 @@ def test_a_run_killed_at_its_timeout_keeps_its_output_tail_sanitized(orch, kind:
     timeout = events(orch, job)[-1]
     assert timeout["type"] == "job_timeout"
     assert timeout["data"]["output_tail"] == "working password=[REDACTED]\n"
+
+
+# -- a Python handler's process ----------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_sys_exit_with_a_status_in_a_python_handler_is_recorded_with_that_status(orch, mode: str) -> None:
+    def exits(ctx):
+        sys.exit(3)
+
+    register("t.exit3", exits)
+    result, last = run_one(orch, "t.exit3", handler_process=mode)
+    assert result.error_code == "NO_TERMINAL_SIGNAL_EXIT"
+    assert last["data"]["error"] == "the process exited with status 3 without writing a terminal payload"
+
+
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_python_handler_reads_its_stdin_from_dev_null_as_a_command_does(orch, mode: str) -> None:
+    import os
+
+    def reads_stdin(ctx):
+        return {"status": "done", "summary": "read", "output": {"stdin": os.path.realpath("/proc/self/fd/0"),
+                                                                 "read": os.read(0, 100).decode()}}
+
+    register("t.stdin", reads_stdin)
+    read_end, write_end = os.pipe()  # a worker whose stdin is a pipe someone still writes to
+    saved = os.dup(0)
+    os.dup2(read_end, 0)
+    try:
+        os.write(write_end, b"the worker's own input\n")
+        result, last = run_one(orch, "t.stdin", handler_process=mode)
+    finally:
+        os.dup2(saved, 0)
+        for fd in (saved, read_end, write_end):
+            os.close(fd)
+    assert result.outcome == "succeeded" and last["data"]["output"] == {"stdin": "/dev/null", "read": ""}
