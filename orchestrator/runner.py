@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator.errors import MalformedPayloadError
+from orchestrator.leftovers import (LEFTOVER_GRACE_SECONDS, POLL_SECONDS, become_subreaper, end_leftovers,
+                                    group_alive, set_run_environment)
 from orchestrator.payload import MAX_PAYLOAD_BYTES, NOT_UNICODE, too_large
 from orchestrator.security import CUT_MARGIN, sanitized_cut
 from orchestrator.store.jsonl import STRAY_AGE, pid_alive
@@ -132,19 +134,76 @@ class Child:
             pass
 
 
+
+
 class PopenChild(Child):
+    """A command. Its run is over when its process has exited *and* nothing is left in its process group: as
+    systemd's ``KillMode=control-group``, what it started and left running (``sleep 313 &``) is sent SIGTERM
+    when it exits, and SIGKILL after ``LEFTOVER_GRACE_SECONDS``; until then ``wait`` says "still running", so
+    the worker keeps renewing the lease. The SIGTERM is sent while the exited process is not yet reaped (a
+    zombie, seen through a pidfd): its pid, the group's id, cannot be given to another process meanwhile; and
+    after, only while the group still has a member, which holds that id too. A process that left the group
+    (``setsid``) is not found (``docs/worker.md``)."""
+
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         self.pid = proc.pid
+        self.returncode: int | None = None  # the process's exit status, once reaped
+        self._grace_ends: float | None = None
+        self._pidfd: int | None = None
+        if hasattr(os, "pidfd_open"):
+            try:
+                self._pidfd = os.pidfd_open(proc.pid)
+            except OSError:
+                self._pidfd = None
 
     def poll(self) -> int | None:
-        return self.proc.poll()
+        return self.wait(0)
 
     def wait(self, timeout: float) -> int | None:
-        try:
-            return self.proc.wait(timeout=max(0.0, timeout))
+        end = time.monotonic() + max(0.0, timeout)
+        if self.returncode is None:
+            if not self._exited(timeout):
+                return None
+            self._grace_ends = time.monotonic() + LEFTOVER_GRACE_SECONDS
+        assert self._grace_ends is not None
+        pause = POLL_SECONDS
+        while group_alive(self.pid):
+            now = time.monotonic()
+            if now >= self._grace_ends:
+                self.kill_group(signal.SIGKILL)  # a member is left, so the group's id is still its own
+                return self.returncode
+            if now >= end:
+                return None
+            time.sleep(min(pause, end - now, self._grace_ends - now))
+            pause = min(pause * 2, 0.1)  # each look may read every process's stat
+        return self.returncode
+
+    def _exited(self, timeout: float) -> bool:
+        """Wait for the process to exit; once it has, SIGTERM its group and reap it."""
+        if self._pidfd is not None:
+            readable, _, _ = select.select([self._pidfd], [], [], max(0.0, timeout))
+            if not readable:
+                return False
+            self.kill_group(signal.SIGTERM)  # exited, not reaped: the group's id is not reused meanwhile
+            self.returncode = self.proc.wait()
+            self._close()
+            return True
+        try:  # no pidfd (not Linux 5.3+): reaped first, then the group signalled (it holds the id if not empty)
+            self.returncode = self.proc.wait(timeout=max(0.0, timeout))
         except subprocess.TimeoutExpired:
-            return None
+            return False
+        self.kill_group(signal.SIGTERM)
+        return True
+
+    def _close(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def finish(self, paths: RunPaths) -> None:
+        self._close()
+        super().finish(paths)
 
 
 _UNREAPED: set[int] = set()  # children that announced their exit code and were still exiting
@@ -309,6 +368,7 @@ def _become_handler_process(output: Path) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     _die_with_parent()
+    become_subreaper(_load_libc())  # what a run leaves is re-parented here, and ended (``end_leftovers``)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
@@ -356,6 +416,10 @@ def _child_main(output: Path, close: tuple[int, ...], body: Callable[[], None], 
         traceback.print_exc()
     finally:
         try:
+            end_leftovers()  # before it exits: its orphans would go to init, out of reach
+        except BaseException:  # noqa: S110 - exiting anyway
+            pass
+        try:
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
@@ -367,13 +431,21 @@ def _child_main(output: Path, close: tuple[int, ...], body: Callable[[], None], 
             os._exit(code)
 
 
-def fork_call(fn: Callable[[], Any], *, terminal_file: Path, output: Path) -> Child:
+def fork_call(fn: Callable[[], Any], *, terminal_file: Path, output: Path,
+              context: dict[str, Any] | None = None) -> Child:
     """Run ``fn()`` in a child forked for this run alone; its payload (``handler_payload``) becomes the
-    terminal file. Used with ``handler_process="per-run"``; the default reuses one ``HandlerHost``."""
+    terminal file. Used with ``handler_process="per-run"``; the default reuses one ``HandlerHost``.
+    ``context``: the run's, whose ids go in the child's environment (``set_run_environment``)."""
     done_r, done_w = os.pipe()
     pid = _fork()
     if pid == 0:  # pragma: no cover - runs in the child, covered by the worker tests
-        _child_main(output, (done_r,), lambda: write_bytes_atomic(terminal_file, handler_payload(fn)), done_w)
+        def body() -> None:
+            set_run_environment(context or {})
+            payload = handler_payload(fn)
+            end_leftovers()  # before the payload is there: the run is over when what it started is gone
+            write_bytes_atomic(terminal_file, payload)
+
+        _child_main(output, (done_r,), body, done_w)
     os.close(done_w)
     child = ForkChild(pid, done_r)
     child.terminal_file, child.output = terminal_file, output
@@ -433,7 +505,9 @@ def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: i
         # knows when the run starts. This run's tail holds this run's output only.
         if os.fstat(1).st_size:
             os.ftruncate(1, 0)
+        set_run_environment(request["context"])
         payload = handler_payload(lambda: call(request["kind"], request["context"]))
+        end_leftovers()  # the run is over when what it started is gone (one waitpid when it started nothing)
         sys.stdout.flush()
         sys.stderr.flush()
         _write_frame(resp_w, payload)

@@ -44,6 +44,7 @@ from orchestrator.errors import (ConcurrencyError, HandlerNotFoundError, Invalid
                                  SigningKeyError, StorageUnavailableError)
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, lookup, registry_generation, resolve
 from orchestrator.leases import LEASES_AREA, Lease, drop_lease_aux, lease_expiry, write_lease
+from orchestrator.leftovers import kill_run_processes
 from orchestrator.limits import MAX_DURATION_SECONDS
 from orchestrator.payload import DONE, FAILED, NEEDS_AUDIT, Payload, parse_payload
 from orchestrator.queue import ReadyEntry
@@ -363,6 +364,10 @@ class Worker:
         else:
             data.update(to="failed")
         data["error"] = sanitize_text(why)
+        killed = kill_run_processes(s.run_id)  # on this machine: what the run left running must not meet its retry
+        if killed:
+            log.warning("killed %d process(es) left by run %s of job %s", len(killed), s.run_id, s.job_id,
+                        extra={"job_id": s.job_id, "run_id": s.run_id, "pids": killed})
         try:  # the dead run's lease is dropped with the event (in its transaction where the store can)
             self.orch.append(view, s.job_id, [("stale_recovered", data)], run_id=s.run_id, actor=self.actor,
                              now=now, audit=("stale_recovered", f"{why}; to {data['to']}"),
@@ -624,22 +629,26 @@ class Worker:
                 return "exited", code, claim
             now_m = time.monotonic()
             if deadline is not None and now_m >= deadline:
-                self._kill(child)
+                self._kill(child, claim.run_id)
                 return "timeout", None, claim
             if stop_deadline is not None and now_m >= stop_deadline:
-                self._kill(child)
+                self._kill(child, claim.run_id)
                 return "stopped", None, claim
             if now_m >= next_beat:
                 next_beat = now_m + beat
                 if not self._renew(claim):
-                    self._kill(child)
+                    self._kill(child, claim.run_id)
                     return "lost", None, claim
                 claim = replace(claim, renewed=True)
 
     @staticmethod
-    def _kill(child: Child) -> None:
+    def _kill(child: Child, run_id: str) -> None:
+        """Kill the run: its process group, then, on this machine, any process of it that left the group
+        (``setsid``) but kept ``ORCH_RUN_ID`` (``leftovers.kill_run_processes``: a look at every process, on
+        this path only)."""
         child.kill_group(signal.SIGKILL)
         child.wait(5.0)
+        kill_run_processes(run_id)
 
     def _renew(self, claim: Claim) -> bool:
         """Heartbeat: False if the job's log grew since the claim (taken over, cancelled). A store out of

@@ -104,7 +104,8 @@ class PythonHandler(Handler):
             return host.run(self.name, context)
         paths.make_run_dir()
         ctx = JobContext(context, paths.artifacts_dir)
-        return fork_call(lambda: self.fn(ctx), terminal_file=paths.terminal_file, output=paths.output_file)
+        return fork_call(lambda: self.fn(ctx), terminal_file=paths.terminal_file, output=paths.output_file,
+                         context=context)
 
 
 def call_python_handler(kind: str, context: dict[str, Any]) -> Any:

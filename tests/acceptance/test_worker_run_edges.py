@@ -97,3 +97,44 @@ def test_a_looping_worker_that_meets_a_module_exiting_on_import_runs_on_and_stil
         stop(proc)
     assert code == 0, err
     assert state(orch, broken) == "queued" and "raised SystemExit: 0" in err
+
+
+# -- a worker SIGKILLed while what its run started runs on ----------------------------------------------------
+LEAVE_AND_BLOCK = """
+import os, subprocess, sys, time
+p = subprocess.Popen(["sleep", "313"])
+open(sys.argv[1] + ".tmp", "w").write(str(p.pid)); os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(313)
+"""
+
+
+@pytest.mark.parametrize("kind", ["command", "python"])
+def test_stale_recovery_kills_what_the_run_of_a_sigkilled_worker_left_before_the_job_runs_again(
+        env, orch, tmp_path: Path, kind: str) -> None:
+    pidfile = tmp_path / "left.pid"
+    if kind == "command":
+        job = orch.submit("command", {"argv": [sys.executable, "-c", LEAVE_AND_BLOCK, str(pidfile)]}, max_attempts=1)
+    else:
+        (tmp_path / "t_leaves.py").write_text(
+            "import subprocess, sys\n"
+            f"def fn(ctx):\n    sys.argv[1:] = [ctx.input]\n    exec({LEAVE_AND_BLOCK!r})\n")
+        job = orch.submit("t_leaves:fn", str(pidfile), max_attempts=1)
+    victim = start_worker(env, "--worker-id", "victim", "--lease-seconds", "1")
+    try:
+        wait_until(pidfile.exists, what="the run to start its process")
+        left = int(pidfile.read_text())
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(5)
+        assert alive(left)  # the handler died with its worker (PDEATHSIG); what it started did not
+        wait_until(lambda: run_script("worker", "--once", "--worker-id", "rescuer", env=env).returncode in (0, 75)
+                   and state(orch, job) == "failed", what="the stale run to be recovered")
+        wait_until(lambda: not alive(left), timeout=5, what="the left process to be killed")
+    finally:
+        stop(victim)
+        if pidfile.exists() and alive(int(pidfile.read_text())):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    assert [e["type"] for e in records(orch, job)][-1] == "stale_recovered"
+
+
+def records(orch, job_id: str) -> list[dict]:
+    return [json.loads(line.raw) for line in orch.store.read(job_id)]

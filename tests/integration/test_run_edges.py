@@ -348,3 +348,144 @@ def test_a_python_handler_reads_its_stdin_from_dev_null_as_a_command_does(orch, 
         for fd in (saved, read_end, write_end):
             os.close(fd)
     assert result.outcome == "succeeded" and last["data"]["output"] == {"stdin": "/dev/null", "read": ""}
+
+
+# -- what a run leaves running ends with the run ---------------------------------------------------------------
+def alive(pid: int) -> bool:
+    """True for a live process (a zombie nobody reaped yet counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def left_pid(path: Path) -> int:
+    return int(path.read_text().split()[0])
+
+
+@pytest.fixture
+def leftover(tmp_path: Path):
+    """Where a test's leftover process writes its pid; killed at the end if the code under test did not."""
+    import os
+    import signal
+
+    pidfile = tmp_path / "left.pid"
+    yield pidfile
+    if pidfile.exists() and alive(left_pid(pidfile)):
+        os.kill(left_pid(pidfile), signal.SIGKILL)
+
+
+LEAVE_ONE = """
+import json, os, subprocess, sys, time
+pidfile = sys.argv[1]
+leftover = ("import os, signal, sys, time\\n"
+            + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n" if sys.argv[2] == "ignore" else "")
+            + "open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid())); os.rename(sys.argv[1] + '.tmp', sys.argv[1])\\n"
+            + "time.sleep(313)")
+subprocess.Popen([sys.executable, "-c", leftover, pidfile])
+while not os.path.exists(pidfile):
+    time.sleep(0.01)
+json.dump({"status": "done", "summary": "ok"}, open(os.environ["ORCH_TERMINAL_FILE"], "w"))
+"""
+
+
+@pytest.mark.parametrize("sigterm", ["obey", "ignore"])
+def test_a_command_that_exits_leaving_a_background_process_has_it_killed_before_its_outcome(
+        orch, leftover: Path, sigterm: str) -> None:
+    import time
+
+    pidfile = leftover
+    started = time.monotonic()
+    result, _last = run_one(orch, "command", {"argv": [PY, "-c", LEAVE_ONE, str(pidfile), sigterm]})
+    took = time.monotonic() - started
+    assert result.outcome == "succeeded"
+    assert not alive(left_pid(pidfile))  # gone when the outcome is recorded
+    assert took >= 1.0 if sigterm == "ignore" else took < 1.0  # SIGKILL only after the grace period
+
+
+LEAVES = {
+    "child": "import subprocess; p = subprocess.Popen(['sleep', '313'])\nPID = p.pid",
+    "setsid-child": "import subprocess; p = subprocess.Popen(['sleep', '313'], start_new_session=True)\nPID = p.pid",
+    "orphan-in-its-own-session": "import subprocess\nPID = int(subprocess.run(['sh', '-c', 'setsid sleep 313 "
+                                 "> /dev/null 2>&1 & echo $!'], capture_output=True, text=True).stdout)",
+}
+
+
+@pytest.mark.parametrize("leaves", LEAVES)
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_python_handler_leaving_a_process_running_has_it_killed_when_its_run_ends(
+        orch, leftover: Path, mode: str, leaves: str) -> None:
+    pidfile = leftover
+
+    def leaves_one(ctx):
+        scope: dict = {}
+        exec(LEAVES[leaves], scope)
+        pidfile.write_text(str(scope["PID"]))
+        return {"status": "done", "summary": "left one", "output": {"pid": os.getpid()}}
+
+    import os
+
+    register("t.leaves", leaves_one)
+    worker = make_worker(orch, handler_process=mode)
+    result = worker.run_once() if orch.submit("t.leaves") else None
+    assert result.outcome == "succeeded"
+    assert not alive(left_pid(pidfile))
+    if mode == "reused":  # the handler process itself is kept for the next run
+        host = orch.status(result.job_id).result["output"]["pid"]
+        assert alive(host) and worker_pid(orch, worker) == host
+    worker.close()
+
+
+def test_a_python_handler_process_gives_the_processes_its_run_starts_the_runs_ids(orch) -> None:
+    import subprocess
+
+    def env_of_child(ctx):
+        out = subprocess.run(["sh", "-c", "echo $ORCH_JOB_ID $ORCH_RUN_ID"], capture_output=True, text=True).stdout
+        return {"status": "done", "summary": "ids", "output": out.split()}
+
+    register("t.child_env", env_of_child)
+    for mode in ("reused", "per-run"):
+        result, last = run_one(orch, "t.child_env", handler_process=mode)
+        assert last["data"]["output"] == [result.job_id, result.run_id]
+
+
+def test_stale_recovery_kills_only_the_processes_of_the_run_it_recovers(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from orchestrator.leftovers import kill_run_processes
+
+    procs = {run: subprocess.Popen(["sleep", "313"], env={**os.environ, "ORCH_RUN_ID": run})
+             for run in ("run-aaaa", "run-aaaab", "run-other")}
+    try:
+        killed = kill_run_processes("run-aaaa")
+        assert killed == [procs["run-aaaa"].pid]
+        assert procs["run-aaaa"].wait(5) == -9
+        assert procs["run-aaaab"].poll() is None and procs["run-other"].poll() is None  # a prefix is not the id
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+
+
+SETSID_AND_BLOCK = """
+import os, subprocess, sys, time
+p = subprocess.Popen(["sleep", "313"], start_new_session=True)  # out of the run's process group
+open(sys.argv[1] + ".tmp", "w").write(str(p.pid)); os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(313)
+"""
+
+
+@pytest.mark.parametrize("kind", ["command", "python"])
+def test_a_timeout_also_kills_what_the_run_started_in_a_session_of_its_own(orch, leftover: Path, kind: str) -> None:
+    def setsid_and_block(ctx):
+        sys.argv[1:] = [str(leftover)]
+        exec(SETSID_AND_BLOCK, {})
+
+    register("t.setsid_and_block", setsid_and_block)
+    value = {"argv": [PY, "-c", SETSID_AND_BLOCK, str(leftover)]} if kind == "command" else None
+    job = orch.submit("command" if kind == "command" else "t.setsid_and_block", value, timeout=1.0, max_attempts=1)
+    result = make_worker(orch).run_once()
+    assert (result.job_id, result.error_code) == (job, "NO_TERMINAL_SIGNAL_TIMEOUT")
+    assert not alive(left_pid(leftover))
