@@ -5,8 +5,9 @@ The worker never runs handler code in its own process: a command is started with
 (a ``HandlerHost`` reused from run to run, or ``fork_call`` per run). So a timeout or a stop can kill the whole group
 (``killpg``), a crashing handler cannot take the worker down, and handler code cannot
 swallow the worker's stop signal. On Linux the child also asks for ``SIGKILL`` when its
-worker dies (``PR_SET_PDEATHSIG``), so a SIGKILLed worker does not leave its handler behind
-(a grandchild that started its own session can still survive: the lease covers that).
+worker dies (``PR_SET_PDEATHSIG``), so a SIGKILLed worker does not leave its handler behind;
+what the handler started is ended with its run, or found by stale recovery
+(``orchestrator/leftovers.py``).
 """
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ from typing import Any
 
 from orchestrator.errors import InvalidIdError, PathEscapeError
 
-__all__ = ["REDACTED", "sanitize_text", "sanitized_cut", "sanitize_obj", "one_line", "shown", "validate_id", "safe_join",
+__all__ = ["REDACTED", "sanitize_text", "sanitized_cut", "sanitize_obj", "one_line", "shown", "validate_id",
+           "safe_join",
            "validate_artifact_path"]
 
 REDACTED = "[REDACTED]"
