@@ -218,8 +218,8 @@ def _import_failure(module_name: str, exc: BaseException) -> str:
     missing = getattr(exc, "name", None)
     if isinstance(exc, ModuleNotFoundError) and missing and (module_name + ".").startswith(missing + "."):
         return f"no module {module_name!r} can be imported here"
-    return (f"importing module {module_name!r} raised {type(exc).__name__}: {exc} "
-            f"(python -c 'import {module_name}' shows the traceback)")
+    raised = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__  # KeyboardInterrupt: no text
+    return f"importing module {module_name!r} raised {raised} (python -c 'import {module_name}' shows the traceback)"
 
 
 def import_modules(names: Iterable[str]) -> list[str]:
