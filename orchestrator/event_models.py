@@ -81,9 +81,11 @@ class JobFailed(_Failure):
 
 
 class JobTimeout(_Failure):
-    """running -> queued (``retry_at`` set) or failed, after the run passed its timeout (``NO_TERMINAL_SIGNAL_TIMEOUT``)."""
+    """running -> queued (``retry_at`` set) or failed, after the run passed its timeout (``NO_TERMINAL_SIGNAL_TIMEOUT``).
+    ``output_tail``: what the killed run printed last, sanitized (since 2026-12-01; an older event has none)."""
 
     timeout: float
+    output_tail: str = ""
 
 
 class StaleRecovered(_Failure):

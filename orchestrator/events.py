@@ -32,7 +32,7 @@ SPECS: dict[str, tuple[tuple[str, str, Any], ...]] = {
     "audit_requested": _RESULT,
     "human_input_requested": (*_RESULT, ("question", _STR1, _REQUIRED)),
     "job_failed": (*_FAILURE, ("summary", _STR, ""), ("output_tail", _STR, "")),
-    "job_timeout": (*_FAILURE, ("timeout", _FLOAT, _REQUIRED)),
+    "job_timeout": (*_FAILURE, ("timeout", _FLOAT, _REQUIRED), ("output_tail", _STR, "")),
     "stale_recovered": (*_FAILURE, ("to", _STALE_TO, _REQUIRED), ("stale_worker_id", _OPT_STR, None),
                         ("lease_expired_at", _OPT_STR, None), ("artifacts", _STR_LIST, ()),
                         ("question", _OPT_STR, None)),

@@ -29,6 +29,9 @@ MAX_TEXT, MAX_ARTIFACTS = 10_000, 1000  # shared with the model (payload_model.p
 ERROR_CODE_PATTERN = r"[A-Z][A-Z0-9_]{0,63}"
 _FIELDS = frozenset({"status", "summary", "question", "output", "artifacts", "retryable", "error_code"})
 _ERROR_CODE = re.compile(ERROR_CODE_PATTERN)
+NOT_UNICODE = ("the terminal payload holds text that is not valid Unicode (a lone surrogate such as \\udcff, "
+               "e.g. a file name or bytes that are not UTF-8 decoded with 'surrogateescape'): decode such bytes "
+               "with errors='replace', or send them as base64")
 
 
 @dataclass(frozen=True)
@@ -64,11 +67,18 @@ def _accept(data: dict[str, Any]) -> Payload | None:
     return Payload(status, summary, question, output, list(artifacts), retryable, error_code)
 
 
+def too_large(size: int) -> MalformedPayloadError:
+    """The error for a payload of ``size`` bytes, over ``MAX_PAYLOAD_BYTES``: whoever reads one stops at the limit
+    (``runner.Child.payload``, ``runner.HostRun``), so a 400 MB file costs the worker no more than 1 MiB."""
+    return MalformedPayloadError(f"the terminal payload is {size} bytes (at most {MAX_PAYLOAD_BYTES})",
+                                 size=size)
+
+
 def parse_payload(raw: bytes | str | dict[str, Any], artifacts_dir: Path) -> Payload:
     """Validate a payload (JSON text or an already decoded object); raise ``MalformedPayloadError``."""
     if isinstance(raw, (bytes, str)):
         if len(raw) > MAX_PAYLOAD_BYTES:
-            raise MalformedPayloadError(f"the terminal payload is {len(raw)} bytes (at most {MAX_PAYLOAD_BYTES})")
+            raise too_large(len(raw))
         try:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -92,7 +102,11 @@ def parse_payload(raw: bytes | str | dict[str, Any], artifacts_dir: Path) -> Pay
         payload = Payload(model.status, model.summary, model.question, model.output, list(model.artifacts),
                           model.retryable, model.error_code)
         try:  # the fast check (``plain_json``) already guarantees this for the payloads it accepts
-            json.dumps(payload.output, allow_nan=False)
+            # UTF-8, as every event is written: the model takes a lone surrogate in the output (an object's key
+            # too) and in an artifact path, which no event can hold (``signing.canonical`` would raise)
+            json.dumps([payload.output, payload.artifacts], ensure_ascii=False, allow_nan=False).encode()
+        except UnicodeEncodeError:
+            raise MalformedPayloadError(NOT_UNICODE) from None
         except (TypeError, ValueError) as exc:
             raise MalformedPayloadError(f"the payload's output is not plain JSON: {exc}") from None
     for rel in payload.artifacts:

@@ -5,8 +5,9 @@ The worker never runs handler code in its own process: a command is started with
 (a ``HandlerHost`` reused from run to run, or ``fork_call`` per run). So a timeout or a stop can kill the whole group
 (``killpg``), a crashing handler cannot take the worker down, and handler code cannot
 swallow the worker's stop signal. On Linux the child also asks for ``SIGKILL`` when its
-worker dies (``PR_SET_PDEATHSIG``), so a SIGKILLed worker does not leave its handler behind
-(a grandchild that started its own session can still survive: the lease covers that).
+worker dies (``PR_SET_PDEATHSIG``), so a SIGKILLed worker does not leave its handler behind;
+what the handler started is ended with its run, or found by stale recovery
+(``orchestrator/leftovers.py``).
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import ctypes.util
 import fcntl
 import json
 import os
-import re
 import select
 import shutil
 import signal
@@ -30,7 +30,11 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from orchestrator.security import sanitize_text
+from orchestrator.errors import MalformedPayloadError
+from orchestrator.leftovers import (LEFTOVER_GRACE_SECONDS, POLL_SECONDS, become_subreaper, end_leftovers,
+                                    group_alive, set_run_environment)
+from orchestrator.payload import MAX_PAYLOAD_BYTES, NOT_UNICODE, too_large
+from orchestrator.security import CUT_MARGIN, sanitized_cut
 from orchestrator.store.files import STRAY_AGE, pid_alive
 
 if TYPE_CHECKING:  # handlers imports this module
@@ -93,13 +97,25 @@ class Child:
     terminal_file: Path | None = None
 
     def payload(self) -> bytes | None:
-        """The terminal payload the run produced, or None if it left none."""
+        """The terminal payload the run produced, or None if it left none; ``MalformedPayloadError`` for one over
+        ``MAX_PAYLOAD_BYTES`` (never read past the limit: ``truncate -s 400M`` costs the worker nothing) or
+        that is not a regular file (a FIFO nobody writes would block the read forever)."""
         if self.terminal_file is None:
             return None
         try:
-            return self.terminal_file.read_bytes()
+            fd = os.open(self.terminal_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise MalformedPayloadError("the terminal payload is not a regular file (a FIFO, a device, a folder)")
+            if st.st_size > MAX_PAYLOAD_BYTES:
+                raise too_large(st.st_size)
+            data = fh.read(MAX_PAYLOAD_BYTES + 1)  # what a process that outlived the run appended since
+            if len(data) > MAX_PAYLOAD_BYTES:
+                raise too_large(max(len(data), os.fstat(fd).st_size))
+            return data
 
     def finish(self, paths: RunPaths) -> None:
         """After the outcome is recorded: remove what the run left behind (its folder, ``paths.remove``)."""
@@ -119,19 +135,76 @@ class Child:
             pass
 
 
+
+
 class PopenChild(Child):
+    """A command. Its run is over when its process has exited *and* nothing is left in its process group: as
+    systemd's ``KillMode=control-group``, what it started and left running (``sleep 313 &``) is sent SIGTERM
+    when it exits, and SIGKILL after ``LEFTOVER_GRACE_SECONDS``; until then ``wait`` says "still running", so
+    the worker keeps renewing the lease. The SIGTERM is sent while the exited process is not yet reaped (a
+    zombie, seen through a pidfd): its pid, the group's id, cannot be given to another process meanwhile; and
+    after, only while the group still has a member, which holds that id too. A process that left the group
+    (``setsid``) is not found (``docs/worker.md``)."""
+
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         self.pid = proc.pid
+        self.returncode: int | None = None  # the process's exit status, once reaped
+        self._grace_ends: float | None = None
+        self._pidfd: int | None = None
+        if hasattr(os, "pidfd_open"):
+            try:
+                self._pidfd = os.pidfd_open(proc.pid)
+            except OSError:
+                self._pidfd = None
 
     def poll(self) -> int | None:
-        return self.proc.poll()
+        return self.wait(0)
 
     def wait(self, timeout: float) -> int | None:
-        try:
-            return self.proc.wait(timeout=max(0.0, timeout))
+        end = time.monotonic() + max(0.0, timeout)
+        if self.returncode is None:
+            if not self._exited(timeout):
+                return None
+            self._grace_ends = time.monotonic() + LEFTOVER_GRACE_SECONDS
+        assert self._grace_ends is not None
+        pause = POLL_SECONDS
+        while group_alive(self.pid):
+            now = time.monotonic()
+            if now >= self._grace_ends:
+                self.kill_group(signal.SIGKILL)  # a member is left, so the group's id is still its own
+                return self.returncode
+            if now >= end:
+                return None
+            time.sleep(min(pause, end - now, self._grace_ends - now))
+            pause = min(pause * 2, 0.1)  # each look may read every process's stat
+        return self.returncode
+
+    def _exited(self, timeout: float) -> bool:
+        """Wait for the process to exit; once it has, SIGTERM its group and reap it."""
+        if self._pidfd is not None:
+            readable, _, _ = select.select([self._pidfd], [], [], max(0.0, timeout))
+            if not readable:
+                return False
+            self.kill_group(signal.SIGTERM)  # exited, not reaped: the group's id is not reused meanwhile
+            self.returncode = self.proc.wait()
+            self._close()
+            return True
+        try:  # no pidfd (not Linux 5.3+): reaped first, then the group signalled (it holds the id if not empty)
+            self.returncode = self.proc.wait(timeout=max(0.0, timeout))
         except subprocess.TimeoutExpired:
-            return None
+            return False
+        self.kill_group(signal.SIGTERM)
+        return True
+
+    def _close(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def finish(self, paths: RunPaths) -> None:
+        self._close()
+        super().finish(paths)
 
 
 _UNREAPED: set[int] = set()  # children that announced their exit code and were still exiting
@@ -255,30 +328,52 @@ def handler_payload(fn: Callable[[], Any]) -> bytes:
     """Call a Python handler and return its terminal payload as bytes, whatever it does.
 
     An exception becomes a ``failed`` payload with ``error_code`` ``HANDLER_ERROR`` (traceback on
-    stderr, so in the output tail); a return value that is not JSON becomes unparsable bytes, which
-    the worker records as ``MALFORMED_PAYLOAD``. A ``BaseException`` (``sys.exit``) is not caught:
-    the process running the handler exits without a payload (``NO_TERMINAL_SIGNAL_EXIT``).
+    stderr, so in the output tail); a return value that is not JSON (a set, an object, text that is
+    not valid Unicode) a ``failed`` payload with ``error_code`` ``MALFORMED_PAYLOAD`` saying why. A
+    ``BaseException`` (``sys.exit``) is not caught: the process running the handler exits without a
+    payload (``NO_TERMINAL_SIGNAL_EXIT``).
     """
     try:
         result = fn()
         if hasattr(result, "model_dump"):
             result = result.model_dump(mode="json")
         try:
-            return json.dumps(result, ensure_ascii=False, allow_nan=False).encode()
+            data = json.dumps(result, ensure_ascii=False, allow_nan=False).encode()
+        except UnicodeEncodeError:
+            return _malformed(NOT_UNICODE)
         except (TypeError, ValueError) as exc:
-            return f"<handler returned a value that is not JSON: {exc}>".encode()
+            return _malformed(f"the handler returned a value that is not JSON: {exc}")
+        except RecursionError:
+            return _malformed("the handler returned a value nested too deeply to be JSON")
+        # refused here, as the worker would: a payload it will not read is not sent (the worker would have to
+        # kill this process, which is mid-write of a frame it cannot take back, ``HostRun.wait``)
+        return data if len(data) <= MAX_PAYLOAD_BYTES else _malformed(too_large(len(data)).message)
     except Exception as exc:  # the handler's failure is the job's outcome, not the worker's
         traceback.print_exc()
-        return json.dumps({"status": "failed", "summary": f"handler raised {type(exc).__name__}: {exc}"[:2000],
-                           "error_code": "HANDLER_ERROR", "retryable": True}).encode()
+        summary = sanitized_cut(f"handler raised {type(exc).__name__}: {exc}", 2000)  # sanitized, then cut
+        return json.dumps({"status": "failed", "summary": summary, "error_code": "HANDLER_ERROR",
+                           "retryable": True}).encode()
+
+
+def _malformed(why: str) -> bytes:
+    """The payload of a handler whose return value is no terminal payload: recorded as ``MALFORMED_PAYLOAD``
+    with the reason (bytes the worker could not parse would only say "not valid JSON")."""
+    return json.dumps({"status": "failed", "summary": why, "error_code": MalformedPayloadError.code,
+                       "retryable": True}).encode()
 
 
 def _become_handler_process(output: Path) -> None:
-    """In a freshly forked child: own process group, default signals, die with the worker, output to a file."""
+    """In a freshly forked child: own process group, default signals, die with the worker, output to a file,
+    and stdin from ``/dev/null``, as a command gets (not the worker's terminal or pipe)."""
     os.setpgid(0, 0)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     _die_with_parent()
+    become_subreaper(_load_libc())  # what a run leaves is re-parented here, and ended (``end_leftovers``)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    sys.stdin = open(0, encoding="utf-8", errors="replace", closefd=False)
     fd = _open_output(output)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -315,9 +410,16 @@ def _child_main(output: Path, close: tuple[int, ...], body: Callable[[], None], 
         _become_handler_process(output)
         body()
         code = 0
-    except BaseException:  # sys.exit in a handler, a broken pipe: the run ends without a payload
+    except SystemExit as exc:  # sys.exit(N) in a handler: the run ends without a payload, and with status N
+        traceback.print_exc()
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    except BaseException:  # a KeyboardInterrupt of its own, a broken pipe: the run ends without a payload
         traceback.print_exc()
     finally:
+        try:
+            end_leftovers()  # before it exits: its orphans would go to init, out of reach
+        except BaseException:  # noqa: S110 - exiting anyway
+            pass
         try:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -330,13 +432,21 @@ def _child_main(output: Path, close: tuple[int, ...], body: Callable[[], None], 
             os._exit(code)
 
 
-def fork_call(fn: Callable[[], Any], *, terminal_file: Path, output: Path) -> Child:
+def fork_call(fn: Callable[[], Any], *, terminal_file: Path, output: Path,
+              context: dict[str, Any] | None = None) -> Child:
     """Run ``fn()`` in a child forked for this run alone; its payload (``handler_payload``) becomes the
-    terminal file. Used with ``handler_process="per-run"``; the default reuses one ``HandlerHost``."""
+    terminal file. Used with ``handler_process="per-run"``; the default reuses one ``HandlerHost``.
+    ``context``: the run's, whose ids go in the child's environment (``set_run_environment``)."""
     done_r, done_w = os.pipe()
     pid = _fork()
     if pid == 0:  # pragma: no cover - runs in the child, covered by the worker tests
-        _child_main(output, (done_r,), lambda: write_bytes_atomic(terminal_file, handler_payload(fn)), done_w)
+        def body() -> None:
+            set_run_environment(context or {})
+            payload = handler_payload(fn)
+            end_leftovers()  # before the payload is there: the run is over when what it started is gone
+            write_bytes_atomic(terminal_file, payload)
+
+        _child_main(output, (done_r,), body, done_w)
     os.close(done_w)
     child = ForkChild(pid, done_r)
     child.terminal_file, child.output = terminal_file, output
@@ -360,9 +470,22 @@ def _read_exact(fd: int, n: int) -> bytes | None:
     return b"".join(parts)
 
 
-def _read_frame(fd: int) -> bytes | None:
+def _read_frame(fd: int, limit: int | None = None) -> bytes | None:
+    """One frame, or None if the other end closed first; ``FrameTooLarge`` (nothing allocated, the rest of
+    the frame left unread) if it announces more than ``limit`` bytes."""
     head = _read_exact(fd, _FRAME.size)
-    return None if head is None else _read_exact(fd, _FRAME.unpack(head)[0])
+    if head is None:
+        return None
+    size = _FRAME.unpack(head)[0]
+    if limit is not None and size > limit:
+        raise FrameTooLarge(size)
+    return _read_exact(fd, size)
+
+
+class FrameTooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
 
 
 def _write_frame(fd: int, data: bytes) -> None:
@@ -383,7 +506,9 @@ def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: i
         # knows when the run starts. This run's tail holds this run's output only.
         if os.fstat(1).st_size:
             os.ftruncate(1, 0)
+        set_run_environment(request["context"])
         payload = handler_payload(lambda: call(request["kind"], request["context"]))
+        end_leftovers()  # the run is over when what it started is gone (one waitpid when it started nothing)
         sys.stdout.flush()
         sys.stderr.flush()
         _write_frame(resp_w, payload)
@@ -597,6 +722,7 @@ class HostRun(Child):
         self.output = host.output
         self.returncode: int | None = None
         self._payload: bytes | None = None
+        self._too_large: int | None = None  # the size the host announced for a payload over the limit
         self._resp_fd = resp_fd
 
     def poll(self) -> int | None:
@@ -610,7 +736,15 @@ class HostRun(Child):
             readable, _, _ = select.select([self._resp_fd], [], [], max(0.0, timeout))
         if not readable:
             return None
-        self._payload = _read_frame(self._resp_fd)
+        try:
+            self._payload = _read_frame(self._resp_fd, MAX_PAYLOAD_BYTES)
+        except FrameTooLarge as exc:
+            # not read (nor allocated): the host is blocked writing the rest, and a pipe that holds it cannot
+            # serve another run. It is killed and replaced (``handler_payload`` refuses such a payload first,
+            # so only a handler writing to the pipe itself gets here)
+            self._too_large = exc.size
+            self.kill_group(signal.SIGKILL)
+            return self.returncode
         if self._payload is not None:
             self.returncode = 0
             return 0
@@ -655,6 +789,8 @@ class HostRun(Child):
                 _UNREAPED.add(self.pid)
 
     def payload(self) -> bytes | None:
+        if self._too_large is not None:
+            raise too_large(self._too_large)
         return self._payload
 
     def finish(self, paths: RunPaths) -> None:
@@ -662,20 +798,13 @@ class HostRun(Child):
         self.host.clear_output()
 
 
-# Read before a tail as well, so that a secret the tail's cut goes through is seen whole by
-# ``sanitize_text`` (or falls on the dropped first line), not left as an unrecognisable half.
-TAIL_MARGIN_BYTES = 16 * 1024
-_LINE_BREAK = re.compile(r"[\r\n]")
+TAIL_MARGIN_BYTES = CUT_MARGIN  # read before a tail as well (``security.sanitized_cut``)
 
 
 def sanitized_tail(path: Path, limit: int = 4000) -> str:
-    """The last ``limit`` characters of a run's output, sanitized ("..." first when cut).
-
-    A cut must never go through a secret before it is sanitized: half a ``password=...`` or a
-    private key without its BEGIN line matches no pattern. So ``TAIL_MARGIN_BYTES`` more are read,
-    the first line of what was read (cut at an arbitrary byte) is dropped, the rest is sanitized,
-    and only then is it cut to ``limit`` (redaction may shorten it enough to bring the start of what was
-    read into the tail: hence the drop, of half the margin when no line break was read)."""
+    """The last ``limit`` characters of a run's output, sanitized ("..." first when cut): ``TAIL_MARGIN_BYTES``
+    more are read, and ``security.sanitized_cut`` sanitizes before it cuts, so a cut never goes through a
+    secret before it is sanitized."""
     try:
         with open(path, "rb") as fh:
             size = fh.seek(0, os.SEEK_END)
@@ -683,9 +812,4 @@ def sanitized_tail(path: Path, limit: int = 4000) -> str:
             data = fh.read()
     except FileNotFoundError:
         return ""
-    text = data.decode("utf-8", errors="replace")
-    if start > 0:  # the line the read began in was cut at an arbitrary byte: drop it; with no line break
-        first_break = _LINE_BREAK.search(text)  # in all that was read, the margin's first half instead
-        text = text[first_break.end():] if first_break else text[TAIL_MARGIN_BYTES // 2:]
-    text = sanitize_text(text)
-    return "..." + text[-limit:] if start > 0 or len(text) > limit else text
+    return sanitized_cut(data.decode("utf-8", errors="replace"), limit, tail=True, cut=start > 0)

@@ -20,7 +20,8 @@ from typing import Any
 
 from orchestrator.errors import InvalidIdError, PathEscapeError
 
-__all__ = ["REDACTED", "sanitize_text", "sanitize_obj", "one_line", "shown", "validate_id", "safe_join",
+__all__ = ["REDACTED", "sanitize_text", "sanitized_cut", "sanitize_obj", "one_line", "shown", "validate_id",
+           "safe_join",
            "validate_artifact_path"]
 
 REDACTED = "[REDACTED]"
@@ -139,6 +140,38 @@ def sanitize_text(text: str) -> str:
     return _SHAPES.sub(REDACTED, text)
 
 
+# Read (or kept) beyond a cut, so that a secret the cut goes through is seen whole by ``sanitize_text`` (or
+# falls on the dropped line), not left as an unrecognisable half.
+CUT_MARGIN = 16 * 1024
+_LINE_BREAK = re.compile(r"[\r\n]")
+
+
+def sanitized_cut(text: str, limit: int, *, tail: bool = False, cut: bool = False) -> str:
+    """``text`` sanitized, then cut to its first ``limit`` characters ("..." last when cut), or with ``tail``
+    to its last ("..." first). ``cut``: ``text`` is itself already a cut on the side that is dropped (a read
+    that stopped before the end, or began after the start).
+
+    A cut must never go through a secret before it is sanitized: half a ``password=...``, a URL whose
+    credentials lose their ``@``, or a private key without its BEGIN line matches no pattern. Only
+    ``limit + CUT_MARGIN`` characters are kept; where they were cut from more, the line the cut went through
+    is dropped (half the margin when it holds no line break: redacting a long value can shorten the text
+    enough to bring the cut into what is kept); the rest is sanitized, and only then cut to ``limit``.
+    A secret cut by that first cut would have to be longer than the margin to reach what is kept."""
+    if len(text) > limit + CUT_MARGIN:
+        text = text[-(limit + CUT_MARGIN):] if tail else text[:limit + CUT_MARGIN]
+        cut = True
+    if cut and tail:
+        first_break = _LINE_BREAK.search(text)
+        text = text[first_break.end():] if first_break else text[CUT_MARGIN // 2:]
+    elif cut:
+        last_break = max(text.rfind("\n"), text.rfind("\r"))
+        text = text[:last_break + 1] if last_break >= 0 else text[:-(CUT_MARGIN // 2)]
+    text = sanitize_text(text)
+    if not cut and len(text) <= limit:
+        return text
+    return "..." + text[-limit:] if tail else text[:limit] + "..."
+
+
 def _holds_something(value: Any) -> bool:
     """False for a value that cannot carry a secret: ``None``, a bool, or an empty string or container."""
     if value is None or isinstance(value, bool):
@@ -149,26 +182,51 @@ def _holds_something(value: Any) -> bool:
 
 
 def sanitize_obj(obj: Any) -> Any:
-    """Return a copy of a JSON-like structure with every string value sanitized.
+    """Return a copy of a JSON-like structure with every string sanitized, object keys included.
 
-    Keys are never changed, but whatever is stored under a secret-looking key is redacted
-    whole: a scalar (``{"password": "x"}``), since its text alone looks harmless, and a list
-    or an object (``{"token": {"a": "x"}}``), since nothing inside it says it is secret. Only
-    a value that holds nothing (``None``, a bool, ``""``, ``[]``, ``{}``) is kept as is.
+    Whatever is stored under a secret-looking key is redacted whole: a scalar (``{"password": "x"}``),
+    since its text alone looks harmless, and a list or an object (``{"token": {"a": "x"}}``), since
+    nothing inside it says it is secret. Only a value that holds nothing (``None``, a bool, ``""``,
+    ``[]``, ``{}``) is kept as is. A key is itself text a handler chose (``{"note password=x": 1}``):
+    it is sanitized too (``_sanitized_keys``), and no value is lost when two keys become one.
     """
     if isinstance(obj, str):
         return sanitize_text(obj)
     if isinstance(obj, dict):
         out: dict[Any, Any] = {}
-        for key, value in obj.items():
+        for key, stored in _sanitized_keys(obj).items():
+            value = obj[key]
             secret = isinstance(key, str) and _SENSITIVE_KEY.search(key) is not None
-            out[key] = REDACTED if secret and _holds_something(value) else sanitize_obj(value)
+            out[stored] = REDACTED if secret and _holds_something(value) else sanitize_obj(value)
         return out
     if isinstance(obj, list):
         return [sanitize_obj(item) for item in obj]
     if isinstance(obj, tuple):
         return tuple(sanitize_obj(item) for item in obj)
     return obj
+
+
+def _sanitized_keys(obj: dict[Any, Any]) -> dict[Any, Any]:
+    """Each key of ``obj`` and the key it is stored under: sanitized, in the object's order. A key that
+    sanitizing leaves as it is keeps its name; one that it changes gets its sanitized name, or, when that
+    name is taken (``{"password=a": 1, "password=b": 2}``), ``2-``, ``3-``, ... in front of it, as an artifact
+    does (a number after it would be taken into the redacted value). So no two keys become one."""
+    renamed = {key: sanitize_text(key) for key in obj if isinstance(key, str)}
+    renamed = {key: new for key, new in renamed.items() if new != key}
+    if not renamed:
+        return {key: key for key in obj}
+    taken = {key for key in obj if key not in renamed}
+    names = {}
+    for key in obj:
+        name = renamed.get(key, key)
+        if key in renamed:
+            n = 1
+            while name in taken:
+                n += 1
+                name = f"{n}-{renamed[key]}"
+            taken.add(name)
+        names[key] = name
+    return names
 
 
 # what ends, rewrites or reorders a line on a terminal: C0 and C1 controls (newline, carriage return, escape),
@@ -192,7 +250,7 @@ _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 def shown(value: object) -> str:
     """repr() for messages, cut short so a hostile 5 MB value never lands in a log."""
     shown = repr(value)
-    return shown if len(shown) <= 80 else shown[:77] + "..."
+    return shown if len(shown) <= 80 else sanitized_cut(shown, 77)  # a cut never leaves half a secret
 
 
 def is_id(value: str) -> bool:

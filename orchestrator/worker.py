@@ -45,6 +45,7 @@ from orchestrator.errors import (ConcurrencyError, HandlerNotFoundError, Invalid
                                  SigningKeyError, StorageUnavailableError)
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, lookup, registry_generation, resolve
 from orchestrator.leases import LEASES_AREA, Lease, drop_lease_aux, lease_expiry, write_lease
+from orchestrator.leftovers import kill_run_processes
 from orchestrator.limits import MAX_DURATION_SECONDS
 from orchestrator.payload import DONE, FAILED, NEEDS_AUDIT, Payload, parse_payload
 from orchestrator.queue import ReadyEntry
@@ -368,6 +369,10 @@ class Worker:
         else:
             data.update(to="failed")
         data["error"] = sanitize_text(why)
+        killed = kill_run_processes(s.run_id)  # on this machine: what the run left running must not meet its retry
+        if killed:
+            log.warning("killed %d process(es) left by run %s of job %s", len(killed), s.run_id, s.job_id,
+                        extra={"job_id": s.job_id, "run_id": s.run_id, "pids": killed})
         try:  # the dead run's lease is dropped with the event (in its transaction where the store can)
             self.orch.append(view, s.job_id, [("stale_recovered", data)], run_id=s.run_id, actor=self.actor,
                              now=now, audit=("stale_recovered", f"{why}; to {data['to']}"),
@@ -599,7 +604,7 @@ class Worker:
                 return self._lost(claim, "the job changed while it ran (taken over or cancelled)")
             if how == "timeout":
                 return self._fail(claim, NO_TERMINAL_SIGNAL_TIMEOUT, f"killed after its timeout of {s.timeout:g}s",
-                                  event="job_timeout")
+                                  output=child.output, event="job_timeout")
             if how == "stopped":
                 return self._release(claim, child.output)
             return self._record_exit(claim, code, child, paths.artifacts_dir)
@@ -665,24 +670,28 @@ class Worker:
                 return "exited", code, claim
             now_m = time.monotonic()
             if deadline is not None and now_m >= deadline:
-                self._kill(child)
+                self._kill(child, claim.run_id)
                 return "timeout", None, claim
             if stop_deadline is not None and now_m >= stop_deadline:
-                self._kill(child)
+                self._kill(child, claim.run_id)
                 return "stopped", None, claim
             if now_m >= next_beat:
                 renewed = self._renew(claim)
                 if renewed is False:
-                    self._kill(child)
+                    self._kill(child, claim.run_id)
                     return "lost", None, claim
                 # a heartbeat the store missed is tried again soon: a whole beat later may be past the lease
                 next_beat = time.monotonic() + (beat if renewed else min(beat, HEARTBEAT_RETRY_SECONDS))
                 claim = replace(claim, renewed=True)
 
     @staticmethod
-    def _kill(child: Child) -> None:
+    def _kill(child: Child, run_id: str) -> None:
+        """Kill the run: its process group, then, on this machine, any process of it that left the group
+        (``setsid``) but kept ``ORCH_RUN_ID`` (``leftovers.kill_run_processes``: a look at every process, on
+        this path only)."""
         child.kill_group(signal.SIGKILL)
         child.wait(5.0)
+        kill_run_processes(run_id)
 
     def _renew(self, claim: Claim) -> bool | None:
         """Heartbeat: True when the lease was renewed, False if the job's log grew since the claim (taken over,
@@ -703,7 +712,10 @@ class Worker:
 
     def _record_exit(self, claim: Claim, code: int | None, child: Child, artifacts_dir: Path) -> RunResult:
         s = claim.state
-        raw = child.payload()
+        try:
+            raw = child.payload()
+        except MalformedPayloadError as exc:  # too large to read, or not a file
+            return self._fail(claim, exc.code, exc.message, output=child.output)
         if raw is None:
             return self._fail(claim, NO_TERMINAL_SIGNAL_EXIT,
                               f"the process exited with status {code} without writing a terminal payload",
@@ -743,8 +755,8 @@ class Worker:
         if event == "job_timeout":
             data["timeout"] = s.timeout
         else:
-            data["output_tail"] = sanitized_tail(output, OUTPUT_TAIL_BYTES) if output else ""
             data["summary"] = sanitize_text(payload.summary if payload else "")[:4000]
+        data["output_tail"] = sanitized_tail(output, OUTPUT_TAIL_BYTES) if output else ""
         outcome = "retry" if "retry_at" in data else "failed"
         # a timeout is the worker's decision, so it has its audit entry (``audit.AUDITED_EVENTS``)
         audit = (event, data["error"]) if event == "job_timeout" else None
@@ -782,6 +794,11 @@ class Worker:
             view = self._append_outcome(claim, events, audit, drop)
         except LeaseLostError as exc:
             return self._lost(claim, exc.message)
+        except UnicodeEncodeError as exc:  # text no event can hold (a lone surrogate) past every check: nothing
+            if error_code == MalformedPayloadError.code:  # was written; the run failed, the worker goes on
+                raise
+            return self._fail(claim, MalformedPayloadError.code,
+                              f"the outcome holds text that cannot be written as UTF-8 ({exc.reason})")
         faults.point("worker.after_outcome")
         self._remember(view)
         state = view.state.state if view.state else None

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import importlib
 import shutil
+import signal
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -101,7 +104,8 @@ class PythonHandler(Handler):
             return host.run(self.name, context)
         paths.make_run_dir()
         ctx = JobContext(context, paths.artifacts_dir)
-        return fork_call(lambda: self.fn(ctx), terminal_file=paths.terminal_file, output=paths.output_file)
+        return fork_call(lambda: self.fn(ctx), terminal_file=paths.terminal_file, output=paths.output_file,
+                         context=context)
 
 
 def call_python_handler(kind: str, context: dict[str, Any]) -> Any:
@@ -143,8 +147,9 @@ def lookup(kind: str) -> Handler:
     """The handler for a kind: built-in, registered, or ``module:function``.
 
     Raises ``HandlerNotFoundError`` saying why (its ``reason`` detail), also when the module of a
-    ``module:function`` kind raises while importing: any job's kind is imported, and a broken
-    module must not stop the worker that meets it.
+    ``module:function`` kind raises while importing, whatever it raises (``sys.exit()``, a
+    ``KeyboardInterrupt`` of its own: ``_stops_the_worker``): any job's kind is imported, and a
+    broken module must not stop the worker that meets it.
     """
     _builtins()
     found = _REGISTRY.get(kind)
@@ -156,8 +161,10 @@ def lookup(kind: str) -> Handler:
     if not all(part.isidentifier() for part in module_name.split(".")):  # "", "..x", "a b"
         raise _not_found(kind, f"{module_name!r} is not a module name")
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
+        module = _import(module_name)
+    except BaseException as exc:
+        if _stops_the_worker(exc):
+            raise
         raise _not_found(kind, _import_failure(module_name, exc)) from None
     fn = getattr(module, attr, None)
     if not callable(fn):
@@ -177,13 +184,42 @@ def _not_found(kind: str, reason: str) -> HandlerNotFoundError:
     return HandlerNotFoundError(f"no handler for kind {kind!r}: {reason}", kind=kind, reason=reason)
 
 
-def _import_failure(module_name: str, exc: Exception) -> str:
+def _import(module_name: str) -> Any:
+    """Import a handler module in this process (the worker's, at claim time), keeping the worker's
+    SIGTERM/SIGINT handlers: a module that replaces them at import would keep the worker from stopping."""
+    saved = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in saved.items():
+                if handler is not None and signal.getsignal(sig) is not handler:
+                    signal.signal(sig, handler)
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _stops_the_worker(exc: BaseException) -> bool:
+    """Whether ``exc``, raised while a handler module was imported, is (or may be) a request to stop the worker
+    rather than the module's own doing: the worker's ``WorkerStop`` (raised only inside its waits, so not
+    expected here), or a ``KeyboardInterrupt`` while SIGINT still has Python's default handler (a worker used
+    from Python without ``handle_signals``: it may be the operator's Ctrl-C). A worker that handles its
+    signals never gets a ``KeyboardInterrupt`` from SIGINT, so there one, like a ``SystemExit``, is the
+    module's and only fails the lookup."""
+    stop = getattr(sys.modules.get("orchestrator.worker"), "WorkerStop", None)  # that module imports this one
+    if stop is not None and isinstance(exc, stop):
+        return True
+    return isinstance(exc, KeyboardInterrupt) and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _import_failure(module_name: str, exc: BaseException) -> str:
     """Why a handler module did not import: not there, or its own error (a bug, a missing dependency)."""
     missing = getattr(exc, "name", None)
     if isinstance(exc, ModuleNotFoundError) and missing and (module_name + ".").startswith(missing + "."):
         return f"no module {module_name!r} can be imported here"
-    return (f"importing module {module_name!r} raised {type(exc).__name__}: {exc} "
-            f"(python -c 'import {module_name}' shows the traceback)")
+    raised = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__  # KeyboardInterrupt: no text
+    return f"importing module {module_name!r} raised {raised} (python -c 'import {module_name}' shows the traceback)"
 
 
 def import_modules(names: Iterable[str]) -> list[str]:
@@ -194,8 +230,10 @@ def import_modules(names: Iterable[str]) -> list[str]:
         if not name:
             continue
         try:
-            importlib.import_module(name)
-        except Exception as exc:  # a module's own error too, not only a missing one: no traceback
+            _import(name)
+        except BaseException as exc:  # a module's own error too (sys.exit() included), not only a missing one
+            if _stops_the_worker(exc):
+                raise
             raise ConfigError(f"cannot import handler module {name!r}: {_import_failure(name, exc)}") from None
         done.append(name)
     return done

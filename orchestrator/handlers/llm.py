@@ -14,7 +14,8 @@ The API key is only ever put in the ``Authorization`` header. A key has no shape
 ``sanitize_text`` could recognise, and an endpoint (a proxy, a debugging server, a model
 told to) may echo it, so its exact value is replaced in everything ``call_llm`` returns, on
 every path: each string of the payload, nested ones and object keys included
-(``_without_key``). Failure texts also go through ``sanitize_text``.
+(``_without_key``). Failure texts also go through ``sanitize_text``, before they are cut
+(``_scrub``).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from orchestrator.security import REDACTED, sanitize_text
+from orchestrator.security import CUT_MARGIN, REDACTED, sanitized_cut
 
 DEFAULT_TIMEOUT = 60.0
 MAX_REPLY_BYTES = 4 * 1024 * 1024
@@ -67,12 +68,17 @@ def _without_key(value: Any, key: str) -> Any:
     return walk(value)
 
 
-def _scrub(text: str, key: str) -> str:
-    return sanitize_text(_drop_key(text, _key_forms(key)))
+def _scrub(text: str | bytes, key: str, limit: int, *, more: bool = False) -> str:
+    """The start of ``text`` (``more``: it is the start of a longer reply), without the key, sanitized and only
+    then cut to ``limit`` (``security.sanitized_cut``): a cut through a secret or the key leaves a part that
+    no pattern, and no replace, recognises."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    return sanitized_cut(_drop_key(text, _key_forms(key)), limit, cut=more)
 
 
 def _failed(code: str, message: str, key: str, retryable: bool = True) -> dict[str, Any]:
-    return {"status": "failed", "summary": _scrub(message, key)[:2000], "error_code": code, "retryable": retryable}
+    return {"status": "failed", "summary": _scrub(message, key, 2000), "error_code": code, "retryable": retryable}
 
 
 def endpoint(url: str) -> str:
@@ -118,7 +124,8 @@ def call_llm(ctx: Any, environ: dict[str, str] | None = None) -> Any:
         with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - the operator's own URL
             raw = resp.read(MAX_REPLY_BYTES + 1)
     except urllib.error.HTTPError as exc:
-        detail = exc.read(500).decode("utf-8", errors="replace") if exc.fp else ""
+        body = exc.read(500 + CUT_MARGIN + 1) if exc.fp else b""
+        detail = _scrub(body, key, 500, more=len(body) > 500 + CUT_MARGIN)
         retry = exc.code in (408, 429) or exc.code >= 500
         return _failed("LLM_HTTP_ERROR", f"LLM endpoint answered HTTP {exc.code}: {detail}", key, retryable=retry)
     except (socket.timeout, TimeoutError):
@@ -136,14 +143,14 @@ def call_llm(ctx: Any, environ: dict[str, str] | None = None) -> Any:
         if not isinstance(content, str):
             raise TypeError("content is not a string")
     except (ValueError, KeyError, IndexError, TypeError) as exc:
-        snippet = raw[:200].decode("utf-8", errors="replace")
+        snippet = _scrub(raw[:200 + CUT_MARGIN], key, 200, more=len(raw) > 200 + CUT_MARGIN)
         return _failed("LLM_BAD_RESPONSE", f"the reply is not a chat completion ({exc}): {snippet}", key)
     try:
         # valid or not, the payload goes to the worker, which stores what it can of it
         return _without_key(json.loads(_strip_fences(content)), key)
     except ValueError:
         # not JSON: hand the text on so the worker records MALFORMED_PAYLOAD with it
-        return {"status": "failed", "summary": _scrub(content, key)[:2000], "error_code": "MALFORMED_PAYLOAD",
+        return {"status": "failed", "summary": _scrub(content, key, 2000), "error_code": "MALFORMED_PAYLOAD",
                 "retryable": True, "output": {"reply_not_json": True}}
     except RecursionError:
         return _failed("LLM_BAD_RESPONSE", "the reply's JSON is nested too deeply", key)

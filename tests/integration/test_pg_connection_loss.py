@@ -393,7 +393,8 @@ def test_a_worker_enforces_the_job_timeout_while_the_server_stalls_and_records_t
                     rng=random.Random(7))
     killed: list[float] = []
     kill = Worker._kill  # noqa: SLF001
-    monkeypatch.setattr(Worker, "_kill", staticmethod(lambda child: (killed.append(time.monotonic()), kill(child))))
+    monkeypatch.setattr(Worker, "_kill", staticmethod(
+        lambda child, run_id: (killed.append(time.monotonic()), kill(child, run_id))))
     claim = worker.claim()
     assert claim is not None
     start = time.monotonic()

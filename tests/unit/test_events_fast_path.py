@@ -58,7 +58,8 @@ def test_each_fast_spec_matches_its_model_field_by_field() -> None:
     ("job_failed", {"error_code": "HANDLER_FAILED", "error": "x", "retry_at": "2030-01-01T00:00:00Z",
                     "output_tail": "", "summary": ""}),
     ("job_released", {"error_code": "WORKER_STOPPED", "worker_id": "w", "error": "e", "output_tail": ""}),
-    ("job_timeout", {"error_code": "NO_TERMINAL_SIGNAL_TIMEOUT", "error": "e", "timeout": 2.5}),
+    ("job_timeout", {"error_code": "NO_TERMINAL_SIGNAL_TIMEOUT", "error": "e", "timeout": 2.5}),  # before 2026-12-01
+    ("job_timeout", {"error_code": "NO_TERMINAL_SIGNAL_TIMEOUT", "error": "e", "timeout": 2.5, "output_tail": "t"}),
     ("stale_recovered", {"error_code": "NO_TERMINAL_SIGNAL_STALE", "error": "e", "to": "waiting_human",
                          "stale_worker_id": "w", "lease_expired_at": "2030-01-01T00:00:00Z", "artifacts": ["a"],
                          "question": "q?"}),

@@ -46,3 +46,29 @@ def test_a_secret_cut_by_the_read_on_one_long_line_stays_out_when_redaction_shor
     out.write_text(before + cut + value + '"}')
     assert out.stat().st_size - 4000 - TAIL_MARGIN_BYTES == len(before)
     assert "hunter2" not in sanitized_tail(out, 4000)
+
+
+# -- the start of a text (an exception, a reply), cut the same way (``security.sanitized_cut``) -------------
+def test_the_start_of_a_text_cut_inside_a_url_password_keeps_none_of_the_password() -> None:
+    from orchestrator.security import sanitized_cut
+
+    text = "x" * (100 - len("postgres://app:S3cre")) + "postgres://app:S3cretDbPassw0rd@db/prod and more"
+    assert text[:100].endswith("S3cre")
+    kept = sanitized_cut(text, 100)
+    assert "S3cre" not in kept and kept == text[:80] + "postgres://app:[REDA..."
+
+
+def test_a_secret_on_the_line_the_margin_cuts_is_dropped_with_its_line() -> None:
+    from orchestrator.security import CUT_MARGIN, sanitized_cut
+
+    first = "first line\n"
+    secret_line = "x" * (100 + CUT_MARGIN - len(first) - len("postgres://app:S3cre")) + "postgres://app:S3cretDbPassw0rd@db/x"
+    kept = sanitized_cut(first + secret_line + "\n" + "y" * 100, 100)
+    assert kept == first + "..."  # the line the first cut went through is dropped, not half kept
+
+
+def test_a_short_text_is_kept_whole_and_sanitized() -> None:
+    from orchestrator.security import sanitized_cut
+
+    assert sanitized_cut("token=abc123 ok", 100) == f"token={REDACTED} ok"
+    assert sanitized_cut("token=abc123 ok", 100, tail=True) == f"token={REDACTED} ok"

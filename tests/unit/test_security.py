@@ -186,7 +186,7 @@ def test_five_megabytes_is_sanitized_in_linear_time(big: str) -> None:
     assert time.perf_counter() - start < 5.0
 
 
-def test_sanitize_obj_redacts_strings_recursively_and_keeps_keys() -> None:
+def test_sanitize_obj_redacts_strings_recursively_keys_included() -> None:
     original = {
         "cmd": ["deploy", "--token", "abc", "--password hunter2"],
         "env": {"DB_PASSWORD": "hunter2", "HOME": "/root", "retries": 3},
@@ -196,9 +196,18 @@ def test_sanitize_obj_redacts_strings_recursively_and_keeps_keys() -> None:
     assert out == {
         "cmd": ["deploy", "--token", "abc", "--password [REDACTED]"],
         "env": {"DB_PASSWORD": REDACTED, "HOME": "/root", "retries": 3},
-        "password=x": ("password=[REDACTED]", None, True, 1.5),
+        "password=[REDACTED]": ("password=[REDACTED]", None, True, 1.5),
     }
     assert original["env"]["DB_PASSWORD"] == "hunter2"  # a new structure, input untouched
+
+
+def test_sanitize_obj_keeps_every_value_when_two_keys_sanitize_to_the_same_name() -> None:
+    out = sanitize_obj({"password=a": 1, "password=b": 2, "2-password=[REDACTED]": 3, "plain": 4,
+                        "note password=KEYSEC1": {"Authorization: Bearer abc": 5, "Authorization: Bearer def": 6}})
+    assert out == {"password=[REDACTED]": 1, "3-password=[REDACTED]": 2, "2-password=[REDACTED]": 3, "plain": 4,
+                   "note password=[REDACTED]": {"Authorization: Bearer [REDACTED]": 5,
+                                                "2-Authorization: Bearer [REDACTED]": 6}}
+    assert sanitize_obj(out) == out  # idempotent: a stored output sanitized again is unchanged
 
 
 def test_sanitize_obj_redacts_scalars_under_secret_keys_only() -> None:

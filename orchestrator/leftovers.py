@@ -1,0 +1,192 @@
+"""What a run leaves running, ended when the run is over.
+
+A handler may start processes and leave them running (``sleep 313 &``, a forgotten ``Popen``, a
+daemon). They are part of its run: once the run is over they are ended, as systemd's
+``KillMode=control-group`` ends a service's processes, so that a job never runs twice at once
+(its retry, or its recovery after a dead worker, beside what its first run left). Three places:
+
+* a ``command``: its process group, when it exits (``runner.PopenChild``);
+* a Python handler's process (``HandlerHost`` or the per-run child): after every run, every
+  process it left (``end_leftovers``). The handler process is a *child subreaper*, so a process
+  whose parent exits (a double fork, a daemon that called ``setsid``) becomes its child, and it
+  only ever signals its own children: a pid cannot be reused while its parent has not reaped it;
+* a run whose worker died or was stopped past its lease: stale recovery on the same machine
+  kills the processes whose environment holds the run's ``ORCH_RUN_ID`` (``kill_run_processes``).
+
+Each is SIGTERM, then SIGKILL after ``LEFTOVER_GRACE_SECONDS`` (a dead run's at once). Linux only
+(``/proc``, ``prctl``, pidfds); elsewhere nothing here does anything. Limits: docs/worker.md.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Any, Mapping
+
+LEFTOVER_GRACE_SECONDS = 1.0  # what a run left running gets between SIGTERM and SIGKILL once the run is over
+HARD_LIMIT_SECONDS = 5.0  # past the grace, how long a handler process goes on killing before it gives up
+POLL_SECONDS = 0.01
+PR_SET_CHILD_SUBREAPER = 36
+RUN_ID_VARIABLE = "ORCH_RUN_ID"
+
+
+def become_subreaper(libc: Any) -> None:
+    """Linux: orphaned descendants of this process are re-parented to it, not to init, so it can end them."""
+    if libc and sys.platform.startswith("linux"):
+        try:
+            libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+
+def set_run_environment(context: Mapping[str, Any]) -> None:
+    """In a Python handler's process, for the run of ``context``: ``ORCH_JOB_ID`` and ``ORCH_RUN_ID`` in its
+    environment, as a command has them. A process the handler starts inherits them, which is how stale
+    recovery finds it (``kill_run_processes``) after its worker died."""
+    for name, key in (("ORCH_JOB_ID", "job_id"), (RUN_ID_VARIABLE, "run_id")):
+        if context.get(key) is not None:
+            os.environ[name] = str(context[key])
+
+
+def _children_left() -> bool:
+    """Reap this process's children that have exited; True if any is still running (or not reaped)."""
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == 0:
+            return True
+
+
+def _child_pids() -> list[int]:
+    """This process's children (every thread's), from ``/proc/self/task/*/children``; a scan of every
+    process's parent where the kernel has no such file."""
+    me = os.getpid()
+    pids: list[int] = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return []
+    listed = False
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as fh:
+                pids.extend(int(p) for p in fh.read().split())
+            listed = True
+        except (OSError, ValueError):
+            continue
+    if listed:
+        return pids
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == me:
+                        pids.append(int(name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return pids
+
+
+def _signal_child(pid: int, sig: int) -> None:
+    """Signal a child of this process, and its process group if it leads one (``setsid``): the child is not
+    reaped yet, so neither its pid nor the group's id can belong to another process."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def end_leftovers(grace: float = LEFTOVER_GRACE_SECONDS) -> None:
+    """In a handler process, once a run is over: end every process the run left. With none (the common
+    case) this is one ``waitpid``. Each child gets SIGTERM once, and, past ``grace``, SIGKILL; what a
+    killed child leaves is re-parented here (subreaper) and met by the next pass. Gives up after
+    ``HARD_LIMIT_SECONDS`` more (a process forking faster than it is killed)."""
+    if not sys.platform.startswith("linux") or not _children_left():
+        return
+    grace_ends = time.monotonic() + grace
+    termed: set[int] = set()
+    while _children_left():
+        now = time.monotonic()
+        if now >= grace_ends + HARD_LIMIT_SECONDS:
+            return
+        sig = signal.SIGKILL if now >= grace_ends else signal.SIGTERM
+        for pid in _child_pids():
+            if sig == signal.SIGKILL or pid not in termed:
+                _signal_child(pid, sig)
+                termed.add(pid)
+        time.sleep(POLL_SECONDS)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether the process group ``pgid`` has a member that is not a zombie. ``killpg(pgid, 0)`` alone counts
+    exited members nobody reaped: a leftover whose parent exited is re-parented to pid 1, which in a container
+    without an init may never reap it. Only when it answers yes is ``/proc`` read (each process's group and
+    state, from ``stat``)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):  # none, or only members of another user (not ours to end)
+        return False
+    if not sys.platform.startswith("linux"):
+        return True
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return True
+    for name in names:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as fh:
+                    fields = fh.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                return True
+    return False
+
+
+def kill_run_processes(run_id: str) -> list[int]:
+    """SIGKILL every process of this machine (and pid namespace) whose environment holds
+    ``ORCH_RUN_ID=<run_id>``: what a run whose worker died (or stopped past its lease) left running. Its
+    worker is gone or no longer trusted with the job, and the job is about to run again. Each process is
+    held by a pidfd and its environment read again through it before the signal, so a pid reused meanwhile
+    is never signalled. Processes of other users, and those that emptied their environment, are not
+    found. Returns the pids killed."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "pidfd_open"):
+        return []
+    marker = f"\0{RUN_ID_VARIABLE}={run_id}\0".encode()
+    me = os.getpid()
+    killed = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in names:
+        if not name.isdigit() or int(name) == me or not _has_marker(name, marker):
+            continue
+        try:
+            pidfd = os.pidfd_open(int(name))
+        except OSError:
+            continue
+        try:
+            if _has_marker(name, marker):  # still that process: the pidfd holds it now
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                killed.append(int(name))
+        except OSError:
+            pass
+        finally:
+            os.close(pidfd)
+    return killed
+
+
+def _has_marker(pid: str, marker: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return marker in b"\0" + fh.read() + b"\0"
+    except OSError:
+        return False

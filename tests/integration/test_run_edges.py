@@ -1,0 +1,491 @@
+"""What a run can hand the worker at its edges: text that is not Unicode, oversized payloads, handler
+modules that exit, processes a run leaves behind, secrets cut in half, and the tail of a timeout."""
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+import worker_handlers  # noqa: F401  (registers t.* handlers)
+from orchestrator.handlers import register
+from orchestrator.worker import Worker, WorkerSettings
+
+PY = sys.executable
+
+
+def make_worker(orch, **kw) -> Worker:
+    kw.setdefault("worker_id", "w1")
+    kw.setdefault("retry_base_seconds", 0.0)
+    return Worker(orch, WorkerSettings(**kw), rng=random.Random(7))
+
+
+def events(orch, job_id: str) -> list[dict]:
+    return [json.loads(line.raw) for line in orch.store.read(job_id)]
+
+
+def run_one(orch, kind: str, value: object = None, **kw) -> tuple[object, dict]:
+    """Submit one job (one attempt), run it with a fresh worker; the result and the job's last event."""
+    job = orch.submit(kind, value, max_attempts=1)
+    result = make_worker(orch, **kw).run_once()
+    assert result is not None and result.job_id == job
+    return result, events(orch, job)[-1]
+
+
+# -- text that is not Unicode --------------------------------------------------------------------------
+LISTER = ("import os, json; open(b'bad-\\xff.txt', 'wb').close(); "
+          "json.dump({'status': 'done', 'summary': 'listed', 'output': {'files': os.listdir('.')}}, "
+          "open(os.environ['ORCH_TERMINAL_FILE'], 'w'))")
+
+
+@pytest.mark.parametrize("argv", [
+    [PY, "-c", LISTER],  # a file name that is not UTF-8, listed into the output
+    [PY, "-c", "import os; open(os.environ['ORCH_TERMINAL_FILE'], 'w').write("
+               "'{\"status\":\"done\",\"summary\":\"s\",\"output\":{\"x\":\"\\\\ud800\"}}')"],
+    [PY, "-c", "import os; open(os.environ['ORCH_TERMINAL_FILE'], 'w').write("
+               "'{\"status\":\"done\",\"summary\":\"s\",\"output\":{\"\\\\udcff\":1}}')"],
+    [PY, "-c", "import os; open(os.environ['ORCH_TERMINAL_FILE'], 'w').write("
+               "'{\"status\":\"done\",\"summary\":\"s\",\"artifacts\":[\"a\\\\udcff\"]}')"],
+], ids=["non-utf8-file-name", "escaped-lone-surrogate", "surrogate-in-a-key", "surrogate-in-an-artifact"])
+def test_a_payload_holding_a_lone_surrogate_is_recorded_as_malformed_payload_and_the_worker_goes_on(
+        orch, argv: list[str]) -> None:
+    result, last = run_one(orch, "command", {"argv": argv})
+    assert (result.outcome, result.error_code) == ("failed", "MALFORMED_PAYLOAD")
+    assert last["type"] == "job_failed" and "not valid Unicode" in last["data"]["error"]
+    job = orch.submit("t.echo", "next")
+    assert make_worker(orch).run_once().job_id == job and orch.status(job).state == "succeeded"
+
+
+@pytest.mark.parametrize("returned, why", [
+    ({"status": "done", "summary": "s", "output": {"x": "\ud800"}}, "not valid Unicode"),
+    ({"status": "done", "summary": "s", "output": {1, 2}}, "not JSON: Object of type set is not JSON serializable"),
+    ({"status": "done", "summary": "s", "output": float("nan")}, "not JSON: Out of range float values"),
+], ids=["surrogate", "set", "nan"])
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_python_handler_returning_what_is_no_json_is_malformed_payload_saying_why(
+        orch, returned: object, why: str, mode: str) -> None:
+    register("t.returns", lambda ctx: returned)
+    result, last = run_one(orch, "t.returns", handler_process=mode)
+    assert (result.outcome, result.error_code) == ("failed", "MALFORMED_PAYLOAD")
+    assert why in last["data"]["error"]
+
+
+def test_an_outcome_that_cannot_be_encoded_fails_the_run_instead_of_stopping_the_worker(orch, monkeypatch) -> None:
+    import orchestrator.worker as worker_mod
+
+    # a check that lets a lone surrogate through (as parse_payload once did) must not kill the worker
+    real = worker_mod.parse_payload
+    monkeypatch.setattr(worker_mod, "parse_payload", lambda raw, folder: worker_mod.Payload(
+        **{**real(raw, folder).__dict__, "output": {"x": "\udcff"}}))
+    result, last = run_one(orch, "t.echo", "x")
+    assert (result.outcome, result.error_code) == ("failed", "MALFORMED_PAYLOAD")
+    assert last["type"] == "job_failed" and "cannot be written as UTF-8" in last["data"]["error"]
+
+
+# -- a handler module that exits while it is imported ---------------------------------------------------
+@pytest.fixture
+def exiting_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Handler modules that end their import with something other than an ``Exception``."""
+    for name, body in {"t_exits_on_import": "import sys; sys.exit(0)",
+                       "t_interrupts_on_import": "raise KeyboardInterrupt",
+                       "t_base_exception_on_import": "class Stop(BaseException): pass\nraise Stop('its own')",
+                       "t_takes_sigterm_on_import": "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                                                    "signal.signal(signal.SIGINT, signal.SIG_IGN)"}.items():
+        (tmp_path / f"{name}.py").write_text(f"{body}\ndef fn(ctx): return {{'status': 'done', 'summary': 'x'}}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+@pytest.mark.parametrize("module, raised", [("t_exits_on_import", "SystemExit: 0"),
+                                            ("t_interrupts_on_import", "KeyboardInterrupt"),
+                                            ("t_base_exception_on_import", "Stop: its own")])
+def test_a_kind_whose_module_exits_on_import_stays_queued_and_the_worker_runs_the_next_job(
+        orch, exiting_modules, module: str, raised: str) -> None:
+    broken = orch.submit(f"{module}:fn", max_attempts=1)
+    runnable = orch.submit("t.echo", "x")
+    worker = make_worker(orch)
+    with worker.handle_signals():  # as the worker command runs: SIGINT stops it through its own handler
+        assert worker.run_once().job_id == runnable
+        assert worker.run_once() is None
+    assert orch.status(broken).state == "queued"
+    reason = worker.handler_not_found().details["kinds"][f"{module}:fn"]["reason"]
+    assert reason.startswith(f"importing module {module!r} raised {raised}")
+
+
+def test_a_keyboard_interrupt_while_importing_for_a_worker_without_its_own_signal_handling_is_not_swallowed(
+        orch, exiting_modules) -> None:
+    # used from Python without handle_signals, SIGINT raises KeyboardInterrupt: it may be a real Ctrl-C
+    orch.submit("t_interrupts_on_import:fn")
+    with pytest.raises(KeyboardInterrupt):
+        make_worker(orch).run_once()
+
+
+def test_a_module_imported_for_a_kind_cannot_take_the_workers_stop_signals(orch, exiting_modules) -> None:
+    import signal
+
+    orch.submit("t_takes_sigterm_on_import:fn")
+    worker = make_worker(orch)
+    with worker.handle_signals() as scope:
+        assert make_worker(orch).run_once() is not None
+        assert signal.getsignal(signal.SIGTERM) == scope.handler == signal.getsignal(signal.SIGINT)
+
+
+# -- a payload over the limit is never read whole -----------------------------------------------------------
+def test_a_terminal_file_of_400_mb_is_malformed_payload_without_being_read_into_the_worker(orch) -> None:
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, the peak so far
+    argv = [PY, "-c", "import os; os.truncate(os.open(os.environ['ORCH_TERMINAL_FILE'], os.O_CREAT | os.O_WRONLY),"
+                      " 400 * 1024 * 1024)"]
+    result, last = run_one(orch, "command", {"argv": argv})
+    assert (result.outcome, result.error_code) == ("failed", "MALFORMED_PAYLOAD")
+    assert last["data"]["error"] == "the terminal payload is 419430400 bytes (at most 1048576)"
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50 * 1024
+
+
+def test_a_terminal_file_that_is_a_fifo_is_malformed_payload_not_a_worker_blocked_forever(orch) -> None:
+    import threading
+
+    argv = [PY, "-c", "import os; os.mkfifo(os.environ['ORCH_TERMINAL_FILE'])"]
+    outcome: list = []
+    runner = threading.Thread(target=lambda: outcome.append(run_one(orch, "command", {"argv": argv})), daemon=True)
+    runner.start()
+    runner.join(20)
+    assert outcome, "the worker blocked opening the FIFO"
+    result, last = outcome[0]
+    assert (result.outcome, result.error_code) == ("failed", "MALFORMED_PAYLOAD")
+    assert "not a regular file" in last["data"]["error"]
+
+
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_python_handler_returning_more_than_a_mib_is_malformed_payload_and_its_process_is_kept(
+        orch, mode: str) -> None:
+    register("t.huge", lambda ctx: {"status": "done", "summary": "x", "output": "a" * (2 * 1024 * 1024)})
+    worker = make_worker(orch, handler_process=mode)
+    first = worker_pid(orch, worker)
+    job = orch.submit("t.huge", max_attempts=1)
+    result = worker.run_once()
+    assert (result.job_id, result.error_code) == (job, "MALFORMED_PAYLOAD")
+    assert "the terminal payload is 2097200 bytes (at most 1048576)" in events(orch, job)[-1]["data"]["error"]
+    if mode == "reused":  # refused in the handler process, which stays
+        assert worker_pid(orch, worker) == first
+    worker.close()
+
+
+def worker_pid(orch, worker: Worker) -> int:
+    job = orch.submit("t.pid")
+    worker.run_once()
+    return orch.status(job).result["output"]["pid"]
+
+
+def test_a_handler_process_announcing_a_frame_over_the_limit_is_replaced_and_the_frame_never_read(
+        orch, monkeypatch) -> None:
+    import orchestrator.runner as runner
+
+    worker = make_worker(orch)
+    # a handler process that sends more than the limit (its own check bypassed, as by a handler writing to the pipe)
+    monkeypatch.setattr(runner, "handler_payload", lambda fn: b"x" * (runner.MAX_PAYLOAD_BYTES + 10))
+    job = orch.submit("t.echo", "x", max_attempts=1)
+    result = worker.run_once()
+    assert (result.job_id, result.error_code) == (job, "MALFORMED_PAYLOAD")
+    assert events(orch, job)[-1]["data"]["error"] == "the terminal payload is 1048586 bytes (at most 1048576)"
+    host = worker._host
+    assert host is not None and host.pid is None  # killed; the next run forks a new one
+    monkeypatch.undo()
+    assert worker_pid(orch, worker) == worker._host.pid
+    worker.close()
+
+
+# -- a cut never goes through a secret before it is sanitized -----------------------------------------------
+DB_URL = "postgres://app:S3cretDbPassw0rd@db.internal/prod"
+
+
+def padded(prefix_len: int, limit: int) -> str:
+    """Padding so that a cut at ``limit`` characters of ``prefix + padding + DB_URL`` falls in the password."""
+    return "x" * (limit - prefix_len - len("postgres://app:S3cre"))
+
+
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_handler_exception_cut_inside_a_secret_leaves_none_of_it_in_the_events(orch, mode: str) -> None:
+    prefix = "handler raised ValueError: "
+    text = padded(len(prefix), 2000) + DB_URL
+    assert (prefix + text)[:2000].endswith("postgres://app:S3cre")
+
+    def leaks(ctx):
+        raise ValueError(text)
+
+    register("t.leaks", leaks)
+    result, last = run_one(orch, "t.leaks", handler_process=mode)
+    stored = (orch.settings.state_dir / "queue" / "jobs" / f"{result.job_id}.events.jsonl").read_text()
+    assert "S3cre" not in stored and "postgres://app:" in stored
+    assert result.error_code == "HANDLER_ERROR" and last["data"]["summary"].endswith("...")
+
+
+class SecretEcho:
+    """An endpoint that answers with ``body`` and ``status``, each holding a password where the handler cuts."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        import threading
+
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(outer.status)
+                self.send_header("Content-Length", str(len(outer.body)))
+                self.end_headers()
+                self.wfile.write(outer.body)
+
+        self.status, self.body = status, body
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.mark.parametrize("status, body, cut, code", [
+    # an HTTP error's body was read 500 bytes long, then sanitized
+    (500, (padded(0, 500) + DB_URL + " and more").encode(), 500, "LLM_HTTP_ERROR"),
+    # a reply that is not a chat completion was quoted by its first 200 bytes, then sanitized
+    (200, (padded(0, 200) + DB_URL + " not json").encode(), 200, "LLM_BAD_RESPONSE"),
+], ids=["http-error-body", "not-a-chat-completion"])
+def test_an_llm_failure_quoting_the_reply_cuts_it_only_after_it_is_sanitized(
+        status: int, body: bytes, cut: int, code: str) -> None:
+    from orchestrator.handlers.llm import call_llm
+
+    assert body[:cut].endswith(b"postgres://app:S3cre")
+    endpoint = SecretEcho(status, body)
+    try:
+        failed = call_llm({"input": "x"}, {"LLM_URL": endpoint.url, "LLM_API_KEY": "k"})
+    finally:
+        endpoint.close()
+    assert failed["error_code"] == code and "postgres://app:" in failed["summary"]
+    assert "S3cre" not in failed["summary"]
+
+
+def test_a_value_shown_in_a_message_is_cut_only_after_it_is_sanitized() -> None:
+    from orchestrator.security import shown
+
+    value = padded(1, 77) + DB_URL  # repr adds a quote before it
+    assert repr(value)[:77].endswith("postgres://app:S3cre")
+    assert "S3cre" not in shown(value) and shown(value).endswith("...") and len(shown(value)) <= 80
+
+
+# -- secrets in an output's keys ----------------------------------------------------------------------------
+def test_a_secret_in_an_output_key_is_stored_redacted_and_no_value_is_lost(orch) -> None:
+    register("t.keys", lambda ctx: {"status": "done", "summary": "s",
+                                    "output": {"note password=KEYSEC1": 1, "note password=KEYSEC2": 2,
+                                               "rows": {"token=KEYSEC3": [3]}}})
+    result, last = run_one(orch, "t.keys")
+    assert result.outcome == "succeeded"
+    assert last["data"]["output"] == {"note password=[REDACTED]": 1, "2-note password=[REDACTED]": 2,
+                                      "rows": {"token=[REDACTED]": [3]}}
+    stored = (orch.settings.state_dir / "queue" / "jobs" / f"{result.job_id}.events.jsonl").read_text()
+    assert "KEYSEC" not in stored
+
+
+# -- a timeout keeps the tail of what the run printed ----------------------------------------------------------
+@pytest.mark.parametrize("kind, value", [
+    ("command", {"argv": [PY, "-c", "import time; print('working password=hunter2', flush=True); time.sleep(30)"]}),
+    ("t.print_then_sleep", None),
+])
+def test_a_run_killed_at_its_timeout_keeps_its_output_tail_sanitized(orch, kind: str, value: object) -> None:
+    import time
+
+    def print_then_sleep(ctx):
+        print("working password=hunter2", flush=True)
+        time.sleep(30)
+
+    register("t.print_then_sleep", print_then_sleep)
+    job = orch.submit(kind, value, timeout=1.0, max_attempts=1)
+    result = make_worker(orch).run_once()
+    assert (result.job_id, result.error_code) == (job, "NO_TERMINAL_SIGNAL_TIMEOUT")
+    timeout = events(orch, job)[-1]
+    assert timeout["type"] == "job_timeout"
+    assert timeout["data"]["output_tail"] == "working password=[REDACTED]\n"
+
+
+# -- a Python handler's process ----------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_sys_exit_with_a_status_in_a_python_handler_is_recorded_with_that_status(orch, mode: str) -> None:
+    def exits(ctx):
+        sys.exit(3)
+
+    register("t.exit3", exits)
+    result, last = run_one(orch, "t.exit3", handler_process=mode)
+    assert result.error_code == "NO_TERMINAL_SIGNAL_EXIT"
+    assert last["data"]["error"] == "the process exited with status 3 without writing a terminal payload"
+
+
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_python_handler_reads_its_stdin_from_dev_null_as_a_command_does(orch, mode: str) -> None:
+    import os
+
+    def reads_stdin(ctx):
+        return {"status": "done", "summary": "read", "output": {"stdin": os.path.realpath("/proc/self/fd/0"),
+                                                                 "read": os.read(0, 100).decode()}}
+
+    register("t.stdin", reads_stdin)
+    read_end, write_end = os.pipe()  # a worker whose stdin is a pipe someone still writes to
+    saved = os.dup(0)
+    os.dup2(read_end, 0)
+    try:
+        os.write(write_end, b"the worker's own input\n")
+        result, last = run_one(orch, "t.stdin", handler_process=mode)
+    finally:
+        os.dup2(saved, 0)
+        for fd in (saved, read_end, write_end):
+            os.close(fd)
+    assert result.outcome == "succeeded" and last["data"]["output"] == {"stdin": "/dev/null", "read": ""}
+
+
+# -- what a run leaves running ends with the run ---------------------------------------------------------------
+def alive(pid: int) -> bool:
+    """True for a live process (a zombie nobody reaped yet counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def left_pid(path: Path) -> int:
+    return int(path.read_text().split()[0])
+
+
+@pytest.fixture
+def leftover(tmp_path: Path):
+    """Where a test's leftover process writes its pid; killed at the end if the code under test did not."""
+    import os
+    import signal
+
+    pidfile = tmp_path / "left.pid"
+    yield pidfile
+    if pidfile.exists() and alive(left_pid(pidfile)):
+        os.kill(left_pid(pidfile), signal.SIGKILL)
+
+
+LEAVE_ONE = """
+import json, os, subprocess, sys, time
+pidfile = sys.argv[1]
+leftover = ("import os, signal, sys, time\\n"
+            + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n" if sys.argv[2] == "ignore" else "")
+            + "open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid())); os.rename(sys.argv[1] + '.tmp', sys.argv[1])\\n"
+            + "time.sleep(313)")
+subprocess.Popen([sys.executable, "-c", leftover, pidfile])
+while not os.path.exists(pidfile):
+    time.sleep(0.01)
+json.dump({"status": "done", "summary": "ok"}, open(os.environ["ORCH_TERMINAL_FILE"], "w"))
+"""
+
+
+@pytest.mark.parametrize("sigterm", ["obey", "ignore"])
+def test_a_command_that_exits_leaving_a_background_process_has_it_killed_before_its_outcome(
+        orch, leftover: Path, sigterm: str) -> None:
+    import time
+
+    pidfile = leftover
+    started = time.monotonic()
+    result, _last = run_one(orch, "command", {"argv": [PY, "-c", LEAVE_ONE, str(pidfile), sigterm]})
+    took = time.monotonic() - started
+    assert result.outcome == "succeeded"
+    assert not alive(left_pid(pidfile))  # gone when the outcome is recorded
+    assert took >= 1.0 if sigterm == "ignore" else took < 1.0  # SIGKILL only after the grace period
+
+
+LEAVES = {
+    "child": "import subprocess; p = subprocess.Popen(['sleep', '313'])\nPID = p.pid",
+    "setsid-child": "import subprocess; p = subprocess.Popen(['sleep', '313'], start_new_session=True)\nPID = p.pid",
+    "orphan-in-its-own-session": "import subprocess\nPID = int(subprocess.run(['sh', '-c', 'setsid sleep 313 "
+                                 "> /dev/null 2>&1 & echo $!'], capture_output=True, text=True).stdout)",
+}
+
+
+@pytest.mark.parametrize("leaves", LEAVES)
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_python_handler_leaving_a_process_running_has_it_killed_when_its_run_ends(
+        orch, leftover: Path, mode: str, leaves: str) -> None:
+    pidfile = leftover
+
+    def leaves_one(ctx):
+        scope: dict = {}
+        exec(LEAVES[leaves], scope)
+        pidfile.write_text(str(scope["PID"]))
+        return {"status": "done", "summary": "left one", "output": {"pid": os.getpid()}}
+
+    import os
+
+    register("t.leaves", leaves_one)
+    worker = make_worker(orch, handler_process=mode)
+    result = worker.run_once() if orch.submit("t.leaves") else None
+    assert result.outcome == "succeeded"
+    assert not alive(left_pid(pidfile))
+    if mode == "reused":  # the handler process itself is kept for the next run
+        host = orch.status(result.job_id).result["output"]["pid"]
+        assert alive(host) and worker_pid(orch, worker) == host
+    worker.close()
+
+
+def test_a_python_handler_process_gives_the_processes_its_run_starts_the_runs_ids(orch) -> None:
+    import subprocess
+
+    def env_of_child(ctx):
+        out = subprocess.run(["sh", "-c", "echo $ORCH_JOB_ID $ORCH_RUN_ID"], capture_output=True, text=True).stdout
+        return {"status": "done", "summary": "ids", "output": out.split()}
+
+    register("t.child_env", env_of_child)
+    for mode in ("reused", "per-run"):
+        result, last = run_one(orch, "t.child_env", handler_process=mode)
+        assert last["data"]["output"] == [result.job_id, result.run_id]
+
+
+def test_stale_recovery_kills_only_the_processes_of_the_run_it_recovers(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from orchestrator.leftovers import kill_run_processes
+
+    procs = {run: subprocess.Popen(["sleep", "313"], env={**os.environ, "ORCH_RUN_ID": run})
+             for run in ("run-aaaa", "run-aaaab", "run-other")}
+    try:
+        killed = kill_run_processes("run-aaaa")
+        assert killed == [procs["run-aaaa"].pid]
+        assert procs["run-aaaa"].wait(5) == -9
+        assert procs["run-aaaab"].poll() is None and procs["run-other"].poll() is None  # a prefix is not the id
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+
+
+SETSID_AND_BLOCK = """
+import os, subprocess, sys, time
+p = subprocess.Popen(["sleep", "313"], start_new_session=True)  # out of the run's process group
+open(sys.argv[1] + ".tmp", "w").write(str(p.pid)); os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(313)
+"""
+
+
+@pytest.mark.parametrize("kind", ["command", "python"])
+def test_a_timeout_also_kills_what_the_run_started_in_a_session_of_its_own(orch, leftover: Path, kind: str) -> None:
+    def setsid_and_block(ctx):
+        sys.argv[1:] = [str(leftover)]
+        exec(SETSID_AND_BLOCK, {})
+
+    register("t.setsid_and_block", setsid_and_block)
+    value = {"argv": [PY, "-c", SETSID_AND_BLOCK, str(leftover)]} if kind == "command" else None
+    job = orch.submit("command" if kind == "command" else "t.setsid_and_block", value, timeout=1.0, max_attempts=1)
+    result = make_worker(orch).run_once()
+    assert (result.job_id, result.error_code) == (job, "NO_TERMINAL_SIGNAL_TIMEOUT")
+    assert not alive(left_pid(leftover))
