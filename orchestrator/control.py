@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator import audit
 from orchestrator.errors import (ActionConflictError, ChatMessageError, JobIdMismatchError, ConcurrencyError, ContextSignatureInvalid, InvalidInputError,
                                  InvalidTransitionError)
-from orchestrator.security import one_line, sanitize_text
+from orchestrator.security import is_assigned_job_id, one_line, sanitize_text
 from orchestrator.state import AWAITING_AUDIT, CANCELLED, WAITING_HUMAN, check_transition
 
 if TYPE_CHECKING:
@@ -224,7 +224,8 @@ def parse_chat_message(job_id: str, message: str) -> str:
     """The answer in a chat message naming ``job_id``; refuse malformed or other-job messages.
 
     Ids are compared ignoring case (ULIDs are case-insensitive); the command line's id is used. A message
-    that names another job anywhere (a pasted thread) is refused, like one that names it first.
+    that names another job later on (a pasted thread) is refused, like one that names it first; later on, only
+    an id shaped like one this orchestrator assigns counts, so an answer may say "job id: unknown".
     """
     m = _CHAT.match(message.strip())
     if m is None:
@@ -236,7 +237,7 @@ def parse_chat_message(job_id: str, message: str) -> str:
                                  job_id=job_id, message_job_id=named)
     answer = m.group("answer").strip()
     for other in _NAMED_AGAIN.finditer(answer):  # a pasted thread, or "job_id: J; job_id: K; ..."
-        if other.group("id").lower() != job_id.lower():
+        if other.group("id").lower() != job_id.lower() and is_assigned_job_id(other.group("id")):
             raise JobIdMismatchError(f"the message names job {job_id} and then job {other.group('id')}; nothing was "
                                      "written (paste only the message that answers this job)",
                                      job_id=job_id, message_job_id=other.group("id"))

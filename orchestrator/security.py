@@ -245,6 +245,8 @@ def one_line(value: object) -> str:
 
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# The job ids this orchestrator hands out (``api.new_job_id``, ``api.key_job_id``): a ULID, or ``key-`` and 32 hex.
+_ASSIGNED_JOB_ID_RE = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}|key-[0-9a-f]{32}", re.I)
 
 
 def shown(value: object) -> str:
@@ -257,6 +259,12 @@ def is_id(value: str) -> bool:
     """Whether ``value`` passes ``validate_id``: for names found on disk, where one that does not is
     no record this code wrote (a stray file), to be passed over rather than refused."""
     return _ID_RE.fullmatch(value) is not None and ".." not in value
+
+
+def is_assigned_job_id(value: str) -> bool:
+    """Whether ``value`` has the shape of a job id this orchestrator assigns: tells a job id pasted in
+    free text from ordinary words after a ``job id:`` ("job id: unknown")."""
+    return _ASSIGNED_JOB_ID_RE.fullmatch(value) is not None
 
 
 def validate_id(value: str, what: str = "job id") -> str:
