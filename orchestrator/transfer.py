@@ -203,6 +203,10 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
             if said != (streams, events):
                 raise IntegrityError(f"the bundle's end record (line {n}) says {said[0]} streams and {said[1]} "
                                      f"events, it held {streams} and {events}")
+            extra = next(records, None)
+            if extra is not None:  # two bundles joined, or a file appended to: never pass over it unread
+                raise _malformed(extra[0], f"a line after the end record (line {n}), {shown(extra[1][:60])}; "
+                                 f"the {streams} streams before it were imported")
             return {"project_id": orch.project_id, "format": fmt, "streams": streams, "events": events,
                     "written": written, "audit_head": audit_head}
         stream, count, head = _stream_header(n, rec)

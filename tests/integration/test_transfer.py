@@ -541,6 +541,26 @@ def test_an_end_record_field_of_the_wrong_type_is_invalid_input_naming_its_line(
         import_project(dest, io.BytesIO(b"\n".join(rows) + b"\n"))
 
 
+@pytest.mark.parametrize("after", [b"\n", b"{}\n", b"partial"])
+def test_anything_after_the_end_record_is_invalid_input_naming_its_line(file_orch, base, keyring, after) -> None:
+    fill(file_orch, 2)
+    bundle = bundle_of(file_orch)
+    dest = Orchestrator(base_path=base / "dst", project_id=file_orch.project_id, keyring=keyring)
+    line = bundle.count(b"\n") + 1
+    with pytest.raises((InvalidInputError, IntegrityError), match=rf"line {line}"):
+        import_project(dest, io.BytesIO(bundle + after))
+    assert import_project(dest, io.BytesIO(bundle))["written"] == 0  # what came before was imported whole
+
+
+def test_two_bundles_joined_are_refused_at_the_second_header(file_orch, base, keyring) -> None:
+    fill(file_orch, 2)
+    bundle = bundle_of(file_orch)
+    dest = Orchestrator(base_path=base / "dst", project_id=file_orch.project_id, keyring=keyring)
+    line = bundle.count(b"\n") + 1
+    with pytest.raises(InvalidInputError, match=rf"^not a bundle: line {line}: a line after the end record"):
+        import_project(dest, io.BytesIO(bundle + bundle))
+
+
 def test_a_malformed_head_on_a_later_stream_writes_nothing_of_that_stream(file_orch, base, keyring) -> None:
     fill(file_orch, 3)
     header, streams = parse_bundle(bundle_of(file_orch))
