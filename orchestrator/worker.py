@@ -539,22 +539,22 @@ class Worker:
 
     def _recover_and_claim(self, now: float | None) -> Claim | None:
         wait = self.settings.store_wait_seconds
-        if wait and not self._reached:
-            self.orch.store.has_jobs()  # a store that cannot be reached now is a setting to fix: raised (one call)
-            self._reached = True
         give_up_at, pause, lost = time.monotonic() + wait, STORE_RETRY_FIRST_SECONDS, False
         while True:
             at = self.orch.clock() if now is None else now
             try:
-                self.recover_stale(at)
-                claim = self.claim(at)
+                with self.orch.store.calls_end_by(give_up_at if wait else None):  # no call outlasts the wait
+                    if wait and not self._reached:  # a store that cannot be reached now is a setting to fix:
+                        self.orch.store.has_jobs()  # raised at once (one call)
+                        self._reached = True
+                    self.recover_stale(at)
+                    claim = self.claim(at)
             except StorageUnavailableError as exc:
-                if not wait:
+                if not wait or not self._reached:
                     raise
                 lost, left = True, give_up_at - time.monotonic()
                 if left > 0 and not self.stopping:
-                    self._wait_for_store(exc, min(pause, left))
-                    pause = min(pause * 2, STORE_RETRY_MAX_SECONDS)
+                    pause = self._wait_for_store(exc, min(pause, left))
                     if not self.stopping:
                         continue
                 why = ("a stop was requested while waiting for it" if self.stopping else

@@ -159,6 +159,12 @@ class EventStore(ABC):
         """
         return len(self.read(stream)) > seq
 
+    def calls_end_by(self, at: float | None) -> contextlib.AbstractContextManager[None]:
+        """A block whose calls (in this thread) end by ``at`` (``time.monotonic()``), or fail then with
+        ``StorageUnavailableError``: a caller that waits for the store for a limited time stays within
+        it. Default: no bound (local files do not stall that way); PostgreSQL bounds each call."""
+        return contextlib.nullcontext()
+
     def exists(self, stream: str) -> bool:
         return bool(self.read(stream)[:1])
 

@@ -119,11 +119,12 @@ class PgQueueIndex(QueueIndex):
 
     # -- storage ----------------------------------------------------------------------------------
     def _sql(self, sql: str, params: tuple[Any, ...] = (), fetch: bool = False) -> Any:
-        """One autocommit statement through the store's connections (and its error mapping)."""
+        """One autocommit statement through the store's connections (and its error mapping). One whose
+        rows are not fetched is one of the index's writes (for the message of a connection lost in it)."""
         def run(conn: Any) -> Any:
             cur = conn.execute(sql, params)
             return cur.fetchall() if fetch else None
-        return self.store._run(run)
+        return self.store._run(run, write=not fetch)
 
     def put_ready(self, entry: ReadyEntry) -> None:
         self._sql("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us) VALUES (%s, %s, %s, %s) "
@@ -160,7 +161,7 @@ class PgQueueIndex(QueueIndex):
                     out.append(ReadyEntry(-pr, at, job))
             return out
 
-        return self.store._run(run)
+        return self.store._run(run, write=True)  # the reservation
 
     # Rows are per (job, epoch) (migration 0003): stale recovery, which drops outside the event's
     # transaction, removes only the epoch it listed, never the row of a claim committed since.

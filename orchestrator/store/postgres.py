@@ -16,9 +16,11 @@ whose claim was superseded gets ``LeaseLostError`` and writes nothing. Statement
 ``in_transaction`` (the queue index, ``orchestrator/store/pg_queue.py``) run inside the append's
 transaction on that stream, so the index and its ``NOTIFY`` commit together with the event.
 
-Every call has a deadline (``Deadline``, ``ORCH_PG_DEADLINE_SECONDS``): a server or pooler that
-stalls without closing the connection would otherwise block the caller (a worker's heartbeat or
-outcome) for as long as it stalls.
+Every call has a deadline (``Deadline``, ``orchestrator/store/pg_deadline.py``,
+``ORCH_PG_DEADLINE_SECONDS``): a server or pooler that stalls without closing the connection would
+otherwise block the caller (a worker's heartbeat or outcome) for as long as it stalls. So that a long
+read (the audit log, every job id) is not cut for its length, it is read ``READ_CHUNK_ROWS`` rows per
+round trip, each a call of its own.
 """
 from __future__ import annotations
 
@@ -27,9 +29,8 @@ import hashlib
 import logging
 import os
 import select
-import socket
 import threading
-import time
+import weakref
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
@@ -38,10 +39,17 @@ from orchestrator.config import DEFAULT_PG_DEADLINE_SECONDS
 from orchestrator.errors import ConcurrencyError, ConfigError, LeaseLostError, StorageError, StorageUnavailableError
 from orchestrator.security import sanitize_text, validate_id
 from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
+from orchestrator.store.pg_deadline import Deadline, outcome
+
+__all__ = ["Deadline", "PostgresStore", "connect", "is_postgres_url", "open_store"]
 
 log = logging.getLogger(__name__)
 
 SCHEMES = ("postgresql", "postgres")
+# Rows per round trip of a long read (the audit log, every job id, an aux area's keys): each round trip
+# is one call with its own deadline, so a read of millions of rows is never cut for its length.
+# Measured here: about 40 ms per chunk of 10,000 audit lines (docs/postgres.md).
+READ_CHUNK_ROWS = 10_000
 _IDLE_CONNECTIONS = 4  # kept open per store; more are opened on demand and closed after use
 # TCP keepalives, so a connection to a server that vanished (a network partition, a host powered
 # off) fails within ~30 s instead of blocking a worker's heartbeat until the kernel gives up.
@@ -55,10 +63,17 @@ FENCED_SQLSTATE = "OF001"  # raised by the orch_streams_fence trigger (migration
 _LOCK_HEAD = ("INSERT INTO orch_streams AS s (project, stream) VALUES (%s, %s) "
               "ON CONFLICT (project, stream) DO UPDATE SET seq = s.seq RETURNING s.seq, s.last_line")
 # A job's head record and its lines in one statement: one snapshot, so on this backend (where
-# both commit together) they always agree, and one round trip instead of two.
+# both commit together) they always agree, and one round trip instead of two (for a stream of up
+# to READ_CHUNK_ROWS lines; a longer one gets the rest in later round trips).
 _READ_WITH_AUX = ("SELECT 0, 0::bigint, data FROM orch_aux WHERE project = %s AND area = %s AND key = %s "
                   "UNION ALL SELECT 1, seq, line FROM orch_events WHERE project = %s AND stream = %s "
-                  "ORDER BY 1, 2")
+                  "ORDER BY 1, 2 LIMIT %s")
+# Keyset-paginated reads (``PostgresStore._chunked``): the key to start after and the chunk's size last.
+_READ_LINES = ("SELECT seq, line FROM orch_events WHERE project = %s AND stream = %s AND seq > %s "
+               "ORDER BY seq LIMIT %s")
+_JOB_IDS = ("SELECT stream FROM orch_streams WHERE project = %s AND seq > 0 AND stream <> %s AND stream > %s "
+            "ORDER BY stream LIMIT %s")
+_AUX_KEYS = "SELECT key FROM orch_aux WHERE project = %s AND area = %s AND key > %s ORDER BY key LIMIT %s"
 _INSERT_LINES = ("INSERT INTO orch_events (project, stream, seq, line) "
                  "SELECT %s, %s, n, l FROM unnest(%s::bigint[], %s::bytea[]) AS t(n, l)")
 _MOVE_HEAD = ("UPDATE orch_streams SET seq = %s, last_line = %s, fence = coalesce(%s, fence) "
@@ -82,13 +97,13 @@ def _driver() -> Any:
     return psycopg
 
 
-def _storage_error(exc: Exception, conn: Any = None) -> StorageError:
+def _storage_error(exc: Exception, conn: Any = None, write: bool = False) -> StorageError:
     """A driver error as the project's error: the message sanitized (a URL may hold a password).
-    On a connection that broke, it is ``StorageUnavailableError``: it may pass, and a commit in
-    flight may or may not have happened."""
+    On a connection that broke, it is ``StorageUnavailableError``: it may pass, and for a ``write``
+    a commit in flight may or may not have happened (a read only broke off)."""
     if (conn is not None and (conn.broken or conn.closed)) or _connection_lost(exc):
         return StorageUnavailableError(sanitize_text(f"the connection to PostgreSQL was lost: {exc}".strip())
-                                       + "; a write in flight may or may not have been committed (read it back)")
+                                       + f"; {outcome(write)}")
     return StorageError(sanitize_text(f"PostgreSQL error: {exc}".strip()) + "; nothing was written")
 
 
@@ -103,105 +118,15 @@ def _connection_lost(exc: Exception) -> bool:
     return state is None or state.startswith(("08", "57P0"))
 
 
-class Deadline:
-    """Cuts the connection of a call to PostgreSQL that has not returned within ``seconds``.
-
-    A server or pooler that stalls while its kernel still acknowledges the traffic is not seen by
-    TCP keepalives, and psycopg waits for its answer for ever. One thread per store, started by the
-    first call and gone after a quiet period, sleeps until the earliest deadline and shuts the late
-    call's socket down (``shutdown(SHUT_RDWR)``: the blocked wait wakes at once and psycopg reports
-    the connection lost; a cancel request would need a second connection to the stalled server). The
-    caller then raises ``StorageUnavailableError``. A call pays two dict operations and a clock read
-    (``arm``/``disarm``); ``seconds=None`` turns it off.
-    """
-
-    def __init__(self, seconds: float | None) -> None:
-        self.seconds = seconds or None
-        self._due: dict[Any, float] = {}  # connection -> monotonic deadline; one call at a time per connection
-        self._lock = threading.Lock()  # held while a socket is shut down, and to start the thread
-        self._watching = False
-
-    def arm(self, conn: Any) -> None:
-        if self.seconds is None:
-            return
-        self._due[conn] = time.monotonic() + self.seconds
-        if not self._watching:
-            self._start()
-
-    def disarm(self, conn: Any) -> bool:
-        """False if the deadline passed and the connection was cut (the caller must close it)."""
-        if self.seconds is None or self._due.pop(conn, None) is not None:
-            return True
-        with self._lock:  # the watcher has it: wait until it is done (the fd must not be reused meanwhile)
-            return self._due.pop(conn, None) is not None  # put back: it was not due
-
-    @contextlib.contextmanager
-    def bounded(self, conn: Any) -> Iterator[None]:
-        """The block as one call: a cut closes ``conn`` and raises ``StorageUnavailableError``."""
-        self.arm(conn)
-        try:
-            yield
-        except BaseException:
-            if not self.disarm(conn):
-                conn.close()
-                raise self.error() from None
-            raise
-        if not self.disarm(conn):
-            conn.close()
-            raise self.error()
-
-    def error(self) -> StorageUnavailableError:
-        return StorageUnavailableError(f"PostgreSQL did not answer within {self.seconds:g}s "
-                                       "(ORCH_PG_DEADLINE_SECONDS), so the connection was cut; a write in flight "
-                                       "may or may not have been committed (read it back)")
-
-    def _start(self) -> None:
-        with self._lock:
-            if not self._watching:
-                self._watching = True
-                threading.Thread(target=self._watch, name="orch-pg-deadline", daemon=True).start()
-
-    def _watch(self) -> None:
-        period = self.seconds or 0.0
-        time.sleep(period)  # no call armed when the thread started is due before this
-        while True:
-            now, due = time.monotonic(), self._due.copy()  # one C call: atomic under the GIL
-            if not due:
-                with self._lock:  # quiet: stop, unless a call was armed since (arm writes, then reads _watching)
-                    self._watching = False
-                    if not self._due:
-                        return
-                    self._watching = True
-                continue
-            for conn, at in due.items():
-                if at <= now:
-                    self._cut(conn, now)
-            # a call armed from now on is due a full period from now, later than any armed before it
-            time.sleep(min([at for at in due.values() if at > now] or [now + period]) - now)
-
-    def _cut(self, conn: Any, now: float) -> None:
-        with self._lock:
-            at = self._due.pop(conn, None)
-            if at is None:
-                return  # it returned meanwhile
-            if at > now:  # it returned, and the connection's next call was armed since
-                self._due[conn] = at
-                return
-            log.warning("PostgreSQL did not answer within %gs; cutting the connection", self.seconds,
-                        extra={"deadline_seconds": self.seconds})
-            try:
-                with socket.socket(fileno=os.dup(conn.fileno())) as sock:
-                    sock.shutdown(socket.SHUT_RDWR)
-            except Exception:  # noqa: BLE001 - already closed: nothing left to unblock
-                pass
-
-
 def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = None) -> Any:
     """A psycopg connection with durable commits; connection failures become ``StorageError``. Its
-    first statements keep ``deadline`` (opening it is bounded by ``connect_timeout``)."""
+    first statements keep ``deadline`` (opening it is bounded by ``connect_timeout``, shortened to the
+    time left inside ``Deadline.until``)."""
     psycopg = _driver()
     try:
         params = {**_KEEPALIVES, **psycopg.conninfo.conninfo_to_dict(url)}  # the URL's own settings win
+        if deadline is not None:  # a caller waiting for a limited time (``Deadline.until``) waits no longer
+            params["connect_timeout"] = deadline.connect_timeout(str(params.get("connect_timeout", "")))
         conn = psycopg.connect(autocommit=autocommit, **params)
         with deadline.bounded(conn) if deadline is not None else contextlib.nullcontext():
             # A server configured with synchronous_commit=off could lose acknowledged appends.
@@ -241,9 +166,19 @@ class PostgresStore(EventStore):
         self._lock = threading.Lock()
         self._checked = False
         self._closed = False
+        self._inherited: list[Any] = []  # see ``_after_fork_in_child``
+        _STORES.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child must not use its parent's connections (the sockets are shared: two processes'
+        statements would interleave) nor close them (that would end the parent's sessions). They are
+        kept, unused, so that nothing finalizes them; the child opens its own."""
+        self._lock = threading.Lock()  # another thread of the parent may have held it at the fork
+        self._inherited, self._idle = self._inherited + self._idle, []
 
     # -- connections ------------------------------------------------------------------------
     def _take(self) -> Any:
+        self.deadline.check_time_left()
         with self._lock:
             if self._closed:
                 raise StorageError("the store is closed")
@@ -277,10 +212,11 @@ class PostgresStore(EventStore):
                               "run `orchestrator db migrate` first")
         self._checked = True
 
-    def _run(self, fn: Any) -> Any:
+    def _run(self, fn: Any, write: bool = False) -> Any:
         """Run ``fn(conn)`` on a pooled connection (autocommit: one statement is atomic on its own,
         ``fn`` opens a transaction when it needs more), within the store's deadline; driver errors
-        become ``StorageError``."""
+        become ``StorageError``. ``write``: ``fn`` writes, so a connection lost while it ran may have
+        committed it (the error says so; a read's says it was cut off)."""
         psycopg = _driver()
         conn = self._take()
         self.deadline.arm(conn)  # inline, not ``bounded``: this is every call's path
@@ -289,13 +225,13 @@ class PostgresStore(EventStore):
         except psycopg.Error as exc:
             if not self.deadline.disarm(conn):
                 conn.close()
-                raise self.deadline.error() from None
+                raise self.deadline.error(write) from None
             if isinstance(exc, psycopg.errors.UniqueViolation):
                 # Only reachable if the stream lock was bypassed: the primary key still refuses a fork.
                 self._give(conn)
                 raise ConcurrencyError("another writer appended to this stream first") from None
             if getattr(exc, "sqlstate", None) != FENCED_SQLSTATE:
-                error = _storage_error(exc, conn)
+                error = _storage_error(exc, conn, write)
                 conn.close()
                 raise error from None
             self._give(conn)
@@ -309,11 +245,17 @@ class PostgresStore(EventStore):
         return result
 
     def close(self) -> None:
+        """Close the pooled connections and stop the deadline's watchdog thread."""
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+        self.deadline.close()
+
+    def calls_end_by(self, at: float | None) -> Any:
+        """``Deadline.until``: this thread's calls in the block end by ``at`` (``time.monotonic()``)."""
+        return self.deadline.until(at)
 
     # -- contract ---------------------------------------------------------------------------
     def append(self, stream: str, build: Builder, expected_seq: int | None = None,
@@ -353,7 +295,7 @@ class PostgresStore(EventStore):
                     faults.point("pg.append.before_commit")
                     return new_head
 
-        result = self._run(tx)
+        result = self._run(tx, write=True)
         faults.point("pg.append.after_commit")
         return result
 
@@ -369,33 +311,43 @@ class PostgresStore(EventStore):
             conn.execute(_DROP_AUX_MANY, ([r[0] for r in drop], [r[1] for r in drop], self.project))
 
     def read(self, stream: str, from_seq: int = 1) -> list[StoredLine]:
+        """``READ_CHUNK_ROWS`` lines per round trip (``_chunked``). Lines are numbered by position, as in
+        a file: a deleted row shows up as a sequence mismatch in verification instead of closing the gap."""
         self._check_stream(stream)
-
-        # Lines are numbered by position, as in a file: a deleted row shows up as a sequence
-        # mismatch in verification instead of silently closing the gap.
-        def tx(conn: Any) -> list[StoredLine]:
-            rows = conn.execute("SELECT line FROM orch_events WHERE project = %s AND stream = %s AND seq >= %s "
-                                "ORDER BY seq", (self.project, stream, from_seq)).fetchall()
-            return [StoredLine(i, bytes(r[0])) for i, r in enumerate(rows, max(from_seq, 1))]
-
-        return self._run(tx)
+        rows = self._chunked(_READ_LINES, (self.project, stream), after=from_seq - 1)
+        return [StoredLine(i, bytes(r[1])) for i, r in enumerate(rows, max(from_seq, 1))]
 
     def read_with_aux(self, stream: str, area: str, key: str) -> tuple[bytes | None, list[StoredLine]]:
+        """The record and the first lines in one statement (one snapshot, one round trip); a stream longer
+        than ``READ_CHUNK_ROWS`` lines gets the rest as ``read`` does, in later snapshots: the lines can
+        then only be longer than the record says, never shorter (``EventStore.read_with_aux``)."""
         self._check_stream(stream)
+        limit = READ_CHUNK_ROWS + 1  # the record's row, then a chunk of lines
+        rows = self._run(lambda conn: conn.execute(
+            _READ_WITH_AUX, (self.project, area, key, self.project, stream, limit)).fetchall())
+        record = bytes(rows[0][2]) if rows and rows[0][0] == 0 else None
+        lines = [(r[1], r[2]) for r in rows if r[0] == 1]
+        if len(rows) == limit:
+            lines += self._chunked(_READ_LINES, (self.project, stream), after=lines[-1][0])
+        return record, [StoredLine(i, bytes(r[1])) for i, r in enumerate(lines, 1)]
 
-        def tx(conn: Any) -> tuple[bytes | None, list[StoredLine]]:
-            rows = conn.execute(_READ_WITH_AUX, (self.project, area, key, self.project, stream)).fetchall()
-            record = bytes(rows[0][2]) if rows and rows[0][0] == 0 else None
-            lines = [bytes(r[2]) for r in rows if r[0] == 1]
-            return record, [StoredLine(i, raw) for i, raw in enumerate(lines, 1)]
-
-        return self._run(tx)
+    def _chunked(self, sql: str, params: tuple[Any, ...], after: Any) -> list[Any]:
+        """Every row of ``sql``, a keyset-paginated query (its last parameters: the key to start after, the
+        chunk's size; the key is a row's first column), ``READ_CHUNK_ROWS`` rows per round trip, each a call
+        with its own deadline: a long read (the audit log, every job id) is bounded per round trip, never
+        cut for its length. Not one snapshot: rows committed meanwhile may appear in a later chunk."""
+        rows: list[Any] = []
+        while True:
+            size = READ_CHUNK_ROWS  # read at each call: a test makes it small
+            chunk = self._run(lambda conn, after=after: conn.execute(sql, (*params, after, size)).fetchall())
+            rows.extend(chunk)
+            if len(chunk) < size:
+                return rows
+            after = chunk[-1][0]
 
     def job_ids(self) -> Iterator[str]:
-        rows = self._run(lambda conn: conn.execute(
-            "SELECT stream FROM orch_streams WHERE project = %s AND seq > 0 AND stream <> %s",
-            (self.project, AUDIT_STREAM)).fetchall())
-        return iter([r[0] for r in rows])
+        """In id order, ``READ_CHUNK_ROWS`` per round trip."""
+        return iter([r[0] for r in self._chunked(_JOB_IDS, (self.project, AUDIT_STREAM), after="")])
 
     def has_jobs(self) -> bool:
         return bool(self._run(lambda conn: conn.execute(
@@ -408,7 +360,7 @@ class PostgresStore(EventStore):
         self._run(lambda conn: conn.execute(
             "INSERT INTO orch_aux (project, area, key, data) VALUES (%s, %s, %s, %s) "
             "ON CONFLICT (project, area, key) DO UPDATE SET data = EXCLUDED.data",
-            (self.project, area, key, bytes(data))))
+            (self.project, area, key, bytes(data))), write=True)
 
     def get_aux(self, area: str, key: str) -> bytes | None:
         row = self._run(lambda conn: conn.execute(
@@ -417,9 +369,8 @@ class PostgresStore(EventStore):
         return bytes(row[0]) if row else None
 
     def aux_keys(self, area: str) -> list[str]:
-        rows = self._run(lambda conn: conn.execute(
-            "SELECT key FROM orch_aux WHERE project = %s AND area = %s ORDER BY key", (self.project, area)).fetchall())
-        return [r[0] for r in rows]
+        """In key order, ``READ_CHUNK_ROWS`` per round trip (the head records' area has one per job)."""
+        return [r[0] for r in self._chunked(_AUX_KEYS, (self.project, area), after="")]
 
     @contextlib.contextmanager
     def exclusive(self, name: str) -> Iterator[None]:
@@ -433,7 +384,7 @@ class PostgresStore(EventStore):
             with self.deadline.bounded(conn):  # the holder's hold is short (an append), unless the server stalls
                 conn.execute("SELECT pg_advisory_lock(%s)", (key,))
         except BaseException as exc:
-            error = _storage_error(exc, conn) if isinstance(exc, psycopg.Error) else None
+            error = _storage_error(exc, conn) if isinstance(exc, psycopg.Error) else None  # a lock wait: no write
             conn.close()
             if error is not None:  # as every other call of this store reports it (``_run``)
                 raise error from None
@@ -450,7 +401,7 @@ class PostgresStore(EventStore):
 
     def delete_aux(self, area: str, key: str) -> None:
         self._run(lambda conn: conn.execute("DELETE FROM orch_aux WHERE project = %s AND area = %s AND key = %s",
-                                            (self.project, area, key)))
+                                            (self.project, area, key)), write=True)
 
     def queue_index(self) -> Any:
         """The ready/running index shared by every machine (``orchestrator/store/pg_queue.py``)."""
@@ -471,6 +422,10 @@ class PostgresStore(EventStore):
 
     def __repr__(self) -> str:
         return f"PostgresStore({sanitize_text(self.url)!r}, project={self.project!r})"
+
+
+_STORES: weakref.WeakSet[PostgresStore] = weakref.WeakSet()
+os.register_at_fork(after_in_child=lambda: [store._after_fork_in_child() for store in list(_STORES)])  # noqa: SLF001
 
 
 def open_store(url: str, project: str, deadline_seconds: float | None = DEFAULT_PG_DEADLINE_SECONDS) -> EventStore:

@@ -264,7 +264,8 @@ class StallingProxy:
 
     ``stall(seconds)`` stops everything (new connections wait in the listen backlog) until
     ``resume`` or for ``seconds``; ``freeze()`` stops the connections open now for good, while new
-    ones flow (a pooler's stuck backend)."""
+    ones flow (a pooler's stuck backend); ``throttle(rate)`` forwards at most ``rate`` bytes a second
+    (a slow network: a long read takes long, a short one does not)."""
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
@@ -274,6 +275,7 @@ class StallingProxy:
         user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
         self.url = urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{self.listener.getsockname()[1]}"))
         self._resume_at = 0.0  # monotonic: stalled until then
+        self.rate = 0.0  # bytes per second; 0: as fast as it goes
         self._peer: dict[socket.socket, socket.socket] = {}
         self._freeze = threading.Event()
         self._frozen = threading.Event()
@@ -286,6 +288,9 @@ class StallingProxy:
 
     def resume(self) -> None:
         self._resume_at = 0.0
+
+    def throttle(self, rate: float) -> None:
+        self.rate = rate
 
     def freeze(self) -> None:
         self._frozen.clear()
@@ -321,6 +326,8 @@ class StallingProxy:
                     data = sock.recv(65536)  # type: ignore[union-attr]
                     if data:
                         other.sendall(data)
+                        if self.rate:
+                            time.sleep(len(data) / self.rate)
                         continue
                 except OSError:
                     pass
@@ -458,3 +465,187 @@ def test_a_deadline_that_is_not_a_number_of_seconds_is_a_config_error(value) -> 
 
     with pytest.raises(ConfigError, match="ORCH_PG_DEADLINE_SECONDS"):
         Settings.load(env={"ORCH_PG_DEADLINE_SECONDS": value})
+
+
+# -- the watchdog's thread: one per store while it is open, and one in a forked child too --------
+def _watchdogs() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "orch-pg-deadline")
+
+
+def test_closing_a_store_stops_its_deadline_watchdog_so_fifty_stores_leave_no_thread() -> None:
+    url, before = require_pg(), _watchdogs()
+    for _ in range(50):
+        store = PostgresStore(url, unique_project(), deadline_seconds=10)
+        assert store.has_jobs() is False  # the watchdog runs
+        store.close()
+    assert _watchdogs() == before
+
+
+def test_in_a_forked_child_a_stalled_call_is_still_cut_at_the_deadline(stalling) -> None:
+    """The child inherits the parent's "watching" state but not its thread; it starts its own."""
+    import warnings
+
+    assert stalling.store.has_jobs() is False  # the parent's watchdog runs, a connection is pooled
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    with warnings.catch_warnings():  # Python 3.12 warns about fork() with threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report how the stalled call ended, on the pipe
+        code = 1
+        try:
+            stalling.store.has_jobs()  # its own connection (the parent's stay the parent's)
+            os.write(ready_w, b"r")
+            os.read(go_r, 1)  # the parent stalls the proxy
+            start = time.monotonic()
+            try:
+                stalling.store.has_jobs()
+                outcome = "returned"
+            except Exception as exc:  # noqa: BLE001 - reported to the parent
+                outcome = type(exc).__name__
+            os.write(ready_w, json.dumps([outcome, time.monotonic() - start]).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    try:
+        assert os.read(ready_r, 1) == b"r"
+        stalling.proxy.stall(STALL)
+        os.write(go_w, b"g")
+        readable, _, _ = select_readable(ready_r, timeout=STALL + 10)
+        outcome, took = json.loads(os.read(ready_r, 1000)) if readable else ("no answer", None)
+    finally:
+        stalling.proxy.resume()
+        _, status = os.waitpid(pid, 0)
+        for fd in (ready_r, ready_w, go_r, go_w):
+            os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert outcome == "StorageUnavailableError" and took < DEADLINE + MARGIN < STALL, (outcome, took)
+
+
+def select_readable(fd: int, timeout: float) -> tuple[list[int], list[int], list[int]]:
+    import select
+
+    return select.select([fd], [], [], timeout)
+
+
+# -- what a cut call's message says ----------------------------------------------------------------
+def test_a_read_cut_at_the_deadline_says_it_was_cut_off_not_that_a_write_may_have_committed(stalling) -> None:
+    from orchestrator.errors import StorageUnavailableError
+
+    assert stalling.store.has_jobs() is False
+    stalling.proxy.stall(5.0)
+    with pytest.raises(StorageUnavailableError) as caught:
+        stalling.store.has_jobs()
+    assert "the read was cut off; nothing was written" in caught.value.message
+    assert "may or may not" not in caught.value.message
+
+
+def test_an_append_cut_at_the_deadline_says_the_write_may_have_committed_and_psycopg_logs_no_pipeline_noise(
+        stalling, caplog: pytest.LogCaptureFixture) -> None:
+    from orchestrator.errors import StorageUnavailableError
+
+    stalling.submit("t.echo", {"x": 1})
+    faults.arm("pg.append.before_commit", lambda: stalling.proxy.stall(5.0))  # the pipelined COMMIT stalls
+    with caplog.at_level("WARNING"), pytest.raises(StorageUnavailableError) as caught:
+        stalling.submit("t.echo", {"x": 2})
+    faults.disarm_all()
+    assert "a write in flight may or may not have been committed" in caught.value.message
+    assert "cutting the connection" in caplog.text  # the store's own warning stays
+    assert "error ignored terminating" not in caplog.text, caplog.text
+
+
+@pytest.mark.parametrize("write", [False, True])
+def test_a_lost_connection_says_a_write_may_have_committed_only_for_a_write(write: bool) -> None:
+    import psycopg
+
+    from orchestrator.store.postgres import _storage_error
+
+    message = _storage_error(psycopg.OperationalError("server closed the connection"), write=write).message
+    assert ("may or may not have been committed" in message) is write
+    assert ("the read was cut off" in message) is not write
+
+
+# -- long reads: one round trip per chunk, each within the deadline ------------------------------
+def _raw_audit_lines(url: str, project: str, count: int, size: int = 490) -> None:
+    """``count`` audit-sized lines written as an intruder would (reads do not verify them)."""
+    conn = connect(url, autocommit=True)
+    try:
+        conn.execute("INSERT INTO orch_streams (project, stream, seq, last_line) VALUES (%s, '@audit', %s, '')",
+                     (project, count))
+        conn.execute("INSERT INTO orch_events (project, stream, seq, line) SELECT %s, '@audit', n, "
+                     "convert_to(rpad(n::text || ':', %s, 'x'), 'UTF8') FROM generate_series(1, %s) AS n",
+                     (project, size, count))
+    finally:
+        conn.close()
+
+
+def test_an_audit_read_longer_than_the_deadline_completes_in_chunks_each_within_it(
+        stalling, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.store import postgres
+    from orchestrator.store.base import AUDIT_STREAM
+
+    monkeypatch.setattr(postgres, "READ_CHUNK_ROWS", 50, raising=False)  # ~50 KB on the wire: 0.13 s at the rate below
+    _raw_audit_lines(require_pg(), stalling.project_id, 600)
+    stalling.proxy.throttle(400_000)  # the whole log (about 600 KB on the wire) takes ~1.5 s, 3x the deadline
+    start = time.monotonic()
+    lines = stalling.store.read(AUDIT_STREAM)
+    assert time.monotonic() - start > DEADLINE  # longer than one call may take: it was not one call
+    assert [line.seq for line in lines] == list(range(1, 601))
+    assert [line.raw.split(b":")[0] for line in lines] == [str(n).encode() for n in range(1, 601)]
+
+
+def test_long_listings_come_in_chunks_and_miss_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.store import postgres
+    from orchestrator.store.base import AUDIT_STREAM
+
+    store = TestPostgresStore()
+    try:
+        orch = Orchestrator(base_path=tmp_path, project_id=store.project, store=store)
+        jobs = sorted(orch.submit("t.echo", {"x": n}) for n in range(10))
+        _raw_audit_lines(store.url, store.project, 7)
+        monkeypatch.setattr(postgres, "READ_CHUNK_ROWS", 3, raising=False)
+        calls = []
+        run = store._run  # noqa: SLF001
+        monkeypatch.setattr(store, "_run", lambda *args, **kwargs: (calls.append(1), run(*args, **kwargs))[1])
+        assert list(store.job_ids()) == jobs and len(calls) == 4  # 3 + 3 + 3 + 1
+        assert store.aux_keys("heads") == jobs
+        assert [line.seq for line in store.read(AUDIT_STREAM)] == list(range(1, 8))
+        assert [line.raw for line in store.read(AUDIT_STREAM, from_seq=3)] == \
+               [line.raw for line in store.read(AUDIT_STREAM)][2:]
+        record, lines = store.read_with_aux(AUDIT_STREAM, "audit-head", "audit")
+        assert record is None and [line.seq for line in lines] == list(range(1, 8))
+        record, lines = store.read_with_aux(jobs[0], "heads", jobs[0])
+        assert record is not None and len(lines) == 1
+    finally:
+        store.close()
+
+
+# -- worker --once: the time it waits for the store is the time it said --------------------------
+@pytest.mark.parametrize("pooled", [True, False], ids=["pooled-connection", "new-connection"])
+def test_worker_once_gives_up_within_store_wait_seconds_though_one_call_may_take_the_whole_deadline(
+        pooled: bool, tmp_path: Path) -> None:
+    """A stalled statement is cut when the wait is over (not at the 10 s deadline); a new connection's
+    connect_timeout is the time left, at least libpq's 2 s."""
+    from orchestrator.errors import StorageUnavailableError
+    from orchestrator.store.pg_deadline import MIN_CONNECT_TIMEOUT
+
+    proxy, wait = StallingProxy(require_pg()), 1.5
+    store = PostgresStore(proxy.url, unique_project(), deadline_seconds=10)
+    try:
+        orch = Orchestrator(base_path=tmp_path, project_id=store.project, store=store)
+        worker = Worker(orch, WorkerSettings(worker_id="w1", store_wait_seconds=wait))
+        assert worker.run_once() is None  # the store was reached: from now on a loss is waited for
+        if not pooled:
+            for conn in store._idle:  # noqa: SLF001 - the next call must open a connection
+                conn.close()
+        proxy.stall(30)
+        start = time.monotonic()
+        with pytest.raises(StorageUnavailableError, match=r"still out of reach after 1\.5s of retries"):
+            worker.run_once()
+        took = time.monotonic() - start
+    finally:
+        proxy.resume()
+        store.close()
+        proxy.close()
+        drop_project(require_pg(), store.project)
+    assert wait <= took < wait + MIN_CONNECT_TIMEOUT + MARGIN, took

@@ -1,0 +1,132 @@
+"""How long the longest reads of the PostgreSQL store take: the audit log (and the job ids), read
+whole and in chunks.
+
+    python bench/pg_long_reads.py --lines 200000 1000000 --jobs 1000000
+
+For each size, writes that many audit-sized lines (490 bytes, the size of a real entry) straight into
+``orch_events`` of a fresh project (reads do not verify, so they need not be signed), then reports:
+
+* ``one_statement_s``: one ``SELECT ... ORDER BY seq`` of the whole log, as the store read it before
+  2026-12-01: one call, so one deadline (``ORCH_PG_DEADLINE_SECONDS``) for all of it;
+* ``chunked_s``, ``chunks``, ``chunk_ms_p50`` / ``chunk_ms_max``: ``PostgresStore.read`` as it reads
+  now, ``READ_CHUNK_ROWS`` lines per round trip, each round trip a call with its own deadline.
+
+``--jobs``: the same for ``job_ids`` over that many streams (rows of ``orch_streams`` only).
+The project's rows are deleted afterwards. ``--url`` (or ``ORCH_BENCH_PG_URL``) picks the database,
+which must be migrated (``orchestrator db migrate``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
+LINE_BYTES = 490
+
+
+def measure(url: str, lines: int) -> dict[str, Any]:
+    """Write ``lines`` audit lines into a fresh project, time both ways of reading them, clean up."""
+    from orchestrator.store import postgres
+    from orchestrator.store.base import AUDIT_STREAM
+
+    project = f"bench{uuid.uuid4().hex[:12]}"
+    admin = postgres.connect(url, autocommit=True)
+    store = postgres.PostgresStore(url, project, deadline_seconds=None)
+    try:
+        admin.execute("INSERT INTO orch_events (project, stream, seq, line) SELECT %s, %s, n, "
+                      "convert_to(rpad(n::text || ':', %s, 'x'), 'UTF8') FROM generate_series(1, %s) AS n",
+                      (project, AUDIT_STREAM, LINE_BYTES, lines))
+        admin.execute("ANALYZE orch_events")
+        start = time.perf_counter()
+        whole = admin.execute("SELECT line FROM orch_events WHERE project = %s AND stream = %s ORDER BY seq",
+                              (project, AUDIT_STREAM)).fetchall()
+        one_statement = time.perf_counter() - start
+        assert len(whole) == lines
+        del whole
+        chunk_times = _timed_calls(store)
+        start = time.perf_counter()
+        assert len(store.read(AUDIT_STREAM)) == lines
+        chunked = time.perf_counter() - start
+    finally:
+        admin.execute("DELETE FROM orch_events WHERE project = %s", (project,))
+        admin.close()
+        store.close()
+    return _summary("lines", lines, one_statement, chunked, chunk_times)
+
+
+def _timed_calls(store: Any) -> list[float]:
+    """Time each ``_run`` of ``store`` (each chunk of a long read is one): the list fills as it runs."""
+    times: list[float] = []
+    run = store._run  # noqa: SLF001
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return run(*args, **kwargs)
+        finally:
+            times.append(time.perf_counter() - began)
+
+    store._run = timed  # noqa: SLF001
+    return times
+
+
+def _summary(what: str, size: int, whole: float, chunked: float, times: list[float]) -> dict[str, Any]:
+    from orchestrator.store import postgres
+
+    return {what: size, "one_statement_s": round(whole, 2), "chunked_s": round(chunked, 2),
+            "chunk_rows": postgres.READ_CHUNK_ROWS, "chunks": len(times),
+            "chunk_ms_p50": round(statistics.median(times) * 1e3, 1), "chunk_ms_max": round(max(times) * 1e3, 1)}
+
+
+def measure_job_ids(url: str, jobs: int) -> dict[str, Any]:
+    """``job_ids`` over ``jobs`` streams of a fresh project, as one statement and in chunks."""
+    from orchestrator.store import postgres
+
+    project = f"bench{uuid.uuid4().hex[:12]}"
+    admin = postgres.connect(url, autocommit=True)
+    store = postgres.PostgresStore(url, project, deadline_seconds=None)
+    try:
+        admin.execute("INSERT INTO orch_streams (project, stream, seq, last_line) SELECT %s, "
+                      "'01J' || lpad(n::text, 23, '0'), 1, '' FROM generate_series(1, %s) AS n", (project, jobs))
+        admin.execute("ANALYZE orch_streams")
+        start = time.perf_counter()
+        whole = admin.execute("SELECT stream FROM orch_streams WHERE project = %s AND seq > 0 AND stream <> '@audit'",
+                              (project,)).fetchall()
+        one_statement = time.perf_counter() - start
+        assert len(whole) == jobs
+        times = _timed_calls(store)
+        start = time.perf_counter()
+        assert len(list(store.job_ids())) == jobs
+        chunked = time.perf_counter() - start
+    finally:
+        admin.execute("DELETE FROM orch_streams WHERE project = %s", (project,))
+        admin.close()
+        store.close()
+    return _summary("jobs", jobs, one_statement, chunked, times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=os.environ.get("ORCH_BENCH_PG_URL", DEFAULT_URL))
+    parser.add_argument("--lines", type=int, nargs="*", default=[200_000])
+    parser.add_argument("--jobs", type=int, nargs="*", default=[])
+    args = parser.parse_args(argv)
+    for lines in args.lines:
+        print(json.dumps(measure(args.url, lines)), flush=True)
+    for jobs in args.jobs:
+        print(json.dumps(measure_job_ids(args.url, jobs)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
