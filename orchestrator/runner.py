@@ -34,7 +34,7 @@ from orchestrator.errors import MalformedPayloadError
 from orchestrator.leftovers import (LEFTOVER_GRACE_SECONDS, POLL_SECONDS, become_subreaper, end_leftovers,
                                     group_alive, set_run_environment)
 from orchestrator.payload import MAX_PAYLOAD_BYTES, NOT_UNICODE, too_large
-from orchestrator.security import CUT_MARGIN, sanitized_cut
+from orchestrator.security import cut_read_size, sanitized_cut
 from orchestrator.store.files import STRAY_AGE, pid_alive
 
 if TYPE_CHECKING:  # handlers imports this module
@@ -798,18 +798,16 @@ class HostRun(Child):
         self.host.clear_output()
 
 
-TAIL_MARGIN_BYTES = CUT_MARGIN  # read before a tail as well (``security.sanitized_cut``)
-
-
 def sanitized_tail(path: Path, limit: int = 4000) -> str:
-    """The last ``limit`` characters of a run's output, sanitized ("..." first when cut): ``TAIL_MARGIN_BYTES``
-    more are read, and ``security.sanitized_cut`` sanitizes before it cuts, so a cut never goes through a
-    secret before it is sanitized."""
+    """The last ``limit`` characters of a run's output, sanitized ("..." first when cut). ``cut_read_size`` bytes
+    are read, ``limit + CUT_MARGIN`` characters even of 4-byte ones (counted in bytes, the margin held a third as
+    many '漢' and the cut dropped them all), and ``security.sanitized_cut`` sanitizes all of it before it cuts,
+    so a cut never goes through a secret before it is sanitized."""
     try:
         with open(path, "rb") as fh:
             size = fh.seek(0, os.SEEK_END)
-            start = fh.seek(max(0, size - limit - TAIL_MARGIN_BYTES))
-            data = fh.read()
+            start = fh.seek(max(0, size - cut_read_size(limit)))
+            data = fh.read(size - start)  # not what a process still writing adds meanwhile
     except FileNotFoundError:
         return ""
     return sanitized_cut(data.decode("utf-8", errors="replace"), limit, tail=True, cut=start > 0)

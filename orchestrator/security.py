@@ -20,9 +20,8 @@ from typing import Any
 
 from orchestrator.errors import InvalidIdError, PathEscapeError
 
-__all__ = ["REDACTED", "sanitize_text", "sanitized_cut", "sanitize_obj", "one_line", "shown", "validate_id",
-           "safe_join",
-           "validate_artifact_path"]
+__all__ = ["REDACTED", "CUT_MARGIN", "cut_read_size", "sanitize_text", "sanitized_cut", "sanitize_obj", "one_line",
+           "shown", "validate_id", "safe_join", "validate_artifact_path"]
 
 REDACTED = "[REDACTED]"
 
@@ -141,9 +140,20 @@ def sanitize_text(text: str) -> str:
 
 
 # Read (or kept) beyond a cut, so that a secret the cut goes through is seen whole by ``sanitize_text`` (or
-# falls on the dropped line), not left as an unrecognisable half.
+# falls in what is dropped), not left as an unrecognisable half.
 CUT_MARGIN = 16 * 1024
+# What a cut through one long line drops of the sanitized text: a secret is assumed shorter than this.
+_EDGE = CUT_MARGIN // 2
+_UTF8_MAX = 4  # bytes a character takes at most in UTF-8
 _LINE_BREAK = re.compile(r"[\r\n]")
+_SPACE = re.compile(r"\s")
+_LAST_SPACE = re.compile(r"\s(?=\S*\Z)")  # linear: each try scans one run only
+
+
+def cut_read_size(limit: int) -> int:
+    """Bytes to read of UTF-8 data for ``sanitized_cut(text, limit)``: ``limit + CUT_MARGIN`` characters even of
+    4-byte ones. A margin counted in bytes holds a third as many '漢', and the cut then dropped all of them."""
+    return (limit + CUT_MARGIN) * _UTF8_MAX
 
 
 def sanitized_cut(text: str, limit: int, *, tail: bool = False, cut: bool = False) -> str:
@@ -152,24 +162,60 @@ def sanitized_cut(text: str, limit: int, *, tail: bool = False, cut: bool = Fals
     that stopped before the end, or began after the start).
 
     A cut must never go through a secret before it is sanitized: half a ``password=...``, a URL whose
-    credentials lose their ``@``, or a private key without its BEGIN line matches no pattern. Only
-    ``limit + CUT_MARGIN`` characters are kept; where they were cut from more, the line the cut went through
-    is dropped (half the margin when it holds no line break: redacting a long value can shorten the text
-    enough to bring the cut into what is kept); the rest is sanitized, and only then cut to ``limit``.
-    A secret cut by that first cut would have to be longer than the margin to reach what is kept."""
+    credentials lose their ``@``, or ``sk-`` with too few characters matches no pattern. Only ``limit +
+    CUT_MARGIN`` characters are kept; all of them are sanitized, and only then is the edge where they were cut
+    from more dropped (``_tail_start``, ``_head_end``), then the rest cut to ``limit``. Every index is taken in
+    the sanitized text: redacting shortens it, so an index taken before moves into what should be dropped."""
     if len(text) > limit + CUT_MARGIN:
         text = text[-(limit + CUT_MARGIN):] if tail else text[:limit + CUT_MARGIN]
         cut = True
-    if cut and tail:
-        first_break = _LINE_BREAK.search(text)
-        text = text[first_break.end():] if first_break else text[CUT_MARGIN // 2:]
-    elif cut:
-        last_break = max(text.rfind("\n"), text.rfind("\r"))
-        text = text[:last_break + 1] if last_break >= 0 else text[:-(CUT_MARGIN // 2)]
     text = sanitize_text(text)
-    if not cut and len(text) <= limit:
+    if cut:
+        text = text[_tail_start(text):] if tail else text[:_head_end(text)]
+    elif len(text) <= limit:
         return text
-    return "..." + text[-limit:] if tail else text[:limit] + "..."
+    return "..." + text[max(len(text) - limit, 0):] if tail else text[:limit] + "..."
+
+
+def _tail_start(text: str) -> int:
+    """Where sanitized ``text``, which begins at a cut, may be kept from. What the cut left of a secret (no key,
+    no prefix) is at the start, on the first line (a private key's lines are redacted without their BEGIN
+    line too) and, on one line, within ``_EDGE`` characters. So the first line is dropped when more follows
+    it (a secret on it however long goes with it); when it is all there is (one long line, a line break at
+    most after it), ``_EDGE`` characters are, and the rest of the word or token that drop ends in."""
+    brk = _LINE_BREAK.search(text)
+    if brk and text[brk.end():].strip():
+        return brk.end()
+    return _run_end(text, min(_EDGE, len(text)))
+
+
+def _head_end(text: str) -> int:
+    """Where sanitized ``text``, which ends at a cut, must end: ``_tail_start`` mirrored, what the cut left of a
+    secret (``sk-`` and too few characters, a URL without its ``@``) being at the end."""
+    brk = max(text.rfind("\n"), text.rfind("\r"))
+    if brk >= 0 and text[:brk].strip():
+        return brk + 1
+    return _run_start(text, max(len(text) - _EDGE, 0))
+
+
+def _run_end(text: str, pos: int) -> int:
+    """``pos`` moved past the rest of the run of non-space characters it falls inside, when that run ends within
+    ``_EDGE``: half a token may be part of a secret longer than ``_EDGE`` that began before the cut, and half a
+    word or ``[REDACTED]`` is noise. A longer run (a minified JSON line) is cut where it is, or all would go."""
+    if 0 < pos < len(text) and not text[pos - 1].isspace():
+        space = _SPACE.search(text, pos, pos + _EDGE)
+        if space:
+            return space.start()
+    return pos
+
+
+def _run_start(text: str, pos: int) -> int:
+    """``_run_end`` mirrored: ``pos`` moved back to the start of the run it falls inside."""
+    if 0 < pos < len(text) and not text[pos].isspace():
+        space = _LAST_SPACE.search(text, max(pos - _EDGE, 0), pos)
+        if space:
+            return space.end()
+    return pos
 
 
 def _holds_something(value: Any) -> bool:

@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from orchestrator.security import CUT_MARGIN, REDACTED, sanitized_cut
+from orchestrator.security import REDACTED, cut_read_size, sanitized_cut
 
 DEFAULT_TIMEOUT = 60.0
 MAX_REPLY_BYTES = 4 * 1024 * 1024
@@ -77,6 +77,13 @@ def _scrub(text: str | bytes, key: str, limit: int, *, more: bool = False) -> st
     return sanitized_cut(_drop_key(text, _key_forms(key)), limit, cut=more)
 
 
+def _scrub_start(data: bytes, key: str, limit: int) -> str:
+    """``_scrub`` of the start of a reply's bytes: ``cut_read_size`` of them hold the characters ``sanitized_cut``
+    needs even when each takes 4 bytes (counted in bytes, a cut kept no '漢' of a long reply)."""
+    size = cut_read_size(limit)
+    return _scrub(data[:size], key, limit, more=len(data) > size)
+
+
 def _failed(code: str, message: str, key: str, retryable: bool = True) -> dict[str, Any]:
     return {"status": "failed", "summary": _scrub(message, key, 2000), "error_code": code, "retryable": retryable}
 
@@ -124,8 +131,7 @@ def call_llm(ctx: Any, environ: dict[str, str] | None = None) -> Any:
         with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - the operator's own URL
             raw = resp.read(MAX_REPLY_BYTES + 1)
     except urllib.error.HTTPError as exc:
-        body = exc.read(500 + CUT_MARGIN + 1) if exc.fp else b""
-        detail = _scrub(body, key, 500, more=len(body) > 500 + CUT_MARGIN)
+        detail = _scrub_start(exc.read(cut_read_size(500) + 1) if exc.fp else b"", key, 500)
         retry = exc.code in (408, 429) or exc.code >= 500
         return _failed("LLM_HTTP_ERROR", f"LLM endpoint answered HTTP {exc.code}: {detail}", key, retryable=retry)
     except (socket.timeout, TimeoutError):
@@ -143,7 +149,7 @@ def call_llm(ctx: Any, environ: dict[str, str] | None = None) -> Any:
         if not isinstance(content, str):
             raise TypeError("content is not a string")
     except (ValueError, KeyError, IndexError, TypeError) as exc:
-        snippet = _scrub(raw[:200 + CUT_MARGIN], key, 200, more=len(raw) > 200 + CUT_MARGIN)
+        snippet = _scrub_start(raw, key, 200)
         return _failed("LLM_BAD_RESPONSE", f"the reply is not a chat completion ({exc}): {snippet}", key)
     try:
         # valid or not, the payload goes to the worker, which stores what it can of it

@@ -41,6 +41,9 @@ class FakeLLM(BaseHTTPRequestHandler):
         if mode == "not_json":
             self._send(200, b"<html>gateway says hi</html>")
             return
+        if mode == "body":  # whatever the test put in server.status and server.body
+            self._send(self.server.status, self.server.body)
+            return
         if mode.startswith("echo"):  # a proxy or a model that repeats the key it was sent, everywhere it can
             self._send(200, json.dumps(self._echo(mode)).encode())
             return
@@ -72,7 +75,10 @@ class FakeLLM(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the handler reads only the start of a long reply
+            pass
 
 
 @pytest.fixture
@@ -149,6 +155,27 @@ def test_a_refused_connection_is_a_network_error() -> None:
 
 def test_no_url_is_a_config_failure_without_retry() -> None:
     assert call_llm(CTX, {})["error_code"] == "LLM_CONFIG"
+
+
+# one line of reply, 20 KB and 100 KB, of 1-, 2-, 3- and 4-byte characters; one after an empty first line
+LONG_REPLIES = {
+    f"{name}-{size // 1024}KB": unit * (size // len(unit.encode()))
+    for name, unit in [("ascii", "upstream busy; "), ("e-acute", "é"), ("kanji", "漢"), ("emoji", "😀")]
+    for size in (20 * 1024, 100 * 1024)
+}
+LONG_REPLIES["newline-first"] = "\n" + "upstream busy; " * 2000
+
+
+@pytest.mark.parametrize("status, code, limit", [(502, "LLM_HTTP_ERROR", 500), (200, "LLM_BAD_RESPONSE", 200)],
+                         ids=["http-error-body", "not-a-chat-completion"])
+@pytest.mark.parametrize("name", sorted(LONG_REPLIES))
+def test_a_long_one_line_reply_is_quoted_by_its_first_characters(server, name: str, status: int, code: str,
+                                                                 limit: int) -> None:
+    """Read and cut in characters, not bytes: a margin counted in bytes left no '漢' of the reply."""
+    text = LONG_REPLIES[name]
+    server.mode, server.status, server.body = "body", status, text.encode()
+    payload = call_llm(CTX, llm_env(server))
+    assert payload["error_code"] == code and text[:limit] + "..." in payload["summary"]
 
 
 def all_bytes_under(folder: Path) -> bytes:

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.runner import TAIL_MARGIN_BYTES, sanitized_tail
-from orchestrator.security import REDACTED
+import pytest
+
+from orchestrator.runner import sanitized_tail
+from orchestrator.security import CUT_MARGIN, REDACTED
+
+TAIL_MARGIN = CUT_MARGIN  # characters read before the tail
 
 KEY_BODY = [("MIIJQgIBADANBgkqhkiG9w0BAQEFAASCCSwwggkoAgEAAoICAQ" + f"{i:014d}")[:64] for i in range(100)]  # ~6.5 KB: an RSA-4096 key
 PEM = "-----BEGIN PRIVATE KEY-----\n" + "\n".join(KEY_BODY) + "\n-----END PRIVATE KEY-----\n"
@@ -22,7 +26,7 @@ def test_a_private_key_printed_before_a_few_lines_leaves_none_of_its_body_in_the
 
 def test_a_secret_the_read_starts_inside_of_is_dropped_with_its_line(tmp_path: Path) -> None:
     out = tmp_path / "output.log"
-    value = "s3cr3t" * ((TAIL_MARGIN_BYTES + 8000) // 6)  # longer than the margin and the tail together
+    value = "s3cr3t" * ((TAIL_MARGIN + 8000) // 6)  # longer than the margin and the tail together
     out.write_text(f"password={value}\nlast line\n")
     for limit in (4000, 100):
         tail = sanitized_tail(out, limit)
@@ -41,10 +45,10 @@ def test_a_secret_cut_by_the_read_on_one_long_line_stays_out_when_redaction_shor
     """One line, no line break in all that is read: a key name cut by the read (``db_pass|word``) leaves
     its value unrecognised, and redacting a long value after it brings that start into the tail."""
     before, cut = "x" * 100 + '{"db_pass', 'word": "hunter2-SECRET", "session_token": "'
-    value = "A" * (4000 + TAIL_MARGIN_BYTES - len(cut) - 2)  # so that the read begins exactly at "word"
+    value = "A" * (4000 + TAIL_MARGIN - len(cut) - 2)  # so that the read begins exactly at "word"
     out = tmp_path / "output.log"
     out.write_text(before + cut + value + '"}')
-    assert out.stat().st_size - 4000 - TAIL_MARGIN_BYTES == len(before)
+    assert out.stat().st_size - 4000 - TAIL_MARGIN == len(before)
     assert "hunter2" not in sanitized_tail(out, 4000)
 
 
@@ -72,3 +76,47 @@ def test_a_short_text_is_kept_whole_and_sanitized() -> None:
 
     assert sanitized_cut("token=abc123 ok", 100) == f"token={REDACTED} ok"
     assert sanitized_cut("token=abc123 ok", 100, tail=True) == f"token={REDACTED} ok"
+
+
+# -- one long line, multi-byte characters: the last ``limit`` characters, counted as characters -------------
+def one_line(unit: str, size: int) -> str:
+    """``size`` bytes (about) of one line of output made of ``unit``, with no secret in it."""
+    return unit * (size // len(unit.encode()))
+
+
+LINES = {  # one line of output, 20 KiB and 100 KiB, of 1-, 2-, 3- and 4-byte characters
+    f"{name}-{size // 1024}KB": one_line(unit, size)
+    for name, unit in [("ascii", "step 42 ok; "), ("no-space", "x"), ("e-acute", "é"), ("kanji", "漢"), ("emoji", "😀"), ("mixed", "é漢😀 a ")]
+    for size in (20 * 1024, 100 * 1024)
+}
+
+
+@pytest.mark.parametrize("end", ["\n", ""], ids=["newline", "no_newline"])
+@pytest.mark.parametrize("name", sorted(LINES))
+def test_one_long_line_keeps_its_last_limit_characters(tmp_path: Path, name: str, end: str) -> None:
+    text = LINES[name] + end
+    out = tmp_path / "output.log"
+    out.write_text(text, encoding="utf-8")
+    assert sanitized_tail(out, 4000) == "..." + text[-4000:]
+
+
+@pytest.mark.parametrize("unit", ["a", "é", "漢", "😀"])
+def test_an_output_of_exactly_limit_characters_is_kept_whole_and_one_more_is_cut(tmp_path: Path, unit: str) -> None:
+    out = tmp_path / "output.log"
+    for length, expected in [(4000, unit * 4000), (4001, "..." + unit * 4000),
+                             (4000 + CUT_MARGIN, "..." + unit * 4000), (4001 + CUT_MARGIN, "..." + unit * 4000)]:
+        out.write_text(unit * length, encoding="utf-8")
+        assert sanitized_tail(out, 4000) == expected, length
+
+
+def test_an_empty_output_is_empty(tmp_path: Path) -> None:
+    out = tmp_path / "output.log"
+    out.write_bytes(b"")
+    assert sanitized_tail(out, 4000) == ""
+
+
+def test_a_read_starting_inside_a_multi_byte_character_keeps_no_replacement_character(tmp_path: Path) -> None:
+    out = tmp_path / "output.log"
+    out.write_text("漢" * 40_001 + "\n", encoding="utf-8")  # the read begins 1 or 2 bytes into a character
+    tail = sanitized_tail(out, 4000)
+    assert tail == "..." + "漢" * 3999 + "\n" and "\ufffd" not in tail

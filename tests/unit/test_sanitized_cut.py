@@ -1,0 +1,174 @@
+"""``security.sanitized_cut`` and ``runner.sanitized_tail`` never keep a part of a secret: not where the read or
+the margin cuts through one, not when redacting the rest shortens the text (a review found both)."""
+from __future__ import annotations
+
+import random
+import string
+from pathlib import Path
+
+import pytest
+
+from orchestrator.runner import sanitized_tail
+from orchestrator.security import CUT_MARGIN, sanitized_cut
+
+ALNUM = string.ascii_letters + string.digits
+FILLER = ("step", "done", "reading", "file", "ok", "résumé", "漢字", "retry", "😀", "build", "x=1", "ümlaut")
+EDGE = CUT_MARGIN // 2  # what the cut of one long line drops
+
+
+def body(rng: random.Random, n: int, alphabet: str = ALNUM) -> str:
+    return "".join(rng.choice(alphabet) for _ in range(n))
+
+
+def pem_one_line(rng: random.Random, lines: int) -> tuple[str, list[str]]:
+    """A private key as JSON or ``repr`` writes it: one line, ``\\n`` escaped."""
+    parts = [body(rng, 64, ALNUM + "+/") for _ in range(lines)]
+    return "-----BEGIN PRIVATE KEY-----\\n" + "\\n".join(parts) + "\\n-----END PRIVATE KEY-----", parts
+
+
+def secret(rng: random.Random, kind: int, n: int) -> tuple[str, list[str]]:
+    """A secret of a shape ``sanitize_text`` knows, as printed, and its parts that must never show."""
+    b = body(rng, n)
+    if kind == 0:
+        return "sk-proj-" + b, [b]
+    if kind == 1:
+        return "ghp_" + b, [b]
+    if kind == 2:
+        key = body(rng, 16, string.ascii_uppercase + string.digits)
+        return "AKIA" + key, [key]
+    if kind == 3:
+        return "xoxb-" + b, [b]
+    if kind == 4:
+        key = body(rng, 35)
+        return "AIza" + key, [key]
+    if kind == 5:
+        parts = [b, body(rng, n), body(rng, n)]
+        return "eyJ" + parts[0] + ".eyJ" + parts[1] + "." + parts[2], parts
+    if kind == 6:
+        return "password=" + b, [b]
+    if kind == 7:
+        return '"api_key": "' + body(rng, n, "0123456789abcdef") + '"', []  # filled below
+    if kind == 8:
+        return "Authorization: Bearer " + b, [b]
+    if kind == 9:
+        return "postgres://app:" + b + "@db.example/prod", [b]
+    if kind == 10:
+        return "--db-token " + b, [b]
+    pem, parts = pem_one_line(rng, max(1, n // 40))
+    return (pem if kind == 11 else pem.replace("\\n", "\n")), parts
+
+
+ONE_LINE_KINDS = 12  # kind 12, a private key on lines of its own, only where text has lines
+
+
+def a_secret(rng: random.Random, kind: int | None = None, n: int | None = None,
+             one_line: bool = True) -> tuple[str, list[str]]:
+    kind = rng.randrange(ONE_LINE_KINDS + (not one_line)) if kind is None else kind
+    text, parts = secret(rng, kind, rng.randint(20, 400) if n is None else n)
+    if kind == 7:
+        parts = [text[len('"api_key": "'):-1]]
+    return text, parts
+
+
+def grams(parts: list[str], n: int = 8) -> set[str]:
+    return {part[i:i + n] for part in parts for i in range(len(part) - n + 1)}
+
+
+def leaked(kept: str, secret_grams: set[str], n: int = 8) -> list[str]:
+    return [kept[i:i + n] for i in range(len(kept) - n + 1) if kept[i:i + n] in secret_grams]
+
+
+def filler(rng: random.Random, length: int) -> str:
+    words: list[str] = []
+    while len(words) + sum(map(len, words)) <= length:
+        words.append(rng.choice(FILLER))
+    return " ".join(words)[:length]
+
+
+def dense_secrets(rng: random.Random, length: int) -> tuple[str, list[str]]:
+    """``length`` characters of one line, nearly all long secrets: redacting them shortens it by ~95%."""
+    pieces, parts = [], []
+    while sum(len(p) + 1 for p in pieces) < length - 400:
+        text, found = a_secret(rng, kind=rng.choice([0, 1, 3, 6, 9, 10]), n=300)
+        pieces.append(text)
+        parts += found
+    line = " ".join(pieces) + " "
+    line += filler(rng, length - len(line) - 1) + " "
+    assert len(line) == length
+    return line, parts
+
+
+# -- the one-line cut: redaction before the margin no longer moves the cut into a secret ---------------------
+# (kind, n): the straddling secret; the part of it left inside the cut is unrecognisable on its own
+STRADDLERS = [(0, 60), (1, 60), (3, 60), (2, 0), (4, 0), (5, 40), (6, 60), (7, 64), (8, 60), (9, 30), (10, 60), (11, 200)]
+
+
+@pytest.mark.parametrize("kind, n", STRADDLERS)
+def test_a_head_cut_of_one_line_keeps_no_part_of_a_secret_when_redaction_shortens_what_comes_before(
+        kind: int, n: int) -> None:
+    rng = random.Random(kind)
+    limit = 2000
+    straddler, parts = a_secret(rng, kind, n)
+    split = straddler.index(parts[0]) + 12  # its prefix and 12 characters: too few for its pattern
+    before, before_parts = dense_secrets(rng, limit + EDGE - split)  # the old second cut fell at limit + EDGE
+    text = before + straddler + " " + filler(rng, CUT_MARGIN)
+    assert len(text) > limit + CUT_MARGIN and "\n" not in text
+    kept = sanitized_cut(text, limit)
+    assert leaked(kept, grams(parts + before_parts)) == [] and kept.endswith("...")
+
+
+@pytest.mark.parametrize("kind, n", STRADDLERS)
+def test_a_tail_cut_of_one_line_keeps_no_part_of_a_secret_when_redaction_shortens_what_comes_after(
+        tmp_path: Path, kind: int, n: int) -> None:
+    rng = random.Random(100 + kind)
+    limit = 2000
+    straddler, parts = a_secret(rng, kind, n)
+    split = straddler.index(parts[0]) + 4  # the rest of it has no prefix or key
+    after, after_parts = dense_secrets(rng, limit + EDGE - (len(straddler) - split) - 1)
+    text = filler(rng, CUT_MARGIN) + " " + straddler + " " + after
+    assert len(text) > limit + CUT_MARGIN and "\n" not in text
+    out = tmp_path / "output.log"
+    out.write_text(text, encoding="utf-8")
+    for kept in (sanitized_cut(text, limit, tail=True), sanitized_tail(out, limit)):
+        assert leaked(kept, grams(parts + after_parts)) == [] and kept.startswith("...")
+
+
+# -- the property: random texts, random reads, random limits ---------------------------------------------
+def random_text(rng: random.Random, one_line: bool) -> tuple[str, list[str]]:
+    """Filler and secrets of every known shape, at a random density, 10-60 K characters."""
+    density = rng.choice([0.05, 0.3, 0.7, 0.95])
+    target = rng.randint(10_000, 60_000)
+    pieces, parts = [], []
+    while sum(len(p) + 1 for p in pieces) < target:
+        if rng.random() < density:
+            text, found = a_secret(rng, one_line=one_line)
+            pieces.append(text)
+            parts += found
+        else:
+            pieces.append(filler(rng, rng.randint(1, 300)))
+    seps = [" " if one_line or rng.random() < 0.8 else "\n" for _ in pieces]
+    return "".join(p + s for p, s in zip(pieces, seps)), parts
+
+
+@pytest.mark.parametrize("one_line", [True, False], ids=["one_line", "lines"])
+def test_no_cut_anywhere_keeps_8_characters_of_any_secret(tmp_path: Path, one_line: bool) -> None:
+    rng = random.Random(20261201 + one_line)
+    out = tmp_path / "output.log"
+    kept_chars = 0
+    for _ in range(150):
+        text, parts = random_text(rng, one_line)
+        secret_grams = grams(parts)
+        limit = rng.choice([40, 200, 500, 2000, 4000])
+        start, end = sorted(rng.randrange(len(text)) for _ in range(2))
+        out.write_text(text, encoding="utf-8")
+        cuts = [
+            sanitized_cut(text, limit), sanitized_cut(text, limit, tail=True),
+            sanitized_cut(text[:end], limit, cut=True),  # a read that stopped inside the text
+            sanitized_cut(text[start:], limit, tail=True, cut=True),  # one that began inside it
+            sanitized_tail(out, limit),
+        ]
+        for kept in cuts:
+            assert leaked(kept, secret_grams) == [], (limit, start, end)
+            assert len(kept) <= limit + 3
+            kept_chars += len(kept)
+    assert kept_chars > 150 * 5 * 100  # not safe by keeping nothing
