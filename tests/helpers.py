@@ -33,3 +33,39 @@ def wait_until(predicate: Callable[[], object], timeout: float = WAIT, what: str
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """``scripts/worker.py ARGS`` as a real process, its output piped."""
+    return subprocess.Popen([sys.executable, str(REPO / "scripts" / "worker.py"), *args], env=env, cwd=str(REPO),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = WAIT) -> tuple[int, str, str]:
+    """Wait for a worker to exit by itself: (exit code, stdout, stderr); one that does not is a failure."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"worker did not exit: {out}\n{err}") from None
+    return proc.returncode, out, err
+
+
+def stop(proc: subprocess.Popen[str] | None) -> None:
+    """Kill (if still running) and reap, closing the pipes (``finish`` may have done it already)."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.kill()
+    if proc.stdout is not None and not proc.stdout.closed:
+        proc.communicate()
+
+
+def alive(pid: int) -> bool:
+    """True for a live process (a zombie nobody reaped yet counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

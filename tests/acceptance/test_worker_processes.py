@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
-from helpers import REPO, WAIT, run_script, wait_until
+from helpers import REPO, alive, finish, run_script, start_worker, stop, wait_until
 
 
 
@@ -35,28 +33,7 @@ def orch(env: dict[str, str], base: Path, monkeypatch: pytest.MonkeyPatch):
     return Orchestrator(base_path=base, project_id="proj")
 
 
-def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, str(REPO / "scripts" / "worker.py"), *args], env=env, cwd=str(REPO),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-
-def finish(proc: subprocess.Popen[str], timeout: float = WAIT) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"worker did not exit: {out}\n{err}") from None
-    return proc.returncode, out, err
-
-
-def stop(proc: subprocess.Popen[str] | None) -> None:
-    """Kill (if still running) and reap, closing the pipes."""
-    if proc is None:
-        return
-    if proc.poll() is None:
-        proc.kill()
-    proc.communicate()
 
 
 def records(orch, job_id: str) -> list[dict]:
@@ -66,13 +43,6 @@ def records(orch, job_id: str) -> list[dict]:
 def state(orch, job_id: str) -> str | None:
     return orch.status(job_id).state
 
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def waiting_job(orch, tmp_path: Path, **options) -> tuple[str, Path, Path]:

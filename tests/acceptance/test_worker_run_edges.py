@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO, WAIT, run_script, wait_until
+from helpers import REPO, alive, finish, run_script, start_worker, stop, wait_until
 
 
 @pytest.fixture
@@ -32,40 +31,12 @@ def orch(env: dict[str, str], base: Path, monkeypatch: pytest.MonkeyPatch):
     return Orchestrator(base_path=base, project_id="proj")
 
 
-def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, str(REPO / "scripts" / "worker.py"), *args], env=env, cwd=str(REPO),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-
-def finish(proc: subprocess.Popen[str], timeout: float = WAIT) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"worker did not exit: {out}\n{err}") from None
-    return proc.returncode, out, err
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    """Kill (if still running) and reap, closing the pipes (``finish`` may have done it already)."""
-    if proc.poll() is None:
-        proc.kill()
-    if proc.stdout is not None and not proc.stdout.closed:
-        proc.communicate()
 
 
 def state(orch, job_id: str) -> str | None:
     return orch.status(job_id).state
 
-
-def alive(pid: int) -> bool:
-    """True for a live process (a zombie nobody reaped yet counts as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 # -- a handler module that exits while it is imported ---------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
+from helpers import alive
 from orchestrator.handlers import register
 from orchestrator.worker import Worker, WorkerSettings
 
@@ -351,13 +352,6 @@ def test_a_python_handler_reads_its_stdin_from_dev_null_as_a_command_does(orch, 
 
 
 # -- what a run leaves running ends with the run ---------------------------------------------------------------
-def alive(pid: int) -> bool:
-    """True for a live process (a zombie nobody reaped yet counts as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def left_pid(path: Path) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
+from helpers import alive
 from orchestrator.clock import to_iso
 from orchestrator.store.base import AUDIT_STREAM
 from orchestrator.worker import Worker, WorkerSettings
@@ -941,15 +942,6 @@ def test_a_timeout_is_audited_with_its_event_not_left_for_heal(orch) -> None:
     timeouts = [e["data"] for e in entries if e["job_id"] == job and e["data"]["action"] == "job_timeout"]
     assert len(timeouts) == 1 and "healed" not in timeouts[0]
     assert verify_project(orch).warnings == []
-
-
-def alive(pid: int) -> bool:
-    """True for a live process (a zombie nobody reaped yet counts as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def wait_until(predicate, timeout: float) -> bool:
