@@ -34,34 +34,40 @@ DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 LINE_BYTES = 490
 
 
-def measure(url: str, lines: int) -> dict[str, Any]:
-    """Write ``lines`` audit lines into a fresh project, time both ways of reading them, clean up."""
+def _compare(url: str, table: str, fill: str, whole_sql: str, size: int,
+             read: Any) -> tuple[float, float, list[float]]:
+    """Fill ``table`` for a fresh project (``fill`` takes the project and ``size``), time ``whole_sql`` as one
+    statement and ``read(store)`` in chunks, clean up: (one statement s, chunked s, each chunk's s)."""
     from orchestrator.store import postgres
-    from orchestrator.store.base import AUDIT_STREAM
 
     project = f"bench{uuid.uuid4().hex[:12]}"
     admin = postgres.connect(url, autocommit=True)
     store = postgres.PostgresStore(url, project, deadline_seconds=None)
     try:
-        admin.execute("INSERT INTO orch_events (project, stream, seq, line) SELECT %s, %s, n, "
-                      "convert_to(rpad(n::text || ':', %s, 'x'), 'UTF8') FROM generate_series(1, %s) AS n",
-                      (project, AUDIT_STREAM, LINE_BYTES, lines))
-        admin.execute("ANALYZE orch_events")
+        admin.execute(fill, (project, size))
+        admin.execute(f"ANALYZE {table}")
         start = time.perf_counter()
-        whole = admin.execute("SELECT line FROM orch_events WHERE project = %s AND stream = %s ORDER BY seq",
-                              (project, AUDIT_STREAM)).fetchall()
+        assert len(admin.execute(whole_sql, (project,)).fetchall()) == size
         one_statement = time.perf_counter() - start
-        assert len(whole) == lines
-        del whole
-        chunk_times = _timed_calls(store)
+        times = _timed_calls(store)
         start = time.perf_counter()
-        assert len(store.read(AUDIT_STREAM)) == lines
-        chunked = time.perf_counter() - start
+        assert len(read(store)) == size
+        return one_statement, time.perf_counter() - start, times
     finally:
-        admin.execute("DELETE FROM orch_events WHERE project = %s", (project,))
+        admin.execute(f"DELETE FROM {table} WHERE project = %s", (project,))
         admin.close()
         store.close()
-    return _summary("lines", lines, one_statement, chunked, chunk_times)
+
+
+def measure(url: str, lines: int) -> dict[str, Any]:
+    """``lines`` audit lines read whole, as one statement and in chunks."""
+    from orchestrator.store.base import AUDIT_STREAM
+
+    fill = ("INSERT INTO orch_events (project, stream, seq, line) SELECT %s, '" + AUDIT_STREAM + "', n, "
+            f"convert_to(rpad(n::text || ':', {LINE_BYTES}, 'x'), 'UTF8') FROM generate_series(1, %s) AS n")
+    whole = f"SELECT line FROM orch_events WHERE project = %s AND stream = '{AUDIT_STREAM}' ORDER BY seq"
+    return _summary("lines", lines, *_compare(url, "orch_events", fill, whole, lines,
+                                              lambda store: store.read(AUDIT_STREAM)))
 
 
 def _timed_calls(store: Any) -> list[float]:
@@ -90,29 +96,11 @@ def _summary(what: str, size: int, whole: float, chunked: float, times: list[flo
 
 def measure_job_ids(url: str, jobs: int) -> dict[str, Any]:
     """``job_ids`` over ``jobs`` streams of a fresh project, as one statement and in chunks."""
-    from orchestrator.store import postgres
-
-    project = f"bench{uuid.uuid4().hex[:12]}"
-    admin = postgres.connect(url, autocommit=True)
-    store = postgres.PostgresStore(url, project, deadline_seconds=None)
-    try:
-        admin.execute("INSERT INTO orch_streams (project, stream, seq, last_line) SELECT %s, "
-                      "'01J' || lpad(n::text, 23, '0'), 1, '' FROM generate_series(1, %s) AS n", (project, jobs))
-        admin.execute("ANALYZE orch_streams")
-        start = time.perf_counter()
-        whole = admin.execute("SELECT stream FROM orch_streams WHERE project = %s AND seq > 0 AND stream <> '@audit'",
-                              (project,)).fetchall()
-        one_statement = time.perf_counter() - start
-        assert len(whole) == jobs
-        times = _timed_calls(store)
-        start = time.perf_counter()
-        assert len(list(store.job_ids())) == jobs
-        chunked = time.perf_counter() - start
-    finally:
-        admin.execute("DELETE FROM orch_streams WHERE project = %s", (project,))
-        admin.close()
-        store.close()
-    return _summary("jobs", jobs, one_statement, chunked, times)
+    fill = ("INSERT INTO orch_streams (project, stream, seq, last_line) SELECT %s, "
+            "'01J' || lpad(n::text, 23, '0'), 1, '' FROM generate_series(1, %s) AS n")
+    whole = "SELECT stream FROM orch_streams WHERE project = %s AND seq > 0 AND stream <> '@audit'"
+    return _summary("jobs", jobs, *_compare(url, "orch_streams", fill, whole, jobs,
+                                            lambda store: list(store.job_ids())))
 
 
 def main(argv: list[str] | None = None) -> int:
