@@ -7,7 +7,8 @@ daemon). They are part of its run: once the run is over they are ended, as syste
 
 * a ``command``: its process group, when it exits (``runner.PopenChild``);
 * a Python handler's process (``HandlerHost`` or the per-run child): after every run, every
-  process it left (``end_leftovers``). The handler process is a *child subreaper*, so a process
+  process it left (``end_leftovers``), but multiprocessing's own helpers (its forkserver, its resource
+  tracker), which serve the next runs. The handler process is a *child subreaper*, so a process
   whose parent exits (a double fork, a daemon that called ``setsid``) becomes its child, and it
   only ever signals its own children: a pid cannot be reused while its parent has not reaped it;
 * a run whose worker died or was stopped past its lease: stale recovery on the same machine
@@ -49,15 +50,52 @@ def set_run_environment(context: Mapping[str, Any]) -> None:
             os.environ[name] = str(context[key])
 
 
-def _children_left() -> bool:
-    """Reap this process's children that have exited; True if any is still running (or not reaped)."""
-    while True:
-        try:
-            pid, _status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return False
-        if pid == 0:
-            return True
+def _has_children() -> bool:
+    """Whether this process has a child, running or exited, without reaping any (``WNOWAIT``): the one call the
+    common case (a run that started nothing) costs."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
+
+
+def _reaped(pid: int) -> bool:
+    """Reap the child ``pid`` if it has exited (True; also when it is no longer a child of this process). A
+    child is waited for by its pid, never ``waitpid(-1)``: that would reap multiprocessing's helpers too."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] != 0
+    except ChildProcessError:
+        return True
+
+
+def _multiprocessing_helpers() -> dict[int, int | None]:
+    """The long-lived helpers multiprocessing started in this process (the forkserver, the resource tracker),
+    each with the descriptor that keeps it running. They serve every later use of multiprocessing here: one
+    killed or reaped behind multiprocessing's back fails its next use (``ChildProcessError`` from the
+    forkserver), and the resource tracker ignores SIGTERM (each run would wait out the grace for SIGKILL).
+    Only modules already imported are looked at."""
+    helpers: dict[int, int | None] = {}
+    for module, holder, pid_name, fd_name in (
+            ("multiprocessing.forkserver", "_forkserver", "_forkserver_pid", "_forkserver_alive_fd"),
+            ("multiprocessing.resource_tracker", "_resource_tracker", "_pid", "_fd")):
+        helper = getattr(sys.modules.get(module), holder, None)
+        pid = getattr(helper, pid_name, None)
+        if isinstance(pid, int) and pid > 0:
+            helpers[pid] = getattr(helper, fd_name, None)
+    return helpers
+
+
+def _release_helpers() -> None:
+    """For a handler process about to exit: close what keeps multiprocessing's helpers running, so they end on
+    their own (the forkserver when its pipe closes, the resource tracker once no process writes to it) instead
+    of waiting out the grace for SIGKILL."""
+    for fd in _multiprocessing_helpers().values():
+        if isinstance(fd, int) and fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _child_pids() -> list[int]:
@@ -102,21 +140,40 @@ def _signal_child(pid: int, sig: int) -> None:
         pass
 
 
-def end_leftovers(grace: float = LEFTOVER_GRACE_SECONDS) -> None:
-    """In a handler process, once a run is over: end every process the run left. With none (the common
-    case) this is one ``waitpid``. Each child gets SIGTERM once, and, past ``grace``, SIGKILL; what a
-    killed child leaves is re-parented here (subreaper) and met by the next pass. Gives up after
-    ``HARD_LIMIT_SECONDS`` more (a process forking faster than it is killed)."""
-    if not sys.platform.startswith("linux") or not _children_left():
-        return
+last_end_seconds = 0.0  # how long the last ``end_leftovers`` took, in this process (tests, diagnosis)
+
+
+def end_leftovers(grace: float = LEFTOVER_GRACE_SECONDS, *, keep_helpers: bool = True) -> None:
+    """In a handler process, once a run is over: end every process the run left. With no child at all (the
+    common case) this is one ``waitid``. multiprocessing's helpers stay for the next run (``keep_helpers``), or
+    are let go when the process is about to exit (``_release_helpers``). Takes ``last_end_seconds``."""
+    global last_end_seconds
+    started = time.monotonic()
+    try:
+        if sys.platform.startswith("linux") and _has_children():
+            _end_children(grace, keep_helpers)
+    finally:
+        last_end_seconds = time.monotonic() - started
+
+
+def _end_children(grace: float, keep_helpers: bool) -> None:
+    """Each child gets SIGTERM once, and, past ``grace``, SIGKILL; what a killed child leaves is re-parented
+    here (subreaper) and met by the next pass. Gives up after ``HARD_LIMIT_SECONDS`` more (a process forking
+    faster than it is killed)."""
+    if keep_helpers:
+        spared = set(_multiprocessing_helpers())
+    else:
+        _release_helpers()
+        spared = set()
     grace_ends = time.monotonic() + grace
     termed: set[int] = set()
-    while _children_left():
+    while True:
+        left = [pid for pid in _child_pids() if pid not in spared and not _reaped(pid)]
         now = time.monotonic()
-        if now >= grace_ends + HARD_LIMIT_SECONDS:
+        if not left or now >= grace_ends + HARD_LIMIT_SECONDS:
             return
         sig = signal.SIGKILL if now >= grace_ends else signal.SIGTERM
-        for pid in _child_pids():
+        for pid in left:
             if sig == signal.SIGKILL or pid not in termed:
                 _signal_child(pid, sig)
                 termed.add(pid)

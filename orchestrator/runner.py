@@ -417,7 +417,7 @@ def _child_main(output: Path, close: tuple[int, ...], body: Callable[[], None], 
         traceback.print_exc()
     finally:
         try:
-            end_leftovers()  # before it exits: its orphans would go to init, out of reach
+            end_leftovers(keep_helpers=False)  # before it exits: its orphans would go to init, out of reach
         except BaseException:  # noqa: S110 - exiting anyway
             pass
         try:
@@ -508,7 +508,7 @@ def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: i
             os.ftruncate(1, 0)
         set_run_environment(request["context"])
         payload = handler_payload(lambda: call(request["kind"], request["context"]))
-        end_leftovers()  # the run is over when what it started is gone (one waitpid when it started nothing)
+        end_leftovers()  # the run is over when what it started is gone (one waitid when it started nothing)
         sys.stdout.flush()
         sys.stderr.flush()
         _write_frame(resp_w, payload)
