@@ -95,6 +95,7 @@ class Child:
     pid: int
     output: Path
     terminal_file: Path | None = None
+    answered = False  # a Python handler's process answered: it ended what its run left (``end_leftovers``)
 
     def payload(self) -> bytes | None:
         """The terminal payload the run produced, or None if it left none; ``MalformedPayloadError`` for one over
@@ -259,6 +260,7 @@ class ForkChild(Child):
         self._done_fd = None
         if not data:
             return False
+        self.answered = True
         if self.poll() is None:  # still exiting: reaped by a later fork_call
             _UNREAPED.add(self.pid)
             self.returncode = data[0]
@@ -746,7 +748,7 @@ class HostRun(Child):
             self.kill_group(signal.SIGKILL)
             return self.returncode
         if self._payload is not None:
-            self.returncode = 0
+            self.returncode, self.answered = 0, True
             return 0
         # The reply pipe closed: the host died during the run (its exit status is the run's), or a
         # handler closed the pipe and still runs, which must not hang the worker: it is killed.

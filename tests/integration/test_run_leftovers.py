@@ -1,10 +1,13 @@
 """What a run leaves running ends with it.
 
-multiprocessing's own helpers (forkserver, resource tracker) survive the runs of a reused handler process."""
+multiprocessing's own helpers (forkserver, resource tracker) survive the runs of a reused handler process; a
+Python handler's process that crashes has what its run started killed by the worker; a command's child that
+left its process group (``setsid``) is killed when the command exits."""
 from __future__ import annotations
 
 import os
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +34,17 @@ def alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+@pytest.fixture
+def leftover(tmp_path: Path):
+    """Where a test's leftover process writes its pid; killed at the end if the code under test did not."""
+    import signal
+
+    pidfile = tmp_path / "left.pid"
+    yield pidfile
+    if pidfile.exists() and alive(int(pidfile.read_text().split()[0])):
+        os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
 
 
 # -- multiprocessing's helpers serve every run of a reused handler process ----------------------------------
@@ -89,3 +103,44 @@ def test_a_per_run_handler_process_ends_multiprocessings_helpers_without_waiting
     helpers = [pid for pid in orch.status(job).result["output"]["helpers"] if pid]
     assert helpers and not any(alive(pid) for pid in helpers)  # ended with the run's process
     assert took < 1.0  # the resource tracker ignores SIGTERM: SIGKILL comes only after the 1 s grace
+
+
+# -- a Python handler's process that dies: the worker ends what its run started -----------------------------
+@linux_only
+@pytest.mark.parametrize("crash", ["os._exit", "SIGSEGV"])
+@pytest.mark.parametrize("session", ["own-session", "same-group"])
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_python_handler_process_that_crashes_has_what_its_run_started_killed_before_the_failure_is_recorded(
+        orch, leftover: Path, mode: str, session: str, crash: str) -> None:
+    import faulthandler
+    import signal
+
+    def starts_and_crashes(ctx):
+        proc = subprocess.Popen(["sleep", "300"], start_new_session=session == "own-session")
+        leftover.write_text(str(proc.pid))
+        if crash == "SIGSEGV":
+            faulthandler.disable()  # pytest's, inherited: it would print the crash on the test's terminal
+            os.kill(os.getpid(), signal.SIGSEGV)
+        os._exit(3)
+
+    register("t.starts_and_crashes", starts_and_crashes)
+    job = orch.submit("t.starts_and_crashes", max_attempts=1)
+    result = make_worker(orch, handler_process=mode).run_once()
+    assert (result.job_id, result.error_code) == (job, "NO_TERMINAL_SIGNAL_EXIT")
+    assert orch.status(job).state == "failed"
+    assert not alive(int(leftover.read_text()))
+
+
+# -- a command's child that left its process group ends with the command ------------------------------------
+ESCAPE = ('setsid sleep 300 & echo $! > "$1"; '
+          'while [ "$(cat /proc/$!/comm 2>/dev/null)" != sleep ]; do :; done; '  # it has left the group
+          'echo ok; printf \'{"status": "done", "summary": "ok"}\' > "$ORCH_TERMINAL_FILE"')
+
+
+@linux_only
+def test_a_commands_child_that_left_its_process_group_with_setsid_is_killed_when_the_command_exits(
+        orch, leftover: Path) -> None:
+    job = orch.submit("command", {"argv": ["sh", "-c", ESCAPE, "sh", str(leftover)]}, max_attempts=1)
+    result = make_worker(orch).run_once()
+    assert (result.job_id, result.outcome) == (job, "succeeded")
+    assert not alive(int(leftover.read_text()))
