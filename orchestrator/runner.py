@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator.errors import MalformedPayloadError
+from orchestrator.handler_env import strip_private_environment
 from orchestrator.leftovers import (LEFTOVER_GRACE_SECONDS, POLL_SECONDS, become_subreaper, end_leftovers,
                                     group_alive, set_run_environment)
 from orchestrator.payload import MAX_PAYLOAD_BYTES, NOT_UNICODE, too_large
@@ -371,6 +372,7 @@ def _become_handler_process(output: Path) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     _die_with_parent()
+    strip_private_environment()  # no signing key, no API key in os.environ (docs/worker.md)
     become_subreaper(_load_libc())  # what a run leaves is re-parented here, and ended (``end_leftovers``)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)

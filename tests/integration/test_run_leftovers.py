@@ -1,8 +1,9 @@
-"""What a run leaves running ends with it.
+"""What a run leaves running ends with it, and what a handler's process sees of the worker.
 
 multiprocessing's own helpers (forkserver, resource tracker) survive the runs of a reused handler process; a
 Python handler's process that crashes has what its run started killed by the worker; a command's child that
-left its process group (``setsid``) is killed when the command exits."""
+left its process group (``setsid``) is killed when the command exits; a Python handler never finds the
+worker's keys in its environment."""
 from __future__ import annotations
 
 import os
@@ -16,6 +17,7 @@ import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
 from orchestrator.handlers import register
+from orchestrator.signing import new_seed
 from orchestrator.worker import Worker, WorkerSettings
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, prctl and pidfds")
@@ -144,3 +146,32 @@ def test_a_commands_child_that_left_its_process_group_with_setsid_is_killed_when
     result = make_worker(orch).run_once()
     assert (result.job_id, result.outcome) == (job, "succeeded")
     assert not alive(int(leftover.read_text()))
+
+
+# -- a Python handler never sees the worker's keys ---------------------------------------------------------
+def reads_environment(ctx) -> dict:
+    child = subprocess.run(["sh", "-c", "echo ${ORCH_SIGNING_KEY:-none} ${LLM_API_KEY:-none}"],
+                           capture_output=True, text=True).stdout.split()
+    return {"status": "done", "summary": "env", "output": {
+        "signing_key": os.environ.get("ORCH_SIGNING_KEY"), "llm_key": os.environ.get("LLM_API_KEY"),
+        "orch": sorted(name for name in os.environ if name.startswith("ORCH_")), "child": child,
+        "harmless": os.environ.get("HARMLESS")}}
+
+
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_python_handler_cannot_read_the_workers_signing_key_or_llm_key_from_its_environment(
+        orch, monkeypatch, mode: str) -> None:
+    seed = new_seed()
+    monkeypatch.setenv("ORCH_SIGNING_KEY", seed)
+    monkeypatch.setenv("LLM_API_KEY", "sk-test-0123456789abcdefghijklmnop")
+    monkeypatch.setenv("HARMLESS", "yes")
+    register("t.reads_environment", reads_environment)
+    job = orch.submit("t.reads_environment", max_attempts=1)
+    worker = make_worker(orch, handler_process=mode)
+    assert worker.run_once().outcome == "succeeded"
+    worker.close()
+    out = orch.status(job).result["output"]
+    assert out["signing_key"] is None and out["llm_key"] is None and out["child"] == ["none", "none"]
+    assert out["orch"] == ["ORCH_JOB_ID", "ORCH_RUN_ID"]  # only the run's ids, as a command gets them
+    assert out["harmless"] == "yes"  # the rest of the environment is the worker's
+    assert os.environ["ORCH_SIGNING_KEY"] == seed  # the worker's own environment is untouched
