@@ -5,28 +5,39 @@ daemon). They are part of its run: once the run is over they are ended, as syste
 ``KillMode=control-group`` ends a service's processes, so that a job never runs twice at once
 (its retry, or its recovery after a dead worker, beside what its first run left). Three places:
 
-* a ``command``: its process group, when it exits (``runner.PopenChild``);
+* a ``command``: its process group, when it exits (``runner.PopenChild``), then the processes that left
+  the group (``setsid``) but hold the run's ``ORCH_RUN_ID`` (``end_exited_run``);
 * a Python handler's process (``HandlerHost`` or the per-run child): after every run, every
-  process it left (``end_leftovers``). The handler process is a *child subreaper*, so a process
+  process it left (``end_leftovers``), but multiprocessing's own helpers (its forkserver, its resource
+  tracker), which serve the next runs. The handler process is a *child subreaper*, so a process
   whose parent exits (a double fork, a daemon that called ``setsid``) becomes its child, and it
-  only ever signals its own children: a pid cannot be reused while its parent has not reaped it;
-* a run whose worker died or was stopped past its lease: stale recovery on the same machine
-  kills the processes whose environment holds the run's ``ORCH_RUN_ID`` (``kill_run_processes``).
+  only ever signals its own children: a pid cannot be reused while its parent has not reaped it.
+  If it dies without answering (``os._exit``, a signal), the worker ends its group and what holds the
+  run's ``ORCH_RUN_ID`` instead (``end_exited_run``);
+* a run the worker kills (a timeout, a stop, a lost lease: ``kill_run``), and a run whose worker died or
+  was stopped past its lease: stale recovery on the same machine kills the processes whose environment
+  holds the run's ``ORCH_RUN_ID`` (``kill_run_processes``).
 
-Each is SIGTERM, then SIGKILL after ``LEFTOVER_GRACE_SECONDS`` (a dead run's at once). Linux only
-(``/proc``, ``prctl``, pidfds); elsewhere nothing here does anything. Limits: docs/worker.md.
+What a run leaves in its group or in a handler process gets SIGTERM, then SIGKILL after
+``LEFTOVER_GRACE_SECONDS``; the rest SIGKILL at once. Linux only (``/proc``, ``prctl``, pidfds);
+elsewhere nothing here does anything. Limits: docs/worker.md.
 """
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 import time
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:  # runner imports this module
+    from orchestrator.runner import Child
 
 LEFTOVER_GRACE_SECONDS = 1.0  # what a run left running gets between SIGTERM and SIGKILL once the run is over
 HARD_LIMIT_SECONDS = 5.0  # past the grace, how long a handler process goes on killing before it gives up
 POLL_SECONDS = 0.01
+KILL_WAIT_SECONDS = 1.0  # how long a SIGKILLed process of a run is waited for before the outcome is recorded anyway
 PR_SET_CHILD_SUBREAPER = 36
 RUN_ID_VARIABLE = "ORCH_RUN_ID"
 
@@ -49,15 +60,52 @@ def set_run_environment(context: Mapping[str, Any]) -> None:
             os.environ[name] = str(context[key])
 
 
-def _children_left() -> bool:
-    """Reap this process's children that have exited; True if any is still running (or not reaped)."""
-    while True:
-        try:
-            pid, _status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return False
-        if pid == 0:
-            return True
+def _has_children() -> bool:
+    """Whether this process has a child, running or exited, without reaping any (``WNOWAIT``): the one call the
+    common case (a run that started nothing) costs."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
+
+
+def _reaped(pid: int) -> bool:
+    """Reap the child ``pid`` if it has exited (True; also when it is no longer a child of this process). A
+    child is waited for by its pid, never ``waitpid(-1)``: that would reap multiprocessing's helpers too."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] != 0
+    except ChildProcessError:
+        return True
+
+
+def _multiprocessing_helpers() -> dict[int, int | None]:
+    """The long-lived helpers multiprocessing started in this process (the forkserver, the resource tracker),
+    each with the descriptor that keeps it running. They serve every later use of multiprocessing here: one
+    killed or reaped behind multiprocessing's back fails its next use (``ChildProcessError`` from the
+    forkserver), and the resource tracker ignores SIGTERM (each run would wait out the grace for SIGKILL).
+    Only modules already imported are looked at."""
+    helpers: dict[int, int | None] = {}
+    for module, holder, pid_name, fd_name in (
+            ("multiprocessing.forkserver", "_forkserver", "_forkserver_pid", "_forkserver_alive_fd"),
+            ("multiprocessing.resource_tracker", "_resource_tracker", "_pid", "_fd")):
+        helper = getattr(sys.modules.get(module), holder, None)
+        pid = getattr(helper, pid_name, None)
+        if isinstance(pid, int) and pid > 0:
+            helpers[pid] = getattr(helper, fd_name, None)
+    return helpers
+
+
+def _release_helpers() -> None:
+    """For a handler process about to exit: close what keeps multiprocessing's helpers running, so they end on
+    their own (the forkserver when its pipe closes, the resource tracker once no process writes to it) instead
+    of waiting out the grace for SIGKILL."""
+    for fd in _multiprocessing_helpers().values():
+        if isinstance(fd, int) and fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _child_pids() -> list[int]:
@@ -102,21 +150,40 @@ def _signal_child(pid: int, sig: int) -> None:
         pass
 
 
-def end_leftovers(grace: float = LEFTOVER_GRACE_SECONDS) -> None:
-    """In a handler process, once a run is over: end every process the run left. With none (the common
-    case) this is one ``waitpid``. Each child gets SIGTERM once, and, past ``grace``, SIGKILL; what a
-    killed child leaves is re-parented here (subreaper) and met by the next pass. Gives up after
-    ``HARD_LIMIT_SECONDS`` more (a process forking faster than it is killed)."""
-    if not sys.platform.startswith("linux") or not _children_left():
-        return
+last_end_seconds = 0.0  # how long the last ``end_leftovers`` took, in this process (tests, diagnosis)
+
+
+def end_leftovers(grace: float = LEFTOVER_GRACE_SECONDS, *, keep_helpers: bool = True) -> None:
+    """In a handler process, once a run is over: end every process the run left. With no child at all (the
+    common case) this is one ``waitid``. multiprocessing's helpers stay for the next run (``keep_helpers``), or
+    are let go when the process is about to exit (``_release_helpers``). Takes ``last_end_seconds``."""
+    global last_end_seconds
+    started = time.monotonic()
+    try:
+        if sys.platform.startswith("linux") and _has_children():
+            _end_children(grace, keep_helpers)
+    finally:
+        last_end_seconds = time.monotonic() - started
+
+
+def _end_children(grace: float, keep_helpers: bool) -> None:
+    """Each child gets SIGTERM once, and, past ``grace``, SIGKILL; what a killed child leaves is re-parented
+    here (subreaper) and met by the next pass. Gives up after ``HARD_LIMIT_SECONDS`` more (a process forking
+    faster than it is killed)."""
+    if keep_helpers:
+        spared = set(_multiprocessing_helpers())
+    else:
+        _release_helpers()
+        spared = set()
     grace_ends = time.monotonic() + grace
     termed: set[int] = set()
-    while _children_left():
+    while True:
+        left = [pid for pid in _child_pids() if pid not in spared and not _reaped(pid)]
         now = time.monotonic()
-        if now >= grace_ends + HARD_LIMIT_SECONDS:
+        if not left or now >= grace_ends + HARD_LIMIT_SECONDS:
             return
         sig = signal.SIGKILL if now >= grace_ends else signal.SIGTERM
-        for pid in _child_pids():
+        for pid in left:
             if sig == signal.SIGKILL or pid not in termed:
                 _signal_child(pid, sig)
                 termed.add(pid)
@@ -150,38 +217,93 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def kill_run_processes(run_id: str) -> list[int]:
+def kill_run_processes(run_id: str, wait: float = KILL_WAIT_SECONDS) -> list[int]:
     """SIGKILL every process of this machine (and pid namespace) whose environment holds
-    ``ORCH_RUN_ID=<run_id>``: what a run whose worker died (or stopped past its lease) left running. Its
-    worker is gone or no longer trusted with the job, and the job is about to run again. Each process is
-    held by a pidfd and its environment read again through it before the signal, so a pid reused meanwhile
-    is never signalled. Processes of other users, and those that emptied their environment, are not
-    found. Returns the pids killed."""
+    ``ORCH_RUN_ID=<run_id>``: what a run left running that its process group does not hold (it called
+    ``setsid``), or whose worker died (or stopped past its lease). Each process is held by a pidfd and its
+    environment read again through it before the signal, so a pid reused meanwhile is never signalled; then
+    waited for, up to ``wait`` seconds, so it is gone when the caller records the run's outcome. Processes of
+    other users, and those that emptied their environment, are not found. Returns the pids killed."""
     if not sys.platform.startswith("linux") or not hasattr(os, "pidfd_open"):
         return []
     marker = f"\0{RUN_ID_VARIABLE}={run_id}\0".encode()
     me = os.getpid()
-    killed = []
     try:
-        names = os.listdir("/proc")
+        names = [name for name in os.listdir("/proc") if name.isdigit() and int(name) != me]
     except OSError:
         return []
-    for name in names:
-        if not name.isdigit() or int(name) == me or not _has_marker(name, marker):
-            continue
-        try:
-            pidfd = os.pidfd_open(int(name))
-        except OSError:
-            continue
-        try:
-            if _has_marker(name, marker):  # still that process: the pidfd holds it now
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                killed.append(int(name))
-        except OSError:
-            pass
-        finally:
+    held: dict[int, int] = {}  # pid -> pidfd of each process killed
+    try:
+        for name in names:
+            if _has_marker(name, marker):
+                pidfd = _kill_held(name, marker)
+                if pidfd is not None:
+                    held[int(name)] = pidfd
+        _wait_exited(list(held.values()), wait)
+    finally:
+        for pidfd in held.values():
             os.close(pidfd)
-    return killed
+    return list(held)
+
+
+def _kill_held(pid: str, marker: bytes) -> int | None:
+    """SIGKILL ``pid`` through a pidfd if, held by it, its environment still holds ``marker``; the pidfd, or
+    None (gone, reused, not ours)."""
+    try:
+        pidfd = os.pidfd_open(int(pid))
+    except OSError:
+        return None
+    try:
+        if _has_marker(pid, marker):  # still that process: the pidfd holds it now
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            return pidfd
+    except OSError:
+        pass
+    os.close(pidfd)
+    return None
+
+
+def _wait_exited(pidfds: list[int], seconds: float) -> None:
+    """Wait until each process held by ``pidfds`` has exited (a pidfd turns readable), up to ``seconds``: a
+    SIGKILLed process takes a moment to die, longer in an uninterruptible wait (a stuck NFS read)."""
+    poller = select.poll()
+    for pidfd in pidfds:
+        poller.register(pidfd, select.POLLIN)
+    pending, deadline = len(pidfds), time.monotonic() + seconds
+    while pending:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        for pidfd, _event in poller.poll(left * 1000):
+            poller.unregister(pidfd)
+            pending -= 1
+
+
+def kill_run(child: Child, run_id: str) -> None:
+    """The worker killing a run (a timeout, a stop past its grace, a lost lease): its process group, then, on
+    this machine, any process of it that left the group (``setsid``) but kept ``ORCH_RUN_ID``
+    (``kill_run_processes``)."""
+    child.kill_group(signal.SIGKILL)
+    child.wait(5.0)
+    kill_run_processes(run_id)
+
+
+def end_exited_run(pgid: int, run_id: str) -> list[int]:
+    """The worker's part once a run's handler exited and nothing of the run ended what it left: a command (a
+    child that left its group with ``setsid`` outlives the group's SIGTERM), or a Python handler's process that
+    died without answering (``os._exit``, a signal: its ``end_leftovers`` never ran). SIGKILL what is left in
+    the run's process group (waiting, up to ``KILL_WAIT_SECONDS``, until it is empty), then every process with
+    its ``ORCH_RUN_ID`` (``kill_run_processes``: ~0.5 ms, docs/worker.md). The group is signalled only while it
+    has a live member, which keeps its id from reuse."""
+    if group_alive(pgid):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        deadline = time.monotonic() + KILL_WAIT_SECONDS
+        while group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+    return kill_run_processes(run_id)
 
 
 def _has_marker(pid: str, marker: bytes) -> bool:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator.errors import MalformedPayloadError
+from orchestrator.handler_env import strip_private_environment
 from orchestrator.leftovers import (LEFTOVER_GRACE_SECONDS, POLL_SECONDS, become_subreaper, end_leftovers,
                                     group_alive, set_run_environment)
 from orchestrator.payload import MAX_PAYLOAD_BYTES, NOT_UNICODE, too_large
@@ -95,6 +96,7 @@ class Child:
     pid: int
     output: Path
     terminal_file: Path | None = None
+    answered = False  # a Python handler's process answered: it ended what its run left (``end_leftovers``)
 
     def payload(self) -> bytes | None:
         """The terminal payload the run produced, or None if it left none; ``MalformedPayloadError`` for one over
@@ -259,6 +261,7 @@ class ForkChild(Child):
         self._done_fd = None
         if not data:
             return False
+        self.answered = True
         if self.poll() is None:  # still exiting: reaped by a later fork_call
             _UNREAPED.add(self.pid)
             self.returncode = data[0]
@@ -369,6 +372,7 @@ def _become_handler_process(output: Path) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     _die_with_parent()
+    strip_private_environment()  # no signing key, no API key in os.environ (docs/worker.md)
     become_subreaper(_load_libc())  # what a run leaves is re-parented here, and ended (``end_leftovers``)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -417,7 +421,7 @@ def _child_main(output: Path, close: tuple[int, ...], body: Callable[[], None], 
         traceback.print_exc()
     finally:
         try:
-            end_leftovers()  # before it exits: its orphans would go to init, out of reach
+            end_leftovers(keep_helpers=False)  # before it exits: its orphans would go to init, out of reach
         except BaseException:  # noqa: S110 - exiting anyway
             pass
         try:
@@ -508,7 +512,7 @@ def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: i
             os.ftruncate(1, 0)
         set_run_environment(request["context"])
         payload = handler_payload(lambda: call(request["kind"], request["context"]))
-        end_leftovers()  # the run is over when what it started is gone (one waitpid when it started nothing)
+        end_leftovers()  # the run is over when what it started is gone (one waitid when it started nothing)
         sys.stdout.flush()
         sys.stderr.flush()
         _write_frame(resp_w, payload)
@@ -746,7 +750,7 @@ class HostRun(Child):
             self.kill_group(signal.SIGKILL)
             return self.returncode
         if self._payload is not None:
-            self.returncode = 0
+            self.returncode, self.answered = 0, True
             return 0
         # The reply pipe closed: the host died during the run (its exit status is the run's), or a
         # handler closed the pipe and still runs, which must not hang the worker: it is killed.

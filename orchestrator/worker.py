@@ -45,7 +45,7 @@ from orchestrator.errors import (ConcurrencyError, HandlerNotFoundError, Invalid
                                  SigningKeyError, StorageUnavailableError)
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, lookup, registry_generation, resolve
 from orchestrator.leases import LEASES_AREA, Lease, drop_lease_aux, lease_expiry, write_lease
-from orchestrator.leftovers import kill_run_processes
+from orchestrator.leftovers import end_exited_run, kill_run, kill_run_processes
 from orchestrator.limits import MAX_DURATION_SECONDS
 from orchestrator.payload import DONE, FAILED, NEEDS_AUDIT, Payload, parse_payload
 from orchestrator.queue import ReadyEntry
@@ -670,28 +670,19 @@ class Worker:
                 return "exited", code, claim
             now_m = time.monotonic()
             if deadline is not None and now_m >= deadline:
-                self._kill(child, claim.run_id)
+                kill_run(child, claim.run_id)
                 return "timeout", None, claim
             if stop_deadline is not None and now_m >= stop_deadline:
-                self._kill(child, claim.run_id)
+                kill_run(child, claim.run_id)
                 return "stopped", None, claim
             if now_m >= next_beat:
                 renewed = self._renew(claim)
                 if renewed is False:
-                    self._kill(child, claim.run_id)
+                    kill_run(child, claim.run_id)
                     return "lost", None, claim
                 # a heartbeat the store missed is tried again soon: a whole beat later may be past the lease
                 next_beat = time.monotonic() + (beat if renewed else min(beat, HEARTBEAT_RETRY_SECONDS))
                 claim = replace(claim, renewed=True)
-
-    @staticmethod
-    def _kill(child: Child, run_id: str) -> None:
-        """Kill the run: its process group, then, on this machine, any process of it that left the group
-        (``setsid``) but kept ``ORCH_RUN_ID`` (``leftovers.kill_run_processes``: a look at every process, on
-        this path only)."""
-        child.kill_group(signal.SIGKILL)
-        child.wait(5.0)
-        kill_run_processes(run_id)
 
     def _renew(self, claim: Claim) -> bool | None:
         """Heartbeat: True when the lease was renewed, False if the job's log grew since the claim (taken over,
@@ -712,6 +703,8 @@ class Worker:
 
     def _record_exit(self, claim: Claim, code: int | None, child: Child, artifacts_dir: Path) -> RunResult:
         s = claim.state
+        if not child.answered:  # a command, or a handler process that died: what the run left is ended here
+            end_exited_run(child.pid, claim.run_id)
         try:
             raw = child.payload()
         except MalformedPayloadError as exc:  # too large to read, or not a file

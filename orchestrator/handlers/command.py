@@ -14,18 +14,18 @@ from typing import Any, Mapping
 
 from orchestrator.command_input import parse_command_input
 from orchestrator.errors import InvalidInputError
+from orchestrator.handler_env import SECRET_ENV, handler_environment
 from orchestrator.handlers import Handler, RunPaths
 from orchestrator.runner import Child, HandlerHost, spawn_command, write_json_atomic
 from orchestrator.security import safe_join
 
-SECRET_ENV = frozenset({"LLM_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"})
+__all__ = ["SECRET_ENV", "CommandHandler", "child_env"]
 
 
 def child_env(context: Mapping[str, Any], paths: RunPaths, extra: Mapping[str, str] | None,
               environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment a command runs with: never the orchestrator's keys or settings."""
-    base = os.environ if environ is None else environ
-    env = {k: v for k, v in base.items() if not k.startswith("ORCH_") and k not in SECRET_ENV}
+    env = handler_environment(os.environ if environ is None else environ)
     env.update(extra or {})  # checked by parse_command_input
     env.update(ORCH_JOB_ID=str(context["job_id"]), ORCH_RUN_ID=str(context["run_id"]),
                ORCH_CONTEXT_FILE=str(paths.context_file), ORCH_ARTIFACTS_DIR=str(paths.artifacts_dir),

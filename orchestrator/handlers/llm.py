@@ -20,12 +20,12 @@ every path: each string of the payload, nested ones and object keys included
 from __future__ import annotations
 
 import json
-import os
 import socket
 import urllib.error
 import urllib.request
 from typing import Any
 
+from orchestrator.handler_env import llm_environment
 from orchestrator.security import REDACTED, cut_read_size, sanitized_cut
 
 DEFAULT_TIMEOUT = 60.0
@@ -113,7 +113,7 @@ def _strip_fences(content: str) -> str:
 
 def call_llm(ctx: Any, environ: dict[str, str] | None = None) -> Any:
     """Ask the model for a terminal payload; return it (or a ``failed`` payload on any error)."""
-    env = os.environ if environ is None else environ
+    env = llm_environment() if environ is None else environ  # its own settings, also in a filtered process
     key = env.get("LLM_API_KEY", "")
     url = env.get("LLM_URL", "")
     if not url:

@@ -217,3 +217,19 @@ def test_a_key_without_a_known_shape_echoed_by_the_endpoint_never_reaches_a_file
     assert orch.status(job).state == state
     stored = all_bytes_under(orch.settings.state_dir)
     assert PLAIN_KEY.encode() not in stored and PLAIN_KEY.replace("/", "\\/").encode() not in stored
+
+
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_the_llm_handler_still_gets_its_key_and_timeout_in_a_handler_process_that_hides_them_from_handlers(
+        orch, server, monkeypatch, mode: str) -> None:
+    for name, value in llm_env(server, ORCH_LLM_TIMEOUT="0.3").items():
+        monkeypatch.setenv(name, value)
+    worker = Worker(orch, WorkerSettings(worker_id="w", handler_process=mode))
+    done = orch.submit("llm", "write a haiku", max_attempts=1)
+    worker.run_once()
+    server.mode = "slow"  # answers after 1.5 s: past ORCH_LLM_TIMEOUT, which the handler process still honours
+    slow = orch.submit("llm", "write a haiku", max_attempts=1)
+    worker.run_once()
+    worker.close()
+    assert orch.status(done).state == "succeeded" and server.requests[0]["auth"] == f"Bearer {KEY}"
+    assert orch.status(slow).last_error["code"] == "LLM_TIMEOUT"

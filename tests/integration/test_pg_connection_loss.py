@@ -399,9 +399,11 @@ def test_a_worker_enforces_the_job_timeout_while_the_server_stalls_and_records_t
     worker = Worker(stalling, WorkerSettings(worker_id="w1", lease_seconds=1.5, handler_process="per-run"),
                     rng=random.Random(7))
     killed: list[float] = []
-    kill = Worker._kill  # noqa: SLF001
-    monkeypatch.setattr(Worker, "_kill", staticmethod(
-        lambda child, run_id: (killed.append(time.monotonic()), kill(child, run_id))))
+    import orchestrator.worker
+
+    kill = orchestrator.worker.kill_run
+    monkeypatch.setattr(orchestrator.worker, "kill_run",
+                        lambda child, run_id: (killed.append(time.monotonic()), kill(child, run_id)))
     claim = worker.claim()
     assert claim is not None
     start = time.monotonic()

@@ -1,0 +1,177 @@
+"""What a run leaves running ends with it, and what a handler's process sees of the worker.
+
+multiprocessing's own helpers (forkserver, resource tracker) survive the runs of a reused handler process; a
+Python handler's process that crashes has what its run started killed by the worker; a command's child that
+left its process group (``setsid``) is killed when the command exits; a Python handler never finds the
+worker's keys in its environment."""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import worker_handlers  # noqa: F401  (registers t.* handlers)
+from orchestrator.handlers import register
+from orchestrator.signing import new_seed
+from orchestrator.worker import Worker, WorkerSettings
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, prctl and pidfds")
+
+
+def make_worker(orch, **kw) -> Worker:
+    kw.setdefault("worker_id", "w1")
+    kw.setdefault("retry_base_seconds", 0.0)
+    return Worker(orch, WorkerSettings(**kw), rng=random.Random(7))
+
+
+def alive(pid: int) -> bool:
+    """True for a live process (a zombie nobody reaped yet counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def leftover(tmp_path: Path):
+    """Where a test's leftover process writes its pid; killed at the end if the code under test did not."""
+    import signal
+
+    pidfile = tmp_path / "left.pid"
+    yield pidfile
+    if pidfile.exists() and alive(int(pidfile.read_text().split()[0])):
+        os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
+
+
+# -- multiprocessing's helpers serve every run of a reused handler process ----------------------------------
+def pools(ctx) -> dict:
+    """A pool of the job's start method, used and closed, and what the handler process knows: its helpers'
+    pids and how long it took to end what the previous run left (``leftovers.last_end_seconds``)."""
+    import multiprocessing
+    import multiprocessing.forkserver
+    import multiprocessing.resource_tracker
+
+    from orchestrator import leftovers
+
+    with multiprocessing.get_context(ctx.input).Pool(2) as pool:
+        squares = pool.map(abs, [-1, -2, -3])
+    helpers = [multiprocessing.forkserver._forkserver._forkserver_pid,
+               multiprocessing.resource_tracker._resource_tracker._pid]
+    return {"status": "done", "summary": "pool", "output": {
+        "squares": squares, "helpers": helpers, "pid": os.getpid(),
+        "previous_end": getattr(leftovers, "last_end_seconds", None)}}
+
+
+@linux_only
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_a_handler_using_a_multiprocessing_pool_runs_again_in_the_same_handler_process_without_waiting(
+        orch, method: str) -> None:
+    register("t.pools", pools)
+    worker = make_worker(orch)
+    outputs = []
+    for _ in range(3):
+        job = orch.submit("t.pools", method, max_attempts=1)
+        result = worker.run_once()
+        assert (result.job_id, result.outcome, result.error_code) == (job, "succeeded", None)
+        outputs.append(orch.status(job).result["output"])
+    assert all(out["squares"] == [1, 2, 3] for out in outputs)
+    assert len({out["pid"] for out in outputs}) == 1  # one handler process served the three runs
+    assert outputs[1]["helpers"] == outputs[2]["helpers"] == outputs[0]["helpers"]  # never killed nor restarted
+    assert all(alive(pid) for pid in outputs[0]["helpers"] if pid)
+    # measured in the handler process: ending what runs 1 and 2 left did not wait for the resource tracker,
+    # which ignores SIGTERM (SIGKILL would come only after the 1 s grace)
+    assert outputs[1]["previous_end"] < 0.25 and outputs[2]["previous_end"] < 0.25
+    worker.close()
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in outputs[0]["helpers"] if pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(alive(pid) for pid in outputs[0]["helpers"] if pid)  # they end with their handler process
+
+
+@linux_only
+def test_a_per_run_handler_process_ends_multiprocessings_helpers_without_waiting_out_the_grace(orch) -> None:
+    register("t.pools", pools)
+    job = orch.submit("t.pools", "spawn", max_attempts=1)
+    started = time.monotonic()
+    result = make_worker(orch, handler_process="per-run").run_once()
+    took = time.monotonic() - started
+    assert (result.job_id, result.outcome) == (job, "succeeded")
+    helpers = [pid for pid in orch.status(job).result["output"]["helpers"] if pid]
+    assert helpers and not any(alive(pid) for pid in helpers)  # ended with the run's process
+    assert took < 1.0  # the resource tracker ignores SIGTERM: SIGKILL comes only after the 1 s grace
+
+
+# -- a Python handler's process that dies: the worker ends what its run started -----------------------------
+@linux_only
+@pytest.mark.parametrize("crash", ["os._exit", "SIGSEGV"])
+@pytest.mark.parametrize("session", ["own-session", "same-group"])
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_python_handler_process_that_crashes_has_what_its_run_started_killed_before_the_failure_is_recorded(
+        orch, leftover: Path, mode: str, session: str, crash: str) -> None:
+    import faulthandler
+    import signal
+
+    def starts_and_crashes(ctx):
+        proc = subprocess.Popen(["sleep", "300"], start_new_session=session == "own-session")
+        leftover.write_text(str(proc.pid))
+        if crash == "SIGSEGV":
+            faulthandler.disable()  # pytest's, inherited: it would print the crash on the test's terminal
+            os.kill(os.getpid(), signal.SIGSEGV)
+        os._exit(3)
+
+    register("t.starts_and_crashes", starts_and_crashes)
+    job = orch.submit("t.starts_and_crashes", max_attempts=1)
+    result = make_worker(orch, handler_process=mode).run_once()
+    assert (result.job_id, result.error_code) == (job, "NO_TERMINAL_SIGNAL_EXIT")
+    assert orch.status(job).state == "failed"
+    assert not alive(int(leftover.read_text()))
+
+
+# -- a command's child that left its process group ends with the command ------------------------------------
+ESCAPE = ('setsid sleep 300 & echo $! > "$1"; '
+          'while [ "$(cat /proc/$!/comm 2>/dev/null)" != sleep ]; do :; done; '  # it has left the group
+          'echo ok; printf \'{"status": "done", "summary": "ok"}\' > "$ORCH_TERMINAL_FILE"')
+
+
+@linux_only
+def test_a_commands_child_that_left_its_process_group_with_setsid_is_killed_when_the_command_exits(
+        orch, leftover: Path) -> None:
+    job = orch.submit("command", {"argv": ["sh", "-c", ESCAPE, "sh", str(leftover)]}, max_attempts=1)
+    result = make_worker(orch).run_once()
+    assert (result.job_id, result.outcome) == (job, "succeeded")
+    assert not alive(int(leftover.read_text()))
+
+
+# -- a Python handler never sees the worker's keys ---------------------------------------------------------
+def reads_environment(ctx) -> dict:
+    child = subprocess.run(["sh", "-c", "echo ${ORCH_SIGNING_KEY:-none} ${LLM_API_KEY:-none}"],
+                           capture_output=True, text=True).stdout.split()
+    return {"status": "done", "summary": "env", "output": {
+        "signing_key": os.environ.get("ORCH_SIGNING_KEY"), "llm_key": os.environ.get("LLM_API_KEY"),
+        "orch": sorted(name for name in os.environ if name.startswith("ORCH_")), "child": child,
+        "harmless": os.environ.get("HARMLESS")}}
+
+
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_python_handler_cannot_read_the_workers_signing_key_or_llm_key_from_its_environment(
+        orch, monkeypatch, mode: str) -> None:
+    seed = new_seed()
+    monkeypatch.setenv("ORCH_SIGNING_KEY", seed)
+    monkeypatch.setenv("LLM_API_KEY", "sk-test-0123456789abcdefghijklmnop")
+    monkeypatch.setenv("HARMLESS", "yes")
+    register("t.reads_environment", reads_environment)
+    job = orch.submit("t.reads_environment", max_attempts=1)
+    worker = make_worker(orch, handler_process=mode)
+    assert worker.run_once().outcome == "succeeded"
+    worker.close()
+    out = orch.status(job).result["output"]
+    assert out["signing_key"] is None and out["llm_key"] is None and out["child"] == ["none", "none"]
+    assert out["orch"] == ["ORCH_JOB_ID", "ORCH_RUN_ID"]  # only the run's ids, as a command gets them
+    assert out["harmless"] == "yes"  # the rest of the environment is the worker's
+    assert os.environ["ORCH_SIGNING_KEY"] == seed  # the worker's own environment is untouched
