@@ -6,7 +6,7 @@ one small record per (job, epoch) in the store's aux area ``leases`` (on the fil
 512-byte slot ``.orchestrator/leases/<job_id>.<epoch>`` written in place). The outcome of a run
 that renewed, and stale recovery, drop the record with their event (``drop_lease_aux``: in its
 transaction on PostgreSQL, right after it on files; one left behind by a worker killed in
-between is removed by stale recovery's sweep, ``Worker._sweep_left_over_leases``). Keying by epoch means a paused ("zombie") worker that wakes up can
+between is removed by stale recovery's sweep, ``recovery.sweep_left_over_leases``). Keying by epoch means a paused ("zombie") worker that wakes up can
 only rewrite its own, superseded record, never the lease of the worker that took over.
 
 A lease record is a derived cache like any other: a missing or unreadable one falls back to

@@ -29,6 +29,11 @@ MAX_TEXT, MAX_ARTIFACTS = 10_000, 1000  # shared with the model (payload_model.p
 ERROR_CODE_PATTERN = r"[A-Z][A-Z0-9_]{0,63}"
 _FIELDS = frozenset({"status", "summary", "question", "output", "artifacts", "retryable", "error_code"})
 _ERROR_CODE = re.compile(ERROR_CODE_PATTERN)
+# the error codes of a run that ended without a terminal payload: its process exited, it was killed after
+# its timeout, or its worker stopped renewing the lease (stale recovery)
+NO_TERMINAL_SIGNAL_EXIT = "NO_TERMINAL_SIGNAL_EXIT"
+NO_TERMINAL_SIGNAL_TIMEOUT = "NO_TERMINAL_SIGNAL_TIMEOUT"
+NO_TERMINAL_SIGNAL_STALE = "NO_TERMINAL_SIGNAL_STALE"
 NOT_UNICODE = ("the terminal payload holds text that is not valid Unicode (a lone surrogate such as \\udcff, "
                "e.g. a file name or bytes that are not UTF-8 decoded with 'surrogateescape'): decode such bytes "
                "with errors='replace', or send them as base64")
@@ -69,7 +74,7 @@ def _accept(data: dict[str, Any]) -> Payload | None:
 
 def too_large(size: int) -> MalformedPayloadError:
     """The error for a payload of ``size`` bytes, over ``MAX_PAYLOAD_BYTES``: whoever reads one stops at the limit
-    (``runner.Child.payload``, ``runner.HostRun``), so a 400 MB file costs the worker no more than 1 MiB."""
+    (``runner.Child.payload``, ``handler_host.HostRun``), so a 400 MB file costs the worker no more than 1 MiB."""
     return MalformedPayloadError(f"the terminal payload is {size} bytes (at most {MAX_PAYLOAD_BYTES})",
                                  size=size)
 

@@ -35,48 +35,39 @@ from orchestrator import audit as audit_log
 from orchestrator import clock as clock_mod
 from orchestrator import faults
 from orchestrator.api import JobView, Orchestrator
-from orchestrator.artifacts import recorded_names
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
                                  DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
                                  DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS,
                                  MIN_LEASE_SECONDS)
-from orchestrator.errors import (ConcurrencyError, HandlerNotFoundError, InvalidIdError, InvalidInputError,
-                                 JobNotFoundError, LeaseLostError, MalformedPayloadError, PathEscapeError,
-                                 SigningKeyError, StorageUnavailableError)
+from orchestrator.errors import (ConcurrencyError, HandlerNotFoundError, InvalidInputError, JobNotFoundError,
+                                 PathEscapeError, StorageUnavailableError)
+from orchestrator.handler_host import HOST_PREFIX, HandlerHost
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, lookup, registry_generation, resolve
-from orchestrator.leases import LEASES_AREA, Lease, drop_lease_aux, lease_expiry, write_lease
-from orchestrator.leftovers import end_exited_run, kill_run, kill_run_processes
+from orchestrator.leases import Lease, write_lease
+from orchestrator.leftovers import kill_run
 from orchestrator.limits import MAX_DURATION_SECONDS
-from orchestrator.payload import DONE, FAILED, NEEDS_AUDIT, Payload, parse_payload
+from orchestrator.outcome import (STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS, Claim, OutcomeRecorder,
+                                  RunResult, lost)
+from orchestrator.payload import NO_TERMINAL_SIGNAL_TIMEOUT
 from orchestrator.queue import ReadyEntry
-from orchestrator.runner import (HOST_PREFIX, Child, HandlerHost, precise_sleeps, remove_run_folder,
-                                 sanitized_tail, sweep_dead_host_folders)
-from orchestrator.security import one_line, safe_join, sanitize_obj, sanitize_text, validate_id
+from orchestrator.recovery import SWEEP_EVERY, recover_expired, reload_keys, sweep_leftovers
+from orchestrator.runner import RUN_PREFIX, Child, precise_sleeps
+from orchestrator.security import one_line, safe_join, sanitize_text, validate_id
 from orchestrator.store.files import check_folders, linked_folder_error
-from orchestrator.state import QUEUED, RUNNING, WAITING_HUMAN, JobState
+from orchestrator.state import QUEUED, JobState
 
 log = logging.getLogger(__name__)
 
 IDLE_MAX_WAIT = 30.0  # an idle worker still wakes this often to look for stale leases
-# A worker that has reached its store waits this long, doubling up to the maximum, before it tries
-# again after losing it (a PostgreSQL restart): it stays up instead of exiting with the fleet.
-STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS = 0.2, 5.0
 HEARTBEAT_RETRY_SECONDS = 1.0  # a heartbeat the store missed is tried again this soon (at most a beat later)
-SWEEP_EVERY = 60.0  # how often stale recovery also removes what killed workers left behind and reads the keyring
 ORPHAN_ENTRY_GRACE = 60.0  # a ready entry whose job has no event yet is kept this long (submit in flight)
 EVENT_IN_FLIGHT = 1.0  # an entry this young whose job's event is not there yet: its writer is probably at it
 KNOWN_VIEWS = 128  # jobs a worker left unfinished (a question, an audit, a retry) whose last view it keeps
 KNOWN_VIEW_MAX_BYTES = 64 * 1024  # ...if their events take no more than this (inputs may be up to 1 MiB)
 EVENT_WAIT = 0.05  # how long a claimer waits for that event (the wait ends the moment the line is written)
-OUTPUT_TAIL_BYTES = 4000
 RUNS_DIR = "runs"
-RUN_PREFIX = "run-"  # runs/run-<16 hex>: one run's folder (runs/host-*: a worker's handler process)
 ARTIFACTS_DIR = "artifacts"
 WORKER_FOLDERS = ("", RUNS_DIR, ARTIFACTS_DIR)  # under the state dir, on any store: checked when a worker starts
-
-NO_TERMINAL_SIGNAL_EXIT = "NO_TERMINAL_SIGNAL_EXIT"
-NO_TERMINAL_SIGNAL_TIMEOUT = "NO_TERMINAL_SIGNAL_TIMEOUT"
-NO_TERMINAL_SIGNAL_STALE = "NO_TERMINAL_SIGNAL_STALE"
 
 
 class WorkerStop(BaseException):
@@ -115,38 +106,6 @@ class WorkerSettings:
             if not least <= value <= most:
                 raise InvalidInputError(f"{name} must be a number of seconds from {least:g} to {most:.0f}, "
                                         f"not {value!r}")
-
-
-@dataclass(frozen=True)
-class Claim:
-    view: JobView
-    run_id: str
-    epoch: int
-    renewed: bool = False  # a heartbeat of this run wrote its lease record, which the outcome drops (_supervise)
-
-    @property
-    def job_id(self) -> str:
-        return self.view.job_id
-
-    @property
-    def state(self) -> JobState:
-        assert self.view.state is not None
-        return self.view.state
-
-
-@dataclass
-class RunResult:
-    """What one run ended as: the job's new state and how it got there."""
-
-    job_id: str
-    run_id: str
-    outcome: str  # succeeded, awaiting_audit, waiting_human, retry, failed, timeout, released, lease_lost
-    state: str | None
-    error_code: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 @dataclass
@@ -239,167 +198,18 @@ class Worker:
     # -- stale recovery -----------------------------------------------------------------------
     def recover_stale(self, now: float | None = None) -> list[str]:
         """Recover running jobs whose lease expired; only the running index is scanned. Now and then,
-        also remove what killed workers left behind (``_sweep_leftovers``) and read the keyring folders
+        also remove what killed workers left behind (``recovery.sweep_leftovers``) and read the keyring folders
         again (``Keyring.reload``): a worker whose key was revoked since it started then refuses to write
         (SIGNING_KEY_ERROR)."""
         now = self.orch.clock() if now is None else now
         self.queue.ensure_built(self.orch)
-        recovered = self._recover_expired(now)
+        recovered = recover_expired(self.orch, self.queue, now, actor=self.actor, backoff=self.backoff,
+                                    artifacts_dir=self.artifacts_dir)
         if time.monotonic() >= self._next_sweep:  # after the recoveries: the runs they ended are over
             self._next_sweep = time.monotonic() + SWEEP_EVERY
-            self._reload_keys()
-            self._sweep_leftovers()
+            reload_keys(self.orch)
+            sweep_leftovers(self.orch, self.queue, self.runs_root)
         return recovered
-
-    def _reload_keys(self) -> bool:
-        """``Keyring.reload``, True if a key was added or revoked. A keyring file that cannot be read now (a
-        ``.pub`` being written, or damaged since) stops nothing: the keys this worker trusts stay as they were,
-        and it says so; a process started now would refuse that keyring (SIGNING_KEY_ERROR)."""
-        try:
-            return self.orch.keyring.reload()
-        except SigningKeyError as exc:
-            log.warning("the keyring could not be read again (%s); the keys read before stay in use", exc.message,
-                        extra={"code": exc.code})
-            return False
-
-    def _recover_expired(self, now: float) -> list[str]:
-        recovered = []
-        for job_id, epoch in self.queue.running_entries():
-            try:
-                view = self.orch.load(job_id)
-                if not view.ok and self._reload_keys():  # a key made or revoked since this worker started
-                    view = self.orch.load(job_id)
-            except JobNotFoundError:
-                self.queue.drop_running(job_id, epoch)
-                continue
-            s = view.state
-            if not view.ok or s is None or s.state != RUNNING or epoch not in (None, s.epoch):
-                if view.ok and s is not None and s.state == QUEUED:
-                    # the job is queued: make sure it has its ready entry (a crash, or a clock step, may have
-                    # left it without one); keep the entry of the next epoch, a claim that is being written
-                    self.queue.put_ready(ReadyEntry.for_state(s))
-                    if epoch == s.epoch + 1:
-                        continue
-                self.queue.drop_running(job_id, epoch)
-                continue
-            expiry = lease_expiry(self.orch.store, s, now)
-            if expiry is not None and expiry > now:
-                continue
-            if self._recover(view, s, expiry, now):
-                recovered.append(job_id)
-        return recovered
-
-    def _sweep_leftovers(self) -> None:
-        """The handler folders of workers killed before their ``close``, and the run folders and lease
-        records of runs that are over."""
-        swept = sweep_dead_host_folders(self.runs_root)
-        if swept:
-            log.info("removed %d handler folder(s) of workers that are gone", len(swept), extra={"folders": swept})
-        self._sweep_left_over_runs()
-        self._sweep_left_over_leases()
-
-    def _sweep_left_over_runs(self) -> list[str]:
-        """Remove the ``runs/run-*`` folders of runs that are over. A run's folder is removed by its
-        worker once the outcome is recorded; a worker killed before that (SIGKILL, a crash) leaves it,
-        with the raw output, context and payload of the run. A run is over unless its job is running
-        under that run id now; the folders are listed before the running jobs are read, and a run's
-        folder is made only after its claim (and its running entry) is written, so a folder listed
-        here whose run is live is seen as running. A run the events say is over but whose handler
-        still runs (a worker paused past its lease, a cancel not yet noticed) holds its output's
-        lock, and its folder stays (``remove_run_folder``). So the running jobs are read here again
-        rather than taken from this pass's recovery, which read them before the listing."""
-        try:
-            names = [n for n in os.listdir(self.runs_root) if n.startswith(RUN_PREFIX)]
-        except OSError:
-            return []
-        if not names:
-            return []
-        live = set()
-        for job_id, _epoch in self.queue.running_entries():
-            try:
-                s = self.orch.load(job_id).state
-            except (JobNotFoundError, InvalidIdError):
-                continue
-            if s is not None and s.state == RUNNING:  # even unverified: its run may be live
-                live.add(s.run_id)
-        removed = [n for n in names if n not in live and remove_run_folder(self.runs_root / n)]
-        if removed:
-            log.info("removed %d run folder(s) of runs that are over", len(removed), extra={"folders": removed})
-        return removed
-
-    def _sweep_left_over_leases(self) -> list[str]:
-        """Remove the lease records of runs that are over. An outcome drops its run's record right
-        after its event on files (with it on PostgreSQL), so a worker killed in between leaves one
-        behind: harmless (a record counts only for the epoch that runs), but never read again. A
-        record of the epoch that runs now is kept; so is every record of a job that fails
-        verification (an operator's evidence)."""
-        removed = []
-        for key in self.orch.store.aux_keys(LEASES_AREA):
-            job_id, _, epoch = key.rpartition(".")
-            if not epoch.isdigit() or not job_id:
-                continue
-            try:
-                view: JobView | None = self.orch.load(job_id)
-            except JobNotFoundError:
-                view = None
-            except InvalidIdError:  # not a job id: not a record this code wrote
-                continue
-            if view is not None and not view.ok:
-                continue
-            s = view.state if view is not None else None
-            if s is None or s.state != RUNNING or s.epoch != int(epoch):
-                self.orch.store.delete_aux(LEASES_AREA, key)
-                removed.append(key)
-        if removed:
-            log.info("removed %d lease record(s) of runs that are over", len(removed), extra={"leases": removed})
-        return removed
-
-    def _recover(self, view: JobView, s: JobState, expiry: float | None, now: float) -> bool:
-        artifacts = self._run_artifacts(s)
-        expired = clock_mod.to_iso(expiry) if expiry else None
-        data: dict[str, Any] = {"error_code": NO_TERMINAL_SIGNAL_STALE, "stale_worker_id": s.worker_id,
-                                "lease_expired_at": expired, "artifacts": artifacts}
-        why = f"worker {s.worker_id} stopped renewing its lease (expired {expired}) and left no terminal payload"
-        if artifacts:
-            data.update(to=WAITING_HUMAN, question=(
-                f"Run {s.run_id} ended without a terminal payload but left {len(artifacts)} artifact(s): "
-                f"{', '.join(artifacts[:5])}. Check them, then resume with what to do next."))
-        elif s.failures + 1 < s.max_attempts:
-            data.update(to=QUEUED, retry_at=clock_mod.to_iso(now + self.backoff(s.failures + 1)))
-        else:
-            data.update(to="failed")
-        data["error"] = sanitize_text(why)
-        killed = kill_run_processes(s.run_id)  # on this machine: what the run left running must not meet its retry
-        if killed:
-            log.warning("killed %d process(es) left by run %s of job %s", len(killed), s.run_id, s.job_id,
-                        extra={"job_id": s.job_id, "run_id": s.run_id, "pids": killed})
-        try:  # the dead run's lease is dropped with the event (in its transaction where the store can)
-            self.orch.append(view, s.job_id, [("stale_recovered", data)], run_id=s.run_id, actor=self.actor,
-                             now=now, audit=("stale_recovered", f"{why}; to {data['to']}"),
-                             fence=s.epoch + 1,  # supersedes the dead run's epoch
-                             aux=drop_lease_aux(s.job_id, s.epoch))
-        except ConcurrencyError:
-            return False  # another worker recovered it, or the run finished just now
-        log.warning("recovered stale job %s -> %s", s.job_id, data["to"],
-                    extra={"job_id": s.job_id, "run_id": s.run_id, "stale_worker_id": s.worker_id})
-        return True
-
-    def _run_artifacts(self, s: JobState) -> list[str]:
-        """Files in the job's folder written since the run was claimed: what a dead run left behind, named
-        as stored (sanitized: a file name may hold a secret, ``token=...``; the file is moved to match)."""
-        claimed = [ts for etype, ts in s.history if etype == "job_claimed"]
-        since = clock_mod.from_iso(claimed[-1]) if claimed else 0.0
-        root = self.artifacts_dir(s.job_id)
-        found = []
-        for dirpath, _dirs, files in os.walk(root):
-            for name in files:
-                path = Path(dirpath, name)
-                try:
-                    if path.stat().st_mtime >= since - 1.0:  # mtime granularity
-                        found.append(path.relative_to(root).as_posix())
-                except OSError:
-                    continue
-        return sorted(recorded_names(root, sorted(found)))[:100]  # moved once the walk is over
 
     # -- claiming ---------------------------------------------------------------------------------
     def claim(self, now: float | None = None) -> Claim | None:
@@ -451,7 +261,7 @@ class Worker:
                 self.queue.drop_ready(entry)
             return None
         if not view.ok:
-            if self._reload_keys():  # a key made (keys rotate) or revoked since this worker started
+            if reload_keys(self.orch):  # a key made (keys rotate) or revoked since this worker started
                 return self._try_claim(entry, now)
             self._refuse(view, entry, now)
             return None
@@ -573,13 +383,14 @@ class Worker:
     def execute(self, claim: Claim) -> RunResult:
         """Run a claimed job's handler under its lease and timeout, then record the outcome."""
         s = claim.state
+        record = self._recorder()
         try:
             paths = RunPaths.create(self.run_dir(claim.run_id), self.artifacts_dir(s.job_id))
         except PathEscapeError as exc:
             if self._store_folder_linked():  # the store's fault, not the job's: hand it back, and stop
-                self._hand_back(claim, exc)
+                record.hand_back(claim, exc)
                 raise
-            return self._fail(claim, exc.code, exc.message, retryable=False)  # its own folder, a link out
+            return record.fail(claim, exc.code, exc.message, retryable=False)  # its own folder, a link out
         handler = resolve(s.kind)
         try:
             if handler is None:
@@ -589,34 +400,33 @@ class Worker:
             child = handler.start(context, paths, host=self._handler_host())
             faults.point("worker.after_start")
         except (InvalidInputError, PathEscapeError) as exc:  # bad input: not retried
-            return self._not_started(claim, paths, exc.code, exc.message, retryable=False)
+            return record.not_started(claim, paths, exc.code, exc.message, retryable=False)
         except OSError as exc:
             # a command's program that is missing or not executable is bad input too; any other OS
             # error (the worker's own folders, the handler process) may pass: retried
             missing = isinstance(exc, (FileNotFoundError, PermissionError)) and handler.name == "command"
-            return self._not_started(claim, paths, "COMMAND_NOT_FOUND" if missing else "HANDLER_START_FAILED",
-                                     f"cannot start the handler: {exc}", retryable=not missing)
+            return record.not_started(claim, paths, "COMMAND_NOT_FOUND" if missing else "HANDLER_START_FAILED",
+                                      f"cannot start the handler: {exc}", retryable=not missing)
         log.info("running job %s (%s) as %s", s.job_id, s.kind, claim.run_id,
                  extra={"job_id": s.job_id, "run_id": claim.run_id, "pid": child.pid})
         try:
             how, code, claim = self._supervise(claim, child)
             if how == "lost":
-                return self._lost(claim, "the job changed while it ran (taken over or cancelled)")
+                return lost(claim, "the job changed while it ran (taken over or cancelled)")
             if how == "timeout":
-                return self._fail(claim, NO_TERMINAL_SIGNAL_TIMEOUT, f"killed after its timeout of {s.timeout:g}s",
-                                  output=child.output, event="job_timeout")
+                return record.fail(claim, NO_TERMINAL_SIGNAL_TIMEOUT, f"killed after its timeout of {s.timeout:g}s",
+                                   output=child.output, event="job_timeout")
             if how == "stopped":
-                return self._release(claim, child.output)
-            return self._record_exit(claim, code, child, paths.artifacts_dir)
+                return record.release(claim, child.output, self.settings.stop_grace_seconds)
+            return record.record_exit(claim, code, child, paths.artifacts_dir)
         finally:
             child.finish(paths)
 
-    def _not_started(self, claim: Claim, paths: RunPaths, code: str, message: str, *, retryable: bool) -> RunResult:
-        """The handler could not start: record the failed attempt and remove the run's folder."""
-        try:
-            return self._fail(claim, code, message, retryable=retryable, output=paths.output_file)
-        finally:
-            paths.remove()
+    def _recorder(self) -> OutcomeRecorder:
+        """What records this run's outcome; made per run, so it holds no reference back to a worker that is kept
+        (a worker that is dropped still ends its handler process at once: ``_handler_host``)."""
+        return OutcomeRecorder(self.orch, actor=self.actor, worker_id=self.worker_id, backoff=self.backoff,
+                               wait_for_store=self._wait_for_store, remember=self._remember)
 
     def _handler_host(self) -> HandlerHost | None:
         """The reused handler process (created on first use), or None with ``handler_process="per-run"``."""
@@ -687,7 +497,7 @@ class Worker:
     def _renew(self, claim: Claim) -> bool | None:
         """Heartbeat: True when the lease was renewed, False if the job's log grew since the claim (taken over,
         cancelled), None when the store is out of reach. That is not a takeover: the run goes on, and if the
-        lease runs out meanwhile the fence refuses its outcome (``_append_outcome``)."""
+        lease runs out meanwhile the fence refuses its outcome (``OutcomeRecorder._append_outcome``)."""
         try:
             if self.orch.store.read(claim.job_id, from_seq=claim.view.head.seq + 1):
                 return False
@@ -701,140 +511,15 @@ class Worker:
             return None
         return True
 
-    def _record_exit(self, claim: Claim, code: int | None, child: Child, artifacts_dir: Path) -> RunResult:
-        s = claim.state
-        if not child.answered:  # a command, or a handler process that died: what the run left is ended here
-            end_exited_run(child.pid, claim.run_id)
-        try:
-            raw = child.payload()
-        except MalformedPayloadError as exc:  # too large to read, or not a file
-            return self._fail(claim, exc.code, exc.message, output=child.output)
-        if raw is None:
-            return self._fail(claim, NO_TERMINAL_SIGNAL_EXIT,
-                              f"the process exited with status {code} without writing a terminal payload",
-                              output=child.output)
-        try:
-            payload = parse_payload(raw, artifacts_dir)
-        except MalformedPayloadError as exc:
-            return self._fail(claim, exc.code, exc.message, output=child.output)
-        if payload.status == FAILED:
-            return self._fail(claim, payload.error_code or "HANDLER_FAILED", payload.summary, output=child.output,
-                              retryable=payload.retryable, payload=payload)
-        # the artifact paths were checked as given (parse_payload); what is stored is their sanitized text,
-        # and a file whose name that changes is moved to match (artifacts.recorded_names)
-        result = {"summary": sanitize_text(payload.summary), "output": sanitize_obj(payload.output),
-                  "artifacts": recorded_names(artifacts_dir, payload.artifacts)}
-        if payload.status == DONE and not s.options.get("audit"):
-            return self._finish(claim, [("job_succeeded", result)], "succeeded")
-        if payload.status in (DONE, NEEDS_AUDIT):
-            return self._finish(claim, [("audit_requested", result)], "awaiting_audit")
-        question = sanitize_text(payload.question or "")  # needs_human, the one status left
-        return self._finish(claim, [("human_input_requested", {**result, "question": question})], "waiting_human")
-
     def backoff(self, failures: int) -> float:
         """Exponential backoff with jitter: base * 2^(failures-1), capped, times a factor in [0.5, 1)."""
         delay = min(self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2 ** max(0, failures - 1))
         return delay * (0.5 + self.rng.random() / 2)
 
-    def _fail(self, claim: Claim, code: str, message: str, *, output: Path | None = None, retryable: bool = True,
-              event: str = "job_failed", payload: Payload | None = None) -> RunResult:
-        """Record a failed attempt (a retry while attempts remain); ``output`` holds what the run printed."""
-        s = claim.state
-        now = self.orch.clock()
-        failures = s.failures + 1
-        data: dict[str, Any] = {"error_code": code, "error": sanitize_text(message)[:4000]}
-        if retryable and failures < s.max_attempts:
-            data["retry_at"] = clock_mod.to_iso(now + self.backoff(failures))
-        if event == "job_timeout":
-            data["timeout"] = s.timeout
-        else:
-            data["summary"] = sanitize_text(payload.summary if payload else "")[:4000]
-        data["output_tail"] = sanitized_tail(output, OUTPUT_TAIL_BYTES) if output else ""
-        outcome = "retry" if "retry_at" in data else "failed"
-        # a timeout is the worker's decision, so it has its audit entry (``audit.AUDITED_EVENTS``)
-        audit = (event, data["error"]) if event == "job_timeout" else None
-        return self._finish(claim, [(event, data)], outcome, error_code=code, audit=audit)
-
     def _store_folder_linked(self) -> bool:
         """Whether ``runs/`` or ``artifacts/`` became a symbolic link since this worker started (checked then)."""
         state = self.orch.settings.state_dir
         return any(os.path.islink(os.path.join(state, name)) for name in WORKER_FOLDERS if name)
-
-    def _hand_back(self, claim: Claim, exc: PathEscapeError) -> None:
-        """Give a claimed job back, not counted as a failure, when this worker cannot run anything (a folder
-        of the store became a link): as a worker that refuses to start would never have claimed it."""
-        data = {"error_code": exc.code, "worker_id": self.worker_id, "output_tail": "",
-                "error": f"worker {self.worker_id} stopped before running it: {exc.message}"}
-        self._finish(claim, [("job_released", data)], "released", error_code=exc.code,
-                     audit=("job_released", data["error"]))
-
-    def _release(self, claim: Claim, output: Path) -> RunResult:
-        data = {"error_code": "WORKER_STOPPED", "worker_id": self.worker_id,
-                "error": f"worker {self.worker_id} stopped; the run was killed after the "
-                         f"{self.settings.stop_grace_seconds:g}s grace period and handed back",
-                "output_tail": sanitized_tail(output, OUTPUT_TAIL_BYTES)}
-        return self._finish(claim, [("job_released", data)], "released", error_code="WORKER_STOPPED",
-                            audit=("job_released", data["error"]))
-
-    def _finish(self, claim: Claim, events: list[tuple[str, dict[str, Any]]], outcome: str,
-                *, error_code: str | None = None, audit: tuple[str, str] | None = None) -> RunResult:
-        """Append the outcome with the claim's expected sequence; refuse it if the lease was taken over."""
-        faults.point("worker.before_outcome")
-        view = claim.view
-        # a renewed lease record is dropped with the outcome (in its transaction where the store can)
-        drop = drop_lease_aux(claim.job_id, claim.epoch) if claim.renewed else None
-        try:
-            view = self._append_outcome(claim, events, audit, drop)
-        except LeaseLostError as exc:
-            return self._lost(claim, exc.message)
-        except UnicodeEncodeError as exc:  # text no event can hold (a lone surrogate) past every check: nothing
-            if error_code == MalformedPayloadError.code:  # was written; the run failed, the worker goes on
-                raise
-            return self._fail(claim, MalformedPayloadError.code,
-                              f"the outcome holds text that cannot be written as UTF-8 ({exc.reason})")
-        faults.point("worker.after_outcome")
-        self._remember(view)
-        state = view.state.state if view.state else None
-        log.info("job %s run %s: %s", claim.job_id, claim.run_id, outcome,
-                 extra={"job_id": claim.job_id, "run_id": claim.run_id, "outcome": outcome})
-        return RunResult(claim.job_id, claim.run_id, outcome, state, error_code)
-
-    def _append_outcome(self, claim: Claim, events: list[tuple[str, dict[str, Any]]],
-                        audit: tuple[str, str] | None, drop: Any) -> JobView:
-        """Append the outcome on the claim's head. After a conflict or a lost connection the job is read
-        again (the view is kept afterwards: ``_remember``): the outcome is appended again while this run
-        still holds the job, taken as written when it is there (the connection broke after the commit),
-        and refused (``LeaseLostError``) when another run has the job. A store out of reach is waited
-        for, since the result exists only in this process; a stop request gives it up to stale recovery."""
-        view, conflicts, pause = claim.view, 0, STORE_RETRY_FIRST_SECONDS
-        while True:
-            try:
-                return self.orch.append(view, claim.job_id, events, run_id=claim.run_id, actor=self.actor,
-                                        audit=audit, fence=claim.epoch, aux=drop)
-            except ConcurrencyError:
-                conflicts += 1
-                if conflicts >= 3:
-                    raise LeaseLostError(f"job {claim.job_id}: could not record the outcome") from None
-            except StorageUnavailableError as exc:
-                pause = self._wait_for_store(exc, pause, giving_up=True)
-            view, pause = self._read_back(claim.job_id, pause)
-            since_claim = [(r["type"], r.get("run_id")) for r in view.stream.records[len(claim.view.stream.records):]]
-            if view.ok and since_claim == [(etype, claim.run_id) for etype, _ in events]:
-                return view  # written before the connection broke
-            cur = view.state
-            if not (view.ok and cur is not None and cur.state == RUNNING and (cur.epoch, cur.run_id) == (
-                    claim.epoch, claim.run_id)):
-                raise LeaseLostError(f"job {claim.job_id}: run {claim.run_id} (epoch {claim.epoch}) was "
-                                     f"taken over; its result is not recorded", job_id=claim.job_id)
-
-    def _read_back(self, job_id: str, pause: float) -> tuple[JobView, float]:
-        """The job read again, every signature checked (the store waited for while out of reach), and the next
-        pause (``_wait_for_store``)."""
-        while True:
-            try:
-                return self.orch.load(job_id, every_signature=True), pause
-            except StorageUnavailableError as exc:
-                pause = self._wait_for_store(exc, pause, giving_up=True)
 
     def _wait_for_store(self, exc: StorageUnavailableError, pause: float, *, giving_up: bool = False) -> float:
         """Wait ``pause`` seconds before trying a store that could not be reached; returns the next pause.
@@ -877,11 +562,6 @@ class Worker:
         if kept is None or kept[1] != self.orch.keyring.trust_state():
             return None
         return kept[0]
-
-    def _lost(self, claim: Claim, why: str) -> RunResult:
-        log.warning("lease lost for job %s run %s: %s", claim.job_id, claim.run_id, why,
-                    extra={"job_id": claim.job_id, "run_id": claim.run_id})
-        return RunResult(claim.job_id, claim.run_id, "lease_lost", None, LeaseLostError.code, {"message": why})
 
     def _import_artifacts(self, s: JobState, target: Path) -> None:
         """Only with ``artifacts_import`` on: copy (never move) the folders of jobs named in input ``artifacts_from``."""

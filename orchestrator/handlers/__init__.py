@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from orchestrator.errors import ConfigError, HandlerNotFoundError
-from orchestrator.runner import Child, HandlerHost, fork_call
+from orchestrator.handler_host import HandlerHost
+from orchestrator.runner import Child, fork_call
 
 
 @dataclass(frozen=True)

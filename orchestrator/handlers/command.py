@@ -16,7 +16,8 @@ from orchestrator.command_input import parse_command_input
 from orchestrator.errors import InvalidInputError
 from orchestrator.handler_env import SECRET_ENV, handler_environment
 from orchestrator.handlers import Handler, RunPaths
-from orchestrator.runner import Child, HandlerHost, spawn_command, write_json_atomic
+from orchestrator.handler_host import HandlerHost
+from orchestrator.runner import Child, spawn_command, write_json_atomic
 from orchestrator.security import safe_join
 
 __all__ = ["SECRET_ENV", "CommandHandler", "child_env"]

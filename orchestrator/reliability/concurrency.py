@@ -22,10 +22,11 @@ from typing import Any
 
 from orchestrator.api import Orchestrator
 from orchestrator.integrity import verify_project
+from orchestrator.outcome import Claim
 from orchestrator.reliability import handlers  # noqa: F401 - registers rel.* handlers
 from orchestrator.reliability.common import (FINAL_STATES, OUTCOME_TYPES, Project, finished_twice, new_project,
                                              progress)
-from orchestrator.worker import Claim, Worker, WorkerSettings
+from orchestrator.worker import Worker, WorkerSettings
 
 HANDLERS_MODULE = "orchestrator.reliability.handlers"
 

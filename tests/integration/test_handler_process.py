@@ -201,34 +201,35 @@ def test_a_worker_used_run_by_run_ends_its_handler_process_too(orch, how: str) -
 
 
 def test_a_sweep_removes_the_handler_folders_of_workers_that_are_gone_and_keeps_live_ones(tmp_path) -> None:
-    from orchestrator import runner
+    from orchestrator import handler_host
 
-    live = runner.claim_host_folder(tmp_path / "host-live")
+    live = handler_host.claim_host_folder(tmp_path / "host-live")
     pid = os.fork()
     if pid == 0:  # a worker that dies without close (SIGKILL, a crash): the kernel drops its lock
-        runner.claim_host_folder(tmp_path / "host-dead")
+        handler_host.claim_host_folder(tmp_path / "host-dead")
         (tmp_path / "host-dead" / "output.log").write_text("what its last handler printed")
         os._exit(0)
     os.waitpid(pid, 0)
     (tmp_path / "host-young-unlocked").mkdir()  # being made right now (no lock file yet)
     old = tmp_path / "host-old-unlocked"
     old.mkdir()
-    os.utime(old, (time.time() - runner.STRAY_AGE - 1,) * 2)
+    os.utime(old, (time.time() - handler_host.STRAY_AGE - 1,) * 2)
     older_worker = tmp_path / f"host-{os.getpid()}-0000"  # a live worker from before the lock file
     older_worker.mkdir()
-    os.utime(older_worker, (time.time() - runner.STRAY_AGE - 1,) * 2)
+    os.utime(older_worker, (time.time() - handler_host.STRAY_AGE - 1,) * 2)
     (tmp_path / "r-0001").mkdir()  # a run's own folder is not the sweep's business
     staging = tmp_path / ".host-making.new"  # a worker between creating its lock file and locking it
     staging.mkdir()
-    (staging / runner.ALIVE_FILE).touch()
+    (staging / handler_host.ALIVE_FILE).touch()
     old_staging = tmp_path / ".host-killed.new"
     old_staging.mkdir()
-    os.utime(old_staging, (time.time() - runner.STRAY_AGE - 1,) * 2)
-    assert sorted(runner.sweep_dead_host_folders(tmp_path)) == [".host-killed.new", "host-dead", "host-old-unlocked"]
+    os.utime(old_staging, (time.time() - handler_host.STRAY_AGE - 1,) * 2)
+    assert sorted(handler_host.sweep_dead_host_folders(tmp_path)) == [".host-killed.new", "host-dead",
+                                                                       "host-old-unlocked"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".host-making.new", older_worker.name, "host-live",
                                                           "host-young-unlocked", "r-0001"]
     os.close(live)  # its worker is gone now too
-    assert runner.sweep_dead_host_folders(tmp_path) == ["host-live"]
+    assert handler_host.sweep_dead_host_folders(tmp_path) == ["host-live"]
 
 
 @pytest.mark.parametrize("how", ["command", "per-run"])
@@ -272,11 +273,11 @@ def test_a_sweep_never_removes_a_folder_whose_lock_file_was_replaced_meanwhile(t
     import fcntl
     import shutil
 
-    from orchestrator import runner
+    from orchestrator import handler_host
 
     pid = os.fork()
     if pid == 0:
-        runner.claim_host_folder(tmp_path / "host-1-x")
+        handler_host.claim_host_folder(tmp_path / "host-1-x")
         os._exit(0)
     os.waitpid(pid, 0)
     real_flock, held = fcntl.flock, []
@@ -285,11 +286,11 @@ def test_a_sweep_never_removes_a_folder_whose_lock_file_was_replaced_meanwhile(t
         real_flock(fd, op)
         if op & fcntl.LOCK_NB and not held:  # the sweep's try, which wins the old, free lock
             shutil.rmtree(tmp_path / "host-1-x")
-            held.append(runner.claim_host_folder(tmp_path / "host-1-x"))
+            held.append(handler_host.claim_host_folder(tmp_path / "host-1-x"))
 
     monkeypatch.setattr(fcntl, "flock", flock_then_the_folder_is_claimed_again)
-    assert runner.sweep_dead_host_folders(tmp_path) == []
-    assert (tmp_path / "host-1-x" / runner.ALIVE_FILE).exists()
+    assert handler_host.sweep_dead_host_folders(tmp_path) == []
+    assert (tmp_path / "host-1-x" / handler_host.ALIVE_FILE).exists()
     os.close(held[0])
 
 
@@ -320,7 +321,7 @@ def test_the_artifact_folder_exists_once_a_handler_asks_for_it_and_not_before(or
 
 
 def test_a_handler_process_that_cannot_start_is_a_retried_failure_not_a_missing_command(orch, monkeypatch) -> None:
-    from orchestrator.runner import HandlerHost
+    from orchestrator.handler_host import HandlerHost
 
     def denied(*_a, **_k):
         raise PermissionError(13, "Permission denied", "runs/host-1")  # say its folder cannot be made

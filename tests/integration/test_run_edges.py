@@ -74,11 +74,12 @@ def test_a_python_handler_returning_what_is_no_json_is_malformed_payload_saying_
 
 
 def test_an_outcome_that_cannot_be_encoded_fails_the_run_instead_of_stopping_the_worker(orch, monkeypatch) -> None:
-    import orchestrator.worker as worker_mod
+    import orchestrator.outcome as outcome_mod
+    from orchestrator.payload import Payload
 
     # a check that lets a lone surrogate through (as parse_payload once did) must not kill the worker
-    real = worker_mod.parse_payload
-    monkeypatch.setattr(worker_mod, "parse_payload", lambda raw, folder: worker_mod.Payload(
+    real = outcome_mod.parse_payload
+    monkeypatch.setattr(outcome_mod, "parse_payload", lambda raw, folder: Payload(
         **{**real(raw, folder).__dict__, "output": {"x": "\udcff"}}))
     result, last = run_one(orch, "t.echo", "x")
     assert (result.outcome, result.error_code) == ("failed", "MALFORMED_PAYLOAD")
@@ -182,11 +183,11 @@ def worker_pid(orch, worker: Worker) -> int:
 
 def test_a_handler_process_announcing_a_frame_over_the_limit_is_replaced_and_the_frame_never_read(
         orch, monkeypatch) -> None:
-    import orchestrator.runner as runner
+    import orchestrator.handler_host as handler_host
 
     worker = make_worker(orch)
     # a handler process that sends more than the limit (its own check bypassed, as by a handler writing to the pipe)
-    monkeypatch.setattr(runner, "handler_payload", lambda fn: b"x" * (runner.MAX_PAYLOAD_BYTES + 10))
+    monkeypatch.setattr(handler_host, "handler_payload", lambda fn: b"x" * (handler_host.MAX_PAYLOAD_BYTES + 10))
     job = orch.submit("t.echo", "x", max_attempts=1)
     result = worker.run_once()
     assert (result.job_id, result.error_code) == (job, "MALFORMED_PAYLOAD")

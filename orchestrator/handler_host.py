@@ -1,0 +1,346 @@
+"""The reused handler process: one child per worker that runs its Python handlers, one run after another.
+
+``HandlerHost`` forks it (once, and again after a kill, a crash, or ``max_runs`` runs); the
+worker writes a request (kind, context) on a pipe as one frame and reads the payload back as
+another (``HostRun``); ``_host_main`` is the loop inside the child. Its folder,
+``runs/host-*``, holds the output of the run in progress and a ``.alive`` file locked for as
+long as the worker or its handler process lives, so stale recovery can remove the folders of
+workers that are gone (``sweep_dead_host_folders``). The per-run child (``fork_call``) and
+commands are in ``orchestrator/runner.py``; see ``docs/worker.md``.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import select
+import shutil
+import signal
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from orchestrator.leftovers import end_leftovers, set_run_environment
+from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
+from orchestrator.runner import UNREAPED, Child, fork_handler, handler_main, handler_payload, reap_exited
+from orchestrator.store.files import STRAY_AGE, pid_alive
+
+if TYPE_CHECKING:  # handlers imports this module
+    from orchestrator.handlers import RunPaths
+
+_FRAME = struct.Struct(">I")
+SPIN_SECONDS = 0.0002  # see HostRun._spin
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    """Exactly ``n`` bytes, or None if the other end closed first (its process died)."""
+    parts, left = [], n
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _read_frame(fd: int, limit: int | None = None) -> bytes | None:
+    """One frame, or None if the other end closed first; ``FrameTooLarge`` (nothing allocated, the rest of
+    the frame left unread) if it announces more than ``limit`` bytes."""
+    head = _read_exact(fd, _FRAME.size)
+    if head is None:
+        return None
+    size = _FRAME.unpack(head)[0]
+    if limit is not None and size > limit:
+        raise FrameTooLarge(size)
+    return _read_exact(fd, size)
+
+
+class FrameTooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+def _write_frame(fd: int, data: bytes) -> None:
+    view = memoryview(_FRAME.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: int) -> None:
+    """The reused handler process: one request (kind, context) in, one payload out, until the worker closes."""
+    while True:
+        frame = _read_frame(req_r)
+        if frame is None:  # the worker closed the pipe (or died): nothing more to run
+            return
+        request = json.loads(frame)
+        # Emptied here as well as by the worker (``HandlerHost.clear_output``): threads or processes an
+        # earlier run left behind may have printed since the worker emptied it, and only this process
+        # knows when the run starts. This run's tail holds this run's output only.
+        if os.fstat(1).st_size:
+            os.ftruncate(1, 0)
+        set_run_environment(request["context"])
+        payload = handler_payload(lambda: call(request["kind"], request["context"]))
+        end_leftovers()  # the run is over when what it started is gone (one waitid when it started nothing)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        _write_frame(resp_w, payload)
+
+
+HOST_PREFIX = "host-"  # runs/host-<pid>-<random>: a worker's handler process folder
+ALIVE_FILE = ".alive"  # inside it, locked for as long as the worker (or its handler process) lives
+
+
+def claim_host_folder(folder: Path) -> int:
+    """Create ``folder`` holding a locked ``.alive`` file; returns the lock's descriptor (keep it open).
+
+    The folder is made under a staging name and renamed into place once its lock is held, so a sweep
+    never meets a live folder unlocked. The kernel drops the lock when this process and the handler
+    process it forks (which inherits it) are both gone, however they ended and whatever pid namespace
+    they ran in: what a pid check cannot tell across namespaces (``sweep_dead_host_folders``)."""
+    staging = folder.with_name(f".{folder.name}.new")
+    staging.mkdir(parents=True)
+    fd = os.open(staging / ALIVE_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(staging, folder)
+    except BaseException:
+        os.close(fd)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return fd
+
+
+def sweep_dead_host_folders(runs_dir: Path) -> list[str]:
+    """Remove the handler-process folders of workers that are gone without ``close`` (SIGKILL, a
+    crash): their ``.alive`` lock is free. Their ``output.log`` may still hold what the last handler
+    printed. A folder with no lock file, and a staging folder (its worker killed while making it),
+    goes once it is ``STRAY_AGE`` old. Returns the names removed."""
+    try:
+        names = [n for n in os.listdir(runs_dir) if n.startswith((HOST_PREFIX, f".{HOST_PREFIX}"))]
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        folder = runs_dir / name
+        try:
+            # a staging folder goes by age only: its lock file exists a moment before it is locked
+            fd = -1 if name.startswith(".") else os.open(folder / ALIVE_FILE, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = -1
+        except OSError:
+            continue
+        if fd < 0:  # a folder of a worker from before the lock file counts as alive while its pid is
+            try:
+                pid = name[len(HOST_PREFIX):].split("-", 1)[0]  # host-<pid>-<random>
+                if time.time() - os.stat(folder).st_mtime >= STRAY_AGE and (
+                        name.startswith(".") or not pid.isdigit() or not pid_alive(int(pid))):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed.append(name)
+            except OSError:
+                pass
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # still that folder's lock file? A worker that closed its host removed the folder first
+            # and may have made a new one of the same name since, with a new, held lock file
+            same = os.path.samestat(os.fstat(fd), os.stat(folder / ALIVE_FILE))
+        except OSError:  # held (its worker or handler process is alive), or gone meanwhile
+            os.close(fd)
+            continue
+        try:
+            if same:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(name)
+        finally:
+            os.close(fd)
+    return removed
+
+
+class HandlerHost:
+    """One long-lived child process that runs a worker's Python handlers, one run after another.
+
+    Forking a worker-sized process costs ~2 ms here, more than everything else a short job does;
+    the host is forked once (and again after a kill, a crash, or ``max_runs`` runs) and keeps every
+    property of the per-run child: handler code runs outside the worker, in its own process group
+    (a timeout or a stop kills the group, and the next run gets a fresh host), it dies with the
+    worker (``PR_SET_PDEATHSIG``), and a handler that crashes the process ends its run with no
+    payload (``NO_TERMINAL_SIGNAL_EXIT``). What a run no longer gets is a fresh copy of the worker:
+    module state a handler changes is seen by the next runs of the same host (``docs/worker.md``).
+    """
+
+    def __init__(self, folder: Path, call: Callable[[str, dict[str, Any]], Any], max_runs: int,
+                 generation: Callable[[], int]) -> None:
+        self.folder = folder
+        self.output = folder / "output.log"
+        self.call = call
+        self.max_runs = max_runs
+        self.generation = generation  # a change (a handler registered since the fork) asks for a new host
+        self.pid: int | None = None
+        self.runs = 0
+        self._forked_at_generation = -1
+        self._req_w: int | None = None
+        self._resp_r: int | None = None
+        self._alive: int | None = None  # the folder's lock (``claim_host_folder``), held until ``close``
+
+    def run(self, kind: str, context: dict[str, Any]) -> "HostRun":
+        """Hand one run to the host (forking a new one if there is none); returns at once."""
+        request = json.dumps({"kind": kind, "context": context}, ensure_ascii=False).encode()
+        for attempt in (1, 2):
+            if self.pid is None or self.runs >= self.max_runs or self._forked_at_generation != self.generation():
+                self.close()
+                self._spawn()
+            assert self._req_w is not None and self._resp_r is not None and self.pid is not None
+            try:
+                _write_frame(self._req_w, request)
+            except BrokenPipeError:  # it died between runs (killed from outside): start a new one
+                self.discard()
+                if attempt == 2:
+                    raise
+                continue
+            self.runs += 1
+            return HostRun(self, self.pid, self._resp_r)
+        raise AssertionError("unreachable")
+
+    def _spawn(self) -> None:
+        generation = self.generation()
+        if self._alive is None:
+            self._alive = claim_host_folder(self.folder)
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        req_r, req_w = os.pipe()
+        resp_r, resp_w = os.pipe()
+        pid = fork_handler()
+        if pid == 0:  # pragma: no cover - runs in the host, covered by the worker tests
+            handler_main(self.output, (req_w, resp_r), lambda: _host_main(self.call, req_r, resp_w))
+        os.close(req_r)
+        os.close(resp_w)
+        self.pid, self.runs, self._req_w, self._resp_r = pid, 0, req_w, resp_r
+        self._forked_at_generation = generation
+
+    def _close_fds(self) -> None:
+        for fd in (self._req_w, self._resp_r):
+            if fd is not None:
+                os.close(fd)
+        self._req_w = self._resp_r = None
+
+    def lost(self, pid: int) -> None:
+        """The host ``pid`` died or was killed, and was reaped by the caller: the next run forks a new one."""
+        if self.pid == pid:
+            self.pid = None
+            self._close_fds()
+
+    def discard(self) -> None:
+        """Forget a host that was killed or died; it is reaped later, and the next run forks a new one."""
+        if self.pid is not None:
+            UNREAPED.add(self.pid)
+        self._close_fds()
+        self.pid = None
+        reap_exited()
+
+    def close(self) -> None:
+        """Let the host exit (it reads the end of its pipe) and remove its folder."""
+        self.discard()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        if self._alive is not None:
+            os.close(self._alive)
+            self._alive = None
+
+    def clear_output(self) -> None:
+        """Empty the output file once the run's tail was taken, as a per-run child's folder is removed:
+        what a handler printed is not kept, and a run that ends before the host starts it (killed or
+        dead before ``_host_main`` empties the file) shows no earlier run's output in its record."""
+        try:
+            if os.stat(self.output).st_size:  # a truncation is a journaled inode update, even of an empty file
+                os.truncate(self.output, 0)
+        except OSError:
+            pass
+
+
+class HostRun(Child):
+    """One run inside a ``HandlerHost``: done when the host answers, or ends if the host dies."""
+
+    def __init__(self, host: HandlerHost, pid: int, resp_fd: int) -> None:
+        self.host = host
+        self.pid = pid
+        self.output = host.output
+        self.returncode: int | None = None
+        self._payload: bytes | None = None
+        self._too_large: int | None = None  # the size the host announced for a payload over the limit
+        self._resp_fd = resp_fd
+
+    def poll(self) -> int | None:
+        return self.wait(0)
+
+    def wait(self, timeout: float) -> int | None:
+        if self.returncode is not None:
+            return self.returncode
+        readable = self._spin(min(timeout, SPIN_SECONDS))
+        if not readable:
+            readable, _, _ = select.select([self._resp_fd], [], [], max(0.0, timeout))
+        if not readable:
+            return None
+        try:
+            self._payload = _read_frame(self._resp_fd, MAX_PAYLOAD_BYTES)
+        except FrameTooLarge as exc:
+            # not read (nor allocated): the host is blocked writing the rest, and a pipe that holds it cannot
+            # serve another run. It is killed and replaced (``handler_payload`` refuses such a payload first,
+            # so only a handler writing to the pipe itself gets here)
+            self._too_large = exc.size
+            self.kill_group(signal.SIGKILL)
+            return self.returncode
+        if self._payload is not None:
+            self.returncode, self.answered = 0, True
+            return 0
+        # The reply pipe closed: the host died during the run (its exit status is the run's), or a
+        # handler closed the pipe and still runs, which must not hang the worker: it is killed.
+        self.returncode = self._reaped_within(1.0)
+        if self.returncode is None:
+            self.kill_group(signal.SIGKILL)
+        self.host.lost(self.pid)
+        return self.returncode
+
+    def _spin(self, seconds: float) -> list[int]:
+        """Poll the reply for a moment before sleeping in ``select``: a short handler answers within
+        ~0.1 ms, and a worker that stays on its CPU that long records the outcome sooner than one that
+        sleeps and is woken (terminal latency P99 2.4-2.6 -> 2.05-2.2 ms, docs/worker.md)."""
+        end = time.monotonic() + seconds
+        while True:
+            readable, _, _ = select.select([self._resp_fd], [], [], 0)
+            if readable or time.monotonic() >= end:
+                return readable
+
+    def _reaped_within(self, seconds: float) -> int | None:
+        """Reap the host if it exits within ``seconds``: its exit status (-1 if already reaped), else None."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return -1
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.001)
+
+    def kill_group(self, sig: int = signal.SIGKILL) -> None:
+        super().kill_group(sig)
+        if sig == signal.SIGKILL and self.returncode is None:
+            self.returncode = -sig
+            self.host.lost(self.pid)  # its process group is gone: the next run forks a new host
+            if self._reaped_within(5.0) is None:  # reaped now, as the per-run child is
+                UNREAPED.add(self.pid)
+
+    def payload(self) -> bytes | None:
+        if self._too_large is not None:
+            raise too_large(self._too_large)
+        return self._payload
+
+    def finish(self, paths: RunPaths) -> None:
+        """A run in the host made no folder (no ``rmtree`` per run): what it left is the host's output."""
+        self.host.clear_output()
+

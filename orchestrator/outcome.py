@@ -1,0 +1,225 @@
+"""Recording a run's outcome: the terminal payload read and decided on, then appended under the claim.
+
+The outcome is appended with the sequence seen at claim time and the claim's fencing epoch. If
+anything else was written meanwhile (stale recovery by another worker, a cancel), the append
+fails and the job is read again: a run that no longer holds the job has its late result refused
+(``LEASE_LOST``, nothing written); a store out of reach is waited for, since the result exists only
+in the worker's process. See ``docs/worker.md`` (Claims and fencing).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from orchestrator import clock as clock_mod
+from orchestrator import faults
+from orchestrator.artifacts import recorded_names
+from orchestrator.errors import (ConcurrencyError, LeaseLostError, MalformedPayloadError, PathEscapeError,
+                                 StorageUnavailableError)
+from orchestrator.leases import drop_lease_aux
+from orchestrator.leftovers import end_exited_run
+from orchestrator.payload import DONE, FAILED, NEEDS_AUDIT, NO_TERMINAL_SIGNAL_EXIT, Payload, parse_payload
+from orchestrator.runner import Child, sanitized_tail
+from orchestrator.security import sanitize_obj, sanitize_text
+from orchestrator.state import RUNNING, JobState
+
+if TYPE_CHECKING:
+    from orchestrator.api import JobView, Orchestrator
+    from orchestrator.handlers import RunPaths
+
+log = logging.getLogger(__name__)
+
+OUTPUT_TAIL_BYTES = 4000
+# A worker that has reached its store waits this long, doubling up to the maximum, before it tries
+# again after losing it (a PostgreSQL restart): it stays up instead of exiting with the fleet.
+STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS = 0.2, 5.0
+
+
+@dataclass(frozen=True)
+class Claim:
+    view: JobView
+    run_id: str
+    epoch: int
+    renewed: bool = False  # a heartbeat of this run wrote its lease record, which the outcome drops (_supervise)
+
+    @property
+    def job_id(self) -> str:
+        return self.view.job_id
+
+    @property
+    def state(self) -> JobState:
+        assert self.view.state is not None
+        return self.view.state
+
+
+@dataclass
+class RunResult:
+    """What one run ended as: the job's new state and how it got there."""
+
+    job_id: str
+    run_id: str
+    outcome: str  # succeeded, awaiting_audit, waiting_human, retry, failed, timeout, released, lease_lost
+    state: str | None
+    error_code: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def lost(claim: Claim, why: str) -> RunResult:
+    """The result of a run whose lease was taken over: nothing is recorded (``LEASE_LOST``)."""
+    log.warning("lease lost for job %s run %s: %s", claim.job_id, claim.run_id, why,
+                extra={"job_id": claim.job_id, "run_id": claim.run_id})
+    return RunResult(claim.job_id, claim.run_id, "lease_lost", None, LeaseLostError.code, {"message": why})
+
+
+class OutcomeRecorder:
+    """Records the outcomes of one worker's runs. What it needs of the worker is passed in: ``backoff``
+    (the delay of a retry after that many failures), ``wait_for_store`` (a pause while the store is out of
+    reach, giving up on a stop request) and ``remember`` (keeps the view of a job left unfinished)."""
+
+    def __init__(self, orch: Orchestrator, *, actor: str, worker_id: str, backoff: Callable[[int], float],
+                 wait_for_store: Callable[..., float], remember: Callable[[JobView], None]) -> None:
+        self.orch = orch
+        self.actor = actor
+        self.worker_id = worker_id
+        self.backoff = backoff
+        self.wait_for_store = wait_for_store
+        self.remember = remember
+
+    def record_exit(self, claim: Claim, code: int | None, child: Child, artifacts_dir: Path) -> RunResult:
+        """The outcome of a run whose handler exited: its terminal payload, parsed and decided on."""
+        s = claim.state
+        if not child.answered:  # a command, or a handler process that died: what the run left is ended here
+            end_exited_run(child.pid, claim.run_id)
+        try:
+            raw = child.payload()
+        except MalformedPayloadError as exc:  # too large to read, or not a file
+            return self.fail(claim, exc.code, exc.message, output=child.output)
+        if raw is None:
+            return self.fail(claim, NO_TERMINAL_SIGNAL_EXIT,
+                             f"the process exited with status {code} without writing a terminal payload",
+                              output=child.output)
+        try:
+            payload = parse_payload(raw, artifacts_dir)
+        except MalformedPayloadError as exc:
+            return self.fail(claim, exc.code, exc.message, output=child.output)
+        if payload.status == FAILED:
+            return self.fail(claim, payload.error_code or "HANDLER_FAILED", payload.summary, output=child.output,
+                             retryable=payload.retryable, payload=payload)
+        # the artifact paths were checked as given (parse_payload); what is stored is their sanitized text,
+        # and a file whose name that changes is moved to match (artifacts.recorded_names)
+        result = {"summary": sanitize_text(payload.summary), "output": sanitize_obj(payload.output),
+                  "artifacts": recorded_names(artifacts_dir, payload.artifacts)}
+        if payload.status == DONE and not s.options.get("audit"):
+            return self.finish(claim, [("job_succeeded", result)], "succeeded")
+        if payload.status in (DONE, NEEDS_AUDIT):
+            return self.finish(claim, [("audit_requested", result)], "awaiting_audit")
+        question = sanitize_text(payload.question or "")  # needs_human, the one status left
+        return self.finish(claim, [("human_input_requested", {**result, "question": question})], "waiting_human")
+
+    def fail(self, claim: Claim, code: str, message: str, *, output: Path | None = None, retryable: bool = True,
+             event: str = "job_failed", payload: Payload | None = None) -> RunResult:
+        """Record a failed attempt (a retry while attempts remain); ``output`` holds what the run printed."""
+        s = claim.state
+        now = self.orch.clock()
+        failures = s.failures + 1
+        data: dict[str, Any] = {"error_code": code, "error": sanitize_text(message)[:4000]}
+        if retryable and failures < s.max_attempts:
+            data["retry_at"] = clock_mod.to_iso(now + self.backoff(failures))
+        if event == "job_timeout":
+            data["timeout"] = s.timeout
+        else:
+            data["summary"] = sanitize_text(payload.summary if payload else "")[:4000]
+        data["output_tail"] = sanitized_tail(output, OUTPUT_TAIL_BYTES) if output else ""
+        outcome = "retry" if "retry_at" in data else "failed"
+        # a timeout is the worker's decision, so it has its audit entry (``audit.AUDITED_EVENTS``)
+        audit = (event, data["error"]) if event == "job_timeout" else None
+        return self.finish(claim, [(event, data)], outcome, error_code=code, audit=audit)
+
+    def not_started(self, claim: Claim, paths: RunPaths, code: str, message: str, *, retryable: bool) -> RunResult:
+        """The handler could not start: record the failed attempt and remove the run's folder."""
+        try:
+            return self.fail(claim, code, message, retryable=retryable, output=paths.output_file)
+        finally:
+            paths.remove()
+
+    def hand_back(self, claim: Claim, exc: PathEscapeError) -> None:
+        """Give a claimed job back, not counted as a failure, when this worker cannot run anything (a folder
+        of the store became a link): as a worker that refuses to start would never have claimed it."""
+        data = {"error_code": exc.code, "worker_id": self.worker_id, "output_tail": "",
+                "error": f"worker {self.worker_id} stopped before running it: {exc.message}"}
+        self.finish(claim, [("job_released", data)], "released", error_code=exc.code,
+                    audit=("job_released", data["error"]))
+
+    def release(self, claim: Claim, output: Path, grace_seconds: float) -> RunResult:
+        """Hand a run back that a stop killed after its grace period (``grace_seconds``): not a failure."""
+        data = {"error_code": "WORKER_STOPPED", "worker_id": self.worker_id,
+                "error": f"worker {self.worker_id} stopped; the run was killed after the "
+                         f"{grace_seconds:g}s grace period and handed back",
+                "output_tail": sanitized_tail(output, OUTPUT_TAIL_BYTES)}
+        return self.finish(claim, [("job_released", data)], "released", error_code="WORKER_STOPPED",
+                           audit=("job_released", data["error"]))
+
+    def finish(self, claim: Claim, events: list[tuple[str, dict[str, Any]]], outcome: str,
+               *, error_code: str | None = None, audit: tuple[str, str] | None = None) -> RunResult:
+        """Append the outcome with the claim's expected sequence; refuse it if the lease was taken over."""
+        faults.point("worker.before_outcome")
+        view = claim.view
+        # a renewed lease record is dropped with the outcome (in its transaction where the store can)
+        drop = drop_lease_aux(claim.job_id, claim.epoch) if claim.renewed else None
+        try:
+            view = self._append_outcome(claim, events, audit, drop)
+        except LeaseLostError as exc:
+            return lost(claim, exc.message)
+        except UnicodeEncodeError as exc:  # text no event can hold (a lone surrogate) past every check: nothing
+            if error_code == MalformedPayloadError.code:  # was written; the run failed, the worker goes on
+                raise
+            return self.fail(claim, MalformedPayloadError.code,
+                             f"the outcome holds text that cannot be written as UTF-8 ({exc.reason})")
+        faults.point("worker.after_outcome")
+        self.remember(view)
+        state = view.state.state if view.state else None
+        log.info("job %s run %s: %s", claim.job_id, claim.run_id, outcome,
+                 extra={"job_id": claim.job_id, "run_id": claim.run_id, "outcome": outcome})
+        return RunResult(claim.job_id, claim.run_id, outcome, state, error_code)
+
+    def _append_outcome(self, claim: Claim, events: list[tuple[str, dict[str, Any]]],
+                        audit: tuple[str, str] | None, drop: Any) -> JobView:
+        """Append the outcome on the claim's head. After a conflict or a lost connection the job is read
+        again (the view is kept afterwards: ``Worker._remember``): the outcome is appended again while this run
+        still holds the job, taken as written when it is there (the connection broke after the commit),
+        and refused (``LeaseLostError``) when another run has the job. A store out of reach is waited
+        for, since the result exists only in this process; a stop request gives it up to stale recovery."""
+        view, conflicts, pause = claim.view, 0, STORE_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                return self.orch.append(view, claim.job_id, events, run_id=claim.run_id, actor=self.actor,
+                                        audit=audit, fence=claim.epoch, aux=drop)
+            except ConcurrencyError:
+                conflicts += 1
+                if conflicts >= 3:
+                    raise LeaseLostError(f"job {claim.job_id}: could not record the outcome") from None
+            except StorageUnavailableError as exc:
+                pause = self.wait_for_store(exc, pause, giving_up=True)
+            view, pause = self._read_back(claim.job_id, pause)
+            since_claim = [(r["type"], r.get("run_id")) for r in view.stream.records[len(claim.view.stream.records):]]
+            if view.ok and since_claim == [(etype, claim.run_id) for etype, _ in events]:
+                return view  # written before the connection broke
+            cur = view.state
+            if not (view.ok and cur is not None and cur.state == RUNNING and (cur.epoch, cur.run_id) == (
+                    claim.epoch, claim.run_id)):
+                raise LeaseLostError(f"job {claim.job_id}: run {claim.run_id} (epoch {claim.epoch}) was "
+                                     f"taken over; its result is not recorded", job_id=claim.job_id)
+
+    def _read_back(self, job_id: str, pause: float) -> tuple[JobView, float]:
+        """The job read again, every signature checked (the store waited for while out of reach), and the next
+        pause (``Worker._wait_for_store``)."""
+        while True:
+            try:
+                return self.orch.load(job_id, every_signature=True), pause
+            except StorageUnavailableError as exc:
+                pause = self.wait_for_store(exc, pause, giving_up=True)
