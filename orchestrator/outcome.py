@@ -42,7 +42,7 @@ class Claim:
     view: JobView
     run_id: str
     epoch: int
-    renewed: bool = False  # a heartbeat of this run wrote its lease record, which the outcome drops (_supervise)
+    renewed: bool = False  # a heartbeat of this run wrote its lease record, which the outcome drops (Worker._supervise)
 
     @property
     def job_id(self) -> str:
