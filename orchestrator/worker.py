@@ -22,7 +22,6 @@ import random
 import shutil
 import signal
 import socket
-import stat
 import threading
 import time
 import weakref
@@ -53,8 +52,9 @@ from orchestrator.queue import ReadyEntry
 from orchestrator.recovery import SWEEP_EVERY, recover_expired, reload_keys, sweep_leftovers
 from orchestrator.runner import RUN_PREFIX, Child, precise_sleeps
 from orchestrator.security import one_line, safe_join, sanitize_text, validate_id
-from orchestrator.store.files import check_folders, linked_folder_error
+from orchestrator.store.files import check_folders
 from orchestrator.state import QUEUED, JobState
+from orchestrator.worker_folders import WORKER_FOLDERS, WorkerFolders
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,6 @@ EVENT_IN_FLIGHT = 1.0  # an entry this young whose job's event is not there yet:
 KNOWN_VIEWS = 128  # jobs a worker left unfinished (a question, an audit, a retry) whose last view it keeps
 KNOWN_VIEW_MAX_BYTES = 64 * 1024  # ...if their events take no more than this (inputs may be up to 1 MiB)
 EVENT_WAIT = 0.05  # how long a claimer waits for that event (the wait ends the moment the line is written)
-RUNS_DIR = "runs"
-ARTIFACTS_DIR = "artifacts"
-WORKER_FOLDERS = ("", RUNS_DIR, ARTIFACTS_DIR)  # under the state dir, on any store: checked when a worker starts
 
 
 class WorkerStop(BaseException):
@@ -142,58 +139,11 @@ class Worker:
         self.unhandled: dict[str, Unhandled] = {}  # kind -> the jobs the last claim left queued for want of a handler
         self._host: HandlerHost | None = None
         self._known: OrderedDict[str, tuple[JobView, Any]] = OrderedDict()  # see ``_remember``
-        self._runs_root: Path | None = None
-        self._artifacts_root: str | None = None  # ``artifacts_dir``: the folder's path,
-        self._artifacts_root_id: tuple[int, int] | None = None  # ...and the (device, inode) last checked in full
+        self.folders = WorkerFolders(orch.settings.state_dir)  # runs/ and artifacts/, never outside the store
         self._next_sweep = 0.0  # time.monotonic() of the next sweep of leftovers (the first recovery does one)
         self._reached = False  # run_once reached the store once: losing it from then on is waited out (a while)
         check_folders(orch.settings.state_dir, WORKER_FOLDERS)  # a link: PATH_ESCAPE before any job is claimed
         import_modules(self.settings.imports)
-
-    # -- paths ----------------------------------------------------------------------------------
-    def artifacts_dir(self, job_id: str) -> Path:
-        """``artifacts/<job_id>``, never outside the store. Resolving it (``safe_join``: two ``realpath``
-        walks) cost ~0.2 ms per run, so it is resolved in full only when something is not as last
-        checked: the ``artifacts`` folder must be the very folder (device, inode) that passed the full
-        check; the job's folder must not be a symlink (or not exist yet). ``artifacts`` itself is never
-        a symlink (``PathEscapeError``), wherever it leads: one planted while the worker runs is met here."""
-        if self._artifacts_root is None:  # the path only: what it leads to is checked below, every time
-            self._artifacts_root = os.path.join(self.orch.settings.state_dir, ARTIFACTS_DIR)
-        root = self._artifacts_root
-        path = os.path.join(root, validate_id(job_id))  # an id is one plain name
-        try:
-            st: os.stat_result | None = os.lstat(root)
-        except FileNotFoundError:
-            return Path(path)  # no folder yet: the handler makes real ones, inside the store
-        except OSError:
-            st = None
-        if st is not None and stat.S_ISLNK(st.st_mode):
-            raise linked_folder_error(root)
-        real_dir = st is not None and stat.S_ISDIR(st.st_mode)
-        if real_dir and (st.st_dev, st.st_ino) == self._artifacts_root_id:  # type: ignore[union-attr]
-            try:
-                if not stat.S_ISLNK(os.lstat(path).st_mode):
-                    return Path(path)
-            except FileNotFoundError:
-                return Path(path)
-            except OSError:
-                pass
-        checked = safe_join(self.orch.settings.state_dir, ARTIFACTS_DIR, job_id)  # PathEscapeError if out
-        if real_dir:
-            self._artifacts_root_id = (st.st_dev, st.st_ino)  # type: ignore[union-attr]
-        return checked
-
-    @property
-    def runs_root(self) -> Path:
-        """``runs/``, checked once (it must not lead out of the store)."""
-        if self._runs_root is None:
-            self._runs_root = safe_join(self.orch.settings.state_dir, RUNS_DIR)
-        return self._runs_root
-
-    def run_dir(self, run_id: str) -> Path:
-        """``runs/<run_id>``: a run id is this worker's own random name, so its folder is not resolved
-        again on every run."""
-        return self.runs_root / validate_id(run_id, "run id")
 
     # -- stale recovery -----------------------------------------------------------------------
     def recover_stale(self, now: float | None = None) -> list[str]:
@@ -204,11 +154,11 @@ class Worker:
         now = self.orch.clock() if now is None else now
         self.queue.ensure_built(self.orch)
         recovered = recover_expired(self.orch, self.queue, now, actor=self.actor, backoff=self.backoff,
-                                    artifacts_dir=self.artifacts_dir)
+                                    artifacts_dir=self.folders.artifacts_dir)
         if time.monotonic() >= self._next_sweep:  # after the recoveries: the runs they ended are over
             self._next_sweep = time.monotonic() + SWEEP_EVERY
             reload_keys(self.orch)
-            sweep_leftovers(self.orch, self.queue, self.runs_root)
+            sweep_leftovers(self.orch, self.queue, self.folders.runs_root)
         return recovered
 
     # -- claiming ---------------------------------------------------------------------------------
@@ -385,9 +335,9 @@ class Worker:
         s = claim.state
         record = self._recorder()
         try:
-            paths = RunPaths.create(self.run_dir(claim.run_id), self.artifacts_dir(s.job_id))
+            paths = RunPaths.create(self.folders.run_dir(claim.run_id), self.folders.artifacts_dir(s.job_id))
         except PathEscapeError as exc:
-            if self._store_folder_linked():  # the store's fault, not the job's: hand it back, and stop
+            if self.folders.linked():  # the store's fault, not the job's: hand it back, and stop
                 record.hand_back(claim, exc)
                 raise
             return record.fail(claim, exc.code, exc.message, retryable=False)  # its own folder, a link out
@@ -433,7 +383,7 @@ class Worker:
         if self.settings.handler_process != "reused":
             return None
         if self._host is None:
-            folder = self.run_dir(f"{HOST_PREFIX}{os.getpid()}-{os.urandom(4).hex()}")
+            folder = self.folders.run_dir(f"{HOST_PREFIX}{os.getpid()}-{os.urandom(4).hex()}")
             self._host = HandlerHost(folder, call_python_handler, max_runs=self.settings.handler_max_runs,
                                      generation=registry_generation)
             # a worker used through run_once and dropped (or the interpreter exiting) still ends it
@@ -516,11 +466,6 @@ class Worker:
         delay = min(self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2 ** max(0, failures - 1))
         return delay * (0.5 + self.rng.random() / 2)
 
-    def _store_folder_linked(self) -> bool:
-        """Whether ``runs/`` or ``artifacts/`` became a symbolic link since this worker started (checked then)."""
-        state = self.orch.settings.state_dir
-        return any(os.path.islink(os.path.join(state, name)) for name in WORKER_FOLDERS if name)
-
     def _wait_for_store(self, exc: StorageUnavailableError, pause: float, *, giving_up: bool = False) -> float:
         """Wait ``pause`` seconds before trying a store that could not be reached; returns the next pause.
         A stop request ends the wait, and with ``giving_up`` (a run's outcome in hand) raises ``exc``."""
@@ -572,7 +517,7 @@ class Worker:
             log.info("job %s names artifacts_from, but ORCH_ARTIFACTS_IMPORT is off: nothing copied", s.job_id)
             return
         for other in [names] if isinstance(names, str) else list(names):
-            src = self.artifacts_dir(validate_id(str(other)))
+            src = self.folders.artifacts_dir(validate_id(str(other)))
             if src.is_dir() and other != s.job_id:
                 shutil.copytree(src, safe_join(target, "inputs", other), dirs_exist_ok=True)
 

@@ -347,7 +347,7 @@ def _store_folders() -> list[str]:
     """Every fixed folder of a project's ``.orchestrator`` ("" is the folder itself)."""
     from orchestrator.queue import INDEX_DIR, INDEX_FOLDERS
     from orchestrator.store.jsonl import STORE_FOLDERS
-    from orchestrator.worker import WORKER_FOLDERS
+    from orchestrator.worker_folders import WORKER_FOLDERS
 
     index = [f"{INDEX_DIR}/{name}" if name else INDEX_DIR for name in INDEX_FOLDERS]
     return sorted({*STORE_FOLDERS, *index, *WORKER_FOLDERS})

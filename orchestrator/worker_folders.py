@@ -1,0 +1,73 @@
+"""Where a worker's runs and artifacts live: ``runs/`` and ``artifacts/<job_id>`` under the state folder,
+never outside the store. A worker checks them when it starts (``WORKER_FOLDERS``, ``check_folders``), and
+again whenever something is not as last checked (``WorkerFolders.artifacts_dir``)."""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from orchestrator.security import safe_join, validate_id
+from orchestrator.store.files import linked_folder_error
+
+RUNS_DIR = "runs"
+ARTIFACTS_DIR = "artifacts"
+WORKER_FOLDERS = ("", RUNS_DIR, ARTIFACTS_DIR)  # under the state dir, on any store: checked when a worker starts
+
+
+class WorkerFolders:
+    """The run and artifact folders of one worker's store (``state_dir``), and what was last checked of them."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self._runs_root: Path | None = None
+        self._artifacts_root: str | None = None  # ``artifacts_dir``: the folder's path,
+        self._artifacts_root_id: tuple[int, int] | None = None  # ...and the (device, inode) last checked in full
+
+    def artifacts_dir(self, job_id: str) -> Path:
+        """``artifacts/<job_id>``, never outside the store. Resolving it (``safe_join``: two ``realpath``
+        walks) cost ~0.2 ms per run, so it is resolved in full only when something is not as last
+        checked: the ``artifacts`` folder must be the very folder (device, inode) that passed the full
+        check; the job's folder must not be a symlink (or not exist yet). ``artifacts`` itself is never
+        a symlink (``PathEscapeError``), wherever it leads: one planted while the worker runs is met here."""
+        if self._artifacts_root is None:  # the path only: what it leads to is checked below, every time
+            self._artifacts_root = os.path.join(self.state_dir, ARTIFACTS_DIR)
+        root = self._artifacts_root
+        path = os.path.join(root, validate_id(job_id))  # an id is one plain name
+        try:
+            st: os.stat_result | None = os.lstat(root)
+        except FileNotFoundError:
+            return Path(path)  # no folder yet: the handler makes real ones, inside the store
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            raise linked_folder_error(root)
+        real_dir = st is not None and stat.S_ISDIR(st.st_mode)
+        if real_dir and (st.st_dev, st.st_ino) == self._artifacts_root_id:  # type: ignore[union-attr]
+            try:
+                if not stat.S_ISLNK(os.lstat(path).st_mode):
+                    return Path(path)
+            except FileNotFoundError:
+                return Path(path)
+            except OSError:
+                pass
+        checked = safe_join(self.state_dir, ARTIFACTS_DIR, job_id)  # PathEscapeError if out
+        if real_dir:
+            self._artifacts_root_id = (st.st_dev, st.st_ino)  # type: ignore[union-attr]
+        return checked
+
+    @property
+    def runs_root(self) -> Path:
+        """``runs/``, checked once (it must not lead out of the store)."""
+        if self._runs_root is None:
+            self._runs_root = safe_join(self.state_dir, RUNS_DIR)
+        return self._runs_root
+
+    def run_dir(self, run_id: str) -> Path:
+        """``runs/<run_id>``: a run id is this worker's own random name, so its folder is not resolved
+        again on every run."""
+        return self.runs_root / validate_id(run_id, "run id")
+
+    def linked(self) -> bool:
+        """Whether ``runs/`` or ``artifacts/`` became a symbolic link since this worker started (checked then)."""
+        return any(os.path.islink(os.path.join(self.state_dir, name)) for name in WORKER_FOLDERS if name)
