@@ -118,9 +118,16 @@ def test_a_kind_whose_module_exits_on_import_stays_queued_and_the_worker_runs_th
 def test_a_keyboard_interrupt_while_importing_for_a_worker_without_its_own_signal_handling_is_not_swallowed(
         orch, exiting_modules) -> None:
     # used from Python without handle_signals, SIGINT raises KeyboardInterrupt: it may be a real Ctrl-C
+    import signal
+
     orch.submit("t_interrupts_on_import:fn")
-    with pytest.raises(KeyboardInterrupt):
-        make_worker(orch).run_once()
+    # Python's own SIGINT handler, as in a terminal: a shell's background job (pytest ... &) starts with it ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            make_worker(orch).run_once()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_a_module_imported_for_a_kind_cannot_take_the_workers_stop_signals(orch, exiting_modules) -> None:
