@@ -187,7 +187,12 @@ def _not_found(kind: str, reason: str) -> HandlerNotFoundError:
 
 def _import(module_name: str) -> Any:
     """Import a handler module in this process (the worker's, at claim time), keeping the worker's
-    SIGTERM/SIGINT handlers: a module that replaces them at import would keep the worker from stopping."""
+    SIGTERM/SIGINT handlers: a module that replaces them at import would keep the worker from stopping.
+    A module already imported whole is returned as it is: no import runs, so no handler can change (and
+    each job's lookup does not pay for saving them, ~5 us)."""
+    module = sys.modules.get(module_name)
+    if module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False):
+        return module
     saved = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
     try:
         return importlib.import_module(module_name)
