@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
+from helpers import alive
 from orchestrator.handlers import register
 from orchestrator.signing import new_seed
 from orchestrator.worker import Worker, WorkerSettings
@@ -27,15 +28,6 @@ def make_worker(orch, **kw) -> Worker:
     kw.setdefault("worker_id", "w1")
     kw.setdefault("retry_base_seconds", 0.0)
     return Worker(orch, WorkerSettings(**kw), rng=random.Random(7))
-
-
-def alive(pid: int) -> bool:
-    """True for a live process (a zombie nobody reaped yet counts as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.fixture
