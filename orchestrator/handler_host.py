@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator.leftovers import end_leftovers, set_run_environment
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
-from orchestrator.runner import UNREAPED, Child, fork_handler, handler_main, handler_payload, reap_exited
+from orchestrator.runner import (UNREAPED, Child, fork_handler, handler_main, handler_payload, reap_exited,
+                                 stop_deferred)
 from orchestrator.store.files import STRAY_AGE, pid_alive
 
 if TYPE_CHECKING:  # handlers imports this module
@@ -284,7 +285,8 @@ class HostRun(Child):
         if not readable:
             return None
         try:
-            self._payload = _read_frame(self._resp_fd, MAX_PAYLOAD_BYTES)
+            with stop_deferred():  # a frame is read whole: a stop cutting it would lose what was read of it
+                self._payload = _read_frame(self._resp_fd, MAX_PAYLOAD_BYTES)
         except FrameTooLarge as exc:
             # not read (nor allocated): the host is blocked writing the rest, and a pipe that holds it cannot
             # serve another run. It is killed and replaced (``handler_payload`` refuses such a payload first,

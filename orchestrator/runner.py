@@ -26,8 +26,9 @@ import threading
 import time
 import traceback
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from orchestrator.errors import MalformedPayloadError
 from orchestrator.handler_env import strip_private_environment
@@ -83,6 +84,27 @@ def precise_sleeps() -> None:
             libc.prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)  # nanoseconds
     except (OSError, AttributeError):
         pass
+
+
+_stop_deferred = 0  # > 0 inside a part of a ``Child.wait`` that a stop signal must not cut (``stop_deferred``)
+
+
+@contextmanager
+def stop_deferred() -> Iterator[None]:
+    """A part of a ``Child.wait`` that a stop signal must not cut in two: a payload frame half read (the bytes
+    read so far would be lost, and the next read would take the middle of the payload for a frame's length).
+    The worker's signal handler raises ``WorkerStop`` only outside it (``Worker._on_signal``); the stop is
+    seen once the wait returns."""
+    global _stop_deferred
+    _stop_deferred += 1
+    try:
+        yield
+    finally:
+        _stop_deferred -= 1
+
+
+def stop_is_deferred() -> bool:
+    return _stop_deferred > 0
 
 
 class Child:

@@ -50,7 +50,7 @@ from orchestrator.outcome import (STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SEC
 from orchestrator.payload import NO_TERMINAL_SIGNAL_TIMEOUT
 from orchestrator.queue import ReadyEntry
 from orchestrator.recovery import SWEEP_EVERY, recover_expired, reload_keys, sweep_leftovers
-from orchestrator.runner import RUN_PREFIX, Child, precise_sleeps
+from orchestrator.runner import RUN_PREFIX, Child, precise_sleeps, stop_is_deferred
 from orchestrator.security import one_line, safe_join, sanitize_text, validate_id
 from orchestrator.store.files import check_folders
 from orchestrator.state import QUEUED, JobState
@@ -534,7 +534,7 @@ class Worker:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.stop()
         log.warning("signal %d: stopping (no new claims)", signum, extra={"signal": signum})
-        if self._in_wait:
+        if self._in_wait and not stop_is_deferred():  # not in the middle of reading a payload (``stop_deferred``)
             raise WorkerStop(signum)
 
     def handle_signals(self) -> "_SignalScope":

@@ -331,3 +331,30 @@ def test_a_handler_process_that_cannot_start_is_a_retried_failure_not_a_missing_
     assert make_worker(orch).run_once() is not None
     st = orch.status(job)
     assert st.last_error["code"] == "HANDLER_START_FAILED" and st.state == "queued"  # a retry is due
+
+
+def test_a_stop_signal_while_a_large_payload_is_read_loses_none_of_it(orch, monkeypatch) -> None:
+    """A SIGTERM handled between two reads of one payload frame (a frame over 64 KiB takes several) raised
+    ``WorkerStop`` out of the read: the bytes read so far were lost, and the next read took the middle of the
+    payload for a frame's length (a succeeded run recorded as MALFORMED_PAYLOAD, or a read that never ends)."""
+    register("t.big", lambda ctx: {"status": "done", "summary": "big", "output": "x" * 300_000})
+    w = make_worker(orch)
+    pid_of(orch, w)  # the host is running, forked before os.read is wrapped
+    resp_fd, worker_pid, real_read, reads = w._host._resp_r, os.getpid(), os.read, []
+
+    def read_then_signal(fd: int, n: int) -> bytes:
+        data = real_read(fd, n)
+        if fd == resp_fd and os.getpid() == worker_pid:
+            reads.append(len(data))
+            if len(reads) == 2:  # the signal arrives just after this read returned
+                w._on_signal(signal.SIGTERM, None)
+        return data
+
+    monkeypatch.setattr(os, "read", read_then_signal)
+    out = run(orch, w, "t.big", None)
+    monkeypatch.setattr(os, "read", real_read)
+    assert len(reads) > 2
+    assert out["status"].state == "succeeded", out["events"][-1]["data"]
+    assert out["status"].result["output"] == "x" * 300_000
+    assert w.stopping
+    w.close()
