@@ -237,10 +237,12 @@ def parse_chat_message(job_id: str, message: str) -> str:
                                  job_id=job_id, message_job_id=named)
     answer = m.group("answer").strip()
     for other in _NAMED_AGAIN.finditer(answer):  # a pasted thread, or "job_id: J; job_id: K; ..."
-        if other.group("id").lower() != job_id.lower() and is_assigned_job_id(other.group("id")):
-            raise JobIdMismatchError(f"the message names job {job_id} and then job {other.group('id')}; nothing was "
+        # An id may end a sentence ("job id: K."): '.', '-', '_' are id characters, but no assigned id ends in one.
+        again = other.group("id").rstrip("._-")
+        if again.lower() != job_id.lower() and is_assigned_job_id(again):
+            raise JobIdMismatchError(f"the message names job {job_id} and then job {again}; nothing was "
                                      "written (paste only the message that answers this job)",
-                                     job_id=job_id, message_job_id=other.group("id"))
+                                     job_id=job_id, message_job_id=again)
     if not answer:
         raise ChatMessageError(f"the message names job {job_id} but holds no answer after the id; nothing was written")
     return answer

@@ -57,7 +57,7 @@ _PEM = re.compile(
 # The END line of a key whose BEGIN line is not in the text (a tail cut through it), and the
 # body lines of the key left before it (``_redact_headless_keys``).
 _PEM_END = re.compile(r"-----END[A-Z0-9 ]{0,64}PRIVATE KEY-----")
-_PEM_BODY_LINE = re.compile(r"[A-Za-z0-9+/=]*\r?")
+_PEM_BODY_LINE = re.compile(r"[ \t]*[A-Za-z0-9+/=]*[ \t]*\r?")  # indented too: a key in YAML, a here-doc
 # ``scheme://user:pass@host``; the password runs to the last ``@`` of the authority.
 _URL_CREDS = re.compile(r"""://[^\s:/?#@"'<>]*:(?P<v>[^\s/?#"'<>]+)@""")
 _HEADER = re.compile(
@@ -111,6 +111,8 @@ def _redact_headless_keys(text: str) -> str:
     pos = 0
     for m in _PEM_END.finditer(text):
         start = m.start()
+        while start > pos and text[start - 1] in " \t":  # an indented END line: its body lines are indented too
+            start -= 1
         while start > pos and text[start - 1] == "\n":  # the line before is whole: is it the key's?
             line_start = max(text.rfind("\n", pos, start - 1) + 1, pos)
             if not _PEM_BODY_LINE.fullmatch(text, line_start, start - 1):

@@ -90,6 +90,8 @@ class Deadline:
     def disarm(self, conn: Any) -> bool:
         """False if the deadline passed and the connection was cut (the caller must close it)."""
         if self._due.pop(conn, None) is not None:
+            if self._closing:  # ``close`` waits for the calls in flight: the watcher looks again
+                self._wake.set()
             return True
         with self._lock:  # the watcher has it: wait until it is done (the fd must not be reused meanwhile)
             self._due.pop(conn, None)  # put back: it was not due
@@ -155,7 +157,9 @@ class Deadline:
 
     # -- the watcher ----------------------------------------------------------------------------
     def close(self) -> None:
-        """Stop the watcher and wait for it: a closed store leaves no thread behind. A call made after
+        """Stop the watcher and wait for it: a closed store leaves no thread behind. The calls in flight are
+        still watched until they return or are cut (a call on another thread must not lose its deadline
+        because the store was closed meanwhile), so this waits at most their deadlines. A call made after
         this (there should be none) starts it again."""
         with self._lock:
             thread, self._closing = self._thread, True
@@ -194,11 +198,11 @@ class Deadline:
             self._wake.wait(max(0.0, self._wake_at - now))
 
     def _stop(self) -> bool:
-        """True (the thread ends) if nothing is armed, or on ``close``. ``arm`` writes, then reads
-        ``_watching``: a call armed meanwhile is either seen here or starts a new thread."""
+        """True (the thread ends) if nothing is armed (``close`` too waits for that). ``arm`` writes, then
+        reads ``_watching``: a call armed meanwhile is either seen here or starts a new thread."""
         with self._lock:
             self._watching = False
-            if self._due and not self._closing:
+            if self._due:
                 self._watching = True
                 return False
             self._thread = None

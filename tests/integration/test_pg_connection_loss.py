@@ -483,6 +483,32 @@ def test_closing_a_store_stops_its_deadline_watchdog_so_fifty_stores_leave_no_th
     assert _watchdogs() == before
 
 
+def test_a_call_in_flight_when_its_store_is_closed_is_still_cut_at_the_deadline(stalling) -> None:
+    """``close`` on one thread while a call to a stalled server is in flight on another: the watchdog keeps
+    watching it (it stopped at once, and the call waited for the server as long as it stalled)."""
+    from orchestrator.errors import StorageUnavailableError
+
+    assert stalling.store.has_jobs() is False  # the watchdog runs, a connection is pooled
+    stalling.proxy.stall(8.0)
+    caught: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            stalling.store.has_jobs()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            caught.append(exc)
+
+    start = time.monotonic()
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(DEADLINE / 5)
+    stalling.store.close()
+    caller.join(timeout=10)
+    assert DEADLINE <= time.monotonic() - start < DEADLINE + MARGIN
+    assert len(caught) == 1 and isinstance(caught[0], StorageUnavailableError)
+    assert not stalling.store.deadline._watching  # noqa: SLF001 - and the closed store leaves no thread
+
+
 def test_in_a_forked_child_a_stalled_call_is_still_cut_at_the_deadline(stalling) -> None:
     """The child inherits the parent's "watching" state but not its thread; it starts its own."""
     import warnings

@@ -595,3 +595,20 @@ def test_cli_a_malformed_head_in_a_bundle_exits_3_invalid_input_naming_the_line_
     assert proc.returncode == 3 and b"INVALID_INPUT" in proc.stderr and b"line 2" in proc.stderr, proc.stderr
     assert b"Traceback" not in proc.stderr
     assert not [p for p in (tmp_path / "dest").rglob("*") if p.is_file()]
+
+
+def test_a_line_after_the_end_record_is_shown_sanitized_before_it_is_cut(file_orch, base, keyring) -> None:
+    """The line is quoted in the error; cut to 60 bytes first, a token it went through kept too few characters
+    to be recognised (``sk-`` and 15), and sanitizing the message afterwards (the CLI does) let it through."""
+    from orchestrator.security import sanitize_text
+
+    fill(file_orch, 1)
+    bundle = bundle_of(file_orch)
+    dest = Orchestrator(base_path=base / "dst", project_id=file_orch.project_id, keyring=keyring)
+    secret = "sk-proj-" + "Q7xZ9kLmN2pR4sT6vW8yB1cD3fG5hJ"
+    after = b'{"note": "rotated 2026-12-01, the new one: ' + secret.encode() + b'"}\n'
+    assert after.index(b"sk-") + 3 < 60 < after.index(b"sk-") + 23  # the first 60 bytes hold sk- and fewer than 20 characters
+    with pytest.raises(InvalidInputError, match="a line after the end record") as caught:
+        import_project(dest, io.BytesIO(bundle + after))
+    message = sanitize_text(caught.value.message)
+    assert secret[:12] not in message and "Q7xZ9kLmN" not in message, message

@@ -41,6 +41,9 @@ def test_tolerant_forms_give_the_answer(message: str, answer: str) -> None:
     f"jobid: {JOB}\n\njob_id: {OTHER}: deploy",  # a pasted thread
     f"job_id: {JOB}; yes\n> job id = {KEYED.upper()}; no",  # a job submitted with a key
     f"job_id: {JOB}; yes, and job-id: '{OTHER.lower()}' too",
+    f"job_id: {JOB}; yes. The earlier thread was job id: {OTHER}. No",  # the other id ends a sentence
+    f"job_id: {JOB}; ok job id: {KEYED}-",
+    f"job_id: {JOB}; ok\njob id: {OTHER}...",
 ])
 def test_a_message_naming_another_job_is_refused(message: str) -> None:
     with pytest.raises(JobIdMismatchError) as exc:

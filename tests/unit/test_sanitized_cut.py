@@ -172,3 +172,22 @@ def test_no_cut_anywhere_keeps_8_characters_of_any_secret(tmp_path: Path, one_li
             assert len(kept) <= limit + 3
             kept_chars += len(kept)
     assert kept_chars > 150 * 5 * 100  # not safe by keeping nothing
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+@pytest.mark.parametrize("indent", ["    ", "\t"])
+def test_a_tail_cut_through_an_indented_private_key_keeps_none_of_its_lines(
+        tmp_path: Path, newline: str, indent: str) -> None:
+    """A key printed inside YAML (or a here-doc) is indented: a tail that starts in its body, so without its
+    BEGIN line, kept every body line but the first, though the whole text had the whole key redacted."""
+    rng = random.Random(7)
+    body = [indent + "".join(rng.choice(ALNUM + "+/") for _ in range(64)) for _ in range(60)]
+    key = newline.join([f"{indent}-----BEGIN PRIVATE KEY-----", *body, f"{indent}-----END PRIVATE KEY-----"])
+    text = newline.join(["config:", "  tls_key: |", key, "done"]) + newline
+    start = text.index(body[5])  # the tail starts in the key's body
+    (tmp_path / "out").write_bytes(("x" * 100_000 + newline).encode() + text.encode())
+    cut = text[start:]
+    for tail in (sanitized_cut(cut, 200, tail=True, cut=True), sanitized_cut(cut, 4000, tail=True, cut=True)):
+        assert not any(line.strip()[8:40] in tail for line in body), tail
+        assert tail.rstrip().endswith("done")
+    assert "PRIVATE KEY-----" not in sanitized_tail(tmp_path / "out", 4000)  # the whole key, whole: redacted
