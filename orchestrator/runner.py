@@ -209,9 +209,10 @@ class PopenChild(Child):
             readable, _, _ = select.select([self._pidfd], [], [], max(0.0, timeout))
             if not readable:
                 return False
-            self.kill_group(signal.SIGTERM)  # exited, not reaped: the group's id is not reused meanwhile
-            self.returncode = self.proc.wait()
-            self._close()
+            with stop_deferred():  # a stop between the reap and the next line would send this SIGTERM again, later
+                self.kill_group(signal.SIGTERM)  # exited, not reaped: the group's id is not reused meanwhile
+                self.returncode = self.proc.wait()
+                self._close()
             return True
         try:  # no pidfd (not Linux 5.3+): reaped first, then the group signalled (it holds the id if not empty)
             self.returncode = self.proc.wait(timeout=max(0.0, timeout))

@@ -491,3 +491,39 @@ def test_a_timeout_also_kills_what_the_run_started_in_a_session_of_its_own(orch,
     result = make_worker(orch).run_once()
     assert (result.job_id, result.error_code) == (job, "NO_TERMINAL_SIGNAL_TIMEOUT")
     assert not alive(left_pid(leftover))
+
+
+def test_a_stop_signal_just_after_a_command_is_reaped_never_signals_its_group_after_the_reap(orch, monkeypatch) -> None:
+    """A SIGTERM handled between reaping a command and storing its exit status raised ``WorkerStop`` out of the
+    wait, and the next wait sent the group its SIGTERM again, after the leader was reaped: the group's id is
+    then free for the system to give to an unrelated process group."""
+    import os
+    import signal
+    import subprocess
+
+    worker = make_worker(orch)
+    real_wait, real_killpg = subprocess.Popen.wait, os.killpg
+    signalled: list[bool] = []
+    group_signals: list[tuple[int, bool]] = []  # (signal, whether the group's leader was still there, a zombie)
+
+    def wait_then_signal(proc, *args, **kwargs):
+        code = real_wait(proc, *args, **kwargs)
+        if not signalled and sys._getframe(1).f_code.co_name == "_exited":  # the reap of the run's wait
+            signalled.append(True)
+            worker._on_signal(signal.SIGTERM, None)  # the signal arrives just after the reap returned
+        return code
+
+    def killpg(pgid: int, sig: int) -> None:
+        if sig:  # 0 only asks whether the group has a member
+            group_signals.append((sig, os.path.exists(f"/proc/{pgid}")))
+        real_killpg(pgid, sig)
+
+    code = "import os; open(os.environ['ORCH_TERMINAL_FILE'], 'w').write('{\"status\": \"done\", \"summary\": \"ok\"}')"
+    job = orch.submit("command", {"argv": [PY, "-c", code]})
+    monkeypatch.setattr(subprocess.Popen, "wait", wait_then_signal)
+    monkeypatch.setattr(os, "killpg", killpg)
+    result = worker.run_once()
+    monkeypatch.undo()
+    assert signalled and worker.stopping
+    assert (result.job_id, result.outcome) == (job, "succeeded")
+    assert group_signals and all(present for _sig, present in group_signals), group_signals
