@@ -298,9 +298,10 @@ _ASSIGNED_JOB_ID_RE = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}|key-[0-9a-f]{32}", re.
 
 
 def shown(value: object) -> str:
-    """repr() for messages, cut short so a hostile 5 MB value never lands in a log."""
+    """repr() for messages, sanitized (a message may be logged by library code that sanitizes nothing) and cut
+    short, so a hostile 5 MB value never lands in a log."""
     shown = repr(value)
-    return shown if len(shown) <= 80 else sanitized_cut(shown, 77)  # a cut never leaves half a secret
+    return sanitize_text(shown) if len(shown) <= 80 else sanitized_cut(shown, 77)  # a cut never leaves half a secret
 
 
 def is_id(value: str) -> bool:

@@ -291,6 +291,12 @@ def test_a_value_shown_in_a_message_is_cut_only_after_it_is_sanitized() -> None:
     assert "S3cre" not in shown(value) and shown(value).endswith("...") and len(shown(value)) <= 80
 
 
+def test_a_short_value_shown_in_a_message_is_sanitized_too() -> None:
+    from orchestrator.security import shown
+
+    assert shown("token=abc123") == "'token=[REDACTED]'" and shown(42) == "42"
+
+
 # -- secrets in an output's keys ----------------------------------------------------------------------------
 def test_a_secret_in_an_output_key_is_stored_redacted_and_no_value_is_lost(orch) -> None:
     register("t.keys", lambda ctx: {"status": "done", "summary": "s",
