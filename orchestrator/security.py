@@ -299,7 +299,8 @@ _ASSIGNED_JOB_ID_RE = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}|key-[0-9a-f]{32}", re.
 
 def shown(value: object) -> str:
     """repr() for messages, sanitized (a message may be logged by library code that sanitizes nothing) and cut
-    short, so a hostile 5 MB value never lands in a log."""
+    short, so a hostile 5 MB value never lands in a log. A caller holding more than it needs passes the first
+    ``cut_read_size(80)`` bytes or characters: what follows is dropped, the edge of the slice with it."""
     shown = repr(value)
     return sanitize_text(shown) if len(shown) <= 80 else sanitized_cut(shown, 77)  # a cut never leaves half a secret
 

@@ -41,7 +41,7 @@ from orchestrator.api import HEADS_AREA, Orchestrator
 from orchestrator.audit import AUDIT_HEAD
 from orchestrator.errors import ImportConflictError, IntegrityError, InvalidIdError, InvalidInputError, PathEscapeError
 from orchestrator.history import PATH_ESCAPE, Problem, VerifiedStream, check_head_record, verify_stream
-from orchestrator.security import cut_read_size, is_id, sanitized_cut, shown, validate_id
+from orchestrator.security import cut_read_size, is_id, shown, validate_id
 from orchestrator.store.base import AUDIT_STREAM, StoredLine
 
 BUNDLE_FORMAT = "jsonl-orchestrator/export/v2"
@@ -132,13 +132,6 @@ def _records(inp: IO[bytes]) -> Iterator[tuple[int, bytes]]:
         yield n, raw[:-1]
 
 
-def _start_of(raw: bytes, limit: int) -> str:
-    """The start of an unread line for a message: sanitized, and only then cut (``security.sanitized_cut``);
-    cut first, a secret the cut went through (``sk-`` and too few characters) is recognised by nothing."""
-    size = cut_read_size(limit)
-    return repr(sanitized_cut(raw[:size].decode("utf-8", errors="replace"), limit, cut=len(raw) > size))
-
-
 def _malformed(n: int, what: str) -> InvalidInputError:
     return InvalidInputError(f"not a bundle: line {n}: {what}; nothing from that line on was written")
 
@@ -212,7 +205,7 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
                                      f"events, it held {streams} and {events}")
             extra = next(records, None)
             if extra is not None:  # two bundles joined, or a file appended to: never pass over it unread
-                raise _malformed(extra[0], f"a line after the end record (line {n}), {_start_of(extra[1], 60)}; "
+                raise _malformed(extra[0], f"a line after the end record (line {n}), {shown(extra[1][:cut_read_size(80)])}; "
                                  f"the {streams} streams before it were imported")
             return {"project_id": orch.project_id, "format": fmt, "streams": streams, "events": events,
                     "written": written, "audit_head": audit_head}

@@ -6,7 +6,8 @@ keepalives, and psycopg waits for its answer for ever. ``Deadline`` bounds each 
 call a caller makes while it waits for the database for a limited time (``worker --once``).
 
 The watchdog thread belongs to one store: ``close`` stops it (a closed store leaves no thread), a
-forked child starts its own (it inherits a copy of the parent's state, but no thread).
+forked child starts its own (it inherits a copy of the parent's state, but no thread: its store calls
+``reset``).
 """
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 MIN_CONNECT_TIMEOUT = 2
 
 _CUT: weakref.WeakSet[Any] = weakref.WeakSet()  # connections cut by a deadline, until their caller learns it
-_DEADLINES: weakref.WeakSet[Deadline] = weakref.WeakSet()  # reset in a forked child
 
 
 def outcome(write: bool) -> str:
@@ -55,10 +55,9 @@ class Deadline:
         self._quiet = self.seconds or 1.0  # the watcher stops after this long with nothing armed
         self._due: dict[Any, float] = {}  # connection -> monotonic deadline; one call at a time per connection
         self._local = threading.local()  # ``until``: the end of this thread's bounded wait, if any
-        self._reset()
-        _DEADLINES.add(self)
+        self.reset()
 
-    def _reset(self) -> None:
+    def reset(self) -> None:
         """The watcher's state as new: at creation, and in a forked child, whose copy says "watching"
         (and may hold a lock another thread held at the fork) while no thread watches."""
         self._due.clear()  # the parent's calls in flight are not this process's
@@ -226,11 +225,6 @@ class Deadline:
                 pass
 
 
-def _after_fork_in_child() -> None:
-    for deadline in list(_DEADLINES):
-        deadline._reset()  # noqa: SLF001
-
-
 class _QuietCutPipelines(logging.Filter):
     """Drops psycopg's "error ignored terminating <Pipeline>" for a connection that was cut or lost: the
     block's own error (``StorageUnavailableError``) already says so, and the line is only noise."""
@@ -242,6 +236,5 @@ class _QuietCutPipelines(logging.Filter):
         return conn is None or not (conn in _CUT or getattr(conn, "broken", False))
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
 if not any(isinstance(f, _QuietCutPipelines) for f in logging.getLogger("psycopg").filters):
     logging.getLogger("psycopg").addFilter(_QuietCutPipelines())

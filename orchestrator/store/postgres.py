@@ -172,8 +172,9 @@ class PostgresStore(EventStore):
     def _after_fork_in_child(self) -> None:
         """A forked child must not use its parent's connections (the sockets are shared: two processes'
         statements would interleave) nor close them (that would end the parent's sessions). They are
-        kept, unused, so that nothing finalizes them; the child opens its own."""
+        kept, unused, so that nothing finalizes them; the child opens its own, and watches its own calls."""
         self._lock = threading.Lock()  # another thread of the parent may have held it at the fork
+        self.deadline.reset()
         self._inherited, self._idle = self._inherited + self._idle, []
 
     # -- connections ------------------------------------------------------------------------
