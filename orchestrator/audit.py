@@ -5,8 +5,9 @@ backend), in the same line format as job events. Each names the job, run, actor,
 a sanitized note, and the hash of the job event it produced, so the audit log and the job
 histories can be cross-checked (``integrity.verify_project``).
 
-Healing (docs/runbook.md, "audit heal"): a crash between a job event and its audit entry leaves
-an event with no entry. The job event is the truth, so the entry is written later, once:
+Healing (``orchestrator audit heal``, docs/runbook.md section E): a crash between a job event and
+its audit entry leaves an event with no entry. The job event is the truth, so the entry is written
+later, once:
 
 * every event of a type in ``AUDITED_EVENTS`` must have exactly one entry;
 * after an entry is durable, a *marker* ``audited/<event_hash>`` is written (a derived

@@ -1,6 +1,7 @@
 """The ``orchestrator`` command line: a thin click layer over ``orchestrator.api``.
 
-Every command takes ``--base-path``, ``--project-id`` and ``--json``. Expected errors print
+Every command takes ``--json``, and every command on a project ``--base-path`` and ``--project-id``
+(``keys`` and ``db`` work on no project). Expected errors print
 ``error[CODE]: message`` (or a JSON object with ``--json``, usage errors included) and exit with
 the error's code, never a traceback; everything printed passes through ``sanitize_text``.
 """

@@ -2,7 +2,7 @@
 
 Each model's docstring names the transition it causes. The envelope (``v``, ``seq``,
 ``job_id``, ``run_id``, ``type``, ``ts``, ``actor``, ``data``, ``prev``, ``kid``, ``sig``)
-is built by ``orchestrator.history``; ``v`` is the envelope format version (``events.ENVELOPE_VERSION``) and a reader
+is built by ``orchestrator.history``; ``v`` is the envelope format version (``signing.FORMAT_VERSION``) and a reader
 refuses versions it does not know. Replays do not import this module (the reducer reads the
 verified ``data`` directly), which keeps read-only commands fast to start.
 """

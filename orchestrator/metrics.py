@@ -2,7 +2,8 @@
 
 Definitions (docs/metrics.md is the reference):
 
-* ``counts``: jobs per state (every state listed, zeros included), plus ``integrity_errors``.
+* ``counts``: jobs per state (every state listed, zeros included); ``integrity_errors``: jobs whose
+  history failed verification, a figure of its own.
 * ``stalled_count``: jobs in ``running`` whose current lease (heartbeats included) expired more
   than ``stall_grace`` seconds before ``now`` (the worker is gone and no stale recovery has run yet).
   The projection holds the claim's expiry only; a job past it is checked against its lease record

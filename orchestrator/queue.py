@@ -362,7 +362,7 @@ class FileQueueIndex(QueueIndex):
             # would stay queued with no entry. (A claimer never drops an entry newer than the job's last
             # event while the entry is young, worker._try_claim: so no drop comes after this call.) If a
             # running entry left by a crash hides this case, stale recovery puts the entry back when
-            # it meets that running entry (Worker.recover_stale).
+            # it meets that running entry (recovery.recover_expired).
             if not self.is_claimed(entry.job_id):
                 self._touch(os.path.join(self._ready_s, entry.name))
         except OSError as exc:

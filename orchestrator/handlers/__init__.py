@@ -5,7 +5,7 @@ Python handlers are registered by name with ``@handler("name")`` in a module the
 imports (``--import MODULE`` / ``ORCH_HANDLERS``), or named ``module:function`` as the kind.
 A Python handler receives a ``JobContext`` and returns the terminal payload (a dict or a
 ``TerminalPayload``); it runs in a child process of the worker, reused from run to run by
-default (see ``orchestrator/runner.py``).
+default (see ``orchestrator/handler_host.py``; the per-run child is ``runner.fork_call``).
 """
 from __future__ import annotations
 

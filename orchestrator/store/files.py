@@ -129,7 +129,8 @@ def write_failure(path: "Path | str", exc: OSError) -> str:
 
 
 def linked_folder_error(path: str) -> PathEscapeError:
-    """The error for a folder of the store that is a symbolic link (``check_folders``, ``Worker.artifacts_dir``)."""
+    """The error for a folder of the store that is a symbolic link (``check_folders``,
+    ``WorkerFolders.artifacts_dir``)."""
     return PathEscapeError(f"{path} is a symbolic link where a folder of the store belongs; the store never "
                            "follows one (it could lead outside the project folder): remove it (and move the "
                            "folder it leads to into its place, if the store's files are there)", path=path)
