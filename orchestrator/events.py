@@ -16,8 +16,6 @@ from typing import Any
 
 from orchestrator.limits import plain_json, plain_str
 
-ENVELOPE_VERSION = 1
-
 _REQUIRED = object()
 _STR, _STR1, _OPT_STR, _POS_INT, _STR_LIST, _JSON = "str", "str1", "optstr", "posint", "strlist", "json"
 _FLOAT, _STALE_TO = "float", "stale_to"  # a finite float (an int is left to the models: they dump 3.0)
