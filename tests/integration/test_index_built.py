@@ -61,3 +61,40 @@ def test_an_index_removed_from_a_project_with_jobs_is_rebuilt_not_marked_built(o
     worker = Worker(later, WorkerSettings(worker_id="w-rebuild"))
     assert worker.run(max_jobs=3, idle_exit=True) == 3  # the rebuild found the two jobs the index lost
     assert {later.status(j).state for j in [*first, third]} == {"succeeded"}
+
+
+@pytest.mark.parametrize("point", ["queue.after_put_ready", "store.append.after_write", "store.append.after_fsync",
+                                   "append.after_head", "queue.after_append"])
+@pytest.mark.parametrize("action", ["submit", "resume"])
+def test_an_index_deleted_and_rebuilt_while_a_job_is_being_queued_still_holds_its_entry(
+        orch: Orchestrator, point: str, action: str) -> None:
+    """``index/`` is a cache that may be deleted at any time (SPEC): an operator removing it while a submit or a
+    resume is between its ready entry and its announcement, and a worker rebuilding it at that moment, leave the
+    job with its entry. The event is either seen by the rebuild, or the announcement finds its entry gone and
+    puts it back."""
+    import jobstates as js
+    from orchestrator import faults
+
+    earlier = orch.submit("t.echo", 0)
+    waiting = js.waiting_human(orch) if action == "resume" else None
+    rebuilder = Orchestrator(base_path=orch.settings.base_path, project_id=orch.project_id, keyring=orch.keyring)
+
+    fired: list[str] = []
+
+    def delete_and_rebuild() -> None:
+        shutil.rmtree(orch.settings.state_dir / INDEX_DIR)
+        rebuilder.queue.ensure_built(rebuilder)
+        fired.append(point)
+
+    faults.arm(point, delete_and_rebuild)
+    try:
+        if waiting is not None:
+            orch.resume(waiting, "yes")
+            job = waiting
+        else:
+            job = orch.submit("t.echo", 1)
+    finally:
+        faults.disarm_all()
+    assert fired == [point]
+    assert rebuilder.queue.is_built()
+    assert sorted(e.job_id for e in rebuilder.queue.ready()) == sorted([earlier, job])
