@@ -511,10 +511,9 @@ def remove_run_folder(folder: Path) -> bool:
 
 
 def sanitized_tail(path: Path, limit: int = 4000) -> str:
-    """The last ``limit`` characters of a run's output, sanitized ("..." first when cut). ``cut_read_size`` bytes
-    are read, ``limit + CUT_MARGIN`` characters even of 4-byte ones (counted in bytes, the margin held a third as
-    many '漢' and the cut dropped them all), and ``security.sanitized_cut`` sanitizes all of it before it cuts,
-    so a cut never goes through a secret before it is sanitized."""
+    """The last ``limit`` characters of a run's output, sanitized ("..." first when cut): its last
+    ``cut_read_size(limit)`` bytes, cut by ``security.sanitized_cut``, which sanitizes all it looks at before it
+    cuts, so a cut never goes through a secret before it is sanitized."""
     try:
         with open(path, "rb") as fh:
             size = fh.seek(0, os.SEEK_END)
@@ -522,4 +521,4 @@ def sanitized_tail(path: Path, limit: int = 4000) -> str:
             data = fh.read(size - start)  # not what a process still writing adds meanwhile
     except FileNotFoundError:
         return ""
-    return sanitized_cut(data.decode("utf-8", errors="replace"), limit, tail=True, cut=start > 0)
+    return sanitized_cut(data, limit, tail=True)

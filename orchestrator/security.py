@@ -16,7 +16,7 @@ import os
 import re
 import string
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from orchestrator.errors import InvalidIdError, PathEscapeError
 
@@ -153,21 +153,38 @@ _LAST_SPACE = re.compile(r"\s(?=\S*\Z)")  # linear: each try scans one run only
 
 
 def cut_read_size(limit: int) -> int:
-    """Bytes to read of UTF-8 data for ``sanitized_cut(text, limit)``: ``limit + CUT_MARGIN`` characters even of
-    4-byte ones. A margin counted in bytes holds a third as many '漢', and the cut then dropped all of them."""
+    """Bytes to read of a longer source (a file's end, a reply) for ``sanitized_cut(data, limit)``: one more than
+    it looks at, which tells it the source goes on (``_looked_at``)."""
+    return _looked_at(limit) + 1
+
+
+def _looked_at(limit: int) -> int:
+    """What ``sanitized_cut`` looks at of its data: ``limit + CUT_MARGIN`` characters even of 4-byte ones, in
+    bytes. A margin counted in bytes holds a third as many '漢', and the cut then dropped all of them."""
     return (limit + CUT_MARGIN) * _UTF8_MAX
 
 
-def sanitized_cut(text: str, limit: int, *, tail: bool = False, cut: bool = False) -> str:
-    """``text`` sanitized, then cut to its first ``limit`` characters ("..." last when cut), or with ``tail``
-    to its last ("..." first). ``cut``: ``text`` is itself already a cut on the side that is dropped (a read
-    that stopped before the end, or began after the start).
+def sanitized_cut(data: str | bytes, limit: int, *, tail: bool = False, cut: bool = False,
+                  redact_first: Callable[[str], str] | None = None) -> str:
+    """``data`` (bytes are decoded as UTF-8) sanitized, then cut to its first ``limit`` characters ("..." last
+    when cut), or with ``tail`` to its last ("..." first). ``data`` may be any longer: only its first (last)
+    ``cut_read_size(limit) - 1`` bytes or characters are looked at, so a reader of a longer source reads
+    ``cut_read_size(limit)`` and passes what it got. ``cut``: ``data`` is itself already a cut on the side that
+    is dropped (a read that began after the start). ``redact_first``: the caller's own redaction of what
+    ``sanitize_text`` cannot recognise (the LLM key), run before it.
 
     A cut must never go through a secret before it is sanitized: half a ``password=...``, a URL whose
     credentials lose their ``@``, or ``sk-`` with too few characters matches no pattern. Only ``limit +
     CUT_MARGIN`` characters are kept; all of them are sanitized, and only then is the edge where they were cut
     from more dropped (``_tail_start``, ``_head_end``), then the rest cut to ``limit``. Every index is taken in
     the sanitized text: redacting shortens it, so an index taken before moves into what should be dropped."""
+    size = _looked_at(limit)
+    if len(data) > size:
+        data = data[-size:] if tail else data[:size]
+        cut = True
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    if redact_first is not None:
+        text = redact_first(text)
     if len(text) > limit + CUT_MARGIN:
         text = text[-(limit + CUT_MARGIN):] if tail else text[:limit + CUT_MARGIN]
         cut = True
@@ -299,8 +316,10 @@ _ASSIGNED_JOB_ID_RE = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}|key-[0-9a-f]{32}", re.
 
 def shown(value: object) -> str:
     """repr() for messages, sanitized (a message may be logged by library code that sanitizes nothing) and cut
-    short, so a hostile 5 MB value never lands in a log. A caller holding more than it needs passes the first
-    ``cut_read_size(80)`` bytes or characters: what follows is dropped, the edge of the slice with it."""
+    short, so a hostile 5 MB value never lands in a log. Of a long text or bytes only the start is quoted (and
+    repr'd: what follows is dropped, the edge of that slice with it)."""
+    if isinstance(value, (str, bytes)):
+        value = value[:cut_read_size(80)]
     shown = repr(value)
     return sanitize_text(shown) if len(shown) <= 80 else sanitized_cut(shown, 77)  # a cut never leaves half a secret
 
