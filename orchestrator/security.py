@@ -57,7 +57,9 @@ _PEM = re.compile(
 # The END line of a key whose BEGIN line is not in the text (a tail cut through it), and the
 # body lines of the key left before it (``_redact_headless_keys``).
 _PEM_END = re.compile(r"-----END[A-Z0-9 ]{0,64}PRIVATE KEY-----")
-_PEM_BODY_LINE = re.compile(r"[ \t]*[A-Za-z0-9+/=]*[ \t]*\r?")  # indented too: a key in YAML, a here-doc
+_LINE_END = re.compile(r"\r\n?|\n")  # CRLF, LF, or CR alone (old Mac)
+_BASE64 = string.ascii_letters + string.digits + "+/="
+_DIGIT_RUN = re.compile(r"[0-9]+")
 # ``scheme://user:pass@host``; the password runs to the last ``@`` of the authority.
 _URL_CREDS = re.compile(r"""://[^\s:/?#@"'<>]*:(?P<v>[^\s/?#"'<>]+)@""")
 _HEADER = re.compile(
@@ -103,19 +105,23 @@ def _redact_values(rx: re.Pattern[str], text: str) -> str:
 
 
 def _redact_headless_keys(text: str) -> str:
-    """Redact a private key's END line with the base64 lines before it, when its BEGIN line is not
-    there (``_PEM`` has already taken every whole key): what is left of a key in a cut text.
-    Linear: each line is looked at once, walking back from an END line to the first that is not
-    base64."""
+    """Redact a private key's END line with the body lines before it, when its BEGIN line is not there
+    (``_PEM`` has already taken every whole key): what is left of a key in a cut text. A body line is base64
+    after a prefix of the END line's shape (``_prefix_shape``: an indent, a quote, a log's timestamp), or, as the
+    text's first line (a cut may begin in it), after the end of such a prefix; lines may end in LF, CRLF or CR.
+    Walking back from the END line stops at the first line that is not one.
+    Linear: the text between two END lines is split into lines once, and each line is looked at once."""
     out: list[str] = []
     pos = 0
     for m in _PEM_END.finditer(text):
-        start = m.start()
-        while start > pos and text[start - 1] in " \t":  # an indented END line: its body lines are indented too
-            start -= 1
-        while start > pos and text[start - 1] == "\n":  # the line before is whole: is it the key's?
-            line_start = max(text.rfind("\n", pos, start - 1) + 1, pos)
-            if not _PEM_BODY_LINE.fullmatch(text, line_start, start - 1):
+        breaks = [(brk.start(), brk.end()) for brk in _LINE_END.finditer(text, pos, m.start())]
+        line_starts = [pos] + [end for _start, end in breaks]
+        prefix = text[line_starts[-1]:m.start()]
+        shape = _prefix_shape(prefix)
+        start = line_starts[-1] + len(prefix.rstrip(" \t"))  # no body line above: what precedes the END is kept
+        for (line_end, _), line_start in zip(reversed(breaks), reversed(line_starts[:-1])):
+            above = _prefix_shape(text[line_start:line_end].rstrip(" \t").rstrip(_BASE64))
+            if not (above == shape or line_start == 0 and shape.endswith(above)):  # the text may begin in a line
                 break
             start = line_start
         out.append(text[pos:start])
@@ -123,6 +129,12 @@ def _redact_headless_keys(text: str) -> str:
         pos = m.end()
     out.append(text[pos:])
     return "".join(out)
+
+
+def _prefix_shape(prefix: str) -> str:
+    """What two lines' prefixes must share to be lines of one key: the prefix without blanks around it, each run
+    of digits as one ``0`` (a timestamp, a pid, a line number, changing from line to line)."""
+    return _DIGIT_RUN.sub("0", prefix.strip(" \t"))
 
 
 def sanitize_text(text: str) -> str:
