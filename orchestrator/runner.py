@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from orchestrator.errors import MalformedPayloadError
 from orchestrator.handler_env import strip_private_environment
-from orchestrator.leftovers import (LEFTOVER_GRACE_SECONDS, POLL_SECONDS, become_subreaper, end_leftovers,
-                                    group_alive, set_run_environment)
+from orchestrator.leftovers import (LEFTOVER_GRACE_SECONDS, become_subreaper, end_leftovers, set_run_environment,
+                                    wait_group_empty)
 from orchestrator.payload import MAX_PAYLOAD_BYTES, NOT_UNICODE, too_large
 from orchestrator.security import cut_read_size, sanitized_cut
 
@@ -191,17 +191,12 @@ class PopenChild(Child):
                 return None
             self._grace_ends = time.monotonic() + LEFTOVER_GRACE_SECONDS
         assert self._grace_ends is not None
-        pause = POLL_SECONDS
-        while group_alive(self.pid):
-            now = time.monotonic()
-            if now >= self._grace_ends:
-                self.kill_group(signal.SIGKILL)  # a member is left, so the group's id is still its own
-                return self.returncode
-            if now >= end:
-                return None
-            time.sleep(min(pause, end - now, self._grace_ends - now))
-            pause = min(pause * 2, 0.1)  # each look may read every process's stat
-        return self.returncode
+        if wait_group_empty(self.pid, min(end, self._grace_ends)):
+            return self.returncode
+        if time.monotonic() >= self._grace_ends:
+            self.kill_group(signal.SIGKILL)  # a member is left, so the group's id is still its own
+            return self.returncode
+        return None
 
     def _exited(self, timeout: float) -> bool:
         """Wait for the process to exit; once it has, SIGTERM its group and reap it."""
