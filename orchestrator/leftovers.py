@@ -217,6 +217,21 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def wait_group_empty(pgid: int, deadline: float) -> bool:
+    """Wait until the process group ``pgid`` has no live member (``group_alive``), up to ``deadline``
+    (``time.monotonic()``); whether it is empty. What the caller does past the deadline (SIGKILL the group,
+    tell its worker the run still runs, give up) is its own. The pauses between looks grow from
+    ``POLL_SECONDS`` to 0.1 s: each look may read every process's stat."""
+    pause = POLL_SECONDS
+    while group_alive(pgid):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 0.1)
+    return True
+
+
 def kill_run_processes(run_id: str, wait: float = KILL_WAIT_SECONDS) -> list[int]:
     """SIGKILL every process of this machine (and pid namespace) whose environment holds
     ``ORCH_RUN_ID=<run_id>``: what a run left running that its process group does not hold (it called
@@ -300,9 +315,7 @@ def end_exited_run(pgid: int, run_id: str) -> list[int]:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        deadline = time.monotonic() + KILL_WAIT_SECONDS
-        while group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(POLL_SECONDS)
+        wait_group_empty(pgid, time.monotonic() + KILL_WAIT_SECONDS)
     return kill_run_processes(run_id)
 
 

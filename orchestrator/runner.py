@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from orchestrator.errors import MalformedPayloadError
 from orchestrator.handler_env import strip_private_environment
-from orchestrator.leftovers import (LEFTOVER_GRACE_SECONDS, POLL_SECONDS, become_subreaper, end_leftovers,
-                                    group_alive, set_run_environment)
+from orchestrator.leftovers import (LEFTOVER_GRACE_SECONDS, become_subreaper, end_leftovers, set_run_environment,
+                                    wait_group_empty)
 from orchestrator.payload import MAX_PAYLOAD_BYTES, NOT_UNICODE, too_large
 from orchestrator.security import cut_read_size, sanitized_cut
 
@@ -191,17 +191,12 @@ class PopenChild(Child):
                 return None
             self._grace_ends = time.monotonic() + LEFTOVER_GRACE_SECONDS
         assert self._grace_ends is not None
-        pause = POLL_SECONDS
-        while group_alive(self.pid):
-            now = time.monotonic()
-            if now >= self._grace_ends:
-                self.kill_group(signal.SIGKILL)  # a member is left, so the group's id is still its own
-                return self.returncode
-            if now >= end:
-                return None
-            time.sleep(min(pause, end - now, self._grace_ends - now))
-            pause = min(pause * 2, 0.1)  # each look may read every process's stat
-        return self.returncode
+        if wait_group_empty(self.pid, min(end, self._grace_ends)):
+            return self.returncode
+        if time.monotonic() >= self._grace_ends:
+            self.kill_group(signal.SIGKILL)  # a member is left, so the group's id is still its own
+            return self.returncode
+        return None
 
     def _exited(self, timeout: float) -> bool:
         """Wait for the process to exit; once it has, SIGTERM its group and reap it."""
@@ -511,10 +506,9 @@ def remove_run_folder(folder: Path) -> bool:
 
 
 def sanitized_tail(path: Path, limit: int = 4000) -> str:
-    """The last ``limit`` characters of a run's output, sanitized ("..." first when cut). ``cut_read_size`` bytes
-    are read, ``limit + CUT_MARGIN`` characters even of 4-byte ones (counted in bytes, the margin held a third as
-    many '漢' and the cut dropped them all), and ``security.sanitized_cut`` sanitizes all of it before it cuts,
-    so a cut never goes through a secret before it is sanitized."""
+    """The last ``limit`` characters of a run's output, sanitized ("..." first when cut): its last
+    ``cut_read_size(limit)`` bytes, cut by ``security.sanitized_cut``, which sanitizes all it looks at before it
+    cuts, so a cut never goes through a secret before it is sanitized."""
     try:
         with open(path, "rb") as fh:
             size = fh.seek(0, os.SEEK_END)
@@ -522,4 +516,4 @@ def sanitized_tail(path: Path, limit: int = 4000) -> str:
             data = fh.read(size - start)  # not what a process still writing adds meanwhile
     except FileNotFoundError:
         return ""
-    return sanitized_cut(data.decode("utf-8", errors="replace"), limit, tail=True, cut=start > 0)
+    return sanitized_cut(data, limit, tail=True)

@@ -16,7 +16,7 @@ import os
 import re
 import string
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from orchestrator.errors import InvalidIdError, PathEscapeError
 
@@ -57,7 +57,9 @@ _PEM = re.compile(
 # The END line of a key whose BEGIN line is not in the text (a tail cut through it), and the
 # body lines of the key left before it (``_redact_headless_keys``).
 _PEM_END = re.compile(r"-----END[A-Z0-9 ]{0,64}PRIVATE KEY-----")
-_PEM_BODY_LINE = re.compile(r"[ \t]*[A-Za-z0-9+/=]*[ \t]*\r?")  # indented too: a key in YAML, a here-doc
+_LINE_END = re.compile(r"\r\n?|\n")  # CRLF, LF, or CR alone (old Mac)
+_BASE64 = string.ascii_letters + string.digits + "+/="
+_DIGIT_RUN = re.compile(r"[0-9]+")
 # ``scheme://user:pass@host``; the password runs to the last ``@`` of the authority.
 _URL_CREDS = re.compile(r"""://[^\s:/?#@"'<>]*:(?P<v>[^\s/?#"'<>]+)@""")
 _HEADER = re.compile(
@@ -103,19 +105,23 @@ def _redact_values(rx: re.Pattern[str], text: str) -> str:
 
 
 def _redact_headless_keys(text: str) -> str:
-    """Redact a private key's END line with the base64 lines before it, when its BEGIN line is not
-    there (``_PEM`` has already taken every whole key): what is left of a key in a cut text.
-    Linear: each line is looked at once, walking back from an END line to the first that is not
-    base64."""
+    """Redact a private key's END line with the body lines before it, when its BEGIN line is not there
+    (``_PEM`` has already taken every whole key): what is left of a key in a cut text. A body line is base64
+    after a prefix of the END line's shape (``_prefix_shape``: an indent, a quote, a log's timestamp), or, as the
+    text's first line (a cut may begin in it), after the end of such a prefix; lines may end in LF, CRLF or CR.
+    Walking back from the END line stops at the first line that is not one.
+    Linear: the text between two END lines is split into lines once, and each line is looked at once."""
     out: list[str] = []
     pos = 0
     for m in _PEM_END.finditer(text):
-        start = m.start()
-        while start > pos and text[start - 1] in " \t":  # an indented END line: its body lines are indented too
-            start -= 1
-        while start > pos and text[start - 1] == "\n":  # the line before is whole: is it the key's?
-            line_start = max(text.rfind("\n", pos, start - 1) + 1, pos)
-            if not _PEM_BODY_LINE.fullmatch(text, line_start, start - 1):
+        breaks = [(brk.start(), brk.end()) for brk in _LINE_END.finditer(text, pos, m.start())]
+        line_starts = [pos] + [end for _start, end in breaks]
+        prefix = text[line_starts[-1]:m.start()]
+        shape = _prefix_shape(prefix)
+        start = line_starts[-1] + len(prefix.rstrip(" \t"))  # no body line above: what precedes the END is kept
+        for (line_end, _), line_start in zip(reversed(breaks), reversed(line_starts[:-1])):
+            above = _prefix_shape(text[line_start:line_end].rstrip(" \t").rstrip(_BASE64))
+            if not (above == shape or line_start == 0 and shape.endswith(above)):  # the text may begin in a line
                 break
             start = line_start
         out.append(text[pos:start])
@@ -123,6 +129,12 @@ def _redact_headless_keys(text: str) -> str:
         pos = m.end()
     out.append(text[pos:])
     return "".join(out)
+
+
+def _prefix_shape(prefix: str) -> str:
+    """What two lines' prefixes must share to be lines of one key: the prefix without blanks around it, each run
+    of digits as one ``0`` (a timestamp, a pid, a line number, changing from line to line)."""
+    return _DIGIT_RUN.sub("0", prefix.strip(" \t"))
 
 
 def sanitize_text(text: str) -> str:
@@ -153,21 +165,38 @@ _LAST_SPACE = re.compile(r"\s(?=\S*\Z)")  # linear: each try scans one run only
 
 
 def cut_read_size(limit: int) -> int:
-    """Bytes to read of UTF-8 data for ``sanitized_cut(text, limit)``: ``limit + CUT_MARGIN`` characters even of
-    4-byte ones. A margin counted in bytes holds a third as many '漢', and the cut then dropped all of them."""
+    """Bytes to read of a longer source (a file's end, a reply) for ``sanitized_cut(data, limit)``: one more than
+    it looks at, which tells it the source goes on (``_looked_at``)."""
+    return _looked_at(limit) + 1
+
+
+def _looked_at(limit: int) -> int:
+    """What ``sanitized_cut`` looks at of its data: ``limit + CUT_MARGIN`` characters even of 4-byte ones, in
+    bytes. A margin counted in bytes holds a third as many '漢', and the cut then dropped all of them."""
     return (limit + CUT_MARGIN) * _UTF8_MAX
 
 
-def sanitized_cut(text: str, limit: int, *, tail: bool = False, cut: bool = False) -> str:
-    """``text`` sanitized, then cut to its first ``limit`` characters ("..." last when cut), or with ``tail``
-    to its last ("..." first). ``cut``: ``text`` is itself already a cut on the side that is dropped (a read
-    that stopped before the end, or began after the start).
+def sanitized_cut(data: str | bytes, limit: int, *, tail: bool = False, cut: bool = False,
+                  redact_first: Callable[[str], str] | None = None) -> str:
+    """``data`` (bytes are decoded as UTF-8) sanitized, then cut to its first ``limit`` characters ("..." last
+    when cut), or with ``tail`` to its last ("..." first). ``data`` may be any longer: only its first (last)
+    ``cut_read_size(limit) - 1`` bytes or characters are looked at, so a reader of a longer source reads
+    ``cut_read_size(limit)`` and passes what it got. ``cut``: ``data`` is itself already a cut on the side that
+    is dropped (a read that began after the start). ``redact_first``: the caller's own redaction of what
+    ``sanitize_text`` cannot recognise (the LLM key), run before it.
 
     A cut must never go through a secret before it is sanitized: half a ``password=...``, a URL whose
     credentials lose their ``@``, or ``sk-`` with too few characters matches no pattern. Only ``limit +
     CUT_MARGIN`` characters are kept; all of them are sanitized, and only then is the edge where they were cut
     from more dropped (``_tail_start``, ``_head_end``), then the rest cut to ``limit``. Every index is taken in
     the sanitized text: redacting shortens it, so an index taken before moves into what should be dropped."""
+    size = _looked_at(limit)
+    if len(data) > size:
+        data = data[-size:] if tail else data[:size]
+        cut = True
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    if redact_first is not None:
+        text = redact_first(text)
     if len(text) > limit + CUT_MARGIN:
         text = text[-(limit + CUT_MARGIN):] if tail else text[:limit + CUT_MARGIN]
         cut = True
@@ -299,8 +328,10 @@ _ASSIGNED_JOB_ID_RE = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}|key-[0-9a-f]{32}", re.
 
 def shown(value: object) -> str:
     """repr() for messages, sanitized (a message may be logged by library code that sanitizes nothing) and cut
-    short, so a hostile 5 MB value never lands in a log. A caller holding more than it needs passes the first
-    ``cut_read_size(80)`` bytes or characters: what follows is dropped, the edge of the slice with it."""
+    short, so a hostile 5 MB value never lands in a log. Of a long text or bytes only the start is quoted (and
+    repr'd: what follows is dropped, the edge of that slice with it)."""
+    if isinstance(value, (str, bytes)):
+        value = value[:cut_read_size(80)]
     shown = repr(value)
     return sanitize_text(shown) if len(shown) <= 80 else sanitized_cut(shown, 77)  # a cut never leaves half a secret
 

@@ -41,7 +41,7 @@ from orchestrator.api import HEADS_AREA, Orchestrator
 from orchestrator.audit import AUDIT_HEAD
 from orchestrator.errors import ImportConflictError, IntegrityError, InvalidIdError, InvalidInputError, PathEscapeError
 from orchestrator.history import PATH_ESCAPE, Problem, VerifiedStream, check_head_record, verify_stream
-from orchestrator.security import cut_read_size, is_id, shown, validate_id
+from orchestrator.security import is_id, shown, validate_id
 from orchestrator.store.base import AUDIT_STREAM, StoredLine
 
 BUNDLE_FORMAT = "jsonl-orchestrator/export/v2"
@@ -205,7 +205,7 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
                                      f"events, it held {streams} and {events}")
             extra = next(records, None)
             if extra is not None:  # two bundles joined, or a file appended to: never pass over it unread
-                raise _malformed(extra[0], f"a line after the end record (line {n}), {shown(extra[1][:cut_read_size(80)])}; "
+                raise _malformed(extra[0], f"a line after the end record (line {n}), {shown(extra[1])}; "
                                  f"the {streams} streams before it were imported")
             return {"project_id": orch.project_id, "format": fmt, "streams": streams, "events": events,
                     "written": written, "audit_head": audit_head}

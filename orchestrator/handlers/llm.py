@@ -68,20 +68,12 @@ def _without_key(value: Any, key: str) -> Any:
     return walk(value)
 
 
-def _scrub(text: str | bytes, key: str, limit: int, *, more: bool = False) -> str:
-    """The start of ``text`` (``more``: it is the start of a longer reply), without the key, sanitized and only
-    then cut to ``limit`` (``security.sanitized_cut``): a cut through a secret or the key leaves a part that
-    no pattern, and no replace, recognises."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
-    return sanitized_cut(_drop_key(text, _key_forms(key)), limit, cut=more)
-
-
-def _scrub_start(data: bytes, key: str, limit: int) -> str:
-    """``_scrub`` of the start of a reply's bytes: ``cut_read_size`` of them hold the characters ``sanitized_cut``
-    needs even when each takes 4 bytes (counted in bytes, a cut kept no '漢' of a long reply)."""
-    size = cut_read_size(limit)
-    return _scrub(data[:size], key, limit, more=len(data) > size)
+def _scrub(data: str | bytes, key: str, limit: int) -> str:
+    """The start of ``data`` (a message, a reply or its first ``cut_read_size(limit)`` bytes) without the key,
+    sanitized and only then cut to ``limit`` (``security.sanitized_cut``): a cut through a secret or the key
+    leaves a part that no pattern, and no replace, recognises."""
+    forms = _key_forms(key)
+    return sanitized_cut(data, limit, redact_first=lambda text: _drop_key(text, forms))
 
 
 def _failed(code: str, message: str, key: str, retryable: bool = True) -> dict[str, Any]:
@@ -131,7 +123,7 @@ def call_llm(ctx: Any, environ: dict[str, str] | None = None) -> Any:
         with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - the operator's own URL
             raw = resp.read(MAX_REPLY_BYTES + 1)
     except urllib.error.HTTPError as exc:
-        detail = _scrub_start(exc.read(cut_read_size(500) + 1) if exc.fp else b"", key, 500)
+        detail = _scrub(exc.read(cut_read_size(500)) if exc.fp else b"", key, 500)
         retry = exc.code in (408, 429) or exc.code >= 500
         return _failed("LLM_HTTP_ERROR", f"LLM endpoint answered HTTP {exc.code}: {detail}", key, retryable=retry)
     except (socket.timeout, TimeoutError):
@@ -149,7 +141,7 @@ def call_llm(ctx: Any, environ: dict[str, str] | None = None) -> Any:
         if not isinstance(content, str):
             raise TypeError("content is not a string")
     except (ValueError, KeyError, IndexError, TypeError) as exc:
-        snippet = _scrub_start(raw, key, 200)
+        snippet = _scrub(raw, key, 200)
         return _failed("LLM_BAD_RESPONSE", f"the reply is not a chat completion ({exc}): {snippet}", key)
     try:
         # valid or not, the payload goes to the worker, which stores what it can of it

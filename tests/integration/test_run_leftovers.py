@@ -167,3 +167,23 @@ def test_a_python_handler_cannot_read_the_workers_signing_key_or_llm_key_from_it
     assert out["orch"] == ["ORCH_JOB_ID", "ORCH_RUN_ID"]  # only the run's ids, as a command gets them
     assert out["harmless"] == "yes"  # the rest of the environment is the worker's
     assert os.environ["ORCH_SIGNING_KEY"] == seed  # the worker's own environment is untouched
+
+
+def test_waiting_for_a_process_group_to_empty_gives_up_at_its_deadline_and_sees_it_empty_once_killed() -> None:
+    """``leftovers.wait_group_empty``: the one wait for a command's group, by its wait and by ``end_exited_run``."""
+    import signal
+
+    from orchestrator.leftovers import wait_group_empty
+
+    proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        started = time.monotonic()
+        assert wait_group_empty(proc.pid, started + 0.2) is False
+        assert 0.2 <= time.monotonic() - started < 2.0
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert wait_group_empty(proc.pid, time.monotonic() + 5.0) is True
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

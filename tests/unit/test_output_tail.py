@@ -120,3 +120,16 @@ def test_a_read_starting_inside_a_multi_byte_character_keeps_no_replacement_char
     out.write_text("漢" * 40_001 + "\n", encoding="utf-8")  # the read begins 1 or 2 bytes into a character
     tail = sanitized_tail(out, 4000)
     assert tail == "..." + "漢" * 3999 + "\n" and "\ufffd" not in tail
+
+
+# -- bytes of a longer source: what a reader passes (``security.cut_read_size``) ------------------------------
+@pytest.mark.parametrize("tail", [False, True], ids=["head", "tail"])
+def test_bytes_are_cut_as_their_text_and_a_read_of_cut_read_size_counts_as_a_cut(tail: bool) -> None:
+    from orchestrator.security import cut_read_size, sanitized_cut
+
+    text = "漢字 token=abc123 " * 20_000
+    data = text.encode()
+    read = data[-cut_read_size(100):] if tail else data[:cut_read_size(100)]  # what a reader of the source gets
+    assert sanitized_cut(data, 100, tail=tail) == sanitized_cut(text, 100, tail=tail) == sanitized_cut(read, 100, tail=tail)
+    short = "token=abc123 ok".encode()
+    assert sanitized_cut(short, 100, tail=tail) == f"token={REDACTED} ok"

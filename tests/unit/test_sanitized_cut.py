@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.runner import sanitized_tail
-from orchestrator.security import CUT_MARGIN, sanitized_cut
+from orchestrator.security import CUT_MARGIN, REDACTED, sanitize_text, sanitized_cut
 
 ALNUM = string.ascii_letters + string.digits
 FILLER = ("step", "done", "reading", "file", "ok", "résumé", "漢字", "retry", "😀", "build", "x=1", "ümlaut")
@@ -191,3 +191,61 @@ def test_a_tail_cut_through_an_indented_private_key_keeps_none_of_its_lines(
         assert not any(line.strip()[8:40] in tail for line in body), tail
         assert tail.rstrip().endswith("done")
     assert "PRIVATE KEY-----" not in sanitized_tail(tmp_path / "out", 4000)  # the whole key, whole: redacted
+
+
+# -- a private key whose lines end in CR only, or each carry a prefix (a log's), cut through its body ---------
+PREFIXES = {  # line number -> the prefix of that line
+    "none": lambda i: "",
+    "quote": lambda i: "> ",
+    "log": lambda i: "2026-12-01 app: ",
+    "timestamp": lambda i: f"2026-12-01T10:{i // 60 % 60:02d}:{i % 60:02d}.{i * 7 % 1000}Z app[{4000 + i % 3}]: ",
+    "indent_and_pipe": lambda i: "  | ",
+}
+
+
+def prefixed_key_in_a_log(rng: random.Random, newline: str, prefix) -> tuple[str, list[str], list[str]]:
+    """A log whose lines all carry ``prefix(n)``, a private key printed in it, then over ``CUT_MARGIN``
+    characters more: the text, the key's body lines, and the log lines after the key."""
+    body = ["".join(rng.choice(ALNUM + "+/") for _ in range(64)) for _ in range(rng.randint(20, 60))]
+    body.append("".join(rng.choice(ALNUM + "+/") for _ in range(rng.randint(4, 60))) + "==")
+    lines = ["starting", "loading the key", "-----BEGIN PRIVATE KEY-----", *body, "-----END PRIVATE KEY-----"]
+    after = [f"step {i} done" for i in range(CUT_MARGIN // 10)] + ["exit 1"]
+    text = newline.join(prefix(n) + line for n, line in enumerate(lines + after)) + newline
+    return text, body, [prefix(len(lines) + n) + line for n, line in enumerate(after)]
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"], ids=["lf", "crlf", "cr"])
+@pytest.mark.parametrize("prefix", sorted(PREFIXES))
+def test_a_tail_cut_through_a_private_key_with_cr_line_ends_or_prefixed_lines_keeps_none_of_its_body(
+        newline: str, prefix: str) -> None:
+    """A tail that begins in a key's body, so without its BEGIN line: its lines end in ``\\r`` alone (old Mac) or
+    each carry a log prefix or a quote, and every body line after the first was kept (a review found it)."""
+    rng = random.Random(f"{prefix}{newline!r}")
+    for _ in range(10):
+        text, body, after = prefixed_key_in_a_log(rng, newline, PREFIXES[prefix])
+        secret_grams = grams(body)
+        start = rng.randrange(text.index(body[0]), text.index("-----END"))  # the cut begins inside the key
+        cut = text[start:]
+        kept_by_the_cut = len(cut) - CUT_MARGIN  # sanitized_cut of all the text, to that, looks at ``cut``
+        for kept in (sanitize_text(cut), sanitized_cut(cut, 200, tail=True, cut=True),
+                     sanitized_cut(cut, 4000, tail=True, cut=True), sanitized_cut(text, kept_by_the_cut, tail=True)):
+            assert leaked(kept, secret_grams) == [], (start, kept)
+            assert kept.endswith(newline.join(after[-2:]) + newline)  # what follows the key is kept
+        assert newline.join(after) in sanitize_text(cut)
+        assert leaked(sanitize_text(text), secret_grams) == [] and "loading the key" in sanitize_text(text)
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"], ids=["lf", "crlf", "cr"])
+def test_base64_lines_are_kept_unless_they_run_into_the_end_line_of_a_key_with_the_same_prefix(newline: str) -> None:
+    """Only the lines right above an END line whose BEGIN is missing, and only while each is base64 after a
+    prefix of the END line's shape (its digits aside), are taken for the key's: a base64 blob, a hash or
+    a line of another prefix is kept."""
+    rng = random.Random(3)
+    blob = ["2026-12-01 app: " + "".join(rng.choice(ALNUM + "+/") for _ in range(64)) for _ in range(20)]
+    logged = newline.join(["2026-12-01 app: uploading", *blob, "2026-12-01 app: sha256 " + "ab12" * 16, "done"])
+    assert sanitize_text(logged) == logged  # no END line: base64 is ordinary text
+    key = [f"2026-12-01 10:00:{i:02d} app: " + "".join(rng.choice(ALNUM) for _ in range(64)) for i in range(10)]
+    other = ["2026-12-01 10:00:00 db: " + "QUJD" * 16, "> " + "QUJD" * 16, "2026-12-01 10:00:00 app: sha256 " + "ab12" * 16]
+    for line in other:
+        text = newline.join([line, *key, "2026-12-01 10:00:11 app: -----END PRIVATE KEY-----", "exit 1"])
+        assert sanitize_text(text) == newline.join([line, REDACTED, "exit 1"])
