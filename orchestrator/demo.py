@@ -4,10 +4,13 @@ Submits jobs (a command, Python handlers that succeed, ask a human, need an audi
 and retry, fail for good), runs a worker until nothing is left to do, shows the derived
 states, verifies the signed history, shows that a hand edit is caught, and ends with what
 an operator can do next. Everything happens under BASE_PATH (default ``./demo-base``) with
-the project id ``demo``; run it again to start afresh. No network or LLM is needed.
+the project id ``demo``; run it again to start afresh: the project is replaced only if the demo made
+it (its folder holds ``MARKER``), so a real project named ``demo`` under that folder is never removed.
+No network or LLM is needed.
 """
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
 from pathlib import Path
@@ -15,18 +18,33 @@ from pathlib import Path
 from orchestrator import Orchestrator
 from orchestrator.integrity import verify_project
 
+PROJECT = "demo"
+MARKER = ".made-by-orchestrator-demo"  # in the project folder: the demo may replace this project, and no other
+EXIT_REFUSED = 3  # as the CLI's INVALID_INPUT; a usage error is argparse's exit 2, as click's
+
 
 def say(text: str) -> None:
     print(text, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    base = Path(args[0] if args else "demo-base").resolve()
-    if (base / "demo").exists():
-        shutil.rmtree(base / "demo")
-    base.mkdir(parents=True, exist_ok=True)
-    orch = Orchestrator(base_path=base, project_id="demo")
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.demo", description=(
+        f"Run the demo in the project '{PROJECT}' under BASE_PATH; running it again replaces that project, "
+        "only if an earlier run of the demo made it."))
+    parser.add_argument("base_path", nargs="?", default="demo-base", metavar="BASE_PATH",
+                        help="folder to hold the demo project (default: ./demo-base; the environment's BASE_PATH "
+                             "is not used)")
+    base = Path(parser.parse_args(sys.argv[1:] if argv is None else argv).base_path).resolve()
+    project = base / PROJECT
+    if project.exists() and not (project / MARKER).is_file():
+        print(f"error: {project} exists and was not made by this demo; nothing was changed. Give another folder "
+              f"(python -m orchestrator.demo FOLDER), or remove it yourself if it is an old demo.", file=sys.stderr)
+        return EXIT_REFUSED
+    if project.exists():
+        shutil.rmtree(project)
+    project.mkdir(parents=True)
+    (project / MARKER).write_text("made by python -m orchestrator.demo, which replaces this project when run again\n")
+    orch = Orchestrator(base_path=base, project_id=PROJECT)
     say(f"== jsonl-orchestrator demo: store at {orch.settings.state_dir}")
 
     import orchestrator.demo_handlers  # noqa: F401  (registers demo.* handlers)

@@ -23,3 +23,34 @@ def test_the_demo_runs_a_real_flow_and_says_what_to_do_next(cli_env: dict[str, s
                     "scripts/audit_timeline.py --job-id"):
         assert command in out
     assert (tmp_path / "demo-base" / "demo" / ".orchestrator" / "artifacts").is_dir()
+
+
+def run_demo(cli_env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "orchestrator.demo", *args], env=cli_env, cwd=str(cwd),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_demo_help_prints_usage_and_creates_nothing(cli_env: dict[str, str], tmp_path: Path) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc = run_demo(cli_env, cwd, "--help")
+    assert proc.returncode == 0 and "usage: python -m orchestrator.demo" in proc.stdout
+    assert list(cwd.iterdir()) == []  # not a base path named "--help"
+    proc = run_demo(cli_env, cwd, "--base-path", "x")
+    assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
+    assert list(cwd.iterdir()) == []
+
+
+def test_demo_run_again_replaces_its_own_project_but_never_a_project_it_did_not_make(
+        cli_env: dict[str, str], tmp_path: Path) -> None:
+    assert run_demo(cli_env, tmp_path).returncode == 0
+    again = run_demo(cli_env, tmp_path)
+    assert again.returncode == 0 and "verify: OK - 6 streams" in again.stdout  # afresh: the first run's jobs are gone
+
+    real = tmp_path / "srv" / "demo" / ".orchestrator" / "queue" / "jobs"
+    real.mkdir(parents=True)
+    (real / "01JOBOFAREALPROJECT0000000.events.jsonl").write_bytes(b"{}\n")
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "srv").rglob("*"))
+    refused = run_demo(cli_env, tmp_path, str(tmp_path / "srv"))
+    assert refused.returncode == 3 and "was not made by this demo; nothing was changed" in refused.stderr
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "srv").rglob("*")) == before
