@@ -11,6 +11,7 @@ No network or LLM is needed.
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -87,18 +88,30 @@ def main(argv: list[str] | None = None) -> int:
     path.write_bytes(original)
     say("restored the file; the job verifies again: " + str(orch.load(jobs["command"]).ok))
 
-    env = f"BASE_PATH={base} PROJECT_ID=demo"
+    # copied into a shell as they are: quoted paths, and this interpreter (the Quick start's .venv is not activated,
+    # and a python3 without the dependencies fails on its first import)
+    env = f"BASE_PATH={shlex.quote(str(base))} PROJECT_ID={PROJECT} {shlex.quote(interpreter())}"
     say("\n== what you can do next (from a checkout)\n"
-        f"  {env} python3 scripts/status.py --all\n"
-        f"  {env} python3 scripts/status.py {jobs['ask']}            # the pending question\n"
-        f"  {env} python3 scripts/control.py resume {jobs['ask']} \"green\"\n"
-        f"  {env} python3 scripts/control.py approve {jobs['audit']}\n"
-        f"  {env} python3 scripts/control.py revise {jobs['audit']} \"mention the new worker\"\n"
-        f"  {env} python3 scripts/worker.py --import orchestrator.demo_handlers --once   # re-runs a resumed job\n"
-        f"  {env} python3 scripts/audit_timeline.py --job-id {jobs['flaky']}\n"
-        f"  {env} python3 scripts/verify.py\n"
-        f"  tail -n 3 {orch.store.path(jobs['flaky'])}")
+        f"  {env} scripts/status.py --all\n"
+        f"  {env} scripts/status.py {jobs['ask']}            # the pending question\n"
+        f"  {env} scripts/control.py resume {jobs['ask']} \"green\"\n"
+        f"  {env} scripts/control.py approve {jobs['audit']}\n"
+        f"  {env} scripts/control.py revise {jobs['audit']} \"mention the new worker\"   # instead of approve\n"
+        f"  {env} scripts/worker.py --import orchestrator.demo_handlers --once   # re-runs a resumed job\n"
+        f"  {env} scripts/audit_timeline.py --job-id {jobs['flaky']}\n"
+        f"  {env} scripts/verify.py\n"
+        f"  tail -n 3 {shlex.quote(str(orch.store.path(jobs['flaky'])))}")
     return 0
+
+
+def interpreter() -> str:
+    """The Python running the demo, as a command: relative to the current folder when inside it (.venv/bin/python)."""
+    path = Path(sys.executable)
+    try:
+        relative = path.relative_to(Path.cwd())
+    except ValueError:
+        return str(path)
+    return str(relative) if relative.parent != Path(".") else f"./{relative}"
 
 
 if __name__ == "__main__":
