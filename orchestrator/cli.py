@@ -255,7 +255,7 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
     """
     if all_jobs or states:
         if job_id:
-            raise click.UsageError("give a JOB_ID or --all, not both")
+            raise click.UsageError("give a JOB_ID, or --all (with or without --state) to list jobs, not both")
         jobs = orch.jobs(states)
         note_missing_store(orch, out)
         out.emit({"jobs": [j.to_dict() for j in jobs], "count": len(jobs)},
