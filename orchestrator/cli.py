@@ -219,7 +219,10 @@ def submit(orch: Any, out: Output, kind: str, input_json: str | None, input_file
     try:
         value = json.loads(raw) if raw is not None else None
     except (ValueError, RecursionError) as exc:
-        raise InvalidInputError(f"--input is not valid JSON: {exc}") from None
+        name = getattr(input_file, "name", None)  # stdin's is "<stdin>" (none at all under a test runner)
+        given = ("--input" if input_file is None
+                 else f"--input-file {name if isinstance(name, str) and name != '<stdin>' else '-'}")
+        raise InvalidInputError(f"{given} is not valid JSON: {exc}") from None
     sub = orch.submit_job(kind, value, audit=audit, key=key, max_attempts=max_attempts, timeout=timeout,
                           priority=priority)
     out.emit({"job_id": sub.job_id, "created": sub.created},
@@ -253,7 +256,7 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
     """
     if all_jobs or states:
         if job_id:
-            raise click.UsageError("give a JOB_ID or --all, not both")
+            raise click.UsageError("give a JOB_ID, or --all (with or without --state) to list jobs, not both")
         jobs = orch.jobs(states)
         note_missing_store(orch, out)
         out.emit({"jobs": [j.to_dict() for j in jobs], "count": len(jobs)},

@@ -4,10 +4,14 @@ Submits jobs (a command, Python handlers that succeed, ask a human, need an audi
 and retry, fail for good), runs a worker until nothing is left to do, shows the derived
 states, verifies the signed history, shows that a hand edit is caught, and ends with what
 an operator can do next. Everything happens under BASE_PATH (default ``./demo-base``) with
-the project id ``demo``; run it again to start afresh. No network or LLM is needed.
+the project id ``demo``; run it again to start afresh: the project is replaced only if the demo made
+it (its folder holds ``MARKER``), so a real project named ``demo`` under that folder is never removed.
+No network or LLM is needed.
 """
 from __future__ import annotations
 
+import argparse
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -15,18 +19,33 @@ from pathlib import Path
 from orchestrator import Orchestrator
 from orchestrator.integrity import verify_project
 
+PROJECT = "demo"
+MARKER = ".made-by-orchestrator-demo"  # in the project folder: the demo may replace this project, and no other
+EXIT_REFUSED = 3  # as the CLI's INVALID_INPUT; a usage error is argparse's exit 2, as click's
+
 
 def say(text: str) -> None:
     print(text, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    base = Path(args[0] if args else "demo-base").resolve()
-    if (base / "demo").exists():
-        shutil.rmtree(base / "demo")
-    base.mkdir(parents=True, exist_ok=True)
-    orch = Orchestrator(base_path=base, project_id="demo")
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.demo", description=(
+        f"Run the demo in the project '{PROJECT}' under BASE_PATH; running it again replaces that project, "
+        "only if an earlier run of the demo made it."))
+    parser.add_argument("base_path", nargs="?", default="demo-base", metavar="BASE_PATH",
+                        help="folder to hold the demo project (default: ./demo-base; the environment's BASE_PATH "
+                             "is not used)")
+    base = Path(parser.parse_args(sys.argv[1:] if argv is None else argv).base_path).resolve()
+    project = base / PROJECT
+    if project.exists() and not (project / MARKER).is_file():
+        print(f"error: {project} exists and was not made by this demo; nothing was changed. Give another folder "
+              f"(python -m orchestrator.demo FOLDER), or remove it yourself if it is an old demo.", file=sys.stderr)
+        return EXIT_REFUSED
+    if project.exists():
+        shutil.rmtree(project)
+    project.mkdir(parents=True)
+    (project / MARKER).write_text("made by python -m orchestrator.demo, which replaces this project when run again\n")
+    orch = Orchestrator(base_path=base, project_id=PROJECT)
     say(f"== jsonl-orchestrator demo: store at {orch.settings.state_dir}")
 
     import orchestrator.demo_handlers  # noqa: F401  (registers demo.* handlers)
@@ -69,18 +88,30 @@ def main(argv: list[str] | None = None) -> int:
     path.write_bytes(original)
     say("restored the file; the job verifies again: " + str(orch.load(jobs["command"]).ok))
 
-    env = f"BASE_PATH={base} PROJECT_ID=demo"
+    # copied into a shell as they are: quoted paths, and this interpreter (the Quick start's .venv is not activated,
+    # and a python3 without the dependencies fails on its first import)
+    env = f"BASE_PATH={shlex.quote(str(base))} PROJECT_ID={PROJECT} {shlex.quote(interpreter())}"
     say("\n== what you can do next (from a checkout)\n"
-        f"  {env} python3 scripts/status.py --all\n"
-        f"  {env} python3 scripts/status.py {jobs['ask']}            # the pending question\n"
-        f"  {env} python3 scripts/control.py resume {jobs['ask']} \"green\"\n"
-        f"  {env} python3 scripts/control.py approve {jobs['audit']}\n"
-        f"  {env} python3 scripts/control.py revise {jobs['audit']} \"mention the new worker\"\n"
-        f"  {env} python3 scripts/worker.py --import orchestrator.demo_handlers --once   # re-runs a resumed job\n"
-        f"  {env} python3 scripts/audit_timeline.py --job-id {jobs['flaky']}\n"
-        f"  {env} python3 scripts/verify.py\n"
-        f"  tail -n 3 {orch.store.path(jobs['flaky'])}")
+        f"  {env} scripts/status.py --all\n"
+        f"  {env} scripts/status.py {jobs['ask']}            # the pending question\n"
+        f"  {env} scripts/control.py resume {jobs['ask']} \"green\"\n"
+        f"  {env} scripts/control.py approve {jobs['audit']}\n"
+        f"  {env} scripts/control.py revise {jobs['audit']} \"mention the new worker\"   # instead of approve\n"
+        f"  {env} scripts/worker.py --import orchestrator.demo_handlers --once   # re-runs a resumed job\n"
+        f"  {env} scripts/audit_timeline.py --job-id {jobs['flaky']}\n"
+        f"  {env} scripts/verify.py\n"
+        f"  tail -n 3 {shlex.quote(str(orch.store.path(jobs['flaky'])))}")
     return 0
+
+
+def interpreter() -> str:
+    """The Python running the demo, as a command: relative to the current folder when inside it (.venv/bin/python)."""
+    path = Path(sys.executable)
+    try:
+        relative = path.relative_to(Path.cwd())
+    except ValueError:
+        return str(path)
+    return str(relative) if relative.parent != Path(".") else f"./{relative}"
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY
 from orchestrator.errors import InvalidInputError
-from orchestrator.limits import MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, PRIORITY_LIMIT
+from orchestrator.limits import MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_KIND_LENGTH, PRIORITY_LIMIT
 
 
 class _Data(BaseModel):
@@ -32,7 +32,7 @@ class JobOptions(_Data):
 class JobSubmitted(_Data):
     """(new) -> queued. ``context_digest`` is the SHA-256 of the canonical context, checked before each run."""
 
-    kind: str = Field(min_length=1, max_length=200)
+    kind: str = Field(min_length=1, max_length=MAX_KIND_LENGTH)
     input: Any = None
     options: JobOptions
     context_digest: str

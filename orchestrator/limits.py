@@ -13,6 +13,7 @@ MAX_INPUT_BYTES = 1024 * 1024  # a job's input, as canonical JSON
 MAX_JSON_DEPTH = 64  # nesting of arrays/objects in a job's input and a terminal payload
 MAX_ATTEMPTS_LIMIT = 1000  # a job's max_attempts is 1..MAX_ATTEMPTS_LIMIT
 PRIORITY_LIMIT = 1000  # a job's priority is -PRIORITY_LIMIT..PRIORITY_LIMIT
+MAX_KIND_LENGTH = 200  # a job's kind (a handler name, or module:function) is 1..MAX_KIND_LENGTH characters
 # The longest duration any option takes (a job's timeout, the worker's lease, stop grace and retry delays): a
 # year. Finite, so it can be signed (canonical JSON has no Infinity), and far inside the limits a duration
 # meets in the code: ``now + lease`` or ``now + retry delay`` is written as an ISO timestamp (year <= 9999,

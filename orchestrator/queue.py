@@ -35,7 +35,7 @@ from orchestrator.errors import StorageError
 from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import InTransaction
 from orchestrator.store.files import check_folders, make_folder, open_creating, path_error, remove_file
-from orchestrator.wakeup import Watcher, make_watcher
+from orchestrator.wakeup import Watcher, make_watcher, wakeup_mode
 
 if TYPE_CHECKING:
     from orchestrator.api import Orchestrator
@@ -301,7 +301,7 @@ class FileQueueIndex(QueueIndex):
         check_folders(self.root, INDEX_FOLDERS)
         self.ready_dir = self.root / "ready"
         self.running_dir = self.root / "running"
-        self._wakeup = wakeup
+        self._wakeup = wakeup_mode(wakeup)
         self._watcher: "Watcher | None" = None
         self._listing: list[str] = []  # the ready/ listing claims walk (see ``candidates``)
         self._listed_at = float("-inf")

@@ -4,7 +4,9 @@ One sample = one job of a Python handler that returns at once, run by a real wor
 while this process reads the job as an operator's ``status`` would (see ``orchestrator.latency``
 for the exact definition). Jobs are submitted one at a time to an idle worker, so a sample never
 waits behind another job. The benchmark writes into a scratch project (and a scratch signing
-key) that it deletes afterwards, so it can run next to real projects on the disk being judged.
+key) that it deletes afterwards, so it can run next to real projects on the disk being judged. A project
+that is kept (``--project-id``, ``--keep``) is signed with the operator's own keys instead: its events must
+verify after the run, and a scratch key deleted with the run would leave every one of them UNKNOWN_KEY.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ GATE_P95_MS = 80.0
 GATE_P99_MS = 150.0
 TARGET_P99_MS = 2.0
 MAX_PAD = 512  # payload padding drawn from the seed: results of a few hundred bytes, like real summaries
+# the settings a kept project is signed and verified with; every other ORCH_* setting stays out of the benchmark
+KEY_VARIABLES = ("ORCH_KEYRING_DIR", "ORCH_SIGNING_KEY", "ORCH_SIGNING_KEY_FILE", "ORCH_TRUSTED_KEYS_DIR")
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class Settings:
     base_path: Path
     project_id: str
     warmup: int = 10
+    kept: bool = False  # the project outlives the run: sign with the operator's keys, not a scratch key
 
 
 def run(settings: Settings, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
@@ -41,11 +46,15 @@ def run(settings: Settings, progress: Callable[[str], None] | None = None) -> li
     from orchestrator.signing import load_keyring, new_seed
 
     rng = random.Random(settings.seed)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
-    env["ORCH_SIGNING_KEY"] = new_seed()  # a scratch key, shared with the worker process only
-    env["ORCH_KEYRING_DIR"] = str(settings.base_path / f".{settings.project_id}-keys")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("ORCH_") or (settings.kept and k in KEY_VARIABLES)}
+    if not settings.kept:
+        env["ORCH_SIGNING_KEY"] = new_seed()  # a scratch key, shared with the worker process only
+        env["ORCH_KEYRING_DIR"] = str(settings.base_path / f".{settings.project_id}-keys")
     orch = Orchestrator(base_path=settings.base_path, project_id=settings.project_id,
-                        keyring=load_keyring(env, announce=False))
+                        keyring=load_keyring(env, announce=settings.kept))
+    if settings.kept:  # created (on first use) here, before the worker process starts: both sign with one key
+        orch.keyring.ensure_signer()
     worker = lat.WorkerProcess(str(settings.base_path), settings.project_id, env).start()
     reader = lat.Reader(orch)
     rows: list[dict[str, Any]] = []
@@ -164,7 +173,7 @@ def _measure(samples: int, seed: int, base_path: str | None, project: str, delet
     else:
         base = Path(base_path)
         base.mkdir(parents=True, exist_ok=True)
-    settings = Settings(samples=samples, seed=seed, base_path=base, project_id=project)
+    settings = Settings(samples=samples, seed=seed, base_path=base, project_id=project, kept=not delete)
     t0 = time.perf_counter()
     try:
         rows = run(settings, progress)

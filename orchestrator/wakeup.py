@@ -18,11 +18,24 @@ import threading
 import time
 from pathlib import Path
 
+from orchestrator.errors import ConfigError
+from orchestrator.security import shown
+
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.2
 IN_ATTRIB, IN_MOVED_TO, IN_CREATE, IN_CLOSE_WRITE = 0x4, 0x80, 0x100, 0x8
 IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, 0o2000000
+WAKEUP_MODES = ("auto", "poll")  # ORCH_WAKEUP
+
+
+def wakeup_mode(value: str | None) -> str:
+    """``ORCH_WAKEUP`` checked: ``auto`` (also unset or empty) or ``poll``. Anything else is a ``ConfigError``, as
+    for every other setting: a typo (``polling``) must not leave a worker on inotify where it asked to poll."""
+    mode = (value or "").strip().lower() or "auto"
+    if mode not in WAKEUP_MODES:
+        raise ConfigError(f"ORCH_WAKEUP must be {' or '.join(WAKEUP_MODES)}, not {shown(value)}")
+    return mode
 
 
 class Watcher:

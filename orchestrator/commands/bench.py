@@ -18,9 +18,11 @@ EXIT_GATE_FAILED = 13
 @click.option("--base-path", envvar="BASE_PATH", show_envvar=True, default=None, type=click.Path(file_okay=False),
               help="Disk to measure: the scratch project is created here.  [default: a temporary folder]")
 @click.option("--project-id", default=None,
-              help="Project to write the benchmark jobs into, kept afterwards. PROJECT_ID from the environment is "
-                   "deliberately not used: by default a scratch project is created and deleted.")
-@click.option("--keep", is_flag=True, help="Keep the scratch project (to inspect the events).")
+              help="Project to write the benchmark jobs into, kept afterwards and signed with this machine's "
+                   "signing key, as a submit would be (so verify passes). PROJECT_ID from the environment is "
+                   "deliberately not used: by default a scratch project is created and deleted, with a scratch key.")
+@click.option("--keep", is_flag=True, help="Keep the scratch project (to inspect the events; signed with this "
+                                           "machine's signing key, as with --project-id).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def bench_terminal_latency(samples: int, seed: int, raw_output: str | None, report: str | None, base_path: str | None,
                            project_id: str | None, keep: bool, as_json: bool) -> None:

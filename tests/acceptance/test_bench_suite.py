@@ -81,6 +81,24 @@ def test_bench_terminal_latency_writes_raw_samples_and_a_report_with_verdicts(tm
     assert not any(p.name.startswith("bench-latency-") for p in tmp_path.rglob("*"))  # scratch project deleted
 
 
+def test_bench_terminal_latency_into_a_kept_project_leaves_it_verifiable_with_the_operators_keys(
+        tmp_path: Path, cli_env) -> None:
+    """--project-id names a project the benchmark keeps (also an existing one): its jobs are signed with the
+    operator's key, so `verify` and `status --all` of that project still pass afterwards."""
+    env = {**cli_env, "BASE_PATH": str(tmp_path / "base"), "PROJECT_ID": "ops"}
+    script = lambda name, *args: subprocess.run(  # noqa: E731
+        [sys.executable, str(REPO / "scripts" / f"{name}.py"), *args], env=env, capture_output=True, text=True,
+        timeout=120, cwd=tmp_path)
+    assert script("submit", "--kind", "command", "--input", '{"argv": ["true"]}').returncode == 0
+    bench = script("bench_terminal_latency", "--samples", "3", "--base-path", str(tmp_path / "base"),
+                   "--project-id", "ops", "--json")
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    verify = script("verify", "--json")
+    assert verify.returncode == 0, verify.stdout[-3000:]
+    assert json.loads(verify.stdout)["streams"] == 1 + tb.Settings(1, 0, tmp_path, "x").warmup + 3  # all its jobs
+    assert script("status", "--all").returncode == 0
+
+
 def test_the_gate_fails_when_p95_or_p99_is_over_its_limit() -> None:
     ok = {"p50": 1.0, "p95": 80.0, "p99": 150.0, "max": 200.0}
     assert tb.verdicts(ok)["gate"] is True

@@ -23,3 +23,52 @@ def test_the_demo_runs_a_real_flow_and_says_what_to_do_next(cli_env: dict[str, s
                     "scripts/audit_timeline.py --job-id"):
         assert command in out
     assert (tmp_path / "demo-base" / "demo" / ".orchestrator" / "artifacts").is_dir()
+
+
+def run_demo(cli_env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "orchestrator.demo", *args], env=cli_env, cwd=str(cwd),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_demo_help_prints_usage_and_creates_nothing(cli_env: dict[str, str], tmp_path: Path) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc = run_demo(cli_env, cwd, "--help")
+    assert proc.returncode == 0 and "usage: python -m orchestrator.demo" in proc.stdout
+    assert list(cwd.iterdir()) == []  # not a base path named "--help"
+    proc = run_demo(cli_env, cwd, "--base-path", "x")
+    assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
+    assert list(cwd.iterdir()) == []
+
+
+def test_demo_run_again_replaces_its_own_project_but_never_a_project_it_did_not_make(
+        cli_env: dict[str, str], tmp_path: Path) -> None:
+    assert run_demo(cli_env, tmp_path).returncode == 0
+    again = run_demo(cli_env, tmp_path)
+    assert again.returncode == 0 and "verify: OK - 6 streams" in again.stdout  # afresh: the first run's jobs are gone
+
+    real = tmp_path / "srv" / "demo" / ".orchestrator" / "queue" / "jobs"
+    real.mkdir(parents=True)
+    (real / "01JOBOFAREALPROJECT0000000.events.jsonl").write_bytes(b"{}\n")
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "srv").rglob("*"))
+    refused = run_demo(cli_env, tmp_path, str(tmp_path / "srv"))
+    assert refused.returncode == 3 and "was not made by this demo; nothing was changed" in refused.stderr
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "srv").rglob("*")) == before
+
+
+def test_every_next_step_the_demo_prints_works_when_pasted_into_a_shell(cli_env: dict[str, str],
+                                                                        tmp_path: Path) -> None:
+    """Pasted from a checkout, as printed: paths quoted (a space in them), the interpreter that ran the demo (the
+    Quick start does not activate its .venv, and a bare python3 may lack the dependencies)."""
+    from helpers import REPO
+
+    env = {k: v for k, v in cli_env.items() if k not in ("BASE_PATH", "PROJECT_ID")}
+    proc = run_demo(env, tmp_path, str(tmp_path / "my demos"))
+    assert proc.returncode == 0, proc.stderr
+    steps = proc.stdout.split("== what you can do next (from a checkout)\n")[1].splitlines()
+    assert len(steps) == 9 and all(line.startswith("  ") for line in steps)
+    for line in steps:
+        pasted = subprocess.run(["bash", "-c", line.strip()], env=env, cwd=str(REPO), capture_output=True,
+                                text=True, timeout=60)
+        # the revise line is the alternative to the approve line above it, which has taken the decision
+        assert pasted.returncode == (5 if "# instead of approve" in line else 0), (line, pasted.stderr)

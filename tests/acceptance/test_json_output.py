@@ -56,6 +56,14 @@ def test_status_without_a_job_id_and_status_with_both_are_the_same_usage_error(c
     assert json.loads(neither.stdout)["error"] == json.loads(both.stdout)["error"] == "USAGE_ERROR"
 
 
+def test_status_with_a_job_id_and_state_filter_names_both_options_it_cannot_mix(cli_env: dict[str, str]) -> None:
+    """--state lists jobs as --all does: the error says so, rather than naming an --all that was not given."""
+    proc = run_script("status", "01SOMEJOB", "--state", "queued", "--json", env=cli_env)
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout)["message"] == ("give a JOB_ID, or --all (with or without --state) to list jobs, "
+                                                  "not both")
+
+
 @pytest.fixture
 def api(base: Path, cli_env: dict[str, str]) -> Orchestrator:
     return Orchestrator(base_path=base, project_id="proj", keyring=load_keyring(cli_env, announce=False))

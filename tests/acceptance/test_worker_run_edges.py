@@ -109,3 +109,23 @@ def test_stale_recovery_kills_what_the_run_of_a_sigkilled_worker_left_before_the
 
 def records(orch, job_id: str) -> list[dict]:
     return [json.loads(line.raw) for line in orch.store.read(job_id)]
+
+
+@pytest.mark.parametrize("wakeup", ["polling", "inotify", "pol"])
+def test_an_orch_wakeup_that_is_neither_auto_nor_poll_is_a_config_error_and_runs_nothing(
+        env: dict[str, str], orch, wakeup: str) -> None:
+    """A typo must not leave the worker on inotify when the operator asked it to poll: exit 3, as any bad setting."""
+    job = orch.submit("t.echo", 1)
+    proc = run_script("worker", "--once", "--json", env={**env, "ORCH_WAKEUP": wakeup})
+    assert proc.returncode == 3, proc.stderr
+    error = json.loads(proc.stdout)
+    assert error["error"] == "CONFIG_ERROR" and "ORCH_WAKEUP" in error["message"] and wakeup in error["message"]
+    assert state(orch, job) == "queued" and orch.status(job).attempt == 0
+
+
+@pytest.mark.parametrize("wakeup", ["", "auto", "poll", "POLL"])
+def test_orch_wakeup_auto_poll_or_unset_runs_the_job(env: dict[str, str], orch, wakeup: str) -> None:
+    job = orch.submit("t.echo", 1)
+    proc = run_script("worker", "--once", "--json", env={**env, "ORCH_WAKEUP": wakeup})
+    assert proc.returncode == 0, proc.stderr
+    assert state(orch, job) == "succeeded"

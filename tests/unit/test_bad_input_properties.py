@@ -178,6 +178,34 @@ def test_cli_submit_of_a_hundred_thousand_levels_is_invalid_input_not_a_crash(ru
     assert result.exit_code == 3 and json.loads(result.output)["error"] == "INVALID_INPUT"
 
 
+@pytest.mark.parametrize("content", [b"", b"not json", b"\xff\xfe\x00garbage"])
+def test_cli_submit_of_an_input_file_that_is_not_json_names_the_file_not_input(
+        runner_env: dict[str, str], base: Path, tmp_path: Path, content: bytes) -> None:
+    given = tmp_path / "job-input.json"
+    given.write_bytes(content)
+    result = CliRunner().invoke(cli, ["submit", "--kind", "k", "--input-file", str(given), "--json"], env=runner_env)
+    error = json.loads(result.output)
+    assert result.exit_code == 3 and error["error"] == "INVALID_INPUT"
+    assert error["message"].startswith(f"--input-file {given} is not valid JSON"), error["message"]
+    assert not (base / "proj").exists()
+
+
+@pytest.mark.parametrize("kind", ["", "k" * 201, None, 7])
+def test_a_kind_that_is_empty_too_long_or_not_text_is_invalid_input_that_names_the_kind(
+        orch: Orchestrator, kind: object) -> None:
+    with pytest.raises(InvalidInputError, match=r"^the kind must be a handler name of 1 to 200 characters"):
+        orch.submit(kind, {})  # type: ignore[arg-type]
+    assert not list(orch.job_ids())  # nothing written
+
+
+def test_cli_submit_with_an_empty_kind_says_what_a_kind_must_be(runner_env: dict[str, str], base: Path) -> None:
+    result = CliRunner().invoke(cli, ["submit", "--kind", "", "--input", "{}", "--json"], env=runner_env)
+    error = json.loads(result.output)
+    assert result.exit_code == 3 and error["error"] == "INVALID_INPUT"
+    assert error["message"] == "the kind must be a handler name of 1 to 200 characters, not ''"
+    assert not list((base / "proj" / ".orchestrator" / "queue" / "jobs").glob("*"))
+
+
 def test_json_depth_counts_nesting_without_recursion() -> None:
     assert json_depth(0) == 0 and json_depth([]) == 1 and json_depth({"a": [1]}) == 2
     assert json_depth(nested(100_000)) > MAX_JSON_DEPTH
