@@ -6,7 +6,10 @@ daemon). They are part of its run: once the run is over they are ended, as syste
 (its retry, or its recovery after a dead worker, beside what its first run left). Three places:
 
 * a ``command``: its process group, when it exits (``runner.PopenChild``), then the processes that left
-  the group (``setsid``) but hold the run's ``ORCH_RUN_ID`` (``end_exited_run``);
+  the group (``setsid``): in a worker that is a process of its own (the ``worker`` command), which is a child
+  subreaper (``adopt_orphans``), every process a run left behind its exited parent is the worker's child by
+  then (``end_adopted``); elsewhere (a worker inside another program), those that hold the run's
+  ``ORCH_RUN_ID`` (``end_exited_run``);
 * a Python handler's process (``HandlerHost`` or the per-run child): after every run, every
   process it left (``end_leftovers``), but multiprocessing's own helpers (its forkserver, its resource
   tracker), which serve the next runs. The handler process is a *child subreaper*, so a process
@@ -24,6 +27,7 @@ elsewhere nothing here does anything. Limits: docs/worker.md.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import select
 import signal
@@ -39,6 +43,7 @@ HARD_LIMIT_SECONDS = 5.0  # past the grace, how long a handler process goes on k
 POLL_SECONDS = 0.01
 KILL_WAIT_SECONDS = 1.0  # how long a SIGKILLed process of a run is waited for before the outcome is recorded anyway
 PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
 RUN_ID_VARIABLE = "ORCH_RUN_ID"
 
 
@@ -49,6 +54,94 @@ def become_subreaper(libc: Any) -> None:
             libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         except (OSError, AttributeError):
             pass
+
+
+_spared_children: set[int] | None = None  # None: this process adopts nothing (``adopt_orphans`` not called)
+_own_children: dict[int, bytes] = {}  # pid -> start time of each child this process started itself
+
+
+def adopt_orphans(libc: Any) -> None:
+    """For a worker that is a process of its own (the ``worker`` command), never for one inside another program:
+    become a child subreaper, so that what a run leaves running behind a parent that exited (a ``setsid``
+    daemon, a double fork, a process that cleared its environment) is re-parented to the worker, and
+    ``end_adopted`` ends it with the run. The children this process has at that moment are not a run's
+    (something an imported handler module started): they are spared."""
+    global _spared_children
+    if not sys.platform.startswith("linux"):
+        return
+    become_subreaper(libc)
+    if libc and _is_subreaper(libc):
+        _spared_children = set(_child_pids())
+
+
+def _forget_adoption() -> None:
+    """In a forked child (a handler process): the worker's adoption and children are not its own."""
+    global _spared_children
+    _spared_children = None
+    _own_children.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_adoption)
+
+
+def _is_subreaper(libc: Any) -> bool:
+    flag = ctypes.c_int(0)
+    try:
+        return libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) == 0 and flag.value == 1
+    except (OSError, AttributeError):
+        return False
+
+
+def started_child(pid: int) -> None:
+    """Called by whatever starts a child of this process (``runner``): it is not a run's leftover. Held with
+    its start time, so a pid that a leftover is given later is not taken for it."""
+    if _spared_children is not None:
+        started = _start_time(pid)
+        if started is not None:
+            _own_children[pid] = started
+
+
+def _start_time(pid: int) -> bytes | None:
+    """Field 22 of ``/proc/<pid>/stat``: when the process started (clock ticks since boot)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _adopted() -> list[int]:
+    """This process's children that it did not start: what runs left behind a parent that exited."""
+    assert _spared_children is not None
+    children = _child_pids()
+    for pid in [pid for pid in _own_children if pid not in children]:
+        del _own_children[pid]  # reaped: its pid may be given to another process
+    return [pid for pid in children if pid not in _spared_children
+            and (pid not in _own_children or _own_children[pid] != _start_time(pid))]
+
+
+def end_adopted(wait: float = KILL_WAIT_SECONDS) -> list[int] | None:
+    """In a worker that adopts orphans: SIGKILL every child it did not start (and the group each one leads), then
+    what their deaths re-parent to it, reaping each by its pid, until none is left or ``wait`` seconds have
+    passed; the pids killed. None in a process that does not adopt orphans (the caller falls back to
+    ``kill_run_processes``). With nothing adopted (nearly every run) this is one read of
+    ``/proc/self/task/*/children`` per thread. A pid is signalled only while it is an unreaped child of this
+    process, so it cannot belong to another process meanwhile."""
+    if _spared_children is None:
+        return None
+    killed: list[int] = []
+    deadline, pause = time.monotonic() + wait, 0.001
+    while True:
+        left = [pid for pid in _adopted() if not _reaped(pid)]
+        if not left or time.monotonic() >= deadline:
+            return killed
+        for pid in left:
+            _signal_child(pid, signal.SIGKILL)
+            if pid not in killed:
+                killed.append(pid)
+        time.sleep(pause)
+        pause = min(pause * 2, POLL_SECONDS)
 
 
 def set_run_environment(context: Mapping[str, Any]) -> None:
@@ -295,28 +388,31 @@ def _wait_exited(pidfds: list[int], seconds: float) -> None:
 
 
 def kill_run(child: Child, run_id: str) -> None:
-    """The worker killing a run (a timeout, a stop past its grace, a lost lease): its process group, then, on
-    this machine, any process of it that left the group (``setsid``) but kept ``ORCH_RUN_ID``
-    (``kill_run_processes``)."""
+    """The worker killing a run (a timeout, a stop past its grace, a lost lease): its process group, then what
+    left the group (``setsid``): the worker's adopted children, or, in a worker that does not adopt orphans, any
+    process of this machine that kept the run's ``ORCH_RUN_ID`` (``kill_run_processes``)."""
     child.kill_group(signal.SIGKILL)
     child.wait(5.0)
-    kill_run_processes(run_id)
+    if end_adopted() is None:
+        kill_run_processes(run_id)
 
 
 def end_exited_run(pgid: int, run_id: str) -> list[int]:
     """The worker's part once a run's handler exited and nothing of the run ended what it left: a command (a
     child that left its group with ``setsid`` outlives the group's SIGTERM), or a Python handler's process that
     died without answering (``os._exit``, a signal: its ``end_leftovers`` never ran). SIGKILL what is left in
-    the run's process group (waiting, up to ``KILL_WAIT_SECONDS``, until it is empty), then every process with
-    its ``ORCH_RUN_ID`` (``kill_run_processes``: ~0.5 ms, docs/worker.md). The group is signalled only while it
-    has a live member, which keeps its id from reuse."""
+    the run's process group (waiting, up to ``KILL_WAIT_SECONDS``, until it is empty), then what left the group:
+    in a worker that adopts orphans, its adopted children (``end_adopted``, ~17 us when there are none); else
+    every process with its ``ORCH_RUN_ID`` (``kill_run_processes``: ~0.5 ms, docs/worker.md). The group is
+    signalled only while it has a live member, which keeps its id from reuse."""
     if group_alive(pgid):
         try:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         wait_group_empty(pgid, time.monotonic() + KILL_WAIT_SECONDS)
-    return kill_run_processes(run_id)
+    adopted = end_adopted()
+    return kill_run_processes(run_id) if adopted is None else adopted
 
 
 def _has_marker(pid: str, marker: bytes) -> bool:

@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from orchestrator.errors import MalformedPayloadError
 from orchestrator.handler_env import strip_private_environment
+from orchestrator import leftovers
 from orchestrator.leftovers import (LEFTOVER_GRACE_SECONDS, become_subreaper, end_leftovers, set_run_environment,
-                                    wait_group_empty)
+                                    started_child, wait_group_empty)
 from orchestrator.payload import MAX_PAYLOAD_BYTES, NOT_UNICODE, too_large
 from orchestrator.security import cut_read_size, sanitized_cut
 
@@ -66,6 +67,12 @@ def _die_with_parent() -> None:
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def adopt_orphans() -> None:
+    """For the ``worker`` command's process: what a run leaves running behind an exited parent becomes its
+    child, and is ended with the run (``leftovers.adopt_orphans``)."""
+    leftovers.adopt_orphans(_load_libc())
 
 
 PR_SET_TIMERSLACK = 29
@@ -330,6 +337,7 @@ def spawn_command(argv: list[str], *, cwd: Path, env: dict[str, str], output: Pa
                                 start_new_session=True, close_fds=True, preexec_fn=_die_with_parent)
     finally:
         os.close(fd)
+    started_child(proc.pid)
     child = PopenChild(proc)
     child.terminal_file, child.output = terminal_file, output
     return child
@@ -414,6 +422,7 @@ def fork_handler() -> int:
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
     if pid:
+        started_child(pid)
         try:
             os.setpgid(pid, pid)  # also done in the child: whichever runs first wins the race
         except (ProcessLookupError, PermissionError):

@@ -81,6 +81,19 @@ def die(ctx: JobContext) -> dict:
     os._exit(int(ctx.input))
 
 
+@handler("t.escape_and_die")
+def escape_and_die(ctx: JobContext) -> dict:
+    """Starts `sleep 300` in a session of its own with an empty environment, writes its pid to the file named by
+    the input once it runs, and crashes (no payload)."""
+    import subprocess
+
+    proc = subprocess.Popen(["setsid", "env", "-i", "sleep", "300"])
+    while not Path(f"/proc/{proc.pid}/comm").read_text().startswith("sleep"):
+        time.sleep(0.001)
+    Path(ctx.input).write_text(str(proc.pid))
+    os._exit(3)
+
+
 @handler("t.sysexit")
 def sysexit(ctx: JobContext) -> dict:
     raise SystemExit(4)

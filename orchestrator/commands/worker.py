@@ -90,6 +90,7 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     retries a store lost during stale recovery or the claim for --store-wait-seconds, and waits
     for its run's outcome as long as it takes).
     """
+    from orchestrator.runner import adopt_orphans
     from orchestrator.worker import Worker, WorkerSettings
 
     modules = tuple(imports) + _env_list(os.environ.get("ORCH_HANDLERS"))
@@ -98,6 +99,7 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
                               imports=modules, artifacts_import=artifacts_import, handler_process=handler_process,
                               handler_max_runs=handler_max_runs, store_wait_seconds=store_wait_seconds)
     w = Worker(orch, settings)
+    adopt_orphans()  # a process of its own: what a run leaves behind an exited parent becomes its child
 
     def report(result: Any) -> None:
         out.emit(result.to_dict(), f"{result.job_id} {result.run_id}: {result.outcome}"

@@ -313,3 +313,74 @@ def test_a_run_folder_left_by_a_worker_killed_before_its_outcome_is_removed_by_t
     assert not list(runs.glob("run-*"))
     files = [p for p in orch.settings.state_dir.rglob("*") if p.is_file()]
     assert not [p for p in files if secret.encode() in p.read_bytes()]
+
+
+# -- a worker process adopts what a run leaves behind an exited parent, and ends it with the run --------------
+ESCAPES = {  # each leaves a `sleep 300` outside the command's process group, holding no ORCH_RUN_ID of its run
+    "cleared environment": 'setsid env -i sleep 300 & echo $! > "$1"',
+    "another run id": 'ORCH_RUN_ID=run-0000000000000000 setsid sleep 300 & echo $! > "$1"',
+    "double fork, cleared environment": '(env -i setsid sleep 300 & echo $! > "$1") ',
+}
+SLEEP_STARTED = ('while [ "$(cat /proc/$(cat "$1")/comm 2>/dev/null)" != sleep ]; do :; done; '
+                 'printf \'{"status": "done", "summary": "ok"}\' > "$ORCH_TERMINAL_FILE"')
+
+
+def escaping_command(orch, pidfile: Path, escape: str) -> str:
+    return orch.submit("command", {"argv": ["sh", "-c", f"{escape}; {SLEEP_STARTED}", "sh", str(pidfile)]},
+                       max_attempts=1)
+
+
+@pytest.fixture
+def pidfile(tmp_path: Path):
+    path = tmp_path / "left.pid"
+    yield path
+    if path.exists() and alive(int(path.read_text())):
+        os.kill(int(path.read_text()), signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="child subreapers are Linux only")
+@pytest.mark.parametrize("escape", list(ESCAPES))
+def test_a_worker_process_ends_what_a_command_left_outside_its_group_even_without_the_runs_id(
+        env, orch, pidfile: Path, escape: str) -> None:
+    job = escaping_command(orch, pidfile, ESCAPES[escape])
+    ran = run_script("worker", "--once", "--json", env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert state(orch, job) == "succeeded"
+    assert not alive(int(pidfile.read_text()))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="child subreapers are Linux only")
+def test_a_worker_process_spares_its_reused_handler_process_when_it_ends_what_a_command_left(
+        env, orch, pidfile: Path) -> None:
+    first = orch.submit("t.pid", None)
+    command = escaping_command(orch, pidfile, ESCAPES["cleared environment"])
+    last = orch.submit("t.pid", None)
+    ran = run_script("worker", "--max-jobs", "3", "--idle-exit", "--json", env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert [state(orch, j) for j in (first, command, last)] == ["succeeded"] * 3
+    outputs = [orch.status(j).result["output"] for j in (first, last)]
+    assert outputs[1] == {"pid": outputs[0]["pid"], "runs": 2}  # the same handler process served both
+    assert not alive(int(pidfile.read_text()))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="child subreapers are Linux only")
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_worker_process_ends_what_a_crashed_handler_process_left_outside_its_group_without_the_runs_id(
+        env, orch, pidfile: Path, mode: str) -> None:
+    job = orch.submit("t.escape_and_die", str(pidfile), max_attempts=1)
+    ran = run_script("worker", "--once", "--json", env={**env, "ORCH_HANDLER_PROCESS": mode})
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["error_code"] == "NO_TERMINAL_SIGNAL_EXIT"
+    assert not alive(int(pidfile.read_text()))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="child subreapers are Linux only")
+def test_a_worker_process_ends_what_a_timed_out_command_left_outside_its_group_without_the_runs_id(
+        env, orch, pidfile: Path) -> None:
+    escape = ESCAPES["cleared environment"]
+    job = orch.submit("command", {"argv": ["sh", "-c", f'{escape}; sleep 300', "sh", str(pidfile)]},
+                      max_attempts=1, timeout=1.0)
+    ran = run_script("worker", "--once", "--json", env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["error_code"] == "NO_TERMINAL_SIGNAL_TIMEOUT"
+    assert not alive(int(pidfile.read_text()))
