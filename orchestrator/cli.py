@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import click
+from click.core import ParameterSource
 
 from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PROJECT_ID,
                                  load_dotenv_file)
-from orchestrator.errors import InvalidInputError, OrchestratorError, UsageError
+from orchestrator.errors import ConfigError, InvalidInputError, OrchestratorError, UsageError
 from orchestrator.limits import MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, PRIORITY_LIMIT
 from orchestrator.security import one_line, sanitize_text
 
@@ -429,6 +430,16 @@ def _load_dotenv(command: click.Command, args: list[str]) -> None:
         sys.exit(exc.exit_code)
 
 
+def _setting_error(exc: click.ClickException) -> ConfigError | None:
+    """A bad value that came from the environment (an ``ORCH_*`` variable, or a ``.env`` line) is a setting to
+    fix where the process is deployed, ``CONFIG_ERROR`` (exit 3), as a bad ``ORCH_WAKEUP`` or ``.env`` line is;
+    the same value given as an option stays a usage error (exit 2)."""
+    if isinstance(exc, click.BadParameter) and exc.ctx is not None and exc.param is not None and exc.param.name:
+        if exc.ctx.get_parameter_source(exc.param.name) is ParameterSource.ENVIRONMENT:
+            return ConfigError(exc.format_message())
+    return None
+
+
 def _run(command: click.Command, args: list[str], prog_name: str | None) -> None:
     """Run ``command`` as click's standalone mode does, except that with ``--json`` a usage error (exit 2) is
     printed like every other error, as one JSON object on stdout (on stderr when stdout carries data:
@@ -436,6 +447,10 @@ def _run(command: click.Command, args: list[str], prog_name: str | None) -> None
     try:
         code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except click.ClickException as exc:
+        setting = _setting_error(exc)
+        if setting is not None:
+            Output(_wants_json(args), data_on_stdout=_data_on_stdout(command, args)).error(setting)
+            sys.exit(setting.exit_code)
         if isinstance(exc, click.UsageError) and _wants_json(args):
             Output(True, data_on_stdout=_data_on_stdout(command, args)).error(UsageError(exc.format_message()))
         else:

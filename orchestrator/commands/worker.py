@@ -84,7 +84,7 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     Exit codes: 0 ran a job (--once) or stopped normally, 75 nothing was runnable (--once),
     11 ran nothing but left queued jobs of a kind this worker has no handler for (--once; the
     error names the kinds, how many jobs, and why), 2 unknown option, choice or out-of-range
-    value, 3 bad setting value, a handler module that cannot be imported, or a folder of the store
+    value on the command line, 3 the same from an ORCH_* variable or .env, a bad setting, a handler module that cannot be imported, or a folder of the store
     that is a symbolic link (PATH_ESCAPE), 8 no usable signing key, 10 the store refused a write or
     could not be reached (a looping worker that reached it once waits for it instead; --once
     retries a store lost during stale recovery or the claim for --store-wait-seconds, and waits

@@ -92,6 +92,27 @@ def test_usage_errors_exit_2(cli_env: dict[str, str]) -> None:
     assert run_script("status", "--token", "x", env=cli_env).returncode == 2
 
 
+def test_a_bad_value_from_the_environment_is_a_config_error_and_the_same_value_as_an_option_a_usage_error(
+        cli_env: dict[str, str], tmp_path: Path) -> None:
+    """An ``ORCH_*`` variable (or a ``.env`` line) with a value its option refuses is a setting to fix where the
+    process is deployed: ``CONFIG_ERROR``, exit 3, naming the variable. Typed on the command line it is exit 2."""
+    cases = [("worker", "--once", "ORCH_LEASE_SECONDS", "abc"), ("worker", "--once", "ORCH_HANDLER_PROCESS", "bogus"),
+             ("worker", "--idle-exit", "ORCH_MAX_JOBS", "0"), ("metrics", "--rebuild", "ORCH_STALL_GRACE_SECONDS", "x")]
+    for name, first, variable, value in cases:
+        proc = run_script(name, first, "--json", env={**cli_env, variable: value})
+        assert proc.returncode == 3, (variable, proc.stdout, proc.stderr)
+        error = json.loads(proc.stdout)
+        assert error["error"] == "CONFIG_ERROR" and variable in error["message"], error
+        text = run_script(name, first, env={**cli_env, variable: value})
+        assert text.returncode == 3 and f"error[CONFIG_ERROR]" in text.stderr and variable in text.stderr
+    (tmp_path / ".env").write_text("ORCH_LEASE_SECONDS=abc\n")
+    from_dotenv = subprocess.run([sys.executable, str(REPO / "scripts" / "worker.py"), "--once", "--json"],
+                                 env=cli_env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert from_dotenv.returncode == 3 and json.loads(from_dotenv.stdout)["error"] == "CONFIG_ERROR"
+    typed = run_script("worker", "--once", "--lease-seconds", "abc", "--json", env=cli_env)
+    assert typed.returncode == 2 and json.loads(typed.stdout)["error"] == "USAGE_ERROR"
+
+
 def test_help_is_available_and_shows_environment_variables(cli_env: dict[str, str]) -> None:
     for name in ("submit", "status", "verify"):
         proc = run_script(name, "-h", env=cli_env, check=True)
