@@ -107,6 +107,10 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
 
     with w.handle_signals():
         if once:
+            ignored = [name for name, given in (("--max-jobs", max_jobs is not None), ("--idle-exit", idle_exit)) if given]
+            if ignored:  # set in the environment for a looping worker, say: told, not a reason to refuse
+                click.echo(f"warning: {' and '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect "
+                           "with --once, which runs at most one job", err=True)
             try:
                 result = w.run_once()
             finally:

@@ -60,6 +60,15 @@ def test_once_exits_75_when_nothing_is_runnable_and_0_after_running_a_job(env, o
     assert json.loads(ran.stdout)["job_id"] == job and state(orch, job) == "succeeded"
 
 
+def test_once_warns_that_max_jobs_and_idle_exit_have_no_effect_and_runs_as_usual(env, orch) -> None:
+    job = orch.submit("t.echo", 1)
+    ran = run_script("worker", "--once", "--json", env={**env, "ORCH_MAX_JOBS": "5", "ORCH_IDLE_EXIT": "1"})
+    assert ran.returncode == 0 and json.loads(ran.stdout)["job_id"] == job
+    assert "warning: --max-jobs and --idle-exit have no effect with --once" in ran.stderr
+    plain = run_script("worker", "--once", env=env)
+    assert plain.returncode == 75 and "warning" not in plain.stderr
+
+
 def test_once_exits_11_naming_the_kinds_it_has_no_handler_for_and_leaves_their_jobs_queued(env, orch) -> None:
     jobs = [orch.submit(kind, {}) for kind in ("nosuchhandler", "nosuchhandler", "nosuchmod:fn")]
     proc = run_script("worker", "--once", "--json", env=env)
