@@ -87,6 +87,7 @@ class PgQueueIndex(QueueIndex):
         self.reserver = f"{socket.gethostname()}-{os.getpid()}"  # shown in reserved_by, for diagnosis
         self._listener: Any = None
         self._built_until = 0.0  # monotonic time until which "built" is trusted without asking
+        store._indexes.add(self)  # noqa: SLF001 - a forked child drops the listener (``forget_listener``)
 
     # -- projection: written inside the event's transaction --------------------------------------
     def before_append(self, job_id: str, old: JobState | None, new: JobState) -> InTransaction:
@@ -226,6 +227,12 @@ class PgQueueIndex(QueueIndex):
         self._listener = connect(self.store.url, autocommit=True, deadline=self.store.deadline)
         with self.store.deadline.bounded(self._listener):
             self._listener.execute(f"LISTEN {self.channel}")
+
+    def forget_listener(self) -> Any:
+        """The ``LISTEN`` connection, no longer used nor closed by this index: the store's fork hook hands a
+        forked child's copy to the store, which keeps it unused (``PostgresStore._after_fork_in_child``)."""
+        listener, self._listener = self._listener, None
+        return listener
 
     def close(self) -> None:
         if self._listener is not None:

@@ -167,15 +167,18 @@ class PostgresStore(EventStore):
         self._checked = False
         self._closed = False
         self._inherited: list[Any] = []  # see ``_after_fork_in_child``
+        self._indexes: weakref.WeakSet[Any] = weakref.WeakSet()  # queue indexes, each with its LISTEN connection
         _STORES.add(self)
 
     def _after_fork_in_child(self) -> None:
         """A forked child must not use its parent's connections (the sockets are shared: two processes'
-        statements would interleave) nor close them (that would end the parent's sessions). They are
-        kept, unused, so that nothing finalizes them; the child opens its own, and watches its own calls."""
+        statements would interleave, a ``LISTEN`` one's notifications go to whichever reads first) nor
+        close them (that would end the parent's sessions). They are kept, unused, so that nothing
+        finalizes them; the child opens its own, and watches its own calls."""
         self._lock = threading.Lock()  # another thread of the parent may have held it at the fork
         self.deadline.reset()
-        self._inherited, self._idle = self._inherited + self._idle, []
+        listeners = [index.forget_listener() for index in list(self._indexes)]
+        self._inherited, self._idle = self._inherited + self._idle + [c for c in listeners if c is not None], []
 
     # -- connections ------------------------------------------------------------------------
     def _take(self) -> Any:
