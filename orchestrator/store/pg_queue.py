@@ -119,25 +119,27 @@ class PgQueueIndex(QueueIndex):
         faults.point("queue.after_append")  # nothing left to do: the rows committed with the event
 
     # -- storage ----------------------------------------------------------------------------------
-    def _sql(self, sql: str, params: tuple[Any, ...] = (), fetch: bool = False) -> Any:
-        """One autocommit statement through the store's connections (and its error mapping). One whose
-        rows are not fetched is one of the index's writes (for the message of a connection lost in it)."""
+    def _sql(self, sql: str, params: Any, *, write: bool, fetch: bool = False) -> Any:
+        """One autocommit statement through the store's connections (and its error mapping), its rows if
+        ``fetch``. ``write`` is the caller's to say, whether or not rows come back (a reservation, a
+        ``RETURNING``): a connection lost in a write may have committed it (``PostgresStore._run``)."""
         def run(conn: Any) -> Any:
             cur = conn.execute(sql, params)
             return cur.fetchall() if fetch else None
-        return self.store._run(run, write=not fetch)
+        return self.store._run(run, write=write)
 
     def put_ready(self, entry: ReadyEntry) -> None:
         self._sql("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us) VALUES (%s, %s, %s, %s) "
-                  "ON CONFLICT DO NOTHING", (self.project, entry.job_id, entry.priority, entry.runnable_at_us))
+                  "ON CONFLICT DO NOTHING", (self.project, entry.job_id, entry.priority, entry.runnable_at_us),
+                  write=True)
 
     def drop_ready(self, entry: ReadyEntry) -> None:
         self._sql("DELETE FROM orch_ready WHERE project = %s AND job_id = %s AND priority = %s AND runnable_at_us = %s",
-                  (self.project, entry.job_id, entry.priority, entry.runnable_at_us))
+                  (self.project, entry.job_id, entry.priority, entry.runnable_at_us), write=True)
 
     def ready(self) -> list[ReadyEntry]:
         rows = self._sql("SELECT priority, runnable_at_us, job_id FROM orch_ready WHERE project = %s "
-                         "ORDER BY priority DESC, runnable_at_us, job_id", (self.project,), fetch=True)
+                         "ORDER BY priority DESC, runnable_at_us, job_id", (self.project,), write=False, fetch=True)
         return [ReadyEntry(-pr, at, job) for pr, at, job in rows]
 
     def candidates(self, now: float) -> list[ReadyEntry]:
@@ -152,31 +154,28 @@ class PgQueueIndex(QueueIndex):
         until = now_us + int(RESERVATION_SECONDS * 1e6)
         p = self.project
 
-        def run(conn: Any) -> list[ReadyEntry]:
-            rows = conn.execute(_CANDIDATES, {"p": p, "now": now_us, "by": self.reserver, "until": until,
-                                              "n": CANDIDATES + 1}).fetchall()
-            out, seen = [], set()
-            for _part, pr, at, job in rows:  # the reserved row first; it is in the statement's snapshot twice
-                if job not in seen:
-                    seen.add(job)
-                    out.append(ReadyEntry(-pr, at, job))
-            return out
-
-        return self.store._run(run, write=True)  # the reservation
+        rows = self._sql(_CANDIDATES, {"p": p, "now": now_us, "by": self.reserver, "until": until,
+                                       "n": CANDIDATES + 1}, write=True, fetch=True)  # the reservation
+        out, seen = [], set()
+        for _part, pr, at, job in rows:  # the reserved row first; it is in the statement's snapshot twice
+            if job not in seen:
+                seen.add(job)
+                out.append(ReadyEntry(-pr, at, job))
+        return out
 
     # Rows are per (job, epoch) (migration 0003): stale recovery, which drops outside the event's
     # transaction, removes only the epoch it listed, never the row of a claim committed since.
     # Epoch 0 is a row from before 0003 (or written without an epoch): it stands for any epoch.
     def put_running(self, job_id: str, epoch: int | None = None) -> None:
-        self._sql(_PUT_RUNNING, (self.project, job_id, epoch or 0))
+        self._sql(_PUT_RUNNING, (self.project, job_id, epoch or 0), write=True)
 
     def drop_running(self, job_id: str, epoch: int | None = None) -> None:
         self._sql("DELETE FROM orch_running WHERE project = %s AND job_id = %s AND epoch = %s",
-                  (self.project, job_id, epoch or 0))
+                  (self.project, job_id, epoch or 0), write=True)
 
     def running_entries(self) -> list[tuple[str, int | None]]:
         rows = self._sql("SELECT job_id, epoch FROM orch_running WHERE project = %s ORDER BY job_id, epoch",
-                         (self.project,), fetch=True)
+                         (self.project,), write=False, fetch=True)
         return [(job_id, epoch or None) for job_id, epoch in rows]
 
     def is_built(self) -> bool:

@@ -582,6 +582,27 @@ def test_an_append_cut_at_the_deadline_says_the_write_may_have_committed_and_psy
     assert "error ignored terminating" not in caplog.text, caplog.text
 
 
+_RETURNING = "DELETE FROM orch_running WHERE project = %s RETURNING job_id"
+
+
+@pytest.mark.parametrize("call, write", [
+    (lambda index: index._sql(_RETURNING, (index.project,), write=True, fetch=True), True),  # noqa: SLF001
+    (lambda index: index.candidates(time.time()), True),  # the reservation: a write that returns rows
+    (lambda index: index.running_entries(), False),
+    (lambda index: index.put_running("job1", 1), True),
+], ids=["write-returning", "candidates", "running_entries", "put_running"])
+def test_a_queue_index_statement_cut_off_is_reported_as_a_write_whenever_it_writes_even_if_it_returns_rows(
+        stalling, call: Any, write: bool) -> None:
+    from orchestrator.errors import StorageUnavailableError
+
+    assert stalling.store.has_jobs() is False  # a connection is pooled: the stall hits the statement itself
+    stalling.proxy.stall(5.0)
+    with pytest.raises(StorageUnavailableError) as caught:
+        call(stalling.queue)
+    assert ("may or may not have been committed" in caught.value.message) is write, caught.value.message
+    assert ("the read was cut off" in caught.value.message) is not write
+
+
 @pytest.mark.parametrize("write", [False, True])
 def test_a_lost_connection_says_a_write_may_have_committed_only_for_a_write(write: bool) -> None:
     import psycopg
