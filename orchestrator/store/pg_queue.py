@@ -138,6 +138,10 @@ class PgQueueIndex(QueueIndex):
                   (self.project, entry.job_id, entry.priority, entry.runnable_at_us), write=True)
 
     def ready(self) -> list[ReadyEntry]:
+        """One statement, one snapshot, not chunked like the store's long reads: no worker uses it (claims go
+        through ``candidates``), its claim order mixes directions over three columns (the store's chunks page
+        on one key), and a job's row moves when it is retried, so a listing in chunks could show it twice or
+        miss it. About 1.7-2.0 s per million queued jobs here (docs/decisions.md, 2026-12-01)."""
         rows = self._sql("SELECT priority, runnable_at_us, job_id FROM orch_ready WHERE project = %s "
                          "ORDER BY priority DESC, runnable_at_us, job_id", (self.project,), write=False, fetch=True)
         return [ReadyEntry(-pr, at, job) for pr, at, job in rows]
