@@ -2,14 +2,18 @@
 whole and in chunks.
 
     python bench/pg_long_reads.py --lines 200000 1000000 --jobs 1000000
+    python bench/pg_long_reads.py --lines 200 400 --line-bytes 1048576
 
-For each size, writes that many audit-sized lines (490 bytes, the size of a real entry) straight into
-``orch_events`` of a fresh project (reads do not verify, so they need not be signed), then reports:
+For each size, writes that many audit-sized lines (490 bytes, the size of a real entry; ``--line-bytes``
+for others: lines over 4 KiB are random base64, which PostgreSQL can neither compress nor read without
+detoasting, as a job's large input would be) straight into ``orch_events`` of a fresh project (reads do
+not verify, so they need not be signed), then reports:
 
 * ``one_statement_s``: one ``SELECT ... ORDER BY seq`` of the whole log, as the store read it before
   2026-12-01: one call, so one deadline (``ORCH_PG_DEADLINE_SECONDS``) for all of it;
 * ``chunked_s``, ``chunks``, ``chunk_ms_p50`` / ``chunk_ms_max``: ``PostgresStore.read`` as it reads
-  now, ``READ_CHUNK_ROWS`` lines per round trip, each round trip a call with its own deadline.
+  now, at most ``READ_CHUNK_ROWS`` lines (and, since 2026-12-01, about ``READ_CHUNK_BYTES`` bytes) per
+  round trip, each round trip a call with its own deadline.
 
 ``--jobs``: the same for ``job_ids`` over that many streams (rows of ``orch_streams`` only).
 The project's rows are deleted afterwards. ``--url`` (or ``ORCH_BENCH_PG_URL``) picks the database,
@@ -18,6 +22,7 @@ which must be migrated (``orchestrator db migrate``).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import statistics
@@ -34,17 +39,21 @@ DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 LINE_BYTES = 490
 
 
-def _compare(url: str, table: str, fill: str, whole_sql: str, size: int,
+def _compare(url: str, table: str, fill: Any, whole_sql: str, size: int,
              read: Any) -> tuple[float, float, list[float]]:
-    """Fill ``table`` for a fresh project (``fill`` takes the project and ``size``), time ``whole_sql`` as one
-    statement and ``read(store)`` in chunks, clean up: (one statement s, chunked s, each chunk's s)."""
+    """Fill ``table`` for a fresh project (``fill``: SQL that takes the project and ``size``, or a function of
+    the connection, the project and ``size``), time ``whole_sql`` as one statement and ``read(store)`` in
+    chunks, clean up: (one statement s, chunked s, each chunk's s)."""
     from orchestrator.store import postgres
 
     project = f"bench{uuid.uuid4().hex[:12]}"
     admin = postgres.connect(url, autocommit=True)
     store = postgres.PostgresStore(url, project, deadline_seconds=None)
     try:
-        admin.execute(fill, (project, size))
+        if callable(fill):
+            fill(admin, project, size)
+        else:
+            admin.execute(fill, (project, size))
         admin.execute(f"ANALYZE {table}")
         start = time.perf_counter()
         assert len(admin.execute(whole_sql, (project,)).fetchall()) == size
@@ -59,15 +68,21 @@ def _compare(url: str, table: str, fill: str, whole_sql: str, size: int,
         store.close()
 
 
-def measure(url: str, lines: int) -> dict[str, Any]:
-    """``lines`` audit lines read whole, as one statement and in chunks."""
+def measure(url: str, lines: int, line_bytes: int = LINE_BYTES) -> dict[str, Any]:
+    """``lines`` audit lines of ``line_bytes`` each, read whole, as one statement and in chunks."""
     from orchestrator.store.base import AUDIT_STREAM
 
-    fill = ("INSERT INTO orch_events (project, stream, seq, line) SELECT %s, '" + AUDIT_STREAM + "', n, "
-            f"convert_to(rpad(n::text || ':', {LINE_BYTES}, 'x'), 'UTF8') FROM generate_series(1, %s) AS n")
+    fill: Any = ("INSERT INTO orch_events (project, stream, seq, line) SELECT %s, '" + AUDIT_STREAM + "', n, "
+                 f"convert_to(rpad(n::text || ':', {line_bytes}, 'x'), 'UTF8') FROM generate_series(1, %s) AS n")
+    if line_bytes > 4096:
+        def fill(conn: Any, project: str, size: int) -> None:
+            with conn.cursor().copy("COPY orch_events (project, stream, seq, line) FROM STDIN") as copy:
+                for n in range(1, size + 1):
+                    copy.write_row((project, AUDIT_STREAM, n, base64.b64encode(os.urandom(line_bytes * 3 // 4))))
     whole = f"SELECT line FROM orch_events WHERE project = %s AND stream = '{AUDIT_STREAM}' ORDER BY seq"
-    return _summary("lines", lines, *_compare(url, "orch_events", fill, whole, lines,
-                                              lambda store: store.read(AUDIT_STREAM)))
+    summary = _summary("lines", lines, *_compare(url, "orch_events", fill, whole, lines,
+                                                 lambda store: store.read(AUDIT_STREAM)))
+    return {"line_bytes": line_bytes, **summary}
 
 
 def _timed_calls(store: Any) -> list[float]:
@@ -90,7 +105,8 @@ def _summary(what: str, size: int, whole: float, chunked: float, times: list[flo
     from orchestrator.store import postgres
 
     return {what: size, "one_statement_s": round(whole, 2), "chunked_s": round(chunked, 2),
-            "chunk_rows": postgres.READ_CHUNK_ROWS, "chunks": len(times),
+            "chunk_rows": postgres.READ_CHUNK_ROWS, "chunk_bytes": getattr(postgres, "READ_CHUNK_BYTES", None),
+            "chunks": len(times),
             "chunk_ms_p50": round(statistics.median(times) * 1e3, 1), "chunk_ms_max": round(max(times) * 1e3, 1)}
 
 
@@ -107,10 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=os.environ.get("ORCH_BENCH_PG_URL", DEFAULT_URL))
     parser.add_argument("--lines", type=int, nargs="*", default=[200_000])
+    parser.add_argument("--line-bytes", type=int, default=LINE_BYTES, help="bytes per audit line (490)")
     parser.add_argument("--jobs", type=int, nargs="*", default=[])
     args = parser.parse_args(argv)
     for lines in args.lines:
-        print(json.dumps(measure(args.url, lines)), flush=True)
+        print(json.dumps(measure(args.url, lines, args.line_bytes)), flush=True)
     for jobs in args.jobs:
         print(json.dumps(measure_job_ids(args.url, jobs)), flush=True)
     return 0

@@ -87,6 +87,7 @@ class PgQueueIndex(QueueIndex):
         self.reserver = f"{socket.gethostname()}-{os.getpid()}"  # shown in reserved_by, for diagnosis
         self._listener: Any = None
         self._built_until = 0.0  # monotonic time until which "built" is trusted without asking
+        store._indexes.add(self)  # noqa: SLF001 - a forked child drops the listener (``forget_listener``)
 
     # -- projection: written inside the event's transaction --------------------------------------
     def before_append(self, job_id: str, old: JobState | None, new: JobState) -> InTransaction:
@@ -118,25 +119,31 @@ class PgQueueIndex(QueueIndex):
         faults.point("queue.after_append")  # nothing left to do: the rows committed with the event
 
     # -- storage ----------------------------------------------------------------------------------
-    def _sql(self, sql: str, params: tuple[Any, ...] = (), fetch: bool = False) -> Any:
-        """One autocommit statement through the store's connections (and its error mapping). One whose
-        rows are not fetched is one of the index's writes (for the message of a connection lost in it)."""
+    def _sql(self, sql: str, params: Any, *, write: bool, fetch: bool = False) -> Any:
+        """One autocommit statement through the store's connections (and its error mapping), its rows if
+        ``fetch``. ``write`` is the caller's to say, whether or not rows come back (a reservation, a
+        ``RETURNING``): a connection lost in a write may have committed it (``PostgresStore._run``)."""
         def run(conn: Any) -> Any:
             cur = conn.execute(sql, params)
             return cur.fetchall() if fetch else None
-        return self.store._run(run, write=not fetch)
+        return self.store._run(run, write=write)
 
     def put_ready(self, entry: ReadyEntry) -> None:
         self._sql("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us) VALUES (%s, %s, %s, %s) "
-                  "ON CONFLICT DO NOTHING", (self.project, entry.job_id, entry.priority, entry.runnable_at_us))
+                  "ON CONFLICT DO NOTHING", (self.project, entry.job_id, entry.priority, entry.runnable_at_us),
+                  write=True)
 
     def drop_ready(self, entry: ReadyEntry) -> None:
         self._sql("DELETE FROM orch_ready WHERE project = %s AND job_id = %s AND priority = %s AND runnable_at_us = %s",
-                  (self.project, entry.job_id, entry.priority, entry.runnable_at_us))
+                  (self.project, entry.job_id, entry.priority, entry.runnable_at_us), write=True)
 
     def ready(self) -> list[ReadyEntry]:
+        """One statement, one snapshot, not chunked like the store's long reads: no worker uses it (claims go
+        through ``candidates``), its claim order mixes directions over three columns (the store's chunks page
+        on one key), and a job's row moves when it is retried, so a listing in chunks could show it twice or
+        miss it. About 1.7-2.0 s per million queued jobs here (docs/decisions.md, 2026-12-01)."""
         rows = self._sql("SELECT priority, runnable_at_us, job_id FROM orch_ready WHERE project = %s "
-                         "ORDER BY priority DESC, runnable_at_us, job_id", (self.project,), fetch=True)
+                         "ORDER BY priority DESC, runnable_at_us, job_id", (self.project,), write=False, fetch=True)
         return [ReadyEntry(-pr, at, job) for pr, at, job in rows]
 
     def candidates(self, now: float) -> list[ReadyEntry]:
@@ -151,31 +158,28 @@ class PgQueueIndex(QueueIndex):
         until = now_us + int(RESERVATION_SECONDS * 1e6)
         p = self.project
 
-        def run(conn: Any) -> list[ReadyEntry]:
-            rows = conn.execute(_CANDIDATES, {"p": p, "now": now_us, "by": self.reserver, "until": until,
-                                              "n": CANDIDATES + 1}).fetchall()
-            out, seen = [], set()
-            for _part, pr, at, job in rows:  # the reserved row first; it is in the statement's snapshot twice
-                if job not in seen:
-                    seen.add(job)
-                    out.append(ReadyEntry(-pr, at, job))
-            return out
-
-        return self.store._run(run, write=True)  # the reservation
+        rows = self._sql(_CANDIDATES, {"p": p, "now": now_us, "by": self.reserver, "until": until,
+                                       "n": CANDIDATES + 1}, write=True, fetch=True)  # the reservation
+        out, seen = [], set()
+        for _part, pr, at, job in rows:  # the reserved row first; it is in the statement's snapshot twice
+            if job not in seen:
+                seen.add(job)
+                out.append(ReadyEntry(-pr, at, job))
+        return out
 
     # Rows are per (job, epoch) (migration 0003): stale recovery, which drops outside the event's
     # transaction, removes only the epoch it listed, never the row of a claim committed since.
     # Epoch 0 is a row from before 0003 (or written without an epoch): it stands for any epoch.
     def put_running(self, job_id: str, epoch: int | None = None) -> None:
-        self._sql(_PUT_RUNNING, (self.project, job_id, epoch or 0))
+        self._sql(_PUT_RUNNING, (self.project, job_id, epoch or 0), write=True)
 
     def drop_running(self, job_id: str, epoch: int | None = None) -> None:
         self._sql("DELETE FROM orch_running WHERE project = %s AND job_id = %s AND epoch = %s",
-                  (self.project, job_id, epoch or 0))
+                  (self.project, job_id, epoch or 0), write=True)
 
     def running_entries(self) -> list[tuple[str, int | None]]:
         rows = self._sql("SELECT job_id, epoch FROM orch_running WHERE project = %s ORDER BY job_id, epoch",
-                         (self.project,), fetch=True)
+                         (self.project,), write=False, fetch=True)
         return [(job_id, epoch or None) for job_id, epoch in rows]
 
     def is_built(self) -> bool:
@@ -226,6 +230,12 @@ class PgQueueIndex(QueueIndex):
         self._listener = connect(self.store.url, autocommit=True, deadline=self.store.deadline)
         with self.store.deadline.bounded(self._listener):
             self._listener.execute(f"LISTEN {self.channel}")
+
+    def forget_listener(self) -> Any:
+        """The ``LISTEN`` connection, no longer used nor closed by this index: the store's fork hook hands a
+        forked child's copy to the store, which keeps it unused (``PostgresStore._after_fork_in_child``)."""
+        listener, self._listener = self._listener, None
+        return listener
 
     def close(self) -> None:
         if self._listener is not None:

@@ -19,8 +19,8 @@ transaction on that stream, so the index and its ``NOTIFY`` commit together with
 Every call has a deadline (``Deadline``, ``orchestrator/store/pg_deadline.py``,
 ``ORCH_PG_DEADLINE_SECONDS``): a server or pooler that stalls without closing the connection would
 otherwise block the caller (a worker's heartbeat or outcome) for as long as it stalls. So that a long
-read (the audit log, every job id) is not cut for its length, it is read ``READ_CHUNK_ROWS`` rows per
-round trip, each a call of its own.
+read (the audit log, every job id) is not cut for its length, it is read ``READ_CHUNK_ROWS`` rows, and
+lines at most ``READ_CHUNK_BYTES`` bytes, per round trip, each a call of its own.
 """
 from __future__ import annotations
 
@@ -50,6 +50,11 @@ SCHEMES = ("postgresql", "postgres")
 # is one call with its own deadline, so a read of millions of rows is never cut for its length.
 # Measured here: about 40 ms per chunk of 10,000 audit lines (docs/postgres.md).
 READ_CHUNK_ROWS = 10_000
+# Lines (a job's input and a terminal payload may each be a MiB) also come at most this many bytes per
+# round trip, or one line if it is longer (``_line_bounds``). 10,000 lines of a real audit entry's size
+# (490 bytes) fit, so those still come 10,000 per round trip.
+READ_CHUNK_BYTES = 8 << 20
+READ_FIRST_ROWS = 256  # a read's first chunk of lines, so lines of up to 32 KiB fit in it (a job's, mostly)
 _IDLE_CONNECTIONS = 4  # kept open per store; more are opened on demand and closed after use
 # TCP keepalives, so a connection to a server that vanished (a network partition, a host powered
 # off) fails within ~30 s instead of blocking a worker's heartbeat until the kernel gives up.
@@ -64,13 +69,16 @@ _LOCK_HEAD = ("INSERT INTO orch_streams AS s (project, stream) VALUES (%s, %s) "
               "ON CONFLICT (project, stream) DO UPDATE SET seq = s.seq RETURNING s.seq, s.last_line")
 # A job's head record and its lines in one statement: one snapshot, so on this backend (where
 # both commit together) they always agree, and one round trip instead of two (for a stream of up
-# to READ_CHUNK_ROWS lines; a longer one gets the rest in later round trips).
-_READ_WITH_AUX = ("SELECT 0, 0::bigint, data FROM orch_aux WHERE project = %s AND area = %s AND key = %s "
-                  "UNION ALL SELECT 1, seq, line FROM orch_events WHERE project = %s AND stream = %s "
-                  "ORDER BY 1, 2 LIMIT %s")
-# Keyset-paginated reads (``PostgresStore._chunked``): the key to start after and the chunk's size last.
-_READ_LINES = ("SELECT seq, line FROM orch_events WHERE project = %s AND stream = %s AND seq > %s "
-               "ORDER BY seq LIMIT %s")
+# to READ_FIRST_ROWS lines of up to 32 KiB; a longer one gets the rest in later round trips).
+# Lines come with their length, and only up to a length (the parameter after the record's key), longer
+# ones as NULL: ``octet_length`` reads a stored value's size without fetching it, so they are not sent.
+_READ_WITH_AUX = ("SELECT 0, 0::bigint, data, 0 FROM orch_aux WHERE project = %s AND area = %s AND key = %s "
+                  "UNION ALL SELECT 1, seq, CASE WHEN octet_length(line) <= %s THEN line END, octet_length(line) "
+                  "FROM orch_events WHERE project = %s AND stream = %s ORDER BY 1, 2 LIMIT %s")
+# Keyset-paginated reads (``PostgresStore._chunked``): the key to start after and the chunk's size last
+# (lines: the longest line to send first, as above).
+_READ_LINES = ("SELECT seq, CASE WHEN octet_length(line) <= %s THEN line END, octet_length(line) FROM orch_events "
+               "WHERE project = %s AND stream = %s AND seq > %s ORDER BY seq LIMIT %s")
 _JOB_IDS = ("SELECT stream FROM orch_streams WHERE project = %s AND seq > 0 AND stream <> %s AND stream > %s "
             "ORDER BY stream LIMIT %s")
 _AUX_KEYS = "SELECT key FROM orch_aux WHERE project = %s AND area = %s AND key > %s ORDER BY key LIMIT %s"
@@ -140,6 +148,28 @@ def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = N
     return conn
 
 
+def _line_bounds(longest: int | None) -> tuple[int, int]:
+    """The rows and the longest line to send of a chunk of lines, from the longest line of the chunk before
+    (None: the first): as many as ``READ_CHUNK_BYTES`` holds of that length, and lines up to an equal share
+    of it, or that long: a chunk holds at most ``READ_CHUNK_BYTES``, or one line that is longer. Small lines
+    come ``READ_CHUNK_ROWS`` at a time, as if there were no byte bound."""
+    if longest is None:
+        size = min(READ_FIRST_ROWS, READ_CHUNK_ROWS)
+    else:
+        size = min(READ_CHUNK_ROWS, max(1, READ_CHUNK_BYTES // max(longest, 1)))
+    return size, max(READ_CHUNK_BYTES // size, longest or 0)
+
+
+def _sent_lines(chunk: list[Any]) -> tuple[list[Any], bool, int]:
+    """A chunk's (key, line, length) rows up to the first line longer than the chunk could take (not sent:
+    None), whether there was one, and the longest line's length."""
+    longest = max((row[2] for row in chunk), default=0)
+    for i, row in enumerate(chunk):
+        if row[1] is None:
+            return chunk[:i], True, longest
+    return chunk, False, longest
+
+
 def _went_away(conn: Any) -> bool:
     """True if an idle connection has something to read: the server ended it (a restart, an
     administrator, a pooler), having sent its error before closing. One ``poll`` and no round
@@ -167,15 +197,18 @@ class PostgresStore(EventStore):
         self._checked = False
         self._closed = False
         self._inherited: list[Any] = []  # see ``_after_fork_in_child``
+        self._indexes: weakref.WeakSet[Any] = weakref.WeakSet()  # queue indexes, each with its LISTEN connection
         _STORES.add(self)
 
     def _after_fork_in_child(self) -> None:
         """A forked child must not use its parent's connections (the sockets are shared: two processes'
-        statements would interleave) nor close them (that would end the parent's sessions). They are
-        kept, unused, so that nothing finalizes them; the child opens its own, and watches its own calls."""
+        statements would interleave, a ``LISTEN`` one's notifications go to whichever reads first) nor
+        close them (that would end the parent's sessions). They are kept, unused, so that nothing
+        finalizes them; the child opens its own, and watches its own calls."""
         self._lock = threading.Lock()  # another thread of the parent may have held it at the fork
         self.deadline.reset()
-        self._inherited, self._idle = self._inherited + self._idle, []
+        listeners = [index.forget_listener() for index in list(self._indexes)]
+        self._inherited, self._idle = self._inherited + self._idle + [c for c in listeners if c is not None], []
 
     # -- connections ------------------------------------------------------------------------
     def _take(self) -> Any:
@@ -312,39 +345,53 @@ class PostgresStore(EventStore):
             conn.execute(_DROP_AUX_MANY, ([r[0] for r in drop], [r[1] for r in drop], self.project))
 
     def read(self, stream: str, from_seq: int = 1) -> list[StoredLine]:
-        """``READ_CHUNK_ROWS`` lines per round trip (``_chunked``). Lines are numbered by position, as in
-        a file: a deleted row shows up as a sequence mismatch in verification instead of closing the gap."""
+        """Lines in chunks (``_chunked``). Lines are numbered by position, as in a file: a deleted row shows
+        up as a sequence mismatch in verification instead of closing the gap."""
         self._check_stream(stream)
-        rows = self._chunked(_READ_LINES, (self.project, stream), after=from_seq - 1)
+        rows = self._chunked(_READ_LINES, (self.project, stream), after=from_seq - 1, lines=True)
         return [StoredLine(i, bytes(r[1])) for i, r in enumerate(rows, max(from_seq, 1))]
 
     def read_with_aux(self, stream: str, area: str, key: str) -> tuple[bytes | None, list[StoredLine]]:
         """The record and the first lines in one statement (one snapshot, one round trip); a stream longer
-        than ``READ_CHUNK_ROWS`` lines gets the rest as ``read`` does, in later snapshots: the lines can
-        then only be longer than the record says, never shorter (``EventStore.read_with_aux``)."""
+        than that chunk gets the rest as ``read`` does, in later snapshots: the lines can then only be
+        longer than the record says, never shorter (``EventStore.read_with_aux``)."""
         self._check_stream(stream)
-        limit = READ_CHUNK_ROWS + 1  # the record's row, then a chunk of lines
+        size, cap = _line_bounds(None)
+        limit = size + 1  # the record's row, then a chunk of lines
         rows = self._run(lambda conn: conn.execute(
-            _READ_WITH_AUX, (self.project, area, key, self.project, stream, limit)).fetchall())
+            _READ_WITH_AUX, (self.project, area, key, cap, self.project, stream, limit)).fetchall())
         record = bytes(rows[0][2]) if rows and rows[0][0] == 0 else None
-        lines = [(r[1], r[2]) for r in rows if r[0] == 1]
-        if len(rows) == limit:
-            lines += self._chunked(_READ_LINES, (self.project, stream), after=lines[-1][0])
+        lines, cut, longest = _sent_lines([r[1:] for r in rows if r[0] == 1])
+        if cut or len(rows) == limit:
+            lines += self._chunked(_READ_LINES, (self.project, stream), after=lines[-1][0] if lines else 0,
+                                   lines=True, longest=longest)
         return record, [StoredLine(i, bytes(r[1])) for i, r in enumerate(lines, 1)]
 
-    def _chunked(self, sql: str, params: tuple[Any, ...], after: Any) -> list[Any]:
+    def _chunked(self, sql: str, params: tuple[Any, ...], after: Any, lines: bool = False,
+                 longest: int | None = None) -> list[Any]:
         """Every row of ``sql``, a keyset-paginated query (its last parameters: the key to start after, the
         chunk's size; the key is a row's first column), ``READ_CHUNK_ROWS`` rows per round trip, each a call
         with its own deadline: a long read (the audit log, every job id) is bounded per round trip, never
-        cut for its length. Not one snapshot: rows committed meanwhile may appear in a later chunk."""
+        cut for its length. Not one snapshot: rows committed meanwhile may appear in a later chunk.
+
+        ``lines``: rows are (key, line, its length), and ``sql`` takes first the longest line to send; a
+        chunk's rows and that length come from the longest line of the chunk before (``longest``; None:
+        none yet), and a chunk ends before a line it did not send, which the next one, of fewer rows, does."""
         rows: list[Any] = []
         while True:
-            size = READ_CHUNK_ROWS  # read at each call: a test makes it small
-            chunk = self._run(lambda conn, after=after: conn.execute(sql, (*params, after, size)).fetchall())
-            rows.extend(chunk)
-            if len(chunk) < size:
+            if lines:  # the bounds are read at each call: tests shrink them
+                size, cap = _line_bounds(longest)
+                args: tuple[Any, ...] = (cap, *params, after, size)
+            else:
+                size = READ_CHUNK_ROWS
+                args = (*params, after, size)
+            chunk = self._run(lambda conn, args=args: conn.execute(sql, args).fetchall())
+            kept, cut, longest = _sent_lines(chunk) if lines else (chunk, False, None)
+            rows.extend(kept)
+            if not cut and len(chunk) < size:
                 return rows
-            after = chunk[-1][0]
+            if kept:
+                after = kept[-1][0]
 
     def job_ids(self) -> Iterator[str]:
         """In id order, ``READ_CHUNK_ROWS`` per round trip."""

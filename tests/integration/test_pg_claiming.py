@@ -315,3 +315,38 @@ def test_a_lost_listen_connection_is_reopened_and_reported_as_a_wake_up(cluster:
     submitter.submit("t.echo", 1)
     assert index.wait(5.0) is True
     index.close()
+
+
+def test_a_forked_child_listens_on_its_own_connection_and_never_ends_the_parents(cluster: Cluster) -> None:
+    """The child inherits the index with the parent's LISTEN connection: waiting on it would take the parent's
+    notifications, and closing it would end the parent's session (libpq's Terminate goes to the server)."""
+    import warnings
+
+    here, submitter = cluster.machine("a"), cluster.machine("b")
+    index = here.queue
+    assert isinstance(index, PgQueueIndex)
+    index.wait(0)
+    parents = index._listener.info.backend_pid  # noqa: SLF001
+    report_r, report_w = os.pipe()
+    with warnings.catch_warnings():  # Python 3.12 warns about fork() with threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            index.wait(0)
+            os.write(report_w, str(index._listener.info.backend_pid).encode())  # noqa: SLF001
+            index.close()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(report_w)
+    childs = int(os.read(report_r, 100) or 0)
+    os.close(report_r)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert childs not in (0, parents)  # the child listened on a connection of its own
+    submitter.submit("t.echo", 1)
+    assert index.wait(5.0) is True
+    assert index._listener.info.backend_pid == parents  # noqa: SLF001 - woken on its own session, never re-opened
+    index.close()

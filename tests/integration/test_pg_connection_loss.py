@@ -582,6 +582,27 @@ def test_an_append_cut_at_the_deadline_says_the_write_may_have_committed_and_psy
     assert "error ignored terminating" not in caplog.text, caplog.text
 
 
+_RETURNING = "DELETE FROM orch_running WHERE project = %s RETURNING job_id"
+
+
+@pytest.mark.parametrize("call, write", [
+    (lambda index: index._sql(_RETURNING, (index.project,), write=True, fetch=True), True),  # noqa: SLF001
+    (lambda index: index.candidates(time.time()), True),  # the reservation: a write that returns rows
+    (lambda index: index.running_entries(), False),
+    (lambda index: index.put_running("job1", 1), True),
+], ids=["write-returning", "candidates", "running_entries", "put_running"])
+def test_a_queue_index_statement_cut_off_is_reported_as_a_write_whenever_it_writes_even_if_it_returns_rows(
+        stalling, call: Any, write: bool) -> None:
+    from orchestrator.errors import StorageUnavailableError
+
+    assert stalling.store.has_jobs() is False  # a connection is pooled: the stall hits the statement itself
+    stalling.proxy.stall(5.0)
+    with pytest.raises(StorageUnavailableError) as caught:
+        call(stalling.queue)
+    assert ("may or may not have been committed" in caught.value.message) is write, caught.value.message
+    assert ("the read was cut off" in caught.value.message) is not write
+
+
 @pytest.mark.parametrize("write", [False, True])
 def test_a_lost_connection_says_a_write_may_have_committed_only_for_a_write(write: bool) -> None:
     import psycopg
@@ -620,6 +641,83 @@ def test_an_audit_read_longer_than_the_deadline_completes_in_chunks_each_within_
     assert time.monotonic() - start > DEADLINE  # longer than one call may take: it was not one call
     assert [line.seq for line in lines] == list(range(1, 601))
     assert [line.raw.split(b":")[0] for line in lines] == [str(n).encode() for n in range(1, 601)]
+
+
+def test_an_audit_read_of_large_lines_comes_in_chunks_of_bounded_bytes_each_within_the_deadline(
+        stalling, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Far fewer lines than ``READ_CHUNK_ROWS``, but large ones (a job's input may be a MiB): bounded by rows
+    only, the read was one call, longer than the deadline."""
+    from orchestrator.store import postgres
+    from orchestrator.store.base import AUDIT_STREAM
+
+    monkeypatch.setattr(postgres, "READ_CHUNK_BYTES", 25_000, raising=False)  # ~50 KB on the wire: 0.06 s below
+    _raw_audit_lines(require_pg(), stalling.project_id, 120, size=5_000)
+    stalling.proxy.throttle(800_000)  # the whole log (about 1.2 MB on the wire) takes ~1.5 s, 3x the deadline
+    start = time.monotonic()
+    lines = stalling.store.read(AUDIT_STREAM)
+    assert time.monotonic() - start > DEADLINE  # longer than one call may take: it was not one call
+    assert [line.seq for line in lines] == list(range(1, 121))
+    assert [line.raw.split(b":")[0] for line in lines] == [str(n).encode() for n in range(1, 121)]
+
+
+def test_lines_of_any_sizes_come_at_most_read_chunk_bytes_per_round_trip_and_none_is_missed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line longer than a chunk's share is not sent in it (its length is): the next chunk starts at it with
+    fewer rows, and small lines after it come many per round trip again."""
+    from orchestrator.store import postgres
+    from orchestrator.store.base import AUDIT_STREAM
+
+    store = TestPostgresStore()
+    try:
+        sizes = [100] * 30 + [4_000] * 3 + [100] * 300 + [25_000] + [100] * 5  # one longer than the budget
+        conn = connect(store.url, autocommit=True)
+        conn.execute("INSERT INTO orch_events (project, stream, seq, line) SELECT %s, '@audit', n, "
+                     "convert_to(rpad(n::text || ':', (%s::int[])[n], 'x'), 'UTF8') "
+                     "FROM generate_series(1, %s) AS n", (store.project, sizes, len(sizes)))
+        conn.close()
+        monkeypatch.setattr(postgres, "READ_CHUNK_BYTES", 10_000, raising=False)
+        sent: list[list[int]] = []  # per round trip, the length of each line sent
+        run = store._run  # noqa: SLF001
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            rows = run(*args, **kwargs)
+            sent.append([len(value) for row in rows for value in row if isinstance(value, bytes)])
+            return rows
+
+        monkeypatch.setattr(store, "_run", counting)
+        for read in (lambda: store.read(AUDIT_STREAM),
+                     lambda: store.read_with_aux(AUDIT_STREAM, "audit-head", "audit")[1]):
+            sent.clear()
+            lines = read()
+            assert [len(line.raw) for line in lines] == sizes
+            assert [line.raw.split(b":")[0] for line in lines] == [str(n).encode() for n in range(1, len(sizes) + 1)]
+            assert all(sum(chunk) <= 10_000 or len(chunk) == 1 for chunk in sent), sent
+            assert len(sent) <= 12, sent  # not a round trip per line: 100-byte lines come ~100 at a time
+    finally:
+        store.close()
+
+
+def test_a_job_with_a_line_too_long_for_the_first_chunk_is_read_whole_in_two_round_trips(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.store import postgres
+
+    store = TestPostgresStore()
+    try:
+        orch = Orchestrator(base_path=tmp_path, project_id=store.project, store=store)
+        small = orch.submit("t.echo", {"x": 1})
+        big = orch.submit("t.echo", {"x": "y" * 100_000})  # past the first chunk's share (32 KiB a line)
+        calls: list[int] = []
+        run = store._run  # noqa: SLF001
+        monkeypatch.setattr(store, "_run", lambda *args, **kwargs: (calls.append(1), run(*args, **kwargs))[1])
+        for job, round_trips in ((small, 1), (big, 2)):
+            calls.clear()
+            record, lines = store.read_with_aux(job, "heads", job)
+            assert record is not None and len(calls) == round_trips
+            assert [line.raw for line in lines] == [line.raw for line in store.read(job)]
+        assert orch.status(big).state == "queued"  # and it verifies
+        assert postgres.READ_FIRST_ROWS * 32 * 1024 == postgres.READ_CHUNK_BYTES
+    finally:
+        store.close()
 
 
 def test_long_listings_come_in_chunks_and_miss_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
