@@ -26,7 +26,7 @@ from orchestrator.errors import (ConcurrencyError, ConfigError, ContextSignature
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, PATH_ESCAPE, Problem, VerifiedStream,
                                   check_head_record, check_head, head_record, seal, verify_stream)
 from orchestrator.limits import MAX_INPUT_BYTES, MAX_JSON_DEPTH, MAX_KIND_LENGTH, json_depth
-from orchestrator.security import shown, validate_id
+from orchestrator.security import shown, validate_id, validation_summary
 from orchestrator.signing import Keyring, canonical, load_keyring
 from orchestrator.leases import lease_expiry
 from orchestrator.state import RUNNING, Event, JobState, apply
@@ -397,8 +397,9 @@ class Orchestrator:
         try:
             options = JobOptions(audit=audit, max_attempts=max_attempts, timeout=timeout, priority=priority,
                                  key=key).model_dump(mode="json", exclude_none=True)
-        except ValueError as exc:
-            raise InvalidInputError(f"invalid job options: {exc}") from None
+        except ValueError as exc:  # pydantic's ValidationError: one line per field, not its multi-line text
+            errors = getattr(exc, "errors", None)
+            raise InvalidInputError(f"invalid job options: {validation_summary(errors()) if errors else exc}") from None
         if json_depth(input) > MAX_JSON_DEPTH:
             raise InvalidInputError(f"the job input is nested deeper than {MAX_JSON_DEPTH} levels")
         try:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY
 from orchestrator.errors import InvalidInputError
 from orchestrator.limits import MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_KIND_LENGTH, PRIORITY_LIMIT
+from orchestrator.security import validation_summary
 
 
 class _Data(BaseModel):
@@ -157,4 +158,4 @@ def validate_with_models(event_type: str, data: dict[str, Any]) -> dict[str, Any
     try:
         return model.model_validate(data).model_dump(mode="json", exclude_none=True)
     except ValidationError as exc:
-        raise InvalidInputError(f"invalid {event_type} data: {exc.errors(include_url=False)}") from None
+        raise InvalidInputError(f"invalid {event_type} data: {validation_summary(exc.errors())}") from None

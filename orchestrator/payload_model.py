@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from orchestrator.payload import (DONE, ERROR_CODE_PATTERN, FAILED, MAX_ARTIFACTS, MAX_TEXT, NEEDS_AUDIT,
                                   NEEDS_HUMAN)
+from orchestrator.security import validation_summary
 
 
 class TerminalPayload(BaseModel):
@@ -33,17 +34,9 @@ class TerminalPayload(BaseModel):
         return self
 
 
-def _short(errors: list[dict[str, Any]]) -> str:
-    parts = []
-    for err in errors[:5]:
-        where = ".".join(str(p) for p in err.get("loc", ())) or "payload"
-        parts.append(f"{where}: {err.get('msg')}")
-    return "; ".join(parts)
-
-
 def validate(data: dict[str, Any]) -> TerminalPayload:
     """The model's verdict; a ``ValueError`` whose text is the short form of pydantic's errors."""
     try:
         return TerminalPayload.model_validate(data)
     except ValidationError as exc:
-        raise ValueError(_short(exc.errors())) from None
+        raise ValueError(validation_summary(exc.errors(), "payload")) from None

@@ -224,3 +224,22 @@ def test_a_handler_writing_a_deeply_nested_payload_fails_its_job_not_the_worker(
     result = orch.worker(worker_id="w").run_once()
     assert result is not None and result.error_code == "MALFORMED_PAYLOAD"
     assert orch.status(job).state == "failed"
+
+
+@pytest.mark.parametrize("options", [{"timeout": float("inf")}, {"priority": 10**9}, {"max_attempts": 0},
+                                     {"audit": "maybe"}, {"max_attempts": 0, "priority": -10**9}])
+def test_a_job_option_the_model_refuses_is_one_line_naming_each_field_without_pydantics_links(
+        tmp_path, options: dict) -> None:
+    from orchestrator import Orchestrator
+    from orchestrator.errors import InvalidInputError
+    from orchestrator.signing import Keyring
+
+    orch = Orchestrator(base_path=tmp_path, project_id="p", keyring=Keyring.generate())
+    with pytest.raises(InvalidInputError) as caught:
+        orch.submit("t.echo", 1, **options)
+    message = caught.value.message
+    assert message.startswith("invalid job options: ") and "\n" not in message
+    assert "pydantic" not in message and "http" not in message and "type=" not in message
+    for field in options:
+        assert f"{field}: " in message
+    assert not (tmp_path / "p").exists() or not list((tmp_path / "p").rglob("*.events.jsonl"))  # nothing written
