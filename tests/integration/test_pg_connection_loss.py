@@ -628,36 +628,27 @@ def _raw_audit_lines(url: str, project: str, count: int, size: int = 490) -> Non
         conn.close()
 
 
+@pytest.mark.parametrize("bound, lines, size, rate", [
+    (("READ_CHUNK_ROWS", 50), 600, 490, 400_000),  # many small lines: ~50 KB on the wire per chunk, 0.13 s
+    # far fewer lines than READ_CHUNK_ROWS, but large ones (a job's input may be a MiB): bounded by rows only,
+    # the read was one call, longer than the deadline
+    (("READ_CHUNK_BYTES", 25_000), 120, 5_000, 800_000),
+], ids=["rows", "bytes"])
 def test_an_audit_read_longer_than_the_deadline_completes_in_chunks_each_within_it(
-        stalling, monkeypatch: pytest.MonkeyPatch) -> None:
+        stalling, monkeypatch: pytest.MonkeyPatch, bound: tuple[str, int], lines: int, size: int,
+        rate: int) -> None:
+    """The whole log takes ~1.5 s on the throttled wire, 3x the deadline: it comes in chunks, each within it."""
     from orchestrator.store import postgres
     from orchestrator.store.base import AUDIT_STREAM
 
-    monkeypatch.setattr(postgres, "READ_CHUNK_ROWS", 50, raising=False)  # ~50 KB on the wire: 0.13 s at the rate below
-    _raw_audit_lines(require_pg(), stalling.project_id, 600)
-    stalling.proxy.throttle(400_000)  # the whole log (about 600 KB on the wire) takes ~1.5 s, 3x the deadline
+    monkeypatch.setattr(postgres, bound[0], bound[1], raising=False)
+    _raw_audit_lines(require_pg(), stalling.project_id, lines, size)
+    stalling.proxy.throttle(rate)
     start = time.monotonic()
-    lines = stalling.store.read(AUDIT_STREAM)
+    read = stalling.store.read(AUDIT_STREAM)
     assert time.monotonic() - start > DEADLINE  # longer than one call may take: it was not one call
-    assert [line.seq for line in lines] == list(range(1, 601))
-    assert [line.raw.split(b":")[0] for line in lines] == [str(n).encode() for n in range(1, 601)]
-
-
-def test_an_audit_read_of_large_lines_comes_in_chunks_of_bounded_bytes_each_within_the_deadline(
-        stalling, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Far fewer lines than ``READ_CHUNK_ROWS``, but large ones (a job's input may be a MiB): bounded by rows
-    only, the read was one call, longer than the deadline."""
-    from orchestrator.store import postgres
-    from orchestrator.store.base import AUDIT_STREAM
-
-    monkeypatch.setattr(postgres, "READ_CHUNK_BYTES", 25_000, raising=False)  # ~50 KB on the wire: 0.06 s below
-    _raw_audit_lines(require_pg(), stalling.project_id, 120, size=5_000)
-    stalling.proxy.throttle(800_000)  # the whole log (about 1.2 MB on the wire) takes ~1.5 s, 3x the deadline
-    start = time.monotonic()
-    lines = stalling.store.read(AUDIT_STREAM)
-    assert time.monotonic() - start > DEADLINE  # longer than one call may take: it was not one call
-    assert [line.seq for line in lines] == list(range(1, 121))
-    assert [line.raw.split(b":")[0] for line in lines] == [str(n).encode() for n in range(1, 121)]
+    assert [line.seq for line in read] == list(range(1, lines + 1))
+    assert [line.raw.split(b":")[0] for line in read] == [str(n).encode() for n in range(1, lines + 1)]
 
 
 def test_lines_of_any_sizes_come_at_most_read_chunk_bytes_per_round_trip_and_none_is_missed(
