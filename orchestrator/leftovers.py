@@ -112,13 +112,26 @@ def _start_time(pid: int) -> bytes | None:
 
 
 def _adopted() -> list[int]:
-    """This process's children that it did not start: what runs left behind a parent that exited."""
+    """This process's children that it did not start: what runs left behind a parent that exited. One in this
+    process's own process group is not a run's: every run's process has a group of its own (a command a session
+    too), and what it starts stays in that group or one it makes (a command's descendants cannot join a group of
+    another session); what this process's own code starts (a module it imported, at import or from a thread of
+    its, at any time) is in this process's group, unless it was given a group or a session of its own."""
     assert _spared_children is not None
     children = _child_pids()
     for pid in [pid for pid in _own_children if pid not in children]:
         del _own_children[pid]  # reaped: its pid may be given to another process
+    own_group = os.getpgrp()
     return [pid for pid in children if pid not in _spared_children
-            and (pid not in _own_children or _own_children[pid] != _start_time(pid))]
+            and (pid not in _own_children or _own_children[pid] != _start_time(pid))
+            and _group_of(pid) != own_group]
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:  # reaped meanwhile (by whoever started it)
+        return None
 
 
 def end_adopted(wait: float = KILL_WAIT_SECONDS) -> list[int] | None:

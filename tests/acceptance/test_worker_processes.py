@@ -393,3 +393,52 @@ def test_a_worker_process_ends_what_a_timed_out_command_left_outside_its_group_w
     assert ran.returncode == 0, ran.stderr
     assert json.loads(ran.stdout)["error_code"] == "NO_TERMINAL_SIGNAL_TIMEOUT"
     assert not alive(int(pidfile.read_text()))
+
+
+# -- what the worker process's own code starts (a module it imports, a thread of one) is not a run's ----------
+COMMAND_DONE = 'printf \'{"status": "done", "summary": "ok"}\' > "$ORCH_TERMINAL_FILE"'
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="child subreapers are Linux only")
+def test_a_worker_process_spares_a_child_that_a_module_imported_for_a_job_kind_started(
+        env, orch, tmp_path: Path, pidfile: Path) -> None:
+    """A ``module:function`` kind is imported in the worker process when a job of it is claimed, after the worker
+    adopted orphans: a process its import starts (a helper it keeps) is the module's, not a run's leftover."""
+    (tmp_path / "starts_at_import.py").write_text(
+        "import os, subprocess\n"
+        "HELPER = subprocess.Popen(['sleep', '300'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        f"open({str(pidfile)!r}, 'w').write(str(HELPER.pid))\n"
+        "def run(ctx):\n"
+        "    return {'status': 'done', 'summary': 'ok', 'output': HELPER.poll()}\n")
+    first = orch.submit("starts_at_import:run", None)
+    command = orch.submit("command", {"argv": ["sh", "-c", COMMAND_DONE]})
+    ran = run_script("worker", "--max-jobs", "2", "--idle-exit", "--json",
+                     env={**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{tmp_path}"})
+    assert ran.returncode == 0, ran.stderr
+    assert [state(orch, j) for j in (first, command)] == ["succeeded"] * 2
+    assert alive(int(pidfile.read_text()))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="child subreapers are Linux only")
+def test_a_worker_process_spares_a_child_that_a_thread_of_an_imported_module_starts_while_a_command_runs(
+        env, orch, tmp_path: Path, pidfile: Path) -> None:
+    """A thread an imported module started (a metrics exporter, a watcher) may start processes at any time; one
+    started while a command runs is the module's, not the command's leftover."""
+    trigger = tmp_path / "trigger"
+    (tmp_path / "starts_in_a_thread.py").write_text(
+        "import os, subprocess, threading, time\n"
+        "def later():\n"
+        f"    while not os.path.exists({str(trigger)!r}):\n"
+        "        time.sleep(0.005)\n"
+        "    helper = subprocess.Popen(['sleep', '300'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        f"    open({str(pidfile)!r} + '.tmp', 'w').write(str(helper.pid))\n"
+        f"    os.rename({str(pidfile)!r} + '.tmp', {str(pidfile)!r})\n"
+        "threading.Thread(target=later, daemon=True).start()\n")
+    script = f'touch "$1"; while [ ! -s "$2" ]; do sleep 0.01; done; {COMMAND_DONE}'
+    job = orch.submit("command", {"argv": ["sh", "-c", script, "sh", str(trigger), str(pidfile)]})
+    ran = run_script("worker", "--once", "--json",
+                     env={**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{tmp_path}",
+                          "ORCH_HANDLERS": "worker_handlers,starts_in_a_thread"})
+    assert ran.returncode == 0, ran.stderr
+    assert state(orch, job) == "succeeded"
+    assert alive(int(pidfile.read_text()))
