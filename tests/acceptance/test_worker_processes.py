@@ -442,3 +442,45 @@ def test_a_worker_process_spares_a_child_that_a_thread_of_an_imported_module_sta
     assert ran.returncode == 0, ran.stderr
     assert state(orch, job) == "succeeded"
     assert alive(int(pidfile.read_text()))
+
+
+def _can_choose_the_next_pid() -> bool:
+    try:
+        with open("/proc/sys/kernel/ns_last_pid", "r+") as fh:
+            fh.write(fh.read())
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="child subreapers are Linux only")
+@pytest.mark.skipif(not _can_choose_the_next_pid(), reason="needs /proc/sys/kernel/ns_last_pid (root)")
+def test_a_worker_process_ends_a_leftover_given_the_pid_of_a_child_it_had_before_its_first_run(
+        env, orch, tmp_path: Path, pidfile: Path) -> None:
+    """The children a worker has before its first run (an imported module's) are spared; one that exits and is
+    reaped frees its pid, and a run's leftover given that pid later is not spared for it."""
+    trigger, freed = tmp_path / "trigger", tmp_path / "freed"
+    (tmp_path / "frees_a_pid.py").write_text(
+        "import os, subprocess, threading, time\n"
+        "HELPER = subprocess.Popen(['sleep', '300'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "def later():\n"
+        f"    while not os.path.exists({str(trigger)!r}):\n"
+        "        time.sleep(0.005)\n"
+        "    HELPER.kill()\n"
+        "    HELPER.wait()\n"
+        f"    open({str(freed)!r} + '.tmp', 'w').write(str(HELPER.pid))\n"
+        f"    os.rename({str(freed)!r} + '.tmp', {str(freed)!r})\n"
+        "threading.Thread(target=later, daemon=True).start()\n")
+    script = ('touch "$1"; while [ ! -s "$2" ]; do sleep 0.01; done; '
+              'echo $(($(cat "$2") - 1)) > /proc/sys/kernel/ns_last_pid; '
+              f'setsid env -i sleep 300 & echo $! > "$3"; {SLEEP_STARTED.replace("$1", "$3")}')
+    job = orch.submit("command", {"argv": ["sh", "-c", script, "sh", str(trigger), str(freed), str(pidfile)]},
+                      max_attempts=1)
+    ran = run_script("worker", "--once", "--json",
+                     env={**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{tmp_path}",
+                          "ORCH_HANDLERS": "worker_handlers,frees_a_pid"})
+    assert ran.returncode == 0, ran.stderr
+    assert state(orch, job) == "succeeded"
+    if pidfile.read_text().strip() != freed.read_text().strip():
+        pytest.skip("another process took the freed pid first")
+    assert not alive(int(pidfile.read_text()))
