@@ -33,7 +33,8 @@ import select
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 if TYPE_CHECKING:  # runner imports this module
     from orchestrator.runner import Child
@@ -103,6 +104,24 @@ def started_child(pid: int) -> None:
         started = _start_time(pid)
         if started is not None:
             _own_children[pid] = started
+
+
+@contextmanager
+def own_code() -> Iterator[None]:
+    """Around code of this process's own that may start processes (a handler module imported when a job of its
+    kind is claimed, ``handlers._import``): the children that appear meanwhile (a daemon in a session of its own,
+    one re-parented here by a double fork) are not a run's, as those it had before adopting orphans are not.
+    Two reads of ``/proc/self/task/*/children``, in a worker that adopts orphans only."""
+    if not _adopting:
+        yield
+        return
+    before = set(_child_pids())
+    try:
+        yield
+    finally:
+        for pid in _child_pids():
+            if pid not in before:
+                started_child(pid)
 
 
 def _start_time(pid: int) -> bytes | None:

@@ -484,3 +484,28 @@ def test_a_worker_process_ends_a_leftover_given_the_pid_of_a_child_it_had_before
     if pidfile.read_text().strip() != freed.read_text().strip():
         pytest.skip("another process took the freed pid first")
     assert not alive(int(pidfile.read_text()))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="child subreapers are Linux only")
+@pytest.mark.parametrize("how", ["session", "double fork"])
+def test_a_worker_process_spares_a_daemon_that_a_module_imported_for_a_job_kind_started_in_a_session_of_its_own(
+        env, orch, tmp_path: Path, pidfile: Path, how: str) -> None:
+    """A ``module:function`` kind's module, imported when a job of it is claimed (after the worker adopted
+    orphans), may start a daemon in a session of its own, or by a double fork (re-parented to the worker): it is
+    the module's, as it would be had the module been imported before the first run (``--import``)."""
+    start = {"session": "subprocess.Popen(['sleep', '300'], start_new_session=True, stdout=subprocess.DEVNULL, "
+                        "stderr=subprocess.DEVNULL).pid",
+             "double fork": "int(subprocess.run(['sh', '-c', 'setsid sleep 300 >/dev/null 2>&1 & echo $!'], "
+                            "capture_output=True, text=True).stdout)"}[how]
+    (tmp_path / "daemon_at_import.py").write_text(
+        "import subprocess\n"
+        f"open({str(pidfile)!r}, 'w').write(str({start}))\n"
+        "def run(ctx):\n"
+        "    return {'status': 'done', 'summary': 'ok'}\n")
+    first = orch.submit("daemon_at_import:run", None)
+    command = orch.submit("command", {"argv": ["sh", "-c", COMMAND_DONE]})
+    ran = run_script("worker", "--max-jobs", "2", "--idle-exit", "--json",
+                     env={**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{tmp_path}"})
+    assert ran.returncode == 0, ran.stderr
+    assert [state(orch, j) for j in (first, command)] == ["succeeded"] * 2
+    assert alive(int(pidfile.read_text()))
