@@ -33,7 +33,8 @@ import select
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 if TYPE_CHECKING:  # runner imports this module
     from orchestrator.runner import Child
@@ -56,8 +57,8 @@ def become_subreaper(libc: Any) -> None:
             pass
 
 
-_spared_children: set[int] | None = None  # None: this process adopts nothing (``adopt_orphans`` not called)
-_own_children: dict[int, bytes] = {}  # pid -> start time of each child this process started itself
+_adopting = False  # this process adopts orphans (``adopt_orphans`` was called)
+_own_children: dict[int, bytes] = {}  # pid -> start time of each child this process started itself, or had before
 
 
 def adopt_orphans(libc: Any) -> None:
@@ -65,19 +66,22 @@ def adopt_orphans(libc: Any) -> None:
     become a child subreaper, so that what a run leaves running behind a parent that exited (a ``setsid``
     daemon, a double fork, a process that cleared its environment) is re-parented to the worker, and
     ``end_adopted`` ends it with the run. The children this process has at that moment are not a run's
-    (something an imported handler module started): they are spared."""
-    global _spared_children
+    (something an imported handler module started): they are spared, held with their start times as the
+    children it starts are, so that a leftover given the pid of one that exited is not taken for it."""
+    global _adopting
     if not sys.platform.startswith("linux"):
         return
     become_subreaper(libc)
     if libc and _is_subreaper(libc):
-        _spared_children = set(_child_pids())
+        _adopting = True
+        for pid in _child_pids():
+            started_child(pid)
 
 
 def _forget_adoption() -> None:
     """In a forked child (a handler process): the worker's adoption and children are not its own."""
-    global _spared_children
-    _spared_children = None
+    global _adopting
+    _adopting = False
     _own_children.clear()
 
 
@@ -96,10 +100,28 @@ def _is_subreaper(libc: Any) -> bool:
 def started_child(pid: int) -> None:
     """Called by whatever starts a child of this process (``runner``): it is not a run's leftover. Held with
     its start time, so a pid that a leftover is given later is not taken for it."""
-    if _spared_children is not None:
+    if _adopting:
         started = _start_time(pid)
         if started is not None:
             _own_children[pid] = started
+
+
+@contextmanager
+def own_code() -> Iterator[None]:
+    """Around code of this process's own that may start processes (a handler module imported when a job of its
+    kind is claimed, ``handlers._import``): the children that appear meanwhile (a daemon in a session of its own,
+    one re-parented here by a double fork) are not a run's, as those it had before adopting orphans are not.
+    Two reads of ``/proc/self/task/*/children``, in a worker that adopts orphans only."""
+    if not _adopting:
+        yield
+        return
+    before = set(_child_pids())
+    try:
+        yield
+    finally:
+        for pid in _child_pids():
+            if pid not in before:
+                started_child(pid)
 
 
 def _start_time(pid: int) -> bytes | None:
@@ -112,13 +134,25 @@ def _start_time(pid: int) -> bytes | None:
 
 
 def _adopted() -> list[int]:
-    """This process's children that it did not start: what runs left behind a parent that exited."""
-    assert _spared_children is not None
+    """This process's children that it did not start: what runs left behind a parent that exited. One in this
+    process's own process group is not a run's: every run's process has a group of its own (a command a session
+    too), and what it starts stays in that group or one it makes (a command's descendants cannot join a group of
+    another session); what this process's own code starts (a module it imported, at import or from a thread of
+    its, at any time) is in this process's group, unless it was given a group or a session of its own."""
+    assert _adopting
     children = _child_pids()
     for pid in [pid for pid in _own_children if pid not in children]:
         del _own_children[pid]  # reaped: its pid may be given to another process
-    return [pid for pid in children if pid not in _spared_children
-            and (pid not in _own_children or _own_children[pid] != _start_time(pid))]
+    own_group = os.getpgrp()
+    return [pid for pid in children if (pid not in _own_children or _own_children[pid] != _start_time(pid))
+            and _group_of(pid) != own_group]
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:  # reaped meanwhile (by whoever started it)
+        return None
 
 
 def end_adopted(wait: float = KILL_WAIT_SECONDS) -> list[int] | None:
@@ -128,7 +162,7 @@ def end_adopted(wait: float = KILL_WAIT_SECONDS) -> list[int] | None:
     ``kill_run_processes``). With nothing adopted (nearly every run) this is one read of
     ``/proc/self/task/*/children`` per thread. A pid is signalled only while it is an unreaped child of this
     process, so it cannot belong to another process meanwhile."""
-    if _spared_children is None:
+    if not _adopting:
         return None
     killed: list[int] = []
     deadline, pause = time.monotonic() + wait, 0.001

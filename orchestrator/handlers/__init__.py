@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from orchestrator.errors import ConfigError, HandlerNotFoundError
 from orchestrator.handler_host import HandlerHost
+from orchestrator.leftovers import own_code
 from orchestrator.runner import Child, fork_call
 
 
@@ -195,7 +196,8 @@ def _import(module_name: str) -> Any:
         return module
     saved = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
     try:
-        return importlib.import_module(module_name)
+        with own_code():  # what the module starts at import is the worker's, not a run's leftover
+            return importlib.import_module(module_name)
     finally:
         if threading.current_thread() is threading.main_thread():
             for sig, handler in saved.items():

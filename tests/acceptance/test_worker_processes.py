@@ -393,3 +393,119 @@ def test_a_worker_process_ends_what_a_timed_out_command_left_outside_its_group_w
     assert ran.returncode == 0, ran.stderr
     assert json.loads(ran.stdout)["error_code"] == "NO_TERMINAL_SIGNAL_TIMEOUT"
     assert not alive(int(pidfile.read_text()))
+
+
+# -- what the worker process's own code starts (a module it imports, a thread of one) is not a run's ----------
+COMMAND_DONE = 'printf \'{"status": "done", "summary": "ok"}\' > "$ORCH_TERMINAL_FILE"'
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="child subreapers are Linux only")
+def test_a_worker_process_spares_a_child_that_a_module_imported_for_a_job_kind_started(
+        env, orch, tmp_path: Path, pidfile: Path) -> None:
+    """A ``module:function`` kind is imported in the worker process when a job of it is claimed, after the worker
+    adopted orphans: a process its import starts (a helper it keeps) is the module's, not a run's leftover."""
+    (tmp_path / "starts_at_import.py").write_text(
+        "import os, subprocess\n"
+        "HELPER = subprocess.Popen(['sleep', '300'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        f"open({str(pidfile)!r}, 'w').write(str(HELPER.pid))\n"
+        "def run(ctx):\n"
+        "    return {'status': 'done', 'summary': 'ok', 'output': HELPER.poll()}\n")
+    first = orch.submit("starts_at_import:run", None)
+    command = orch.submit("command", {"argv": ["sh", "-c", COMMAND_DONE]})
+    ran = run_script("worker", "--max-jobs", "2", "--idle-exit", "--json",
+                     env={**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{tmp_path}"})
+    assert ran.returncode == 0, ran.stderr
+    assert [state(orch, j) for j in (first, command)] == ["succeeded"] * 2
+    assert alive(int(pidfile.read_text()))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="child subreapers are Linux only")
+def test_a_worker_process_spares_a_child_that_a_thread_of_an_imported_module_starts_while_a_command_runs(
+        env, orch, tmp_path: Path, pidfile: Path) -> None:
+    """A thread an imported module started (a metrics exporter, a watcher) may start processes at any time; one
+    started while a command runs is the module's, not the command's leftover."""
+    trigger = tmp_path / "trigger"
+    (tmp_path / "starts_in_a_thread.py").write_text(
+        "import os, subprocess, threading, time\n"
+        "def later():\n"
+        f"    while not os.path.exists({str(trigger)!r}):\n"
+        "        time.sleep(0.005)\n"
+        "    helper = subprocess.Popen(['sleep', '300'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        f"    open({str(pidfile)!r} + '.tmp', 'w').write(str(helper.pid))\n"
+        f"    os.rename({str(pidfile)!r} + '.tmp', {str(pidfile)!r})\n"
+        "threading.Thread(target=later, daemon=True).start()\n")
+    script = f'touch "$1"; while [ ! -s "$2" ]; do sleep 0.01; done; {COMMAND_DONE}'
+    job = orch.submit("command", {"argv": ["sh", "-c", script, "sh", str(trigger), str(pidfile)]})
+    ran = run_script("worker", "--once", "--json",
+                     env={**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{tmp_path}",
+                          "ORCH_HANDLERS": "worker_handlers,starts_in_a_thread"})
+    assert ran.returncode == 0, ran.stderr
+    assert state(orch, job) == "succeeded"
+    assert alive(int(pidfile.read_text()))
+
+
+def _can_choose_the_next_pid() -> bool:
+    try:
+        with open("/proc/sys/kernel/ns_last_pid", "r+") as fh:
+            fh.write(fh.read())
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="child subreapers are Linux only")
+@pytest.mark.skipif(not _can_choose_the_next_pid(), reason="needs /proc/sys/kernel/ns_last_pid (root)")
+def test_a_worker_process_ends_a_leftover_given_the_pid_of_a_child_it_had_before_its_first_run(
+        env, orch, tmp_path: Path, pidfile: Path) -> None:
+    """The children a worker has before its first run (an imported module's) are spared; one that exits and is
+    reaped frees its pid, and a run's leftover given that pid later is not spared for it."""
+    trigger, freed = tmp_path / "trigger", tmp_path / "freed"
+    (tmp_path / "frees_a_pid.py").write_text(
+        "import os, subprocess, threading, time\n"
+        "HELPER = subprocess.Popen(['sleep', '300'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "def later():\n"
+        f"    while not os.path.exists({str(trigger)!r}):\n"
+        "        time.sleep(0.005)\n"
+        "    HELPER.kill()\n"
+        "    HELPER.wait()\n"
+        f"    open({str(freed)!r} + '.tmp', 'w').write(str(HELPER.pid))\n"
+        f"    os.rename({str(freed)!r} + '.tmp', {str(freed)!r})\n"
+        "threading.Thread(target=later, daemon=True).start()\n")
+    script = ('touch "$1"; while [ ! -s "$2" ]; do sleep 0.01; done; '
+              'echo $(($(cat "$2") - 1)) > /proc/sys/kernel/ns_last_pid; '
+              f'setsid env -i sleep 300 & echo $! > "$3"; {SLEEP_STARTED.replace("$1", "$3")}')
+    job = orch.submit("command", {"argv": ["sh", "-c", script, "sh", str(trigger), str(freed), str(pidfile)]},
+                      max_attempts=1)
+    ran = run_script("worker", "--once", "--json",
+                     env={**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{tmp_path}",
+                          "ORCH_HANDLERS": "worker_handlers,frees_a_pid"})
+    assert ran.returncode == 0, ran.stderr
+    assert state(orch, job) == "succeeded"
+    if pidfile.read_text().strip() != freed.read_text().strip():
+        pytest.skip("another process took the freed pid first")
+    assert not alive(int(pidfile.read_text()))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="child subreapers are Linux only")
+@pytest.mark.parametrize("how", ["session", "double fork"])
+def test_a_worker_process_spares_a_daemon_that_a_module_imported_for_a_job_kind_started_in_a_session_of_its_own(
+        env, orch, tmp_path: Path, pidfile: Path, how: str) -> None:
+    """A ``module:function`` kind's module, imported when a job of it is claimed (after the worker adopted
+    orphans), may start a daemon in a session of its own, or by a double fork (re-parented to the worker): it is
+    the module's, as it would be had the module been imported before the first run (``--import``)."""
+    start = {"session": "subprocess.Popen(['sleep', '300'], start_new_session=True, stdout=subprocess.DEVNULL, "
+                        "stderr=subprocess.DEVNULL).pid",
+             "double fork": "int(subprocess.run(['sh', '-c', 'setsid sleep 300 >/dev/null 2>&1 & echo $!'], "
+                            "capture_output=True, text=True).stdout)"}[how]
+    (tmp_path / "daemon_at_import.py").write_text(
+        "import subprocess\n"
+        f"open({str(pidfile)!r}, 'w').write(str({start}))\n"
+        "def run(ctx):\n"
+        "    return {'status': 'done', 'summary': 'ok'}\n")
+    first = orch.submit("daemon_at_import:run", None)
+    command = orch.submit("command", {"argv": ["sh", "-c", COMMAND_DONE]})
+    ran = run_script("worker", "--max-jobs", "2", "--idle-exit", "--json",
+                     env={**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{tmp_path}"})
+    assert ran.returncode == 0, ran.stderr
+    assert [state(orch, j) for j in (first, command)] == ["succeeded"] * 2
+    assert alive(int(pidfile.read_text()))
