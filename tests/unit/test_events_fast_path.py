@@ -19,7 +19,8 @@ from orchestrator import events
 from orchestrator.errors import InvalidInputError, MalformedPayloadError
 from orchestrator.event_models import EVENT_MODELS, validate_with_models
 from orchestrator.payload import Payload, _accept, parse_payload
-from orchestrator.payload_model import TerminalPayload, _short
+from orchestrator.payload_model import TerminalPayload
+from orchestrator.security import validation_summary
 
 FOLDER = Path("/nonexistent/artifacts/JOB1")
 
@@ -134,7 +135,7 @@ def test_payload_errors_still_come_from_the_model_word_for_word() -> None:
         parse_payload(raw, FOLDER)
     with pytest.raises(ValidationError) as model_err:
         TerminalPayload.model_validate(json.loads(raw))
-    assert err.value.message == f"invalid terminal payload: {_short(model_err.value.errors())}"
+    assert err.value.message == f"invalid terminal payload: {validation_summary(model_err.value.errors(), "payload")}"
     assert err.value.message.endswith("needs a non-empty 'question'")
 
 
