@@ -135,7 +135,7 @@ def test_payload_errors_still_come_from_the_model_word_for_word() -> None:
         parse_payload(raw, FOLDER)
     with pytest.raises(ValidationError) as model_err:
         TerminalPayload.model_validate(json.loads(raw))
-    assert err.value.message == f"invalid terminal payload: {validation_summary(model_err.value.errors(), "payload")}"
+    assert err.value.message == f"invalid terminal payload: {validation_summary(model_err.value.errors(), 'payload')}"
     assert err.value.message.endswith("needs a non-empty 'question'")
 
 
