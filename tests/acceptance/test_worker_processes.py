@@ -400,26 +400,6 @@ COMMAND_DONE = 'printf \'{"status": "done", "summary": "ok"}\' > "$ORCH_TERMINAL
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="child subreapers are Linux only")
-def test_a_worker_process_spares_a_child_that_a_module_imported_for_a_job_kind_started(
-        env, orch, tmp_path: Path, pidfile: Path) -> None:
-    """A ``module:function`` kind is imported in the worker process when a job of it is claimed, after the worker
-    adopted orphans: a process its import starts (a helper it keeps) is the module's, not a run's leftover."""
-    (tmp_path / "starts_at_import.py").write_text(
-        "import os, subprocess\n"
-        "HELPER = subprocess.Popen(['sleep', '300'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
-        f"open({str(pidfile)!r}, 'w').write(str(HELPER.pid))\n"
-        "def run(ctx):\n"
-        "    return {'status': 'done', 'summary': 'ok', 'output': HELPER.poll()}\n")
-    first = orch.submit("starts_at_import:run", None)
-    command = orch.submit("command", {"argv": ["sh", "-c", COMMAND_DONE]})
-    ran = run_script("worker", "--max-jobs", "2", "--idle-exit", "--json",
-                     env={**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{tmp_path}"})
-    assert ran.returncode == 0, ran.stderr
-    assert [state(orch, j) for j in (first, command)] == ["succeeded"] * 2
-    assert alive(int(pidfile.read_text()))
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="child subreapers are Linux only")
 def test_a_worker_process_spares_a_child_that_a_thread_of_an_imported_module_starts_while_a_command_runs(
         env, orch, tmp_path: Path, pidfile: Path) -> None:
     """A thread an imported module started (a metrics exporter, a watcher) may start processes at any time; one
@@ -487,13 +467,15 @@ def test_a_worker_process_ends_a_leftover_given_the_pid_of_a_child_it_had_before
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="child subreapers are Linux only")
-@pytest.mark.parametrize("how", ["session", "double fork"])
-def test_a_worker_process_spares_a_daemon_that_a_module_imported_for_a_job_kind_started_in_a_session_of_its_own(
+@pytest.mark.parametrize("how", ["same group", "session", "double fork"])
+def test_a_worker_process_spares_a_process_that_a_module_imported_for_a_job_kind_started(
         env, orch, tmp_path: Path, pidfile: Path, how: str) -> None:
-    """A ``module:function`` kind's module, imported when a job of it is claimed (after the worker adopted
-    orphans), may start a daemon in a session of its own, or by a double fork (re-parented to the worker): it is
-    the module's, as it would be had the module been imported before the first run (``--import``)."""
-    start = {"session": "subprocess.Popen(['sleep', '300'], start_new_session=True, stdout=subprocess.DEVNULL, "
+    """A ``module:function`` kind's module is imported in the worker process when a job of it is claimed, after
+    the worker adopted orphans: what its import starts (a helper it keeps, a daemon in a session of its own, one
+    re-parented to the worker by a double fork) is the module's, as it would be had the module been imported
+    before the first run (``--import``), not a run's leftover."""
+    start = {"same group": "subprocess.Popen(['sleep', '300'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid",
+             "session": "subprocess.Popen(['sleep', '300'], start_new_session=True, stdout=subprocess.DEVNULL, "
                         "stderr=subprocess.DEVNULL).pid",
              "double fork": "int(subprocess.run(['sh', '-c', 'setsid sleep 300 >/dev/null 2>&1 & echo $!'], "
                             "capture_output=True, text=True).stdout)"}[how]
