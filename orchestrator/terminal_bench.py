@@ -178,9 +178,9 @@ def _measure(samples: int, seed: int, base_path: str | None, project: str, delet
     try:
         rows = run(settings, progress)
     finally:
-        if delete:
+        if delete:  # the scratch project and its scratch keys; a kept project's keys are the operator's
             shutil.rmtree(base / project, ignore_errors=True)
-        shutil.rmtree(base / f".{project}-keys", ignore_errors=True)
+            shutil.rmtree(base / f".{project}-keys", ignore_errors=True)
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     result = summary(rows, settings, time.perf_counter() - t0)

@@ -99,6 +99,23 @@ def test_bench_terminal_latency_into_a_kept_project_leaves_it_verifiable_with_th
     assert script("status", "--all").returncode == 0
 
 
+def test_bench_terminal_latency_into_a_kept_project_never_deletes_the_operators_keyring_folder(
+        tmp_path: Path, cli_env) -> None:
+    """A kept project is signed with the operator's keyring, so nothing of the run's scratch keys exists to delete:
+    a keyring folder at BASE_PATH/.<project>-keys (the scratch keys' place) is the operator's and stays."""
+    base = tmp_path / "base"
+    env = {k: v for k, v in cli_env.items() if k != "ORCH_SIGNING_KEY"}
+    env.update(BASE_PATH=str(base), PROJECT_ID="ops", ORCH_KEYRING_DIR=str(base / ".ops-keys"))
+    script = lambda name, *args: subprocess.run(  # noqa: E731
+        [sys.executable, str(REPO / "scripts" / f"{name}.py"), *args], env=env, capture_output=True, text=True,
+        timeout=120, cwd=tmp_path)
+    bench = script("bench_terminal_latency", "--samples", "2", "--base-path", str(base), "--project-id", "ops", "--json")
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    assert list((base / ".ops-keys").glob("*.pub")), "the operator's keyring folder was deleted"
+    verify = script("verify", "--json")
+    assert verify.returncode == 0, verify.stdout[-3000:]
+
+
 def test_the_gate_fails_when_p95_or_p99_is_over_its_limit() -> None:
     ok = {"p50": 1.0, "p95": 80.0, "p99": 150.0, "max": 200.0}
     assert tb.verdicts(ok)["gate"] is True
