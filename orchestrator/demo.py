@@ -6,11 +6,12 @@ states, verifies the signed history, shows that a hand edit is caught, and ends 
 an operator can do next. Everything happens under BASE_PATH (default ``./demo-base``) with
 the project id ``demo``; run it again to start afresh: the project is replaced only if the demo made
 it (its folder holds ``MARKER``), so a real project named ``demo`` under that folder is never removed.
-No network or LLM is needed.
+It always uses the file backend (``ORCH_STORE_URL`` is not read). No network or LLM is needed.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import sys
@@ -45,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(project)
     project.mkdir(parents=True)
     (project / MARKER).write_text("made by python -m orchestrator.demo, which replaces this project when run again\n")
-    orch = Orchestrator(base_path=base, project_id=PROJECT)
+    # the file backend, whatever ORCH_STORE_URL says: the marker guards a folder, and a PostgreSQL project named
+    # demo (a real one, its queued jobs run by the demo's worker) is not the demo's to write into
+    orch = Orchestrator(base_path=base, project_id=PROJECT, store_url="file")
     say(f"== jsonl-orchestrator demo: store at {orch.settings.state_dir}")
 
     import orchestrator.demo_handlers  # noqa: F401  (registers demo.* handlers)
@@ -90,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # copied into a shell as they are: quoted paths, and this interpreter (the Quick start's .venv is not activated,
     # and a python3 without the dependencies fails on its first import)
-    env = f"BASE_PATH={shlex.quote(str(base))} PROJECT_ID={PROJECT} {shlex.quote(interpreter())}"
+    # and the demo's store: a shell whose ORCH_STORE_URL names PostgreSQL would send them there
+    store = " ORCH_STORE_URL=file" if os.environ.get("ORCH_STORE_URL", "file") not in ("", "file") else ""
+    env = f"BASE_PATH={shlex.quote(str(base))} PROJECT_ID={PROJECT}{store} {shlex.quote(interpreter())}"
     say("\n== what you can do next (from a checkout)\n"
         f"  {env} scripts/status.py --all\n"
         f"  {env} scripts/status.py {jobs['ask']}            # the pending question\n"

@@ -51,14 +51,16 @@ def run(settings: Settings, progress: Callable[[str], None] | None = None) -> li
     if not settings.kept:
         env["ORCH_SIGNING_KEY"] = new_seed()  # a scratch key, shared with the worker process only
         env["ORCH_KEYRING_DIR"] = str(settings.base_path / f".{settings.project_id}-keys")
-    orch = Orchestrator(base_path=settings.base_path, project_id=settings.project_id,
+    # files, as the worker process (no ORCH_STORE_URL reaches it): the benchmark measures the file backend
+    orch = Orchestrator(base_path=settings.base_path, project_id=settings.project_id, store_url="file",
                         keyring=load_keyring(env, announce=settings.kept))
     if settings.kept:  # created (on first use) here, before the worker process starts: both sign with one key
         orch.keyring.ensure_signer()
-    worker = lat.WorkerProcess(str(settings.base_path), settings.project_id, env).start()
     reader = lat.Reader(orch)
+    worker: lat.WorkerProcess | None = None
     rows: list[dict[str, Any]] = []
-    try:
+    try:  # from the worker's start: whatever fails after it stops it, never leaves it running
+        worker = lat.WorkerProcess(str(settings.base_path), settings.project_id, env).start()
         total = settings.warmup + settings.samples
         for i in range(total):
             pad = rng.randrange(MAX_PAD + 1)
@@ -85,7 +87,8 @@ def run(settings: Settings, progress: Callable[[str], None] | None = None) -> li
                 progress(f"terminal latency: {len(rows)}/{settings.samples} samples")
     finally:
         reader.close()
-        worker.stop()
+        if worker is not None:
+            worker.stop()
     return rows
 
 
@@ -178,9 +181,9 @@ def _measure(samples: int, seed: int, base_path: str | None, project: str, delet
     try:
         rows = run(settings, progress)
     finally:
-        if delete:
+        if delete:  # the scratch project and its scratch keys; a kept project's keys are the operator's
             shutil.rmtree(base / project, ignore_errors=True)
-        shutil.rmtree(base / f".{project}-keys", ignore_errors=True)
+            shutil.rmtree(base / f".{project}-keys", ignore_errors=True)
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     result = summary(rows, settings, time.perf_counter() - t0)

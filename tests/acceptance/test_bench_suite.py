@@ -99,6 +99,61 @@ def test_bench_terminal_latency_into_a_kept_project_leaves_it_verifiable_with_th
     assert script("status", "--all").returncode == 0
 
 
+def test_bench_terminal_latency_into_a_kept_project_never_deletes_the_operators_keyring_folder(
+        tmp_path: Path, cli_env) -> None:
+    """A kept project is signed with the operator's keyring, so nothing of the run's scratch keys exists to delete:
+    a keyring folder at BASE_PATH/.<project>-keys (the scratch keys' place) is the operator's and stays."""
+    base = tmp_path / "base"
+    env = {k: v for k, v in cli_env.items() if k != "ORCH_SIGNING_KEY"}
+    env.update(BASE_PATH=str(base), PROJECT_ID="ops", ORCH_KEYRING_DIR=str(base / ".ops-keys"))
+    script = lambda name, *args: subprocess.run(  # noqa: E731
+        [sys.executable, str(REPO / "scripts" / f"{name}.py"), *args], env=env, capture_output=True, text=True,
+        timeout=120, cwd=tmp_path)
+    bench = script("bench_terminal_latency", "--samples", "2", "--base-path", str(base), "--project-id", "ops", "--json")
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    assert list((base / ".ops-keys").glob("*.pub")), "the operator's keyring folder was deleted"
+    verify = script("verify", "--json")
+    assert verify.returncode == 0, verify.stdout[-3000:]
+
+
+def test_bench_terminal_latency_measures_files_even_where_the_environment_names_a_postgresql_store(
+        tmp_path: Path, cli_env) -> None:
+    """The benchmark is the file backend's, its worker process runs on files (no ORCH_* reaches it): the submitting
+    side must not take ORCH_STORE_URL either (it failed with a traceback, and left its worker running). The URL is
+    unreachable: no database is touched either way."""
+    env = {**cli_env, "ORCH_STORE_URL": "postgresql://nobody@127.0.0.1:1/nowhere"}
+    bench = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_terminal_latency.py"), "--samples", "2",
+                            "--base-path", str(tmp_path / "b"), "--json"], env=env, capture_output=True, text=True,
+                           timeout=120, cwd=tmp_path)
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    assert json.loads(bench.stdout)["latency_ms"]["n"] == 2
+
+
+def test_a_benchmark_that_fails_before_its_first_sample_leaves_no_worker_process_running(
+        tmp_path: Path, monkeypatch) -> None:
+    from orchestrator import latency as lat
+
+    started: list[lat.WorkerProcess] = []
+    start = lat.WorkerProcess.start
+    monkeypatch.setattr(lat.WorkerProcess, "start", lambda self: (started.append(self), start(self))[1])
+
+    def refused(orch: object) -> None:
+        raise RuntimeError("no reader")
+
+    monkeypatch.setattr(lat, "Reader", refused)
+    try:
+        try:
+            tb.run(tb.Settings(samples=1, seed=0, base_path=tmp_path, project_id="p"))
+        except RuntimeError as exc:
+            assert str(exc) == "no reader"
+        assert all(w.proc is not None and w.proc.poll() is not None for w in started), "the worker was left running"
+    finally:
+        for w in started:
+            if w.proc is not None and w.proc.poll() is None:
+                w.proc.kill()
+                w.proc.wait()
+
+
 def test_the_gate_fails_when_p95_or_p99_is_over_its_limit() -> None:
     ok = {"p50": 1.0, "p95": 80.0, "p99": 150.0, "max": 200.0}
     assert tb.verdicts(ok)["gate"] is True

@@ -72,3 +72,22 @@ def test_every_next_step_the_demo_prints_works_when_pasted_into_a_shell(cli_env:
                                 text=True, timeout=60)
         # the revise line is the alternative to the approve line above it, which has taken the decision
         assert pasted.returncode == (5 if "# instead of approve" in line else 0), (line, pasted.stderr)
+
+
+def test_the_demo_runs_on_files_even_where_the_environment_names_a_postgresql_store(cli_env: dict[str, str],
+                                                                                   tmp_path: Path) -> None:
+    """The demo is the file backend's: an ORCH_STORE_URL in the operator's shell must not send its jobs into (and its
+    worker through) a PostgreSQL project named demo, which the marker cannot protect. Its next steps, pasted into that
+    shell, read the demo's files. The URL here is unreachable: nothing is written to any database either way."""
+    from helpers import REPO
+
+    env = {**cli_env, "ORCH_STORE_URL": "postgresql://nobody@127.0.0.1:1/nowhere"}
+    proc = run_demo(env, tmp_path, str(tmp_path / "demos"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "verify: OK - 6 streams" in proc.stdout
+    assert (tmp_path / "demos" / "demo" / ".orchestrator" / "artifacts").is_dir()
+    steps = proc.stdout.split("== what you can do next (from a checkout)\n")[1].splitlines()
+    for line in (steps[0], steps[-2]):  # status --all, verify
+        pasted = subprocess.run(["bash", "-c", line.strip()], env=env, cwd=str(REPO), capture_output=True,
+                                text=True, timeout=60)
+        assert pasted.returncode == 0, (line, pasted.stderr)
