@@ -38,14 +38,20 @@ def main(argv: list[str] | None = None) -> int:
                              "is not used)")
     base = Path(parser.parse_args(sys.argv[1:] if argv is None else argv).base_path).resolve()
     project = base / PROJECT
-    if project.exists() and not (project / MARKER).is_file():
+    made_here = project.is_dir() and not project.is_symlink() and (project / MARKER).is_file()
+    if os.path.lexists(project) and not made_here:  # a link (even a dangling one) or a file is never the demo's
         print(f"error: {project} exists and was not made by this demo; nothing was changed. Give another folder "
               f"(python -m orchestrator.demo FOLDER), or remove it yourself if it is an old demo.", file=sys.stderr)
         return EXIT_REFUSED
-    if project.exists():
-        shutil.rmtree(project)
-    project.mkdir(parents=True)
-    (project / MARKER).write_text("made by python -m orchestrator.demo, which replaces this project when run again\n")
+    try:
+        if made_here:
+            shutil.rmtree(project)
+        project.mkdir(parents=True)
+        (project / MARKER).write_text("made by python -m orchestrator.demo, which replaces this project when run again\n")
+    except OSError as exc:  # BASE_PATH is a file, or not writable
+        print(f"error: cannot make the demo project {project}: {exc.strerror}; give another folder "
+              f"(python -m orchestrator.demo FOLDER)", file=sys.stderr)
+        return EXIT_REFUSED
     # the file backend, whatever ORCH_STORE_URL says: the marker guards a folder, and a PostgreSQL project named
     # demo (a real one, its queued jobs run by the demo's worker) is not the demo's to write into
     orch = Orchestrator(base_path=base, project_id=PROJECT, store_url="file")

@@ -56,6 +56,27 @@ def test_demo_run_again_replaces_its_own_project_but_never_a_project_it_did_not_
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "srv").rglob("*")) == before
 
 
+def test_demo_refuses_a_link_or_a_file_in_its_projects_place_or_as_its_folder_without_a_traceback(
+        cli_env: dict[str, str], tmp_path: Path) -> None:
+    made = tmp_path / "made"
+    assert run_demo(cli_env, tmp_path, str(made)).returncode == 0
+    places = {"dangling link": tmp_path / "a", "link to a demo it made": tmp_path / "b", "file": tmp_path / "c"}
+    for where in places.values():
+        where.mkdir()
+    (places["dangling link"] / "demo").symlink_to(tmp_path / "nowhere")
+    (places["link to a demo it made"] / "demo").symlink_to(made / "demo")  # its marker is there: still refused
+    (places["file"] / "demo").write_text("not a folder")
+    for name, where in places.items():
+        refused = run_demo(cli_env, tmp_path, str(where))
+        assert refused.returncode == 3 and "was not made by this demo" in refused.stderr, (name, refused.stderr)
+        assert "Traceback" not in refused.stderr
+    assert (made / "demo" / ".orchestrator").is_dir()  # the demo a link pointed at was left alone
+    (tmp_path / "a-file").write_text("x")
+    not_a_folder = run_demo(cli_env, tmp_path, str(tmp_path / "a-file"))
+    assert not_a_folder.returncode == 3 and "cannot make the demo project" in not_a_folder.stderr
+    assert "Traceback" not in not_a_folder.stderr
+
+
 def test_every_next_step_the_demo_prints_works_when_pasted_into_a_shell(cli_env: dict[str, str],
                                                                         tmp_path: Path) -> None:
     """Pasted from a checkout, as printed: paths quoted (a space in them), the interpreter that ran the demo (the
