@@ -22,11 +22,37 @@ from orchestrator.integrity import verify_project
 
 PROJECT = "demo"
 MARKER = ".made-by-orchestrator-demo"  # in the project folder: the demo may replace this project, and no other
+AWAY = f".{PROJECT}.replaced-"  # BASE_PATH/.demo.replaced-<hex>: a demo project being removed
 EXIT_REFUSED = 3  # as the CLI's INVALID_INPUT; a usage error is argparse's exit 2, as click's
 
 
 def say(text: str) -> None:
     print(text, flush=True)
+
+
+def _fresh_project(base: Path) -> str | None:
+    """Make ``base/demo`` anew, holding ``MARKER``; what stops it, or None. Only a real folder holding the marker
+    (or empty: a run that died before writing it) is replaced. It is renamed aside (``AWAY``) before it is
+    removed, so a run that dies at any point leaves either the old project, none, or a new one, and the
+    folders set aside are removed by the next run."""
+    project = base / PROJECT
+    made_here = project.is_dir() and not project.is_symlink() and (
+        (project / MARKER).is_file() or not any(project.iterdir()))
+    if os.path.lexists(project) and not made_here:  # a link (even a dangling one) or a file is never the demo's
+        return (f"{project} exists and was not made by this demo; nothing was changed. Give another folder "
+                "(python -m orchestrator.demo FOLDER), or remove it yourself if it is an old demo.")
+    try:
+        if made_here:
+            os.rename(project, base / f"{AWAY}{os.urandom(4).hex()}")
+        project.mkdir(parents=True)
+        (project / MARKER).write_text("made by python -m orchestrator.demo, which replaces this project when run again\n")
+        for name in os.listdir(base):
+            if name.startswith(AWAY):
+                shutil.rmtree(base / name, ignore_errors=True)
+    except OSError as exc:  # BASE_PATH is a file, or not writable
+        return (f"cannot make the demo project {project}: {exc.strerror}; give another folder "
+                "(python -m orchestrator.demo FOLDER)")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,20 +63,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder to hold the demo project (default: ./demo-base; the environment's BASE_PATH "
                              "is not used)")
     base = Path(parser.parse_args(sys.argv[1:] if argv is None else argv).base_path).resolve()
-    project = base / PROJECT
-    made_here = project.is_dir() and not project.is_symlink() and (project / MARKER).is_file()
-    if os.path.lexists(project) and not made_here:  # a link (even a dangling one) or a file is never the demo's
-        print(f"error: {project} exists and was not made by this demo; nothing was changed. Give another folder "
-              f"(python -m orchestrator.demo FOLDER), or remove it yourself if it is an old demo.", file=sys.stderr)
-        return EXIT_REFUSED
-    try:
-        if made_here:
-            shutil.rmtree(project)
-        project.mkdir(parents=True)
-        (project / MARKER).write_text("made by python -m orchestrator.demo, which replaces this project when run again\n")
-    except OSError as exc:  # BASE_PATH is a file, or not writable
-        print(f"error: cannot make the demo project {project}: {exc.strerror}; give another folder "
-              f"(python -m orchestrator.demo FOLDER)", file=sys.stderr)
+    refused = _fresh_project(base)
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
         return EXIT_REFUSED
     # the file backend, whatever ORCH_STORE_URL says: the marker guards a folder, and a PostgreSQL project named
     # demo (a real one, its queued jobs run by the demo's worker) is not the demo's to write into

@@ -56,6 +56,18 @@ def test_demo_run_again_replaces_its_own_project_but_never_a_project_it_did_not_
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "srv").rglob("*")) == before
 
 
+def test_a_demo_run_killed_while_it_replaced_its_project_leaves_what_the_next_run_replaces(
+        cli_env: dict[str, str], tmp_path: Path) -> None:
+    """Killed after making the project's folder but before its marker (an empty folder), or while removing the
+    project it set aside (``.demo.replaced-*``): the next run goes ahead and removes what was set aside."""
+    (tmp_path / "demo").mkdir()
+    aside = tmp_path / ".demo.replaced-0badf00d"
+    (aside / ".orchestrator").mkdir(parents=True)
+    again = run_demo(cli_env, tmp_path, str(tmp_path))
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "demo" / ".made-by-orchestrator-demo").is_file() and not aside.exists()
+
+
 def test_demo_refuses_a_link_or_a_file_in_its_projects_place_or_as_its_folder_without_a_traceback(
         cli_env: dict[str, str], tmp_path: Path) -> None:
     made = tmp_path / "made"
