@@ -431,9 +431,9 @@ def _load_dotenv(command: click.Command, args: list[str]) -> None:
 
 
 def _setting_error(exc: click.ClickException) -> ConfigError | None:
-    """A bad value that came from the environment (an ``ORCH_*`` variable, or a ``.env`` line) is a setting to
-    fix where the process is deployed, ``CONFIG_ERROR`` (exit 3), as a bad ``ORCH_WAKEUP`` or ``.env`` line is;
-    the same value given as an option stays a usage error (exit 2)."""
+    """A bad value that came from the environment (an option's variable, ``ORCH_*``, ``BASE_PATH``, ..., set
+    there or by a ``.env`` line) is a setting to fix where the process is deployed, ``CONFIG_ERROR`` (exit 3), as
+    a bad ``ORCH_WAKEUP`` or ``.env`` line is; the same value given as an option stays a usage error (exit 2)."""
     if isinstance(exc, click.BadParameter) and exc.ctx is not None and exc.param is not None and exc.param.name:
         if exc.ctx.get_parameter_source(exc.param.name) is ParameterSource.ENVIRONMENT:
             return ConfigError(exc.format_message())

@@ -84,8 +84,9 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     Exit codes: 0 ran a job (--once) or stopped normally, 75 nothing was runnable (--once),
     11 ran nothing but left queued jobs of a kind this worker has no handler for (--once; the
     error names the kinds, how many jobs, and why), 2 unknown option, choice or out-of-range
-    value on the command line, 3 the same from an ORCH_* variable or .env, a bad setting, a handler module that cannot be imported, or a folder of the store
-    that is a symbolic link (PATH_ESCAPE), 8 no usable signing key, 10 the store refused a write or
+    value on the command line, 3 the same from the environment or .env, a bad setting, a handler
+    module that cannot be imported, or a folder of the store that is a symbolic link
+    (PATH_ESCAPE), 8 no usable signing key, 10 the store refused a write or
     could not be reached (a looping worker that reached it once waits for it instead; --once
     retries a store lost during stale recovery or the claim for --store-wait-seconds, and waits
     for its run's outcome as long as it takes).
@@ -107,7 +108,8 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
 
     with w.handle_signals():
         if once:
-            ignored = [name for name, given in (("--max-jobs", max_jobs is not None), ("--idle-exit", idle_exit)) if given]
+            ignored = [name for name, given in (("--max-jobs", max_jobs is not None), ("--idle-exit", idle_exit))
+                       if given]
             if ignored:  # set in the environment for a looping worker, say: told, not a reason to refuse
                 click.echo(f"warning: {' and '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect "
                            "with --once, which runs at most one job", err=True)
