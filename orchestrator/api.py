@@ -26,7 +26,7 @@ from orchestrator.errors import (ConcurrencyError, ConfigError, ContextSignature
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, PATH_ESCAPE, Problem, VerifiedStream,
                                   check_head_record, check_head, head_record, seal, verify_stream)
 from orchestrator.limits import MAX_INPUT_BYTES, MAX_JSON_DEPTH, MAX_KIND_LENGTH, json_depth
-from orchestrator.security import shown, validate_id, validation_summary
+from orchestrator.security import shown, validate_id
 from orchestrator.signing import Keyring, canonical, load_keyring
 from orchestrator.leases import lease_expiry
 from orchestrator.state import RUNNING, Event, JobState, apply
@@ -387,19 +387,14 @@ class Orchestrator:
         """Submit a job; with an idempotency ``key``, the same key returns the same job.
 
         The key is checked here, not in ``JobOptions``, which also describes older histories (free-text keys)."""
-        from orchestrator.event_models import JobOptions
+        from orchestrator.event_models import job_options
 
         if not isinstance(kind, str) or not 0 < len(kind) <= MAX_KIND_LENGTH:  # named here, not as a model's error
             raise InvalidInputError(f"the kind must be a handler name of 1 to {MAX_KIND_LENGTH} characters, "
                                     f"not {shown(kind)}")
         if key is not None:  # it is stored in the job's first event and printed: an id, never free text
             validate_id(key, "idempotency key")
-        try:
-            options = JobOptions(audit=audit, max_attempts=max_attempts, timeout=timeout, priority=priority,
-                                 key=key).model_dump(mode="json", exclude_none=True)
-        except ValueError as exc:  # pydantic's ValidationError: one line per field, not its multi-line text
-            errors = getattr(exc, "errors", None)
-            raise InvalidInputError(f"invalid job options: {validation_summary(errors()) if errors else exc}") from None
+        options = job_options(audit=audit, max_attempts=max_attempts, timeout=timeout, priority=priority, key=key)
         if json_depth(input) > MAX_JSON_DEPTH:
             raise InvalidInputError(f"the job input is nested deeper than {MAX_JSON_DEPTH} levels")
         try:

@@ -150,6 +150,15 @@ EVENT_MODELS: dict[str, type[_Data]] = {
 }
 
 
+def job_options(**options: Any) -> dict[str, Any]:
+    """A submit's options checked by ``JobOptions``, as plain JSON data; ``InvalidInputError`` naming each field
+    it refuses."""
+    try:
+        return JobOptions(**options).model_dump(mode="json", exclude_none=True)
+    except ValidationError as exc:
+        raise InvalidInputError(f"invalid job options: {validation_summary(exc.errors())}") from None
+
+
 def validate_with_models(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
     """Check an event's payload against its model and return it as plain JSON data."""
     model = EVENT_MODELS.get(event_type)

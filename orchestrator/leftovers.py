@@ -34,7 +34,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 if TYPE_CHECKING:  # runner imports this module
     from orchestrator.runner import Child
@@ -124,13 +124,20 @@ def own_code() -> Iterator[None]:
                 started_child(pid)
 
 
-def _start_time(pid: int) -> bytes | None:
-    """Field 22 of ``/proc/<pid>/stat``: when the process started (clock ticks since boot)."""
+def _stat_fields(pid: int | str) -> list[bytes] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (which may hold spaces and parentheses):
+    ``[0]`` the state, ``[1]`` the parent, ``[2]`` the process group, ``[19]`` the start time; None if gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[19]
+            return fh.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _start_time(pid: int) -> bytes | None:
+    """When the process started (clock ticks since boot), which a pid given to another process changes."""
+    fields = _stat_fields(pid)
+    return fields[19] if fields and len(fields) > 19 else None
 
 
 def _adopted() -> list[int]:
@@ -164,18 +171,7 @@ def end_adopted(wait: float = KILL_WAIT_SECONDS) -> list[int] | None:
     process, so it cannot belong to another process meanwhile."""
     if not _adopting:
         return None
-    killed: list[int] = []
-    deadline, pause = time.monotonic() + wait, 0.001
-    while True:
-        left = [pid for pid in _adopted() if not _reaped(pid)]
-        if not left or time.monotonic() >= deadline:
-            return killed
-        for pid in left:
-            _signal_child(pid, signal.SIGKILL)
-            if pid not in killed:
-                killed.append(pid)
-        time.sleep(pause)
-        pause = min(pause * 2, POLL_SECONDS)
+    return _end_children(_adopted, grace=0.0, give_up_after=wait)
 
 
 def set_run_environment(context: Mapping[str, Any]) -> None:
@@ -256,12 +252,9 @@ def _child_pids() -> list[int]:
         return pids
     for name in os.listdir("/proc"):
         if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as fh:
-                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == me:
-                        pids.append(int(name))
-            except (OSError, ValueError, IndexError):
-                continue
+            fields = _stat_fields(name)
+            if fields and len(fields) > 1 and int(fields[1]) == me:
+                pids.append(int(name))
     return pids
 
 
@@ -288,33 +281,39 @@ def end_leftovers(grace: float = LEFTOVER_GRACE_SECONDS, *, keep_helpers: bool =
     started = time.monotonic()
     try:
         if sys.platform.startswith("linux") and _has_children():
-            _end_children(grace, keep_helpers)
+            if keep_helpers:
+                spared = set(_multiprocessing_helpers())
+            else:
+                _release_helpers()
+                spared = set()
+            _end_children(lambda: [pid for pid in _child_pids() if pid not in spared], grace, HARD_LIMIT_SECONDS)
     finally:
         last_end_seconds = time.monotonic() - started
 
 
-def _end_children(grace: float, keep_helpers: bool) -> None:
-    """Each child gets SIGTERM once, and, past ``grace``, SIGKILL; what a killed child leaves is re-parented
-    here (subreaper) and met by the next pass. Gives up after ``HARD_LIMIT_SECONDS`` more (a process forking
-    faster than it is killed)."""
-    if keep_helpers:
-        spared = set(_multiprocessing_helpers())
-    else:
-        _release_helpers()
-        spared = set()
+def _end_children(which: Callable[[], list[int]], grace: float, give_up_after: float) -> list[int]:
+    """End the children ``which()`` lists, passing over those already exited (reaped here): each gets SIGTERM
+    once and, past ``grace``, SIGKILL (with the group it leads); what a killed child leaves is re-parented here
+    (subreaper) and met by the next pass. Gives up ``give_up_after`` seconds past the grace (a process forking
+    faster than it is killed). The pids signalled."""
     grace_ends = time.monotonic() + grace
+    signalled: list[int] = []
     termed: set[int] = set()
+    pause = 0.001
     while True:
-        left = [pid for pid in _child_pids() if pid not in spared and not _reaped(pid)]
+        left = [pid for pid in which() if not _reaped(pid)]
         now = time.monotonic()
-        if not left or now >= grace_ends + HARD_LIMIT_SECONDS:
-            return
+        if not left or now >= grace_ends + give_up_after:
+            return signalled
         sig = signal.SIGKILL if now >= grace_ends else signal.SIGTERM
         for pid in left:
             if sig == signal.SIGKILL or pid not in termed:
                 _signal_child(pid, sig)
                 termed.add(pid)
-        time.sleep(POLL_SECONDS)
+            if pid not in signalled:
+                signalled.append(pid)
+        time.sleep(pause if now >= grace_ends else min(pause, grace_ends - now))
+        pause = min(pause * 2, POLL_SECONDS)
 
 
 def group_alive(pgid: int) -> bool:
@@ -334,12 +333,8 @@ def group_alive(pgid: int) -> bool:
         return True
     for name in names:
         if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as fh:
-                    fields = fh.read().rsplit(b")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            fields = _stat_fields(name)
+            if fields and len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
                 return True
     return False
 
@@ -427,8 +422,7 @@ def kill_run(child: Child, run_id: str) -> None:
     process of this machine that kept the run's ``ORCH_RUN_ID`` (``kill_run_processes``)."""
     child.kill_group(signal.SIGKILL)
     child.wait(5.0)
-    if end_adopted() is None:
-        kill_run_processes(run_id)
+    _end_left_group(run_id)
 
 
 def end_exited_run(pgid: int, run_id: str) -> list[int]:
@@ -445,6 +439,12 @@ def end_exited_run(pgid: int, run_id: str) -> list[int]:
         except (ProcessLookupError, PermissionError):
             pass
         wait_group_empty(pgid, time.monotonic() + KILL_WAIT_SECONDS)
+    return _end_left_group(run_id)
+
+
+def _end_left_group(run_id: str) -> list[int]:
+    """What a run left outside its process group, killed: the worker's adopted children (``end_adopted``), or,
+    in a worker that does not adopt orphans, every process with the run's ``ORCH_RUN_ID``."""
     adopted = end_adopted()
     return kill_run_processes(run_id) if adopted is None else adopted
 

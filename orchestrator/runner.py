@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from orchestrator.errors import MalformedPayloadError
 from orchestrator.handler_env import strip_private_environment
-from orchestrator import leftovers
 from orchestrator.leftovers import (LEFTOVER_GRACE_SECONDS, become_subreaper, end_leftovers, set_run_environment,
                                     started_child, wait_group_empty)
+from orchestrator.leftovers import adopt_orphans as _adopt_orphans
 from orchestrator.payload import MAX_PAYLOAD_BYTES, NOT_UNICODE, too_large
 from orchestrator.security import cut_read_size, sanitized_cut
 
@@ -72,7 +72,7 @@ def _die_with_parent() -> None:
 def adopt_orphans() -> None:
     """For the ``worker`` command's process: what a run leaves running behind an exited parent becomes its
     child, and is ended with the run (``leftovers.adopt_orphans``)."""
-    leftovers.adopt_orphans(_load_libc())
+    _adopt_orphans(_load_libc())
 
 
 PR_SET_TIMERSLACK = 29

@@ -338,8 +338,8 @@ def shown(value: object) -> str:
 
 def validation_summary(errors: list[dict[str, Any]], whole: str = "value", limit: int = 5) -> str:
     """A model's errors (pydantic's ``ValidationError.errors()``) on one line, ``field: message; ...`` for the
-    first ``limit`` (``whole`` names an error of the whole model): what a caller needs, without the type codes, input echoes and documentation links of its
-    multi-line text."""
+    first ``limit`` (``whole`` names an error of the whole model): what a caller needs, without the type codes,
+    input echoes and documentation links of its multi-line text."""
     parts = [f"{'.'.join(str(p) for p in err.get('loc', ())) or whole}: {err.get('msg')}" for err in errors[:limit]]
     more = len(errors) - limit
     return sanitize_text("; ".join(parts) + (f"; and {more} more" if more > 0 else ""))

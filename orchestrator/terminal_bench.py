@@ -30,6 +30,11 @@ MAX_PAD = 512  # payload padding drawn from the seed: results of a few hundred b
 KEY_VARIABLES = ("ORCH_KEYRING_DIR", "ORCH_SIGNING_KEY", "ORCH_SIGNING_KEY_FILE", "ORCH_TRUSTED_KEYS_DIR")
 
 
+def scratch_keys(base_path: Path, project_id: str) -> Path:
+    """The keyring folder of a scratch project's scratch key, removed with the project."""
+    return base_path / f".{project_id}-keys"
+
+
 @dataclass(frozen=True)
 class Settings:
     samples: int
@@ -50,7 +55,7 @@ def run(settings: Settings, progress: Callable[[str], None] | None = None) -> li
            if not k.startswith("ORCH_") or (settings.kept and k in KEY_VARIABLES)}
     if not settings.kept:
         env["ORCH_SIGNING_KEY"] = new_seed()  # a scratch key, shared with the worker process only
-        env["ORCH_KEYRING_DIR"] = str(settings.base_path / f".{settings.project_id}-keys")
+        env["ORCH_KEYRING_DIR"] = str(scratch_keys(settings.base_path, settings.project_id))
     # files, as the worker process (no ORCH_STORE_URL reaches it): the benchmark measures the file backend
     orch = Orchestrator(base_path=settings.base_path, project_id=settings.project_id, store_url="file",
                         keyring=load_keyring(env, announce=settings.kept))
@@ -183,7 +188,7 @@ def _measure(samples: int, seed: int, base_path: str | None, project: str, delet
     finally:
         if delete:  # the scratch project and its scratch keys; a kept project's keys are the operator's
             shutil.rmtree(base / project, ignore_errors=True)
-            shutil.rmtree(base / f".{project}-keys", ignore_errors=True)
+            shutil.rmtree(scratch_keys(base, project), ignore_errors=True)
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     result = summary(rows, settings, time.perf_counter() - t0)

@@ -68,10 +68,14 @@ class Deadline:
         self._closing = False
         self._thread: threading.Thread | None = None
 
+    def _until(self) -> float | None:
+        """The end of this thread's bounded wait (``until``), if it is in one."""
+        return getattr(self._local, "until", None)
+
     # -- the calls' side ------------------------------------------------------------------------
     def arm(self, conn: Any) -> None:
         """Start a call on ``conn``: due ``seconds`` from now, or at this thread's ``until`` if sooner."""
-        until = getattr(self._local, "until", None)
+        until = self._until()
         if self.seconds is not None:
             due = time.monotonic() + self.seconds
             if until is not None and until < due:
@@ -115,7 +119,7 @@ class Deadline:
             raise self.error(write)
 
     def error(self, write: bool = False) -> StorageUnavailableError:
-        until = getattr(self._local, "until", None)
+        until = self._until()
         if until is not None and until <= time.monotonic():
             why = "before the time its caller waits for it ran out"
         else:
@@ -128,7 +132,7 @@ class Deadline:
         """Every call this thread makes in the block ends by ``at`` (``time.monotonic()``) or is cut then,
         on top of its own deadline, so a caller waiting for the database for a bounded time is not held up
         by one more call's whole deadline. ``None``: no change (nested blocks keep the earliest end)."""
-        before = getattr(self._local, "until", None)
+        before = self._until()
         if at is not None and before is not None:
             at = min(at, before)
         self._local.until = before if at is None else at
@@ -139,7 +143,7 @@ class Deadline:
 
     def check_time_left(self) -> None:
         """Raise ``StorageUnavailableError`` before a call is started once this thread's ``until`` passed."""
-        until = getattr(self._local, "until", None)
+        until = self._until()
         if until is not None and until <= time.monotonic():
             raise StorageUnavailableError("PostgreSQL was not reached before the time its caller waits for it "
                                           "ran out; nothing was written")
@@ -147,7 +151,7 @@ class Deadline:
     def connect_timeout(self, configured: str) -> str:
         """The ``connect_timeout`` of a new connection: the configured one, or inside ``until`` the time
         left if shorter (rounded up, and at least ``MIN_CONNECT_TIMEOUT``: opening may end that much late)."""
-        until = getattr(self._local, "until", None)
+        until = self._until()
         if until is None:
             return configured
         left = max(MIN_CONNECT_TIMEOUT, math.ceil(until - time.monotonic()))

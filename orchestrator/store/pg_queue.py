@@ -87,7 +87,7 @@ class PgQueueIndex(QueueIndex):
         self.reserver = f"{socket.gethostname()}-{os.getpid()}"  # shown in reserved_by, for diagnosis
         self._listener: Any = None
         self._built_until = 0.0  # monotonic time until which "built" is trusted without asking
-        store._indexes.add(self)  # noqa: SLF001 - a forked child drops the listener (``forget_listener``)
+        store.register_index(self)  # a forked child drops its listener (``forget_listener``)
 
     # -- projection: written inside the event's transaction --------------------------------------
     def before_append(self, job_id: str, old: JobState | None, new: JobState) -> InTransaction:
