@@ -112,9 +112,11 @@ def _summary(what: str, size: int, whole: float, chunked: float, times: list[flo
 
 def measure_job_ids(url: str, jobs: int) -> dict[str, Any]:
     """``job_ids`` over ``jobs`` streams of a fresh project, as one statement and in chunks."""
+    from orchestrator.store.base import AUDIT_STREAM
+
     fill = ("INSERT INTO orch_streams (project, stream, seq, last_line) SELECT %s, "
             "'01J' || lpad(n::text, 23, '0'), 1, '' FROM generate_series(1, %s) AS n")
-    whole = "SELECT stream FROM orch_streams WHERE project = %s AND seq > 0 AND stream <> '@audit'"
+    whole = f"SELECT stream FROM orch_streams WHERE project = %s AND seq > 0 AND stream <> '{AUDIT_STREAM}'"
     return _summary("jobs", jobs, *_compare(url, "orch_streams", fill, whole, jobs,
                                             lambda store: list(store.job_ids())))
 
