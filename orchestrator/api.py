@@ -369,7 +369,7 @@ class Orchestrator:
                 return lines
 
             new_head = self.store.append(job_id, build, expected_seq=head.seq, fence=fence, aux=with_events,
-                                         in_transaction=index_statements)
+                                         in_transaction=index_statements, expected_last=head.last_line)
             faults.point("append.after_event")
             self.queue.after_append(job_id, old, state)
             faults.point("append.after_head")

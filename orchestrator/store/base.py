@@ -35,8 +35,18 @@ class StoredLine:
 Builder = Callable[[Head], Sequence[bytes]]
 # ``(area, key) -> new bytes``, or None to delete the record; given the stream's new head
 AuxWrites = Callable[[Head], Mapping[tuple[str, str], "bytes | None"]]
-# statements run on the store's own connection inside an append's transaction (``atomic_aux`` stores)
-InTransaction = Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class InTransaction:
+    """SQL that an ``atomic_aux`` store (PostgreSQL) commits with an append, in the statement that writes
+    its lines: ``writes`` are data-modifying statements that each join ``up``, the stream's head row as
+    the append moves it (one row, or none when the head is not where the append expected it), so they
+    take effect only with the lines; ``selects`` are expressions evaluated once per moved head
+    (``pg_notify``). Each is (SQL with ``%s`` placeholders, its parameters)."""
+
+    writes: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    selects: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
 
 _LOCAL_LOCKS: dict[tuple[int, str], threading.Lock] = {}
@@ -52,13 +62,17 @@ class EventStore(ABC):
     @abstractmethod
     def append(self, stream: str, build: Builder, expected_seq: int | None = None,
                fence: int | None = None, aux: AuxWrites | None = None,
-               in_transaction: InTransaction | None = None) -> Head:
+               in_transaction: InTransaction | None = None, expected_last: bytes | None = None) -> Head:
         """Append the lines ``build(head)`` returns, atomically and durably.
 
         Appends to one stream are serialised: ``build`` runs while the stream is locked, with
         its current head, so it can chain and sign the new lines. If ``expected_seq`` is given
         and the stream does not hold exactly that many lines, raise ``ConcurrencyError`` and
-        write nothing. When this returns, every new line is durable (fsynced) and visible to
+        write nothing. ``expected_last`` (with ``expected_seq``) is the last line the caller decided
+        from: a store that can check both in the write itself (PostgreSQL) may call ``build`` with
+        that head before locking anything and append in one round trip; if the stream's head is
+        not that one, nothing is written and ``build`` is called again under the lock with the head
+        there is, as without it. So ``build`` must be a pure function of the head it is given. When this returns, every new line is durable (fsynced) and visible to
         every reader; if it raises, none of them is acknowledged and readers never see a part
         of one. Returns the new head.
 
@@ -74,8 +88,8 @@ class EventStore(ABC):
         other stores write them after the lines are durable, with ``put_aux`` semantics (a crash
         in between leaves the lines without them). Not called when nothing is appended.
 
-        ``in_transaction`` (optional, ``atomic_aux`` stores only) runs with the store's connection
-        inside that same transaction: a queue index kept in the database (``store/pg_queue.py``)
+        ``in_transaction`` (optional, ``atomic_aux`` stores only: ``InTransaction``) is SQL committed
+        in the append's own statement: a queue index kept in the database (``store/pg_queue.py``)
         commits its rows with the event this way. The other stores refuse one (``ValueError``):
         their indexes write around the append instead.
         """

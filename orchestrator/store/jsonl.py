@@ -145,7 +145,7 @@ class JsonlStore(EventStore):
     # -- contract -----------------------------------------------------------------------------
     def append(self, stream: str, build: Builder, expected_seq: int | None = None,
                fence: int | None = None, aux: AuxWrites | None = None,
-               in_transaction: InTransaction | None = None) -> Head:
+               in_transaction: InTransaction | None = None, expected_last: bytes | None = None) -> Head:
         self._no_transaction(in_transaction)
         new_head, appended = self._append(stream, build, expected_seq)
         if appended and aux is not None:

@@ -16,7 +16,7 @@ class MemoryStore(EventStore):
 
     def append(self, stream: str, build: Builder, expected_seq: int | None = None,
                fence: int | None = None, aux: AuxWrites | None = None,
-               in_transaction: InTransaction | None = None) -> Head:
+               in_transaction: InTransaction | None = None, expected_last: bytes | None = None) -> Head:
         self._no_transaction(in_transaction)
         with self._lock:
             lines = self._streams.get(stream, [])

@@ -91,29 +91,30 @@ class PgQueueIndex(QueueIndex):
 
     # -- projection: written inside the event's transaction --------------------------------------
     def before_append(self, job_id: str, old: JobState | None, new: JobState) -> InTransaction:
-        """The whole index change (``IndexChange``), as statements for the event's own transaction."""
+        """The whole index change (``IndexChange``), as statements for the event's own statement: each joins
+        ``up``, the head row the append moves (``InTransaction``), so a refused append writes none of them."""
         p, change = self.project, IndexChange.of(old, new)
-
-        def in_transaction(conn: Any) -> None:
-            e = change.put_ready
-            # every other row of the job goes, left-overs of a repair too: whenever its entry moves, goes,
-            # or is written again (a submit has no rows to clear, so it skips this statement)
-            if change.drop_ready is not None or (e is not None and old is not None):
-                keep = (e.priority, e.runnable_at_us) if e is not None else (None, None)
-                conn.execute("DELETE FROM orch_ready WHERE project = %s AND job_id = %s "
-                             "AND (priority, runnable_at_us) IS DISTINCT FROM (%s::integer, %s::bigint)", (p, job_id, *keep))
-            if e is not None:
-                conn.execute("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us) "
-                             "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING", (p, job_id, e.priority, e.runnable_at_us))
-                # delivered at commit, only if it commits: a woken worker always finds the event
-                conn.execute("SELECT pg_notify(%s, %s)", (self.channel, job_id))
-            if change.put_running:
-                conn.execute(_PUT_RUNNING, (p, job_id, new.epoch))
-            if change.drop_running and old is not None:  # its own epoch's row, and one from before 0003
-                conn.execute("DELETE FROM orch_running WHERE project = %s AND job_id = %s AND epoch IN (%s, 0)",
-                             (p, job_id, old.epoch))
-
-        return in_transaction
+        writes: list[tuple[str, tuple[Any, ...]]] = []
+        selects: list[tuple[str, tuple[Any, ...]]] = []
+        e = change.put_ready
+        # every other row of the job goes, left-overs of a repair too: whenever its entry moves, goes,
+        # or is written again (a submit has no rows to clear, so it skips this statement)
+        if change.drop_ready is not None or (e is not None and old is not None):
+            keep = (e.priority, e.runnable_at_us) if e is not None else (None, None)
+            writes.append(("DELETE FROM orch_ready USING up WHERE project = %s AND job_id = %s "
+                           "AND (priority, runnable_at_us) IS DISTINCT FROM (%s::integer, %s::bigint)", (p, job_id, *keep)))
+        if e is not None:
+            writes.append(("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us) "
+                           "SELECT %s, %s, %s, %s FROM up ON CONFLICT DO NOTHING", (p, job_id, e.priority, e.runnable_at_us)))
+            # delivered at commit, only if it commits: a woken worker always finds the event
+            selects.append(("pg_notify(%s, %s)", (self.channel, job_id)))
+        if change.put_running:
+            writes.append(("INSERT INTO orch_running (project, job_id, epoch) SELECT %s, %s, %s FROM up "
+                           "ON CONFLICT DO NOTHING", (p, job_id, new.epoch)))
+        if change.drop_running and old is not None:  # its own epoch's row, and one from before 0003
+            writes.append(("DELETE FROM orch_running USING up WHERE project = %s AND job_id = %s AND epoch IN (%s, 0)",
+                           (p, job_id, old.epoch)))
+        return InTransaction(tuple(writes), tuple(selects))
 
     def after_append(self, job_id: str, old: JobState | None, new: JobState) -> None:
         faults.point("queue.after_append")  # nothing left to do: the rows committed with the event

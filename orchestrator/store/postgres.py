@@ -2,19 +2,20 @@
 
 Each line is kept byte for byte in ``orch_events`` (project, stream, seq), so a history
 verifies exactly as it does in a file, and moves between backends without re-signing.
-``orch_streams`` holds one row per stream with its head: an append locks that row (creating it
-first if needed), checks the expected sequence, inserts the new lines and moves the head, all
-in one transaction, together with any ``aux`` records given (the job's signed head record, a
-lease deletion, an audit marker), so on this backend an event and its head record are committed both or neither
-(``atomic_aux``). Durability is PostgreSQL's: the session
+``orch_streams`` holds one row per stream with its head: an append moves the head only if it is
+still the one expected (checked as the row is locked), inserts the new lines, and writes any ``aux``
+records given (the job's signed head record, a lease deletion, an audit marker), all in one
+statement, so on this backend an event and its head record are committed both or neither
+(``atomic_aux``): one round trip when the caller knows the head (every job event), two when it
+must be read under the lock first (the audit log). Durability is PostgreSQL's: the session
 forces ``synchronous_commit = on``, so when ``append`` returns the commit is flushed to the
 server's WAL. Several projects may share one database (the ``project`` column).
 
 Fencing is checked by the database: an append given a worker's ``fence`` epoch writes it into
 the stream's row, and a trigger (migration 0002) refuses to move it backwards, so a worker
 whose claim was superseded gets ``LeaseLostError`` and writes nothing. Statements passed as
-``in_transaction`` (the queue index, ``orchestrator/store/pg_queue.py``) run inside the append's
-transaction on that stream, so the index and its ``NOTIFY`` commit together with the event.
+``in_transaction`` (the queue index, ``orchestrator/store/pg_queue.py``) are part of the append's
+statement, so the index and its ``NOTIFY`` commit together with the event.
 
 Every call has a deadline (``Deadline``, ``orchestrator/store/pg_deadline.py``,
 ``ORCH_PG_DEADLINE_SECONDS``): a server or pooler that stalls without closing the connection would
@@ -82,15 +83,6 @@ _READ_LINES = ("SELECT seq, CASE WHEN octet_length(line) <= %s THEN line END, oc
 _JOB_IDS = ("SELECT stream FROM orch_streams WHERE project = %s AND seq > 0 AND stream <> %s AND stream > %s "
             "ORDER BY stream LIMIT %s")
 _AUX_KEYS = "SELECT key FROM orch_aux WHERE project = %s AND area = %s AND key > %s ORDER BY key LIMIT %s"
-_INSERT_LINES = ("INSERT INTO orch_events (project, stream, seq, line) "
-                 "SELECT %s, %s, n, l FROM unnest(%s::bigint[], %s::bytea[]) AS t(n, l)")
-_MOVE_HEAD = ("UPDATE orch_streams SET seq = %s, last_line = %s, fence = coalesce(%s, fence) "
-              "WHERE project = %s AND stream = %s")
-_PUT_AUX_MANY = ("INSERT INTO orch_aux (project, area, key, data) "
-                 "SELECT %s, a, k, d FROM unnest(%s::text[], %s::text[], %s::bytea[]) AS t(a, k, d) "
-                 "ON CONFLICT (project, area, key) DO UPDATE SET data = EXCLUDED.data")
-_DROP_AUX_MANY = ("DELETE FROM orch_aux USING unnest(%s::text[], %s::text[]) AS t(a, k) "
-                  "WHERE project = %s AND area = t.a AND key = t.k")
 
 
 def is_postgres_url(url: str | None) -> bool:
@@ -299,18 +291,37 @@ class PostgresStore(EventStore):
     # -- contract ---------------------------------------------------------------------------
     def append(self, stream: str, build: Builder, expected_seq: int | None = None,
                fence: int | None = None, aux: AuxWrites | None = None,
-               in_transaction: InTransaction | None = None) -> Head:
-        """``EventStore.append`` in one transaction and two round trips.
+               in_transaction: InTransaction | None = None, expected_last: bytes | None = None) -> Head:
+        """``EventStore.append`` as one statement that moves the stream's head, inserts the lines and
+        writes the ``aux`` records and the ``in_transaction`` rows, all committed together, durably, or
+        none (``_moving``).
 
-        The first locks the stream's row and reads its head (``BEGIN`` and one upsert that
-        creates the row if needed); the second, pipelined, sends the lines, the new head, the
-        ``aux`` records, the ``in_transaction`` statements, and ``COMMIT``: all of them
-        commit together, durably, or none does.
+        With the head the caller decided from (``expected_seq`` and ``expected_last``: every job
+        event) that statement is the whole append, in one round trip: it moves the head only if it
+        is still that one, checked under the row's lock as it moves. Else (the audit log, whose head
+        the caller does not know, or a head that moved meanwhile) two round trips: the first locks
+        the stream's row and reads its head (``BEGIN`` and one upsert that creates the row if
+        needed), the second, pipelined, sends the statement built from that head and ``COMMIT``.
         """
         self._check_stream(stream)
+        if expected_seq is not None and expected_last is not None:
+            expected = Head(expected_seq, expected_last)
+            new = self._built(build, expected)
+            if not new:
+                return expected
+            sql, params = self._moving(stream, expected, new, fence, aux, in_transaction)
+
+            def one_statement(conn: Any) -> bool:
+                faults.point("pg.append.before_commit")  # autocommit: the statement is its transaction
+                return conn.execute(sql, params).fetchone() is not None
+
+            if self._run(one_statement, write=True):
+                faults.point("pg.append.after_commit")
+                return Head(expected.seq + len(new), new[-1])
+            # the head is not the one expected: nothing was written; decide again from the head there is
         p = self.project
 
-        def tx(conn: Any) -> Head:
+        def locked(conn: Any) -> Head:
             with conn.pipeline():
                 with conn.transaction():
                     seq, last = conn.execute(_LOCK_HEAD, (p, stream)).fetchone()
@@ -318,36 +329,70 @@ class PostgresStore(EventStore):
                     if expected_seq is not None and expected_seq != head.seq:
                         raise ConcurrencyError(f"{stream}: expected {expected_seq} events, found {head.seq}",
                                                stream=stream, expected=expected_seq, found=head.seq)
-                    new = [bytes(line) for line in build(head)]
+                    new = self._built(build, head)
                     if not new:
                         return head
-                    if any(b"\n" in line for line in new):
-                        raise ValueError("a line must not contain a newline")
-                    new_head = Head(head.seq + len(new), new[-1])
-                    conn.execute(_INSERT_LINES, (p, stream, list(range(head.seq + 1, new_head.seq + 1)), new))
-                    # the fence trigger refuses an epoch lower than the stream's (a superseded worker)
-                    conn.execute(_MOVE_HEAD, (new_head.seq, new_head.last_line, fence, p, stream))
-                    if aux is not None:
-                        self._aux_in_transaction(conn, aux(new_head))
-                    if in_transaction is not None:
-                        in_transaction(conn)
+                    moved = conn.execute(*self._moving(stream, head, new, fence, aux, in_transaction))
                     faults.point("pg.append.before_commit")
-                    return new_head
+            # the pipeline synced at COMMIT: the statement's row is here already (no round trip). Under the
+            # row's lock the head was the one just read, so it moved, or nothing at all committed
+            if moved.fetchone() is None:
+                raise StorageError(f"{stream}: the head did not move under its lock; nothing was appended",
+                                   stream=stream)
+            return Head(head.seq + len(new), new[-1])
 
-        result = self._run(tx, write=True)
+        result = self._run(locked, write=True)
         faults.point("pg.append.after_commit")
         return result
 
-    def _aux_in_transaction(self, conn: Any, records: Any) -> None:
-        put = [(area, key, bytes(data)) for (area, key), data in records.items() if data is not None]
-        drop = [(area, key) for (area, key), data in records.items() if data is None]
+    @staticmethod
+    def _built(build: Builder, head: Head) -> list[bytes]:
+        new = [bytes(line) for line in build(head)]
+        if any(b"\n" in line for line in new):
+            raise ValueError("a line must not contain a newline")
+        return new
+
+    def _moving(self, stream: str, head: Head, new: list[bytes], fence: int | None, aux: AuxWrites | None,
+                in_transaction: InTransaction | None) -> tuple[str, list[Any]]:
+        """The statement that appends ``new`` after ``head``: ``up`` moves the stream's head if it is still
+        ``head`` (checked as the row is locked: a writer that moved it first, or holds it, leaves ``up``
+        empty once it commits), and every other part joins ``up``, so all of it is written or none.
+        Returns one row if it moved, none if not. The fence trigger refuses an epoch lower than the
+        stream's (a superseded worker): the whole statement fails (``FENCED_SQLSTATE``)."""
+        p, new_head = self.project, Head(head.seq + len(new), new[-1])
+        if head.seq == 0:  # a new stream, or a row an earlier locked append created and left at 0
+            ctes = [("up AS (INSERT INTO orch_streams AS s (project, stream, seq, last_line, fence) "
+                     "VALUES (%s, %s, %s, %s, coalesce(%s::bigint, 0)) ON CONFLICT (project, stream) DO UPDATE "
+                     "SET seq = EXCLUDED.seq, last_line = EXCLUDED.last_line, fence = coalesce(%s::bigint, s.fence) "
+                     "WHERE s.seq = 0 RETURNING 1)", [p, stream, new_head.seq, new_head.last_line, fence, fence])]
+        else:  # the last line compared by its hash: the line itself may be a MiB
+            ctes = [("up AS (UPDATE orch_streams SET seq = %s, last_line = %s, fence = coalesce(%s::bigint, fence) "
+                     "WHERE project = %s AND stream = %s AND seq = %s AND sha256(last_line) = %s RETURNING 1)",
+                     [new_head.seq, new_head.last_line, fence, p, stream, head.seq,
+                      hashlib.sha256(head.last_line).digest()])]
+        ctes.append(("ev AS (INSERT INTO orch_events (project, stream, seq, line) SELECT %s, %s, n, l "
+                     "FROM unnest(%s::bigint[], %s::bytea[]) AS t(n, l), up)",
+                     [p, stream, list(range(head.seq + 1, new_head.seq + 1)), new]))
+        records = aux(new_head) if aux is not None else {}
         for area, key in records:
             validate_id(area, "aux area")
             validate_id(key, "aux key")
+        put = [(area, key, bytes(data)) for (area, key), data in records.items() if data is not None]
+        drop = [(area, key) for (area, key), data in records.items() if data is None]
         if put:
-            conn.execute(_PUT_AUX_MANY, (self.project, [r[0] for r in put], [r[1] for r in put], [r[2] for r in put]))
+            ctes.append(("ax AS (INSERT INTO orch_aux (project, area, key, data) SELECT %s, a, k, d "
+                         "FROM unnest(%s::text[], %s::text[], %s::bytea[]) AS t(a, k, d), up "
+                         "ON CONFLICT (project, area, key) DO UPDATE SET data = EXCLUDED.data)",
+                         [p, [r[0] for r in put], [r[1] for r in put], [r[2] for r in put]]))
         if drop:
-            conn.execute(_DROP_AUX_MANY, ([r[0] for r in drop], [r[1] for r in drop], self.project))
+            ctes.append(("ad AS (DELETE FROM orch_aux USING unnest(%s::text[], %s::text[]) AS t(a, k), up "
+                         "WHERE project = %s AND area = t.a AND key = t.k)",
+                         [[r[0] for r in drop], [r[1] for r in drop], p]))
+        extra = in_transaction or InTransaction()
+        ctes += [(f"w{i} AS ({sql})", list(args)) for i, (sql, args) in enumerate(extra.writes)]
+        selects = [("1", [])] + [(sql, list(args)) for sql, args in extra.selects]
+        sql = ("WITH " + ", ".join(c for c, _ in ctes) + " SELECT " + ", ".join(e for e, _ in selects) + " FROM up")
+        return sql, [a for _, args in ctes for a in args] + [a for _, args in selects for a in args]
 
     def read(self, stream: str, from_seq: int = 1) -> list[StoredLine]:
         """Lines in chunks (``_chunked``). Lines are numbered by position, as in a file: a deleted row shows

@@ -63,6 +63,31 @@ def test_waiting_for_more_lines_says_whether_the_stream_grew_past_a_sequence(sto
     assert store.wait_for_more("job-w", 1, timeout=0.01) is False
 
 
+def test_an_append_decided_from_a_head_that_is_gone_is_built_from_the_head_there_is(store: EventStore) -> None:
+    """``expected_last``: a store that writes from the expected head at once (PostgreSQL) must notice, in the
+    write itself, that the stream's last line is another one, write nothing from it, and build again."""
+    append(store, "job-1", "a")
+
+    def after(h: Head) -> list[bytes]:
+        return [json.dumps({"seq": h.seq + 1, "after": h.last_line.decode()}).encode()]
+
+    stale = json.dumps({"seq": 1, "p": "not a"}).encode()  # as many lines, but not the same last one
+    head = store.append("job-1", after, expected_seq=1, expected_last=stale)
+    got = store.read("job-1")
+    assert [json.loads(s.raw).get("after") for s in got] == [None, got[0].raw.decode()]
+    assert head == Head(2, got[1].raw)
+
+
+def test_an_append_expecting_fewer_lines_than_there_are_writes_nothing(store: EventStore) -> None:
+    first = append(store, "job-1", "a")
+    with pytest.raises(ConcurrencyError):
+        store.append("job-1", lambda h: lines(h, "b"), expected_seq=0, expected_last=b"")
+    second = append(store, "job-1", "b")
+    with pytest.raises(ConcurrencyError):
+        store.append("job-1", lambda h: lines(h, "c"), expected_seq=1, expected_last=first.last_line)
+    assert [json.loads(s.raw)["p"] for s in store.read("job-1")] == ["a", "b"] and second.seq == 2
+
+
 def test_read_from_a_sequence_skips_earlier_lines(store: EventStore) -> None:
     append(store, "job-1", "a", "b", "c")
     assert [s.seq for s in store.read("job-1", from_seq=2)] == [2, 3]

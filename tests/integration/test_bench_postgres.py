@@ -38,14 +38,19 @@ def test_the_postgres_benchmark_runs_w1_w2_w3_at_smoke_size(system: str, tmp_pat
 
 def test_a_job_costs_one_durable_commit_to_submit_and_two_to_run_on_postgres(tmp_path: Path, cli_env) -> None:
     """Submit: the event with its head record and index rows. Run: the claim (with the first lease)
-    and the outcome (dropping the lease); the candidate reservation commits without a WAL flush."""
+    and the outcome (dropping the lease); the candidate reservation commits without a WAL flush.
+    Each append is one statement, one round trip (the head it was decided from is checked as it moves)."""
     url = require_pg()
     out = tmp_path / "commits.json"
     env = {k: v for k, v in cli_env.items() if k not in ("ORCH_SIGNING_KEY", "BASE_PATH", "PROJECT_ID")}
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "pg_commits.py"), "--url", url, "--jobs", "5",
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "pg_commits.py"), "--url", url, "--jobs", "20",
                            "--json", str(out)], env=env, capture_output=True, text=True, timeout=180, cwd=str(REPO))
     assert proc.returncode == 0, proc.stderr
     per_job = json.loads(out.read_text())
     assert per_job["submit"]["durable_commits"] == 1
     assert per_job["run"]["durable_commits"] == 2
     assert per_job["run"]["async_commits"] == 1
+    # per job, with the first job's one-off calls shared by 20: one round trip per append (two before)
+    assert per_job["submit"]["round_trips"] < 1.5
+    # the reservation, the job's read, the claim, the outcome (and the index-built check, once a second)
+    assert per_job["run"]["round_trips"] < 5

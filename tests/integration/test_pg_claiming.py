@@ -23,6 +23,7 @@ import worker_handlers  # noqa: F401  (registers t.* handlers)
 from orchestrator import Orchestrator
 from orchestrator.errors import ConcurrencyError, LeaseLostError
 from orchestrator.signing import new_seed
+from orchestrator.store.base import InTransaction
 from orchestrator.store.pg_queue import PgQueueIndex
 from orchestrator.store.postgres import PostgresStore
 from orchestrator.worker import Worker, WorkerSettings
@@ -135,11 +136,11 @@ def test_a_reservation_commits_asynchronously_and_leaves_appends_synchronous(clu
                                    (a.project_id, job)).fetchone()[0]
         setting = conn.execute("SHOW synchronous_commit").fetchone()[0]
     assert reserved_by is not None and setting == "on"
-    seen: list[str] = []
-    for _ in range(3):  # whichever pooled connection the append takes
-        a.store.append("other", lambda h: [b"{}"],
-                       in_transaction=lambda conn: seen.append(conn.execute("SHOW synchronous_commit").fetchone()[0]))
-    assert seen == ["on"] * 3
+    for i in range(3):  # whichever pooled connection the append takes: its statement notes the setting it ran with
+        a.store.append("other", lambda h: [b"{}"], in_transaction=InTransaction(writes=((
+            "INSERT INTO orch_aux (project, area, key, data) SELECT %s, 'probe', %s, "
+            "convert_to(current_setting('synchronous_commit'), 'UTF8') FROM up", (a.project_id, f"k{i}")),)))
+    assert [a.store.get_aux("probe", f"k{i}") for i in range(3)] == [b"on"] * 3
 
 
 # -- fencing ---------------------------------------------------------------------------------------
