@@ -59,13 +59,15 @@ def run(settings: Settings, progress: Callable[[str], None] | None = None) -> li
     # files, as the worker process (no ORCH_STORE_URL reaches it): the benchmark measures the file backend
     orch = Orchestrator(base_path=settings.base_path, project_id=settings.project_id, store_url="file",
                         keyring=load_keyring(env, announce=settings.kept))
+    refuse_foreign_jobs(orch)  # before anything is written, a key included
     if settings.kept:  # created (on first use) here, before the worker process starts: both sign with one key
         orch.keyring.ensure_signer()
     reader = lat.Reader(orch)
     worker: lat.WorkerProcess | None = None
     rows: list[dict[str, Any]] = []
     try:  # from the worker's start: whatever fails after it stops it, never leaves it running
-        worker = lat.WorkerProcess(str(settings.base_path), settings.project_id, env).start()
+        # it claims the benchmark's own jobs only: one submitted to the project meanwhile is never run here
+        worker = lat.WorkerProcess(str(settings.base_path), settings.project_id, env, kinds=(lat.ECHO_KIND,)).start()
         total = settings.warmup + settings.samples
         for i in range(total):
             pad = rng.randrange(MAX_PAD + 1)
@@ -95,6 +97,22 @@ def run(settings: Settings, progress: Callable[[str], None] | None = None) -> li
         if worker is not None:
             worker.stop()
     return rows
+
+
+def refuse_foreign_jobs(orch: Any) -> None:
+    """``InvalidInputError`` (exit 3) if the project holds a job the benchmark did not submit (of another kind than
+    ``lat.ECHO_KIND``): its worker would run it (a queued job, a retry coming due) or recover it, as the project's
+    own worker. A project that holds only earlier benchmark runs' jobs (``--project-id``, ``--keep``) is taken."""
+    from orchestrator.errors import InvalidInputError
+    from orchestrator.security import shown
+
+    for job_id in orch.store.job_ids():
+        kind = orch.status(job_id).kind
+        if kind != lat.ECHO_KIND:
+            raise InvalidInputError(
+                f"project {orch.project_id} already holds jobs the benchmark did not submit (job {job_id}, kind "
+                f"{shown(kind)}), which its worker would run; nothing was written. Name a new project with "
+                "--project-id, or leave it out (a scratch project)", job_id=job_id)
 
 
 def verdicts(stats: dict[str, float]) -> dict[str, bool]:

@@ -19,7 +19,8 @@ EXIT_GATE_FAILED = 13
               help="Disk to measure: the scratch project is created here.  [default: a temporary folder]")
 @click.option("--project-id", default=None,
               help="Project to write the benchmark jobs into, kept afterwards and signed with this machine's "
-                   "signing key, as a submit would be (so verify passes). PROJECT_ID from the environment is "
+                   "signing key, as a submit would be (so verify passes). A project holding jobs the benchmark did "
+                   "not submit is refused (exit 3): its worker would run them. PROJECT_ID from the environment is "
                    "deliberately not used: by default a scratch project is created and deleted, with a scratch key.")
 @click.option("--keep", is_flag=True, help="Keep the scratch project (to inspect the events; signed with this "
                                            "machine's signing key, as with --project-id).")
