@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from helpers import REPO
 from orchestrator import terminal_bench as tb
 
@@ -163,6 +165,43 @@ def test_bench_terminal_latency_into_a_kept_project_never_deletes_the_operators_
     assert list((base / ".ops-keys").glob("*.pub")), "the operator's keyring folder was deleted"
     verify = script("verify", "--json")
     assert verify.returncode == 0, verify.stdout[-3000:]
+
+
+def test_bench_terminal_latency_makes_a_missing_base_path_as_submit_does_and_a_scratch_run_removes_it_again(
+        tmp_path: Path, cli_env) -> None:
+    """A missing --base-path is made with its parents, as by any command that writes, and said on stderr (the
+    disk measured is the one that path is on); a scratch run then removes the folders it made, a kept run keeps them."""
+    base = tmp_path / "a" / "b" / "c"
+    bench = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, str(REPO / "scripts" / "bench_terminal_latency.py"), "--samples", "1", "--base-path",
+         str(base), "--json", *args], env=cli_env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    scratch = bench()
+    assert scratch.returncode == 0, scratch.stderr[-3000:]
+    assert f"made --base-path {base} (it did not exist); this scratch run removes it again" in scratch.stderr
+    assert not (tmp_path / "a").exists()  # every folder it made
+    kept = bench("--keep")
+    assert kept.returncode == 0, kept.stderr[-3000:]
+    assert [p.name for p in base.iterdir()] == [json.loads(kept.stdout)["settings"]["project"]]
+
+
+@pytest.mark.parametrize("where, code, exit_code", [
+    ("file/x", "STORAGE_ERROR", 10),  # a file where a folder belongs
+    ("loop/x", "CONFIG_ERROR", 3),  # a loop of symbolic links (a traceback from every command before)
+    ("x" * 300 + "/y", "CONFIG_ERROR", 3),  # a name too long for the file system (idem)
+], ids=["under-a-file", "link-loop", "name-too-long"])
+def test_a_base_path_that_cannot_be_used_is_the_same_error_for_the_benchmark_as_for_submit(
+        tmp_path: Path, cli_env, where: str, code: str, exit_code: int) -> None:
+    (tmp_path / "file").write_text("")
+    (tmp_path / "loop").symlink_to("loop")
+    before = sorted(tmp_path.iterdir())
+    for script, args in (("bench_terminal_latency", ("--samples", "1")), ("submit", ("--kind", "k", "--input", "1")),
+                         ("status", ("--all",))):
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / f"{script}.py"), *args, "--base-path",
+                               str(tmp_path / where), "--json"], env=cli_env, capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+        assert proc.returncode == exit_code and "Traceback" not in proc.stderr, (script, proc.stderr[-3000:])
+        assert json.loads(proc.stdout)["error"] == code, script
+    assert sorted(tmp_path.iterdir()) == before  # nothing made
 
 
 def test_bench_terminal_latency_measures_files_even_where_the_environment_names_a_postgresql_store(
