@@ -21,7 +21,8 @@ from click.core import ParameterSource
 from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PROJECT_ID,
                                  load_dotenv_file)
 from orchestrator.errors import ConfigError, InvalidInputError, OrchestratorError, UsageError
-from orchestrator.limits import MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, PRIORITY_LIMIT
+from orchestrator.limits import (MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_INPUT_BYTES, PRIORITY_LIMIT,
+                                 read_at_most)
 from orchestrator.security import one_line, sanitize_text
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -201,7 +202,8 @@ def cli() -> None:
 @cli.command(context_settings=CONTEXT)
 @click.option("--kind", required=True, help="Handler name: command, llm, or a registered Python handler.")
 @click.option("--input", "input_json", default=None, help="Job input as JSON text.")
-@click.option("--input-file", type=click.File("rb"), default=None, help="Read the JSON input from a file ('-' for stdin).")
+@click.option("--input-file", type=click.File("rb"), default=None, help="Read the JSON input from a file ('-' for stdin) of at most 1 MiB; "
+              "a larger one is refused (exit 3) without being read further.")
 @click.option("--audit", is_flag=True, help="Send a successful result to awaiting_audit for approval.")
 @click.option("--key", default=None, help="Idempotency key, an id (letters, digits, '.', '_', '-'): submitting the "
               "same key again returns the same job id.")
@@ -216,13 +218,16 @@ def submit(orch: Any, out: Output, kind: str, input_json: str | None, input_file
     """Submit a job and print its id (the same id again for the same --key)."""
     if input_json is not None and input_file is not None:
         raise click.UsageError("give --input or --input-file, not both")
-    raw = input_file.read() if input_file is not None else input_json
+    name = getattr(input_file, "name", None)  # stdin's is "<stdin>" (none at all under a test runner)
+    given = ("--input" if input_file is None
+             else f"--input-file {name if isinstance(name, str) and name != '<stdin>' else '-'}")
+    raw = read_at_most(input_file, MAX_INPUT_BYTES) if input_file is not None else input_json
+    if input_file is not None and raw is None:  # the rest is never read: a pipe or a device may not end
+        raise InvalidInputError(f"{given} holds more than {MAX_INPUT_BYTES} bytes, the most a job's input may be "
+                                "(as compact JSON); pass large data as a file path or an artifact")
     try:
         value = json.loads(raw) if raw is not None else None
     except (ValueError, RecursionError) as exc:
-        name = getattr(input_file, "name", None)  # stdin's is "<stdin>" (none at all under a test runner)
-        given = ("--input" if input_file is None
-                 else f"--input-file {name if isinstance(name, str) and name != '<stdin>' else '-'}")
         raise InvalidInputError(f"{given} is not valid JSON: {exc}") from None
     sub = orch.submit_job(kind, value, audit=audit, key=key, max_attempts=max_attempts, timeout=timeout,
                           priority=priority)
@@ -280,7 +285,8 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
                    "to this file (keep it elsewhere), signed with the key this machine has (exit 8 if none: "
                    "verify never creates one); a path that cannot be written is refused (exit 3) before verifying.")
 @click.option("--against", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Also prove nothing was rolled back since this exported head file.")
+              help="Also prove nothing was rolled back since this exported head file (read up to 256 MiB, "
+                   "about two million jobs; a larger file is no anchor: exit 3).")
 @project_command
 def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, against: str | None) -> int:
     """Check the signatures and hash chains of every events file and of the audit log.

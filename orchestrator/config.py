@@ -57,8 +57,13 @@ class Settings:
         base = Path(base_path or env.get("BASE_PATH") or DEFAULT_BASE_PATH).expanduser()
         project = project_id or env.get("PROJECT_ID") or DEFAULT_PROJECT_ID
         validate_id(project, "project id")
-        if base.exists() and not base.is_dir():
-            raise ConfigError(f"BASE_PATH {base} is not a folder")
+        try:
+            if base.exists() and not base.is_dir():
+                raise ConfigError(f"BASE_PATH {base} is not a folder")
+            resolved = base.resolve()
+        except (OSError, RuntimeError) as exc:  # a name too long, a loop of links (RuntimeError from resolve)
+            reason = getattr(exc, "strerror", None) or "a loop of symbolic links"
+            raise ConfigError(f"BASE_PATH {base} cannot be used: {reason}") from None
         store = store_url or env.get("ORCH_STORE_URL") or None
         if store and store != "file" and not store.startswith(("postgresql://", "postgres://")):
             raise ConfigError("ORCH_STORE_URL / --store must be 'file' or a postgresql:// URL")
@@ -66,7 +71,7 @@ class Settings:
         if strict not in ("", "0", "1", "false", "true", "no", "yes", "off", "on"):
             raise ConfigError(f"ORCH_STRICT_READS must be 1 or 0 (true/false, yes/no, on/off), not {strict!r}")
         deadline = _seconds(env, "ORCH_PG_DEADLINE_SECONDS", DEFAULT_PG_DEADLINE_SECONDS)
-        return cls(base_path=base.resolve(), project_id=project, store_url=None if store == "file" else store,
+        return cls(base_path=resolved, project_id=project, store_url=None if store == "file" else store,
                    strict_reads=strict in ("1", "true", "yes", "on"), pg_deadline_seconds=deadline)
 
     @property

@@ -114,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # copied into a shell as they are: quoted paths, and this interpreter (the Quick start's .venv is not activated,
     # and a python3 without the dependencies fails on its first import)
-    # and the demo's store: a shell whose ORCH_STORE_URL names PostgreSQL would send them there
-    store = " ORCH_STORE_URL=file" if os.environ.get("ORCH_STORE_URL", "file") not in ("", "file") else ""
-    env = f"BASE_PATH={shlex.quote(str(base))} PROJECT_ID={PROJECT}{store} {shlex.quote(interpreter())}"
+    # and the demo's store, always named: an ORCH_STORE_URL naming PostgreSQL, in the shell or in a .env where they
+    # are pasted (which the scripts read and the demo does not), would send them there. A variable set on the
+    # command line wins over a .env's (config.load_dotenv_file never overrides), as BASE_PATH and PROJECT_ID do.
+    env = f"BASE_PATH={shlex.quote(str(base))} PROJECT_ID={PROJECT} ORCH_STORE_URL=file {shlex.quote(interpreter())}"
     say("\n== what you can do next (from a checkout)\n"
         f"  {env} scripts/status.py --all\n"
         f"  {env} scripts/status.py {jobs['ask']}            # the pending question\n"

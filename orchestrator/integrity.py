@@ -17,6 +17,7 @@ from orchestrator import clock
 from orchestrator.api import Orchestrator
 from orchestrator.errors import InvalidInputError, PathEscapeError, SigningKeyError
 from orchestrator.history import ROLLED_BACK, Problem, check_head_record, verify_stream
+from orchestrator.limits import MAX_ANCHOR_BYTES, read_at_most
 from orchestrator.output_file import OutputFile
 from orchestrator.signing import canonical, line_hash
 from orchestrator.store.base import AUDIT_STREAM
@@ -146,9 +147,13 @@ def export_anchor(orch: Orchestrator, target: Path | OutputFile) -> dict[str, An
     body = {"format": ANCHOR_FORMAT, "project_id": orch.project_id, "created_at": clock.to_iso(orch.clock()),
             "heads": _heads(orch)}
     kid, sig = orch.keyring.sign_bytes(canonical(body))
+    data = canonical({**body, "kid": kid, "sig": sig}) + b"\n"
+    if len(data) > MAX_ANCHOR_BYTES:  # verify --against would refuse it: never written, an older anchor kept
+        raise InvalidInputError(f"the head anchor of {len(body['heads'])} streams would be {len(data)} bytes, more "
+                                f"than the {MAX_ANCHOR_BYTES} verify --against reads; nothing was written")
     out = target if isinstance(target, OutputFile) else OutputFile(target, "the head anchor")
     with out:
-        out.write(canonical({**body, "kid": kid, "sig": sig}) + b"\n")
+        out.write(data)
     return {"path": str(out.path), "streams": len(body["heads"]), "created_at": body["created_at"]}
 
 
@@ -163,9 +168,15 @@ def require_anchor_key(orch: Orchestrator) -> str:
 
 
 def _read_anchor(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The anchor at ``path`` as (document, signed body); a file that is not one is ``InvalidInputError``."""
+    """The anchor at ``path`` as (document, signed body); a file that is not one is ``InvalidInputError``, one
+    over ``MAX_ANCHOR_BYTES`` without being read past it (``export_anchor`` writes none that large)."""
     try:
-        doc = json.loads(Path(path).read_bytes())
+        with open(path, "rb") as fh:
+            raw = read_at_most(fh, MAX_ANCHOR_BYTES)
+        if raw is None:
+            raise InvalidInputError(f"{path} holds more than {MAX_ANCHOR_BYTES} bytes, more than any anchor "
+                                    "verify --export-head writes: it is not an anchor")
+        doc = json.loads(raw)
     except OSError as exc:
         raise InvalidInputError(f"cannot read anchor {path}: {exc.strerror or exc}") from None
     except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep

@@ -79,10 +79,20 @@ def _worker_main() -> None:
     from orchestrator import faults
     from orchestrator.api import Orchestrator
     from orchestrator.config import DEFAULT_LEASE_SECONDS
+    from orchestrator.worker import Worker, WorkerSettings
 
     cfg = json.loads(os.environ["ORCH_BENCH_WORKER"])
+    kinds = frozenset(cfg["kinds"]) if cfg.get("kinds") is not None else None
+
+    class BenchWorker(Worker):
+        """Claims only jobs of ``kinds`` (when given): any other stays queued, as for a worker without its handler."""
+
+        def _no_handler(self, s: Any) -> bool:
+            return (kinds is not None and s.kind not in kinds) or super()._no_handler(s)
+
     orch = Orchestrator(base_path=cfg["base_path"], project_id=cfg["project_id"])
-    worker = orch.worker(lease_seconds=cfg.get("lease_seconds", DEFAULT_LEASE_SECONDS), worker_id="bench-worker")
+    worker = BenchWorker(orch, WorkerSettings(lease_seconds=cfg.get("lease_seconds", DEFAULT_LEASE_SECONDS),
+                                              worker_id="bench-worker"))
     out = sys.stdout
     appended: list[int] = []
 
@@ -125,6 +135,7 @@ class WorkerProcess:
     env: dict[str, str]
     max_jobs: int | None = None
     idle_exit: bool = False
+    kinds: tuple[str, ...] | None = None  # the only kinds it claims (None: any it has a handler for)
     durable: dict[str, list[int]] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
@@ -132,7 +143,7 @@ class WorkerProcess:
 
     def start(self) -> "WorkerProcess":
         cfg = {"base_path": self.base_path, "project_id": self.project_id, "max_jobs": self.max_jobs,
-               "idle_exit": self.idle_exit}
+               "idle_exit": self.idle_exit, "kinds": self.kinds}
         env = dict(self.env, ORCH_BENCH_WORKER=json.dumps(cfg))
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
@@ -147,14 +158,15 @@ class WorkerProcess:
 
     def _pump(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            msg = json.loads(line)
-            with self._cond:
-                if msg.get("summary"):
-                    self.summary = msg
-                else:
-                    self.durable.setdefault(msg["job_id"], []).append(msg["durable_ns"])
-                self._cond.notify_all()
+        with self.proc.stdout:  # closed at its end here, the one reader of it (not left to the collector)
+            for line in self.proc.stdout:
+                msg = json.loads(line)
+                with self._cond:
+                    if msg.get("summary"):
+                        self.summary = msg
+                    else:
+                        self.durable.setdefault(msg["job_id"], []).append(msg["durable_ns"])
+                    self._cond.notify_all()
 
     def wait_durable(self, job_id: str, count: int, timeout: float = 30.0) -> int:
         """The moment the ``count``-th outcome of ``job_id`` was durable (monotonic ns)."""

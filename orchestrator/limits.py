@@ -7,9 +7,13 @@ recursion, turns it into the input's own error code instead of a crash.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import IO, Any
 
-MAX_INPUT_BYTES = 1024 * 1024  # a job's input, as canonical JSON
+MAX_INPUT_BYTES = 1024 * 1024  # a job's input, as canonical JSON; also a file it is read from (submit --input-file)
+# A head anchor (verify --export-head / --against): about 130 bytes a stream (a 36-character id, a 64-digit hash
+# and a sequence number), so about two million jobs. Bounds what ``--against`` reads of a file given by mistake
+# (a log, a device): an anchor larger than this is refused when it would be written, so none is ever unreadable.
+MAX_ANCHOR_BYTES = 256 * 1024 * 1024
 MAX_JSON_DEPTH = 64  # nesting of arrays/objects in a job's input and a terminal payload
 MAX_ATTEMPTS_LIMIT = 1000  # a job's max_attempts is 1..MAX_ATTEMPTS_LIMIT
 PRIORITY_LIMIT = 1000  # a job's priority is -PRIORITY_LIMIT..PRIORITY_LIMIT
@@ -36,6 +40,13 @@ def json_depth(value: Any) -> int:
                 return deepest
             stack.extend((child, depth) for child in item)
     return deepest
+
+
+def read_at_most(source: IO[bytes], limit: int) -> bytes | None:
+    """The bytes of ``source`` if it holds at most ``limit``, else None, having read ``limit + 1`` of them and never
+    the rest (a pipe, ``/dev/zero`` or a log given by mistake costs ``limit`` bytes of memory, not all of it)."""
+    data = source.read(limit + 1)
+    return None if len(data) > limit else data
 
 
 # -- plainly valid JSON: what the fast acceptors (events.py, payload.py) take without pydantic --------

@@ -20,7 +20,8 @@ from orchestrator.errors import (ConcurrencyError, LeaseLostError, MalformedPayl
                                  StorageUnavailableError)
 from orchestrator.leases import drop_lease_aux
 from orchestrator.leftovers import end_exited_run
-from orchestrator.payload import DONE, FAILED, NEEDS_AUDIT, NO_TERMINAL_SIGNAL_EXIT, Payload, parse_payload
+from orchestrator.payload import (DONE, FAILED, JSON_WHITESPACE, NEEDS_AUDIT, NO_TERMINAL_SIGNAL_EXIT, Payload,
+                                  parse_payload)
 from orchestrator.runner import Child, sanitized_tail
 from orchestrator.security import sanitize_obj, sanitize_text
 from orchestrator.state import RUNNING, JobState
@@ -103,6 +104,11 @@ class OutcomeRecorder:
             return self.fail(claim, NO_TERMINAL_SIGNAL_EXIT,
                              f"the process exited with status {code} without writing a terminal payload",
                               output=child.output)
+        if not raw.strip(JSON_WHITESPACE):  # opened (``> "$ORCH_TERMINAL_FILE"``) but nothing written: no payload
+            left = "empty" if not raw else "holding only whitespace"
+            return self.fail(claim, NO_TERMINAL_SIGNAL_EXIT,
+                             f"the process exited with status {code} without writing a terminal payload: "
+                             f"the terminal file is {left}", output=child.output)
         try:
             payload = parse_payload(raw, artifacts_dir)
         except MalformedPayloadError as exc:

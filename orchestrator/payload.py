@@ -34,6 +34,8 @@ _ERROR_CODE = re.compile(ERROR_CODE_PATTERN)
 NO_TERMINAL_SIGNAL_EXIT = "NO_TERMINAL_SIGNAL_EXIT"
 NO_TERMINAL_SIGNAL_TIMEOUT = "NO_TERMINAL_SIGNAL_TIMEOUT"
 NO_TERMINAL_SIGNAL_STALE = "NO_TERMINAL_SIGNAL_STALE"
+# a terminal file holding none but these (JSON's whitespace) holds no payload: its run ended without one
+JSON_WHITESPACE = b" \t\n\r"
 NOT_UNICODE = ("the terminal payload holds text that is not valid Unicode (a lone surrogate such as \\udcff, "
                "e.g. a file name or bytes that are not UTF-8 decoded with 'surrogateescape'): decode such bytes "
                "with errors='replace', or send them as base64")

@@ -12,6 +12,7 @@ result, but sre keeps its fast scan for the first character (about 4x faster).
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import string
@@ -85,10 +86,31 @@ _SHAPES = re.compile(
 )
 _SENSITIVE_KEY = re.compile(rf"(?:{_KEYS}|{_HEADER_KEYS})\Z", re.I)
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+# The C library's error messages (``strerror``). A program's diagnostic ``<name>: <message>`` whose name ends in a
+# key word (``passwd: File exists``, ``cat: /run/secrets/api_token: No such file or directory``) is no secret
+# when everything after the ``:`` to the end of its line is exactly one of them: that value is kept. Nothing
+# else is: a quoted value, a value after ``=``, one followed by anything more on its line (see _os_error).
+_OS_ERRORS = frozenset(m for m in map(os.strerror, errno.errorcode) if not m.startswith("Unknown error"))
+_OS_ERROR_LONGEST = max(map(len, _OS_ERRORS))
 
 
-def _redact_values(rx: re.Pattern[str], text: str) -> str:
-    """Replace each match's value group, keeping its key, separator, quote and scheme.
+def _os_error(text: str, m: re.Match[str]) -> bool:
+    """Whether the bare value of ``_KV``'s match ``m`` in ``text`` begins, after a ``:``, an OS error message that
+    ends its line (or the text). Looks at most ``_OS_ERROR_LONGEST`` + 2 characters past the value's start, so a
+    line of many matches still costs one pass."""
+    start = m.start("u")
+    if start < 0 or ":" not in text[m.start():start]:
+        return False
+    window = text[start:start + _OS_ERROR_LONGEST + 2]
+    brk = _LINE_END.search(window)
+    if brk is None and start + len(window) < len(text):  # the line goes on past any message
+        return False
+    return window[:brk.start() if brk else len(window)].rstrip(" \t") in _OS_ERRORS
+
+
+def _redact_values(rx: re.Pattern[str], text: str, keep: Callable[[str, re.Match[str]], bool] | None = None) -> str:
+    """Replace each match's value group, keeping its key, separator, quote and scheme (the whole match, where
+    ``keep(text, match)`` says so).
 
     Matching runs on an ASCII-lowered copy (same length, same offsets) so key names are
     case-insensitive; the kept text is sliced from the original.
@@ -96,6 +118,8 @@ def _redact_values(rx: re.Pattern[str], text: str) -> str:
     out: list[str] = []
     pos = 0
     for m in rx.finditer(text.translate(_ASCII_LOWER)):
+        if keep is not None and keep(text, m):
+            continue
         group = "v" if m.start("v") >= 0 else "u"
         out.append(text[pos : m.start(group)])
         out.append(REDACTED)
@@ -148,8 +172,9 @@ def sanitize_text(text: str) -> str:
     text = _PEM.sub(REDACTED, text)
     if "-----END" in text:
         text = _redact_headless_keys(text)
-    for rx in (_URL_CREDS, _HEADER, _CLI, _KV):
+    for rx in (_URL_CREDS, _HEADER, _CLI):
         text = _redact_values(rx, text)
+    text = _redact_values(_KV, text, keep=_os_error)
     return _SHAPES.sub(REDACTED, text)
 
 

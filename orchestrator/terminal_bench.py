@@ -59,13 +59,15 @@ def run(settings: Settings, progress: Callable[[str], None] | None = None) -> li
     # files, as the worker process (no ORCH_STORE_URL reaches it): the benchmark measures the file backend
     orch = Orchestrator(base_path=settings.base_path, project_id=settings.project_id, store_url="file",
                         keyring=load_keyring(env, announce=settings.kept))
+    refuse_foreign_jobs(orch)  # before anything is written, a key included
     if settings.kept:  # created (on first use) here, before the worker process starts: both sign with one key
         orch.keyring.ensure_signer()
     reader = lat.Reader(orch)
     worker: lat.WorkerProcess | None = None
     rows: list[dict[str, Any]] = []
     try:  # from the worker's start: whatever fails after it stops it, never leaves it running
-        worker = lat.WorkerProcess(str(settings.base_path), settings.project_id, env).start()
+        # it claims the benchmark's own jobs only: one submitted to the project meanwhile is never run here
+        worker = lat.WorkerProcess(str(settings.base_path), settings.project_id, env, kinds=(lat.ECHO_KIND,)).start()
         total = settings.warmup + settings.samples
         for i in range(total):
             pad = rng.randrange(MAX_PAD + 1)
@@ -95,6 +97,22 @@ def run(settings: Settings, progress: Callable[[str], None] | None = None) -> li
         if worker is not None:
             worker.stop()
     return rows
+
+
+def refuse_foreign_jobs(orch: Any) -> None:
+    """``InvalidInputError`` (exit 3) if the project holds a job the benchmark did not submit (of another kind than
+    ``lat.ECHO_KIND``): its worker would run it (a queued job, a retry coming due) or recover it, as the project's
+    own worker. A project that holds only earlier benchmark runs' jobs (``--project-id``, ``--keep``) is taken."""
+    from orchestrator.errors import InvalidInputError
+    from orchestrator.security import shown
+
+    for job_id in orch.store.job_ids():
+        kind = orch.status(job_id).kind
+        if kind != lat.ECHO_KIND:
+            raise InvalidInputError(
+                f"project {orch.project_id} already holds jobs the benchmark did not submit (job {job_id}, kind "
+                f"{shown(kind)}), which its worker would run; nothing was written. Name a new project with "
+                "--project-id, or leave it out (a scratch project)", job_id=job_id)
 
 
 def verdicts(stats: dict[str, float]) -> dict[str, bool]:
@@ -172,15 +190,20 @@ def execute(samples: int, seed: int, base_path: str | None, project_id: str | No
 def _measure(samples: int, seed: int, base_path: str | None, project: str, delete: bool,
              progress: Callable[[str], None] | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run the benchmark in ``project`` under ``base_path`` (else a temporary folder); the rows and the summary."""
+    import contextlib
     import tempfile
 
     tmp = None
+    made: list[Path] = []
     if base_path is None:
         tmp = tempfile.mkdtemp(prefix="orch-bench-")
         base = Path(tmp)
     else:
         base = Path(base_path)
-        base.mkdir(parents=True, exist_ok=True)
+        made = make_base_path(base, project)
+        if made and progress:
+            progress(f"made --base-path {base} (it did not exist)"
+                     + ("; this scratch run removes it again" if delete else ""))
     settings = Settings(samples=samples, seed=seed, base_path=base, project_id=project, kept=not delete)
     t0 = time.perf_counter()
     try:
@@ -189,11 +212,31 @@ def _measure(samples: int, seed: int, base_path: str | None, project: str, delet
         if delete:  # the scratch project and its scratch keys; a kept project's keys are the operator's
             shutil.rmtree(base / project, ignore_errors=True)
             shutil.rmtree(scratch_keys(base, project), ignore_errors=True)
+            for folder in made:  # and the folders made for it: a scratch run leaves the disk as it found it
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty: whatever else came to be there stays
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     result = summary(rows, settings, time.perf_counter() - t0)
     result["settings"]["project"] = "scratch (deleted)" if delete else project
     return rows, result
+
+
+def make_base_path(base: Path, project: str) -> list[Path]:
+    """Make ``base`` with its missing parents, as any command that writes does: a path the settings refuse is
+    ``ConfigError`` (exit 3), one that cannot be made ``StorageError`` (exit 10), as for a ``submit``, and before the
+    scratch keyring below it is read. The folders made, deepest first (a scratch run removes them again)."""
+    from orchestrator import config
+    from orchestrator.store.files import make_folder
+
+    resolved = config.Settings.load(base, project, env={}, store_url="file").base_path
+    missing = []
+    folder = resolved
+    while not os.path.lexists(folder):
+        missing.append(folder)
+        folder = folder.parent
+    make_folder(resolved, resolved / project)  # the store's folders are below it: base itself is the user's
+    return missing
 
 
 def text_summary(result: dict[str, Any]) -> str:

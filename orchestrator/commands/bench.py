@@ -16,10 +16,12 @@ EXIT_GATE_FAILED = 13
 @click.option("--report", metavar="FILE", default=None,
               help="Write the Markdown report (P50/P95/P99/max, PASS/FAIL, machine, settings) to this file.")
 @click.option("--base-path", envvar="BASE_PATH", show_envvar=True, default=None, type=click.Path(file_okay=False),
-              help="Disk to measure: the scratch project is created here.  [default: a temporary folder]")
+              help="Disk to measure: the scratch project is created here; a missing folder is made, as by a "
+                   "submit, and removed again after a scratch run.  [default: a temporary folder]")
 @click.option("--project-id", default=None,
               help="Project to write the benchmark jobs into, kept afterwards and signed with this machine's "
-                   "signing key, as a submit would be (so verify passes). PROJECT_ID from the environment is "
+                   "signing key, as a submit would be (so verify passes). A project holding jobs the benchmark did "
+                   "not submit is refused (exit 3): its worker would run them. PROJECT_ID from the environment is "
                    "deliberately not used: by default a scratch project is created and deleted, with a scratch key.")
 @click.option("--keep", is_flag=True, help="Keep the scratch project (to inspect the events; signed with this "
                                            "machine's signing key, as with --project-id).")

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from helpers import REPO
 from orchestrator import terminal_bench as tb
 
@@ -83,20 +85,69 @@ def test_bench_terminal_latency_writes_raw_samples_and_a_report_with_verdicts(tm
 
 def test_bench_terminal_latency_into_a_kept_project_leaves_it_verifiable_with_the_operators_keys(
         tmp_path: Path, cli_env) -> None:
-    """--project-id names a project the benchmark keeps (also an existing one): its jobs are signed with the
+    """--project-id names a project the benchmark keeps (also one an earlier run kept): its jobs are signed with the
     operator's key, so `verify` and `status --all` of that project still pass afterwards."""
     env = {**cli_env, "BASE_PATH": str(tmp_path / "base"), "PROJECT_ID": "ops"}
     script = lambda name, *args: subprocess.run(  # noqa: E731
         [sys.executable, str(REPO / "scripts" / f"{name}.py"), *args], env=env, capture_output=True, text=True,
         timeout=120, cwd=tmp_path)
-    assert script("submit", "--kind", "command", "--input", '{"argv": ["true"]}').returncode == 0
-    bench = script("bench_terminal_latency", "--samples", "3", "--base-path", str(tmp_path / "base"),
-                   "--project-id", "ops", "--json")
-    assert bench.returncode == 0, bench.stderr[-3000:]
+    for _ in range(2):  # the second run goes into the project the first one kept
+        bench = script("bench_terminal_latency", "--samples", "3", "--base-path", str(tmp_path / "base"),
+                       "--project-id", "ops", "--json")
+        assert bench.returncode == 0, bench.stderr[-3000:]
     verify = script("verify", "--json")
     assert verify.returncode == 0, verify.stdout[-3000:]
-    assert json.loads(verify.stdout)["streams"] == 1 + tb.Settings(1, 0, tmp_path, "x").warmup + 3  # all its jobs
+    assert json.loads(verify.stdout)["streams"] == 2 * (tb.Settings(1, 0, tmp_path, "x").warmup + 3)  # all its jobs
     assert script("status", "--all").returncode == 0
+
+
+def test_bench_terminal_latency_refuses_a_project_holding_jobs_it_did_not_submit_and_writes_nothing(
+        tmp_path: Path, cli_env) -> None:
+    """Its worker would run them (a queued command job of a real project, run by the benchmark): refused (exit 3,
+    INVALID_INPUT) before anything is written, the project's own job left queued as it was."""
+    base = tmp_path / "base"
+    env = {**cli_env, "BASE_PATH": str(base), "PROJECT_ID": "ops"}
+    script = lambda name, *args: subprocess.run(  # noqa: E731
+        [sys.executable, str(REPO / "scripts" / f"{name}.py"), *args], env=env, capture_output=True, text=True,
+        timeout=120, cwd=tmp_path)
+    marker = tmp_path / "ran"
+    sub = script("submit", "--kind", "command", "--input", json.dumps({"argv": ["touch", str(marker)]}), "--json")
+    job = json.loads(sub.stdout)["job_id"]
+    before = sorted((p.relative_to(base), p.read_bytes()) for p in base.rglob("*") if p.is_file())
+    bench = script("bench_terminal_latency", "--samples", "2", "--base-path", str(base), "--project-id", "ops",
+                   "--raw-output", str(tmp_path / "raw.jsonl"), "--json")
+    assert bench.returncode == 3, bench.stderr[-3000:]
+    error = json.loads(bench.stdout)
+    assert error["error"] == "INVALID_INPUT" and error["details"] == {"job_id": job}
+    assert error["message"].startswith(f"project ops already holds jobs the benchmark did not submit (job {job}, "
+                                       "kind 'command')")
+    assert not marker.exists() and not (tmp_path / "raw.jsonl").exists()
+    assert sorted((p.relative_to(base), p.read_bytes()) for p in base.rglob("*") if p.is_file()) == before
+    assert json.loads(script("status", job, "--json").stdout)["state"] == "queued"
+
+
+def test_the_benchmarks_worker_never_runs_a_job_of_another_kind_submitted_while_it_runs(
+        tmp_path: Path, cli_env, monkeypatch) -> None:
+    """Past the check at its start, its worker process claims only the benchmark's own kind: a job submitted to the
+    project meanwhile stays queued for the project's own workers."""
+    from orchestrator import latency as lat
+    from orchestrator.api import Orchestrator
+
+    for name, value in cli_env.items():
+        monkeypatch.setenv(name, value)
+    orch = Orchestrator(base_path=tmp_path, project_id="p")
+    foreign = orch.submit(lat.NOOP_KIND, {})  # runnable by the benchmark's worker, and first in line
+    worker = lat.WorkerProcess(str(tmp_path), "p", dict(cli_env), kinds=(lat.ECHO_KIND,)).start()
+    try:
+        own = orch.submit(lat.ECHO_KIND, {"pad": 0})
+        reader = lat.Reader(orch)
+        try:
+            assert reader.wait_for(own, lat.TERMINAL_STATES)[0].state == "succeeded"
+        finally:
+            reader.close()
+    finally:
+        worker.stop()
+    assert orch.status(foreign).state == "queued" and foreign not in worker.durable
 
 
 def test_bench_terminal_latency_into_a_kept_project_never_deletes_the_operators_keyring_folder(
@@ -114,6 +165,43 @@ def test_bench_terminal_latency_into_a_kept_project_never_deletes_the_operators_
     assert list((base / ".ops-keys").glob("*.pub")), "the operator's keyring folder was deleted"
     verify = script("verify", "--json")
     assert verify.returncode == 0, verify.stdout[-3000:]
+
+
+def test_bench_terminal_latency_makes_a_missing_base_path_as_submit_does_and_a_scratch_run_removes_it_again(
+        tmp_path: Path, cli_env) -> None:
+    """A missing --base-path is made with its parents, as by any command that writes, and said on stderr (the
+    disk measured is the one that path is on); a scratch run then removes the folders it made, a kept run keeps them."""
+    base = tmp_path / "a" / "b" / "c"
+    bench = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, str(REPO / "scripts" / "bench_terminal_latency.py"), "--samples", "1", "--base-path",
+         str(base), "--json", *args], env=cli_env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    scratch = bench()
+    assert scratch.returncode == 0, scratch.stderr[-3000:]
+    assert f"made --base-path {base} (it did not exist); this scratch run removes it again" in scratch.stderr
+    assert not (tmp_path / "a").exists()  # every folder it made
+    kept = bench("--keep")
+    assert kept.returncode == 0, kept.stderr[-3000:]
+    assert [p.name for p in base.iterdir()] == [json.loads(kept.stdout)["settings"]["project"]]
+
+
+@pytest.mark.parametrize("where, code, exit_code", [
+    ("file/x", "STORAGE_ERROR", 10),  # a file where a folder belongs
+    ("loop/x", "CONFIG_ERROR", 3),  # a loop of symbolic links (a traceback from every command before)
+    ("x" * 300 + "/y", "CONFIG_ERROR", 3),  # a name too long for the file system (idem)
+], ids=["under-a-file", "link-loop", "name-too-long"])
+def test_a_base_path_that_cannot_be_used_is_the_same_error_for_the_benchmark_as_for_submit(
+        tmp_path: Path, cli_env, where: str, code: str, exit_code: int) -> None:
+    (tmp_path / "file").write_text("")
+    (tmp_path / "loop").symlink_to("loop")
+    before = sorted(tmp_path.iterdir())
+    for script, args in (("bench_terminal_latency", ("--samples", "1")), ("submit", ("--kind", "k", "--input", "1")),
+                         ("status", ("--all",))):
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / f"{script}.py"), *args, "--base-path",
+                               str(tmp_path / where), "--json"], env=cli_env, capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+        assert proc.returncode == exit_code and "Traceback" not in proc.stderr, (script, proc.stderr[-3000:])
+        assert json.loads(proc.stdout)["error"] == code, script
+    assert sorted(tmp_path.iterdir()) == before  # nothing made
 
 
 def test_bench_terminal_latency_measures_files_even_where_the_environment_names_a_postgresql_store(

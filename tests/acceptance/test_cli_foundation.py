@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from helpers import REPO, run_script
 
 
@@ -62,6 +64,26 @@ def test_input_file_and_stdin_are_accepted(cli_env: dict[str, str], tmp_path: Pa
     run_script("submit", "--kind", "k", "--input-file", str(f), env=cli_env, check=True)
     proc = run_script("submit", "--kind", "k", "--input-file", "-", "--json", env=cli_env, input='{"y": 1}', check=True)
     assert json.loads(proc.stdout)["created"] is True
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+@pytest.mark.parametrize("args, limit", [(("submit", "--kind", "k", "--input-file", "/dev/zero"), "1048576"),
+                                         (("verify", "--against", "/dev/zero"), "268435456")],
+                         ids=["submit-input-file", "verify-against"])
+def test_a_file_that_never_ends_is_refused_as_over_its_limit_without_being_read_whole(
+        cli_env: dict[str, str], base: Path, args: tuple[str, ...], limit: str) -> None:
+    """``/dev/zero`` (or a pipe that never closes) given by mistake: the command reads one byte past its limit and
+    exits 3, in a process whose memory is capped at 1 GiB (reading the device whole would exhaust it: exit 1)."""
+    import resource
+
+    cap = 1 << 30
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / f"{args[0]}.py"), *args[1:], "--json"],
+                          env=cli_env, cwd=str(REPO), capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap)))
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    error = json.loads(proc.stdout)
+    assert error["error"] == "INVALID_INPUT" and f"/dev/zero holds more than {limit} bytes" in error["message"]
+    assert not (base / "proj" / ".orchestrator" / "queue" / "jobs").exists()  # nothing written
 
 
 def test_status_all_filters_by_state(cli_env: dict[str, str]) -> None:

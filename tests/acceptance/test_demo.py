@@ -124,3 +124,25 @@ def test_the_demo_runs_on_files_even_where_the_environment_names_a_postgresql_st
         pasted = subprocess.run(["bash", "-c", line.strip()], env=env, cwd=str(REPO), capture_output=True,
                                 text=True, timeout=60)
         assert pasted.returncode == 0, (line, pasted.stderr)
+
+
+def test_the_demos_next_steps_act_on_its_files_where_a_dotenv_names_a_postgresql_store(cli_env: dict[str, str],
+                                                                                      tmp_path: Path) -> None:
+    """The scripts read a .env in the folder they are run from, and the demo does not: pasted there, its next steps
+    must still act on the demo's file project, not on a PostgreSQL project named demo. The URL is unreachable:
+    nothing is written to any database either way."""
+    from helpers import REPO
+
+    env = {k: v for k, v in cli_env.items() if k not in ("BASE_PATH", "PROJECT_ID")}
+    proc = run_demo(env, tmp_path, str(tmp_path / "demos"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    checkout = tmp_path / "checkout"  # a checkout whose .env names PostgreSQL (the scripts come from REPO)
+    checkout.mkdir()
+    (checkout / "scripts").symlink_to(REPO / "scripts")
+    (checkout / ".env").write_text("ORCH_STORE_URL=postgresql://nobody@127.0.0.1:1/nowhere\n")
+    steps = proc.stdout.split("== what you can do next (from a checkout)\n")[1].splitlines()
+    for line in steps:
+        pasted = subprocess.run(["bash", "-c", line.strip()], env=env, cwd=str(checkout), capture_output=True,
+                                text=True, timeout=60)
+        assert pasted.returncode == (5 if "# instead of approve" in line else 0), (line, pasted.stderr)
+        assert "ORCH_STORE_URL=file" in line or line.strip().startswith("tail ")

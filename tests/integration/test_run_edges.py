@@ -140,6 +140,28 @@ def test_a_module_imported_for_a_kind_cannot_take_the_workers_stop_signals(orch,
         assert signal.getsignal(signal.SIGTERM) == scope.handler == signal.getsignal(signal.SIGINT)
 
 
+# -- a terminal file with nothing in it -----------------------------------------------------------------------
+@pytest.mark.parametrize("written, left", [("", "empty"), ("\\n \\t\\r\\n", "holding only whitespace")],
+                         ids=["empty", "whitespace"])
+def test_a_command_leaving_its_terminal_file_empty_ended_without_a_terminal_signal_saying_so(
+        orch, written: str, left: str) -> None:
+    """SPEC: a run that ends with no payload is NO_TERMINAL_SIGNAL_EXIT; a terminal file opened and never written
+    (``cmd > "$ORCH_TERMINAL_FILE"`` of a command that printed nothing, a crash before the write) holds none."""
+    argv = [PY, "-c", f"import os, sys; open(os.environ['ORCH_TERMINAL_FILE'], 'w').write('{written}'); sys.exit(4)"]
+    result, last = run_one(orch, "command", {"argv": argv})
+    assert (result.outcome, result.error_code) == ("failed", "NO_TERMINAL_SIGNAL_EXIT")
+    assert last["data"]["error"] == ("the process exited with status 4 without writing a terminal payload: "
+                                     f"the terminal file is {left}")
+
+
+def test_a_terminal_file_cut_inside_its_json_is_still_malformed_payload(orch) -> None:
+    """Only a file with no JSON text at all is "no payload": a payload begun and not finished is a bad one."""
+    argv = [PY, "-c", "import os; open(os.environ['ORCH_TERMINAL_FILE'], 'w').write(' {\"status\": ')"]
+    result, last = run_one(orch, "command", {"argv": argv})
+    assert (result.outcome, result.error_code) == ("failed", "MALFORMED_PAYLOAD")
+    assert last["data"]["error"].startswith("the terminal payload is not valid JSON")
+
+
 # -- a payload over the limit is never read whole -----------------------------------------------------------
 def test_a_terminal_file_of_400_mb_is_malformed_payload_without_being_read_into_the_worker(orch) -> None:
     import resource

@@ -372,3 +372,37 @@ def test_reading_on_still_detects_an_edit_of_a_line_it_had_verified_or_of_a_new_
     raw.write_bytes(job_id, b"".join(x + b"\n" for x in lines[:3] + [lines[3].replace(b"yes", b"yep")]))
     problems = orch.load_more(seen).problems
     assert problems and problems[0].line == 4
+
+
+def test_an_anchor_file_over_the_anchor_limit_is_invalid_input_and_never_parsed(
+        orch: Orchestrator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``verify --against`` reads at most ``MAX_ANCHOR_BYTES`` + 1 of the file it is given (a log or a device given by
+    mistake), and refuses a larger one as no anchor (INVALID_INPUT, exit 3)."""
+    import orchestrator.integrity as integrity
+    from orchestrator.errors import InvalidInputError
+
+    orch.submit("k", {})
+    anchor = tmp_path / "anchor.json"
+    export_anchor(orch, anchor)
+    monkeypatch.setattr(integrity, "MAX_ANCHOR_BYTES", anchor.stat().st_size, raising=False)
+    assert check_anchor(orch, anchor) == []  # an anchor of exactly the limit is read
+    anchor.write_bytes(anchor.read_bytes() + b" ")
+    with pytest.raises(InvalidInputError, match=f"^{anchor} holds more than {anchor.stat().st_size - 1} bytes"):
+        check_anchor(orch, anchor)
+
+
+def test_an_anchor_over_the_limit_verify_against_reads_is_never_written(
+        orch: Orchestrator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Else a project that large would write anchors it can never check: refused, and an older anchor is kept."""
+    import orchestrator.integrity as integrity
+    from orchestrator.errors import InvalidInputError
+
+    orch.submit("k", {})
+    anchor = tmp_path / "anchor.json"
+    export_anchor(orch, anchor)
+    older = anchor.read_bytes()
+    orch.submit("k", {"second": True})
+    monkeypatch.setattr(integrity, "MAX_ANCHOR_BYTES", len(older), raising=False)
+    with pytest.raises(InvalidInputError, match="more than the .* verify --against reads; nothing was written"):
+        export_anchor(orch, anchor)
+    assert anchor.read_bytes() == older

@@ -190,6 +190,34 @@ def test_cli_submit_of_an_input_file_that_is_not_json_names_the_file_not_input(
     assert not (base / "proj").exists()
 
 
+def test_cli_submit_of_an_input_file_over_the_input_limit_is_refused_without_reading_the_rest(
+        runner_env: dict[str, str], base: Path) -> None:
+    """As an oversized --input is (INVALID_INPUT, exit 3), but after reading one byte past the limit: a pipe or a
+    device that never ends (``--input-file /dev/zero``) must not be read into memory whole first."""
+    import io
+
+    stdin = io.BytesIO(json.dumps("x" * (2 * MAX_INPUT_BYTES)).encode())
+    result = CliRunner().invoke(cli, ["submit", "--kind", "k", "--input-file", "-", "--json"], env=runner_env,
+                                input=stdin)
+    error = json.loads(result.output)
+    assert result.exit_code == 3 and error["error"] == "INVALID_INPUT", result.output
+    assert error["message"].startswith(f"--input-file - holds more than {MAX_INPUT_BYTES} bytes"), error["message"]
+    assert stdin.tell() == MAX_INPUT_BYTES + 1  # the rest was never read
+    assert not (base / "proj").exists()  # nothing written
+
+
+def test_cli_submit_takes_an_input_file_of_exactly_the_limit_and_refuses_one_byte_more(
+        runner_env: dict[str, str], tmp_path: Path) -> None:
+    given = tmp_path / "input.json"
+    given.write_bytes(json.dumps("x" * (MAX_INPUT_BYTES - 2)).encode())  # canonical JSON of exactly the limit
+    ok = CliRunner().invoke(cli, ["submit", "--kind", "k", "--input-file", str(given), "--json"], env=runner_env)
+    assert ok.exit_code == 0 and json.loads(ok.output)["created"], ok.output
+    given.write_bytes(given.read_bytes() + b"\n")  # a file is bounded in its own bytes, whitespace included
+    over = CliRunner().invoke(cli, ["submit", "--kind", "k", "--input-file", str(given), "--json"], env=runner_env)
+    assert over.exit_code == 3 and json.loads(over.output)["error"] == "INVALID_INPUT", over.output
+    assert f"--input-file {given} holds more than" in json.loads(over.output)["message"]
+
+
 @pytest.mark.parametrize("kind", ["", "k" * 201, None, 7])
 def test_a_kind_that_is_empty_too_long_or_not_text_is_invalid_input_that_names_the_kind(
         orch: Orchestrator, kind: object) -> None:

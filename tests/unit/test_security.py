@@ -163,6 +163,36 @@ def test_ordinary_text_is_untouched(text: str) -> None:
     assert sanitize_text(text) == text
 
 
+@pytest.mark.parametrize("text", [
+    "passwd: File exists",  # passwd(1) meeting a lock file, or any program named after the file
+    "mkdir: cannot create directory '/etc/passwd': File exists",
+    "cat: /run/secrets/api_token: No such file or directory\nexit 1",
+    "PASSWD: Permission denied\r\n",
+    "cp: cannot open 'db_password': Input/output error   ",  # trailing blanks are still the end of the line
+])
+def test_a_key_word_naming_a_file_in_an_os_error_message_keeps_the_message(text: str) -> None:
+    """``<name>: <strerror>`` is a diagnostic about a file or program named like a key, not a secret: the value is
+    kept when all that follows the ``:`` to the end of its line is one of the C library's error messages."""
+    assert sanitize_text(text) == text
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("passwd: hunter2", "passwd: [REDACTED]"),
+    ("passwd: File", "passwd: [REDACTED]"),  # a message's first word alone
+    ("passwd: File exists hunter2", "passwd: [REDACTED] exists hunter2"),  # more on the line
+    ("passwd: File exists.", "passwd: [REDACTED] exists."),
+    ("passwd: File exists" + " " * 100 + "hunter2", "passwd: [REDACTED] exists" + " " * 100 + "hunter2"),
+    ("passwd: File exists; token=abc", "passwd: [REDACTED] exists; token=[REDACTED]"),
+    ("passwd=File exists", "passwd=[REDACTED] exists"),  # an assignment, not a diagnostic
+    ('passwd: "File exists"', 'passwd: "[REDACTED]"'),  # a quoted value is a value
+    ('{"password": "No such file or directory"}', '{"password": "[REDACTED]"}'),
+    ("passwd: File exists\npassword: hunter2", "passwd: File exists\npassword: [REDACTED]"),
+])
+def test_a_value_that_is_more_or_other_than_an_os_error_message_is_still_redacted(text: str, shown: str) -> None:
+    assert sanitize_text(text) == shown
+    assert sanitize_text(shown) == shown  # idempotent
+
+
 def test_non_string_input_is_stringified() -> None:
     assert sanitize_text(ValueError("password=x")) == "password=[REDACTED]"  # type: ignore[arg-type]
 
@@ -177,6 +207,8 @@ def test_non_string_input_is_stringified() -> None:
         pytest.param("eyJ-" * 1_250_000, id="jwt-prefixes"),
         pytest.param("--a-" * 1_250_000, id="flag-prefixes"),
         pytest.param('"password":"\\' * 400_000, id="quotes"),
+        pytest.param("passwd: File exists " * 260_000, id="os-error-lookalikes"),
+        pytest.param("passwd: " * 600_000, id="keys-before-colons"),
     ],
 )
 def test_five_megabytes_is_sanitized_in_linear_time(big: str) -> None:
