@@ -97,7 +97,7 @@ class OutcomeRecorder:
             end_exited_run(child.pid, claim.run_id)
         try:
             raw = child.payload()
-        except MalformedPayloadError as exc:  # too large to read, or not a file
+        except MalformedPayloadError as exc:  # too large to read, not a regular file, or unreadable
             return self.fail(claim, exc.code, exc.message, output=child.output)
         if raw is None:
             return self.fail(claim, NO_TERMINAL_SIGNAL_EXIT,

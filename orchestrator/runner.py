@@ -129,23 +129,31 @@ class Child:
     def payload(self) -> bytes | None:
         """The terminal payload the run produced, or None if it left none; ``MalformedPayloadError`` for one over
         ``MAX_PAYLOAD_BYTES`` (never read past the limit: ``truncate -s 400M`` costs the worker nothing) or
-        that is not a regular file (a FIFO nobody writes would block the read forever)."""
+        that is not a regular file (a FIFO nobody writes would block the read forever), or that cannot be opened
+        or read (a socket, a file without read permission, a link loop): what the run left there is its own."""
         if self.terminal_file is None:
             return None
         try:
             fd = os.open(self.terminal_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
-        with os.fdopen(fd, "rb") as fh:
+        except OSError as exc:
+            raise _unreadable(exc) from None
+        try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISREG(st.st_mode):  # before ``open``, which refuses a folder (and leaves its fd open)
                 raise MalformedPayloadError("the terminal payload is not a regular file (a FIFO, a device, a folder)")
             if st.st_size > MAX_PAYLOAD_BYTES:
                 raise too_large(st.st_size)
-            data = fh.read(MAX_PAYLOAD_BYTES + 1)  # what a process that outlived the run appended since
-            if len(data) > MAX_PAYLOAD_BYTES:
+            with open(fd, "rb", closefd=False) as fh:  # closed below, whatever happens
+                data = fh.read(MAX_PAYLOAD_BYTES + 1)
+            if len(data) > MAX_PAYLOAD_BYTES:  # what a process that outlived the run appended since
                 raise too_large(max(len(data), os.fstat(fd).st_size))
             return data
+        except OSError as exc:
+            raise _unreadable(exc) from None
+        finally:
+            os.close(fd)
 
     def finish(self, paths: RunPaths) -> None:
         """After the outcome is recorded: remove what the run left behind (its folder, ``paths.remove``)."""
@@ -231,6 +239,11 @@ class PopenChild(Child):
     def finish(self, paths: RunPaths) -> None:
         self._close()
         super().finish(paths)
+
+
+def _unreadable(exc: OSError) -> MalformedPayloadError:
+    """A terminal file the worker cannot open or read (``Child.payload``): the run's doing, not the worker's."""
+    return MalformedPayloadError(f"the terminal payload cannot be read: {exc.strerror or exc}")
 
 
 UNREAPED: set[int] = set()  # children that announced their exit code and were still exiting

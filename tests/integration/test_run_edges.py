@@ -3,6 +3,7 @@ modules that exit, processes a run leaves behind, secrets cut in half, and the t
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -165,6 +166,25 @@ def test_a_terminal_file_that_is_a_fifo_is_malformed_payload_not_a_worker_blocke
     result, last = outcome[0]
     assert (result.outcome, result.error_code) == ("failed", "MALFORMED_PAYLOAD")
     assert "not a regular file" in last["data"]["error"]
+
+
+@pytest.mark.parametrize("argv, why", [
+    ([PY, "-c", "import os; os.mkdir(os.environ['ORCH_TERMINAL_FILE'])"], "not a regular file"),
+    ([PY, "-c", "import os, socket; os.chdir(os.path.dirname(os.environ['ORCH_TERMINAL_FILE'])); "
+                "socket.socket(socket.AF_UNIX).bind('terminal.json')"],  # relative: a socket's path is short
+     "cannot be read: No such device or address"),
+    ([PY, "-c", "import os; p = os.environ['ORCH_TERMINAL_FILE']; os.symlink(p, p)"],
+     "cannot be read: Too many levels of symbolic links"),
+], ids=["folder", "socket", "link-loop"])
+def test_a_terminal_file_the_worker_cannot_open_or_read_is_malformed_payload_and_the_worker_goes_on(
+        orch, argv: list[str], why: str) -> None:
+    fds = len(os.listdir("/proc/self/fd"))
+    result, last = run_one(orch, "command", {"argv": argv})
+    assert (result.outcome, result.error_code) == ("failed", "MALFORMED_PAYLOAD")
+    assert why in last["data"]["error"]
+    assert len(os.listdir("/proc/self/fd")) == fds  # no descriptor kept (``fdopen`` of a folder kept its fd)
+    job = orch.submit("t.echo", "next")
+    assert make_worker(orch).run_once().job_id == job and orch.status(job).state == "succeeded"
 
 
 @pytest.mark.parametrize("mode", ["reused", "per-run"])
