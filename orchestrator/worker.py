@@ -154,7 +154,7 @@ class Worker:
         now = self.orch.clock() if now is None else now
         self.queue.ensure_built(self.orch)
         recovered = recover_expired(self.orch, self.queue, now, actor=self.actor, backoff=self.backoff,
-                                    artifacts_dir=self.folders.artifacts_dir)
+                                    folders=self.folders)
         if time.monotonic() >= self._next_sweep:  # after the recoveries: the runs they ended are over
             self._next_sweep = time.monotonic() + SWEEP_EVERY
             reload_keys(self.orch)
