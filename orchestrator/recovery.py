@@ -57,7 +57,7 @@ def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor:
             view = orch.load(job_id)
             if not view.ok and reload_keys(orch):  # a key made or revoked since this worker started
                 view = orch.load(job_id)
-        except JobNotFoundError:
+        except (JobNotFoundError, InvalidIdError):  # no such job, or a name no job has (not an entry this code wrote)
             queue.drop_running(job_id, epoch)
             continue
         s = view.state

@@ -38,8 +38,8 @@ from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCE
                                  DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
                                  DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS,
                                  MIN_LEASE_SECONDS)
-from orchestrator.errors import (ConcurrencyError, HandlerNotFoundError, InvalidInputError, JobNotFoundError,
-                                 PathEscapeError, StorageUnavailableError)
+from orchestrator.errors import (ConcurrencyError, HandlerNotFoundError, InvalidIdError, InvalidInputError,
+                                 JobNotFoundError, PathEscapeError, StorageUnavailableError)
 from orchestrator.handler_host import HOST_PREFIX, HandlerHost
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, lookup, registry_generation, resolve
 from orchestrator.leases import Lease, write_lease
@@ -195,6 +195,8 @@ class Worker:
                         else self.orch.load_more(view, every_signature=True))
             except JobNotFoundError:
                 view = None
+            except InvalidIdError:  # a name no job has (not an entry this code wrote): dropped as an orphan is
+                return None
             s = view.state if view is not None else None
             pending = view is None or (view.ok and s is not None and s.state != QUEUED
                                        and entry.runnable_at > s.updated_at)  # its event is not there yet

@@ -514,6 +514,17 @@ def test_a_stale_entry_of_a_finished_job_is_dropped_when_met(orch) -> None:
     assert w.claim() is None and orch.queue.ready() == []
 
 
+@pytest.mark.parametrize("folder, name", [("running", "not a job"), ("ready", "0000.00000000000000001.not a job")])
+def test_an_index_entry_whose_name_is_no_job_id_is_dropped_and_the_worker_runs_on(orch, folder, name) -> None:
+    """The index is a cache: a file planted in it (a copy, an editor's) is not a reason to stop every worker."""
+    job = orch.submit("t.echo", 1)
+    planted = orch.settings.state_dir / "index" / folder / name
+    planted.touch()
+    result = make_worker(orch).run_once()  # before the fix: INVALID_ID at every worker's every pass
+    assert result is not None and (result.job_id, result.state) == (job, "succeeded")
+    assert not planted.exists()
+
+
 def test_two_workers_never_claim_the_same_attempt(orch) -> None:
     job = orch.submit("t.echo", 1)
     a, b = make_worker(orch, worker_id="a"), make_worker(orch, worker_id="b")
