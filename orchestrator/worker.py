@@ -511,15 +511,23 @@ class Worker:
         return kept[0]
 
     def _import_artifacts(self, s: JobState, target: Path) -> None:
-        """Only with ``artifacts_import`` on: copy (never move) the folders of jobs named in input ``artifacts_from``."""
+        """Only with ``artifacts_import`` on: copy (never move) the folders of jobs named in input ``artifacts_from``,
+        a job id or a list of them; anything else is the job's bad input (``InvalidInputError``, not retried)."""
         names = s.input.get("artifacts_from") if isinstance(s.input, dict) else None
         if not names:
             return
         if not self.settings.artifacts_import:
             log.info("job %s names artifacts_from, but ORCH_ARTIFACTS_IMPORT is off: nothing copied", s.job_id)
             return
-        for other in [names] if isinstance(names, str) else list(names):
-            src = self.folders.artifacts_dir(validate_id(str(other)))
+        names = [names] if isinstance(names, str) else names
+        if not isinstance(names, list) or not all(isinstance(other, str) for other in names):
+            raise InvalidInputError("input artifacts_from must be a job id or a list of job ids")
+        for other in names:
+            try:
+                validate_id(other)
+            except InvalidIdError as exc:
+                raise InvalidInputError(f"input artifacts_from: {exc.message}") from None
+            src = self.folders.artifacts_dir(other)
             if src.is_dir() and other != s.job_id:
                 shutil.copytree(src, safe_join(target, "inputs", other), dirs_exist_ok=True)
 

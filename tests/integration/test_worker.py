@@ -864,6 +864,20 @@ def test_the_explicit_artifacts_import_setting_copies_never_moves(orch) -> None:
     assert (root / first / "a.txt").read_text() == "A"
 
 
+@pytest.mark.parametrize("names", [["../x"], "a b", 5, {"a": 1}, [1]], ids=["dotdot", "space", "number", "object",
+                                                                       "number-in-list"])
+def test_an_artifacts_from_that_names_no_job_id_fails_the_run_as_bad_input_and_the_worker_runs_on(
+        orch, names: object) -> None:
+    w = make_worker(orch, artifacts_import=True)
+    job = orch.submit("t.echo", {"artifacts_from": names})
+    result = w.run_once()  # before the fix: InvalidIdError or TypeError out of the worker, the job left running
+    assert (result.job_id, result.outcome, result.error_code) == (job, "failed", "INVALID_INPUT")
+    assert "artifacts_from" in orch.status(job).last_error["message"]
+    assert list((orch.settings.state_dir / "artifacts").glob("*/inputs")) == []
+    nxt = orch.submit("t.echo", 1)
+    assert w.run_once().job_id == nxt and orch.status(nxt).state == "succeeded"
+
+
 # -- command handler environment ---------------------------------------------------------------
 def test_a_command_gets_the_orch_variables_but_never_the_orchestrators_secrets(orch, monkeypatch) -> None:
     monkeypatch.setenv("ORCH_SIGNING_KEY", "c2VjcmV0LXNlZWQ")
