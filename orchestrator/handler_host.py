@@ -207,14 +207,19 @@ class HandlerHost:
         raise AssertionError("unreachable")
 
     def _spawn(self) -> None:
+        """Fork a new host; ``run`` called ``close`` just before, which released the folder of the last one."""
         generation = self.generation()
-        if self._alive is None:
-            self._alive = claim_host_folder(self.folder)
-        else:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        req_r, req_w = os.pipe()
-        resp_r, resp_w = os.pipe()
-        pid = fork_handler()
+        self._alive = claim_host_folder(self.folder)
+        fds: list[int] = []
+        try:
+            fds += os.pipe()
+            fds += os.pipe()
+            pid = fork_handler()
+        except BaseException:  # no process to talk to (EAGAIN at a process limit, EMFILE): no pipe is kept
+            for fd in fds:
+                os.close(fd)
+            raise
+        req_r, req_w, resp_r, resp_w = fds
         if pid == 0:  # pragma: no cover - runs in the host, covered by the worker tests
             handler_main(self.output, (req_w, resp_r), lambda: _host_main(self.call, req_r, resp_w))
         os.close(req_r)

@@ -482,7 +482,12 @@ def fork_call(fn: Callable[[], Any], *, terminal_file: Path, output: Path,
     terminal file. Used with ``handler_process="per-run"``; the default reuses one ``HandlerHost``.
     ``context``: the run's, whose ids go in the child's environment (``set_run_environment``)."""
     done_r, done_w = os.pipe()
-    pid = fork_handler()
+    try:
+        pid = fork_handler()
+    except BaseException:  # no child (EAGAIN at a process limit): its pipe is not kept
+        os.close(done_r)
+        os.close(done_w)
+        raise
     if pid == 0:  # pragma: no cover - runs in the child, covered by the worker tests
         def body() -> None:
             set_run_environment(context or {})
