@@ -1,12 +1,12 @@
 """The reused handler process: one child per worker that runs its Python handlers, one run after another.
 
-``HandlerHost`` forks it (once, and again after a kill, a crash, or ``max_runs`` runs); the
-worker writes a request (kind, context) on a pipe as one frame and reads the payload back as
-another (``HostRun``); ``_host_main`` is the loop inside the child. Its folder,
+``HandlerHost`` forks it (once, and again after a kill, a crash, ``max_runs`` runs, or a handler
+registered since); the worker writes a request (kind, context) on a pipe as one frame and reads the
+payload back as another (``HostRun``); ``_host_main`` is the loop inside the child. Its folder,
 ``runs/host-*``, holds the output of the run in progress and a ``.alive`` file locked for as
-long as the worker or its handler process lives, so stale recovery can remove the folders of
-workers that are gone (``sweep_dead_host_folders``). The per-run child (``fork_call``) and
-commands are in ``orchestrator/runner.py``; see ``docs/worker.md``.
+long as the worker or its handler process lives (made anew with each new host), so stale
+recovery can remove the folders of workers that are gone (``sweep_dead_host_folders``). The
+per-run child (``fork_call``) and commands are in ``orchestrator/runner.py``; see ``docs/worker.md``.
 """
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ class RunResult:
 
     job_id: str
     run_id: str
-    outcome: str  # succeeded, awaiting_audit, waiting_human, retry, failed, timeout, released, lease_lost
+    outcome: str  # succeeded, awaiting_audit, waiting_human, retry, failed (a timeout too), released, lease_lost
     state: str | None
     error_code: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
