@@ -362,7 +362,13 @@ class Worker:
         log.info("running job %s (%s) as %s", s.job_id, s.kind, claim.run_id,
                  extra={"job_id": s.job_id, "run_id": claim.run_id, "pid": child.pid})
         try:
-            how, code, claim = self._supervise(claim, child)
+            try:
+                how, code, claim = self._supervise(claim, child)
+            except BaseException:
+                # the worker can no longer watch the run (a store error at a heartbeat, an interrupt): the run ends
+                # with the worker, as one past its stop grace does, instead of going on unwatched beside its retry
+                kill_run(child, claim.run_id)
+                raise
             if how == "lost":
                 return lost(claim, "the job changed while it ran (taken over or cancelled)")
             if how == "timeout":
