@@ -278,9 +278,6 @@ class HostRun(Child):
         self._too_large: int | None = None  # the size the host announced for a payload over the limit
         self._resp_fd = resp_fd
 
-    def poll(self) -> int | None:
-        return self.wait(0)
-
     def wait(self, timeout: float) -> int | None:
         if self.returncode is not None:
             return self.returncode

@@ -159,9 +159,6 @@ class Child:
         """After the outcome is recorded: remove what the run left behind (its folder, ``paths.remove``)."""
         paths.remove()
 
-    def poll(self) -> int | None:
-        raise NotImplementedError
-
     def wait(self, timeout: float) -> int | None:
         """Exit status, or None if still running after ``timeout`` seconds."""
         raise NotImplementedError
@@ -195,9 +192,6 @@ class PopenChild(Child):
                 self._pidfd = os.pidfd_open(proc.pid)
             except OSError:
                 self._pidfd = None
-
-    def poll(self) -> int | None:
-        return self.wait(0)
 
     def wait(self, timeout: float) -> int | None:
         end = time.monotonic() + max(0.0, timeout)
@@ -276,6 +270,7 @@ class ForkChild(Child):
                 self._pidfd = None
 
     def poll(self) -> int | None:
+        """The exit status if the child has exited (reaped here), else None."""
         if self.returncode is None:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
