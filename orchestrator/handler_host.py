@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator.leftovers import end_leftovers, set_run_environment
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
-from orchestrator.runner import (UNREAPED, Child, fork_handler, handler_main, handler_payload, reap_exited,
-                                 stop_deferred)
+from orchestrator.runner import (HANDLER_PIPE_ENDS, UNREAPED, Child, fork_handler, handler_main, handler_payload,
+                                 reap_exited, stop_deferred)
 from orchestrator.store.files import STRAY_AGE, pid_alive
 
 if TYPE_CHECKING:  # handlers imports this module
@@ -224,12 +224,14 @@ class HandlerHost:
             handler_main(self.output, (req_w, resp_r), lambda: _host_main(self.call, req_r, resp_w))
         os.close(req_r)
         os.close(resp_w)
+        HANDLER_PIPE_ENDS.update((req_w, resp_r))  # closed in every other handler process forked here
         self.pid, self.runs, self._req_w, self._resp_r = pid, 0, req_w, resp_r
         self._forked_at_generation = generation
 
     def _close_fds(self) -> None:
         for fd in (self._req_w, self._resp_r):
             if fd is not None:
+                HANDLER_PIPE_ENDS.discard(fd)  # before the number can be given to another descriptor
                 os.close(fd)
         self._req_w = self._resp_r = None
 

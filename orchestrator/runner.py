@@ -26,7 +26,7 @@ import threading
 import time
 import traceback
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -438,14 +438,26 @@ def fork_handler() -> int:
     return pid
 
 
+# The worker's ends of the pipes to its reused handler processes (``HandlerHost``), of every worker of this
+# process: each handler process forked here closes them (``handler_main``). A fork keeps every descriptor, so
+# without this one worker's handler process held another's request pipe open, and that one never saw the end
+# of its requests when its worker closed it (it lived on until the other exited).
+HANDLER_PIPE_ENDS: set[int] = set()
+
+
 def handler_main(output: Path, close: tuple[int, ...], body: Callable[[], None], announce: int | None = None) -> None:
-    """What a freshly forked handler process runs: close the worker's ends of the pipes, become a
-    handler process, run ``body``, then exit 0 (1 if it raised; the traceback goes to ``output``),
-    first writing the exit code on ``announce`` if given. Never returns."""
+    """What a freshly forked handler process runs: close the worker's ends of the pipes (its own, ``close``, and
+    those of the worker's other handler processes, ``HANDLER_PIPE_ENDS``), become a handler process, run
+    ``body``, then exit 0 (1 if it raised; the traceback goes to ``output``), first writing the exit code on
+    ``announce`` if given. Never returns."""
     code = 1
     try:
         for fd in close:
             os.close(fd)
+        for fd in HANDLER_PIPE_ENDS.difference(close):
+            with suppress(OSError):
+                os.close(fd)
+        HANDLER_PIPE_ENDS.clear()
         _become_handler_process(output)
         body()
         code = 0
