@@ -525,6 +525,28 @@ def test_an_index_entry_whose_name_is_no_job_id_is_dropped_and_the_worker_runs_o
     assert not planted.exists()
 
 
+def test_an_outcome_committed_as_the_store_was_lost_is_not_reported_lost_when_the_job_moved_on_since(
+        orch, monkeypatch) -> None:
+    """The outcome's commit went through as its connection dropped (PostgreSQL), and before the store was back
+    another worker claimed the retry: the read-back finds the outcome followed by that claim."""
+    from orchestrator.errors import StorageUnavailableError
+
+    job = orch.submit("t.flaky", {"succeed_on": 3})
+    real_append, other = orch.append, make_worker(orch, worker_id="other")
+
+    def append_then_lose_the_connection(view, job_id, new, **kw):
+        written = real_append(view, job_id, new, **kw)
+        if new[0][0] == "job_failed":
+            assert other.claim(now=orch.clock() + 1).job_id == job  # the retry, claimed before the store is back
+            raise StorageUnavailableError("the connection was lost; the write may have committed")
+        return written
+
+    monkeypatch.setattr(orch, "append", append_then_lose_the_connection)
+    result = make_worker(orch).run_once()
+    assert types(orch, job) == ["job_submitted", "job_claimed", "job_failed", "job_claimed"]  # written once
+    assert (result.outcome, result.error_code) == ("retry", "HANDLER_FAILED")  # before the fix: lease_lost
+
+
 def test_two_workers_never_claim_the_same_attempt(orch) -> None:
     job = orch.submit("t.echo", 1)
     a, b = make_worker(orch, worker_id="a"), make_worker(orch, worker_id="b")
