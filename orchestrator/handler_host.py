@@ -1,12 +1,12 @@
 """The reused handler process: one child per worker that runs its Python handlers, one run after another.
 
-``HandlerHost`` forks it (once, and again after a kill, a crash, or ``max_runs`` runs); the
-worker writes a request (kind, context) on a pipe as one frame and reads the payload back as
-another (``HostRun``); ``_host_main`` is the loop inside the child. Its folder,
+``HandlerHost`` forks it (once, and again after a kill, a crash, ``max_runs`` runs, or a handler
+registered since); the worker writes a request (kind, context) on a pipe as one frame and reads the
+payload back as another (``HostRun``); ``_host_main`` is the loop inside the child. Its folder,
 ``runs/host-*``, holds the output of the run in progress and a ``.alive`` file locked for as
-long as the worker or its handler process lives, so stale recovery can remove the folders of
-workers that are gone (``sweep_dead_host_folders``). The per-run child (``fork_call``) and
-commands are in ``orchestrator/runner.py``; see ``docs/worker.md``.
+long as the worker or its handler process lives (made anew with each new host), so stale
+recovery can remove the folders of workers that are gone (``sweep_dead_host_folders``). The
+per-run child (``fork_call``) and commands are in ``orchestrator/runner.py``; see ``docs/worker.md``.
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator.leftovers import end_leftovers, set_run_environment
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
-from orchestrator.runner import (UNREAPED, Child, fork_handler, handler_main, handler_payload, reap_exited,
-                                 stop_deferred)
+from orchestrator.runner import (HANDLER_PIPE_ENDS, UNREAPED, Child, fork_handler, handler_main, handler_payload,
+                                 reap_exited, stop_deferred)
 from orchestrator.store.files import STRAY_AGE, pid_alive
 
 if TYPE_CHECKING:  # handlers imports this module
@@ -207,24 +207,31 @@ class HandlerHost:
         raise AssertionError("unreachable")
 
     def _spawn(self) -> None:
+        """Fork a new host; ``run`` called ``close`` just before, which released the folder of the last one."""
         generation = self.generation()
-        if self._alive is None:
-            self._alive = claim_host_folder(self.folder)
-        else:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        req_r, req_w = os.pipe()
-        resp_r, resp_w = os.pipe()
-        pid = fork_handler()
+        self._alive = claim_host_folder(self.folder)
+        fds: list[int] = []
+        try:
+            fds += os.pipe()
+            fds += os.pipe()
+            pid = fork_handler()
+        except BaseException:  # no process to talk to (EAGAIN at a process limit, EMFILE): no pipe is kept
+            for fd in fds:
+                os.close(fd)
+            raise
+        req_r, req_w, resp_r, resp_w = fds
         if pid == 0:  # pragma: no cover - runs in the host, covered by the worker tests
             handler_main(self.output, (req_w, resp_r), lambda: _host_main(self.call, req_r, resp_w))
         os.close(req_r)
         os.close(resp_w)
+        HANDLER_PIPE_ENDS.update((req_w, resp_r))  # closed in every other handler process forked here
         self.pid, self.runs, self._req_w, self._resp_r = pid, 0, req_w, resp_r
         self._forked_at_generation = generation
 
     def _close_fds(self) -> None:
         for fd in (self._req_w, self._resp_r):
             if fd is not None:
+                HANDLER_PIPE_ENDS.discard(fd)  # before the number can be given to another descriptor
                 os.close(fd)
         self._req_w = self._resp_r = None
 
@@ -272,9 +279,6 @@ class HostRun(Child):
         self._payload: bytes | None = None
         self._too_large: int | None = None  # the size the host announced for a payload over the limit
         self._resp_fd = resp_fd
-
-    def poll(self) -> int | None:
-        return self.wait(0)
 
     def wait(self, timeout: float) -> int | None:
         if self.returncode is not None:

@@ -61,7 +61,7 @@ class RunResult:
 
     job_id: str
     run_id: str
-    outcome: str  # succeeded, awaiting_audit, waiting_human, retry, failed, timeout, released, lease_lost
+    outcome: str  # succeeded, awaiting_audit, waiting_human, retry, failed (a timeout too), released, lease_lost
     state: str | None
     error_code: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
@@ -98,7 +98,7 @@ class OutcomeRecorder:
             end_exited_run(child.pid, claim.run_id)
         try:
             raw = child.payload()
-        except MalformedPayloadError as exc:  # too large to read, or not a file
+        except MalformedPayloadError as exc:  # too large to read, not a regular file, or unreadable
             return self.fail(claim, exc.code, exc.message, output=child.output)
         if raw is None:
             return self.fail(claim, NO_TERMINAL_SIGNAL_EXIT,
@@ -197,8 +197,9 @@ class OutcomeRecorder:
                         audit: tuple[str, str] | None, drop: Any) -> JobView:
         """Append the outcome on the claim's head. After a conflict or a lost connection the job is read
         again (the view is kept afterwards: ``Worker._remember``): the outcome is appended again while this run
-        still holds the job, taken as written when it is there (the connection broke after the commit),
-        and refused (``LeaseLostError``) when another run has the job. A store out of reach is waited
+        still holds the job, taken as written when it is there right after the claim (the connection broke after
+        the commit; whatever came after it, such as the retry's claim, does not matter), and refused
+        (``LeaseLostError``) when another run has the job. A store out of reach is waited
         for, since the result exists only in this process; a stop request gives it up to stale recovery."""
         view, conflicts, pause = claim.view, 0, STORE_RETRY_FIRST_SECONDS
         while True:
@@ -213,8 +214,9 @@ class OutcomeRecorder:
                 pause = self.wait_for_store(exc, pause, giving_up=True)
             view, pause = self._read_back(claim.job_id, pause)
             since_claim = [(r["type"], r.get("run_id")) for r in view.stream.records[len(claim.view.stream.records):]]
-            if view.ok and since_claim == [(etype, claim.run_id) for etype, _ in events]:
-                return view  # written before the connection broke
+            mine = [(etype, claim.run_id) for etype, _ in events]
+            if view.ok and since_claim[:len(mine)] == mine:
+                return view  # written before the connection broke (the job may have moved on since)
             cur = view.state
             if not (view.ok and cur is not None and cur.state == RUNNING and (cur.epoch, cur.run_id) == (
                     claim.epoch, claim.run_id)):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator import clock as clock_mod
 from orchestrator.artifacts import recorded_names
-from orchestrator.errors import ConcurrencyError, InvalidIdError, JobNotFoundError, SigningKeyError
+from orchestrator.errors import ConcurrencyError, InvalidIdError, JobNotFoundError, PathEscapeError, SigningKeyError
 from orchestrator.handler_host import sweep_dead_host_folders
 from orchestrator.leases import LEASES_AREA, drop_lease_aux, lease_expiry
 from orchestrator.leftovers import kill_run_processes
@@ -28,6 +28,7 @@ from orchestrator.state import QUEUED, RUNNING, WAITING_HUMAN, JobState
 
 if TYPE_CHECKING:
     from orchestrator.api import JobView, Orchestrator
+    from orchestrator.worker_folders import WorkerFolders
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +48,16 @@ def reload_keys(orch: Orchestrator) -> bool:
 
 
 def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor: str,
-                    backoff: Callable[[int], float], artifacts_dir: Callable[[str], Path]) -> list[str]:
+                    backoff: Callable[[int], float], folders: WorkerFolders) -> list[str]:
     """Recover the running jobs whose lease expired at ``now``; returns their ids. ``backoff`` gives the delay
-    of a retry after that many failures, ``artifacts_dir`` a job's artifacts folder (``Worker``'s)."""
+    of a retry after that many failures, ``folders`` the jobs' artifact folders (``Worker``'s)."""
     recovered = []
     for job_id, epoch in queue.running_entries():
         try:
             view = orch.load(job_id)
             if not view.ok and reload_keys(orch):  # a key made or revoked since this worker started
                 view = orch.load(job_id)
-        except JobNotFoundError:
+        except (JobNotFoundError, InvalidIdError):  # no such job, or a name no job has (not an entry this code wrote)
             queue.drop_running(job_id, epoch)
             continue
         s = view.state
@@ -72,16 +73,25 @@ def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor:
         expiry = lease_expiry(orch.store, s, now)
         if expiry is not None and expiry > now:
             continue
-        if recover(orch, view, s, expiry, now, actor=actor, backoff=backoff, artifacts_dir=artifacts_dir):
+        if recover(orch, view, s, expiry, now, actor=actor, backoff=backoff, folders=folders):
             recovered.append(job_id)
     return recovered
 
 
 def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None, now: float, *, actor: str,
-            backoff: Callable[[int], float], artifacts_dir: Callable[[str], Path]) -> bool:
+            backoff: Callable[[int], float], folders: WorkerFolders) -> bool:
     """Append the ``stale_recovered`` event of one job whose lease expired, after killing what its run left
     running on this machine; False if another worker recovered it first (or the run just finished)."""
-    artifacts = run_artifacts(s, artifacts_dir(s.job_id))
+    try:
+        artifacts = run_artifacts(s, folders.artifacts_dir(s.job_id))
+    except PathEscapeError as exc:
+        if folders.linked():  # ``artifacts/`` itself: the store's fault, and the worker stops (as ``Worker.execute``)
+            raise
+        # the job's own folder leads out of the store: never walked (nor its files moved); the job's next run
+        # fails on it (PATH_ESCAPE, not retried), as a run claimed with that folder does
+        log.warning("job %s: its artifact folder is not looked at: %s", s.job_id, exc.message,
+                    extra={"job_id": s.job_id, "code": exc.code})
+        artifacts = []
     expired = clock_mod.to_iso(expiry) if expiry else None
     data: dict[str, Any] = {"error_code": NO_TERMINAL_SIGNAL_STALE, "stale_worker_id": s.worker_id,
                             "lease_expired_at": expired, "artifacts": artifacts}

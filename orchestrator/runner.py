@@ -26,7 +26,7 @@ import threading
 import time
 import traceback
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -129,30 +129,35 @@ class Child:
     def payload(self) -> bytes | None:
         """The terminal payload the run produced, or None if it left none; ``MalformedPayloadError`` for one over
         ``MAX_PAYLOAD_BYTES`` (never read past the limit: ``truncate -s 400M`` costs the worker nothing) or
-        that is not a regular file (a FIFO nobody writes would block the read forever)."""
+        that is not a regular file (a FIFO nobody writes would block the read forever), or that cannot be opened
+        or read (a socket, a file without read permission, a link loop): what the run left there is its own."""
         if self.terminal_file is None:
             return None
         try:
             fd = os.open(self.terminal_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
-        with os.fdopen(fd, "rb") as fh:
+        except OSError as exc:
+            raise _unreadable(exc) from None
+        try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISREG(st.st_mode):  # before ``open``, which refuses a folder (and leaves its fd open)
                 raise MalformedPayloadError("the terminal payload is not a regular file (a FIFO, a device, a folder)")
             if st.st_size > MAX_PAYLOAD_BYTES:
                 raise too_large(st.st_size)
-            data = fh.read(MAX_PAYLOAD_BYTES + 1)  # what a process that outlived the run appended since
-            if len(data) > MAX_PAYLOAD_BYTES:
+            with open(fd, "rb", closefd=False) as fh:  # closed below, whatever happens
+                data = fh.read(MAX_PAYLOAD_BYTES + 1)
+            if len(data) > MAX_PAYLOAD_BYTES:  # what a process that outlived the run appended since
                 raise too_large(max(len(data), os.fstat(fd).st_size))
             return data
+        except OSError as exc:
+            raise _unreadable(exc) from None
+        finally:
+            os.close(fd)
 
     def finish(self, paths: RunPaths) -> None:
         """After the outcome is recorded: remove what the run left behind (its folder, ``paths.remove``)."""
         paths.remove()
-
-    def poll(self) -> int | None:
-        raise NotImplementedError
 
     def wait(self, timeout: float) -> int | None:
         """Exit status, or None if still running after ``timeout`` seconds."""
@@ -187,9 +192,6 @@ class PopenChild(Child):
                 self._pidfd = os.pidfd_open(proc.pid)
             except OSError:
                 self._pidfd = None
-
-    def poll(self) -> int | None:
-        return self.wait(0)
 
     def wait(self, timeout: float) -> int | None:
         end = time.monotonic() + max(0.0, timeout)
@@ -233,6 +235,11 @@ class PopenChild(Child):
         super().finish(paths)
 
 
+def _unreadable(exc: OSError) -> MalformedPayloadError:
+    """A terminal file the worker cannot open or read (``Child.payload``): the run's doing, not the worker's."""
+    return MalformedPayloadError(f"the terminal payload cannot be read: {exc.strerror or exc}")
+
+
 UNREAPED: set[int] = set()  # children that announced their exit code and were still exiting
 
 
@@ -263,6 +270,7 @@ class ForkChild(Child):
                 self._pidfd = None
 
     def poll(self) -> int | None:
+        """The exit status if the child has exited (reaped here), else None."""
         if self.returncode is None:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
@@ -430,14 +438,26 @@ def fork_handler() -> int:
     return pid
 
 
+# The worker's ends of the pipes to its reused handler processes (``HandlerHost``), of every worker of this
+# process: each handler process forked here closes them (``handler_main``). A fork keeps every descriptor, so
+# without this one worker's handler process held another's request pipe open, and that one never saw the end
+# of its requests when its worker closed it (it lived on until the other exited).
+HANDLER_PIPE_ENDS: set[int] = set()
+
+
 def handler_main(output: Path, close: tuple[int, ...], body: Callable[[], None], announce: int | None = None) -> None:
-    """What a freshly forked handler process runs: close the worker's ends of the pipes, become a
-    handler process, run ``body``, then exit 0 (1 if it raised; the traceback goes to ``output``),
-    first writing the exit code on ``announce`` if given. Never returns."""
+    """What a freshly forked handler process runs: close the worker's ends of the pipes (its own, ``close``, and
+    those of the worker's other handler processes, ``HANDLER_PIPE_ENDS``), become a handler process, run
+    ``body``, then exit 0 (1 if it raised; the traceback goes to ``output``), first writing the exit code on
+    ``announce`` if given. Never returns."""
     code = 1
     try:
         for fd in close:
             os.close(fd)
+        for fd in HANDLER_PIPE_ENDS.difference(close):
+            with suppress(OSError):
+                os.close(fd)
+        HANDLER_PIPE_ENDS.clear()
         _become_handler_process(output)
         body()
         code = 0
@@ -469,7 +489,12 @@ def fork_call(fn: Callable[[], Any], *, terminal_file: Path, output: Path,
     terminal file. Used with ``handler_process="per-run"``; the default reuses one ``HandlerHost``.
     ``context``: the run's, whose ids go in the child's environment (``set_run_environment``)."""
     done_r, done_w = os.pipe()
-    pid = fork_handler()
+    try:
+        pid = fork_handler()
+    except BaseException:  # no child (EAGAIN at a process limit): its pipe is not kept
+        os.close(done_r)
+        os.close(done_w)
+        raise
     if pid == 0:  # pragma: no cover - runs in the child, covered by the worker tests
         def body() -> None:
             set_run_environment(context or {})

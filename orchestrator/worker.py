@@ -38,8 +38,8 @@ from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCE
                                  DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
                                  DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS,
                                  MIN_LEASE_SECONDS)
-from orchestrator.errors import (ConcurrencyError, HandlerNotFoundError, InvalidInputError, JobNotFoundError,
-                                 PathEscapeError, StorageUnavailableError)
+from orchestrator.errors import (ConcurrencyError, HandlerNotFoundError, InvalidIdError, InvalidInputError,
+                                 JobNotFoundError, PathEscapeError, StorageUnavailableError)
 from orchestrator.handler_host import HOST_PREFIX, HandlerHost
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, lookup, registry_generation, resolve
 from orchestrator.leases import Lease, write_lease
@@ -154,7 +154,7 @@ class Worker:
         now = self.orch.clock() if now is None else now
         self.queue.ensure_built(self.orch)
         recovered = recover_expired(self.orch, self.queue, now, actor=self.actor, backoff=self.backoff,
-                                    artifacts_dir=self.folders.artifacts_dir)
+                                    folders=self.folders)
         if time.monotonic() >= self._next_sweep:  # after the recoveries: the runs they ended are over
             self._next_sweep = time.monotonic() + SWEEP_EVERY
             reload_keys(self.orch)
@@ -195,6 +195,8 @@ class Worker:
                         else self.orch.load_more(view, every_signature=True))
             except JobNotFoundError:
                 view = None
+            except InvalidIdError:  # a name no job has (not an entry this code wrote): dropped as an orphan is
+                return None
             s = view.state if view is not None else None
             pending = view is None or (view.ok and s is not None and s.state != QUEUED
                                        and entry.runnable_at > s.updated_at)  # its event is not there yet
@@ -360,7 +362,13 @@ class Worker:
         log.info("running job %s (%s) as %s", s.job_id, s.kind, claim.run_id,
                  extra={"job_id": s.job_id, "run_id": claim.run_id, "pid": child.pid})
         try:
-            how, code, claim = self._supervise(claim, child)
+            try:
+                how, code, claim = self._supervise(claim, child)
+            except BaseException:
+                # the worker can no longer watch the run (a store error at a heartbeat, an interrupt): the run ends
+                # with the worker, as one past its stop grace does, instead of going on unwatched beside its retry
+                kill_run(child, claim.run_id)
+                raise
             if how == "lost":
                 return lost(claim, "the job changed while it ran (taken over or cancelled)")
             if how == "timeout":
@@ -509,15 +517,23 @@ class Worker:
         return kept[0]
 
     def _import_artifacts(self, s: JobState, target: Path) -> None:
-        """Only with ``artifacts_import`` on: copy (never move) the folders of jobs named in input ``artifacts_from``."""
+        """Only with ``artifacts_import`` on: copy (never move) the folders of jobs named in input ``artifacts_from``,
+        a job id or a list of them; anything else is the job's bad input (``InvalidInputError``, not retried)."""
         names = s.input.get("artifacts_from") if isinstance(s.input, dict) else None
         if not names:
             return
         if not self.settings.artifacts_import:
             log.info("job %s names artifacts_from, but ORCH_ARTIFACTS_IMPORT is off: nothing copied", s.job_id)
             return
-        for other in [names] if isinstance(names, str) else list(names):
-            src = self.folders.artifacts_dir(validate_id(str(other)))
+        names = [names] if isinstance(names, str) else names
+        if not isinstance(names, list) or not all(isinstance(other, str) for other in names):
+            raise InvalidInputError("input artifacts_from must be a job id or a list of job ids")
+        for other in names:
+            try:
+                validate_id(other)
+            except InvalidIdError as exc:
+                raise InvalidInputError(f"input artifacts_from: {exc.message}") from None
+            src = self.folders.artifacts_dir(other)
             if src.is_dir() and other != s.job_id:
                 shutil.copytree(src, safe_join(target, "inputs", other), dirs_exist_ok=True)
 

@@ -333,6 +333,46 @@ def test_a_handler_process_that_cannot_start_is_a_retried_failure_not_a_missing_
     assert st.last_error["code"] == "HANDLER_START_FAILED" and st.state == "queued"  # a retry is due
 
 
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_handler_process_that_cannot_be_forked_keeps_no_descriptor(orch, monkeypatch, mode: str) -> None:
+    """A fork refused (EAGAIN at the process limit) is a retried failure; the pipes made for it are closed."""
+    import errno
+
+    import orchestrator.handler_host as handler_host
+    import orchestrator.runner as runner
+
+    def refused() -> int:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    w = make_worker(orch, handler_process=mode)
+    monkeypatch.setattr(handler_host, "fork_handler", refused)
+    monkeypatch.setattr(runner, "fork_handler", refused)
+    counts = []
+    for _ in range(3):
+        out = run(orch, w, "t.echo", "x", max_attempts=1)
+        assert out["status"].last_error["code"] == "HANDLER_START_FAILED"
+        counts.append(len(os.listdir("/proc/self/fd")))
+    assert counts[0] == counts[1] == counts[2]  # before the fix: +4 (reused) or +2 (per-run) a run
+    monkeypatch.undo()
+    assert run(orch, w, "t.echo", "x")["status"].state == "succeeded"
+    w.close()
+
+
+def test_closing_one_of_two_workers_of_a_process_ends_its_handler_process(orch) -> None:
+    """The second worker's handler process was forked holding the first one's request pipe, so the first
+    never read the end of its requests when its worker closed: it lived on until the second exited."""
+    first, second = make_worker(orch, worker_id="a"), make_worker(orch, worker_id="b")
+    mine = pid_of(orch, first)["pid"]
+    pid_of(orch, second)  # forked after the first one
+    first.close()
+    deadline = time.monotonic() + 5
+    while alive(mine) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not alive(mine)
+    assert pid_of(orch, second)["runs"] == 2  # the other worker's process is untouched
+    second.close()
+
+
 def test_a_stop_signal_while_a_large_payload_is_read_loses_none_of_it(orch, monkeypatch) -> None:
     """A SIGTERM handled between two reads of one payload frame (a frame over 64 KiB takes several) raised
     ``WorkerStop`` out of the read: the bytes read so far were lost, and the next read took the middle of the

@@ -27,6 +27,28 @@ def test_a_job_whose_artifact_folder_is_a_symlink_out_of_the_store_fails_with_pa
     assert list(outside.iterdir()) == []
 
 
+def test_a_stale_job_whose_artifact_folder_is_a_symlink_out_of_the_store_is_recovered_without_stopping_workers(
+        orch: Orchestrator, tmp_path: Path) -> None:
+    """Stale recovery meets the job's folder before any run does: the job's fault, not every worker's."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "token=abc.txt").write_text("not the store's")
+    job = orch.submit("rel.echo", {"x": 1})
+    other = orch.submit("rel.echo", {"x": 2})
+    t = orch.clock()
+    assert orch.worker(worker_id="dead", lease_seconds=5).claim(now=t).job_id == job  # ... and its worker dies
+    (orch.settings.state_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+    (orch.settings.state_dir / "artifacts" / job).symlink_to(outside)
+    worker = orch.worker(worker_id="w", retry_base_seconds=0)
+    assert worker.recover_stale(now=t + 60) == [job]  # before the fix: PathEscapeError, at every worker's every pass
+    last = orch.load(job).stream.records[-1]
+    assert last["type"] == "stale_recovered" and last["data"]["artifacts"] == [] and last["data"]["to"] == "queued"
+    assert sorted(p.name for p in outside.iterdir()) == ["token=abc.txt"]  # never walked, nothing moved
+    results = {r.job_id: r for r in (worker.run_once(now=t + 120), worker.run_once(now=t + 120))}
+    assert results[other].state == "succeeded"
+    assert orch.status(job).state == "failed" and results[job].error_code == "PATH_ESCAPE"
+
+
 def test_an_artifacts_folder_swapped_for_a_symlink_after_a_run_is_caught_by_the_same_worker(
         orch: Orchestrator, tmp_path: Path) -> None:
     """A worker skips resolving the artifact folders when nothing changed since its last full check;

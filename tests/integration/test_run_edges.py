@@ -3,8 +3,10 @@ modules that exit, processes a run leaves behind, secrets cut in half, and the t
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -187,6 +189,25 @@ def test_a_terminal_file_that_is_a_fifo_is_malformed_payload_not_a_worker_blocke
     result, last = outcome[0]
     assert (result.outcome, result.error_code) == ("failed", "MALFORMED_PAYLOAD")
     assert "not a regular file" in last["data"]["error"]
+
+
+@pytest.mark.parametrize("argv, why", [
+    ([PY, "-c", "import os; os.mkdir(os.environ['ORCH_TERMINAL_FILE'])"], "not a regular file"),
+    ([PY, "-c", "import os, socket; os.chdir(os.path.dirname(os.environ['ORCH_TERMINAL_FILE'])); "
+                "socket.socket(socket.AF_UNIX).bind('terminal.json')"],  # relative: a socket's path is short
+     "cannot be read: No such device or address"),
+    ([PY, "-c", "import os; p = os.environ['ORCH_TERMINAL_FILE']; os.symlink(p, p)"],
+     "cannot be read: Too many levels of symbolic links"),
+], ids=["folder", "socket", "link-loop"])
+def test_a_terminal_file_the_worker_cannot_open_or_read_is_malformed_payload_and_the_worker_goes_on(
+        orch, argv: list[str], why: str) -> None:
+    fds = len(os.listdir("/proc/self/fd"))
+    result, last = run_one(orch, "command", {"argv": argv})
+    assert (result.outcome, result.error_code) == ("failed", "MALFORMED_PAYLOAD")
+    assert why in last["data"]["error"]
+    assert len(os.listdir("/proc/self/fd")) == fds  # no descriptor kept (``fdopen`` of a folder kept its fd)
+    job = orch.submit("t.echo", "next")
+    assert make_worker(orch).run_once().job_id == job and orch.status(job).state == "succeeded"
 
 
 @pytest.mark.parametrize("mode", ["reused", "per-run"])
@@ -519,6 +540,37 @@ def test_a_timeout_also_kills_what_the_run_started_in_a_session_of_its_own(orch,
     result = make_worker(orch).run_once()
     assert (result.job_id, result.error_code) == (job, "NO_TERMINAL_SIGNAL_TIMEOUT")
     assert not alive(left_pid(leftover))
+
+
+@pytest.mark.parametrize("mode, kind", [("reused", "t.wait"), ("per-run", "t.wait"), ("reused", "command")])
+def test_a_run_the_worker_can_no_longer_watch_is_killed_before_the_error_stops_the_worker(
+        orch, monkeypatch, tmp_path: Path, mode: str, kind: str) -> None:
+    """A heartbeat that fails with an error the worker stops on (a full disk on files) left the run's process
+    running, unwatched: a Python handler's process, which stale recovery cannot find by its ``ORCH_RUN_ID``,
+    then ran beside the job's retry."""
+    import orchestrator.worker as worker_mod
+    from orchestrator.errors import StorageError
+
+    started = tmp_path / "started"
+    if kind == "command":
+        value: object = {"argv": ["sh", "-c", 'echo "{\\"pid\\": $$}" > "$0"; exec sleep 60', str(started)]}
+    else:
+        value = {"started": str(started), "release": str(tmp_path / "never"), "max_wait": 60}
+
+    def disk_full(*_a, **_k) -> None:
+        deadline = time.monotonic() + 10
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        raise StorageError("could not write the lease record: No space left on device")
+
+    monkeypatch.setattr(worker_mod, "write_lease", disk_full)
+    orch.submit(kind, value)
+    worker = make_worker(orch, handler_process=mode, lease_seconds=0.3)
+    with pytest.raises(StorageError):
+        worker.run_once()
+    pid = json.loads(started.read_text())["pid"]
+    assert not alive(pid)  # before the fix: still running, its run over for the worker
+    worker.close()
 
 
 def test_a_stop_signal_just_after_a_command_is_reaped_never_signals_its_group_after_the_reap(orch, monkeypatch) -> None:

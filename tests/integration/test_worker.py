@@ -514,6 +514,39 @@ def test_a_stale_entry_of_a_finished_job_is_dropped_when_met(orch) -> None:
     assert w.claim() is None and orch.queue.ready() == []
 
 
+@pytest.mark.parametrize("folder, name", [("running", "not a job"), ("ready", "0000.00000000000000001.not a job")])
+def test_an_index_entry_whose_name_is_no_job_id_is_dropped_and_the_worker_runs_on(orch, folder, name) -> None:
+    """The index is a cache: a file planted in it (a copy, an editor's) is not a reason to stop every worker."""
+    job = orch.submit("t.echo", 1)
+    planted = orch.settings.state_dir / "index" / folder / name
+    planted.touch()
+    result = make_worker(orch).run_once()  # before the fix: INVALID_ID at every worker's every pass
+    assert result is not None and (result.job_id, result.state) == (job, "succeeded")
+    assert not planted.exists()
+
+
+def test_an_outcome_committed_as_the_store_was_lost_is_not_reported_lost_when_the_job_moved_on_since(
+        orch, monkeypatch) -> None:
+    """The outcome's commit went through as its connection dropped (PostgreSQL), and before the store was back
+    another worker claimed the retry: the read-back finds the outcome followed by that claim."""
+    from orchestrator.errors import StorageUnavailableError
+
+    job = orch.submit("t.flaky", {"succeed_on": 3})
+    real_append, other = orch.append, make_worker(orch, worker_id="other")
+
+    def append_then_lose_the_connection(view, job_id, new, **kw):
+        written = real_append(view, job_id, new, **kw)
+        if new[0][0] == "job_failed":
+            assert other.claim(now=orch.clock() + 1).job_id == job  # the retry, claimed before the store is back
+            raise StorageUnavailableError("the connection was lost; the write may have committed")
+        return written
+
+    monkeypatch.setattr(orch, "append", append_then_lose_the_connection)
+    result = make_worker(orch).run_once()
+    assert types(orch, job) == ["job_submitted", "job_claimed", "job_failed", "job_claimed"]  # written once
+    assert (result.outcome, result.error_code) == ("retry", "HANDLER_FAILED")  # before the fix: lease_lost
+
+
 def test_two_workers_never_claim_the_same_attempt(orch) -> None:
     job = orch.submit("t.echo", 1)
     a, b = make_worker(orch, worker_id="a"), make_worker(orch, worker_id="b")
@@ -851,6 +884,20 @@ def test_the_explicit_artifacts_import_setting_copies_never_moves(orch) -> None:
     root = orch.settings.state_dir / "artifacts"
     assert (root / second / "inputs" / first / "a.txt").read_text() == "A"
     assert (root / first / "a.txt").read_text() == "A"
+
+
+@pytest.mark.parametrize("names", [["../x"], "a b", 5, {"a": 1}, [1]], ids=["dotdot", "space", "number", "object",
+                                                                       "number-in-list"])
+def test_an_artifacts_from_that_names_no_job_id_fails_the_run_as_bad_input_and_the_worker_runs_on(
+        orch, names: object) -> None:
+    w = make_worker(orch, artifacts_import=True)
+    job = orch.submit("t.echo", {"artifacts_from": names})
+    result = w.run_once()  # before the fix: InvalidIdError or TypeError out of the worker, the job left running
+    assert (result.job_id, result.outcome, result.error_code) == (job, "failed", "INVALID_INPUT")
+    assert "artifacts_from" in orch.status(job).last_error["message"]
+    assert list((orch.settings.state_dir / "artifacts").glob("*/inputs")) == []
+    nxt = orch.submit("t.echo", 1)
+    assert w.run_once().job_id == nxt and orch.status(nxt).state == "succeeded"
 
 
 # -- command handler environment ---------------------------------------------------------------
