@@ -706,13 +706,15 @@ def test_an_audit_read_longer_than_the_deadline_completes_in_chunks_each_within_
 def test_lines_of_any_sizes_come_at_most_read_chunk_bytes_per_round_trip_and_none_is_missed(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A line longer than a chunk's share is not sent in it (its length is): the next chunk starts at it with
-    fewer rows, and small lines after it come many per round trip again."""
+    fewer rows, and small lines after it come many per round trip again. A line longer than a whole chunk
+    comes in slices of ``READ_CHUNK_BYTES`` (until 2026-12-02 it was one round trip, however long)."""
     from orchestrator.store import postgres
     from orchestrator.store.base import AUDIT_STREAM
 
     store = TestPostgresStore()
     try:
-        sizes = [100] * 30 + [4_000] * 3 + [100] * 300 + [25_000] + [100] * 5  # one longer than the budget
+        sizes = ([100] * 30 + [4_000] * 3 + [100] * 300 + [25_000] + [100] * 5  # one longer than the budget
+                 + [10_000, 10_001, 100])  # one of exactly the budget, one a byte over it
         conn = connect(store.url, autocommit=True)
         conn.execute("INSERT INTO orch_events (project, stream, seq, line) SELECT %s, '@audit', n, "
                      "convert_to(rpad(n::text || ':', (%s::int[])[n], 'x'), 'UTF8') "
@@ -734,9 +736,41 @@ def test_lines_of_any_sizes_come_at_most_read_chunk_bytes_per_round_trip_and_non
             lines = read()
             assert [len(line.raw) for line in lines] == sizes
             assert [line.raw.split(b":")[0] for line in lines] == [str(n).encode() for n in range(1, len(sizes) + 1)]
-            assert all(sum(chunk) <= 10_000 or len(chunk) == 1 for chunk in sent), sent
-            assert len(sent) <= 12, sent  # not a round trip per line: 100-byte lines come ~100 at a time
+            assert all(sum(chunk) <= 10_000 for chunk in sent), sent  # never more, even for one line
+            assert [[10_000], [10_000], [5_000]] in [sent[i:i + 3] for i in range(len(sent))], sent  # 25,000 in slices
+            assert [[10_000], [1]] in [sent[i:i + 2] for i in range(len(sent))], sent  # 10,001: a slice and a byte
+            assert len(sent) <= 20, sent  # not a round trip per line: 100-byte lines come ~100 at a time
     finally:
+        store.close()
+
+
+def test_a_line_rewritten_between_two_of_its_slices_is_a_storage_error_not_a_line_spliced_from_two(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.errors import StorageError
+    from orchestrator.store import postgres
+    from orchestrator.store.base import AUDIT_STREAM
+
+    store = TestPostgresStore()
+    conn = connect(store.url, autocommit=True)
+    try:
+        conn.execute("INSERT INTO orch_events (project, stream, seq, line) VALUES (%s, '@audit', 1, %s)",
+                     (store.project, b"a" * 25_000))
+        monkeypatch.setattr(postgres, "READ_CHUNK_BYTES", 10_000, raising=False)
+        run = store._run  # noqa: SLF001
+        calls: list[int] = []
+
+        def rewriting(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 3:  # after the first slice: someone rewrites the line by hand
+                conn.execute("UPDATE orch_events SET line = %s WHERE project = %s AND stream = '@audit' AND seq = 1",
+                             (b"b" * 30_000, store.project))
+            return run(*args, **kwargs)
+
+        monkeypatch.setattr(store, "_run", rewriting)
+        with pytest.raises(StorageError, match="changed while it was read in slices"):
+            store.read(AUDIT_STREAM)
+    finally:
+        conn.close()
         store.close()
 
 
