@@ -16,6 +16,11 @@ fields of the wrong type, a lease longer than ``MAX_LEASE_SECONDS`` (the largest
 a worker takes; a heartbeat extends the lease by its own from when it writes), or an expiry further
 ahead of ``now`` than that and ``CLOCK_SKEW_SECONDS``. A record planted in the folder delays stale
 recovery by at most that much, never forever.
+
+A worker that cannot renew its lease (the store out of reach: PostgreSQL down, a folder of the file
+store gone or unwritable) keeps its run going while the lease it last stored still holds, and stops
+it (``Worker._supervise``) once ``LEASE_STOP_MARGIN`` of the lease is left (``HeldLease``): before
+stale recovery, comparing the same expiry with the same clock, may let another worker run the job.
 """
 from __future__ import annotations
 
@@ -31,6 +36,10 @@ from orchestrator.state import JobState
 from orchestrator.store.base import EventStore
 
 LEASES_AREA = "leases"
+# A run whose lease could not be renewed is stopped when this share of the lease is left (a fifth: 6 s of the
+# default 30 s): time to kill it, and for clocks that differ a little, before another worker may take the job
+LEASE_STOP_MARGIN = 0.2
+LEASE_NOT_RENEWED = "LEASE_NOT_RENEWED"  # the error code of a run its worker stopped for that
 # How far ahead of the reader's clock a heartbeat may have been written and still count (a worker on
 # another host, a clock stepped back); a record that could only come from further ahead is not trusted
 CLOCK_SKEW_SECONDS = 60.0
@@ -116,3 +125,46 @@ def lease_expiry(store: EventStore, state: JobState, now: float) -> float | None
     if lease is not None and _plausible(lease, state, now):
         return max(lease.expires_at, state.lease_expires_at or 0.0)
     return state.lease_expires_at
+
+
+@dataclass
+class HeldLease:
+    """What a running worker knows of its own lease, to stop a run it cannot renew before the lease expires.
+
+    ``expires_at`` is the latest expiry a write is known to have stored: the claim event's, then each renewed
+    record's. A renewal that failed is not counted even if it was stored (a PostgreSQL commit whose answer
+    was lost): that can only stop the run earlier. Times are the worker's clock (``Orchestrator.clock``),
+    the one its stale recovery compares the same expiry with; ``now`` is always a parameter."""
+
+    lease_seconds: float
+    expires_at: float
+    failing_since: float | None = None  # the first failed renewal since the last one that succeeded
+    last_error: str = ""
+    stopped_at: float | None = None  # when the worker stopped the run for it
+
+    @property
+    def stop_at(self) -> float:
+        """When a run that is still failing to renew is stopped: ``LEASE_STOP_MARGIN`` of a lease before it ends."""
+        return self.expires_at - self.lease_seconds * LEASE_STOP_MARGIN
+
+    def renewed(self, expires_at: float) -> None:
+        self.expires_at = max(self.expires_at, expires_at)
+        self.failing_since, self.last_error = None, ""
+
+    def failed(self, now: float, error: str) -> None:
+        if self.failing_since is None:
+            self.failing_since = now
+        self.last_error = error
+
+    def must_stop(self, now: float) -> bool:
+        """True once renewals have failed since the last success and the lease is within its margin of ending.
+        A run whose renewals succeed is never stopped here, whatever the clock says (a takeover is seen by the
+        heartbeat's own check instead)."""
+        return self.failing_since is not None and now >= self.stop_at
+
+    def why_stopped(self) -> str:
+        """The error of the run's failed attempt, for its ``job_failed`` (``LEASE_NOT_RENEWED``)."""
+        failing, stopped = self.failing_since or 0.0, self.stopped_at or 0.0
+        return (f"the lease could not be renewed since {clock.to_iso(failing)} ({self.last_error}); the run was "
+                f"stopped at {clock.to_iso(stopped)}, before the lease it held ended at {clock.to_iso(self.expires_at)}, "
+                "so that no other worker could run the job while it still ran")

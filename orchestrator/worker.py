@@ -10,7 +10,9 @@ only the loop reads the clock. The event log stays the truth:
   worker re-reads: a different epoch means its lease was taken over and its late result is
   refused (``LEASE_LOST``);
 * heartbeats renew a lease record outside the log (``orchestrator/leases.py``); a run shorter
-  than a heartbeat needs none, the claim event carries the first expiry.
+  than a heartbeat needs none, the claim event carries the first expiry. A run whose lease cannot
+  be renewed (the store out of reach) is stopped before that lease can expire (``HeldLease``), so
+  that stale recovery never lets another worker run the job beside it.
 
 See ``docs/worker.md`` for the design and a crash analysis.
 """
@@ -39,10 +41,10 @@ from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCE
                                  DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS,
                                  MIN_LEASE_SECONDS)
 from orchestrator.errors import (ConcurrencyError, HandlerNotFoundError, InvalidIdError, InvalidInputError,
-                                 JobNotFoundError, PathEscapeError, StorageUnavailableError)
+                                 JobNotFoundError, PathEscapeError, StorageError, StorageUnavailableError)
 from orchestrator.handler_host import HOST_PREFIX, HandlerHost
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, lookup, registry_generation, resolve
-from orchestrator.leases import Lease, write_lease
+from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease, Lease, write_lease
 from orchestrator.leftovers import kill_run
 from orchestrator.limits import MAX_DURATION_SECONDS
 from orchestrator.outcome import (STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS, Claim, OutcomeRecorder,
@@ -361,16 +363,23 @@ class Worker:
                                       f"cannot start the handler: {exc}", retryable=not missing)
         log.info("running job %s (%s) as %s", s.job_id, s.kind, claim.run_id,
                  extra={"job_id": s.job_id, "run_id": claim.run_id, "pid": child.pid})
+        held = HeldLease(self.settings.lease_seconds, s.lease_expires_at or 0.0)
         try:
             try:
-                how, code, claim = self._supervise(claim, child)
+                how, code, claim = self._supervise(claim, child, held)
             except BaseException:
-                # the worker can no longer watch the run (a store error at a heartbeat, an interrupt): the run ends
-                # with the worker, as one past its stop grace does, instead of going on unwatched beside its retry
+                # the worker can no longer watch the run, nor renew its lease (a store error at a heartbeat, a link
+                # planted in leases/: PATH_ESCAPE, an interrupt): the run ends with the worker, as one past its stop
+                # grace does, instead of going on unwatched beside its retry
                 kill_run(child, claim.run_id)
                 raise
             if how == "lost":
                 return lost(claim, "the job changed while it ran (taken over or cancelled)")
+            if how == "unrenewed":
+                why = held.why_stopped()
+                log.error("job %s run %s: %s", s.job_id, claim.run_id, why,
+                          extra={"job_id": s.job_id, "run_id": claim.run_id, "code": LEASE_NOT_RENEWED})
+                return record.fail(claim, LEASE_NOT_RENEWED, why, output=child.output)
             if how == "timeout":
                 return record.fail(claim, NO_TERMINAL_SIGNAL_TIMEOUT, f"killed after its timeout of {s.timeout:g}s",
                                    output=child.output, event="job_timeout")
@@ -411,13 +420,17 @@ class Worker:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _supervise(self, claim: Claim, child: Child) -> tuple[str, int | None, Claim]:
-        """Wait for the child; renew the lease; enforce the timeout and the stop grace period. Returns how
-        it ended, its exit status, and the claim to record its outcome under: marked ``renewed`` once a
+    def _supervise(self, claim: Claim, child: Child, held: HeldLease) -> tuple[str, int | None, Claim]:
+        """Wait for the child; renew the lease; enforce the timeout and the stop grace period, and stop a run
+        whose lease could not be renewed before it may have expired (``held``, ``HeldLease.must_stop``). Returns
+        how it ended, its exit status, and the claim to record its outcome under: marked ``renewed`` once a
         heartbeat wrote a lease record, so the flag belongs to this run and cannot reach the next."""
         start = time.monotonic()
-        beat = max(0.05, self.settings.lease_seconds / 3)
-        next_beat = start + beat
+        lease = self.settings.lease_seconds
+        beat = max(0.05, lease / 3)
+        # the first beat is due when a third of the claim's lease is gone, not a third of a lease after the
+        # handler started: starting it (copying artifacts_from) may have taken part of the lease already
+        next_beat = start + min(beat, max(0.0, held.expires_at - lease + beat - self.orch.clock()))
         timeout = claim.state.timeout
         deadline = start + timeout if timeout else None
         stop_deadline: float | None = None
@@ -425,6 +438,8 @@ class Worker:
             if self._stop_at is not None and stop_deadline is None:
                 stop_deadline = time.monotonic() + self.settings.stop_grace_seconds
             limits = [next_beat] + [t for t in (deadline, stop_deadline) if t is not None]
+            if held.failing_since is not None:  # wake up in time to stop the run
+                limits.append(time.monotonic() + held.stop_at - self.orch.clock())
             try:
                 self._in_wait = True
                 code = child.wait(max(0.0, min(limits) - time.monotonic()))
@@ -443,31 +458,58 @@ class Worker:
             if stop_deadline is not None and now_m >= stop_deadline:
                 kill_run(child, claim.run_id)
                 return "stopped", None, claim
+            if self._past_margin(held):
+                kill_run(child, claim.run_id)
+                return "unrenewed", None, claim
             if now_m >= next_beat:
-                renewed = self._renew(claim)
-                if renewed is False:
+                renewal = self._renew(claim, held)
+                if renewal == "lost":
                     kill_run(child, claim.run_id)
                     return "lost", None, claim
+                if renewal != "failed":  # a record was written, or may have been (a commit whose answer was lost):
+                    claim = replace(claim, renewed=True)  # the outcome drops it
+                if renewal == "renewed":
+                    next_beat = time.monotonic() + beat
+                    continue
                 # a heartbeat the store missed is tried again soon: a whole beat later may be past the lease
-                next_beat = time.monotonic() + (beat if renewed else min(beat, HEARTBEAT_RETRY_SECONDS))
-                claim = replace(claim, renewed=True)
+                next_beat = time.monotonic() + min(beat, HEARTBEAT_RETRY_SECONDS)
+                if self._past_margin(held):  # the failed call itself may have taken the time left
+                    kill_run(child, claim.run_id)
+                    return "unrenewed", None, claim
 
-    def _renew(self, claim: Claim) -> bool | None:
-        """Heartbeat: True when the lease was renewed, False if the job's log grew since the claim (taken over,
-        cancelled), None when the store is out of reach. That is not a takeover: the run goes on, and if the
-        lease runs out meanwhile the fence refuses its outcome (``OutcomeRecorder._append_outcome``)."""
-        try:
-            if self.orch.store.read(claim.job_id, from_seq=claim.view.head.seq + 1):
-                return False
-            now = self.orch.clock()
-            write_lease(self.orch.store, Lease(claim.job_id, claim.run_id, claim.epoch, self.worker_id, os.getpid(),
-                                               now + self.settings.lease_seconds, now))
-        except StorageUnavailableError as exc:
-            log.warning("job %s: the lease could not be renewed (%s); the run goes on", claim.job_id,
-                        one_line(exc.message),
-                        extra={"job_id": claim.job_id, "run_id": claim.run_id})
-            return None
+    def _past_margin(self, held: HeldLease) -> bool:
+        """``HeldLease.must_stop`` now; when it is, the time is kept as when the run was stopped."""
+        now = self.orch.clock()
+        if not held.must_stop(now):
+            return False
+        held.stopped_at = now
         return True
+
+    def _renew(self, claim: Claim, held: HeldLease) -> str:
+        """Heartbeat: ``renewed`` (``held`` then holds the new expiry), ``lost`` if the job's log grew since the
+        claim (taken over, cancelled), ``failed`` when the store could not be written (a folder of the file store
+        gone or unwritable), ``unknown`` when it could not be reached (PostgreSQL: a write whose answer was lost
+        may have committed). Neither is a takeover: the run goes on while the lease last stored holds, and is
+        stopped before it may expire (``HeldLease.must_stop``). Every call of the heartbeat ends by then
+        (``EventStore.calls_end_by``), so a stalled server cannot hold the worker past it."""
+        now_m, now = time.monotonic(), self.orch.clock()
+        stop_m = now_m + held.stop_at - now
+        try:
+            with self.orch.store.calls_end_by(stop_m if stop_m > now_m else None):
+                if self.orch.store.read(claim.job_id, from_seq=claim.view.head.seq + 1):
+                    return "lost"
+                now = self.orch.clock()
+                expires = now + self.settings.lease_seconds
+                write_lease(self.orch.store, Lease(claim.job_id, claim.run_id, claim.epoch, self.worker_id,
+                                                   os.getpid(), expires, now))
+        except StorageError as exc:  # StorageUnavailableError too
+            held.failed(self.orch.clock(), f"{exc.code}: {one_line(exc.message)}")
+            log.warning("job %s: the lease could not be renewed (%s); the run goes on until %s, when it is "
+                        "stopped unless a renewal succeeds first", claim.job_id, one_line(exc.message),
+                        clock_mod.to_iso(held.stop_at), extra={"job_id": claim.job_id, "run_id": claim.run_id})
+            return "unknown" if isinstance(exc, StorageUnavailableError) else "failed"
+        held.renewed(expires)
+        return "renewed"
 
     def backoff(self, failures: int) -> float:
         """Exponential backoff with jitter: base * 2^(failures-1), capped, times a factor in [0.5, 1)."""

@@ -36,7 +36,8 @@ def _env_list(value: str | None) -> tuple[str, ...]:
 @click.option("--lease-seconds", type=FiniteFloatRange(min=MIN_LEASE_SECONDS, max=MAX_LEASE_SECONDS),
               default=DEFAULT_LEASE_SECONDS, show_default=True, envvar="ORCH_LEASE_SECONDS", show_envvar=True,
               help="Lease length; renewed every third of it while a job runs. A job whose lease "
-                   "expired is recovered by the next worker.")
+                   "expired is recovered by the next worker; a run whose lease cannot be renewed (the store out "
+                   "of reach) is stopped when a fifth of it is left (LEASE_NOT_RENEWED); keep it at 10 or more on PostgreSQL.")
 @click.option("--worker-id", default=None, envvar="ORCH_WORKER_ID", show_envvar=True,
               help="Name of this worker in events and leases.  [default: host-pid-random]")
 @click.option("--import", "imports", multiple=True, help="Import MODULE to register Python handlers (repeatable).  "

@@ -84,10 +84,15 @@ class PgQueueIndex(QueueIndex):
         self.store = store
         self.project = store.project
         self.channel = channel(store.project)
-        self.reserver = f"{socket.gethostname()}-{os.getpid()}"  # shown in reserved_by, for diagnosis
         self._listener: Any = None
         self._built_until = 0.0  # monotonic time until which "built" is trusted without asking
         store.register_index(self)  # a forked child drops its listener (``forget_listener``)
+
+    @property
+    def reserver(self) -> str:
+        """Who reserves a candidate, shown in ``reserved_by`` for diagnosis: this process, named when it reserves
+        (a forked child's index is a copy of its parent's, and must not name the parent's pid)."""
+        return f"{socket.gethostname()}-{os.getpid()}"
 
     # -- projection: written inside the event's transaction --------------------------------------
     def before_append(self, job_id: str, old: JobState | None, new: JobState) -> InTransaction:

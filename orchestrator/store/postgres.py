@@ -21,7 +21,12 @@ Every call has a deadline (``Deadline``, ``orchestrator/store/pg_deadline.py``,
 ``ORCH_PG_DEADLINE_SECONDS``): a server or pooler that stalls without closing the connection would
 otherwise block the caller (a worker's heartbeat or outcome) for as long as it stalls. So that a long
 read (the audit log, every job id) is not cut for its length, it is read ``READ_CHUNK_ROWS`` rows, and
-lines at most ``READ_CHUNK_BYTES`` bytes, per round trip, each a call of its own.
+lines at most ``READ_CHUNK_BYTES`` bytes, per round trip, each a call of its own. Nothing bounds a line
+below that (a job's input and a payload are a MiB each, but redaction can double a payload's text, and
+neither ``import`` nor an ``append`` through the Python API checks a line's size), so a longer line comes
+in slices of ``READ_CHUNK_BYTES`` (``_read_long_line``). A job's first chunk, read with its head record
+(``read_with_aux``), is fetched as text, where ``bytea`` is hex (twice its size on the wire, 16 MiB at
+most): in binary it was no faster there and slower at P90 (``docs/decisions.md``, 2026-12-01).
 """
 from __future__ import annotations
 
@@ -52,8 +57,8 @@ SCHEMES = ("postgresql", "postgres")
 # Measured here: 12-17 ms per chunk of 10,000 audit lines, fetched in binary (docs/postgres.md).
 READ_CHUNK_ROWS = 10_000
 # Lines (a job's input and a terminal payload may each be a MiB) also come at most this many bytes per
-# round trip, or one line if it is longer (``_line_bounds``). 10,000 lines of a real audit entry's size
-# (490 bytes) fit, so those still come 10,000 per round trip.
+# round trip (``_line_bounds``); a longer line comes in slices of this size (``_read_long_line``). 10,000
+# lines of a real audit entry's size (490 bytes) fit, so those still come 10,000 per round trip.
 READ_CHUNK_BYTES = 8 << 20
 READ_FIRST_ROWS = 256  # a read's first chunk of lines, so lines of up to 32 KiB fit in it (a job's, mostly)
 _IDLE_CONNECTIONS = 4  # kept open per store; more are opened on demand and closed after use
@@ -80,6 +85,9 @@ _READ_WITH_AUX = ("SELECT 0, 0::bigint, data, 0 FROM orch_aux WHERE project = %s
 # (lines: the longest line to send first, as above).
 _READ_LINES = ("SELECT seq, CASE WHEN octet_length(line) <= %s THEN line END, octet_length(line) FROM orch_events "
                "WHERE project = %s AND stream = %s AND seq > %s ORDER BY seq LIMIT %s")
+# One slice of a line too long for a chunk: ``substring`` of a ``bytea`` counts bytes, from 1
+_READ_SLICE = ("SELECT substring(line FROM %s FOR %s), octet_length(line) FROM orch_events "
+               "WHERE project = %s AND stream = %s AND seq = %s")
 _JOB_IDS = ("SELECT stream FROM orch_streams WHERE project = %s AND seq > 0 AND stream <> %s AND stream > %s "
             "ORDER BY stream LIMIT %s")
 _AUX_KEYS = "SELECT key FROM orch_aux WHERE project = %s AND area = %s AND key > %s ORDER BY key LIMIT %s"
@@ -143,13 +151,14 @@ def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = N
 def _line_bounds(longest: int | None) -> tuple[int, int]:
     """The rows and the longest line to send of a chunk of lines, from the longest line of the chunk before
     (None: the first): as many as ``READ_CHUNK_BYTES`` holds of that length, and lines up to an equal share
-    of it, or that long: a chunk holds at most ``READ_CHUNK_BYTES``, or one line that is longer. Small lines
-    come ``READ_CHUNK_ROWS`` at a time, as if there were no byte bound."""
+    of it, or that long, never longer than ``READ_CHUNK_BYTES``: a chunk holds at most that many bytes (a
+    longer line is read in slices, ``_read_long_line``). Small lines come ``READ_CHUNK_ROWS`` at a time, as
+    if there were no byte bound."""
     if longest is None:
         size = min(READ_FIRST_ROWS, READ_CHUNK_ROWS)
     else:
         size = min(READ_CHUNK_ROWS, max(1, READ_CHUNK_BYTES // max(longest, 1)))
-    return size, max(READ_CHUNK_BYTES // size, longest or 0)
+    return size, max(READ_CHUNK_BYTES // size, min(longest or 0, READ_CHUNK_BYTES))
 
 
 def _sent_lines(chunk: list[Any]) -> tuple[list[Any], bool, int]:
@@ -426,7 +435,9 @@ class PostgresStore(EventStore):
 
         ``lines``: rows are (key, line, its length), and ``sql`` takes first the longest line to send; a
         chunk's rows and that length come from the longest line of the chunk before (``longest``; None:
-        none yet), and a chunk ends before a line it did not send, which the next one, of fewer rows, does."""
+        none yet), and a chunk ends before a line it did not send, which the next one, of fewer rows, does;
+        or, for a line longer than any chunk may be, ``_read_long_line`` in slices (``params`` are then the
+        project and the stream)."""
         rows: list[Any] = []
         while True:
             if lines:  # the bounds are read at each call: tests shrink them
@@ -445,6 +456,27 @@ class PostgresStore(EventStore):
                 return rows
             if kept:
                 after = kept[-1][0]
+            if cut and chunk[len(kept)][2] > READ_CHUNK_BYTES:  # no chunk may carry it: in slices
+                key, _none, length = chunk[len(kept)]
+                rows.append((key, self._read_long_line(params, key, length), length))
+                after, longest = key, max((row[2] for row in kept), default=None)  # the next chunk as a first one
+
+    def _read_long_line(self, params: tuple[Any, ...], seq: int, length: int) -> bytes:
+        """Line ``seq`` of (project, stream) ``params``, ``length`` bytes long, in slices of ``READ_CHUNK_BYTES``,
+        each a round trip with its own deadline, as every chunk is: a line longer than a chunk is never one call
+        that grows with it. Lines are never rewritten, so the slices are of one line; one whose length changed
+        between two of them, or that went, was changed by hand meanwhile: ``StorageError``."""
+        parts: list[bytes] = []
+        got = 0
+        while got < length:
+            rows = self._run(lambda conn, at=got: conn.execute(
+                _READ_SLICE, (at + 1, READ_CHUNK_BYTES, *params, seq), binary=True).fetchall())
+            if not rows or rows[0][1] != length or not rows[0][0]:
+                raise StorageError(f"line {seq} of {params[1]} changed while it was read in slices of "
+                                   f"{READ_CHUNK_BYTES} bytes; read it again", stream=params[1], seq=seq)
+            parts.append(bytes(rows[0][0]))
+            got += len(parts[-1])
+        return b"".join(parts)
 
     def job_ids(self) -> Iterator[str]:
         """In id order, ``READ_CHUNK_ROWS`` per round trip."""

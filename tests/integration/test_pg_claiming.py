@@ -351,3 +351,31 @@ def test_a_forked_child_listens_on_its_own_connection_and_never_ends_the_parents
     assert index.wait(5.0) is True
     assert index._listener.info.backend_pid == parents  # noqa: SLF001 - woken on its own session, never re-opened
     index.close()
+
+
+def test_a_candidate_reserved_in_a_forked_child_names_the_child_not_its_parent(cluster: Cluster) -> None:
+    """``reserved_by`` is for diagnosis: it must name the process that holds the reservation."""
+    import socket
+    import warnings
+
+    here = cluster.machine("a")
+    index = here.queue
+    assert isinstance(index, PgQueueIndex)
+    assert index.candidates(here.clock()) == []  # the index is made (and used) in the parent first
+    job = here.submit("t.echo", 1)
+    with warnings.catch_warnings():  # Python 3.12 warns about fork() with threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = 0 if [e.job_id for e in index.candidates(here.clock())][:1] == [job] else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with here.store._take() as conn:  # noqa: SLF001 - read the reservation the child made
+        reserved_by = conn.execute("SELECT reserved_by FROM orch_ready WHERE project = %s AND job_id = %s",
+                                   (here.project_id, job)).fetchone()[0]
+    assert reserved_by == f"{socket.gethostname()}-{pid}" != f"{socket.gethostname()}-{os.getpid()}"
+    index.close()

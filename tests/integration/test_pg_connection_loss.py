@@ -421,10 +421,62 @@ def test_a_worker_enforces_the_job_timeout_while_the_server_stalls_and_records_t
 STALL = 4.5
 
 
+def test_a_run_whose_server_goes_away_is_stopped_before_its_lease_expires_and_recorded_once_it_is_back(
+        named_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server goes away right after the first renewal and refuses connections: the run is stopped before
+    the lease that renewal stored may expire (stale recovery elsewhere would run the job again), and its
+    worker records the stop once the server is back, a second after it."""
+    from orchestrator import worker as worker_mod
+    from orchestrator.errors import StorageUnavailableError
+    from orchestrator.store import postgres
+
+    orch = Orchestrator(base_path=tmp_path, project_id=named_store.project, store=named_store)
+    job = orch.submit("t.sleep", 30)
+    worker = Worker(orch, WorkerSettings(worker_id="w1", lease_seconds=1.5, handler_process="per-run",
+                                         retry_base_seconds=0), rng=random.Random(7))
+    back, kills, stored = threading.Event(), [], []
+    real_connect, real_kill, real_write = postgres.connect, worker_mod.kill_run, worker_mod.write_lease
+
+    def connect(*args: Any, **kwargs: Any) -> Any:
+        if not back.is_set():
+            raise StorageUnavailableError("cannot connect to PostgreSQL: Connection refused")
+        return real_connect(*args, **kwargs)
+
+    def server_down() -> None:
+        named_store.cut()
+        monkeypatch.setattr(postgres, "connect", connect)
+
+    def kill_run(child: Any, run_id: str) -> None:
+        kills.append(orch.clock())
+        real_kill(child, run_id)
+        threading.Timer(1.0, back.set).start()
+
+    def write_lease(store: Any, lease: Any) -> None:
+        real_write(store, lease)
+        stored.append(lease.expires_at)
+
+    monkeypatch.setattr(worker_mod, "kill_run", kill_run)
+    monkeypatch.setattr(worker_mod, "write_lease", write_lease)
+    faults.arm("lease.after_write", server_down)
+    claim = worker.claim()
+    assert claim is not None
+    result = worker.execute(claim)
+    assert len(stored) == 1 and len(kills) == 1
+    assert claim.state.lease_expires_at < kills[0] < stored[0]  # it went on while renewed, and stopped in time
+    assert (result.outcome, result.error_code) == ("retry", "LEASE_NOT_RENEWED")
+    events = [json.loads(s.raw) for s in orch.store.read(job)]
+    assert [e["type"] for e in events] == ["job_submitted", "job_claimed", "job_failed"]
+    assert "Connection refused" in events[2]["data"]["error"]
+    assert orch.store.get_aux("leases", f"{job}.1") is None  # the renewed row dropped with the outcome
+    worker.close()
+
+
 def test_a_worker_whose_connections_freeze_for_good_opens_new_ones_and_records_the_outcome_once(stalling) -> None:
-    """A pooler's stuck backend: the connections open now never answer again, new ones do."""
+    """A pooler's stuck backend: the connections open now never answer again, new ones do. The heartbeat at 1 s
+    is cut at 1.5 s, after the run is done (1.2 s) and well before a run still failing to renew would be stopped
+    (2.4 s, a fifth of the 3 s lease before it ends)."""
     job = stalling.submit("t.sleep", 1.2)
-    worker = Worker(stalling, WorkerSettings(worker_id="w1", lease_seconds=1.5, handler_process="per-run"),
+    worker = Worker(stalling, WorkerSettings(worker_id="w1", lease_seconds=3, handler_process="per-run"),
                     rng=random.Random(7))
     claim = worker.claim()
     assert claim is not None
@@ -654,13 +706,15 @@ def test_an_audit_read_longer_than_the_deadline_completes_in_chunks_each_within_
 def test_lines_of_any_sizes_come_at_most_read_chunk_bytes_per_round_trip_and_none_is_missed(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A line longer than a chunk's share is not sent in it (its length is): the next chunk starts at it with
-    fewer rows, and small lines after it come many per round trip again."""
+    fewer rows, and small lines after it come many per round trip again. A line longer than a whole chunk
+    comes in slices of ``READ_CHUNK_BYTES`` (until 2026-12-02 it was one round trip, however long)."""
     from orchestrator.store import postgres
     from orchestrator.store.base import AUDIT_STREAM
 
     store = TestPostgresStore()
     try:
-        sizes = [100] * 30 + [4_000] * 3 + [100] * 300 + [25_000] + [100] * 5  # one longer than the budget
+        sizes = ([100] * 30 + [4_000] * 3 + [100] * 300 + [25_000] + [100] * 5  # one longer than the budget
+                 + [10_000, 10_001, 100])  # one of exactly the budget, one a byte over it
         conn = connect(store.url, autocommit=True)
         conn.execute("INSERT INTO orch_events (project, stream, seq, line) SELECT %s, '@audit', n, "
                      "convert_to(rpad(n::text || ':', (%s::int[])[n], 'x'), 'UTF8') "
@@ -682,9 +736,41 @@ def test_lines_of_any_sizes_come_at_most_read_chunk_bytes_per_round_trip_and_non
             lines = read()
             assert [len(line.raw) for line in lines] == sizes
             assert [line.raw.split(b":")[0] for line in lines] == [str(n).encode() for n in range(1, len(sizes) + 1)]
-            assert all(sum(chunk) <= 10_000 or len(chunk) == 1 for chunk in sent), sent
-            assert len(sent) <= 12, sent  # not a round trip per line: 100-byte lines come ~100 at a time
+            assert all(sum(chunk) <= 10_000 for chunk in sent), sent  # never more, even for one line
+            assert [[10_000], [10_000], [5_000]] in [sent[i:i + 3] for i in range(len(sent))], sent  # 25,000 in slices
+            assert [[10_000], [1]] in [sent[i:i + 2] for i in range(len(sent))], sent  # 10,001: a slice and a byte
+            assert len(sent) <= 20, sent  # not a round trip per line: 100-byte lines come ~100 at a time
     finally:
+        store.close()
+
+
+def test_a_line_rewritten_between_two_of_its_slices_is_a_storage_error_not_a_line_spliced_from_two(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.errors import StorageError
+    from orchestrator.store import postgres
+    from orchestrator.store.base import AUDIT_STREAM
+
+    store = TestPostgresStore()
+    conn = connect(store.url, autocommit=True)
+    try:
+        conn.execute("INSERT INTO orch_events (project, stream, seq, line) VALUES (%s, '@audit', 1, %s)",
+                     (store.project, b"a" * 25_000))
+        monkeypatch.setattr(postgres, "READ_CHUNK_BYTES", 10_000, raising=False)
+        run = store._run  # noqa: SLF001
+        calls: list[int] = []
+
+        def rewriting(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 3:  # after the first slice: someone rewrites the line by hand
+                conn.execute("UPDATE orch_events SET line = %s WHERE project = %s AND stream = '@audit' AND seq = 1",
+                             (b"b" * 30_000, store.project))
+            return run(*args, **kwargs)
+
+        monkeypatch.setattr(store, "_run", rewriting)
+        with pytest.raises(StorageError, match="changed while it was read in slices"):
+            store.read(AUDIT_STREAM)
+    finally:
+        conn.close()
         store.close()
 
 

@@ -545,11 +545,12 @@ def test_a_timeout_also_kills_what_the_run_started_in_a_session_of_its_own(orch,
 @pytest.mark.parametrize("mode, kind", [("reused", "t.wait"), ("per-run", "t.wait"), ("reused", "command")])
 def test_a_run_the_worker_can_no_longer_watch_is_killed_before_the_error_stops_the_worker(
         orch, monkeypatch, tmp_path: Path, mode: str, kind: str) -> None:
-    """A heartbeat that fails with an error the worker stops on (a full disk on files) left the run's process
-    running, unwatched: a Python handler's process, which stale recovery cannot find by its ``ORCH_RUN_ID``,
-    then ran beside the job's retry."""
+    """A heartbeat that fails with an error the worker stops on (a link planted in the lease record's place:
+    PATH_ESCAPE; before 2026-12-02 also a full disk on files, now retried while the lease holds) left the run's
+    process running, unwatched: a Python handler's process, which stale recovery cannot find by its
+    ``ORCH_RUN_ID``, then ran beside the job's retry."""
     import orchestrator.worker as worker_mod
-    from orchestrator.errors import StorageError
+    from orchestrator.errors import PathEscapeError
 
     started = tmp_path / "started"
     if kind == "command":
@@ -557,16 +558,16 @@ def test_a_run_the_worker_can_no_longer_watch_is_killed_before_the_error_stops_t
     else:
         value = {"started": str(started), "release": str(tmp_path / "never"), "max_wait": 60}
 
-    def disk_full(*_a, **_k) -> None:
+    def linked(*_a, **_k) -> None:
         deadline = time.monotonic() + 10
         while not started.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
-        raise StorageError("could not write the lease record: No space left on device")
+        raise PathEscapeError("leases/x is a symbolic link")
 
-    monkeypatch.setattr(worker_mod, "write_lease", disk_full)
+    monkeypatch.setattr(worker_mod, "write_lease", linked)
     orch.submit(kind, value)
     worker = make_worker(orch, handler_process=mode, lease_seconds=0.3)
-    with pytest.raises(StorageError):
+    with pytest.raises(PathEscapeError):
         worker.run_once()
     pid = json.loads(started.read_text())["pid"]
     assert not alive(pid)  # before the fix: still running, its run over for the worker
