@@ -174,7 +174,7 @@ class Worker:
         self.next_due = None
         self.unhandled = {}
         self.untrusted.new_pass()
-        for entry in self.queue.candidates(now):
+        for entry in self.queue.candidates(now, skip=self.untrusted.skipped()):
             if entry.runnable_at > now:  # delayed (retry backoff): the sorted names tell, no read needed
                 self.next_due = min(self.next_due or entry.runnable_at, entry.runnable_at)
                 continue

@@ -211,3 +211,34 @@ def test_worker_once_exits_8_naming_the_key_of_the_jobs_it_left_and_runs_them_on
     ran = run_script("worker", "--once", "--json", env=env)
     assert ran.returncode == 0 and json.loads(ran.stdout)["outcome"] == "succeeded", ran.stderr
 
+
+# -- PostgreSQL -------------------------------------------------------------------------------------------
+@pytest.mark.postgres
+def test_on_postgres_a_job_left_for_want_of_a_key_keeps_its_row_and_is_never_reserved_again_by_that_worker(
+        tmp_path: Path, base: Path) -> None:
+    """A worker that leaves a job does not reserve it at its next passes: reserved at every pass, it would keep
+    the workers that trust its key waiting for the reservation to lapse, and its own claims from the rows after it."""
+    from backends import TestPostgresStore, require_pg
+    from orchestrator.store.postgres import PostgresStore
+
+    require_pg()
+    home = TestPostgresStore()
+    stores: list[PostgresStore] = []
+
+    def store() -> PostgresStore:
+        stores.append(PostgresStore(home.url, home.project))
+        return stores[-1]
+    try:
+        m = Machines(tmp_path, base, store, project=home.project)
+        job = m.b.submit("t.echo", "pg")
+        t = m.a.clock()
+        wa = make_worker(m.a, "a")
+        assert wa.claim(now=t) is None  # reserves it (2 s), leaves it
+        assert wa.claim(now=t + 3) is None  # the reservation lapsed: not reserved again
+        assert [e.job_id for e in m.b.queue.ready()] == [job] and audited(m.b, job) == []
+        claim = make_worker(m.b, "b").claim(now=t + 3)
+        assert claim is not None and claim.job_id == job
+    finally:
+        for s in stores:
+            s.close()
+        home.close()
