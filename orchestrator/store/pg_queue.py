@@ -167,8 +167,8 @@ class PgQueueIndex(QueueIndex):
         until = now_us + int(RESERVATION_SECONDS * 1e6)
         p = self.project
 
-        rows = self._sql(_CANDIDATES, {"p": p, "now": now_us, "by": self.reserver, "until": until,
-                                       "n": CANDIDATES + 1, "skip": list(skip)}, write=True, fetch=True)  # the reservation
+        rows = self._sql(_CANDIDATES, {"p": p, "now": now_us, "by": self.reserver, "until": until,  # the reservation
+                                       "n": CANDIDATES + 1, "skip": list(skip)}, write=True, fetch=True)
         out, seen = [], set()
         for _part, pr, at, job in rows:  # the reserved row first; it is in the statement's snapshot twice
             if job not in seen:
