@@ -27,7 +27,7 @@ from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, PATH_ESCAPE
                                   check_head_record, check_head, head_record, seal, verify_stream)
 from orchestrator.limits import MAX_INPUT_BYTES, MAX_JSON_DEPTH, MAX_KIND_LENGTH, json_depth
 from orchestrator.security import shown, validate_id
-from orchestrator.signing import Keyring, canonical, load_keyring
+from orchestrator.signing import UNKNOWN_KEY, Keyring, canonical, is_key_id, load_keyring
 from orchestrator.leases import lease_expiry
 from orchestrator.state import RUNNING, Event, JobState, apply
 from orchestrator.store.base import EventStore, Head, StoredLine
@@ -78,6 +78,15 @@ class JobView:
     @property
     def events(self) -> list[Event]:
         return [Event.from_record(r) for r in self.stream.records]
+
+    def missing_keys(self) -> frozenset[str]:
+        """The ids of the keys that signed lines (or the head record) the keyring could not check, when those are the
+        job's only problems: nothing this reader can see is wrong with the job, and a reader that holds the keys can
+        check it (a worker leaves it for one, ``orchestrator/untrusted.py``). Empty otherwise: no problem at all, or
+        any other (a bad signature, a broken chain, a cut history, a revoked key, a "key id" no key can have)."""
+        if not self.problems or any(p.code != UNKNOWN_KEY or not is_key_id(p.kid) for p in self.problems):
+            return frozenset()
+        return frozenset(p.kid for p in self.problems if p.kid)
 
     def integrity_error(self) -> dict[str, Any] | None:
         if self.ok:

@@ -192,9 +192,10 @@ def cli() -> None:
 
     Exit codes: 0 ok, 1 internal error, 2 usage error, 3 invalid input or id, 4 job not found,
     5 action does not fit the job's state, 6 concurrent change (retry), 7 integrity problem,
-    8 signing key problem, 9 malformed payload, 10 storage error, 11 handler not found,
-    12 alerts firing (metrics --fail-on), 13 release gate failed (bench-terminal-latency),
-    75 nothing to run (worker --once). See the README's exit-code table.
+    8 signing key problem (or jobs left, signed by a key not trusted), 9 malformed payload,
+    10 storage error, 11 handler not found, 12 alerts firing (metrics --fail-on),
+    13 release gate failed (bench-terminal-latency), 75 nothing to run (worker --once).
+    See the README's exit-code table.
     """
 
 

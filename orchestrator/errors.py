@@ -105,6 +105,14 @@ class SigningKeyError(OrchestratorError):
     exit_code = 8
 
 
+class KeyNotTrustedError(OrchestratorError):
+    """Queued jobs are signed by a key this keyring does not trust: left for a worker that trusts it (``worker
+    --once``). A keyring to complete, so the exit code of the keyring's other errors."""
+
+    code = "UNKNOWN_KEY"
+    exit_code = 8
+
+
 class MalformedPayloadError(OrchestratorError):
     """A handler's terminal payload is not valid JSON, misses fields or names an artifact outside its folder."""
 

@@ -16,7 +16,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from orchestrator.signing import FORMAT_VERSION, Keyring, canonical, genesis, line_hash
+from orchestrator.security import shown
+from orchestrator.signing import FORMAT_VERSION, UNKNOWN_KEY, Keyring, canonical, genesis, line_hash
 from orchestrator.store.base import AUDIT_STREAM, Head, StoredLine
 
 # Problem codes, each a different way a history can be damaged.
@@ -31,6 +32,7 @@ ROLLED_BACK = "ROLLED_BACK"  # shorter than, or different from, an exported anch
 INVALID_HISTORY = "INVALID_HISTORY"  # signed events that the state machine refuses
 CONTEXT_MISMATCH = "CONTEXT_MISMATCH"  # the submitted context does not match its digest
 PATH_ESCAPE = "PATH_ESCAPE"  # the events file or head record is a symbolic link, never followed
+# and the codes of ``Keyring.check``: SIGNATURE_MISSING, SIGNATURE_INVALID, KEY_REVOKED, UNKNOWN_KEY
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Problem:
     line: int
     code: str
     message: str
+    kid: str | None = None  # UNKNOWN_KEY: the key id the line (or head record) names, which the keyring lacks
 
     def to_dict(self) -> dict[str, Any]:
         return {"stream": self.stream, "line": self.line, "code": self.code, "message": self.message}
@@ -89,7 +92,8 @@ def verify_stream(stream: str, lines: Sequence[StoredLine], keyring: Keyring, *,
         expected_prev = line_hash(stored.raw)
         if code:
             clean = False
-            result.problems.append(Problem(stream, stored.seq, code, message))
+            kid = rec.get("kid") if code == UNKNOWN_KEY else None
+            result.problems.append(Problem(stream, stored.seq, code, message, kid))
         elif clean:
             result.records.append(rec)
     return result
@@ -164,8 +168,13 @@ def check_head(stream: str, lines: Sequence[StoredLine], raw: bytes | None,
         return Problem(stream, 0, CORRUPT_LINE, "the head record is not valid JSON"), None
     if not isinstance(rec, dict):
         return Problem(stream, 0, CORRUPT_LINE, "the head record is not a JSON object"), None
-    if keyring.check(rec) or rec.get("stream") != stream:
+    sig_problem = keyring.check(rec)
+    if (sig_problem and sig_problem != UNKNOWN_KEY) or rec.get("stream") != stream:
         return Problem(stream, 0, "SIGNATURE_INVALID", "the head record's signature does not verify"), None
+    if sig_problem:  # nothing it says can be checked here; a keyring that holds its key can (a worker leaves the job)
+        kid = rec.get("kid")
+        return Problem(stream, 0, UNKNOWN_KEY, f"the head record is signed by key {shown(kid)}, which this keyring "
+                       "does not hold", kid), None
     seq = rec.get("seq", 0)
     if type(seq) is not int or seq < 0:  # signed, so written by a key holder: still a problem, not a crash
         return Problem(stream, 0, CORRUPT_LINE, f"the head record's seq {seq!r} is not a count of events"), None

@@ -28,7 +28,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Collection, Iterator, NamedTuple
 
 from orchestrator import faults
 from orchestrator.errors import StorageError
@@ -148,9 +148,12 @@ class QueueIndex(ABC):
     def ready(self) -> list[ReadyEntry]:
         """Every ready entry, in claim order (due or not)."""
 
-    def candidates(self, now: float) -> Iterator[ReadyEntry]:
+    def candidates(self, now: float, skip: Collection[str] = ()) -> Iterator[ReadyEntry]:
         """The entries a claimer should try at ``now``, in claim order, produced lazily (a claim
-        usually stops at the first one; a shared index may reserve that one for this claimer)."""
+        usually stops at the first one; a shared index may reserve that one for this claimer).
+        ``skip``: jobs the claimer will leave whatever it reads (signed by a key it does not hold,
+        ``orchestrator/untrusted.py``): a shared index never reserves one of them for it. They may
+        still be listed; the claimer passes over them without a read."""
         return iter(self.ready())
 
     # Running entries are kept per (job, epoch): the worker that hands a job back to the queue drops
@@ -374,8 +377,9 @@ class FileQueueIndex(QueueIndex):
         entries.sort()
         return entries
 
-    def candidates(self, now: float) -> Iterator[ReadyEntry]:
-        """Claim order, from a sorted listing of ``ready/`` that successive claims share.
+    def candidates(self, now: float, skip: Collection[str] = ()) -> Iterator[ReadyEntry]:
+        """Claim order, from a sorted listing of ``ready/`` that successive claims share (nothing is reserved,
+        so ``skip`` changes nothing).
 
         Listing a backlog of thousands of entries costs ~0.3 ms, as much as the rest of a claim, so a
         worker draining a backlog walks one listing: each claim goes on where the last one stopped,

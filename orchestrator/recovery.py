@@ -25,6 +25,7 @@ from orchestrator.queue import QueueIndex, ReadyEntry
 from orchestrator.runner import RUN_PREFIX, remove_run_folder
 from orchestrator.security import sanitize_text
 from orchestrator.state import QUEUED, RUNNING, WAITING_HUMAN, JobState
+from orchestrator.untrusted import UntrustedJobs, running_mark
 
 if TYPE_CHECKING:
     from orchestrator.api import JobView, Orchestrator
@@ -48,17 +49,30 @@ def reload_keys(orch: Orchestrator) -> bool:
 
 
 def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor: str,
-                    backoff: Callable[[int], float], folders: WorkerFolders) -> list[str]:
+                    backoff: Callable[[int], float], folders: WorkerFolders,
+                    untrusted: UntrustedJobs | None = None) -> list[str]:
     """Recover the running jobs whose lease expired at ``now``; returns their ids. ``backoff`` gives the delay
-    of a retry after that many failures, ``folders`` the jobs' artifact folders (``Worker``'s)."""
+    of a retry after that many failures, ``folders`` the jobs' artifact folders (``Worker``'s).
+
+    A job whose only problem is a key this worker does not hold is left as it is, its running entry kept, for
+    a worker that holds the key to recover; ``untrusted`` (``Worker``'s) remembers it, so later passes do
+    not read it again (``orchestrator/untrusted.py``)."""
     recovered = []
     for job_id, epoch in queue.running_entries():
+        mark = running_mark(job_id, epoch)
+        if untrusted is not None and untrusted.passes_over(mark, job_id):
+            continue
         try:
             view = orch.load(job_id)
             if not view.ok and reload_keys(orch):  # a key made or revoked since this worker started
                 view = orch.load(job_id)
         except (JobNotFoundError, InvalidIdError):  # no such job, or a name no job has (not an entry this code wrote)
             queue.drop_running(job_id, epoch)
+            continue
+        missing = view.missing_keys()
+        if missing:  # whether it runs, and under which epoch, only a worker that holds those keys can tell
+            if untrusted is not None:
+                untrusted.leave(mark, job_id, missing)
             continue
         s = view.state
         if not view.ok or s is None or s.state != RUNNING or epoch not in (None, s.epoch):

@@ -46,6 +46,7 @@ PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub"
 ACTIVE_FILE = "active"
 REVOKED_FILE = "revoked"
+UNKNOWN_KEY = "UNKNOWN_KEY"  # ``Keyring.check``: the record names a key this keyring does not hold
 
 
 def _not_json(obj: Any) -> Any:
@@ -100,9 +101,14 @@ def key_id(public: bytes) -> str:
 _KEY_ID = re.compile(r"k-[0-9a-f]{16}")
 
 
+def is_key_id(value: object) -> bool:
+    """Whether ``value`` has the form ``key_id`` gives every key (so it may name a key some keyring holds)."""
+    return isinstance(value, str) and _KEY_ID.fullmatch(value) is not None
+
+
 def validate_key_id(value: str) -> str:
     """Return ``value`` if it has the form ``key_id`` gives every key, else raise ``InvalidIdError``."""
-    if not isinstance(value, str) or _KEY_ID.fullmatch(value) is None:
+    if not is_key_id(value):
         from orchestrator.security import shown
 
         raise InvalidIdError(f"invalid key id {shown(value)}: a key id is 'k-' and 16 hex digits, "
@@ -255,7 +261,7 @@ class Keyring:
             return "KEY_REVOKED"
         public = self.trusted.get(kid)
         if public is None:
-            return "UNKNOWN_KEY"
+            return UNKNOWN_KEY
         try:
             raw_sig = _unb64(sig)
         except ValueError:

@@ -41,7 +41,8 @@ from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCE
                                  DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS,
                                  MIN_LEASE_SECONDS)
 from orchestrator.errors import (ConcurrencyError, HandlerNotFoundError, InvalidIdError, InvalidInputError,
-                                 JobNotFoundError, PathEscapeError, StorageError, StorageUnavailableError)
+                                 JobNotFoundError, KeyNotTrustedError, PathEscapeError, StorageError,
+                                 StorageUnavailableError)
 from orchestrator.handler_host import HOST_PREFIX, HandlerHost
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, lookup, registry_generation, resolve
 from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease, Lease, write_lease
@@ -56,6 +57,7 @@ from orchestrator.runner import RUN_PREFIX, Child, precise_sleeps, stop_is_defer
 from orchestrator.security import one_line, safe_join, sanitize_text, validate_id
 from orchestrator.store.files import check_folders
 from orchestrator.state import QUEUED, JobState
+from orchestrator.untrusted import UntrustedJobs
 from orchestrator.worker_folders import WORKER_FOLDERS, WorkerFolders
 
 log = logging.getLogger(__name__)
@@ -139,6 +141,7 @@ class Worker:
         self._in_wait = False
         self._warned_kinds: set[str] = set()
         self.unhandled: dict[str, Unhandled] = {}  # kind -> the jobs the last claim left queued for want of a handler
+        self.untrusted = UntrustedJobs(orch.keyring)  # jobs left for want of a key (orchestrator/untrusted.py)
         self._host: HandlerHost | None = None
         self._known: OrderedDict[str, tuple[JobView, Any]] = OrderedDict()  # see ``_remember``
         self.folders = WorkerFolders(orch.settings.state_dir)  # runs/ and artifacts/, never outside the store
@@ -156,7 +159,7 @@ class Worker:
         now = self.orch.clock() if now is None else now
         self.queue.ensure_built(self.orch)
         recovered = recover_expired(self.orch, self.queue, now, actor=self.actor, backoff=self.backoff,
-                                    folders=self.folders)
+                                    folders=self.folders, untrusted=self.untrusted)
         if time.monotonic() >= self._next_sweep:  # after the recoveries: the runs they ended are over
             self._next_sweep = time.monotonic() + SWEEP_EVERY
             reload_keys(self.orch)
@@ -170,9 +173,12 @@ class Worker:
         self.queue.ensure_built(self.orch)
         self.next_due = None
         self.unhandled = {}
-        for entry in self.queue.candidates(now):
+        self.untrusted.new_pass()
+        for entry in self.queue.candidates(now, skip=self.untrusted.skipped()):
             if entry.runnable_at > now:  # delayed (retry backoff): the sorted names tell, no read needed
                 self.next_due = min(self.next_due or entry.runnable_at, entry.runnable_at)
+                continue
+            if self.untrusted.passes_over(entry, entry.job_id):  # left for want of a key, as it was: no read
                 continue
             claim = self._try_claim(entry, now)
             if claim is not None:
@@ -217,6 +223,10 @@ class Worker:
         if not view.ok:
             if reload_keys(self.orch):  # a key made (keys rotate) or revoked since this worker started
                 return self._try_claim(entry, now)
+            missing = view.missing_keys()
+            if missing:  # nothing else wrong: a worker that trusts those keys can check it, and runs it
+                self.untrusted.leave(entry, view.job_id, missing)
+                return None
             self._refuse(view, entry, now)
             return None
         s = view.state
@@ -281,8 +291,14 @@ class Worker:
             "on its PYTHONPATH), or cancel the job and submit it with the right --kind",
             worker_id=self.worker_id, jobs=jobs, kinds=kinds)
 
+    def untrusted_keys(self) -> KeyNotTrustedError | None:
+        """The jobs the last ``claim`` left queued because keys this worker does not trust signed them, by key, as
+        the error ``worker --once`` exits with (8) when it ran nothing; None if it left none."""
+        return self.untrusted.error(self.worker_id)
+
     def _refuse(self, view: JobView, entry: ReadyEntry, now: float) -> None:
-        """A job whose history failed verification is never run: audit the refusal, drop its entry."""
+        """A job whose history failed verification is never run: audit the refusal, drop its entry. (Unless its
+        only problem is a key this worker does not hold: ``orchestrator/untrusted.py``.)"""
         err = view.integrity_error() or {}
         audit_log.record(self.orch, job_id=view.job_id, action="run_refused", actor=self.actor,
                          note=sanitize_text(f"{err.get('code')}: {err.get('message')}"), now=now)

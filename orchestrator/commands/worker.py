@@ -11,7 +11,7 @@ from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCE
                                  DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
                                  DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS,
                                  MIN_LEASE_SECONDS)
-from orchestrator.errors import HandlerNotFoundError
+from orchestrator.errors import HandlerNotFoundError, KeyNotTrustedError
 from orchestrator.security import sanitize_text
 
 EXIT_RAN = 0
@@ -27,12 +27,13 @@ def _env_list(value: str | None) -> tuple[str, ...]:
               help="Recover stale jobs, claim and run at most one job, then exit "
                    f"(exit {EXIT_RAN}: ran a job; exit {EXIT_NOTHING_TO_DO}: nothing was runnable; exit "
                    f"{HandlerNotFoundError.exit_code}: ran nothing and left queued jobs of a kind it has no "
-                   "handler for).")
+                   f"handler for; exit {KeyNotTrustedError.exit_code}: ran nothing and left queued jobs signed by a "
+                   "key it does not trust).")
 @click.option("--max-jobs", type=click.IntRange(min=1), default=None, envvar="ORCH_MAX_JOBS", show_envvar=True,
               help="Exit after running this many jobs.")
 @click.option("--idle-exit", is_flag=True, envvar="ORCH_IDLE_EXIT", show_envvar=True,
               help="Exit when no queued job is left that this worker can run (a delayed retry still counts as "
-                   "queued; a job of a kind it has no handler for does not).")
+                   "queued; a job of a kind it has no handler for, or signed by a key it does not trust, does not).")
 @click.option("--lease-seconds", type=FiniteFloatRange(min=MIN_LEASE_SECONDS, max=MAX_LEASE_SECONDS),
               default=DEFAULT_LEASE_SECONDS, show_default=True, envvar="ORCH_LEASE_SECONDS", show_envvar=True,
               help="Lease length; renewed every third of it while a job runs. A job whose lease "
@@ -79,15 +80,17 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
 
     With --json it prints JSON Lines, one JSON object per line: one per job it ran (one in all with
     --once), and last, without --once, {"event": "worker_stopped", ...} when it stops (jobs run,
-    and the queued jobs of kinds it has no handler for, by kind), or an error object if it stops
-    on an error.
+    the queued jobs of kinds it has no handler for, by kind, and those signed by keys it does not
+    trust, by key), or an error object if it stops on an error.
 
     Exit codes: 0 ran a job (--once) or stopped normally, 75 nothing was runnable (--once),
     11 ran nothing but left queued jobs of a kind this worker has no handler for (--once; the
     error names the kinds, how many jobs, and why), 2 unknown option, choice or out-of-range
     value on the command line, 3 the same from the environment or .env, a bad setting, a handler
     module that cannot be imported, or a folder of the store that is a symbolic link
-    (PATH_ESCAPE), 8 no usable signing key, 10 the store refused a write or
+    (PATH_ESCAPE), 8 no usable signing key, or (--once) ran nothing but left queued jobs signed by
+    a key this worker does not trust (UNKNOWN_KEY; the error names the keys and how many jobs;
+    11 comes first when it left both kinds of jobs), 10 the store refused a write or
     could not be reached (a looping worker that reached it once waits for it instead; --once
     retries a store lost during stale recovery or the claim for --store-wait-seconds, and waits
     for its run's outcome as long as it takes).
@@ -119,21 +122,35 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
             finally:
                 w.close()
             if result is None:
-                missing = w.handler_not_found()
-                if missing is not None:
-                    raise missing
+                left = _left_queued(w.handler_not_found(), w.untrusted_keys())
+                if left is not None:
+                    raise left
                 out.emit({"ran": False, "worker_id": w.worker_id}, "nothing to run")
                 return EXIT_NOTHING_TO_DO
             report(result)
             return EXIT_RAN
         out.progress(f"worker {w.worker_id} started")
         done = w.run(max_jobs=max_jobs, idle_exit=idle_exit, on_result=report)
-    left = w.handler_not_found()  # what its last pass left queued: a looping worker only warned of it
-    message = f"worker {w.worker_id} stopped after {done} job(s)" + (f"; {left.message}" if left else "")
+    # what its last pass left queued: a looping worker only warned of it
+    left, untrusted = w.handler_not_found(), w.untrusted_keys()
+    message = (f"worker {w.worker_id} stopped after {done} job(s)" + (f"; {left.message}" if left else "")
+               + (f"; {untrusted.message}" if untrusted else ""))
     if out.as_json:  # the last JSON line, told from a run's line ("job_id") and an error's ("error") by "event"
         no_handler = {key: left.details[key] for key in ("jobs", "kinds")} if left else {"jobs": 0, "kinds": {}}
+        unknown_keys = ({key: untrusted.details[key] for key in ("jobs", "keys")} if untrusted
+                        else {"jobs": 0, "keys": {}})
         out.emit({"event": "worker_stopped", "worker_id": w.worker_id, "jobs_run": done, "no_handler": no_handler,
-                  "message": message}, message)
+                  "unknown_keys": unknown_keys, "message": message}, message)
     else:
         click.echo(sanitize_text(message), err=True)
     return EXIT_RAN
+
+
+def _left_queued(no_handler: HandlerNotFoundError | None,
+                 untrusted: KeyNotTrustedError | None) -> HandlerNotFoundError | KeyNotTrustedError | None:
+    """What ``worker --once`` that ran nothing exits with: the jobs it left for want of a handler (11), else those
+    it left for want of a key (8); when it left both, the first names the second too."""
+    if no_handler is None or untrusted is None:
+        return no_handler or untrusted
+    return HandlerNotFoundError(f"{no_handler.message}. Also: {untrusted.message}", **no_handler.details,
+                                unknown_keys={key: untrusted.details[key] for key in ("jobs", "keys")})

@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, Collection
 
 from orchestrator import faults
 from orchestrator.errors import StorageError
@@ -51,6 +51,7 @@ _CANDIDATES = """
 WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)),
 pick AS (SELECT job_id, priority, runnable_at_us FROM orch_ready
          WHERE project = %(p)s AND runnable_at_us <= %(now)s AND reserved_until_us <= %(now)s
+         AND job_id <> ALL(%(skip)s::text[])
          ORDER BY priority DESC, runnable_at_us, job_id LIMIT 1 FOR UPDATE SKIP LOCKED),
 reserved AS (UPDATE orch_ready r SET reserved_by = %(by)s, reserved_until_us = %(until)s FROM pick, async_commit
              WHERE r.project = %(p)s AND r.job_id = pick.job_id AND r.priority = pick.priority
@@ -152,20 +153,22 @@ class PgQueueIndex(QueueIndex):
                          "ORDER BY priority DESC, runnable_at_us, job_id", (self.project,), write=False, fetch=True)
         return [ReadyEntry(-pr, at, job) for pr, at, job in rows]
 
-    def candidates(self, now: float) -> list[ReadyEntry]:
+    def candidates(self, now: float, skip: Collection[str] = ()) -> list[ReadyEntry]:
         """Reserve the first due job (SKIP LOCKED), then a few more due ones, then hints for later.
 
         The result, in claim order: the reserved entry; up to ``CANDIDATES`` other due,
         unreserved entries; the earliest not-yet-due entry; and, for a job another worker
         reserved, an entry dated when its reservation lapses (so this worker looks again then,
-        in case that worker could not claim it).
+        in case that worker could not claim it). A job in ``skip`` (one this worker leaves for want
+        of a key) is never the reserved one: reserved at every pass, it would keep the workers that
+        trust its key waiting, and the rows after it from this one.
         """
         now_us = int(round(now * 1e6))
         until = now_us + int(RESERVATION_SECONDS * 1e6)
         p = self.project
 
-        rows = self._sql(_CANDIDATES, {"p": p, "now": now_us, "by": self.reserver, "until": until,
-                                       "n": CANDIDATES + 1}, write=True, fetch=True)  # the reservation
+        rows = self._sql(_CANDIDATES, {"p": p, "now": now_us, "by": self.reserver, "until": until,  # the reservation
+                                       "n": CANDIDATES + 1, "skip": list(skip)}, write=True, fetch=True)
         out, seen = [], set()
         for _part, pr, at, job in rows:  # the reserved row first; it is in the statement's snapshot twice
             if job not in seen:

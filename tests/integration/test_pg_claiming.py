@@ -246,9 +246,9 @@ def test_an_idle_worker_is_woken_by_notify_within_200ms_without_polling(cluster:
     scans: list[float] = []
     real = here.queue.candidates
 
-    def counting(now: float) -> list:
+    def counting(now: float, **kw: Any) -> list:
         scans.append(time.monotonic())
-        return real(now)
+        return real(now, **kw)
 
     here.queue.candidates = counting  # type: ignore[method-assign]
     done: list[Any] = []

@@ -1,0 +1,125 @@
+"""Jobs signed by keys a worker does not hold: left for a worker that holds them.
+
+In a deployment of several machines, each signing with its own key and trusting the others' ``.pub``
+files (``ORCH_TRUSTED_KEYS_DIR``), a worker that lacks one machine's key finds every job that machine
+wrote failing verification as ``UNKNOWN_KEY``. When that is all that is wrong with a job
+(``JobView.missing_keys``), this worker cannot tell a good job from a bad one, and a worker that holds
+the key can: so the job is left for it, as a job of a kind without a handler here is. Nothing is
+written (no ``run_refused``), no index entry is dropped (its ready entry, or in stale recovery its
+running entry), nothing is claimed; a warning is logged once per key. Any other problem, alone or
+beside an unknown key, is refused as before.
+
+The worker remembers the index entry it left each job at (``UntrustedJobs``), and passes over that
+entry on later passes without reading the job: an entry names one stretch of a job's life (a ready
+entry is moved or dropped by every event of a queued job, a running entry ``(job, epoch)`` by every
+event of a running one), and a line under an unknown key stays in an append-only history, so the
+job could not be checked here anyway. What is remembered is forgotten when the keys the worker
+trusts or refuses change (``Keyring.reload``: at its sweep, once a minute, or when it meets a job it
+cannot check), and then every such job is read again. See ``docs/worker.md``.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Hashable
+
+from orchestrator.errors import KeyNotTrustedError
+from orchestrator.queue import ReadyEntry
+from orchestrator.signing import Keyring
+
+log = logging.getLogger(__name__)
+
+LEFT_KEPT = 1024  # index entries of jobs left for want of a key that a worker remembers (the oldest forgotten)
+SKIPPED_MAX = 256  # of those, the jobs (the latest met) a shared index is asked not to reserve for this worker
+
+
+class UntrustedJobs:
+    """The jobs one worker left because keys it does not hold signed them, by the index entry it met them at."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+        self._left: OrderedDict[Hashable, frozenset[str]] = OrderedDict()  # entry -> the keys missing
+        self._trust = keyring.trust_state()  # the keys the entries above were checked with
+        self._warned: set[str] = set()
+        self.queued: dict[str, set[str]] = {}  # key id -> the queued jobs the last claim pass left for want of it
+
+    def new_pass(self) -> None:
+        """A claim pass begins: ``queued`` counts what it leaves."""
+        self.queued = {}
+
+    def passes_over(self, mark: Hashable, job_id: str) -> bool:
+        """True if this worker left the job at index entry ``mark`` (a ``ReadyEntry``, or ``running_mark``) under
+        the keys it trusts now: it is passed over without a read. A ready entry counts in ``queued``."""
+        if not self._left:  # the usual case: nothing left, nothing to compare
+            return False
+        self._check_trust()
+        kids = self._left.get(mark)
+        if kids is None:
+            return False
+        self._left.move_to_end(mark)
+        self._count(mark, job_id, kids)
+        return True
+
+    def leave(self, mark: Hashable, job_id: str, kids: frozenset[str]) -> None:
+        """Remember that the job at index entry ``mark`` was left for want of keys ``kids`` (read under the keys
+        trusted now), and warn once for each key not warned of before."""
+        self._check_trust()
+        self._left[mark] = kids
+        self._left.move_to_end(mark)
+        while len(self._left) > LEFT_KEPT:
+            self._left.popitem(last=False)
+        self._count(mark, job_id, kids)
+        folders = ", ".join(self.keyring.folders) or "none: a keyring made in memory"
+        for kid in sorted(kids - self._warned):
+            self._warned.add(kid)
+            log.warning("job %s is signed by key %s, which this worker does not trust: leaving the job (and every "
+                        "other job that key signed) for a worker that does. If the key is another machine's, copy "
+                        "its %s.pub into the trusted keys folder (ORCH_TRUSTED_KEYS_DIR) of this machine; a running "
+                        "worker reads its keyring folders (%s) again within a minute. A key no machine holds means "
+                        "the job was written without one: `orchestrator verify` lists it", job_id, kid, kid, folders,
+                        extra={"job_id": job_id, "key_id": kid, "code": KeyNotTrustedError.code})
+
+    def skipped(self) -> list[str]:
+        """The jobs of the ready entries left (the ``SKIPPED_MAX`` met last), for a shared index not to reserve them
+        for this worker (PostgreSQL, ``QueueIndex.candidates``)."""
+        if not self._left:
+            return []
+        self._check_trust()
+        jobs: list[str] = []
+        for mark in reversed(self._left):
+            if len(jobs) == SKIPPED_MAX:
+                break
+            if isinstance(mark, ReadyEntry):
+                jobs.append(mark.job_id)
+        return jobs
+
+    def error(self, worker_id: str) -> KeyNotTrustedError | None:
+        """The queued jobs the last claim pass left for want of a key, by key, as the error ``worker --once`` exits
+        with (8) when it ran nothing; None if it left none."""
+        if not self.queued:
+            return None
+        jobs = len(set().union(*self.queued.values()))
+        keys = {kid: len(ids) for kid, ids in sorted(self.queued.items())}
+        listed = "; ".join(f"{kid} ({n} job(s))" for kid, n in list(keys.items())[:5])
+        more = f"; {len(keys) - 5} more key(s)" if len(keys) > 5 else ""
+        return KeyNotTrustedError(
+            f"{jobs} queued job(s) left for a worker that trusts the key that signed them: {listed}{more}. Copy "
+            "each key's .pub into the trusted keys folder (ORCH_TRUSTED_KEYS_DIR) of this machine, or run the jobs "
+            "on a machine that trusts it; a key no machine holds means the jobs were written without one "
+            "(orchestrator verify)", worker_id=worker_id, jobs=jobs, keys=keys)
+
+    def _count(self, mark: Hashable, job_id: str, kids: frozenset[str]) -> None:
+        if isinstance(mark, ReadyEntry):
+            for kid in kids:
+                self.queued.setdefault(kid, set()).add(job_id)  # a set: a pass may meet an entry twice
+
+    def _check_trust(self) -> None:
+        state = self.keyring.trust_state()
+        if state != self._trust:  # a key trusted or revoked since (Keyring.reload): every job is read again
+            self._trust = state
+            self._left.clear()
+
+
+def running_mark(job_id: str, epoch: int | None) -> tuple[str, str, int | None]:
+    """What ``UntrustedJobs`` remembers a job left in stale recovery by: its running entry."""
+    return ("running", job_id, epoch)

@@ -1,0 +1,244 @@
+"""Several machines, each signing with its own key: a worker that lacks one machine's ``.pub`` leaves the jobs that
+key signed for a worker that trusts it (``orchestrator/untrusted.py``) instead of refusing them, while any other
+problem is refused as before.
+
+Machine A's keyring lacks B's public key (the misconfigured one); B's trusts both (configured right). Both
+machines share one store: the file backend here, PostgreSQL at the end.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+import worker_handlers  # noqa: F401  (registers t.* handlers)
+from helpers import run_script
+from orchestrator import Orchestrator
+from orchestrator.signing import Keyring, _private_from_pem_file, write_keypair
+from orchestrator.store.base import AUDIT_STREAM
+from orchestrator.worker import Worker, WorkerSettings
+
+
+def make_worker(orch: Orchestrator, name: str, **kw) -> Worker:
+    kw.setdefault("retry_base_seconds", 0.0)
+    return Worker(orch, WorkerSettings(worker_id=name, **kw), rng=random.Random(7))
+
+
+def types(orch: Orchestrator, job_id: str) -> list[str]:
+    return [json.loads(line.raw)["type"] for line in orch.store.read(job_id)]
+
+
+def audited(orch: Orchestrator, job_id: str) -> list[str]:
+    """The audit actions naming the job."""
+    return [rec["data"]["action"] for rec in map(json.loads, (line.raw for line in orch.store.read(AUDIT_STREAM)))
+            if rec.get("job_id") == job_id]
+
+
+class Machines:
+    """Two machines on one store: ``a`` trusts only its own key, ``b`` its own and A's. ``b_pub`` is B's ``.pub``,
+    and ``a_trusted`` the folder A's keyring reads again (``Keyring.reload``) to trust more keys."""
+
+    def __init__(self, tmp_path: Path, base: Path, store_factory=None, project: str = "proj") -> None:
+        self.a_trusted = tmp_path / "a-trusted"
+        self.a_trusted.mkdir()
+        b_keys = tmp_path / "b-keys"
+        b_kid = write_keypair(b_keys)
+        self.b_pub = b_keys / f"{b_kid}.pub"
+        self.ring_a = Keyring.generate()
+        self.ring_a.folders = (str(self.a_trusted),)
+        self.ring_b = Keyring()
+        self.ring_b.add_signer(_private_from_pem_file(b_keys / f"{b_kid}.key"))
+        assert self.ring_b.signer_id == b_kid
+        self.ring_b.trusted.update(self.ring_a.trusted)
+        store = store_factory or (lambda: None)
+        self.a = Orchestrator(base_path=base, project_id=project, keyring=self.ring_a, store=store())
+        self.b = Orchestrator(base_path=base, project_id=project, keyring=self.ring_b, store=store())
+
+    @property
+    def b_kid(self) -> str:
+        return self.ring_b.signer_id or ""
+
+    def give_a_the_key_of_b(self) -> None:
+        shutil.copy(self.b_pub, self.a_trusted / self.b_pub.name)
+
+
+@pytest.fixture
+def m(tmp_path: Path, base: Path) -> Machines:
+    return Machines(tmp_path, base)
+
+
+# -- queued jobs ----------------------------------------------------------------------------------------
+def test_a_job_signed_by_a_key_the_worker_does_not_trust_stays_queued_for_a_worker_that_trusts_it(m: Machines) -> None:
+    job = m.b.submit("t.echo", "from b")
+    wa = make_worker(m.a, "a")
+    assert wa.run_once() is None
+    assert types(m.a, job) == ["job_submitted"]  # not claimed
+    assert [e.job_id for e in m.a.queue.ready()] == [job]  # its ready entry kept
+    assert audited(m.a, job) == []  # no run_refused
+    assert wa.untrusted_keys().details["keys"] == {m.b_kid: 1}
+    result = make_worker(m.b, "b").run_once()
+    assert result is not None and (result.job_id, result.outcome) == (job, "succeeded")
+
+
+def test_a_job_claimed_and_handed_back_by_another_machine_is_left_too(m: Machines) -> None:
+    """Written by both machines (submitted on A, retried by B's stale recovery): A can check its own lines, not B's,
+    nor the head record B signed; the part it can check says "queued", the rest only B can tell."""
+    job = m.a.submit("t.echo", "mixed")
+    t = m.a.clock()
+    assert make_worker(m.b, "b-dead", lease_seconds=30).claim(now=t) is not None
+    assert make_worker(m.b, "b-rescuer").recover_stale(now=t + 31) == [job]
+    wa = make_worker(m.a, "a")
+    assert wa.claim(now=t + 32) is None
+    assert types(m.a, job) == ["job_submitted", "job_claimed", "stale_recovered"]
+    assert [e.job_id for e in m.a.queue.ready()] == [job] and audited(m.a, job) == ["stale_recovered"]
+    assert make_worker(m.b, "b").claim(now=t + 32) is not None
+
+
+def test_the_worker_warns_once_per_key_and_passes_over_the_job_without_reading_it_until_its_keys_change(
+        m: Machines, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    jobs = [m.b.submit("t.echo", i) for i in range(2)]
+    wa = make_worker(m.a, "a")
+    with caplog.at_level(logging.WARNING, logger="orchestrator.untrusted"):
+        assert wa.run_once() is None
+        reads: list[str] = []
+        real = m.a.load
+        monkeypatch.setattr(m.a, "load", lambda job_id, **kw: reads.append(job_id) or real(job_id, **kw))
+        assert wa.run_once() is None
+        assert reads == []  # both passed over at the entries it left them at: no read, no signature checked
+        assert wa.untrusted_keys().details == {"worker_id": "a", "jobs": 2, "keys": {m.b_kid: 2}}
+    warnings = [r.getMessage() for r in caplog.records if m.b_kid in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert f"{m.b_kid}.pub" in warnings[0] and "ORCH_TRUSTED_KEYS_DIR" in warnings[0]
+    m.give_a_the_key_of_b()  # the operator mends A's keyring; A reads it again at its sweep, once a minute
+    assert wa.run_once() is None and reads == []  # not yet read again: the keys A trusts are as they were
+    wa._next_sweep = 0.0  # a minute later
+    ran = [wa.run_once(), wa.run_once()]
+    assert sorted(r.job_id for r in ran if r) == sorted(jobs) and all(r.outcome == "succeeded" for r in ran if r)
+
+
+def test_a_job_queued_again_since_it_was_left_is_read_again(m: Machines, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The entry a job was left at names one stretch of its life: once the job is queued again (a new entry), it is
+    read again, and left again while its keys are still missing."""
+    job = m.b.submit("t.echo", "b")
+    wa = make_worker(m.a, "a")
+    reads: list[str] = []
+    real = m.a.load
+    monkeypatch.setattr(m.a, "load", lambda job_id, **kw: reads.append(job_id) or real(job_id, **kw))
+    t = m.a.clock()
+    assert wa.claim(now=t) is None and wa.claim(now=t + 1) is None
+    assert reads == [job]  # read once
+    assert make_worker(m.b, "b-dead", lease_seconds=30).claim(now=t + 1) is not None
+    assert make_worker(m.b, "b-rescuer").recover_stale(now=t + 32) == [job]  # queued again: another entry
+    assert wa.claim(now=t + 33) is None and reads == [job, job]
+    assert [e.job_id for e in m.a.queue.ready()] == [job] and audited(m.a, job) == ["stale_recovered"]
+    m.give_a_the_key_of_b()
+    m.ring_a.reload()  # A's keyring read again (its sweep, or a claim that meets a job it cannot check)
+    assert wa.claim(now=t + 34) is not None
+
+
+# -- running jobs whose lease expired ---------------------------------------------------------------------
+def test_a_stale_job_signed_by_a_key_the_worker_does_not_trust_keeps_its_running_entry_for_one_that_trusts_it(
+        m: Machines) -> None:
+    job = m.a.submit("t.echo", "claimed by b")  # submitted on A, claimed on B, whose worker then dies
+    t = m.a.clock()
+    assert make_worker(m.b, "b-dead", lease_seconds=30).claim(now=t) is not None
+    wa = make_worker(m.a, "a")
+    assert wa.recover_stale(now=t + 31) == []
+    assert [j for j, _ in m.a.queue.running_entries()] == [job]  # its running entry kept
+    assert types(m.a, job) == ["job_submitted", "job_claimed"] and audited(m.a, job) == []
+    assert wa.recover_stale(now=t + 32) == []  # passed over, without a read, on every later pass
+    assert make_worker(m.b, "b-rescuer").recover_stale(now=t + 33) == [job]
+    assert m.b.status(job).state == "queued"
+
+
+# -- other problems are refused as before -----------------------------------------------------------------
+def test_a_bad_signature_beside_lines_of_an_unknown_key_is_still_refused_and_its_entry_dropped(m: Machines) -> None:
+    """One line the worker can check was edited: the job is refused, whatever the lines it cannot check say."""
+    job = m.a.submit("t.echo", "aaaa")
+    t = m.a.clock()
+    assert make_worker(m.b, "b-dead", lease_seconds=30).claim(now=t) is not None
+    assert make_worker(m.b, "b-rescuer").recover_stale(now=t + 31) == [job]  # queued again, by B
+    path = m.a.store.path(job)
+    path.write_bytes(path.read_bytes().replace(b'"input":"aaaa"', b'"input":"bbbb"', 1))  # A's own line
+    codes = {p.code for p in m.a.load(job, every_signature=True).problems}
+    assert {"SIGNATURE_INVALID", "UNKNOWN_KEY"} <= codes  # (and CHAIN_BROKEN at line 2, which names line 1's hash)
+    wa = make_worker(m.a, "a")
+    assert wa.claim(now=t + 32) is None
+    assert audited(m.a, job)[-1] == "run_refused" and m.a.queue.ready() == []
+    assert wa.untrusted_keys() is None
+
+
+def test_a_job_signed_by_a_key_the_worker_revoked_is_still_refused(m: Machines) -> None:
+    job = m.b.submit("t.echo", "revoked")
+    m.ring_a.revoked = frozenset({m.b_kid})  # revoked on A, whether or not A trusted it before
+    assert make_worker(m.a, "a").run_once() is None
+    assert audited(m.a, job) == ["run_refused"] and m.a.queue.ready() == []
+    assert "KEY_REVOKED" in m.a.status(job).integrity_error["message"]
+
+
+def test_a_key_id_no_key_can_have_is_refused_not_left(base: Path, m: Machines) -> None:
+    forger = Keyring.generate()
+    forger.signer_id = "nobody"  # no key's id has this form: these lines were made without one
+    job = Orchestrator(base_path=base, project_id="proj", keyring=forger).submit("t.echo", "forged")
+    assert make_worker(m.a, "a").run_once() is None
+    assert audited(m.a, job) == ["run_refused"] and m.a.queue.ready() == []
+
+
+# -- worker --once and the stop line ----------------------------------------------------------------------
+def test_worker_once_exits_8_naming_the_key_of_the_jobs_it_left_and_runs_them_once_it_trusts_it(
+        cli_env: dict[str, str], base: Path, tmp_path: Path) -> None:
+    env = {**cli_env, "PYTHONPATH": f"{cli_env['PYTHONPATH']}{os.pathsep}{Path(__file__).parents[1]}",
+           "ORCH_HANDLERS": "worker_handlers"}  # worker A signs with ORCH_SIGNING_KEY and trusts only that key
+    m = Machines(tmp_path, base)
+    job = m.b.submit("t.echo", "b")
+    once = run_script("worker", "--once", "--json", env=env)
+    assert once.returncode == 8, once.stderr
+    error = json.loads(once.stdout)
+    assert error["error"] == "UNKNOWN_KEY" and error["details"]["keys"] == {m.b_kid: 1}
+    assert f"{m.b_kid}.pub" in once.stderr  # the warning says what to do
+    looping = run_script("worker", "--idle-exit", "--json", env=env)
+    assert looping.returncode == 0, looping.stderr
+    stopped = json.loads(looping.stdout.splitlines()[-1])
+    assert stopped["event"] == "worker_stopped" and stopped["unknown_keys"] == {"jobs": 1, "keys": {m.b_kid: 1}}
+    assert types(m.b, job) == ["job_submitted"] and audited(m.b, job) == []
+    env["ORCH_TRUSTED_KEYS_DIR"] = str(m.a_trusted)
+    m.give_a_the_key_of_b()
+    ran = run_script("worker", "--once", "--json", env=env)
+    assert ran.returncode == 0 and json.loads(ran.stdout)["outcome"] == "succeeded", ran.stderr
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------------------
+@pytest.mark.postgres
+def test_on_postgres_a_job_left_for_want_of_a_key_keeps_its_row_and_is_never_reserved_again_by_that_worker(
+        tmp_path: Path, base: Path) -> None:
+    """A worker that leaves a job does not reserve it at its next passes: reserved at every pass, it would keep
+    the workers that trust its key waiting for the reservation to lapse, and its own claims from the rows after it."""
+    from backends import TestPostgresStore, require_pg
+    from orchestrator.store.postgres import PostgresStore
+
+    require_pg()
+    home = TestPostgresStore()
+    stores: list[PostgresStore] = []
+
+    def store() -> PostgresStore:
+        stores.append(PostgresStore(home.url, home.project))
+        return stores[-1]
+    try:
+        m = Machines(tmp_path, base, store, project=home.project)
+        job = m.b.submit("t.echo", "pg")
+        t = m.a.clock()
+        wa = make_worker(m.a, "a")
+        assert wa.claim(now=t) is None  # reserves it (2 s), leaves it
+        assert wa.claim(now=t + 3) is None  # the reservation lapsed: not reserved again
+        assert [e.job_id for e in m.b.queue.ready()] == [job] and audited(m.b, job) == []
+        claim = make_worker(m.b, "b").claim(now=t + 3)
+        assert claim is not None and claim.job_id == job
+    finally:
+        for s in stores:
+            s.close()
+        home.close()
