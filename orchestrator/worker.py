@@ -57,7 +57,7 @@ from orchestrator.runner import RUN_PREFIX, Child, precise_sleeps, stop_is_defer
 from orchestrator.security import one_line, safe_join, sanitize_text, validate_id
 from orchestrator.store.files import check_folders
 from orchestrator.state import QUEUED, JobState
-from orchestrator.untrusted import UntrustedJobs
+from orchestrator.untrusted import SKIPPED_MAX, UntrustedJobs
 from orchestrator.worker_folders import WORKER_FOLDERS, WorkerFolders
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,7 @@ class Worker:
         self._warned_kinds: set[str] = set()
         self.unhandled: dict[str, Unhandled] = {}  # kind -> the jobs the last claim left queued for want of a handler
         self.untrusted = UntrustedJobs(orch.keyring)  # jobs left for want of a key (orchestrator/untrusted.py)
+        self._left_unhandled: OrderedDict[str, None] = OrderedDict()  # jobs left for want of a handler, latest last
         self._host: HandlerHost | None = None
         self._known: OrderedDict[str, tuple[JobView, Any]] = OrderedDict()  # see ``_remember``
         self.folders = WorkerFolders(orch.settings.state_dir)  # runs/ and artifacts/, never outside the store
@@ -174,7 +175,10 @@ class Worker:
         self.next_due = None
         self.unhandled = {}
         self.untrusted.new_pass()
-        for entry in self.queue.candidates(now, skip=self.untrusted.skipped()):
+        # a job left for want of a handler or a key is never the one a shared index reserves for this worker: reserved
+        # at every pass, it would keep the workers that can run it waiting (PostgreSQL, ``QueueIndex.candidates``)
+        skip = self.untrusted.skipped() + list(self._left_unhandled)
+        for entry in self.queue.candidates(now, skip=skip):
             if entry.runnable_at > now:  # delayed (retry backoff): the sorted names tell, no read needed
                 self.next_due = min(self.next_due or entry.runnable_at, entry.runnable_at)
                 continue
@@ -265,6 +269,7 @@ class Worker:
         if left is None:
             try:
                 lookup(s.kind)
+                self._left_unhandled.pop(s.job_id, None)  # a handler registered since: this worker may reserve it again
                 return False
             except HandlerNotFoundError as exc:
                 left = self.unhandled[s.kind] = Unhandled(exc.details["reason"])
@@ -274,6 +279,10 @@ class Worker:
                                 "ORCH_HANDLERS)", sanitize_text(exc.message), s.job_id,
                                 extra={"job_id": s.job_id, "kind": s.kind})
         left.job_ids.add(s.job_id)  # a set: a pass may meet an entry twice (queue.candidates)
+        self._left_unhandled[s.job_id] = None
+        self._left_unhandled.move_to_end(s.job_id)
+        while len(self._left_unhandled) > SKIPPED_MAX:  # the latest met: older ones were most likely run since
+            self._left_unhandled.popitem(last=False)
         return True
 
     def handler_not_found(self) -> HandlerNotFoundError | None:

@@ -114,6 +114,29 @@ def test_each_job_is_claimed_exactly_once_by_concurrent_workers_on_postgres(clus
     assert machines[0].queue.ready() == [] and sorted(machines[0].queue.running()) == sorted(jobs)
 
 
+def test_a_job_a_worker_has_no_handler_for_is_not_reserved_again_by_it(cluster: Cluster, monkeypatch) -> None:
+    """Workers with different ``--import`` modules share a queue: one without the job's handler reserved it at
+    each of its passes (for two seconds each time), so the worker that has the handler never got it."""
+    import orchestrator.worker as worker_mod
+    from orchestrator.errors import HandlerNotFoundError
+
+    a, b = cluster.machine("a"), cluster.machine("b")
+    job = a.submit("t.echo", "for b")
+    wa, wb = cluster.worker(a, "without-handler"), cluster.worker(b, "with-handler")
+    real_lookup = worker_mod.lookup
+
+    def none_here(kind: str):
+        raise HandlerNotFoundError(f"no handler for kind {kind!r}: not imported here", kind=kind, reason="not imported here")
+
+    now = a.clock()
+    monkeypatch.setattr(worker_mod, "lookup", none_here)
+    assert wa.claim(now) is None  # reserved for a moment by this first pass, then left
+    assert wa.claim(now + 3) is None  # its reservation lapsed: a later pass must not take it again
+    monkeypatch.setattr(worker_mod, "lookup", real_lookup)
+    claim = wb.claim(now + 3)
+    assert claim is not None and claim.job_id == job
+
+
 def test_a_refused_claim_leaves_the_index_as_it_was(cluster: Cluster) -> None:
     a, b = cluster.machine("a"), cluster.machine("b")
     job = a.submit("t.echo", 1)
