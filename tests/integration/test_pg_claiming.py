@@ -341,34 +341,47 @@ def test_a_lost_listen_connection_is_reopened_and_reported_as_a_wake_up(cluster:
     index.close()
 
 
-def test_a_forked_child_listens_on_its_own_connection_and_never_ends_the_parents(cluster: Cluster) -> None:
-    """The child inherits the index with the parent's LISTEN connection: waiting on it would take the parent's
-    notifications, and closing it would end the parent's session (libpq's Terminate goes to the server)."""
+def _fork(body: Callable[[], int]) -> int:
+    """A child process that runs ``body`` and exits with what it returns (1 if it raised); its pid."""
     import warnings
 
-    here, submitter = cluster.machine("a"), cluster.machine("b")
-    index = here.queue
-    assert isinstance(index, PgQueueIndex)
-    index.wait(0)
-    parents = index._listener.info.backend_pid  # noqa: SLF001
-    report_r, report_w = os.pipe()
     with warnings.catch_warnings():  # Python 3.12 warns about fork() with threads
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            index.wait(0)
-            os.write(report_w, str(index._listener.info.backend_pid).encode())  # noqa: SLF001
-            index.close()
-            code = 0
+            code = body()
         finally:
             os._exit(code)
+    return pid
+
+
+def _exit_code(pid: int) -> int:
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_a_forked_child_listens_on_its_own_connection_and_never_ends_the_parents(cluster: Cluster) -> None:
+    """The child inherits the index with the parent's LISTEN connection: waiting on it would take the parent's
+    notifications, and closing it would end the parent's session (libpq's Terminate goes to the server)."""
+    here, submitter = cluster.machine("a"), cluster.machine("b")
+    index = here.queue
+    assert isinstance(index, PgQueueIndex)
+    index.wait(0)
+    parents = index._listener.info.backend_pid  # noqa: SLF001
+    report_r, report_w = os.pipe()
+
+    def child() -> int:
+        index.wait(0)
+        os.write(report_w, str(index._listener.info.backend_pid).encode())  # noqa: SLF001
+        index.close()
+        return 0
+
+    pid = _fork(child)
     os.close(report_w)
     childs = int(os.read(report_r, 100) or 0)
     os.close(report_r)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert _exit_code(pid) == 0
     assert childs not in (0, parents)  # the child listened on a connection of its own
     submitter.submit("t.echo", 1)
     assert index.wait(5.0) is True
@@ -379,24 +392,14 @@ def test_a_forked_child_listens_on_its_own_connection_and_never_ends_the_parents
 def test_a_candidate_reserved_in_a_forked_child_names_the_child_not_its_parent(cluster: Cluster) -> None:
     """``reserved_by`` is for diagnosis: it must name the process that holds the reservation."""
     import socket
-    import warnings
 
     here = cluster.machine("a")
     index = here.queue
     assert isinstance(index, PgQueueIndex)
     assert index.candidates(here.clock()) == []  # the index is made (and used) in the parent first
     job = here.submit("t.echo", 1)
-    with warnings.catch_warnings():  # Python 3.12 warns about fork() with threads
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            code = 0 if [e.job_id for e in index.candidates(here.clock())][:1] == [job] else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    pid = _fork(lambda: 0 if [e.job_id for e in index.candidates(here.clock())][:1] == [job] else 2)
+    assert _exit_code(pid) == 0
     with here.store._take() as conn:  # noqa: SLF001 - read the reservation the child made
         reserved_by = conn.execute("SELECT reserved_by FROM orch_ready WHERE project = %s AND job_id = %s",
                                    (here.project_id, job)).fetchone()[0]
