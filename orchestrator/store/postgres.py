@@ -326,7 +326,11 @@ class PostgresStore(EventStore):
                 # statement run, the row locked and nothing committed (a kill or a cut there breaks a transaction)
                 with conn.pipeline():
                     moved = conn.execute(sql, params)
-                    faults.point("pg.append.before_commit")
+                    try:
+                        faults.point("pg.append.before_commit")
+                    except BaseException:  # leaving the block would send the sync, and so commit: end the session
+                        conn.pgconn.finish()  # first, and the server rolls the statement back (as a crash there)
+                        raise
                 return moved.fetchone() is not None
 
             if self._run(one_statement, write=True):

@@ -157,6 +157,32 @@ def test_before_commit_fires_with_the_append_sent_and_uncommitted_holding_the_st
         store.close()
 
 
+@pytest.mark.parametrize("decided", [True, False], ids=["one-statement", "locked"])
+def test_an_error_raised_at_before_commit_commits_nothing(decided: bool) -> None:
+    """Pipelined, the one-statement append commits when its pipeline syncs, which leaving the block does even on
+    an error: an error at the point (an interrupt, a fault armed to raise) must end the session instead, so that
+    nothing commits, as a rolled-back transaction in the locked path, and the next append is not blocked."""
+    from orchestrator import faults
+
+    store = TestPostgresStore()
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    try:
+        first = store.append("job-1", lambda h: [b'{"n":1}'])
+        faults.arm("pg.append.before_commit", interrupted)
+        expected = {"expected_seq": first.seq, "expected_last": first.last_line} if decided else {}
+        with pytest.raises(KeyboardInterrupt):
+            store.append("job-1", lambda h: [b'{"n":2}'], **expected)
+        faults.disarm_all()
+        assert [s.raw for s in store.read("job-1")] == [b'{"n":1}']
+        assert store.append("job-1", lambda h: [b'{"n":3}'], expected_seq=1, expected_last=first.last_line).seq == 2
+    finally:
+        faults.disarm_all()
+        store.close()
+
+
 def test_worker_processes_on_one_database_run_each_job_exactly_once(shared, tmp_path: Path, cli_env) -> None:
     """Real ``scripts/worker.py`` processes, each with its own base path (its own "machine")."""
     orch, seed = shared
