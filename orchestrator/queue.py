@@ -151,9 +151,10 @@ class QueueIndex(ABC):
     def candidates(self, now: float, skip: Collection[str] = ()) -> Iterator[ReadyEntry]:
         """The entries a claimer should try at ``now``, in claim order, produced lazily (a claim
         usually stops at the first one; a shared index may reserve that one for this claimer).
-        ``skip``: jobs the claimer will leave whatever it reads (signed by a key it does not hold,
-        ``orchestrator/untrusted.py``): a shared index never reserves one of them for it. They may
-        still be listed; the claimer passes over them without a read."""
+        ``skip``: jobs the claimer left at an earlier pass (signed by a key it does not hold,
+        ``orchestrator/untrusted.py``, or of a kind it has no handler for): a shared index never
+        reserves one of them for it. They may still be listed: the claimer passes over the first
+        without a read, and reads the others again (a handler may have been registered since)."""
         return iter(self.ready())
 
     # Running entries are kept per (job, epoch): the worker that hands a job back to the queue drops

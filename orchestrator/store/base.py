@@ -86,7 +86,9 @@ class EventStore(ABC):
         ``atomic_aux`` is true (PostgreSQL) they are part of the append's transaction: committed
         and durable together with the lines, or, if the append fails, not written at all. The
         other stores write them after the lines are durable, with ``put_aux`` semantics (a crash
-        in between leaves the lines without them). Not called when nothing is appended.
+        in between leaves the lines without them). Not called when ``build`` returns no line; but
+        like ``build`` it may be called for an append that then writes nothing (PostgreSQL makes the
+        whole statement from the expected head first, ``expected_last``), so it must be pure too.
 
         ``in_transaction`` (optional, ``atomic_aux`` stores only: ``InTransaction``) is SQL committed
         in the append's own statement: a queue index kept in the database (``store/pg_queue.py``)

@@ -159,9 +159,9 @@ class PgQueueIndex(QueueIndex):
         The result, in claim order: the reserved entry; up to ``CANDIDATES`` other due,
         unreserved entries; the earliest not-yet-due entry; and, for a job another worker
         reserved, an entry dated when its reservation lapses (so this worker looks again then,
-        in case that worker could not claim it). A job in ``skip`` (one this worker leaves for want
-        of a key) is never the reserved one: reserved at every pass, it would keep the workers that
-        trust its key waiting, and the rows after it from this one.
+        in case that worker could not claim it). A job in ``skip`` (one this worker left for want
+        of a key or of a handler) is never the reserved one: reserved at every pass, it would keep the
+        workers that can run it waiting, and the rows after it from this one.
         """
         now_us = int(round(now * 1e6))
         until = now_us + int(RESERVATION_SECONDS * 1e6)

@@ -109,6 +109,80 @@ def test_a_writer_killed_around_the_commit_leaves_all_or_nothing(shared, cli_env
     assert verify_project(orch).ok and orch.status(job_id.job_id).state == "queued"
 
 
+@pytest.mark.parametrize("decided", [True, False], ids=["one-statement", "locked"])
+def test_before_commit_fires_with_the_append_sent_and_uncommitted_holding_the_streams_row(decided: bool) -> None:
+    """``pg.append.before_commit`` means the same in both paths (the crash test above relies on it): the append's
+    statement has run and holds the stream's row, nothing of it is visible, and it commits after the point. A
+    job's append (its head known: one statement) once fired it before sending anything, so a writer killed
+    there held no lock and a cut there broke no transaction."""
+    import time
+
+    import psycopg
+
+    from orchestrator import faults
+    from orchestrator.store.base import Head
+    from orchestrator.store.postgres import connect
+
+    store = TestPostgresStore()
+    admin = connect(store.url, autocommit=True)
+    seen: list[tuple[bool, int]] = []
+
+    def row_taken() -> bool:
+        try:
+            admin.execute("SELECT 1 FROM orch_streams WHERE project = %s AND stream = 'job-1' FOR UPDATE NOWAIT",
+                          (store.project,))
+            return False
+        except psycopg.errors.LockNotAvailable:
+            return True
+
+    def look() -> None:
+        until = time.monotonic() + 5
+        while not row_taken() and time.monotonic() < until:
+            time.sleep(0.01)
+        visible = admin.execute("SELECT count(*) FROM orch_events WHERE project = %s AND stream = 'job-1'",
+                                (store.project,)).fetchone()[0]
+        seen.append((row_taken(), visible))
+
+    try:
+        first = store.append("job-1", lambda h: [b'{"n":1}'])
+        faults.arm("pg.append.before_commit", look)
+        expected = {"expected_seq": first.seq, "expected_last": first.last_line} if decided else {}
+        head = store.append("job-1", lambda h: [b'{"n":2}'], **expected)
+        faults.disarm_all()
+        assert seen == [(True, 1)], "at the point: the row held by the append, its line not yet committed"
+        assert head == Head(2, b'{"n":2}') and [s.raw for s in store.read("job-1")] == [b'{"n":1}', b'{"n":2}']
+    finally:
+        faults.disarm_all()
+        admin.close()
+        store.close()
+
+
+@pytest.mark.parametrize("decided", [True, False], ids=["one-statement", "locked"])
+def test_an_error_raised_at_before_commit_commits_nothing(decided: bool) -> None:
+    """Pipelined, the one-statement append commits when its pipeline syncs, which leaving the block does even on
+    an error: an error at the point (an interrupt, a fault armed to raise) must end the session instead, so that
+    nothing commits, as a rolled-back transaction in the locked path, and the next append is not blocked."""
+    from orchestrator import faults
+
+    store = TestPostgresStore()
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    try:
+        first = store.append("job-1", lambda h: [b'{"n":1}'])
+        faults.arm("pg.append.before_commit", interrupted)
+        expected = {"expected_seq": first.seq, "expected_last": first.last_line} if decided else {}
+        with pytest.raises(KeyboardInterrupt):
+            store.append("job-1", lambda h: [b'{"n":2}'], **expected)
+        faults.disarm_all()
+        assert [s.raw for s in store.read("job-1")] == [b'{"n":1}']
+        assert store.append("job-1", lambda h: [b'{"n":3}'], expected_seq=1, expected_last=first.last_line).seq == 2
+    finally:
+        faults.disarm_all()
+        store.close()
+
+
 def test_worker_processes_on_one_database_run_each_job_exactly_once(shared, tmp_path: Path, cli_env) -> None:
     """Real ``scripts/worker.py`` processes, each with its own base path (its own "machine")."""
     orch, seed = shared
