@@ -321,17 +321,12 @@ class PostgresStore(EventStore):
             sql, params = self._moving(stream, expected, new, fence, aux, in_transaction)
 
             def one_statement(conn: Any) -> bool:
-                # pipelined: the statement is sent and runs at once, in an implicit transaction that commits at
-                # the pipeline's sync, still one round trip; so the point fires, as in the locked path, with the
-                # statement run, the row locked and nothing committed (a kill or a cut there breaks a transaction)
-                with conn.pipeline():
-                    moved = conn.execute(sql, params)
-                    try:
-                        faults.point("pg.append.before_commit")
-                    except BaseException:  # leaving the block would send the sync, and so commit: end the session
-                        conn.pgconn.finish()  # first, and the server rolls the statement back (as a crash there)
-                        raise
-                return moved.fetchone() is not None
+                # nothing sent yet: a kill or a cut here leaves nothing. Once sent, the statement commits on its own
+                # or not at all (autocommit; a connection lost mid-way is rolled back by the server, or its commit
+                # is not acknowledged: ``write``). Not pipelined to fire this point after the statement: that cost
+                # ~0.35 ms per append here (docs/decisions.md, 2026-12-02)
+                faults.point("pg.append.before_commit")
+                return conn.execute(sql, params).fetchone() is not None
 
             if self._run(one_statement, write=True):
                 faults.point("pg.append.after_commit")

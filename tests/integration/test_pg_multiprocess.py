@@ -110,11 +110,11 @@ def test_a_writer_killed_around_the_commit_leaves_all_or_nothing(shared, cli_env
 
 
 @pytest.mark.parametrize("decided", [True, False], ids=["one-statement", "locked"])
-def test_before_commit_fires_with_the_append_sent_and_uncommitted_holding_the_streams_row(decided: bool) -> None:
-    """``pg.append.before_commit`` means the same in both paths (the crash test above relies on it): the append's
-    statement has run and holds the stream's row, nothing of it is visible, and it commits after the point. A
-    job's append (its head known: one statement) once fired it before sending anything, so a writer killed
-    there held no lock and a cut there broke no transaction."""
+def test_before_commit_fires_with_nothing_of_the_append_committed(decided: bool) -> None:
+    """``pg.append.before_commit``: nothing of the append is visible yet, and it commits after the point. In the
+    locked path (the audit log, a head that moved) the statement has run and holds the stream's row, which a
+    writer killed there leaves to the server to release (the crash test above); in the one-statement path (a
+    job's append, its head known) nothing has been sent yet, and once sent it commits on its own or not at all."""
     import time
 
     import psycopg
@@ -136,7 +136,7 @@ def test_before_commit_fires_with_the_append_sent_and_uncommitted_holding_the_st
             return True
 
     def look() -> None:
-        until = time.monotonic() + 5
+        until = time.monotonic() + (0 if decided else 5)
         while not row_taken() and time.monotonic() < until:
             time.sleep(0.01)
         visible = admin.execute("SELECT count(*) FROM orch_events WHERE project = %s AND stream = 'job-1'",
@@ -149,7 +149,7 @@ def test_before_commit_fires_with_the_append_sent_and_uncommitted_holding_the_st
         expected = {"expected_seq": first.seq, "expected_last": first.last_line} if decided else {}
         head = store.append("job-1", lambda h: [b'{"n":2}'], **expected)
         faults.disarm_all()
-        assert seen == [(True, 1)], "at the point: the row held by the append, its line not yet committed"
+        assert seen == [(not decided, 1)], "at the point: its line not yet committed (and the row held if locked)"
         assert head == Head(2, b'{"n":2}') and [s.raw for s in store.read("job-1")] == [b'{"n":1}', b'{"n":2}']
     finally:
         faults.disarm_all()
@@ -159,9 +159,9 @@ def test_before_commit_fires_with_the_append_sent_and_uncommitted_holding_the_st
 
 @pytest.mark.parametrize("decided", [True, False], ids=["one-statement", "locked"])
 def test_an_error_raised_at_before_commit_commits_nothing(decided: bool) -> None:
-    """Pipelined, the one-statement append commits when its pipeline syncs, which leaving the block does even on
-    an error: an error at the point (an interrupt, a fault armed to raise) must end the session instead, so that
-    nothing commits, as a rolled-back transaction in the locked path, and the next append is not blocked."""
+    """An error at the point (an interrupt, a fault armed to raise) commits nothing in either path (the locked
+    path's transaction rolls back; the one statement is not sent), and the next append is not blocked. (A
+    pipelined one statement, tried on 2026-12-02, would have committed here: leaving a pipeline syncs.)"""
     from orchestrator import faults
 
     store = TestPostgresStore()
