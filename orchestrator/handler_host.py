@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from orchestrator.leftovers import end_leftovers, set_run_environment
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
 from orchestrator.runner import (HANDLER_PIPE_ENDS, UNREAPED, Child, fork_handler, handler_main, handler_payload,
-                                 reap_exited, stop_deferred)
+                                 reap_exited, spawning, stop_deferred)
 from orchestrator.store.files import STRAY_AGE, pid_alive
 
 if TYPE_CHECKING:  # handlers imports this module
@@ -211,29 +211,31 @@ class HandlerHost:
         generation = self.generation()
         self._alive = claim_host_folder(self.folder)
         fds: list[int] = []
-        try:
-            fds += os.pipe()
-            fds += os.pipe()
-            pid = fork_handler()
-        except BaseException:  # no process to talk to (EAGAIN at a process limit, EMFILE): no pipe is kept
-            for fd in fds:
-                os.close(fd)
-            raise
-        req_r, req_w, resp_r, resp_w = fds
-        if pid == 0:  # pragma: no cover - runs in the host, covered by the worker tests
-            handler_main(self.output, (req_w, resp_r), lambda: _host_main(self.call, req_r, resp_w))
-        os.close(req_r)
-        os.close(resp_w)
-        HANDLER_PIPE_ENDS.update((req_w, resp_r))  # closed in every other handler process forked here
+        with spawning():  # no other handler fork keeps these pipes' ends (``runner._spawn_lock``)
+            try:
+                fds += os.pipe()
+                fds += os.pipe()
+                pid = fork_handler()
+            except BaseException:  # no process to talk to (EAGAIN at a process limit, EMFILE): no pipe is kept
+                for fd in fds:
+                    os.close(fd)
+                raise
+            req_r, req_w, resp_r, resp_w = fds
+            if pid == 0:  # pragma: no cover - runs in the host, covered by the worker tests
+                handler_main(self.output, (req_w, resp_r), lambda: _host_main(self.call, req_r, resp_w))
+            os.close(req_r)
+            os.close(resp_w)
+            HANDLER_PIPE_ENDS.update((req_w, resp_r))  # closed in every other handler process forked here
         self.pid, self.runs, self._req_w, self._resp_r = pid, 0, req_w, resp_r
         self._forked_at_generation = generation
 
     def _close_fds(self) -> None:
-        for fd in (self._req_w, self._resp_r):
-            if fd is not None:
-                HANDLER_PIPE_ENDS.discard(fd)  # before the number can be given to another descriptor
-                os.close(fd)
-        self._req_w = self._resp_r = None
+        with spawning():  # not forked meanwhile: a fork between the two steps would keep the end
+            for fd in (self._req_w, self._resp_r):
+                if fd is not None:
+                    HANDLER_PIPE_ENDS.discard(fd)  # before the number can be given to another descriptor
+                    os.close(fd)
+            self._req_w = self._resp_r = None
 
     def lost(self, pid: int) -> None:
         """The host ``pid`` died or was killed, and was reaped by the caller: the next run forks a new one."""

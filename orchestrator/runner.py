@@ -443,6 +443,25 @@ def fork_handler() -> int:
 # without this one worker's handler process held another's request pipe open, and that one never saw the end
 # of its requests when its worker closed it (it lived on until the other exited).
 HANDLER_PIPE_ENDS: set[int] = set()
+# Held while a handler process's pipes exist in this process with ends it must not keep: from their creation
+# until the child's ends are closed here and the worker's registered (``HANDLER_PIPE_ENDS``), and while a
+# worker's ends are closed. A handler fork in another thread (two workers of one process) takes it too, so it
+# never keeps another run's pipe ends: a child end kept elsewhere hides the death of the process it belongs to
+# (no end of file on its pipe, until the run's timeout, or never). A child forked while it is held gets a new one.
+_spawn_lock = threading.Lock()
+
+
+def spawning() -> threading.Lock:
+    """The lock around a handler process's pipes and fork (see ``_spawn_lock``)."""
+    return _spawn_lock
+
+
+def _new_spawn_lock() -> None:
+    global _spawn_lock
+    _spawn_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_spawn_lock)
 
 
 def handler_main(output: Path, close: tuple[int, ...], body: Callable[[], None], announce: int | None = None) -> None:
@@ -488,22 +507,23 @@ def fork_call(fn: Callable[[], Any], *, terminal_file: Path, output: Path,
     """Run ``fn()`` in a child forked for this run alone; its payload (``handler_payload``) becomes the
     terminal file. Used with ``handler_process="per-run"``; the default reuses one ``HandlerHost``.
     ``context``: the run's, whose ids go in the child's environment (``set_run_environment``)."""
-    done_r, done_w = os.pipe()
-    try:
-        pid = fork_handler()
-    except BaseException:  # no child (EAGAIN at a process limit): its pipe is not kept
-        os.close(done_r)
-        os.close(done_w)
-        raise
-    if pid == 0:  # pragma: no cover - runs in the child, covered by the worker tests
-        def body() -> None:
-            set_run_environment(context or {})
-            payload = handler_payload(fn)
-            end_leftovers()  # before the payload is there: the run is over when what it started is gone
-            write_bytes_atomic(terminal_file, payload)
+    with spawning():  # no other handler fork keeps ``done_w``, which would hide this child's end
+        done_r, done_w = os.pipe()
+        try:
+            pid = fork_handler()
+        except BaseException:  # no child (EAGAIN at a process limit): its pipe is not kept
+            os.close(done_r)
+            os.close(done_w)
+            raise
+        if pid == 0:  # pragma: no cover - runs in the child, covered by the worker tests
+            def body() -> None:
+                set_run_environment(context or {})
+                payload = handler_payload(fn)
+                end_leftovers()  # before the payload is there: the run is over when what it started is gone
+                write_bytes_atomic(terminal_file, payload)
 
-        handler_main(output, (done_r,), body, done_w)
-    os.close(done_w)
+            handler_main(output, (done_r,), body, done_w)
+        os.close(done_w)
     child = ForkChild(pid, done_r)
     child.terminal_file, child.output = terminal_file, output
     return child

@@ -373,6 +373,66 @@ def test_closing_one_of_two_workers_of_a_process_ends_its_handler_process(orch) 
     second.close()
 
 
+def test_a_handler_fork_in_another_thread_never_keeps_the_pipes_of_a_handler_process_being_started(
+        orch, tmp_path, monkeypatch) -> None:
+    """Two workers of one process: a handler process forked by one while the other's was being started (its
+    pipes made, the child's ends not yet closed here, the worker's not yet registered) kept those ends, so the
+    death of the other's handler process could go unseen (no end of file on its pipe)."""
+    import threading
+
+    import orchestrator.handler_host as handler_host
+    import orchestrator.runner as runner
+
+    starter, made, forked, theirs = threading.get_ident(), threading.Event(), threading.Event(), set()
+    real_pipe, real_fork = os.pipe, handler_host.fork_handler
+
+    def noted_pipe() -> tuple[int, int]:
+        fds = real_pipe()
+        if threading.get_ident() == starter:
+            theirs.add(os.fstat(fds[0]).st_ino)
+        return fds
+
+    def fork_once_the_other_thread_forked() -> int:  # the host's pipes are made: let the other thread fork now
+        made.set()
+        forked.wait(1.0)  # it cannot while the host is being started (the test then waits this second)
+        return real_fork()
+
+    monkeypatch.setattr(os, "pipe", noted_pipe)
+    monkeypatch.setattr(handler_host, "fork_handler", fork_once_the_other_thread_forked)
+    started, release = tmp_path / "started", tmp_path / "release"
+    children: list = []
+
+    def handler() -> dict:
+        started.touch()
+        while not release.exists():
+            time.sleep(0.01)
+        return {"status": "done", "summary": "ok"}
+
+    def other_worker() -> None:
+        made.wait(5)
+        children.append(runner.fork_call(handler, terminal_file=tmp_path / "terminal.json",
+                                         output=tmp_path / "output.log"))
+        forked.set()
+
+    other = threading.Thread(target=other_worker)
+    other.start()
+    w = make_worker(orch)
+    try:
+        pid_of(orch, w)  # starts the host in this thread
+        other.join(10)
+        deadline = time.monotonic() + 5
+        while not started.exists() and time.monotonic() < deadline:  # its handler runs: its start is over
+            time.sleep(0.01)
+        held = {os.readlink(f"/proc/{children[0].pid}/fd/{fd}") for fd in os.listdir(f"/proc/{children[0].pid}/fd")}
+        assert not {f"pipe:[{ino}]" for ino in theirs} & held  # before the fix: all four ends of the host's pipes
+    finally:
+        release.touch()
+        if children:
+            assert children[0].wait(10) is not None
+        monkeypatch.undo()
+        w.close()
+
+
 def test_a_stop_signal_while_a_large_payload_is_read_loses_none_of_it(orch, monkeypatch) -> None:
     """A SIGTERM handled between two reads of one payload frame (a frame over 64 KiB takes several) raised
     ``WorkerStop`` out of the read: the bytes read so far were lost, and the next read took the middle of the
