@@ -69,6 +69,8 @@ EVENT_IN_FLIGHT = 1.0  # an entry this young whose job's event is not there yet:
 KNOWN_VIEWS = 128  # jobs a worker left unfinished (a question, an audit, a retry) whose last view it keeps
 KNOWN_VIEW_MAX_BYTES = 64 * 1024  # ...if their events take no more than this (inputs may be up to 1 MiB)
 EVENT_WAIT = 0.05  # how long a claimer waits for that event (the wait ends the moment the line is written)
+LOOKUP_RETRY_SECONDS = 5.0  # a kind with no handler here (its module failed to import) is looked up again then
+FAILED_LOOKUPS_KEPT = 1024  # kinds remembered so (all forgotten when there are more)
 
 
 class WorkerStop(BaseException):
@@ -143,6 +145,7 @@ class Worker:
         self.unhandled: dict[str, Unhandled] = {}  # kind -> the jobs the last claim left queued for want of a handler
         self.untrusted = UntrustedJobs(orch.keyring)  # jobs left for want of a key (orchestrator/untrusted.py)
         self._left_unhandled: OrderedDict[str, None] = OrderedDict()  # jobs left for want of a handler, latest last
+        self._failed_lookups: dict[str, tuple[int, float, str]] = {}  # kind -> (registry generation, when, why)
         self._host: HandlerHost | None = None
         self._known: OrderedDict[str, tuple[JobView, Any]] = OrderedDict()  # see ``_remember``
         self.folders = WorkerFolders(orch.settings.state_dir)  # runs/ and artifacts/, never outside the store
@@ -264,26 +267,44 @@ class Worker:
     def _no_handler(self, s: JobState) -> bool:
         """True if this worker has no handler for the job's kind: the job stays queued for a worker that has
         one (workers with different ``--import`` modules share a queue). Warned once per kind; counted for
-        ``handler_not_found``; a kind is looked up once per pass (a ``module:function`` kind is an import)."""
+        ``handler_not_found``; a kind is looked up at most once per pass (a ``module:function`` kind is an import),
+        and one found without a handler not again for ``LOOKUP_RETRY_SECONDS`` unless a handler is registered."""
         left = self.unhandled.get(s.kind)
         if left is None:
-            try:
-                lookup(s.kind)
-                self._left_unhandled.pop(s.job_id, None)  # a handler registered since: this worker may reserve it again
-                return False
-            except HandlerNotFoundError as exc:
-                left = self.unhandled[s.kind] = Unhandled(exc.details["reason"])
-                if s.kind not in self._warned_kinds:
-                    self._warned_kinds.add(s.kind)
-                    log.warning("%s; leaving job %s queued for a worker that has one (--import MODULE / "
-                                "ORCH_HANDLERS)", sanitize_text(exc.message), s.job_id,
-                                extra={"job_id": s.job_id, "kind": s.kind})
+            failed = self._failed_lookups.get(s.kind)
+            recent = failed is not None and time.monotonic() - failed[1] < LOOKUP_RETRY_SECONDS
+            if failed is not None and recent and failed[0] == registry_generation():
+                left = self.unhandled[s.kind] = Unhandled(failed[2])  # not imported again yet (LOOKUP_RETRY_SECONDS)
+            else:
+                try:
+                    lookup(s.kind)
+                    self._failed_lookups.pop(s.kind, None)
+                    self._left_unhandled.pop(s.job_id, None)  # a handler registered since: it may be reserved again
+                    return False
+                except HandlerNotFoundError as exc:
+                    left = self._left_for_want_of_a_handler(s, exc)
         left.job_ids.add(s.job_id)  # a set: a pass may meet an entry twice (queue.candidates)
         self._left_unhandled[s.job_id] = None
         self._left_unhandled.move_to_end(s.job_id)
         while len(self._left_unhandled) > SKIPPED_MAX:  # the latest met: older ones were most likely run since
             self._left_unhandled.popitem(last=False)
         return True
+
+    def _left_for_want_of_a_handler(self, s: JobState, exc: HandlerNotFoundError) -> Unhandled:
+        """Note a kind this worker has no handler for: in this pass, and for ``LOOKUP_RETRY_SECONDS`` (a module that
+        failed to import is not imported again at every pass: a pass a job, when busy; and a module that sets a
+        stop signal to be ignored while it imports would open, at each import, a moment in which the worker's
+        SIGTERM is lost). Warned once per kind."""
+        left = self.unhandled[s.kind] = Unhandled(exc.details["reason"])
+        if len(self._failed_lookups) >= FAILED_LOOKUPS_KEPT:
+            self._failed_lookups.clear()
+        self._failed_lookups[s.kind] = (registry_generation(), time.monotonic(), left.reason)
+        if s.kind not in self._warned_kinds:
+            self._warned_kinds.add(s.kind)
+            log.warning("%s; leaving job %s queued for a worker that has one (--import MODULE / "
+                        "ORCH_HANDLERS)", sanitize_text(exc.message), s.job_id,
+                        extra={"job_id": s.job_id, "kind": s.kind})
+        return left
 
     def handler_not_found(self) -> HandlerNotFoundError | None:
         """The jobs the last ``claim`` left queued for want of a handler, by kind and why, as the error

@@ -117,6 +117,31 @@ def test_a_kind_whose_module_exits_on_import_stays_queued_and_the_worker_runs_th
     assert reason.startswith(f"importing module {module!r} raised {raised}")
 
 
+def test_a_module_that_failed_to_import_is_not_imported_again_at_every_pass(orch, tmp_path, monkeypatch) -> None:
+    """A pass met the job and imported its module again, each time: a pass a job when busy, and each import of a
+    module that ignores SIGTERM while it imports (then exits) a moment in which the worker's SIGTERM was lost
+    (``tests/acceptance/test_worker_run_edges.py`` sent it just then, and the worker ran on)."""
+    import orchestrator.worker as worker_mod
+    from orchestrator.handlers import register
+
+    imports = tmp_path / "imports"
+    (tmp_path / "t_counts_its_imports.py").write_text(
+        f"with open({str(imports)!r}, 'a') as fh:\n    fh.write('x')\nraise RuntimeError('not today')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    broken = orch.submit("t_counts_its_imports:fn")
+    worker = make_worker(orch)
+    for _ in range(3):
+        assert worker.run_once() is None
+    assert imports.read_text() == "x"  # before: "xxx"
+    assert "not today" in worker.handler_not_found().details["kinds"]["t_counts_its_imports:fn"]["reason"]
+    monkeypatch.setattr(worker_mod, "LOOKUP_RETRY_SECONDS", 0.0)
+    assert worker.run_once() is None
+    assert imports.read_text() == "xx"  # tried again once the wait is over
+    monkeypatch.setattr(worker_mod, "LOOKUP_RETRY_SECONDS", 60.0)
+    register("t_counts_its_imports:fn", lambda ctx: {"status": "done", "summary": "registered"})
+    assert worker.run_once().job_id == broken  # a handler registered since is used at once
+
+
 def test_a_keyboard_interrupt_while_importing_for_a_worker_without_its_own_signal_handling_is_not_swallowed(
         orch, exiting_modules) -> None:
     # used from Python without handle_signals, SIGINT raises KeyboardInterrupt: it may be a real Ctrl-C
