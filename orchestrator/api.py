@@ -86,7 +86,7 @@ class JobView:
         any other (a bad signature, a broken chain, a cut history, a revoked key, a "key id" no key can have)."""
         if not self.problems or any(p.code != UNKNOWN_KEY or not is_key_id(p.kid) for p in self.problems):
             return frozenset()
-        return frozenset(p.kid for p in self.problems if p.kid)
+        return frozenset(p.kid for p in self.problems if p.kid is not None)
 
     def integrity_error(self) -> dict[str, Any] | None:
         if self.ok:

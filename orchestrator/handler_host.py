@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator.leftovers import end_leftovers, set_run_environment
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
-from orchestrator.runner import (HANDLER_PIPE_ENDS, UNREAPED, Child, fork_handler, handler_main, handler_payload,
+from orchestrator.runner import (HANDLER_PIPE_ENDS, UNREAPED, Child, forked_handler, handler_main, handler_payload,
                                  reap_exited, spawning, stop_deferred)
 from orchestrator.store.files import STRAY_AGE, pid_alive
 
@@ -210,17 +210,7 @@ class HandlerHost:
         """Fork a new host; ``run`` called ``close`` just before, which released the folder of the last one."""
         generation = self.generation()
         self._alive = claim_host_folder(self.folder)
-        fds: list[int] = []
-        with spawning():  # no other handler fork keeps these pipes' ends (``runner._spawn_lock``)
-            try:
-                fds += os.pipe()
-                fds += os.pipe()
-                pid = fork_handler()
-            except BaseException:  # no process to talk to (EAGAIN at a process limit, EMFILE): no pipe is kept
-                for fd in fds:
-                    os.close(fd)
-                raise
-            req_r, req_w, resp_r, resp_w = fds
+        with forked_handler(2) as (pid, (req_r, req_w, resp_r, resp_w)):  # no other handler fork keeps their ends
             if pid == 0:  # pragma: no cover - runs in the host, covered by the worker tests
                 handler_main(self.output, (req_w, resp_r), lambda: _host_main(self.call, req_r, resp_w))
             os.close(req_r)

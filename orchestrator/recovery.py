@@ -49,8 +49,7 @@ def reload_keys(orch: Orchestrator) -> bool:
 
 
 def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor: str,
-                    backoff: Callable[[int], float], folders: WorkerFolders,
-                    untrusted: UntrustedJobs | None = None) -> list[str]:
+                    backoff: Callable[[int], float], folders: WorkerFolders, untrusted: UntrustedJobs) -> list[str]:
     """Recover the running jobs whose lease expired at ``now``; returns their ids. ``backoff`` gives the delay
     of a retry after that many failures, ``folders`` the jobs' artifact folders (``Worker``'s).
 
@@ -60,7 +59,7 @@ def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor:
     recovered = []
     for job_id, epoch in queue.running_entries():
         mark = running_mark(job_id, epoch)
-        if untrusted is not None and untrusted.passes_over(mark, job_id):
+        if untrusted.passes_over(mark, job_id):
             continue
         try:
             view = orch.load(job_id)
@@ -71,8 +70,7 @@ def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor:
             continue
         missing = view.missing_keys()
         if missing:  # whether it runs, and under which epoch, only a worker that holds those keys can tell
-            if untrusted is not None:
-                untrusted.leave(mark, job_id, missing)
+            untrusted.leave(mark, job_id, missing)
             continue
         s = view.state
         if not view.ok or s is None or s.state != RUNNING or epoch not in (None, s.epoch):

@@ -456,6 +456,25 @@ def spawning() -> threading.Lock:
     return _spawn_lock
 
 
+@contextmanager
+def forked_handler(pipes: int) -> Iterator[tuple[int, list[int]]]:
+    """Make ``pipes`` pipes and fork a handler process (``fork_handler``) under ``spawning()``, held for the block:
+    yields the pid (0 in the child) and the pipes' descriptors (read end, write end, each pipe in turn). The
+    parent closes the child's ends (and registers its own, for a reused host) inside the block. A refused fork
+    (EAGAIN at a process limit, EMFILE) keeps no pipe."""
+    with spawning():
+        fds: list[int] = []
+        try:
+            for _ in range(pipes):
+                fds += os.pipe()
+            pid = fork_handler()
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        yield pid, fds
+
+
 def _new_spawn_lock() -> None:
     global _spawn_lock
     _spawn_lock = threading.Lock()
@@ -507,14 +526,7 @@ def fork_call(fn: Callable[[], Any], *, terminal_file: Path, output: Path,
     """Run ``fn()`` in a child forked for this run alone; its payload (``handler_payload``) becomes the
     terminal file. Used with ``handler_process="per-run"``; the default reuses one ``HandlerHost``.
     ``context``: the run's, whose ids go in the child's environment (``set_run_environment``)."""
-    with spawning():  # no other handler fork keeps ``done_w``, which would hide this child's end
-        done_r, done_w = os.pipe()
-        try:
-            pid = fork_handler()
-        except BaseException:  # no child (EAGAIN at a process limit): its pipe is not kept
-            os.close(done_r)
-            os.close(done_w)
-            raise
+    with forked_handler(1) as (pid, (done_r, done_w)):  # no other handler fork keeps ``done_w`` (its end of file)
         if pid == 0:  # pragma: no cover - runs in the child, covered by the worker tests
             def body() -> None:
                 set_run_environment(context or {})

@@ -271,10 +271,9 @@ class Worker:
         and one found without a handler not again for ``LOOKUP_RETRY_SECONDS`` unless a handler is registered."""
         left = self.unhandled.get(s.kind)
         if left is None:
-            failed = self._failed_lookups.get(s.kind)
-            recent = failed is not None and time.monotonic() - failed[1] < LOOKUP_RETRY_SECONDS
-            if failed is not None and recent and failed[0] == registry_generation():
-                left = self.unhandled[s.kind] = Unhandled(failed[2])  # not imported again yet (LOOKUP_RETRY_SECONDS)
+            generation, failed_at, reason = self._failed_lookups.get(s.kind, (-1, 0.0, ""))
+            if generation == registry_generation() and time.monotonic() - failed_at < LOOKUP_RETRY_SECONDS:
+                left = self.unhandled[s.kind] = Unhandled(reason)  # not imported again yet (LOOKUP_RETRY_SECONDS)
             else:
                 try:
                     lookup(s.kind)

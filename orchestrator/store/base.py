@@ -72,9 +72,9 @@ class EventStore(ABC):
         from: a store that can check both in the write itself (PostgreSQL) may call ``build`` with
         that head before locking anything and append in one round trip; if the stream's head is
         not that one, nothing is written and ``build`` is called again under the lock with the head
-        there is, as without it. So ``build`` must be a pure function of the head it is given. When this returns, every new line is durable (fsynced) and visible to
-        every reader; if it raises, none of them is acknowledged and readers never see a part
-        of one. Returns the new head.
+        there is, as without it. So ``build`` must be a pure function of the head it is given. When
+        this returns, every new line is durable (fsynced) and visible to every reader; if it raises,
+        none of them is acknowledged and readers never see a part of one. Returns the new head.
 
         ``fence`` is the fencing epoch of the worker appending (None for anyone else). A store
         that can check it (PostgreSQL) refuses, with ``LeaseLostError``, an epoch lower than the

@@ -338,15 +338,13 @@ def test_a_handler_process_that_cannot_be_forked_keeps_no_descriptor(orch, monke
     """A fork refused (EAGAIN at the process limit) is a retried failure; the pipes made for it are closed."""
     import errno
 
-    import orchestrator.handler_host as handler_host
     import orchestrator.runner as runner
 
     def refused() -> int:
         raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
 
     w = make_worker(orch, handler_process=mode)
-    monkeypatch.setattr(handler_host, "fork_handler", refused)
-    monkeypatch.setattr(runner, "fork_handler", refused)
+    monkeypatch.setattr(runner, "fork_handler", refused)  # both kinds of handler process are forked through it
     counts = []
     for _ in range(3):
         out = run(orch, w, "t.echo", "x", max_attempts=1)
@@ -380,11 +378,10 @@ def test_a_handler_fork_in_another_thread_never_keeps_the_pipes_of_a_handler_pro
     death of the other's handler process could go unseen (no end of file on its pipe)."""
     import threading
 
-    import orchestrator.handler_host as handler_host
     import orchestrator.runner as runner
 
     starter, made, forked, theirs = threading.get_ident(), threading.Event(), threading.Event(), set()
-    real_pipe, real_fork = os.pipe, handler_host.fork_handler
+    real_pipe, real_fork = os.pipe, runner.fork_handler
 
     def noted_pipe() -> tuple[int, int]:
         fds = real_pipe()
@@ -393,12 +390,14 @@ def test_a_handler_fork_in_another_thread_never_keeps_the_pipes_of_a_handler_pro
         return fds
 
     def fork_once_the_other_thread_forked() -> int:  # the host's pipes are made: let the other thread fork now
+        if threading.get_ident() != starter:
+            return real_fork()
         made.set()
         forked.wait(1.0)  # it cannot while the host is being started (the test then waits this second)
         return real_fork()
 
     monkeypatch.setattr(os, "pipe", noted_pipe)
-    monkeypatch.setattr(handler_host, "fork_handler", fork_once_the_other_thread_forked)
+    monkeypatch.setattr(runner, "fork_handler", fork_once_the_other_thread_forked)
     started, release = tmp_path / "started", tmp_path / "release"
     children: list = []
 
