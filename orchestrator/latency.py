@@ -82,17 +82,9 @@ def _worker_main() -> None:
     from orchestrator.worker import Worker, WorkerSettings
 
     cfg = json.loads(os.environ["ORCH_BENCH_WORKER"])
-    kinds = frozenset(cfg["kinds"]) if cfg.get("kinds") is not None else None
-
-    class BenchWorker(Worker):
-        """Claims only jobs of ``kinds`` (when given): any other stays queued, as for a worker without its handler."""
-
-        def _no_handler(self, s: Any) -> bool:
-            return (kinds is not None and s.kind not in kinds) or super()._no_handler(s)
-
     orch = Orchestrator(base_path=cfg["base_path"], project_id=cfg["project_id"])
-    worker = BenchWorker(orch, WorkerSettings(lease_seconds=cfg.get("lease_seconds", DEFAULT_LEASE_SECONDS),
-                                              worker_id="bench-worker"))
+    worker = Worker(orch, WorkerSettings(lease_seconds=cfg.get("lease_seconds", DEFAULT_LEASE_SECONDS),
+                                         worker_id="bench-worker", kinds=tuple(cfg.get("kinds") or ())))
     out = sys.stdout
     appended: list[int] = []
 

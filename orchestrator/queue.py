@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Collection, Iterator, NamedTuple
 
@@ -56,6 +56,9 @@ class ReadyEntry:
     neg_priority: int
     runnable_at_us: int
     job_id: str
+    # the job's kind when the writer knew it (an index that can filter by kind keeps it: PostgreSQL); not part of
+    # the entry's identity or order, and not in a file entry's name (a file index's entries carry None)
+    kind: str | None = field(default=None, compare=False)
 
     @property
     def priority(self) -> int:
@@ -80,7 +83,7 @@ class ReadyEntry:
     def for_state(cls, state: JobState) -> "ReadyEntry":
         """The entry a queued job should have: runnable at its retry time, else when it was queued."""
         at = state.retry_at if state.retry_at else state.updated_at
-        return cls(-state.priority, int(round(at * 1e6)), state.job_id)
+        return cls(-state.priority, int(round(at * 1e6)), state.job_id, state.kind)
 
 
 class IndexChange(NamedTuple):
@@ -148,14 +151,22 @@ class QueueIndex(ABC):
     def ready(self) -> list[ReadyEntry]:
         """Every ready entry, in claim order (due or not)."""
 
-    def candidates(self, now: float, skip: Collection[str] = ()) -> Iterator[ReadyEntry]:
+    def candidates(self, now: float, skip: Collection[str] = (), kinds: Collection[str] = ()) -> Iterator[ReadyEntry]:
         """The entries a claimer should try at ``now``, in claim order, produced lazily (a claim
         usually stops at the first one; a shared index may reserve that one for this claimer).
         ``skip``: jobs the claimer left at an earlier pass (signed by a key it does not hold,
         ``orchestrator/untrusted.py``, or of a kind it has no handler for): a shared index never
         reserves one of them for it. They may still be listed: the claimer passes over the first
-        without a read, and reads the others again (a handler may have been registered since)."""
+        without a read, and reads the others again (a handler may have been registered since).
+        ``kinds``: the only kinds the claimer runs (``WorkerSettings.kinds``; empty: all). An index that
+        knows its entries' kinds (PostgreSQL) lists no other; the others list every entry, and the
+        claimer tells the kind from the job it reads."""
         return iter(self.ready())
+
+    def release(self, entry: ReadyEntry) -> None:
+        """The claimer leaves ``entry``'s job for other claimers (for want of a handler, a key, or of its kind):
+        a shared index that reserved it for this claimer lets it go at once and wakes the others, rather
+        than have them wait out the reservation. Nothing to do for an index that reserves nothing."""
 
     # Running entries are kept per (job, epoch): the worker that hands a job back to the queue drops
     # the entry of *its* epoch, never the one the next claimer (epoch + 1) put before its claim.
@@ -214,7 +225,9 @@ class QueueIndex(ABC):
         A job whose history failed verification gets a ready entry: a claimer meets it once, refuses
         it (audited) and drops the entry."""
         if s.state == QUEUED or not ok:
-            self.put_ready(ReadyEntry.for_state(s))
+            entry = ReadyEntry.for_state(s)
+            # an unverified history's kind may be forged: offered to every worker (any of them refuses the job)
+            self.put_ready(entry if ok else replace(entry, kind=None))
             return True
         if s.state == RUNNING:
             self.put_running(s.job_id, s.epoch)
@@ -378,9 +391,9 @@ class FileQueueIndex(QueueIndex):
         entries.sort()
         return entries
 
-    def candidates(self, now: float, skip: Collection[str] = ()) -> Iterator[ReadyEntry]:
+    def candidates(self, now: float, skip: Collection[str] = (), kinds: Collection[str] = ()) -> Iterator[ReadyEntry]:
         """Claim order, from a sorted listing of ``ready/`` that successive claims share (nothing is reserved,
-        so ``skip`` changes nothing).
+        so ``skip`` changes nothing; an entry's name holds no kind, so ``kinds`` does not either).
 
         Listing a backlog of thousands of entries costs ~0.3 ms, as much as the rest of a claim, so a
         worker draining a backlog walks one listing: each claim goes on where the last one stopped,

@@ -28,6 +28,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
+from itertools import islice
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -47,14 +48,14 @@ from orchestrator.handler_host import HOST_PREFIX, HandlerHost
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, lookup, registry_generation, resolve
 from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease, Lease, write_lease
 from orchestrator.leftovers import kill_run
-from orchestrator.limits import MAX_DURATION_SECONDS
+from orchestrator.limits import MAX_DURATION_SECONDS, MAX_KIND_LENGTH
 from orchestrator.outcome import (STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS, Claim, OutcomeRecorder,
                                   RunResult, lost)
 from orchestrator.payload import NO_TERMINAL_SIGNAL_TIMEOUT
 from orchestrator.queue import ReadyEntry
 from orchestrator.recovery import SWEEP_EVERY, recover_expired, reload_keys, sweep_leftovers
 from orchestrator.runner import RUN_PREFIX, Child, precise_sleeps, stop_is_deferred
-from orchestrator.security import one_line, safe_join, sanitize_text, validate_id
+from orchestrator.security import one_line, safe_join, sanitize_text, shown, validate_id
 from orchestrator.store.files import check_folders
 from orchestrator.state import QUEUED, JobState
 from orchestrator.untrusted import SKIPPED_MAX, UntrustedJobs
@@ -71,6 +72,7 @@ KNOWN_VIEW_MAX_BYTES = 64 * 1024  # ...if their events take no more than this (i
 EVENT_WAIT = 0.05  # how long a claimer waits for that event (the wait ends the moment the line is written)
 LOOKUP_RETRY_SECONDS = 5.0  # a kind with no handler here (its module failed to import) is looked up again then
 FAILED_LOOKUPS_KEPT = 1024  # kinds remembered so (all forgotten when there are more)
+LEFT_QUEUED_KEPT = 16384  # queued jobs a worker remembers leaving for other workers (``LeftQueued``; ~3 MB at most)
 
 
 class WorkerStop(BaseException):
@@ -91,8 +93,13 @@ class WorkerSettings:
     handler_process: str = DEFAULT_HANDLER_PROCESS  # "reused" (one HandlerHost) or "per-run" (a fork per run)
     handler_max_runs: int = DEFAULT_HANDLER_MAX_RUNS  # runs one reused handler process serves, then a new one
     store_wait_seconds: float = DEFAULT_STORE_WAIT_SECONDS  # run_once: a store lost in recovery or claim, retried
+    kinds: tuple[str, ...] = ()  # ORCH_WORKER_KINDS: the only kinds this worker runs; empty: every kind it can
 
     def __post_init__(self) -> None:
+        if isinstance(self.kinds, str) or not all(isinstance(k, str) and 0 < len(k) <= MAX_KIND_LENGTH
+                                                  for k in self.kinds):
+            raise InvalidInputError(f"kinds must be job kinds of 1 to {MAX_KIND_LENGTH} characters, not {shown(self.kinds)}")
+        object.__setattr__(self, "kinds", tuple(dict.fromkeys(self.kinds)))  # a tuple, each kind once, as given
         if self.handler_process not in HANDLER_PROCESS_MODES:
             raise InvalidInputError(f"handler_process must be one of {', '.join(HANDLER_PROCESS_MODES)}, "
                                     f"not {self.handler_process!r}")
@@ -109,6 +116,32 @@ class WorkerSettings:
             if not least <= value <= most:
                 raise InvalidInputError(f"{name} must be a number of seconds from {least:g} to {most:.0f}, "
                                         f"not {value!r}")
+
+
+class LeftQueued:
+    """Queued jobs this worker left for other workers, by job id, the latest met last: of a kind it has no handler
+    for (read again at each pass, since a handler may be registered meanwhile) or of a kind it does not run
+    (``WorkerSettings.kinds``: passed over without a read, since a job's kind never changes). The jobs signed by keys
+    it does not hold are ``UntrustedJobs``'s (by index entry: whether a key is trusted can change)."""
+
+    def __init__(self) -> None:
+        self._jobs: OrderedDict[str, bool] = OrderedDict()  # job id -> passed over without a read
+
+    def leave(self, job_id: str, *, for_good: bool) -> None:
+        self._jobs[job_id] = for_good
+        self._jobs.move_to_end(job_id)
+        while len(self._jobs) > LEFT_QUEUED_KEPT:  # the oldest go: most likely run since (read again if not)
+            self._jobs.popitem(last=False)
+
+    def passes_over(self, job_id: str) -> bool:
+        return self._jobs.get(job_id, False)
+
+    def forget(self, job_id: str) -> None:
+        self._jobs.pop(job_id, None)
+
+    def skipped(self) -> list[str]:
+        """The latest jobs left, for a shared index never to reserve for this worker (``QueueIndex.candidates``)."""
+        return list(islice(reversed(self._jobs), SKIPPED_MAX)) if self._jobs else []
 
 
 @dataclass
@@ -144,7 +177,8 @@ class Worker:
         self._warned_kinds: set[str] = set()
         self.unhandled: dict[str, Unhandled] = {}  # kind -> the jobs the last claim left queued for want of a handler
         self.untrusted = UntrustedJobs(orch.keyring)  # jobs left for want of a key (orchestrator/untrusted.py)
-        self._left_unhandled: OrderedDict[str, None] = OrderedDict()  # jobs left for want of a handler, latest last
+        self.left = LeftQueued()  # jobs left for want of a handler, or of a kind this worker does not run
+        self._kinds = frozenset(self.settings.kinds)
         self._failed_lookups: dict[str, tuple[int, float, str]] = {}  # kind -> (registry generation, when, why)
         self._host: HandlerHost | None = None
         self._known: OrderedDict[str, tuple[JobView, Any]] = OrderedDict()  # see ``_remember``
@@ -180,9 +214,13 @@ class Worker:
         self.untrusted.new_pass()
         # a job left for want of a handler or a key is never the one a shared index reserves for this worker: reserved
         # at every pass, it would keep the workers that can run it waiting (PostgreSQL, ``QueueIndex.candidates``)
-        skip = self.untrusted.skipped() + list(self._left_unhandled)
-        for entry in self.queue.candidates(now, skip=skip):
+        skip = self.untrusted.skipped() + self.left.skipped()
+        for entry in self.queue.candidates(now, skip=skip, kinds=self.settings.kinds):
+            if self.left.passes_over(entry.job_id):  # of a kind this worker does not run: no read, not waited for
+                continue
             if entry.runnable_at > now:  # delayed (retry backoff): the sorted names tell, no read needed
+                if self._kinds and not self._of_my_kinds(entry):
+                    continue
                 self.next_due = min(self.next_due or entry.runnable_at, entry.runnable_at)
                 continue
             if self.untrusted.passes_over(entry, entry.job_id):  # left for want of a key, as it was: no read
@@ -191,6 +229,21 @@ class Worker:
             if claim is not None:
                 return claim
         return None
+
+    def _of_my_kinds(self, entry: ReadyEntry) -> bool:
+        """Whether a delayed entry's job is of a kind this worker runs (``WorkerSettings.kinds``), so that it may wait for
+        it (``next_due``, ``--idle-exit``). A file entry has no kind: its job is read once (its kind never changes), and
+        one of another kind is remembered (``LeftQueued``). A hint, unverified: a claim reads and checks the job."""
+        kind = entry.kind
+        if kind is None:
+            try:
+                kind = getattr(self.orch.load(entry.job_id).state, "kind", None)
+            except (JobNotFoundError, InvalidIdError):
+                return True  # left to the claim, which drops an orphan entry
+        if kind is None or kind in self._kinds:
+            return True
+        self.left.leave(entry.job_id, for_good=True)
+        return False
 
     def _load_for_claim(self, entry: ReadyEntry, now: float) -> JobView | None:
         """The entry's job, read and verified; None if it has no event yet.
@@ -233,6 +286,7 @@ class Worker:
             missing = view.missing_keys()
             if missing:  # nothing else wrong: a worker that trusts those keys can check it, and runs it
                 self.untrusted.leave(entry, view.job_id, missing)
+                self.queue.release(entry)
                 return None
             self._refuse(view, entry, now)
             return None
@@ -249,7 +303,12 @@ class Worker:
             if expected.runnable_at > now:
                 self.next_due = min(self.next_due or expected.runnable_at, expected.runnable_at)
                 return None
+        if self._kinds and s.kind not in self._kinds:  # not this worker's (--kind): left for good, quietly
+            self.left.leave(s.job_id, for_good=True)
+            self.queue.release(entry)
+            return None
         if self._no_handler(s):
+            self.queue.release(entry)
             return None
         run_id, epoch = new_run_id(), s.epoch + 1
         data = {"worker_id": self.worker_id, "epoch": epoch, "attempt": s.attempt + 1,
@@ -278,15 +337,12 @@ class Worker:
                 try:
                     lookup(s.kind)
                     self._failed_lookups.pop(s.kind, None)
-                    self._left_unhandled.pop(s.job_id, None)  # a handler registered since: it may be reserved again
+                    self.left.forget(s.job_id)  # a handler registered since: it may be reserved again
                     return False
                 except HandlerNotFoundError as exc:
                     left = self._left_for_want_of_a_handler(s, exc)
         left.job_ids.add(s.job_id)  # a set: a pass may meet an entry twice (queue.candidates)
-        self._left_unhandled[s.job_id] = None
-        self._left_unhandled.move_to_end(s.job_id)
-        while len(self._left_unhandled) > SKIPPED_MAX:  # the latest met: older ones were most likely run since
-            self._left_unhandled.popitem(last=False)
+        self.left.leave(s.job_id, for_good=False)
         return True
 
     def _left_for_want_of_a_handler(self, s: JobState, exc: HandlerNotFoundError) -> Unhandled:

@@ -12,7 +12,8 @@ from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCE
                                  DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS,
                                  MIN_LEASE_SECONDS)
 from orchestrator.errors import HandlerNotFoundError, KeyNotTrustedError
-from orchestrator.security import sanitize_text
+from orchestrator.limits import MAX_KIND_LENGTH
+from orchestrator.security import sanitize_text, shown
 
 EXIT_RAN = 0
 EXIT_NOTHING_TO_DO = 75  # sysexits EX_TEMPFAIL: nothing runnable now, try again later
@@ -20,6 +21,14 @@ EXIT_NOTHING_TO_DO = 75  # sysexits EX_TEMPFAIL: nothing runnable now, try again
 
 def _env_list(value: str | None) -> tuple[str, ...]:
     return tuple(m.strip() for m in (value or "").split(",") if m.strip())
+
+
+def _kinds(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    """``--kind`` values are job kinds (exit 2 here; the same from ORCH_WORKER_KINDS is a bad setting, exit 3)."""
+    for kind in value:
+        if not 0 < len(kind) <= MAX_KIND_LENGTH:
+            raise click.BadParameter(f"a job kind is 1 to {MAX_KIND_LENGTH} characters, not {shown(kind)}")
+    return value
 
 
 @cli.command(context_settings=CONTEXT)
@@ -41,6 +50,10 @@ def _env_list(value: str | None) -> tuple[str, ...]:
                    "of reach) is stopped when a fifth of it is left (LEASE_NOT_RENEWED); keep it at 10 or more on PostgreSQL.")
 @click.option("--worker-id", default=None, envvar="ORCH_WORKER_ID", show_envvar=True,
               help="Name of this worker in events and leases.  [default: host-pid-random]")
+@click.option("--kind", "kinds", multiple=True, callback=_kinds,
+              help="Run only jobs of this kind (repeatable); jobs of other kinds stay queued for other workers, "
+                   "and on PostgreSQL are never reserved by this one.  [default: every kind it has a handler for; "
+                   "env var: ORCH_WORKER_KINDS=kind1,kind2, added to --kind]")
 @click.option("--import", "imports", multiple=True, help="Import MODULE to register Python handlers (repeatable).  "
               "[env var: ORCH_HANDLERS=mod1,mod2, added to --import]")
 @click.option("--stop-grace-seconds", type=seconds(), default=DEFAULT_STOP_GRACE_SECONDS,
@@ -71,7 +84,7 @@ def _env_list(value: str | None) -> tuple[str, ...]:
 def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: bool, lease_seconds: float,
            worker_id: str | None, imports: tuple[str, ...], stop_grace_seconds: float, retry_base_seconds: float,
            retry_max_seconds: float, artifacts_import: bool, handler_process: str, handler_max_runs: int,
-           store_wait_seconds: float) -> int:
+           store_wait_seconds: float, kinds: tuple[str, ...]) -> int:
     """Run jobs: recover stale runs, claim by priority then FIFO, run the handler, record the outcome.
 
     Without --once it loops, waking as soon as a job is submitted; SIGTERM/SIGINT stop it
@@ -102,7 +115,8 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     settings = WorkerSettings(worker_id=worker_id, lease_seconds=lease_seconds, stop_grace_seconds=stop_grace_seconds,
                               retry_base_seconds=retry_base_seconds, retry_max_seconds=retry_max_seconds,
                               imports=modules, artifacts_import=artifacts_import, handler_process=handler_process,
-                              handler_max_runs=handler_max_runs, store_wait_seconds=store_wait_seconds)
+                              handler_max_runs=handler_max_runs, store_wait_seconds=store_wait_seconds,
+                              kinds=tuple(kinds) + _env_list(os.environ.get("ORCH_WORKER_KINDS")))
     w = Worker(orch, settings)
     adopt_orphans()  # a process of its own: what a run leaves behind an exited parent becomes its child
 

@@ -51,22 +51,32 @@ _CANDIDATES = """
 WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)),
 pick AS (SELECT job_id, priority, runnable_at_us FROM orch_ready
          WHERE project = %(p)s AND runnable_at_us <= %(now)s AND reserved_until_us <= %(now)s
-         AND job_id <> ALL(%(skip)s::text[])
+         AND job_id <> ALL(%(skip)s::text[]) AND {mine}
          ORDER BY priority DESC, runnable_at_us, job_id LIMIT 1 FOR UPDATE SKIP LOCKED),
 reserved AS (UPDATE orch_ready r SET reserved_by = %(by)s, reserved_until_us = %(until)s FROM pick, async_commit
              WHERE r.project = %(p)s AND r.job_id = pick.job_id AND r.priority = pick.priority
              AND r.runnable_at_us = pick.runnable_at_us
-             RETURNING r.priority, r.runnable_at_us, r.job_id)
-SELECT 0 AS part, priority, runnable_at_us AS at, job_id FROM reserved
-UNION ALL (SELECT 1, priority, runnable_at_us, job_id FROM orch_ready
-           WHERE project = %(p)s AND runnable_at_us <= %(now)s AND reserved_until_us <= %(now)s
+             RETURNING r.priority, r.runnable_at_us, r.job_id, r.kind)
+SELECT 0 AS part, priority, runnable_at_us AS at, job_id, kind FROM reserved
+UNION ALL (SELECT 1, priority, runnable_at_us, job_id, kind FROM orch_ready
+           WHERE project = %(p)s AND runnable_at_us <= %(now)s AND reserved_until_us <= %(now)s AND {mine}
            ORDER BY priority DESC, runnable_at_us, job_id LIMIT %(n)s)
-UNION ALL (SELECT 2, priority, runnable_at_us, job_id FROM orch_ready
-           WHERE project = %(p)s AND runnable_at_us > %(now)s ORDER BY runnable_at_us LIMIT 1)
-UNION ALL (SELECT 3, priority, reserved_until_us, job_id FROM orch_ready
-           WHERE project = %(p)s AND runnable_at_us <= %(now)s AND reserved_until_us > %(now)s
+UNION ALL (SELECT 2, priority, runnable_at_us, job_id, kind FROM orch_ready
+           WHERE project = %(p)s AND runnable_at_us > %(now)s AND {mine} ORDER BY runnable_at_us LIMIT 1)
+UNION ALL (SELECT 3, priority, reserved_until_us, job_id, kind FROM orch_ready
+           WHERE project = %(p)s AND runnable_at_us <= %(now)s AND reserved_until_us > %(now)s AND {mine}
            ORDER BY reserved_until_us LIMIT 1)
 ORDER BY part, priority DESC, at, job_id
+"""
+# a worker of some kinds only (``WorkerSettings.kinds``): rows of those kinds, and rows from before 0004 (no kind)
+_MINE_ANY, _MINE_KINDS = "true", "(kind IS NULL OR kind = ANY(%(kinds)s::text[]))"
+_CANDIDATES_ANY, _CANDIDATES_KINDS = _CANDIDATES.format(mine=_MINE_ANY), _CANDIDATES.format(mine=_MINE_KINDS)
+# let a row this worker reserved go (``release``), and wake the workers that may be waiting out its reservation
+_RELEASE = """
+WITH freed AS (UPDATE orch_ready SET reserved_until_us = 0
+               WHERE project = %(p)s AND job_id = %(job)s AND priority = %(pr)s AND runnable_at_us = %(at)s
+               AND reserved_by = %(by)s AND reserved_until_us = %(until)s RETURNING job_id)
+SELECT pg_notify(%(channel)s, job_id) FROM freed
 """
 
 
@@ -87,6 +97,7 @@ class PgQueueIndex(QueueIndex):
         self.channel = channel(store.project)
         self._listener: Any = None
         self._built_until = 0.0  # monotonic time until which "built" is trusted without asking
+        self._reserved: tuple[ReadyEntry, str, int] | None = None  # the last candidates' reservation: (row, by, until)
         store.register_index(self)  # a forked child drops its listener (``forget_listener``)
 
     @property
@@ -110,8 +121,9 @@ class PgQueueIndex(QueueIndex):
             writes.append(("DELETE FROM orch_ready USING up WHERE project = %s AND job_id = %s "
                            "AND (priority, runnable_at_us) IS DISTINCT FROM (%s::integer, %s::bigint)", (p, job_id, *keep)))
         if e is not None:
-            writes.append(("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us) "
-                           "SELECT %s, %s, %s, %s FROM up ON CONFLICT DO NOTHING", (p, job_id, e.priority, e.runnable_at_us)))
+            writes.append(("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us, kind) "
+                           "SELECT %s, %s, %s, %s, %s FROM up ON CONFLICT DO NOTHING",
+                           (p, job_id, e.priority, e.runnable_at_us, e.kind)))
             # delivered at commit, only if it commits: a woken worker always finds the event
             selects.append(("pg_notify(%s, %s)", (self.channel, job_id)))
         if change.put_running:
@@ -136,9 +148,9 @@ class PgQueueIndex(QueueIndex):
         return self.store._run(run, write=write)
 
     def put_ready(self, entry: ReadyEntry) -> None:
-        self._sql("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us) VALUES (%s, %s, %s, %s) "
-                  "ON CONFLICT DO NOTHING", (self.project, entry.job_id, entry.priority, entry.runnable_at_us),
-                  write=True)
+        self._sql("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us, kind) VALUES (%s, %s, %s, %s, %s) "
+                  "ON CONFLICT DO NOTHING", (self.project, entry.job_id, entry.priority, entry.runnable_at_us,
+                                             entry.kind), write=True)
 
     def drop_ready(self, entry: ReadyEntry) -> None:
         self._sql("DELETE FROM orch_ready WHERE project = %s AND job_id = %s AND priority = %s AND runnable_at_us = %s",
@@ -149,32 +161,46 @@ class PgQueueIndex(QueueIndex):
         through ``candidates``), its claim order mixes directions over three columns (the store's chunks page
         on one key), and a job's row moves when it is retried, so a listing in chunks could show it twice or
         miss it. About 1.7-2.0 s per million queued jobs here (docs/decisions.md, 2026-12-01)."""
-        rows = self._sql("SELECT priority, runnable_at_us, job_id FROM orch_ready WHERE project = %s "
+        rows = self._sql("SELECT priority, runnable_at_us, job_id, kind FROM orch_ready WHERE project = %s "
                          "ORDER BY priority DESC, runnable_at_us, job_id", (self.project,), write=False, fetch=True)
-        return [ReadyEntry(-pr, at, job) for pr, at, job in rows]
+        return [ReadyEntry(-pr, at, job, kind) for pr, at, job, kind in rows]
 
-    def candidates(self, now: float, skip: Collection[str] = ()) -> list[ReadyEntry]:
+    def candidates(self, now: float, skip: Collection[str] = (), kinds: Collection[str] = ()) -> list[ReadyEntry]:
         """Reserve the first due job (SKIP LOCKED), then a few more due ones, then hints for later.
 
         The result, in claim order: the reserved entry; up to ``CANDIDATES`` other due,
         unreserved entries; the earliest not-yet-due entry; and, for a job another worker
         reserved, an entry dated when its reservation lapses (so this worker looks again then,
-        in case that worker could not claim it). A job in ``skip`` (one this worker left for want
-        of a key or of a handler) is never the reserved one: reserved at every pass, it would keep the
-        workers that can run it waiting, and the rows after it from this one.
+        in case that worker could not claim it; a worker that leaves the job releases it sooner,
+        ``release``). A job in ``skip`` (one this worker left for want of a key or of a handler) is
+        never the reserved one: reserved at every pass, it would keep the workers that can run it
+        waiting, and the rows after it from this one. With ``kinds``, only rows of those kinds (and
+        rows written before migration 0004, which have none) are reserved or listed.
         """
         now_us = int(round(now * 1e6))
         until = now_us + int(RESERVATION_SECONDS * 1e6)
-        p = self.project
-
-        rows = self._sql(_CANDIDATES, {"p": p, "now": now_us, "by": self.reserver, "until": until,  # the reservation
-                                       "n": CANDIDATES + 1, "skip": list(skip)}, write=True, fetch=True)
+        params = {"p": self.project, "now": now_us, "by": self.reserver, "until": until,  # the reservation
+                  "n": CANDIDATES + 1, "skip": list(skip), "kinds": list(kinds)}
+        rows = self._sql(_CANDIDATES_KINDS if kinds else _CANDIDATES_ANY, params, write=True, fetch=True)
         out, seen = [], set()
-        for _part, pr, at, job in rows:  # the reserved row first; it is in the statement's snapshot twice
+        self._reserved = None
+        for part, pr, at, job, kind in rows:  # the reserved row first; it is in the statement's snapshot twice
             if job not in seen:
                 seen.add(job)
-                out.append(ReadyEntry(-pr, at, job))
+                out.append(ReadyEntry(-pr, at, job, kind))
+                if part == 0:
+                    self._reserved = (out[-1], params["by"], until)
         return out
+
+    def release(self, entry: ReadyEntry) -> None:
+        """Let the row this worker's last ``candidates`` reserved go, if ``entry`` is that row (no round trip
+        otherwise), and notify: a worker that listed it as reserved by another wakes and reserves it now."""
+        if self._reserved is None or self._reserved[0] != entry:
+            return
+        _, by, until = self._reserved
+        self._reserved = None
+        self._sql(_RELEASE, {"p": self.project, "job": entry.job_id, "pr": entry.priority, "at": entry.runnable_at_us,
+                             "by": by, "until": until, "channel": self.channel}, write=True, fetch=True)
 
     # Rows are per (job, epoch) (migration 0003): stale recovery, which drops outside the event's
     # transaction, removes only the epoch it listed, never the row of a claim committed since.

@@ -89,6 +89,30 @@ def test_once_runs_a_job_it_has_a_handler_for_before_reporting_those_it_has_none
     assert run_script("worker", "--once", env=env).returncode == 11
 
 
+def test_a_worker_given_kinds_runs_only_those_and_leaves_the_others_queued_quietly(env, orch) -> None:
+    other = orch.submit("t.echo", "for another worker", priority=5)  # first in claim order
+    job = orch.submit("t.payload", {"status": "done", "summary": "mine"})
+    ran = run_script("worker", "--once", "--json", "--kind", "t.payload", env=env)
+    assert ran.returncode == 0 and json.loads(ran.stdout)["job_id"] == job, ran.stderr
+    left = run_script("worker", "--once", env={**env, "ORCH_WORKER_KINDS": "t.ask, t.payload"})
+    assert left.returncode == 75, left.stderr  # nothing of its kinds: not exit 11, no warning
+    assert left.stdout == "nothing to run\n" and left.stderr == ""
+    assert state(orch, other) == "queued"
+    code, _out, err = finish(start_worker(env, "--idle-exit", "--kind", "t.payload"))
+    assert code == 0 and "stopped after 0 job(s)" in err and "left for a worker" not in err
+    assert run_script("worker", "--once", env=env).returncode == 0 and state(orch, other) == "succeeded"
+
+
+@pytest.mark.parametrize("where", ["option", "environment"])
+def test_a_kind_that_is_no_job_kind_is_refused_before_anything_runs(env, orch, where: str) -> None:
+    job = orch.submit("t.echo", 1)
+    bad = "k" * 201
+    proc = (run_script("worker", "--once", "--kind", bad, env=env) if where == "option"
+            else run_script("worker", "--once", env={**env, "ORCH_WORKER_KINDS": f"t.echo,{bad}"}))
+    assert proc.returncode == (2 if where == "option" else 3) and "Traceback" not in proc.stderr, proc.stderr
+    assert "1 to 200 characters" in proc.stderr and state(orch, job) == "queued"
+
+
 def test_a_kind_whose_module_raises_on_import_is_reported_not_a_worker_crash(env, orch, tmp_path: Path) -> None:
     (tmp_path / "t_broken_handlers.py").write_text("raise RuntimeError('bug in the handler module')\n")
     env = {**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{tmp_path}"}
@@ -136,7 +160,7 @@ def test_worker_help_shows_an_env_var_for_every_option(env) -> None:
     text = run_script("worker", "-h", env=env).stdout
     for var in ("ORCH_WORKER_ONCE", "ORCH_MAX_JOBS", "ORCH_IDLE_EXIT", "ORCH_LEASE_SECONDS", "ORCH_WORKER_ID",
                 "ORCH_HANDLERS", "ORCH_STOP_GRACE_SECONDS", "ORCH_RETRY_BASE_SECONDS", "ORCH_ARTIFACTS_IMPORT",
-                "ORCH_HANDLER_PROCESS", "ORCH_HANDLER_MAX_RUNS", "ORCH_STORE_WAIT_SECONDS"):
+                "ORCH_HANDLER_PROCESS", "ORCH_HANDLER_MAX_RUNS", "ORCH_STORE_WAIT_SECONDS", "ORCH_WORKER_KINDS"):
         assert var in text
 
 

@@ -137,6 +137,57 @@ def test_a_job_a_worker_has_no_handler_for_is_not_reserved_again_by_it(cluster: 
     assert claim is not None and claim.job_id == job
 
 
+def test_a_worker_that_leaves_a_job_it_reserved_lets_it_go_at_once_and_wakes_the_others(cluster: Cluster,
+                                                                                        monkeypatch) -> None:
+    """A worker without the job's handler reserved it for two seconds before leaving it: the worker that has the
+    handler, woken by the submit, found it reserved and waited those two seconds. Now the one that leaves it releases
+    the row and notifies, so the other is woken and claims it at the same instant."""
+    import orchestrator.worker as worker_mod
+    from orchestrator.errors import HandlerNotFoundError
+
+    a, b = cluster.machine("a"), cluster.machine("b")
+    wa, wb = cluster.worker(a, "without-handler"), cluster.worker(b, "with-handler")
+    b.queue.wait(0)  # b listens
+    try:
+        job = a.submit("t.echo", "for b")
+        assert b.queue.wait(WAIT)  # the submit's notification
+        real_lookup = worker_mod.lookup
+
+        def none_here(kind: str):
+            raise HandlerNotFoundError(f"no handler for kind {kind!r}: not imported here", kind=kind,
+                                       reason="not imported here")
+
+        now = a.clock()
+        monkeypatch.setattr(worker_mod, "lookup", none_here)
+        assert wa.claim(now) is None  # reserved by this pass, then left
+        monkeypatch.setattr(worker_mod, "lookup", real_lookup)
+        assert b.queue.wait(WAIT), "the release woke the worker that has the handler"
+        claim = wb.claim(now)  # the same instant: no reservation left to wait out
+        assert claim is not None and claim.job_id == job
+    finally:
+        b.queue.close()
+
+
+def test_a_worker_of_some_kinds_neither_reserves_nor_lists_jobs_of_other_kinds_on_postgres(cluster: Cluster) -> None:
+    a, b = cluster.machine("a"), cluster.machine("b")
+    echo = a.submit("t.echo", "not for a", priority=5)  # first in claim order
+    mine = a.submit("t.payload", {"status": "done", "summary": "mine"})
+    wa = cluster.worker(a, "payloads-only", kinds=("t.payload",))
+    now = a.clock()
+    offered = a.queue.candidates(now, kinds=("t.payload",))
+    assert [e.job_id for e in offered] == [mine]
+    with a.store._take() as conn:  # noqa: SLF001 - the rows as the database holds them
+        rows = dict(conn.execute("SELECT job_id, reserved_until_us FROM orch_ready WHERE project = %s",
+                                 (a.project_id,)).fetchall())
+    assert rows[echo] == 0, "another kind's job was never reserved by this worker"
+    a.queue.release(offered[0])  # (that pass reserved mine: let it go)
+    claim = wa.claim(now)
+    assert claim is not None and claim.job_id == mine
+    assert wa.claim(now) is None and a.status(echo).state == "queued"
+    other = cluster.worker(b, "any-kind").claim(now)  # the echo job was left for a worker that runs it
+    assert other is not None and other.job_id == echo
+
+
 def test_a_refused_claim_leaves_the_index_as_it_was(cluster: Cluster) -> None:
     a, b = cluster.machine("a"), cluster.machine("b")
     job = a.submit("t.echo", 1)

@@ -67,7 +67,7 @@ def test_running_rows_written_before_0003_stand_for_any_epoch_after_it(scratch_d
     conn = connect(scratch_db, autocommit=True)
     conn.execute("INSERT INTO orch_running (project, job_id) VALUES ('p', 'J1')")  # a release before 0003
     conn.close()
-    assert migrate(scratch_db)["applied"] == ["0003_running_epochs"]
+    assert migrate(scratch_db)["applied"][0] == "0003_running_epochs"
     store = PostgresStore(scratch_db, "p")
     try:
         index = PgQueueIndex(store)
@@ -79,6 +79,32 @@ def test_running_rows_written_before_0003_stand_for_any_epoch_after_it(scratch_d
         check = connect(scratch_db, autocommit=True)
         assert current_version(check) == latest_version()
         check.close()
+    finally:
+        store.close()
+
+
+def test_ready_rows_written_before_0004_have_no_kind_and_are_offered_to_a_worker_of_any_kinds(scratch_db: str) -> None:
+    """After 0004 a worker of some kinds (``worker --kind``) is offered only rows of its kinds; a row from before,
+    whose kind nobody wrote, is offered to it too (it reads the job and leaves it if it is not one of its kinds)."""
+    from orchestrator.store.pg_queue import PgQueueIndex
+    from orchestrator.store.postgres import PostgresStore
+    from orchestrator.queue import ReadyEntry
+
+    apply_up_to(scratch_db, 3)
+    conn = connect(scratch_db, autocommit=True)
+    conn.execute("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us) VALUES ('p', 'OLD', 0, 1)")
+    conn.close()
+    assert migrate(scratch_db)["applied"] == ["0004_ready_kinds"]
+    store = PostgresStore(scratch_db, "p")
+    try:
+        index = PgQueueIndex(store)
+        index.put_ready(ReadyEntry(0, 2, "MINE", "mine"))
+        index.put_ready(ReadyEntry(0, 3, "THEIRS", "theirs"))
+        assert [(e.job_id, e.kind) for e in index.ready()] == [("OLD", None), ("MINE", "mine"), ("THEIRS", "theirs")]
+        offered = index.candidates(10.0, kinds=("mine",))
+        assert [e.job_id for e in offered] == ["OLD", "MINE"]  # OLD reserved, MINE listed; THEIRS neither
+        # a worker of any kind: MINE reserved, THEIRS listed, OLD only as a hint of when its reservation lapses
+        assert [e.job_id for e in index.candidates(10.0)] == ["MINE", "THEIRS", "OLD"]
     finally:
         store.close()
 

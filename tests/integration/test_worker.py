@@ -312,6 +312,40 @@ def test_a_worker_that_ran_nothing_says_which_kinds_it_has_no_handler_for_and_ho
     assert "--import MODULE" in missing.message and "--kind" in missing.message
 
 
+def test_a_worker_of_some_kinds_reads_a_job_of_another_kind_once_then_passes_over_it(orch, monkeypatch) -> None:
+    other = orch.submit("t.echo", "not mine", priority=5)
+    worker = make_worker(orch, kinds=("t.payload",))
+    loads: list[str] = []
+    real_load = orch.load
+    monkeypatch.setattr(orch, "load", lambda job_id, **kw: loads.append(job_id) or real_load(job_id, **kw))
+    assert worker.run_once() is None and loads == [other]
+    assert worker.handler_not_found() is None  # not a missing handler: nothing to report
+    assert worker.run_once() is None and loads == [other], "a job's kind never changes: not read again"
+    mine = orch.submit("t.payload", {"status": "done", "summary": "mine"})
+    assert worker.run_once().job_id == mine and orch.status(other).state == "queued"
+
+
+def test_a_workers_kinds_are_a_list_of_job_kinds_each_kept_once() -> None:
+    from orchestrator.errors import InvalidInputError
+
+    assert WorkerSettings(kinds=["t.echo", "t.ask", "t.echo"]).kinds == ("t.echo", "t.ask")
+    for bad in ("t.echo", ("t.echo", ""), ("x" * 201,), (None,)):  # a string is not a list of kinds
+        with pytest.raises(InvalidInputError):
+            WorkerSettings(kinds=bad)
+
+
+def test_a_delayed_retry_of_another_kind_is_not_waited_for_by_a_worker_of_some_kinds(orch) -> None:
+    """``next_due`` is what an idle worker sleeps until, and what keeps ``--idle-exit`` from exiting: a retry of a
+    job this worker will never run must not count (a file entry has no kind: the job is read once, then remembered)."""
+    job = orch.submit("t.flaky", {"succeed_on": 2})
+    assert make_worker(orch, retry_base_seconds=600).run_once().outcome == "retry"  # due in about 600 s
+    any_kind = make_worker(orch)
+    assert any_kind.claim() is None and any_kind.next_due is not None  # a worker that runs it waits for it
+    other_kinds = make_worker(orch, kinds=("t.payload",))
+    assert other_kinds.claim() is None and other_kinds.next_due is None
+    assert orch.status(job).state == "queued"
+
+
 def test_a_worker_with_no_queued_job_it_lacks_a_handler_for_has_nothing_to_report(orch) -> None:
     worker = make_worker(orch)
     assert worker.run_once() is None and worker.handler_not_found() is None

@@ -199,3 +199,14 @@ def test_a_new_entry_and_its_announcement_both_wake_a_waiting_file_index(tmp_pat
     assert waiter.wait(1.0) is True
     assert waiter.wait(0.05) is False
     waiter.close()
+
+
+def test_an_entry_carries_its_jobs_kind_except_for_a_history_that_failed_verification() -> None:
+    """An index that filters by kind (PostgreSQL, ``worker --kind``) must still show every worker a job whose
+    history failed verification: its kind may be forged, and any worker refuses it (``Worker._refuse``)."""
+    index = MemoryQueueIndex()
+    good, bad = replace(job("J1"), kind="t.echo"), replace(job("J2"), kind="t.echo")
+    index.index_job(good, ok=True)
+    index.index_job(bad, ok=False)
+    assert {e.job_id: e.kind for e in index.ready()} == {"J1": "t.echo", "J2": None}
+    assert ReadyEntry.for_state(good) == ReadyEntry(0, 100_000_000, "J1"), "the kind is not part of the entry's identity"
