@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator.leftovers import end_leftovers, set_run_environment
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
-from orchestrator.runner import (HANDLER_PIPE_ENDS, UNREAPED, Child, forked_handler, handler_main, handler_payload,
-                                 reap_exited, spawning, stop_deferred)
+from orchestrator.runner import (HANDLER_PIPE_ENDS, STANDARD_FDS, UNREAPED, Child, forked_handler,
+                                 give_standard_streams, handler_main, handler_payload, reap_exited, spawning,
+                                 stop_deferred)
 from orchestrator.store.files import STRAY_AGE, pid_alive
 
 if TYPE_CHECKING:  # handlers imports this module
@@ -71,13 +72,44 @@ def _write_frame(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: int) -> None:
+def _fd_identity(fd: int) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class StandardStreams:
+    """The standard streams the handler process was given, put back before each run when a run changed them:
+    the process is the next run's too. A handler that closed descriptors 1 and 2 made the next run fail (the
+    host could not size its output), and one that put a file of its own there had that file emptied and the
+    next run's output written into it, none of it in the run's record. Costs three ``fstat`` a run."""
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        self.given = [_fd_identity(fd) for fd in STANDARD_FDS]
+        self.files = (sys.stdin, sys.stdout, sys.stderr)
+
+    def restore(self) -> None:
+        changed = tuple(fd for fd, given in zip(STANDARD_FDS, self.given) if _fd_identity(fd) != given)
+        if changed or any(f.closed for f in self.files):
+            give_standard_streams(self.output, changed)
+            self.given = [_fd_identity(fd) for fd in STANDARD_FDS]
+            self.files = (sys.stdin, sys.stdout, sys.stderr)
+        else:  # a run that only replaced the objects (``sys.stdout = io.StringIO()``)
+            sys.stdin, sys.stdout, sys.stderr = self.files
+
+
+def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: int, output: Path) -> None:
     """The reused handler process: one request (kind, context) in, one payload out, until the worker closes."""
+    streams = StandardStreams(output)
     while True:
         frame = _read_frame(req_r)
         if frame is None:  # the worker closed the pipe (or died): nothing more to run
             return
         request = json.loads(frame)
+        streams.restore()
         # Emptied here as well as by the worker (``HandlerHost.clear_output``): threads or processes an
         # earlier run left behind may have printed since the worker emptied it, and only this process
         # knows when the run starts. This run's tail holds this run's output only.
@@ -212,7 +244,7 @@ class HandlerHost:
         self._alive = claim_host_folder(self.folder)
         with forked_handler(2) as (pid, (req_r, req_w, resp_r, resp_w)):  # no other handler fork keeps their ends
             if pid == 0:  # pragma: no cover - runs in the host, covered by the worker tests
-                handler_main(self.output, (req_w, resp_r), lambda: _host_main(self.call, req_r, resp_w))
+                handler_main(self.output, (req_w, resp_r), lambda: _host_main(self.call, req_r, resp_w, self.output))
             os.close(req_r)
             os.close(resp_w)
             HANDLER_PIPE_ENDS.update((req_w, resp_r))  # closed in every other handler process forked here

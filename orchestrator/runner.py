@@ -408,15 +408,22 @@ def _become_handler_process(output: Path) -> None:
     _die_with_parent()
     strip_private_environment()  # no signing key, no API key in os.environ (docs/worker.md)
     become_subreaper(_load_libc())  # what a run leaves is re-parented here, and ended (``end_leftovers``)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
+    give_standard_streams(output)
+
+
+STANDARD_FDS = (0, 1, 2)
+
+
+def give_standard_streams(output: Path, fds: tuple[int, ...] = STANDARD_FDS) -> None:
+    """Point descriptors ``fds`` (of 0-2) at what a handler process gets, stdin ``/dev/null`` and stdout and stderr
+    the output file, and make ``sys.stdin``/``sys.stdout``/``sys.stderr`` new files on 0-2: ``print()`` goes to
+    the output file even if the worker had replaced ``sys.stdout`` (a logger, a test runner)."""
+    for target in fds:
+        fd = os.open(os.devnull, os.O_RDONLY) if target == 0 else _open_output(output)
+        if fd != target:  # a closed standard descriptor is the lowest free number: the one just opened
+            os.dup2(fd, target)
+            os.close(fd)
     sys.stdin = open(0, encoding="utf-8", errors="replace", closefd=False)
-    fd = _open_output(output)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    # print() goes to the output file even if the worker had replaced sys.stdout (a logger, a test runner)
     sys.stdout = open(1, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)
     sys.stderr = open(2, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)
 

@@ -141,3 +141,26 @@ def close_fds(ctx: JobContext) -> dict:
     os.closerange(3, 4096)
     time.sleep(float(ctx.input))
     return {"status": "done", "summary": "never seen"}
+
+
+@handler("t.stdio")
+def take_stdio(ctx: JobContext) -> dict:
+    """Leaves its process's standard streams changed: ``close`` closes descriptors 0-2; ``file`` closes 1 and opens
+    ``path`` (which gets descriptor 1) and points ``sys.stdout`` elsewhere; ``dup`` makes 1 and 2 copies of ``path``."""
+    how = ctx.input["how"]
+    if how == "close":
+        for fd in (0, 1, 2):
+            os.close(fd)
+    elif how == "file":
+        os.close(1)
+        fd = os.open(ctx.input["path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        assert fd == 1, fd
+        os.write(fd, b"the handler's own line\n")
+        import io
+        sys.stdout = io.StringIO()
+    elif how == "dup":
+        fd = os.open(ctx.input["path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    return {"status": "done", "summary": f"stdio: {how}"}

@@ -457,3 +457,25 @@ def test_a_stop_signal_while_a_large_payload_is_read_loses_none_of_it(orch, monk
     assert out["status"].result["output"] == "x" * 300_000
     assert w.stopping
     w.close()
+
+
+@pytest.mark.parametrize("how", ["close", "file", "dup"])
+def test_a_handler_that_changes_its_processs_standard_streams_leaves_the_next_run_its_own_output(
+        orch, tmp_path, how: str) -> None:
+    """A reused handler process is the next run's too: a handler that closed descriptors 1 and 2 made the next run
+    fail (the host could not size its output), and one that put a file of its own on them had that file emptied
+    before the next run and the next run's output written into it, none of it in the run's record."""
+    w = make_worker(orch)
+    own = tmp_path / "handlers-own.log"
+    first = run(orch, w, "t.stdio", {"how": how, "path": str(own)})
+    assert first["status"].state == "succeeded", first["events"][-1]
+    failed = {"status": "failed", "summary": "no", "retryable": False}
+    second = run(orch, w, "t.print", {"text": "second run", "err": "second err", "payload": failed})
+    data = second["events"][-1]["data"]
+    assert data["error_code"] == "HANDLER_FAILED", data  # its own payload, not a crash of the process
+    assert "second run" in data["output_tail"] and "second err" in data["output_tail"]
+    if how != "close":
+        assert "second" not in own.read_text()
+    if how == "file":
+        assert own.read_text() == "the handler's own line\n", "the handler's file was emptied by the next run"
+    w.close()
