@@ -362,8 +362,12 @@ class HostRun(Child):
         if sig == signal.SIGKILL and self.returncode is None:
             self.returncode = -sig
             self.host.lost(self.pid)  # its process group is gone: the next run forks a new host
-            if self._reaped_within(5.0) is None:  # reaped now, as the per-run child is
-                UNREAPED.add(self.pid)
+            reaped = None
+            try:  # reaped now, as the per-run child is; else (or a stop signal cutting the wait short) later
+                reaped = self._reaped_within(5.0)
+            finally:
+                if reaped is None:
+                    UNREAPED.add(self.pid)
 
     def payload(self) -> bytes | None:
         if self._too_large is not None:

@@ -479,3 +479,29 @@ def test_a_handler_that_changes_its_processs_standard_streams_leaves_the_next_ru
     if how == "file":
         assert own.read_text() == "the handler's own line\n", "the handler's file was emptied by the next run"
     w.close()
+
+
+def test_a_stop_signal_while_a_killed_handler_process_is_reaped_leaves_it_to_be_reaped_later(orch, monkeypatch) -> None:
+    """``HostRun.kill_group`` waits up to 5 s to reap the host it killed; a stop signal raised in that wait
+    (``WorkerStop``) skipped the note that reaps it later, and the process stayed a zombie for the worker's life."""
+    from orchestrator import handler_host, runner
+    from orchestrator.worker import WorkerStop
+
+    w = make_worker(orch)
+    host = w._handler_host()  # noqa: SLF001
+    started = host.run("t.sleep", {"input": 30, "job_id": "J", "run_id": "run-x", "attempt": 1})
+
+    def interrupted(self, seconds: float) -> int | None:
+        raise WorkerStop(signal.SIGTERM)
+
+    monkeypatch.setattr(handler_host.HostRun, "_reaped_within", interrupted)
+    with pytest.raises(WorkerStop):
+        started.kill_group(signal.SIGKILL)
+    assert started.pid in runner.UNREAPED
+    monkeypatch.undo()
+    deadline = time.monotonic() + 5
+    while started.pid in runner.UNREAPED and time.monotonic() < deadline:
+        runner.reap_exited()
+        time.sleep(0.01)
+    assert started.pid not in runner.UNREAPED and not alive(started.pid)
+    w.close()
