@@ -12,9 +12,10 @@ nothing queued) for ``--seconds`` of the real clock, and reports per pass:
 * ``statements`` / ``round_trips`` per pass on PostgreSQL (counted in the client, as ``bench/pg_commits.py``
   counts them); ``passes``: how many were made.
 
-The worker's lease is the default 30 s, so its stale recovery lists the running index at most every 5 s
-(since 2026-12-02): ``--seconds`` above that includes such listings in the means. The project (a temporary
-folder, or a project of its own in ``--url``'s database, created if missing) is removed afterwards.
+The worker's lease is the default 30 s, so since 2026-12-02 its stale recovery lists the running index at most
+once a second and reads none of the running jobs again before their hour is up (``recovery.StaleWatch``); before,
+every pass listed the index and read every running job. The project (a temporary folder, or a project of its own
+in ``--url``'s database, created if missing) is removed afterwards.
 """
 from __future__ import annotations
 
