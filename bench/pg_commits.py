@@ -14,6 +14,10 @@ Submits ``--jobs`` no-op jobs, then runs them with one in-process worker, and re
 * ``statements``: statements sent; ``round_trips``: statements sent outside a pipeline plus one
   per fetch inside a pipeline and one per pipeline (an approximation of waits for the server);
 * ``jobs_per_s``: W1 throughput of this single in-process worker (no process start-up).
+
+``--others N`` first claims N more jobs, each by a worker of its own that never runs it (a lease of an hour),
+so that stale recovery has running jobs to look at; ``--once`` runs the jobs one ``Worker.run_once()`` at a
+time (stale recovery, then the claim, at every call) instead of with the loop (``Worker.run``).
 """
 from __future__ import annotations
 
@@ -179,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", default=os.environ.get("ORCH_COMMITS_PG_URL", DEFAULT_URL))
     p.add_argument("--jobs", type=int, default=200)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--others", type=int, default=0, help="jobs left running by other workers")
+    p.add_argument("--once", action="store_true", help="run the jobs with run_once() calls, not the loop")
     args = p.parse_args(argv)
 
     from bench.postgres import ensure_database
@@ -203,9 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     orch = Orchestrator(base_path=tmp.name, project_id=project, store=PostgresStore(args.url, project))
     worker = orch.worker(worker_id="commits", lease_seconds=30)
     worker.queue.ensure_built(orch)
+    for i in range(args.others):
+        orch.submit("bench.noop", {"other": i})
+        assert orch.worker(worker_id=f"other{i}", lease_seconds=3600).claim() is not None
     orch.submit("bench.noop", {"n": -1})  # warm up connections and prepared statements
     worker.run(max_jobs=1, idle_exit=True)
-    out: dict[str, Any] = {"jobs": args.jobs, "loadavg": os.getloadavg()}
+    out: dict[str, Any] = {"jobs": args.jobs, "others": args.others, "once": args.once, "loadavg": os.getloadavg()}
     for phase in ("submit", "run"):
         before = settle(args.url, orch)
         c0 = dict(COUNTS.__dict__)
@@ -213,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         if phase == "submit":
             for i in range(args.jobs):
                 orch.submit("bench.noop", {"n": i})
+        elif args.once:
+            done = sum(worker.run_once() is not None for _ in range(args.jobs))
+            assert done == args.jobs, done
         else:
             done = worker.run(max_jobs=args.jobs, idle_exit=True)
             assert done == args.jobs, done

@@ -2,10 +2,11 @@
 
 ``Worker.recover_stale(now)`` calls ``recover_expired`` on every pass and, every
 ``SWEEP_EVERY`` seconds, ``reload_keys`` and ``sweep_leftovers``. Only the running index is
-scanned. A job whose lease expired gets one ``stale_recovered`` event
-(``NO_TERMINAL_SIGNAL_STALE``): to ``waiting_human`` if its run left artifacts, else queued
-again with a backoff, or failed once its attempts are used up. See ``docs/worker.md``
-(Stale recovery).
+scanned, and not at every pass: a worker's ``StaleWatch`` remembers until when each lease it read
+holds, and lists the index at most once a second unless one of those is due. A job whose lease
+expired gets one ``stale_recovered`` event (``NO_TERMINAL_SIGNAL_STALE``): to ``waiting_human`` if
+its run left artifacts, else queued again with a backoff, or failed once its attempts are used up.
+See ``docs/worker.md`` (Stale recovery).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator import clock as clock_mod
 from orchestrator.artifacts import recorded_names
+from orchestrator.config import MIN_LEASE_SECONDS
 from orchestrator.errors import ConcurrencyError, InvalidIdError, JobNotFoundError, PathEscapeError, SigningKeyError
 from orchestrator.handler_host import sweep_dead_host_folders
 from orchestrator.leases import LEASES_AREA, drop_lease_aux, lease_expiry
@@ -34,6 +36,92 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SWEEP_EVERY = 60.0  # how often stale recovery also removes what killed workers left behind and reads the keyring
+LIST_EVERY_MAX = 1.0  # a busy worker lists the running index at most this often (or every half lease, if shorter)
+IDLE_LOOK_MAX = 5.0  # an idle worker looks at the running index at least this often while jobs run (or half a lease)
+EXPIRY_TRUSTED_FOR = 60.0  # a lease expiry read is relied on for at most this long (it may move earlier: StaleWatch)
+EXPIRIES_KEPT = 4096  # running entries whose expiry one worker remembers (more are read at every listing)
+
+RunningEntry = tuple[str, int | None]  # (job id, epoch), as ``QueueIndex.running_entries`` lists them
+
+
+class StaleWatch:
+    """What one worker's stale recovery knows between passes, so that a pass reads only what may have expired.
+
+    Only its holder extends a lease (heartbeats), each time from a later time: the expiry a read of a running
+    entry (job, epoch) found is when the job may be recovered at the earliest, so the entry is not read again
+    before then (``due``, ``to_read``). Nothing is recovered without a fresh read, so what is remembered can
+    only make a recovery later, never recover a live job. The running index is listed when a remembered expiry is due, and
+    otherwise at most every ``list_every``: half this worker's lease (the deployment's, usually), at most
+    ``LIST_EVERY_MAX``. A job claimed since the last listing is met at the next one, in time unless its lease
+    is shorter than that (then at most ``list_every`` late). An idle worker wakes when a remembered expiry is
+    due, and looks at the index every ``idle_every`` (half a lease, at most ``IDLE_LOOK_MAX``) while jobs run
+    (``next_look``).
+
+    An expiry can still move earlier: its holder's clock stepped back between two heartbeats (the next
+    record is written from the earlier time), or its record was lost (the claim's expiry counts again).
+    So an expiry is relied on for at most ``EXPIRY_TRUSTED_FOR`` after it was read, and everything is read
+    again when ``now`` is earlier than at the last listing (a clock stepped back, or a test's ``now``).
+    Entries no longer listed are forgotten; at most ``EXPIRIES_KEPT`` are remembered. Times are ``now``,
+    the caller's (``Orchestrator.clock``, or a test's), never the monotonic clock."""
+
+    def __init__(self, lease_seconds: float) -> None:
+        half = max(lease_seconds / 2, MIN_LEASE_SECONDS / 2)
+        self.list_every = min(half, LIST_EVERY_MAX)
+        self.idle_every = min(half, IDLE_LOOK_MAX)
+        self._listed_at: float | None = None  # ``now`` of the last pass that listed the index and read what was due
+        self._found = False  # whether that listing held any entry
+        self._until: dict[RunningEntry, float] = {}  # entry -> when it is read again
+        self._next_due: float | None = None  # the earliest of those
+
+    def due(self, now: float) -> bool:
+        """Whether a pass at ``now`` lists the index: no listing yet (or the last one did not finish), ``now`` is
+        earlier than at the last listing, ``list_every`` passed since, or a remembered expiry did."""
+        last = self._listed_at
+        return (last is None or now < last or now >= last + self.list_every
+                or (self._next_due is not None and now >= self._next_due))
+
+    def to_read(self, entries: list[RunningEntry], now: float) -> list[RunningEntry]:
+        """Of ``entries``, listed at ``now``, those to read: every one not remembered as holding at ``now``.
+        Forgets the entries not listed; until ``listed`` is called, the next pass lists again."""
+        if self._listed_at is not None and now < self._listed_at:
+            self._until = {}
+        self._listed_at = None
+        kept: dict[RunningEntry, float] = {}
+        read = []
+        for entry in entries:
+            until = self._until.get(entry)
+            if until is not None and now < until:
+                kept[entry] = until
+            else:
+                read.append(entry)
+        self._until = kept
+        self._next_due = min(kept.values(), default=None)
+        return read
+
+    def holds_until(self, entry: RunningEntry, expiry: float, now: float) -> None:
+        """``entry`` was read at ``now`` and its lease holds until ``expiry`` (later than ``now``)."""
+        if len(self._until) >= EXPIRIES_KEPT and entry not in self._until:
+            return  # read at every listing, as before 2026-12-02
+        until = min(expiry, now + EXPIRY_TRUSTED_FOR)
+        self._until[entry] = until
+        self._next_due = until if self._next_due is None else min(self._next_due, until)
+
+    def listed(self, now: float, found: bool) -> None:
+        """The pass at ``now`` read every entry ``to_read`` gave; ``found``: the listing held any entry."""
+        self._listed_at, self._found = now, found
+
+    def next_look(self, now: float) -> float | None:
+        """When an idle worker, after a pass at ``now``, looks at the running index again: at the earliest
+        remembered expiry, and ``idle_every`` after the last listing; None if the pass at ``now`` listed it and
+        found no entry (no job runs: the worker may wait for news), ``list_every`` after an earlier listing
+        that found none."""
+        last = self._listed_at
+        if last is None or now < last:
+            return now
+        if not self._found:
+            return None if last == now else last + self.list_every
+        at = last + self.idle_every
+        return at if self._next_due is None else min(at, self._next_due)
 
 
 def reload_keys(orch: Orchestrator) -> bool:
@@ -49,15 +137,21 @@ def reload_keys(orch: Orchestrator) -> bool:
 
 
 def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor: str,
-                    backoff: Callable[[int], float], folders: WorkerFolders, untrusted: UntrustedJobs) -> list[str]:
+                    backoff: Callable[[int], float], folders: WorkerFolders, untrusted: UntrustedJobs,
+                    watch: StaleWatch) -> list[str]:
     """Recover the running jobs whose lease expired at ``now``; returns their ids. ``backoff`` gives the delay
     of a retry after that many failures, ``folders`` the jobs' artifact folders (``Worker``'s).
 
-    A job whose only problem is a key this worker does not hold is left as it is, its running entry kept, for
-    a worker that holds the key to recover; ``untrusted`` (``Worker``'s) remembers it, so later passes do
-    not read it again (``orchestrator/untrusted.py``)."""
+    ``watch`` (``Worker``'s) says whether the running index is listed at this pass, and which of its entries
+    are read: not one whose lease it read holds at ``now``. A job whose only problem is a key this worker
+    does not hold is left as it is, its running entry kept, for a worker that holds the key to recover;
+    ``untrusted`` (``Worker``'s) remembers it, so later passes do not read it again
+    (``orchestrator/untrusted.py``)."""
+    if not watch.due(now):
+        return []
+    entries = queue.running_entries()
     recovered = []
-    for job_id, epoch in queue.running_entries():
+    for job_id, epoch in watch.to_read(entries, now):
         mark = running_mark(job_id, epoch)
         if untrusted.passes_over(mark, job_id):
             continue
@@ -84,9 +178,11 @@ def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor:
             continue
         expiry = lease_expiry(orch.store, s, now)
         if expiry is not None and expiry > now:
+            watch.holds_until((job_id, epoch), expiry, now)
             continue
         if recover(orch, view, s, expiry, now, actor=actor, backoff=backoff, folders=folders):
             recovered.append(job_id)
+    watch.listed(now, bool(entries))
     return recovered
 
 

@@ -53,7 +53,7 @@ from orchestrator.outcome import (STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SEC
                                   RunResult, lost)
 from orchestrator.payload import NO_TERMINAL_SIGNAL_TIMEOUT
 from orchestrator.queue import ReadyEntry
-from orchestrator.recovery import SWEEP_EVERY, recover_expired, reload_keys, sweep_leftovers
+from orchestrator.recovery import SWEEP_EVERY, StaleWatch, recover_expired, reload_keys, sweep_leftovers
 from orchestrator.runner import RUN_PREFIX, Child, precise_sleeps, stop_is_deferred
 from orchestrator.security import one_line, safe_join, sanitize_text, shown, validate_id
 from orchestrator.store.files import check_folders
@@ -179,6 +179,7 @@ class Worker:
         self.untrusted = UntrustedJobs(orch.keyring)  # jobs left for want of a key (orchestrator/untrusted.py)
         self.left = LeftQueued()  # jobs left for want of a handler, or of a kind this worker does not run
         self._kinds = frozenset(self.settings.kinds)
+        self.stale_watch = StaleWatch(self.settings.lease_seconds)  # the leases it read (recovery.py)
         self._failed_lookups: dict[str, tuple[int, float, str]] = {}  # kind -> (registry generation, when, why)
         self._host: HandlerHost | None = None
         self._known: OrderedDict[str, tuple[JobView, Any]] = OrderedDict()  # see ``_remember``
@@ -190,14 +191,18 @@ class Worker:
 
     # -- stale recovery -----------------------------------------------------------------------
     def recover_stale(self, now: float | None = None) -> list[str]:
-        """Recover running jobs whose lease expired; only the running index is scanned. Now and then,
-        also remove what killed workers left behind (``recovery.sweep_leftovers``) and read the keyring folders
-        again (``Keyring.reload``): a worker whose key was revoked since it started then refuses to write
+        """Recover running jobs whose lease expired; only the running index is scanned, at most every
+        half lease (a second at most), and of its jobs only those whose lease, as last read, may have expired by
+        ``now`` are read (``recovery.StaleWatch``): most passes read nothing. Now and then, also remove what
+        killed workers left behind (``recovery.sweep_leftovers``) and read the keyring folders again
+        (``Keyring.reload``): a worker whose key was revoked since it started then refuses to write
         (SIGNING_KEY_ERROR)."""
         now = self.orch.clock() if now is None else now
-        self.queue.ensure_built(self.orch)
-        recovered = recover_expired(self.orch, self.queue, now, actor=self.actor, backoff=self.backoff,
-                                    folders=self.folders, untrusted=self.untrusted)
+        recovered: list[str] = []
+        if self.stale_watch.due(now):
+            self.queue.ensure_built(self.orch)
+            recovered = recover_expired(self.orch, self.queue, now, actor=self.actor, backoff=self.backoff,
+                                        folders=self.folders, untrusted=self.untrusted, watch=self.stale_watch)
         if time.monotonic() >= self._next_sweep:  # after the recoveries: the runs they ended are over
             self._next_sweep = time.monotonic() + SWEEP_EVERY
             reload_keys(self.orch)
@@ -708,15 +713,11 @@ class Worker:
         self.orch.store.has_jobs()  # a store that cannot be reached now is a setting to fix: exit (one call)
         pause = STORE_RETRY_FIRST_SECONDS  # from here on, losing the store is waited out
         self.queue.wait(0)  # start watching before the first scan, so no announcement is missed
-        next_recovery = 0.0
-        recovery_every = min(max(self.settings.lease_seconds / 2, 0.05), 5.0)
         try:
             while not self.stopping and (max_jobs is None or done < max_jobs):
                 try:
                     now = self.orch.clock()
-                    if time.monotonic() >= next_recovery:
-                        self.recover_stale(now)
-                        next_recovery = time.monotonic() + recovery_every
+                    self.recover_stale(now)  # reads nothing at most passes (``StaleWatch``)
                     claim = self.claim(now)
                     pause = STORE_RETRY_FIRST_SECONDS
                     if claim is not None:
@@ -728,8 +729,9 @@ class Worker:
                     if idle_exit and self.next_due is None:
                         break
                     wait = IDLE_MAX_WAIT
-                    if self.queue.running():  # another worker may die: look at its lease again soon
-                        wait = min(wait, max(0.0, next_recovery - time.monotonic()))
+                    look = self.stale_watch.next_look(now)  # None: this pass's listing found no job running
+                    if look is not None:  # another worker may die: look at its lease, and the index, in time
+                        wait = min(wait, max(0.0, look - now))
                     if self.next_due is not None:
                         wait = min(wait, max(0.0, self.next_due - now))
                     self._idle(wait)

@@ -287,3 +287,15 @@ def test_the_w3_trace_starts_the_clock_at_the_resume_and_stamps_the_run_after_it
     chain = ["claim fdatasynced", "handler returned", "outcome written",
              "visible to the separate reader"]  # each causes the next in every sample
     assert [steps[label]["p50"] for label in chain] == sorted(steps[label]["p50"] for label in chain)
+
+
+def test_the_claim_pass_benchmark_runs_and_reports_each_figure(tmp_path: Path, cli_env) -> None:
+    out = tmp_path / "pass.json"
+    env = {k: v for k, v in cli_env.items() if k not in ("ORCH_SIGNING_KEY", "BASE_PATH", "PROJECT_ID")}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "claim_pass.py"), "--backend", "files", "--running",
+                           "2", "--seconds", "0.2", "--json", str(out)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["running"] == 2 and result["passes"] > 0
+    assert all(result[k] > 0 for k in ("pass_us_p50", "pass_us_mean", "recover_us_p50", "recover_us_mean"))

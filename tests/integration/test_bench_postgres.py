@@ -54,3 +54,19 @@ def test_a_job_costs_one_durable_commit_to_submit_and_two_to_run_on_postgres(tmp
     assert per_job["submit"]["round_trips"] < 1.5
     # the reservation, the job's read, the claim, the outcome (and the index-built check, once a second)
     assert per_job["run"]["round_trips"] < 5
+
+
+def test_run_once_reads_no_other_running_job_at_every_pass_on_postgres(tmp_path: Path, cli_env) -> None:
+    """With 3 jobs left running by other workers, each ``run_once`` costs what a job costs the loop: its stale
+    recovery remembers their leases (``recovery.StaleWatch``). Before 2026-12-02 each pass also listed the
+    running index and read each of those jobs and its lease: 11 round trips a job, not 4."""
+    url = require_pg()
+    out = tmp_path / "commits.json"
+    env = {k: v for k, v in cli_env.items() if k not in ("ORCH_SIGNING_KEY", "BASE_PATH", "PROJECT_ID")}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "pg_commits.py"), "--url", url, "--jobs", "20",
+                           "--others", "3", "--once", "--json", str(out)], env=env, capture_output=True, text=True,
+                          timeout=180, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stderr
+    per_job = json.loads(out.read_text())
+    assert per_job["run"]["durable_commits"] == 2
+    assert per_job["run"]["round_trips"] < 5

@@ -179,7 +179,8 @@ def test_an_imported_running_job_whose_worker_is_gone_is_recovered(base: Path, k
     worker = dest.worker()
     assert worker.run_once() is None  # the destination's index is built (empty) before the import
     import_project(dest, io.BytesIO(buf.getvalue()))
-    assert worker.recover_stale(dest.clock()) == [job]
+    # met at the worker's next listing of the running index, at most list_every after its last (StaleWatch)
+    assert worker.recover_stale(dest.clock() + worker.stale_watch.list_every) == [job]
 
 
 def test_import_never_overwrites_a_different_history(file_orch, pg_orch) -> None:
