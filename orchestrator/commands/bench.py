@@ -33,12 +33,22 @@ def bench_terminal_latency(samples: int, seed: int, raw_output: str | None, repo
     Runs a real worker process and reads each job as `status` would. Exits 0 when the release gate
     (P95 <= 80 ms, P99 <= 150 ms) passes, 13 when it fails; our own target (P99 <= 2 ms) is reported.
     A --project-id, --raw-output or --report that cannot be used is refused (exit 3) before measuring.
+
+    SIGTERM or SIGINT (Ctrl-C) stops the run cleanly: its worker process is stopped, a scratch run removes
+    what it made (its project, its scratch keys, a --base-path it created), no output file is written, and
+    it exits 143 (SIGTERM) or 130 (SIGINT) with a one-line message on stderr. SIGKILL cannot be caught: it
+    leaves a scratch run's folders in place and, usually, the worker process running (docs/runbook.md).
     """
     from orchestrator import terminal_bench as tb
+    from orchestrator.security import sanitize_text
 
     out = Output(as_json)
-    with reported_errors(out):
-        result = tb.execute(samples, seed, base_path, project_id, raw_output, report, keep,
-                            progress=lambda m: click.echo(m, err=True))
+    try:
+        with reported_errors(out):
+            result = tb.execute(samples, seed, base_path, project_id, raw_output, report, keep,
+                                progress=lambda m: click.echo(m, err=True))
+    except tb.Interrupted as stop:
+        click.echo(sanitize_text(stop.message), err=True)
+        click.get_current_context().exit(stop.exit_code)
     out.emit(result, lambda: tb.text_summary(result))
     click.get_current_context().exit(0 if result["verdicts"]["gate"] else EXIT_GATE_FAILED)

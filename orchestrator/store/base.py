@@ -104,6 +104,12 @@ class EventStore(ABC):
         never returned. Lines are returned as stored, not validated.
         """
 
+    @abstractmethod
+    def first_line(self, stream: str) -> bytes | None:
+        """The stream's first complete line (``read(stream)[0].raw``), or None when it has none; read without
+        the lines after it (one small read of a file, one row of the database), for a caller that needs only
+        what a job's first event says (its kind) of many jobs. Not validated, as ``read``."""
+
     def read_with_aux(self, stream: str, area: str, key: str) -> tuple[bytes | None, list[StoredLine]]:
         """``get_aux(area, key)`` and then ``read(stream)``: the record is read first, so an append
         racing this call can only make the lines longer than a head record says, never shorter.

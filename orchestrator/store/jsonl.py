@@ -41,6 +41,7 @@ STORE_FOLDERS = ("", "queue", "queue/jobs", "audit", "locks", *sorted(SLOT_AREAS
 # writes around a blocked cache, with a warning); a link is refused like any other.
 DERIVED_FOLDERS = frozenset({"projections"})
 _TAIL_CHUNK = 64 * 1024
+_FIRST_CHUNK = 8 * 1024  # ``first_line``'s reads: a job's first event (its submission) fits in one, mostly
 _APPEND = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW
 
 
@@ -260,6 +261,26 @@ class JsonlStore(EventStore):
         complete = data[: data.rfind(b"\n") + 1]
         lines = complete.split(b"\n")[:-1]
         return [StoredLine(i, raw) for i, raw in enumerate(lines, 1) if i >= from_seq]
+
+    def first_line(self, stream: str) -> bytes | None:
+        """See ``EventStore.first_line``: the file from its start, ``_FIRST_CHUNK`` bytes at a time, up to its
+        first newline; no newline (an empty file, a torn first line) is no line, as for ``read``. A symbolic
+        link is never followed (``PATH_ESCAPE``); a directory holds no line."""
+        path = self._file(stream)
+        try:
+            with open(path, "rb", buffering=0, opener=nofollow_opener) as fh:
+                parts: list[bytes] = []
+                while block := fh.read(_FIRST_CHUNK):
+                    end = block.find(b"\n")
+                    if end >= 0:
+                        return b"".join(parts) + block[:end]
+                    parts.append(block)
+                return None
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        except OSError as exc:
+            refuse_link(path, exc)
+            raise path_error(exc) from None
 
     def _aux_path(self, area: str, key: str) -> str:
         return os.path.join(self._root_s, validate_id(area, "aux area"), validate_id(key, "aux key"))

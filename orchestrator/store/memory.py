@@ -38,6 +38,11 @@ class MemoryStore(EventStore):
             lines = list(self._streams.get(stream, ()))
         return [StoredLine(i, raw) for i, raw in enumerate(lines, 1) if i >= from_seq]
 
+    def first_line(self, stream: str) -> bytes | None:
+        with self._lock:
+            lines = self._streams.get(stream)
+            return lines[0] if lines else None
+
     def job_ids(self) -> Iterator[str]:
         with self._lock:
             names = [s for s, lines in self._streams.items() if lines and s != AUDIT_STREAM]

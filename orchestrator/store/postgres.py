@@ -414,6 +414,17 @@ class PostgresStore(EventStore):
         rows = self._chunked(_READ_LINES, (self.project, stream), after=from_seq - 1, lines=True)
         return [StoredLine(i, bytes(r[1])) for i, r in enumerate(rows, max(from_seq, 1))]
 
+    def first_line(self, stream: str) -> bytes | None:
+        """One row, the stream's lowest ``seq`` (line 1, lines being numbered by position); a line longer than
+        ``READ_CHUNK_BYTES`` in slices, as ``read`` gets it."""
+        self._check_stream(stream)
+        rows = self._run(lambda conn: conn.execute(
+            _READ_LINES, (READ_CHUNK_BYTES, self.project, stream, 0, 1), binary=True).fetchall())
+        if not rows:
+            return None
+        seq, line, length = rows[0]
+        return bytes(line) if line is not None else self._read_long_line((self.project, stream), seq, length)
+
     def read_with_aux(self, stream: str, area: str, key: str) -> tuple[bytes | None, list[StoredLine]]:
         """The record and the first lines in one statement (one snapshot, one round trip); a stream longer
         than that chunk gets the rest as ``read`` does, in later snapshots: the lines can then only be

@@ -6,8 +6,11 @@ workload is measured and reported, in the table and in the JSON, so the benchmar
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,6 +129,59 @@ def test_bench_terminal_latency_refuses_a_project_holding_jobs_it_did_not_submit
     assert json.loads(script("status", job, "--json").stdout)["state"] == "queued"
 
 
+def test_the_foreign_job_check_reads_only_each_jobs_first_line_and_still_refuses_a_foreign_job(
+        orch, monkeypatch) -> None:
+    """A job's kind is its first event's: the check reads that line of each job (``store.first_line``), never a
+    whole history (``read``, ``read_with_aux``: ``status`` verified every job in full, ~0.2 ms each), however long
+    it is; a job of another kind is still refused as before."""
+    from orchestrator import latency as lat
+    from orchestrator.errors import InvalidInputError
+
+    own = [orch.submit(lat.ECHO_KIND, {"pad": 0}) for _ in range(3)]
+    with orch.store.path(own[0]).open("ab") as fh:  # a long history after its first line (not even verifiable)
+        fh.write(b"".join(b'{"more": "%s"}\n' % (b"x" * 4_000) for _ in range(500)))
+    calls: list[tuple[str, str]] = []
+    for name in ("read", "read_with_aux", "first_line"):
+        method = getattr(orch.store, name)
+        monkeypatch.setattr(orch.store, name, lambda stream, *a, _m=method, _n=name: (
+            calls.append((_n, stream)), _m(stream, *a))[1])
+    tb.refuse_foreign_jobs(orch)
+    assert sorted(calls) == sorted(("first_line", job) for job in own)
+    calls.clear()
+    foreign = orch.submit("command", {"argv": ["true"]})
+    with pytest.raises(InvalidInputError) as refused:
+        tb.refuse_foreign_jobs(orch)
+    assert refused.value.exit_code == 3 and refused.value.details == {"job_id": foreign}
+    assert refused.value.message.startswith(
+        f"project proj already holds jobs the benchmark did not submit (job {foreign}, kind 'command'), which its "
+        "worker would run; nothing was written.")
+    assert {name for name, _ in calls} == {"first_line"}
+
+
+@pytest.mark.parametrize("first", [
+    None,  # a job listed with no line (a stream emptied meanwhile, a head row without its lines)
+    b"not json", b"\xff\xfe{", b"[1]", b"[" * 100_000,  # nested too deeply for the parser
+    b'{"type": "job_claimed", "data": {"kind": "orchestrator.latency:echo_handler"}}',  # not a submission
+    b'{"type": "job_submitted", "data": "orchestrator.latency:echo_handler"}',
+    b'{"type": "job_submitted", "data": {"kind": ["orchestrator.latency:echo_handler"]}}',
+    b'{"type": "job_submitted", "data": {}}',
+], ids=["no-line", "not-json", "not-utf8", "not-an-object", "too-deep", "claimed", "data-not-object",
+        "kind-not-text", "no-kind"])
+def test_a_job_whose_first_line_names_no_kind_is_refused_as_foreign_not_a_crash(first: bytes | None) -> None:
+    from types import SimpleNamespace
+
+    from orchestrator.errors import InvalidInputError
+
+    def project(line: bytes | None) -> SimpleNamespace:
+        store = SimpleNamespace(job_ids=lambda: iter(["J1"]), first_line=lambda stream: line)
+        return SimpleNamespace(project_id="p", store=store)
+
+    tb.refuse_foreign_jobs(project(b'{"type": "job_submitted", "data": {"kind": "orchestrator.latency:echo_handler"}}'))
+    with pytest.raises(InvalidInputError) as refused:
+        tb.refuse_foreign_jobs(project(first))
+    assert refused.value.details == {"job_id": "J1"} and "(job J1, kind " in refused.value.message
+
+
 def test_the_benchmarks_worker_never_runs_a_job_of_another_kind_submitted_while_it_runs(
         tmp_path: Path, cli_env, monkeypatch) -> None:
     """Past the check at its start, its worker process claims only the benchmark's own kind: a job submitted to the
@@ -240,6 +296,85 @@ def test_a_benchmark_that_fails_before_its_first_sample_leaves_no_worker_process
             if w.proc is not None and w.proc.poll() is None:
                 w.proc.kill()
                 w.proc.wait()
+
+
+def bench_processes(base: Path) -> list[int]:
+    """The live processes of a benchmark over ``base``: its worker process and that one's handler process, found
+    by the ``ORCH_BENCH_WORKER`` setting in their environment, which names the base path."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            env = (entry / "environ").read_bytes() if entry.name.isdigit() else b""
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        if any(v.startswith(b"ORCH_BENCH_WORKER=") and str(base).encode() in v for v in env.split(b"\0")):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("sig, exit_code, case", [
+    (signal.SIGTERM, 143, "scratch, --base-path made"),
+    (signal.SIGINT, 130, "scratch, --base-path there before"),
+    (signal.SIGTERM, 143, "kept project"),
+    (signal.SIGTERM, 143, "scratch, at its start"),  # while its worker process starts, most likely
+], ids=["sigterm-scratch", "sigint-scratch", "sigterm-kept", "sigterm-at-start"])
+def test_a_benchmark_stopped_mid_run_stops_its_worker_removes_what_it_made_and_exits_128_plus_the_signal(
+        tmp_path: Path, cli_env, sig: signal.Signals, exit_code: int, case: str) -> None:
+    """A real run sent the signal once its samples have started (a job file past the warm-up), or as soon as it
+    has made something (its worker process then starting, a step a stop waits for): exit 143 or 130
+    with one line saying so; its worker process is gone; a scratch run leaves the disk as it found it (a
+    --base-path it made removed, one that was there kept with what it held), a kept project still verifies;
+    no output file, not even a temporary one. Before, SIGTERM ended the process where it was (exit -15): the
+    scratch project, its keys folder and the --base-path it made stayed, and its worker process too, idle for
+    good (unless it died of the broken pipe reporting a run); SIGINT exited 1 ("Aborted!")."""
+    if sig == signal.SIGINT and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        pytest.skip("SIGINT is ignored by this process (a background job): its child would ignore it too")
+    base = tmp_path / "made" / "base" if case.endswith("made") else tmp_path / "base"
+    if base.exists():
+        (base / "notes.txt").write_text("the operator's")
+    args = ["--project-id", "ops"] if case == "kept project" else []
+    listed = lambda: sorted(p.name for p in tmp_path.iterdir() if p.name != "keyring")  # noqa: E731 (the operator's)
+    before = listed()
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "bench_terminal_latency.py"), "--samples",
+                             "1000000", "--base-path", str(base), "--raw-output", str(tmp_path / "raw.jsonl"), *args],
+                            env=cli_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    warmup = tb.Settings(1, 0, base, "x").warmup
+
+    def begun() -> bool:  # the scratch project's first folder, or job files past the warm-up
+        if case.endswith("start"):
+            return bool(list(base.glob("bench-latency-*")))
+        return len(list(base.glob("*/.orchestrator/queue/jobs/*.events.jsonl"))) > warmup + 2
+
+    try:
+        deadline = time.monotonic() + 60
+        while not begun():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.005)
+        assert bench_processes(base) or case.endswith("start"), "no worker process found to watch"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        left = bench_processes(base)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == exit_code, err[-3000:]
+    assert err.splitlines()[-1].startswith(f"interrupted by {sig.name}: the benchmark's worker process was stopped, ")
+    assert "Traceback" not in err and out == ""
+    assert not left, f"worker processes left running: {left}"
+    assert listed() == before, "an output file, or a temporary one, was left"
+    if case.endswith("made"):
+        assert not (tmp_path / "made").exists(), list((tmp_path / "made").rglob("*"))
+    elif case.startswith("scratch"):
+        assert sorted(p.name for p in base.iterdir()) == ["notes.txt"]
+    else:
+        assert sorted(p.name for p in base.iterdir()) == ["notes.txt", "ops"]
+        verify = subprocess.run([sys.executable, str(REPO / "scripts" / "verify.py"), "--json"],
+                                env={**cli_env, "BASE_PATH": str(base), "PROJECT_ID": "ops"}, capture_output=True,
+                                text=True, timeout=120, cwd=tmp_path)
+        assert verify.returncode == 0, verify.stdout[-3000:]
 
 
 def test_the_gate_fails_when_p95_or_p99_is_over_its_limit() -> None:

@@ -236,3 +236,44 @@ def test_has_jobs_is_true_once_a_job_stream_holds_a_line(store: EventStore) -> N
     assert not store.has_jobs()
     append(store, "job-1", "a")
     assert store.has_jobs()
+
+
+def test_the_first_line_is_line_one_however_long_and_none_without_a_line(
+        store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``first_line``: what ``read(stream)[0].raw`` is, without the lines after it; a first line longer than
+    a read's share (the file store's 8 KiB reads, PostgreSQL's ``READ_CHUNK_BYTES``, shrunk here) whole."""
+    from orchestrator.store import postgres
+
+    monkeypatch.setattr(postgres, "READ_CHUNK_BYTES", 10_000)
+    assert store.first_line("job-1") is None and store.first_line(AUDIT_STREAM) is None
+    append(store, "job-1", "x" * 25_000, "b", "c")
+    append(store, "job-2", "a")
+    append(store, AUDIT_STREAM, "audit entry", "another")
+    for stream in ("job-1", "job-2", AUDIT_STREAM):
+        assert store.first_line(stream) == store.read(stream)[0].raw, stream
+    assert len(store.first_line("job-1") or b"") > 25_000
+
+
+def test_the_file_store_reads_a_first_line_without_the_rest_of_the_file(tmp_path: Path) -> None:
+    """What the kernel counts as read (``rchar``) stays within one 8 KiB read however long the file is; no
+    newline is no line (a torn first line), as for ``read``; a link is never followed."""
+    from orchestrator.errors import PathEscapeError
+
+    io = Path("/proc/self/io")
+    if not io.exists():
+        pytest.skip("no /proc/self/io here")
+
+    def rchar() -> int:
+        return int(next(ln for ln in io.read_text().splitlines() if ln.startswith("rchar:")).split()[1])
+
+    store = JsonlStore(tmp_path / "proj" / ".orchestrator")
+    append(store, "job-1", "first", *(["y" * 4_000] * 2_000))  # 8 MB after the first line
+    before = rchar()
+    first = store.first_line("job-1")
+    read = rchar() - before
+    assert first == store.read("job-1")[0].raw and read <= 8 * 1024 + 1024, read  # the proc file's own read too
+    store.path("job-2").write_bytes(b'{"seq": 1, "torn": ')
+    assert store.first_line("job-2") is None and store.read("job-2") == []
+    store.path("job-3").symlink_to(store.path("job-1"))
+    with pytest.raises(PathEscapeError):
+        store.first_line("job-3")
