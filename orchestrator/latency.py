@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -79,9 +80,15 @@ def _worker_main() -> None:
     from orchestrator import faults
     from orchestrator.api import Orchestrator
     from orchestrator.config import DEFAULT_LEASE_SECONDS
+    from orchestrator.runner import die_with_parent
     from orchestrator.worker import Worker, WorkerSettings
 
     cfg = json.loads(os.environ["ORCH_BENCH_WORKER"])
+    # stops (SIGTERM: gracefully) when the benchmark that started it dies, SIGKILL included, as the `worker` command
+    # would be left running otherwise; a benchmark already gone before the signal was asked for is seen here
+    die_with_parent(signal.SIGTERM)
+    if os.getppid() != cfg.get("parent", os.getppid()):
+        return
     orch = Orchestrator(base_path=cfg["base_path"], project_id=cfg["project_id"])
     worker = Worker(orch, WorkerSettings(lease_seconds=cfg.get("lease_seconds", DEFAULT_LEASE_SECONDS),
                                          worker_id="bench-worker", kinds=tuple(cfg.get("kinds") or ())))
@@ -135,7 +142,7 @@ class WorkerProcess:
 
     def start(self) -> "WorkerProcess":
         cfg = {"base_path": self.base_path, "project_id": self.project_id, "max_jobs": self.max_jobs,
-               "idle_exit": self.idle_exit, "kinds": self.kinds}
+               "idle_exit": self.idle_exit, "kinds": self.kinds, "parent": os.getpid()}
         env = dict(self.env, ORCH_BENCH_WORKER=json.dumps(cfg))
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))

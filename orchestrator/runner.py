@@ -57,14 +57,14 @@ def _load_libc() -> Any:
     return _libc
 
 
-def _die_with_parent() -> None:
-    """Linux only: the kernel SIGKILLs this process when the worker that started it dies."""
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Linux only: the kernel sends ``sig`` to this process when the worker (the thread of it) that started it dies."""
     if not sys.platform.startswith("linux"):
         return
     try:
         libc = _load_libc()
         if libc:
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
     except (OSError, AttributeError):
         pass
 
@@ -342,7 +342,7 @@ def spawn_command(argv: list[str], *, cwd: Path, env: dict[str, str], output: Pa
     fd = _open_output(output)
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
-                                start_new_session=True, close_fds=True, preexec_fn=_die_with_parent)
+                                start_new_session=True, close_fds=True, preexec_fn=die_with_parent)
     finally:
         os.close(fd)
     started_child(proc.pid)
@@ -405,7 +405,7 @@ def _become_handler_process(output: Path) -> None:
     os.setpgid(0, 0)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    _die_with_parent()
+    die_with_parent()
     strip_private_environment()  # no signing key, no API key in os.environ (docs/worker.md)
     become_subreaper(_load_libc())  # what a run leaves is re-parented here, and ended (``end_leftovers``)
     give_standard_streams(output)

@@ -296,12 +296,16 @@ def execute(samples: int, seed: int, base_path: str | None, project_id: str | No
 
 def _measure(samples: int, seed: int, base_path: str | None, project: str, delete: bool,
              progress: Callable[[str], None] | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Run the benchmark in ``project`` under ``base_path`` (else a temporary folder); the rows and the summary."""
+    """Run the benchmark in ``project`` under ``base_path``; the rows and the summary. Without ``base_path``, a
+    scratch run uses a temporary folder, and a kept project the folder every other command uses without one
+    (``config.DEFAULT_BASE_PATH``, the current folder): kept in a temporary folder, it was deleted with it."""
     import tempfile
+
+    from orchestrator.config import DEFAULT_BASE_PATH
 
     tmp = None
     made: list[Path] = []
-    base = Path(base_path) if base_path is not None else None
+    base = Path(base_path) if base_path is not None else None if delete else Path(DEFAULT_BASE_PATH)
     try:
         with STOP.deferred():  # what is made here is known to the cleanup below before a stop can cut in
             if base is None:

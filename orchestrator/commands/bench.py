@@ -17,7 +17,8 @@ EXIT_GATE_FAILED = 13
               help="Write the Markdown report (P50/P95/P99/max, PASS/FAIL, machine, settings) to this file.")
 @click.option("--base-path", envvar="BASE_PATH", show_envvar=True, default=None, type=click.Path(file_okay=False),
               help="Disk to measure: the scratch project is created here; a missing folder is made, as by a "
-                   "submit, and removed again after a scratch run.  [default: a temporary folder]")
+                   "submit, and removed again after a scratch run.  [default: a temporary folder; with --project-id or "
+                   "--keep, the current folder, as for every other command]")
 @click.option("--project-id", default=None,
               help="Project to write the benchmark jobs into, kept afterwards and signed with this machine's "
                    "signing key, as a submit would be (so verify passes). A project holding jobs the benchmark did "
@@ -37,7 +38,7 @@ def bench_terminal_latency(samples: int, seed: int, raw_output: str | None, repo
     SIGTERM or SIGINT (Ctrl-C) stops the run cleanly: its worker process is stopped, a scratch run removes
     what it made (its project, its scratch keys, a --base-path it created), no output file is written, and
     it exits 143 (SIGTERM) or 130 (SIGINT) with a one-line message on stderr. SIGKILL cannot be caught: it
-    leaves a scratch run's folders in place and, usually, the worker process running (docs/runbook.md).
+    leaves a scratch run's folders in place; its worker process stops on its own (Linux; docs/runbook.md).
     """
     from orchestrator import terminal_bench as tb
     from orchestrator.security import sanitize_text

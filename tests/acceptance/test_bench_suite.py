@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, wait_until
 from orchestrator import terminal_bench as tb
 
 WORKLOAD_ROWS = ("W1 throughput", "W2 submit->visible P99", "W3 resume->visible P99", "W3 duplicate executions",
@@ -240,6 +240,26 @@ def test_bench_terminal_latency_makes_a_missing_base_path_as_submit_does_and_a_s
     assert [p.name for p in base.iterdir()] == [json.loads(kept.stdout)["settings"]["project"]]
 
 
+@pytest.mark.parametrize("how", ["--keep", "--project-id"])
+def test_a_kept_project_without_a_base_path_is_kept_where_the_other_commands_look(tmp_path: Path, cli_env,
+                                                                                   how: str) -> None:
+    """Without --base-path (nor BASE_PATH) a kept run went to a temporary folder, deleted with its project: now it
+    is written where every other command looks without one, the current folder, and verifies there."""
+    env = {k: v for k, v in cli_env.items() if k != "BASE_PATH"}
+    args = ["--keep"] if how == "--keep" else ["--project-id", "ops"]
+    run = lambda script, *more: subprocess.run(  # noqa: E731
+        [sys.executable, str(REPO / "scripts" / f"{script}.py"), *more, "--json"], env=env, capture_output=True,
+        text=True, timeout=120, cwd=tmp_path)
+    bench = run("bench_terminal_latency", "--samples", "2", *args)
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    project = json.loads(bench.stdout)["settings"]["project"]
+    assert (tmp_path / project).is_dir()
+    verified = run("verify", "--project-id", project)
+    assert verified.returncode == 0, verified.stdout + verified.stderr[-3000:]
+    jobs = json.loads(run("status", "--all", "--project-id", project).stdout)["jobs"]
+    assert len(jobs) >= 2 and {job["state"] for job in jobs} == {"succeeded"}  # the samples, and the warm-up runs
+
+
 @pytest.mark.parametrize("where, code, exit_code", [
     ("file/x", "STORAGE_ERROR", 10),  # a file where a folder belongs
     ("loop/x", "CONFIG_ERROR", 3),  # a loop of symbolic links (a traceback from every command before)
@@ -375,6 +395,30 @@ def test_a_benchmark_stopped_mid_run_stops_its_worker_removes_what_it_made_and_e
                                 env={**cli_env, "BASE_PATH": str(base), "PROJECT_ID": "ops"}, capture_output=True,
                                 text=True, timeout=120, cwd=tmp_path)
         assert verify.returncode == 0, verify.stdout[-3000:]
+
+
+def test_a_benchmark_killed_with_sigkill_does_not_leave_its_worker_process_running(tmp_path: Path, cli_env) -> None:
+    """SIGKILL cannot be handled: a scratch run's folders stay (documented), but its worker process, told by the
+    kernel that its parent died (``PR_SET_PDEATHSIG``, SIGTERM), stops too. Before, an idle one stayed for good
+    (one reporting a run died of the broken pipe). A process that starts an idle benchmark worker is killed here."""
+    code = ("import os, sys, time; from orchestrator import latency as lat; "
+            f"lat.WorkerProcess({str(tmp_path)!r}, 'p', dict(os.environ)).start(); print('started', flush=True); "
+            "time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**cli_env, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "started\n"
+        assert bench_processes(tmp_path), "no worker process found to watch"
+        proc.kill()
+        proc.wait()
+        wait_until(lambda: not bench_processes(tmp_path), what="the worker process to stop after its benchmark died")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        for pid in bench_processes(tmp_path):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_the_gate_fails_when_p95_or_p99_is_over_its_limit() -> None:
