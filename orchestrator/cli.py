@@ -194,7 +194,8 @@ def cli() -> None:
     5 action does not fit the job's state, 6 concurrent change (retry), 7 integrity problem,
     8 signing key problem (or jobs left, signed by a key not trusted), 9 malformed payload,
     10 storage error, 11 handler not found, 12 alerts firing (metrics --fail-on),
-    13 release gate failed (bench-terminal-latency), 75 nothing to run (worker --once).
+    13 release gate failed (bench-terminal-latency), 75 nothing to run (worker --once),
+    130 interrupted by SIGINT, 143 interrupted by SIGTERM (bench-terminal-latency).
     See the README's exit-code table.
     """
 
