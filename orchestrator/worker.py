@@ -136,6 +136,9 @@ class LeftQueued:
     def passes_over(self, job_id: str) -> bool:
         return self._jobs.get(job_id, False)
 
+    def __contains__(self, job_id: str) -> bool:
+        return job_id in self._jobs
+
     def forget(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
 
@@ -312,8 +315,13 @@ class Worker:
             self.left.leave(s.job_id, for_good=True)
             self.queue.release(entry)
             return None
+        left_before = s.job_id in self.left
         if self._no_handler(s):
-            self.queue.release(entry)
+            # released when first left: one left before and reserved again (out of ``skip``, which holds the
+            # ``SKIPPED_MAX`` left last) waits out its reservation, or each release's notify would wake this worker
+            # into another pass that reserves the next such job, forever
+            if not left_before:
+                self.queue.release(entry)
             return None
         run_id, epoch = new_run_id(), s.epoch + 1
         data = {"worker_id": self.worker_id, "epoch": epoch, "attempt": s.attempt + 1,
