@@ -81,10 +81,12 @@ def _fd_identity(fd: int) -> tuple[int, int] | None:
 
 
 class StandardStreams:
-    """The standard streams the handler process was given, put back before each run when a run changed them:
-    the process is the next run's too. A handler that closed descriptors 1 and 2 made the next run fail (the
-    host could not size its output), and one that put a file of its own there had that file emptied and the
-    next run's output written into it, none of it in the run's record. Costs three ``fstat`` a run."""
+    """The standard streams the handler process was given, put back when a run changed them, after the run (before
+    its output is flushed and its payload sent) and before the next: the process is the next run's too. A handler
+    that closed descriptors 1 and 2 made the next run fail (the host could not size its output), one that put a
+    file of its own there had that file emptied and the next run's output written into it, none of it in the
+    run's record, and one that left ``sys.stdout`` closed lost its own payload (the flush raised). Costs six
+    ``fstat`` a run."""
 
     def __init__(self, output: Path) -> None:
         self.output = output
@@ -118,6 +120,9 @@ def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: i
         set_run_environment(request["context"])
         payload = handler_payload(lambda: call(request["kind"], request["context"]))
         end_leftovers()  # the run is over when what it started is gone (one waitid when it started nothing)
+        # put back before the flush too: a run that left ``sys.stdout`` closed, or a line unfinished on a descriptor 1
+        # it closed, made the flush raise, and this process died with the run's payload (NO_TERMINAL_SIGNAL_EXIT)
+        streams.restore()
         sys.stdout.flush()
         sys.stderr.flush()
         _write_frame(resp_w, payload)

@@ -72,7 +72,8 @@ KNOWN_VIEW_MAX_BYTES = 64 * 1024  # ...if their events take no more than this (i
 EVENT_WAIT = 0.05  # how long a claimer waits for that event (the wait ends the moment the line is written)
 LOOKUP_RETRY_SECONDS = 5.0  # a kind with no handler here (its module failed to import) is looked up again then
 FAILED_LOOKUPS_KEPT = 1024  # kinds remembered so (all forgotten when there are more)
-LEFT_QUEUED_KEPT = 16384  # queued jobs a worker remembers leaving for other workers (``LeftQueued``; ~3 MB at most)
+LEFT_QUEUED_KEPT = 16384  # queued jobs a worker remembers leaving for other workers (``LeftQueued``; ~3 MB at most),
+# and delayed jobs it read and found of its kinds (``Worker._of_my_kinds``)
 
 
 class WorkerStop(BaseException):
@@ -136,6 +137,9 @@ class LeftQueued:
     def passes_over(self, job_id: str) -> bool:
         return self._jobs.get(job_id, False)
 
+    def __contains__(self, job_id: str) -> bool:
+        return job_id in self._jobs
+
     def forget(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
 
@@ -179,6 +183,7 @@ class Worker:
         self.untrusted = UntrustedJobs(orch.keyring)  # jobs left for want of a key (orchestrator/untrusted.py)
         self.left = LeftQueued()  # jobs left for want of a handler, or of a kind this worker does not run
         self._kinds = frozenset(self.settings.kinds)
+        self._mine: OrderedDict[str, None] = OrderedDict()  # delayed jobs read and found of those kinds (``_of_my_kinds``)
         self.stale_watch = StaleWatch(self.settings.lease_seconds)  # the leases it read (recovery.py)
         self._failed_lookups: dict[str, tuple[int, float, str]] = {}  # kind -> (registry generation, when, why)
         self._host: HandlerHost | None = None
@@ -238,13 +243,20 @@ class Worker:
     def _of_my_kinds(self, entry: ReadyEntry) -> bool:
         """Whether a delayed entry's job is of a kind this worker runs (``WorkerSettings.kinds``), so that it may wait for
         it (``next_due``, ``--idle-exit``). A file entry has no kind: its job is read once (its kind never changes), and
-        one of another kind is remembered (``LeftQueued``). A hint, unverified: a claim reads and checks the job."""
+        remembered: one of another kind in ``LeftQueued``, one of these kinds in ``_mine`` (the ``LEFT_QUEUED_KEPT`` read
+        last). A hint, unverified: a claim reads and checks the job."""
         kind = entry.kind
         if kind is None:
+            if entry.job_id in self._mine:
+                return True
             try:
                 kind = getattr(self.orch.load(entry.job_id).state, "kind", None)
             except (JobNotFoundError, InvalidIdError):
                 return True  # left to the claim, which drops an orphan entry
+            if kind in self._kinds:  # remembered too: read at every pass, a backlog of retries cost a read each
+                self._mine[entry.job_id] = None
+                while len(self._mine) > LEFT_QUEUED_KEPT:
+                    self._mine.popitem(last=False)
         if kind is None or kind in self._kinds:
             return True
         self.left.leave(entry.job_id, for_good=True)
@@ -312,8 +324,13 @@ class Worker:
             self.left.leave(s.job_id, for_good=True)
             self.queue.release(entry)
             return None
+        left_before = s.job_id in self.left
         if self._no_handler(s):
-            self.queue.release(entry)
+            # released when first left: one left before and reserved again (out of ``skip``, which holds the
+            # ``SKIPPED_MAX`` left last) waits out its reservation, or each release's notify would wake this worker
+            # into another pass that reserves the next such job, forever
+            if not left_before:
+                self.queue.release(entry)
             return None
         run_id, epoch = new_run_id(), s.epoch + 1
         data = {"worker_id": self.worker_id, "epoch": epoch, "attempt": s.attempt + 1,

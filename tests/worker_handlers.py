@@ -146,7 +146,9 @@ def close_fds(ctx: JobContext) -> dict:
 @handler("t.stdio")
 def take_stdio(ctx: JobContext) -> dict:
     """Leaves its process's standard streams changed: ``close`` closes descriptors 0-2; ``file`` closes 1 and opens
-    ``path`` (which gets descriptor 1) and points ``sys.stdout`` elsewhere; ``dup`` makes 1 and 2 copies of ``path``."""
+    ``path`` (which gets descriptor 1) and points ``sys.stdout`` elsewhere; ``dup`` makes 1 and 2 copies of ``path``;
+    ``closed`` closes ``sys.stdout``; ``with`` points it at ``path`` opened in a ``with`` (closed after it);
+    ``partial`` writes an unfinished line to ``sys.stdout`` and closes descriptor 1."""
     how = ctx.input["how"]
     if how == "close":
         for fd in (0, 1, 2):
@@ -163,4 +165,13 @@ def take_stdio(ctx: JobContext) -> dict:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
+    elif how == "closed":
+        sys.stdout.close()
+    elif how == "with":
+        with open(ctx.input["path"], "w", encoding="utf-8") as fh:
+            sys.stdout = fh
+            print("the handler's own line")
+    elif how == "partial":
+        sys.stdout.write("an unfinished line")
+        os.close(1)
     return {"status": "done", "summary": f"stdio: {how}"}

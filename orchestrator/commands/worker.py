@@ -42,7 +42,8 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -
               help="Exit after running this many jobs.")
 @click.option("--idle-exit", is_flag=True, envvar="ORCH_IDLE_EXIT", show_envvar=True,
               help="Exit when no queued job is left that this worker can run (a delayed retry still counts as "
-                   "queued; a job of a kind it has no handler for, or signed by a key it does not trust, does not).")
+                   "queued; a job of a kind it has no handler for, or does not run (--kind), or signed by a key it "
+                   "does not trust, does not).")
 @click.option("--lease-seconds", type=FiniteFloatRange(min=MIN_LEASE_SECONDS, max=MAX_LEASE_SECONDS),
               default=DEFAULT_LEASE_SECONDS, show_default=True, envvar="ORCH_LEASE_SECONDS", show_envvar=True,
               help="Lease length; renewed every third of it while a job runs. A job whose lease "
@@ -51,8 +52,10 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -
 @click.option("--worker-id", default=None, envvar="ORCH_WORKER_ID", show_envvar=True,
               help="Name of this worker in events and leases.  [default: host-pid-random]")
 @click.option("--kind", "kinds", multiple=True, callback=_kinds,
-              help="Run only jobs of this kind (repeatable); jobs of other kinds stay queued for other workers, "
-                   "and on PostgreSQL are never reserved by this one.  [default: every kind it has a handler for; "
+              help="Run only jobs of this kind (repeatable); jobs of other kinds stay queued for other workers "
+                   "(--once exits 75, not 11, when it met only those), and on PostgreSQL are never reserved by this "
+                   "one (a job queued before migration 0004: once, to read its kind).  [default: every kind it has a "
+                   "handler for; "
                    "env var: ORCH_WORKER_KINDS=kind1,kind2, added to --kind]")
 @click.option("--import", "imports", multiple=True, help="Import MODULE to register Python handlers (repeatable).  "
               "[env var: ORCH_HANDLERS=mod1,mod2, added to --import]")

@@ -65,6 +65,7 @@ UNION ALL (SELECT 2, priority, runnable_at_us, job_id, kind FROM orch_ready
            WHERE project = %(p)s AND runnable_at_us > %(now)s AND {mine} ORDER BY runnable_at_us LIMIT 1)
 UNION ALL (SELECT 3, priority, reserved_until_us, job_id, kind FROM orch_ready
            WHERE project = %(p)s AND runnable_at_us <= %(now)s AND reserved_until_us > %(now)s AND {mine}
+           AND job_id <> ALL(%(skip)s::text[])
            ORDER BY reserved_until_us LIMIT 1)
 ORDER BY part, priority DESC, at, job_id
 """
@@ -174,8 +175,10 @@ class PgQueueIndex(QueueIndex):
         in case that worker could not claim it; a worker that leaves the job releases it sooner,
         ``release``). A job in ``skip`` (one this worker left for want of a key or of a handler) is
         never the reserved one: reserved at every pass, it would keep the workers that can run it
-        waiting, and the rows after it from this one. With ``kinds``, only rows of those kinds (and
-        rows written before migration 0004, which have none) are reserved or listed.
+        waiting, and the rows after it from this one. Nor is its reservation listed to be looked at
+        again: this worker left it (with more than ``SKIPPED_MAX`` left, a pass that reserved one of
+        the others again woke it for the next such pass). With ``kinds``, only rows of those kinds
+        (and rows written before migration 0004, which have none) are reserved or listed.
         """
         now_us = int(round(now * 1e6))
         until = now_us + int(RESERVATION_SECONDS * 1e6)

@@ -459,12 +459,15 @@ def test_a_stop_signal_while_a_large_payload_is_read_loses_none_of_it(orch, monk
     w.close()
 
 
-@pytest.mark.parametrize("how", ["close", "file", "dup"])
+@pytest.mark.parametrize("how", ["close", "file", "dup", "closed", "with", "partial"])
 def test_a_handler_that_changes_its_processs_standard_streams_leaves_the_next_run_its_own_output(
         orch, tmp_path, how: str) -> None:
     """A reused handler process is the next run's too: a handler that closed descriptors 1 and 2 made the next run
     fail (the host could not size its output), and one that put a file of its own on them had that file emptied
-    before the next run and the next run's output written into it, none of it in the run's record."""
+    before the next run and the next run's output written into it, none of it in the run's record. One that left
+    ``sys.stdout`` closed (``closed``, ``with``), or an unfinished line on a descriptor 1 it closed (``partial``),
+    lost its own payload: the process flushed its streams before sending it, and died of the error
+    (NO_TERMINAL_SIGNAL_EXIT; a handler process per run wrote the payload first, and recorded it)."""
     w = make_worker(orch)
     own = tmp_path / "handlers-own.log"
     first = run(orch, w, "t.stdio", {"how": how, "path": str(own)})
@@ -474,10 +477,11 @@ def test_a_handler_that_changes_its_processs_standard_streams_leaves_the_next_ru
     data = second["events"][-1]["data"]
     assert data["error_code"] == "HANDLER_FAILED", data  # its own payload, not a crash of the process
     assert "second run" in data["output_tail"] and "second err" in data["output_tail"]
-    if how != "close":
+    if how in ("file", "dup", "with"):
         assert "second" not in own.read_text()
-    if how == "file":
+    if how in ("file", "with"):
         assert own.read_text() == "the handler's own line\n", "the handler's file was emptied by the next run"
+    assert "an unfinished line" not in data["output_tail"], "what a run printed shows in its own record only"
     w.close()
 
 

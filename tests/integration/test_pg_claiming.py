@@ -168,6 +168,49 @@ def test_a_worker_that_leaves_a_job_it_reserved_lets_it_go_at_once_and_wakes_the
         b.queue.close()
 
 
+def test_a_job_left_for_want_of_a_handler_is_released_once_not_at_each_pass_that_reserves_it_again(
+        cluster: Cluster, monkeypatch) -> None:
+    """A pass never reserves the ``SKIPPED_MAX`` jobs a worker left last (``skip``), but with more queued jobs of a
+    kind it has no handler for it reserves one of the others, reads it and leaves it again. It also released it each
+    time, and the release's notify woke every listener, this worker too: woken by its own release, it made another
+    pass, forever (~130 passes a second with 400 such jobs; one pass in 10 s before releases). A job is released
+    when first left; reserved again later, its reservation lapses, as before releases, and nobody is woken."""
+    import orchestrator.worker as worker_mod
+
+    monkeypatch.setattr(worker_mod, "SKIPPED_MAX", 1)  # as if it had left more than 256 such jobs
+    a = cluster.machine("a")
+    for i in range(3):
+        a.submit("t.nowhere", i)  # no handler anywhere
+    w = cluster.worker(a, "without-handler")
+    a.queue.wait(0)  # this worker listens, as its loop does
+    try:
+        now = a.clock()
+        assert w.claim(now) is None  # the first job reserved, left and released; the others listed and left
+        assert a.queue.wait(WAIT), "a job left the first time is released, and the others woken"
+        for later in (3.0, 6.0):  # each reservation lapsed: the first job, out of skip, is reserved again
+            assert w.claim(now + later) is None
+            assert not a.queue.wait(0.3), "no release, no notify: the worker is not woken into another pass"
+        assert "t.nowhere" in w.unhandled
+    finally:
+        a.queue.close()
+
+
+def test_a_reservation_of_a_job_in_skip_is_not_listed_as_one_to_look_at_again(cluster: Cluster) -> None:
+    """The claim statement lists the next reservation to lapse, for the worker to look again then (in case its holder
+    could not claim the job). One of a job the worker left (``skip``) counted too: a worker with more than
+    ``SKIPPED_MAX`` jobs of a kind it has no handler for reserves some of them again (out of ``skip``), and it woke
+    at each such reservation's lapse for a pass that made the next: ~3 passes a second for good after 400 such
+    jobs (one pass in 10 s before releases)."""
+    a = cluster.machine("a")
+    left, other = a.submit("t.nowhere", 1), a.submit("t.echo", 2)
+    now = a.clock()
+    assert a.queue.candidates(now)[0].job_id == left  # reserved by this worker, which then leaves it (no release)
+    b = cluster.machine("b")  # another worker (here of that kind only) looks again when it lapses
+    assert [e.job_id for e in b.queue.candidates(now + 0.5, kinds=("t.nowhere",))] == [left]
+    listed = a.queue.candidates(now + 1.0, skip=[left])
+    assert [e.job_id for e in listed] == [other], "a job this worker left is not waited for"
+
+
 def test_a_worker_of_some_kinds_neither_reserves_nor_lists_jobs_of_other_kinds_on_postgres(cluster: Cluster) -> None:
     a, b = cluster.machine("a"), cluster.machine("b")
     echo = a.submit("t.echo", "not for a", priority=5)  # first in claim order

@@ -346,6 +346,22 @@ def test_a_delayed_retry_of_another_kind_is_not_waited_for_by_a_worker_of_some_k
     assert orch.status(job).state == "queued"
 
 
+def test_a_worker_of_some_kinds_reads_a_delayed_retry_of_its_own_kinds_once_not_at_every_pass(orch, monkeypatch) -> None:
+    """A file entry holds no kind, so a worker of some kinds reads a delayed entry's job to learn whether to wait for
+    it. One of another kind was remembered; one of its own kinds was read again at every pass: with 300 retries
+    waiting, 300 reads (56 ms) a pass, against none (1.2 ms) for a worker of every kind."""
+    jobs = [orch.submit("t.flaky", {"succeed_on": 2}) for _ in range(3)]
+    first = make_worker(orch, retry_base_seconds=600)
+    for _ in jobs:
+        assert first.run_once().outcome == "retry"  # each due in about 600 s
+    worker = make_worker(orch, kinds=("t.flaky",))
+    loads: list[str] = []
+    real_load = orch.load
+    monkeypatch.setattr(orch, "load", lambda job_id, **kw: loads.append(job_id) or real_load(job_id, **kw))
+    assert worker.claim() is None and worker.next_due is not None and sorted(loads) == sorted(jobs)
+    assert worker.claim() is None and worker.next_due is not None and len(loads) == 3, "a job's kind never changes"
+
+
 def test_a_worker_with_no_queued_job_it_lacks_a_handler_for_has_nothing_to_report(orch) -> None:
     worker = make_worker(orch)
     assert worker.run_once() is None and worker.handler_not_found() is None
