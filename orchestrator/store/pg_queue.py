@@ -47,6 +47,8 @@ LISTEN_FALLBACK_SECONDS = 10.0  # an idle wait never lasts longer, even if a NOT
 # a hint, never an acknowledged event, so its commit does not wait for the WAL flush
 # (``synchronous_commit`` off for this transaction only): a crash can only forget a reservation,
 # which at worst lets two workers try the same job, and the append still decides.
+# Parts 2 and 3 have indexes of their own (migration 0005; ``reserved_until_us > 0`` is the partial index's
+# condition, stated so that a prepared, generic plan can use it too).
 _CANDIDATES = """
 WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)),
 pick AS (SELECT job_id, priority, runnable_at_us FROM orch_ready
@@ -65,7 +67,7 @@ UNION ALL (SELECT 2, priority, runnable_at_us, job_id, kind FROM orch_ready
            WHERE project = %(p)s AND runnable_at_us > %(now)s AND {mine} ORDER BY runnable_at_us LIMIT 1)
 UNION ALL (SELECT 3, priority, reserved_until_us, job_id, kind FROM orch_ready
            WHERE project = %(p)s AND runnable_at_us <= %(now)s AND reserved_until_us > %(now)s AND {mine}
-           AND job_id <> ALL(%(skip)s::text[])
+           AND reserved_until_us > 0 AND job_id <> ALL(%(skip)s::text[])
            ORDER BY reserved_until_us LIMIT 1)
 ORDER BY part, priority DESC, at, job_id
 """

@@ -70,3 +70,19 @@ def test_run_once_reads_no_other_running_job_at_every_pass_on_postgres(tmp_path:
     per_job = json.loads(out.read_text())
     assert per_job["run"]["durable_commits"] == 2
     assert per_job["run"]["round_trips"] < 5
+
+
+def test_the_claim_statement_benchmark_runs_and_leaves_no_row(cli_env) -> None:
+    url = require_pg()
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "pg_candidates.py"), "--url", url, "--queued", "50",
+                           "--repeat", "2"], env=cli_env, capture_output=True, text=True, timeout=120, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stderr
+    [row] = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert row["queued"] == 50 and row["any_kind_ms"] > 0 and row["kind_mine_ms"] > 0, row
+    from orchestrator.store.postgres import connect
+
+    conn = connect(url, autocommit=True)
+    try:
+        assert conn.execute("SELECT count(*) FROM orch_ready WHERE project LIKE 'bench-cand-%'").fetchone()[0] == 0
+    finally:
+        conn.close()
