@@ -313,15 +313,15 @@ class Orchestrator:
                 removed.append(view)
         return removed
 
-    def jobs(self, states: Iterable[str] | None = None) -> list[JobStatus]:
-        """Every job's status, oldest first, optionally only those in ``states``; a job whose events
-        were all removed is listed too (no state, its integrity error)."""
-        wanted = set(states or ())
+    def jobs(self, states: Iterable[str] | None = None, kinds: Iterable[str] | None = None) -> list[JobStatus]:
+        """Every job's status, oldest first, optionally only those in ``states`` and of ``kinds``; a job whose
+        events were all removed is listed too when nothing is filtered (no state, no kind, its integrity error)."""
+        wanted, of_kinds = set(states or ()), set(kinds or ())
         listed = list(self.store.job_ids())
-        out = [JobStatus.from_view(view) for view in self.removed_jobs(listed)] if not wanted else []
+        out = [JobStatus.from_view(view) for view in self.removed_jobs(listed)] if not (wanted or of_kinds) else []
         for job_id in listed:
             st = self.status(job_id)
-            if not wanted or st.state in wanted:
+            if (not wanted or st.state in wanted) and (not of_kinds or st.kind in of_kinds):
                 out.append(st)
         out.sort(key=lambda s: (s.submitted_at or "", s.job_id))
         return out

@@ -256,16 +256,19 @@ def _status_text(st: Any) -> str:
 @click.option("--state", "states", multiple=True, type=click.Choice(
     ["queued", "running", "awaiting_audit", "waiting_human", "succeeded", "failed", "cancelled"]),
     help="With --all: only jobs in this state (repeatable).")
+@click.option("--kind", "kinds", multiple=True,
+              help="With --all: only jobs of this kind (repeatable), e.g. those a `worker --kind` would run.")
 @project_command
-def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: tuple[str, ...]) -> int:
+def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: tuple[str, ...],
+           kinds: tuple[str, ...]) -> int:
     """Show a job's state, attempt, run id, lease, pending question and last error.
 
     Exits 7 when the job's history failed verification (the job will not be run).
     """
-    if all_jobs or states:
+    if all_jobs or states or kinds:
         if job_id:
-            raise click.UsageError("give a JOB_ID, or --all (with or without --state) to list jobs, not both")
-        jobs = orch.jobs(states)
+            raise click.UsageError("give a JOB_ID, or --all (with or without --state, --kind) to list jobs, not both")
+        jobs = orch.jobs(states, kinds)
         note_missing_store(orch, out)
         out.emit({"jobs": [j.to_dict() for j in jobs], "count": len(jobs)},
                  lambda: "\n".join([f"{'JOB_ID':<36} {'STATE':<15} {'KIND':<16} {'ATT':>3}  UPDATED"] + [

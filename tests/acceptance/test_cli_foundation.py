@@ -94,6 +94,18 @@ def test_status_all_filters_by_state(cli_env: dict[str, str]) -> None:
     assert none["count"] == 0
 
 
+def test_status_all_filters_by_kind_and_state_together(cli_env: dict[str, str]) -> None:
+    command = submit(cli_env)
+    other = json.loads(run_script("submit", "--kind", "nobody.handles.this", "--input", "{}", "--json", env=cli_env,
+                                  check=True).stdout)["job_id"]
+    listed = lambda *args: {j["job_id"] for j in json.loads(run_script(  # noqa: E731
+        "status", *args, "--json", env=cli_env, check=True).stdout)["jobs"]}
+    assert listed("--all", "--kind", "command") == {command}
+    assert listed("--kind", "nobody.handles.this") == {other}  # a filter lists, as --state does
+    assert listed("--all", "--kind", "command", "--kind", "nobody.handles.this") == {command, other}
+    assert listed("--all", "--kind", "command", "--state", "succeeded") == set()
+
+
 def test_expected_errors_have_codes_exit_codes_and_no_traceback(cli_env: dict[str, str]) -> None:
     cases = [
         (("status", "no-such-job"), 4, "JOB_NOT_FOUND"),

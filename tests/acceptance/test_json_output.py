@@ -60,8 +60,8 @@ def test_status_with_a_job_id_and_state_filter_names_both_options_it_cannot_mix(
     """--state lists jobs as --all does: the error says so, rather than naming an --all that was not given."""
     proc = run_script("status", "01SOMEJOB", "--state", "queued", "--json", env=cli_env)
     assert proc.returncode == 2
-    assert json.loads(proc.stdout)["message"] == ("give a JOB_ID, or --all (with or without --state) to list jobs, "
-                                                  "not both")
+    assert json.loads(proc.stdout)["message"] == ("give a JOB_ID, or --all (with or without --state, --kind) to "
+                                                  "list jobs, not both")
 
 
 @pytest.fixture
