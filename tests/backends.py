@@ -10,10 +10,11 @@ rewrite a job's stored lines (a file on disk, or rows in ``orch_events``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -68,6 +69,25 @@ class TestPostgresStore(PostgresStore):
     def close(self) -> None:
         super().close()
         drop_project(self.url, self.project)
+
+
+# the two backends, for ``pytest.fixture(params=BACKENDS)``: the PostgreSQL one marked, so ``-m "not postgres"`` skips it
+BACKENDS = ["file", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@contextlib.contextmanager
+def orchestrator_on(backend: str, base: Path, keyring: Any) -> Iterator[Any]:
+    """An ``Orchestrator`` of one project on ``backend`` (``BACKENDS``); a PostgreSQL project's rows are deleted after."""
+    from orchestrator import Orchestrator
+
+    if backend == "file":
+        yield Orchestrator(base_path=base, project_id="proj", keyring=keyring)
+        return
+    store = TestPostgresStore()
+    try:
+        yield Orchestrator(base_path=base, project_id=store.project, keyring=keyring, store=store)
+    finally:
+        store.close()
 
 
 # -- raw access, as an intruder with write access to the storage would have -------------------

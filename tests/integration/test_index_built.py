@@ -18,17 +18,13 @@ from orchestrator.queue import INDEX_DIR, QueueIndex
 from orchestrator.signing import Keyring
 from orchestrator.worker import Worker, WorkerSettings
 
-from backends import TestPostgresStore
+from backends import BACKENDS, orchestrator_on
 
 
-@pytest.fixture(params=["file", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def fresh(request: pytest.FixtureRequest, base: Path, keyring: Keyring):
-    if request.param == "file":
-        yield Orchestrator(base_path=base, project_id="proj", keyring=keyring)
-        return
-    store = TestPostgresStore()
-    yield Orchestrator(base_path=base, project_id=store.project, keyring=keyring, store=store)
-    store.close()
+    with orchestrator_on(request.param, base, keyring) as orch:
+        yield orch
 
 
 def no_rebuild(monkeypatch: pytest.MonkeyPatch) -> None:

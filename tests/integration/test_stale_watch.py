@@ -23,18 +23,14 @@ from orchestrator.leases import Lease, write_lease
 from orchestrator.signing import Keyring
 from orchestrator.worker import Worker, WorkerSettings
 
-from backends import TestPostgresStore
+from backends import BACKENDS, orchestrator_on
 from helpers import WAIT, wait_until
 
 
-@pytest.fixture(params=["file", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def orch(request: pytest.FixtureRequest, base: Path, keyring: Keyring):
-    if request.param == "file":
-        yield Orchestrator(base_path=base, project_id="proj", keyring=keyring)
-        return
-    store = TestPostgresStore()
-    yield Orchestrator(base_path=base, project_id=store.project, keyring=keyring, store=store)
-    store.close()
+    with orchestrator_on(request.param, base, keyring) as orch:
+        yield orch
 
 
 def make_worker(orch: Orchestrator, worker_id: str, **kw) -> Worker:
