@@ -184,3 +184,16 @@ def check_head(stream: str, lines: Sequence[StoredLine], raw: bytes | None,
     if seq and line_hash(lines[seq - 1].raw) != rec.get("hash"):
         return Problem(stream, seq, HEAD_MISMATCH, "the line named by the head record was rewritten"), None
     return None, (Anchor(seq, rec["kid"]) if seq else None)
+
+
+def submitted_kind(line: bytes | None) -> Any:
+    """The kind a job's first line submits it as, unverified; None when it names none (no line, not JSON,
+    not a ``job_submitted`` event)."""
+    if line is None:
+        return None
+    try:
+        rec = json.loads(line)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; RecursionError: nested too deeply
+        return None
+    data = rec.get("data") if isinstance(rec, dict) and rec.get("type") == "job_submitted" else None
+    return data.get("kind") if isinstance(data, dict) else None

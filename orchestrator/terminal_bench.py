@@ -191,6 +191,7 @@ def refuse_foreign_jobs(orch: Any) -> None:
     when each job was read as ``status`` reads it (the signed head record, the chain, replay), 0.12 / 0.14 s
     now, of which 0.07 / 0.09 s is listing the jobs (docs/decisions.md, 2026-12-02)."""
     from orchestrator.errors import InvalidInputError
+    from orchestrator.history import submitted_kind
     from orchestrator.security import shown
 
     for job_id in orch.store.job_ids():
@@ -200,19 +201,6 @@ def refuse_foreign_jobs(orch: Any) -> None:
                 f"project {orch.project_id} already holds jobs the benchmark did not submit (job {job_id}, kind "
                 f"{shown(kind)}), which its worker would run; nothing was written. Name a new project with "
                 "--project-id, or leave it out (a scratch project)", job_id=job_id)
-
-
-def submitted_kind(line: bytes | None) -> Any:
-    """The kind a job's first line submits it as, unverified; None when it names none (no line, not JSON,
-    not a ``job_submitted`` event)."""
-    if line is None:
-        return None
-    try:
-        rec = json.loads(line)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; RecursionError: nested too deeply
-        return None
-    data = rec.get("data") if isinstance(rec, dict) and rec.get("type") == "job_submitted" else None
-    return data.get("kind") if isinstance(data, dict) else None
 
 
 def verdicts(stats: dict[str, float]) -> dict[str, bool]:
