@@ -245,8 +245,9 @@ class Worker:
         """Whether an entry's job is of a kind this worker runs (``WorkerSettings.kinds``): one of another kind is
         neither read nor waited for (``next_due``, ``--idle-exit``). A file entry has no kind: the job's first line
         is read (``EventStore.first_line``, ~25 us, where a verified read of the job costs ~0.2 ms), once, since a
-        job's kind never changes: one of another kind is remembered in ``LeftQueued``, one of these kinds in
-        ``_mine`` (the ``LEFT_QUEUED_KEPT`` read last). A hint, unverified: a claim reads and checks the job."""
+        job's kind never changes: one of another kind is remembered in ``LeftQueued`` (and released, as the claim
+        releases a job it leaves), one of these kinds in ``_mine`` (the ``LEFT_QUEUED_KEPT`` read last). A hint,
+        unverified: a claim reads and checks the job."""
         kind = entry.kind
         if kind is None:
             if entry.job_id in self._mine:
@@ -264,6 +265,7 @@ class Worker:
         if kind in self._kinds:
             return True
         self.left.leave(entry.job_id, for_good=True)
+        self.queue.release(entry)  # a row from before 0004 (no kind) reserved for this worker: not waited out
         return False
 
     def _load_for_claim(self, entry: ReadyEntry, now: float) -> JobView | None:

@@ -499,3 +499,23 @@ def test_a_candidate_reserved_in_a_forked_child_names_the_child_not_its_parent(c
                                    (here.project_id, job)).fetchone()[0]
     assert reserved_by == f"{socket.gethostname()}-{pid}" != f"{socket.gethostname()}-{os.getpid()}"
     index.close()
+
+
+def test_a_row_from_before_0004_of_another_kind_is_released_when_a_worker_of_some_kinds_leaves_it(
+        cluster: Cluster) -> None:
+    """A row written before migration 0004 holds no kind, so a worker of some kinds reserves it and reads the job's
+    first line to learn it (``Worker._of_my_kinds``). Left, it was not released: the workers of its kind waited out
+    the reservation (``RESERVATION_SECONDS``), where a job left at the claim (no handler, key, kind) is released."""
+    a, b = cluster.machine("a"), cluster.machine("b")
+    echo = a.submit("t.echo", "not for a")
+    with a.store._take() as conn:  # noqa: SLF001 - as a release before 0004 wrote it
+        conn.execute("UPDATE orch_ready SET kind = NULL WHERE project = %s AND job_id = %s", (a.project_id, echo))
+    wa = cluster.worker(a, "payloads-only", kinds=("t.payload",))
+    now = a.clock()
+    assert wa.claim(now) is None and a.status(echo).state == "queued"
+    with a.store._take() as conn:  # noqa: SLF001
+        [(until,)] = conn.execute("SELECT reserved_until_us FROM orch_ready WHERE project = %s AND job_id = %s",
+                                  (a.project_id, echo)).fetchall()
+    assert until == 0, "left and released: no reservation for the workers of its kind to wait out"
+    other = cluster.worker(b, "any-kind").claim(now + 0.1)
+    assert other is not None and other.job_id == echo
