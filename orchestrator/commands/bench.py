@@ -1,11 +1,14 @@
 """``orchestrator bench-terminal-latency`` (runbook: ``scripts/bench_terminal_latency.py``): the v1.2.3 gate."""
 from __future__ import annotations
 
+import signal
+
 import click
 
 from orchestrator.cli import CONTEXT, Output, cli, reported_errors
 
 EXIT_GATE_FAILED = 13
+INTERRUPTED = "INTERRUPTED"  # the ``error`` of ``--json`` when SIGTERM or SIGINT stopped the run (exit 143 or 130)
 
 
 @cli.command("bench-terminal-latency", context_settings=CONTEXT)
@@ -37,7 +40,8 @@ def bench_terminal_latency(samples: int, seed: int, raw_output: str | None, repo
 
     SIGTERM or SIGINT (Ctrl-C) stops the run cleanly: its worker process is stopped, a scratch run removes
     what it made (its project, its scratch keys, a --base-path it created), no output file is written, and
-    it exits 143 (SIGTERM) or 130 (SIGINT) with a one-line message on stderr. SIGKILL cannot be caught: it
+    it exits 143 (SIGTERM) or 130 (SIGINT) with a one-line message on stderr (with --json, also
+    {"error": "INTERRUPTED", "message", "signal"} on stdout). SIGKILL cannot be caught: it
     leaves a scratch run's folders in place; its worker process stops on its own (Linux; docs/runbook.md).
     """
     from orchestrator import terminal_bench as tb
@@ -50,6 +54,8 @@ def bench_terminal_latency(samples: int, seed: int, raw_output: str | None, repo
                                 progress=lambda m: click.echo(m, err=True))
     except tb.Interrupted as stop:
         click.echo(sanitize_text(stop.message), err=True)
+        if as_json:  # stdout still holds one JSON object, as after any error
+            out.emit({"error": INTERRUPTED, "message": stop.message, "signal": signal.Signals(stop.signum).name}, "")
         click.get_current_context().exit(stop.exit_code)
     out.emit(result, lambda: tb.text_summary(result))
     click.get_current_context().exit(0 if result["verdicts"]["gate"] else EXIT_GATE_FAILED)

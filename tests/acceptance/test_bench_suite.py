@@ -352,7 +352,7 @@ def test_a_benchmark_stopped_mid_run_stops_its_worker_removes_what_it_made_and_e
     base = tmp_path / "made" / "base" if case.endswith("made") else tmp_path / "base"
     if base.exists():
         (base / "notes.txt").write_text("the operator's")
-    args = ["--project-id", "ops"] if case == "kept project" else []
+    args = ["--project-id", "ops", "--json"] if case == "kept project" else []  # --json: one error object on stdout
     listed = lambda: sorted(p.name for p in tmp_path.iterdir() if p.name != "keyring")  # noqa: E731 (the operator's)
     before = listed()
     proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "bench_terminal_latency.py"), "--samples",
@@ -382,7 +382,13 @@ def test_a_benchmark_stopped_mid_run_stops_its_worker_removes_what_it_made_and_e
             os.kill(pid, signal.SIGKILL)
     assert proc.returncode == exit_code, err[-3000:]
     assert err.splitlines()[-1].startswith(f"interrupted by {sig.name}: the benchmark's worker process was stopped, ")
-    assert "Traceback" not in err and out == ""
+    assert "Traceback" not in err
+    if "--json" in args:
+        error = json.loads(out)
+        assert error["error"] == "INTERRUPTED" and error["signal"] == sig.name, error
+        assert error["message"] == err.splitlines()[-1]
+    else:
+        assert out == ""
     assert not left, f"worker processes left running: {left}"
     assert listed() == before, "an output file, or a temporary one, was left"
     if case.endswith("made"):
