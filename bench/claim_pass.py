@@ -109,12 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         out["round_trips"] = round((counts.round_trips - c0["round_trips"]) / n, 3)
     worker.close()
     if args.backend == "postgres":
-        orch.store.close()
-        import psycopg
+        from bench.postgres import drop_project
 
-        with psycopg.connect(args.url, autocommit=True) as conn:
-            for table in ("orch_events", "orch_streams", "orch_aux", "orch_ready", "orch_running"):
-                conn.execute(f"DELETE FROM {table} WHERE project = %s", (project,))
+        orch.store.close()
+        drop_project(args.url, project)
     tmp.cleanup()
     print(json.dumps(out))
     if args.json:

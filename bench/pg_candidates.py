@@ -28,6 +28,7 @@ DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def measure(url: str, queued: int, repeat: int) -> dict[str, float]:
+    from bench.postgres import drop_project
     from orchestrator.store.pg_queue import PgQueueIndex
     from orchestrator.store.postgres import PostgresStore, connect
 
@@ -51,9 +52,9 @@ def measure(url: str, queued: int, repeat: int) -> dict[str, float]:
             out[label] = round(statistics.median(times) * 1e3, 3)
         return out
     finally:
-        conn.execute("DELETE FROM orch_ready WHERE project = %s", (project,))
         store.close()
         conn.close()
+        drop_project(url, project)
 
 
 def main() -> None:

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--once", action="store_true", help="run the jobs with run_once() calls, not the loop")
     args = p.parse_args(argv)
 
-    from bench.postgres import ensure_database
+    from bench.postgres import drop_project, ensure_database
 
     ensure_database(args.url)
     instrument()
@@ -237,11 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         out[phase] = per
     out["total"] = {k: round(out["submit"][k] + out["run"][k], 2) for k in out["run"] if k != "per_s"}
     orch.store.close()
-    import psycopg
-
-    with psycopg.connect(args.url, autocommit=True) as conn:
-        for table in ("orch_events", "orch_streams", "orch_aux", "orch_ready", "orch_running"):
-            conn.execute(f"DELETE FROM {table} WHERE project = %s", (project,))
+    drop_project(args.url, project)
     tmp.cleanup()
     print(json.dumps(out, indent=1))
     if args.json:

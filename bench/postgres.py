@@ -87,6 +87,18 @@ def ensure_database(url: str) -> None:
     log(f"created database {parts.path.lstrip('/')}")
 
 
+PROJECT_TABLES = ("orch_events", "orch_streams", "orch_aux", "orch_ready", "orch_running")
+
+
+def drop_project(url: str, project: str) -> None:
+    """Delete every row of a benchmark's project (each benchmark runs in a project of its own)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in PROJECT_TABLES:
+            conn.execute(f"DELETE FROM {table} WHERE project = %s", (project,))
+
+
 # == the systems ===================================================================================
 class System:
     """One job system under test: how to start a worker, submit, resume and read states."""
@@ -139,13 +151,9 @@ class Ours(System):
         self.clients = [orch("client0"), orch("client1")]
 
     def teardown(self) -> None:
-        import psycopg
-
         for o in [self.orch, self.reader, *self.clients]:
             o.store.close()
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            for table in ("orch_events", "orch_streams", "orch_aux", "orch_ready", "orch_running"):
-                conn.execute(f"DELETE FROM {table} WHERE project = %s", (self.project,))
+        drop_project(self.url, self.project)
         self.tmp.cleanup()
 
     def worker_env(self, i: int) -> dict[str, str]:

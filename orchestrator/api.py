@@ -25,7 +25,7 @@ from orchestrator.errors import (ConcurrencyError, ConfigError, ContextSignature
                                  InvalidInputError, JobNotFoundError, OrchestratorError, PathEscapeError)
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, PATH_ESCAPE, Problem, VerifiedStream,
                                   check_head_record, check_head, head_record, seal, verify_stream)
-from orchestrator.limits import MAX_INPUT_BYTES, MAX_JSON_DEPTH, MAX_KIND_LENGTH, json_depth
+from orchestrator.limits import MAX_INPUT_BYTES, MAX_JSON_DEPTH, MAX_KIND_LENGTH, is_kind, json_depth
 from orchestrator.security import shown, validate_id
 from orchestrator.signing import UNKNOWN_KEY, Keyring, canonical, is_key_id, load_keyring
 from orchestrator.leases import lease_expiry
@@ -398,7 +398,7 @@ class Orchestrator:
         The key is checked here, not in ``JobOptions``, which also describes older histories (free-text keys)."""
         from orchestrator.event_models import job_options
 
-        if not isinstance(kind, str) or not 0 < len(kind) <= MAX_KIND_LENGTH:  # named here, not as a model's error
+        if not is_kind(kind):  # named here, not as a model's error
             raise InvalidInputError(f"the kind must be a handler name of 1 to {MAX_KIND_LENGTH} characters, "
                                     f"not {shown(kind)}")
         if key is not None:  # it is stored in the job's first event and printed: an id, never free text

@@ -42,6 +42,12 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
+def is_kind(value: Any) -> bool:
+    """Whether ``value`` can be a job's kind: a text of 1 to ``MAX_KIND_LENGTH`` characters (a submit's, a worker's
+    ``--kind``)."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_KIND_LENGTH
+
+
 def read_at_most(source: IO[bytes], limit: int) -> bytes | None:
     """The bytes of ``source`` if it holds at most ``limit``, else None, having read ``limit + 1`` of them and never
     the rest (a pipe, ``/dev/zero`` or a log given by mistake costs ``limit`` bytes of memory, not all of it)."""

@@ -149,6 +149,7 @@ def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor:
     (``orchestrator/untrusted.py``)."""
     if not watch.due(now):
         return []
+    queue.ensure_built(orch)
     entries = queue.running_entries()
     recovered = []
     for job_id, epoch in watch.to_read(entries, now):

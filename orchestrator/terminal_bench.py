@@ -10,8 +10,8 @@ verify after the run, and a scratch key deleted with the run would leave every o
 
 SIGTERM and SIGINT (Ctrl-C) end a run cleanly (``StopSignals``): the worker process is stopped, a scratch
 run's project, keys and the ``--base-path`` folders it made are removed, no output file is written, and the
-command exits 128 + the signal's number (143, 130). SIGKILL cannot be caught: it leaves the folders, and
-usually the worker process, behind (docs/runbook.md).
+command exits 128 + the signal's number (143, 130). SIGKILL cannot be caught: it leaves the folders behind;
+the worker process, told by the kernel that its parent died, stops (``latency._worker_main``; docs/runbook.md).
 """
 from __future__ import annotations
 
@@ -293,7 +293,9 @@ def _measure(samples: int, seed: int, base_path: str | None, project: str, delet
 
     tmp = None
     made: list[Path] = []
-    base = Path(base_path) if base_path is not None else None if delete else Path(DEFAULT_BASE_PATH)
+    base = Path(base_path) if base_path is not None else None  # None: a temporary folder, made below
+    if base is None and not delete:
+        base = Path(DEFAULT_BASE_PATH)
     try:
         with STOP.deferred():  # what is made here is known to the cleanup below before a stop can cut in
             if base is None:

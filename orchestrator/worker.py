@@ -49,7 +49,7 @@ from orchestrator.history import submitted_kind
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, lookup, registry_generation, resolve
 from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease, Lease, write_lease
 from orchestrator.leftovers import kill_run
-from orchestrator.limits import MAX_DURATION_SECONDS, MAX_KIND_LENGTH
+from orchestrator.limits import MAX_DURATION_SECONDS, MAX_KIND_LENGTH, is_kind
 from orchestrator.outcome import (STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS, Claim, OutcomeRecorder,
                                   RunResult, lost)
 from orchestrator.payload import NO_TERMINAL_SIGNAL_TIMEOUT
@@ -98,8 +98,7 @@ class WorkerSettings:
     kinds: tuple[str, ...] = ()  # ORCH_WORKER_KINDS: the only kinds this worker runs; empty: every kind it can
 
     def __post_init__(self) -> None:
-        if isinstance(self.kinds, str) or not all(isinstance(k, str) and 0 < len(k) <= MAX_KIND_LENGTH
-                                                  for k in self.kinds):
+        if isinstance(self.kinds, str) or not all(map(is_kind, self.kinds)):
             raise InvalidInputError(f"kinds must be job kinds of 1 to {MAX_KIND_LENGTH} characters, not {shown(self.kinds)}")
         object.__setattr__(self, "kinds", tuple(dict.fromkeys(self.kinds)))  # a tuple, each kind once, as given
         if self.handler_process not in HANDLER_PROCESS_MODES:
@@ -120,6 +119,14 @@ class WorkerSettings:
                                         f"not {value!r}")
 
 
+def keep_latest(memory: OrderedDict[Any, Any], key: Any, value: Any, kept: int) -> None:
+    """Put ``key`` in ``memory`` as the latest met, forgetting the oldest beyond ``kept`` (most likely done with)."""
+    memory[key] = value
+    memory.move_to_end(key)
+    while len(memory) > kept:
+        memory.popitem(last=False)
+
+
 class LeftQueued:
     """Queued jobs this worker left for other workers, by job id, the latest met last: of a kind it has no handler
     for (read again at each pass, since a handler may be registered meanwhile) or of a kind it does not run
@@ -129,17 +136,15 @@ class LeftQueued:
     def __init__(self) -> None:
         self._jobs: OrderedDict[str, bool] = OrderedDict()  # job id -> passed over without a read
 
-    def leave(self, job_id: str, *, for_good: bool) -> None:
-        self._jobs[job_id] = for_good
-        self._jobs.move_to_end(job_id)
-        while len(self._jobs) > LEFT_QUEUED_KEPT:  # the oldest go: most likely run since (read again if not)
-            self._jobs.popitem(last=False)
+    def leave(self, job_id: str, *, for_good: bool) -> bool:
+        """Remember the job as left (the oldest forgotten: most likely run since, read again if not); True the
+        first time it is left."""
+        first = job_id not in self._jobs
+        keep_latest(self._jobs, job_id, for_good, LEFT_QUEUED_KEPT)
+        return first
 
     def passes_over(self, job_id: str) -> bool:
         return self._jobs.get(job_id, False)
-
-    def __contains__(self, job_id: str) -> bool:
-        return job_id in self._jobs
 
     def forget(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
@@ -204,11 +209,8 @@ class Worker:
         (``Keyring.reload``): a worker whose key was revoked since it started then refuses to write
         (SIGNING_KEY_ERROR)."""
         now = self.orch.clock() if now is None else now
-        recovered: list[str] = []
-        if self.stale_watch.due(now):
-            self.queue.ensure_built(self.orch)
-            recovered = recover_expired(self.orch, self.queue, now, actor=self.actor, backoff=self.backoff,
-                                        folders=self.folders, untrusted=self.untrusted, watch=self.stale_watch)
+        recovered = recover_expired(self.orch, self.queue, now, actor=self.actor, backoff=self.backoff,
+                                    folders=self.folders, untrusted=self.untrusted, watch=self.stale_watch)
         if time.monotonic() >= self._next_sweep:  # after the recoveries: the runs they ended are over
             self._next_sweep = time.monotonic() + SWEEP_EVERY
             reload_keys(self.orch)
@@ -259,14 +261,20 @@ class Worker:
             if not isinstance(kind, str):
                 return True  # no kind to tell (no line yet: a submit in flight; or not a submission): the claim reads it
             if kind in self._kinds:  # remembered too: read at every pass, a backlog of retries cost a read each
-                self._mine[entry.job_id] = None
-                while len(self._mine) > LEFT_QUEUED_KEPT:
-                    self._mine.popitem(last=False)
+                keep_latest(self._mine, entry.job_id, None, LEFT_QUEUED_KEPT)
         if kind in self._kinds:
             return True
-        self.left.leave(entry.job_id, for_good=True)
-        self.queue.release(entry)  # a row from before 0004 (no kind) reserved for this worker: not waited out
+        self._leave(entry, entry.job_id, for_good=True)  # a row from before 0004 (no kind) may be reserved here
         return False
+
+    def _leave(self, entry: ReadyEntry, job_id: str, *, for_good: bool) -> None:
+        """Leave a queued job for other workers (``LeftQueued``) and, the first time, release the reservation a
+        shared index made of it for this worker (``QueueIndex.release``): not waited out by the workers that run
+        it. Not again: a job left before and reserved again (out of ``skip``, which holds the ``SKIPPED_MAX`` left
+        last) waits out its reservation, or each release's notify would wake this worker into another pass that
+        reserves the next such job, for ever."""
+        if self.left.leave(job_id, for_good=for_good):
+            self.queue.release(entry)
 
     def _load_for_claim(self, entry: ReadyEntry, now: float) -> JobView | None:
         """The entry's job, read and verified; None if it has no event yet.
@@ -327,16 +335,10 @@ class Worker:
                 self.next_due = min(self.next_due or expected.runnable_at, expected.runnable_at)
                 return None
         if self._kinds and s.kind not in self._kinds:  # not this worker's (--kind): left for good, quietly
-            self.left.leave(s.job_id, for_good=True)
-            self.queue.release(entry)
+            self._leave(entry, s.job_id, for_good=True)
             return None
-        left_before = s.job_id in self.left
-        if self._no_handler(s):
-            # released when first left: one left before and reserved again (out of ``skip``, which holds the
-            # ``SKIPPED_MAX`` left last) waits out its reservation, or each release's notify would wake this worker
-            # into another pass that reserves the next such job, forever
-            if not left_before:
-                self.queue.release(entry)
+        if self._no_handler(s):  # read again at later passes: a handler may be registered meanwhile
+            self._leave(entry, s.job_id, for_good=False)
             return None
         run_id, epoch = new_run_id(), s.epoch + 1
         data = {"worker_id": self.worker_id, "epoch": epoch, "attempt": s.attempt + 1,
@@ -370,7 +372,6 @@ class Worker:
                 except HandlerNotFoundError as exc:
                     left = self._left_for_want_of_a_handler(s, exc)
         left.job_ids.add(s.job_id)  # a set: a pass may meet an entry twice (queue.candidates)
-        self.left.leave(s.job_id, for_good=False)
         return True
 
     def _left_for_want_of_a_handler(self, s: JobState, exc: HandlerNotFoundError) -> Unhandled:
@@ -676,9 +677,7 @@ class Worker:
         self._known.pop(view.job_id, None)
         if view.state is None or view.state.is_final or sum(len(x.raw) for x in view.stream.lines) > KNOWN_VIEW_MAX_BYTES:
             return
-        self._known[view.job_id] = (view, self.orch.keyring.trust_state())
-        if len(self._known) > KNOWN_VIEWS:
-            self._known.popitem(last=False)
+        keep_latest(self._known, view.job_id, (view, self.orch.keyring.trust_state()), KNOWN_VIEWS)
 
     def _kept_view(self, job_id: str) -> JobView | None:
         """The view ``_remember`` kept, if the keys trusted and revoked are still those it was checked with."""

@@ -12,7 +12,7 @@ from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCE
                                  DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS,
                                  MIN_LEASE_SECONDS)
 from orchestrator.errors import HandlerNotFoundError, KeyNotTrustedError
-from orchestrator.limits import MAX_KIND_LENGTH
+from orchestrator.limits import MAX_KIND_LENGTH, is_kind
 from orchestrator.security import sanitize_text, shown
 
 EXIT_RAN = 0
@@ -26,7 +26,7 @@ def _env_list(value: str | None) -> tuple[str, ...]:
 def _kinds(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
     """``--kind`` values are job kinds (exit 2 here; the same from ORCH_WORKER_KINDS is a bad setting, exit 3)."""
     for kind in value:
-        if not 0 < len(kind) <= MAX_KIND_LENGTH:
+        if not is_kind(kind):
             raise click.BadParameter(f"a job kind is 1 to {MAX_KIND_LENGTH} characters, not {shown(kind)}")
     return value
 
