@@ -23,6 +23,7 @@ from orchestrator.integrity import verify_project
 PROJECT = "demo"
 MARKER = ".made-by-orchestrator-demo"  # in the project folder: the demo may replace this project, and no other
 AWAY = f".{PROJECT}.replaced-"  # BASE_PATH/.demo.replaced-<hex>: a demo project being removed
+NEXT_STEPS = "== what you can do next (paste into a shell in this folder)"
 EXIT_REFUSED = 3  # as the CLI's INVALID_INPUT; a usage error is argparse's exit 2, as click's
 
 
@@ -118,17 +119,25 @@ def main(argv: list[str] | None = None) -> int:
     # are pasted (which the scripts read and the demo does not), would send them there. A variable set on the
     # command line wins over a .env's (config.load_dotenv_file never overrides), as BASE_PATH and PROJECT_ID do.
     env = f"BASE_PATH={shlex.quote(str(base))} PROJECT_ID={PROJECT} ORCH_STORE_URL=file {shlex.quote(interpreter())}"
-    say("\n== what you can do next (from a checkout)\n"
-        f"  {env} scripts/status.py --all\n"
-        f"  {env} scripts/status.py {jobs['ask']}            # the pending question\n"
-        f"  {env} scripts/control.py resume {jobs['ask']} \"green\"\n"
-        f"  {env} scripts/control.py approve {jobs['audit']}\n"
-        f"  {env} scripts/control.py revise {jobs['audit']} \"mention the new worker\"   # instead of approve\n"
-        f"  {env} scripts/worker.py --import orchestrator.demo_handlers --once   # re-runs a resumed job\n"
-        f"  {env} scripts/audit_timeline.py --job-id {jobs['flaky']}\n"
-        f"  {env} scripts/verify.py\n"
+    run = lambda command: f"{env} {runbook_command(command)}"  # noqa: E731
+    say(f"\n{NEXT_STEPS}\n"
+        f"  {run('status')} --all\n"
+        f"  {run('status')} {jobs['ask']}            # the pending question\n"
+        f"  {run('control')} resume {jobs['ask']} \"green\"\n"
+        f"  {run('control')} approve {jobs['audit']}\n"
+        f"  {run('control')} revise {jobs['audit']} \"mention the new worker\"   # instead of approve\n"
+        f"  {run('worker')} --import orchestrator.demo_handlers --once   # re-runs a resumed job\n"
+        f"  {run('audit-timeline')} --job-id {jobs['flaky']}\n"
+        f"  {run('verify')}\n"
         f"  tail -n 3 {shlex.quote(str(orch.store.path(jobs['flaky'])))}")
     return 0
+
+
+def runbook_command(command: str) -> str:
+    """How to call ``command`` from the current folder: the runbook's ``scripts/<name>.py`` in a checkout (the Quick
+    start runs the demo there), else the installed package (``-m orchestrator``), which works from any folder."""
+    script = Path("scripts") / f"{command.replace('-', '_')}.py"
+    return str(script) if script.is_file() else f"-m orchestrator {command}"
 
 
 def interpreter() -> str:

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from orchestrator.demo import NEXT_STEPS
+
 
 
 
@@ -19,8 +23,8 @@ def test_the_demo_runs_a_real_flow_and_says_what_to_do_next(cli_env: dict[str, s
                       "audit": "awaiting_audit", "flaky": "succeeded", "broken": "failed"}
     assert "retry" in out and "UPSTREAM_503" in out and "attempt=2" in out
     assert "verify: OK" in out and "CONTEXT_SIGNATURE_INVALID" in out
-    for command in ("scripts/control.py resume", "scripts/control.py approve", "scripts/status.py",
-                    "scripts/audit_timeline.py --job-id"):
+    for command in ("-m orchestrator control resume", "-m orchestrator control approve", "-m orchestrator status",
+                    "-m orchestrator audit-timeline --job-id"):  # not a checkout: no scripts/ here
         assert command in out
     assert (tmp_path / "demo-base" / "demo" / ".orchestrator" / "artifacts").is_dir()
 
@@ -89,19 +93,24 @@ def test_demo_refuses_a_link_or_a_file_in_its_projects_place_or_as_its_folder_wi
     assert "Traceback" not in not_a_folder.stderr
 
 
-def test_every_next_step_the_demo_prints_works_when_pasted_into_a_shell(cli_env: dict[str, str],
-                                                                        tmp_path: Path) -> None:
-    """Pasted from a checkout, as printed: paths quoted (a space in them), the interpreter that ran the demo (the
-    Quick start does not activate its .venv, and a bare python3 may lack the dependencies)."""
+@pytest.mark.parametrize("where", ["a checkout", "any other folder"])
+def test_every_next_step_the_demo_prints_works_when_pasted_into_a_shell_where_it_ran(
+        cli_env: dict[str, str], tmp_path: Path, where: str) -> None:
+    """Pasted in the folder the demo ran in, as printed: paths quoted (a space in them), the interpreter that ran the
+    demo (the Quick start does not activate its .venv, and a bare python3 may lack the dependencies); the runbook's
+    scripts in a checkout, the installed package elsewhere (a ``scripts/status.py`` there does not exist)."""
     from helpers import REPO
 
     env = {k: v for k, v in cli_env.items() if k not in ("BASE_PATH", "PROJECT_ID")}
-    proc = run_demo(env, tmp_path, str(tmp_path / "my demos"))
+    cwd = REPO if where == "a checkout" else tmp_path / "elsewhere"
+    cwd.mkdir(exist_ok=True)
+    proc = run_demo(env, cwd, str(tmp_path / "my demos"))
     assert proc.returncode == 0, proc.stderr
-    steps = proc.stdout.split("== what you can do next (from a checkout)\n")[1].splitlines()
+    steps = proc.stdout.split(NEXT_STEPS + "\n")[1].splitlines()
     assert len(steps) == 9 and all(line.startswith("  ") for line in steps)
+    assert ("scripts/status.py --all" if where == "a checkout" else "-m orchestrator status --all") in steps[0]
     for line in steps:
-        pasted = subprocess.run(["bash", "-c", line.strip()], env=env, cwd=str(REPO), capture_output=True,
+        pasted = subprocess.run(["bash", "-c", line.strip()], env=env, cwd=str(cwd), capture_output=True,
                                 text=True, timeout=60)
         # the revise line is the alternative to the approve line above it, which has taken the decision
         assert pasted.returncode == (5 if "# instead of approve" in line else 0), (line, pasted.stderr)
@@ -119,7 +128,7 @@ def test_the_demo_runs_on_files_even_where_the_environment_names_a_postgresql_st
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "verify: OK - 6 streams" in proc.stdout
     assert (tmp_path / "demos" / "demo" / ".orchestrator" / "artifacts").is_dir()
-    steps = proc.stdout.split("== what you can do next (from a checkout)\n")[1].splitlines()
+    steps = proc.stdout.split(NEXT_STEPS + "\n")[1].splitlines()
     for line in (steps[0], steps[-2]):  # status --all, verify
         pasted = subprocess.run(["bash", "-c", line.strip()], env=env, cwd=str(REPO), capture_output=True,
                                 text=True, timeout=60)
@@ -134,13 +143,14 @@ def test_the_demos_next_steps_act_on_its_files_where_a_dotenv_names_a_postgresql
     from helpers import REPO
 
     env = {k: v for k, v in cli_env.items() if k not in ("BASE_PATH", "PROJECT_ID")}
-    proc = run_demo(env, tmp_path, str(tmp_path / "demos"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
     checkout = tmp_path / "checkout"  # a checkout whose .env names PostgreSQL (the scripts come from REPO)
     checkout.mkdir()
     (checkout / "scripts").symlink_to(REPO / "scripts")
     (checkout / ".env").write_text("ORCH_STORE_URL=postgresql://nobody@127.0.0.1:1/nowhere\n")
-    steps = proc.stdout.split("== what you can do next (from a checkout)\n")[1].splitlines()
+    proc = run_demo(env, checkout, str(tmp_path / "demos"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = proc.stdout.split(NEXT_STEPS + "\n")[1].splitlines()
+    assert "scripts/status.py --all" in steps[0]
     for line in steps:
         pasted = subprocess.run(["bash", "-c", line.strip()], env=env, cwd=str(checkout), capture_output=True,
                                 text=True, timeout=60)
