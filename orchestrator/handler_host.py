@@ -308,6 +308,7 @@ class HostRun(Child):
         self._payload: bytes | None = None
         self._too_large: int | None = None  # the size the host announced for a payload over the limit
         self._resp_fd = resp_fd
+        self.reaped: int | None = None  # the host's exit status once this run reaped it (``_reaped_within``)
 
     def wait(self, timeout: float) -> int | None:
         if self.returncode is not None:
@@ -349,15 +350,19 @@ class HostRun(Child):
                 return readable
 
     def _reaped_within(self, seconds: float) -> int | None:
-        """Reap the host if it exits within ``seconds``: its exit status (-1 if already reaped), else None."""
+        """Reap the host if it exits within ``seconds``: its exit status (-1 if already reaped), else None.
+        ``reaped`` says so too, set with the reap itself: a stop signal cannot fall between them."""
         deadline = time.monotonic() + seconds
         while True:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                return -1
-            if pid:
-                return os.waitstatus_to_exitcode(status)
+            with stop_deferred():
+                try:
+                    pid, status = os.waitpid(self.pid, os.WNOHANG)
+                    if pid:
+                        self.reaped = os.waitstatus_to_exitcode(status)
+                except ChildProcessError:
+                    self.reaped = -1
+            if self.reaped is not None:
+                return self.reaped
             if time.monotonic() > deadline:
                 return None
             time.sleep(0.001)
@@ -367,11 +372,10 @@ class HostRun(Child):
         if sig == signal.SIGKILL and self.returncode is None:
             self.returncode = -sig
             self.host.lost(self.pid)  # its process group is gone: the next run forks a new host
-            reaped = None
             try:  # reaped now, as the per-run child is; else (or a stop signal cutting the wait short) later
-                reaped = self._reaped_within(5.0)
+                self._reaped_within(5.0)
             finally:
-                if reaped is None:
+                if self.reaped is None:  # not a pid already reaped: the kernel may give it to another child
                     UNREAPED.add(self.pid)
 
     def payload(self) -> bytes | None:

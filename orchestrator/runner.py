@@ -99,7 +99,8 @@ _stop_deferred = 0  # > 0 inside a part of a ``Child.wait`` that a stop signal m
 @contextmanager
 def stop_deferred() -> Iterator[None]:
     """A part of a ``Child.wait`` that a stop signal must not cut in two: a payload frame half read (the bytes
-    read so far would be lost, and the next read would take the middle of the payload for a frame's length).
+    read so far would be lost, and the next read would take the middle of the payload for a frame's length), a
+    child reaped and not yet recorded as reaped (its pid, free again, would be waited for or signalled later).
     The worker's signal handler raises ``WorkerStop`` only outside it (``Worker._on_signal``); the stop is
     seen once the wait returns."""
     global _stop_deferred
@@ -272,10 +273,11 @@ class ForkChild(Child):
     def poll(self) -> int | None:
         """The exit status if the child has exited (reaped here), else None."""
         if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-                self._close()
+            with stop_deferred():  # a stop between the reap and its record would lose the status, and a later
+                pid, status = os.waitpid(self.pid, os.WNOHANG)  # ``kill_group`` signal a group id given away
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+                    self._close()
         return self.returncode
 
     def _close(self) -> None:

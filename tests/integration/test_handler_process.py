@@ -509,3 +509,72 @@ def test_a_stop_signal_while_a_killed_handler_process_is_reaped_leaves_it_to_be_
         time.sleep(0.01)
     assert started.pid not in runner.UNREAPED and not alive(started.pid)
     w.close()
+
+
+def test_a_stop_signal_just_after_a_killed_handler_process_is_reaped_does_not_note_it_as_unreaped(
+        orch, monkeypatch) -> None:
+    """A stop landing between the reap and its record left the pid noted as unreaped: a later ``reap_exited`` would
+    wait for that pid, which the kernel may have given to another child of the worker by then."""
+    from orchestrator import runner
+    from orchestrator.worker import WorkerStop
+
+    w = make_worker(orch)
+    started = w._handler_host().run("t.sleep", {"input": 30, "job_id": "J", "run_id": "run-x", "attempt": 1})  # noqa: SLF001
+    real_waitpid, reaps = os.waitpid, []
+
+    def reap_then_signal(pid: int, options: int) -> tuple[int, int]:
+        out = real_waitpid(pid, options)
+        if pid == started.pid and out[0]:
+            reaps.append(pid)
+            w._in_wait = True  # as in the worker's wait for a run, where its handler raises WorkerStop  # noqa: SLF001
+            w._on_signal(signal.SIGTERM, None)  # noqa: SLF001
+        return out
+
+    monkeypatch.setattr(os, "waitpid", reap_then_signal)
+    try:
+        started.kill_group(signal.SIGKILL)
+    except WorkerStop:
+        pass  # a stop may end the call; what matters is what it leaves noted
+    finally:
+        monkeypatch.undo()
+        w._in_wait = False  # noqa: SLF001
+    assert reaps == [started.pid] and not alive(started.pid)
+    assert started.pid not in runner.UNREAPED
+    assert w.stopping
+    w.close()
+
+
+def test_a_stop_signal_just_after_a_forked_handler_is_reaped_keeps_its_exit_status(orch, monkeypatch) -> None:
+    """The per-run child (``--handler-process per-run``): a stop between the reap and its record lost the exit status,
+    so the run looked alive and a later ``kill_group`` signalled a process group id the kernel may have reused."""
+    from orchestrator import runner
+    from orchestrator.worker import WorkerStop
+
+    w = make_worker(orch)
+    pid = runner.fork_handler()
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(7)
+    child = runner.ForkChild(pid)
+    real_waitpid = os.waitpid
+
+    def reap_then_signal(p: int, options: int) -> tuple[int, int]:
+        out = real_waitpid(p, options)
+        if p == pid and out[0]:
+            w._in_wait = True  # noqa: SLF001
+            w._on_signal(signal.SIGTERM, None)  # noqa: SLF001
+        return out
+
+    monkeypatch.setattr(os, "waitpid", reap_then_signal)
+    try:
+        deadline = time.monotonic() + 5
+        while child.returncode is None and time.monotonic() < deadline:
+            try:
+                child.poll()
+            except WorkerStop:
+                break
+            time.sleep(0.005)
+    finally:
+        monkeypatch.undo()
+        w._in_wait = False  # noqa: SLF001
+    assert child.returncode == 7
+    w.close()
