@@ -12,6 +12,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from orchestrator import clock as clock_mod
 from orchestrator.errors import StorageError, StorageUnavailableError
 from orchestrator.signing import new_seed
 from orchestrator.store import pg_clock
+from orchestrator.store.pg_deadline import MIN_CONNECT_TIMEOUT
 from orchestrator.store.postgres import PostgresStore
 from orchestrator.worker import Worker, WorkerSettings
 
@@ -208,6 +210,14 @@ def test_a_call_samples_the_clock_only_once_a_refresh_is_due(machines: Machines,
     orch.store.has_jobs()
     assert server._tried_at > tried  # due: the call's connection sampled first
     assert abs(orch.clock() - time.time()) < CLOSE
+    monkeypatch.setattr(pg_clock, "REFRESH_SECONDS", 3600.0)
+    tried = server._tried_at
+    orch.store.has_jobs()
+    assert server._tried_at == tried
+    for conn in orch.store._idle:  # noqa: SLF001 - the next call must open a connection
+        conn.close()
+    orch.store.has_jobs()
+    assert server._tried_at > tried  # a new connection may be to another server (a failover): sampled
 
 
 def test_a_worse_sample_does_not_replace_a_better_one_until_the_better_one_is_old() -> None:
@@ -242,6 +252,23 @@ def test_the_first_read_of_the_clock_with_the_server_unreachable_fails_at_once_a
     orch.store.close()
     with pytest.raises(StorageError):  # closed, never sampled: the clock's call fails as every call does
         orch.clock()
+
+
+def test_worker_once_whose_server_never_answers_gives_up_within_its_wait_though_its_clock_is_not_sampled(
+        tmp_path: Path) -> None:
+    """The worker's first call, not a read of its clock, meets the silent server: the call is bounded by the
+    wait (``calls_end_by``; a new connection's connect_timeout the time left), not by the 10 s connect_timeout."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel accepts; nothing ever answers
+        store = PostgresStore(f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/test", "silent",
+                              deadline_seconds=10)
+        orch = Orchestrator(base_path=tmp_path, project_id="silent", store=store)
+        worker = Worker(orch, WorkerSettings(worker_id="w", store_wait_seconds=1.0))
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailableError):
+            worker.run_once()
+        took = time.monotonic() - started
+        store.close()
+    assert took < 1.0 + MIN_CONNECT_TIMEOUT + 1.5, took
 
 
 def test_threads_sharing_one_orchestrator_read_one_clock(machines: Machines) -> None:
