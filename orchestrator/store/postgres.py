@@ -27,6 +27,10 @@ neither ``import`` nor an ``append`` through the Python API checks a line's size
 in slices of ``READ_CHUNK_BYTES`` (``_read_long_line``). A job's first chunk, read with its head record
 (``read_with_aux``), is fetched as text, where ``bytea`` is hex (twice its size on the wire, 16 MiB at
 most): in binary it was no faster there and slower at P90 (``docs/decisions.md``, 2026-12-01).
+
+The machines sharing a project compare each other's times (lease expiries, due times), so the store
+brings the clock they all decide by, the server's (``shared_clock``, ``orchestrator/store/pg_clock.py``),
+sampled on each new connection and on a call's connection once a minute (``_take``).
 """
 from __future__ import annotations
 
