@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from orchestrator import clock, faults
+from orchestrator.clock import now as local_now
 from orchestrator.command_input import COMMAND_KIND, parse_command_input
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Settings, default_actor
 from orchestrator.errors import (ConcurrencyError, ConfigError, ContextSignatureInvalid, InvalidIdError,
@@ -148,12 +149,14 @@ class Orchestrator:
 
     ``store`` and ``keyring`` default to the file backend under
     ``BASE_PATH/<PROJECT_ID>/.orchestrator`` and the keyring of ``signing.load_keyring``.
-    ``clock`` is injectable so that tests decide what "now" is.
+    ``clock`` is injectable so that tests decide what "now" is; by default it is the store's
+    ``shared_clock`` (PostgreSQL: the server's, so machines whose clocks differ agree on leases and
+    due times), else this machine's (``clock.now``).
     """
 
     def __init__(self, base_path: str | os.PathLike[str] | None = None, project_id: str | None = None, *,
                  store: EventStore | None = None, keyring: Keyring | None = None,
-                 clock: Callable[[], float] = clock.now, actor: str | None = None,
+                 clock: Callable[[], float] | None = None, actor: str | None = None,
                  store_url: str | None = None) -> None:
         self.settings = Settings.load(base_path, project_id, store_url=store_url)
         self.keyring = keyring or load_keyring()
@@ -167,7 +170,7 @@ class Orchestrator:
 
             store = JsonlStore(self.settings.state_dir)
         self.store = store
-        self.clock = clock
+        self.clock: Callable[[], float] = clock if clock is not None else store.shared_clock or local_now
         self.actor = actor or default_actor()
         self._queue: QueueIndex | None = None
 

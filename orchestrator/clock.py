@@ -1,7 +1,8 @@
 """Time in one place: epoch floats inside, ISO-8601 UTC strings on disk.
 
 Every decision that depends on time takes ``now`` as an argument; only the CLI and the
-worker loop read the real clock, through ``now()``.
+worker loop read the real clock, through ``Orchestrator.clock``: ``now()`` on files, the
+database server's on PostgreSQL, where machines compare each other's times (``store/pg_clock.py``).
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -192,7 +193,7 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
     """Append the ``stale_recovered`` event of one job whose lease expired, after killing what its run left
     running on this machine; False if another worker recovered it first (or the run just finished)."""
     try:
-        artifacts = run_artifacts(s, folders.artifacts_dir(s.job_id))
+        artifacts = run_artifacts(s, folders.artifacts_dir(s.job_id), local_ahead(orch))
     except PathEscapeError as exc:
         if folders.linked():  # ``artifacts/`` itself: the store's fault, and the worker stops (as ``Worker.execute``)
             raise
@@ -230,11 +231,20 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
     return True
 
 
-def run_artifacts(s: JobState, root: Path) -> list[str]:
+def local_ahead(orch: Orchestrator) -> float:
+    """How far this machine's clock (its files' times) is ahead of ``orch.clock``: 0 unless that is the store's
+    ``shared_clock`` (PostgreSQL's server's), which this machine's may differ from by any amount."""
+    if orch.clock is not orch.store.shared_clock:
+        return 0.0
+    return time.time() - orch.clock()
+
+
+def run_artifacts(s: JobState, root: Path, ahead: float = 0.0) -> list[str]:
     """Files in the job's folder (``root``) written since the run was claimed: what a dead run left behind, named
-    as stored (sanitized: a file name may hold a secret, ``token=...``; the file is moved to match)."""
+    as stored (sanitized: a file name may hold a secret, ``token=...``; the file is moved to match). ``ahead``: how
+    far the files' clock is ahead of the claim's (``local_ahead``)."""
     claimed = [ts for etype, ts in s.history if etype == "job_claimed"]
-    since = clock_mod.from_iso(claimed[-1]) if claimed else 0.0
+    since = clock_mod.from_iso(claimed[-1]) + ahead if claimed else 0.0
     found = []
     for dirpath, _dirs, files in os.walk(root):
         for name in files:

@@ -435,12 +435,12 @@ class Worker:
         wait = self.settings.store_wait_seconds
         give_up_at, pause, lost = time.monotonic() + wait, STORE_RETRY_FIRST_SECONDS, False
         while True:
-            at = self.orch.clock() if now is None else now
             try:
                 with self.orch.store.calls_end_by(give_up_at if wait else None):  # no call outlasts the wait
                     if wait and not self._reached:  # a store that cannot be reached now is a setting to fix:
                         self.orch.store.has_jobs()  # raised at once (one call)
                         self._reached = True
+                    at = self.orch.clock() if now is None else now  # PostgreSQL's first read may be a call
                     self.recover_stale(at)
                     claim = self.claim(at)
             except StorageUnavailableError as exc:

@@ -58,6 +58,9 @@ class EventStore(ABC):
 
     #: True when ``append(..., aux=...)`` writes the records in the lines' own transaction.
     atomic_aux = False
+    #: The clock every machine using this store decides time by, when it has one: PostgreSQL's is the
+    #: server's (``pg_clock``), since its machines compare each other's times. None: this machine's own.
+    shared_clock: Callable[[], float] | None = None
 
     @abstractmethod
     def append(self, stream: str, build: Builder, expected_seq: int | None = None,

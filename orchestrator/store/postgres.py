@@ -27,6 +27,10 @@ neither ``import`` nor an ``append`` through the Python API checks a line's size
 in slices of ``READ_CHUNK_BYTES`` (``_read_long_line``). A job's first chunk, read with its head record
 (``read_with_aux``), is fetched as text, where ``bytea`` is hex (twice its size on the wire, 16 MiB at
 most): in binary it was no faster there and slower at P90 (``docs/decisions.md``, 2026-12-01).
+
+The machines sharing a project compare each other's times (lease expiries, due times), so the store
+brings the clock they all decide by, the server's (``shared_clock``, ``orchestrator/store/pg_clock.py``),
+sampled on each new connection and on a call's connection once a minute (``_take``).
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ from orchestrator.config import DEFAULT_PG_DEADLINE_SECONDS
 from orchestrator.errors import ConcurrencyError, ConfigError, LeaseLostError, StorageError, StorageUnavailableError
 from orchestrator.security import sanitize_text, validate_id
 from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
+from orchestrator.store.pg_clock import ServerClock
 from orchestrator.store.pg_deadline import Deadline, outcome
 
 __all__ = ["Deadline", "PostgresStore", "connect", "is_postgres_url", "open_store"]
@@ -199,6 +204,9 @@ class PostgresStore(EventStore):
         self._closed = False
         self._inherited: list[Any] = []  # see ``_after_fork_in_child``
         self._indexes: weakref.WeakSet[Any] = weakref.WeakSet()  # queue indexes, each with its LISTEN connection
+        # every machine's default clock: the server's (``pg_clock``), sampled by ``_take``; its first read before
+        # any call makes one (a call with no statement of its own: ``_take`` samples)
+        self.shared_clock = ServerClock(lambda: self._run(lambda conn: None))
         _STORES.add(self)
 
     def _after_fork_in_child(self) -> None:
@@ -225,12 +233,22 @@ class PostgresStore(EventStore):
             conn = self._idle.pop() if self._idle else None
         if conn is not None and not conn.closed and _went_away(conn):
             conn.close()
-        if conn is None or conn.closed:
+        fresh = conn is None or conn.closed
+        if fresh:
             conn = connect(self.url, autocommit=True, deadline=self.deadline)
-        if not self._checked:
+        sample = fresh or self.shared_clock.due()  # a new connection may be to another server (a failover)
+        if not self._checked or sample:
+            psycopg = _driver()
             try:
                 with self.deadline.bounded(conn):
-                    self._check_schema(conn)
+                    if not self._checked:
+                        self._check_schema(conn)
+                    if sample:
+                        self.shared_clock.take(conn)
+            except psycopg.Error as exc:
+                error = _storage_error(exc, conn)  # nothing of the caller's was sent yet
+                conn.close()
+                raise error from None
             except BaseException:
                 conn.close()
                 raise

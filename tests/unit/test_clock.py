@@ -39,3 +39,12 @@ def test_the_first_and_last_years_read_in_any_zone(zone, tz: str) -> None:
 def test_text_that_is_no_time_is_a_value_error(text: str) -> None:
     with pytest.raises(ValueError):
         from_iso(text)
+
+
+def test_the_file_and_memory_backends_keep_this_machines_clock(orch) -> None:
+    """Only a store whose machines compare each other's times (PostgreSQL) brings a clock of its own."""
+    from orchestrator import Orchestrator, clock
+    from orchestrator.store.memory import MemoryStore
+
+    assert orch.store.shared_clock is None and orch.clock is clock.now
+    assert Orchestrator(base_path=orch.settings.base_path, store=MemoryStore()).clock is clock.now
