@@ -20,6 +20,10 @@ def _url(store_url: str | None) -> str:
     return store_url  # type: ignore[return-value]
 
 
+def _span(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.3f} s"
+
+
 def _run(as_json: bool, action) -> None:
     out = Output(as_json)
     with reported_errors(out):
@@ -50,19 +54,29 @@ def db_migrate(store_url: str | None, as_json: bool) -> None:
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def db_status(store_url: str | None, as_json: bool) -> None:
-    """Show the schema version of the database and the version this release needs (exit 3 if behind)."""
+    """Show the schema version of the database and the version this release needs (exit 3 if behind), and how far
+    this machine's clock is from the server's, by which every machine decides time on PostgreSQL."""
+    from orchestrator.store.pg_clock import ServerClock
     from orchestrator.store.pg_schema import current_version, latest_version
     from orchestrator.store.postgres import connect
 
     def action(out: Output) -> None:
         conn = connect(_url(store_url), autocommit=True)
+        server_clock = ServerClock(lambda: None)
         try:
             version = current_version(conn)
+            server_clock.take(conn)
         finally:
             conn.close()
-        data = {"version": version, "latest": latest_version(), "up_to_date": version >= latest_version()}
-        out.emit(data, f"schema version {version}, this release needs {latest_version()}"
-                 + ("" if data["up_to_date"] else ": run `orchestrator db migrate`"))
+        sample = server_clock.sample
+        assert sample is not None and server_clock.offset is not None  # ``take`` keeps its first sample
+        data = {"version": version, "latest": latest_version(), "up_to_date": version >= latest_version(),
+                "clock_offset_s": round(server_clock.offset, 6), "clock_round_trip_s": round(sample.round_trip, 6)}
+        ahead = "ahead of" if server_clock.offset >= 0 else "behind"
+        out.emit(data, lambda: f"schema version {version}, this release needs {latest_version()}"
+                 + ("" if data["up_to_date"] else ": run `orchestrator db migrate`")
+                 + f"\nserver clock {_span(abs(server_clock.offset))} {ahead} this machine's "
+                   f"(+/- {sample.round_trip * 500:.1f} ms); workers decide time by the server's (docs/postgres.md)")
         if not data["up_to_date"]:
             click.get_current_context().exit(ConfigError.exit_code)
 

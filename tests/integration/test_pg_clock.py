@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -300,3 +301,22 @@ def test_a_clock_given_to_an_orchestrator_on_postgres_is_the_one_it_uses(machine
     assert claim is not None and claim.state.lease_expires_at == 1_900_000_030.0
     assert orch.store.shared_clock.sample is not None  # sampled by the calls, used by nobody here
     assert last_event(orch, job)["ts"] == clock_mod.to_iso(1_900_000_000.0)
+
+
+@pytest.mark.parametrize("off", [HOURS_2, -HOURS_2])
+def test_db_status_shows_how_far_this_machines_clock_is_from_the_servers(off: float) -> None:
+    """What an operator checks on a machine: its clock two hours ahead shows as the server's two hours behind."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    url = require_pg()
+    with clock_off_by(off):
+        result = CliRunner().invoke(cli, ["db", "status", "--store", url, "--json"])
+        text = CliRunner().invoke(cli, ["db", "status", "--store", url])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert abs(data["clock_offset_s"] + off) < CLOSE and 0 < data["clock_round_trip_s"] < 1
+    shown = re.search(r"server clock ([0-9.]+) s (behind|ahead of) this machine's", text.output)
+    assert text.exit_code == 0 and shown, text.output
+    assert abs(float(shown[1]) - HOURS_2) < CLOSE and shown[2] == ("behind" if off > 0 else "ahead of")
