@@ -189,19 +189,22 @@ class Orchestrator:
                                   "could be replaced along with the events, so it is never trusted")
 
     # -- reading ----------------------------------------------------------------------------
-    def load(self, job_id: str, *, every_signature: bool = False) -> JobView:
+    def load(self, job_id: str, *, every_signature: bool = False,
+             read: tuple[bytes | None, list[StoredLine]] | None = None) -> JobView:
         """Read, verify and replay one job. Raises ``JobNotFoundError`` for an unknown id.
 
         The lines its signed head record vouches for (``history.check_head``) have their own
         signatures checked only where they name another key; ``every_signature=True`` checks each
         one (``verify``), and so does every read with ``ORCH_STRICT_READS=1``. Either way any edit, cut
-        or splice of the history is a problem."""
+        or splice of the history is a problem. ``read``: the job's head record and lines as
+        ``store.read_with_aux(job_id, HEADS_AREA, job_id)`` returns them, read already (by the claim
+        statement of a queue index, ``QueueIndex.reserved_read``): verified and replayed as this read's."""
         validate_id(job_id, "job id")
         # The head record is read BEFORE the events: it is written after its events are durable
         # (or with them, on PostgreSQL), so a writer racing this read can only make the events
         # longer than the record, never shorter (which would look like a cut history: TRUNCATED).
         try:
-            head_raw, lines = self.store.read_with_aux(job_id, HEADS_AREA, job_id)
+            head_raw, lines = read if read is not None else self.store.read_with_aux(job_id, HEADS_AREA, job_id)
         except PathEscapeError as exc:
             return self._linked_view(job_id, exc)
         return self._verified_view(job_id, lines, head_raw, every_signature=every_signature)
@@ -230,17 +233,19 @@ class Orchestrator:
                 return self._view(job_id, stream, head_problem)
         return self._view(job_id, verify_stream(job_id, lines, self.keyring), head_problem)
 
-    def load_more(self, view: JobView, *, every_signature: bool = False) -> JobView:
+    def load_more(self, view: JobView, *, every_signature: bool = False,
+                  read: tuple[bytes | None, list[StoredLine]] | None = None) -> JobView:
         """``view``'s job read again, checking only the lines written since: those ``view`` verified
         must still be there byte for byte (else the whole job is verified again, as ``load`` does).
         What a claimer that waited for an event uses, so its wait does not cost a second full check.
         ``view`` must come from ``load``, ``load_more`` or ``append`` of this orchestrator, under the
         keys it trusts now: it is taken as verified (as it was verified: a worker keeps only views it
-        read with ``every_signature``). ``every_signature`` as for ``load``, when it reads all again."""
+        read with ``every_signature``). ``every_signature`` and ``read`` as for ``load``."""
         if not view.ok or not view.stream.lines:
-            return self.load(view.job_id, every_signature=every_signature)
+            return self.load(view.job_id, every_signature=every_signature, read=read)
         try:
-            head_raw, lines = self.store.read_with_aux(view.job_id, HEADS_AREA, view.job_id)
+            head_raw, lines = (read if read is not None
+                               else self.store.read_with_aux(view.job_id, HEADS_AREA, view.job_id))
         except PathEscapeError as exc:
             return self._linked_view(view.job_id, exc)
         known = view.stream.lines

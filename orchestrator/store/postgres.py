@@ -435,11 +435,18 @@ class PostgresStore(EventStore):
         rows = self._run(lambda conn: conn.execute(
             _READ_WITH_AUX, (self.project, area, key, cap, self.project, stream, limit)).fetchall())
         record = bytes(rows[0][2]) if rows and rows[0][0] == 0 else None
-        lines, cut, longest = _sent_lines([r[1:] for r in rows if r[0] == 1])
-        if cut or len(rows) == limit:
+        return record, self.lines_after_first_chunk(stream, [r[1:] for r in rows if r[0] == 1], len(rows) == limit)
+
+    def lines_after_first_chunk(self, stream: str, chunk: list[Any], full: bool) -> list[StoredLine]:
+        """A stream's lines from the first chunk of a read (``read_with_aux``'s, or the claim statement's,
+        ``store/pg_queue.py``): its rows (seq, line or None, length), lines up to the length ``_line_bounds(None)``
+        allows sent; the rest, if the chunk may not hold them all (``full``: as many rows as asked for, or a line
+        it did not send), read as ``read`` reads them, in later round trips and snapshots."""
+        lines, cut, longest = _sent_lines(chunk)
+        if cut or full:
             lines += self._chunked(_READ_LINES, (self.project, stream), after=lines[-1][0] if lines else 0,
                                    lines=True, longest=longest)
-        return record, [StoredLine(i, bytes(r[1])) for i, r in enumerate(lines, 1)]
+        return [StoredLine(i, bytes(r[1])) for i, r in enumerate(lines, 1)]
 
     def _chunked(self, sql: str, params: tuple[Any, ...], after: Any, lines: bool = False,
                  longest: int | None = None) -> list[Any]:
