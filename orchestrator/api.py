@@ -7,7 +7,6 @@ writer makes the append fail instead of forking the history.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -368,28 +367,36 @@ class Orchestrator:
         if old is None:
             self.queue.built_with_first_job(self.store)
         index_statements = self.queue.before_append(job_id, old, state)  # None unless the index is in the store
-        # the pending lock spans event + entry, so a concurrent heal never writes the entry too
-        with audit_log.pending(self, job_id) if audit is not None else contextlib.nullcontext():
-            def with_events(new_head: Head) -> dict[tuple[str, str], bytes | None]:
-                return {(HEADS_AREA, job_id): head_record(self.keyring, job_id, new_head), **(aux or {})}
 
-            # the store writes the head record (then ``aux``) in the events' transaction where it can
-            # (PostgreSQL), else right after the events are durable: a record is never ahead of its events
-            def build(current: Head) -> list[bytes]:
-                # as many events as the view, but not the same last one (a line this was decided from was
-                # cut back after a failed fsync, and another took its place): the new lines would not chain
-                if current.last_line != head.last_line:
-                    raise ConcurrencyError(f"{job_id}: event {head.seq} changed since it was read", job_id=job_id)
-                return lines
+        def with_events(new_head: Head) -> dict[tuple[str, str], bytes | None]:
+            return {(HEADS_AREA, job_id): head_record(self.keyring, job_id, new_head), **(aux or {})}
 
-            new_head = self.store.append(job_id, build, expected_seq=head.seq, fence=fence, aux=with_events,
-                                         in_transaction=index_statements, expected_last=head.last_line)
+        # the store writes the head record (then ``aux``) in the events' transaction where it can
+        # (PostgreSQL), else right after the events are durable: a record is never ahead of its events
+        def build(current: Head) -> list[bytes]:
+            # as many events as the view, but not the same last one (a line this was decided from was
+            # cut back after a failed fsync, and another took its place): the new lines would not chain
+            if current.last_line != head.last_line:
+                raise ConcurrencyError(f"{job_id}: event {head.seq} changed since it was read", job_id=job_id)
+            return lines
+
+        def after_event() -> None:
             faults.point("append.after_event")
             self.queue.after_append(job_id, old, state)
             faults.point("append.after_head")
-            if audit is not None:
-                audit_log.record(self, job_id=job_id, run_id=run_id, action=audit[0], note=audit[1],
-                                 actor=actor or self.actor, event_line=lines[-1], now=now)
+
+        written = {"expected_seq": head.seq, "fence": fence, "aux": with_events, "in_transaction": index_statements,
+                   "expected_last": head.last_line}
+        if audit is None:
+            self.store.append(job_id, build, **written)
+            after_event()
+        else:  # under the job's pending lock from before the event until after its entry: no heal writes it too
+            entry, with_entry = audit_log.entry_writes(self, job_id=job_id, run_id=run_id, action=audit[0],
+                                                       note=audit[1], actor=actor or self.actor,
+                                                       event_line=lines[-1], now=now)
+            self.store.append_audited(job_id, build, entry, lock=audit_log.pending_lock(job_id), entry_aux=with_entry,
+                                      between=after_event, **written)
+            faults.point("audit.after_entry")
         stream = VerifiedStream(job_id, (view.stream.lines if view else []) + [
             StoredLine(head.seq + i, line) for i, line in enumerate(lines, 1)])
         stream.records = (view.stream.records if view else []) + [json.loads(line) for line in lines]
