@@ -225,7 +225,9 @@ class PgQueueIndex(QueueIndex):
         """The job of ``entry`` as ``store.read_with_aux(job, HEADS_AREA, job)`` returns it, if it is the row the last
         ``candidates`` reserved: its head record and first lines read in the reserving statement (one snapshot, taken
         as the row was reserved), the rest of a longer job read now, as ``read_with_aux`` reads it. Given once: a
-        second call returns None (read the job), and so does one for another entry."""
+        second call returns None (read the job), and so does one for another entry (worker threads sharing this
+        index: the last statement's job only, so a thread whose reservation another's statement followed reads
+        its own)."""
         kept = self._reserved_job
         if kept is None or kept[0] != entry:
             return None
