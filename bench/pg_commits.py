@@ -11,13 +11,17 @@ Submits ``--jobs`` no-op jobs, then runs them with one in-process worker, and re
   ``INSERT``/``UPDATE``/``DELETE``/``pg_notify``, or a transaction block holding one), split
   into durable ones (``synchronous_commit = on``: the commit waits for the WAL flush) and
   hint-only ones that opted out (``synchronous_commit = off``);
-* ``statements``: statements sent; ``round_trips``: statements sent outside a pipeline plus one
-  per fetch inside a pipeline and one per pipeline (an approximation of waits for the server);
+* ``statements``: statements sent; ``round_trips``: waits for the server: a statement sent outside a pipeline,
+  a fetch inside one of a result not received yet, and each time psycopg syncs a pipeline (its end; ``Pipeline.sync()``; and, inside a
+  pipeline, a ``transaction()``'s start, end and commit, each a wait of its own: until 2026-12-02 these were not
+  counted, and the audit log's appends, counted as 2, were 5, ``libpq`` trace);
 * ``jobs_per_s``: W1 throughput of this single in-process worker (no process start-up).
 
 ``--others N`` first claims N more jobs, each by a worker of its own that never runs it (a lease of an hour),
 so that stale recovery has running jobs to look at; ``--once`` runs the jobs one ``Worker.run_once()`` at a
-time (stale recovery, then the claim, at every call) instead of with the loop (``Worker.run``).
+time (stale recovery, then the claim, at every call) instead of with the loop (``Worker.run``). ``--resume`` adds a
+phase: ``--jobs`` jobs that asked a question (run beforehand, not counted) are resumed, each an audited action (the
+job's read, its pending lock, the event, its audit entry, the unlock), counted per resume.
 """
 from __future__ import annotations
 
@@ -72,6 +76,20 @@ def instrument() -> None:
         if not st["pipe"]:
             COUNTS.round_trips += 1
         text = query if isinstance(query, str) else str(query)
+        verb = text.strip().upper()
+        if verb == "BEGIN":  # a transaction sent as statements (the store's locked appends): as ``transaction()``
+            st["tx"] += 1
+            st["wrote"], st["async"] = False, False
+            return
+        if verb in ("COMMIT", "ROLLBACK") and st["tx"]:
+            st["tx"] -= 1
+            if verb == "COMMIT" and st["wrote"]:
+                if st["async"]:
+                    COUNTS.async_commits += 1
+                else:
+                    COUNTS.durable_commits += 1
+            st["async"] = False
+            return
         if "synchronous_commit = off" in text or "'synchronous_commit', 'off'" in text:
             st["async"] = True
         if _writes(query):
@@ -127,18 +145,22 @@ def instrument() -> None:
         st["pipe"] += 1
         try:
             with real_pipeline(self) as p:
-                real_sync = p.sync
-
-                def sync() -> None:
-                    COUNTS.round_trips += 1
-                    real_sync()
-
-                p.sync = sync  # type: ignore[method-assign]
                 yield p
         finally:
             st["pipe"] -= 1
-            if not st["pipe"]:
-                COUNTS.round_trips += 1
+
+    # every sync of a pipeline waits for the server: its end, ``Pipeline.sync()``, and those psycopg makes itself (a
+    # ``transaction()`` inside a pipeline nests pipelines, which sync as they start and end, and syncs at COMMIT)
+    from psycopg._pipeline_base import BasePipeline
+
+    def counted(real: Any) -> Any:
+        def gen(self: Any) -> Any:
+            COUNTS.round_trips += 1
+            return (yield from real(self))
+        return gen
+
+    BasePipeline._sync_gen = counted(BasePipeline._sync_gen)  # type: ignore[method-assign]
+    BasePipeline._exit_gen = counted(BasePipeline._exit_gen)  # type: ignore[method-assign]
 
     psycopg.Cursor.execute = cur_execute  # type: ignore[method-assign]
     psycopg.Cursor.executemany = executemany  # type: ignore[method-assign]
@@ -146,7 +168,7 @@ def instrument() -> None:
         real_fetch = getattr(psycopg.Cursor, name)
 
         def fetch(self: Any, *a: Any, _real: Any = real_fetch, **kw: Any) -> Any:
-            if state(self.connection)["pipe"]:
+            if state(self.connection)["pipe"] and self.pgresult is None:  # not here yet: flush and wait
                 COUNTS.round_trips += 1
             return _real(self, *a, **kw)
 
@@ -185,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--others", type=int, default=0, help="jobs left running by other workers")
     p.add_argument("--once", action="store_true", help="run the jobs with run_once() calls, not the loop")
+    p.add_argument("--resume", action="store_true", help="also count the resume of jobs waiting for an answer")
     args = p.parse_args(argv)
 
     from bench.postgres import drop_project, ensure_database
@@ -201,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     def noop(ctx: Any) -> dict:
         return {"status": "done", "summary": "noop"}
 
+    @handler("bench.ask")
+    def ask(ctx: Any) -> dict:
+        return {"status": "needs_human", "summary": "a question", "question": "which one?"}
+
     migrate(args.url)
     tmp = tempfile.TemporaryDirectory(prefix="orch-commits-")
     os.environ["ORCH_SIGNING_KEY"] = os.environ.get("ORCH_SIGNING_KEY") or new_seed()
@@ -215,13 +242,21 @@ def main(argv: list[str] | None = None) -> int:
     orch.submit("bench.noop", {"n": -1})  # warm up connections and prepared statements
     worker.run(max_jobs=1, idle_exit=True)
     out: dict[str, Any] = {"jobs": args.jobs, "others": args.others, "once": args.once, "loadavg": os.getloadavg()}
-    for phase in ("submit", "run"):
+    asking: list[str] = []
+    if args.resume:
+        asking = [orch.submit("bench.ask", {"n": i}) for i in range(args.jobs + 1)]
+        assert worker.run(max_jobs=len(asking), idle_exit=True) == len(asking)
+        orch.resume(asking.pop(), "warm up")  # the pending lock's connection, prepared statements
+    for phase in ("submit", "run") + (("resume",) if args.resume else ()):
         before = settle(args.url, orch)
         c0 = dict(COUNTS.__dict__)
         t0 = time.perf_counter()
         if phase == "submit":
             for i in range(args.jobs):
                 orch.submit("bench.noop", {"n": i})
+        elif phase == "resume":
+            for job_id in asking:
+                orch.resume(job_id, "that one")
         elif args.once:
             done = sum(worker.run_once() is not None for _ in range(args.jobs))
             assert done == args.jobs, done

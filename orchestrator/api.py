@@ -7,7 +7,6 @@ writer makes the append fail instead of forking the history.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -192,19 +191,22 @@ class Orchestrator:
                                   "could be replaced along with the events, so it is never trusted")
 
     # -- reading ----------------------------------------------------------------------------
-    def load(self, job_id: str, *, every_signature: bool = False) -> JobView:
+    def load(self, job_id: str, *, every_signature: bool = False,
+             read: tuple[bytes | None, list[StoredLine]] | None = None) -> JobView:
         """Read, verify and replay one job. Raises ``JobNotFoundError`` for an unknown id.
 
         The lines its signed head record vouches for (``history.check_head``) have their own
         signatures checked only where they name another key; ``every_signature=True`` checks each
         one (``verify``), and so does every read with ``ORCH_STRICT_READS=1``. Either way any edit, cut
-        or splice of the history is a problem."""
+        or splice of the history is a problem. ``read``: the job's head record and lines as
+        ``store.read_with_aux(job_id, HEADS_AREA, job_id)`` returns them, read already (by the claim
+        statement of a queue index, ``QueueIndex.reserved_read``): verified and replayed as this read's."""
         validate_id(job_id, "job id")
         # The head record is read BEFORE the events: it is written after its events are durable
         # (or with them, on PostgreSQL), so a writer racing this read can only make the events
         # longer than the record, never shorter (which would look like a cut history: TRUNCATED).
         try:
-            head_raw, lines = self.store.read_with_aux(job_id, HEADS_AREA, job_id)
+            head_raw, lines = read if read is not None else self.store.read_with_aux(job_id, HEADS_AREA, job_id)
         except PathEscapeError as exc:
             return self._linked_view(job_id, exc)
         return self._verified_view(job_id, lines, head_raw, every_signature=every_signature)
@@ -233,17 +235,19 @@ class Orchestrator:
                 return self._view(job_id, stream, head_problem)
         return self._view(job_id, verify_stream(job_id, lines, self.keyring), head_problem)
 
-    def load_more(self, view: JobView, *, every_signature: bool = False) -> JobView:
+    def load_more(self, view: JobView, *, every_signature: bool = False,
+                  read: tuple[bytes | None, list[StoredLine]] | None = None) -> JobView:
         """``view``'s job read again, checking only the lines written since: those ``view`` verified
         must still be there byte for byte (else the whole job is verified again, as ``load`` does).
         What a claimer that waited for an event uses, so its wait does not cost a second full check.
         ``view`` must come from ``load``, ``load_more`` or ``append`` of this orchestrator, under the
         keys it trusts now: it is taken as verified (as it was verified: a worker keeps only views it
-        read with ``every_signature``). ``every_signature`` as for ``load``, when it reads all again."""
+        read with ``every_signature``). ``every_signature`` and ``read`` as for ``load``."""
         if not view.ok or not view.stream.lines:
-            return self.load(view.job_id, every_signature=every_signature)
+            return self.load(view.job_id, every_signature=every_signature, read=read)
         try:
-            head_raw, lines = self.store.read_with_aux(view.job_id, HEADS_AREA, view.job_id)
+            head_raw, lines = (read if read is not None
+                               else self.store.read_with_aux(view.job_id, HEADS_AREA, view.job_id))
         except PathEscapeError as exc:
             return self._linked_view(view.job_id, exc)
         known = view.stream.lines
@@ -366,28 +370,36 @@ class Orchestrator:
         if old is None:
             self.queue.built_with_first_job(self.store)
         index_statements = self.queue.before_append(job_id, old, state)  # None unless the index is in the store
-        # the pending lock spans event + entry, so a concurrent heal never writes the entry too
-        with audit_log.pending(self, job_id) if audit is not None else contextlib.nullcontext():
-            def with_events(new_head: Head) -> dict[tuple[str, str], bytes | None]:
-                return {(HEADS_AREA, job_id): head_record(self.keyring, job_id, new_head), **(aux or {})}
 
-            # the store writes the head record (then ``aux``) in the events' transaction where it can
-            # (PostgreSQL), else right after the events are durable: a record is never ahead of its events
-            def build(current: Head) -> list[bytes]:
-                # as many events as the view, but not the same last one (a line this was decided from was
-                # cut back after a failed fsync, and another took its place): the new lines would not chain
-                if current.last_line != head.last_line:
-                    raise ConcurrencyError(f"{job_id}: event {head.seq} changed since it was read", job_id=job_id)
-                return lines
+        def with_events(new_head: Head) -> dict[tuple[str, str], bytes | None]:
+            return {(HEADS_AREA, job_id): head_record(self.keyring, job_id, new_head), **(aux or {})}
 
-            new_head = self.store.append(job_id, build, expected_seq=head.seq, fence=fence, aux=with_events,
-                                         in_transaction=index_statements, expected_last=head.last_line)
+        # the store writes the head record (then ``aux``) in the events' transaction where it can
+        # (PostgreSQL), else right after the events are durable: a record is never ahead of its events
+        def build(current: Head) -> list[bytes]:
+            # as many events as the view, but not the same last one (a line this was decided from was
+            # cut back after a failed fsync, and another took its place): the new lines would not chain
+            if current.last_line != head.last_line:
+                raise ConcurrencyError(f"{job_id}: event {head.seq} changed since it was read", job_id=job_id)
+            return lines
+
+        def after_event() -> None:
             faults.point("append.after_event")
             self.queue.after_append(job_id, old, state)
             faults.point("append.after_head")
-            if audit is not None:
-                audit_log.record(self, job_id=job_id, run_id=run_id, action=audit[0], note=audit[1],
-                                 actor=actor or self.actor, event_line=lines[-1], now=now)
+
+        written = {"expected_seq": head.seq, "fence": fence, "aux": with_events, "in_transaction": index_statements,
+                   "expected_last": head.last_line}
+        if audit is None:
+            self.store.append(job_id, build, **written)
+            after_event()
+        else:  # under the job's pending lock from before the event until after its entry: no heal writes it too
+            entry, with_entry = audit_log.entry_writes(self, job_id=job_id, run_id=run_id, action=audit[0],
+                                                       note=audit[1], actor=actor or self.actor,
+                                                       event_line=lines[-1], now=now)
+            self.store.append_audited(job_id, build, entry, lock=audit_log.pending_lock(job_id), entry_aux=with_entry,
+                                      between=after_event, **written)
+            faults.point("audit.after_entry")
         stream = VerifiedStream(job_id, (view.stream.lines if view else []) + [
             StoredLine(head.seq + i, line) for i, line in enumerate(lines, 1)])
         stream.records = (view.stream.records if view else []) + [json.loads(line) for line in lines]

@@ -31,7 +31,7 @@ from orchestrator import clock, faults
 from orchestrator.history import head_record, seal
 from orchestrator.security import sanitize_text
 from orchestrator.signing import line_hash
-from orchestrator.store.base import AUDIT_STREAM, Head
+from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, Head
 
 if TYPE_CHECKING:
     from orchestrator.api import JobView, Orchestrator
@@ -65,15 +65,21 @@ def _bucket(job_id: str) -> int:
     return hashlib.sha256(job_id.encode()).digest()[0] % LOCK_BUCKETS
 
 
+def pending_lock(job_id: str) -> str:
+    """The name of the job's pending lock (``EventStore.exclusive``)."""
+    return f"audit-{_bucket(job_id):02d}"
+
+
 @contextlib.contextmanager
 def pending(orch: "Orchestrator", job_id: str) -> Iterator[None]:
     """Hold the job's pending lock: between a job event and its audit entry, nobody heals.
 
     ``EventStore.exclusive``: between processes on every backend (an ``flock`` on files, an advisory
     lock on PostgreSQL, where the event and its entry commit in two transactions), released if the
-    holder dies. Jobs share 64 buckets, so an unrelated job may wait a moment.
+    holder dies. Jobs share 64 buckets, so an unrelated job may wait a moment. ``Orchestrator.append``
+    holds it through ``EventStore.append_audited``.
     """
-    with orch.store.exclusive(f"audit-{_bucket(job_id):02d}"):
+    with orch.store.exclusive(pending_lock(job_id)):
         yield
 
 
@@ -102,9 +108,24 @@ def record(orch: "Orchestrator", *, job_id: str, action: str, actor: str, run_id
     With ``event_line``, the caller must hold ``pending(orch, job_id)`` (``Orchestrator.append``
     does), so a concurrent ``heal`` cannot write the same entry.
     """
+    build, with_entry = entry_writes(orch, job_id=job_id, action=action, actor=actor, run_id=run_id, note=note,
+                                     event_line=event_line, extra=extra, now=now)
+    head = orch.store.append(AUDIT_STREAM, build, aux=with_entry)
+    faults.point("audit.after_entry")
+    return head.seq
+
+
+def entry_writes(orch: "Orchestrator", *, job_id: str, action: str, actor: str, run_id: str | None = None,
+                 note: str = "", event_line: bytes | None = None, extra: dict[str, Any] | None = None,
+                 now: float | None = None) -> tuple[Builder, AuxWrites]:
+    """An entry's ``build`` and ``aux`` for an append to the audit log (``record``'s arguments): its line, sealed onto
+    the head the store finds, and, written with it, the log's head record and the event's marker (in its transaction
+    on PostgreSQL, right after it is durable on files: a marker lost in a crash is restored by ``heal``)."""
     rec = _entry(orch, job_id=job_id, action=action, actor=actor, run_id=run_id, note=note,
                  event_line=event_line, extra=extra, now=now)
-    build = lambda h: seal(orch.keyring, AUDIT_STREAM, h, [rec])  # noqa: E731
+
+    def build(head: Head) -> list[bytes]:
+        return seal(orch.keyring, AUDIT_STREAM, head, [rec])
 
     def with_entry(head: Head) -> dict[tuple[str, str], bytes | None]:
         out: dict[tuple[str, str], bytes | None] = {AUDIT_HEAD: head_record(orch.keyring, AUDIT_STREAM, head)}
@@ -112,11 +133,7 @@ def record(orch: "Orchestrator", *, job_id: str, action: str, actor: str, run_id
             out[(MARKERS_AREA, rec["data"]["event_hash"])] = str(head.seq).encode()
         return out
 
-    # the head record and the marker go with the entry: in its transaction on PostgreSQL, right
-    # after it is durable on files (a marker lost in a crash is restored by ``heal``)
-    head = orch.store.append(AUDIT_STREAM, build, aux=with_entry)
-    faults.point("audit.after_entry")
-    return head.seq
+    return build, with_entry
 
 
 # -- healing ----------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from orchestrator.wakeup import Watcher, make_watcher, wakeup_mode
 
 if TYPE_CHECKING:
     from orchestrator.api import Orchestrator
-    from orchestrator.store.base import EventStore
+    from orchestrator.store.base import EventStore, StoredLine
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,13 @@ class QueueIndex(ABC):
         knows its entries' kinds (PostgreSQL) lists no other; the others list every entry, and the
         claimer tells the kind from the job it reads."""
         return iter(self.ready())
+
+    def reserved_read(self, entry: ReadyEntry) -> "tuple[bytes | None, list[StoredLine]] | None":
+        """The job of ``entry``, read with its reservation by the last ``candidates`` if that reserved it (an index
+        in the store's database: one round trip for both, ``store/pg_queue.py``), as ``EventStore.read_with_aux``
+        returns it for the job's head record: the claimer verifies it as a read of its own. Given once; None when
+        there is none (read the job). An index that reserves nothing reads nothing: None."""
+        return None
 
     def release(self, entry: ReadyEntry) -> None:
         """The claimer leaves ``entry``'s job for other claimers (for want of a handler, a key, or of its kind):

@@ -286,16 +286,20 @@ class Worker:
         """
         waited = now - entry.runnable_at > EVENT_IN_FLIGHT  # an old entry: nothing is in flight
         view = self._kept_view(entry.job_id)  # what this worker last wrote of it
+        # read by the statement that reserved the entry (PostgreSQL), verified here as any read; the claim's append
+        # still checks that the job did not change since (its expected head), as after a read of its own
+        read = self.queue.reserved_read(entry)
         while True:
             try:  # from a view already verified (after a wait, or written here), only the new lines are checked
                 # every signature: a line the head record vouches for is taken on its word by reads,
                 # never by a run (docs/format.md)
-                view = (self.orch.load(entry.job_id, every_signature=True) if view is None
-                        else self.orch.load_more(view, every_signature=True))
+                view = (self.orch.load(entry.job_id, every_signature=True, read=read) if view is None
+                        else self.orch.load_more(view, every_signature=True, read=read))
             except JobNotFoundError:
                 view = None
             except InvalidIdError:  # a name no job has (not an entry this code wrote): dropped as an orphan is
                 return None
+            read = None  # a second look reads the job again
             s = view.state if view is not None else None
             pending = view is None or (view.ok and s is not None and s.state != QUEUED
                                        and entry.runnable_at > s.updated_at)  # its event is not there yet

@@ -99,6 +99,27 @@ class EventStore(ABC):
         their indexes write around the append instead.
         """
 
+    def append_audited(self, stream: str, build: Builder, entry: Builder, *, lock: str,
+                       entry_aux: AuxWrites | None = None, between: Callable[[], None] = lambda: None,
+                       expected_seq: int | None = None, fence: int | None = None, aux: AuxWrites | None = None,
+                       in_transaction: InTransaction | None = None, expected_last: bytes | None = None) -> Head:
+        """``append`` a job's events, then their audit entry (``append(AUDIT_STREAM, entry, aux=entry_aux)``),
+        holding the lock ``lock`` (``exclusive``: the job's pending lock, ``audit.pending``) from before the
+        events until after the entry. Two appends, two transactions, in that order, each as ``append`` says: the
+        events are durable before the entry is written; if their append raises, no entry is written; if the
+        entry's raises, the events stand without it (as after a crash between the two: ``audit.heal`` writes it
+        later). ``between`` runs once the events are durable, before the entry. Returns the events' new head.
+
+        Default: those calls, one after the other. PostgreSQL sends the same statements, in the same order and
+        transactions, on one connection in two round trips (the calls one by one take six).
+        """
+        with self.exclusive(lock):
+            head = self.append(stream, build, expected_seq, fence=fence, aux=aux, in_transaction=in_transaction,
+                               expected_last=expected_last)
+            between()
+            self.append(AUDIT_STREAM, entry, aux=entry_aux)
+        return head
+
     @abstractmethod
     def read(self, stream: str, from_seq: int = 1) -> list[StoredLine]:
         """The stream's complete lines from ``from_seq`` on; ``[]`` for a missing stream.

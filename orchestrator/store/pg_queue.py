@@ -11,7 +11,8 @@ Three things differ from the file index, each for a reason:
 * **Candidates are reserved with ``FOR UPDATE SKIP LOCKED``.** ``candidates(now)`` reserves the
   first due row for a few seconds in one statement, so concurrent workers spread over different
   jobs instead of all racing for the first one. A reservation is only a hint: the claim is still
-  an append with the expected sequence, so the index never decides who wins.
+  an append with the expected sequence, so the index never decides who wins. The same statement
+  reads the reserved job (``reserved_read``), so the claim needs no read of its own.
 * **Idle workers ``LISTEN``.** ``wait`` blocks on a dedicated connection until a ``NOTIFY`` for
   the project arrives, or a bounded fallback timeout passes (a lost connection is re-opened and
   reported as a wake-up, so the caller rescans): no polling loop.
@@ -26,11 +27,12 @@ import time
 from typing import Any, Collection
 
 from orchestrator import faults
+from orchestrator.api import HEADS_AREA
 from orchestrator.errors import StorageError
 from orchestrator.queue import IndexChange, QueueIndex, ReadyEntry
 from orchestrator.state import JobState
-from orchestrator.store.base import InTransaction
-from orchestrator.store.postgres import PostgresStore, _driver, connect
+from orchestrator.store.base import InTransaction, StoredLine
+from orchestrator.store.postgres import PostgresStore, _driver, _line_bounds, connect
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +44,16 @@ BUILT_RECHECK_SECONDS = 1.0  # how stale a worker's "the index is built" may be 
 LISTEN_FALLBACK_SECONDS = 10.0  # an idle wait never lasts longer, even if a NOTIFY were lost
 
 
-# One statement, one round trip: reserve the first due, unreserved row (SKIP LOCKED), and list
-# the other due rows, the next not-yet-due one and the next lapsing reservation. A reservation is
+# One statement, one round trip: reserve the first due, unreserved row (SKIP LOCKED), read the reserved job (its
+# head record and first chunk of lines, as ``PostgresStore.read_with_aux`` does), and list the other due rows, the
+# next not-yet-due one and the next lapsing reservation. A reservation is
 # a hint, never an acknowledged event, so its commit does not wait for the WAL flush
 # (``synchronous_commit`` off for this transaction only): a crash can only forget a reservation,
 # which at worst lets two workers try the same job, and the append still decides.
 # Parts 2 and 3 have indexes of their own (migration 0005; ``reserved_until_us > 0`` is the partial index's
-# condition, stated so that a prepared, generic plan can use it too).
+# condition, stated so that a prepared, generic plan can use it too). Parts 4 and 5 read in the statement's snapshot,
+# in which the reserved row's job holds at least the event that wrote the row (a row commits with its event); a
+# scalar subquery names the job, so each is a primary-key look-up, and nothing when no row was reserved.
 _CANDIDATES = """
 WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)),
 pick AS (SELECT job_id, priority, runnable_at_us FROM orch_ready
@@ -59,16 +64,20 @@ reserved AS (UPDATE orch_ready r SET reserved_by = %(by)s, reserved_until_us = %
              WHERE r.project = %(p)s AND r.job_id = pick.job_id AND r.priority = pick.priority
              AND r.runnable_at_us = pick.runnable_at_us
              RETURNING r.priority, r.runnable_at_us, r.job_id, r.kind)
-SELECT 0 AS part, priority, runnable_at_us AS at, job_id, kind FROM reserved
-UNION ALL (SELECT 1, priority, runnable_at_us, job_id, kind FROM orch_ready
+SELECT 0 AS part, priority, runnable_at_us AS at, job_id, kind, NULL::bytea AS line, 0 AS length FROM reserved
+UNION ALL (SELECT 1, priority, runnable_at_us, job_id, kind, NULL, 0 FROM orch_ready
            WHERE project = %(p)s AND runnable_at_us <= %(now)s AND reserved_until_us <= %(now)s AND {mine}
            ORDER BY priority DESC, runnable_at_us, job_id LIMIT %(n)s)
-UNION ALL (SELECT 2, priority, runnable_at_us, job_id, kind FROM orch_ready
+UNION ALL (SELECT 2, priority, runnable_at_us, job_id, kind, NULL, 0 FROM orch_ready
            WHERE project = %(p)s AND runnable_at_us > %(now)s AND {mine} ORDER BY runnable_at_us LIMIT 1)
-UNION ALL (SELECT 3, priority, reserved_until_us, job_id, kind FROM orch_ready
+UNION ALL (SELECT 3, priority, reserved_until_us, job_id, kind, NULL, 0 FROM orch_ready
            WHERE project = %(p)s AND runnable_at_us <= %(now)s AND reserved_until_us > %(now)s AND {mine}
            AND reserved_until_us > 0 AND job_id <> ALL(%(skip)s::text[])
            ORDER BY reserved_until_us LIMIT 1)
+UNION ALL (SELECT 4, 0, 0, key, NULL, data, 0 FROM orch_aux
+           WHERE project = %(p)s AND area = %(area)s AND key = (SELECT job_id FROM reserved))
+UNION ALL (SELECT 5, 0, seq, stream, NULL, CASE WHEN octet_length(line) <= %(cap)s THEN line END, octet_length(line)
+           FROM orch_events WHERE project = %(p)s AND stream = (SELECT job_id FROM reserved) ORDER BY seq LIMIT %(lines)s)
 ORDER BY part, priority DESC, at, job_id
 """
 # a worker of some kinds only (``WorkerSettings.kinds``): rows of those kinds, and rows from before 0004 (no kind)
@@ -101,6 +110,8 @@ class PgQueueIndex(QueueIndex):
         self._listener: Any = None
         self._built_until = 0.0  # monotonic time until which "built" is trusted without asking
         self._reserved: tuple[ReadyEntry, str, int] | None = None  # the last candidates' reservation: (row, by, until)
+        # ...and its job as that statement read it, until ``reserved_read`` takes it: (row, record, chunk, full)
+        self._reserved_job: tuple[ReadyEntry, bytes | None, list[Any], bool] | None = None
         store.register_index(self)  # a forked child drops its listener (``forget_listener``)
 
     @property
@@ -169,7 +180,7 @@ class PgQueueIndex(QueueIndex):
         return [ReadyEntry(-pr, at, job, kind) for pr, at, job, kind in rows]
 
     def candidates(self, now: float, skip: Collection[str] = (), kinds: Collection[str] = ()) -> list[ReadyEntry]:
-        """Reserve the first due job (SKIP LOCKED), then a few more due ones, then hints for later.
+        """Reserve the first due job (SKIP LOCKED) and read it, then list a few more due ones, then hints for later.
 
         The result, in claim order: the reserved entry; up to ``CANDIDATES`` other due,
         unreserved entries; the earliest not-yet-due entry; and, for a job another worker
@@ -181,21 +192,48 @@ class PgQueueIndex(QueueIndex):
         again: this worker left it (with more than ``SKIPPED_MAX`` left, a pass that reserved one of
         the others again woke it for the next such pass). With ``kinds``, only rows of those kinds
         (and rows written before migration 0004, which have none) are reserved or listed.
+
+        The same statement reads the reserved job (``reserved_read``): the claim that follows needs no read
+        of its own, one round trip instead of two.
         """
         now_us = int(round(now * 1e6))
         until = now_us + int(RESERVATION_SECONDS * 1e6)
+        size, cap = _line_bounds(None)  # the first chunk of a job's read (``PostgresStore.read_with_aux``)
         params = {"p": self.project, "now": now_us, "by": self.reserver, "until": until,  # the reservation
-                  "n": CANDIDATES + 1, "skip": list(skip), "kinds": list(kinds)}
+                  "n": CANDIDATES + 1, "skip": list(skip), "kinds": list(kinds),
+                  "area": HEADS_AREA, "cap": cap, "lines": size}
+        self._reserved_job = None
         rows = self._sql(_CANDIDATES_KINDS if kinds else _CANDIDATES_ANY, params, write=True, fetch=True)
         out, seen = [], set()
         self._reserved = None
-        for part, pr, at, job, kind in rows:  # the reserved row first; it is in the statement's snapshot twice
-            if job not in seen:
+        record, chunk = None, []
+        for part, pr, at, job, kind, line, length in rows:
+            if part == 4:
+                record = bytes(line)
+            elif part == 5:
+                chunk.append((at, line, length))
+            elif job not in seen:  # the reserved row first; it is in the statement's snapshot twice
                 seen.add(job)
                 out.append(ReadyEntry(-pr, at, job, kind))
                 if part == 0:
                     self._reserved = (out[-1], params["by"], until)
+        if self._reserved is not None:
+            self._reserved_job = (self._reserved[0], record, chunk, len(chunk) == size)
         return out
+
+    def reserved_read(self, entry: ReadyEntry) -> tuple[bytes | None, list[StoredLine]] | None:
+        """The job of ``entry`` as ``store.read_with_aux(job, HEADS_AREA, job)`` returns it, if it is the row the last
+        ``candidates`` reserved: its head record and first lines read in the reserving statement (one snapshot, taken
+        as the row was reserved), the rest of a longer job read now, as ``read_with_aux`` reads it. Given once: a
+        second call returns None (read the job), and so does one for another entry (worker threads sharing this
+        index: the last statement's job only, so a thread whose reservation another's statement followed reads
+        its own)."""
+        kept = self._reserved_job
+        if kept is None or kept[0] != entry:
+            return None
+        self._reserved_job = None
+        _, record, chunk, full = kept
+        return record, self.store.lines_after_first_chunk(entry.job_id, chunk, full)
 
     def release(self, entry: ReadyEntry) -> None:
         """Let the row this worker's last ``candidates`` reserved go, if ``entry`` is that row (no round trip

@@ -7,7 +7,8 @@ still the one expected (checked as the row is locked), inserts the new lines, an
 records given (the job's signed head record, a lease deletion, an audit marker), all in one
 statement, so on this backend an event and its head record are committed both or neither
 (``atomic_aux``): one round trip when the caller knows the head (every job event), two when it
-must be read under the lock first (the audit log). Durability is PostgreSQL's: the session
+must be read under the lock first (the audit log); an audited job event, its audit entry and the job's
+pending lock around both take two (``append_audited``). Durability is PostgreSQL's: the session
 forces ``synchronous_commit = on``, so when ``append`` returns the commit is flushed to the
 server's WAL. Several projects may share one database (the ``project`` column).
 
@@ -41,7 +42,7 @@ import os
 import select
 import threading
 import weakref
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 from orchestrator import faults
@@ -174,6 +175,43 @@ def _sent_lines(chunk: list[Any]) -> tuple[list[Any], bool, int]:
         if row[1] is None:
             return chunk[:i], True, longest
     return chunk, False, longest
+
+
+def _end_transaction(conn: Any) -> None:
+    """Roll back what a locked append left open on ``conn`` (it refused, or failed, between its ``BEGIN`` and its
+    ``COMMIT``), so the connection goes back to the pool idle; one that cannot is closed (the server rolls back)."""
+    try:
+        if not conn.closed and not conn.broken and conn.info.transaction_status != _driver().pq.TransactionStatus.IDLE:
+            conn.rollback()
+    except Exception:  # noqa: BLE001 - closing it is the rollback
+        conn.close()
+
+
+def _abandon(pipe: Any) -> None:
+    """After the server's error in a pipeline (the fence trigger) it skipped every statement after it: sync now,
+    so that the pipeline's end has nothing of them left to report (psycopg logs that as "error ignored"); the caller
+    rolls back what is left open (``_end_transaction``)."""
+    with contextlib.suppress(_driver().Error):
+        pipe.sync()
+
+
+def _released(unlocked: Any) -> bool:
+    """Whether the ``pg_advisory_unlock`` statement of ``unlocked`` (a cursor, or None: not sent) ran and released."""
+    try:
+        row = unlocked.fetchone() if unlocked is not None else None
+    except Exception:  # noqa: BLE001 - skipped by the server after an error, or never answered
+        return False
+    return bool(row and row[0])
+
+
+def _unlock(conn: Any, key: int) -> None:
+    """Release the session advisory lock ``key`` held on ``conn``; a connection that cannot is closed (the server
+    releases its locks with it)."""
+    try:
+        if not conn.closed and not conn.broken:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+    except Exception:  # noqa: BLE001 - closing it releases the lock
+        conn.close()
 
 
 def _went_away(conn: Any) -> bool:
@@ -326,8 +364,8 @@ class PostgresStore(EventStore):
         With the head the caller decided from (``expected_seq`` and ``expected_last``: every job
         event) that statement is the whole append, in one round trip: it moves the head only if it
         is still that one, checked under the row's lock as it moves. Else (the audit log, whose head
-        the caller does not know, or a head that moved meanwhile) two round trips: the first locks
-        the stream's row and reads its head (``BEGIN`` and one upsert that creates the row if
+        the caller does not know, or a head that moved meanwhile) two round trips (``_locked``): the first
+        locks the stream's row and reads its head (``BEGIN`` and one upsert that creates the row if
         needed), the second, pipelined, sends the statement built from that head and ``COMMIT``.
         """
         self._check_stream(stream)
@@ -350,31 +388,123 @@ class PostgresStore(EventStore):
                 faults.point("pg.append.after_commit")
                 return Head(expected.seq + len(new), new[-1])
             # the head is not the one expected: nothing was written; decide again from the head there is
-        p = self.project
+        result = self._run(lambda conn: self._locked(conn, stream, build, expected_seq, fence, aux, in_transaction),
+                           write=True)
+        faults.point("pg.append.after_commit")
+        return result
 
-        def locked(conn: Any) -> Head:
-            with conn.pipeline():
-                with conn.transaction():
-                    seq, last = conn.execute(_LOCK_HEAD, (p, stream)).fetchone()
+    def _locked(self, conn: Any, stream: str, build: Builder, expected_seq: int | None = None,
+                fence: int | None = None, aux: AuxWrites | None = None,
+                in_transaction: InTransaction | None = None) -> Head:
+        """``append`` from the head read under the stream's row lock, on ``conn``: two round trips, one pipeline.
+
+        ``BEGIN`` and ``COMMIT`` are sent as statements of the pipeline, not with psycopg's ``transaction()``:
+        inside a pipeline that waits for the server at ``BEGIN``, before ``COMMIT``, at ``COMMIT`` and as the pipeline
+        ends, five round trips in all (until 2026-12-02), where these are two: the lock and the head, then the rest."""
+        psycopg = _driver()
+        try:
+            with conn.pipeline() as pipe:
+                try:  # (a server's error may come back while later statements are sent: any of them raises it)
+                    conn.execute("BEGIN")
+                    seq, last = conn.execute(_LOCK_HEAD, (self.project, stream)).fetchone()  # the first round trip
                     head = Head(seq, bytes(last))
                     if expected_seq is not None and expected_seq != head.seq:
                         raise ConcurrencyError(f"{stream}: expected {expected_seq} events, found {head.seq}",
                                                stream=stream, expected=expected_seq, found=head.seq)
                     new = self._built(build, head)
-                    if not new:
-                        return head
-                    moved = conn.execute(*self._moving(stream, head, new, fence, aux, in_transaction))
-                    faults.point("pg.append.before_commit")
-            # the pipeline synced at COMMIT: the statement's row is here already (no round trip). Under the
-            # row's lock the head was the one just read, so it moved, or nothing at all committed
-            if moved.fetchone() is None:
-                raise StorageError(f"{stream}: the head did not move under its lock; nothing was appended",
-                                   stream=stream)
-            return Head(head.seq + len(new), new[-1])
+                    if new:
+                        moved = conn.execute(*self._moving(stream, head, new, fence, aux, in_transaction))
+                        faults.point("pg.append.before_commit")
+                        conn.execute("COMMIT")
+                    else:
+                        conn.execute("ROLLBACK")  # nothing to write: let the row's lock go
+                except psycopg.Error:
+                    _abandon(pipe)
+                    raise
+                except BaseException:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")  # sent as the pipeline ends: no round trip of its own
+                    raise
+            # the pipeline synced as it ended (the second round trip): the statement's row is here already
+        finally:  # a transaction the server aborted (the fence trigger) must not go back to the pool open
+            _end_transaction(conn)
+        if not new:
+            return head
+        # under the row's lock the head was the one just read, so it moved, or nothing at all committed
+        if moved.fetchone() is None:
+            raise StorageError(f"{stream}: the head did not move under its lock; nothing was appended", stream=stream)
+        return Head(head.seq + len(new), new[-1])
 
-        result = self._run(locked, write=True)
+    def append_audited(self, stream: str, build: Builder, entry: Builder, *, lock: str,
+                       entry_aux: AuxWrites | None = None, between: Callable[[], None] = lambda: None,
+                       expected_seq: int | None = None, fence: int | None = None, aux: AuxWrites | None = None,
+                       in_transaction: InTransaction | None = None, expected_last: bytes | None = None) -> Head:
+        """``EventStore.append_audited`` on one connection, in two round trips where the calls one by one take six
+        (the lock, the events, the entry's two, the unlock), with the same statements in the same order.
+
+        The first round trip sends the lock (``pg_advisory_lock``, as ``exclusive``), the events' statement in a
+        transaction of its own (``BEGIN``, ``append``'s one statement, ``COMMIT``), then ``BEGIN`` and the audit log's
+        row lock with its head. The server runs them in that order, and a ``COMMIT`` is durable before the next
+        statement starts: the events commit first, alone, as one by one. Once they are known to have moved,
+        ``between`` runs and the entry is built from that head; the second round trip sends its statement, ``COMMIT``
+        and the unlock. An entry that fails leaves the events (``audit.heal``), as one by one; a connection lost
+        leaves the server to roll back and unlock. Without the head the events were decided from, or when it moved
+        (nothing was written), the calls one by one."""
+        one_by_one = {"lock": lock, "entry_aux": entry_aux, "between": between, "expected_seq": expected_seq,
+                      "fence": fence, "aux": aux, "in_transaction": in_transaction, "expected_last": expected_last}
+        self._check_stream(stream)
+        expected = Head(expected_seq, expected_last) if expected_seq is not None and expected_last is not None else None
+        new = self._built(build, expected) if expected is not None else []
+        if not new:
+            return super().append_audited(stream, build, entry, **one_by_one)
+        events = self._moving(stream, expected, new, fence, aux, in_transaction)
+        key = self._lock_key(lock)
+        psycopg = _driver()
+
+        def pipelined(conn: Any) -> bool:
+            unlocked = None
+            try:
+                faults.point("pg.append.before_commit")  # nothing sent yet: a kill or a cut here leaves nothing
+                with conn.pipeline() as pipe:
+                    try:  # (a server's error may come back while later statements are sent: any of them raises it)
+                        conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+                        conn.execute("BEGIN")
+                        moved = conn.execute(*events)
+                        conn.execute("COMMIT")
+                        conn.execute("BEGIN")
+                        seq, last = conn.execute(_LOCK_HEAD, (self.project, AUDIT_STREAM)).fetchone()  # round trip 1
+                        written = moved.fetchone() is not None
+                        if written:  # the events are durable; the entry's transaction holds the audit log's row
+                            faults.point("pg.append.after_commit")
+                            between()
+                            head = Head(seq, bytes(last))
+                            lines = self._built(entry, head)
+                            entered = conn.execute(*self._moving(AUDIT_STREAM, head, lines, None, entry_aux, None))
+                            faults.point("pg.append.before_commit")
+                        conn.execute("COMMIT" if written else "ROLLBACK")
+                        unlocked = conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                    except psycopg.Error:
+                        _abandon(pipe)
+                        raise
+                    except BaseException:
+                        with contextlib.suppress(psycopg.Error):
+                            conn.execute("ROLLBACK")
+                            unlocked = conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                        raise
+                # round trip 2: the pipeline synced as it ended
+            finally:  # what the server skipped after an error of its own (the fence trigger): rolled back, unlocked
+                _end_transaction(conn)
+                if not _released(unlocked):
+                    _unlock(conn, key)
+            if written and entered.fetchone() is None:  # under the row's lock: it moved, or nothing committed
+                raise StorageError("@audit: the head did not move under its lock; the entry was not appended",
+                                   stream=AUDIT_STREAM)
+            return written
+
+        if not self._run(pipelined, write=True):  # the head is not the one expected: one by one, as ``append`` does
+            return super().append_audited(stream, build, entry, **one_by_one)
         faults.point("pg.append.after_commit")
-        return result
+        return Head(expected.seq + len(new), new[-1])
 
     @staticmethod
     def _built(build: Builder, head: Head) -> list[bytes]:
@@ -453,11 +583,18 @@ class PostgresStore(EventStore):
         rows = self._run(lambda conn: conn.execute(
             _READ_WITH_AUX, (self.project, area, key, cap, self.project, stream, limit)).fetchall())
         record = bytes(rows[0][2]) if rows and rows[0][0] == 0 else None
-        lines, cut, longest = _sent_lines([r[1:] for r in rows if r[0] == 1])
-        if cut or len(rows) == limit:
+        return record, self.lines_after_first_chunk(stream, [r[1:] for r in rows if r[0] == 1], len(rows) == limit)
+
+    def lines_after_first_chunk(self, stream: str, chunk: list[Any], full: bool) -> list[StoredLine]:
+        """A stream's lines from the first chunk of a read (``read_with_aux``'s, or the claim statement's,
+        ``store/pg_queue.py``): its rows (seq, line or None, length), lines up to the length ``_line_bounds(None)``
+        allows sent; the rest, if the chunk may not hold them all (``full``: as many rows as asked for, or a line
+        it did not send), read as ``read`` reads them, in later round trips and snapshots."""
+        lines, cut, longest = _sent_lines(chunk)
+        if cut or full:
             lines += self._chunked(_READ_LINES, (self.project, stream), after=lines[-1][0] if lines else 0,
                                    lines=True, longest=longest)
-        return record, [StoredLine(i, bytes(r[1])) for i, r in enumerate(lines, 1)]
+        return [StoredLine(i, bytes(r[1])) for i, r in enumerate(lines, 1)]
 
     def _chunked(self, sql: str, params: tuple[Any, ...], after: Any, lines: bool = False,
                  longest: int | None = None) -> list[Any]:
@@ -538,12 +675,16 @@ class PostgresStore(EventStore):
         """In key order, ``READ_CHUNK_ROWS`` per round trip (the head records' area has one per job)."""
         return [r[0] for r in self._chunked(_AUX_KEYS, (self.project, area), after="")]
 
+    def _lock_key(self, name: str) -> int:
+        """The advisory lock's key of the project's lock ``name`` (``exclusive``, ``append_audited``)."""
+        return int.from_bytes(hashlib.sha256(f"{self.project}\0{name}".encode()).digest()[:8], "big", signed=True)
+
     @contextlib.contextmanager
     def exclusive(self, name: str) -> Iterator[None]:
         """A session advisory lock (``pg_advisory_lock``) on a connection kept for the block: every
         process using this database for the project takes turns, and the server releases it when
         the holder's connection ends (the process died)."""
-        key = int.from_bytes(hashlib.sha256(f"{self.project}\0{name}".encode()).digest()[:8], "big", signed=True)
+        key = self._lock_key(name)
         psycopg = _driver()
         conn = self._take()
         try:

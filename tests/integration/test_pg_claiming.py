@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -229,6 +230,93 @@ def test_a_worker_of_some_kinds_neither_reserves_nor_lists_jobs_of_other_kinds_o
     assert wa.claim(now) is None and a.status(echo).state == "queued"
     other = cluster.worker(b, "any-kind").claim(now)  # the echo job was left for a worker that runs it
     assert other is not None and other.job_id == echo
+
+
+def _reads(orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The jobs the store reads on their own from now on (``read_with_aux``, ``first_line``), in order."""
+    seen: list[str] = []
+    for name in ("read_with_aux", "first_line"):
+        real = getattr(orch.store, name)
+        monkeypatch.setattr(orch.store, name, lambda stream, *a, _real=real: seen.append(stream) or _real(stream, *a))
+    return seen
+
+
+@pytest.mark.parametrize("bounds", [{}, {"READ_FIRST_ROWS": 1}, {"READ_FIRST_ROWS": 2, "READ_CHUNK_BYTES": 600}],
+                         ids=["one-chunk", "lines-after-the-first-chunk", "a-line-in-slices"])
+def test_the_claim_statement_reads_the_reserved_job_byte_for_byte_as_a_read_of_its_own(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch, bounds: dict[str, int]) -> None:
+    """Since 2026-12-02 the statement that reserves a job also reads it (head record and first chunk of lines), so
+    the claim needs no read of its own: what it returns must be what ``read_with_aux`` returns, for a job longer than
+    the first chunk too (the rest read as ``read`` reads it), and a line longer than a chunk (read in slices)."""
+    from orchestrator.api import HEADS_AREA
+    from orchestrator.store import postgres
+
+    a = cluster.machine("a")
+    job = a.submit("t.flaky", {"succeed_on": 9, "pad": "x" * 1500}, max_attempts=5)
+    w = cluster.worker(a, "w")
+    for _ in range(2):  # submitted, claimed, failed, claimed, failed: queued again, five lines
+        assert w.run_once().job_id == job
+    for name, value in bounds.items():
+        monkeypatch.setattr(postgres, name, value)
+    now = a.clock() + 1
+    entry = a.queue.candidates(now)[0]
+    assert entry.job_id == job
+    assert a.queue.reserved_read(replace(entry, job_id="01OTHERJOB")) is None, "another entry: none"
+    read = a.queue.reserved_read(entry)
+    assert read is not None and read[0] is not None and len(read[1]) == 5
+    assert read == a.store.read_with_aux(job, HEADS_AREA, job)
+    assert a.queue.reserved_read(entry) is None, "given once"
+    [hint] = a.queue.candidates(now)  # reserved already: listed to look at again when that lapses, not reserved
+    assert hint.job_id == job and a.queue.reserved_read(hint) is None, "nothing reserved, nothing read"
+
+
+def test_a_claim_reads_nothing_of_its_own_for_the_job_it_reserved_and_respects_kinds(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reserved job comes with the claim statement (one round trip, not two); a worker of some kinds reserves,
+    and so reads, only its kinds' jobs, whatever comes first in claim order."""
+    a = cluster.machine("a")
+    echo = a.submit("t.echo", "not for a", priority=5)  # first in claim order
+    mine = [a.submit("t.payload", {"status": "done", "summary": f"mine {i}"}) for i in range(2)]
+    reads = _reads(a, monkeypatch)
+    w = cluster.worker(a, "payloads-only", kinds=("t.payload",))
+    now = a.clock()
+    claims = [w.claim(now), w.claim(now)]
+    assert [c.job_id for c in claims if c is not None] == mine
+    assert reads == [], "each claimed job was read by the statement that reserved it"
+    assert w.claim(now) is None and a.status(echo).state == "queued"
+    any_kind = cluster.worker(a, "any-kind").claim(now)
+    assert any_kind is not None and any_kind.job_id == echo and reads == [echo]  # (``status`` read it)
+
+
+@pytest.mark.parametrize("change", ["cancelled", "claimed-elsewhere"])
+def test_a_reserved_job_that_changes_before_its_claim_is_not_claimed_and_the_next_one_is(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    """The reserved job is read in the reserving statement's snapshot: if it changes before the claim (a cancel,
+    another worker's claim), the claim's append finds a head it did not expect and writes nothing, and the worker
+    goes on to the next candidate (read on its own), as it did when the job was read after the reservation."""
+    a, b = cluster.machine("a"), cluster.machine("b")
+    first, second = a.submit("t.echo", 1), a.submit("t.echo", 2)
+    real = a.queue.candidates
+
+    def then_changed(now: float, **kw: Any) -> list:
+        out = real(now, **kw)
+        if out and out[0].job_id == first:
+            if change == "cancelled":
+                b.cancel(first)
+            else:
+                b.append(b.load(first), first, [("job_claimed", {
+                    "worker_id": "b", "epoch": 1, "attempt": 1, "lease_expires_at": "2030-01-01T00:00:00.000000Z"})],
+                    fence=1)
+        return out
+
+    monkeypatch.setattr(a.queue, "candidates", then_changed)
+    reads = _reads(a, monkeypatch)
+    claim = cluster.worker(a, "w").claim(a.clock())
+    assert claim is not None and claim.job_id == second
+    assert reads == [second], "the first job was read by the claim statement, the second on its own"
+    assert types(a, first) == (["job_submitted", "job_cancelled"] if change == "cancelled"
+                               else ["job_submitted", "job_claimed"]), "no claim of the changed job by this worker"
+    assert types(a, second) == ["job_submitted", "job_claimed"]
 
 
 def test_a_refused_claim_leaves_the_index_as_it_was(cluster: Cluster) -> None:

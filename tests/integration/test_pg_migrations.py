@@ -189,10 +189,13 @@ def test_the_claim_statements_lookups_out_of_claim_order_use_their_indexes(scrat
                      "SELECT 'p', 'J' || g, 0, g, 'k', CASE WHEN g % 100 = 0 THEN g + 10 ELSE 0 END "
                      "FROM generate_series(1, 20000) g")
         conn.execute("ANALYZE orch_ready")
-        params = {"p": "p", "now": 10_000, "by": "me", "until": 12_000, "n": 9, "skip": [], "kinds": ["k"]}
+        params = {"p": "p", "now": 10_000, "by": "me", "until": 12_000, "n": 9, "skip": [], "kinds": ["k"],
+                  "area": "heads", "cap": 32768, "lines": 256}
         for sql in (_CANDIDATES_ANY, _CANDIDATES_KINDS):
             plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + sql, params).fetchall())  # not run
             assert "orch_ready_runnable" in plan and "orch_ready_reserved" in plan, plan
+            # the reserved job's read (since 2026-12-02): primary-key look-ups of that one job
+            assert "orch_aux_pkey" in plan and "orch_events_pkey" in plan, plan
             assert "Seq Scan" not in plan, plan
     finally:
         conn.close()
