@@ -151,13 +151,15 @@ class Unaudited:
         return line_hash(self.raw)
 
 
-def unmarked(orch: "Orchestrator", view: "JobView") -> list[Unaudited]:
-    """The job's verified events that need an audit entry and have no marker (cheap: no log read)."""
-    out = []
-    for stored, rec in zip(view.stream.lines, view.stream.records):
-        if rec.get("type") in AUDITED_EVENTS and orch.store.get_aux(MARKERS_AREA, line_hash(stored.raw)) is None:
-            out.append(Unaudited(view.job_id, stored.seq, stored.raw, rec))
-    return out
+def unmarked(orch: "Orchestrator", views: Iterable["JobView"]) -> list[Unaudited]:
+    """The jobs' verified events that need an audit entry and have no marker (cheap: no log read; the markers
+    looked up together, ``EventStore.aux_present``: one round trip on PostgreSQL, not one per event)."""
+    audited = [Unaudited(view.job_id, stored.seq, stored.raw, rec) for view in views
+               for stored, rec in zip(view.stream.lines, view.stream.records) if rec.get("type") in AUDITED_EVENTS]
+    if not audited:
+        return []
+    marked = orch.store.aux_present(MARKERS_AREA, {u.event_hash for u in audited})
+    return [u for u in audited if u.event_hash not in marked]
 
 
 def audited_hashes(orch: "Orchestrator") -> dict[str, int]:
@@ -182,7 +184,7 @@ def heal(orch: "Orchestrator", views: Iterable["JobView"], *, now: float | None 
     is loaded before anything is written or locked (``SigningKeyError`` if there is none); with
     ``create_key=False`` it must exist already (``Keyring.ensure_signer``).
     """
-    todo = [u for view in views for u in unmarked(orch, view)]
+    todo = unmarked(orch, views)
     if not todo:
         return []
     orch.keyring.ensure_signer(create=create_key)

@@ -11,7 +11,7 @@ import contextlib
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 AUDIT_STREAM = "@audit"
 
@@ -160,6 +160,11 @@ class EventStore(ABC):
     @abstractmethod
     def get_aux(self, area: str, key: str) -> bytes | None:
         """The record stored under ``area``/``key``, or None."""
+
+    def aux_present(self, area: str, keys: Collection[str]) -> set[str]:
+        """Those of ``keys`` that have a record in ``area`` (``get_aux`` not None), in one round trip on PostgreSQL:
+        what ``audit.heal`` asks of every audited event of the jobs it is given. Default: ``get_aux`` per key."""
+        return {key for key in keys if self.get_aux(area, key) is not None}
 
     @abstractmethod
     def aux_keys(self, area: str) -> list[str]:

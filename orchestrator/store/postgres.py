@@ -42,7 +42,7 @@ import os
 import select
 import threading
 import weakref
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Collection, Iterator
 from urllib.parse import urlsplit
 
 from orchestrator import faults
@@ -670,6 +670,15 @@ class PostgresStore(EventStore):
             "SELECT data FROM orch_aux WHERE project = %s AND area = %s AND key = %s",
             (self.project, area, key)).fetchone())
         return bytes(row[0]) if row else None
+
+    def aux_present(self, area: str, keys: Collection[str]) -> set[str]:
+        """One statement for all ``keys`` (``EventStore.aux_present``)."""
+        if not keys:
+            return set()
+        rows = self._run(lambda conn: conn.execute(
+            "SELECT key FROM orch_aux WHERE project = %s AND area = %s AND key = ANY(%s)",
+            (self.project, area, list(keys))).fetchall())
+        return {r[0] for r in rows}
 
     def aux_keys(self, area: str) -> list[str]:
         """In key order, ``READ_CHUNK_ROWS`` per round trip (the head records' area has one per job)."""

@@ -183,6 +183,14 @@ def test_aux_records_replace_and_read_back(store: EventStore) -> None:
     assert store.get_aux("heads", "job-1") == b"two"
 
 
+def test_aux_present_names_the_keys_that_have_a_record_in_the_area(store: EventStore) -> None:
+    store.put_aux("audited", "e1", b"1")
+    store.put_aux("audited", "e3", b"3")
+    store.put_aux("heads", "e2", b"elsewhere")
+    assert store.aux_present("audited", ["e1", "e2", "e3", "e4"]) == {"e1", "e3"}
+    assert store.aux_present("audited", []) == set()
+
+
 def test_aux_records_given_with_an_append_are_written_with_its_new_head(store: EventStore) -> None:
     store.put_aux("leases", "job-1.1", b"old lease")
     seen: list[Head] = []

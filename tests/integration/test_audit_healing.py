@@ -58,7 +58,7 @@ def test_crash_after_the_entry_but_before_its_marker_writes_no_second_entry(cli_
     assert crashed.returncode == -9 and len(entries(cli_orch, job_id, "resume")) == 1
     assert run_script("control", "cancel", job_id, "stop", env=cli_env).returncode == 0
     assert len(entries(cli_orch, job_id, "resume")) == 1
-    assert audit.unmarked(cli_orch, cli_orch.load(job_id)) == []  # the marker was restored from the log
+    assert audit.unmarked(cli_orch, [cli_orch.load(job_id)]) == []  # the marker was restored from the log
 
 
 def test_a_job_touched_with_every_marker_present_never_reads_the_audit_log(orch: Orchestrator, monkeypatch) -> None:
@@ -81,7 +81,7 @@ def test_deleted_markers_are_rebuilt_from_the_log_without_duplicates(orch: Orche
 
     shutil.rmtree(orch.settings.state_dir / audit.MARKERS_AREA)
     assert audit.heal(orch, [orch.load(job_id)]) == []
-    assert len(entries(orch, job_id)) == 2 and audit.unmarked(orch, orch.load(job_id)) == []
+    assert len(entries(orch, job_id)) == 2 and audit.unmarked(orch, [orch.load(job_id)]) == []
 
 
 def test_events_a_worker_wrote_without_an_entry_get_one(orch: Orchestrator) -> None:

@@ -18,7 +18,7 @@ import pytest
 from orchestrator import Orchestrator, audit
 from orchestrator.errors import ConcurrencyError, LeaseLostError
 from orchestrator.handlers import handler
-from orchestrator.signing import new_seed
+from orchestrator.signing import line_hash, new_seed
 from orchestrator.store.base import AUDIT_STREAM, Head
 
 from backends import TestPostgresStore
@@ -87,6 +87,22 @@ def test_an_audit_entry_takes_two_round_trips_and_an_audited_resume_three(pg: Or
     assert resume == [3]
     assert [json.loads(line.raw)["data"]["action"] for line in pg.store.read(AUDIT_STREAM)] == [
         "resume", "run_refused", "resume"]
+
+
+def test_healing_many_jobs_whose_entries_are_there_looks_their_markers_up_in_one_round_trip(
+        pg: Orchestrator, tmp_path: Path) -> None:
+    """What ``metrics`` and ``audit-timeline`` ask before they read (``audit.heal_quietly``, up to 500 jobs at a time),
+    and every control action of its job: one marker look-up per audited event was one round trip each."""
+    jobs = waiting_jobs(pg, 6)
+    for job in jobs:
+        pg.resume(job, "go")
+    views = [pg.load(job) for job in jobs]
+    assert audit.heal(pg, views) == []  # warm up: the connection pooled
+    with round_trips(pg.store, tmp_path) as looked_up:
+        assert audit.heal(pg, views) == []
+    assert looked_up == [1]
+    pg.store.delete_aux(audit.MARKERS_AREA, line_hash(views[2].stream.lines[-1].raw))  # the resume's marker
+    assert [u.job_id for u in audit.unmarked(pg, views)] == [jobs[2]]  # the one marker lost is found among them
 
 
 @pytest.mark.parametrize("refusal", ["concurrent", "fenced", "nothing-to-write", "builder-raises"])
