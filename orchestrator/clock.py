@@ -15,8 +15,10 @@ def now() -> float:
 
 
 def to_iso(epoch: float) -> str:
-    """Microsecond ISO-8601 in UTC with a ``Z``: sortable as text and readable in ``tail``."""
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Microsecond ISO-8601 in UTC with a ``Z``: sortable as text and readable in ``tail``. ``isoformat``, not
+    ``strftime``, whose ``%Y`` (the C library's) does not pad a year before 1000 to four digits: ``from_iso`` could
+    not read such a time back."""
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def from_iso(text: str) -> float:

@@ -35,6 +35,18 @@ def test_the_first_and_last_years_read_in_any_zone(zone, tz: str) -> None:
     assert from_iso("9999-12-31T23:59:59-14:00") == 253_402_300_799.0 + 14 * 3600
 
 
+@pytest.mark.parametrize("epoch", [-62_135_596_800.0, -39_103_262_759.479721, -30_610_224_000.5, 0.0, 1_796_141_640.25,
+                                   253_402_300_799.5])
+def test_every_time_written_reads_back_the_same_from_the_first_year_to_the_last(epoch: float) -> None:
+    """Years 1 to 9999 (``from_iso``'s range): a year before 1000 was written with fewer than four digits, which
+    ``from_iso`` refused; the text also sorts as the times do."""
+    text = to_iso(epoch)
+    assert from_iso(text) == pytest.approx(epoch, abs=1e-6)
+    assert len(text) == len("2026-12-01T16:00:00.000000Z") and text.endswith("Z")
+    earlier, later = to_iso(max(epoch - 0.5, -62_135_596_800.0)), to_iso(min(epoch + 0.25, 253_402_300_799.75))
+    assert sorted([later, text, earlier]) == [earlier, text, later]
+
+
 @pytest.mark.parametrize("text", ["yesterday", "2026-13-01", "10000-01-01T00:00:00", ""])
 def test_text_that_is_no_time_is_a_value_error(text: str) -> None:
     with pytest.raises(ValueError):
