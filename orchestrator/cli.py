@@ -21,9 +21,9 @@ from click.core import ParameterSource
 from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PROJECT_ID,
                                  load_dotenv_file)
 from orchestrator.errors import ConfigError, InvalidInputError, OrchestratorError, UsageError
-from orchestrator.limits import (MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_INPUT_BYTES, PRIORITY_LIMIT,
-                                 read_at_most)
-from orchestrator.security import one_line, sanitize_text
+from orchestrator.limits import (MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_INPUT_BYTES, MAX_KIND_LENGTH,
+                                 PRIORITY_LIMIT, is_kind, read_at_most)
+from orchestrator.security import one_line, sanitize_text, shown
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_INTEGRITY = 7
@@ -250,13 +250,21 @@ def _status_text(st: Any) -> str:
     return "\n".join(lines)
 
 
+def job_kinds(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    """``--kind`` values are job kinds (exit 2 here; the same from ORCH_WORKER_KINDS is a bad setting, exit 3)."""
+    for kind in value:
+        if not is_kind(kind):
+            raise click.BadParameter(f"a job kind is 1 to {MAX_KIND_LENGTH} characters, not {shown(kind)}")
+    return value
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("job_id", required=False)
 @click.option("--all", "all_jobs", is_flag=True, help="List every job (oldest first).")
 @click.option("--state", "states", multiple=True, type=click.Choice(
     ["queued", "running", "awaiting_audit", "waiting_human", "succeeded", "failed", "cancelled"]),
     help="With --all: only jobs in this state (repeatable).")
-@click.option("--kind", "kinds", multiple=True,
+@click.option("--kind", "kinds", multiple=True, callback=job_kinds,
               help="With --all: only jobs of this kind (repeatable), e.g. those a `worker --kind` would run.")
 @project_command
 def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: tuple[str, ...],

@@ -6,14 +6,13 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import CONTEXT, FiniteFloatRange, Output, cli, project_command, seconds
+from orchestrator.cli import CONTEXT, FiniteFloatRange, Output, cli, job_kinds, project_command, seconds
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
                                  DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
                                  DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS,
                                  MIN_LEASE_SECONDS)
 from orchestrator.errors import HandlerNotFoundError, KeyNotTrustedError
-from orchestrator.limits import MAX_KIND_LENGTH, is_kind
-from orchestrator.security import sanitize_text, shown
+from orchestrator.security import sanitize_text
 
 EXIT_RAN = 0
 EXIT_NOTHING_TO_DO = 75  # sysexits EX_TEMPFAIL: nothing runnable now, try again later
@@ -21,14 +20,6 @@ EXIT_NOTHING_TO_DO = 75  # sysexits EX_TEMPFAIL: nothing runnable now, try again
 
 def _env_list(value: str | None) -> tuple[str, ...]:
     return tuple(m.strip() for m in (value or "").split(",") if m.strip())
-
-
-def _kinds(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
-    """``--kind`` values are job kinds (exit 2 here; the same from ORCH_WORKER_KINDS is a bad setting, exit 3)."""
-    for kind in value:
-        if not is_kind(kind):
-            raise click.BadParameter(f"a job kind is 1 to {MAX_KIND_LENGTH} characters, not {shown(kind)}")
-    return value
 
 
 @cli.command(context_settings=CONTEXT)
@@ -51,7 +42,7 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -
                    "of reach) is stopped when a fifth of it is left (LEASE_NOT_RENEWED); keep it at 10 or more on PostgreSQL.")
 @click.option("--worker-id", default=None, envvar="ORCH_WORKER_ID", show_envvar=True,
               help="Name of this worker in events and leases.  [default: host-pid-random]")
-@click.option("--kind", "kinds", multiple=True, callback=_kinds,
+@click.option("--kind", "kinds", multiple=True, callback=job_kinds,
               help="Run only jobs of this kind (repeatable); jobs of other kinds stay queued for other workers "
                    "(--once exits 75, not 11, when it met only those), and on PostgreSQL are never reserved by this "
                    "one (a job queued before migration 0004: once, to read its kind).  [default: every kind it has a "

@@ -104,6 +104,9 @@ def test_status_all_filters_by_kind_and_state_together(cli_env: dict[str, str]) 
     assert listed("--kind", "nobody.handles.this") == {other}  # a filter lists, as --state does
     assert listed("--all", "--kind", "command", "--kind", "nobody.handles.this") == {command, other}
     assert listed("--all", "--kind", "command", "--state", "succeeded") == set()
+    for no_kind in ("", "k" * 201):  # what no job can have, as `worker --kind` says: not an empty list
+        refused = run_script("status", "--all", "--kind", no_kind, "--json", env=cli_env)
+        assert refused.returncode == 2 and "a job kind is 1 to 200 characters" in json.loads(refused.stdout)["message"]
 
 
 def test_expected_errors_have_codes_exit_codes_and_no_traceback(cli_env: dict[str, str]) -> None:
