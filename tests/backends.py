@@ -71,6 +71,78 @@ class TestPostgresStore(PostgresStore):
         drop_project(self.url, self.project)
 
 
+class Cluster:
+    """One PostgreSQL project seen from several machines (each with its own store and base path). ``worker_defaults``:
+    settings of every worker it makes, unless a call gives its own."""
+
+    def __init__(self, tmp_path: Path, **worker_defaults: Any) -> None:
+        from orchestrator.signing import new_seed
+
+        self.tmp = tmp_path
+        self.seed = new_seed()
+        os.environ["ORCH_SIGNING_KEY"] = self.seed
+        self.home = TestPostgresStore()
+        self.project = self.home.project
+        self.url = self.home.url
+        self.stores: list[PostgresStore] = []
+        self.worker_defaults = {"retry_base_seconds": 0.0, **worker_defaults}
+
+    def machine(self, name: str, **orch_options: Any) -> Any:
+        from orchestrator import Orchestrator
+
+        store = PostgresStore(self.url, self.project)
+        self.stores.append(store)
+        base = self.tmp / name
+        base.mkdir(exist_ok=True)
+        return Orchestrator(base_path=base, project_id=self.project, store=store, **orch_options)
+
+    def worker(self, orch: Any, name: str, **settings: Any) -> Any:
+        import random
+
+        from orchestrator.worker import Worker, WorkerSettings
+
+        return Worker(orch, WorkerSettings(worker_id=name, **{**self.worker_defaults, **settings}), rng=random.Random(7))
+
+    def process_env(self, cli_env: dict[str, str], name: str) -> dict[str, str]:
+        """The environment of a command run on another machine ``name`` (its own base path) against this project,
+        with the test handlers (``worker_handlers``) importable."""
+        from helpers import REPO
+
+        base = self.tmp / name
+        base.mkdir(exist_ok=True)
+        return {**cli_env, "ORCH_SIGNING_KEY": self.seed, "ORCH_STORE_URL": self.url, "PROJECT_ID": self.project,
+                "BASE_PATH": str(base), "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}",
+                "ORCH_HANDLERS": "worker_handlers"}
+
+    def close(self) -> None:
+        for store in self.stores:
+            store.close()
+        self.home.close()
+
+
+@contextlib.contextmanager
+def killed_at_the_end(proc: Any) -> Iterator[Any]:
+    """A process started for the block, SIGKILLed (and reaped) when it ends, however it ends."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+@contextlib.contextmanager
+def cluster_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **worker_defaults: Any) -> Iterator[Cluster]:
+    """A ``Cluster`` for one test; the signing key it sets is taken back after it."""
+    require_pg()
+    monkeypatch.setenv("ORCH_SIGNING_KEY", "")  # replaced by the cluster's; restored by monkeypatch
+    cluster = Cluster(tmp_path, **worker_defaults)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
 # the two backends, for ``pytest.fixture(params=BACKENDS)``: the PostgreSQL one marked, so ``-m "not postgres"`` skips it
 BACKENDS = ["file", pytest.param("postgres", marks=pytest.mark.postgres)]
 

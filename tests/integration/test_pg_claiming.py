@@ -8,28 +8,23 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import signal
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
 from orchestrator import Orchestrator
 from orchestrator.errors import ConcurrencyError, LeaseLostError
-from orchestrator.signing import new_seed
 from orchestrator.store.base import InTransaction
 from orchestrator.store.pg_queue import PgQueueIndex
-from orchestrator.store.postgres import PostgresStore
-from orchestrator.worker import Worker, WorkerSettings
 
-from backends import TestPostgresStore, require_pg
+from backends import Cluster, cluster_of, killed_at_the_end
 from helpers import REPO, WAIT, wait_until
 
 pytestmark = pytest.mark.postgres
@@ -37,42 +32,10 @@ pytestmark = pytest.mark.postgres
 
 
 
-class Cluster:
-    """One PostgreSQL project seen from several machines (each with its own base path)."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp = tmp_path
-        self.seed = new_seed()
-        os.environ["ORCH_SIGNING_KEY"] = self.seed
-        self.home = TestPostgresStore()
-        self.project = self.home.project
-        self.url = self.home.url
-        self.stores: list[PostgresStore] = []
-
-    def machine(self, name: str) -> Orchestrator:
-        store = PostgresStore(self.url, self.project)
-        self.stores.append(store)
-        base = self.tmp / name
-        base.mkdir(exist_ok=True)
-        return Orchestrator(base_path=base, project_id=self.project, store=store)
-
-    def worker(self, orch: Orchestrator, name: str, **kw: Any) -> Worker:
-        kw.setdefault("retry_base_seconds", 0.0)
-        return Worker(orch, WorkerSettings(worker_id=name, **kw), rng=random.Random(7))
-
-    def close(self) -> None:
-        for store in self.stores:
-            store.close()
-        self.home.close()
-
-
 @pytest.fixture
-def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    require_pg()
-    monkeypatch.setenv("ORCH_SIGNING_KEY", "")  # replaced by Cluster; restored by monkeypatch
-    c = Cluster(tmp_path)
-    yield c
-    c.close()
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    with cluster_of(tmp_path, monkeypatch) as c:
+        yield c
 
 
 def types(orch: Orchestrator, job_id: str) -> list[str]:
@@ -413,25 +376,15 @@ def test_stale_recovery_works_when_the_dead_worker_was_on_another_machine(cluste
     here = cluster.machine("machine-b")
     started, release = cluster.tmp / "started", cluster.tmp / "release"
     job = here.submit("t.wait", {"started": str(started), "release": str(release)})
-    other_base = cluster.tmp / "machine-a"
-    other_base.mkdir()
-    env = {**cli_env, "ORCH_SIGNING_KEY": cluster.seed, "ORCH_STORE_URL": cluster.url, "PROJECT_ID": cluster.project,
-           "BASE_PATH": str(other_base), "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}",
-           "ORCH_HANDLERS": "worker_handlers"}
+    env = cluster.process_env(cli_env, "machine-a")
     proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "worker.py"), "--once", "--worker-id", "machine-a",
                              "--lease-seconds", "1"], env=env, cwd=str(REPO),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with killed_at_the_end(proc):
         wait_until(started.exists, what="the job to start on machine a")
         # its heartbeats are in the database, not on a disk machine b could not read
         wait_until(lambda: here.store.get_aux("leases", f"{job}.1"), what="a lease record in the database")
         assert not (cluster.tmp / "machine-b" / cluster.project / ".orchestrator" / "leases").exists()
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=WAIT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     rescuer = cluster.worker(here, "machine-b", lease_seconds=1)
     assert here.queue.running() == [job]  # machine b sees what ran on machine a
     lease = json.loads(here.store.get_aux("leases", f"{job}.1"))

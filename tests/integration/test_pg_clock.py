@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -27,13 +25,12 @@ import worker_handlers  # noqa: F401  (registers t.* handlers)
 from orchestrator import Orchestrator
 from orchestrator import clock as clock_mod
 from orchestrator.errors import StorageError, StorageUnavailableError
-from orchestrator.signing import new_seed
 from orchestrator.store import pg_clock
 from orchestrator.store.pg_deadline import MIN_CONNECT_TIMEOUT
 from orchestrator.store.postgres import PostgresStore
 from orchestrator.worker import Worker, WorkerSettings
 
-from backends import TestPostgresStore, require_pg
+from backends import Cluster, cluster_of, killed_at_the_end, require_pg
 from helpers import REPO, WAIT, wait_until
 
 pytestmark = pytest.mark.postgres
@@ -54,40 +51,10 @@ def clock_off_by(seconds: float) -> Iterator[None]:
         time.time = _REAL_TIME  # type: ignore[assignment]
 
 
-class Machines:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.seed = new_seed()
-        os.environ["ORCH_SIGNING_KEY"] = self.seed
-        self.home = TestPostgresStore()
-        self.url, self.project = self.home.url, self.home.project
-        self.stores: list[PostgresStore] = []
-
-    def orch(self, name: str, **kw: Any) -> Orchestrator:
-        store = PostgresStore(self.url, self.project)
-        self.stores.append(store)
-        base = self.tmp / name
-        base.mkdir(exist_ok=True)
-        return Orchestrator(base_path=base, project_id=self.project, store=store, **kw)
-
-    def worker(self, orch: Orchestrator, name: str, **kw: Any) -> Worker:
-        kw.setdefault("retry_base_seconds", 0.0)
-        kw.setdefault("lease_seconds", 1.0)
-        return Worker(orch, WorkerSettings(worker_id=name, **kw), rng=random.Random(7))
-
-    def close(self) -> None:
-        for store in self.stores:
-            store.close()
-        self.home.close()
-
-
 @pytest.fixture
-def machines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Machines]:
-    require_pg()
-    monkeypatch.setenv("ORCH_SIGNING_KEY", "")  # replaced by Machines; restored by monkeypatch
-    m = Machines(tmp_path)
-    yield m
-    m.close()
+def machines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    with cluster_of(tmp_path, monkeypatch, lease_seconds=1.0) as cluster:
+        yield cluster
 
 
 def types(orch: Orchestrator, job_id: str) -> list[str]:
@@ -102,8 +69,8 @@ def last_event(orch: Orchestrator, job_id: str) -> dict[str, Any]:
 @pytest.mark.parametrize("claimer_off, rescuer_off", [(HOURS_2, 0.0), (0.0, HOURS_2), (-HOURS_2, 0.0)],
                          ids=["claimer-ahead", "rescuer-ahead", "claimer-behind"])
 def test_machines_whose_clocks_differ_by_hours_agree_on_when_a_lease_ends(
-        machines: Machines, claimer_off: float, rescuer_off: float) -> None:
-    a, b = machines.orch("a"), machines.orch("b")
+        machines: Cluster, claimer_off: float, rescuer_off: float) -> None:
+    a, b = machines.machine("a"), machines.machine("b")
     with clock_off_by(claimer_off):
         job = a.submit("t.wait", {"started": "-", "release": "-"})
         claim = machines.worker(a, "a").claim()  # at ``a.clock()``: nothing passes a time in
@@ -122,22 +89,18 @@ def test_machines_whose_clocks_differ_by_hours_agree_on_when_a_lease_ends(
 
 
 def test_a_worker_process_whose_clock_is_hours_behind_keeps_its_job_until_it_dies(
-        machines: Machines, cli_env: dict[str, str]) -> None:
-    here = machines.orch("here")
+        machines: Cluster, cli_env: dict[str, str]) -> None:
+    here = machines.machine("here")
     started, release = machines.tmp / "started", machines.tmp / "release"
     job = here.submit("t.wait", {"started": str(started), "release": str(release)})
-    other = machines.tmp / "behind"
-    other.mkdir()
-    env = {**cli_env, "ORCH_SIGNING_KEY": machines.seed, "ORCH_STORE_URL": machines.url,
-           "PROJECT_ID": machines.project, "BASE_PATH": str(other),
-           "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "ORCH_HANDLERS": "worker_handlers"}
+    env = machines.process_env(cli_env, "behind")
     script = str(REPO / "scripts" / "worker.py")
     behind = ("import runpy, sys, time; real = time.time; time.time = lambda: real() - %r; "
               "sys.argv = [%r] + sys.argv[1:]; runpy.run_path(%r, run_name='__main__')" % (HOURS_2, script, script))
     proc = subprocess.Popen([sys.executable, "-c", behind, "--once", "--worker-id", "behind", "--lease-seconds", "1"],
                             env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     rescuer = machines.worker(here, "here")
-    try:
+    with killed_at_the_end(proc):
         wait_until(started.exists, what="the job to start on the machine whose clock is behind")
         seen = here.load(job).state
         assert seen is not None and abs(seen.submitted_at - here.clock()) < 5  # its claim's time is the server's
@@ -147,12 +110,6 @@ def test_a_worker_process_whose_clock_is_hours_behind_keeps_its_job_until_it_die
             assert rescuer.recover_stale() == [], "a live run was recovered as stale"
             time.sleep(0.05)
         assert here.store.get_aux("leases", f"{job}.1")  # it renewed its lease meanwhile
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=WAIT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     lease = json.loads(here.store.get_aux("leases", f"{job}.1"))
     assert abs(lease["expires_at"] - 1.0 - here.clock()) < 1.5  # renewed on the server's clock, just before
     wait_until(lambda: rescuer.recover_stale() == [job], timeout=5.0, what="the dead run's job to be recovered")
@@ -160,8 +117,8 @@ def test_a_worker_process_whose_clock_is_hours_behind_keeps_its_job_until_it_die
     assert types(here, job) == ["job_submitted", "job_claimed", "stale_recovered"]
 
 
-def test_artifacts_a_dead_run_left_are_found_on_a_machine_whose_clock_is_behind(machines: Machines) -> None:
-    orch = machines.orch("m")
+def test_artifacts_a_dead_run_left_are_found_on_a_machine_whose_clock_is_behind(machines: Cluster) -> None:
+    orch = machines.machine("m")
     with clock_off_by(-HOURS_2):
         job = orch.submit("t.wait", {"started": "-", "release": "-"})
         claim = machines.worker(orch, "dead").claim()
@@ -177,8 +134,8 @@ def test_artifacts_a_dead_run_left_are_found_on_a_machine_whose_clock_is_behind(
 
 
 # -- the offset, and what the clock is made of ------------------------------------------------------------
-def test_the_offset_measured_is_how_far_this_machines_clock_is_from_the_servers(machines: Machines) -> None:
-    orch = machines.orch("m")
+def test_the_offset_measured_is_how_far_this_machines_clock_is_from_the_servers(machines: Cluster) -> None:
+    orch = machines.machine("m")
     with clock_off_by(HOURS_2):
         orch.store.has_jobs()  # its first call samples the server's clock
         measured = orch.store.shared_clock.offset
@@ -188,8 +145,8 @@ def test_the_offset_measured_is_how_far_this_machines_clock_is_from_the_servers(
     assert sample is not None and 0 < sample.round_trip < 1.0
 
 
-def test_a_wall_clock_stepped_after_the_sample_does_not_move_the_orchestrators_clock(machines: Machines) -> None:
-    orch = machines.orch("m")
+def test_a_wall_clock_stepped_after_the_sample_does_not_move_the_orchestrators_clock(machines: Cluster) -> None:
+    orch = machines.machine("m")
     orch.store.has_jobs()
     for step in (HOURS_2, -HOURS_2):  # NTP stepping this machine's clock, between two samples
         with clock_off_by(step):
@@ -198,9 +155,9 @@ def test_a_wall_clock_stepped_after_the_sample_does_not_move_the_orchestrators_c
             assert abs(orch.clock() - _REAL_TIME()) < CLOSE
 
 
-def test_a_call_samples_the_clock_only_once_a_refresh_is_due(machines: Machines,
+def test_a_call_samples_the_clock_only_once_a_refresh_is_due(machines: Cluster,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    orch = machines.orch("m")
+    orch = machines.machine("m")
     server = orch.store.shared_clock
     orch.store.has_jobs()
     first, tried = server.sample, server._tried_at
@@ -233,16 +190,16 @@ def test_a_worse_sample_does_not_replace_a_better_one_until_the_better_one_is_ol
     assert server.offer(pg_clock.Sample(server=2001.0, at=1011.0, round_trip=0.001, wall=2001.0))  # a fast one
 
 
-def test_once_sampled_the_clock_is_read_without_the_server(machines: Machines) -> None:
+def test_once_sampled_the_clock_is_read_without_the_server(machines: Cluster) -> None:
     """A heartbeat decides to stop a run while the server cannot be reached: its clock must not need it."""
-    orch = machines.orch("m")
+    orch = machines.machine("m")
     before = orch.clock()
     orch.store.close()  # every call now fails at once: the clock makes none
     assert 0 <= orch.clock() - before < 1.0
 
 
 def test_the_first_read_of_the_clock_with_the_server_unreachable_fails_at_once_as_any_call_does(
-        machines: Machines, base: Path) -> None:
+        machines: Cluster, base: Path) -> None:
     orch = Orchestrator(base_path=base, project_id="proj", store=PostgresStore("postgresql://postgres@127.0.0.1:1/x"))
     started = time.monotonic()
     with pytest.raises(StorageUnavailableError):
@@ -272,8 +229,8 @@ def test_worker_once_whose_server_never_answers_gives_up_within_its_wait_though_
     assert took < 1.0 + MIN_CONNECT_TIMEOUT + 1.5, took
 
 
-def test_threads_sharing_one_orchestrator_read_one_clock(machines: Machines) -> None:
-    orch = machines.orch("m")
+def test_threads_sharing_one_orchestrator_read_one_clock(machines: Cluster) -> None:
+    orch = machines.machine("m")
     readings: list[tuple[float, float]] = []
     gate = threading.Barrier(8)
 
@@ -291,11 +248,11 @@ def test_threads_sharing_one_orchestrator_read_one_clock(machines: Machines) -> 
 
 
 # -- what stays as it was -----------------------------------------------------------------------------------
-def test_a_clock_given_to_an_orchestrator_on_postgres_is_the_one_it_uses(machines: Machines) -> None:
+def test_a_clock_given_to_an_orchestrator_on_postgres_is_the_one_it_uses(machines: Cluster) -> None:
     given = lambda: 1_900_000_000.0  # noqa: E731
-    orch = machines.orch("m", clock=given)
+    orch = machines.machine("m", clock=given)
     assert orch.clock is given
-    assert machines.orch("n", clock=clock_mod.now).clock is clock_mod.now  # this machine's, when asked for
+    assert machines.machine("n", clock=clock_mod.now).clock is clock_mod.now  # this machine's, when asked for
     job = orch.submit("t.echo", {})
     claim = machines.worker(orch, "w", lease_seconds=30.0).claim()
     assert claim is not None and claim.state.lease_expires_at == 1_900_000_030.0
