@@ -87,16 +87,11 @@ def ensure_database(url: str) -> None:
     log(f"created database {parts.path.lstrip('/')}")
 
 
-PROJECT_TABLES = ("orch_events", "orch_streams", "orch_aux", "orch_ready", "orch_running")
-
-
 def drop_project(url: str, project: str) -> None:
     """Delete every row of a benchmark's project (each benchmark runs in a project of its own)."""
-    import psycopg
+    from orchestrator.store.pg_schema import delete_project
 
-    with psycopg.connect(url, autocommit=True) as conn:
-        for table in PROJECT_TABLES:
-            conn.execute(f"DELETE FROM {table} WHERE project = %s", (project,))
+    delete_project(url, project)
 
 
 # == the systems ===================================================================================

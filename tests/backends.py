@@ -48,14 +48,9 @@ def unique_project(prefix: str = "t") -> str:
 
 
 def drop_project(url: str, project: str) -> None:
-    from orchestrator.store.postgres import connect
+    from orchestrator.store.pg_schema import delete_project
 
-    conn = connect(url, autocommit=True)
-    try:
-        for table in ("orch_events", "orch_streams", "orch_aux", "orch_ready", "orch_running"):
-            conn.execute(f"DELETE FROM {table} WHERE project = %s", (project,))
-    finally:
-        conn.close()
+    delete_project(url, project)
 
 
 class TestPostgresStore(PostgresStore):

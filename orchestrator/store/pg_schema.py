@@ -97,3 +97,20 @@ def migrate(url: str) -> dict[str, Any]:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
     finally:
         conn.close()
+
+
+# Every table that holds rows of a project (a ``project`` column), for ``delete_project``.
+PROJECT_TABLES = ("orch_events", "orch_streams", "orch_aux", "orch_ready", "orch_running")
+
+
+def delete_project(url: str, project: str) -> None:
+    """Delete every row of ``project``, one table after another (not one transaction: for scratch projects of tests
+    and benchmarks, which nothing else uses meanwhile; no command offers it, a history is never deleted)."""
+    from orchestrator.store.postgres import connect
+
+    conn = connect(url, autocommit=True)
+    try:
+        for table in PROJECT_TABLES:
+            conn.execute(f"DELETE FROM {table} WHERE project = %s", (project,))
+    finally:
+        conn.close()

@@ -199,3 +199,19 @@ def test_the_claim_statements_lookups_out_of_claim_order_use_their_indexes(scrat
             assert "Seq Scan" not in plan, plan
     finally:
         conn.close()
+
+
+def test_every_table_that_holds_a_projects_rows_is_one_delete_project_empties(scratch_db: str) -> None:
+    """A migration that adds a table with a ``project`` column must add it to ``PROJECT_TABLES``, or the scratch
+    projects of tests and benchmarks would leave its rows behind."""
+    from orchestrator.store.pg_schema import PROJECT_TABLES
+
+    migrate(scratch_db)
+    conn = connect(scratch_db, autocommit=True)
+    try:
+        tables = {r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND column_name = 'project'").fetchall()}
+    finally:
+        conn.close()
+    assert tables == set(PROJECT_TABLES)
