@@ -300,8 +300,12 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
 @click.option("--against", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Also prove nothing was rolled back since this exported head file (read up to 256 MiB, "
                    "about two million jobs; a larger file is no anchor: exit 3).")
+@click.option("--processes", type=click.IntRange(1, 256), default=None, envvar="ORCH_VERIFY_PROCESSES",
+              show_envvar=True, help="Processes that check the jobs of a project of 2,000 jobs or more, each "
+                                     "signature being checked  [default: the CPUs this process may use]")
 @project_command
-def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, against: str | None) -> int:
+def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, against: str | None,
+           processes: int | None) -> int:
     """Check the signatures and hash chains of every events file and of the audit log.
 
     Also reports a job whose events are all gone while its head record remains (its file deleted
@@ -317,7 +321,8 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
     with anchor or contextlib.nullcontext():
         if anchor:
             require_anchor_key(orch)  # a key this machine has (verify creates none), before the work
-        report = verify_project(orch, job_id, progress=lambda n: out.progress(f"verified {n} jobs..."))
+        report = verify_project(orch, job_id, progress=lambda n: out.progress(f"verified {n} jobs..."),
+                                processes=processes)
         note_missing_store(orch, out)
         if against:
             report.problems.extend(check_anchor(orch, Path(against)))

@@ -9,9 +9,11 @@ head to a file kept elsewhere, and ``check_anchor`` proves nothing was rolled ba
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from orchestrator import clock
 from orchestrator.api import Orchestrator
@@ -87,20 +89,26 @@ def _cross_check(report: VerifyReport, job_id: str, view: Any, claims: list[tupl
 
 
 def verify_project(orch: Orchestrator, job_id: str | None = None, *,
-                   progress: Callable[[int], None] | None = None) -> VerifyReport:
+                   progress: Callable[[int], None] | None = None, processes: int | None = None) -> VerifyReport:
     """Check every job's history (or one job's) and the audit log; list each problem by line. A job
-    whose events are all gone is found by its head record."""
+    whose events are all gone is found by its head record.
+
+    Every signature is checked (~40 us each, most of the time): a project of ``PARALLEL_FROM`` jobs or more is
+    checked by ``processes`` forked processes (default: the CPUs this process may use), ``CHUNK`` jobs at a time,
+    the report the same, in the same order, as from one process."""
     report = VerifyReport()
     job_ids = [job_id] if job_id else sorted(orch.store.job_ids())
     claims = _audit_claims(orch, job_id)
-    for n, jid in enumerate(job_ids, 1):
-        view = orch.load(jid, every_signature=True)
-        report.streams += 1
-        report.events += len(view.stream.lines)
-        report.problems.extend(view.problems)
-        _cross_check(report, jid, view, claims.pop(jid, []))
-        if progress and n % 1000 == 0:
-            progress(n)
+    chunks = [[(jid, claims.pop(jid, [])) for jid in job_ids[i:i + CHUNK]] for i in range(0, len(job_ids), CHUNK)]
+    done = 0
+    for part in _checked_chunks(orch, chunks, processes if len(job_ids) >= PARALLEL_FROM else 1):
+        report.streams += part.streams
+        report.events += part.events
+        report.problems.extend(part.problems)
+        report.warnings.extend(part.warnings)
+        if progress and (done + part.streams) // 1000 > done // 1000:
+            progress(done + part.streams)
+        done += part.streams
     for jid, rest in sorted(claims.items()):  # entries naming jobs that have no events at all
         _cross_check(report, jid, None, rest)
     if job_id is None:
@@ -120,6 +128,44 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
         if cut:
             report.problems.append(cut)
     return report
+
+
+PARALLEL_FROM = 2000  # jobs: fewer are checked in this process (forking and collecting cost ~50 ms)
+CHUNK = 500  # jobs a process checks at a time (a unit of progress, and of what a process holds in memory)
+_forked_orch: list[Orchestrator] = []  # the orchestrator a forked checking process uses (``_check_in_child``)
+
+
+def _check_chunk(orch: Orchestrator, chunk: list[tuple[str, list[tuple[int, str]]]]) -> VerifyReport:
+    """Jobs read with every signature checked, each cross-checked with the audit entries that name it."""
+    part = VerifyReport()
+    for jid, claimed in chunk:
+        view = orch.load(jid, every_signature=True)
+        part.streams += 1
+        part.events += len(view.stream.lines)
+        part.problems.extend(view.problems)
+        _cross_check(part, jid, view, claimed)
+    return part
+
+
+def _check_in_child(chunk: list[tuple[str, list[tuple[int, str]]]]) -> VerifyReport:
+    return _check_chunk(_forked_orch[0], chunk)
+
+
+def _checked_chunks(orch: Orchestrator, chunks: list[Any], processes: int | None) -> Iterator[VerifyReport]:
+    """Each chunk's report, in order: here, or from ``processes`` forked processes (each a copy of this one, with its
+    keyring and store: a PostgreSQL store opens connections of its own in a child, ``PostgresStore``)."""
+    if processes is None:
+        processes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if processes <= 1 or len(chunks) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        for chunk in chunks:
+            yield _check_chunk(orch, chunk)
+        return
+    _forked_orch[:] = [orch]
+    try:
+        with multiprocessing.get_context("fork").Pool(min(processes, len(chunks))) as pool:
+            yield from pool.imap(_check_in_child, chunks)  # in order; an error in a child is raised here
+    finally:
+        _forked_orch.clear()
 
 
 def _heads(orch: Orchestrator) -> dict[str, dict[str, Any]]:

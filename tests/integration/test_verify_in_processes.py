@@ -1,0 +1,105 @@
+"""``verify`` of a large project checks its jobs in several forked processes: the same report as one process gives."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+import jobstates as js
+from orchestrator import Orchestrator, audit, integrity
+from orchestrator.errors import StorageError
+from orchestrator.integrity import verify_project
+from orchestrator.signing import Keyring
+
+from backends import FileHistory, PgHistory, TestPostgresStore
+
+
+@pytest.fixture(params=["file", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest, base: Path, keyring: Keyring):
+    """An orchestrator on each backend with raw write access to its storage: on PostgreSQL a forked process must
+    open connections of its own."""
+    if request.param == "file":
+        orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring)
+        yield orch, FileHistory(orch)
+        return
+    store = TestPostgresStore()
+    orch = Orchestrator(base_path=base, project_id=store.project, keyring=keyring, store=store)
+    raw = PgHistory(orch)
+    yield orch, raw
+    raw.close()
+    store.close()
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Processes from the first job, two jobs a chunk; each chunk notes the process that checked it."""
+    monkeypatch.setattr(integrity, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(integrity, "CHUNK", 2)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    real = integrity._check_chunk  # noqa: SLF001
+
+    def noting(orch, chunk):
+        (pids / str(os.getpid())).touch()
+        return real(orch, chunk)
+
+    monkeypatch.setattr(integrity, "_check_chunk", noting)
+    return pids
+
+
+def test_a_project_checked_in_processes_gives_the_report_of_one_process(backend, small_chunks: Path) -> None:
+    orch, raw = backend
+    jobs = [orch.submit("t.echo", i) for i in range(5)]
+    asked = js.waiting_human(orch)
+    orch.resume(asked, "yes")
+    resumed = orch.load(asked).stream.lines[-1].raw
+    audit.record(orch, job_id=asked, action="resume", actor="healer", note="yes", event_line=resumed)  # a warning
+    tampered = jobs[3]
+    raw.write_bytes(tampered, raw.read_bytes(tampered).replace(b'"input":3', b'"input":4', 1))
+    alone = verify_project(orch, processes=1)
+    checked_here = {p.name for p in small_chunks.iterdir()}
+    assert checked_here == {str(os.getpid())}
+    in_processes = verify_project(orch, processes=2)
+    children = {p.name for p in small_chunks.iterdir()} - checked_here
+    assert children and str(os.getpid()) not in children  # the chunks were checked elsewhere
+    assert not alone.ok and {p.stream for p in alone.problems} == {tampered}
+    assert [w.code for w in alone.warnings] == ["AUDIT_ENTRY_DUPLICATE"]
+    assert in_processes.to_dict() == alone.to_dict()
+    assert alone.streams == 7 and alone.events == orch.load(asked).head.seq + 5 + 2  # 6 jobs and the audit log
+
+
+def test_progress_is_reported_per_thousand_jobs_as_from_one_process(monkeypatch, orch: Orchestrator) -> None:
+    monkeypatch.setattr(integrity, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(integrity, "CHUNK", 3)
+    monkeypatch.setattr(integrity, "_check_chunk", lambda o, chunk: integrity.VerifyReport(streams=len(chunk)))
+    monkeypatch.setattr(orch.store, "job_ids", lambda: iter(f"job-{i:05d}" for i in range(2500)))
+    seen: list[int] = []
+    verify_project(orch, progress=seen.append, processes=1)
+    assert seen == [1002, 2001]  # the first chunk to pass each thousand
+
+
+def test_an_error_in_a_checking_process_reaches_the_caller_whole(backend, monkeypatch, small_chunks: Path) -> None:
+    orch, _ = backend
+    for i in range(4):
+        orch.submit("t.echo", i)
+    real = orch.load
+
+    def failing(job_id: str, **kw):
+        if os.getpid() != parent:
+            raise StorageError("the disk went away", path="/somewhere")
+        return real(job_id, **kw)
+
+    parent = os.getpid()
+    monkeypatch.setattr(orch, "load", failing)
+    with pytest.raises(StorageError) as raised:
+        verify_project(orch, processes=2)
+    assert raised.value.message == "the disk went away" and raised.value.details == {"path": "/somewhere"}
+
+
+def test_an_orchestrator_error_pickles_with_its_details() -> None:
+    """What carries a checking process's error to its parent (an exception's pickle keeps its ``__dict__``)."""
+    again = pickle.loads(pickle.dumps(StorageError("gone", path="/x", attempt=2)))
+    assert type(again) is StorageError and again.message == "gone" and again.details == {"path": "/x", "attempt": 2}
+    assert again.to_dict() == StorageError("gone", path="/x", attempt=2).to_dict()
