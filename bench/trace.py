@@ -78,8 +78,7 @@ W3_STEPS = [
 
 def _worker(base: str, report: str) -> None:
     """The worker process: ``Worker.run`` with every named point stamped."""
-    from orchestrator import faults
-    from orchestrator import worker as worker_mod
+    from orchestrator import claiming, faults
     from orchestrator.api import Orchestrator
 
     stamps: list[tuple[str, int]] = []
@@ -90,13 +89,13 @@ def _worker(base: str, report: str) -> None:
         real_point(name, prepare)
 
     faults.point = point  # every module calls faults.point through the module
-    real_try = worker_mod.Worker._try_claim
+    real_try = claiming.Claimer._try_claim
 
     def try_claim(self: Any, entry: Any, now: float) -> Any:
         stamps.append(("worker.try_claim", time.monotonic_ns()))
         return real_try(self, entry, now)
 
-    worker_mod.Worker._try_claim = try_claim  # type: ignore[method-assign]
+    claiming.Claimer._try_claim = try_claim  # type: ignore[method-assign]
     from orchestrator.api import Orchestrator as _Orch
     from orchestrator.store.jsonl import JsonlStore
 

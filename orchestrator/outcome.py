@@ -196,7 +196,7 @@ class OutcomeRecorder:
     def _append_outcome(self, claim: Claim, events: list[tuple[str, dict[str, Any]]],
                         audit: tuple[str, str] | None, drop: Any) -> JobView:
         """Append the outcome on the claim's head. After a conflict or a lost connection the job is read
-        again (the view is kept afterwards: ``Worker._remember``): the outcome is appended again while this run
+        again (the view is kept afterwards: ``Claimer.remember``): the outcome is appended again while this run
         still holds the job, taken as written when it is there right after the claim (the connection broke after
         the commit; whatever came after it, such as the retry's claim, does not matter), and refused
         (``LeaseLostError``) when another run has the job. A store out of reach is waited

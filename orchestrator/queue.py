@@ -384,7 +384,7 @@ class FileQueueIndex(QueueIndex):
             # claimer dropped the entry as stale, because it did not look newer than the job's last
             # event (the clock stepped back between that event and this one): put it back, or the job
             # would stay queued with no entry. (A claimer never drops an entry newer than the job's last
-            # event while the entry is young, worker._try_claim: so no drop comes after this call.) If a
+            # event while the entry is young, Claimer._try_claim: so no drop comes after this call.) If a
             # running entry left by a crash hides this case, stale recovery puts the entry back when
             # it meets that running entry (recovery.recover_expired).
             if not self.is_claimed(entry.job_id):

@@ -169,7 +169,7 @@ class Keyring:
 
     def trust_state(self) -> tuple[frozenset[str], frozenset[str]]:
         """What a verification depends on (revoked and trusted key ids): a view verified under another
-        state must be verified again (``Worker._load_for_claim``)."""
+        state must be verified again (``Claimer._load_for_claim``)."""
         return self.revoked, frozenset(self.trusted)
 
     def add_signer(self, private: Any) -> str:

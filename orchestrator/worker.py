@@ -14,6 +14,7 @@ only the loop reads the clock. The event log stays the truth:
   be renewed (the store out of reach) is stopped before that lease can expire (``HeldLease``), so
   that stale recovery never lets another worker run the job beside it.
 
+The claim side (the claim pass, and what it remembers of the jobs it left) is ``orchestrator/claiming.py``.
 See ``docs/worker.md`` for the design and a crash analysis.
 """
 from __future__ import annotations
@@ -27,54 +28,40 @@ import socket
 import threading
 import time
 import weakref
-from collections import OrderedDict
-from itertools import islice
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator import audit as audit_log
 from orchestrator import clock as clock_mod
 from orchestrator import faults
-from orchestrator.api import JobView, Orchestrator
+from orchestrator.api import Orchestrator
+from orchestrator.claiming import Claimer, Unhandled
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
                                  DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
                                  DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS,
                                  MIN_LEASE_SECONDS)
-from orchestrator.errors import (ConcurrencyError, HandlerNotFoundError, InvalidIdError, InvalidInputError,
-                                 JobNotFoundError, KeyNotTrustedError, PathEscapeError, StorageError,
-                                 StorageUnavailableError)
+from orchestrator.errors import (HandlerNotFoundError, InvalidIdError, InvalidInputError, KeyNotTrustedError,
+                                 PathEscapeError, StorageError, StorageUnavailableError)
 from orchestrator.handler_host import HOST_PREFIX, HandlerHost
-from orchestrator.history import submitted_kind
-from orchestrator.handlers import RunPaths, call_python_handler, import_modules, lookup, registry_generation, resolve
+from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
 from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease, Lease, write_lease
 from orchestrator.leftovers import kill_run
 from orchestrator.limits import MAX_DURATION_SECONDS, MAX_KIND_LENGTH, is_kind
 from orchestrator.outcome import (STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS, Claim, OutcomeRecorder,
                                   RunResult, lost)
 from orchestrator.payload import NO_TERMINAL_SIGNAL_TIMEOUT
-from orchestrator.queue import ReadyEntry
 from orchestrator.recovery import SWEEP_EVERY, StaleWatch, recover_expired, reload_keys, sweep_leftovers
-from orchestrator.runner import RUN_PREFIX, Child, precise_sleeps, stop_is_deferred
-from orchestrator.security import one_line, safe_join, sanitize_text, shown, validate_id
+from orchestrator.runner import Child, precise_sleeps, stop_is_deferred
+from orchestrator.security import one_line, safe_join, shown, validate_id
 from orchestrator.store.files import check_folders
-from orchestrator.state import QUEUED, JobState
-from orchestrator.untrusted import SKIPPED_MAX, UntrustedJobs
+from orchestrator.state import JobState
+from orchestrator.untrusted import UntrustedJobs
 from orchestrator.worker_folders import WORKER_FOLDERS, WorkerFolders
 
 log = logging.getLogger(__name__)
 
 IDLE_MAX_WAIT = 30.0  # an idle worker still wakes this often to look for stale leases
 HEARTBEAT_RETRY_SECONDS = 1.0  # a heartbeat the store missed is tried again this soon (at most a beat later)
-ORPHAN_ENTRY_GRACE = 60.0  # a ready entry whose job has no event yet is kept this long (submit in flight)
-EVENT_IN_FLIGHT = 1.0  # an entry this young whose job's event is not there yet: its writer is probably at it
-KNOWN_VIEWS = 128  # jobs a worker left unfinished (a question, an audit, a retry) whose last view it keeps
-KNOWN_VIEW_MAX_BYTES = 64 * 1024  # ...if their events take no more than this (inputs may be up to 1 MiB)
-EVENT_WAIT = 0.05  # how long a claimer waits for that event (the wait ends the moment the line is written)
-LOOKUP_RETRY_SECONDS = 5.0  # a kind with no handler here (its module failed to import) is looked up again then
-FAILED_LOOKUPS_KEPT = 1024  # kinds remembered so (all forgotten when there are more)
-LEFT_QUEUED_KEPT = 16384  # queued jobs a worker remembers leaving for other workers (``LeftQueued``; ~3 MB at most),
-# and delayed jobs it read and found of its kinds (``Worker._of_my_kinds``)
 
 
 class WorkerStop(BaseException):
@@ -119,53 +106,6 @@ class WorkerSettings:
                                         f"not {value!r}")
 
 
-def keep_latest(memory: OrderedDict[Any, Any], key: Any, value: Any, kept: int) -> None:
-    """Put ``key`` in ``memory`` as the latest met, forgetting the oldest beyond ``kept`` (most likely done with)."""
-    memory[key] = value
-    memory.move_to_end(key)
-    while len(memory) > kept:
-        memory.popitem(last=False)
-
-
-class LeftQueued:
-    """Queued jobs this worker left for other workers, by job id, the latest met last: of a kind it has no handler
-    for (read again at each pass, since a handler may be registered meanwhile) or of a kind it does not run
-    (``WorkerSettings.kinds``: passed over without a read, since a job's kind never changes). The jobs signed by keys
-    it does not hold are ``UntrustedJobs``'s (by index entry: whether a key is trusted can change)."""
-
-    def __init__(self) -> None:
-        self._jobs: OrderedDict[str, bool] = OrderedDict()  # job id -> passed over without a read
-
-    def leave(self, job_id: str, *, for_good: bool) -> bool:
-        """Remember the job as left (the oldest forgotten: most likely run since, read again if not); True the
-        first time it is left."""
-        first = job_id not in self._jobs
-        keep_latest(self._jobs, job_id, for_good, LEFT_QUEUED_KEPT)
-        return first
-
-    def passes_over(self, job_id: str) -> bool:
-        return self._jobs.get(job_id, False)
-
-    def forget(self, job_id: str) -> None:
-        self._jobs.pop(job_id, None)
-
-    def skipped(self) -> list[str]:
-        """The latest jobs left, for a shared index never to reserve for this worker (``QueueIndex.candidates``)."""
-        return list(islice(reversed(self._jobs), SKIPPED_MAX)) if self._jobs else []
-
-
-@dataclass
-class Unhandled:
-    """Queued jobs of one kind that a claim left for another worker, and why this one has no handler for it."""
-
-    reason: str
-    job_ids: set[str] = field(default_factory=set)
-
-
-def new_run_id() -> str:
-    return RUN_PREFIX + os.urandom(8).hex()
-
-
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
 
@@ -181,19 +121,15 @@ class Worker:
         self.actor = f"worker:{self.worker_id}"
         self.rng = rng or random.Random()
         self.queue = orch.queue
-        self.next_due: float | None = None  # earliest delayed job this worker could run
         self._stop_at: float | None = None
         self._in_wait = False
-        self._warned_kinds: set[str] = set()
-        self.unhandled: dict[str, Unhandled] = {}  # kind -> the jobs the last claim left queued for want of a handler
         self.untrusted = UntrustedJobs(orch.keyring)  # jobs left for want of a key (orchestrator/untrusted.py)
-        self.left = LeftQueued()  # jobs left for want of a handler, or of a kind this worker does not run
-        self._kinds = frozenset(self.settings.kinds)
-        self._mine: OrderedDict[str, None] = OrderedDict()  # delayed jobs read and found of those kinds (``_of_my_kinds``)
+        # what its claim passes decide and remember: the jobs it left for other workers, the delayed job due next,
+        # the views of the jobs it left unfinished (orchestrator/claiming.py)
+        self.claimer = Claimer(orch, self.settings, worker_id=self.worker_id, actor=self.actor,
+                               untrusted=self.untrusted)
         self.stale_watch = StaleWatch(self.settings.lease_seconds)  # the leases it read (recovery.py)
-        self._failed_lookups: dict[str, tuple[int, float, str]] = {}  # kind -> (registry generation, when, why)
         self._host: HandlerHost | None = None
-        self._known: OrderedDict[str, tuple[JobView, Any]] = OrderedDict()  # see ``_remember``
         self.folders = WorkerFolders(orch.settings.state_dir)  # runs/ and artifacts/, never outside the store
         self._next_sweep = 0.0  # time.monotonic() of the next sweep of leftovers (the first recovery does one)
         self._reached = False  # run_once reached the store once: losing it from then on is waited out (a while)
@@ -217,212 +153,28 @@ class Worker:
             sweep_leftovers(self.orch, self.queue, self.folders.runs_root)
         return recovered
 
-    # -- claiming ---------------------------------------------------------------------------------
+    # -- claiming (orchestrator/claiming.py) -----------------------------------------------------------
     def claim(self, now: float | None = None) -> Claim | None:
-        """Claim the first runnable job (priority, then FIFO); None if there is none."""
-        now = self.orch.clock() if now is None else now
-        self.queue.ensure_built(self.orch)
-        self.next_due = None
-        self.unhandled = {}
-        self.untrusted.new_pass()
-        # a job left for want of a handler or a key is never the one a shared index reserves for this worker: reserved
-        # at every pass, it would keep the workers that can run it waiting (PostgreSQL, ``QueueIndex.candidates``)
-        skip = self.untrusted.skipped() + self.left.skipped()
-        for entry in self.queue.candidates(now, skip=skip, kinds=self.settings.kinds):
-            if self.left.passes_over(entry.job_id):  # of a kind this worker does not run: no read, not waited for
-                continue
-            if self._kinds and not self._of_my_kinds(entry):  # its first line read once, then remembered
-                continue
-            if entry.runnable_at > now:  # delayed (retry backoff): the sorted names tell, no read needed
-                self.next_due = min(self.next_due or entry.runnable_at, entry.runnable_at)
-                continue
-            if self.untrusted.passes_over(entry, entry.job_id):  # left for want of a key, as it was: no read
-                continue
-            claim = self._try_claim(entry, now)
-            if claim is not None:
-                return claim
-        return None
+        """Claim the first runnable job (priority, then FIFO); None if there is none (``Claimer.claim``)."""
+        return self.claimer.claim(now)
 
-    def _of_my_kinds(self, entry: ReadyEntry) -> bool:
-        """Whether an entry's job is of a kind this worker runs (``WorkerSettings.kinds``): one of another kind is
-        neither read nor waited for (``next_due``, ``--idle-exit``). A file entry has no kind: the job's first line
-        is read (``EventStore.first_line``, ~25 us, where a verified read of the job costs ~0.2 ms), once, since a
-        job's kind never changes: one of another kind is remembered in ``LeftQueued`` (and released, as the claim
-        releases a job it leaves), one of these kinds in ``_mine`` (the ``LEFT_QUEUED_KEPT`` read last). A hint,
-        unverified: a claim reads and checks the job."""
-        kind = entry.kind
-        if kind is None:
-            if entry.job_id in self._mine:
-                return True
-            try:
-                kind = submitted_kind(self.orch.store.first_line(entry.job_id))
-            except (JobNotFoundError, InvalidIdError):
-                return True  # left to the claim, which drops an orphan entry
-            if not isinstance(kind, str):
-                return True  # no kind to tell (no line yet: a submit in flight; or not a submission): the claim reads it
-            if kind in self._kinds:  # remembered too: read at every pass, a backlog of retries cost a read each
-                keep_latest(self._mine, entry.job_id, None, LEFT_QUEUED_KEPT)
-        if kind in self._kinds:
-            return True
-        self._leave(entry, entry.job_id, for_good=True)  # a row from before 0004 (no kind) may be reserved here
-        return False
+    @property
+    def next_due(self) -> float | None:
+        """The earliest delayed job this worker could run, as the last ``claim`` found it."""
+        return self.claimer.next_due
 
-    def _leave(self, entry: ReadyEntry, job_id: str, *, for_good: bool) -> None:
-        """Leave a queued job for other workers (``LeftQueued``) and, the first time, release the reservation a
-        shared index made of it for this worker (``QueueIndex.release``): not waited out by the workers that run
-        it. Not again: a job left before and reserved again (out of ``skip``, which holds the ``SKIPPED_MAX`` left
-        last) waits out its reservation, or each release's notify would wake this worker into another pass that
-        reserves the next such job, for ever."""
-        if self.left.leave(job_id, for_good=for_good):
-            self.queue.release(entry)
-
-    def _load_for_claim(self, entry: ReadyEntry, now: float) -> JobView | None:
-        """The entry's job, read and verified; None if it has no event yet.
-
-        An entry is written before the event that makes its job queued (a submit, a resume, a
-        revise), so a worker woken by a new entry usually arrives before that event. For a young
-        entry it waits for the event (``EventStore.wait_for_more``) and reads the job again, rather
-        than going back to sleep until the writer announces the job (~0.5 ms later).
-        """
-        waited = now - entry.runnable_at > EVENT_IN_FLIGHT  # an old entry: nothing is in flight
-        view = self._kept_view(entry.job_id)  # what this worker last wrote of it
-        # read by the statement that reserved the entry (PostgreSQL), verified here as any read; the claim's append
-        # still checks that the job did not change since (its expected head), as after a read of its own
-        read = self.queue.reserved_read(entry)
-        while True:
-            try:  # from a view already verified (after a wait, or written here), only the new lines are checked
-                # every signature: a line the head record vouches for is taken on its word by reads,
-                # never by a run (docs/format.md)
-                view = (self.orch.load(entry.job_id, every_signature=True, read=read) if view is None
-                        else self.orch.load_more(view, every_signature=True, read=read))
-            except JobNotFoundError:
-                view = None
-            except InvalidIdError:  # a name no job has (not an entry this code wrote): dropped as an orphan is
-                return None
-            read = None  # a second look reads the job again
-            s = view.state if view is not None else None
-            pending = view is None or (view.ok and s is not None and s.state != QUEUED
-                                       and entry.runnable_at > s.updated_at)  # its event is not there yet
-            if not pending or waited:
-                return view
-            waited = True
-            if not self.orch.store.wait_for_more(entry.job_id, view.head.seq if view else 0, EVENT_WAIT):
-                return view
-
-    def _try_claim(self, entry: ReadyEntry, now: float) -> Claim | None:
-        view = self._load_for_claim(entry, now)
-        if view is None:
-            if now - entry.runnable_at > ORPHAN_ENTRY_GRACE:  # its submit never completed
-                self.queue.drop_ready(entry)
-            return None
-        if not view.ok:
-            if reload_keys(self.orch):  # a key made (keys rotate) or revoked since this worker started
-                return self._try_claim(entry, now)
-            missing = view.missing_keys()
-            if missing:  # nothing else wrong: a worker that trusts those keys can check it, and runs it
-                self.untrusted.leave(entry, view.job_id, missing)
-                self.queue.release(entry)
-                return None
-            self._refuse(view, entry, now)
-            return None
-        s = view.state
-        if s is None or s.state != QUEUED:
-            if entry.runnable_at > (s.updated_at if s else 0.0) and now - entry.runnable_at < ORPHAN_ENTRY_GRACE:
-                return None  # newer than the job's last event: its event (a resume, a revise) may be in flight
-            self.queue.drop_ready(entry)
-            return None
-        expected = ReadyEntry.for_state(s)
-        if expected != entry:  # a left-over entry from a crash: put the right one in place
-            self.queue.put_ready(expected)
-            self.queue.drop_ready(entry)
-            if expected.runnable_at > now:
-                self.next_due = min(self.next_due or expected.runnable_at, expected.runnable_at)
-                return None
-        if self._kinds and s.kind not in self._kinds:  # not this worker's (--kind): left for good, quietly
-            self._leave(entry, s.job_id, for_good=True)
-            return None
-        if self._no_handler(s):  # read again at later passes: a handler may be registered meanwhile
-            self._leave(entry, s.job_id, for_good=False)
-            return None
-        run_id, epoch = new_run_id(), s.epoch + 1
-        data = {"worker_id": self.worker_id, "epoch": epoch, "attempt": s.attempt + 1,
-                "lease_expires_at": clock_mod.to_iso(now + self.settings.lease_seconds)}
-        # the claim event carries the first lease expiry: a run shorter than a heartbeat writes no lease record
-        faults.point("worker.before_claim")
-        try:
-            claimed = self.orch.append(view, s.job_id, [("job_claimed", data)], run_id=run_id, actor=self.actor,
-                                       now=now, fence=epoch)
-        except ConcurrencyError:
-            return None  # another worker won this one
-        faults.point("worker.after_claim")
-        return Claim(claimed, run_id, epoch)
-
-    def _no_handler(self, s: JobState) -> bool:
-        """True if this worker has no handler for the job's kind: the job stays queued for a worker that has
-        one (workers with different ``--import`` modules share a queue). Warned once per kind; counted for
-        ``handler_not_found``; a kind is looked up at most once per pass (a ``module:function`` kind is an import),
-        and one found without a handler not again for ``LOOKUP_RETRY_SECONDS`` unless a handler is registered."""
-        left = self.unhandled.get(s.kind)
-        if left is None:
-            generation, failed_at, reason = self._failed_lookups.get(s.kind, (-1, 0.0, ""))
-            if generation == registry_generation() and time.monotonic() - failed_at < LOOKUP_RETRY_SECONDS:
-                left = self.unhandled[s.kind] = Unhandled(reason)  # not imported again yet (LOOKUP_RETRY_SECONDS)
-            else:
-                try:
-                    lookup(s.kind)
-                    self._failed_lookups.pop(s.kind, None)
-                    self.left.forget(s.job_id)  # a handler registered since: it may be reserved again
-                    return False
-                except HandlerNotFoundError as exc:
-                    left = self._left_for_want_of_a_handler(s, exc)
-        left.job_ids.add(s.job_id)  # a set: a pass may meet an entry twice (queue.candidates)
-        return True
-
-    def _left_for_want_of_a_handler(self, s: JobState, exc: HandlerNotFoundError) -> Unhandled:
-        """Note a kind this worker has no handler for: in this pass, and for ``LOOKUP_RETRY_SECONDS`` (a module that
-        failed to import is not imported again at every pass: a pass a job, when busy; and a module that sets a
-        stop signal to be ignored while it imports would open, at each import, a moment in which the worker's
-        SIGTERM is lost). Warned once per kind."""
-        left = self.unhandled[s.kind] = Unhandled(exc.details["reason"])
-        if len(self._failed_lookups) >= FAILED_LOOKUPS_KEPT:
-            self._failed_lookups.clear()
-        self._failed_lookups[s.kind] = (registry_generation(), time.monotonic(), left.reason)
-        if s.kind not in self._warned_kinds:
-            self._warned_kinds.add(s.kind)
-            log.warning("%s; leaving job %s queued for a worker that has one (--import MODULE / "
-                        "ORCH_HANDLERS)", sanitize_text(exc.message), s.job_id,
-                        extra={"job_id": s.job_id, "kind": s.kind})
-        return left
+    @property
+    def unhandled(self) -> dict[str, Unhandled]:
+        """Kind -> the jobs the last ``claim`` left queued for want of a handler."""
+        return self.claimer.unhandled
 
     def handler_not_found(self) -> HandlerNotFoundError | None:
-        """The jobs the last ``claim`` left queued for want of a handler, by kind and why, as the error
-        ``worker --once`` exits with (11) when it ran nothing; None if it left none."""
-        if not self.unhandled:
-            return None
-        kinds = {kind: {"jobs": len(left.job_ids), "reason": left.reason} for kind, left in self.unhandled.items()}
-        jobs = sum(k["jobs"] for k in kinds.values())
-        listed = "; ".join(f"{kind!r} ({k['jobs']} job(s)): {k['reason']}" for kind, k in list(kinds.items())[:5])
-        more = f"; {len(kinds) - 5} more kind(s)" if len(kinds) > 5 else ""
-        return HandlerNotFoundError(
-            f"{jobs} queued job(s) left for a worker with a handler for their kind: {listed}{more}. "
-            "Start a worker that has it (--import MODULE / ORCH_HANDLERS; for a module:function kind, the module "
-            "on its PYTHONPATH), or cancel the job and submit it with the right --kind",
-            worker_id=self.worker_id, jobs=jobs, kinds=kinds)
+        """``Claimer.handler_not_found``: the jobs the last ``claim`` left for want of a handler, or None."""
+        return self.claimer.handler_not_found()
 
     def untrusted_keys(self) -> KeyNotTrustedError | None:
-        """The jobs the last ``claim`` left queued because keys this worker does not trust signed them, by key, as
-        the error ``worker --once`` exits with (8) when it ran nothing; None if it left none."""
-        return self.untrusted.error(self.worker_id)
-
-    def _refuse(self, view: JobView, entry: ReadyEntry, now: float) -> None:
-        """A job whose history failed verification is never run: audit the refusal, drop its entry. (Unless its
-        only problem is a key this worker does not hold: ``orchestrator/untrusted.py``.)"""
-        err = view.integrity_error() or {}
-        audit_log.record(self.orch, job_id=view.job_id, action="run_refused", actor=self.actor,
-                         note=sanitize_text(f"{err.get('code')}: {err.get('message')}"), now=now)
-        self.queue.drop_ready(entry)
-        log.error("refusing to run job %s: %s", view.job_id, err.get("message"),
-                  extra={"job_id": view.job_id, "code": err.get("code")})
+        """``Claimer.untrusted_keys``: the jobs the last ``claim`` left for want of a trusted key, or None."""
+        return self.claimer.untrusted_keys()
 
     # -- running ----------------------------------------------------------------------------------
     def run_once(self, now: float | None = None) -> RunResult | None:
@@ -527,7 +279,7 @@ class Worker:
         """What records this run's outcome; made per run, so it holds no reference back to a worker that is kept
         (a worker that is dropped still ends its handler process at once: ``_handler_host``)."""
         return OutcomeRecorder(self.orch, actor=self.actor, worker_id=self.worker_id, backoff=self.backoff,
-                               wait_for_store=self._wait_for_store, remember=self._remember)
+                               wait_for_store=self._wait_for_store, remember=self.claimer.remember)
 
     def _handler_host(self) -> HandlerHost | None:
         """The reused handler process (created on first use), or None with ``handler_process="per-run"``."""
@@ -674,21 +426,6 @@ class Worker:
         finally:
             self._in_wait = False
 
-    def _remember(self, view: JobView) -> None:
-        """Keep the view of a job this worker left unfinished: a resume, a revise or a retry brings it
-        back, often to this worker, whose claim then checks only the lines written since (``load_more``
-        compares the rest byte for byte with this view) instead of the whole job again."""
-        self._known.pop(view.job_id, None)
-        if view.state is None or view.state.is_final or sum(len(x.raw) for x in view.stream.lines) > KNOWN_VIEW_MAX_BYTES:
-            return
-        keep_latest(self._known, view.job_id, (view, self.orch.keyring.trust_state()), KNOWN_VIEWS)
-
-    def _kept_view(self, job_id: str) -> JobView | None:
-        """The view ``_remember`` kept, if the keys trusted and revoked are still those it was checked with."""
-        kept = self._known.pop(job_id, None)
-        if kept is None or kept[1] != self.orch.keyring.trust_state():
-            return None
-        return kept[0]
 
     def _import_artifacts(self, s: JobState, target: Path) -> None:
         """Only with ``artifacts_import`` on: copy (never move) the folders of jobs named in input ``artifacts_from``,

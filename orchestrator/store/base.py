@@ -206,7 +206,7 @@ class EventStore(ABC):
         Default: no wait, one look. Right for PostgreSQL, whose index commits with the event (an
         entry is never seen first). The memory store, too, only looks once: threads sharing it
         can see an entry before its event, and the claimer then keeps the entry for the
-        announcement to wake it (``Worker._try_claim``).
+        announcement to wake it (``Claimer._try_claim``).
         """
         return len(self.read(stream)) > seq
 

@@ -81,22 +81,22 @@ def test_each_job_is_claimed_exactly_once_by_concurrent_workers_on_postgres(clus
 def test_a_job_a_worker_has_no_handler_for_is_not_reserved_again_by_it(cluster: Cluster, monkeypatch) -> None:
     """Workers with different ``--import`` modules share a queue: one without the job's handler reserved it at
     each of its passes (for two seconds each time), so the worker that has the handler never got it."""
-    import orchestrator.worker as worker_mod
+    import orchestrator.claiming as claiming
     from orchestrator.errors import HandlerNotFoundError
 
     a, b = cluster.machine("a"), cluster.machine("b")
     job = a.submit("t.echo", "for b")
     wa, wb = cluster.worker(a, "without-handler"), cluster.worker(b, "with-handler")
-    real_lookup = worker_mod.lookup
+    real_lookup = claiming.lookup
 
     def none_here(kind: str):
         raise HandlerNotFoundError(f"no handler for kind {kind!r}: not imported here", kind=kind, reason="not imported here")
 
     now = a.clock()
-    monkeypatch.setattr(worker_mod, "lookup", none_here)
+    monkeypatch.setattr(claiming, "lookup", none_here)
     assert wa.claim(now) is None  # reserved for a moment by this first pass, then left
     assert wa.claim(now + 3) is None  # its reservation lapsed: a later pass must not take it again
-    monkeypatch.setattr(worker_mod, "lookup", real_lookup)
+    monkeypatch.setattr(claiming, "lookup", real_lookup)
     claim = wb.claim(now + 3)
     assert claim is not None and claim.job_id == job
 
@@ -106,7 +106,7 @@ def test_a_worker_that_leaves_a_job_it_reserved_lets_it_go_at_once_and_wakes_the
     """A worker without the job's handler reserved it for two seconds before leaving it: the worker that has the
     handler, woken by the submit, found it reserved and waited those two seconds. Now the one that leaves it releases
     the row and notifies, so the other is woken and claims it at the same instant."""
-    import orchestrator.worker as worker_mod
+    import orchestrator.claiming as claiming
     from orchestrator.errors import HandlerNotFoundError
 
     a, b = cluster.machine("a"), cluster.machine("b")
@@ -115,16 +115,16 @@ def test_a_worker_that_leaves_a_job_it_reserved_lets_it_go_at_once_and_wakes_the
     try:
         job = a.submit("t.echo", "for b")
         assert b.queue.wait(WAIT)  # the submit's notification
-        real_lookup = worker_mod.lookup
+        real_lookup = claiming.lookup
 
         def none_here(kind: str):
             raise HandlerNotFoundError(f"no handler for kind {kind!r}: not imported here", kind=kind,
                                        reason="not imported here")
 
         now = a.clock()
-        monkeypatch.setattr(worker_mod, "lookup", none_here)
+        monkeypatch.setattr(claiming, "lookup", none_here)
         assert wa.claim(now) is None  # reserved by this pass, then left
-        monkeypatch.setattr(worker_mod, "lookup", real_lookup)
+        monkeypatch.setattr(claiming, "lookup", real_lookup)
         assert b.queue.wait(WAIT), "the release woke the worker that has the handler"
         claim = wb.claim(now)  # the same instant: no reservation left to wait out
         assert claim is not None and claim.job_id == job
@@ -139,9 +139,9 @@ def test_a_job_left_for_want_of_a_handler_is_released_once_not_at_each_pass_that
     time, and the release's notify woke every listener, this worker too: woken by its own release, it made another
     pass, forever (~130 passes a second with 400 such jobs; one pass in 10 s before releases). A job is released
     when first left; reserved again later, its reservation lapses, as before releases, and nobody is woken."""
-    import orchestrator.worker as worker_mod
+    import orchestrator.claiming as claiming
 
-    monkeypatch.setattr(worker_mod, "SKIPPED_MAX", 1)  # as if it had left more than 256 such jobs
+    monkeypatch.setattr(claiming, "SKIPPED_MAX", 1)  # as if it had left more than 256 such jobs
     a = cluster.machine("a")
     for i in range(3):
         a.submit("t.nowhere", i)  # no handler anywhere
@@ -545,7 +545,7 @@ def test_a_candidate_reserved_in_a_forked_child_names_the_child_not_its_parent(c
 def test_a_row_from_before_0004_of_another_kind_is_released_when_a_worker_of_some_kinds_leaves_it(
         cluster: Cluster) -> None:
     """A row written before migration 0004 holds no kind, so a worker of some kinds reserves it and reads the job's
-    first line to learn it (``Worker._of_my_kinds``). Left, it was not released: the workers of its kind waited out
+    first line to learn it (``Claimer._of_my_kinds``). Left, it was not released: the workers of its kind waited out
     the reservation (``RESERVATION_SECONDS``), where a job left at the claim (no handler, key, kind) is released."""
     a, b = cluster.machine("a"), cluster.machine("b")
     echo = a.submit("t.echo", "not for a")

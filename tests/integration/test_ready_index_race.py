@@ -14,7 +14,7 @@ import jobstates as js
 import worker_handlers  # noqa: F401  (registers t.* handlers)
 from orchestrator import Orchestrator
 from orchestrator.queue import FileQueueIndex, MemoryQueueIndex
-from orchestrator import worker as worker_mod
+from orchestrator import claiming
 from orchestrator.worker import Worker, WorkerSettings
 
 
@@ -27,7 +27,7 @@ def test_a_resume_racing_a_claim_scan_leaves_the_job_claimable(orch, index_kind:
     if index_kind == "memory":
         orch.queue = MemoryQueueIndex()
     assert isinstance(orch.queue, FileQueueIndex if index_kind == "file" else MemoryQueueIndex)
-    monkeypatch.setattr(worker_mod, "EVENT_WAIT", 0.0)  # the scan runs on the writer's own thread: nothing to wait for
+    monkeypatch.setattr(claiming, "EVENT_WAIT", 0.0)  # the scan runs on the writer's own thread: nothing to wait for
     worker = Worker(orch, WorkerSettings(worker_id="w-race"))
     job_id = js.waiting_human(orch)
     put_ready = orch.queue.put_ready
@@ -64,7 +64,7 @@ def test_a_claimer_woken_by_a_new_entry_waits_for_its_submit_instead_of_giving_u
 
     from orchestrator.store import jsonl
 
-    monkeypatch.setattr(worker_mod, "EVENT_WAIT", 10.0)  # the submit's pace does not matter: the wait ends with it
+    monkeypatch.setattr(claiming, "EVENT_WAIT", 10.0)  # the submit's pace does not matter: the wait ends with it
     worker = Worker(orch, WorkerSettings(worker_id="w-early"))
     put_ready, claimed, lines_at_folder_fsync = orch.queue.put_ready, [], []
     real_fsync_dir = jsonl.fsync_dir
@@ -114,7 +114,7 @@ def test_a_claimer_woken_by_a_resumes_entry_waits_for_the_resume_and_claims_the_
     import threading
     import time
 
-    monkeypatch.setattr(worker_mod, "EVENT_WAIT", 10.0)
+    monkeypatch.setattr(claiming, "EVENT_WAIT", 10.0)
     worker = Worker(orch, WorkerSettings(worker_id="w-resume"))
     job_id = js.waiting_human(orch, job_id=orch.submit("t.echo", "ask"))
     put_ready, claimed = orch.queue.put_ready, []

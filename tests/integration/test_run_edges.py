@@ -121,7 +121,7 @@ def test_a_module_that_failed_to_import_is_not_imported_again_at_every_pass(orch
     """A pass met the job and imported its module again, each time: a pass a job when busy, and each import of a
     module that ignores SIGTERM while it imports (then exits) a moment in which the worker's SIGTERM was lost
     (``tests/acceptance/test_worker_run_edges.py`` sent it just then, and the worker ran on)."""
-    import orchestrator.worker as worker_mod
+    import orchestrator.claiming as claiming
     from orchestrator.handlers import register
 
     imports = tmp_path / "imports"
@@ -134,10 +134,10 @@ def test_a_module_that_failed_to_import_is_not_imported_again_at_every_pass(orch
         assert worker.run_once() is None
     assert imports.read_text() == "x"  # before: "xxx"
     assert "not today" in worker.handler_not_found().details["kinds"]["t_counts_its_imports:fn"]["reason"]
-    monkeypatch.setattr(worker_mod, "LOOKUP_RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(claiming, "LOOKUP_RETRY_SECONDS", 0.0)
     assert worker.run_once() is None
     assert imports.read_text() == "xx"  # tried again once the wait is over
-    monkeypatch.setattr(worker_mod, "LOOKUP_RETRY_SECONDS", 60.0)
+    monkeypatch.setattr(claiming, "LOOKUP_RETRY_SECONDS", 60.0)
     register("t_counts_its_imports:fn", lambda ctx: {"status": "done", "summary": "registered"})
     assert worker.run_once().job_id == broken  # a handler registered since is used at once
 

@@ -96,7 +96,7 @@ def test_a_worker_that_left_a_job_waiting_checks_only_the_new_lines_when_it_clai
     w.run_once()
     assert checked[0] == (job, 4)  # the resume's line alone, not lines 1-3 again
     assert orch.status(job).state == "succeeded"
-    assert job not in w._known  # finished: nothing kept
+    assert job not in w.claimer._known  # finished: nothing kept
     # a job it never wrote is read and checked in full
     other = orch.submit("t.echo", "x")
     checked.clear()

@@ -203,7 +203,7 @@ def test_a_new_entry_and_its_announcement_both_wake_a_waiting_file_index(tmp_pat
 
 def test_an_entry_carries_its_jobs_kind_except_for_a_history_that_failed_verification() -> None:
     """An index that filters by kind (PostgreSQL, ``worker --kind``) must still show every worker a job whose
-    history failed verification: its kind may be forged, and any worker refuses it (``Worker._refuse``)."""
+    history failed verification: its kind may be forged, and any worker refuses it (``Claimer._refuse``)."""
     index = MemoryQueueIndex()
     good, bad = replace(job("J1"), kind="t.echo"), replace(job("J2"), kind="t.echo")
     index.index_job(good, ok=True)

@@ -1,0 +1,270 @@
+"""Appends on PostgreSQL: the one-statement append, the locked append and the audited append, and the
+statement that moves a stream's head (``_moving``).
+
+Apart from ``postgres.py`` (connections, calls and their errors, reads, aux records, locks) because the write
+path is a concern of its own: what is sent in which round trip and transaction, what a refusal or a lost
+connection leaves behind. ``PostgresStore.append`` and ``PostgresStore.append_audited`` call these; the
+store's module docstring says what an append guarantees.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from typing import TYPE_CHECKING, Any, Callable
+
+from orchestrator import faults
+from orchestrator.errors import ConcurrencyError, StorageError
+from orchestrator.security import validate_id
+from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction
+from orchestrator.store.postgres import _driver
+
+if TYPE_CHECKING:
+    from orchestrator.store.postgres import PostgresStore
+
+# Locks the stream's row and returns its head in one statement, creating the row if needed. The
+# no-op update (not of ``fence``: its trigger does not fire) is what takes the row lock, and after
+# waiting for another writer it returns the row as that writer committed it.
+_LOCK_HEAD = ("INSERT INTO orch_streams AS s (project, stream) VALUES (%s, %s) "
+              "ON CONFLICT (project, stream) DO UPDATE SET seq = s.seq RETURNING s.seq, s.last_line")
+
+
+def _end_transaction(conn: Any) -> None:
+    """Roll back what a locked append left open on ``conn`` (it refused, or failed, between its ``BEGIN`` and its
+    ``COMMIT``), so the connection goes back to the pool idle; one that cannot is closed (the server rolls back)."""
+    try:
+        if not conn.closed and not conn.broken and conn.info.transaction_status != _driver().pq.TransactionStatus.IDLE:
+            conn.rollback()
+    except Exception:  # noqa: BLE001 - closing it is the rollback
+        conn.close()
+
+
+def _abandon(pipe: Any) -> None:
+    """After the server's error in a pipeline (the fence trigger) it skipped every statement after it: sync now,
+    so that the pipeline's end has nothing of them left to report (psycopg logs that as "error ignored"); the caller
+    rolls back what is left open (``_end_transaction``)."""
+    with contextlib.suppress(_driver().Error):
+        pipe.sync()
+
+
+def _released(unlocked: Any) -> bool:
+    """Whether the ``pg_advisory_unlock`` statement of ``unlocked`` (a cursor, or None: not sent) ran and released."""
+    try:
+        row = unlocked.fetchone() if unlocked is not None else None
+    except Exception:  # noqa: BLE001 - skipped by the server after an error, or never answered
+        return False
+    return bool(row and row[0])
+
+
+def _unlock(conn: Any, key: int) -> None:
+    """Release the session advisory lock ``key`` held on ``conn``; a connection that cannot is closed (the server
+    releases its locks with it)."""
+    try:
+        if not conn.closed and not conn.broken:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+    except Exception:  # noqa: BLE001 - closing it releases the lock
+        conn.close()
+
+
+def append(store: PostgresStore, stream: str, build: Builder, expected_seq: int | None = None,
+           fence: int | None = None, aux: AuxWrites | None = None,
+           in_transaction: InTransaction | None = None, expected_last: bytes | None = None) -> Head:
+    """``EventStore.append`` as one statement that moves the stream's head, inserts the lines and
+    writes the ``aux`` records and the ``in_transaction`` rows, all committed together, durably, or
+    none (``_moving``).
+
+    With the head the caller decided from (``expected_seq`` and ``expected_last``: every job
+    event) that statement is the whole append, in one round trip: it moves the head only if it
+    is still that one, checked under the row's lock as it moves. Else (the audit log, whose head
+    the caller does not know, or a head that moved meanwhile) two round trips (``_locked``): the first
+    locks the stream's row and reads its head (``BEGIN`` and one upsert that creates the row if
+    needed), the second, pipelined, sends the statement built from that head and ``COMMIT``.
+    """
+    store._check_stream(stream)
+    if expected_seq is not None and expected_last is not None:
+        expected = Head(expected_seq, expected_last)
+        new = _built(build, expected)
+        if not new:
+            return expected
+        sql, params = _moving(store, stream, expected, new, fence, aux, in_transaction)
+
+        def one_statement(conn: Any) -> bool:
+            # nothing sent yet: a kill or a cut here leaves nothing. Once sent, the statement commits on its own
+            # or not at all (autocommit; a connection lost mid-way is rolled back by the server, or its commit
+            # is not acknowledged: ``write``). Not pipelined to fire this point after the statement: that cost
+            # ~0.35 ms per append here (docs/decisions.md, 2026-12-02)
+            faults.point("pg.append.before_commit")
+            return conn.execute(sql, params).fetchone() is not None
+
+        if store._run(one_statement, write=True):
+            faults.point("pg.append.after_commit")
+            return Head(expected.seq + len(new), new[-1])
+        # the head is not the one expected: nothing was written; decide again from the head there is
+    result = store._run(lambda conn: _locked(store, conn, stream, build, expected_seq, fence, aux, in_transaction),
+                        write=True)
+    faults.point("pg.append.after_commit")
+    return result
+
+
+def _locked(store: PostgresStore, conn: Any, stream: str, build: Builder, expected_seq: int | None = None,
+            fence: int | None = None, aux: AuxWrites | None = None,
+            in_transaction: InTransaction | None = None) -> Head:
+    """``append`` from the head read under the stream's row lock, on ``conn``: two round trips, one pipeline.
+
+    ``BEGIN`` and ``COMMIT`` are sent as statements of the pipeline, not with psycopg's ``transaction()``:
+    inside a pipeline that waits for the server at ``BEGIN``, before ``COMMIT``, at ``COMMIT`` and as the pipeline
+    ends, five round trips in all (until 2026-12-02), where these are two: the lock and the head, then the rest."""
+    psycopg = _driver()
+    try:
+        with conn.pipeline() as pipe:
+            try:  # (a server's error may come back while later statements are sent: any of them raises it)
+                conn.execute("BEGIN")
+                seq, last = conn.execute(_LOCK_HEAD, (store.project, stream)).fetchone()  # the first round trip
+                head = Head(seq, bytes(last))
+                if expected_seq is not None and expected_seq != head.seq:
+                    raise ConcurrencyError(f"{stream}: expected {expected_seq} events, found {head.seq}",
+                                           stream=stream, expected=expected_seq, found=head.seq)
+                new = _built(build, head)
+                if new:
+                    moved = conn.execute(*_moving(store, stream, head, new, fence, aux, in_transaction))
+                    faults.point("pg.append.before_commit")
+                    conn.execute("COMMIT")
+                else:
+                    conn.execute("ROLLBACK")  # nothing to write: let the row's lock go
+            except psycopg.Error:
+                _abandon(pipe)
+                raise
+            except BaseException:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")  # sent as the pipeline ends: no round trip of its own
+                raise
+        # the pipeline synced as it ended (the second round trip): the statement's row is here already
+    finally:  # a transaction the server aborted (the fence trigger) must not go back to the pool open
+        _end_transaction(conn)
+    if not new:
+        return head
+    # under the row's lock the head was the one just read, so it moved, or nothing at all committed
+    if moved.fetchone() is None:
+        raise StorageError(f"{stream}: the head did not move under its lock; nothing was appended", stream=stream)
+    return Head(head.seq + len(new), new[-1])
+
+
+def append_audited(store: PostgresStore, stream: str, build: Builder, entry: Builder, *, lock: str,
+                   entry_aux: AuxWrites | None = None, between: Callable[[], None] = lambda: None,
+                   expected_seq: int | None = None, fence: int | None = None, aux: AuxWrites | None = None,
+                   in_transaction: InTransaction | None = None, expected_last: bytes | None = None) -> Head:
+    """``EventStore.append_audited`` on one connection, in two round trips where the calls one by one take six
+    (the lock, the events, the entry's two, the unlock), with the same statements in the same order.
+
+    The first round trip sends the lock (``pg_advisory_lock``, as ``exclusive``), the events' statement in a
+    transaction of its own (``BEGIN``, ``append``'s one statement, ``COMMIT``), then ``BEGIN`` and the audit log's
+    row lock with its head. The server runs them in that order, and a ``COMMIT`` is durable before the next
+    statement starts: the events commit first, alone, as one by one. Once they are known to have moved,
+    ``between`` runs and the entry is built from that head; the second round trip sends its statement, ``COMMIT``
+    and the unlock. An entry that fails leaves the events (``audit.heal``), as one by one; a connection lost
+    leaves the server to roll back and unlock. Without the head the events were decided from, or when it moved
+    (nothing was written), the calls one by one."""
+    one_by_one = {"lock": lock, "entry_aux": entry_aux, "between": between, "expected_seq": expected_seq,
+                  "fence": fence, "aux": aux, "in_transaction": in_transaction, "expected_last": expected_last}
+    store._check_stream(stream)
+    expected = Head(expected_seq, expected_last) if expected_seq is not None and expected_last is not None else None
+    new = _built(build, expected) if expected is not None else []
+    if not new:
+        return EventStore.append_audited(store, stream, build, entry, **one_by_one)
+    events = _moving(store, stream, expected, new, fence, aux, in_transaction)
+    key = store._lock_key(lock)
+    psycopg = _driver()
+
+    def pipelined(conn: Any) -> bool:
+        unlocked = None
+        try:
+            faults.point("pg.append.before_commit")  # nothing sent yet: a kill or a cut here leaves nothing
+            with conn.pipeline() as pipe:
+                try:  # (a server's error may come back while later statements are sent: any of them raises it)
+                    conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+                    conn.execute("BEGIN")
+                    moved = conn.execute(*events)
+                    conn.execute("COMMIT")
+                    conn.execute("BEGIN")
+                    seq, last = conn.execute(_LOCK_HEAD, (store.project, AUDIT_STREAM)).fetchone()  # round trip 1
+                    written = moved.fetchone() is not None
+                    if written:  # the events are durable; the entry's transaction holds the audit log's row
+                        faults.point("pg.append.after_commit")
+                        between()
+                        head = Head(seq, bytes(last))
+                        lines = _built(entry, head)
+                        entered = conn.execute(*_moving(store, AUDIT_STREAM, head, lines, None, entry_aux, None))
+                        faults.point("pg.append.before_commit")
+                    conn.execute("COMMIT" if written else "ROLLBACK")
+                    unlocked = conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                except psycopg.Error:
+                    _abandon(pipe)
+                    raise
+                except BaseException:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+                        unlocked = conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                    raise
+            # round trip 2: the pipeline synced as it ended
+        finally:  # what the server skipped after an error of its own (the fence trigger): rolled back, unlocked
+            _end_transaction(conn)
+            if not _released(unlocked):
+                _unlock(conn, key)
+        if written and entered.fetchone() is None:  # under the row's lock: it moved, or nothing committed
+            raise StorageError("@audit: the head did not move under its lock; the entry was not appended",
+                               stream=AUDIT_STREAM)
+        return written
+
+    if not store._run(pipelined, write=True):  # the head is not the one expected: one by one, as ``append`` does
+        return EventStore.append_audited(store, stream, build, entry, **one_by_one)
+    faults.point("pg.append.after_commit")
+    return Head(expected.seq + len(new), new[-1])
+
+
+def _built(build: Builder, head: Head) -> list[bytes]:
+    new = [bytes(line) for line in build(head)]
+    if any(b"\n" in line for line in new):
+        raise ValueError("a line must not contain a newline")
+    return new
+
+
+def _moving(store: PostgresStore, stream: str, head: Head, new: list[bytes], fence: int | None, aux: AuxWrites | None,
+            in_transaction: InTransaction | None) -> tuple[str, list[Any]]:
+    """The statement that appends ``new`` after ``head``: ``up`` moves the stream's head if it is still
+    ``head`` (checked as the row is locked: a writer that moved it first, or holds it, leaves ``up``
+    empty once it commits), and every other part joins ``up``, so all of it is written or none.
+    Returns one row if it moved, none if not. The fence trigger refuses an epoch lower than the
+    stream's (a superseded worker): the whole statement fails (``FENCED_SQLSTATE``)."""
+    p, new_head = store.project, Head(head.seq + len(new), new[-1])
+    if head.seq == 0:  # a new stream, or a row an earlier locked append created and left at 0
+        ctes = [("up AS (INSERT INTO orch_streams AS s (project, stream, seq, last_line, fence) "
+                 "VALUES (%s, %s, %s, %s, coalesce(%s::bigint, 0)) ON CONFLICT (project, stream) DO UPDATE "
+                 "SET seq = EXCLUDED.seq, last_line = EXCLUDED.last_line, fence = coalesce(%s::bigint, s.fence) "
+                 "WHERE s.seq = 0 RETURNING 1)", [p, stream, new_head.seq, new_head.last_line, fence, fence])]
+    else:  # the last line compared by its hash: the line itself may be a MiB
+        ctes = [("up AS (UPDATE orch_streams SET seq = %s, last_line = %s, fence = coalesce(%s::bigint, fence) "
+                 "WHERE project = %s AND stream = %s AND seq = %s AND sha256(last_line) = %s RETURNING 1)",
+                 [new_head.seq, new_head.last_line, fence, p, stream, head.seq,
+                  hashlib.sha256(head.last_line).digest()])]
+    ctes.append(("ev AS (INSERT INTO orch_events (project, stream, seq, line) SELECT %s, %s, n, l "
+                 "FROM unnest(%s::bigint[], %s::bytea[]) AS t(n, l), up)",
+                 [p, stream, list(range(head.seq + 1, new_head.seq + 1)), new]))
+    records = aux(new_head) if aux is not None else {}
+    for area, key in records:
+        validate_id(area, "aux area")
+        validate_id(key, "aux key")
+    put = [(area, key, bytes(data)) for (area, key), data in records.items() if data is not None]
+    drop = [(area, key) for (area, key), data in records.items() if data is None]
+    if put:
+        ctes.append(("ax AS (INSERT INTO orch_aux (project, area, key, data) SELECT %s, a, k, d "
+                     "FROM unnest(%s::text[], %s::text[], %s::bytea[]) AS t(a, k, d), up "
+                     "ON CONFLICT (project, area, key) DO UPDATE SET data = EXCLUDED.data)",
+                     [p, [r[0] for r in put], [r[1] for r in put], [r[2] for r in put]]))
+    if drop:
+        ctes.append(("ad AS (DELETE FROM orch_aux USING unnest(%s::text[], %s::text[]) AS t(a, k), up "
+                     "WHERE project = %s AND area = t.a AND key = t.k)",
+                     [[r[0] for r in drop], [r[1] for r in drop], p]))
+    extra = in_transaction or InTransaction()
+    ctes += [(f"w{i} AS ({sql})", list(args)) for i, (sql, args) in enumerate(extra.writes)]
+    selects = [("1", [])] + [(sql, list(args)) for sql, args in extra.selects]
+    sql = ("WITH " + ", ".join(c for c, _ in ctes) + " SELECT " + ", ".join(e for e, _ in selects) + " FROM up")
+    return sql, [a for _, args in ctes for a in args] + [a for _, args in selects for a in args]
