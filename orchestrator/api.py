@@ -322,9 +322,14 @@ class Orchestrator:
 
     def jobs(self, states: Iterable[str] | None = None, kinds: Iterable[str] | None = None) -> list[JobStatus]:
         """Every job's status, oldest first, optionally only those in ``states`` and of ``kinds``; a job whose
-        events were all removed is listed too when nothing is filtered (no state, no kind, its integrity error)."""
+        events were all removed is listed too when nothing is filtered (no state, no kind, its integrity error).
+
+        With ``states``, only the jobs the jobs cache (``projection``, brought up to date first: only the jobs
+        changed since are read) says are in one of them are read, each verified as ``status`` reads it and its
+        state checked again: a stale or edited row can leave a job out of no listing it belongs in (a job that
+        changed has a new fingerprint, and is read), and puts none in a listing it does not belong in."""
         wanted, of_kinds = set(states or ()), set(kinds or ())
-        listed = list(self.store.job_ids())
+        listed = self._jobs_in(wanted) if wanted else list(self.store.job_ids())
         out = [JobStatus.from_view(view) for view in self.removed_jobs(listed)] if not (wanted or of_kinds) else []
         for job_id in listed:
             st = self.status(job_id)
@@ -332,6 +337,14 @@ class Orchestrator:
                 out.append(st)
         out.sort(key=lambda s: (s.submitted_at or "", s.job_id))
         return out
+
+    def _jobs_in(self, states: set[str]) -> list[str]:
+        """The jobs whose row in the jobs cache names one of ``states`` (the cache refreshed, not healed: a read)."""
+        from orchestrator import projection
+
+        cols = projection.refresh(self, heal=False).columns
+        codes = {projection.STATE_CODE[s] for s in states if s in projection.STATE_CODE}
+        return [job_id for job_id, code in zip(cols.ids, cols.state) if code in codes]
 
     # -- writing ----------------------------------------------------------------------------
     def append(self, view: JobView | None, job_id: str, new: Sequence[tuple[str, dict[str, Any]]], *,
