@@ -184,7 +184,12 @@ def heal(orch: "Orchestrator", views: Iterable["JobView"], *, now: float | None 
     is loaded before anything is written or locked (``SigningKeyError`` if there is none); with
     ``create_key=False`` it must exist already (``Keyring.ensure_signer``).
     """
-    todo = unmarked(orch, views)
+    return heal_found(orch, unmarked(orch, views), now=now, create_key=create_key)
+
+
+def heal_found(orch: "Orchestrator", todo: list[Unaudited], *, now: float | None = None,
+               create_key: bool = True) -> list[int]:
+    """``heal`` of the events ``unmarked`` found (by this process or another, ``projection.refresh``)."""
     if not todo:
         return []
     orch.keyring.ensure_signer(create=create_key)
@@ -216,10 +221,15 @@ def heal_quietly(orch: "Orchestrator", views: Iterable["JobView"], *, now: float
     whose key is revoked) skips it: the entry stays missing, a warning (``AUDIT_ENTRY_MISSING``), until a
     command that writes (a control action on the job, ``audit heal``) runs where the key is. A key created
     here would sign an entry no other machine trusts, and ``verify`` would fail there."""
+    return heal_found_quietly(orch, unmarked(orch, views), now=now)
+
+
+def heal_found_quietly(orch: "Orchestrator", todo: list[Unaudited], *, now: float | None = None) -> list[int]:
+    """``heal_quietly`` of the events ``unmarked`` found."""
     from orchestrator.errors import SigningKeyError
 
     try:
-        return heal(orch, views, now=now, create_key=False)
+        return heal_found(orch, todo, now=now, create_key=False)
     except SigningKeyError:
         return []
 

@@ -9,13 +9,12 @@ head to a file kept elsewhere, and ``check_anchor`` proves nothing was rolled ba
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from orchestrator import clock
+from orchestrator import processes as processes_
 from orchestrator.api import Orchestrator
 from orchestrator.errors import InvalidInputError, PathEscapeError, SigningKeyError
 from orchestrator.history import ROLLED_BACK, Problem, check_head_record, verify_stream
@@ -93,15 +92,15 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
     """Check every job's history (or one job's) and the audit log; list each problem by line. A job
     whose events are all gone is found by its head record.
 
-    Every signature is checked (~40 us each, most of the time): a project of ``PARALLEL_FROM`` jobs or more is
-    checked by ``processes`` forked processes (default: the CPUs this process may use), ``CHUNK`` jobs at a time,
-    the report the same, in the same order, as from one process."""
+    Every signature is checked (~40 us each, most of the time): a large project's jobs are checked by
+    ``processes`` forked processes (``orchestrator/processes.py``), the report the same, in the same order, as
+    from one process."""
     report = VerifyReport()
     job_ids = [job_id] if job_id else sorted(orch.store.job_ids())
     claims = _audit_claims(orch, job_id)
-    chunks = [[(jid, claims.pop(jid, [])) for jid in job_ids[i:i + CHUNK]] for i in range(0, len(job_ids), CHUNK)]
+    chunks = processes_.chunked([(jid, claims.pop(jid, [])) for jid in job_ids], processes_.CHUNK)
     done = 0
-    for part in _checked_chunks(orch, chunks, processes if len(job_ids) >= PARALLEL_FROM else 1):
+    for part in processes_.in_chunks(orch, _check_chunk, chunks, len(job_ids), processes):
         report.streams += part.streams
         report.events += part.events
         report.problems.extend(part.problems)
@@ -130,11 +129,6 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
     return report
 
 
-PARALLEL_FROM = 2000  # jobs: fewer are checked in this process (forking and collecting cost ~50 ms)
-CHUNK = 500  # jobs a process checks at a time (a unit of progress, and of what a process holds in memory)
-_forked_orch: list[Orchestrator] = []  # the orchestrator a forked checking process uses (``_check_in_child``)
-
-
 def _check_chunk(orch: Orchestrator, chunk: list[tuple[str, list[tuple[int, str]]]]) -> VerifyReport:
     """Jobs read with every signature checked, each cross-checked with the audit entries that name it."""
     part = VerifyReport()
@@ -145,27 +139,6 @@ def _check_chunk(orch: Orchestrator, chunk: list[tuple[str, list[tuple[int, str]
         part.problems.extend(view.problems)
         _cross_check(part, jid, view, claimed)
     return part
-
-
-def _check_in_child(chunk: list[tuple[str, list[tuple[int, str]]]]) -> VerifyReport:
-    return _check_chunk(_forked_orch[0], chunk)
-
-
-def _checked_chunks(orch: Orchestrator, chunks: list[Any], processes: int | None) -> Iterator[VerifyReport]:
-    """Each chunk's report, in order: here, or from ``processes`` forked processes (each a copy of this one, with its
-    keyring and store: a PostgreSQL store opens connections of its own in a child, ``PostgresStore``)."""
-    if processes is None:
-        processes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if processes <= 1 or len(chunks) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        for chunk in chunks:
-            yield _check_chunk(orch, chunk)
-        return
-    _forked_orch[:] = [orch]
-    try:
-        with multiprocessing.get_context("fork").Pool(min(processes, len(chunks))) as pool:
-            yield from pool.imap(_check_in_child, chunks)  # in order; an error in a child is raised here
-    finally:
-        _forked_orch.clear()
 
 
 def _heads(orch: Orchestrator) -> dict[str, dict[str, Any]]:

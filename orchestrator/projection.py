@@ -21,6 +21,7 @@ trusted for anything but figures: no job is run or changed because of a row.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -30,8 +31,9 @@ from stat import S_ISDIR
 from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
+from orchestrator import processes
 from orchestrator.clock import from_iso
 from orchestrator.errors import InvalidIdError, JobNotFoundError, PathEscapeError, StorageError
 from orchestrator.state import CANCELLED, FAILED, STATES, SUCCEEDED, WAITING_HUMAN, Event, apply
@@ -289,7 +291,8 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
     """Bring the cache up to date with the events and return every job's row.
 
     Jobs replayed here are also healed (a missing audit entry is written), as any command
-    touching a job does.
+    touching a job does. Many jobs to replay (a first refresh, a ``--rebuild``) are read by forked processes
+    (``orchestrator/processes.py``); this process builds the same cache from what they read, and heals.
     """
     from orchestrator import audit
 
@@ -307,32 +310,54 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
         sizes.append(0)
         mtimes.append(0)
     where = dict(zip(cached.ids, range(len(cached))))
+    kept = [where.get(job_id) for job_id in ids]
+    stale = [j for j, i, size, mtime in zip(ids, kept, sizes, mtimes)
+             if i is None or cached.size[i] != size or cached.mtime[i] != mtime]
+    rows: dict[str, Row | None] = {}
+    unaudited: list[Any] = []
+    changed = 0
+    for summaries, found in processes.in_chunks(orch, functools.partial(_summarized, heal=heal),
+                                                processes.chunked(stale, audit.HEAL_BATCH), len(stale)):
+        before = changed
+        for job_id, row in summaries:
+            rows[job_id] = row
+            changed += row is not None
+        unaudited.extend(found)
+        if progress and changed // 1000 > before // 1000:
+            progress(changed)
     cols = Columns()
-    changed = healed = 0
-    batch: list[Any] = []
-    for job_id, size, mtime in zip(ids, sizes, mtimes):
-        i = where.get(job_id)
-        if i is not None and cached.size[i] == size and cached.mtime[i] == mtime:
-            cols.copy_from(cached, i)
+    for job_id, i, size, mtime in zip(ids, kept, sizes, mtimes):
+        if job_id not in rows:
+            cols.copy_from(cached, i)  # unchanged
             continue
+        row = rows[job_id]
+        if row is not None:
+            cols.add(job_id, (size, mtime), row)
+        elif _storable(job_id):  # no complete line (a submit killed mid-write), or removed since the scan, or a
+            cols.add_not_a_job(job_id, (size, mtime))  # stray file whose name is no id
+    healed = len(audit.heal_found_quietly(orch, unaudited)) if unaudited else 0
+    return Refresh(Rows(cols), changed, healed, _write(orch, cols))
+
+
+def _summarized(orch: "Orchestrator", job_ids: Sequence[str], *, heal: bool
+                ) -> tuple[list[tuple[str, Row | None]], list[Any]]:
+    """Each job's row (None: no job there) and, with ``heal``, the audited events of these jobs that have no marker
+    (``audit.unmarked``, one look-up for them all). Read here or in a forked process (``processes``); the caller
+    alone writes (the entries healed, the cache)."""
+    from orchestrator import audit
+
+    rows: list[tuple[str, Row | None]] = []
+    ok_views = []
+    for job_id in job_ids:
         try:
             view = orch.load(job_id)
-        except (JobNotFoundError, InvalidIdError):  # no complete line (a submit killed mid-write), removed
-            if _storable(job_id):  # since the scan, or a stray file whose name is no id
-                cols.add_not_a_job(job_id, (size, mtime))
+        except (JobNotFoundError, InvalidIdError):
+            rows.append((job_id, None))
             continue
-        cols.add(job_id, (size, mtime), summarize(view))
-        changed += 1
+        rows.append((job_id, summarize(view)))
         if heal and view.ok:
-            batch.append(view)
-            if len(batch) >= audit.HEAL_BATCH:
-                healed += len(audit.heal_quietly(orch, batch))
-                batch = []
-        if progress and changed % 1000 == 0:
-            progress(changed)
-    if batch:
-        healed += len(audit.heal_quietly(orch, batch))
-    return Refresh(Rows(cols), changed, healed, _write(orch, cols))
+            ok_views.append(view)
+    return rows, (audit.unmarked(orch, ok_views) if ok_views else [])
 
 
 def _storable(name: str) -> bool:

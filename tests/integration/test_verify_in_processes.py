@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import jobstates as js
-from orchestrator import Orchestrator, audit, integrity
+from orchestrator import Orchestrator, audit, integrity, processes, projection
 from orchestrator.errors import StorageError
 from orchestrator.integrity import verify_project
 from orchestrator.signing import Keyring
@@ -34,18 +34,17 @@ def backend(request: pytest.FixtureRequest, base: Path, keyring: Keyring):
 
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Processes from the first job, two jobs a chunk; each chunk notes the process that checked it."""
-    monkeypatch.setattr(integrity, "PARALLEL_FROM", 1)
-    monkeypatch.setattr(integrity, "CHUNK", 2)
+    """Processes from the first job, two jobs a chunk; each chunk notes the process that read it."""
+    monkeypatch.setattr(processes, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(processes, "CHUNK", 2)
     pids = tmp_path / "pids"
     pids.mkdir()
-    real = integrity._check_chunk  # noqa: SLF001
+    for module, name in ((integrity, "_check_chunk"), (projection, "_summarized")):
+        def noting(orch, chunk, _real=getattr(module, name), **kw):
+            (pids / str(os.getpid())).touch()
+            return _real(orch, chunk, **kw)
 
-    def noting(orch, chunk):
-        (pids / str(os.getpid())).touch()
-        return real(orch, chunk)
-
-    monkeypatch.setattr(integrity, "_check_chunk", noting)
+        monkeypatch.setattr(module, name, noting)
     return pids
 
 
@@ -71,8 +70,8 @@ def test_a_project_checked_in_processes_gives_the_report_of_one_process(backend,
 
 
 def test_progress_is_reported_per_thousand_jobs_as_from_one_process(monkeypatch, orch: Orchestrator) -> None:
-    monkeypatch.setattr(integrity, "PARALLEL_FROM", 1)
-    monkeypatch.setattr(integrity, "CHUNK", 3)
+    monkeypatch.setattr(processes, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(processes, "CHUNK", 3)
     monkeypatch.setattr(integrity, "_check_chunk", lambda o, chunk: integrity.VerifyReport(streams=len(chunk)))
     monkeypatch.setattr(orch.store, "job_ids", lambda: iter(f"job-{i:05d}" for i in range(2500)))
     seen: list[int] = []
@@ -103,3 +102,33 @@ def test_an_orchestrator_error_pickles_with_its_details() -> None:
     again = pickle.loads(pickle.dumps(StorageError("gone", path="/x", attempt=2)))
     assert type(again) is StorageError and again.message == "gone" and again.details == {"path": "/x", "attempt": 2}
     assert again.to_dict() == StorageError("gone", path="/x", attempt=2).to_dict()
+
+
+def _columns(refreshed) -> tuple:
+    cols = refreshed.columns
+    return (list(cols.ids), bytes(cols.state), bytes(cols.ok), list(cols.runs),
+            *[getattr(cols, name).tobytes() for name, _ in cols.NUMERIC])
+
+
+def test_a_jobs_cache_made_in_processes_is_the_one_made_here_and_its_missing_entries_are_healed(
+        backend, monkeypatch, small_chunks: Path) -> None:
+    """``metrics`` and ``status --all --state`` on a project without the cache (or ``--rebuild``): the jobs are read
+    by forked processes, the cache is built and the entries a crash left missing are written by this process."""
+    orch, _ = backend
+    for i in range(5):
+        orch.submit("t.echo", i)
+    js.awaiting_audit(orch)
+    crashed = js.waiting_human(orch)
+    view = orch.load(crashed)
+    orch.append(view, crashed, [("job_resumed", {"answer": "yes", "question": "Deploy to prod?"})])  # no entry
+    monkeypatch.setattr(audit, "HEAL_BATCH", 2)  # the chunks a refresh hands out
+    monkeypatch.setattr(processes, "usable_cpus", lambda: 1)
+    here = projection.refresh(orch, rebuild=True, heal=False)
+    checked_here = {p.name for p in small_chunks.iterdir()}
+    assert checked_here == {str(os.getpid())}
+    monkeypatch.setattr(processes, "usable_cpus", lambda: 2)
+    in_processes = projection.refresh(orch, rebuild=True)
+    assert {p.name for p in small_chunks.iterdir()} - checked_here, "read by other processes"
+    assert _columns(in_processes) == _columns(here) and in_processes.replayed == here.replayed == 7
+    assert in_processes.healed == 1 and [w.code for w in verify_project(orch).warnings] == []
+    assert projection.refresh(orch).replayed == 0  # the cache written is the one read back
