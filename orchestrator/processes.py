@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 PARALLEL_FROM = 2000  # jobs: fewer are done in the calling process
@@ -35,14 +36,21 @@ def _run_in_child(chunk: Any) -> Any:
     return work(orch, chunk)
 
 
+def may_fork() -> bool:
+    """Whether forking is safe here: only in a process of one thread (the commands). A fork copies only its calling
+    thread, so in a program with others (the Python API inside a service) a lock another thread held at the fork
+    (logging's, a driver's) would stay locked in the child for ever: such a caller does the work itself."""
+    return threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
+
+
 def in_chunks(orch: Any, work: Callable[[Any, Any], R], chunks: Sequence[Any], jobs: int,
               processes: int | None = None) -> Iterator[R]:
     """``work(orch, chunk)`` for each chunk, results in the chunks' order: here when ``jobs`` (how many the chunks
-    hold) is under ``PARALLEL_FROM``, when ``processes`` is 1 or there is one chunk; else in a pool of ``processes``
-    forked processes (default ``usable_cpus()``). An error raised by ``work`` in a child is raised here."""
+    hold) is under ``PARALLEL_FROM``, when ``processes`` is 1, there is one chunk or forking is not safe
+    (``may_fork``); else in a pool of ``processes`` forked processes (default ``usable_cpus()``). An error raised by
+    ``work`` in a child is raised here."""
     processes = usable_cpus() if processes is None else processes
-    if (jobs < PARALLEL_FROM or processes <= 1 or len(chunks) <= 1
-            or "fork" not in multiprocessing.get_all_start_methods()):
+    if jobs < PARALLEL_FROM or processes <= 1 or len(chunks) <= 1 or not may_fork():
         for chunk in chunks:
             yield work(orch, chunk)
         return

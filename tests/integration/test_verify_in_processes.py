@@ -37,6 +37,7 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Processes from the first job, two jobs a chunk; each chunk notes the process that read it."""
     monkeypatch.setattr(processes, "PARALLEL_FROM", 1)
     monkeypatch.setattr(processes, "CHUNK", 2)
+    monkeypatch.setattr(processes, "may_fork", lambda: True)  # threads an earlier test left are not these tests'
     pids = tmp_path / "pids"
     pids.mkdir()
     for module, name in ((integrity, "_check_chunk"), (projection, "_summarized")):
@@ -132,3 +133,26 @@ def test_a_jobs_cache_made_in_processes_is_the_one_made_here_and_its_missing_ent
     assert _columns(in_processes) == _columns(here) and in_processes.replayed == here.replayed == 7
     assert in_processes.healed == 1 and [w.code for w in verify_project(orch).warnings] == []
     assert projection.refresh(orch).replayed == 0  # the cache written is the one read back
+
+
+def test_a_program_with_other_threads_reads_every_job_itself(orch: Orchestrator, monkeypatch, tmp_path: Path) -> None:
+    """A fork copies only the calling thread: a lock another thread holds (logging's, a driver's) would never be
+    released in the child. The Python API inside a threaded service does the work in its own process."""
+    import threading
+
+    monkeypatch.setattr(processes, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(processes, "CHUNK", 1)
+    for i in range(3):
+        orch.submit("t.echo", i)
+    seen: set[int] = set()
+    real = integrity._check_chunk  # noqa: SLF001
+    monkeypatch.setattr(integrity, "_check_chunk", lambda o, chunk: seen.add(os.getpid()) or real(o, chunk))
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert verify_project(orch, processes=2).streams == 3
+    finally:
+        stop.set()
+        other.join()
+    assert seen == {os.getpid()}
