@@ -235,3 +235,14 @@ class PgHistory(RawHistory):
     def drop_head_record(self, stream: str) -> None:
         self._conn().execute("DELETE FROM orch_aux WHERE project = %s AND area = 'heads' AND key = %s",
                              (self.orch.store.project, stream))
+
+
+@contextlib.contextmanager
+def with_raw_access(backend: str, base: Path, keyring: Any) -> Iterator[tuple[Any, RawHistory]]:
+    """An ``Orchestrator`` on ``backend`` ("file" or "postgres") and raw write access to its storage."""
+    with orchestrator_on(backend, base, keyring) as orch:
+        raw: RawHistory = FileHistory(orch) if backend == "file" else PgHistory(orch)
+        try:
+            yield orch, raw
+        finally:
+            raw.close()

@@ -18,26 +18,18 @@ from orchestrator.store.base import Head
 from orchestrator.integrity import check_anchor, export_anchor, verify_project
 from orchestrator.signing import Keyring
 
-from backends import FileHistory, PgHistory, RawHistory, TestPostgresStore
+from backends import BACKENDS, RawHistory, with_raw_access
 
 
 def events_file(orch: Orchestrator, job_id: str) -> Path:
     return orch.store.path(job_id)
 
 
-@pytest.fixture(params=["jsonl", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, base: Path, keyring: Keyring):
     """An orchestrator on each backend, with raw write access to its storage."""
-    if request.param == "jsonl":
-        orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring)
-        yield orch, FileHistory(orch)
-        return
-    store = TestPostgresStore()
-    orch = Orchestrator(base_path=base, project_id=store.project, keyring=keyring, store=store)
-    raw = PgHistory(orch)
-    yield orch, raw
-    raw.close()
-    store.close()
+    with with_raw_access(request.param, base, keyring) as pair:
+        yield pair
 
 
 @pytest.fixture

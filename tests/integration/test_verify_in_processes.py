@@ -13,23 +13,15 @@ from orchestrator.errors import StorageError
 from orchestrator.integrity import verify_project
 from orchestrator.signing import Keyring
 
-from backends import FileHistory, PgHistory, TestPostgresStore
+from backends import BACKENDS, with_raw_access
 
 
-@pytest.fixture(params=["file", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, base: Path, keyring: Keyring):
     """An orchestrator on each backend with raw write access to its storage: on PostgreSQL a forked process must
     open connections of its own."""
-    if request.param == "file":
-        orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring)
-        yield orch, FileHistory(orch)
-        return
-    store = TestPostgresStore()
-    orch = Orchestrator(base_path=base, project_id=store.project, keyring=keyring, store=store)
-    raw = PgHistory(orch)
-    yield orch, raw
-    raw.close()
-    store.close()
+    with with_raw_access(request.param, base, keyring) as pair:
+        yield pair
 
 
 @pytest.fixture
