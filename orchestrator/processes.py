@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
@@ -29,6 +30,12 @@ def usable_cpus() -> int:
 
 def chunked(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _leave_interrupts_to_the_caller() -> None:
+    """In a child: Ctrl-C reaches the whole process group, and the caller ends the pool (``Pool.terminate``); a child
+    raising ``KeyboardInterrupt`` too printed its own traceback over the command's message."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_in_child(chunk: Any) -> Any:
@@ -56,7 +63,8 @@ def in_chunks(orch: Any, work: Callable[[Any, Any], R], chunks: Sequence[Any], j
         return
     _forked[:] = [(orch, work)]
     try:
-        with multiprocessing.get_context("fork").Pool(min(processes, len(chunks))) as pool:
+        with multiprocessing.get_context("fork").Pool(min(processes, len(chunks)),
+                                                      initializer=_leave_interrupts_to_the_caller) as pool:
             yield from pool.imap(_run_in_child, chunks)
     finally:
         _forked.clear()

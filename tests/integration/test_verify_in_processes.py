@@ -148,3 +148,35 @@ def test_a_program_with_other_threads_reads_every_job_itself(orch: Orchestrator,
         stop.set()
         other.join()
     assert seen == {os.getpid()}
+
+
+def test_ctrl_c_stops_the_checking_processes_with_one_message_not_one_per_process(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group: each pool process raised ``KeyboardInterrupt`` and printed its own
+    traceback ("Process ForkPoolWorker-1: ...") over the command's message. They leave it to the caller."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import REPO
+
+    started = tmp_path / "started"
+    script = (f"import sys, time; sys.path.insert(0, {str(REPO)!r})\n"
+              "from orchestrator import processes\n"
+              "processes.PARALLEL_FROM = 1\n"
+              f"def work(orch, chunk): open({str(started)!r} + str(chunk[0]), 'w').close(); time.sleep(60)\n"
+              "list(processes.in_chunks(None, work, [[1], [2]], 2, processes=2))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 20
+        while not all((tmp_path / f"started{i}").exists() for i in (1, 2)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == -signal.SIGINT and err.count("KeyboardInterrupt") == 1, err  # the caller's alone
+    assert "ForkPoolWorker" not in err, err
