@@ -9,11 +9,16 @@ it. Children only read; whatever is written (healed audit entries, the cache) is
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+from orchestrator.errors import OrchestratorError
 
 PARALLEL_FROM = 2000  # jobs: fewer are done in the calling process
 CHUNK = 500  # jobs a process takes at a time (a unit of progress, and of what a child holds in memory)
@@ -33,7 +38,7 @@ def chunked(items: Sequence[T], size: int) -> list[Sequence[T]]:
 
 
 def _leave_interrupts_to_the_caller() -> None:
-    """In a child: Ctrl-C reaches the whole process group, and the caller ends the pool (``Pool.terminate``); a child
+    """In a child: Ctrl-C reaches the whole process group, and the caller ends the children (``in_chunks``); a child
     raising ``KeyboardInterrupt`` too printed its own traceback over the command's message."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -62,9 +67,18 @@ def in_chunks(orch: Any, work: Callable[[Any, Any], R], chunks: Sequence[Any], j
             yield work(orch, chunk)
         return
     _forked[:] = [(orch, work)]
+    pool = ProcessPoolExecutor(min(processes, len(chunks)), mp_context=multiprocessing.get_context("fork"),
+                               initializer=_leave_interrupts_to_the_caller)
     try:
-        with multiprocessing.get_context("fork").Pool(min(processes, len(chunks)),
-                                                      initializer=_leave_interrupts_to_the_caller) as pool:
-            yield from pool.imap(_run_in_child, chunks)
+        yield from pool.map(_run_in_child, chunks)
+    except BrokenProcessPool:  # a child killed (the OOM killer, a signal): ``multiprocessing.Pool`` waited for ever
+        raise OrchestratorError("a process reading the jobs ended abruptly (killed, or out of memory): run the "
+                                "command again, or with one process (verify --processes 1)") from None
+    except BaseException:  # Ctrl-C, an error of the caller's: the children's work is of no use any more
+        for child in list(getattr(pool, "_processes", None) or {}):
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGKILL)
+        raise
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         _forked.clear()

@@ -180,3 +180,26 @@ def test_ctrl_c_stops_the_checking_processes_with_one_message_not_one_per_proces
             proc.communicate()
     assert proc.returncode == -signal.SIGINT and err.count("KeyboardInterrupt") == 1, err  # the caller's alone
     assert "ForkPoolWorker" not in err, err
+
+
+def test_a_checking_process_killed_mid_chunk_is_an_error_not_a_wait_for_ever(monkeypatch) -> None:
+    """The OOM killer, a signal: ``multiprocessing.Pool`` waited for ever for the lost chunk's result."""
+    import signal
+    import time
+
+    from orchestrator.errors import OrchestratorError
+
+    monkeypatch.setattr(processes, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(processes, "may_fork", lambda: True)
+    parent = os.getpid()
+
+    def work(orch, chunk):
+        if chunk[0] == 2 and os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return chunk[0]
+
+    started = time.monotonic()
+    with pytest.raises(OrchestratorError, match="ended abruptly"):
+        list(processes.in_chunks(None, work, [[1], [2], [3]], 3, processes=2))
+    assert time.monotonic() - started < 30
+    assert list(processes.in_chunks(None, work, [[1], [3]], 2, processes=2)) == [1, 3]  # in order, and again
