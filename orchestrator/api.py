@@ -30,7 +30,7 @@ from orchestrator.security import shown, validate_id
 from orchestrator.signing import UNKNOWN_KEY, Keyring, canonical, is_key_id, load_keyring
 from orchestrator.leases import lease_expiry
 from orchestrator.state import RUNNING, Event, JobState, apply
-from orchestrator.store.base import EventStore, Head, StoredLine
+from orchestrator.store.base import HEADS_AREA, EventStore, Head, StoredLine
 
 if TYPE_CHECKING:
     from orchestrator.queue import QueueIndex
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HEADS_AREA = "heads"
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
@@ -326,8 +325,10 @@ class Orchestrator:
 
         With ``states``, only the jobs the jobs cache (``projection``, brought up to date first: only the jobs
         changed since are read) says are in one of them are read, each verified as ``status`` reads it and its
-        state checked again: a stale or edited row can leave a job out of no listing it belongs in (a job that
-        changed has a new fingerprint, and is read), and puts none in a listing it does not belong in."""
+        state checked again: no row puts a job in a listing it does not belong in, and a job that changed since
+        the cache was written has a new fingerprint and is read again. A row edited by hand (the cache is not
+        signed) can leave a job out, as it can skew a figure of ``metrics``; ``--rebuild`` of ``metrics``, or
+        deleting the cache, makes it anew."""
         wanted, of_kinds = set(states or ()), set(kinds or ())
         listed = self._jobs_in(wanted) if wanted else list(self.store.job_ids())
         out = [JobStatus.from_view(view) for view in self.removed_jobs(listed)] if not (wanted or of_kinds) else []

@@ -24,6 +24,7 @@ from orchestrator.errors import (ConcurrencyError, HandlerNotFoundError, Invalid
                                  KeyNotTrustedError)
 from orchestrator.handlers import lookup, registry_generation
 from orchestrator.history import submitted_kind
+from orchestrator.limits import keep_latest
 from orchestrator.outcome import Claim
 from orchestrator.queue import ReadyEntry
 from orchestrator.recovery import reload_keys
@@ -46,14 +47,6 @@ LOOKUP_RETRY_SECONDS = 5.0  # a kind with no handler here (its module failed to 
 FAILED_LOOKUPS_KEPT = 1024  # kinds remembered so (all forgotten when there are more)
 LEFT_QUEUED_KEPT = 16384  # queued jobs a worker remembers leaving for other workers (``LeftQueued``; ~3 MB at most),
 # and delayed jobs it read and found of its kinds (``Claimer._of_my_kinds``)
-
-
-def keep_latest(memory: OrderedDict[Any, Any], key: Any, value: Any, kept: int) -> None:
-    """Put ``key`` in ``memory`` as the latest met, forgetting the oldest beyond ``kept`` (most likely done with)."""
-    memory[key] = value
-    memory.move_to_end(key)
-    while len(memory) > kept:
-        memory.popitem(last=False)
 
 
 class LeftQueued:

@@ -251,7 +251,8 @@ def _status_text(st: Any) -> str:
 
 
 def job_kinds(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
-    """``--kind`` values are job kinds (exit 2 here; the same from ORCH_WORKER_KINDS is a bad setting, exit 3)."""
+    """``--kind`` values (``worker``, ``status --all``) are job kinds: exit 2 here (the same from ORCH_WORKER_KINDS is a
+    bad setting, exit 3)."""
     for kind in value:
         if not is_kind(kind):
             raise click.BadParameter(f"a job kind is 1 to {MAX_KIND_LENGTH} characters, not {shown(kind)}")

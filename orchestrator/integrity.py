@@ -105,8 +105,7 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
         report.events += part.events
         report.problems.extend(part.problems)
         report.warnings.extend(part.warnings)
-        if progress and (done + part.streams) // 1000 > done // 1000:
-            progress(done + part.streams)
+        processes_.report_thousands(progress, done, done + part.streams)
         done += part.streams
     for jid, rest in sorted(claims.items()):  # entries naming jobs that have no events at all
         _cross_check(report, jid, None, rest)

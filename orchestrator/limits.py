@@ -7,6 +7,7 @@ recursion, turns it into the input's own error code instead of a crash.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from typing import IO, Any
 
 MAX_INPUT_BYTES = 1024 * 1024  # a job's input, as canonical JSON; also a file it is read from (submit --input-file)
@@ -46,6 +47,15 @@ def is_kind(value: Any) -> bool:
     """Whether ``value`` can be a job's kind: a text of 1 to ``MAX_KIND_LENGTH`` characters (a submit's, a worker's
     ``--kind``)."""
     return isinstance(value, str) and 0 < len(value) <= MAX_KIND_LENGTH
+
+
+def keep_latest(memory: OrderedDict[Any, Any], key: Any, value: Any, kept: int) -> None:
+    """Put ``key`` in ``memory`` as the latest met, forgetting the oldest beyond ``kept`` (most likely done with): the
+    bounded memories of a worker (``claiming``, ``untrusted``)."""
+    memory[key] = value
+    memory.move_to_end(key)
+    while len(memory) > kept:
+        memory.popitem(last=False)
 
 
 def read_at_most(source: IO[bytes], limit: int) -> bytes | None:

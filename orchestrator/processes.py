@@ -4,7 +4,7 @@
 project that is minutes of one core while the others idle. ``in_chunks`` hands chunks of the work to a pool of
 forked processes (each a copy of the caller, with its keyring and store: a PostgreSQL store opens connections of
 its own in a child, ``PostgresStore._after_fork_in_child``) and yields their results in order, so the caller
-builds the same result as from one process. Below ``PARALLEL_FROM`` jobs the pool's start (~50 ms) is not worth
+builds the same result as from one process. Below ``PARALLEL_FROM`` jobs the pool's start (~10 ms) is not worth
 it. Children only read; whatever is written (healed audit entries, the cache) is written by the caller.
 """
 from __future__ import annotations
@@ -35,6 +35,13 @@ def usable_cpus() -> int:
 
 def chunked(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def report_thousands(progress: Callable[[int], None] | None, before: int, after: int) -> None:
+    """``progress(after)`` when counting from ``before`` to ``after`` jobs passed a multiple of 1,000: what the long
+    commands print, whether the jobs came one by one or a chunk at a time."""
+    if progress and after // 1000 > before // 1000:
+        progress(after)
 
 
 def _leave_interrupts_to_the_caller() -> None:

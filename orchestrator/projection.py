@@ -16,8 +16,9 @@ has an entry too, with its fingerprint and in no state (``NOT_A_JOB``, counted n
 an unchanged listing still matches the cache. Every section's length is checked before use, so a
 damaged file is just rebuilt; a cache that cannot be read is rebuilt too, and one that cannot be
 written is a warning, never a failed command. It is derived (ADR: events > audit log > caches):
-delete it at any time, or pass ``--rebuild``, and the next refresh recomputes it. Rows are never
-trusted for anything but figures: no job is run or changed because of a row.
+delete it at any time, or pass ``--rebuild``, and the next refresh recomputes it. Rows are trusted only
+for figures and to pick the jobs ``status --all --state`` reads (each verified, its state checked again):
+no job is run or changed because of a row.
 """
 from __future__ import annotations
 
@@ -323,8 +324,7 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
             rows[job_id] = row
             changed += row is not None
         unaudited.extend(found)
-        if progress and changed // 1000 > before // 1000:
-            progress(changed)
+        processes.report_thousands(progress, before, changed)
     cols = Columns()
     for job_id, i, size, mtime in zip(ids, kept, sizes, mtimes):
         if job_id not in rows:

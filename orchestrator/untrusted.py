@@ -24,6 +24,7 @@ from collections import OrderedDict
 from typing import Hashable
 
 from orchestrator.errors import KeyNotTrustedError
+from orchestrator.limits import keep_latest
 from orchestrator.queue import ReadyEntry
 from orchestrator.signing import Keyring
 
@@ -64,10 +65,7 @@ class UntrustedJobs:
         """Remember that the job at index entry ``mark`` was left for want of keys ``kids`` (read under the keys
         trusted now), and warn once for each key not warned of before."""
         self._check_trust()
-        self._left[mark] = kids
-        self._left.move_to_end(mark)
-        while len(self._left) > LEFT_KEPT:
-            self._left.popitem(last=False)
+        keep_latest(self._left, mark, kids, LEFT_KEPT)
         self._count(mark, job_id, kids)
         folders = ", ".join(self.keyring.folders) or "none: a keyring made in memory"
         for kid in sorted(kids - self._warned):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 AUDIT_STREAM = "@audit"
+HEADS_AREA = "heads"  # aux area of each job's signed head record, keyed by its job id (``history.head_record``)
 
 
 @dataclass(frozen=True, slots=True)

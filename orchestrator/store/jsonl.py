@@ -22,7 +22,7 @@ from typing import Iterator
 from orchestrator import faults
 from orchestrator.errors import ConcurrencyError, IntegrityError, StorageError
 from orchestrator.security import is_id, validate_id
-from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
+from orchestrator.store.base import AUDIT_STREAM, HEADS_AREA, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
 from orchestrator.store.files import (check_folders, fsync_dir, make_folder, nofollow_opener, open_creating, path_error,
                                       refuse_link, remove_file, remove_strays, vacate, write_failure, write_new)
 
@@ -32,7 +32,7 @@ EVENTS_SUFFIX = ".events.jsonl"
 # Small records written on every append, heartbeat or audited action (head records, leases, audit
 # markers): a fixed 512-byte slot written in place (``JsonlStore._put_slot``), not a new file renamed
 # over the old one. Other areas (the metrics cache) keep replace-by-rename.
-SLOT_AREAS = frozenset({"heads", "leases", "audit-head", "audited"})
+SLOT_AREAS = frozenset({HEADS_AREA, "leases", "audit-head", "audited"})
 SLOT_BYTES = 512
 # The store's own folders under its root ("" is the root, ``.orchestrator``): checked once when the
 # store is opened (``check_folders``). A new area of ``put_aux`` belongs here too (a test walks a store).

@@ -27,11 +27,10 @@ import time
 from typing import Any, Collection
 
 from orchestrator import faults
-from orchestrator.api import HEADS_AREA
 from orchestrator.errors import StorageError
 from orchestrator.queue import IndexChange, QueueIndex, ReadyEntry
 from orchestrator.state import JobState
-from orchestrator.store.base import InTransaction, StoredLine
+from orchestrator.store.base import HEADS_AREA, InTransaction, StoredLine
 from orchestrator.store.postgres import PostgresStore, _driver, _line_bounds, connect
 
 log = logging.getLogger(__name__)
