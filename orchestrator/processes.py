@@ -80,7 +80,8 @@ def in_chunks(orch: Any, work: Callable[[Any, Any], R], chunks: Sequence[Any], j
         yield from pool.map(_run_in_child, chunks)
     except BrokenProcessPool:  # a child killed (the OOM killer, a signal): ``multiprocessing.Pool`` waited for ever
         raise OrchestratorError("a process reading the jobs ended abruptly (killed, or out of memory): run the "
-                                "command again, or with one process (verify --processes 1)") from None
+                                "command again, or read with one process (verify --processes 1, metrics --processes "
+                                "1: it also builds the jobs cache a first status --all --state reads)") from None
     except BaseException:  # Ctrl-C, an error of the caller's: the children's work is of no use any more
         for child in list(getattr(pool, "_processes", None) or {}):
             with contextlib.suppress(OSError):

@@ -288,12 +288,13 @@ class Refresh:
 
 
 def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
-            progress: Callable[[int], None] | None = None) -> Refresh:
+            progress: Callable[[int], None] | None = None, workers: int | None = None) -> Refresh:
     """Bring the cache up to date with the events and return every job's row.
 
     Jobs replayed here are also healed (a missing audit entry is written), as any command
     touching a job does. Many jobs to replay (a first refresh, a ``--rebuild``) are read by forked processes
-    (``orchestrator/processes.py``); this process builds the same cache from what they read, and heals.
+    (``orchestrator/processes.py``; ``workers``: how many, default the CPUs this process may use); this process
+    builds the same cache from what they read, and heals.
     """
     from orchestrator import audit
 
@@ -318,7 +319,8 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
     unaudited: list[Any] = []
     changed = 0
     for summaries, found in processes.in_chunks(orch, functools.partial(_summarized, heal=heal),
-                                                processes.chunked(stale, audit.HEAL_BATCH), len(stale)):
+                                                processes.chunked(stale, audit.HEAL_BATCH), len(stale),
+                                                processes=workers):
         before = changed
         for job_id, row in summaries:
             rows[job_id] = row

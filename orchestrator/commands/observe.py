@@ -59,6 +59,9 @@ def _threshold(name: str, kind: Any, help_text: str) -> Any:
 @click.option("--rebuild", is_flag=True, help="Ignore the projection cache and replay every job.")
 @click.option("--fail-on", type=click.Choice(["warning", "critical"]), default=None,
               help="Exit 12 (ALERTS_FIRING) when an alert of this severity or worse fires.")
+@click.option("--processes", type=click.IntRange(1, 256), default=None, envvar="ORCH_METRICS_PROCESSES",
+              show_envvar=True, help="Processes that replay the jobs when 2,000 or more must be (a first call, "
+                                     "--rebuild)  [default: the CPUs this process may use]")
 @_threshold("stall_grace", seconds(), "Seconds past lease expiry before a running job counts as stalled.")
 @_threshold("stalled_max", click.IntRange(min=0), "Alert STALLED_JOBS when stalled_count exceeds this.")
 @_threshold("resume_success_min", FiniteFloatRange(0, 1), "Alert RESUME_SUCCESS_LOW below this rate (0..1).")
@@ -68,7 +71,8 @@ def _threshold(name: str, kind: Any, help_text: str) -> Any:
 @_threshold("awaiting_audit_max", click.IntRange(min=0),
             "Alert AWAITING_AUDIT_BACKLOG above this many jobs awaiting audit.")
 @project_command
-def metrics(orch: Any, out: Output, fmt: str, rebuild: bool, fail_on: str | None, **limits: Any) -> int:
+def metrics(orch: Any, out: Output, fmt: str, rebuild: bool, fail_on: str | None, processes: int | None,
+            **limits: Any) -> int:
     """stalled_count, resume_success_rate, mean_converge_time, jobs per state, and alerts.
 
     Fast on large projects: per-job summaries are cached in projections/jobs-v2 (derived,
@@ -80,7 +84,8 @@ def metrics(orch: Any, out: Output, fmt: str, rebuild: bool, fail_on: str | None
     from orchestrator.errors import AlertsFiringError
     from orchestrator.projection import refresh
 
-    result = refresh(orch, rebuild=rebuild, progress=lambda n: out.progress(f"replayed {n} jobs..."))
+    result = refresh(orch, rebuild=rebuild, progress=lambda n: out.progress(f"replayed {n} jobs..."),
+                     workers=processes)
     note_missing_store(orch, out)
     figures = m.compute(orch.project_id, result.columns, orch.clock(), m.Thresholds.from_env(**limits),
                         renewed_lease=orch.lease_expiry)

@@ -1,6 +1,7 @@
 """``verify`` of a large project checks its jobs in several forked processes: the same report as one process gives."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -11,7 +12,7 @@ import jobstates as js
 from orchestrator import Orchestrator, audit, integrity, processes, projection
 from orchestrator.errors import StorageError
 from orchestrator.integrity import verify_project
-from orchestrator.signing import Keyring
+from orchestrator.signing import Keyring, load_keyring
 
 from backends import BACKENDS, with_raw_access
 
@@ -203,3 +204,38 @@ def test_a_checking_process_killed_mid_chunk_is_an_error_not_a_wait_for_ever(mon
         list(processes.in_chunks(None, work, [[1], [2], [3]], 3, processes=2))
     assert time.monotonic() - started < 30
     assert list(processes.in_chunks(None, work, [[1], [3]], 2, processes=2)) == [1, 3]  # in order, and again
+
+
+def _metrics(env: dict[str, str], *args: str, **extra: str):
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    return CliRunner().invoke(cli, ["metrics", "--json", *args], env={**env, **extra})
+
+
+@pytest.mark.parametrize("how", [("--processes", "1"), ("ORCH_METRICS_PROCESSES", "1"), ("--processes", "2")])
+def test_metrics_replays_in_as_many_processes_as_it_is_told(cli_env: dict[str, str], monkeypatch, small_chunks: Path,
+                                                             how: tuple[str, str]) -> None:
+    """``metrics --processes N`` (``ORCH_METRICS_PROCESSES``), as ``verify``: one process on a shared machine, or as
+    many as wanted; the figures are the same."""
+    keyring = load_keyring(cli_env, announce=False)
+    orch = Orchestrator(base_path=cli_env["BASE_PATH"], project_id="proj", keyring=keyring)
+    for i in range(5):
+        orch.submit("t.echo", i)
+    monkeypatch.setattr(audit, "HEAL_BATCH", 2)  # the chunks a refresh hands out
+    monkeypatch.setattr(processes, "usable_cpus", lambda: 2)  # the default would fork
+    option, value = how
+    result = (_metrics(cli_env, "--rebuild", option, value) if option.startswith("--")
+              else _metrics(cli_env, "--rebuild", **{option: value}))
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output)
+    assert figures["replayed"] == 5 and figures["counts"]["queued"] == 5
+    readers = {p.name for p in small_chunks.iterdir()}
+    assert (readers == {str(os.getpid())}) is (value == "1"), readers
+
+
+@pytest.mark.parametrize("value", ["0", "257", "many"])
+def test_metrics_refuses_a_count_of_processes_that_is_not_one_to_256(cli_env: dict[str, str], value: str) -> None:
+    for result in (_metrics(cli_env, "--processes", value), _metrics(cli_env, ORCH_METRICS_PROCESSES=value)):
+        assert result.exit_code == 2 and "processes" in result.output.lower(), result.output
