@@ -2,8 +2,9 @@
 
 One row per job, computed by replaying that job's verified events, stored with the
 *fingerprint* of the job's events file (size and mtime in nanoseconds on the file backend;
-the event count elsewhere). A refresh lists the fingerprints (one directory listing and one
-``stat`` per file; no events file is opened) and replays only the jobs whose fingerprint
+the event count elsewhere: ``EventStore.fingerprints``). A refresh lists the fingerprints (on files
+one directory listing and one ``stat`` per file, on PostgreSQL every stream's head; no job is read) and
+replays only the jobs whose fingerprint
 changed or that have no row. Append-only files only grow, so a changed job always changes its
 size; the mtime also catches a file rewritten to the same size.
 
@@ -26,9 +27,7 @@ import functools
 import json
 import logging
 import math
-import os
 import sys
-from stat import S_ISDIR
 from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -237,42 +236,9 @@ def summarize(view: "JobView") -> Row:
 
 
 def scan(orch: "Orchestrator") -> tuple[list[str], array, array]:
-    """Every job's id and fingerprint (two integers), without opening any events file when possible."""
-    store = orch.store
-    if getattr(store, "jobs_dir", None) is not None:
-        return _scan_dir(store.jobs_dir)
-    fps = {job_id: len(store.read(job_id)) for job_id in store.job_ids()}  # slow generic fallback
-    return list(fps), array("q", fps.values()), array("q", (0 for _ in fps))
-
-
-def _scan_dir(jobs_dir: os.PathLike[str] | str) -> tuple[list[str], array, array]:
-    from orchestrator.store.files import path_error
-    from orchestrator.store.jsonl import EVENTS_SUFFIX
-
-    ids: list[str] = []
-    sizes, mtimes = array("q"), array("q")
-    try:
-        dir_fd = os.open(jobs_dir, os.O_RDONLY | os.O_DIRECTORY)
-    except FileNotFoundError:
-        return ids, sizes, mtimes
-    except OSError as exc:
-        raise path_error(exc) from None
-    try:
-        stat, cut = os.stat, -len(EVENTS_SUFFIX)
-        # listdir + stat relative to the open folder: ~25% faster than scandir's DirEntry.stat
-        for name in os.listdir(dir_fd):
-            if name.endswith(EVENTS_SUFFIX):
-                try:
-                    st = stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if st.st_size and not S_ISDIR(st.st_mode):  # a link is listed: its read reports PATH_ESCAPE
-                    ids.append(name[:cut])
-                    sizes.append(st.st_size)
-                    mtimes.append(st.st_mtime_ns)
-    finally:
-        os.close(dir_fd)
-    return ids, sizes, mtimes
+    """Every job's id and fingerprint (two integers), without reading any job where the store can
+    (``EventStore.fingerprints``)."""
+    return orch.store.fingerprints()
 
 
 @dataclass

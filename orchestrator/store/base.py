@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from abc import ABC, abstractmethod
+from array import array
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
@@ -145,6 +146,14 @@ class EventStore(ABC):
     @abstractmethod
     def job_ids(self) -> Iterator[str]:
         """Every job stream that holds at least one line, in no particular order."""
+
+    def fingerprints(self) -> tuple[list[str], "array[int]", "array[int]"]:
+        """Every job stream holding a line, with two numbers that change whenever it is appended to (the jobs cache,
+        ``projection``, replays only the jobs whose numbers changed): ``(ids, first, second)``, in an order that
+        stays the same while no job is added. Default: ``job_ids`` and each stream's line count (one read per job);
+        files give size and mtime without opening any file, PostgreSQL every stream's head in a few round trips."""
+        ids = list(self.job_ids())
+        return ids, array("q", (len(self.read(job_id)) for job_id in ids)), array("q", bytes(8 * len(ids)))
 
     def has_jobs(self) -> bool:
         """Whether any job stream holds a line; stops at the first one it meets."""

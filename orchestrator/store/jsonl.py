@@ -16,7 +16,9 @@ import json
 import logging
 import os
 import time
+from array import array
 from pathlib import Path
+from stat import S_ISDIR
 from typing import Iterator
 
 from orchestrator import faults
@@ -380,6 +382,35 @@ class JsonlStore(EventStore):
             refuse_link(path, exc)
             raise path_error(exc) from None
         return _slot_record(data)
+
+    def fingerprints(self) -> tuple[list[str], "array[int]", "array[int]"]:
+        """See ``EventStore.fingerprints``: each events file's size and mtime (ns), by one listing of the jobs folder
+        and a ``stat`` per file; no file is opened. Every non-empty ``*.events.jsonl`` is listed, a symbolic link
+        too (its read reports ``PATH_ESCAPE``): the jobs cache keeps an entry for a file that holds no job."""
+        ids: list[str] = []
+        sizes, mtimes = array("q"), array("q")
+        try:
+            dir_fd = os.open(self._jobs_s, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return ids, sizes, mtimes
+        except OSError as exc:
+            raise path_error(exc) from None
+        try:
+            stat, cut = os.stat, -len(EVENTS_SUFFIX)
+            # listdir + stat relative to the open folder: ~25% faster than scandir's DirEntry.stat
+            for name in os.listdir(dir_fd):
+                if name.endswith(EVENTS_SUFFIX):
+                    try:
+                        st = stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if st.st_size and not S_ISDIR(st.st_mode):
+                        ids.append(name[:cut])
+                        sizes.append(st.st_size)
+                        mtimes.append(st.st_mtime_ns)
+        finally:
+            os.close(dir_fd)
+        return ids, sizes, mtimes
 
     def job_ids(self) -> Iterator[str]:
         try:

@@ -43,6 +43,7 @@ import os
 import select
 import threading
 import weakref
+from array import array
 from typing import Any, Callable, Collection, Iterator
 from urllib.parse import urlsplit
 
@@ -91,6 +92,8 @@ _READ_SLICE = ("SELECT substring(line FROM %s FOR %s), octet_length(line) FROM o
                "WHERE project = %s AND stream = %s AND seq = %s")
 _JOB_IDS = ("SELECT stream FROM orch_streams WHERE project = %s AND seq > 0 AND stream <> %s AND stream > %s "
             "ORDER BY stream LIMIT %s")
+_JOB_HEADS = ("SELECT stream, seq FROM orch_streams WHERE project = %s AND seq > 0 AND stream <> %s AND stream > %s "
+              "ORDER BY stream LIMIT %s")
 _AUX_KEYS = "SELECT key FROM orch_aux WHERE project = %s AND area = %s AND key > %s ORDER BY key LIMIT %s"
 
 
@@ -429,6 +432,13 @@ class PostgresStore(EventStore):
     def job_ids(self) -> Iterator[str]:
         """In id order, ``READ_CHUNK_ROWS`` per round trip."""
         return iter([r[0] for r in self._chunked(_JOB_IDS, (self.project, AUDIT_STREAM), after="")])
+
+    def fingerprints(self) -> tuple[list[str], "array[int]", "array[int]"]:
+        """See ``EventStore.fingerprints``: every job stream's head (its line count; the second number 0), from
+        ``orch_streams`` in id order, ``READ_CHUNK_ROWS`` per round trip; no job's lines are read. (Until 2026-12-02
+        the jobs cache read every job whole for its count: a warm ``metrics`` of 2,000 jobs took ~0.47 s.)"""
+        rows = self._chunked(_JOB_HEADS, (self.project, AUDIT_STREAM), after="")
+        return [r[0] for r in rows], array("q", (r[1] for r in rows)), array("q", bytes(8 * len(rows)))
 
     def has_jobs(self) -> bool:
         return bool(self._run(lambda conn: conn.execute(

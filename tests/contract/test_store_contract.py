@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+from array import array
 from pathlib import Path
 from typing import Callable
 
@@ -138,6 +139,22 @@ def test_streams_are_independent_and_job_ids_lists_job_streams_only(store: Event
     append(store, AUDIT_STREAM, "audit entry")
     assert sorted(store.job_ids()) == ["job-1", "job-2"]
     assert len(store.read("job-2")) == 2 and len(store.read(AUDIT_STREAM)) == 1
+
+
+def test_fingerprints_list_the_job_streams_and_change_when_one_is_appended_to(store: EventStore) -> None:
+    """What the jobs cache (``projection``) compares to replay only the jobs that changed since it was written."""
+    assert store.fingerprints() == ([], array("q"), array("q"))
+    append(store, "job-1", "a")
+    append(store, "job-2", "b", "c")
+    append(store, AUDIT_STREAM, "audit entry")
+    ids, first, second = store.fingerprints()
+    assert sorted(ids) == ["job-1", "job-2"] and len(first) == len(second) == 2
+    before = dict(zip(ids, zip(first, second)))
+    assert store.fingerprints() == (ids, first, second)  # the same order while nothing is added
+    append(store, "job-1", "d", expected=1)
+    ids, first, second = store.fingerprints()
+    after = dict(zip(ids, zip(first, second)))
+    assert after["job-1"] != before["job-1"] and after["job-2"] == before["job-2"]
 
 
 def test_concurrent_appends_with_expected_sequence_never_fork_the_stream(store: EventStore) -> None:
