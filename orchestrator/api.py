@@ -323,29 +323,46 @@ class Orchestrator:
         """Every job's status, oldest first, optionally only those in ``states`` and of ``kinds``; a job whose
         events were all removed is listed too when nothing is filtered (no state, no kind, its integrity error).
 
-        With ``states``, only the jobs the jobs cache (``projection``, brought up to date first: only the jobs
-        changed since are read) says are in one of them are read, each verified as ``status`` reads it and its
-        state checked again: no row puts a job in a listing it does not belong in, and a job that changed since
+        With ``states`` or ``kinds``, only the jobs the jobs cache (``projection``, brought up to date first: only
+        the jobs changed since are read) says are in one of them and of one of them (or whose kind its row does not
+        know: a cache written before rows had kinds) are read, each verified as ``status`` reads it and its state
+        and kind checked again: no row puts a job in a listing it does not belong in, and a job that changed since
         the cache was written has a new fingerprint and is read again. A row edited by hand (the cache is not
         signed) can leave a job out, as it can skew a figure of ``metrics``; ``--rebuild`` of ``metrics``, or
         deleting the cache, makes it anew."""
         wanted, of_kinds = set(states or ()), set(kinds or ())
-        listed = self._jobs_in(wanted) if wanted else list(self.store.job_ids())
-        out = [JobStatus.from_view(view) for view in self.removed_jobs(listed)] if not (wanted or of_kinds) else []
-        for job_id in listed:
-            st = self.status(job_id)
-            if (not wanted or st.state in wanted) and (not of_kinds or st.kind in of_kinds):
-                out.append(st)
+        if wanted or of_kinds:
+            out = self._jobs_matching(wanted, of_kinds)
+        else:  # every job, and those whose events were all removed
+            listed = list(self.store.job_ids())
+            out = [JobStatus.from_view(view) for view in self.removed_jobs(listed)] + [self.status(j) for j in listed]
         out.sort(key=lambda s: (s.submitted_at or "", s.job_id))
         return out
 
-    def _jobs_in(self, states: set[str]) -> list[str]:
-        """The jobs whose row in the jobs cache names one of ``states`` (the cache refreshed, not healed: a read)."""
+    def _jobs_matching(self, states: set[str], kinds: set[str]) -> list[JobStatus]:
+        """``jobs`` with a filter: the rows of the jobs cache (refreshed, not healed: a read) that name one of
+        ``states`` (any, when empty) and one of ``kinds`` (any, when empty; a row that knows no kind is taken), each
+        job then read and checked. The kinds a row did not know are noted in the cache (``learn_kinds``)."""
         from orchestrator import projection
 
         cols = projection.refresh(self, heal=False).columns
-        codes = {projection.STATE_CODE[s] for s in states if s in projection.STATE_CODE}
-        return [job_id for job_id, code in zip(cols.ids, cols.state) if code in codes]
+        codes = ({projection.STATE_CODE[s] for s in states if s in projection.STATE_CODE} if states
+                 else set(range(len(projection.STATES))) | {projection.NO_STATE})
+        kind_codes = ({code for code, kind in enumerate(cols.kinds, 1) if kind in kinds} | {projection.UNKNOWN_KIND}
+                      if kinds else None)
+        out: list[JobStatus] = []
+        learned: dict[int, str] = {}  # row -> the kind of a job its row did not know (a cache older than kinds)
+        for i, (code, kind) in enumerate(zip(cols.state, cols.kind)):
+            if code not in codes or (kind_codes is not None and kind not in kind_codes):
+                continue
+            st = self.status(cols.ids[i])
+            if (not states or st.state in states) and (not kinds or st.kind in kinds):
+                out.append(st)
+            if kind == projection.UNKNOWN_KIND and st.kind is not None:
+                learned[i] = st.kind
+        if learned:
+            projection.learn_kinds(self, cols, learned)
+        return out
 
     # -- writing ----------------------------------------------------------------------------
     def append(self, view: JobView | None, job_id: str, new: Sequence[tuple[str, dict[str, Any]]], *,

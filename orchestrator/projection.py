@@ -41,8 +41,12 @@ from orchestrator.state import CANCELLED, FAILED, STATES, SUCCEEDED, WAITING_HUM
 if TYPE_CHECKING:
     from orchestrator.api import JobView, Orchestrator
 
-AREA, KEY, VERSION = "projections", "jobs-v2", 4
-READABLE = (3, VERSION)  # format 3 is format 4 with no NOT_A_JOB entry: read as it is, not rebuilt
+AREA, KEY, VERSION = "projections", "jobs-v2", 5
+# format 3 is format 4 with no NOT_A_JOB entry, and 4 is 5 without kinds: read as they are (their rows' kinds
+# unknown), not rebuilt; a listing by kind reads a job whose kind its row does not know
+READABLE = (3, 4, VERSION)
+KINDLESS = (3, 4)
+UNKNOWN_KIND = 0  # kind code of a row that does not know its job's kind; the others are 1 + an index into ``kinds``
 OLD_KEYS = ("jobs-v1",)  # earlier formats, removed when the new cache is written
 NO_STATE = 255  # state code of a job with no valid first event
 NOT_A_JOB = 254  # state code of a listed file holding no event (format 4): no job, but part of the listing
@@ -65,6 +69,7 @@ class Row(NamedTuple):
     resumes_ok: int  # resumes after which the job next reached succeeded
     resumes_failed: int  # resumes after which it asked again, failed or was cancelled
     runs: list[str]  # run ids, oldest first
+    kind: str | None = None  # the kind submitted
 
 
 def _f(value: float | None) -> float:
@@ -80,7 +85,8 @@ class Columns:
 
     ``size``/``mtime`` are the fingerprint the row was computed from; times are ``NaN`` when
     absent; ``state`` holds an index into ``STATES`` (``NO_STATE`` for none); ``runs`` holds each
-    job's run ids joined by spaces (ids never contain one).
+    job's run ids joined by spaces (ids never contain one); ``kind`` holds 1 + an index into ``kinds``
+    (each kind once, stored in the header as JSON: a kind may be any text), ``UNKNOWN_KIND`` for none.
     """
 
     NUMERIC = (("size", "q"), ("mtime", "q"), ("submitted", "d"), ("updated", "d"), ("final", "d"),
@@ -93,6 +99,22 @@ class Columns:
         self.runs: list[str] = []
         for name, code in self.NUMERIC:
             setattr(self, name, array(code))
+        self.kind = array("I")
+        self.kinds: list[str] = []
+        self._kind_codes: dict[str, int] = {}
+
+    def _kind_code(self, kind: str | None) -> int:
+        if kind is None:
+            return UNKNOWN_KIND
+        code = self._kind_codes.get(kind)
+        if code is None:
+            self.kinds.append(kind)
+            code = self._kind_codes[kind] = len(self.kinds)
+        return code
+
+    def kind_of(self, i: int) -> str | None:
+        code = self.kind[i]
+        return None if code == UNKNOWN_KIND else self.kinds[code - 1]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -110,6 +132,7 @@ class Columns:
         self.resumes_ok.append(row.resumes_ok)
         self.resumes_failed.append(row.resumes_failed)
         self.runs.append(" ".join(row.runs))
+        self.kind.append(self._kind_code(row.kind))
 
     def add_not_a_job(self, name: str, fp: tuple[int, int]) -> None:
         """A listed file that holds no event: kept with its fingerprint, so that an unchanged listing
@@ -129,6 +152,7 @@ class Columns:
         self.runs.append(other.runs[i])
         for name, _ in self.NUMERIC:
             getattr(self, name).append(getattr(other, name)[i])
+        self.kind.append(self._kind_code(other.kind_of(i)))
 
     def row(self, i: int) -> Row:
         code = self.state[i]
@@ -136,7 +160,7 @@ class Columns:
                    submitted_at=_opt(self.submitted[i]), updated_at=_opt(self.updated[i]),
                    final_at=_opt(self.final[i]), lease_expires_at=_opt(self.lease[i]),
                    resumes_ok=self.resumes_ok[i], resumes_failed=self.resumes_failed[i],
-                   runs=self.runs[i].split() if self.runs[i] else [])
+                   runs=self.runs[i].split() if self.runs[i] else [], kind=self.kind_of(i))
 
     @classmethod
     def from_rows(cls, rows: Iterable[Row]) -> "Columns":
@@ -148,7 +172,8 @@ class Columns:
     def dump(self) -> bytes:
         sections = ["\n".join(self.ids).encode(), bytes(self.state), bytes(self.ok), "\n".join(self.runs).encode()]
         sections += [getattr(self, name).tobytes() for name, _ in self.NUMERIC]
-        header = {"version": VERSION, "n": len(self.ids), "byteorder": sys.byteorder,
+        sections.append(self.kind.tobytes())
+        header = {"version": VERSION, "n": len(self.ids), "byteorder": sys.byteorder, "kinds": self.kinds,
                   "lengths": [len(s) for s in sections]}
         return json.dumps(header, separators=(",", ":")).encode() + b"\n" + b"".join(sections)
 
@@ -162,7 +187,11 @@ class Columns:
                     and header.get("byteorder") == sys.byteorder):
                 return None
             n, lengths = header["n"], header["lengths"]
-            if (not isinstance(n, int) or not isinstance(lengths, list) or len(lengths) != 4 + len(cls.NUMERIC)
+            kindless = header["version"] in KINDLESS
+            kinds = [] if kindless else header["kinds"]
+            if (not isinstance(n, int) or not isinstance(lengths, list)
+                    or len(lengths) != 4 + len(cls.NUMERIC) + (0 if kindless else 1)
+                    or not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds)
                     or not all(isinstance(x, int) and x >= 0 for x in lengths)
                     or end + 1 + sum(lengths) != len(data)):
                 return None
@@ -176,11 +205,19 @@ class Columns:
             cols.runs = parts[3].decode().split("\n") if n else []
             for (name, _), raw in zip(cls.NUMERIC, parts[4:]):
                 getattr(cols, name).frombytes(raw)
+            if kindless:
+                cols.kind.frombytes(bytes(cols.kind.itemsize * n))  # every row's kind unknown
+            else:
+                cols.kind.frombytes(parts[-1])
+            cols.kinds = kinds
+            cols._kind_codes = {kind: code for code, kind in enumerate(kinds, 1)}
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
             return None  # a damaged cache is just rebuilt
-        columns = [cols.ids, cols.state, cols.ok, cols.runs, *(getattr(cols, name) for name, _ in cls.NUMERIC)]
+        columns = [cols.ids, cols.state, cols.ok, cols.runs, cols.kind, *(getattr(cols, name) for name, _ in cls.NUMERIC)]
         if any(len(c) != n for c in columns) or cols.state.translate(None, _KNOWN_CODES):
             return None  # a column of the wrong length, or a state code that names no state
+        if max(cols.kind, default=UNKNOWN_KIND) > len(kinds) or len(cols._kind_codes) != len(kinds):
+            return None  # a kind code that names no kind, or a kind listed twice
         return cols
 
 
@@ -232,7 +269,7 @@ def summarize(view: "JobView") -> Row:
     return Row(state=s.state if s else None, ok=view.ok, submitted_at=s.submitted_at if s else None,
                updated_at=s.updated_at if s else None, final_at=final_at,
                lease_expires_at=s.lease_expires_at if s and s.state == "running" else None,
-               resumes_ok=ok, resumes_failed=failed, runs=runs)
+               resumes_ok=ok, resumes_failed=failed, runs=runs, kind=s.kind if s else None)
 
 
 def scan(orch: "Orchestrator") -> tuple[list[str], array, array]:
@@ -369,6 +406,21 @@ def _write(orch: "Orchestrator", cols: Columns) -> list[dict[str, str]]:
         log.warning(message, extra={"area": AREA, "key": KEY})
         return [{"code": "CACHE_NOT_WRITTEN", "message": message}]
     return []
+
+
+def learn_kinds(orch: "Orchestrator", cols: Columns, kinds: Mapping[int, str]) -> None:
+    """Note in the cache the kinds of jobs whose rows did not know them (a cache of format 3 or 4: an upgrade
+    replays nothing), read meanwhile (each verified) by a listing by kind, which need not read them again. A job's
+    kind is its first event's and never changes, so it is right whatever the row's fingerprint. Written only when a
+    row learned something (``kinds``: row -> kind); a cache that cannot be written stays as it was (``_write`` logs
+    why)."""
+    learned = False
+    for i, kind in kinds.items():
+        if cols.kind[i] == UNKNOWN_KIND:
+            cols.kind[i] = cols._kind_code(kind)
+            learned = True
+    if learned:
+        _write(orch, cols)
 
 
 def job_of_run(orch: "Orchestrator", run_id: str) -> str | None:

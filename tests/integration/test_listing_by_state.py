@@ -70,6 +70,45 @@ def test_a_warm_jobs_cache_reads_no_jobs_lines_on_any_backend(orch: Orchestrator
     assert projection.refresh(orch).replayed == 1 and set(read) == {jobs[1]}  # the job that changed, alone
 
 
+def test_listing_by_kind_reads_only_the_jobs_of_that_kind(orch: Orchestrator, monkeypatch) -> None:
+    """``status --all --kind K`` (with or without ``--state``): the cache's kind column picks the jobs, as the state
+    column does; before, a listing by kind alone read every job of the project."""
+    echoes = [orch.submit("t.echo", i) for i in range(6)]
+    reports = [orch.submit("report", i) for i in range(2)]
+    failed = failed_job(orch)  # t.echo
+    orch.cancel(reports[0], "not needed")
+    assert {s.job_id for s in orch.jobs(kinds=["report"])} == set(reports)  # the cache made (every job read once)
+    read: list[str] = []
+    real = orch.load
+    monkeypatch.setattr(orch, "load", lambda job_id, **kw: read.append(job_id) or real(job_id, **kw))
+    assert {s.job_id for s in orch.jobs(kinds=["report"])} == set(reports) and sorted(read) == sorted(reports)
+    read.clear()
+    assert [s.job_id for s in orch.jobs(["failed"], kinds=["t.echo"])] == [failed] and read == [failed]
+    read.clear()
+    assert [s.job_id for s in orch.jobs(["queued"], kinds=["report"])] == [reports[1]] and read == [reports[1]]
+    read.clear()
+    assert {s.job_id for s in orch.jobs(kinds=["t.echo", "nothing"])} == {*echoes, failed} and len(read) == 7
+    assert orch.jobs(kinds=["nothing"]) == []
+
+
+def test_a_row_that_names_another_kind_does_not_list_the_job(orch: Orchestrator, monkeypatch) -> None:
+    """A row is only a hint: each job listed is read and its kind checked again."""
+    jobs = [orch.submit("t.echo", i) for i in range(3)]
+    projection.refresh(orch)
+    real = projection.Columns.load
+
+    def every_row_says_report(data: bytes):
+        cols = real(data)
+        cols.kinds[:] = ["report"] * len(cols.kinds)
+        return cols
+
+    monkeypatch.setattr(projection.Columns, "load", staticmethod(every_row_says_report))
+    assert orch.jobs(kinds=["report"]) == []
+    assert {s.job_id for s in orch.jobs(kinds=["t.echo"])} == set()  # the rows hide them: as documented
+    monkeypatch.undo()
+    assert {s.job_id for s in orch.jobs(kinds=["t.echo"])} == set(jobs)
+
+
 def test_a_row_that_names_another_state_does_not_list_the_job(orch: Orchestrator, monkeypatch) -> None:
     """The cache is derived and may be edited or stale: what is listed is each job's verified state."""
     jobs = [orch.submit("t.echo", i) for i in range(3)]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import shutil
 
 import pytest
@@ -251,7 +252,7 @@ def _mixed_project(orch: Orchestrator) -> list[str]:
     js.finish(orch, ids[0], "job_succeeded", {"summary": "done"})
     ids += [js.running(orch, run_id="r3", lease="2020-01-01T00:00:00.000000Z"), orch.submit("echo", {"x": 1})]
     orch.cancel(ids[-1], "no longer needed")
-    ids.append(orch.submit("echo", {"x": 2}))
+    ids.append(orch.submit("report", {"x": 2}))  # another kind
     return ids
 
 
@@ -277,7 +278,8 @@ def test_nothing_changed_reads_the_cache_without_rewriting_it(orch: Orchestrator
     assert refresh(orch).replayed == 0 and writes == []
 
 
-@pytest.mark.parametrize("damage", ["truncated", "bad_state_code", "old_version", "garbage"])
+@pytest.mark.parametrize("damage", ["truncated", "bad_state_code", "bad_kind_code", "kind_listed_twice",
+                                    "old_version", "garbage"])
 def test_a_damaged_columns_cache_is_rebuilt_and_never_gives_wrong_figures(orch: Orchestrator, damage: str) -> None:
     ids = _mixed_project(orch)
     good = refresh(orch)
@@ -290,8 +292,15 @@ def test_a_damaged_columns_cache_is_rebuilt_and_never_gives_wrong_figures(orch: 
         meta = json.loads(header)
         state_at = len(header) + 1 + meta["lengths"][0]
         data = data[:state_at] + b"\x07" + data[state_at + 1:]  # 7 names no state
+    elif damage == "bad_kind_code":  # the last section: a kind code per job, 4 bytes each
+        meta = json.loads(header)
+        data = data[:-4] + (len(meta["kinds"]) + 1).to_bytes(4, sys.byteorder)  # names no kind
+    elif damage == "kind_listed_twice":
+        meta = json.loads(header)
+        meta["kinds"] = [meta["kinds"][0]] * len(meta["kinds"])
+        data = json.dumps(meta, separators=(",", ":")).encode() + b"\n" + body
     elif damage == "old_version":
-        data = header.replace(b'"version":4', b'"version":2') + b"\n" + body
+        data = header.replace(b'"version":5', b'"version":2') + b"\n" + body
     else:
         data = b"\x00\xff" * 50
     path.write_bytes(data)
@@ -299,13 +308,43 @@ def test_a_damaged_columns_cache_is_rebuilt_and_never_gives_wrong_figures(orch: 
     assert again.replayed == len(ids) and dict(again.rows) == dict(good.rows)
 
 
-def test_a_cache_of_format_3_is_read_as_it_is_since_format_4_only_adds_entries(orch: Orchestrator) -> None:
+def _kindless(data: bytes, version: int) -> bytes:
+    """A cache of format 5 as format 3 or 4 wrote it: no kinds in the header, no kind section at the end."""
+    header, _, body = data.partition(b"\n")
+    meta = json.loads(header)
+    body = body[:len(body) - meta["lengths"][-1]]
+    meta = {"version": version, "n": meta["n"], "byteorder": meta["byteorder"], "lengths": meta["lengths"][:-1]}
+    return json.dumps(meta, separators=(",", ":")).encode() + b"\n" + body
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_a_cache_of_format_3_or_4_is_read_as_it_is_its_rows_kinds_unknown(orch: Orchestrator, version: int) -> None:
+    """Format 4 only added entries to format 3, and 5 a kind per row to 4: an upgrade replays nothing. A listing by
+    kind reads the jobs whose row knows no kind (``Orchestrator.jobs``); a job replayed since gets its kind."""
     ids = _mixed_project(orch)
     refresh(orch)
     path = orch.settings.state_dir / "projections" / "jobs-v2"
-    path.write_bytes(path.read_bytes().replace(b'"version":4', b'"version":3', 1))  # what the previous code wrote
+    path.write_bytes(_kindless(path.read_bytes(), version))  # what the previous code wrote
     again = refresh(orch)
     assert again.replayed == 0 and sorted(again.rows) == sorted(ids)
+    assert {row.kind for row in again.rows.values()} == {None}
+    assert {s.job_id for s in orch.jobs(kinds=["echo"])} == {j for j in ids if orch.status(j).kind == "echo"}
+    learned = refresh(orch)  # the listing above read every job and noted each kind in the cache
+    assert learned.replayed == 0 and {j: r.kind for j, r in learned.rows.items()} == {j: orch.status(j).kind for j in ids}
+    read: list[str] = []
+    real = orch.load
+    orch.load = lambda job_id, **kw: read.append(job_id) or real(job_id, **kw)
+    assert [s.job_id for s in orch.jobs(kinds=["report"])] == [ids[-1]] and read == [ids[-1]]
+
+
+def test_any_kind_text_round_trips_in_the_cache(orch: Orchestrator) -> None:
+    """A kind is any text of 1-200 characters: the kinds are kept in the header as JSON, not split on newlines."""
+    odd = ["with\nnewline", "tab\tand \u2028", 'quote " and \\', "ü"]
+    ids = [orch.submit(kind, {"i": i}) for i, kind in enumerate([*odd, odd[0]])]
+    assert refresh(orch).replayed == len(ids)
+    again = refresh(orch)
+    assert again.replayed == 0 and [again.rows[j].kind for j in ids] == [*odd, odd[0]]
+    assert sorted(again.columns.kinds) == sorted(odd)  # each kind once
 
 
 def test_the_json_cache_of_the_previous_version_is_removed(orch: Orchestrator) -> None:
