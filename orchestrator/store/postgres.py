@@ -44,7 +44,6 @@ import select
 import threading
 import weakref
 from typing import Any, Callable, Collection, Iterator
-from urllib.parse import urlsplit
 
 from orchestrator.config import DEFAULT_PG_DEADLINE_SECONDS
 from orchestrator.errors import ConcurrencyError, ConfigError, LeaseLostError, StorageError, StorageUnavailableError
@@ -95,7 +94,9 @@ _AUX_KEYS = "SELECT key FROM orch_aux WHERE project = %s AND area = %s AND key >
 
 
 def is_postgres_url(url: str | None) -> bool:
-    return bool(url) and urlsplit(url).scheme in SCHEMES
+    """By the scheme alone: a URL whose rest is malformed (``postgres://u@[::1/db``, where ``urlsplit`` raises) is
+    still one, and ``connect`` reports what libpq finds wrong with it (``STORAGE_ERROR``), as for any wrong URL."""
+    return bool(url) and url.partition(":")[0].lower() in SCHEMES
 
 
 def _driver() -> Any:
