@@ -56,9 +56,11 @@ def db_migrate(store_url: str | None, as_json: bool) -> None:
 def db_status(store_url: str | None, as_json: bool) -> None:
     """Show the schema version of the database and the version this release needs (exit 3 if behind), and how far
     this machine's clock is from the server's, by which every machine decides time on PostgreSQL."""
+    import psycopg
+
     from orchestrator.store.pg_clock import ServerClock
     from orchestrator.store.pg_schema import current_version, latest_version
-    from orchestrator.store.postgres import connect
+    from orchestrator.store.postgres import _storage_error, connect
 
     def action(out: Output) -> None:
         conn = connect(_url(store_url), autocommit=True)
@@ -66,6 +68,8 @@ def db_status(store_url: str | None, as_json: bool) -> None:
         try:
             version = current_version(conn)
             server_clock.take(conn)
+        except psycopg.Error as exc:  # the clock's sample: a connection lost after the version was read
+            raise _storage_error(exc, conn) from None
         finally:
             conn.close()
         sample = server_clock.sample

@@ -69,11 +69,14 @@ def migrate(url: str) -> dict[str, Any]:
     """Bring the schema to the latest version; idempotent and safe to run concurrently."""
     import psycopg
 
-    from orchestrator.store.postgres import connect
+    from orchestrator.store.postgres import _connection_lost, _storage_error, connect
 
     conn = connect(url, autocommit=True)
     try:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        except psycopg.Error as exc:  # nothing applied yet: a lock wait cut off, or no right to take it
+            raise _storage_error(exc, conn) from None
         try:
             conn.execute(f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
                          "version integer PRIMARY KEY, name text NOT NULL, "
@@ -92,9 +95,14 @@ def migrate(url: str) -> dict[str, Any]:
                 applied.append(f"{mig.version:04d}_{mig.name}")
             return {"from_version": before, "to_version": current_version(conn), "applied": applied}
         except psycopg.Error as exc:
+            if conn.broken or conn.closed or _connection_lost(exc):  # each migration commits whole or not at all
+                raise _storage_error(exc, conn, write=True) from None
             raise ConfigError(f"migration failed: {exc}".strip()) from None
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+            try:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+            except psycopg.Error:  # the session is gone, and its lock with it; its error, if any, is the one raised
+                pass
     finally:
         conn.close()
 

@@ -45,11 +45,11 @@ import threading
 import weakref
 from array import array
 from typing import Any, Callable, Collection, Iterator
-from urllib.parse import urlsplit
+from urllib.parse import unquote
 
 from orchestrator.config import DEFAULT_PG_DEADLINE_SECONDS
 from orchestrator.errors import ConcurrencyError, ConfigError, LeaseLostError, StorageError, StorageUnavailableError
-from orchestrator.security import sanitize_text, validate_id
+from orchestrator.security import REDACTED, sanitize_text, validate_id
 from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
 from orchestrator.store.pg_clock import ServerClock
 from orchestrator.store.pg_deadline import Deadline, outcome
@@ -98,7 +98,30 @@ _AUX_KEYS = "SELECT key FROM orch_aux WHERE project = %s AND area = %s AND key >
 
 
 def is_postgres_url(url: str | None) -> bool:
-    return bool(url) and urlsplit(url).scheme in SCHEMES
+    """By the scheme alone: a URL whose rest is malformed (``postgres://u@[::1/db``, where ``urlsplit`` raises) is
+    still one, and ``connect`` reports what libpq finds wrong with it (``STORAGE_ERROR``), as for any wrong URL."""
+    return bool(url) and url.partition(":")[0].lower() in SCHEMES
+
+
+def _passwords(url: str) -> list[str]:
+    """The password ``url`` gives, as written and percent-decoded, longest first: in its authority (from the first
+    ``:`` after the user, to the first ``@`` and to the last: libpq stops at the first ``/``, so an unencoded ``/``,
+    space or ``@`` in it is not a URL ``sanitize_text`` can recognise) and as a ``password=`` parameter."""
+    rest = url.partition("://")[2]
+    userinfo = rest.partition("@")[0] if "@" in rest else ""
+    found = [userinfo, rest.rpartition("@")[0]]
+    found = [text.partition(":")[2] for text in found if ":" in text]
+    found += [value for key, eq, value in (part.partition("=") for part in rest.partition("?")[2].split("&"))
+              if eq and key == "password"]
+    return sorted({p for text in found for p in (text, unquote(text)) if p}, key=len, reverse=True)
+
+
+def redacted(text: str, url: str) -> str:
+    """``text`` (a message that may hold ``url``, or what libpq made of it) with ``url``'s password removed, however
+    malformed the URL is, and then through ``sanitize_text``."""
+    for password in _passwords(url):
+        text = text.replace(password, REDACTED)
+    return sanitize_text(text)
 
 
 def _driver() -> Any:
@@ -146,9 +169,9 @@ def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = N
             if not autocommit:
                 conn.commit()
     except psycopg.OperationalError as exc:  # refused, unreachable, restarting: may pass
-        raise StorageUnavailableError(sanitize_text(f"cannot connect to PostgreSQL at {url}: {exc}".strip())) from None
+        raise StorageUnavailableError(redacted(f"cannot connect to PostgreSQL at {url}: {exc}".strip(), url)) from None
     except psycopg.Error as exc:
-        raise StorageError(sanitize_text(f"cannot connect to PostgreSQL at {url}: {exc}".strip())) from None
+        raise StorageError(redacted(f"cannot connect to PostgreSQL at {url}: {exc}".strip(), url)) from None
     return conn
 
 
@@ -193,7 +216,7 @@ class PostgresStore(EventStore):
     def __init__(self, url: str, project: str = "default",
                  deadline_seconds: float | None = DEFAULT_PG_DEADLINE_SECONDS) -> None:
         if not is_postgres_url(url):
-            raise ConfigError(sanitize_text(f"not a PostgreSQL URL: {url!r} (expected postgresql://...)"))
+            raise ConfigError(redacted(f"not a PostgreSQL URL: {url!r} (expected postgresql://...)", url))
         self.url = url
         self.project = validate_id(project, "project id")
         self.deadline = Deadline(deadline_seconds)  # every call's bound; None or 0: none
@@ -525,7 +548,7 @@ class PostgresStore(EventStore):
             validate_id(stream, "job id")
 
     def __repr__(self) -> str:
-        return f"PostgresStore({sanitize_text(self.url)!r}, project={self.project!r})"
+        return redacted(f"PostgresStore({self.url!r}, project={self.project!r})", self.url)
 
 
 _STORES: weakref.WeakSet[PostgresStore] = weakref.WeakSet()

@@ -215,3 +215,106 @@ def test_every_table_that_holds_a_projects_rows_is_one_delete_project_empties(sc
     finally:
         conn.close()
     assert tables == set(PROJECT_TABLES)
+
+
+def _terminate_others(url: str, keep: int | None = None) -> int:
+    """End every other session on the database of ``url`` (``pg_terminate_backend``, as an administrator or a
+    restart would), but ``keep``'s; how many were ended."""
+    conn = connect(url, autocommit=True)
+    try:
+        return len(conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND pid IS DISTINCT FROM %s", (keep,)).fetchall())
+    finally:
+        conn.close()
+
+
+def test_db_migrate_whose_session_is_ended_while_it_waits_for_the_lock_is_a_storage_error_not_a_traceback(
+        scratch_db: str) -> None:
+    import json
+    import threading
+    import time
+
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+    from orchestrator.store.pg_schema import MIGRATION_LOCK
+
+    holder = connect(scratch_db, autocommit=True)  # another machine migrating
+    holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+    holder_pid = holder.info.backend_pid
+
+    def end_the_waiter() -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            waiting = connect(scratch_db, autocommit=True)
+            try:
+                found = waiting.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                                        ).fetchone()[0]
+            finally:
+                waiting.close()
+            if found:
+                _terminate_others(scratch_db, keep=holder_pid)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=end_the_waiter)
+    killer.start()
+    try:
+        result = CliRunner().invoke(cli, ["db", "migrate", "--store", scratch_db, "--json"])
+    finally:
+        killer.join()
+        holder.close()
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 10, result.output
+    error = json.loads(result.stdout)
+    assert error["error"] == "STORAGE_ERROR" and "nothing was written" in error["message"]
+    assert current_version_of(scratch_db) == 0
+    assert migrate(scratch_db)["to_version"] == latest_version()  # run again: all of it
+
+
+def current_version_of(url: str) -> int:
+    conn = connect(url, autocommit=True)
+    try:
+        return current_version(conn)
+    finally:
+        conn.close()
+
+
+def test_a_migration_whose_session_is_ended_midway_is_a_storage_error_and_the_next_run_completes_it(
+        scratch_db: str) -> None:
+    """A connection lost inside a migration is not a failed migration (``CONFIG_ERROR``): the migration rolled back
+    whole, and running ``db migrate`` again applies it; the unlock on the lost session must not replace that error
+    with the driver's."""
+    from orchestrator import faults
+    from orchestrator.errors import StorageUnavailableError
+
+    apply_up_to(scratch_db, latest_version() - 1)
+    faults.arm("pg.migrate.before_record", lambda: _terminate_others(scratch_db))
+    try:
+        with pytest.raises(StorageUnavailableError, match="may or may not have been committed"):
+            migrate(scratch_db)
+    finally:
+        faults.disarm_all()
+    assert current_version_of(scratch_db) == latest_version() - 1
+    assert len(migrate(scratch_db)["applied"]) == 1 and current_version_of(scratch_db) == latest_version()
+
+
+def test_db_status_whose_connection_is_lost_after_the_version_is_a_storage_error_not_a_traceback(
+        scratch_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import psycopg
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+    from orchestrator.store.pg_clock import ServerClock
+
+    def lost(self, conn) -> None:
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(ServerClock, "take", lost)  # the clock's sample, the round trip after the version's
+    result = CliRunner().invoke(cli, ["db", "status", "--store", scratch_db, "--json"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 10, result.output
+    assert json.loads(result.stdout)["error"] == "STORAGE_ERROR"
