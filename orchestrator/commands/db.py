@@ -76,6 +76,9 @@ def db_status(store_url: str | None, as_json: bool) -> None:
         assert sample is not None and server_clock.offset is not None  # ``take`` keeps its first sample
         data = {"version": version, "latest": latest_version(), "up_to_date": version >= latest_version(),
                 "clock_offset_s": round(server_clock.offset, 6), "clock_round_trip_s": round(sample.round_trip, 6)}
+        if not data["up_to_date"]:  # the figures and the verdict in one object, as metrics --fail-on gives them
+            data.update(ConfigError(f"the schema is at version {version}, this release needs {latest_version()}: run "
+                                    "`orchestrator db migrate`").to_dict())
         ahead = "ahead of" if server_clock.offset >= 0 else "behind"
         out.emit(data, lambda: f"schema version {version}, this release needs {latest_version()}"
                  + ("" if data["up_to_date"] else ": run `orchestrator db migrate`")

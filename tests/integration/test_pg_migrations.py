@@ -318,3 +318,22 @@ def test_db_status_whose_connection_is_lost_after_the_version_is_a_storage_error
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert result.exit_code == 10, result.output
     assert json.loads(result.stdout)["error"] == "STORAGE_ERROR"
+
+
+def test_db_status_of_a_schema_behind_exits_3_and_its_json_names_the_error(scratch_db: str) -> None:
+    """Exit 3 (CONFIG_ERROR) as every command meeting an old schema; the JSON says so too, beside the figures, so a
+    script reading only stdout sees the verdict (it said ``up_to_date: false`` and no ``error``)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    apply_up_to(scratch_db, latest_version() - 1)
+    result = CliRunner().invoke(cli, ["db", "status", "--store", scratch_db, "--json"])
+    data = json.loads(result.output)
+    assert result.exit_code == 3 and data["up_to_date"] is False and data["version"] == latest_version() - 1
+    assert data["error"] == "CONFIG_ERROR" and "db migrate" in data["message"]
+    migrate(scratch_db)
+    result = CliRunner().invoke(cli, ["db", "status", "--store", scratch_db, "--json"])
+    assert result.exit_code == 0 and "error" not in json.loads(result.output)
