@@ -23,7 +23,7 @@ from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAUL
 from orchestrator.errors import ConfigError, InvalidInputError, OrchestratorError, UsageError
 from orchestrator.limits import (MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_INPUT_BYTES, MAX_KIND_LENGTH,
                                  PRIORITY_LIMIT, is_kind, read_at_most)
-from orchestrator.security import one_line, sanitize_text, shown
+from orchestrator.security import one_line, sanitize_obj, sanitize_text, shown
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_INTEGRITY = 7
@@ -52,7 +52,14 @@ class Output:
             click.echo(sanitize_text(f"error[{exc.code}]: {exc.message}"), err=True)
 
     def _json(self, data: Any) -> None:
-        click.echo(sanitize_text(json.dumps(data, ensure_ascii=False, default=str)), err=self.data_on_stdout)
+        text = json.dumps(data, ensure_ascii=False, default=str)
+        clean = sanitize_text(text)
+        if clean != text:
+            # A value redacted in the serialized text can run past its string's closing quote (`token='abc`, a
+            # private key's BEGIN line: to the end of the text) and cut the object short. Redact value by value
+            # then (slower, and only when there is something new to redact: stored texts are redacted already).
+            clean = json.dumps(sanitize_obj(json.loads(text)), ensure_ascii=False)
+        click.echo(clean, err=self.data_on_stdout)
 
     def progress(self, message: str) -> None:
         if sys.stderr.isatty():
