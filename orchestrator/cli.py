@@ -23,7 +23,7 @@ from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAUL
 from orchestrator.errors import ConfigError, InvalidInputError, OrchestratorError, UsageError
 from orchestrator.limits import (MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_INPUT_BYTES, MAX_KIND_LENGTH,
                                  PRIORITY_LIMIT, is_kind, read_at_most)
-from orchestrator.security import one_line, sanitize_text, shown
+from orchestrator.security import safe_line, sanitize_obj, sanitize_text, shown
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_INTEGRITY = 7
@@ -52,7 +52,14 @@ class Output:
             click.echo(sanitize_text(f"error[{exc.code}]: {exc.message}"), err=True)
 
     def _json(self, data: Any) -> None:
-        click.echo(sanitize_text(json.dumps(data, ensure_ascii=False, default=str)), err=self.data_on_stdout)
+        text = json.dumps(data, ensure_ascii=False, default=str)
+        clean = sanitize_text(text)
+        if clean != text:
+            # A value redacted in the serialized text can run past its string's closing quote (`token='abc`, a
+            # private key's BEGIN line: to the end of the text) and cut the object short. Redact value by value
+            # then (slower, and only when there is something new to redact: stored texts are redacted already).
+            clean = json.dumps(sanitize_obj(json.loads(text)), ensure_ascii=False)
+        click.echo(clean, err=self.data_on_stdout)
 
     def progress(self, message: str) -> None:
         if sys.stderr.isatty():
@@ -244,9 +251,9 @@ def _status_text(st: Any) -> str:
             ("retry_at", st.retry_at), ("question", st.question),
             ("last_error", f"{st.last_error['code']}: {st.last_error.get('message', '')}" if st.last_error else None),
             ("summary", (st.result or {}).get("summary")), ("updated_at", st.updated_at)]
-    lines = [f"{k:<17}{one_line(v)}" for k, v in rows if v not in (None, "")]
+    lines = [f"{k:<17}{safe_line(v)}" for k, v in rows if v not in (None, "")]
     if st.integrity_error:
-        lines.append(f"{'INTEGRITY':<17}{one_line(st.integrity_error['code'] + ': ' + st.integrity_error['message'])}")
+        lines.append(f"{'INTEGRITY':<17}{safe_line(st.integrity_error['code'] + ': ' + st.integrity_error['message'])}")
     return "\n".join(lines)
 
 
@@ -281,7 +288,7 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
         note_missing_store(orch, out)
         out.emit({"jobs": [j.to_dict() for j in jobs], "count": len(jobs)},
                  lambda: "\n".join([f"{'JOB_ID':<36} {'STATE':<15} {'KIND':<16} {'ATT':>3}  UPDATED"] + [
-                     f"{j.job_id:<36} {(j.state or 'unknown'):<15} {one_line(j.kind or '-')[:16]:<16} {j.attempt:>3}  "
+                     f"{j.job_id:<36} {(j.state or 'unknown'):<15} {safe_line(j.kind or '-')[:16]:<16} {j.attempt:>3}  "
                      f"{j.updated_at or '-'}" + ("  INTEGRITY" if j.integrity_error else "") for j in jobs]))
         return EXIT_INTEGRITY if any(j.integrity_error for j in jobs) else 0
     if not job_id:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 from orchestrator.errors import InvalidIdError, PathEscapeError
 
 __all__ = ["REDACTED", "CUT_MARGIN", "cut_read_size", "sanitize_text", "sanitized_cut", "sanitize_obj", "one_line",
-           "shown", "validate_id", "safe_join", "validate_artifact_path"]
+           "safe_line", "shown", "validate_id", "safe_join", "validate_artifact_path"]
 
 REDACTED = "[REDACTED]"
 
@@ -344,6 +344,13 @@ def one_line(value: object) -> str:
     if _LINE_BREAKERS.search(text) is None:
         return text
     return _LINE_BREAKERS.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def safe_line(value: object) -> str:
+    """``value`` as one line of human output (``one_line``), its secrets redacted first, on its own: a redaction
+    that runs to the end of its text (a private key's BEGIN line, an unclosed quote) ends with this value instead of
+    taking the lines shown after it, and a column cut after this cannot leave part of a secret shown."""
+    return one_line(sanitize_text(value if isinstance(value, str) else str(value)))
 
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

@@ -31,7 +31,7 @@ from orchestrator import audit
 from orchestrator.clock import from_iso
 from orchestrator.errors import InvalidInputError, RunNotFoundError
 from orchestrator.history import verify_stream
-from orchestrator.security import one_line, validate_id
+from orchestrator.security import safe_line, validate_id
 from orchestrator.signing import line_hash
 from orchestrator.state import TRANSITIONS
 from orchestrator.store.base import AUDIT_STREAM
@@ -210,20 +210,20 @@ def _first_since(out: list[Line], since_t: float) -> int:
 
 
 def render(result: dict[str, Any]) -> str:
-    """The table; each field on one line (``security.one_line``): what a line holds was written by handlers,
-    operators or, on a damaged line, anyone."""
+    """The table; each field on one line, redacted on its own before it is cut (``security.safe_line``): what a
+    line holds was written by handlers, operators or, on a damaged line, anyone."""
     rows = [f"timeline of job {result['job_id']}" + (f", run {result['run_id']}" if result["run_id"] else ""),
             f"{'TIME':<27} {'SRC':<5} {'SEQ':>4}  {'WHAT':<22} {'ACTOR':<20} {'RUN':<14} {'STATUS':<20} DETAIL"]
     for ln in result["lines"]:
-        ts, what, actor, status, detail = (one_line(ln[k]) for k in ("ts", "what", "actor", "status", "detail"))
-        run = one_line(ln["run_id"] or "-")
+        ts, what, actor, status, detail = (safe_line(ln[k]) for k in ("ts", "what", "actor", "status", "detail"))
+        run = safe_line(ln["run_id"] or "-")
         rows.append(f"{ts:<27} {ln['source']:<5} {ln['seq']:>4}  {what[:22]:<22} {actor[:20]:<20} "
                     f"{run[:14]:<14} {status:<20} {detail[:120]}")
     if not result["lines"]:
         rows.append("(no lines match)")
     for p in result["problems"]:
-        rows.append(one_line(f"PROBLEM line {p['line']}: {p['code']}: {p['message']}"))
+        rows.append(safe_line(f"PROBLEM line {p['line']}: {p['code']}: {p['message']}"))
     for w in result.get("warnings", ()):
-        rows.append(one_line(f"warning: {w['code']}: {w['message']}"))
+        rows.append(safe_line(f"warning: {w['code']}: {w['message']}"))
     rows.append("OK: every line verified" if result["ok"] else "NOT OK: see the STATUS column and problems")
     return "\n".join(rows)

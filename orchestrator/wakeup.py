@@ -13,6 +13,7 @@ import ctypes.util
 import logging
 import os
 import select
+import struct
 import sys
 import threading
 import time
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.2
 IN_ATTRIB, IN_MOVED_TO, IN_CREATE, IN_CLOSE_WRITE = 0x4, 0x80, 0x100, 0x8
+# the watched folder itself went away: moved (IN_MOVE_SELF), or removed, which ends the watch (IN_IGNORED)
+IN_MOVE_SELF, IN_IGNORED = 0x800, 0x8000
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then len bytes of name
 IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, 0o2000000
 WAKEUP_MODES = ("auto", "poll")  # ORCH_WAKEUP
 
@@ -39,6 +43,8 @@ def wakeup_mode(value: str | None) -> str:
 
 
 class Watcher:
+    lost = False  # the folder watched is gone (removed or moved away): a new watch must be made to see entries
+
     def wait(self, timeout: float) -> bool:
         """True if something changed (maybe spuriously), False on timeout."""
         raise NotImplementedError
@@ -80,7 +86,7 @@ class InotifyWatcher(Watcher):
         fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        mask = IN_CREATE | IN_ATTRIB | IN_MOVED_TO | IN_CLOSE_WRITE
+        mask = IN_CREATE | IN_ATTRIB | IN_MOVED_TO | IN_CLOSE_WRITE | IN_MOVE_SELF
         if libc.inotify_add_watch(fd, os.fsencode(path), mask) < 0:
             err = ctypes.get_errno()
             os.close(fd)
@@ -92,8 +98,8 @@ class InotifyWatcher(Watcher):
         if not readable:
             return False
         try:
-            while os.read(self.fd, 65536):
-                pass
+            while data := os.read(self.fd, 65536):
+                self.lost = self.lost or _folder_gone(data)
         except BlockingIOError:
             pass
         return True
@@ -102,6 +108,18 @@ class InotifyWatcher(Watcher):
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _folder_gone(data: bytes) -> bool:
+    """Whether these inotify events say the watched folder itself was removed or moved away (a read returns
+    whole events)."""
+    pos = 0
+    while pos + _EVENT.size <= len(data):
+        _, mask, _, length = _EVENT.unpack_from(data, pos)
+        if mask & (IN_IGNORED | IN_MOVE_SELF):
+            return True
+        pos += _EVENT.size + length
+    return False
 
 
 def make_watcher(path: Path, mode: str = "auto") -> Watcher:

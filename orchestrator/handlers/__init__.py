@@ -9,6 +9,7 @@ default (see ``orchestrator/handler_host.py``; the per-run child is ``runner.for
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import shutil
 import signal
@@ -196,7 +197,9 @@ def _import(module_name: str) -> Any:
         return module
     saved = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
     try:
-        with own_code():  # what the module starts at import is the worker's, not a run's leftover
+        # what the module starts at import is the worker's, not a run's leftover; what it prints is a diagnostic,
+        # for stderr: the worker's stdout carries its results (with --json, JSON Lines and nothing else)
+        with own_code(), contextlib.redirect_stdout(sys.stderr):
             return importlib.import_module(module_name)
     finally:
         if threading.current_thread() is threading.main_thread():

@@ -94,3 +94,40 @@ def test_worker_json_in_a_loop_is_json_lines_one_object_per_job(cli_env: dict[st
     assert {line["job_id"] for line in runs} == submitted and len(runs) == 2 and all("outcome" in x for x in runs)
     assert stopped["event"] == "worker_stopped" and stopped["jobs_run"] == 2
     assert stopped["no_handler"] == {"jobs": 0, "kinds": {}}
+
+
+def test_json_output_is_one_valid_object_when_a_value_in_it_holds_a_secret_with_an_unbalanced_quote(
+        api: Orchestrator, cli_env: dict[str, str]) -> None:
+    """Redaction ends with the value it is in: a question stored as `... token='[REDACTED]` (its quote never
+    closed) or a kind that begins a private key redacts that value only; every job is still listed."""
+    asked = js.waiting_human(api, question="Which account? the one whose token='[REDACTED]")
+    api.submit("-----BEGIN PRIVATE KEY----- MIIEvQIBADAN", {})
+    one = run_script("status", asked, "--json", env=cli_env)
+    assert one.returncode == 0 and json.loads(one.stdout)["question"] == "Which account? the one whose token='[REDACTED]"
+    listing = run_script("status", "--all", "--json", env=cli_env)
+    assert listing.returncode == 0
+    jobs = json.loads(listing.stdout)["jobs"]
+    assert [j["kind"] for j in jobs] == ["echo", "[REDACTED]"] and "MIIEvQIBADAN" not in listing.stdout
+    error = run_script("status", "--all", "--state", "-----BEGIN PRIVATE KEY----- MIIEvQIBADAN", "--json", env=cli_env)
+    assert error.returncode == 2 and json.loads(error.stdout)["error"] == "USAGE_ERROR"
+    assert "MIIEvQIBADAN" not in error.stdout
+
+
+def test_worker_json_lines_stay_json_when_a_handler_module_prints_as_it_is_imported(
+        tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """A handler module (or a library it imports) may print a banner at import: --import at the worker's start, a
+    module:function kind when a job names it. That is a diagnostic, on stderr; stdout holds the JSON Lines alone."""
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "banner_at_start.py").write_text(
+        "from orchestrator import handler\nprint('banner_at_start loaded')\n\n"
+        "@handler('greet')\ndef greet(ctx):\n    return {'status': 'done', 'summary': 'hi'}\n")
+    (modules / "banner_at_claim.py").write_text(
+        "print('banner_at_claim loaded')\n\ndef run(ctx):\n    return {'status': 'done', 'summary': 'hi'}\n")
+    env = {**cli_env, "PYTHONPATH": f"{cli_env['PYTHONPATH']}:{modules}"}
+    for kind in ("greet", "banner_at_claim:run"):
+        run_script("submit", "--kind", kind, "--input", "{}", env=env, check=True)
+    proc = run_script("worker", "--import", "banner_at_start", "--idle-exit", "--json", env=env, check=True)
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line.get("outcome") for line in lines] == ["succeeded", "succeeded", None]
+    assert "banner_at_start loaded" in proc.stderr and "banner_at_claim loaded" in proc.stderr

@@ -70,3 +70,28 @@ def test_each_canary_is_redacted_everywhere(base: Path, cli_env: dict[str, str])
     assert {p: names for p, names in leaked_files.items() if names} == {}
     assert leaks("\n".join(outputs)) == set()
     assert api.load(asking).state.answers[0].count("[REDACTED]") >= len(CANARIES) - 1
+
+
+def test_human_output_redacts_each_value_before_cutting_it_and_one_value_never_hides_the_next_lines(
+        base: Path, cli_env: dict[str, str]) -> None:
+    """A kind is stored as given. `status --all` shows its first 16 characters and the timeline the first 120 of
+    a line's detail: cut first, a token shows its first characters, too few for any pattern to know it. A private
+    key's BEGIN line is redacted to the end of the text it is in: the value, not every line printed after it."""
+    api = Orchestrator(base_path=base, project_id="proj", keyring=load_keyring(cli_env, announce=False))
+    token = CANARIES["github"]
+    in_listing = api.submit(token, {})
+    in_timeline = api.submit("x" * 110 + " " + token, {})
+    key_begins = api.submit("-----BEGIN PRIVATE KEY----- MIIEvQIBADAN", {})
+    after = api.submit("echo", {})
+
+    listing = run_script("status", "--all", env=cli_env)
+    assert listing.returncode == 0 and "ghp_CANARY" not in listing.stdout
+    assert [line.split()[0] for line in listing.stdout.splitlines()[1:]] == [in_listing, in_timeline, key_begins,
+                                                                              after]
+    timeline = run_script("audit_timeline", "--job-id", in_timeline, env=cli_env)
+    assert timeline.returncode == 0 and "ghp_CANARY" not in timeline.stdout
+    shown = run_script("status", key_begins, env=cli_env)
+    assert shown.returncode == 0 and "MIIEvQIBADAN" not in shown.stdout
+    assert "kind             [REDACTED]" in shown.stdout and "attempt          0" in shown.stdout
+    ends = run_script("audit_timeline", "--job-id", key_begins, env=cli_env)
+    assert ends.returncode == 0 and ends.stdout.rstrip().endswith("OK: every line verified")

@@ -210,3 +210,33 @@ def test_an_entry_carries_its_jobs_kind_except_for_a_history_that_failed_verific
     index.index_job(bad, ok=False)
     assert {e.job_id: e.kind for e in index.ready()} == {"J1": "t.echo", "J2": None}
     assert ReadyEntry.for_state(good) == ReadyEntry(0, 100_000_000, "J1"), "the kind is not part of the entry's identity"
+
+
+@pytest.mark.parametrize("how", ["index removed", "ready moved away"])
+def test_a_waiting_file_index_wakes_for_new_entries_after_its_folder_was_removed(tmp_path, how: str) -> None:
+    """The index is a cache, deletable at any time (docs/ADR-state-source.md). A worker idle when an operator
+    removes it must still wake for the entries the next submits put in the folder made in its place: not once
+    its idle wait is over (30 s), because its watch is on a folder no entry will ever go into again."""
+    import os
+    import shutil
+    import sys
+
+    from orchestrator.queue import FileQueueIndex
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("inotify is Linux only; elsewhere the folder's mtime is polled")
+    root = tmp_path / "index"
+    waiter = FileQueueIndex(root)
+    assert waiter.wait(0) is False  # armed, nothing yet
+    if how == "index removed":
+        shutil.rmtree(root)
+    else:
+        os.rename(root / "ready", tmp_path / "ready.old")
+    waiter.wait(1.0)  # may wake for the removal itself
+    writer = FileQueueIndex(root)
+    writer.put_ready(ReadyEntry.for_state(job("A")))
+    assert waiter.wait(1.0) is True
+    writer.put_ready(ReadyEntry.for_state(job("B")))
+    assert waiter.wait(1.0) is True
+    assert waiter.wait(0.05) is False
+    waiter.close()
