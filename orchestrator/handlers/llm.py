@@ -5,10 +5,11 @@ Settings come from the environment (``.env`` included): ``LLM_URL`` (the base UR
 ``LLM_MODEL`` and ``ORCH_LLM_TIMEOUT`` (seconds, default 60). The job's input is sent as the
 user message (a string as is, anything else as JSON), with the context (answers, revisions)
 and a system prompt describing the payload. Every failure becomes a ``failed`` payload with
-a stable ``error_code``: ``LLM_CONFIG`` (no URL), ``LLM_NETWORK_ERROR``, ``LLM_TIMEOUT``,
-``LLM_HTTP_ERROR`` (retryable for 408/429/5xx only), ``LLM_BAD_RESPONSE`` (not JSON or not
-chat-completions shaped). A reply whose content is not a valid payload is passed on as is,
-so the worker records ``MALFORMED_PAYLOAD``.
+a stable ``error_code``: ``LLM_CONFIG`` (no URL), ``LLM_NETWORK_ERROR`` (also a reply cut off
+or not HTTP), ``LLM_TIMEOUT``, ``LLM_HTTP_ERROR`` (retryable for 408/429/5xx only),
+``LLM_BAD_RESPONSE`` (not JSON, nested deeper than the decoder goes, or not chat-completions
+shaped). A reply whose content is not a valid payload is passed on as is, so the worker records
+``MALFORMED_PAYLOAD``.
 
 The API key is only ever put in the ``Authorization`` header. A key has no shape
 ``sanitize_text`` could recognise, and an endpoint (a proxy, a debugging server, a model
@@ -19,6 +20,7 @@ every path: each string of the payload, nested ones and object keys included
 """
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import urllib.error
@@ -123,7 +125,11 @@ def call_llm(ctx: Any, environ: dict[str, str] | None = None) -> Any:
         with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - the operator's own URL
             raw = resp.read(MAX_REPLY_BYTES + 1)
     except urllib.error.HTTPError as exc:
-        detail = _scrub(exc.read(cut_read_size(500)) if exc.fp else b"", key, 500)
+        try:
+            body = exc.read(cut_read_size(500)) if exc.fp else b""
+        except (OSError, http.client.HTTPException):  # an error body cut off: its status is what matters
+            body = b""
+        detail = _scrub(body, key, 500)
         retry = exc.code in (408, 429) or exc.code >= 500
         return _failed("LLM_HTTP_ERROR", f"LLM endpoint answered HTTP {exc.code}: {detail}", key, retryable=retry)
     except (socket.timeout, TimeoutError):
@@ -134,13 +140,16 @@ def call_llm(ctx: Any, environ: dict[str, str] | None = None) -> Any:
         return _failed("LLM_NETWORK_ERROR", f"cannot reach the LLM endpoint: {exc.reason}", key)
     except OSError as exc:
         return _failed("LLM_NETWORK_ERROR", f"cannot reach the LLM endpoint: {exc}", key)
+    except http.client.HTTPException as exc:  # a reply cut off (IncompleteRead), or not HTTP (BadStatusLine)
+        return _failed("LLM_NETWORK_ERROR", f"the LLM endpoint's reply could not be read: {type(exc).__name__}: {exc}",
+                       key)
     if len(raw) > MAX_REPLY_BYTES:
         return _failed("LLM_BAD_RESPONSE", "the LLM reply is larger than 4 MiB", key)
     try:
         content = json.loads(raw)["choices"][0]["message"]["content"]
         if not isinstance(content, str):
             raise TypeError("content is not a string")
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
+    except (ValueError, KeyError, IndexError, TypeError, RecursionError) as exc:  # nested deeper than json goes
         snippet = _scrub(raw, key, 200)
         return _failed("LLM_BAD_RESPONSE", f"the reply is not a chat completion ({exc}): {snippet}", key)
     try:

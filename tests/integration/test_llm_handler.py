@@ -44,6 +44,17 @@ class FakeLLM(BaseHTTPRequestHandler):
         if mode == "body":  # whatever the test put in server.status and server.body
             self._send(self.server.status, self.server.body)
             return
+        if mode == "cut":  # a chunked reply whose connection closes before its last chunk
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b'd\r\n{"choices": [\r\n')
+            self.close_connection = True
+            return
+        if mode == "not_http":  # no status line: whatever listens there does not speak HTTP
+            self.wfile.write(b"220 mail.example.com ESMTP ready\r\n")
+            self.close_connection = True
+            return
         if mode.startswith("echo"):  # a proxy or a model that repeats the key it was sent, everywhere it can
             self._send(200, json.dumps(self._echo(mode)).encode())
             return
@@ -136,6 +147,18 @@ def test_a_key_the_endpoint_echoes_is_replaced_everywhere_in_the_payload(server,
     if mode == "echo_done":
         assert payload["output"] == {"seen": "[REDACTED]", "[REDACTED]": [{"deep": "x[REDACTED]x"}], "n": 1}
         assert payload["artifacts"] == ["[REDACTED].txt"]
+
+
+@pytest.mark.parametrize("mode, body, code", [
+    ("body", b"[" * 100_000 + b"]" * 100_000, "LLM_BAD_RESPONSE"),  # deeper than the JSON decoder goes
+    ("cut", b"", "LLM_NETWORK_ERROR"),  # the connection closed before the reply was whole
+    ("not_http", b"", "LLM_NETWORK_ERROR"),  # no HTTP status line
+])
+def test_a_reply_the_handler_cannot_read_is_one_of_its_documented_codes_not_a_handler_error(
+        server, mode: str, body: bytes, code: str) -> None:
+    server.mode, server.status, server.body = mode, 200, body
+    payload = call_llm(CTX, llm_env(server))
+    assert (payload["status"], payload["error_code"], payload["retryable"]) == ("failed", code, True)
 
 
 def test_a_timeout_is_llm_timeout(server) -> None:
