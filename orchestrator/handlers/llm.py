@@ -11,7 +11,8 @@ or not HTTP), ``LLM_TIMEOUT``, ``LLM_HTTP_ERROR`` (retryable for 408/429/5xx onl
 shaped). A reply whose content is not a valid payload is passed on as is, so the worker records
 ``MALFORMED_PAYLOAD``.
 
-The API key is only ever put in the ``Authorization`` header. A key has no shape
+The API key is only ever put in the ``Authorization`` header, sent to ``LLM_URL`` only: a redirect is not
+followed (``LLM_HTTP_ERROR``, not retried, naming where it pointed). A key has no shape
 ``sanitize_text`` could recognise, and an endpoint (a proxy, a debugging server, a model
 told to) may echo it, so its exact value is replaced in everything ``call_llm`` returns, on
 every path: each string of the payload, nested ones and object keys included
@@ -38,6 +39,17 @@ SYSTEM_PROMPT = (
     '"question": "<required when status is needs_human>", "output": <any JSON result>, '
     '"artifacts": [], "retryable": true}. No prose outside the JSON.'
 )
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer, not followed: urllib would send a 301/302/303 on as a GET without the body, to
+    wherever ``Location`` points, with the ``Authorization`` header, so the key, to another server."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises the 3xx as an ``HTTPError``
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)  # urlopen's handlers, redirects not followed
 
 
 def _key_forms(key: str) -> tuple[str, ...]:
@@ -122,7 +134,7 @@ def call_llm(ctx: Any, environ: dict[str, str] | None = None) -> Any:
         headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(endpoint(url), data=json.dumps(body).encode(), headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - the operator's own URL
+        with _OPENER.open(request, timeout=timeout) as resp:  # noqa: S310 - the operator's own URL
             raw = resp.read(MAX_REPLY_BYTES + 1)
     except urllib.error.HTTPError as exc:
         try:
@@ -130,6 +142,9 @@ def call_llm(ctx: Any, environ: dict[str, str] | None = None) -> Any:
         except (OSError, http.client.HTTPException):  # an error body cut off: its status is what matters
             body = b""
         detail = _scrub(body, key, 500)
+        if 300 <= exc.code < 400:
+            where = _scrub(str(exc.headers.get("Location") or "nowhere"), key, 500)
+            detail = f"a redirect to {where}, not followed (set LLM_URL to the URL that answers) {detail}".rstrip()
         retry = exc.code in (408, 429) or exc.code >= 500
         return _failed("LLM_HTTP_ERROR", f"LLM endpoint answered HTTP {exc.code}: {detail}", key, retryable=retry)
     except (socket.timeout, TimeoutError):

@@ -28,7 +28,7 @@ class FakeLLM(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length))
+        body = json.loads(self.rfile.read(length)) if length else None  # a GET has none
         self.server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
         mode = self.server.mode
         if mode == "slow":
@@ -51,6 +51,12 @@ class FakeLLM(BaseHTTPRequestHandler):
             self.wfile.write(b'd\r\n{"choices": [\r\n')
             self.close_connection = True
             return
+        if mode.startswith("redirect"):  # redirect302 ...: elsewhere, to server.location
+            self.send_response(int(mode[8:]))
+            self.send_header("Location", self.server.location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if mode == "not_http":  # no status line: whatever listens there does not speak HTTP
             self.wfile.write(b"220 mail.example.com ESMTP ready\r\n")
             self.close_connection = True
@@ -68,6 +74,8 @@ class FakeLLM(BaseHTTPRequestHandler):
         reply = {"id": "x", "object": "chat.completion",
                  "choices": [{"index": 0, "message": {"role": "assistant", "content": contents[mode]}}]}
         self._send(200, json.dumps(reply).encode())
+
+    do_GET = do_POST  # noqa: N815 - what a followed redirect sends
 
     def _echo(self, mode: str) -> dict[str, Any]:
         seen = (self.headers.get("Authorization") or "").split(" ", 1)[-1]
@@ -92,8 +100,7 @@ class FakeLLM(BaseHTTPRequestHandler):
             pass
 
 
-@pytest.fixture
-def server() -> Iterator[ThreadingHTTPServer]:
+def serve() -> Iterator[ThreadingHTTPServer]:
     srv = ThreadingHTTPServer(("127.0.0.1", 0), FakeLLM)
     srv.mode = "done"
     srv.requests = []
@@ -103,6 +110,10 @@ def server() -> Iterator[ThreadingHTTPServer]:
     srv.shutdown()
     srv.server_close()
     thread.join(5)
+
+
+server = pytest.fixture(serve)
+other_server = pytest.fixture(serve)  # another origin, for redirects
 
 
 def llm_env(srv: ThreadingHTTPServer, **extra: str) -> dict[str, str]:
@@ -159,6 +170,18 @@ def test_a_reply_the_handler_cannot_read_is_one_of_its_documented_codes_not_a_ha
     server.mode, server.status, server.body = mode, 200, body
     payload = call_llm(CTX, llm_env(server))
     assert (payload["status"], payload["error_code"], payload["retryable"]) == ("failed", code, True)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_not_followed_so_the_key_never_goes_to_another_server(server, other_server, status: int) -> None:
+    """urllib follows a 301/302/303 as a GET to wherever it points, the Authorization header (the key) included."""
+    server.mode = f"redirect{status}"
+    server.location = f"http://127.0.0.1:{other_server.server_address[1]}/v1/chat/completions?token=abc123"
+    payload = call_llm(CTX, llm_env(server))
+    assert other_server.requests == [] and len(server.requests) == 1
+    assert (payload["status"], payload["error_code"], payload["retryable"]) == ("failed", "LLM_HTTP_ERROR", False)
+    assert f"HTTP {status}" in payload["summary"] and "not followed" in payload["summary"]
+    assert "token=[REDACTED]" in payload["summary"] and "abc123" not in payload["summary"]
 
 
 def test_a_timeout_is_llm_timeout(server) -> None:
