@@ -34,6 +34,20 @@ class FakeLLM(BaseHTTPRequestHandler):
         if mode == "slow":
             time.sleep(1.5)
             mode = "done"
+        if mode.startswith("trickle"):  # a whole reply, a byte every 0.1 s (trickle_error: an HTTP 500's body)
+            content = json.dumps({"status": "done", "summary": "late"})
+            reply = json.dumps({"choices": [{"message": {"content": content}}]})
+            self.send_response(500 if mode == "trickle_error" else 200)
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            try:
+                for byte in reply.encode():
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:  # the handler gave up on it
+                pass
+            return
         if mode.startswith("http"):
             status = int(mode[4:])
             self._send(status, f"error; you sent Authorization: {self.headers.get('Authorization')}".encode())
@@ -173,7 +187,8 @@ def test_a_reply_the_handler_cannot_read_is_one_of_its_documented_codes_not_a_ha
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
-def test_a_redirect_is_not_followed_so_the_key_never_goes_to_another_server(server, other_server, status: int) -> None:
+def test_a_redirect_is_not_followed_so_the_key_never_goes_to_another_server(server, other_server,
+                                                                          status: int) -> None:
     """urllib follows a 301/302/303 as a GET to wherever it points, the Authorization header (the key) included."""
     server.mode = f"redirect{status}"
     server.location = f"http://127.0.0.1:{other_server.server_address[1]}/v1/chat/completions?token=abc123"
@@ -188,6 +203,23 @@ def test_a_timeout_is_llm_timeout(server) -> None:
     server.mode = "slow"
     payload = call_llm(CTX, llm_env(server, ORCH_LLM_TIMEOUT="0.2"))
     assert payload["error_code"] == "LLM_TIMEOUT"
+
+
+@pytest.mark.parametrize("mode", ["trickle", "trickle_error"])
+def test_a_reply_that_keeps_coming_past_the_timeout_is_llm_timeout_at_the_timeout(server,
+                                                                                  mode: str) -> None:
+    """ORCH_LLM_TIMEOUT bounds the whole reply, not each wait for a byte: a reply of ~80 bytes at 10 a second
+    (a proxy's keep-alive, a stream) took 8 s with a timeout of 0.5 s, and was taken as the answer."""
+    server.mode = mode
+    started = time.monotonic()
+    payload = call_llm(CTX, llm_env(server, ORCH_LLM_TIMEOUT="0.5"))
+    assert (payload["error_code"], payload["retryable"]) == ("LLM_TIMEOUT", True)
+    assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "1e300"])
+def test_a_timeout_no_socket_takes_counts_as_unset(server, value: str) -> None:
+    assert call_llm(CTX, llm_env(server, ORCH_LLM_TIMEOUT=value))["summary"] == "wrote the haiku"
 
 
 def test_a_refused_connection_is_a_network_error() -> None:
