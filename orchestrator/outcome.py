@@ -9,6 +9,7 @@ in the worker's process. See ``docs/worker.md`` (Claims and fencing).
 from __future__ import annotations
 
 import logging
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -70,6 +71,18 @@ class RunResult:
         return dict(self.__dict__)
 
 
+def ended(code: int | None) -> str:
+    """How a handler's process ended, from its exit code as Python gives it: a negative one is the signal that
+    killed it (``-9``: SIGKILL, what the out-of-memory killer sends), which no process exits with."""
+    if code is None or code >= 0:
+        return f"exited with status {code}"
+    try:
+        name = f" ({signal.Signals(-code).name})"
+    except ValueError:
+        name = ""
+    return f"was killed by signal {-code}{name}"
+
+
 def lost(claim: Claim, why: str) -> RunResult:
     """The result of a run whose lease was taken over: nothing is recorded (``LEASE_LOST``)."""
     log.warning("lease lost for job %s run %s: %s", claim.job_id, claim.run_id, why,
@@ -102,12 +115,11 @@ class OutcomeRecorder:
             return self.fail(claim, exc.code, exc.message, output=child.output)
         if raw is None:
             return self.fail(claim, NO_TERMINAL_SIGNAL_EXIT,
-                             f"the process exited with status {code} without writing a terminal payload",
-                              output=child.output)
+                             f"the process {ended(code)} without writing a terminal payload", output=child.output)
         if not raw.strip(JSON_WHITESPACE):  # opened (``> "$ORCH_TERMINAL_FILE"``) but nothing written: no payload
             left = "empty" if not raw else "holding only whitespace"
             return self.fail(claim, NO_TERMINAL_SIGNAL_EXIT,
-                             f"the process exited with status {code} without writing a terminal payload: "
+                             f"the process {ended(code)} without writing a terminal payload: "
                              f"the terminal file is {left}", output=child.output)
         try:
             payload = parse_payload(raw, artifacts_dir)

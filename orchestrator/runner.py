@@ -372,8 +372,10 @@ def handler_payload(fn: Callable[[], Any]) -> bytes:
     ``BaseException`` (``sys.exit``) is not caught: the process running the handler exits without a
     payload (``NO_TERMINAL_SIGNAL_EXIT``).
     """
+    me = os.getpid()
     try:
         result = fn()
+        leave_if_forked(me, 0)
         if hasattr(result, "model_dump"):
             result = result.model_dump(mode="json")
         try:
@@ -388,10 +390,26 @@ def handler_payload(fn: Callable[[], Any]) -> bytes:
         # kill this process, which is mid-write of a frame it cannot take back, ``HostRun.wait``)
         return data if len(data) <= MAX_PAYLOAD_BYTES else _malformed(too_large(len(data)).message)
     except Exception as exc:  # the handler's failure is the job's outcome, not the worker's
+        leave_if_forked(me, 1)
         traceback.print_exc()
         summary = sanitized_cut(f"handler raised {type(exc).__name__}: {exc}", 2000)  # sanitized, then cut
         return json.dumps({"status": "failed", "summary": summary, "error_code": "HANDLER_ERROR",
                            "retryable": True}).encode()
+
+
+def leave_if_forked(pid: int, code: int) -> None:
+    """End this process at once (``os._exit(code)``, its output flushed) unless it is ``pid``, the handler process:
+    a copy a handler forked without ``exec`` (``os.fork()``) that returned, raised or called ``sys.exit`` into the
+    code after the handler must not answer for the run. Its payload, written first, was taken as the run's, and the
+    handler's own, still in the pipe, as the next run's: another job's result; its exit code, announced first,
+    ended a per-run child's run while the handler still ran. The handler process ends the copy's leftovers."""
+    if os.getpid() == pid:
+        return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
 
 
 def _malformed(why: str) -> bytes:
@@ -497,7 +515,7 @@ def handler_main(output: Path, close: tuple[int, ...], body: Callable[[], None],
     those of the worker's other handler processes, ``HANDLER_PIPE_ENDS``), become a handler process, run
     ``body``, then exit 0 (1 if it raised; the traceback goes to ``output``), first writing the exit code on
     ``announce`` if given. Never returns."""
-    code = 1
+    code, me = 1, os.getpid()
     try:
         for fd in close:
             os.close(fd)
@@ -509,11 +527,14 @@ def handler_main(output: Path, close: tuple[int, ...], body: Callable[[], None],
         body()
         code = 0
     except SystemExit as exc:  # sys.exit(N) in a handler: the run ends without a payload, and with status N
-        traceback.print_exc()
         code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        leave_if_forked(me, code)  # a copy the handler forked: no traceback, no announcement
+        traceback.print_exc()
     except BaseException:  # a KeyboardInterrupt of its own, a broken pipe: the run ends without a payload
+        leave_if_forked(me, code)
         traceback.print_exc()
     finally:
+        leave_if_forked(me, code)
         try:
             end_leftovers(keep_helpers=False)  # before it exits: its orphans would go to init, out of reach
         except BaseException:  # noqa: S110 - exiting anyway

@@ -2,15 +2,17 @@
 
 Settings come from the environment (``.env`` included): ``LLM_URL`` (the base URL, e.g.
 ``https://api.example.com/v1``, or the full ``.../chat/completions`` URL), ``LLM_API_KEY``,
-``LLM_MODEL`` and ``ORCH_LLM_TIMEOUT`` (seconds, default 60). The job's input is sent as the
-user message (a string as is, anything else as JSON), with the context (answers, revisions)
-and a system prompt describing the payload. Every failure becomes a ``failed`` payload with
-a stable ``error_code``: ``LLM_CONFIG`` (no URL), ``LLM_NETWORK_ERROR``, ``LLM_TIMEOUT``,
-``LLM_HTTP_ERROR`` (retryable for 408/429/5xx only), ``LLM_BAD_RESPONSE`` (not JSON or not
-chat-completions shaped). A reply whose content is not a valid payload is passed on as is,
-so the worker records ``MALFORMED_PAYLOAD``.
+``LLM_MODEL`` and ``ORCH_LLM_TIMEOUT`` (seconds the whole request may take, reply included;
+default 60). The job's input is sent as the user message (a string as is, anything else as
+JSON), with the context (answers, revisions) and a system prompt describing the payload. Every
+failure becomes a ``failed`` payload with a stable ``error_code``: ``LLM_CONFIG`` (no URL),
+``LLM_NETWORK_ERROR`` (also a reply cut off or not HTTP), ``LLM_TIMEOUT``, ``LLM_HTTP_ERROR``
+(retryable for 408/429/5xx only; a redirect, which is not followed, too), ``LLM_BAD_RESPONSE``
+(not JSON, nested deeper than the decoder goes, or not chat-completions shaped). A reply whose
+content is not a valid payload is passed on as is, so the worker records ``MALFORMED_PAYLOAD``.
 
-The API key is only ever put in the ``Authorization`` header. A key has no shape
+The API key is only ever put in the ``Authorization`` header, sent to ``LLM_URL`` only: a redirect is not
+followed (``LLM_HTTP_ERROR``, not retried, naming where it pointed). A key has no shape
 ``sanitize_text`` could recognise, and an endpoint (a proxy, a debugging server, a model
 told to) may echo it, so its exact value is replaced in everything ``call_llm`` returns, on
 every path: each string of the payload, nested ones and object keys included
@@ -19,13 +21,17 @@ every path: each string of the payload, nested ones and object keys included
 """
 from __future__ import annotations
 
+import http.client
 import json
 import socket
+import threading
 import urllib.error
 import urllib.request
+from contextlib import suppress
 from typing import Any
 
 from orchestrator.handler_env import llm_environment
+from orchestrator.limits import MAX_DURATION_SECONDS
 from orchestrator.security import REDACTED, cut_read_size, sanitized_cut
 
 DEFAULT_TIMEOUT = 60.0
@@ -36,6 +42,90 @@ SYSTEM_PROMPT = (
     '"question": "<required when status is needs_human>", "output": <any JSON result>, '
     '"artifacts": [], "retryable": true}. No prose outside the JSON.'
 )
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer, not followed: urllib would send a 301/302/303 on as a GET without the body, to
+    wherever ``Location`` points, with the ``Authorization`` header, so the key, to another server."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises the 3xx as an ``HTTPError``
+
+
+class _Deadline:
+    """The time limit of a whole request, reply included. urllib's ``timeout`` bounds each wait on the socket (the
+    connection, each read), not the reply: an endpoint that sends a byte now and then (a proxy's keep-alive, a
+    stream) held the run for as long as it went on. At the deadline a timer thread shuts the connection down,
+    which ends the read in progress (``passed`` then says why it ended)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.passed = False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "_Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._timer.cancel()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._socks.append(sock)
+            if self.passed:
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.passed = True
+            for sock in self._socks:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with suppress(OSError):  # the descriptor's own shutdown: SSLSocket's would drop its TLS state under the reader
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Watched:
+    """An HTTP(S) handler whose connections are given to ``deadline`` once connected."""
+
+    deadline: _Deadline
+
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+        deadline = self.deadline
+
+        def connection(*args: Any, **kw: Any) -> Any:
+            conn = http_class(*args, **kw)
+            connect = conn.connect
+
+            def connect_watched() -> None:
+                connect()
+                deadline.watch(conn.sock)
+
+            conn.connect = connect_watched
+            return conn
+
+        return super().do_open(connection, req, **kwargs)  # type: ignore[misc]
+
+
+class _HTTP(_Watched, urllib.request.HTTPHandler):
+    pass
+
+
+class _HTTPS(_Watched, urllib.request.HTTPSHandler):
+    pass
+
+
+def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
+    """urlopen's handlers, but redirects are not followed and every connection ends at ``deadline``."""
+    handlers: list[Any] = [_HTTP(), _HTTPS()]
+    for handler in handlers:
+        handler.deadline = deadline
+    return urllib.request.build_opener(_NoRedirect, *handlers)
 
 
 def _key_forms(key: str) -> tuple[str, ...]:
@@ -103,6 +193,35 @@ def _strip_fences(content: str) -> str:
     return text.strip()
 
 
+def _ask(request: urllib.request.Request, timeout: float, deadline: _Deadline, key: str) -> bytes | dict[str, Any]:
+    """The endpoint's reply (its first ``MAX_REPLY_BYTES`` + 1 bytes), or the ``failed`` payload saying why not."""
+    try:
+        with _opener(deadline).open(request, timeout=timeout) as resp:  # noqa: S310 - the operator's own URL
+            return resp.read(MAX_REPLY_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        try:
+            body = exc.read(cut_read_size(500)) if exc.fp else b""
+        except (OSError, http.client.HTTPException):  # an error body cut off: its status is what matters
+            body = b""
+        detail = _scrub(body, key, 500)
+        if 300 <= exc.code < 400:
+            where = _scrub(str(exc.headers.get("Location") or "nowhere"), key, 500)
+            detail = f"a redirect to {where}, not followed (set LLM_URL to the URL that answers) {detail}".rstrip()
+        retry = exc.code in (408, 429) or exc.code >= 500
+        return _failed("LLM_HTTP_ERROR", f"LLM endpoint answered HTTP {exc.code}: {detail}", key, retryable=retry)
+    except (socket.timeout, TimeoutError):
+        return _failed("LLM_TIMEOUT", f"LLM endpoint did not answer within {timeout:g}s", key)
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, (socket.timeout, TimeoutError)):
+            return _failed("LLM_TIMEOUT", f"LLM endpoint did not answer within {timeout:g}s", key)
+        return _failed("LLM_NETWORK_ERROR", f"cannot reach the LLM endpoint: {exc.reason}", key)
+    except OSError as exc:
+        return _failed("LLM_NETWORK_ERROR", f"cannot reach the LLM endpoint: {exc}", key)
+    except http.client.HTTPException as exc:  # a reply cut off (IncompleteRead), or not HTTP (BadStatusLine)
+        return _failed("LLM_NETWORK_ERROR", f"the LLM endpoint's reply could not be read: {type(exc).__name__}: {exc}",
+                       key)
+
+
 def call_llm(ctx: Any, environ: dict[str, str] | None = None) -> Any:
     """Ask the model for a terminal payload; return it (or a ``failed`` payload on any error)."""
     env = llm_environment() if environ is None else environ  # its own settings, also in a filtered process
@@ -114,33 +233,26 @@ def call_llm(ctx: Any, environ: dict[str, str] | None = None) -> Any:
         timeout = float(env.get("ORCH_LLM_TIMEOUT") or DEFAULT_TIMEOUT)
     except ValueError:
         timeout = DEFAULT_TIMEOUT
+    if not 0 < timeout <= MAX_DURATION_SECONDS:  # nan, inf, 0, < 0: no socket or timer takes it, as "abc"
+        timeout = DEFAULT_TIMEOUT
     body = {"model": env.get("LLM_MODEL") or "default", "messages": _messages(ctx), "temperature": 0}
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(endpoint(url), data=json.dumps(body).encode(), headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - the operator's own URL
-            raw = resp.read(MAX_REPLY_BYTES + 1)
-    except urllib.error.HTTPError as exc:
-        detail = _scrub(exc.read(cut_read_size(500)) if exc.fp else b"", key, 500)
-        retry = exc.code in (408, 429) or exc.code >= 500
-        return _failed("LLM_HTTP_ERROR", f"LLM endpoint answered HTTP {exc.code}: {detail}", key, retryable=retry)
-    except (socket.timeout, TimeoutError):
+    with _Deadline(timeout) as deadline:
+        raw = _ask(request, timeout, deadline, key)
+    if deadline.passed:  # whatever the read got, or failed with, the connection was cut at the deadline
         return _failed("LLM_TIMEOUT", f"LLM endpoint did not answer within {timeout:g}s", key)
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, (socket.timeout, TimeoutError)):
-            return _failed("LLM_TIMEOUT", f"LLM endpoint did not answer within {timeout:g}s", key)
-        return _failed("LLM_NETWORK_ERROR", f"cannot reach the LLM endpoint: {exc.reason}", key)
-    except OSError as exc:
-        return _failed("LLM_NETWORK_ERROR", f"cannot reach the LLM endpoint: {exc}", key)
+    if isinstance(raw, dict):
+        return raw
     if len(raw) > MAX_REPLY_BYTES:
         return _failed("LLM_BAD_RESPONSE", "the LLM reply is larger than 4 MiB", key)
     try:
         content = json.loads(raw)["choices"][0]["message"]["content"]
         if not isinstance(content, str):
             raise TypeError("content is not a string")
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
+    except (ValueError, KeyError, IndexError, TypeError, RecursionError) as exc:  # nested deeper than json goes
         snippet = _scrub(raw, key, 200)
         return _failed("LLM_BAD_RESPONSE", f"the reply is not a chat completion ({exc}): {snippet}", key)
     try:

@@ -578,3 +578,35 @@ def test_a_stop_signal_just_after_a_forked_handler_is_reaped_keeps_its_exit_stat
         w._in_wait = False  # noqa: SLF001
     assert child.returncode == 7
     w.close()
+
+
+def _forks_and_both_go_on(ctx):
+    """``os.fork()`` without ``exec``: the copy returns (or ``sys.exit``s) first, the handler later."""
+    if os.fork() == 0:
+        if ctx.input == "exit":
+            raise SystemExit(0)
+        return {"status": "done", "summary": f"the forked copy of {ctx.job_id}"}
+    time.sleep(0.3)
+    return {"status": "done", "summary": f"the handler of {ctx.job_id}"}
+
+
+def _answers(ctx):
+    time.sleep(0.4)
+    return {"status": "done", "summary": f"the handler of {ctx.job_id}"}
+
+
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+@pytest.mark.parametrize("copy", ["return", "exit"])
+def test_a_copy_a_handler_forks_that_returns_or_exits_never_answers_for_its_run_nor_the_next(
+        orch, mode: str, copy: str) -> None:
+    """Its payload was taken as the run's (the copy was first), the handler's own then as the next run's, another
+    job's result; a copy's ``sys.exit(0)`` ended a per-run child's run at once, its handler still running."""
+    register("t.forks", _forks_and_both_go_on)
+    register("t.answers", _answers)
+    w = make_worker(orch, handler_process=mode)
+    forked = run(orch, w, "t.forks", copy, max_attempts=1)
+    after = [run(orch, w, "t.answers", None, max_attempts=1) for _ in range(2)]
+    w.close()
+    for r in [forked, *after]:
+        assert r["status"].state == "succeeded", r["status"].last_error
+        assert r["status"].result["summary"] == f"the handler of {r['status'].job_id}"

@@ -28,12 +28,26 @@ class FakeLLM(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length))
+        body = json.loads(self.rfile.read(length)) if length else None  # a GET has none
         self.server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
         mode = self.server.mode
         if mode == "slow":
             time.sleep(1.5)
             mode = "done"
+        if mode.startswith("trickle"):  # a whole reply, a byte every 0.1 s (trickle_error: an HTTP 500's body)
+            content = json.dumps({"status": "done", "summary": "late"})
+            reply = json.dumps({"choices": [{"message": {"content": content}}]})
+            self.send_response(500 if mode == "trickle_error" else 200)
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            try:
+                for byte in reply.encode():
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:  # the handler gave up on it
+                pass
+            return
         if mode.startswith("http"):
             status = int(mode[4:])
             self._send(status, f"error; you sent Authorization: {self.headers.get('Authorization')}".encode())
@@ -43,6 +57,23 @@ class FakeLLM(BaseHTTPRequestHandler):
             return
         if mode == "body":  # whatever the test put in server.status and server.body
             self._send(self.server.status, self.server.body)
+            return
+        if mode == "cut":  # a chunked reply whose connection closes before its last chunk
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b'd\r\n{"choices": [\r\n')
+            self.close_connection = True
+            return
+        if mode.startswith("redirect"):  # redirect302 ...: elsewhere, to server.location
+            self.send_response(int(mode[8:]))
+            self.send_header("Location", self.server.location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if mode == "not_http":  # no status line: whatever listens there does not speak HTTP
+            self.wfile.write(b"220 mail.example.com ESMTP ready\r\n")
+            self.close_connection = True
             return
         if mode.startswith("echo"):  # a proxy or a model that repeats the key it was sent, everywhere it can
             self._send(200, json.dumps(self._echo(mode)).encode())
@@ -57,6 +88,8 @@ class FakeLLM(BaseHTTPRequestHandler):
         reply = {"id": "x", "object": "chat.completion",
                  "choices": [{"index": 0, "message": {"role": "assistant", "content": contents[mode]}}]}
         self._send(200, json.dumps(reply).encode())
+
+    do_GET = do_POST  # noqa: N815 - what a followed redirect sends
 
     def _echo(self, mode: str) -> dict[str, Any]:
         seen = (self.headers.get("Authorization") or "").split(" ", 1)[-1]
@@ -81,8 +114,7 @@ class FakeLLM(BaseHTTPRequestHandler):
             pass
 
 
-@pytest.fixture
-def server() -> Iterator[ThreadingHTTPServer]:
+def serve() -> Iterator[ThreadingHTTPServer]:
     srv = ThreadingHTTPServer(("127.0.0.1", 0), FakeLLM)
     srv.mode = "done"
     srv.requests = []
@@ -92,6 +124,10 @@ def server() -> Iterator[ThreadingHTTPServer]:
     srv.shutdown()
     srv.server_close()
     thread.join(5)
+
+
+server = pytest.fixture(serve)
+other_server = pytest.fixture(serve)  # another origin, for redirects
 
 
 def llm_env(srv: ThreadingHTTPServer, **extra: str) -> dict[str, str]:
@@ -138,10 +174,52 @@ def test_a_key_the_endpoint_echoes_is_replaced_everywhere_in_the_payload(server,
         assert payload["artifacts"] == ["[REDACTED].txt"]
 
 
+@pytest.mark.parametrize("mode, body, code", [
+    ("body", b"[" * 100_000 + b"]" * 100_000, "LLM_BAD_RESPONSE"),  # deeper than the JSON decoder goes
+    ("cut", b"", "LLM_NETWORK_ERROR"),  # the connection closed before the reply was whole
+    ("not_http", b"", "LLM_NETWORK_ERROR"),  # no HTTP status line
+])
+def test_a_reply_the_handler_cannot_read_is_one_of_its_documented_codes_not_a_handler_error(
+        server, mode: str, body: bytes, code: str) -> None:
+    server.mode, server.status, server.body = mode, 200, body
+    payload = call_llm(CTX, llm_env(server))
+    assert (payload["status"], payload["error_code"], payload["retryable"]) == ("failed", code, True)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_not_followed_so_the_key_never_goes_to_another_server(server, other_server,
+                                                                          status: int) -> None:
+    """urllib follows a 301/302/303 as a GET to wherever it points, the Authorization header (the key) included."""
+    server.mode = f"redirect{status}"
+    server.location = f"http://127.0.0.1:{other_server.server_address[1]}/v1/chat/completions?token=abc123"
+    payload = call_llm(CTX, llm_env(server))
+    assert other_server.requests == [] and len(server.requests) == 1
+    assert (payload["status"], payload["error_code"], payload["retryable"]) == ("failed", "LLM_HTTP_ERROR", False)
+    assert f"HTTP {status}" in payload["summary"] and "not followed" in payload["summary"]
+    assert "token=[REDACTED]" in payload["summary"] and "abc123" not in payload["summary"]
+
+
 def test_a_timeout_is_llm_timeout(server) -> None:
     server.mode = "slow"
     payload = call_llm(CTX, llm_env(server, ORCH_LLM_TIMEOUT="0.2"))
     assert payload["error_code"] == "LLM_TIMEOUT"
+
+
+@pytest.mark.parametrize("mode", ["trickle", "trickle_error"])
+def test_a_reply_that_keeps_coming_past_the_timeout_is_llm_timeout_at_the_timeout(server,
+                                                                                  mode: str) -> None:
+    """ORCH_LLM_TIMEOUT bounds the whole reply, not each wait for a byte: a reply of ~80 bytes at 10 a second
+    (a proxy's keep-alive, a stream) took 8 s with a timeout of 0.5 s, and was taken as the answer."""
+    server.mode = mode
+    started = time.monotonic()
+    payload = call_llm(CTX, llm_env(server, ORCH_LLM_TIMEOUT="0.5"))
+    assert (payload["error_code"], payload["retryable"]) == ("LLM_TIMEOUT", True)
+    assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "1e300"])
+def test_a_timeout_no_socket_takes_counts_as_unset(server, value: str) -> None:
+    assert call_llm(CTX, llm_env(server, ORCH_LLM_TIMEOUT=value))["summary"] == "wrote the haiku"
 
 
 def test_a_refused_connection_is_a_network_error() -> None:

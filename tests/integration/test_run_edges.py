@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -409,6 +410,24 @@ def test_sys_exit_with_a_status_in_a_python_handler_is_recorded_with_that_status
     result, last = run_one(orch, "t.exit3", handler_process=mode)
     assert result.error_code == "NO_TERMINAL_SIGNAL_EXIT"
     assert last["data"]["error"] == "the process exited with status 3 without writing a terminal payload"
+
+
+def test_a_command_killed_by_a_signal_is_recorded_as_killed_by_that_signal_not_a_negative_status(orch) -> None:
+    """What the out-of-memory killer does to a command: "exited with status -9" is no exit status."""
+    result, last = run_one(orch, "command", {"argv": ["/bin/sh", "-c", "kill -KILL $$"]})
+    assert result.error_code == "NO_TERMINAL_SIGNAL_EXIT"
+    assert last["data"]["error"] == "the process was killed by signal 9 (SIGKILL) without writing a terminal payload"
+
+
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_python_handler_whose_process_a_signal_kills_is_recorded_with_that_signal(orch, mode: str) -> None:
+    def segfaults(ctx):
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    register("t.segv", segfaults)
+    result, last = run_one(orch, "t.segv", handler_process=mode)
+    assert result.error_code == "NO_TERMINAL_SIGNAL_EXIT"
+    assert last["data"]["error"] == "the process was killed by signal 11 (SIGSEGV) without writing a terminal payload"
 
 
 @pytest.mark.parametrize("mode", ["reused", "per-run"])
