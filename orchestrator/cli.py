@@ -333,7 +333,8 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
                                 processes=processes)
         note_missing_store(orch, out)
         if against:
-            report.problems.extend(check_anchor(orch, Path(against)))
+            # a link in a file's place is named once, whether verify or the anchor's check met it first
+            report.problems.extend(p for p in check_anchor(orch, Path(against)) if p not in report.problems)
         result = report.to_dict()
         if anchor and report.ok:
             result["exported"] = export_anchor(orch, anchor)

@@ -17,7 +17,7 @@ from orchestrator import clock
 from orchestrator import processes as processes_
 from orchestrator.api import Orchestrator
 from orchestrator.errors import InvalidInputError, PathEscapeError, SigningKeyError
-from orchestrator.history import ROLLED_BACK, Problem, check_head_record, verify_stream
+from orchestrator.history import PATH_ESCAPE, ROLLED_BACK, Problem, check_head_record, verify_stream
 from orchestrator.limits import MAX_ANCHOR_BYTES, read_at_most
 from orchestrator.output_file import OutputFile
 from orchestrator.signing import canonical, line_hash
@@ -97,7 +97,11 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
     from one process."""
     report = VerifyReport()
     job_ids = [job_id] if job_id else sorted(orch.store.job_ids())
-    claims = _audit_claims(orch, job_id)
+    audit_link = None  # the audit log is a symbolic link, never followed: its problem, as a job file's is
+    try:
+        claims = _audit_claims(orch, job_id)
+    except PathEscapeError as exc:
+        claims, audit_link = {}, Problem(AUDIT_STREAM, 0, PATH_ESCAPE, exc.message)
     chunks = processes_.chunked([(jid, claims.pop(jid, [])) for jid in job_ids], processes_.CHUNK)
     done = 0
     for part in processes_.in_chunks(orch, _check_chunk, chunks, len(job_ids), processes):
@@ -115,16 +119,24 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
             report.problems.extend(view.problems)
         from orchestrator.audit import AUDIT_HEAD
 
-        head_raw = orch.store.get_aux(*AUDIT_HEAD)  # before the lines: a racing append only makes them longer
-        lines = orch.store.read(AUDIT_STREAM)
+        try:  # before the lines: a racing append only makes them longer
+            head_raw, head_link = orch.store.get_aux(*AUDIT_HEAD), None
+        except PathEscapeError as exc:
+            head_raw, head_link = None, Problem(AUDIT_STREAM, 0, PATH_ESCAPE, exc.message)
+        lines = [] if audit_link else orch.store.read(AUDIT_STREAM)
+        if lines or audit_link:
+            report.streams += 1
         if lines:
             audit = verify_stream(AUDIT_STREAM, lines, orch.keyring)
-            report.streams += 1
             report.events += len(lines)
             report.problems.extend(audit.problems)
-        cut = check_head_record(AUDIT_STREAM, lines, head_raw or None, orch.keyring)
+        cut = head_link or (None if audit_link else check_head_record(AUDIT_STREAM, lines, head_raw or None,
+                                                                      orch.keyring))
         if cut:
             report.problems.append(cut)
+    if audit_link:  # no entry could be read, so none is known missing
+        report.problems.append(audit_link)
+        report.warnings = [w for w in report.warnings if w.code != AUDIT_ENTRY_MISSING]
     return report
 
 
@@ -234,7 +246,11 @@ def check_anchor(orch: Orchestrator, path: Path) -> list[Problem]:
     heads = _anchored_heads(path, body)
     problems = []
     for stream, (seq, digest) in heads.items():
-        lines = orch.store.read(stream)
+        try:
+            lines = orch.store.read(stream)
+        except PathEscapeError as exc:  # a link in the file's place, never followed: the anchored line is not there
+            problems.append(Problem(stream, 0, PATH_ESCAPE, exc.message))
+            continue
         if len(lines) < seq:
             problems.append(Problem(stream, len(lines), ROLLED_BACK,
                                     f"holds {len(lines)} events; the anchor of {body['created_at']} saw {seq}"))

@@ -277,6 +277,50 @@ def test_a_symlink_planted_as_a_head_record_is_never_written_through_and_its_job
     assert target.read_bytes() == b"" and head.is_symlink()
 
 
+@pytest.mark.parametrize("planted", ["audit/audit_events.jsonl", "audit-head/audit"])
+def test_a_symlink_planted_as_the_audit_log_or_its_head_record_is_a_problem_verify_lists_not_an_error(
+        orch: Orchestrator, tmp_path: Path, planted: str) -> None:
+    from orchestrator.integrity import verify_project
+
+    job = js.awaiting_audit(orch)
+    orch.approve(job)  # an audit entry, and the audit log's head record
+    path = orch.settings.state_dir / planted
+    target = tmp_path / "outside"
+    target.write_bytes(path.read_bytes())
+    path.unlink()
+    path.symlink_to(target)
+    # before: PathEscapeError, verify exited 3. One job's verify reads the log (its entries), not its head record
+    one_job = [("@audit", "PATH_ESCAPE")] if planted.startswith("audit/") else []
+    for report, expected in ((verify_project(orch), [("@audit", "PATH_ESCAPE")]), (verify_project(orch, job), one_job)):
+        assert [(p.stream, p.code) for p in report.problems] == expected
+        assert report.warnings == []  # no entry could be read, so none is reported missing
+    assert target.read_bytes() == path.read_bytes()
+
+
+def test_a_symlink_planted_as_an_anchored_jobs_file_is_a_problem_of_verify_against_named_once(
+        orch: Orchestrator, tmp_path: Path, cli_env: dict[str, str]) -> None:
+    import base64
+    import json
+    import subprocess
+    import sys
+
+    from orchestrator.integrity import check_anchor, export_anchor
+
+    first, second = orch.submit("rel.echo", {"x": 1}), orch.submit("rel.echo", {"x": 2})
+    anchor = tmp_path / "anchor.json"
+    export_anchor(orch, anchor)
+    path = orch.store.path(first)
+    path.unlink()
+    path.symlink_to(_outside(tmp_path, exists=True))
+    assert [(p.stream, p.code) for p in check_anchor(orch, anchor)] == [(first, "PATH_ESCAPE")]  # before: raised
+    env = {**cli_env, "ORCH_SIGNING_KEY": base64.urlsafe_b64encode(orch.keyring.signer or b"").decode()}
+    for args in (["--against", str(anchor)], ["--job-id", second, "--against", str(anchor)]):
+        done = subprocess.run([sys.executable, "-m", "orchestrator", "verify", "--json", *args], env=env,
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 7, done.stderr  # before: exit 3, an error object and no report
+        assert [(p["stream"], p["code"]) for p in json.loads(done.stdout)["problems"]] == [(first, "PATH_ESCAPE")]
+
+
 @pytest.mark.parametrize("area", ["heads", "leases", "audited", "audit-head"])
 @pytest.mark.parametrize("exists", [True, False], ids=["to_a_file_outside", "dangling"])
 def test_a_slot_is_never_written_or_read_through_a_symlink(tmp_path: Path, area: str, exists: bool) -> None:
