@@ -401,3 +401,19 @@ def test_keys_revoke_refuses_a_malformed_or_unknown_id_and_writes_nothing(cli_en
         assert proc.returncode == 3 and json.loads(proc.stdout)["error"] == error, (bad, proc.stdout, proc.stderr)
     assert not (isolated_env / "revoked").exists()
     assert run_script("submit", "--kind", "ok", "--input", "{}", env=env).returncode == 0
+
+
+def test_keys_rotate_and_revoke_say_that_a_key_set_in_the_environment_still_signs(
+        cli_env: dict[str, str], isolated_env: Path) -> None:
+    signer = json.loads(keys(cli_env, "list", "--json").stdout)["signing_key"]  # ORCH_SIGNING_KEY's
+    rotated = keys(cli_env, "rotate", "--json")
+    kid = json.loads(rotated.stdout)["signing_key"]
+    assert rotated.returncode == 0 and (isolated_env / "active").read_text().strip() == kid
+    warning = json.loads(rotated.stdout)["warning"]  # before: "new signing key", as if it signed from now on
+    assert "ORCH_SIGNING_KEY is set" in warning and kid in warning and "ORCH_SIGNING_KEY is set" in rotated.stderr
+    assert json.loads(keys(cli_env, "list", "--json").stdout)["signing_key"] == signer  # it does not sign
+    revoked = keys(cli_env, "revoke", signer, "--json")
+    warning = json.loads(revoked.stdout)["warning"]  # before: "until a new key is active (keys rotate)", which is not
+    assert revoked.returncode == 0 and "ORCH_SIGNING_KEY" in warning and "unset it" in warning
+    folder_env = {k: v for k, v in cli_env.items() if k != "ORCH_SIGNING_KEY"}
+    assert json.loads(keys(folder_env, "rotate", "--json").stdout)["warning"] is None
