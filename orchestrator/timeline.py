@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator import audit
 from orchestrator.clock import from_iso
-from orchestrator.errors import InvalidInputError, RunNotFoundError
-from orchestrator.history import verify_stream
+from orchestrator.errors import InvalidInputError, PathEscapeError, RunNotFoundError
+from orchestrator.history import PATH_ESCAPE, Problem, verify_stream
 from orchestrator.security import safe_line, validate_id
 from orchestrator.signing import line_hash
 from orchestrator.state import TRANSITIONS
@@ -83,7 +83,10 @@ def _detail(rec: dict[str, Any]) -> str:
 
 
 def find_job_of_run(orch: "Orchestrator", run_id: str) -> str:
-    _, entries = audit.entries_for(orch, run_id=run_id)
+    try:
+        _, entries = audit.entries_for(orch, run_id=run_id)
+    except PathEscapeError:  # the audit log is a link, never followed (``timeline`` reports it): ask the cache
+        entries = []
     if entries:
         return entries[0][1]["job_id"]
     from orchestrator.projection import job_of_run
@@ -110,9 +113,13 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
         raise InvalidInputError(f"--since {since!r} is not an ISO-8601 time (e.g. 2026-11-22T03:00:00Z, or "
                                 "2026-11-22T03:00:00 in UTC, or 2026-11-22T04:00:00+01:00)") from None
     view = orch.load(job_id, every_signature=True)  # it says "every line verified": each signature checked
-    if heal and view.ok:
-        audit.heal_quietly(orch, [view])
-    lines, entries = audit.entries_for(orch, job_id=job_id)
+    audit_link = None  # the audit log is a symbolic link, never followed: its problem, as ``verify`` lists it
+    try:
+        if heal and view.ok:
+            audit.heal_quietly(orch, [view])
+        lines, entries = audit.entries_for(orch, job_id=job_id)
+    except PathEscapeError as exc:
+        lines, entries, audit_link = [], [], Problem(AUDIT_STREAM, 0, PATH_ESCAPE, exc.message)
     bad = {p.line: p.code for p in view.problems if p.stream == job_id and p.line}
     first_bad = min(bad) if bad else None
     hashes = [line_hash(s.raw) for s in view.stream.lines]
@@ -125,7 +132,7 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
         except (ValueError, RecursionError):
             rec = {}
         status = bad.get(stored.seq) or ("ok" if first_bad is None or stored.seq < first_bad else AFTER_DAMAGE)
-        if status == "ok" and rec.get("type") in audit.AUDITED_EVENTS and eh not in audited:
+        if status == "ok" and rec.get("type") in audit.AUDITED_EVENTS and eh not in audited and not audit_link:
             status = AUDIT_ENTRY_MISSING
         events.append(Line(str(rec.get("ts", "")), "event", stored.seq, str(rec.get("type", "?")),
                            str(rec.get("actor", "")), rec.get("run_id"), _detail(rec), status))
@@ -164,8 +171,8 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
                             f"`orchestrator audit heal --job-id {job_id}` where the project's signing key is"}
                 ] if unaudited else []
     return {"job_id": job_id, "run_id": run_id, "lines": [ln.to_dict() for ln in out],
-            "ok": all(ln.status in ("ok", AUDIT_ENTRY_MISSING) for ln in out) and view.ok,
-            "problems": [p.to_dict() for p in view.problems], "warnings": warnings}
+            "ok": all(ln.status in ("ok", AUDIT_ENTRY_MISSING) for ln in out) and view.ok and not audit_link,
+            "problems": [p.to_dict() for p in [*view.problems, *filter(None, [audit_link])]], "warnings": warnings}
 
 
 def _merge(events: list[Line], hashes: list[str], named: dict[str, list[Line]], loose: list[Line]) -> list[Line]:

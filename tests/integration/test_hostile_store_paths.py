@@ -297,6 +297,23 @@ def test_a_symlink_planted_as_the_audit_log_or_its_head_record_is_a_problem_veri
     assert target.read_bytes() == path.read_bytes()
 
 
+def test_a_symlink_planted_as_the_audit_log_is_a_problem_of_the_audit_timeline_not_an_error(
+        orch: Orchestrator, tmp_path: Path) -> None:
+    from orchestrator.timeline import timeline
+
+    job = js.awaiting_audit(orch)
+    orch.approve(job)
+    path = orch.settings.state_dir / "audit" / "audit_events.jsonl"
+    target = tmp_path / "outside"
+    target.write_bytes(path.read_bytes())
+    path.unlink()
+    path.symlink_to(target)
+    for result in (timeline(orch, job_id=job), timeline(orch, run_id="run-1")):  # before: PathEscapeError, exit 3
+        assert result["ok"] is False and result["job_id"] == job
+        assert [(p["stream"], p["code"]) for p in result["problems"]] == [("@audit", "PATH_ESCAPE")]
+        assert result["lines"] and {ln["status"] for ln in result["lines"]} == {"ok"} and result["warnings"] == []
+
+
 def test_a_symlink_planted_as_an_anchored_jobs_file_is_a_problem_of_verify_against_named_once(
         orch: Orchestrator, tmp_path: Path, cli_env: dict[str, str]) -> None:
     import base64
