@@ -120,6 +120,21 @@ def test_verify_detects_a_job_file_cut_back_consistently(orch: Orchestrator) -> 
     assert report.problems[0].stream == AUDIT_STREAM
 
 
+def test_verify_of_one_job_whose_events_and_head_record_were_deleted_reports_its_audit_entries_not_no_such_job(
+        orch: Orchestrator) -> None:
+    from orchestrator.errors import JobNotFoundError
+
+    job_id = js.waiting_human(orch)
+    orch.resume(job_id, "yes")
+    orch.store.path(job_id).unlink()
+    (orch.settings.state_dir / "heads" / job_id).unlink()
+    whole, one = verify_project(orch), verify_project(orch, job_id)  # one: before, JOB_NOT_FOUND (exit 4)
+    assert [(p.stream, p.code) for p in one.problems] == [(AUDIT_STREAM, "AUDIT_EVENT_MISSING")] == [
+        (p.stream, p.code) for p in whole.problems]
+    with pytest.raises(JobNotFoundError):  # a job the audit log does not name either is still no job
+        verify_project(orch, "01ARZ3NDEKTSV4RRFFQ69G5FAV")
+
+
 @pytest.fixture(params=["jsonl", pytest.param("postgres", marks=pytest.mark.postgres)])
 def two_processes(request: pytest.FixtureRequest, base: Path, keyring):
     """Two orchestrators over one project, each with its own store, as two processes have."""
