@@ -401,3 +401,14 @@ def test_keys_revoke_refuses_a_malformed_or_unknown_id_and_writes_nothing(cli_en
         assert proc.returncode == 3 and json.loads(proc.stdout)["error"] == error, (bad, proc.stdout, proc.stderr)
     assert not (isolated_env / "revoked").exists()
     assert run_script("submit", "--kind", "ok", "--input", "{}", env=env).returncode == 0
+
+
+def test_a_kind_whose_bytes_are_not_utf8_is_refused_with_invalid_input_and_nothing_is_written(
+        cli_env: dict[str, str], base: Path) -> None:
+    # a shell in another locale passes the kind's bytes as they are: "k\xff" reaches Python as "k\udcff"
+    proc = run_script("submit", "--kind", "k\udcff", "--input", "{}", "--json", env=cli_env)
+    assert proc.returncode == 3, proc.stderr
+    assert json.loads(proc.stdout)["error"] == "INVALID_INPUT" and "Traceback" not in proc.stderr
+    assert not (base / "proj").exists()
+    listing = run_script("status", "--all", "--kind", "k\udcff", "--json", env=cli_env)
+    assert listing.returncode == 2 and json.loads(listing.stdout)["error"] == "USAGE_ERROR"
