@@ -445,7 +445,7 @@ class Orchestrator:
         from orchestrator.event_models import job_options
 
         if not is_kind(kind):  # named here, not as a model's error
-            raise InvalidInputError(f"the kind must be a handler name of 1 to {MAX_KIND_LENGTH} characters, "
+            raise InvalidInputError(f"the kind must be a handler name of 1 to {MAX_KIND_LENGTH} characters of valid Unicode, "
                                     f"not {shown(kind)}")
         if key is not None:  # it is stored in the job's first event and printed: an id, never free text
             validate_id(key, "idempotency key")

@@ -24,18 +24,32 @@ def recorded_names(folder: Path, paths: Iterable[str]) -> list[str]:
     """The names to record for the artifacts ``paths`` (relative to ``folder``): each one sanitized
     whole, as events always recorded them, and the file or folder whose name that changes moved to
     it (``password=x/report.md`` -> ``password=[REDACTED]``); a name already taken gets a ``2-``
-    prefix on its last part (``3-``, ...). A name that needs no change costs what recording it
-    always did: one ``sanitize_text``."""
+    prefix on its last part (``3-``, ...). A name whose bytes are not UTF-8 is recorded, and the file
+    moved, with U+FFFD for each such byte (``_unicode``). A name that needs no change costs what
+    recording it always did: one ``sanitize_text`` (and one ``encode``)."""
     moved: dict[str, str] = {}  # a path named twice is moved once
     names = []
     for path in paths:
-        name = sanitize_text(path)
+        name = sanitize_text(_unicode(path))
         if name != path:
             if path not in moved:
                 moved[path] = _move(folder, path, name)
             name = moved[path]
         names.append(name)
     return names
+
+
+def _unicode(path: str) -> str:
+    """``path`` as text an event can hold: a name whose bytes are not UTF-8 (a file a dead run left, listed by
+    ``os.walk`` with lone surrogates, which cannot be signed) has each such byte replaced by U+FFFD."""
+    try:
+        path.encode()
+        return path
+    except UnicodeEncodeError:
+        try:  # the bytes back as the file system has them, then decoded with U+FFFD where they are not UTF-8
+            return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:  # a surrogate no byte gives: not a listed name, but never a traceback
+            return path.encode("utf-8", "replace").decode()
 
 
 def _move(folder: Path, source: str, target: str) -> str:

@@ -262,7 +262,7 @@ def job_kinds(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
     bad setting, exit 3)."""
     for kind in value:
         if not is_kind(kind):
-            raise click.BadParameter(f"a job kind is 1 to {MAX_KIND_LENGTH} characters, not {shown(kind)}")
+            raise click.BadParameter(f"a job kind is 1 to {MAX_KIND_LENGTH} characters of valid Unicode, not {shown(kind)}")
     return value
 
 

@@ -91,6 +91,10 @@ def cancel(orch: "Orchestrator", job_id: str, reason: str = "", *, now: float | 
 
 def _clean(text: str | None, what: str, *, required: bool = False) -> str:
     text = sanitize_text((text or "").strip())
+    try:  # checked before anything is written: the event could be signed, and its audit entry not
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate: a command-line argument whose bytes are not UTF-8
+        raise InvalidInputError(f"the {what} is not valid Unicode (bytes that are not UTF-8?)") from None
     if required and not text:
         raise InvalidInputError(f"the {what} must not be empty")
     if len(text) > MAX_TEXT_CHARS:

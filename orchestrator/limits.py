@@ -44,9 +44,15 @@ def json_depth(value: Any) -> int:
 
 
 def is_kind(value: Any) -> bool:
-    """Whether ``value`` can be a job's kind: a text of 1 to ``MAX_KIND_LENGTH`` characters (a submit's, a worker's
-    ``--kind``)."""
-    return isinstance(value, str) and 0 < len(value) <= MAX_KIND_LENGTH
+    """Whether ``value`` can be a job's kind: a text of 1 to ``MAX_KIND_LENGTH`` characters, valid Unicode (a submit's,
+    a worker's ``--kind``)."""
+    if not (isinstance(value, str) and 0 < len(value) <= MAX_KIND_LENGTH):
+        return False
+    try:  # a lone surrogate (a command-line argument whose bytes are not UTF-8) cannot be signed nor stored
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def keep_latest(memory: OrderedDict[Any, Any], key: Any, value: Any, kept: int) -> None:

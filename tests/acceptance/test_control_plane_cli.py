@@ -153,6 +153,19 @@ def test_a_refused_action_exits_non_zero_with_a_clear_code(api: Orchestrator, cl
     assert js.event_types(api, job_id) == ["job_submitted"]
 
 
+@pytest.mark.parametrize("args", [["resume", "{id}", "yes", "--note", "n\udcff"], ["cancel", "{id}", "why \udcff"],
+                                  ["approve", "{id}", "ok \udcff"], ["resume", "{id}", "yes \udcff"]])
+def test_a_control_text_whose_bytes_are_not_utf8_is_refused_before_anything_is_written(
+        api: Orchestrator, cli_env: dict[str, str], args: list[str]) -> None:
+    # bytes that are not UTF-8 on the command line reach Python as lone surrogates, which cannot be signed
+    job_id = js.awaiting_audit(api) if args[0] == "approve" else js.waiting_human(api)
+    before = js.event_types(api, job_id)
+    proc = run_script("control", *[a.format(id=job_id) for a in args], "--json", env=cli_env)
+    assert proc.returncode == 3 and as_json(proc)["error"] == "INVALID_INPUT", (proc.stdout, proc.stderr[-300:])
+    assert js.event_types(api, job_id) == before
+    assert ok("verify", "--json", env=cli_env).returncode == 0 and not as_json(ok("verify", "--json", env=cli_env))["warnings"]
+
+
 @pytest.mark.parametrize("message", [
     "job_id: {id}; yes", "JOB_ID:{id};yes", "Job Id ： {id} ； yes", "job-id：{id}；yes", "jobid: `{id}` yes",
 ])

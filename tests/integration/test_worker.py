@@ -811,7 +811,8 @@ def test_status_shows_the_claims_expiry_when_the_renewed_one_is_past_the_last_da
 
 
 @pytest.mark.parametrize("left, stored", [("half.csv", "half.csv"),
-                                          ("password=hunter2xyz.csv", "password=[REDACTED]")])  # named as stored
+                                          ("password=hunter2xyz.csv", "password=[REDACTED]"),  # named as stored
+                                          ("caf\udce9.csv", "caf\ufffd.csv")])  # bytes b"caf\xe9.csv": not UTF-8
 def test_a_dead_run_that_left_artifacts_goes_to_waiting_human(orch, left: str, stored: str) -> None:
     job = orch.submit("t.echo", 1)
     t = orch.clock()

@@ -230,7 +230,7 @@ def test_cli_submit_with_an_empty_kind_says_what_a_kind_must_be(runner_env: dict
     result = CliRunner().invoke(cli, ["submit", "--kind", "", "--input", "{}", "--json"], env=runner_env)
     error = json.loads(result.output)
     assert result.exit_code == 3 and error["error"] == "INVALID_INPUT"
-    assert error["message"] == "the kind must be a handler name of 1 to 200 characters, not ''"
+    assert error["message"] == "the kind must be a handler name of 1 to 200 characters of valid Unicode, not ''"
     assert not list((base / "proj" / ".orchestrator" / "queue" / "jobs").glob("*"))
 
 
