@@ -403,7 +403,6 @@ def test_keys_revoke_refuses_a_malformed_or_unknown_id_and_writes_nothing(cli_en
     assert run_script("submit", "--kind", "ok", "--input", "{}", env=env).returncode == 0
 
 
-<<<<<<< HEAD
 def test_keys_rotate_and_revoke_say_that_a_key_set_in_the_environment_still_signs(
         cli_env: dict[str, str], isolated_env: Path) -> None:
     signer = json.loads(keys(cli_env, "list", "--json").stdout)["signing_key"]  # ORCH_SIGNING_KEY's
@@ -418,7 +417,8 @@ def test_keys_rotate_and_revoke_say_that_a_key_set_in_the_environment_still_sign
     assert revoked.returncode == 0 and "ORCH_SIGNING_KEY" in warning and "unset it" in warning
     folder_env = {k: v for k, v in cli_env.items() if k != "ORCH_SIGNING_KEY"}
     assert json.loads(keys(folder_env, "rotate", "--json").stdout)["warning"] is None
-=======
+
+
 def test_a_kind_whose_bytes_are_not_utf8_is_refused_with_invalid_input_and_nothing_is_written(
         cli_env: dict[str, str], base: Path) -> None:
     # a shell in another locale passes the kind's bytes as they are: "k\xff" reaches Python as "k\udcff"
@@ -428,4 +428,3 @@ def test_a_kind_whose_bytes_are_not_utf8_is_refused_with_invalid_input_and_nothi
     assert not (base / "proj").exists()
     listing = run_script("status", "--all", "--kind", "k\udcff", "--json", env=cli_env)
     assert listing.returncode == 2 and json.loads(listing.stdout)["error"] == "USAGE_ERROR"
->>>>>>> crash-review-1202
