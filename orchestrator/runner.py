@@ -392,7 +392,11 @@ def handler_payload(fn: Callable[[], Any]) -> bytes:
     except Exception as exc:  # the handler's failure is the job's outcome, not the worker's
         leave_if_forked(me, 1)
         traceback.print_exc()
-        summary = sanitized_cut(f"handler raised {type(exc).__name__}: {exc}", 2000)  # sanitized, then cut
+        text = f"handler raised {type(exc).__name__}: {exc}"
+        # bytes that are not UTF-8 in the message (a file name) are lone surrogates, which no event can hold: shown
+        # escaped (``\udce9``), so the message is kept instead of the payload being refused as malformed
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        summary = sanitized_cut(text, 2000)  # sanitized, then cut
         return json.dumps({"status": "failed", "summary": summary, "error_code": "HANDLER_ERROR",
                            "retryable": True}).encode()
 

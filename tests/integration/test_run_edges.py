@@ -652,3 +652,16 @@ def test_a_stop_signal_just_after_a_command_is_reaped_never_signals_its_group_af
     assert signalled and worker.stopping
     assert (result.job_id, result.outcome) == (job, "succeeded")
     assert group_signals and all(present for _sig, present in group_signals), group_signals
+
+
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_handler_exception_whose_text_is_not_unicode_is_a_handler_error_with_its_message(orch, mode: str) -> None:
+    """A message built from bytes that are not UTF-8 (a file name, ``os.fsdecode``) holds lone surrogates: it was
+    recorded as ``MALFORMED_PAYLOAD`` ("summary: Input should be a valid string") and the message was lost."""
+    def raises(ctx):
+        raise OSError("cannot open caf\udce9.csv")
+
+    register("t.raises_bytes", raises)
+    result, last = run_one(orch, "t.raises_bytes", handler_process=mode)
+    assert result.error_code == "HANDLER_ERROR", last
+    assert "cannot open caf" in last["data"]["summary"] and ".csv" in last["data"]["summary"]
