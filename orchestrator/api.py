@@ -23,7 +23,7 @@ from orchestrator.command_input import COMMAND_KIND, parse_command_input
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Settings, default_actor
 from orchestrator.errors import (ConcurrencyError, ConfigError, ContextSignatureInvalid, InvalidIdError,
                                  InvalidInputError, JobNotFoundError, OrchestratorError, PathEscapeError)
-from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, PATH_ESCAPE, Problem, VerifiedStream,
+from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream,
                                   check_head_record, check_head, head_record, seal, verify_stream)
 from orchestrator.limits import MAX_INPUT_BYTES, MAX_JSON_DEPTH, MAX_KIND_LENGTH, is_kind, json_depth
 from orchestrator.security import shown, validate_id
@@ -214,7 +214,7 @@ class Orchestrator:
         """The job whose events file or head record is a symbolic link, which the store never follows:
         no event can be trusted, so it is reported as the job's problem, like a damaged file (``status``
         exits 7, a worker refuses it, ``verify`` lists it), not raised at every command that lists jobs."""
-        return self._view(job_id, VerifiedStream(job_id, []), Problem(job_id, 0, PATH_ESCAPE, exc.message))
+        return self._view(job_id, VerifiedStream(job_id, []), Problem.linked(job_id, exc))
 
     def _verified_view(self, job_id: str, lines: list[StoredLine], head_raw: bytes | None, *,
                        every_signature: bool = False) -> JobView:

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from orchestrator.limits import is_unicode
 from orchestrator.security import sanitize_text
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,12 @@ def recorded_names(folder: Path, paths: Iterable[str]) -> list[str]:
 def _unicode(path: str) -> str:
     """``path`` as text an event can hold: a name whose bytes are not UTF-8 (a file a dead run left, listed by
     ``os.walk`` with lone surrogates, which cannot be signed) has each such byte replaced by U+FFFD."""
-    try:
-        path.encode()
+    if is_unicode(path):
         return path
-    except UnicodeEncodeError:
-        try:  # the bytes back as the file system has them, then decoded with U+FFFD where they are not UTF-8
-            return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        except UnicodeEncodeError:  # a surrogate no byte gives: not a listed name, but never a traceback
-            return path.encode("utf-8", "replace").decode()
+    try:  # the bytes back as the file system has them, then decoded with U+FFFD where they are not UTF-8
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate no byte gives: not a listed name, but never a traceback
+        return path.encode("utf-8", "replace").decode()
 
 
 def _move(folder: Path, source: str, target: str) -> str:

@@ -403,18 +403,15 @@ def keys_rotate(out: Output) -> None:
     A process reads the active key once, when it first signs: restart running workers to sign with the new key.
     With ORCH_SIGNING_KEY or ORCH_SIGNING_KEY_FILE set, that key still signs (a warning says so).
     """
-    import os
-
     from orchestrator.errors import SigningKeyError
-    from orchestrator.signing import keyring_dir, write_keypair
+    from orchestrator.signing import keyring_dir, signing_variable, write_keypair
 
     folder = keyring_dir()
     try:
         kid = write_keypair(folder)
     except OSError as exc:
         raise SigningKeyError(f"cannot write a new key in the keyring folder {folder}: {exc.strerror or exc}") from None
-    # load_keyring's order: a key set in the environment signs whatever the folder's active key is
-    variable = next((v for v in ("ORCH_SIGNING_KEY", "ORCH_SIGNING_KEY_FILE") if os.environ.get(v)), None)
+    variable = signing_variable()  # a key set in the environment signs whatever the folder's active key is
     warning = None
     if variable:
         warning = (f"{variable} is set, so its key still signs, not {kid}: unset it to sign with the keyring "
@@ -441,7 +438,7 @@ def keys_revoke(out: Output, kid: str) -> None:
     warning = None
     if kid == ring.signing_key_id():
         warning = (f"{kid} is the active signing key: writes are refused (exit 8) until another key signs. "
-                   + ring._how_to_replace())
+                   + ring.how_to_replace())
         click.echo(f"warning: {warning}", err=True)
     out.emit({"revoked": kid, "already_revoked": already, "warning": warning},
              f"{kid} was already revoked; nothing changed" if already else f"revoked {kid}")

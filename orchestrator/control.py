@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator import audit
 from orchestrator.errors import (ActionConflictError, ChatMessageError, JobIdMismatchError, ConcurrencyError, ContextSignatureInvalid, InvalidInputError,
                                  InvalidTransitionError)
+from orchestrator.limits import is_unicode
 from orchestrator.security import is_assigned_job_id, one_line, sanitize_text
 from orchestrator.state import AWAITING_AUDIT, CANCELLED, WAITING_HUMAN, check_transition
 
@@ -91,10 +92,8 @@ def cancel(orch: "Orchestrator", job_id: str, reason: str = "", *, now: float | 
 
 def _clean(text: str | None, what: str, *, required: bool = False) -> str:
     text = sanitize_text((text or "").strip())
-    try:  # checked before anything is written: the event could be signed, and its audit entry not
-        text.encode()
-    except UnicodeEncodeError:  # a lone surrogate: a command-line argument whose bytes are not UTF-8
-        raise InvalidInputError(f"the {what} is not valid Unicode (bytes that are not UTF-8?)") from None
+    if not is_unicode(text):  # checked before anything is written: the event could be signed, and its entry not
+        raise InvalidInputError(f"the {what} is not valid Unicode (bytes that are not UTF-8?)")
     if required and not text:
         raise InvalidInputError(f"the {what} must not be empty")
     if len(text) > MAX_TEXT_CHARS:

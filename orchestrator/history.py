@@ -46,6 +46,12 @@ class Problem:
     def to_dict(self) -> dict[str, Any]:
         return {"stream": self.stream, "line": self.line, "code": self.code, "message": self.message}
 
+    @classmethod
+    def linked(cls, stream: str, exc: Exception) -> "Problem":
+        """A symbolic link in the place of ``stream``'s file (or its head record), never followed (``PathEscapeError``):
+        nothing of it can be read, so it is the stream's problem, at line 0."""
+        return cls(stream, 0, PATH_ESCAPE, getattr(exc, "message", str(exc)))
+
 
 @dataclass
 class VerifiedStream:

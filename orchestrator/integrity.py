@@ -17,7 +17,7 @@ from orchestrator import clock
 from orchestrator import processes as processes_
 from orchestrator.api import Orchestrator
 from orchestrator.errors import InvalidInputError, JobNotFoundError, PathEscapeError, SigningKeyError
-from orchestrator.history import PATH_ESCAPE, ROLLED_BACK, Problem, check_head_record, verify_stream
+from orchestrator.history import ROLLED_BACK, Problem, check_head_record, verify_stream
 from orchestrator.limits import MAX_ANCHOR_BYTES, read_at_most
 from orchestrator.output_file import OutputFile
 from orchestrator.signing import canonical, line_hash
@@ -101,7 +101,7 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
     try:
         claims = _audit_claims(orch, job_id)
     except PathEscapeError as exc:
-        claims, audit_link = {}, Problem(AUDIT_STREAM, 0, PATH_ESCAPE, exc.message)
+        claims, audit_link = {}, Problem.linked(AUDIT_STREAM, exc)
     chunks = processes_.chunked([(jid, claims.pop(jid, [])) for jid in job_ids], processes_.CHUNK)
     done = 0
     for part in processes_.in_chunks(orch, _check_chunk, chunks, len(job_ids), processes):
@@ -122,7 +122,7 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
         try:  # before the lines: a racing append only makes them longer
             head_raw, head_link = orch.store.get_aux(*AUDIT_HEAD), None
         except PathEscapeError as exc:
-            head_raw, head_link = None, Problem(AUDIT_STREAM, 0, PATH_ESCAPE, exc.message)
+            head_raw, head_link = None, Problem.linked(AUDIT_STREAM, exc)
         lines = [] if audit_link else orch.store.read(AUDIT_STREAM)
         if lines or audit_link:
             report.streams += 1
@@ -255,7 +255,7 @@ def check_anchor(orch: Orchestrator, path: Path) -> list[Problem]:
         try:
             lines = orch.store.read(stream)
         except PathEscapeError as exc:  # a link in the file's place, never followed: the anchored line is not there
-            problems.append(Problem(stream, 0, PATH_ESCAPE, exc.message))
+            problems.append(Problem.linked(stream, exc))
             continue
         if len(lines) < seq:
             problems.append(Problem(stream, len(lines), ROLLED_BACK,

@@ -43,16 +43,22 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
-def is_kind(value: Any) -> bool:
-    """Whether ``value`` can be a job's kind: a text of 1 to ``MAX_KIND_LENGTH`` characters, valid Unicode (a submit's,
-    a worker's ``--kind``)."""
-    if not (isinstance(value, str) and 0 < len(value) <= MAX_KIND_LENGTH):
-        return False
-    try:  # a lone surrogate (a command-line argument whose bytes are not UTF-8) cannot be signed nor stored
-        value.encode()
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` is valid Unicode: no lone surrogate, which is how Python gives bytes that are not UTF-8 (a
+    command-line argument, a file name) and which nothing can sign, store or write as UTF-8."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
     except UnicodeEncodeError:
         return False
     return True
+
+
+def is_kind(value: Any) -> bool:
+    """Whether ``value`` can be a job's kind: a text of 1 to ``MAX_KIND_LENGTH`` characters, valid Unicode (a submit's,
+    a worker's ``--kind``)."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_KIND_LENGTH and is_unicode(value)
 
 
 def keep_latest(memory: OrderedDict[Any, Any], key: Any, value: Any, kept: int) -> None:
@@ -73,15 +79,8 @@ def read_at_most(source: IO[bytes], limit: int) -> bytes | None:
 
 # -- plainly valid JSON: what the fast acceptors (events.py, payload.py) take without pydantic --------
 def plain_str(value: Any) -> bool:
-    if type(value) is not str:
-        return False
-    if value.isascii():
-        return True
-    try:
-        value.encode()
-    except UnicodeEncodeError:  # lone surrogates: leave them to pydantic
-        return False
-    return True
+    # the acceptors' hot path (every string of every event): ASCII decided here, without a call
+    return type(value) is str and (value.isascii() or is_unicode(value))  # lone surrogates: left to pydantic
 
 
 def plain_json(value: Any, depth: int = 0) -> bool:

@@ -1,6 +1,6 @@
 """Work over many jobs split across forked processes: each signature check costs ~40-90 us of one core.
 
-``verify`` and a cold jobs cache (``metrics``, ``status --all --state``) read and verify every job; on a large
+``verify`` and a cold jobs cache (``metrics``, ``status --all --state/--kind``) read and verify every job; on a large
 project that is minutes of one core while the others idle. ``in_chunks`` hands chunks of the work to a pool of
 forked processes (each a copy of the caller, with its keyring and store: a PostgreSQL store opens connections of
 its own in a child, ``PostgresStore._after_fork_in_child``) and yields their results in order, so the caller
@@ -81,7 +81,7 @@ def in_chunks(orch: Any, work: Callable[[Any, Any], R], chunks: Sequence[Any], j
     except BrokenProcessPool:  # a child killed (the OOM killer, a signal): ``multiprocessing.Pool`` waited for ever
         raise OrchestratorError("a process reading the jobs ended abruptly (killed, or out of memory): run the "
                                 "command again, or read with one process (verify --processes 1, metrics --processes "
-                                "1: it also builds the jobs cache a first status --all --state reads)") from None
+                                "1: it also builds the jobs cache a first status --all --state or --kind reads)") from None
     except BaseException:  # Ctrl-C, an error of the caller's: the children's work is of no use any more
         for child in list(getattr(pool, "_processes", None) or {}):
             with contextlib.suppress(OSError):

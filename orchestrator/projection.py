@@ -18,7 +18,8 @@ an unchanged listing still matches the cache. Every section's length is checked 
 damaged file is just rebuilt; a cache that cannot be read is rebuilt too, and one that cannot be
 written is a warning, never a failed command. It is derived (ADR: events > audit log > caches):
 delete it at any time, or pass ``--rebuild``, and the next refresh recomputes it. Rows are trusted only
-for figures and to pick the jobs ``status --all --state`` reads (each verified, its state checked again):
+for figures and to pick the jobs ``status --all --state/--kind`` reads (each verified, its state and kind checked
+again; format 5 holds each job's kind):
 no job is run or changed because of a row.
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple,
 from orchestrator import processes
 from orchestrator.clock import from_iso
 from orchestrator.errors import InvalidIdError, JobNotFoundError, PathEscapeError, StorageError
+from orchestrator.limits import is_unicode
 from orchestrator.state import CANCELLED, FAILED, STATES, SUCCEEDED, WAITING_HUMAN, Event, apply
 
 if TYPE_CHECKING:
@@ -368,11 +370,7 @@ def _summarized(orch: "Orchestrator", job_ids: Sequence[str], *, heal: bool
 def _storable(name: str) -> bool:
     """Whether a stray file's name can be an entry of the cache, which holds one UTF-8 line per id: one
     with a newline, or bytes that are not UTF-8 (``os.listdir`` gives them as surrogates), cannot."""
-    try:
-        name.encode()
-    except UnicodeEncodeError:
-        return False
-    return "\n" not in name
+    return is_unicode(name) and "\n" not in name
 
 
 def _still_removed(orch: "Orchestrator", job_ids: list[str]) -> bool:

@@ -475,17 +475,15 @@ class FileQueueIndex(QueueIndex):
         self._touch(self._built_s)
 
     def wait(self, timeout: float) -> bool:
-        if self._watcher is not None and self._watcher.lost:
-            # ready/ was removed or moved away (the index is a cache: deletable at any time) and the next entry
-            # goes into a new folder: watch that one, and say "look now", for an entry put there before the watch
+        # ready/ removed or moved away (the index is a cache: deletable at any time): the next entry goes into a new
+        # folder, so that one is watched, and "look now" said, for an entry put there before the watch
+        lost = self._watcher is not None and self._watcher.lost
+        if lost:
             self.close()
-            make_folder(self.ready_dir, self.root)
-            self._watcher = make_watcher(self.ready_dir, self._wakeup)
-            return True
         if self._watcher is None:
             make_folder(self.ready_dir, self.root)
             self._watcher = make_watcher(self.ready_dir, self._wakeup)
-        return self._watcher.wait(timeout)
+        return True if lost else self._watcher.wait(timeout)
 
     def close(self) -> None:
         if self._watcher is not None:

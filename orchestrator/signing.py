@@ -203,10 +203,11 @@ class Keyring:
         # ``reload`` may have revoked the key since. Whatever it signed would fail everywhere as KEY_REVOKED.
         if self.signer_id in self.revoked:
             raise SigningKeyError(f"the signing key {self.signer_id} is revoked: nothing is signed with it. "
-                                  + self._how_to_replace())
+                                  + self.how_to_replace())
         return self.signer_id, self.signer
 
-    def _how_to_replace(self) -> str:
+    def how_to_replace(self) -> str:
+        """What to do so that another key signs: where this keyring's signing key comes from decides it."""
         if self.signer_folder is not None:
             return "Make a new key active: orchestrator keys rotate"
         return (f"It comes from {self.source}: set that to a key that is not revoked, or unset it to sign with the "
@@ -482,6 +483,15 @@ def _trust_folder(ring: Keyring, folder: Path) -> None:
         ring.revoked = ring.revoked | {ln.strip() for ln in text.splitlines() if ln.strip()}
 
 
+SIGNING_KEY_VARIABLES = ("ORCH_SIGNING_KEY", "ORCH_SIGNING_KEY_FILE")  # in the order ``load_keyring`` takes them
+
+
+def signing_variable(env: Mapping[str, str] | None = None) -> str | None:
+    """The variable whose key signs (``load_keyring``), or None when the keyring folder's active key does."""
+    env = os.environ if env is None else env
+    return next((name for name in SIGNING_KEY_VARIABLES if env.get(name)), None)
+
+
 def load_keyring(env: Mapping[str, str] | None = None, *, announce: bool = True) -> Keyring:
     """Build the keyring from ``ORCH_SIGNING_KEY`` / ``ORCH_SIGNING_KEY_FILE`` / ``ORCH_KEYRING_DIR``.
 
@@ -497,13 +507,14 @@ def load_keyring(env: Mapping[str, str] | None = None, *, announce: bool = True)
     ring = Keyring(source=str(directory), paths=tuple(folders), folders=tuple(folders))
     for folder in folders:
         _trust_folder(ring, Path(folder))
-    if env.get("ORCH_SIGNING_KEY"):
+    variable = signing_variable(env)
+    if variable == "ORCH_SIGNING_KEY":
         try:
             ring.add_signer(_unb64(env["ORCH_SIGNING_KEY"].strip()))
         except ValueError:
             raise SigningKeyError("ORCH_SIGNING_KEY must be the base64url encoding of a 32-byte Ed25519 seed") from None
         ring.source = "ORCH_SIGNING_KEY"
-    elif env.get("ORCH_SIGNING_KEY_FILE"):
+    elif variable == "ORCH_SIGNING_KEY_FILE":
         ring.add_signer(_private_from_pem_file(Path(env["ORCH_SIGNING_KEY_FILE"])))
         ring.source = env["ORCH_SIGNING_KEY_FILE"]
         ring.paths += (ring.source,)

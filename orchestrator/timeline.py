@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator import audit
 from orchestrator.clock import from_iso
 from orchestrator.errors import InvalidInputError, PathEscapeError, RunNotFoundError
-from orchestrator.history import PATH_ESCAPE, Problem, verify_stream
+from orchestrator.history import Problem, verify_stream
 from orchestrator.security import safe_line, validate_id
 from orchestrator.signing import line_hash
 from orchestrator.state import TRANSITIONS
@@ -119,7 +119,7 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
             audit.heal_quietly(orch, [view])
         lines, entries = audit.entries_for(orch, job_id=job_id)
     except PathEscapeError as exc:
-        lines, entries, audit_link = [], [], Problem(AUDIT_STREAM, 0, PATH_ESCAPE, exc.message)
+        lines, entries, audit_link = [], [], Problem.linked(AUDIT_STREAM, exc)
     bad = {p.line: p.code for p in view.problems if p.stream == job_id and p.line}
     first_bad = min(bad) if bad else None
     hashes = [line_hash(s.raw) for s in view.stream.lines]

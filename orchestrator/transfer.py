@@ -40,7 +40,7 @@ from orchestrator import clock, faults
 from orchestrator.api import HEADS_AREA, Orchestrator
 from orchestrator.audit import AUDIT_HEAD
 from orchestrator.errors import ImportConflictError, IntegrityError, InvalidIdError, InvalidInputError, PathEscapeError
-from orchestrator.history import PATH_ESCAPE, Problem, VerifiedStream, check_head_record, verify_stream
+from orchestrator.history import Problem, VerifiedStream, check_head_record, verify_stream
 from orchestrator.security import is_id, shown, validate_id
 from orchestrator.store.base import AUDIT_STREAM, StoredLine
 
@@ -105,7 +105,7 @@ def export_project(orch: Orchestrator, out: IO[bytes], *, allow_damaged: bool = 
             head = orch.store.get_aux(*_head_key(stream)) or None  # before the lines: an append only adds lines
             lines = orch.store.read(stream)
         except PathEscapeError as exc:  # a symbolic link in the file's place is never followed
-            found([Problem(stream, 0, PATH_ESCAPE, exc.message)])
+            found([Problem.linked(stream, exc)])
             continue
         if not lines:
             if stream == AUDIT_STREAM:  # an emptied audit log whose head record says it held entries

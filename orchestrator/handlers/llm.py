@@ -170,6 +170,11 @@ def _failed(code: str, message: str, key: str, retryable: bool = True) -> dict[s
     return {"status": "failed", "summary": _scrub(message, key, 2000), "error_code": code, "retryable": retryable}
 
 
+def _timed_out(timeout: float, key: str) -> dict[str, Any]:
+    """The payload of a request that took longer than ``timeout``: a socket wait, or the whole reply (``_Deadline``)."""
+    return _failed("LLM_TIMEOUT", f"LLM endpoint did not answer within {timeout:g}s", key)
+
+
 def endpoint(url: str) -> str:
     url = url.rstrip("/")
     return url if url.endswith("/chat/completions") else url + "/chat/completions"
@@ -210,10 +215,10 @@ def _ask(request: urllib.request.Request, timeout: float, deadline: _Deadline, k
         retry = exc.code in (408, 429) or exc.code >= 500
         return _failed("LLM_HTTP_ERROR", f"LLM endpoint answered HTTP {exc.code}: {detail}", key, retryable=retry)
     except (socket.timeout, TimeoutError):
-        return _failed("LLM_TIMEOUT", f"LLM endpoint did not answer within {timeout:g}s", key)
+        return _timed_out(timeout, key)
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, (socket.timeout, TimeoutError)):
-            return _failed("LLM_TIMEOUT", f"LLM endpoint did not answer within {timeout:g}s", key)
+            return _timed_out(timeout, key)
         return _failed("LLM_NETWORK_ERROR", f"cannot reach the LLM endpoint: {exc.reason}", key)
     except OSError as exc:
         return _failed("LLM_NETWORK_ERROR", f"cannot reach the LLM endpoint: {exc}", key)
@@ -243,7 +248,7 @@ def call_llm(ctx: Any, environ: dict[str, str] | None = None) -> Any:
     with _Deadline(timeout) as deadline:
         raw = _ask(request, timeout, deadline, key)
     if deadline.passed:  # whatever the read got, or failed with, the connection was cut at the deadline
-        return _failed("LLM_TIMEOUT", f"LLM endpoint did not answer within {timeout:g}s", key)
+        return _timed_out(timeout, key)
     if isinstance(raw, dict):
         return raw
     if len(raw) > MAX_REPLY_BYTES:
