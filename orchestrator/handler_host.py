@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from orchestrator.handler_result import handler_payload
 from orchestrator.leftovers import end_leftovers, set_run_environment
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
 from orchestrator.runner import (HANDLER_PIPE_ENDS, STANDARD_FDS, UNREAPED, Child, forked_handler,
-                                 give_standard_streams, handler_main, handler_payload, reap_exited, spawning,
+                                 give_standard_streams, handler_main, reap_exited, spawning,
                                  stop_deferred)
 from orchestrator.store.files import STRAY_AGE, pid_alive
 
