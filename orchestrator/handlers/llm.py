@@ -202,7 +202,10 @@ def _ask(request: urllib.request.Request, timeout: float, deadline: _Deadline, k
     """The endpoint's reply (its first ``MAX_REPLY_BYTES`` + 1 bytes), or the ``failed`` payload saying why not."""
     try:
         with _opener(deadline).open(request, timeout=timeout) as resp:  # noqa: S310 - the operator's own URL
-            return resp.read(MAX_REPLY_BYTES + 1)
+            data = resp.read(MAX_REPLY_BYTES + 1)
+            if resp.length and len(data) <= MAX_REPLY_BYTES:  # a read of a set size takes a cut reply as it is
+                raise http.client.IncompleteRead(data, resp.length)
+            return data
     except urllib.error.HTTPError as exc:
         try:
             body = exc.read(cut_read_size(500)) if exc.fp else b""

@@ -65,6 +65,13 @@ class FakeLLM(BaseHTTPRequestHandler):
             self.wfile.write(b'd\r\n{"choices": [\r\n')
             self.close_connection = True
             return
+        if mode == "cut_length":  # a reply whose connection closes before the Content-Length it announced
+            self.send_response(200)
+            self.send_header("Content-Length", "400")
+            self.end_headers()
+            self.wfile.write(b'{"choices": [')
+            self.close_connection = True
+            return
         if mode.startswith("redirect"):  # redirect302 ...: elsewhere, to server.location
             self.send_response(int(mode[8:]))
             self.send_header("Location", self.server.location)
@@ -177,6 +184,7 @@ def test_a_key_the_endpoint_echoes_is_replaced_everywhere_in_the_payload(server,
 @pytest.mark.parametrize("mode, body, code", [
     ("body", b"[" * 100_000 + b"]" * 100_000, "LLM_BAD_RESPONSE"),  # deeper than the JSON decoder goes
     ("cut", b"", "LLM_NETWORK_ERROR"),  # the connection closed before the reply was whole
+    ("cut_length", b"", "LLM_NETWORK_ERROR"),  # ... before the Content-Length it announced
     ("not_http", b"", "LLM_NETWORK_ERROR"),  # no HTTP status line
 ])
 def test_a_reply_the_handler_cannot_read_is_one_of_its_documented_codes_not_a_handler_error(
