@@ -223,7 +223,7 @@ def remove_strays(path: Path) -> None:
     except OSError:
         return
     for name in names:
-        pid = name[len(prefix):-len(".tmp")]
+        pid = name[len(prefix):-len(".tmp")].split(".", 1)[0]  # <pid>.<thread> (<pid> alone before 2026-12-02)
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:

@@ -15,6 +15,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 import time
 from array import array
 from pathlib import Path
@@ -291,7 +292,9 @@ class JsonlStore(EventStore):
         if area in SLOT_AREAS:
             return self._put_slot(self._aux_path(area, key), area, data)
         path = Path(self._aux_path(area, key))
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        # the writer's own copy: its pid (for ``remove_strays``), then its thread, since two threads of one process
+        # sharing one copy would truncate each other's and rename what the other is still writing
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_native_id()}.tmp")
         try:
             try:
                 write_new(tmp, data)

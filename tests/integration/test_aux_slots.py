@@ -90,6 +90,28 @@ def test_a_reader_never_sees_half_of_a_rewrite(tmp_path: Path) -> None:
         t.join()
 
 
+def test_threads_of_one_process_rewriting_one_record_each_leave_a_whole_record(tmp_path: Path) -> None:
+    store = JsonlStore(tmp_path)
+    records = [bytes([65 + n]) * 200_000 for n in range(4)]  # the jobs cache: big, rewritten by rename
+    failures: list[BaseException] = []
+
+    def writer(data: bytes) -> None:
+        try:
+            for _ in range(60):
+                store.put_aux("projections", "jobs", data)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(data,)) for data in records]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert store.get_aux("projections", "jobs") in records
+    assert [n for n in os.listdir(tmp_path / "projections") if n.endswith(".tmp")] == []
+
+
 def test_a_copy_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path) -> None:
     import subprocess
     import sys
@@ -99,13 +121,14 @@ def test_a_copy_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path) -
     folder = Path(store._aux_path("projections", "jobs-v2")).parent  # noqa: SLF001
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True).stdout.strip()  # a pid whose process has ended
-    stray, live = folder / f".jobs-v2.{dead}.tmp", folder / f".jobs-v2.{os.getppid()}.tmp"
+    stray, live = folder / f".jobs-v2.{dead}.{dead}.tmp", folder / f".jobs-v2.{os.getppid()}.7.tmp"
+    older_stray = folder / f".jobs-v2.{dead}.tmp"  # named as before 2026-12-02: the pid alone
     recent = folder / f".jobs-v2.{int(dead) + 1}.tmp"  # a writer of another pid namespace, still at work
-    for path in (stray, live, recent):
+    for path in (stray, older_stray, live, recent):
         path.write_bytes(b"half a cache")
     old = time.time() - 3600
-    os.utime(stray, (old, old))
-    os.utime(live, (old, old))
+    for path in (stray, older_stray, live):
+        os.utime(path, (old, old))
     store.put_aux("projections", "jobs-v2", b"second")
-    assert not stray.exists() and live.exists() and recent.exists()
+    assert not stray.exists() and not older_stray.exists() and live.exists() and recent.exists()
     assert store.get_aux("projections", "jobs-v2") == b"second"
