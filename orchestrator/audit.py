@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from orchestrator.api import JobView, Orchestrator
 
 MARKERS_AREA = "audited"
+AUDIT_ENTRY_MISSING = "AUDIT_ENTRY_MISSING"  # an audited event has no entry (a crash; healed by the next command)
+log = logging.getLogger(__name__)
 # The signed head record of the audit log (like ``heads/<job_id>`` for a job): without it, a log
 # cut at a line boundary, or whose last newline was damaged, would look complete.
 AUDIT_HEAD = ("audit-head", "audit")
@@ -215,22 +218,31 @@ def heal_found(orch: "Orchestrator", todo: list[Unaudited], *, now: float | None
     return written
 
 
-def heal_quietly(orch: "Orchestrator", views: Iterable["JobView"], *, now: float | None = None) -> list[int]:
+def heal_quietly(orch: "Orchestrator", views: Iterable["JobView"], *, now: float | None = None,
+                 not_written: list[str] | None = None) -> list[int]:
     """``heal`` for read commands (``audit-timeline``, ``metrics``): only with a signing key this machine
     already has, never a new one. A machine without one (set up to verify, with only ``.pub`` files; or
     whose key is revoked) skips it: the entry stays missing, a warning (``AUDIT_ENTRY_MISSING``), until a
     command that writes (a control action on the job, ``audit heal``) runs where the key is. A key created
-    here would sign an entry no other machine trusts, and ``verify`` would fail there."""
-    return heal_found_quietly(orch, unmarked(orch, views), now=now)
+    here would sign an entry no other machine trusts, and ``verify`` would fail there. A store that refuses the
+    write (a full disk) fails no read either: the entries stay missing, and why is appended to ``not_written``."""
+    return heal_found_quietly(orch, unmarked(orch, views), now=now, not_written=not_written)
 
 
-def heal_found_quietly(orch: "Orchestrator", todo: list[Unaudited], *, now: float | None = None) -> list[int]:
+def heal_found_quietly(orch: "Orchestrator", todo: list[Unaudited], *, now: float | None = None,
+                       not_written: list[str] | None = None) -> list[int]:
     """``heal_quietly`` of the events ``unmarked`` found."""
-    from orchestrator.errors import SigningKeyError
+    from orchestrator.errors import SigningKeyError, StorageError
 
     try:
         return heal_found(orch, todo, now=now, create_key=False)
     except SigningKeyError:
+        return []
+    except StorageError as exc:  # what was written before stays (each entry is whole); the rest stays missing
+        why = f"the missing audit entries were not written: {exc.message}"
+        log.warning(why)
+        if not_written is not None:
+            not_written.append(why)
         return []
 
 

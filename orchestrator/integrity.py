@@ -16,6 +16,7 @@ from typing import Any, Callable
 from orchestrator import clock
 from orchestrator import processes as processes_
 from orchestrator.api import Orchestrator
+from orchestrator.audit import AUDIT_ENTRY_MISSING
 from orchestrator.errors import InvalidInputError, JobNotFoundError, PathEscapeError, SigningKeyError
 from orchestrator.history import ROLLED_BACK, Problem, check_head_record, verify_stream
 from orchestrator.limits import MAX_ANCHOR_BYTES, read_at_most
@@ -27,7 +28,6 @@ ANCHOR_FORMAT = "jsonl-orchestrator/anchor/v1"
 
 
 AUDIT_EVENT_MISSING = "AUDIT_EVENT_MISSING"  # an audit entry names an event its job does not hold
-AUDIT_ENTRY_MISSING = "AUDIT_ENTRY_MISSING"  # an audited event has no entry (a crash; healed by the next command)
 AUDIT_ENTRY_DUPLICATE = "AUDIT_ENTRY_DUPLICATE"  # a second entry for one event (a heal raced its writer)
 
 

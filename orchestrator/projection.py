@@ -285,7 +285,8 @@ class Refresh:
     rows: Rows
     replayed: int
     healed: int
-    warnings: list[dict[str, str]] = field(default_factory=list)  # {code, message}: the cache was not written
+    warnings: list[dict[str, str]] = field(default_factory=list)  # {code, message}: the cache or a healed entry
+    # was not written
 
     @property
     def columns(self) -> Columns:
@@ -342,8 +343,10 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
             cols.add(job_id, (size, mtime), row)
         elif _storable(job_id):  # no complete line (a submit killed mid-write), or removed since the scan, or a
             cols.add_not_a_job(job_id, (size, mtime))  # stray file whose name is no id
-    healed = len(audit.heal_found_quietly(orch, unaudited)) if unaudited else 0
-    return Refresh(Rows(cols), changed, healed, _write(orch, cols))
+    not_healed: list[str] = []
+    healed = len(audit.heal_found_quietly(orch, unaudited, not_written=not_healed)) if unaudited else 0
+    warnings = [{"code": audit.AUDIT_ENTRY_MISSING, "message": why} for why in not_healed]
+    return Refresh(Rows(cols), changed, healed, warnings + _write(orch, cols))
 
 
 def _summarized(orch: "Orchestrator", job_ids: Sequence[str], *, heal: bool

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import audit
+from orchestrator.audit import AUDIT_ENTRY_MISSING
 from orchestrator.clock import from_iso
 from orchestrator.errors import InvalidInputError, PathEscapeError, RunNotFoundError
 from orchestrator.history import Problem, verify_stream
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from orchestrator.api import Orchestrator
 
 AUDIT_EVENT_MISSING = "AUDIT_EVENT_MISSING"
-AUDIT_ENTRY_MISSING = "AUDIT_ENTRY_MISSING"
 AFTER_DAMAGE = "AFTER_DAMAGE"
 _ACTION_EVENT = {"approve": "job_approved", "revise": "job_revised", "resume": "job_resumed", "cancel": "job_cancelled"}
 # what ``action=`` filters on: an audit action or an event type (any other name would silently match nothing)
@@ -114,9 +114,10 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
                                 "2026-11-22T03:00:00 in UTC, or 2026-11-22T04:00:00+01:00)") from None
     view = orch.load(job_id, every_signature=True)  # it says "every line verified": each signature checked
     audit_link = None  # the audit log is a symbolic link, never followed: its problem, as ``verify`` lists it
+    not_healed: list[str] = []  # why the missing entries were not written here (a full disk)
     try:
         if heal and view.ok:
-            audit.heal_quietly(orch, [view])
+            audit.heal_quietly(orch, [view], not_written=not_healed)
         lines, entries = audit.entries_for(orch, job_id=job_id)
     except PathEscapeError as exc:
         lines, entries, audit_link = [], [], Problem.linked(AUDIT_STREAM, exc)
@@ -164,10 +165,12 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
         wanted = {action, _ACTION_EVENT.get(action, action)}
         out = [ln for ln in out if ln.what in wanted]
     unaudited = [ln.seq for ln in out if ln.status == AUDIT_ENTRY_MISSING]
+    why = (f"not written here ({not_healed[0]}); once the store takes writes again, run"
+           if not_healed else
+           "not written here, since a read command writes one only with a signing key this machine already has: run")
     warnings = [{"code": AUDIT_ENTRY_MISSING, "events": unaudited,
                  "message": f"event(s) {', '.join(f'#{n}' for n in unaudited)} of job {job_id} have no audit entry "
-                            "(a crash came between the event and its entry); not written here, since a read "
-                            "command writes one only with a signing key this machine already has: run "
+                            f"(a crash came between the event and its entry); {why} "
                             f"`orchestrator audit heal --job-id {job_id}` where the project's signing key is"}
                 ] if unaudited else []
     return {"job_id": job_id, "run_id": run_id, "lines": [ln.to_dict() for ln in out],

@@ -187,3 +187,34 @@ def test_verify_warns_of_a_second_entry_for_one_event(orch: Orchestrator) -> Non
     audit.record(orch, job_id=job_id, action="resume", actor="healer", note="yes", event_line=event)
     report = verify_project(orch)
     assert report.ok and [w.code for w in report.warnings] == ["AUDIT_ENTRY_DUPLICATE"]
+
+
+def test_a_read_command_on_a_full_disk_reports_without_writing_the_missing_entry(orch: Orchestrator,
+                                                                                 monkeypatch) -> None:
+    """``metrics`` and ``audit-timeline`` heal a missing entry on the way; a store that refuses the write (a full
+    disk) must not cost the operator the report: the entry stays missing and the report says why."""
+    from orchestrator import timeline
+    from orchestrator.errors import StorageError
+    from orchestrator.projection import refresh
+
+    job_id = js.waiting_human(orch)
+    orch.append(orch.load(job_id), job_id, [("job_resumed", {"answer": "yes", "question": "Deploy?"})])  # no entry
+    real_append = orch.store.append
+
+    def full_disk(stream, *args, **kwargs):
+        if stream == AUDIT_STREAM:
+            raise StorageError("could not write audit.jsonl: No space left on device")
+        return real_append(stream, *args, **kwargs)
+
+    monkeypatch.setattr(orch.store, "append", full_disk)
+    figures = refresh(orch)
+    assert figures.healed == 0
+    assert [(w["code"], "No space left" in w["message"]) for w in figures.warnings] == [("AUDIT_ENTRY_MISSING", True)]
+    report = timeline.timeline(orch, job_id=job_id)
+    assert [w["code"] for w in report["warnings"]] == ["AUDIT_ENTRY_MISSING"]
+    assert "No space left" in report["warnings"][0]["message"]
+    assert entries(orch, job_id, "resume") == []
+
+    monkeypatch.setattr(orch.store, "append", real_append)  # the disk freed: the next read heals it, once
+    timeline.timeline(orch, job_id=job_id)
+    assert len(entries(orch, job_id, "resume")) == 1
