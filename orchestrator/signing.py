@@ -47,6 +47,9 @@ PUBLIC_SUFFIX = ".pub"
 ACTIVE_FILE = "active"
 REVOKED_FILE = "revoked"
 UNKNOWN_KEY = "UNKNOWN_KEY"  # ``Keyring.check``: the record names a key this keyring does not hold
+SIGNATURE_MISSING = "SIGNATURE_MISSING"  # ``Keyring.check``: no ``kid`` or ``sig`` text
+KEY_REVOKED = "KEY_REVOKED"  # ``Keyring.check``: the key is in a ``revoked`` file
+SIGNATURE_INVALID = "SIGNATURE_INVALID"  # ``Keyring.check``: the signature does not verify under the key it names
 
 
 def _not_json(obj: Any) -> Any:
@@ -257,21 +260,21 @@ class Keyring:
         kid = record.get("kid")
         sig = record.get("sig")
         if not isinstance(kid, str) or not isinstance(sig, str):
-            return "SIGNATURE_MISSING"
+            return SIGNATURE_MISSING
         if kid in self.revoked:
-            return "KEY_REVOKED"
+            return KEY_REVOKED
         public = self.trusted.get(kid)
         if public is None:
             return UNKNOWN_KEY
         try:
             raw_sig = _unb64(sig)
         except ValueError:
-            return "SIGNATURE_INVALID"
+            return SIGNATURE_INVALID
         try:
             body = canonical({k: v for k, v in record.items() if k != "sig"})
         except (ValueError, TypeError):  # NaN (json.loads accepts it) or another value no signed record holds
-            return "SIGNATURE_INVALID"
-        return None if self._verify(kid, public, raw_sig, body) else "SIGNATURE_INVALID"
+            return SIGNATURE_INVALID
+        return None if self._verify(kid, public, raw_sig, body) else SIGNATURE_INVALID
 
     def sign_bytes(self, data: bytes) -> tuple[str, str]:
         kid, private = self._require_signer()

@@ -11,8 +11,9 @@ from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCE
                                  DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
                                  DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS,
                                  MIN_LEASE_SECONDS)
-from orchestrator.errors import HandlerNotFoundError, KeyNotTrustedError
-from orchestrator.security import sanitize_text
+from orchestrator.errors import ConfigError, HandlerNotFoundError, KeyNotTrustedError
+from orchestrator.limits import MAX_KIND_LENGTH, is_kind
+from orchestrator.security import sanitize_text, shown
 
 EXIT_RAN = 0
 EXIT_NOTHING_TO_DO = 75  # sysexits EX_TEMPFAIL: nothing runnable now, try again later
@@ -20,6 +21,16 @@ EXIT_NOTHING_TO_DO = 75  # sysexits EX_TEMPFAIL: nothing runnable now, try again
 
 def _env_list(value: str | None) -> tuple[str, ...]:
     return tuple(m.strip() for m in (value or "").split(",") if m.strip())
+
+
+def _env_kinds() -> tuple[str, ...]:
+    """``ORCH_WORKER_KINDS``: a kind that ``--kind`` refuses (exit 2) is a bad setting here, named (exit 3)."""
+    kinds = _env_list(os.environ.get("ORCH_WORKER_KINDS"))
+    for kind in kinds:
+        if not is_kind(kind):
+            raise ConfigError(f"ORCH_WORKER_KINDS: a job kind is 1 to {MAX_KIND_LENGTH} characters of valid Unicode, "
+                              f"not {shown(kind)}")
+    return kinds
 
 
 @cli.command(context_settings=CONTEXT)
@@ -110,7 +121,7 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
                               retry_base_seconds=retry_base_seconds, retry_max_seconds=retry_max_seconds,
                               imports=modules, artifacts_import=artifacts_import, handler_process=handler_process,
                               handler_max_runs=handler_max_runs, store_wait_seconds=store_wait_seconds,
-                              kinds=tuple(kinds) + _env_list(os.environ.get("ORCH_WORKER_KINDS")))
+                              kinds=tuple(kinds) + _env_kinds())
     w = Worker(orch, settings)
     adopt_orphans()  # a process of its own: what a run leaves behind an exited parent becomes its child
 

@@ -135,7 +135,10 @@ def test_a_bad_value_from_the_environment_is_a_config_error_and_the_same_value_a
     process is deployed: ``CONFIG_ERROR``, exit 3, naming the variable. Typed on the command line it is exit 2."""
     cases = [("worker", "--once", "ORCH_LEASE_SECONDS", "abc"), ("worker", "--once", "ORCH_HANDLER_PROCESS", "bogus"),
              ("worker", "--idle-exit", "ORCH_MAX_JOBS", "0"), ("metrics", "--rebuild", "ORCH_STALL_GRACE_SECONDS", "x"),
-             ("status", "--all", "BASE_PATH", str(REPO / "README.md"))]  # a file where the folder belongs
+             ("status", "--all", "BASE_PATH", str(REPO / "README.md")),  # a file where the folder belongs
+             ("worker", "--once", "ORCH_WORKER_KINDS", "t.echo," + "k" * 201),  # read by the command, not by click
+             ("worker", "--once", "ORCH_WAKEUP", "bogus"), ("status", "--all", "ORCH_STRICT_READS", "2"),
+             ("status", "--all", "ORCH_PG_DEADLINE_SECONDS", "-1")]
     for name, first, variable, value in cases:
         proc = run_script(name, first, "--json", env={**cli_env, variable: value})
         assert proc.returncode == 3, (variable, proc.stdout, proc.stderr)

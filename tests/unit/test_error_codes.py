@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from helpers import REPO
 from orchestrator import errors
 
@@ -16,23 +18,27 @@ def all_error_classes() -> list[type[errors.OrchestratorError]]:
     return [c for c in found if c is not errors.OrchestratorError]
 
 
-def readme_exit_table() -> dict[str, int]:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("## Exit codes"):]
-    codes: dict[str, int] = {}
+EXIT_TABLES = {"README.md": "## Exit codes", "docs/runbook.md": "## If you see this exit code"}
+
+
+def exit_table(page: str = "README.md") -> dict[str, set[int]]:
+    text = (REPO / page).read_text(encoding="utf-8")
+    section = text[text.index(EXIT_TABLES[page]):]
+    codes: dict[str, set[int]] = {}
     for line in section.splitlines():
-        m = re.match(r"\|\s*(\d+)\s*\|([^|]*)\|", line)
+        m = re.match(r"\|\s*(\d+(?:,\s*\d+)*)\s*\|([^|]*)\|", line)
         if m:
             for code in re.findall(r"`([A-Z_]+)`", m.group(2)):
-                codes[code] = int(m.group(1))
+                codes.setdefault(code, set()).update(int(n) for n in m.group(1).split(","))
     return codes
 
 
-def test_every_error_code_is_in_the_readme_exit_table_with_its_exit_code() -> None:
-    table = readme_exit_table()
+@pytest.mark.parametrize("page", sorted(EXIT_TABLES))
+def test_every_error_code_is_in_the_exit_tables_with_its_exit_code(page: str) -> None:
+    table = exit_table(page)
     for cls in all_error_classes():
-        assert cls.code in table, f"{cls.__name__} ({cls.code}) is missing from the README exit-code table"
-        assert table[cls.code] == cls.exit_code, f"{cls.code}: README says {table[cls.code]}, code says {cls.exit_code}"
+        assert cls.code in table, f"{cls.__name__} ({cls.code}) is missing from the exit-code table of {page}"
+        assert table[cls.code] == {cls.exit_code}, f"{cls.code}: {page} says {table[cls.code]}, code {cls.exit_code}"
 
 
 def test_expected_errors_never_use_the_internal_or_usage_exit_codes() -> None:
