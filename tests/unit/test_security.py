@@ -288,6 +288,57 @@ def test_property_password_canary_never_survives(text: str, data: st.DataObject)
     assert "CANARY123xyz" not in out
 
 
+def _every_pattern(text: str) -> str:
+    """``sanitize_text`` as it was before it skipped the patterns a text cannot match: each one, always."""
+    from orchestrator import security
+
+    text = security._PEM.sub(REDACTED, text)  # noqa: SLF001 - the reference the skipping must equal
+    if "-----END" in text:
+        text = security._redact_headless_keys(text)  # noqa: SLF001
+    for rx in (security._URL_CREDS, security._HEADER, security._CLI):  # noqa: SLF001
+        text = security._redact_values(rx, text)  # noqa: SLF001
+    text = security._redact_values(security._KV, text, keep=security._os_error)  # noqa: SLF001
+    return security._SHAPES.sub(REDACTED, text)  # noqa: SLF001
+
+
+# each key word and shape's start, in other cases and spellings than FRAGMENTS, beside the characters around them
+TRIGGERS = FRAGMENTS + ["PassPhrase", "PWD", "Private-Key", "privatekey", "Session_Id", "SECRET_ACCESS_KEY",
+                        "x-api-key", "Proxy-Authorization", "set-cookie", "gho_", "ghu_", "ghs_", "ghr_",
+                        "github_pat_", "ASIA", "xoxp-", "sk-ant-", "user:pw@", "İ", "K", "ß", "\r\n"]
+
+
+# one secret for each way a key word is spelled and each shape the patterns know (the CANARIES have more)
+EVERY_SPELLING = [
+    "passphrase=s1", "Passwd: s1", "PWD=s1", "private_key=s1", "private-key: s1", "privatekey=s1", "token=s1",
+    "api_key=s1", "api-key=s1", "apikey=s1", "secret=s1", "secret_access_key=s1", "secret-key=s1", "SECRETKEY=s1",
+    "session_id=s1", "session-id=s1", "sessionid=s1", "Authorization: s1", "cookie: s1", "--session-id s1",
+    "http://u:s1@h", "ghu_" + "s" * 20, "ghr_" + "s" * 20, "ASIA" + "S" * 16, "xoxa-" + "s" * 10,
+    "xoxr-" + "s" * 10, "xoxs-" + "s" * 10, "xoxp-" + "s" * 10, "AIza" + "s" * 35, "sk-" + "s" * 20,
+    "github_pat_" + "s" * 20, "eyJs1234.eyJs1234.s", "-----BEGIN PRIVATE KEY-----\ns1\n-----END PRIVATE KEY-----",
+]
+
+
+@pytest.mark.parametrize("secret", EVERY_SPELLING)
+def test_each_spelling_of_a_secret_is_redacted_as_by_every_pattern(secret: str) -> None:
+    for text in (secret, f"x {secret} y", f"İ {secret}"):
+        assert sanitize_text(text) == _every_pattern(text) != text
+    shouted = secret.upper()  # a key word in capitals is still one; a shape is not (they are case-sensitive)
+    assert sanitize_text(shouted) == _every_pattern(shouted)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(st.text(max_size=200),
+                 st.lists(st.sampled_from(TRIGGERS + EVERY_SPELLING), max_size=40).map("".join)))
+def test_property_skipping_patterns_a_text_cannot_match_changes_no_output(text: str) -> None:
+    assert sanitize_text(text) == _every_pattern(text)
+
+
+@pytest.mark.parametrize(("text", "canary", "kept"), CANARIES, ids=[c[1] for c in CANARIES])
+def test_each_canary_is_redacted_as_by_every_pattern(text: str, canary: str, kept: str) -> None:
+    for variant in (text, text.upper(), text.lower(), f"İ {text} İ"):  # İ: not ASCII, so lowered another way
+        assert sanitize_text(variant) == _every_pattern(variant)
+
+
 # --------------------------------------------------------------------------- ids
 
 
