@@ -42,6 +42,14 @@ class ConfigError(OrchestratorError):
     exit_code = 3
 
 
+class SchemaTooNewError(ConfigError):
+    """The database's schema is newer than this release (a newer release migrated it): this one neither reads nor
+    writes it; upgrade the orchestrator on this machine."""
+
+    code = "SCHEMA_TOO_NEW"
+    exit_code = 3
+
+
 class InvalidIdError(OrchestratorError):
     """A job, project, run or key id is not a safe identifier."""
 

@@ -42,6 +42,7 @@ from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCE
                                  MIN_LEASE_SECONDS)
 from orchestrator.errors import (HandlerNotFoundError, InvalidIdError, InvalidInputError, KeyNotTrustedError,
                                  PathEscapeError, StorageError, StorageUnavailableError)
+from orchestrator.handler_env import withhold
 from orchestrator.handler_host import HOST_PREFIX, HandlerHost
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
 from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease, Lease, write_lease
@@ -83,6 +84,7 @@ class WorkerSettings:
     handler_max_runs: int = DEFAULT_HANDLER_MAX_RUNS  # runs one reused handler process serves, then a new one
     store_wait_seconds: float = DEFAULT_STORE_WAIT_SECONDS  # run_once: a store lost in recovery or claim, retried
     kinds: tuple[str, ...] = ()  # ORCH_WORKER_KINDS: the only kinds this worker runs; empty: every kind it can
+    pass_store_credentials: bool = False  # ORCH_PASS_STORE_CREDENTIALS: handlers get PGPASSWORD, ... (handler_env)
 
     def __post_init__(self) -> None:
         if isinstance(self.kinds, str) or not all(map(is_kind, self.kinds)):
@@ -130,6 +132,8 @@ class Worker:
                                untrusted=self.untrusted)
         self.stale_watch = StaleWatch(self.settings.lease_seconds)  # the leases it read (recovery.py)
         self._host: HandlerHost | None = None
+        if not self.settings.pass_store_credentials:  # before any handler starts (handler_env)
+            withhold(orch.store.credential_env)
         self.folders = WorkerFolders(orch.settings.state_dir)  # runs/ and artifacts/, never outside the store
         self._next_sweep = 0.0  # time.monotonic() of the next sweep of leftovers (the first recovery does one)
         self._reached = False  # run_once reached the store once: losing it from then on is waited out (a while)

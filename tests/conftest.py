@@ -14,7 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private keyring folder and no inherited orchestrator settings."""
+    """A private keyring folder, no inherited orchestrator settings, and no variables withheld from handlers by a
+    worker of an earlier test (``handler_env.withhold`` holds for the process)."""
+    monkeypatch.setattr("orchestrator.handler_env._withheld", set())
     for name in list(os.environ):
         if name.startswith("ORCH_") or name in ("BASE_PATH", "PROJECT_ID", "LLM_API_KEY", "LLM_URL"):
             monkeypatch.delenv(name)

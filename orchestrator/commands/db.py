@@ -54,12 +54,13 @@ def db_migrate(store_url: str | None, as_json: bool) -> None:
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def db_status(store_url: str | None, as_json: bool) -> None:
-    """Show the schema version of the database and the version this release needs (exit 3 if behind), and how far
-    this machine's clock is from the server's, by which every machine decides time on PostgreSQL."""
+    """Show the schema version of the database and the version this release needs (exit 3 if behind: CONFIG_ERROR,
+    or newer, migrated by a newer release: SCHEMA_TOO_NEW), and how far this machine's clock is from the server's,
+    by which every machine decides time on PostgreSQL."""
     import psycopg
 
     from orchestrator.store.pg_clock import ServerClock
-    from orchestrator.store.pg_schema import current_version, latest_version
+    from orchestrator.store.pg_schema import current_version, latest_version, version_problem
     from orchestrator.store.postgres import _storage_error, connect
 
     def action(out: Output) -> None:
@@ -74,17 +75,17 @@ def db_status(store_url: str | None, as_json: bool) -> None:
             conn.close()
         sample = server_clock.sample
         assert sample is not None and server_clock.offset is not None  # ``take`` keeps its first sample
-        data = {"version": version, "latest": latest_version(), "up_to_date": version >= latest_version(),
+        problem = version_problem(version)
+        data = {"version": version, "latest": latest_version(), "up_to_date": problem is None,
                 "clock_offset_s": round(server_clock.offset, 6), "clock_round_trip_s": round(sample.round_trip, 6)}
-        if not data["up_to_date"]:  # the figures and the verdict in one object, as metrics --fail-on gives them
-            data.update(ConfigError(f"the schema is at version {version}, this release needs {latest_version()}: run "
-                                    "`orchestrator db migrate`").to_dict())
+        if problem is not None:  # the figures and the verdict in one object, as metrics --fail-on gives them
+            data.update(problem.to_dict())
         ahead = "ahead of" if server_clock.offset >= 0 else "behind"
         out.emit(data, lambda: f"schema version {version}, this release needs {latest_version()}"
-                 + ("" if data["up_to_date"] else ": run `orchestrator db migrate`")
+                 + ("" if problem is None else f"\n{problem.code}: {problem.message}")
                  + f"\nserver clock {_span(abs(server_clock.offset))} {ahead} this machine's "
                    f"(+/- {sample.round_trip * 500:.1f} ms); workers decide time by the server's (docs/postgres.md)")
-        if not data["up_to_date"]:
-            click.get_current_context().exit(ConfigError.exit_code)
+        if problem is not None:
+            click.get_current_context().exit(problem.exit_code)
 
     _run(as_json, action)

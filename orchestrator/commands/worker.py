@@ -85,11 +85,15 @@ def _env_kinds() -> tuple[str, ...]:
               help="With --once: how long a store lost during stale recovery or the claim (a PostgreSQL restart) is "
                    "tried again before exiting 10; 0: exit at once. A store out of reach at the first call exits 10 "
                    "at once; a looping worker waits for a lost store as long as it takes.")
+@click.option("--pass-store-credentials", is_flag=True, envvar="ORCH_PASS_STORE_CREDENTIALS", show_envvar=True,
+              help="On PostgreSQL: give handlers libpq's credential variables of this worker's environment "
+                   "(PGPASSWORD, PGPASSFILE, PGSERVICE, PGSERVICEFILE, PGSSLKEY), withheld by default since they may "
+                   "be the store's own (docs/worker.md, \"What a handler can see\"). No effect on files.")
 @project_command
 def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: bool, lease_seconds: float,
            worker_id: str | None, imports: tuple[str, ...], stop_grace_seconds: float, retry_base_seconds: float,
            retry_max_seconds: float, artifacts_import: bool, handler_process: str, handler_max_runs: int,
-           store_wait_seconds: float, kinds: tuple[str, ...]) -> int:
+           store_wait_seconds: float, kinds: tuple[str, ...], pass_store_credentials: bool) -> int:
     """Run jobs: recover stale runs, claim by priority then FIFO, run the handler, record the outcome.
 
     Without --once it loops, waking as soon as a job is submitted; SIGTERM/SIGINT stop it
@@ -121,7 +125,8 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
                               retry_base_seconds=retry_base_seconds, retry_max_seconds=retry_max_seconds,
                               imports=modules, artifacts_import=artifacts_import, handler_process=handler_process,
                               handler_max_runs=handler_max_runs, store_wait_seconds=store_wait_seconds,
-                              kinds=tuple(kinds) + _env_kinds())
+                              kinds=tuple(kinds) + _env_kinds(),
+                              pass_store_credentials=pass_store_credentials)
     w = Worker(orch, settings)
     adopt_orphans()  # a process of its own: what a run leaves behind an exited parent becomes its child
 

@@ -63,6 +63,9 @@ class EventStore(ABC):
     #: The clock every machine using this store decides time by, when it has one: PostgreSQL's is the
     #: server's (``pg_clock``), since its machines compare each other's times. None: this machine's own.
     shared_clock: Callable[[], float] | None = None
+    #: Environment variables its driver may read the store's credentials from, when its URL does not give them
+    #: (PostgreSQL: libpq's ``PGPASSWORD``, ...): a worker keeps them from its handlers (``handler_env.withhold``).
+    credential_env: frozenset[str] = frozenset()
 
     @abstractmethod
     def append(self, stream: str, build: Builder, expected_seq: int | None = None,

@@ -15,7 +15,7 @@ from importlib import resources
 from typing import Any
 
 from orchestrator import faults
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, SchemaTooNewError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,21 @@ def latest_version() -> int:
     return migrations()[-1].version
 
 
+def version_problem(version: int) -> ConfigError | None:
+    """What keeps this release from using a database at schema ``version``, or None: a schema behind
+    (``CONFIG_ERROR``: run ``db migrate``), or ahead, migrated by a newer release (``SCHEMA_TOO_NEW``: this code
+    does not know what the newer schema expects of a writer, so it must not write into it, nor read it)."""
+    latest = latest_version()
+    if version < latest:
+        return ConfigError(f"the database schema is at version {version}, this release needs {latest}: "
+                           "run `orchestrator db migrate` first")
+    if version > latest:
+        return SchemaTooNewError(f"the database schema is at version {version}, newer than this release's {latest} "
+                                 "(a newer release migrated it): upgrade the orchestrator on this machine; nothing "
+                                 "was read or written")
+    return None
+
+
 def current_version(conn: Any) -> int:
     """The schema version of the database (0 when never migrated). A driver error (a role with no
     privilege on the table, say) is a ``StorageError``, as from every call of the store."""
@@ -66,10 +81,11 @@ def current_version(conn: Any) -> int:
 
 
 def migrate(url: str) -> dict[str, Any]:
-    """Bring the schema to the latest version; idempotent and safe to run concurrently."""
+    """Bring the schema to the latest version; idempotent and safe to run concurrently. A schema newer than this
+    release's is refused (``SCHEMA_TOO_NEW``), nothing written."""
     import psycopg
 
-    from orchestrator.store.postgres import _connection_lost, _storage_error, connect
+    from orchestrator.store.postgres import _connection_lost, _storage_error, connect, redacted
 
     conn = connect(url, autocommit=True)
     try:
@@ -82,6 +98,9 @@ def migrate(url: str) -> dict[str, Any]:
                          "version integer PRIMARY KEY, name text NOT NULL, "
                          "applied_at timestamptz NOT NULL DEFAULT now())")
             before = current_version(conn)
+            problem = version_problem(before)
+            if isinstance(problem, SchemaTooNewError):  # not "nothing to do": this release must not use it
+                raise problem
             applied = []
             for mig in migrations():
                 if mig.version <= before:
@@ -97,7 +116,8 @@ def migrate(url: str) -> dict[str, Any]:
         except psycopg.Error as exc:
             if conn.broken or conn.closed or _connection_lost(exc):  # each migration commits whole or not at all
                 raise _storage_error(exc, conn, write=True) from None
-            raise ConfigError(f"migration failed: {exc}".strip()) from None
+            # the server's message may quote the URL's password or the SQL (its values included)
+            raise ConfigError(redacted(f"migration failed: {exc}".strip(), url)) from None
         finally:
             try:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))

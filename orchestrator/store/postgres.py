@@ -73,6 +73,11 @@ _IDLE_CONNECTIONS = 4  # kept open per store; more are opened on demand and clos
 # off) fails within ~30 s instead of blocking a worker's heartbeat until the kernel gives up.
 _KEEPALIVES = {"connect_timeout": "10", "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
                "keepalives_count": "3", "tcp_user_timeout": "30000"}
+# libpq's variables that hold a password or say where one, or the client's private key, is read (a service of
+# pg_service.conf may hold a password too): without them in the URL, they are the store's credentials
+# (``EventStore.credential_env``), which a worker keeps from its handlers. Host, port, user and database are
+# no secret, and a handler may rely on them.
+CREDENTIAL_ENV = frozenset({"PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE", "PGSSLKEY"})
 FENCED_SQLSTATE = "OF001"  # raised by the orch_streams_fence trigger (migrations/0002_claiming.sql)
 
 # A job's head record and its lines in one statement: one snapshot, so on this backend (where
@@ -97,7 +102,7 @@ _AUX_KEYS = "SELECT key FROM orch_aux WHERE project = %s AND area = %s AND key >
 
 def is_postgres_url(url: str | None) -> bool:
     """By the scheme alone: a URL whose rest is malformed (``postgres://u@[::1/db``, where ``urlsplit`` raises) is
-    still one, and ``connect`` reports what libpq finds wrong with it (``STORAGE_ERROR``), as for any wrong URL."""
+    still one, and ``conninfo`` reports what libpq finds wrong with it (``CONFIG_ERROR``)."""
     return bool(url) and url.partition(":")[0].lower() in SCHEMES
 
 
@@ -151,13 +156,33 @@ def _connection_lost(exc: Exception) -> bool:
     return state is None or state.startswith(("08", "57P0"))
 
 
-def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = None) -> Any:
-    """A psycopg connection with durable commits; connection failures become ``StorageError``. Its
-    first statements keep ``deadline`` (opening it is bounded by ``connect_timeout``, shortened to the
-    time left inside ``Deadline.until``)."""
+def conninfo(url: str) -> dict[str, Any]:
+    """The connection parameters of ``url`` (the URL's own settings win over ``_KEEPALIVES``). A URL libpq cannot
+    parse (its syntax: ``postgres://u@[::1/db``, ``?foo=bar``, ``%zz``), a ``connect_timeout`` that is not a number,
+    a NUL (libpq would cut the URL there) or text that is not Unicode is ``ConfigError``: a setting to fix, found
+    before any connection is tried. A value libpq checks only when it connects (``sslmode=bogus``, a port out of
+    range) is still reported then, as ``StorageError``, with the connection's other failures."""
     psycopg = _driver()
     try:
-        params = {**_KEEPALIVES, **psycopg.conninfo.conninfo_to_dict(url)}  # the URL's own settings win
+        if "\0" in url:
+            raise ValueError("it holds a NUL character")
+        params = {**_KEEPALIVES, **psycopg.conninfo.conninfo_to_dict(url)}
+        psycopg.conninfo.timeout_from_conninfo(params)  # the one value psycopg reads itself, before libpq
+    except (psycopg.Error, ValueError) as exc:  # ValueError: a NUL, or surrogates (argv bytes that are not UTF-8)
+        why = "it is not valid UTF-8" if isinstance(exc, UnicodeError) else exc
+        shown = url.encode("utf-8", "backslashreplace").decode()
+        raise ConfigError(redacted(f"not a valid PostgreSQL URL: {shown}: {why}".strip(), shown)
+                          + "; fix --store / ORCH_STORE_URL") from None
+    return params
+
+
+def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = None) -> Any:
+    """A psycopg connection with durable commits; a URL that cannot be parsed is ``ConfigError`` (``conninfo``),
+    connection failures become ``StorageError``. Its first statements keep ``deadline`` (opening it is bounded by
+    ``connect_timeout``, shortened to the time left inside ``Deadline.until``)."""
+    params = conninfo(url)
+    psycopg = _driver()
+    try:
         if deadline is not None:  # a caller waiting for a limited time (``Deadline.until``) waits no longer
             params["connect_timeout"] = deadline.connect_timeout(str(params.get("connect_timeout", "")))
         conn = psycopg.connect(autocommit=autocommit, **params)
@@ -210,11 +235,13 @@ class PostgresStore(EventStore):
     """One project's streams in a PostgreSQL database (schema from ``orchestrator db migrate``)."""
 
     atomic_aux = True  # ``append(..., aux=...)`` writes the records in the lines' transaction
+    credential_env = CREDENTIAL_ENV
 
     def __init__(self, url: str, project: str = "default",
                  deadline_seconds: float | None = DEFAULT_PG_DEADLINE_SECONDS) -> None:
         if not is_postgres_url(url):
             raise ConfigError(redacted(f"not a PostgreSQL URL: {url!r} (expected postgresql://...)", url))
+        conninfo(url)  # a malformed one is refused here, before any call
         self.url = url
         self.project = validate_id(project, "project id")
         self.deadline = Deadline(deadline_seconds)  # every call's bound; None or 0: none
@@ -282,12 +309,12 @@ class PostgresStore(EventStore):
         conn.close()
 
     def _check_schema(self, conn: Any) -> None:
-        from orchestrator.store.pg_schema import current_version, latest_version
+        """Before a store's first call: a schema behind this release's, or ahead of it, is refused."""
+        from orchestrator.store.pg_schema import current_version, version_problem
 
-        version = current_version(conn)
-        if version < latest_version():
-            raise ConfigError(f"the database schema is at version {version}, this release needs {latest_version()}: "
-                              "run `orchestrator db migrate` first")
+        problem = version_problem(current_version(conn))
+        if problem is not None:
+            raise problem
         self._checked = True
 
     def _run(self, fn: Any, write: bool = False) -> Any:

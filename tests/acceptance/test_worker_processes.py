@@ -160,7 +160,8 @@ def test_worker_help_shows_an_env_var_for_every_option(env) -> None:
     text = run_script("worker", "-h", env=env).stdout
     for var in ("ORCH_WORKER_ONCE", "ORCH_MAX_JOBS", "ORCH_IDLE_EXIT", "ORCH_LEASE_SECONDS", "ORCH_WORKER_ID",
                 "ORCH_HANDLERS", "ORCH_STOP_GRACE_SECONDS", "ORCH_RETRY_BASE_SECONDS", "ORCH_ARTIFACTS_IMPORT",
-                "ORCH_HANDLER_PROCESS", "ORCH_HANDLER_MAX_RUNS", "ORCH_STORE_WAIT_SECONDS", "ORCH_WORKER_KINDS"):
+                "ORCH_HANDLER_PROCESS", "ORCH_HANDLER_MAX_RUNS", "ORCH_STORE_WAIT_SECONDS", "ORCH_WORKER_KINDS",
+                "ORCH_PASS_STORE_CREDENTIALS"):
         assert var in text
 
 

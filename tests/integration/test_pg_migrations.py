@@ -337,3 +337,106 @@ def test_db_status_of_a_schema_behind_exits_3_and_its_json_names_the_error(scrat
     migrate(scratch_db)
     result = CliRunner().invoke(cli, ["db", "status", "--store", scratch_db, "--json"])
     assert result.exit_code == 0 and "error" not in json.loads(result.output)
+
+
+def _claim_a_newer_release_migrated(url: str) -> int:
+    """The schema as a newer release leaves it: a version row this release does not know."""
+    migrate(url)
+    conn = connect(url, autocommit=True)
+    try:
+        conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (version, name) VALUES (%s, 'of_a_newer_release')",
+                     (latest_version() + 1,))
+    finally:
+        conn.close()
+    return latest_version() + 1
+
+
+def test_db_status_of_a_schema_newer_than_this_release_exits_3_saying_so(scratch_db: str) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    newer = _claim_a_newer_release_migrated(scratch_db)
+    result = CliRunner().invoke(cli, ["db", "status", "--store", scratch_db, "--json"])
+    data = json.loads(result.output)
+    assert result.exit_code == 3 and data["version"] == newer and data["latest"] == latest_version()
+    assert data["up_to_date"] is False and data["error"] == "SCHEMA_TOO_NEW"
+    assert "newer than this release" in data["message"] and "upgrade the orchestrator" in data["message"]
+    text = CliRunner().invoke(cli, ["db", "status", "--store", scratch_db])
+    assert text.exit_code == 3 and "SCHEMA_TOO_NEW" in text.output
+
+
+def test_db_migrate_of_a_schema_newer_than_this_release_is_refused_not_nothing_to_do(scratch_db: str) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    newer = _claim_a_newer_release_migrated(scratch_db)
+    result = CliRunner().invoke(cli, ["db", "migrate", "--store", scratch_db, "--json"])
+    assert result.exit_code == 3 and json.loads(result.output)["error"] == "SCHEMA_TOO_NEW", result.output
+    assert current_version_of(scratch_db) == newer
+
+
+@pytest.mark.parametrize("command", [["submit", "--kind", "command", "--input", '{"argv": ["true"]}'],
+                                     ["status", "--all"], ["verify"], ["worker", "--once"]])
+def test_a_command_against_a_schema_newer_than_this_release_is_refused_before_it_reads_or_writes(
+        scratch_db: str, command: list[str], tmp_path) -> None:
+    """Old code must not write into a schema a newer release made (it does not know what that one expects of a
+    writer: a column to fill, a row to keep with its event), nor read it as if it knew it."""
+    import json
+
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+    from orchestrator.errors import SchemaTooNewError
+    from orchestrator.store.postgres import PostgresStore
+
+    _claim_a_newer_release_migrated(scratch_db)
+    result = CliRunner().invoke(cli, [*command, "--store", scratch_db, "--json"],
+                                env={"BASE_PATH": str(tmp_path), "ORCH_KEYRING_DIR": str(tmp_path / "keys")})
+    assert result.exit_code == 3, result.output
+    assert json.loads(result.output.splitlines()[-1])["error"] == "SCHEMA_TOO_NEW"
+    conn = connect(scratch_db, autocommit=True)
+    try:
+        assert conn.execute("SELECT count(*) FROM orch_events").fetchone()[0] == 0
+    finally:
+        conn.close()
+    store = PostgresStore(scratch_db, "p")
+    try:
+        with pytest.raises(SchemaTooNewError):
+            store.has_jobs()
+    finally:
+        store.close()
+
+
+def test_a_migration_the_server_refuses_is_reported_without_the_secrets_its_message_quotes(
+        scratch_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's message quotes the SQL, values included, and may quote the URL: both pass through ``redacted``
+    (the URL's password, whatever its characters; ``sanitize_text`` for the rest)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+    from orchestrator.store import pg_schema
+
+    url = scratch_db.replace("://", "://postgres:S3c#retPW@", 1) if "@" not in scratch_db else \
+        scratch_db.replace("@", ":S3c#retPW@", 1)  # trust authentication: the password is not even sent
+    shipped = migrations()
+    bad = pg_schema.Migration(len(shipped) + 1, "refused", "SELECT 'password=hunter2 of S3c#retPW'::int")
+    monkeypatch.setattr(pg_schema, "migrations", lambda: [*shipped, bad])
+    result = CliRunner().invoke(cli, ["db", "migrate", "--store", url, "--json"])
+    assert result.exit_code == 3, result.output
+    error = json.loads(result.output)
+    assert error["error"] == "CONFIG_ERROR" and error["message"].startswith("migration failed: ")
+    assert "invalid input syntax for type integer" in error["message"] and "[REDACTED]" in error["message"]
+    assert "S3c#retPW" not in result.output and "retPW" not in result.output and "hunter2" not in result.output
+    from orchestrator.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="^migration failed: ") as refused:  # the Python API's error too
+        migrate(url)
+    assert "retPW" not in refused.value.message and "hunter2" not in refused.value.message

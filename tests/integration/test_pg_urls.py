@@ -14,24 +14,53 @@ from orchestrator.cli import cli  # noqa: E402
 pytestmark = pytest.mark.postgres
 
 MALFORMED = "postgres://orch:S3cretPW@[::1/jobs"  # an IPv6 host never closed: urlsplit raises ValueError
+# URLs libpq's parser refuses (or psycopg, for connect_timeout), each with what the message names
+UNPARSABLE = [(MALFORMED, "IPv6"), ("postgresql://orch:S3cretPW@db/jobs?foo=bar", 'invalid URI query parameter: "foo"'),
+              ("postgresql://orch:S3cretPW@db/j%zz", "invalid percent-encoded token"),
+              ("postgresql://orch:S3cretPW@db/jobs?connect_timeout=soon", "bad value for connect_timeout")]
 
 
 @pytest.mark.parametrize("command", [["db", "status"], ["db", "migrate"], ["status", "--all"], ["verify"],
+                                     ["worker", "--once"],
                                      ["submit", "--kind", "command", "--input", '{"argv": ["true"]}']])
-def test_a_malformed_store_url_is_a_storage_error_with_its_exit_code_not_a_traceback(
+def test_a_malformed_store_url_is_a_config_error_with_its_exit_code_not_a_traceback(
         command: list[str], tmp_path) -> None:
+    """A URL that cannot be parsed is a setting to fix (exit 3), never a server out of reach (exit 10)."""
     result = CliRunner().invoke(cli, [*command, "--store", MALFORMED, "--json"],
                                 env={"BASE_PATH": str(tmp_path), "ORCH_KEYRING_DIR": str(tmp_path / "keys")})
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert result.exit_code == 10, result.output
+    assert result.exit_code == 3, result.output
     error = json.loads(result.stdout)
-    assert error["error"] == "STORAGE_ERROR" and "IPv6" in error["message"]
+    assert error["error"] == "CONFIG_ERROR" and "IPv6" in error["message"] and "ORCH_STORE_URL" in error["message"]
     assert "S3cretPW" not in result.output
+
+
+@pytest.mark.parametrize("url, why", UNPARSABLE)
+def test_every_url_libpq_cannot_parse_is_refused_when_the_store_is_made_before_any_connection(
+        url: str, why: str) -> None:
+    from orchestrator.errors import ConfigError
+    from orchestrator.store.postgres import PostgresStore
+
+    with pytest.raises(ConfigError, match="not a valid PostgreSQL URL") as refused:
+        PostgresStore(url, "p")
+    assert why in refused.value.message and "S3cretPW" not in refused.value.message
+
+
+@pytest.mark.parametrize("url", ["postgresql://orch:S3cretPW@db/jo\0bs", "postgresql://orch:S3cretPW@db/jo\udce9bs"])
+def test_a_url_with_a_nul_or_bytes_that_are_not_utf8_is_a_config_error(url: str) -> None:
+    """libpq would cut the URL at a NUL (another database); ``--store`` bytes that are not UTF-8 come as surrogates."""
+    from orchestrator.errors import ConfigError
+    from orchestrator.store.postgres import connect
+
+    with pytest.raises(ConfigError, match="not a valid PostgreSQL URL") as refused:
+        connect(url)
+    assert "S3cretPW" not in refused.value.message
 
 
 # Passwords as operators write them in URLs; libpq takes the last four as they are (it parses the authority up to
 # the first ``@`` or ``/``), and ``sanitize_text``'s URL pattern stops at ``/``, ``#``, ``?`` and spaces.
 PASSWORDS = ["S3c%2FretPW", "S3c#retPW", "S3c?retPW", "S3c/retPW", "S3c retPW"]
+PARSED = [p for p in PASSWORDS if " " not in p]  # libpq refuses a space in a URL: a malformed URL, exit 3
 
 
 @pytest.mark.parametrize("password", PASSWORDS)
@@ -41,14 +70,15 @@ def test_the_password_of_a_store_url_never_reaches_the_output_whatever_character
     url = f"postgresql://orch:{password}@127.0.0.1:1/jobs"  # port 1: refused, no server needed
     result = CliRunner().invoke(cli, [*command, "--store", url, "--json"],
                                 env={"BASE_PATH": str(tmp_path), "ORCH_KEYRING_DIR": str(tmp_path / "keys")})
-    assert result.exit_code == 10, result.output
     error = json.loads(result.stdout)
-    assert error["error"] == "STORAGE_ERROR" and "[REDACTED]" in error["message"]
+    expected = (10, "STORAGE_ERROR") if password in PARSED else (3, "CONFIG_ERROR")
+    assert (result.exit_code, error["error"]) == expected, result.output
+    assert "[REDACTED]" in error["message"]
     for secret in {password, "S3c", "retPW"}:
         assert secret not in result.output
 
 
-@pytest.mark.parametrize("password", PASSWORDS)
+@pytest.mark.parametrize("password", PARSED)
 def test_a_stores_repr_shows_no_password(password: str) -> None:
     from orchestrator.store.postgres import PostgresStore
 
