@@ -42,6 +42,7 @@ from orchestrator.audit import AUDIT_HEAD
 from orchestrator.errors import ImportConflictError, IntegrityError, InvalidIdError, InvalidInputError, PathEscapeError
 from orchestrator.history import Problem, VerifiedStream, check_head_record, verify_stream
 from orchestrator.security import is_id, shown, validate_id
+from orchestrator.signing import UNKNOWN_KEY, is_key_id
 from orchestrator.store.base import AUDIT_STREAM, StoredLine
 
 BUNDLE_FORMAT = "jsonl-orchestrator/export/v2"
@@ -76,8 +77,18 @@ def _problems(orch: Orchestrator, stream: str, lines: list[StoredLine], head: by
 
 def _refuse(action: str, problems: list[Problem]) -> IntegrityError:
     first = problems[0]
-    return IntegrityError(f"{action} refused: stream {first.stream} fails verification at line {first.line}: "
-                          f"{first.code} ({first.message}); run `orchestrator verify`",
+    kids = sorted({p.kid for p in problems if p.kid})
+    # not damage but another machine's key (a key id that is none, from a hand-made bundle, is not named as a file)
+    if kids and all(p.code == UNKNOWN_KEY for p in problems) and all(map(is_key_id, kids)):
+        named = ", ".join(shown(k) for k in kids)
+        pubs = ", ".join(f"{k}.pub" for k in kids)
+        text = (f"{action} refused: stream {first.stream} is signed by key {named}, which this machine's keyring "
+                f"does not trust: copy {pubs} from the keyring of the machine that signed it into the trusted keys "
+                f"folder (ORCH_TRUSTED_KEYS_DIR) of this one, then run the {action} again")
+    else:
+        text = (f"{action} refused: stream {first.stream} fails verification at line {first.line}: "
+                f"{first.code} ({first.message}); run `orchestrator verify`")
+    return IntegrityError(f"{text}; nothing of that stream was written" if action == "import" else text,
                           problems=[p.to_dict() for p in problems[:20]])
 
 

@@ -221,6 +221,24 @@ def test_a_bundle_of_another_project_is_refused(file_orch, pg_orch, base, keyrin
         import_project(other, buf)
 
 
+def test_an_import_signed_by_a_key_this_machine_does_not_trust_says_which_key_to_trust_and_writes_nothing(
+        base: Path, keyring: Keyring) -> None:
+    source = Orchestrator(base_path=base / "src", project_id="p", keyring=keyring)
+    source.submit("t.echo", "x")
+    buf = io.BytesIO()
+    export_project(source, buf)
+    other_machine = Keyring.generate()
+    dest = Orchestrator(base_path=base / "dst", project_id="p", keyring=other_machine)
+    with pytest.raises(IntegrityError) as refused:
+        import_project(dest, io.BytesIO(buf.getvalue()))
+    message = refused.value.message
+    assert keyring.signer_id in message and f"{keyring.signer_id}.pub" in message, message
+    assert "ORCH_TRUSTED_KEYS_DIR" in message and "run `orchestrator verify`" not in message, message
+    assert not list(dest.store.job_ids()) and not dest.store.read(AUDIT_STREAM)
+    other_machine.trusted[keyring.signer_id] = keyring.trusted[keyring.signer_id]  # its .pub copied over
+    assert import_project(dest, io.BytesIO(buf.getvalue()))["written"] == 1
+
+
 def _cli(*args: str, env: dict[str, str], stdin: bytes | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", "import sys; from orchestrator.cli import main; main(sys.argv[1:])",
                            *args], env=env, input=stdin, capture_output=True, timeout=60, cwd=str(REPO))
