@@ -44,6 +44,7 @@ from orchestrator.history import Problem, VerifiedStream, check_head_record, ver
 from orchestrator.security import is_id, shown, validate_id
 from orchestrator.signing import UNKNOWN_KEY, is_key_id
 from orchestrator.store.base import AUDIT_STREAM, StoredLine
+from orchestrator.store.jsonl import SLOT_BYTES
 
 BUNDLE_FORMAT = "jsonl-orchestrator/export/v2"
 # still imported: v1 put the audit log last and carried no head record of it
@@ -184,9 +185,14 @@ def _stream_header(n: int, rec: dict[str, Any]) -> tuple[str, int, bytes | None]
         return stream, count, None
     if isinstance(value, str) and value:
         try:
-            return stream, count, base64.b64decode(value, validate=True)
+            head = base64.b64decode(value, validate=True)
         except ValueError:  # binascii.Error (bad padding or letters), or a string that is not ASCII
-            pass
+            head = None
+        if head is not None and len(head) >= SLOT_BYTES:  # whitespace around the JSON still verifies: refused here
+            raise _malformed(n, f"the head of stream {stream} is {len(head)} bytes, more than a head record holds "
+                                f"({SLOT_BYTES - 1})")
+        if head is not None:
+            return stream, count, head
     raise _malformed(n, f"the head of stream {stream} is {shown(value)}, not a base64 head record or null")
 
 

@@ -592,6 +592,23 @@ def test_a_malformed_head_on_a_later_stream_writes_nothing_of_that_stream(file_o
     assert dest.store.read(rec["stream"]) == [] and dest.store.get_aux(HEADS_AREA, rec["stream"]) is None
 
 
+def test_a_head_record_padded_past_what_a_store_holds_is_invalid_input_and_nothing_of_its_stream_is_written(
+        file_orch, base, keyring) -> None:
+    """Whitespace after the JSON keeps a head record's signature valid (it signs the canonical encoding), but the
+    file store holds at most 511 bytes of it: it must be refused before its stream is written, not crash after."""
+    import base64
+
+    fill(file_orch, 2)
+    header, streams = parse_bundle(bundle_of(file_orch))
+    rec, lines = streams[1]
+    streams[1] = ({**rec, "head": base64.b64encode(base64.b64decode(rec["head"]) + b" " * 600).decode()}, lines)
+    dest = Orchestrator(base_path=base / "dst", project_id=file_orch.project_id, keyring=keyring)
+    line = 2 + len(streams[0][1]) + 1
+    with pytest.raises(InvalidInputError, match=rf"^not a bundle: line {line}: the head of stream {rec['stream']}"):
+        import_project(dest, io.BytesIO(make_bundle(header, streams)))
+    assert dest.store.read(rec["stream"]) == [] and dest.store.get_aux(HEADS_AREA, rec["stream"]) is None
+
+
 def test_a_bundle_header_of_the_wrong_type_is_invalid_input(base, keyring) -> None:
     dest = Orchestrator(base_path=base / "dst", project_id="p", keyring=keyring)
     for first in (b"[1,2]", b'{"format": 2, "project_id": "p"}', b'{"format": "jsonl-orchestrator/export/v2", '
