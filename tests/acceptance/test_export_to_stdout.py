@@ -86,3 +86,21 @@ def test_an_export_to_stdout_on_a_full_disk_is_storage_error_on_stderr_not_a_tra
     assert proc.returncode == 10, proc.stderr
     error = json.loads(proc.stderr)
     assert error["error"] == "STORAGE_ERROR" and "stdout" in error["message"], error
+
+
+def test_an_export_to_stdout_with_json_of_a_thousand_jobs_prints_one_json_object_on_stderr(
+        cli_env: dict[str, str], base: Path) -> None:
+    """stderr carries the summary as JSON there: a progress line before it (every 1,000 streams) made it unreadable
+    for a caller that reads it, which cannot be a terminal (progress still goes to one)."""
+    from orchestrator import Orchestrator
+    from orchestrator.signing import load_keyring
+    from orchestrator.transfer import PROGRESS_EVERY
+
+    orch = Orchestrator(base_path=base, project_id="proj", keyring=load_keyring(cli_env, announce=False))
+    for i in range(PROGRESS_EVERY):
+        orch.submit("k", {"i": i})
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "export", "-o", "-", "--json"], env=cli_env,
+                          cwd=REPO, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stderr)["streams"] == PROGRESS_EVERY
+    assert proc.stdout.endswith(b'"streams":%d}\n' % PROGRESS_EVERY)
