@@ -154,7 +154,7 @@ def _json(n: int, raw: bytes, what: str) -> dict[str, Any]:
     except (ValueError, RecursionError):
         obj = None
     if not isinstance(obj, dict):
-        raise _malformed(n, f"expected {what}, found {raw[:60]!r}")
+        raise _malformed(n, f"expected {what}, found {shown(raw)}")  # sanitized before it is cut
     return obj
 
 

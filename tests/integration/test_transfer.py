@@ -648,3 +648,22 @@ def test_a_line_after_the_end_record_is_shown_sanitized_before_it_is_cut(file_or
         import_project(dest, io.BytesIO(bundle + after))
     message = sanitize_text(caught.value.message)
     assert secret[:12] not in message and "Q7xZ9kLmN" not in message, message
+
+
+@pytest.mark.parametrize("where", ["the bundle header", "a stream header"])
+def test_a_malformed_line_is_shown_sanitized_before_it_is_cut(file_orch, base, keyring, where) -> None:
+    """As the line after the end record: a quote cut at 60 bytes before it is sanitized keeps the start of a token
+    (``sk-proj-`` and a few characters), which sanitizing the message afterwards no longer recognises."""
+    from orchestrator.security import sanitize_text
+
+    fill(file_orch, 1)
+    rows = bundle_of(file_orch).split(b"\n")
+    secret = "sk-proj-" + "Q7xZ9kLmN2pR4sT6vW8yB1cD3fG5hJ"
+    line = b'note: rotated 2026-12-01, the new one is ' + secret.encode()
+    assert line.index(b"sk-") + 3 < 60 < line.index(b"sk-") + 23  # the first 60 bytes hold sk- and fewer than 20 characters
+    rows[0 if where == "the bundle header" else 1] = line
+    dest = Orchestrator(base_path=base / "dst", project_id=file_orch.project_id, keyring=keyring)
+    with pytest.raises(InvalidInputError, match="^not a bundle: line") as caught:
+        import_project(dest, io.BytesIO(b"\n".join(rows)))
+    message = sanitize_text(caught.value.message)
+    assert secret[:12] not in message and "Q7xZ9kLmN" not in message, message
