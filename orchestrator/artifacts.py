@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Iterable
 
 from orchestrator.limits import is_unicode
-from orchestrator.security import sanitize_text
+from orchestrator.errors import PathEscapeError
+from orchestrator.security import safe_join, sanitize_text
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ def _move(folder: Path, source: str, target: str) -> str:
     if not os.path.lexists(folder / source):  # named in the payload but never written, or gone since
         return target
     head, _, last = target.rpartition("/")
+    if head and not _stays_inside(folder, head):  # a link the run left where the recorded folder would be
+        head, last = "", target.replace("/", "_")  # kept in the job's folder, one name: ``[REDACTED]_report.md``
     why = "every name is taken"
     for n in range(1, MAX_TAKEN + 1):
         taken = last if n == 1 else f"{n}-{last}"
@@ -77,6 +80,15 @@ def _move(folder: Path, source: str, target: str) -> str:
     log.warning("could not move the artifact %s of %s to the name its event records: %s", target, folder, why,
                 extra={"folder": str(folder), "artifact": target})
     return target
+
+
+def _stays_inside(folder: Path, sub: str) -> bool:
+    """Whether ``folder/sub`` (made or not) is inside ``folder`` once every link on the way is followed."""
+    try:
+        safe_join(folder, sub)
+    except PathEscapeError:
+        return False
+    return True
 
 
 def _rename_no_replace(source: Path, target: Path) -> None:

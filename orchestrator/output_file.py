@@ -13,11 +13,39 @@ from types import TracebackType
 from typing import BinaryIO, ClassVar, Iterator
 
 from orchestrator import faults
+from orchestrator.config import STATE_DIR
 from orchestrator.errors import InvalidInputError, StorageError
 from orchestrator.store.files import STRAY_AGE, fsync_dir
+from orchestrator.worker_folders import ARTIFACTS_DIR
 
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
 TEMP_HEX = 8  # hex digits of a temporary file's random part: .<name>.<8 hex>.tmp
+STORE_MARKS = ("queue", "audit")  # a ``.orchestrator`` folder holding one of these is a store's
+
+
+def refusal(path: Path) -> str | None:
+    """Why ``path`` may not be written (whole, by a rename over it), or None. A folder; anything but a regular file
+    (a device such as ``/dev/null``, a pipe, ``/dev/stdout``'s link to one), which the rename would replace rather
+    than write to; a path inside a store (``BASE_PATH/<PROJECT_ID>/.orchestrator``, found through links too),
+    whose files only the orchestrator writes (a bundle renamed over the audit log would replace its history), a
+    job's artifact folder excepted (a job may keep an export there)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # nothing there yet, or a path ``open`` will refuse with its own reason
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
+        return "it is a folder"
+    if mode is not None and not stat.S_ISREG(mode):
+        return "it is not a regular file (a device, a pipe or a socket): writing it whole would replace it"
+    parts = Path(os.path.realpath(path.parent)).parts
+    for i, part in enumerate(parts):
+        if part != STATE_DIR or not any(os.path.isdir(os.path.join(*parts[:i + 1], m)) for m in STORE_MARKS):
+            continue
+        below = parts[i + 1:]
+        if len(below) < 2 or below[0] != ARTIFACTS_DIR:
+            return (f"it is inside the store {os.path.join(*parts[:i + 1])}, whose files only the orchestrator "
+                    f"writes (a job's folder {ARTIFACTS_DIR}/<job_id>/ excepted)")
+    return None
 
 
 def remove_leftovers(path: Path, now: float, keep: frozenset[str] = frozenset()) -> list[str]:
@@ -70,6 +98,32 @@ def _remove_unheld(name: str, seen: os.stat_result) -> bool:
         os.close(fd)
 
 
+class StdoutFile:
+    """Stdout as the file a command writes (``export -o -``): a write the disk behind it refuses (``> bundle`` on a
+    full disk) is ``StorageError``, as with a path; a reader that went away (a closed pipe) is left to click."""
+
+    def __init__(self, stream: BinaryIO, what: str) -> None:
+        self._stream, self.what = stream, what
+
+    def write(self, data: bytes) -> None:
+        with self._refused():
+            self._stream.write(data)
+
+    def flush(self) -> None:
+        with self._refused():
+            self._stream.flush()
+
+    @contextlib.contextmanager
+    def _refused(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in DISK_ERRORS:
+                raise
+            raise StorageError(f"cannot write {self.what} to stdout: {exc.strerror or exc}; what was written "
+                               "there is cut short") from None
+
+
 class OutputFile:
     """``path`` written whole or not at all, and refused before the work that fills it.
 
@@ -91,8 +145,10 @@ class OutputFile:
         self._tmp = self.path.with_name(f".{self.path.name}.{os.urandom(TEMP_HEX // 2).hex()}.tmp")
         self._done = False
         self._fh: BinaryIO | None = None
-        if self.path.is_dir():
-            raise InvalidInputError(f"cannot write {what} to {self.path}: it is a folder")
+        reason = refusal(self.path)
+        if reason:
+            raise InvalidInputError(f"cannot write {what} to {self.path}: {reason}; nothing was written there",
+                                    path=str(self.path))
         with self._refused():
             self._fh = open(self._tmp, "xb")
         self._held.add(self._tmp)

@@ -42,7 +42,9 @@ from orchestrator.audit import AUDIT_HEAD
 from orchestrator.errors import ImportConflictError, IntegrityError, InvalidIdError, InvalidInputError, PathEscapeError
 from orchestrator.history import Problem, VerifiedStream, check_head_record, verify_stream
 from orchestrator.security import is_id, shown, validate_id
+from orchestrator.signing import UNKNOWN_KEY, is_key_id
 from orchestrator.store.base import AUDIT_STREAM, StoredLine
+from orchestrator.store.jsonl import SLOT_BYTES
 
 BUNDLE_FORMAT = "jsonl-orchestrator/export/v2"
 # still imported: v1 put the audit log last and carried no head record of it
@@ -76,8 +78,18 @@ def _problems(orch: Orchestrator, stream: str, lines: list[StoredLine], head: by
 
 def _refuse(action: str, problems: list[Problem]) -> IntegrityError:
     first = problems[0]
-    return IntegrityError(f"{action} refused: stream {first.stream} fails verification at line {first.line}: "
-                          f"{first.code} ({first.message}); run `orchestrator verify`",
+    kids = sorted({p.kid for p in problems if p.kid})
+    # not damage but another machine's key (a key id that is none, from a hand-made bundle, is not named as a file)
+    if kids and all(p.code == UNKNOWN_KEY for p in problems) and all(map(is_key_id, kids)):
+        named = ", ".join(shown(k) for k in kids)
+        pubs = ", ".join(f"{k}.pub" for k in kids)
+        text = (f"{action} refused: stream {first.stream} is signed by key {named}, which this machine's keyring "
+                f"does not trust: copy {pubs} from the keyring of the machine that signed it into the trusted keys "
+                f"folder (ORCH_TRUSTED_KEYS_DIR) of this one, then run the {action} again")
+    else:
+        text = (f"{action} refused: stream {first.stream} fails verification at line {first.line}: "
+                f"{first.code} ({first.message}); run `orchestrator verify`")
+    return IntegrityError(f"{text}; nothing of that stream was written" if action == "import" else text,
                           problems=[p.to_dict() for p in problems[:20]])
 
 
@@ -142,7 +154,7 @@ def _json(n: int, raw: bytes, what: str) -> dict[str, Any]:
     except (ValueError, RecursionError):
         obj = None
     if not isinstance(obj, dict):
-        raise _malformed(n, f"expected {what}, found {raw[:60]!r}")
+        raise _malformed(n, f"expected {what}, found {shown(raw)}")  # sanitized before it is cut
     return obj
 
 
@@ -173,9 +185,14 @@ def _stream_header(n: int, rec: dict[str, Any]) -> tuple[str, int, bytes | None]
         return stream, count, None
     if isinstance(value, str) and value:
         try:
-            return stream, count, base64.b64decode(value, validate=True)
+            head = base64.b64decode(value, validate=True)
         except ValueError:  # binascii.Error (bad padding or letters), or a string that is not ASCII
-            pass
+            head = None
+        if head is not None and len(head) >= SLOT_BYTES:  # whitespace around the JSON still verifies: refused here
+            raise _malformed(n, f"the head of stream {stream} is {len(head)} bytes, more than a head record holds "
+                                f"({SLOT_BYTES - 1})")
+        if head is not None:
+            return stream, count, head
     raise _malformed(n, f"the head of stream {stream} is {shown(value)}, not a base64 head record or null")
 
 

@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import click
 
 from orchestrator.cli import CONTEXT, Output, StdoutOption, cli, note_missing_store, project_command
-from orchestrator.output_file import OutputFile
+from orchestrator.output_file import OutputFile, StdoutFile
 
 
-def _progress(message: str) -> None:
-    click.echo(message, err=True)
+def _progress(out: Output) -> Callable[[str], None]:
+    """Progress lines on stderr; when stderr carries the command's JSON (``export -o - --json``), on a terminal only,
+    so that a caller reading it finds one JSON object there."""
+    if out.as_json and out.data_on_stdout:
+        return out.progress
+    return lambda message: click.echo(message, err=True)
 
 
 @cli.command("export", context_settings=CONTEXT)
@@ -31,10 +35,11 @@ def export_cmd(orch: Any, out: Output, output: str, allow_damaged: bool) -> int:
     from orchestrator.transfer import export_project
 
     if output == "-":  # the bundle alone: ``out`` prints the summary and any error on stderr (StdoutOption)
-        result = export_project(orch, sys.stdout.buffer, allow_damaged=allow_damaged, progress=_progress)
+        result = export_project(orch, StdoutFile(sys.stdout.buffer, "the bundle"),  # type: ignore[arg-type]
+                                allow_damaged=allow_damaged, progress=_progress(out))
     else:
         with OutputFile(output, "the bundle") as fh:
-            result = export_project(orch, fh, allow_damaged=allow_damaged, progress=_progress)  # type: ignore[arg-type]
+            result = export_project(orch, fh, allow_damaged=allow_damaged, progress=_progress(out))  # type: ignore[arg-type]
     note_missing_store(orch, out)
     text = (f"exported {result['streams']} streams, {result['events']} events of project {result['project_id']}"
             + (f" to {output}" if output != "-" else "")
@@ -57,10 +62,10 @@ def import_cmd(orch: Any, out: Output, bundle: str) -> None:
     from orchestrator.transfer import import_project
 
     if bundle == "-":
-        result = import_project(orch, sys.stdin.buffer, progress=_progress)
+        result = import_project(orch, sys.stdin.buffer, progress=_progress(out))
     else:
         with open(bundle, "rb") as fh:
-            result = import_project(orch, fh, progress=_progress)
+            result = import_project(orch, fh, progress=_progress(out))
     out.emit(result, f"imported {result['streams']} streams, {result['events']} events into project "
                      f"{result['project_id']} ({result['written']} written, the rest were already there)"
                      + ("; the bundle carried no head record of the audit log (format v1, or none in the "

@@ -72,3 +72,35 @@ def test_an_error_before_an_export_to_stdout_goes_to_stderr_and_leaves_stdout_em
 def test_the_raw_command_line_names_stdout_as_click_would_read_it(args: list[str], to_stdout: bool) -> None:
     option = StdoutOption(["-o", "--output"])
     assert option.given_as_stdout(args) is to_stdout
+
+
+def test_an_export_to_stdout_on_a_full_disk_is_storage_error_on_stderr_not_a_traceback(
+        cli_env: dict[str, str]) -> None:
+    if not Path("/dev/full").is_char_device():
+        pytest.skip("no /dev/full (a file whose every write fails with ENOSPC)")
+    subprocess.run([sys.executable, "-m", "orchestrator", "submit", "--kind", "k"], env=cli_env, cwd=REPO,
+                   check=True, capture_output=True)
+    with open("/dev/full", "wb") as full:  # `export -o - > bundle` on a full disk
+        proc = subprocess.run([sys.executable, "-m", "orchestrator", "export", "-o", "-", "--json"], env=cli_env,
+                              cwd=REPO, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert proc.returncode == 10, proc.stderr
+    error = json.loads(proc.stderr)
+    assert error["error"] == "STORAGE_ERROR" and "stdout" in error["message"], error
+
+
+def test_an_export_to_stdout_with_json_of_a_thousand_jobs_prints_one_json_object_on_stderr(
+        cli_env: dict[str, str], base: Path) -> None:
+    """stderr carries the summary as JSON there: a progress line before it (every 1,000 streams) made it unreadable
+    for a caller that reads it, which cannot be a terminal (progress still goes to one)."""
+    from orchestrator import Orchestrator
+    from orchestrator.signing import load_keyring
+    from orchestrator.transfer import PROGRESS_EVERY
+
+    orch = Orchestrator(base_path=base, project_id="proj", keyring=load_keyring(cli_env, announce=False))
+    for i in range(PROGRESS_EVERY):
+        orch.submit("k", {"i": i})
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "export", "-o", "-", "--json"], env=cli_env,
+                          cwd=REPO, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stderr)["streams"] == PROGRESS_EVERY
+    assert proc.stdout.endswith(b'"streams":%d}\n' % PROGRESS_EVERY)

@@ -72,3 +72,50 @@ def test_an_export_killed_before_its_rename_leaves_no_bundle_and_the_next_one_re
     os.utime(leftover, (then, then))
     done = run_module("export", "-o", str(target), env=cli_env)
     assert done.returncode == 0 and list(folder.iterdir()) == [target], done.stderr
+
+
+def test_an_output_path_inside_a_store_is_invalid_input_and_the_stores_files_are_left_as_they_were(
+        cli_env: dict[str, str], base: Path) -> None:
+    job_id = json.loads(run_script("submit", "--kind", "k", "--json", env=cli_env, check=True).stdout)["job_id"]
+    run_script("control", "cancel", job_id, "no", env=cli_env, check=True)
+    state = base / "proj" / ".orchestrator"
+    linked = base / "link-to-audit"
+    linked.symlink_to(state / "audit")
+    targets = {"the audit log": state / "audit" / "audit_events.jsonl",
+               "a job's events file": state / "queue" / "jobs" / f"{job_id}.events.jsonl",
+               "a new job's events file": state / "queue" / "jobs" / "01NEWJOB.events.jsonl",
+               "the audit log through a link": linked / "audit_events.jsonl"}
+    before = {p: p.read_bytes() for p in state.rglob("*") if p.is_file()}
+    for command in COMMANDS:
+        for case, target in targets.items():
+            proc = run_module(*command, str(target), "--json", env=cli_env)
+            assert proc.returncode == 3, (command, case, proc.stdout, proc.stderr)
+            error = json.loads(proc.stdout)
+            assert error["error"] == "INVALID_INPUT" and "inside the store" in error["message"], (command, case)
+    assert {p: p.read_bytes() for p in state.rglob("*") if p.is_file()} == before
+    assert run_script("verify", env=cli_env).returncode == 0
+
+
+def test_a_job_may_write_an_export_into_its_own_artifact_folder(cli_env: dict[str, str], base: Path) -> None:
+    job_id = json.loads(run_script("submit", "--kind", "k", "--json", env=cli_env, check=True).stdout)["job_id"]
+    folder = base / "proj" / ".orchestrator" / "artifacts" / job_id
+    folder.mkdir(parents=True)
+    proc = run_module("export", "-o", str(folder / "backup.bundle"), env=cli_env)
+    assert proc.returncode == 0 and (folder / "backup.bundle").exists(), proc.stderr
+
+
+def test_an_output_path_that_is_a_device_or_a_pipe_is_invalid_input_and_left_in_place(
+        cli_env: dict[str, str], tmp_path: Path) -> None:
+    run_script("submit", "--kind", "k", env=cli_env, check=True)
+    fifo = tmp_path / "a-pipe"
+    os.mkfifo(fifo)
+    linked = tmp_path / "link-to-pipe"  # as /dev/stdout is a link to what stdout is
+    linked.symlink_to(fifo)
+    for command in COMMANDS:
+        for target in (fifo, linked):
+            proc = run_module(*command, str(target), "--json", env=cli_env)
+            assert proc.returncode == 3, (command, target, proc.stdout, proc.stderr)
+            error = json.loads(proc.stdout)
+            assert error["error"] == "INVALID_INPUT" and "not a regular file" in error["message"], (command, target)
+    assert fifo.is_fifo() and linked.is_symlink() and linked.resolve() == fifo
+    assert not list(tmp_path.glob(".a-pipe.*")) and not list(tmp_path.glob(".link-to-pipe.*"))  # no temporary file

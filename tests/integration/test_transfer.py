@@ -221,6 +221,24 @@ def test_a_bundle_of_another_project_is_refused(file_orch, pg_orch, base, keyrin
         import_project(other, buf)
 
 
+def test_an_import_signed_by_a_key_this_machine_does_not_trust_says_which_key_to_trust_and_writes_nothing(
+        base: Path, keyring: Keyring) -> None:
+    source = Orchestrator(base_path=base / "src", project_id="p", keyring=keyring)
+    source.submit("t.echo", "x")
+    buf = io.BytesIO()
+    export_project(source, buf)
+    other_machine = Keyring.generate()
+    dest = Orchestrator(base_path=base / "dst", project_id="p", keyring=other_machine)
+    with pytest.raises(IntegrityError) as refused:
+        import_project(dest, io.BytesIO(buf.getvalue()))
+    message = refused.value.message
+    assert keyring.signer_id in message and f"{keyring.signer_id}.pub" in message, message
+    assert "ORCH_TRUSTED_KEYS_DIR" in message and "run `orchestrator verify`" not in message, message
+    assert not list(dest.store.job_ids()) and not dest.store.read(AUDIT_STREAM)
+    other_machine.trusted[keyring.signer_id] = keyring.trusted[keyring.signer_id]  # its .pub copied over
+    assert import_project(dest, io.BytesIO(buf.getvalue()))["written"] == 1
+
+
 def _cli(*args: str, env: dict[str, str], stdin: bytes | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", "import sys; from orchestrator.cli import main; main(sys.argv[1:])",
                            *args], env=env, input=stdin, capture_output=True, timeout=60, cwd=str(REPO))
@@ -574,6 +592,23 @@ def test_a_malformed_head_on_a_later_stream_writes_nothing_of_that_stream(file_o
     assert dest.store.read(rec["stream"]) == [] and dest.store.get_aux(HEADS_AREA, rec["stream"]) is None
 
 
+def test_a_head_record_padded_past_what_a_store_holds_is_invalid_input_and_nothing_of_its_stream_is_written(
+        file_orch, base, keyring) -> None:
+    """Whitespace after the JSON keeps a head record's signature valid (it signs the canonical encoding), but the
+    file store holds at most 511 bytes of it: it must be refused before its stream is written, not crash after."""
+    import base64
+
+    fill(file_orch, 2)
+    header, streams = parse_bundle(bundle_of(file_orch))
+    rec, lines = streams[1]
+    streams[1] = ({**rec, "head": base64.b64encode(base64.b64decode(rec["head"]) + b" " * 600).decode()}, lines)
+    dest = Orchestrator(base_path=base / "dst", project_id=file_orch.project_id, keyring=keyring)
+    line = 2 + len(streams[0][1]) + 1
+    with pytest.raises(InvalidInputError, match=rf"^not a bundle: line {line}: the head of stream {rec['stream']}"):
+        import_project(dest, io.BytesIO(make_bundle(header, streams)))
+    assert dest.store.read(rec["stream"]) == [] and dest.store.get_aux(HEADS_AREA, rec["stream"]) is None
+
+
 def test_a_bundle_header_of_the_wrong_type_is_invalid_input(base, keyring) -> None:
     dest = Orchestrator(base_path=base / "dst", project_id="p", keyring=keyring)
     for first in (b"[1,2]", b'{"format": 2, "project_id": "p"}', b'{"format": "jsonl-orchestrator/export/v2", '
@@ -611,5 +646,24 @@ def test_a_line_after_the_end_record_is_shown_sanitized_before_it_is_cut(file_or
     assert after.index(b"sk-") + 3 < 60 < after.index(b"sk-") + 23  # the first 60 bytes hold sk- and fewer than 20 characters
     with pytest.raises(InvalidInputError, match="a line after the end record") as caught:
         import_project(dest, io.BytesIO(bundle + after))
+    message = sanitize_text(caught.value.message)
+    assert secret[:12] not in message and "Q7xZ9kLmN" not in message, message
+
+
+@pytest.mark.parametrize("where", ["the bundle header", "a stream header"])
+def test_a_malformed_line_is_shown_sanitized_before_it_is_cut(file_orch, base, keyring, where) -> None:
+    """As the line after the end record: a quote cut at 60 bytes before it is sanitized keeps the start of a token
+    (``sk-proj-`` and a few characters), which sanitizing the message afterwards no longer recognises."""
+    from orchestrator.security import sanitize_text
+
+    fill(file_orch, 1)
+    rows = bundle_of(file_orch).split(b"\n")
+    secret = "sk-proj-" + "Q7xZ9kLmN2pR4sT6vW8yB1cD3fG5hJ"
+    line = b'note: rotated 2026-12-01, the new one is ' + secret.encode()
+    assert line.index(b"sk-") + 3 < 60 < line.index(b"sk-") + 23  # the first 60 bytes hold sk- and fewer than 20 characters
+    rows[0 if where == "the bundle header" else 1] = line
+    dest = Orchestrator(base_path=base / "dst", project_id=file_orch.project_id, keyring=keyring)
+    with pytest.raises(InvalidInputError, match="^not a bundle: line") as caught:
+        import_project(dest, io.BytesIO(b"\n".join(rows)))
     message = sanitize_text(caught.value.message)
     assert secret[:12] not in message and "Q7xZ9kLmN" not in message, message
