@@ -20,13 +20,16 @@ from click.core import ParameterSource
 
 from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PROJECT_ID,
                                  load_dotenv_file)
-from orchestrator.errors import ConfigError, InvalidInputError, OrchestratorError, UsageError
+from orchestrator.errors import CommandInterrupted, ConfigError, InvalidInputError, OrchestratorError, UsageError
 from orchestrator.limits import (MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_INPUT_BYTES, MAX_KIND_LENGTH,
                                  PRIORITY_LIMIT, is_kind, read_at_most)
 from orchestrator.security import safe_line, sanitize_obj, sanitize_text, shown
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_INTEGRITY = 7
+# Ctrl-C outside a command's own handling (the worker and the benchmark stop on it in their own way)
+INTERRUPTED_MESSAGE = ("interrupted by SIGINT (Ctrl-C) before the command finished: check what it did (status, "
+                       "verify) before running it again")
 
 
 class Output:
@@ -202,7 +205,8 @@ def cli() -> None:
     8 signing key problem (or jobs left, signed by a key not trusted), 9 malformed payload,
     10 storage error, 11 handler not found, 12 alerts firing (metrics --fail-on),
     13 release gate failed (bench-terminal-latency), 75 nothing to run (worker --once),
-    130 interrupted by SIGINT, 143 interrupted by SIGTERM (bench-terminal-latency).
+    130 interrupted by SIGINT (Ctrl-C; a looping worker stops gracefully instead),
+    143 interrupted by SIGTERM (bench-terminal-latency).
     See the README's exit-code table.
     """
 
@@ -496,9 +500,13 @@ def _run(command: click.Command, args: list[str], prog_name: str | None) -> None
         else:
             exc.show()
         sys.exit(exc.exit_code)
-    except click.Abort:  # Ctrl-C outside a command's own handling
-        click.echo("Aborted!", err=True)
-        sys.exit(1)
+    except (click.Abort, KeyboardInterrupt) as exc:  # click makes Ctrl-C (KeyboardInterrupt) an Abort
+        if not isinstance(exc, KeyboardInterrupt) and not isinstance(exc.__cause__, KeyboardInterrupt):
+            click.echo("Aborted!", err=True)  # an end of input at a prompt
+            sys.exit(1)
+        stop = CommandInterrupted(INTERRUPTED_MESSAGE)
+        Output(_wants_json(args), data_on_stdout=_data_on_stdout(command, args)).error(stop)
+        sys.exit(stop.exit_code)
     sys.exit(code if isinstance(code, int) else 0)  # ctx.exit(n) returns n; a command that returns exits 0
 
 
