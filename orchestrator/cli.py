@@ -286,7 +286,7 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
     Exits 7 when the job's history failed verification (the job will not be run).
     """
     if all_jobs or states or kinds:
-        if job_id:
+        if job_id is not None:  # "" too: an id given (an empty one is INVALID_ID, as any bad id)
             raise click.UsageError("give a JOB_ID, or --all (with or without --state, --kind) to list jobs, not both")
         jobs = orch.jobs(states, kinds)
         note_missing_store(orch, out)
@@ -295,7 +295,7 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
                      f"{j.job_id:<36} {(j.state or 'unknown'):<15} {safe_line(j.kind or '-')[:16]:<16} {j.attempt:>3}  "
                      f"{j.updated_at or '-'}" + ("  INTEGRITY" if j.integrity_error else "") for j in jobs]))
         return EXIT_INTEGRITY if any(j.integrity_error for j in jobs) else 0
-    if not job_id:
+    if job_id is None:
         raise click.UsageError("give a JOB_ID, or --all")
     st = orch.status(job_id)
     out.emit(st.to_dict(), lambda: _status_text(st))

@@ -26,7 +26,7 @@ from orchestrator import audit
 from orchestrator.errors import (ActionConflictError, ChatMessageError, JobIdMismatchError, ConcurrencyError, ContextSignatureInvalid, InvalidInputError,
                                  InvalidTransitionError)
 from orchestrator.limits import is_unicode
-from orchestrator.security import is_assigned_job_id, one_line, sanitize_text
+from orchestrator.security import is_assigned_job_id, one_line, sanitize_text, validate_id
 from orchestrator.state import AWAITING_AUDIT, CANCELLED, WAITING_HUMAN, check_transition
 
 if TYPE_CHECKING:
@@ -254,4 +254,5 @@ def parse_chat_message(job_id: str, message: str) -> str:
 def resume_from_chat(orch: "Orchestrator", job_id: str, message: str, *, note: str = "",
                      now: float | None = None, again: bool = False) -> ControlResult:
     """Resume ``job_id`` with the answer of a pasted chat message (idempotent like ``resume``)."""
+    validate_id(job_id)  # a bad id (an empty one too) is INVALID_ID, as for ``resume``, before the message is read
     return resume(orch, job_id, parse_chat_message(job_id, message), note=note, now=now, via="chat", again=again)

@@ -181,3 +181,26 @@ def test_ctrl_c_without_json_is_one_line_saying_so_with_exit_130(cli_env: dict[s
     assert proc.returncode == 130 and proc.stdout == "", (proc.stdout, proc.stderr)
     assert proc.stderr.strip() == ("error[INTERRUPTED]: interrupted by SIGINT (Ctrl-C) before the command finished: "
                                    "check what it did (status, verify) before running it again")
+
+
+EMPTY_JOB_IDS = [("status", ""), ("verify", "--job-id", ""), ("audit", "heal", "--job-id", ""),
+                 ("audit-timeline", "--job-id", ""), ("control", "cancel", ""), ("resume-from-chat", "", "job_id: J; yes")]
+
+
+@pytest.mark.parametrize("command", EMPTY_JOB_IDS, ids=lambda c: " ".join(c[:2]))
+def test_an_empty_job_id_is_invalid_id_exit_3_as_any_bad_id_never_every_job(
+        cli_env: dict[str, str], command: tuple[str, ...]) -> None:
+    """Before: `status ''` was a usage error (exit 2); `verify --job-id ''` verified, and `audit heal --job-id ''`
+    healed, the whole project; `resume-from-chat ''` named the message's job as the mismatch."""
+    api = Orchestrator(base_path=cli_env["BASE_PATH"], project_id="proj", keyring=load_keyring(cli_env))
+    api.submit("command", {"argv": ["true"]})
+    for given in ("", "../x"):  # the empty id gives what any other bad id gives
+        proc = run_module(*(given if arg == "" else arg for arg in command), "--json", env=cli_env)
+        assert proc.returncode == 3, (command, given, proc.stdout, proc.stderr)
+        assert json.loads(proc.stdout)["error"] == "INVALID_ID", (command, given, proc.stdout)
+
+
+def test_status_with_an_empty_job_id_and_all_is_the_usage_error_of_both(cli_env: dict[str, str]) -> None:
+    """Before: the empty id was taken as none given, and every job was listed."""
+    proc = run_script("status", "", "--all", "--json", env=cli_env)
+    assert proc.returncode == 2 and json.loads(proc.stdout)["error"] == "USAGE_ERROR", proc.stdout
