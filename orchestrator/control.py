@@ -109,6 +109,9 @@ def _act(orch: "Orchestrator", job_id: str, action: str, data: dict[str, Any], n
         text = f"[via {via}] {text}"
     for _ in range(MAX_RACE_RETRIES):
         view = orch.load(job_id)
+        # every action may write the audit log (its entry, a healed one, a refusal): none starts without it
+        audit.require_writable(orch, f"cannot {action} job {job_id}: its audit entry could not be written, so "
+                                     "nothing was written")
         if not view.ok:
             _refuse_tampered(orch, view, action, now)
         audit.heal(orch, [view], now=now)
