@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from orchestrator import clock, faults
+from orchestrator.errors import PathEscapeError
 from orchestrator.history import head_record, seal
 from orchestrator.security import sanitize_text
 from orchestrator.signing import line_hash
@@ -86,6 +87,31 @@ def pending(orch: "Orchestrator", job_id: str) -> Iterator[None]:
         yield
 
 
+# -- a symbolic link in the audit log's place -------------------------------------------------------------
+def linked_log(exc: PathEscapeError, consequence: str) -> PathEscapeError:
+    """``exc`` (a file of the audit log that is a symbolic link, never followed) as a command that must read or
+    write the log reports it: what is wrong, what it means for this command, and what to do. ``verify`` and
+    ``audit-timeline`` list the link as a problem of ``@audit`` instead (exit 7)."""
+    return PathEscapeError(f"{consequence}: the project's audit log is not usable ({exc.message}). Run `orchestrator "
+                           "verify` to see every problem of the store", **exc.details)
+
+
+@contextlib.contextmanager
+def linked_refused(consequence: str) -> Iterator[None]:
+    """A ``PathEscapeError`` met in the block is reported by ``linked_log``."""
+    try:
+        yield
+    except PathEscapeError as exc:
+        raise linked_log(exc, consequence) from None
+
+
+def require_writable(orch: "Orchestrator", consequence: str) -> None:
+    """Refuse (``PathEscapeError``, by ``linked_log``) before anything is written when the audit log is a symbolic
+    link: an action whose entry cannot be written must not write its event either (it would stand unexplained)."""
+    with linked_refused(consequence):
+        orch.store.refuse_linked(AUDIT_STREAM)
+
+
 # -- writing ------------------------------------------------------------------------------------------
 def _mark(orch: "Orchestrator", event_hash: str, audit_seq: int) -> None:
     orch.store.put_aux(MARKERS_AREA, event_hash, str(audit_seq).encode())
@@ -113,7 +139,8 @@ def record(orch: "Orchestrator", *, job_id: str, action: str, actor: str, run_id
     """
     build, with_entry = entry_writes(orch, job_id=job_id, action=action, actor=actor, run_id=run_id, note=note,
                                      event_line=event_line, extra=extra, now=now)
-    head = orch.store.append(AUDIT_STREAM, build, aux=with_entry)
+    with linked_refused(f"the {action} entry of job {job_id} was not written"):
+        head = orch.store.append(AUDIT_STREAM, build, aux=with_entry)
     faults.point("audit.after_entry")
     return head.seq
 
@@ -201,7 +228,8 @@ def heal_found(orch: "Orchestrator", todo: list[Unaudited], *, now: float | None
         one_job_per_bucket = {_bucket(u.job_id): u.job_id for u in todo}
         for bucket in sorted(one_job_per_bucket):  # one order everywhere: no deadlock between healers
             stack.enter_context(pending(orch, one_job_per_bucket[bucket]))
-        present = audited_hashes(orch)
+        with linked_refused("the audit entries a crash left missing cannot be checked or written; nothing was written"):
+            present = audited_hashes(orch)
         for u in todo:
             eh = u.event_hash
             if eh in present:  # only the marker was lost
@@ -231,12 +259,13 @@ def heal_quietly(orch: "Orchestrator", views: Iterable["JobView"], *, now: float
 
 def heal_found_quietly(orch: "Orchestrator", todo: list[Unaudited], *, now: float | None = None,
                        not_written: list[str] | None = None) -> list[int]:
-    """``heal_quietly`` of the events ``unmarked`` found."""
+    """``heal_quietly`` of the events ``unmarked`` found. An audit log that is a symbolic link is skipped too: the
+    entries stay missing, and ``verify`` (also ``audit-timeline``) lists the link, as it lists the warnings."""
     from orchestrator.errors import SigningKeyError, StorageError
 
     try:
         return heal_found(orch, todo, now=now, create_key=False)
-    except SigningKeyError:
+    except (SigningKeyError, PathEscapeError):
         return []
     except StorageError as exc:  # what was written before stays (each entry is whole); the rest stays missing
         why = f"the missing audit entries were not written: {exc.message}"

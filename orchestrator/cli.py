@@ -20,13 +20,16 @@ from click.core import ParameterSource
 
 from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PROJECT_ID,
                                  load_dotenv_file)
-from orchestrator.errors import ConfigError, InvalidInputError, OrchestratorError, UsageError
+from orchestrator.errors import CommandInterrupted, ConfigError, InvalidInputError, OrchestratorError, UsageError
 from orchestrator.limits import (MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_INPUT_BYTES, MAX_KIND_LENGTH,
                                  PRIORITY_LIMIT, is_kind, read_at_most)
 from orchestrator.security import safe_line, sanitize_obj, sanitize_text, shown
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_INTEGRITY = 7
+# Ctrl-C outside a command's own handling (the worker and the benchmark stop on it in their own way)
+INTERRUPTED_MESSAGE = ("interrupted by SIGINT (Ctrl-C) before the command finished: check what it did (status, "
+                       "verify) before running it again")
 
 
 class Output:
@@ -202,7 +205,8 @@ def cli() -> None:
     8 signing key problem (or jobs left, signed by a key not trusted), 9 malformed payload,
     10 storage error, 11 handler not found, 12 alerts firing (metrics --fail-on),
     13 release gate failed (bench-terminal-latency), 75 nothing to run (worker --once),
-    130 interrupted by SIGINT, 143 interrupted by SIGTERM (bench-terminal-latency).
+    130 interrupted by SIGINT (Ctrl-C; a looping worker stops gracefully instead),
+    143 interrupted by SIGTERM (bench-terminal-latency).
     See the README's exit-code table.
     """
 
@@ -282,7 +286,7 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
     Exits 7 when the job's history failed verification (the job will not be run).
     """
     if all_jobs or states or kinds:
-        if job_id:
+        if job_id is not None:  # "" too: an id given (an empty one is INVALID_ID, as any bad id)
             raise click.UsageError("give a JOB_ID, or --all (with or without --state, --kind) to list jobs, not both")
         jobs = orch.jobs(states, kinds)
         note_missing_store(orch, out)
@@ -291,7 +295,7 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
                      f"{j.job_id:<36} {(j.state or 'unknown'):<15} {safe_line(j.kind or '-')[:16]:<16} {j.attempt:>3}  "
                      f"{j.updated_at or '-'}" + ("  INTEGRITY" if j.integrity_error else "") for j in jobs]))
         return EXIT_INTEGRITY if any(j.integrity_error for j in jobs) else 0
-    if not job_id:
+    if job_id is None:
         raise click.UsageError("give a JOB_ID, or --all")
     st = orch.status(job_id)
     out.emit(st.to_dict(), lambda: _status_text(st))
@@ -362,7 +366,21 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
 # -- keys -------------------------------------------------------------------------------------
 @cli.group(context_settings=CONTEXT)
 def keys() -> None:
-    """Signing keys: list, rotate, revoke (keys live outside the store)."""
+    """Signing keys: list, rotate, revoke (keys live outside the store).
+
+    \b
+    ORCH_KEYRING_DIR       the keyring folder: private keys (<kid>.key, owner-only), their
+                           <kid>.pub, the 'active' key id and the 'revoked' list  [default:
+                           $XDG_CONFIG_HOME/jsonl-orchestrator/keys, else ~/.config/...]
+    ORCH_TRUSTED_KEYS_DIR  a folder of other machines' <kid>.pub (and a 'revoked' list) also
+                           trusted; one that does not exist is an error (exit 8)
+    ORCH_SIGNING_KEY       a private key (base64url Ed25519 seed) that signs instead of the
+                           keyring folder's active key
+    ORCH_SIGNING_KEY_FILE  the same as an owner-only PEM file (ORCH_SIGNING_KEY comes first)
+
+    Every command reads these (from the environment or a .env file); a command on a project refuses
+    a keyring folder, trusted-keys folder or key file inside that project's store (exit 3).
+    """
 
 
 def keys_command(fn: Callable[..., None]) -> Callable[..., None]:
@@ -381,27 +399,37 @@ def keys_command(fn: Callable[..., None]) -> Callable[..., None]:
 @keys.command("list", context_settings=CONTEXT)
 @keys_command
 def keys_list(out: Output) -> None:
-    """Show the keyring folder, the key that will sign (and whether it is revoked) and the trusted key ids."""
-    from orchestrator.signing import load_keyring
+    """Show where the signing key comes from (keyring: the keyring folder ORCH_KEYRING_DIR, or ORCH_SIGNING_KEY,
+    or the ORCH_SIGNING_KEY_FILE path), the key that will sign (and whether it is revoked), the folders read for
+    trusted keys and revoked ids (the keyring folder, then ORCH_TRUSTED_KEYS_DIR; each with the variable naming
+    it and whether it exists), and the trusted and revoked key ids."""
+    from orchestrator.signing import key_folders, load_keyring
 
     ring = load_keyring()
     signer = ring.signing_key_id()
     revoked = signer in ring.revoked
-    data = {"keyring": ring.source, "signing_key": signer, "signing_key_revoked": revoked,
+    folders = [{"path": str(folder), "from": variable, "exists": folder.is_dir()} for folder, variable in key_folders()]
+    data = {"keyring": ring.source, "signing_key": signer, "signing_key_revoked": revoked, "folders": folders,
             "trusted": sorted(ring.trusted), "revoked": sorted(ring.revoked)}
-    shown = (f"{signer} (REVOKED: writes are refused until a new key is active: orchestrator keys rotate)"
-             if revoked else signer or "none yet (the first write creates one in the keyring folder)")
-    out.emit(data, "\n".join(f"{k:<12} {v}" for k, v in {**data, "signing_key": shown}.items()
-                              if k != "signing_key_revoked"))
+    shown = {"signing_key": (f"{signer} (REVOKED: writes are refused until a new key is active: orchestrator keys "
+                             "rotate)" if revoked else signer or "none yet (the first write creates one in the keyring "
+                                                                  "folder)"),
+             "folders": "\n".join(f"{'' if i == 0 else ' ' * 13}{f['path']} ({f['from']}"
+                                  + ("" if f["exists"] else ", not there yet: the first write creates it") + ")"
+                                  for i, f in enumerate(folders)),
+             "trusted": ", ".join(data["trusted"]) or "none", "revoked": ", ".join(data["revoked"]) or "none"}
+    out.emit(data, "\n".join(f"{k:<12} {shown.get(k, v)}" for k, v in data.items() if k != "signing_key_revoked"))
 
 
 @keys.command("rotate", context_settings=CONTEXT)
 @keys_command
 def keys_rotate(out: Output) -> None:
-    """Create a new signing key in the keyring folder and make it active; old public keys keep verifying old events.
+    """Create a new signing key in the keyring folder (ORCH_KEYRING_DIR) and make it active; old public keys keep
+    verifying old events.
 
     A process reads the active key once, when it first signs: restart running workers to sign with the new key.
-    With ORCH_SIGNING_KEY or ORCH_SIGNING_KEY_FILE set, that key still signs (a warning says so).
+    With ORCH_SIGNING_KEY or ORCH_SIGNING_KEY_FILE set, that key still signs (a warning says so). Copy the new
+    <kid>.pub into the ORCH_TRUSTED_KEYS_DIR of every other machine that verifies or runs these jobs.
     """
     from orchestrator.errors import SigningKeyError
     from orchestrator.signing import keyring_dir, signing_variable, write_keypair
@@ -426,8 +454,10 @@ def keys_rotate(out: Output) -> None:
 def keys_revoke(out: Output, kid: str) -> None:
     """Stop trusting KID (an id `keys list` shows): events it signed fail verification with KEY_REVOKED.
 
-    KID must be a key of the keyring (INVALID_ID for a malformed id, INVALID_INPUT for an unknown one); revoking
-    it again changes nothing. Revoking the key that signs stops every write (SIGNING_KEY_ERROR, exit 8) until
+    KID must be a key of the keyring (of ORCH_KEYRING_DIR or ORCH_TRUSTED_KEYS_DIR, or the key ORCH_SIGNING_KEY
+    or ORCH_SIGNING_KEY_FILE holds; INVALID_ID for a malformed id, INVALID_INPUT for an unknown one); its id is
+    added to the 'revoked' file of the keyring folder (ORCH_KEYRING_DIR) of this machine only: revoke it on
+    every other machine too. Revoking it again changes nothing. Revoking the key that signs stops every write (SIGNING_KEY_ERROR, exit 8) until
     `keys rotate` makes a new key active: rotate and restart the workers first. A running worker reads the
     keyring folders again once a minute, and stops writing with a key revoked since.
     """
@@ -496,9 +526,13 @@ def _run(command: click.Command, args: list[str], prog_name: str | None) -> None
         else:
             exc.show()
         sys.exit(exc.exit_code)
-    except click.Abort:  # Ctrl-C outside a command's own handling
-        click.echo("Aborted!", err=True)
-        sys.exit(1)
+    except (click.Abort, KeyboardInterrupt) as exc:  # click makes Ctrl-C (KeyboardInterrupt) an Abort
+        if not isinstance(exc, KeyboardInterrupt) and not isinstance(exc.__cause__, KeyboardInterrupt):
+            click.echo("Aborted!", err=True)  # an end of input at a prompt
+            sys.exit(1)
+        stop = CommandInterrupted(INTERRUPTED_MESSAGE)
+        Output(_wants_json(args), data_on_stdout=_data_on_stdout(command, args)).error(stop)
+        sys.exit(stop.exit_code)
     sys.exit(code if isinstance(code, int) else 0)  # ctx.exit(n) returns n; a command that returns exits 0
 
 

@@ -26,7 +26,7 @@ from orchestrator import audit
 from orchestrator.errors import (ActionConflictError, ChatMessageError, JobIdMismatchError, ConcurrencyError, ContextSignatureInvalid, InvalidInputError,
                                  InvalidTransitionError)
 from orchestrator.limits import is_unicode
-from orchestrator.security import is_assigned_job_id, one_line, sanitize_text
+from orchestrator.security import is_assigned_job_id, one_line, sanitize_text, validate_id
 from orchestrator.state import AWAITING_AUDIT, CANCELLED, WAITING_HUMAN, check_transition
 
 if TYPE_CHECKING:
@@ -109,6 +109,9 @@ def _act(orch: "Orchestrator", job_id: str, action: str, data: dict[str, Any], n
         text = f"[via {via}] {text}"
     for _ in range(MAX_RACE_RETRIES):
         view = orch.load(job_id)
+        # every action may write the audit log (its entry, a healed one, a refusal): none starts without it
+        audit.require_writable(orch, f"cannot {action} job {job_id}: its audit entry could not be written, so "
+                                     "nothing was written")
         if not view.ok:
             _refuse_tampered(orch, view, action, now)
         audit.heal(orch, [view], now=now)
@@ -254,4 +257,5 @@ def parse_chat_message(job_id: str, message: str) -> str:
 def resume_from_chat(orch: "Orchestrator", job_id: str, message: str, *, note: str = "",
                      now: float | None = None, again: bool = False) -> ControlResult:
     """Resume ``job_id`` with the answer of a pasted chat message (idempotent like ``resume``)."""
+    validate_id(job_id)  # a bad id (an empty one too) is INVALID_ID, as for ``resume``, before the message is read
     return resume(orch, job_id, parse_chat_message(job_id, message), note=note, now=now, via="chat", again=again)

@@ -7,6 +7,7 @@ other expected error starts at 3.
 """
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 
@@ -188,6 +189,22 @@ class AlertsFiringError(OrchestratorError):
 
     code = "ALERTS_FIRING"
     exit_code = 12
+
+
+class CommandInterrupted(OrchestratorError):
+    """The command was stopped by a signal (Ctrl-C: SIGINT) before it finished; exit 128 + the signal's number,
+    as a shell reports a process the signal ended (130 for SIGINT)."""
+
+    code = "INTERRUPTED"
+    exit_code = 130
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, "signal": signal.Signals(self.signum).name}
 
 
 class ImportConflictError(OrchestratorError):

@@ -21,6 +21,7 @@ from orchestrator.errors import InvalidInputError, JobNotFoundError, PathEscapeE
 from orchestrator.history import ROLLED_BACK, Problem, check_head_record, verify_stream
 from orchestrator.limits import MAX_ANCHOR_BYTES, read_at_most
 from orchestrator.output_file import OutputFile
+from orchestrator.security import validate_id
 from orchestrator.signing import canonical, line_hash
 from orchestrator.store.base import AUDIT_STREAM
 
@@ -96,7 +97,9 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
     ``processes`` forked processes (``orchestrator/processes.py``), the report the same, in the same order, as
     from one process."""
     report = VerifyReport()
-    job_ids = [job_id] if job_id else sorted(orch.store.job_ids())
+    if job_id is not None:  # an empty id is INVALID_ID, not "every job"
+        validate_id(job_id, "job id")
+    job_ids = [job_id] if job_id is not None else sorted(orch.store.job_ids())
     audit_link = None  # the audit log is a symbolic link, never followed: its problem, as a job file's is
     try:
         claims = _audit_claims(orch, job_id)

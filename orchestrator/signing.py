@@ -459,13 +459,20 @@ def _load_dir_signer(directory: Path, announce: bool) -> Any:
     return load
 
 
-def _trust_folder(ring: Keyring, folder: Path) -> None:
+def _trust_folder(ring: Keyring, folder: Path, *, required_by: str | None = None) -> None:
     """Trust every ``*.pub`` of ``folder`` and add its ``revoked`` ids. A folder that does not exist holds no
-    keys; anything in it that cannot be read is a ``SigningKeyError`` naming the file, never skipped: a key left
-    out would make the events it signed fail as UNKNOWN_KEY, as if they had been forged."""
+    keys, unless the variable ``required_by`` names it: a folder set only to be read (``ORCH_TRUSTED_KEYS_DIR``)
+    that is not there is a mistyped setting, a ``SigningKeyError``. Anything in it that cannot be read is one too,
+    naming the file, never skipped: a key left out would make the events it signed fail as UNKNOWN_KEY, as if they
+    had been forged."""
     try:
         names = sorted(os.listdir(folder))
     except FileNotFoundError:
+        if required_by:
+            raise SigningKeyError(f"{required_by} names {folder}, which does not exist: the keys it should hold would "
+                                  "not be trusted, and the events they signed would fail verification as UNKNOWN_KEY. "
+                                  f"Fix {required_by} (a typo?), or create the folder and copy the other machines' "
+                                  ".pub files into it, or unset it") from None
         return
     except NotADirectoryError:
         raise SigningKeyError(f"keyring folder {folder} is not a folder") from None
@@ -487,6 +494,19 @@ def _trust_folder(ring: Keyring, folder: Path) -> None:
 
 
 SIGNING_KEY_VARIABLES = ("ORCH_SIGNING_KEY", "ORCH_SIGNING_KEY_FILE")  # in the order ``load_keyring`` takes them
+KEYRING_VARIABLE = "ORCH_KEYRING_DIR"
+TRUSTED_KEYS_VARIABLE = "ORCH_TRUSTED_KEYS_DIR"
+
+
+def key_folders(env: Mapping[str, str] | None = None) -> list[tuple[Path, str]]:
+    """The folders whose ``*.pub`` keys are trusted and whose ``revoked`` ids are refused, in the order they are
+    read, each with the variable that names it: the keyring folder (``ORCH_KEYRING_DIR``, or ``"default"``), then
+    ``ORCH_TRUSTED_KEYS_DIR`` when it is set."""
+    env = os.environ if env is None else env
+    folders = [(keyring_dir(env), KEYRING_VARIABLE if env.get(KEYRING_VARIABLE) else "default")]
+    if env.get(TRUSTED_KEYS_VARIABLE):
+        folders.append((Path(env[TRUSTED_KEYS_VARIABLE]), TRUSTED_KEYS_VARIABLE))
+    return folders
 
 
 def signing_variable(env: Mapping[str, str] | None = None) -> str | None:
@@ -498,18 +518,20 @@ def signing_variable(env: Mapping[str, str] | None = None) -> str | None:
 def load_keyring(env: Mapping[str, str] | None = None, *, announce: bool = True) -> Keyring:
     """Build the keyring from ``ORCH_SIGNING_KEY`` / ``ORCH_SIGNING_KEY_FILE`` / ``ORCH_KEYRING_DIR``.
 
-    Public keys of the keyring folder are always trusted; so is ``ORCH_TRUSTED_KEYS_DIR``.
-    The private key is loaded (or, in the keyring folder, created) only when something is
+    Public keys of the keyring folder are always trusted; so are those of ``ORCH_TRUSTED_KEYS_DIR``
+    (``key_folders``). The private key is loaded (or, in the keyring folder, created) only when something is
     signed, and created only by a command that writes (``Keyring.ensure_signer``): read commands
     never write a key. A key file, ``revoked`` file or folder that cannot be read is a
-    ``SigningKeyError`` naming it.
+    ``SigningKeyError`` naming it; so is an ``ORCH_TRUSTED_KEYS_DIR`` that does not exist (a keyring folder
+    that does not exist yet holds no key: the first write creates it).
     """
     env = os.environ if env is None else env
     directory = keyring_dir(env)
-    folders = [str(directory), *filter(None, [env.get("ORCH_TRUSTED_KEYS_DIR")])]
+    named = key_folders(env)
+    folders = [str(folder) for folder, _ in named]
     ring = Keyring(source=str(directory), paths=tuple(folders), folders=tuple(folders))
-    for folder in folders:
-        _trust_folder(ring, Path(folder))
+    for folder, variable in named:
+        _trust_folder(ring, folder, required_by=variable if variable == TRUSTED_KEYS_VARIABLE else None)
     variable = signing_variable(env)
     if variable == "ORCH_SIGNING_KEY":
         try:

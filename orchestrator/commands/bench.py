@@ -1,14 +1,12 @@
 """``orchestrator bench-terminal-latency`` (runbook: ``scripts/bench_terminal_latency.py``): the v1.2.3 gate."""
 from __future__ import annotations
 
-import signal
-
 import click
 
 from orchestrator.cli import CONTEXT, Output, cli, reported_errors
+from orchestrator.errors import CommandInterrupted
 
 EXIT_GATE_FAILED = 13
-INTERRUPTED = "INTERRUPTED"  # the ``error`` of ``--json`` when SIGTERM or SIGINT stopped the run (exit 143 or 130)
 
 
 @cli.command("bench-terminal-latency", context_settings=CONTEXT)
@@ -55,7 +53,7 @@ def bench_terminal_latency(samples: int, seed: int, raw_output: str | None, repo
     except tb.Interrupted as stop:
         click.echo(sanitize_text(stop.message), err=True)
         if as_json:  # stdout still holds one JSON object, as after any error
-            out.emit({"error": INTERRUPTED, "message": stop.message, "signal": signal.Signals(stop.signum).name}, "")
+            out.emit(CommandInterrupted(stop.message, stop.signum).to_dict(), "")
         click.get_current_context().exit(stop.exit_code)
     out.emit(result, lambda: tb.text_summary(result))
     click.get_current_context().exit(0 if result["verdicts"]["gate"] else EXIT_GATE_FAILED)

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from orchestrator.cli import CONTEXT, Output, cli, project_command
-from orchestrator.security import one_line
+from orchestrator.security import one_line, validate_id
 
 _TEXT = {
     "approve": ("NOTE", False, "Approve a job awaiting audit: awaiting_audit -> succeeded."),
@@ -113,7 +113,7 @@ def audit_heal(orch: Any, out: Output, job_id: str | None) -> None:
     """
     from orchestrator import audit
 
-    ids = [job_id] if job_id else sorted(orch.job_ids())
+    ids = [validate_id(job_id)] if job_id is not None else sorted(orch.job_ids())  # "": INVALID_ID, not every job
     written: list[int] = []
     for start in range(0, len(ids), audit.HEAL_BATCH):
         views = [v for v in (orch.load(j) for j in ids[start:start + audit.HEAL_BATCH]) if v.ok]

@@ -232,5 +232,10 @@ class EventStore(ABC):
     def exists(self, stream: str) -> bool:
         return bool(self.read(stream)[:1])
 
+    def refuse_linked(self, stream: str) -> None:
+        """Raise ``PathEscapeError`` if an append to ``stream`` would meet a symbolic link in its file's place (and
+        be refused): for a caller that must know before it writes anything else that goes with it. One ``lstat``
+        on files; a no-op where streams are not files."""
+
     def close(self) -> None:
         """Release resources; the store is unusable afterwards."""

@@ -28,11 +28,17 @@ def nofollow_opener(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
 
 
+def linked_file(path: str) -> PathEscapeError:
+    """The error for a file of the store that is a symbolic link, never followed."""
+    return PathEscapeError(f"{path} is a symbolic link; the store never follows one (it could lead outside "
+                           "the project folder): if it leads to this store's own file, move that file into its "
+                           "place, else remove the link and restore the file from a backup", path=path)
+
+
 def refuse_link(path: str, exc: OSError) -> None:
     """Raise ``PathEscapeError`` if ``exc`` is an ``O_NOFOLLOW`` open meeting a symbolic link."""
     if exc.errno == errno.ELOOP:
-        raise PathEscapeError(f"{path} is a symbolic link; the store never follows one (it could lead outside "
-                              "the project folder): remove it", path=path) from None
+        raise linked_file(path) from None
 
 
 def path_error(exc: OSError) -> StorageError:

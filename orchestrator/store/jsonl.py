@@ -26,8 +26,9 @@ from orchestrator import faults
 from orchestrator.errors import ConcurrencyError, IntegrityError, StorageError
 from orchestrator.security import is_id, validate_id
 from orchestrator.store.base import AUDIT_STREAM, HEADS_AREA, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
-from orchestrator.store.files import (check_folders, fsync_dir, make_folder, nofollow_opener, open_creating, path_error,
-                                      refuse_link, remove_file, remove_strays, vacate, write_failure, write_new)
+from orchestrator.store.files import (check_folders, fsync_dir, linked_file, make_folder, nofollow_opener, open_creating,
+                                      path_error, refuse_link, remove_file, remove_strays, vacate, write_failure,
+                                      write_new)
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +249,12 @@ class JsonlStore(EventStore):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.00005)  # the writer is ~0.1 ms away: notice it within ~50 us
+
+    def refuse_linked(self, stream: str) -> None:
+        """See ``EventStore.refuse_linked``."""
+        path = self._file(stream)
+        if os.path.islink(path):
+            raise linked_file(path)
 
     def read(self, stream: str, from_seq: int = 1) -> list[StoredLine]:
         """See ``EventStore.read``. A symbolic link in the file's place is never followed: ``PATH_ESCAPE``

@@ -431,3 +431,26 @@ def test_a_kind_whose_bytes_are_not_utf8_is_refused_with_invalid_input_and_nothi
     assert not (base / "proj").exists()
     listing = run_script("status", "--all", "--kind", "k\udcff", "--json", env=cli_env)
     assert listing.returncode == 2 and json.loads(listing.stdout)["error"] == "USAGE_ERROR"
+
+
+KEY_VARIABLES = {"keys": ("ORCH_KEYRING_DIR", "ORCH_TRUSTED_KEYS_DIR", "ORCH_SIGNING_KEY", "ORCH_SIGNING_KEY_FILE"),
+                 "list": ("ORCH_KEYRING_DIR", "ORCH_TRUSTED_KEYS_DIR", "ORCH_SIGNING_KEY", "ORCH_SIGNING_KEY_FILE"),
+                 "rotate": ("ORCH_KEYRING_DIR", "ORCH_TRUSTED_KEYS_DIR", "ORCH_SIGNING_KEY", "ORCH_SIGNING_KEY_FILE"),
+                 "revoke": ("ORCH_KEYRING_DIR", "ORCH_TRUSTED_KEYS_DIR")}
+
+
+@pytest.mark.parametrize("command", KEY_VARIABLES)
+def test_keys_help_names_the_variables_the_keys_come_from(cli_env: dict[str, str], command: str) -> None:
+    proc = keys(cli_env, *([] if command == "keys" else [command]), "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())  # as wrapped for the terminal
+    missing = [name for name in KEY_VARIABLES[command] if name not in text]
+    assert not missing, (missing, proc.stdout)
+
+
+def test_keys_list_of_a_fresh_machine_says_its_keyring_folder_is_not_there_yet(
+        cli_env: dict[str, str], isolated_env: Path) -> None:
+    env = {k: v for k, v in cli_env.items() if k != "ORCH_SIGNING_KEY"}
+    listed = json.loads(keys(env, "list", "--json").stdout)
+    assert listed["folders"] == [{"path": str(isolated_env), "from": "ORCH_KEYRING_DIR", "exists": False}]
+    assert "not there yet: the first write creates it" in keys(env, "list").stdout

@@ -131,3 +131,76 @@ def test_worker_json_lines_stay_json_when_a_handler_module_prints_as_it_is_impor
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [line.get("outcome") for line in lines] == ["succeeded", "succeeded", None]
     assert "banner_at_start loaded" in proc.stderr and "banner_at_claim loaded" in proc.stderr
+
+
+def _status_interrupted(cli_env: dict[str, str], tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """``status J ARGS`` as a real process, sent SIGINT (Ctrl-C) while the command runs (its read of the job made
+    to wait, so that the signal lands inside the command, not in the interpreter's start)."""
+    import signal
+    import sys
+    import time
+
+    from helpers import REPO
+
+    started = tmp_path / "started"
+    script = ("import sys, time\n"
+              "from orchestrator import api, cli\n"
+              f"def waits(self, job_id): open({str(started)!r}, 'w').close(); time.sleep(60)\n"
+              "api.Orchestrator.status = waits\n"
+              "cli.run_script('status', sys.argv[1:])\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, "01SOMEJOB", *args], env=cli_env, cwd=str(REPO),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
+    try:
+        deadline = time.monotonic() + 20
+        while not started.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_ctrl_c_under_json_is_one_interrupted_object_on_stdout_with_exit_130(cli_env: dict[str, str],
+                                                                            tmp_path: Path) -> None:
+    """Before: click's "Aborted!" on stderr, nothing on stdout, exit 1."""
+    proc = _status_interrupted(cli_env, tmp_path, "--json")
+    assert proc.returncode == 130, (proc.stdout, proc.stderr)
+    error = json.loads(proc.stdout)
+    assert error["error"] == "INTERRUPTED" and error["signal"] == "SIGINT", error
+    assert error["message"].startswith("interrupted by SIGINT (Ctrl-C) before the command finished")
+    assert "Aborted!" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_without_json_is_one_line_saying_so_with_exit_130(cli_env: dict[str, str], tmp_path: Path) -> None:
+    proc = _status_interrupted(cli_env, tmp_path)
+    assert proc.returncode == 130 and proc.stdout == "", (proc.stdout, proc.stderr)
+    assert proc.stderr.strip() == ("error[INTERRUPTED]: interrupted by SIGINT (Ctrl-C) before the command finished: "
+                                   "check what it did (status, verify) before running it again")
+
+
+EMPTY_JOB_IDS = [("status", ""), ("verify", "--job-id", ""), ("audit", "heal", "--job-id", ""),
+                 ("audit-timeline", "--job-id", ""), ("control", "cancel", ""), ("resume-from-chat", "", "job_id: J; yes")]
+
+
+@pytest.mark.parametrize("command", EMPTY_JOB_IDS, ids=lambda c: " ".join(c[:2]))
+def test_an_empty_job_id_is_invalid_id_exit_3_as_any_bad_id_never_every_job(
+        cli_env: dict[str, str], command: tuple[str, ...]) -> None:
+    """Before: `status ''` was a usage error (exit 2); `verify --job-id ''` verified, and `audit heal --job-id ''`
+    healed, the whole project; `resume-from-chat ''` named the message's job as the mismatch."""
+    api = Orchestrator(base_path=cli_env["BASE_PATH"], project_id="proj", keyring=load_keyring(cli_env))
+    api.submit("command", {"argv": ["true"]})
+    for given in ("", "../x"):  # the empty id gives what any other bad id gives
+        proc = run_module(*(given if arg == "" else arg for arg in command), "--json", env=cli_env)
+        assert proc.returncode == 3, (command, given, proc.stdout, proc.stderr)
+        assert json.loads(proc.stdout)["error"] == "INVALID_ID", (command, given, proc.stdout)
+
+
+def test_status_with_an_empty_job_id_and_all_is_the_usage_error_of_both(cli_env: dict[str, str]) -> None:
+    """Before: the empty id was taken as none given, and every job was listed."""
+    proc = run_script("status", "", "--all", "--json", env=cli_env)
+    assert proc.returncode == 2 and json.loads(proc.stdout)["error"] == "USAGE_ERROR", proc.stdout

@@ -129,3 +129,30 @@ def test_a_command_that_writes_creates_the_first_key_and_says_so(base: Path, tmp
     proc = run_module("submit", "--kind", "echo", "--input", "{}", env=env)
     assert proc.returncode == 0 and "generated signing key" in proc.stderr
     assert len(list((tmp_path / "fresh-keys").glob("*.key"))) == 1
+
+
+def test_a_mistyped_trusted_keys_folder_is_a_signing_key_error_naming_it_not_every_event_unknown(
+        machines, tmp_path: Path) -> None:
+    """Before: a folder that does not exist was read as an empty one; on a verifier, whose only keys are there,
+    `verify` then failed every event as UNKNOWN_KEY (exit 7), as if the whole project had been forged."""
+    _ops, verifier, _job_id = machines
+    mistyped = {**verifier, "ORCH_TRUSTED_KEYS_DIR": str(tmp_path / "pub")}  # the folder is "pubs"
+    for command in (("verify",), ("keys", "list")):
+        proc = run_module(*command, "--json", env=mistyped)
+        assert proc.returncode == 8, (command, proc.stdout, proc.stderr)
+        error = json.loads(proc.stdout)
+        assert error["error"] == "SIGNING_KEY_ERROR", error
+        assert f"ORCH_TRUSTED_KEYS_DIR names {tmp_path / 'pub'}, which does not exist" in error["message"]
+    assert run_module("verify", env=verifier).returncode == 0  # spelled right, it verifies
+
+
+def test_keys_list_names_the_folders_it_read_keys_from(machines, tmp_path: Path) -> None:
+    _ops, verifier, _job_id = machines
+    listed = json.loads(run_module("keys", "list", "--json", env=verifier).stdout)
+    assert listed["folders"] == [
+        {"path": str(tmp_path / "verifier-keys"), "from": "ORCH_KEYRING_DIR", "exists": True},
+        {"path": str(tmp_path / "pubs"), "from": "ORCH_TRUSTED_KEYS_DIR", "exists": True}]
+    assert listed["trusted"] and listed["signing_key"] is None
+    text = run_module("keys", "list", env=verifier).stdout
+    assert f"folders      {tmp_path / 'verifier-keys'} (ORCH_KEYRING_DIR)\n" in text
+    assert f"\n             {tmp_path / 'pubs'} (ORCH_TRUSTED_KEYS_DIR)\n" in text

@@ -565,3 +565,86 @@ def test_a_stray_file_named_like_no_job_is_passed_over_by_every_command_that_lis
     assert verify_project(orch).ok and [s.job_id for s in orch.jobs()] == [job]
     assert list(refresh(orch).rows) == [job]
     assert refresh(orch).replayed == 0  # and the next call stays on its warm path
+
+
+def _audit_log_linked_out(orch: Orchestrator, tmp_path: Path) -> Path:
+    """The audit log moved out of the store and a symbolic link to it put in its place; returns where it went."""
+    path = orch.settings.state_dir / "audit" / "audit_events.jsonl"
+    target = tmp_path / "outside.jsonl"
+    target.write_bytes(path.read_bytes())
+    path.unlink()
+    path.symlink_to(target)
+    return target
+
+
+@pytest.fixture
+def cli_orch(base: Path, cli_env: dict[str, str]) -> Orchestrator:
+    """The project the CLI (``cli_env``) works on, with the same signing key."""
+    from orchestrator.signing import load_keyring
+
+    return Orchestrator(base_path=base, project_id="proj", keyring=load_keyring(cli_env))
+
+
+def test_a_control_action_is_refused_before_its_event_when_the_audit_log_is_a_symbolic_link(
+        cli_orch: Orchestrator, cli_env: dict[str, str], tmp_path: Path) -> None:
+    """Before: the event was written (the job approved, cancelled...), then its entry refused: exit 3 for an action
+    that had been applied, and an event with no audit entry."""
+    import json
+
+    from helpers import run_module
+
+    cancel_me, approve_me = js.running(cli_orch), js.awaiting_audit(cli_orch)
+    cli_orch.cancel(js.running(cli_orch))  # an audit log to move out
+    outside = _audit_log_linked_out(cli_orch, tmp_path)
+    files = {job: cli_orch.store.path(job).read_bytes() for job in (cancel_me, approve_me)}
+    for action, job in (("cancel", cancel_me), ("approve", approve_me)):
+        proc = run_module("control", action, job, "--json", env=cli_env)
+        assert proc.returncode == 3, (action, proc.stdout, proc.stderr)
+        error = json.loads(proc.stdout)
+        assert error["error"] == "PATH_ESCAPE"
+        assert error["message"].startswith(f"cannot {action} job {job}: its audit entry could not be written, so "
+                                           "nothing was written: the project's audit log is not usable (")
+        assert "is a symbolic link" in error["message"] and "Run `orchestrator verify`" in error["message"]
+    assert {job: cli_orch.store.path(job).read_bytes() for job in files} == files  # nothing written
+    assert [cli_orch.status(job).state for job in files] == ["running", "awaiting_audit"]
+    assert (cli_orch.settings.state_dir / "audit" / "audit_events.jsonl").is_symlink()
+    assert outside.read_bytes().count(b"\n") == 1
+
+
+def test_audit_heal_through_a_linked_audit_log_says_what_is_wrong_and_to_run_verify(
+        cli_orch: Orchestrator, cli_env: dict[str, str], tmp_path: Path) -> None:
+    """A writer whose whole work is the audit log: still PATH_ESCAPE, exit 3, but the message names the audit log,
+    says nothing was written and to run verify (before: "... is a symbolic link ...: remove it")."""
+    import json
+
+    from helpers import run_module
+
+    cli_orch.cancel(js.running(cli_orch))
+    js.stale_to_waiting_human(cli_orch)  # an audited event without its entry
+    _audit_log_linked_out(cli_orch, tmp_path)
+    proc = run_module("audit", "heal", "--json", env=cli_env)
+    assert proc.returncode == 3, (proc.stdout, proc.stderr)
+    message = json.loads(proc.stdout)["message"]
+    assert message.startswith("the audit entries a crash left missing cannot be checked or written; nothing was "
+                              "written: the project's audit log is not usable (")
+    assert "Run `orchestrator verify`" in message
+
+
+def test_metrics_with_a_linked_audit_log_reports_and_leaves_the_missing_entry_as_without_a_key(
+        cli_orch: Orchestrator, cli_env: dict[str, str], tmp_path: Path) -> None:
+    """Its heal is a read command's (``heal_quietly``): skipped, as on a machine without a key; before, metrics
+    exited 3 only when there was an entry to heal, and with nothing to heal never mentioned the link at all."""
+    import json
+
+    from helpers import run_module
+
+    cli_orch.cancel(js.running(cli_orch))
+    js.stale_to_waiting_human(cli_orch)
+    outside = _audit_log_linked_out(cli_orch, tmp_path)
+    before = outside.read_bytes()
+    proc = run_module("metrics", "--json", env=cli_env)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert json.loads(proc.stdout)["jobs"] == 2
+    assert outside.read_bytes() == before
+    checked = run_module("verify", "--json", env=cli_env)
+    assert checked.returncode == 7 and [p["code"] for p in json.loads(checked.stdout)["problems"]] == ["PATH_ESCAPE"]

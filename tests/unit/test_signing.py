@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -219,6 +220,19 @@ def test_a_trusted_keys_folder_that_is_a_file_is_a_signing_key_error(tmp_path: P
         load_keyring({"ORCH_KEYRING_DIR": str(tmp_path / "keys"), "ORCH_TRUSTED_KEYS_DIR": str(tmp_path / "trusted")})
 
 
+def test_a_trusted_keys_folder_that_does_not_exist_is_a_signing_key_error_naming_the_variable(tmp_path: Path) -> None:
+    """A mistyped folder read as an empty one made every event of the machines it names UNKNOWN_KEY; the keyring
+    folder itself may be missing (the first write creates it), and a running worker's reload still tolerates it."""
+    env = {"ORCH_KEYRING_DIR": str(tmp_path / "keys"), "ORCH_TRUSTED_KEYS_DIR": str(tmp_path / "trusted")}
+    with pytest.raises(SigningKeyError, match=f"ORCH_TRUSTED_KEYS_DIR names {tmp_path / 'trusted'}, which does not"):
+        load_keyring(env)
+    other = write_keypair(tmp_path / "trusted", activate=False)
+    ring = load_keyring(env)  # the keyring folder is not there yet: no key, no error
+    assert set(ring.trusted) == {other}
+    shutil.rmtree(tmp_path / "trusted")
+    assert ring.reload() is False  # gone since: the keys already read stay, as for a key removed
+
+
 def test_a_keyring_inside_the_store_is_never_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from orchestrator import Orchestrator
 
@@ -255,6 +269,7 @@ def test_no_folder_or_file_the_keyring_reads_keys_from_may_lie_inside_the_store(
     with pytest.raises(ConfigError, match="inside the store"):
         Orchestrator(base_path=tmp_path, project_id="p")
     monkeypatch.delenv("ORCH_TRUSTED_KEYS_DIR", raising=False)
+    (tmp_path / "trusted").mkdir()  # a folder that does not exist is a SigningKeyError of its own
     monkeypatch.setenv("ORCH_TRUSTED_KEYS_DIR", str(tmp_path / "trusted"))  # outside: accepted
     monkeypatch.delenv("ORCH_SIGNING_KEY_FILE", raising=False)
     monkeypatch.setenv("ORCH_KEYRING_DIR", str(tmp_path / "outside"))
