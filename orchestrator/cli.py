@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -20,7 +21,8 @@ from click.core import ParameterSource
 
 from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PROJECT_ID,
                                  load_dotenv_file)
-from orchestrator.errors import CommandInterrupted, ConfigError, InvalidInputError, OrchestratorError, UsageError
+from orchestrator.errors import (DISK_ERRORS, EXIT_OUTPUT_CLOSED, CommandInterrupted, ConfigError, InvalidInputError,
+                                 OrchestratorError, OutputClosed, StorageError, UsageError)
 from orchestrator.limits import (MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_INPUT_BYTES, MAX_KIND_LENGTH,
                                  PRIORITY_LIMIT, is_kind, read_at_most)
 from orchestrator.security import safe_line, sanitize_obj, sanitize_text, shown
@@ -30,6 +32,30 @@ EXIT_INTEGRITY = 7
 # Ctrl-C outside a command's own handling (the worker and the benchmark stop on it in their own way)
 INTERRUPTED_MESSAGE = ("interrupted by SIGINT (Ctrl-C) before the command finished: check what it did (status, "
                        "verify) before running it again")
+
+
+class OutputLost(Exception):
+    """Stdout refused the command's output (``> file`` on a full disk): ``_run`` reports ``error`` on stderr. Not an
+    ``OrchestratorError``, so a command's own error handling does not try to print it on stdout again."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(exc)
+        self.error = StorageError(f"cannot write the command's output to stdout: {exc.strerror or exc}; what it "
+                                  "printed is cut short (what the command did is done: check with status)")
+
+
+def echo(message: str, *, err: bool = False, nl: bool = True) -> None:
+    """``click.echo``, with what a write to stdout can meet made an outcome: a reader that went away
+    ``OutputClosed``, a disk that refused it ``OutputLost`` (click would end a closed pipe with exit 1, and a full
+    disk with a traceback)."""
+    try:
+        click.echo(message, err=err, nl=nl)
+    except BrokenPipeError:
+        raise OutputClosed from None
+    except OSError as exc:
+        if err or exc.errno not in DISK_ERRORS:
+            raise
+        raise OutputLost(exc) from None
 
 
 class Output:
@@ -46,13 +72,13 @@ class Output:
         if self.as_json:
             self._json(data)
         else:
-            click.echo(sanitize_text(text() if callable(text) else text), err=self.data_on_stdout)
+            echo(sanitize_text(text() if callable(text) else text), err=self.data_on_stdout)
 
     def error(self, exc: OrchestratorError) -> None:
         if self.as_json:
             self._json(exc.to_dict())
         else:
-            click.echo(sanitize_text(f"error[{exc.code}]: {exc.message}"), err=True)
+            echo(sanitize_text(f"error[{exc.code}]: {exc.message}"), err=True)
 
     def _json(self, data: Any) -> None:
         text = json.dumps(data, ensure_ascii=False, default=str)
@@ -62,11 +88,11 @@ class Output:
             # private key's BEGIN line: to the end of the text) and cut the object short. Redact value by value
             # then (slower, and only when there is something new to redact: stored texts are redacted already).
             clean = json.dumps(sanitize_obj(json.loads(text)), ensure_ascii=False)
-        click.echo(clean, err=self.data_on_stdout)
+        echo(clean, err=self.data_on_stdout)
 
     def progress(self, message: str) -> None:
         if sys.stderr.isatty():
-            click.echo(message, err=True)
+            echo(message, err=True)
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -176,7 +202,7 @@ def note_missing_store(orch: Any, out: Output) -> None:
     output itself unchanged), so a mistyped --base-path or --project-id shows."""
     root = getattr(orch.store, "root", None)  # the file backend's folder; PostgreSQL has no such thing
     if root is not None and not out.as_json and not root.exists():
-        click.echo(sanitize_text(f"note: no store at {root} (nothing written to this project yet); "
+        echo(sanitize_text(f"note: no store at {root} (nothing written to this project yet); "
                                  "check --base-path and --project-id"), err=True)
 
 
@@ -203,9 +229,10 @@ def cli() -> None:
     Exit codes: 0 ok, 1 internal error, 2 usage error, 3 invalid input or id, 4 job not found,
     5 action does not fit the job's state, 6 concurrent change (retry), 7 integrity problem,
     8 signing key problem (or jobs left, signed by a key not trusted), 9 malformed payload,
-    10 storage error, 11 handler not found, 12 alerts firing (metrics --fail-on),
+    10 storage error (also: stdout refused the output, a full disk), 11 handler not found, 12 alerts firing (metrics --fail-on),
     13 release gate failed (bench-terminal-latency), 75 nothing to run (worker --once),
     130 interrupted by SIGINT (Ctrl-C; a looping worker stops gracefully instead),
+    141 stdout's reader went away (| head), the command ended quietly,
     143 interrupted by SIGTERM (bench-terminal-latency).
     See the README's exit-code table.
     """
@@ -444,7 +471,7 @@ def keys_rotate(out: Output) -> None:
     if variable:
         warning = (f"{variable} is set, so its key still signs, not {kid}: unset it to sign with the keyring "
                    "folder's active key")
-        click.echo(f"warning: {warning}", err=True)
+        echo(f"warning: {warning}", err=True)
     out.emit({"signing_key": kid, "keyring": str(folder), "warning": warning}, f"new signing key {kid} in {folder}")
 
 
@@ -469,7 +496,7 @@ def keys_revoke(out: Output, kid: str) -> None:
     if kid == ring.signing_key_id():
         warning = (f"{kid} is the active signing key: writes are refused (exit 8) until another key signs. "
                    + ring.how_to_replace())
-        click.echo(f"warning: {warning}", err=True)
+        echo(f"warning: {warning}", err=True)
     out.emit({"revoked": kid, "already_revoked": already, "warning": warning},
              f"{kid} was already revoked; nothing changed" if already else f"revoked {kid}")
 
@@ -511,6 +538,31 @@ def _setting_error(exc: click.ClickException) -> ConfigError | None:
 
 
 def _run(command: click.Command, args: list[str], prog_name: str | None) -> None:
+    """``_run_command``, and what is left when stdout fails: a reader that went away (``| head``) ends the command
+    quietly, exit 141 as SIGPIPE would; a disk that refused the output (``> file`` on a full disk) is
+    ``STORAGE_ERROR`` (exit 10) on stderr. Either way stdout is pointed at ``/dev/null`` first, so the
+    interpreter's last flush has nothing left to fail on."""
+    try:
+        _run_command(command, args, prog_name)
+    except OutputClosed:
+        _drop_stdout()
+        sys.exit(EXIT_OUTPUT_CLOSED)
+    except OutputLost as lost:
+        _drop_stdout()
+        with contextlib.suppress(OutputClosed, OutputLost, OSError):  # stderr may be gone too
+            Output(_wants_json(args), data_on_stdout=True).error(lost.error)
+        sys.exit(lost.error.exit_code)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at ``/dev/null`` (what is still buffered is dropped there)."""
+    with contextlib.suppress(OSError, ValueError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+
+
+def _run_command(command: click.Command, args: list[str], prog_name: str | None) -> None:
     """Run ``command`` as click's standalone mode does, except that with ``--json`` a usage error (exit 2) is
     printed like every other error, as one JSON object on stdout (on stderr when stdout carries data:
     ``export -o -``): a caller that reads stdout gets it too. Without ``--json`` click prints it on stderr."""

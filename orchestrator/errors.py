@@ -7,8 +7,12 @@ other expected error starts at 3.
 """
 from __future__ import annotations
 
+import errno
 import signal
 from typing import Any
+
+# The OSError numbers of a write the disk refused (full, over quota, failing, past the file size limit)
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
 
 
 class OrchestratorError(Exception):
@@ -205,6 +209,15 @@ class CommandInterrupted(OrchestratorError):
 
     def to_dict(self) -> dict[str, Any]:
         return {"error": self.code, "message": self.message, "signal": signal.Signals(self.signum).name}
+
+
+class OutputClosed(Exception):
+    """Stdout's reader went away (``| head`` read what it wanted): the command ends quietly with
+    ``EXIT_OUTPUT_CLOSED``, as a process a closed pipe ends (SIGPIPE). Not an ``OrchestratorError``: nothing
+    went wrong that the operator should read about, and there is nowhere left to print it."""
+
+
+EXIT_OUTPUT_CLOSED = 128 + signal.SIGPIPE  # 141, what a shell reports for a process that SIGPIPE ended
 
 
 class ImportConflictError(OrchestratorError):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import re
@@ -14,11 +13,10 @@ from typing import BinaryIO, ClassVar, Iterator
 
 from orchestrator import faults
 from orchestrator.config import STATE_DIR
-from orchestrator.errors import InvalidInputError, StorageError
+from orchestrator.errors import DISK_ERRORS, InvalidInputError, OutputClosed, StorageError
 from orchestrator.store.files import STRAY_AGE, fsync_dir
 from orchestrator.worker_folders import ARTIFACTS_DIR
 
-DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
 TEMP_HEX = 8  # hex digits of a temporary file's random part: .<name>.<8 hex>.tmp
 STORE_MARKS = ("queue", "audit")  # a ``.orchestrator`` folder holding one of these is a store's
 
@@ -100,7 +98,7 @@ def _remove_unheld(name: str, seen: os.stat_result) -> bool:
 
 class StdoutFile:
     """Stdout as the file a command writes (``export -o -``): a write the disk behind it refuses (``> bundle`` on a
-    full disk) is ``StorageError``, as with a path; a reader that went away (a closed pipe) is left to click."""
+    full disk) is ``StorageError``, as with a path; a reader that went away (a closed pipe) ``OutputClosed``."""
 
     def __init__(self, stream: BinaryIO, what: str) -> None:
         self._stream, self.what = stream, what
@@ -117,6 +115,8 @@ class StdoutFile:
     def _refused(self) -> Iterator[None]:
         try:
             yield
+        except BrokenPipeError:
+            raise OutputClosed from None
         except OSError as exc:
             if exc.errno not in DISK_ERRORS:
                 raise

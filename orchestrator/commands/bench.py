@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from orchestrator.cli import CONTEXT, Output, cli, reported_errors
+from orchestrator.cli import CONTEXT, Output, cli, echo, reported_errors
 from orchestrator.errors import CommandInterrupted
 
 EXIT_GATE_FAILED = 13
@@ -49,9 +49,9 @@ def bench_terminal_latency(samples: int, seed: int, raw_output: str | None, repo
     try:
         with reported_errors(out):
             result = tb.execute(samples, seed, base_path, project_id, raw_output, report, keep,
-                                progress=lambda m: click.echo(m, err=True))
+                                progress=lambda m: echo(m, err=True))
     except tb.Interrupted as stop:
-        click.echo(sanitize_text(stop.message), err=True)
+        echo(sanitize_text(stop.message), err=True)
         if as_json:  # stdout still holds one JSON object, as after any error
             out.emit(CommandInterrupted(stop.message, stop.signum).to_dict(), "")
         click.get_current_context().exit(stop.exit_code)

@@ -6,7 +6,7 @@ from typing import Any
 import click
 
 from orchestrator.audit import ACTIONS
-from orchestrator.cli import (CONTEXT, EXIT_INTEGRITY, FiniteFloatRange, Output, cli, note_missing_store,
+from orchestrator.cli import (CONTEXT, EXIT_INTEGRITY, FiniteFloatRange, Output, cli, echo, note_missing_store,
                               project_command, seconds)
 from orchestrator.state import TRANSITIONS
 from orchestrator.timeline import FILTERS
@@ -98,7 +98,7 @@ def metrics(orch: Any, out: Output, fmt: str, rebuild: bool, fail_on: str | None
     data = {**figures.to_dict(), "replayed": result.replayed, "warnings": result.warnings,  # also on stderr
             **(error.to_dict() if error else {})}
     if fmt == "prometheus" and not out.as_json:
-        click.echo(m.prometheus(figures), nl=False)
+        echo(m.prometheus(figures), nl=False)
     elif fmt == "json" or out.as_json:
         Output(True).emit(data, "")
     else:

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import click
 
-from orchestrator.cli import CONTEXT, Output, StdoutOption, cli, note_missing_store, project_command
+from orchestrator.cli import CONTEXT, Output, StdoutOption, cli, echo, note_missing_store, project_command
 from orchestrator.output_file import OutputFile, StdoutFile
 
 
@@ -15,7 +15,7 @@ def _progress(out: Output) -> Callable[[str], None]:
     so that a caller reading it finds one JSON object there."""
     if out.as_json and out.data_on_stdout:
         return out.progress
-    return lambda message: click.echo(message, err=True)
+    return lambda message: echo(message, err=True)
 
 
 @cli.command("export", context_settings=CONTEXT)

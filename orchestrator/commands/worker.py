@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import CONTEXT, FiniteFloatRange, Output, cli, job_kinds, project_command, seconds
+from orchestrator.cli import CONTEXT, FiniteFloatRange, Output, cli, echo, job_kinds, project_command, seconds
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
                                  DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
                                  DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS,
@@ -139,7 +139,7 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
             ignored = [name for name, given in (("--max-jobs", max_jobs is not None), ("--idle-exit", idle_exit))
                        if given]
             if ignored:  # set in the environment for a looping worker, say: told, not a reason to refuse
-                click.echo(f"warning: {' and '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect "
+                echo(f"warning: {' and '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect "
                            "with --once, which runs at most one job", err=True)
             try:
                 result = w.run_once()
@@ -166,7 +166,7 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
         out.emit({"event": "worker_stopped", "worker_id": w.worker_id, "jobs_run": done, "no_handler": no_handler,
                   "unknown_keys": unknown_keys, "message": message}, message)
     else:
-        click.echo(sanitize_text(message), err=True)
+        echo(sanitize_text(message), err=True)
     return EXIT_RAN
 
 
