@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import stat
@@ -17,7 +18,8 @@ from orchestrator.errors import DISK_ERRORS, InvalidInputError, OutputClosed, St
 from orchestrator.store.files import STRAY_AGE, fsync_dir
 from orchestrator.worker_folders import ARTIFACTS_DIR
 
-TEMP_HEX = 8  # hex digits of a temporary file's random part: .<name>.<8 hex>.tmp
+TEMP_HEX = 8  # hex digits of a temporary file's random part: .<name>.<8 hex>.tmp (``temp_stem``)
+NAME_MAX = 255  # bytes of a file name, where the folder's file system does not say (ext4, xfs, btrfs, tmpfs: 255)
 STORE_MARKS = ("queue", "audit")  # a ``.orchestrator`` folder holding one of these is a store's
 
 
@@ -46,8 +48,26 @@ def refusal(path: Path) -> str | None:
     return None
 
 
+def temp_stem(path: Path) -> str:
+    """What the temporary files of ``path`` are named after: ``.<stem>.<8 hex>.tmp``. The name itself, unless that
+    would be longer than a file name may be (a name of 242 bytes or more): then its start and a digest of the
+    whole name (``<start>~<8 hex>``), so that a name the file system takes is written, and its leftovers are
+    still its own (``remove_leftovers``), not those of another long name that starts the same way."""
+    try:
+        name_max = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):  # no such folder (``open`` says so), or no answer
+        name_max = NAME_MAX
+    room = name_max - len(f"..{'0' * TEMP_HEX}.tmp")
+    if len(os.fsencode(path.name)) <= room:
+        return path.name
+    start = path.name
+    while len(os.fsencode(start)) > room - 1 - TEMP_HEX:  # whole characters (a UTF-8 name stays UTF-8)
+        start = start[:-1]
+    return f"{start}~{hashlib.sha256(os.fsencode(path.name)).hexdigest()[:TEMP_HEX]}"
+
+
 def remove_leftovers(path: Path, now: float, keep: frozenset[str] = frozenset()) -> list[str]:
-    """Remove the temporary files of ``path`` that killed writers left (``.<name>.<8 hex>.tmp``), and return
+    """Remove the temporary files of ``path`` that killed writers left (``.<stem>.<8 hex>.tmp``), and return
     their names. One is removed only when it is a regular file of this user (never a link, a folder or a
     FIFO, never followed), untouched for ``STRAY_AGE`` seconds, and no writer holds its lock: a live
     ``OutputFile`` holds one on its temporary file until the rename (the kernel drops it when the process
@@ -55,7 +75,7 @@ def remove_leftovers(path: Path, now: float, keep: frozenset[str] = frozenset())
     shared folder's server, and locks that a file system does not share. ``keep``: names never touched (this
     process's own live temporary files: some file systems emulate these locks per process). Best effort:
     whatever cannot be checked is left."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{{TEMP_HEX}}}\.tmp")
+    pattern = re.compile(rf"\.{re.escape(temp_stem(path))}\.[0-9a-f]{{{TEMP_HEX}}}\.tmp")
     removed: list[str] = []
     try:
         entries = [e for e in os.scandir(path.parent) if pattern.fullmatch(e.name) and e.name not in keep]
@@ -128,8 +148,9 @@ class OutputFile:
     """``path`` written whole or not at all, and refused before the work that fills it.
 
     Creating it opens a temporary file next to ``path`` at once (``.<name>.<8 hex>.tmp``, locked until
-    the rename), so a path that cannot be written is refused before anything is read or measured.
-    Leaving the ``with`` block syncs the file, renames it over ``path`` and syncs the folder; an error
+    the rename; a shorter name for a long one, ``temp_stem``), so a path that cannot be written is refused
+    before anything is read or measured. Leaving the ``with`` block syncs the file, renames it over ``path``
+    and syncs the folder (a folder that cannot be synced is an error that says the file is in place); an error
     in the block (or ``discard``) removes it, and a file already at ``path`` is left as it was. A path
     that cannot be written is ``InvalidInputError`` (a missing folder, a file where a folder belongs, a
     folder at ``path``, no permission), a full or failing disk ``StorageError``. A process killed
@@ -142,7 +163,7 @@ class OutputFile:
 
     def __init__(self, path: str | os.PathLike[str], what: str) -> None:
         self.path, self.what = Path(path), what
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.urandom(TEMP_HEX // 2).hex()}.tmp")
+        self._tmp = self.path.with_name(f".{temp_stem(self.path)}.{os.urandom(TEMP_HEX // 2).hex()}.tmp")
         self._done = False
         self._fh: BinaryIO | None = None
         reason = refusal(self.path)
@@ -167,17 +188,24 @@ class OutputFile:
             self._fh.flush()
 
     def commit(self) -> None:
-        """Sync the file and rename it over ``path`` (once; nothing after ``discard``)."""
-        if not self._done:
-            assert self._fh is not None
-            with self._refused():
-                self._fh.flush()
-                os.fsync(self._fh.fileno())
-                faults.point("output_file.before_rename")
-                os.replace(self._tmp, self.path)  # before the close, which drops the lock: never a stray meanwhile
-                self._release()
-                fsync_dir(self.path.parent)  # the rename too: an anchor that vanishes on a power cut proves nothing
-            self._done = True
+        """Sync the file, rename it over ``path`` and sync the folder (once; nothing after ``discard``)."""
+        if self._done:
+            return
+        assert self._fh is not None
+        with self._refused():
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            faults.point("output_file.before_rename")
+            os.replace(self._tmp, self.path)  # before the close, which drops the lock: never a stray meanwhile
+        self._done = True
+        self._release()
+        try:
+            fsync_dir(self.path.parent)  # the rename too: an anchor that vanishes on a power cut proves nothing
+        except OSError as exc:  # written, and in place: say so, not "nothing was written"
+            error = StorageError if exc.errno in DISK_ERRORS else InvalidInputError
+            raise error(f"{self.what} was written to {self.path}, but its folder could not be synced: "
+                        f"{exc.strerror or exc}; the file is in place, but a power cut could still undo the rename "
+                        "(write it again once the folder can be synced)", path=str(self.path)) from None
 
     def discard(self) -> None:
         """Drop what was written: ``path`` stays as it was."""

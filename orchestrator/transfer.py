@@ -18,12 +18,14 @@ boundary (in the source, or in the bundle) is caught like ``verify`` catches it.
 verify each stream, with its head record, before writing it: a damaged history is refused
 (``IntegrityError``) unless the export is told to carry it as evidence (``allow_damaged``),
 and the import refuses it anyway. A malformed bundle (a header field of the wrong type, a
-head that is not base64) is ``InvalidInputError`` naming the bundle's line, before anything
-of that stream is written.
+head that is not base64, a line longer than ``MAX_BUNDLE_LINE_BYTES``, read no further) is
+``InvalidInputError`` naming the bundle's line, before anything of that stream is written. A job
+listed with events and read without any (emptied during the export) is damage, never left out.
 
 An import that stops half way is resumed by running it again: a stream already holding a
 prefix of the bundle's lines gets the rest; one holding all of them, and possibly more
-written since, is complete and left as it is; one holding anything else is a conflict. The
+written since, is complete and left as it is; one holding anything else is a conflict. A
+stream's head record is written under its append lock, never over a newer one (``_put_head``). The
 audit log comes first (format v2) so that it is whole before any job lands: a command run
 on the half-imported project that heals a job's audit entries (``metrics``, a control
 action, ``audit heal``) finds them there, or writes entries *after* the bundle's, which a
@@ -40,7 +42,8 @@ from orchestrator import clock, faults
 from orchestrator.api import HEADS_AREA, Orchestrator
 from orchestrator.audit import AUDIT_HEAD
 from orchestrator.errors import ImportConflictError, IntegrityError, InvalidIdError, InvalidInputError, PathEscapeError
-from orchestrator.history import Problem, VerifiedStream, check_head_record, verify_stream
+from orchestrator.history import TRUNCATED, Problem, VerifiedStream, check_head_record, verify_stream
+from orchestrator.limits import MAX_BUNDLE_LINE_BYTES
 from orchestrator.security import is_id, shown, validate_id
 from orchestrator.signing import UNKNOWN_KEY, is_key_id
 from orchestrator.store.base import AUDIT_STREAM, StoredLine
@@ -119,11 +122,11 @@ def export_project(orch: Orchestrator, out: IO[bytes], *, allow_damaged: bool = 
         except PathEscapeError as exc:  # a symbolic link in the file's place is never followed
             found([Problem.linked(stream, exc)])
             continue
-        if not lines:
-            if stream == AUDIT_STREAM:  # an emptied audit log whose head record says it held entries
-                found([p for p in [check_head_record(stream, lines, head, orch.keyring)] if p])
+        if not lines:  # an emptied audit log whose head record says it held entries; a job listed with events
+            found(_emptied(orch, stream, head))
             continue
         found(_problems(orch, stream, lines, head))
+        _refuse_long_lines(stream, lines)
         out.write(_header({"stream": stream, "lines": len(lines),
                            "head": base64.b64encode(head).decode() if head is not None else None}))
         out.write(b"".join(s.raw + b"\n" for s in lines))
@@ -136,10 +139,35 @@ def export_project(orch: Orchestrator, out: IO[bytes], *, allow_damaged: bool = 
     return {"project_id": orch.project_id, "streams": streams, "events": events, "damaged": damaged}
 
 
+def _emptied(orch: Orchestrator, stream: str, head: bytes | None) -> list[Problem]:
+    """What is wrong with ``stream`` read without a line. The audit log: only what its head record says (a project
+    may have none). A job: ``job_ids`` listed it holding a line, so its events were removed since (the file emptied
+    or deleted during the export): ``TRUNCATED`` as its head record says it, or as the listing does."""
+    cut = check_head_record(stream, [], head, orch.keyring)
+    if cut or stream == AUDIT_STREAM:
+        return [cut] if cut else []
+    return [Problem(stream, 0, TRUNCATED, "the job held events when the export listed it and none when it read "
+                                          "it: its events file was emptied or deleted meanwhile")]
+
+
+def _refuse_long_lines(stream: str, lines: list[StoredLine]) -> None:
+    """No bundle holds a line that ``import`` would refuse for its length (``_records``)."""
+    for s in lines:
+        if len(s.raw) > MAX_BUNDLE_LINE_BYTES:
+            raise InvalidInputError(f"export refused: stream {stream} line {s.seq} is {len(s.raw)} bytes, more than a "
+                                    f"bundle line may be ({MAX_BUNDLE_LINE_BYTES}, what import reads of one)")
+
+
 def _records(inp: IO[bytes]) -> Iterator[tuple[int, bytes]]:
-    """(bundle line number, line without its newline)."""
-    for n, raw in enumerate(inp, 1):
+    """(bundle line number, line without its newline). A line longer than ``MAX_BUNDLE_LINE_BYTES`` is refused having
+    read that much of it, never the rest (a corrupt or hostile bundle, ``/dev/zero`` given by mistake)."""
+    n = 0
+    while raw := inp.readline(MAX_BUNDLE_LINE_BYTES + 1):
+        n += 1
         if not raw.endswith(b"\n"):
+            if len(raw) > MAX_BUNDLE_LINE_BYTES:
+                raise _malformed(n, f"the line is longer than {MAX_BUNDLE_LINE_BYTES} bytes, more than any line an "
+                                    "export writes")
             raise IntegrityError(f"the bundle ends in the middle of its line {n}: it was cut short (export again)")
         yield n, raw[:-1]
 
@@ -280,5 +308,20 @@ def _write_stream(orch: Orchestrator, verified: VerifiedStream, head: bytes | No
         faults.point("import.after_chunk")
         done += len(chunk)
     if head is not None:
-        orch.store.put_aux(*_head_key(stream), head)
+        faults.point("import.before_head")
+        _put_head(orch, stream, len(lines), head)
     return len(lines) - len(existing)
+
+
+def _put_head(orch: Orchestrator, stream: str, seq: int, head: bytes) -> None:
+    """Write the bundle's head record of ``stream`` while the stream holds exactly its ``seq`` lines, under the
+    stream's append lock (``put_aux_if_head``): a writer that appended since has more lines, and its own head
+    record, newer, which stays. Never over a record that names more lines than ``seq``: the stream was cut since
+    that record was written, and the record is what shows it (``verify``: ``TRUNCATED``)."""
+    try:
+        named = json.loads(orch.store.get_aux(*_head_key(stream)) or b"{}").get("seq")
+    except (ValueError, RecursionError, AttributeError):  # not a record: the bundle's verified one replaces it
+        named = None
+    if type(named) is int and named > seq:
+        return
+    orch.store.put_aux_if_head(stream, seq, *_head_key(stream), head)

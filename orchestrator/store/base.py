@@ -170,6 +170,25 @@ class EventStore(ABC):
         torn one. Nothing in an aux area is the truth; events are.
         """
 
+    def put_aux_if_head(self, stream: str, seq: int, area: str, key: str, data: bytes) -> bool:
+        """``put_aux`` only while ``stream`` holds exactly ``seq`` lines, serialised with its appends; True when
+        written. What writes a stream's head record outside an append (``import``) uses it: an append racing it
+        either waits for it and then writes its own, newer record, or ran first and nothing is written.
+
+        Default: under the stream's append lock (``append`` of no line: ``build`` runs locked, and on files a
+        writer's head record follows its lines, so one that appended before the lock has more lines than
+        ``seq``). PostgreSQL checks the stream's row in the write's own statement."""
+        written: list[bool] = []
+
+        def locked(head: Head) -> list[bytes]:
+            if head.seq == seq:
+                self.put_aux(area, key, data)
+                written.append(True)
+            return []
+
+        self.append(stream, locked)
+        return bool(written)
+
     @abstractmethod
     def get_aux(self, area: str, key: str) -> bytes | None:
         """The record stored under ``area``/``key``, or None."""

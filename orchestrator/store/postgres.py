@@ -501,6 +501,18 @@ class PostgresStore(EventStore):
             "ON CONFLICT (project, area, key) DO UPDATE SET data = EXCLUDED.data",
             (self.project, area, key, bytes(data))), write=True)
 
+    def put_aux_if_head(self, stream: str, seq: int, area: str, key: str, data: bytes) -> bool:
+        """``EventStore.put_aux_if_head`` in one statement: the stream's row read ``FOR SHARE`` (an append holds it
+        from moving the head to committing its lines and head record, so this waits for it, then sees its seq)."""
+        self._check_stream(stream)
+        validate_id(area, "aux area")
+        validate_id(key, "aux key")
+        return self._run(lambda conn: conn.execute(
+            "INSERT INTO orch_aux (project, area, key, data) SELECT project, %s, %s, %s FROM orch_streams "
+            "WHERE project = %s AND stream = %s AND seq = %s FOR SHARE "
+            "ON CONFLICT (project, area, key) DO UPDATE SET data = EXCLUDED.data",
+            (area, key, bytes(data), self.project, stream, seq)).rowcount == 1, write=True)
+
     def get_aux(self, area: str, key: str) -> bytes | None:
         row = self._run(lambda conn: conn.execute(
             "SELECT data FROM orch_aux WHERE project = %s AND area = %s AND key = %s",

@@ -119,3 +119,15 @@ def test_an_output_path_that_is_a_device_or_a_pipe_is_invalid_input_and_left_in_
             assert error["error"] == "INVALID_INPUT" and "not a regular file" in error["message"], (command, target)
     assert fifo.is_fifo() and linked.is_symlink() and linked.resolve() == fifo
     assert not list(tmp_path.glob(".a-pipe.*")) and not list(tmp_path.glob(".link-to-pipe.*"))  # no temporary file
+
+
+def test_an_output_name_as_long_as_the_file_system_allows_is_written(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """A name of 242 to 255 bytes is valid; only its temporary file's name would not be, with its prefix and suffix."""
+    run_script("submit", "--kind", "k", env=cli_env, check=True)
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    for command in (("export", "-o"), ("verify", "--export-head")):
+        target = folder / (command[0] + "-" * (255 - len(command[0])))
+        proc = run_module(*command, str(target), env=cli_env)
+        assert proc.returncode == 0 and target.stat().st_size > 0, (command, proc.stderr)
+    assert len(list(folder.iterdir())) == 2  # no temporary file left

@@ -236,6 +236,42 @@ def test_a_refused_or_empty_append_writes_none_of_its_aux_records(store: EventSt
     assert called == [] and store.get_aux("heads", "job-1") is None
 
 
+def test_a_record_written_if_the_stream_holds_n_lines_is_written_only_then(store: EventStore) -> None:
+    append(store, "job-1", "a")
+    assert store.put_aux_if_head("job-1", 2, "heads", "job-1", b"two") is False
+    assert store.get_aux("heads", "job-1") is None
+    assert store.put_aux_if_head("job-1", 1, "heads", "job-1", b"one") is True
+    assert store.get_aux("heads", "job-1") == b"one"
+    assert store.put_aux_if_head("job-1", 1, "heads", "job-1", b"one again") is True  # a record replaced
+    assert store.put_aux_if_head("job-1", 0, "heads", "job-1", b"none") is False
+    assert store.get_aux("heads", "job-1") == b"one again"
+
+
+def test_a_record_written_if_the_stream_holds_n_lines_never_replaces_that_of_an_append_past_n_in_flight(
+        store: EventStore) -> None:
+    """An append of line 2 has begun (its lines built, its head record not yet written, or not yet committed):
+    writing a record for line 1 now must not land over the append's record for line 2, whichever comes first."""
+    append(store, "job-1", "a")
+    inside, go = threading.Event(), threading.Event()
+
+    def head_record(head: Head) -> dict[tuple[str, str], bytes | None]:
+        inside.set()
+        assert go.wait(10)
+        return {("heads", "job-1"): str(head.seq).encode()}
+
+    appending = threading.Thread(target=store.append, args=("job-1", lambda h: lines(h, "b")),
+                                 kwargs={"aux": head_record})
+    appending.start()
+    assert inside.wait(10)
+    results: list[bool] = []
+    older = threading.Thread(target=lambda: results.append(store.put_aux_if_head("job-1", 1, "heads", "job-1", b"1")))
+    older.start()
+    go.set()
+    appending.join(10)
+    older.join(10)
+    assert results == [False] and store.get_aux("heads", "job-1") == b"2"
+
+
 def test_read_with_aux_returns_the_record_and_the_stream_together(store: EventStore) -> None:
     assert store.read_with_aux("job-1", "heads", "job-1") == (None, [])
     append(store, "job-1", "a", "b")

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from helpers import REPO
 from orchestrator.output_file import OutputFile
 from orchestrator.store.files import STRAY_AGE
@@ -31,8 +33,10 @@ def start_writer(target: Path, fill: str) -> subprocess.Popen:
     return proc
 
 
-def test_the_next_write_removes_a_killed_writers_temporary_file_and_keeps_a_live_ones(tmp_path: Path) -> None:
-    target = tmp_path / "out.bundle"
+@pytest.mark.parametrize("name", ["out.bundle", "b" * 250], ids=["a short name", "a name of 250 bytes"])
+def test_the_next_write_removes_a_killed_writers_temporary_file_and_keeps_a_live_ones(tmp_path: Path,
+                                                                                    name: str) -> None:
+    target = tmp_path / name
     killed, alive = start_writer(target, "k"), start_writer(target, "a")
     try:
         temps = sorted(tmp_path.iterdir())
@@ -56,3 +60,23 @@ def test_the_next_write_removes_a_killed_writers_temporary_file_and_keeps_a_live
             for pipe in (proc.stdin, proc.stdout):
                 if pipe is not None and not pipe.closed:
                     pipe.close()
+
+
+def test_a_long_names_leftover_is_never_removed_by_a_write_of_another_long_name_that_starts_the_same(
+        tmp_path: Path) -> None:
+    """Past 241 bytes, a temporary file carries the start of the name and a digest of all of it: still its own."""
+    mine, other = tmp_path / ("a" * 250), tmp_path / ("a" * 249 + "b")
+    killed = start_writer(other, "k")
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(timeout=20) == -signal.SIGKILL
+    for pipe in (killed.stdin, killed.stdout):
+        pipe.close()
+    [leftover] = tmp_path.iterdir()
+    then = time.time() - STRAY_AGE - 60
+    os.utime(leftover, (then, then))
+    with OutputFile(mine, "the output") as out:
+        out.write(b"mine\n")
+    assert sorted(tmp_path.iterdir()) == sorted([leftover, mine])
+    with OutputFile(other, "the output") as out:
+        out.write(b"other\n")
+    assert sorted(tmp_path.iterdir()) == sorted([mine, other])

@@ -667,3 +667,132 @@ def test_a_malformed_line_is_shown_sanitized_before_it_is_cut(file_orch, base, k
         import_project(dest, io.BytesIO(b"\n".join(rows)))
     message = sanitize_text(caught.value.message)
     assert secret[:12] not in message and "Q7xZ9kLmN" not in message, message
+
+
+# -- a bundle line is bounded: a corrupt or hostile bundle costs at most that much memory ----------
+
+class EndlessLine(io.RawIOBase):
+    """``start``, then ``x`` without end (no newline ever comes); fails the test if read past ``ceiling`` bytes."""
+
+    def __init__(self, start: bytes, ceiling: int) -> None:
+        self.start, self.ceiling, self.served = start, ceiling, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        data = self.start[self.served:self.served + len(buf)]
+        data += b"x" * (len(buf) - len(data))
+        if self.served + len(data) > self.ceiling:
+            raise AssertionError(f"read {self.served + len(data)} bytes: past the longest line a bundle may hold")
+        buf[:len(data)] = data
+        self.served += len(data)
+        return len(data)
+
+
+@pytest.mark.parametrize("line", [1, 2, 3], ids=["the bundle header", "a stream header", "a stream's line"])
+def test_a_line_longer_than_any_export_writes_is_invalid_input_naming_it_and_its_rest_is_never_read(
+        file_orch, base, keyring, line) -> None:
+    from orchestrator.limits import MAX_BUNDLE_LINE_BYTES
+
+    job_id = fill(file_orch, 1)[0]  # header, the job's stream header, its line, the end record
+    start = b"".join(bundle_of(file_orch).splitlines(keepends=True)[:line - 1])
+    dest = Orchestrator(base_path=base / "dst", project_id=file_orch.project_id, keyring=keyring)
+    endless = io.BufferedReader(EndlessLine(start, len(start) + MAX_BUNDLE_LINE_BYTES + (1 << 20)))
+    with pytest.raises(InvalidInputError, match=rf"^not a bundle: line {line}: the line is longer than "
+                                                rf"{MAX_BUNDLE_LINE_BYTES} bytes"):
+        import_project(dest, endless)
+    assert dest.store.read(job_id) == [] and dest.store.get_aux(HEADS_AREA, job_id) is None
+
+
+def test_cli_import_of_dev_zero_given_by_mistake_exits_3_naming_line_1_within_bounded_memory(cli_env, tmp_path) -> None:
+    import resource
+
+    limit = 1 << 30  # the command's address space: reading the endless line whole would fail here, not fill the machine
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "import", "/dev/zero", "--json"],
+                          env={**cli_env, "BASE_PATH": str(tmp_path / "dest")}, capture_output=True, timeout=60,
+                          cwd=str(REPO), preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    error = json.loads(proc.stdout)
+    assert error["error"] == "INVALID_INPUT" and error["message"].startswith("not a bundle: line 1: the line is longer")
+
+
+def test_export_never_writes_a_line_import_would_refuse_for_its_length(file_orch, monkeypatch) -> None:
+    import orchestrator.transfer as transfer
+
+    job_id = fill(file_orch, 1)[0]
+    longest = len(file_orch.store.read(job_id)[0].raw)
+    monkeypatch.setattr(transfer, "MAX_BUNDLE_LINE_BYTES", longest - 1)  # a line of this store past the bound
+    out = io.BytesIO()
+    with pytest.raises(InvalidInputError, match=rf"export refused: stream {job_id} line 1 is {longest} bytes"):
+        export_project(file_orch, out)
+    assert job_id.encode() not in out.getvalue()
+    monkeypatch.setattr(transfer, "MAX_BUNDLE_LINE_BYTES", longest)  # a line as long as the bound is written
+    assert export_project(file_orch, io.BytesIO())["events"] == 1
+
+
+# -- the import's head record never replaces a newer one -------------------------------------------
+
+@pytest.mark.parametrize("backend", ["file", "pg"])
+def test_an_import_keeps_the_newer_head_record_of_an_event_appended_while_it_ran(
+        file_orch, base, keyring, backend, request) -> None:
+    """The destination already holds the bundle's lines (a second run); a worker appends just before the import
+    writes the bundle's head record: the worker's record, naming its newer event, must stay."""
+    from orchestrator import faults
+
+    job_id = fill(file_orch, 1)[0]
+    whole = bundle_of(file_orch)
+    dest = (request.getfixturevalue("pg_orch") if backend == "pg"
+            else Orchestrator(base_path=base / "dst", project_id=file_orch.project_id, keyring=keyring))
+    import_project(dest, io.BytesIO(whole))
+
+    def worker_appends() -> None:
+        dest.append(dest.load(job_id), job_id, [("job_cancelled", {"reason": "while the import ran"})],
+                    audit=("cancel", "while the import ran"))
+
+    faults.arm("import.before_head", worker_appends)
+    try:
+        import_project(dest, io.BytesIO(whole))
+    finally:
+        faults.disarm_all()
+    head = json.loads(dest.store.get_aux(HEADS_AREA, job_id))
+    assert head["seq"] == 2 == len(dest.store.read(job_id))  # the worker's record, not the bundle's (seq 1)
+    assert dest.status(job_id).state == "cancelled" and verify_project(dest).ok
+
+
+def test_an_import_never_writes_its_head_record_over_a_newer_one_that_shows_a_cut(file_orch, base, keyring) -> None:
+    """The destination's job went on after an import, then lost its last event (a cut at a line boundary): its head
+    record shows it. Importing the old bundle again must not replace that evidence with the bundle's older record."""
+    job_id = fill(file_orch, 1)[0]
+    whole = bundle_of(file_orch)
+    dest = Orchestrator(base_path=base / "dst", project_id=file_orch.project_id, keyring=keyring)
+    import_project(dest, io.BytesIO(whole))
+    dest.append(dest.load(job_id), job_id, [("job_cancelled", {"reason": "after the import"})])
+    path = dest.store.path(job_id)
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:1]))  # its last event cut away
+    assert [p.code for p in verify_project(dest).problems] == ["TRUNCATED"]
+    assert import_project(dest, io.BytesIO(whole))["written"] == 0
+    assert [(p.stream, p.code) for p in verify_project(dest).problems] == [(job_id, "TRUNCATED")]
+
+
+# -- export never leaves out a job silently --------------------------------------------------------
+
+@pytest.mark.parametrize("head_record", [True, False], ids=["with its head record", "head record removed too"])
+def test_a_job_emptied_between_the_listing_and_its_read_is_refused_and_carried_when_allowed(
+        file_orch, monkeypatch, head_record) -> None:
+    ids = fill(file_orch, 3)
+    emptied = ids[1]
+    listed = list(file_orch.store.job_ids())
+
+    def listed_then_emptied():
+        file_orch.store.path(emptied).write_bytes(b"")  # just after the export listed it
+        if not head_record:
+            file_orch.store.delete_aux(HEADS_AREA, emptied)
+        return iter(listed)
+
+    monkeypatch.setattr(file_orch.store, "job_ids", listed_then_emptied)
+    with pytest.raises(IntegrityError, match=rf"stream {emptied} .*TRUNCATED"):
+        export_project(file_orch, io.BytesIO())
+    done = export_project(file_orch, io.BytesIO(), allow_damaged=True)
+    assert [(p["stream"], p["code"]) for p in done["damaged"]] == [(emptied, "TRUNCATED")]
+    assert done["streams"] == 3  # the audit log and the two other jobs

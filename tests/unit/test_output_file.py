@@ -125,3 +125,32 @@ def test_a_temporary_file_taken_away_before_the_rename_is_an_error_that_says_so(
             [temp] = tmp_path.glob(".out.jsonl.*.tmp")
             temp.unlink()  # another machine's write, where locks are not shared
     assert target.read_bytes() == b"old\n"
+
+
+@pytest.mark.parametrize("name", ["b" * 242, "b" * 255, "é" * 127 + "b"], ids=["242 bytes", "255 bytes", "255 bytes of UTF-8"])
+def test_a_name_as_long_as_the_file_system_allows_is_written_whole(tmp_path: Path, name: str) -> None:
+    assert len(os.fsencode(name)) == len(name.encode()) <= 255
+    target = tmp_path / name
+    target.write_bytes(b"old\n")
+    with OutputFile(target, "the output") as out:
+        out.write(b"new\n")
+        [temp] = [p for p in tmp_path.iterdir() if p != target]
+        assert temp.name.startswith(".") and temp.name.endswith(".tmp")  # hidden, as a short name's
+    assert target.read_bytes() == b"new\n" and os.listdir(tmp_path) == [name]
+
+
+def test_a_folder_that_cannot_be_synced_after_the_rename_is_an_error_that_says_the_file_is_in_place(
+        tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "out.jsonl"
+    target.write_bytes(b"old\n")
+
+    def failing(path) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr("orchestrator.output_file.fsync_dir", failing)
+    with pytest.raises(StorageError) as caught, OutputFile(target, "the output") as out:
+        out.write(b"new\n")
+    message = caught.value.message
+    assert "nothing was written" not in message, message
+    assert f"the output was written to {target}, but its folder could not be synced: Input/output error" in message
+    assert target.read_bytes() == b"new\n" and os.listdir(tmp_path) == ["out.jsonl"]
