@@ -4,15 +4,17 @@ Definitions (docs/metrics.md is the reference):
 
 * ``counts``: jobs per state (every state listed, zeros included); ``integrity_errors``: jobs whose
   history failed verification, a figure of its own.
-* ``stalled_count``: jobs in ``running`` whose current lease (heartbeats included) expired more
-  than ``stall_grace`` seconds before ``now`` (the worker is gone and no stale recovery has run yet).
+* ``stalled_count``: verified jobs in ``running`` whose current lease (heartbeats included) expired more
+  than ``stall_grace`` seconds before ``now`` (the worker is gone and no stale recovery has run yet); a job
+  whose history failed verification is in ``integrity_errors`` only (no worker recovers it).
   The projection holds the claim's expiry only; a job past it is checked against its lease record
   through ``renewed_lease``, so a healthy long run is not counted.
 * ``resume_success_rate``: of the resumes whose outcome is known, the fraction after which the
   job next reached ``succeeded`` (directly or through approve) rather than asking again
   (``waiting_human``), failing or being cancelled. ``None`` when no resume has an outcome yet.
 * ``mean_converge_time``: mean seconds from submission to the final state (succeeded, failed,
-  cancelled), over the jobs that reached one. ``None`` when none has.
+  cancelled), over the jobs that reached one (0 for a job whose final event is stamped before its submit: a
+  clock stepped back). ``None`` when none has.
 """
 from __future__ import annotations
 
@@ -111,18 +113,22 @@ def compute(project_id: str, rows: "Iterable[Row] | Columns", now: float, limits
     counts = {s: cols.state.count(code) for code, s in enumerate(STATES)}
     integrity = cols.ok.count(0)
     running, stall_grace = STATES.index("running"), limits.stall_grace
-    lease = cols.lease
+    lease, verified = cols.lease, cols.ok
     stalled = 0
     pos = cols.state.find(running)
     while pos != -1:  # running jobs only, found by a C scan of the state column
-        if lease[pos] + stall_grace < now:  # NaN (no lease) compares false
+        # a job whose history failed verification is in integrity_errors, not here: "running" is only where its
+        # valid prefix stops (a cut tail hides how it ended), and no worker recovers it (it is never run)
+        if verified[pos] and lease[pos] + stall_grace < now:  # NaN (no lease) compares false
             # None from renewed_lease: the job is no longer running (it ended since the projection was read)
             current = renewed_lease(cols.ids[pos]) if renewed_lease is not None else lease[pos]
             if current is not None and current + stall_grace < now:
                 stalled += 1
         pos = cols.state.find(running, pos + 1)
     ok, failed = sum(cols.resumes_ok), sum(cols.resumes_failed)
-    durations = [f - s for f, s in zip(cols.final, cols.submitted) if f == f and s == s]  # NaN != NaN: skipped
+    # NaN != NaN: a job with no final state is skipped; a clock stepped back between the submit and the final
+    # event makes their stamps' difference negative, but the final state came after the submit: 0, not less
+    durations = [f - s if f > s else 0.0 for f, s in zip(cols.final, cols.submitted) if f == f and s == s]
     converged, converge_sum = len(durations), math.fsum(durations)
     m = Metrics(project_id=project_id, now=now, jobs=jobs, counts=counts, integrity_errors=integrity,
                 stalled_count=stalled, resume_success_rate=ok / (ok + failed) if ok + failed else None,

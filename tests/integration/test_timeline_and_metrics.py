@@ -426,3 +426,29 @@ def test_a_torn_submit_is_read_again_only_when_its_file_changes(orch: Orchestrat
     path.unlink()
     (orch.settings.state_dir / "heads" / job).unlink()
     assert len(refresh(orch).columns) == 0
+
+
+def test_a_running_job_whose_history_was_cut_is_an_integrity_error_not_stalled(base, keyring) -> None:
+    """A job that succeeded and lost its last line replays as "running" with its claim's lease long past: it is
+    counted in integrity_errors (INTEGRITY_ERRORS, runbook E), never as a stalled job a worker would recover."""
+    orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring, clock=lambda: T0)
+    cut = js.running(orch, run_id="r1", lease="2020-01-01T00:00:00.000000Z")
+    js.finish(orch, cut, "job_succeeded", {"summary": "done"})
+    path = orch.store.path(cut)
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:-1]))
+    gone = js.running(orch, run_id="r2", lease="2020-01-01T00:00:00.000000Z")
+    m = compute("proj", refresh(orch).columns, T0, Thresholds(), renewed_lease=orch.lease_expiry)
+    assert (m.counts["running"], m.integrity_errors, m.stalled_count) == (2, 1, 1)
+    assert orch.status(gone).integrity_error is None
+    assert [a["code"] for a in m.alerts] == ["INTEGRITY_ERRORS", "STALLED_JOBS"]
+    assert m.alerts[1]["message"].startswith("1 running job(s)")
+
+
+def test_a_clock_stepped_back_before_the_final_event_never_makes_mean_converge_time_negative(base, keyring) -> None:
+    orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring, clock=lambda: T0)
+    early = js.running(orch, run_id="r1", now=T0)
+    js.finish(orch, early, "job_succeeded", {"summary": "done"}, now=T0 - 3600)  # stamped an hour before its submit
+    on_time = js.running(orch, run_id="r2", now=T0)
+    js.finish(orch, on_time, "job_failed", {"error": "boom", "error_code": "E"}, now=T0 + 30)
+    m = compute("proj", refresh(orch).columns, T0 + 60, Thresholds())
+    assert (m.mean_converge_time, m.converged_jobs) == (15.0, 2)

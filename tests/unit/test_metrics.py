@@ -71,3 +71,20 @@ def test_prometheus_text_exposition() -> None:
     assert 'orchestrator_resume_success_ratio{project="p\\"x"} NaN' in text
     assert 'orchestrator_alert{project="p\\"x",code="STALLED_JOBS",severity="critical"} 1' in text
     assert text.endswith("\n") and all(ln.startswith("#") or " " in ln for ln in text.splitlines())
+
+
+def test_a_job_whose_history_failed_verification_is_an_integrity_error_not_a_stalled_job() -> None:
+    """No worker recovers a damaged job, and "running" is only where its valid prefix stops: STALLED_JOBS would
+    send the operator to run a worker, for ever."""
+    m = compute("p", [row("running", lease=NOW - 60, ok=False), row("running", lease=NOW - 60)], NOW, Thresholds())
+    assert (m.stalled_count, m.integrity_errors, m.counts["running"]) == (1, 1, 2)
+    m = compute("p", [row("running", lease=NOW - 60, ok=False)], NOW, Thresholds())
+    assert m.stalled_count == 0 and [a["code"] for a in m.alerts] == ["INTEGRITY_ERRORS"]
+
+
+def test_a_final_event_stamped_before_its_submit_converged_in_no_time_never_a_negative_one() -> None:
+    """A clock stepped back between the submit and the final event: the job still ended after it was submitted."""
+    rows = [row("succeeded", submitted=NOW - 10, final=NOW - 1000), row("failed", submitted=NOW - 10, final=NOW)]
+    m = compute("p", rows, NOW, Thresholds(converge_max_seconds=4))
+    assert (m.mean_converge_time, m.converged_jobs) == (5.0, 2)
+    assert [a["code"] for a in m.alerts] == ["CONVERGE_SLOW"]
