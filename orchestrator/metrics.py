@@ -152,11 +152,13 @@ def alerts(m: Metrics, t: Thresholds) -> list[dict[str, str]]:
                                         f"(limit {t.stalled_max}); run a worker to recover them (runbook A)")
     if (m.resume_success_rate is not None and m.resumes_decided >= t.resume_min_samples
             and m.resume_success_rate < t.resume_success_min):
-        add("RESUME_SUCCESS_LOW", "warning", f"resume success rate {m.resume_success_rate:.0%} over "
-                                             f"{m.resumes_decided} resume(s) is below {t.resume_success_min:.0%}")
+        rate, least = m.resume_success_rate * 100, t.resume_success_min * 100
+        add("RESUME_SUCCESS_LOW", "warning", f"resume success rate {_beside(rate, least)}% over {m.resumes_decided} "
+                                             f"resume(s) is below {least:g}%")
     if m.mean_converge_time is not None and m.mean_converge_time > t.converge_max_seconds:
-        add("CONVERGE_SLOW", "warning", f"mean time to a final state {m.mean_converge_time:.1f}s exceeds "
-                                        f"{t.converge_max_seconds:.0f}s")
+        most = t.converge_max_seconds
+        add("CONVERGE_SLOW", "warning", f"mean time to a final state {_beside(m.mean_converge_time, most)}s exceeds "
+                                        f"{most:g}s")
     if m.counts["waiting_human"] > t.waiting_human_max:
         add("WAITING_HUMAN_BACKLOG", "warning", f"{m.counts['waiting_human']} job(s) wait for an answer "
                                                 f"(limit {t.waiting_human_max}); runbook C")
@@ -164,6 +166,16 @@ def alerts(m: Metrics, t: Thresholds) -> list[dict[str, str]]:
         add("AWAITING_AUDIT_BACKLOG", "warning", f"{m.counts['awaiting_audit']} job(s) wait for approval "
                                                  f"(limit {t.awaiting_audit_max}); runbook B")
     return out
+
+
+def _beside(value: float, limit: float) -> str:
+    """``value`` with as many decimals as it takes (up to 6) not to read as equal to ``limit`` (``:g``), which an
+    alert says it is below or above: "80% is below 80%" for 79.6% was a contradiction."""
+    for places in range(1, 7):
+        text = f"{value:.{places}f}"
+        if text != f"{limit:.{places}f}" and float(text) != limit:
+            return text
+    return repr(value)
 
 
 def _num(value: float | None) -> str:

@@ -88,3 +88,16 @@ def test_a_final_event_stamped_before_its_submit_converged_in_no_time_never_a_ne
     m = compute("p", rows, NOW, Thresholds(converge_max_seconds=4))
     assert (m.mean_converge_time, m.converged_jobs) == (5.0, 2)
     assert [a["code"] for a in m.alerts] == ["CONVERGE_SLOW"]
+
+
+def test_an_alert_never_reads_as_if_the_figure_equalled_its_threshold() -> None:
+    """79.6% rounded to "80%" read "80% ... is below 80%"; a threshold of 0.5 s read "exceeds 0s"."""
+    m = compute("p", [row("succeeded", resumes=(796, 204), submitted=NOW - 3600.04, final=NOW)], NOW,
+                Thresholds(converge_max_seconds=3600))
+    assert [a["message"] for a in m.alerts] == [
+        "resume success rate 79.6% over 1000 resume(s) is below 80%",
+        "mean time to a final state 3600.04s exceeds 3600s"]
+    m = compute("p", [row("failed", resumes=(1, 2), submitted=NOW - 0.75, final=NOW)], NOW,
+                Thresholds(converge_max_seconds=0.5, resume_min_samples=3, resume_success_min=0.5))
+    assert [a["message"] for a in m.alerts] == [
+        "resume success rate 33.3% over 3 resume(s) is below 50%", "mean time to a final state 0.8s exceeds 0.5s"]
