@@ -27,6 +27,8 @@ from orchestrator.projection import Columns, Row
 from orchestrator.state import STATES
 
 SEVERITIES = ("info", "warning", "critical")
+# every time an event can have: years 1 to 9999 (``clock.from_iso``), give or take a day of UTC offset
+EARLIEST, LATEST = -62135596800.0 - 86400, 253402300800.0 + 86400
 
 
 @dataclass(frozen=True)
@@ -126,9 +128,12 @@ def compute(project_id: str, rows: "Iterable[Row] | Columns", now: float, limits
                 stalled += 1
         pos = cols.state.find(running, pos + 1)
     ok, failed = sum(cols.resumes_ok), sum(cols.resumes_failed)
-    # NaN != NaN: a job with no final state is skipped; a clock stepped back between the submit and the final
-    # event makes their stamps' difference negative, but the final state came after the submit: 0, not less
-    durations = [f - s if f > s else 0.0 for f, s in zip(cols.final, cols.submitted) if f == f and s == s]
+    # a job with no final state (NaN) is skipped, and so is a row whose times no event can have (a cache edited by
+    # hand or a flipped bit: an infinity there made the mean Infinity, which is no JSON, or overflowed fsum); a
+    # clock stepped back between the submit and the final event makes their stamps' difference negative, but the
+    # final state came after the submit: 0, not less
+    durations = [f - s if f > s else 0.0 for f, s in zip(cols.final, cols.submitted)
+                 if EARLIEST <= f <= LATEST and EARLIEST <= s <= LATEST]  # NaN compares false
     converged, converge_sum = len(durations), math.fsum(durations)
     m = Metrics(project_id=project_id, now=now, jobs=jobs, counts=counts, integrity_errors=integrity,
                 stalled_count=stalled, resume_success_rate=ok / (ok + failed) if ok + failed else None,

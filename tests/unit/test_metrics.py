@@ -101,3 +101,15 @@ def test_an_alert_never_reads_as_if_the_figure_equalled_its_threshold() -> None:
                 Thresholds(converge_max_seconds=0.5, resume_min_samples=3, resume_success_min=0.5))
     assert [a["message"] for a in m.alerts] == [
         "resume success rate 33.3% over 3 resume(s) is below 50%", "mean time to a final state 0.8s exceeds 0.5s"]
+
+
+def test_a_row_whose_times_no_event_can_have_never_makes_a_figure_that_is_not_json() -> None:
+    """A cache edited by hand or a flipped bit can hold an infinity or a huge time: the mean was Infinity (not
+    JSON) or fsum overflowed (a traceback). Such a row is no convergence; the figures stay finite."""
+    import json
+
+    rows = [row("succeeded", submitted=NOW - 10, final=float("inf")), row("failed", submitted=-1e308, final=1e308),
+            row("failed", submitted=-1e308, final=1e308), row("cancelled", submitted=NOW - 10, final=NOW - 4)]
+    m = compute("p", rows, NOW, Thresholds())
+    assert (m.mean_converge_time, m.converged_jobs) == (6.0, 1)
+    json.loads(json.dumps(m.to_dict(), allow_nan=False))
