@@ -4,15 +4,17 @@ Definitions (docs/metrics.md is the reference):
 
 * ``counts``: jobs per state (every state listed, zeros included); ``integrity_errors``: jobs whose
   history failed verification, a figure of its own.
-* ``stalled_count``: jobs in ``running`` whose current lease (heartbeats included) expired more
-  than ``stall_grace`` seconds before ``now`` (the worker is gone and no stale recovery has run yet).
+* ``stalled_count``: verified jobs in ``running`` whose current lease (heartbeats included) expired more
+  than ``stall_grace`` seconds before ``now`` (the worker is gone and no stale recovery has run yet); a job
+  whose history failed verification is in ``integrity_errors`` only (no worker recovers it).
   The projection holds the claim's expiry only; a job past it is checked against its lease record
   through ``renewed_lease``, so a healthy long run is not counted.
 * ``resume_success_rate``: of the resumes whose outcome is known, the fraction after which the
   job next reached ``succeeded`` (directly or through approve) rather than asking again
   (``waiting_human``), failing or being cancelled. ``None`` when no resume has an outcome yet.
 * ``mean_converge_time``: mean seconds from submission to the final state (succeeded, failed,
-  cancelled), over the jobs that reached one. ``None`` when none has.
+  cancelled), over the jobs that reached one (0 for a job whose final event is stamped before its submit: a
+  clock stepped back). ``None`` when none has.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ from orchestrator.projection import Columns, Row
 from orchestrator.state import STATES
 
 SEVERITIES = ("info", "warning", "critical")
+# every time an event can have: years 1 to 9999 (``clock.from_iso``), give or take a day of UTC offset
+EARLIEST, LATEST = -62135596800.0 - 86400, 253402300800.0 + 86400
 
 
 @dataclass(frozen=True)
@@ -111,18 +115,25 @@ def compute(project_id: str, rows: "Iterable[Row] | Columns", now: float, limits
     counts = {s: cols.state.count(code) for code, s in enumerate(STATES)}
     integrity = cols.ok.count(0)
     running, stall_grace = STATES.index("running"), limits.stall_grace
-    lease = cols.lease
+    lease, verified = cols.lease, cols.ok
     stalled = 0
     pos = cols.state.find(running)
     while pos != -1:  # running jobs only, found by a C scan of the state column
-        if lease[pos] + stall_grace < now:  # NaN (no lease) compares false
+        # a job whose history failed verification is in integrity_errors, not here: "running" is only where its
+        # valid prefix stops (a cut tail hides how it ended), and no worker recovers it (it is never run)
+        if verified[pos] and lease[pos] + stall_grace < now:  # NaN (no lease) compares false
             # None from renewed_lease: the job is no longer running (it ended since the projection was read)
             current = renewed_lease(cols.ids[pos]) if renewed_lease is not None else lease[pos]
             if current is not None and current + stall_grace < now:
                 stalled += 1
         pos = cols.state.find(running, pos + 1)
     ok, failed = sum(cols.resumes_ok), sum(cols.resumes_failed)
-    durations = [f - s for f, s in zip(cols.final, cols.submitted) if f == f and s == s]  # NaN != NaN: skipped
+    # a job with no final state (NaN) is skipped, and so is a row whose times no event can have (a cache edited by
+    # hand or a flipped bit: an infinity there made the mean Infinity, which is no JSON, or overflowed fsum); a
+    # clock stepped back between the submit and the final event makes their stamps' difference negative, but the
+    # final state came after the submit: 0, not less
+    durations = [f - s if f > s else 0.0 for f, s in zip(cols.final, cols.submitted)
+                 if EARLIEST <= f <= LATEST and EARLIEST <= s <= LATEST]  # NaN compares false
     converged, converge_sum = len(durations), math.fsum(durations)
     m = Metrics(project_id=project_id, now=now, jobs=jobs, counts=counts, integrity_errors=integrity,
                 stalled_count=stalled, resume_success_rate=ok / (ok + failed) if ok + failed else None,
@@ -146,11 +157,13 @@ def alerts(m: Metrics, t: Thresholds) -> list[dict[str, str]]:
                                         f"(limit {t.stalled_max}); run a worker to recover them (runbook A)")
     if (m.resume_success_rate is not None and m.resumes_decided >= t.resume_min_samples
             and m.resume_success_rate < t.resume_success_min):
-        add("RESUME_SUCCESS_LOW", "warning", f"resume success rate {m.resume_success_rate:.0%} over "
-                                             f"{m.resumes_decided} resume(s) is below {t.resume_success_min:.0%}")
+        rate, least = m.resume_success_rate * 100, t.resume_success_min * 100
+        add("RESUME_SUCCESS_LOW", "warning", f"resume success rate {_beside(rate, least)}% over {m.resumes_decided} "
+                                             f"resume(s) is below {least:g}%")
     if m.mean_converge_time is not None and m.mean_converge_time > t.converge_max_seconds:
-        add("CONVERGE_SLOW", "warning", f"mean time to a final state {m.mean_converge_time:.1f}s exceeds "
-                                        f"{t.converge_max_seconds:.0f}s")
+        most = t.converge_max_seconds
+        add("CONVERGE_SLOW", "warning", f"mean time to a final state {_beside(m.mean_converge_time, most)}s exceeds "
+                                        f"{most:g}s")
     if m.counts["waiting_human"] > t.waiting_human_max:
         add("WAITING_HUMAN_BACKLOG", "warning", f"{m.counts['waiting_human']} job(s) wait for an answer "
                                                 f"(limit {t.waiting_human_max}); runbook C")
@@ -158,6 +171,16 @@ def alerts(m: Metrics, t: Thresholds) -> list[dict[str, str]]:
         add("AWAITING_AUDIT_BACKLOG", "warning", f"{m.counts['awaiting_audit']} job(s) wait for approval "
                                                  f"(limit {t.awaiting_audit_max}); runbook B")
     return out
+
+
+def _beside(value: float, limit: float) -> str:
+    """``value`` with as many decimals as it takes (up to 6) not to read as equal to ``limit`` (``:g``), which an
+    alert says it is below or above: "80% is below 80%" for 79.6% was a contradiction."""
+    for places in range(1, 7):
+        text = f"{value:.{places}f}"
+        if text != f"{limit:.{places}f}" and float(text) != limit:
+            return text
+    return repr(value)
 
 
 def _num(value: float | None) -> str:

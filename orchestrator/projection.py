@@ -5,7 +5,7 @@ One row per job, computed by replaying that job's verified events, stored with t
 the event count elsewhere: ``EventStore.fingerprints``). A refresh lists the fingerprints (on files
 one directory listing and one ``stat`` per file, on PostgreSQL every stream's head; no job is read) and
 replays only the jobs whose fingerprint
-changed or that have no row. Append-only files only grow, so a changed job always changes its
+changed or that have no row, and the rows whose verification a change of the trusted keys may change. Append-only files only grow, so a changed job always changes its
 size; the mtime also catches a file rewritten to the same size.
 
 The cache is ``projections/jobs-v2``, stored by *columns* (``Columns``): one JSON header line,
@@ -57,6 +57,7 @@ NAN = math.nan
 _KNOWN_CODES = bytes([*range(len(STATES)), NOT_A_JOB, NO_STATE])
 
 log = logging.getLogger(__name__)
+Trust = tuple[tuple[str, ...], tuple[str, ...]]  # (trusted key ids, revoked key ids), each sorted
 
 
 class Row(NamedTuple):
@@ -104,6 +105,9 @@ class Columns:
         self.kind = array("I")
         self.kinds: list[str] = []
         self._kind_codes: dict[str, int] = {}
+        # the keys the rows were verified with: (trusted ids, revoked ids), sorted; None when not known (a cache
+        # written before 2026-12-02 does not say)
+        self.trust: Trust | None = None
 
     def _kind_code(self, kind: str | None) -> int:
         if kind is None:
@@ -175,8 +179,10 @@ class Columns:
         sections = ["\n".join(self.ids).encode(), bytes(self.state), bytes(self.ok), "\n".join(self.runs).encode()]
         sections += [getattr(self, name).tobytes() for name, _ in self.NUMERIC]
         sections.append(self.kind.tobytes())
-        header = {"version": VERSION, "n": len(self.ids), "byteorder": sys.byteorder, "kinds": self.kinds,
-                  "lengths": [len(s) for s in sections]}
+        header: dict[str, Any] = {"version": VERSION, "n": len(self.ids), "byteorder": sys.byteorder,
+                                  "kinds": self.kinds, "lengths": [len(s) for s in sections]}
+        if self.trust is not None:
+            header["trusted"], header["revoked"] = self.trust
         return json.dumps(header, separators=(",", ":")).encode() + b"\n" + b"".join(sections)
 
     @classmethod
@@ -213,6 +219,11 @@ class Columns:
                 cols.kind.frombytes(parts[-1])
             cols.kinds = kinds
             cols._kind_codes = {kind: code for code, kind in enumerate(kinds, 1)}
+            trusted, revoked = header.get("trusted"), header.get("revoked")
+            if isinstance(trusted, list) and isinstance(revoked, list):
+                if not all(isinstance(k, str) for k in (*trusted, *revoked)):
+                    return None
+                cols.trust = (tuple(trusted), tuple(revoked))
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
             return None  # a damaged cache is just rebuilt
         columns = [cols.ids, cols.state, cols.ok, cols.runs, cols.kind, *(getattr(cols, name) for name, _ in cls.NUMERIC)]
@@ -305,11 +316,13 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
     from orchestrator import audit
 
     cached = (None if rebuild else _read(orch)) or Columns()
+    trust = trust_of(orch)
     ids, sizes, mtimes = scan(orch)  # taken before reading: a job that grows meanwhile is seen again next time
     n = len(ids)  # the cache holds these, then the jobs whose events were all removed (size 0: no listed job has it)
     same_jobs = ids == cached.ids[:n] and not any(cached.size[n:]) and _still_removed(orch, cached.ids[n:])
-    if same_jobs and sizes == cached.size[:n] and mtimes == cached.mtime[:n]:
-        return Refresh(Rows(cached), 0, 0)  # nothing changed: three list comparisons in C
+    if (same_jobs and sizes == cached.size[:n] and mtimes == cached.mtime[:n]
+            and (cached.trust == trust or not len(cached))):
+        return Refresh(Rows(cached), 0, 0)  # nothing changed: three list comparisons in C, and the same keys
     # removing a job's events whole takes it off the listing: only then is there a new one to look for
     # (in heads/, a listing of every job); jobs that only grew keep the removed ones the cache holds
     removed = cached.ids[n:] if same_jobs else [view.job_id for view in orch.removed_jobs(ids)]
@@ -319,8 +332,10 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
         mtimes.append(0)
     where = dict(zip(cached.ids, range(len(cached))))
     kept = [where.get(job_id) for job_id in ids]
+    again = _verify_again(cached.trust, trust) if len(cached) else None
     stale = [j for j, i, size, mtime in zip(ids, kept, sizes, mtimes)
-             if i is None or cached.size[i] != size or cached.mtime[i] != mtime]
+             if i is None or cached.size[i] != size or cached.mtime[i] != mtime
+             or again == "all" or (again == "failed" and not cached.ok[i])]
     rows: dict[str, Row | None] = {}
     unaudited: list[Any] = []
     changed = 0
@@ -334,6 +349,7 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
         unaudited.extend(found)
         processes.report_thousands(progress, before, changed)
     cols = Columns()
+    cols.trust = trust
     for job_id, i, size, mtime in zip(ids, kept, sizes, mtimes):
         if job_id not in rows:
             cols.copy_from(cached, i)  # unchanged
@@ -347,6 +363,25 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
     healed = len(audit.heal_found_quietly(orch, unaudited, not_written=not_healed)) if unaudited else 0
     warnings = [{"code": audit.AUDIT_ENTRY_MISSING, "message": why} for why in not_healed]
     return Refresh(Rows(cols), changed, healed, warnings + _write(orch, cols))
+
+
+def trust_of(orch: "Orchestrator") -> Trust:
+    """The keys a job's verification depends on, as the cache records them."""
+    revoked, trusted = orch.keyring.trust_state()
+    return tuple(sorted(trusted)), tuple(sorted(revoked))
+
+
+def _verify_again(was: Trust | None, now: Trust) -> str | None:
+    """Which rows to verify again, their files unchanged, because the keys changed since they were made: a row's
+    ``ok`` holds only for the keys it was verified with. ``"failed"`` when keys were only added (or un-revoked):
+    a job that verified still does, one that failed may have lacked a key; ``"all"`` when a key is no longer
+    trusted or was revoked; None when nothing changed. A cache that does not say its keys (written before
+    2026-12-02) has its failed rows read again, once: a key missing when it was written was the usual cause."""
+    if was == now:
+        return None
+    if was is None or (set(was[0]) <= set(now[0]) and set(now[1]) <= set(was[1])):
+        return "failed"
+    return "all"
 
 
 def _summarized(orch: "Orchestrator", job_ids: Sequence[str], *, heal: bool

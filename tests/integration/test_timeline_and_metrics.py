@@ -13,7 +13,8 @@ from orchestrator.api import HEADS_AREA
 from orchestrator.errors import InvalidIdError, InvalidInputError, RunNotFoundError
 from orchestrator.leases import Lease, write_lease
 from orchestrator.metrics import Thresholds, compute
-from orchestrator.projection import refresh, summarize
+from orchestrator.projection import Columns, refresh, summarize
+from orchestrator.signing import Keyring
 from orchestrator.store.base import AUDIT_STREAM
 from orchestrator.timeline import timeline
 
@@ -426,3 +427,76 @@ def test_a_torn_submit_is_read_again_only_when_its_file_changes(orch: Orchestrat
     path.unlink()
     (orch.settings.state_dir / "heads" / job).unlink()
     assert len(refresh(orch).columns) == 0
+
+
+def test_a_running_job_whose_history_was_cut_is_an_integrity_error_not_stalled(base, keyring) -> None:
+    """A job that succeeded and lost its last line replays as "running" with its claim's lease long past: it is
+    counted in integrity_errors (INTEGRITY_ERRORS, runbook E), never as a stalled job a worker would recover."""
+    orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring, clock=lambda: T0)
+    cut = js.running(orch, run_id="r1", lease="2020-01-01T00:00:00.000000Z")
+    js.finish(orch, cut, "job_succeeded", {"summary": "done"})
+    path = orch.store.path(cut)
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:-1]))
+    gone = js.running(orch, run_id="r2", lease="2020-01-01T00:00:00.000000Z")
+    m = compute("proj", refresh(orch).columns, T0, Thresholds(), renewed_lease=orch.lease_expiry)
+    assert (m.counts["running"], m.integrity_errors, m.stalled_count) == (2, 1, 1)
+    assert orch.status(gone).integrity_error is None
+    assert [a["code"] for a in m.alerts] == ["INTEGRITY_ERRORS", "STALLED_JOBS"]
+    assert m.alerts[1]["message"].startswith("1 running job(s)")
+
+
+def test_a_clock_stepped_back_before_the_final_event_never_makes_mean_converge_time_negative(base, keyring) -> None:
+    orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring, clock=lambda: T0)
+    early = js.running(orch, run_id="r1", now=T0)
+    js.finish(orch, early, "job_succeeded", {"summary": "done"}, now=T0 - 3600)  # stamped an hour before its submit
+    on_time = js.running(orch, run_id="r2", now=T0)
+    js.finish(orch, on_time, "job_failed", {"error": "boom", "error_code": "E"}, now=T0 + 30)
+    m = compute("proj", refresh(orch).columns, T0 + 60, Thresholds())
+    assert (m.mean_converge_time, m.converged_jobs) == (15.0, 2)
+
+
+def test_jobs_read_without_their_key_are_read_again_once_it_is_trusted(base, keyring) -> None:
+    """A row's verification depends on the keys trusted when it was made, not only on the job's file: a `metrics`
+    run without the signing key (a cron without ORCH_SIGNING_KEY, a machine that lacks a key) must not leave every
+    later reader with its INTEGRITY_ERRORS and an empty `status --all --state queued`."""
+    orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring)
+    queued, done = orch.submit("echo", {"i": 1}), orch.submit("echo", {"i": 2})
+    orch.cancel(done, "not needed")
+    keyless = Orchestrator(base_path=base, project_id="proj", keyring=Keyring())
+    assert compute("proj", refresh(keyless).columns, T0, Thresholds()).integrity_errors == 2
+    read = refresh(orch)
+    assert read.replayed == 2 and read.rows[queued].ok and read.rows[queued].state == "queued"
+    m = compute("proj", read.columns, T0, Thresholds())
+    assert (m.integrity_errors, m.counts["queued"], m.counts["cancelled"]) == (0, 1, 1)
+    assert [s.job_id for s in orch.jobs(["queued"])] == [queued]
+    assert refresh(orch).replayed == 0  # the keys are the same as the cache's now: the warm path again
+
+
+def test_a_job_signed_by_a_key_revoked_since_the_cache_was_written_is_an_integrity_error(base, keyring) -> None:
+    orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring)
+    job_id = orch.submit("echo", {"i": 1})
+    assert refresh(orch).rows[job_id].ok
+    revoked = Keyring(trusted=dict(keyring.trusted), revoked=frozenset({keyring.signer_id}))
+    after = refresh(Orchestrator(base_path=base, project_id="proj", keyring=revoked))
+    assert after.replayed == 1 and not after.rows[job_id].ok
+    assert compute("proj", after.columns, T0, Thresholds()).integrity_errors == 1
+
+
+def test_a_cache_that_does_not_say_its_keys_has_its_failed_rows_read_again(orch: Orchestrator) -> None:
+    """A cache written before rows were tied to the keys (format 3 to 5 without them): the rows that failed
+    verification are read again, once (they may have failed for want of a key); the others are kept."""
+    bad = orch.submit("echo", {"i": 1})
+    good = orch.submit("echo", {"i": 2})
+    keyless = Orchestrator(base_path=orch.settings.base_path, project_id="proj", keyring=Keyring())
+    refresh(keyless)
+    path = orch.settings.state_dir / "projections" / "jobs-v2"
+    cols = Columns.load(path.read_bytes())
+    cols.ok[cols.ids.index(good)] = 1  # as if `good` had been read with its key
+    cols.trust = None  # what the previous code wrote
+    path.write_bytes(cols.dump())
+    assert b"trusted" not in path.read_bytes()
+    loads: list[str] = []
+    real = orch.load
+    orch.load = lambda job_id, **kw: loads.append(job_id) or real(job_id, **kw)
+    again = refresh(orch)
+    assert loads == [bad] and again.rows[bad].ok and again.rows[bad].state == "queued"

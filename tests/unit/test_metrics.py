@@ -71,3 +71,45 @@ def test_prometheus_text_exposition() -> None:
     assert 'orchestrator_resume_success_ratio{project="p\\"x"} NaN' in text
     assert 'orchestrator_alert{project="p\\"x",code="STALLED_JOBS",severity="critical"} 1' in text
     assert text.endswith("\n") and all(ln.startswith("#") or " " in ln for ln in text.splitlines())
+
+
+def test_a_job_whose_history_failed_verification_is_an_integrity_error_not_a_stalled_job() -> None:
+    """No worker recovers a damaged job, and "running" is only where its valid prefix stops: STALLED_JOBS would
+    send the operator to run a worker, for ever."""
+    m = compute("p", [row("running", lease=NOW - 60, ok=False), row("running", lease=NOW - 60)], NOW, Thresholds())
+    assert (m.stalled_count, m.integrity_errors, m.counts["running"]) == (1, 1, 2)
+    m = compute("p", [row("running", lease=NOW - 60, ok=False)], NOW, Thresholds())
+    assert m.stalled_count == 0 and [a["code"] for a in m.alerts] == ["INTEGRITY_ERRORS"]
+
+
+def test_a_final_event_stamped_before_its_submit_converged_in_no_time_never_a_negative_one() -> None:
+    """A clock stepped back between the submit and the final event: the job still ended after it was submitted."""
+    rows = [row("succeeded", submitted=NOW - 10, final=NOW - 1000), row("failed", submitted=NOW - 10, final=NOW)]
+    m = compute("p", rows, NOW, Thresholds(converge_max_seconds=4))
+    assert (m.mean_converge_time, m.converged_jobs) == (5.0, 2)
+    assert [a["code"] for a in m.alerts] == ["CONVERGE_SLOW"]
+
+
+def test_an_alert_never_reads_as_if_the_figure_equalled_its_threshold() -> None:
+    """79.6% rounded to "80%" read "80% ... is below 80%"; a threshold of 0.5 s read "exceeds 0s"."""
+    m = compute("p", [row("succeeded", resumes=(796, 204), submitted=NOW - 3600.04, final=NOW)], NOW,
+                Thresholds(converge_max_seconds=3600))
+    assert [a["message"] for a in m.alerts] == [
+        "resume success rate 79.6% over 1000 resume(s) is below 80%",
+        "mean time to a final state 3600.04s exceeds 3600s"]
+    m = compute("p", [row("failed", resumes=(1, 2), submitted=NOW - 0.75, final=NOW)], NOW,
+                Thresholds(converge_max_seconds=0.5, resume_min_samples=3, resume_success_min=0.5))
+    assert [a["message"] for a in m.alerts] == [
+        "resume success rate 33.3% over 3 resume(s) is below 50%", "mean time to a final state 0.8s exceeds 0.5s"]
+
+
+def test_a_row_whose_times_no_event_can_have_never_makes_a_figure_that_is_not_json() -> None:
+    """A cache edited by hand or a flipped bit can hold an infinity or a huge time: the mean was Infinity (not
+    JSON) or fsum overflowed (a traceback). Such a row is no convergence; the figures stay finite."""
+    import json
+
+    rows = [row("succeeded", submitted=NOW - 10, final=float("inf")), row("failed", submitted=-1e308, final=1e308),
+            row("failed", submitted=-1e308, final=1e308), row("cancelled", submitted=NOW - 10, final=NOW - 4)]
+    m = compute("p", rows, NOW, Thresholds())
+    assert (m.mean_converge_time, m.converged_jobs) == (6.0, 1)
+    json.loads(json.dumps(m.to_dict(), allow_nan=False))
