@@ -184,6 +184,7 @@ def project_command(fn: Callable[..., int | None]) -> Callable[..., None]:
     def wrapper(base_path: str | None, project_id: str | None, as_json: bool, store_url: str | None,
                 **kwargs: Any) -> None:
         ctx = click.get_current_context()
+        as_json = as_json or ctx.params.get("fmt") == "json"  # ``metrics --format json`` is ``--json``, errors too
         out = Output(as_json, data_on_stdout=any(  # known before the settings or the store can fail
             isinstance(p, StdoutOption) and ctx.params.get(p.name) == "-" for p in ctx.command.params))
         with reported_errors(out):
@@ -403,7 +404,8 @@ def _register_commands() -> None:
 
 def _wants_json(args: list[str]) -> bool:
     """Whether errors found before the command runs (``.env``, usage) print as JSON: click has not parsed yet."""
-    return "--json" in args
+    return "--json" in args or "--format=json" in args or any(
+        a == "--format" and b == "json" for a, b in zip(args, args[1:]))
 
 
 def _load_dotenv(command: click.Command, args: list[str]) -> None:

@@ -204,3 +204,14 @@ def test_status_with_an_empty_job_id_and_all_is_the_usage_error_of_both(cli_env:
     """Before: the empty id was taken as none given, and every job was listed."""
     proc = run_script("status", "", "--all", "--json", env=cli_env)
     assert proc.returncode == 2 and json.loads(proc.stdout)["error"] == "USAGE_ERROR", proc.stdout
+
+
+@pytest.mark.parametrize("fmt", [["--format", "json"], ["--format=json"]])
+def test_metrics_format_json_prints_its_errors_as_json_as_json_does(cli_env: dict[str, str], fmt: list[str]) -> None:
+    """``--format json`` is documented as the same as ``--json``: an error is then one JSON object on stdout too."""
+    setting = run_module("metrics", *fmt, env={**cli_env, "ORCH_STALL_GRACE_SECONDS": "soon"})  # before the figures
+    assert setting.returncode == 3 and json.loads(setting.stdout)["error"] == "CONFIG_ERROR"
+    usage = run_module("metrics", *fmt, "--stalled-max", "many", env=cli_env)  # found by click, before the command
+    assert usage.returncode == 2 and json.loads(usage.stdout)["error"] == "USAGE_ERROR"
+    missing = run_module("metrics", *fmt, "--base-path", "/dev/null/x", env=cli_env)  # the store's error
+    assert missing.returncode in (3, 10) and "error" in json.loads(missing.stdout)
