@@ -17,7 +17,8 @@ WARMUP: int = _GateSettings.warmup
 # W3's counts of what a double delivery did beyond one run (``ours.duplicates_of``; a peer reports ``duplicates``)
 DUPLICATE_COUNTS = ("duplicates", "extra_runs", "extra_claims", "reruns_pending", "extra_resume_events")
 
-__all__ = ["DUPLICATE_COUNTS", "WARMUP", "NotApplicable", "Params", "percentile", "summarize", "progress", "scratch_dir", "settle", "sqlite_full"]
+__all__ = ["DUPLICATE_COUNTS", "WARMUP", "NotApplicable", "Params", "percentile", "summarize", "progress", "scratch_dir",
+           "settle", "sqlite_full"]
 
 
 class NotApplicable(Exception):

@@ -159,7 +159,8 @@ def w3(params: Params) -> dict[str, Any]:
         for job_id in trials:
             view, runs = orch.load(job_id), lat.runs_with_answer(orch, job_id)
             if not runs:
-                raise RuntimeError(f"W3: job {job_id} succeeded with no run counted by its handler: the count is broken")
+                raise RuntimeError(f"W3: job {job_id} succeeded with no run counted by its handler: the count is "
+                                   "broken")
             counts.append(duplicates_of([e.type for e in view.events], runs, view.state.state))
         total = {k: sum(c[k] for c in counts) for k in DUPLICATE_COUNTS}
         return {"W3": {**summarize(lat_ms), **total, "duplicate_trials": params.w3_duplicate_trials}}
