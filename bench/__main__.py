@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.common import NotApplicable, Params, progress, settle
+from bench.common import DUPLICATE_COUNTS, NotApplicable, Params, progress, settle
 
 ALL_PEERS = ("huey-sqlite", "huey-file", "persist-queue", "litequeue", "dbos", "langgraph")
 
@@ -142,8 +142,9 @@ def median_of(runs: list[Any]) -> Any:
     first = runs[0]
     if isinstance(first, dict):
         merged = {k: median_of([r[k] for r in runs if isinstance(r, dict) and k in r]) for k in first}
-        if "duplicates" in first:  # any duplicate execution in any run counts
-            merged["duplicates"] = max(r.get("duplicates", 0) for r in runs if isinstance(r, dict))
+        for k in DUPLICATE_COUNTS:  # any duplicate execution in any run counts: the worst run, not the median
+            if k in first:
+                merged[k] = max(r.get(k, 0) for r in runs if isinstance(r, dict))
         return merged
     if isinstance(first, (int, float)) and not isinstance(first, bool):
         values = [r for r in runs if isinstance(r, (int, float)) and not isinstance(r, bool)]

@@ -9,8 +9,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator.latency import percentile, summarize  # one definition of percentiles for every system
+from orchestrator.terminal_bench import Settings as _GateSettings
 
-__all__ = ["NotApplicable", "Params", "percentile", "summarize", "progress", "scratch_dir", "settle", "sqlite_full"]
+# untimed rounds before the timed samples of every latency workload, every system alike (the first rounds pay
+# imports, a first fork, first writes): as many as the gate's benchmark, which gives ours W2 and terminal latency
+WARMUP: int = _GateSettings.warmup
+# W3's counts of what a double delivery did beyond one run (``ours.duplicates_of``; a peer reports ``duplicates``)
+DUPLICATE_COUNTS = ("duplicates", "extra_runs", "extra_claims", "reruns_pending", "extra_resume_events")
+
+__all__ = ["DUPLICATE_COUNTS", "WARMUP", "NotApplicable", "Params", "percentile", "summarize", "progress", "scratch_dir",
+           "settle", "sqlite_full"]
 
 
 class NotApplicable(Exception):

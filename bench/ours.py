@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import Params, env_without_orch, progress, scratch_dir, settle, summarize
+from bench.common import DUPLICATE_COUNTS, WARMUP, Params, env_without_orch, progress, scratch_dir, settle, summarize
 from orchestrator import latency as lat
 from orchestrator import terminal_bench as tb
 
@@ -55,9 +55,21 @@ def w1_w4(params: Params) -> dict[str, Any]:
             raise RuntimeError(f"unexpected job states after W1: {states}")
         return {"W1": {"jobs": done, "jobs_per_s": done / summary["elapsed_s"], "elapsed_s": summary["elapsed_s"],
                        "enqueue_per_s": params.w1_jobs / enqueue_s},
-                "W4": {"rss_mb": summary["maxrss_kb"] / 1024}}
+                "W4": w4_memory(summary)}
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def w4_memory(summary: dict[str, Any]) -> dict[str, Any]:
+    """W4 from the worker's summary: the worker process's peak RSS, and with the pages of its own that the handler
+    process adds (the peers run the no-op inside their worker process; this one runs it in a second process)."""
+    rss = summary["maxrss_kb"] / 1024
+    handler = summary.get("handler_kb") or {}
+    out: dict[str, Any] = {"rss_mb": rss}
+    if "private_kb" in handler:
+        out.update(handler_rss_mb=handler.get("hwm_kb", 0) / 1024, handler_private_mb=handler["private_kb"] / 1024,
+                   with_handler_mb=rss + handler["private_kb"] / 1024)
+    return out
 
 
 def w2_terminal(params: Params) -> dict[str, Any]:
@@ -74,16 +86,33 @@ def w2_terminal(params: Params) -> dict[str, Any]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _resume_at(args: tuple[str, dict[str, str], str, Any]) -> str:
+def _resume_at(args: tuple[str, dict[str, str], str, Any]) -> None:
+    """One delivery of the answer, in its own process; a refused or failed one exits non-zero."""
     base, env, job_id, barrier = args
     orch = _orch(Path(base), env)
     barrier.wait()
-    return str(orch.resume(job_id, "yes"))
+    orch.resume(job_id, "yes")
+
+
+def duplicates_of(types: list[str], runs_with_answer: int, state: str) -> dict[str, int]:
+    """What one double delivery did beyond one resume and one run: ``types`` are the job's event types in order,
+    ``runs_with_answer`` the handler's own count of its runs that saw the answer, ``state`` the job's state once
+    the worker stopped. ``duplicates`` counts a run twice whether it shows as a second claim, a second run under
+    one claim (only the handler's count sees that), or both (counted once); a job queued again (a run that was
+    still to come); and every resume recorded beyond the first."""
+    first_resume = types.index("job_resumed") if "job_resumed" in types else len(types)
+    extra_runs = max(runs_with_answer - 1, 0)
+    extra_claims = max(types[first_resume:].count("job_claimed") - 1, 0)
+    pending = 0 if state in lat.TERMINAL_STATES else 1
+    extra_resumes = max(types.count("job_resumed") - 1, 0)
+    return {"duplicates": max(extra_runs, extra_claims) + pending + extra_resumes, "extra_runs": extra_runs,
+            "extra_claims": extra_claims, "reruns_pending": pending, "extra_resume_events": extra_resumes}
 
 
 def w3(params: Params) -> dict[str, Any]:
     """W3: resume a waiting job from this process; time until its final state is visible. Then the same
-    answer delivered twice at once by two processes: count the extra executions (claims) and events."""
+    answer delivered twice at once by two processes: count the extra executions, by the handler's own count
+    of its runs with the answer and by the job's events, once the worker has stopped (nothing left to run)."""
     base = scratch_dir(params, "ours-w3")
     worker = None
     try:
@@ -93,18 +122,19 @@ def w3(params: Params) -> dict[str, Any]:
         reader = lat.Reader(orch)
         lat_ms: list[float] = []
         progress(f"ours W3: {params.w3_samples} resumes")
-        for i in range(params.w3_samples):
+        for i in range(WARMUP + params.w3_samples):
             job_id = orch.submit(lat.ASK_KIND, {"i": i})
             reader.wait_for(job_id, {"waiting_human"})
             t0 = time.monotonic_ns()
             orch.resume(job_id, "yes")
             st, seen = reader.wait_for(job_id, {"succeeded", "failed"})
-            lat_ms.append((seen - t0) / 1e6)
-        duplicates = 0
+            if i >= WARMUP:
+                lat_ms.append((seen - t0) / 1e6)
         ctx = multiprocessing.get_context("fork")
         progress(f"ours W3: {params.w3_duplicate_trials} double deliveries of the same answer")
+        trials = []
         for i in range(params.w3_duplicate_trials):
-            job_id = orch.submit(lat.ASK_KIND, {"dup": i})
+            job_id = orch.submit(lat.COUNTED_ASK_KIND, {"dup": i})
             reader.wait_for(job_id, {"waiting_human"})
             barrier = ctx.Barrier(2)
             procs = [ctx.Process(target=_resume_at, args=((str(base), env, job_id, barrier),)) for _ in range(2)]
@@ -112,12 +142,28 @@ def w3(params: Params) -> dict[str, Any]:
                 p.start()
             for p in procs:
                 p.join(30)
+            codes = [p.exitcode for p in procs]
+            if codes != [0, 0]:  # a delivery refused or lost: this trial did not deliver the answer twice
+                for p in procs:
+                    if p.exitcode is None:
+                        p.kill()
+                        p.join()
+                raise RuntimeError(f"W3: a delivery of the same answer to job {job_id} failed (exit codes {codes}); "
+                                   "both must succeed, the second as already applied")
             reader.wait_for(job_id, {"succeeded", "failed"})
-            time.sleep(0.02)  # a duplicate run, if any, would be claimed by now
-            types = [e.type for e in orch.load(job_id).events]
-            duplicates += (types.count("job_claimed") - 2) + (types.count("job_resumed") - 1)
+            trials.append(job_id)
         reader.close()
-        return {"W3": {**summarize(lat_ms), "duplicates": duplicates, "duplicate_trials": params.w3_duplicate_trials}}
+        worker.stop()  # a run still to come would come before it stops: count once nothing can run any more
+        worker = None
+        counts = []
+        for job_id in trials:
+            view, runs = orch.load(job_id), lat.runs_with_answer(orch, job_id)
+            if not runs:
+                raise RuntimeError(f"W3: job {job_id} succeeded with no run counted by its handler: the count is "
+                                   "broken")
+            counts.append(duplicates_of([e.type for e in view.events], runs, view.state.state))
+        total = {k: sum(c[k] for c in counts) for k in DUPLICATE_COUNTS}
+        return {"W3": {**summarize(lat_ms), **total, "duplicate_trials": params.w3_duplicate_trials}}
     finally:
         if worker is not None:
             worker.stop()

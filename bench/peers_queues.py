@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.latency import peak_rss_kb
-from bench.common import NotApplicable, Params, progress, scratch_dir, settle, sqlite_full, summarize, timed_poll
+from bench.common import (WARMUP, NotApplicable, Params, progress, scratch_dir, settle, sqlite_full, summarize,
+                          timed_poll)
 
 REPO = Path(__file__).resolve().parents[1]
 IDLE_PAUSE = 0.0005
@@ -213,11 +214,11 @@ def run_peer(name: str, params: Params) -> dict[str, Any]:
         proc = _start(name, root, None)
         progress(f"{name} W2: {params.w2_samples} jobs one at a time")
         lat = []
-        for i in range(params.w2_samples + 5):
+        for i in range(WARMUP + params.w2_samples):
             t0 = time.monotonic_ns()
             ref = peer.enqueue(i)
             timed_poll(lambda: peer.is_done(ref))
-            if i >= 5:  # warm-up
+            if i >= WARMUP:
                 lat.append((time.monotonic_ns() - t0) / 1e6)
         out["W2"] = summarize(lat)
     finally:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, TypedDict
 
-from bench.common import NotApplicable, Params, progress, scratch_dir, summarize
+from bench.common import WARMUP, NotApplicable, Params, progress, scratch_dir, summarize
 
 W12_LANGGRAPH = "not a job queue: a graph runs inside the caller, there is no worker process to submit to"
 
@@ -72,14 +72,15 @@ def langgraph(params: Params) -> dict[str, Any]:
         reader, rconn = _graph(db, root / "reader-never-runs.txt")
         lat = []
         progress(f"langgraph W3: {params.w3_samples} resumes")
-        for i in range(params.w3_samples):
+        for i in range(WARMUP + params.w3_samples):
             cfg = {"configurable": {"thread_id": f"t{i}"}}
             app.invoke({"answer": ""}, cfg)
             t0 = time.monotonic_ns()
             app.invoke(Command(resume="yes"), cfg)
             while reader.get_state(cfg).values.get("answer") != "yes":  # a separate connection sees it
                 time.sleep(0.0002)
-            lat.append((time.monotonic_ns() - t0) / 1e6)
+            if i >= WARMUP:
+                lat.append((time.monotonic_ns() - t0) / 1e6)
         ctx = multiprocessing.get_context("fork")
         dup_counter = root / "dup-runs.txt"
         progress(f"langgraph W3: {params.w3_duplicate_trials} double deliveries of the same answer")

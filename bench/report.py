@@ -17,7 +17,14 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str, bool]] = [
     ("W3", "W3 resume->visible P99", lambda r: r.get("W3", {}).get("p99"), "ms", False),
     ("W3", "W3 duplicate executions", lambda r: r.get("W3", {}).get("duplicates"), "", False),
     ("W4", "W4 worker peak RSS", lambda r: r.get("W4", {}).get("rss_mb"), "MB", False),
+    ("W4", "W4 with its handler process", lambda r: with_handler_mb(r.get("W4", {})), "MB", False),
 ]
+
+
+def with_handler_mb(w4: dict[str, Any]) -> float | None:
+    """The worker's peak RSS plus the pages of its own that a separate handler process adds (ours); a worker that
+    runs the handler itself (every peer) is its RSS alone."""
+    return w4.get("with_handler_mb", w4.get("rss_mb"))
 WORKLOADS = ("W1", "W2", "W3", "W4", "terminal", "scale", "coldstart", "floor", "skeleton")
 
 
@@ -151,7 +158,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     ceiling = ""
     if fl and "error" not in fl:
         ceiling = f"; the format's signatures alone allow {w1_ceiling(fl)['crypto_jobs_per_s']:,.0f}"
-    add("W1 ahead of every durable peer", w1 and f"{w1:.0f} jobs/s vs best {best[1]} {best[0]:.0f}{ceiling}",
+    vs = f"best {best[1]} {best[0]:.0f}" if best[1] else "no durable peer in this run"
+    add("W1 ahead of every durable peer", w1 and f"{w1:.0f} jobs/s vs {vs}{ceiling}",
         (w1 > best[0]) if w1 and best[1] else None)
     sk = results.get("skeleton") or {}
 
@@ -175,13 +183,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     c = sc.get("coldstart")
     add("status cold start <= 150 ms", c and round(c["status_ms"], 1), c and c["status_ms"] <= 150)
     w4 = ours.get("W4")
-    add("worker RSS <= 40 MB", w4 and round(w4["rss_mb"], 1), w4 and w4["rss_mb"] <= 40)
+    mem = w4 and with_handler_mb(w4)  # the handler runs in a second process: its own pages count too
+    add("worker RSS <= 40 MB", w4 and (f"{mem:.1f} MB with its handler process's own pages ({w4['rss_mb']:.1f} MB "
+                                       "the worker process alone)" if "with_handler_mb" in w4 else round(mem, 1)),
+        w4 and mem <= 40)
     return out
 
 
 def targets_text(results: dict[str, Any]) -> str:
     lines = ["targets:"]
     for t in results.get("targets") or targets(results):
-        verdict = {True: "met", False: "NOT MET", None: "not measured at this size"}[t["met"]]
+        verdict = {True: "met", False: "NOT MET", None: "not judged in this run (sizes or peers)"}[t["met"]]
         lines.append(f"- {t['target']}: {verdict} ({t['measured'] if t['measured'] is not None else '-'})")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ runs with fsync on, in fresh processes where it says so.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import random
@@ -76,13 +77,18 @@ def _claim_and_status(orch: Any, worker: Any, finished: int, samples: int, rng: 
 
 
 def _script(name: str, base: Path, env: dict[str, str], *args: str) -> float:
+    return _run_script(name, base, env, *args)[0]
+
+
+def _run_script(name: str, base: Path, env: dict[str, str], *args: str) -> tuple[float, str]:
+    """The wall time of ``scripts/<name>.py`` in a fresh process, and its stdout."""
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), "--base-path", str(base),
                            "--project-id", PROJECT, *args], env=env, capture_output=True, text=True, timeout=1800)
     took = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"scripts/{name}.py exited {proc.returncode}: {proc.stdout[-500:]}{proc.stderr[-500:]}")
-    return took
+    return took, proc.stdout
 
 
 def run(params: Params) -> dict[str, Any]:
@@ -107,9 +113,10 @@ def run(params: Params) -> dict[str, Any]:
             worker.claim()  # builds the index once (a first worker on an old project)
             out["sizes"][str(size)] = _claim_and_status(orch, worker, size, params.scale_samples, rng)
             if size == verify_at:
-                t = _script("verify", base, env, "--json")
-                events = size * 3 + 2 * params.scale_samples * (sizes.index(size) + 1)
-                out["verify"] = {"jobs": size, "events": events, "seconds": t, "events_per_s": events / t}
+                t, report = _run_script("verify", base, env, "--json")
+                checked = json.loads(report)  # what verify counted, the probe jobs included
+                out["verify"] = {"jobs": checked["streams"], "events": checked["events"], "seconds": t,
+                                 "events_per_s": checked["events"] / t}
         largest = sizes[-1]
         progress(f"scale: metrics and status cold start on {largest} jobs")
         cold = _script("metrics", base, env, "--json", "--rebuild") if params.metrics_cold else None

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 SLOT = 512
-WARMUP = 5  # untimed rounds first, as bench.trace does
 
 
 def _sealer() -> tuple[Any, Any]:
@@ -234,7 +233,7 @@ def _resume(root: Path, name: str, seal: Any, check: Any, template: Path) -> Non
 def run(samples: int, hop: bool = True, base: Path | None = None, workload: str = "w2") -> dict[str, Any]:
     """``samples`` rounds, one job at a time; latencies in ms: W2 from the submit, W3 from the resume,
     to the outcome visible to this process."""
-    from orchestrator.latency import summarize
+    from bench.common import WARMUP, summarize  # the suite's untimed rounds, as for ours and the peers
     from orchestrator.wakeup import InotifyWatcher
 
     if workload not in ("w2", "w3"):

@@ -33,6 +33,8 @@ TERMINAL_STATES = frozenset({"succeeded", "failed", "awaiting_audit", "waiting_h
 ECHO_KIND = "orchestrator.latency:echo_handler"
 ASK_KIND = "orchestrator.latency:ask_handler"
 NOOP_KIND = "orchestrator.latency:noop_handler"
+COUNTED_ASK_KIND = "orchestrator.latency:counted_ask_handler"
+RUNS_FILE = "bench-runs-with-answer"
 DEFINITION = ("from the handler returning its terminal payload (stamped in the handler's process) to the "
               "terminal state being both durable (the worker's outcome append returned after fdatasync) and "
               "visible to a separate reader process (a fresh read of the events file, verified as status does: "
@@ -54,6 +56,28 @@ def ask_handler(ctx: Any) -> dict[str, Any]:
     return {"status": "done", "summary": f"answered {ctx.answers[-1]}", "output": {"returned_ns": time.monotonic_ns()}}
 
 
+def counted_ask_handler(ctx: Any) -> dict[str, Any]:
+    """``ask_handler`` that also counts its own runs with the answer: one line each in ``RUNS_FILE`` of the job's
+    artifact folder, so a run twice is seen however it came about (a second claim, or one claim run twice)."""
+    if ctx.answers:
+        fd = os.open(ctx.artifacts_dir / RUNS_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, b"x\n")
+        finally:
+            os.close(fd)
+    return ask_handler(ctx)
+
+
+def runs_with_answer(orch: Any, job_id: str) -> int:
+    """How many times ``counted_ask_handler`` ran ``job_id`` with its answer (its own count)."""
+    from orchestrator.worker_folders import ARTIFACTS_DIR
+
+    try:
+        return (orch.settings.state_dir / ARTIFACTS_DIR / job_id / RUNS_FILE).read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
 def noop_handler(ctx: Any) -> dict[str, Any]:
     return {"status": "done", "summary": "noop"}
 
@@ -73,6 +97,25 @@ def peak_rss_kb() -> int:
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss // 1024 if sys.platform == "darwin" else rss
+
+
+def handler_memory_kb(pid: int | None) -> dict[str, int]:
+    """The handler process's peak resident set (``VmHWM``: mostly pages it shares with the worker it was forked
+    from) and its own pages now (``Private_Clean`` + ``Private_Dirty``: what it adds to the worker's); empty where
+    /proc cannot tell."""
+    out: dict[str, int] = {}
+    if pid is None:
+        return out
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            out.update(("hwm_kb", int(ln.split()[1])) for ln in fh if ln.startswith("VmHWM:"))
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            private = [int(ln.split()[1]) for ln in fh if ln.startswith(("Private_Clean:", "Private_Dirty:"))]
+        if private:
+            out["private_kb"] = sum(private)
+    except (OSError, ValueError):
+        pass
+    return out
 
 
 def _worker_main() -> None:
@@ -111,17 +154,20 @@ def _worker_main() -> None:
     out.write(json.dumps({"ready": True}) + "\n")
     out.flush()
     started = time.perf_counter()
-    first: list[float] = []
+    handler: dict[str, int] = {}
+    reported = [0]
 
     def timed_report(result: Any) -> None:
-        if not first:
-            first.append(time.perf_counter())
+        reported[0] += 1
+        if reported[0] == cfg.get("max_jobs"):  # the last job: its handler process is still there to look at
+            handler.update(handler_memory_kb(worker.handler_pid))
         report(result)
 
     with worker.handle_signals():
         done = worker.run(max_jobs=cfg.get("max_jobs"), idle_exit=cfg.get("idle_exit", False), on_result=timed_report)
     elapsed = time.perf_counter() - started
-    out.write(json.dumps({"summary": True, "done": done, "elapsed_s": elapsed, "maxrss_kb": peak_rss_kb()}) + "\n")
+    out.write(json.dumps({"summary": True, "done": done, "elapsed_s": elapsed, "maxrss_kb": peak_rss_kb(),
+                          "handler_kb": handler}) + "\n")
     out.flush()
 
 

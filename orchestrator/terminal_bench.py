@@ -217,6 +217,8 @@ def summary(rows: list[dict[str, Any]], settings: Settings, elapsed_s: float) ->
             "verdicts": verdicts(stats), "gate": {"p95_ms": GATE_P95_MS, "p99_ms": GATE_P99_MS},
             "target": {"p99_ms": TARGET_P99_MS}, "machine": lat.machine(),
             "settings": {"samples": settings.samples, "seed": settings.seed, "warmup": settings.warmup,
+                         "percentiles": "nearest rank: P99 of n samples is the ceil(0.99 n)-th smallest (the maximum "
+                                        "below 100 samples)",
                          "filesystem": lat.filesystem_of(settings.base_path), "fsync": "fdatasync per append",
                          "verification": "every read verifies the chain, the signed head record and each line it does not vouch for (as status)",
                          "worker": "one worker process (Worker.run), Python handler in its reused handler process",

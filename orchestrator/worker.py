@@ -297,6 +297,11 @@ class Worker:
             weakref.finalize(self, self._host.close)
         return self._host
 
+    @property
+    def handler_pid(self) -> int | None:
+        """The reused handler process's id while there is one (what the benchmarks measure beside the worker)."""
+        return self._host.pid if self._host is not None else None
+
     def close(self) -> None:
         """Let the reused handler process exit and remove its folder; ``run`` does this when it returns
         (``with orch.worker() as w:`` too; a worker that is dropped does it when collected)."""

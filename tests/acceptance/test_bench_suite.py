@@ -19,7 +19,7 @@ from helpers import REPO, wait_until
 from orchestrator import terminal_bench as tb
 
 WORKLOAD_ROWS = ("W1 throughput", "W2 submit->visible P99", "W3 resume->visible P99", "W3 duplicate executions",
-                 "W4 worker peak RSS")
+                 "W4 worker peak RSS", "W4 with its handler process")
 
 
 def test_the_quick_suite_prints_the_table_and_writes_json_with_every_workload(tmp_path: Path, cli_env) -> None:
@@ -38,6 +38,10 @@ def test_the_quick_suite_prints_the_table_and_writes_json_with_every_workload(tm
     assert ours["W1"]["jobs"] == 40 and ours["W1"]["jobs_per_s"] > 0
     assert ours["W2"]["n"] == 15 and ours["W3"]["n"] == 10 and ours["W3"]["duplicates"] == 0
     assert ours["W4"]["rss_mb"] > 0 and ours["terminal"]["n"] == 15
+    assert ours["W4"]["with_handler_mb"] > ours["W4"]["rss_mb"]  # the handler process's own pages count too
+    assert all(ours["W3"][k] == 0 for k in ("extra_runs", "extra_claims", "reruns_pending", "extra_resume_events"))
+    verified = data["scale"]["verify"]  # as verify counted them: 3 events for every job, probes included
+    assert verified["jobs"] == 200 + 2 * 5 and verified["events"] == 3 * verified["jobs"]
     assert set(data["scale"]["sizes"]) == {"50", "200"}
     assert data["skeleton"]["W2"]["n"] == 15 and data["skeleton"]["W3"]["n"] == 10  # the paths' floor, same sizes
     assert data["scale"]["coldstart"]["status_ms"] > 0 and data["scale"]["verify"]["events_per_s"] > 0
@@ -47,6 +51,31 @@ def test_the_quick_suite_prints_the_table_and_writes_json_with_every_workload(tm
     assert {e["before"] for e in run} >= {"ours W1", "ours W2", "ours W3", "skeleton", "floor", "scale"}
     assert "settle_log" not in data["params"]
     assert "disk before each timed workload: creating a file took" in proc.stdout
+
+
+def test_w3_refuses_to_report_duplicates_when_a_delivery_of_the_answer_failed(tmp_path: Path, cli_env,
+                                                                               monkeypatch) -> None:
+    """A trial whose second delivery was refused did not deliver the answer twice: its 0 duplicates would prove
+    nothing (and a refusal breaks the idempotent resume), so the workload fails saying so instead of reporting 0."""
+    from bench import ours
+    from bench.common import Params
+
+    for name, value in cli_env.items():
+        monkeypatch.setenv(name, value)
+
+    def second_refused(args: tuple) -> None:  # each delivery runs in a forked process: this replaces it there
+        base, env, job_id, barrier = args
+        barrier.wait()
+        try:
+            os.close(os.open(tmp_path / f"first-{job_id}", os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            raise SystemExit(1) from None
+        ours._orch(Path(base), env).resume(job_id, "yes")
+
+    monkeypatch.setattr(ours, "_resume_at", second_refused)
+    with pytest.raises(RuntimeError, match=r"a delivery of the same answer to job \S+ failed \(exit codes "):
+        ours.w3(Params.quick(w3_samples=1, w3_duplicate_trials=1, base=tmp_path / "b"))
+    assert not list((tmp_path / "b").iterdir())  # the scratch project is removed all the same
 
 
 def test_settle_waits_until_creating_a_file_is_cheap_again_and_records_what_it_saw(tmp_path: Path) -> None:
@@ -79,7 +108,8 @@ def test_bench_terminal_latency_writes_raw_samples_and_a_report_with_verdicts(tm
         assert row["latency_ms"] == max(row["returned_to_durable_ms"], row["returned_to_visible_ms"]) > 0
     text = md.read_text()
     for needle in ("| P50 |", "| P95 |", "| P99 |", "| MAX |", "release gate v1.2.3: P95", "our target: P99",
-                   "Release gate: **PASS**", "durable", "separate reader", "cpus:", "seed: 7"):
+                   "Release gate: **PASS**", "durable", "separate reader", "cpus:", "seed: 7",
+                   "percentiles: nearest rank"):
         assert needle in text
     result = json.loads(proc.stdout)
     assert result["verdicts"]["gate"] is True and result["latency_ms"]["n"] == 20
