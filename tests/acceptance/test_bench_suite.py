@@ -53,6 +53,42 @@ def test_the_quick_suite_prints_the_table_and_writes_json_with_every_workload(tm
     assert "disk before each timed workload: creating a file took" in proc.stdout
 
 
+PEER_MODULES = {"huey-sqlite": "huey", "huey-file": "huey", "persist-queue": "persistqueue", "litequeue": "litequeue",
+                "dbos": "dbos", "langgraph": "langgraph.checkpoint.sqlite"}
+
+
+def test_the_quick_suite_measures_every_peer_in_the_same_run(tmp_path: Path, cli_env) -> None:
+    """The peers' code rots like ours if nothing runs it: each peer measures what it can (W1, W2 and W4 for a job
+    queue, W3 for a system that can pause a job for an answer) or says why not. CI installs them (the ``dev``
+    extra holds the ``bench`` one) and must run this; elsewhere it is skipped when they are not installed."""
+    import importlib.util
+
+    missing = sorted({m for m in PEER_MODULES.values() if importlib.util.find_spec(m.split(".")[0]) is None})
+    if missing:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"the bench's peers are not installed ({', '.join(missing)}); CI=true: they must run")
+        pytest.skip(f"the bench's peers are not installed ({', '.join(missing)}): pip install -e '.[bench]'")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "W1,W3", "--peers", "all", "--base",
+                           str(tmp_path / "b"), "--json", str(out)], cwd=REPO, env=cli_env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    systems = json.loads(out.read_text())["systems"]
+    assert set(systems) == {"ours", *PEER_MODULES}
+    for name in PEER_MODULES:
+        peer = systems[name]
+        assert "error" not in peer, (name, peer)
+        measured = {w for w in ("W1", "W2", "W3", "W4") if w in peer and "na" not in peer[w]}
+        if name == "langgraph":  # a graph runs in the caller: no queue, no worker process (its notes say so)
+            assert measured == {"W3"} and all(peer[w]["na"] for w in ("W1", "W2", "W4")), peer
+        else:
+            assert {"W1", "W2", "W4"} <= measured and peer["W1"]["jobs_per_s"] > 0, (name, peer)
+        if name == "dbos":
+            assert peer["W3"]["n"] > 0
+    ratios = proc.stdout[proc.stdout.index("targets:"):]
+    assert "W1 ahead of every durable peer" in ratios and "vs best" in ratios
+
+
 def test_w3_refuses_to_report_duplicates_when_a_delivery_of_the_answer_failed(tmp_path: Path, cli_env,
                                                                                monkeypatch) -> None:
     """A trial whose second delivery was refused did not deliver the answer twice: its 0 duplicates would prove
