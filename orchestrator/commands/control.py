@@ -71,7 +71,8 @@ def _make(action: str) -> None:
             result = getattr(control, action)(orch, job_id, text, note=note or "", again=again)
         else:
             if text is not None and note is not None:
-                raise click.UsageError(f"give the {metavar.lower()} as an argument or with {note_names[0]}, not both")
+                raise click.UsageError(f"give the {metavar.lower()} as an argument or with {' or '.join(note_names)}, "
+                                       "not both")
             result = getattr(control, action)(orch, job_id, text if text is not None else (note or ""))
         _emit(out, result)
 
