@@ -114,8 +114,15 @@ def _same(stored: Any, given: str) -> bool:
     return isinstance(stored, str) and canonical_text(stored) == given
 
 
+def _require_text(text: Any, what: str) -> str:
+    """``text`` if it is a string (a Python caller may pass anything), else ``INVALID_INPUT``."""
+    if not isinstance(text, str):
+        raise InvalidInputError(f"the {what} must be text, not {type(text).__name__}")
+    return text
+
+
 def _clean(text: str | None, what: str, *, required: bool = False) -> str:
-    text = text or ""
+    text = _require_text("" if text is None else text, what)
     if not is_unicode(text):  # checked before anything is written: the event could be signed, and its entry not
         raise InvalidInputError(f"the {what} is not valid Unicode (bytes that are not UTF-8?)")
     text = sanitize_text(canonical_text(text))
@@ -288,7 +295,7 @@ def parse_chat_message(job_id: str, message: str) -> str:
     that names another job later on (a pasted thread) is refused, like one that names it first; later on, only
     an id shaped like one this orchestrator assigns counts, so an answer may say "job id: unknown".
     """
-    m = _CHAT.match(trim(message))
+    m = _CHAT.match(trim(_require_text(message, "chat message")))
     if m is None:
         raise ChatMessageError(f"the message must look like 'job_id: {job_id}; <answer>'; nothing was written")
     named = m.group("id")

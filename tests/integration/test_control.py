@@ -9,6 +9,7 @@ import pytest
 
 import jobstates as js
 from orchestrator import Orchestrator
+from orchestrator.control import resume_from_chat
 from orchestrator.errors import (ActionConflictError, ContextSignatureInvalid, InvalidInputError,
                                  InvalidTransitionError, JobNotFoundError)
 from orchestrator.signing import line_hash
@@ -141,6 +142,18 @@ def test_an_answer_of_invisible_characters_only_is_refused_as_empty(orch: Orches
     before = file_bytes(orch)
     with pytest.raises(InvalidInputError, match="must not be empty"):
         orch.resume(job_id, "\u200b \ufeff\u2060")
+    assert file_bytes(orch) == before
+
+
+@pytest.mark.parametrize("call", [
+    lambda o, j: o.resume(j, 5), lambda o, j: o.resume(j, b"yes"), lambda o, j: o.resume(j, "yes", note=["n"]),
+    lambda o, j: o.cancel(j, 5), lambda o, j: o.approve(j, b"ok"), lambda o, j: resume_from_chat(o, j, None),
+])
+def test_a_control_text_that_is_not_a_string_is_invalid_input_from_python(orch: Orchestrator, call) -> None:
+    job_id = js.waiting_human(orch)
+    before = file_bytes(orch)
+    with pytest.raises(InvalidInputError, match="must be text"):
+        call(orch, job_id)
     assert file_bytes(orch) == before
 
 
