@@ -19,6 +19,7 @@ action already applied. Text typed by an operator is sanitized before it is writ
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 
 MAX_RACE_RETRIES = 8
 MAX_TEXT_CHARS = 20_000
+# invisible characters that chat clients and web pages paste into text: trimmed like spaces at its ends
+ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff"
 
 # action -> (event type, the data field compared for "same action", the state it needs)
 ACTIONS: dict[str, tuple[str, str | None]] = {
@@ -90,10 +93,39 @@ def cancel(orch: "Orchestrator", job_id: str, reason: str = "", *, now: float | 
     return _act(orch, job_id, "cancel", {"reason": _clean(reason, "reason")}, now)
 
 
+def trim(text: str) -> str:
+    """``text`` without the spaces and invisible characters (``ZERO_WIDTH``) at its ends."""
+    start, end = 0, len(text)
+    while start < end and (text[start].isspace() or text[start] in ZERO_WIDTH):
+        start += 1
+    while end > start and (text[end - 1].isspace() or text[end - 1] in ZERO_WIDTH):
+        end -= 1
+    return text[start:end]
+
+
+def canonical_text(text: str) -> str:
+    """A control text in the one form it is written and compared in: NFC (an "é" typed as one code point or as "e"
+    and an accent is the same text), lines ending in LF (a message pasted with CRLF), trimmed (``trim``)."""
+    return trim(unicodedata.normalize("NFC", text.replace("\r\n", "\n")))
+
+
+def _same(stored: Any, given: str) -> bool:
+    """Whether a text written by an earlier action (perhaps before texts were written canonically) is ``given``."""
+    return isinstance(stored, str) and canonical_text(stored) == given
+
+
+def _require_text(text: Any, what: str) -> str:
+    """``text`` if it is a string (a Python caller may pass anything), else ``INVALID_INPUT``."""
+    if not isinstance(text, str):
+        raise InvalidInputError(f"the {what} must be text, not {type(text).__name__}")
+    return text
+
+
 def _clean(text: str | None, what: str, *, required: bool = False) -> str:
-    text = sanitize_text((text or "").strip())
+    text = _require_text("" if text is None else text, what)
     if not is_unicode(text):  # checked before anything is written: the event could be signed, and its entry not
         raise InvalidInputError(f"the {what} is not valid Unicode (bytes that are not UTF-8?)")
+    text = sanitize_text(canonical_text(text))
     if required and not text:
         raise InvalidInputError(f"the {what} must not be empty")
     if len(text) > MAX_TEXT_CHARS:
@@ -122,7 +154,8 @@ def _act(orch: "Orchestrator", job_id: str, action: str, data: dict[str, Any], n
         try:
             check_transition(state, event_type)
         except InvalidTransitionError as exc:
-            raise InvalidTransitionError(f"cannot {action} job {job_id}: {exc.message}; nothing was written",
+            why = exc.message + _decided_otherwise(view, action)
+            raise InvalidTransitionError(f"cannot {action} job {job_id}: {why}; nothing was written",
                                          job_id=job_id, **exc.details) from None
         event_data = dict(data)
         if action == "resume":
@@ -161,6 +194,19 @@ def _closing(records: list[dict[str, Any]], opened: int) -> dict[str, Any] | Non
     return next((r for r in records[opened + 1:] if r["type"] in DECISIONS), None)
 
 
+def _decided_otherwise(view: "JobView", action: str) -> str:
+    """For a refusal: the other decision that closed the last question or audit ``action`` answers, if one did
+    (the loser of an approve/revise or resume/cancel race learns what won, by whom)."""
+    if action == "cancel":
+        return ""
+    opened = max((i for i, r in enumerate(view.stream.records) if _opens(action, r)), default=None)
+    closing = _closing(view.stream.records, opened) if opened is not None else None
+    if closing is None or closing["type"] == ACTIONS[action][0]:
+        return ""
+    past = _PAST[next(a for a, (t, _) in ACTIONS.items() if t == closing["type"])]
+    return f"; it was {past} at {closing['ts']} by {one_line(closing['actor'])} (event {closing['seq']})"
+
+
 def _already_applied(view: "JobView", action: str, data: dict[str, Any], again: bool = False) -> ControlResult | None:
     """The earlier event that already did exactly this, or None; raises on a conflicting one."""
     state = view.state.state if view.state else None
@@ -179,11 +225,12 @@ def _already_applied(view: "JobView", action: str, data: dict[str, Any], again: 
     closing = _closing(records, opened)
     if closing is None or closing["type"] != event_type:
         return None  # closed by another action (or not at all): the transition check explains
-    if field is None or closing["data"].get(field) == data[field]:
+    if field is None or _same(closing["data"].get(field), data[field]):
         return _repeat(view, action, closing)
     raise ActionConflictError(
         f"job {view.job_id} was already {_PAST[action]} at {closing['ts']} by {one_line(closing['actor'])} "
-        f"(event {closing['seq']}) with a different {field}: {closing['data'].get(field)!r}; "
+        f"(event {closing['seq']}) with {'other' if field == 'notes' else 'a different'} {field}: "
+        f"{closing['data'].get(field)!r}; "
         f"nothing was written", job_id=view.job_id, event_seq=closing["seq"])
 
 
@@ -198,7 +245,7 @@ def _asked_again(view: "JobView", action: str, data: dict[str, Any]) -> ControlR
     if len(opened) < 2 or records[opened[-2]]["data"] != records[opened[-1]]["data"]:
         return None
     closing = _closing(records, opened[-2])
-    if closing is None or closing["type"] != event_type or closing["data"].get(field) != data[field]:
+    if closing is None or closing["type"] != event_type or not _same(closing["data"].get(field), data[field]):
         return None
     asked = records[opened[-1]]
     thing = "asks the same question" if action == "resume" else "shows the same output for audit"
@@ -218,12 +265,27 @@ def _repeat(view: "JobView", action: str, done: dict[str, Any]) -> ControlResult
 # -- chat messages ------------------------------------------------------------------------------------
 # ``job_id: <id>; <answer>`` as typed or pasted from a chat client: any case and spacing for the
 # key (job_id, job id, job-id, jobid), ``:``/``：``/``=`` after it, ``;``/``；``/``,``/``，``/``:`` or
-# just a space after the id, optional quotes or backticks around the id, leading chat noise ("> ", "@bot").
-# The id must end at a separator (quote, ``;``, ``,``, ``:``, a space, the end): "J<look-alike letter>X" names no job.
-_JOB_KEY = r"job[ \t_-]?id\s*[:：=]\s*[`'\"“‘]?(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*)[`'\"”’]?(?=[\s;；,，:：]|\Z)"
-_CHAT = re.compile(r"^(?:[^A-Za-z0-9]*@[A-Za-z0-9._-]+)*[^A-Za-z0-9]*?" + _JOB_KEY
-                   + r"\s*(?:[;；,，:：]\s*)?(?P<answer>.*)\Z", re.I | re.S)
-_NAMED_AGAIN = re.compile(r"(?<![A-Za-z0-9])" + _JOB_KEY, re.I)
+# just a space after the id, optional quotes or backticks around the id, leading chat noise ("> ", "@bot"),
+# and the invisible characters chat clients paste (``ZERO_WIDTH``) wherever spacing may be.
+# The id must end at a separator (quote, ``;``, ``,``, ``:``, a space, the end): "J<look-alike letter>X" names no
+# job, nor does "J<zero-width space>X". A mention's name ends in a letter or digit and the gap after it holds none,
+# so mentions split one way only: no backtracking through every split (80 characters of ``@.`` took days).
+_GAP = rf"[\s{ZERO_WIDTH}]*"
+_JOB_KEY = (rf"job[ \t\xa0_-]?id{_GAP}[:：=]{_GAP}[`'\"“‘]?(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*)[`'\"”’]?"
+            rf"(?=[{ZERO_WIDTH}]*(?:[\s;；,，:：]|\Z))")
+_CHAT = re.compile(r"^(?:[^A-Za-z0-9]*@[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)*[^A-Za-z0-9]*?" + _JOB_KEY
+                   + rf"{_GAP}(?:[;；,，:：]{_GAP})?(?P<answer>.*)\Z", re.I | re.S)
+# Further on, in ``_skeleton(answer)``: an id ends at the first character that is not an id character (``K)``,
+# ``K。``, ``K<Cyrillic Е>`` name K), and markdown may wrap the key or the id (``**job_id:** K``).
+_NAMED_AGAIN = re.compile(r"(?<![A-Za-z0-9])job[ \t_-]?id[\s*_~]*[:=][\s*_~`'\"“‘(\[<]*"
+                          r"(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*)", re.I)
+
+
+def _skeleton(text: str) -> str:
+    """``text`` as a reader sees it, to find the keys in it (never what is stored): full-width forms and no-break
+    spaces as ASCII (NFKC), invisible format characters dropped, every dash a '-'."""
+    text = unicodedata.normalize("NFKC", text)
+    return "".join("-" if unicodedata.category(c) == "Pd" else c for c in text if unicodedata.category(c) != "Cf")
 
 
 def parse_chat_message(job_id: str, message: str) -> str:
@@ -233,7 +295,7 @@ def parse_chat_message(job_id: str, message: str) -> str:
     that names another job later on (a pasted thread) is refused, like one that names it first; later on, only
     an id shaped like one this orchestrator assigns counts, so an answer may say "job id: unknown".
     """
-    m = _CHAT.match(message.strip())
+    m = _CHAT.match(trim(_require_text(message, "chat message")))
     if m is None:
         raise ChatMessageError(f"the message must look like 'job_id: {job_id}; <answer>'; nothing was written")
     named = m.group("id")
@@ -241,8 +303,8 @@ def parse_chat_message(job_id: str, message: str) -> str:
         raise JobIdMismatchError(f"the message names job {named}, not {job_id}; nothing was written "
                                  "(paste the message into the command of the job it names)",
                                  job_id=job_id, message_job_id=named)
-    answer = m.group("answer").strip()
-    for other in _NAMED_AGAIN.finditer(answer):  # a pasted thread, or "job_id: J; job_id: K; ..."
+    answer = trim(m.group("answer"))
+    for other in _NAMED_AGAIN.finditer(_skeleton(answer)):  # a pasted thread, or "job_id: J; job_id: K; ..."
         # An id may end a sentence ("job id: K."): '.', '-', '_' are id characters, but no assigned id ends in one.
         again = other.group("id").rstrip("._-")
         if again.lower() != job_id.lower() and is_assigned_job_id(again):

@@ -16,8 +16,9 @@ _TEXT = {
     "approve": ("NOTE", False, "Approve a job awaiting audit: awaiting_audit -> succeeded."),
     "revise": ("NOTES", True, "Send a job awaiting audit back with revision NOTES: awaiting_audit -> queued."),
     "resume": ("ANSWER", True, "Answer a job's pending question: waiting_human -> queued, re-run with ANSWER. "
-                               "The job receives ANSWER trimmed and with secrets redacted (password=x is "
-                               "password=[REDACTED]), and a repeat is compared in that form."),
+                               "The job receives ANSWER trimmed (also of zero-width spaces), with LF line ends, "
+                               "in Unicode NFC and with secrets redacted (password=x is password=[REDACTED]), "
+                               "and a repeat is compared in that form."),
     "cancel": ("REASON", False, "Cancel a job in any non-final state -> cancelled (a running worker stops "
                                 "at its next write)."),
 }
@@ -70,7 +71,8 @@ def _make(action: str) -> None:
             result = getattr(control, action)(orch, job_id, text, note=note or "", again=again)
         else:
             if text is not None and note is not None:
-                raise click.UsageError(f"give the {metavar.lower()} as an argument or with {note_names[0]}, not both")
+                raise click.UsageError(f"give the {metavar.lower()} as an argument or with {' or '.join(note_names)}, "
+                                       "not both")
             result = getattr(control, action)(orch, job_id, text if text is not None else (note or ""))
         _emit(out, result)
 
@@ -88,7 +90,8 @@ for _action in ("approve", "revise", "resume", "cancel"):
 def resume_from_chat(orch: Any, out: Output, job_id: str, message: str, note: str | None, again: bool) -> None:
     """Resume JOB_ID with the answer in a pasted chat MESSAGE: "job_id: <JOB_ID>; <answer>".
 
-    Tolerates any case and spacing, full-width "：" and "；", a missing space, a leading "@bot".
+    Tolerates any case and spacing, full-width "：" and "；", a missing space, a leading "@bot",
+    zero-width spaces around the key, the id and the separator.
     Refuses a message that names another job, first or anywhere after (JOB_ID_MISMATCH, exit 3), or
     has no answer (CHAT_MESSAGE_INVALID, exit 3); nothing is written then. Idempotent like
     `control resume`.

@@ -153,6 +153,14 @@ def test_a_refused_action_exits_non_zero_with_a_clear_code(api: Orchestrator, cl
     assert js.event_types(api, job_id) == ["job_submitted"]
 
 
+def test_a_text_given_twice_is_a_usage_error_naming_the_options(api: Orchestrator, cli_env: dict[str, str]) -> None:
+    job_id = api.submit("echo", {})
+    for option in ("--reason", "--note"):
+        proc = run_script("control", "cancel", job_id, "why", option, "because", env=cli_env)
+        assert proc.returncode == 2 and "as an argument or with --note or --reason, not both" in proc.stderr
+    assert js.event_types(api, job_id) == ["job_submitted"]
+
+
 @pytest.mark.parametrize("args", [["resume", "{id}", "yes", "--note", "n\udcff"], ["cancel", "{id}", "why \udcff"],
                                   ["approve", "{id}", "ok \udcff"], ["resume", "{id}", "yes \udcff"]])
 def test_a_control_text_whose_bytes_are_not_utf8_is_refused_before_anything_is_written(

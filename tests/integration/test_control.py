@@ -9,6 +9,7 @@ import pytest
 
 import jobstates as js
 from orchestrator import Orchestrator
+from orchestrator.control import resume_from_chat
 from orchestrator.errors import (ActionConflictError, ContextSignatureInvalid, InvalidInputError,
                                  InvalidTransitionError, JobNotFoundError)
 from orchestrator.signing import line_hash
@@ -111,6 +112,51 @@ def test_a_revise_retried_after_the_job_shows_the_same_output_again_is_already_a
     assert orch.load(job_id).state.revisions == ("shorter please", "shorter please")
 
 
+@pytest.mark.parametrize("first, retry", [
+    ("caf\u00e9 au lait", "cafe\u0301 au lait"),  # NFC and NFD: the same text
+    ("line one\r\nline two", "line one\nline two"),  # pasted with CRLF, then typed
+    ("yes", "\u200byes\u200b\ufeff"),  # invisible characters pasted at the ends
+])
+def test_a_retry_that_differs_only_in_unicode_form_line_endings_or_invisible_ends_is_already_applied(
+        orch: Orchestrator, first: str, retry: str) -> None:
+    job_id = js.waiting_human(orch)
+    applied = orch.resume(job_id, first)
+    before = file_bytes(orch)
+    again = orch.resume(job_id, retry)
+    assert again.already_applied and again.event_seq == applied.event_seq and file_bytes(orch) == before
+    assert orch.load(job_id).state.answers == (orch.load(job_id).events[-1].data["answer"],)
+
+
+def test_answers_are_written_in_one_form_and_differ_in_case_spacing_or_width(orch: Orchestrator) -> None:
+    """What the job receives is NFC with LF line ends; anything else that differs is another answer."""
+    job_id = js.waiting_human(orch)
+    orch.resume(job_id, " cafe\u0301\r\nok\u200b ")
+    assert orch.load(job_id).state.answers == ("caf\u00e9\nok",)
+    for other in ("CAF\u00c9\nok", "caf\u00e9\n ok", "ｃａｆé\nok"):
+        with pytest.raises(ActionConflictError):
+            orch.resume(job_id, other)
+
+
+def test_an_answer_of_invisible_characters_only_is_refused_as_empty(orch: Orchestrator) -> None:
+    job_id = js.waiting_human(orch)
+    before = file_bytes(orch)
+    with pytest.raises(InvalidInputError, match="must not be empty"):
+        orch.resume(job_id, "\u200b \ufeff\u2060")
+    assert file_bytes(orch) == before
+
+
+@pytest.mark.parametrize("call", [
+    lambda o, j: o.resume(j, 5), lambda o, j: o.resume(j, b"yes"), lambda o, j: o.resume(j, "yes", note=["n"]),
+    lambda o, j: o.cancel(j, 5), lambda o, j: o.approve(j, b"ok"), lambda o, j: resume_from_chat(o, j, None),
+])
+def test_a_control_text_that_is_not_a_string_is_invalid_input_from_python(orch: Orchestrator, call) -> None:
+    job_id = js.waiting_human(orch)
+    before = file_bytes(orch)
+    with pytest.raises(InvalidInputError, match="must be text"):
+        call(orch, job_id)
+    assert file_bytes(orch) == before
+
+
 def test_revise_twice_with_the_same_notes_writes_one_event_and_other_notes_conflict(orch: Orchestrator) -> None:
     job_id = js.awaiting_audit(orch)
     assert orch.revise(job_id, "shorter please").applied
@@ -161,6 +207,25 @@ def test_approve_after_a_revise_is_refused_not_taken_as_already_applied(orch: Or
     with pytest.raises(InvalidTransitionError) as exc:
         orch.approve(job_id)
     assert not isinstance(exc.value, ActionConflictError)
+
+
+@pytest.mark.parametrize("make, first, then", [
+    (js.awaiting_audit, ("revise", "fix the title"), ("approve",)),  # the loser of an approve/revise race
+    (js.awaiting_audit, ("approve",), ("revise", "fix the title")),
+    (js.waiting_human, ("cancel",), ("resume", "yes")),  # the loser of a resume/cancel race
+    (js.awaiting_audit, ("cancel",), ("approve",)),
+])
+def test_an_action_refused_because_another_decision_came_first_names_that_decision(orch: Orchestrator, make, first,
+                                                                                    then) -> None:
+    job_id = make(orch)
+    getattr(orch, first[0])(job_id, *first[1:])
+    decided = orch.load(job_id).stream.records[-1]
+    before = file_bytes(orch)
+    with pytest.raises(InvalidTransitionError) as exc:
+        getattr(orch, then[0])(job_id, *then[1:])
+    past = {"approve": "approved", "revise": "revised", "cancel": "cancelled"}[first[0]]
+    assert f"it was {past} at {decided['ts']} by {orch.actor} (event {decided['seq']})" in exc.value.message
+    assert exc.value.exit_code == 5 and file_bytes(orch) == before
 
 
 def test_cancel_of_a_final_job_is_refused(orch: Orchestrator) -> None:

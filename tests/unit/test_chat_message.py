@@ -1,6 +1,10 @@
 """Parsing ``job_id: <job_id>; <answer>`` as chat clients paste it."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from orchestrator.control import parse_chat_message
@@ -8,6 +12,7 @@ from orchestrator.errors import ChatMessageError, JobIdMismatchError
 
 JOB = "01M80JP953YRTQZF0XECN1BNQB"
 OTHER = "01M80JQ0000000000000000000"
+REPO = Path(__file__).resolve().parents[2]
 KEYED = "key-" + "0123456789abcdef" * 2
 
 
@@ -29,6 +34,10 @@ KEYED = "key-" + "0123456789abcdef" * 2
     (f"job_id: {JOB}; set job id = unknown, then retry", "set job id = unknown, then retry"),
     (f"job_id: {JOB}; use jobid: 42", "use jobid: 42"),
     (f"job_id: {JOB}; job id: {OTHER}X is no id", f"job id: {OTHER}X is no id"),
+    # invisible characters chat clients paste around the key, the id and the separator
+    (f"job_id: {JOB}\u200b; yes", "yes"),
+    (f"\ufeffjob_id:\u2060{JOB}\u200b ;\u200b yes\u200b", "yes"),
+    (f"job\xa0id:\xa0{JOB}; yes", "yes"),  # no-break spaces
 ])
 def test_tolerant_forms_give_the_answer(message: str, answer: str) -> None:
     assert parse_chat_message(JOB, message) == answer
@@ -44,6 +53,18 @@ def test_tolerant_forms_give_the_answer(message: str, answer: str) -> None:
     f"job_id: {JOB}; yes. The earlier thread was job id: {OTHER}. No",  # the other id ends a sentence
     f"job_id: {JOB}; ok job id: {KEYED}-",
     f"job_id: {JOB}; ok\njob id: {OTHER}...",
+    # further on, the other id ends wherever an id character does not follow, and the key is found in its variants
+    f"job_id: {JOB}; yes (see job_id: {OTHER})",
+    f"job_id: {JOB}; yes\njob_id: {OTHER}! no",
+    f"job_id: {JOB}; 好\njob_id：{OTHER}。不",
+    f"job_id: {JOB}; yes\njob_id: {OTHER}\u200b; no",
+    f"job_id: {JOB}; yes\njob_id: {OTHER}\u0415 no",
+    f"job_id: {JOB}; yes **job_id: {OTHER}** no",
+    f"job_id: {JOB}; yes *job_id:* {OTHER} no",
+    f"job_id: {JOB}; yes\njob\xa0id: {OTHER}; no",
+    f"job_id: {JOB}; yes\njob\u2010id: {OTHER}; no",
+    f"job_id: {JOB}; yes\nｊｏｂ＿ｉｄ：{OTHER}；no",
+    f"job_id: {JOB}; yes\njob\u200b_id: {OTHER}; no",
 ])
 def test_a_message_naming_another_job_is_refused(message: str) -> None:
     with pytest.raises(JobIdMismatchError) as exc:
@@ -54,6 +75,8 @@ def test_a_message_naming_another_job_is_refused(message: str) -> None:
 @pytest.mark.parametrize("message", [
     "yes", "", f"job: {JOB}; yes", f"job_id: {JOB};   ", f"job_id {JOB} yes",
     f"job_id: {JOB}\u2010X; yes", f"job_id: {JOB}\u0415; yes",  # the id goes on in a look-alike letter: no id
+    f"job_id: {JOB}\u200bX; yes",  # ... or after an invisible character
+    f"job_id: {JOB}; \u200b\ufeff ",  # an answer of invisible characters is no answer
 ])
 def test_a_message_without_id_or_answer_is_refused(message: str) -> None:
     with pytest.raises(ChatMessageError) as exc:
@@ -71,3 +94,14 @@ def test_the_ids_the_orchestrator_assigns_are_the_ones_a_message_cannot_name_lat
         with pytest.raises(JobIdMismatchError):
             parse_chat_message(JOB, f"job_id: {JOB}; ok\njob_id: {assigned_id}; no")
     assert not any(is_assigned_job_id(w) for w in ["in", "unknown", "42", JOB + "X", "key-123", OTHER[:-1]])
+
+
+def test_a_message_of_many_mentions_is_parsed_in_linear_time() -> None:
+    """The leading mentions are read without backtracking through every way to split them: 80 characters of
+    ``@.`` took days before (each pair four times longer), a hung command, not a refusal."""
+    code = ("from orchestrator.control import parse_chat_message as p\n"
+            "for m in ('@.' * 5000 + 'x', '@a. ' * 5000, '@a-.@b_' * 3000 + ' job_id'):\n"
+            "    try: p('J', m)\n"
+            "    except Exception as exc: assert exc.code == 'CHAT_MESSAGE_INVALID', exc\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=30, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
