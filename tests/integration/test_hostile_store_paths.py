@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -175,7 +176,7 @@ def test_a_metrics_cache_that_cannot_be_written_is_a_warning_and_what_is_in_its_
     state = orch.settings.state_dir
     job = orch.submit("rel.echo", {"x": 1})
     in_the_way = state / "projections" if planted == "projections_is_a_file" else \
-        state / "projections" / f".jobs-v2.{os.getpid()}.tmp" / "note"
+        state / "projections" / f".jobs-v2.{os.getpid()}.{threading.get_native_id()}.tmp" / "note"  # this thread's
     in_the_way.parent.mkdir(parents=True, exist_ok=True)
     in_the_way.write_text("an operator's file")
     reopened = Orchestrator(base_path=orch.settings.base_path, project_id=orch.project_id, keyring=orch.keyring)
