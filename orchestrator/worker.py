@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 
 IDLE_MAX_WAIT = 30.0  # an idle worker still wakes this often to look for stale leases
 HEARTBEAT_RETRY_SECONDS = 1.0  # a heartbeat the store missed is tried again this soon (at most a beat later)
+# a stop asked from another thread (``Worker.stop``) is seen this soon, idle or running a job: a signal interrupts a
+# wait of the main thread, a call from another thread cannot (the waits are an inotify select, a PostgreSQL LISTEN)
+STOP_CHECK_SECONDS = 0.25
 
 
 class WorkerStop(BaseException):
@@ -324,6 +327,8 @@ class Worker:
             if self._stop_at is not None and stop_deadline is None:
                 stop_deadline = time.monotonic() + self.settings.stop_grace_seconds
             limits = [next_beat] + [t for t in (deadline, stop_deadline) if t is not None]
+            if stop_deadline is None:  # a stop asked from another thread starts the grace period at once
+                limits.append(time.monotonic() + STOP_CHECK_SECONDS)
             if held.failing_since is not None:  # wake up in time to stop the run
                 limits.append(time.monotonic() + held.stop_at - self.orch.clock())
             try:
@@ -450,7 +455,8 @@ class Worker:
 
     # -- the loop -----------------------------------------------------------------------------------
     def stop(self) -> None:
-        """Ask the loop to stop: no new claims; a running job gets the grace period."""
+        """Ask the loop to stop: no new claims; a running job gets the grace period. Safe from any thread (the loop
+        sees it within ``STOP_CHECK_SECONDS``) and from a signal handler."""
         if self._stop_at is None:
             self._stop_at = time.monotonic()
 
@@ -506,11 +512,15 @@ class Worker:
         return done
 
     def _idle(self, timeout: float) -> None:
-        if self.stopping:
-            return
+        """Wait up to ``timeout`` for new work, in steps of ``STOP_CHECK_SECONDS``: a ``stop()`` from another thread
+        ends the wait that soon (a signal at once)."""
+        end = time.monotonic() + timeout
         try:
             self._in_wait = True
-            self.queue.wait(timeout)
+            while not self.stopping:
+                left = max(0.0, end - time.monotonic())
+                if self.queue.wait(min(left, STOP_CHECK_SECONDS)) or left <= STOP_CHECK_SECONDS:
+                    return
         except WorkerStop:
             pass
         finally:
