@@ -91,6 +91,8 @@ def cancel(orch: "Orchestrator", job_id: str, reason: str = "", *, now: float | 
 
 
 def _clean(text: str | None, what: str, *, required: bool = False) -> str:
+    if text is not None and not isinstance(text, str):  # bytes were written as their repr, "b'yes'"
+        raise InvalidInputError(f"the {what} must be text (str), not {type(text).__name__}; nothing was written")
     text = sanitize_text((text or "").strip())
     if not is_unicode(text):  # checked before anything is written: the event could be signed, and its entry not
         raise InvalidInputError(f"the {what} is not valid Unicode (bytes that are not UTF-8?)")
@@ -230,6 +232,8 @@ def parse_chat_message(job_id: str, message: str) -> str:
     that names another job later on (a pasted thread) is refused, like one that names it first; later on, only
     an id shaped like one this orchestrator assigns counts, so an answer may say "job id: unknown".
     """
+    if not isinstance(message, str):
+        raise ChatMessageError(f"the message must be text (str), not {type(message).__name__}; nothing was written")
     m = _CHAT.match(message.strip())
     if m is None:
         raise ChatMessageError(f"the message must look like 'job_id: {job_id}; <answer>'; nothing was written")

@@ -88,14 +88,20 @@ class WorkerSettings:
     kinds: tuple[str, ...] = ()  # ORCH_WORKER_KINDS: the only kinds this worker runs; empty: every kind it can
 
     def __post_init__(self) -> None:
-        if isinstance(self.kinds, str) or not all(map(is_kind, self.kinds)):
+        for name in ("kinds", "imports"):  # a single string would be read letter by letter
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, frozenset, set)):
+                raise InvalidInputError(f"{name} must be a list of names, not {shown(value)}")
+        object.__setattr__(self, "imports", tuple(self.imports))
+        if not all(map(is_kind, self.kinds)):
             raise InvalidInputError(f"kinds must be job kinds of 1 to {MAX_KIND_LENGTH} characters, not {shown(self.kinds)}")
         object.__setattr__(self, "kinds", tuple(dict.fromkeys(self.kinds)))  # a tuple, each kind once, as given
         if self.handler_process not in HANDLER_PROCESS_MODES:
             raise InvalidInputError(f"handler_process must be one of {', '.join(HANDLER_PROCESS_MODES)}, "
                                     f"not {self.handler_process!r}")
-        if self.handler_max_runs < 1:
-            raise InvalidInputError("handler_max_runs must be at least 1")
+        if not _is_int(self.handler_max_runs) or self.handler_max_runs < 1:
+            raise InvalidInputError("handler_max_runs must be a whole number of at least 1, "
+                                    f"not {shown(self.handler_max_runs)}")
         # a lease's heartbeats are trusted up to MAX_LEASE_SECONDS (leases.lease_expiry); the other durations
         # up to a year: NaN fails both comparisons, inf or a huge value would overflow the ISO timestamps
         for name, least, most in (("lease_seconds", MIN_LEASE_SECONDS, MAX_LEASE_SECONDS),
@@ -104,9 +110,13 @@ class WorkerSettings:
                                   ("retry_max_seconds", 0.0, MAX_DURATION_SECONDS),
                                   ("store_wait_seconds", 0.0, MAX_DURATION_SECONDS)):
             value = getattr(self, name)
-            if not least <= value <= most:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not least <= value <= most:
                 raise InvalidInputError(f"{name} must be a number of seconds from {least:g} to {most:.0f}, "
                                         f"not {value!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def default_worker_id() -> str:
@@ -138,6 +148,9 @@ class Worker:
         self._reached = False  # run_once reached the store once: losing it from then on is waited out (a while)
         check_folders(orch.settings.state_dir, WORKER_FOLDERS)  # a link: PATH_ESCAPE before any job is claimed
         import_modules(self.settings.imports)
+
+    def __repr__(self) -> str:
+        return f"Worker(worker_id={self.worker_id!r}, project_id={self.orch.project_id!r}, stopping={self.stopping!r})"
 
     # -- stale recovery -----------------------------------------------------------------------
     def recover_stale(self, now: float | None = None) -> list[str]:
@@ -476,7 +489,10 @@ class Worker:
 
     def run(self, max_jobs: int | None = None, idle_exit: bool = False,
             on_result: Callable[[RunResult], None] | None = None) -> int:
-        """Loop until stopped (or ``max_jobs`` runs, or idle with ``idle_exit``); returns the runs done."""
+        """Loop until stopped (or ``max_jobs`` runs, or idle with ``idle_exit``); returns the runs done.
+        ``on_result`` is called with each run's ``RunResult``."""
+        if max_jobs is not None and (not _is_int(max_jobs) or max_jobs < 1):
+            raise InvalidInputError(f"max_jobs must be None or a whole number of at least 1, not {shown(max_jobs)}")
         done = 0
         precise_sleeps()
         self.orch.store.has_jobs()  # a store that cannot be reached now is a setting to fix: exit (one call)

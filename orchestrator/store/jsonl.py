@@ -126,6 +126,9 @@ class JsonlStore(EventStore):
             make_folder(self.audit_path.parent, self._root_s, durable=True)
             self._dirs_ready = True
 
+    def __repr__(self) -> str:
+        return f"JsonlStore({str(self.root)!r})"
+
     def _open_for_append(self, path: str) -> tuple[int, bool]:
         """The events file and whether this call created it; never through a symbolic link (``PATH_ESCAPE``,
         dangling or not), and a directory in its place is taken when empty (``vacate``), else ``STORAGE_ERROR``."""
