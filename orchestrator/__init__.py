@@ -4,19 +4,35 @@
     orch = Orchestrator(base_path=".", project_id="default")
     job_id = orch.submit(kind="command", input={"argv": ["echo", "hi"]})
     orch.status(job_id).state
+
+The README's "Python API" section lists every method, what it returns and what it raises; the
+errors are in ``orchestrator.errors``, all ``OrchestratorError`` with a ``code`` and an ``exit_code``.
 """
 from __future__ import annotations
+
+from typing import Any
 
 from orchestrator.api import JobStatus, Orchestrator, Submission
 from orchestrator.errors import OrchestratorError
 from orchestrator.security import sanitize_text
 
-__all__ = ["JobStatus", "Orchestrator", "OrchestratorError", "Submission", "handler", "sanitize_text"]
+__all__ = ["ControlResult", "JobContext", "JobStatus", "Orchestrator", "OrchestratorError", "RunResult", "Submission",
+           "TerminalPayload", "Worker", "WorkerSettings", "handler", "sanitize_text"]
+
+# name -> module: imported on first use, so read-only commands do not import the handler machinery
+_LAZY = {"handler": "orchestrator.handlers", "JobContext": "orchestrator.handlers",
+         "Worker": "orchestrator.worker", "WorkerSettings": "orchestrator.worker",
+         "RunResult": "orchestrator.outcome", "ControlResult": "orchestrator.control",
+         "TerminalPayload": "orchestrator.payload_model"}
 
 
-def __getattr__(name: str):  # lazy: read-only commands do not import the handler machinery
-    if name == "handler":
-        from orchestrator.handlers import handler
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
 
-        return handler
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -13,7 +13,7 @@ import logging
 import os
 import secrets
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -25,14 +25,18 @@ from orchestrator.errors import (ConcurrencyError, ConfigError, ContextSignature
                                  InvalidInputError, JobNotFoundError, OrchestratorError, PathEscapeError)
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream,
                                   check_head_record, check_head, head_record, seal, verify_stream)
-from orchestrator.limits import MAX_INPUT_BYTES, MAX_JSON_DEPTH, MAX_KIND_LENGTH, is_kind, json_depth
-from orchestrator.security import shown, validate_id
-from orchestrator.signing import UNKNOWN_KEY, Keyring, canonical, is_key_id, load_keyring
+from orchestrator.limits import MAX_INPUT_BYTES, MAX_JSON_DEPTH, MAX_KIND_LENGTH, is_kind, is_unicode, json_depth
+from orchestrator.security import sanitize_text, shown, validate_id
+from orchestrator.signing import Keyring, canonical, load_keyring
 from orchestrator.leases import lease_expiry
-from orchestrator.state import RUNNING, Event, JobState, apply
+from orchestrator.state import RUNNING, STATES, Event, JobState, apply
 from orchestrator.store.base import HEADS_AREA, EventStore, Head, StoredLine
+from orchestrator.views import JobStatus, JobView, Submission
 
 if TYPE_CHECKING:
+    from orchestrator.control import ControlResult
+    from orchestrator.integrity import VerifyReport
+    from orchestrator.metrics import Metrics, Thresholds
     from orchestrator.queue import QueueIndex
     from orchestrator.worker import Worker
 
@@ -57,99 +61,16 @@ def context_digest(kind: str, input: Any, options: dict[str, Any]) -> str:
     return hashlib.sha256(canonical({"kind": kind, "input": input, "options": options})).hexdigest()
 
 
-@dataclass(frozen=True)
-class JobView:
-    """A job as read: its verified stream and the state replayed from the verified prefix."""
-
-    job_id: str
-    stream: VerifiedStream
-    state: JobState | None
-    problems: tuple[Problem, ...]
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    @property
-    def head(self) -> Head:
-        return self.stream.head
-
-    @property
-    def events(self) -> list[Event]:
-        return [Event.from_record(r) for r in self.stream.records]
-
-    def missing_keys(self) -> frozenset[str]:
-        """The ids of the keys that signed lines (or the head record) the keyring could not check, when those are the
-        job's only problems: nothing this reader can see is wrong with the job, and a reader that holds the keys can
-        check it (a worker leaves it for one, ``orchestrator/untrusted.py``). Empty otherwise: no problem at all, or
-        any other (a bad signature, a broken chain, a cut history, a revoked key, a "key id" no key can have)."""
-        if not self.problems or any(p.code != UNKNOWN_KEY or not is_key_id(p.kid) for p in self.problems):
-            return frozenset()
-        return frozenset(p.kid for p in self.problems if p.kid is not None)
-
-    def integrity_error(self) -> dict[str, Any] | None:
-        if self.ok:
-            return None
-        first = self.problems[0]
-        return {"code": ContextSignatureInvalid.code,
-                "message": f"history failed verification at line {first.line}: {first.code} ({first.message}); "
-                           "the job will not be run",
-                "problems": [p.to_dict() for p in self.problems]}
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    """What ``status`` shows: the derived state plus anything an operator needs to act."""
-
-    job_id: str
-    state: str | None
-    kind: str | None
-    attempt: int
-    run_id: str | None
-    worker_id: str | None
-    lease_expires_at: str | None
-    retry_at: str | None
-    question: str | None
-    last_error: dict[str, Any] | None
-    integrity_error: dict[str, Any] | None
-    result: dict[str, Any] | None
-    priority: int
-    submitted_at: str | None
-    updated_at: str | None
-    events: int
-
-    @classmethod
-    def from_view(cls, view: JobView) -> "JobStatus":
-        s = view.state
-        iso = lambda t: clock.to_iso(t) if t else None  # noqa: E731
-        return cls(job_id=view.job_id, state=s.state if s else None, kind=s.kind if s else None,
-                   attempt=s.attempt if s else 0, run_id=s.run_id if s else None,
-                   worker_id=s.worker_id if s else None,
-                   lease_expires_at=iso(s.lease_expires_at) if s else None,
-                   retry_at=iso(s.retry_at) if s else None, question=s.question if s else None,
-                   last_error=dict(s.last_error) if s and s.last_error else None,
-                   integrity_error=view.integrity_error(), result=dict(s.result) if s and s.result else None,
-                   priority=s.priority if s else 0, submitted_at=iso(s.submitted_at) if s else None,
-                   updated_at=iso(s.updated_at) if s else None, events=view.head.seq)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass(frozen=True)
-class Submission:
-    job_id: str
-    created: bool  # False when an idempotency key named an existing job
-
-
 class Orchestrator:
-    """One project: submit jobs, read their state, verify their history.
+    """One project: submit jobs, read their state, act on them, verify their history.
 
     ``store`` and ``keyring`` default to the file backend under
     ``BASE_PATH/<PROJECT_ID>/.orchestrator`` and the keyring of ``signing.load_keyring``.
     ``clock`` is injectable so that tests decide what "now" is; by default it is the store's
     ``shared_clock`` (PostgreSQL: the server's, so machines whose clocks differ agree on leases and
-    due times), else this machine's (``clock.now``).
+    due times), else this machine's (``clock.now``). ``actor`` names who acts in events and audit
+    entries (default ``user@host``). One instance may be shared by the threads of a process, its
+    workers' loops included; every expected error is an ``OrchestratorError`` with a ``code``.
     """
 
     def __init__(self, base_path: str | os.PathLike[str] | None = None, project_id: str | None = None, *,
@@ -169,8 +90,11 @@ class Orchestrator:
             store = JsonlStore(self.settings.state_dir)
         self.store = store
         self.clock: Callable[[], float] = clock if clock is not None else store.shared_clock or local_now
-        self.actor = actor or default_actor()
+        self.actor = _actor(actor) if actor is not None else default_actor()
         self._queue: QueueIndex | None = None
+
+    def __repr__(self) -> str:
+        return f"Orchestrator(project_id={self.project_id!r}, store={self.store!r}, actor={self.actor!r})"
 
     @property
     def project_id(self) -> str:
@@ -330,7 +254,7 @@ class Orchestrator:
         the cache was written has a new fingerprint and is read again. A row edited by hand (the cache is not
         signed) can leave a job out, as it can skew a figure of ``metrics``; ``--rebuild`` of ``metrics``, or
         deleting the cache, makes it anew."""
-        wanted, of_kinds = set(states or ()), set(kinds or ())
+        wanted, of_kinds = _names(states, "states", STATES), _names(kinds, "kinds")
         if wanted or of_kinds:
             out = self._jobs_matching(wanted, of_kinds)
         else:  # every job, and those whose events were all removed
@@ -485,7 +409,8 @@ class Orchestrator:
             raise ContextSignatureInvalid(f"idempotency key {key!r} names job {job_id}, whose {err.get('message', '')}; "
                                           "nothing was written", job_id=job_id, problems=err.get("problems", []))
         first = existing.stream.records[0]["data"]
-        if (first.get("kind"), first.get("input"), first.get("options")) != request:
+        kind, input, options = request  # the input as its JSON form: a tuple given is the list stored
+        if (first.get("kind"), canonical(first.get("input")), first.get("options")) != (kind, canonical(input), options):
             raise InvalidInputError(f"idempotency key {key!r} already names job {job_id} with a different "
                                     "kind, input or options", job_id=job_id) from None
         return Submission(job_id, created=False)
@@ -519,27 +444,108 @@ class Orchestrator:
 
     # -- control ----------------------------------------------------------------------------
     # Operator actions (orchestrator/control.py): each checks the transition, is idempotent,
-    # and writes one job event plus its audit entry. They return a ``control.ControlResult``.
-    def approve(self, job_id: str, note: str = "", *, now: float | None = None) -> Any:
+    # and writes one job event plus its audit entry. They return a ``control.ControlResult``:
+    # ``applied`` False (``already_applied``) when the same action was done before and nothing was written.
+    def approve(self, job_id: str, note: str = "", *, now: float | None = None) -> "ControlResult":
         """awaiting_audit -> succeeded."""
         from orchestrator import control
 
         return control.approve(self, job_id, note, now=now)
 
-    def revise(self, job_id: str, notes: str, *, note: str = "", now: float | None = None, again: bool = False) -> Any:
+    def revise(self, job_id: str, notes: str, *, note: str = "", now: float | None = None, again: bool = False) -> "ControlResult":
         """awaiting_audit -> queued, re-run with ``notes`` in the context's revisions (``again``: see ``control``)."""
         from orchestrator import control
 
         return control.revise(self, job_id, notes, note=note, now=now, again=again)
 
-    def resume(self, job_id: str, answer: str, *, note: str = "", now: float | None = None, again: bool = False) -> Any:
+    def resume(self, job_id: str, answer: str, *, note: str = "", now: float | None = None, again: bool = False) -> "ControlResult":
         """waiting_human -> queued, re-run with ``answer`` in the context's answers (``again``: see ``control``)."""
         from orchestrator import control
 
         return control.resume(self, job_id, answer, note=note, now=now, again=again)
 
-    def cancel(self, job_id: str, reason: str = "", *, now: float | None = None) -> Any:
+    def cancel(self, job_id: str, reason: str = "", *, now: float | None = None) -> "ControlResult":
         """Any non-final state -> cancelled (a running worker notices on its next append)."""
         from orchestrator import control
 
         return control.cancel(self, job_id, reason, now=now)
+
+    def resume_from_chat(self, job_id: str, message: str, *, note: str = "", now: float | None = None,
+                         again: bool = False) -> "ControlResult":
+        """``resume`` with the answer of a chat message that names this job and no other (``job_id: <job_id>;
+        <answer>``); else ``CHAT_MESSAGE_INVALID`` or ``JOB_ID_MISMATCH``, and nothing is written."""
+        from orchestrator import control
+
+        return control.resume_from_chat(self, job_id, message, note=note, now=now, again=again)
+
+    # -- observing (the commands audit-timeline, verify and metrics) -----------------------------
+    def timeline(self, job_id: str | None = None, *, run_id: str | None = None, since: str | None = None,
+                 action: str | None = None) -> dict[str, Any]:
+        """A job's events and audit entries merged, each line with its verification status: what
+        ``audit-timeline --json`` prints (``"ok"``: no line or history failed verification)."""
+        from orchestrator.timeline import timeline
+
+        return timeline(self, job_id=job_id, run_id=run_id, since=since, action=action)
+
+    def verify(self, job_id: str | None = None, *, against: str | os.PathLike[str] | None = None,
+               processes: int | None = None) -> "VerifyReport":
+        """Check every signature and chain of every job (or one) and of the audit log; ``against``: a head
+        anchor (``verify --export-head``) to prove nothing was rolled back since. ``report.ok``, ``problems``."""
+        from orchestrator.integrity import check_anchor, verify_project
+
+        report = verify_project(self, job_id, processes=_processes(processes))
+        if against is not None:
+            report.problems.extend(p for p in check_anchor(self, Path(against)) if p not in report.problems)
+        return report
+
+    def metrics(self, *, rebuild: bool = False, processes: int | None = None,
+                thresholds: "Thresholds | None" = None) -> "Metrics":
+        """``stalled_count``, ``resume_success_rate``, ``mean_converge_time``, jobs per state and ``alerts``
+        (docs/metrics.md); ``thresholds`` default to the ``ORCH_ALERT_*`` settings. A cache that could not be
+        written is logged as a warning, as the command prints it."""
+        from orchestrator import metrics as m
+        from orchestrator.projection import refresh
+
+        result = refresh(self, rebuild=rebuild, workers=_processes(processes))
+        for warning in result.warnings:
+            log.warning("%s: %s", warning["code"], warning["message"], extra={"code": warning["code"]})
+        return m.compute(self.project_id, result.columns, self.clock(),
+                         thresholds if thresholds is not None else m.Thresholds.from_env(),
+                         renewed_lease=self.lease_expiry)
+
+
+MAX_ACTOR_CHARS = 200
+
+
+def _actor(actor: object) -> str:
+    """Who acts, as given to ``Orchestrator(actor=...)``: text, stored sanitized in every event and entry."""
+    if not isinstance(actor, str) or not actor.strip() or not is_unicode(actor) or len(actor) > MAX_ACTOR_CHARS:
+        raise InvalidInputError(f"actor must be a name of 1 to {MAX_ACTOR_CHARS} characters of valid Unicode, "
+                                f"not {shown(actor)}")
+    return sanitize_text(actor.strip())
+
+
+def _names(values: Iterable[str] | None, what: str, known: Sequence[str] | None = None) -> set[str]:
+    """``jobs``' ``states`` or ``kinds`` as a set: a collection of names (a single string is refused, not read
+    letter by letter), and for states only the seven there are, so a typo is an error, not an empty listing."""
+    if values is None:
+        return set()
+    try:
+        names = None if isinstance(values, (str, bytes)) else list(values)
+    except TypeError:  # not iterable
+        names = None
+    if names is None or not all(isinstance(v, str) for v in names):
+        raise InvalidInputError(f"{what} must be a list of names, not {shown(values)}")
+    values = names
+    unknown = sorted(set(values) - set(known)) if known is not None else []
+    if unknown:
+        raise InvalidInputError(f"unknown {what}: {', '.join(map(shown, unknown))}; one of: {', '.join(known or ())}")
+    return set(values)
+
+
+def _processes(processes: int | None) -> int | None:
+    """The ``processes`` of ``verify`` and ``metrics``: None (the CPUs this process may use) or 1 to 256."""
+    if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int)
+                                  or not 1 <= processes <= 256):
+        raise InvalidInputError(f"processes must be a whole number from 1 to 256, not {shown(processes)}")
+    return processes

@@ -50,11 +50,25 @@ class Settings:
     strict_reads: bool = False  # ORCH_STRICT_READS: every read checks every signature (docs/format.md)
     pg_deadline_seconds: float = DEFAULT_PG_DEADLINE_SECONDS  # ORCH_PG_DEADLINE_SECONDS; 0: no deadline
 
+    def __repr__(self) -> str:  # the store URL's password never shows (a log line, a traceback's locals)
+        from orchestrator.store.postgres import redacted
+
+        url = None if self.store_url is None else redacted(self.store_url, self.store_url)
+        return (f"Settings(base_path={str(self.base_path)!r}, project_id={self.project_id!r}, store_url={url!r}, "
+                f"strict_reads={self.strict_reads!r}, pg_deadline_seconds={self.pg_deadline_seconds!r})")
+
     @classmethod
     def load(cls, base_path: str | os.PathLike[str] | None = None, project_id: str | None = None,
              env: Mapping[str, str] | None = None, store_url: str | None = None) -> "Settings":
         env = os.environ if env is None else env
-        base = Path(base_path or env.get("BASE_PATH") or DEFAULT_BASE_PATH).expanduser()
+        if base_path is not None and not isinstance(base_path, (str, os.PathLike)):
+            raise ConfigError(f"base_path must be a folder's path (str or os.PathLike), not {type(base_path).__name__}")
+        if store_url is not None and not isinstance(store_url, str):
+            raise ConfigError(f"store_url must be 'file' or a postgresql:// URL (str), not {type(store_url).__name__}")
+        try:
+            base = Path(base_path or env.get("BASE_PATH") or DEFAULT_BASE_PATH).expanduser()
+        except TypeError:  # an os.PathLike whose path is bytes
+            raise ConfigError("base_path must be a folder's path as text, not bytes") from None
         project = project_id or env.get("PROJECT_ID") or DEFAULT_PROJECT_ID
         validate_id(project, "project id")
         try:

@@ -117,7 +117,7 @@ def _same(stored: Any, given: str) -> bool:
 def _require_text(text: Any, what: str) -> str:
     """``text`` if it is a string (a Python caller may pass anything), else ``INVALID_INPUT``."""
     if not isinstance(text, str):
-        raise InvalidInputError(f"the {what} must be text, not {type(text).__name__}")
+        raise InvalidInputError(f"the {what} must be text (str), not {type(text).__name__}; nothing was written")
     return text
 
 

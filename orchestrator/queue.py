@@ -204,12 +204,13 @@ class QueueIndex(ABC):
     def mark_built(self) -> None: ...
 
     def wait(self, timeout: float) -> bool:
-        """Block until new work may have been announced, or ``timeout`` seconds; no busy polling."""
+        """Block until new work may have been announced, or ``timeout`` seconds; no busy polling. Each thread
+        waits on its own (workers of one Orchestrator in several threads)."""
         threading.Event().wait(timeout)
         return False
 
     def close(self) -> None:
-        """Release watches; the index is still usable for claims afterwards."""
+        """Release this thread's watch; the index is still usable for claims afterwards."""
 
     # -- rebuild ----------------------------------------------------------------------------------
     def ensure_built(self, orch: "Orchestrator") -> None:
@@ -326,7 +327,9 @@ class FileQueueIndex(QueueIndex):
         self.ready_dir = self.root / "ready"
         self.running_dir = self.root / "running"
         self._wakeup = wakeup_mode(wakeup)
-        self._watcher: "Watcher | None" = None
+        # each thread's own watcher: workers of one Orchestrator (threads) share this index, and one that stops
+        # closes its watcher, never the one another is waiting on (a select on a closed, or reused, descriptor)
+        self._waits = threading.local()
         self._listing: list[str] = []  # the ready/ listing claims walk (see ``candidates``)
         self._listed_at = float("-inf")
         self._next = 0
@@ -473,6 +476,14 @@ class FileQueueIndex(QueueIndex):
 
     def mark_built(self) -> None:
         self._touch(self._built_s)
+
+    @property
+    def _watcher(self) -> "Watcher | None":
+        return getattr(self._waits, "watcher", None)
+
+    @_watcher.setter
+    def _watcher(self, watcher: "Watcher | None") -> None:
+        self._waits.watcher = watcher
 
     def wait(self, timeout: float) -> bool:
         # ready/ removed or moved away (the index is a cache: deletable at any time): the next entry goes into a new

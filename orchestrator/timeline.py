@@ -108,6 +108,8 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
     if job_id is None:
         job_id = find_job_of_run(orch, run_id)  # type: ignore[arg-type]
     try:
+        if since is not None and not isinstance(since, str):
+            raise ValueError(since)
         since_t = from_iso(since) if since else None
     except (ValueError, OverflowError):
         raise InvalidInputError(f"--since {since!r} is not an ISO-8601 time (e.g. 2026-11-22T03:00:00Z, or "

@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 
 IDLE_MAX_WAIT = 30.0  # an idle worker still wakes this often to look for stale leases
 HEARTBEAT_RETRY_SECONDS = 1.0  # a heartbeat the store missed is tried again this soon (at most a beat later)
+# a stop asked from another thread (``Worker.stop``) is seen this soon, idle or running a job: a signal interrupts a
+# wait of the main thread, a call from another thread cannot (the waits are an inotify select, a PostgreSQL LISTEN)
+STOP_CHECK_SECONDS = 0.25
 
 
 class WorkerStop(BaseException):
@@ -87,14 +90,20 @@ class WorkerSettings:
     pass_store_credentials: bool = False  # ORCH_PASS_STORE_CREDENTIALS: handlers get PGPASSWORD, ... (handler_env)
 
     def __post_init__(self) -> None:
-        if isinstance(self.kinds, str) or not all(map(is_kind, self.kinds)):
+        for name in ("kinds", "imports"):  # a single string would be read letter by letter
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, frozenset, set)):
+                raise InvalidInputError(f"{name} must be a list of names, not {shown(value)}")
+        object.__setattr__(self, "imports", tuple(self.imports))
+        if not all(map(is_kind, self.kinds)):
             raise InvalidInputError(f"kinds must be job kinds of 1 to {MAX_KIND_LENGTH} characters, not {shown(self.kinds)}")
         object.__setattr__(self, "kinds", tuple(dict.fromkeys(self.kinds)))  # a tuple, each kind once, as given
         if self.handler_process not in HANDLER_PROCESS_MODES:
             raise InvalidInputError(f"handler_process must be one of {', '.join(HANDLER_PROCESS_MODES)}, "
                                     f"not {self.handler_process!r}")
-        if self.handler_max_runs < 1:
-            raise InvalidInputError("handler_max_runs must be at least 1")
+        if not _is_int(self.handler_max_runs) or self.handler_max_runs < 1:
+            raise InvalidInputError("handler_max_runs must be a whole number of at least 1, "
+                                    f"not {shown(self.handler_max_runs)}")
         # a lease's heartbeats are trusted up to MAX_LEASE_SECONDS (leases.lease_expiry); the other durations
         # up to a year: NaN fails both comparisons, inf or a huge value would overflow the ISO timestamps
         for name, least, most in (("lease_seconds", MIN_LEASE_SECONDS, MAX_LEASE_SECONDS),
@@ -103,9 +112,13 @@ class WorkerSettings:
                                   ("retry_max_seconds", 0.0, MAX_DURATION_SECONDS),
                                   ("store_wait_seconds", 0.0, MAX_DURATION_SECONDS)):
             value = getattr(self, name)
-            if not least <= value <= most:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not least <= value <= most:
                 raise InvalidInputError(f"{name} must be a number of seconds from {least:g} to {most:.0f}, "
                                         f"not {value!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def default_worker_id() -> str:
@@ -139,6 +152,9 @@ class Worker:
         self._reached = False  # run_once reached the store once: losing it from then on is waited out (a while)
         check_folders(orch.settings.state_dir, WORKER_FOLDERS)  # a link: PATH_ESCAPE before any job is claimed
         import_modules(self.settings.imports)
+
+    def __repr__(self) -> str:
+        return f"Worker(worker_id={self.worker_id!r}, project_id={self.orch.project_id!r}, stopping={self.stopping!r})"
 
     # -- stale recovery -----------------------------------------------------------------------
     def recover_stale(self, now: float | None = None) -> list[str]:
@@ -333,6 +349,8 @@ class Worker:
             if self._stop_at is not None and stop_deadline is None:
                 stop_deadline = time.monotonic() + self.settings.stop_grace_seconds
             limits = [next_beat] + [t for t in (deadline, stop_deadline) if t is not None]
+            if stop_deadline is None:  # a stop asked from another thread starts the grace period at once
+                limits.append(time.monotonic() + STOP_CHECK_SECONDS)
             if held.failing_since is not None:  # wake up in time to stop the run
                 limits.append(time.monotonic() + held.stop_at - self.orch.clock())
             try:
@@ -459,7 +477,8 @@ class Worker:
 
     # -- the loop -----------------------------------------------------------------------------------
     def stop(self) -> None:
-        """Ask the loop to stop: no new claims; a running job gets the grace period."""
+        """Ask the loop to stop: no new claims; a running job gets the grace period. Safe from any thread (the loop
+        sees it within ``STOP_CHECK_SECONDS``) and from a signal handler."""
         if self._stop_at is None:
             self._stop_at = time.monotonic()
 
@@ -479,7 +498,10 @@ class Worker:
 
     def run(self, max_jobs: int | None = None, idle_exit: bool = False,
             on_result: Callable[[RunResult], None] | None = None) -> int:
-        """Loop until stopped (or ``max_jobs`` runs, or idle with ``idle_exit``); returns the runs done."""
+        """Loop until stopped (or ``max_jobs`` runs, or idle with ``idle_exit``); returns the runs done.
+        ``on_result`` is called with each run's ``RunResult``."""
+        if max_jobs is not None and (not _is_int(max_jobs) or max_jobs < 1):
+            raise InvalidInputError(f"max_jobs must be None or a whole number of at least 1, not {shown(max_jobs)}")
         done = 0
         precise_sleeps()
         self.orch.store.has_jobs()  # a store that cannot be reached now is a setting to fix: exit (one call)
@@ -515,11 +537,15 @@ class Worker:
         return done
 
     def _idle(self, timeout: float) -> None:
-        if self.stopping:
-            return
+        """Wait up to ``timeout`` for new work, in steps of ``STOP_CHECK_SECONDS``: a ``stop()`` from another thread
+        ends the wait that soon (a signal at once)."""
+        end = time.monotonic() + timeout
         try:
             self._in_wait = True
-            self.queue.wait(timeout)
+            while not self.stopping:
+                left = max(0.0, end - time.monotonic())
+                if self.queue.wait(min(left, STOP_CHECK_SECONDS)) or left <= STOP_CHECK_SECONDS:
+                    return
         except WorkerStop:
             pass
         finally:

@@ -22,7 +22,9 @@ from typing import Any, Callable, Iterable, Mapping
 from orchestrator.errors import ConfigError, HandlerNotFoundError
 from orchestrator.handler_host import HandlerHost
 from orchestrator.leftovers import own_code
+from orchestrator.limits import MAX_KIND_LENGTH, is_kind
 from orchestrator.runner import Child, fork_call
+from orchestrator.security import shown
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,11 @@ _generation = 0  # bumped by every registration: a reused handler process forked
 
 def register(name: str, fn: Callable[[JobContext], Any]) -> None:
     global _generation
-    if not name or name in ("command",):
-        raise ConfigError(f"handler name {name!r} is reserved or empty")
+    if not is_kind(name) or name in ("command",):
+        raise ConfigError(f"a handler name must be a job kind of 1 to {MAX_KIND_LENGTH} characters, other than "
+                          f"'command' (built in), not {shown(name)}")
+    if not callable(fn):
+        raise ConfigError(f"the handler {name!r} must be a function taking the job's context, not {shown(fn)}")
     _REGISTRY[name] = PythonHandler(name, fn)
     _generation += 1
 
@@ -138,6 +143,8 @@ def registry_generation() -> int:
 
 def handler(name: str) -> Callable[[Callable[[JobContext], Any]], Callable[[JobContext], Any]]:
     """Decorator: ``@handler("report")`` makes jobs of kind ``report`` call the function."""
+    if callable(name):  # ``@handler`` without a name: the function would be replaced, and nothing registered
+        raise ConfigError(f"name the handler: @handler(\"report\") above def {getattr(name, '__name__', '...')}(ctx)")
 
     def deco(fn: Callable[[JobContext], Any]) -> Callable[[JobContext], Any]:
         register(name, fn)

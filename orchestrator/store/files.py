@@ -11,13 +11,51 @@ import errno
 import logging
 import os
 import stat
+import threading
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 from orchestrator.errors import PathEscapeError, StorageError
 
 log = logging.getLogger(__name__)
+
+
+# The descriptors of this process that hold an ``flock`` of the store (or are about to). An ``flock`` belongs to the
+# open file, which a fork shares: a handler process forked by one thread (a worker's) while another thread held a
+# lock kept it held after that thread was done, until the handler process exited (a reused one serves 1,000 runs),
+# and every writer of that file, this process's other threads included, waited for it. A forked child closes its
+# copies at once; the guard keeps a fork out of the moments a descriptor is open but not (yet, or any more) listed.
+_LOCK_FDS: set[int] = set()
+_lock_fds_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def lock_descriptor(opener: Callable[[], int]) -> Iterator[int]:
+    """The descriptor ``opener`` opens, for an ``flock`` the caller takes on it: closed when the block ends, which
+    releases the lock, and never kept by a process forked meanwhile (see ``_LOCK_FDS``)."""
+    with _lock_fds_guard:
+        fd = opener()
+        _LOCK_FDS.add(fd)
+    try:
+        yield fd
+    finally:
+        with _lock_fds_guard:
+            _LOCK_FDS.discard(fd)
+            os.close(fd)
+
+
+def _close_lock_descriptors_in_child() -> None:
+    global _lock_fds_guard
+    for fd in _LOCK_FDS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCK_FDS.clear()
+    _lock_fds_guard = threading.Lock()  # the parent's was held by the forking thread (``before``)
+
+
+os.register_at_fork(before=lambda: _lock_fds_guard.acquire(), after_in_parent=lambda: _lock_fds_guard.release(),
+                    after_in_child=_close_lock_descriptors_in_child)
 
 
 def nofollow_opener(path: str, flags: int) -> int:

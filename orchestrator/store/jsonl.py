@@ -26,9 +26,9 @@ from orchestrator import faults
 from orchestrator.errors import ConcurrencyError, IntegrityError, StorageError
 from orchestrator.security import is_id, validate_id
 from orchestrator.store.base import AUDIT_STREAM, HEADS_AREA, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
-from orchestrator.store.files import (check_folders, fsync_dir, linked_file, make_folder, nofollow_opener, open_creating,
-                                      path_error, refuse_link, remove_file, remove_strays, vacate, write_failure,
-                                      write_new)
+from orchestrator.store.files import (check_folders, fsync_dir, linked_file, lock_descriptor, make_folder,
+                                      nofollow_opener, open_creating, path_error, refuse_link, remove_file, remove_strays,
+                                      vacate, write_failure, write_new)
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,9 @@ class JsonlStore(EventStore):
             make_folder(self.audit_path.parent, self._root_s, durable=True)
             self._dirs_ready = True
 
+    def __repr__(self) -> str:
+        return f"JsonlStore({str(self.root)!r})"
+
     def _open_for_append(self, path: str) -> tuple[int, bool]:
         """The events file and whether this call created it; never through a symbolic link (``PATH_ESCAPE``,
         dangling or not), and a directory in its place is taken when empty (``vacate``), else ``STORAGE_ERROR``."""
@@ -160,8 +163,15 @@ class JsonlStore(EventStore):
 
     def _append(self, stream: str, build: Builder, expected_seq: int | None) -> tuple[Head, bool]:
         path = self._file(stream)
-        fd, created = self._open_for_append(path)
-        try:
+        opened: list[bool] = []  # whether the open created the file
+
+        def open_it() -> int:
+            fd, created = self._open_for_append(path)
+            opened.append(created)
+            return fd
+
+        with lock_descriptor(open_it) as fd:  # closing it releases the flock
+            created = opened[0]
             fcntl.flock(fd, fcntl.LOCK_EX)
             size = os.fstat(fd).st_size
             end, last = _complete_end(fd, size)
@@ -196,8 +206,6 @@ class JsonlStore(EventStore):
                                    "nothing was written", stream=stream) from None
             faults.point("store.append.after_fsync")
             return Head(head.seq + len(new), new[-1]), True
-        finally:
-            os.close(fd)  # releases the flock
 
     @staticmethod
     def _write_all(fd: int, data: bytes) -> None:
@@ -332,15 +340,12 @@ class JsonlStore(EventStore):
             raise ValueError(f"a record of {len(data)} bytes does not fit the {SLOT_BYTES}-byte slot of {area}/")
         slot = data + b"\n" + b" " * (SLOT_BYTES - 1 - len(data))
         try:
-            fd = open_creating(path, self._root_s)
-            try:
+            with lock_descriptor(lambda: open_creating(path, self._root_s)) as fd:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 if os.pwrite(fd, slot, 0) != SLOT_BYTES:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 if os.fstat(fd).st_size > SLOT_BYTES:  # not written by this store: keep the slot exact
                     os.ftruncate(fd, SLOT_BYTES)
-            finally:
-                os.close(fd)
         except OSError as exc:  # a full disk must surface as STORAGE_ERROR (exit 10), not a traceback
             refuse_link(path, exc)  # never written through a symbolic link: PATH_ESCAPE
             raise StorageError(write_failure(path, exc), area=area) from None
@@ -361,15 +366,13 @@ class JsonlStore(EventStore):
         """An ``flock`` on ``locks/<name>.lock``: released by the kernel if the process dies, and
         exclusive between threads too (each call opens its own file)."""
         path = self.root / "locks" / f"{validate_id(name, 'lock name')}.lock"
-        try:
-            fd = open_creating(path, self._root_s, os.O_RDWR)
-        except OSError as exc:  # no inode left, or a directory holding files in its place
-            raise StorageError(f"could not open the lock {path}: {exc.strerror}") from None
-        try:
+        with contextlib.ExitStack() as stack:
+            try:
+                fd = stack.enter_context(lock_descriptor(lambda: open_creating(path, self._root_s, os.O_RDWR)))
+            except OSError as exc:  # no inode left, or a directory holding files in its place
+                raise StorageError(f"could not open the lock {path}: {exc.strerror}") from None
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
-        finally:
-            os.close(fd)
 
     def delete_aux(self, area: str, key: str) -> None:
         remove_file(self._aux_path(area, key))
@@ -381,11 +384,13 @@ class JsonlStore(EventStore):
         which replaces a link and never writes through it); a FIFO in a record's place reads as none."""
         path = self._aux_path(area, key)
         try:
-            with open(path, "rb", opener=nofollow_opener) as fh:
-                if area not in SLOT_AREAS:
+            if area not in SLOT_AREAS:
+                with open(path, "rb", opener=nofollow_opener) as fh:
                     return fh.read() or None
-                fcntl.flock(fh.fileno(), fcntl.LOCK_SH)  # never half of an in-place write
-                data = fh.read()
+            with lock_descriptor(lambda: nofollow_opener(path, os.O_RDONLY)) as fd:
+                fcntl.flock(fd, fcntl.LOCK_SH)  # never half of an in-place write
+                with open(fd, "rb", closefd=False) as fh:
+                    data = fh.read()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
         except OSError as exc:

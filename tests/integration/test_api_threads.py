@@ -1,0 +1,143 @@
+"""One ``Orchestrator`` shared by the threads of an application: submits, reads, control actions and workers.
+
+The README says an ``Orchestrator`` may be shared between threads; these tests hold it to that.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import worker_handlers  # noqa: F401  (registers t.* handlers)
+from orchestrator.worker import Worker, WorkerSettings
+
+
+def test_a_handler_process_forked_by_one_thread_never_keeps_a_store_lock_another_thread_held(orch) -> None:
+    """An flock belongs to the open file, which a fork shares: the reused handler process a worker forked while
+    another thread held a store lock kept that lock after the thread let it go, and every later writer of that
+    file waited until the handler process exited (a worker thread and a submitting thread hung for good)."""
+    orch.submit("t.echo", {"n": 1})
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with orch.store.exclusive("probe"):
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    held.wait(10)
+    worker = Worker(orch, WorkerSettings(worker_id="w1"))
+    try:
+        assert worker.run_once().state == "succeeded"  # forked its handler process while the lock was held
+        release.set()
+        holder.join(10)
+        fd = os.open(orch.store.root / "locks" / "probe.lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # before the fix: BlockingIOError, the handler kept it
+        finally:
+            os.close(fd)
+    finally:
+        release.set()
+        worker.close()
+
+
+def test_threads_sharing_one_orchestrator_submit_run_and_read_every_job_once(orch) -> None:
+    """16 threads submit (half with idempotency keys), 3 worker threads run them, 2 threads list meanwhile."""
+    def submit(i: int) -> tuple[str, str, bool]:
+        plain = orch.submit("t.echo", {"i": i})
+        keyed = orch.submit_job("t.echo", {"k": i % 10}, key=f"k{i % 10}")
+        assert orch.status(plain).state is not None
+        return plain, keyed.job_id, keyed.created
+
+    with ThreadPoolExecutor(16) as pool:
+        submitted = list(pool.map(submit, range(60)))
+    assert sum(created for _, _, created in submitted) == 10  # each key made its job exactly once
+    assert len({keyed for _, keyed, _ in submitted}) == 10
+    runs: list[int] = []
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            with Worker(orch, WorkerSettings(worker_id=f"w{n}")) as w:
+                runs.append(w.run(idle_exit=True))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def read() -> None:
+        try:
+            for _ in range(5):
+                orch.jobs(states=["succeeded"])
+                orch.jobs()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(3)] + [threading.Thread(target=read)
+                                                                              for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert not any(t.is_alive() for t in threads)
+    assert sum(runs) == 70  # every job ran once: no job run twice, none left
+    assert {s.state for s in orch.jobs()} == {"succeeded"}
+
+
+def test_stop_from_another_thread_ends_an_idle_worker_loop_at_once(orch) -> None:
+    """``Worker.stop()`` set a flag the idle loop looked at only when its wait ended: up to 30 s later."""
+    worker = Worker(orch, WorkerSettings(worker_id="w1"))
+    loop = threading.Thread(target=worker.run)
+    loop.start()
+    time.sleep(0.3)  # the loop is idle, waiting for a job
+    asked = time.monotonic()
+    worker.stop()
+    loop.join(10)
+    assert not loop.is_alive()
+    assert time.monotonic() - asked < 2.0  # before the fix: 30 s (IDLE_MAX_WAIT), joined after 10 s, still alive
+
+
+def test_stop_from_another_thread_gives_a_running_job_its_grace_period_and_hands_it_back(orch) -> None:
+    """While a job ran, ``stop()`` from another thread was seen at the next heartbeat (a third of the lease, 10 s
+    by default), so the grace period started that late."""
+    job = orch.submit("t.sleep", 60)
+    worker = Worker(orch, WorkerSettings(worker_id="w1", stop_grace_seconds=0.5))
+    results: list = []
+    loop = threading.Thread(target=lambda: worker.run(on_result=results.append))
+    loop.start()
+    deadline = time.monotonic() + 10
+    while orch.status(job).state != "running" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    asked = time.monotonic()
+    worker.stop()
+    loop.join(20)
+    assert not loop.is_alive()
+    assert time.monotonic() - asked < 3.0  # the grace period (0.5 s), not the next heartbeat (10 s) plus it
+    assert [r.outcome for r in results] == ["released"]
+    assert orch.status(job).state == "queued"
+
+
+def test_a_worker_loop_that_ends_closes_only_its_own_wait_never_another_threads(orch) -> None:
+    """Workers of one Orchestrator share its queue index. One whose loop ended (``run`` closes the index's watch)
+    closed the watch another thread was waiting on: that one's next wait failed on the closed descriptor (a worker
+    thread died with EBADF) or, watching anew, missed a job announced before it did."""
+    index = orch.queue
+    watching, closed, woke = threading.Event(), threading.Event(), []
+
+    def other_worker() -> None:
+        index.wait(0)  # watching from here on
+        watching.set()
+        closed.wait(10)
+        orch.submit("t.echo", {})  # announced while it scans, say
+        woke.append(index.wait(2.0))
+
+    other = threading.Thread(target=other_worker)
+    other.start()
+    watching.wait(10)
+    index.wait(0)
+    index.close()  # this thread's worker stopped
+    closed.set()
+    other.join(10)
+    assert woke == [True]  # before the fix: False, the announcement was made before its new watch

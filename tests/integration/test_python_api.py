@@ -1,0 +1,142 @@
+"""The Python API as the README's "Python API" section describes it: what each call returns, and that a bad
+argument is an ``OrchestratorError`` with a code (never a bare ``TypeError`` or ``AttributeError``)."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+import jobstates as js
+import orchestrator
+import worker_handlers  # noqa: F401  (registers t.* handlers)
+from orchestrator import Orchestrator, OrchestratorError, handler
+from orchestrator.config import Settings
+from orchestrator.errors import InvalidInputError
+from orchestrator.worker import Worker, WorkerSettings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def python_api_section() -> str:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    start = text.index("## Python API")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def test_every_orch_method_and_exported_name_the_readme_uses_exists() -> None:
+    section = python_api_section()
+    methods = set(re.findall(r"\borch\.(\w+)\(", section))
+    assert {"submit", "status", "jobs", "approve", "resume_from_chat", "timeline", "verify", "metrics"} <= methods
+    assert [m for m in sorted(methods) if not callable(getattr(Orchestrator, m, None))] == []
+    for name in orchestrator.__all__:
+        assert getattr(orchestrator, name) is not None
+    assert (REPO / "orchestrator" / "py.typed").exists()
+
+
+def test_the_readme_example_runs_as_written(base: Path) -> None:
+    code = re.findall(r"```python\n(.*?)```", python_api_section(), re.S)[1]
+    exec(compile(code.replace('"/srv/jobs"', repr(str(base))), "README.md", "exec"), {})  # noqa: S102
+
+
+def file_bytes(orch: Orchestrator) -> dict[str, bytes]:
+    root = orch.settings.state_dir
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file() and "locks" not in p.parts}
+
+
+@pytest.mark.parametrize("text", [b"yes", 5, ["yes"]])
+def test_an_answer_that_is_not_text_is_invalid_input_and_nothing_is_written(orch: Orchestrator, text: object) -> None:
+    """bytes were written as their repr (the answer ``b'yes'``, signed for good); an int raised AttributeError."""
+    job_id = js.waiting_human(orch)
+    before = file_bytes(orch)
+    for act in (lambda: orch.resume(job_id, text), lambda: orch.cancel(job_id, text),
+                lambda: orch.approve(job_id, note=text), lambda: orch.resume_from_chat(job_id, text)):
+        with pytest.raises(InvalidInputError, match="text"):
+            act()
+    assert file_bytes(orch) == before
+
+
+@pytest.mark.parametrize("value", [(1, 2), {1: "one"}, {"nested": ({"a": 1},)}])
+def test_the_same_key_and_the_same_input_again_is_the_same_job_whatever_form_json_gives_the_input(
+        orch: Orchestrator, value: object) -> None:
+    """A tuple is stored as a list, an int key as a string: the repeat compared the stored form with the one
+    given and refused its own job (``INVALID_INPUT``, "a different kind, input or options")."""
+    first = orch.submit_job("t.echo", value, key="same")
+    again = orch.submit_job("t.echo", value, key="same")
+    assert first.created and not again.created and again.job_id == first.job_id
+    with pytest.raises(InvalidInputError, match="different"):
+        orch.submit_job("t.echo", [9], key="same")
+
+
+def bad_arguments(orch: Orchestrator, base: Path) -> dict[str, object]:
+    return {
+        "base_path an int": lambda: Orchestrator(base_path=5, project_id="p"),
+        "base_path bytes": lambda: Orchestrator(base_path=str(base).encode(), project_id="p"),
+        "store_url an int": lambda: Orchestrator(base_path=base, project_id="p", store_url=5),
+        "actor an int": lambda: Orchestrator(base_path=base, project_id="p", actor=5),
+        "kind bytes": lambda: orch.submit(b"t.echo", {}),
+        "input a set": lambda: orch.submit("t.echo", {1, 2}),
+        "input NaN": lambda: orch.submit("t.echo", {"x": math.nan}),
+        "input bytes": lambda: orch.submit("t.echo", b"data"),
+        "input over 1 MiB": lambda: orch.submit("t.echo", "x" * (1 << 20)),
+        "key an int": lambda: orch.submit("t.echo", {}, key=5),
+        "states one string": lambda: orch.jobs(states="queued"),
+        "an unknown state": lambda: orch.jobs(states=["done"]),
+        "kinds not a list": lambda: orch.jobs(kinds=5),
+        "lease_seconds text": lambda: orch.worker(lease_seconds="5"),
+        "imports one string": lambda: orch.worker(imports="worker_handlers"),
+        "kinds None": lambda: orch.worker(kinds=None),
+        "handler_max_runs text": lambda: orch.worker(handler_max_runs="5"),
+        "max_jobs text": lambda: Worker(orch, WorkerSettings(worker_id="w1")).run(max_jobs="2"),
+        "since an int": lambda: orch.timeline(js.waiting_human(orch), since=5),
+        "processes 0": lambda: orch.verify(processes=0),
+        "a handler without a name": lambda: handler(lambda ctx: None),
+    }
+
+
+def test_a_bad_argument_is_an_orchestrator_error_with_a_code_never_a_bare_python_error(
+        orch: Orchestrator, base: Path) -> None:
+    """Each of these raised TypeError or AttributeError (or, for a single string, read it letter by letter and
+    answered nothing: no job in state "q", "u", ...), or went through and was stored as given (an int actor)."""
+    bare = {}
+    for what, call in bad_arguments(orch, base).items():
+        try:
+            call()
+        except OrchestratorError as exc:
+            assert exc.code and exc.exit_code in (3, 4), what
+        except Exception as exc:  # noqa: BLE001 - reported below
+            bare[what] = f"{type(exc).__name__}: {exc}"
+        else:
+            bare[what] = "accepted"
+    assert bare == {}
+
+
+def test_an_actor_given_is_stored_sanitized(base: Path, keyring) -> None:
+    orch = Orchestrator(base_path=base, project_id="p", keyring=keyring, actor="ci token=abc123")
+    job_id = orch.submit("t.echo", {})
+    first = json.loads(orch.store.read(job_id)[0].raw)
+    assert first["actor"] == "ci token=[REDACTED]"
+
+
+def test_reprs_name_the_project_and_never_show_the_store_password(orch: Orchestrator) -> None:
+    url = "postgresql://orch:s3cret-pw@db.example:5432/jobs"
+    settings = Settings.load("/tmp", "p", env={}, store_url=url)
+    assert "s3cret-pw" not in repr(settings) and "db.example" in repr(settings)
+    assert repr(orch).startswith("Orchestrator(project_id='proj', store=JsonlStore(")
+    with Worker(orch, WorkerSettings(worker_id="w1")) as w:
+        assert repr(w) == "Worker(worker_id='w1', project_id='proj', stopping=False)"
+
+
+def test_the_commands_of_the_observing_side_are_methods_too(orch: Orchestrator) -> None:
+    """resume-from-chat, audit-timeline, verify and metrics had no method: a user had to call internals."""
+    job_id = js.waiting_human(orch)
+    result = orch.resume_from_chat(job_id, f"job_id: {job_id}; yes")
+    assert result.applied and orch.resume_from_chat(job_id, f"job_id: {job_id}; yes").already_applied
+    timeline = orch.timeline(job_id)
+    assert timeline["ok"] and "job_resumed" in [line["what"] for line in timeline["lines"]]
+    report = orch.verify()
+    assert report.ok and report.streams == 2 and report.to_dict()["problems"] == []
+    figures = orch.metrics()
+    assert figures.counts["queued"] == 1 and figures.stalled_count == 0 and figures.to_dict()["jobs"] == 1
