@@ -30,19 +30,25 @@ _LOCK_FDS: set[int] = set()
 _lock_fds_guard = threading.Lock()
 
 
-@contextlib.contextmanager
-def lock_descriptor(opener: Callable[[], int]) -> Iterator[int]:
+class lock_descriptor:  # noqa: N801 - used as a function: ``with lock_descriptor(opener) as fd``
     """The descriptor ``opener`` opens, for an ``flock`` the caller takes on it: closed when the block ends, which
-    releases the lock, and never kept by a process forked meanwhile (see ``_LOCK_FDS``)."""
-    with _lock_fds_guard:
-        fd = opener()
-        _LOCK_FDS.add(fd)
-    try:
-        yield fd
-    finally:
+    releases the lock, and never kept by a process forked meanwhile (see ``_LOCK_FDS``). A class, not a
+    ``contextmanager`` generator: it runs several times per job (~1 us less each)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, opener: Callable[[], int]) -> None:
         with _lock_fds_guard:
-            _LOCK_FDS.discard(fd)
-            os.close(fd)
+            self.fd = opener()
+            _LOCK_FDS.add(self.fd)
+
+    def __enter__(self) -> int:
+        return self.fd
+
+    def __exit__(self, *exc: object) -> None:
+        with _lock_fds_guard:
+            _LOCK_FDS.discard(self.fd)
+            os.close(self.fd)
 
 
 def _close_lock_descriptors_in_child() -> None:
