@@ -488,13 +488,15 @@ class Orchestrator:
         return timeline(self, job_id=job_id, run_id=run_id, since=since, action=action)
 
     def verify(self, job_id: str | None = None, *, against: str | os.PathLike[str] | None = None,
-               processes: int | None = None) -> "VerifyReport":
+               processes: int | None = None, progress: Callable[[int], None] | None = None) -> "VerifyReport":
         """Check every signature and chain of every job (or one) and of the audit log; ``against``: a head
-        anchor (``verify --export-head``) to prove nothing was rolled back since. ``report.ok``, ``problems``."""
+        anchor (``verify --export-head``) to prove nothing was rolled back since. ``report.ok``, ``problems``.
+        ``progress`` is called with the jobs verified so far, every thousand."""
         from orchestrator.integrity import check_anchor, verify_project
 
-        report = verify_project(self, job_id, processes=_processes(processes))
+        report = verify_project(self, job_id, progress=progress, processes=_processes(processes))
         if against is not None:
+            # a link in a file's place is named once, whether verify or the anchor's check met it first
             report.problems.extend(p for p in check_anchor(self, Path(against)) if p not in report.problems)
         return report
 

@@ -351,7 +351,7 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
     Also reports a job whose events are all gone while its head record remains (its file deleted
     or emptied). Names the file and line of each problem; exits 7 on any integrity problem.
     """
-    from orchestrator.integrity import check_anchor, export_anchor, require_anchor_key, verify_project
+    from orchestrator.integrity import export_anchor, require_anchor_key
     from orchestrator.output_file import OutputFile
 
     if export_head and job_id:  # the anchor signs every stream's head: it must follow a check of them all
@@ -361,12 +361,9 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
     with anchor or contextlib.nullcontext():
         if anchor:
             require_anchor_key(orch)  # a key this machine has (verify creates none), before the work
-        report = verify_project(orch, job_id, progress=lambda n: out.progress(f"verified {n} jobs..."),
-                                processes=processes)
+        report = orch.verify(job_id, against=against, processes=processes,
+                             progress=lambda n: out.progress(f"verified {n} jobs..."))
         note_missing_store(orch, out)
-        if against:
-            # a link in a file's place is named once, whether verify or the anchor's check met it first
-            report.problems.extend(p for p in check_anchor(orch, Path(against)) if p not in report.problems)
         result = report.to_dict()
         if anchor and report.ok:
             result["exported"] = export_anchor(orch, anchor)

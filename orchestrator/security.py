@@ -118,22 +118,25 @@ def _ascii_lowered(text: str) -> str:
     return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
 
 
-def _redact_values(rx: re.Pattern[str], text: str, keep: Callable[[str, re.Match[str]], bool] | None = None) -> str:
+def _redact_values(rx: re.Pattern[str], text: str, keep: Callable[[str, re.Match[str]], bool] | None = None,
+                   lowered: str | None = None) -> str:
     """Replace each match's value group, keeping its key, separator, quote and scheme (the whole match, where
-    ``keep(text, match)`` says so).
+    ``keep(text, match)`` says so). ``text`` itself when nothing was replaced.
 
-    Matching runs on an ASCII-lowered copy (same length, same offsets) so key names are
-    case-insensitive; the kept text is sliced from the original.
+    Matching runs on an ASCII-lowered copy (same length, same offsets; ``lowered`` when the caller has it) so key
+    names are case-insensitive; the kept text is sliced from the original.
     """
     out: list[str] = []
     pos = 0
-    for m in rx.finditer(_ascii_lowered(text)):
+    for m in rx.finditer(_ascii_lowered(text) if lowered is None else lowered):
         if keep is not None and keep(text, m):
             continue
         group = "v" if m.start("v") >= 0 else "u"
         out.append(text[pos : m.start(group)])
         out.append(REDACTED)
         pos = m.end(group)
+    if not out:
+        return text
     out.append(text[pos:])
     return "".join(out)
 
@@ -179,20 +182,25 @@ def sanitize_text(text: str) -> str:
     """
     if not isinstance(text, str):
         text = str(text)
-    # Each pattern runs only on a text holding the literal it cannot match without (``_needs_*``): most texts (a
-    # summary, a path) hold none, and a regex scan costs ~0.1 ms per kB where ``in`` costs ~1 us.
+    # Each pattern runs only on a text holding the literal it cannot match without (``_KEY_WORDS``, ``_SHAPE_STARTS``
+    # and the literals below): most texts (a summary, a path) hold none, and a regex scan costs ~0.1 ms per kB where
+    # ``in`` costs ~1 us.
     if "-----BEGIN" in text:
         text = _PEM.sub(REDACTED, text)
     if "-----END" in text:
         text = _redact_headless_keys(text)
     if "://" in text and "@" in text:
         text = _redact_values(_URL_CREDS, text)
-    lowered = _ascii_lowered(text)  # redacting adds no key word ("[REDACTED]"), so what it holds stays a superset
-    if "authorization" in lowered or "cookie" in lowered:
-        text = _redact_values(_HEADER, text)
-    if any(word in lowered for word in _KEY_WORDS):
-        text = _redact_values(_CLI, text)
-        text = _redact_values(_KV, text, keep=_os_error)
+    # the lowered copy, made again only after a redaction changed the text; a redaction adds no key word
+    # ("[REDACTED]"), so what the first copy holds stays a superset of what the text holds
+    lowered = _ascii_lowered(text)
+    header = "authorization" in lowered or "cookie" in lowered
+    keyed = any(word in lowered for word in _KEY_WORDS)
+    for rx, wanted, keep in ((_HEADER, header, None), (_CLI, keyed, None), (_KV, keyed, _os_error)):
+        if wanted:
+            redacted = _redact_values(rx, text, keep, lowered)
+            if redacted is not text:
+                text, lowered = redacted, _ascii_lowered(redacted)
     if any(start in text for start in _SHAPE_STARTS):
         text = _SHAPES.sub(REDACTED, text)
     return text
