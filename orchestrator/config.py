@@ -65,11 +65,18 @@ class Settings:
             raise ConfigError(f"base_path must be a folder's path (str or os.PathLike), not {type(base_path).__name__}")
         if store_url is not None and not isinstance(store_url, str):
             raise ConfigError(f"store_url must be 'file' or a postgresql:// URL (str), not {type(store_url).__name__}")
+        # A value given, even empty, is used: ``--project-id "$PROJ"`` with PROJ unset must not act on another
+        # project. An empty environment variable means unset (as click reads one).
+        if base_path is not None and not os.fspath(base_path):
+            raise ConfigError("base_path / --base-path must not be empty (leave it out for BASE_PATH or the default)")
+        if store_url == "":
+            raise ConfigError("--store / store_url must not be empty: 'file' or a postgresql:// URL "
+                              "(leave it out for ORCH_STORE_URL or the file store)")
         try:
-            base = Path(base_path or env.get("BASE_PATH") or DEFAULT_BASE_PATH).expanduser()
+            base = Path(base_path if base_path is not None else env.get("BASE_PATH") or DEFAULT_BASE_PATH).expanduser()
         except TypeError:  # an os.PathLike whose path is bytes
             raise ConfigError("base_path must be a folder's path as text, not bytes") from None
-        project = project_id or env.get("PROJECT_ID") or DEFAULT_PROJECT_ID
+        project = project_id if project_id is not None else env.get("PROJECT_ID") or DEFAULT_PROJECT_ID
         validate_id(project, "project id")
         try:
             if base.exists() and not base.is_dir():

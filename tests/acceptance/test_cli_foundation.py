@@ -124,6 +124,19 @@ def test_expected_errors_have_codes_exit_codes_and_no_traceback(cli_env: dict[st
         assert json.loads(as_json.stdout)["error"] == error
 
 
+def test_an_empty_project_base_path_or_store_on_the_command_line_is_refused_not_replaced_by_the_default(
+        cli_env: dict[str, str], tmp_path: Path) -> None:
+    """``--project-id "$PROJ"`` with ``PROJ`` unset must not act on another project: an empty value typed (or given
+    to ``Orchestrator``) is an error. An empty environment variable still means unset, as for click."""
+    env = {**cli_env, "PROJECT_ID": "other", "BASE_PATH": str(tmp_path / "b")}
+    for args, code, error in [(("--project-id", ""), 3, "INVALID_ID"), (("--base-path", ""), 3, "CONFIG_ERROR"),
+                              (("--store", ""), 3, "CONFIG_ERROR")]:
+        proc = run_script("submit", "--kind", "k", *args, "--json", env=env)
+        assert proc.returncode == code and json.loads(proc.stdout)["error"] == error, (args, proc.stdout, proc.stderr)
+    assert not (tmp_path / "b").exists()  # nothing written anywhere
+    assert run_script("submit", "--kind", "k", env={**env, "PROJECT_ID": ""}).returncode == 0
+
+
 def test_usage_errors_exit_2(cli_env: dict[str, str]) -> None:
     assert run_script("submit", "--input", "{}", env=cli_env).returncode == 2  # --kind missing
     assert run_script("status", "--token", "x", env=cli_env).returncode == 2

@@ -75,6 +75,9 @@ def bad_arguments(orch: Orchestrator, base: Path) -> dict[str, object]:
         "base_path an int": lambda: Orchestrator(base_path=5, project_id="p"),
         "base_path bytes": lambda: Orchestrator(base_path=str(base).encode(), project_id="p"),
         "store_url an int": lambda: Orchestrator(base_path=base, project_id="p", store_url=5),
+        "project_id empty": lambda: Orchestrator(base_path=base, project_id=""),  # was: PROJECT_ID or "default"
+        "base_path empty": lambda: Orchestrator(base_path="", project_id="p"),  # was: BASE_PATH or ./data
+        "store_url empty": lambda: Orchestrator(base_path=base, project_id="p", store_url=""),
         "actor an int": lambda: Orchestrator(base_path=base, project_id="p", actor=5),
         "kind bytes": lambda: orch.submit(b"t.echo", {}),
         "input a set": lambda: orch.submit("t.echo", {1, 2}),
