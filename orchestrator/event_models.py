@@ -152,9 +152,10 @@ EVENT_MODELS: dict[str, type[_Data]] = {
 
 def job_options(**options: Any) -> dict[str, Any]:
     """A submit's options checked by ``JobOptions``, as plain JSON data; ``InvalidInputError`` naming each field
-    it refuses."""
+    it refuses. Strictly typed: lax mode took ``audit="no"`` as true, ``max_attempts="3"`` and ``priority=True``
+    (a whole number may be given for ``timeout``); events already written are read as they are."""
     try:
-        return JobOptions(**options).model_dump(mode="json", exclude_none=True)
+        return JobOptions.model_validate(options, strict=True).model_dump(mode="json", exclude_none=True)
     except ValidationError as exc:
         raise InvalidInputError(f"invalid job options: {validation_summary(exc.errors())}") from None
 

@@ -85,6 +85,10 @@ def bad_arguments(orch: Orchestrator, base: Path) -> dict[str, object]:
         "input bytes": lambda: orch.submit("t.echo", b"data"),
         "input over 1 MiB": lambda: orch.submit("t.echo", "x" * (1 << 20)),
         "key an int": lambda: orch.submit("t.echo", {}, key=5),
+        "audit text": lambda: orch.submit("t.echo", {}, audit="yes"),  # was: True (and "no" too)
+        "max_attempts text": lambda: orch.submit("t.echo", {}, max_attempts="3"),
+        "priority a bool": lambda: orch.submit("t.echo", {}, priority=True),  # was: 1
+        "timeout text": lambda: orch.submit("t.echo", {}, timeout="5"),
         "states one string": lambda: orch.jobs(states="queued"),
         "an unknown state": lambda: orch.jobs(states=["done"]),
         "kinds not a list": lambda: orch.jobs(kinds=5),
