@@ -3,7 +3,8 @@
 Durability: an append takes an exclusive ``flock`` on the stream's file (held only for the
 append), repairs a torn tail left by a crash, checks the expected sequence, writes all new
 lines with one ``write`` on an ``O_APPEND`` descriptor and ``fdatasync``s before returning.
-A newly created file also gets its folder fsynced, so the file itself survives power loss.
+The append that writes a file's first line also fsyncs its folder, whoever created the file, so
+the file itself survives power loss.
 If a write or sync fails, the file is cut back to where it was and ``StorageError`` is
 raised: nothing unacknowledged stays visible, and a failed fsync is never taken as success.
 """
@@ -129,21 +130,18 @@ class JsonlStore(EventStore):
     def __repr__(self) -> str:
         return f"JsonlStore({str(self.root)!r})"
 
-    def _open_for_append(self, path: str) -> tuple[int, bool]:
-        """The events file and whether this call created it; never through a symbolic link (``PATH_ESCAPE``,
-        dangling or not), and a directory in its place is taken when empty (``vacate``), else ``STORAGE_ERROR``."""
+    def _open_for_append(self, path: str) -> int:
+        """The events file, created if missing; never through a symbolic link (``PATH_ESCAPE``, dangling
+        or not), and a directory in its place is taken when empty (``vacate``), else ``STORAGE_ERROR``."""
         try:
             try:
-                return os.open(path, _APPEND), False
+                return os.open(path, _APPEND)
             except FileNotFoundError:
                 self._ensure_dirs()
             except IsADirectoryError:
                 if not vacate(path):
                     raise
-            try:
-                return os.open(path, _APPEND | os.O_CREAT | os.O_EXCL, 0o644), True
-            except FileExistsError:
-                return os.open(path, _APPEND), False
+            return os.open(path, _APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
             refuse_link(path, exc)
             if isinstance(exc, IsADirectoryError):
@@ -163,15 +161,7 @@ class JsonlStore(EventStore):
 
     def _append(self, stream: str, build: Builder, expected_seq: int | None) -> tuple[Head, bool]:
         path = self._file(stream)
-        opened: list[bool] = []  # whether the open created the file
-
-        def open_it() -> int:
-            fd, created = self._open_for_append(path)
-            opened.append(created)
-            return fd
-
-        with lock_descriptor(open_it) as fd:  # closing it releases the flock
-            created = opened[0]
+        with lock_descriptor(lambda: self._open_for_append(path)) as fd:  # closing it releases the flock
             fcntl.flock(fd, fcntl.LOCK_EX)
             size = os.fstat(fd).st_size
             end, last = _complete_end(fd, size)
@@ -198,8 +188,8 @@ class JsonlStore(EventStore):
                 self._write_all(fd, data)
                 faults.point("store.append.after_write")
                 os.fdatasync(fd)
-                if created:
-                    fsync_dir(os.path.dirname(path))
+                if end == 0:  # the file's first line: its folder entry too, whoever created the file (a writer
+                    fsync_dir(os.path.dirname(path))  # killed before its first line, or whose line failed, did not)
             except OSError as exc:
                 self._cut_back(fd, end)
                 raise StorageError(f"could not durably append to {path}: {os.strerror(exc.errno or errno.EIO)}; "
