@@ -20,7 +20,7 @@ import threading
 import time
 from array import array
 from pathlib import Path
-from stat import S_ISDIR
+from stat import S_ISDIR, S_ISREG
 from typing import Iterator
 
 from orchestrator import faults
@@ -28,8 +28,8 @@ from orchestrator.errors import ConcurrencyError, IntegrityError, StorageError
 from orchestrator.security import is_id, validate_id
 from orchestrator.store.base import AUDIT_STREAM, HEADS_AREA, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
 from orchestrator.store.files import (check_folders, fsync_dir, linked_file, lock_descriptor, make_folder,
-                                      nofollow_opener, open_creating, path_error, refuse_link, remove_file, remove_strays,
-                                      vacate, write_failure, write_new)
+                                      nofollow_opener, not_regular, open_creating, path_error, refuse_link,
+                                      remove_file, remove_strays, vacate, write_failure, write_new)
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,10 @@ class JsonlStore(EventStore):
         path = self._file(stream)
         with lock_descriptor(lambda: self._open_for_append(path)) as fd:  # closing it releases the flock
             fcntl.flock(fd, fcntl.LOCK_EX)
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if not S_ISREG(st.st_mode):  # a FIFO would take a write and never sync it, or block on a long one
+                raise StorageError(not_regular(path), stream=stream)
+            size = st.st_size
             end, last = _complete_end(fd, size)
             if end != size:
                 log.warning("repairing torn tail of %s: dropping %d bytes after the last complete line",

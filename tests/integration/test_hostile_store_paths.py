@@ -1,6 +1,7 @@
 """Paths planted inside the store never lead a worker outside it, nor crash it."""
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -649,3 +650,49 @@ def test_metrics_with_a_linked_audit_log_reports_and_leaves_the_missing_entry_as
     assert outside.read_bytes() == before
     checked = run_module("verify", "--json", env=cli_env)
     assert checked.returncode == 7 and [p["code"] for p in json.loads(checked.stdout)["problems"]] == ["PATH_ESCAPE"]
+
+
+def _in_a_thread_or_fail_if_it_hangs(call, fifo: Path):
+    """``call()`` in a thread: writing to a FIFO blocks until a reader comes, and a test must fail, not hang
+    (the FIFO is opened for reading once the wait is over, which frees a blocked writer)."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except Exception as exc:  # raised again in the test's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(10)
+    if not outcome:
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # frees the writer: its open, then each write
+        while thread.is_alive():
+            with contextlib.suppress(BlockingIOError):
+                os.read(reader, 1 << 16)
+        os.close(reader)
+        pytest.fail("writing to a FIFO planted in the store hung")
+    return outcome[0]
+
+
+def test_a_fifo_planted_in_a_head_records_place_is_a_storage_error_never_a_hang(orch: Orchestrator) -> None:
+    job = orch.submit("rel.echo", {"x": 1})
+    head = orch.settings.state_dir / "heads" / job
+    head.unlink()
+    os.mkfifo(head)
+    outcome = _in_a_thread_or_fail_if_it_hangs(lambda: orch.cancel(job, "no"), head)
+    assert isinstance(outcome, StorageError) and outcome.exit_code == 10 and "not a regular file" in outcome.message
+    assert head.is_fifo()  # not ours to remove: an operator looks at it
+
+
+def test_a_fifo_planted_in_a_job_files_place_is_a_storage_error_for_an_append_never_a_hang(
+        orch: Orchestrator) -> None:
+    store = orch.store
+    store.append("job-1", lambda head: [b'{"seq":1}'])
+    fifo = store.path("job-2")
+    os.mkfifo(fifo)
+    line = b'{"seq":1,"input":"' + b"x" * 200_000 + b'"}'  # more than a pipe holds: its write would wait for a reader
+    outcome = _in_a_thread_or_fail_if_it_hangs(lambda: store.append("job-2", lambda head: [line]), fifo)
+    assert isinstance(outcome, StorageError) and "not a regular file" in outcome.message
+    assert fifo.is_fifo()
