@@ -26,7 +26,8 @@ from typing import Iterator
 from orchestrator import faults
 from orchestrator.errors import ConcurrencyError, IntegrityError, StorageError
 from orchestrator.security import is_id, validate_id
-from orchestrator.store.base import AUDIT_STREAM, HEADS_AREA, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
+from orchestrator.store.base import (AUDIT_STREAM, HEADS_AREA, SLOT_BYTES, AuxWrites, Builder, EventStore, Head,
+                                     InTransaction, StoredLine)
 from orchestrator.store.files import (check_folders, fsync_dir, linked_file, lock_descriptor, make_folder,
                                       nofollow_opener, not_regular, open_creating, path_error, refuse_link,
                                       remove_file, remove_strays, vacate, write_failure, write_new)
@@ -35,10 +36,9 @@ log = logging.getLogger(__name__)
 
 EVENTS_SUFFIX = ".events.jsonl"
 # Small records written on every append, heartbeat or audited action (head records, leases, audit
-# markers): a fixed 512-byte slot written in place (``JsonlStore._put_slot``), not a new file renamed
+# markers): a fixed ``SLOT_BYTES`` (512) slot written in place (``JsonlStore._put_slot``), not a new file renamed
 # over the old one. Other areas (the metrics cache) keep replace-by-rename.
 SLOT_AREAS = frozenset({HEADS_AREA, "leases", "audit-head", "audited"})
-SLOT_BYTES = 512
 # The store's own folders under its root ("" is the root, ``.orchestrator``): checked once when the
 # store is opened (``check_folders``). A new area of ``put_aux`` belongs here too (a test walks a store).
 STORE_FOLDERS = ("", "queue", "queue/jobs", "audit", "locks", *sorted(SLOT_AREAS), "projections")
