@@ -26,8 +26,8 @@ from typing import Iterator
 from orchestrator import faults
 from orchestrator.errors import ConcurrencyError, IntegrityError, StorageError
 from orchestrator.security import is_id, validate_id
-from orchestrator.store.base import (AUDIT_STREAM, HEADS_AREA, SLOT_BYTES, AuxWrites, Builder, EventStore, Head,
-                                     InTransaction, StoredLine)
+from orchestrator.store.base import (AUDIT_STREAM, AUX_KEY_LENGTH, HEADS_AREA, SLOT_BYTES, AuxWrites, Builder,
+                                     EventStore, Head, InTransaction, StoredLine)
 from orchestrator.store.files import (check_folders, fsync_dir, linked_file, lock_descriptor, make_folder,
                                       nofollow_opener, not_regular, open_creating, path_error, refuse_link,
                                       remove_file, remove_strays, vacate, write_failure, write_new)
@@ -294,7 +294,7 @@ class JsonlStore(EventStore):
             raise path_error(exc) from None
 
     def _aux_path(self, area: str, key: str) -> str:
-        return os.path.join(self._root_s, validate_id(area, "aux area"), validate_id(key, "aux key"))
+        return os.path.join(self._root_s, validate_id(area, "aux area"), validate_id(key, "aux key", AUX_KEY_LENGTH))
 
     def put_aux(self, area: str, key: str, data: bytes) -> None:
         if area in SLOT_AREAS:
