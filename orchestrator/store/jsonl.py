@@ -144,7 +144,7 @@ class JsonlStore(EventStore):
             return os.open(path, _APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
             refuse_link(path, exc)
-            if isinstance(exc, IsADirectoryError):
+            if isinstance(exc, IsADirectoryError) or exc.errno == errno.ENXIO:  # a folder holding files, a socket
                 raise StorageError(write_failure(path, exc)) from None
             raise path_error(exc) from None
 

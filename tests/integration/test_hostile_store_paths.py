@@ -686,13 +686,22 @@ def test_a_fifo_planted_in_a_head_records_place_is_a_storage_error_never_a_hang(
     assert head.is_fifo()  # not ours to remove: an operator looks at it
 
 
-def test_a_fifo_planted_in_a_job_files_place_is_a_storage_error_for_an_append_never_a_hang(
-        orch: Orchestrator) -> None:
+@pytest.mark.parametrize("planted", ["fifo", "socket"])
+def test_a_fifo_or_socket_planted_in_a_job_files_place_is_a_storage_error_for_an_append_never_a_hang(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, planted: str) -> None:
+    import socket
+    import stat
+
     store = orch.store
     store.append("job-1", lambda head: [b'{"seq":1}'])
     fifo = store.path("job-2")
-    os.mkfifo(fifo)
+    if planted == "fifo":
+        os.mkfifo(fifo)
+    else:
+        monkeypatch.chdir(fifo.parent)  # a socket's path is short (108 bytes): bound by its name
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(fifo.name)
     line = b'{"seq":1,"input":"' + b"x" * 200_000 + b'"}'  # more than a pipe holds: its write would wait for a reader
     outcome = _in_a_thread_or_fail_if_it_hangs(lambda: store.append("job-2", lambda head: [line]), fifo)
     assert isinstance(outcome, StorageError) and "not a regular file" in outcome.message
-    assert fifo.is_fifo()
+    assert not stat.S_ISREG(fifo.lstat().st_mode)  # left for an operator
