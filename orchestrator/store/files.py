@@ -166,8 +166,10 @@ def open_creating(path: "Path | str", top: "Path | str", flags: int = os.O_WRONL
 
 
 def write_new(path: "Path | str", data: bytes) -> None:
-    """Write ``data`` to ``path``, replacing a file there but never writing through a link in its place."""
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644), "wb") as fh:
+    """Write ``data`` to ``path``, replacing a file there but never writing through a link in its place, nor
+    waiting for a reader of a FIFO there (``ENXIO``, as ``open_creating``)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
+    with os.fdopen(os.open(path, flags, 0o644), "wb") as fh:
         fh.write(data)
 
 

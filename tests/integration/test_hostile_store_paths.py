@@ -652,7 +652,7 @@ def test_metrics_with_a_linked_audit_log_reports_and_leaves_the_missing_entry_as
     assert checked.returncode == 7 and [p["code"] for p in json.loads(checked.stdout)["problems"]] == ["PATH_ESCAPE"]
 
 
-def _in_a_thread_or_fail_if_it_hangs(call, fifo: Path):
+def _in_a_thread_or_fail_if_it_hangs(call, fifo):
     """``call()`` in a thread: writing to a FIFO blocks until a reader comes, and a test must fail, not hang
     (the FIFO is opened for reading once the wait is over, which frees a blocked writer)."""
     outcome: list = []
@@ -667,7 +667,7 @@ def _in_a_thread_or_fail_if_it_hangs(call, fifo: Path):
     thread.start()
     thread.join(10)
     if not outcome:
-        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # frees the writer: its open, then each write
+        reader = os.open(fifo() if callable(fifo) else fifo, os.O_RDONLY | os.O_NONBLOCK)  # frees the writer
         while thread.is_alive():
             with contextlib.suppress(BlockingIOError):
                 os.read(reader, 1 << 16)
@@ -705,3 +705,21 @@ def test_a_fifo_or_socket_planted_in_a_job_files_place_is_a_storage_error_for_an
     outcome = _in_a_thread_or_fail_if_it_hangs(lambda: store.append("job-2", lambda head: [line]), fifo)
     assert isinstance(outcome, StorageError) and "not a regular file" in outcome.message
     assert not stat.S_ISREG(fifo.lstat().st_mode)  # left for an operator
+
+
+def test_a_fifo_in_the_place_of_the_metrics_caches_temporary_copy_is_a_warning_never_a_hang(orch: Orchestrator) -> None:
+    from orchestrator.projection import refresh
+
+    job = orch.submit("rel.echo", {"x": 1})
+    folder = orch.settings.state_dir / "projections"
+    folder.mkdir(parents=True, exist_ok=True)
+    fifos: list[Path] = []
+
+    def plant_then_refresh():
+        fifos.append(folder / f".jobs-v2.{os.getpid()}.{threading.get_native_id()}.tmp")  # this thread's copy
+        os.mkfifo(fifos[0])
+        return refresh(orch)
+
+    result = _in_a_thread_or_fail_if_it_hangs(plant_then_refresh, lambda: fifos[0])
+    assert list(result.rows) == [job] and [w["code"] for w in result.warnings] == ["CACHE_NOT_WRITTEN"]
+    assert "not a regular file" in result.warnings[0]["message"]
