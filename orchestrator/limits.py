@@ -18,7 +18,7 @@ MAX_ANCHOR_BYTES = 256 * 1024 * 1024
 # A line of an export bundle (``import`` reads no more of one, ``export`` never writes a longer one). The longest an
 # export writes is an event line: a job's input (MAX_INPUT_BYTES) or a terminal payload (payload.MAX_PAYLOAD_BYTES)
 # of 1 MiB, which redaction can grow a few times (a one-character secret becomes "[REDACTED]"), with texts of
-# 20,000 characters at most; a stream header holds a head record of under 512 bytes (``store.jsonl.SLOT_BYTES``).
+# 20,000 characters at most; a stream header holds a head record of under 512 bytes (``store.base.SLOT_BYTES``).
 # 64 MiB is far above any of them, and bounds what a corrupt bundle, or ``/dev/zero`` given by mistake, costs.
 MAX_BUNDLE_LINE_BYTES = 64 * 1024 * 1024
 MAX_JSON_DEPTH = 64  # nesting of arrays/objects in a job's input and a terminal payload

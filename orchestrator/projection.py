@@ -5,8 +5,13 @@ One row per job, computed by replaying that job's verified events, stored with t
 the event count elsewhere: ``EventStore.fingerprints``). A refresh lists the fingerprints (on files
 one directory listing and one ``stat`` per file, on PostgreSQL every stream's head; no job is read) and
 replays only the jobs whose fingerprint
-changed or that have no row, and the rows whose verification a change of the trusted keys may change. Append-only files only grow, so a changed job always changes its
-size; the mtime also catches a file rewritten to the same size.
+changed or that have no row, and the rows whose verification a change of the trusted keys may change. An append
+always grows its file, and the mtime also catches a file rewritten to the same size. Only a cut (a torn tail
+repaired, a failed append cut back) followed by an append of exactly as many bytes, all within one tick of the
+file system's clock, and with a refresh's listing and read on either side of the cut, brings a changed file
+back to a fingerprint a row was stored with: that row is stale until the job's next append (or ``--rebuild``).
+Like a row edited by hand, it can skew a figure or leave a job out of a filtered listing, never put one in it
+nor run or change one (docs/metrics.md).
 
 The cache is ``projections/jobs-v2``, stored by *columns* (``Columns``): one JSON header line,
 then the job ids as text and every figure as a packed ``array`` (machine numbers; ``NaN`` for

@@ -381,7 +381,8 @@ def safe_line(value: object) -> str:
     return one_line(sanitize_text(value if isinstance(value, str) else str(value)))
 
 
-_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+ID_LENGTH = 128  # the most characters of an id (``validate_id``); a caller may allow more (an aux key, ``store.base``)
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # The job ids this orchestrator hands out (``api.new_job_id``, ``api.key_job_id``): a ULID, or ``key-`` and 32 hex.
 _ASSIGNED_JOB_ID_RE = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}|key-[0-9a-f]{32}", re.I)
 
@@ -408,7 +409,7 @@ def validation_summary(errors: list[dict[str, Any]], whole: str = "value", limit
 def is_id(value: str) -> bool:
     """Whether ``value`` passes ``validate_id``: for names found on disk, where one that does not is
     no record this code wrote (a stray file), to be passed over rather than refused."""
-    return _ID_RE.fullmatch(value) is not None and ".." not in value
+    return len(value) <= ID_LENGTH and _ID_RE.fullmatch(value) is not None and ".." not in value
 
 
 def is_assigned_job_id(value: str) -> bool:
@@ -417,18 +418,18 @@ def is_assigned_job_id(value: str) -> bool:
     return _ASSIGNED_JOB_ID_RE.fullmatch(value) is not None
 
 
-def validate_id(value: str, what: str = "job id") -> str:
+def validate_id(value: str, what: str = "job id", longest: int = ID_LENGTH) -> str:
     """Return ``value`` if it is safe as a single file-name component, else raise.
 
     Ids become file names, so only ``[A-Za-z0-9._-]`` (first char alphanumeric, at most
-    128 chars) is allowed and ``..`` is refused anywhere.
+    ``longest`` chars: 128 for an id) is allowed and ``..`` is refused anywhere.
     """
     if not isinstance(value, str):
         reason = f"must be a string, not {type(value).__name__}"
     elif not value:
         reason = "must not be empty"
-    elif len(value) > 128:
-        reason = f"is {len(value)} characters long (at most 128)"
+    elif len(value) > longest:
+        reason = f"is {len(value)} characters long (at most {longest})"
     elif ".." in value:
         reason = "must not contain '..'"
     elif not value[0].isascii() or not value[0].isalnum():

@@ -46,8 +46,7 @@ from orchestrator.history import TRUNCATED, Problem, VerifiedStream, check_head_
 from orchestrator.limits import MAX_BUNDLE_LINE_BYTES
 from orchestrator.security import is_id, shown, validate_id
 from orchestrator.signing import UNKNOWN_KEY, is_key_id
-from orchestrator.store.base import AUDIT_STREAM, StoredLine
-from orchestrator.store.jsonl import SLOT_BYTES
+from orchestrator.store.base import AUDIT_STREAM, SLOT_BYTES, StoredLine
 
 BUNDLE_FORMAT = "jsonl-orchestrator/export/v2"
 # still imported: v1 put the audit log last and carried no head record of it

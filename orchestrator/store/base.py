@@ -16,6 +16,13 @@ from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 AUDIT_STREAM = "@audit"
 HEADS_AREA = "heads"  # aux area of each job's signed head record, keyed by its job id (``history.head_record``)
+# A head record, lease or audit marker is under this many bytes on every store: the file store keeps each in a slot
+# of this size, written in place (``JsonlStore._put_slot``), and an import refuses a bigger one from any store
+# (``transfer``).
+SLOT_BYTES = 512
+# The most characters of an aux key: an id (at most 128, ``security.ID_LENGTH``) and a suffix (a lease's
+# ``.<epoch>``, ``leases``); a file name still, on files, with room for a writer's temporary copy.
+AUX_KEY_LENGTH = 160
 
 
 @dataclass(frozen=True, slots=True)

@@ -147,8 +147,10 @@ def open_creating(path: "Path | str", top: "Path | str", flags: int = os.O_WRONL
     """``os.open(path, flags | O_CREAT)``, creating the parent folders when they are missing (``make_folder``,
     up to ``top``), and taking the place of an empty directory (``vacate``); a directory that holds files raises
     ``IsADirectoryError``. Never through a symbolic link (``PathEscapeError``), like every file of
-    the store: a planted link would have a lock or a record made anywhere."""
-    flags |= os.O_CREAT | os.O_NOFOLLOW
+    the store: a planted link would have a lock or a record made anywhere. Non-blocking: a FIFO in the
+    file's place fails to open for writing (``ENXIO``) instead of waiting for a reader forever (no effect
+    on a regular file)."""
+    flags |= os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
         try:
             return os.open(path, flags, 0o644)
@@ -164,15 +166,27 @@ def open_creating(path: "Path | str", top: "Path | str", flags: int = os.O_WRONL
 
 
 def write_new(path: "Path | str", data: bytes) -> None:
-    """Write ``data`` to ``path``, replacing a file there but never writing through a link in its place."""
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644), "wb") as fh:
+    """Write ``data`` to ``path``, replacing a file there but never writing through a link in its place, nor
+    waiting for a reader of a FIFO there (``ENXIO``, as ``open_creating``)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
+    with os.fdopen(os.open(path, flags, 0o644), "wb") as fh:
         fh.write(data)
 
 
+def not_regular(path: "Path | str") -> str:
+    """Why a FIFO, a socket or a device in the place of a file of the store is not written: this store never
+    makes one, and writing to it would block (a FIFO nobody reads) or send the bytes elsewhere."""
+    return (f"{path} is not a regular file (a FIFO, a socket or a device), where a file of the store belongs; "
+            "move it away")
+
+
 def write_failure(path: "Path | str", exc: OSError) -> str:
-    """Why a write to ``path`` failed, for ``StorageError``: a directory in a record's place says so."""
+    """Why a write to ``path`` failed, for ``StorageError``: a directory in a record's place says so, and
+    so does a FIFO or a socket (``open_creating`` refuses one with ``ENXIO``, ``pwrite`` with ``ESPIPE``)."""
     if isinstance(exc, IsADirectoryError):
         return f"{path} is a directory that holds files, where a record belongs; move it away"
+    if exc.errno in (errno.ENXIO, errno.ESPIPE):
+        return not_regular(path)
     if isinstance(exc, (NotADirectoryError, PermissionError)):
         return path_error(exc).message
     return f"could not write {path}: {os.strerror(exc.errno or errno.EIO)}"

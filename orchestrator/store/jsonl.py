@@ -3,7 +3,8 @@
 Durability: an append takes an exclusive ``flock`` on the stream's file (held only for the
 append), repairs a torn tail left by a crash, checks the expected sequence, writes all new
 lines with one ``write`` on an ``O_APPEND`` descriptor and ``fdatasync``s before returning.
-A newly created file also gets its folder fsynced, so the file itself survives power loss.
+The append that writes a file's first line also fsyncs its folder, whoever created the file, so
+the file itself survives power loss.
 If a write or sync fails, the file is cut back to where it was and ``StorageError`` is
 raised: nothing unacknowledged stays visible, and a failed fsync is never taken as success.
 """
@@ -19,25 +20,25 @@ import threading
 import time
 from array import array
 from pathlib import Path
-from stat import S_ISDIR
+from stat import S_ISDIR, S_ISREG
 from typing import Iterator
 
 from orchestrator import faults
 from orchestrator.errors import ConcurrencyError, IntegrityError, StorageError
 from orchestrator.security import is_id, validate_id
-from orchestrator.store.base import AUDIT_STREAM, HEADS_AREA, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
+from orchestrator.store.base import (AUDIT_STREAM, AUX_KEY_LENGTH, HEADS_AREA, SLOT_BYTES, AuxWrites, Builder,
+                                     EventStore, Head, InTransaction, StoredLine)
 from orchestrator.store.files import (check_folders, fsync_dir, linked_file, lock_descriptor, make_folder,
-                                      nofollow_opener, open_creating, path_error, refuse_link, remove_file, remove_strays,
-                                      vacate, write_failure, write_new)
+                                      nofollow_opener, not_regular, open_creating, path_error, refuse_link,
+                                      remove_file, remove_strays, vacate, write_failure, write_new)
 
 log = logging.getLogger(__name__)
 
 EVENTS_SUFFIX = ".events.jsonl"
 # Small records written on every append, heartbeat or audited action (head records, leases, audit
-# markers): a fixed 512-byte slot written in place (``JsonlStore._put_slot``), not a new file renamed
+# markers): a fixed ``SLOT_BYTES`` (512) slot written in place (``JsonlStore._put_slot``), not a new file renamed
 # over the old one. Other areas (the metrics cache) keep replace-by-rename.
 SLOT_AREAS = frozenset({HEADS_AREA, "leases", "audit-head", "audited"})
-SLOT_BYTES = 512
 # The store's own folders under its root ("" is the root, ``.orchestrator``): checked once when the
 # store is opened (``check_folders``). A new area of ``put_aux`` belongs here too (a test walks a store).
 STORE_FOLDERS = ("", "queue", "queue/jobs", "audit", "locks", *sorted(SLOT_AREAS), "projections")
@@ -129,24 +130,21 @@ class JsonlStore(EventStore):
     def __repr__(self) -> str:
         return f"JsonlStore({str(self.root)!r})"
 
-    def _open_for_append(self, path: str) -> tuple[int, bool]:
-        """The events file and whether this call created it; never through a symbolic link (``PATH_ESCAPE``,
-        dangling or not), and a directory in its place is taken when empty (``vacate``), else ``STORAGE_ERROR``."""
+    def _open_for_append(self, path: str) -> int:
+        """The events file, created if missing; never through a symbolic link (``PATH_ESCAPE``, dangling
+        or not), and a directory in its place is taken when empty (``vacate``), else ``STORAGE_ERROR``."""
         try:
             try:
-                return os.open(path, _APPEND), False
+                return os.open(path, _APPEND)
             except FileNotFoundError:
                 self._ensure_dirs()
             except IsADirectoryError:
                 if not vacate(path):
                     raise
-            try:
-                return os.open(path, _APPEND | os.O_CREAT | os.O_EXCL, 0o644), True
-            except FileExistsError:
-                return os.open(path, _APPEND), False
+            return os.open(path, _APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
             refuse_link(path, exc)
-            if isinstance(exc, IsADirectoryError):
+            if isinstance(exc, IsADirectoryError) or exc.errno == errno.ENXIO:  # a folder holding files, a socket
                 raise StorageError(write_failure(path, exc)) from None
             raise path_error(exc) from None
 
@@ -163,17 +161,12 @@ class JsonlStore(EventStore):
 
     def _append(self, stream: str, build: Builder, expected_seq: int | None) -> tuple[Head, bool]:
         path = self._file(stream)
-        opened: list[bool] = []  # whether the open created the file
-
-        def open_it() -> int:
-            fd, created = self._open_for_append(path)
-            opened.append(created)
-            return fd
-
-        with lock_descriptor(open_it) as fd:  # closing it releases the flock
-            created = opened[0]
+        with lock_descriptor(lambda: self._open_for_append(path)) as fd:  # closing it releases the flock
             fcntl.flock(fd, fcntl.LOCK_EX)
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if not S_ISREG(st.st_mode):  # a FIFO would take a write and never sync it, or block on a long one
+                raise StorageError(not_regular(path), stream=stream)
+            size = st.st_size
             end, last = _complete_end(fd, size)
             if end != size:
                 log.warning("repairing torn tail of %s: dropping %d bytes after the last complete line",
@@ -198,8 +191,8 @@ class JsonlStore(EventStore):
                 self._write_all(fd, data)
                 faults.point("store.append.after_write")
                 os.fdatasync(fd)
-                if created:
-                    fsync_dir(os.path.dirname(path))
+                if end == 0:  # the file's first line: its folder entry too, whoever created the file (a writer
+                    fsync_dir(os.path.dirname(path))  # killed before its first line, or whose line failed, did not)
             except OSError as exc:
                 self._cut_back(fd, end)
                 raise StorageError(f"could not durably append to {path}: {os.strerror(exc.errno or errno.EIO)}; "
@@ -301,7 +294,7 @@ class JsonlStore(EventStore):
             raise path_error(exc) from None
 
     def _aux_path(self, area: str, key: str) -> str:
-        return os.path.join(self._root_s, validate_id(area, "aux area"), validate_id(key, "aux key"))
+        return os.path.join(self._root_s, validate_id(area, "aux area"), validate_id(key, "aux key", AUX_KEY_LENGTH))
 
     def put_aux(self, area: str, key: str, data: bytes) -> None:
         if area in SLOT_AREAS:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from orchestrator import faults
 from orchestrator.errors import ConcurrencyError, StorageError
 from orchestrator.security import validate_id
-from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction
+from orchestrator.store.base import AUDIT_STREAM, AUX_KEY_LENGTH, AuxWrites, Builder, EventStore, Head, InTransaction
 from orchestrator.store.postgres import _driver
 
 if TYPE_CHECKING:
@@ -251,7 +251,7 @@ def _moving(store: PostgresStore, stream: str, head: Head, new: list[bytes], fen
     records = aux(new_head) if aux is not None else {}
     for area, key in records:
         validate_id(area, "aux area")
-        validate_id(key, "aux key")
+        validate_id(key, "aux key", AUX_KEY_LENGTH)
     put = [(area, key, bytes(data)) for (area, key), data in records.items() if data is not None]
     drop = [(area, key) for (area, key), data in records.items() if data is None]
     if put:

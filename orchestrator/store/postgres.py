@@ -50,7 +50,8 @@ from urllib.parse import unquote
 from orchestrator.config import DEFAULT_PG_DEADLINE_SECONDS
 from orchestrator.errors import ConcurrencyError, ConfigError, LeaseLostError, StorageError, StorageUnavailableError
 from orchestrator.security import REDACTED, sanitize_text, validate_id
-from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
+from orchestrator.store.base import (AUDIT_STREAM, AUX_KEY_LENGTH, AuxWrites, Builder, EventStore, Head, InTransaction,
+                                     StoredLine)
 from orchestrator.store.pg_clock import ServerClock
 from orchestrator.store.pg_deadline import Deadline, outcome
 
@@ -495,7 +496,7 @@ class PostgresStore(EventStore):
 
     def put_aux(self, area: str, key: str, data: bytes) -> None:
         validate_id(area, "aux area")
-        validate_id(key, "aux key")
+        validate_id(key, "aux key", AUX_KEY_LENGTH)
         self._run(lambda conn: conn.execute(
             "INSERT INTO orch_aux (project, area, key, data) VALUES (%s, %s, %s, %s) "
             "ON CONFLICT (project, area, key) DO UPDATE SET data = EXCLUDED.data",
@@ -506,7 +507,7 @@ class PostgresStore(EventStore):
         from moving the head to committing its lines and head record, so this waits for it, then sees its seq)."""
         self._check_stream(stream)
         validate_id(area, "aux area")
-        validate_id(key, "aux key")
+        validate_id(key, "aux key", AUX_KEY_LENGTH)
         return self._run(lambda conn: conn.execute(
             "INSERT INTO orch_aux (project, area, key, data) SELECT project, %s, %s, %s FROM orch_streams "
             "WHERE project = %s AND stream = %s AND seq = %s FOR SHARE "

@@ -14,6 +14,7 @@ from typing import Callable
 import pytest
 
 from orchestrator.errors import ConcurrencyError
+from orchestrator.leases import LEASES_AREA, Lease, read_lease, write_lease
 from orchestrator.store.base import AUDIT_STREAM, EventStore, Head
 from orchestrator.store.jsonl import JsonlStore
 from orchestrator.store.memory import MemoryStore
@@ -198,6 +199,16 @@ def test_aux_records_replace_and_read_back(store: EventStore) -> None:
     store.put_aux("heads", "job-1", b"one")
     store.put_aux("heads", "job-1", b"two")
     assert store.get_aux("heads", "job-1") == b"two"
+
+
+def test_the_lease_record_of_a_job_whose_id_is_as_long_as_an_id_may_be_is_written_and_read_back(
+        store: EventStore) -> None:
+    # a lease is keyed ``<job_id>.<epoch>``: longer than the longest id (128 characters), which a key is not
+    job_id = "j" * 128
+    lease = Lease(job_id, "run-1", 10**6, "w", 1, 2.0, 1.0)
+    write_lease(store, lease)
+    assert read_lease(store, job_id, 10**6) == lease
+    assert store.aux_keys(LEASES_AREA) == [f"{job_id}.{10**6}"]
 
 
 def test_aux_present_names_the_keys_that_have_a_record_in_the_area(store: EventStore) -> None:

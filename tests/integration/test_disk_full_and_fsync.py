@@ -10,6 +10,8 @@ import pytest
 from orchestrator import Orchestrator
 from orchestrator.errors import StorageError
 from orchestrator.reliability import disk
+from orchestrator.store import jsonl
+from orchestrator.store.jsonl import JsonlStore
 
 
 def test_a_filling_disk_acknowledges_only_what_is_on_disk_and_resumes_when_freed(tmp_path: Path) -> None:
@@ -48,3 +50,19 @@ def test_an_index_entry_that_cannot_be_written_is_a_storage_error_and_nothing_is
     with pytest.raises(StorageError):
         orch.submit("echo", {})
     assert list(orch.store.job_ids()) == []  # the entry comes before the event: nothing was written
+
+
+@pytest.mark.parametrize("left", [b"", b'{"seq":1,"ty'], ids=["created_never_written", "torn_first_line"])
+def test_the_first_line_of_a_file_makes_its_folder_entry_durable_whoever_created_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, left: bytes) -> None:
+    # a writer killed between creating a job's file and writing it (or whose first write failed, cut back to
+    # nothing, or was torn) never synced the folder: the append that writes the file's first line does
+    store = JsonlStore(tmp_path / ".orchestrator")
+    store.jobs_dir.mkdir(parents=True)
+    store.path("job-1").write_bytes(left)
+    synced: list[Path] = []
+    monkeypatch.setattr(jsonl, "fsync_dir", lambda path: synced.append(Path(path)))
+    store.append("job-1", lambda head: [b'{"seq":1}'])
+    assert synced == [store.jobs_dir]
+    store.append("job-1", lambda head: [b'{"seq":2}'])  # the entry is durable now: no second sync
+    assert synced == [store.jobs_dir]

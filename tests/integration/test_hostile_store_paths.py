@@ -1,6 +1,7 @@
 """Paths planted inside the store never lead a worker outside it, nor crash it."""
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -649,3 +650,76 @@ def test_metrics_with_a_linked_audit_log_reports_and_leaves_the_missing_entry_as
     assert outside.read_bytes() == before
     checked = run_module("verify", "--json", env=cli_env)
     assert checked.returncode == 7 and [p["code"] for p in json.loads(checked.stdout)["problems"]] == ["PATH_ESCAPE"]
+
+
+def _in_a_thread_or_fail_if_it_hangs(call, fifo):
+    """``call()`` in a thread: writing to a FIFO blocks until a reader comes, and a test must fail, not hang
+    (the FIFO is opened for reading once the wait is over, which frees a blocked writer)."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except Exception as exc:  # raised again in the test's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(10)
+    if not outcome:
+        reader = os.open(fifo() if callable(fifo) else fifo, os.O_RDONLY | os.O_NONBLOCK)  # frees the writer
+        while thread.is_alive():
+            with contextlib.suppress(BlockingIOError):
+                os.read(reader, 1 << 16)
+        os.close(reader)
+        pytest.fail("writing to a FIFO planted in the store hung")
+    return outcome[0]
+
+
+def test_a_fifo_planted_in_a_head_records_place_is_a_storage_error_never_a_hang(orch: Orchestrator) -> None:
+    job = orch.submit("rel.echo", {"x": 1})
+    head = orch.settings.state_dir / "heads" / job
+    head.unlink()
+    os.mkfifo(head)
+    outcome = _in_a_thread_or_fail_if_it_hangs(lambda: orch.cancel(job, "no"), head)
+    assert isinstance(outcome, StorageError) and outcome.exit_code == 10 and "not a regular file" in outcome.message
+    assert head.is_fifo()  # not ours to remove: an operator looks at it
+
+
+@pytest.mark.parametrize("planted", ["fifo", "socket"])
+def test_a_fifo_or_socket_planted_in_a_job_files_place_is_a_storage_error_for_an_append_never_a_hang(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, planted: str) -> None:
+    import socket
+    import stat
+
+    store = orch.store
+    store.append("job-1", lambda head: [b'{"seq":1}'])
+    fifo = store.path("job-2")
+    if planted == "fifo":
+        os.mkfifo(fifo)
+    else:
+        monkeypatch.chdir(fifo.parent)  # a socket's path is short (108 bytes): bound by its name
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(fifo.name)
+    line = b'{"seq":1,"input":"' + b"x" * 200_000 + b'"}'  # more than a pipe holds: its write would wait for a reader
+    outcome = _in_a_thread_or_fail_if_it_hangs(lambda: store.append("job-2", lambda head: [line]), fifo)
+    assert isinstance(outcome, StorageError) and "not a regular file" in outcome.message
+    assert not stat.S_ISREG(fifo.lstat().st_mode)  # left for an operator
+
+
+def test_a_fifo_in_the_place_of_the_metrics_caches_temporary_copy_is_a_warning_never_a_hang(orch: Orchestrator) -> None:
+    from orchestrator.projection import refresh
+
+    job = orch.submit("rel.echo", {"x": 1})
+    folder = orch.settings.state_dir / "projections"
+    folder.mkdir(parents=True, exist_ok=True)
+    fifos: list[Path] = []
+
+    def plant_then_refresh():
+        fifos.append(folder / f".jobs-v2.{os.getpid()}.{threading.get_native_id()}.tmp")  # this thread's copy
+        os.mkfifo(fifos[0])
+        return refresh(orch)
+
+    result = _in_a_thread_or_fail_if_it_hangs(plant_then_refresh, lambda: fifos[0])
+    assert list(result.rows) == [job] and [w["code"] for w in result.warnings] == ["CACHE_NOT_WRITTEN"]
+    assert "not a regular file" in result.warnings[0]["message"]
