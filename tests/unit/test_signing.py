@@ -214,6 +214,40 @@ def test_an_unreadable_signing_key_is_a_signing_key_error_when_signing_and_reads
         ring.seal({"seq": 1})
 
 
+@pytest.mark.parametrize("what", ["keyring folder", "trusted keys folder", "public key", "revoked file"])
+@pytest.mark.parametrize("mode", [0o020, 0o002], ids=["group", "others"])
+def test_a_folder_or_file_that_decides_which_keys_are_trusted_may_be_written_only_by_its_owner(
+        isolated_env: Path, tmp_path: Path, what: str, mode: int) -> None:
+    """Another user who may add a .pub (or rewrite one, or the revoked file) would make their forgeries verify."""
+    from orchestrator.signing import revoke
+
+    trusted = tmp_path / "trusted"
+    kid = write_keypair(isolated_env)
+    revoke(write_keypair(trusted, activate=False), {"ORCH_KEYRING_DIR": str(trusted)})
+    env = {"ORCH_KEYRING_DIR": str(isolated_env), "ORCH_TRUSTED_KEYS_DIR": str(trusted)}
+    assert kid in load_keyring(env).trusted
+    path = {"keyring folder": isolated_env, "trusted keys folder": trusted, "public key": isolated_env / f"{kid}.pub",
+            "revoked file": trusted / "revoked"}[what]
+    path.chmod(stat.S_IMODE(path.stat().st_mode) | mode)
+    with pytest.raises(SigningKeyError, match=f"{path} may be written by others.*chmod go-w {path}"):
+        load_keyring(env)
+
+
+def test_key_files_are_written_owner_writable_whatever_the_umask(isolated_env: Path) -> None:
+    from orchestrator.signing import revoke
+
+    old = os.umask(0o002)  # a user's private group: new files are group-writable
+    try:
+        kid = write_keypair(isolated_env)
+        write_keypair(isolated_env)
+        revoke(kid)
+    finally:
+        os.umask(old)
+    assert kid in load_keyring().revoked
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) & 0o022 for f in isolated_env.iterdir()} == {
+        f.name: 0 for f in isolated_env.iterdir()}
+
+
 def test_a_trusted_keys_folder_that_is_a_file_is_a_signing_key_error(tmp_path: Path) -> None:
     (tmp_path / "trusted").write_text("not a folder")
     with pytest.raises(SigningKeyError, match="not a folder"):
