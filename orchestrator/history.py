@@ -119,19 +119,19 @@ def _check_line(stream: str, stored: StoredLine, expected_prev: str, keyring: Ke
     except ValueError:
         return CORRUPT_LINE, "holds a value JSON cannot carry (NaN?)", rec
     if rec.get("v") != FORMAT_VERSION:
-        return UNSUPPORTED_VERSION, f"format version {rec.get('v')!r} is not {FORMAT_VERSION}", rec
+        return UNSUPPORTED_VERSION, f"format version {shown(rec.get('v'))} is not {FORMAT_VERSION}", rec
     if rec.get("seq") != stored.seq:
-        return SEQUENCE_MISMATCH, f"seq {rec.get('seq')!r} stands at line {stored.seq}", rec
+        return SEQUENCE_MISMATCH, f"seq {shown(rec.get('seq'))} stands at line {stored.seq}", rec
     if rec.get("prev") != expected_prev:
         return CHAIN_BROKEN, "prev is not the hash of the line before", rec
     if stream != AUDIT_STREAM and rec.get("job_id") != stream:
-        return WRONG_STREAM, f"belongs to job {rec.get('job_id')!r}", rec
+        return WRONG_STREAM, f"belongs to job {shown(rec.get('job_id'))}", rec
     if anchor is not None and stored.seq <= anchor.seq and rec.get("kid") == anchor.kid \
             and isinstance(rec.get("sig"), str):
         return None, "", rec  # its key signed the head record these bytes chain to
     sig_problem = keyring.check(rec)
     if sig_problem:
-        return sig_problem, f"signature check failed ({sig_problem}) for key {rec.get('kid')!r}", rec
+        return sig_problem, f"signature check failed ({sig_problem}) for key {shown(rec.get('kid'))}", rec
     return None, "", rec
 
 
