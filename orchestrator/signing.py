@@ -143,13 +143,23 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _sig_bytes(text: str) -> bytes:
+    """The signature ``text`` encodes, only if it is the one text ``_b64`` makes of them, else ``ValueError``:
+    the decoder also takes ``=`` padding, the standard alphabet and any spare bits of the last character, and a
+    line whose signature text was so changed would still verify (only the line after it would notice)."""
+    raw = _unb64(text)
+    if _b64(raw) != text:
+        raise ValueError("not the canonical base64url text of a signature")
+    return raw
+
+
 @dataclass
 class Keyring:
     """Trusted public keys by id, the revoked ids, and (when this process signs) one private key."""
 
     trusted: dict[str, bytes] = field(default_factory=dict)  # key id -> raw public key
     revoked: frozenset[str] = frozenset()
-    signer: bytes | None = None  # the signing key's seed
+    signer: bytes | None = field(default=None, repr=False)  # the signing key's seed: never in a repr (tracebacks, logs)
     signer_id: str | None = None
     source: str = "memory"
     # every folder and file keys are read from (keyring folder, trusted-keys folder, signing key file): none
@@ -267,7 +277,7 @@ class Keyring:
         if public is None:
             return UNKNOWN_KEY
         try:
-            raw_sig = _unb64(sig)
+            raw_sig = _sig_bytes(sig)
         except ValueError:
             return SIGNATURE_INVALID
         try:
@@ -285,7 +295,7 @@ class Keyring:
         if public is None or kid in self.revoked:
             return False
         try:
-            raw_sig = _unb64(sig)
+            raw_sig = _sig_bytes(sig)
         except ValueError:
             return False
         return self._verify(kid, public, raw_sig, data)

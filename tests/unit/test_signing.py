@@ -30,6 +30,31 @@ def test_a_sealed_record_verifies_and_any_change_breaks_it(keyring: Keyring) -> 
     assert keyring.check({k: v for k, v in rec.items() if k != "sig"}) == "SIGNATURE_MISSING"
 
 
+def test_a_signature_verifies_only_as_the_one_text_that_encodes_it(keyring: Keyring) -> None:
+    """Another text of the same 64 bytes (the last character's spare bits, ``=`` padding, the standard alphabet)
+    changed a line's bytes and its signature still verified: only the line after it, or the head record, noticed."""
+    import json
+
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    rec = next(r for r in (json.loads(keyring.seal({"seq": n})) for n in range(1000)) if set("-_") & set(r["sig"][:-1]))
+    sig = rec["sig"]
+    others = [sig[:-1] + alphabet[alphabet.index(sig[-1]) ^ 1], sig + "==", sig.replace("-", "+").replace("_", "/")]
+    body = json.dumps({k: v for k, v in rec.items() if k != "sig"}, sort_keys=True, separators=(",", ":")).encode()
+    assert keyring.check(rec) is None and keyring.verify_bytes(rec["kid"], sig, body)
+    for other in others:
+        assert keyring.check({**rec, "sig": other}) == "SIGNATURE_INVALID", other
+        assert not keyring.verify_bytes(rec["kid"], other, body)
+
+
+def test_a_keyring_never_shows_its_private_key(keyring: Keyring) -> None:
+    """A keyring's repr lands in tracebacks with locals, assertion messages and debug logs."""
+    from orchestrator.signing import _b64
+
+    shown = repr(keyring) + str(keyring)
+    assert keyring.signer_id in shown
+    assert all(form not in shown for form in (repr(keyring.signer), keyring.signer.hex(), _b64(keyring.signer)))
+
+
 def test_a_verifier_with_only_the_public_key_verifies_but_cannot_sign(keyring: Keyring) -> None:
     import json
 
