@@ -109,10 +109,13 @@ def require_writable(orch: "Orchestrator", consequence: str) -> None:
     """Refuse before anything is written when the audit log is a symbolic link (``PathEscapeError``, by
     ``linked_log``) or was cut (``refuse_cut``): an action whose entry cannot be written must not write its event
     either (it would stand unexplained). The cut is looked for only when the log has a head record (else there is
-    nothing to compare), under the log's append lock (an append of no line, which writes nothing)."""
+    nothing to compare), under the log's append lock (an append of no line, which writes nothing), and only on a
+    store that writes the record after the lines (files): on PostgreSQL this would cost three round trips more per
+    action, where the record commits with its line and a cut takes editing two tables by hand; there the entry's
+    own ``build`` refuses, after the event (as after a crash between the two: ``heal`` writes it later)."""
     with linked_refused(consequence):
         orch.store.refuse_linked(AUDIT_STREAM)
-        if orch.store.get_aux(*AUDIT_HEAD) is not None:
+        if not orch.store.atomic_aux and orch.store.get_aux(*AUDIT_HEAD) is not None:
             orch.store.append(AUDIT_STREAM, lambda head: refuse_cut(orch, head, consequence) or [])
 
 

@@ -421,7 +421,8 @@ def test_an_audit_log_cut_at_a_line_boundary_is_never_written_over(orch: Orchest
     with pytest.raises(IntegrityError, match="audit log") as refused:
         orch.cancel(third, "three")
     assert refused.value.exit_code == 7 and "TRUNCATED" in refused.value.message
-    assert orch.status(third).state == "queued"  # refused before its event was written
+    if not orch.store.atomic_aux:  # files: refused before its event was written (PostgreSQL: audit.require_writable)
+        assert orch.status(third).state == "queued"
     assert raw.read_bytes(AUDIT_STREAM) == kept
     assert "TRUNCATED" in codes(orch)
 
