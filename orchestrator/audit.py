@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from orchestrator import clock, faults
-from orchestrator.errors import PathEscapeError
-from orchestrator.history import head_record, seal
+from orchestrator.errors import IntegrityError, PathEscapeError
+from orchestrator.history import head_contradicted, head_record, seal
 from orchestrator.security import sanitize_text
 from orchestrator.signing import line_hash
 from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, Head
@@ -106,10 +106,30 @@ def linked_refused(consequence: str) -> Iterator[None]:
 
 
 def require_writable(orch: "Orchestrator", consequence: str) -> None:
-    """Refuse (``PathEscapeError``, by ``linked_log``) before anything is written when the audit log is a symbolic
-    link: an action whose entry cannot be written must not write its event either (it would stand unexplained)."""
+    """Refuse before anything is written when the audit log is a symbolic link (``PathEscapeError``, by
+    ``linked_log``) or was cut (``refuse_cut``): an action whose entry cannot be written must not write its event
+    either (it would stand unexplained). The cut is looked for only when the log has a head record (else there is
+    nothing to compare), under the log's append lock (an append of no line, which writes nothing), and only on a
+    store that writes the record after the lines (files): on PostgreSQL this would cost three round trips more per
+    action, where the record commits with its line and a cut takes editing two tables by hand; there the entry's
+    own ``build`` refuses, after the event (as after a crash between the two: ``heal`` writes it later)."""
     with linked_refused(consequence):
         orch.store.refuse_linked(AUDIT_STREAM)
+        if not orch.store.atomic_aux and orch.store.get_aux(*AUDIT_HEAD) is not None:
+            orch.store.append(AUDIT_STREAM, lambda head: refuse_cut(orch, head, consequence) or [])
+
+
+def refuse_cut(orch: "Orchestrator", head: Head, consequence: str = "nothing was written") -> None:
+    """Raise ``IntegrityError`` when the audit log's signed head record says the log held more entries than
+    ``head`` (its last complete one), or another last one (``history.head_contradicted``): the log was cut, and an
+    entry appended now would write a new head record over the only evidence of it (``verify`` would pass again).
+    Called with the log's append lock held (from ``build``), so no writer moves the head meanwhile."""
+    problem = head_contradicted(AUDIT_STREAM, head, orch.store.get_aux(*AUDIT_HEAD), orch.keyring)
+    if problem is not None:
+        raise IntegrityError(f"{consequence}: the audit log does not hold what its signed head record says "
+                             f"({problem.code}: {problem.message}). Keep the store as it is and run `orchestrator "
+                             "verify`; restore the audit log from a backup (docs/runbook.md, section E)",
+                             problems=[problem.to_dict()])
 
 
 # -- writing ------------------------------------------------------------------------------------------
@@ -155,6 +175,7 @@ def entry_writes(orch: "Orchestrator", *, job_id: str, action: str, actor: str, 
                  event_line=event_line, extra=extra, now=now)
 
     def build(head: Head) -> list[bytes]:
+        refuse_cut(orch, head, f"the {action} entry of job {job_id} was not written")
         return seal(orch.keyring, AUDIT_STREAM, head, [rec])
 
     def with_entry(head: Head) -> dict[tuple[str, str], bytes | None]:
@@ -259,13 +280,14 @@ def heal_quietly(orch: "Orchestrator", views: Iterable["JobView"], *, now: float
 
 def heal_found_quietly(orch: "Orchestrator", todo: list[Unaudited], *, now: float | None = None,
                        not_written: list[str] | None = None) -> list[int]:
-    """``heal_quietly`` of the events ``unmarked`` found. An audit log that is a symbolic link is skipped too: the
-    entries stay missing, and ``verify`` (also ``audit-timeline``) lists the link, as it lists the warnings."""
+    """``heal_quietly`` of the events ``unmarked`` found. An audit log that is a symbolic link, or was cut
+    (``refuse_cut``), is skipped too: the entries stay missing, and ``verify`` (also ``audit-timeline``) lists the
+    link or the cut, as it lists the warnings."""
     from orchestrator.errors import SigningKeyError, StorageError
 
     try:
         return heal_found(orch, todo, now=now, create_key=False)
-    except (SigningKeyError, PathEscapeError):
+    except (SigningKeyError, PathEscapeError, IntegrityError):
         return []
     except StorageError as exc:  # what was written before stays (each entry is whole); the rest stays missing
         why = f"the missing audit entries were not written: {exc.message}"

@@ -119,19 +119,19 @@ def _check_line(stream: str, stored: StoredLine, expected_prev: str, keyring: Ke
     except ValueError:
         return CORRUPT_LINE, "holds a value JSON cannot carry (NaN?)", rec
     if rec.get("v") != FORMAT_VERSION:
-        return UNSUPPORTED_VERSION, f"format version {rec.get('v')!r} is not {FORMAT_VERSION}", rec
+        return UNSUPPORTED_VERSION, f"format version {shown(rec.get('v'))} is not {FORMAT_VERSION}", rec
     if rec.get("seq") != stored.seq:
-        return SEQUENCE_MISMATCH, f"seq {rec.get('seq')!r} stands at line {stored.seq}", rec
+        return SEQUENCE_MISMATCH, f"seq {shown(rec.get('seq'))} stands at line {stored.seq}", rec
     if rec.get("prev") != expected_prev:
         return CHAIN_BROKEN, "prev is not the hash of the line before", rec
     if stream != AUDIT_STREAM and rec.get("job_id") != stream:
-        return WRONG_STREAM, f"belongs to job {rec.get('job_id')!r}", rec
+        return WRONG_STREAM, f"belongs to job {shown(rec.get('job_id'))}", rec
     if anchor is not None and stored.seq <= anchor.seq and rec.get("kid") == anchor.kid \
             and isinstance(rec.get("sig"), str):
         return None, "", rec  # its key signed the head record these bytes chain to
     sig_problem = keyring.check(rec)
     if sig_problem:
-        return sig_problem, f"signature check failed ({sig_problem}) for key {rec.get('kid')!r}", rec
+        return sig_problem, f"signature check failed ({sig_problem}) for key {shown(rec.get('kid'))}", rec
     return None, "", rec
 
 
@@ -168,28 +168,57 @@ def check_head(stream: str, lines: Sequence[StoredLine], raw: bytes | None,
     at all is neither. Without an anchor a reader checks every signature, as ``verify`` does."""
     if raw is None:
         return None, None
-    try:
-        rec = json.loads(raw)
-    except (ValueError, RecursionError):
-        return Problem(stream, 0, CORRUPT_LINE, "the head record is not valid JSON"), None
-    if not isinstance(rec, dict):
-        return Problem(stream, 0, CORRUPT_LINE, "the head record is not a JSON object"), None
-    sig_problem = keyring.check(rec)
-    if (sig_problem and sig_problem != UNKNOWN_KEY) or rec.get("stream") != stream:
-        return Problem(stream, 0, "SIGNATURE_INVALID", "the head record's signature does not verify"), None
-    if sig_problem:  # nothing it says can be checked here; a keyring that holds its key can (a worker leaves the job)
-        kid = rec.get("kid")
-        return Problem(stream, 0, UNKNOWN_KEY, f"the head record is signed by key {shown(kid)}, which this keyring "
-                       "does not hold", kid), None
-    seq = rec.get("seq", 0)
-    if type(seq) is not int or seq < 0:  # signed, so written by a key holder: still a problem, not a crash
-        return Problem(stream, 0, CORRUPT_LINE, f"the head record's seq {seq!r} is not a count of events"), None
+    problem, rec = _verified_head_record(stream, raw, keyring)
+    if problem is not None:
+        return problem, None
+    seq = rec["seq"]
     if seq > len(lines):
         held = f"the file holds {len(lines)}: events were cut" if lines else "none are left: the file was deleted or emptied"
         return Problem(stream, len(lines), TRUNCATED, f"the signed head record says {seq} events, {held}"), None
     if seq and line_hash(lines[seq - 1].raw) != rec.get("hash"):
         return Problem(stream, seq, HEAD_MISMATCH, "the line named by the head record was rewritten"), None
     return None, (Anchor(seq, rec["kid"]) if seq else None)
+
+
+def head_contradicted(stream: str, head: Head, raw: bytes | None, keyring: Keyring) -> Problem | None:
+    """What the verified head record ``raw`` says against ``head``, the stream's last complete line, which a
+    writer is about to append after: more lines than the stream holds (``TRUNCATED``), or another line at
+    ``head.seq`` (``HEAD_MISMATCH``). An append there would write a new record over that evidence. None when
+    the record cannot say: there is none, it does not verify here (``verify`` reports that), or it is behind
+    ``head`` (a record lags its lines after a crash, and the lines between are not at hand)."""
+    if raw is None:
+        return None
+    problem, rec = _verified_head_record(stream, raw, keyring)
+    if problem is not None:
+        return None
+    if rec["seq"] > head.seq:
+        return Problem(stream, head.seq, TRUNCATED, f"the signed head record says {rec['seq']} lines, the stream "
+                       f"holds {head.seq}: lines were cut (or the last one lost its newline)")
+    if rec["seq"] == head.seq and head.seq and line_hash(head.last_line) != rec.get("hash"):
+        return Problem(stream, head.seq, HEAD_MISMATCH, "the line named by the head record was rewritten")
+    return None
+
+
+def _verified_head_record(stream: str, raw: bytes, keyring: Keyring) -> tuple[Problem | None, dict[str, Any]]:
+    """The head record ``raw`` parsed, its signature and stream checked: (what is wrong with it, or None; the
+    record, whose ``seq`` is then a count of lines)."""
+    try:
+        rec = json.loads(raw)
+    except (ValueError, RecursionError):
+        return Problem(stream, 0, CORRUPT_LINE, "the head record is not valid JSON"), {}
+    if not isinstance(rec, dict):
+        return Problem(stream, 0, CORRUPT_LINE, "the head record is not a JSON object"), {}
+    sig_problem = keyring.check(rec)
+    if (sig_problem and sig_problem != UNKNOWN_KEY) or rec.get("stream") != stream:
+        return Problem(stream, 0, "SIGNATURE_INVALID", "the head record's signature does not verify"), rec
+    if sig_problem:  # nothing it says can be checked here; a keyring that holds its key can (a worker leaves the job)
+        kid = rec.get("kid")
+        return Problem(stream, 0, UNKNOWN_KEY, f"the head record is signed by key {shown(kid)}, which this keyring "
+                       "does not hold", kid), rec
+    seq = rec.get("seq", 0)
+    if type(seq) is not int or seq < 0:  # signed, so written by a key holder: still a problem, not a crash
+        return Problem(stream, 0, CORRUPT_LINE, f"the head record's seq {seq!r} is not a count of events"), rec
+    return None, {**rec, "seq": seq}
 
 
 def submitted_kind(line: bytes | None) -> Any:

@@ -143,13 +143,23 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _sig_bytes(text: str) -> bytes:
+    """The signature ``text`` encodes, only if it is the one text ``_b64`` makes of them, else ``ValueError``:
+    the decoder also takes ``=`` padding, the standard alphabet and any spare bits of the last character, and a
+    line whose signature text was so changed would still verify (only the line after it would notice)."""
+    raw = _unb64(text)
+    if _b64(raw) != text:
+        raise ValueError("not the canonical base64url text of a signature")
+    return raw
+
+
 @dataclass
 class Keyring:
     """Trusted public keys by id, the revoked ids, and (when this process signs) one private key."""
 
     trusted: dict[str, bytes] = field(default_factory=dict)  # key id -> raw public key
     revoked: frozenset[str] = frozenset()
-    signer: bytes | None = None  # the signing key's seed
+    signer: bytes | None = field(default=None, repr=False)  # the signing key's seed: never in a repr (tracebacks, logs)
     signer_id: str | None = None
     source: str = "memory"
     # every folder and file keys are read from (keyring folder, trusted-keys folder, signing key file): none
@@ -267,7 +277,7 @@ class Keyring:
         if public is None:
             return UNKNOWN_KEY
         try:
-            raw_sig = _unb64(sig)
+            raw_sig = _sig_bytes(sig)
         except ValueError:
             return SIGNATURE_INVALID
         try:
@@ -285,7 +295,7 @@ class Keyring:
         if public is None or kid in self.revoked:
             return False
         try:
-            raw_sig = _unb64(sig)
+            raw_sig = _sig_bytes(sig)
         except ValueError:
             return False
         return self._verify(kid, public, raw_sig, data)
@@ -338,11 +348,23 @@ def _key_file_stat(path: Path, what: str) -> os.stat_result:
     return st
 
 
-def _read_key_file(path: Path, what: str, *, owner_only: bool = False) -> bytes:
-    """The bytes of a key file (``_key_file_stat``); with ``owner_only``, one that others may read is refused."""
+def _owner_writes(path: Path, what: str, mode: int) -> None:
+    """Refuse a folder or file that decides which keys are trusted (a keyring folder, a ``.pub``, ``revoked``) when
+    others than its owner may write it: they could add a key of their own, or trust a revoked one again, and their
+    events would verify (as ssh refuses an ``authorized_keys`` others may write)."""
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise SigningKeyError(f"{what} {path} may be written by others than its owner, who could make keys of their "
+                              f"own trusted; run: chmod go-w {path}")
+
+
+def _read_key_file(path: Path, what: str, *, owner_only: bool = False, trusts: bool = False) -> bytes:
+    """The bytes of a key file (``_key_file_stat``); with ``owner_only``, one that others may read is refused;
+    with ``trusts`` (it decides which keys are trusted), one that others may write (``_owner_writes``)."""
     mode = _key_file_stat(path, what).st_mode
     if owner_only and mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SigningKeyError(f"{what} {path} is readable by others; run: chmod 600 {path}")
+    if trusts:
+        _owner_writes(path, what, mode)
     try:
         return path.read_bytes()
     except OSError as exc:
@@ -417,7 +439,9 @@ def _write_whole(path: Path, data: bytes) -> None:
     from orchestrator.store.files import fsync_dir
 
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.fchmod(fd, 0o644)  # only its owner writes it, whatever the umask (``_owner_writes``)
+    with os.fdopen(fd, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
@@ -478,15 +502,19 @@ def _trust_folder(ring: Keyring, folder: Path, *, required_by: str | None = None
         raise SigningKeyError(f"keyring folder {folder} is not a folder") from None
     except OSError as exc:
         raise SigningKeyError(f"cannot read keyring folder {folder}: {exc.strerror or exc}") from None
+    try:
+        _owner_writes(folder, "keyring folder", folder.stat().st_mode)
+    except OSError as exc:  # removed since it was listed
+        raise SigningKeyError(f"cannot read keyring folder {folder}: {exc.strerror or exc}") from None
     for name in names:
         if name.endswith(PUBLIC_SUFFIX):
             pub = folder / name
-            key = _public_from_pem(_read_key_file(pub, "public key file"), pub)
+            key = _public_from_pem(_read_key_file(pub, "public key file", trusts=True), pub)
             ring.trusted[key_id(key)] = key
     if REVOKED_FILE in names:
         revoked = folder / REVOKED_FILE
         try:
-            text = _read_key_file(revoked, "revoked-keys file").decode()
+            text = _read_key_file(revoked, "revoked-keys file", trusts=True).decode()
         except UnicodeDecodeError:
             raise SigningKeyError(f"revoked-keys file {revoked} is not UTF-8 text; it should hold one key id "
                                   "a line") from None
@@ -566,7 +594,8 @@ def revoke(kid: str, env: Mapping[str, str] | None = None) -> Keyring:
     folder = keyring_dir(env)
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(folder / REVOKED_FILE, "a+b") as fh:
+        fd = os.open(folder / REVOKED_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)  # owner-written (umask)
+        with os.fdopen(fd, "a+b") as fh:
             size = fh.seek(0, os.SEEK_END)
             if size:
                 fh.seek(size - 1)

@@ -168,12 +168,6 @@ class JsonlStore(EventStore):
                 raise StorageError(not_regular(path), stream=stream)
             size = st.st_size
             end, last = _complete_end(fd, size)
-            if end != size:
-                log.warning("repairing torn tail of %s: dropping %d bytes after the last complete line",
-                            path, size - end, extra={"stream": stream, "torn_bytes": size - end})
-                os.ftruncate(fd, end)
-                os.fdatasync(fd)
-                faults.point("store.append.after_repair")
             head = Head(self._seq_of(path, last), last)
             if expected_seq is not None and expected_seq != head.seq:
                 raise ConcurrencyError(f"{stream}: expected {expected_seq} events, found {head.seq}",
@@ -181,6 +175,14 @@ class JsonlStore(EventStore):
             new = list(build(head))
             if not new:
                 return head, False
+            # the torn tail is cut only now: a build that refused (the bytes may be a whole line that lost its
+            # newline, which the stream's head record names: ``audit.refuse_cut``) leaves the file as it was
+            if end != size:
+                log.warning("repairing torn tail of %s: dropping %d bytes after the last complete line",
+                            path, size - end, extra={"stream": stream, "torn_bytes": size - end})
+                os.ftruncate(fd, end)
+                os.fdatasync(fd)
+                faults.point("store.append.after_repair")
             data = b"".join(line + b"\n" for line in new)
             if data.count(b"\n") != len(new):
                 raise ValueError("a line must not contain a newline")

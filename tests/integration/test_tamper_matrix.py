@@ -56,3 +56,14 @@ def test_verify_survives_a_deeply_nested_line_in_the_audit_log(orch: Orchestrato
     with open(orch.store.path(AUDIT_STREAM), "ab") as fh:
         fh.write(b'{"data":{"event_hash":' + b"[" * 100_000 + b"]" * 100_000 + b'},"job_id":"x"}\n')
     assert "CORRUPT_LINE" in {p.code for p in verify_project(orch).problems}
+
+
+def test_a_hostile_value_in_a_line_is_quoted_short_in_its_problem() -> None:
+    # verify prints every problem: a 1 MB version, seq, job id or key id must not become a 1 MB message
+    from orchestrator.signing import canonical, genesis
+
+    huge = "x" * 1_000_000
+    start = {"v": 1, "seq": 1, "prev": genesis("j"), "job_id": "j"}
+    for rec in ({"v": huge}, {"v": 1, "seq": huge}, {**start, "job_id": huge}, {**start, "kid": huge, "sig": "A"}):
+        [problem] = verify_stream("j", [StoredLine(1, canonical(rec))], Keyring.generate()).problems
+        assert len(problem.message) < 200, (problem.code, len(problem.message))

@@ -398,3 +398,79 @@ def test_an_anchor_over_the_limit_verify_against_reads_is_never_written(
     with pytest.raises(InvalidInputError, match="more than the .* verify --against reads; nothing was written"):
         export_anchor(orch, anchor)
     assert anchor.read_bytes() == older
+
+
+def _cut_audit_log(raw: RawHistory, keep: int) -> bytes:
+    """Keep the audit log's first ``keep`` entries (at a line boundary), as an intruder would; returns what is kept."""
+    from orchestrator.store.base import AUDIT_STREAM
+
+    kept = b"".join(line + b"\n" for line in raw.read_bytes(AUDIT_STREAM).split(b"\n")[:keep])
+    raw.write_bytes(AUDIT_STREAM, kept)
+    return kept
+
+
+def test_an_audit_log_cut_at_a_line_boundary_is_never_written_over(orch: Orchestrator, raw: RawHistory) -> None:
+    # the next entry would rewrite the log's signed head record over the cut, and verify would pass again
+    from orchestrator.errors import IntegrityError
+    from orchestrator.store.base import AUDIT_STREAM
+
+    first, second, third = (orch.submit("echo", {}) for _ in range(3))
+    orch.cancel(first, "one")
+    orch.cancel(second, "two")
+    kept = _cut_audit_log(raw, 1)
+    with pytest.raises(IntegrityError, match="audit log") as refused:
+        orch.cancel(third, "three")
+    assert refused.value.exit_code == 7 and "TRUNCATED" in refused.value.message
+    if not orch.store.atomic_aux:  # files: refused before its event was written (PostgreSQL: audit.require_writable)
+        assert orch.status(third).state == "queued"
+    assert raw.read_bytes(AUDIT_STREAM) == kept
+    assert "TRUNCATED" in codes(orch)
+
+
+def test_no_audit_entry_is_appended_to_a_cut_audit_log(orch: Orchestrator, raw: RawHistory) -> None:
+    # what writes entries without a control action (a worker's refusal, a heal) meets the same check, as it appends
+    from orchestrator import audit as audit_log
+    from orchestrator.errors import IntegrityError
+    from orchestrator.store.base import AUDIT_STREAM
+
+    job = orch.submit("echo", {})
+    for note in ("one", "two"):
+        audit_log.record(orch, job_id=job, action="note", actor="me", note=note)
+    kept = _cut_audit_log(raw, 1)
+    with pytest.raises(IntegrityError, match="TRUNCATED"):
+        audit_log.record(orch, job_id=job, action="run_refused", actor="w", note="three")
+    assert raw.read_bytes(AUDIT_STREAM) == kept and "TRUNCATED" in codes(orch)
+
+
+def test_an_audit_log_whose_last_newline_was_damaged_keeps_that_entry(file_orch: Orchestrator) -> None:
+    # a complete entry without its newline reads as a torn tail; the writer that refuses must not cut it off either
+    from orchestrator import audit as audit_log
+    from orchestrator.errors import IntegrityError
+    from orchestrator.store.base import AUDIT_STREAM
+
+    job = file_orch.submit("echo", {})
+    for note in ("one", "two"):
+        audit_log.record(file_orch, job_id=job, action="note", actor="me", note=note)
+    path = file_orch.store.path(AUDIT_STREAM)
+    path.write_bytes(path.read_bytes()[:-1])
+    damaged = path.read_bytes()
+    with pytest.raises(IntegrityError):
+        audit_log.record(file_orch, job_id=job, action="note", actor="me", note="three")
+    assert path.read_bytes() == damaged
+
+
+def test_read_commands_still_read_a_cut_audit_log_without_healing_into_it(orch: Orchestrator, raw: RawHistory) -> None:
+    # audit-timeline and metrics heal what a crash left unaudited; over a cut log they write nothing and still answer
+    from orchestrator import audit as audit_log
+    from orchestrator.signing import line_hash
+    from orchestrator.store.base import AUDIT_STREAM
+
+    first, second = orch.submit("echo", {}), orch.submit("echo", {})
+    orch.cancel(first, "one")
+    orch.cancel(second, "two")
+    kept = _cut_audit_log(raw, 1)
+    cancelled = raw.read_bytes(second).split(b"\n")[-2]
+    orch.store.delete_aux(audit_log.MARKERS_AREA, line_hash(cancelled))  # as if its entry had never been written
+    assert [line["what"] for line in orch.timeline(second)["lines"]] == ["job_submitted", "job_cancelled"]
+    assert orch.metrics(rebuild=True).jobs == 2
+    assert raw.read_bytes(AUDIT_STREAM) == kept and "TRUNCATED" in codes(orch)

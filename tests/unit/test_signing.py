@@ -30,6 +30,31 @@ def test_a_sealed_record_verifies_and_any_change_breaks_it(keyring: Keyring) -> 
     assert keyring.check({k: v for k, v in rec.items() if k != "sig"}) == "SIGNATURE_MISSING"
 
 
+def test_a_signature_verifies_only_as_the_one_text_that_encodes_it(keyring: Keyring) -> None:
+    """Another text of the same 64 bytes (the last character's spare bits, ``=`` padding, the standard alphabet)
+    changed a line's bytes and its signature still verified: only the line after it, or the head record, noticed."""
+    import json
+
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    rec = next(r for r in (json.loads(keyring.seal({"seq": n})) for n in range(1000)) if set("-_") & set(r["sig"][:-1]))
+    sig = rec["sig"]
+    others = [sig[:-1] + alphabet[alphabet.index(sig[-1]) ^ 1], sig + "==", sig.replace("-", "+").replace("_", "/")]
+    body = json.dumps({k: v for k, v in rec.items() if k != "sig"}, sort_keys=True, separators=(",", ":")).encode()
+    assert keyring.check(rec) is None and keyring.verify_bytes(rec["kid"], sig, body)
+    for other in others:
+        assert keyring.check({**rec, "sig": other}) == "SIGNATURE_INVALID", other
+        assert not keyring.verify_bytes(rec["kid"], other, body)
+
+
+def test_a_keyring_never_shows_its_private_key(keyring: Keyring) -> None:
+    """A keyring's repr lands in tracebacks with locals, assertion messages and debug logs."""
+    from orchestrator.signing import _b64
+
+    shown = repr(keyring) + str(keyring)
+    assert keyring.signer_id in shown
+    assert all(form not in shown for form in (repr(keyring.signer), keyring.signer.hex(), _b64(keyring.signer)))
+
+
 def test_a_verifier_with_only_the_public_key_verifies_but_cannot_sign(keyring: Keyring) -> None:
     import json
 
@@ -212,6 +237,40 @@ def test_an_unreadable_signing_key_is_a_signing_key_error_when_signing_and_reads
     ring = load_keyring()  # reading needs only the public keys
     with pytest.raises(SigningKeyError, match=str(bad)):
         ring.seal({"seq": 1})
+
+
+@pytest.mark.parametrize("what", ["keyring folder", "trusted keys folder", "public key", "revoked file"])
+@pytest.mark.parametrize("mode", [0o020, 0o002], ids=["group", "others"])
+def test_a_folder_or_file_that_decides_which_keys_are_trusted_may_be_written_only_by_its_owner(
+        isolated_env: Path, tmp_path: Path, what: str, mode: int) -> None:
+    """Another user who may add a .pub (or rewrite one, or the revoked file) would make their forgeries verify."""
+    from orchestrator.signing import revoke
+
+    trusted = tmp_path / "trusted"
+    kid = write_keypair(isolated_env)
+    revoke(write_keypair(trusted, activate=False), {"ORCH_KEYRING_DIR": str(trusted)})
+    env = {"ORCH_KEYRING_DIR": str(isolated_env), "ORCH_TRUSTED_KEYS_DIR": str(trusted)}
+    assert kid in load_keyring(env).trusted
+    path = {"keyring folder": isolated_env, "trusted keys folder": trusted, "public key": isolated_env / f"{kid}.pub",
+            "revoked file": trusted / "revoked"}[what]
+    path.chmod(stat.S_IMODE(path.stat().st_mode) | mode)
+    with pytest.raises(SigningKeyError, match=f"{path} may be written by others.*chmod go-w {path}"):
+        load_keyring(env)
+
+
+def test_key_files_are_written_owner_writable_whatever_the_umask(isolated_env: Path) -> None:
+    from orchestrator.signing import revoke
+
+    old = os.umask(0o002)  # a user's private group: new files are group-writable
+    try:
+        kid = write_keypair(isolated_env)
+        write_keypair(isolated_env)
+        revoke(kid)
+    finally:
+        os.umask(old)
+    assert kid in load_keyring().revoked
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) & 0o022 for f in isolated_env.iterdir()} == {
+        f.name: 0 for f in isolated_env.iterdir()}
 
 
 def test_a_trusted_keys_folder_that_is_a_file_is_a_signing_key_error(tmp_path: Path) -> None:
