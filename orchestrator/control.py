@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator import audit
 from orchestrator.errors import (ActionConflictError, ChatMessageError, JobIdMismatchError, ConcurrencyError, ContextSignatureInvalid, InvalidInputError,
                                  InvalidTransitionError)
-from orchestrator.limits import is_unicode
+from orchestrator.limits import MAX_TEXT_CHARS, is_unicode
 from orchestrator.security import is_assigned_job_id, one_line, sanitize_text, validate_id
 from orchestrator.state import AWAITING_AUDIT, CANCELLED, WAITING_HUMAN, check_transition
 
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from orchestrator.api import JobView, Orchestrator
 
 MAX_RACE_RETRIES = 8
-MAX_TEXT_CHARS = 20_000
 # invisible characters that chat clients and web pages paste into text: trimmed like spaces at its ends
 ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff"
 
