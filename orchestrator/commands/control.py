@@ -21,8 +21,9 @@ _TEXT = {
                                "The job receives ANSWER trimmed (also of zero-width spaces), with LF line ends, "
                                "in Unicode NFC and with secrets redacted (password=x is password=[REDACTED]), "
                                "and a repeat is compared in that form."),
-    "cancel": ("REASON", False, "Cancel a job in any non-final state -> cancelled (a running worker stops "
-                                "at its next write)."),
+    "cancel": ("REASON", False, "Cancel a job in any non-final state -> cancelled (a worker running it "
+                                "kills the run at its next heartbeat, within a third of its lease, and records "
+                                "nothing of it)."),
 }
 
 
