@@ -465,7 +465,7 @@ class Orchestrator:
         return control.resume(self, job_id, answer, note=note, now=now, again=again)
 
     def cancel(self, job_id: str, reason: str = "", *, now: float | None = None) -> "ControlResult":
-        """Any non-final state -> cancelled (a running worker notices on its next append)."""
+        """Any non-final state -> cancelled (a worker running it kills the run at its next heartbeat)."""
         from orchestrator import control
 
         return control.cancel(self, job_id, reason, now=now)

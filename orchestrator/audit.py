@@ -59,9 +59,19 @@ AUDITED_EVENTS: dict[str, str] = {
 # every action an entry can name: those above, and decisions audited without being in that table
 # (a released run, a refused run or action); ``audit-timeline --action`` accepts these and the event types
 ACTIONS = frozenset({*AUDITED_EVENTS.values(), "job_released", "run_refused", "integrity_refusal"})
-# the field of an audited event whose text becomes the entry's note when it is healed
+# the field of an audited event whose text is its entry's note when the event holds no ``note`` of its own
 _NOTE_FIELD = {"job_approved": "note", "job_revised": "notes", "job_resumed": "answer", "job_cancelled": "reason",
                "stale_recovered": "error", "job_timeout": "error"}
+
+
+def note_of(event_type: str, data: dict[str, Any]) -> str:
+    """The note of an audited event's entry, from the event alone: the operator's comment (``note``) if it holds
+    one, else its text (the answer, the notes, ...), with the channel it came through (``[via chat] ...``). The
+    entry written with the event and the one ``heal`` writes after a crash are made by this one function, so a
+    healed entry says what the lost one said."""
+    text = data.get("note") or data.get(_NOTE_FIELD.get(event_type, ""), "")
+    text = text if isinstance(text, str) else str(text)
+    return f"[via {data['via']}] {text}" if data.get("via") else text
 
 
 # -- the pending lock -----------------------------------------------------------------------------
@@ -257,10 +267,9 @@ def heal_found(orch: "Orchestrator", todo: list[Unaudited], *, now: float | None
                 _mark(orch, eh, present[eh])
                 continue
             rec = u.record
-            field = _NOTE_FIELD.get(rec["type"], "")
             faults.point("audit.heal.before_entry")
             seq = record(orch, job_id=u.job_id, action=AUDITED_EVENTS[rec["type"]], actor=rec.get("actor", "?"),
-                         run_id=rec.get("run_id"), note=str(rec.get("data", {}).get(field, "")), event_line=u.raw,
+                         run_id=rec.get("run_id"), note=note_of(rec["type"], rec.get("data") or {}), event_line=u.raw,
                          extra={"healed": True, "healed_by": orch.actor, "event_ts": rec.get("ts")}, now=now)
             present[eh] = seq
             written.append(seq)

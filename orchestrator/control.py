@@ -1,8 +1,9 @@
 """Operator actions: approve, revise, resume, cancel.
 
-Each action reads the job, heals a missing audit entry left by a crash, decides from the
-replayed state, and appends one event (plus its audit entry) with the head it decided from
-as the expected sequence. Deciding is where idempotency lives:
+Each action reads the job, decides from the replayed state, heals a missing audit entry left by
+a crash (unless it refuses: a refused action writes nothing), and appends one event (plus its
+audit entry) with the head it decided from as the expected sequence. Deciding is where
+idempotency lives:
 
 * the state fits the action: it is applied (a pending question or audit is open), unless the job
   asks again exactly what the last decision answered (same question, same output) and this is that
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator import audit
 from orchestrator.errors import (ActionConflictError, ChatMessageError, JobIdMismatchError, ConcurrencyError, ContextSignatureInvalid, InvalidInputError,
                                  InvalidTransitionError)
-from orchestrator.limits import is_unicode
+from orchestrator.limits import MAX_TEXT_CHARS, is_unicode
 from orchestrator.security import is_assigned_job_id, one_line, sanitize_text, validate_id
 from orchestrator.state import AWAITING_AUDIT, CANCELLED, WAITING_HUMAN, check_transition
 
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from orchestrator.api import JobView, Orchestrator
 
 MAX_RACE_RETRIES = 8
-MAX_TEXT_CHARS = 20_000
 # invisible characters that chat clients and web pages paste into text: trimmed like spaces at its ends
 ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff"
 
@@ -136,9 +136,8 @@ def _clean(text: str | None, what: str, *, required: bool = False) -> str:
 def _act(orch: "Orchestrator", job_id: str, action: str, data: dict[str, Any], now: float | None, *,
          note: str = "", via: str | None = None, again: bool = False) -> ControlResult:
     event_type, _ = ACTIONS[action]
-    text = note or next(iter(data.values()))
-    if via:
-        text = f"[via {via}] {text}"
+    # the entry's comment and channel go into the event too, so an entry healed after a crash keeps them
+    extra = {k: v for k, v in (("note", note if note not in data.values() else ""), ("via", via)) if v}
     for _ in range(MAX_RACE_RETRIES):
         view = orch.load(job_id)
         # every action may write the audit log (its entry, a healed one, a refusal): none starts without it
@@ -146,29 +145,38 @@ def _act(orch: "Orchestrator", job_id: str, action: str, data: dict[str, Any], n
                                      "nothing was written")
         if not view.ok:
             _refuse_tampered(orch, view, action, now)
+        earlier = _already_applied(view, action, data, again)  # ACTION_CONFLICT before anything is written
+        if earlier is None:
+            _check_fits(view, action)
+        # the action goes ahead or was applied already (a retry after a crash): an entry a crash left missing is
+        # written now, before this action's own; a refused action writes nothing, not even that one
         audit.heal(orch, [view], now=now)
-        earlier = _already_applied(view, action, data, again)
         if earlier is not None:
             return earlier
-        state = view.state.state if view.state else None
-        try:
-            check_transition(state, event_type)
-        except InvalidTransitionError as exc:
-            why = exc.message + _decided_otherwise(view, action)
-            raise InvalidTransitionError(f"cannot {action} job {job_id}: {why}; nothing was written",
-                                         job_id=job_id, **exc.details) from None
-        event_data = dict(data)
+        event_data = {**data, **extra}
         if action == "resume":
             event_data["question"] = view.state.question
         try:
             new = orch.append(view, job_id, [(event_type, event_data)], run_id=view.state.run_id, now=now,
-                              audit=(action, text))
+                              audit=(action, audit.note_of(event_type, event_data)))
         except ConcurrencyError:
             continue  # someone wrote first: read again and decide again
         return ControlResult(job_id, action, True, event_type, new.head.seq, new.state.state,
                              f"{_PAST[action]} job {job_id} (event {new.head.seq}); state is now {new.state.state}"
                              + (f" (via {via})" if via else ""))
     raise ConcurrencyError(f"job {job_id} kept changing while deciding {action}; run the command again", job_id=job_id)
+
+
+def _check_fits(view: "JobView", action: str) -> None:
+    """``INVALID_TRANSITION`` (from the reducer's table) when ``action`` does not fit the job's state, naming the
+    other decision that came first if one did."""
+    state = view.state.state if view.state else None
+    try:
+        check_transition(state, ACTIONS[action][0])
+    except InvalidTransitionError as exc:
+        why = exc.message + _decided_otherwise(view, action)
+        raise InvalidTransitionError(f"cannot {action} job {view.job_id}: {why}; nothing was written",
+                                     job_id=view.job_id, **exc.details) from None
 
 
 def _refuse_tampered(orch: "Orchestrator", view: "JobView", action: str, now: float | None) -> None:

@@ -106,16 +106,21 @@ class JobApproved(_Data):
 
 
 class JobRevised(_Data):
-    """awaiting_audit -> queued; the notes join the context's ``revisions`` for the re-run."""
+    """awaiting_audit -> queued; the notes join the context's ``revisions`` for the re-run. ``note``: the operator's
+    comment for the audit entry, when one was given (since 2026-12-02), so an entry healed after a crash keeps it."""
 
     notes: str = Field(min_length=1)
+    note: Optional[str] = None
 
 
 class JobResumed(_Data):
-    """waiting_human -> queued; the answer joins the context's ``answers`` for the re-run."""
+    """waiting_human -> queued; the answer joins the context's ``answers`` for the re-run. ``note`` and ``via``
+    (``chat``): the audit entry's comment and where the answer came from, when given (since 2026-12-02)."""
 
     answer: str = Field(min_length=1)
     question: Optional[str] = None
+    note: Optional[str] = None
+    via: Optional[str] = None
 
 
 class JobCancelled(_Data):

@@ -37,8 +37,9 @@ SPECS: dict[str, tuple[tuple[str, str, Any], ...]] = {
     "job_released": (("error_code", _STR, "WORKER_STOPPED"), ("error", _STR, ""), ("worker_id", _OPT_STR, None),
                      ("output_tail", _STR, "")),
     "job_approved": (("note", _STR, ""),),
-    "job_revised": (("notes", _STR1, _REQUIRED),),
-    "job_resumed": (("answer", _STR1, _REQUIRED), ("question", _OPT_STR, None)),
+    "job_revised": (("notes", _STR1, _REQUIRED), ("note", _OPT_STR, None)),
+    "job_resumed": (("answer", _STR1, _REQUIRED), ("question", _OPT_STR, None), ("note", _OPT_STR, None),
+                    ("via", _OPT_STR, None)),
     "job_cancelled": (("reason", _STR, ""),),
 }
 _NAMES = {event: frozenset(name for name, _, _ in spec) for event, spec in SPECS.items()}

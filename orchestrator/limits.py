@@ -21,6 +21,9 @@ MAX_ANCHOR_BYTES = 256 * 1024 * 1024
 # 20,000 characters at most; a stream header holds a head record of under 512 bytes (``store.base.SLOT_BYTES``).
 # 64 MiB is far above any of them, and bounds what a corrupt bundle, or ``/dev/zero`` given by mistake, costs.
 MAX_BUNDLE_LINE_BYTES = 64 * 1024 * 1024
+MAX_TEXT_CHARS = 20_000  # an operator's answer, notes, note or reason, as written (canonical, redacted)
+# what ``control ... --text-file`` reads of a file at most: the longest text in UTF-8 (never a byte more than one past)
+MAX_TEXT_FILE_BYTES = 4 * MAX_TEXT_CHARS
 MAX_JSON_DEPTH = 64  # nesting of arrays/objects in a job's input and a terminal payload
 MAX_ATTEMPTS_LIMIT = 1000  # a job's max_attempts is 1..MAX_ATTEMPTS_LIMIT
 PRIORITY_LIMIT = 1000  # a job's priority is -PRIORITY_LIMIT..PRIORITY_LIMIT

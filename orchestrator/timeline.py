@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
 AUDIT_EVENT_MISSING = "AUDIT_EVENT_MISSING"
 AFTER_DAMAGE = "AFTER_DAMAGE"
-_ACTION_EVENT = {"approve": "job_approved", "revise": "job_revised", "resume": "job_resumed", "cancel": "job_cancelled"}
 # what ``action=`` filters on: an audit action or an event type (any other name would silently match nothing)
 FILTERS = tuple(sorted(audit.ACTIONS)) + tuple(sorted(set(TRANSITIONS) - audit.ACTIONS))
 
@@ -163,8 +162,9 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
         out = out[_first_since(out, since_t):]
     if run_id:
         out = [ln for ln in out if ln.run_id == run_id]
-    if action:
-        wanted = {action, _ACTION_EVENT.get(action, action)}
+    if action:  # an audited event and the action of its entry are one filter, by either name
+        wanted = {action}.union(*({event, act} for event, act in audit.AUDITED_EVENTS.items()
+                                  if action in (event, act)))
         out = [ln for ln in out if ln.what in wanted]
     unaudited = [ln.seq for ln in out if ln.status == AUDIT_ENTRY_MISSING]
     why = (f"not written here ({not_healed[0]}); once the store takes writes again, run"

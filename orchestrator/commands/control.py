@@ -10,6 +10,8 @@ from typing import Any
 import click
 
 from orchestrator.cli import CONTEXT, Output, cli, project_command
+from orchestrator.errors import InvalidInputError
+from orchestrator.limits import MAX_TEXT_CHARS, MAX_TEXT_FILE_BYTES, read_at_most
 from orchestrator.security import one_line, validate_id
 
 _TEXT = {
@@ -19,8 +21,9 @@ _TEXT = {
                                "The job receives ANSWER trimmed (also of zero-width spaces), with LF line ends, "
                                "in Unicode NFC and with secrets redacted (password=x is password=[REDACTED]), "
                                "and a repeat is compared in that form."),
-    "cancel": ("REASON", False, "Cancel a job in any non-final state -> cancelled (a running worker stops "
-                                "at its next write)."),
+    "cancel": ("REASON", False, "Cancel a job in any non-final state -> cancelled (a worker running it "
+                                "kills the run at its next heartbeat, within a third of its lease, and records "
+                                "nothing of it)."),
 }
 
 
@@ -52,6 +55,34 @@ def _again_option(action: str) -> Any:
         f"repeat is taken as a retry of the last {action}: already applied, nothing written."))
 
 
+def _text_file_option(what: str) -> Any:
+    return click.option("--text-file", type=click.File("rb"), metavar="FILE", default=None, help=(
+        f"Read the {what} from a file ('-' for stdin) instead of the argument, e.g. a multi-line one, or one a "
+        f"shell history should not keep: UTF-8, at most {MAX_TEXT_FILE_BYTES} bytes (a larger one is refused, exit 3, "
+        "without being read further); a trailing newline is trimmed like any space at its ends."))
+
+
+def _given_text(text: str | None, text_file: Any, metavar: str, required: bool) -> str | None:
+    """The argument, or the text of ``--text-file`` (not both); refused like a bad argument, before anything is
+    read of the job: a file too long or not UTF-8 (``INVALID_INPUT``), or neither given where one is needed."""
+    if text_file is None:
+        if required and text is None:
+            raise click.UsageError(f"give the {metavar.lower()} as an argument ({metavar}) or with --text-file")
+        return text
+    if text is not None:
+        raise click.UsageError(f"give the {metavar.lower()} as an argument or with --text-file, not both")
+    name = getattr(text_file, "name", None)  # stdin's is "<stdin>" (none at all under a test runner)
+    given = f"--text-file {name if isinstance(name, str) and name != '<stdin>' else '-'}"
+    raw = read_at_most(text_file, MAX_TEXT_FILE_BYTES)
+    if raw is None:
+        raise InvalidInputError(f"{given} holds more than {MAX_TEXT_FILE_BYTES} bytes (a {metavar.lower()} is at most "
+                                f"{MAX_TEXT_CHARS} characters); nothing was written")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{given} is not UTF-8 text (byte {exc.start} of it); nothing was written") from None
+
+
 def _make(action: str) -> None:
     metavar, required, help_text = _TEXT[action]
     note_names = ["--note", "--reason"] if action == "cancel" else ["--note"]
@@ -60,13 +91,16 @@ def _make(action: str) -> None:
 
     @control_group.command(action, context_settings=CONTEXT, help=help_text)
     @click.argument("job_id")
-    @click.argument("text", metavar=metavar if required else f"[{metavar}]", required=required)
+    @click.argument("text", metavar=f"[{metavar}]", required=False)
+    @_text_file_option(metavar)
     @click.option(*note_names, "note", default=None, help=note_help)
     @_again_option(action)
     @project_command
-    def command(orch: Any, out: Output, job_id: str, text: str | None, note: str | None, again: bool = False) -> None:
+    def command(orch: Any, out: Output, job_id: str, text: str | None, text_file: Any, note: str | None,
+                again: bool = False) -> None:
         from orchestrator import control
 
+        text = _given_text(text, text_file, metavar, required)
         if required:
             result = getattr(control, action)(orch, job_id, text, note=note or "", again=again)
         else:
@@ -83,11 +117,13 @@ for _action in ("approve", "revise", "resume", "cancel"):
 
 @cli.command("resume-from-chat", context_settings=CONTEXT)
 @click.argument("job_id")
-@click.argument("message")
+@click.argument("message", metavar="[MESSAGE]", required=False)
+@_text_file_option("MESSAGE")
 @click.option("--note", default=None, help="Comment for the audit log (default: the answer).")
 @_again_option("resume")
 @project_command
-def resume_from_chat(orch: Any, out: Output, job_id: str, message: str, note: str | None, again: bool) -> None:
+def resume_from_chat(orch: Any, out: Output, job_id: str, message: str | None, text_file: Any, note: str | None,
+                     again: bool) -> None:
     """Resume JOB_ID with the answer in a pasted chat MESSAGE: "job_id: <JOB_ID>; <answer>".
 
     Tolerates any case and spacing, full-width "：" and "；", a missing space, a leading "@bot",
@@ -98,6 +134,7 @@ def resume_from_chat(orch: Any, out: Output, job_id: str, message: str, note: st
     """
     from orchestrator import control
 
+    message = _given_text(message, text_file, "MESSAGE", True)
     _emit(out, control.resume_from_chat(orch, job_id, message, note=note or "", again=again))
 
 

@@ -22,7 +22,8 @@ from orchestrator.timeline import FILTERS
                    "back) is kept: it happened later.")
 @click.option("--action", type=click.Choice(FILTERS), metavar="ACTION", default=None,
               help=f"Only this audit action ({', '.join(sorted(ACTIONS))}) or event type "
-                   f"({', '.join(sorted(TRANSITIONS))}).")
+                   f"({', '.join(sorted(TRANSITIONS))}); an audited event and its entry's action are one filter: "
+                   "resume and job_resumed both show the event and its entry.")
 @project_command
 def audit_timeline(orch: Any, out: Output, job_id: str | None, run_id: str | None, since: str | None,
                    action: str | None) -> int:

@@ -233,3 +233,37 @@ def test_metrics_gives_its_figures_and_a_warning_when_a_folder_of_files_is_in_it
     table = run_script("metrics", env=cli_env)
     assert table.returncode == 0 and "metrics cache was not written" in table.stderr and "jobs-v2" in table.stderr
     assert note.read_text() == "an operator's file"
+
+
+def test_an_answer_or_notes_read_from_stdin_or_a_file_are_checked_as_an_argument_is(api: Orchestrator, cli_env,
+                                                                                      tmp_path: Path) -> None:
+    """A multi-line answer, revision notes or a chat message pasted from the clipboard: ``--text-file FILE`` ('-' for
+    stdin) instead of the argument (which a shell history and ``ps`` keep). UTF-8 only, bounded before it is read
+    whole; redacted and written in one form as an argument is, and a repeat is the same action."""
+    job_id = js.waiting_human(api)
+    answer = "use the blue build\nthen restart; password=hunter2\n"
+    first = run_script("control", "resume", job_id, "--text-file", "-", "--json", env=cli_env, input=answer)
+    assert first.returncode == 0, first.stderr
+    assert as_json(first)["applied"]
+    assert api.load(job_id).state.answers == ("use the blue build\nthen restart; password=[REDACTED]",)
+    again = tmp_path / "answer.txt"
+    again.write_text(answer)
+    repeat = run_script("control", "resume", job_id, "--text-file", str(again), "--json", env=cli_env)
+    assert repeat.returncode == 0 and as_json(repeat)["already_applied"]
+
+    audited = js.awaiting_audit(api)
+    (tmp_path / "notes.txt").write_bytes(b"shorten it \xff\n")
+    bad = run_script("control", "revise", audited, "--text-file", str(tmp_path / "notes.txt"), "--json", env=cli_env)
+    assert bad.returncode == 3 and as_json(bad)["error"] == "INVALID_INPUT" and "UTF-8" in as_json(bad)["message"]
+    (tmp_path / "notes.txt").write_bytes(b"x" * 1_000_000)
+    big = run_script("control", "revise", audited, "--text-file", str(tmp_path / "notes.txt"), "--json", env=cli_env)
+    assert big.returncode == 3 and as_json(big)["error"] == "INVALID_INPUT" and "bytes" in as_json(big)["message"]
+    both = run_script("control", "revise", audited, "notes", "--text-file", "-", env=cli_env, input="notes")
+    neither = run_script("control", "revise", audited, env=cli_env)
+    assert both.returncode == neither.returncode == 2
+    assert js.event_types(api, audited)[-1] == "audit_requested"  # nothing was written by any of them
+
+    chat = js.waiting_human(api)
+    pasted = run_script("resume_from_chat", chat, "--text-file", "-", env=cli_env, input=f"> job_id: {chat};\nyes\n")
+    assert pasted.returncode == 0, pasted.stderr
+    assert api.load(chat).state.answers == ("yes",)

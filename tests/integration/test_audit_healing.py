@@ -218,3 +218,62 @@ def test_a_read_command_on_a_full_disk_reports_without_writing_the_missing_entry
     monkeypatch.setattr(orch.store, "append", real_append)  # the disk freed: the next read heals it, once
     timeline.timeline(orch, job_id=job_id)
     assert len(entries(orch, job_id, "resume")) == 1
+
+
+class _Crash(Exception):
+    """A crash between a control action's event and its audit entry, in this process."""
+
+
+def _crash_between_event_and_entry(call) -> None:
+    from orchestrator import faults
+
+    faults.arm("append.after_event", lambda: (_ for _ in ()).throw(_Crash()))
+    try:
+        with pytest.raises(_Crash):
+            call()
+    finally:
+        faults.disarm_all()
+
+
+@pytest.mark.parametrize("make, act", [
+    (js.waiting_human, lambda o, j: o.resume(j, "yes", note="called the customer first")),
+    (js.awaiting_audit, lambda o, j: o.revise(j, "shorten it", note="ticket OPS-12")),
+    (js.waiting_human, lambda o, j: o.resume_from_chat(j, f"job_id: {j}; yes")),
+    (js.waiting_human, lambda o, j: o.resume_from_chat(j, f"job_id: {j}; yes", note="from the on-call chat")),
+    (js.waiting_human, lambda o, j: o.resume_from_chat(j, f"job_id: {j}; chat")),  # an answer that names the channel
+    (js.awaiting_audit, lambda o, j: o.approve(j, "looks right")),
+    (js.waiting_human, lambda o, j: o.cancel(j, "not needed")),
+])
+def test_a_healed_entry_says_what_the_entry_written_at_once_says(orch: Orchestrator, make, act) -> None:
+    """The operator's note (and that a resume came from chat) must survive a crash before the entry: the healed
+    entry is the one the action would have written, but for its ``healed`` marks."""
+    done, crashed = make(orch), make(orch)
+    act(orch, done)
+    _crash_between_event_and_entry(lambda: act(orch, crashed))
+    assert entries(orch, crashed) == []
+    assert audit.heal(orch, [orch.load(crashed)]) != []
+    (written,), (healed,) = entries(orch, done), entries(orch, crashed)
+    assert healed["data"]["healed"] is True
+    assert healed["data"]["note"] == written["data"]["note"]
+
+
+@pytest.mark.parametrize("refused", [
+    lambda o, j: o.approve(j),  # the job is queued again: INVALID_TRANSITION
+    lambda o, j: o.resume(j, "no"),  # another answer was applied: ACTION_CONFLICT
+    lambda o, j: o.revise(j, "notes"),
+])
+def test_a_refused_action_writes_nothing_not_even_an_entry_a_crash_left_missing(orch: Orchestrator,
+                                                                                 refused) -> None:
+    """SPEC: an action that does not fit the job's state is refused and writes nothing. The missing entry is the
+    business of a command that goes ahead (or of ``audit heal``), not of a refusal."""
+    from orchestrator.errors import InvalidTransitionError
+
+    job_id = js.waiting_human(orch)
+    _crash_between_event_and_entry(lambda: orch.resume(job_id, "yes"))
+    audit_before = [s.raw for s in orch.store.read(AUDIT_STREAM)]
+    with pytest.raises(InvalidTransitionError) as exc:
+        refused(orch, job_id)
+    assert "nothing was written" in exc.value.message
+    assert [s.raw for s in orch.store.read(AUDIT_STREAM)] == audit_before
+    assert orch.resume(job_id, "yes").already_applied  # a command that goes ahead heals it, once
+    assert len(entries(orch, job_id, "resume")) == 1

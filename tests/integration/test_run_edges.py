@@ -665,3 +665,53 @@ def test_a_handler_exception_whose_text_is_not_unicode_is_a_handler_error_with_i
     result, last = run_one(orch, "t.raises_bytes", handler_process=mode)
     assert result.error_code == "HANDLER_ERROR", last
     assert "cannot open caf" in last["data"]["summary"] and ".csv" in last["data"]["summary"]
+
+
+# -- a cancel while the job runs ------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["t.wait", "command"])
+def test_a_cancelled_running_job_is_stopped_by_its_worker_and_stays_cancelled(orch, tmp_path: Path, kind) -> None:
+    """SPEC: any non-final state -> cancel -> cancelled. The worker kills the run at its next heartbeat (not when
+    the handler is done), records nothing after the cancel, and the job ends cancelled."""
+    import threading
+
+    started = tmp_path / "started"
+    if kind == "command":
+        value: object = {"argv": ["sh", "-c", 'echo "{\\"pid\\": $$}" > "$0"; exec sleep 60', str(started)]}
+    else:
+        value = {"started": str(started), "release": str(tmp_path / "never"), "max_wait": 60}
+    job_id = orch.submit(kind, value)
+    worker = Worker(orch, WorkerSettings(worker_id="w1", lease_seconds=0.6), rng=random.Random(7))
+    results: list = []
+    runner = threading.Thread(target=lambda: results.append(worker.run_once()))
+    t0 = time.monotonic()
+    runner.start()
+    deadline = time.monotonic() + 20
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pid = json.loads(started.read_text())["pid"]
+    assert orch.cancel(job_id, "not needed any more").applied
+    runner.join(timeout=20)
+    worker.close()
+    assert not runner.is_alive() and time.monotonic() - t0 < 15, "the worker waited for the handler to finish"
+    assert results[0].outcome == "lease_lost" and not alive(pid)
+    assert orch.status(job_id).state == "cancelled"
+    assert [json.loads(s.raw)["type"] for s in orch.store.read(job_id)][-1] == "job_cancelled"
+
+
+def test_a_cancel_written_as_the_handler_finishes_wins_over_its_result(orch, tmp_path: Path) -> None:
+    """The handler returned ``done`` and the worker is about to record it when an operator's cancel is written
+    (another process): the result is refused (LEASE_LOST), nothing is written after the cancel."""
+    from orchestrator import Orchestrator, faults
+
+    job_id = orch.submit("t.echo", {"x": 1})
+    operator = Orchestrator(base_path=orch.settings.base_path, project_id=orch.project_id, keyring=orch.keyring)
+    faults.arm("worker.before_outcome", lambda: operator.cancel(job_id, "stop"))
+    try:
+        with Worker(orch, WorkerSettings(worker_id="w1"), rng=random.Random(7)) as worker:
+            result = worker.run_once()
+    finally:
+        faults.disarm_all()
+    assert result.outcome == "lease_lost"
+    types = [json.loads(s.raw)["type"] for s in orch.store.read(job_id)]
+    assert types == ["job_submitted", "job_claimed", "job_cancelled"]
+    assert orch.status(job_id).state == "cancelled"

@@ -139,6 +139,24 @@ def test_an_action_filter_that_names_no_audit_action_or_event_type_is_refused(or
     assert [ln["what"] for ln in timeline(orch, job_id=job_id, action="resume")["lines"]] == ["job_resumed", "resume"]
 
 
+@pytest.mark.parametrize("action, event", [("resume", "job_resumed"), ("cancel", "job_cancelled"),
+                                            ("job_timeout", "job_timeout")])
+def test_an_action_filter_shows_the_audited_event_with_its_entry_by_either_name(orch: Orchestrator, action,
+                                                                                 event) -> None:
+    """``--action resume`` and ``--action job_resumed`` name the same thing: the event and the entry that explains
+    it (as ``--action job_timeout`` does, where both have one name); by the event type, the entry was left out."""
+    job_id = js.waiting_human(orch) if event != "job_timeout" else js.running(orch)
+    if event == "job_timeout":
+        js.finish(orch, job_id, "job_timeout", {"error_code": "NO_TERMINAL_SIGNAL_TIMEOUT", "timeout": 5.0})
+        from orchestrator import audit
+        audit.heal(orch, [orch.load(job_id)])
+    else:
+        getattr(orch, action)(job_id, *(["yes"] if action == "resume" else []))
+    by_action, by_event = (timeline(orch, job_id=job_id, action=a)["lines"] for a in (action, event))
+    assert [(ln["source"], ln["what"]) for ln in by_event] == [("event", event), ("audit", action)]
+    assert by_event == by_action
+
+
 def test_every_audit_action_the_code_records_is_one_the_filter_accepts() -> None:
     import re
     from pathlib import Path
