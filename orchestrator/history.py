@@ -118,9 +118,10 @@ def _check_line(stream: str, stored: StoredLine, expected_prev: str, keyring: Ke
             return CORRUPT_LINE, "not in canonical form (edited by hand?)", rec
     except ValueError:
         return CORRUPT_LINE, "holds a value JSON cannot carry (NaN?)", rec
-    if rec.get("v") != FORMAT_VERSION:
-        return UNSUPPORTED_VERSION, f"format version {shown(rec.get('v'))} is not {FORMAT_VERSION}", rec
-    if rec.get("seq") != stored.seq:
+    version, seq = rec.get("v"), rec.get("seq")
+    if type(version) is not int or version != FORMAT_VERSION:  # true == 1.0 == 1 in Python, not in the format
+        return UNSUPPORTED_VERSION, f"format version {shown(version)} is not {FORMAT_VERSION}", rec
+    if type(seq) is not int or seq != stored.seq:
         return SEQUENCE_MISMATCH, f"seq {shown(rec.get('seq'))} stands at line {stored.seq}", rec
     if rec.get("prev") != expected_prev:
         return CHAIN_BROKEN, "prev is not the hash of the line before", rec

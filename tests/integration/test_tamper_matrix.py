@@ -67,3 +67,17 @@ def test_a_hostile_value_in_a_line_is_quoted_short_in_its_problem() -> None:
     for rec in ({"v": huge}, {"v": 1, "seq": huge}, {**start, "job_id": huge}, {**start, "kid": huge, "sig": "A"}):
         [problem] = verify_stream("j", [StoredLine(1, canonical(rec))], Keyring.generate()).problems
         assert len(problem.message) < 200, (problem.code, len(problem.message))
+
+
+def test_a_version_or_seq_that_only_equals_the_number_in_python_is_refused() -> None:
+    """``true == 1`` and ``1.0 == 1`` in Python: a line signed with ``"seq": true`` or ``"v": 1.0`` passed the
+    checks; the format says they are whole numbers (docs/format.md)."""
+    from orchestrator.signing import genesis
+
+    keyring = Keyring.generate()
+    good = {"v": 1, "seq": 1, "prev": genesis("j"), "job_id": "j", "type": "x", "data": {}}
+    assert verify_stream("j", [StoredLine(1, keyring.seal(dict(good)))], keyring).problems == []  # seal adds kid/sig
+    for odd in ({"seq": True}, {"seq": 1.0}, {"v": True}, {"v": 1.0}):
+        line = keyring.seal({**good, **odd})
+        codes = [p.code for p in verify_stream("j", [StoredLine(1, line)], keyring).problems]
+        assert codes in (["SEQUENCE_MISMATCH"], ["UNSUPPORTED_VERSION"]), (odd, codes)
