@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import secrets
 import time
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
     from orchestrator.queue import QueueIndex
     from orchestrator.worker import Worker
 
-log = logging.getLogger(__name__)
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -500,21 +498,20 @@ class Orchestrator:
             report.problems.extend(p for p in check_anchor(self, Path(against)) if p not in report.problems)
         return report
 
-    def metrics(self, *, rebuild: bool = False, processes: int | None = None,
-                thresholds: "Thresholds | None" = None) -> "Metrics":
+    def metrics(self, *, rebuild: bool = False, processes: int | None = None, thresholds: "Thresholds | None" = None,
+                progress: Callable[[int], None] | None = None) -> "Metrics":
         """``stalled_count``, ``resume_success_rate``, ``mean_converge_time``, jobs per state and ``alerts``
-        (docs/metrics.md); ``thresholds`` default to the ``ORCH_ALERT_*`` settings. A cache that could not be
-        written is logged as a warning, as the command prints it."""
+        (docs/metrics.md); ``thresholds`` default to the ``ORCH_ALERT_*`` settings. What ``metrics --json`` prints:
+        also ``replayed`` and ``warnings`` ({code, message}: a cache or a healed audit entry that could not be
+        written, which fails nothing; each is logged too, where it is met). ``progress`` is called with the jobs
+        replayed so far, every thousand."""
         from orchestrator import metrics as m
         from orchestrator.projection import refresh
 
-        result = refresh(self, rebuild=rebuild, workers=_processes(processes))
-        for warning in result.warnings:
-            log.warning("%s: %s", warning["code"], warning["message"], extra={"code": warning["code"]})
-        return m.compute(self.project_id, result.columns, self.clock(),
-                         thresholds if thresholds is not None else m.Thresholds.from_env(),
-                         renewed_lease=self.lease_expiry)
-
+        limits = thresholds if thresholds is not None else m.Thresholds.from_env()  # a bad setting: before the work
+        result = refresh(self, rebuild=rebuild, progress=progress, workers=_processes(processes))
+        figures = m.compute(self.project_id, result.columns, self.clock(), limits, renewed_lease=self.lease_expiry)
+        return replace(figures, replayed=result.replayed, warnings=list(result.warnings))
 
 MAX_ACTOR_CHARS = 200
 

@@ -98,6 +98,10 @@ class Metrics:
     mean_converge_time: float | None
     converged_jobs: int
     alerts: list[dict[str, str]] = field(default_factory=list)
+    # what the refresh of the jobs cache before it did (``Orchestrator.metrics``): the jobs it replayed, and
+    # {code, message} for a cache (CACHE_NOT_WRITTEN) or a healed audit entry (AUDIT_ENTRY_MISSING) not written
+    replayed: int = 0
+    warnings: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -82,21 +82,17 @@ def metrics(orch: Any, out: Output, fmt: str, rebuild: bool, fail_on: str | None
     """
     from orchestrator import metrics as m
     from orchestrator.errors import AlertsFiringError
-    from orchestrator.projection import refresh
 
-    result = refresh(orch, rebuild=rebuild, progress=lambda n: out.progress(f"replayed {n} jobs..."),
-                     workers=processes)
+    figures = orch.metrics(rebuild=rebuild, processes=processes, thresholds=m.Thresholds.from_env(**limits),
+                           progress=lambda n: out.progress(f"replayed {n} jobs..."))
     note_missing_store(orch, out)
-    figures = m.compute(orch.project_id, result.columns, orch.clock(), m.Thresholds.from_env(**limits),
-                        renewed_lease=orch.lease_expiry)
     worst = {"warning": 1, "critical": 2}
     rank = {"info": 0, **worst}
     firing = [a["code"] for a in figures.alerts if fail_on and rank[a["severity"]] >= worst[fail_on]]
     error = AlertsFiringError(f"{len(firing)} alert(s) at {fail_on} or worse: {', '.join(firing)}",
                               firing=firing) if firing else None
     # the figures and the verdict in one object: a JSON reader parses stdout once, whatever the exit code
-    data = {**figures.to_dict(), "replayed": result.replayed, "warnings": result.warnings,  # also on stderr
-            **(error.to_dict() if error else {})}
+    data = {**figures.to_dict(), **(error.to_dict() if error else {})}  # its warnings also on stderr (logged)
     if fmt == "prometheus" and not out.as_json:
         echo(m.prometheus(figures), nl=False)
     elif fmt == "json" or out.as_json:

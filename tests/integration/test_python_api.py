@@ -140,3 +140,21 @@ def test_the_commands_of_the_observing_side_are_methods_too(orch: Orchestrator) 
     assert report.ok and report.streams == 2 and report.to_dict()["problems"] == []
     figures = orch.metrics()
     assert figures.counts["queued"] == 1 and figures.stalled_count == 0 and figures.to_dict()["jobs"] == 1
+
+
+def test_metrics_gives_its_warnings_and_what_it_replayed_to_a_python_caller_as_the_command_prints_them(
+        orch: Orchestrator) -> None:
+    """Before: ``orch.metrics()`` only logged a cache it could not write; the caller had no way to see it (the
+    command's ``--json`` printed it as ``"warnings"``)."""
+    orch.submit("t.echo", {})
+    note = orch.settings.state_dir / "projections" / "jobs-v2" / "note"  # a folder of files in the cache's place
+    note.parent.mkdir(parents=True)
+    note.write_text("an operator's file")
+    figures = orch.metrics()
+    assert figures.jobs == 1 and figures.replayed == 1
+    assert [w["code"] for w in figures.warnings] == ["CACHE_NOT_WRITTEN"]
+    assert "metrics cache was not written" in figures.warnings[0]["message"]
+    assert figures.to_dict()["warnings"] == figures.warnings and note.read_text() == "an operator's file"
+    note.unlink()
+    note.parent.rmdir()
+    assert orch.metrics().warnings == [] and orch.metrics().replayed == 0  # written now: nothing replayed again
