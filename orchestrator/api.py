@@ -24,7 +24,8 @@ from orchestrator.errors import (ConcurrencyError, ConfigError, ContextSignature
                                  InvalidInputError, JobNotFoundError, OrchestratorError, PathEscapeError)
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream,
                                   check_head_record, check_head, head_record, seal, verify_stream)
-from orchestrator.limits import MAX_INPUT_BYTES, MAX_JSON_DEPTH, MAX_KIND_LENGTH, is_kind, is_unicode, json_depth
+from orchestrator.limits import (MAX_INPUT_BYTES, MAX_JSON_DEPTH, MAX_KIND_LENGTH, MAX_PROCESSES, is_kind, is_unicode,
+                                 json_depth, whole_number)
 from orchestrator.security import sanitize_text, shown, validate_id
 from orchestrator.signing import Keyring, canonical, load_keyring
 from orchestrator.leases import lease_expiry
@@ -544,7 +545,4 @@ def _names(values: Iterable[str] | None, what: str, known: Sequence[str] | None 
 
 def _processes(processes: int | None) -> int | None:
     """The ``processes`` of ``verify`` and ``metrics``: None (the CPUs this process may use) or 1 to 256."""
-    if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int)
-                                  or not 1 <= processes <= 256):
-        raise InvalidInputError(f"processes must be a whole number from 1 to 256, not {shown(processes)}")
-    return processes
+    return whole_number(processes, "processes", 1, MAX_PROCESSES, or_none=True)

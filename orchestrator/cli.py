@@ -24,7 +24,7 @@ from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAUL
 from orchestrator.errors import (DISK_ERRORS, EXIT_OUTPUT_CLOSED, CommandInterrupted, ConfigError, InvalidInputError,
                                  OrchestratorError, OutputClosed, StorageError, UsageError)
 from orchestrator.limits import (MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_INPUT_BYTES, MAX_KIND_LENGTH,
-                                 PRIORITY_LIMIT, is_kind, read_at_most)
+                                 MAX_PROCESSES, PRIORITY_LIMIT, is_kind, read_at_most)
 from orchestrator.security import safe_line, sanitize_obj, sanitize_text, shown
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -340,7 +340,7 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
 @click.option("--against", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Also prove nothing was rolled back since this exported head file (read up to 256 MiB, "
                    "about two million jobs; a larger file is no anchor: exit 3).")
-@click.option("--processes", type=click.IntRange(1, 256), default=None, envvar="ORCH_VERIFY_PROCESSES",
+@click.option("--processes", type=click.IntRange(1, MAX_PROCESSES), default=None, envvar="ORCH_VERIFY_PROCESSES",
               show_envvar=True, help="Processes that check the jobs of a project of 2,000 jobs or more, each "
                                      "signature being checked  [default: the CPUs this process may use]")
 @project_command

@@ -140,6 +140,14 @@ class StorageError(OrchestratorError):
     exit_code = 10
 
 
+def write_error(exc: OSError) -> type[OrchestratorError]:
+    """The error of a file the operator named (an output file, an anchor) that could not be written: the disk's
+    (``DISK_ERRORS``: full, over quota, failing) is ``StorageError`` (exit 10: free space, then again), any other
+    the path's (no permission, a read-only file system, a missing folder) ``InvalidInputError`` (exit 3: another
+    path)."""
+    return StorageError if exc.errno in DISK_ERRORS else InvalidInputError
+
+
 class StorageUnavailableError(StorageError):
     """The store could not be reached (a connection lost or refused: a server restarting, a network
     failure). It may pass: a worker waits and tries again once it has reached the store."""

@@ -8,6 +8,7 @@ import click
 from orchestrator.audit import ACTIONS
 from orchestrator.cli import (CONTEXT, EXIT_INTEGRITY, FiniteFloatRange, Output, cli, echo, note_missing_store,
                               project_command, seconds)
+from orchestrator.limits import MAX_PROCESSES
 from orchestrator.state import TRANSITIONS
 from orchestrator.timeline import FILTERS
 
@@ -59,7 +60,7 @@ def _threshold(name: str, kind: Any, help_text: str) -> Any:
 @click.option("--rebuild", is_flag=True, help="Ignore the projection cache and replay every job.")
 @click.option("--fail-on", type=click.Choice(["warning", "critical"]), default=None,
               help="Exit 12 (ALERTS_FIRING) when an alert of this severity or worse fires.")
-@click.option("--processes", type=click.IntRange(1, 256), default=None, envvar="ORCH_METRICS_PROCESSES",
+@click.option("--processes", type=click.IntRange(1, MAX_PROCESSES), default=None, envvar="ORCH_METRICS_PROCESSES",
               show_envvar=True, help="Processes that replay the jobs when 2,000 or more must be (a first call, "
                                      "--rebuild)  [default: the CPUs this process may use]")
 @_threshold("stall_grace", seconds(), "Seconds past lease expiry before a running job counts as stalled.")

@@ -15,6 +15,7 @@ import worker_handlers  # noqa: F401  (registers t.* handlers)
 from orchestrator import Orchestrator, OrchestratorError, handler
 from orchestrator.config import Settings
 from orchestrator.errors import InvalidInputError
+from orchestrator.metrics import Thresholds
 from orchestrator.worker import Worker, WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,6 +93,10 @@ def bad_arguments(orch: Orchestrator, base: Path) -> dict[str, object]:
         "max_jobs text": lambda: Worker(orch, WorkerSettings(worker_id="w1")).run(max_jobs="2"),
         "since an int": lambda: orch.timeline(js.waiting_human(orch), since=5),
         "processes 0": lambda: orch.verify(processes=0),
+        "processes text": lambda: orch.metrics(processes="2"),
+        "a threshold text": lambda: orch.metrics(thresholds=Thresholds(stalled_max="5")),
+        "a threshold a bool": lambda: orch.metrics(thresholds=Thresholds(waiting_human_max=True)),
+        "a threshold an infinity": lambda: orch.metrics(thresholds=Thresholds(awaiting_audit_max=math.inf)),
         "a handler without a name": lambda: handler(lambda ctx: None),
     }
 
