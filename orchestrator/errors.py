@@ -219,6 +219,23 @@ class CommandInterrupted(OrchestratorError):
         return {"error": self.code, "message": self.message, "signal": signal.Signals(self.signum).name}
 
 
+class Interrupted(BaseException):
+    """A stop signal (SIGTERM; SIGINT where a command handles it itself), raised where the command is, so every
+    ``finally`` and ``with`` on the way out runs: an output file's temporary copy is removed, forked readers are
+    ended, a benchmark's worker process is stopped. A ``BaseException``, as ``KeyboardInterrupt`` and the worker's
+    ``WorkerStop``, so no ``except Exception`` on the way takes it for a failure of its own. The command line
+    reports it as ``CommandInterrupted``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.message = f"interrupted by {signal.Signals(signum).name}"
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # as a shell reports a process the signal ended: 130 (SIGINT), 143 (SIGTERM)
+
+
 class OutputClosed(Exception):
     """Stdout's reader went away (``| head`` read what it wanted): the command ends quietly with
     ``EXIT_OUTPUT_CLOSED``, as a process a closed pipe ends (SIGPIPE). Not an ``OrchestratorError``: nothing
