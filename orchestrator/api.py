@@ -64,7 +64,8 @@ class Orchestrator:
     """One project: submit jobs, read their state, act on them, verify their history.
 
     ``store`` and ``keyring`` default to the file backend under
-    ``BASE_PATH/<PROJECT_ID>/.orchestrator`` and the keyring of ``signing.load_keyring``.
+    ``BASE_PATH/<PROJECT_ID>/.orchestrator`` and the keyring of ``signing.load_keyring``. Settings not given come
+    from the environment; a ``.env`` file is read by the commands only (``config.load_dotenv_file()`` from Python).
     ``clock`` is injectable so that tests decide what "now" is; by default it is the store's
     ``shared_clock`` (PostgreSQL: the server's, so machines whose clocks differ agree on leases and
     due times), else this machine's (``clock.now``). ``actor`` names who acts in events and audit

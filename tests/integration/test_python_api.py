@@ -163,3 +163,19 @@ def test_metrics_gives_its_warnings_and_what_it_replayed_to_a_python_caller_as_t
     note.unlink()
     note.parent.rmdir()
     assert orch.metrics().warnings == [] and orch.metrics().replayed == 0  # written now: nothing replayed again
+
+
+def test_a_dotenv_is_read_by_the_commands_not_by_orchestrator_unless_the_caller_loads_it(
+        base: Path, keyring, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the README says: a library does not read a file of whatever folder its program runs in into the process's
+    environment (every thread and child would see it); ``load_dotenv_file()`` does, for a caller that wants it."""
+    from orchestrator.config import load_dotenv_file
+
+    folder = tmp_path / "service"
+    folder.mkdir()
+    (folder / ".env").write_text("PROJECT_ID=from-dotenv\n")
+    monkeypatch.chdir(folder)
+    monkeypatch.delenv("PROJECT_ID", raising=False)  # and removed again after the test, once loaded below
+    assert Orchestrator(base_path=base, keyring=keyring).project_id == "default"
+    load_dotenv_file()
+    assert Orchestrator(base_path=base, keyring=keyring).project_id == "from-dotenv"
