@@ -515,6 +515,7 @@ class Orchestrator:
         figures = m.compute(self.project_id, result.columns, self.clock(), limits, renewed_lease=self.lease_expiry)
         return replace(figures, replayed=result.replayed, warnings=list(result.warnings))
 
+
 MAX_ACTOR_CHARS = 200
 
 
