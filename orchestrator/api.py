@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import secrets
 import time
@@ -25,7 +24,8 @@ from orchestrator.errors import (ConcurrencyError, ConfigError, ContextSignature
                                  InvalidInputError, JobNotFoundError, OrchestratorError, PathEscapeError)
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream,
                                   check_head_record, check_head, head_record, seal, verify_stream)
-from orchestrator.limits import MAX_INPUT_BYTES, MAX_JSON_DEPTH, MAX_KIND_LENGTH, is_kind, is_unicode, json_depth
+from orchestrator.limits import (MAX_INPUT_BYTES, MAX_JSON_DEPTH, MAX_KIND_LENGTH, MAX_PROCESSES, is_kind, is_unicode,
+                                 json_depth, whole_number)
 from orchestrator.security import sanitize_text, shown, validate_id
 from orchestrator.signing import Keyring, canonical, load_keyring
 from orchestrator.leases import lease_expiry
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from orchestrator.queue import QueueIndex
     from orchestrator.worker import Worker
 
-log = logging.getLogger(__name__)
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -65,7 +64,8 @@ class Orchestrator:
     """One project: submit jobs, read their state, act on them, verify their history.
 
     ``store`` and ``keyring`` default to the file backend under
-    ``BASE_PATH/<PROJECT_ID>/.orchestrator`` and the keyring of ``signing.load_keyring``.
+    ``BASE_PATH/<PROJECT_ID>/.orchestrator`` and the keyring of ``signing.load_keyring``. Settings not given come
+    from the environment; a ``.env`` file is read by the commands only (``config.load_dotenv_file()`` from Python).
     ``clock`` is injectable so that tests decide what "now" is; by default it is the store's
     ``shared_clock`` (PostgreSQL: the server's, so machines whose clocks differ agree on leases and
     due times), else this machine's (``clock.now``). ``actor`` names who acts in events and audit
@@ -500,20 +500,20 @@ class Orchestrator:
             report.problems.extend(p for p in check_anchor(self, Path(against)) if p not in report.problems)
         return report
 
-    def metrics(self, *, rebuild: bool = False, processes: int | None = None,
-                thresholds: "Thresholds | None" = None) -> "Metrics":
+    def metrics(self, *, rebuild: bool = False, processes: int | None = None, thresholds: "Thresholds | None" = None,
+                progress: Callable[[int], None] | None = None) -> "Metrics":
         """``stalled_count``, ``resume_success_rate``, ``mean_converge_time``, jobs per state and ``alerts``
-        (docs/metrics.md); ``thresholds`` default to the ``ORCH_ALERT_*`` settings. A cache that could not be
-        written is logged as a warning, as the command prints it."""
+        (docs/metrics.md); ``thresholds`` default to the ``ORCH_ALERT_*`` settings. What ``metrics --json`` prints:
+        also ``replayed`` and ``warnings`` ({code, message}: a cache or a healed audit entry that could not be
+        written, which fails nothing; each is logged too, where it is met). ``progress`` is called with the jobs
+        replayed so far, every thousand."""
         from orchestrator import metrics as m
         from orchestrator.projection import refresh
 
-        result = refresh(self, rebuild=rebuild, workers=_processes(processes))
-        for warning in result.warnings:
-            log.warning("%s: %s", warning["code"], warning["message"], extra={"code": warning["code"]})
-        return m.compute(self.project_id, result.columns, self.clock(),
-                         thresholds if thresholds is not None else m.Thresholds.from_env(),
-                         renewed_lease=self.lease_expiry)
+        limits = thresholds if thresholds is not None else m.Thresholds.from_env()  # a bad setting: before the work
+        result = refresh(self, rebuild=rebuild, progress=progress, workers=_processes(processes))
+        figures = m.compute(self.project_id, result.columns, self.clock(), limits, renewed_lease=self.lease_expiry)
+        return replace(figures, replayed=result.replayed, warnings=list(result.warnings))
 
 
 MAX_ACTOR_CHARS = 200
@@ -547,7 +547,4 @@ def _names(values: Iterable[str] | None, what: str, known: Sequence[str] | None 
 
 def _processes(processes: int | None) -> int | None:
     """The ``processes`` of ``verify`` and ``metrics``: None (the CPUs this process may use) or 1 to 256."""
-    if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int)
-                                  or not 1 <= processes <= 256):
-        raise InvalidInputError(f"processes must be a whole number from 1 to 256, not {shown(processes)}")
-    return processes
+    return whole_number(processes, "processes", 1, MAX_PROCESSES, or_none=True)

@@ -12,7 +12,9 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -21,17 +23,21 @@ from click.core import ParameterSource
 
 from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PROJECT_ID,
                                  load_dotenv_file)
-from orchestrator.errors import (DISK_ERRORS, EXIT_OUTPUT_CLOSED, CommandInterrupted, ConfigError, InvalidInputError,
-                                 OrchestratorError, OutputClosed, StorageError, UsageError)
+from orchestrator.errors import (DISK_ERRORS, EXIT_OUTPUT_CLOSED, CommandInterrupted, ConfigError, Interrupted,
+                                 InvalidInputError, OrchestratorError, OutputClosed, StorageError, UsageError)
 from orchestrator.limits import (MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_INPUT_BYTES, MAX_KIND_LENGTH,
-                                 PRIORITY_LIMIT, is_kind, read_at_most)
+                                 MAX_PROCESSES, PRIORITY_LIMIT, is_kind, read_at_most)
 from orchestrator.security import safe_line, sanitize_obj, sanitize_text, shown
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_INTEGRITY = 7
-# Ctrl-C outside a command's own handling (the worker and the benchmark stop on it in their own way)
-INTERRUPTED_MESSAGE = ("interrupted by SIGINT (Ctrl-C) before the command finished: check what it did (status, "
-                       "verify) before running it again")
+
+
+def interrupted_message(signum: int) -> str:
+    """What a command stopped by Ctrl-C or SIGTERM says, outside a command's own handling (the worker and the
+    benchmark stop on them in their own way)."""
+    name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
+    return f"interrupted by {name} before the command finished: check what it did (status, verify) before running it again"
 
 
 class OutputLost(Exception):
@@ -234,7 +240,7 @@ def cli() -> None:
     13 release gate failed (bench-terminal-latency), 75 nothing to run (worker --once),
     130 interrupted by SIGINT (Ctrl-C; a looping worker stops gracefully instead),
     141 stdout's reader went away (| head), the command ended quietly,
-    143 interrupted by SIGTERM (bench-terminal-latency).
+    143 interrupted by SIGTERM (as 130).
     See the README's exit-code table.
     """
 
@@ -340,7 +346,7 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
 @click.option("--against", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Also prove nothing was rolled back since this exported head file (read up to 256 MiB, "
                    "about two million jobs; a larger file is no anchor: exit 3).")
-@click.option("--processes", type=click.IntRange(1, 256), default=None, envvar="ORCH_VERIFY_PROCESSES",
+@click.option("--processes", type=click.IntRange(1, MAX_PROCESSES), default=None, envvar="ORCH_VERIFY_PROCESSES",
               show_envvar=True, help="Processes that check the jobs of a project of 2,000 jobs or more, each "
                                      "signature being checked  [default: the CPUs this process may use]")
 @project_command
@@ -455,7 +461,8 @@ def _run_command(command: click.Command, args: list[str], prog_name: str | None)
     printed like every other error, as one JSON object on stdout (on stderr when stdout carries data:
     ``export -o -``): a caller that reads stdout gets it too. Without ``--json`` click prints it on stderr."""
     try:
-        code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
+        with _sigterm_interrupts():
+            code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except click.ClickException as exc:
         setting = _setting_error(exc)
         if setting is not None:
@@ -466,14 +473,41 @@ def _run_command(command: click.Command, args: list[str], prog_name: str | None)
         else:
             exc.show()
         sys.exit(exc.exit_code)
-    except (click.Abort, KeyboardInterrupt) as exc:  # click makes Ctrl-C (KeyboardInterrupt) an Abort
-        if not isinstance(exc, KeyboardInterrupt) and not isinstance(exc.__cause__, KeyboardInterrupt):
+    except (click.Abort, KeyboardInterrupt, Interrupted) as exc:  # click makes Ctrl-C (KeyboardInterrupt) an Abort
+        if isinstance(exc, click.Abort) and not isinstance(exc.__cause__, KeyboardInterrupt):
             click.echo("Aborted!", err=True)  # an end of input at a prompt
             sys.exit(1)
-        stop = CommandInterrupted(INTERRUPTED_MESSAGE)
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        stop = CommandInterrupted(interrupted_message(signum), signum)
         Output(_wants_json(args), data_on_stdout=_data_on_stdout(command, args)).error(stop)
         sys.exit(stop.exit_code)
     sys.exit(code if isinstance(code, int) else 0)  # ctx.exit(n) returns n; a command that returns exits 0
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (``kill PID``, a service manager stopping its unit) stops a command as Ctrl-C does: ``Interrupted``
+    is raised where the command is, so its ``finally`` and ``with`` blocks run (no temporary output file left,
+    forked readers ended), and ``_run_command`` reports it (exit 143) instead of the process dying by the signal
+    half-way. A later SIGTERM is ignored, so that way out is not cut short. A command that stops on it in its own
+    way (the worker, the benchmark) installs its own handler while it runs. In the main thread only; a SIGTERM
+    ignored when the command starts (``nohup``, a shell's background job) stays ignored."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        yield
+        return
+    raised = False
+
+    def on_sigterm(signum: int, _frame: Any) -> None:
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:

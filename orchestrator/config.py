@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Mapping
 
 from orchestrator.errors import ConfigError
-from orchestrator.limits import MAX_DURATION_SECONDS
+from orchestrator.limits import MAX_DURATION_SECONDS, is_number
 from orchestrator.security import validate_id
 
 DEFAULT_BASE_PATH = "."
@@ -113,7 +113,7 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0.0 <= value <= MAX_DURATION_SECONDS:  # NaN fails too
+    if not is_number(value, 0.0, MAX_DURATION_SECONDS):
         raise ConfigError(f"{name} must be a number of seconds from 0 to {MAX_DURATION_SECONDS:.0f}, not {text!r}")
     return value
 

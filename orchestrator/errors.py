@@ -140,6 +140,14 @@ class StorageError(OrchestratorError):
     exit_code = 10
 
 
+def write_error(exc: OSError) -> type[OrchestratorError]:
+    """The error of a file the operator named (an output file, an anchor) that could not be written: the disk's
+    (``DISK_ERRORS``: full, over quota, failing) is ``StorageError`` (exit 10: free space, then again), any other
+    the path's (no permission, a read-only file system, a missing folder) ``InvalidInputError`` (exit 3: another
+    path)."""
+    return StorageError if exc.errno in DISK_ERRORS else InvalidInputError
+
+
 class StorageUnavailableError(StorageError):
     """The store could not be reached (a connection lost or refused: a server restarting, a network
     failure). It may pass: a worker waits and tries again once it has reached the store."""
@@ -209,6 +217,23 @@ class CommandInterrupted(OrchestratorError):
 
     def to_dict(self) -> dict[str, Any]:
         return {"error": self.code, "message": self.message, "signal": signal.Signals(self.signum).name}
+
+
+class Interrupted(BaseException):
+    """A stop signal (SIGTERM; SIGINT where a command handles it itself), raised where the command is, so every
+    ``finally`` and ``with`` on the way out runs: an output file's temporary copy is removed, forked readers are
+    ended, a benchmark's worker process is stopped. A ``BaseException``, as ``KeyboardInterrupt`` and the worker's
+    ``WorkerStop``, so no ``except Exception`` on the way takes it for a failure of its own. The command line
+    reports it as ``CommandInterrupted``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.message = f"interrupted by {signal.Signals(signum).name}"
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # as a shell reports a process the signal ended: 130 (SIGINT), 143 (SIGTERM)
 
 
 class OutputClosed(Exception):

@@ -10,6 +10,9 @@ import math
 from collections import OrderedDict
 from typing import IO, Any
 
+from orchestrator.errors import InvalidInputError
+from orchestrator.security import shown
+
 MAX_INPUT_BYTES = 1024 * 1024  # a job's input, as canonical JSON; also a file it is read from (submit --input-file)
 # A head anchor (verify --export-head / --against): about 130 bytes a stream (a 36-character id, a 64-digit hash
 # and a sequence number), so about two million jobs. Bounds what ``--against`` reads of a file given by mistake
@@ -33,6 +36,7 @@ MAX_KIND_LENGTH = 200  # a job's kind (a handler name, or module:function) is 1.
 # meets in the code: ``now + lease`` or ``now + retry delay`` is written as an ISO timestamp (year <= 9999,
 # ~2.5e11 s away) and waits are capped by ``threading.TIMEOUT_MAX`` (~292 years).
 MAX_DURATION_SECONDS = 366 * 24 * 3600.0
+MAX_PROCESSES = 256  # verify --processes, metrics --processes (and their ``processes`` from Python)
 
 
 def json_depth(value: Any) -> int:
@@ -50,6 +54,25 @@ def json_depth(value: Any) -> int:
                 return deepest
             stack.extend((child, depth) for child in item)
     return deepest
+
+
+def is_number(value: Any, least: float, most: float) -> bool:
+    """Whether ``value`` is a finite int or float from ``least`` to ``most``: the durations and thresholds the Python
+    API and the settings take. Not a bool (``True`` is no count), nor NaN (it fails every comparison, so a NaN
+    duration never expires and a NaN threshold never alerts), nor an infinity or text."""
+    return (type(value) is not bool and isinstance(value, (int, float))
+            and (isinstance(value, int) or math.isfinite(value)) and least <= value <= most)
+
+
+def whole_number(value: Any, name: str, least: int = 1, most: int | None = None, *, or_none: bool = False) -> Any:
+    """``value`` when it is an int (not a bool) from ``least`` to ``most`` (no limit: None), or None with
+    ``or_none``: the counts the Python API takes (``processes``, ``handler_max_runs``, ``max_jobs``); else
+    ``INVALID_INPUT`` naming ``name``, as the command's option refuses the same value (exit 2)."""
+    if (value is None and or_none) or (type(value) is not bool and isinstance(value, int)
+                                       and least <= value and (most is None or value <= most)):
+        return value
+    span = f"of at least {least}" if most is None else f"from {least} to {most}"
+    raise InvalidInputError(f"{name} must be {'None or ' if or_none else ''}a whole number {span}, not {shown(value)}")
 
 
 def is_unicode(text: str) -> bool:

@@ -51,7 +51,7 @@ class Thresholds:
     def __post_init__(self) -> None:
         # NaN compares false with everything: a NaN threshold would silently never alert (or, for the grace,
         # never count a job as stalled); a negative one would always alert; the CLI's bounds, from Python too
-        from orchestrator.limits import MAX_DURATION_SECONDS
+        from orchestrator.limits import MAX_DURATION_SECONDS, is_number
 
         for name, var in self.ENV.items():
             value = getattr(self, name)
@@ -62,7 +62,7 @@ class Thresholds:
                 allowed = f"a number of seconds from 0 to {MAX_DURATION_SECONDS:.0f} (a year)"
             else:  # a count
                 most, allowed = math.inf, "a number >= 0"
-            if not (math.isfinite(value) and 0 <= value <= most):
+            if not is_number(value, 0, most):
                 from orchestrator.errors import ConfigError
 
                 raise ConfigError(f"{var} (--{name.replace('_', '-')}) must be {allowed}, not {value!r}")
@@ -98,6 +98,10 @@ class Metrics:
     mean_converge_time: float | None
     converged_jobs: int
     alerts: list[dict[str, str]] = field(default_factory=list)
+    # what the refresh of the jobs cache before it did (``Orchestrator.metrics``): the jobs it replayed, and
+    # {code, message} for a cache (CACHE_NOT_WRITTEN) or a healed audit entry (AUDIT_ENTRY_MISSING) not written
+    replayed: int = 0
+    warnings: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

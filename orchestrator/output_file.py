@@ -14,7 +14,7 @@ from typing import BinaryIO, ClassVar, Iterator
 
 from orchestrator import faults
 from orchestrator.config import STATE_DIR
-from orchestrator.errors import DISK_ERRORS, InvalidInputError, OutputClosed, StorageError
+from orchestrator.errors import DISK_ERRORS, InvalidInputError, OutputClosed, StorageError, write_error
 from orchestrator.store.files import STRAY_AGE, fsync_dir
 from orchestrator.worker_folders import ARTIFACTS_DIR
 
@@ -202,7 +202,7 @@ class OutputFile:
         try:
             fsync_dir(self.path.parent)  # the rename too: an anchor that vanishes on a power cut proves nothing
         except OSError as exc:  # written, and in place: say so, not "nothing was written"
-            error = StorageError if exc.errno in DISK_ERRORS else InvalidInputError
+            error = write_error(exc)
             raise error(f"{self.what} was written to {self.path}, but its folder could not be synced: "
                         f"{exc.strerror or exc}; the file is in place, but a power cut could still undo the rename "
                         "(write it again once the folder can be synced)", path=str(self.path)) from None
@@ -237,7 +237,7 @@ class OutputFile:
             yield
         except OSError as exc:
             self.discard()
-            error = StorageError if exc.errno in DISK_ERRORS else InvalidInputError
+            error = write_error(exc)
             raise error(f"cannot write {self.what} to {self.path}: {self._reason(exc)}; nothing was written there",
                         path=str(self.path)) from None
 

@@ -58,16 +58,21 @@ def _load_libc() -> Any:
     return _libc
 
 
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    """Linux only: the kernel sends ``sig`` to this process when the worker (the thread of it) that started it dies."""
+def _prctl(option: int, value: int) -> None:
+    """Linux only: ``prctl(option, value)`` for this process (or thread); elsewhere, or without libc, nothing."""
     if not sys.platform.startswith("linux"):
         return
     try:
         libc = _load_libc()
         if libc:
-            libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+            libc.prctl(option, value, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Linux only: the kernel sends ``sig`` to this process when the worker (the thread of it) that started it dies."""
+    _prctl(PR_SET_PDEATHSIG, sig)
 
 
 def adopt_orphans() -> None:
@@ -84,14 +89,7 @@ def precise_sleeps() -> None:
     50 us late (its timer slack, to batch wake-ups); a worker polls in steps of 50 us for an event's
     line (``EventStore.wait_for_more``), which that slack made 100 us. Measured here: a 50 us sleep
     took 106 us at P50 with the default slack, 56 us with 1 us."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = _load_libc()
-        if libc:
-            libc.prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)  # nanoseconds
-    except (OSError, AttributeError):
-        pass
+    _prctl(PR_SET_TIMERSLACK, 1000)  # nanoseconds
 
 
 _stop_deferred = 0  # > 0 inside a part of a ``Child.wait`` that a stop signal must not cut (``stop_deferred``)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from orchestrator import latency as lat
+from orchestrator.errors import Interrupted  # what StopSignals raises
 
 GATE_P95_MS = 80.0
 GATE_P99_MS = 150.0
@@ -36,21 +37,6 @@ TARGET_P99_MS = 2.0
 MAX_PAD = 512  # payload padding drawn from the seed: results of a few hundred bytes, like real summaries
 # the settings a kept project is signed and verified with; every other ORCH_* setting stays out of the benchmark
 KEY_VARIABLES = ("ORCH_KEYRING_DIR", "ORCH_SIGNING_KEY", "ORCH_SIGNING_KEY_FILE", "ORCH_TRUSTED_KEYS_DIR")
-
-
-class Interrupted(BaseException):
-    """SIGTERM or SIGINT ended the run. Raised where the run is, so every ``finally`` on the way out stops what
-    it started and removes what it made; a ``BaseException``, as the worker's ``WorkerStop``, so no ``except
-    Exception`` on the way takes it for a failure of its own."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-        self.message = f"interrupted by {signal.Signals(signum).name}"
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum  # as a shell reports a process the signal ended: 130 (SIGINT), 143 (SIGTERM)
 
 
 class StopSignals:

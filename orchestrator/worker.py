@@ -47,7 +47,7 @@ from orchestrator.handler_host import HOST_PREFIX, HandlerHost
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
 from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease, Lease, write_lease
 from orchestrator.leftovers import kill_run
-from orchestrator.limits import MAX_DURATION_SECONDS, MAX_KIND_LENGTH, is_kind
+from orchestrator.limits import MAX_DURATION_SECONDS, MAX_KIND_LENGTH, is_kind, is_number, whole_number
 from orchestrator.outcome import (STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS, Claim, OutcomeRecorder,
                                   RunResult, lost)
 from orchestrator.payload import NO_TERMINAL_SIGNAL_TIMEOUT
@@ -101,9 +101,7 @@ class WorkerSettings:
         if self.handler_process not in HANDLER_PROCESS_MODES:
             raise InvalidInputError(f"handler_process must be one of {', '.join(HANDLER_PROCESS_MODES)}, "
                                     f"not {self.handler_process!r}")
-        if not _is_int(self.handler_max_runs) or self.handler_max_runs < 1:
-            raise InvalidInputError("handler_max_runs must be a whole number of at least 1, "
-                                    f"not {shown(self.handler_max_runs)}")
+        whole_number(self.handler_max_runs, "handler_max_runs")
         # a lease's heartbeats are trusted up to MAX_LEASE_SECONDS (leases.lease_expiry); the other durations
         # up to a year: NaN fails both comparisons, inf or a huge value would overflow the ISO timestamps
         for name, least, most in (("lease_seconds", MIN_LEASE_SECONDS, MAX_LEASE_SECONDS),
@@ -112,13 +110,9 @@ class WorkerSettings:
                                   ("retry_max_seconds", 0.0, MAX_DURATION_SECONDS),
                                   ("store_wait_seconds", 0.0, MAX_DURATION_SECONDS)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not least <= value <= most:
+            if not is_number(value, least, most):
                 raise InvalidInputError(f"{name} must be a number of seconds from {least:g} to {most:.0f}, "
                                         f"not {value!r}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def default_worker_id() -> str:
@@ -500,8 +494,7 @@ class Worker:
             on_result: Callable[[RunResult], None] | None = None) -> int:
         """Loop until stopped (or ``max_jobs`` runs, or idle with ``idle_exit``); returns the runs done.
         ``on_result`` is called with each run's ``RunResult``."""
-        if max_jobs is not None and (not _is_int(max_jobs) or max_jobs < 1):
-            raise InvalidInputError(f"max_jobs must be None or a whole number of at least 1, not {shown(max_jobs)}")
+        whole_number(max_jobs, "max_jobs", or_none=True)
         done = 0
         precise_sleeps()
         self.orch.store.has_jobs()  # a store that cannot be reached now is a setting to fix: exit (one call)

@@ -8,6 +8,7 @@ import click
 from orchestrator.audit import ACTIONS
 from orchestrator.cli import (CONTEXT, EXIT_INTEGRITY, FiniteFloatRange, Output, cli, echo, note_missing_store,
                               project_command, seconds)
+from orchestrator.limits import MAX_PROCESSES
 from orchestrator.state import TRANSITIONS
 from orchestrator.timeline import FILTERS
 
@@ -60,7 +61,7 @@ def _threshold(name: str, kind: Any, help_text: str) -> Any:
 @click.option("--rebuild", is_flag=True, help="Ignore the projection cache and replay every job.")
 @click.option("--fail-on", type=click.Choice(["warning", "critical"]), default=None,
               help="Exit 12 (ALERTS_FIRING) when an alert of this severity or worse fires.")
-@click.option("--processes", type=click.IntRange(1, 256), default=None, envvar="ORCH_METRICS_PROCESSES",
+@click.option("--processes", type=click.IntRange(1, MAX_PROCESSES), default=None, envvar="ORCH_METRICS_PROCESSES",
               show_envvar=True, help="Processes that replay the jobs when 2,000 or more must be (a first call, "
                                      "--rebuild)  [default: the CPUs this process may use]")
 @_threshold("stall_grace", seconds(), "Seconds past lease expiry before a running job counts as stalled.")
@@ -83,21 +84,17 @@ def metrics(orch: Any, out: Output, fmt: str, rebuild: bool, fail_on: str | None
     """
     from orchestrator import metrics as m
     from orchestrator.errors import AlertsFiringError
-    from orchestrator.projection import refresh
 
-    result = refresh(orch, rebuild=rebuild, progress=lambda n: out.progress(f"replayed {n} jobs..."),
-                     workers=processes)
+    figures = orch.metrics(rebuild=rebuild, processes=processes, thresholds=m.Thresholds.from_env(**limits),
+                           progress=lambda n: out.progress(f"replayed {n} jobs..."))
     note_missing_store(orch, out)
-    figures = m.compute(orch.project_id, result.columns, orch.clock(), m.Thresholds.from_env(**limits),
-                        renewed_lease=orch.lease_expiry)
     worst = {"warning": 1, "critical": 2}
     rank = {"info": 0, **worst}
     firing = [a["code"] for a in figures.alerts if fail_on and rank[a["severity"]] >= worst[fail_on]]
     error = AlertsFiringError(f"{len(firing)} alert(s) at {fail_on} or worse: {', '.join(firing)}",
                               firing=firing) if firing else None
     # the figures and the verdict in one object: a JSON reader parses stdout once, whatever the exit code
-    data = {**figures.to_dict(), "replayed": result.replayed, "warnings": result.warnings,  # also on stderr
-            **(error.to_dict() if error else {})}
+    data = {**figures.to_dict(), **(error.to_dict() if error else {})}  # its warnings also on stderr (logged)
     if fmt == "prometheus" and not out.as_json:
         echo(m.prometheus(figures), nl=False)
     elif fmt == "json" or out.as_json:

@@ -15,6 +15,7 @@ import worker_handlers  # noqa: F401  (registers t.* handlers)
 from orchestrator import Orchestrator, OrchestratorError, handler
 from orchestrator.config import Settings
 from orchestrator.errors import InvalidInputError
+from orchestrator.metrics import Thresholds
 from orchestrator.worker import Worker, WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,6 +100,10 @@ def bad_arguments(orch: Orchestrator, base: Path) -> dict[str, object]:
         "max_jobs text": lambda: Worker(orch, WorkerSettings(worker_id="w1")).run(max_jobs="2"),
         "since an int": lambda: orch.timeline(js.waiting_human(orch), since=5),
         "processes 0": lambda: orch.verify(processes=0),
+        "processes text": lambda: orch.metrics(processes="2"),
+        "a threshold text": lambda: orch.metrics(thresholds=Thresholds(stalled_max="5")),
+        "a threshold a bool": lambda: orch.metrics(thresholds=Thresholds(waiting_human_max=True)),
+        "a threshold an infinity": lambda: orch.metrics(thresholds=Thresholds(awaiting_audit_max=math.inf)),
         "a handler without a name": lambda: handler(lambda ctx: None),
     }
 
@@ -147,3 +152,37 @@ def test_the_commands_of_the_observing_side_are_methods_too(orch: Orchestrator) 
     assert report.ok and report.streams == 2 and report.to_dict()["problems"] == []
     figures = orch.metrics()
     assert figures.counts["queued"] == 1 and figures.stalled_count == 0 and figures.to_dict()["jobs"] == 1
+
+
+def test_metrics_gives_its_warnings_and_what_it_replayed_to_a_python_caller_as_the_command_prints_them(
+        orch: Orchestrator) -> None:
+    """Before: ``orch.metrics()`` only logged a cache it could not write; the caller had no way to see it (the
+    command's ``--json`` printed it as ``"warnings"``)."""
+    orch.submit("t.echo", {})
+    note = orch.settings.state_dir / "projections" / "jobs-v2" / "note"  # a folder of files in the cache's place
+    note.parent.mkdir(parents=True)
+    note.write_text("an operator's file")
+    figures = orch.metrics()
+    assert figures.jobs == 1 and figures.replayed == 1
+    assert [w["code"] for w in figures.warnings] == ["CACHE_NOT_WRITTEN"]
+    assert "metrics cache was not written" in figures.warnings[0]["message"]
+    assert figures.to_dict()["warnings"] == figures.warnings and note.read_text() == "an operator's file"
+    note.unlink()
+    note.parent.rmdir()
+    assert orch.metrics().warnings == [] and orch.metrics().replayed == 0  # written now: nothing replayed again
+
+
+def test_a_dotenv_is_read_by_the_commands_not_by_orchestrator_unless_the_caller_loads_it(
+        base: Path, keyring, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the README says: a library does not read a file of whatever folder its program runs in into the process's
+    environment (every thread and child would see it); ``load_dotenv_file()`` does, for a caller that wants it."""
+    from orchestrator.config import load_dotenv_file
+
+    folder = tmp_path / "service"
+    folder.mkdir()
+    (folder / ".env").write_text("PROJECT_ID=from-dotenv\n")
+    monkeypatch.chdir(folder)
+    monkeypatch.delenv("PROJECT_ID", raising=False)  # and removed again after the test, once loaded below
+    assert Orchestrator(base_path=base, keyring=keyring).project_id == "default"
+    load_dotenv_file()
+    assert Orchestrator(base_path=base, keyring=keyring).project_id == "from-dotenv"
