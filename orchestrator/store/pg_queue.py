@@ -31,7 +31,8 @@ from orchestrator.errors import StorageError
 from orchestrator.queue import IndexChange, QueueIndex, ReadyEntry
 from orchestrator.state import JobState
 from orchestrator.store.base import HEADS_AREA, InTransaction, StoredLine
-from orchestrator.store.postgres import PostgresStore, _driver, _line_bounds, connect
+from orchestrator.store.pg_connection import _driver, connect
+from orchestrator.store.postgres import PostgresStore, _line_bounds
 
 log = logging.getLogger(__name__)
 

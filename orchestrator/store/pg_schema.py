@@ -16,6 +16,7 @@ from typing import Any
 
 from orchestrator import faults
 from orchestrator.errors import ConfigError, SchemaTooNewError
+from orchestrator.store.pg_connection import _connection_lost, _storage_error, connect, redacted
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,6 @@ def current_version(conn: Any) -> int:
     privilege on the table, say) is a ``StorageError``, as from every call of the store."""
     import psycopg
 
-    from orchestrator.store.postgres import _storage_error
-
     try:
         row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (MIGRATIONS_TABLE,)).fetchone()
         if not row[0]:
@@ -84,8 +83,6 @@ def migrate(url: str) -> dict[str, Any]:
     """Bring the schema to the latest version; idempotent and safe to run concurrently. A schema newer than this
     release's is refused (``SCHEMA_TOO_NEW``), nothing written."""
     import psycopg
-
-    from orchestrator.store.postgres import _connection_lost, _storage_error, connect, redacted
 
     conn = connect(url, autocommit=True)
     try:
@@ -134,8 +131,6 @@ PROJECT_TABLES = ("orch_events", "orch_streams", "orch_aux", "orch_ready", "orch
 def delete_project(url: str, project: str) -> None:
     """Delete every row of ``project``, one table after another (not one transaction: for scratch projects of tests
     and benchmarks, which nothing else uses meanwhile; no command offers it, a history is never deleted)."""
-    from orchestrator.store.postgres import connect
-
     conn = connect(url, autocommit=True)
     try:
         for table in PROJECT_TABLES:
