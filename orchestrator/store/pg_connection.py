@@ -8,6 +8,7 @@ out of reach (``STORAGE_ERROR``), and that no message shows the URL's password, 
 from __future__ import annotations
 
 import contextlib
+import re
 import select
 from typing import Any
 from urllib.parse import unquote
@@ -26,6 +27,16 @@ _KEEPALIVES = {"connect_timeout": "10", "keepalives": "1", "keepalives_idle": "1
 # (``EventStore.credential_env``), which a worker keeps from its handlers. Host, port, user and database are
 # no secret, and a handler may rely on them.
 CREDENTIAL_ENV = frozenset({"PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE", "PGSSLKEY"})
+# What libpq (or psycopg, for a list of hosts) says of a setting's value it refuses as it connects, before it waits
+# for any server: an enumerated value it does not know (``sslmode``, ``gssencmode``, ``channel_binding``,
+# ``target_session_attrs``, ``ssl_min_protocol_version``, ...), a port or an integer that is not one, a ``hostaddr``
+# that is not an address, lists of hosts and ports that do not match, an SSL version range or ``require_auth`` that
+# contradicts itself. libpq says so only in its message's text (no SQLSTATE), in English unless the program set
+# ``LC_MESSAGES`` (Python does not): a text not matched here stays ``StorageUnavailableError``, as any other failure.
+_BAD_SETTING = re.compile(r'invalid "?\w+"? value: "|invalid port number: "|invalid integer value "[^"]*" for '
+                          r'connection option "|could not parse network address "|could not match \d+ [\w ]+ to \d+ '
+                          r'|invalid SSL protocol version range|weak sslmode "|require_auth method "'
+                          r'|invalid when \w+ support is not compiled in')
 
 
 def is_postgres_url(url: str | None) -> bool:
@@ -89,7 +100,7 @@ def conninfo(url: str) -> dict[str, Any]:
     parse (its syntax: ``postgres://u@[::1/db``, ``?foo=bar``, ``%zz``), a ``connect_timeout`` that is not a number,
     a NUL (libpq would cut the URL there) or text that is not Unicode is ``ConfigError``: a setting to fix, found
     before any connection is tried. A value libpq checks only when it connects (``sslmode=bogus``, a port out of
-    range) is still reported then, as ``StorageError``, with the connection's other failures."""
+    range) is reported then, by ``connect``, as ``ConfigError`` too (``_BAD_SETTING``)."""
     psycopg = _driver()
     try:
         if "\0" in url:
@@ -105,8 +116,9 @@ def conninfo(url: str) -> dict[str, Any]:
 
 
 def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = None) -> Any:
-    """A psycopg connection with durable commits; a URL that cannot be parsed is ``ConfigError`` (``conninfo``),
-    connection failures become ``StorageError``. Its first statements keep ``deadline`` (opening it is bounded by
+    """A psycopg connection with durable commits; a URL that cannot be parsed is ``ConfigError`` (``conninfo``), and
+    so is a setting libpq refuses as it connects (``_BAD_SETTING``); other connection failures become
+    ``StorageError``. Its first statements keep ``deadline`` (opening it is bounded by
     ``connect_timeout``, shortened to the time left inside ``Deadline.until``)."""
     params = conninfo(url)
     psycopg = _driver()
@@ -119,7 +131,12 @@ def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = N
             conn.execute("SET synchronous_commit = on")
             if not autocommit:
                 conn.commit()
-    except psycopg.OperationalError as exc:  # refused, unreachable, restarting: may pass
+    except psycopg.OperationalError as exc:  # refused, unreachable, restarting: may pass; or a setting libpq refused
+        if _BAD_SETTING.search(str(exc)):
+            why = re.sub(r"^connection (is bad|failed): ", "", str(exc).strip())  # psycopg's words, not libpq's
+            raise ConfigError(redacted(f"not a valid PostgreSQL connection setting: {why} (in {url}, or the PG* "
+                                       "variable or service file that sets it)", url)
+                              + "; fix --store / ORCH_STORE_URL") from None
         raise StorageUnavailableError(redacted(f"cannot connect to PostgreSQL at {url}: {exc}".strip(), url)) from None
     except psycopg.Error as exc:
         raise StorageError(redacted(f"cannot connect to PostgreSQL at {url}: {exc}".strip(), url)) from None
