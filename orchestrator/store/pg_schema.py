@@ -16,6 +16,7 @@ from typing import Any
 
 from orchestrator import faults
 from orchestrator.errors import ConfigError, SchemaTooNewError
+from orchestrator.security import sanitize_text
 from orchestrator.store.pg_connection import _connection_lost, _storage_error, connect, redacted
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,27 @@ def version_problem(version: int) -> ConfigError | None:
                                  "(a newer release migrated it): upgrade the orchestrator on this machine; nothing "
                                  "was read or written")
     return None
+
+
+# What the server answers a statement that names a table, column or function the database does not have
+# (undefined_table, undefined_column, undefined_function): its schema changed under a store that had checked it (a
+# database restored from an older backup, a newer release's migration, a table dropped by hand).
+MISSING_SQLSTATES = frozenset({"42P01", "42703", "42883"})
+
+
+def missing_problem(conn: Any, exc: Exception) -> ConfigError:
+    """What the driver error ``exc`` (one of ``MISSING_SQLSTATES``) means, from the schema version on ``conn`` now:
+    that version's problem (behind: run ``db migrate``; ahead: ``SCHEMA_TOO_NEW``), or, at this release's version, a
+    schema changed by hand, which ``db migrate`` does not mend. A driver error while reading the version is a
+    ``StorageError`` (``current_version``)."""
+    version = current_version(conn)
+    problem = version_problem(version)
+    if problem is not None:
+        return problem
+    missing = getattr(getattr(exc, "diag", None), "message_primary", None) or str(exc)
+    return ConfigError(sanitize_text(f"the database schema is at version {version}, this release's, but {missing}: "
+                                     "it was changed by hand; restore it (`orchestrator db migrate` re-creates "
+                                     "nothing its version rows say is applied)"))
 
 
 def current_version(conn: Any) -> int:

@@ -47,7 +47,7 @@ from array import array
 from typing import Any, Callable, Collection, Iterator
 
 from orchestrator.config import DEFAULT_PG_DEADLINE_SECONDS
-from orchestrator.errors import ConcurrencyError, ConfigError, LeaseLostError, StorageError
+from orchestrator.errors import ConcurrencyError, ConfigError, LeaseLostError, OrchestratorError, StorageError
 from orchestrator.security import sanitize_text, validate_id
 from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
 from orchestrator.store.pg_clock import ServerClock
@@ -55,6 +55,7 @@ from orchestrator.store.pg_clock import ServerClock
 from orchestrator.store.pg_connection import (CREDENTIAL_ENV, _driver, _storage_error, _went_away, connect, conninfo,
                                               is_postgres_url, redacted)
 from orchestrator.store.pg_deadline import Deadline
+from orchestrator.store.pg_schema import MISSING_SQLSTATES, current_version, missing_problem, version_problem
 
 __all__ = ["Deadline", "PostgresStore", "connect", "is_postgres_url", "open_store", "redacted"]
 
@@ -193,13 +194,27 @@ class PostgresStore(EventStore):
         conn.close()
 
     def _check_schema(self, conn: Any) -> None:
-        """Before a store's first call: a schema behind this release's, or ahead of it, is refused."""
-        from orchestrator.store.pg_schema import current_version, version_problem
-
+        """Before a store's first call, and after the schema changed under it (``_schema_changed``): a schema behind
+        this release's, or ahead of it, is refused."""
         problem = version_problem(current_version(conn))
         if problem is not None:
             raise problem
         self._checked = True
+
+    def _schema_changed(self, conn: Any, exc: Exception) -> OrchestratorError:
+        """A statement named a table, column or function the database does not have: its schema changed since this
+        store checked it. What that means is read now, on ``conn`` (``pg_schema.missing_problem``: run ``db
+        migrate``, ``SCHEMA_TOO_NEW``, or changed by hand), and every call checks again (``_take``) until the schema
+        passes: one that would find its tables must not read or write a schema this release no longer knows."""
+        self._checked = False
+        try:
+            with self.deadline.bounded(conn):  # a cut closes it
+                problem: OrchestratorError = missing_problem(conn, exc)
+        except StorageError as error:  # the version could not be read (``current_version``): its own error
+            conn.close()
+            return error
+        self._give(conn)
+        return problem
 
     def _run(self, fn: Any, write: bool = False) -> Any:
         """Run ``fn(conn)`` on a pooled connection (autocommit: one statement is atomic on its own,
@@ -219,6 +234,8 @@ class PostgresStore(EventStore):
                 # Only reachable if the stream lock was bypassed: the primary key still refuses a fork.
                 self._give(conn)
                 raise ConcurrencyError("another writer appended to this stream first") from None
+            if getattr(exc, "sqlstate", None) in MISSING_SQLSTATES:  # the statement failed whole: nothing of it stays
+                raise self._schema_changed(conn, exc) from None
             if getattr(exc, "sqlstate", None) != FENCED_SQLSTATE:
                 error = _storage_error(exc, conn, write)
                 conn.close()
