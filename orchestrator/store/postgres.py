@@ -148,12 +148,12 @@ class PostgresStore(EventStore):
         finalizes them; the child opens its own, and watches its own calls."""
         self._lock = threading.Lock()  # another thread of the parent may have held it at the fork
         self.deadline.reset()
-        listeners = [index.forget_listener() for index in list(self._indexes)]
-        self._inherited, self._idle = self._inherited + self._idle + [c for c in listeners if c is not None], []
+        listeners = [conn for index in list(self._indexes) for conn in index.forget_listeners()]
+        self._inherited, self._idle = self._inherited + self._idle + listeners, []
 
     def register_index(self, index: Any) -> None:
-        """A queue index on this store, whose ``LISTEN`` connection a forked child must not use
-        (``_after_fork_in_child`` takes it with ``forget_listener``)."""
+        """A queue index on this store, whose ``LISTEN`` connections a forked child must not use
+        (``_after_fork_in_child`` takes them with ``forget_listeners``)."""
         self._indexes.add(index)
 
     # -- connections ------------------------------------------------------------------------
