@@ -13,7 +13,7 @@ import select
 from typing import Any
 from urllib.parse import unquote
 
-from orchestrator.errors import ConfigError, StorageError, StorageUnavailableError
+from orchestrator.errors import ConfigError, OrchestratorError, StorageError, StorageUnavailableError
 from orchestrator.security import REDACTED, sanitize_text
 from orchestrator.store.pg_deadline import Deadline, outcome
 
@@ -122,6 +122,7 @@ def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = N
     ``connect_timeout``, shortened to the time left inside ``Deadline.until``)."""
     params = conninfo(url)
     psycopg = _driver()
+    conn = None
     try:
         if deadline is not None:  # a caller waiting for a limited time (``Deadline.until``) waits no longer
             params["connect_timeout"] = deadline.connect_timeout(str(params.get("connect_timeout", "")))
@@ -131,16 +132,27 @@ def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = N
             conn.execute("SET synchronous_commit = on")
             if not autocommit:
                 conn.commit()
-    except psycopg.OperationalError as exc:  # refused, unreachable, restarting: may pass; or a setting libpq refused
-        if _BAD_SETTING.search(str(exc)):
-            why = re.sub(r"^connection (is bad|failed): ", "", str(exc).strip())  # psycopg's words, not libpq's
-            raise ConfigError(redacted(f"not a valid PostgreSQL connection setting: {why} (in {url}, or the PG* "
-                                       "variable or service file that sets it)", url)
-                              + "; fix --store / ORCH_STORE_URL") from None
-        raise StorageUnavailableError(redacted(f"cannot connect to PostgreSQL at {url}: {exc}".strip(), url)) from None
-    except psycopg.Error as exc:
-        raise StorageError(redacted(f"cannot connect to PostgreSQL at {url}: {exc}".strip(), url)) from None
+    except BaseException as exc:
+        if conn is not None:  # opened, then its first statement failed: closed here, not by the garbage collector
+            conn.close()
+        if not isinstance(exc, psycopg.Error):
+            raise
+        raise _connect_error(exc, url) from None
     return conn
+
+
+def _connect_error(exc: Exception, url: str) -> OrchestratorError:
+    """``connect``'s driver error ``exc`` as the project's error, the URL's password removed: a setting libpq refused
+    (``_BAD_SETTING``) is ``ConfigError``; a server refused, unreachable or restarting ``StorageUnavailableError``
+    (it may pass); anything else ``StorageError``."""
+    text = str(exc).strip()
+    if not isinstance(exc, _driver().OperationalError):
+        return StorageError(redacted(f"cannot connect to PostgreSQL at {url}: {text}", url))
+    if _BAD_SETTING.search(text):
+        why = re.sub(r"^connection (is bad|failed): ", "", text)  # psycopg's words, not libpq's
+        return ConfigError(redacted(f"not a valid PostgreSQL connection setting: {why} (in {url}, or the PG* variable "
+                                    "or service file that sets it)", url) + "; fix --store / ORCH_STORE_URL")
+    return StorageUnavailableError(redacted(f"cannot connect to PostgreSQL at {url}: {text}", url))
 
 
 def _went_away(conn: Any) -> bool:

@@ -310,7 +310,8 @@ class PgQueueIndex(QueueIndex):
         """Block until a job of this project is announced (``NOTIFY``), or the timeout passes.
 
         Announcements made while the caller was scanning are queued on the listening
-        connection, so the next ``wait`` returns at once: none is missed.
+        connection, so the next ``wait`` returns at once: none is missed. A wait that listens again after a
+        connection it could not re-open returns at once as a wake-up: what was announced meanwhile went to nobody.
         """
         psycopg = _driver()
         timeout = max(0.0, min(timeout, LISTEN_FALLBACK_SECONDS))
@@ -318,8 +319,9 @@ class PgQueueIndex(QueueIndex):
             if self._listener is None or self._listener.closed:
                 self.close()  # one the server closed: out of the kept ones
                 self._listen()
-                if timeout == 0:
-                    return False
+                deaf, self._threads.deaf = self._mine("deaf"), False
+                if timeout == 0 or deaf:
+                    return bool(deaf)
             woke = False
             for _ in self._listener.notifies(timeout=timeout, stop_after=1):
                 woke = True
@@ -334,6 +336,7 @@ class PgQueueIndex(QueueIndex):
                 self._listen()
             except (psycopg.Error, StorageError):
                 self.close()  # the next wait tries again, after a pause: no busy loop while the server is away
+                self._threads.deaf = True
                 time.sleep(min(timeout, 1.0))
             return True  # the caller rescans: a job may have been announced while we were deaf
 
