@@ -334,6 +334,7 @@ class PgQueueIndex(QueueIndex):
             self.close()
             try:  # listen again before the caller rescans, so nothing announced after the scan is missed
                 self._listen()
+                self._threads.deaf = False
             except (psycopg.Error, StorageError):
                 self.close()  # the next wait tries again, after a pause: no busy loop while the server is away
                 self._threads.deaf = True
