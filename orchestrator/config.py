@@ -51,7 +51,7 @@ class Settings:
     pg_deadline_seconds: float = DEFAULT_PG_DEADLINE_SECONDS  # ORCH_PG_DEADLINE_SECONDS; 0: no deadline
 
     def __repr__(self) -> str:  # the store URL's password never shows (a log line, a traceback's locals)
-        from orchestrator.store.postgres import redacted
+        from orchestrator.store.pg_connection import redacted
 
         url = None if self.store_url is None else redacted(self.store_url, self.store_url)
         return (f"Settings(base_path={str(self.base_path)!r}, project_id={self.project_id!r}, store_url={url!r}, "

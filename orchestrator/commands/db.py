@@ -13,7 +13,7 @@ def db() -> None:
 
 
 def _url(store_url: str | None) -> str:
-    from orchestrator.store.postgres import is_postgres_url
+    from orchestrator.store.pg_connection import is_postgres_url
 
     if not is_postgres_url(store_url):
         raise ConfigError("give --store postgresql://... (or set ORCH_STORE_URL); the file backend has no schema")
@@ -61,7 +61,7 @@ def db_status(store_url: str | None, as_json: bool) -> None:
 
     from orchestrator.store.pg_clock import ServerClock
     from orchestrator.store.pg_schema import current_version, latest_version, version_problem
-    from orchestrator.store.postgres import _storage_error, connect
+    from orchestrator.store.pg_connection import _storage_error, connect
 
     def action(out: Output) -> None:
         conn = connect(_url(store_url), autocommit=True)

@@ -16,7 +16,7 @@ from orchestrator import faults
 from orchestrator.errors import ConcurrencyError, StorageError
 from orchestrator.security import validate_id
 from orchestrator.store.base import AUDIT_STREAM, AUX_KEY_LENGTH, AuxWrites, Builder, EventStore, Head, InTransaction
-from orchestrator.store.postgres import _driver
+from orchestrator.store.pg_connection import _driver
 
 if TYPE_CHECKING:
     from orchestrator.store.postgres import PostgresStore

@@ -16,6 +16,11 @@ Three things differ from the file index, each for a reason:
 * **Idle workers ``LISTEN``.** ``wait`` blocks on a dedicated connection until a ``NOTIFY`` for
   the project arrives, or a bounded fallback timeout passes (a lost connection is re-opened and
   reported as a wake-up, so the caller rescans): no polling loop.
+
+The workers of one ``Orchestrator`` (threads) share its index, so what a worker's wait and claim keep is per thread:
+each thread listens on a connection of its own, as a worker process does (a job announced wakes every idle worker,
+which ``SKIP LOCKED`` then spreads over the jobs; a worker that stops closes its own connection, never the one another
+waits on), and keeps its own last reservation (``reserved_read``, ``release``).
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import hashlib
 import logging
 import os
 import socket
+import threading
 import time
 from typing import Any, Collection
 
@@ -31,7 +37,8 @@ from orchestrator.errors import StorageError
 from orchestrator.queue import IndexChange, QueueIndex, ReadyEntry
 from orchestrator.state import JobState
 from orchestrator.store.base import HEADS_AREA, InTransaction, StoredLine
-from orchestrator.store.postgres import PostgresStore, _driver, _line_bounds, connect
+from orchestrator.store.pg_connection import _driver, connect
+from orchestrator.store.postgres import PostgresStore, _line_bounds
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +113,39 @@ class PgQueueIndex(QueueIndex):
         self.store = store
         self.project = store.project
         self.channel = channel(store.project)
-        self._listener: Any = None
         self._built_until = 0.0  # monotonic time until which "built" is trusted without asking
-        self._reserved: tuple[ReadyEntry, str, int] | None = None  # the last candidates' reservation: (row, by, until)
-        # ...and its job as that statement read it, until ``reserved_read`` takes it: (row, record, chunk, full)
-        self._reserved_job: tuple[ReadyEntry, bytes | None, list[Any], bool] | None = None
-        store.register_index(self)  # a forked child drops its listener (``forget_listener``)
+        # each thread's own (module docstring): its LISTEN connection, its last candidates' reservation
+        # (row, by, until), and that job as the statement read it until ``reserved_read`` takes it
+        # (row, record, chunk, full)
+        self._threads = threading.local()
+        # every thread's LISTEN connection, kept so that a forked child can hand them all to the store
+        # unclosed (``forget_listeners``), the other threads' too: they are gone in the child
+        self._listeners: set[Any] = set()
+        self._listeners_lock = threading.Lock()
+        store.register_index(self)
+
+    def _mine(self, name: str) -> Any:
+        return getattr(self._threads, name, None)
+
+    @property
+    def _listener(self) -> Any:
+        return self._mine("listener")
+
+    @property
+    def _reserved(self) -> tuple[ReadyEntry, str, int] | None:
+        return self._mine("reserved")
+
+    @_reserved.setter
+    def _reserved(self, value: tuple[ReadyEntry, str, int] | None) -> None:
+        self._threads.reserved = value
+
+    @property
+    def _reserved_job(self) -> tuple[ReadyEntry, bytes | None, list[Any], bool] | None:
+        return self._mine("reserved_job")
+
+    @_reserved_job.setter
+    def _reserved_job(self, value: tuple[ReadyEntry, bytes | None, list[Any], bool] | None) -> None:
+        self._threads.reserved_job = value
 
     @property
     def reserver(self) -> str:
@@ -224,9 +258,8 @@ class PgQueueIndex(QueueIndex):
         """The job of ``entry`` as ``store.read_with_aux(job, HEADS_AREA, job)`` returns it, if it is the row the last
         ``candidates`` reserved: its head record and first lines read in the reserving statement (one snapshot, taken
         as the row was reserved), the rest of a longer job read now, as ``read_with_aux`` reads it. Given once: a
-        second call returns None (read the job), and so does one for another entry (worker threads sharing this
-        index: the last statement's job only, so a thread whose reservation another's statement followed reads
-        its own)."""
+        second call returns None (read the job), and so does one for another entry (this thread's last statement's
+        job only)."""
         kept = self._reserved_job
         if kept is None or kept[0] != entry:
             return None
@@ -277,15 +310,18 @@ class PgQueueIndex(QueueIndex):
         """Block until a job of this project is announced (``NOTIFY``), or the timeout passes.
 
         Announcements made while the caller was scanning are queued on the listening
-        connection, so the next ``wait`` returns at once: none is missed.
+        connection, so the next ``wait`` returns at once: none is missed. A wait that listens again after a
+        connection it could not re-open returns at once as a wake-up: what was announced meanwhile went to nobody.
         """
         psycopg = _driver()
         timeout = max(0.0, min(timeout, LISTEN_FALLBACK_SECONDS))
         try:
             if self._listener is None or self._listener.closed:
+                self.close()  # one the server closed: out of the kept ones
                 self._listen()
-                if timeout == 0:
-                    return False
+                deaf, self._threads.deaf = self._mine("deaf"), False
+                if timeout == 0 or deaf:
+                    return bool(deaf)
             woke = False
             for _ in self._listener.notifies(timeout=timeout, stop_after=1):
                 woke = True
@@ -298,23 +334,35 @@ class PgQueueIndex(QueueIndex):
             self.close()
             try:  # listen again before the caller rescans, so nothing announced after the scan is missed
                 self._listen()
+                self._threads.deaf = False
             except (psycopg.Error, StorageError):
                 self.close()  # the next wait tries again, after a pause: no busy loop while the server is away
+                self._threads.deaf = True
                 time.sleep(min(timeout, 1.0))
             return True  # the caller rescans: a job may have been announced while we were deaf
 
     def _listen(self) -> None:
-        self._listener = connect(self.store.url, autocommit=True, deadline=self.store.deadline)
-        with self.store.deadline.bounded(self._listener):
-            self._listener.execute(f"LISTEN {self.channel}")
+        """This thread's own ``LISTEN`` connection."""
+        listener = connect(self.store.url, autocommit=True, deadline=self.store.deadline)
+        self._threads.listener = listener
+        with self._listeners_lock:
+            self._listeners.add(listener)
+        with self.store.deadline.bounded(listener):
+            listener.execute(f"LISTEN {self.channel}")
 
-    def forget_listener(self) -> Any:
-        """The ``LISTEN`` connection, no longer used nor closed by this index: the store's fork hook hands a
-        forked child's copy to the store, which keeps it unused (``PostgresStore._after_fork_in_child``)."""
-        listener, self._listener = self._listener, None
-        return listener
+    def forget_listeners(self) -> list[Any]:
+        """Every thread's ``LISTEN`` connection, no longer used nor closed by this index: the store's fork hook hands
+        a forked child's copies to the store, which keeps them unused (``PostgresStore._after_fork_in_child``). The
+        per-thread state and its lock start anew (another thread may have held the lock at the fork)."""
+        listeners, self._listeners = list(self._listeners), set()
+        self._threads, self._listeners_lock = threading.local(), threading.Lock()
+        return listeners
 
     def close(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        """Close this thread's ``LISTEN`` connection (a worker that stops); the other threads' go on listening."""
+        listener = self._listener
+        if listener is not None:
+            self._threads.listener = None
+            with self._listeners_lock:
+                self._listeners.discard(listener)
+            listener.close()

@@ -16,6 +16,8 @@ from typing import Any
 
 from orchestrator import faults
 from orchestrator.errors import ConfigError, SchemaTooNewError
+from orchestrator.security import sanitize_text
+from orchestrator.store.pg_connection import _connection_lost, _storage_error, connect, redacted
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +66,31 @@ def version_problem(version: int) -> ConfigError | None:
     return None
 
 
+# What the server answers a statement that names a table, column or function the database does not have
+# (undefined_table, undefined_column, undefined_function): its schema changed under a store that had checked it (a
+# database restored from an older backup, a newer release's migration, a table dropped by hand).
+MISSING_SQLSTATES = frozenset({"42P01", "42703", "42883"})
+
+
+def missing_problem(conn: Any, exc: Exception) -> ConfigError:
+    """What the driver error ``exc`` (one of ``MISSING_SQLSTATES``) means, from the schema version on ``conn`` now:
+    that version's problem (behind: run ``db migrate``; ahead: ``SCHEMA_TOO_NEW``), or, at this release's version, a
+    schema changed by hand, which ``db migrate`` does not mend. A driver error while reading the version is a
+    ``StorageError`` (``current_version``)."""
+    version = current_version(conn)
+    problem = version_problem(version)
+    if problem is not None:
+        return problem
+    missing = getattr(getattr(exc, "diag", None), "message_primary", None) or str(exc)
+    return ConfigError(sanitize_text(f"the database schema is at version {version}, this release's, but {missing}: "
+                                     "it was changed by hand; restore it (`orchestrator db migrate` re-creates "
+                                     "nothing its version rows say is applied)"))
+
+
 def current_version(conn: Any) -> int:
     """The schema version of the database (0 when never migrated). A driver error (a role with no
     privilege on the table, say) is a ``StorageError``, as from every call of the store."""
     import psycopg
-
-    from orchestrator.store.postgres import _storage_error
 
     try:
         row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (MIGRATIONS_TABLE,)).fetchone()
@@ -84,8 +105,6 @@ def migrate(url: str) -> dict[str, Any]:
     """Bring the schema to the latest version; idempotent and safe to run concurrently. A schema newer than this
     release's is refused (``SCHEMA_TOO_NEW``), nothing written."""
     import psycopg
-
-    from orchestrator.store.postgres import _connection_lost, _storage_error, connect, redacted
 
     conn = connect(url, autocommit=True)
     try:
@@ -134,8 +153,6 @@ PROJECT_TABLES = ("orch_events", "orch_streams", "orch_aux", "orch_ready", "orch
 def delete_project(url: str, project: str) -> None:
     """Delete every row of ``project``, one table after another (not one transaction: for scratch projects of tests
     and benchmarks, which nothing else uses meanwhile; no command offers it, a history is never deleted)."""
-    from orchestrator.store.postgres import connect
-
     conn = connect(url, autocommit=True)
     try:
         for table in PROJECT_TABLES:

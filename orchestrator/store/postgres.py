@@ -11,7 +11,8 @@ must be read under the lock first (the audit log); an audited job event, its aud
 pending lock around both take two (``append_audited``; the append paths are
 ``orchestrator/store/pg_append.py``). Durability is PostgreSQL's: the session
 forces ``synchronous_commit = on``, so when ``append`` returns the commit is flushed to the
-server's WAL. Several projects may share one database (the ``project`` column).
+server's WAL. Several projects may share one database (the ``project`` column). Connections (the URL, its
+password kept out of every message, what a driver error means) are ``orchestrator/store/pg_connection.py``.
 
 Fencing is checked by the database: an append given a worker's ``fence`` epoch writes it into
 the stream's row, and a trigger (migration 0002) refuses to move it backwards, so a worker
@@ -40,26 +41,27 @@ import contextlib
 import hashlib
 import logging
 import os
-import select
 import threading
 import weakref
 from array import array
 from typing import Any, Callable, Collection, Iterator
-from urllib.parse import unquote
 
 from orchestrator.config import DEFAULT_PG_DEADLINE_SECONDS
-from orchestrator.errors import ConcurrencyError, ConfigError, LeaseLostError, StorageError, StorageUnavailableError
-from orchestrator.security import REDACTED, sanitize_text, validate_id
+from orchestrator.errors import ConcurrencyError, ConfigError, LeaseLostError, OrchestratorError, StorageError
+from orchestrator.security import sanitize_text, validate_id
 from orchestrator.store.base import (AUDIT_STREAM, AUX_KEY_LENGTH, AuxWrites, Builder, EventStore, Head, InTransaction,
                                      StoredLine)
 from orchestrator.store.pg_clock import ServerClock
-from orchestrator.store.pg_deadline import Deadline, outcome
+# ``connect`` is called through this module's name (``_take``), so a test can stand in for the server there
+from orchestrator.store.pg_connection import (CREDENTIAL_ENV, _driver, _storage_error, _went_away, connect, conninfo,
+                                              is_postgres_url, redacted)
+from orchestrator.store.pg_deadline import Deadline
+from orchestrator.store.pg_schema import MISSING_SQLSTATES, current_version, missing_problem, version_problem
 
-__all__ = ["Deadline", "PostgresStore", "connect", "is_postgres_url", "open_store"]
+__all__ = ["Deadline", "PostgresStore", "connect", "is_postgres_url", "open_store", "redacted"]
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("postgresql", "postgres")
 # Rows per round trip of a long read (the audit log, every job id, an aux area's keys): each round trip
 # is one call with its own deadline, so a read of millions of rows is never cut for its length.
 # Measured here: 12-17 ms per chunk of 10,000 audit lines, fetched in binary (docs/postgres.md).
@@ -70,15 +72,6 @@ READ_CHUNK_ROWS = 10_000
 READ_CHUNK_BYTES = 8 << 20
 READ_FIRST_ROWS = 256  # a read's first chunk of lines, so lines of up to 32 KiB fit in it (a job's, mostly)
 _IDLE_CONNECTIONS = 4  # kept open per store; more are opened on demand and closed after use
-# TCP keepalives, so a connection to a server that vanished (a network partition, a host powered
-# off) fails within ~30 s instead of blocking a worker's heartbeat until the kernel gives up.
-_KEEPALIVES = {"connect_timeout": "10", "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
-               "keepalives_count": "3", "tcp_user_timeout": "30000"}
-# libpq's variables that hold a password or say where one, or the client's private key, is read (a service of
-# pg_service.conf may hold a password too): without them in the URL, they are the store's credentials
-# (``EventStore.credential_env``), which a worker keeps from its handlers. Host, port, user and database are
-# no secret, and a handler may rely on them.
-CREDENTIAL_ENV = frozenset({"PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE", "PGSSLKEY"})
 FENCED_SQLSTATE = "OF001"  # raised by the orch_streams_fence trigger (migrations/0002_claiming.sql)
 
 # A job's head record and its lines in one statement: one snapshot, so on this backend (where
@@ -99,104 +92,6 @@ _READ_SLICE = ("SELECT substring(line FROM %s FOR %s), octet_length(line) FROM o
 _JOB_HEADS = ("SELECT stream, seq FROM orch_streams WHERE project = %s AND seq > 0 AND stream <> %s AND stream > %s "
               "ORDER BY stream LIMIT %s")
 _AUX_KEYS = "SELECT key FROM orch_aux WHERE project = %s AND area = %s AND key > %s ORDER BY key LIMIT %s"
-
-
-def is_postgres_url(url: str | None) -> bool:
-    """By the scheme alone: a URL whose rest is malformed (``postgres://u@[::1/db``, where ``urlsplit`` raises) is
-    still one, and ``conninfo`` reports what libpq finds wrong with it (``CONFIG_ERROR``)."""
-    return bool(url) and url.partition(":")[0].lower() in SCHEMES
-
-
-def _passwords(url: str) -> list[str]:
-    """The password ``url`` gives, as written and percent-decoded, longest first: in its authority (from the first
-    ``:`` after the user, to the first ``@`` and to the last: libpq stops at the first ``/``, so an unencoded ``/``,
-    space or ``@`` in it is not a URL ``sanitize_text`` can recognise) and as a ``password=`` parameter."""
-    rest = url.partition("://")[2]
-    userinfo = rest.partition("@")[0] if "@" in rest else ""
-    found = [userinfo, rest.rpartition("@")[0]]
-    found = [text.partition(":")[2] for text in found if ":" in text]
-    found += [value for key, eq, value in (part.partition("=") for part in rest.partition("?")[2].split("&"))
-              if eq and key == "password"]
-    return sorted({p for text in found for p in (text, unquote(text)) if p}, key=len, reverse=True)
-
-
-def redacted(text: str, url: str) -> str:
-    """``text`` (a message that may hold ``url``, or what libpq made of it) with ``url``'s password removed, however
-    malformed the URL is, and then through ``sanitize_text``."""
-    for password in _passwords(url):
-        text = text.replace(password, REDACTED)
-    return sanitize_text(text)
-
-
-def _driver() -> Any:
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - depends on the install
-        raise ConfigError("the PostgreSQL backend needs psycopg 3: pip install 'jsonl-orchestrator[postgres]'") from None
-    return psycopg
-
-
-def _storage_error(exc: Exception, conn: Any = None, write: bool = False) -> StorageError:
-    """A driver error as the project's error: the message sanitized (a URL may hold a password).
-    On a connection that broke, it is ``StorageUnavailableError``: it may pass, and for a ``write``
-    a commit in flight may or may not have happened (a read only broke off)."""
-    if (conn is not None and (conn.broken or conn.closed)) or _connection_lost(exc):
-        return StorageUnavailableError(sanitize_text(f"the connection to PostgreSQL was lost: {exc}".strip())
-                                       + f"; {outcome(write)}")
-    return StorageError(sanitize_text(f"PostgreSQL error: {exc}".strip()) + "; nothing was written")
-
-
-def _connection_lost(exc: Exception) -> bool:
-    """A driver error that says the connection, not the statement, failed, though psycopg may not have
-    marked the connection broken yet: an ``OperationalError`` with no SQLSTATE (the socket: "server closed
-    the connection", "cannot exit pipeline mode while busy"), or of class 08 (connection exception) or
-    57P0x (the server shutting down or ending the session: ``pg_terminate_backend``, a restart)."""
-    if not isinstance(exc, _driver().OperationalError):
-        return False
-    state = getattr(exc, "sqlstate", None)
-    return state is None or state.startswith(("08", "57P0"))
-
-
-def conninfo(url: str) -> dict[str, Any]:
-    """The connection parameters of ``url`` (the URL's own settings win over ``_KEEPALIVES``). A URL libpq cannot
-    parse (its syntax: ``postgres://u@[::1/db``, ``?foo=bar``, ``%zz``), a ``connect_timeout`` that is not a number,
-    a NUL (libpq would cut the URL there) or text that is not Unicode is ``ConfigError``: a setting to fix, found
-    before any connection is tried. A value libpq checks only when it connects (``sslmode=bogus``, a port out of
-    range) is still reported then, as ``StorageError``, with the connection's other failures."""
-    psycopg = _driver()
-    try:
-        if "\0" in url:
-            raise ValueError("it holds a NUL character")
-        params = {**_KEEPALIVES, **psycopg.conninfo.conninfo_to_dict(url)}
-        psycopg.conninfo.timeout_from_conninfo(params)  # the one value psycopg reads itself, before libpq
-    except (psycopg.Error, ValueError) as exc:  # ValueError: a NUL, or surrogates (argv bytes that are not UTF-8)
-        why = "it is not valid UTF-8" if isinstance(exc, UnicodeError) else exc
-        shown = url.encode("utf-8", "backslashreplace").decode()
-        raise ConfigError(redacted(f"not a valid PostgreSQL URL: {shown}: {why}".strip(), shown)
-                          + "; fix --store / ORCH_STORE_URL") from None
-    return params
-
-
-def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = None) -> Any:
-    """A psycopg connection with durable commits; a URL that cannot be parsed is ``ConfigError`` (``conninfo``),
-    connection failures become ``StorageError``. Its first statements keep ``deadline`` (opening it is bounded by
-    ``connect_timeout``, shortened to the time left inside ``Deadline.until``)."""
-    params = conninfo(url)
-    psycopg = _driver()
-    try:
-        if deadline is not None:  # a caller waiting for a limited time (``Deadline.until``) waits no longer
-            params["connect_timeout"] = deadline.connect_timeout(str(params.get("connect_timeout", "")))
-        conn = psycopg.connect(autocommit=autocommit, **params)
-        with deadline.bounded(conn) if deadline is not None else contextlib.nullcontext():
-            # A server configured with synchronous_commit=off could lose acknowledged appends.
-            conn.execute("SET synchronous_commit = on")
-            if not autocommit:
-                conn.commit()
-    except psycopg.OperationalError as exc:  # refused, unreachable, restarting: may pass
-        raise StorageUnavailableError(redacted(f"cannot connect to PostgreSQL at {url}: {exc}".strip(), url)) from None
-    except psycopg.Error as exc:
-        raise StorageError(redacted(f"cannot connect to PostgreSQL at {url}: {exc}".strip(), url)) from None
-    return conn
 
 
 def _line_bounds(longest: int | None) -> tuple[int, int]:
@@ -220,16 +115,6 @@ def _sent_lines(chunk: list[Any]) -> tuple[list[Any], bool, int]:
         if row[1] is None:
             return chunk[:i], True, longest
     return chunk, False, longest
-
-
-def _went_away(conn: Any) -> bool:
-    """True if an idle connection has something to read: the server ended it (a restart, an
-    administrator, a pooler), having sent its error before closing. One ``poll`` and no round
-    trip, so a worker whose pooled connections were cut does not fail its next statement."""
-    try:
-        return bool(select.select([conn.fileno()], [], [], 0)[0])
-    except (OSError, ValueError, _driver().Error):
-        return True
 
 
 class PostgresStore(EventStore):
@@ -264,12 +149,12 @@ class PostgresStore(EventStore):
         finalizes them; the child opens its own, and watches its own calls."""
         self._lock = threading.Lock()  # another thread of the parent may have held it at the fork
         self.deadline.reset()
-        listeners = [index.forget_listener() for index in list(self._indexes)]
-        self._inherited, self._idle = self._inherited + self._idle + [c for c in listeners if c is not None], []
+        listeners = [conn for index in list(self._indexes) for conn in index.forget_listeners()]
+        self._inherited, self._idle = self._inherited + self._idle + listeners, []
 
     def register_index(self, index: Any) -> None:
-        """A queue index on this store, whose ``LISTEN`` connection a forked child must not use
-        (``_after_fork_in_child`` takes it with ``forget_listener``)."""
+        """A queue index on this store, whose ``LISTEN`` connections a forked child must not use
+        (``_after_fork_in_child`` takes them with ``forget_listeners``)."""
         self._indexes.add(index)
 
     # -- connections ------------------------------------------------------------------------
@@ -310,13 +195,27 @@ class PostgresStore(EventStore):
         conn.close()
 
     def _check_schema(self, conn: Any) -> None:
-        """Before a store's first call: a schema behind this release's, or ahead of it, is refused."""
-        from orchestrator.store.pg_schema import current_version, version_problem
-
+        """Before a store's first call, and after the schema changed under it (``_schema_changed``): a schema behind
+        this release's, or ahead of it, is refused."""
         problem = version_problem(current_version(conn))
         if problem is not None:
             raise problem
         self._checked = True
+
+    def _schema_changed(self, conn: Any, exc: Exception) -> OrchestratorError:
+        """A statement named a table, column or function the database does not have: its schema changed since this
+        store checked it. What that means is read now, on ``conn`` (``pg_schema.missing_problem``: run ``db
+        migrate``, ``SCHEMA_TOO_NEW``, or changed by hand), and every call checks again (``_take``) until the schema
+        passes: one that would find its tables must not read or write a schema this release no longer knows."""
+        self._checked = False
+        try:
+            with self.deadline.bounded(conn):  # a cut closes it
+                problem: OrchestratorError = missing_problem(conn, exc)
+        except StorageError as error:  # the version could not be read (``current_version``): its own error
+            conn.close()
+            return error
+        self._give(conn)
+        return problem
 
     def _run(self, fn: Any, write: bool = False) -> Any:
         """Run ``fn(conn)`` on a pooled connection (autocommit: one statement is atomic on its own,
@@ -336,6 +235,8 @@ class PostgresStore(EventStore):
                 # Only reachable if the stream lock was bypassed: the primary key still refuses a fork.
                 self._give(conn)
                 raise ConcurrencyError("another writer appended to this stream first") from None
+            if getattr(exc, "sqlstate", None) in MISSING_SQLSTATES:  # the statement failed whole: nothing of it stays
+                raise self._schema_changed(conn, exc) from None
             if getattr(exc, "sqlstate", None) != FENCED_SQLSTATE:
                 error = _storage_error(exc, conn, write)
                 conn.close()

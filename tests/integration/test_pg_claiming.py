@@ -476,6 +476,76 @@ def test_a_lost_listen_connection_is_reopened_and_reported_as_a_wake_up(cluster:
     index.close()
 
 
+class _Thread:
+    """One worker thread of a process: what ``call`` runs, runs on that thread, in order."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._pool.submit(fn, *args).result(timeout=WAIT)
+
+    def __enter__(self) -> "_Thread":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._pool.shutdown()
+
+
+def test_one_notification_wakes_every_worker_thread_waiting_on_a_shared_index(cluster: Cluster) -> None:
+    """The workers of one ``Orchestrator`` (threads) share its queue index; each listens on its own connection, as
+    worker processes do, so a job announced wakes each of them, not whichever read the shared connection first (which
+    then drained the burst: the others slept until their fallback wake-up while jobs waited)."""
+    here, submitter = cluster.machine("a"), cluster.machine("b")
+    index = here.queue
+    with _Thread() as a, _Thread() as b:
+        a.call(index.wait, 0)
+        b.call(index.wait, 0)
+        submitter.submit("t.echo", 1)
+        assert a.call(index.wait, 3.0) is True
+        assert b.call(index.wait, 3.0) is True
+        a.call(index.close)
+        b.call(index.close)
+
+
+def test_a_worker_thread_that_stops_leaves_the_others_listening(cluster: Cluster, caplog) -> None:
+    """A worker that stops closes its own ``LISTEN`` connection, never the one another thread waits on: that one is
+    not re-opened (no warning), and a job announced after the stop still wakes it."""
+    here, submitter = cluster.machine("a"), cluster.machine("b")
+    index = here.queue
+    with _Thread() as a, _Thread() as b:
+        a.call(index.wait, 0)
+        b.call(index.wait, 0)
+        listening = b.call(lambda: index._listener.info.backend_pid)  # noqa: SLF001
+        a.call(index.close)  # the worker on thread a stops
+        submitter.submit("t.echo", 1)
+        t0 = time.monotonic()
+        assert b.call(index.wait, 3.0) is True and time.monotonic() - t0 < 2.0
+        assert b.call(lambda: index._listener.info.backend_pid) == listening  # noqa: SLF001
+        b.call(index.close)
+    assert "LISTEN connection lost" not in caplog.text
+
+
+def test_a_worker_thread_reads_and_releases_its_own_reservation_after_another_threads_claim_statement(
+        cluster: Cluster) -> None:
+    """Each thread's last reservation is its own: another thread's claim statement in between does not take it, so
+    the job is read from the reserving statement (no read of its own) and a job left is released at once."""
+    here = cluster.machine("a")
+    jobs = [here.submit("t.echo", i) for i in range(2)]
+    index = here.queue
+    now = here.clock()
+    with _Thread() as a, _Thread() as b:
+        mine = a.call(index.candidates, now)[0]
+        theirs = b.call(index.candidates, now)[0]
+        assert (mine.job_id, theirs.job_id) == (jobs[0], jobs[1])
+        read = a.call(index.reserved_read, mine)
+        assert read is not None and len(read[1]) == 1  # the job as the reserving statement read it
+        a.call(index.release, mine)  # thread a leaves its job: offered to the others at once
+        assert [e.job_id for e in b.call(index.candidates, now)][:1] == [jobs[0]]
+
+
 def _fork(body: Callable[[], int]) -> int:
     """A child process that runs ``body`` and exits with what it returns (1 if it raised); its pid."""
     import warnings

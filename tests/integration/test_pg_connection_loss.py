@@ -235,6 +235,63 @@ def test_a_listen_connection_that_cannot_be_reopened_is_a_wake_up_not_a_worker_e
     index.close()
 
 
+def test_a_connection_whose_first_statement_fails_is_closed_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``connect`` opens the session, then sets ``synchronous_commit``: a server that ends the session in between (a
+    shutdown) is ``StorageUnavailableError``, and the session it opened is closed then, not whenever the garbage
+    collector finds it (psycopg warns of a connection deleted while open)."""
+    import psycopg
+
+    from orchestrator.errors import StorageUnavailableError
+
+    url = require_pg()
+    opened: list[Any] = []
+    real_connect, real_execute = psycopg.connect, psycopg.Connection.execute
+
+    def spied(*args: Any, **kwargs: Any) -> Any:
+        opened.append(real_connect(*args, **kwargs))
+        return opened[-1]
+
+    def execute(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        if query == "SET synchronous_commit = on":
+            raise psycopg.errors.AdminShutdown("terminating connection due to administrator command")
+        return real_execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg, "connect", spied)
+    monkeypatch.setattr(psycopg.Connection, "execute", execute)
+    try:
+        with pytest.raises(StorageUnavailableError, match="administrator command"):
+            connect(url)
+        assert len(opened) == 1 and opened[0].closed
+    finally:
+        for conn in opened:
+            conn.close()
+
+
+def test_a_job_announced_while_the_listen_connection_was_down_wakes_the_wait_that_listens_again(
+        named_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wait that could not listen again returned as a wake-up, and the caller rescanned; a job announced after
+    that scan, while nothing listened, is never delivered. So the wait that listens again returns at once as a
+    wake-up too (the caller rescans, listening), instead of waiting for a notification that already went."""
+    from orchestrator.errors import StorageUnavailableError
+    from orchestrator.store import pg_queue
+
+    orch = Orchestrator(base_path=tmp_path, project_id=named_store.project, store=named_store)
+    index = orch.queue
+    index.wait(0)
+    named_store.cut()  # the LISTEN connection too
+
+    def refused(*_a, **_k):
+        raise StorageUnavailableError("cannot connect to PostgreSQL: Connection refused")
+
+    monkeypatch.setattr(pg_queue, "connect", refused)
+    assert index.wait(0.2) is True  # lost: the caller rescans (and finds nothing)
+    monkeypatch.undo()  # the server is back...
+    orch.submit("t.echo", 1)  # ...and a job is announced before this worker listens again
+    t0 = time.monotonic()
+    assert index.wait(3.0) is True and time.monotonic() - t0 < 1.0
+    index.close()
+
+
 @pytest.mark.parametrize("error, lost", [
     ("OperationalError", True),  # no SQLSTATE: the socket ("cannot exit pipeline mode while busy")
     ("errors.AdminShutdown", True),  # 57P01: pg_terminate_backend, a restart

@@ -440,3 +440,84 @@ def test_a_migration_the_server_refuses_is_reported_without_the_secrets_its_mess
     with pytest.raises(ConfigError, match="^migration failed: ") as refused:  # the Python API's error too
         migrate(url)
     assert "retPW" not in refused.value.message and "hunter2" not in refused.value.message
+
+
+def _on(url: str, *statements: str) -> None:
+    conn = connect(url, autocommit=True)
+    try:
+        for sql in statements:
+            conn.execute(sql)
+    finally:
+        conn.close()
+
+
+def test_a_schema_taken_back_behind_while_a_store_runs_says_to_migrate_and_the_store_works_once_migrated(
+        scratch_db: str) -> None:
+    """A store checks the version at its first call; a database restored to an older schema afterwards (here: to
+    version 3, without 0004's ``kind``) is found at the first statement that misses something: the same
+    ``CONFIG_ERROR`` as at a first call, never the driver's ``column "kind" does not exist`` as a STORAGE_ERROR. Once
+    ``db migrate`` ran, the same store goes on, with no restart."""
+    from orchestrator.errors import ConfigError
+    from orchestrator.queue import ReadyEntry
+    from orchestrator.store.pg_queue import PgQueueIndex
+    from orchestrator.store.postgres import PostgresStore
+
+    migrate(scratch_db)
+    store = PostgresStore(scratch_db, "p")
+    try:
+        index = PgQueueIndex(store)
+        index.put_ready(ReadyEntry(0, 1, "J1", "k"))  # the store checked the schema: up to date
+        _on(scratch_db, "DROP INDEX orch_ready_runnable, orch_ready_reserved", "ALTER TABLE orch_ready DROP COLUMN kind",
+            f"DELETE FROM {MIGRATIONS_TABLE} WHERE version >= 4")
+        with pytest.raises(ConfigError) as refused:
+            index.put_ready(ReadyEntry(0, 2, "J2", "k"))
+        assert refused.value.code == "CONFIG_ERROR" and "db migrate" in refused.value.message
+        assert "version 3" in refused.value.message
+        with pytest.raises(ConfigError, match="db migrate"):  # every call, until it is migrated
+            store.has_jobs()
+        migrate(scratch_db)
+        index.put_ready(ReadyEntry(0, 2, "J2", "k"))
+        assert [e.job_id for e in index.ready()] == ["J1", "J2"]
+    finally:
+        store.close()
+
+
+def test_a_newer_release_that_migrated_while_a_store_runs_is_refused_from_its_first_missing_table_on(
+        scratch_db: str) -> None:
+    """A newer release's migration that renamed a table this one uses: ``SCHEMA_TOO_NEW`` (upgrade this machine), and
+    from then on every call of the store is refused, also one that would have found its tables."""
+    from orchestrator.errors import SchemaTooNewError
+
+    from orchestrator.store.postgres import PostgresStore
+
+    migrate(scratch_db)
+    store = PostgresStore(scratch_db, "p")
+    try:
+        store.put_aux("a", "k", b"1")
+        _claim_a_newer_release_migrated(scratch_db)
+        _on(scratch_db, "ALTER TABLE orch_aux RENAME TO orch_records")
+        with pytest.raises(SchemaTooNewError):
+            store.get_aux("a", "k")
+        with pytest.raises(SchemaTooNewError):
+            store.has_jobs()  # its table is still there, but this release no longer knows what the schema means
+    finally:
+        store.close()
+
+
+def test_a_table_dropped_by_hand_while_a_store_runs_is_a_config_error_that_says_so(scratch_db: str) -> None:
+    """The version says the schema is this release's, yet a table is gone: ``db migrate`` would re-create nothing
+    (its version rows say it is applied), so the message says the schema was changed by hand, and what is missing."""
+    from orchestrator.errors import ConfigError
+    from orchestrator.store.postgres import PostgresStore
+
+    migrate(scratch_db)
+    store = PostgresStore(scratch_db, "p")
+    try:
+        store.put_aux("a", "k", b"1")
+        _on(scratch_db, "DROP TABLE orch_aux")
+        with pytest.raises(ConfigError) as refused:
+            store.get_aux("a", "k")
+        assert refused.value.code == "CONFIG_ERROR"
+        assert "orch_aux" in refused.value.message and "by hand" in refused.value.message
+    finally:
+        store.close()

@@ -87,3 +87,59 @@ def test_a_stores_repr_shows_no_password(password: str) -> None:
         assert "retPW" not in repr(store) and "[REDACTED]" in repr(store)
     finally:
         store.close()
+
+
+# Settings libpq reads only as it connects, each with what its message names: a setting to fix, like a URL that
+# cannot be parsed, never a server out of reach. Port 1: nothing listens there, and nothing is tried.
+BAD_SETTINGS = [("sslmode=bogus", 'invalid sslmode value: "bogus"'), ("gssencmode=maybe", "gssencmode"),
+                ("channel_binding=maybe", "channel_binding"), ("target_session_attrs=any-old", "target_session_attrs"),
+                ("keepalives_idle=1.5", "keepalives_idle"), ("hostaddr=bogus", 'could not parse network address'),
+                ("ssl_min_protocol_version=TLSv1.3&ssl_max_protocol_version=TLSv1.2", "SSL protocol version range")]
+
+
+@pytest.mark.parametrize("setting, why", BAD_SETTINGS)
+def test_a_connection_setting_libpq_refuses_is_a_config_error_naming_it_without_the_password(
+        setting: str, why: str) -> None:
+    from orchestrator.errors import ConfigError
+    from orchestrator.store.postgres import PostgresStore
+
+    store = PostgresStore(f"postgresql://orch:S3cretPW@127.0.0.1:1/jobs?{setting}", "p")
+    try:
+        with pytest.raises(ConfigError) as refused:
+            store.has_jobs()
+    finally:
+        store.close()
+    assert refused.value.code == "CONFIG_ERROR" and why in refused.value.message
+    assert "ORCH_STORE_URL" in refused.value.message and "S3cretPW" not in refused.value.message
+
+
+@pytest.mark.parametrize("command", [["db", "status"], ["db", "migrate"], ["status", "--all"], ["worker", "--once"]])
+def test_a_bad_sslmode_exits_3_with_config_error_not_10(command: list[str], tmp_path) -> None:
+    url = "postgresql://orch:S3cretPW@127.0.0.1:1/jobs?sslmode=bogus"
+    result = CliRunner().invoke(cli, [*command, "--store", url, "--json"],
+                                env={"BASE_PATH": str(tmp_path), "ORCH_KEYRING_DIR": str(tmp_path / "keys")})
+    assert result.exit_code == 3, result.output
+    error = json.loads(result.stdout)
+    assert error["error"] == "CONFIG_ERROR" and "sslmode" in error["message"], error
+    assert "S3cretPW" not in result.output
+
+
+def test_a_bad_setting_from_a_pg_variable_is_a_config_error_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libpq takes a setting the URL does not give from its ``PG*`` variables: the same mistake, the same error."""
+    from orchestrator.errors import ConfigError
+    from orchestrator.store.pg_connection import connect
+
+    monkeypatch.setenv("PGSSLMODE", "bogus")
+    with pytest.raises(ConfigError, match="sslmode") as refused:
+        connect("postgresql://orch:S3cretPW@127.0.0.1:1/jobs")
+    assert "PG" in refused.value.message and "S3cretPW" not in refused.value.message
+
+
+def test_a_server_out_of_reach_stays_a_storage_error() -> None:
+    """What may pass (nothing listens on the port yet) is not a setting: exit 10, as before."""
+    from orchestrator.errors import ConfigError, StorageUnavailableError
+    from orchestrator.store.pg_connection import connect
+
+    with pytest.raises(StorageUnavailableError) as refused:
+        connect("postgresql://orch:S3cretPW@127.0.0.1:1/jobs?sslmode=disable")
+    assert not isinstance(refused.value, ConfigError)

@@ -1,0 +1,165 @@
+"""Connections to PostgreSQL: the URL an operator gives, its password kept out of every message, opening a
+connection, and what a driver error means for the caller.
+
+Apart from ``postgres.py`` (the store: its pool of connections, calls, reads, aux records and locks) because a
+connection's settings are a concern of their own: what is a setting to fix (``CONFIG_ERROR``) and what is a server
+out of reach (``STORAGE_ERROR``), and that no message shows the URL's password, however malformed the URL is.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import select
+from typing import Any
+from urllib.parse import unquote
+
+from orchestrator.errors import ConfigError, OrchestratorError, StorageError, StorageUnavailableError
+from orchestrator.security import REDACTED, sanitize_text
+from orchestrator.store.pg_deadline import Deadline, outcome
+
+SCHEMES = ("postgresql", "postgres")
+# TCP keepalives, so a connection to a server that vanished (a network partition, a host powered
+# off) fails within ~30 s instead of blocking a worker's heartbeat until the kernel gives up.
+_KEEPALIVES = {"connect_timeout": "10", "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
+               "keepalives_count": "3", "tcp_user_timeout": "30000"}
+# libpq's variables that hold a password or say where one, or the client's private key, is read (a service of
+# pg_service.conf may hold a password too): without them in the URL, they are the store's credentials
+# (``EventStore.credential_env``), which a worker keeps from its handlers. Host, port, user and database are
+# no secret, and a handler may rely on them.
+CREDENTIAL_ENV = frozenset({"PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE", "PGSSLKEY"})
+# What libpq (or psycopg, for a list of hosts) says of a setting's value it refuses as it connects, before it waits
+# for any server: an enumerated value it does not know (``sslmode``, ``gssencmode``, ``channel_binding``,
+# ``target_session_attrs``, ``ssl_min_protocol_version``, ...), a port or an integer that is not one, a ``hostaddr``
+# that is not an address, lists of hosts and ports that do not match, an SSL version range or ``require_auth`` that
+# contradicts itself. libpq says so only in its message's text (no SQLSTATE), in English unless the program set
+# ``LC_MESSAGES`` (Python does not): a text not matched here stays ``StorageUnavailableError``, as any other failure.
+_BAD_SETTING = re.compile(r'invalid "?\w+"? value: "|invalid port number: "|invalid integer value "[^"]*" for '
+                          r'connection option "|could not parse network address "|could not match \d+ [\w ]+ to \d+ '
+                          r'|invalid SSL protocol version range|weak sslmode "|require_auth method "'
+                          r'|invalid when \w+ support is not compiled in')
+
+
+def is_postgres_url(url: str | None) -> bool:
+    """By the scheme alone: a URL whose rest is malformed (``postgres://u@[::1/db``, where ``urlsplit`` raises) is
+    still one, and ``conninfo`` reports what libpq finds wrong with it (``CONFIG_ERROR``)."""
+    return bool(url) and url.partition(":")[0].lower() in SCHEMES
+
+
+def _passwords(url: str) -> list[str]:
+    """The password ``url`` gives, as written and percent-decoded, longest first: in its authority (from the first
+    ``:`` after the user, to the first ``@`` and to the last: libpq stops at the first ``/``, so an unencoded ``/``,
+    space or ``@`` in it is not a URL ``sanitize_text`` can recognise) and as a ``password=`` parameter."""
+    rest = url.partition("://")[2]
+    userinfo = rest.partition("@")[0] if "@" in rest else ""
+    found = [userinfo, rest.rpartition("@")[0]]
+    found = [text.partition(":")[2] for text in found if ":" in text]
+    found += [value for key, eq, value in (part.partition("=") for part in rest.partition("?")[2].split("&"))
+              if eq and key == "password"]
+    return sorted({p for text in found for p in (text, unquote(text)) if p}, key=len, reverse=True)
+
+
+def redacted(text: str, url: str) -> str:
+    """``text`` (a message that may hold ``url``, or what libpq made of it) with ``url``'s password removed, however
+    malformed the URL is, and then through ``sanitize_text``."""
+    for password in _passwords(url):
+        text = text.replace(password, REDACTED)
+    return sanitize_text(text)
+
+
+def _driver() -> Any:
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - depends on the install
+        raise ConfigError("the PostgreSQL backend needs psycopg 3: pip install 'jsonl-orchestrator[postgres]'") from None
+    return psycopg
+
+
+def _storage_error(exc: Exception, conn: Any = None, write: bool = False) -> StorageError:
+    """A driver error as the project's error: the message sanitized (a URL may hold a password).
+    On a connection that broke, it is ``StorageUnavailableError``: it may pass, and for a ``write``
+    a commit in flight may or may not have happened (a read only broke off)."""
+    if (conn is not None and (conn.broken or conn.closed)) or _connection_lost(exc):
+        return StorageUnavailableError(sanitize_text(f"the connection to PostgreSQL was lost: {exc}".strip())
+                                       + f"; {outcome(write)}")
+    return StorageError(sanitize_text(f"PostgreSQL error: {exc}".strip()) + "; nothing was written")
+
+
+def _connection_lost(exc: Exception) -> bool:
+    """A driver error that says the connection, not the statement, failed, though psycopg may not have
+    marked the connection broken yet: an ``OperationalError`` with no SQLSTATE (the socket: "server closed
+    the connection", "cannot exit pipeline mode while busy"), or of class 08 (connection exception) or
+    57P0x (the server shutting down or ending the session: ``pg_terminate_backend``, a restart)."""
+    if not isinstance(exc, _driver().OperationalError):
+        return False
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith(("08", "57P0"))
+
+
+def conninfo(url: str) -> dict[str, Any]:
+    """The connection parameters of ``url`` (the URL's own settings win over ``_KEEPALIVES``). A URL libpq cannot
+    parse (its syntax: ``postgres://u@[::1/db``, ``?foo=bar``, ``%zz``), a ``connect_timeout`` that is not a number,
+    a NUL (libpq would cut the URL there) or text that is not Unicode is ``ConfigError``: a setting to fix, found
+    before any connection is tried. A value libpq checks only when it connects (``sslmode=bogus``, a port out of
+    range) is reported then, by ``connect``, as ``ConfigError`` too (``_BAD_SETTING``)."""
+    psycopg = _driver()
+    try:
+        if "\0" in url:
+            raise ValueError("it holds a NUL character")
+        params = {**_KEEPALIVES, **psycopg.conninfo.conninfo_to_dict(url)}
+        psycopg.conninfo.timeout_from_conninfo(params)  # the one value psycopg reads itself, before libpq
+    except (psycopg.Error, ValueError) as exc:  # ValueError: a NUL, or surrogates (argv bytes that are not UTF-8)
+        why = "it is not valid UTF-8" if isinstance(exc, UnicodeError) else exc
+        shown = url.encode("utf-8", "backslashreplace").decode()
+        raise ConfigError(redacted(f"not a valid PostgreSQL URL: {shown}: {why}".strip(), shown)
+                          + "; fix --store / ORCH_STORE_URL") from None
+    return params
+
+
+def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = None) -> Any:
+    """A psycopg connection with durable commits; a URL that cannot be parsed is ``ConfigError`` (``conninfo``), and
+    so is a setting libpq refuses as it connects (``_BAD_SETTING``); other connection failures become
+    ``StorageError``. Its first statements keep ``deadline`` (opening it is bounded by
+    ``connect_timeout``, shortened to the time left inside ``Deadline.until``)."""
+    params = conninfo(url)
+    psycopg = _driver()
+    conn = None
+    try:
+        if deadline is not None:  # a caller waiting for a limited time (``Deadline.until``) waits no longer
+            params["connect_timeout"] = deadline.connect_timeout(str(params.get("connect_timeout", "")))
+        conn = psycopg.connect(autocommit=autocommit, **params)
+        with deadline.bounded(conn) if deadline is not None else contextlib.nullcontext():
+            # A server configured with synchronous_commit=off could lose acknowledged appends.
+            conn.execute("SET synchronous_commit = on")
+            if not autocommit:
+                conn.commit()
+    except BaseException as exc:
+        if conn is not None:  # opened, then its first statement failed: closed here, not by the garbage collector
+            conn.close()
+        if not isinstance(exc, psycopg.Error):
+            raise
+        raise _connect_error(exc, url) from None
+    return conn
+
+
+def _connect_error(exc: Exception, url: str) -> OrchestratorError:
+    """``connect``'s driver error ``exc`` as the project's error, the URL's password removed: a setting libpq refused
+    (``_BAD_SETTING``) is ``ConfigError``; a server refused, unreachable or restarting ``StorageUnavailableError``
+    (it may pass); anything else ``StorageError``."""
+    text = str(exc).strip()
+    if not isinstance(exc, _driver().OperationalError):
+        return StorageError(redacted(f"cannot connect to PostgreSQL at {url}: {text}", url))
+    if _BAD_SETTING.search(text):
+        why = re.sub(r"^connection (is bad|failed): ", "", text)  # psycopg's words, not libpq's
+        return ConfigError(redacted(f"not a valid PostgreSQL connection setting: {why} (in {url}, or the PG* variable "
+                                    "or service file that sets it)", url) + "; fix --store / ORCH_STORE_URL")
+    return StorageUnavailableError(redacted(f"cannot connect to PostgreSQL at {url}: {text}", url))
+
+
+def _went_away(conn: Any) -> bool:
+    """True if an idle connection has something to read: the server ended it (a restart, an
+    administrator, a pooler), having sent its error before closing. One ``poll`` and no round
+    trip, so a worker whose pooled connections were cut does not fail its next statement."""
+    try:
+        return bool(select.select([conn.fileno()], [], [], 0)[0])
+    except (OSError, ValueError, _driver().Error):
+        return True
