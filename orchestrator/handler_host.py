@@ -223,6 +223,7 @@ class HandlerHost:
         self._forked_at_generation = -1
         self._req_w: int | None = None
         self._resp_r: int | None = None
+        self._pidfd: int | None = None  # the host's, where the kernel has them: its death seen at once (``HostRun``)
         self._alive: int | None = None  # the folder's lock (``claim_host_folder``), held until ``close``
 
     def run(self, kind: str, context: dict[str, Any]) -> "HostRun":
@@ -241,7 +242,7 @@ class HandlerHost:
                     raise
                 continue
             self.runs += 1
-            return HostRun(self, self.pid, self._resp_r)
+            return HostRun(self, self.pid, self._resp_r, self._pidfd)
         raise AssertionError("unreachable")
 
     def _spawn(self) -> None:
@@ -256,6 +257,11 @@ class HandlerHost:
             HANDLER_PIPE_ENDS.update((req_w, resp_r))  # closed in every other handler process forked here
         self.pid, self.runs, self._req_w, self._resp_r = pid, 0, req_w, resp_r
         self._forked_at_generation = generation
+        if hasattr(os, "pidfd_open"):
+            try:  # a child not reaped yet, so the pid is still its own even if it died already
+                self._pidfd = os.pidfd_open(pid)
+            except OSError:
+                self._pidfd = None
 
     def _close_fds(self) -> None:
         with spawning():  # not forked meanwhile: a fork between the two steps would keep the end
@@ -263,7 +269,9 @@ class HandlerHost:
                 if fd is not None:
                     HANDLER_PIPE_ENDS.discard(fd)  # before the number can be given to another descriptor
                     os.close(fd)
-            self._req_w = self._resp_r = None
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+            self._req_w = self._resp_r = self._pidfd = None
 
     def lost(self, pid: int) -> None:
         """The host ``pid`` died or was killed, and was reaped by the caller: the next run forks a new one."""
@@ -299,9 +307,13 @@ class HandlerHost:
 
 
 class HostRun(Child):
-    """One run inside a ``HandlerHost``: done when the host answers, or ends if the host dies."""
+    """One run inside a ``HandlerHost``: done when the host answers, or ends if the host dies.
 
-    def __init__(self, host: HandlerHost, pid: int, resp_fd: int) -> None:
+    The host's death is seen through its pidfd, not only as the end of its reply pipe: a process the handler forked
+    (``os.fork``, a ``multiprocessing`` pool, which keep every descriptor) holds the pipe's write end for as long
+    as it lives, and the run waited for it (a pool's workers never end)."""
+
+    def __init__(self, host: HandlerHost, pid: int, resp_fd: int, pidfd: int | None = None) -> None:
         self.host = host
         self.pid = pid
         self.output = host.output
@@ -309,6 +321,7 @@ class HostRun(Child):
         self._payload: bytes | None = None
         self._too_large: int | None = None  # the size the host announced for a payload over the limit
         self._resp_fd = resp_fd
+        self._pidfd = pidfd  # the host's (``HandlerHost``'s, closed by ``host.lost``: used only until then)
         self.reaped: int | None = None  # the host's exit status once this run reaped it (``_reaped_within``)
 
     def wait(self, timeout: float) -> int | None:
@@ -316,7 +329,12 @@ class HostRun(Child):
             return self.returncode
         readable = self._spin(min(timeout, SPIN_SECONDS))
         if not readable:
-            readable, _, _ = select.select([self._resp_fd], [], [], max(0.0, timeout))
+            watched = [self._resp_fd] if self._pidfd is None else [self._resp_fd, self._pidfd]
+            readable, _, _ = select.select(watched, [], [], max(0.0, timeout))
+            if readable and self._resp_fd not in readable:  # the host exited: all it wrote is in the pipe by now
+                readable, _, _ = select.select([self._resp_fd], [], [], 0)
+                if not readable:  # no answer, and none can come: a process it forked may hold the pipe open
+                    return self._died()
         if not readable:
             return None
         try:
@@ -332,8 +350,12 @@ class HostRun(Child):
         if self._payload is not None:
             self.returncode, self.answered = 0, True
             return 0
-        # The reply pipe closed: the host died during the run (its exit status is the run's), or a
-        # handler closed the pipe and still runs, which must not hang the worker: it is killed.
+        return self._died()
+
+    def _died(self) -> int | None:
+        """The reply pipe closed, or the host exited without answering: it died during the run (its exit status
+        is the run's), or a handler closed the pipe and still runs, which must not hang the worker: it is killed.
+        What the run left (in the host's group or out of it) is ended by the worker (``end_exited_run``)."""
         self.returncode = self._reaped_within(1.0)
         if self.returncode is None:
             self.kill_group(signal.SIGKILL)

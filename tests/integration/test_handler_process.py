@@ -610,3 +610,32 @@ def test_a_copy_a_handler_forks_that_returns_or_exits_never_answers_for_its_run_
     for r in [forked, *after]:
         assert r["status"].state == "succeeded", r["status"].last_error
         assert r["status"].result["summary"] == f"the handler of {r['status'].job_id}"
+
+
+def _forks_a_process_then_dies(ctx):
+    """Forks a process that lives on (as a ``multiprocessing`` pool's workers do: a fork keeps every descriptor,
+    the reply pipe to the worker among them), writes its pid to the input's file, then dies without answering."""
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    with open(ctx.input, "w") as fh:
+        fh.write(str(pid))
+    os._exit(3)
+
+
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_handler_process_that_dies_beside_a_process_it_forked_ends_its_run_at_once(orch, tmp_path, mode: str) -> None:
+    """The reused process's death was seen only as the end of its reply pipe, which the forked process still held:
+    the run went on until that process ended (a pool's workers never do), the job running all along."""
+    register("t.forks_then_dies", _forks_a_process_then_dies)
+    w = make_worker(orch, handler_process=mode)
+    started = time.monotonic()
+    out = run(orch, w, "t.forks_then_dies", str(tmp_path / "forked"), max_attempts=1)
+    assert time.monotonic() - started < 10
+    assert out["events"][-1]["data"]["error_code"] == "NO_TERMINAL_SIGNAL_EXIT"
+    assert "exited with status 3" in out["events"][-1]["data"]["error"]
+    assert not alive(int((tmp_path / "forked").read_text()))  # ended with its run
+    assert pid_of(orch, w)["runs"] == 1  # the next run gets a new process
+    w.close()
+
