@@ -547,12 +547,27 @@ def remove_run_folder(folder: Path) -> bool:
 def sanitized_tail(path: Path, limit: int = 4000) -> str:
     """The last ``limit`` characters of a run's output, sanitized ("..." first when cut): its last
     ``cut_read_size(limit)`` bytes, cut by ``security.sanitized_cut``, which sanitizes all it looks at before it
-    cuts, so a cut never goes through a secret before it is sanitized."""
+    cuts, so a cut never goes through a secret before it is sanitized.
+
+    The file is the one the worker made (``_open_output``), but the run can reach its path and put something else
+    there: a FIFO (a plain ``open`` blocked the worker for ever), a folder (it stopped the worker), a link (read
+    through, any file the worker can read went into the event). None of them is read: the tail says what was
+    found instead (``"[the output file ...]"``); a missing file is an empty tail."""
     try:
-        with open(path, "rb") as fh:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        return f"[the output file cannot be read: {exc.strerror or exc}]"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "[the output file is not a regular file: the run put something else in its place]"
+        with open(fd, "rb", closefd=False) as fh:  # closed below, whatever happens
             size = fh.seek(0, os.SEEK_END)
             start = fh.seek(max(0, size - cut_read_size(limit)))
             data = fh.read(size - start)  # not what a process still writing adds meanwhile
-    except FileNotFoundError:
-        return ""
+    except OSError as exc:
+        return f"[the output file cannot be read: {exc.strerror or exc}]"
+    finally:
+        os.close(fd)
     return sanitized_cut(data, limit, tail=True)

@@ -212,6 +212,8 @@ class Worker:
                         self._reached = True
                     at = self.orch.clock() if now is None else now  # PostgreSQL's first read may be a call
                     self.recover_stale(at)
+                    if now is None:  # a recovery may take a while (many stale jobs): the lease starts at the claim
+                        at = self.orch.clock()
                     claim = self.claim(at)
             except StorageUnavailableError as exc:
                 if not wait or not self._reached:
@@ -503,8 +505,11 @@ class Worker:
         try:
             while not self.stopping and (max_jobs is None or done < max_jobs):
                 try:
+                    recovered_at = self.orch.clock()
+                    self.recover_stale(recovered_at)  # reads nothing at most passes (``StaleWatch``)
+                    # read again: a recovery may take a while (many stale jobs, each append fsynced, each run's
+                    # processes killed and waited for), and the claim's lease starts when it is written
                     now = self.orch.clock()
-                    self.recover_stale(now)  # reads nothing at most passes (``StaleWatch``)
                     claim = self.claim(now)
                     pause = STORE_RETRY_FIRST_SECONDS
                     if claim is not None:
@@ -516,7 +521,7 @@ class Worker:
                     if idle_exit and self.next_due is None:
                         break
                     wait = IDLE_MAX_WAIT
-                    look = self.stale_watch.next_look(now)  # None: this pass's listing found no job running
+                    look = self.stale_watch.next_look(recovered_at)  # None: this pass's listing found no job running
                     if look is not None:  # another worker may die: look at its lease, and the index, in time
                         wait = min(wait, max(0.0, look - now))
                     if self.next_due is not None:

@@ -610,3 +610,76 @@ def test_a_copy_a_handler_forks_that_returns_or_exits_never_answers_for_its_run_
     for r in [forked, *after]:
         assert r["status"].state == "succeeded", r["status"].last_error
         assert r["status"].result["summary"] == f"the handler of {r['status'].job_id}"
+
+
+def _forks_a_process_then_dies(ctx):
+    """Forks a process that lives on (as a ``multiprocessing`` pool's workers do: a fork keeps every descriptor,
+    the reply pipe to the worker among them), writes its pid to the input's file, then dies without answering."""
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    with open(ctx.input, "w") as fh:
+        fh.write(str(pid))
+    os._exit(3)
+
+
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_handler_process_that_dies_beside_a_process_it_forked_ends_its_run_at_once(orch, tmp_path, mode: str) -> None:
+    """The reused process's death was seen only as the end of its reply pipe, which the forked process still held:
+    the run went on until that process ended (a pool's workers never do), the job running all along."""
+    register("t.forks_then_dies", _forks_a_process_then_dies)
+    w = make_worker(orch, handler_process=mode)
+    started = time.monotonic()
+    out = run(orch, w, "t.forks_then_dies", str(tmp_path / "forked"), max_attempts=1)
+    assert time.monotonic() - started < 10
+    assert out["events"][-1]["data"]["error_code"] == "NO_TERMINAL_SIGNAL_EXIT"
+    assert "exited with status 3" in out["events"][-1]["data"]["error"]
+    assert not alive(int((tmp_path / "forked").read_text()))  # ended with its run
+    assert pid_of(orch, w)["runs"] == 1  # the next run gets a new process
+    w.close()
+
+
+def _leaves_its_signals_changed(ctx):
+    """Returns at once, leaving what the input names behind in its process: a timer armed (``alarm``), one whose
+    signal it handles by raising (``handled``), a signal blocked (``blocked``) or ignored (``ignored``)."""
+    def too_late(signum, frame):
+        raise TimeoutError("the alarm of an earlier run")
+
+    if ctx.input == "handled":
+        signal.signal(signal.SIGALRM, too_late)
+    if ctx.input in ("alarm", "handled"):
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+    if ctx.input == "blocked":
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})
+    if ctx.input == "ignored":
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return {"status": "done", "summary": ctx.input}
+
+
+def _reports_its_signals(ctx):
+    """Takes a while (past any timer an earlier run left), then reports its process's signal state."""
+    time.sleep(0.5)
+    watched = (signal.SIGALRM, signal.SIGTERM, signal.SIGUSR1)
+    return {"status": "done", "summary": "signals", "output": {
+        "handlers": [str(signal.getsignal(sig)) for sig in watched],
+        "blocked": sorted(int(sig) for sig in signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+        "timer": signal.getitimer(signal.ITIMER_REAL)[0]}}
+
+
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+@pytest.mark.parametrize("left", ["alarm", "handled", "blocked", "ignored"])
+def test_a_timer_or_signal_state_one_run_leaves_never_reaches_the_next_run(orch, mode: str, left: str) -> None:
+    """A timer a run left armed (``signal.alarm`` not cancelled) went off in the reused process during the next
+    run, another job's: killed by SIGALRM (NO_TERMINAL_SIGNAL_EXIT), or interrupted by the first run's handler; a
+    signal a run blocked or ignored stayed so for every later run and each process it started."""
+    register("t.leaves_signals", _leaves_its_signals_changed)
+    register("t.reports_signals", _reports_its_signals)
+    w = make_worker(orch, handler_process=mode)
+    before = run(orch, w, "t.reports_signals", None, max_attempts=1)["status"]
+    assert run(orch, w, "t.leaves_signals", left, max_attempts=1)["status"].state == "succeeded"
+    after = run(orch, w, "t.reports_signals", None, max_attempts=1)["status"]
+    w.close()
+    assert after.state == "succeeded", after.last_error
+    assert after.result["output"] == before.result["output"]

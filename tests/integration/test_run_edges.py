@@ -236,6 +236,38 @@ def test_a_terminal_file_the_worker_cannot_open_or_read_is_malformed_payload_and
     assert make_worker(orch).run_once().job_id == job and orch.status(job).state == "succeeded"
 
 
+OUTPUT_REPLACED = ("import os, sys; p = os.path.join(os.path.dirname(os.environ['ORCH_TERMINAL_FILE']), 'output.log'); "
+                   "print('password=hunter2', flush=True); os.unlink(p); {make}; sys.exit(3)")
+
+
+@pytest.mark.parametrize("make, why", [
+    ("os.mkfifo(p)", "not a regular file"),
+    ("os.mkdir(p)", "not a regular file"),
+    ("os.symlink(os.environ['ORCH_CONTEXT_FILE'], p)", "cannot be read: Too many levels of symbolic links"),
+], ids=["fifo", "folder", "link"])
+def test_an_output_file_the_run_replaced_is_noted_in_its_failure_not_a_worker_blocked_or_stopped(
+        orch, make: str, why: str) -> None:
+    """A run's output file is the worker's: a FIFO in its place blocked the worker reading the failed run's tail for
+    ever (no SIGTERM could stop it), a folder stopped it with a traceback, and a link was read through (any file
+    the worker can read, into the event). The run fails as it would have, its tail saying what was found instead."""
+    import threading
+
+    argv = [PY, "-c", OUTPUT_REPLACED.format(make=make)]
+    outcome: list = []
+    runner = threading.Thread(target=lambda: outcome.append(run_one(orch, "command", {"argv": argv})), daemon=True)
+    runner.start()
+    runner.join(20)
+    if not outcome:  # let the worker's read go, so the thread ends
+        fifo = next(orch.settings.state_dir.glob("runs/run-*/output.log"))
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert outcome, "the worker blocked opening the FIFO"
+    result, last = outcome[0]
+    assert (result.outcome, result.error_code) == ("failed", "NO_TERMINAL_SIGNAL_EXIT")
+    assert last["data"]["output_tail"].startswith("[the output file ") and why in last["data"]["output_tail"]
+    job = orch.submit("t.echo", "next")
+    assert make_worker(orch).run_once().job_id == job and orch.status(job).state == "succeeded"
+
+
 @pytest.mark.parametrize("mode", ["reused", "per-run"])
 def test_a_python_handler_returning_more_than_a_mib_is_malformed_payload_and_its_process_is_kept(
         orch, mode: str) -> None:

@@ -906,6 +906,34 @@ def test_a_zombie_cannot_write_while_the_new_owner_is_still_running(orch) -> Non
     assert types(orch, job) == before and orch.status(job).state == "running"
 
 
+@pytest.mark.parametrize("how", ["run_once", "run"])
+def test_a_claim_after_a_long_stale_recovery_takes_its_lease_from_when_it_is_claimed(
+        base, keyring, monkeypatch, how: str) -> None:
+    """The pass read the clock once, before stale recovery: a recovery that took a while (many stale jobs, each
+    append fsynced, each run's processes killed and waited for) left the claim with a lease that had already run
+    that long, or expired before it was written, and stamped before events written meanwhile."""
+    import orchestrator.worker as worker_mod
+    from orchestrator import Orchestrator
+    from orchestrator.clock import from_iso
+
+    wall = [1_800_000_000.0]
+    orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring, clock=lambda: wall[0])
+    job = orch.submit("t.echo", "x")
+    real = worker_mod.recover_expired
+
+    def slow_recovery(*args, **kwargs):
+        wall[0] += 40.0  # longer than the lease
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(worker_mod, "recover_expired", slow_recovery)
+    w = make_worker(orch, lease_seconds=30.0)
+    assert (w.run_once().job_id if how == "run_once" else w.run(max_jobs=1)) in (job, 1)
+    claimed = next(e for e in events(orch, job) if e["type"] == "job_claimed")
+    assert from_iso(claimed["ts"]) == 1_800_000_040.0
+    assert from_iso(claimed["data"]["lease_expires_at"]) == 1_800_000_070.0
+    assert orch.status(job).state == "succeeded"
+
+
 # -- integrity ----------------------------------------------------------------------------------------
 def test_a_tampered_job_is_never_run_and_the_refusal_is_audited(orch, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
