@@ -102,6 +102,9 @@ class WorkerSettings:
             raise InvalidInputError(f"handler_process must be one of {', '.join(HANDLER_PROCESS_MODES)}, "
                                     f"not {self.handler_process!r}")
         whole_number(self.handler_max_runs, "handler_max_runs")
+        for name in ("artifacts_import", "pass_store_credentials"):  # "no" is truthy: it would switch them on
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidInputError(f"{name} must be True or False, not {shown(getattr(self, name))}")
         # a lease's heartbeats are trusted up to MAX_LEASE_SECONDS (leases.lease_expiry); the other durations
         # up to a year: NaN fails both comparisons, inf or a huge value would overflow the ISO timestamps
         for name, least, most in (("lease_seconds", MIN_LEASE_SECONDS, MAX_LEASE_SECONDS),

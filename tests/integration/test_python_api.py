@@ -97,6 +97,8 @@ def bad_arguments(orch: Orchestrator, base: Path) -> dict[str, object]:
         "imports one string": lambda: orch.worker(imports="worker_handlers"),
         "kinds None": lambda: orch.worker(kinds=None),
         "handler_max_runs text": lambda: orch.worker(handler_max_runs="5"),
+        "artifacts_import text": lambda: orch.worker(artifacts_import="no"),  # was: on ("no" is truthy)
+        "pass_store_credentials text": lambda: orch.worker(pass_store_credentials="no"),
         "max_jobs text": lambda: Worker(orch, WorkerSettings(worker_id="w1")).run(max_jobs="2"),
         "since an int": lambda: orch.timeline(js.waiting_human(orch), since=5),
         "processes 0": lambda: orch.verify(processes=0),
