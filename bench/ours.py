@@ -20,7 +20,7 @@ from orchestrator import terminal_bench as tb
 
 def _orch(base: Path, env: dict[str, str]) -> Any:
     from orchestrator.api import Orchestrator
-    from orchestrator.signing import load_keyring
+    from orchestrator.key_files import load_keyring
 
     return Orchestrator(base_path=base, project_id="bench", keyring=load_keyring(env, announce=False))
 

@@ -31,7 +31,7 @@ def _gen(args: tuple[str, dict[str, str], int, int]) -> int:
     import orchestrator.store.jsonl as jsonl
     from orchestrator.api import Orchestrator, context_digest
     from orchestrator.event_models import JobOptions
-    from orchestrator.signing import load_keyring
+    from orchestrator.key_files import load_keyring
 
     os.fdatasync = lambda fd: None  # type: ignore[assignment]  # generation only: see the module docstring
     jsonl.fsync_dir = lambda path: None  # type: ignore[assignment]
@@ -93,7 +93,8 @@ def _run_script(name: str, base: Path, env: dict[str, str], *args: str) -> tuple
 
 def run(params: Params) -> dict[str, Any]:
     from orchestrator.api import Orchestrator
-    from orchestrator.signing import load_keyring, new_seed
+    from orchestrator.key_files import load_keyring
+    from orchestrator.signing import new_seed
 
     base = scratch_dir(params, "scale")
     env = env_without_orch()

@@ -132,7 +132,8 @@ def run(samples: int, pause_ms: float = 0.0, warmup: int = 10, workload: str = "
     from orchestrator import faults
     from orchestrator import latency as lat
     from orchestrator.api import Orchestrator
-    from orchestrator.signing import load_keyring, new_seed
+    from orchestrator.key_files import load_keyring
+    from orchestrator.signing import new_seed
 
     from bench.common import Params, env_without_orch, settle
 

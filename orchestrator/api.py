@@ -24,10 +24,11 @@ from orchestrator.errors import (ConcurrencyError, ConfigError, ContextSignature
                                  InvalidInputError, JobNotFoundError, OrchestratorError, PathEscapeError)
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream,
                                   check_head_record, check_head, head_record, seal, verify_stream)
+from orchestrator.key_files import load_keyring
 from orchestrator.limits import (MAX_INPUT_BYTES, MAX_JSON_DEPTH, MAX_KIND_LENGTH, MAX_PROCESSES, is_kind, is_unicode,
                                  json_depth, whole_number)
 from orchestrator.security import sanitize_text, shown, validate_id
-from orchestrator.signing import Keyring, canonical, load_keyring
+from orchestrator.signing import Keyring, canonical
 from orchestrator.leases import lease_expiry
 from orchestrator.state import RUNNING, STATES, Event, JobState, apply
 from orchestrator.store.base import HEADS_AREA, EventStore, Head, StoredLine
@@ -64,7 +65,7 @@ class Orchestrator:
     """One project: submit jobs, read their state, act on them, verify their history.
 
     ``store`` and ``keyring`` default to the file backend under
-    ``BASE_PATH/<PROJECT_ID>/.orchestrator`` and the keyring of ``signing.load_keyring``. Settings not given come
+    ``BASE_PATH/<PROJECT_ID>/.orchestrator`` and the keyring of ``key_files.load_keyring``. Settings not given come
     from the environment; a ``.env`` file is read by the commands only (``config.load_dotenv_file()`` from Python).
     ``clock`` is injectable so that tests decide what "now" is; by default it is the store's
     ``shared_clock`` (PostgreSQL: the server's, so machines whose clocks differ agree on leases and

@@ -110,7 +110,8 @@ class Settings:
 def run(settings: Settings, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Run the benchmark; one dict per sample (the raw JSONL lines)."""
     from orchestrator.api import Orchestrator
-    from orchestrator.signing import load_keyring, new_seed
+    from orchestrator.key_files import load_keyring
+    from orchestrator.signing import new_seed
 
     rng = random.Random(settings.seed)
     env = {k: v for k, v in os.environ.items()

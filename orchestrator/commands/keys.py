@@ -49,7 +49,7 @@ def keys_list(out: Output) -> None:
     or the ORCH_SIGNING_KEY_FILE path), the key that will sign (and whether it is revoked), the folders read for
     trusted keys and revoked ids (the keyring folder, then ORCH_TRUSTED_KEYS_DIR; each with the variable naming
     it and whether it exists), and the trusted and revoked key ids."""
-    from orchestrator.signing import key_folders, load_keyring
+    from orchestrator.key_files import key_folders, load_keyring
 
     ring = load_keyring()
     signer = ring.signing_key_id()
@@ -78,7 +78,7 @@ def keys_rotate(out: Output) -> None:
     <kid>.pub into the ORCH_TRUSTED_KEYS_DIR of every other machine that verifies or runs these jobs.
     """
     from orchestrator.errors import SigningKeyError
-    from orchestrator.signing import keyring_dir, signing_variable, write_keypair
+    from orchestrator.key_files import keyring_dir, signing_variable, write_keypair
 
     folder = keyring_dir()
     try:
@@ -107,7 +107,7 @@ def keys_revoke(out: Output, kid: str) -> None:
     `keys rotate` makes a new key active: rotate and restart the workers first. A running worker reads the
     keyring folders again once a minute, and stops writing with a key revoked since.
     """
-    from orchestrator.signing import revoke
+    from orchestrator.key_files import revoke
 
     ring = revoke(kid)
     already = kid in ring.revoked

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from orchestrator.api import Orchestrator
-from orchestrator.signing import Keyring, line_hash, load_keyring, new_seed
+from orchestrator.key_files import load_keyring
+from orchestrator.signing import Keyring, line_hash, new_seed
 from orchestrator.state import replay, Event
 
 PROJECT = "rel"

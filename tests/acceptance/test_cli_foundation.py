@@ -301,7 +301,7 @@ def test_a_bad_file_in_the_keyring_folder_exits_8_naming_it_and_writes_nothing(c
 
 def test_a_trusted_keys_folder_inside_the_store_is_refused_with_exit_3(cli_env: dict[str, str], base: Path) -> None:
     """A key put next to the events could be replaced along with them: re-signed histories would pass verify."""
-    from orchestrator.signing import write_keypair
+    from orchestrator.key_files import write_keypair
 
     submit(cli_env)
     planted = base / "proj" / ".orchestrator" / "trusted"

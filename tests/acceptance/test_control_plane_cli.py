@@ -11,7 +11,7 @@ import pytest
 import jobstates as js
 from helpers import REPO, run_script
 from orchestrator import Orchestrator
-from orchestrator.signing import load_keyring
+from orchestrator.key_files import load_keyring
 
 
 @pytest.fixture

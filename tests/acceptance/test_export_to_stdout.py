@@ -93,7 +93,7 @@ def test_an_export_to_stdout_with_json_of_a_thousand_jobs_prints_one_json_object
     """stderr carries the summary as JSON there: a progress line before it (every 1,000 streams) made it unreadable
     for a caller that reads it, which cannot be a terminal (progress still goes to one)."""
     from orchestrator import Orchestrator
-    from orchestrator.signing import load_keyring
+    from orchestrator.key_files import load_keyring
     from orchestrator.transfer import PROGRESS_EVERY
 
     orch = Orchestrator(base_path=base, project_id="proj", keyring=load_keyring(cli_env, announce=False))

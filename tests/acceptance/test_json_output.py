@@ -10,7 +10,7 @@ import pytest
 import jobstates as js
 from helpers import run_module, run_script
 from orchestrator import Orchestrator
-from orchestrator.signing import load_keyring
+from orchestrator.key_files import load_keyring
 
 USAGE_ERRORS = [
     ("status",),  # no JOB_ID and no --all

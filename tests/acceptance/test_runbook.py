@@ -22,7 +22,8 @@ import pytest
 import jobstates as js
 from helpers import REPO
 from orchestrator import Orchestrator
-from orchestrator.signing import load_keyring, new_seed
+from orchestrator.key_files import load_keyring
+from orchestrator.signing import new_seed
 
 RUNBOOK = REPO / "docs" / "runbook.md"
 BLOCK = re.compile(r"(?:<!--\s*runbook-test:(?P<meta>[^>]*)-->\s*\n)?```(?P<lang>bash|console|sh)\n(?P<body>.*?)```",

@@ -7,7 +7,7 @@ from pathlib import Path
 import jobstates as js
 from helpers import run_script
 from orchestrator import Orchestrator
-from orchestrator.signing import load_keyring
+from orchestrator.key_files import load_keyring
 
 # one canary per pattern sanitize_text covers; each secret value carries a unique CANARY tag
 CANARIES = {

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from helpers import REPO, WAIT
 from orchestrator import Orchestrator
-from orchestrator.signing import load_keyring
+from orchestrator.key_files import load_keyring
 
 MESSAGE = ("interrupted by SIGTERM before the command finished: check what it did (status, verify) before running it "
            "again")

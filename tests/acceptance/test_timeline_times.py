@@ -12,7 +12,7 @@ import jobstates as js
 from helpers import run_module
 from orchestrator import Orchestrator
 from orchestrator.clock import from_iso
-from orchestrator.signing import load_keyring
+from orchestrator.key_files import load_keyring
 
 AT = from_iso("2026-12-01T16:14:00Z")  # every event of the job below is stamped 16:14 UTC
 # zones as POSIX TZ strings (no tz database needed): New York in winter, Tokyo

@@ -13,7 +13,7 @@ import pytest
 import jobstates as js
 from helpers import REPO, run_module
 from orchestrator import Orchestrator
-from orchestrator.signing import load_keyring
+from orchestrator.key_files import load_keyring
 
 PROJECT = "proj"
 

@@ -11,7 +11,8 @@ import jobstates as js
 from helpers import run_script
 from orchestrator import Orchestrator, audit
 from orchestrator.integrity import verify_project
-from orchestrator.signing import line_hash, load_keyring
+from orchestrator.key_files import load_keyring
+from orchestrator.signing import line_hash
 from orchestrator.store.base import AUDIT_STREAM
 
 

@@ -582,7 +582,7 @@ def _audit_log_linked_out(orch: Orchestrator, tmp_path: Path) -> Path:
 @pytest.fixture
 def cli_orch(base: Path, cli_env: dict[str, str]) -> Orchestrator:
     """The project the CLI (``cli_env``) works on, with the same signing key."""
-    from orchestrator.signing import load_keyring
+    from orchestrator.key_files import load_keyring
 
     return Orchestrator(base_path=base, project_id="proj", keyring=load_keyring(cli_env))
 

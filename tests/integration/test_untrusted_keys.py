@@ -19,7 +19,8 @@ import pytest
 import worker_handlers  # noqa: F401  (registers t.* handlers)
 from helpers import run_script
 from orchestrator import Orchestrator
-from orchestrator.signing import Keyring, _private_from_pem_file, write_keypair
+from orchestrator.key_files import _private_from_pem_file, write_keypair
+from orchestrator.signing import Keyring
 from orchestrator.store.base import AUDIT_STREAM
 from orchestrator.worker import Worker, WorkerSettings
 

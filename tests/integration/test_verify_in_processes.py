@@ -12,7 +12,8 @@ import jobstates as js
 from orchestrator import Orchestrator, audit, integrity, processes, projection
 from orchestrator.errors import StorageError
 from orchestrator.integrity import verify_project
-from orchestrator.signing import Keyring, load_keyring
+from orchestrator.key_files import load_keyring
+from orchestrator.signing import Keyring
 
 from backends import BACKENDS, with_raw_access
 

@@ -123,7 +123,7 @@ def test_a_kept_view_is_not_used_once_the_trusted_or_revoked_keys_changed(orch, 
 def test_a_worker_started_before_a_key_rotation_runs_the_jobs_signed_with_the_new_key(base, isolated_env) -> None:
     """Not refused as UNKNOWN_KEY (and dropped from the queue): the worker reads the keyring folder again."""
     from orchestrator import Orchestrator
-    from orchestrator.signing import write_keypair
+    from orchestrator.key_files import write_keypair
 
     orch = Orchestrator(base_path=base, project_id="proj")  # signs with the keyring folder's active key
     w = make_worker(orch)
@@ -137,7 +137,7 @@ def test_a_worker_started_before_a_key_rotation_runs_the_jobs_signed_with_the_ne
 
 def test_a_worker_started_before_a_key_rotation_recovers_a_run_claimed_under_the_new_key(base, isolated_env) -> None:
     from orchestrator import Orchestrator
-    from orchestrator.signing import write_keypair
+    from orchestrator.key_files import write_keypair
 
     orch = Orchestrator(base_path=base, project_id="proj")
     w = make_worker(orch, worker_id="old")
@@ -155,7 +155,7 @@ def test_a_worker_whose_key_is_revoked_while_it_runs_writes_nothing_more_with_it
     """Its next sweep (at most a minute) reads the revoked ids: every write is then SIGNING_KEY_ERROR."""
     from orchestrator import Orchestrator
     from orchestrator.errors import SigningKeyError
-    from orchestrator.signing import revoke, write_keypair
+    from orchestrator.key_files import revoke, write_keypair
 
     orch = Orchestrator(base_path=base, project_id="proj")
     w = make_worker(orch)

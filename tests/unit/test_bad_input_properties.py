@@ -16,7 +16,8 @@ from orchestrator.errors import InvalidIdError, InvalidInputError, MalformedPayl
 from orchestrator.history import verify_stream
 from orchestrator.limits import MAX_DURATION_SECONDS, MAX_INPUT_BYTES, MAX_JSON_DEPTH, json_depth
 from orchestrator.payload import Payload, parse_payload
-from orchestrator.signing import Keyring, load_keyring
+from orchestrator.key_files import load_keyring
+from orchestrator.signing import Keyring
 from orchestrator.store.base import StoredLine
 
 RING = Keyring.generate()

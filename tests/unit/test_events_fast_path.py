@@ -157,7 +157,7 @@ print(sorted(m for m in sys.modules if m.startswith("pydantic")))
 
 def test_a_real_worker_claims_runs_and_records_a_job_without_pydantic(base: Path, cli_env: dict[str, str]) -> None:
     from orchestrator import Orchestrator
-    from orchestrator.signing import load_keyring
+    from orchestrator.key_files import load_keyring
 
     orch = Orchestrator(base_path=base, project_id="proj", keyring=load_keyring(cli_env, announce=False))
     job_id = orch.submit("orchestrator.latency:noop_handler", {"n": 1})

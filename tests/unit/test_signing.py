@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import ConfigError, SigningKeyError
-from orchestrator.signing import Keyring, canonical, load_keyring, new_seed, write_keypair
+from orchestrator.key_files import load_keyring, write_keypair
+from orchestrator.signing import Keyring, canonical, new_seed
 
 
 def test_canonical_encoding_is_sorted_compact_utf8_and_refuses_nan() -> None:
@@ -170,7 +171,7 @@ def test_the_signing_key_id_is_known_without_reading_the_private_key(isolated_en
 def test_revoke_refuses_an_id_that_is_not_a_key_id_and_writes_nothing(isolated_env: Path, kid: str) -> None:
     """The revoked file is one id a line: an id holding a line break would revoke another key."""
     from orchestrator.errors import InvalidIdError
-    from orchestrator.signing import revoke
+    from orchestrator.key_files import revoke
 
     active = write_keypair(isolated_env)
     with pytest.raises(InvalidIdError, match="key id"):
@@ -180,7 +181,7 @@ def test_revoke_refuses_an_id_that_is_not_a_key_id_and_writes_nothing(isolated_e
 
 def test_revoke_refuses_an_id_that_names_no_key_of_the_keyring(isolated_env: Path) -> None:
     from orchestrator.errors import InvalidInputError
-    from orchestrator.signing import revoke
+    from orchestrator.key_files import revoke
 
     write_keypair(isolated_env)
     with pytest.raises(InvalidInputError, match="k-0123456789abcdef names no key"):
@@ -189,7 +190,7 @@ def test_revoke_refuses_an_id_that_names_no_key_of_the_keyring(isolated_env: Pat
 
 
 def test_revoke_writes_a_key_once_on_a_line_of_its_own(isolated_env: Path, tmp_path: Path) -> None:
-    from orchestrator.signing import revoke
+    from orchestrator.key_files import revoke
 
     old, trusted_elsewhere = write_keypair(isolated_env), write_keypair(tmp_path / "trusted", activate=False)
     (isolated_env / "revoked").write_text("k-feedfeedfeedfeed")  # edited by hand: no newline at the end
@@ -244,7 +245,7 @@ def test_an_unreadable_signing_key_is_a_signing_key_error_when_signing_and_reads
 def test_a_folder_or_file_that_decides_which_keys_are_trusted_may_be_written_only_by_its_owner(
         isolated_env: Path, tmp_path: Path, what: str, mode: int) -> None:
     """Another user who may add a .pub (or rewrite one, or the revoked file) would make their forgeries verify."""
-    from orchestrator.signing import revoke
+    from orchestrator.key_files import revoke
 
     trusted = tmp_path / "trusted"
     kid = write_keypair(isolated_env)
@@ -259,7 +260,7 @@ def test_a_folder_or_file_that_decides_which_keys_are_trusted_may_be_written_onl
 
 
 def test_key_files_are_written_owner_writable_whatever_the_umask(isolated_env: Path) -> None:
-    from orchestrator.signing import revoke
+    from orchestrator.key_files import revoke
 
     old = os.umask(0o002)  # a user's private group: new files are group-writable
     try:
@@ -341,7 +342,7 @@ def test_signatures_are_the_same_ed25519_bytes_as_openssl_makes_and_checks() -> 
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from orchestrator.signing import Keyring, _b64, _unb64, canonical
+    from orchestrator.signing import Keyring, _b64, unb64, canonical
 
     private = Ed25519PrivateKey.generate()
     ring = Keyring()
@@ -349,7 +350,7 @@ def test_signatures_are_the_same_ed25519_bytes_as_openssl_makes_and_checks() -> 
     record = {"job_id": "J", "seq": 1, "data": {"x": "é"}}
     line = json.loads(ring.seal(dict(record)))
     body = {k: v for k, v in line.items() if k != "sig"}
-    private.public_key().verify(_unb64(line["sig"]), canonical(body))  # OpenSSL accepts libsodium's
+    private.public_key().verify(unb64(line["sig"]), canonical(body))  # OpenSSL accepts libsodium's
     assert line["sig"] == _b64(private.sign(canonical(body)))  # deterministic: the very same bytes
     forged = dict(body, sig=_b64(private.sign(canonical(dict(body, seq=2)))))
     assert ring.check(forged) == "SIGNATURE_INVALID"
@@ -396,8 +397,9 @@ def test_key_files_read_without_cryptography_give_the_keys_cryptography_reads(tm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from orchestrator.signing import (_PKCS8_PREFIX, _SPKI_PREFIX, _private_from_pem_file, _public_from_pem,
-                                      _raw_from_pem, key_id)
+    from orchestrator.key_files import (_PKCS8_PREFIX, _SPKI_PREFIX, _private_from_pem_file, _public_from_pem,
+                                        _raw_from_pem)
+    from orchestrator.signing import key_id
 
     for i in range(20):
         folder = tmp_path / f"k{i}"
@@ -452,7 +454,7 @@ def test_a_status_reader_never_imports_cryptography(tmp_path: Path) -> None:
 
     folder = tmp_path / "keys"
     write_keypair(folder)
-    code = ("import sys; from orchestrator.signing import load_keyring; ring = load_keyring(); "
+    code = ("import sys; from orchestrator.key_files import load_keyring; ring = load_keyring(); "
             "line = ring.seal({'seq': 1}); import json; assert ring.check(json.loads(line)) is None; "
             "print(sorted(m for m in sys.modules if m.startswith('cryptography')))")
     env = {**os.environ, "ORCH_KEYRING_DIR": str(folder)}

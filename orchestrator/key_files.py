@@ -1,0 +1,336 @@
+"""Where signing keys come from: ``ORCH_SIGNING_KEY`` / ``ORCH_VERIFY_KEYS``, the keyring folder
+(``ORCH_KEYRING_DIR``, default ``~/.config/jsonl-orchestrator/keys``) and ``ORCH_TRUSTED_KEYS_DIR``; writing
+key pairs (``keys rotate``) and revoking keys (``keys revoke``). ``orchestrator.signing`` signs and checks.
+
+Key files are PEM (PKCS#8 and SubjectPublicKeyInfo), written by ``cryptography``; reading one takes the
+fixed RFC 8410 encoding of an Ed25519 key apart directly (``_raw_from_pem``) and leaves anything else to
+``cryptography``, which is imported only then: importing it costs 10-30 ms of a command's start, and loads
+OpenSSL into every worker (~9 MB). A folder or file that decides which keys are trusted may be written by
+its owner only.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+from nacl.signing import SigningKey
+
+from orchestrator.errors import InvalidInputError, SigningKeyError
+from orchestrator.signing import Keyring, unb64, key_id, public_of, seed_of, validate_key_id
+
+log = logging.getLogger(__name__)
+
+PRIVATE_SUFFIX = ".key"
+PUBLIC_SUFFIX = ".pub"
+ACTIVE_FILE = "active"
+REVOKED_FILE = "revoked"
+
+
+def default_keyring_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "jsonl-orchestrator" / "keys"
+
+
+def keyring_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The keyring folder: ``ORCH_KEYRING_DIR``, else ``default_keyring_dir()``."""
+    env = os.environ if env is None else env
+    return Path(env.get("ORCH_KEYRING_DIR") or default_keyring_dir())
+
+
+# The DER of an Ed25519 key in the two forms ``write_keypair`` writes (RFC 8410): a fixed prefix and the
+# 32 raw bytes. Any other encoding of a key is read by ``cryptography``.
+_PKCS8_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
+_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+
+
+def _raw_from_pem(data: bytes, label: bytes, prefix: bytes) -> bytes | None:
+    """The key's 32 raw bytes if ``data`` is exactly the PEM block ``label`` of ``prefix`` + 32 bytes."""
+    lines = data.strip().split(b"\n")
+    if len(lines) < 3 or lines[0].strip() != b"-----BEGIN " + label + b"-----" \
+            or lines[-1].strip() != b"-----END " + label + b"-----":
+        return None
+    try:
+        der = base64.b64decode(b"".join(ln.strip() for ln in lines[1:-1]), validate=True)
+    except ValueError:
+        return None
+    if len(der) != len(prefix) + 32 or not der.startswith(prefix):
+        return None
+    return der[len(prefix):]
+
+
+def _key_file_stat(path: Path, what: str) -> os.stat_result:
+    """The status of a key file that must be a regular file: a folder or a FIFO named like a key would
+    otherwise crash or block every command. Any problem is a ``SigningKeyError`` naming the file."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise SigningKeyError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SigningKeyError(f"{what} {path} is not a regular file; remove it or put the key file there")
+    return st
+
+
+def _owner_writes(path: Path, what: str, mode: int) -> None:
+    """Refuse a folder or file that decides which keys are trusted (a keyring folder, a ``.pub``, ``revoked``) when
+    others than its owner may write it: they could add a key of their own, or trust a revoked one again, and their
+    events would verify (as ssh refuses an ``authorized_keys`` others may write)."""
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise SigningKeyError(f"{what} {path} may be written by others than its owner, who could make keys of their "
+                              f"own trusted; run: chmod go-w {path}")
+
+
+def _read_key_file(path: Path, what: str, *, owner_only: bool = False, trusts: bool = False) -> bytes:
+    """The bytes of a key file (``_key_file_stat``); with ``owner_only``, one that others may read is refused;
+    with ``trusts`` (it decides which keys are trusted), one that others may write (``_owner_writes``)."""
+    mode = _key_file_stat(path, what).st_mode
+    if owner_only and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SigningKeyError(f"{what} {path} is readable by others; run: chmod 600 {path}")
+    if trusts:
+        _owner_writes(path, what, mode)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise SigningKeyError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def _private_from_pem_file(path: Path) -> bytes:
+    data = _read_key_file(path, "signing key file", owner_only=True)
+    seed = _raw_from_pem(data, b"PRIVATE KEY", _PKCS8_PREFIX)
+    if seed is not None:
+        return seed
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # not PEM, damaged, encrypted, or an unknown algorithm
+        raise SigningKeyError(f"signing key file {path} is not an unencrypted PEM (PKCS#8) Ed25519 private key; "
+                              "restore it from its backup") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SigningKeyError(f"{path} is not an Ed25519 private key")
+    return seed_of(key)
+
+
+def _public_from_pem(data: bytes, where: Path) -> bytes:
+    raw = _raw_from_pem(data, b"PUBLIC KEY", _SPKI_PREFIX)
+    if raw is not None:
+        return raw
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise SigningKeyError(f"public key file {where} is not a PEM (SubjectPublicKeyInfo) public key; every .pub "
+                              "of a keyring folder is trusted, so remove the file or replace it with the key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise SigningKeyError(f"{where} is not an Ed25519 public key")
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def write_keypair(directory: Path, private: Any = None, *, activate: bool = True) -> str:
+    """Store a key pair owner-only (private 0600, folder 0700) and optionally make it the signer.
+    ``private``: a seed or a ``cryptography`` Ed25519 private key; a new key when None."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    seed = seed_of(private) if private is not None else bytes(SigningKey.generate())
+    private = Ed25519PrivateKey.from_private_bytes(seed)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(directory, 0o700)
+    kid = key_id(public_of(seed))
+    priv_path = directory / f"{kid}{PRIVATE_SUFFIX}"
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+        fh.flush()
+        os.fsync(fh.fileno())
+    pub = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    _write_whole(directory / f"{kid}{PUBLIC_SUFFIX}", pub)  # whole: a running worker reads the folder again
+    if activate:
+        _write_whole(directory / ACTIVE_FILE, kid.encode() + b"\n")
+    return kid
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Write ``path`` whole and durably (a synced temporary file renamed over it, then the folder synced): the
+    public key verifies every event its key signs, and a power cut must not leave it empty."""
+    from orchestrator.store.files import fsync_dir
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.fchmod(fd, 0o644)  # only its owner writes it, whatever the umask (``_owner_writes``)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def active_key_id(directory: Path) -> str | None:
+    """The key id the folder's ``active`` file names, or None when there is no such file."""
+    active = directory / ACTIVE_FILE
+    if not active.exists():
+        return None
+    try:
+        kid = _read_key_file(active, "active key file").decode().strip()
+    except UnicodeDecodeError:
+        raise SigningKeyError(f"active key file {active} is not UTF-8 text; it should hold one key id") from None
+    if kid in ("", ".", "..") or "/" in kid or os.sep in kid:
+        raise SigningKeyError(f"active key file {active} does not name a key id ({kid[:40]!r}); "
+                              f"it should hold the id of a {PRIVATE_SUFFIX} file of {directory}")
+    return kid
+
+
+def _load_dir_signer(directory: Path, announce: bool) -> Any:
+    def load(ring: Keyring, create: bool) -> None:
+        kid = active_key_id(directory)
+        if kid is None:
+            if not create:
+                raise SigningKeyError(f"the keyring folder {directory} holds no signing key, and this command never "
+                                      "creates one: `orchestrator keys rotate` creates one there (or set "
+                                      "ORCH_SIGNING_KEY or ORCH_SIGNING_KEY_FILE)")
+            try:
+                kid = write_keypair(directory)
+            except OSError as exc:
+                raise SigningKeyError(f"cannot create a signing key in {directory}: {exc.strerror or exc}") from None
+            if announce:
+                print(f"orchestrator: generated signing key {kid} in {directory} (owner-only); back it up, "
+                      "and keep its .pub to verify old events", file=sys.stderr)
+        ring.add_signer(_private_from_pem_file(directory / f"{kid}{PRIVATE_SUFFIX}"))
+    return load
+
+
+def trust_folder(ring: Keyring, folder: Path, *, required_by: str | None = None) -> None:
+    """Trust every ``*.pub`` of ``folder`` and add its ``revoked`` ids. A folder that does not exist holds no
+    keys, unless the variable ``required_by`` names it: a folder set only to be read (``ORCH_TRUSTED_KEYS_DIR``)
+    that is not there is a mistyped setting, a ``SigningKeyError``. Anything in it that cannot be read is one too,
+    naming the file, never skipped: a key left out would make the events it signed fail as UNKNOWN_KEY, as if they
+    had been forged."""
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        if required_by:
+            raise SigningKeyError(f"{required_by} names {folder}, which does not exist: the keys it should hold would "
+                                  "not be trusted, and the events they signed would fail verification as UNKNOWN_KEY. "
+                                  f"Fix {required_by} (a typo?), or create the folder and copy the other machines' "
+                                  ".pub files into it, or unset it") from None
+        return
+    except NotADirectoryError:
+        raise SigningKeyError(f"keyring folder {folder} is not a folder") from None
+    except OSError as exc:
+        raise SigningKeyError(f"cannot read keyring folder {folder}: {exc.strerror or exc}") from None
+    try:
+        _owner_writes(folder, "keyring folder", folder.stat().st_mode)
+    except OSError as exc:  # removed since it was listed
+        raise SigningKeyError(f"cannot read keyring folder {folder}: {exc.strerror or exc}") from None
+    for name in names:
+        if name.endswith(PUBLIC_SUFFIX):
+            pub = folder / name
+            key = _public_from_pem(_read_key_file(pub, "public key file", trusts=True), pub)
+            ring.trusted[key_id(key)] = key
+    if REVOKED_FILE in names:
+        revoked = folder / REVOKED_FILE
+        try:
+            text = _read_key_file(revoked, "revoked-keys file", trusts=True).decode()
+        except UnicodeDecodeError:
+            raise SigningKeyError(f"revoked-keys file {revoked} is not UTF-8 text; it should hold one key id "
+                                  "a line") from None
+        ring.revoked = ring.revoked | {ln.strip() for ln in text.splitlines() if ln.strip()}
+
+
+SIGNING_KEY_VARIABLES = ("ORCH_SIGNING_KEY", "ORCH_SIGNING_KEY_FILE")  # in the order ``load_keyring`` takes them
+KEYRING_VARIABLE = "ORCH_KEYRING_DIR"
+TRUSTED_KEYS_VARIABLE = "ORCH_TRUSTED_KEYS_DIR"
+
+
+def key_folders(env: Mapping[str, str] | None = None) -> list[tuple[Path, str]]:
+    """The folders whose ``*.pub`` keys are trusted and whose ``revoked`` ids are refused, in the order they are
+    read, each with the variable that names it: the keyring folder (``ORCH_KEYRING_DIR``, or ``"default"``), then
+    ``ORCH_TRUSTED_KEYS_DIR`` when it is set."""
+    env = os.environ if env is None else env
+    folders = [(keyring_dir(env), KEYRING_VARIABLE if env.get(KEYRING_VARIABLE) else "default")]
+    if env.get(TRUSTED_KEYS_VARIABLE):
+        folders.append((Path(env[TRUSTED_KEYS_VARIABLE]), TRUSTED_KEYS_VARIABLE))
+    return folders
+
+
+def signing_variable(env: Mapping[str, str] | None = None) -> str | None:
+    """The variable whose key signs (``load_keyring``), or None when the keyring folder's active key does."""
+    env = os.environ if env is None else env
+    return next((name for name in SIGNING_KEY_VARIABLES if env.get(name)), None)
+
+
+def load_keyring(env: Mapping[str, str] | None = None, *, announce: bool = True) -> Keyring:
+    """Build the keyring from ``ORCH_SIGNING_KEY`` / ``ORCH_SIGNING_KEY_FILE`` / ``ORCH_KEYRING_DIR``.
+
+    Public keys of the keyring folder are always trusted; so are those of ``ORCH_TRUSTED_KEYS_DIR``
+    (``key_folders``). The private key is loaded (or, in the keyring folder, created) only when something is
+    signed, and created only by a command that writes (``Keyring.ensure_signer``): read commands
+    never write a key. A key file, ``revoked`` file or folder that cannot be read is a
+    ``SigningKeyError`` naming it; so is an ``ORCH_TRUSTED_KEYS_DIR`` that does not exist (a keyring folder
+    that does not exist yet holds no key: the first write creates it).
+    """
+    env = os.environ if env is None else env
+    directory = keyring_dir(env)
+    named = key_folders(env)
+    folders = [str(folder) for folder, _ in named]
+    ring = Keyring(source=str(directory), paths=tuple(folders), folders=tuple(folders))
+    for folder, variable in named:
+        trust_folder(ring, folder, required_by=variable if variable == TRUSTED_KEYS_VARIABLE else None)
+    variable = signing_variable(env)
+    if variable == "ORCH_SIGNING_KEY":
+        try:
+            ring.add_signer(unb64(env["ORCH_SIGNING_KEY"].strip()))
+        except ValueError:
+            raise SigningKeyError("ORCH_SIGNING_KEY must be the base64url encoding of a 32-byte Ed25519 seed") from None
+        ring.source = "ORCH_SIGNING_KEY"
+    elif variable == "ORCH_SIGNING_KEY_FILE":
+        ring.add_signer(_private_from_pem_file(Path(env["ORCH_SIGNING_KEY_FILE"])))
+        ring.source = env["ORCH_SIGNING_KEY_FILE"]
+        ring.paths += (ring.source,)
+    else:
+        ring._load_signer = _load_dir_signer(directory, announce)
+        ring.signer_folder = directory
+    return ring
+
+
+def revoke(kid: str, env: Mapping[str, str] | None = None) -> Keyring:
+    """Add ``kid`` to the keyring folder's ``revoked`` file, once, and return the keyring as it was before.
+
+    The file is read line by line by every command, so only a well-formed id (``validate_key_id``) of a key
+    the keyring trusts is written: a typo would revoke nothing, an id with a newline would revoke another key.
+    A key the keyring does not hold is refused: the events it signed already fail verification (UNKNOWN_KEY).
+    """
+    validate_key_id(kid)
+    ring = load_keyring(env, announce=False)
+    if kid not in ring.trusted:
+        raise InvalidInputError(f"{kid} names no key of the keyring ({', '.join(ring.folders)}); nothing was revoked "
+                                "(orchestrator keys list shows the key ids)")
+    if kid in ring.revoked:
+        return ring
+    folder = keyring_dir(env)
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(folder / REVOKED_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)  # owner-written (umask)
+        with os.fdopen(fd, "a+b") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size:
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":  # a last line without its newline (edited by hand) must not run into this one
+                    fh.write(b"\n")
+            fh.write(kid.encode() + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise SigningKeyError(f"cannot add {kid} to {folder / REVOKED_FILE}: {exc.strerror or exc}") from None
+    return ring
