@@ -105,8 +105,9 @@ def _make(action: str) -> None:
             result = getattr(control, action)(orch, job_id, text, note=note or "", again=again)
         else:
             if text is not None and note is not None:
-                raise click.UsageError(f"give the {metavar.lower()} as an argument or with {' or '.join(note_names)}, "
-                                       "not both")
+                given = "--text-file" if text_file is not None else "an argument"
+                raise click.UsageError(f"give the {metavar.lower()} once: as an argument, with --text-file or with "
+                                       f"{' or '.join(note_names)} (here {given} and {note_names[0]})")
             result = getattr(control, action)(orch, job_id, text if text is not None else (note or ""))
         _emit(out, result)
 

@@ -153,11 +153,16 @@ def test_a_refused_action_exits_non_zero_with_a_clear_code(api: Orchestrator, cl
     assert js.event_types(api, job_id) == ["job_submitted"]
 
 
-def test_a_text_given_twice_is_a_usage_error_naming_the_options(api: Orchestrator, cli_env: dict[str, str]) -> None:
+def test_a_text_given_twice_is_a_usage_error_naming_the_options(api: Orchestrator, cli_env: dict[str, str],
+                                                               tmp_path: Path) -> None:
     job_id = api.submit("echo", {})
-    for option in ("--reason", "--note"):
-        proc = run_script("control", "cancel", job_id, "why", option, "because", env=cli_env)
-        assert proc.returncode == 2 and "as an argument or with --note or --reason, not both" in proc.stderr
+    (tmp_path / "why.txt").write_text("why")
+    for given, shown in (("why",), "an argument"), (("--text-file", str(tmp_path / "why.txt")), "--text-file"):
+        for option in ("--reason", "--note"):
+            proc = run_script("control", "cancel", job_id, *given, option, "because", env=cli_env)
+            assert proc.returncode == 2, proc.stderr
+            assert "as an argument, with --text-file or with --note or --reason" in proc.stderr, proc.stderr
+            assert f"(here {shown} and --note)" in proc.stderr, proc.stderr
     assert js.event_types(api, job_id) == ["job_submitted"]
 
 
