@@ -4,7 +4,8 @@ Durability: an append takes an exclusive ``flock`` on the stream's file (held on
 append), repairs a torn tail left by a crash, checks the expected sequence, writes all new
 lines with one ``write`` on an ``O_APPEND`` descriptor and ``fdatasync``s before returning.
 The append that writes a file's first line also fsyncs its folder, whoever created the file, so
-the file itself survives power loss.
+the file itself survives power loss; and, once per process, the folders above it up to the project
+folder, whoever made them (``files.make_folder``).
 If a write or sync fails, the file is cut back to where it was and ``StorageError`` is
 raised: nothing unacknowledged stays visible, and a failed fsync is never taken as success.
 """
@@ -122,6 +123,8 @@ class JsonlStore(EventStore):
         return os.path.join(self._jobs_s, validate_id(stream, "job id") + EVENTS_SUFFIX)
 
     def _ensure_dirs(self) -> None:
+        """Make the folders of the events files, their entries durable up to the project folder, whoever made them
+        (``make_folder``): once per store object, when it first creates a file or writes a file's first line."""
         if not self._dirs_ready:
             make_folder(self.jobs_dir, self._root_s, durable=True)
             make_folder(self.audit_path.parent, self._root_s, durable=True)
@@ -186,6 +189,8 @@ class JsonlStore(EventStore):
             data = b"".join(line + b"\n" for line in new)
             if data.count(b"\n") != len(new):
                 raise ValueError("a line must not contain a newline")
+            if end == 0 and not self._dirs_ready:  # a file this process did not create: its folders' entries too
+                self._ensure_dirs()
             faults.point("store.append.before_write")
             # a crash in the middle of the write: only part of the bytes reach the file (a torn tail)
             faults.point("store.append.mid_write", lambda: os.write(fd, data[: max(1, len(data) // 2)]))
