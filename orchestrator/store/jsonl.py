@@ -7,7 +7,9 @@ The append that writes a file's first line also fsyncs its folder, whoever creat
 the file itself survives power loss; and, once per process, the folders above it up to the project
 folder, whoever made them (``files.make_folder``).
 If a write or sync fails, the file is cut back to where it was and ``StorageError`` is
-raised: nothing unacknowledged stays visible, and a failed fsync is never taken as success.
+raised: nothing unacknowledged stays visible, and a failed fsync is never taken as success. A crash
+is another matter: the one ``write`` of several lines may leave some of them whole (``import``'s
+chunks, the only appends of several lines, resume from any prefix: docs/guarantees.md).
 """
 from __future__ import annotations
 
