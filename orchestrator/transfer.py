@@ -23,8 +23,9 @@ head that is not base64, a line longer than ``MAX_BUNDLE_LINE_BYTES``, read no f
 listed with events and read without any (emptied during the export) is damage, never left out.
 
 An import that stops half way is resumed by running it again: a stream already holding a
-prefix of the bundle's lines (at any line: a crash may keep part of a chunk) gets the rest; one holding all of them, and possibly more
-written since, is complete and left as it is; one holding anything else is a conflict. A
+prefix of the bundle's lines (ending at any line: a crash may keep part of a chunk) gets the
+rest; one holding all of them, and possibly more written since, is complete and left as it is;
+one holding anything else is a conflict. A
 stream's head record is written under its append lock, never over a newer one (``_put_head``). The
 audit log comes first (format v2) so that it is whole before any job lands: a command run
 on the half-imported project that heals a job's audit entries (``metrics``, a control

@@ -247,7 +247,7 @@ def make_folder(path: "Path | str", top: "Path | str", durable: bool = False) ->
     path, top = os.fspath(path), os.fspath(top)
     try:
         made = _make_folder(path, top)
-        if durable and (made or path not in _DURABLE_FOLDERS):
+        if durable:
             _sync_entries(path, top, made)
     except OSError as exc:
         raise path_error(exc) from None
@@ -277,13 +277,15 @@ def _make_folder(path: str, top: str) -> list[str]:
 def _sync_entries(path: str, top: str, made: list[str]) -> None:
     """fsync the folder holding ``path``'s entry, then the one holding that folder's, and so on up to the one holding
     the project folder's (``top``'s parent's), passing over what this process synced already (``_DURABLE_FOLDERS``);
-    further up only for the folders this call ``made`` (the folders above the project are the user's)."""
-    project = os.path.dirname(top.rstrip(os.sep)) or "."
+    further up only for the folders this call ``made`` (the folders above the project are the user's). Absolute
+    paths: a relative ``top`` has no parent in its name."""
+    path, made = os.path.abspath(path), [os.path.abspath(m) for m in made]
+    project = os.path.dirname(os.path.abspath(top))
     chain = []
     folder = path
     while (folder not in _DURABLE_FOLDERS and _inside(folder, project)) or folder in made:
-        parent = os.path.dirname(folder) or "."
-        if parent == folder:
+        parent = os.path.dirname(folder)
+        if parent == folder:  # the file system's root
             break
         fsync_dir(parent)
         chain.append(folder)

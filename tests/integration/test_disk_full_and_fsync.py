@@ -135,3 +135,14 @@ def test_a_folder_made_durable_is_synced_up_to_the_project_folder_once_per_proce
     deeper = tmp_path / "new-base" / "p" / ".orchestrator"
     make_folder(deeper / "audit", deeper, durable=True)  # made from the top: the folders above the project too
     assert synced[5:] == [deeper, deeper.parent, deeper.parent.parent, tmp_path]
+
+
+def test_a_store_opened_by_a_relative_path_still_syncs_its_folder_chain(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = tmp_path / "proj"
+    (project / ".orchestrator" / "queue" / "jobs").mkdir(parents=True)
+    monkeypatch.chdir(project)  # ".orchestrator" names no parent
+    synced = _record_folder_syncs(monkeypatch)
+    JsonlStore(Path(".orchestrator")).append("job-1", lambda head: [b'{"seq":1}'])
+    root = project / ".orchestrator"
+    assert {root / "queue", root, project, tmp_path} <= {p.absolute() for p in synced}, synced
