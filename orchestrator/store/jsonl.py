@@ -110,7 +110,7 @@ class JsonlStore(EventStore):
         self.root = Path(root)
         self.jobs_dir = self.root / "queue" / "jobs"
         self.audit_path = self.root / "audit" / "audit_events.jsonl"
-        self._dirs_ready = False
+        self._durable_dirs: set[str] = set()  # the events files' folders ``_ensure_dir`` made durable
         self._root_s, self._jobs_s = str(self.root), str(self.jobs_dir)  # the hot paths join strings, not Paths
         check_folders(self._root_s, STORE_FOLDERS, DERIVED_FOLDERS)
 
@@ -124,13 +124,13 @@ class JsonlStore(EventStore):
             return str(self.audit_path)
         return os.path.join(self._jobs_s, validate_id(stream, "job id") + EVENTS_SUFFIX)
 
-    def _ensure_dirs(self) -> None:
-        """Make the folders of the events files, their entries durable up to the project folder, whoever made them
-        (``make_folder``): once per store object, when it first creates a file or writes a file's first line."""
-        if not self._dirs_ready:
-            make_folder(self.jobs_dir, self._root_s, durable=True)
-            make_folder(self.audit_path.parent, self._root_s, durable=True)
-            self._dirs_ready = True
+    def _ensure_dir(self, folder: str) -> None:
+        """Make ``folder`` (``queue/jobs`` or ``audit``), its entry and those above it durable up to the project
+        folder, whoever made them (``make_folder``): once per store object and folder, when it first creates a file
+        there or writes a file's first line."""
+        if folder not in self._durable_dirs:
+            make_folder(folder, self._root_s, durable=True)
+            self._durable_dirs.add(folder)
 
     def __repr__(self) -> str:
         return f"JsonlStore({str(self.root)!r})"
@@ -142,7 +142,7 @@ class JsonlStore(EventStore):
             try:
                 return os.open(path, _APPEND)
             except FileNotFoundError:
-                self._ensure_dirs()
+                self._ensure_dir(os.path.dirname(path))
             except IsADirectoryError:
                 if not vacate(path):
                     raise
@@ -191,8 +191,8 @@ class JsonlStore(EventStore):
             data = b"".join(line + b"\n" for line in new)
             if data.count(b"\n") != len(new):
                 raise ValueError("a line must not contain a newline")
-            if end == 0 and not self._dirs_ready:  # a file this process did not create: its folders' entries too
-                self._ensure_dirs()
+            if end == 0:  # a file this process may not have created: its folders' entries too
+                self._ensure_dir(os.path.dirname(path))
             faults.point("store.append.before_write")
             # a crash in the middle of the write: only part of the bytes reach the file (a torn tail)
             faults.point("store.append.mid_write", lambda: os.write(fd, data[: max(1, len(data) // 2)]))
