@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from orchestrator import audit
 from orchestrator import clock as clock_mod
 from orchestrator.artifacts import recorded_names
 from orchestrator.config import MIN_LEASE_SECONDS
@@ -191,7 +192,13 @@ def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor:
 def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None, now: float, *, actor: str,
             backoff: Callable[[int], float], folders: WorkerFolders) -> bool:
     """Append the ``stale_recovered`` event of one job whose lease expired, after killing what its run left
-    running on this machine; False if another worker recovered it first (or the run just finished)."""
+    running on this machine; False if another worker recovered it first (or the run just finished).
+
+    Its audit entry must be writable first (``audit.require_writable``: on files, an audit log cut against its head
+    record is ``IntegrityError`` before anything is written, and the worker stops, exit 7), else the event would
+    stand without it; on PostgreSQL, as for a control action, the entry's own check refuses after the event."""
+    audit.require_writable(orch, f"cannot recover stale job {s.job_id}: its audit entry could not be written, so "
+                                 "nothing was written and this worker stops")
     try:
         artifacts = run_artifacts(s, folders.artifacts_dir(s.job_id), local_ahead(orch))
     except PathEscapeError as exc:

@@ -23,8 +23,9 @@ head that is not base64, a line longer than ``MAX_BUNDLE_LINE_BYTES``, read no f
 listed with events and read without any (emptied during the export) is damage, never left out.
 
 An import that stops half way is resumed by running it again: a stream already holding a
-prefix of the bundle's lines gets the rest; one holding all of them, and possibly more
-written since, is complete and left as it is; one holding anything else is a conflict. A
+prefix of the bundle's lines (ending at any line: a crash may keep part of a chunk) gets the
+rest; one holding all of them, and possibly more written since, is complete and left as it is;
+one holding anything else is a conflict. A
 stream's head record is written under its append lock, never over a newer one (``_put_head``). The
 audit log comes first (format v2) so that it is whole before any job lands: a command run
 on the half-imported project that heals a job's audit entries (``metrics``, a control
@@ -51,7 +52,9 @@ from orchestrator.store.base import AUDIT_STREAM, SLOT_BYTES, StoredLine
 BUNDLE_FORMAT = "jsonl-orchestrator/export/v2"
 # still imported: v1 put the audit log last and carried no head record of it
 OLDER_FORMATS = frozenset({"jsonl-orchestrator/export/v1"})
-CHUNK = 1000  # lines per append on import: each chunk is one atomic, durable append
+# lines per append on import: durable when it returns, none kept after an error; a crash (or power cut) may keep
+# some complete lines of it, which the next run finds as a prefix like any other (docs/guarantees.md)
+CHUNK = 1000
 PROGRESS_EVERY = 1000  # streams
 
 Progress = Callable[[str], None]

@@ -90,6 +90,10 @@ class EventStore(ABC):
         there is, as without it. So ``build`` must be a pure function of the head it is given. When
         this returns, every new line is durable (fsynced) and visible to every reader; if it raises,
         none of them is acknowledged and readers never see a part of one. Returns the new head.
+        Several lines are atomic against an error (none of them stays) but, on files, not against a
+        crash: the file may keep some of them, complete, and part of the next (a torn tail, which
+        readers ignore). A caller appending several (``import``, by chunks) resumes from whatever
+        prefix it finds; PostgreSQL commits them in one transaction.
 
         ``fence`` is the fencing epoch of the worker appending (None for anyone else). A store
         that can check it (PostgreSQL) refuses, with ``LeaseLostError``, an epoch lower than the

@@ -228,35 +228,79 @@ def check_folders(root: "Path | str", names: Iterable[str], derived: frozenset[s
         _refuse_as_folder(path, mode, derived=name in derived)
 
 
+# The folders of this process's ``make_folder(durable=True)`` whose entry, and every entry above it up to the project
+# folder (which holds the store's), this process synced: each chain is synced once per process, whoever made it.
+_DURABLE_FOLDERS: set[str] = set()
+
+
 def make_folder(path: "Path | str", top: "Path | str", durable: bool = False) -> None:
     """``os.makedirs(path, exist_ok=True)`` for a folder of the store, except that a folder found there already
     (at or below ``top``) must be a real one: ``makedirs`` takes a link to a folder for the folder. A link is
-    ``PathEscapeError``; a file, or any other ``OSError``, ``StorageError``. ``durable``: fsync each parent
-    that gained an entry. Costs nothing when the folder is made; an ``lstat`` when it was there."""
+    ``PathEscapeError``; a file, or any other ``OSError``, ``StorageError``. Costs nothing when the folder is made;
+    an ``lstat`` when it was there.
+
+    ``durable``: when this returns, the folder's entry and each one above it up to the project folder's (``top``'s
+    parent: ``BASE_PATH/<PROJECT_ID>``, which the store makes too) are durable, and so is the entry of any folder
+    further up that this call made. A folder found there counts too: a process killed between making it and syncing
+    its parent (or a non-durable ``make_folder``, the index's) left an entry nobody synced. Synced once per process
+    (``_DURABLE_FOLDERS``): a store pays it at its first write, not per file."""
     path, top = os.fspath(path), os.fspath(top)
-    parent = os.path.dirname(path) or "."
     try:
-        try:
-            os.mkdir(path)
-        except FileNotFoundError:
-            if parent == path:
-                raise
-            make_folder(parent, top, durable)
-            try:
-                os.mkdir(path)
-            except FileExistsError:  # made meanwhile
-                return _check_found(path, top)
-        except FileExistsError:
-            return _check_found(path, top)
+        made = _make_folder(path, top)
         if durable:
-            fsync_dir(parent)
+            _sync_entries(path, top, made)
     except OSError as exc:
         raise path_error(exc) from None
 
 
+def _make_folder(path: str, top: str) -> list[str]:
+    """``make_folder``'s work: the folders it made, top down."""
+    try:
+        os.mkdir(path)
+    except FileNotFoundError:
+        parent = os.path.dirname(path) or "."
+        if parent == path:
+            raise
+        made = _make_folder(parent, top)
+        try:
+            os.mkdir(path)
+        except FileExistsError:  # made meanwhile
+            _check_found(path, top)
+            return made
+        return [*made, path]
+    except FileExistsError:
+        _check_found(path, top)
+        return []
+    return [path]
+
+
+def _sync_entries(path: str, top: str, made: list[str]) -> None:
+    """fsync the folder holding ``path``'s entry, then the one holding that folder's, and so on up to the one holding
+    the project folder's (``top``'s parent's), passing over what this process synced already (``_DURABLE_FOLDERS``);
+    further up only for the folders this call ``made`` (the folders above the project are the user's). Absolute
+    paths: a relative ``top`` has no parent in its name."""
+    path, made = os.path.abspath(path), [os.path.abspath(m) for m in made]
+    project = os.path.dirname(os.path.abspath(top))
+    chain = []
+    folder = path
+    while (folder not in _DURABLE_FOLDERS and _inside(folder, project)) or folder in made:
+        parent = os.path.dirname(folder)
+        if parent == folder:  # the file system's root
+            break
+        fsync_dir(parent)
+        chain.append(folder)
+        folder = parent
+    _DURABLE_FOLDERS.update(chain)  # only once all of them are synced
+
+
+def _inside(path: str, top: str) -> bool:
+    """Whether ``path`` is ``top`` or below it (by name: both are the store's own spellings)."""
+    return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
+
+
 def _check_found(path: str, top: str) -> None:
     """A folder ``make_folder`` found already there: one of the store's must be real, not a link."""
-    if path == top or path.startswith(top.rstrip(os.sep) + os.sep):
+    if _inside(path, top):
         _refuse_as_folder(path, os.lstat(path).st_mode)
     elif not os.path.isdir(path):  # the user's folders: a link to a folder is theirs to choose
         raise FileExistsError(errno.EEXIST, "exists, and is not a folder", path)

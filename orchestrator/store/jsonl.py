@@ -4,9 +4,12 @@ Durability: an append takes an exclusive ``flock`` on the stream's file (held on
 append), repairs a torn tail left by a crash, checks the expected sequence, writes all new
 lines with one ``write`` on an ``O_APPEND`` descriptor and ``fdatasync``s before returning.
 The append that writes a file's first line also fsyncs its folder, whoever created the file, so
-the file itself survives power loss.
+the file itself survives power loss; and, once per process, the folders above it up to the project
+folder, whoever made them (``files.make_folder``).
 If a write or sync fails, the file is cut back to where it was and ``StorageError`` is
-raised: nothing unacknowledged stays visible, and a failed fsync is never taken as success.
+raised: nothing unacknowledged stays visible, and a failed fsync is never taken as success. A crash
+is another matter: the one ``write`` of several lines may leave some of them whole (``import``'s
+chunks, the only appends of several lines, resume from any prefix: docs/guarantees.md).
 """
 from __future__ import annotations
 
@@ -107,7 +110,7 @@ class JsonlStore(EventStore):
         self.root = Path(root)
         self.jobs_dir = self.root / "queue" / "jobs"
         self.audit_path = self.root / "audit" / "audit_events.jsonl"
-        self._dirs_ready = False
+        self._durable_dirs: set[str] = set()  # the events files' folders ``_ensure_dir`` made durable
         self._root_s, self._jobs_s = str(self.root), str(self.jobs_dir)  # the hot paths join strings, not Paths
         check_folders(self._root_s, STORE_FOLDERS, DERIVED_FOLDERS)
 
@@ -121,11 +124,13 @@ class JsonlStore(EventStore):
             return str(self.audit_path)
         return os.path.join(self._jobs_s, validate_id(stream, "job id") + EVENTS_SUFFIX)
 
-    def _ensure_dirs(self) -> None:
-        if not self._dirs_ready:
-            make_folder(self.jobs_dir, self._root_s, durable=True)
-            make_folder(self.audit_path.parent, self._root_s, durable=True)
-            self._dirs_ready = True
+    def _ensure_dir(self, folder: str) -> None:
+        """Make ``folder`` (``queue/jobs`` or ``audit``), its entry and those above it durable up to the project
+        folder, whoever made them (``make_folder``): once per store object and folder, when it first creates a file
+        there or writes a file's first line."""
+        if folder not in self._durable_dirs:
+            make_folder(folder, self._root_s, durable=True)
+            self._durable_dirs.add(folder)
 
     def __repr__(self) -> str:
         return f"JsonlStore({str(self.root)!r})"
@@ -137,7 +142,7 @@ class JsonlStore(EventStore):
             try:
                 return os.open(path, _APPEND)
             except FileNotFoundError:
-                self._ensure_dirs()
+                self._ensure_dir(os.path.dirname(path))
             except IsADirectoryError:
                 if not vacate(path):
                     raise
@@ -186,6 +191,8 @@ class JsonlStore(EventStore):
             data = b"".join(line + b"\n" for line in new)
             if data.count(b"\n") != len(new):
                 raise ValueError("a line must not contain a newline")
+            if end == 0:  # a file this process may not have created: its folders' entries too
+                self._ensure_dir(os.path.dirname(path))
             faults.point("store.append.before_write")
             # a crash in the middle of the write: only part of the bytes reach the file (a torn tail)
             faults.point("store.append.mid_write", lambda: os.write(fd, data[: max(1, len(data) // 2)]))

@@ -66,3 +66,83 @@ def test_the_first_line_of_a_file_makes_its_folder_entry_durable_whoever_created
     assert synced == [store.jobs_dir]
     store.append("job-1", lambda head: [b'{"seq":2}'])  # the entry is durable now: no second sync
     assert synced == [store.jobs_dir]
+
+
+def _record_folder_syncs(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every folder fsync of the store (``files.fsync_dir``, which ``make_folder`` calls, and the events file's own
+    folder in ``jsonl``), in order."""
+    from orchestrator.store import files
+
+    synced: list[Path] = []
+    monkeypatch.setattr(files, "fsync_dir", lambda path: synced.append(Path(path)))
+    monkeypatch.setattr(jsonl, "fsync_dir", lambda path: synced.append(Path(path)))
+    return synced
+
+
+@pytest.mark.parametrize("left", [None, b""], ids=["folders_only", "and_an_empty_events_file"])
+def test_a_first_append_syncs_the_folder_chain_up_to_the_project_folder_even_when_the_folders_were_already_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, left: bytes | None) -> None:
+    # a process killed between making queue/jobs/ (or audit/) and syncing its parent left folders whose entries
+    # nobody synced: the next process finds them, and its acknowledged submit must not depend on them by luck
+    project = tmp_path / "proj"
+    store = JsonlStore(project / ".orchestrator")
+    store.jobs_dir.mkdir(parents=True)
+    store.audit_path.parent.mkdir()
+    if left is not None:  # and a job's file, created but never written
+        store.path("job-1").write_bytes(left)
+    synced = _record_folder_syncs(monkeypatch)
+    store.append("job-1", lambda head: [b'{"seq":1}'])
+    root = store.root
+    assert set(synced) == {root / "queue", root, project, tmp_path, store.jobs_dir}, synced  # each entry of the chain
+    assert synced[-1] == store.jobs_dir  # the file's own entry, with its first line
+    synced.clear()
+    store.append("job-2", lambda head: [b'{"seq":1}'])  # the next job: its file's entry only, as before
+    assert synced == [store.jobs_dir]
+    JsonlStore(root).append("job-3", lambda head: [b'{"seq":1}'])  # once per process: another store object too
+    assert synced == [store.jobs_dir, store.jobs_dir]
+
+
+def test_the_audit_logs_first_entry_syncs_its_folder_chain_when_the_folder_was_already_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.store.base import AUDIT_STREAM
+
+    project = tmp_path / "proj"
+    store = JsonlStore(project / ".orchestrator")
+    store.audit_path.parent.mkdir(parents=True)
+    store.audit_path.write_bytes(b"")
+    synced = _record_folder_syncs(monkeypatch)
+    store.append(AUDIT_STREAM, lambda head: [b'{"seq":1}'])
+    assert {store.root, project, tmp_path} <= set(synced) and synced[-1] == store.audit_path.parent, synced
+
+
+def test_a_folder_made_durable_is_synced_up_to_the_project_folder_once_per_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.store.files import make_folder
+
+    root = tmp_path / "proj" / ".orchestrator"
+    (root / "queue" / "jobs").mkdir(parents=True)  # found there, never synced
+    synced = _record_folder_syncs(monkeypatch)
+    chain = [root / "queue", root, root.parent, tmp_path]  # the last holds the project folder's entry
+    make_folder(root / "queue" / "jobs", root, durable=True)
+    assert synced == chain
+    make_folder(root / "queue" / "jobs", root, durable=True)
+    make_folder(root / "queue", root, durable=True)  # its entries are known durable already
+    assert synced == chain
+    make_folder(root / "audit", root, durable=True)  # made now: its parent; the chain above is known durable
+    assert synced[4:] == [root]
+    make_folder(root / "queue" / "x", root)  # not durable: nothing synced
+    assert len(synced) == 5
+    deeper = tmp_path / "new-base" / "p" / ".orchestrator"
+    make_folder(deeper / "audit", deeper, durable=True)  # made from the top: the folders above the project too
+    assert synced[5:] == [deeper, deeper.parent, deeper.parent.parent, tmp_path]
+
+
+def test_a_store_opened_by_a_relative_path_still_syncs_its_folder_chain(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = tmp_path / "proj"
+    (project / ".orchestrator" / "queue" / "jobs").mkdir(parents=True)
+    monkeypatch.chdir(project)  # ".orchestrator" names no parent
+    synced = _record_folder_syncs(monkeypatch)
+    JsonlStore(Path(".orchestrator")).append("job-1", lambda head: [b'{"seq":1}'])
+    root = project / ".orchestrator"
+    assert {root / "queue", root, project, tmp_path} <= {p.absolute() for p in synced}, synced

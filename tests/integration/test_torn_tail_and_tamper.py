@@ -474,3 +474,55 @@ def test_read_commands_still_read_a_cut_audit_log_without_healing_into_it(orch: 
     assert [line["what"] for line in orch.timeline(second)["lines"]] == ["job_submitted", "job_cancelled"]
     assert orch.metrics(rebuild=True).jobs == 2
     assert raw.read_bytes(AUDIT_STREAM) == kept and "TRUNCATED" in codes(orch)
+
+
+def test_a_worker_that_must_audit_a_stale_recovery_over_a_cut_audit_log_writes_nothing_and_stops(
+        orch: Orchestrator, raw: RawHistory) -> None:
+    # the stale_recovered event would stand without its entry (files: refused before it; PostgreSQL: as a control
+    # action there, the event commits and the entry is refused, as after a crash between the two)
+    import random
+
+    from orchestrator import audit as audit_log
+    from orchestrator.errors import IntegrityError
+    from orchestrator.store.base import AUDIT_STREAM
+    from orchestrator.worker import Worker, WorkerSettings
+
+    job = orch.submit("command", {"argv": ["true"]})
+    claim = Worker(orch, WorkerSettings(worker_id="w1"), rng=random.Random(7)).claim()  # its worker then dies
+    assert claim is not None and claim.job_id == job
+    for note in ("one", "two"):
+        audit_log.record(orch, job_id=job, action="note", actor="me", note=note)
+    kept = _cut_audit_log(raw, 1)
+    before = raw.read_bytes(job)
+    recovering = Worker(orch, WorkerSettings(worker_id="w2"), rng=random.Random(7))
+    with pytest.raises(IntegrityError) as refused:
+        recovering.recover_stale(orch.clock() + 3600)  # long past the lease
+    assert refused.value.exit_code == 7
+    message = refused.value.message
+    assert f"job {job}" in message and "TRUNCATED" in message and "docs/runbook.md, section E" in message
+    assert raw.read_bytes(AUDIT_STREAM) == kept
+    if not orch.store.atomic_aux:
+        assert raw.read_bytes(job) == before and orch.status(job).state == "running"
+    assert "TRUNCATED" in codes(orch)
+
+
+def test_a_worker_that_must_audit_refusing_a_tampered_job_over_a_cut_audit_log_writes_nothing_and_stops(
+        orch: Orchestrator, raw: RawHistory) -> None:
+    import random
+
+    from orchestrator import audit as audit_log
+    from orchestrator.errors import IntegrityError
+    from orchestrator.store.base import AUDIT_STREAM
+    from orchestrator.worker import Worker, WorkerSettings
+
+    job = orch.submit("command", {"argv": ["echo", "hello"]})
+    for note in ("one", "two"):
+        audit_log.record(orch, job_id=job, action="note", actor="me", note=note)
+    kept = _cut_audit_log(raw, 1)
+    raw.write_bytes(job, raw.read_bytes(job).replace(b"hello", b"HELLO"))
+    tampered = raw.read_bytes(job)
+    with pytest.raises(IntegrityError) as refused:
+        Worker(orch, WorkerSettings(worker_id="w1"), rng=random.Random(7)).claim()
+    assert refused.value.exit_code == 7 and "docs/runbook.md, section E" in refused.value.message
+    assert raw.read_bytes(AUDIT_STREAM) == kept and raw.read_bytes(job) == tampered
+    assert [entry.job_id for entry in orch.queue.ready()] == [job]  # kept: the refusal is audited once it can be

@@ -796,3 +796,80 @@ def test_a_job_emptied_between_the_listing_and_its_read_is_refused_and_carried_w
     done = export_project(file_orch, io.BytesIO(), allow_damaged=True)
     assert [(p["stream"], p["code"]) for p in done["damaged"]] == [(emptied, "TRUNCATED")]
     assert done["streams"] == 3  # the audit log and the two other jobs
+
+
+def test_an_import_that_crashed_inside_a_chunk_at_any_line_is_completed_by_running_it_again(
+        base, keyring, monkeypatch) -> None:
+    # an append of several lines (a chunk) is atomic against an error, not a crash: the kernel, or a power cut, may
+    # keep any prefix of its bytes, some complete lines and part of the next; running the import again completes it
+    import random
+
+    from orchestrator import transfer
+    from orchestrator.store.jsonl import JsonlStore
+
+    class Crash(BaseException):
+        pass
+
+    source = source_with_audited_jobs(base, keyring, one_entry_lost=False)
+    long_job = job_with_events(source, 7)
+    for i in range(5):  # an audit log of several chunks too
+        from orchestrator import audit
+
+        audit.record(source, job_id=long_job, action="note", actor="me", note=f"n{i}")
+    whole = bundle_of(source)
+    monkeypatch.setattr(transfer, "CHUNK", 3)
+    uncut = Orchestrator(base_path=base / "uncut", project_id="p", keyring=keyring)
+    import_project(uncut, io.BytesIO(whole))
+    expected = every_byte(uncut)
+    chunks = sum(-(-len(lines) // 3) for _, lines in parse_bundle(whole)[1])
+    real_write = JsonlStore._write_all
+    rng = random.Random(20261202)
+    inside: list[int] = []  # the crashes that kept part of a chunk: some of its lines, not all
+    cuts = [n for n in range(1, chunks + 1) for _ in range(2)]  # each chunk cut twice, at random lines
+    for trial, nth in enumerate(cuts):
+        calls = {"n": 0}
+
+        def crashing_write(fd: int, data: bytes) -> None:
+            calls["n"] += 1
+            if calls["n"] < nth:
+                return real_write(fd, data)
+            lines = data.splitlines(keepends=True)
+            keep = rng.randint(0, len(lines))  # complete lines kept, the whole chunk included
+            torn = lines[keep][:rng.randint(0, len(lines[keep]) - 1)] if keep < len(lines) else b""
+            real_write(fd, b"".join(lines[:keep]) + torn)
+            if 0 < keep < len(lines):
+                inside.append(nth)
+            raise Crash  # the process dies before its fsync: nothing more of the chunk, no head record
+
+        dest = Orchestrator(base_path=base / f"dst{trial}", project_id="p", keyring=keyring)
+        monkeypatch.setattr(JsonlStore, "_write_all", staticmethod(crashing_write))
+        with pytest.raises(Crash):
+            import_project(dest, io.BytesIO(whole))
+        monkeypatch.setattr(JsonlStore, "_write_all", staticmethod(real_write))
+        result = import_project(dest, io.BytesIO(whole))
+        assert result["streams"] == len(expected)
+        assert every_byte(dest) == expected, nth
+        assert {s: dest.store.get_aux(*transfer._head_key(s)) for s in expected} == \
+               {s: uncut.store.get_aux(*transfer._head_key(s)) for s in expected}, nth
+        report = verify_project(dest)
+        assert report.ok and not report.warnings, (nth, report.problems, report.warnings)
+        assert {s: dest.status(s).state for s in expected if s != AUDIT_STREAM} == \
+               {s: uncut.status(s).state for s in expected if s != AUDIT_STREAM}, nth
+    assert len(inside) >= len(cuts) // 3, inside  # the cuts fell inside chunks, not only on their edges
+
+
+def job_with_events(orch: Orchestrator, count: int) -> str:
+    """A job of ``count`` events: submitted, then claims and retries by hand (no worker needed)."""
+    job_id = orch.submit("echo", {"long": True})
+    view = orch.load(job_id)
+    epoch = 0
+    while len(view.stream.lines) < count:
+        epoch += 1
+        view = orch.append(view, job_id, [("job_claimed", {"worker_id": "w", "epoch": epoch, "attempt": epoch,
+                                                            "lease_expires_at": "2030-01-01T00:00:00.000000Z"})],
+                           run_id=f"run-{epoch}")
+        if len(view.stream.lines) < count:
+            view = orch.append(view, job_id, [("job_released", {"error_code": "WORKER_STOPPED", "worker_id": "w",
+                                                                 "error": "stopped", "output_tail": ""})],
+                               run_id=f"run-{epoch}")
+    return job_id
