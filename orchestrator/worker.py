@@ -37,9 +37,9 @@ from orchestrator import faults
 from orchestrator.api import Orchestrator
 from orchestrator.claiming import Claimer, Unhandled
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
-                                 DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
+                                 DEFAULT_OUTPUT_MAX_BYTES, DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
                                  DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS,
-                                 MIN_LEASE_SECONDS)
+                                 MIN_LEASE_SECONDS, MIN_OUTPUT_MAX_BYTES)
 from orchestrator.errors import (HandlerNotFoundError, InvalidIdError, InvalidInputError, KeyNotTrustedError,
                                  PathEscapeError, StorageError, StorageUnavailableError)
 from orchestrator.handler_env import withhold
@@ -50,6 +50,7 @@ from orchestrator.leftovers import kill_run
 from orchestrator.limits import MAX_DURATION_SECONDS, MAX_KIND_LENGTH, is_kind, is_number, whole_number
 from orchestrator.outcome import (STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS, Claim, OutcomeRecorder,
                                   RunResult, lost)
+from orchestrator.output_cap import OUTPUT_TOO_LARGE, OutputCap, is_output_bound
 from orchestrator.payload import NO_TERMINAL_SIGNAL_TIMEOUT
 from orchestrator.recovery import SWEEP_EVERY, StaleWatch, recover_expired, reload_keys, sweep_leftovers
 from orchestrator.runner import Child, precise_sleeps, stop_is_deferred
@@ -88,6 +89,7 @@ class WorkerSettings:
     store_wait_seconds: float = DEFAULT_STORE_WAIT_SECONDS  # run_once: a store lost in recovery or claim, retried
     kinds: tuple[str, ...] = ()  # ORCH_WORKER_KINDS: the only kinds this worker runs; empty: every kind it can
     pass_store_credentials: bool = False  # ORCH_PASS_STORE_CREDENTIALS: handlers get PGPASSWORD, ... (handler_env)
+    output_max_bytes: int = DEFAULT_OUTPUT_MAX_BYTES  # ORCH_OUTPUT_MAX_BYTES: a run's output.log on disk; 0: no bound
 
     def __post_init__(self) -> None:
         for name in ("kinds", "imports"):  # a single string would be read letter by letter
@@ -102,6 +104,9 @@ class WorkerSettings:
             raise InvalidInputError(f"handler_process must be one of {', '.join(HANDLER_PROCESS_MODES)}, "
                                     f"not {self.handler_process!r}")
         whole_number(self.handler_max_runs, "handler_max_runs")
+        if not is_output_bound(self.output_max_bytes):
+            raise InvalidInputError(f"output_max_bytes must be 0 (no bound) or a whole number of bytes from "
+                                    f"{MIN_OUTPUT_MAX_BYTES}, not {shown(self.output_max_bytes)}")
         for name in ("artifacts_import", "pass_store_credentials"):  # "no" is truthy: it would switch them on
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInputError(f"{name} must be True or False, not {shown(getattr(self, name))}")
@@ -269,9 +274,11 @@ class Worker:
         log.info("running job %s (%s) as %s", s.job_id, s.kind, claim.run_id,
                  extra={"job_id": s.job_id, "run_id": claim.run_id, "pid": child.pid})
         held = HeldLease(self.settings.lease_seconds, s.lease_expires_at or 0.0)
+        cap = OutputCap(child.output, self.settings.output_max_bytes, time.monotonic(),
+                        extra={"what": f"job {s.job_id} run {claim.run_id}", "job_id": s.job_id, "run_id": claim.run_id})
         try:
             try:
-                how, code, claim = self._supervise(claim, child, held)
+                how, code, claim = self._supervise(claim, child, held, cap)
             except BaseException:
                 # the worker can no longer watch the run, nor renew its lease (a store error at a heartbeat, a link
                 # planted in leases/: PATH_ESCAPE, an interrupt): the run ends with the worker, as one past its stop
@@ -290,6 +297,9 @@ class Worker:
                                    output=child.output, event="job_timeout")
             if how == "stopped":
                 return record.release(claim, child.output, self.settings.stop_grace_seconds)
+            if how == "output":  # its output could not be bounded on this file system: a retry would print as much
+                return record.fail(claim, OUTPUT_TOO_LARGE, f"stopped: {cap.refused}", output=child.output,
+                                   retryable=False)
             return record.record_exit(claim, code, child, paths.artifacts_dir)
         finally:
             child.finish(paths)
@@ -330,12 +340,15 @@ class Worker:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _supervise(self, claim: Claim, child: Child, held: HeldLease) -> tuple[str, int | None, Claim]:
+    def _supervise(self, claim: Claim, child: Child, held: HeldLease,
+                   cap: OutputCap | None = None) -> tuple[str, int | None, Claim]:
         """Wait for the child; renew the lease; enforce the timeout and the stop grace period, and stop a run
-        whose lease could not be renewed before it may have expired (``held``, ``HeldLease.must_stop``). Returns
-        how it ended, its exit status, and the claim to record its outcome under: marked ``renewed`` once a
-        heartbeat wrote a lease record, so the flag belongs to this run and cannot reach the next."""
+        whose lease could not be renewed before it may have expired (``held``, ``HeldLease.must_stop``); keep its
+        output file within ``cap`` (``output_cap.py``: its start dropped, or the run stopped where that cannot be
+        done). Returns how it ended, its exit status, and the claim to record its outcome under: marked ``renewed``
+        once a heartbeat wrote a lease record, so the flag belongs to this run and cannot reach the next."""
         start = time.monotonic()
+        cap = cap or OutputCap(child.output, self.settings.output_max_bytes, start)
         lease = self.settings.lease_seconds
         beat = max(0.05, lease / 3)
         # the first beat is due when a third of the claim's lease is gone, not a third of a lease after the
@@ -352,6 +365,8 @@ class Worker:
                 limits.append(time.monotonic() + STOP_CHECK_SECONDS)
             if held.failing_since is not None:  # wake up in time to stop the run
                 limits.append(time.monotonic() + held.stop_at - self.orch.clock())
+            if cap.next_check is not None:
+                limits.append(cap.next_check)
             try:
                 self._in_wait = True
                 code = child.wait(max(0.0, min(limits) - time.monotonic()))
@@ -373,6 +388,9 @@ class Worker:
             if self._past_margin(held):
                 kill_run(child, claim.run_id)
                 return "unrenewed", None, claim
+            if cap.next_check is not None and now_m >= cap.next_check and not cap.check(now_m):
+                kill_run(child, claim.run_id)
+                return "output", None, claim
             if now_m >= next_beat:
                 renewal = self._renew(claim, held)
                 if renewal == "lost":
