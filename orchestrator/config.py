@@ -40,6 +40,8 @@ DEFAULT_HANDLER_MAX_RUNS = 1000  # ORCH_HANDLER_MAX_RUNS
 # (a stalled server; docs/postgres.md): a third of the default lease, ~1000x an ordinary call. 0: none.
 DEFAULT_PG_DEADLINE_SECONDS = 10.0
 DEFAULT_STORE_WAIT_SECONDS = 30.0  # ORCH_STORE_WAIT_SECONDS: worker --once, a store lost in recovery or the claim
+DEFAULT_OUTPUT_MAX_BYTES = 64 << 20  # ORCH_OUTPUT_MAX_BYTES: a run's output.log on disk (output_cap.py); 0: no bound
+MIN_OUTPUT_MAX_BYTES = 1 << 20  # a smaller bound is refused: half of it is kept, far more than a failure's tail
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ PR_SET_PDEATHSIG = 1
 _libc: Any = None
 
 
-def _load_libc() -> Any:
+def load_libc() -> Any:
     """libc, loaded once in the worker: ``find_library`` runs ``ldconfig`` (~2 ms), too slow for every child."""
     global _libc
     if _libc is None and sys.platform.startswith("linux"):
@@ -63,7 +63,7 @@ def _prctl(option: int, value: int) -> None:
     if not sys.platform.startswith("linux"):
         return
     try:
-        libc = _load_libc()
+        libc = load_libc()
         if libc:
             libc.prctl(option, value, 0, 0, 0)
     except (OSError, AttributeError):
@@ -78,7 +78,7 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
 def adopt_orphans() -> None:
     """For the ``worker`` command's process: what a run leaves running behind an exited parent becomes its
     child, and is ended with the run (``leftovers.adopt_orphans``)."""
-    _adopt_orphans(_load_libc())
+    _adopt_orphans(load_libc())
 
 
 PR_SET_TIMERSLACK = 29
@@ -339,7 +339,7 @@ def _open_output(path: Path) -> int:
 
 def spawn_command(argv: list[str], *, cwd: Path, env: dict[str, str], output: Path, terminal_file: Path) -> Child:
     """Start ``argv`` (no shell) in a new session, stdout and stderr into ``output``."""
-    _load_libc()  # in the worker, so the child's preexec_fn does not search for libc
+    load_libc()  # in the worker, so the child's preexec_fn does not search for libc
     fd = _open_output(output)
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
@@ -370,7 +370,7 @@ def _become_handler_process(output: Path) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     die_with_parent()
     strip_private_environment()  # no signing key, no API key in os.environ (docs/worker.md)
-    become_subreaper(_load_libc())  # what a run leaves is re-parented here, and ended (``end_leftovers``)
+    become_subreaper(load_libc())  # what a run leaves is re-parented here, and ended (``end_leftovers``)
     give_standard_streams(output)
 
 
@@ -392,7 +392,7 @@ def give_standard_streams(output: Path, fds: tuple[int, ...] = STANDARD_FDS) -> 
 
 
 def fork_handler() -> int:
-    _load_libc()  # in the worker, once: the child inherits the handle
+    load_libc()  # in the worker, once: the child inherits the handle
     reap_exited()
     sys.stdout.flush()
     sys.stderr.flush()

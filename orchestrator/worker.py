@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import shutil
 import signal
 import socket
 import threading
@@ -35,12 +34,13 @@ from typing import Any, Callable
 from orchestrator import clock as clock_mod
 from orchestrator import faults
 from orchestrator.api import Orchestrator
+from orchestrator.artifacts_import import artifacts_from, import_artifacts
 from orchestrator.claiming import Claimer, Unhandled
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
-                                 DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
-                                 DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS,
-                                 MIN_LEASE_SECONDS)
-from orchestrator.errors import (HandlerNotFoundError, InvalidIdError, InvalidInputError, KeyNotTrustedError,
+                                 DEFAULT_OUTPUT_MAX_BYTES, DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS,
+                                 DEFAULT_STOP_GRACE_SECONDS, DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES,
+                                 MAX_LEASE_SECONDS, MIN_LEASE_SECONDS, MIN_OUTPUT_MAX_BYTES)
+from orchestrator.errors import (HandlerNotFoundError, InvalidInputError, KeyNotTrustedError,
                                  PathEscapeError, StorageError, StorageUnavailableError)
 from orchestrator.handler_env import withhold
 from orchestrator.handler_host import HOST_PREFIX, HandlerHost
@@ -50,12 +50,12 @@ from orchestrator.leftovers import kill_run
 from orchestrator.limits import MAX_DURATION_SECONDS, MAX_KIND_LENGTH, is_kind, is_number, whole_number
 from orchestrator.outcome import (STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS, Claim, OutcomeRecorder,
                                   RunResult, lost)
+from orchestrator.output_cap import OUTPUT_TOO_LARGE, OutputCap, is_output_bound
 from orchestrator.payload import NO_TERMINAL_SIGNAL_TIMEOUT
 from orchestrator.recovery import SWEEP_EVERY, StaleWatch, recover_expired, reload_keys, sweep_leftovers
 from orchestrator.runner import Child, precise_sleeps, stop_is_deferred
-from orchestrator.security import one_line, safe_join, shown, validate_id
+from orchestrator.security import one_line, shown, validate_id
 from orchestrator.store.files import check_folders
-from orchestrator.state import JobState
 from orchestrator.untrusted import UntrustedJobs
 from orchestrator.worker_folders import WORKER_FOLDERS, WorkerFolders
 
@@ -66,6 +66,23 @@ HEARTBEAT_RETRY_SECONDS = 1.0  # a heartbeat the store missed is tried again thi
 # a stop asked from another thread (``Worker.stop``) is seen this soon, idle or running a job: a signal interrupts a
 # wait of the main thread, a call from another thread cannot (the waits are an inotify select, a PostgreSQL LISTEN)
 STOP_CHECK_SECONDS = 0.25
+
+
+class _CopyEnded(Exception):
+    """Ends a copy of ``artifacts_from`` from inside it: how the run was cut short (``Worker._import_artifacts``)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__(how)
+        self.how = how
+
+
+class _HeartbeatError(Exception):
+    """An error of a heartbeat during that copy, carried past the handling of the job's own errors (bad input, a
+    missing program): it is the worker's, which stops on it, as on one while a handler runs (``_supervise``)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class WorkerStop(BaseException):
@@ -88,6 +105,7 @@ class WorkerSettings:
     store_wait_seconds: float = DEFAULT_STORE_WAIT_SECONDS  # run_once: a store lost in recovery or claim, retried
     kinds: tuple[str, ...] = ()  # ORCH_WORKER_KINDS: the only kinds this worker runs; empty: every kind it can
     pass_store_credentials: bool = False  # ORCH_PASS_STORE_CREDENTIALS: handlers get PGPASSWORD, ... (handler_env)
+    output_max_bytes: int = DEFAULT_OUTPUT_MAX_BYTES  # ORCH_OUTPUT_MAX_BYTES: a run's output.log on disk; 0: no bound
 
     def __post_init__(self) -> None:
         for name in ("kinds", "imports"):  # a single string would be read letter by letter
@@ -102,6 +120,9 @@ class WorkerSettings:
             raise InvalidInputError(f"handler_process must be one of {', '.join(HANDLER_PROCESS_MODES)}, "
                                     f"not {self.handler_process!r}")
         whole_number(self.handler_max_runs, "handler_max_runs")
+        if not is_output_bound(self.output_max_bytes):
+            raise InvalidInputError(f"output_max_bytes must be 0 (no bound) or a whole number of bytes from "
+                                    f"{MIN_OUTPUT_MAX_BYTES}, not {shown(self.output_max_bytes)}")
         for name in ("artifacts_import", "pass_store_credentials"):  # "no" is truthy: it would switch them on
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInputError(f"{name} must be True or False, not {shown(getattr(self, name))}")
@@ -251,13 +272,19 @@ class Worker:
                 raise
             return record.fail(claim, exc.code, exc.message, retryable=False)  # its own folder, a link out
         handler = resolve(s.kind)
+        held = HeldLease(self.settings.lease_seconds, s.lease_expires_at or 0.0)
         try:
             if handler is None:
                 raise InvalidInputError(f"no handler for kind {s.kind!r}")
-            self._import_artifacts(s, paths.artifacts_dir)
+            cut, claim = self._import_artifacts(claim, held, paths.artifacts_dir)
+            if cut is not None:
+                paths.remove()
+                return self._ended(cut, claim, record, held, paths.output_file)
             context = {**s.context(), "artifacts_dir": str(paths.artifacts_dir)}
             child = handler.start(context, paths, host=self._handler_host())
             faults.point("worker.after_start")
+        except _HeartbeatError as failed:
+            raise failed.error from None
         except (InvalidInputError, PathEscapeError) as exc:  # bad input: not retried
             return record.not_started(claim, paths, exc.code, exc.message, retryable=False)
         except OSError as exc:
@@ -268,31 +295,40 @@ class Worker:
                                       f"cannot start the handler: {exc}", retryable=not missing)
         log.info("running job %s (%s) as %s", s.job_id, s.kind, claim.run_id,
                  extra={"job_id": s.job_id, "run_id": claim.run_id, "pid": child.pid})
-        held = HeldLease(self.settings.lease_seconds, s.lease_expires_at or 0.0)
+        cap = OutputCap(child.output, self.settings.output_max_bytes, time.monotonic(), extra={
+            "what": f"job {s.job_id} run {claim.run_id}", "job_id": s.job_id, "run_id": claim.run_id})
         try:
             try:
-                how, code, claim = self._supervise(claim, child, held)
+                how, code, claim = self._supervise(claim, child, held, cap)
             except BaseException:
                 # the worker can no longer watch the run, nor renew its lease (a store error at a heartbeat, a link
                 # planted in leases/: PATH_ESCAPE, an interrupt): the run ends with the worker, as one past its stop
                 # grace does, instead of going on unwatched beside its retry
                 kill_run(child, claim.run_id)
                 raise
-            if how == "lost":
-                return lost(claim, "the job changed while it ran (taken over or cancelled)")
-            if how == "unrenewed":
-                why = held.why_stopped()
-                log.error("job %s run %s: %s", s.job_id, claim.run_id, why,
-                          extra={"job_id": s.job_id, "run_id": claim.run_id, "code": LEASE_NOT_RENEWED})
-                return record.fail(claim, LEASE_NOT_RENEWED, why, output=child.output)
+            if how in ("lost", "unrenewed", "stopped"):
+                return self._ended(how, claim, record, held, child.output)
             if how == "timeout":
                 return record.fail(claim, NO_TERMINAL_SIGNAL_TIMEOUT, f"killed after its timeout of {s.timeout:g}s",
                                    output=child.output, event="job_timeout")
-            if how == "stopped":
-                return record.release(claim, child.output, self.settings.stop_grace_seconds)
+            if how == "output":  # its output could not be bounded on this file system: a retry would print as much
+                return record.fail(claim, OUTPUT_TOO_LARGE, f"stopped: {cap.refused}", output=child.output,
+                                   retryable=False)
             return record.record_exit(claim, code, child, paths.artifacts_dir)
         finally:
             child.finish(paths)
+
+    def _ended(self, how: str, claim: Claim, record: OutcomeRecorder, held: HeldLease, output: Path) -> RunResult:
+        """The outcome of a run the worker cut short, while it ran or while its ``artifacts_from`` were copied:
+        ``lost`` (taken over or cancelled: nothing written), ``unrenewed``, ``stopped`` (handed back)."""
+        if how == "lost":
+            return lost(claim, "the job changed while it ran (taken over or cancelled)")
+        if how == "unrenewed":
+            why = held.why_stopped()
+            log.error("job %s run %s: %s", claim.job_id, claim.run_id, why,
+                      extra={"job_id": claim.job_id, "run_id": claim.run_id, "code": LEASE_NOT_RENEWED})
+            return record.fail(claim, LEASE_NOT_RENEWED, why, output=output)
+        return record.release(claim, output, self.settings.stop_grace_seconds)
 
     def _recorder(self) -> OutcomeRecorder:
         """What records this run's outcome; made per run, so it holds no reference back to a worker that is kept
@@ -330,17 +366,17 @@ class Worker:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _supervise(self, claim: Claim, child: Child, held: HeldLease) -> tuple[str, int | None, Claim]:
+    def _supervise(self, claim: Claim, child: Child, held: HeldLease,
+                   cap: OutputCap | None = None) -> tuple[str, int | None, Claim]:
         """Wait for the child; renew the lease; enforce the timeout and the stop grace period, and stop a run
-        whose lease could not be renewed before it may have expired (``held``, ``HeldLease.must_stop``). Returns
-        how it ended, its exit status, and the claim to record its outcome under: marked ``renewed`` once a
-        heartbeat wrote a lease record, so the flag belongs to this run and cannot reach the next."""
+        whose lease could not be renewed before it may have expired (``held``, ``HeldLease.must_stop``); keep its
+        output file within ``cap`` (``output_cap.py``: its start dropped, or the run stopped where that cannot be
+        done). Returns how it ended, its exit status, and the claim to record its outcome under: marked ``renewed``
+        once a heartbeat wrote a lease record, so the flag belongs to this run and cannot reach the next."""
         start = time.monotonic()
-        lease = self.settings.lease_seconds
-        beat = max(0.05, lease / 3)
-        # the first beat is due when a third of the claim's lease is gone, not a third of a lease after the
-        # handler started: starting it (copying artifacts_from) may have taken part of the lease already
-        next_beat = start + min(beat, max(0.0, held.expires_at - lease + beat - self.orch.clock()))
+        cap = cap or OutputCap(child.output, self.settings.output_max_bytes, start)
+        beat = max(0.05, self.settings.lease_seconds / 3)
+        next_beat = self._first_beat(held, beat)
         timeout = claim.state.timeout
         deadline = start + timeout if timeout else None
         stop_deadline: float | None = None
@@ -352,6 +388,8 @@ class Worker:
                 limits.append(time.monotonic() + STOP_CHECK_SECONDS)
             if held.failing_since is not None:  # wake up in time to stop the run
                 limits.append(time.monotonic() + held.stop_at - self.orch.clock())
+            if cap.next_check is not None:
+                limits.append(cap.next_check)
             try:
                 self._in_wait = True
                 code = child.wait(max(0.0, min(limits) - time.monotonic()))
@@ -373,21 +411,35 @@ class Worker:
             if self._past_margin(held):
                 kill_run(child, claim.run_id)
                 return "unrenewed", None, claim
+            if cap.next_check is not None and now_m >= cap.next_check and not cap.check(now_m):
+                kill_run(child, claim.run_id)
+                return "output", None, claim
             if now_m >= next_beat:
-                renewal = self._renew(claim, held)
-                if renewal == "lost":
+                end, claim, next_beat = self._beat(claim, held, beat)
+                if end:
                     kill_run(child, claim.run_id)
-                    return "lost", None, claim
-                if renewal != "failed":  # a record was written, or may have been (a commit whose answer was lost):
-                    claim = replace(claim, renewed=True)  # the outcome drops it
-                if renewal == "renewed":
-                    next_beat = time.monotonic() + beat
-                    continue
-                # a heartbeat the store missed is tried again soon: a whole beat later may be past the lease
-                next_beat = time.monotonic() + min(beat, HEARTBEAT_RETRY_SECONDS)
-                if self._past_margin(held):  # the failed call itself may have taken the time left
-                    kill_run(child, claim.run_id)
-                    return "unrenewed", None, claim
+                    return end, None, claim
+
+    def _first_beat(self, held: HeldLease, beat: float) -> float:
+        """When the first heartbeat is due (monotonic): a third of the lease ``held`` after it was last stored (the
+        claim, a renewal while ``artifacts_from`` was copied), not a third of a lease after the handler started."""
+        lease = self.settings.lease_seconds
+        return time.monotonic() + min(beat, max(0.0, held.expires_at - lease + beat - self.orch.clock()))
+
+    def _beat(self, claim: Claim, held: HeldLease, beat: float) -> tuple[str | None, Claim, float]:
+        """One heartbeat (``_renew``): how the run must end (``lost``, ``unrenewed``) or None, the claim to go on
+        with, and when the next heartbeat is due (monotonic)."""
+        renewal = self._renew(claim, held)
+        if renewal == "lost":
+            return "lost", claim, time.monotonic()
+        if renewal != "failed":  # a record was written, or may have been (a commit whose answer was lost):
+            claim = replace(claim, renewed=True)  # the outcome drops it
+        if renewal == "renewed":
+            return None, claim, time.monotonic() + beat
+        # a heartbeat the store missed is tried again soon: a whole beat later may be past the lease
+        next_beat = time.monotonic() + min(beat, HEARTBEAT_RETRY_SECONDS)
+        # the failed call itself may have taken the time left
+        return ("unrenewed" if self._past_margin(held) else None), claim, next_beat
 
     def _past_margin(self, held: HeldLease) -> bool:
         """``HeldLease.must_stop`` now; when it is, the time is kept as when the run was stopped."""
@@ -453,26 +505,43 @@ class Worker:
             self._in_wait = False
 
 
-    def _import_artifacts(self, s: JobState, target: Path) -> None:
+    def _import_artifacts(self, claim: Claim, held: HeldLease, target: Path) -> tuple[str | None, Claim]:
         """Only with ``artifacts_import`` on: copy (never move) the folders of jobs named in input ``artifacts_from``,
-        a job id or a list of them; anything else is the job's bad input (``InvalidInputError``, not retried)."""
-        names = s.input.get("artifacts_from") if isinstance(s.input, dict) else None
-        if not names:
-            return
+        a job id or a list of them; anything else is the job's bad input (``InvalidInputError``, not retried).
+        The lease is renewed while it copies, as while a handler runs; returns how the copy was cut short
+        (``lost``, ``unrenewed``, ``stopped``: a stop hands the job back once the grace period since the stop request
+        is over, no handler having run) or None, and the claim to go on with (marked ``renewed`` once a heartbeat may
+        have written a lease record)."""
+        s = claim.state
         if not self.settings.artifacts_import:
-            log.info("job %s names artifacts_from, but ORCH_ARTIFACTS_IMPORT is off: nothing copied", s.job_id)
-            return
-        names = [names] if isinstance(names, str) else names
-        if not isinstance(names, list) or not all(isinstance(other, str) for other in names):
-            raise InvalidInputError("input artifacts_from must be a job id or a list of job ids")
-        for other in names:
-            try:
-                validate_id(other)
-            except InvalidIdError as exc:
-                raise InvalidInputError(f"input artifacts_from: {exc.message}") from None
-            src = self.folders.artifacts_dir(other)
-            if src.is_dir() and other != s.job_id:
-                shutil.copytree(src, safe_join(target, "inputs", other), dirs_exist_ok=True)
+            if isinstance(s.input, dict) and s.input.get("artifacts_from"):
+                log.info("job %s names artifacts_from, but ORCH_ARTIFACTS_IMPORT is off: nothing copied", s.job_id)
+            return None, claim
+        names = artifacts_from(s.input)
+        if not names:
+            return None, claim
+        beat = max(0.05, self.settings.lease_seconds / 3)
+        next_beat = self._first_beat(held, beat)
+
+        def between() -> None:  # before each file and after each 8 MiB
+            nonlocal claim, next_beat
+            if self._stop_at is not None and time.monotonic() >= self._stop_at + self.settings.stop_grace_seconds:
+                raise _CopyEnded("stopped")
+            if self._past_margin(held):
+                raise _CopyEnded("unrenewed")
+            if time.monotonic() >= next_beat:
+                try:
+                    end, claim, next_beat = self._beat(claim, held, beat)
+                except Exception as exc:  # noqa: BLE001 - the worker's error, not the job's: re-raised as it was
+                    raise _HeartbeatError(exc) from exc
+                if end:
+                    raise _CopyEnded(end)
+
+        try:
+            import_artifacts(s.job_id, names, self.folders, target, between)
+        except _CopyEnded as ended:
+            return ended.how, claim
+        return None, claim
 
     # -- the loop -----------------------------------------------------------------------------------
     def stop(self) -> None:

@@ -175,3 +175,21 @@ def take_stdio(ctx: JobContext) -> dict:
         sys.stdout.write("an unfinished line")
         os.close(1)
     return {"status": "done", "summary": f"stdio: {how}"}
+
+
+SPEW = ("import sys, time\n"
+        "lines, pause = int(sys.argv[1]), float(sys.argv[2])\n"
+        "for i in range(lines):\n"
+        "    sys.stdout.write(f'{i:09d} ' + 'x' * 90 + '\\n')\n"
+        "    if i % 2000 == 1999:\n"
+        "        sys.stdout.flush(); time.sleep(pause)\n"
+        "print(f'spew done {lines}', flush=True)\n")
+
+
+@handler("t.spew")
+def spew(ctx: JobContext) -> dict:
+    """Prints ``lines`` lines of 100 bytes, quickly (a pause of ``pause`` s every 2,000), then fails (its output's
+    tail is recorded); the same loop as the command ``python -c SPEW lines pause``."""
+    sys.argv = ["spew", str(ctx.input["lines"]), str(ctx.input.get("pause", 0))]
+    exec(SPEW, {})  # noqa: S102 - the test's own code
+    return {"status": "failed", "summary": "spewed", "retryable": False}

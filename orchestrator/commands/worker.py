@@ -8,9 +8,9 @@ import click
 
 from orchestrator.cli import CONTEXT, FiniteFloatRange, Output, cli, echo, job_kinds, project_command, seconds
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
-                                 DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS, DEFAULT_STOP_GRACE_SECONDS,
-                                 DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES, MAX_LEASE_SECONDS,
-                                 MIN_LEASE_SECONDS)
+                                 DEFAULT_OUTPUT_MAX_BYTES, DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS,
+                                 DEFAULT_STOP_GRACE_SECONDS, DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES,
+                                 MAX_LEASE_SECONDS, MIN_LEASE_SECONDS, MIN_OUTPUT_MAX_BYTES)
 from orchestrator.errors import ConfigError, HandlerNotFoundError, KeyNotTrustedError
 from orchestrator.limits import MAX_KIND_LENGTH, is_kind
 from orchestrator.security import sanitize_text, shown
@@ -31,6 +31,14 @@ def _env_kinds() -> tuple[str, ...]:
             raise ConfigError(f"ORCH_WORKER_KINDS: a job kind is 1 to {MAX_KIND_LENGTH} characters of valid Unicode, "
                               f"not {shown(kind)}")
     return kinds
+
+
+def _output_bound(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    """``--output-max-bytes``: 0 (no bound) or at least ``MIN_OUTPUT_MAX_BYTES``."""
+    if 0 < value < MIN_OUTPUT_MAX_BYTES:
+        raise click.BadParameter(f"{value} is neither 0 (no bound) nor at least {MIN_OUTPUT_MAX_BYTES} (1 MiB)",
+                                 ctx, param)
+    return value
 
 
 @cli.command(context_settings=CONTEXT)
@@ -80,6 +88,11 @@ def _env_kinds() -> tuple[str, ...]:
 @click.option("--handler-max-runs", type=click.IntRange(min=1), default=DEFAULT_HANDLER_MAX_RUNS, show_default=True,
               envvar="ORCH_HANDLER_MAX_RUNS", show_envvar=True,
               help="Runs one reused handler process serves before a new one replaces it.")
+@click.option("--output-max-bytes", type=click.IntRange(min=0), default=DEFAULT_OUTPUT_MAX_BYTES, show_default=True,
+              callback=_output_bound, envvar="ORCH_OUTPUT_MAX_BYTES", show_envvar=True,
+              help="Disk a run's output file (what its handler prints) may take: past it the start of the file is "
+                   "dropped and its end kept (the tail a failure records), or, on a file system that cannot punch "
+                   "holes, the run is stopped (OUTPUT_TOO_LARGE, not retried). 0: no bound; else at least 1 MiB.")
 @click.option("--store-wait-seconds", type=seconds(), default=DEFAULT_STORE_WAIT_SECONDS, show_default=True,
               envvar="ORCH_STORE_WAIT_SECONDS", show_envvar=True,
               help="With --once: how long a store lost during stale recovery or the claim (a PostgreSQL restart) is "
@@ -93,7 +106,8 @@ def _env_kinds() -> tuple[str, ...]:
 def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: bool, lease_seconds: float,
            worker_id: str | None, imports: tuple[str, ...], stop_grace_seconds: float, retry_base_seconds: float,
            retry_max_seconds: float, artifacts_import: bool, handler_process: str, handler_max_runs: int,
-           store_wait_seconds: float, kinds: tuple[str, ...], pass_store_credentials: bool) -> int:
+           output_max_bytes: int, store_wait_seconds: float, kinds: tuple[str, ...],
+           pass_store_credentials: bool) -> int:
     """Run jobs: recover stale runs, claim by priority then FIFO, run the handler, record the outcome.
 
     Without --once it loops, waking as soon as a job is submitted; SIGTERM/SIGINT stop it
@@ -126,7 +140,7 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
                               imports=modules, artifacts_import=artifacts_import, handler_process=handler_process,
                               handler_max_runs=handler_max_runs, store_wait_seconds=store_wait_seconds,
                               kinds=tuple(kinds) + _env_kinds(),
-                              pass_store_credentials=pass_store_credentials)
+                              pass_store_credentials=pass_store_credentials, output_max_bytes=output_max_bytes)
     w = Worker(orch, settings)
     adopt_orphans()  # a process of its own: what a run leaves behind an exited parent becomes its child
 

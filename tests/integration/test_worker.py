@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -986,6 +987,102 @@ def test_an_artifacts_from_that_names_no_job_id_fails_the_run_as_bad_input_and_t
     assert list((orch.settings.state_dir / "artifacts").glob("*/inputs")) == []
     nxt = orch.submit("t.echo", 1)
     assert w.run_once().job_id == nxt and orch.status(nxt).state == "succeeded"
+
+
+class SlowCopy:
+    """``os.sendfile`` (how ``shutil`` and the worker copy a file) taking ``pause`` s per call; ``at_call`` is run at
+    the ``at``-th call, mid-copy."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, pause: float, at: int, at_call) -> None:
+        self.calls, self.pause, self.at, self.at_call, self.real = 0, pause, at, at_call, os.sendfile
+        monkeypatch.setattr(os, "sendfile", self)
+
+    def __call__(self, *args):
+        self.calls += 1
+        if self.calls == self.at:
+            self.at_call()
+        time.sleep(self.pause)
+        return self.real(*args)
+
+
+def _a_job_with_files(orch, files: int) -> str:
+    first = orch.submit("t.echo", 1)
+    make_worker(orch).run_once()
+    folder = orch.settings.state_dir / "artifacts" / first
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        (folder / f"f{i:02d}.txt").write_text(f"file {i}")
+    return first
+
+
+def test_a_copy_of_artifacts_from_longer_than_the_lease_renews_it_so_no_other_worker_recovers_the_job(
+        orch, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = _a_job_with_files(orch, 12)
+    job = orch.submit("t.echo", {"artifacts_from": [first]})
+    other = make_worker(orch, worker_id="w2")
+    recovered: list[list[str]] = []
+    # 12 files, 0.1 s each: the copy takes 1.2 s, twice the lease; at 1 s in, another worker looks for stale jobs
+    copy = SlowCopy(monkeypatch, 0.1, 10, lambda: recovered.append(other.recover_stale()))
+    result = make_worker(orch, artifacts_import=True, lease_seconds=0.6).run_once()
+    assert recovered == [[]]  # before the fix: [[job]], the job recovered (and run again) while it was copying
+    assert (result.job_id, result.outcome) == (job, "succeeded") and copy.calls >= 12
+    inputs = orch.settings.state_dir / "artifacts" / job / "inputs" / first
+    assert sorted(p.name for p in inputs.iterdir()) == [f"f{i:02d}.txt" for i in range(12)]
+    assert types(orch, job) == ["job_submitted", "job_claimed", "job_succeeded"]
+    assert not any((orch.settings.state_dir / "leases").glob(f"{job}.*"))  # the renewed record went with it
+
+
+def test_a_job_cancelled_while_its_artifacts_from_are_copied_stops_the_copy_at_the_next_heartbeat(
+        orch, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = _a_job_with_files(orch, 12)
+    job = orch.submit("t.echo", {"artifacts_from": [first]})
+    copy = SlowCopy(monkeypatch, 0.1, 3, lambda: orch.cancel(job, "no longer needed"))
+    result = make_worker(orch, artifacts_import=True, lease_seconds=0.6).run_once()
+    assert (result.job_id, result.outcome) == (job, "lease_lost")
+    assert copy.calls < 12  # before the fix: every file copied, and the handler run, for a cancelled job
+    assert orch.status(job).state == "cancelled"
+
+
+def test_a_worker_stopped_while_artifacts_from_are_copied_hands_the_job_back(
+        orch, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = _a_job_with_files(orch, 12)
+    job = orch.submit("t.echo", {"artifacts_from": [first]})
+    w = make_worker(orch, artifacts_import=True, lease_seconds=0.6, stop_grace_seconds=0.0)
+    copy = SlowCopy(monkeypatch, 0.1, 3, w.stop)
+    result = w.run_once()
+    assert (result.job_id, result.outcome, result.error_code) == (job, "released", "WORKER_STOPPED")
+    assert copy.calls < 12 and orch.status(job).state == "queued"
+
+
+def test_a_heartbeat_error_while_artifacts_from_are_copied_stops_the_worker_and_is_not_the_jobs_bad_input(
+        orch, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A link planted in the lease record's place (``PATH_ESCAPE``) is the store's fault: the worker stops on it, as
+    while a handler runs, and the job is left to stale recovery instead of failing as bad input, not retried."""
+    import orchestrator.worker as worker_mod
+    from orchestrator.errors import PathEscapeError
+
+    def linked(*_a, **_k) -> None:
+        raise PathEscapeError("leases/x is a symbolic link")
+
+    first = _a_job_with_files(orch, 12)
+    monkeypatch.setattr(worker_mod, "write_lease", linked)
+    job = orch.submit("t.echo", {"artifacts_from": [first]})
+    SlowCopy(monkeypatch, 0.1, 0, lambda: None)
+    with pytest.raises(PathEscapeError):
+        make_worker(orch, artifacts_import=True, lease_seconds=0.6).run_once()
+    assert orch.status(job).state == "running"
+
+
+@pytest.mark.parametrize("device", ["/dev/null", "/dev/zero"])
+def test_a_device_linked_from_an_artifacts_from_folder_fails_the_run_as_bad_input_and_is_never_read(
+        orch, device: str) -> None:
+    """``/dev/zero`` would be copied for ever (a lease renewed all along): no file but a regular one is copied."""
+    first = _a_job_with_files(orch, 1)
+    os.symlink(device, orch.settings.state_dir / "artifacts" / first / "dev")
+    job = orch.submit("t.echo", {"artifacts_from": [first]}, max_attempts=3)
+    result = make_worker(orch, artifacts_import=True).run_once()
+    assert (result.job_id, result.outcome, result.error_code) == (job, "failed", "INVALID_INPUT")
+    assert "not a regular file" in orch.status(job).last_error["message"]
 
 
 # -- command handler environment ---------------------------------------------------------------
