@@ -231,3 +231,23 @@ def test_the_worker_help_names_each_exit_code_a_worker_exits_with(exit_code: int
     """7: a stale recovery or a refusal over a cut audit log stops the worker (docs/runbook.md, section E)."""
     help_text = " ".join((commands()["worker"].help or "").split())
     assert re.search(rf"\b{exit_code} [a-z]", help_text), f"`worker -h` does not name exit {exit_code}"
+
+
+def test_every_upper_case_code_the_operator_pages_name_is_one_the_code_has() -> None:
+    """An error, problem, alert or event code (`LEASE_NOT_RENEWED`, `TRUNCATED`, ...) renamed or dropped in the code
+    is not left in a table an operator acts on. postgres.md also names the operator's own variables and libpq's."""
+    import ast
+
+    names: set[str] = set()
+    for folder in ("orchestrator", "bench", "scripts"):
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                text = (node.value if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                        else node.id if isinstance(node, ast.Name) else "")
+                names.update(re.findall(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b", text))
+    pages = [REPO / "README.md"] + [REPO / "docs" / f"{name}.md" for name in
+                                    ("runbook", "worker", "format", "guarantees", "metrics", "ADR-state-source")]
+    unknown = sorted({f"{page.name}: {code}" for page in pages
+                      for code in re.findall(r"`([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)`", page.read_text(encoding="utf-8"))
+                      if code not in names})
+    assert not unknown, f"codes the docs name that the code does not have: {unknown}"
