@@ -238,7 +238,7 @@ def cli() -> None:
     8 signing key problem (or jobs left, signed by a key not trusted), 9 malformed payload,
     10 storage error (also: stdout refused the output, a full disk), 11 handler not found, 12 alerts firing (metrics --fail-on),
     13 release gate failed (bench-terminal-latency), 75 nothing to run (worker --once),
-    130 interrupted by SIGINT (Ctrl-C; a looping worker stops gracefully instead),
+    130 interrupted by SIGINT (Ctrl-C; a worker stops gracefully instead, exit 0),
     141 stdout's reader went away (| head), the command ended quietly,
     143 interrupted by SIGTERM (as 130).
     See the README's exit-code table.

@@ -1,4 +1,5 @@
-"""Settings in one object: option > environment (``.env`` included by the CLI) > default.
+"""Settings in one object: option > environment (``.env`` included by the CLI) > default. An option given, even
+empty, is the value (an empty one refused), never a reason to fall back on the next.
 
 ``BASE_PATH`` and ``PROJECT_ID`` keep the names of the runbook; every other setting is an
 ``ORCH_*`` variable. Paths are resolved here once, and the project folder is validated so

@@ -1,4 +1,4 @@
-"""Where signing keys come from: ``ORCH_SIGNING_KEY`` / ``ORCH_VERIFY_KEYS``, the keyring folder
+"""Where signing keys come from: ``ORCH_SIGNING_KEY`` / ``ORCH_SIGNING_KEY_FILE``, the keyring folder
 (``ORCH_KEYRING_DIR``, default ``~/.config/jsonl-orchestrator/keys``) and ``ORCH_TRUSTED_KEYS_DIR``; writing
 key pairs (``keys rotate``) and revoking keys (``keys revoke``). ``orchestrator.signing`` signs and checks.
 

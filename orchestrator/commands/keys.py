@@ -25,7 +25,9 @@ def keys() -> None:
     ORCH_SIGNING_KEY_FILE  the same as an owner-only PEM file (ORCH_SIGNING_KEY comes first)
 
     Every command reads these (from the environment or a .env file); a command on a project refuses
-    a keyring folder, trusted-keys folder or key file inside that project's store (exit 3).
+    a keyring folder, trusted-keys folder or key file inside that project's store (exit 3). Both
+    folders, their .pub and 'revoked' files must be writable only by their owner (else exit 8:
+    others could make a key of their own trusted; chmod go-w).
     """
 
 

@@ -280,6 +280,25 @@ def test_sigterm_lets_the_running_job_finish_and_claims_nothing_more(env, orch, 
     assert state(orch, job) == "succeeded" and state(orch, later) == "queued"
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_to_worker_once_stops_it_gracefully_exit_0_not_interrupted(env, orch, tmp_path: Path,
+                                                                                 signum: int) -> None:
+    """Every other command stops on SIGTERM or Ctrl-C with INTERRUPTED (143, 130); a worker, ``--once`` too, stops
+    as a looping one does: its run handed back (``released``), exit 0 (README, exit codes 130 and 143)."""
+    job, started, _release = waiting_job(orch, tmp_path)
+    proc = start_worker(env, "--once", "--json", "--stop-grace-seconds", "0.3")
+    try:
+        wait_until(started.exists, what="the job to start")
+        proc.send_signal(signum)
+        code, out, err = finish(proc)
+    finally:
+        stop(proc)
+    assert code == 0, err
+    assert json.loads(out) | {"run_id": None} == {"job_id": job, "run_id": None, "outcome": "released",
+                                                   "state": "queued", "error_code": "WORKER_STOPPED", "details": {}}
+    assert "INTERRUPTED" not in out + err
+
+
 def test_sigterm_past_the_grace_period_kills_the_run_and_hands_the_job_back(env, orch, tmp_path: Path) -> None:
     job, started, _release = waiting_job(orch, tmp_path)
     proc = start_worker(env, "--stop-grace-seconds", "0.3", "--worker-id", "leaving")

@@ -117,3 +117,137 @@ def test_every_command_the_docs_name_runs_from_a_script_or_the_console_script(pa
         source = path.read_text(encoding="utf-8")
         if "run_script(" in source:
             assert f'run_script("{script.replace("_", "-")}")' in source, f"scripts/{script}.py runs another command"
+
+
+def _mib(n: int) -> str:
+    return f"{n // 2**20} MiB"
+
+
+def test_the_readme_limits_table_states_the_limits_the_code_has() -> None:
+    """Each row of README "Limits" names the constant's value, so a limit changed in the code cannot leave the
+    table saying another."""
+    from orchestrator import config, limits, payload, security
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Limits"):]
+    section = section[:section.index("\n## ")]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in section.splitlines() if line.startswith("| ")}
+    expected = {
+        "a job's input (canonical JSON)": [_mib(limits.MAX_INPUT_BYTES), f"nested at most {limits.MAX_JSON_DEPTH} levels"],
+        "a file `submit --input-file` reads (`-`: stdin)": [_mib(limits.MAX_INPUT_BYTES)],
+        "a line of an export bundle (`import` reads, `export` writes)": [_mib(limits.MAX_BUNDLE_LINE_BYTES)],
+        "a head anchor `verify --against` reads": [_mib(limits.MAX_ANCHOR_BYTES)],
+        "a job's kind (`submit --kind`)": [f"1 to {limits.MAX_KIND_LENGTH} characters"],
+        "a terminal payload": [_mib(payload.MAX_PAYLOAD_BYTES), f"nested at most {limits.MAX_JSON_DEPTH} levels",
+                               f"`summary`/`question` {payload.MAX_TEXT:,} chars", f"{payload.MAX_ARTIFACTS:,} artifacts"],
+        "control texts (notes, answers, reasons)": [f"{limits.MAX_TEXT_CHARS:,} characters"],
+        "a file `control ... --text-file` or `resume-from-chat --text-file` reads (`-`: stdin)":
+            [f"{limits.MAX_TEXT_FILE_BYTES:,} bytes"],
+        "`submit --max-attempts` / `--priority`":
+            [f"1 to {limits.MAX_ATTEMPTS_LIMIT:,} / -{limits.PRIORITY_LIMIT:,} to {limits.PRIORITY_LIMIT:,}"],
+        "durations (`--timeout`, the worker's `--stop-grace-seconds`, `--retry-*-seconds`; `--lease-seconds` "
+        f"{config.MIN_LEASE_SECONDS:g} to {config.MAX_LEASE_SECONDS:,.0f} s, a day)": [f"{limits.MAX_DURATION_SECONDS:,.0f} s"],
+        "job, project, run, worker ids, idempotency keys (`submit --key`)":
+            ["{0,%d}" % (security.ID_LENGTH - 1)],
+    }
+    wrong = [f"{row!r}: {value!r}" for row, values in expected.items() for value in values
+             if value not in rows.get(row, "")]
+    assert not wrong, f"README's Limits table does not say what the code has: {wrong}"
+
+
+def _code_names(folders: tuple[str, ...]) -> tuple[set[str], list[tuple[str, str]]]:
+    """The ``ORCH_*`` names the code of these folders uses (strings, names, keyword arguments: not its docstrings
+    nor comments), and each module docstring with its file."""
+    import ast
+
+    used: set[str] = set()
+    docstrings: list[tuple[str, str]] = []
+    for folder in folders:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            skip = set()
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    doc = node.body[0] if node.body else None
+                    if isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str):
+                        skip.add(id(doc.value))
+                        docstrings.append((str(path.relative_to(REPO)), doc.value.value))
+            for node in ast.walk(tree):
+                text = (node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip
+                        else node.arg if isinstance(node, ast.keyword) and node.arg
+                        else node.id if isinstance(node, ast.Name) else "")
+                used.update(re.findall(r"\bORCH_[A-Z0-9_]*[A-Z0-9]\b", text))
+    return used, docstrings
+
+
+def test_every_orch_variable_the_docs_or_a_docstring_name_is_one_the_code_reads() -> None:
+    """A variable renamed or never made (``ORCH_VERIFY_KEYS`` in a module docstring) is not left for an operator to
+    set in vain. The decisions log and the performance history are records of the past, and may name old ones."""
+    used, docstrings = _code_names(("orchestrator", "bench", "scripts", "utils"))
+    pages = [page for page in PAGES if page.name not in ("decisions.md", "performance-history.md")]
+    named = [(page.name, text) for page in pages for text in [page.read_text(encoding="utf-8")]]
+    named += [(path, doc) for path, doc in docstrings if path.startswith("orchestrator")]
+    unknown = sorted({f"{where}: {name}" for where, text in named
+                      for name in re.findall(r"\bORCH_[A-Z0-9_]*[A-Z0-9]\b", text) if name not in used})
+    assert not unknown, f"variables named that no code reads: {unknown}"
+
+
+def test_the_readme_python_api_table_gives_each_method_the_parameters_and_defaults_it_has() -> None:
+    """Both ways: a parameter the table gives a method is one it has, with that default; every parameter of the
+    method is named in its row (``now``, a test's virtual time, and ``actor``, aside)."""
+    import ast
+    import inspect
+
+    from orchestrator import Orchestrator
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("| method | returns | command |"):]
+    rows = section[:section.index("\n\n")].splitlines()[2:]
+    wrong, before = [], ""
+    for row in rows:
+        first = row.split(" | ")[0]
+        for name, given in re.findall(r"`orch\.(\w+)\((.*?)\)`", first):
+            params = inspect.signature(getattr(Orchestrator, name)).parameters
+            spread = any(p.kind is p.VAR_KEYWORD for p in params.values())
+            told = row if given != "..." else before + row  # `orch.submit_job(...)`: the arguments of the row above
+            for piece in [] if given == "..." else [p.strip() for p in given.split(",")]:
+                arg, _, default = piece.lstrip("*").partition("=")
+                if piece == "*" or piece.startswith("**") and spread:
+                    continue
+                if arg not in params:
+                    if not spread:
+                        wrong.append(f"orch.{name} has no parameter {arg}")
+                elif default and ast.literal_eval(default) != params[arg].default:
+                    wrong.append(f"orch.{name}({arg}=...) defaults to {params[arg].default!r}, not {default}")
+            wrong += [f"orch.{name}: {p} is not in its row" for p, param in params.items()
+                      if p not in ("self", "now", "actor") and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL)
+                      and not re.search(rf"\b{p}\b", told)]
+        before = row
+    assert not wrong, f"README's Python API table and the code differ: {wrong}"
+
+
+@pytest.mark.parametrize("exit_code", [0, 2, 3, 7, 8, 10, 11, 75])
+def test_the_worker_help_names_each_exit_code_a_worker_exits_with(exit_code: int) -> None:
+    """7: a stale recovery or a refusal over a cut audit log stops the worker (docs/runbook.md, section E)."""
+    help_text = " ".join((commands()["worker"].help or "").split())
+    assert re.search(rf"\b{exit_code} [a-z]", help_text), f"`worker -h` does not name exit {exit_code}"
+
+
+def test_every_upper_case_code_the_operator_pages_name_is_one_the_code_has() -> None:
+    """An error, problem, alert or event code (`LEASE_NOT_RENEWED`, `TRUNCATED`, ...) renamed or dropped in the code
+    is not left in a table an operator acts on. postgres.md also names the operator's own variables and libpq's."""
+    import ast
+
+    names: set[str] = set()
+    for folder in ("orchestrator", "bench", "scripts"):
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                text = (node.value if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                        else node.id if isinstance(node, ast.Name) else "")
+                names.update(re.findall(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b", text))
+    pages = [REPO / "README.md"] + [REPO / "docs" / f"{name}.md" for name in
+                                    ("runbook", "worker", "format", "guarantees", "metrics", "ADR-state-source")]
+    unknown = sorted({f"{page.name}: {code}" for page in pages
+                      for code in re.findall(r"`([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)`", page.read_text(encoding="utf-8"))
+                      if code not in names})
+    assert not unknown, f"codes the docs name that the code does not have: {unknown}"

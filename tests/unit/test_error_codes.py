@@ -40,6 +40,8 @@ def test_every_error_code_is_in_the_exit_tables_with_its_exit_code(page: str) ->
     for cls in all_error_classes():
         assert cls.code in table, f"{cls.__name__} ({cls.code}) is missing from the exit-code table of {page}"
         assert cls.exit_code in table[cls.code], f"{cls.code}: {page} says {table[cls.code]}, code {cls.exit_code}"
+    defined = {cls.code for cls in all_error_classes()} | {errors.OrchestratorError.code}
+    assert set(table) <= defined, f"{page} names error codes the code does not have: {set(table) - defined}"
     assert table[errors.CommandInterrupted.code] == {130, 143}  # the only code whose exit depends on the instance
     assert all(len(exits) == 1 for code, exits in table.items() if code != errors.CommandInterrupted.code), table
 
