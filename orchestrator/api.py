@@ -374,6 +374,8 @@ class Orchestrator:
                                     f"not {shown(kind)}")
         if key is not None:  # it is stored in the job's first event and printed: an id, never free text
             validate_id(key, "idempotency key")
+        if actor is not None:  # stored in the first event as given to Orchestrator(actor=...) is: checked, sanitized
+            actor = _actor(actor)
         options = job_options(audit=audit, max_attempts=max_attempts, timeout=timeout, priority=priority, key=key)
         if json_depth(input) > MAX_JSON_DEPTH:
             raise InvalidInputError(f"the job input is nested deeper than {MAX_JSON_DEPTH} levels")

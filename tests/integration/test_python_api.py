@@ -132,6 +132,10 @@ def test_an_actor_given_is_stored_sanitized(base: Path, keyring) -> None:
     job_id = orch.submit("t.echo", {})
     first = json.loads(orch.store.read(job_id)[0].raw)
     assert first["actor"] == "ci token=[REDACTED]"
+    per_call = orch.submit_job("t.echo", {"n": 2}, actor="me password=hunter2").job_id  # the submit's own actor
+    assert json.loads(orch.store.read(per_call)[0].raw)["actor"] == "me password=[REDACTED]"
+    with pytest.raises(InvalidInputError):
+        orch.submit_job("t.echo", {"n": 3}, actor=123)  # was: stored as the number 123
 
 
 def test_reprs_name_the_project_and_never_show_the_store_password(orch: Orchestrator) -> None:
