@@ -36,6 +36,8 @@ UNKNOWN_KEY = "UNKNOWN_KEY"  # ``Keyring.check``: the record names a key this ke
 SIGNATURE_MISSING = "SIGNATURE_MISSING"  # ``Keyring.check``: no ``kid`` or ``sig`` text
 KEY_REVOKED = "KEY_REVOKED"  # ``Keyring.check``: the key is in a ``revoked`` file
 SIGNATURE_INVALID = "SIGNATURE_INVALID"  # ``Keyring.check``: the signature does not verify under the key it names
+# signatures a keyring remembers as verified (``Keyring._verify``): a few jobs' lines and head records, ~0.3 MB at most
+VERIFIED_MEMO = 512
 
 
 def _not_json(obj: Any) -> Any:
@@ -155,9 +157,11 @@ class Keyring:
     signer_folder: Path | None = None  # the keyring folder whose active key signs (no key set in the environment)
     _load_signer: Any = None  # deferred: called as ``_load_signer(ring, create)`` when something is first signed
     # libsodium's views of the keys above, made on first use (not part of the keyring's identity)
-    _sodium_signer: tuple[bytes, SigningKey] | None = field(default=None, init=False, repr=False, compare=False)
+    _sodium_signer: tuple[bytes, SigningKey, bytes] | None = field(default=None, init=False, repr=False, compare=False)
     # by key id: an id is the hash of its public key, so one id never names two keys
     _sodium_keys: dict[str, VerifyKey] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # (public key, signature, signed bytes) that verified, or that this keyring signed: ``_verify``'s memo
+    _verified: set[tuple[bytes, bytes, bytes]] = field(default_factory=set, init=False, repr=False, compare=False)
 
     @classmethod
     def generate(cls) -> "Keyring":
@@ -235,10 +239,21 @@ class Keyring:
     def _sign(self, seed: bytes, data: bytes) -> bytes:
         cached = self._sodium_signer
         if cached is None or cached[0] is not seed:
-            cached = self._sodium_signer = (seed, SigningKey(seed))
-        return cached[1].sign(data).signature
+            signer = SigningKey(seed)
+            cached = self._sodium_signer = (seed, signer, bytes(signer.verify_key))
+        sig = cached[1].sign(data).signature
+        self._remember(cached[2], sig, data)  # it verifies: a process reading back what it wrote need not check
+        return sig
 
     def _verify(self, kid: str, public: bytes, sig: bytes, data: bytes) -> bool:
+        """Whether ``sig`` is ``public``'s signature of ``data``. A pure function of the three (Ed25519
+        verification is deterministic), so the triples that verified in this process are remembered
+        (``VERIFIED_MEMO`` of them, in memory only) and not checked again: a reader polling one job, the
+        audit log's head record checked before an action's event and again before its entry, a worker
+        claiming a job it ran before. Any other bytes (an edited line) are checked in full; whether the key
+        is trusted and not revoked is decided before (``check``), on every call."""
+        if (public, sig, data) in self._verified:
+            return True
         try:
             verifier = self._sodium_keys.get(kid)
             if verifier is None:
@@ -246,7 +261,14 @@ class Keyring:
             verifier.verify(data, sig)
         except (CryptoError, ValueError, TypeError):  # BadSignatureError, or a signature of the wrong length
             return False
+        self._remember(public, sig, data)
         return True
+
+    def _remember(self, public: bytes, sig: bytes, data: bytes) -> None:
+        memo = self._verified
+        if len(memo) >= VERIFIED_MEMO:  # bounded: emptied, not evicted one by one (threads share it)
+            memo.clear()
+        memo.add((public, sig, data))
 
     def seal(self, record: dict[str, Any]) -> bytes:
         """Sign ``record`` (which must not hold ``kid``/``sig``) and return its line bytes."""

@@ -32,8 +32,8 @@ from orchestrator.security import is_id, validate_id
 from orchestrator.store.base import (AUDIT_STREAM, AUX_KEY_LENGTH, HEADS_AREA, SLOT_BYTES, AuxWrites, Builder,
                                      EventStore, Head, InTransaction, StoredLine)
 from orchestrator.store.files import (check_folders, fsync_dir, linked_file, lock_descriptor, make_folder,
-                                      nofollow_opener, not_regular, open_creating, path_error, refuse_link,
-                                      remove_file, remove_strays, vacate, write_failure, write_new)
+                                      nofollow_opener, not_regular, open_creating, path_error, read_all, read_file,
+                                      refuse_link, remove_file, remove_strays, vacate, write_failure, write_new)
 
 log = logging.getLogger(__name__)
 
@@ -271,8 +271,7 @@ class JsonlStore(EventStore):
         (``Orchestrator.load`` reports it as the job's problem); a directory there holds no line."""
         path = self._file(stream)
         try:
-            with open(path, "rb", opener=nofollow_opener) as fh:
-                data = fh.read()
+            data = read_file(path)
         except (FileNotFoundError, IsADirectoryError):
             return []
         except OSError as exc:
@@ -387,12 +386,10 @@ class JsonlStore(EventStore):
         path = self._aux_path(area, key)
         try:
             if area not in SLOT_AREAS:
-                with open(path, "rb", opener=nofollow_opener) as fh:
-                    return fh.read() or None
+                return read_file(path) or None
             with lock_descriptor(lambda: nofollow_opener(path, os.O_RDONLY)) as fd:
                 fcntl.flock(fd, fcntl.LOCK_SH)  # never half of an in-place write
-                with open(fd, "rb", closefd=False) as fh:
-                    data = fh.read()
+                data = read_all(fd)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
         except OSError as exc:

@@ -540,6 +540,19 @@ def test_the_w3_trace_starts_the_clock_at_the_resume_and_stamps_the_run_after_it
     assert [steps[label]["p50"] for label in chain] == sorted(steps[label]["p50"] for label in chain)
 
 
+def test_the_step_cost_of_a_w3_round_is_reported_for_every_step(cli_env) -> None:
+    """``bench.step_cost --wall`` (the instruction counts need valgrind and a minute: not run here)."""
+    proc = subprocess.run([sys.executable, "-m", "bench.step_cost", "--jobs", "2", "--wall"], cwd=REPO,
+                          env=cli_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from bench.step_cost import STEPS
+
+    report = json.loads(proc.stdout)
+    assert report["unit"] == "ms per job" and list(report["steps"]) == list(STEPS)
+    assert all(ms > 0 for ms in report["steps"].values())
+    assert report["steps"]["resume up to its ready entry"] < report["steps"]["resume"]
+
+
 def test_the_claim_pass_benchmark_runs_and_reports_each_figure(tmp_path: Path, cli_env) -> None:
     out = tmp_path / "pass.json"
     env = {k: v for k, v in cli_env.items() if k not in ("ORCH_SIGNING_KEY", "BASE_PATH", "PROJECT_ID")}

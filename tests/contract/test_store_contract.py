@@ -58,6 +58,13 @@ def test_append_returns_the_new_head_and_read_returns_lines_in_order(store: Even
     assert [json.loads(s.raw)["p"] for s in got] == ["a", "b"]
 
 
+def test_a_stream_larger_than_one_read_is_read_whole(store: EventStore) -> None:
+    """The file store reads a file by plain ``read`` calls of 64 KiB (``files.read_all``), then the rest at once."""
+    big = [b'{"seq":%d,"x":"%s"}' % (n, b"y" * 50_000) for n in range(1, 7)]
+    store.append("job-1", lambda head: big)
+    assert [line.raw for line in store.read("job-1")] == big
+
+
 def test_waiting_for_more_lines_says_whether_the_stream_grew_past_a_sequence(store: EventStore) -> None:
     assert store.wait_for_more("job-w", 0, timeout=0.01) is False  # nothing is being written
     store.append("job-w", lambda h: [b'{"n":1}'])

@@ -427,6 +427,29 @@ def test_a_fifo_planted_in_a_job_files_place_never_hangs_a_read(orch: Orchestrat
     assert len(outcome) == 1 and [st.job_id for st in orch.jobs()] != []
 
 
+@pytest.mark.parametrize("planted", ["job_file", "head_record"])
+def test_a_fifo_held_open_by_a_writer_in_a_job_files_place_reads_as_empty_never_a_crash(
+        orch: Orchestrator, planted: str) -> None:
+    """Its read finds nothing to read yet (``EAGAIN``): no line, no record, as for a FIFO nobody writes to; it
+    was a ``None`` that the read took for bytes (``AttributeError``)."""
+    from orchestrator.errors import JobNotFoundError
+
+    job = orch.submit("rel.echo", {"x": 1})
+    fifo = orch.store.path("01ARZ3NDEKTSV4RRFFQ69G5FAV") if planted == "job_file" else \
+        orch.settings.state_dir / "heads" / job
+    fifo.unlink(missing_ok=True)
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # someone holds it open and writes nothing
+    try:
+        if planted == "job_file":
+            with pytest.raises(JobNotFoundError):
+                orch.status(fifo.name.split(".")[0])
+        else:
+            assert orch.status(job).state == "queued"  # no head record: every line checked on its own
+    finally:
+        os.close(writer)
+
+
 # -- a symbolic link, or a file, where a folder of the store belongs -------------------------------
 def _store_folders() -> list[str]:
     """Every fixed folder of a project's ``.orchestrator`` ("" is the folder itself)."""

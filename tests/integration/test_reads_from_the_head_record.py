@@ -247,3 +247,56 @@ def test_a_strict_reads_setting_that_is_not_a_yes_or_no_is_a_config_error(base: 
     monkeypatch.setenv("ORCH_STRICT_READS", value)
     with pytest.raises(ConfigError, match="ORCH_STRICT_READS"):
         Orchestrator(base_path=base, project_id="proj", keyring=Keyring.generate())
+
+
+def _libsodium_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many signatures libsodium itself verifies (a keyring remembers those that verified before)."""
+    from nacl.signing import VerifyKey
+
+    calls, real = [0], VerifyKey.verify
+
+    def counting(self: VerifyKey, *args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(VerifyKey, "verify", counting)
+    return calls
+
+
+def _another_process(orch: Orchestrator, base: Path) -> Orchestrator:
+    """The same project and keys, with a keyring of its own: nothing verified or signed by ``orch`` is known to it."""
+    ring = Keyring(trusted=dict(orch.keyring.trusted))
+    ring.add_signer(orch.keyring.signer)
+    return Orchestrator(base_path=base, project_id="proj", keyring=ring)
+
+
+def _waiting(orch: Orchestrator) -> str:
+    job = orch.submit("t.ask", {})
+    orch.worker().run_once()
+    assert orch.status(job).state == "waiting_human"
+    return job
+
+
+def test_a_resume_checks_the_jobs_and_the_audit_logs_head_records_once_each(
+        orch: Orchestrator, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit log's head record is checked before the event (a cut log refuses the action) and again under
+    the log's lock before the entry: the same bytes, verified once. What the resume signs, it does not verify."""
+    first, job = _waiting(orch), _waiting(orch)
+    orch.resume(first, "blue")  # the audit log and its head record exist
+    calls = _libsodium_checks(monkeypatch)
+    operator = _another_process(orch, base)
+    assert operator.resume(job, "green").applied
+    assert calls[0] == 2  # the job's head record, the audit log's
+    assert operator.status(job).state == "queued" and calls[0] == 2  # the head record it wrote: known to it
+
+
+def test_a_reader_polling_a_job_checks_only_the_signatures_it_has_not_seen(
+        orch: Orchestrator, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = _finished_job(orch)
+    calls = _libsodium_checks(monkeypatch)
+    reader = _another_process(orch, base)
+    assert reader.status(job).state == "succeeded" and calls[0] == 1  # the head record
+    assert reader.status(job).state == "succeeded" and calls[0] == 1  # the same bytes: remembered
+    lines = _lines(orch, job)
+    _write(orch, job, lines[:-1] + [_broken_signature(lines[-1])])  # an edit since: still caught
+    assert [p.code for p in reader.load(job).problems] == ["SIGNATURE_INVALID", "HEAD_MISMATCH"]

@@ -47,6 +47,63 @@ def test_a_signature_verifies_only_as_the_one_text_that_encodes_it(keyring: Keyr
         assert not keyring.verify_bytes(rec["kid"], other, body)
 
 
+def _libsodium_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many times libsodium itself verifies a signature (what ``Keyring._verify`` remembers is not)."""
+    from nacl.signing import VerifyKey
+
+    calls, real = [0], VerifyKey.verify
+
+    def counting(self: VerifyKey, *args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(VerifyKey, "verify", counting)
+    return calls
+
+
+def test_a_signature_that_verified_is_not_checked_again_and_any_other_bytes_are(
+        keyring: Keyring, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader polling a job, or an action checking the audit log's head record before its event and again
+    before its entry, meets the same signed bytes again: their verification is remembered, in memory, for the
+    exact bytes, signature and public key; anything else is checked by libsodium, as before."""
+    import json
+
+    other = Keyring(trusted=dict(keyring.trusted))  # another process: it did not sign the record
+    calls = _libsodium_checks(monkeypatch)
+    rec = json.loads(keyring.seal({"seq": 1, "data": {"x": 1}}))
+    assert other.check(rec) is None and calls[0] == 1
+    assert other.check(dict(rec)) is None and calls[0] == 1  # the same bytes again: remembered
+    assert other.check({**rec, "data": {"x": 2}}) == "SIGNATURE_INVALID" and calls[0] == 2
+    assert other.check({**rec, "data": {"x": 2}}) == "SIGNATURE_INVALID" and calls[0] == 3  # failures: never remembered
+    flipped = "A" if rec["sig"][10] != "A" else "B"
+    assert other.check({**rec, "sig": rec["sig"][:10] + flipped + rec["sig"][11:]}) == "SIGNATURE_INVALID"
+    assert keyring.check(rec) is None and calls[0] == 4  # what a keyring signed itself verifies without a check
+
+
+def test_a_remembered_signature_of_a_key_revoked_or_no_longer_held_is_refused(
+        keyring: Keyring, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether the key is trusted and not revoked is decided on every check, before the memory is consulted."""
+    import json
+
+    rec = json.loads(keyring.seal({"seq": 1}))
+    assert keyring.check(rec) is None
+    keyring.revoked = frozenset({rec["kid"]})
+    assert keyring.check(rec) == "KEY_REVOKED"
+    keyring.revoked = frozenset()
+    public = keyring.trusted.pop(rec["kid"])
+    assert keyring.check(rec) == "UNKNOWN_KEY"
+    keyring.trusted[rec["kid"]] = public
+    assert keyring.check(rec) is None
+
+
+def test_a_keyring_remembers_a_bounded_number_of_signatures(keyring: Keyring) -> None:
+    from orchestrator.signing import VERIFIED_MEMO
+
+    for n in range(VERIFIED_MEMO * 2 + 1):
+        keyring.seal({"seq": n})
+    assert 0 < len(keyring._verified) <= VERIFIED_MEMO
+
+
 def test_a_keyring_never_shows_its_private_key(keyring: Keyring) -> None:
     """A keyring's repr lands in tracebacks with locals, assertion messages and debug logs."""
     from orchestrator.signing import _b64
