@@ -36,8 +36,9 @@ UNKNOWN_KEY = "UNKNOWN_KEY"  # ``Keyring.check``: the record names a key this ke
 SIGNATURE_MISSING = "SIGNATURE_MISSING"  # ``Keyring.check``: no ``kid`` or ``sig`` text
 KEY_REVOKED = "KEY_REVOKED"  # ``Keyring.check``: the key is in a ``revoked`` file
 SIGNATURE_INVALID = "SIGNATURE_INVALID"  # ``Keyring.check``: the signature does not verify under the key it names
-# signatures a keyring remembers as verified (``Keyring._verify``): a few jobs' lines and head records, ~0.3 MB at most
+# signatures a keyring remembers as verified (``Keyring._verify``): a few jobs' lines and head records
 VERIFIED_MEMO = 512
+VERIFIED_MEMO_MAX_BYTES = 4096  # ... of up to this many signed bytes each (a job's input may be 1 MiB): 2 MiB at most
 
 
 def _not_json(obj: Any) -> Any:
@@ -265,6 +266,8 @@ class Keyring:
         return True
 
     def _remember(self, public: bytes, sig: bytes, data: bytes) -> None:
+        if len(data) > VERIFIED_MEMO_MAX_BYTES:  # checked again each time, as before the memo, not held
+            return
         memo = self._verified
         if len(memo) >= VERIFIED_MEMO:  # bounded: emptied, not evicted one by one (threads share it)
             memo.clear()

@@ -1,6 +1,8 @@
 """Signatures, canonical form and the keyring: where keys come from and which are trusted."""
 from __future__ import annotations
 
+import json
+
 import os
 import shutil
 import stat
@@ -102,6 +104,17 @@ def test_a_keyring_remembers_a_bounded_number_of_signatures(keyring: Keyring) ->
     for n in range(VERIFIED_MEMO * 2 + 1):
         keyring.seal({"seq": n})
     assert 0 < len(keyring._verified) <= VERIFIED_MEMO
+
+
+def test_a_keyring_remembers_no_large_line_so_its_memory_stays_small(keyring: Keyring) -> None:
+    """512 lines of a job's 1 MiB input each would hold 512 MiB: only short signed bytes are remembered."""
+    from orchestrator.signing import VERIFIED_MEMO_MAX_BYTES
+
+    line = keyring.seal({"seq": 1, "data": {"input": "x" * (1 << 20)}})
+    assert keyring._verified == set()
+    assert keyring.check(json.loads(line)) is None  # still checked, every time
+    keyring.seal({"seq": 2, "data": {"input": "x" * (VERIFIED_MEMO_MAX_BYTES // 2)}})
+    assert len(keyring._verified) == 1
 
 
 def test_a_keyring_never_shows_its_private_key(keyring: Keyring) -> None:
