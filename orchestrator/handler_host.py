@@ -17,6 +17,7 @@ import os
 import select
 import shutil
 import signal
+import stat
 import struct
 import sys
 import time
@@ -339,12 +340,36 @@ class HandlerHost:
     def clear_output(self) -> None:
         """Empty the output file once the run's tail was taken, as a per-run child's folder is removed:
         what a handler printed is not kept, and a run that ends before the host starts it (killed or
-        dead before ``_host_main`` empties the file) shows no earlier run's output in its record."""
-        try:
-            if os.stat(self.output).st_size:  # a truncation is a journaled inode update, even of an empty file
-                os.truncate(self.output, 0)
-        except OSError:
-            pass
+        dead before ``_host_main`` empties the file) shows no earlier run's output in its record.
+
+        The run can reach the path and put something else there, as at a run's own output (``sanitized_tail``):
+        nothing there is followed (a link: its target was truncated) nor opened but a regular file (a FIFO blocks).
+        The host goes on writing into the file it was given, gone from the path, so every later run's tail would say
+        what was found there instead of its output: a host whose output file is not at its path is replaced."""
+        if not _empty_regular_file(self.output):
+            self.close()  # the next run forks a new host, its folder made anew
+
+
+def _empty_regular_file(path: Path) -> bool:
+    """Empty ``path`` if a regular file is there, never through a link; False if anything else is (or nothing)."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        if not st.st_size:  # a truncation is a journaled inode update, even of an empty file
+            return True
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:  # what is at the path may have changed since the ``lstat``
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        os.ftruncate(fd, 0)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return True
 
 
 class HostRun(Child):

@@ -25,7 +25,7 @@ from orchestrator.payload import (DONE, FAILED, JSON_WHITESPACE, NEEDS_AUDIT, NO
                                   parse_payload)
 from orchestrator.runner import Child, sanitized_tail
 from orchestrator.security import sanitize_obj, sanitize_text
-from orchestrator.state import RUNNING, JobState
+from orchestrator.state import RUNNING, STOPS_FORGIVEN, WORKER_STOPPED, JobState
 
 if TYPE_CHECKING:
     from orchestrator.api import JobView, Orchestrator
@@ -140,8 +140,9 @@ class OutcomeRecorder:
         return self.finish(claim, [("human_input_requested", {**result, "question": question})], "waiting_human")
 
     def fail(self, claim: Claim, code: str, message: str, *, output: Path | None = None, retryable: bool = True,
-             event: str = "job_failed", payload: Payload | None = None) -> RunResult:
-        """Record a failed attempt (a retry while attempts remain); ``output`` holds what the run printed."""
+             event: str = "job_failed", payload: Payload | None = None, action: str | None = None) -> RunResult:
+        """Record a failed attempt (a retry while attempts remain); ``output`` holds what the run printed; ``action``:
+        the worker decided it (an audit entry of that action)."""
         s = claim.state
         now = self.orch.clock()
         failures = s.failures + 1
@@ -155,7 +156,8 @@ class OutcomeRecorder:
         data["output_tail"] = sanitized_tail(output, OUTPUT_TAIL_BYTES) if output else ""
         outcome = "retry" if "retry_at" in data else "failed"
         # a timeout is the worker's decision, so it has its audit entry (``audit.AUDITED_EVENTS``)
-        audit = (event, data["error"]) if event == "job_timeout" else None
+        action = action or ("job_timeout" if event == "job_timeout" else None)
+        audit = (action, data["error"]) if action else None
         return self.finish(claim, [(event, data)], outcome, error_code=code, audit=audit)
 
     def not_started(self, claim: Claim, paths: RunPaths, code: str, message: str, *, retryable: bool) -> RunResult:
@@ -174,12 +176,20 @@ class OutcomeRecorder:
                     audit=("job_released", data["error"]))
 
     def release(self, claim: Claim, output: Path, grace_seconds: float) -> RunResult:
-        """Hand a run back that a stop killed after its grace period (``grace_seconds``): not a failure."""
-        data = {"error_code": "WORKER_STOPPED", "worker_id": self.worker_id,
-                "error": f"worker {self.worker_id} stopped; the run was killed after the "
-                         f"{grace_seconds:g}s grace period and handed back",
+        """Hand a run back that a stop killed after its grace period (``grace_seconds``): not a failure, unless the
+        job's last ``STOPS_FORGIVEN`` runs ended so too. Then the job's run is likely what stops its workers (a
+        signal to its parent): the run is a failed attempt, so that ``max_attempts`` ends what would stop every
+        worker that picks the job up, for ever (``docs/worker.md``, "Graceful stop")."""
+        stopped = f"worker {self.worker_id} stopped; the run was killed after the {grace_seconds:g}s grace period"
+        runs = claim.state.stops + 1
+        if runs > STOPS_FORGIVEN:
+            return self.fail(claim, WORKER_STOPPED, f"{stopped}: {runs} runs in a row of this job ended with their "
+                             f"worker stopping, so this one counts as a failed attempt (a run that stops its own "
+                             f"worker would stop every worker that picks the job up)", output=output,
+                             action="job_released")
+        data = {"error_code": WORKER_STOPPED, "worker_id": self.worker_id, "error": f"{stopped} and handed back",
                 "output_tail": sanitized_tail(output, OUTPUT_TAIL_BYTES)}
-        return self.finish(claim, [("job_released", data)], "released", error_code="WORKER_STOPPED",
+        return self.finish(claim, [("job_released", data)], "released", error_code=WORKER_STOPPED,
                            audit=("job_released", data["error"]))
 
     def finish(self, claim: Claim, events: list[tuple[str, dict[str, Any]]], outcome: str,

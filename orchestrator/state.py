@@ -14,6 +14,12 @@ from orchestrator.clock import from_iso
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY
 from orchestrator.errors import InvalidTransitionError
 
+# A run its worker's stop ended (killed after the grace period) is handed back (``job_released``), not a failed
+# attempt, so that a restart costs a job nothing; from the run after this many in a row on, each such run is a failed
+# attempt (``job_failed``): a job whose run stops its own worker would otherwise stop every worker, for ever.
+WORKER_STOPPED = "WORKER_STOPPED"
+STOPS_FORGIVEN = 3
+
 QUEUED, RUNNING, AWAITING_AUDIT, WAITING_HUMAN = "queued", "running", "awaiting_audit", "waiting_human"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, AWAITING_AUDIT, WAITING_HUMAN, SUCCEEDED, FAILED, CANCELLED)
@@ -53,6 +59,7 @@ class JobState:
     seq: int = 0
     attempt: int = 0  # runs started (1-based once claimed)
     failures: int = 0  # failed attempts since the last human input; compared with max_attempts
+    stops: int = 0  # runs in a row a stopping worker ended (``WORKER_STOPPED``): from ``STOPS_FORGIVEN`` on, counted
     epoch: int = 0  # fencing epoch of the current or last claim
     run_id: str | None = None
     worker_id: str | None = None
@@ -198,12 +205,20 @@ _REDUCERS: dict[str, Callable[[Any, Event], JobState]] = {
 assert _REDUCERS.keys() == TRANSITIONS.keys()
 
 
+def _stops(s: JobState, e: Event) -> int:
+    """``JobState.stops`` after ``e``: a run a stopping worker ended adds one (handed back or counted), a claim or
+    another hand-back (the store's fault: ``PATH_ESCAPE``) keeps the count, anything else ends the series."""
+    if e.type in ("job_released", "job_failed") and e.data.get("error_code") == WORKER_STOPPED:
+        return s.stops + 1
+    return s.stops if e.type in ("job_claimed", "job_released") else 0
+
+
 def apply(state: JobState | None, event: Event) -> JobState:
     """Fold one event into the state; refuse an event that does not fit."""
     check_transition(state.state if state else None, event.type)
     new = _REDUCERS[event.type](state, event)
     return replace(new, seq=event.seq, updated_at=_t(event.ts), last_event=event.type,
-                   history=(*new.history, (event.type, event.ts)))
+                   history=(*new.history, (event.type, event.ts)), stops=_stops(state, event) if state else 0)
 
 
 def replay(events: Iterable[Event]) -> JobState | None:

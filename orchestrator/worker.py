@@ -45,6 +45,7 @@ from orchestrator.errors import (HandlerNotFoundError, InvalidInputError, KeyNot
 from orchestrator.handler_env import withhold
 from orchestrator.handler_host import HOST_PREFIX, HandlerHost
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
+from orchestrator.handlers.command import CommandNotFound
 from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease, Lease, write_lease
 from orchestrator.leftovers import kill_run
 from orchestrator.limits import MAX_DURATION_SECONDS, MAX_KIND_LENGTH, is_kind, is_number, whole_number
@@ -285,14 +286,11 @@ class Worker:
             faults.point("worker.after_start")
         except _HeartbeatError as failed:
             raise failed.error from None
-        except (InvalidInputError, PathEscapeError) as exc:  # bad input: not retried
+        except (InvalidInputError, PathEscapeError, CommandNotFound) as exc:  # bad input: not retried
             return record.not_started(claim, paths, exc.code, exc.message, retryable=False)
-        except OSError as exc:
-            # a command's program that is missing or not executable is bad input too; any other OS
-            # error (the worker's own folders, the handler process) may pass: retried
-            missing = isinstance(exc, (FileNotFoundError, PermissionError)) and handler.name == "command"
-            return record.not_started(claim, paths, "COMMAND_NOT_FOUND" if missing else "HANDLER_START_FAILED",
-                                      f"cannot start the handler: {exc}", retryable=not missing)
+        except OSError as exc:  # the machine's (the worker's own folders, the handler process): may pass, retried
+            return record.not_started(claim, paths, "HANDLER_START_FAILED", f"cannot start the handler: {exc}",
+                                      retryable=True)
         log.info("running job %s (%s) as %s", s.job_id, s.kind, claim.run_id,
                  extra={"job_id": s.job_id, "run_id": claim.run_id, "pid": child.pid})
         cap = OutputCap(child.output, self.settings.output_max_bytes, time.monotonic(), extra={

@@ -122,6 +122,17 @@ def print_late(ctx: JobContext) -> dict:
     return ctx.input["payload"]
 
 
+@handler("t.stop_worker")
+def stop_worker(ctx: JobContext) -> dict:
+    """Sends its worker (the parent of the process that runs it) ``signal`` (a number; SIGTERM by default), then
+    sleeps for ``sleep`` seconds: a job whose run stops every worker that picks it up."""
+    import signal
+
+    os.kill(os.getppid(), int(ctx.input.get("signal", signal.SIGTERM)))
+    time.sleep(float(ctx.input.get("sleep", 30)))
+    return {"status": "done", "summary": "outlived its worker's stop"}
+
+
 @handler("t.sleep")
 def sleep(ctx: JobContext) -> dict:
     time.sleep(float(ctx.input))

@@ -319,6 +319,57 @@ def test_sigterm_past_the_grace_period_kills_the_run_and_hands_the_job_back(env,
     assert any(a["job_id"] == job and a["data"]["action"] == "job_released" for a in audit)
 
 
+STOP_PARENT = {"command": {"argv": ["sh", "-c", "kill -TERM $PPID; exec sleep 30"]},  # $PPID: the worker
+               "python": {"signal": int(signal.SIGTERM)}}
+KILL_PARENT = {"command": {"argv": ["sh", "-c", "kill -KILL $PPID; exec sleep 30"]},
+               "python": {"signal": int(signal.SIGKILL)}}
+
+
+def supervised(env: dict[str, str], orch, job: str, *args: str, rounds: int = 12) -> list[int]:
+    """Start a worker again each time one exits, as a service manager does, until ``job`` is over (at most
+    ``rounds`` workers); the exit codes of the workers started."""
+    codes = []
+    for _ in range(rounds):
+        if orch.status(job).state in ("failed", "succeeded"):
+            break
+        proc = start_worker(env, "--once", "--retry-base-seconds", "0", *args)
+        codes.append(finish(proc, timeout=30)[0])
+    return codes
+
+
+@pytest.mark.parametrize("kind", ["command", "python"])
+def test_a_job_whose_run_stops_its_worker_ends_failed_instead_of_stopping_every_worker_for_ever(
+        env, orch, kind: str) -> None:
+    """A run that sends SIGTERM to its own worker (its parent) makes it stop gracefully and hand the job back
+    (``job_released``), which costs no attempt: every worker that picked the job up stopped, for ever. From the
+    fourth run in a row that ends so, each counts as a failed attempt: ``max_attempts`` ends the loop."""
+    job = orch.submit("command" if kind == "command" else "t.stop_worker", STOP_PARENT[kind], max_attempts=2)
+    codes = supervised(env, orch, job, "--stop-grace-seconds", "0.3")
+    ev = records(orch, job)
+    ends = [(e["type"], e["data"].get("error_code")) for e in ev if e["type"] not in ("job_submitted", "job_claimed")]
+    assert ends == [("job_released", "WORKER_STOPPED")] * 3 + [("job_failed", "WORKER_STOPPED")] * 2, ends
+    assert codes == [0] * 5
+    st = orch.load(job).state
+    assert (st.state, st.failures, st.attempt) == ("failed", 2, 5)
+    assert "4 runs in a row" in ev[-3]["data"]["error"] and "5 runs in a row" in ev[-1]["data"]["error"]
+    assert "retry_at" in ev[-3]["data"] and "retry_at" not in ev[-1]["data"]
+    audit = [json.loads(line.raw) for line in orch.store.read("@audit")]
+    assert [a["data"]["action"] for a in audit if a["job_id"] == job] == ["job_released"] * 5
+
+
+@pytest.mark.parametrize("kind", ["command", "python"])
+def test_a_job_whose_run_kills_its_worker_is_recovered_as_a_failed_attempt_until_its_attempts_are_used_up(
+        env, orch, kind: str) -> None:
+    """SIGKILL (as a crash, or the out-of-memory killer, would end the worker): nothing is handed back, and stale
+    recovery counts each run as a failed attempt, so ``max_attempts`` ends the loop."""
+    job = orch.submit("command" if kind == "command" else "t.stop_worker", KILL_PARENT[kind], max_attempts=2)
+    wait_until(lambda: supervised(env, orch, job, "--lease-seconds", "0.5", rounds=1) is not None
+               and orch.status(job).state == "failed", timeout=60, what="the job to fail")
+    ends = [(e["type"], e["data"].get("to")) for e in records(orch, job) if e["type"] != "job_claimed"]
+    assert ends == [("job_submitted", None), ("stale_recovered", "queued"), ("stale_recovered", "failed")], ends
+    assert orch.load(job).state.failures == 2
+
+
 def test_several_worker_processes_run_each_job_exactly_once(env, orch) -> None:
     jobs = [orch.submit("t.echo", i) for i in range(24)]
     workers = [start_worker(env, "--idle-exit", "--worker-id", f"w{i}") for i in range(3)]

@@ -268,6 +268,40 @@ def test_an_output_file_the_run_replaced_is_noted_in_its_failure_not_a_worker_bl
     assert make_worker(orch).run_once().job_id == job and orch.status(job).state == "succeeded"
 
 
+def replace_host_output(ctx) -> dict:
+    """Prints a line, then puts something else at its handler process's output path (``make``, run with ``p`` the
+    path and ``target`` the input's), and returns done."""
+    print("password=hunter2", flush=True)
+    p, target = os.readlink("/proc/self/fd/1"), ctx.input["target"]
+    os.unlink(p)
+    exec(ctx.input["make"])
+    return {"status": "done", "summary": "replaced"}
+
+
+@pytest.mark.parametrize("make", ["os.symlink(target, p)", "os.mkfifo(p)", "os.mkdir(p)"],
+                         ids=["link", "fifo", "folder"])
+def test_a_handler_process_output_file_the_run_replaced_is_never_followed_and_the_next_run_gets_its_own(
+        orch, tmp_path: Path, make: str) -> None:
+    """The worker empties its handler process's ``runs/host-*/output.log`` after each run: through a link the run
+    put there, it truncated the file the link led to (any file the worker may write). And the process went on
+    writing into the file it was given, gone from the path, so every later run's record, other jobs', showed
+    what was at the path instead of its output. Now nothing at the path is followed, and a handler process whose
+    output file is no longer at its path is replaced."""
+    register("t.replace_output", replace_host_output)
+    target = tmp_path / "victim.txt"
+    target.write_text("keep me")
+    worker = make_worker(orch)
+    job = orch.submit("t.replace_output", {"make": make, "target": str(target)}, max_attempts=1)
+    assert worker.run_once().job_id == job and orch.status(job).state == "succeeded"
+    assert target.read_text() == "keep me"
+    nxt = orch.submit("t.print", {"text": "the next run", "payload": {"status": "failed", "summary": "s"}},
+                      max_attempts=1)
+    assert worker.run_once().job_id == nxt
+    tail = events(orch, nxt)[-1]["data"]["output_tail"]
+    assert "the next run" in tail and "[the output file" not in tail and "hunter2" not in tail
+    worker.close()
+
+
 @pytest.mark.parametrize("mode", ["reused", "per-run"])
 def test_a_python_handler_returning_more_than_a_mib_is_malformed_payload_and_its_process_is_kept(
         orch, mode: str) -> None:

@@ -1112,6 +1112,90 @@ def test_a_command_that_does_not_exist_fails_without_retry(orch) -> None:
     assert st.state == "failed" and st.last_error["code"] == "COMMAND_NOT_FOUND"
 
 
+@pytest.fixture
+def programs(tmp_path: Path) -> Path:
+    """A folder of things that are not programs: a folder, a file not executable, a script whose interpreter is
+    missing, an executable file with no ``#!`` line."""
+    folder = tmp_path / "programs"
+    (folder / "a-folder").mkdir(parents=True)
+    for name, text, mode in (("not-executable", "#!/bin/sh\n", 0o644), ("no-interpreter", "#!/no/such/sh\n", 0o755),
+                             ("no-shebang", "echo hi\n", 0o755)):
+        (folder / name).write_text(text)
+        (folder / name).chmod(mode)
+    return folder
+
+
+@pytest.mark.parametrize("argv0, why", [
+    ("/no/such/program", "command '/no/such/program' does not exist"),
+    ("no-such-program-xyz", "command 'no-such-program-xyz' was not found on the PATH"),
+    ("{programs}/a-folder", "command '{programs}/a-folder' is a folder, not a program"),
+    ("{programs}/not-executable", "command '{programs}/not-executable' is not executable"),
+    ("{programs}/no-interpreter", "command '{programs}/no-interpreter' names an interpreter on its #! line that "
+                                  "does not exist"),
+    ("{programs}/no-shebang", "command '{programs}/no-shebang' is not a program this system can run"),
+], ids=["missing", "not-on-path", "folder", "not-executable", "no-interpreter", "no-shebang"])
+def test_a_command_whose_program_cannot_be_run_is_command_not_found_saying_why_and_not_retried(
+        orch, programs: Path, argv0: str, why: str) -> None:
+    argv0, why = argv0.format(programs=programs), why.format(programs=programs)
+    job = orch.submit("command", {"argv": [argv0]}, max_attempts=3)
+    result = make_worker(orch).run_once()
+    st = orch.status(job)
+    assert (result.outcome, st.state, st.last_error["code"]) == ("failed", "failed", "COMMAND_NOT_FOUND")
+    assert st.last_error["message"].startswith(why), st.last_error["message"]
+
+
+@pytest.mark.parametrize("make, why", [
+    (lambda p: p.write_text("a file"), "is not a folder"),
+    (lambda p: p.symlink_to(p.with_name("nowhere")), "is a link to nothing"),
+    (lambda p: None, "does not exist"),
+], ids=["file", "dangling-link", "missing"])
+def test_a_command_cwd_that_is_not_a_folder_is_invalid_input_naming_it(orch, tmp_path: Path, make, why: str) -> None:
+    cwd = tmp_path / "cwd"
+    make(cwd)
+    job = orch.submit("command", {"argv": ["true"], "cwd": str(cwd)}, max_attempts=3)
+    make_worker(orch).run_once()
+    st = orch.status(job)
+    assert (st.state, st.last_error["code"]) == ("failed", "INVALID_INPUT")
+    assert st.last_error["message"] == f"command cwd {str(cwd)!r} {why}"
+
+
+def test_a_command_cwd_that_cannot_be_entered_is_invalid_input_naming_it_not_a_missing_program(
+        orch, tmp_path: Path, monkeypatch) -> None:
+    """``chdir`` fails in the child after the worker saw a folder: removed meanwhile here (the tests run as root,
+    for whom a folder's permission bits do not stop a ``chdir``; for other users a folder without ``x`` does)."""
+    import orchestrator.handlers.command as command
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    spawn = command.spawn_command
+
+    def removed_first(*args, **kwargs):
+        cwd.rmdir()
+        return spawn(*args, **kwargs)
+
+    monkeypatch.setattr(command, "spawn_command", removed_first)
+    job = orch.submit("command", {"argv": ["true"], "cwd": str(cwd)}, max_attempts=3)
+    make_worker(orch).run_once()
+    st = orch.status(job)
+    assert (st.state, st.last_error["code"]) == ("failed", "INVALID_INPUT")
+    assert st.last_error["message"] == f"command cwd {str(cwd)!r} cannot be entered: No such file or directory"
+
+
+def test_a_command_the_worker_cannot_prepare_is_retried_not_command_not_found(orch, monkeypatch) -> None:
+    """A file of the worker's own run folder it cannot write (a permission, as for a user other than root) is the
+    machine's, not the job's: the attempt is retried (``HANDLER_START_FAILED``)."""
+    import orchestrator.handlers.command as command
+
+    def refused(path, data):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(command, "write_json_atomic", refused)
+    job = orch.submit("command", {"argv": ["true"]}, max_attempts=3)
+    result = make_worker(orch).run_once()
+    st = orch.status(job)
+    assert (result.outcome, st.state, st.last_error["code"]) == ("retry", "queued", "HANDLER_START_FAILED")
+
+
 @pytest.mark.parametrize("kind,value,mode", [
     ("command", {"argv": write_terminal({"status": "done", "summary": "ok"})}, "reused"),
     ("command", {"argv": ["/no/such/program"]}, "reused"),  # its folder is made, then it cannot start

@@ -161,3 +161,28 @@ def test_reducer_does_not_mutate_the_previous_state() -> None:
 def test_a_released_run_is_queued_again_without_counting_a_failure() -> None:
     s = run(SUBMIT, CLAIM, RELEASE)
     assert (s.state, s.failures, s.attempt, s.worker_id, s.retry_at) == (QUEUED, 0, 1, None, None)
+
+
+STOP_COUNTED = ev("job_failed", {"error_code": "WORKER_STOPPED", "error": "stopped again", "retry_at": LATER},
+                  run_id="r1")
+HAND_BACK = ev("job_released", {"error_code": "PATH_ESCAPE", "worker_id": "w1"}, run_id="r1")
+
+
+@pytest.mark.parametrize("events, stops", [
+    ((SUBMIT,), 0),
+    ((SUBMIT, CLAIM, RELEASE), 1),
+    ((SUBMIT, CLAIM, RELEASE, CLAIM, RELEASE, CLAIM), 2),  # a claim keeps the series
+    ((SUBMIT, CLAIM, RELEASE, CLAIM, RELEASE, CLAIM, RELEASE, CLAIM, STOP_COUNTED), 4),  # a counted stop adds one
+    ((SUBMIT, CLAIM, RELEASE, CLAIM, HAND_BACK), 1),  # the store's fault: neither a stop nor the end of the series
+    ((SUBMIT, CLAIM, RELEASE, CLAIM, RELEASE, CLAIM, FAIL_RETRY), 0),  # a run that ended otherwise ends it
+    ((SUBMIT, CLAIM, RELEASE, CLAIM, TIMEOUT_RETRY), 0),
+    ((SUBMIT, CLAIM, RELEASE, CLAIM, STALE_QUEUED), 0),
+    ((SUBMIT, CLAIM, RELEASE, CLAIM, ASK, RESUME), 0),
+])
+def test_stops_counts_the_runs_in_a_row_that_a_stopping_worker_ended(events: tuple[Event, ...], stops: int) -> None:
+    assert run(*events).stops == stops
+
+
+def test_a_stop_counted_as_a_failed_attempt_is_retried_then_fails_as_any_failure() -> None:
+    s = run(SUBMIT, CLAIM, RELEASE, CLAIM, STOP_COUNTED)
+    assert (s.state, s.failures, s.last_error["code"]) == (QUEUED, 1, "WORKER_STOPPED")
