@@ -53,7 +53,9 @@ def test_a_deeply_nested_line_is_reported_as_corrupt_not_a_crash() -> None:
 
 def test_verify_survives_a_deeply_nested_line_in_the_audit_log(orch: Orchestrator) -> None:
     orch.submit("echo", {})
-    with open(orch.store.path(AUDIT_STREAM), "ab") as fh:
+    path = Path(orch.store.path(AUDIT_STREAM))
+    path.parent.mkdir(parents=True, exist_ok=True)  # made by the log's first entry: a submit writes none
+    with open(path, "ab") as fh:
         fh.write(b'{"data":{"event_hash":' + b"[" * 100_000 + b"]" * 100_000 + b'},"job_id":"x"}\n')
     assert "CORRUPT_LINE" in {p.code for p in verify_project(orch).problems}
 
