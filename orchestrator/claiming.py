@@ -34,7 +34,7 @@ from orchestrator.state import QUEUED, JobState
 from orchestrator.untrusted import SKIPPED_MAX, UntrustedJobs
 
 if TYPE_CHECKING:
-    from orchestrator.worker import WorkerSettings
+    from orchestrator.worker_settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
