@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 WAIT = 20.0  # seconds a test waits for another process before failing
 
@@ -69,3 +71,18 @@ def alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def libsodium_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many signatures libsodium itself verifies (``[n]``, counted from now): what ``Keyring._verify``
+    remembers as verified before is not checked again, so not counted."""
+    from nacl.signing import VerifyKey
+
+    calls, real = [0], VerifyKey.verify
+
+    def counting(self: VerifyKey, *args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(VerifyKey, "verify", counting)
+    return calls

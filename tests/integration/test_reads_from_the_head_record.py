@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 
 import pytest
+
+from helpers import libsodium_checks
 import worker_handlers  # noqa: F401  (registers t.* handlers)
 
 from orchestrator import Orchestrator
@@ -249,19 +251,6 @@ def test_a_strict_reads_setting_that_is_not_a_yes_or_no_is_a_config_error(base: 
         Orchestrator(base_path=base, project_id="proj", keyring=Keyring.generate())
 
 
-def _libsodium_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many signatures libsodium itself verifies (a keyring remembers those that verified before)."""
-    from nacl.signing import VerifyKey
-
-    calls, real = [0], VerifyKey.verify
-
-    def counting(self: VerifyKey, *args: object, **kwargs: object) -> object:
-        calls[0] += 1
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(VerifyKey, "verify", counting)
-    return calls
-
 
 def _another_process(orch: Orchestrator, base: Path) -> Orchestrator:
     """The same project and keys, with a keyring of its own: nothing verified or signed by ``orch`` is known to it."""
@@ -283,7 +272,7 @@ def test_a_resume_checks_the_jobs_and_the_audit_logs_head_records_once_each(
     the log's lock before the entry: the same bytes, verified once. What the resume signs, it does not verify."""
     first, job = _waiting(orch), _waiting(orch)
     orch.resume(first, "blue")  # the audit log and its head record exist
-    calls = _libsodium_checks(monkeypatch)
+    calls = libsodium_checks(monkeypatch)
     operator = _another_process(orch, base)
     assert operator.resume(job, "green").applied
     assert calls[0] == 2  # the job's head record, the audit log's
@@ -293,7 +282,7 @@ def test_a_resume_checks_the_jobs_and_the_audit_logs_head_records_once_each(
 def test_a_reader_polling_a_job_checks_only_the_signatures_it_has_not_seen(
         orch: Orchestrator, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     job = _finished_job(orch)
-    calls = _libsodium_checks(monkeypatch)
+    calls = libsodium_checks(monkeypatch)
     reader = _another_process(orch, base)
     assert reader.status(job).state == "succeeded" and calls[0] == 1  # the head record
     assert reader.status(job).state == "succeeded" and calls[0] == 1  # the same bytes: remembered

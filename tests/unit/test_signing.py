@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
-
 import os
 import shutil
 import stat
 from pathlib import Path
 
 import pytest
+
+from helpers import libsodium_checks
 
 from orchestrator.errors import ConfigError, SigningKeyError
 from orchestrator.key_files import load_keyring, write_keypair
@@ -49,19 +50,6 @@ def test_a_signature_verifies_only_as_the_one_text_that_encodes_it(keyring: Keyr
         assert not keyring.verify_bytes(rec["kid"], other, body)
 
 
-def _libsodium_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many times libsodium itself verifies a signature (what ``Keyring._verify`` remembers is not)."""
-    from nacl.signing import VerifyKey
-
-    calls, real = [0], VerifyKey.verify
-
-    def counting(self: VerifyKey, *args: object, **kwargs: object) -> object:
-        calls[0] += 1
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(VerifyKey, "verify", counting)
-    return calls
-
 
 def test_a_signature_that_verified_is_not_checked_again_and_any_other_bytes_are(
         keyring: Keyring, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,7 +59,7 @@ def test_a_signature_that_verified_is_not_checked_again_and_any_other_bytes_are(
     import json
 
     other = Keyring(trusted=dict(keyring.trusted))  # another process: it did not sign the record
-    calls = _libsodium_checks(monkeypatch)
+    calls = libsodium_checks(monkeypatch)
     rec = json.loads(keyring.seal({"seq": 1, "data": {"x": 1}}))
     assert other.check(rec) is None and calls[0] == 1
     assert other.check(dict(rec)) is None and calls[0] == 1  # the same bytes again: remembered
