@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import ctypes
 import os
-import select
 import signal
 import sys
 import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+
+from orchestrator.descriptors import readable
 
 if TYPE_CHECKING:  # runner imports this module
     from orchestrator.runner import Child
@@ -403,17 +404,12 @@ def _kill_held(pid: str, marker: bytes) -> int | None:
 def _wait_exited(pidfds: list[int], seconds: float) -> None:
     """Wait until each process held by ``pidfds`` has exited (a pidfd turns readable), up to ``seconds``: a
     SIGKILLed process takes a moment to die, longer in an uninterruptible wait (a stuck NFS read)."""
-    poller = select.poll()
-    for pidfd in pidfds:
-        poller.register(pidfd, select.POLLIN)
-    pending, deadline = len(pidfds), time.monotonic() + seconds
+    pending, deadline = set(pidfds), time.monotonic() + seconds
     while pending:
         left = deadline - time.monotonic()
         if left <= 0:
             return
-        for pidfd, _event in poller.poll(left * 1000):
-            poller.unregister(pidfd)
-            pending -= 1
+        pending -= readable(pending, left)
 
 
 def kill_run(child: Child, run_id: str) -> None:

@@ -328,7 +328,7 @@ class FileQueueIndex(QueueIndex):
         self.running_dir = self.root / "running"
         self._wakeup = wakeup_mode(wakeup)
         # each thread's own watcher: workers of one Orchestrator (threads) share this index, and one that stops
-        # closes its watcher, never the one another is waiting on (a select on a closed, or reused, descriptor)
+        # closes its watcher, never the one another is waiting on (a wait on a closed, or reused, descriptor)
         self._waits = threading.local()
         self._listing: list[str] = []  # the ready/ listing claims walk (see ``candidates``)
         self._listed_at = float("-inf")

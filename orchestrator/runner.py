@@ -16,7 +16,6 @@ import ctypes.util
 import fcntl
 import json
 import os
-import select
 import shutil
 import signal
 import stat
@@ -30,6 +29,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from orchestrator.descriptors import readable
 from orchestrator.errors import MalformedPayloadError
 from orchestrator.handler_env import strip_private_environment
 from orchestrator.leftovers import (LEFTOVER_GRACE_SECONDS, become_subreaper, end_leftovers, set_run_environment,
@@ -210,8 +210,7 @@ class PopenChild(Child):
     def _exited(self, timeout: float) -> bool:
         """Wait for the process to exit; once it has, SIGTERM its group and reap it."""
         if self._pidfd is not None:
-            readable, _, _ = select.select([self._pidfd], [], [], max(0.0, timeout))
-            if not readable:
+            if not readable([self._pidfd], timeout):
                 return False
             with stop_deferred():  # a stop between the reap and the next line would send this SIGTERM again, later
                 self.kill_group(signal.SIGTERM)  # exited, not reaped: the group's id is not reused meanwhile
@@ -306,14 +305,13 @@ class ForkChild(Child):
         if self.poll() is not None:
             return self.returncode
         if self._done_fd is not None:
-            fds = [fd for fd in (self._done_fd, self._pidfd) if fd is not None]
-            readable, _, _ = select.select(fds, [], [], max(0.0, timeout))
-            if self._done_fd in readable and self._announced():
+            ready = readable([fd for fd in (self._done_fd, self._pidfd) if fd is not None], timeout)
+            if self._done_fd in ready and self._announced():
                 return self.returncode
-            if not readable:
+            if not ready:
                 return None
         if self._pidfd is not None:
-            select.select([self._pidfd], [], [], max(0.0, timeout))
+            readable([self._pidfd], timeout)
             return self.poll()
         pause, waited, step = threading.Event(), 0.0, 0.005
         while waited < timeout:  # fallback without pidfd: short sleeps, only while a job runs

@@ -1,6 +1,6 @@
 """Waking an idle worker when a job becomes ready, without busy polling.
 
-On Linux, ``InotifyWatcher`` (libc through ctypes, no dependency) blocks in ``select`` on
+On Linux, ``InotifyWatcher`` (libc through ctypes, no dependency) blocks in ``poll`` on
 an inotify descriptor watching the ready index folder: a new entry (``IN_CREATE``) or an
 announced one (``IN_ATTRIB``, touched after the event is durable) wakes it at once.
 Elsewhere, or if inotify is unavailable, ``PollingWatcher`` compares the folder's mtime
@@ -12,13 +12,13 @@ import ctypes
 import ctypes.util
 import logging
 import os
-import select
 import struct
 import sys
 import threading
 import time
 from pathlib import Path
 
+from orchestrator.descriptors import readable
 from orchestrator.errors import ConfigError
 from orchestrator.security import shown
 
@@ -94,8 +94,7 @@ class InotifyWatcher(Watcher):
         self.fd = fd
 
     def wait(self, timeout: float) -> bool:
-        readable, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
-        if not readable:
+        if not readable([self.fd], timeout):
             return False
         try:
             while data := os.read(self.fd, 65536):

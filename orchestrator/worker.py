@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 IDLE_MAX_WAIT = 30.0  # an idle worker still wakes this often to look for stale leases
 HEARTBEAT_RETRY_SECONDS = 1.0  # a heartbeat the store missed is tried again this soon (at most a beat later)
 # a stop asked from another thread (``Worker.stop``) is seen this soon, idle or running a job: a signal interrupts a
-# wait of the main thread, a call from another thread cannot (the waits are an inotify select, a PostgreSQL LISTEN)
+# wait of the main thread, a call from another thread cannot (the waits are an inotify poll, a PostgreSQL LISTEN)
 STOP_CHECK_SECONDS = 0.25
 
 

@@ -1,11 +1,14 @@
 """Helpers shared by tests (importable as ``helpers`` thanks to pytest's pythonpath)."""
 from __future__ import annotations
 
+import contextlib
+import os
+import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -86,3 +89,28 @@ def libsodium_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(VerifyKey, "verify", counting)
     return calls
+
+
+HIGH_FD = 1100  # a descriptor number ``select`` refuses (FD_SETSIZE is 1024)
+
+
+@contextlib.contextmanager
+def descriptors_numbered_high(above: int = HIGH_FD) -> Iterator[None]:
+    """Every free descriptor number below ``above`` taken for the block, so what the block opens (a pipe, a pidfd,
+    a PostgreSQL connection's socket) is numbered ``above`` or more: what a long-lived worker reaches with a raised
+    ``RLIMIT_NOFILE``. The soft limit is raised to the hard one for the block; a hard limit too low skips."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = above + 500  # room for what the block opens
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"RLIMIT_NOFILE's hard limit is {hard}: descriptors numbered {above} and more need {wanted}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    taken: list[int] = []
+    try:
+        while (fd := os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)) < above:
+            taken.append(fd)
+        os.close(fd)
+        yield
+    finally:
+        for fd in taken:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

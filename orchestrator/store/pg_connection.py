@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import re
-import select
 from typing import Any
 from urllib.parse import unquote
 
+from orchestrator.descriptors import readable
 from orchestrator.errors import ConfigError, OrchestratorError, StorageError, StorageUnavailableError
 from orchestrator.security import REDACTED, sanitize_text
 from orchestrator.store.pg_deadline import Deadline, outcome
@@ -160,6 +160,6 @@ def _went_away(conn: Any) -> bool:
     administrator, a pooler), having sent its error before closing. One ``poll`` and no round
     trip, so a worker whose pooled connections were cut does not fail its next statement."""
     try:
-        return bool(select.select([conn.fileno()], [], [], 0)[0])
+        return bool(readable([conn.fileno()], 0))
     except (OSError, ValueError, _driver().Error):
         return True

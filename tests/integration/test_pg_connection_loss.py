@@ -27,7 +27,7 @@ from orchestrator.store.postgres import PostgresStore, connect
 from orchestrator.worker import Worker, WorkerSettings
 
 from backends import TestPostgresStore, drop_project, require_pg, unique_project
-from helpers import REPO, wait_until
+from helpers import HIGH_FD, REPO, descriptors_numbered_high, wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -60,6 +60,22 @@ def test_connections_cut_while_idle_are_replaced_before_the_next_statement(named
     assert named_store.has_jobs() is False  # a connection is now in the pool
     assert named_store.cut() >= 1
     assert named_store.has_jobs() is False  # not the cut connection's error
+
+
+def test_a_healthy_pooled_connection_numbered_above_1023_is_kept_and_seen_gone_once_cut(named_store) -> None:
+    """``select`` refused a descriptor numbered 1024 or more, and the check took its ``ValueError`` for a connection
+    gone: a worker with many descriptors closed and opened its pooled connections again at every call."""
+    from orchestrator.store.pg_connection import _went_away
+
+    with descriptors_numbered_high():
+        assert named_store.has_jobs() is False  # its connection, numbered above 1023, now in the pool
+    (conn,) = named_store._idle  # noqa: SLF001 - the pooled connection the next call takes
+    assert conn.fileno() >= HIGH_FD
+    assert _went_away(conn) is False
+    assert named_store.has_jobs() is False
+    assert named_store._idle == [conn]  # noqa: SLF001 - kept, not replaced
+    assert named_store.cut() == 1
+    assert _went_away(conn) is True  # the server's goodbye (and the end of the socket) reads as gone
 
 
 def test_a_connection_cut_while_the_outcome_commits_is_retried_and_the_job_succeeds_once(

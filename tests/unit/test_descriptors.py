@@ -1,0 +1,116 @@
+"""``descriptors.readable``: the one wait on descriptors, for any descriptor number (``select`` stopped at 1023)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from orchestrator.descriptors import readable
+
+from helpers import HIGH_FD, descriptors_numbered_high
+
+
+@pytest.fixture
+def high_pipe():
+    """A pipe whose ends are numbered above 1023."""
+    with descriptors_numbered_high():
+        r, w = os.pipe()
+    assert r >= HIGH_FD and w >= HIGH_FD
+    yield r, w
+    for fd in (r, w):
+        with contextlib.suppress(OSError):  # a test closed it
+            os.close(fd)
+
+
+def test_a_pipe_numbered_above_1023_is_readable_once_written_and_not_before(high_pipe) -> None:
+    r, w = high_pipe
+    assert readable([r], 0) == set()
+    os.write(w, b"x")
+    assert readable([r], 0) == {r}
+
+
+def test_a_pipe_whose_writer_closed_counts_as_readable_as_select_counted_it(high_pipe) -> None:
+    """POLLHUP without POLLIN: the read that follows returns the end at once."""
+    r, w = high_pipe
+    os.close(w)
+    assert readable([r], 5.0) == {r}
+    assert os.read(r, 1) == b""
+
+
+def test_only_the_ready_descriptors_are_returned(high_pipe) -> None:
+    r, w = high_pipe
+    other_r, other_w = os.pipe()
+    try:
+        os.write(other_w, b"x")
+        assert readable([r, other_r], 0) == {other_r}
+    finally:
+        os.close(other_r)
+        os.close(other_w)
+
+
+def test_a_timeout_returns_nothing_after_about_that_long(high_pipe) -> None:
+    started = time.monotonic()
+    assert readable([high_pipe[0]], 0.05) == set()
+    assert 0.05 <= time.monotonic() - started < 2.0
+
+
+def test_a_negative_timeout_looks_once_instead_of_waiting_for_ever(high_pipe) -> None:
+    assert readable([high_pipe[0]], -1.0) == set()
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="pidfd_open needs Linux 5.3+")
+def test_a_pidfd_numbered_above_1023_turns_readable_when_its_process_exits() -> None:
+    with descriptors_numbered_high():
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.1)"])
+        pidfd = os.pidfd_open(proc.pid)
+    try:
+        assert pidfd >= HIGH_FD
+        assert readable([pidfd], 10.0) == {pidfd}
+    finally:
+        os.close(pidfd)
+        proc.wait()
+
+
+def test_a_closed_descriptor_raises_oserror_as_select_did(high_pipe) -> None:
+    r, w = high_pipe
+    os.close(r)
+    with pytest.raises(OSError):
+        readable([r], 0)
+
+
+class Stop(BaseException):
+    """What the worker's signal handler raises (``WorkerStop``)."""
+
+
+def test_an_exception_from_a_signal_handler_ends_the_wait(high_pipe) -> None:
+    def stop(_signum, _frame):
+        raise Stop
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+    started = time.monotonic()
+    try:
+        with pytest.raises(Stop):
+            readable([high_pipe[0]], 30.0)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - started < 5.0
+
+
+def test_a_signal_whose_handler_returns_does_not_end_the_wait_early(high_pipe) -> None:
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGALRM, lambda signum, _frame: seen.append(signum))
+    signal.setitimer(signal.ITIMER_REAL, 0.02)
+    started = time.monotonic()
+    try:
+        assert readable([high_pipe[0]], 0.3) == set()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert seen == [signal.SIGALRM] and time.monotonic() - started >= 0.3
