@@ -11,12 +11,12 @@ import errno
 import logging
 import os
 import shutil
-import stat
 from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator.errors import InvalidIdError, InvalidInputError
 from orchestrator.security import safe_join, validate_id
+from orchestrator.store.files import NotRegularFileError, open_regular
 from orchestrator.worker_folders import WorkerFolders
 
 log = logging.getLogger(__name__)
@@ -56,12 +56,13 @@ def import_artifacts(job_id: str, names: list[str], folders: WorkerFolders, targ
 def _copy_file(src: str, dst: str, root: Path, other: str, between: Callable[[], None]) -> None:
     """``shutil.copy2`` of one regular file (a link followed, as ``copytree`` always did), in chunks."""
     between()
-    fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: open at once, refused below
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            name = os.path.relpath(src, root)
-            raise InvalidInputError(f"input artifacts_from: {other}/{name} is not a regular file (a device, a FIFO "
-                                    "or a socket, perhaps through a link): nothing of it is copied")
+        fd, _ = open_regular(src, follow=True)
+    except NotRegularFileError:
+        name = os.path.relpath(src, root)
+        raise InvalidInputError(f"input artifacts_from: {other}/{name} is not a regular file (a device, a FIFO "
+                                "or a socket, perhaps through a link): nothing of it is copied") from None
+    try:
         with open(dst, "wb") as out:
             _copy_chunks(fd, out.fileno(), between)
     finally:

@@ -30,7 +30,7 @@ from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
 from orchestrator.runner import (HANDLER_PIPE_ENDS, STANDARD_FDS, UNREAPED, Child, forked_handler,
                                  give_standard_streams, handler_main, reap_exited, spawning,
                                  stop_deferred)
-from orchestrator.store.files import STRAY_AGE, pid_alive
+from orchestrator.store.files import STRAY_AGE, open_regular, pid_alive
 
 if TYPE_CHECKING:  # handlers imports this module
     from orchestrator.handlers import RunPaths
@@ -358,12 +358,10 @@ def _empty_regular_file(path: Path) -> bool:
             return False
         if not st.st_size:  # a truncation is a journaled inode update, even of an empty file
             return True
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        fd, _ = open_regular(path, os.O_WRONLY)  # what is at the path may have changed since the ``lstat``
     except OSError:
         return False
-    try:  # what is at the path may have changed since the ``lstat``
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
+    try:
         os.ftruncate(fd, 0)
     except OSError:
         pass

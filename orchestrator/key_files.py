@@ -11,6 +11,7 @@ its owner only.
 from __future__ import annotations
 
 import base64
+import errno
 import logging
 import os
 import stat
@@ -22,6 +23,7 @@ from nacl.signing import SigningKey
 
 from orchestrator.errors import InvalidInputError, SigningKeyError
 from orchestrator.signing import Keyring, unb64, key_id, public_of, seed_of, validate_key_id
+from orchestrator.store.files import NotRegularFileError, fsync_dir, open_regular, read_all
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +65,6 @@ def _raw_from_pem(data: bytes, label: bytes, prefix: bytes) -> bytes | None:
     return der[len(prefix):]
 
 
-def _key_file_stat(path: Path, what: str) -> os.stat_result:
-    """The status of a key file that must be a regular file: a folder or a FIFO named like a key would
-    otherwise crash or block every command. Any problem is a ``SigningKeyError`` naming the file."""
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise SigningKeyError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise SigningKeyError(f"{what} {path} is not a regular file; remove it or put the key file there")
-    return st
-
-
 def _owner_writes(path: Path, what: str, mode: int) -> None:
     """Refuse a folder or file that decides which keys are trusted (a keyring folder, a ``.pub``, ``revoked``) when
     others than its owner may write it: they could add a key of their own, or trust a revoked one again, and their
@@ -84,22 +74,39 @@ def _owner_writes(path: Path, what: str, mode: int) -> None:
                               f"own trusted; run: chmod go-w {path}")
 
 
-def _read_key_file(path: Path, what: str, *, owner_only: bool = False, trusts: bool = False) -> bytes:
-    """The bytes of a key file (``_key_file_stat``); with ``owner_only``, one that others may read is refused;
-    with ``trusts`` (it decides which keys are trusted), one that others may write (``_owner_writes``)."""
-    mode = _key_file_stat(path, what).st_mode
-    if owner_only and mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise SigningKeyError(f"{what} {path} is readable by others; run: chmod 600 {path}")
-    if trusts:
-        _owner_writes(path, what, mode)
+def _read_key_file(path: Path, what: str, *, owner_only: bool = False, trusts: bool = False,
+                   follow: bool = False) -> bytes:
+    """The bytes of a key file, opened once and checked and read through that descriptor (``open_regular``): until
+    2026-12-03 its path was checked, then read again, and a file renamed over it in between was read unchecked.
+    It must be a regular file: a folder or a FIFO named like a key would otherwise crash or block every command.
+    Never read through a symbolic link unless ``follow`` (``ORCH_SIGNING_KEY_FILE``, the operator's own path): the
+    orchestrator makes none in a keyring folder, and the file one leads to lies in a folder nobody checked. With
+    ``owner_only``, one that others may read is refused; with ``trusts`` (it decides which keys are trusted), one
+    that others may write (``_owner_writes``). Any problem is a ``SigningKeyError`` naming the file."""
     try:
-        return path.read_bytes()
+        fd, st = open_regular(path, follow=follow)
+    except NotRegularFileError:
+        raise SigningKeyError(f"{what} {path} is not a regular file; remove it or put the key file there") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow:
+            raise SigningKeyError(f"{what} {path} is a symbolic link, never followed in a keyring folder (whoever may "
+                                  "write the folder of the file it leads to could put a key of their own there); "
+                                  "move that file into its place") from None
+        raise SigningKeyError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        if owner_only and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise SigningKeyError(f"{what} {path} is readable by others; run: chmod 600 {path}")
+        if trusts:
+            _owner_writes(path, what, st.st_mode)
+        return read_all(fd)
     except OSError as exc:
         raise SigningKeyError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
-def _private_from_pem_file(path: Path) -> bytes:
-    data = _read_key_file(path, "signing key file", owner_only=True)
+def _private_from_pem_file(path: Path, *, follow: bool = False) -> bytes:
+    data = _read_key_file(path, "signing key file", owner_only=True, follow=follow)
     seed = _raw_from_pem(data, b"PRIVATE KEY", _PKCS8_PREFIX)
     if seed is not None:
         return seed
@@ -163,8 +170,6 @@ def write_keypair(directory: Path, private: Any = None, *, activate: bool = True
 def _write_whole(path: Path, data: bytes) -> None:
     """Write ``path`` whole and durably (a synced temporary file renamed over it, then the folder synced): the
     public key verifies every event its key signs, and a power cut must not leave it empty."""
-    from orchestrator.store.files import fsync_dir
-
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.fchmod(fd, 0o644)  # only its owner writes it, whatever the umask (``_owner_writes``)
@@ -295,7 +300,7 @@ def load_keyring(env: Mapping[str, str] | None = None, *, announce: bool = True)
             raise SigningKeyError("ORCH_SIGNING_KEY must be the base64url encoding of a 32-byte Ed25519 seed") from None
         ring.source = "ORCH_SIGNING_KEY"
     elif variable == "ORCH_SIGNING_KEY_FILE":
-        ring.add_signer(_private_from_pem_file(Path(env["ORCH_SIGNING_KEY_FILE"])))
+        ring.add_signer(_private_from_pem_file(Path(env["ORCH_SIGNING_KEY_FILE"]), follow=True))
         ring.source = env["ORCH_SIGNING_KEY_FILE"]
         ring.paths += (ring.source,)
     else:

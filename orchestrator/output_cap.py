@@ -22,6 +22,7 @@ from typing import Any
 
 from orchestrator.config import MIN_OUTPUT_MAX_BYTES
 from orchestrator.runner import load_libc
+from orchestrator.store.files import NotRegularFileError, open_regular
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +95,13 @@ class OutputCap:
 
     def _drop_start(self, seen: os.stat_result) -> int:
         """Punch out all but the last ``keep`` bytes (whole blocks); returns the disk the file takes after."""
-        fd = os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino) or not stat.S_ISREG(st.st_mode):
-                return seen.st_blocks * 512  # replaced meanwhile: looked at again next time
+            fd, st = open_regular(self.path, os.O_WRONLY)
+        except NotRegularFileError:
+            return seen.st_blocks * 512  # replaced meanwhile: looked at again next time
+        try:
+            if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino):
+                return seen.st_blocks * 512  # replaced meanwhile
             end = (st.st_size - self.keep) // BLOCK * BLOCK
             if end <= 0:
                 return st.st_blocks * 512

@@ -15,7 +15,7 @@ from typing import BinaryIO, ClassVar, Iterator
 from orchestrator import faults
 from orchestrator.config import STATE_DIR
 from orchestrator.errors import DISK_ERRORS, InvalidInputError, OutputClosed, StorageError, write_error
-from orchestrator.store.files import STRAY_AGE, fsync_dir
+from orchestrator.store.files import STRAY_AGE, fsync_dir, open_regular
 from orchestrator.worker_folders import ARTIFACTS_DIR
 
 TEMP_HEX = 8  # hex digits of a temporary file's random part: .<name>.<8 hex>.tmp (``temp_stem``)
@@ -97,12 +97,11 @@ def _remove_unheld(name: str, seen: os.stat_result) -> bool:
     """Unlink ``name`` if it is still the file ``seen`` and no process holds its lock; the lock is held while
     unlinking, so a writer cannot take it in between (none would: its own file is new)."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:  # gone, replaced by a link, not ours to read
+        fd, opened = open_regular(name)
+    except OSError:  # gone, replaced by a link or by something else, not ours to read
         return False
     try:
-        opened = os.fstat(fd)
-        if (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino) or not stat.S_ISREG(opened.st_mode):
+        if (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino):
             return False
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by a live writer: BlockingIOError
         current = os.stat(name, follow_symlinks=False)  # the name still the file judged (not a new one)

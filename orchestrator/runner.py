@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import fcntl
 import json
 import os
@@ -38,6 +39,7 @@ from orchestrator.leftovers import adopt_orphans as _adopt_orphans
 from orchestrator.handler_result import handler_payload, leave_if_forked
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
 from orchestrator.security import cut_read_size, sanitized_cut
+from orchestrator.store.files import NotRegularFileError, open_regular
 
 if TYPE_CHECKING:  # handlers imports this module
     from orchestrator.handlers import RunPaths
@@ -128,21 +130,27 @@ class Child:
 
     def payload(self) -> bytes | None:
         """The terminal payload the run produced, or None if it left none; ``MalformedPayloadError`` for one over
-        ``MAX_PAYLOAD_BYTES`` (never read past the limit: ``truncate -s 400M`` costs the worker nothing) or
-        that is not a regular file (a FIFO nobody writes would block the read forever), or that cannot be opened
-        or read (a socket, a file without read permission, a link loop): what the run left there is its own."""
+        ``MAX_PAYLOAD_BYTES`` (never read past the limit: ``truncate -s 400M`` costs the worker nothing), that
+        is a symbolic link (never followed: until 2026-12-03 a link to any file the worker may read, a key, made
+        that file the payload, into the job's events), that is not a regular file (a FIFO nobody writes would
+        block the read forever), or that cannot be opened or read (a socket, a file without read permission):
+        what the run left there is its own."""
         if self.terminal_file is None:
             return None
         try:
-            fd = os.open(self.terminal_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd, st = open_regular(self.terminal_file)
         except FileNotFoundError:
             return None
+        except NotRegularFileError:
+            raise MalformedPayloadError("the terminal payload is not a regular file (a FIFO, a device, a "
+                                        "folder)") from None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise MalformedPayloadError("the terminal payload is a symbolic link, which the worker never follows "
+                                            "(it could lead to any file the worker may read): write the file "
+                                            "itself") from None
             raise _unreadable(exc) from None
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):  # before ``open``, which refuses a folder (and leaves its fd open)
-                raise MalformedPayloadError("the terminal payload is not a regular file (a FIFO, a device, a folder)")
             if st.st_size > MAX_PAYLOAD_BYTES:
                 raise too_large(st.st_size)
             with open(fd, "rb", closefd=False) as fh:  # closed below, whatever happens
@@ -552,14 +560,14 @@ def sanitized_tail(path: Path, limit: int = 4000) -> str:
     through, any file the worker can read went into the event). None of them is read: the tail says what was
     found instead (``"[the output file ...]"``); a missing file is an empty tail."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd, _ = open_regular(path)
     except FileNotFoundError:
         return ""
+    except NotRegularFileError:
+        return "[the output file is not a regular file: the run put something else in its place]"
     except OSError as exc:
         return f"[the output file cannot be read: {exc.strerror or exc}]"
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return "[the output file is not a regular file: the run put something else in its place]"
         with open(fd, "rb", closefd=False) as fh:  # closed below, whatever happens
             size = fh.seek(0, os.SEEK_END)
             start = fh.seek(max(0, size - cut_read_size(limit)))

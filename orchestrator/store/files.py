@@ -2,7 +2,8 @@
 must be real ones, ``OSError`` mapped to ``StorageError`` where it happens, and durable folder entries.
 
 Used by the file backend (``jsonl``), its queue index, the worker's folders and the files the CLI
-writes; kept apart from the JSONL format itself.
+writes; kept apart from the JSONL format itself. ``open_regular`` serves any file that something other than
+the orchestrator may have replaced: a run's output and terminal files, key files, artifacts.
 """
 from __future__ import annotations
 
@@ -70,6 +71,42 @@ def nofollow_opener(path: str, flags: int) -> int:
     Non-blocking, so a FIFO planted in a file's place reads as empty instead of hanging the reader
     (no effect on a regular file). Free: no extra system call."""
     return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
+
+
+class NotRegularFileError(OSError):
+    """What ``open_regular`` found at a path, and opened without waiting, is not a regular file: a FIFO, a
+    device, a folder. An ``OSError``, so a caller that treats every failure to open alike needs no case of its own."""
+
+    def __init__(self, path: "Path | str", mode: int) -> None:
+        super().__init__(f"{os.fspath(path)} is not a regular file")
+        self.path, self.mode, self.strerror = os.fspath(path), mode, "not a regular file"
+
+
+# O_NONBLOCK: a FIFO opens at once (to read; to write with no reader: ``ENXIO``), where a plain open waits for its
+# other end for ever; no effect on a regular file, so no caller clears it. O_NOCTTY: a terminal device opened on the
+# way to being refused never becomes the process's controlling terminal.
+_REGULAR_ONLY = os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def open_regular(path: "Path | str", flags: int = os.O_RDONLY, *,
+                 follow: bool = False) -> tuple[int, os.stat_result]:
+    """Open the regular file at ``path`` and return its descriptor and status, for a file something other than the
+    orchestrator may have replaced: checked by ``fstat`` of what was opened, so what is then read or written is
+    the file checked (a check of the path, then an open of it, could each meet another file).
+
+    Never through a symbolic link, unless ``follow`` (a path the operator names, who may make it a link): a link is
+    ``OSError`` ``ELOOP``. Never waiting on a FIFO. Anything else opened is closed and ``NotRegularFileError``;
+    a missing file is ``FileNotFoundError``, any other failure the ``OSError`` of ``os.open``. The caller closes
+    the descriptor."""
+    fd = os.open(path, flags | _REGULAR_ONLY | (0 if follow else os.O_NOFOLLOW))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(path, st.st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
 
 
 _READ_CHUNK = 1 << 16  # under malloc's mmap threshold: a read of a small file costs no mmap/munmap

@@ -223,7 +223,7 @@ def test_a_terminal_file_that_is_a_fifo_is_malformed_payload_not_a_worker_blocke
                 "socket.socket(socket.AF_UNIX).bind('terminal.json')"],  # relative: a socket's path is short
      "cannot be read: No such device or address"),
     ([PY, "-c", "import os; p = os.environ['ORCH_TERMINAL_FILE']; os.symlink(p, p)"],
-     "cannot be read: Too many levels of symbolic links"),
+     "is a symbolic link"),
 ], ids=["folder", "socket", "link-loop"])
 def test_a_terminal_file_the_worker_cannot_open_or_read_is_malformed_payload_and_the_worker_goes_on(
         orch, argv: list[str], why: str) -> None:
@@ -234,6 +234,19 @@ def test_a_terminal_file_the_worker_cannot_open_or_read_is_malformed_payload_and
     assert len(os.listdir("/proc/self/fd")) == fds  # no descriptor kept (``fdopen`` of a folder kept its fd)
     job = orch.submit("t.echo", "next")
     assert make_worker(orch).run_once().job_id == job and orch.status(job).state == "succeeded"
+
+
+def test_a_terminal_file_that_is_a_link_is_never_followed_so_no_file_outside_the_run_becomes_its_payload(
+        orch, tmp_path: Path) -> None:
+    """The worker opened the terminal file through a link the run put at its path: any file the worker may read (a
+    key, another job's file) was read as the payload, into the job's events. A link is refused as a FIFO is."""
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"status": "done", "summary": "SECRET-OUTSIDE-THE-RUN"}))
+    link = f"import os; os.symlink({str(secret)!r}, os.environ['ORCH_TERMINAL_FILE'])"
+    result, last = run_one(orch, "command", {"argv": [PY, "-c", link]})
+    assert (result.outcome, result.error_code) == ("failed", "MALFORMED_PAYLOAD")
+    assert "is a symbolic link" in last["data"]["error"]
+    assert "SECRET-OUTSIDE-THE-RUN" not in json.dumps(events(orch, result.job_id))
 
 
 OUTPUT_REPLACED = ("import os, sys; p = os.path.join(os.path.dirname(os.environ['ORCH_TERMINAL_FILE']), 'output.log'); "

@@ -77,6 +77,39 @@ def test_an_output_file_that_is_missing_or_not_a_file_is_nothing_to_bound(tmp_pa
     assert cap.check(1.0) and cap.refused is None
 
 
+@pytest.mark.parametrize("what", ["fifo with a reader", "link"])
+def test_an_output_file_replaced_between_the_look_and_the_punch_is_never_punched_through(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str) -> None:
+    """The run can put something else at the path right after the worker looked: a FIFO (it opens, with a reader)
+    is looked at again next time; a link is refused (the file it leads to is never punched)."""
+    out, victim = tmp_path / "output.log", tmp_path / "victim"
+    _grow(out, range(30_000))
+    _grow(victim, range(30_000))
+    lstat, readers = os.lstat, []
+
+    def replacing(path, *args, **kwargs):
+        seen = lstat(path, *args, **kwargs)
+        if os.fspath(path) == str(out) and not readers:
+            out.unlink()
+            if what == "link":
+                out.symlink_to(victim)
+                readers.append(-1)
+            else:
+                os.mkfifo(out)
+                readers.append(os.open(out, os.O_RDONLY | os.O_NONBLOCK))
+        return seen
+
+    monkeypatch.setattr(os, "lstat", replacing)
+    cap = OutputCap(out, BOUND, now=0.0)
+    try:
+        assert cap.check(CHECK_FIRST_SECONDS) is (what != "link") and cap.dropped == 0
+        assert (cap.refused is None) is (what != "link")
+        assert victim.read_bytes().startswith(b"000000000 ")
+    finally:
+        if readers[0] >= 0:
+            os.close(readers[0])
+
+
 @pytest.mark.parametrize("value", [1, BOUND - 1, -1, True, 1.5e6, "64M", None])
 def test_the_setting_is_0_or_a_whole_number_of_bytes_from_1_mib(value: object) -> None:
     with pytest.raises(InvalidInputError, match="output_max_bytes"):

@@ -264,11 +264,16 @@ def _break_keyring(folder: Path, what: str) -> Path:
     bad = {"junk .pub": folder / "stray.pub", "folder named .pub": folder / "old.pub",
            "junk private key": active.with_suffix(".key"), "non-UTF-8 revoked": folder / "revoked",
            "folder named revoked": folder / "revoked", "folder named active": folder / "active",
-           "active naming a path": folder / "active"}[what]
+           "active naming a path": folder / "active", "FIFO named .pub": folder / "stray.pub",
+           "FIFO as the private key": active.with_suffix(".key")}[what]
     if what.startswith("folder named"):
         if bad.exists():
             bad.unlink()
         bad.mkdir()
+    elif what.startswith("FIFO"):  # read without blocking: nobody writes it
+        if bad.exists():
+            bad.unlink()
+        os.mkfifo(bad, 0o600)
     elif what == "non-UTF-8 revoked":
         bad.write_bytes(b"\xff\xfe k-1\n")
     elif what == "active naming a path":
@@ -278,7 +283,8 @@ def _break_keyring(folder: Path, what: str) -> Path:
     return bad
 
 
-@pytest.mark.parametrize("what", ["junk .pub", "folder named .pub", "non-UTF-8 revoked", "folder named revoked"])
+@pytest.mark.parametrize("what", ["junk .pub", "folder named .pub", "non-UTF-8 revoked", "folder named revoked",
+                                  "FIFO named .pub"])
 def test_an_unreadable_public_key_or_revoked_file_stops_every_keyring_load_naming_the_file(
         isolated_env: Path, what: str) -> None:
     """Never skipped: a trusted key left out would make the events it signed fail as UNKNOWN_KEY, like forgeries."""
@@ -288,7 +294,8 @@ def test_an_unreadable_public_key_or_revoked_file_stops_every_keyring_load_namin
         load_keyring()
 
 
-@pytest.mark.parametrize("what", ["junk private key", "folder named active", "active naming a path"])
+@pytest.mark.parametrize("what", ["junk private key", "folder named active", "active naming a path",
+                                  "FIFO as the private key"])
 def test_an_unreadable_signing_key_is_a_signing_key_error_when_signing_and_reads_still_work(
         isolated_env: Path, what: str) -> None:
     write_keypair(isolated_env)
@@ -296,6 +303,63 @@ def test_an_unreadable_signing_key_is_a_signing_key_error_when_signing_and_reads
     ring = load_keyring()  # reading needs only the public keys
     with pytest.raises(SigningKeyError, match=str(bad)):
         ring.seal({"seq": 1})
+
+
+@pytest.mark.parametrize("what", [".pub", "revoked", "active", ".key"])
+def test_a_file_of_the_keyring_folder_that_is_a_link_is_refused_naming_it_never_followed(
+        isolated_env: Path, tmp_path: Path, what: str) -> None:
+    """The keyring folder's files were read through a link: its mode and the folder's were checked, but the file the
+    link leads to sits in a folder nobody checked (one others may write, who could then add a key of their own).
+    The orchestrator never makes a link there; one found there is refused, never followed."""
+    kid = write_keypair(isolated_env)
+    elsewhere = tmp_path / "elsewhere"
+    other = write_keypair(elsewhere, activate=False)
+    name = {".pub": f"{other}.pub", "revoked": "revoked", "active": "active", ".key": f"{kid}.key"}[what]
+    if what == "revoked":
+        (elsewhere / name).write_text(f"{other}\n")
+    elif what != ".pub":
+        (isolated_env / name).rename(elsewhere / name)
+    (isolated_env / name).symlink_to(elsewhere / name)
+    with pytest.raises(SigningKeyError, match=f"{isolated_env / name} is a symbolic link"):
+        load_keyring().ensure_signer()
+
+
+def test_a_key_file_swapped_right_after_it_is_first_looked_at_is_never_read_in_place_of_the_one_checked(
+        isolated_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key file's mode was checked by its path and the file then read again by its path: a file renamed over it in
+    between (another key, one others may read) was read as if it had passed the check. It is opened once now, and
+    checked and read through that one descriptor: whatever comes to the path after the first look is not read."""
+    kid = write_keypair(isolated_env)
+    swapped = tmp_path / "other" / f"{write_keypair(tmp_path / 'other', activate=False)}.key"
+    swapped.chmod(0o644)  # readable by others: never to be read as a signing key
+    key = str(isolated_env / f"{kid}.key")
+    calls = {name: getattr(os, name) for name in ("stat", "lstat", "open")}
+
+    def swapping(name: str):
+        def call(path, *args, **kwargs):
+            result = calls[name](path, *args, **kwargs)
+            if os.fspath(path) == key and os.path.lexists(swapped):
+                os.replace(swapped, key)  # right after the first look at the path, whichever it is
+            return result
+        return call
+
+    for name in calls:
+        monkeypatch.setattr(os, name, swapping(name))
+    assert load_keyring().ensure_signer() == kid
+    assert not swapped.exists(), "the file was swapped"
+
+
+def test_a_signing_key_file_the_operator_names_through_a_link_is_read(isolated_env: Path, tmp_path: Path) -> None:
+    """``ORCH_SIGNING_KEY_FILE`` is the operator's path, as ``BASE_PATH`` is: a link there (a mounted secret) is
+    their choice and is followed, and what it leads to is checked as the file read (owner-only)."""
+    kid = write_keypair(tmp_path / "secrets", activate=False)
+    link = tmp_path / "signing.key"
+    link.symlink_to(tmp_path / "secrets" / f"{kid}.key")
+    env = {"ORCH_KEYRING_DIR": str(isolated_env), "ORCH_SIGNING_KEY_FILE": str(link)}
+    assert load_keyring(env).ensure_signer() == kid
+    (tmp_path / "secrets" / f"{kid}.key").chmod(0o640)
+    with pytest.raises(SigningKeyError, match="readable by others"):
+        load_keyring(env)
 
 
 @pytest.mark.parametrize("what", ["keyring folder", "trusted keys folder", "public key", "revoked file"])
