@@ -130,7 +130,8 @@ class JobCancelled(_Data):
 
 
 class JobReleased(_Data):
-    """running -> queued: a stopping worker killed the run after its grace period (``WORKER_STOPPED``); not a failure."""
+    """running -> queued, not a failure: a stopping worker killed the run after its grace period (``WORKER_STOPPED``),
+    or handed the job back before its handler started (``WORKER_STOPPED_BEFORE_START``, ``PATH_ESCAPE``)."""
 
     error_code: str = "WORKER_STOPPED"
     error: str = ""

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from orchestrator import clock as clock_mod
 from orchestrator import faults
 from orchestrator.artifacts import recorded_names
-from orchestrator.errors import (ConcurrencyError, LeaseLostError, MalformedPayloadError, PathEscapeError,
-                                 StorageUnavailableError)
+from orchestrator.errors import ConcurrencyError, LeaseLostError, MalformedPayloadError, StorageUnavailableError
 from orchestrator.leases import drop_lease_aux
 from orchestrator.leftovers import end_exited_run
 from orchestrator.payload import (DONE, FAILED, JSON_WHITESPACE, NEEDS_AUDIT, NO_TERMINAL_SIGNAL_EXIT, Payload,
@@ -167,13 +166,15 @@ class OutcomeRecorder:
         finally:
             paths.remove()
 
-    def hand_back(self, claim: Claim, exc: PathEscapeError) -> None:
-        """Give a claimed job back, not counted as a failure, when this worker cannot run anything (a folder
-        of the store became a link): as a worker that refuses to start would never have claimed it."""
-        data = {"error_code": exc.code, "worker_id": self.worker_id, "output_tail": "",
-                "error": f"worker {self.worker_id} stopped before running it: {exc.message}"}
-        self.finish(claim, [("job_released", data)], "released", error_code=exc.code,
-                    audit=("job_released", data["error"]))
+    def hand_back(self, claim: Claim, code: str, why: str) -> RunResult:
+        """Give a claimed job back before its handler started, as if this worker had never claimed it: not a
+        failure, nor one of the job's stops in a row (``JobState.stops`` keeps its count). ``code`` says why: the
+        worker cannot run anything (``PATH_ESCAPE``: a folder of the store became a link), or it was asked to stop
+        (``WORKER_STOPPED_BEFORE_START``)."""
+        data = {"error_code": code, "worker_id": self.worker_id, "output_tail": "",
+                "error": f"worker {self.worker_id} stopped before running it: {why}"}
+        return self.finish(claim, [("job_released", data)], "released", error_code=code,
+                           audit=("job_released", data["error"]))
 
     def release(self, claim: Claim, output: Path, grace_seconds: float) -> RunResult:
         """Hand a run back that a stop killed after its grace period (``grace_seconds``): not a failure, unless the

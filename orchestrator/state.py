@@ -19,6 +19,9 @@ from orchestrator.errors import InvalidTransitionError
 # attempt (``job_failed``): a job whose run stops its own worker would otherwise stop every worker, for ever.
 WORKER_STOPPED = "WORKER_STOPPED"
 STOPS_FORGIVEN = 3
+# A job a stopping worker handed back before its handler started: no run of it can have stopped that worker, so this
+# is neither one of those stops in a row nor their end (as any hand-back but ``WORKER_STOPPED``: ``_stops``).
+WORKER_STOPPED_BEFORE_START = "WORKER_STOPPED_BEFORE_START"
 
 QUEUED, RUNNING, AWAITING_AUDIT, WAITING_HUMAN = "queued", "running", "awaiting_audit", "waiting_human"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -207,7 +210,8 @@ assert _REDUCERS.keys() == TRANSITIONS.keys()
 
 def _stops(s: JobState, e: Event) -> int:
     """``JobState.stops`` after ``e``: a run a stopping worker ended adds one (handed back or counted), a claim or
-    another hand-back (the store's fault: ``PATH_ESCAPE``) keeps the count, anything else ends the series."""
+    another hand-back (the store's fault: ``PATH_ESCAPE``; a stop before the handler started:
+    ``WORKER_STOPPED_BEFORE_START``) keeps the count, anything else ends the series."""
     if e.type in ("job_released", "job_failed") and e.data.get("error_code") == WORKER_STOPPED:
         return s.stops + 1
     return s.stops if e.type in ("job_claimed", "job_released") else 0

@@ -52,6 +52,7 @@ from orchestrator.payload import NO_TERMINAL_SIGNAL_TIMEOUT
 from orchestrator.recovery import SWEEP_EVERY, StaleWatch, recover_expired, reload_keys, sweep_leftovers
 from orchestrator.runner import Child, precise_sleeps, stop_is_deferred
 from orchestrator.security import one_line, validate_id
+from orchestrator.state import WORKER_STOPPED_BEFORE_START
 from orchestrator.store.files import check_folders
 from orchestrator.untrusted import UntrustedJobs
 from orchestrator.worker_folders import WORKER_FOLDERS, WorkerFolders
@@ -212,7 +213,7 @@ class Worker:
             paths = RunPaths.create(self.folders.run_dir(claim.run_id), self.folders.artifacts_dir(s.job_id))
         except PathEscapeError as exc:
             if self.folders.linked():  # the store's fault, not the job's: hand it back, and stop
-                record.hand_back(claim, exc)
+                record.hand_back(claim, exc.code, exc.message)
                 raise
             return record.fail(claim, exc.code, exc.message, retryable=False)  # its own folder, a link out
         handler = resolve(s.kind)
@@ -221,9 +222,11 @@ class Worker:
             if handler is None:
                 raise InvalidInputError(f"no handler for kind {s.kind!r}")
             cut, claim = self._import_artifacts(claim, held, paths.artifacts_dir)
+            if cut is None and self.stopping:  # asked for before the handler started: the grace is for a running one
+                cut = "stopped"
             if cut is not None:
                 paths.remove()
-                return self._ended(cut, claim, record, held, paths.output_file)
+                return self._ended(cut, claim, record, held, paths.output_file, started=False)
             context = {**s.context(), "artifacts_dir": str(paths.artifacts_dir)}
             child = handler.start(context, paths, host=self._handler_host())
             faults.point("worker.after_start")
@@ -259,9 +262,12 @@ class Worker:
         finally:
             child.finish(paths)
 
-    def _ended(self, how: str, claim: Claim, record: OutcomeRecorder, held: HeldLease, output: Path) -> RunResult:
-        """The outcome of a run the worker cut short, while it ran or while its ``artifacts_from`` were copied:
-        ``lost`` (taken over or cancelled: nothing written), ``unrenewed``, ``stopped`` (handed back)."""
+    def _ended(self, how: str, claim: Claim, record: OutcomeRecorder, held: HeldLease, output: Path, *,
+               started: bool = True) -> RunResult:
+        """The outcome of a run the worker cut short, while it ran or before its handler ``started`` (while its
+        ``artifacts_from`` were copied): ``lost`` (taken over or cancelled: nothing written), ``unrenewed``,
+        ``stopped`` (handed back; before the start, not counted among the job's stops in a row: its run did not
+        stop this worker, no run of it having begun)."""
         if how == "lost":
             return lost(claim, "the job changed while it ran (taken over or cancelled)")
         if how == "unrenewed":
@@ -269,6 +275,9 @@ class Worker:
             log.error("job %s run %s: %s", claim.job_id, claim.run_id, why,
                       extra={"job_id": claim.job_id, "run_id": claim.run_id, "code": LEASE_NOT_RENEWED})
             return record.fail(claim, LEASE_NOT_RENEWED, why, output=output)
+        if not started:
+            return record.hand_back(claim, WORKER_STOPPED_BEFORE_START,
+                                    "a stop was requested before its handler started")
         return record.release(claim, output, self.settings.stop_grace_seconds)
 
     def _recorder(self) -> OutcomeRecorder:
@@ -322,8 +331,9 @@ class Worker:
         deadline = start + timeout if timeout else None
         stop_deadline: float | None = None
         while True:
-            if self._stop_at is not None and stop_deadline is None:
-                stop_deadline = time.monotonic() + self.settings.stop_grace_seconds
+            stop_at = self._stop_at
+            if stop_at is not None and stop_deadline is None:  # the grace counts from the stop request, which may
+                stop_deadline = stop_at + self.settings.stop_grace_seconds  # have come while the handler started
             limits = [next_beat] + [t for t in (deadline, stop_deadline) if t is not None]
             if stop_deadline is None:  # a stop asked from another thread starts the grace period at once
                 limits.append(time.monotonic() + STOP_CHECK_SECONDS)
@@ -450,9 +460,8 @@ class Worker:
         """Only with ``artifacts_import`` on: copy (never move) the folders of jobs named in input ``artifacts_from``,
         a job id or a list of them; anything else is the job's bad input (``InvalidInputError``, not retried).
         The lease is renewed while it copies, as while a handler runs; returns how the copy was cut short
-        (``lost``, ``unrenewed``, ``stopped``: a stop hands the job back once the grace period since the stop request
-        is over, no handler having run) or None, and the claim to go on with (marked ``renewed`` once a heartbeat may
-        have written a lease record)."""
+        (``lost``, ``unrenewed``, ``stopped``: a stop request ends it at once, since no handler is started after one)
+        or None, and the claim to go on with (marked ``renewed`` once a heartbeat may have written a lease record)."""
         s = claim.state
         if not self.settings.artifacts_import:
             if isinstance(s.input, dict) and s.input.get("artifacts_from"):
@@ -466,7 +475,7 @@ class Worker:
 
         def between() -> None:  # before each file and after each 8 MiB
             nonlocal claim, next_beat
-            if self._stop_at is not None and time.monotonic() >= self._stop_at + self.settings.stop_grace_seconds:
+            if self.stopping:  # the handler would not be started: the rest of the copy would be for nothing
                 raise _CopyEnded("stopped")
             if self._past_margin(held):
                 raise _CopyEnded("unrenewed")

@@ -71,7 +71,8 @@ def _output_bound(ctx: click.Context, param: click.Parameter, value: int) -> int
               "[env var: ORCH_HANDLERS=mod1,mod2, added to --import]")
 @click.option("--stop-grace-seconds", type=seconds(), default=DEFAULT_STOP_GRACE_SECONDS,
               show_default=True, envvar="ORCH_STOP_GRACE_SECONDS", show_envvar=True,
-              help="On SIGTERM/SIGINT, how long the running job may still take before it is killed and handed back.")
+              help="On SIGTERM/SIGINT, how long the running job may still take, from the signal, before it is "
+                   "killed and handed back (a job whose handler has not started is handed back at once).")
 @click.option("--retry-base-seconds", type=seconds(), default=DEFAULT_RETRY_BASE_SECONDS,
               show_default=True, envvar="ORCH_RETRY_BASE_SECONDS", show_envvar=True,
               help="First retry delay; doubles per failed attempt, with jitter.")

@@ -14,6 +14,7 @@ import time
 import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
+from orchestrator import faults
 from orchestrator.errors import InvalidInputError
 from orchestrator.handlers import register
 from orchestrator.worker import Worker, WorkerSettings
@@ -163,9 +164,9 @@ def test_a_run_that_ends_before_its_handler_process_starts_it_shows_no_earlier_r
     run(orch, w, "t.print", {"text": "first run", "payload": failed})
     assert w._host is not None and w._host.pid is not None
     os.kill(w._host.pid, signal.SIGSTOP)  # it never reads the next request: killed before it starts the run
-    w.stop()
+    faults.arm("worker.after_start", w.stop)  # once the request is sent: a worker stopping before it sends none
     released = run(orch, w, "t.print", {"text": "second run", "payload": failed})
-    assert released["result"].outcome == "released"
+    assert (released["result"].outcome, released["result"].error_code) == ("released", "WORKER_STOPPED")
     assert released["events"][-1]["data"]["output_tail"] == ""
     w.close()
 

@@ -1043,17 +1043,6 @@ def test_a_job_cancelled_while_its_artifacts_from_are_copied_stops_the_copy_at_t
     assert orch.status(job).state == "cancelled"
 
 
-def test_a_worker_stopped_while_artifacts_from_are_copied_hands_the_job_back(
-        orch, monkeypatch: pytest.MonkeyPatch) -> None:
-    first = _a_job_with_files(orch, 12)
-    job = orch.submit("t.echo", {"artifacts_from": [first]})
-    w = make_worker(orch, artifacts_import=True, lease_seconds=0.6, stop_grace_seconds=0.0)
-    copy = SlowCopy(monkeypatch, 0.1, 3, w.stop)
-    result = w.run_once()
-    assert (result.job_id, result.outcome, result.error_code) == (job, "released", "WORKER_STOPPED")
-    assert copy.calls < 12 and orch.status(job).state == "queued"
-
-
 def test_a_heartbeat_error_while_artifacts_from_are_copied_stops_the_worker_and_is_not_the_jobs_bad_input(
         orch, monkeypatch: pytest.MonkeyPatch) -> None:
     """A link planted in the lease record's place (``PATH_ESCAPE``) is the store's fault: the worker stops on it, as
@@ -1083,6 +1072,104 @@ def test_a_device_linked_from_an_artifacts_from_folder_fails_the_run_as_bad_inpu
     result = make_worker(orch, artifacts_import=True).run_once()
     assert (result.job_id, result.outcome, result.error_code) == (job, "failed", "INVALID_INPUT")
     assert "not a regular file" in orch.status(job).last_error["message"]
+
+
+# -- a stop before the handler starts, and the grace period ---------------------------------------------------------
+def _stop_at_start(worker: Worker, then=lambda: None) -> None:
+    """``worker.stop()`` right after the next handler started (as a SIGTERM arriving then would), then ``then()``."""
+    from orchestrator import faults
+
+    faults.arm("worker.after_start", lambda: (worker.stop(), then()))
+
+
+def test_a_worker_stopped_while_artifacts_from_are_copied_never_starts_the_handler_even_within_the_grace_period(
+        orch, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grace period lets a running handler finish; a job whose handler has not started is handed back at once."""
+    first = _a_job_with_files(orch, 12)
+    job = orch.submit("t.echo", {"artifacts_from": [first]})
+    w = make_worker(orch, artifacts_import=True, stop_grace_seconds=30.0)
+    copy = SlowCopy(monkeypatch, 0.05, 3, w.stop)
+    asked = time.monotonic()
+    result = w.run_once()
+    # before the fix: the copy went on within the 30 s grace, then the handler started on a stopping worker: succeeded
+    assert (result.job_id, result.outcome, result.error_code) == (job, "released", "WORKER_STOPPED_BEFORE_START")
+    assert types(orch, job) == ["job_submitted", "job_claimed", "job_released"]
+    assert copy.calls < 12 and time.monotonic() - asked < 5.0
+    assert "before running it" in events(orch, job)[-1]["data"]["error"]
+    assert orch.status(job).state == "queued" and orch.load(job).state.failures == 0
+
+
+def test_a_stop_that_came_during_the_claim_hands_the_job_back_without_starting_its_handler(orch) -> None:
+    from orchestrator import faults
+
+    job = orch.submit("t.echo", 1)
+    w = make_worker(orch, stop_grace_seconds=30.0)
+    faults.arm("worker.after_claim", w.stop)  # a SIGTERM as the claim was written
+    result = w.run_once()
+    # before the fix: the handler started on the stopping worker (and, here, finished within the grace: succeeded)
+    assert (result.job_id, result.outcome, result.error_code) == (job, "released", "WORKER_STOPPED_BEFORE_START")
+    assert types(orch, job) == ["job_submitted", "job_claimed", "job_released"]
+    assert not (orch.settings.state_dir / "runs" / result.run_id).exists()  # its run folder removed
+
+
+def test_a_stop_before_the_handler_starts_is_not_counted_among_the_stops_in_a_row_that_fail_a_job(
+        orch, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Four stops in a row fail a job (its run may be what stops its workers); a stop that came before its handler
+    started is the worker's alone: neither a stop of the series nor its end."""
+    first = _a_job_with_files(orch, 12)
+    job = orch.submit("t.wait", {"artifacts_from": [first], "started": str(tmp_path / "started"),
+                                 "release": str(tmp_path / "never")}, max_attempts=3)
+    for _ in range(3):  # three runs a stop ended after their handler started (nothing copied): handed back, forgiven
+        w = make_worker(orch, stop_grace_seconds=0.0)
+        _stop_at_start(w)
+        assert w.run_once().error_code == "WORKER_STOPPED"
+    assert orch.load(job).state.stops == 3
+    w = make_worker(orch, artifacts_import=True, stop_grace_seconds=0.0)
+    SlowCopy(monkeypatch, 0.05, 3, w.stop)
+    result = w.run_once()
+    # before the fix: job_failed, WORKER_STOPPED, "4 runs in a row": an attempt used up for the worker's own stop
+    assert (result.outcome, result.error_code) == ("released", "WORKER_STOPPED_BEFORE_START")
+    st = orch.load(job).state
+    assert (st.state, st.stops, st.failures) == ("queued", 3, 0)
+    w = make_worker(orch, stop_grace_seconds=0.0)
+    _stop_at_start(w)
+    result = w.run_once()  # the series goes on: this is the fourth run in a row a stop ended
+    assert (result.outcome, result.error_code) == ("retry", "WORKER_STOPPED")
+    assert "4 runs in a row" in events(orch, job)[-1]["data"]["error"]
+
+
+def test_a_stop_that_came_while_the_handler_was_starting_gives_it_the_grace_period_from_the_stop_not_from_its_start(
+        orch) -> None:
+    """The grace period counts from the stop request: a handler whose start took a second after the stop gets what
+    is left of it, not a whole grace period more."""
+    job = orch.submit("t.sleep", 1.5)
+    w = make_worker(orch, stop_grace_seconds=1.0)
+    _stop_at_start(w, lambda: time.sleep(1.0))  # the stop came as the handler started, which took 1 s more
+    result = w.run_once()
+    # before the fix: 1 s of grace from when the worker first looked (2 s after the stop): the handler finished
+    assert (result.job_id, result.outcome, result.error_code) == (job, "released", "WORKER_STOPPED")
+
+
+def test_a_second_stop_signal_ends_the_grace_period_at_once(orch) -> None:
+    import signal
+    import threading
+
+    job = orch.submit("t.sleep", 30)
+    w = make_worker(orch, stop_grace_seconds=30.0)
+
+    def signal_twice() -> None:
+        for _ in range(2):
+            time.sleep(0.3)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    from orchestrator import faults
+
+    faults.arm("worker.after_start", threading.Thread(target=signal_twice, daemon=True).start)
+    started = time.monotonic()
+    with w.handle_signals():
+        result = w.run_once()
+    assert (result.job_id, result.outcome, result.error_code) == (job, "released", "WORKER_STOPPED")
+    assert time.monotonic() - started < 10.0  # not the 30 s grace period
 
 
 # -- command handler environment ---------------------------------------------------------------

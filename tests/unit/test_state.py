@@ -166,6 +166,7 @@ def test_a_released_run_is_queued_again_without_counting_a_failure() -> None:
 STOP_COUNTED = ev("job_failed", {"error_code": "WORKER_STOPPED", "error": "stopped again", "retry_at": LATER},
                   run_id="r1")
 HAND_BACK = ev("job_released", {"error_code": "PATH_ESCAPE", "worker_id": "w1"}, run_id="r1")
+UNSTARTED = ev("job_released", {"error_code": "WORKER_STOPPED_BEFORE_START", "worker_id": "w1"}, run_id="r1")
 
 
 @pytest.mark.parametrize("events, stops", [
@@ -174,6 +175,7 @@ HAND_BACK = ev("job_released", {"error_code": "PATH_ESCAPE", "worker_id": "w1"},
     ((SUBMIT, CLAIM, RELEASE, CLAIM, RELEASE, CLAIM), 2),  # a claim keeps the series
     ((SUBMIT, CLAIM, RELEASE, CLAIM, RELEASE, CLAIM, RELEASE, CLAIM, STOP_COUNTED), 4),  # a counted stop adds one
     ((SUBMIT, CLAIM, RELEASE, CLAIM, HAND_BACK), 1),  # the store's fault: neither a stop nor the end of the series
+    ((SUBMIT, CLAIM, RELEASE, CLAIM, UNSTARTED), 1),  # a stop before the handler started: the worker's, not the job's
     ((SUBMIT, CLAIM, RELEASE, CLAIM, RELEASE, CLAIM, FAIL_RETRY), 0),  # a run that ended otherwise ends it
     ((SUBMIT, CLAIM, RELEASE, CLAIM, TIMEOUT_RETRY), 0),
     ((SUBMIT, CLAIM, RELEASE, CLAIM, STALE_QUEUED), 0),
