@@ -119,14 +119,29 @@ def require_writable(orch: "Orchestrator", consequence: str) -> None:
     """Refuse before anything is written when the audit log is a symbolic link (``PathEscapeError``, by
     ``linked_log``) or was cut (``refuse_cut``): an action whose entry cannot be written must not write its event
     either (it would stand unexplained). The cut is looked for only when the log has a head record (else there is
-    nothing to compare), under the log's append lock (an append of no line, which writes nothing), and only on a
+    nothing to compare), under the log's append lock (an append of no line, which writes nothing; a log that holds
+    no entry is refused without being opened, ``_refuse_removed``, so a check makes no file), and only on a
     store that writes the record after the lines (files): on PostgreSQL this would cost three round trips more per
     action, where the record commits with its line and a cut takes editing two tables by hand; there the entry's
     own ``build`` refuses, after the event (as after a crash between the two: ``heal`` writes it later)."""
     with linked_refused(consequence):
         orch.store.refuse_linked(AUDIT_STREAM)
-        if not orch.store.atomic_aux and orch.store.get_aux(*AUDIT_HEAD) is not None:
+        if _refuse_removed(orch, consequence):
             orch.store.append(AUDIT_STREAM, lambda head: refuse_cut(orch, head, consequence) or [])
+
+
+def _refuse_removed(orch: "Orchestrator", consequence: str) -> bool:
+    """On a store that writes the head record after the lines (files): ``refuse_cut`` an audit log that holds no entry
+    while its head record exists (removed whole, with its folder, or an empty file or folder in its place), without
+    opening it for append, which would make an empty log and its folder only to be refused, and change the evidence
+    ``verify`` shows. True when it holds entries and has a head record: the cut, if any, is looked for under the
+    log's append lock (``build``)."""
+    if orch.store.atomic_aux or orch.store.get_aux(*AUDIT_HEAD) is None:
+        return False
+    if orch.store.first_line(AUDIT_STREAM) is not None:
+        return True
+    refuse_cut(orch, Head(0, b""), consequence)
+    return False
 
 
 def refuse_cut(orch: "Orchestrator", head: Head, consequence: str = "nothing was written") -> None:
@@ -169,7 +184,9 @@ def record(orch: "Orchestrator", *, job_id: str, action: str, actor: str, run_id
     """
     build, with_entry = entry_writes(orch, job_id=job_id, action=action, actor=actor, run_id=run_id, note=note,
                                      event_line=event_line, extra=extra, now=now)
-    with linked_refused(f"the {action} entry of job {job_id} was not written"):
+    not_written = f"the {action} entry of job {job_id} was not written"
+    with linked_refused(not_written):
+        _refuse_removed(orch, not_written)
         head = orch.store.append(AUDIT_STREAM, build, aux=with_entry)
     faults.point("audit.after_entry")
     return head.seq
