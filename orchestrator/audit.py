@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from orchestrator import clock, faults
-from orchestrator.errors import IntegrityError, PathEscapeError
+from orchestrator.errors import IntegrityError, PathEscapeError, StorageError
 from orchestrator.history import head_contradicted, head_record, seal
 from orchestrator.security import sanitize_text
 from orchestrator.signing import line_hash
@@ -117,15 +117,19 @@ def linked_refused(consequence: str) -> Iterator[None]:
 
 def require_writable(orch: "Orchestrator", consequence: str) -> None:
     """Refuse before anything is written when the audit log is a symbolic link (``PathEscapeError``, by
-    ``linked_log``) or was cut (``refuse_cut``): an action whose entry cannot be written must not write its event
-    either (it would stand unexplained). The cut is looked for only when the log has a head record (else there is
+    ``linked_log``), a FIFO, socket, device or directory holding files (``StorageError``), or was cut
+    (``refuse_cut``): an action whose entry cannot be written must not write its event either (it would stand
+    unexplained). The cut is looked for only when the log has a head record (else there is
     nothing to compare), under the log's append lock (an append of no line, which writes nothing; a log that holds
     no entry is refused without being opened, ``_refuse_removed``, so a check makes no file), and only on a
     store that writes the record after the lines (files): on PostgreSQL this would cost three round trips more per
     action, where the record commits with its line and a cut takes editing two tables by hand; there the entry's
     own ``build`` refuses, after the event (as after a crash between the two: ``heal`` writes it later)."""
     with linked_refused(consequence):
-        orch.store.refuse_linked(AUDIT_STREAM)
+        try:
+            orch.store.refuse_unusable(AUDIT_STREAM)
+        except StorageError as exc:
+            raise StorageError(f"{consequence}: {exc.message}", **exc.details) from None
         if _refuse_removed(orch, consequence):
             orch.store.append(AUDIT_STREAM, lambda head: refuse_cut(orch, head, consequence) or [])
 
@@ -309,7 +313,7 @@ def heal_found_quietly(orch: "Orchestrator", todo: list[Unaudited], *, now: floa
     """``heal_quietly`` of the events ``unmarked`` found. An audit log that is a symbolic link, or was cut
     (``refuse_cut``), is skipped too: the entries stay missing, and ``verify`` (also ``audit-timeline``) lists the
     link or the cut, as it lists the warnings."""
-    from orchestrator.errors import SigningKeyError, StorageError
+    from orchestrator.errors import SigningKeyError
 
     try:
         return heal_found(orch, todo, now=now, create_key=False)
