@@ -118,31 +118,29 @@ def linked_refused(consequence: str) -> Iterator[None]:
 def require_writable(orch: "Orchestrator", consequence: str) -> None:
     """Refuse before anything is written when the audit log is a symbolic link (``PathEscapeError``, by
     ``linked_log``), a FIFO, socket, device or directory holding files (``StorageError``), or was cut
-    (``refuse_cut``): an action whose entry cannot be written must not write its event either (it would stand
-    unexplained). The cut is looked for only when the log has a head record (else there is
-    nothing to compare), under the log's append lock (an append of no line, which writes nothing; a log that holds
-    no entry is refused without being opened, ``_refuse_removed``, so a check makes no file), and only on a
-    store that writes the record after the lines (files): on PostgreSQL this would cost three round trips more per
-    action, where the record commits with its line and a cut takes editing two tables by hand; there the entry's
-    own ``build`` refuses, after the event (as after a crash between the two: ``heal`` writes it later)."""
+    (``refuse_cut``; also removed whole, ``_refuse_removed``): an action whose entry cannot be written must not
+    write its event either (it would stand unexplained). The cut is looked for only when the log has a head record
+    (else there is nothing to compare), under the log's append lock (an append of no line, which writes nothing),
+    and only on a store that writes the record after the lines (files): on PostgreSQL this would cost three round
+    trips more per action, where the record commits with its line and a cut takes editing two tables by hand;
+    there the entry's own ``build`` refuses, after the event (as after a crash between the two: ``heal`` writes it
+    later)."""
     with linked_refused(consequence):
         try:
-            orch.store.refuse_unusable(AUDIT_STREAM)
+            there = _refuse_removed(orch, consequence)
         except StorageError as exc:
             raise StorageError(f"{consequence}: {exc.message}", **exc.details) from None
-        if _refuse_removed(orch, consequence):
+        if there and not orch.store.atomic_aux and orch.store.get_aux(*AUDIT_HEAD) is not None:
             orch.store.append(AUDIT_STREAM, lambda head: refuse_cut(orch, head, consequence) or [])
 
 
 def _refuse_removed(orch: "Orchestrator", consequence: str) -> bool:
-    """On a store that writes the head record after the lines (files): ``refuse_cut`` an audit log that holds no entry
-    while its head record exists (removed whole, with its folder, or an empty file or folder in its place), without
-    opening it for append, which would make an empty log and its folder only to be refused, and change the evidence
-    ``verify`` shows. True when it holds entries and has a head record: the cut, if any, is looked for under the
-    log's append lock (``build``)."""
-    if orch.store.atomic_aux or orch.store.get_aux(*AUDIT_HEAD) is None:
-        return False
-    if orch.store.first_line(AUDIT_STREAM) is not None:
+    """Whether the audit log's file is there to append to (always, where streams are not files), after refusing
+    what is in its place (``EventStore.refuse_unusable``). When it is not (removed whole, with its folder or not,
+    or an empty folder in its place), ``refuse_cut`` with no entry: a log with a head record was cut. Decided
+    without opening it for append, which would make an empty log and its folder only to refuse it, and change
+    the evidence ``verify`` shows; the first real entry makes them (durably, ``JsonlStore._open_for_append``)."""
+    if orch.store.refuse_unusable(AUDIT_STREAM):
         return True
     refuse_cut(orch, Head(0, b""), consequence)
     return False

@@ -261,23 +261,26 @@ class JsonlStore(EventStore):
                 return False
             time.sleep(0.00005)  # the writer is ~0.1 ms away: notice it within ~50 us
 
-    def refuse_unusable(self, stream: str) -> None:
-        """See ``EventStore.refuse_unusable``: one ``lstat`` (and, for a directory, a look for one entry in it)."""
+    def refuse_unusable(self, stream: str) -> bool:
+        """See ``EventStore.refuse_unusable``: one ``lstat`` (and, for a directory, a look for one entry in it: an
+        empty one is no file, the append takes its place, ``vacate``)."""
         path = self._file(stream)
         try:
             mode = os.lstat(path).st_mode
         except FileNotFoundError:
-            return
+            return False
         except OSError as exc:
             raise path_error(exc) from None
         if S_ISLNK(mode):
             raise linked_file(path)
         if S_ISDIR(mode):
             with os.scandir(path) as entries:
-                if next(entries, None) is not None:
-                    raise StorageError(holding_files(path), stream=stream)
-        elif not S_ISREG(mode):
+                if next(entries, None) is None:
+                    return False
+            raise StorageError(holding_files(path), stream=stream)
+        if not S_ISREG(mode):
             raise StorageError(not_regular(path), stream=stream)
+        return True
 
     def read(self, stream: str, from_seq: int = 1) -> list[StoredLine]:
         """See ``EventStore.read``. A symbolic link in the file's place is never followed: ``PATH_ESCAPE``
