@@ -118,19 +118,19 @@ def linked_refused(consequence: str) -> Iterator[None]:
 def require_writable(orch: "Orchestrator", consequence: str) -> None:
     """Refuse before anything is written when the audit log is a symbolic link (``PathEscapeError``, by
     ``linked_log``), a FIFO, socket, device or directory holding files (``StorageError``), or was cut
-    (``refuse_cut``; also removed whole, ``_refuse_removed``): an action whose entry cannot be written must not
-    write its event either (it would stand unexplained). The cut is looked for only when the log has a head record
-    (else there is nothing to compare), under the log's append lock (an append of no line, which writes nothing),
-    and only on a store that writes the record after the lines (files): on PostgreSQL this would cost three round
-    trips more per action, where the record commits with its line and a cut takes editing two tables by hand;
-    there the entry's own ``build`` refuses, after the event (as after a crash between the two: ``heal`` writes it
-    later)."""
+    (``refuse_cut``; also removed whole, ``_refuse_removed``) or ends in a line no append may follow (corrupt,
+    ``IntegrityError``): an action whose entry cannot be written must not write its event either (it would stand
+    unexplained). The log is looked at under its append lock (an append of no line, which writes nothing, whether
+    or not a head record is there to compare: a derived record, deletable), and only on a store that writes the
+    record after the lines (files): on PostgreSQL this would cost three round trips more per action, where the
+    record commits with its line and a cut takes editing two tables by hand; there the entry's own ``build``
+    refuses, after the event (as after a crash between the two: ``heal`` writes it later)."""
     with linked_refused(consequence):
         try:
             there = _refuse_removed(orch, consequence)
         except StorageError as exc:
             raise StorageError(f"{consequence}: {exc.message}", **exc.details) from None
-        if there and not orch.store.atomic_aux and orch.store.get_aux(*AUDIT_HEAD) is not None:
+        if there and not orch.store.atomic_aux:
             orch.store.append(AUDIT_STREAM, lambda head: refuse_cut(orch, head, consequence) or [])
 
 

@@ -590,3 +590,26 @@ def test_read_commands_that_would_heal_into_a_removed_audit_log_make_no_new_one(
     assert [line["what"] for line in file_orch.timeline(second)["lines"]] == ["job_submitted", "job_cancelled"]
     assert file_orch.metrics(rebuild=True).jobs == 2
     assert _shape(path) == _shape_after(removed)
+
+
+@pytest.mark.parametrize("head_record", ["kept", "deleted"])
+def test_an_action_over_an_audit_log_whose_last_line_is_corrupt_is_refused_before_its_event(
+        file_orch: Orchestrator, head_record: str) -> None:
+    # no writer appends after a last line it cannot read; the check before the event met it only with a head record
+    # (a derived record, deletable): without one, the job was cancelled and then its entry refused (exit 7)
+    from orchestrator import audit as audit_log
+    from orchestrator.errors import IntegrityError
+    from orchestrator.store.base import AUDIT_STREAM
+
+    file_orch.cancel(file_orch.submit("echo", {}), "one")
+    job = file_orch.submit("echo", {})
+    path = file_orch.store.path(AUDIT_STREAM)
+    path.write_bytes(path.read_bytes() + b"not an entry\n")
+    if head_record == "deleted":
+        file_orch.store.delete_aux(*audit_log.AUDIT_HEAD)
+    damaged, events = path.read_bytes(), file_orch.store.path(job).read_bytes()
+    with pytest.raises(IntegrityError, match="last line is corrupt") as refused:
+        file_orch.cancel(job, "two")
+    assert refused.value.exit_code == 7
+    assert file_orch.store.path(job).read_bytes() == events and file_orch.status(job).state == "queued"
+    assert path.read_bytes() == damaged
