@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from orchestrator import clock, faults
-from orchestrator.errors import IntegrityError, PathEscapeError
+from orchestrator.errors import IntegrityError, PathEscapeError, StorageError
 from orchestrator.history import head_contradicted, head_record, seal
 from orchestrator.security import sanitize_text
 from orchestrator.signing import line_hash
@@ -117,16 +117,33 @@ def linked_refused(consequence: str) -> Iterator[None]:
 
 def require_writable(orch: "Orchestrator", consequence: str) -> None:
     """Refuse before anything is written when the audit log is a symbolic link (``PathEscapeError``, by
-    ``linked_log``) or was cut (``refuse_cut``): an action whose entry cannot be written must not write its event
-    either (it would stand unexplained). The cut is looked for only when the log has a head record (else there is
-    nothing to compare), under the log's append lock (an append of no line, which writes nothing), and only on a
-    store that writes the record after the lines (files): on PostgreSQL this would cost three round trips more per
-    action, where the record commits with its line and a cut takes editing two tables by hand; there the entry's
-    own ``build`` refuses, after the event (as after a crash between the two: ``heal`` writes it later)."""
+    ``linked_log``), a FIFO, socket, device or directory holding files (``StorageError``), or was cut
+    (``refuse_cut``; also removed whole, ``_refuse_removed``) or ends in a line no append may follow (corrupt,
+    ``IntegrityError``): an action whose entry cannot be written must not write its event either (it would stand
+    unexplained). The log is looked at under its append lock (an append of no line, which writes nothing, whether
+    or not a head record is there to compare: a derived record, deletable), and only on a store that writes the
+    record after the lines (files): on PostgreSQL this would cost three round trips more per action, where the
+    record commits with its line and a cut takes editing two tables by hand; there the entry's own ``build``
+    refuses, after the event (as after a crash between the two: ``heal`` writes it later)."""
     with linked_refused(consequence):
-        orch.store.refuse_linked(AUDIT_STREAM)
-        if not orch.store.atomic_aux and orch.store.get_aux(*AUDIT_HEAD) is not None:
+        try:
+            there = _refuse_removed(orch, consequence)
+        except StorageError as exc:
+            raise StorageError(f"{consequence}: {exc.message}", **exc.details) from None
+        if there and not orch.store.atomic_aux:
             orch.store.append(AUDIT_STREAM, lambda head: refuse_cut(orch, head, consequence) or [])
+
+
+def _refuse_removed(orch: "Orchestrator", consequence: str) -> bool:
+    """Whether the audit log's file is there to append to (always, where streams are not files), after refusing
+    what is in its place (``EventStore.refuse_unusable``). When it is not (removed whole, with its folder or not,
+    or an empty folder in its place), ``refuse_cut`` with no entry: a log with a head record was cut. Decided
+    without opening it for append, which would make an empty log and its folder only to refuse it, and change
+    the evidence ``verify`` shows; the first real entry makes them (durably, ``JsonlStore._open_for_append``)."""
+    if orch.store.refuse_unusable(AUDIT_STREAM):
+        return True
+    refuse_cut(orch, Head(0, b""), consequence)
+    return False
 
 
 def refuse_cut(orch: "Orchestrator", head: Head, consequence: str = "nothing was written") -> None:
@@ -169,7 +186,9 @@ def record(orch: "Orchestrator", *, job_id: str, action: str, actor: str, run_id
     """
     build, with_entry = entry_writes(orch, job_id=job_id, action=action, actor=actor, run_id=run_id, note=note,
                                      event_line=event_line, extra=extra, now=now)
-    with linked_refused(f"the {action} entry of job {job_id} was not written"):
+    not_written = f"the {action} entry of job {job_id} was not written"
+    with linked_refused(not_written):
+        _refuse_removed(orch, not_written)
         head = orch.store.append(AUDIT_STREAM, build, aux=with_entry)
     faults.point("audit.after_entry")
     return head.seq
@@ -292,7 +311,7 @@ def heal_found_quietly(orch: "Orchestrator", todo: list[Unaudited], *, now: floa
     """``heal_quietly`` of the events ``unmarked`` found. An audit log that is a symbolic link, or was cut
     (``refuse_cut``), is skipped too: the entries stay missing, and ``verify`` (also ``audit-timeline``) lists the
     link or the cut, as it lists the warnings."""
-    from orchestrator.errors import SigningKeyError, StorageError
+    from orchestrator.errors import SigningKeyError
 
     try:
         return heal_found(orch, todo, now=now, create_key=False)

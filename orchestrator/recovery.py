@@ -195,8 +195,9 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
     running on this machine; False if another worker recovered it first (or the run just finished).
 
     Its audit entry must be writable first (``audit.require_writable``: on files, an audit log cut against its head
-    record is ``IntegrityError`` before anything is written, and the worker stops, exit 7), else the event would
-    stand without it; on PostgreSQL, as for a control action, the entry's own check refuses after the event."""
+    record, or ending in a corrupt line, is ``IntegrityError`` before anything is written, and the worker stops,
+    exit 7; a FIFO or a folder holding files in its place, ``StorageError``, exit 10), else the event would stand
+    without it; on PostgreSQL, as for a control action, the entry's own check refuses after the event."""
     audit.require_writable(orch, f"cannot recover stale job {s.job_id}: its audit entry could not be written, so "
                                  "nothing was written and this worker stops")
     try:

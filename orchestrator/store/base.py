@@ -262,10 +262,13 @@ class EventStore(ABC):
     def exists(self, stream: str) -> bool:
         return bool(self.read(stream)[:1])
 
-    def refuse_linked(self, stream: str) -> None:
-        """Raise ``PathEscapeError`` if an append to ``stream`` would meet a symbolic link in its file's place (and
-        be refused): for a caller that must know before it writes anything else that goes with it. One ``lstat``
-        on files; a no-op where streams are not files."""
+    def refuse_unusable(self, stream: str) -> bool:
+        """Raise what an append to ``stream`` would raise for what is in its file's place, before anything is
+        written: a symbolic link (``PathEscapeError``), a FIFO, socket or device, or a directory holding files
+        (``StorageError``). For a caller that must know before it writes anything else that goes with it. Returns
+        whether the file is there (False: an append would make it, and its folder). One ``lstat`` on files;
+        where streams are not files, nothing to refuse and always True."""
+        return True
 
     def close(self) -> None:
         """Release resources; the store is unusable afterwards."""

@@ -249,11 +249,17 @@ def not_regular(path: "Path | str") -> str:
             "move it away")
 
 
+def holding_files(path: "Path | str") -> str:
+    """Why a directory in the place of a file of the store is not written: one holding files is not ours to remove
+    (an empty one is taken, ``vacate``)."""
+    return f"{path} is a directory that holds files, where a record belongs; move it away"
+
+
 def write_failure(path: "Path | str", exc: OSError) -> str:
     """Why a write to ``path`` failed, for ``StorageError``: a directory in a record's place says so, and
     so does a FIFO or a socket (``open_creating`` refuses one with ``ENXIO``, ``pwrite`` with ``ESPIPE``)."""
     if isinstance(exc, IsADirectoryError):
-        return f"{path} is a directory that holds files, where a record belongs; move it away"
+        return holding_files(path)
     if exc.errno in (errno.ENXIO, errno.ESPIPE):
         return not_regular(path)
     if isinstance(exc, (NotADirectoryError, PermissionError)):

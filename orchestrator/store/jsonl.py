@@ -23,7 +23,7 @@ import threading
 import time
 from array import array
 from pathlib import Path
-from stat import S_ISDIR, S_ISREG
+from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import Iterator
 
 from orchestrator import faults
@@ -31,9 +31,10 @@ from orchestrator.errors import ConcurrencyError, IntegrityError, StorageError
 from orchestrator.security import is_id, validate_id
 from orchestrator.store.base import (AUDIT_STREAM, AUX_KEY_LENGTH, HEADS_AREA, SLOT_BYTES, AuxWrites, Builder,
                                      EventStore, Head, InTransaction, StoredLine)
-from orchestrator.store.files import (check_folders, fsync_dir, linked_file, lock_descriptor, make_folder,
-                                      nofollow_opener, not_regular, open_creating, path_error, read_all, read_file,
-                                      refuse_link, remove_file, remove_strays, vacate, write_failure, write_new)
+from orchestrator.store.files import (check_folders, fsync_dir, holding_files, linked_file, lock_descriptor,
+                                      make_folder, nofollow_opener, not_regular, open_creating, path_error, read_all,
+                                      read_file, refuse_link, remove_file, remove_strays, vacate, write_failure,
+                                      write_new)
 
 log = logging.getLogger(__name__)
 
@@ -260,11 +261,26 @@ class JsonlStore(EventStore):
                 return False
             time.sleep(0.00005)  # the writer is ~0.1 ms away: notice it within ~50 us
 
-    def refuse_linked(self, stream: str) -> None:
-        """See ``EventStore.refuse_linked``."""
+    def refuse_unusable(self, stream: str) -> bool:
+        """See ``EventStore.refuse_unusable``: one ``lstat`` (and, for a directory, a look for one entry in it: an
+        empty one is no file, the append takes its place, ``vacate``)."""
         path = self._file(stream)
-        if os.path.islink(path):
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise path_error(exc) from None
+        if S_ISLNK(mode):
             raise linked_file(path)
+        if S_ISDIR(mode):
+            with os.scandir(path) as entries:
+                if next(entries, None) is None:
+                    return False
+            raise StorageError(holding_files(path), stream=stream)
+        if not S_ISREG(mode):
+            raise StorageError(not_regular(path), stream=stream)
+        return True
 
     def read(self, stream: str, from_seq: int = 1) -> list[StoredLine]:
         """See ``EventStore.read``. A symbolic link in the file's place is never followed: ``PATH_ESCAPE``

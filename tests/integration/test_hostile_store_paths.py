@@ -746,3 +746,37 @@ def test_a_fifo_in_the_place_of_the_metrics_caches_temporary_copy_is_a_warning_n
     result = _in_a_thread_or_fail_if_it_hangs(plant_then_refresh, lambda: fifos[0])
     assert list(result.rows) == [job] and [w["code"] for w in result.warnings] == ["CACHE_NOT_WRITTEN"]
     assert "not a regular file" in result.warnings[0]["message"]
+
+
+@pytest.mark.parametrize("planted", ["fifo", "socket", "folder holding a file"])
+@pytest.mark.parametrize("entries", [0, 1])
+def test_a_control_action_is_refused_before_its_event_when_the_audit_log_is_not_a_regular_file(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, planted: str, entries: int) -> None:
+    """Before, in a project without an entry yet: the event was written, then its entry refused (`STORAGE_ERROR`,
+    exit 10): the job cancelled with no entry, for an action reported as failed."""
+    import socket
+    import stat
+
+    for _ in range(entries):
+        orch.cancel(orch.submit("rel.echo", {"x": 0}))
+    job = orch.submit("rel.echo", {"x": 1})
+    path = orch.settings.state_dir / "audit" / "audit_events.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    path.unlink(missing_ok=True)
+    if planted == "fifo":
+        os.mkfifo(path)
+    elif planted == "socket":
+        monkeypatch.chdir(path.parent)  # a socket's path is short (108 bytes): bound by its name
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(path.name)
+    else:
+        path.mkdir()
+        (path / "kept").write_bytes(b"x")
+    events = orch.store.path(job).read_bytes()
+    with pytest.raises(StorageError) as refused:
+        orch.cancel(job, "no")
+    assert orch.store.path(job).read_bytes() == events and orch.status(job).state == "queued"
+    assert refused.value.exit_code == 10
+    assert refused.value.message.startswith(f"cannot cancel job {job}: its audit entry could not be written, so "
+                                            f"nothing was written: {path} is ")
+    assert not stat.S_ISREG(path.lstat().st_mode)  # left for an operator

@@ -526,3 +526,90 @@ def test_a_worker_that_must_audit_refusing_a_tampered_job_over_a_cut_audit_log_w
     assert refused.value.exit_code == 7 and "docs/runbook.md, section E" in refused.value.message
     assert raw.read_bytes(AUDIT_STREAM) == kept and raw.read_bytes(job) == tampered
     assert [entry.job_id for entry in orch.queue.ready()] == [job]  # kept: the refusal is audited once it can be
+
+
+def _remove_audit_log(orch: Orchestrator, removed: str) -> Path:
+    """The audit log removed whole (its head record kept): the file, its folder, or the file left as an empty folder."""
+    import os
+    import shutil
+
+    from orchestrator.store.base import AUDIT_STREAM
+
+    path = orch.store.path(AUDIT_STREAM)
+    if removed == "folder":
+        shutil.rmtree(path.parent)
+    else:
+        path.unlink()
+        if removed == "file, an empty folder in its place":
+            os.mkdir(path)
+    return path
+
+
+REMOVED = ["file", "folder", "file, an empty folder in its place"]
+
+
+def _shape(path: Path) -> tuple[bool, bool, bool]:
+    """Whether the audit log's folder is there, and the log as a file, or as a folder."""
+    return path.parent.is_dir(), path.is_file(), path.is_dir()
+
+
+def _shape_after(removed: str) -> tuple[bool, bool, bool]:
+    return removed != "folder", False, removed == "file, an empty folder in its place"
+
+
+@pytest.mark.parametrize("removed", REMOVED)
+@pytest.mark.parametrize("action", ["cancel", "approve"])  # approve: refused anyway (the job is queued)
+def test_an_action_over_a_removed_audit_log_is_refused_and_makes_no_new_one(
+        file_orch: Orchestrator, removed: str, action: str) -> None:
+    # the check that the log can take the entry opened it for append, which made an empty log (and its folder)
+    # before finding it cut: the evidence changed from "no log" to "an empty log", by a command that wrote nothing
+    from orchestrator.errors import IntegrityError
+
+    file_orch.cancel(file_orch.submit("echo", {}), "one")  # an entry, and the log's head record
+    job = file_orch.submit("echo", {})
+    path = _remove_audit_log(file_orch, removed)
+    with pytest.raises(IntegrityError, match="TRUNCATED"):
+        getattr(file_orch, action)(job)
+    assert file_orch.status(job).state == "queued"
+    assert _shape(path) == _shape_after(removed) and "TRUNCATED" in codes(file_orch)
+
+
+@pytest.mark.parametrize("removed", REMOVED)
+def test_read_commands_that_would_heal_into_a_removed_audit_log_make_no_new_one(
+        file_orch: Orchestrator, removed: str) -> None:
+    # audit-timeline and metrics heal what a crash left unaudited; over a removed log they write nothing at all
+    from orchestrator import audit as audit_log
+    from orchestrator.signing import line_hash
+
+    first, second = file_orch.submit("echo", {}), file_orch.submit("echo", {})
+    file_orch.cancel(first, "one")
+    file_orch.cancel(second, "two")
+    cancelled = file_orch.store.path(second).read_bytes().split(b"\n")[-2]
+    file_orch.store.delete_aux(audit_log.MARKERS_AREA, line_hash(cancelled))  # as if its entry had never been written
+    path = _remove_audit_log(file_orch, removed)
+    assert [line["what"] for line in file_orch.timeline(second)["lines"]] == ["job_submitted", "job_cancelled"]
+    assert file_orch.metrics(rebuild=True).jobs == 2
+    assert _shape(path) == _shape_after(removed)
+
+
+@pytest.mark.parametrize("head_record", ["kept", "deleted"])
+def test_an_action_over_an_audit_log_whose_last_line_is_corrupt_is_refused_before_its_event(
+        file_orch: Orchestrator, head_record: str) -> None:
+    # no writer appends after a last line it cannot read; the check before the event met it only with a head record
+    # (a derived record, deletable): without one, the job was cancelled and then its entry refused (exit 7)
+    from orchestrator import audit as audit_log
+    from orchestrator.errors import IntegrityError
+    from orchestrator.store.base import AUDIT_STREAM
+
+    file_orch.cancel(file_orch.submit("echo", {}), "one")
+    job = file_orch.submit("echo", {})
+    path = file_orch.store.path(AUDIT_STREAM)
+    path.write_bytes(path.read_bytes() + b"not an entry\n")
+    if head_record == "deleted":
+        file_orch.store.delete_aux(*audit_log.AUDIT_HEAD)
+    damaged, events = path.read_bytes(), file_orch.store.path(job).read_bytes()
+    with pytest.raises(IntegrityError, match="last line is corrupt") as refused:
+        file_orch.cancel(job, "two")
+    assert refused.value.exit_code == 7
+    assert file_orch.store.path(job).read_bytes() == events and file_orch.status(job).state == "queued"
+    assert path.read_bytes() == damaged
