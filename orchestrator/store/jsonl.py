@@ -142,11 +142,16 @@ class JsonlStore(EventStore):
     def __repr__(self) -> str:
         return f"JsonlStore({str(self.root)!r})"
 
-    def _open_for_append(self, path: str) -> int:
+    def _open_for_append(self, path: str, new: bool = False) -> int:
         """The events file, created if missing; never through a symbolic link (``PATH_ESCAPE``, dangling
-        or not), and a directory in its place is taken when empty (``vacate``), else ``STORAGE_ERROR``."""
+        or not), and a directory in its place is taken when empty (``vacate``), else ``STORAGE_ERROR``.
+        ``new``: the file is not expected to be there (a submit): its folders made durable first, and created by
+        the first ``open``, where a first ``open`` without ``O_CREAT`` would only fail."""
         try:
             try:
+                if new:
+                    self._ensure_dir(os.path.dirname(path))
+                    return os.open(path, _APPEND | os.O_CREAT, 0o644)
                 return os.open(path, _APPEND)
             except FileNotFoundError:
                 self._ensure_dir(os.path.dirname(path))
@@ -173,7 +178,7 @@ class JsonlStore(EventStore):
 
     def _append(self, stream: str, build: Builder, expected_seq: int | None) -> tuple[Head, bool]:
         path = self._file(stream)
-        with lock_descriptor(lambda: self._open_for_append(path)) as fd:  # closing it releases the flock
+        with lock_descriptor(lambda: self._open_for_append(path, new=expected_seq == 0)) as fd:  # closing it: unlocked
             fcntl.flock(fd, fcntl.LOCK_EX)
             st = os.fstat(fd)
             if not S_ISREG(st.st_mode):  # a FIFO would take a write and never sync it, or block on a long one
