@@ -20,7 +20,6 @@ with an expected sequence, so the index never decides who wins.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -34,7 +33,7 @@ from orchestrator import faults
 from orchestrator.errors import StorageError
 from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import InTransaction
-from orchestrator.store.files import check_folders, make_folder, open_creating, path_error, remove_file
+from orchestrator.store.files import check_folders, link_name, make_folder, open_creating, path_error, remove_file
 from orchestrator.wakeup import Watcher, make_watcher, wakeup_mode
 
 if TYPE_CHECKING:
@@ -340,36 +339,19 @@ class FileQueueIndex(QueueIndex):
         self._built_s = str(self.root / BUILT_MARKER)
 
     def _touch(self, path: "Path | str") -> None:
-        """Make the entry ``path`` exist: a hard link of the index's one empty file, not a file of its own.
-
-        Only an entry's name means anything. Creating a file costs 20 us to over 1 ms on the benchmark
-        disk, depending on how many files were deleted in the last minutes (``docs/performance.md``); a
-        link costs ~20 us either way and is seen by watchers as a creation (``IN_CREATE``) all the same.
-        Where links fail (the folder or the template is missing, too many links: 65,000 on ext4, no
-        hard links on this file system), the entry is created as before."""
+        """Make the entry ``path`` exist: a hard link of the index's one empty file, not a file of its own
+        (``files.link_name``: only an entry's name means anything); where links fail, the entry is created."""
         try:
-            os.link(self.template, path, follow_symlinks=False)  # a planted symlink is linked, not its target
-            return
+            # a planted symlink is linked, not its target; both folders made with the template, as always
+            if link_name(self.template, path, self.root, (self.ready_dir, self.running_dir)):
+                return
         except FileExistsError:
             return
-        except FileNotFoundError:
-            self._make_template()
-            with contextlib.suppress(OSError):
-                os.link(self.template, path, follow_symlinks=False)
-                return
-        except OSError:
-            pass
         try:
             fd = open_creating(path, self.root)
         except OSError as exc:  # a full disk (no inode left) is STORAGE_ERROR, not a traceback
             raise StorageError(f"could not write the index entry {path}: {exc.strerror}") from None
         os.close(fd)
-
-    def _make_template(self) -> None:
-        for folder in (self.ready_dir, self.running_dir):
-            make_folder(folder, self.root)
-        with contextlib.suppress(OSError):  # if it cannot be made, entries are created one by one
-            os.close(open_creating(self.template, self.root))
 
     def put_ready(self, entry: ReadyEntry) -> None:
         self._touch(os.path.join(self._ready_s, entry.name))

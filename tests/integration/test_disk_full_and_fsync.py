@@ -146,3 +146,28 @@ def test_a_store_opened_by_a_relative_path_still_syncs_its_folder_chain(
     JsonlStore(Path(".orchestrator")).append("job-1", lambda head: [b'{"seq":1}'])
     root = project / ".orchestrator"
     assert {root / "queue", root, project, tmp_path} <= {p.absolute() for p in synced}, synced
+
+
+def test_a_submit_opens_its_new_events_file_once_and_still_syncs_its_folder_chain(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An append expecting no event (a submit) creates the file with its first open: no failed open first (one
+    system call on every submit's path); the folders are made durable before, as when the open found no file."""
+    project = tmp_path / "proj"
+    store = JsonlStore(project / ".orchestrator")
+    synced = _record_folder_syncs(monkeypatch)
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting(path, *args, **kwargs):
+        if str(path).endswith(jsonl.EVENTS_SUFFIX):
+            opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting)
+    store.append("job-1", lambda head: [b'{"seq":1}'], expected_seq=0)
+    assert opened == [str(store.path("job-1"))]  # before: an open that found no file, then the one creating it
+    assert {store.root / "queue", store.root, project} <= set(synced) and synced[-1] == store.jobs_dir, synced
+    store.append("job-1", lambda head: [b'{"seq":2}'], expected_seq=1)
+    with pytest.raises(Exception, match="expected 0 events, found 2"):  # a submit over a job that is there
+        store.append("job-1", lambda head: [b'{"seq":1}'], expected_seq=0)
+    assert store.read("job-1")[-1].raw == b'{"seq":2}'
