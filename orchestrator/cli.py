@@ -102,6 +102,22 @@ class Output:
             echo(message, err=True)
 
 
+class JobIdOptionCommand(click.Command):
+    """A command that takes its job as ``--job-id`` (``verify``, ``audit-timeline``, ``audit heal``): a bare JOB_ID,
+    as ``status`` and ``control`` take it, is a usage error that shows the option to use, not click's bare
+    "unexpected extra argument"."""
+
+    allow_extra_args = True  # kept in ctx.args and refused below; an unknown option is still click's error
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        if ctx.args:
+            given = shown(ctx.args[0])
+            raise click.UsageError(f"unexpected argument {given}: this command takes the job as an option, "
+                                   f"--job-id {safe_line(ctx.args[0])}", ctx)
+        return rest
+
+
 class FiniteFloatRange(click.FloatRange):
     """``FloatRange`` that refuses NaN too: NaN passes every comparison of the range, and a NaN duration
     never expires (or overflows a timestamp), a NaN threshold never alerts."""
@@ -365,7 +381,7 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
 
 
 # -- verify -----------------------------------------------------------------------------------
-@cli.command(context_settings=CONTEXT)
+@cli.command(cls=JobIdOptionCommand, context_settings=CONTEXT)
 @click.option("--job-id", default=None, help="Verify one job instead of the whole project.")
 @click.option("--export-head", metavar="FILE", default=None,
               help="After verifying the whole project (not with --job-id), write a signed digest of every head "

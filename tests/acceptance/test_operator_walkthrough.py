@@ -84,3 +84,16 @@ def test_revise_retried_after_the_same_output_says_these_notes(api: Orchestrator
     js.finish(api, job_id, "audit_requested", {"summary": "draft ready"})
     proc = run_module("control", "revise", job_id, "shorter", env=cli_env)
     assert proc.returncode == 0 and "was revised with these notes at" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("command", [["audit-timeline"], ["verify"], ["audit", "heal"]])
+def test_a_job_id_given_bare_where_the_command_takes_job_id_names_the_option(api: Orchestrator, cli_env,
+                                                                              command: list[str]) -> None:
+    job_id = js.waiting_human(api, run_id=RUN_ID)  # `status J` and `control approve J` take it bare; these do not
+    proc = run_module(*command, job_id, "--json", env=cli_env)
+    error = json.loads(proc.stdout)
+    assert proc.returncode == 2 and error["error"] == "USAGE_ERROR", proc.stdout
+    assert f"--job-id {job_id}" in error["message"], error
+    text = run_module(*command, job_id, env=cli_env)
+    assert text.returncode == 2 and f"--job-id {job_id}" in text.stderr, text.stderr
+    assert run_module(*command, "--job-id", job_id, "--bogus", env=cli_env).returncode == 2  # still an unknown option
