@@ -495,12 +495,13 @@ class Orchestrator:
         """Check every signature and chain of every job (or one) and of the audit log; ``against``: a head
         anchor (``verify --export-head``) to prove nothing was rolled back since. ``report.ok``, ``problems``.
         ``progress`` is called with the jobs verified so far, every thousand."""
-        from orchestrator.integrity import check_anchor, verify_project
+        from orchestrator.integrity import anchor_check, verify_project
 
         report = verify_project(self, job_id, progress=progress, processes=_processes(processes))
         if against is not None:
+            report.against, problems = anchor_check(self, Path(against))
             # a link in a file's place is named once, whether verify or the anchor's check met it first
-            report.problems.extend(p for p in check_anchor(self, Path(against)) if p not in report.problems)
+            report.problems.extend(p for p in problems if p not in report.problems)
         return report
 
     def metrics(self, *, rebuild: bool = False, processes: int | None = None, thresholds: "Thresholds | None" = None,

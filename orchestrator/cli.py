@@ -21,13 +21,14 @@ from typing import Any, Callable, Iterator
 import click
 from click.core import ParameterSource
 
+from orchestrator.clock import from_iso
 from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PROJECT_ID,
                                  load_dotenv_file)
 from orchestrator.errors import (DISK_ERRORS, EXIT_OUTPUT_CLOSED, CommandInterrupted, ConfigError, Interrupted,
                                  InvalidInputError, OrchestratorError, OutputClosed, StorageError, UsageError)
 from orchestrator.limits import (MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_INPUT_BYTES, MAX_KIND_LENGTH,
                                  MAX_PROCESSES, PRIORITY_LIMIT, is_kind, read_at_most)
-from orchestrator.security import safe_line, sanitize_obj, sanitize_text, shown
+from orchestrator.security import one_line, safe_line, sanitize_obj, sanitize_text, sanitized_cut, shown
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_INTEGRITY = 7
@@ -99,6 +100,22 @@ class Output:
     def progress(self, message: str) -> None:
         if sys.stderr.isatty():
             echo(message, err=True)
+
+
+class JobIdOptionCommand(click.Command):
+    """A command that takes its job as ``--job-id`` (``verify``, ``audit-timeline``, ``audit heal``): a bare JOB_ID,
+    as ``status`` and ``control`` take it, is a usage error that shows the option to use, not click's bare
+    "unexpected extra argument"."""
+
+    allow_extra_args = True  # kept in ctx.args and refused below; an unknown option is still click's error
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        if ctx.args:
+            given = shown(ctx.args[0])
+            raise click.UsageError(f"unexpected argument {given}: this command takes the job as an option, "
+                                   f"--job-id {safe_line(ctx.args[0])}", ctx)
+        return rest
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -283,13 +300,40 @@ def submit(orch: Any, out: Output, kind: str, input_json: str | None, input_file
 
 
 # -- status -----------------------------------------------------------------------------------
-def _status_text(st: Any) -> str:
+STATUS_SHOWN_CHARS = 200  # of a result's output or artifact list in `status` text; --json holds all of it
+
+
+def _shown_cut(text: str) -> str:
+    """``text`` redacted, then cut to ``STATUS_SHOWN_CHARS`` saying where the rest is (a cut never shows half a
+    secret: ``sanitized_cut``)."""
+    if len(text) <= STATUS_SHOWN_CHARS:
+        return safe_line(text)
+    return one_line(sanitized_cut(text, STATUS_SHOWN_CHARS)) + " (status --json shows all of it)"
+
+
+def _lease_text(st: Any, now: float) -> str | None:
+    """The lease expiry, and when it has passed while the job runs, what that means (runbook section A)."""
+    if st.lease_expires_at is None or st.state != "running" or from_iso(st.lease_expires_at) > now:
+        return st.lease_expires_at
+    return (f"{st.lease_expires_at} (expired: its worker stopped renewing it; a worker pass, `worker --once`, "
+            "recovers the job)")
+
+
+def _status_text(st: Any, now: float) -> str:
+    result = st.result or {}
+    output = result.get("output")
     rows = [("job_id", st.job_id), ("state", st.state or "unknown"), ("kind", st.kind), ("attempt", st.attempt),
-            ("run_id", st.run_id), ("worker", st.worker_id), ("lease_expires_at", st.lease_expires_at),
+            ("run_id", st.run_id), ("worker", st.worker_id), ("lease_expires_at", _lease_text(st, now)),
             ("retry_at", st.retry_at), ("question", st.question),
             ("last_error", f"{st.last_error['code']}: {st.last_error.get('message', '')}" if st.last_error else None),
-            ("summary", (st.result or {}).get("summary")), ("updated_at", st.updated_at)]
-    lines = [f"{k:<17}{safe_line(v)}" for k, v in rows if v not in (None, "")]
+            ("summary", result.get("summary"))]
+    fields = [(k, safe_line(v)) for k, v in rows if v not in (None, "")]
+    # the result a reviewer looks at before approving (runbook section B): cut, as it may be long
+    fields += [(k, _shown_cut(v)) for k, v in (
+        ("output", None if output is None else json.dumps(output, ensure_ascii=False)),
+        ("artifacts", ", ".join(result.get("artifacts") or ()))) if v]
+    fields += [("updated_at", safe_line(st.updated_at))] if st.updated_at else []
+    lines = [f"{k:<17}{v}" for k, v in fields]
     if st.integrity_error:
         lines.append(f"{'INTEGRITY':<17}{safe_line(st.integrity_error['code'] + ': ' + st.integrity_error['message'])}")
     return "\n".join(lines)
@@ -332,12 +376,12 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
     if job_id is None:
         raise click.UsageError("give a JOB_ID, or --all")
     st = orch.status(job_id)
-    out.emit(st.to_dict(), lambda: _status_text(st))
+    out.emit(st.to_dict(), lambda: _status_text(st, orch.clock()))
     return EXIT_INTEGRITY if st.integrity_error else 0
 
 
 # -- verify -----------------------------------------------------------------------------------
-@cli.command(context_settings=CONTEXT)
+@cli.command(cls=JobIdOptionCommand, context_settings=CONTEXT)
 @click.option("--job-id", default=None, help="Verify one job instead of the whole project.")
 @click.option("--export-head", metavar="FILE", default=None,
               help="After verifying the whole project (not with --job-id), write a signed digest of every head "
@@ -384,6 +428,10 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
                   for w in getattr(report, "warnings", [])]  # control plane: audit cross-check
         verdict = "OK" if report.ok else f"FAILED: {len(report.problems)} problem(s)"
         lines.append(f"{verdict}: {report.streams} stream(s), {report.events} event(s) checked")
+        if report.ok and report.against:
+            held = report.against
+            lines.append(safe_line(f"anchor {held['path']} of {held['created_at']} ({held['streams']} stream(s)): "
+                                   "nothing rolled back since"))
         if "exported" in result:
             lines.append(f"head anchor written to {export_head}")
         elif export_head:

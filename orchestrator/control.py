@@ -257,11 +257,12 @@ def _asked_again(view: "JobView", action: str, data: dict[str, Any]) -> ControlR
         return None
     asked = records[opened[-1]]
     thing = "asks the same question" if action == "resume" else "shows the same output for audit"
+    these = "these" if field == "notes" else "this"
     return ControlResult(view.job_id, action, False, closing["type"], closing["seq"], view.state.state,
-                         f"already applied: job {view.job_id} was {_PAST[action]} with this {field} at {closing['ts']} "
-                         f"by {closing['actor']} (event {closing['seq']}), and {thing} again since (event "
-                         f"{asked['seq']}); nothing written; state is {view.state.state}. To give the same {field} "
-                         f"again, add --again")
+                         f"already applied: job {view.job_id} was {_PAST[action]} with {these} {field} at "
+                         f"{closing['ts']} by {closing['actor']} (event {closing['seq']}), and {thing} again since "
+                         f"(event {asked['seq']}); nothing written; state is {view.state.state}. To give the same "
+                         f"{field} again, add --again")
 
 
 def _repeat(view: "JobView", action: str, done: dict[str, Any]) -> ControlResult:

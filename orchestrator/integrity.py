@@ -38,6 +38,7 @@ class VerifyReport:
     events: int = 0
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)  # not integrity failures: verify still passes
+    against: dict[str, Any] | None = None  # the anchor checked (``anchor_check``), with ``verify --against``
 
     @property
     def ok(self) -> bool:
@@ -45,7 +46,8 @@ class VerifyReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "streams": self.streams, "events": self.events,
-                "problems": [p.to_dict() for p in self.problems], "warnings": [w.to_dict() for w in self.warnings]}
+                "problems": [p.to_dict() for p in self.problems], "warnings": [w.to_dict() for w in self.warnings],
+                **({"against": self.against} if self.against else {})}
 
 
 def _audit_claims(orch: Orchestrator, job_id: str | None) -> dict[str, list[tuple[int, str]]]:
@@ -243,13 +245,20 @@ def _anchored_heads(path: Path, body: dict[str, Any]) -> dict[str, tuple[int, st
 def check_anchor(orch: Orchestrator, path: Path) -> list[Problem]:
     """Every stream in the anchor must still hold its anchored line, unchanged. A file that is not a
     well-formed anchor is ``InvalidInputError``; one not signed by a trusted key is a problem."""
+    return anchor_check(orch, path)[1]
+
+
+def anchor_check(orch: Orchestrator, path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """``check_anchor``, and what was checked, as ``export_anchor`` says what it wrote: ``{"path", "streams",
+    "created_at"}`` of a signed anchor (None for one no trusted key signed: its time says nothing), so that a
+    check that passed can say which anchor it held against."""
     doc, body = _read_anchor(path)
     try:
         signed = orch.keyring.verify_bytes(doc["kid"], doc["sig"], canonical(body))
     except (ValueError, TypeError):  # NaN or Infinity: json.loads takes them, no anchor holds them
         raise InvalidInputError(f"anchor {path} holds NaN or Infinity, which no anchor holds") from None
     if not signed or body.get("format") != ANCHOR_FORMAT:
-        return [Problem("anchor", 0, "SIGNATURE_INVALID", f"{path} is not an anchor signed by a trusted key")]
+        return None, [Problem("anchor", 0, "SIGNATURE_INVALID", f"{path} is not an anchor signed by a trusted key")]
     if body.get("project_id") != orch.project_id:
         raise InvalidInputError(f"{path} anchors project {body.get('project_id')!r}, not {orch.project_id!r}")
     heads = _anchored_heads(path, body)
@@ -265,4 +274,4 @@ def check_anchor(orch: Orchestrator, path: Path) -> list[Problem]:
                                     f"holds {len(lines)} events; the anchor of {body['created_at']} saw {seq}"))
         elif line_hash(lines[seq - 1].raw) != digest:
             problems.append(Problem(stream, seq, ROLLED_BACK, "the anchored line was rewritten"))
-    return problems
+    return {"path": str(path), "streams": len(heads), "created_at": body["created_at"]}, problems

@@ -225,12 +225,12 @@ def render(result: dict[str, Any]) -> str:
     """The table; each field on one line, redacted on its own before it is cut (``security.safe_line``): what a
     line holds was written by handlers, operators or, on a damaged line, anyone."""
     rows = [f"timeline of job {result['job_id']}" + (f", run {result['run_id']}" if result["run_id"] else ""),
-            f"{'TIME':<27} {'SRC':<5} {'SEQ':>4}  {'WHAT':<22} {'ACTOR':<20} {'RUN':<14} {'STATUS':<20} DETAIL"]
+            f"{'TIME':<27} {'SRC':<5} {'SEQ':>4}  {'WHAT':<22} {'ACTOR':<20} {'RUN':<20} {'STATUS':<20} DETAIL"]
     for ln in result["lines"]:
         ts, what, actor, status, detail = (safe_line(ln[k]) for k in ("ts", "what", "actor", "status", "detail"))
-        run = safe_line(ln["run_id"] or "-")
+        run = safe_line(ln["run_id"] or "-")  # whole, never cut: it is what `--run-id` takes
         rows.append(f"{ts:<27} {ln['source']:<5} {ln['seq']:>4}  {what[:22]:<22} {actor[:20]:<20} "
-                    f"{run[:14]:<14} {status:<20} {detail[:120]}")
+                    f"{run:<20} {status:<20} {detail[:120]}")
     if not result["lines"]:
         rows.append("(no lines match)")
     for p in result["problems"]:

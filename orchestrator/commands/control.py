@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import CONTEXT, Output, cli, project_command
+from orchestrator.cli import CONTEXT, JobIdOptionCommand, Output, cli, project_command
 from orchestrator.errors import InvalidInputError
 from orchestrator.limits import MAX_TEXT_CHARS, MAX_TEXT_FILE_BYTES, read_at_most
 from orchestrator.security import one_line, validate_id
@@ -144,7 +144,7 @@ def audit_group() -> None:
     """The audit log: heal missing entries (see also audit-timeline and verify)."""
 
 
-@audit_group.command("heal", context_settings=CONTEXT)
+@audit_group.command("heal", cls=JobIdOptionCommand, context_settings=CONTEXT)
 @click.option("--job-id", default=None, help="Heal one job instead of every job of the project.")
 @project_command
 def audit_heal(orch: Any, out: Output, job_id: str | None) -> None:

@@ -6,14 +6,14 @@ from typing import Any
 import click
 
 from orchestrator.audit import ACTIONS
-from orchestrator.cli import (CONTEXT, EXIT_INTEGRITY, FiniteFloatRange, Output, cli, echo, note_missing_store,
-                              project_command, seconds)
+from orchestrator.cli import (CONTEXT, EXIT_INTEGRITY, FiniteFloatRange, JobIdOptionCommand, Output, cli, echo,
+                              note_missing_store, project_command, seconds)
 from orchestrator.limits import MAX_PROCESSES
 from orchestrator.state import TRANSITIONS
 from orchestrator.timeline import FILTERS
 
 
-@cli.command("audit-timeline", context_settings=CONTEXT)
+@cli.command("audit-timeline", cls=JobIdOptionCommand, context_settings=CONTEXT)
 @click.option("--job-id", default=None, help="The job whose timeline to show.")
 @click.option("--run-id", default=None, help="Show one run (its job is found from the audit log or the projection cache).")
 @click.option("--since", metavar="TIME", default=None,
