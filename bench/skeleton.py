@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import json
 import os
-import select
 import shutil
 import signal
 import sys

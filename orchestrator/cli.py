@@ -353,9 +353,9 @@ def job_kinds(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
 @click.option("--all", "all_jobs", is_flag=True, help="List every job (oldest first).")
 @click.option("--state", "states", multiple=True, type=click.Choice(
     ["queued", "running", "awaiting_audit", "waiting_human", "succeeded", "failed", "cancelled"]),
-    help="With --all: only jobs in this state (repeatable).")
+    help="List only jobs in this state (repeatable; implies --all).")
 @click.option("--kind", "kinds", multiple=True, callback=job_kinds,
-              help="With --all: only jobs of this kind (repeatable), e.g. those a `worker --kind` would run.")
+              help="List only jobs of this kind (repeatable; implies --all), e.g. those a `worker --kind` would run.")
 @project_command
 def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: tuple[str, ...],
            kinds: tuple[str, ...]) -> int:

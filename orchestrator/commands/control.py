@@ -107,7 +107,7 @@ def _make(action: str) -> None:
             if text is not None and note is not None:
                 given = "--text-file" if text_file is not None else "an argument"
                 raise click.UsageError(f"give the {metavar.lower()} once: as an argument, with --text-file or with "
-                                       f"{' or '.join(note_names)} (here {given} and {note_names[0]})")
+                                       f"{' or '.join(note_names)} (here {given} and {'/'.join(note_names)})")
             result = getattr(control, action)(orch, job_id, text if text is not None else (note or ""))
         _emit(out, result)
 

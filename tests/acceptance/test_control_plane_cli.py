@@ -162,7 +162,7 @@ def test_a_text_given_twice_is_a_usage_error_naming_the_options(api: Orchestrato
             proc = run_script("control", "cancel", job_id, *given, option, "because", env=cli_env)
             assert proc.returncode == 2, proc.stderr
             assert "as an argument, with --text-file or with --note or --reason" in proc.stderr, proc.stderr
-            assert f"(here {shown} and --note)" in proc.stderr, proc.stderr
+            assert f"(here {shown} and --note/--reason)" in proc.stderr, proc.stderr
     assert js.event_types(api, job_id) == ["job_submitted"]
 
 
