@@ -148,6 +148,12 @@ def write_error(exc: OSError) -> type[OrchestratorError]:
     return StorageError if exc.errno in DISK_ERRORS else InvalidInputError
 
 
+class UnusableFileError(StorageError):
+    """What is in the place of a file of the store is something the store never makes there: a FIFO, a socket, a
+    device, a directory holding files (``EventStore.refuse_unusable``). Nothing is written to it, nor removed: an
+    operator moves it away. ``verify`` lists it as a problem of the stream instead (exit 7)."""
+
+
 class StorageUnavailableError(StorageError):
     """The store could not be reached (a connection lost or refused: a server restarting, a network
     failure). It may pass: a worker waits and tries again once it has reached the store."""

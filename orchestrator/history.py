@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from orchestrator.errors import PathEscapeError, UnusableFileError
 from orchestrator.security import shown
 from orchestrator.signing import FORMAT_VERSION, UNKNOWN_KEY, Keyring, canonical, genesis, line_hash
 from orchestrator.store.base import AUDIT_STREAM, Head, StoredLine
@@ -32,6 +33,7 @@ ROLLED_BACK = "ROLLED_BACK"  # shorter than, or different from, an exported anch
 INVALID_HISTORY = "INVALID_HISTORY"  # signed events that the state machine refuses
 CONTEXT_MISMATCH = "CONTEXT_MISMATCH"  # the submitted context does not match its digest
 PATH_ESCAPE = "PATH_ESCAPE"  # the events file or head record is a symbolic link, never followed
+NOT_A_FILE = "NOT_A_FILE"  # a FIFO, socket, device or directory holding files in the audit log's place
 # and the codes of ``Keyring.check``: SIGNATURE_MISSING, SIGNATURE_INVALID, KEY_REVOKED, UNKNOWN_KEY
 
 
@@ -51,6 +53,14 @@ class Problem:
         """A symbolic link in the place of ``stream``'s file (or its head record), never followed (``PathEscapeError``):
         nothing of it can be read, so it is the stream's problem, at line 0."""
         return cls(stream, 0, PATH_ESCAPE, getattr(exc, "message", str(exc)))
+
+    @classmethod
+    def unusable(cls, stream: str, exc: "PathEscapeError | UnusableFileError") -> "Problem":
+        """What ``EventStore.refuse_unusable`` raised for ``stream``'s file: nothing of it can be read, so it is the
+        stream's problem, at line 0 (``PATH_ESCAPE`` for a symbolic link, else ``NOT_A_FILE``)."""
+        if isinstance(exc, PathEscapeError):
+            return cls.linked(stream, exc)
+        return cls(stream, 0, NOT_A_FILE, exc.message)
 
 
 @dataclass

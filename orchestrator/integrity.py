@@ -17,7 +17,8 @@ from orchestrator import clock
 from orchestrator import processes as processes_
 from orchestrator.api import Orchestrator
 from orchestrator.audit import AUDIT_ENTRY_MISSING
-from orchestrator.errors import InvalidInputError, JobNotFoundError, PathEscapeError, SigningKeyError
+from orchestrator.errors import (InvalidInputError, JobNotFoundError, PathEscapeError, SigningKeyError,
+                                 UnusableFileError)
 from orchestrator.history import ROLLED_BACK, Problem, check_head_record, verify_stream
 from orchestrator.limits import MAX_ANCHOR_BYTES, read_at_most
 from orchestrator.output_file import OutputFile
@@ -102,11 +103,14 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
     if job_id is not None:  # an empty id is INVALID_ID, not "every job"
         validate_id(job_id, "job id")
     job_ids = [job_id] if job_id is not None else sorted(orch.store.job_ids())
-    audit_link = None  # the audit log is a symbolic link, never followed: its problem, as a job file's is
+    # the audit log is a symbolic link (never followed), a FIFO, a socket or a directory holding files: its problem,
+    # as a job file's is. Looked at before it is read, so a FIFO is never opened
+    audit_link = None
     try:
+        orch.store.refuse_unusable(AUDIT_STREAM)
         claims = _audit_claims(orch, job_id)
-    except PathEscapeError as exc:
-        claims, audit_link = {}, Problem.linked(AUDIT_STREAM, exc)
+    except (PathEscapeError, UnusableFileError) as exc:
+        claims, audit_link = {}, Problem.unusable(AUDIT_STREAM, exc)
     chunks = processes_.chunked([(jid, claims.pop(jid, [])) for jid in job_ids], processes_.CHUNK)
     done = 0
     for part in processes_.in_chunks(orch, _check_chunk, chunks, len(job_ids), processes):

@@ -265,9 +265,10 @@ class EventStore(ABC):
     def refuse_unusable(self, stream: str) -> bool:
         """Raise what an append to ``stream`` would raise for what is in its file's place, before anything is
         written: a symbolic link (``PathEscapeError``), a FIFO, socket or device, or a directory holding files
-        (``StorageError``). For a caller that must know before it writes anything else that goes with it. Returns
-        whether the file is there (False: an append would make it, and its folder). One ``lstat`` on files;
-        where streams are not files, nothing to refuse and always True."""
+        (``UnusableFileError``, a ``StorageError``). For a caller that must know before it writes anything else
+        that goes with it, or before it reads (``verify``: a FIFO is never opened). Returns whether the file is
+        there (False: an append would make it, and its folder). One ``lstat`` on files; where streams are not
+        files, nothing to refuse and always True."""
         return True
 
     def close(self) -> None:

@@ -281,11 +281,17 @@ def write_new(path: "Path | str", data: bytes) -> None:
         fh.write(data)
 
 
-def not_regular(path: "Path | str") -> str:
+_NOT_REGULAR_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device",
+                      stat.S_IFBLK: "a device"}
+
+
+def not_regular(path: "Path | str", mode: int | None = None) -> str:
     """Why a FIFO, a socket or a device in the place of a file of the store is not written: this store never
-    makes one, and writing to it would block (a FIFO nobody reads) or send the bytes elsewhere."""
-    return (f"{path} is not a regular file (a FIFO, a socket or a device), where a file of the store belongs; "
-            "move it away")
+    makes one, and writing to it would block (a FIFO nobody reads) or send the bytes elsewhere. With its ``mode``
+    (from ``lstat``), says which of them is there."""
+    kind = _NOT_REGULAR_KINDS.get(stat.S_IFMT(mode)) if mode is not None else None
+    found = f"{kind}, not a regular file" if kind else "not a regular file (a FIFO, a socket or a device)"
+    return f"{path} is {found}, where a file of the store belongs; move it away"
 
 
 def holding_files(path: "Path | str") -> str:

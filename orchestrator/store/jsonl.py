@@ -27,7 +27,7 @@ from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import Iterator
 
 from orchestrator import faults
-from orchestrator.errors import ConcurrencyError, IntegrityError, StorageError
+from orchestrator.errors import ConcurrencyError, IntegrityError, StorageError, UnusableFileError
 from orchestrator.security import is_id, validate_id
 from orchestrator.store.base import (AUDIT_STREAM, AUX_KEY_LENGTH, HEADS_AREA, SLOT_BYTES, AuxWrites, Builder,
                                      EventStore, Head, InTransaction, StoredLine)
@@ -289,9 +289,9 @@ class JsonlStore(EventStore):
             with os.scandir(path) as entries:
                 if next(entries, None) is None:
                     return False
-            raise StorageError(holding_files(path), stream=stream)
+            raise UnusableFileError(holding_files(path), stream=stream)
         if not S_ISREG(mode):
-            raise StorageError(not_regular(path), stream=stream)
+            raise UnusableFileError(not_regular(path, mode), stream=stream)
         return True
 
     def read(self, stream: str, from_seq: int = 1) -> list[StoredLine]:

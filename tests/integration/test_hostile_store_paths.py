@@ -780,3 +780,61 @@ def test_a_control_action_is_refused_before_its_event_when_the_audit_log_is_not_
     assert refused.value.message.startswith(f"cannot cancel job {job}: its audit entry could not be written, so "
                                             f"nothing was written: {path} is ")
     assert not stat.S_ISREG(path.lstat().st_mode)  # left for an operator
+
+
+def _plant_in_the_audit_logs_place(orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, planted: str) -> Path:
+    """A FIFO, a socket or a folder holding a file where the audit log belongs (the store makes none of them)."""
+    import socket
+
+    path = orch.settings.state_dir / "audit" / "audit_events.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    path.unlink(missing_ok=True)
+    if planted == "fifo":
+        os.mkfifo(path)
+    elif planted == "socket":
+        monkeypatch.chdir(path.parent)  # a socket's path is short (108 bytes): bound by its name
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(path.name)
+    else:
+        path.mkdir()
+        (path / "kept").write_bytes(b"x")
+    return path
+
+
+@pytest.mark.parametrize("planted", ["fifo", "socket", "folder holding a file"])
+@pytest.mark.parametrize("entries", [0, 1], ids=["no_head_record", "head_record"])
+def test_a_fifo_socket_or_folder_in_the_audit_logs_place_is_a_problem_verify_lists(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, planted: str, entries: int) -> None:
+    """Before: it read as an empty log, and with no audit head record ``verify`` passed."""
+    from orchestrator.integrity import verify_project
+
+    job = orch.submit("rel.echo", {"x": 1})
+    for _ in range(entries):
+        job = orch.submit("rel.echo", {"x": 0})
+        orch.cancel(job)
+    path = _plant_in_the_audit_logs_place(orch, monkeypatch, planted)
+    what = {"fifo": "a FIFO", "socket": "a socket", "folder holding a file": "a directory that holds files"}[planted]
+    for report in (verify_project(orch), verify_project(orch, job)):
+        assert [(p.stream, p.line, p.code) for p in report.problems] == [("@audit", 0, "NOT_A_FILE")]
+        assert report.problems[0].message.startswith(f"{path} is {what}")
+        assert report.warnings == []  # no entry could be read, so none is reported missing
+    assert not path.is_file() and (path.is_dir() or path.exists())  # left for an operator
+
+
+def test_verify_with_a_fifo_held_open_in_the_audit_logs_place_exits_7_and_never_waits(
+        cli_orch: Orchestrator, cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from helpers import run_module
+
+    cli_orch.submit("rel.echo", {"x": 1})
+    path = _plant_in_the_audit_logs_place(cli_orch, monkeypatch, "fifo")
+    writer = os.open(path, os.O_RDWR | os.O_NONBLOCK)  # someone holds it open, and could write at any time
+    try:
+        proc = run_module("verify", "--json", env=cli_env)  # a wait would end in the helper's timeout
+    finally:
+        os.close(writer)
+    assert proc.returncode == 7, proc.stderr
+    problems = json.loads(proc.stdout)["problems"]
+    assert [(p["stream"], p["code"]) for p in problems] == [("@audit", "NOT_A_FILE")]
+    assert f"{path} is a FIFO" in problems[0]["message"]
