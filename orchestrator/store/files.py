@@ -241,11 +241,13 @@ def link_name(template: "Path | str", path: "Path | str", top: "Path | str", fol
     either way, and watchers see it as a creation (``IN_CREATE``) all the same. The template (and the folders) are
     made when missing, and a template out of links (65,000 on ext4) is replaced by a fresh one: one file a 65,000
     names; ``folders`` are made with the template (the other folders of its names). False where no link can be
-    made (no hard links on this file system): the caller creates the file.
-    ``FileExistsError`` when something is at ``path``; a symbolic link planted as ``template`` is linked itself,
-    never its target."""
+    made (no hard links on this file system, a directory holding files as the template): the caller creates the file.
+    ``FileExistsError`` when something is at ``path``. A template that is not a regular file is replaced first
+    (``_usable_template``): a symbolic link planted there would be linked itself, so every name made from it
+    would be a link too (``PATH_ESCAPE`` to its reader), and a FIFO's names no records."""
     for attempt in range(3):
         try:
+            _usable_template(template, top)
             os.link(template, path, follow_symlinks=False)
             return True
         except FileExistsError:
@@ -264,6 +266,21 @@ def link_name(template: "Path | str", path: "Path | str", top: "Path | str", fol
                 return False
             _fresh_template(template, top)
     return False
+
+
+def _usable_template(template: "Path | str", top: "Path | str") -> None:
+    """Make ``template`` a regular file that ``link_name`` can link: anything else there (a symbolic link, a FIFO, a
+    socket, a device, an empty directory; never made by the store) is replaced by a fresh one, with a warning. It
+    is a derived file (its names are what count), so nothing is lost. One ``lstat``, ``FileNotFoundError`` when it
+    is missing; a directory holding files is not ours to remove: ``IsADirectoryError``."""
+    mode = os.lstat(template).st_mode
+    if stat.S_ISREG(mode):
+        return
+    log.warning("replacing %s, which is not a regular file, by an empty file to link", template,
+                extra={"path": os.fspath(template)})
+    if stat.S_ISDIR(mode) and not vacate(template):
+        raise IsADirectoryError(errno.EISDIR, "a directory that holds files", os.fspath(template))
+    _fresh_template(template, top)
 
 
 def _fresh_template(template: "Path | str", top: "Path | str") -> None:

@@ -82,3 +82,39 @@ def test_a_marker_written_again_stays_one_name(tmp_path: Path) -> None:
     assert store.aux_keys("audited") == ["e1"]
     store.delete_aux("audited", "e1")
     assert store.aux_present("audited", ["e1"]) == set() and store.get_aux("audited", "e1") is None
+
+
+@pytest.mark.parametrize("planted", ["symlink", "dangling symlink", "fifo", "empty folder"])
+def test_a_template_that_is_not_a_regular_file_is_replaced_so_markers_stay_records(
+        tmp_path: Path, planted: str) -> None:
+    """Every marker is a hard link of the template: a symbolic link planted as the template made every new marker a
+    link too (``os.link`` links the link itself), each read as ``PATH_ESCAPE``; a FIFO made each one no record."""
+    store = JsonlStore(tmp_path / "store")
+    store.put_aux("audited", "e1", b"1")
+    template = tmp_path / "store" / "audited" / ".name"
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"not the store's")
+    template.unlink()
+    if planted == "symlink":
+        template.symlink_to(outside)
+    elif planted == "dangling symlink":
+        template.symlink_to(tmp_path / "nowhere")
+    elif planted == "fifo":
+        os.mkfifo(template)
+    else:
+        template.mkdir()
+    store.put_aux("audited", "e2", b"2")
+    assert store.get_aux("audited", "e2") == NAME_RECORD  # before: PathEscapeError, or None for a FIFO
+    assert store.aux_present("audited", ["e1", "e2"]) == {"e1", "e2"}
+    assert template.is_file() and not template.is_symlink()
+    assert (tmp_path / "store" / "audited" / "e2").stat().st_ino == template.stat().st_ino  # a link again
+    assert outside.read_bytes() == b"not the store's" and not (tmp_path / "nowhere").exists()
+
+
+def test_a_template_that_is_a_folder_holding_files_is_left_and_markers_are_files_of_their_own(tmp_path: Path) -> None:
+    store = JsonlStore(tmp_path)
+    (tmp_path / "audited" / ".name").mkdir(parents=True)
+    (tmp_path / "audited" / ".name" / "kept").write_bytes(b"an operator's file")
+    store.put_aux("audited", "e1", b"1")
+    assert (tmp_path / "audited" / "e1").is_file() and store.get_aux("audited", "e1") == NAME_RECORD
+    assert (tmp_path / "audited" / ".name" / "kept").read_bytes() == b"an operator's file"
