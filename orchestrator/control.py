@@ -122,15 +122,18 @@ def _require_text(text: Any, what: str) -> str:
 
 
 def _clean(text: str | None, what: str, *, required: bool = False) -> str:
+    """An operator's text as it is written: canonical (``canonical_text``), then redacted (``sanitize_text``).
+    Its length is checked before the redaction, which can lengthen it: the limit is on what the operator gave."""
     text = _require_text("" if text is None else text, what)
     if not is_unicode(text):  # checked before anything is written: the event could be signed, and its entry not
-        raise InvalidInputError(f"the {what} is not valid Unicode (bytes that are not UTF-8?)")
-    text = sanitize_text(canonical_text(text))
+        raise InvalidInputError(f"the {what} is not valid Unicode (bytes that are not UTF-8?); nothing was written")
+    text = canonical_text(text)
     if required and not text:
-        raise InvalidInputError(f"the {what} must not be empty")
+        raise InvalidInputError(f"the {what} must not be empty; nothing was written")
     if len(text) > MAX_TEXT_CHARS:
-        raise InvalidInputError(f"the {what} is {len(text)} characters long (at most {MAX_TEXT_CHARS})")
-    return text
+        raise InvalidInputError(f"the {what} is {len(text)} characters long, more than the {MAX_TEXT_CHARS} a control "
+                                "text may have; nothing was written")
+    return sanitize_text(text)
 
 
 def _act(orch: "Orchestrator", job_id: str, action: str, data: dict[str, Any], now: float | None, *,

@@ -21,10 +21,13 @@ MAX_ANCHOR_BYTES = 256 * 1024 * 1024
 # A line of an export bundle (``import`` reads no more of one, ``export`` never writes a longer one). The longest an
 # export writes is an event line: a job's input (MAX_INPUT_BYTES) or a terminal payload (payload.MAX_PAYLOAD_BYTES)
 # of 1 MiB, which redaction can grow a few times (a one-character secret becomes "[REDACTED]"), with texts of
-# 20,000 characters at most; a stream header holds a head record of under 512 bytes (``store.base.SLOT_BYTES``).
+# 20,000 characters as given (a few times that once redacted); a stream header holds a head record of under 512
+# bytes (``store.base.SLOT_BYTES``).
 # 64 MiB is far above any of them, and bounds what a corrupt bundle, or ``/dev/zero`` given by mistake, costs.
 MAX_BUNDLE_LINE_BYTES = 64 * 1024 * 1024
-MAX_TEXT_CHARS = 20_000  # an operator's answer, notes, note or reason, as written (canonical, redacted)
+# an operator's answer, notes, note or reason, as given (canonical: NFC, trimmed), before redaction, which can lengthen
+# it: a text is never refused over secrets it held
+MAX_TEXT_CHARS = 20_000
 # what ``control ... --text-file`` reads of a file at most: the longest text in UTF-8 (never a byte more than one past)
 MAX_TEXT_FILE_BYTES = 4 * MAX_TEXT_CHARS
 MAX_JSON_DEPTH = 64  # nesting of arrays/objects in a job's input and a terminal payload

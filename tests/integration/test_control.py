@@ -145,6 +145,34 @@ def test_an_answer_of_invisible_characters_only_is_refused_as_empty(orch: Orches
     assert file_bytes(orch) == before
 
 
+def test_a_text_within_the_limit_is_taken_even_when_redaction_makes_it_longer(orch: Orchestrator) -> None:
+    """The limit is on the text given: before, it was on the redacted one (each "token=a" grows by 9 characters), so
+    an answer under the limit was refused, quoting a length the operator never typed."""
+    from orchestrator.limits import MAX_TEXT_CHARS
+
+    job_id = js.waiting_human(orch)
+    answer = ("token=a " * MAX_TEXT_CHARS)[:MAX_TEXT_CHARS - 1] + "!"
+    assert len(answer) == MAX_TEXT_CHARS
+    orch.resume(job_id, answer)
+    written = orch.load(job_id).state.answers[-1]
+    assert "token=a" not in written and len(written) > MAX_TEXT_CHARS
+
+
+@pytest.mark.parametrize("text, says", [
+    ("x" * 20_001, "the answer is 20001 characters long, more than the 20000 a control text may have"),
+    ("\ud800", "the answer is not valid Unicode (bytes that are not UTF-8?)"),
+    (" \u200b ", "the answer must not be empty"),
+    (5, "the answer must be text (str), not int"),
+])
+def test_every_refused_control_text_says_why_and_that_nothing_was_written(orch: Orchestrator, text, says) -> None:
+    job_id = js.waiting_human(orch)
+    before = file_bytes(orch)
+    with pytest.raises(InvalidInputError) as refused:
+        orch.resume(job_id, text)
+    assert refused.value.message == f"{says}; nothing was written"
+    assert file_bytes(orch) == before
+
+
 @pytest.mark.parametrize("call", [
     lambda o, j: o.resume(j, 5), lambda o, j: o.resume(j, b"yes"), lambda o, j: o.resume(j, "yes", note=["n"]),
     lambda o, j: o.cancel(j, 5), lambda o, j: o.approve(j, b"ok"), lambda o, j: resume_from_chat(o, j, None),
