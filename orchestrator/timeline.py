@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator import audit
 from orchestrator.audit import AUDIT_ENTRY_MISSING
 from orchestrator.clock import from_iso
-from orchestrator.errors import InvalidInputError, PathEscapeError, RunNotFoundError
+from orchestrator.errors import InvalidInputError, PathEscapeError, RunNotFoundError, UnusableFileError
 from orchestrator.history import Problem, verify_stream
 from orchestrator.security import safe_line, validate_id
 from orchestrator.signing import line_hash
@@ -83,9 +83,10 @@ def _detail(rec: dict[str, Any]) -> str:
 
 def find_job_of_run(orch: "Orchestrator", run_id: str) -> str:
     try:
+        orch.store.refuse_unusable(AUDIT_STREAM)
         _, entries = audit.entries_for(orch, run_id=run_id)
-    except PathEscapeError:  # the audit log is a link, never followed (``timeline`` reports it): ask the cache
-        entries = []
+    except (PathEscapeError, UnusableFileError):  # the audit log is a link (never followed), a FIFO...: ask the cache
+        entries = []  # (``timeline`` reports it)
     if entries:
         return entries[0][1]["job_id"]
     from orchestrator.projection import job_of_run
@@ -114,14 +115,17 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
         raise InvalidInputError(f"--since {since!r} is not an ISO-8601 time (e.g. 2026-11-22T03:00:00Z, or "
                                 "2026-11-22T03:00:00 in UTC, or 2026-11-22T04:00:00+01:00)") from None
     view = orch.load(job_id, every_signature=True)  # it says "every line verified": each signature checked
-    audit_link = None  # the audit log is a symbolic link, never followed: its problem, as ``verify`` lists it
+    # the audit log is a symbolic link (never followed), a FIFO, a socket or a directory holding files: its problem,
+    # as ``verify`` lists it. Looked at before it is read, so a FIFO is never opened
+    audit_link = None
     not_healed: list[str] = []  # why the missing entries were not written here (a full disk)
     try:
+        orch.store.refuse_unusable(AUDIT_STREAM)
         if heal and view.ok:
             audit.heal_quietly(orch, [view], not_written=not_healed)
         lines, entries = audit.entries_for(orch, job_id=job_id)
-    except PathEscapeError as exc:
-        lines, entries, audit_link = [], [], Problem.linked(AUDIT_STREAM, exc)
+    except (PathEscapeError, UnusableFileError) as exc:
+        lines, entries, audit_link = [], [], Problem.unusable(AUDIT_STREAM, exc)
     bad = {p.line: p.code for p in view.problems if p.stream == job_id and p.line}
     first_bad = min(bad) if bad else None
     hashes = [line_hash(s.raw) for s in view.stream.lines]

@@ -838,3 +838,19 @@ def test_verify_with_a_fifo_held_open_in_the_audit_logs_place_exits_7_and_never_
     problems = json.loads(proc.stdout)["problems"]
     assert [(p["stream"], p["code"]) for p in problems] == [("@audit", "NOT_A_FILE")]
     assert f"{path} is a FIFO" in problems[0]["message"]
+
+
+@pytest.mark.parametrize("planted", ["fifo", "socket", "folder holding a file"])
+def test_a_fifo_socket_or_folder_in_the_audit_logs_place_is_a_problem_of_the_audit_timeline(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, planted: str) -> None:
+    """Before: it read as an empty log (every audited event "missing its entry"), as ``verify`` did."""
+    from orchestrator.timeline import timeline
+
+    job = js.awaiting_audit(orch)
+    orch.approve(job)
+    path = _plant_in_the_audit_logs_place(orch, monkeypatch, planted)
+    for result in (timeline(orch, job_id=job), timeline(orch, run_id="run-1")):
+        assert result["ok"] is False and result["job_id"] == job
+        assert [(p["stream"], p["code"]) for p in result["problems"]] == [("@audit", "NOT_A_FILE")]
+        assert result["lines"] and {ln["status"] for ln in result["lines"]} == {"ok"} and result["warnings"] == []
+    assert not path.is_file() and path.exists()  # left for an operator
