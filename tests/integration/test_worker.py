@@ -1074,6 +1074,52 @@ def test_a_device_linked_from_an_artifacts_from_folder_fails_the_run_as_bad_inpu
     assert "not a regular file" in orch.status(job).last_error["message"]
 
 
+class _Killed(BaseException):
+    """The worker dies where this is raised, as if SIGKILLed: no ``except Exception`` of it runs."""
+
+
+def _die() -> None:
+    raise _Killed()
+
+
+@pytest.mark.parametrize("point, nth", [("artifacts_import.after_chunk", 2), ("worker.after_start", 1)],
+                         ids=["mid-copy", "after-the-copy"])
+def test_a_worker_killed_after_copying_artifacts_from_left_no_artifact_so_stale_recovery_queues_the_job(
+        orch, point: str, nth: int) -> None:
+    """Files copied in from other jobs are not what the run produced: a run that died having made nothing else is
+    queued again, not put to a human as if it had left work behind."""
+    from orchestrator import faults
+
+    first = _a_job_with_files(orch, 3)  # written just now: their copies' times fall within the run
+    job = orch.submit("t.echo", {"artifacts_from": [first]}, max_attempts=3)
+    faults.arm(point, _die, nth=nth)
+    with pytest.raises(_Killed):
+        make_worker(orch, worker_id="dead", artifacts_import=True, lease_seconds=5).run_once()
+    inputs = orch.settings.state_dir / "artifacts" / job / "inputs" / first
+    assert len(list(inputs.iterdir())) >= 2
+    assert make_worker(orch).recover_stale(now=orch.clock() + 6) == [job]
+    st = orch.load(job).state
+    # before the fix: waiting_human, "left 3 artifact(s): inputs/<first>/f00.txt, ..."
+    assert (st.state, st.failures) == ("queued", 1)
+    assert events(orch, job)[-1]["data"]["artifacts"] == []
+    assert len(list(inputs.iterdir())) >= 2  # the copies stay, as after any run: the next one copies over them
+
+
+def test_a_dead_run_that_wrote_beside_its_copied_inputs_still_goes_to_waiting_human(orch) -> None:
+    first = _a_job_with_files(orch, 1)
+    job = orch.submit("t.echo", {"artifacts_from": [first]})
+    t = orch.clock()
+    make_worker(orch, worker_id="dead", lease_seconds=5).claim(now=t)
+    folder = orch.settings.state_dir / "artifacts" / job
+    (folder / "inputs" / first).mkdir(parents=True)
+    (folder / "inputs" / first / "f00.txt").write_text("copied")
+    (folder / "inputs" / "notes.md").write_text("its own")  # in inputs/, but not a copied job's folder
+    (folder / "half.csv").write_text("1,2")
+    make_worker(orch).recover_stale(now=t + 6)
+    assert orch.status(job).state == "waiting_human"
+    assert events(orch, job)[-1]["data"]["artifacts"] == ["half.csv", "inputs/notes.md"]
+
+
 # -- a stop before the handler starts, and the grace period ---------------------------------------------------------
 def _stop_at_start(worker: Worker, then=lambda: None) -> None:
     """``worker.stop()`` right after the next handler started (as a SIGTERM arriving then would), then ``then()``."""
