@@ -1314,19 +1314,55 @@ def test_a_command_cwd_that_cannot_be_entered_is_invalid_input_naming_it_not_a_m
     assert st.last_error["message"] == f"command cwd {str(cwd)!r} cannot be entered: No such file or directory"
 
 
-def test_a_command_the_worker_cannot_prepare_is_retried_not_command_not_found(orch, monkeypatch) -> None:
-    """A file of the worker's own run folder it cannot write (a permission, as for a user other than root) is the
-    machine's, not the job's: the attempt is retried (``HANDLER_START_FAILED``)."""
+@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied"), OSError(28, "No space left on device")],
+                         ids=["permission", "disk-full"])
+def test_a_command_whose_run_folder_cannot_be_written_is_handed_back_and_the_worker_stops(orch, monkeypatch,
+                                                                                          error: OSError) -> None:
+    """A file of the worker's own run folder it cannot write (a permission, as for a user other than root; a full
+    disk) is the store's, not the job's: no attempt is used up, and the worker stops (``STORAGE_ERROR``, exit 10)
+    instead of failing every job it claims the same way."""
     import orchestrator.handlers.command as command
+    from orchestrator.errors import StorageError
 
     def refused(path, data):
-        raise PermissionError(13, "Permission denied", str(path))
+        raise type(error)(error.errno, error.strerror, str(path))
 
     monkeypatch.setattr(command, "write_json_atomic", refused)
-    job = orch.submit("command", {"argv": ["true"]}, max_attempts=3)
-    result = make_worker(orch).run_once()
-    st = orch.status(job)
-    assert (result.outcome, st.state, st.last_error["code"]) == ("retry", "queued", "HANDLER_START_FAILED")
+    job = orch.submit("command", {"argv": write_terminal({"status": "done", "summary": "ok"})}, max_attempts=3)
+    with pytest.raises(StorageError, match="context.json"):
+        make_worker(orch).run_once()  # before the fix: a failed attempt (HANDLER_START_FAILED), and on to the next job
+    _handed_back(orch, job)
+    monkeypatch.undo()
+    assert make_worker(orch).run_once().outcome == "succeeded"
+
+
+def _handed_back(orch, job: str) -> None:
+    """``job`` was given back by a worker that could not use its own folders, as if never claimed."""
+    assert types(orch, job) == ["job_submitted", "job_claimed", "job_released"]
+    assert events(orch, job)[-1]["data"]["error_code"] == "STORAGE_ERROR"
+    st = orch.load(job).state
+    assert (st.state, st.failures, st.stops) == ("queued", 0, 0)
+
+
+@pytest.mark.parametrize("kind, value, mode", [
+    ("command", {"argv": write_terminal({"status": "done", "summary": "ok"})}, "reused"),
+    ("t.echo", "x", "reused"), ("t.echo", "x", "per-run")])
+def test_a_file_in_place_of_the_runs_folder_hands_every_job_back_and_stops_the_worker(
+        orch, kind: str, value: object, mode: str) -> None:
+    """Put there after the worker started (one that starts refuses it): each claimed run would fail on it, its
+    attempts used up by a fault of the store."""
+    from orchestrator.errors import StorageError
+
+    w = make_worker(orch, handler_process=mode)
+    job = orch.submit(kind, value, max_attempts=3)
+    runs = orch.settings.state_dir / "runs"
+    shutil.rmtree(runs, ignore_errors=True)
+    runs.write_text("not a folder")
+    with pytest.raises(StorageError, match="runs is a file where a folder belongs"):
+        w.run_once()  # before the fix: job_failed, HANDLER_START_FAILED, retried (and the next job, and the next)
+    _handed_back(orch, job)
+    runs.unlink()
+    assert make_worker(orch, handler_process=mode).run_once().outcome == "succeeded"
 
 
 @pytest.mark.parametrize("kind,value,mode", [
