@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from orchestrator import faults
 from orchestrator.errors import InvalidIdError, InvalidInputError
 from orchestrator.security import safe_join, validate_id
 from orchestrator.store.files import NotRegularFileError, open_regular
@@ -21,6 +22,7 @@ from orchestrator.worker_folders import WorkerFolders
 
 log = logging.getLogger(__name__)
 
+INPUTS_DIR = "inputs"  # in the job's folder: inputs/<job_id> holds the copy of that job's folder
 CHUNK = 8 << 20  # bytes copied between two calls of ``between`` (shutil copies 8 MiB at a time too)
 _NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV)
 
@@ -41,6 +43,17 @@ def artifacts_from(job_input: Any) -> list[str]:
     return names
 
 
+def imported_folders(job_id: str, job_input: Any) -> set[str]:
+    """The folders inside the job's own (``inputs/<job_id>``, relative) that a copy of ``artifacts_from`` fills,
+    whether or not this worker copies: what is in them came from other jobs, not from the job's runs (stale
+    recovery does not count it as what a dead run left). An input naming no job id has none (it fails first)."""
+    try:
+        names = artifacts_from(job_input)
+    except InvalidInputError:
+        return set()
+    return {f"{INPUTS_DIR}/{other}" for other in names if other != job_id}
+
+
 def import_artifacts(job_id: str, names: list[str], folders: WorkerFolders, target: Path,
                      between: Callable[[], None]) -> None:
     """Copy (never move) the artifact folders of the jobs ``names`` into ``target/inputs/<job_id>/``; a job
@@ -49,7 +62,7 @@ def import_artifacts(job_id: str, names: list[str], folders: WorkerFolders, targ
     for other in names:
         src = folders.artifacts_dir(other)
         if src.is_dir() and other != job_id:
-            shutil.copytree(src, safe_join(target, "inputs", other), dirs_exist_ok=True,
+            shutil.copytree(src, safe_join(target, INPUTS_DIR, other), dirs_exist_ok=True,
                             copy_function=lambda s, d, root=src, other=other: _copy_file(s, d, root, other, between))
 
 
@@ -81,6 +94,7 @@ def _copy_chunks(src: int, dst: int, between: Callable[[], None]) -> None:
                 raise
             sendfile = None  # this file system (or platform) cannot: read and write from where it got to
             break
+        faults.point("artifacts_import.after_chunk")
         between()
     while True:
         data = os.read(src, CHUNK)
@@ -89,4 +103,5 @@ def _copy_chunks(src: int, dst: int, between: Callable[[], None]) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(dst, view):]
+        faults.point("artifacts_import.after_chunk")
         between()

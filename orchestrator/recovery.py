@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from orchestrator import audit
 from orchestrator import clock as clock_mod
 from orchestrator.artifacts import recorded_names
+from orchestrator.artifacts_import import imported_folders
 from orchestrator.config import MIN_LEASE_SECONDS
 from orchestrator.errors import ConcurrencyError, InvalidIdError, JobNotFoundError, PathEscapeError, SigningKeyError
 from orchestrator.handler_host import sweep_dead_host_folders
@@ -250,11 +251,16 @@ def local_ahead(orch: Orchestrator) -> float:
 def run_artifacts(s: JobState, root: Path, ahead: float = 0.0) -> list[str]:
     """Files in the job's folder (``root``) written since the run was claimed: what a dead run left behind, named
     as stored (sanitized: a file name may hold a secret, ``token=...``; the file is moved to match). ``ahead``: how
-    far the files' clock is ahead of the claim's (``local_ahead``)."""
+    far the files' clock is ahead of the claim's (``local_ahead``). The copies of other jobs' folders its input
+    names (``artifacts_from``: ``imported_folders``) are not walked: the run did not produce them, and a copy keeps
+    its source's times, or has the run's own when the worker died in the middle of a file."""
     claimed = [ts for etype, ts in s.history if etype == "job_claimed"]
     since = clock_mod.from_iso(claimed[-1]) + ahead if claimed else 0.0
+    copied = {os.path.join(root, folder) for folder in imported_folders(s.job_id, s.input)}
     found = []
-    for dirpath, _dirs, files in os.walk(root):
+    for dirpath, dirs, files in os.walk(root):
+        if copied:
+            dirs[:] = [name for name in dirs if os.path.join(dirpath, name) not in copied]
         for name in files:
             path = Path(dirpath, name)
             try:

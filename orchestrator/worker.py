@@ -53,7 +53,7 @@ from orchestrator.recovery import SWEEP_EVERY, StaleWatch, recover_expired, relo
 from orchestrator.runner import Child, precise_sleeps, stop_is_deferred
 from orchestrator.security import one_line, validate_id
 from orchestrator.state import WORKER_STOPPED_BEFORE_START
-from orchestrator.store.files import check_folders
+from orchestrator.store.files import check_folders, path_error
 from orchestrator.untrusted import UntrustedJobs
 from orchestrator.worker_folders import WORKER_FOLDERS, WorkerFolders
 from orchestrator.worker_settings import WorkerSettings, default_worker_id
@@ -234,7 +234,13 @@ class Worker:
             raise failed.error from None
         except (InvalidInputError, PathEscapeError, CommandNotFound) as exc:  # bad input: not retried
             return record.not_started(claim, paths, exc.code, exc.message, retryable=False)
-        except OSError as exc:  # the machine's (the worker's own folders, the handler process): may pass, retried
+        except OSError as exc:
+            if self.folders.made_by_worker(exc.filename):  # the store's fault, not the job's: hand it back, and stop
+                paths.remove()
+                error = path_error(exc)
+                record.hand_back(claim, error.code, error.message)
+                raise error from None
+            # the machine's (no process to spare, no memory): may pass, retried
             return record.not_started(claim, paths, "HANDLER_START_FAILED", f"cannot start the handler: {exc}",
                                       retryable=True)
         log.info("running job %s (%s) as %s", s.job_id, s.kind, claim.run_id,

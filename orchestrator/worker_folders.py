@@ -68,6 +68,18 @@ class WorkerFolders:
         again on every run."""
         return self.runs_root / validate_id(run_id, "run id")
 
+    def made_by_worker(self, path: "str | bytes | None") -> bool:
+        """Whether ``path`` (an ``OSError``'s ``filename``) is one the worker makes and writes for itself: ``runs/``,
+        anything in it, ``artifacts/`` or a job's folder in it. One it cannot write is the store's fault (a
+        permission, a file in a folder's place, a full disk), never the job's; the files in a job's folder are."""
+        if path is None:
+            return False
+        path = os.path.abspath(os.fsdecode(path))
+        runs = os.path.join(self.state_dir, RUNS_DIR)
+        artifacts = os.path.join(self.state_dir, ARTIFACTS_DIR)
+        return (path == runs or path.startswith(runs + os.sep) or path == artifacts
+                or os.path.dirname(path) == artifacts)
+
     def linked(self) -> bool:
         """Whether ``runs/`` or ``artifacts/`` became a symbolic link since this worker started (checked then)."""
         return any(os.path.islink(os.path.join(self.state_dir, name)) for name in WORKER_FOLDERS if name)

@@ -324,8 +324,8 @@ def test_the_artifact_folder_exists_once_a_handler_asks_for_it_and_not_before(or
 def test_a_handler_process_that_cannot_start_is_a_retried_failure_not_a_missing_command(orch, monkeypatch) -> None:
     from orchestrator.handler_host import HandlerHost
 
-    def denied(*_a, **_k):
-        raise PermissionError(13, "Permission denied", "runs/host-1")  # say its folder cannot be made
+    def denied(*_a, **_k):  # the machine's (its own folders that cannot be made are the store's: test_worker.py)
+        raise OSError(12, "Cannot allocate memory")
 
     monkeypatch.setattr(HandlerHost, "run", denied)
     job = orch.submit("t.echo", "x")

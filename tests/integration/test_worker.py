@@ -1074,6 +1074,52 @@ def test_a_device_linked_from_an_artifacts_from_folder_fails_the_run_as_bad_inpu
     assert "not a regular file" in orch.status(job).last_error["message"]
 
 
+class _Killed(BaseException):
+    """The worker dies where this is raised, as if SIGKILLed: no ``except Exception`` of it runs."""
+
+
+def _die() -> None:
+    raise _Killed()
+
+
+@pytest.mark.parametrize("point, nth", [("artifacts_import.after_chunk", 2), ("worker.after_start", 1)],
+                         ids=["mid-copy", "after-the-copy"])
+def test_a_worker_killed_after_copying_artifacts_from_left_no_artifact_so_stale_recovery_queues_the_job(
+        orch, point: str, nth: int) -> None:
+    """Files copied in from other jobs are not what the run produced: a run that died having made nothing else is
+    queued again, not put to a human as if it had left work behind."""
+    from orchestrator import faults
+
+    first = _a_job_with_files(orch, 3)  # written just now: their copies' times fall within the run
+    job = orch.submit("t.echo", {"artifacts_from": [first]}, max_attempts=3)
+    faults.arm(point, _die, nth=nth)
+    with pytest.raises(_Killed):
+        make_worker(orch, worker_id="dead", artifacts_import=True, lease_seconds=5).run_once()
+    inputs = orch.settings.state_dir / "artifacts" / job / "inputs" / first
+    assert len(list(inputs.iterdir())) >= 2
+    assert make_worker(orch).recover_stale(now=orch.clock() + 6) == [job]
+    st = orch.load(job).state
+    # before the fix: waiting_human, "left 3 artifact(s): inputs/<first>/f00.txt, ..."
+    assert (st.state, st.failures) == ("queued", 1)
+    assert events(orch, job)[-1]["data"]["artifacts"] == []
+    assert len(list(inputs.iterdir())) >= 2  # the copies stay, as after any run: the next one copies over them
+
+
+def test_a_dead_run_that_wrote_beside_its_copied_inputs_still_goes_to_waiting_human(orch) -> None:
+    first = _a_job_with_files(orch, 1)
+    job = orch.submit("t.echo", {"artifacts_from": [first]})
+    t = orch.clock()
+    make_worker(orch, worker_id="dead", lease_seconds=5).claim(now=t)
+    folder = orch.settings.state_dir / "artifacts" / job
+    (folder / "inputs" / first).mkdir(parents=True)
+    (folder / "inputs" / first / "f00.txt").write_text("copied")
+    (folder / "inputs" / "notes.md").write_text("its own")  # in inputs/, but not a copied job's folder
+    (folder / "half.csv").write_text("1,2")
+    make_worker(orch).recover_stale(now=t + 6)
+    assert orch.status(job).state == "waiting_human"
+    assert events(orch, job)[-1]["data"]["artifacts"] == ["half.csv", "inputs/notes.md"]
+
+
 # -- a stop before the handler starts, and the grace period ---------------------------------------------------------
 def _stop_at_start(worker: Worker, then=lambda: None) -> None:
     """``worker.stop()`` right after the next handler started (as a SIGTERM arriving then would), then ``then()``."""
@@ -1268,19 +1314,55 @@ def test_a_command_cwd_that_cannot_be_entered_is_invalid_input_naming_it_not_a_m
     assert st.last_error["message"] == f"command cwd {str(cwd)!r} cannot be entered: No such file or directory"
 
 
-def test_a_command_the_worker_cannot_prepare_is_retried_not_command_not_found(orch, monkeypatch) -> None:
-    """A file of the worker's own run folder it cannot write (a permission, as for a user other than root) is the
-    machine's, not the job's: the attempt is retried (``HANDLER_START_FAILED``)."""
+@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied"), OSError(28, "No space left on device")],
+                         ids=["permission", "disk-full"])
+def test_a_command_whose_run_folder_cannot_be_written_is_handed_back_and_the_worker_stops(orch, monkeypatch,
+                                                                                          error: OSError) -> None:
+    """A file of the worker's own run folder it cannot write (a permission, as for a user other than root; a full
+    disk) is the store's, not the job's: no attempt is used up, and the worker stops (``STORAGE_ERROR``, exit 10)
+    instead of failing every job it claims the same way."""
     import orchestrator.handlers.command as command
+    from orchestrator.errors import StorageError
 
     def refused(path, data):
-        raise PermissionError(13, "Permission denied", str(path))
+        raise type(error)(error.errno, error.strerror, str(path))
 
     monkeypatch.setattr(command, "write_json_atomic", refused)
-    job = orch.submit("command", {"argv": ["true"]}, max_attempts=3)
-    result = make_worker(orch).run_once()
-    st = orch.status(job)
-    assert (result.outcome, st.state, st.last_error["code"]) == ("retry", "queued", "HANDLER_START_FAILED")
+    job = orch.submit("command", {"argv": write_terminal({"status": "done", "summary": "ok"})}, max_attempts=3)
+    with pytest.raises(StorageError, match="context.json"):
+        make_worker(orch).run_once()  # before the fix: a failed attempt (HANDLER_START_FAILED), and on to the next job
+    _handed_back(orch, job)
+    monkeypatch.undo()
+    assert make_worker(orch).run_once().outcome == "succeeded"
+
+
+def _handed_back(orch, job: str) -> None:
+    """``job`` was given back by a worker that could not use its own folders, as if never claimed."""
+    assert types(orch, job) == ["job_submitted", "job_claimed", "job_released"]
+    assert events(orch, job)[-1]["data"]["error_code"] == "STORAGE_ERROR"
+    st = orch.load(job).state
+    assert (st.state, st.failures, st.stops) == ("queued", 0, 0)
+
+
+@pytest.mark.parametrize("kind, value, mode", [
+    ("command", {"argv": write_terminal({"status": "done", "summary": "ok"})}, "reused"),
+    ("t.echo", "x", "reused"), ("t.echo", "x", "per-run")])
+def test_a_file_in_place_of_the_runs_folder_hands_every_job_back_and_stops_the_worker(
+        orch, kind: str, value: object, mode: str) -> None:
+    """Put there after the worker started (one that starts refuses it): each claimed run would fail on it, its
+    attempts used up by a fault of the store."""
+    from orchestrator.errors import StorageError
+
+    w = make_worker(orch, handler_process=mode)
+    job = orch.submit(kind, value, max_attempts=3)
+    runs = orch.settings.state_dir / "runs"
+    shutil.rmtree(runs, ignore_errors=True)
+    runs.write_text("not a folder")
+    with pytest.raises(StorageError, match="runs is a file where a folder belongs"):
+        w.run_once()  # before the fix: job_failed, HANDLER_START_FAILED, retried (and the next job, and the next)
+    _handed_back(orch, job)
+    runs.unlink()
+    assert make_worker(orch, handler_process=mode).run_once().outcome == "succeeded"
 
 
 @pytest.mark.parametrize("kind,value,mode", [
