@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import time
@@ -20,8 +21,9 @@ from orchestrator import clock, faults
 from orchestrator.clock import now as local_now
 from orchestrator.command_input import COMMAND_KIND, parse_command_input
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Settings, default_actor
-from orchestrator.errors import (ConcurrencyError, ConfigError, ContextSignatureInvalid, InvalidIdError,
-                                 InvalidInputError, JobNotFoundError, OrchestratorError, PathEscapeError)
+from orchestrator.errors import (AuxNotWrittenError, ConcurrencyError, ConfigError, ContextSignatureInvalid,
+                                 InvalidIdError, InvalidInputError, JobNotFoundError, OrchestratorError,
+                                 PathEscapeError)
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream,
                                   check_head_record, check_head, head_record, seal, verify_stream)
 from orchestrator.key_files import load_keyring
@@ -33,6 +35,8 @@ from orchestrator.leases import lease_expiry
 from orchestrator.state import RUNNING, STATES, Event, JobState, apply
 from orchestrator.store.base import HEADS_AREA, EventStore, Head, StoredLine
 from orchestrator.views import JobStatus, JobView, Submission
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from orchestrator.control import ControlResult
@@ -304,7 +308,8 @@ class Orchestrator:
         The job's signed head record is written with the events, and so are the optional ``aux``
         records (``(area, key) -> bytes``, None deletes; e.g. a lease): on a store with
         ``atomic_aux`` (PostgreSQL) in the events' own transaction, so they are durable with the
-        events or absent with them; elsewhere (files) right after the events, head record first.
+        events or absent with them; elsewhere (files) right after the events, head record first. A new job's
+        first event whose head record alone failed is acknowledged, with a warning (``AuxNotWrittenError``).
         """
         from orchestrator.events import validate_data
 
@@ -347,7 +352,15 @@ class Orchestrator:
         written = {"expected_seq": head.seq, "fence": fence, "aux": with_events, "in_transaction": index_statements,
                    "expected_last": head.last_line}
         if audit is None:
-            self.store.append(job_id, build, **written)
+            try:
+                self.store.append(job_id, build, **written)
+            except AuxNotWrittenError as exc:
+                if old is not None or aux:
+                    raise
+                # a new job's event is durable and only its head record is missing, as after a crash between the
+                # two: raising would say "nothing acknowledged", and a submit repeated would make a second job
+                log.warning("job %s is submitted, but its head record was not written (its next event writes it): %s",
+                            job_id, exc.message, extra={"job_id": job_id})
             after_event()
         else:  # under the job's pending lock from before the event until after its entry: no heal writes it too
             entry, with_entry = audit_log.entry_writes(self, job_id=job_id, run_id=run_id, action=audit[0],

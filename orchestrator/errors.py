@@ -140,6 +140,11 @@ class StorageError(OrchestratorError):
     exit_code = 10
 
 
+class AuxNotWrittenError(StorageError):
+    """The appended lines are durable, but the records written after them (a head record, a lease) are not: the
+    file store writes them once the lines are synced, and cannot take the lines back then."""
+
+
 def write_error(exc: OSError) -> type[OrchestratorError]:
     """The error of a file the operator named (an output file, an anchor) that could not be written: the disk's
     (``DISK_ERRORS``: full, over quota, failing) is ``StorageError`` (exit 10: free space, then again), any other

@@ -6,7 +6,7 @@ Key files are PEM (PKCS#8 and SubjectPublicKeyInfo), written by ``cryptography``
 fixed RFC 8410 encoding of an Ed25519 key apart directly (``_raw_from_pem``) and leaves anything else to
 ``cryptography``, which is imported only then: importing it costs 10-30 ms of a command's start, and loads
 OpenSSL into every worker (~9 MB). A folder or file that decides which keys are trusted may be written by
-its owner only.
+its owner only, who must be this user or root.
 """
 from __future__ import annotations
 
@@ -65,6 +65,17 @@ def _raw_from_pem(data: bytes, label: bytes, prefix: bytes) -> bytes | None:
     return der[len(prefix):]
 
 
+def _owned_by_user(path: Path, what: str, st: os.stat_result) -> None:
+    """Refuse a keyring folder or key file owned by neither this user (effective uid) nor root: its owner may rewrite
+    it whatever its mode, to add a key of their own, revoke or trust one again, or pick the key that signs (as ssh
+    refuses key files and folders owned by others). Checked on the status already taken, never a second ``stat``."""
+    euid = os.geteuid()
+    if st.st_uid not in (euid, 0):
+        raise SigningKeyError(f"{what} {path} is owned by uid {st.st_uid}, neither this user (uid {euid}) nor root, "
+                              "who could change which keys are trusted or which key signs; check what it holds, "
+                              f"then run: chown {euid} {path}")
+
+
 def _owner_writes(path: Path, what: str, mode: int) -> None:
     """Refuse a folder or file that decides which keys are trusted (a keyring folder, a ``.pub``, ``revoked``) when
     others than its owner may write it: they could add a key of their own, or trust a revoked one again, and their
@@ -82,7 +93,8 @@ def _read_key_file(path: Path, what: str, *, owner_only: bool = False, trusts: b
     Never read through a symbolic link unless ``follow`` (``ORCH_SIGNING_KEY_FILE``, the operator's own path): the
     orchestrator makes none in a keyring folder, and the file one leads to lies in a folder nobody checked. With
     ``owner_only``, one that others may read is refused; with ``trusts`` (it decides which keys are trusted), one
-    that others may write (``_owner_writes``). Any problem is a ``SigningKeyError`` naming the file."""
+    that others may write (``_owner_writes``); always, one another user owns (``_owned_by_user``). Any problem is
+    a ``SigningKeyError`` naming the file."""
     try:
         fd, st = open_regular(path, follow=follow)
     except NotRegularFileError:
@@ -94,6 +106,7 @@ def _read_key_file(path: Path, what: str, *, owner_only: bool = False, trusts: b
                                   "move that file into its place") from None
         raise SigningKeyError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     try:
+        _owned_by_user(path, what, st)
         if owner_only and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise SigningKeyError(f"{what} {path} is readable by others; run: chmod 600 {path}")
         if trusts:
@@ -235,9 +248,11 @@ def trust_folder(ring: Keyring, folder: Path, *, required_by: str | None = None)
     except OSError as exc:
         raise SigningKeyError(f"cannot read keyring folder {folder}: {exc.strerror or exc}") from None
     try:
-        _owner_writes(folder, "keyring folder", folder.stat().st_mode)
+        st = folder.stat()
     except OSError as exc:  # removed since it was listed
         raise SigningKeyError(f"cannot read keyring folder {folder}: {exc.strerror or exc}") from None
+    _owned_by_user(folder, "keyring folder", st)
+    _owner_writes(folder, "keyring folder", st.st_mode)
     for name in names:
         if name.endswith(PUBLIC_SUFFIX):
             pub = folder / name

@@ -105,7 +105,8 @@ class EventStore(ABC):
         ``atomic_aux`` is true (PostgreSQL) they are part of the append's transaction: committed
         and durable together with the lines, or, if the append fails, not written at all. The
         other stores write them after the lines are durable, with ``put_aux`` semantics (a crash
-        in between leaves the lines without them). Not called when ``build`` returns no line; but
+        in between leaves the lines without them; a failure then is ``AuxNotWrittenError``, the lines
+        acknowledged though it raises). Not called when ``build`` returns no line; but
         like ``build`` it may be called for an append that then writes nothing (PostgreSQL makes the
         whole statement from the expected head first, ``expected_last``), so it must be pure too.
 

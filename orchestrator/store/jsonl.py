@@ -27,7 +27,7 @@ from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import Iterator
 
 from orchestrator import faults
-from orchestrator.errors import ConcurrencyError, IntegrityError, StorageError, UnusableFileError
+from orchestrator.errors import AuxNotWrittenError, ConcurrencyError, IntegrityError, StorageError, UnusableFileError
 from orchestrator.security import is_id, validate_id
 from orchestrator.store.base import (AUDIT_STREAM, AUX_KEY_LENGTH, HEADS_AREA, SLOT_BYTES, AuxWrites, Builder,
                                      EventStore, Head, InTransaction, StoredLine)
@@ -174,7 +174,11 @@ class JsonlStore(EventStore):
         new_head, appended = self._append(stream, build, expected_seq)
         if appended and aux is not None:
             faults.point("store.append.before_aux")  # the lines are durable, their head record not yet
-            self._write_aux(aux(new_head))  # after the lines are durable (files cannot do both at once)
+            try:
+                self._write_aux(aux(new_head))  # after the lines are durable (files cannot do both at once)
+            except StorageError as exc:
+                raise AuxNotWrittenError(f"{exc.message} (the lines appended to {stream} before it are durable)",
+                                         **{**exc.details, "stream": stream}) from None
         return new_head
 
     def _append(self, stream: str, build: Builder, expected_seq: int | None) -> tuple[Head, bool]:

@@ -34,12 +34,35 @@ def test_a_full_disk_while_writing_a_head_record_is_a_storage_error(orch: Orches
     def full(*_args: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    job = orch.submit("echo", {})
     monkeypatch.setattr(Path, "write_bytes", full)  # a record replaced by rename
     monkeypatch.setattr(os, "pwrite", full)  # a head record overwritten in place (its 512-byte slot)
     with pytest.raises(StorageError) as info:
-        orch.submit("echo", {})
+        orch.cancel(job, "no")
     assert info.value.exit_code == 10 and "No space left" in info.value.message
     assert not list((orch.settings.state_dir / "heads").glob(".*.tmp"))
+
+
+def test_a_submit_whose_head_record_cannot_be_written_is_acknowledged_and_its_claim_writes_the_record(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Its event is durable: a STORAGE_ERROR (exit 10, "nothing acknowledged") made an operator submit it again,
+    and there were two jobs. The head record is derived (a crash before it leaves the same job); the job's next
+    event, its claim, writes it."""
+    from orchestrator.api import HEADS_AREA
+
+    real_pwrite = os.pwrite
+
+    def full(*_args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)  # the head record's 512-byte slot
+    job = orch.submit("rel.echo", {"x": 1})
+    monkeypatch.setattr(os, "pwrite", real_pwrite)
+    assert list(orch.store.job_ids()) == [job] and orch.status(job).state == "queued"
+    assert orch.store.get_aux(HEADS_AREA, job) is None
+    assert f"heads/{job}" in caplog.text and "No space left" in caplog.text
+    assert orch.worker(worker_id="w").run_once()
+    assert orch.status(job).state == "succeeded" and orch.store.get_aux(HEADS_AREA, job) is not None
 
 
 def test_an_index_entry_that_cannot_be_written_is_a_storage_error_and_nothing_is_acknowledged(

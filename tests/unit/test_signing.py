@@ -381,6 +381,49 @@ def test_a_folder_or_file_that_decides_which_keys_are_trusted_may_be_written_onl
         load_keyring(env)
 
 
+def _keyring_with_every_key_file(isolated_env: Path, tmp_path: Path) -> tuple[str, dict[str, str], dict[str, Path]]:
+    """A keyring folder with an active key, a trusted-keys folder with a revoked key; the key id, the environment
+    that reads both, and each folder or file that decides which keys are trusted or which signs."""
+    from orchestrator.key_files import revoke
+
+    trusted = tmp_path / "trusted"
+    kid = write_keypair(isolated_env)
+    revoke(write_keypair(trusted, activate=False), {"ORCH_KEYRING_DIR": str(trusted)})
+    env = {"ORCH_KEYRING_DIR": str(isolated_env), "ORCH_TRUSTED_KEYS_DIR": str(trusted)}
+    paths = {"keyring folder": isolated_env, "trusted keys folder": trusted, "public key": isolated_env / f"{kid}.pub",
+             "revoked file": trusted / "revoked", "active file": isolated_env / "active",
+             "private key": isolated_env / f"{kid}.key"}
+    return kid, env, paths
+
+
+OTHER_UID = 12345  # no user of the test machine: the tests run as root, who may chown to it
+
+
+@pytest.mark.parametrize("what", ["keyring folder", "trusted keys folder", "public key", "revoked file", "active file",
+                                  "private key"])
+def test_a_folder_or_file_of_the_keyring_owned_by_another_user_is_refused_naming_its_owner(
+        isolated_env: Path, tmp_path: Path, what: str) -> None:
+    """Its owner may rewrite it whatever its mode: add a key of their own, revoke one, or pick the key that signs (as
+    ssh refuses key files and folders owned by neither the user nor root)."""
+    kid, env, paths = _keyring_with_every_key_file(isolated_env, tmp_path)
+    assert load_keyring(env).ensure_signer() == kid
+    path = paths[what]
+    os.chown(path, OTHER_UID, -1)
+    with pytest.raises(SigningKeyError, match=f"{path} is owned by uid {OTHER_UID}.*chown {os.geteuid()} {path}"):
+        load_keyring(env).ensure_signer()
+
+
+@pytest.mark.parametrize("euid", [OTHER_UID, 1000], ids=["owned by the user", "owned by root"])
+def test_a_keyring_owned_by_the_user_or_by_root_is_read(
+        isolated_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, euid: int) -> None:
+    kid, env, paths = _keyring_with_every_key_file(isolated_env, tmp_path)
+    if euid == OTHER_UID:
+        for path in paths.values():
+            os.chown(path, OTHER_UID, -1)
+    monkeypatch.setattr(os, "geteuid", lambda: euid)
+    assert load_keyring(env).ensure_signer() == kid
+
+
 def test_key_files_are_written_owner_writable_whatever_the_umask(isolated_env: Path) -> None:
     from orchestrator.key_files import revoke
 
