@@ -22,7 +22,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from orchestrator import Orchestrator  # noqa: E402
 from orchestrator.history import verify_stream  # noqa: E402
 from orchestrator.signing import Keyring, canonical  # noqa: E402
-from orchestrator.store.base import StoredLine  # noqa: E402
 
 
 def per_event_us(fn, n: int, rounds: int = 5) -> float:

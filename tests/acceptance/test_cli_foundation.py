@@ -158,7 +158,7 @@ def test_a_bad_value_from_the_environment_is_a_config_error_and_the_same_value_a
         error = json.loads(proc.stdout)
         assert error["error"] == "CONFIG_ERROR" and variable in error["message"], error
         text = run_script(name, first, env={**cli_env, variable: value})
-        assert text.returncode == 3 and f"error[CONFIG_ERROR]" in text.stderr and variable in text.stderr
+        assert text.returncode == 3 and "error[CONFIG_ERROR]" in text.stderr and variable in text.stderr
     (tmp_path / ".env").write_text("ORCH_LEASE_SECONDS=abc\n")
     from_dotenv = subprocess.run([sys.executable, str(REPO / "scripts" / "worker.py"), "--once", "--json"],
                                  env=cli_env, cwd=tmp_path, capture_output=True, text=True, timeout=60)

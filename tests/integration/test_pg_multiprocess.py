@@ -18,7 +18,7 @@ import pytest
 from orchestrator import Orchestrator
 from orchestrator.api import HEADS_AREA, key_job_id
 from orchestrator.integrity import verify_project
-from orchestrator.signing import Keyring, new_seed
+from orchestrator.signing import new_seed
 from orchestrator.store.base import AUDIT_STREAM
 
 from backends import TestPostgresStore

@@ -44,7 +44,7 @@ def test_tolerant_forms_give_the_answer(message: str, answer: str) -> None:
 
 
 @pytest.mark.parametrize("message", [
-    f"job_id: 01OTHERJOB; yes",
+    "job_id: 01OTHERJOB; yes",
     f"job_id: {JOB}X; yes",
     f"job_id: {JOB}; job_id: {OTHER}; ship it",  # names this job, then another
     f"jobid: {JOB}\n\njob_id: {OTHER}: deploy",  # a pasted thread
