@@ -754,24 +754,12 @@ def test_a_control_action_is_refused_before_its_event_when_the_audit_log_is_not_
         orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, planted: str, entries: int) -> None:
     """Before, in a project without an entry yet: the event was written, then its entry refused (`STORAGE_ERROR`,
     exit 10): the job cancelled with no entry, for an action reported as failed."""
-    import socket
     import stat
 
     for _ in range(entries):
         orch.cancel(orch.submit("rel.echo", {"x": 0}))
     job = orch.submit("rel.echo", {"x": 1})
-    path = orch.settings.state_dir / "audit" / "audit_events.jsonl"
-    path.parent.mkdir(exist_ok=True)
-    path.unlink(missing_ok=True)
-    if planted == "fifo":
-        os.mkfifo(path)
-    elif planted == "socket":
-        monkeypatch.chdir(path.parent)  # a socket's path is short (108 bytes): bound by its name
-        with socket.socket(socket.AF_UNIX) as listener:
-            listener.bind(path.name)
-    else:
-        path.mkdir()
-        (path / "kept").write_bytes(b"x")
+    path = _plant_in_the_audit_logs_place(orch, monkeypatch, planted)
     events = orch.store.path(job).read_bytes()
     with pytest.raises(StorageError) as refused:
         orch.cancel(job, "no")
