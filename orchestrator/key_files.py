@@ -76,25 +76,29 @@ def _owned_by_user(path: Path, what: str, st: os.stat_result) -> None:
                               f"then run: chown {euid} {path}")
 
 
-def _owner_writes(path: Path, what: str, mode: int) -> None:
-    """Refuse a folder or file that decides which keys are trusted (a keyring folder, a ``.pub``, ``revoked``) when
-    others than its owner may write it: they could add a key of their own, or trust a revoked one again, and their
-    events would verify (as ssh refuses an ``authorized_keys`` others may write)."""
+_MAKES_KEYS_TRUSTED = "make keys of their own trusted"
+
+
+def _owner_writes(path: Path, what: str, mode: int, harm: str = _MAKES_KEYS_TRUSTED) -> None:
+    """Refuse a folder or file that decides which keys are trusted (a keyring folder, a ``.pub``, ``revoked``) or
+    which key signs (``active``) when others than its owner may write it: they could add a key of their own, trust
+    a revoked one again, or make a key revoked elsewhere sign (as ssh refuses an ``authorized_keys`` others may
+    write). ``harm`` says what they could do, in the message."""
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise SigningKeyError(f"{what} {path} may be written by others than its owner, who could make keys of their "
-                              f"own trusted; run: chmod go-w {path}")
+        raise SigningKeyError(f"{what} {path} may be written by others than its owner, who could {harm}; "
+                              f"run: chmod go-w {path}")
 
 
-def _read_key_file(path: Path, what: str, *, owner_only: bool = False, trusts: bool = False,
+def _read_key_file(path: Path, what: str, *, owner_only: bool = False, others_could: str | None = None,
                    follow: bool = False) -> bytes:
     """The bytes of a key file, opened once and checked and read through that descriptor (``open_regular``): until
     2026-12-03 its path was checked, then read again, and a file renamed over it in between was read unchecked.
     It must be a regular file: a folder or a FIFO named like a key would otherwise crash or block every command.
     Never read through a symbolic link unless ``follow`` (``ORCH_SIGNING_KEY_FILE``, the operator's own path): the
     orchestrator makes none in a keyring folder, and the file one leads to lies in a folder nobody checked. With
-    ``owner_only``, one that others may read is refused; with ``trusts`` (it decides which keys are trusted), one
-    that others may write (``_owner_writes``); always, one another user owns (``_owned_by_user``). Any problem is
-    a ``SigningKeyError`` naming the file."""
+    ``owner_only``, one that others may read is refused; with ``others_could`` (it decides which keys are trusted
+    or which signs: what others who write it could do, for the message), one that others may write (``_owner_writes``);
+    always, one another user owns (``_owned_by_user``). Any problem is a ``SigningKeyError`` naming the file."""
     try:
         fd, st = open_regular(path, follow=follow)
     except NotRegularFileError:
@@ -109,8 +113,8 @@ def _read_key_file(path: Path, what: str, *, owner_only: bool = False, trusts: b
         _owned_by_user(path, what, st)
         if owner_only and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise SigningKeyError(f"{what} {path} is readable by others; run: chmod 600 {path}")
-        if trusts:
-            _owner_writes(path, what, st.st_mode)
+        if others_could:
+            _owner_writes(path, what, st.st_mode, others_could)
         return read_all(fd)
     except OSError as exc:
         raise SigningKeyError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
@@ -200,7 +204,10 @@ def active_key_id(directory: Path) -> str | None:
     if not active.exists():
         return None
     try:
-        kid = _read_key_file(active, "active key file").decode().strip()
+        # checked as the files that decide trust (since 2026-12-03): a key revoked on the machines that verify,
+        # made active, makes every event written from then on fail there
+        kid = _read_key_file(active, "active key file", others_could="pick which key signs (one revoked on the "
+                                                                     "machines that verify, say)").decode().strip()
     except UnicodeDecodeError:
         raise SigningKeyError(f"active key file {active} is not UTF-8 text; it should hold one key id") from None
     if kid in ("", ".", "..") or "/" in kid or os.sep in kid:
@@ -256,12 +263,12 @@ def trust_folder(ring: Keyring, folder: Path, *, required_by: str | None = None)
     for name in names:
         if name.endswith(PUBLIC_SUFFIX):
             pub = folder / name
-            key = _public_from_pem(_read_key_file(pub, "public key file", trusts=True), pub)
+            key = _public_from_pem(_read_key_file(pub, "public key file", others_could=_MAKES_KEYS_TRUSTED), pub)
             ring.trusted[key_id(key)] = key
     if REVOKED_FILE in names:
         revoked = folder / REVOKED_FILE
         try:
-            text = _read_key_file(revoked, "revoked-keys file", trusts=True).decode()
+            text = _read_key_file(revoked, "revoked-keys file", others_could=_MAKES_KEYS_TRUSTED).decode()
         except UnicodeDecodeError:
             raise SigningKeyError(f"revoked-keys file {revoked} is not UTF-8 text; it should hold one key id "
                                   "a line") from None

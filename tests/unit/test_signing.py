@@ -362,23 +362,29 @@ def test_a_signing_key_file_the_operator_names_through_a_link_is_read(isolated_e
         load_keyring(env)
 
 
-@pytest.mark.parametrize("what", ["keyring folder", "trusted keys folder", "public key", "revoked file"])
+@pytest.mark.parametrize("what", ["keyring folder", "trusted keys folder", "public key", "revoked file", "active file"])
 @pytest.mark.parametrize("mode", [0o020, 0o002], ids=["group", "others"])
-def test_a_folder_or_file_that_decides_which_keys_are_trusted_may_be_written_only_by_its_owner(
+def test_a_folder_or_file_that_decides_which_keys_are_trusted_or_which_signs_may_be_written_only_by_its_owner(
         isolated_env: Path, tmp_path: Path, what: str, mode: int) -> None:
-    """Another user who may add a .pub (or rewrite one, or the revoked file) would make their forgeries verify."""
+    """Another user who may add a .pub (or rewrite one, or the revoked file) would make their forgeries verify; one
+    who may rewrite ``active`` would pick the key that signs, say one revoked on the machines that verify, so that
+    every event written from then on fails there (``active`` was checked for its owner only until 2026-12-03)."""
     from orchestrator.key_files import revoke
 
     trusted = tmp_path / "trusted"
     kid = write_keypair(isolated_env)
     revoke(write_keypair(trusted, activate=False), {"ORCH_KEYRING_DIR": str(trusted)})
     env = {"ORCH_KEYRING_DIR": str(isolated_env), "ORCH_TRUSTED_KEYS_DIR": str(trusted)}
-    assert kid in load_keyring(env).trusted
+    assert kid in load_keyring(env).trusted and load_keyring(env).ensure_signer() == kid
     path = {"keyring folder": isolated_env, "trusted keys folder": trusted, "public key": isolated_env / f"{kid}.pub",
-            "revoked file": trusted / "revoked"}[what]
+            "revoked file": trusted / "revoked", "active file": isolated_env / "active"}[what]
     path.chmod(stat.S_IMODE(path.stat().st_mode) | mode)
-    with pytest.raises(SigningKeyError, match=f"{path} may be written by others.*chmod go-w {path}"):
-        load_keyring(env)
+    harm = "pick which key signs" if what == "active file" else "make keys of their own trusted"
+    with pytest.raises(SigningKeyError, match=f"{path} may be written by others.*{harm}.*chmod go-w {path}"):
+        load_keyring(env).ensure_signer()
+    if what == "active file":
+        with pytest.raises(SigningKeyError, match=f"{path} may be written by others"):
+            load_keyring(env).signing_key_id()  # what `keys list` shows as the key that will sign
 
 
 def _keyring_with_every_key_file(isolated_env: Path, tmp_path: Path) -> tuple[str, dict[str, str], dict[str, Path]]:
