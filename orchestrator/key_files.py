@@ -110,7 +110,10 @@ def check_folders_above(path: Path, what: str) -> None:
     except OSError:  # not there yet, or unreadable: what reads it says so
         return
     if stat.S_ISLNK(st.st_mode):
-        _owned_by_user(path, f"{what} (a symbolic link)", st)
+        if st.st_uid not in (os.geteuid(), 0):  # its owner may point it elsewhere, in a sticky folder (/tmp)
+            raise SigningKeyError(f"the {what} {path} is a symbolic link owned by uid {st.st_uid}, neither this user "
+                                  f"(uid {os.geteuid()}) nor root, who could point it elsewhere; check where it leads, "
+                                  f"then run: chown -h {os.geteuid()} {path}")
         _check_folder_and_above(os.path.dirname(os.path.realpath(path)), path, what)
 
 
