@@ -76,25 +76,98 @@ def _owned_by_user(path: Path, what: str, st: os.stat_result) -> None:
                               f"then run: chown {euid} {path}")
 
 
-def _owner_writes(path: Path, what: str, mode: int) -> None:
-    """Refuse a folder or file that decides which keys are trusted (a keyring folder, a ``.pub``, ``revoked``) when
-    others than its owner may write it: they could add a key of their own, or trust a revoked one again, and their
-    events would verify (as ssh refuses an ``authorized_keys`` others may write)."""
+_MAKES_KEYS_TRUSTED = "make keys of their own trusted"
+
+
+def _owner_writes(path: Path, what: str, mode: int, harm: str = _MAKES_KEYS_TRUSTED) -> None:
+    """Refuse a folder or file that decides which keys are trusted (a keyring folder, a ``.pub``, ``revoked``) or
+    which key signs (``active``) when others than its owner may write it: they could add a key of their own, trust
+    a revoked one again, or make a key revoked elsewhere sign (as ssh refuses an ``authorized_keys`` others may
+    write). ``harm`` says what they could do, in the message."""
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise SigningKeyError(f"{what} {path} may be written by others than its owner, who could make keys of their "
-                              f"own trusted; run: chmod go-w {path}")
+        raise SigningKeyError(f"{what} {path} may be written by others than its owner, who could {harm}; "
+                              f"run: chmod go-w {path}")
 
 
-def _read_key_file(path: Path, what: str, *, owner_only: bool = False, trusts: bool = False,
+# folders above a keyring folder or key file found safe by ``check_folders_above``: each is looked at once a process
+_SAFE_FOLDERS: set[str] = set()
+
+
+def check_folders_above(path: Path, what: str) -> None:
+    """Refuse ``path`` (a keyring folder, trusted-keys folder or signing key file) when a folder above it, up to the
+    user's home folder when it lies inside it, else up to ``/``, is owned by neither this user nor root, or may be
+    written by others than its owner: whoever may write a folder may rename what it holds away and put a folder
+    or key of their own in its place (as ssh's StrictModes checks every folder above ``authorized_keys``). A
+    root-owned folder with the sticky bit (``/tmp``) is safe: others may not rename or remove entries they do not
+    own there. A folder not there yet is passed (the first write creates it, owner-only). A folder above that is a
+    symbolic link is checked for its owner, and the folder it leads to, and those above that, as any other. One
+    ``lstat`` of each folder, once a process (``_SAFE_FOLDERS``): every command's start runs this; a running
+    worker does not look again. When ``path`` itself is a link (followed: the operator's own path), the folders
+    above where it leads are checked too, and the link's owner."""
+    _check_folder_and_above(os.path.dirname(os.path.abspath(path)), path, what)
+    try:
+        st = os.lstat(path)
+    except OSError:  # not there yet, or unreadable: what reads it says so
+        return
+    if stat.S_ISLNK(st.st_mode):
+        if st.st_uid not in (os.geteuid(), 0):  # its owner may point it elsewhere, in a sticky folder (/tmp)
+            raise SigningKeyError(f"the {what} {path} is a symbolic link owned by uid {st.st_uid}, neither this user "
+                                  f"(uid {os.geteuid()}) nor root, who could point it elsewhere; check where it leads, "
+                                  f"then run: chown -h {os.geteuid()} {path}")
+        _check_folder_and_above(os.path.dirname(os.path.realpath(path)), path, what)
+
+
+def _check_folder_and_above(folder: str, path: Path, what: str) -> None:
+    home = os.path.expanduser("~")
+    home = home if os.path.isabs(home) else os.sep  # HOME empty or relative: no home to stop at
+    inside_home = os.path.commonpath([folder, home]) == home
+    euid = os.geteuid()
+    while True:
+        if folder not in _SAFE_FOLDERS:
+            try:
+                st: os.stat_result | None = os.lstat(folder)
+            except (FileNotFoundError, NotADirectoryError):  # not there yet; what reads the path says so
+                st = None
+            except OSError as exc:
+                raise SigningKeyError(f"cannot check the folder {folder} above the {what} {path}: "
+                                      f"{exc.strerror or exc}") from None
+            if st is not None:
+                if st.st_uid not in (euid, 0):
+                    raise SigningKeyError(f"the folder {folder} above the {what} {path} is owned by uid {st.st_uid}, "
+                                          f"neither this user (uid {euid}) nor root, who could put a {what} of their "
+                                          f"own in its place; check what it holds, then run: chown {euid} {folder} "
+                                          f"(or keep the {what} elsewhere)")
+                if stat.S_ISLNK(st.st_mode):  # where it leads lies above ``path`` too
+                    try:
+                        target: str | None = os.path.realpath(folder, strict=True)
+                    except FileNotFoundError:  # it leads nowhere: nothing is read through it
+                        target = None
+                    except OSError as exc:  # a loop of links
+                        raise SigningKeyError(f"cannot follow the link {folder} above the {what} {path}: "
+                                              f"{exc.strerror or exc}") from None
+                    if target is not None:
+                        _check_folder_and_above(target, path, what)
+                elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not (st.st_uid == 0 and st.st_mode & stat.S_ISVTX):
+                    raise SigningKeyError(f"the folder {folder} above the {what} {path} may be written by others than "
+                                          f"its owner, who could put a {what} of their own in its place; run: chmod "
+                                          f"go-w {folder} (or keep the {what} elsewhere)")
+                _SAFE_FOLDERS.add(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder or (inside_home and folder == home):
+            return
+        folder = parent
+
+
+def _read_key_file(path: Path, what: str, *, owner_only: bool = False, others_could: str | None = None,
                    follow: bool = False) -> bytes:
     """The bytes of a key file, opened once and checked and read through that descriptor (``open_regular``): until
     2026-12-03 its path was checked, then read again, and a file renamed over it in between was read unchecked.
     It must be a regular file: a folder or a FIFO named like a key would otherwise crash or block every command.
     Never read through a symbolic link unless ``follow`` (``ORCH_SIGNING_KEY_FILE``, the operator's own path): the
     orchestrator makes none in a keyring folder, and the file one leads to lies in a folder nobody checked. With
-    ``owner_only``, one that others may read is refused; with ``trusts`` (it decides which keys are trusted), one
-    that others may write (``_owner_writes``); always, one another user owns (``_owned_by_user``). Any problem is
-    a ``SigningKeyError`` naming the file."""
+    ``owner_only``, one that others may read is refused; with ``others_could`` (it decides which keys are trusted
+    or which signs: what others who write it could do, for the message), one that others may write (``_owner_writes``);
+    always, one another user owns (``_owned_by_user``). Any problem is a ``SigningKeyError`` naming the file."""
     try:
         fd, st = open_regular(path, follow=follow)
     except NotRegularFileError:
@@ -109,8 +182,8 @@ def _read_key_file(path: Path, what: str, *, owner_only: bool = False, trusts: b
         _owned_by_user(path, what, st)
         if owner_only and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise SigningKeyError(f"{what} {path} is readable by others; run: chmod 600 {path}")
-        if trusts:
-            _owner_writes(path, what, st.st_mode)
+        if others_could:
+            _owner_writes(path, what, st.st_mode, others_could)
         return read_all(fd)
     except OSError as exc:
         raise SigningKeyError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
@@ -163,7 +236,7 @@ def write_keypair(directory: Path, private: Any = None, *, activate: bool = True
 
     seed = seed_of(private) if private is not None else bytes(SigningKey.generate())
     private = Ed25519PrivateKey.from_private_bytes(seed)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _make_owner_only_folder(directory)
     os.chmod(directory, 0o700)
     kid = key_id(public_of(seed))
     priv_path = directory / f"{kid}{PRIVATE_SUFFIX}"
@@ -178,6 +251,22 @@ def write_keypair(directory: Path, private: Any = None, *, activate: bool = True
     if activate:
         _write_whole(directory / ACTIVE_FILE, kid.encode() + b"\n")
     return kid
+
+
+def _make_owner_only_folder(directory: Path) -> None:
+    """Create ``directory`` and each missing folder above it owner-only (0700 less the umask): ``mkdir -p`` makes
+    those above with the umask's mode alone, group-writable under a umask of 002, and every command would then
+    refuse the keyring below them (``check_folders_above``)."""
+    missing = []
+    while not directory.is_dir() and directory.parent != directory:
+        missing.append(directory)
+        directory = directory.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:  # made meanwhile, by another command
+            if not folder.is_dir():
+                raise
 
 
 def _write_whole(path: Path, data: bytes) -> None:
@@ -200,7 +289,10 @@ def active_key_id(directory: Path) -> str | None:
     if not active.exists():
         return None
     try:
-        kid = _read_key_file(active, "active key file").decode().strip()
+        # checked as the files that decide trust (since 2026-12-03): a key revoked on the machines that verify,
+        # made active, makes every event written from then on fail there
+        kid = _read_key_file(active, "active key file", others_could="pick which key signs (one revoked on the "
+                                                                     "machines that verify, say)").decode().strip()
     except UnicodeDecodeError:
         raise SigningKeyError(f"active key file {active} is not UTF-8 text; it should hold one key id") from None
     if kid in ("", ".", "..") or "/" in kid or os.sep in kid:
@@ -256,12 +348,12 @@ def trust_folder(ring: Keyring, folder: Path, *, required_by: str | None = None)
     for name in names:
         if name.endswith(PUBLIC_SUFFIX):
             pub = folder / name
-            key = _public_from_pem(_read_key_file(pub, "public key file", trusts=True), pub)
+            key = _public_from_pem(_read_key_file(pub, "public key file", others_could=_MAKES_KEYS_TRUSTED), pub)
             ring.trusted[key_id(key)] = key
     if REVOKED_FILE in names:
         revoked = folder / REVOKED_FILE
         try:
-            text = _read_key_file(revoked, "revoked-keys file", trusts=True).decode()
+            text = _read_key_file(revoked, "revoked-keys file", others_could=_MAKES_KEYS_TRUSTED).decode()
         except UnicodeDecodeError:
             raise SigningKeyError(f"revoked-keys file {revoked} is not UTF-8 text; it should hold one key id "
                                   "a line") from None
@@ -306,6 +398,7 @@ def load_keyring(env: Mapping[str, str] | None = None, *, announce: bool = True)
     folders = [str(folder) for folder, _ in named]
     ring = Keyring(source=str(directory), paths=tuple(folders), folders=tuple(folders))
     for folder, variable in named:
+        check_folders_above(folder, "trusted-keys folder" if variable == TRUSTED_KEYS_VARIABLE else "keyring folder")
         trust_folder(ring, folder, required_by=variable if variable == TRUSTED_KEYS_VARIABLE else None)
     variable = signing_variable(env)
     if variable == "ORCH_SIGNING_KEY":
@@ -315,6 +408,7 @@ def load_keyring(env: Mapping[str, str] | None = None, *, announce: bool = True)
             raise SigningKeyError("ORCH_SIGNING_KEY must be the base64url encoding of a 32-byte Ed25519 seed") from None
         ring.source = "ORCH_SIGNING_KEY"
     elif variable == "ORCH_SIGNING_KEY_FILE":
+        check_folders_above(Path(env["ORCH_SIGNING_KEY_FILE"]), "signing key file")
         ring.add_signer(_private_from_pem_file(Path(env["ORCH_SIGNING_KEY_FILE"]), follow=True))
         ring.source = env["ORCH_SIGNING_KEY_FILE"]
         ring.paths += (ring.source,)
@@ -340,7 +434,7 @@ def revoke(kid: str, env: Mapping[str, str] | None = None) -> Keyring:
         return ring
     folder = keyring_dir(env)
     try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _make_owner_only_folder(folder)
         fd = os.open(folder / REVOKED_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)  # owner-written (umask)
         with os.fdopen(fd, "a+b") as fh:
             size = fh.seek(0, os.SEEK_END)

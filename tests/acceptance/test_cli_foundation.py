@@ -467,3 +467,18 @@ def test_keys_list_of_a_fresh_machine_says_its_keyring_folder_is_not_there_yet(
     listed = json.loads(keys(env, "list", "--json").stdout)
     assert listed["folders"] == [{"path": str(isolated_env), "from": "ORCH_KEYRING_DIR", "exists": False}]
     assert "not there yet: the first write creates it" in keys(env, "list").stdout
+
+
+def test_keys_rotate_below_a_folder_others_may_write_exits_8_naming_it_and_writes_no_key(
+        cli_env: dict[str, str], tmp_path: Path) -> None:
+    """A new private key goes nowhere another user could rename the keyring folder away from (and put theirs)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    env = {**cli_env, "ORCH_KEYRING_DIR": str(shared / "keys")}
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "keys", "rotate"], env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 8 and "error[SIGNING_KEY_ERROR]" in proc.stderr, (proc.stdout, proc.stderr)
+    assert f"the folder {shared} above the keyring folder {shared / 'keys'}" in proc.stderr
+    assert f"chmod go-w {shared}" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (shared / "keys").exists()

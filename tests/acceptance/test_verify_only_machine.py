@@ -156,3 +156,22 @@ def test_keys_list_names_the_folders_it_read_keys_from(machines, tmp_path: Path)
     text = run_module("keys", "list", env=verifier).stdout
     assert f"folders      {tmp_path / 'verifier-keys'} (ORCH_KEYRING_DIR)\n" in text
     assert f"\n             {tmp_path / 'pubs'} (ORCH_TRUSTED_KEYS_DIR)\n" in text
+
+
+def test_a_verifier_whose_trusted_keys_lie_below_a_folder_others_may_write_refuses_every_read_naming_it(
+        machines, tmp_path: Path) -> None:
+    """Whoever may write the folder above could put a folder of .pub files of their own in the trusted one's place,
+    and `verify` would pass their forgeries: each read command stops with exit 8 naming that folder and the fix."""
+    _ops, verifier, job_id = machines
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o775)
+    shared.chmod(0o775)
+    os.replace(tmp_path / "pubs", shared / "pubs")
+    env = {**verifier, "ORCH_TRUSTED_KEYS_DIR": str(shared / "pubs")}
+    for command in (("verify",), ("status", "--all"), ("keys", "list")):
+        proc = run_read(command, job_id, tmp_path, env)
+        assert proc.returncode == 8, (command, proc.stdout, proc.stderr)
+        assert "error[SIGNING_KEY_ERROR]" in proc.stderr and f"chmod go-w {shared}" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    shared.chmod(0o755)
+    assert run_read(("verify",), job_id, tmp_path, env).returncode == 0

@@ -362,23 +362,29 @@ def test_a_signing_key_file_the_operator_names_through_a_link_is_read(isolated_e
         load_keyring(env)
 
 
-@pytest.mark.parametrize("what", ["keyring folder", "trusted keys folder", "public key", "revoked file"])
+@pytest.mark.parametrize("what", ["keyring folder", "trusted keys folder", "public key", "revoked file", "active file"])
 @pytest.mark.parametrize("mode", [0o020, 0o002], ids=["group", "others"])
-def test_a_folder_or_file_that_decides_which_keys_are_trusted_may_be_written_only_by_its_owner(
+def test_a_folder_or_file_that_decides_which_keys_are_trusted_or_which_signs_may_be_written_only_by_its_owner(
         isolated_env: Path, tmp_path: Path, what: str, mode: int) -> None:
-    """Another user who may add a .pub (or rewrite one, or the revoked file) would make their forgeries verify."""
+    """Another user who may add a .pub (or rewrite one, or the revoked file) would make their forgeries verify; one
+    who may rewrite ``active`` would pick the key that signs, say one revoked on the machines that verify, so that
+    every event written from then on fails there (``active`` was checked for its owner only until 2026-12-03)."""
     from orchestrator.key_files import revoke
 
     trusted = tmp_path / "trusted"
     kid = write_keypair(isolated_env)
     revoke(write_keypair(trusted, activate=False), {"ORCH_KEYRING_DIR": str(trusted)})
     env = {"ORCH_KEYRING_DIR": str(isolated_env), "ORCH_TRUSTED_KEYS_DIR": str(trusted)}
-    assert kid in load_keyring(env).trusted
+    assert kid in load_keyring(env).trusted and load_keyring(env).ensure_signer() == kid
     path = {"keyring folder": isolated_env, "trusted keys folder": trusted, "public key": isolated_env / f"{kid}.pub",
-            "revoked file": trusted / "revoked"}[what]
+            "revoked file": trusted / "revoked", "active file": isolated_env / "active"}[what]
     path.chmod(stat.S_IMODE(path.stat().st_mode) | mode)
-    with pytest.raises(SigningKeyError, match=f"{path} may be written by others.*chmod go-w {path}"):
-        load_keyring(env)
+    harm = "pick which key signs" if what == "active file" else "make keys of their own trusted"
+    with pytest.raises(SigningKeyError, match=f"{path} may be written by others.*{harm}.*chmod go-w {path}"):
+        load_keyring(env).ensure_signer()
+    if what == "active file":
+        with pytest.raises(SigningKeyError, match=f"{path} may be written by others"):
+            load_keyring(env).signing_key_id()  # what `keys list` shows as the key that will sign
 
 
 def _keyring_with_every_key_file(isolated_env: Path, tmp_path: Path) -> tuple[str, dict[str, str], dict[str, Path]]:
@@ -422,6 +428,197 @@ def test_a_keyring_owned_by_the_user_or_by_root_is_read(
             os.chown(path, OTHER_UID, -1)
     monkeypatch.setattr(os, "geteuid", lambda: euid)
     assert load_keyring(env).ensure_signer() == kid
+
+
+@pytest.fixture
+def fresh_folder_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Folders above a keyring are looked at once a process: a test that changes one after a load looks again
+    (``look_again``)."""
+    monkeypatch.setattr("orchestrator.key_files._SAFE_FOLDERS", set())
+
+
+def look_again() -> None:
+    from orchestrator import key_files
+
+    key_files._SAFE_FOLDERS.clear()
+
+
+def _keyring_below(tmp_path: Path, above: Path, where: str) -> tuple[dict[str, str], Path]:
+    """A keyring whose ``where`` (the keyring folder, the trusted-keys folder, the signing key file) lies in
+    ``above``, the rest in the test's own folder; the environment and the path inside ``above``."""
+    from orchestrator.key_files import revoke
+
+    above.mkdir(parents=True, exist_ok=True)
+    own = tmp_path / "own-keys"
+    kid = write_keypair(own)
+    env = {"ORCH_KEYRING_DIR": str(own)}
+    if where == "keyring folder":
+        write_keypair(above / "keys")
+        env["ORCH_KEYRING_DIR"] = str(above / "keys")
+        return env, above / "keys"
+    if where == "trusted keys folder":
+        revoke(write_keypair(above / "trusted", activate=False), {"ORCH_KEYRING_DIR": str(above / "trusted")})
+        env["ORCH_TRUSTED_KEYS_DIR"] = str(above / "trusted")
+        return env, above / "trusted"
+    os.replace(own / f"{kid}.key", above / "signing.key")
+    env["ORCH_SIGNING_KEY_FILE"] = str(above / "signing.key")
+    return env, above / "signing.key"
+
+
+WHERE = ["keyring folder", "trusted keys folder", "signing key file"]
+
+
+@pytest.mark.parametrize("where", WHERE)
+@pytest.mark.parametrize("mode", [0o775, 0o757], ids=["group", "others"])
+def test_a_folder_above_the_keyring_that_others_may_write_is_refused_naming_it(
+        tmp_path: Path, fresh_folder_checks: None, where: str, mode: int) -> None:
+    """Whoever may write a folder above the keyring may rename the keyring folder (or key file) away and put one of
+    their own in its place, whose keys are then trusted (as ssh checks every folder above ``authorized_keys``).
+    The folders themselves were checked, never those above them, until 2026-12-03."""
+    env, path = _keyring_below(tmp_path, tmp_path / "shared" / "deeper", where)
+    shared = tmp_path / "shared"
+    shared.chmod(mode)
+    look_again()
+    what = "trusted-keys folder" if where == "trusted keys folder" else where
+    with pytest.raises(SigningKeyError, match=f"the folder {shared} above the {what} {path} may be written by "
+                                              f"others.*chmod go-w {shared}"):
+        load_keyring(env).ensure_signer(create=False)
+    shared.chmod(0o755)
+    look_again()
+    assert load_keyring(env).ensure_signer(create=False)
+
+
+@pytest.mark.parametrize("where", WHERE)
+def test_a_folder_above_the_keyring_owned_by_another_user_is_refused_naming_its_owner(
+        tmp_path: Path, fresh_folder_checks: None, where: str) -> None:
+    """Its owner may rename what it holds whatever its mode (the tests run as root, who may give it away)."""
+    env, path = _keyring_below(tmp_path, tmp_path / "theirs" / "deeper", where)
+    os.chown(tmp_path / "theirs", OTHER_UID, -1)
+    look_again()
+    theirs = tmp_path / "theirs"
+    with pytest.raises(SigningKeyError, match=f"the folder {theirs} above the .* {path} is owned by uid {OTHER_UID}.*"
+                                              f"chown {os.geteuid()} {theirs}"):
+        load_keyring(env).ensure_signer(create=False)
+
+
+@pytest.mark.parametrize("where", WHERE)
+def test_a_root_owned_sticky_folder_above_the_keyring_like_tmp_is_accepted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_folder_checks: None, where: str) -> None:
+    """Others may not rename or remove there what they do not own: /tmp itself (the test suite's keyrings lie
+    below it), and any root-owned folder with the sticky bit; the same folder without it, or owned by another
+    user (who may rename anything in it), is refused, and so is one the user owns (only root's are shared
+    folders on purpose)."""
+    import tempfile
+
+    in_tmp = Path(tempfile.mkdtemp(dir="/tmp"))  # its parent is /tmp itself, mode 1777, root's
+    try:
+        assert stat.S_IMODE(os.stat("/tmp").st_mode) & 0o1777 == 0o1777 and os.stat("/tmp").st_uid == 0
+        env, _ = _keyring_below(tmp_path, in_tmp, where)
+        assert load_keyring(env).ensure_signer(create=False)
+    finally:
+        shutil.rmtree(in_tmp)
+    env, path = _keyring_below(tmp_path, tmp_path / "sticky" / "deeper", where)
+    (tmp_path / "sticky").chmod(0o1777)
+    look_again()
+    assert load_keyring(env).ensure_signer(create=False)
+    (tmp_path / "sticky").chmod(0o777)
+    look_again()
+    with pytest.raises(SigningKeyError, match=f"the folder {tmp_path / 'sticky'} above .* may be written by others"):
+        load_keyring(env)
+    (tmp_path / "sticky").chmod(0o1777)
+    os.chown(tmp_path / "sticky", OTHER_UID, -1)
+    look_again()
+    with pytest.raises(SigningKeyError, match=f"the folder {tmp_path / 'sticky'} above .* is owned by uid {OTHER_UID}"):
+        load_keyring(env)
+    for path in [tmp_path / "own-keys", *(tmp_path / "own-keys").iterdir(), *(tmp_path / "sticky").rglob("*")]:
+        os.chown(path, OTHER_UID, -1, follow_symlinks=False)
+    monkeypatch.setattr(os, "geteuid", lambda: OTHER_UID)  # the user owns the sticky folder and everything below
+    look_again()
+    with pytest.raises(SigningKeyError, match=f"the folder {tmp_path / 'sticky'} above .* may be written by others"):
+        load_keyring(env)
+
+
+def test_folders_above_the_keyring_are_checked_up_to_the_home_folder_when_it_lies_inside(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_folder_checks: None) -> None:
+    """The home folder is the user's: what lies above it is the system's (a shared ``/home`` of another layout)
+    and is not the keyring's concern; the home folder itself is checked, as ssh does."""
+    home = tmp_path / "shared" / "home"
+    env, _ = _keyring_below(tmp_path, home / ".config" / "jsonl-orchestrator", "keyring folder")
+    monkeypatch.setenv("HOME", str(home))
+    (tmp_path / "shared").chmod(0o777)
+    assert load_keyring(env).ensure_signer(create=False)
+    home.chmod(0o775)
+    look_again()
+    with pytest.raises(SigningKeyError, match=f"the folder {home} above .* may be written by others"):
+        load_keyring(env)
+
+
+def test_a_link_above_the_keyring_is_checked_where_it_leads(tmp_path: Path, fresh_folder_checks: None) -> None:
+    """A link's own mode means nothing; what lies where it leads, and above that, is what the keyring is read
+    from. The link's owner is checked (in a sticky folder its owner may replace it)."""
+    env, path = _keyring_below(tmp_path, tmp_path / "shared" / "real", "keyring folder")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "link").symlink_to(tmp_path / "shared" / "real")
+    env["ORCH_KEYRING_DIR"] = str(tmp_path / "mine" / "link" / "keys")
+    assert load_keyring(env).ensure_signer(create=False)
+    (tmp_path / "shared").chmod(0o777)
+    look_again()
+    with pytest.raises(SigningKeyError, match=f"the folder {tmp_path / 'shared'} above the keyring folder "
+                                              f"{tmp_path / 'mine' / 'link' / 'keys'} may be written by others"):
+        load_keyring(env)
+    env["ORCH_KEYRING_DIR"] = str(tmp_path / "mine" / "keys")  # the keyring folder itself a link
+    (tmp_path / "mine" / "keys").symlink_to(path)
+    look_again()
+    with pytest.raises(SigningKeyError, match=f"the folder {tmp_path / 'shared'} above the keyring folder "
+                                              f"{tmp_path / 'mine' / 'keys'} may be written by others"):
+        load_keyring(env)
+    (tmp_path / "shared").chmod(0o755)
+    os.chown(tmp_path / "mine" / "keys", OTHER_UID, -1, follow_symlinks=False)
+    look_again()
+    with pytest.raises(SigningKeyError, match=f"{tmp_path / 'mine' / 'keys'} is a symbolic link owned by uid "
+                                              f"{OTHER_UID}.*chown -h {os.geteuid()} {tmp_path / 'mine' / 'keys'}"):
+        load_keyring(env)
+
+
+def test_each_folder_above_the_keyring_is_looked_at_once_a_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_folder_checks: None) -> None:
+    """Every command's start reads the keyring (``status`` has a 150 ms target): one ``lstat`` of each folder above
+    it, and none the next time."""
+    env, path = _keyring_below(tmp_path, tmp_path / "a" / "b", "trusted keys folder")
+    seen: list[str] = []
+    real = os.lstat
+
+    def counting(p, *args, **kwargs):
+        seen.append(os.fspath(p))
+        return real(p, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", counting)
+    look_again()  # those its setting up looked at
+    load_keyring(env)
+    above = [str(f) for f in path.parents]
+    assert all(seen.count(f) == 1 for f in above), seen
+    seen.clear()
+    load_keyring(env)
+    assert not set(seen) & set(above)
+
+
+def test_a_keyring_folder_made_under_a_umask_of_002_is_accepted(tmp_path: Path, fresh_folder_checks: None) -> None:
+    """``mkdir -p`` made the folders above a new keyring folder group-writable under such a umask (a user's private
+    group): the next command refused the keyring it had just made. They are made owner-only."""
+    from orchestrator.key_files import revoke
+
+    keys = tmp_path / "config" / "jsonl-orchestrator" / "keys"
+    old = os.umask(0o002)
+    try:
+        kid = write_keypair(keys)
+        elsewhere = {"ORCH_KEYRING_DIR": str(tmp_path / "elsewhere" / "keys"), "ORCH_TRUSTED_KEYS_DIR": str(keys)}
+        revoke(kid, elsewhere)  # `keys revoke` makes the keyring folder, when it is not there yet
+    finally:
+        os.umask(old)
+    assert load_keyring({"ORCH_KEYRING_DIR": str(keys)}).ensure_signer(create=False) == kid
+    assert load_keyring(elsewhere).revoked == {kid}
+    for folder in (tmp_path / "config", keys.parent, tmp_path / "elsewhere"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
 
 
 def test_key_files_are_written_owner_writable_whatever_the_umask(isolated_env: Path) -> None:
