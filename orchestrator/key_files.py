@@ -79,14 +79,56 @@ def _owned_by_user(path: Path, what: str, st: os.stat_result) -> None:
 _MAKES_KEYS_TRUSTED = "make keys of their own trusted"
 
 
-def _owner_writes(path: Path, what: str, mode: int, harm: str = _MAKES_KEYS_TRUSTED) -> None:
+def _owner_writes(path: Path, what: str, st: os.stat_result, harm: str = _MAKES_KEYS_TRUSTED) -> None:
     """Refuse a folder or file that decides which keys are trusted (a keyring folder, a ``.pub``, ``revoked``) or
     which key signs (``active``) when others than its owner may write it: they could add a key of their own, trust
     a revoked one again, or make a key revoked elsewhere sign (as ssh refuses an ``authorized_keys`` others may
-    write). ``harm`` says what they could do, in the message."""
-    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+    write). ``harm`` says what they could do, in the message. A user private group counts as the owner
+    (``_others_may_write``)."""
+    if _others_may_write(st):
         raise SigningKeyError(f"{what} {path} may be written by others than its owner, who could {harm}; "
                               f"run: chmod go-w {path}")
+
+
+def _others_may_write(st: os.stat_result) -> bool:
+    """Whether others than the owner may write a file or folder of this status. Group-writable is not, when its group
+    is the owner's user private group (its one member is the owner: Debian and Ubuntu give each user one, and a
+    umask of 002 then makes every new folder, ``~/.config`` say, group-writable), as Debian's OpenSSH accepts."""
+    if st.st_mode & stat.S_IWOTH:
+        return True
+    return bool(st.st_mode & stat.S_IWGRP) and not _user_private_group(st.st_gid, st.st_uid)
+
+
+def _user_private_group(gid: int, uid: int) -> bool:
+    """Whether the group ``gid`` has exactly one member, the user ``uid``: named in the group's entry, or holding it
+    as primary group, and nobody else either way (Debian's ``secure_permissions``). Read from the user and group
+    databases only for a group-writable file or folder (``pwd.getpwall`` reads every user), once a process."""
+    key = (gid, uid)
+    if key not in _PRIVATE_GROUPS:
+        _PRIVATE_GROUPS[key] = _only_member(gid, uid)
+    return _PRIVATE_GROUPS[key]
+
+
+_PRIVATE_GROUPS: dict[tuple[int, int], bool] = {}
+
+
+def _only_member(gid: int, uid: int) -> bool:
+    import grp
+    import pwd
+
+    try:
+        group, owner = grp.getgrgid(gid), pwd.getpwuid(uid)
+    except KeyError:  # a group or user the databases do not know: nobody can say who is in it
+        return False
+    if any(name != owner.pw_name for name in group.gr_mem):
+        return False
+    members = set(group.gr_mem)
+    for user in pwd.getpwall():
+        if user.pw_gid == gid:
+            if user.pw_uid != uid:
+                return False
+            members.add(user.pw_name)
+    return bool(members)
 
 
 # folders above a keyring folder or key file found safe by ``check_folders_above``: each is looked at once a process
@@ -147,7 +189,7 @@ def _check_folder_and_above(folder: str, path: Path, what: str) -> None:
                                               f"{exc.strerror or exc}") from None
                     if target is not None:
                         _check_folder_and_above(target, path, what)
-                elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not (st.st_uid == 0 and st.st_mode & stat.S_ISVTX):
+                elif _others_may_write(st) and not (st.st_uid == 0 and st.st_mode & stat.S_ISVTX):
                     raise SigningKeyError(f"the folder {folder} above the {what} {path} may be written by others than "
                                           f"its owner, who could put a {what} of their own in its place; run: chmod "
                                           f"go-w {folder} (or keep the {what} elsewhere)")
@@ -183,7 +225,7 @@ def _read_key_file(path: Path, what: str, *, owner_only: bool = False, others_co
         if owner_only and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise SigningKeyError(f"{what} {path} is readable by others; run: chmod 600 {path}")
         if others_could:
-            _owner_writes(path, what, st.st_mode, others_could)
+            _owner_writes(path, what, st, others_could)
         return read_all(fd)
     except OSError as exc:
         raise SigningKeyError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
@@ -344,7 +386,7 @@ def trust_folder(ring: Keyring, folder: Path, *, required_by: str | None = None)
     except OSError as exc:  # removed since it was listed
         raise SigningKeyError(f"cannot read keyring folder {folder}: {exc.strerror or exc}") from None
     _owned_by_user(folder, "keyring folder", st)
-    _owner_writes(folder, "keyring folder", st.st_mode)
+    _owner_writes(folder, "keyring folder", st)
     for name in names:
         if name.endswith(PUBLIC_SUFFIX):
             pub = folder / name

@@ -114,3 +114,12 @@ def descriptors_numbered_high(above: int = HIGH_FD) -> Iterator[None]:
         for fd in taken:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+SHARED_GID = 54321  # a group no user database knows: never the user's private group (``key_files._others_may_write``)
+
+
+def shared_with_a_group(path: "Path | str") -> None:
+    """Give ``path`` a group whose members nobody can tell (the tests run as root, who may), so that its group-write
+    bit means "others may write": the user's own private group (root's, on this machine) would count as the owner."""
+    os.chown(path, -1, SHARED_GID)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import jobstates as js
-from helpers import REPO, run_module
+from helpers import REPO, run_module, shared_with_a_group
 from orchestrator import Orchestrator
 from orchestrator.key_files import load_keyring
 
@@ -166,6 +166,7 @@ def test_a_verifier_whose_trusted_keys_lie_below_a_folder_others_may_write_refus
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o775)
     shared.chmod(0o775)
+    shared_with_a_group(shared)
     os.replace(tmp_path / "pubs", shared / "pubs")
     env = {**verifier, "ORCH_TRUSTED_KEYS_DIR": str(shared / "pubs")}
     for command in (("verify",), ("status", "--all"), ("keys", "list")):

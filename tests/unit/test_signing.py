@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import libsodium_checks
+from helpers import libsodium_checks, shared_with_a_group
 
 from orchestrator.errors import ConfigError, SigningKeyError
 from orchestrator.key_files import load_keyring, write_keypair
@@ -379,6 +379,7 @@ def test_a_folder_or_file_that_decides_which_keys_are_trusted_or_which_signs_may
     path = {"keyring folder": isolated_env, "trusted keys folder": trusted, "public key": isolated_env / f"{kid}.pub",
             "revoked file": trusted / "revoked", "active file": isolated_env / "active"}[what]
     path.chmod(stat.S_IMODE(path.stat().st_mode) | mode)
+    shared_with_a_group(path)
     harm = "pick which key signs" if what == "active file" else "make keys of their own trusted"
     with pytest.raises(SigningKeyError, match=f"{path} may be written by others.*{harm}.*chmod go-w {path}"):
         load_keyring(env).ensure_signer()
@@ -478,6 +479,7 @@ def test_a_folder_above_the_keyring_that_others_may_write_is_refused_naming_it(
     env, path = _keyring_below(tmp_path, tmp_path / "shared" / "deeper", where)
     shared = tmp_path / "shared"
     shared.chmod(mode)
+    shared_with_a_group(shared)
     look_again()
     what = "trusted-keys folder" if where == "trusted keys folder" else where
     with pytest.raises(SigningKeyError, match=f"the folder {shared} above the {what} {path} may be written by "
@@ -548,6 +550,7 @@ def test_folders_above_the_keyring_are_checked_up_to_the_home_folder_when_it_lie
     (tmp_path / "shared").chmod(0o777)
     assert load_keyring(env).ensure_signer(create=False)
     home.chmod(0o775)
+    shared_with_a_group(home)
     look_again()
     with pytest.raises(SigningKeyError, match=f"the folder {home} above .* may be written by others"):
         load_keyring(env)
@@ -600,6 +603,85 @@ def test_each_folder_above_the_keyring_is_looked_at_once_a_process(
     seen.clear()
     load_keyring(env)
     assert not set(seen) & set(above)
+
+
+@pytest.fixture
+def user_databases(monkeypatch: pytest.MonkeyPatch):
+    """Stand-ins for the group and user databases: ``groups`` gid -> member names, ``users`` (name, uid, primary
+    gid). Whether a group is a user's private one is remembered once a process: forgotten for each test."""
+    import grp
+    import pwd
+    from types import SimpleNamespace
+
+    from orchestrator import key_files
+
+    data = SimpleNamespace(groups={}, users=[("root", 0, 0)])
+    monkeypatch.setattr(key_files, "_PRIVATE_GROUPS", {})
+
+    def getgrgid(gid: int):  # noqa: ANN202
+        if gid not in data.groups:
+            raise KeyError(gid)
+        return SimpleNamespace(gr_gid=gid, gr_mem=list(data.groups[gid]))
+
+    def user(name: str, uid: int, gid: int):  # noqa: ANN202
+        return SimpleNamespace(pw_name=name, pw_uid=uid, pw_gid=gid)
+
+    def getpwuid(uid: int):  # noqa: ANN202
+        for name, u, gid in data.users:
+            if u == uid:
+                return user(name, u, gid)
+        raise KeyError(uid)
+
+    monkeypatch.setattr(grp, "getgrgid", getgrgid)
+    monkeypatch.setattr(pwd, "getpwuid", getpwuid)
+    monkeypatch.setattr(pwd, "getpwall", lambda: [user(*entry) for entry in data.users])
+    return data
+
+
+@pytest.mark.parametrize("members, users, private", [
+    ([], [("me", 1000, 777)], True),  # the user's primary group, nobody else in it (a user private group)
+    (["me"], [("me", 1000, 1000)], True),  # named as its one member
+    (["me", "them"], [("me", 1000, 777)], False),  # another member named
+    ([], [("me", 1000, 777), ("them", 1001, 777)], False),  # another user's primary group too
+    ([], [("me", 1000, 1000)], False),  # nobody in it: a group of setgid programs, say
+], ids=["primary", "named", "another-named", "another-primary", "empty"])
+def test_a_group_counts_as_the_owner_only_when_its_one_member_is_the_user(
+        user_databases, members: list[str], users: list[tuple[str, int, int]], private: bool) -> None:
+    """Debian and Ubuntu give each user a group of their own, and a umask of 002 there makes new folders (``~/.config``
+    say) group-writable: refusing those would refuse a plain user's keyring. Debian's OpenSSH accepts such a group
+    when its only member is the owner, and so do the keyring's checks; any other group-writable folder is refused."""
+    from orchestrator.key_files import _others_may_write
+
+    user_databases.groups[777] = members
+    user_databases.users = users
+    status = os.stat_result((stat.S_IFDIR | 0o775, 0, 0, 1, 1000, 777, 0, 0, 0, 0))
+    assert _others_may_write(status) is not private
+    assert _others_may_write(os.stat_result((stat.S_IFDIR | 0o757, 0, 0, 1, 1000, 777, 0, 0, 0, 0)))  # others: always
+    assert not _others_may_write(os.stat_result((stat.S_IFDIR | 0o755, 0, 0, 1, 1000, 777, 0, 0, 0, 0)))
+    assert _others_may_write(os.stat_result((stat.S_IFDIR | 0o775, 0, 0, 1, 1000, 4242, 0, 0, 0, 0)))  # unknown gid
+
+
+def test_a_keyring_below_a_folder_writable_by_the_users_private_group_is_read(
+        tmp_path: Path, fresh_folder_checks: None, user_databases) -> None:
+    """The folder above (``~/.config`` made under a umask of 002), the keyring folder and its key files may be
+    group-writable when the group is the user's own; another group's write bit is refused, as before."""
+    user_databases.groups[4242] = []
+    user_databases.users = [("root", 0, 0), ("me", os.geteuid(), 4242)] if os.geteuid() else [("root", 0, 4242)]
+    env, path = _keyring_below(tmp_path, tmp_path / "config" / "deeper", "keyring folder")
+    for folder in (tmp_path / "config", path):
+        os.chown(folder, -1, 4242)
+        folder.chmod(0o775)
+    (path / "active").chmod(0o664)
+    os.chown(path / "active", -1, 4242)
+    look_again()
+    assert load_keyring(env).ensure_signer(create=False)
+    user_databases.users.append(("them", OTHER_UID, 4242))
+    from orchestrator import key_files
+
+    key_files._PRIVATE_GROUPS.clear()
+    look_again()
+    with pytest.raises(SigningKeyError, match="may be written by others"):
+        load_keyring(env).ensure_signer(create=False)
 
 
 def test_a_keyring_folder_made_under_a_umask_of_002_is_accepted(tmp_path: Path, fresh_folder_checks: None) -> None:
