@@ -9,7 +9,8 @@ A copy that fails says which side failed (``CopyFailed``): a source that cannot 
 a folder the worker cannot read); a target that cannot be written is the store's when the file system takes no more
 (a full disk, a quota, read-only) or the job's own folder cannot be made, and the job's otherwise: what is in its
 folder is its runs' doing (a handler may chmod it, or leave a file where ``inputs/`` belongs), and what is in
-``inputs/<job_id>`` came from the other job, its modes too (a read-only file copied once cannot be copied over).
+``inputs/<job_id>`` came from the other job, its modes too (a read-only file copied once cannot be copied over by a
+worker that is not root).
 """
 from __future__ import annotations
 
