@@ -34,7 +34,7 @@ from typing import Any, Callable
 from orchestrator import clock as clock_mod
 from orchestrator import faults
 from orchestrator.api import Orchestrator
-from orchestrator.artifacts_import import artifacts_from, import_artifacts
+from orchestrator.artifacts_import import CopyFailed, artifacts_from, import_artifacts
 from orchestrator.claiming import Claimer, Unhandled
 from orchestrator.errors import (HandlerNotFoundError, InvalidInputError, KeyNotTrustedError,
                                  PathEscapeError, StorageError, StorageUnavailableError)
@@ -114,6 +114,7 @@ class Worker:
         self._next_sweep = 0.0  # time.monotonic() of the next sweep of leftovers (the first recovery does one)
         self._reached = False  # run_once reached the store once: losing it from then on is waited out (a while)
         check_folders(orch.settings.state_dir, WORKER_FOLDERS)  # a link: PATH_ESCAPE before any job is claimed
+        self.folders.probe()  # runs/ or artifacts/ that cannot be written: STORAGE_ERROR before any job is claimed
         import_modules(self.settings.imports)
 
     def __repr__(self) -> str:
@@ -166,7 +167,10 @@ class Worker:
         A store lost during the recovery or the claim (a PostgreSQL restart) is tried again, as the loop
         does, for up to ``store_wait_seconds``; then, or on a stop request, its error is raised, saying so.
         A store this worker never reached (its first call here: a wrong URL) is raised at once, as by ``run``.
-        The run itself is never tried again: its heartbeat and outcome wait for the store on their own."""
+        The run itself is never tried again: its heartbeat and outcome wait for the store on their own.
+        A worker asked to stop (``stop``, a signal) does nothing: no recovery, no claim (``run`` neither)."""
+        if self.stopping:  # a claim would only be handed back: two events, and the job's attempt count, for nothing
+            return None
         claim = self._recover_and_claim(now)
         return self.execute(claim) if claim else None
 
@@ -181,6 +185,8 @@ class Worker:
                         self._reached = True
                     at = self.orch.clock() if now is None else now  # PostgreSQL's first read may be a call
                     self.recover_stale(at)
+                    if self.stopping:  # asked during the recovery: nothing is claimed
+                        return None
                     if now is None:  # a recovery may take a while (many stale jobs): the lease starts at the claim
                         at = self.orch.clock()
                     claim = self.claim(at)
@@ -232,6 +238,8 @@ class Worker:
             faults.point("worker.after_start")
         except _HeartbeatError as failed:
             raise failed.error from None
+        except CopyFailed as failed:  # artifacts_from could not be copied (artifacts_import.py says whose fault)
+            return self._copy_failed(claim, record, paths, failed)
         except (InvalidInputError, PathEscapeError, CommandNotFound) as exc:  # bad input: not retried
             return record.not_started(claim, paths, exc.code, exc.message, retryable=False)
         except OSError as exc:
@@ -267,6 +275,20 @@ class Worker:
             return record.record_exit(claim, code, child, paths.artifacts_dir)
         finally:
             child.finish(paths)
+
+    def _copy_failed(self, claim: Claim, record: OutcomeRecorder, paths: RunPaths, failed: CopyFailed) -> RunResult:
+        """A copy of ``artifacts_from`` that failed: the store's fault (a full disk, the job's own folder that cannot
+        be made) hands the job back and stops the worker, as ``runs/`` that cannot be written does; the job's (a
+        source it cannot read, a file in its folder it cannot replace) is a failed attempt, retried, as before."""
+        paths.remove()
+        if failed.store:
+            error = path_error(failed.error)
+            record.hand_back(claim, error.code, error.message)
+            raise error from None
+        exc = failed.error
+        where = "" if exc.filename is None else f": {os.path.relpath(exc.filename, self.folders.state_dir)}"
+        return record.fail(claim, "HANDLER_START_FAILED", f"cannot copy input artifacts_from{where}: "
+                           f"{exc.strerror or exc}", retryable=True)
 
     def _ended(self, how: str, claim: Claim, record: OutcomeRecorder, held: HeldLease, output: Path, *,
                started: bool = True) -> RunResult:
@@ -535,6 +557,8 @@ class Worker:
                 try:
                     recovered_at = self.orch.clock()
                     self.recover_stale(recovered_at)  # reads nothing at most passes (``StaleWatch``)
+                    if self.stopping:  # asked during the recovery: nothing is claimed
+                        break
                     # read again: a recovery may take a while (many stale jobs, each append fsynced, each run's
                     # processes killed and waited for), and the claim's lease starts when it is written
                     now = self.orch.clock()

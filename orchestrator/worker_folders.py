@@ -1,14 +1,17 @@
 """Where a worker's runs and artifacts live: ``runs/`` and ``artifacts/<job_id>`` under the state folder,
-never outside the store. A worker checks them when it starts (``WORKER_FOLDERS``, ``check_folders``), and
-again whenever something is not as last checked (``WorkerFolders.artifacts_dir``)."""
+never outside the store. A worker checks them when it starts (``WORKER_FOLDERS``, ``check_folders``; and that it
+can write in them, ``WorkerFolders.probe``), and again whenever something is not as last checked
+(``WorkerFolders.artifacts_dir``)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
 
+from orchestrator.runner import RUN_PREFIX
 from orchestrator.security import safe_join, validate_id
-from orchestrator.store.files import linked_folder_error
+from orchestrator.store.files import linked_folder_error, make_folder, path_error
 
 RUNS_DIR = "runs"
 ARTIFACTS_DIR = "artifacts"
@@ -23,6 +26,25 @@ class WorkerFolders:
         self._runs_root: Path | None = None
         self._artifacts_root: str | None = None  # ``artifacts_dir``: the folder's path,
         self._artifacts_root_id: tuple[int, int] | None = None  # ...and the (device, inode) last checked in full
+
+    def probe(self) -> None:
+        """Make ``runs/`` and ``artifacts/`` if missing, then make and remove a folder in each, as every run does
+        (its run folder, its job's folder): ``StorageError`` naming the path and the reason (a permission, a
+        read-only or full file system) when one cannot be, before the worker claims anything. Found only at a
+        run, the job was claimed, then handed back, and a supervisor restarting the worker at once wrote that pair
+        of events per restart. A real write, not ``os.access``, which says yes to root whatever the file system
+        says. The names cannot be a run's or a job's; one a crash left in ``runs/`` is swept as a run's."""
+        tag = f"{os.getpid()}-{os.urandom(4).hex()}"
+        for name, entry in ((RUNS_DIR, f"{RUN_PREFIX}probe-{tag}"), (ARTIFACTS_DIR, f".probe-{tag}")):
+            folder = os.path.join(self.state_dir, name)
+            make_folder(folder, self.state_dir)  # a link: PathEscapeError; anything else: StorageError
+            path = os.path.join(folder, entry)
+            try:
+                os.mkdir(path, 0o700)
+                with contextlib.suppress(FileNotFoundError):  # another worker's sweep of runs/ took it: it was made
+                    os.rmdir(path)
+            except OSError as exc:  # named by the folder, what the operator must fix (the entry is the probe's)
+                raise path_error(type(exc)(exc.errno, exc.strerror, folder)) from None
 
     def artifacts_dir(self, job_id: str) -> Path:
         """``artifacts/<job_id>``, never outside the store. Resolving it (``safe_join``: two ``realpath``

@@ -120,7 +120,8 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     the queued jobs of kinds it has no handler for, by kind, and those signed by keys it does not
     trust, by key), or an error object if it stops on an error.
 
-    Exit codes: 0 ran a job (--once) or stopped normally, 75 nothing was runnable (--once),
+    Exit codes: 0 ran a job (--once) or stopped normally, 75 nothing was runnable, or a stop signal came
+    before the claim (--once),
     11 ran nothing but left queued jobs of a kind this worker has no handler for (--once; the
     error names the kinds, how many jobs, and why), 2 unknown option, choice or out-of-range
     value on the command line, 3 the same from the environment or .env, a bad setting, a handler
@@ -167,7 +168,11 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
                 left = _left_queued(w.handler_not_found(), w.untrusted_keys())
                 if left is not None:
                     raise left
-                out.emit({"ran": False, "worker_id": w.worker_id}, "nothing to run")
+                if w.stopping:  # a signal before the claim: nothing claimed (Worker.run_once), the queue untouched
+                    out.emit({"ran": False, "worker_id": w.worker_id, "stopped": True},
+                             "stopped before claiming a job: nothing run")
+                else:
+                    out.emit({"ran": False, "worker_id": w.worker_id}, "nothing to run")
                 return EXIT_NOTHING_TO_DO
             report(result)
             return EXIT_RAN

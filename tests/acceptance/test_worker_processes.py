@@ -60,6 +60,29 @@ def test_once_exits_75_when_nothing_is_runnable_and_0_after_running_a_job(env, o
     assert json.loads(ran.stdout)["job_id"] == job and state(orch, job) == "succeeded"
 
 
+def test_once_stopped_before_its_claim_says_so_exits_75_and_leaves_the_queue_untouched(
+        env, orch, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import worker_handlers  # noqa: F401  (the t.* kinds, as ORCH_HANDLERS imports them)
+    from orchestrator.cli import cli
+    from orchestrator.worker import Worker
+
+    job = orch.submit("t.echo", "x")
+    handle_signals = Worker.handle_signals
+
+    def stopped_at_once(self):  # a SIGTERM right after the worker started watching for it
+        self.stop()
+        return handle_signals(self)
+
+    monkeypatch.setattr(Worker, "handle_signals", stopped_at_once)
+    ran = CliRunner().invoke(cli, ["worker", "--once", "--json"], env=env)
+    assert ran.exit_code == 75, ran.output
+    assert json.loads(ran.stdout) == {"ran": False, "worker_id": json.loads(ran.stdout)["worker_id"], "stopped": True}
+    # before the fix: the job claimed and handed back (WORKER_STOPPED_BEFORE_START), exit 0
+    assert [r["type"] for r in records(orch, job)] == ["job_submitted"]
+
+
 def test_once_warns_that_max_jobs_and_idle_exit_have_no_effect_and_runs_as_usual(env, orch) -> None:
     job = orch.submit("t.echo", 1)
     ran = run_script("worker", "--once", "--json", env={**env, "ORCH_MAX_JOBS": "5", "ORCH_IDLE_EXIT": "1"})

@@ -1082,6 +1082,70 @@ def _die() -> None:
     raise _Killed()
 
 
+def test_a_full_disk_while_artifacts_from_are_copied_hands_the_job_back_and_stops_the_worker(
+        orch, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that takes no more is the host's fault, not the job's: failing the run spent an attempt per try, and
+    ended the job failed because the machine's disk was full."""
+    import errno
+
+    from orchestrator.errors import StorageError
+
+    first = _a_job_with_files(orch, 3)
+    job = orch.submit("t.echo", {"artifacts_from": [first]}, max_attempts=3)
+    calls: list[int] = []
+
+    def full(*_args):
+        calls.append(1)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "sendfile", full)
+    with pytest.raises(StorageError) as err:
+        make_worker(orch, artifacts_import=True).run_once()
+    # before the fix: job_failed, HANDLER_START_FAILED, retried (each try an attempt), every file tried in turn
+    _handed_back(orch, job)
+    assert err.value.exit_code == 10 and err.value.message.endswith(": No space left on device")
+    assert f"inputs/{first}/f0" in err.value.message and len(calls) == 1  # the file named; the copy stopped there
+    assert not list((orch.settings.state_dir / "runs").iterdir())  # the run's folder removed
+    monkeypatch.undo()
+    result = make_worker(orch, artifacts_import=True).run_once()
+    assert (result.job_id, result.outcome) == (job, "succeeded")
+
+
+@pytest.mark.parametrize("where", ["folder", "file"])
+def test_an_artifacts_from_source_that_cannot_be_read_fails_the_run_and_the_worker_runs_on(
+        orch, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """Another job's folder the worker cannot read is this job's input, not the store: a failed attempt, retried
+    (it may be made readable), as a file in it always was. The folder itself was taken for the worker's own
+    (``WorkerFolders.made_by_worker``): the job handed back and the worker stopped, at every restart."""
+    import errno
+
+    first = _a_job_with_files(orch, 3)
+    job = orch.submit("t.echo", {"artifacts_from": [first]}, max_attempts=3)
+    source = orch.settings.state_dir / "artifacts" / first
+    denied = str(source if where == "folder" else source / "f01.txt")
+    scandir, open_ = os.scandir, os.open
+
+    def scan(path=".", *args):
+        if str(path) == denied:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return scandir(path, *args)
+
+    def opening(path, *args, **kw):
+        if str(path) == denied:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return open_(path, *args, **kw)
+
+    monkeypatch.setattr(os, "scandir", scan)
+    monkeypatch.setattr(os, "open", opening)
+    other = orch.submit("t.echo", 2)
+    w = make_worker(orch, artifacts_import=True)
+    result = w.run_once()  # before the fix ("folder"): StorageError, the job handed back, the worker stopped
+    assert (result.job_id, result.outcome, result.error_code) == (job, "retry", "HANDLER_START_FAILED")
+    relative = f"artifacts/{first}" + ("" if where == "folder" else "/f01.txt")
+    assert orch.status(job).last_error["message"] == f"cannot copy input artifacts_from: {relative}: Permission denied"
+    assert w.run_once().job_id == other  # the worker runs on
+
+
 @pytest.mark.parametrize("point, nth", [("artifacts_import.after_chunk", 2), ("worker.after_start", 1)],
                          ids=["mid-copy", "after-the-copy"])
 def test_a_worker_killed_after_copying_artifacts_from_left_no_artifact_so_stale_recovery_queues_the_job(
@@ -1216,6 +1280,45 @@ def test_a_second_stop_signal_ends_the_grace_period_at_once(orch) -> None:
         result = w.run_once()
     assert (result.job_id, result.outcome, result.error_code) == (job, "released", "WORKER_STOPPED")
     assert time.monotonic() - started < 10.0  # not the 30 s grace period
+
+
+def test_a_worker_asked_to_stop_claims_nothing_and_writes_nothing(orch) -> None:
+    """A claim by a stopping worker would only be handed back: two events and one of the job's attempts for
+    nothing. Nor does it recover stale jobs: a stop means end soon, and a recovery may take a while (many stale
+    jobs, each run's processes killed and waited for); the workers that go on recover them."""
+    dead = orch.submit("t.echo", 0)
+    t = orch.clock()
+    assert make_worker(orch, worker_id="dead", lease_seconds=1).claim(now=t).job_id == dead  # ... and it died
+    job = orch.submit("t.echo", 1)
+    w = make_worker(orch)
+    w.stop()
+    assert w.run_once(now=t + 60) is None
+    # before the fix: the job claimed, then handed back (WORKER_STOPPED_BEFORE_START), its attempt count raised
+    assert types(orch, job) == ["job_submitted"]
+    st = orch.load(job).state
+    assert (st.state, st.attempt, st.failures) == ("queued", 0, 0)
+    assert orch.status(dead).state == "running"  # not recovered by the stopping worker
+    assert make_worker(orch).run_once(now=t + 60) is not None  # the next worker recovers it, and runs a job
+
+
+@pytest.mark.parametrize("how", ["run_once", "run"])
+def test_a_stop_during_stale_recovery_claims_nothing(orch, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    job = orch.submit("t.echo", 1)
+    w = make_worker(orch)
+    recover = w.recover_stale
+
+    def recover_then_stop(now=None):  # a SIGTERM while the worker recovered stale jobs
+        recovered = recover(now)
+        w.stop()
+        return recovered
+
+    monkeypatch.setattr(w, "recover_stale", recover_then_stop)
+    if how == "run_once":
+        assert w.run_once() is None
+    else:
+        assert w.run(idle_exit=True) == 0
+    # before the fix: claimed, then handed back (WORKER_STOPPED_BEFORE_START)
+    assert types(orch, job) == ["job_submitted"] and orch.load(job).state.attempt == 0
 
 
 # -- command handler environment ---------------------------------------------------------------
@@ -1363,6 +1466,50 @@ def test_a_file_in_place_of_the_runs_folder_hands_every_job_back_and_stops_the_w
     _handed_back(orch, job)
     runs.unlink()
     assert make_worker(orch, handler_process=mode).run_once().outcome == "succeeded"
+
+
+@pytest.fixture
+def immutable():
+    """``immutable(folder)``: a folder in which nothing can be made, even by root (``chattr +i``), undone after the
+    test; the test is skipped where the file system cannot."""
+    import subprocess
+
+    made: list[Path] = []
+
+    def make(folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available here")
+        made.append(folder)
+
+    yield make
+    for folder in made:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("folder", ["runs", "artifacts"])
+def test_a_worker_that_cannot_write_in_runs_or_artifacts_refuses_to_start_and_claims_nothing(
+        orch, immutable, folder: str) -> None:
+    """Found at the first run, the job was claimed, handed back, and the worker stopped: a supervisor restarting it
+    at once wrote that pair of events per restart until the path was fixed."""
+    from orchestrator.errors import StorageError
+
+    job = orch.submit("command", {"argv": write_terminal({"status": "done", "summary": "ok"})}, max_attempts=3)
+    immutable(orch.settings.state_dir / folder)
+    with pytest.raises(StorageError) as err:
+        make_worker(orch).run_once()
+    # before the fix: job_claimed and job_released (STORAGE_ERROR) on every start of the worker
+    assert types(orch, job) == ["job_submitted"] and orch.load(job).state.attempt == 0
+    assert err.value.code == "STORAGE_ERROR" and err.value.exit_code == 10
+    assert err.value.message.endswith(f"/{folder}: permission denied; run the command as the store's owner, or fix "
+                                      "the owner and mode")
+
+
+def test_a_worker_checks_that_it_can_write_its_folders_by_making_one_and_leaves_nothing(orch) -> None:
+    shutil.rmtree(orch.settings.state_dir / "runs", ignore_errors=True)
+    make_worker(orch)
+    for folder in ("runs", "artifacts"):  # made if missing, as a run would, and the probe removed
+        assert list((orch.settings.state_dir / folder).iterdir()) == []
 
 
 @pytest.mark.parametrize("kind,value,mode", [
