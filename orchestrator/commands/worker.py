@@ -11,7 +11,7 @@ from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCE
                                  DEFAULT_OUTPUT_MAX_BYTES, DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS,
                                  DEFAULT_STOP_GRACE_SECONDS, DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES,
                                  MAX_LEASE_SECONDS, MIN_LEASE_SECONDS, MIN_OUTPUT_MAX_BYTES)
-from orchestrator.errors import ConfigError, HandlerNotFoundError, KeyNotTrustedError
+from orchestrator.errors import ConfigError, HandlerNotFoundError, KeyNotTrustedError, OrchestratorError
 from orchestrator.limits import MAX_KIND_LENGTH, is_kind
 from orchestrator.security import sanitize_text, shown
 
@@ -148,8 +148,8 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     w = Worker(orch, settings)
     adopt_orphans()  # a process of its own: what a run leaves behind an exited parent becomes its child
 
-    def report(result: Any) -> None:
-        out.emit(result.to_dict(), f"{result.job_id} {result.run_id}: {result.outcome}"
+    def report(result: Any, **extra: Any) -> None:
+        out.emit({**result.to_dict(), **extra}, f"{result.job_id} {result.run_id}: {result.outcome}"
                  + (f" ({result.error_code})" if result.error_code else ""))
 
     with w.handle_signals():
@@ -159,17 +159,23 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
             if ignored:  # set in the environment for a looping worker, say: told, not a reason to refuse
                 echo(f"warning: {' and '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect "
                            "with --once, which runs at most one job", err=True)
+            # the stale jobs its recovery wrote (each also logged on stderr, as a looping worker's are) are part of
+            # what it did: under --json in its one object, "recovered", an error's details included
             try:
                 result = w.run_once()
+                left = _left_queued(w.handler_not_found(), w.untrusted_keys()) if result is None else None
+                if left is not None:
+                    raise left
+            except OrchestratorError as exc:
+                if w.recovered:
+                    exc.details = {**exc.details, "recovered": w.recovered}
+                raise
             finally:
                 w.close()
             if result is None:
-                left = _left_queued(w.handler_not_found(), w.untrusted_keys())
-                if left is not None:
-                    raise left
-                out.emit({"ran": False, "worker_id": w.worker_id}, "nothing to run")
+                out.emit({"ran": False, "worker_id": w.worker_id, "recovered": w.recovered}, "nothing to run")
                 return EXIT_NOTHING_TO_DO
-            report(result)
+            report(result, recovered=w.recovered)
             return EXIT_RAN
         out.progress(f"worker {w.worker_id} started")
         done = w.run(max_jobs=max_jobs, idle_exit=idle_exit, on_result=report)
