@@ -314,7 +314,7 @@ def not_regular(path: "Path | str", mode: int | None = None) -> str:
 def holding_files(path: "Path | str") -> str:
     """Why a directory in the place of a file of the store is not written: one holding files is not ours to remove
     (an empty one is taken, ``vacate``)."""
-    return f"{path} is a directory that holds files, where a record belongs; move it away"
+    return f"{path} is a directory that holds files, where a file of the store belongs; move it away"
 
 
 def write_failure(path: "Path | str", exc: OSError) -> str:
