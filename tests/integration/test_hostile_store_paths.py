@@ -934,3 +934,21 @@ def test_a_fifo_socket_or_folder_in_the_audit_logs_place_is_a_problem_of_the_aud
         assert [(p["stream"], p["code"]) for p in result["problems"]] == [("@audit", "NOT_A_FILE")]
         assert result["lines"] and {ln["status"] for ln in result["lines"]} == {"ok"} and result["warnings"] == []
     assert not path.is_file() and path.exists()  # left for an operator
+
+
+def test_a_device_that_never_ends_in_a_job_files_place_is_not_a_file_never_read_for_ever(orch: Orchestrator) -> None:
+    """Listed as a job since 2026-12-03 (as a FIFO is), so ``verify`` reads it: a read stops at its first full chunk."""
+    import stat
+
+    from orchestrator.integrity import verify_project
+
+    orch.submit("rel.echo", {"x": 1})
+    path = orch.store.path("01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 5))  # /dev/zero's numbers: endless bytes
+    except PermissionError:
+        pytest.skip("making a device needs CAP_MKNOD")
+    report = _in_a_thread_or_fail_if_it_hangs(lambda: verify_project(orch), path)
+    assert [(p.code, p.line) for p in report.problems] == [("NOT_A_FILE", 0)]
+    assert "is a device" in report.problems[0].message
+    assert orch.status(path.name.split(".")[0]).integrity_error["problems"][0]["code"] == "NOT_A_FILE"
