@@ -43,7 +43,8 @@ def _output_bound(ctx: click.Context, param: click.Parameter, value: int) -> int
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--once", is_flag=True, envvar="ORCH_WORKER_ONCE", show_envvar=True,
-              help="Recover stale jobs, claim and run at most one job, then exit "
+              help="Recover stale jobs (each named on stderr; with --json under \"recovered\"), claim and run at most "
+                   "one job, then exit "
                    f"(exit {EXIT_RAN}: ran a job; exit {EXIT_NOTHING_TO_DO}: nothing was runnable; exit "
                    f"{HandlerNotFoundError.exit_code}: ran nothing and left queued jobs of a kind it has no "
                    f"handler for; exit {KeyNotTrustedError.exit_code}: ran nothing and left queued jobs signed by a "
@@ -118,7 +119,10 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     With --json it prints JSON Lines, one JSON object per line: one per job it ran (one in all with
     --once), and last, without --once, {"event": "worker_stopped", ...} when it stops (jobs run,
     the queued jobs of kinds it has no handler for, by kind, and those signed by keys it does not
-    trust, by key), or an error object if it stops on an error.
+    trust, by key), or an error object if it stops on an error. With --once, that one object (the
+    job it ran, or {"ran": false, ...}) also lists under "recovered" the stale jobs its recovery
+    ended before the claim (job_id, to: queued, failed or waiting_human, retry_at, ...; an error's
+    under details.recovered); each is also a line on stderr, "recovered stale job J -> STATE".
 
     Exit codes: 0 ran a job (--once) or stopped normally, 75 nothing was runnable (--once),
     11 ran nothing but left queued jobs of a kind this worker has no handler for (--once; the
