@@ -23,7 +23,7 @@ from orchestrator.command_input import COMMAND_KIND, parse_command_input
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Settings, default_actor
 from orchestrator.errors import (AuxNotWrittenError, ConcurrencyError, ConfigError, ContextSignatureInvalid,
                                  InvalidIdError, InvalidInputError, JobNotFoundError, OrchestratorError,
-                                 PathEscapeError)
+                                 PathEscapeError, UnusableFileError)
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream,
                                   check_head_record, check_head, head_record, seal, verify_stream)
 from orchestrator.key_files import load_keyring
@@ -135,15 +135,16 @@ class Orchestrator:
         # longer than the record, never shorter (which would look like a cut history: TRUNCATED).
         try:
             head_raw, lines = read if read is not None else self.store.read_with_aux(job_id, HEADS_AREA, job_id)
-        except PathEscapeError as exc:
-            return self._linked_view(job_id, exc)
+        except (PathEscapeError, UnusableFileError) as exc:
+            return self._unreadable_view(job_id, exc)
         return self._verified_view(job_id, lines, head_raw, every_signature=every_signature)
 
-    def _linked_view(self, job_id: str, exc: PathEscapeError) -> JobView:
-        """The job whose events file or head record is a symbolic link, which the store never follows:
-        no event can be trusted, so it is reported as the job's problem, like a damaged file (``status``
-        exits 7, a worker refuses it, ``verify`` lists it), not raised at every command that lists jobs."""
-        return self._view(job_id, VerifiedStream(job_id, []), Problem.linked(job_id, exc))
+    def _unreadable_view(self, job_id: str, exc: PathEscapeError | UnusableFileError) -> JobView:
+        """The job whose events file or head record is a symbolic link, which the store never follows, or whose
+        events file is a FIFO, socket, device or folder holding files, which it never reads (``NOT_A_FILE``): no
+        event can be trusted, so it is reported as the job's problem, like a damaged file (``status`` exits 7, a
+        worker refuses it, ``verify`` lists it), not raised at every command that lists jobs."""
+        return self._view(job_id, VerifiedStream(job_id, []), Problem.unusable(job_id, exc))
 
     def _verified_view(self, job_id: str, lines: list[StoredLine], head_raw: bytes | None, *,
                        every_signature: bool = False) -> JobView:
@@ -152,6 +153,10 @@ class Orchestrator:
         problem is named at the line it is on, exactly as ``verify`` names it."""
         head_problem, anchor = check_head(job_id, lines, head_raw or None, self.keyring)
         if not lines:
+            try:  # one lstat, for a file with no line only: a FIFO or a folder holding files reads as none
+                self.store.refuse_unusable(job_id)
+            except (PathEscapeError, UnusableFileError) as exc:
+                return self._unreadable_view(job_id, exc)
             if head_problem is None:  # no event and no record of one: a job that never was
                 raise JobNotFoundError(f"no job {job_id!r} in project {self.project_id!r}", job_id=job_id)
             # a head record says events were written: the whole history was removed (the file deleted
@@ -176,8 +181,8 @@ class Orchestrator:
         try:
             head_raw, lines = (read if read is not None
                                else self.store.read_with_aux(view.job_id, HEADS_AREA, view.job_id))
-        except PathEscapeError as exc:
-            return self._linked_view(view.job_id, exc)
+        except (PathEscapeError, UnusableFileError) as exc:
+            return self._unreadable_view(view.job_id, exc)
         known = view.stream.lines
         if lines[:len(known)] != known:  # shorter, or a line changed: verify it all
             return self._verified_view(view.job_id, lines, head_raw, every_signature=every_signature)

@@ -512,6 +512,7 @@ def _run_command(command: click.Command, args: list[str], prog_name: str | None)
         with _sigterm_interrupts():
             code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except click.ClickException as exc:
+        _name_where_json_goes(exc, args)
         setting = _setting_error(exc)
         if setting is not None:
             Output(_wants_json(args), data_on_stdout=_data_on_stdout(command, args)).error(setting)
@@ -530,6 +531,25 @@ def _run_command(command: click.Command, args: list[str], prog_name: str | None)
         Output(_wants_json(args), data_on_stdout=_data_on_stdout(command, args)).error(stop)
         sys.exit(stop.exit_code)
     sys.exit(code if isinstance(code, int) else 0)  # ctx.exit(n) returns n; a command that returns exits 0
+
+
+def _name_where_json_goes(exc: click.ClickException, args: list[str]) -> None:
+    """``--json`` given to a group (``orchestrator --json status``, ``control --json cancel J``) is click's "No such
+    option '--json'" (for ``orchestrator``, with "Did you mean '--version'?"), though every command has it: the
+    message then says where it goes, after the command's name, and shows the command line with it there."""
+    if (isinstance(exc, click.NoSuchOption) and exc.option_name == "--json" and exc.ctx is not None
+            and isinstance(exc.ctx.command, click.Group)):
+        import shlex
+
+        rest = [a for a in args if a != "--json"]
+        depth = len(exc.ctx.command_path.split()) - len(exc.ctx.find_root().command_path.split())
+        if sum(not a.startswith("-") for a in rest) > depth:  # a command is named after the group: show the line
+            line = " ".join([exc.ctx.find_root().command_path, *map(shlex.quote, rest), "--json"])
+        else:
+            line = f"{exc.ctx.command_path} <command> ... --json"
+        exc.message = (f"No such option '--json' for {exc.ctx.command_path} itself: give it after the command, "
+                       f"{safe_line(line)}")
+        exc.possibilities = None  # type: ignore[misc]
 
 
 @contextlib.contextmanager

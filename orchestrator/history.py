@@ -33,7 +33,7 @@ ROLLED_BACK = "ROLLED_BACK"  # shorter than, or different from, an exported anch
 INVALID_HISTORY = "INVALID_HISTORY"  # signed events that the state machine refuses
 CONTEXT_MISMATCH = "CONTEXT_MISMATCH"  # the submitted context does not match its digest
 PATH_ESCAPE = "PATH_ESCAPE"  # the events file or head record is a symbolic link, never followed
-NOT_A_FILE = "NOT_A_FILE"  # a FIFO, socket, device or directory holding files in the audit log's place
+NOT_A_FILE = "NOT_A_FILE"  # a FIFO, socket, device or directory holding files in the audit log's or a job file's place
 # and the codes of ``Keyring.check``: SIGNATURE_MISSING, SIGNATURE_INVALID, KEY_REVOKED, UNKNOWN_KEY
 
 

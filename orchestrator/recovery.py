@@ -141,9 +141,10 @@ def reload_keys(orch: Orchestrator) -> bool:
 
 def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor: str,
                     backoff: Callable[[int], float], folders: WorkerFolders, untrusted: UntrustedJobs,
-                    watch: StaleWatch) -> list[str]:
+                    watch: StaleWatch, on_recovered: Callable[[dict[str, Any]], None] | None = None) -> list[str]:
     """Recover the running jobs whose lease expired at ``now``; returns their ids. ``backoff`` gives the delay
-    of a retry after that many failures, ``folders`` the jobs' artifact folders (``Worker``'s).
+    of a retry after that many failures, ``folders`` the jobs' artifact folders (``Worker``'s);
+    ``on_recovered`` is given each recovery's record (``recover``), as it is written.
 
     ``watch`` (``Worker``'s) says whether the running index is listed at this pass, and which of its entries
     are read: not one whose lease it read holds at ``now``. A job whose only problem is a key this worker
@@ -184,16 +185,21 @@ def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor:
         if expiry is not None and expiry > now:
             watch.holds_until((job_id, epoch), expiry, now)
             continue
-        if recover(orch, view, s, expiry, now, actor=actor, backoff=backoff, folders=folders):
+        record = recover(orch, view, s, expiry, now, actor=actor, backoff=backoff, folders=folders)
+        if record is not None:
             recovered.append(job_id)
+            if on_recovered is not None:
+                on_recovered(record)
     watch.listed(now, bool(entries))
     return recovered
 
 
 def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None, now: float, *, actor: str,
-            backoff: Callable[[int], float], folders: WorkerFolders) -> bool:
+            backoff: Callable[[int], float], folders: WorkerFolders) -> dict[str, Any] | None:
     """Append the ``stale_recovered`` event of one job whose lease expired, after killing what its run left
-    running on this machine; False if another worker recovered it first (or the run just finished).
+    running on this machine, and return what was done (``job_id``, ``run_id``, ``to``, ``stale_worker_id``,
+    ``lease_expired_at``, ``retry_at``, ``artifacts``: what ``worker --once --json`` shows under ``recovered``);
+    None if another worker recovered it first (or the run just finished).
 
     Its audit entry must be writable first (``audit.require_writable``: on files, an audit log cut against its head
     record, or ending in a corrupt line, is ``IntegrityError`` before anything is written, and the worker stops,
@@ -234,10 +240,12 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
                     fence=s.epoch + 1,  # supersedes the dead run's epoch
                     aux=drop_lease_aux(s.job_id, s.epoch))
     except ConcurrencyError:
-        return False  # another worker recovered it, or the run finished just now
-    log.warning("recovered stale job %s -> %s", s.job_id, data["to"],
+        return None  # another worker recovered it, or the run finished just now
+    log.warning("recovered stale job %s -> %s%s", s.job_id, data["to"],
+                f" (retry at {data['retry_at']})" if data.get("retry_at") else "",  # why `--once` may then run nothing
                 extra={"job_id": s.job_id, "run_id": s.run_id, "stale_worker_id": s.worker_id})
-    return True
+    return {"job_id": s.job_id, "run_id": s.run_id, "to": data["to"], "stale_worker_id": s.worker_id,
+            "lease_expired_at": expired, "retry_at": data.get("retry_at"), "artifacts": artifacts}
 
 
 def local_ahead(orch: Orchestrator) -> float:

@@ -42,7 +42,8 @@ from typing import IO, Any, Callable, Iterator
 from orchestrator import clock, faults
 from orchestrator.api import HEADS_AREA, Orchestrator
 from orchestrator.audit import AUDIT_HEAD
-from orchestrator.errors import ImportConflictError, IntegrityError, InvalidIdError, InvalidInputError, PathEscapeError
+from orchestrator.errors import (ImportConflictError, IntegrityError, InvalidIdError, InvalidInputError, PathEscapeError,
+                                 UnusableFileError)
 from orchestrator.history import TRUNCATED, Problem, VerifiedStream, check_head_record, verify_stream
 from orchestrator.limits import MAX_BUNDLE_LINE_BYTES
 from orchestrator.security import is_id, shown, validate_id
@@ -121,8 +122,10 @@ def export_project(orch: Orchestrator, out: IO[bytes], *, allow_damaged: bool = 
         try:
             head = orch.store.get_aux(*_head_key(stream)) or None  # before the lines: an append only adds lines
             lines = orch.store.read(stream)
-        except PathEscapeError as exc:  # a symbolic link in the file's place is never followed
-            found([Problem.linked(stream, exc)])
+            if not lines:  # a FIFO or a folder holding files reads as no line: what is there, not "emptied"
+                orch.store.refuse_unusable(stream)
+        except (PathEscapeError, UnusableFileError) as exc:  # a link, never followed; a FIFO, socket..., never read
+            found([Problem.unusable(stream, exc)])
             continue
         if not lines:  # an emptied audit log whose head record says it held entries; a job listed with events
             found(_emptied(orch, stream, head))

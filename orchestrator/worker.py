@@ -113,6 +113,9 @@ class Worker:
         self.folders = WorkerFolders(orch.settings.state_dir)  # runs/ and artifacts/, never outside the store
         self._next_sweep = 0.0  # time.monotonic() of the next sweep of leftovers (the first recovery does one)
         self._reached = False  # run_once reached the store once: losing it from then on is waited out (a while)
+        # the stale jobs recovered by the last run_once before its claim (or the loop's last pass), one record each
+        # (``recovery.recover``): what ``worker --once`` shows, which its result alone would not
+        self.recovered: list[dict[str, Any]] = []
         check_folders(orch.settings.state_dir, WORKER_FOLDERS)  # a link: PATH_ESCAPE before any job is claimed
         self.folders.probe()  # runs/ or artifacts/ that cannot be written: STORAGE_ERROR before any job is claimed
         import_modules(self.settings.imports)
@@ -130,7 +133,8 @@ class Worker:
         (SIGNING_KEY_ERROR)."""
         now = self.orch.clock() if now is None else now
         recovered = recover_expired(self.orch, self.queue, now, actor=self.actor, backoff=self.backoff,
-                                    folders=self.folders, untrusted=self.untrusted, watch=self.stale_watch)
+                                    folders=self.folders, untrusted=self.untrusted, watch=self.stale_watch,
+                                    on_recovered=self.recovered.append)
         if time.monotonic() >= self._next_sweep:  # after the recoveries: the runs they ended are over
             self._next_sweep = time.monotonic() + SWEEP_EVERY
             reload_keys(self.orch)
@@ -168,7 +172,9 @@ class Worker:
         does, for up to ``store_wait_seconds``; then, or on a stop request, its error is raised, saying so.
         A store this worker never reached (its first call here: a wrong URL) is raised at once, as by ``run``.
         The run itself is never tried again: its heartbeat and outcome wait for the store on their own.
-        A worker asked to stop (``stop``, a signal) does nothing: no recovery, no claim (``run`` neither)."""
+        A worker asked to stop (``stop``, a signal) does nothing: no recovery, no claim (``run`` neither).
+        The jobs its recovery recovered are in ``recovered`` afterwards (also when it raised)."""
+        self.recovered = []
         if self.stopping:  # a claim would only be handed back: two events, and the job's attempt count, for nothing
             return None
         claim = self._recover_and_claim(now)
@@ -556,6 +562,7 @@ class Worker:
             while not self.stopping and (max_jobs is None or done < max_jobs):
                 try:
                     recovered_at = self.orch.clock()
+                    self.recovered = []  # this pass's only: a looping worker logs each as it is written
                     self.recover_stale(recovered_at)  # reads nothing at most passes (``StaleWatch``)
                     if self.stopping:  # asked during the recovery: nothing is claimed
                         break

@@ -11,7 +11,7 @@ from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCE
                                  DEFAULT_OUTPUT_MAX_BYTES, DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS,
                                  DEFAULT_STOP_GRACE_SECONDS, DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES,
                                  MAX_LEASE_SECONDS, MIN_LEASE_SECONDS, MIN_OUTPUT_MAX_BYTES)
-from orchestrator.errors import ConfigError, HandlerNotFoundError, KeyNotTrustedError
+from orchestrator.errors import ConfigError, HandlerNotFoundError, KeyNotTrustedError, OrchestratorError
 from orchestrator.limits import MAX_KIND_LENGTH, is_kind
 from orchestrator.security import sanitize_text, shown
 
@@ -43,7 +43,8 @@ def _output_bound(ctx: click.Context, param: click.Parameter, value: int) -> int
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--once", is_flag=True, envvar="ORCH_WORKER_ONCE", show_envvar=True,
-              help="Recover stale jobs, claim and run at most one job, then exit "
+              help="Recover stale jobs (each named on stderr; with --json under \"recovered\"), claim and run at most "
+                   "one job, then exit "
                    f"(exit {EXIT_RAN}: ran a job; exit {EXIT_NOTHING_TO_DO}: nothing was runnable; exit "
                    f"{HandlerNotFoundError.exit_code}: ran nothing and left queued jobs of a kind it has no "
                    f"handler for; exit {KeyNotTrustedError.exit_code}: ran nothing and left queued jobs signed by a "
@@ -118,7 +119,10 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     With --json it prints JSON Lines, one JSON object per line: one per job it ran (one in all with
     --once), and last, without --once, {"event": "worker_stopped", ...} when it stops (jobs run,
     the queued jobs of kinds it has no handler for, by kind, and those signed by keys it does not
-    trust, by key), or an error object if it stops on an error.
+    trust, by key), or an error object if it stops on an error. With --once, that one object (the
+    job it ran, or {"ran": false, ...}) also lists under "recovered" the stale jobs its recovery
+    ended before the claim (job_id, to: queued, failed or waiting_human, retry_at, ...; an error's
+    under details.recovered); each is also a line on stderr, "recovered stale job J -> STATE".
 
     Exit codes: 0 ran a job (--once) or stopped normally, 75 nothing was runnable, or a stop signal came
     before the claim (--once),
@@ -149,8 +153,8 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     w = Worker(orch, settings)
     adopt_orphans()  # a process of its own: what a run leaves behind an exited parent becomes its child
 
-    def report(result: Any) -> None:
-        out.emit(result.to_dict(), f"{result.job_id} {result.run_id}: {result.outcome}"
+    def report(result: Any, **extra: Any) -> None:
+        out.emit({**result.to_dict(), **extra}, f"{result.job_id} {result.run_id}: {result.outcome}"
                  + (f" ({result.error_code})" if result.error_code else ""))
 
     with w.handle_signals():
@@ -160,21 +164,27 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
             if ignored:  # set in the environment for a looping worker, say: told, not a reason to refuse
                 echo(f"warning: {' and '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect "
                            "with --once, which runs at most one job", err=True)
+            # the stale jobs its recovery wrote (each also logged on stderr, as a looping worker's are) are part of
+            # what it did: under --json in its one object, "recovered", an error's details included
             try:
                 result = w.run_once()
+                left = _left_queued(w.handler_not_found(), w.untrusted_keys()) if result is None else None
+                if left is not None:
+                    raise left
+            except OrchestratorError as exc:
+                if w.recovered:
+                    exc.details = {**exc.details, "recovered": w.recovered}
+                raise
             finally:
                 w.close()
             if result is None:
-                left = _left_queued(w.handler_not_found(), w.untrusted_keys())
-                if left is not None:
-                    raise left
                 if w.stopping:  # a signal before the claim: nothing claimed (Worker.run_once), the queue untouched
-                    out.emit({"ran": False, "worker_id": w.worker_id, "stopped": True},
+                    out.emit({"ran": False, "worker_id": w.worker_id, "stopped": True, "recovered": w.recovered},
                              "stopped before claiming a job: nothing run")
                 else:
-                    out.emit({"ran": False, "worker_id": w.worker_id}, "nothing to run")
+                    out.emit({"ran": False, "worker_id": w.worker_id, "recovered": w.recovered}, "nothing to run")
                 return EXIT_NOTHING_TO_DO
-            report(result)
+            report(result, recovered=w.recovered)
             return EXIT_RAN
         out.progress(f"worker {w.worker_id} started")
         done = w.run(max_jobs=max_jobs, idle_exit=idle_exit, on_result=report)

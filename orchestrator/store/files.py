@@ -115,8 +115,9 @@ _READ_CHUNK = 1 << 16  # under malloc's mmap threshold: a read of a small file c
 def read_all(fd: int) -> bytes:
     """The rest of ``fd``'s bytes, by plain ``read`` calls: a buffered file object (``open(fd, "rb")``) costs four
     system calls more (two ``fstat``, an ``ioctl``, an ``lseek``) and its allocations, on each read of a job and
-    of each head record, several per job. A larger file is read on at its size (``fstat``). A FIFO (opened
-    non-blocking, ``nofollow_opener``) with nothing more to read ends it."""
+    of each head record, several per job. A larger file is read on at its size (``fstat``), and a full first read
+    of what is no regular file (a device) is ``NotRegularFileError``. A FIFO (opened non-blocking,
+    ``nofollow_opener``) with nothing more to read ends it."""
     parts: list[bytes] = []
     size = _READ_CHUNK
     while True:
@@ -128,7 +129,10 @@ def read_all(fd: int) -> bytes:
             break
         parts.append(chunk)
         if len(parts) == 1 and len(chunk) == size:  # a large file: the rest in one read
-            size = max(os.fstat(fd).st_size - len(chunk), 0) + _READ_CHUNK
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):  # a device that never ends (``/dev/zero``): read no further
+                raise NotRegularFileError(f"descriptor {fd}", st.st_mode)
+            size = max(st.st_size - len(chunk), 0) + _READ_CHUNK
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
@@ -137,6 +141,8 @@ def read_file(path: str) -> bytes:
     fd = nofollow_opener(path, os.O_RDONLY)
     try:
         return read_all(fd)
+    except NotRegularFileError as exc:
+        raise NotRegularFileError(path, exc.mode) from None
     finally:
         os.close(fd)
 
@@ -314,7 +320,7 @@ def not_regular(path: "Path | str", mode: int | None = None) -> str:
 def holding_files(path: "Path | str") -> str:
     """Why a directory in the place of a file of the store is not written: one holding files is not ours to remove
     (an empty one is taken, ``vacate``)."""
-    return f"{path} is a directory that holds files, where a record belongs; move it away"
+    return f"{path} is a directory that holds files, where a file of the store belongs; move it away"
 
 
 def write_failure(path: "Path | str", exc: OSError) -> str:

@@ -96,6 +96,16 @@ def _holds_a_line(path: str) -> bool:
         return False
 
 
+def _holds_an_entry(path: str) -> bool:
+    """Whether the folder at ``path`` holds anything (an empty one in a file's place is no file: an append takes it,
+    ``vacate``); one that cannot be read counts as holding something, so it is reported rather than passed over."""
+    try:
+        with os.scandir(path) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return True
+
+
 def _slot_record(data: bytes) -> bytes | None:
     """The record in a slot file's bytes: up to its newline when the rest of the 512 bytes is padding
     (also when the write landed on a longer foreign file before its cut: a crash between). Bytes that
@@ -308,6 +318,7 @@ class JsonlStore(EventStore):
             return []
         except OSError as exc:
             refuse_link(path, exc)
+            self.refuse_unusable(stream)  # a socket (``ENXIO``) or a device: what is there, not how its open failed
             raise path_error(exc) from None
         complete = data[: data.rfind(b"\n") + 1]
         lines = complete.split(b"\n")[:-1]
@@ -508,5 +519,12 @@ class JsonlStore(EventStore):
                     continue  # not a job's file: a stray one (``my notes.events.jsonl``) is no job this code wrote
                 if entry.is_symlink():  # never followed, but listed: reading it reports PATH_ESCAPE
                     yield name[: -len(EVENTS_SUFFIX)]
-                elif entry.stat(follow_symlinks=False).st_size > 0 and _holds_a_line(entry.path):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if S_ISREG(st.st_mode):
+                    if st.st_size > 0 and _holds_a_line(entry.path):
+                        yield name[: -len(EVENTS_SUFFIX)]
+                elif not S_ISDIR(st.st_mode) or _holds_an_entry(entry.path):
+                    # a FIFO, socket, device or a folder holding files (never made here), never opened, but
+                    # listed: reading it reports NOT_A_FILE, not a job silently passed over (an empty folder is none)
                     yield name[: -len(EVENTS_SUFFIX)]

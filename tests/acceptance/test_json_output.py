@@ -215,3 +215,27 @@ def test_metrics_format_json_prints_its_errors_as_json_as_json_does(cli_env: dic
     assert usage.returncode == 2 and json.loads(usage.stdout)["error"] == "USAGE_ERROR"
     missing = run_module("metrics", *fmt, "--base-path", "/dev/null/x", env=cli_env)  # the store's error
     assert missing.returncode in (3, 10) and "error" in json.loads(missing.stdout)
+
+
+@pytest.mark.parametrize("args, fix", [
+    (("--json", "status", "--all"), "orchestrator status --all --json"),
+    (("control", "--json", "cancel", "01SOMEJOB"), "orchestrator control cancel 01SOMEJOB --json"),
+    (("keys", "--json", "list"), "orchestrator keys list --json"),
+    (("control", "--json"), "orchestrator control <command> ... --json"),
+])
+def test_json_given_to_a_group_is_a_usage_error_that_shows_where_json_goes(
+        cli_env: dict[str, str], args: tuple[str, ...], fix: str) -> None:
+    """Until 2026-12-03: "No such option '--json'" (for `orchestrator`: "Did you mean '--version'?"), though every
+    command has it."""
+    proc = run_module(*args, env=cli_env)  # named as `python3 -m orchestrator`
+    assert proc.returncode == 2 and proc.stderr == "", proc.stderr
+    error = json.loads(proc.stdout)
+    assert error["error"] == "USAGE_ERROR" and error["message"].endswith(f"give it after the command, python3 -m {fix}")
+    assert "--version" not in error["message"]
+
+
+def test_a_script_of_a_group_given_json_first_shows_the_same_line_with_json_last(cli_env: dict[str, str]) -> None:
+    proc = run_script("control", "--json", "resume", "01SOMEJOB", "yes go", env=cli_env)
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout)["message"].endswith(
+        "give it after the command, scripts/control.py resume 01SOMEJOB 'yes go' --json")

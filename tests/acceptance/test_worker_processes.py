@@ -318,7 +318,8 @@ def test_a_stop_signal_to_worker_once_stops_it_gracefully_exit_0_not_interrupted
         stop(proc)
     assert code == 0, err
     assert json.loads(out) | {"run_id": None} == {"job_id": job, "run_id": None, "outcome": "released",
-                                                   "state": "queued", "error_code": "WORKER_STOPPED", "details": {}}
+                                                   "state": "queued", "error_code": "WORKER_STOPPED", "details": {},
+                                                   "recovered": []}
     assert "INTERRUPTED" not in out + err
 
 

@@ -407,33 +407,24 @@ def test_a_fifo_planted_in_a_job_files_place_never_hangs_a_read(orch: Orchestrat
     import os
     import threading
 
-    from orchestrator.errors import JobNotFoundError
-
     orch.submit("rel.echo", {"x": 1})
     fifo = orch.store.path("01ARZ3NDEKTSV4RRFFQ69G5FAV")
     os.mkfifo(fifo)
     outcome: list[object] = []
-
-    def read() -> None:
-        try:
-            orch.status(fifo.name.split(".")[0])
-        except JobNotFoundError as exc:  # no event in it, and no head record: no job
-            outcome.append(exc)
-
-    reader = threading.Thread(target=read, daemon=True)
+    reader = threading.Thread(target=lambda: outcome.append(orch.status(fifo.name.split(".")[0])), daemon=True)
     reader.start()
     reader.join(timeout=5)
     assert not reader.is_alive(), "opening the FIFO blocked the read"
-    assert len(outcome) == 1 and [st.job_id for st in orch.jobs()] != []
+    assert [st.integrity_error["problems"][0]["code"] for st in outcome] == ["NOT_A_FILE"]  # until 2026-12-03: no job
+    assert len(orch.jobs()) == 2
 
 
 @pytest.mark.parametrize("planted", ["job_file", "head_record"])
 def test_a_fifo_held_open_by_a_writer_in_a_job_files_place_reads_as_empty_never_a_crash(
         orch: Orchestrator, planted: str) -> None:
     """Its read finds nothing to read yet (``EAGAIN``): no line, no record, as for a FIFO nobody writes to; it
-    was a ``None`` that the read took for bytes (``AttributeError``)."""
-    from orchestrator.errors import JobNotFoundError
-
+    was a ``None`` that the read took for bytes (``AttributeError``). A job file's is then what is in its place,
+    ``NOT_A_FILE`` (until 2026-12-03: no job)."""
     job = orch.submit("rel.echo", {"x": 1})
     fifo = orch.store.path("01ARZ3NDEKTSV4RRFFQ69G5FAV") if planted == "job_file" else \
         orch.settings.state_dir / "heads" / job
@@ -442,12 +433,113 @@ def test_a_fifo_held_open_by_a_writer_in_a_job_files_place_reads_as_empty_never_
     writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # someone holds it open and writes nothing
     try:
         if planted == "job_file":
-            with pytest.raises(JobNotFoundError):
-                orch.status(fifo.name.split(".")[0])
+            st = orch.status(fifo.name.split(".")[0])
+            assert st.state is None and st.integrity_error["problems"][0]["code"] == "NOT_A_FILE"
         else:
             assert orch.status(job).state == "queued"  # no head record: every line checked on its own
     finally:
         os.close(writer)
+
+
+# -- a FIFO, socket or folder in a job's events file place, with no head record ------------------------------------
+def _plant_in_a_job_files_place(orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, planted: str,
+                                job_id: str = "01ARZ3NDEKTSV4RRFFQ69G5FAV") -> Path:
+    """A FIFO, a socket or a folder holding a file where the events file of a job with no head record belongs."""
+    import socket
+
+    path = orch.store.path(job_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if planted == "fifo":
+        os.mkfifo(path)
+    elif planted == "socket":
+        monkeypatch.chdir(path.parent)  # a socket's path is short (108 bytes): bound by its name
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(path.name)
+    else:
+        path.mkdir()
+        (path / "kept").write_bytes(b"x")
+    assert orch.store.get_aux("heads", job_id) is None
+    return path
+
+
+PLANTED_WHAT = {"fifo": "a FIFO", "socket": "a socket", "folder holding a file": "a directory that holds files"}
+
+
+@pytest.mark.parametrize("planted", ["fifo", "socket", "folder holding a file"])
+def test_a_fifo_socket_or_folder_in_a_job_files_place_is_a_not_a_file_problem_of_verify_and_status(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, planted: str) -> None:
+    """Until 2026-12-03, with no head record: ``verify`` passed over it (OK), ``verify --job-id`` and ``status`` said
+    JOB_NOT_FOUND (a socket: STORAGE_ERROR, its open's ENXIO)."""
+    from orchestrator.integrity import verify_project
+
+    good = orch.submit("rel.echo", {"x": 1})
+    path = _plant_in_a_job_files_place(orch, monkeypatch, planted)
+    job = path.name.split(".")[0]
+    for report in _in_a_thread_or_fail_if_it_hangs(lambda: (verify_project(orch), verify_project(orch, job)), path):
+        assert [(p.stream, p.line, p.code) for p in report.problems] == [(job, 0, "NOT_A_FILE")]
+        assert report.problems[0].message.startswith(f"{path} is {PLANTED_WHAT[planted]}")
+    st = orch.status(job)
+    assert st.state is None and [p["code"] for p in st.integrity_error["problems"]] == ["NOT_A_FILE"]
+    listed = {s.job_id: s for s in orch.jobs()}
+    assert set(listed) == {good, job} and listed[good].state == "queued" and listed[job].integrity_error
+    assert not path.is_file() and path.exists()  # left for an operator
+    assert orch.worker(worker_id="w").run_once().job_id == good  # the worker is not stopped by it
+
+
+def test_an_empty_folder_in_a_job_files_place_is_still_no_job(orch: Orchestrator) -> None:
+    """An append takes an empty folder's place (``vacate``): it is no job, not a problem."""
+    from orchestrator.errors import JobNotFoundError
+    from orchestrator.integrity import verify_project
+
+    orch.submit("rel.echo", {"x": 1})
+    path = orch.store.path("01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    path.mkdir(parents=True)
+    assert verify_project(orch).ok and len(orch.jobs()) == 1
+    with pytest.raises(JobNotFoundError):
+        orch.status(path.name.split(".")[0])
+
+
+@pytest.mark.parametrize("planted", ["fifo", "socket", "folder holding a file"])
+def test_verify_and_status_commands_report_not_a_file_for_a_job_file_that_is_not_one_exit_7(
+        cli_orch: Orchestrator, cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, planted: str) -> None:
+    import json
+
+    from helpers import run_module
+
+    cli_orch.submit("rel.echo", {"x": 1})
+    path = _plant_in_a_job_files_place(cli_orch, monkeypatch, planted)
+    job = path.name.split(".")[0]
+    writer = os.open(path, os.O_RDWR | os.O_NONBLOCK) if planted == "fifo" else None  # held open: still no wait
+    try:
+        runs = {args: run_module(*args, "--json", env=cli_env) for args in (
+            ("verify",), ("verify", "--job-id", job), ("status", job), ("status", "--all"))}
+        text = run_module("verify", env=cli_env)
+    finally:
+        if writer is not None:
+            os.close(writer)
+    for args, proc in runs.items():
+        assert proc.returncode == 7 and "Traceback" not in proc.stderr, (args, proc.stdout, proc.stderr)
+        out = json.loads(proc.stdout)
+        if args[0] == "verify":
+            assert [(p["stream"], p["code"]) for p in out["problems"]] == [(job, "NOT_A_FILE")], args
+        else:
+            st = out if len(args) == 2 and args[1] == job else {j["job_id"]: j for j in out["jobs"]}[job]
+            assert [p["code"] for p in st["integrity_error"]["problems"]] == ["NOT_A_FILE"], args
+    assert text.returncode == 7 and f"{path}:0: NOT_A_FILE: {path} is {PLANTED_WHAT[planted]}" in text.stdout
+
+
+@pytest.mark.parametrize("planted", ["fifo", "folder holding a file"])
+def test_export_names_a_job_file_that_is_not_one_as_not_a_file_not_as_emptied(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, planted: str) -> None:
+    from orchestrator.errors import IntegrityError
+    from orchestrator.transfer import export_project
+
+    orch.submit("rel.echo", {"x": 1})
+    path = _plant_in_a_job_files_place(orch, monkeypatch, planted)
+    with pytest.raises(IntegrityError) as refused, open(tmp_path / "bundle", "wb") as out:
+        export_project(orch, out)
+    assert [p["code"] for p in refused.value.details["problems"]] == ["NOT_A_FILE"], refused.value.message
+    assert not path.is_file() and path.exists()
 
 
 # -- a symbolic link, or a file, where a folder of the store belongs -------------------------------
@@ -842,3 +934,21 @@ def test_a_fifo_socket_or_folder_in_the_audit_logs_place_is_a_problem_of_the_aud
         assert [(p["stream"], p["code"]) for p in result["problems"]] == [("@audit", "NOT_A_FILE")]
         assert result["lines"] and {ln["status"] for ln in result["lines"]} == {"ok"} and result["warnings"] == []
     assert not path.is_file() and path.exists()  # left for an operator
+
+
+def test_a_device_that_never_ends_in_a_job_files_place_is_not_a_file_never_read_for_ever(orch: Orchestrator) -> None:
+    """Listed as a job since 2026-12-03 (as a FIFO is), so ``verify`` reads it: a read stops at its first full chunk."""
+    import stat
+
+    from orchestrator.integrity import verify_project
+
+    orch.submit("rel.echo", {"x": 1})
+    path = orch.store.path("01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 5))  # /dev/zero's numbers: endless bytes
+    except PermissionError:
+        pytest.skip("making a device needs CAP_MKNOD")
+    report = _in_a_thread_or_fail_if_it_hangs(lambda: verify_project(orch), path)
+    assert [(p.code, p.line) for p in report.problems] == [("NOT_A_FILE", 0)]
+    assert "is a device" in report.problems[0].message
+    assert orch.status(path.name.split(".")[0]).integrity_error["problems"][0]["code"] == "NOT_A_FILE"
