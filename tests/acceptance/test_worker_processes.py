@@ -78,7 +78,8 @@ def test_once_stopped_before_its_claim_says_so_exits_75_and_leaves_the_queue_unt
     monkeypatch.setattr(Worker, "handle_signals", stopped_at_once)
     ran = CliRunner().invoke(cli, ["worker", "--once", "--json"], env=env)
     assert ran.exit_code == 75, ran.output
-    assert json.loads(ran.stdout) == {"ran": False, "worker_id": json.loads(ran.stdout)["worker_id"], "stopped": True}
+    assert json.loads(ran.stdout) == {"ran": False, "worker_id": json.loads(ran.stdout)["worker_id"], "stopped": True,
+                                      "recovered": []}
     # before the fix: the job claimed and handed back (WORKER_STOPPED_BEFORE_START), exit 0
     assert [r["type"] for r in records(orch, job)] == ["job_submitted"]
 
