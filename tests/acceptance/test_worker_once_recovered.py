@@ -4,29 +4,12 @@ object (an error's `details` included), in text one line each on stderr, as a lo
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
-
-import pytest
 
 import jobstates as js
-from helpers import REPO, run_script
+from helpers import run_script
+from worker_process_fixtures import env, orch  # noqa: F401  (fixtures)
 
 EXPIRED = "2020-01-01T00:00:00.000000Z"  # a lease long past: its worker is gone
-
-
-@pytest.fixture
-def env(cli_env: dict[str, str]) -> dict[str, str]:
-    return {**cli_env, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "ORCH_HANDLERS": "worker_handlers"}
-
-
-@pytest.fixture
-def orch(env: dict[str, str], base: Path, monkeypatch: pytest.MonkeyPatch):
-    """An in-process Orchestrator on the same store and key as the worker processes."""
-    from orchestrator import Orchestrator
-
-    monkeypatch.setenv("ORCH_SIGNING_KEY", env["ORCH_SIGNING_KEY"])
-    return Orchestrator(base_path=base, project_id="proj")
 
 
 def stale(orch, *, max_attempts: int) -> str:

@@ -13,27 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, alive, finish, run_script, start_worker, stop, wait_until
-
-
-
-
-
-@pytest.fixture
-def env(cli_env: dict[str, str]) -> dict[str, str]:
-    return {**cli_env, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "ORCH_HANDLERS": "worker_handlers"}
-
-
-@pytest.fixture
-def orch(env: dict[str, str], base: Path, monkeypatch: pytest.MonkeyPatch):
-    """An in-process Orchestrator on the same store and key as the worker processes."""
-    from orchestrator import Orchestrator
-
-    monkeypatch.setenv("ORCH_SIGNING_KEY", env["ORCH_SIGNING_KEY"])
-    return Orchestrator(base_path=base, project_id="proj")
-
-
-
+from helpers import alive, finish, run_script, start_worker, stop, wait_until
+from worker_process_fixtures import env, orch  # noqa: F401  (fixtures)
 
 
 def records(orch, job_id: str) -> list[dict]:
@@ -42,7 +23,6 @@ def records(orch, job_id: str) -> list[dict]:
 
 def state(orch, job_id: str) -> str | None:
     return orch.status(job_id).state
-
 
 
 def waiting_job(orch, tmp_path: Path, **options) -> tuple[str, Path, Path]:

@@ -445,21 +445,27 @@ def test_a_fifo_held_open_by_a_writer_in_a_job_files_place_reads_as_empty_never_
 def _plant_in_a_job_files_place(orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, planted: str,
                                 job_id: str = "01ARZ3NDEKTSV4RRFFQ69G5FAV") -> Path:
     """A FIFO, a socket or a folder holding a file where the events file of a job with no head record belongs."""
-    import socket
-
     path = orch.store.path(job_id)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _plant(path, monkeypatch, planted)
+    assert orch.store.get_aux("heads", job_id) is None
+    return path
+
+
+def _plant(path: Path, monkeypatch: pytest.MonkeyPatch, planted: str) -> None:
+    """A FIFO, a socket (bound by its name: a socket's path is at most 108 bytes) or a folder holding a file at
+    ``path``, which is not there."""
+    import socket
+
     if planted == "fifo":
         os.mkfifo(path)
     elif planted == "socket":
-        monkeypatch.chdir(path.parent)  # a socket's path is short (108 bytes): bound by its name
+        monkeypatch.chdir(path.parent)
         with socket.socket(socket.AF_UNIX) as listener:
             listener.bind(path.name)
     else:
         path.mkdir()
         (path / "kept").write_bytes(b"x")
-    assert orch.store.get_aux("heads", job_id) is None
-    return path
 
 
 PLANTED_WHAT = {"fifo": "a FIFO", "socket": "a socket", "folder holding a file": "a directory that holds files"}
@@ -864,20 +870,10 @@ def test_a_control_action_is_refused_before_its_event_when_the_audit_log_is_not_
 
 def _plant_in_the_audit_logs_place(orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, planted: str) -> Path:
     """A FIFO, a socket or a folder holding a file where the audit log belongs (the store makes none of them)."""
-    import socket
-
     path = orch.settings.state_dir / "audit" / "audit_events.jsonl"
     path.parent.mkdir(exist_ok=True)
     path.unlink(missing_ok=True)
-    if planted == "fifo":
-        os.mkfifo(path)
-    elif planted == "socket":
-        monkeypatch.chdir(path.parent)  # a socket's path is short (108 bytes): bound by its name
-        with socket.socket(socket.AF_UNIX) as listener:
-            listener.bind(path.name)
-    else:
-        path.mkdir()
-        (path / "kept").write_bytes(b"x")
+    _plant(path, monkeypatch, planted)
     return path
 
 
