@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from bench.common import ratio
-from bench.floor import w1_ceiling
+from bench.floor import FDATASYNCS_PER_JOB, SIGNATURES_PER_JOB, VERIFICATIONS_PER_JOB, w1_ceiling
 
 # (key, label, getter, unit, higher is better)
 ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str, bool]] = [
@@ -89,7 +89,8 @@ def table(results: dict[str, Any]) -> str:
         extra.append("physical floors (plain Python, this disk and CPU; P50 / P99 us): " + ", ".join(
             f"{k} {v['p50_us']:.0f} / {v['p99_us']:.0f}" for k, v in fl.items() if isinstance(v, dict)))
         c = w1_ceiling(fl)
-        extra.append(f"W1 ceiling of the format itself (4 signatures + 2 verifications + 2 fdatasyncs per job, "
+        extra.append(f"W1 ceiling of the format itself ({SIGNATURES_PER_JOB} signatures + {VERIFICATIONS_PER_JOB} "
+                     f"verification + {FDATASYNCS_PER_JOB} fdatasyncs per job, "
                      f"nothing else): signatures alone {c['crypto_us']:.0f} us/job = {c['crypto_jobs_per_s']:,.0f} "
                      f"jobs/s; with the fdatasyncs {c['crypto_and_fsync_jobs_per_s']:,.0f} jobs/s")
     sk = results.get("skeleton")

@@ -4,18 +4,18 @@ wake-ups as a real submit -> terminal-visible round, with none of the orchestrat
 What one W2 sample needs, as the spec and this design ask (``docs/performance.md``, "W2 step by
 step"), done here by plain Python loops:
 
-1. **submit** (the measuring process): sign the event and its head record; create the job's
+1. **submit** (the measuring process): sign the event; create the job's
    events file, write the line, ``fdatasync`` it and ``fsync`` its folder; write the head
    record's file; link the ready entry, which wakes the worker (inotify);
-2. **claim** (the worker process, blocked on inotify): read the job, verify its line and head
-   record; sign the claim and a head record; append, ``fdatasync``, close, write the head record;
+2. **claim** (the worker process, blocked on inotify): read the job, verify its line (the head
+   record, a note, names it); sign the claim; append, ``fdatasync``, close, write the head record;
 3. **handler round trip** (``--hop``, the default): the request over a pipe to a second
    process, which answers at once (this design runs Python handlers in their own process);
    without it the worker goes straight on;
-4. **outcome**: sign, append, ``fdatasync``, close, head record;
+4. **outcome**: sign, append, ``fdatasync``, close, head record (a note, not signed);
 5. **visible** (the measuring process, blocked on inotify of the jobs folder since its submit):
    each time an events file is closed after a write, read the job again and verify it as
-   ``status`` does (the head record, and each line after the one it names), until the last line
+   ``status`` does (the line the head record names, and each line after it), until the last line
    is the outcome.
 
 No JSON beyond the canonical encoding of the signed records, no state machine, no index
@@ -101,8 +101,11 @@ def _event(job: str, seq: int, etype: str) -> dict[str, Any]:
 
 
 def _head(seal: Any, name: str, seq: int) -> bytes:
-    """A signed head record (its hash a constant: the skeleton hashes no line)."""
-    return seal({"stream": name, "seq": seq, "hash": "0" * 64})
+    """A head record: a note with no signature, as the format's since 2026-12-03 (its hash a constant: the
+    skeleton hashes no line)."""
+    from orchestrator.signing import canonical
+
+    return canonical({"stream": name, "seq": seq, "hash": "0" * 64})
 
 
 def _lines(path: "str | Path") -> list[bytes]:
@@ -116,12 +119,14 @@ def _lines(path: "str | Path") -> list[bytes]:
 
 
 def _verified(check: Any, lines: list[bytes], head: bytes | None, known: int = 0) -> bool:
-    """The job's lines as a read takes them (``history.check_head``): the head record, when there is
-    one yet, verifies and vouches for the lines up to the one it names; every line after that (and
-    after the first ``known``, verified before) verifies on its own."""
+    """The job's lines as a read takes them (``history.check_head``): the line the head record names, when
+    there is one yet, verifies (unless it is one of the first ``known``, verified before) and vouches for the
+    lines up to it; every line after it (and after the first ``known``) verifies on its own."""
     if head is None:
         return all(check(ln) for ln in lines[known:])
-    return check(head) and all(check(ln) for ln in lines[max(known, json.loads(head)["seq"]):])
+    seq = json.loads(head)["seq"]
+    named = lines[seq - 1: seq] if known < seq <= len(lines) else []
+    return all(check(ln) for ln in named) and all(check(ln) for ln in lines[max(known, seq):])
 
 
 def _lines_when_more_than(path: str, known: int, timeout: float = 5.0) -> list[bytes]:

@@ -123,7 +123,7 @@ class Orchestrator:
              read: tuple[bytes | None, list[StoredLine]] | None = None) -> JobView:
         """Read, verify and replay one job. Raises ``JobNotFoundError`` for an unknown id.
 
-        The lines its signed head record vouches for (``history.check_head``) have their own
+        The lines its head record vouches for (``history.check_head``) have their own
         signatures checked only where they name another key; ``every_signature=True`` checks each
         one (``verify``), and so does every read with ``ORCH_STRICT_READS=1``. Either way any edit, cut
         or splice of the history is a problem. ``read``: the job's head record and lines as
@@ -151,7 +151,8 @@ class Orchestrator:
         """The lines verified, then replayed (``load``'s part after the read). From the head record
         when it verifies; when that finds any problem, every line is checked again on its own, so a
         problem is named at the line it is on, exactly as ``verify`` names it."""
-        head_problem, anchor = check_head(job_id, lines, head_raw or None, self.keyring)
+        every_signature = every_signature or self.settings.strict_reads
+        head_problem, anchor = check_head(job_id, lines, head_raw or None, self.keyring, anchored=not every_signature)
         if not lines:
             try:  # one lstat, for a file with no line only: a FIFO or a folder holding files reads as none
                 self.store.refuse_unusable(job_id)
@@ -162,7 +163,7 @@ class Orchestrator:
             # a head record says events were written: the whole history was removed (the file deleted
             # or emptied), which a read must report as it reports a cut, not as a job never submitted
             return self._view(job_id, VerifiedStream(job_id, []), head_problem)
-        if anchor is not None and not (every_signature or self.settings.strict_reads):
+        if anchor is not None:
             stream = verify_stream(job_id, lines, self.keyring, anchor=anchor)
             if stream.ok:
                 return self._view(job_id, stream, head_problem)
@@ -310,7 +311,7 @@ class Orchestrator:
         ``audit=(action, note)`` also records an audit entry naming the last new event.
         ``fence`` is a worker's fencing epoch, checked by stores that can (``EventStore.append``).
 
-        The job's signed head record is written with the events, and so are the optional ``aux``
+        The job's head record is written with the events, and so are the optional ``aux``
         records (``(area, key) -> bytes``, None deletes; e.g. a lease): on a store with
         ``atomic_aux`` (PostgreSQL) in the events' own transaction, so they are durable with the
         events or absent with them; elsewhere (files) right after the events, head record first. A new job's
@@ -338,7 +339,7 @@ class Orchestrator:
         index_statements = self.queue.before_append(job_id, old, state)  # None unless the index is in the store
 
         def with_events(new_head: Head) -> dict[tuple[str, str], bytes | None]:
-            return {(HEADS_AREA, job_id): head_record(self.keyring, job_id, new_head), **(aux or {})}
+            return {(HEADS_AREA, job_id): head_record(job_id, new_head), **(aux or {})}
 
         # the store writes the head record (then ``aux``) in the events' transaction where it can
         # (PostgreSQL), else right after the events are durable: a record is never ahead of its events

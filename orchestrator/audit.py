@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 MARKERS_AREA = "audited"
 AUDIT_ENTRY_MISSING = "AUDIT_ENTRY_MISSING"  # an audited event has no entry (a crash; healed by the next command)
 log = logging.getLogger(__name__)
-# The signed head record of the audit log (like ``heads/<job_id>`` for a job): without it, a log
+# The head record of the audit log (like ``heads/<job_id>`` for a job): without it, a log
 # cut at a line boundary, or whose last newline was damaged, would look complete.
 AUDIT_HEAD = ("audit-head", "audit")
 LOCK_BUCKETS = 64
@@ -147,13 +147,13 @@ def _refuse_removed(orch: "Orchestrator", consequence: str) -> bool:
 
 
 def refuse_cut(orch: "Orchestrator", head: Head, consequence: str = "nothing was written") -> None:
-    """Raise ``IntegrityError`` when the audit log's signed head record says the log held more entries than
+    """Raise ``IntegrityError`` when the audit log's head record says the log held more entries than
     ``head`` (its last complete one), or another last one (``history.head_contradicted``): the log was cut, and an
     entry appended now would write a new head record over the only evidence of it (``verify`` would pass again).
     Called with the log's append lock held (from ``build``), so no writer moves the head meanwhile."""
     problem = head_contradicted(AUDIT_STREAM, head, orch.store.get_aux(*AUDIT_HEAD), orch.keyring)
     if problem is not None:
-        raise IntegrityError(f"{consequence}: the audit log does not hold what its signed head record says "
+        raise IntegrityError(f"{consequence}: the audit log does not hold what its head record says "
                              f"({problem.code}: {problem.message}). Keep the store as it is and run `orchestrator "
                              "verify`; restore the audit log from a backup (docs/runbook.md, section E)",
                              problems=[problem.to_dict()])
@@ -208,7 +208,7 @@ def entry_writes(orch: "Orchestrator", *, job_id: str, action: str, actor: str, 
         return seal(orch.keyring, AUDIT_STREAM, head, [rec])
 
     def with_entry(head: Head) -> dict[tuple[str, str], bytes | None]:
-        out: dict[tuple[str, str], bytes | None] = {AUDIT_HEAD: head_record(orch.keyring, AUDIT_STREAM, head)}
+        out: dict[tuple[str, str], bytes | None] = {AUDIT_HEAD: head_record(AUDIT_STREAM, head)}
         if event_line is not None:
             out[(MARKERS_AREA, rec["data"]["event_hash"])] = str(head.seq).encode()
         return out

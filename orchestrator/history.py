@@ -4,10 +4,10 @@
 stream binding, signature) and names each problem by line. ``seal`` turns new events into
 lines chained to a stream's head. Job histories and the audit log use the same code.
 
-A read may start from the stream's signed head record (``check_head``): that signature covers
-the line it names by hash, and each line's ``prev`` covers the line before it, so every line up
-to the head is vouched for byte for byte by the head's key. Such a line's own signature is then
-checked only when it names another key. ``verify``, the audit timeline and a worker's claim check every
+A read may start from the stream's head record (``check_head``): it names a line by its hash, that
+line's signature is checked, and each line's ``prev`` (which that signature covers) covers the line before it,
+so every line up to the head is vouched for byte for byte by the named line's key. Such a line's own signature
+is then checked only when it names another key. ``verify``, the audit timeline and a worker's claim check every
 signature regardless (``Orchestrator.load(every_signature=True)``).
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ UNSUPPORTED_VERSION = "UNSUPPORTED_VERSION"
 SEQUENCE_MISMATCH = "SEQUENCE_MISMATCH"  # line deleted, duplicated, inserted or reordered
 CHAIN_BROKEN = "CHAIN_BROKEN"  # prev is not the hash of the line before
 WRONG_STREAM = "WRONG_STREAM"  # a line from another job spliced in
-TRUNCATED = "TRUNCATED"  # the file is shorter than its signed head record says
+TRUNCATED = "TRUNCATED"  # the file is shorter than its head record says
 HEAD_MISMATCH = "HEAD_MISMATCH"  # the line the head record names was rewritten
 ROLLED_BACK = "ROLLED_BACK"  # shorter than, or different from, an exported anchor
 INVALID_HISTORY = "INVALID_HISTORY"  # signed events that the state machine refuses
@@ -83,11 +83,15 @@ class VerifiedStream:
 
 @dataclass(frozen=True)
 class Anchor:
-    """A stream's head record that verified and names one of the lines read: lines ``1..seq`` are
-    vouched for by key ``kid`` (its signature covers line ``seq``'s hash, the chain the lines before)."""
+    """A stream's head record that names one of the lines read: lines ``1..seq`` are vouched for by key ``kid``,
+    the key of line ``seq`` (its signature covers its ``prev``, the chain the lines before), or of a signed head
+    record (written before 2026-12-03: its signature covers line ``seq``'s hash). ``checked``: that signature
+    verified already (a signed head record's); else line ``seq``'s own is checked with the others, and the lines
+    before it are vouched for only when it verifies (a result with a problem is verified again without)."""
 
     seq: int
     kid: str
+    checked: bool = False
 
 
 def verify_stream(stream: str, lines: Sequence[StoredLine], keyring: Keyring, *,
@@ -137,8 +141,8 @@ def _check_line(stream: str, stored: StoredLine, expected_prev: str, keyring: Ke
         return CHAIN_BROKEN, "prev is not the hash of the line before", rec
     if stream != AUDIT_STREAM and rec.get("job_id") != stream:
         return WRONG_STREAM, f"belongs to job {shown(rec.get('job_id'))}", rec
-    if anchor is not None and stored.seq <= anchor.seq and rec.get("kid") == anchor.kid \
-            and isinstance(rec.get("sig"), str):
+    if anchor is not None and (stored.seq < anchor.seq or (stored.seq == anchor.seq and anchor.checked)) \
+            and rec.get("kid") == anchor.kid and isinstance(rec.get("sig"), str):
         return None, "", rec  # its key signed the head record these bytes chain to
     sig_problem = keyring.check(rec)
     if sig_problem:
@@ -161,75 +165,113 @@ def seal(keyring: Keyring, stream: str, head: Head, records: Iterable[dict[str, 
 
 # -- head records: detect a job file cut at a line boundary --------------------------------------
 
+HEAD_FIELDS = frozenset({"stream", "seq", "hash"})  # a head record as written since 2026-12-03: no key, no signature
 
-def head_record(keyring: Keyring, stream: str, head: Head) -> bytes:
-    """A signed note of a stream's length and last hash, kept beside the stream."""
-    return keyring.seal({"stream": stream, "seq": head.seq, "hash": line_hash(head.last_line)})
+
+def head_record(stream: str, head: Head) -> bytes:
+    """A note of a stream's length and last line's hash, kept beside the stream. Not signed: it vouches for nothing
+    by itself. The line it names is signed, and that line's signature covers its ``prev``, so a read that checks
+    the named line's signature has every line up to it vouched for (``check_head``); a signature of the note would
+    add one Ed25519 signature to every append and one verification to a worker's claim, and vouch for no more."""
+    return canonical({"stream": stream, "seq": head.seq, "hash": line_hash(head.last_line)})
 
 
 def check_head_record(stream: str, lines: Sequence[StoredLine], raw: bytes | None, keyring: Keyring) -> Problem | None:
     """What is wrong with the head record ``raw`` over ``lines`` (the whole stream), or None."""
-    return check_head(stream, lines, raw, keyring)[0]
+    return check_head(stream, lines, raw, keyring, anchored=False)[0]
 
 
-def check_head(stream: str, lines: Sequence[StoredLine], raw: bytes | None,
-               keyring: Keyring) -> tuple[Problem | None, Anchor | None]:
+def check_head(stream: str, lines: Sequence[StoredLine], raw: bytes | None, keyring: Keyring, *,
+               anchored: bool = True) -> tuple[Problem | None, Anchor | None]:
     """The head record ``raw`` checked against ``lines`` (the whole stream, from line 1): (what is wrong
-    with it, or None; the ``Anchor`` it gives when nothing is and it names a line, or None). No record
-    at all is neither. Without an anchor a reader checks every signature, as ``verify`` does."""
+    with it, or None; the ``Anchor`` it gives when nothing is and it names a line, else None). No record at all
+    is neither. Without an anchor a reader checks every signature, as ``verify`` does; ``anchored=False`` (a
+    caller that checks every signature anyway) gives none."""
     if raw is None:
         return None, None
-    problem, rec = _verified_head_record(stream, raw, keyring)
+    problem, rec = _parsed_head_record(stream, raw, keyring)
     if problem is not None:
         return problem, None
     seq = rec["seq"]
     if seq > len(lines):
         held = f"the file holds {len(lines)}: events were cut" if lines else "none are left: the file was deleted or emptied"
-        return Problem(stream, len(lines), TRUNCATED, f"the signed head record says {seq} events, {held}"), None
+        return Problem(stream, len(lines), TRUNCATED, f"the head record says {seq} events, {held}"), None
     if seq and line_hash(lines[seq - 1].raw) != rec.get("hash"):
-        return Problem(stream, seq, HEAD_MISMATCH, "the line named by the head record was rewritten"), None
-    return None, (Anchor(seq, rec["kid"]) if seq else None)
+        return Problem(stream, seq, HEAD_MISMATCH, "the line named by the head record was rewritten (or the record "
+                       "edited)"), None
+    if not (seq and anchored):
+        return None, None
+    if "sig" in rec:  # a signed head record (written before 2026-12-03): its key vouches for the lines
+        return None, Anchor(seq, rec["kid"], checked=True)
+    return None, _line_anchor(lines[seq - 1])
+
+
+def _line_anchor(stored: StoredLine) -> Anchor | None:
+    """Line ``stored`` as an anchor under the key it names: ``verify_stream`` checks its signature with the
+    other lines, and the lines before it under that key are vouched for if it verifies. None when it names no
+    key (``verify_stream`` then reports the line)."""
+    try:
+        kid = json.loads(stored.raw).get("kid")
+    except (ValueError, RecursionError, AttributeError):  # AttributeError: JSON, but not an object
+        return None
+    return Anchor(stored.seq, kid) if isinstance(kid, str) else None
 
 
 def head_contradicted(stream: str, head: Head, raw: bytes | None, keyring: Keyring) -> Problem | None:
-    """What the verified head record ``raw`` says against ``head``, the stream's last complete line, which a
+    """What the head record ``raw`` says against ``head``, the stream's last complete line, which a
     writer is about to append after: more lines than the stream holds (``TRUNCATED``), or another line at
     ``head.seq`` (``HEAD_MISMATCH``). An append there would write a new record over that evidence. None when
-    the record cannot say: there is none, it does not verify here (``verify`` reports that), or it is behind
-    ``head`` (a record lags its lines after a crash, and the lines between are not at hand)."""
+    the record cannot say: there is none, it is not a head record of this stream (a signed one that does not
+    verify here: ``verify`` reports that), or it is behind ``head`` (a record lags its lines after a crash, and
+    the lines between are not at hand)."""
     if raw is None:
         return None
-    problem, rec = _verified_head_record(stream, raw, keyring)
+    problem, rec = _parsed_head_record(stream, raw, keyring)
     if problem is not None:
         return None
     if rec["seq"] > head.seq:
-        return Problem(stream, head.seq, TRUNCATED, f"the signed head record says {rec['seq']} lines, the stream "
+        return Problem(stream, head.seq, TRUNCATED, f"the head record says {rec['seq']} lines, the stream "
                        f"holds {head.seq}: lines were cut (or the last one lost its newline)")
     if rec["seq"] == head.seq and head.seq and line_hash(head.last_line) != rec.get("hash"):
         return Problem(stream, head.seq, HEAD_MISMATCH, "the line named by the head record was rewritten")
     return None
 
 
-def _verified_head_record(stream: str, raw: bytes, keyring: Keyring) -> tuple[Problem | None, dict[str, Any]]:
-    """The head record ``raw`` parsed, its signature and stream checked: (what is wrong with it, or None; the
-    record, whose ``seq`` is then a count of lines)."""
+def _parsed_head_record(stream: str, raw: bytes, keyring: Keyring) -> tuple[Problem | None, dict[str, Any]]:
+    """The head record ``raw`` parsed and checked as far as it can be alone: (what is wrong with it, or None;
+    the record, whose ``seq`` is then a count of lines). A signed record (the form written before 2026-12-03)
+    has its signature checked too."""
     try:
         rec = json.loads(raw)
     except (ValueError, RecursionError):
         return Problem(stream, 0, CORRUPT_LINE, "the head record is not valid JSON"), {}
     if not isinstance(rec, dict):
         return Problem(stream, 0, CORRUPT_LINE, "the head record is not a JSON object"), {}
+    if "sig" in rec or "kid" in rec:
+        problem = _signed_head_problem(stream, rec, keyring)
+        if problem is not None:
+            return problem, rec
+    elif rec.keys() != HEAD_FIELDS or not isinstance(rec["hash"], str):
+        return Problem(stream, 0, CORRUPT_LINE, "the head record is not a stream, a seq and a hash"), rec
+    elif rec["stream"] != stream:
+        return Problem(stream, 0, WRONG_STREAM, f"the head record is {shown(rec['stream'])}'s"), rec
+    seq = rec.get("seq", 0)
+    if type(seq) is not int or seq < 0:  # still a problem, not a crash
+        return Problem(stream, 0, CORRUPT_LINE, f"the head record's seq {seq!r} is not a count of events"), rec
+    return None, {**rec, "seq": seq}
+
+
+def _signed_head_problem(stream: str, rec: dict[str, Any], keyring: Keyring) -> Problem | None:
+    """What is wrong with a signed head record (written before 2026-12-03), or None: its signature must verify
+    under a key this keyring trusts, and it must name ``stream``."""
     sig_problem = keyring.check(rec)
     if (sig_problem and sig_problem != UNKNOWN_KEY) or rec.get("stream") != stream:
-        return Problem(stream, 0, "SIGNATURE_INVALID", "the head record's signature does not verify"), rec
+        return Problem(stream, 0, "SIGNATURE_INVALID", "the head record's signature does not verify")
     if sig_problem:  # nothing it says can be checked here; a keyring that holds its key can (a worker leaves the job)
         kid = rec.get("kid")
         return Problem(stream, 0, UNKNOWN_KEY, f"the head record is signed by key {shown(kid)}, which this keyring "
-                       "does not hold", kid), rec
-    seq = rec.get("seq", 0)
-    if type(seq) is not int or seq < 0:  # signed, so written by a key holder: still a problem, not a crash
-        return Problem(stream, 0, CORRUPT_LINE, f"the head record's seq {seq!r} is not a count of events"), rec
-    return None, {**rec, "seq": seq}
+                       "does not hold", kid)
+    return None
 
 
 def submitted_kind(line: bytes | None) -> Any:

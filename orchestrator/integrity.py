@@ -1,7 +1,7 @@
 """Whole-project verification and the external anchor against rollback.
 
 Signatures and the chain catch any edit, insertion, deletion, reorder or splice inside a
-file; the per-job signed head record catches a job file cut at a line boundary. What no
+file; the per-job head record catches a job file cut at a line boundary. What no
 check inside the store can catch is a rollback of the *whole* store (files and head records
 restored from an old copy): for that, ``export_anchor`` writes a signed digest of every
 head to a file kept elsewhere, and ``check_anchor`` proves nothing was rolled back since.

@@ -10,7 +10,7 @@ Used by ``scripts/bench_terminal_latency.py`` (the release gate) and by the ``be
   terminal payload (``time.monotonic_ns``: CLOCK_MONOTONIC is one clock for every process);
 * this process, the *separate reader*: it waits on inotify for the job's events file to be
   closed after a write and re-reads the job from disk each time (read, verify the chain, the
-  signed head record and every signature it does not vouch for, replay), exactly what ``status``
+  line the head record names and every signature it does not vouch for, replay), exactly what ``status``
   does. Nothing is cached between reads.
 
 Terminal latency of one job = ``max(durable, visible) - returned``: the result counts only once
@@ -38,7 +38,7 @@ RUNS_FILE = "bench-runs-with-answer"
 DEFINITION = ("from the handler returning its terminal payload (stamped in the handler's process) to the "
               "terminal state being both durable (the worker's outcome append returned after fdatasync) and "
               "visible to a separate reader process (a fresh read of the events file, verified as status does: "
-              "the chain, the signed head record and each signature it does not vouch for; the state replayed)")
+              "the chain, the line the head record names and each signature it does not vouch for; the state replayed)")
 
 
 # -- handlers (run in the worker's handler process, named as module:function kinds) ---------------

@@ -175,7 +175,7 @@ def refuse_foreign_jobs(orch: Any) -> None:
     line is read (``store.first_line``), unverified: a guard, not a verification (the worker verifies what it
     runs). A first line that names no kind (none, not JSON, not a submission) is refused as another kind is.
     Measured on 5,000 kept jobs (3 lines each; medians of 5, two rounds): 0.93 / 1.21 s (187 / 241 us a job)
-    when each job was read as ``status`` reads it (the signed head record, the chain, replay), 0.12 / 0.14 s
+    when each job was read as ``status`` reads it (the line the head record names, the chain, replay), 0.12 / 0.14 s
     now, of which 0.07 / 0.09 s is listing the jobs (docs/decisions.md, 2026-12-02)."""
     from orchestrator.errors import InvalidInputError
     from orchestrator.history import submitted_kind
@@ -207,7 +207,7 @@ def summary(rows: list[dict[str, Any]], settings: Settings, elapsed_s: float) ->
                          "percentiles": "nearest rank: P99 of n samples is the ceil(0.99 n)-th smallest (the maximum "
                                         "below 100 samples)",
                          "filesystem": lat.filesystem_of(settings.base_path), "fsync": "fdatasync per append",
-                         "verification": "every read verifies the chain, the signed head record and each line it does not vouch for (as status)",
+                         "verification": "every read verifies the chain, the line the head record names and each line it does not vouch for (as status)",
                          "worker": "one worker process (Worker.run), Python handler in its reused handler process",
                          "elapsed_s": round(elapsed_s, 2)}}
 

@@ -13,7 +13,7 @@ project in memory)::
 
 Lines are copied, never re-encoded or re-signed, so every signature and chain link verifies
 on the other side, and an anchor exported before the move still checks after it. Every
-stream, the audit log too, carries its signed head record, so a stream cut at a line
+stream, the audit log too, carries its head record, so a stream cut at a line
 boundary (in the source, or in the bundle) is caught like ``verify`` catches it. Both ends
 verify each stream, with its head record, before writing it: a damaged history is refused
 (``IntegrityError``) unless the export is told to carry it as evidence (``allow_damaged``),
@@ -66,7 +66,7 @@ def _header(obj: dict[str, Any]) -> bytes:
 
 
 def _head_key(stream: str) -> tuple[str, str]:
-    """Where a stream's signed head record lives: ``audit-head/audit`` or ``heads/<job_id>``."""
+    """Where a stream's head record lives: ``audit-head/audit`` or ``heads/<job_id>``."""
     return AUDIT_HEAD if stream == AUDIT_STREAM else (HEADS_AREA, stream)
 
 
@@ -101,7 +101,7 @@ def _refuse(action: str, problems: list[Problem]) -> IntegrityError:
 
 def export_project(orch: Orchestrator, out: IO[bytes], *, allow_damaged: bool = False,
                    progress: Progress | None = None) -> dict[str, Any]:
-    """Write the audit stream, then every job stream, each with its signed head record, to ``out``.
+    """Write the audit stream, then every job stream, each with its head record, to ``out``.
 
     Nothing is written before the store has been read once: a store that cannot be opened (or a removed
     job's history) leaves ``out`` empty, so ``export -o -`` prints no part of a bundle before such an error."""

@@ -54,7 +54,7 @@ def export_cmd(orch: Any, out: Output, output: str, allow_damaged: bool) -> int:
 def import_cmd(orch: Any, out: Output, bundle: str) -> None:
     """Write a bundle from `orchestrator export` into this project's store (--store picks the backend).
 
-    Every stream is verified, with its signed head record, before it is written; a damaged or
+    Every stream is verified, with its head record, before it is written; a damaged or
     cut one stops the import (exit 7), a malformed bundle is refused (exit 3). Running it again
     after an interruption completes it; a stream that already holds a different history is a
     conflict (exit 3), never overwritten.

@@ -130,7 +130,7 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     error names the kinds, how many jobs, and why), 2 unknown option, choice or out-of-range
     value on the command line, 3 the same from the environment or .env, a bad setting, a handler
     module that cannot be imported, or a folder of the store that is a symbolic link
-    (PATH_ESCAPE), 7 the audit log was cut against its signed head record: an entry it must write
+    (PATH_ESCAPE), 7 the audit log was cut against its head record: an entry it must write
     stops it (a stale recovery or a refused job before anything is written, on PostgreSQL after a
     recovery's event; a timeout after its outcome; docs/runbook.md, section E), 8 no usable
     signing key, or (--once) ran nothing but left queued jobs signed by

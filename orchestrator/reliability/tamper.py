@@ -4,7 +4,7 @@ A project with varied histories (run, asked, audited, approved, resumed, cancell
 once; each trial edits a copy of one stream's bytes, runs the whole-project ``verify``, and
 restores the bytes. A trial counts as *detected* when ``verify`` reports an integrity
 problem, and as *detected by a read* when reading the job as ``status`` and a claiming worker
-do (``Orchestrator.load``: from the signed head record, ``history.check_head``) refuses it too.
+do (``Orchestrator.load``: from the head record, ``history.check_head``) refuses it too.
 ``promised`` says whether ``docs/format.md`` promises detection without an external anchor;
 the cuts it does not promise are checked against an anchor instead.
 """

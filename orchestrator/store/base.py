@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 AUDIT_STREAM = "@audit"
-HEADS_AREA = "heads"  # aux area of each job's signed head record, keyed by its job id (``history.head_record``)
+HEADS_AREA = "heads"  # aux area of each job's head record, keyed by its job id (``history.head_record``)
 # A head record, lease or audit marker is under this many bytes on every store: the file store keeps each in a slot
 # of this size, written in place (``JsonlStore._put_slot``), and an import refuses a bigger one from any store
 # (``transfer``).

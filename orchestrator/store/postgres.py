@@ -4,7 +4,7 @@ Each line is kept byte for byte in ``orch_events`` (project, stream, seq), so a 
 verifies exactly as it does in a file, and moves between backends without re-signing.
 ``orch_streams`` holds one row per stream with its head: an append moves the head only if it is
 still the one expected (checked as the row is locked), inserts the new lines, and writes any ``aux``
-records given (the job's signed head record, a lease deletion, an audit marker), all in one
+records given (the job's head record, a lease deletion, an audit marker), all in one
 statement, so on this backend an event and its head record are committed both or neither
 (``atomic_aux``): one round trip when the caller knows the head (every job event), two when it
 must be read under the lock first (the audit log); an audited job event, its audit entry and the job's

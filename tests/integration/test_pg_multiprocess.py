@@ -91,7 +91,7 @@ def test_workers_in_separate_processes_claim_each_job_exactly_once(shared, base:
 
 @pytest.mark.parametrize("point, visible", [("pg.append.before_commit", False), ("pg.append.after_commit", True)])
 def test_a_writer_killed_around_the_commit_leaves_all_or_nothing(shared, cli_env, point: str, visible: bool) -> None:
-    """The event and its signed head record commit in one transaction: a writer killed just before
+    """The event and its head record commit in one transaction: a writer killed just before
     the commit leaves neither, one killed just after leaves both (on files it may leave the event alone)."""
     orch, seed = shared
     env = {**cli_env, "ORCH_SIGNING_KEY": seed, "ORCH_STORE_URL": orch.store.url, "PROJECT_ID": orch.project_id,

@@ -1,11 +1,12 @@
-"""A read (``status``, a claiming worker) verifies a job from its signed head record.
+"""A read (``status``, a claiming worker) verifies a job from its head record.
 
-The head record's signature covers the hash of the line it names, and each line's ``prev`` the
-line before it, so the head's key vouches for every line up to it. A read checks such a line's own
-signature only when the line names another key; every other check (parse, canonical form,
-sequence, chain, job id, key trusted and not revoked) is made on every line. ``verify`` still
-checks every signature. When anything fails, the read checks each line on its own, so a problem
-is named at the line it is on, as ``verify`` names it.
+The head record names a line by its hash; that line's signature is checked, and it covers the line's
+``prev``, the hash of the line before, so the named line's key vouches for every line up to it. A read
+checks such a line's own signature only when the line names another key; every other check (parse,
+canonical form, sequence, chain, job id, key trusted and not revoked) is made on every line. ``verify``
+still checks every signature. When anything fails, the read checks each line on its own, so a problem
+is named at the line it is on, as ``verify`` names it. A head record is not signed since 2026-12-03; the
+signed ones written before are still read (``_legacy_head``).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from orchestrator import Orchestrator
 from orchestrator.api import HEADS_AREA
 from orchestrator.history import head_record
 from orchestrator.integrity import verify_project
-from orchestrator.signing import Keyring, canonical
+from orchestrator.signing import Keyring, canonical, line_hash
 from orchestrator.store.base import Head
 
 
@@ -47,10 +48,16 @@ def _broken_signature(line: bytes) -> bytes:
     return canonical(rec)
 
 
-def _resign_head(orch: Orchestrator, job: str, ring: Keyring) -> None:
-    """A fresh head record over the file as it is now, signed by ``ring``'s key."""
+def _fresh_head(orch: Orchestrator, job: str) -> None:
+    """A fresh head record over the file as it is now (a writer that can write the store can write one)."""
     lines = _lines(orch, job)
-    orch.store.put_aux(HEADS_AREA, job, head_record(ring, job, Head(len(lines), lines[-1])))
+    orch.store.put_aux(HEADS_AREA, job, head_record(job, Head(len(lines), lines[-1])))
+
+
+def _legacy_head(orch: Orchestrator, job: str, ring: Keyring) -> None:
+    """A head record over the file as it is now in the form written before 2026-12-03: signed by ``ring``'s key."""
+    lines = _lines(orch, job)
+    orch.store.put_aux(HEADS_AREA, job, ring.seal({"stream": job, "seq": len(lines), "hash": line_hash(lines[-1])}))
 
 
 def _count_verifications(monkeypatch: pytest.MonkeyPatch, ring: Keyring) -> list[int]:
@@ -65,15 +72,61 @@ def _count_verifications(monkeypatch: pytest.MonkeyPatch, ring: Keyring) -> list
     return calls
 
 
-def test_a_read_checks_the_head_records_signature_for_the_lines_it_vouches_for(
+def test_a_read_checks_the_signature_of_the_line_the_head_record_names_for_the_lines_before_it(
         orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
     job = _finished_job(orch)
     calls = _count_verifications(monkeypatch, orch.keyring)
     assert orch.load(job).ok
-    assert calls[0] == 1  # the head record's; its key signed all three lines
+    assert calls[0] == 1  # the last line's, which the head record names; its key signed all three lines
     calls[0] = 0
     assert orch.load(job, every_signature=True).ok
-    assert calls[0] == len(_lines(orch, job)) + 1  # verify's way: every line, then the head record
+    assert calls[0] == len(_lines(orch, job))  # verify's way: every line (the head record has no signature)
+
+
+def test_a_head_record_is_a_note_of_the_last_line_with_no_signature(orch: Orchestrator) -> None:
+    job = _finished_job(orch)
+    lines = _lines(orch, job)
+    assert json.loads(orch.store.get_aux(HEADS_AREA, job) or b"") == {
+        "stream": job, "seq": len(lines), "hash": line_hash(lines[-1])}
+
+
+def test_an_append_signs_its_events_and_nothing_else(orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One Ed25519 signature per event: a submit one, a worker's run two (its claim, its outcome)."""
+    orch.submit("t.echo", {"warm": 1})
+    orch.worker().run_once()  # the first run: imports, the handler process
+    signed = [0]
+    real = orch.keyring._sign
+
+    def counting(*args: object) -> bytes:
+        signed[0] += 1
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(orch.keyring, "_sign", counting)
+    job = orch.submit("t.echo", {"x": 1})
+    assert signed[0] == 1
+    orch.worker().run_once()
+    assert orch.status(job).state == "succeeded" and signed[0] == 3
+
+
+def test_a_head_record_naming_a_line_that_does_not_verify_vouches_for_nothing(orch: Orchestrator) -> None:
+    """Anyone who can write the store can write a head record: it vouches only through the line it names,
+    whose signature is checked. A last line with a bad signature and a fresh record naming it is reported."""
+    job = _finished_job(orch)
+    lines = _lines(orch, job)
+    _write(orch, job, lines[:-1] + [_broken_signature(lines[-1])])
+    _fresh_head(orch, job)
+    assert [(p.line, p.code) for p in orch.load(job).problems] == [(len(lines), "SIGNATURE_INVALID")]
+
+
+def test_a_signed_head_record_written_before_2026_12_03_is_still_read(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = _finished_job(orch)
+    _legacy_head(orch, job, orch.keyring)
+    calls = _count_verifications(monkeypatch, orch.keyring)
+    orch.keyring._verified.clear()
+    assert orch.load(job).ok and calls[0] == 1  # the head record's signature vouches, as it did
+    _write(orch, job, _lines(orch, job)[:-1])
+    assert [p.code for p in orch.load(job).problems] == ["TRUNCATED"]
 
 
 def test_lines_written_after_the_head_record_are_checked_one_by_one(
@@ -81,7 +134,7 @@ def test_lines_written_after_the_head_record_are_checked_one_by_one(
     """The file store writes a head record after its lines: a read in between sees lines past it."""
     job = _finished_job(orch)
     lines = _lines(orch, job)
-    orch.store.put_aux(HEADS_AREA, job, head_record(orch.keyring, job, Head(1, lines[0])))
+    orch.store.put_aux(HEADS_AREA, job, head_record(job, Head(1, lines[0])))
     calls = _count_verifications(monkeypatch, orch.keyring)
     assert orch.load(job).ok
     assert calls[0] == 1 + (len(lines) - 1)
@@ -101,7 +154,7 @@ def test_an_edited_signature_is_named_at_its_line_as_verify_names_it(orch: Orche
 
 def _resealed(orch: Orchestrator, job: str, lines: list[bytes], signers: list[Keyring | None]) -> list[bytes]:
     """``lines`` chained again and signed again, line ``i`` by ``signers[i]`` (None: kept as it is, only
-    if its ``prev`` is right already); written with a fresh head record of the orchestrator's key."""
+    if its ``prev`` is right already); written with a fresh head record."""
     from orchestrator.signing import genesis, line_hash
 
     out: list[bytes] = []
@@ -114,12 +167,12 @@ def _resealed(orch: Orchestrator, job: str, lines: list[bytes], signers: list[Ke
         rec["prev"] = line_hash(out[-1]) if out else genesis(job)
         out.append(ring.seal(rec))
     _write(orch, job, out)
-    _resign_head(orch, job, orch.keyring)
+    _fresh_head(orch, job)
     return out
 
 
 def test_a_line_naming_another_key_is_checked_against_that_key(orch: Orchestrator) -> None:
-    """The head's key vouches only for lines under its own name: a line signed (or claiming to be
+    """The named line's key vouches only for lines under its own name: a line signed (or claiming to be
     signed) by another trusted key is checked with that key, even below the head record."""
     job = _finished_job(orch)
     other = Keyring.generate()
@@ -131,12 +184,12 @@ def test_a_line_naming_another_key_is_checked_against_that_key(orch: Orchestrato
     assert [(p.line, p.code) for p in orch.load(job).problems] == [(2, "SIGNATURE_INVALID")]
 
 
-def test_a_revoked_key_fails_a_read_whether_it_signed_the_head_or_a_line(orch: Orchestrator) -> None:
+def test_a_revoked_key_fails_a_read_whether_it_signed_the_named_line_or_another(orch: Orchestrator) -> None:
     job = _finished_job(orch)
     orch.keyring.revoked = frozenset({orch.keyring.signer_id or ""})
     assert "KEY_REVOKED" in {p.code for p in orch.load(job).problems}
     orch.keyring.revoked = frozenset()
-    other = Keyring.generate()  # a line under a key revoked since, below a head record of a key still trusted
+    other = Keyring.generate()  # a line under a key revoked since, below a named line of a key still trusted
     orch.keyring.trusted.update(other.trusted)
     _resealed(orch, job, _lines(orch, job), [other, orch.keyring, orch.keyring])
     assert orch.load(job).ok
@@ -144,11 +197,11 @@ def test_a_revoked_key_fails_a_read_whether_it_signed_the_head_or_a_line(orch: O
     assert [(p.line, p.code) for p in orch.load(job).problems] == [(1, "KEY_REVOKED")]
 
 
-def test_a_head_record_that_does_not_verify_means_every_line_is_checked(
+def test_a_signed_head_record_that_does_not_verify_means_every_line_is_checked(
         orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
     job = _finished_job(orch)
     stranger = Keyring.generate()
-    _resign_head(orch, job, stranger)  # an untrusted key
+    _legacy_head(orch, job, stranger)  # an untrusted key
     calls = _count_verifications(monkeypatch, orch.keyring)
     problems = orch.load(job).problems
     # the head record's, naming its key (SIGNATURE_INVALID until 2026-12-02: a worker that lacks another machine's
@@ -159,18 +212,16 @@ def test_a_head_record_that_does_not_verify_means_every_line_is_checked(
 
 def test_what_only_verify_sees_a_line_its_own_key_vouched_for_with_a_bad_signature(orch: Orchestrator) -> None:
     """The one case a read and ``verify`` differ, as documented: the holder of a trusted key wrote a
-    line under that key with a signature that does not verify, then signed a head record over it
+    line under that key with a signature that does not verify, then signed a later line over it
     (a key holder could as well have signed the line). ``verify`` and the audit timeline report
-    it; a read for ``status`` takes the head record's word."""
+    it; a read for ``status`` takes the word of the line the head record names."""
     from orchestrator.timeline import timeline
 
     job = _finished_job(orch)
     lines = _lines(orch, job)
-    bad = _broken_signature(lines[2])
-    _write(orch, job, lines[:2] + [bad])
-    _resign_head(orch, job, orch.keyring)
+    _resealed(orch, job, [lines[0], _broken_signature(lines[1]), lines[2]], [None, None, orch.keyring])
     assert orch.load(job).ok
-    assert [(p.line, p.code) for p in verify_project(orch, job).problems] == [(3, "SIGNATURE_INVALID")]
+    assert [(p.line, p.code) for p in verify_project(orch, job).problems] == [(2, "SIGNATURE_INVALID")]
     assert not timeline(orch, job_id=job)["ok"]
 
 
@@ -180,7 +231,7 @@ def test_a_worker_never_runs_a_job_with_a_line_that_does_not_verify_even_one_its
     job = orch.submit("t.echo", {"x": 1})
     lines = _lines(orch, job)
     _write(orch, job, [_broken_signature(lines[0])])
-    _resign_head(orch, job, orch.keyring)
+    _legacy_head(orch, job, orch.keyring)  # a signed head record over the one line (the form before 2026-12-03)
     assert orch.load(job).ok  # status: the head record's word
     assert orch.worker().run_once() is None  # the worker: refused, not run
     assert orch.status(job).state == "queued"
@@ -205,14 +256,16 @@ def test_a_head_record_of_another_job_vouches_for_nothing(orch: Orchestrator,
     job, other = _finished_job(orch), _finished_job(orch)
     orch.store.put_aux(HEADS_AREA, job, orch.store.get_aux(HEADS_AREA, other) or b"")
     calls = _count_verifications(monkeypatch, orch.keyring)
-    assert [p.code for p in orch.load(job).problems] == ["SIGNATURE_INVALID"]  # the head record's, as before
-    assert calls[0] == len(_lines(orch, job)) + 1  # every line on its own, then the head record's check
+    assert [p.code for p in orch.load(job).problems] == ["WRONG_STREAM"]  # the head record's
+    assert calls[0] == len(_lines(orch, job))  # every line on its own
 
 
 @pytest.mark.parametrize("raw", [
     b"[]", b'"text"', b"12",
     b'{"hash":"x","kid":"KID","seq":1,"sig":"AA","stream":"JOB","z":NaN}',
-], ids=["list", "string", "number", "nan"])
+    b'{"seq":1,"stream":"JOB"}', b'{"hash":"x","seq":1,"stream":"JOB","z":1}', b'{"hash":7,"seq":1,"stream":"JOB"}',
+    b'{"hash":"x","seq":99,"stream":"JOB"}', b'{"hash":"x","seq":1,"stream":"JOB"}',
+], ids=["list", "string", "number", "nan", "no-hash", "more-fields", "hash-not-text", "more-lines", "another-line"])
 def test_a_hostile_head_record_is_a_problem_not_a_crash(orch: Orchestrator, raw: bytes) -> None:
     job = _finished_job(orch)
     orch.store.put_aux(HEADS_AREA, job, raw.replace(b"KID", (orch.keyring.signer_id or "").encode())
@@ -221,10 +274,13 @@ def test_a_hostile_head_record_is_a_problem_not_a_crash(orch: Orchestrator, raw:
     assert not verify_project(orch).ok
 
 
+@pytest.mark.parametrize("signed", [False, True], ids=["note", "signed"])
 @pytest.mark.parametrize("seq", [1.0, True, -1, "1"])
-def test_a_signed_head_record_with_a_seq_that_is_not_a_count_is_a_problem(orch: Orchestrator, seq: object) -> None:
+def test_a_head_record_with_a_seq_that_is_not_a_count_is_a_problem(orch: Orchestrator, seq: object,
+                                                                   signed: bool) -> None:
     job = _finished_job(orch)
-    orch.store.put_aux(HEADS_AREA, job, orch.keyring.seal({"stream": job, "seq": seq, "hash": "x"}))
+    record = {"stream": job, "seq": seq, "hash": "x"}
+    orch.store.put_aux(HEADS_AREA, job, orch.keyring.seal(record) if signed else canonical(record))
     assert orch.status(job).integrity_error is not None
     assert not verify_project(orch).ok
 
@@ -235,9 +291,8 @@ def test_strict_reads_check_every_signature(base: Path, keyring: Keyring, monkey
     orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring)
     job = _finished_job(orch)
     lines = _lines(orch, job)
-    _write(orch, job, lines[:2] + [_broken_signature(lines[2])])
-    _resign_head(orch, job, orch.keyring)
-    assert [(p.line, p.code) for p in orch.load(job).problems] == [(3, "SIGNATURE_INVALID")]
+    _resealed(orch, job, [lines[0], _broken_signature(lines[1]), lines[2]], [None, None, orch.keyring])
+    assert [(p.line, p.code) for p in orch.load(job).problems] == [(2, "SIGNATURE_INVALID")]
     assert orch.status(job).integrity_error is not None
 
 
@@ -266,17 +321,18 @@ def _waiting(orch: Orchestrator) -> str:
     return job
 
 
-def test_a_resume_checks_the_jobs_and_the_audit_logs_head_records_once_each(
+def test_a_resume_checks_one_signature_the_line_the_jobs_head_record_names(
         orch: Orchestrator, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The audit log's head record is checked before the event (a cut log refuses the action) and again under
-    the log's lock before the entry: the same bytes, verified once. What the resume signs, it does not verify."""
+    """The audit log's head record is checked against the log's last line before the event (a cut log refuses the
+    action) and again under the log's lock before the entry: a note with no signature, so no Ed25519 at all; the
+    job's read checks the line its head record names. What the resume signs, it does not verify."""
     first, job = _waiting(orch), _waiting(orch)
     orch.resume(first, "blue")  # the audit log and its head record exist
     calls = libsodium_checks(monkeypatch)
     operator = _another_process(orch, base)
     assert operator.resume(job, "green").applied
-    assert calls[0] == 2  # the job's head record, the audit log's
-    assert operator.status(job).state == "queued" and calls[0] == 2  # the head record it wrote: known to it
+    assert calls[0] == 1  # the line the job's head record names
+    assert operator.status(job).state == "queued" and calls[0] == 1  # the line it wrote: known to it
 
 
 def test_a_reader_polling_a_job_checks_only_the_signatures_it_has_not_seen(
@@ -284,7 +340,7 @@ def test_a_reader_polling_a_job_checks_only_the_signatures_it_has_not_seen(
     job = _finished_job(orch)
     calls = libsodium_checks(monkeypatch)
     reader = _another_process(orch, base)
-    assert reader.status(job).state == "succeeded" and calls[0] == 1  # the head record
+    assert reader.status(job).state == "succeeded" and calls[0] == 1  # the line the head record names
     assert reader.status(job).state == "succeeded" and calls[0] == 1  # the same bytes: remembered
     lines = _lines(orch, job)
     _write(orch, job, lines[:-1] + [_broken_signature(lines[-1])])  # an edit since: still caught

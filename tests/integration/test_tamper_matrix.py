@@ -23,7 +23,7 @@ def test_a_byte_flip_anywhere_and_every_other_edit_is_detected(tmp_path: Path) -
     assert kinds["byte_flip"]["trials"] == 500
     missed = {k: v for k, v in kinds.items() if v["promised"] and v["detected"] != v["trials"]}
     assert missed == {}
-    # a read (status, a claiming worker) checks from the signed head record, and refuses the same edits
+    # a read (status, a claiming worker) checks from the head record, and refuses the same edits
     missed_by_reads = {k: v for k, v in kinds.items() if v["promised"] and v["detected_by_read"] != v["read_trials"]}
     assert missed_by_reads == {}
     assert kinds["byte_flip"]["read_trials"] > 400  # most flips hit a job's file (the rest: the audit log)

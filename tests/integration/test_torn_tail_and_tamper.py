@@ -73,7 +73,7 @@ def test_torn_tail_at_every_byte_offset_of_the_last_line_is_ignored_then_repaire
     last_start = whole.rstrip(b"\n").rfind(b"\n") + 1
     path.write_bytes(whole[:last_start])
     three = file_orch.store.read(job_id)
-    file_orch.store.put_aux(HEADS_AREA, job_id, head_record(file_orch.keyring, job_id, Head(3, three[-1].raw)))
+    file_orch.store.put_aux(HEADS_AREA, job_id, head_record(job_id, Head(3, three[-1].raw)))
     for cut in range(last_start, len(whole)):  # every offset inside the last line, newline excluded
         path.write_bytes(whole[:cut])
         view = file_orch.load(job_id)
@@ -410,7 +410,7 @@ def _cut_audit_log(raw: RawHistory, keep: int) -> bytes:
 
 
 def test_an_audit_log_cut_at_a_line_boundary_is_never_written_over(orch: Orchestrator, raw: RawHistory) -> None:
-    # the next entry would rewrite the log's signed head record over the cut, and verify would pass again
+    # the next entry would rewrite the log's head record over the cut, and verify would pass again
     from orchestrator.errors import IntegrityError
     from orchestrator.store.base import AUDIT_STREAM
 

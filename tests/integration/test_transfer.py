@@ -310,7 +310,7 @@ def test_export_and_the_anchor_never_follow_a_symbolic_link_in_a_job_files_place
     assert anchor["streams"] == len(ids)  # the other jobs and the audit log
 
 
-# -- the audit log's signed head record travels with it (a cut of its last entries is caught) -------
+# -- the audit log's head record travels with it (a cut of its last entries is caught) -------
 
 
 def parse_bundle(data: bytes) -> tuple[dict, list[tuple[dict, list[bytes]]]]:
