@@ -82,7 +82,8 @@ def keys_rotate(out: Output) -> None:
     <kid>.pub into the ORCH_TRUSTED_KEYS_DIR of every other machine that verifies or runs these jobs.
     """
     from orchestrator.errors import SigningKeyError
-    from orchestrator.key_files import check_folders_above, keyring_dir, signing_variable, write_keypair
+    from orchestrator.key_files import keyring_dir, signing_variable, write_keypair
+    from orchestrator.key_paths import check_folders_above
 
     folder = keyring_dir()
     check_folders_above(folder, "keyring folder")  # a new private key goes nowhere another user could swap
