@@ -166,7 +166,8 @@ def write_keypair(directory: Path, private: Any = None, *, activate: bool = True
     seed = seed_of(private) if private is not None else bytes(SigningKey.generate())
     private = Ed25519PrivateKey.from_private_bytes(seed)
     _make_owner_only_folder(directory)
-    # a folder that was there is left as it is, if it may hold keys: ``chmod 700`` made /tmp owner-only
+    # a folder that was there keeps its mode, and is refused if others may add keys to it (it was ``chmod 700``-ed,
+    # /tmp too when run as root)
     _check_keyring_folder(directory, os.stat(directory))
     kid = key_id(public_of(seed))
     priv_path = directory / f"{kid}{PRIVATE_SUFFIX}"
@@ -194,11 +195,11 @@ def _make_owner_only_folder(directory: Path) -> None:
     for folder in reversed(missing):
         try:
             folder.mkdir(mode=0o700)
-        except FileExistsError:  # made meanwhile, by another command: checked as any folder that was there
+        except FileExistsError:  # made meanwhile, by another command
             if not folder.is_dir():
                 raise
         else:
-            os.chmod(folder, 0o700)  # a umask of 077 or more would leave it unreadable to its owner
+            os.chmod(folder, 0o700)  # a umask that takes its owner's bits (0277, say) would leave it unwritable
 
 
 def _write_whole(path: Path, data: bytes) -> None:

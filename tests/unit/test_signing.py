@@ -555,7 +555,8 @@ def test_a_sticky_folder_is_never_a_keyring_folder_itself_and_is_left_as_it_is(
     if owner == "the user":
         os.chown(shared, OTHER_UID, -1)
         monkeypatch.setattr(os, "geteuid", lambda: OTHER_UID)
-    shared_folder = f"keyring folder {shared} is a shared folder \\(sticky, as /tmp\\) others may add files to.*a folder of their own"
+    shared_folder = (f"keyring folder {shared} is a shared folder \\(sticky, as /tmp\\) others may add files to.*"
+                     "a folder of their own")
     with pytest.raises(SigningKeyError, match=shared_folder):
         load_keyring(env)
     if variable == "ORCH_KEYRING_DIR":
@@ -700,7 +701,8 @@ def test_an_empty_or_relative_home_is_no_home_the_checks_go_up_to_root_and_there
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     monkeypatch.delenv("ORCH_KEYRING_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SigningKeyError, match=f"no home folder .*HOME is {home!r}, not an absolute path.*ORCH_KEYRING_DIR"):
+    with pytest.raises(SigningKeyError, match=f"no home folder .*HOME is {home!r}, not an absolute path.*"
+                                              "ORCH_KEYRING_DIR"):
         keyring_dir()
     with pytest.raises(SigningKeyError, match="no home folder"):
         load_keyring({"HOME": home})
