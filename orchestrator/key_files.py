@@ -6,7 +6,7 @@ Key files are PEM (PKCS#8 and SubjectPublicKeyInfo), written by ``cryptography``
 fixed RFC 8410 encoding of an Ed25519 key apart directly (``_raw_from_pem``) and leaves anything else to
 ``cryptography``, which is imported only then: importing it costs 10-30 ms of a command's start, and loads
 OpenSSL into every worker (~9 MB). A folder or file that decides which keys are trusted may be written by
-its owner only, who must be this user or root.
+its owner only, who must be this user or root, and so may every folder above it (``orchestrator.key_paths``).
 """
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ from typing import Any, Mapping
 from nacl.signing import SigningKey
 
 from orchestrator.errors import InvalidInputError, SigningKeyError
+from orchestrator.key_paths import (MAKES_KEYS_TRUSTED, check_folders_above, forget_checked_folders, home_folder,
+                                    owned_by_user, owner_writes)
+from orchestrator.security import shown
 from orchestrator.signing import Keyring, unb64, key_id, public_of, seed_of, validate_key_id
 from orchestrator.store.files import NotRegularFileError, fsync_dir, open_regular, read_all
 
@@ -33,15 +36,28 @@ ACTIVE_FILE = "active"
 REVOKED_FILE = "revoked"
 
 
-def default_keyring_dir() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "jsonl-orchestrator" / "keys"
+def default_keyring_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_CONFIG_HOME/jsonl-orchestrator/keys``, else ``~/.config/jsonl-orchestrator/keys``. A relative
+    ``XDG_CONFIG_HOME`` is ignored (the XDG specification's rule); with no home folder either (``home_folder``) there
+    is no default, a ``SigningKeyError``: any guess would be another keyring than the one the user's other commands
+    read."""
+    env = os.environ if env is None else env
+    config = env.get("XDG_CONFIG_HOME") or ""
+    if not os.path.isabs(config):
+        home = home_folder(env)
+        if home is None:
+            why = (f"HOME is {shown(env['HOME'])}, not an absolute path" if "HOME" in env else
+                   f"HOME is not set, and the user database knows no uid {os.geteuid()}")
+            raise SigningKeyError(f"no home folder to find the keyring folder in: {why}; set HOME to your home folder, "
+                                  "or ORCH_KEYRING_DIR to the keyring folder")
+        config = os.path.join(home, ".config")
+    return Path(config) / "jsonl-orchestrator" / "keys"
 
 
 def keyring_dir(env: Mapping[str, str] | None = None) -> Path:
     """The keyring folder: ``ORCH_KEYRING_DIR``, else ``default_keyring_dir()``."""
     env = os.environ if env is None else env
-    return Path(env.get("ORCH_KEYRING_DIR") or default_keyring_dir())
+    return Path(env.get("ORCH_KEYRING_DIR") or default_keyring_dir(env))
 
 
 # The DER of an Ed25519 key in the two forms ``write_keypair`` writes (RFC 8410): a fixed prefix and the
@@ -65,139 +81,10 @@ def _raw_from_pem(data: bytes, label: bytes, prefix: bytes) -> bytes | None:
     return der[len(prefix):]
 
 
-def _owned_by_user(path: Path, what: str, st: os.stat_result) -> None:
-    """Refuse a keyring folder or key file owned by neither this user (effective uid) nor root: its owner may rewrite
-    it whatever its mode, to add a key of their own, revoke or trust one again, or pick the key that signs (as ssh
-    refuses key files and folders owned by others). Checked on the status already taken, never a second ``stat``."""
-    euid = os.geteuid()
-    if st.st_uid not in (euid, 0):
-        raise SigningKeyError(f"{what} {path} is owned by uid {st.st_uid}, neither this user (uid {euid}) nor root, "
-                              "who could change which keys are trusted or which key signs; check what it holds, "
-                              f"then run: chown {euid} {path}")
-
-
-_MAKES_KEYS_TRUSTED = "make keys of their own trusted"
-
-
-def _owner_writes(path: Path, what: str, st: os.stat_result, harm: str = _MAKES_KEYS_TRUSTED) -> None:
-    """Refuse a folder or file that decides which keys are trusted (a keyring folder, a ``.pub``, ``revoked``) or
-    which key signs (``active``) when others than its owner may write it: they could add a key of their own, trust
-    a revoked one again, or make a key revoked elsewhere sign (as ssh refuses an ``authorized_keys`` others may
-    write). ``harm`` says what they could do, in the message. A user private group counts as the owner
-    (``_others_may_write``)."""
-    if _others_may_write(st):
-        raise SigningKeyError(f"{what} {path} may be written by others than its owner, who could {harm}; "
-                              f"run: chmod go-w {path}")
-
-
-def _others_may_write(st: os.stat_result) -> bool:
-    """Whether others than the owner may write a file or folder of this status. Group-writable is not, when its group
-    is the owner's user private group (its one member is the owner: Debian and Ubuntu give each user one, and a
-    umask of 002 then makes every new folder, ``~/.config`` say, group-writable), as Debian's OpenSSH accepts."""
-    if st.st_mode & stat.S_IWOTH:
-        return True
-    return bool(st.st_mode & stat.S_IWGRP) and not _user_private_group(st.st_gid, st.st_uid)
-
-
-def _user_private_group(gid: int, uid: int) -> bool:
-    """Whether the group ``gid`` has exactly one member, the user ``uid``: named in the group's entry, or holding it
-    as primary group, and nobody else either way (Debian's ``secure_permissions``). Read from the user and group
-    databases only for a group-writable file or folder (``pwd.getpwall`` reads every user), once a process."""
-    key = (gid, uid)
-    if key not in _PRIVATE_GROUPS:
-        _PRIVATE_GROUPS[key] = _only_member(gid, uid)
-    return _PRIVATE_GROUPS[key]
-
-
-_PRIVATE_GROUPS: dict[tuple[int, int], bool] = {}
-
-
-def _only_member(gid: int, uid: int) -> bool:
-    import grp
-    import pwd
-
-    try:
-        group, owner = grp.getgrgid(gid), pwd.getpwuid(uid)
-    except KeyError:  # a group or user the databases do not know: nobody can say who is in it
-        return False
-    if any(name != owner.pw_name for name in group.gr_mem):
-        return False
-    members = set(group.gr_mem)
-    for user in pwd.getpwall():
-        if user.pw_gid == gid:
-            if user.pw_uid != uid:
-                return False
-            members.add(user.pw_name)
-    return bool(members)
-
-
-# folders above a keyring folder or key file found safe by ``check_folders_above``: each is looked at once a process
-_SAFE_FOLDERS: set[str] = set()
-
-
-def check_folders_above(path: Path, what: str) -> None:
-    """Refuse ``path`` (a keyring folder, trusted-keys folder or signing key file) when a folder above it, up to the
-    user's home folder when it lies inside it, else up to ``/``, is owned by neither this user nor root, or may be
-    written by others than its owner: whoever may write a folder may rename what it holds away and put a folder
-    or key of their own in its place (as ssh's StrictModes checks every folder above ``authorized_keys``). A
-    root-owned folder with the sticky bit (``/tmp``) is safe: others may not rename or remove entries they do not
-    own there. A folder not there yet is passed (the first write creates it, owner-only). A folder above that is a
-    symbolic link is checked for its owner, and the folder it leads to, and those above that, as any other. One
-    ``lstat`` of each folder, once a process (``_SAFE_FOLDERS``): every command's start runs this; a running
-    worker does not look again. When ``path`` itself is a link (followed: the operator's own path), the folders
-    above where it leads are checked too, and the link's owner."""
-    _check_folder_and_above(os.path.dirname(os.path.abspath(path)), path, what)
-    try:
-        st = os.lstat(path)
-    except OSError:  # not there yet, or unreadable: what reads it says so
-        return
-    if stat.S_ISLNK(st.st_mode):
-        if st.st_uid not in (os.geteuid(), 0):  # its owner may point it elsewhere, in a sticky folder (/tmp)
-            raise SigningKeyError(f"the {what} {path} is a symbolic link owned by uid {st.st_uid}, neither this user "
-                                  f"(uid {os.geteuid()}) nor root, who could point it elsewhere; check where it leads, "
-                                  f"then run: chown -h {os.geteuid()} {path}")
-        _check_folder_and_above(os.path.dirname(os.path.realpath(path)), path, what)
-
-
-def _check_folder_and_above(folder: str, path: Path, what: str) -> None:
-    home = os.path.expanduser("~")
-    home = home if os.path.isabs(home) else os.sep  # HOME empty or relative: no home to stop at
-    inside_home = os.path.commonpath([folder, home]) == home
-    euid = os.geteuid()
-    while True:
-        if folder not in _SAFE_FOLDERS:
-            try:
-                st: os.stat_result | None = os.lstat(folder)
-            except (FileNotFoundError, NotADirectoryError):  # not there yet; what reads the path says so
-                st = None
-            except OSError as exc:
-                raise SigningKeyError(f"cannot check the folder {folder} above the {what} {path}: "
-                                      f"{exc.strerror or exc}") from None
-            if st is not None:
-                if st.st_uid not in (euid, 0):
-                    raise SigningKeyError(f"the folder {folder} above the {what} {path} is owned by uid {st.st_uid}, "
-                                          f"neither this user (uid {euid}) nor root, who could put a {what} of their "
-                                          f"own in its place; check what it holds, then run: chown {euid} {folder} "
-                                          f"(or keep the {what} elsewhere)")
-                if stat.S_ISLNK(st.st_mode):  # where it leads lies above ``path`` too
-                    try:
-                        target: str | None = os.path.realpath(folder, strict=True)
-                    except FileNotFoundError:  # it leads nowhere: nothing is read through it
-                        target = None
-                    except OSError as exc:  # a loop of links
-                        raise SigningKeyError(f"cannot follow the link {folder} above the {what} {path}: "
-                                              f"{exc.strerror or exc}") from None
-                    if target is not None:
-                        _check_folder_and_above(target, path, what)
-                elif _others_may_write(st) and not (st.st_uid == 0 and st.st_mode & stat.S_ISVTX):
-                    raise SigningKeyError(f"the folder {folder} above the {what} {path} may be written by others than "
-                                          f"its owner, who could put a {what} of their own in its place; run: chmod "
-                                          f"go-w {folder} (or keep the {what} elsewhere)")
-                _SAFE_FOLDERS.add(folder)
-        parent = os.path.dirname(folder)
-        if parent == folder or (inside_home and folder == home):
-            return
-        folder = parent
+def _check_keyring_folder(folder: Path, st: os.stat_result) -> None:
+    """Refuse a keyring or trusted-keys folder (of status ``st``) another user owns or others may write."""
+    owned_by_user(folder, "keyring folder", st)
+    owner_writes(folder, "keyring folder", st)
 
 
 def _read_key_file(path: Path, what: str, *, owner_only: bool = False, others_could: str | None = None,
@@ -208,8 +95,8 @@ def _read_key_file(path: Path, what: str, *, owner_only: bool = False, others_co
     Never read through a symbolic link unless ``follow`` (``ORCH_SIGNING_KEY_FILE``, the operator's own path): the
     orchestrator makes none in a keyring folder, and the file one leads to lies in a folder nobody checked. With
     ``owner_only``, one that others may read is refused; with ``others_could`` (it decides which keys are trusted
-    or which signs: what others who write it could do, for the message), one that others may write (``_owner_writes``);
-    always, one another user owns (``_owned_by_user``). Any problem is a ``SigningKeyError`` naming the file."""
+    or which signs: what others who write it could do, for the message), one that others may write (``owner_writes``);
+    always, one another user owns (``owned_by_user``). Any problem is a ``SigningKeyError`` naming the file."""
     try:
         fd, st = open_regular(path, follow=follow)
     except NotRegularFileError:
@@ -221,11 +108,11 @@ def _read_key_file(path: Path, what: str, *, owner_only: bool = False, others_co
                                   "move that file into its place") from None
         raise SigningKeyError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     try:
-        _owned_by_user(path, what, st)
+        owned_by_user(path, what, st)
         if owner_only and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise SigningKeyError(f"{what} {path} is readable by others; run: chmod 600 {path}")
         if others_could:
-            _owner_writes(path, what, st, others_could)
+            owner_writes(path, what, st, others_could)
         return read_all(fd)
     except OSError as exc:
         raise SigningKeyError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
@@ -279,7 +166,9 @@ def write_keypair(directory: Path, private: Any = None, *, activate: bool = True
     seed = seed_of(private) if private is not None else bytes(SigningKey.generate())
     private = Ed25519PrivateKey.from_private_bytes(seed)
     _make_owner_only_folder(directory)
-    os.chmod(directory, 0o700)
+    # a folder that was there keeps its mode, and is refused if others may add keys to it (it was ``chmod 700``-ed,
+    # /tmp too when run as root)
+    _check_keyring_folder(directory, os.stat(directory))
     kid = key_id(public_of(seed))
     priv_path = directory / f"{kid}{PRIVATE_SUFFIX}"
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
@@ -296,8 +185,8 @@ def write_keypair(directory: Path, private: Any = None, *, activate: bool = True
 
 
 def _make_owner_only_folder(directory: Path) -> None:
-    """Create ``directory`` and each missing folder above it owner-only (0700 less the umask): ``mkdir -p`` makes
-    those above with the umask's mode alone, group-writable under a umask of 002, and every command would then
+    """Create ``directory`` and each missing folder above it owner-only (0700, whatever the umask): ``mkdir -p``
+    makes those above with the umask's mode alone, group-writable under a umask of 002, and every command would then
     refuse the keyring below them (``check_folders_above``)."""
     missing = []
     while not directory.is_dir() and directory.parent != directory:
@@ -309,6 +198,8 @@ def _make_owner_only_folder(directory: Path) -> None:
         except FileExistsError:  # made meanwhile, by another command
             if not folder.is_dir():
                 raise
+        else:
+            os.chmod(folder, 0o700)  # a umask that takes its owner's bits (0277, say) would leave it unwritable
 
 
 def _write_whole(path: Path, data: bytes) -> None:
@@ -316,7 +207,7 @@ def _write_whole(path: Path, data: bytes) -> None:
     public key verifies every event its key signs, and a power cut must not leave it empty."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.fchmod(fd, 0o644)  # only its owner writes it, whatever the umask (``_owner_writes``)
+    os.fchmod(fd, 0o644)  # only its owner writes it, whatever the umask (``owner_writes``)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
         fh.flush()
@@ -345,6 +236,9 @@ def active_key_id(directory: Path) -> str | None:
 
 def _load_dir_signer(directory: Path, announce: bool) -> Any:
     def load(ring: Keyring, create: bool) -> None:
+        # when something is first signed, maybe hours after the folders were checked (a worker idle since its start)
+        forget_checked_folders()
+        check_folders_above(directory, "keyring folder")
         kid = active_key_id(directory)
         if kid is None:
             if not create:
@@ -385,21 +279,31 @@ def trust_folder(ring: Keyring, folder: Path, *, required_by: str | None = None)
         st = folder.stat()
     except OSError as exc:  # removed since it was listed
         raise SigningKeyError(f"cannot read keyring folder {folder}: {exc.strerror or exc}") from None
-    _owned_by_user(folder, "keyring folder", st)
-    _owner_writes(folder, "keyring folder", st)
+    _check_keyring_folder(folder, st)
     for name in names:
         if name.endswith(PUBLIC_SUFFIX):
             pub = folder / name
-            key = _public_from_pem(_read_key_file(pub, "public key file", others_could=_MAKES_KEYS_TRUSTED), pub)
+            key = _public_from_pem(_read_key_file(pub, "public key file", others_could=MAKES_KEYS_TRUSTED), pub)
             ring.trusted[key_id(key)] = key
     if REVOKED_FILE in names:
         revoked = folder / REVOKED_FILE
         try:
-            text = _read_key_file(revoked, "revoked-keys file", others_could=_MAKES_KEYS_TRUSTED).decode()
+            text = _read_key_file(revoked, "revoked-keys file", others_could=MAKES_KEYS_TRUSTED).decode()
         except UnicodeDecodeError:
             raise SigningKeyError(f"revoked-keys file {revoked} is not UTF-8 text; it should hold one key id "
                                   "a line") from None
         ring.revoked = ring.revoked | {ln.strip() for ln in text.splitlines() if ln.strip()}
+
+
+def read_folders_again(ring: Keyring) -> None:
+    """Read ``ring``'s folders again (``Keyring.reload``, a long-running worker's once a minute), each after checking
+    it and the folders above it again: one made writable by others since the process started would let them put a
+    folder of their own in its place, whose keys would then be trusted. A ``SigningKeyError`` stops the reading
+    there; the keys read before stay (``recovery.reload_keys`` says so)."""
+    forget_checked_folders()
+    for i, folder in enumerate(ring.folders):  # the keyring folder first (``key_folders``)
+        check_folders_above(Path(folder), "keyring folder" if i == 0 else "trusted-keys folder")
+        trust_folder(ring, Path(folder))
 
 
 SIGNING_KEY_VARIABLES = ("ORCH_SIGNING_KEY", "ORCH_SIGNING_KEY_FILE")  # in the order ``load_keyring`` takes them

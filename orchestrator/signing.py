@@ -229,12 +229,12 @@ class Keyring:
     def reload(self) -> bool:
         """Read the keyring folders again, so that a long-running process (a worker) trusts a key made since it
         started (``keys rotate`` elsewhere) and refuses one revoked since. Keys are only ever added to either set:
-        a key removed from a folder stays as it was until the process restarts. True if anything changed."""
-        from orchestrator.key_files import trust_folder
+        a key removed from a folder stays as it was until the process restarts. Each folder, and those above it, is
+        checked again before it is read (``key_files.read_folders_again``). True if anything changed."""
+        from orchestrator.key_files import read_folders_again
 
         before = self.trust_state()
-        for folder in self.folders:
-            trust_folder(self, Path(folder))
+        read_folders_again(self)
         return self.trust_state() != before
 
     def _sign(self, seed: bytes, data: bytes) -> bytes:

@@ -116,7 +116,7 @@ def descriptors_numbered_high(above: int = HIGH_FD) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-SHARED_GID = 54321  # a group no user database knows: never the user's private group (``key_files._others_may_write``)
+SHARED_GID = 54321  # a group no user database knows: never the user's private group (``key_paths.others_may_write``)
 
 
 def shared_with_a_group(path: "Path | str") -> None:

@@ -26,10 +26,10 @@ def keys() -> None:
 
     Every command reads these (from the environment or a .env file); a command on a project refuses
     a keyring folder, trusted-keys folder or key file inside that project's store (exit 3). Both
-    folders, their .pub, 'revoked' and 'active' files, and the folders above them (up to the home
-    folder; root's sticky folders such as /tmp excepted) must be owned by you or root and writable
-    only by their owner (else exit 8: others could make a key of their own trusted; chmod go-w,
-    chown).
+    folders, their .pub, 'revoked' and 'active' files, the folders above them (up to the home
+    folder; sticky folders such as /tmp, yours or root's, excepted, but never as a keyring folder
+    itself) and every symbolic link on the way must be owned by you or root and writable only by
+    their owner (else exit 8: others could make a key of their own trusted; chmod go-w, chown).
     """
 
 
@@ -82,7 +82,8 @@ def keys_rotate(out: Output) -> None:
     <kid>.pub into the ORCH_TRUSTED_KEYS_DIR of every other machine that verifies or runs these jobs.
     """
     from orchestrator.errors import SigningKeyError
-    from orchestrator.key_files import check_folders_above, keyring_dir, signing_variable, write_keypair
+    from orchestrator.key_files import keyring_dir, signing_variable, write_keypair
+    from orchestrator.key_paths import check_folders_above
 
     folder = keyring_dir()
     check_folders_above(folder, "keyring folder")  # a new private key goes nowhere another user could swap

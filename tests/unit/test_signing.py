@@ -435,13 +435,14 @@ def test_a_keyring_owned_by_the_user_or_by_root_is_read(
 def fresh_folder_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Folders above a keyring are looked at once a process: a test that changes one after a load looks again
     (``look_again``)."""
-    monkeypatch.setattr("orchestrator.key_files._SAFE_FOLDERS", set())
+    monkeypatch.setattr("orchestrator.key_paths._SAFE_PATHS", set())
+    monkeypatch.setattr("orchestrator.key_paths._SAFE_FOLDERS", set())
 
 
 def look_again() -> None:
-    from orchestrator import key_files
+    from orchestrator.key_paths import forget_checked_folders
 
-    key_files._SAFE_FOLDERS.clear()
+    forget_checked_folders()
 
 
 def _keyring_below(tmp_path: Path, above: Path, where: str) -> tuple[dict[str, str], Path]:
@@ -504,12 +505,12 @@ def test_a_folder_above_the_keyring_owned_by_another_user_is_refused_naming_its_
 
 
 @pytest.mark.parametrize("where", WHERE)
-def test_a_root_owned_sticky_folder_above_the_keyring_like_tmp_is_accepted(
+def test_a_sticky_folder_above_the_keyring_owned_by_root_like_tmp_or_by_the_user_is_accepted(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_folder_checks: None, where: str) -> None:
     """Others may not rename or remove there what they do not own: /tmp itself (the test suite's keyrings lie
-    below it), and any root-owned folder with the sticky bit; the same folder without it, or owned by another
-    user (who may rename anything in it), is refused, and so is one the user owns (only root's are shared
-    folders on purpose)."""
+    below it), any root-owned folder with the sticky bit, and one the user owns (refused until 2026-12-03, though as
+    safe for the user's own files); the same folder without it, or owned by another user (who may rename anything
+    in it), is refused."""
     import tempfile
 
     in_tmp = Path(tempfile.mkdtemp(dir="/tmp"))  # its parent is /tmp itself, mode 1777, root's
@@ -536,8 +537,48 @@ def test_a_root_owned_sticky_folder_above_the_keyring_like_tmp_is_accepted(
         os.chown(path, OTHER_UID, -1, follow_symlinks=False)
     monkeypatch.setattr(os, "geteuid", lambda: OTHER_UID)  # the user owns the sticky folder and everything below
     look_again()
-    with pytest.raises(SigningKeyError, match=f"the folder {tmp_path / 'sticky'} above .* may be written by others"):
+    assert load_keyring(env).ensure_signer(create=False)
+
+
+@pytest.mark.parametrize("owner", ["root", "the user"])
+@pytest.mark.parametrize("variable", ["ORCH_KEYRING_DIR", "ORCH_TRUSTED_KEYS_DIR"])
+def test_a_sticky_folder_is_never_a_keyring_folder_itself_and_is_left_as_it_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_folder_checks: None, owner: str, variable: str) -> None:
+    """Above a keyring a sticky folder is safe; as the keyring folder itself it is not: others may add files to it
+    (a ``.pub`` of their own, an ``active`` when there is none). Every command refused it already, but with `chmod go-w`
+    (of /tmp, say) as the fix, and writing a key there made it owner-only (``chmod 700``, /tmp too); it is refused
+    now, said to be shared, and left as it is, with no key written in it."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    env = {"ORCH_KEYRING_DIR": str(tmp_path / "keys"), variable: str(shared)}
+    if owner == "the user":
+        os.chown(shared, OTHER_UID, -1)
+        monkeypatch.setattr(os, "geteuid", lambda: OTHER_UID)
+    shared_folder = (f"keyring folder {shared} is a shared folder \\(sticky, as /tmp\\) others may add files to.*"
+                     "a folder of their own")
+    with pytest.raises(SigningKeyError, match=shared_folder):
         load_keyring(env)
+    if variable == "ORCH_KEYRING_DIR":
+        with pytest.raises(SigningKeyError, match=shared_folder):
+            write_keypair(shared)  # as `keys rotate` and the first write do
+        assert stat.S_IMODE(shared.stat().st_mode) == 0o1777 and not list(shared.iterdir())
+
+
+def test_writing_a_key_into_a_keyring_folder_that_was_there_leaves_its_mode(tmp_path: Path) -> None:
+    """A folder made for a keyring is made owner-only whatever the umask; one that was there (a shared one the
+    checks accept, or one of the system's named by mistake, run as root) is not ``chmod``-ed."""
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o755)
+    keys.chmod(0o755)
+    write_keypair(keys)
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o755
+    old = os.umask(0o077 | 0o200)  # not even its owner could write a folder made with it
+    try:
+        write_keypair(tmp_path / "new" / "keys")
+    finally:
+        os.umask(old)
+    assert {stat.S_IMODE(f.stat().st_mode) for f in (tmp_path / "new", tmp_path / "new" / "keys")} == {0o700}
 
 
 def test_folders_above_the_keyring_are_checked_up_to_the_home_folder_when_it_lies_inside(
@@ -583,6 +624,150 @@ def test_a_link_above_the_keyring_is_checked_where_it_leads(tmp_path: Path, fres
         load_keyring(env)
 
 
+VARIABLE = {"keyring folder": "ORCH_KEYRING_DIR", "trusted keys folder": "ORCH_TRUSTED_KEYS_DIR",
+            "signing key file": "ORCH_SIGNING_KEY_FILE"}
+
+
+@pytest.mark.parametrize("where", WHERE)
+@pytest.mark.parametrize("link", ["the path itself", "a folder on its way"])
+def test_each_link_of_a_chain_of_links_to_the_keyring_has_its_folder_and_owner_checked(
+        tmp_path: Path, fresh_folder_checks: None, where: str, link: str) -> None:
+    """A path that leads through a link to a link: only the first link's folders and the last one's target's were
+    checked (``realpath`` jumped to the end), never the folder of a link in between, whose writers may point it at
+    another keyring or key (one of this user's, revoked elsewhere, say); nor that link's owner. Links are followed
+    one at a time now, as the kernel follows them (the second link here leads on by a relative path, ``..``)."""
+    env, path = _keyring_below(tmp_path, tmp_path / "real", where)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "shared").mkdir()
+    middle = tmp_path / "shared" / "middle"
+    if link == "the path itself":  # mine/first -> shared/middle -> ../real/<path>
+        first = given = tmp_path / "mine" / "first"
+        middle.symlink_to(os.path.join("..", "real", path.name))
+    else:  # mine/first/<name>, mine/first -> shared/middle -> ../real
+        first, given = tmp_path / "mine" / "first", tmp_path / "mine" / "first" / path.name
+        middle.symlink_to(os.path.join("..", "real"))
+    first.symlink_to(middle)
+    env[VARIABLE[where]] = str(given)
+    what = "trusted-keys folder" if where == "trusted keys folder" else where
+    assert load_keyring(env).ensure_signer(create=False)
+    (tmp_path / "shared").chmod(0o757)
+    look_again()
+    with pytest.raises(SigningKeyError, match=f"the folder {tmp_path / 'shared'} above the {what} {given} may be "
+                                              "written by others"):
+        load_keyring(env).ensure_signer(create=False)
+    (tmp_path / "shared").chmod(0o1777)  # sticky: others may not replace the link, unless they own it
+    look_again()
+    assert load_keyring(env).ensure_signer(create=False)
+    os.chown(middle, OTHER_UID, -1, follow_symlinks=False)
+    look_again()
+    with pytest.raises(SigningKeyError, match=f"the symbolic link {middle} on the way to the {what} {given} is owned "
+                                              f"by uid {OTHER_UID}.*chown -h {os.geteuid()} {middle}"):
+        load_keyring(env).ensure_signer(create=False)
+
+
+@pytest.mark.parametrize("where", WHERE)
+def test_a_way_through_more_symbolic_links_than_the_kernel_follows_is_refused(
+        tmp_path: Path, fresh_folder_checks: None, where: str) -> None:
+    """Links are followed one at a time: a loop, or a chain longer than the kernel's 40, ends in a clear refusal
+    naming the path, not in endless work nor in a read the kernel would refuse (ELOOP)."""
+    from orchestrator.key_paths import MAX_LINKS
+
+    env, path = _keyring_below(tmp_path, tmp_path / "real", where)
+    (tmp_path / "links").mkdir()
+    links = [tmp_path / "links" / str(i) for i in range(MAX_LINKS + 1)]
+    for here, there in zip(links, [*links[1:], path]):
+        here.symlink_to(there)
+    env[VARIABLE[where]] = str(links[1])  # as many as the kernel follows
+    assert load_keyring(env).ensure_signer(create=False)
+    env[VARIABLE[where]] = str(links[0])
+    with pytest.raises(SigningKeyError, match=f"{links[0]} leads through more than {MAX_LINKS} symbolic links"):
+        load_keyring(env)
+    (tmp_path / "links" / "loop").symlink_to(tmp_path / "links" / "loop")
+    env[VARIABLE[where]] = str(tmp_path / "links" / "loop")
+    with pytest.raises(SigningKeyError, match="more than 40 symbolic links"):
+        load_keyring(env)
+
+
+@pytest.mark.parametrize("home", ["", "relative/dir"], ids=["empty", "relative"])
+def test_an_empty_or_relative_home_is_no_home_the_checks_go_up_to_root_and_there_is_no_default_keyring(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_folder_checks: None, home: str) -> None:
+    """``expanduser`` makes an empty HOME ``/`` and keeps a relative one relative: the default keyring folder was
+    ``/.config/...``, or a folder of whichever folder a command ran in (another keyring in each). Such a HOME is
+    no home now: the default is refused, naming HOME and ``ORCH_KEYRING_DIR``, and the checks of the folders above a
+    keyring go up to ``/``, never stopping at a folder named after the current one."""
+    from orchestrator.key_files import keyring_dir
+
+    monkeypatch.setenv("HOME", home)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.delenv("ORCH_KEYRING_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SigningKeyError, match=f"no home folder .*HOME is {home!r}, not an absolute path.*"
+                                              "ORCH_KEYRING_DIR"):
+        keyring_dir()
+    with pytest.raises(SigningKeyError, match="no home folder"):
+        load_keyring({"HOME": home})
+    assert not list(tmp_path.iterdir())  # nothing made in the current folder
+    env, _ = _keyring_below(tmp_path, tmp_path / "shared" / "relative" / "dir" / "keys", "keyring folder")
+    monkeypatch.chdir(tmp_path / "shared")
+    assert load_keyring(env).ensure_signer(create=False)
+    (tmp_path / "shared").chmod(0o777)  # above "relative/dir" of the current folder: checked all the same
+    look_again()
+    with pytest.raises(SigningKeyError, match=f"the folder {tmp_path / 'shared'} above .* may be written by others"):
+        load_keyring(env)
+
+
+def test_the_default_keyring_folder_never_lies_in_the_current_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative ``XDG_CONFIG_HOME`` is ignored, as the XDG specification says; with HOME unset the user database
+    gives the home folder (as ``expanduser``), and a uid it does not know (a container's) has none."""
+    import pwd
+
+    from orchestrator.key_files import default_keyring_dir
+
+    keys = Path("jsonl-orchestrator", "keys")
+    assert default_keyring_dir({"HOME": "/home/me", "XDG_CONFIG_HOME": "cfg"}) == Path("/home/me/.config") / keys
+    assert default_keyring_dir({"HOME": "/home/me", "XDG_CONFIG_HOME": "/etc/xdg"}) == Path("/etc/xdg") / keys
+    assert default_keyring_dir({}) == Path(pwd.getpwuid(os.geteuid()).pw_dir, ".config") / keys
+
+    def unknown(uid: int):  # noqa: ANN202
+        raise KeyError(uid)
+
+    monkeypatch.setattr(pwd, "getpwuid", unknown)
+    with pytest.raises(SigningKeyError, match=f"HOME is not set, and the user database knows no uid {os.geteuid()}"):
+        default_keyring_dir({})
+
+
+@pytest.mark.parametrize("where", ["keyring folder", "trusted keys folder"])
+def test_a_long_running_process_checks_the_folders_above_again_before_it_reads_the_keyring_again(
+        tmp_path: Path, fresh_folder_checks: None, where: str) -> None:
+    """A worker reads the keyring folders again once a minute (``Keyring.reload``). A folder above made writable by
+    others since it started was seen only at its restart: whoever could write it could put a folder of their own
+    in the keyring's place, whose keys the next reload trusted. It is checked again before each reload now (a few
+    ``lstat`` a minute); the reload stops there, and the keys read before stay (``recovery.reload_keys`` logs it)."""
+    env, path = _keyring_below(tmp_path, tmp_path / "shared" / "deeper", where)
+    ring = load_keyring(env)
+    assert ring.reload() is False
+    theirs = write_keypair(tmp_path / "theirs", activate=False)
+    os.replace(tmp_path / "theirs" / f"{theirs}.pub", path / f"{theirs}.pub")  # as if the folder were swapped
+    (tmp_path / "shared").chmod(0o757)
+    what = "trusted-keys folder" if where == "trusted keys folder" else where
+    with pytest.raises(SigningKeyError, match=f"the folder {tmp_path / 'shared'} above the {what} {path} may be "
+                                              "written by others"):
+        ring.reload()
+    assert theirs not in ring.trusted
+
+
+def test_a_signing_key_loaded_when_first_used_has_the_folders_above_its_keyring_checked_again(
+        tmp_path: Path, fresh_folder_checks: None) -> None:
+    """The keyring folder's active key is read when something is first signed, maybe hours after a worker started
+    and checked the folders: they are checked again then."""
+    env, _ = _keyring_below(tmp_path, tmp_path / "shared" / "deeper", "keyring folder")
+    ring = load_keyring(env)
+    (tmp_path / "shared").chmod(0o757)
+    with pytest.raises(SigningKeyError, match=f"the folder {tmp_path / 'shared'} above the keyring folder"):
+        ring.ensure_signer(create=False)
+
+
 def test_each_folder_above_the_keyring_is_looked_at_once_a_process(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_folder_checks: None) -> None:
     """Every command's start reads the keyring (``status`` has a 150 ms target): one ``lstat`` of each folder above
@@ -613,10 +798,10 @@ def user_databases(monkeypatch: pytest.MonkeyPatch):
     import pwd
     from types import SimpleNamespace
 
-    from orchestrator import key_files
+    from orchestrator import key_paths
 
     data = SimpleNamespace(groups={}, users=[("root", 0, 0)])
-    monkeypatch.setattr(key_files, "_PRIVATE_GROUPS", {})
+    monkeypatch.setattr(key_paths, "_PRIVATE_GROUPS", {})
 
     def getgrgid(gid: int):  # noqa: ANN202
         if gid not in data.groups:
@@ -650,15 +835,15 @@ def test_a_group_counts_as_the_owner_only_when_its_one_member_is_the_user(
     """Debian and Ubuntu give each user a group of their own, and a umask of 002 there makes new folders (``~/.config``
     say) group-writable: refusing those would refuse a plain user's keyring. Debian's OpenSSH accepts such a group
     when its only member is the owner, and so do the keyring's checks; any other group-writable folder is refused."""
-    from orchestrator.key_files import _others_may_write
+    from orchestrator.key_paths import others_may_write
 
     user_databases.groups[777] = members
     user_databases.users = users
     status = os.stat_result((stat.S_IFDIR | 0o775, 0, 0, 1, 1000, 777, 0, 0, 0, 0))
-    assert _others_may_write(status) is not private
-    assert _others_may_write(os.stat_result((stat.S_IFDIR | 0o757, 0, 0, 1, 1000, 777, 0, 0, 0, 0)))  # others: always
-    assert not _others_may_write(os.stat_result((stat.S_IFDIR | 0o755, 0, 0, 1, 1000, 777, 0, 0, 0, 0)))
-    assert _others_may_write(os.stat_result((stat.S_IFDIR | 0o775, 0, 0, 1, 1000, 4242, 0, 0, 0, 0)))  # unknown gid
+    assert others_may_write(status) is not private
+    assert others_may_write(os.stat_result((stat.S_IFDIR | 0o757, 0, 0, 1, 1000, 777, 0, 0, 0, 0)))  # others: always
+    assert not others_may_write(os.stat_result((stat.S_IFDIR | 0o755, 0, 0, 1, 1000, 777, 0, 0, 0, 0)))
+    assert others_may_write(os.stat_result((stat.S_IFDIR | 0o775, 0, 0, 1, 1000, 4242, 0, 0, 0, 0)))  # unknown gid
 
 
 def test_a_keyring_below_a_folder_writable_by_the_users_private_group_is_read(
@@ -676,9 +861,9 @@ def test_a_keyring_below_a_folder_writable_by_the_users_private_group_is_read(
     look_again()
     assert load_keyring(env).ensure_signer(create=False)
     user_databases.users.append(("them", OTHER_UID, 4242))
-    from orchestrator import key_files
+    from orchestrator import key_paths
 
-    key_files._PRIVATE_GROUPS.clear()
+    key_paths._PRIVATE_GROUPS.clear()
     look_again()
     with pytest.raises(SigningKeyError, match="may be written by others"):
         load_keyring(env).ensure_signer(create=False)
