@@ -36,6 +36,7 @@ from orchestrator import faults
 from orchestrator.api import Orchestrator
 from orchestrator.artifacts_import import CopyFailed, artifacts_from, import_artifacts
 from orchestrator.claiming import Claimer, Unhandled
+from orchestrator.config import llm_timeout
 from orchestrator.errors import (HandlerNotFoundError, InvalidInputError, KeyNotTrustedError,
                                  PathEscapeError, StorageError, StorageUnavailableError)
 from orchestrator.handler_env import withhold
@@ -95,7 +96,8 @@ class Worker:
                  rng: random.Random | None = None) -> None:
         self.orch = orch
         self.settings = settings or WorkerSettings()
-        self.worker_id = validate_id(self.settings.worker_id or default_worker_id(), "worker id")
+        given = self.settings.worker_id  # an empty one is refused, as any bad id: never replaced by the default
+        self.worker_id = validate_id(default_worker_id() if given is None else given, "worker id")
         self.actor = f"worker:{self.worker_id}"
         self.rng = rng or random.Random()
         self.queue = orch.queue
@@ -116,6 +118,7 @@ class Worker:
         # the stale jobs recovered by the last run_once before its claim (or the loop's last pass), one record each
         # (``recovery.recover``): what ``worker --once`` shows, which its result alone would not
         self.recovered: list[dict[str, Any]] = []
+        llm_timeout(os.environ)  # a bad ORCH_LLM_TIMEOUT: CONFIG_ERROR now, not a failed llm job each time
         check_folders(orch.settings.state_dir, WORKER_FOLDERS)  # a link: PATH_ESCAPE before any job is claimed
         self.folders.probe()  # runs/ or artifacts/ that cannot be written: STORAGE_ERROR before any job is claimed
         import_modules(self.settings.imports)

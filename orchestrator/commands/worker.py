@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import CONTEXT, FiniteFloatRange, Output, cli, echo, job_kinds, project_command, seconds
+from orchestrator.cli import CONTEXT, Output, cli, echo, project_command
+from orchestrator.cli_values import OutputBound, WholeRange, job_kinds, seconds
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
                                  DEFAULT_OUTPUT_MAX_BYTES, DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS,
                                  DEFAULT_STOP_GRACE_SECONDS, DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES,
@@ -33,14 +34,6 @@ def _env_kinds() -> tuple[str, ...]:
     return kinds
 
 
-def _output_bound(ctx: click.Context, param: click.Parameter, value: int) -> int:
-    """``--output-max-bytes``: 0 (no bound) or at least ``MIN_OUTPUT_MAX_BYTES``."""
-    if 0 < value < MIN_OUTPUT_MAX_BYTES:
-        raise click.BadParameter(f"{value} is neither 0 (no bound) nor at least {MIN_OUTPUT_MAX_BYTES} (1 MiB)",
-                                 ctx, param)
-    return value
-
-
 @cli.command(context_settings=CONTEXT)
 @click.option("--once", is_flag=True, envvar="ORCH_WORKER_ONCE", show_envvar=True,
               help="Recover stale jobs (each named on stderr; with --json under \"recovered\"), claim and run at most "
@@ -49,13 +42,13 @@ def _output_bound(ctx: click.Context, param: click.Parameter, value: int) -> int
                    f"{HandlerNotFoundError.exit_code}: ran nothing and left queued jobs of a kind it has no "
                    f"handler for; exit {KeyNotTrustedError.exit_code}: ran nothing and left queued jobs signed by a "
                    "key it does not trust).")
-@click.option("--max-jobs", type=click.IntRange(min=1), default=None, envvar="ORCH_MAX_JOBS", show_envvar=True,
+@click.option("--max-jobs", type=WholeRange(min=1), default=None, envvar="ORCH_MAX_JOBS", show_envvar=True,
               help="Exit after running this many jobs.")
 @click.option("--idle-exit", is_flag=True, envvar="ORCH_IDLE_EXIT", show_envvar=True,
               help="Exit when no queued job is left that this worker can run (a delayed retry still counts as "
                    "queued; a job of a kind it has no handler for, or does not run (--kind), or signed by a key it "
                    "does not trust, does not).")
-@click.option("--lease-seconds", type=FiniteFloatRange(min=MIN_LEASE_SECONDS, max=MAX_LEASE_SECONDS),
+@click.option("--lease-seconds", type=seconds(MIN_LEASE_SECONDS, max=MAX_LEASE_SECONDS),
               default=DEFAULT_LEASE_SECONDS, show_default=True, envvar="ORCH_LEASE_SECONDS", show_envvar=True,
               help="Lease length; renewed every third of it while a job runs. A job whose lease "
                    "expired is recovered by the next worker; a run whose lease cannot be renewed (the store out "
@@ -87,11 +80,11 @@ def _output_bound(ctx: click.Context, param: click.Parameter, value: int) -> int
               help="Python handlers run in a child process: 'reused' keeps one for many runs (replaced after a "
                    "crash, a timeout or --handler-max-runs runs); 'per-run' forks a fresh one for every run "
                    "(~2 ms more per job; nothing a handler leaves in memory reaches the next run).")
-@click.option("--handler-max-runs", type=click.IntRange(min=1), default=DEFAULT_HANDLER_MAX_RUNS, show_default=True,
+@click.option("--handler-max-runs", type=WholeRange(min=1), default=DEFAULT_HANDLER_MAX_RUNS, show_default=True,
               envvar="ORCH_HANDLER_MAX_RUNS", show_envvar=True,
               help="Runs one reused handler process serves before a new one replaces it.")
-@click.option("--output-max-bytes", type=click.IntRange(min=0), default=DEFAULT_OUTPUT_MAX_BYTES, show_default=True,
-              callback=_output_bound, envvar="ORCH_OUTPUT_MAX_BYTES", show_envvar=True,
+@click.option("--output-max-bytes", type=OutputBound(MIN_OUTPUT_MAX_BYTES), default=DEFAULT_OUTPUT_MAX_BYTES,
+              show_default=True, envvar="ORCH_OUTPUT_MAX_BYTES", show_envvar=True,
               help="Disk a run's output file (what its handler prints) may take: past it the start of the file is "
                    "dropped and its end kept (the tail a failure records), or, on a file system that cannot punch "
                    "holes, the run is stopped (OUTPUT_TOO_LARGE, not retried). 0: no bound; else at least 1 MiB.")
