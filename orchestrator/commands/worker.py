@@ -112,10 +112,13 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     With --json it prints JSON Lines, one JSON object per line: one per job it ran (one in all with
     --once), and last, without --once, {"event": "worker_stopped", ...} when it stops (jobs run,
     the queued jobs of kinds it has no handler for, by kind, and those signed by keys it does not
-    trust, by key), or an error object if it stops on an error. With --once, that one object (the
-    job it ran, or {"ran": false, ...}) also lists under "recovered" the stale jobs its recovery
-    ended before the claim (job_id, to: queued, failed or waiting_human, retry_at, ...; an error's
-    under details.recovered); each is also a line on stderr, "recovered stale job J -> STATE".
+    trust, by key), or an error object if it stops on an error. The stale jobs its recovery ended
+    (job_id, to: queued, failed or waiting_human, retry_at, ...): without --once a line
+    {"event": "recovered", "worker_id", "recovered": [...]} for each pass that ended any, before
+    that pass's claim; with --once, under "recovered" in its one object (the job it ran, or
+    {"ran": false, ...}; an error's under details.recovered). Each is also a line on stderr,
+    "recovered stale job J -> STATE", printed by the command whatever a handler module does to
+    logging, as are its warnings of a kind it has no handler for and of a key it does not trust.
 
     Exit codes: 0 ran a job (--once) or stopped normally, 75 nothing was runnable, or a stop signal came
     before the claim (--once),
@@ -143,7 +146,9 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
                               handler_max_runs=handler_max_runs, store_wait_seconds=store_wait_seconds,
                               kinds=tuple(kinds) + _env_kinds(),
                               pass_store_credentials=pass_store_credentials, output_max_bytes=output_max_bytes)
-    w = Worker(orch, settings)
+    # the lines it promises on stderr are printed here, not left to logging, which a handler module may set up
+    # (``notices``); a stderr that cannot take one does not stop the worker
+    w = Worker(orch, settings, notify=lambda line: echo(sanitize_text(line), err=True))
     adopt_orphans()  # a process of its own: what a run leaves behind an exited parent becomes its child
 
     def report(result: Any, **extra: Any) -> None:
@@ -180,7 +185,12 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
             report(result, recovered=w.recovered)
             return EXIT_RAN
         out.progress(f"worker {w.worker_id} started")
-        done = w.run(max_jobs=max_jobs, idle_exit=idle_exit, on_result=report)
+
+        def recovered(records: list[dict[str, Any]]) -> None:  # with --json, a line of its own; text: on stderr
+            if out.as_json:
+                out.emit({"event": "recovered", "worker_id": w.worker_id, "recovered": records}, "")
+
+        done = w.run(max_jobs=max_jobs, idle_exit=idle_exit, on_result=report, on_recovered=recovered)
     # what its last pass left queued: a looping worker only warned of it
     left, untrusted = w.handler_not_found(), w.untrusted_keys()
     message = (f"worker {w.worker_id} stopped after {done} job(s)" + (f"; {left.message}" if left else "")
