@@ -25,6 +25,7 @@ from orchestrator.errors import (ConcurrencyError, HandlerNotFoundError, Invalid
 from orchestrator.handlers import lookup, registry_generation
 from orchestrator.history import submitted_kind
 from orchestrator.limits import keep_latest
+from orchestrator.notices import Notify, tell
 from orchestrator.outcome import Claim
 from orchestrator.queue import ReadyEntry
 from orchestrator.recovery import reload_keys
@@ -93,8 +94,9 @@ class Claimer:
     from one pass to the next."""
 
     def __init__(self, orch: Orchestrator, settings: WorkerSettings, *, worker_id: str, actor: str,
-                 untrusted: UntrustedJobs) -> None:
+                 untrusted: UntrustedJobs, notify: Notify | None = None) -> None:
         self.orch = orch
+        self.notify = notify  # where its warning of a kind it has no handler for goes (``notices``)
         self.settings = settings
         self.worker_id = worker_id
         self.actor = actor
@@ -280,9 +282,8 @@ class Claimer:
         self._failed_lookups[s.kind] = (registry_generation(), time.monotonic(), left.reason)
         if s.kind not in self._warned_kinds:
             self._warned_kinds.add(s.kind)
-            log.warning("%s; leaving job %s queued for a worker that has one (--import MODULE / "
-                        "ORCH_HANDLERS)", sanitize_text(exc.message), s.job_id,
-                        extra={"job_id": s.job_id, "kind": s.kind})
+            tell(self.notify, log, f"{sanitize_text(exc.message)}; leaving job {s.job_id} queued for a worker that "
+                 "has one (--import MODULE / ORCH_HANDLERS)", job_id=s.job_id, kind=s.kind)
         return left
 
     def handler_not_found(self) -> HandlerNotFoundError | None:

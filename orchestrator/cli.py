@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import math
 import os
 import signal
 import sys
@@ -19,15 +18,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import click
-from click.core import ParameterSource
 
+from orchestrator.cli_values import WholeRange, job_kinds, seconds, setting_error
 from orchestrator.clock import from_iso
 from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PROJECT_ID,
                                  load_dotenv_file)
-from orchestrator.errors import (DISK_ERRORS, EXIT_OUTPUT_CLOSED, CommandInterrupted, ConfigError, Interrupted,
+from orchestrator.errors import (DISK_ERRORS, EXIT_OUTPUT_CLOSED, CommandInterrupted, Interrupted,
                                  InvalidInputError, OrchestratorError, OutputClosed, StorageError, UsageError)
-from orchestrator.limits import (MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_INPUT_BYTES, MAX_KIND_LENGTH,
-                                 MAX_PROCESSES, PRIORITY_LIMIT, is_kind, read_at_most)
+from orchestrator.limits import MAX_ATTEMPTS_LIMIT, MAX_INPUT_BYTES, MAX_PROCESSES, PRIORITY_LIMIT, read_at_most
 from orchestrator.security import one_line, safe_line, sanitize_obj, sanitize_text, sanitized_cut, shown
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -116,22 +114,6 @@ class JobIdOptionCommand(click.Command):
             raise click.UsageError(f"unexpected argument {given}: this command takes the job as an option, "
                                    f"--job-id {safe_line(ctx.args[0])}", ctx)
         return rest
-
-
-class FiniteFloatRange(click.FloatRange):
-    """``FloatRange`` that refuses NaN too: NaN passes every comparison of the range, and a NaN duration
-    never expires (or overflows a timestamp), a NaN threshold never alerts."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        number = super().convert(value, param, ctx)
-        if math.isnan(number):
-            self.fail(f"{value!r} is not a number", param, ctx)
-        return number
-
-
-def seconds(min: float = 0.0, *, min_open: bool = False) -> FiniteFloatRange:
-    """The type of a duration option: ``min`` to ``limits.MAX_DURATION_SECONDS`` (a year)."""
-    return FiniteFloatRange(min=min, max=MAX_DURATION_SECONDS, min_open=min_open)
 
 
 class StdoutOption(click.Option):
@@ -264,17 +246,18 @@ def cli() -> None:
 
 # -- submit -----------------------------------------------------------------------------------
 @cli.command(context_settings=CONTEXT)
-@click.option("--kind", required=True, help="Handler name: command, llm, or a registered Python handler.")
+@click.option("--kind", required=True, callback=job_kinds,
+              help="Handler name: command, llm, or a registered Python handler.")
 @click.option("--input", "input_json", default=None, help="Job input as JSON text.")
 @click.option("--input-file", type=click.File("rb"), default=None, help="Read the JSON input from a file ('-' for stdin) of at most 1 MiB; "
               "a larger one is refused (exit 3) without being read further.")
 @click.option("--audit", is_flag=True, help="Send a successful result to awaiting_audit for approval.")
 @click.option("--key", default=None, help="Idempotency key, an id (letters, digits, '.', '_', '-'): submitting the "
               "same key again returns the same job id.")
-@click.option("--max-attempts", type=click.IntRange(1, MAX_ATTEMPTS_LIMIT), default=DEFAULT_MAX_ATTEMPTS,
+@click.option("--max-attempts", type=WholeRange(1, MAX_ATTEMPTS_LIMIT), default=DEFAULT_MAX_ATTEMPTS,
               show_default=True, help="Runs allowed before failing.")
 @click.option("--timeout", type=seconds(min_open=True), default=None, help="Seconds a run may take (a year at most).")
-@click.option("--priority", type=click.IntRange(-PRIORITY_LIMIT, PRIORITY_LIMIT), default=DEFAULT_PRIORITY,
+@click.option("--priority", type=WholeRange(-PRIORITY_LIMIT, PRIORITY_LIMIT), default=DEFAULT_PRIORITY,
               show_default=True, help="Higher runs first.")
 @project_command
 def submit(orch: Any, out: Output, kind: str, input_json: str | None, input_file: Any, audit: bool, key: str | None,
@@ -339,15 +322,6 @@ def _status_text(st: Any, now: float) -> str:
     return "\n".join(lines)
 
 
-def job_kinds(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
-    """``--kind`` values (``worker``, ``status --all``) are job kinds: exit 2 here (the same from ORCH_WORKER_KINDS is a
-    bad setting, exit 3)."""
-    for kind in value:
-        if not is_kind(kind):
-            raise click.BadParameter(f"a job kind is 1 to {MAX_KIND_LENGTH} characters of valid Unicode, not {shown(kind)}")
-    return value
-
-
 @cli.command(context_settings=CONTEXT)
 @click.argument("job_id", required=False)
 @click.option("--all", "all_jobs", is_flag=True, help="List every job (oldest first).")
@@ -390,7 +364,7 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
 @click.option("--against", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Also prove nothing was rolled back since this exported head file (read up to 256 MiB, "
                    "about two million jobs; a larger file is no anchor: exit 3).")
-@click.option("--processes", type=click.IntRange(1, MAX_PROCESSES), default=None, envvar="ORCH_VERIFY_PROCESSES",
+@click.option("--processes", type=WholeRange(1, MAX_PROCESSES), default=None, envvar="ORCH_VERIFY_PROCESSES",
               show_envvar=True, help="Processes that check the jobs of a project of 2,000 jobs or more, each "
                                      "signature being checked  [default: the CPUs this process may use]")
 @project_command
@@ -404,10 +378,10 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
     from orchestrator.integrity import export_anchor, require_anchor_key
     from orchestrator.output_file import OutputFile
 
-    if export_head and job_id:  # the anchor signs every stream's head: it must follow a check of them all
+    if export_head is not None and job_id is not None:  # the anchor signs every stream's head: after them all
         raise InvalidInputError("--export-head anchors every job, so it needs the whole project verified: "
                                 "leave out --job-id")
-    anchor = OutputFile(export_head, "the head anchor") if export_head else None
+    anchor = OutputFile(export_head, "the head anchor") if export_head is not None else None  # "" refused there
     with anchor or contextlib.nullcontext():
         if anchor:
             require_anchor_key(orch)  # a key this machine has (verify creates none), before the work
@@ -434,7 +408,7 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
                                    "nothing rolled back since"))
         if "exported" in result:
             lines.append(f"head anchor written to {export_head}")
-        elif export_head:
+        elif anchor:
             lines.append("head anchor NOT written: fix the problems first")
         return "\n".join(lines)
 
@@ -467,16 +441,6 @@ def _load_dotenv(command: click.Command, args: list[str]) -> None:
     except OrchestratorError as exc:
         Output(_wants_json(args), data_on_stdout=_data_on_stdout(command, args)).error(exc)
         sys.exit(exc.exit_code)
-
-
-def _setting_error(exc: click.ClickException) -> ConfigError | None:
-    """A bad value that came from the environment (an option's variable, ``ORCH_*``, ``BASE_PATH``, ..., set
-    there or by a ``.env`` line) is a setting to fix where the process is deployed, ``CONFIG_ERROR`` (exit 3), as
-    a bad ``ORCH_WAKEUP`` or ``.env`` line is; the same value given as an option stays a usage error (exit 2)."""
-    if isinstance(exc, click.BadParameter) and exc.ctx is not None and exc.param is not None and exc.param.name:
-        if exc.ctx.get_parameter_source(exc.param.name) is ParameterSource.ENVIRONMENT:
-            return ConfigError(exc.format_message())
-    return None
 
 
 def _run(command: click.Command, args: list[str], prog_name: str | None) -> None:
@@ -512,8 +476,9 @@ def _run_command(command: click.Command, args: list[str], prog_name: str | None)
         with _sigterm_interrupts():
             code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except click.ClickException as exc:
-        _name_where_json_goes(exc, args)
-        setting = _setting_error(exc)
+        if not _name_where_json_goes(exc, args):
+            _name_the_options(exc)
+        setting = setting_error(exc)
         if setting is not None:
             Output(_wants_json(args), data_on_stdout=_data_on_stdout(command, args)).error(setting)
             sys.exit(setting.exit_code)
@@ -533,10 +498,11 @@ def _run_command(command: click.Command, args: list[str], prog_name: str | None)
     sys.exit(code if isinstance(code, int) else 0)  # ctx.exit(n) returns n; a command that returns exits 0
 
 
-def _name_where_json_goes(exc: click.ClickException, args: list[str]) -> None:
+def _name_where_json_goes(exc: click.ClickException, args: list[str]) -> bool:
     """``--json`` given to a group (``orchestrator --json status``, ``control --json cancel J``) is click's "No such
     option '--json'" (for ``orchestrator``, with "Did you mean '--version'?"), though every command has it: the
-    message then says where it goes, after the command's name, and shows the command line with it there."""
+    message then says where it goes, after the command's name, and shows the command line with it there. Whether it
+    was that error."""
     if (isinstance(exc, click.NoSuchOption) and exc.option_name == "--json" and exc.ctx is not None
             and isinstance(exc.ctx.command, click.Group)):
         import shlex
@@ -550,6 +516,30 @@ def _name_where_json_goes(exc: click.ClickException, args: list[str]) -> None:
         exc.message = (f"No such option '--json' for {exc.ctx.command_path} itself: give it after the command, "
                        f"{safe_line(line)}")
         exc.possibilities = None  # type: ignore[misc]
+        return True
+    return False
+
+
+NEAR_TYPO = 0.8  # how alike an unknown option must be to one of the command's to be suggested (click's cutoff: 0.6)
+
+
+def _name_the_options(exc: click.ClickException) -> None:
+    """An unknown option (``control approve J --token x``): click suggests whatever is alike at 0.6, for ``--token``
+    ``--json`` and ``--store``, a hint that leads nowhere. The message lists the command's options instead, and
+    suggests one only for a near typo (``--jsno``) or a start of it (``--lease``)."""
+    if not isinstance(exc, click.NoSuchOption) or exc.ctx is None:
+        return
+    import difflib
+
+    options = [p.opts for p in exc.ctx.command.get_params(exc.ctx) if isinstance(p, click.Option) and not p.hidden]
+    names = {name: "/".join(opts) for opts in options for name in opts}
+    given = exc.option_name
+    near = difflib.get_close_matches(given, names, n=3, cutoff=NEAR_TYPO) or [
+        name for name in names if len(given) > 4 and name.startswith(given)]
+    hint = f" Did you mean {' or '.join(dict.fromkeys(names[n] for n in near))}?" if near else ""
+    exc.message = (f"No such option {shown(given)} for {exc.ctx.command_path}.{hint} Its options: "
+                   f"{', '.join('/'.join(opts) for opts in options)} (-h says what each does).")
+    exc.possibilities = None  # type: ignore[misc]
 
 
 @contextlib.contextmanager

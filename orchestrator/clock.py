@@ -10,6 +10,10 @@ import time
 from datetime import datetime, timezone
 
 
+# the forms ``from_iso`` reads, for a message refusing a time that is none (``audit-timeline --since``)
+ISO_FORMS = "e.g. 2026-11-22T03:00:00Z, or 2026-11-22T03:00:00 in UTC, or 2026-11-22T04:00:00+01:00"
+
+
 def now() -> float:
     return time.time()
 

@@ -40,6 +40,7 @@ DEFAULT_HANDLER_MAX_RUNS = 1000  # ORCH_HANDLER_MAX_RUNS
 # ORCH_PG_DEADLINE_SECONDS: a call to PostgreSQL that has not returned by then has its connection cut
 # (a stalled server; docs/postgres.md): a third of the default lease, ~1000x an ordinary call. 0: none.
 DEFAULT_PG_DEADLINE_SECONDS = 10.0
+DEFAULT_LLM_TIMEOUT_SECONDS = 60.0  # ORCH_LLM_TIMEOUT: the llm handler's whole request, the reply read included
 DEFAULT_STORE_WAIT_SECONDS = 30.0  # ORCH_STORE_WAIT_SECONDS: worker --once, a store lost in recovery or the claim
 DEFAULT_OUTPUT_MAX_BYTES = 64 << 20  # ORCH_OUTPUT_MAX_BYTES: a run's output.log on disk (output_cap.py); 0: no bound
 MIN_OUTPUT_MAX_BYTES = 1 << 20  # a smaller bound is refused: half of it is kept, far more than a failure's tail
@@ -107,8 +108,9 @@ class Settings:
         return self.project_dir / STATE_DIR
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    """A duration variable: 0 up to a year (``limits.MAX_DURATION_SECONDS``), or its default when unset."""
+def _seconds(env: Mapping[str, str], name: str, default: float, *, positive: bool = False) -> float:
+    """A duration variable: 0 (more than 0 if ``positive``) up to a year (``limits.MAX_DURATION_SECONDS``), or its
+    default when unset; else ``ConfigError`` naming it, as for every ``ORCH_*`` number (``cli_values``)."""
     text = env.get(name, "").strip()
     if not text:
         return default
@@ -116,9 +118,16 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not is_number(value, 0.0, MAX_DURATION_SECONDS):
-        raise ConfigError(f"{name} must be a number of seconds from 0 to {MAX_DURATION_SECONDS:.0f}, not {text!r}")
+    if not is_number(value, 0.0, MAX_DURATION_SECONDS) or (positive and value == 0):
+        least = "more than 0, up to" if positive else "from 0 to"
+        raise ConfigError(f"{name} must be a number of seconds {least} {MAX_DURATION_SECONDS:.0f}, not {text!r}")
     return value
+
+
+def llm_timeout(env: Mapping[str, str]) -> float:
+    """``ORCH_LLM_TIMEOUT``: the seconds the ``llm`` handler's whole request may take. Checked when a worker starts
+    (``Worker``), so a bad value stops it there (exit 3), not each ``llm`` job it would run."""
+    return _seconds(env, "ORCH_LLM_TIMEOUT", DEFAULT_LLM_TIMEOUT_SECONDS, positive=True)
 
 
 def default_actor() -> str:

@@ -51,21 +51,26 @@ class Thresholds:
     def __post_init__(self) -> None:
         # NaN compares false with everything: a NaN threshold would silently never alert (or, for the grace,
         # never count a job as stalled); a negative one would always alert; the CLI's bounds, from Python too
-        from orchestrator.limits import MAX_DURATION_SECONDS, is_number
+        from orchestrator.limits import is_number
 
         for name, var in self.ENV.items():
             value = getattr(self, name)
-            if name == "resume_success_min":
-                most, allowed = 1.0, "a rate from 0 to 1"
-            elif name in ("stall_grace", "converge_max_seconds"):
-                most = MAX_DURATION_SECONDS
-                allowed = f"a number of seconds from 0 to {MAX_DURATION_SECONDS:.0f} (a year)"
-            else:  # a count
-                most, allowed = math.inf, "a number >= 0"
+            most, allowed = self._allowed(name)
             if not is_number(value, 0, most):
                 from orchestrator.errors import ConfigError
 
                 raise ConfigError(f"{var} (--{name.replace('_', '-')}) must be {allowed}, not {value!r}")
+
+    @classmethod
+    def _allowed(cls, name: str) -> tuple[float, str]:
+        """The largest value of a threshold, and what it accepts in words (as its option's refusal says it)."""
+        from orchestrator.limits import MAX_DURATION_SECONDS
+
+        if name == "resume_success_min":
+            return 1.0, "a number from 0 to 1"
+        if name in ("stall_grace", "converge_max_seconds"):
+            return MAX_DURATION_SECONDS, f"a number of seconds from 0 to {MAX_DURATION_SECONDS:.0f}"
+        return math.inf, "a whole number of 0 or more"  # a count
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Thresholds":
@@ -81,7 +86,7 @@ class Thresholds:
                 except ValueError:
                     from orchestrator.errors import ConfigError
 
-                    raise ConfigError(f"{var}={env[var]!r} is not a {kind.__name__}") from None
+                    raise ConfigError(f"{var} must be {cls._allowed(name)[1]}, not {env[var]!r}") from None
         return cls(**values)
 
 

@@ -162,13 +162,15 @@ class OutputFile:
 
     def __init__(self, path: str | os.PathLike[str], what: str) -> None:
         self.path, self.what = Path(path), what
-        self._tmp = self.path.with_name(f".{temp_stem(self.path)}.{os.urandom(TEMP_HEX // 2).hex()}.tmp")
         self._done = False
         self._fh: BinaryIO | None = None
-        reason = refusal(self.path)
+        if not os.fspath(path):  # Path("") is the current folder: named, not taken for it
+            raise InvalidInputError(f"cannot write {what}: the path given is empty; nothing was written", path="")
+        reason = refusal(self.path)  # before the temporary file's name: "/" or "." has no name to take
         if reason:
             raise InvalidInputError(f"cannot write {what} to {self.path}: {reason}; nothing was written there",
                                     path=str(self.path))
+        self._tmp = self.path.with_name(f".{temp_stem(self.path)}.{os.urandom(TEMP_HEX // 2).hex()}.tmp")
         with self._refused():
             self._fh = open(self._tmp, "xb")
         self._held.add(self._tmp)

@@ -25,6 +25,7 @@ from orchestrator.errors import ConcurrencyError, InvalidIdError, JobNotFoundErr
 from orchestrator.handler_host import sweep_dead_host_folders
 from orchestrator.leases import LEASES_AREA, drop_lease_aux, lease_expiry
 from orchestrator.leftovers import kill_run_processes
+from orchestrator.notices import Notify, tell
 from orchestrator.payload import NO_TERMINAL_SIGNAL_STALE
 from orchestrator.queue import QueueIndex, ReadyEntry
 from orchestrator.runner import RUN_PREFIX, remove_run_folder
@@ -141,10 +142,12 @@ def reload_keys(orch: Orchestrator) -> bool:
 
 def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor: str,
                     backoff: Callable[[int], float], folders: WorkerFolders, untrusted: UntrustedJobs,
-                    watch: StaleWatch, on_recovered: Callable[[dict[str, Any]], None] | None = None) -> list[str]:
+                    watch: StaleWatch, on_recovered: Callable[[dict[str, Any]], None] | None = None,
+                    notify: Notify | None = None) -> list[str]:
     """Recover the running jobs whose lease expired at ``now``; returns their ids. ``backoff`` gives the delay
     of a retry after that many failures, ``folders`` the jobs' artifact folders (``Worker``'s);
-    ``on_recovered`` is given each recovery's record (``recover``), as it is written.
+    ``on_recovered`` is given each recovery's record (``recover``), as it is written, and ``notify`` its line,
+    ``recovered stale job J -> STATE`` (``notices``).
 
     ``watch`` (``Worker``'s) says whether the running index is listed at this pass, and which of its entries
     are read: not one whose lease it read holds at ``now``. A job whose only problem is a key this worker
@@ -185,7 +188,7 @@ def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor:
         if expiry is not None and expiry > now:
             watch.holds_until((job_id, epoch), expiry, now)
             continue
-        record = recover(orch, view, s, expiry, now, actor=actor, backoff=backoff, folders=folders)
+        record = recover(orch, view, s, expiry, now, actor=actor, backoff=backoff, folders=folders, notify=notify)
         if record is not None:
             recovered.append(job_id)
             if on_recovered is not None:
@@ -195,7 +198,8 @@ def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor:
 
 
 def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None, now: float, *, actor: str,
-            backoff: Callable[[int], float], folders: WorkerFolders) -> dict[str, Any] | None:
+            backoff: Callable[[int], float], folders: WorkerFolders, notify: Notify | None = None
+            ) -> dict[str, Any] | None:
     """Append the ``stale_recovered`` event of one job whose lease expired, after killing what its run left
     running on this machine, and return what was done (``job_id``, ``run_id``, ``to``, ``stale_worker_id``,
     ``lease_expired_at``, ``retry_at``, ``artifacts``: what ``worker --once --json`` shows under ``recovered``);
@@ -241,9 +245,9 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
                     aux=drop_lease_aux(s.job_id, s.epoch))
     except ConcurrencyError:
         return None  # another worker recovered it, or the run finished just now
-    log.warning("recovered stale job %s -> %s%s", s.job_id, data["to"],
-                f" (retry at {data['retry_at']})" if data.get("retry_at") else "",  # why `--once` may then run nothing
-                extra={"job_id": s.job_id, "run_id": s.run_id, "stale_worker_id": s.worker_id})
+    retry = f" (retry at {data['retry_at']})" if data.get("retry_at") else ""  # why `--once` may then run nothing
+    tell(notify, log, f"recovered stale job {s.job_id} -> {data['to']}{retry}", job_id=s.job_id, run_id=s.run_id,
+         stale_worker_id=s.worker_id)
     return {"job_id": s.job_id, "run_id": s.run_id, "to": data["to"], "stale_worker_id": s.worker_id,
             "lease_expired_at": expired, "retry_at": data.get("retry_at"), "artifacts": artifacts}
 

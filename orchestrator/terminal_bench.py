@@ -250,13 +250,14 @@ def execute(samples: int, seed: int, base_path: str | None, project_id: str | No
     from orchestrator.security import validate_id
 
     scratch = project_id is None
-    project = validate_id(project_id or f"bench-latency-{os.urandom(4).hex()}", "project id")
+    project = validate_id(f"bench-latency-{os.urandom(4).hex()}" if scratch else project_id, "project id")
     delete = scratch and not keep
     try:
         with STOP.handled(), contextlib.ExitStack() as outputs:  # an error or a stop discards both outputs
             with STOP.deferred():
-                raw = outputs.enter_context(OutputFile(raw_output, "the raw samples")) if raw_output else None
-                md = outputs.enter_context(OutputFile(report, "the report")) if report else None
+                # a path given empty is refused there (``OutputFile``), never taken for none given
+                raw = None if raw_output is None else outputs.enter_context(OutputFile(raw_output, "the raw samples"))
+                md = None if report is None else outputs.enter_context(OutputFile(report, "the report"))
             rows, result = _measure(samples, seed, base_path, project, delete, progress)
             if raw:
                 raw.write("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode())

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator import audit
 from orchestrator.audit import AUDIT_ENTRY_MISSING
-from orchestrator.clock import from_iso
+from orchestrator.clock import ISO_FORMS, from_iso
 from orchestrator.errors import InvalidInputError, PathEscapeError, RunNotFoundError, UnusableFileError
 from orchestrator.history import Problem, verify_stream
 from orchestrator.security import safe_line, validate_id
@@ -110,10 +110,9 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
     try:
         if since is not None and not isinstance(since, str):
             raise ValueError(since)
-        since_t = from_iso(since) if since else None
+        since_t = from_iso(since) if since is not None else None  # "" is no time, not no filter
     except (ValueError, OverflowError):
-        raise InvalidInputError(f"--since {since!r} is not an ISO-8601 time (e.g. 2026-11-22T03:00:00Z, or "
-                                "2026-11-22T03:00:00 in UTC, or 2026-11-22T04:00:00+01:00)") from None
+        raise InvalidInputError(f"--since {since!r} is not an ISO-8601 time ({ISO_FORMS})") from None
     view = orch.load(job_id, every_signature=True)  # it says "every line verified": each signature checked
     # the audit log is a symbolic link (never followed), a FIFO, a socket or a directory holding files: its problem,
     # as ``verify`` lists it. Looked at before it is read, so a FIFO is never opened

@@ -25,6 +25,7 @@ from typing import Hashable
 
 from orchestrator.errors import KeyNotTrustedError
 from orchestrator.limits import keep_latest
+from orchestrator.notices import Notify, tell
 from orchestrator.queue import ReadyEntry
 from orchestrator.signing import Keyring
 
@@ -37,8 +38,9 @@ SKIPPED_MAX = 256  # of those, the jobs (the latest met) a shared index is asked
 class UntrustedJobs:
     """The jobs one worker left because keys it does not hold signed them, by the index entry it met them at."""
 
-    def __init__(self, keyring: Keyring) -> None:
+    def __init__(self, keyring: Keyring, notify: Notify | None = None) -> None:
         self.keyring = keyring
+        self.notify = notify  # where its warning of a key it does not trust goes (``notices``)
         self._left: OrderedDict[Hashable, frozenset[str]] = OrderedDict()  # entry -> the keys missing
         self._trust = keyring.trust_state()  # the keys the entries above were checked with
         self._warned: set[str] = set()
@@ -70,12 +72,12 @@ class UntrustedJobs:
         folders = ", ".join(self.keyring.folders) or "none: a keyring made in memory"
         for kid in sorted(kids - self._warned):
             self._warned.add(kid)
-            log.warning("job %s is signed by key %s, which this worker does not trust: leaving the job (and every "
-                        "other job that key signed) for a worker that does. If the key is another machine's, copy "
-                        "its %s.pub into the trusted keys folder (ORCH_TRUSTED_KEYS_DIR) of this machine; a running "
-                        "worker reads its keyring folders (%s) again within a minute. A key no machine holds means "
-                        "the job was written without one: `orchestrator verify` lists it", job_id, kid, kid, folders,
-                        extra={"job_id": job_id, "key_id": kid, "code": KeyNotTrustedError.code})
+            tell(self.notify, log, f"job {job_id} is signed by key {kid}, which this worker does not trust: leaving the "
+                 "job (and every other job that key signed) for a worker that does. If the key is another machine's, "
+                 f"copy its {kid}.pub into the trusted keys folder (ORCH_TRUSTED_KEYS_DIR) of this machine; a running "
+                 f"worker reads its keyring folders ({folders}) again within a minute. A key no machine holds means "
+                 "the job was written without one: `orchestrator verify` lists it", job_id=job_id, key_id=kid,
+                 code=KeyNotTrustedError.code)
 
     def skipped(self) -> list[str]:
         """The jobs of the ready entries left (the ``SKIPPED_MAX`` met last), for a shared index not to reserve them

@@ -36,6 +36,7 @@ from orchestrator import faults
 from orchestrator.api import Orchestrator
 from orchestrator.artifacts_import import CopyFailed, artifacts_from, import_artifacts
 from orchestrator.claiming import Claimer, Unhandled
+from orchestrator.config import llm_timeout
 from orchestrator.errors import (HandlerNotFoundError, InvalidInputError, KeyNotTrustedError,
                                  PathEscapeError, StorageError, StorageUnavailableError)
 from orchestrator.handler_env import withhold
@@ -45,6 +46,7 @@ from orchestrator.handlers.command import CommandNotFound
 from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease, Lease, write_lease
 from orchestrator.leftovers import kill_run
 from orchestrator.limits import whole_number
+from orchestrator.notices import Notify
 from orchestrator.outcome import (STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS, Claim, OutcomeRecorder,
                                   RunResult, lost)
 from orchestrator.output_cap import OUTPUT_TOO_LARGE, OutputCap
@@ -92,20 +94,25 @@ class Worker:
     """Runs jobs of one project; ``run_once`` for one job, ``run`` for the loop."""
 
     def __init__(self, orch: Orchestrator, settings: WorkerSettings | None = None, *,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, notify: Notify | None = None) -> None:
+        """``notify``: where the lines a worker promises on stderr go (each recovery, each kind it has no handler
+        for, each key it does not trust: ``notices``); the worker command prints them itself. Without it they are
+        logged as warnings."""
         self.orch = orch
         self.settings = settings or WorkerSettings()
-        self.worker_id = validate_id(self.settings.worker_id or default_worker_id(), "worker id")
+        given = self.settings.worker_id  # an empty one is refused, as any bad id: never replaced by the default
+        self.worker_id = validate_id(default_worker_id() if given is None else given, "worker id")
         self.actor = f"worker:{self.worker_id}"
         self.rng = rng or random.Random()
         self.queue = orch.queue
         self._stop_at: float | None = None
         self._in_wait = False
-        self.untrusted = UntrustedJobs(orch.keyring)  # jobs left for want of a key (orchestrator/untrusted.py)
+        self.untrusted = UntrustedJobs(orch.keyring, notify)  # jobs left for want of a key (orchestrator/untrusted.py)
         # what its claim passes decide and remember: the jobs it left for other workers, the delayed job due next,
         # the views of the jobs it left unfinished (orchestrator/claiming.py)
         self.claimer = Claimer(orch, self.settings, worker_id=self.worker_id, actor=self.actor,
-                               untrusted=self.untrusted)
+                               untrusted=self.untrusted, notify=notify)
+        self.notify = notify
         self.stale_watch = StaleWatch(self.settings.lease_seconds)  # the leases it read (recovery.py)
         self._host: HandlerHost | None = None
         if not self.settings.pass_store_credentials:  # before any handler starts (handler_env)
@@ -116,6 +123,7 @@ class Worker:
         # the stale jobs recovered by the last run_once before its claim (or the loop's last pass), one record each
         # (``recovery.recover``): what ``worker --once`` shows, which its result alone would not
         self.recovered: list[dict[str, Any]] = []
+        llm_timeout(os.environ)  # a bad ORCH_LLM_TIMEOUT: CONFIG_ERROR now, not a failed llm job each time
         check_folders(orch.settings.state_dir, WORKER_FOLDERS)  # a link: PATH_ESCAPE before any job is claimed
         self.folders.probe()  # runs/ or artifacts/ that cannot be written: STORAGE_ERROR before any job is claimed
         import_modules(self.settings.imports)
@@ -134,7 +142,7 @@ class Worker:
         now = self.orch.clock() if now is None else now
         recovered = recover_expired(self.orch, self.queue, now, actor=self.actor, backoff=self.backoff,
                                     folders=self.folders, untrusted=self.untrusted, watch=self.stale_watch,
-                                    on_recovered=self.recovered.append)
+                                    on_recovered=self.recovered.append, notify=self.notify)
         if time.monotonic() >= self._next_sweep:  # after the recoveries: the runs they ended are over
             self._next_sweep = time.monotonic() + SWEEP_EVERY
             reload_keys(self.orch)
@@ -549,9 +557,12 @@ class Worker:
         return _SignalScope(self._on_signal)
 
     def run(self, max_jobs: int | None = None, idle_exit: bool = False,
-            on_result: Callable[[RunResult], None] | None = None) -> int:
+            on_result: Callable[[RunResult], None] | None = None,
+            on_recovered: Callable[[list[dict[str, Any]]], None] | None = None) -> int:
         """Loop until stopped (or ``max_jobs`` runs, or idle with ``idle_exit``); returns the runs done.
-        ``on_result`` is called with each run's ``RunResult``."""
+        ``on_result`` is called with each run's ``RunResult``; ``on_recovered`` with the records of the stale jobs a
+        pass's recovery ended (``recovery.recover``), when it ended any, before that pass's claim (also when the
+        recovery then raised: what it wrote is written)."""
         whole_number(max_jobs, "max_jobs", or_none=True)
         done = 0
         precise_sleeps()
@@ -562,8 +573,12 @@ class Worker:
             while not self.stopping and (max_jobs is None or done < max_jobs):
                 try:
                     recovered_at = self.orch.clock()
-                    self.recovered = []  # this pass's only: a looping worker logs each as it is written
-                    self.recover_stale(recovered_at)  # reads nothing at most passes (``StaleWatch``)
+                    self.recovered = []  # this pass's only: a looping worker tells each as it is written
+                    try:
+                        self.recover_stale(recovered_at)  # reads nothing at most passes (``StaleWatch``)
+                    finally:
+                        if self.recovered and on_recovered:
+                            on_recovered(list(self.recovered))
                     if self.stopping:  # asked during the recovery: nothing is claimed
                         break
                     # read again: a recovery may take a while (many stale jobs, each append fsynced, each run's

@@ -4,13 +4,14 @@ from __future__ import annotations
 import click
 
 from orchestrator.cli import CONTEXT, Output, cli, echo, reported_errors
+from orchestrator.cli_values import WholeRange
 from orchestrator.errors import CommandInterrupted
 
 EXIT_GATE_FAILED = 13
 
 
 @cli.command("bench-terminal-latency", context_settings=CONTEXT)
-@click.option("--samples", type=click.IntRange(min=1), default=1000, show_default=True, help="Jobs measured.")
+@click.option("--samples", type=WholeRange(min=1), default=1000, show_default=True, help="Jobs measured.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the payload sizes (reproducible runs).")
 @click.option("--raw-output", metavar="FILE", default=None,
               help="Write one JSON line per sample (latency_ms and its components) to this file.")

@@ -6,8 +6,8 @@ from typing import Any
 import click
 
 from orchestrator.audit import ACTIONS
-from orchestrator.cli import (CONTEXT, EXIT_INTEGRITY, FiniteFloatRange, JobIdOptionCommand, Output, cli, echo,
-                              note_missing_store, project_command, seconds)
+from orchestrator.cli import CONTEXT, EXIT_INTEGRITY, JobIdOptionCommand, Output, cli, echo, note_missing_store, project_command
+from orchestrator.cli_values import FiniteFloatRange, IsoTime, WholeRange, seconds
 from orchestrator.limits import MAX_PROCESSES
 from orchestrator.state import TRANSITIONS
 from orchestrator.timeline import FILTERS
@@ -16,7 +16,7 @@ from orchestrator.timeline import FILTERS
 @cli.command("audit-timeline", cls=JobIdOptionCommand, context_settings=CONTEXT)
 @click.option("--job-id", default=None, help="The job whose timeline to show.")
 @click.option("--run-id", default=None, help="Show one run (its job is found from the audit log or the projection cache).")
-@click.option("--since", metavar="TIME", default=None,
+@click.option("--since", type=IsoTime(), metavar="TIME", default=None,
               help="Only the lines from the first one at or after this ISO-8601 time (every time shown is UTC, and "
                    "so is a TIME without a zone: 2026-12-01T16:00:00 is 2026-12-01T16:00:00Z; "
                    "2026-12-01T17:00:00+01:00 is the same time). A line after it stamped earlier (a clock stepped "
@@ -61,16 +61,16 @@ def _threshold(name: str, kind: Any, help_text: str) -> Any:
 @click.option("--rebuild", is_flag=True, help="Ignore the projection cache and replay every job.")
 @click.option("--fail-on", type=click.Choice(["warning", "critical"]), default=None,
               help="Exit 12 (ALERTS_FIRING) when an alert of this severity or worse fires.")
-@click.option("--processes", type=click.IntRange(1, MAX_PROCESSES), default=None, envvar="ORCH_METRICS_PROCESSES",
+@click.option("--processes", type=WholeRange(1, MAX_PROCESSES), default=None, envvar="ORCH_METRICS_PROCESSES",
               show_envvar=True, help="Processes that replay the jobs when 2,000 or more must be (a first call, "
                                      "--rebuild)  [default: the CPUs this process may use]")
 @_threshold("stall_grace", seconds(), "Seconds past lease expiry before a running job counts as stalled.")
-@_threshold("stalled_max", click.IntRange(min=0), "Alert STALLED_JOBS when stalled_count exceeds this.")
+@_threshold("stalled_max", WholeRange(min=0), "Alert STALLED_JOBS when stalled_count exceeds this.")
 @_threshold("resume_success_min", FiniteFloatRange(0, 1), "Alert RESUME_SUCCESS_LOW below this rate (0..1).")
-@_threshold("resume_min_samples", click.IntRange(min=0), "Resumes with an outcome needed before the rate can alert.")
+@_threshold("resume_min_samples", WholeRange(min=0), "Resumes with an outcome needed before the rate can alert.")
 @_threshold("converge_max_seconds", seconds(), "Alert CONVERGE_SLOW when mean_converge_time exceeds this.")
-@_threshold("waiting_human_max", click.IntRange(min=0), "Alert WAITING_HUMAN_BACKLOG above this many waiting jobs.")
-@_threshold("awaiting_audit_max", click.IntRange(min=0),
+@_threshold("waiting_human_max", WholeRange(min=0), "Alert WAITING_HUMAN_BACKLOG above this many waiting jobs.")
+@_threshold("awaiting_audit_max", WholeRange(min=0),
             "Alert AWAITING_AUDIT_BACKLOG above this many jobs awaiting audit.")
 @project_command
 def metrics(orch: Any, out: Output, fmt: str, rebuild: bool, fail_on: str | None, processes: int | None,

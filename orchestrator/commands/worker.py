@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import CONTEXT, FiniteFloatRange, Output, cli, echo, job_kinds, project_command, seconds
+from orchestrator.cli import CONTEXT, Output, cli, echo, project_command
+from orchestrator.cli_values import OutputBound, WholeRange, job_kinds, seconds
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
                                  DEFAULT_OUTPUT_MAX_BYTES, DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS,
                                  DEFAULT_STOP_GRACE_SECONDS, DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES,
@@ -33,14 +34,6 @@ def _env_kinds() -> tuple[str, ...]:
     return kinds
 
 
-def _output_bound(ctx: click.Context, param: click.Parameter, value: int) -> int:
-    """``--output-max-bytes``: 0 (no bound) or at least ``MIN_OUTPUT_MAX_BYTES``."""
-    if 0 < value < MIN_OUTPUT_MAX_BYTES:
-        raise click.BadParameter(f"{value} is neither 0 (no bound) nor at least {MIN_OUTPUT_MAX_BYTES} (1 MiB)",
-                                 ctx, param)
-    return value
-
-
 @cli.command(context_settings=CONTEXT)
 @click.option("--once", is_flag=True, envvar="ORCH_WORKER_ONCE", show_envvar=True,
               help="Recover stale jobs (each named on stderr; with --json under \"recovered\"), claim and run at most "
@@ -49,13 +42,13 @@ def _output_bound(ctx: click.Context, param: click.Parameter, value: int) -> int
                    f"{HandlerNotFoundError.exit_code}: ran nothing and left queued jobs of a kind it has no "
                    f"handler for; exit {KeyNotTrustedError.exit_code}: ran nothing and left queued jobs signed by a "
                    "key it does not trust).")
-@click.option("--max-jobs", type=click.IntRange(min=1), default=None, envvar="ORCH_MAX_JOBS", show_envvar=True,
+@click.option("--max-jobs", type=WholeRange(min=1), default=None, envvar="ORCH_MAX_JOBS", show_envvar=True,
               help="Exit after running this many jobs.")
 @click.option("--idle-exit", is_flag=True, envvar="ORCH_IDLE_EXIT", show_envvar=True,
               help="Exit when no queued job is left that this worker can run (a delayed retry still counts as "
                    "queued; a job of a kind it has no handler for, or does not run (--kind), or signed by a key it "
                    "does not trust, does not).")
-@click.option("--lease-seconds", type=FiniteFloatRange(min=MIN_LEASE_SECONDS, max=MAX_LEASE_SECONDS),
+@click.option("--lease-seconds", type=seconds(MIN_LEASE_SECONDS, max=MAX_LEASE_SECONDS),
               default=DEFAULT_LEASE_SECONDS, show_default=True, envvar="ORCH_LEASE_SECONDS", show_envvar=True,
               help="Lease length; renewed every third of it while a job runs. A job whose lease "
                    "expired is recovered by the next worker; a run whose lease cannot be renewed (the store out "
@@ -87,11 +80,11 @@ def _output_bound(ctx: click.Context, param: click.Parameter, value: int) -> int
               help="Python handlers run in a child process: 'reused' keeps one for many runs (replaced after a "
                    "crash, a timeout or --handler-max-runs runs); 'per-run' forks a fresh one for every run "
                    "(~2 ms more per job; nothing a handler leaves in memory reaches the next run).")
-@click.option("--handler-max-runs", type=click.IntRange(min=1), default=DEFAULT_HANDLER_MAX_RUNS, show_default=True,
+@click.option("--handler-max-runs", type=WholeRange(min=1), default=DEFAULT_HANDLER_MAX_RUNS, show_default=True,
               envvar="ORCH_HANDLER_MAX_RUNS", show_envvar=True,
               help="Runs one reused handler process serves before a new one replaces it.")
-@click.option("--output-max-bytes", type=click.IntRange(min=0), default=DEFAULT_OUTPUT_MAX_BYTES, show_default=True,
-              callback=_output_bound, envvar="ORCH_OUTPUT_MAX_BYTES", show_envvar=True,
+@click.option("--output-max-bytes", type=OutputBound(MIN_OUTPUT_MAX_BYTES), default=DEFAULT_OUTPUT_MAX_BYTES,
+              show_default=True, envvar="ORCH_OUTPUT_MAX_BYTES", show_envvar=True,
               help="Disk a run's output file (what its handler prints) may take: past it the start of the file is "
                    "dropped and its end kept (the tail a failure records), or, on a file system that cannot punch "
                    "holes, the run is stopped (OUTPUT_TOO_LARGE, not retried). 0: no bound; else at least 1 MiB.")
@@ -119,10 +112,13 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     With --json it prints JSON Lines, one JSON object per line: one per job it ran (one in all with
     --once), and last, without --once, {"event": "worker_stopped", ...} when it stops (jobs run,
     the queued jobs of kinds it has no handler for, by kind, and those signed by keys it does not
-    trust, by key), or an error object if it stops on an error. With --once, that one object (the
-    job it ran, or {"ran": false, ...}) also lists under "recovered" the stale jobs its recovery
-    ended before the claim (job_id, to: queued, failed or waiting_human, retry_at, ...; an error's
-    under details.recovered); each is also a line on stderr, "recovered stale job J -> STATE".
+    trust, by key), or an error object if it stops on an error. The stale jobs its recovery ended
+    (job_id, to: queued, failed or waiting_human, retry_at, ...): without --once a line
+    {"event": "recovered", "worker_id", "recovered": [...]} for each pass that ended any, before
+    that pass's claim; with --once, under "recovered" in its one object (the job it ran, or
+    {"ran": false, ...}; an error's under details.recovered). Each is also a line on stderr,
+    "recovered stale job J -> STATE", printed by the command whatever a handler module does to
+    logging, as are its warnings of a kind it has no handler for and of a key it does not trust.
 
     Exit codes: 0 ran a job (--once) or stopped normally, 75 nothing was runnable, or a stop signal came
     before the claim (--once),
@@ -150,7 +146,9 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
                               handler_max_runs=handler_max_runs, store_wait_seconds=store_wait_seconds,
                               kinds=tuple(kinds) + _env_kinds(),
                               pass_store_credentials=pass_store_credentials, output_max_bytes=output_max_bytes)
-    w = Worker(orch, settings)
+    # the lines it promises on stderr are printed here, not left to logging, which a handler module may set up
+    # (``notices``); a stderr that cannot take one does not stop the worker
+    w = Worker(orch, settings, notify=lambda line: echo(sanitize_text(line), err=True))
     adopt_orphans()  # a process of its own: what a run leaves behind an exited parent becomes its child
 
     def report(result: Any, **extra: Any) -> None:
@@ -187,7 +185,12 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
             report(result, recovered=w.recovered)
             return EXIT_RAN
         out.progress(f"worker {w.worker_id} started")
-        done = w.run(max_jobs=max_jobs, idle_exit=idle_exit, on_result=report)
+
+        def recovered(records: list[dict[str, Any]]) -> None:  # with --json, a line of its own; text: on stderr
+            if out.as_json:
+                out.emit({"event": "recovered", "worker_id": w.worker_id, "recovered": records}, "")
+
+        done = w.run(max_jobs=max_jobs, idle_exit=idle_exit, on_result=report, on_recovered=recovered)
     # what its last pass left queued: a looping worker only warned of it
     left, untrusted = w.handler_not_found(), w.untrusted_keys()
     message = (f"worker {w.worker_id} stopped after {done} job(s)" + (f"; {left.message}" if left else "")

@@ -241,12 +241,13 @@ def _import_failure(module_name: str, exc: BaseException) -> str:
 
 
 def import_modules(names: Iterable[str]) -> list[str]:
-    """Import modules that register handlers (``--import``/``ORCH_HANDLERS``); raise ``ConfigError``."""
+    """Import modules that register handlers (``--import``/``ORCH_HANDLERS``); raise ``ConfigError``, also for an empty
+    name (``--import "$MOD"`` with MOD unset imports nothing its jobs need: refused, not passed over)."""
     done = []
     for name in names:
         name = name.strip()
         if not name:
-            continue
+            raise ConfigError(f"cannot import handler module {name!r}: no module name given")
         try:
             _import(name)
         except BaseException as exc:  # a module's own error too (sys.exit() included), not only a missing one

@@ -3,9 +3,9 @@
 Settings come from the environment (``.env`` included): ``LLM_URL`` (the base URL, e.g.
 ``https://api.example.com/v1``, or the full ``.../chat/completions`` URL), ``LLM_API_KEY``,
 ``LLM_MODEL`` and ``ORCH_LLM_TIMEOUT`` (seconds the whole request may take, reply included;
-default 60). The job's input is sent as the user message (a string as is, anything else as
+default 60; ``config.llm_timeout``). The job's input is sent as the user message (a string as is, anything else as
 JSON), with the context (answers, revisions) and a system prompt describing the payload. Every
-failure becomes a ``failed`` payload with a stable ``error_code``: ``LLM_CONFIG`` (no URL),
+failure becomes a ``failed`` payload with a stable ``error_code``: ``LLM_CONFIG`` (no URL, a bad timeout),
 ``LLM_NETWORK_ERROR`` (also a reply cut off or not HTTP), ``LLM_TIMEOUT``, ``LLM_HTTP_ERROR``
 (retryable for 408/429/5xx only; a redirect, which is not followed, too), ``LLM_BAD_RESPONSE``
 (not JSON, nested deeper than the decoder goes, or not chat-completions shaped). A reply whose
@@ -30,11 +30,11 @@ import urllib.request
 from contextlib import suppress
 from typing import Any
 
+from orchestrator.config import llm_timeout
+from orchestrator.errors import ConfigError
 from orchestrator.handler_env import llm_environment
-from orchestrator.limits import MAX_DURATION_SECONDS
 from orchestrator.security import REDACTED, cut_read_size, sanitized_cut
 
-DEFAULT_TIMEOUT = 60.0
 MAX_REPLY_BYTES = 4 * 1024 * 1024
 SYSTEM_PROMPT = (
     "You are a job handler. Do the task in the user message. Reply with ONLY a JSON object: "
@@ -237,12 +237,10 @@ def call_llm(ctx: Any, environ: dict[str, str] | None = None) -> Any:
     url = env.get("LLM_URL", "")
     if not url:
         return _failed("LLM_CONFIG", "LLM_URL is not set", key, retryable=False)
-    try:
-        timeout = float(env.get("ORCH_LLM_TIMEOUT") or DEFAULT_TIMEOUT)
-    except ValueError:
-        timeout = DEFAULT_TIMEOUT
-    if not 0 < timeout <= MAX_DURATION_SECONDS:  # nan, inf, 0, < 0: no socket or timer takes it, as "abc"
-        timeout = DEFAULT_TIMEOUT
+    try:  # a worker refuses a bad one when it starts; a handler given one all the same (Python) fails the job
+        timeout = llm_timeout(env)
+    except ConfigError as exc:
+        return _failed("LLM_CONFIG", exc.message, key, retryable=False)
     body = {"model": env.get("LLM_MODEL") or "default", "messages": _messages(ctx), "temperature": 0}
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if key:

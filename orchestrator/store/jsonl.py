@@ -24,7 +24,7 @@ import time
 from array import array
 from pathlib import Path
 from stat import S_ISDIR, S_ISLNK, S_ISREG
-from typing import Iterator
+from typing import Callable, Iterator
 
 from orchestrator import faults
 from orchestrator.errors import AuxNotWrittenError, ConcurrencyError, IntegrityError, StorageError, UnusableFileError
@@ -94,6 +94,15 @@ def _holds_a_line(path: str) -> bool:
             return b"\n" in fh.read()
     except OSError:
         return False
+
+
+def _listed(st: os.stat_result, path: Callable[[], str]) -> bool:
+    """Whether an entry of the jobs folder, by its ``lstat``, is listed as a job stream: a file or a symbolic link
+    holding something, a folder holding an entry (``path()``: looked into only then), and anything else (a FIFO,
+    socket or device, never opened), whose read reports what it is."""
+    if S_ISREG(st.st_mode) or S_ISLNK(st.st_mode):
+        return st.st_size > 0
+    return _holds_an_entry(path()) if S_ISDIR(st.st_mode) else True
 
 
 def _holds_an_entry(path: str) -> bool:
@@ -479,7 +488,9 @@ class JsonlStore(EventStore):
     def fingerprints(self) -> tuple[list[str], "array[int]", "array[int]"]:
         """See ``EventStore.fingerprints``: each events file's size and mtime (ns), by one listing of the jobs folder
         and a ``stat`` per file; no file is opened. Every non-empty ``*.events.jsonl`` is listed, a symbolic link
-        too (its read reports ``PATH_ESCAPE``): the jobs cache keeps an entry for a file that holds no job."""
+        too (its read reports ``PATH_ESCAPE``), and, as ``job_ids`` lists them, a FIFO, socket or device, or a folder
+        holding something, in a job file's place (its read reports ``NOT_A_FILE``, never waiting on it; ``metrics``
+        counts it in ``integrity_errors``): the jobs cache keeps an entry for a file that holds no job."""
         ids: list[str] = []
         sizes, mtimes = array("q"), array("q")
         try:
@@ -497,7 +508,8 @@ class JsonlStore(EventStore):
                         st = stat(name, dir_fd=dir_fd, follow_symlinks=False)
                     except FileNotFoundError:
                         continue
-                    if st.st_size and not S_ISDIR(st.st_mode):
+                    # most entries are files holding events: listed without a call (100,000 of them at a refresh)
+                    if (st.st_size and not S_ISDIR(st.st_mode)) or _listed(st, lambda: os.path.join(self._jobs_s, name)):
                         ids.append(name[:cut])
                         sizes.append(st.st_size)
                         mtimes.append(st.st_mtime_ns)
@@ -524,7 +536,7 @@ class JsonlStore(EventStore):
                 if S_ISREG(st.st_mode):
                     if st.st_size > 0 and _holds_a_line(entry.path):
                         yield name[: -len(EVENTS_SUFFIX)]
-                elif not S_ISDIR(st.st_mode) or _holds_an_entry(entry.path):
+                elif _listed(st, lambda: entry.path):
                     # a FIFO, socket, device or a folder holding files (never made here), never opened, but
                     # listed: reading it reports NOT_A_FILE, not a job silently passed over (an empty folder is none)
                     yield name[: -len(EVENTS_SUFFIX)]

@@ -435,12 +435,12 @@ def test_keys_rotate_and_revoke_say_that_a_key_set_in_the_environment_still_sign
     assert json.loads(keys(folder_env, "rotate", "--json").stdout)["warning"] is None
 
 
-def test_a_kind_whose_bytes_are_not_utf8_is_refused_with_invalid_input_and_nothing_is_written(
+def test_a_kind_whose_bytes_are_not_utf8_is_refused_as_a_usage_error_and_nothing_is_written(
         cli_env: dict[str, str], base: Path) -> None:
     # a shell in another locale passes the kind's bytes as they are: "k\xff" reaches Python as "k\udcff"
     proc = run_script("submit", "--kind", "k\udcff", "--input", "{}", "--json", env=cli_env)
-    assert proc.returncode == 3, proc.stderr
-    assert json.loads(proc.stdout)["error"] == "INVALID_INPUT" and "Traceback" not in proc.stderr
+    assert proc.returncode == 2, proc.stderr  # as every --kind (INVALID_INPUT, exit 3, until 2026-12-03)
+    assert json.loads(proc.stdout)["error"] == "USAGE_ERROR" and "Traceback" not in proc.stderr
     assert not (base / "proj").exists()
     listing = run_script("status", "--all", "--kind", "k\udcff", "--json", env=cli_env)
     assert listing.returncode == 2 and json.loads(listing.stdout)["error"] == "USAGE_ERROR"

@@ -57,14 +57,21 @@ def test_the_first_and_last_years_are_times_like_any_other(job: str, cli_env, zo
 
 
 @pytest.mark.parametrize("since", ["yesterday", "2026-13-01T00:00:00", "10000-01-01T00:00:00", ""])
-def test_a_since_that_is_no_time_is_invalid_input_naming_the_form(job: str, cli_env, since: str) -> None:
+def test_a_since_that_is_no_time_is_a_usage_error_naming_the_form(job: str, cli_env, since: str) -> None:
+    """As any option value its type refuses (until 2026-12-03: ``INVALID_INPUT``, exit 3, and "" was no filter)."""
     proc = run_module("audit-timeline", "--job-id", job, "--since", since, "--json", env=cli_env)
-    if since == "":  # no time given: no filter
-        assert proc.returncode == 0 and len(json.loads(proc.stdout)["lines"]) == len(ALL)
-        return
     error = json.loads(proc.stdout)
-    assert proc.returncode == 3 and error["error"] == "INVALID_INPUT", proc.stdout
+    assert proc.returncode == 2 and error["error"] == "USAGE_ERROR", proc.stdout
     assert "not an ISO-8601 time" in error["message"] and "in UTC" in error["message"]
+
+
+@pytest.mark.parametrize("since", ["yesterday", ""])
+def test_a_since_that_is_no_time_is_invalid_input_from_python(orch, since: str) -> None:
+    from orchestrator.errors import InvalidInputError
+
+    job_id = orch.submit("command", {"argv": ["true"]})
+    with pytest.raises(InvalidInputError, match="is not an ISO-8601 time"):
+        orch.timeline(job_id, since=since)
 
 
 def test_the_help_says_a_time_without_a_zone_is_utc(cli_env) -> None:

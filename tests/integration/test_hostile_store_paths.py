@@ -534,6 +534,49 @@ def test_verify_and_status_commands_report_not_a_file_for_a_job_file_that_is_not
     assert text.returncode == 7 and f"{path}:0: NOT_A_FILE: {path} is {PLANTED_WHAT[planted]}" in text.stdout
 
 
+@pytest.mark.parametrize("planted", ["fifo", "socket", "folder holding a file"])
+def test_metrics_counts_a_job_file_that_is_not_one_as_an_integrity_error_and_never_waits_on_it(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, planted: str) -> None:
+    """Until 2026-12-03 the jobs cache listed regular files only: ``metrics`` passed over what ``verify`` and
+    ``status --all`` report as NOT_A_FILE (exit 7). Now it is one of the ``integrity_errors`` (critical alert: run
+    verify), cold and warm, and no longer once it is moved away."""
+    orch.submit("rel.echo", {"x": 1})
+    path = _plant_in_a_job_files_place(orch, monkeypatch, planted)
+    writer = os.open(path, os.O_RDWR | os.O_NONBLOCK) if planted == "fifo" else None  # held open: still no wait
+    try:
+        for rebuild in (True, False, False):  # a cold cache, then a warm one (the entry's fingerprint unchanged)
+            m = _in_a_thread_or_fail_if_it_hangs(lambda: orch.metrics(rebuild=rebuild), path)
+            assert (m.jobs, m.integrity_errors, m.counts["queued"]) == (2, 1, 1), m
+            assert "INTEGRITY_ERRORS" in {a["code"] for a in m.alerts}
+    finally:
+        if writer is not None:
+            os.close(writer)
+    assert not path.is_file() and path.exists()  # left for an operator
+    if planted == "folder holding a file":
+        (path / "kept").unlink()
+        path.rmdir()
+    else:
+        path.unlink()
+    m = orch.metrics()
+    assert (m.jobs, m.integrity_errors) == (1, 0) and "INTEGRITY_ERRORS" not in {a["code"] for a in m.alerts}
+
+
+def test_metrics_command_exits_0_and_shows_a_job_file_that_is_not_one_among_the_integrity_errors(
+        cli_orch: Orchestrator, cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from helpers import run_module
+
+    cli_orch.submit("rel.echo", {"x": 1})
+    _plant_in_a_job_files_place(cli_orch, monkeypatch, "fifo")
+    proc = run_module("metrics", "--json", env=cli_env)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    figures = json.loads(proc.stdout)
+    assert figures["integrity_errors"] == 1 and "INTEGRITY_ERRORS" in {a["code"] for a in figures["alerts"]}
+    failing = run_module("metrics", "--fail-on", "critical", "--json", env=cli_env)
+    assert failing.returncode == 12 and json.loads(failing.stdout)["error"] == "ALERTS_FIRING"
+
+
 @pytest.mark.parametrize("planted", ["fifo", "folder holding a file"])
 def test_export_names_a_job_file_that_is_not_one_as_not_a_file_not_as_emptied(
         orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, planted: str) -> None:

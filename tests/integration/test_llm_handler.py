@@ -225,9 +225,13 @@ def test_a_reply_that_keeps_coming_past_the_timeout_is_llm_timeout_at_the_timeou
     assert time.monotonic() - started < 2.0
 
 
-@pytest.mark.parametrize("value", ["nan", "inf", "-1", "1e300"])
-def test_a_timeout_no_socket_takes_counts_as_unset(server, value: str) -> None:
-    assert call_llm(CTX, llm_env(server, ORCH_LLM_TIMEOUT=value))["summary"] == "wrote the haiku"
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0", "1e300", "soon"])
+def test_a_timeout_no_socket_takes_fails_the_job_with_llm_config_naming_the_setting(server, value: str) -> None:
+    """A worker refuses to start with it (CONFIG_ERROR, exit 3); given to the handler all the same, it fails the job,
+    not retried, as a missing LLM_URL does (until 2026-12-03 it counted as unset)."""
+    payload = call_llm(CTX, llm_env(server, ORCH_LLM_TIMEOUT=value))
+    assert payload["status"] == "failed" and payload["retryable"] is False, payload
+    assert payload["error_code"] == "LLM_CONFIG" and payload["summary"].startswith("ORCH_LLM_TIMEOUT must be ")
 
 
 def test_a_refused_connection_is_a_network_error() -> None:

@@ -228,10 +228,10 @@ def test_a_kind_that_is_empty_too_long_or_not_text_is_invalid_input_that_names_t
 
 
 def test_cli_submit_with_an_empty_kind_says_what_a_kind_must_be(runner_env: dict[str, str], base: Path) -> None:
-    result = CliRunner().invoke(cli, ["submit", "--kind", "", "--input", "{}", "--json"], env=runner_env)
-    error = json.loads(result.output)
-    assert result.exit_code == 3 and error["error"] == "INVALID_INPUT"
-    assert error["message"] == "the kind must be a handler name of 1 to 200 characters of valid Unicode, not ''"
+    """A usage error (exit 2), as every ``--kind`` (until 2026-12-03 ``INVALID_INPUT``, exit 3, for ``submit``)."""
+    result = CliRunner().invoke(cli, ["submit", "--kind", "", "--input", "{}"], env=runner_env)
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--kind': a job kind is 1 to 200 characters of valid Unicode, not ''" in result.output
     assert not list((base / "proj" / ".orchestrator" / "queue" / "jobs").glob("*"))
 
 

@@ -65,6 +65,21 @@ def test_a_threshold_that_is_nan_negative_or_a_rate_above_one_is_a_config_error(
         Thresholds(resume_success_min=float("nan"))
 
 
+def test_a_threshold_variable_that_is_no_number_is_a_config_error_saying_what_it_accepts() -> None:
+    """As the ``metrics`` command says it (``cli_values.setting_error``); it was "ORCH_ALERT_STALLED_MAX='x' is not a
+    int"."""
+    import pytest
+
+    from orchestrator.errors import ConfigError
+
+    for var, accepts in (("ORCH_ALERT_STALLED_MAX", "a whole number of 0 or more"),
+                         ("ORCH_ALERT_RESUME_SUCCESS_MIN", "a number from 0 to 1"),
+                         ("ORCH_STALL_GRACE_SECONDS", "a number of seconds from 0 to 31622400")):
+        with pytest.raises(ConfigError) as refused:
+            Thresholds.from_env({var: "x"})
+        assert refused.value.message == f"{var} must be {accepts}, not 'x'"
+
+
 def test_prometheus_text_exposition() -> None:
     text = prometheus(compute("p\"x", [row("running", lease=NOW - 1)], NOW, Thresholds()))
     assert 'orchestrator_jobs{project="p\\"x",state="running"} 1' in text
