@@ -314,8 +314,9 @@ class Orchestrator:
         The job's head record is written with the events, and so are the optional ``aux``
         records (``(area, key) -> bytes``, None deletes; e.g. a lease): on a store with
         ``atomic_aux`` (PostgreSQL) in the events' own transaction, so they are durable with the
-        events or absent with them; elsewhere (files) right after the events, head record first. A new job's
-        first event whose head record alone failed is acknowledged, with a warning (``AuxNotWrittenError``).
+        events or absent with them; elsewhere (files) right after the events, head record first. Events durable
+        whose records after them failed (``AuxNotWrittenError``) are acknowledged, their entry written all the same:
+        the view returned holds the warning (``HEAD_RECORD_NOT_WRITTEN``), which is also logged.
         """
         from orchestrator.events import validate_data
 
@@ -357,28 +358,33 @@ class Orchestrator:
 
         written = {"expected_seq": head.seq, "fence": fence, "aux": with_events, "in_transaction": index_statements,
                    "expected_last": head.last_line}
+        # the events are durable, a record after them is not (files): acknowledged, with a warning, as after a crash
+        # between the two; raising would say "nothing written", and the caller would write its event again
+        not_written: AuxNotWrittenError | None = None
         if audit is None:
             try:
                 self.store.append(job_id, build, **written)
             except AuxNotWrittenError as exc:
-                if old is not None or aux:
-                    raise
-                # a new job's event is durable and only its head record is missing, as after a crash between the
-                # two: raising would say "nothing acknowledged", and a submit repeated would make a second job
-                log.warning("job %s is submitted, but its head record was not written (its next event writes it): %s",
-                            job_id, exc.message, extra={"job_id": job_id})
+                not_written = exc
             after_event()
         else:  # under the job's pending lock from before the event until after its entry: no heal writes it too
             entry, with_entry = audit_log.entry_writes(self, job_id=job_id, run_id=run_id, action=audit[0],
                                                        note=audit[1], actor=actor or self.actor,
                                                        event_line=lines[-1], now=now)
-            self.store.append_audited(job_id, build, entry, lock=audit_log.pending_lock(job_id), entry_aux=with_entry,
-                                      between=after_event, **written)
+            try:
+                self.store.append_audited(job_id, build, entry, lock=audit_log.pending_lock(job_id),
+                                          entry_aux=with_entry, between=after_event, **written)
+            except AuxNotWrittenError as exc:  # the event and its entry are durable (``EventStore.append_audited``)
+                not_written = exc
             faults.point("audit.after_entry")
         stream = VerifiedStream(job_id, (view.stream.lines if view else []) + [
             StoredLine(head.seq + i, line) for i, line in enumerate(lines, 1)])
         stream.records = (view.stream.records if view else []) + [json.loads(line) for line in lines]
-        return JobView(job_id, stream, state, ())
+        warnings = () if not_written is None else (
+            not_written.warning(job_id, stream.head.seq, new[-1][0], audited=audit is not None),)
+        for warning in warnings:
+            log.warning("%s: %s", warning["code"], warning["message"], extra={"job_id": job_id, "code": warning["code"]})
+        return JobView(job_id, stream, state, (), warnings)
 
     def submit_job(self, kind: str, input: Any = None, *, audit: bool = False, key: str | None = None,
                    max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout: float | None = None, priority: int = DEFAULT_PRIORITY,
@@ -415,12 +421,12 @@ class Orchestrator:
         if kind == COMMAND_KIND:  # after the key's job: one submitted before this check is still the same job
             parse_command_input(input)  # a few microseconds; llm takes any input, a Python handler's is its own
         try:
-            self.append(None, job_id, [("job_submitted", data)], actor=actor)
+            submitted = self.append(None, job_id, [("job_submitted", data)], actor=actor)
         except ConcurrencyError:
             if not key:
                 raise
             return self._submitted_before(job_id, key, (kind, input, options))
-        return Submission(job_id, created=True)
+        return Submission(job_id, created=True, warnings=submitted.warnings)
 
     def _submitted_before(self, job_id: str, key: str, request: tuple[str, Any, dict[str, Any]]) -> Submission:
         """A submit whose idempotency ``key`` names an existing job: that job, if it was the same

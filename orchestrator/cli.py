@@ -278,7 +278,7 @@ def submit(orch: Any, out: Output, kind: str, input_json: str | None, input_file
         raise InvalidInputError(f"{given} is not valid JSON: {exc}") from None
     sub = orch.submit_job(kind, value, audit=audit, key=key, max_attempts=max_attempts, timeout=timeout,
                           priority=priority)
-    out.emit({"job_id": sub.job_id, "created": sub.created},
+    out.emit({"job_id": sub.job_id, "created": sub.created, "warnings": list(sub.warnings)},
              sub.job_id if sub.created else f"{sub.job_id}\n(already submitted with key {key!r}; nothing written)")
 
 

@@ -60,6 +60,9 @@ class ControlResult:
     event_seq: int  # the event written now, or the earlier event that already did it
     state: str
     message: str
+    # ``{code, message}``: the event and its entry are durable, a record after them is not (``HEAD_RECORD_NOT_WRITTEN``,
+    # also logged); the action is done all the same, and is not to be repeated
+    warnings: tuple[dict[str, str], ...] = ()
 
     @property
     def already_applied(self) -> bool:
@@ -166,7 +169,7 @@ def _act(orch: "Orchestrator", job_id: str, action: str, data: dict[str, Any], n
             continue  # someone wrote first: read again and decide again
         return ControlResult(job_id, action, True, event_type, new.head.seq, new.state.state,
                              f"{_PAST[action]} job {job_id} (event {new.head.seq}); state is now {new.state.state}"
-                             + (f" (via {via})" if via else ""))
+                             + (f" (via {via})" if via else ""), new.warnings)
     raise ConcurrencyError(f"job {job_id} kept changing while deciding {action}; run the command again", job_id=job_id)
 
 

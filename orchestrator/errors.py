@@ -140,9 +140,26 @@ class StorageError(OrchestratorError):
     exit_code = 10
 
 
+# The warning of an event acknowledged although a record written after it was not (``AuxNotWrittenError.warning``)
+HEAD_RECORD_NOT_WRITTEN = "HEAD_RECORD_NOT_WRITTEN"
+
+
 class AuxNotWrittenError(StorageError):
     """The appended lines are durable, but the records written after them (a head record, a lease) are not: the
     file store writes them once the lines are synced, and cannot take the lines back then."""
+
+    def warning(self, job_id: str, seq: int, event_type: str, audited: bool = False) -> dict[str, str]:
+        """The ``{code, message}`` of a job's append acknowledged all the same (``Orchestrator.append``): its event
+        ``seq`` (and its audit entry, when ``audited``) is durable. The records are derived: the job's next event
+        writes its head record anew, and a head record behind its events is what a crash between the two leaves,
+        which every read accepts. Raising would say that nothing was written, and the caller would do it again."""
+        written = (f"event {seq} ({event_type}) of job {job_id} and its audit entry are durable, but a record "
+                   "written after them" if audited else
+                   f"event {seq} ({event_type}) of job {job_id} is durable, but a record written after it")
+        return {"code": HEAD_RECORD_NOT_WRITTEN,
+                "message": f"{written} was not: {self.message}. Nothing is to be done again: such records are "
+                           "derived, and written anew by what comes next (a head record by the next append; until "
+                           "then it is behind the lines, as after a crash, which verify accepts)"}
 
 
 def write_error(exc: OSError) -> type[OrchestratorError]:

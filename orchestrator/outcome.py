@@ -65,6 +65,9 @@ class RunResult:
     state: str | None
     error_code: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    # ``{code, message}`` of its claim's and outcome's appends: ``HEAD_RECORD_NOT_WRITTEN``, the event durable and a
+    # record after it not (``Orchestrator.append``; also logged). The run is recorded all the same
+    warnings: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -86,7 +89,8 @@ def lost(claim: Claim, why: str) -> RunResult:
     """The result of a run whose lease was taken over: nothing is recorded (``LEASE_LOST``)."""
     log.warning("lease lost for job %s run %s: %s", claim.job_id, claim.run_id, why,
                 extra={"job_id": claim.job_id, "run_id": claim.run_id})
-    return RunResult(claim.job_id, claim.run_id, "lease_lost", None, LeaseLostError.code, {"message": why})
+    return RunResult(claim.job_id, claim.run_id, "lease_lost", None, LeaseLostError.code, {"message": why},
+                     list(claim.view.warnings))
 
 
 class OutcomeRecorder:
@@ -214,7 +218,8 @@ class OutcomeRecorder:
         state = view.state.state if view.state else None
         log.info("job %s run %s: %s", claim.job_id, claim.run_id, outcome,
                  extra={"job_id": claim.job_id, "run_id": claim.run_id, "outcome": outcome})
-        return RunResult(claim.job_id, claim.run_id, outcome, state, error_code)
+        return RunResult(claim.job_id, claim.run_id, outcome, state, error_code,
+                         warnings=[*claim.view.warnings, *view.warnings])
 
     def _append_outcome(self, claim: Claim, events: list[tuple[str, dict[str, Any]]],
                         audit: tuple[str, str] | None, drop: Any) -> JobView:

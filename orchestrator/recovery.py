@@ -202,7 +202,8 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
             ) -> dict[str, Any] | None:
     """Append the ``stale_recovered`` event of one job whose lease expired, after killing what its run left
     running on this machine, and return what was done (``job_id``, ``run_id``, ``to``, ``stale_worker_id``,
-    ``lease_expired_at``, ``retry_at``, ``artifacts``: what ``worker --once --json`` shows under ``recovered``);
+    ``lease_expired_at``, ``retry_at``, ``artifacts``, ``warnings``: what ``worker --once --json`` shows under
+    ``recovered``);
     None if another worker recovered it first (or the run just finished).
 
     Its audit entry must be writable first (``audit.require_writable``: on files, an audit log cut against its head
@@ -239,17 +240,18 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
         log.warning("killed %d process(es) left by run %s of job %s", len(killed), s.run_id, s.job_id,
                     extra={"job_id": s.job_id, "run_id": s.run_id, "pids": killed})
     try:  # the dead run's lease is dropped with the event (in its transaction where the store can)
-        orch.append(view, s.job_id, [("stale_recovered", data)], run_id=s.run_id, actor=actor,
-                    now=now, audit=("stale_recovered", f"{why}; to {data['to']}"),
-                    fence=s.epoch + 1,  # supersedes the dead run's epoch
-                    aux=drop_lease_aux(s.job_id, s.epoch))
+        written = orch.append(view, s.job_id, [("stale_recovered", data)], run_id=s.run_id, actor=actor,
+                              now=now, audit=("stale_recovered", f"{why}; to {data['to']}"),
+                              fence=s.epoch + 1,  # supersedes the dead run's epoch
+                              aux=drop_lease_aux(s.job_id, s.epoch))
     except ConcurrencyError:
         return None  # another worker recovered it, or the run finished just now
     retry = f" (retry at {data['retry_at']})" if data.get("retry_at") else ""  # why `--once` may then run nothing
     tell(notify, log, f"recovered stale job {s.job_id} -> {data['to']}{retry}", job_id=s.job_id, run_id=s.run_id,
          stale_worker_id=s.worker_id)
     return {"job_id": s.job_id, "run_id": s.run_id, "to": data["to"], "stale_worker_id": s.worker_id,
-            "lease_expired_at": expired, "retry_at": data.get("retry_at"), "artifacts": artifacts}
+            "lease_expired_at": expired, "retry_at": data.get("retry_at"), "artifacts": artifacts,
+            "warnings": list(written.warnings)}
 
 
 def local_ahead(orch: Orchestrator) -> float:

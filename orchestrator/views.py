@@ -21,6 +21,9 @@ class JobView:
     stream: VerifiedStream
     state: JobState | None
     problems: tuple[Problem, ...]
+    # the view an append returned: what it acknowledged with a warning (``{code, message}``: ``HEAD_RECORD_NOT_WRITTEN``,
+    # the events durable, a record after them not: ``Orchestrator.append``); a read has none
+    warnings: tuple[dict[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -96,3 +99,4 @@ class JobStatus:
 class Submission:
     job_id: str
     created: bool  # False when an idempotency key named an existing job
+    warnings: tuple[dict[str, str], ...] = ()  # of the submit's append (``JobView.warnings``)

@@ -14,6 +14,8 @@ from array import array
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
+from orchestrator.errors import AuxNotWrittenError
+
 AUDIT_STREAM = "@audit"
 HEADS_AREA = "heads"  # aux area of each job's head record, keyed by its job id (``history.head_record``)
 # A head record, lease or audit marker is under this many bytes on every store: the file store keeps each in a slot
@@ -126,15 +128,27 @@ class EventStore(ABC):
         events are durable before the entry is written; if their append raises, no entry is written; if the
         entry's raises, the events stand without it (as after a crash between the two: ``audit.heal`` writes it
         later). ``between`` runs once the events are durable, before the entry. Returns the events' new head.
+        An ``AuxNotWrittenError`` (files: the lines durable, a record after them not) is not "nothing written":
+        the events' still runs ``between`` and writes their entry, and then, as the entry's own, is raised once
+        both are durable (one error naming every record not written).
 
         Default: those calls, one after the other. PostgreSQL sends the same statements, in the same order and
         transactions, on one connection in two round trips (the calls one by one take six).
         """
+        missed: list[AuxNotWrittenError] = []
         with self.exclusive(lock):
-            head = self.append(stream, build, expected_seq, fence=fence, aux=aux, in_transaction=in_transaction,
-                               expected_last=expected_last)
+            try:
+                head = self.append(stream, build, expected_seq, fence=fence, aux=aux, in_transaction=in_transaction,
+                                   expected_last=expected_last)
+            except AuxNotWrittenError as exc:  # the events are durable: without their entry they stand unexplained
+                missed.append(exc)
             between()
-            self.append(AUDIT_STREAM, entry, aux=entry_aux)
+            try:
+                self.append(AUDIT_STREAM, entry, aux=entry_aux)
+            except AuxNotWrittenError as exc:
+                missed.append(exc)
+        if missed:
+            raise AuxNotWrittenError("; ".join(exc.message for exc in missed), **missed[0].details)
         return head
 
     @abstractmethod

@@ -300,7 +300,7 @@ def test_a_stop_signal_to_worker_once_stops_it_gracefully_exit_0_not_interrupted
     assert code == 0, err
     assert json.loads(out) | {"run_id": None} == {"job_id": job, "run_id": None, "outcome": "released",
                                                    "state": "queued", "error_code": "WORKER_STOPPED", "details": {},
-                                                   "recovered": []}
+                                                   "warnings": [], "recovered": []}
     assert "INTERRUPTED" not in out + err
 
 

@@ -29,17 +29,23 @@ def test_a_failed_fsync_is_never_acknowledged_and_the_next_append_repairs(tmp_pa
     assert (result["acknowledged_anyway"], result["lines_kept"], result["verify_failures_after"]) == (0, 0, 0)
 
 
-def test_a_full_disk_while_writing_a_head_record_is_a_storage_error(orch: Orchestrator,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_disk_while_writing_a_head_record_is_a_storage_error_saying_the_lines_before_it_are_durable(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's part (``AuxNotWrittenError``, exit 10, no temporary copy left); what the orchestrator's appends
+    make of it, acknowledged with a warning, is tests/integration/test_head_record_ack.py's (until 2026-12-03 a
+    cancel failed so, its event durable)."""
+    from orchestrator.errors import AuxNotWrittenError
+
     def full(*_args: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    job = orch.submit("echo", {})
     monkeypatch.setattr(Path, "write_bytes", full)  # a record replaced by rename
     monkeypatch.setattr(os, "pwrite", full)  # a head record overwritten in place (its 512-byte slot)
-    with pytest.raises(StorageError) as info:
-        orch.cancel(job, "no")
+    with pytest.raises(AuxNotWrittenError) as info:
+        orch.store.append("job-1", lambda head: [b'{"seq":1}'], aux=lambda head: {("heads", "job-1"): b"1"})
     assert info.value.exit_code == 10 and "No space left" in info.value.message
+    assert "the lines appended to job-1 before it are durable" in info.value.message
+    assert [s.raw for s in orch.store.read("job-1")] == [b'{"seq":1}']
     assert not list((orch.settings.state_dir / "heads").glob(".*.tmp"))
 
 
@@ -56,8 +62,10 @@ def test_a_submit_whose_head_record_cannot_be_written_is_acknowledged_and_its_cl
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "pwrite", full)  # the head record's 512-byte slot
-    job = orch.submit("rel.echo", {"x": 1})
+    submitted = orch.submit_job("rel.echo", {"x": 1})
     monkeypatch.setattr(os, "pwrite", real_pwrite)
+    job = submitted.job_id
+    assert submitted.created and [w["code"] for w in submitted.warnings] == ["HEAD_RECORD_NOT_WRITTEN"]
     assert list(orch.store.job_ids()) == [job] and orch.status(job).state == "queued"
     assert orch.store.get_aux(HEADS_AREA, job) is None
     assert f"heads/{job}" in caplog.text and "No space left" in caplog.text

@@ -1,0 +1,216 @@
+"""An event that is durable is acknowledged when a record written after it (its head record) is not.
+
+On files a job's head record is written once its events are synced; when that write fails (a full disk, a
+`heads/` it may not write) the store raises ``AuxNotWrittenError``, the events durable. Every append of the
+orchestrator then goes on with a warning (``HEAD_RECORD_NOT_WRITTEN``), as after a crash between the two: the
+record is behind its events, which reads and `verify` accept, and the job's next event writes it anew
+(docs/decisions.md, "An event whose head record cannot be written is acknowledged"). The command lines:
+tests/acceptance/test_head_record_ack_cli.py.
+"""
+from __future__ import annotations
+
+import errno
+import importlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import jobstates as js
+from orchestrator import Orchestrator
+from orchestrator.errors import HEAD_RECORD_NOT_WRITTEN, AuxNotWrittenError, StorageError
+from orchestrator.store.base import AUDIT_STREAM, HEADS_AREA
+from orchestrator.store.jsonl import JsonlStore
+
+EXPIRED = "2020-01-01T00:00:00.000000Z"  # a lease long past: its worker is gone
+importlib.import_module("worker_handlers")  # registers the t.* handlers
+
+
+def refuse_head_records(monkeypatch: pytest.MonkeyPatch, orch: Orchestrator, count: int | None = 1) -> list[int]:
+    """The next ``count`` writes (every one, with None) of a job's head record fail as on a full disk: ``os.pwrite``
+    of a slot in ``heads/`` raises ``ENOSPC``; the events, the audit log and its head record are written. Returns
+    the list of refused writes (one item each), to show the fault fired."""
+    heads = os.path.realpath(orch.settings.state_dir / "heads") + os.sep
+    real, refused = os.pwrite, []
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        if (count is None or len(refused) < count) and os.readlink(f"/proc/self/fd/{fd}").startswith(heads):
+            refused.append(fd)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    return refused
+
+
+def head_seq(orch: Orchestrator, job_id: str) -> int | None:
+    """How many events the job's head record says it holds; None when it has none."""
+    raw = orch.store.get_aux(HEADS_AREA, job_id)
+    return None if raw is None else json.loads(raw)["seq"]
+
+
+def codes(warnings: object) -> list[str]:
+    return [w["code"] for w in warnings]  # type: ignore[attr-defined]
+
+
+def verified(orch: Orchestrator, job_id: str) -> bool:
+    """The job's history verifies (a head record behind its events is no problem), and no audited event of it misses
+    its entry (``AUDIT_ENTRY_MISSING`` would be a warning)."""
+    report = orch.verify(job_id)
+    return report.ok and not report.warnings
+
+
+# -- control actions ------------------------------------------------------------------------------------------------
+def test_an_approve_whose_head_record_cannot_be_written_is_done_with_a_warning_and_its_entry_written(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Before: STORAGE_ERROR (exit 10, "nothing acknowledged"), the approval durable, and its audit entry not written
+    (``append_audited`` stopped at the event's head record)."""
+    job = js.awaiting_audit(orch)
+    refused = refuse_head_records(monkeypatch, orch)
+    result = orch.approve(job, "looks good")
+    assert refused and result.applied and (result.event_seq, result.state) == (4, "succeeded")
+    assert codes(result.warnings) == [HEAD_RECORD_NOT_WRITTEN] and codes(result.to_dict()["warnings"]) == codes(
+        result.warnings)
+    message = result.warnings[0]["message"]
+    assert f"event 4 (job_approved) of job {job} and its audit entry are durable" in message
+    assert f"heads/{job}: No space left on device" in message and message in caplog.text
+    assert orch.status(job).state == "succeeded" and js.event_types(orch, job)[-1] == "job_approved"
+    assert head_seq(orch, job) == 3  # behind its events, as after a crash between the two
+    assert verified(orch, job) and orch.verify().ok  # its entry was written, and the audit log's head record
+    again = orch.approve(job)  # an operator who repeats it writes nothing
+    assert again.already_applied and not again.warnings and len(orch.load(job).events) == 4
+
+
+def test_a_resume_whose_head_record_cannot_be_written_is_done_and_the_jobs_next_event_writes_its_record(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = js.waiting_human(orch, job_id=orch.submit("t.ask", {}))
+    refuse_head_records(monkeypatch, orch)
+    result = orch.resume(job, "blue")
+    assert result.applied and result.state == "queued" and codes(result.warnings) == [HEAD_RECORD_NOT_WRITTEN]
+    assert head_seq(orch, job) == 3 and orch.status(job).state == "queued" and verified(orch, job)
+    ran = orch.worker(worker_id="w").run_once()  # the claim, its next event, writes the record again
+    assert ran is not None and (ran.job_id, ran.state, ran.warnings) == (job, "succeeded", [])
+    assert head_seq(orch, job) == len(orch.load(job).events) == 6 and verified(orch, job)
+
+
+def test_resume_from_chat_whose_head_record_cannot_be_written_is_done_with_the_warning(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = js.waiting_human(orch)
+    refuse_head_records(monkeypatch, orch)
+    result = orch.resume_from_chat(job, f"job_id: {job}; go ahead")
+    assert result.applied and result.state == "queued" and codes(result.warnings) == [HEAD_RECORD_NOT_WRITTEN]
+    assert orch.resume_from_chat(job, f"job_id: {job}; go ahead").already_applied and verified(orch, job)
+
+
+# -- the worker -----------------------------------------------------------------------------------------------------
+def test_a_claim_whose_head_record_cannot_be_written_is_run_under_the_lease_its_event_holds(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim is durable: the job is claimed. Its lease is in the claim event (a run shorter than a heartbeat
+    writes no lease record), so no other worker's stale recovery takes it before that expiry. Before: the claim
+    raised STORAGE_ERROR (``worker --once`` exited 10) and the job, claimed, waited for its lease to expire, an
+    attempt spent."""
+    job = orch.submit("t.echo", {"x": 1})
+    t = orch.clock()
+    worker, other = orch.worker(worker_id="w", lease_seconds=30), orch.worker(worker_id="other")
+    refuse_head_records(monkeypatch, orch)
+    claim = worker.claim(now=t)
+    assert claim is not None and codes(claim.view.warnings) == [HEAD_RECORD_NOT_WRITTEN]
+    assert orch.status(job).state == "running" and head_seq(orch, job) == 1 and verified(orch, job)
+    assert other.recover_stale(now=t + 29) == []  # the claim's lease holds
+    result = worker.execute(claim)
+    assert (result.outcome, codes(result.warnings)) == ("succeeded", [HEAD_RECORD_NOT_WRITTEN])  # the claim's
+    assert js.event_types(orch, job) == ["job_submitted", "job_claimed", "job_succeeded"]
+    assert head_seq(orch, job) == 3 and verified(orch, job)  # the outcome wrote the record again
+
+
+def test_an_outcome_whose_head_record_cannot_be_written_is_recorded_once_and_the_worker_goes_on(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: STORAGE_ERROR out of the outcome's append, which stopped the worker (exit 10) with the outcome
+    durable."""
+    asking, after = orch.submit("t.ask", {}), orch.submit("t.echo", {"x": 2})
+    worker = orch.worker(worker_id="w")
+    claim = worker.claim()
+    assert claim is not None and claim.job_id == asking
+    refuse_head_records(monkeypatch, orch)
+    result = worker.execute(claim)
+    assert (result.outcome, codes(result.warnings)) == ("waiting_human", [HEAD_RECORD_NOT_WRITTEN])
+    assert js.event_types(orch, asking) == ["job_submitted", "job_claimed", "human_input_requested"]  # once
+    assert orch.status(asking).question == "blue or green?" and head_seq(orch, asking) == 2 and verified(orch, asking)
+    ran = worker.run_once()  # it goes on claiming
+    assert ran is not None and (ran.job_id, ran.state) == (after, "succeeded")
+    resumed = orch.resume(asking, "green")  # the job's next event writes its record again
+    assert not resumed.warnings and head_seq(orch, asking) == 4 and verified(orch, asking)
+
+
+def test_a_looping_worker_whose_head_records_cannot_be_written_runs_every_job(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A head record is derived: a worker that cannot write them still writes the truth, each append with its
+    warning; a store that refuses the events themselves stops it (STORAGE_ERROR) as before."""
+    jobs = [orch.submit("t.echo", {"x": n}) for n in range(2)]
+    refused = refuse_head_records(monkeypatch, orch, count=None)
+    results: list = []
+    assert orch.worker(worker_id="w").run(idle_exit=True, on_result=results.append) == 2
+    assert len(refused) == 4 and [r.state for r in results] == ["succeeded", "succeeded"]
+    assert [codes(r.warnings) for r in results] == [[HEAD_RECORD_NOT_WRITTEN] * 2] * 2
+    assert all(head_seq(orch, job) == 1 and verified(orch, job) for job in jobs)
+
+
+def test_a_stale_recovery_whose_head_record_cannot_be_written_is_recorded_with_its_entry(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = orch.submit("t.echo", {"x": 1})
+    js.claim(orch, job, "run-dead", worker="dead", lease=EXPIRED)
+    refuse_head_records(monkeypatch, orch)
+    worker = orch.worker(worker_id="w")
+    assert worker.recover_stale() == [job]
+    assert [(r["job_id"], r["to"], codes(r["warnings"])) for r in worker.recovered] == [
+        (job, "queued", [HEAD_RECORD_NOT_WRITTEN])]
+    assert orch.status(job).state == "queued" and head_seq(orch, job) == 2 and verified(orch, job)
+
+
+# -- the store --------------------------------------------------------------------------------------------------------
+def test_append_audited_writes_the_entry_of_events_whose_records_could_not_be_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The events are durable: without their entry they would stand unexplained until a heal. ``between`` (the
+    queue index) runs too, and the error is raised once both are durable."""
+    store = JsonlStore(tmp_path)
+    real_put = store.put_aux
+
+    def put_aux(area: str, key: str, data: bytes) -> None:
+        if area == HEADS_AREA:
+            raise StorageError(f"could not write heads/{key}: No space left on device", area=area)
+        real_put(area, key, data)
+
+    monkeypatch.setattr(store, "put_aux", put_aux)
+    between: list[str] = []
+    with pytest.raises(AuxNotWrittenError) as info:
+        store.append_audited("job-1", lambda head: [b'{"seq":1}'], lambda head: [b'{"entry":1}'], lock="l",
+                             between=lambda: between.append("index"), aux=lambda head: {(HEADS_AREA, "job-1"): b"1"},
+                             entry_aux=lambda head: {("audit-head", "audit"): b"1"})
+    assert info.value.exit_code == 10 and "heads/job-1: No space left" in info.value.message
+    assert between == ["index"] and [s.raw for s in store.read(AUDIT_STREAM)] == [b'{"entry":1}']
+    assert [s.raw for s in store.read("job-1")] == [b'{"seq":1}'] and store.get_aux("audit-head", "audit") == b"1"
+
+
+@pytest.fixture(params=["jsonl", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_orch(request: pytest.FixtureRequest, base: Path, keyring):
+    """An orchestrator on files, then on PostgreSQL (which writes head records in the events' transaction, so never
+    raises ``AuxNotWrittenError``)."""
+    if request.param == "jsonl":
+        yield Orchestrator(base_path=base, project_id="proj", keyring=keyring)
+        return
+    from backends import TestPostgresStore
+
+    store = TestPostgresStore()
+    yield Orchestrator(base_path=base, project_id=store.project, keyring=keyring, store=store)
+    store.close()
+
+
+def test_an_append_whose_records_are_written_has_no_warning_on_every_store(any_orch: Orchestrator) -> None:
+    job = js.awaiting_audit(any_orch, job_id=any_orch.submit_job("t.ask", {}, audit=True).job_id)
+    assert any_orch.submit_job("t.echo", {}).warnings == ()
+    result = any_orch.approve(job)
+    assert result.applied and result.warnings == () and result.to_dict()["warnings"] == ()
+    assert head_seq(any_orch, job) == 4
+    ran = any_orch.worker(worker_id="w").run_once()
+    assert ran is not None and ran.state == "succeeded" and ran.warnings == []
