@@ -5,26 +5,35 @@ so the copy calls ``between()`` before each file and after each chunk of one, wh
 (or stops the copy: the job was taken over or cancelled, its lease could not be renewed, the worker is stopping).
 Only regular files are copied: a link to ``/dev/zero`` would be copied for ever, a FIFO block the worker.
 
+The target side, ``inputs/<job_id>`` in the job's own folder, is written by the job's handler (untrusted code)
+between runs. So the copy works relative to descriptors of the target folders, each opened never through a link
+(``O_NOFOLLOW``), and sets modes and times on descriptors: it never writes outside the job's folder. What a run
+left where the copy goes is replaced, never followed: a symbolic link there (to a file or a folder) is removed and
+a real copy made in its place; each file is removed and made anew (``O_EXCL``), so the mode of an earlier copy (a
+read-only file) never matters, nor does a FIFO. A copied folder is made writable while it is filled (a read-only
+one copied before) and gets the source's mode last, as ``copytree`` did. A file whose copy fails is removed (on a
+full disk, the space it took is given back); the files copied before it stay, and the next run copies over them.
+
 A copy that fails says which side failed (``CopyFailed``): a source that cannot be read is the job's (its input names
 a folder the worker cannot read); a target that cannot be written is the store's when the file system takes no more
 (a full disk, a quota, read-only) or the job's own folder cannot be made, and the job's otherwise: what is in its
-folder is its runs' doing (a handler may chmod it, or leave a file where ``inputs/`` belongs), and what is in
-``inputs/<job_id>`` came from the other job, its modes too (a read-only file copied once cannot be copied over by a
-worker that is not root).
+folder is its runs' doing (a handler may chmod it, leave a file where ``inputs/`` belongs, or a folder where a copied
+file goes). The job's own folder a link is ``PathEscapeError``, as when the run starts.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
-import shutil
+import stat
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from orchestrator import faults
 from orchestrator.errors import InvalidIdError, InvalidInputError
-from orchestrator.security import safe_join, validate_id
-from orchestrator.store.files import NotRegularFileError, open_regular
+from orchestrator.security import validate_id
+from orchestrator.store.files import NotRegularFileError, linked_folder_error, open_regular
 from orchestrator.worker_folders import WorkerFolders
 
 log = logging.getLogger(__name__)
@@ -34,6 +43,11 @@ CHUNK = 8 << 20  # bytes copied between two calls of ``between`` (shutil copies 
 _NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV)
 # a write the file system refused whatever the file: the host's (free space, raise the quota), never the job's
 FILE_SYSTEM_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+# the target side, which the job's runs write: opened relative to a folder's descriptor, never through a link (nor
+# waiting on a FIFO in a folder's place: O_NONBLOCK, no effect on a folder)
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_WRITABLE = stat.S_IWUSR | stat.S_IXUSR  # what the owner needs to make and remove entries in a folder
 
 
 class CopyFailed(Exception):
@@ -86,66 +100,161 @@ def import_artifacts(job_id: str, names: list[str], folders: WorkerFolders, targ
     for other in names:
         src = folders.artifacts_dir(other)
         if src.is_dir() and other != job_id:
-            try:  # the job's folder: the worker's own, as runs/ (WorkerFolders.made_by_worker)
-                os.makedirs(target, exist_ok=True)
-            except OSError as exc:
-                raise CopyFailed(exc, store=True) from None
-            _copy_tree(str(src), str(safe_join(target, INPUTS_DIR, other)), src, other, between)
+            with _descriptor(_job_folder(target)) as job_folder:
+                inputs = os.path.join(target, INPUTS_DIR)
+                with _descriptor(_target_folder(job_folder, INPUTS_DIR, inputs, copied=False)) as inputs_fd:
+                    _copy_tree(str(src), inputs_fd, other, os.path.join(inputs, other), src, other, between)
 
 
-def _copy_tree(src: str, dst: str, root: Path, other: str, between: Callable[[], None]) -> None:
-    """``shutil.copytree(src, dst, dirs_exist_ok=True)`` with ``_copy_file`` (links followed, as it did), except
-    that it stops at the first failure and says which side failed (``CopyFailed``): ``copytree`` went on past
-    one, and raised them all at the end as one ``shutil.Error``, errors and paths turned into text."""
+@contextlib.contextmanager
+def _descriptor(fd: int) -> Iterator[int]:
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _job_folder(target: Path) -> int:
+    """The job's own folder, made if missing and opened as a folder, never through a link: the worker's (as
+    ``runs/``, ``WorkerFolders.made_by_worker``), so one that cannot be made or opened is the store's fault; a link
+    in its place is ``PathEscapeError``, as when the run starts (``WorkerFolders.artifacts_dir``)."""
+    try:
+        os.makedirs(target, exist_ok=True)
+        return os.open(target, _FOLDER)
+    except OSError as exc:
+        if os.path.islink(target):
+            raise linked_folder_error(str(target)) from None
+        raise CopyFailed(exc, store=True) from None
+
+
+def _copy_tree(src: str, parent: int, name: str, dst: str, root: Path, other: str,
+               between: Callable[[], None]) -> None:
+    """``shutil.copytree(src, dst, dirs_exist_ok=True)`` with ``_copy_file`` (links followed on the source side, as
+    it did), into the folder ``name`` of the descriptor ``parent`` (``dst`` is its path, for messages), except that
+    it never writes through a link on the target side (``_target_folder``, ``_new_file``) and it stops at the first
+    failure and says which side failed (``CopyFailed``): ``copytree`` went on past one, and raised them all at the
+    end as one ``shutil.Error``, errors and paths turned into text."""
     try:
         with os.scandir(src) as listing:
             entries = [(entry.name, entry.is_dir()) for entry in listing]  # is_dir follows a link, as copytree
     except OSError as exc:
         raise _failed(exc, writing=False) from None
+    with _descriptor(_target_folder(parent, name, dst, copied=True)) as folder:
+        for entry, is_dir in entries:
+            s, d = os.path.join(src, entry), os.path.join(dst, entry)
+            if is_dir:
+                _copy_tree(s, folder, entry, d, root, other, between)
+            else:
+                _copy_file(s, folder, entry, d, root, other, between)
+        try:
+            st = os.stat(src)
+        except OSError as exc:
+            raise _failed(exc, writing=False) from None
+        _set_status(folder, st, dst)  # last, as copytree: a read-only folder is filled first
+
+
+def _target_folder(parent: int, name: str, path: str, *, copied: bool) -> int:
+    """The folder ``name`` of ``parent`` (``path``, for messages), made if missing, opened never through a link. A
+    symbolic link in its place (a run's: the handler writes the job's folder) is removed, never followed, and a
+    folder made instead; anything else that is not a folder there is the job's failure. A ``copied`` folder
+    (``inputs/<job_id>`` and below) that its owner cannot write in, a read-only one copied before, is made
+    writable until ``_set_status`` gives it the source's mode again."""
     try:
-        os.makedirs(dst, exist_ok=True)
+        fd = os.open(name, _FOLDER, dir_fd=parent)
     except OSError as exc:
-        raise _failed(exc, writing=True) from None
-    for name, is_dir in entries:
-        s, d = os.path.join(src, name), os.path.join(dst, name)
-        if is_dir:
-            _copy_tree(s, d, root, other, between)
-        else:
-            _copy_file(s, d, root, other, between)
-    _copy_stat(src, dst)
-
-
-def _copy_stat(src: str, dst: str) -> None:
-    """``shutil.copystat``: reads ``src``'s status, then sets ``dst``'s (each ``OSError`` names its path)."""
+        if not isinstance(exc, FileNotFoundError) and not _removed_link(parent, name, path):
+            raise _failed(_at(exc, path), writing=True) from None
+        fd = _made_folder(parent, name, path)
     try:
-        shutil.copystat(src, dst)
+        mode = os.fstat(fd).st_mode
+        if copied and mode & _WRITABLE != _WRITABLE:
+            os.chmod(fd, stat.S_IMODE(mode) | _WRITABLE)
     except OSError as exc:
-        raise _failed(exc, writing=exc.filename is not None and os.fsdecode(exc.filename) == dst) from None
+        os.close(fd)
+        raise _failed(_at(exc, path), writing=True) from None
+    return fd
 
 
-def _copy_file(src: str, dst: str, root: Path, other: str, between: Callable[[], None]) -> None:
-    """``shutil.copy2`` of one regular file (a link followed, as ``copytree`` always did), in chunks."""
+def _made_folder(parent: int, name: str, path: str) -> int:
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent)  # its mode is the source's once filled (_set_status)
+        return os.open(name, _FOLDER, dir_fd=parent)
+    except OSError as exc:
+        raise _failed(_at(exc, path), writing=True) from None
+
+
+def _removed_link(parent: int, name: str, path: str) -> bool:
+    """Whether ``name`` in ``parent`` was a symbolic link, now removed (never followed: it may lead anywhere)."""
+    try:
+        if not stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+            return False
+        os.unlink(name, dir_fd=parent)
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        raise _failed(_at(exc, path), writing=True) from None
+    log.warning("removed the symbolic link %s, where a copy of artifacts_from goes; it was never followed", path,
+                extra={"path": path})
+    return True
+
+
+def _new_file(parent: int, name: str, path: str) -> int:
+    """A new, empty file ``name`` in ``parent`` for a copy, owner-only until it is whole: whatever is there is
+    removed first, so neither the mode of an earlier copy (read-only) matters nor a link or a FIFO a run left there
+    (never followed nor opened) does; a folder there is the job's failure. Created with ``O_EXCL``: the file written
+    is the one made here."""
+    try:
+        return os.open(name, _NEW_FILE, 0o600, dir_fd=parent)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise _failed(_at(exc, path), writing=True) from None
+    try:
+        if not _removed_link(parent, name, path):
+            os.unlink(name, dir_fd=parent)
+        return os.open(name, _NEW_FILE, 0o600, dir_fd=parent)
+    except OSError as exc:
+        raise _failed(_at(exc, path), writing=True) from None
+
+
+def _set_status(fd: int, st: os.stat_result, path: str) -> None:
+    """What ``shutil.copystat`` set (times, then mode: the source's ``st``), on the descriptor: never through a
+    link."""
+    try:
+        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.chmod(fd, stat.S_IMODE(st.st_mode))
+    except OSError as exc:
+        raise _failed(_at(exc, path), writing=True) from None
+
+
+def _at(exc: OSError, path: str) -> OSError:
+    """``exc`` naming ``path``: a call relative to a folder's descriptor names the entry alone."""
+    return OSError(exc.errno, exc.strerror, path)
+
+
+def _copy_file(src: str, parent: int, name: str, dst: str, root: Path, other: str,
+               between: Callable[[], None]) -> None:
+    """``shutil.copy2`` of one regular file (a link followed, as ``copytree`` always did) to a new file ``name`` of
+    ``parent`` (``_new_file``), in chunks. A copy that fails removes what it wrote of the file: half a file is no
+    copy, and on a full disk the space it took is given back (the files copied before it stay)."""
     between()
     try:
-        fd, _ = open_regular(src, follow=True)
+        fd, st = open_regular(src, follow=True)
     except NotRegularFileError:
-        name = os.path.relpath(src, root)
-        raise InvalidInputError(f"input artifacts_from: {other}/{name} is not a regular file (a device, a FIFO "
+        relative = os.path.relpath(src, root)
+        raise InvalidInputError(f"input artifacts_from: {other}/{relative} is not a regular file (a device, a FIFO "
                                 "or a socket, perhaps through a link): nothing of it is copied") from None
     except OSError as exc:
         raise _failed(exc, writing=False) from None
-    try:
-        try:
-            out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)  # as open(dst, "wb")
-        except OSError as exc:
-            raise _failed(exc, writing=True) from None
-        try:
-            _copy_chunks(fd, out, between, src, dst)
-        finally:
-            os.close(out)
-    finally:
-        os.close(fd)
-    _copy_stat(src, dst)
+    with _descriptor(fd):
+        with _descriptor(_new_file(parent, name, dst)) as out:
+            try:
+                _copy_chunks(fd, out, between, src, dst)
+                _set_status(out, st, dst)
+            except CopyFailed:
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=parent)
+                raise
 
 
 def _copy_chunks(src: int, dst: int, between: Callable[[], None], src_name: str, dst_name: str) -> None:

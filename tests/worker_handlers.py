@@ -38,6 +38,18 @@ def flaky(ctx: JobContext) -> dict:
     return {"status": "done", "summary": f"ok on attempt {ctx.attempt}"}
 
 
+@handler("t.plant_link")
+def plant_link(ctx: JobContext) -> dict:
+    """A hostile run: its first attempt puts a symbolic link to ``to`` in the place of the file ``at`` of its folder
+    (a copied input) and fails, retryable; a later one returns what that file holds."""
+    path = Path(ctx.artifacts_dir, ctx.input["at"])
+    if ctx.attempt == 1:
+        path.unlink()
+        path.symlink_to(ctx.input["to"])
+        return {"status": "failed", "summary": "planted a link", "retryable": True}
+    return {"status": "done", "summary": "read", "output": path.read_text()}
+
+
 @handler("t.wait")
 def wait_for_release(ctx: JobContext) -> dict:
     """Marks itself started, writes optional artifacts, then waits until the release file exists."""

@@ -1074,6 +1074,22 @@ def test_a_device_linked_from_an_artifacts_from_folder_fails_the_run_as_bad_inpu
     assert "not a regular file" in orch.status(job).last_error["message"]
 
 
+def test_a_link_a_run_left_where_its_copied_input_was_is_replaced_by_the_next_copy_never_written_through(
+        orch, tmp_path: Path) -> None:
+    """The handler writes the job's folder, its copied inputs too: a link it left there to a file of the worker's
+    (``~/.bashrc``) had the next run's copy write the other job's file into it."""
+    first = _a_job_with_files(orch, 1)
+    outside = tmp_path / "bashrc"
+    outside.write_text("the worker's own")
+    job = orch.submit("t.plant_link", {"artifacts_from": [first], "at": f"inputs/{first}/f00.txt",
+                                       "to": str(outside)}, max_attempts=2)
+    w = make_worker(orch, artifacts_import=True)
+    assert w.run_once().outcome == "retry"
+    assert (w.run_once().job_id, orch.status(job).state) == (job, "succeeded")
+    assert outside.read_text() == "the worker's own"  # before the fix: "file 0"
+    assert events(orch, job)[-1]["data"]["output"] == "file 0"  # the real copy, in the link's place
+
+
 class _Killed(BaseException):
     """The worker dies where this is raised, as if SIGKILLed: no ``except Exception`` of it runs."""
 
@@ -1106,6 +1122,8 @@ def test_a_full_disk_while_artifacts_from_are_copied_hands_the_job_back_and_stop
     assert err.value.exit_code == 10 and err.value.message.endswith(": No space left on device")
     assert f"inputs/{first}/f0" in err.value.message and len(calls) == 1  # the file named; the copy stopped there
     assert not list((orch.settings.state_dir / "runs").iterdir())  # the run's folder removed
+    # the file it failed on removed, its space given back (before the fix: left, empty here)
+    assert list((orch.settings.state_dir / "artifacts" / job / "inputs" / first).iterdir()) == []
     monkeypatch.undo()
     result = make_worker(orch, artifacts_import=True).run_once()
     assert (result.job_id, result.outcome) == (job, "succeeded")

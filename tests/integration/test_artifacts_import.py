@@ -1,0 +1,263 @@
+"""The copy of ``artifacts_from`` on its target side (``artifacts_import``): the job's own folder, which its handler
+writes between runs, is never written through, an earlier copy's modes never block the next, a file a full disk cut
+short is removed, and the plain read/write path copies every byte."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from orchestrator import artifacts_import, faults
+from orchestrator.artifacts_import import CopyFailed, import_artifacts
+from orchestrator.errors import PathEscapeError
+from orchestrator.worker_folders import WorkerFolders
+
+OTHER_USER = 65534  # a worker that is not root: modes bind it (root passes every one of them)
+
+
+def _source(state: Path) -> Path:
+    """``artifacts/A``, the folder of the job whose artifacts are copied."""
+    src = state / "artifacts" / "A"
+    src.mkdir(parents=True)
+    return src
+
+
+def _copy(state: Path, between: Callable[[], None] = lambda: None) -> Path:
+    """Copy job A's folder into job B's, as the worker does; B's copy of it (``inputs/A``)."""
+    import_artifacts("B", ["A"], WorkerFolders(state), state / "artifacts" / "B", between)
+    return state / "artifacts" / "B" / "inputs" / "A"
+
+
+# -- links and what else a run left on the target side ----------------------------------------------------------------
+@pytest.mark.parametrize("planted", ["link", "fifo"])
+def test_a_link_or_fifo_a_run_left_where_a_copied_file_goes_is_replaced_and_never_written_through(
+        tmp_path: Path, planted: str) -> None:
+    """The handler writes its folder, ``inputs/`` too: a link there to the worker's own ``~/.bashrc`` had the next
+    copy write the other job's file into it."""
+    src = _source(tmp_path)
+    (src / "f.txt").write_text("copied")
+    outside = tmp_path / "bashrc"
+    outside.write_text("the worker's own")
+    place = tmp_path / "artifacts" / "B" / "inputs" / "A" / "f.txt"
+    place.parent.mkdir(parents=True)
+    with contextlib.ExitStack() as stack:
+        if planted == "link":
+            place.symlink_to(outside)
+        else:  # a reader, or a copy that opens it (as before the fix) would wait for one for ever
+            os.mkfifo(place)
+            reader = os.open(place, os.O_RDONLY | os.O_NONBLOCK)
+            stack.callback(os.close, reader)
+        _copy(tmp_path)
+    assert outside.read_text() == "the worker's own"  # before the fix: "copied" (for "fifo": the bytes went to the pipe)
+    assert stat.S_ISREG(os.lstat(place).st_mode) and place.read_text() == "copied"
+
+
+@pytest.mark.parametrize("where", ["inputs", "inputs/A", "inputs/A/sub"])
+def test_a_link_to_a_folder_where_a_copied_folder_goes_is_replaced_and_nothing_is_written_where_it_leads(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, where: str) -> None:
+    src = _source(tmp_path)
+    (src / "sub").mkdir()
+    (src / "sub" / "g.txt").write_text("copied")
+    (src / "f.txt").write_text("copied")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = tmp_path / "artifacts" / "B" / where
+    link.parent.mkdir(parents=True)
+    link.symlink_to(elsewhere, target_is_directory=True)
+    with caplog.at_level(logging.WARNING, logger="orchestrator.artifacts_import"):
+        copy = _copy(tmp_path)
+    # before the fix: "inputs/A/sub" filled elsewhere/; "inputs" and "inputs/A" were PATH_ESCAPE (safe_join), the
+    # job failed for good
+    assert list(elsewhere.iterdir()) == []
+    assert not link.is_symlink() and link.is_dir()
+    assert (copy / "f.txt").read_text() == "copied" and (copy / "sub" / "g.txt").read_text() == "copied"
+    assert [r.path for r in caplog.records if "removed the symbolic link" in r.message] == [str(link)]
+
+
+def test_the_jobs_own_folder_a_link_is_path_escape_and_nothing_is_copied_where_it_leads(tmp_path: Path) -> None:
+    """The worker refuses it when the run starts (``WorkerFolders.artifacts_dir``); the copy does not follow it
+    either, should it meet one."""
+    (_source(tmp_path) / "f.txt").write_text("copied")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "artifacts" / "B").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(PathEscapeError, match="is a symbolic link where a folder of the store belongs"):
+        _copy(tmp_path)
+    assert list(elsewhere.iterdir()) == []  # before the fix: inputs/A/f.txt made there
+
+
+@pytest.mark.parametrize("left, source", [("folder", "file"), ("file", "folder"), ("fifo", "folder")])
+def test_a_file_or_folder_a_run_left_where_the_copy_needs_the_other_is_the_jobs_failure_and_is_kept(
+        tmp_path: Path, left: str, source: str) -> None:
+    """Not a link: the run's own work, perhaps; removing a folder of it (a tree) is not the copy's to do."""
+    src = _source(tmp_path)
+    if source == "file":
+        (src / "x").write_text("copied")
+    else:
+        (src / "x").mkdir()
+    place = tmp_path / "artifacts" / "B" / "inputs" / "A" / "x"
+    place.parent.mkdir(parents=True)
+    if left == "folder":
+        place.mkdir()
+        (place / "work.txt").write_text("the run's")
+    elif left == "file":
+        place.write_text("the run's")
+    else:
+        os.mkfifo(place)
+    with pytest.raises(CopyFailed) as failed:
+        _copy(tmp_path)  # never waiting on the FIFO
+    assert not failed.value.store and failed.value.error.filename == str(place)
+    if left == "fifo":
+        assert stat.S_ISFIFO(os.lstat(place).st_mode)
+    else:
+        assert (place / "work.txt" if left == "folder" else place).read_text() == "the run's"
+
+
+# -- modes of an earlier copy -----------------------------------------------------------------------------------------
+@pytest.fixture
+def state_of_a_user() -> Iterator[Path]:
+    """A state folder a worker that is not root can own: ``tmp_path`` lies in a folder only its owner may enter."""
+    state = Path(tempfile.mkdtemp(prefix="copy-guard-"))
+    try:
+        yield state
+    finally:
+        for folder, _, _ in os.walk(state):
+            os.chmod(folder, 0o700)
+        shutil.rmtree(state)
+
+
+def _copy_as_a_worker_that_is_not_root(state: Path) -> None:
+    """``_copy`` by this user, or when the tests run as root by ``OTHER_USER``, owner of ``state``, in a forked
+    child (no ``exec``: the interpreter may lie where that user cannot read)."""
+    if os.geteuid() != 0:
+        _copy(state)
+        return
+    for folder, subfolders, files in os.walk(state):
+        for name in [folder, *(os.path.join(folder, n) for n in subfolders + files)]:
+            os.chown(name, OTHER_USER, OTHER_USER)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(OTHER_USER)
+            os.setuid(OTHER_USER)
+            _copy(state)
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, whatever it is
+            os.write(write, f"{type(exc).__name__}: {exc}".encode())
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as reader:
+        error = reader.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, error
+
+
+def _rewrite(path: Path, text: str) -> None:
+    """Give a read-only file new contents, its mode kept."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    path.chmod(mode | stat.S_IWUSR)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def test_a_read_only_file_and_folder_copied_once_are_copied_again_by_a_worker_that_is_not_root(
+        state_of_a_user: Path) -> None:
+    """The copy keeps the source's modes: a 0444 file, a 0555 folder. Its next run replaced neither (``EACCES``, the
+    job's failure, at every run): the file is now made anew, the folder writable until it is filled."""
+    src = _source(state_of_a_user)
+    (src / "sealed").mkdir()
+    for path in (src / "ro.txt", src / "sealed" / "f.txt"):
+        path.write_text("one")
+        path.chmod(0o444)
+    (src / "sealed").chmod(0o555)
+    _copy_as_a_worker_that_is_not_root(state_of_a_user)
+    for path in (src / "ro.txt", src / "sealed" / "f.txt"):
+        _rewrite(path, "two")
+    _copy_as_a_worker_that_is_not_root(state_of_a_user)  # before the fix: CopyFailed (store=False): Permission denied
+    copy = state_of_a_user / "artifacts" / "B" / "inputs" / "A"
+    assert (copy / "ro.txt").read_text() == "two" and (copy / "sealed" / "f.txt").read_text() == "two"
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (copy / "ro.txt", copy / "sealed", copy / "sealed/f.txt")}
+    assert modes == {"ro.txt": 0o444, "sealed": 0o555, "f.txt": 0o444}  # the source's, as before
+
+
+def test_a_copy_gets_the_sources_modes_and_times(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    (src / "sub").mkdir()
+    (src / "sub" / "run.sh").write_text("echo")
+    (src / "sub" / "run.sh").chmod(0o751)
+    (src / "sub").chmod(0o750)
+    os.utime(src / "sub" / "run.sh", ns=(1_000_000_000, 2_000_000_000))
+    os.utime(src / "sub", ns=(3_000_000_000, 4_000_000_000))
+    copy = _copy(tmp_path)
+    for name in ("sub", "sub/run.sh"):
+        made, source = (copy / name).stat(), (src / name).stat()
+        assert (stat.S_IMODE(made.st_mode), made.st_mtime_ns) == (stat.S_IMODE(source.st_mode), source.st_mtime_ns)
+
+
+# -- a full disk ------------------------------------------------------------------------------------------------------
+def test_a_file_whose_copy_fills_the_disk_is_removed_and_the_files_copied_before_it_stay(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Half a file is no copy, and it holds space until someone frees it: it goes; the whole ones stay (the next
+    run copies over them)."""
+    src = _source(tmp_path)
+    for i in range(3):
+        (src / f"f{i}.bin").write_bytes(bytes([i]) * 2500)  # three chunks each
+    monkeypatch.setattr(artifacts_import, "CHUNK", 1000)
+    real, full = os.sendfile, []
+
+    def sendfile(*args):
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args)
+
+    monkeypatch.setattr(os, "sendfile", sendfile)
+    faults.arm("artifacts_import.after_chunk", lambda: full.append(True), nth=4)  # the first chunk of the second file
+    with pytest.raises(CopyFailed) as failed:
+        _copy(tmp_path)
+    assert failed.value.store and failed.value.error.errno == errno.ENOSPC
+    copy = tmp_path / "artifacts" / "B" / "inputs" / "A"
+    [kept] = list(copy.iterdir())  # before the fix: two, the second 1000 bytes of 2500
+    assert kept.read_bytes() == (src / kept.name).read_bytes()
+    assert not Path(failed.value.error.filename).exists()
+
+
+# -- the plain read/write path ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("refused_at", [1, 2, None], ids=["refused", "refused-after-a-chunk", "absent"])
+def test_a_copy_without_sendfile_reads_and_writes_every_byte_calling_between_after_each_chunk(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused_at: int | None) -> None:
+    """``sendfile`` refused (``EINVAL``: a file system that cannot) or missing (a platform without it): the copy goes
+    on by ``read`` and ``write`` from where it got to, still in chunks, the lease renewed between them."""
+    data = os.urandom(5500)
+    (_source(tmp_path) / "big.bin").write_bytes(data)
+    monkeypatch.setattr(artifacts_import, "CHUNK", 1000)
+    calls = []
+    if refused_at is None:
+        monkeypatch.delattr(os, "sendfile")
+    else:
+        real = os.sendfile
+
+        def sendfile(*args):
+            calls.append(args)
+            if len(calls) >= refused_at:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real(*args)
+
+        monkeypatch.setattr(os, "sendfile", sendfile)
+    betweens = []
+    copy = _copy(tmp_path, lambda: betweens.append(True))
+    assert (copy / "big.bin").read_bytes() == data
+    assert len(betweens) == 1 + 6  # before the file, and after each of its six chunks (5 x 1000, 500)
+    assert len(calls) == (refused_at or 0)  # refused once: not asked again
