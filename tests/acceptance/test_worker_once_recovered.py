@@ -1,6 +1,6 @@
 """`worker --once` shows the stale jobs it recovered before its claim: with `--json` under `recovered` in its one
-object (an error's `details` included), in text one line each on stderr, as a looping worker prints them (and, with `--json`, a `recovered` line)
-(docs/decisions.md, "worker --once shows what its stale recovery did")."""
+object (an error's `details` included), in text one line each on stderr, as a looping worker prints them (with
+`--json` also in a `recovered` line) (docs/decisions.md, "worker --once shows what its stale recovery did")."""
 from __future__ import annotations
 
 import json
