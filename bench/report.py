@@ -92,7 +92,16 @@ def table(results: dict[str, Any]) -> str:
         extra.append(f"W1 ceiling of the format itself ({SIGNATURES_PER_JOB} signatures + {VERIFICATIONS_PER_JOB} "
                      f"verification + {FDATASYNCS_PER_JOB} fdatasyncs per job, "
                      f"nothing else): signatures alone {c['crypto_us']:.0f} us/job = {c['crypto_jobs_per_s']:,.0f} "
-                     f"jobs/s; with the fdatasyncs {c['crypto_and_fsync_jobs_per_s']:,.0f} jobs/s")
+                     f"jobs/s; with the fdatasyncs {c['crypto_and_fsync_jobs_per_s']:,.0f} jobs/s"
+                     + (f"; with group commit (not built: a job's outcome and the next job's claim made durable "
+                        f"together, {c['group_commit_fsync_us']:.0f} us a pair) {c['group_commit_jobs_per_s']:,.0f} "
+                        "jobs/s" if "group_commit_jobs_per_s" in c else ""))
+        w1 = (results.get("systems", {}).get("ours", {}).get("W1") or {}).get("jobs_per_s")
+        if w1:
+            spent = 1e6 / w1
+            floor_us = c["crypto_us"] + c["fsync_us"]
+            extra.append(f"ours W1: {spent:,.0f} us per job, of which that floor {floor_us:,.0f} us; the other "
+                         f"{spent - floor_us:,.0f} us are our code and the handler process's round trip")
     sk = results.get("skeleton")
     if sk and "error" not in sk:
         extra.append("floor of the W2 / W3 paths (bench.skeleton: the same processes, durable writes, signatures "

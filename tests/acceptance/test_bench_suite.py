@@ -30,7 +30,8 @@ def test_the_quick_suite_prints_the_table_and_writes_json_with_every_workload(tm
     for row in WORKLOAD_ROWS:
         assert f"| {row} |" in proc.stdout
     for line in ("terminal latency (handler return -> durable + visible)", "finished jobs: claim P50", "metrics on",
-                 "verify:", "status cold start:", "physical floors", "floor of the W2 / W3 paths", "targets:"):
+                 "verify:", "status cold start:", "physical floors", "floor of the W2 / W3 paths", "targets:",
+                 "with group commit (not built", "ours W1: "):
         assert line in proc.stdout
     assert "[bench]" in proc.stderr  # progress goes to stderr, not into the table
     data = json.loads(out.read_text())
@@ -38,6 +39,7 @@ def test_the_quick_suite_prints_the_table_and_writes_json_with_every_workload(tm
     assert ours["W1"]["jobs"] == 40 and ours["W1"]["jobs_per_s"] > 0
     assert ours["W2"]["n"] == 15 and ours["W3"]["n"] == 10 and ours["W3"]["duplicates"] == 0
     assert ours["W4"]["rss_mb"] > 0 and ours["terminal"]["n"] == 15
+    assert all(data["floor"][k]["p50_us"] > 0 for k in ("fdatasync_pair_one_after_other", "fdatasync_pair_at_once"))
     assert ours["W4"]["with_handler_mb"] > ours["W4"]["rss_mb"]  # the handler process's own pages count too
     assert all(ours["W3"][k] == 0 for k in ("extra_runs", "extra_claims", "reruns_pending", "extra_resume_events"))
     verified = data["scale"]["verify"]  # as verify counted them: 3 events for every job, probes included

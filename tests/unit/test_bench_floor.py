@@ -1,9 +1,13 @@
 """The benchmark's physical floors must time the operation they name, not a shortcut of the code."""
 from __future__ import annotations
 
+import os
+import threading
+import time
+
 from nacl.signing import VerifyKey
 
-from bench.floor import verification_loop
+from bench.floor import pair_loops, verification_loop, w1_ceiling
 from orchestrator.signing import Keyring
 
 RECORD = {"job_id": "J", "type": "job_succeeded", "ts": "2026-11-22T00:00:00.000000Z", "actor": "w",
@@ -20,3 +24,36 @@ def test_the_verification_floor_runs_ed25519_once_per_sample(monkeypatch):
     for i in range(20):
         verify(i)
     assert len(calls) == 20
+
+
+def test_group_commits_floor_appends_to_two_files_and_makes_both_durable_before_it_returns(tmp_path, monkeypatch):
+    """Each pair loop is one job's outcome and the next job's claim: a line in each of two files, and an fdatasync
+    of each (the one left to the helper thread included) before the loop returns, or it times less than it names."""
+    synced = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:  # the helper thread's is slow: a loop that does not wait for it returns first
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(0.02)
+        real(fd)
+        synced.append(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    one_after_other, at_once, stop = pair_loops(tmp_path, b"x\n")
+    try:
+        for loop in (one_after_other, at_once):
+            synced.clear()
+            loop(0)
+            assert len(synced) == 2 and len(set(synced)) == 2
+    finally:
+        stop()
+    assert [p.read_bytes() for p in sorted(tmp_path.iterdir())] == [b"x\nx\n", b"x\nx\n"]
+
+
+def test_the_w1_ceiling_with_group_commit_takes_the_cheaper_pair_and_is_absent_without_one():
+    floor = {"sign": {"p50_us": 30.0}, "verify": {"p50_us": 60.0}, "fdatasync_append": {"p50_us": 150.0}}
+    without = w1_ceiling(floor)
+    assert without["crypto_us"] == 120.0 and without["crypto_and_fsync_jobs_per_s"] == 1e6 / 420.0
+    assert "group_commit_jobs_per_s" not in without  # a floor from before the pair loops
+    floor.update(fdatasync_pair_one_after_other={"p50_us": 260.0}, fdatasync_pair_at_once={"p50_us": 240.0})
+    assert w1_ceiling(floor)["group_commit_jobs_per_s"] == 1e6 / (120.0 + 240.0)
