@@ -108,15 +108,19 @@ def pair_loops(root: Path, line: bytes) -> tuple[Callable[[int], None], Callable
     made durable before either is acknowledged, by two fdatasyncs one after the other, or at once (the second in
     a helper thread that waits for work). On ext4 the first fdatasync commits the journal transaction that holds
     both files' new sizes, so the second pays little more than its data block. Returns both loops and the
-    helper's stop."""
+    helper's stop. The helper's failure is raised by the loop that waits for it, never a wait for ever."""
     fds = [os.open(root / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) for name in ("pair-a", "pair-b")]
     work: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-    done: queue.SimpleQueue[bool] = queue.SimpleQueue()
+    done: queue.SimpleQueue[OSError | None] = queue.SimpleQueue()
 
     def helper() -> None:
         while (fd := work.get()) is not None:
-            os.fdatasync(fd)
-            done.put(True)
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                done.put(exc)
+            else:
+                done.put(None)
 
     thread = threading.Thread(target=helper, daemon=True)
     thread.start()
@@ -132,7 +136,9 @@ def pair_loops(root: Path, line: bytes) -> tuple[Callable[[int], None], Callable
         os.write(fds[1], line)
         work.put(fds[1])
         os.fdatasync(fds[0])
-        done.get()
+        failed = done.get()
+        if failed is not None:
+            raise failed
 
     def stop() -> None:
         work.put(None)

@@ -96,7 +96,7 @@ def table(results: dict[str, Any]) -> str:
                      + (f"; with group commit (not built: a job's outcome and the next job's claim made durable "
                         f"together, {c['group_commit_fsync_us']:.0f} us a pair) {c['group_commit_jobs_per_s']:,.0f} "
                         "jobs/s" if "group_commit_jobs_per_s" in c else ""))
-        w1 = (results.get("systems", {}).get("ours", {}).get("W1") or {}).get("jobs_per_s")
+        w1 = ours.get("W1", {}).get("jobs_per_s")
         if w1:
             spent = 1e6 / w1
             floor_us = c["crypto_us"] + c["fsync_us"]

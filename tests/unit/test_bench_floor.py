@@ -5,6 +5,7 @@ import os
 import threading
 import time
 
+import pytest
 from nacl.signing import VerifyKey
 
 from bench.floor import pair_loops, verification_loop, w1_ceiling
@@ -57,3 +58,20 @@ def test_the_w1_ceiling_with_group_commit_takes_the_cheaper_pair_and_is_absent_w
     assert "group_commit_jobs_per_s" not in without  # a floor from before the pair loops
     floor.update(fdatasync_pair_one_after_other={"p50_us": 260.0}, fdatasync_pair_at_once={"p50_us": 240.0})
     assert w1_ceiling(floor)["group_commit_jobs_per_s"] == 1e6 / (120.0 + 240.0)
+
+
+def test_a_failing_fdatasync_in_group_commits_helper_is_raised_not_waited_for(tmp_path, monkeypatch):
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    _, at_once, stop = pair_loops(tmp_path, b"x\n")
+    try:
+        with pytest.raises(OSError, match="Input/output error"):
+            at_once(0)
+    finally:
+        stop()
