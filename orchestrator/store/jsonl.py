@@ -27,7 +27,8 @@ from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import Callable, Iterator
 
 from orchestrator import faults
-from orchestrator.errors import AuxNotWrittenError, ConcurrencyError, IntegrityError, StorageError, UnusableFileError
+from orchestrator.errors import (AuxNotWrittenError, ConcurrencyError, IntegrityError, PathEscapeError, StorageError,
+                                 UnusableFileError)
 from orchestrator.security import is_id, validate_id
 from orchestrator.store.base import (AUDIT_STREAM, AUX_KEY_LENGTH, HEADS_AREA, SLOT_BYTES, AuxWrites, Builder,
                                      EventStore, Head, InTransaction, StoredLine)
@@ -195,7 +196,7 @@ class JsonlStore(EventStore):
             faults.point("store.append.before_aux")  # the lines are durable, their head record not yet
             try:
                 self._write_aux(aux(new_head))  # after the lines are durable (files cannot do both at once)
-            except StorageError as exc:
+            except (StorageError, PathEscapeError) as exc:  # a link planted in a record's place since the read too
                 raise AuxNotWrittenError(f"{exc.message} (the lines appended to {stream} before it are durable)",
                                          **{**exc.details, "stream": stream}) from None
         return new_head

@@ -103,6 +103,41 @@ def test_resume_from_chat_whose_head_record_cannot_be_written_is_done_with_the_w
     assert orch.resume_from_chat(job, f"job_id: {job}; go ahead").already_applied and verified(orch, job)
 
 
+@pytest.mark.parametrize("planted", ["heads", "audit-head"])
+def test_a_link_planted_in_a_head_records_place_after_the_read_leaves_the_action_done_with_the_warning(
+        orch: Orchestrator, tmp_path: Path, planted: str) -> None:
+    """A symbolic link put in the place of the job's head record (or the audit log's) between the action's read and
+    its write: the event and its entry are durable, the record is never written through the link. Before: PATH_ESCAPE
+    (exit 3, "nothing was written") with the approval durable; run again, it said ``already applied``."""
+    from orchestrator import faults
+
+    job = js.awaiting_audit(orch)
+    place = orch.settings.state_dir / planted / (job if planted == "heads" else "audit")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"")
+
+    def plant() -> None:
+        place.parent.mkdir(exist_ok=True)  # the audit log's first entry makes its folder
+        place.unlink(missing_ok=True)
+        place.symlink_to(outside)
+
+    nth = 1 if planted == "heads" else 2  # the job's append passes the point first, then its audit entry's
+    faults.arm("store.append.before_aux", plant, nth=nth)
+    try:
+        result = orch.approve(job, "looks good")
+    finally:
+        faults.disarm_all()
+    assert result.applied and result.state == "succeeded" and codes(result.warnings) == [HEAD_RECORD_NOT_WRITTEN]
+    assert f"{place} is a symbolic link" in result.warnings[0]["message"]
+    assert outside.read_bytes() == b"" and place.is_symlink()  # never written through
+    assert json.loads(orch.store.read(job)[-1].raw)["type"] == "job_approved"  # read raw: the link is a problem
+    entries = [json.loads(s.raw) for s in orch.store.read(AUDIT_STREAM)]
+    assert [e["data"]["event_type"] for e in entries if e["job_id"] == job][-1] == "job_approved"
+    # verify lists the link (with a job's, that job's entries name events it cannot read past the link)
+    codes_found = [p.code for p in orch.verify().problems]
+    assert codes_found[0] == "PATH_ESCAPE" and set(codes_found) <= {"PATH_ESCAPE", "AUDIT_EVENT_MISSING"}
+
+
 # -- the worker -----------------------------------------------------------------------------------------------------
 def test_a_claim_whose_head_record_cannot_be_written_is_run_under_the_lease_its_event_holds(
         orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
