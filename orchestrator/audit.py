@@ -318,7 +318,8 @@ def heal_found_quietly(orch: "Orchestrator", todo: list[Unaudited], *, now: floa
     except (SigningKeyError, PathEscapeError, IntegrityError):
         return []
     except StorageError as exc:  # what was written before stays (each entry is whole); the rest stays missing
-        why = f"the missing audit entries were not written: {exc.message}"
+        # "not all": an entry whose record after it failed (AuxNotWrittenError, a full disk or a link) is durable
+        why = f"the missing audit entries were not all written: {exc.message}"
         log.warning(why)
         if not_written is not None:
             not_written.append(why)
