@@ -23,7 +23,7 @@ from orchestrator.command_input import COMMAND_KIND, parse_command_input
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Settings, default_actor
 from orchestrator.errors import (AuxNotWrittenError, ConcurrencyError, ConfigError, ContextSignatureInvalid,
                                  InvalidIdError, InvalidInputError, JobNotFoundError, OrchestratorError,
-                                 PathEscapeError, UnusableFileError)
+                                 PathEscapeError, StorageError, UnusableFileError)
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream,
                                   check_head_record, check_head, head_record, seal, verify_stream)
 from orchestrator.key_files import load_keyring
@@ -316,7 +316,8 @@ class Orchestrator:
         ``atomic_aux`` (PostgreSQL) in the events' own transaction, so they are durable with the
         events or absent with them; elsewhere (files) right after the events, head record first. Events durable
         whose records after them failed (``AuxNotWrittenError``) are acknowledged, their entry written all the same:
-        the view returned holds the warning (``HEAD_RECORD_NOT_WRITTEN``), which is also logged.
+        the view returned holds the warning (``HEAD_RECORD_NOT_WRITTEN``), which is also logged. So is an event
+        after which the queue index could not be brought up to date (``INDEX_NOT_UPDATED``: the index is a cache).
         """
         from orchestrator.events import validate_data
 
@@ -351,9 +352,14 @@ class Orchestrator:
                 raise ConcurrencyError(f"{job_id}: event {head.seq} changed since it was read", job_id=job_id)
             return lines
 
+        index_missed: list[OrchestratorError] = []
+
         def after_event() -> None:
             faults.point("append.after_event")
-            self.queue.after_append(job_id, old, state)
+            try:
+                self.queue.after_append(job_id, old, state)
+            except (StorageError, PathEscapeError) as exc:  # the event is durable (and its entry is still to write)
+                index_missed.append(exc)
             faults.point("append.after_head")
 
         written = {"expected_seq": head.seq, "fence": fence, "aux": with_events, "in_transaction": index_statements,
@@ -380,11 +386,18 @@ class Orchestrator:
         stream = VerifiedStream(job_id, (view.stream.lines if view else []) + [
             StoredLine(head.seq + i, line) for i, line in enumerate(lines, 1)])
         stream.records = (view.stream.records if view else []) + [json.loads(line) for line in lines]
-        warnings = () if not_written is None else (
-            not_written.warning(job_id, stream.head.seq, new[-1][0], audited=audit is not None),)
+        warnings = (*(() if not_written is None else (
+            not_written.warning(job_id, stream.head.seq, new[-1][0], audited=audit is not None),)),
+            *(self._index_warning(exc, job_id, stream.head.seq, new[-1][0]) for exc in index_missed))
         for warning in warnings:
             log.warning("%s: %s", warning["code"], warning["message"], extra={"job_id": job_id, "code": warning["code"]})
         return JobView(job_id, stream, state, (), warnings)
+
+    @staticmethod
+    def _index_warning(exc: OrchestratorError, job_id: str, seq: int, event_type: str) -> dict[str, str]:
+        from orchestrator.queue import index_warning  # only when an index step failed: queue is imported lazily
+
+        return index_warning(exc, job_id, seq, event_type)
 
     def submit_job(self, kind: str, input: Any = None, *, audit: bool = False, key: str | None = None,
                    max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout: float | None = None, priority: int = DEFAULT_PRIORITY,

@@ -162,6 +162,11 @@ class AuxNotWrittenError(StorageError):
                            "then it is behind the lines, as after a crash, which verify accepts)"}
 
 
+# The warning of an event acknowledged although the queue index could not be brought up to date after it
+# (``orchestrator.queue.index_warning``): the index is a cache of the events, the event stands
+INDEX_NOT_UPDATED = "INDEX_NOT_UPDATED"
+
+
 def write_error(exc: OSError) -> type[OrchestratorError]:
     """The error of a file the operator named (an output file, an anchor) that could not be written: the disk's
     (``DISK_ERRORS``: full, over quota, failing) is ``StorageError`` (exit 10: free space, then again), any other

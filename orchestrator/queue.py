@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Collection, Iterator, NamedTuple
 
 from orchestrator import faults
-from orchestrator.errors import StorageError
+from orchestrator.errors import INDEX_NOT_UPDATED, OrchestratorError, StorageError
 from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import InTransaction
 from orchestrator.store.files import check_folders, link_name, make_folder, open_creating, path_error, remove_file
@@ -100,6 +100,20 @@ class IndexChange(NamedTuple):
         was_running = old is not None and old.state == RUNNING
         return cls(after, before if before != after else None,
                    new.state == RUNNING, was_running and new.state != RUNNING)
+
+
+def index_warning(exc: OrchestratorError, job_id: str, seq: int, event_type: str) -> dict[str, str]:
+    """The ``{code, message}`` of a job's append acknowledged although ``after_append`` failed (``Orchestrator.append``):
+    the event is durable, and the index only a hint derived from it. What such a failure leaves is an entry too many
+    (a running entry, or a ready entry not dropped), which the worker that meets it drops, or a ready entry that an
+    announcement had to put back and could not: that job waits for a rebuild of the index. Raising would say that
+    nothing was written, and the caller would do it again (a second job for a ``submit`` without a key)."""
+    return {"code": INDEX_NOT_UPDATED,
+            "message": f"event {seq} ({event_type}) of job {job_id} is durable, but the queue index was not brought up "
+                       f"to date after it: {exc.message}. Nothing is to be done again: the index is a cache of the "
+                       "events. Fix what is named (a folder of the index needs no backup: one missing is made anew); an entry left over is dropped by the worker that meets it, and a "
+                       f"job still queued that no worker takes gets its entry back once {INDEX_DIR}/{BUILT_MARKER} "
+                       "is removed (the next worker rebuilds the index from the events)"}
 
 
 class QueueIndex(ABC):
@@ -362,8 +376,9 @@ class FileQueueIndex(QueueIndex):
 
     def announce(self, entry: ReadyEntry) -> None:
         # IN_ATTRIB wakes watchers only now that the event is durable
+        path = os.path.join(self._ready_s, entry.name)
         try:
-            os.utime(os.path.join(self._ready_s, entry.name), follow_symlinks=False)  # a planted link: its own times
+            os.utime(path, follow_symlinks=False)  # a planted link: its own times
         except FileNotFoundError:
             # A fast worker claimed the job already (its running entry is there): nothing to do. Or a
             # claimer dropped the entry as stale, because it did not look newer than the job's last
@@ -373,9 +388,9 @@ class FileQueueIndex(QueueIndex):
             # running entry left by a crash hides this case, stale recovery puts the entry back when
             # it meets that running entry (recovery.recover_expired).
             if not self.is_claimed(entry.job_id):
-                self._touch(os.path.join(self._ready_s, entry.name))
+                self._touch(path)
         except OSError as exc:
-            raise path_error(exc) from None
+            raise path_error(exc, path) from None  # utime's error names no path
 
     def ready(self) -> list[ReadyEntry]:
         names = self._list(self.ready_dir)
