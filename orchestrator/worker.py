@@ -14,8 +14,9 @@ only the loop reads the clock. The event log stays the truth:
   be renewed (the store out of reach) is stopped before that lease can expire (``HeldLease``), so
   that stale recovery never lets another worker run the job beside it.
 
-The claim side (the claim pass, and what it remembers of the jobs it left) is ``orchestrator/claiming.py``; the
-settings (``WorkerSettings``, importable from here) ``orchestrator/worker_settings.py``.
+The claim side (the claim pass, and what it remembers of the jobs it left) is ``orchestrator/claiming.py``, a run's
+heartbeats ``orchestrator/heartbeat.py``; the settings (``WorkerSettings``, importable from here)
+``orchestrator/worker_settings.py``.
 See ``docs/worker.md`` for the design and a crash analysis.
 """
 from __future__ import annotations
@@ -27,23 +28,22 @@ import signal
 import threading
 import time
 import weakref
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator import clock as clock_mod
 from orchestrator import faults
 from orchestrator.api import Orchestrator
 from orchestrator.artifacts_import import CopyFailed, artifacts_from, import_artifacts
 from orchestrator.claiming import Claimer, Unhandled
 from orchestrator.config import llm_timeout
-from orchestrator.errors import (HandlerNotFoundError, InvalidInputError, KeyNotTrustedError,
-                                 PathEscapeError, StorageError, StorageUnavailableError)
+from orchestrator.errors import (HandlerNotFoundError, InvalidInputError, KeyNotTrustedError, PathEscapeError,
+                                 StorageUnavailableError)
 from orchestrator.handler_env import withhold
 from orchestrator.handler_host import HOST_PREFIX, HandlerHost
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
 from orchestrator.handlers.command import CommandNotFound
-from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease, Lease, write_lease
+from orchestrator.heartbeat import Heartbeat
+from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease
 from orchestrator.leftovers import kill_run
 from orchestrator.limits import whole_number
 from orchestrator.notices import Notify
@@ -63,7 +63,6 @@ from orchestrator.worker_settings import WorkerSettings, default_worker_id
 log = logging.getLogger(__name__)
 
 IDLE_MAX_WAIT = 30.0  # an idle worker still wakes this often to look for stale leases
-HEARTBEAT_RETRY_SECONDS = 1.0  # a heartbeat the store missed is tried again this soon (at most a beat later)
 # a stop asked from another thread (``Worker.stop``) is seen this soon, idle or running a job: a signal interrupts a
 # wait of the main thread, a call from another thread cannot (the waits are an inotify poll, a PostgreSQL LISTEN)
 STOP_CHECK_SECONDS = 0.25
@@ -367,8 +366,7 @@ class Worker:
         once a heartbeat wrote a lease record, so the flag belongs to this run and cannot reach the next."""
         start = time.monotonic()
         cap = cap or OutputCap(child.output, self.settings.output_max_bytes, start)
-        beat = max(0.05, self.settings.lease_seconds / 3)
-        next_beat = self._first_beat(held, beat)
+        heart = self._heartbeat(held)
         timeout = claim.state.timeout
         deadline = start + timeout if timeout else None
         stop_deadline: float | None = None
@@ -376,7 +374,7 @@ class Worker:
             stop_at = self._stop_at
             if stop_at is not None and stop_deadline is None:  # the grace counts from the stop request, which may
                 stop_deadline = stop_at + self.settings.stop_grace_seconds  # have come while the handler started
-            limits = [next_beat] + [t for t in (deadline, stop_deadline) if t is not None]
+            limits = [heart.next_at] + [t for t in (deadline, stop_deadline) if t is not None]
             if stop_deadline is None:  # a stop asked from another thread starts the grace period at once
                 limits.append(time.monotonic() + STOP_CHECK_SECONDS)
             if held.failing_since is not None:  # wake up in time to stop the run
@@ -401,72 +399,22 @@ class Worker:
             if stop_deadline is not None and now_m >= stop_deadline:
                 kill_run(child, claim.run_id)
                 return "stopped", None, claim
-            if self._past_margin(held):
+            if heart.past_margin():
                 kill_run(child, claim.run_id)
                 return "unrenewed", None, claim
             if cap.next_check is not None and now_m >= cap.next_check and not cap.check(now_m):
                 kill_run(child, claim.run_id)
                 return "output", None, claim
-            if now_m >= next_beat:
-                end, claim, next_beat = self._beat(claim, held, beat)
+            if now_m >= heart.next_at:
+                end, claim = heart.beat(claim)
                 if end:
                     kill_run(child, claim.run_id)
                     return end, None, claim
 
-    def _first_beat(self, held: HeldLease, beat: float) -> float:
-        """When the first heartbeat is due (monotonic): a third of the lease ``held`` after it was last stored (the
-        claim, a renewal while ``artifacts_from`` was copied), not a third of a lease after the handler started."""
-        lease = self.settings.lease_seconds
-        return time.monotonic() + min(beat, max(0.0, held.expires_at - lease + beat - self.orch.clock()))
-
-    def _beat(self, claim: Claim, held: HeldLease, beat: float) -> tuple[str | None, Claim, float]:
-        """One heartbeat (``_renew``): how the run must end (``lost``, ``unrenewed``) or None, the claim to go on
-        with, and when the next heartbeat is due (monotonic)."""
-        renewal = self._renew(claim, held)
-        if renewal == "lost":
-            return "lost", claim, time.monotonic()
-        if renewal != "failed":  # a record was written, or may have been (a commit whose answer was lost):
-            claim = replace(claim, renewed=True)  # the outcome drops it
-        if renewal == "renewed":
-            return None, claim, time.monotonic() + beat
-        # a heartbeat the store missed is tried again soon: a whole beat later may be past the lease
-        next_beat = time.monotonic() + min(beat, HEARTBEAT_RETRY_SECONDS)
-        # the failed call itself may have taken the time left
-        return ("unrenewed" if self._past_margin(held) else None), claim, next_beat
-
-    def _past_margin(self, held: HeldLease) -> bool:
-        """``HeldLease.must_stop`` now; when it is, the time is kept as when the run was stopped."""
-        now = self.orch.clock()
-        if not held.must_stop(now):
-            return False
-        held.stopped_at = now
-        return True
-
-    def _renew(self, claim: Claim, held: HeldLease) -> str:
-        """Heartbeat: ``renewed`` (``held`` then holds the new expiry), ``lost`` if the job's log grew since the
-        claim (taken over, cancelled), ``failed`` when the store could not be written (a folder of the file store
-        gone or unwritable), ``unknown`` when it could not be reached (PostgreSQL: a write whose answer was lost
-        may have committed). Neither is a takeover: the run goes on while the lease last stored holds, and is
-        stopped before it may expire (``HeldLease.must_stop``). Every call of the heartbeat ends by then
-        (``EventStore.calls_end_by``), so a stalled server cannot hold the worker past it."""
-        now_m, now = time.monotonic(), self.orch.clock()
-        stop_m = now_m + held.stop_at - now
-        try:
-            with self.orch.store.calls_end_by(stop_m if stop_m > now_m else None):
-                if self.orch.store.read(claim.job_id, from_seq=claim.view.head.seq + 1):
-                    return "lost"
-                now = self.orch.clock()
-                expires = now + self.settings.lease_seconds
-                write_lease(self.orch.store, Lease(claim.job_id, claim.run_id, claim.epoch, self.worker_id,
-                                                   os.getpid(), expires, now))
-        except StorageError as exc:  # StorageUnavailableError too
-            held.failed(self.orch.clock(), f"{exc.code}: {one_line(exc.message)}")
-            log.warning("job %s: the lease could not be renewed (%s); the run goes on until %s, when it is "
-                        "stopped unless a renewal succeeds first", claim.job_id, one_line(exc.message),
-                        clock_mod.to_iso(held.stop_at), extra={"job_id": claim.job_id, "run_id": claim.run_id})
-            return "unknown" if isinstance(exc, StorageUnavailableError) else "failed"
-        held.renewed(expires)
-        return "renewed"
+    def _heartbeat(self, held: HeldLease) -> Heartbeat:
+        """The heartbeats of a run under ``held`` (``orchestrator/heartbeat.py``), the first due a third of a lease
+        after ``held`` was last stored."""
+        return Heartbeat(self.orch, worker_id=self.worker_id, lease_seconds=self.settings.lease_seconds, held=held)
 
     def backoff(self, failures: int) -> float:
         """Exponential backoff with jitter: base * 2^(failures-1), capped, times a factor in [0.5, 1)."""
@@ -497,7 +445,6 @@ class Worker:
         finally:
             self._in_wait = False
 
-
     def _import_artifacts(self, claim: Claim, held: HeldLease, target: Path) -> tuple[str | None, Claim]:
         """Only with ``artifacts_import`` on: copy (never move) the folders of jobs named in input ``artifacts_from``,
         a job id or a list of them; anything else is the job's bad input (``InvalidInputError``, not retried).
@@ -512,18 +459,17 @@ class Worker:
         names = artifacts_from(s.input)
         if not names:
             return None, claim
-        beat = max(0.05, self.settings.lease_seconds / 3)
-        next_beat = self._first_beat(held, beat)
+        heart = self._heartbeat(held)
 
         def between() -> None:  # before each file and after each 8 MiB
-            nonlocal claim, next_beat
+            nonlocal claim
             if self.stopping:  # the handler would not be started: the rest of the copy would be for nothing
                 raise _CopyEnded("stopped")
-            if self._past_margin(held):
+            if heart.past_margin():
                 raise _CopyEnded("unrenewed")
-            if time.monotonic() >= next_beat:
+            if time.monotonic() >= heart.next_at:
                 try:
-                    end, claim, next_beat = self._beat(claim, held, beat)
+                    end, claim = heart.beat(claim)
                 except Exception as exc:  # noqa: BLE001 - the worker's error, not the job's: re-raised as it was
                     raise _HeartbeatError(exc) from exc
                 if end:

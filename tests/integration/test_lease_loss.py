@@ -19,6 +19,7 @@ import pytest
 import worker_handlers  # noqa: F401  (registers t.* handlers)
 from helpers import alive, wait_until
 from orchestrator import Orchestrator
+from orchestrator import heartbeat as heartbeat_mod
 from orchestrator import worker as worker_mod
 from orchestrator.clock import from_iso
 from orchestrator.errors import PathEscapeError, StorageUnavailableError
@@ -61,10 +62,11 @@ def virtual(base, keyring, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     claim) when its lease writes fail; every kill is recorded with its virtual time."""
     vt = VirtualTime()
     orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring, clock=lambda: vt.wall)
-    monkeypatch.setattr(worker_mod, "time", types.SimpleNamespace(monotonic=lambda: vt.mono))
+    for module in (worker_mod, heartbeat_mod):
+        monkeypatch.setattr(module, "time", types.SimpleNamespace(monotonic=lambda: vt.mono))
     env = types.SimpleNamespace(vt=vt, orch=orch, down=[], kills=[], bounds=[], output=tmp_path / "out.log")
     env.output.write_text("")
-    real_write = worker_mod.write_lease
+    real_write = heartbeat_mod.write_lease
 
     def write_lease(store, lease):
         at = vt.wall - T0
@@ -72,7 +74,7 @@ def virtual(base, keyring, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
             raise StorageUnavailableError("cannot connect to PostgreSQL: Connection refused")
         real_write(store, lease)
 
-    monkeypatch.setattr(worker_mod, "write_lease", write_lease)
+    monkeypatch.setattr(heartbeat_mod, "write_lease", write_lease)
     monkeypatch.setattr(worker_mod, "kill_run", lambda child, run_id: env.kills.append(vt.wall - T0))
     real_bound = orch.store.calls_end_by
     monkeypatch.setattr(orch.store, "calls_end_by", lambda at: (env.bounds.append(at), real_bound(at))[1])
@@ -129,13 +131,13 @@ def test_the_first_heartbeat_comes_a_third_of_the_claims_lease_after_the_claim_h
     from orchestrator.leases import HeldLease
 
     beats: list[float] = []
-    real_renew = Worker._renew  # noqa: SLF001
+    real_renew = heartbeat_mod.Heartbeat.renew
 
-    def renew(self, claim, held):
+    def renew(self, claim):
         beats.append(virtual.vt.wall - T0)
-        return real_renew(self, claim, held)
+        return real_renew(self, claim)
 
-    monkeypatch.setattr(Worker, "_renew", renew)
+    monkeypatch.setattr(heartbeat_mod.Heartbeat, "renew", renew)
     orch = virtual.orch
     orch.submit("t.echo", 1)
     worker = Worker(orch, WorkerSettings(worker_id="w1", lease_seconds=30), rng=random.Random(7))
@@ -206,7 +208,7 @@ def test_a_worker_whose_lease_write_raises_any_other_error_kills_its_run_before_
     def write_lease(store, lease):
         raise PathEscapeError("leases/x is a symbolic link")
 
-    monkeypatch.setattr(worker_mod, "write_lease", write_lease)
+    monkeypatch.setattr(heartbeat_mod, "write_lease", write_lease)
     worker = Worker(orch, WorkerSettings(worker_id="w1", lease_seconds=0.3), rng=random.Random(7))
     with pytest.raises(PathEscapeError):
         worker.run_once()

@@ -499,6 +499,7 @@ def test_a_run_whose_server_goes_away_is_stopped_before_its_lease_expires_and_re
     """The server goes away right after the first renewal and refuses connections: the run is stopped before
     the lease that renewal stored may expire (stale recovery elsewhere would run the job again), and its
     worker records the stop once the server is back, a second after it."""
+    from orchestrator import heartbeat as heartbeat_mod
     from orchestrator import worker as worker_mod
     from orchestrator.errors import StorageUnavailableError
     from orchestrator.store import postgres
@@ -508,7 +509,7 @@ def test_a_run_whose_server_goes_away_is_stopped_before_its_lease_expires_and_re
     worker = Worker(orch, WorkerSettings(worker_id="w1", lease_seconds=1.5, handler_process="per-run",
                                          retry_base_seconds=0), rng=random.Random(7))
     back, kills, stored = threading.Event(), [], []
-    real_connect, real_kill, real_write = postgres.connect, worker_mod.kill_run, worker_mod.write_lease
+    real_connect, real_kill, real_write = postgres.connect, worker_mod.kill_run, heartbeat_mod.write_lease
 
     def connect(*args: Any, **kwargs: Any) -> Any:
         if not back.is_set():
@@ -529,7 +530,7 @@ def test_a_run_whose_server_goes_away_is_stopped_before_its_lease_expires_and_re
         stored.append(lease.expires_at)
 
     monkeypatch.setattr(worker_mod, "kill_run", kill_run)
-    monkeypatch.setattr(worker_mod, "write_lease", write_lease)
+    monkeypatch.setattr(heartbeat_mod, "write_lease", write_lease)
     faults.arm("lease.after_write", server_down)
     claim = worker.claim()
     assert claim is not None

@@ -672,7 +672,7 @@ def test_a_run_the_worker_can_no_longer_watch_is_killed_before_the_error_stops_t
     PATH_ESCAPE; before 2026-12-02 also a full disk on files, now retried while the lease holds) left the run's
     process running, unwatched: a Python handler's process, which stale recovery cannot find by its
     ``ORCH_RUN_ID``, then ran beside the job's retry."""
-    import orchestrator.worker as worker_mod
+    import orchestrator.heartbeat as heartbeat_mod
     from orchestrator.errors import PathEscapeError
 
     started = tmp_path / "started"
@@ -687,7 +687,7 @@ def test_a_run_the_worker_can_no_longer_watch_is_killed_before_the_error_stops_t
             time.sleep(0.01)
         raise PathEscapeError("leases/x is a symbolic link")
 
-    monkeypatch.setattr(worker_mod, "write_lease", linked)
+    monkeypatch.setattr(heartbeat_mod, "write_lease", linked)
     orch.submit(kind, value)
     worker = make_worker(orch, handler_process=mode, lease_seconds=0.3)
     with pytest.raises(PathEscapeError):

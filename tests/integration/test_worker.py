@@ -641,11 +641,11 @@ def test_a_heartbeat_the_store_missed_is_tried_again_soon_not_a_whole_beat_later
     """A beat is a third of the lease: two missed in a row would leave the run past its lease."""
     import time
 
-    import orchestrator.worker as worker_mod
+    import orchestrator.heartbeat as heartbeat_mod
     from orchestrator.errors import StorageUnavailableError
 
-    monkeypatch.setattr(worker_mod, "HEARTBEAT_RETRY_SECONDS", 0.1)
-    tries, real_write = [], worker_mod.write_lease
+    monkeypatch.setattr(heartbeat_mod, "HEARTBEAT_RETRY_SECONDS", 0.1)
+    tries, real_write = [], heartbeat_mod.write_lease
 
     def write_lease(store, lease):
         tries.append(time.monotonic())
@@ -653,7 +653,7 @@ def test_a_heartbeat_the_store_missed_is_tried_again_soon_not_a_whole_beat_later
             raise StorageUnavailableError("the server went away")
         real_write(store, lease)
 
-    monkeypatch.setattr(worker_mod, "write_lease", write_lease)
+    monkeypatch.setattr(heartbeat_mod, "write_lease", write_lease)
     job = orch.submit("t.lease", {"sleep": 0.9})
     make_worker(orch, lease_seconds=1.5).run_once()  # beats every 0.5 s
     assert types(orch, job)[-1] == "job_succeeded"
@@ -1047,14 +1047,14 @@ def test_a_heartbeat_error_while_artifacts_from_are_copied_stops_the_worker_and_
         orch, monkeypatch: pytest.MonkeyPatch) -> None:
     """A link planted in the lease record's place (``PATH_ESCAPE``) is the store's fault: the worker stops on it, as
     while a handler runs, and the job is left to stale recovery instead of failing as bad input, not retried."""
-    import orchestrator.worker as worker_mod
+    import orchestrator.heartbeat as heartbeat_mod
     from orchestrator.errors import PathEscapeError
 
     def linked(*_a, **_k) -> None:
         raise PathEscapeError("leases/x is a symbolic link")
 
     first = _a_job_with_files(orch, 12)
-    monkeypatch.setattr(worker_mod, "write_lease", linked)
+    monkeypatch.setattr(heartbeat_mod, "write_lease", linked)
     job = orch.submit("t.echo", {"artifacts_from": [first]})
     SlowCopy(monkeypatch, 0.1, 0, lambda: None)
     with pytest.raises(PathEscapeError):
