@@ -156,10 +156,13 @@ class AuxNotWrittenError(StorageError):
         written = (f"event {seq} ({event_type}) of job {job_id} and its audit entry are durable, but a record "
                    "written after them" if audited else
                    f"event {seq} ({event_type}) of job {job_id} is durable, but a record written after it")
+        remedy = ("remove the symbolic link it names: until then every read meets it (PATH_ESCAPE, which verify "
+                  "lists) and the next action is refused; the record is then written anew by the next append"
+                  if self.details.get("linked") else
+                  "such records are derived, and written anew by what comes next (a head record by the next append; "
+                  "until then it is behind the lines, as after a crash, which verify accepts)")
         return {"code": HEAD_RECORD_NOT_WRITTEN,
-                "message": f"{written} was not: {self.message}. Nothing is to be done again: such records are "
-                           "derived, and written anew by what comes next (a head record by the next append; until "
-                           "then it is behind the lines, as after a crash, which verify accepts)"}
+                "message": f"{written} was not: {self.message}. Nothing is to be done again: {remedy}"}
 
 
 # The warning of an event acknowledged although the queue index could not be brought up to date after it

@@ -148,7 +148,8 @@ class EventStore(ABC):
             except AuxNotWrittenError as exc:
                 missed.append(exc)
         if missed:
-            raise AuxNotWrittenError("; ".join(exc.message for exc in missed), **missed[0].details)
+            raise AuxNotWrittenError("; ".join(exc.message for exc in missed),
+                                     **{**missed[0].details, "linked": any(exc.details.get("linked") for exc in missed)})
         return head
 
     @abstractmethod

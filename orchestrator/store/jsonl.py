@@ -198,7 +198,8 @@ class JsonlStore(EventStore):
                 self._write_aux(aux(new_head))  # after the lines are durable (files cannot do both at once)
             except (StorageError, PathEscapeError) as exc:  # a link planted in a record's place since the read too
                 raise AuxNotWrittenError(f"{exc.message} (the lines appended to {stream} before it are durable)",
-                                         **{**exc.details, "stream": stream}) from None
+                                         **{**exc.details, "stream": stream,
+                                            "linked": isinstance(exc, PathEscapeError)}) from None
         return new_head
 
     def _append(self, stream: str, build: Builder, expected_seq: int | None) -> tuple[Head, bool]:
