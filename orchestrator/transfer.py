@@ -25,9 +25,8 @@ listed with events and read without any (emptied during the export) is damage, n
 An import that stops half way is resumed by running it again: a stream already holding a
 prefix of the bundle's lines (ending at any line: a crash may keep part of a chunk) gets the
 rest; one holding all of them, and possibly more written since, is complete and left as it is;
-one holding anything else is a conflict. A
-stream's head record is written under its append lock, never over a newer one (``_put_head``). The
-audit log comes first (format v2) so that it is whole before any job lands: a command run
+one holding anything else is a conflict. A stream's head record is written under its append lock, never over
+a newer one (``head_records.put_head_record``). The audit log comes first (format v2) so that it is whole before any job lands: a command run
 on the half-imported project that heals a job's audit entries (``metrics``, a control
 action, ``audit heal``) finds them there, or writes entries *after* the bundle's, which a
 second run accepts (docs/decisions.md, 2026-12-01). Bundles of format v1 (the audit log
@@ -40,10 +39,10 @@ import json
 from typing import IO, Any, Callable, Iterator
 
 from orchestrator import clock, faults
-from orchestrator.api import HEADS_AREA, Orchestrator
-from orchestrator.audit import AUDIT_HEAD
+from orchestrator.api import Orchestrator
 from orchestrator.errors import (ImportConflictError, IntegrityError, InvalidIdError, InvalidInputError, PathEscapeError,
                                  UnusableFileError)
+from orchestrator.head_records import head_key, put_head_record
 from orchestrator.history import TRUNCATED, Problem, VerifiedStream, check_head_record, verify_stream
 from orchestrator.limits import MAX_BUNDLE_LINE_BYTES
 from orchestrator.security import is_id, shown, validate_id
@@ -63,11 +62,6 @@ Progress = Callable[[str], None]
 
 def _header(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode() + b"\n"
-
-
-def _head_key(stream: str) -> tuple[str, str]:
-    """Where a stream's head record lives: ``audit-head/audit`` or ``heads/<job_id>``."""
-    return AUDIT_HEAD if stream == AUDIT_STREAM else (HEADS_AREA, stream)
 
 
 def _problems(orch: Orchestrator, stream: str, lines: list[StoredLine], head: bytes | None,
@@ -120,7 +114,7 @@ def export_project(orch: Orchestrator, out: IO[bytes], *, allow_damaged: bool = 
                        "created_at": clock.to_iso(orch.clock())}))
     for stream in [AUDIT_STREAM, *listed]:  # the audit log first: see the module's docstring
         try:
-            head = orch.store.get_aux(*_head_key(stream)) or None  # before the lines: an append only adds lines
+            head = orch.store.get_aux(*head_key(stream)) or None  # before the lines: an append only adds lines
             lines = orch.store.read(stream)
             if not lines:  # a FIFO or a folder holding files reads as no line: what is there, not "emptied"
                 orch.store.refuse_unusable(stream)
@@ -314,19 +308,5 @@ def _write_stream(orch: Orchestrator, verified: VerifiedStream, head: bytes | No
         done += len(chunk)
     if head is not None:
         faults.point("import.before_head")
-        _put_head(orch, stream, len(lines), head)
+        put_head_record(orch.store, stream, len(lines), head)
     return len(lines) - len(existing)
-
-
-def _put_head(orch: Orchestrator, stream: str, seq: int, head: bytes) -> None:
-    """Write the bundle's head record of ``stream`` while the stream holds exactly its ``seq`` lines, under the
-    stream's append lock (``put_aux_if_head``): a writer that appended since has more lines, and its own head
-    record, newer, which stays. Never over a record that names more lines than ``seq``: the stream was cut since
-    that record was written, and the record is what shows it (``verify``: ``TRUNCATED``)."""
-    try:
-        named = json.loads(orch.store.get_aux(*_head_key(stream)) or b"{}").get("seq")
-    except (ValueError, RecursionError, AttributeError):  # not a record: the bundle's verified one replaces it
-        named = None
-    if type(named) is int and named > seq:
-        return
-    orch.store.put_aux_if_head(stream, seq, *_head_key(stream), head)

@@ -148,16 +148,22 @@ def audit_group() -> None:
 @click.option("--job-id", default=None, help="Heal one job instead of every job of the project.")
 @project_command
 def audit_heal(orch: Any, out: Output, job_id: str | None) -> None:
-    """Write the audit entries a crash left missing (once; the job events are the truth).
+    """Write the audit entries a crash left missing (once; the job events are the truth), and the head records
+    left behind their jobs' events.
 
-    Every command that touches a job heals it already; this heals the whole project at once.
+    Every command that touches a job heals it already; this heals the whole project at once. A head record behind
+    (a crash, or a disk that refused it: HEAD_RECORD_NOT_WRITTEN) is otherwise written by the job's next event,
+    which a finished job never gets.
     """
-    from orchestrator import audit
+    from orchestrator import audit, head_records
 
     ids = [validate_id(job_id)] if job_id is not None else sorted(orch.job_ids())  # "": INVALID_ID, not every job
     written: list[int] = []
+    caught_up: list[str] = []
     for start in range(0, len(ids), audit.HEAL_BATCH):
         views = [v for v in (orch.load(j) for j in ids[start:start + audit.HEAL_BATCH]) if v.ok]
         written += audit.heal(orch, views)
-    out.emit({"jobs": len(ids), "written": len(written), "audit_seqs": written},
-             f"checked {len(ids)} job(s); wrote {len(written)} missing audit entr{'y' if len(written) == 1 else 'ies'}")
+        caught_up += head_records.catch_up_jobs(orch.store, views)
+    out.emit({"jobs": len(ids), "written": len(written), "audit_seqs": written, "head_records": caught_up},
+             f"checked {len(ids)} job(s); wrote {len(written)} missing audit entr{'y' if len(written) == 1 else 'ies'}"
+             f" and {len(caught_up)} head record(s) behind their events")

@@ -115,3 +115,22 @@ def test_submit_json_exits_0_with_the_warning_and_the_same_key_names_the_same_jo
     assert (json.loads(first.stdout)["created"], codes(json.loads(first.stdout))) == (True, [HEAD_RECORD_NOT_WRITTEN])
     assert json.loads(second.stdout) == {"job_id": job, "created": False, "warnings": []}
     assert list(orch.store.job_ids()) == [job] and verified(env, job)
+
+
+def test_audit_heal_writes_the_head_record_of_a_finished_job_left_behind_its_events(env, orch) -> None:
+    """A job approved while its head record could not be written has no next event to write it: `audit heal` does,
+    once what was in its place is moved away; run again, it writes nothing. Before 2026-12-04 the record stayed
+    behind for good (accepted, but a cut of the last event went unseen by it)."""
+    job, other = js.awaiting_audit(orch), orch.submit("t.echo", {})
+    blocked = block_head_record(orch, job)
+    done = run_script("control", "approve", job, env=env)
+    assert done.returncode == 0 and HEAD_RECORD_NOT_WRITTEN in done.stderr, done.stderr
+    shutil.rmtree(blocked)  # the operator moves it away; the job is final: nothing comes next
+    assert head_seq(orch, job) is None and head_seq(orch, other) == 1
+    healed = run_module("audit", "heal", "--json", env=env)
+    assert healed.returncode == 0, healed.stderr
+    assert json.loads(healed.stdout) == {"jobs": 2, "written": 0, "audit_seqs": [], "head_records": [job]}
+    assert head_seq(orch, job) == 4 and verified(env, job)
+    again = run_module("audit", "heal", env=env)
+    assert again.returncode == 0
+    assert again.stdout.strip() == "checked 2 job(s); wrote 0 missing audit entries and 0 head record(s) behind their events"

@@ -207,6 +207,30 @@ def test_a_stale_recovery_whose_head_record_cannot_be_written_is_recorded_with_i
     assert orch.status(job).state == "queued" and head_seq(orch, job) == 2 and verified(orch, job)
 
 
+# -- catching a record up (audit heal) -------------------------------------------------------------------------------
+def test_a_finished_jobs_record_left_behind_is_caught_up_and_one_ahead_of_the_view_is_left(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``head_records.catch_up_jobs`` (what `audit heal` runs, tests/acceptance/test_head_record_ack_cli.py): a record
+    behind the events a verified read found is written at their head; one that names as many is left, and so is a
+    missing one once the job has grown past the read (the write happens under the append lock, only at that head)."""
+    from orchestrator.head_records import catch_up_jobs
+
+    job = js.awaiting_audit(orch)
+    refuse_head_records(monkeypatch, orch)
+    assert codes(orch.approve(job, "ok").warnings) == [HEAD_RECORD_NOT_WRITTEN]
+    monkeypatch.undo()
+    assert head_seq(orch, job) == 3
+    assert catch_up_jobs(orch.store, [orch.load(job)]) == [job] and head_seq(orch, job) == 4 and verified(orch, job)
+    assert catch_up_jobs(orch.store, [orch.load(job)]) == []  # up to date: nothing written
+
+    queued = orch.submit("t.echo", {})
+    read_before = orch.load(queued)
+    orch.cancel(queued, "no")  # event 2 and its record, after the read
+    orch.store.delete_aux(HEADS_AREA, queued)  # and the record lost since
+    assert catch_up_jobs(orch.store, [read_before]) == [] and head_seq(orch, queued) is None  # never at a past head
+    assert catch_up_jobs(orch.store, [orch.load(queued)]) == [queued] and head_seq(orch, queued) == 2
+
+
 # -- the store --------------------------------------------------------------------------------------------------------
 def test_append_audited_writes_the_entry_of_events_whose_records_could_not_be_written(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -251,5 +275,8 @@ def test_an_append_whose_records_are_written_has_no_warning_on_every_store(any_o
     result = any_orch.approve(job)
     assert result.applied and result.warnings == () and result.to_dict()["warnings"] == ()
     assert head_seq(any_orch, job) == 4
+    from orchestrator.head_records import catch_up_jobs
+
+    assert catch_up_jobs(any_orch.store, [any_orch.load(job)]) == []  # up to date: `audit heal` writes none
     ran = any_orch.worker(worker_id="w").run_once()
     assert ran is not None and ran.state == "succeeded" and ran.warnings == []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import Orchestrator
+from orchestrator import Orchestrator, head_records
 from orchestrator.api import HEADS_AREA
 from orchestrator.audit import AUDIT_HEAD
 from orchestrator.errors import ImportConflictError, IntegrityError, InvalidInputError
@@ -849,8 +849,8 @@ def test_an_import_that_crashed_inside_a_chunk_at_any_line_is_completed_by_runni
         result = import_project(dest, io.BytesIO(whole))
         assert result["streams"] == len(expected)
         assert every_byte(dest) == expected, nth
-        assert {s: dest.store.get_aux(*transfer._head_key(s)) for s in expected} == \
-               {s: uncut.store.get_aux(*transfer._head_key(s)) for s in expected}, nth
+        assert {s: dest.store.get_aux(*head_records.head_key(s)) for s in expected} == \
+               {s: uncut.store.get_aux(*head_records.head_key(s)) for s in expected}, nth
         report = verify_project(dest)
         assert report.ok and not report.warnings, (nth, report.problems, report.warnings)
         assert {s: dest.status(s).state for s in expected if s != AUDIT_STREAM} == \

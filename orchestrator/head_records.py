@@ -1,0 +1,61 @@
+"""Writing a stream's head record outside an append: ``import`` (the bundle's record) and ``audit heal`` (a record
+left behind its lines).
+
+An append writes its stream's head record itself (on files right after the lines are durable). A record that could
+not be written then (a full disk, something in its place: ``HEAD_RECORD_NOT_WRITTEN``) stays behind until the
+stream's next append, which a job in a final state never gets; ``audit heal`` brings such records up to date
+(``catch_up``). Both writers go through ``put_head_record``: under the stream's append lock, and never over a record
+that names more lines, which is the evidence of a cut (``verify``: ``TRUNCATED``).
+"""
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Iterable
+
+from orchestrator.audit import AUDIT_HEAD
+from orchestrator.history import head_record
+from orchestrator.store.base import AUDIT_STREAM, HEADS_AREA, EventStore, Head
+
+if TYPE_CHECKING:
+    from orchestrator.views import JobView
+
+
+def head_key(stream: str) -> tuple[str, str]:
+    """Where a stream's head record lives: ``audit-head/audit`` or ``heads/<job_id>``."""
+    return AUDIT_HEAD if stream == AUDIT_STREAM else (HEADS_AREA, stream)
+
+
+def _named_seq(raw: bytes | None) -> int | None:
+    """How many lines the head record ``raw`` names; None when there is no record or it is none of this form."""
+    try:
+        seq = json.loads(raw).get("seq") if raw is not None else None
+    except (ValueError, RecursionError, AttributeError):
+        return None
+    return seq if type(seq) is int else None
+
+
+def put_head_record(store: EventStore, stream: str, seq: int, record: bytes) -> bool:
+    """Write ``record`` as ``stream``'s head record while the stream holds exactly ``seq`` lines, under its append
+    lock (``put_aux_if_head``): a writer that appended since has more lines, and its own record, newer, which stays.
+    Never over a record that names more lines than ``seq``: the stream was cut since that record was written, and
+    the record is what shows it. True when written."""
+    named = _named_seq(store.get_aux(*head_key(stream)))
+    if named is not None and named > seq:
+        return False
+    return store.put_aux_if_head(stream, seq, *head_key(stream), record)
+
+
+def catch_up(store: EventStore, stream: str, head: Head) -> bool:
+    """Write ``stream``'s head record anew at ``head`` (its last line, as a read that verified the stream and its
+    record found it) when the record is missing or names fewer lines; True when written. One the read did not accept
+    (damaged, another stream's) never gets here: ``verify`` reports it."""
+    raw = store.get_aux(*head_key(stream))
+    named = _named_seq(raw)
+    if raw is not None and (named is None or named >= head.seq):
+        return False
+    return put_head_record(store, stream, head.seq, head_record(stream, head))
+
+
+def catch_up_jobs(store: EventStore, views: Iterable["JobView"]) -> list[str]:
+    """``catch_up`` the head record of each verified job of ``views``; the ids of the jobs whose record was written."""
+    return [view.job_id for view in views if view.ok and view.head.seq and catch_up(store, view.job_id, view.head)]
