@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from orchestrator import clock, faults
-from orchestrator.errors import IntegrityError, PathEscapeError, StorageError
+from orchestrator.errors import AuxNotWrittenError, IntegrityError, PathEscapeError, StorageError
 from orchestrator.history import head_contradicted, head_record, seal
 from orchestrator.security import sanitize_text
 from orchestrator.signing import line_hash
@@ -257,18 +257,20 @@ def audited_hashes(orch: "Orchestrator") -> dict[str, int]:
 
 
 def heal(orch: "Orchestrator", views: Iterable["JobView"], *, now: float | None = None,
-         create_key: bool = True) -> list[int]:
+         create_key: bool = True, warnings: list[dict[str, str]] | None = None) -> list[int]:
     """Write the missing audit entries of these jobs, once; returns the new entries' seqs.
 
     Only verified events are considered (a damaged history is not explained further). The signing key
     is loaded before anything is written or locked (``SigningKeyError`` if there is none); with
-    ``create_key=False`` it must exist already (``Keyring.ensure_signer``).
+    ``create_key=False`` it must exist already (``Keyring.ensure_signer``). An entry written whose records after
+    it were not (``AuxNotWrittenError``: its marker, the log's head record) is durable: the heal goes on, and its
+    warning (``HEAD_RECORD_NOT_WRITTEN``) is logged and appended to ``warnings``.
     """
-    return heal_found(orch, unmarked(orch, views), now=now, create_key=create_key)
+    return heal_found(orch, unmarked(orch, views), now=now, create_key=create_key, warnings=warnings)
 
 
 def heal_found(orch: "Orchestrator", todo: list[Unaudited], *, now: float | None = None,
-               create_key: bool = True) -> list[int]:
+               create_key: bool = True, warnings: list[dict[str, str]] | None = None) -> list[int]:
     """``heal`` of the events ``unmarked`` found (by this process or another, ``projection.refresh``)."""
     if not todo:
         return []
@@ -287,9 +289,18 @@ def heal_found(orch: "Orchestrator", todo: list[Unaudited], *, now: float | None
                 continue
             rec = u.record
             faults.point("audit.heal.before_entry")
-            seq = record(orch, job_id=u.job_id, action=AUDITED_EVENTS[rec["type"]], actor=rec.get("actor", "?"),
-                         run_id=rec.get("run_id"), note=note_of(rec["type"], rec.get("data") or {}), event_line=u.raw,
-                         extra={"healed": True, "healed_by": orch.actor, "event_ts": rec.get("ts")}, now=now)
+            try:
+                seq = record(orch, job_id=u.job_id, action=AUDITED_EVENTS[rec["type"]], actor=rec.get("actor", "?"),
+                             run_id=rec.get("run_id"), note=note_of(rec["type"], rec.get("data") or {}),
+                             event_line=u.raw, now=now,
+                             extra={"healed": True, "healed_by": orch.actor, "event_ts": rec.get("ts")})
+            except AuxNotWrittenError as exc:  # the entry is durable: not "nothing written", and not to write again
+                warning = exc.healed_warning(u.job_id, u.seq, rec["type"])
+                log.warning("%s: %s", warning["code"], warning["message"],
+                            extra={"job_id": u.job_id, "code": warning["code"]})
+                if warnings is not None:
+                    warnings.append(warning)
+                seq = exc.details["seq"]
             present[eh] = seq
             written.append(seq)
     return written

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import audit
@@ -156,9 +156,10 @@ def _act(orch: "Orchestrator", job_id: str, action: str, data: dict[str, Any], n
             _check_fits(view, action)
         # the action goes ahead or was applied already (a retry after a crash): an entry a crash left missing is
         # written now, before this action's own; a refused action writes nothing, not even that one
-        audit.heal(orch, [view], now=now)
+        healed: list[dict[str, str]] = []  # warnings of an entry healed whose records after it were not written
+        audit.heal(orch, [view], now=now, warnings=healed)
         if earlier is not None:
-            return earlier
+            return replace(earlier, warnings=(*healed, *earlier.warnings))
         event_data = {**data, **extra}
         if action == "resume":
             event_data["question"] = view.state.question
@@ -169,7 +170,7 @@ def _act(orch: "Orchestrator", job_id: str, action: str, data: dict[str, Any], n
             continue  # someone wrote first: read again and decide again
         return ControlResult(job_id, action, True, event_type, new.head.seq, new.state.state,
                              f"{_PAST[action]} job {job_id} (event {new.head.seq}); state is now {new.state.state}"
-                             + (f" (via {via})" if via else ""), new.warnings)
+                             + (f" (via {via})" if via else ""), (*healed, *new.warnings))
     raise ConcurrencyError(f"job {job_id} kept changing while deciding {action}; run the command again", job_id=job_id)
 
 

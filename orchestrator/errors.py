@@ -164,6 +164,15 @@ class AuxNotWrittenError(StorageError):
         return {"code": HEAD_RECORD_NOT_WRITTEN,
                 "message": f"{written} was not: {self.message}. Nothing is to be done again: {remedy}"}
 
+    def healed_warning(self, job_id: str, event_seq: int, event_type: str) -> dict[str, str]:
+        """The ``{code, message}`` of an audit entry healed (written for an event a crash left without one,
+        ``audit.heal``) whose records after it failed: the entry is durable, its marker (or the log's head record)
+        not; the next heal finds the entry in the log and writes only the marker."""
+        return {"code": HEAD_RECORD_NOT_WRITTEN,
+                "message": f"the healed audit entry of event {event_seq} ({event_type}) of job {job_id} is durable, "
+                           f"but a record written after it was not: {self.message}. Nothing is to be done again: the "
+                           "next heal (a command on the job, `audit heal`) finds the entry and writes only its marker"}
+
 
 # The warning of an event acknowledged although the queue index could not be brought up to date after it
 # (``orchestrator.queue.index_warning``): the index is a cache of the events, the event stands

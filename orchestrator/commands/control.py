@@ -160,10 +160,12 @@ def audit_heal(orch: Any, out: Output, job_id: str | None) -> None:
     ids = [validate_id(job_id)] if job_id is not None else sorted(orch.job_ids())  # "": INVALID_ID, not every job
     written: list[int] = []
     caught_up: list[str] = []
+    warnings: list[dict[str, str]] = []  # entries written whose records after them were not (also logged)
     for start in range(0, len(ids), audit.HEAL_BATCH):
         views = [v for v in (orch.load(j) for j in ids[start:start + audit.HEAL_BATCH]) if v.ok]
-        written += audit.heal(orch, views)
+        written += audit.heal(orch, views, warnings=warnings)
         caught_up += head_records.catch_up_jobs(orch.store, views)
-    out.emit({"jobs": len(ids), "written": len(written), "audit_seqs": written, "head_records": caught_up},
+    out.emit({"jobs": len(ids), "written": len(written), "audit_seqs": written, "head_records": caught_up,
+              "warnings": warnings},
              f"checked {len(ids)} job(s); wrote {len(written)} missing audit entr{'y' if len(written) == 1 else 'ies'}"
              f" and {len(caught_up)} head record(s) behind their events")

@@ -198,7 +198,7 @@ class JsonlStore(EventStore):
                 self._write_aux(aux(new_head))  # after the lines are durable (files cannot do both at once)
             except (StorageError, PathEscapeError) as exc:  # a link planted in a record's place since the read too
                 raise AuxNotWrittenError(f"{exc.message} (the lines appended to {stream} before it are durable)",
-                                         **{**exc.details, "stream": stream,
+                                         **{**exc.details, "stream": stream, "seq": new_head.seq,
                                             "linked": isinstance(exc, PathEscapeError)}) from None
         return new_head
 

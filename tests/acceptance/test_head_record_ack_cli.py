@@ -129,7 +129,8 @@ def test_audit_heal_writes_the_head_record_of_a_finished_job_left_behind_its_eve
     assert head_seq(orch, job) is None and head_seq(orch, other) == 1
     healed = run_module("audit", "heal", "--json", env=env)
     assert healed.returncode == 0, healed.stderr
-    assert json.loads(healed.stdout) == {"jobs": 2, "written": 0, "audit_seqs": [], "head_records": [job]}
+    assert json.loads(healed.stdout) == {"jobs": 2, "written": 0, "audit_seqs": [], "head_records": [job],
+                                         "warnings": []}
     assert head_seq(orch, job) == 4 and verified(env, job)
     again = run_module("audit", "heal", env=env)
     assert again.returncode == 0

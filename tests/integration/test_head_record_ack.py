@@ -27,11 +27,13 @@ EXPIRED = "2020-01-01T00:00:00.000000Z"  # a lease long past: its worker is gone
 importlib.import_module("worker_handlers")  # registers the t.* handlers
 
 
-def refuse_head_records(monkeypatch: pytest.MonkeyPatch, orch: Orchestrator, count: int | None = 1) -> list[int]:
+def refuse_head_records(monkeypatch: pytest.MonkeyPatch, orch: Orchestrator, count: int | None = 1,
+                        area: str = "heads") -> list[int]:
     """The next ``count`` writes (every one, with None) of a job's head record fail as on a full disk: ``os.pwrite``
     of a slot in ``heads/`` raises ``ENOSPC``; the events, the audit log and its head record are written. Returns
-    the list of refused writes (one item each), to show the fault fired."""
-    heads = os.path.realpath(orch.settings.state_dir / "heads") + os.sep
+    the list of refused writes (one item each), to show the fault fired. ``area="audit-head"``: the audit log's
+    head record's writes instead."""
+    heads = os.path.realpath(orch.settings.state_dir / area) + os.sep
     real, refused = os.pwrite, []
 
     def pwrite(fd: int, data: bytes, offset: int) -> int:
@@ -205,6 +207,42 @@ def test_a_stale_recovery_whose_head_record_cannot_be_written_is_recorded_with_i
     assert [(r["job_id"], r["to"], codes(r["warnings"])) for r in worker.recovered] == [
         (job, "queued", [HEAD_RECORD_NOT_WRITTEN])]
     assert orch.status(job).state == "queued" and head_seq(orch, job) == 2 and verified(orch, job)
+
+
+# -- healed audit entries ----------------------------------------------------------------------------------------------
+def test_an_action_whose_healed_entrys_records_cannot_be_written_goes_on_with_the_warning(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash left an approval without its entry; the operator approves again: the heal writes the entry, and the
+    log's head record after it fails (a full disk). Before: STORAGE_ERROR, exit 10, the entry durable all the same.
+    Now the entry's warning comes with the action's answer (``already applied``), and the next heal writes only the
+    entry's marker: the entry is never written twice."""
+    from orchestrator import audit, faults
+
+    job = js.awaiting_audit(orch)
+    class Died(BaseException):
+        """The process dies between the event and its entry."""
+
+    faults.arm("append.after_event", lambda: (_ for _ in ()).throw(Died()))
+    try:
+        with pytest.raises(Died):
+            orch.approve(job, "looks good")
+    finally:
+        faults.disarm_all()
+    assert audit.unmarked(orch, [orch.load(job)])  # the approval has no entry
+    refused = refuse_head_records(monkeypatch, orch, area="audit-head")
+    again = orch.approve(job, "looks good")
+    assert refused and again.already_applied and codes(again.warnings) == [HEAD_RECORD_NOT_WRITTEN]
+    message = again.warnings[0]["message"]
+    assert f"the healed audit entry of event 4 (job_approved) of job {job} is durable" in message
+    assert "audit-head/audit: No space left on device" in message
+    monkeypatch.undo()
+    assert audit.unmarked(orch, [orch.load(job)])  # its marker was not written (it comes after the log's record)
+    healed: list = []
+    assert audit.heal(orch, [orch.load(job)], warnings=healed) == [] and healed == []  # only the marker, now
+    assert not audit.unmarked(orch, [orch.load(job)])
+    entries = [json.loads(s.raw) for s in orch.store.read(AUDIT_STREAM)]
+    assert [e["data"]["event_type"] for e in entries if e["job_id"] == job].count("job_approved") == 1
+    assert verified(orch, job) and orch.verify().ok
 
 
 # -- catching a record up (audit heal) -------------------------------------------------------------------------------
