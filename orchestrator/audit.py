@@ -300,7 +300,9 @@ def heal_found(orch: "Orchestrator", todo: list[Unaudited], *, now: float | None
                             extra={"job_id": u.job_id, "code": warning["code"]})
                 if warnings is not None:
                     warnings.append(warning)
-                seq = exc.details["seq"]
+                seq = exc.details.get("seq")  # the store's new head, when it says (files do)
+                if seq is None:
+                    continue
             present[eh] = seq
             written.append(seq)
     return written

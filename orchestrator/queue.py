@@ -111,9 +111,10 @@ def index_warning(exc: OrchestratorError, job_id: str, seq: int, event_type: str
     return {"code": INDEX_NOT_UPDATED,
             "message": f"event {seq} ({event_type}) of job {job_id} is durable, but the queue index was not brought up "
                        f"to date after it: {exc.message}. Nothing is to be done again: the index is a cache of the "
-                       "events. Fix what is named (a folder of the index needs no backup: one missing is made anew); an entry left over is dropped by the worker that meets it, and a "
-                       f"job still queued that no worker takes gets its entry back once {INDEX_DIR}/{BUILT_MARKER} "
-                       "is removed (the next worker rebuilds the index from the events)"}
+                       "events. Fix what is named (a folder of the index needs no backup: one missing is made anew); "
+                       "an entry left over is dropped by the worker that meets it, and a job still queued that no "
+                       f"worker takes gets its entry back once {INDEX_DIR}/{BUILT_MARKER} is removed (the next worker "
+                       "rebuilds the index from the events)"}
 
 
 class QueueIndex(ABC):

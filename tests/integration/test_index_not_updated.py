@@ -121,7 +121,8 @@ def test_a_claim_and_an_outcome_whose_index_steps_fail_run_the_job_once(orch: Or
 
 def test_submit_on_the_command_line_exits_0_with_the_warning_in_its_json(cli_env: dict[str, str], base: Path) -> None:
     """`submit --json`: exit 0, the job id, and the warning under `"warnings"` (logged on stderr as well, the line
-    of any append's warning: tests/acceptance/test_head_record_ack_cli.py), so that an operator does not submit again. Before: exit 10, STORAGE_ERROR, and the job queued all the same."""
+    of any append's warning: tests/acceptance/test_head_record_ack_cli.py), so that an operator does not submit
+    again. Before: exit 10, STORAGE_ERROR, and the job queued all the same."""
     from click.testing import CliRunner
 
     from orchestrator.cli import cli
