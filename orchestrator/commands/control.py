@@ -165,6 +165,8 @@ def audit_heal(orch: Any, out: Output, job_id: str | None) -> None:
         views = [v for v in (orch.load(j) for j in ids[start:start + audit.HEAL_BATCH]) if v.ok]
         written += audit.heal(orch, views, warnings=warnings)
         caught_up += head_records.catch_up_jobs(orch.store, views)
+        if len(ids) > audit.HEAL_BATCH:  # a large project: say how far (stderr, on a terminal only)
+            out.progress(f"checked {min(start + audit.HEAL_BATCH, len(ids))} of {len(ids)} jobs...")
     out.emit({"jobs": len(ids), "written": len(written), "audit_seqs": written, "head_records": caught_up,
               "warnings": warnings},
              f"checked {len(ids)} job(s); wrote {len(written)} missing audit entr{'y' if len(written) == 1 else 'ies'}"

@@ -278,3 +278,24 @@ def test_a_refused_action_writes_nothing_not_even_an_entry_a_crash_left_missing(
     assert [s.raw for s in orch.store.read(AUDIT_STREAM)] == audit_before
     assert orch.resume(job_id, "yes").already_applied  # a command that goes ahead heals it, once
     assert len(entries(orch, job_id, "resume")) == 1
+
+
+def test_audit_heal_of_a_large_project_says_how_far_it_got(cli_orch: Orchestrator, cli_env, monkeypatch) -> None:
+    """One progress line per batch of jobs (on stderr, shown on a terminal only: ``Output.progress``), so that a heal
+    of 100,000 jobs does not look hung; a project of one batch gets none."""
+    from click.testing import CliRunner
+
+    from orchestrator import cli as cli_mod
+
+    for n in range(5):
+        cli_orch.submit("t.echo", {"n": n})
+    shown: list[str] = []
+    monkeypatch.setattr(cli_mod.Output, "progress", lambda self, message: shown.append(message))
+    monkeypatch.setattr(audit, "HEAL_BATCH", 2)
+    done = CliRunner().invoke(cli_mod.cli, ["audit", "heal", "--json"], env=cli_env)
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["jobs"] == 5
+    assert shown == ["checked 2 of 5 jobs...", "checked 4 of 5 jobs...", "checked 5 of 5 jobs..."]
+    monkeypatch.setattr(audit, "HEAL_BATCH", 5)
+    shown.clear()
+    assert CliRunner().invoke(cli_mod.cli, ["audit", "heal"], env=cli_env).exit_code == 0 and shown == []
