@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from orchestrator import clock, faults
-from orchestrator.errors import AuxNotWrittenError, IntegrityError, PathEscapeError, StorageError
+from orchestrator.errors import (HEAD_RECORD_NOT_WRITTEN, AuxNotWrittenError, IntegrityError, OrchestratorError,
+                                 PathEscapeError, StorageError)
 from orchestrator.history import head_contradicted, head_record, seal
 from orchestrator.security import sanitize_text
 from orchestrator.signing import line_hash
@@ -285,7 +286,10 @@ def heal_found(orch: "Orchestrator", todo: list[Unaudited], *, now: float | None
         for u in todo:
             eh = u.event_hash
             if eh in present:  # only the marker was lost
-                _mark(orch, eh, present[eh])
+                try:
+                    _mark(orch, eh, present[eh])
+                except (StorageError, PathEscapeError) as exc:  # a derived record: the next heal writes it
+                    _warn(warnings, marker_not_written(exc, u.job_id, u.seq, u.record["type"]))
                 continue
             rec = u.record
             faults.point("audit.heal.before_entry")
@@ -295,17 +299,29 @@ def heal_found(orch: "Orchestrator", todo: list[Unaudited], *, now: float | None
                              event_line=u.raw, now=now,
                              extra={"healed": True, "healed_by": orch.actor, "event_ts": rec.get("ts")})
             except AuxNotWrittenError as exc:  # the entry is durable: not "nothing written", and not to write again
-                warning = exc.healed_warning(u.job_id, u.seq, rec["type"])
-                log.warning("%s: %s", warning["code"], warning["message"],
-                            extra={"job_id": u.job_id, "code": warning["code"]})
-                if warnings is not None:
-                    warnings.append(warning)
+                _warn(warnings, exc.healed_warning(u.job_id, u.seq, rec["type"]))
                 seq = exc.details.get("seq")  # the store's new head, when it says (files do)
                 if seq is None:
                     continue
             present[eh] = seq
             written.append(seq)
     return written
+
+
+def _warn(warnings: list[dict[str, str]] | None, warning: dict[str, str]) -> None:
+    """Log a heal's warning, and add it to the caller's ``warnings`` when it keeps them."""
+    log.warning("%s: %s", warning["code"], warning["message"], extra={"code": warning["code"]})
+    if warnings is not None:
+        warnings.append(warning)
+
+
+def marker_not_written(exc: OrchestratorError, job_id: str, event_seq: int, event_type: str) -> dict[str, str]:
+    """The ``{code, message}`` of a heal that found an event's entry in the log and could not write its marker
+    (a full disk, something in its place): a derived record, as a head record is; the next heal writes it."""
+    return {"code": HEAD_RECORD_NOT_WRITTEN,
+            "message": f"the audit entry of event {event_seq} ({event_type}) of job {job_id} is in the log, but its "
+                       f"marker could not be written: {exc.message}. Nothing is to be done again: the next heal (a "
+                       "command on the job, `audit heal`) writes it"}
 
 
 def heal_quietly(orch: "Orchestrator", views: Iterable["JobView"], *, now: float | None = None,

@@ -245,6 +245,30 @@ def test_an_action_whose_healed_entrys_records_cannot_be_written_goes_on_with_th
     assert verified(orch, job) and orch.verify().ok
 
 
+def test_an_action_whose_heal_cannot_write_a_lost_marker_goes_on_with_the_warning(orch: Orchestrator) -> None:
+    """The entry is in the log and only its marker was lost (a crash after the entry): the heal writes the marker. When
+    that write fails (a file in ``audited/``'s place), it is a warning, not STORAGE_ERROR: the marker is derived, and
+    the next heal writes it."""
+    import shutil
+
+    from orchestrator import audit
+
+    job = js.awaiting_audit(orch)
+    assert orch.approve(job, "looks good").applied
+    markers = orch.settings.state_dir / audit.MARKERS_AREA
+    shutil.rmtree(markers)  # every marker lost, as a crash can lose one
+    markers.write_text("an operator's file")
+    again = orch.approve(job, "looks good")
+    assert again.already_applied and codes(again.warnings) == [HEAD_RECORD_NOT_WRITTEN]
+    message = again.warnings[0]["message"]
+    assert f"the audit entry of event 4 (job_approved) of job {job} is in the log, but its marker" in message
+    assert f"{markers} is a file where a folder belongs" in message
+    markers.unlink()
+    assert audit.heal(orch, [orch.load(job)]) == [] and not audit.unmarked(orch, [orch.load(job)])
+    entries = [json.loads(s.raw) for s in orch.store.read(AUDIT_STREAM)]
+    assert [e["data"]["event_type"] for e in entries if e["job_id"] == job].count("job_approved") == 1
+
+
 # -- catching a record up (audit heal) -------------------------------------------------------------------------------
 def test_a_finished_jobs_record_left_behind_is_caught_up_and_one_ahead_of_the_view_is_left(
         orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
