@@ -339,6 +339,6 @@ def test_an_append_whose_records_are_written_has_no_warning_on_every_store(any_o
     assert head_seq(any_orch, job) == 4
     from orchestrator.head_records import catch_up_jobs
 
-    assert catch_up_jobs(any_orch.store, [any_orch.load(job)]) == []  # up to date: `audit heal` writes none
+    assert catch_up_jobs(any_orch.store, [any_orch.load(job)]) == []  # up to date (PostgreSQL: never behind)
     ran = any_orch.worker(worker_id="w").run_once()
     assert ran is not None and ran.state == "succeeded" and ran.warnings == []
