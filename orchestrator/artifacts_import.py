@@ -158,9 +158,15 @@ def _target_folder(parent: int, name: str, path: str, *, copied: bool) -> int:
     symbolic link in its place (a run's: the handler writes the job's folder) is removed, never followed, and a
     folder made instead; anything else that is not a folder there is the job's failure. A ``copied`` folder
     (``inputs/<job_id>`` and below) that its owner cannot write in, a read-only one copied before, is made
-    writable until ``_set_status`` gives it the source's mode again."""
+    writable until ``_set_status`` gives it the source's mode again. One its owner cannot even open (a handler's
+    ``chmod 000``) is given the owner's bits first (``_opened_after_chmod``)."""
     try:
         fd = os.open(name, _FOLDER, dir_fd=parent)
+    except PermissionError as exc:
+        opened = _opened_after_chmod(parent, name)
+        if opened is None:
+            raise _failed(_at(exc, path), writing=True) from None
+        fd = opened
     except OSError as exc:
         if not isinstance(exc, FileNotFoundError) and not _removed_link(parent, name, path):
             raise _failed(_at(exc, path), writing=True) from None
@@ -173,6 +179,22 @@ def _target_folder(parent: int, name: str, path: str, *, copied: bool) -> int:
         os.close(fd)
         raise _failed(_at(exc, path), writing=True) from None
     return fd
+
+
+def _opened_after_chmod(parent: int, name: str) -> int | None:
+    """The folder ``name`` of ``parent``, which its owner may not open (a run's ``chmod 000`` of its copy, or of
+    ``inputs``), opened once given the owner's read, write and search bits; None when it is not a folder, or that
+    cannot be done. The ``chmod`` is by name (a folder cannot be opened to ``fchmod`` it), and never through a link:
+    ``fchmodat(AT_SYMLINK_NOFOLLOW)``, which glibc (2.32 on) does through an ``O_PATH`` descriptor and refuses for a
+    link; Python raises ``ValueError`` (or ``NotImplementedError``) where it cannot. Root never gets here."""
+    try:
+        mode = os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
+        if not stat.S_ISDIR(mode):
+            return None
+        os.chmod(name, stat.S_IMODE(mode) | stat.S_IRWXU, dir_fd=parent, follow_symlinks=False)
+        return os.open(name, _FOLDER, dir_fd=parent)
+    except (OSError, ValueError, NotImplementedError):
+        return None
 
 
 def _made_folder(parent: int, name: str, path: str) -> int:

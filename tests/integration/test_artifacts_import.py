@@ -193,6 +193,49 @@ def test_a_read_only_file_and_folder_copied_once_are_copied_again_by_a_worker_th
     assert modes == {"ro.txt": 0o444, "sealed": 0o555, "f.txt": 0o444}  # the source's, as before
 
 
+def test_a_copied_folder_a_run_made_unopenable_is_copied_again_by_a_worker_that_is_not_root(
+        state_of_a_user: Path) -> None:
+    """A handler's ``chmod 000`` of its copy (``inputs/A/sub``) or of ``inputs`` itself: its owner may not even open
+    it, so the next copy failed (``EACCES``, the job's failure at every run, until 2026-12-04). It is given the
+    owner's bits by a ``chmod`` that never follows a link, and filled; the copy gets the source's mode again."""
+    src = _source(state_of_a_user)
+    (src / "sub").mkdir()
+    (src / "sub" / "f.txt").write_text("one")
+    _copy_as_a_worker_that_is_not_root(state_of_a_user)
+    inputs = state_of_a_user / "artifacts" / "B" / "inputs"
+    (src / "sub" / "f.txt").write_text("two")
+    (inputs / "A" / "sub").chmod(0o000)
+    _copy_as_a_worker_that_is_not_root(state_of_a_user)  # before the fix: CopyFailed (store=False): Permission denied
+    assert (inputs / "A" / "sub" / "f.txt").read_text() == "two"
+    assert stat.S_IMODE((inputs / "A" / "sub").stat().st_mode) == stat.S_IMODE((src / "sub").stat().st_mode)
+    (src / "sub" / "f.txt").write_text("three")
+    inputs.chmod(0o000)
+    _copy_as_a_worker_that_is_not_root(state_of_a_user)
+    assert (inputs / "A" / "sub" / "f.txt").read_text() == "three" and stat.S_IMODE(inputs.stat().st_mode) == 0o700
+
+
+def test_the_chmod_that_reopens_a_folder_never_goes_through_a_link(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A link swapped in for the folder after the ``stat`` that saw a folder (the ``stat`` is made to say so): the
+    folder the link leads to (anywhere) keeps its mode, and the copy fails as the job's, as before."""
+    real_stat = os.stat
+    monkeypatch.setattr(artifacts_import.os, "stat", lambda *a, **k: real_stat(tmp_path, **{
+        key: value for key, value in k.items() if key == "follow_symlinks"}))  # a folder, as before the swap
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o000)
+    outside.chmod(0o000)
+    (tmp_path / "parent").mkdir()
+    (tmp_path / "parent" / "sub").symlink_to(outside)
+    parent = os.open(tmp_path / "parent", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert artifacts_import._opened_after_chmod(parent, "sub") is None  # noqa: SLF001
+    finally:
+        os.close(parent)
+    monkeypatch.undo()  # the real stat again
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o000
+    outside.chmod(0o700)
+
+
 def test_a_copy_gets_the_sources_modes_and_times(tmp_path: Path) -> None:
     src = _source(tmp_path)
     (src / "sub").mkdir()
