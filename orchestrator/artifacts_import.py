@@ -27,6 +27,7 @@ import errno
 import logging
 import os
 import stat
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -47,6 +48,10 @@ FILE_SYSTEM_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 # waiting on a FIFO in a folder's place: O_NONBLOCK, no effect on a folder)
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# the list of the copy in progress (in this thread: workers of one process are threads) that each link removed on the
+# target side is appended to (``import_artifacts(removed=...)``); a context variable, not a parameter of every step
+_REMOVED_LINKS: ContextVar[list[str] | None] = ContextVar("removed_links", default=None)
+ARTIFACT_LINK_REMOVED = "ARTIFACT_LINK_REMOVED"  # the warning of a run whose copy removed links (links_removed_warning)
 _WRITABLE = stat.S_IWUSR | stat.S_IXUSR  # what the owner needs to make and remove entries in a folder
 
 
@@ -92,18 +97,34 @@ def imported_folders(job_id: str, job_input: Any) -> set[str]:
     return {f"{INPUTS_DIR}/{other}" for other in names if other != job_id}
 
 
+def links_removed_warning(removed: list[str], target: Path) -> dict[str, str]:
+    """The ``{code, message}`` a run reports (``worker --json``'s ``warnings``) when its copy removed symbolic links
+    from the job's own folder ``target``: only its handler writes there, so a link there is what a run of the job
+    made, worth an operator's look, though the copy never followed it."""
+    shown = ", ".join(os.path.relpath(path, target) for path in removed[:5]) + (", ..." if len(removed) > 5 else "")
+    return {"code": ARTIFACT_LINK_REMOVED,
+            "message": f"removed {len(removed)} symbolic link(s) where the copy of artifacts_from goes, in the job's "
+                       f"own folder, never followed: {shown}; a run of this job left them there"}
+
+
 def import_artifacts(job_id: str, names: list[str], folders: WorkerFolders, target: Path,
-                     between: Callable[[], None]) -> None:
+                     between: Callable[[], None], removed: list[str] | None = None) -> None:
     """Copy (never move) the artifact folders of the jobs ``names`` into ``target/inputs/<job_id>/``; a job
     without a folder (or the job itself) is passed over. ``between`` is called before each file and after each
-    chunk of one; what it raises ends the copy. A copy that fails raises ``CopyFailed`` at once."""
-    for other in names:
-        src = folders.artifacts_dir(other)
-        if src.is_dir() and other != job_id:
-            with _descriptor(_job_folder(target)) as job_folder:
-                inputs = os.path.join(target, INPUTS_DIR)
-                with _descriptor(_target_folder(job_folder, INPUTS_DIR, inputs, copied=False)) as inputs_fd:
-                    _copy_tree(str(src), inputs_fd, other, os.path.join(inputs, other), src, other, between)
+    chunk of one; what it raises ends the copy. A copy that fails raises ``CopyFailed`` at once. The path of each
+    symbolic link removed on the target side is appended to ``removed`` as it goes (the caller's list: it holds
+    them however the copy ends)."""
+    token = _REMOVED_LINKS.set(removed)
+    try:
+        for other in names:
+            src = folders.artifacts_dir(other)
+            if src.is_dir() and other != job_id:
+                with _descriptor(_job_folder(target)) as job_folder:
+                    inputs = os.path.join(target, INPUTS_DIR)
+                    with _descriptor(_target_folder(job_folder, INPUTS_DIR, inputs, copied=False)) as inputs_fd:
+                        _copy_tree(str(src), inputs_fd, other, os.path.join(inputs, other), src, other, between)
+    finally:
+        _REMOVED_LINKS.reset(token)
 
 
 @contextlib.contextmanager
@@ -217,6 +238,9 @@ def _removed_link(parent: int, name: str, path: str) -> bool:
         raise _failed(_at(exc, path), writing=True) from None
     log.warning("removed the symbolic link %s, where a copy of artifacts_from goes; it was never followed", path,
                 extra={"path": path})
+    found = _REMOVED_LINKS.get()
+    if found is not None:
+        found.append(path)
     return True
 
 

@@ -44,6 +44,9 @@ class Claim:
     run_id: str
     epoch: int
     renewed: bool = False  # a heartbeat of this run wrote its lease record, which the outcome drops (Worker._supervise)
+    # ``{code, message}`` of what the run met besides its appends (a link removed where a copy of artifacts_from goes,
+    # ``ARTIFACT_LINK_REMOVED``), reported with its result after the claim's warnings
+    notes: tuple[dict[str, str], ...] = ()
 
     @property
     def job_id(self) -> str:
@@ -66,7 +69,8 @@ class RunResult:
     error_code: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     # ``{code, message}`` of its claim's and outcome's appends: ``HEAD_RECORD_NOT_WRITTEN``, the event durable and a
-    # record after it not (``Orchestrator.append``; also logged). The run is recorded all the same
+    # record after it not (``Orchestrator.append``; also logged). The run is recorded all the same. Between them, the
+    # run's own (``Claim.notes``)
     warnings: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,7 +94,7 @@ def lost(claim: Claim, why: str) -> RunResult:
     log.warning("lease lost for job %s run %s: %s", claim.job_id, claim.run_id, why,
                 extra={"job_id": claim.job_id, "run_id": claim.run_id})
     return RunResult(claim.job_id, claim.run_id, "lease_lost", None, LeaseLostError.code, {"message": why},
-                     list(claim.view.warnings))
+                     [*claim.view.warnings, *claim.notes])
 
 
 class OutcomeRecorder:
@@ -219,7 +223,7 @@ class OutcomeRecorder:
         log.info("job %s run %s: %s", claim.job_id, claim.run_id, outcome,
                  extra={"job_id": claim.job_id, "run_id": claim.run_id, "outcome": outcome})
         return RunResult(claim.job_id, claim.run_id, outcome, state, error_code,
-                         warnings=[*claim.view.warnings, *view.warnings])
+                         warnings=[*claim.view.warnings, *claim.notes, *view.warnings])
 
     def _append_outcome(self, claim: Claim, events: list[tuple[str, dict[str, Any]]],
                         audit: tuple[str, str] | None, drop: Any) -> JobView:

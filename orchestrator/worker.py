@@ -28,12 +28,13 @@ import signal
 import threading
 import time
 import weakref
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator import faults
 from orchestrator.api import Orchestrator
-from orchestrator.artifacts_import import CopyFailed, artifacts_from, import_artifacts
+from orchestrator.artifacts_import import CopyFailed, artifacts_from, import_artifacts, links_removed_warning
 from orchestrator.claiming import Claimer, Unhandled
 from orchestrator.config import llm_timeout
 from orchestrator.errors import (HandlerNotFoundError, InvalidInputError, KeyNotTrustedError, PathEscapeError,
@@ -475,11 +476,19 @@ class Worker:
                 if end:
                     raise _CopyEnded(end)
 
+        removed: list[str] = []  # links a run left where the copy goes: removed, never followed, and reported
         try:
-            import_artifacts(s.job_id, names, self.folders, target, between)
+            import_artifacts(s.job_id, names, self.folders, target, between, removed)
         except _CopyEnded as ended:
-            return ended.how, claim
-        return None, claim
+            return ended.how, self._noting_links(claim, removed, target)
+        return None, self._noting_links(claim, removed, target)
+
+    @staticmethod
+    def _noting_links(claim: Claim, removed: list[str], target: Path) -> Claim:
+        """``claim`` with the warning of the links its copy removed, if any (reported with the run's result)."""
+        if not removed:
+            return claim
+        return replace(claim, notes=(*claim.notes, links_removed_warning(removed, target)))
 
     # -- the loop -----------------------------------------------------------------------------------
     def stop(self) -> None:

@@ -1084,10 +1084,15 @@ def test_a_link_a_run_left_where_its_copied_input_was_is_replaced_by_the_next_co
     job = orch.submit("t.plant_link", {"artifacts_from": [first], "at": f"inputs/{first}/f00.txt",
                                        "to": str(outside)}, max_attempts=2)
     w = make_worker(orch, artifacts_import=True)
-    assert w.run_once().outcome == "retry"
-    assert (w.run_once().job_id, orch.status(job).state) == (job, "succeeded")
+    first_run = w.run_once()
+    assert first_run.outcome == "retry" and first_run.warnings == []  # nothing was there to remove
+    second = w.run_once()
+    assert (second.job_id, orch.status(job).state) == (job, "succeeded")
     assert outside.read_text() == "the worker's own"  # before the fix: "file 0"
     assert events(orch, job)[-1]["data"]["output"] == "file 0"  # the real copy, in the link's place
+    # reported with the run (worker --json's "warnings"), not only logged: a run of this job planted it
+    assert [w["code"] for w in second.warnings] == ["ARTIFACT_LINK_REMOVED"]
+    assert f"never followed: inputs/{first}/f00.txt;" in second.warnings[0]["message"]
 
 
 class _Killed(BaseException):
