@@ -144,6 +144,7 @@ def _act(orch: "Orchestrator", job_id: str, action: str, data: dict[str, Any], n
     event_type, _ = ACTIONS[action]
     # the entry's comment and channel go into the event too, so an entry healed after a crash keeps them
     extra = {k: v for k, v in (("note", note if note not in data.values() else ""), ("via", via)) if v}
+    healed: list[dict[str, str]] = []  # warnings of an entry healed whose records after it were not written
     for _ in range(MAX_RACE_RETRIES):
         view = orch.load(job_id)
         # every action may write the audit log (its entry, a healed one, a refusal): none starts without it
@@ -156,8 +157,7 @@ def _act(orch: "Orchestrator", job_id: str, action: str, data: dict[str, Any], n
             _check_fits(view, action)
         # the action goes ahead or was applied already (a retry after a crash): an entry a crash left missing is
         # written now, before this action's own; a refused action writes nothing, not even that one
-        healed: list[dict[str, str]] = []  # warnings of an entry healed whose records after it were not written
-        audit.heal(orch, [view], now=now, warnings=healed)
+        audit.heal(orch, [view], now=now, warnings=healed)  # kept if a racing writer has this pass decided again
         if earlier is not None:
             return replace(earlier, warnings=(*healed, *earlier.warnings))
         event_data = {**data, **extra}

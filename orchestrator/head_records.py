@@ -4,8 +4,9 @@ left behind its lines).
 An append writes its stream's head record itself (on files right after the lines are durable). A record that could
 not be written then (a full disk, something in its place: ``HEAD_RECORD_NOT_WRITTEN``) stays behind until the
 stream's next append, which a job in a final state never gets; ``audit heal`` brings such records up to date
-(``catch_up``). Both writers go through ``put_head_record``: under the stream's append lock, and never over a record
-that names more lines, which is the evidence of a cut (``verify``: ``TRUNCATED``).
+(``catch_up``). Both write under the stream's append lock, only while it holds the lines the record names
+(``put_aux_if_head``), and never over a record that names more lines, which is the evidence of a cut (``verify``:
+``TRUNCATED``).
 """
 from __future__ import annotations
 
@@ -53,7 +54,9 @@ def catch_up(store: EventStore, stream: str, head: Head) -> bool:
     named = _named_seq(raw)
     if raw is not None and (named is None or named >= head.seq):
         return False
-    return put_head_record(store, stream, head.seq, head_record(stream, head))
+    # what ``put_head_record`` would read again is decided above (a record naming more lines than the head is
+    # no record behind it); the write still happens only while the stream holds exactly ``head.seq`` lines
+    return store.put_aux_if_head(stream, head.seq, *head_key(stream), head_record(stream, head))
 
 
 def catch_up_jobs(store: EventStore, views: Iterable["JobView"]) -> list[str]:

@@ -160,12 +160,12 @@ def refuse_link(path: str, exc: OSError) -> None:
         raise linked_file(path) from None
 
 
-def path_error(exc: OSError, path: "Path | str | None" = None) -> StorageError:
+def path_error(exc: OSError, given: "Path | str | None" = None) -> StorageError:
     """The ``StorageError`` for a store path that is not what it must be: a file where a folder belongs
     (naming the first such part of the path), a folder where a file belongs, or one this user may not use.
     The store maps its own ``OSError``s here, where they happen, so a Python caller gets it as the CLI does.
-    ``path``: the path the call was given, for an error that names none (``os.utime``'s)."""
-    filename = exc.filename if exc.filename is not None else path
+    ``given``: the path the call was given, for an error that names none (``os.utime``'s)."""
+    filename = exc.filename if exc.filename is not None else given
     name = None if filename is None else os.fsdecode(filename)
     if isinstance(exc, NotADirectoryError) and name is not None:
         path = Path(name)
