@@ -156,11 +156,9 @@ class AuxNotWrittenError(StorageError):
         written = (f"event {seq} ({event_type}) of job {job_id} and its audit entry are durable, but a record "
                    "written after them" if audited else
                    f"event {seq} ({event_type}) of job {job_id} is durable, but a record written after it")
-        remedy = ("remove the symbolic link it names: until then every read meets it (PATH_ESCAPE, which verify "
-                  "lists) and the next action is refused; the record is then written anew by the next append"
-                  if self.details.get("linked") else
-                  "such records are derived, and written anew by what comes next (a head record by the next append; "
-                  "until then it is behind the lines, as after a crash, which verify accepts)")
+        remedy = (f"{LINK_REMEDY}; the record is then written anew by the next append" if self.details.get("linked")
+                  else "such records are derived, and written anew by what comes next (a head record by the next "
+                  "append; until then it is behind the lines, as after a crash, which verify accepts)")
         return {"code": HEAD_RECORD_NOT_WRITTEN,
                 "message": f"{written} was not: {self.message}. Nothing is to be done again: {remedy}"}
 
@@ -168,10 +166,17 @@ class AuxNotWrittenError(StorageError):
         """The ``{code, message}`` of an audit entry healed (written for an event a crash left without one,
         ``audit.heal``) whose records after it failed: the entry is durable, its marker (or the log's head record)
         not; the next heal finds the entry in the log and writes only the marker."""
+        then = "the next heal (a command on the job, `audit heal`) finds the entry and writes only its marker"
+        remedy = f"{LINK_REMEDY}; {then}" if self.details.get("linked") else then
         return {"code": HEAD_RECORD_NOT_WRITTEN,
                 "message": f"the healed audit entry of event {event_seq} ({event_type}) of job {job_id} is durable, "
-                           f"but a record written after it was not: {self.message}. Nothing is to be done again: the "
-                           "next heal (a command on the job, `audit heal`) finds the entry and writes only its marker"}
+                           f"but a record written after it was not: {self.message}. Nothing is to be done again: "
+                           f"{remedy}"}
+
+
+# What to do when a symbolic link in a record's place is why it was not written (``AuxNotWrittenError``, ``linked``)
+LINK_REMEDY = ("remove the symbolic link it names: until then every read meets it (PATH_ESCAPE, which verify lists) "
+               "and the next action is refused")
 
 
 # The warning of an event acknowledged although the queue index could not be brought up to date after it

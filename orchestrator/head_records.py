@@ -14,10 +14,12 @@ import json
 from typing import TYPE_CHECKING, Iterable
 
 from orchestrator.audit import AUDIT_HEAD
-from orchestrator.history import head_record
+from orchestrator.errors import PathEscapeError, UnusableFileError
+from orchestrator.history import check_head, head_record, verify_stream
 from orchestrator.store.base import AUDIT_STREAM, HEADS_AREA, EventStore, Head
 
 if TYPE_CHECKING:
+    from orchestrator.api import Orchestrator
     from orchestrator.views import JobView
 
 
@@ -66,3 +68,26 @@ def catch_up_jobs(store: EventStore, views: Iterable["JobView"]) -> list[str]:
     if store.atomic_aux:
         return []
     return [view.job_id for view in views if view.ok and view.head.seq and catch_up(store, view.job_id, view.head)]
+
+
+def catch_up_audit_log(orch: "Orchestrator") -> bool:
+    """``catch_up`` the audit log's own head record, which lags its entries when the record of the last one failed
+    (``HEAD_RECORD_NOT_WRITTEN``) until the next entry. Written only once the entries verify, from the record on
+    (``check_head``, then ``verify_stream``): a read takes the lines a record names on its word, so a record is
+    never written over an entry that does not verify. False, with nothing written, when the record is up to date,
+    or the log is damaged, cut, a link or not a file (``verify`` reports those), and on PostgreSQL (``atomic_aux``)."""
+    store = orch.store
+    if store.atomic_aux:
+        return False
+    try:  # the record first, as every read: a writer meanwhile makes the log longer than it, never shorter
+        raw = store.get_aux(*AUDIT_HEAD)
+        lines = store.read(AUDIT_STREAM)
+    except (PathEscapeError, UnusableFileError):
+        return False
+    named = _named_seq(raw)
+    if not lines or (raw is not None and (named is None or named >= len(lines))):
+        return False
+    problem, anchor = check_head(AUDIT_STREAM, lines, raw, orch.keyring)
+    if problem is not None or not verify_stream(AUDIT_STREAM, lines, orch.keyring, anchor=anchor).ok:
+        return False
+    return catch_up(store, AUDIT_STREAM, Head(lines[-1].seq, lines[-1].raw))

@@ -47,6 +47,19 @@ KILL_WAIT_SECONDS = 1.0  # how long a SIGKILLed process of a run is waited for b
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 RUN_ID_VARIABLE = "ORCH_RUN_ID"
+RUN_PROCESSES_KILLED = "RUN_PROCESSES_KILLED"  # the warning of a run whose left processes were killed (``killed_warning``)
+PIDS_NAMED = 10  # pids a warning names (and how many more there were)
+
+
+def killed_warning(pids: list[int], job_id: str, run_id: str, when: str) -> dict[str, str]:
+    """The ``{code, message}`` reported with a run's result, or with its stale recovery, when processes the run left
+    running were killed by pid (``end_exited_run``, ``kill_run_processes``): whoever meant a handler to leave a
+    daemon behind learns why it is gone, and from the result, not only from the worker's log."""
+    named = ", ".join(str(pid) for pid in pids[:PIDS_NAMED])
+    more = f" and {len(pids) - PIDS_NAMED} more" if len(pids) > PIDS_NAMED else ""
+    return {"code": RUN_PROCESSES_KILLED,
+            "message": f"killed {len(pids)} process(es) left running by run {run_id} of job {job_id} {when} "
+                       f"(pid {named}{more}): what a run starts ends with the run (docs/worker.md)"}
 
 
 def become_subreaper(libc: Any) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -19,7 +19,7 @@ from orchestrator import faults
 from orchestrator.artifacts import recorded_names
 from orchestrator.errors import ConcurrencyError, LeaseLostError, MalformedPayloadError, StorageUnavailableError
 from orchestrator.leases import drop_lease_aux
-from orchestrator.leftovers import end_exited_run
+from orchestrator.leftovers import end_exited_run, killed_warning
 from orchestrator.payload import (DONE, FAILED, JSON_WHITESPACE, NEEDS_AUDIT, NO_TERMINAL_SIGNAL_EXIT, Payload,
                                   parse_payload)
 from orchestrator.runner import Child, sanitized_tail
@@ -115,7 +115,12 @@ class OutcomeRecorder:
         """The outcome of a run whose handler exited: its terminal payload, parsed and decided on."""
         s = claim.state
         if not child.answered:  # a command, or a handler process that died: what the run left is ended here
-            end_exited_run(child.pid, claim.run_id)
+            killed = end_exited_run(child.pid, claim.run_id)
+            if killed:  # out of its process group (``setsid``, a daemon): reported with the run, and logged
+                warning = killed_warning(killed, claim.job_id, claim.run_id, "after its handler exited")
+                log.warning("%s", warning["message"], extra={"job_id": claim.job_id, "run_id": claim.run_id,
+                                                             "pids": killed, "code": warning["code"]})
+                claim = replace(claim, notes=(*claim.notes, warning))
         try:
             raw = child.payload()
         except MalformedPayloadError as exc:  # too large to read, not a regular file, or unreadable

@@ -27,6 +27,7 @@ from orchestrator.store.files import NotRegularFileError, open_regular
 log = logging.getLogger(__name__)
 
 OUTPUT_TOO_LARGE = "OUTPUT_TOO_LARGE"  # the run's error code where the start cannot be dropped
+OUTPUT_START_DROPPED = "OUTPUT_START_DROPPED"  # the run's warning once its start was dropped (``OutputCap.warning``)
 CHECK_FIRST_SECONDS = 0.05  # a run is first looked at this long after it started (a shorter one never is)
 CHECK_MAX_SECONDS = 0.25  # a file that does not grow is looked at this often (the wake-up a stop check takes anyway)
 CHECK_MIN_SECONDS = 0.01  # one that grows fast at most this often: it may pass the bound by what it writes meanwhile
@@ -92,6 +93,16 @@ class OutputCap:
         self._every = min(CHECK_MAX_SECONDS, max(CHECK_MIN_SECONDS, every))
         self._used, self._at, self.next_check = after, now, now + self._every
         return True
+
+    def warning(self) -> dict[str, str] | None:
+        """The ``{code, message}`` reported with the run's result once the start of its output was dropped; None when
+        nothing was."""
+        if not self.dropped:
+            return None
+        return {"code": OUTPUT_START_DROPPED,
+                "message": f"{self.extra.get('what', self.path)}: its output passed {self.max_bytes} bytes on disk "
+                           f"(--output-max-bytes, ORCH_OUTPUT_MAX_BYTES); its first {self.dropped} bytes were "
+                           f"dropped, the last {self.keep} bytes or more kept"}
 
     def _drop_start(self, seen: os.stat_result) -> int:
         """Punch out all but the last ``keep`` bytes (whole blocks); returns the disk the file takes after."""

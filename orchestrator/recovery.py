@@ -24,7 +24,7 @@ from orchestrator.config import MIN_LEASE_SECONDS
 from orchestrator.errors import ConcurrencyError, InvalidIdError, JobNotFoundError, PathEscapeError, SigningKeyError
 from orchestrator.handler_host import sweep_dead_host_folders
 from orchestrator.leases import LEASES_AREA, drop_lease_aux, lease_expiry
-from orchestrator.leftovers import kill_run_processes
+from orchestrator.leftovers import kill_run_processes, killed_warning
 from orchestrator.notices import Notify, tell
 from orchestrator.payload import NO_TERMINAL_SIGNAL_STALE
 from orchestrator.queue import QueueIndex, ReadyEntry
@@ -212,6 +212,7 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
     without it; on PostgreSQL, as for a control action, the entry's own check refuses after the event."""
     audit.require_writable(orch, f"cannot recover stale job {s.job_id}: its audit entry could not be written, so "
                                  "nothing was written and this worker stops")
+    notes: list[dict[str, str]] = []  # what the recovery met besides its append, reported with it (``warnings``)
     try:
         artifacts = run_artifacts(s, folders.artifacts_dir(s.job_id), local_ahead(orch))
     except PathEscapeError as exc:
@@ -221,6 +222,8 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
         # fails on it (PATH_ESCAPE, not retried), as a run claimed with that folder does
         log.warning("job %s: its artifact folder is not looked at: %s", s.job_id, exc.message,
                     extra={"job_id": s.job_id, "code": exc.code})
+        notes.append({"code": exc.code, "message": f"job {s.job_id}: its artifact folder is not looked at "
+                                                   f"(none listed for a human to check): {exc.message}"})
         artifacts = []
     expired = clock_mod.to_iso(expiry) if expiry else None
     data: dict[str, Any] = {"error_code": NO_TERMINAL_SIGNAL_STALE, "stale_worker_id": s.worker_id,
@@ -237,8 +240,9 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
     data["error"] = sanitize_text(why)
     killed = kill_run_processes(s.run_id)  # on this machine: what the run left running must not meet its retry
     if killed:
-        log.warning("killed %d process(es) left by run %s of job %s", len(killed), s.run_id, s.job_id,
-                    extra={"job_id": s.job_id, "run_id": s.run_id, "pids": killed})
+        notes.append(killed_warning(killed, s.job_id, s.run_id, "after its worker stopped renewing its lease"))
+        log.warning("%s", notes[-1]["message"], extra={"job_id": s.job_id, "run_id": s.run_id, "pids": killed,
+                                                       "code": notes[-1]["code"]})
     try:  # the dead run's lease is dropped with the event (in its transaction where the store can)
         written = orch.append(view, s.job_id, [("stale_recovered", data)], run_id=s.run_id, actor=actor,
                               now=now, audit=("stale_recovered", f"{why}; to {data['to']}"),
@@ -251,7 +255,7 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
          stale_worker_id=s.worker_id)
     return {"job_id": s.job_id, "run_id": s.run_id, "to": data["to"], "stale_worker_id": s.worker_id,
             "lease_expired_at": expired, "retry_at": data.get("retry_at"), "artifacts": artifacts,
-            "warnings": list(written.warnings)}
+            "warnings": [*notes, *written.warnings]}
 
 
 def local_ahead(orch: Orchestrator) -> float:

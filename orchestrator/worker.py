@@ -278,6 +278,9 @@ class Worker:
                 # grace does, instead of going on unwatched beside its retry
                 kill_run(child, claim.run_id)
                 raise
+            dropped = cap.warning()
+            if dropped is not None:  # reported with the run, whatever it ended as (also logged when it happened)
+                claim = replace(claim, notes=(*claim.notes, dropped))
             if how in ("lost", "unrenewed", "stopped"):
                 return self._ended(how, claim, record, held, child.output)
             if how == "timeout":

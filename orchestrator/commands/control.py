@@ -167,7 +167,9 @@ def audit_heal(orch: Any, out: Output, job_id: str | None) -> None:
         caught_up += head_records.catch_up_jobs(orch.store, views)
         if len(ids) > audit.HEAL_BATCH:  # a large project: say how far (stderr, on a terminal only)
             out.progress(f"checked {min(start + audit.HEAL_BATCH, len(ids))} of {len(ids)} jobs...")
+    audit_log = head_records.catch_up_audit_log(orch)  # after the entries this heal wrote, which write it anyway
     out.emit({"jobs": len(ids), "written": len(written), "audit_seqs": written, "head_records": caught_up,
-              "warnings": warnings},
+              "audit_head_record": audit_log, "warnings": warnings},
              f"checked {len(ids)} job(s); wrote {len(written)} missing audit entr{'y' if len(written) == 1 else 'ies'}"
-             f" and {len(caught_up)} head record(s) behind their events")
+             f" and {len(caught_up) + audit_log} head record(s) behind their events"
+             + (" (the audit log's among them)" if audit_log else ""))

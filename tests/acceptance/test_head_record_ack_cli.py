@@ -13,7 +13,7 @@ import worker_process_fixtures
 from helpers import run_module, run_script
 
 from orchestrator.errors import HEAD_RECORD_NOT_WRITTEN
-from orchestrator.store.base import HEADS_AREA
+from orchestrator.store.base import AUDIT_STREAM, HEADS_AREA
 
 env, orch = worker_process_fixtures.env, worker_process_fixtures.orch  # the fixtures of the worker-process tests
 
@@ -130,8 +130,28 @@ def test_audit_heal_writes_the_head_record_of_a_finished_job_left_behind_its_eve
     healed = run_module("audit", "heal", "--json", env=env)
     assert healed.returncode == 0, healed.stderr
     assert json.loads(healed.stdout) == {"jobs": 2, "written": 0, "audit_seqs": [], "head_records": [job],
-                                         "warnings": []}
+                                         "audit_head_record": False, "warnings": []}
     assert head_seq(orch, job) == 4 and verified(env, job)
     again = run_module("audit", "heal", env=env)
     assert again.returncode == 0
     assert again.stdout.strip() == "checked 2 job(s); wrote 0 missing audit entries and 0 head record(s) behind their events"
+
+
+def test_audit_heal_writes_the_audit_logs_own_head_record_left_behind_its_entries(env, orch) -> None:
+    """The audit log's record failed after an approval's entry (a folder in its place): once that is moved away,
+    `audit heal` writes it (``"audit_head_record": true``), and the next heal writes nothing."""
+    job = js.awaiting_audit(orch)
+    blocked = orch.settings.state_dir / "audit-head" / "audit"
+    blocked.unlink(missing_ok=True)
+    blocked.mkdir(parents=True)
+    (blocked / "note").write_text("an operator's file")
+    done = run_script("control", "approve", job, "--json", env=env)
+    assert done.returncode == 0 and codes(json.loads(done.stdout)) == [HEAD_RECORD_NOT_WRITTEN], done.stderr
+    shutil.rmtree(blocked)
+    healed = run_module("audit", "heal", "--json", env=env)
+    assert healed.returncode == 0, healed.stderr
+    assert json.loads(healed.stdout)["audit_head_record"] is True
+    entries = len(orch.store.read(AUDIT_STREAM))
+    assert json.loads(orch.store.get_aux("audit-head", "audit"))["seq"] == entries and verified(env, job)
+    again = run_module("audit", "heal", env=env)
+    assert again.returncode == 0 and again.stdout.strip().endswith("and 0 head record(s) behind their events")

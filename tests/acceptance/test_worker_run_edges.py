@@ -97,14 +97,25 @@ def test_stale_recovery_kills_what_the_run_of_a_sigkilled_worker_left_before_the
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(5)
         assert alive(left)  # the handler died with its worker (PDEATHSIG); what it started did not
-        wait_until(lambda: run_script("worker", "--once", "--worker-id", "rescuer", env=env).returncode in (0, 75)
-                   and state(orch, job) == "failed", what="the stale run to be recovered")
+        recovered: list[dict] = []
+
+        def rescue() -> bool:
+            done = run_script("worker", "--once", "--json", "--worker-id", "rescuer", env=env)
+            assert done.returncode in (0, 75), done.stderr
+            recovered.extend(json.loads(done.stdout.splitlines()[-1])["recovered"])
+            return state(orch, job) == "failed"
+
+        wait_until(rescue, what="the stale run to be recovered")
         wait_until(lambda: not alive(left), timeout=5, what="the left process to be killed")
     finally:
         stop(victim)
         if pidfile.exists() and alive(int(pidfile.read_text())):
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
     assert [e["type"] for e in records(orch, job)][-1] == "stale_recovered"
+    # the kill is said with the recovery (worker --json's "recovered"), naming the process, not only logged
+    assert [r["job_id"] for r in recovered] == [job]
+    assert [w["code"] for w in recovered[0]["warnings"]] == ["RUN_PROCESSES_KILLED"]
+    assert f"(pid {left})" in recovered[0]["warnings"][0]["message"]
 
 
 def records(orch, job_id: str) -> list[dict]:

@@ -20,6 +20,7 @@ import pytest
 import jobstates as js
 from orchestrator import Orchestrator
 from orchestrator.errors import HEAD_RECORD_NOT_WRITTEN, AuxNotWrittenError, StorageError
+from orchestrator.signing import canonical, line_hash
 from orchestrator.store.base import AUDIT_STREAM, HEADS_AREA
 from orchestrator.store.jsonl import JsonlStore
 
@@ -245,6 +246,46 @@ def test_an_action_whose_healed_entrys_records_cannot_be_written_goes_on_with_th
     assert verified(orch, job) and orch.verify().ok
 
 
+def test_a_healed_entry_whose_log_record_meets_a_planted_link_says_to_remove_the_link(
+        orch: Orchestrator, tmp_path: Path) -> None:
+    """As above, with a symbolic link planted in the log's head record's place after the heal's check: the warning
+    says to remove the link (the next action is refused until then), not that the next heal mends it alone."""
+    from orchestrator import audit, faults
+
+    job = js.awaiting_audit(orch)
+
+    class Died(BaseException):
+        """The process dies between the event and its entry."""
+
+    faults.arm("append.after_event", lambda: (_ for _ in ()).throw(Died()))
+    try:
+        with pytest.raises(Died):
+            orch.approve(job, "looks good")
+    finally:
+        faults.disarm_all()
+    place, outside = orch.settings.state_dir / "audit-head" / "audit", tmp_path / "outside"
+    outside.write_bytes(b"")
+
+    def plant() -> None:
+        place.parent.mkdir(exist_ok=True)
+        place.unlink(missing_ok=True)
+        place.symlink_to(outside)
+
+    faults.arm("store.append.before_aux", plant)  # the heal's entry is the only append of an action already applied
+    try:
+        again = orch.approve(job, "looks good")
+    finally:
+        faults.disarm_all()
+    assert again.already_applied and codes(again.warnings) == [HEAD_RECORD_NOT_WRITTEN]
+    message = again.warnings[0]["message"]
+    assert "the healed audit entry of event 4 (job_approved)" in message and f"{place} is a symbolic link" in message
+    assert "Nothing is to be done again: remove the symbolic link it names" in message
+    assert outside.read_bytes() == b""  # never written through
+    place.unlink()  # as the warning says; then the next heal writes only the marker
+    assert audit.heal(orch, [orch.load(job)]) == [] and not audit.unmarked(orch, [orch.load(job)])
+    assert orch.verify().ok
+
+
 def test_an_action_whose_heal_cannot_write_a_lost_marker_goes_on_with_the_warning(orch: Orchestrator) -> None:
     """The entry is in the log and only its marker was lost (a crash after the entry): the heal writes the marker. When
     that write fails (a file in ``audited/``'s place), it is a warning, not STORAGE_ERROR: the marker is derived, and
@@ -291,6 +332,40 @@ def test_a_finished_jobs_record_left_behind_is_caught_up_and_one_ahead_of_the_vi
     orch.store.delete_aux(HEADS_AREA, queued)  # and the record lost since
     assert catch_up_jobs(orch.store, [read_before]) == [] and head_seq(orch, queued) is None  # never at a past head
     assert catch_up_jobs(orch.store, [orch.load(queued)]) == [queued] and head_seq(orch, queued) == 2
+
+
+def audit_head_seq(orch: Orchestrator) -> int | None:
+    raw = orch.store.get_aux("audit-head", "audit")
+    return None if raw is None else json.loads(raw)["seq"]
+
+
+def test_the_audit_logs_record_left_behind_is_caught_up_only_over_entries_that_verify(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``head_records.catch_up_audit_log`` (`audit heal`): the log's record, behind its last entry after a refused
+    write, is written at the log's end; not when up to date; and never over an entry that does not verify (a line
+    appended by hand), since a read takes the entries a record names on its word."""
+    from orchestrator.head_records import catch_up_audit_log
+
+    job = js.awaiting_audit(orch)
+    orch.cancel(orch.submit("t.echo", {}), "the log's first entry, and its record")
+    refuse_head_records(monkeypatch, orch, area="audit-head")
+    assert codes(orch.approve(job, "ok").warnings) == [HEAD_RECORD_NOT_WRITTEN]
+    monkeypatch.undo()
+    entries = len(orch.store.read(AUDIT_STREAM))
+    assert audit_head_seq(orch) == entries - 1  # behind the approval's entry
+    assert catch_up_audit_log(orch) and audit_head_seq(orch) == entries
+    assert orch.verify().ok
+    assert not catch_up_audit_log(orch)  # up to date: nothing written
+
+    # an entry forged after the record (chained, but signed by no trusted key): the record stays where it was
+    last = json.loads(orch.store.read(AUDIT_STREAM)[-1].raw)
+    forged = {**last, "seq": entries + 1, "prev": line_hash(orch.store.read(AUDIT_STREAM)[-1].raw),
+              "sig": "A" * 86}
+    with open(orch.store.audit_path, "ab") as fh:
+        fh.write(canonical(forged) + b"\n")
+    assert len(orch.store.read(AUDIT_STREAM)) == entries + 1
+    assert not catch_up_audit_log(orch) and audit_head_seq(orch) == entries
+    assert not orch.verify().ok  # and verify names the forged entry
 
 
 # -- the store --------------------------------------------------------------------------------------------------------

@@ -83,16 +83,23 @@ def test_a_runaway_handler_keeps_its_output_file_within_the_bound_and_its_latest
     tail = _failure(orch, job)["output_tail"]
     assert tail.endswith(f"spew done {LINES}\n")  # the end of its output, not its start
     assert f"{LINES - 1:09d} " in tail and "000000000 " not in tail and "\0" not in tail
+    # reported with the run's result (worker --json's "warnings"), not only in the worker's log
+    dropped = [w for w in result.warnings if w["code"] == "OUTPUT_START_DROPPED"]
+    assert len(dropped) == 1 and f"job {job} run {result.run_id}" in dropped[0]["message"]
+    assert int(re.search(r"its first (\d+) bytes were dropped", dropped[0]["message"])[1]) > LINES * 100 // 2  # most of it
     nxt = orch.submit("t.echo", 1)
-    assert w.run_once().job_id == nxt and orch.status(nxt).state == "succeeded"
+    again = w.run_once()
+    assert again.job_id == nxt and orch.status(nxt).state == "succeeded"
+    assert again.warnings == []  # the next run's output was not dropped: no warning carried over
 
 
 def test_without_a_bound_the_output_file_takes_what_the_handler_prints(orch) -> None:
     w = make_worker(orch, output_max_bytes=0)
     _spew(orch, "command", 40_000)
     with DiskUse(orch.settings.state_dir / "runs") as disk:
-        w.run_once()
+        result = w.run_once()
     assert disk.most >= 40_000 * 100
+    assert result.warnings == []  # nothing dropped, nothing reported
 
 
 @pytest.mark.parametrize("kind", ["command", "t.spew"])

@@ -122,7 +122,14 @@ def test_a_python_handler_process_that_crashes_has_what_its_run_started_killed_b
     result = make_worker(orch, handler_process=mode).run_once()
     assert (result.job_id, result.error_code) == (job, "NO_TERMINAL_SIGNAL_EXIT")
     assert orch.status(job).state == "failed"
-    assert not alive(int(leftover.read_text()))
+    left = int(leftover.read_text())
+    assert not alive(left)
+    # one that left the process group is killed by pid, and said with the result; the group's members are not listed
+    killed = [w for w in result.warnings if w["code"] == "RUN_PROCESSES_KILLED"]
+    if session == "own-session":
+        assert len(killed) == 1 and f"(pid {left})" in killed[0]["message"]
+    else:
+        assert killed == []
 
 
 # -- a command's child that left its process group ends with the command ------------------------------------
@@ -137,7 +144,11 @@ def test_a_commands_child_that_left_its_process_group_with_setsid_is_killed_when
     job = orch.submit("command", {"argv": ["sh", "-c", ESCAPE, "sh", str(leftover)]}, max_attempts=1)
     result = make_worker(orch).run_once()
     assert (result.job_id, result.outcome) == (job, "succeeded")
-    assert not alive(int(leftover.read_text()))
+    left = int(leftover.read_text())
+    assert not alive(left)
+    # said with the run's result (worker --json's "warnings"), naming the process: a daemon meant to stay is gone
+    assert [w["code"] for w in result.warnings] == ["RUN_PROCESSES_KILLED"]
+    assert f"(pid {left})" in result.warnings[0]["message"] and result.run_id in result.warnings[0]["message"]
 
 
 # -- a Python handler never sees the worker's keys ---------------------------------------------------------
