@@ -65,6 +65,24 @@ def verified(orch: Orchestrator, job_id: str) -> bool:
 
 
 # -- control actions ------------------------------------------------------------------------------------------------
+class Died(BaseException):
+    """The process dies between the event and its entry."""
+
+
+def approved_without_its_entry(orch: Orchestrator) -> str:
+    """A job approved by a process that died between the approval's event and its audit entry: the entry is missing."""
+    from orchestrator import faults
+
+    job = js.awaiting_audit(orch)
+    faults.arm("append.after_event", lambda: (_ for _ in ()).throw(Died()))
+    try:
+        with pytest.raises(Died):
+            orch.approve(job, "looks good")
+    finally:
+        faults.disarm_all()
+    return job
+
+
 def test_an_approve_whose_head_record_cannot_be_written_is_done_with_a_warning_and_its_entry_written(
         orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Before: STORAGE_ERROR (exit 10, "nothing acknowledged"), the approval durable, and its audit entry not written
@@ -217,18 +235,9 @@ def test_an_action_whose_healed_entrys_records_cannot_be_written_goes_on_with_th
     log's head record after it fails (a full disk). Before: STORAGE_ERROR, exit 10, the entry durable all the same.
     Now the entry's warning comes with the action's answer (``already applied``), and the next heal writes only the
     entry's marker: the entry is never written twice."""
-    from orchestrator import audit, faults
+    from orchestrator import audit
 
-    job = js.awaiting_audit(orch)
-    class Died(BaseException):
-        """The process dies between the event and its entry."""
-
-    faults.arm("append.after_event", lambda: (_ for _ in ()).throw(Died()))
-    try:
-        with pytest.raises(Died):
-            orch.approve(job, "looks good")
-    finally:
-        faults.disarm_all()
+    job = approved_without_its_entry(orch)
     assert audit.unmarked(orch, [orch.load(job)])  # the approval has no entry
     refused = refuse_head_records(monkeypatch, orch, area="audit-head")
     again = orch.approve(job, "looks good")
@@ -252,17 +261,7 @@ def test_a_healed_entry_whose_log_record_meets_a_planted_link_says_to_remove_the
     says to remove the link (the next action is refused until then), not that the next heal mends it alone."""
     from orchestrator import audit, faults
 
-    job = js.awaiting_audit(orch)
-
-    class Died(BaseException):
-        """The process dies between the event and its entry."""
-
-    faults.arm("append.after_event", lambda: (_ for _ in ()).throw(Died()))
-    try:
-        with pytest.raises(Died):
-            orch.approve(job, "looks good")
-    finally:
-        faults.disarm_all()
+    job = approved_without_its_entry(orch)
     place, outside = orch.settings.state_dir / "audit-head" / "audit", tmp_path / "outside"
     outside.write_bytes(b"")
 
