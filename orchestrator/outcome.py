@@ -44,13 +44,17 @@ class Claim:
     run_id: str
     epoch: int
     renewed: bool = False  # a heartbeat of this run wrote its lease record, which the outcome drops (Worker._supervise)
-    # ``{code, message}`` of what the run met besides its appends (a link removed where a copy of artifacts_from goes,
-    # ``ARTIFACT_LINK_REMOVED``), reported with its result after the claim's warnings
+    # ``{code, message}`` of what the run met besides its appends (``ARTIFACT_LINK_REMOVED``, ``OUTPUT_START_DROPPED``,
+    # ``RUN_PROCESSES_KILLED``), reported with its result after the claim's warnings
     notes: tuple[dict[str, str], ...] = ()
 
     @property
     def job_id(self) -> str:
         return self.view.job_id
+
+    def noting(self, warning: dict[str, str]) -> "Claim":
+        """This claim with ``warning`` added to its ``notes``."""
+        return replace(self, notes=(*self.notes, warning))
 
     @property
     def state(self) -> JobState:
@@ -120,7 +124,7 @@ class OutcomeRecorder:
                 warning = killed_warning(killed, claim.job_id, claim.run_id, "after its handler exited")
                 log.warning("%s", warning["message"], extra={"job_id": claim.job_id, "run_id": claim.run_id,
                                                              "pids": killed, "code": warning["code"]})
-                claim = replace(claim, notes=(*claim.notes, warning))
+                claim = claim.noting(warning)
         try:
             raw = child.payload()
         except MalformedPayloadError as exc:  # too large to read, not a regular file, or unreadable

@@ -220,10 +220,9 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
             raise
         # the job's own folder leads out of the store: never walked (nor its files moved); the job's next run
         # fails on it (PATH_ESCAPE, not retried), as a run claimed with that folder does
-        log.warning("job %s: its artifact folder is not looked at: %s", s.job_id, exc.message,
-                    extra={"job_id": s.job_id, "code": exc.code})
         notes.append({"code": exc.code, "message": f"job {s.job_id}: its artifact folder is not looked at "
                                                    f"(none listed for a human to check): {exc.message}"})
+        log.warning("%s", notes[-1]["message"], extra={"job_id": s.job_id, "code": exc.code})
         artifacts = []
     expired = clock_mod.to_iso(expiry) if expiry else None
     data: dict[str, Any] = {"error_code": NO_TERMINAL_SIGNAL_STALE, "stale_worker_id": s.worker_id,

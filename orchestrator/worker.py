@@ -28,7 +28,6 @@ import signal
 import threading
 import time
 import weakref
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -280,7 +279,7 @@ class Worker:
                 raise
             dropped = cap.warning()
             if dropped is not None:  # reported with the run, whatever it ended as (also logged when it happened)
-                claim = replace(claim, notes=(*claim.notes, dropped))
+                claim = claim.noting(dropped)
             if how in ("lost", "unrenewed", "stopped"):
                 return self._ended(how, claim, record, held, child.output)
             if how == "timeout":
@@ -491,7 +490,7 @@ class Worker:
         """``claim`` with the warning of the links its copy removed, if any (reported with the run's result)."""
         if not removed:
             return claim
-        return replace(claim, notes=(*claim.notes, links_removed_warning(removed, target)))
+        return claim.noting(links_removed_warning(removed, target))
 
     # -- the loop -----------------------------------------------------------------------------------
     def stop(self) -> None:

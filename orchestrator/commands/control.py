@@ -149,11 +149,11 @@ def audit_group() -> None:
 @project_command
 def audit_heal(orch: Any, out: Output, job_id: str | None) -> None:
     """Write the audit entries a crash left missing (once; the job events are the truth), and the head records
-    left behind their jobs' events.
+    left behind their jobs' events and the audit log's.
 
     Every command that touches a job heals it already; this heals the whole project at once. A head record behind
     (a crash, or a disk that refused it: HEAD_RECORD_NOT_WRITTEN) is otherwise written by the job's next event,
-    which a finished job never gets.
+    which a finished job never gets. The audit log's is written only once its entries after it verify.
     """
     from orchestrator import audit, head_records
 
