@@ -29,6 +29,7 @@ from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, Ve
 from orchestrator.key_files import load_keyring
 from orchestrator.limits import (MAX_INPUT_BYTES, MAX_JSON_DEPTH, MAX_KIND_LENGTH, MAX_PROCESSES, is_kind, is_unicode,
                                  json_depth, whole_number)
+from orchestrator.notices import log_warning
 from orchestrator.security import sanitize_text, shown, validate_id
 from orchestrator.signing import Keyring, canonical
 from orchestrator.leases import lease_expiry
@@ -390,7 +391,7 @@ class Orchestrator:
             not_written.warning(job_id, stream.head.seq, new[-1][0], audited=audit is not None),)),
             *(self._index_warning(exc, job_id, stream.head.seq, new[-1][0]) for exc in index_missed))
         for warning in warnings:
-            log.warning("%s: %s", warning["code"], warning["message"], extra={"job_id": job_id, "code": warning["code"]})
+            log_warning(log, warning, job_id=job_id)
         return JobView(job_id, stream, state, (), warnings)
 
     @staticmethod

@@ -32,6 +32,7 @@ from orchestrator import clock, faults
 from orchestrator.errors import (HEAD_RECORD_NOT_WRITTEN, AuxNotWrittenError, IntegrityError, OrchestratorError,
                                  PathEscapeError, StorageError)
 from orchestrator.history import head_contradicted, head_record, seal
+from orchestrator.notices import log_warning
 from orchestrator.security import sanitize_text
 from orchestrator.signing import line_hash
 from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, Head
@@ -310,7 +311,7 @@ def heal_found(orch: "Orchestrator", todo: list[Unaudited], *, now: float | None
 
 def _warn(warnings: list[dict[str, str]] | None, warning: dict[str, str]) -> None:
     """Log a heal's warning, and add it to the caller's ``warnings`` when it keeps them."""
-    log.warning("%s: %s", warning["code"], warning["message"], extra={"code": warning["code"]})
+    log_warning(log, warning)
     if warnings is not None:
         warnings.append(warning)
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator.descriptors import readable
 from orchestrator.handler_result import handler_payload
-from orchestrator.leftovers import end_leftovers, set_run_environment
+from orchestrator.leftovers import KILLED_MAX_BYTES, decode_killed, encode_killed, end_leftovers, set_run_environment
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
 from orchestrator.runner import (HANDLER_PIPE_ENDS, STANDARD_FDS, UNREAPED, Child, forked_handler,
                                  give_standard_streams, handler_main, reap_exited, spawning,
@@ -69,8 +69,9 @@ class FrameTooLarge(Exception):
         self.size = size
 
 
-def _write_frame(fd: int, data: bytes) -> None:
-    view = memoryview(_FRAME.pack(len(data)) + data)
+def _write_frames(fd: int, *frames: bytes) -> None:
+    """``frames`` one after the other, in one write: a reader that gets the first finds the others with it."""
+    view = memoryview(b"".join(part for data in frames for part in (_FRAME.pack(len(data)), data)))
     while view:
         view = view[os.write(fd, view):]
 
@@ -144,7 +145,8 @@ class SignalState:
 
 
 def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: int, output: Path) -> None:
-    """The reused handler process: one request (kind, context) in, one payload out, until the worker closes."""
+    """The reused handler process: one request (kind, context) in, two frames out (what it killed of what the run
+    left, ``encode_killed``, then the payload), until the worker closes."""
     streams = StandardStreams(output)
     signals = SignalState()
     while True:
@@ -161,14 +163,14 @@ def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: i
         set_run_environment(request["context"])
         payload = handler_payload(lambda: call(request["kind"], request["context"]))
         signals.stop_timers()  # at once: none goes off while the run's leftovers are ended, nor in the next run
-        end_leftovers()  # the run is over when what it started is gone (one waitid when it started nothing)
+        killed = end_leftovers()  # the run is over when what it started is gone (one waitid when it started nothing)
         signals.restore()
         # put back before the flush too: a run that left ``sys.stdout`` closed, or a line unfinished on a descriptor 1
         # it closed, made the flush raise, and this process died with the run's payload (NO_TERMINAL_SIGNAL_EXIT)
         streams.restore()
         sys.stdout.flush()
         sys.stderr.flush()
-        _write_frame(resp_w, payload)
+        _write_frames(resp_w, encode_killed(killed), payload)
 
 
 HOST_PREFIX = "host-"  # runs/host-<pid>-<random>: a worker's handler process folder
@@ -277,7 +279,7 @@ class HandlerHost:
                 self._spawn()
             assert self._req_w is not None and self._resp_r is not None and self.pid is not None
             try:
-                _write_frame(self._req_w, request)
+                _write_frames(self._req_w, request)
             except BrokenPipeError:  # it died between runs (killed from outside): start a new one
                 self.discard()
                 if attempt == 2:
@@ -404,7 +406,8 @@ class HostRun(Child):
             return None
         try:
             with stop_deferred():  # a frame is read whole: a stop cutting it would lose what was read of it
-                self._payload = _read_frame(self._resp_fd, MAX_PAYLOAD_BYTES)
+                killed = _read_frame(self._resp_fd, KILLED_MAX_BYTES)
+                self._payload = None if killed is None else _read_frame(self._resp_fd, MAX_PAYLOAD_BYTES)
         except FrameTooLarge as exc:
             # not read (nor allocated): the host is blocked writing the rest, and a pipe that holds it cannot
             # serve another run. It is killed and replaced (``handler_payload`` refuses such a payload first,
@@ -413,6 +416,7 @@ class HostRun(Child):
             self.kill_group(signal.SIGKILL)
             return self.returncode
         if self._payload is not None:
+            self.killed = decode_killed(killed or b"")
             self.returncode, self.answered = 0, True
             return 0
         return self._died()

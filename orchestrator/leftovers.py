@@ -30,10 +30,11 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import struct
 import sys
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple
 
 from orchestrator.descriptors import readable
 
@@ -51,15 +52,46 @@ RUN_PROCESSES_KILLED = "RUN_PROCESSES_KILLED"  # the warning of a run whose left
 PIDS_NAMED = 10  # pids a warning names (and how many more there were)
 
 
-def killed_warning(pids: list[int], job_id: str, run_id: str, when: str) -> dict[str, str]:
+def killed_warning(pids: list[int], job_id: str, run_id: str, when: str, total: int | None = None) -> dict[str, str]:
     """The ``{code, message}`` reported with a run's result, or with its stale recovery, when processes the run left
-    running were killed by pid (``end_exited_run``, ``kill_run_processes``): whoever meant a handler to leave a
-    daemon behind learns why it is gone, and from the result, not only from the worker's log."""
+    running were killed by pid (``end_exited_run``, ``kill_run_processes``, a Python handler's ``end_leftovers``):
+    whoever meant a handler to leave a daemon behind learns why it is gone, and from the result, not only from the
+    worker's log. ``total``: how many were killed, when ``pids`` names only the first of them."""
+    total = len(pids) if total is None else total
     named = ", ".join(str(pid) for pid in pids[:PIDS_NAMED])
-    more = f" and {len(pids) - PIDS_NAMED} more" if len(pids) > PIDS_NAMED else ""
+    more = f" and {total - PIDS_NAMED} more" if total > PIDS_NAMED else ""
     return {"code": RUN_PROCESSES_KILLED,
-            "message": f"killed {len(pids)} process(es) left running by run {run_id} of job {job_id} {when} "
+            "message": f"killed {total} process(es) left running by run {run_id} of job {job_id} {when} "
                        f"(pid {named}{more}): what a run starts ends with the run (docs/worker.md)"}
+
+
+class Killed(NamedTuple):
+    """What a Python handler's process killed of what its run left (``end_leftovers``), as it tells the worker:
+    how many, and the first ``PIDS_NAMED`` pids (its pid namespace is the worker's: it is the worker's child)."""
+    total: int
+    pids: list[int]
+
+
+NONE_KILLED = Killed(0, [])
+_KILLED_HEAD = struct.Struct(">II")  # how many were killed, how many pids follow (4 bytes each)
+KILLED_MAX_BYTES = _KILLED_HEAD.size + 4 * PIDS_NAMED
+
+
+def encode_killed(pids: list[int]) -> bytes:
+    """``pids`` as a handler process tells them to the worker with its answer: at most ``KILLED_MAX_BYTES`` (48), so
+    that a per-run child's write of them with its one-byte exit code stays one atomic pipe write (``PIPE_BUF``)."""
+    named = pids[:PIDS_NAMED]
+    return _KILLED_HEAD.pack(len(pids), len(named)) + struct.pack(f">{len(named)}i", *named)
+
+
+def decode_killed(data: bytes) -> Killed:
+    """``encode_killed``'s ``Killed``; nothing killed for what is not one (bytes a handler wrote on the pipe itself:
+    its payload is judged as it is)."""
+    if len(data) >= _KILLED_HEAD.size:
+        total, count = _KILLED_HEAD.unpack_from(data)
+        if count <= min(total, PIDS_NAMED) and len(data) == _KILLED_HEAD.size + 4 * count:
+            return Killed(total, list(struct.unpack_from(f">{count}i", data, _KILLED_HEAD.size)))
+    return NONE_KILLED
 
 
 def become_subreaper(libc: Any) -> None:
@@ -287,10 +319,11 @@ def _signal_child(pid: int, sig: int) -> None:
 last_end_seconds = 0.0  # how long the last ``end_leftovers`` took, in this process (tests, diagnosis)
 
 
-def end_leftovers(grace: float = LEFTOVER_GRACE_SECONDS, *, keep_helpers: bool = True) -> None:
-    """In a handler process, once a run is over: end every process the run left. With no child at all (the
-    common case) this is one ``waitid``. multiprocessing's helpers stay for the next run (``keep_helpers``), or
-    are let go when the process is about to exit (``_release_helpers``). Takes ``last_end_seconds``."""
+def end_leftovers(grace: float = LEFTOVER_GRACE_SECONDS, *, keep_helpers: bool = True) -> list[int]:
+    """In a handler process, once a run is over: end every process the run left; the pids it had to signal (none
+    that had exited already). With no child at all (the common case) this is one ``waitid``. multiprocessing's
+    helpers stay for the next run (``keep_helpers``), or are let go when the process is about to exit
+    (``_release_helpers``). Takes ``last_end_seconds``."""
     global last_end_seconds
     started = time.monotonic()
     try:
@@ -300,7 +333,9 @@ def end_leftovers(grace: float = LEFTOVER_GRACE_SECONDS, *, keep_helpers: bool =
             else:
                 _release_helpers()
                 spared = set()
-            _end_children(lambda: [pid for pid in _child_pids() if pid not in spared], grace, HARD_LIMIT_SECONDS)
+            return _end_children(lambda: [pid for pid in _child_pids() if pid not in spared], grace,
+                                 HARD_LIMIT_SECONDS)
+        return []
     finally:
         last_end_seconds = time.monotonic() - started
 

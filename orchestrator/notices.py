@@ -28,3 +28,10 @@ def tell(notify: Notify | None, log: logging.Logger, message: str, **extra: Any)
             log.info(message, extra=extra)
             return
     log.warning(message, extra=extra)
+
+
+def log_warning(log: logging.Logger, warning: dict[str, str], **extra: Any) -> None:
+    """Log a warning that is also reported to the caller: one shape wherever it comes from, ``CODE: message``, with
+    its ``code`` (and ``extra``: the job, the run...) in the record, so a log can be searched by code as the
+    ``--json`` output is."""
+    log.warning("%s: %s", warning["code"], warning["message"], extra={**extra, "code": warning["code"]})

@@ -25,7 +25,7 @@ from orchestrator.errors import ConcurrencyError, InvalidIdError, JobNotFoundErr
 from orchestrator.handler_host import sweep_dead_host_folders
 from orchestrator.leases import LEASES_AREA, drop_lease_aux, lease_expiry
 from orchestrator.leftovers import kill_run_processes, killed_warning
-from orchestrator.notices import Notify, tell
+from orchestrator.notices import Notify, log_warning, tell
 from orchestrator.payload import NO_TERMINAL_SIGNAL_STALE
 from orchestrator.queue import QueueIndex, ReadyEntry
 from orchestrator.runner import RUN_PREFIX, remove_run_folder
@@ -222,7 +222,7 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
         # fails on it (PATH_ESCAPE, not retried), as a run claimed with that folder does
         notes.append({"code": exc.code, "message": f"job {s.job_id}: its artifact folder is not looked at "
                                                    f"(none listed for a human to check): {exc.message}"})
-        log.warning("%s", notes[-1]["message"], extra={"job_id": s.job_id, "code": exc.code})
+        log_warning(log, notes[-1], job_id=s.job_id)
         artifacts = []
     expired = clock_mod.to_iso(expiry) if expiry else None
     data: dict[str, Any] = {"error_code": NO_TERMINAL_SIGNAL_STALE, "stale_worker_id": s.worker_id,
@@ -240,8 +240,7 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
     killed = kill_run_processes(s.run_id)  # on this machine: what the run left running must not meet its retry
     if killed:
         notes.append(killed_warning(killed, s.job_id, s.run_id, "after its worker stopped renewing its lease"))
-        log.warning("%s", notes[-1]["message"], extra={"job_id": s.job_id, "run_id": s.run_id, "pids": killed,
-                                                       "code": notes[-1]["code"]})
+        log_warning(log, notes[-1], job_id=s.job_id, run_id=s.run_id, pids=killed)
     try:  # the dead run's lease is dropped with the event (in its transaction where the store can)
         written = orch.append(view, s.job_id, [("stale_recovered", data)], run_id=s.run_id, actor=actor,
                               now=now, audit=("stale_recovered", f"{why}; to {data['to']}"),

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from orchestrator.descriptors import readable
 from orchestrator.errors import MalformedPayloadError
 from orchestrator.handler_env import strip_private_environment
-from orchestrator.leftovers import (LEFTOVER_GRACE_SECONDS, become_subreaper, end_leftovers, set_run_environment,
-                                    started_child, wait_group_empty)
+from orchestrator.leftovers import (KILLED_MAX_BYTES, LEFTOVER_GRACE_SECONDS, NONE_KILLED, Killed, become_subreaper,
+                                    decode_killed, encode_killed, end_leftovers, set_run_environment, started_child,
+                                    wait_group_empty)
 from orchestrator.leftovers import adopt_orphans as _adopt_orphans
 from orchestrator.handler_result import handler_payload, leave_if_forked
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
@@ -127,6 +128,7 @@ class Child:
     output: Path
     terminal_file: Path | None = None
     answered = False  # a Python handler's process answered: it ended what its run left (``end_leftovers``)
+    killed: Killed = NONE_KILLED  # what it had to kill of that, as it told the worker with its answer
 
     def payload(self) -> bytes | None:
         """The terminal payload the run produced, or None if it left none; ``MalformedPayloadError`` for one over
@@ -297,12 +299,13 @@ class ForkChild(Child):
     def _announced(self) -> bool:
         """Read the child's exit code from the pipe; False if it closed without one (it died)."""
         assert self._done_fd is not None
-        data = os.read(self._done_fd, 1)
+        data = os.read(self._done_fd, 1 + KILLED_MAX_BYTES)  # written at once (``handler_main``): all here
         os.close(self._done_fd)
         self._done_fd = None
         if not data:
             return False
         self.answered = True
+        self.killed = decode_killed(data[1:])
         if self.poll() is None:  # still exiting: reaped by a later fork_call
             UNREAPED.add(self.pid)
             self.returncode = data[0]
@@ -459,12 +462,13 @@ def _new_spawn_lock() -> None:
 os.register_at_fork(after_in_child=_new_spawn_lock)
 
 
-def handler_main(output: Path, close: tuple[int, ...], body: Callable[[], None], announce: int | None = None) -> None:
+def handler_main(output: Path, close: tuple[int, ...], body: Callable[[], bytes | None],
+                 announce: int | None = None) -> None:
     """What a freshly forked handler process runs: close the worker's ends of the pipes (its own, ``close``, and
     those of the worker's other handler processes, ``HANDLER_PIPE_ENDS``), become a handler process, run
     ``body``, then exit 0 (1 if it raised; the traceback goes to ``output``), first writing the exit code on
-    ``announce`` if given. Never returns."""
-    code, me = 1, os.getpid()
+    ``announce`` if given, followed by what ``body`` returned. Never returns."""
+    code, me, said = 1, os.getpid(), b""
     try:
         for fd in close:
             os.close(fd)
@@ -473,7 +477,7 @@ def handler_main(output: Path, close: tuple[int, ...], body: Callable[[], None],
                 os.close(fd)
         HANDLER_PIPE_ENDS.clear()
         _become_handler_process(output)
-        body()
+        said = body() or b""
         code = 0
     except SystemExit as exc:  # sys.exit(N) in a handler: the run ends without a payload, and with status N
         code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
@@ -494,7 +498,7 @@ def handler_main(output: Path, close: tuple[int, ...], body: Callable[[], None],
         finally:
             if announce is not None:
                 try:
-                    os.write(announce, bytes([code & 0xFF]))  # everything is written: the worker may go on
+                    os.write(announce, bytes([code & 0xFF]) + said)  # everything is written: the worker may go on
                 except OSError:
                     pass
             os._exit(code)
@@ -507,11 +511,12 @@ def fork_call(fn: Callable[[], Any], *, terminal_file: Path, output: Path,
     ``context``: the run's, whose ids go in the child's environment (``set_run_environment``)."""
     with forked_handler(1) as (pid, (done_r, done_w)):  # no other handler fork keeps ``done_w`` (its end of file)
         if pid == 0:  # pragma: no cover - runs in the child, covered by the worker tests
-            def body() -> None:
+            def body() -> bytes:
                 set_run_environment(context or {})
                 payload = handler_payload(fn)
-                end_leftovers()  # before the payload is there: the run is over when what it started is gone
+                killed = end_leftovers()  # before the payload is there: the run is over when what it started is gone
                 write_bytes_atomic(terminal_file, payload)
+                return encode_killed(killed)  # told to the worker with the exit code
 
             handler_main(output, (done_r,), body, done_w)
         os.close(done_w)

@@ -6,6 +6,7 @@ left its process group (``setsid``) is killed when the command exits; a Python h
 worker's keys in its environment."""
 from __future__ import annotations
 
+import logging
 import os
 import random
 import subprocess
@@ -71,6 +72,7 @@ def test_a_handler_using_a_multiprocessing_pool_runs_again_in_the_same_handler_p
         job = orch.submit("t.pools", method, max_attempts=1)
         result = worker.run_once()
         assert (result.job_id, result.outcome, result.error_code) == (job, "succeeded", None)
+        assert result.warnings == []  # the pool's helpers are spared, not reported as killed
         outputs.append(orch.status(job).result["output"])
     assert all(out["squares"] == [1, 2, 3] for out in outputs)
     assert len({out["pid"] for out in outputs}) == 1  # one handler process served the three runs
@@ -132,6 +134,36 @@ def test_a_python_handler_process_that_crashes_has_what_its_run_started_killed_b
         assert killed == []
 
 
+# -- a Python handler that returns with processes still running: they end with the run, named with its result ---
+@linux_only
+@pytest.mark.parametrize("session", ["own-session", "same-group"])
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_python_handler_that_returns_leaving_processes_running_has_them_killed_and_named_with_its_result(
+        orch, leftover: Path, mode: str, session: str) -> None:
+    def starts_and_returns(ctx):
+        procs = [subprocess.Popen(["sleep", "300"], start_new_session=session == "own-session") for _ in range(2)]
+        leftover.write_text(" ".join(str(proc.pid) for proc in procs))
+        return {"status": "done", "summary": "left two sleeps"}
+
+    register("t.starts_and_returns", starts_and_returns)
+    worker = make_worker(orch, handler_process=mode)
+    job = orch.submit("t.starts_and_returns", max_attempts=1)
+    result = worker.run_once()
+    assert (result.job_id, result.outcome) == (job, "succeeded")
+    pids = [int(pid) for pid in leftover.read_text().split()]
+    assert not any(alive(pid) for pid in pids)
+    # whichever process group they were in: the handler process knows every process its run left, its children
+    [warning] = result.warnings
+    assert warning["code"] == "RUN_PROCESSES_KILLED"
+    assert warning["message"].startswith(
+        f"killed 2 process(es) left running by run {result.run_id} of job {job} when its handler returned "
+        f"(pid {pids[0]}, {pids[1]})")
+    # the next run of that handler process started nothing, and has nothing to report
+    job = orch.submit("t.echo", "x", max_attempts=1)
+    assert worker.run_once().warnings == []
+    worker.close()
+
+
 # -- a command's child that left its process group ends with the command ------------------------------------
 ESCAPE = ('setsid sleep 300 & echo $! > "$1"; '
           'while [ "$(cat /proc/$!/comm 2>/dev/null)" != sleep ]; do :; done; '  # it has left the group
@@ -140,15 +172,18 @@ ESCAPE = ('setsid sleep 300 & echo $! > "$1"; '
 
 @linux_only
 def test_a_commands_child_that_left_its_process_group_with_setsid_is_killed_when_the_command_exits(
-        orch, leftover: Path) -> None:
+        orch, leftover: Path, caplog: pytest.LogCaptureFixture) -> None:
     job = orch.submit("command", {"argv": ["sh", "-c", ESCAPE, "sh", str(leftover)]}, max_attempts=1)
-    result = make_worker(orch).run_once()
+    with caplog.at_level(logging.WARNING, logger="orchestrator"):
+        result = make_worker(orch).run_once()
     assert (result.job_id, result.outcome) == (job, "succeeded")
     left = int(leftover.read_text())
     assert not alive(left)
     # said with the run's result (worker --json's "warnings"), naming the process: a daemon meant to stay is gone
     assert [w["code"] for w in result.warnings] == ["RUN_PROCESSES_KILLED"]
     assert f"(pid {left})" in result.warnings[0]["message"] and result.run_id in result.warnings[0]["message"]
+    # and logged as every reported warning is: its code, then its message
+    assert f"RUN_PROCESSES_KILLED: {result.warnings[0]['message']}" in [r.getMessage() for r in caplog.records]
 
 
 # -- a Python handler never sees the worker's keys ---------------------------------------------------------
