@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -53,7 +52,7 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 def new_job_id(now: float | None = None) -> str:
     """A ULID: 48-bit milliseconds + 80 random bits, so ids sort by submission time."""
     ms = int((time.time() if now is None else now) * 1000)
-    value = (ms << 80) | int.from_bytes(secrets.token_bytes(10), "big")
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")  # ``secrets.token_bytes``, without its imports
     return "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(26)))
 
 

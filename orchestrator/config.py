@@ -10,7 +10,6 @@ from __future__ import annotations
 import getpass
 import math
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -136,7 +135,7 @@ def default_actor() -> str:
         user = getpass.getuser()
     except Exception:  # no passwd entry (containers)
         user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
+    return f"{user}@{os.uname().nodename}"  # ``socket.gethostname()``, without importing ``socket`` (~2 ms)
 
 
 def load_dotenv_file(path: str | os.PathLike[str] = ".env") -> None:

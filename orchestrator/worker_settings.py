@@ -3,7 +3,6 @@ their ``ORCH_*`` variables. ``orchestrator.worker.Worker`` runs with them; it is
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
@@ -67,4 +66,4 @@ class WorkerSettings:
 
 
 def default_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
+    return f"{os.uname().nodename}-{os.getpid()}-{os.urandom(2).hex()}"  # the host name, as ``socket.gethostname()``
