@@ -406,8 +406,10 @@ class HostRun(Child):
             return None
         try:
             with stop_deferred():  # a frame is read whole: a stop cutting it would lose what was read of it
-                killed = _read_frame(self._resp_fd, KILLED_MAX_BYTES)
-                self._payload = None if killed is None else _read_frame(self._resp_fd, MAX_PAYLOAD_BYTES)
+                report = _read_frame(self._resp_fd, KILLED_MAX_BYTES)  # what it killed, then the payload
+                if report is not None:
+                    self.killed = decode_killed(report)
+                    self._payload = _read_frame(self._resp_fd, MAX_PAYLOAD_BYTES)
         except FrameTooLarge as exc:
             # not read (nor allocated): the host is blocked writing the rest, and a pipe that holds it cannot
             # serve another run. It is killed and replaced (``handler_payload`` refuses such a payload first,
@@ -416,7 +418,6 @@ class HostRun(Child):
             self.kill_group(signal.SIGKILL)
             return self.returncode
         if self._payload is not None:
-            self.killed = decode_killed(killed or b"")
             self.returncode, self.answered = 0, True
             return 0
         return self._died()

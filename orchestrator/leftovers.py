@@ -52,27 +52,30 @@ RUN_PROCESSES_KILLED = "RUN_PROCESSES_KILLED"  # the warning of a run whose left
 PIDS_NAMED = 10  # pids a warning names (and how many more there were)
 
 
-def killed_warning(pids: list[int], job_id: str, run_id: str, when: str, total: int | None = None) -> dict[str, str]:
-    """The ``{code, message}`` reported with a run's result, or with its stale recovery, when processes the run left
-    running were killed by pid (``end_exited_run``, ``kill_run_processes``, a Python handler's ``end_leftovers``):
-    whoever meant a handler to leave a daemon behind learns why it is gone, and from the result, not only from the
-    worker's log. ``total``: how many were killed, when ``pids`` names only the first of them."""
-    total = len(pids) if total is None else total
-    named = ", ".join(str(pid) for pid in pids[:PIDS_NAMED])
-    more = f" and {total - PIDS_NAMED} more" if total > PIDS_NAMED else ""
-    return {"code": RUN_PROCESSES_KILLED,
-            "message": f"killed {total} process(es) left running by run {run_id} of job {job_id} {when} "
-                       f"(pid {named}{more}): what a run starts ends with the run (docs/worker.md)"}
-
-
 class Killed(NamedTuple):
-    """What a Python handler's process killed of what its run left (``end_leftovers``), as it tells the worker:
-    how many, and the first ``PIDS_NAMED`` pids (its pid namespace is the worker's: it is the worker's child)."""
+    """Processes a run left running that were killed: how many, and their pids (a Python handler's process tells
+    the worker only the first ``PIDS_NAMED``: ``encode_killed``; its pid namespace is the worker's, its parent's)."""
     total: int
     pids: list[int]
 
+    @classmethod
+    def of(cls, pids: list[int]) -> "Killed":
+        return cls(len(pids), pids)
+
 
 NONE_KILLED = Killed(0, [])
+
+
+def killed_warning(killed: Killed, job_id: str, run_id: str, when: str) -> dict[str, str]:
+    """The ``{code, message}`` reported with a run's result, or with its stale recovery, when processes the run left
+    running were killed by pid (``end_exited_run``, ``kill_run_processes``, a Python handler's ``end_leftovers``):
+    whoever meant a handler to leave a daemon behind learns why it is gone, and from the result, not only from the
+    worker's log."""
+    named = ", ".join(str(pid) for pid in killed.pids[:PIDS_NAMED])
+    more = f" and {killed.total - PIDS_NAMED} more" if killed.total > PIDS_NAMED else ""
+    return {"code": RUN_PROCESSES_KILLED,
+            "message": f"killed {killed.total} process(es) left running by run {run_id} of job {job_id} {when} "
+                       f"(pid {named}{more}): what a run starts ends with the run (docs/worker.md)"}
 _KILLED_HEAD = struct.Struct(">II")  # how many were killed, how many pids follow (4 bytes each)
 KILLED_MAX_BYTES = _KILLED_HEAD.size + 4 * PIDS_NAMED
 

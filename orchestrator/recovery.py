@@ -24,7 +24,7 @@ from orchestrator.config import MIN_LEASE_SECONDS
 from orchestrator.errors import ConcurrencyError, InvalidIdError, JobNotFoundError, PathEscapeError, SigningKeyError
 from orchestrator.handler_host import sweep_dead_host_folders
 from orchestrator.leases import LEASES_AREA, drop_lease_aux, lease_expiry
-from orchestrator.leftovers import kill_run_processes, killed_warning
+from orchestrator.leftovers import Killed, kill_run_processes, killed_warning
 from orchestrator.notices import Notify, log_warning, tell
 from orchestrator.payload import NO_TERMINAL_SIGNAL_STALE
 from orchestrator.queue import QueueIndex, ReadyEntry
@@ -239,7 +239,8 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
     data["error"] = sanitize_text(why)
     killed = kill_run_processes(s.run_id)  # on this machine: what the run left running must not meet its retry
     if killed:
-        notes.append(killed_warning(killed, s.job_id, s.run_id, "after its worker stopped renewing its lease"))
+        when = "after its worker stopped renewing its lease"
+        notes.append(killed_warning(Killed.of(killed), s.job_id, s.run_id, when))
         log_warning(log, notes[-1], job_id=s.job_id, run_id=s.run_id, pids=killed)
     try:  # the dead run's lease is dropped with the event (in its transaction where the store can)
         written = orch.append(view, s.job_id, [("stale_recovered", data)], run_id=s.run_id, actor=actor,

@@ -28,9 +28,9 @@ def test_bytes_that_are_not_a_report_say_nothing_was_killed() -> None:
 
 
 def test_the_warning_counts_every_process_killed_and_names_the_first_ten() -> None:
-    warning = killed_warning(list(range(100, 110)), "J", "R", "when its handler returned", total=12)
+    warning = killed_warning(Killed(12, list(range(100, 110))), "J", "R", "when its handler returned")
     assert warning["code"] == "RUN_PROCESSES_KILLED"
     assert warning["message"].startswith("killed 12 process(es) left running by run R of job J when its handler "
                                          "returned (pid 100, 101, 102, 103, 104, 105, 106, 107, 108, 109 and 2 more)")
-    assert killed_warning([7], "J", "R", "after its handler exited")["message"].startswith(
+    assert killed_warning(Killed.of([7]), "J", "R", "after its handler exited")["message"].startswith(
         "killed 1 process(es) left running by run R of job J after its handler exited (pid 7)")
