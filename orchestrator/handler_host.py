@@ -20,6 +20,7 @@ import stat
 import struct
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -149,6 +150,7 @@ def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: i
     left, ``encode_killed``, then the payload), until the worker closes."""
     streams = StandardStreams(output)
     signals = SignalState()
+    me = os.getpid()
     while True:
         frame = _read_frame(req_r)
         if frame is None:  # the worker closed the pipe (or died): nothing more to run
@@ -161,7 +163,15 @@ def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: i
         if os.fstat(1).st_size:
             os.ftruncate(1, 0)
         set_run_environment(request["context"])
-        payload = handler_payload(lambda: call(request["kind"], request["context"]))
+        try:
+            payload = handler_payload(lambda: call(request["kind"], request["context"]))
+        except BaseException:  # ``sys.exit`` in the handler (or its own KeyboardInterrupt): this process ends here
+            if os.getpid() != me:  # a copy the handler forked: it leaves without a word (``handler_main``)
+                raise
+            signals.stop_timers()
+            with suppress(OSError):  # what it killed of what the run left, then an empty frame: no payload comes
+                _write_frames(resp_w, encode_killed(end_leftovers()), b"")
+            raise
         signals.stop_timers()  # at once: none goes off while the run's leftovers are ended, nor in the next run
         killed = end_leftovers()  # the run is over when what it started is gone (one waitid when it started nothing)
         signals.restore()
@@ -409,7 +419,8 @@ class HostRun(Child):
                 report = _read_frame(self._resp_fd, KILLED_MAX_BYTES)  # what it killed, then the payload
                 if report is not None:
                     self.killed = decode_killed(report)
-                    self._payload = _read_frame(self._resp_fd, MAX_PAYLOAD_BYTES)
+                    # empty: the host did not answer (``sys.exit`` in the handler) and exits, its report sent
+                    self._payload = _read_frame(self._resp_fd, MAX_PAYLOAD_BYTES) or None
         except FrameTooLarge as exc:
             # not read (nor allocated): the host is blocked writing the rest, and a pipe that holds it cannot
             # serve another run. It is killed and replaced (``handler_payload`` refuses such a payload first,

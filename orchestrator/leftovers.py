@@ -62,6 +62,10 @@ class Killed(NamedTuple):
     def of(cls, pids: list[int]) -> "Killed":
         return cls(len(pids), pids)
 
+    def plus(self, pids: list[int]) -> "Killed":
+        """These and ``pids``, killed since (by the worker, after the handler process said what it killed)."""
+        return Killed(self.total + len(pids), self.pids + pids)
+
 
 NONE_KILLED = Killed(0, [])
 

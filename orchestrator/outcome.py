@@ -19,7 +19,7 @@ from orchestrator import faults
 from orchestrator.artifacts import recorded_names
 from orchestrator.errors import ConcurrencyError, LeaseLostError, MalformedPayloadError, StorageUnavailableError
 from orchestrator.leases import drop_lease_aux
-from orchestrator.leftovers import Killed, end_exited_run, killed_warning
+from orchestrator.leftovers import end_exited_run, killed_warning
 from orchestrator.notices import log_warning
 from orchestrator.payload import (DONE, FAILED, JSON_WHITESPACE, NEEDS_AUDIT, NO_TERMINAL_SIGNAL_EXIT, Payload,
                                   parse_payload)
@@ -120,9 +120,9 @@ class OutcomeRecorder:
         """The outcome of a run whose handler exited: its terminal payload, parsed and decided on."""
         s = claim.state
         if child.answered:  # a Python handler's process: it ended what the run left, and said what it killed
-            killed, when = child.killed, "when its handler returned"
-        else:  # a command, or a handler process that died: what the run left is ended here
-            killed, when = Killed.of(end_exited_run(child.pid, claim.run_id)), "after its handler exited"
+            killed, when = child.killed, "when its handler ended"
+        else:  # a command, or a handler process that died (having said what it killed, if it could): ended here
+            killed, when = child.killed.plus(end_exited_run(child.pid, claim.run_id)), "after its handler exited"
         if killed.total:  # (a command's: out of its group, ``setsid``, a daemon) reported with the run, and logged
             warning = killed_warning(killed, claim.job_id, claim.run_id, when)
             log_warning(log, warning, job_id=claim.job_id, run_id=claim.run_id, pids=killed.pids)

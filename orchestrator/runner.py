@@ -467,7 +467,8 @@ def handler_main(output: Path, close: tuple[int, ...], body: Callable[[], bytes 
     """What a freshly forked handler process runs: close the worker's ends of the pipes (its own, ``close``, and
     those of the worker's other handler processes, ``HANDLER_PIPE_ENDS``), become a handler process, run
     ``body``, then exit 0 (1 if it raised; the traceback goes to ``output``), first writing the exit code on
-    ``announce`` if given, followed by what ``body`` returned. Never returns."""
+    ``announce`` if given, followed by what ``body`` returned, or, if it did not return (``sys.exit`` in a handler),
+    by what was killed of the run's leftovers on the way out (``encode_killed``). Never returns."""
     code, me, said = 1, os.getpid(), b""
     try:
         for fd in close:
@@ -488,8 +489,10 @@ def handler_main(output: Path, close: tuple[int, ...], body: Callable[[], bytes 
         traceback.print_exc()
     finally:
         leave_if_forked(me, code)
-        try:
-            end_leftovers(keep_helpers=False)  # before it exits: its orphans would go to init, out of reach
+        try:  # before it exits: its orphans would go to init, out of reach. A body that returned ended them already
+            killed = end_leftovers()  # named unless they are multiprocessing's helpers, let go of next
+            said = said or encode_killed(killed)  # it did not return: what it killed is told all the same
+            end_leftovers(keep_helpers=False)
         except BaseException:  # noqa: S110 - exiting anyway
             pass
         try:

@@ -156,10 +156,40 @@ def test_a_python_handler_that_returns_leaving_processes_running_has_them_killed
     [warning] = result.warnings
     assert warning["code"] == "RUN_PROCESSES_KILLED"
     assert warning["message"].startswith(
-        f"killed 2 process(es) left running by run {result.run_id} of job {job} when its handler returned "
+        f"killed 2 process(es) left running by run {result.run_id} of job {job} when its handler ended "
         f"(pid {pids[0]}, {pids[1]})")
     # the next run of that handler process started nothing, and has nothing to report
     job = orch.submit("t.echo", "x", max_attempts=1)
+    assert worker.run_once().warnings == []
+    worker.close()
+
+
+# -- a Python handler that calls sys.exit with processes still running: they end with the run, named too ------
+@linux_only
+@pytest.mark.parametrize("session", ["own-session", "same-group"])
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_python_handler_that_calls_sys_exit_leaving_processes_running_has_them_killed_and_named_with_its_failure(
+        orch, leftover: Path, mode: str, session: str) -> None:
+    def starts_and_exits(ctx):
+        procs = [subprocess.Popen(["sleep", "300"], start_new_session=session == "own-session") for _ in range(2)]
+        leftover.write_text(" ".join(str(proc.pid) for proc in procs))
+        sys.exit(3)
+
+    register("t.starts_and_exits", starts_and_exits)
+    worker = make_worker(orch, handler_process=mode)
+    job = orch.submit("t.starts_and_exits", max_attempts=1)
+    result = worker.run_once()
+    assert (result.job_id, result.error_code) == (job, "NO_TERMINAL_SIGNAL_EXIT")
+    assert "exited with status 3" in orch.status(job).last_error["message"]
+    pids = [int(pid) for pid in leftover.read_text().split()]
+    assert not any(alive(pid) for pid in pids)
+    # the handler process ended them on its way out, and said so: the same warning as a run that returned
+    [warning] = result.warnings
+    assert warning["code"] == "RUN_PROCESSES_KILLED"
+    assert f"left running by run {result.run_id} of job {job}" in warning["message"]
+    assert f"(pid {pids[0]}, {pids[1]})" in warning["message"]
+    # the next run (a new handler process, in the reused mode) has nothing to report
+    orch.submit("t.echo", "x", max_attempts=1)
     assert worker.run_once().warnings == []
     worker.close()
 

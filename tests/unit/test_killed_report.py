@@ -28,9 +28,17 @@ def test_bytes_that_are_not_a_report_say_nothing_was_killed() -> None:
 
 
 def test_the_warning_counts_every_process_killed_and_names_the_first_ten() -> None:
-    warning = killed_warning(Killed(12, list(range(100, 110))), "J", "R", "when its handler returned")
+    warning = killed_warning(Killed(12, list(range(100, 110))), "J", "R", "when its handler ended")
     assert warning["code"] == "RUN_PROCESSES_KILLED"
     assert warning["message"].startswith("killed 12 process(es) left running by run R of job J when its handler "
-                                         "returned (pid 100, 101, 102, 103, 104, 105, 106, 107, 108, 109 and 2 more)")
+                                         "ended (pid 100, 101, 102, 103, 104, 105, 106, 107, 108, 109 and 2 more)")
     assert killed_warning(Killed.of([7]), "J", "R", "after its handler exited")["message"].startswith(
         "killed 1 process(es) left running by run R of job J after its handler exited (pid 7)")
+
+
+def test_what_the_worker_kills_after_a_handler_process_told_its_own_is_counted_and_named_after_it() -> None:
+    told = decode_killed(encode_killed(list(range(100, 112))))  # twelve killed, the first ten named
+    both = told.plus([7, 8])
+    assert both == Killed(14, [*range(100, 110), 7, 8])
+    assert "killed 14 process(es)" in killed_warning(both, "J", "R", "after its handler exited")["message"]
+    assert NONE_KILLED.plus([7]) == Killed.of([7]) and NONE_KILLED == Killed(0, [])  # left as it was
