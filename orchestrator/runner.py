@@ -34,8 +34,8 @@ from orchestrator.descriptors import readable
 from orchestrator.errors import MalformedPayloadError
 from orchestrator.handler_env import strip_private_environment
 from orchestrator.leftovers import (KILLED_MAX_BYTES, LEFTOVER_GRACE_SECONDS, NONE_KILLED, Killed, become_subreaper,
-                                    decode_killed, encode_killed, end_leftovers, set_run_environment, started_child,
-                                    wait_group_empty)
+                                    decode_killed, encode_killed, end_leftovers, group_members, nothing_adopted,
+                                    set_run_environment, started_child, wait_group_empty)
 from orchestrator.leftovers import adopt_orphans as _adopt_orphans
 from orchestrator.handler_result import handler_payload, leave_if_forked
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
@@ -223,6 +223,7 @@ class PopenChild(Child):
             if not readable([self._pidfd], timeout):
                 return False
             with stop_deferred():  # a stop between the reap and the next line would send this SIGTERM again, later
+                self.killed = Killed.of(self._left_in_group())
                 self.kill_group(signal.SIGTERM)  # exited, not reaped: the group's id is not reused meanwhile
                 self.returncode = self.proc.wait()
                 self._close()
@@ -231,8 +232,17 @@ class PopenChild(Child):
             self.returncode = self.proc.wait(timeout=max(0.0, timeout))
         except subprocess.TimeoutExpired:
             return False
+        self.killed = Killed.of(self._left_in_group())
         self.kill_group(signal.SIGTERM)
         return True
+
+    def _left_in_group(self) -> list[int]:
+        """What the exited command left running in its process group, named with the run (``RUN_PROCESSES_KILLED``)
+        before the group's SIGTERM. In a worker that adopts orphans, a command that left nothing (nearly every run)
+        costs one read of the worker's children: what it left in its group was re-parented to the worker when it
+        exited, so with no such child there is nothing to list. Elsewhere it is a read of ``/proc``, as the search
+        for the run's ``ORCH_RUN_ID`` that follows there already is (``end_exited_run``)."""
+        return [] if nothing_adopted() else group_members(self.pid)
 
     def _close(self) -> None:
         if self._pidfd is not None:

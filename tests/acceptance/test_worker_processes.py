@@ -459,6 +459,25 @@ def test_a_worker_process_ends_what_a_command_left_outside_its_group_even_withou
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="child subreapers are Linux only")
+def test_a_worker_process_names_what_a_command_left_in_its_own_process_group_and_nothing_for_one_that_left_none(
+        env, orch, pidfile: Path) -> None:
+    """The worker command adopts what an exited command leaves; it lists the command's group only when it has
+    adopted something, and names what the group's SIGTERM then ends."""
+    left = orch.submit("command", {"argv": ["sh", "-c", 'sleep 300 & echo $! > "$1"; printf \'{"status": "done", '
+                                            '"summary": "ok"}\' > "$ORCH_TERMINAL_FILE"', "sh", str(pidfile)]})
+    clean = orch.submit("command", {"argv": ["sh", "-c", 'printf \'{"status": "done", "summary": "ok"}\' > '
+                                             '"$ORCH_TERMINAL_FILE"']})
+    ran = run_script("worker", "--max-jobs", "2", "--idle-exit", "--json", env=env)
+    assert ran.returncode == 0, ran.stderr
+    lines = {r["job_id"]: r for r in map(json.loads, ran.stdout.splitlines()) if "job_id" in r}
+    pid = int(pidfile.read_text())
+    assert not alive(pid)
+    assert [w["code"] for w in lines[left]["warnings"]] == ["RUN_PROCESSES_KILLED"]
+    assert f"(pid {pid})" in lines[left]["warnings"][0]["message"]
+    assert lines[clean]["warnings"] == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="child subreapers are Linux only")
 def test_a_worker_process_spares_its_reused_handler_process_when_it_ends_what_a_command_left(
         env, orch, pidfile: Path) -> None:
     first = orch.submit("t.pid", None)

@@ -126,12 +126,9 @@ def test_a_python_handler_process_that_crashes_has_what_its_run_started_killed_b
     assert orch.status(job).state == "failed"
     left = int(leftover.read_text())
     assert not alive(left)
-    # one that left the process group is killed by pid, and said with the result; the group's members are not listed
-    killed = [w for w in result.warnings if w["code"] == "RUN_PROCESSES_KILLED"]
-    if session == "own-session":
-        assert len(killed) == 1 and f"(pid {left})" in killed[0]["message"]
-    else:
-        assert killed == []
+    # killed by the worker, in the dead process's group or out of it, and said with the result
+    [killed] = [w for w in result.warnings if w["code"] == "RUN_PROCESSES_KILLED"]
+    assert f"(pid {left})" in killed["message"] and "after its handler exited" in killed["message"]
 
 
 # -- a Python handler that returns with processes still running: they end with the run, named with its result ---
@@ -214,6 +211,35 @@ def test_a_commands_child_that_left_its_process_group_with_setsid_is_killed_when
     assert f"(pid {left})" in result.warnings[0]["message"] and result.run_id in result.warnings[0]["message"]
     # and logged as every reported warning is: its code, then its message
     assert f"RUN_PROCESSES_KILLED: {result.warnings[0]['message']}" in [r.getMessage() for r in caplog.records]
+
+
+# -- what a command leaves in its own process group is named too ---------------------------------------------
+IN_GROUP = ('sleep 300 & echo $! > "$1"; sleep 301 & echo $! >> "$1"; '
+            'printf \'{"status": "done", "summary": "ok"}\' > "$ORCH_TERMINAL_FILE"')
+
+
+@linux_only
+def test_what_a_command_leaves_running_in_its_process_group_is_ended_and_named_with_the_run(
+        orch, leftover: Path) -> None:
+    job = orch.submit("command", {"argv": ["sh", "-c", IN_GROUP, "sh", str(leftover)]}, max_attempts=1)
+    result = make_worker(orch).run_once()
+    assert (result.job_id, result.outcome) == (job, "succeeded")
+    pids = [int(pid) for pid in leftover.read_text().split()]
+    assert not any(alive(pid) for pid in pids)
+    # listed before the group's SIGTERM: named as those that left the group are
+    [warning] = result.warnings
+    assert warning["code"] == "RUN_PROCESSES_KILLED"
+    assert f"killed 2 process(es) left running by run {result.run_id} of job {job} after its handler exited" in \
+        warning["message"]
+    assert all(str(pid) in warning["message"] for pid in pids)
+
+
+@linux_only
+def test_a_command_that_leaves_nothing_running_reports_nothing(orch) -> None:
+    orch.submit("command", {"argv": ["sh", "-c", 'printf \'{"status": "done", "summary": "ok"}\' > '
+                                     '"$ORCH_TERMINAL_FILE"']}, max_attempts=1)
+    result = make_worker(orch).run_once()
+    assert (result.outcome, result.warnings) == ("succeeded", [])
 
 
 # -- a Python handler never sees the worker's keys ---------------------------------------------------------
