@@ -123,7 +123,7 @@ class OutcomeRecorder:
             killed, when = child.killed, "when its handler ended"
         else:  # a command, or a handler process that died (having said what it killed, if it could): ended here
             killed, when = child.killed.plus(end_exited_run(child.pid, claim.run_id)), "after its handler exited"
-        if killed.total:  # (a command's: out of its group, ``setsid``, a daemon) reported with the run, and logged
+        if killed.total:  # (a command's: in its group or out of it, ``setsid``, a daemon) reported with the run, logged
             warning = killed_warning(killed, claim.job_id, claim.run_id, when)
             log_warning(log, warning, job_id=claim.job_id, run_id=claim.run_id, pids=killed.pids)
             claim = claim.noting(warning)
