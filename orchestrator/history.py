@@ -127,8 +127,12 @@ def _check_line(stream: str, stored: StoredLine, expected_prev: str, keyring: Ke
         return CORRUPT_LINE, "not valid JSON", {}
     if not isinstance(rec, dict):
         return CORRUPT_LINE, "not a JSON object", {}
+    # a line the anchor vouches for has its bytes fixed by a checked signature (the chain up to the anchor's line,
+    # whose signature covers its ``prev``): any edit of them breaks the chain, so they are not encoded again
+    vouched = anchor is not None and (stored.seq < anchor.seq or (stored.seq == anchor.seq and anchor.checked)) \
+        and rec.get("kid") == anchor.kid and isinstance(rec.get("sig"), str)
     try:
-        if canonical(rec) != stored.raw:
+        if not vouched and canonical(rec) != stored.raw:
             return CORRUPT_LINE, "not in canonical form (edited by hand?)", rec
     except ValueError:
         return CORRUPT_LINE, "holds a value JSON cannot carry (NaN?)", rec
@@ -141,8 +145,7 @@ def _check_line(stream: str, stored: StoredLine, expected_prev: str, keyring: Ke
         return CHAIN_BROKEN, "prev is not the hash of the line before", rec
     if stream != AUDIT_STREAM and rec.get("job_id") != stream:
         return WRONG_STREAM, f"belongs to job {shown(rec.get('job_id'))}", rec
-    if anchor is not None and (stored.seq < anchor.seq or (stored.seq == anchor.seq and anchor.checked)) \
-            and rec.get("kid") == anchor.kid and isinstance(rec.get("sig"), str):
+    if vouched:
         return None, "", rec  # its key signed the head record these bytes chain to
     sig_problem = keyring.check(rec)
     if sig_problem:

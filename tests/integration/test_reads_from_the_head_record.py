@@ -2,8 +2,9 @@
 
 The head record names a line by its hash; that line's signature is checked, and it covers the line's
 ``prev``, the hash of the line before, so the named line's key vouches for every line up to it. A read
-checks such a line's own signature only when the line names another key; every other check (parse,
-canonical form, sequence, chain, job id, key trusted and not revoked) is made on every line. ``verify``
+checks such a line's own signature only when the line names another key, nor encodes it again to compare it
+with its canonical form (its bytes are fixed by the chain: an edit breaks the next line's ``prev``); every other check
+(parse, sequence, chain, job id, key trusted and not revoked) is made on every line. ``verify``
 still checks every signature. When anything fails, the read checks each line on its own, so a problem
 is named at the line it is on, as ``verify`` names it. A head record is not signed since 2026-12-03; the
 signed ones written before are still read (``_legacy_head``).
@@ -150,6 +151,34 @@ def test_an_edited_signature_is_named_at_its_line_as_verify_names_it(orch: Orche
     read = [(p.line, p.code) for p in orch.load(job).problems]
     assert read[0] == (1, "SIGNATURE_INVALID")
     assert read == [(p.line, p.code) for p in verify_project(orch, job).problems]
+
+
+@pytest.mark.parametrize("line", [0, 1, 2])
+def test_a_line_rewritten_out_of_canonical_form_is_named_at_its_line_even_under_a_fresh_head_record(
+        orch: Orchestrator, line: int) -> None:
+    """The same record, its bytes spaced out (what a hand edit through a JSON tool leaves): the lines the head
+    record vouches for are not encoded again, but their bytes are what the next line's ``prev`` hashes."""
+    job = _finished_job(orch)
+    lines = _lines(orch, job)
+    lines[line] = json.dumps(json.loads(lines[line]), sort_keys=True).encode()  # ", " and ": " between items
+    _write(orch, job, lines)
+    _fresh_head(orch, job)  # a record over the file as it is now: the last line's bytes are what it names
+    read = [(p.line, p.code) for p in orch.load(job).problems]
+    assert read[0] == (line + 1, "CORRUPT_LINE")
+    assert read == [(p.line, p.code) for p in verify_project(orch, job).problems]
+
+
+def test_a_read_encodes_again_only_the_lines_its_head_record_does_not_vouch_for(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator import history
+
+    job = _finished_job(orch)
+    encoded: list[bytes] = []
+    real = history.canonical
+    monkeypatch.setattr(history, "canonical", lambda obj: encoded.append(real(obj)) or encoded[-1])
+    assert orch.load(job).ok
+    lines = _lines(orch, job)
+    assert lines[-1] in encoded and not set(lines[:-1]) & set(encoded)  # the named line only, of the three
 
 
 def _resealed(orch: Orchestrator, job: str, lines: list[bytes], signers: list[Keyring | None]) -> list[bytes]:
