@@ -100,7 +100,8 @@ def verify_stream(stream: str, lines: Sequence[StoredLine], keyring: Keyring, *,
 
     ``prev_line`` is the line before ``lines[0]`` when verifying from the middle of a stream.
     With an ``anchor`` (``check_head``) a line it vouches for, under the key it names itself, has
-    its signature taken as checked; everything else is checked in full. Only a result without
+    its signature and its canonical form taken as checked (its bytes are fixed by the chain); everything else is
+    checked in full. Only a result without
     problems means anything then: the lines before a broken link are not vouched for, so a caller
     that gets problems verifies again without the anchor (``Orchestrator.load``).
     """
