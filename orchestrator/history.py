@@ -99,11 +99,10 @@ def verify_stream(stream: str, lines: Sequence[StoredLine], keyring: Keyring, *,
     """Check every line; records stop at the first problem, problems list all of them.
 
     ``prev_line`` is the line before ``lines[0]`` when verifying from the middle of a stream.
-    With an ``anchor`` (``check_head``) a line it vouches for, under the key it names itself, has
-    its signature and its canonical form taken as checked (its bytes are fixed by the chain); everything else is
-    checked in full. Only a result without
-    problems means anything then: the lines before a broken link are not vouched for, so a caller
-    that gets problems verifies again without the anchor (``Orchestrator.load``).
+    With an ``anchor`` (``check_head``) a line it vouches for, under the key it names itself, has its signature
+    and its canonical form taken as checked (its bytes are fixed by the chain); everything else is checked in full.
+    Only a result without problems means anything then: the lines before a broken link are not vouched for, so a
+    caller that gets problems verifies again without the anchor (``Orchestrator.load``).
     """
     result = VerifiedStream(stream, list(lines))
     expected_prev = line_hash(prev_line) if prev_line is not None else genesis(stream)

@@ -80,6 +80,8 @@ def killed_warning(killed: Killed, job_id: str, run_id: str, when: str) -> dict[
     return {"code": RUN_PROCESSES_KILLED,
             "message": f"killed {killed.total} process(es) left running by run {run_id} of job {job_id} {when} "
                        f"(pid {named}{more}): what a run starts ends with the run (docs/worker.md)"}
+
+
 _KILLED_HEAD = struct.Struct(">II")  # how many were killed, how many pids follow (4 bytes each)
 KILLED_MAX_BYTES = _KILLED_HEAD.size + 4 * PIDS_NAMED
 
@@ -382,28 +384,25 @@ def group_alive(pgid: int) -> bool:
     exited members nobody reaped: a leftover whose parent exited is re-parented to pid 1, which in a container
     without an init may never reap it. Only when it answers yes is ``/proc`` read (each process's group and
     state, from ``stat``); where it cannot be read, the group counts as alive."""
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):  # none, or only members of another user (not ours to end)
-        return False
     members = _live_members(pgid, first_only=True)
     return members is None or bool(members)
 
 
-def group_members(pgid: int) -> list[int]:
+def group_members(pgid: int) -> list[int] | None:
     """The live members (not zombies) of the process group ``pgid``, listed before the group is signalled so that
-    they are named with the run (``RUN_PROCESSES_KILLED``); [] when it has none, or where ``/proc`` cannot tell. Only
-    a group that ``killpg(pgid, 0)`` finds is read: a full read of ``/proc`` (~0.8 ms with ~85 processes here)."""
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return []
-    return _live_members(pgid, first_only=False) or []
+    they are named with the run (``RUN_PROCESSES_KILLED``); None where ``/proc`` cannot tell (the group then counts
+    as alive, as for ``group_alive``). A full read of ``/proc`` (~0.8 ms with ~85 processes here)."""
+    return _live_members(pgid, first_only=False)
 
 
 def _live_members(pgid: int, *, first_only: bool) -> list[int] | None:
     """The processes of group ``pgid`` that are not zombies (the first one only, if ``first_only``), from each
-    process's ``/proc/<pid>/stat``; None where there is no ``/proc`` to read."""
+    process's ``/proc/<pid>/stat``, read only when ``killpg(pgid, 0)`` finds the group; None where there is no
+    ``/proc`` to read."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):  # none, or only members of another user (not ours to end)
+        return []
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -519,13 +518,13 @@ def end_exited_run(pgid: int, run_id: str) -> list[int]:
     signalled only while it has a live member, which keeps its id from reuse. Returns the pids killed, the
     group's members first (listed before the signal)."""
     members = group_members(pgid)
-    if members or group_alive(pgid):  # alive without members listed: where ``/proc`` cannot tell
+    if members is None or members:  # None: alive, as far as can be told without ``/proc``
         try:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         wait_group_empty(pgid, time.monotonic() + KILL_WAIT_SECONDS)
-    return members + _end_left_group(run_id)
+    return (members or []) + _end_left_group(run_id)
 
 
 def _end_left_group(run_id: str) -> list[int]:

@@ -223,8 +223,7 @@ class PopenChild(Child):
             if not readable([self._pidfd], timeout):
                 return False
             with stop_deferred():  # a stop between the reap and the next line would send this SIGTERM again, later
-                self.killed = Killed.of(self._left_in_group())
-                self.kill_group(signal.SIGTERM)  # exited, not reaped: the group's id is not reused meanwhile
+                self._end_group()  # exited, not reaped: the group's id is not reused meanwhile
                 self.returncode = self.proc.wait()
                 self._close()
             return True
@@ -232,17 +231,17 @@ class PopenChild(Child):
             self.returncode = self.proc.wait(timeout=max(0.0, timeout))
         except subprocess.TimeoutExpired:
             return False
-        self.killed = Killed.of(self._left_in_group())
-        self.kill_group(signal.SIGTERM)
+        self._end_group()
         return True
 
-    def _left_in_group(self) -> list[int]:
-        """What the exited command left running in its process group, named with the run (``RUN_PROCESSES_KILLED``)
-        before the group's SIGTERM. In a worker that adopts orphans, a command that left nothing (nearly every run)
-        costs one read of the worker's children: what it left in its group was re-parented to the worker when it
-        exited, so with no such child there is nothing to list. Elsewhere it is a read of ``/proc``, as the search
-        for the run's ``ORCH_RUN_ID`` that follows there already is (``end_exited_run``)."""
-        return [] if nothing_adopted() else group_members(self.pid)
+    def _end_group(self) -> None:
+        """SIGTERM what the exited command left running in its process group, listed first to be named with the run
+        (``killed``, ``RUN_PROCESSES_KILLED``). In a worker that adopts orphans, a command that left nothing (nearly
+        every run) costs one read of the worker's children: what it left in its group was re-parented to the worker
+        when it exited, so with no such child there is nothing to list. Elsewhere it is a read of ``/proc``, as the
+        search for the run's ``ORCH_RUN_ID`` that follows there already is (``end_exited_run``)."""
+        self.killed = Killed.of([] if nothing_adopted() else group_members(self.pid) or [])
+        self.kill_group(signal.SIGTERM)
 
     def _close(self) -> None:
         if self._pidfd is not None:
