@@ -5,7 +5,9 @@ a file created and made durable (file + folder fsync, as a new job's first event
 empty file created (an index entry), fork
 and exit of a process the size of a worker, one Ed25519 signature and one verification; and what group commit
 would pay: two files appended to (one job's outcome, the next job's claim), then both made durable, one
-fdatasync after the other or at once (a helper thread that waits for work, as a worker would keep one).
+fdatasync after the other or at once (a helper thread that waits for work, as a worker would keep one); and what
+a wait costs the code after it: the same plain-Python work (encoding, parsing and hashing an event) back to back,
+and right after a sleep of ``IDLE_GAP_S``, as every step of W2 and W3 runs right after its process waited.
 """
 from __future__ import annotations
 
@@ -20,13 +22,40 @@ from typing import Any, Callable
 from bench.common import Params, percentile, progress, scratch_dir
 
 
-def _median_us(fn: Callable[[int], None], n: int) -> dict[str, float]:
+def _median_us(fn: Callable[[int], None], n: int, sleep_before: float = 0.0) -> dict[str, float]:
+    """P50 and P99 of ``n`` timed runs of ``fn``; with ``sleep_before``, each comes right after a sleep (untimed)."""
     out = []
     for i in range(n):
+        if sleep_before:
+            time.sleep(sleep_before)
         t0 = time.perf_counter()
         fn(i)
         out.append((time.perf_counter() - t0) * 1e6)
     return {"p50_us": percentile(out, 50), "p99_us": percentile(out, 99)}  # the suite's one definition
+
+
+IDLE_GAP_S = 0.002  # W2's worker and handler process wait ~2-3 ms between jobs; W3's longer
+
+
+def python_work(record: dict[str, Any], n: int) -> dict[str, dict[str, float]]:
+    """The same plain-Python work (ten encodings, parses and hashes of an event, ~80 us on a quiet host) timed back
+    to back, and right after a sleep of ``IDLE_GAP_S`` (untimed). On a host whose idle CPU slows down, or is given to
+    another guest, the second is slower, though the work is the same: that slowness is part of every step of W2 and
+    W3 (and of the skeleton's) that runs right after its process waited (docs/performance.md, "What a wait costs")."""
+    import hashlib
+    import json
+
+    from orchestrator.signing import canonical
+
+    def work(_: int) -> None:
+        for _ in range(10):
+            line = canonical(record)
+            json.loads(line)
+            hashlib.sha256(line).hexdigest()
+
+    for i in range(n // 10):  # warm: the first runs of any code are slower for reasons of their own
+        work(i)
+    return {"python_work": _median_us(work, n), "python_work_after_idle": _median_us(work, n, IDLE_GAP_S)}
 
 
 def run(params: Params, n: int = 300) -> dict[str, Any]:
@@ -37,7 +66,7 @@ def run(params: Params, n: int = 300) -> dict[str, Any]:
     import sys
 
     progress("floors: fdatasync'd append, two appends made durable together, durable file creation, fork+exit, "
-             "sign, verify")
+             "sign, verify, the same Python work back to back and after a wait")
     root = scratch_dir(params, "floor")
     try:
         env = dict(os.environ)
@@ -98,7 +127,8 @@ def measure(root_dir: str, n: int) -> dict[str, Any]:
            "empty_create": _median_us(empty_create, n),
            "fork_exit": _median_us(fork, n // 3), "sign": _median_us(lambda _: ring.seal(dict(record)), n),
            "verify": _median_us(verify_one, n),
-           "canonical": _median_us(lambda _: canonical(record), n), "process_rss_mb": peak_rss_kb() / 1024}
+           "canonical": _median_us(lambda _: canonical(record), n), **python_work(record, n),
+           "process_rss_mb": peak_rss_kb() / 1024}
     os.close(fd)
     return out
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from bench.common import ratio
-from bench.floor import FDATASYNCS_PER_JOB, SIGNATURES_PER_JOB, VERIFICATIONS_PER_JOB, w1_ceiling
+from bench.floor import FDATASYNCS_PER_JOB, IDLE_GAP_S, SIGNATURES_PER_JOB, VERIFICATIONS_PER_JOB, w1_ceiling
 
 # (key, label, getter, unit, higher is better)
 ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str, bool]] = [
@@ -88,6 +88,11 @@ def table(results: dict[str, Any]) -> str:
     if fl and "error" not in fl:
         extra.append("physical floors (plain Python, this disk and CPU; P50 / P99 us): " + ", ".join(
             f"{k} {v['p50_us']:.0f} / {v['p99_us']:.0f}" for k, v in fl.items() if isinstance(v, dict)))
+        if "python_work_after_idle" in fl:
+            hot, cold = fl["python_work"]["p50_us"], fl["python_work_after_idle"]["p50_us"]
+            extra.append(f"what a wait costs: the same Python work {hot:.0f} us back to back, {cold:.0f} us right after "
+                         f"a {IDLE_GAP_S * 1000:g} ms sleep ({cold / hot:.2f}x, P50): every step of W2 and W3, ours and "
+                         "the skeleton's, runs right after its process waited")
         c = w1_ceiling(fl)
         extra.append(f"W1 ceiling of the format itself ({SIGNATURES_PER_JOB} signatures + {VERIFICATIONS_PER_JOB} "
                      f"verification + {FDATASYNCS_PER_JOB} fdatasyncs per job, "

@@ -1,6 +1,6 @@
 """W2 (or W3) step by step: where the time between a submit (a resume) and the visible final state goes.
 
-    python -m bench.trace --samples 300 [--workload w3]
+    python -m bench.trace --samples 300 [--workload w3] [--slowest 0.1]
 
 Submits one job at a time (the echo handler of the latency benchmark) to an idle worker in
 another process, as W2 does, while that worker stamps the named points it passes
@@ -12,6 +12,10 @@ the moment it saw the final state, after the same verified read ``status`` does.
 With ``--workload w3`` each job first asks a question (its first run ends in ``waiting_human``);
 the clock starts when this process calls ``resume``, whose own event and audit entry are stamped
 too, and the worker's stamps are those of the second run.
+
+With ``--slowest 0.1`` a second table splits the slowest 10% of the samples step by step (the time since the step
+before, in the same sample) beside every sample's: which steps make the slow samples slow, which P99s per step
+cannot tell.
 
 The stamping itself costs a few microseconds per point, so the figures are a little above W2's.
 """
@@ -129,7 +133,8 @@ def _worker(base: str, report: str) -> None:
 
 
 def run(samples: int, pause_ms: float = 0.0, warmup: int = 10, workload: str = "w2",
-        settle_max_s: float = 180.0) -> dict[str, dict[str, float]]:
+        settle_max_s: float = 180.0) -> list[dict[str, float]]:
+    """Trace ``samples`` jobs (after ``warmup``); each sample's steps, in ms since its submit (resume) started."""
     from orchestrator import faults
     from orchestrator import latency as lat
     from orchestrator.api import Orchestrator
@@ -208,19 +213,58 @@ def run(samples: int, pause_ms: float = 0.0, warmup: int = 10, workload: str = "
             proc.wait()
         shutil.rmtree(base, ignore_errors=True)
     steps = W3_STEPS if workload == "w3" else STEPS
-    columns: dict[str, list[float]] = {label: [] for label, _, _ in steps}
-    for job_id, own in mine.items():
-        passes = worker_stamps.get(job_id, [])
-        for label, name, which in steps:
-            if name in own:
-                t = own[name]
-            else:
-                hits = [ns for n, ns in passes if n == name]
-                if not -len(hits) <= which < len(hits):
-                    continue
-                t = hits[which]
-            columns[label].append((t - own["t0"]) / 1e6)
+    return [sample_times(own, worker_stamps.get(job_id, []), steps) for job_id, own in mine.items()]
+
+
+def sample_times(own: dict[str, int], passes: list[tuple[str, int]], steps: list[tuple[str, str, int]]) -> dict[str, float]:
+    """One sample: each step it has, in ms since its submit (resume) started, from this process's own stamps or the
+    worker's pass of the named point (first or last)."""
+    out = {}
+    for label, name, which in steps:
+        if name in own:
+            t = own[name]
+        else:
+            hits = [ns for n, ns in passes if n == name]
+            if not -len(hits) <= which < len(hits):
+                continue
+            t = hits[which]
+        out[label] = (t - own["t0"]) / 1e6
+    return out
+
+
+def step_table(samples: list[dict[str, float]], steps: list[tuple[str, str, int]]) -> dict[str, dict[str, float]]:
+    """P50/P90/P99 of each step's time since the start, over the samples that have it, in path order."""
+    columns = {label: [s[label] for s in samples if label in s] for label, _, _ in steps}
     return {label: _stats(values) for label, values in columns.items() if values}
+
+
+def slowest_split(samples: list[dict[str, float]], steps: list[tuple[str, str, int]],
+                  share: float = 0.1) -> dict[str, dict[str, float]]:
+    """Where the slowest samples (``share`` of them, by their last step) lose their time: for each step, the time
+    since the step before it in the same sample (the start for the first), at the median of every sample and of the
+    slowest. A P99 is not the sum of its steps' P99s; this says which steps make a slow sample slow. Steps run in
+    parallel in two processes (the submit and the claim), so a step may come before the one listed above it (a
+    negative time)."""
+    from bench.common import percentile
+
+    last = steps[-1][0]
+    ordered = sorted((s for s in samples if last in s), key=lambda s: s[last])
+    slowest = ordered[len(ordered) - max(1, round(len(ordered) * share)):]
+
+    def gaps(sample: dict[str, float]) -> dict[str, float]:
+        out, before = {}, 0.0
+        for label, _, _ in steps:
+            if label in sample:
+                out[label], before = sample[label] - before, sample[label]
+        return out
+
+    every, slow = [gaps(s) for s in ordered], [gaps(s) for s in slowest]
+    split = {}
+    for label, _, _ in steps:
+        a, b = [g[label] for g in every if label in g], [g[label] for g in slow if label in g]
+        if a and b:
+            split[label] = {"every_p50": percentile(a, 50), "slowest_p50": percentile(b, 50), "slowest_n": len(b)}
+    return split
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -228,6 +272,14 @@ def _stats(values: list[float]) -> dict[str, float]:
 
     return {"n": len(values), "p50": percentile(values, 50), "p90": percentile(values, 90),
             "p99": percentile(values, 99)}
+
+
+def split_table(split: dict[str, dict[str, float]]) -> str:
+    n = max(s["slowest_n"] for s in split.values())
+    lines = [f"| step (ms since the step above, in the same sample) | P50 of every sample | P50 of the slowest {n} |",
+             "|---|---:|---:|"]
+    lines += [f"| {label} | {s['every_p50']:.3f} | {s['slowest_p50']:.3f} |" for label, s in split.items()]
+    return "\n".join(lines)
 
 
 def table(result: dict[str, dict[str, float]]) -> str:
@@ -248,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", dest="json_path", help="also write the figures as JSON to this file")
     parser.add_argument("--settle-max-s", type=float, default=180.0,
                         help="longest wait for file creation to come back to its usual cost first (0: do not wait)")
+    parser.add_argument("--slowest", type=float, default=0.0, metavar="SHARE",
+                        help="also split the slowest SHARE of the samples (0.1: the slowest 10%%, by their visible "
+                             "time) step by step, beside every sample: which steps make a slow sample slow")
     parser.add_argument("--worker", nargs=2, metavar=("BASE", "REPORT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -257,11 +312,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--samples must be at least 1")
     from orchestrator.latency import machine
 
-    result = run(args.samples, args.pause_ms, workload=args.workload, settle_max_s=args.settle_max_s)
+    if not 0 <= args.slowest < 1:
+        parser.error("--slowest must be a share of the samples, at least 0 and under 1 (0.1: the slowest 10%)")
+    steps = W3_STEPS if args.workload == "w3" else STEPS
+    samples = run(args.samples, args.pause_ms, workload=args.workload, settle_max_s=args.settle_max_s)
+    result = step_table(samples, steps)
     print(table(result))
-    print(f"\nmachine: {machine()}")
+    out: dict[str, Any] = {"steps": result, "machine": machine()}
+    if args.slowest:
+        out["slowest"] = slowest_split(samples, steps, args.slowest)
+        print("\n" + split_table(out["slowest"]))
+    print(f"\nmachine: {out['machine']}")
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps({"steps": result, "machine": machine()}, indent=2))
+        Path(args.json_path).write_text(json.dumps(out, indent=2))
     return 0
 
 

@@ -506,7 +506,7 @@ def test_the_gate_fails_when_p95_or_p99_is_over_its_limit() -> None:
 
 def test_the_step_by_step_trace_of_w2_stamps_every_step_in_path_order(tmp_path: Path, cli_env) -> None:
     out = tmp_path / "trace.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.trace", "--samples", "8", "--settle-max-s", "0",
+    proc = subprocess.run([sys.executable, "-m", "bench.trace", "--samples", "8", "--settle-max-s", "0", "--slowest", "0.25",
                            "--json", str(out)], cwd=REPO,
                           env=cli_env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -523,6 +523,9 @@ def test_the_step_by_step_trace_of_w2_stamps_every_step_in_path_order(tmp_path: 
     assert medians == sorted(medians) and medians[0] > 0
     assert steps["visible to the separate reader"]["p50"] > steps["outcome written"]["p50"]
     assert "| visible to the separate reader |" in proc.stdout
+    slowest = json.loads(out.read_text())["slowest"]  # --slowest 0.25: the slowest 2 of 8, step by step
+    assert slowest["visible to the separate reader"]["slowest_n"] == 2
+    assert "P50 of the slowest 2" in proc.stdout
 
 
 def test_the_w3_trace_starts_the_clock_at_the_resume_and_stamps_the_run_after_it(tmp_path: Path, cli_env) -> None:

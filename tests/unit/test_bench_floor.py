@@ -8,7 +8,8 @@ import time
 import pytest
 from nacl.signing import VerifyKey
 
-from bench.floor import pair_loops, verification_loop, w1_ceiling
+from bench import report
+from bench.floor import IDLE_GAP_S, pair_loops, python_work, verification_loop, w1_ceiling
 from orchestrator.signing import Keyring
 
 RECORD = {"job_id": "J", "type": "job_succeeded", "ts": "2026-11-22T00:00:00.000000Z", "actor": "w",
@@ -75,3 +76,26 @@ def test_a_failing_fdatasync_in_group_commits_helper_is_raised_not_waited_for(tm
             at_once(0)
     finally:
         stop()
+
+
+def test_the_work_after_a_wait_sleeps_before_each_run_and_times_only_the_work(monkeypatch):
+    """``python_work_after_idle`` is the cost of running right after a wait: a sleep before every run, outside the
+    timing (timed, it would add the gap itself; missing, the two figures would be the same work timed twice)."""
+    slept = []
+    monkeypatch.setattr(time, "sleep", lambda s: (slept.append(s), real_sleep(s)))
+    result = python_work(RECORD, 20)
+    assert slept == [IDLE_GAP_S] * 20  # only the timed runs after a wait sleep, each once
+    assert result["python_work_after_idle"]["p50_us"] < IDLE_GAP_S * 1e6  # the gap is not in the figure
+    assert result["python_work"]["p50_us"] > 0
+
+
+real_sleep = time.sleep
+
+
+def test_the_report_gives_what_a_wait_costs_as_a_ratio_of_the_same_work():
+    results = {"systems": {"ours": {}}, "floor": {"python_work": {"p50_us": 60.0, "p99_us": 90.0},
+                                                  "python_work_after_idle": {"p50_us": 150.0, "p99_us": 200.0},
+                                                  "sign": {"p50_us": 30.0, "p99_us": 40.0},
+                                                  "verify": {"p50_us": 60.0, "p99_us": 80.0},
+                                                  "fdatasync_append": {"p50_us": 150.0, "p99_us": 200.0}}}
+    assert "60 us back to back, 150 us right after a 2 ms sleep (2.50x, P50)" in report.table(results)

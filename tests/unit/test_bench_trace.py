@@ -1,0 +1,28 @@
+"""``bench.trace --slowest``: which steps make the slow samples slow."""
+from __future__ import annotations
+
+import pytest
+
+from bench.trace import slowest_split
+
+STEPS = [("a", "p.a", 0), ("b", "p.b", 0), ("c", "p.c", 0)]
+
+
+def test_the_slowest_samples_are_split_by_the_time_each_step_took_in_them():
+    # nine samples whose step b takes 1 ms, one whose step b takes 5 ms: the slow sample's own gap is what shows
+    samples = [{"a": 1.0, "b": 2.0, "c": 2.5} for _ in range(9)] + [{"a": 1.0, "b": 6.0, "c": 6.5}]
+    split = slowest_split(samples, STEPS, share=0.1)
+    assert split["b"] == {"every_p50": 1.0, "slowest_p50": 5.0, "slowest_n": 1}
+    assert split["a"]["slowest_p50"] == 1.0 and split["c"]["slowest_p50"] == 0.5  # since the step before it
+
+
+def test_a_step_a_sample_lacks_is_skipped_and_the_next_counts_from_the_one_before_it():
+    samples = [{"a": 1.0, "c": 3.0}, {"a": 1.0, "b": 1.5, "c": 2.0}]
+    split = slowest_split(samples, STEPS, share=0.5)  # the slowest is the first: c at 3.0
+    assert split["c"]["slowest_p50"] == 2.0  # 3.0 - a's 1.0: b is not in that sample
+    assert "b" not in split  # none of the slowest has it: nothing to set beside every sample's
+
+
+def test_samples_that_never_reached_the_last_step_are_left_out():
+    samples = [{"a": 1.0, "b": 2.0}, {"a": 1.0, "b": 1.2, "c": 1.4}]
+    assert slowest_split(samples, STEPS, share=0.5)["b"]["every_p50"] == pytest.approx(0.2)
