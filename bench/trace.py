@@ -275,6 +275,8 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 def split_table(split: dict[str, dict[str, float]]) -> str:
+    if not split:
+        return "(no sample reached the last step: nothing to split)"
     n = max(s["slowest_n"] for s in split.values())
     lines = [f"| step (ms since the step above, in the same sample) | P50 of every sample | P50 of the slowest {n} |",
              "|---|---:|---:|"]

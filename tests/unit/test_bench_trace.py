@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.trace import slowest_split
+from bench.trace import slowest_split, split_table
 
 STEPS = [("a", "p.a", 0), ("b", "p.b", 0), ("c", "p.c", 0)]
 
@@ -26,3 +26,8 @@ def test_a_step_a_sample_lacks_is_skipped_and_the_next_counts_from_the_one_befor
 def test_samples_that_never_reached_the_last_step_are_left_out():
     samples = [{"a": 1.0, "b": 2.0}, {"a": 1.0, "b": 1.2, "c": 1.4}]
     assert slowest_split(samples, STEPS, share=0.5)["b"]["every_p50"] == pytest.approx(0.2)
+
+
+def test_no_sample_that_reached_the_last_step_gives_an_empty_split_and_says_so():
+    split = slowest_split([{"a": 1.0}], STEPS, share=0.1)
+    assert split == {} and "nothing to split" in split_table(split)
