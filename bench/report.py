@@ -90,9 +90,9 @@ def table(results: dict[str, Any]) -> str:
             f"{k} {v['p50_us']:.0f} / {v['p99_us']:.0f}" for k, v in fl.items() if isinstance(v, dict)))
         if "python_work_after_idle" in fl:
             hot, cold = fl["python_work"]["p50_us"], fl["python_work_after_idle"]["p50_us"]
-            extra.append(f"what a wait costs: the same Python work {hot:.0f} us back to back, {cold:.0f} us right after "
-                         f"a {IDLE_GAP_S * 1000:g} ms sleep ({cold / hot:.2f}x, P50): every step of W2 and W3, ours and "
-                         "the skeleton's, runs right after its process waited")
+            extra.append(f"what a wait costs: the same Python work {hot:.0f} us back to back, {cold:.0f} us right "
+                         f"after a {IDLE_GAP_S * 1000:g} ms sleep ({cold / hot:.2f}x, P50): every step of W2 and W3, "
+                         "ours and the skeleton's, runs right after its process waited")
         c = w1_ceiling(fl)
         extra.append(f"W1 ceiling of the format itself ({SIGNATURES_PER_JOB} signatures + {VERIFICATIONS_PER_JOB} "
                      f"verification + {FDATASYNCS_PER_JOB} fdatasyncs per job, "

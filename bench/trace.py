@@ -13,9 +13,9 @@ With ``--workload w3`` each job first asks a question (its first run ends in ``w
 the clock starts when this process calls ``resume``, whose own event and audit entry are stamped
 too, and the worker's stamps are those of the second run.
 
-With ``--slowest 0.1`` a second table splits the slowest 10% of the samples step by step (the time since the step
-before, in the same sample) beside every sample's: which steps make the slow samples slow, which P99s per step
-cannot tell.
+With ``--slowest 0.1`` a second table splits the slowest 10% of the samples step by step (each step's own time, from
+the latest step it waits for, ``WAITS_FOR``: the claim's lock waits for both the worker's sealing and the submit's
+fsyncs) beside every sample's: which steps make the slow samples slow, which P99s per step cannot tell.
 
 The stamping itself costs a few microseconds per point, so the figures are a little above W2's.
 """
@@ -34,6 +34,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+SECOND_TRY = "worker tries a second time (its first try found nothing to claim)"
+LINE_SEEN = "worker: the line it waited for is there"
 # (label, named point, which pass: 0 = first, -1 = last) in the order they happen on the path
 # (a worker woken by the new entry tries the job before its submit returned, and waits on the
 # file's lock: its claim is often written before the submit returns)
@@ -41,8 +43,8 @@ STEPS = [
     ("submit: ready entry written", "caller.queue.after_put_ready", 0),
     ("worker woken, tries the claim", "worker.try_claim", 0),
     ("submit: its line written", "caller.store.append.after_write", 0),
-    ("worker tries a second time (its first try found nothing to claim)", "worker.try_claim", 1),
-    ("worker: the line it waited for is there", "worker.line_seen", 0),
+    (SECOND_TRY, "worker.try_claim", 1),
+    (LINE_SEEN, "worker.line_seen", 0),
     ("worker: the job read and verified", "worker.job_verified", -1),
     ("submit: file and folder durable (its lock released next)", "caller.store.append.after_fsync", 0),
     ("worker: claim sealed, asks for the file's lock", "worker.wants_lock", 0),
@@ -64,12 +66,11 @@ STEPS = [
     ("visible to the separate reader", "reader.visible", 0),
 ]
 # steps only some samples have: the worker found the line there already, or found nothing on its first try
-SOMETIMES = frozenset({"worker tries a second time (its first try found nothing to claim)",
-                       "worker: the line it waited for is there"})
+SOMETIMES = frozenset({SECOND_TRY, LINE_SEEN})
 W3_STEPS = [
     ("worker woken, tries the claim", "worker.try_claim", 0),
     ("resume: its line written", "caller.store.append.after_write", 0),
-    ("worker: the line it waited for is there", "worker.line_seen", 0),
+    (LINE_SEEN, "worker.line_seen", 0),
     ("worker: the job read on and verified", "worker.job_verified", -1),
     ("resume: its line durable (its lock released next)", "caller.store.append.after_fsync", 0),
     ("worker: claim sealed, asks for the file's lock", "worker.wants_lock", 0),
@@ -79,6 +80,39 @@ W3_STEPS = [
     ("the resume returned (its audit entry durable too)", "resume.returned", 0),
     *STEPS[[label for label, _, _ in STEPS].index("claim fdatasynced"):],  # the same path from here on
 ]
+
+# What each step waits for, where that is not the step listed just before it (another process's step, or the later of
+# two): ``--slowest`` counts a step's own time from the latest of these a sample has (none: from the start). The W2 and
+# W3 paths run in two processes at first (the submit or resume beside the worker's claim), one chain afterwards.
+WAITS_FOR: dict[str, tuple[str, ...]] = {
+    "worker woken, tries the claim": ("submit: ready entry written",),
+    "submit: its line written": ("submit: ready entry written",),
+    SECOND_TRY: ("worker woken, tries the claim",),
+    LINE_SEEN: ("submit: its line written",),
+    "worker: the job read and verified": ("worker woken, tries the claim", SECOND_TRY, "submit: its line written",
+                                          LINE_SEEN),
+    "submit: file and folder durable (its lock released next)": ("submit: its line written",),
+    "worker: claim sealed, asks for the file's lock": ("worker: the job read and verified",),
+    "claimer holds the file's lock": ("worker: claim sealed, asks for the file's lock",
+                                      "submit: file and folder durable (its lock released next)"),
+    "claim written": ("claimer holds the file's lock",),
+    "submit returned (its head record written)": ("submit: file and folder durable (its lock released next)",),
+    "claim fdatasynced": ("claim written",),
+}
+W3_WAITS_FOR: dict[str, tuple[str, ...]] = {
+    "worker woken, tries the claim": (),
+    "resume: its line written": (),
+    LINE_SEEN: ("resume: its line written",),
+    "worker: the job read on and verified": ("worker woken, tries the claim", "resume: its line written", LINE_SEEN),
+    "resume: its line durable (its lock released next)": ("resume: its line written",),
+    "worker: claim sealed, asks for the file's lock": ("worker: the job read on and verified",),
+    "the resume's event recorded (head record)": ("resume: its line durable (its lock released next)",),
+    "claimer holds the file's lock": ("worker: claim sealed, asks for the file's lock",
+                                      "resume: its line durable (its lock released next)"),
+    "claim written": ("claimer holds the file's lock",),
+    "the resume returned (its audit entry durable too)": ("the resume's event recorded (head record)",),
+    "claim fdatasynced": ("claim written",),
+}
 
 
 def _worker(base: str, report: str) -> None:
@@ -216,7 +250,8 @@ def run(samples: int, pause_ms: float = 0.0, warmup: int = 10, workload: str = "
     return [sample_times(own, worker_stamps.get(job_id, []), steps) for job_id, own in mine.items()]
 
 
-def sample_times(own: dict[str, int], passes: list[tuple[str, int]], steps: list[tuple[str, str, int]]) -> dict[str, float]:
+def sample_times(own: dict[str, int], passes: list[tuple[str, int]],
+                 steps: list[tuple[str, str, int]]) -> dict[str, float]:
     """One sample: each step it has, in ms since its submit (resume) started, from this process's own stamps or the
     worker's pass of the named point (first or last)."""
     out = {}
@@ -238,27 +273,30 @@ def step_table(samples: list[dict[str, float]], steps: list[tuple[str, str, int]
     return {label: _stats(values) for label, values in columns.items() if values}
 
 
-def slowest_split(samples: list[dict[str, float]], steps: list[tuple[str, str, int]],
-                  share: float = 0.1) -> dict[str, dict[str, float]]:
-    """Where the slowest samples (``share`` of them, by their last step) lose their time: for each step, the time
-    since the step before it in the same sample (the start for the first), at the median of every sample and of the
-    slowest. A P99 is not the sum of its steps' P99s; this says which steps make a slow sample slow. Steps run in
-    parallel in two processes (the submit and the claim), so a step may come before the one listed above it (a
-    negative time)."""
+def slowest_split(samples: list[dict[str, float]], steps: list[tuple[str, str, int]], share: float = 0.1,
+                  waits_for: dict[str, tuple[str, ...]] | None = None) -> dict[str, dict[str, float]]:
+    """Where the slowest samples (``share`` of them, by their last step) lose their time: each step's own time, at
+    the median of every sample and of the slowest. A step's own time is counted from the latest step it waits for
+    (``waits_for``; by default the step listed before it), among those the sample has, else from the start: so a
+    claim waiting on the submit's lock shows as the lock, not as the steps of the other process. A P99 is not the sum
+    of its steps' P99s; this says which steps make a slow sample slow."""
     from bench.common import percentile
 
+    waits_for = waits_for or {}
     last = steps[-1][0]
     ordered = sorted((s for s in samples if last in s), key=lambda s: s[last])
     slowest = ordered[len(ordered) - max(1, round(len(ordered) * share)):]
 
-    def gaps(sample: dict[str, float]) -> dict[str, float]:
-        out, before = {}, 0.0
+    def own_times(sample: dict[str, float]) -> dict[str, float]:
+        out, before = {}, None
         for label, _, _ in steps:
             if label in sample:
-                out[label], before = sample[label] - before, sample[label]
+                waited = waits_for.get(label, (before,) if before else ())
+                out[label] = sample[label] - max((sample[w] for w in waited if w in sample), default=0.0)
+                before = label
         return out
 
-    every, slow = [gaps(s) for s in ordered], [gaps(s) for s in slowest]
+    every, slow = [own_times(s) for s in ordered], [own_times(s) for s in slowest]
     split = {}
     for label, _, _ in steps:
         a, b = [g[label] for g in every if label in g], [g[label] for g in slow if label in g]
@@ -278,7 +316,8 @@ def split_table(split: dict[str, dict[str, float]]) -> str:
     if not split:
         return "(no sample reached the last step: nothing to split)"
     n = max(s["slowest_n"] for s in split.values())
-    lines = [f"| step (ms since the step above, in the same sample) | P50 of every sample | P50 of the slowest {n} |",
+    lines = [f"| step (its own ms: since the latest step it waits for) | P50 of every sample "
+             f"| P50 of the slowest {n} |",
              "|---|---:|---:|"]
     lines += [f"| {label} | {s['every_p50']:.3f} | {s['slowest_p50']:.3f} |" for label, s in split.items()]
     return "\n".join(lines)
@@ -304,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="longest wait for file creation to come back to its usual cost first (0: do not wait)")
     parser.add_argument("--slowest", type=float, default=0.0, metavar="SHARE",
                         help="also split the slowest SHARE of the samples (0.1: the slowest 10%%, by their visible "
-                             "time) step by step, beside every sample: which steps make a slow sample slow")
+                             "time) into each step's own time, beside every sample's: which steps make a slow sample "
+                             "slow")
     parser.add_argument("--worker", nargs=2, metavar=("BASE", "REPORT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -322,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(result))
     out: dict[str, Any] = {"steps": result, "machine": machine()}
     if args.slowest:
-        out["slowest"] = slowest_split(samples, steps, args.slowest)
+        out["slowest"] = slowest_split(samples, steps, args.slowest,
+                                       W3_WAITS_FOR if args.workload == "w3" else WAITS_FOR)
         print("\n" + split_table(out["slowest"]))
     print(f"\nmachine: {out['machine']}")
     if args.json_path:

@@ -31,3 +31,23 @@ def test_samples_that_never_reached_the_last_step_are_left_out():
 def test_no_sample_that_reached_the_last_step_gives_an_empty_split_and_says_so():
     split = slowest_split([{"a": 1.0}], STEPS, share=0.1)
     assert split == {} and "nothing to split" in split_table(split)
+
+
+def test_a_step_that_waits_for_two_counts_its_own_time_from_the_later_of_them():
+    """The claim's lock waits for the worker's sealing and for the submit's fsyncs: its own time is what comes after
+    the later, so a slow disk under the submit shows on the submit's step, not as the lock."""
+    steps = [("sealed", "p.s", 0), ("submit durable", "p.d", 0), ("lock held", "p.l", 0)]
+    waits = {"submit durable": (), "lock held": ("sealed", "submit durable")}
+    samples = [{"sealed": 1.0, "submit durable": 3.0, "lock held": 3.1}]
+    split = slowest_split(samples, steps, share=1.0 - 1e-9, waits_for=waits)
+    assert split["lock held"]["every_p50"] == pytest.approx(0.1)
+    assert split["submit durable"]["every_p50"] == 3.0  # waits for nothing listed: from the start
+
+
+def test_every_step_the_traces_wait_for_is_one_they_stamp():
+    from bench.trace import STEPS, W3_STEPS, W3_WAITS_FOR, WAITS_FOR
+
+    for steps, waits in ((STEPS, WAITS_FOR), (W3_STEPS, W3_WAITS_FOR)):
+        labels = [label for label, _, _ in steps]
+        for step, waited in waits.items():
+            assert step in labels and all(w in labels[:labels.index(step)] for w in waited), step
