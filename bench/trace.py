@@ -113,6 +113,7 @@ W3_WAITS_FOR: dict[str, tuple[str, ...]] = {
     "the resume returned (its audit entry durable too)": ("the resume's event recorded (head record)",),
     "claim fdatasynced": ("claim written",),
 }
+PATHS = {"w2": (STEPS, WAITS_FOR), "w3": (W3_STEPS, W3_WAITS_FOR)}  # a workload's steps and what each waits for
 
 
 def _worker(base: str, report: str) -> None:
@@ -246,7 +247,7 @@ def run(samples: int, pause_ms: float = 0.0, warmup: int = 10, workload: str = "
             proc.kill()
             proc.wait()
         shutil.rmtree(base, ignore_errors=True)
-    steps = W3_STEPS if workload == "w3" else STEPS
+    steps, _ = PATHS[workload]
     return [sample_times(own, worker_stamps.get(job_id, []), steps) for job_id, own in mine.items()]
 
 
@@ -356,14 +357,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if not 0 <= args.slowest < 1:
         parser.error("--slowest must be a share of the samples, at least 0 and under 1 (0.1: the slowest 10%)")
-    steps = W3_STEPS if args.workload == "w3" else STEPS
+    steps, waits_for = PATHS[args.workload]
     samples = run(args.samples, args.pause_ms, workload=args.workload, settle_max_s=args.settle_max_s)
     result = step_table(samples, steps)
     print(table(result))
     out: dict[str, Any] = {"steps": result, "machine": machine()}
     if args.slowest:
-        out["slowest"] = slowest_split(samples, steps, args.slowest,
-                                       W3_WAITS_FOR if args.workload == "w3" else WAITS_FOR)
+        out["slowest"] = slowest_split(samples, steps, args.slowest, waits_for)
         print("\n" + split_table(out["slowest"]))
     print(f"\nmachine: {out['machine']}")
     if args.json_path:

@@ -63,8 +63,11 @@ class Killed(NamedTuple):
         return cls(len(pids), pids)
 
     def plus(self, pids: list[int]) -> "Killed":
-        """These and ``pids``, killed since (by the worker, after the handler process said what it killed)."""
-        return Killed(self.total + len(pids), self.pids + pids)
+        """These and ``pids``, killed since (by the worker, after the handler process or the command's exit said what
+        it killed), each process once: one named with its group's SIGTERM that outlived it, and was killed again
+        afterwards, is still one process."""
+        new = [pid for pid in dict.fromkeys(pids) if pid not in self.pids]
+        return Killed(self.total + len(new), self.pids + new)
 
 
 NONE_KILLED = Killed(0, [])

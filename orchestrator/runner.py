@@ -499,8 +499,8 @@ def handler_main(output: Path, close: tuple[int, ...], body: Callable[[], bytes 
     finally:
         leave_if_forked(me, code)
         try:  # before it exits: its orphans would go to init, out of reach. A body that returned ended them already
-            killed = end_leftovers()  # named unless they are multiprocessing's helpers, let go of next
-            said = said or encode_killed(killed)  # it did not return: what it killed is told all the same
+            if not said and announce is not None:  # it did not return: what it kills (but multiprocessing's
+                said = encode_killed(end_leftovers())  # helpers) is told all the same, where there is one to tell
             end_leftovers(keep_helpers=False)
         except BaseException:  # noqa: S110 - exiting anyway
             pass

@@ -234,6 +234,24 @@ def test_what_a_command_leaves_running_in_its_process_group_is_ended_and_named_w
     assert all(str(pid) in warning["message"] for pid in pids)
 
 
+STUBBORN = ("trap '' TERM; sleep 300 & echo $! > \"$1\"; "
+            'printf \'{"status": "done", "summary": "ok"}\' > "$ORCH_TERMINAL_FILE"')
+
+
+@linux_only
+def test_what_a_command_leaves_ignoring_the_groups_sigterm_is_killed_after_the_grace_and_named_once(
+        orch, leftover: Path) -> None:
+    job = orch.submit("command", {"argv": ["sh", "-c", STUBBORN, "sh", str(leftover)]}, max_attempts=1)
+    result = make_worker(orch).run_once()
+    assert (result.job_id, result.outcome) == (job, "succeeded")
+    pid = int(leftover.read_text())
+    assert not alive(pid)
+    # named with the SIGTERM it ignored, killed again after the grace period: one process, named once
+    [warning] = result.warnings
+    assert f"killed 1 process(es) left running by run {result.run_id} of job {job} after its handler exited " \
+           f"(pid {pid})" in warning["message"]
+
+
 @linux_only
 def test_a_command_that_leaves_nothing_running_reports_nothing(orch) -> None:
     orch.submit("command", {"argv": ["sh", "-c", 'printf \'{"status": "done", "summary": "ok"}\' > '

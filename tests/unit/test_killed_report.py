@@ -42,3 +42,10 @@ def test_what_the_worker_kills_after_a_handler_process_told_its_own_is_counted_a
     assert both == Killed(14, [*range(100, 110), 7, 8])
     assert "killed 14 process(es)" in killed_warning(both, "J", "R", "after its handler exited")["message"]
     assert NONE_KILLED.plus([7]) == Killed.of([7]) and NONE_KILLED == Killed(0, [])  # left as it was
+
+
+def test_a_process_named_twice_on_its_way_out_counts_once() -> None:
+    """A command's leftover that ignores the group's SIGTERM is named with it, then killed again after the grace
+    period: one process, not two (the worker's own list may hold it twice as well)."""
+    sigtermed = Killed.of([7, 8])
+    assert sigtermed.plus([8, 9, 9]) == Killed(3, [7, 8, 9])
