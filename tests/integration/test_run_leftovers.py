@@ -213,15 +213,19 @@ def test_a_commands_child_that_left_its_process_group_with_setsid_is_killed_when
     assert f"RUN_PROCESSES_KILLED: {result.warnings[0]['message']}" in [r.getMessage() for r in caplog.records]
 
 
-# -- what a command leaves in its own process group is named too ---------------------------------------------
+# -- what a command leaves in its own process group is named too, each process once ------------------------------
 IN_GROUP = ('sleep 300 & echo $! > "$1"; sleep 301 & echo $! >> "$1"; '
+            'printf \'{"status": "done", "summary": "ok"}\' > "$ORCH_TERMINAL_FILE"')
+# one that ignores the group's SIGTERM: named with it, killed again after the grace period, still one process
+STUBBORN = ("trap '' TERM; sleep 300 & echo $! > \"$1\"; "
             'printf \'{"status": "done", "summary": "ok"}\' > "$ORCH_TERMINAL_FILE"')
 
 
 @linux_only
-def test_what_a_command_leaves_running_in_its_process_group_is_ended_and_named_with_the_run(
-        orch, leftover: Path) -> None:
-    job = orch.submit("command", {"argv": ["sh", "-c", IN_GROUP, "sh", str(leftover)]}, max_attempts=1)
+@pytest.mark.parametrize("script", [IN_GROUP, STUBBORN], ids=["ending-at-sigterm", "ignoring-sigterm"])
+def test_what_a_command_leaves_running_in_its_process_group_is_ended_and_named_with_the_run_once(
+        orch, leftover: Path, script: str) -> None:
+    job = orch.submit("command", {"argv": ["sh", "-c", script, "sh", str(leftover)]}, max_attempts=1)
     result = make_worker(orch).run_once()
     assert (result.job_id, result.outcome) == (job, "succeeded")
     pids = [int(pid) for pid in leftover.read_text().split()]
@@ -229,27 +233,10 @@ def test_what_a_command_leaves_running_in_its_process_group_is_ended_and_named_w
     # listed before the group's SIGTERM: named as those that left the group are
     [warning] = result.warnings
     assert warning["code"] == "RUN_PROCESSES_KILLED"
-    assert f"killed 2 process(es) left running by run {result.run_id} of job {job} after its handler exited" in \
-        warning["message"]
-    assert all(str(pid) in warning["message"] for pid in pids)
-
-
-STUBBORN = ("trap '' TERM; sleep 300 & echo $! > \"$1\"; "
-            'printf \'{"status": "done", "summary": "ok"}\' > "$ORCH_TERMINAL_FILE"')
-
-
-@linux_only
-def test_what_a_command_leaves_ignoring_the_groups_sigterm_is_killed_after_the_grace_and_named_once(
-        orch, leftover: Path) -> None:
-    job = orch.submit("command", {"argv": ["sh", "-c", STUBBORN, "sh", str(leftover)]}, max_attempts=1)
-    result = make_worker(orch).run_once()
-    assert (result.job_id, result.outcome) == (job, "succeeded")
-    pid = int(leftover.read_text())
-    assert not alive(pid)
-    # named with the SIGTERM it ignored, killed again after the grace period: one process, named once
-    [warning] = result.warnings
-    assert f"killed 1 process(es) left running by run {result.run_id} of job {job} after its handler exited " \
-           f"(pid {pid})" in warning["message"]
+    assert f"killed {len(pids)} process(es) left running by run {result.run_id} of job {job} after its handler " \
+           "exited" in warning["message"]
+    named = warning["message"].split("(pid ", 1)[1].split(")", 1)[0].split(", ")
+    assert sorted(map(int, named)) == sorted(pids)
 
 
 @linux_only
