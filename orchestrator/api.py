@@ -61,8 +61,14 @@ def key_job_id(project_id: str, key: str) -> str:
     return "key-" + hashlib.sha256(f"{project_id}\0{key}".encode()).hexdigest()[:32]
 
 
-def context_digest(kind: str, input: Any, options: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical({"kind": kind, "input": input, "options": options})).hexdigest()
+def context_digest(kind: str, input: Any, options: dict[str, Any], encoded_input: bytes | None = None) -> str:
+    """The SHA-256 of ``canonical({"kind": kind, "input": input, "options": options})``, hashed in its pieces (the
+    keys sort ``input``, ``kind``, ``options``), so that a submit, which encoded the input to measure it, passes it
+    as ``encoded_input`` and a large input is not encoded again."""
+    digest = hashlib.sha256(b'{"input":')
+    digest.update(canonical(input) if encoded_input is None else encoded_input)
+    digest.update(b',"kind":' + canonical(kind) + b',"options":' + canonical(options) + b"}")
+    return digest.hexdigest()
 
 
 class Orchestrator:
@@ -418,14 +424,15 @@ class Orchestrator:
         if json_depth(input) > MAX_JSON_DEPTH:
             raise InvalidInputError(f"the job input is nested deeper than {MAX_JSON_DEPTH} levels")
         try:
-            size = len(canonical(input))
+            encoded_input = canonical(input)
         except (TypeError, ValueError) as exc:
             raise InvalidInputError(f"the job input is not plain JSON: {exc}") from None
+        size = len(encoded_input)
         if size > MAX_INPUT_BYTES:
             raise InvalidInputError(f"the job input is {size} bytes as JSON (at most {MAX_INPUT_BYTES}); "
                                     "pass large data as a file path or an artifact")
         data = {"kind": kind, "input": input, "options": options,
-                "context_digest": context_digest(kind, input, options)}
+                "context_digest": context_digest(kind, input, options, encoded_input)}
         job_id = key_job_id(self.project_id, key) if key else new_job_id(self.clock())
         # a key names the same job every time: one whose events were all removed still has its head
         # record, and a submit must not write a new first event over that evidence

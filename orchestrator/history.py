@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 
 from orchestrator.errors import PathEscapeError, UnusableFileError
 from orchestrator.security import shown
-from orchestrator.signing import FORMAT_VERSION, UNKNOWN_KEY, Keyring, canonical, genesis, line_hash
+from orchestrator.signing import FORMAT_VERSION, UNKNOWN_KEY, Keyring, canonical, genesis, line_and_body, line_hash
 from orchestrator.store.base import AUDIT_STREAM, Head, StoredLine
 
 # Problem codes, each a different way a history can be damaged.
@@ -131,9 +131,12 @@ def _check_line(stream: str, stored: StoredLine, expected_prev: str, keyring: Ke
     # whose signature covers its ``prev``): any edit of them breaks the chain, so they are not encoded again
     vouched = anchor is not None and (stored.seq < anchor.seq or (stored.seq == anchor.seq and anchor.checked)) \
         and rec.get("kid") == anchor.kid and isinstance(rec.get("sig"), str)
+    body = None  # the signed bytes, made with the canonical form (each value encoded once)
     try:
-        if not vouched and canonical(rec) != stored.raw:
-            return CORRUPT_LINE, "not in canonical form (edited by hand?)", rec
+        if not vouched:
+            canonical_line, body = line_and_body(rec)
+            if canonical_line != stored.raw:
+                return CORRUPT_LINE, "not in canonical form (edited by hand?)", rec
     except ValueError:
         return CORRUPT_LINE, "holds a value JSON cannot carry (NaN?)", rec
     version, seq = rec.get("v"), rec.get("seq")
@@ -147,7 +150,7 @@ def _check_line(stream: str, stored: StoredLine, expected_prev: str, keyring: Ke
         return WRONG_STREAM, f"belongs to job {shown(rec.get('job_id'))}", rec
     if vouched:
         return None, "", rec  # its key signed the head record these bytes chain to
-    sig_problem = keyring.check(rec)
+    sig_problem = keyring.check(rec, body)
     if sig_problem:
         return sig_problem, f"signature check failed ({sig_problem}) for key {shown(rec.get('kid'))}", rec
     return None, "", rec

@@ -76,6 +76,44 @@ def canonical(obj: Any) -> bytes:
     return "".join(_make_encoder({}, _not_json, _encode_str, None, ":", ",", True, False, False)(obj, 0)).encode()
 
 
+def line_and_body(record: dict[str, Any]) -> tuple[bytes, bytes]:
+    """``canonical(record)`` and ``canonical`` of ``record`` without ``sig`` (the bytes its signature covers), with
+    each value encoded once: keys are sorted, so both are the keys before ``"sig"`` and those after it, with or
+    without the ``sig`` pair between them. A read checks a line against the first and its signature against the
+    second; encoding the record twice cost a second pass over its data (a job's input may be 1 MiB). ``record``'s
+    keys are strings (a parsed or a sealed record); same bytes and errors as ``canonical`` (a test checks)."""
+    head, tail = _halves(record)
+    body = _joined(head, tail)
+    if "sig" not in record:
+        return body, body
+    return _joined(head, b'"sig":' + canonical(record["sig"]), tail), body
+
+
+def _halves(record: dict[str, Any]) -> tuple[memoryview, memoryview]:
+    """The canonical encodings of ``record``'s keys that sort before ``"sig"`` and of those after it, braces cut
+    (views: a line is copied once, when joined)."""
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    for key, value in record.items():
+        if key < "sig":
+            before[key] = value
+        elif key > "sig":
+            after[key] = value
+    return memoryview(canonical(before))[1:-1], memoryview(canonical(after))[1:-1]
+
+
+def _joined(*members: bytes | memoryview) -> bytes:
+    """``members`` (each a canonical ``"key":value`` list, or nothing) as one canonical object."""
+    parts: list[bytes | memoryview] = [b"{"]
+    for member in members:
+        if member:
+            if len(parts) > 1:
+                parts.append(b",")
+            parts.append(member)
+    parts.append(b"}")
+    return b"".join(parts)
+
+
 def line_hash(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
 
@@ -277,11 +315,13 @@ class Keyring:
         """Sign ``record`` (which must not hold ``kid``/``sig``) and return its line bytes."""
         kid, private = self._require_signer()
         record["kid"] = kid
-        record["sig"] = _b64(self._sign(private, canonical(record)))
-        return canonical(record)
+        head, tail = _halves(record)  # encoded once: the signed body, then the line with its signature between
+        record["sig"] = sig = _b64(self._sign(private, _joined(head, tail)))
+        return _joined(head, b'"sig":' + canonical(sig), tail)
 
-    def check(self, record: dict[str, Any]) -> str | None:
-        """Verify a parsed record's signature; return a problem code or None."""
+    def check(self, record: dict[str, Any], body: bytes | None = None) -> str | None:
+        """Verify a parsed record's signature; return a problem code or None. ``body``: the record's signed bytes,
+        ``line_and_body(record)[1]``, where the caller made them already."""
         kid = record.get("kid")
         sig = record.get("sig")
         if not isinstance(kid, str) or not isinstance(sig, str):
@@ -295,10 +335,11 @@ class Keyring:
             raw_sig = _sig_bytes(sig)
         except ValueError:
             return SIGNATURE_INVALID
-        try:
-            body = canonical({k: v for k, v in record.items() if k != "sig"})
-        except (ValueError, TypeError):  # NaN (json.loads accepts it) or another value no signed record holds
-            return SIGNATURE_INVALID
+        if body is None:
+            try:
+                body = _joined(*_halves(record))
+            except (ValueError, TypeError):  # NaN (json.loads accepts it) or another value no signed record holds
+                return SIGNATURE_INVALID
         return None if self._verify(kid, public, raw_sig, body) else SIGNATURE_INVALID
 
     def sign_bytes(self, data: bytes) -> tuple[str, str]:

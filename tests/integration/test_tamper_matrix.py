@@ -83,3 +83,24 @@ def test_a_version_or_seq_that_only_equals_the_number_in_python_is_refused() -> 
         line = keyring.seal({**good, **odd})
         codes = [p.code for p in verify_stream("j", [StoredLine(1, line)], keyring).problems]
         assert codes in (["SEQUENCE_MISMATCH"], ["UNSUPPORTED_VERSION"]), (odd, codes)
+
+
+def test_a_submitted_input_that_does_not_match_its_signed_digest_is_a_context_mismatch(orch: Orchestrator) -> None:
+    """A ``job_submitted`` line signs ``context_digest``, the SHA-256 of ``canonical({"kind", "input", "options"})``
+    (a submit hashes it in pieces, with the input it encoded to measure it). A line a trusted key signed with an
+    input its digest does not name (a bug, or a key holder's edit) is ``CONTEXT_MISMATCH`` for reads and ``verify``."""
+    import hashlib
+
+    from orchestrator.signing import canonical
+
+    for value in ({"text": "d\u00e9j\u00e0 " * 5000, "n": [1, 2.5, None, True]}, "plain", None, []):
+        job = orch.submit("echo", value, max_attempts=2)
+        data = orch.load(job).stream.records[0]["data"]
+        whole = canonical({"kind": "echo", "input": value, "options": data["options"]})
+        assert data["context_digest"] == hashlib.sha256(whole).hexdigest()
+        assert orch.load(job).ok
+    good = orch.load(job).stream.records[0]["data"]
+    orch.append(None, "forged-input", [("job_submitted", {**good, "input": ["another"]})])
+    codes = {(p.line, p.code) for p in orch.load("forged-input").problems}
+    assert codes == {(1, "CONTEXT_MISMATCH")}
+    assert (1, "CONTEXT_MISMATCH") in {(p.line, p.code) for p in verify_project(orch, "forged-input").problems}

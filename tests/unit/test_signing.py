@@ -1020,6 +1020,41 @@ def test_canonical_gives_the_same_bytes_and_errors_as_json_dumps_with_its_option
             canonical(bad)
 
 
+def test_a_line_and_its_signed_body_are_canonical_with_and_without_sig_from_one_encoding(keyring: Keyring) -> None:
+    """``line_and_body`` encodes the keys on either side of ``"sig"`` once and joins them with and without the
+    ``sig`` pair: it must give ``canonical`` of the record and of the record without ``sig``, byte for byte, for
+    records with keys on one side, on both, on neither, and with or without a ``sig`` of any value; ``seal``
+    signs the second and writes the first."""
+    import json
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from orchestrator.signing import line_and_body
+
+    values = st.none() | st.booleans() | st.integers() | st.text(max_size=6) | st.lists(st.integers(), max_size=2)
+    keys = st.sampled_from(["", "a", "data", "kid", "prev", "seq", "si", "sif", "sig", "sig\x00", "sigg", "sih",
+                            "ts", "type", "v", "\u00e9", "Z"]) | st.text(max_size=4)
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.dictionaries(keys, values, max_size=8))
+    def same(record) -> None:  # noqa: ANN001
+        line, body = line_and_body(record)
+        assert line == canonical(record)
+        assert body == canonical({k: v for k, v in record.items() if k != "sig"})
+
+    same()
+    with pytest.raises(ValueError):
+        line_and_body({"data": float("nan"), "sig": "x"})
+    with pytest.raises(ValueError):
+        line_and_body({"ts": float("inf")})
+    sealed = keyring.seal({"seq": 1, "data": {"x": "\u00e9"}, "v": 1, "ts": "t"})
+    rec = json.loads(sealed)
+    assert sealed == canonical(rec) and keyring.check(rec) is None
+    assert keyring.check(rec, line_and_body(rec)[1]) is None
+    assert keyring.check(rec, line_and_body({**rec, "seq": 2})[1]) == "SIGNATURE_INVALID"
+
+
 def test_key_files_read_without_cryptography_give_the_keys_cryptography_reads(tmp_path: Path) -> None:
     """Key files are read by taking the fixed RFC 8410 encoding apart (``cryptography`` costs 10-30 ms to
     import); for every key ``write_keypair`` writes, the raw bytes are the ones ``cryptography`` reads."""
