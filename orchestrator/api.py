@@ -8,7 +8,6 @@ writer makes the append fail instead of forking the history.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -30,7 +29,7 @@ from orchestrator.limits import (MAX_INPUT_BYTES, MAX_JSON_DEPTH, MAX_KIND_LENGT
                                  json_depth, whole_number)
 from orchestrator.notices import log_warning
 from orchestrator.security import sanitize_text, shown, validate_id
-from orchestrator.signing import Keyring, canonical
+from orchestrator.signing import Keyring, canonical, parse_line
 from orchestrator.leases import lease_expiry
 from orchestrator.state import RUNNING, STATES, Event, JobState, apply
 from orchestrator.store.base import HEADS_AREA, EventStore, Head, StoredLine
@@ -391,7 +390,7 @@ class Orchestrator:
             faults.point("audit.after_entry")
         stream = VerifiedStream(job_id, (view.stream.lines if view else []) + [
             StoredLine(head.seq + i, line) for i, line in enumerate(lines, 1)])
-        stream.records = (view.stream.records if view else []) + [json.loads(line) for line in lines]
+        stream.records = (view.stream.records if view else []) + [parse_line(line) for line in lines]
         warnings = (*(() if not_written is None else (
             not_written.warning(job_id, stream.head.seq, new[-1][0], audited=audit is not None),)),
             *(self._index_warning(exc, job_id, stream.head.seq, new[-1][0]) for exc in index_missed))

@@ -34,7 +34,7 @@ from orchestrator.errors import (HEAD_RECORD_NOT_WRITTEN, AuxNotWrittenError, In
 from orchestrator.history import head_contradicted, head_record, seal
 from orchestrator.notices import log_warning
 from orchestrator.security import sanitize_text
-from orchestrator.signing import line_hash
+from orchestrator.signing import line_hash, parse_line
 from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, Head
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def _entry(orch: "Orchestrator", *, job_id: str, action: str, actor: str, run_id
            event_line: bytes | None, extra: dict[str, Any] | None, now: float | None) -> dict[str, Any]:
     data: dict[str, Any] = {"action": action, "note": sanitize_text(note)}
     if event_line is not None:
-        event = json.loads(event_line)
+        event = parse_line(event_line)
         data.update(event_hash=line_hash(event_line), event_seq=event.get("seq"), event_type=event.get("type"))
     if extra:
         data.update(extra)
@@ -251,7 +251,7 @@ def audited_hashes(orch: "Orchestrator") -> dict[str, int]:
         if b'"event_hash"' not in stored.raw:
             continue
         try:
-            eh = json.loads(stored.raw)["data"]["event_hash"]
+            eh = parse_line(stored.raw)["data"]["event_hash"]
         except (ValueError, KeyError, TypeError, RecursionError):
             continue  # a damaged line is verify's business
         found.setdefault(eh, stored.seq)
@@ -369,7 +369,7 @@ def entries_for(orch: "Orchestrator", *, job_id: str | None = None, run_id: str 
     for stored in lines:
         if all(n is None or n in stored.raw for n in needles):
             try:
-                rec = json.loads(stored.raw)
+                rec = parse_line(stored.raw)
             except (ValueError, RecursionError):
                 continue
             if (job_id is None or rec.get("job_id") == job_id) and (run_id is None or rec.get("run_id") == run_id):

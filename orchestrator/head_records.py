@@ -10,12 +10,12 @@ stream's next append, which a job in a final state never gets; ``audit heal`` br
 """
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Iterable
 
 from orchestrator.audit import AUDIT_HEAD
 from orchestrator.errors import PathEscapeError, UnusableFileError
 from orchestrator.history import check_head, head_record, verify_stream
+from orchestrator.signing import parse_line
 from orchestrator.store.base import AUDIT_STREAM, HEADS_AREA, EventStore, Head
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def head_key(stream: str) -> tuple[str, str]:
 def _named_seq(raw: bytes | None) -> int | None:
     """How many lines the head record ``raw`` names; None when there is no record or it is none of this form."""
     try:
-        seq = json.loads(raw).get("seq") if raw is not None else None
+        seq = parse_line(raw).get("seq") if raw is not None else None
     except (ValueError, RecursionError, AttributeError):
         return None
     return seq if type(seq) is int else None

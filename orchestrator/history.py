@@ -12,13 +12,13 @@ signature regardless (``Orchestrator.load(every_signature=True)``).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from orchestrator.errors import PathEscapeError, UnusableFileError
 from orchestrator.security import shown
-from orchestrator.signing import FORMAT_VERSION, UNKNOWN_KEY, Keyring, canonical, genesis, line_and_body, line_hash
+from orchestrator.signing import (FORMAT_VERSION, UNKNOWN_KEY, Keyring, canonical, genesis, line_and_body, line_hash,
+                                  parse_line)
 from orchestrator.store.base import AUDIT_STREAM, Head, StoredLine
 
 # Problem codes, each a different way a history can be damaged.
@@ -122,7 +122,7 @@ def verify_stream(stream: str, lines: Sequence[StoredLine], keyring: Keyring, *,
 def _check_line(stream: str, stored: StoredLine, expected_prev: str, keyring: Keyring,
                 anchor: Anchor | None = None) -> tuple[str | None, str, dict[str, Any]]:
     try:
-        rec = json.loads(stored.raw)
+        rec = parse_line(stored.raw)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
         return CORRUPT_LINE, "not valid JSON", {}
     if not isinstance(rec, dict):
@@ -217,7 +217,7 @@ def _line_anchor(stored: StoredLine) -> Anchor | None:
     other lines, and the lines before it under that key are vouched for if it verifies. None when it names no
     key (``verify_stream`` then reports the line)."""
     try:
-        kid = json.loads(stored.raw).get("kid")
+        kid = parse_line(stored.raw).get("kid")
     except (ValueError, RecursionError, AttributeError):  # AttributeError: JSON, but not an object
         return None
     return Anchor(stored.seq, kid) if isinstance(kid, str) else None
@@ -248,7 +248,7 @@ def _parsed_head_record(stream: str, raw: bytes, keyring: Keyring) -> tuple[Prob
     the record, whose ``seq`` is then a count of lines). A signed record (the form written before 2026-12-03)
     has its signature checked too."""
     try:
-        rec = json.loads(raw)
+        rec = parse_line(raw)
     except (ValueError, RecursionError):
         return Problem(stream, 0, CORRUPT_LINE, "the head record is not valid JSON"), {}
     if not isinstance(rec, dict):
@@ -286,7 +286,7 @@ def submitted_kind(line: bytes | None) -> Any:
     if line is None:
         return None
     try:
-        rec = json.loads(line)
+        rec = parse_line(line)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; RecursionError: nested too deeply
         return None
     data = rec.get("data") if isinstance(rec, dict) and rec.get("type") == "job_submitted" else None

@@ -32,6 +32,7 @@ from typing import Any
 from orchestrator import clock, faults
 from orchestrator.config import MAX_LEASE_SECONDS
 from orchestrator.errors import PathEscapeError
+from orchestrator.signing import parse_line
 from orchestrator.state import JobState
 from orchestrator.store.base import EventStore
 
@@ -87,7 +88,7 @@ def read_lease(store: EventStore, job_id: str, epoch: int) -> Lease | None:
     if not raw:
         return None
     try:
-        data = json.loads(raw)
+        data = parse_line(raw)
     except (ValueError, RecursionError):
         return None
     if not isinstance(data, dict):

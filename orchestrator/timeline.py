@@ -23,7 +23,6 @@ the job event it names is not in the job's history (a cut or rolled back file).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +32,7 @@ from orchestrator.clock import ISO_FORMS, from_iso
 from orchestrator.errors import InvalidInputError, PathEscapeError, RunNotFoundError, UnusableFileError
 from orchestrator.history import Problem, verify_stream
 from orchestrator.security import safe_line, validate_id
-from orchestrator.signing import line_hash
+from orchestrator.signing import line_hash, parse_line
 from orchestrator.state import TRANSITIONS
 from orchestrator.store.base import AUDIT_STREAM
 
@@ -133,7 +132,7 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
     events: list[Line] = []
     for stored, eh in zip(view.stream.lines, hashes):
         try:
-            rec = json.loads(stored.raw)
+            rec = parse_line(stored.raw)
         except (ValueError, RecursionError):
             rec = {}
         status = bad.get(stored.seq) or ("ok" if first_bad is None or stored.seq < first_bad else AFTER_DAMAGE)

@@ -1055,6 +1055,38 @@ def test_a_line_and_its_signed_body_are_canonical_with_and_without_sig_from_one_
     assert keyring.check(rec, line_and_body({**rec, "seq": 2})[1]) == "SIGNATURE_INVALID"
 
 
+def test_a_line_is_parsed_as_json_loads_parses_its_utf8_and_bytes_of_another_encoding_are_refused() -> None:
+    """``parse_line`` is ``json.loads`` for the UTF-8 this product writes; what ``json.loads`` of bytes would also
+    take (UTF-16, a BOM, an encoded surrogate), no canonical line holds: refused with a ``ValueError``."""
+    import json
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from orchestrator.signing import parse_line
+
+    values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                          | st.text(max_size=8),
+                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                                      max_size=4), max_leaves=12)
+
+    @settings(max_examples=300, deadline=None)
+    @given(values)
+    def same(value) -> None:  # noqa: ANN001
+        line = canonical(value)
+        assert parse_line(line) == json.loads(line)
+
+    same()
+    line = canonical({"a": "\u00e9", "n": [1, 2.5]})
+    for other in (line.decode().encode("utf-16"), b"\xef\xbb\xbf" + line, b'{"a":"\xed\xa0\x80"}'):
+        json.loads(other)  # taken by json.loads
+        with pytest.raises(ValueError):
+            parse_line(other)
+    for bad, error in ((b"{", ValueError), (b"[" * 100_000 + b"]" * 100_000, RecursionError), (b"\xff", ValueError)):
+        with pytest.raises(error):
+            parse_line(bad)
+
+
 def test_key_files_read_without_cryptography_give_the_keys_cryptography_reads(tmp_path: Path) -> None:
     """Key files are read by taking the fixed RFC 8410 encoding apart (``cryptography`` costs 10-30 ms to
     import); for every key ``write_keypair`` writes, the raw bytes are the ones ``cryptography`` reads."""
