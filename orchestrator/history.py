@@ -92,6 +92,8 @@ class Anchor:
     seq: int
     kid: str
     checked: bool = False
+    line: bytes = field(default=b"", compare=False, repr=False)  # line ``seq``, as parsed to find its key ...
+    record: dict[str, Any] | None = field(default=None, compare=False, repr=False)  # ... into this: not parsed twice
 
 
 def verify_stream(stream: str, lines: Sequence[StoredLine], keyring: Keyring, *,
@@ -121,10 +123,13 @@ def verify_stream(stream: str, lines: Sequence[StoredLine], keyring: Keyring, *,
 
 def _check_line(stream: str, stored: StoredLine, expected_prev: str, keyring: Keyring,
                 anchor: Anchor | None = None) -> tuple[str | None, str, dict[str, Any]]:
-    try:
-        rec = parse_line(stored.raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
-        return CORRUPT_LINE, "not valid JSON", {}
+    if anchor is not None and anchor.record is not None and stored.raw == anchor.line:
+        rec = dict(anchor.record)  # the line ``check_head`` parsed to find its key (its very bytes): not parsed again
+    else:
+        try:
+            rec = parse_line(stored.raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
+            return CORRUPT_LINE, "not valid JSON", {}
     if not isinstance(rec, dict):
         return CORRUPT_LINE, "not a JSON object", {}
     # a line the anchor vouches for has its bytes fixed by a checked signature (the chain up to the anchor's line,
@@ -217,10 +222,11 @@ def _line_anchor(stored: StoredLine) -> Anchor | None:
     other lines, and the lines before it under that key are vouched for if it verifies. None when it names no
     key (``verify_stream`` then reports the line)."""
     try:
-        kid = parse_line(stored.raw).get("kid")
-    except (ValueError, RecursionError, AttributeError):  # AttributeError: JSON, but not an object
+        rec = parse_line(stored.raw)
+    except (ValueError, RecursionError):
         return None
-    return Anchor(stored.seq, kid) if isinstance(kid, str) else None
+    kid = rec.get("kid") if isinstance(rec, dict) else None
+    return Anchor(stored.seq, kid, line=stored.raw, record=rec) if isinstance(kid, str) else None
 
 
 def head_contradicted(stream: str, head: Head, raw: bytes | None, keyring: Keyring) -> Problem | None:

@@ -181,6 +181,31 @@ def test_a_read_encodes_again_only_the_lines_its_head_record_does_not_vouch_for(
     assert lines[-1] in encoded and not set(lines[:-1]) & set(encoded)  # the named line only, of the three
 
 
+def test_the_named_line_is_parsed_once_and_only_its_very_bytes_take_that_parse(orch: Orchestrator,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``check_head`` parses the named line to find its key and hands the record on with the line's bytes; the
+    line's check takes it only for those bytes, so another line at that place is parsed (and judged) as it is."""
+    from orchestrator import history
+    from orchestrator.history import check_head, verify_stream
+    from orchestrator.store.base import StoredLine
+
+    job = _finished_job(orch)
+    lines = _lines(orch, job)
+    stored = [StoredLine(i, line) for i, line in enumerate(lines, 1)]
+    raw_head = orch.store.get_aux(HEADS_AREA, job)
+    parsed: list[bytes] = []
+    real = history.parse_line
+    monkeypatch.setattr(history, "parse_line", lambda raw: parsed.append(raw) or real(raw))
+    problem, anchor = check_head(job, stored, raw_head, orch.keyring)
+    assert problem is None and anchor is not None and anchor.record == json.loads(lines[-1])
+    result = verify_stream(job, stored, orch.keyring, anchor=anchor)
+    assert result.ok and result.records == [json.loads(line) for line in lines]
+    assert parsed.count(lines[-1]) == 1  # the head record, then each line once
+    other = _broken_signature(lines[-1])
+    damaged = verify_stream(job, stored[:-1] + [StoredLine(len(lines), other)], orch.keyring, anchor=anchor)
+    assert [(p.line, p.code) for p in damaged.problems] == [(len(lines), "SIGNATURE_INVALID")]
+
+
 def _resealed(orch: Orchestrator, job: str, lines: list[bytes], signers: list[Keyring | None]) -> list[bytes]:
     """``lines`` chained again and signed again, line ``i`` by ``signers[i]`` (None: kept as it is, only
     if its ``prev`` is right already); written with a fresh head record."""
