@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.cli_args import measured_folder, positive_int, results_file, seconds, sizes
 from bench.common import DUPLICATE_COUNTS, NotApplicable, Params, progress, settle
 
 ALL_PEERS = ("huey-sqlite", "huey-file", "persist-queue", "litequeue", "dbos", "langgraph")
@@ -37,8 +38,13 @@ def _peers(arg: str) -> tuple[str, ...]:
     return names
 
 
-def _sizes(arg: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in arg.split(",") if x.strip())
+def _workloads(arg: str) -> frozenset[str]:
+    names = frozenset(w.strip() for w in arg.split(",") if w.strip())
+    unknown = sorted(names - set(report.WORKLOADS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown workload(s) {', '.join(unknown)}; choose from "
+                                         f"{', '.join(report.WORKLOADS)}")
+    return names
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -46,19 +52,28 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     ap.add_argument("--quick", action="store_true", help="smoke sizes (a few seconds per system)")
     ap.add_argument("--peers", type=_peers, default=ALL_PEERS, help="all (default), none, or a comma list")
-    ap.add_argument("--only", default="", help=f"comma list of workloads to run: {', '.join(report.WORKLOADS)}")
-    ap.add_argument("--w1-jobs", type=int, help="W1 jobs (default 2000)")
-    ap.add_argument("--w2-samples", type=int, help="W2 samples (default 300)")
-    ap.add_argument("--w3-samples", type=int, help="W3 samples (default 200)")
-    ap.add_argument("--scale", type=_sizes, help="finished-job counts for the scale workload (default 1000,10000,100000)")
+    ap.add_argument("--only", type=_workloads, default=frozenset(),
+                    help=f"comma list of workloads to run: {', '.join(report.WORKLOADS)}")
+    ap.add_argument("--w1-jobs", type=positive_int, help="W1 jobs (default 2000)")
+    ap.add_argument("--w2-samples", type=positive_int, help="W2 samples (default 300)")
+    ap.add_argument("--w3-samples", type=positive_int, help="W3 samples (default 200)")
+    ap.add_argument("--scale", type=sizes, help="finished-job counts for the scale workload (default 1000,10000,100000)")
     ap.add_argument("--skip-cold-metrics", action="store_true", help="do not time metrics --rebuild (minutes at 100k)")
-    ap.add_argument("--base", type=Path, help="folder on the disk to measure (default: the temp folder)")
-    ap.add_argument("--settle-max-s", type=float,
+    ap.add_argument("--base", type=Path,
+                    help="folder on the disk to measure (default: the temp folder; made if missing)")
+    ap.add_argument("--settle-max-s", type=seconds,
                     help="before each timed workload, the longest wait for creating a file to cost what it usually "
                          "does on this disk (default 180; 0 with --quick: probe and record only)")
-    ap.add_argument("--repeat", type=int, default=1, help="run everything N times and report the median of each number")
-    ap.add_argument("--json", dest="json_out", type=Path, help="also write every result as JSON to this file")
-    return ap.parse_args(argv)
+    ap.add_argument("--repeat", type=positive_int, default=1,
+                    help="run everything N times and report the median of each number")
+    ap.add_argument("--json", dest="json_out", type=Path,
+                    help="also write every result as JSON to this file (its folder must exist; checked before the "
+                         "run, written whole at its end, left as it was if the run fails or is stopped)")
+    args = ap.parse_args(argv)
+    if args.base is not None:
+        measured_folder(ap, args.base)
+    args.json_file = None if args.json_out is None else results_file(ap, args.json_out, "the results")
+    return args
 
 
 def params_from(args: argparse.Namespace) -> Params:
@@ -154,15 +169,20 @@ def median_of(runs: list[Any]) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.json_file is None:
+        return _main(args)
+    with args.json_file:  # written whole once the run ends; an error or Ctrl-C leaves the file as it was
+        code = _main(args)
+    progress(f"JSON written to {args.json_out}")
+    return code
+
+
+def _main(args: argparse.Namespace) -> int:
     params = params_from(args)
-    only = {w.strip() for w in args.only.split(",") if w.strip()}
-    bad = only - set(report.WORKLOADS)
-    if bad:
-        print(f"unknown workload(s): {', '.join(sorted(bad))}", file=sys.stderr)
-        return 2
+    only = set(args.only)
     t0 = time.perf_counter()
     runs = []
-    for i in range(max(1, args.repeat)):
+    for i in range(args.repeat):
         if args.repeat > 1:
             progress(f"run {i + 1} of {args.repeat}")
         runs.append(run(params, only))
@@ -176,10 +196,8 @@ def main(argv: list[str] | None = None) -> int:
           f"load average before/after: {m.get('loadavg_1m_5m_15m')} / {m.get('loadavg_after')}; "
           f"run took {results['elapsed_s']} s\n")
     print(report.table(results))
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
-        progress(f"JSON written to {args.json_out}")
+    if args.json_file is not None:
+        args.json_file.write((json.dumps(results, indent=2, default=str) + "\n").encode())
     return 0
 
 

@@ -336,8 +336,10 @@ def measure(params: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.cli_args import positive_int
+
     ap = argparse.ArgumentParser(prog="python -m bench.skeleton", description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=300)
+    ap.add_argument("--samples", type=positive_int, default=300, help="rounds of the path (default 300)")
     ap.add_argument("--workload", choices=("w2", "w3"), default="w2",
                     help="w2: submit -> outcome visible (default); w3: resume of a waiting job -> outcome visible")
     ap.add_argument("--no-hop", action="store_true", help="no handler process: the worker goes straight on")

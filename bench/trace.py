@@ -30,9 +30,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.cli_args import positive_int, results_file, seconds  # noqa: E402 - after the path it is found by
+
+if TYPE_CHECKING:
+    from orchestrator.output_file import OutputFile
 
 SECOND_TRY = "worker tries a second time (its first try found nothing to claim)"
 LINE_SEEN = "worker: the line it waited for is there"
@@ -334,13 +339,14 @@ def table(result: dict[str, dict[str, float]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.trace", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=int, default=300, help="jobs to trace (after 10 warm-up jobs)")
+    parser.add_argument("--samples", type=positive_int, default=300, help="jobs to trace (after 10 warm-up jobs)")
     parser.add_argument("--workload", choices=["w2", "w3"], default="w2",
                         help="w2: submit to final state; w3: resume of a waiting job to final state")
-    parser.add_argument("--pause-ms", type=float, default=0.0,
+    parser.add_argument("--pause-ms", type=seconds, default=0.0,
                         help="pause between samples (W2 has none: the next job is submitted once the last is seen)")
-    parser.add_argument("--json", dest="json_path", help="also write the figures as JSON to this file")
-    parser.add_argument("--settle-max-s", type=float, default=180.0,
+    parser.add_argument("--json", dest="json_path",
+                        help="also write the figures as JSON to this file (checked before the run, written whole)")
+    parser.add_argument("--settle-max-s", type=seconds, default=180.0,
                         help="longest wait for file creation to come back to its usual cost first (0: do not wait)")
     parser.add_argument("--slowest", type=float, default=0.0, metavar="SHARE",
                         help="also split the slowest SHARE of the samples (0.1: the slowest 10%%, by their visible "
@@ -351,12 +357,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         _worker(*args.worker)
         return 0
-    if args.samples < 1:
-        parser.error("--samples must be at least 1")
-    from orchestrator.latency import machine
-
     if not 0 <= args.slowest < 1:
         parser.error("--slowest must be a share of the samples, at least 0 and under 1 (0.1: the slowest 10%)")
+    if args.json_path is None:
+        return _trace(args)
+    with results_file(parser, args.json_path, "the trace") as json_file:
+        return _trace(args, json_file)
+
+
+def _trace(args: argparse.Namespace, json_file: OutputFile | None = None) -> int:
+    from orchestrator.latency import machine
+
     steps, waits_for = PATHS[args.workload]
     samples = run(args.samples, args.pause_ms, workload=args.workload, settle_max_s=args.settle_max_s)
     result = step_table(samples, steps)
@@ -366,8 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         out["slowest"] = slowest_split(samples, steps, args.slowest, waits_for)
         print("\n" + split_table(out["slowest"]))
     print(f"\nmachine: {out['machine']}")
-    if args.json_path:
-        Path(args.json_path).write_text(json.dumps(out, indent=2))
+    if json_file is not None:
+        json_file.write(json.dumps(out, indent=2).encode())
     return 0
 
 

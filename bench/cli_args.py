@@ -1,0 +1,71 @@
+"""The benchmark commands' arguments, checked before anything is measured.
+
+A full suite runs for ten minutes or more: a count that cannot be (``--w2-samples -5``, ``--repeat 0``), a folder that
+cannot hold the scratch projects, or a results file that cannot be written is refused at once, as a usage error
+(exit 2, argparse's), instead of being run, or found out when the results are to be written and lost. The results
+file is an ``OutputFile`` (the product's): opened before the run, written whole at its end, and left as it was if
+the run fails or is stopped (docs/performance.md, "How to reproduce").
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.output_file import OutputFile
+
+
+def positive_int(text: str) -> int:
+    """A count of jobs, samples or runs: a whole number, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A wait or a pause: a number of seconds (or milliseconds), at least 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of at least 0, not {text}")
+    return value
+
+
+def sizes(text: str) -> tuple[int, ...]:
+    """A comma list of project sizes (finished jobs), each at least 1."""
+    values = tuple(positive_int(part.strip()) for part in text.split(",") if part.strip())
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one size (1000,10000,100000)")
+    return values
+
+
+def results_file(parser: argparse.ArgumentParser, path: str | os.PathLike[str], what: str) -> OutputFile:
+    """``path`` opened for the results (``OutputFile``: refused now if it cannot be written, written whole later),
+    or the usage error that says why not."""
+    from orchestrator.errors import OrchestratorError
+    from orchestrator.output_file import OutputFile
+
+    try:
+        return OutputFile(path, what)
+    except OrchestratorError as exc:
+        parser.error(exc.message)
+
+
+def measured_folder(parser: argparse.ArgumentParser, base: Path) -> None:
+    """``--base``: a folder the scratch projects can be made in (made if missing, as the suite always did), or the
+    usage error that says why not."""
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix="bench-probe-", dir=base))
+    except OSError as exc:
+        parser.error(f"--base {base}: cannot make the scratch folders there: {exc.strerror or exc}")

@@ -1,0 +1,93 @@
+"""The benchmark's arguments are checked before anything is measured, and its results file is written whole.
+
+A full suite runs ten minutes or more: a count that cannot be, a folder that cannot hold the scratch projects or a
+results file that cannot be written is a usage error (exit 2) at once, and a run that fails or is stopped leaves an
+earlier results file as it was.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import __main__ as suite
+from bench import trace
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--repeat", "0"], "argument --repeat: must be at least 1, not 0"),
+    (["--w1-jobs", "-1"], "argument --w1-jobs: must be at least 1, not -1"),
+    (["--w2-samples", "0"], "argument --w2-samples: must be at least 1, not 0"),
+    (["--w3-samples", "2.5"], "argument --w3-samples: '2.5' is not a whole number"),
+    (["--scale", "1000,0"], "argument --scale: must be at least 1, not 0"),
+    (["--scale", ","], "argument --scale: give at least one size"),
+    (["--settle-max-s", "-1"], "argument --settle-max-s: must be a number of at least 0, not -1"),
+    (["--settle-max-s", "inf"], "argument --settle-max-s: must be a number of at least 0, not inf"),
+    (["--only", "W1,W9"], "argument --only: unknown workload(s) W9; choose from W1, W2"),
+    (["--peers", "nosuch"], "argument --peers: unknown peer(s) ['nosuch']"),
+], ids=["repeat-0", "negative-jobs", "no-samples", "fraction", "a-size-0", "no-size", "negative-wait", "endless-wait",
+        "unknown-workload", "unknown-peer"])
+def test_a_value_the_suite_cannot_run_with_is_a_usage_error_before_anything_runs(
+        args: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(suite, "run", lambda *a: pytest.fail("the suite ran"))
+    with pytest.raises(SystemExit) as stopped:
+        suite.main(args)
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_results_file_that_cannot_be_written_is_refused_before_the_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(suite, "run", lambda *a: pytest.fail("the suite ran"))
+    (tmp_path / "a-file").write_text("x")
+    for path, why in ((tmp_path / "missing" / "out.json", f"there is no folder {tmp_path / 'missing'}"),
+                      (tmp_path, "it is a folder"), (tmp_path / "a-file" / "out.json", "is a file, not a folder")):
+        with pytest.raises(SystemExit) as stopped:
+            suite.main(["--json", str(path)])
+        assert stopped.value.code == 2
+        err = capsys.readouterr().err
+        assert f"cannot write the results to {path}" in err and why in err
+    with pytest.raises(SystemExit):
+        suite.main(["--base", str(tmp_path / "a-file" / "b")])
+    assert "--base" in capsys.readouterr().err and not (tmp_path / "missing").exists()
+
+
+def test_the_results_file_is_written_whole_at_the_end_and_left_as_it_was_by_a_run_that_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "bench.json"
+    out.write_text('{"earlier": true}\n')
+
+    def interrupted(args):  # noqa: ANN001, ANN202 - Ctrl-C in the middle of the run
+        args.json_file.write(b'{"half')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(suite, "_main", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        suite.main(["--json", str(out)])
+    assert json.loads(out.read_text()) == {"earlier": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # no temporary file left
+
+    def finished(args):  # noqa: ANN001, ANN202
+        args.json_file.write(b'{"runs": 1}\n')
+        return 0
+
+    monkeypatch.setattr(suite, "_main", finished)
+    assert suite.main(["--json", str(out)]) == 0
+    assert json.loads(out.read_text()) == {"runs": 1}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--samples", "0"], "argument --samples: must be at least 1, not 0"),
+    (["--pause-ms", "-2"], "argument --pause-ms: must be a number of at least 0, not -2"),
+    (["--slowest", "1"], "--slowest must be a share of the samples"),
+])
+def test_the_trace_refuses_what_it_cannot_run_with_before_it_runs(
+        args: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trace, "run", lambda *a, **k: pytest.fail("the trace ran"))
+    with pytest.raises(SystemExit) as stopped:
+        trace.main(args)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        trace.main(["--samples", "5", "--json", str(Path(__file__).parent)])
+    assert "it is a folder" in capsys.readouterr().err
