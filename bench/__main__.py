@@ -17,11 +17,14 @@ import time
 import traceback
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench import report
 from bench.cli_args import measured_folder, positive_int, results_file, seconds, sizes
 from bench.common import DUPLICATE_COUNTS, NotApplicable, Params, progress, settle
+
+if TYPE_CHECKING:
+    from orchestrator.output_file import OutputFile
 
 ALL_PEERS = ("huey-sqlite", "huey-file", "persist-queue", "litequeue", "dbos", "langgraph")
 
@@ -72,7 +75,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.base is not None:
         measured_folder(ap, args.base)
-    args.json_file = None if args.json_out is None else results_file(ap, args.json_out, "the results")
+    args.results = results_file(ap, args.json_out, "the results")
     return args
 
 
@@ -169,15 +172,14 @@ def median_of(runs: list[Any]) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    if args.json_file is None:
-        return _main(args)
-    with args.json_file:  # written whole once the run ends; an error or Ctrl-C leaves the file as it was
-        code = _main(args)
-    progress(f"JSON written to {args.json_out}")
+    with args.results as json_file:  # written whole once the run ends; an error or Ctrl-C leaves the file as it was
+        code = _main(args, json_file)
+    if json_file is not None:
+        progress(f"JSON written to {args.json_out}")
     return code
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace, json_file: OutputFile | None) -> int:
     params = params_from(args)
     only = set(args.only)
     t0 = time.perf_counter()
@@ -196,8 +198,8 @@ def _main(args: argparse.Namespace) -> int:
           f"load average before/after: {m.get('loadavg_1m_5m_15m')} / {m.get('loadavg_after')}; "
           f"run took {results['elapsed_s']} s\n")
     print(report.table(results))
-    if args.json_file is not None:
-        args.json_file.write((json.dumps(results, indent=2, default=str) + "\n").encode())
+    if json_file is not None:
+        json_file.write((json.dumps(results, indent=2, default=str) + "\n").encode())
     return 0
 
 

@@ -37,13 +37,20 @@ DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/orch_bench"
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.cli_args import count, results_file, seconds
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--backend", choices=("files", "postgres"), default="files")
     p.add_argument("--url", default=os.environ.get("ORCH_BENCH_PG_URL", DEFAULT_URL))
-    p.add_argument("--running", type=int, default=8)
-    p.add_argument("--seconds", type=float, default=6.0)
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--running", type=count, default=8, help="jobs left running by other workers (default 8)")
+    p.add_argument("--seconds", type=seconds, default=6.0)
+    p.add_argument("--json", type=Path, default=None, help="also write the figures to this file (checked first)")
     args = p.parse_args(argv)
+    with results_file(p, args.json, "the figures") as json_file:
+        return _measure(args, json_file)
+
+
+def _measure(args: argparse.Namespace, json_file: Any) -> int:
 
     counts = None
     if args.backend == "postgres":
@@ -115,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         drop_project(args.url, project)
     tmp.cleanup()
     print(json.dumps(out))
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=1))
+    if json_file is not None:
+        json_file.write(json.dumps(out, indent=1).encode())
     return 0
 
 

@@ -9,11 +9,12 @@ the run fails or is stopped (docs/performance.md, "How to reproduce").
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Iterable
 
 if TYPE_CHECKING:
     from orchestrator.output_file import OutputFile
@@ -21,12 +22,21 @@ if TYPE_CHECKING:
 
 def positive_int(text: str) -> int:
     """A count of jobs, samples or runs: a whole number, at least 1."""
+    return _whole(text, 1)
+
+
+def count(text: str) -> int:
+    """A number of things that may be none (jobs other workers left running): a whole number, at least 0."""
+    return _whole(text, 0)
+
+
+def _whole(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, not {value}")
     return value
 
 
@@ -49,9 +59,27 @@ def sizes(text: str) -> tuple[int, ...]:
     return values
 
 
-def results_file(parser: argparse.ArgumentParser, path: str | os.PathLike[str], what: str) -> OutputFile:
-    """``path`` opened for the results (``OutputFile``: refused now if it cannot be written, written whole later),
-    or the usage error that says why not."""
+def choices(known: Iterable[str], what: str) -> Callable[[str], list[str]]:
+    """A comma list of names, each one of ``known`` (a system, a workload), in the order given."""
+    names = tuple(known)
+
+    def parse(text: str) -> list[str]:
+        given = [part.strip() for part in text.split(",") if part.strip()]
+        unknown = [name for name in given if name not in names]
+        if unknown or not given:
+            raise argparse.ArgumentTypeError(f"unknown {what}(s) {', '.join(unknown)}; choose from {', '.join(names)}"
+                                             if unknown else f"give at least one {what}: {', '.join(names)}")
+        return given
+    return parse
+
+
+def results_file(parser: argparse.ArgumentParser, path: str | os.PathLike[str] | None,
+                 what: str) -> OutputFile | contextlib.nullcontext[None]:
+    """``path`` opened for the results (``OutputFile``: refused now if it cannot be written; written whole when the
+    ``with`` block around the run ends, left as it was if the block fails), or the usage error that says why not;
+    an empty context (``None`` in the ``with``) when no path was given."""
+    if path is None:
+        return contextlib.nullcontext()
     from orchestrator.errors import OrchestratorError
     from orchestrator.output_file import OutputFile
 

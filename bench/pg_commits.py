@@ -201,14 +201,22 @@ def settle(url: str, orch: Any) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.cli_args import count, positive_int, results_file
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--url", default=os.environ.get("ORCH_COMMITS_PG_URL", DEFAULT_URL))
-    p.add_argument("--jobs", type=int, default=200)
-    p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--others", type=int, default=0, help="jobs left running by other workers")
+    p.add_argument("--jobs", type=positive_int, default=200)
+    p.add_argument("--json", type=Path, default=None, help="also write the counts to this file (checked first)")
+    p.add_argument("--others", type=count, default=0,
+                   help="jobs left running by other workers")
     p.add_argument("--once", action="store_true", help="run the jobs with run_once() calls, not the loop")
     p.add_argument("--resume", action="store_true", help="also count the resume of jobs waiting for an answer")
     args = p.parse_args(argv)
+    with results_file(p, args.json, "the counts") as json_file:
+        return _count(args, json_file)
+
+
+def _count(args: argparse.Namespace, json_file: Any) -> int:
 
     from bench.postgres import drop_project, ensure_database
 
@@ -275,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     drop_project(args.url, project)
     tmp.cleanup()
     print(json.dumps(out, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=1))
+    if json_file is not None:
+        json_file.write(json.dumps(out, indent=1).encode())
     return 0
 
 

@@ -560,19 +560,24 @@ def main(argv: list[str] | None = None) -> int:
         cls = next(s for s in SYSTEMS.values() if s.name == a.system)
         cls(a.url, a.tag).run_worker(a)  # type: ignore[attr-defined]
         return 0
+    from bench.cli_args import choices, positive_int, results_file, sizes
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default=os.environ.get("ORCH_BENCH_PG_URL", DEFAULT_URL),
                    help="PostgreSQL database for every system (env ORCH_BENCH_PG_URL)")
-    p.add_argument("--systems", default="ours,procrastinate,dbos", type=lambda s: s.split(","))
-    p.add_argument("--workers", default="1,2,4", type=lambda s: [int(x) for x in s.split(",")])
-    p.add_argument("--only", default="w1,w2,w3", type=lambda s: s.split(","))
-    p.add_argument("--w1-jobs", type=int, default=2000)
-    p.add_argument("--w2-samples", type=int, default=300)
-    p.add_argument("--w3-samples", type=int, default=200)
-    p.add_argument("--json", type=Path, default=Path("bench-postgres.json"), help="where to write the results")
+    p.add_argument("--systems", default=list(SYSTEMS), type=choices(SYSTEMS, "system"),
+                   help=f"comma list of {', '.join(SYSTEMS)} (default: all)")
+    p.add_argument("--workers", default=[1, 2, 4], type=lambda s: list(sizes(s)), help="worker counts (default 1,2,4)")
+    p.add_argument("--only", default=["w1", "w2", "w3"], type=choices(("w1", "w2", "w3"), "workload"))
+    p.add_argument("--w1-jobs", type=positive_int, default=2000)
+    p.add_argument("--w2-samples", type=positive_int, default=300)
+    p.add_argument("--w3-samples", type=positive_int, default=200)
+    p.add_argument("--json", type=Path, default=Path("bench-postgres.json"),
+                   help="where to write the results (checked before the run, written whole at its end)")
     args = p.parse_args(argv)
-    results = run(args)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    with results_file(p, args.json, "the results") as out:  # a run that fails or is stopped leaves it as it was
+        results = run(args)
+        out.write((json.dumps(results, indent=2) + "\n").encode())
     print(table(results))
     log(f"wrote {args.json}")
     return 0

@@ -26,9 +26,14 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.cli_args import positive_int, results_file  # noqa: E402 - after the path it is found by
+
+if TYPE_CHECKING:
+    from orchestrator.output_file import OutputFile
 
 MARK = "/__orch_syscalls__/"
 STEPS = ["W2 submit", "W2 worker run", "W2 final status",
@@ -129,10 +134,11 @@ def parse(trace: str, jobs: int) -> tuple[dict[str, collections.Counter[str]], d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.syscalls", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=10, help="rounds counted (after one warm-up round)")
+    parser.add_argument("--jobs", type=positive_int, default=10, help="rounds counted (after one warm-up round)")
     parser.add_argument("--show", action="append", default=[], metavar="STEP",
                         help="also print every call of the steps whose name contains this (the last job's)")
-    parser.add_argument("--json", dest="json_path", help="also write the counts as JSON to this file")
+    parser.add_argument("--json", dest="json_path",
+                        help="also write the counts as JSON to this file (checked before the run, written whole)")
     parser.add_argument("--child", nargs=1, metavar="INODES", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -140,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if shutil.which("strace") is None:
         parser.error("strace is needed (apt-get install strace)")
+    with results_file(parser, args.json_path, "the counts") as json_file:
+        return _count(args, json_file)
+
+
+def _count(args: argparse.Namespace, json_file: OutputFile | None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out, inode_log = Path(tmp) / "strace.out", Path(tmp) / "inodes.json"
         subprocess.run(["strace", "-f", "-qq", "-s", "200", "-o", str(out), sys.executable, "-m", "bench.syscalls",
@@ -163,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             if job == args.jobs and wanted in step:
                 print(f"\n-- {step} (job {job}) --")
                 print("\n".join(re.sub(r'"/tmp/syscalls-[^/]+/bench/\.orchestrator/', '"', c)[:220] for c in calls))
-    if args.json_path:
-        Path(args.json_path).write_text(json.dumps({s: dict(c) for s, c in counts.items()}, indent=2))
+    if json_file is not None:
+        json_file.write(json.dumps({s: dict(c) for s, c in counts.items()}, indent=2).encode())
     return 0
 
 

@@ -359,8 +359,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not 0 <= args.slowest < 1:
         parser.error("--slowest must be a share of the samples, at least 0 and under 1 (0.1: the slowest 10%)")
-    if args.json_path is None:
-        return _trace(args)
     with results_file(parser, args.json_path, "the trace") as json_file:
         return _trace(args, json_file)
 

@@ -84,8 +84,8 @@ def parse_line(raw: bytes) -> Any:
     ``json.loads`` of bytes first guesses their encoding (UTF-16 and -32 too, a BOM) and lets encoded surrogates
     through, none of which a canonical line holds, and took twice as long (5.5 against 2.7 us for an event, which
     a read parses three to five of). Raises what ``json.loads`` raises (``ValueError``: ``UnicodeDecodeError``,
-    ``json.JSONDecodeError``; ``RecursionError``); bytes it parsed that are not UTF-8 are refused here, as the
-    canonical check refused them after it."""
+    ``json.JSONDecodeError``; ``RecursionError``). A line that ``json.loads`` took and that is not UTF-8 was refused
+    by the canonical check after the parse (``CORRUPT_LINE``); it is refused by the parse now (``CORRUPT_LINE``)."""
     return _decode_json(raw.decode())
 
 

@@ -58,8 +58,8 @@ def test_the_results_file_is_written_whole_at_the_end_and_left_as_it_was_by_a_ru
     out = tmp_path / "bench.json"
     out.write_text('{"earlier": true}\n')
 
-    def interrupted(args):  # noqa: ANN001, ANN202 - Ctrl-C in the middle of the run
-        args.json_file.write(b'{"half')
+    def interrupted(args, json_file):  # noqa: ANN001, ANN202 - Ctrl-C in the middle of the run
+        json_file.write(b'{"half')
         raise KeyboardInterrupt
 
     monkeypatch.setattr(suite, "_main", interrupted)
@@ -68,8 +68,8 @@ def test_the_results_file_is_written_whole_at_the_end_and_left_as_it_was_by_a_ru
     assert json.loads(out.read_text()) == {"earlier": True}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # no temporary file left
 
-    def finished(args):  # noqa: ANN001, ANN202
-        args.json_file.write(b'{"runs": 1}\n')
+    def finished(args, json_file):  # noqa: ANN001, ANN202
+        json_file.write(b'{"runs": 1}\n')
         return 0
 
     monkeypatch.setattr(suite, "_main", finished)
@@ -91,3 +91,22 @@ def test_the_trace_refuses_what_it_cannot_run_with_before_it_runs(
     with pytest.raises(SystemExit):
         trace.main(["--samples", "5", "--json", str(Path(__file__).parent)])
     assert "it is a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("bench.postgres", ["--systems", "ours,nope"], "argument --systems: unknown system(s) nope; choose from ours"),
+    ("bench.postgres", ["--workers", "1,0"], "argument --workers: must be at least 1, not 0"),
+    ("bench.postgres", ["--only", "w4"], "argument --only: unknown workload(s) w4"),
+    ("bench.postgres", ["--json", "."], "cannot write the results to .: it is a folder"),
+    ("bench.syscalls", ["--jobs", "0"], "argument --jobs: must be at least 1, not 0"),
+    ("bench.claim_pass", ["--running", "-1"], "argument --running: must be at least 0, not -1"),
+    ("bench.pg_commits", ["--others", "x"], "argument --others: 'x' is not a whole number"),
+    ("bench.skeleton", ["--samples", "0"], "argument --samples: must be at least 1, not 0"),
+])
+def test_the_other_benchmarks_refuse_what_they_cannot_run_with_before_they_run(
+        module: str, args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+
+    with pytest.raises(SystemExit) as stopped:
+        importlib.import_module(module).main(args)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
