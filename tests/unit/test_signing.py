@@ -987,23 +987,27 @@ def test_signatures_are_the_same_ed25519_bytes_as_openssl_makes_and_checks() -> 
     assert ring.check(dict(body, sig="%%%")) == "SIGNATURE_INVALID"
 
 
+def _json_values():  # noqa: ANN202 - a hypothesis strategy
+    """Any JSON value: scalars (no NaN), and lists and objects of them, nested."""
+    from hypothesis import strategies as st
+
+    return st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                        | st.text(max_size=8),
+                        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                                    max_size=4), max_leaves=12)
+
+
 def test_canonical_gives_the_same_bytes_and_errors_as_json_dumps_with_its_options() -> None:
     """``canonical`` builds the C encoder ``json.dumps`` uses; it must be ``dumps`` byte for byte."""
     import json
 
     from hypothesis import given, settings
-    from hypothesis import strategies as st
 
     def dumps(obj):  # noqa: ANN001, ANN202
         return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
-    values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-                          | st.text(max_size=8),
-                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
-                                                                                      max_size=4), max_leaves=12)
-
     @settings(max_examples=300, deadline=None)
-    @given(values)
+    @given(_json_values())
     def same(value) -> None:  # noqa: ANN001
         assert canonical(value) == dumps(value)
 
@@ -1061,17 +1065,11 @@ def test_a_line_is_parsed_as_json_loads_parses_its_utf8_and_bytes_of_another_enc
     import json
 
     from hypothesis import given, settings
-    from hypothesis import strategies as st
 
     from orchestrator.signing import parse_line
 
-    values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-                          | st.text(max_size=8),
-                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
-                                                                                      max_size=4), max_leaves=12)
-
     @settings(max_examples=300, deadline=None)
-    @given(values)
+    @given(_json_values())
     def same(value) -> None:  # noqa: ANN001
         line = canonical(value)
         assert parse_line(line) == json.loads(line)
