@@ -3,8 +3,9 @@
     python -m bench.step_cost --jobs 20              # instructions per job of each step (needs valgrind)
     python -m bench.step_cost --jobs 60 --wall       # wall time per job of each step (noisy on a shared host)
 
-Per job, as in W3: submit (W2's submit), the worker's first run (the job asks), ``status`` (the reader sees it
-waiting), ``resume``, ``status``, the worker's second run, ``status`` (the final read). Two ``Orchestrator`` objects
+Per job, as in W3: submit (W2's submit), the worker's first run (W2's: the claim of a submitted job, its handler's
+round trip and its outcome; here the job asks), ``status`` (the reader sees it waiting), ``resume``, ``status``, the
+worker's second run, ``status`` (the final read). Two ``Orchestrator`` objects
 with a keyring each, as the benchmark's processes have: the submitter, reader and resumer, and the worker. ``resume``
 is also run once more per job up to its ready entry (``prewake``: the moment the worker is woken), then stopped.
 
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # step -> (how its generator is consumed, the C function callgrind names it by)
 STEPS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "submit": (math.prod, "math_prod"),
+    "worker's first run": (lambda g: operator.contains(g, 1), "_operator_contains"),
     "waiting status": (lambda g: operator.countOf(g, 1), "_operator_countOf"),
     "resume up to its ready entry": (lambda g: functools.reduce(lambda a, b: a, g), "functools_reduce"),
     "resume": (math.fsum, "math_fsum"),
@@ -92,7 +94,8 @@ def run(jobs: int) -> dict[str, float]:
                         caller.queue.put_ready = real
 
                 order: list[tuple[str, Callable[[], Any]]] = [
-                    ("submit", submit), ("", worker.run_once), ("waiting status", lambda: caller.status(job)),
+                    ("submit", submit), ("worker's first run", worker.run_once),
+                    ("waiting status", lambda: caller.status(job)),
                     ("resume up to its ready entry", prewake), ("resume", lambda: caller.resume(job, "yes")),
                     ("status after the resume", lambda: caller.status(job)), ("worker's second run", worker.run_once),
                     ("final status", lambda: caller.status(job))]
