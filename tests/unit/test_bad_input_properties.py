@@ -240,6 +240,54 @@ def test_json_depth_counts_nesting_without_recursion() -> None:
     assert json_depth(nested(100_000)) > MAX_JSON_DEPTH
 
 
+def test_json_depth_is_the_deepest_nesting_of_any_value() -> None:
+    """Walked level by level (C loops sort each container's children), it must be the plain recursive definition:
+    dicts, lists and tuples count a level, their subclasses too; scalars, and values JSON cannot carry, none."""
+    from collections import OrderedDict
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    def depth(value):  # noqa: ANN001, ANN202 - the definition
+        if isinstance(value, dict):
+            value = list(value.values())
+        if not isinstance(value, (list, tuple)):
+            return 0
+        return 1 + max((depth(child) for child in value), default=0)
+
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=3) | st.just({1, 2})
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.lists(inner, max_size=3).map(tuple)
+                          | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+                          | st.dictionaries(st.text(max_size=2), inner, max_size=3).map(OrderedDict), max_leaves=30)
+
+    @settings(max_examples=400, deadline=None)
+    @given(values)
+    def same(value) -> None:  # noqa: ANN001
+        assert json_depth(value) == depth(value)
+
+    same()
+
+
+def test_a_value_that_holds_itself_is_walked_in_bounded_time_and_refused(orch: Orchestrator) -> None:
+    """A list holding itself a thousand times has a million children at its second level: the walk stops after
+    ``_MAX_CONTAINERS`` (the encoder then refuses the cycle); one holding itself once is too deep."""
+    import time
+
+    wide: list = []
+    wide.extend([wide] * 1000)
+    started = time.monotonic()
+    assert 2 <= json_depth(wide) <= 4
+    assert time.monotonic() - started < 5
+    with pytest.raises(InvalidInputError, match="not plain JSON: Circular reference"):
+        orch.submit("k", wide)
+    itself: list = []
+    itself.append(itself)
+    assert json_depth(itself) > MAX_JSON_DEPTH
+    with pytest.raises(InvalidInputError, match="nested deeper than"):
+        orch.submit("k", {"a": itself})
+    assert not list(orch.job_ids())
+
+
 @pytest.mark.parametrize("raw", ["[" * 100_000 + "]" * 100_000,
                                  '{"status":"done","summary":"s","output":' + "[" * 100 + "]" * 100 + "}"])
 def test_a_deeply_nested_payload_is_malformed_payload(tmp_path: Path, raw: str) -> None:
