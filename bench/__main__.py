@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench import report
-from bench.cli_args import measured_folder, positive_int, results_file, seconds, sizes
+from bench.cli_args import choices, measured_folder, positive_int, results_file, seconds, sizes
 from bench.common import DUPLICATE_COUNTS, NotApplicable, Params, progress, settle
 
 if TYPE_CHECKING:
@@ -41,21 +41,12 @@ def _peers(arg: str) -> tuple[str, ...]:
     return names
 
 
-def _workloads(arg: str) -> frozenset[str]:
-    names = frozenset(w.strip() for w in arg.split(",") if w.strip())
-    unknown = sorted(names - set(report.WORKLOADS))
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown workload(s) {', '.join(unknown)}; choose from "
-                                         f"{', '.join(report.WORKLOADS)}")
-    return names
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     ap.add_argument("--quick", action="store_true", help="smoke sizes (a few seconds per system)")
     ap.add_argument("--peers", type=_peers, default=ALL_PEERS, help="all (default), none, or a comma list")
-    ap.add_argument("--only", type=_workloads, default=frozenset(),
+    ap.add_argument("--only", type=choices(report.WORKLOADS, "workload", none_is_all=True), default=[],
                     help=f"comma list of workloads to run: {', '.join(report.WORKLOADS)}")
     ap.add_argument("--w1-jobs", type=positive_int, help="W1 jobs (default 2000)")
     ap.add_argument("--w2-samples", type=positive_int, help="W2 samples (default 300)")

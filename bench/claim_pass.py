@@ -51,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _measure(args: argparse.Namespace, json_file: Any) -> int:
-
     counts = None
     if args.backend == "postgres":
         from bench.pg_commits import COUNTS, instrument

@@ -207,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", default=os.environ.get("ORCH_COMMITS_PG_URL", DEFAULT_URL))
     p.add_argument("--jobs", type=positive_int, default=200)
     p.add_argument("--json", type=Path, default=None, help="also write the counts to this file (checked first)")
-    p.add_argument("--others", type=count, default=0,
-                   help="jobs left running by other workers")
+    p.add_argument("--others", type=count, default=0, help="jobs left running by other workers")
     p.add_argument("--once", action="store_true", help="run the jobs with run_once() calls, not the loop")
     p.add_argument("--resume", action="store_true", help="also count the resume of jobs waiting for an answer")
     args = p.parse_args(argv)
@@ -217,7 +216,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _count(args: argparse.Namespace, json_file: Any) -> int:
-
     from bench.postgres import drop_project, ensure_database
 
     ensure_database(args.url)

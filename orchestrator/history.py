@@ -128,7 +128,7 @@ def _check_line(stream: str, stored: StoredLine, expected_prev: str, keyring: Ke
     else:
         try:
             rec = parse_line(stored.raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; RecursionError: nested too deeply
             return CORRUPT_LINE, "not valid JSON", {}
     if not isinstance(rec, dict):
         return CORRUPT_LINE, "not a JSON object", {}
