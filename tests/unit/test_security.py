@@ -339,6 +339,73 @@ def test_each_canary_is_redacted_as_by_every_pattern(text: str, canary: str, kep
         assert sanitize_text(variant) == _every_pattern(variant)
 
 
+def _walked(obj: object) -> object:
+    """``sanitize_obj`` as it was before it looked at a structure whole first: every string, one by one."""
+    from orchestrator import security
+
+    return security._sanitized(obj)  # noqa: SLF001 - the reference the look must equal
+
+
+# the characters re.IGNORECASE takes for an ASCII letter, in key words: keys the walk finds secret
+CASE_FOLDED_KEYS = ["pa\u017f\u017fword", "session_\u0131d", "pr\u0130vate_key", "api_\u212aey", "TO\u212aEN", "\u017fecret"]
+json_texts = st.one_of(st.text(max_size=30), st.lists(st.sampled_from(TRIGGERS + EVERY_SPELLING + CASE_FOLDED_KEYS),
+                                                      max_size=6).map("".join))
+json_like = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), json_texts),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.tuples(inner, inner),
+                            st.dictionaries(st.one_of(json_texts, st.integers()), inner, max_size=4)),
+    max_leaves=20)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(json_like)
+def test_property_a_structure_looked_at_whole_is_sanitized_as_by_the_walk(obj: object) -> None:
+    assert sanitize_obj(obj) == _walked(obj)
+
+
+@pytest.mark.parametrize("key", CASE_FOLDED_KEYS)
+def test_a_key_word_spelled_with_letters_that_ignorecase_folds_to_ascii_is_a_secret_key(key: str) -> None:
+    assert sanitize_obj({key: "hunter2xyz", "n": [1]}) == {key: REDACTED, "n": [1]}
+
+
+# what a cut leaves of a private key: its END line and the body above it, no BEGIN line
+HEADLESS_KEY = "MIIEvQIBADANBgkqhkiG9w0B\n-----END PRIVATE KEY-----"
+
+
+@pytest.mark.parametrize("secret", EVERY_SPELLING + [c[0] for c in CANARIES] + [HEADLESS_KEY])
+def test_a_structure_holding_any_secret_deep_in_a_value_or_a_key_is_walked(secret: str) -> None:
+    for obj in ({"a": [{"b": ("x", secret)}]}, [[{secret: 1}]]):
+        out = sanitize_obj(obj)
+        assert out == _walked(obj) != obj
+
+
+def test_a_structure_with_nothing_to_redact_is_returned_as_it_is_and_one_with_something_as_a_copy() -> None:
+    items = [{"id": i, "name": f"item-{i}", "tags": ["a", "b"], "score": i * 0.5} for i in range(50)]
+    clean = {"items": items, "url": "https://example.com/x", "ids": (1, 2), "pi": float("nan"), 3: None}
+    assert sanitize_obj(clean) is clean
+    wordy = {"items": items, "note": "the tokenizer counted 5"}  # a key word, but no value after it: walked, kept
+    assert sanitize_obj(wordy) == wordy and sanitize_obj(wordy) is not wordy
+    secret = {"items": items, "db": "postgres://u:pw1@h/x"}
+    assert sanitize_obj(secret) == {"items": items, "db": "postgres://u:[REDACTED]@h/x"}
+    assert secret["db"] == "postgres://u:pw1@h/x"  # a new structure, the given one untouched
+
+
+def test_a_structure_that_is_not_json_is_walked() -> None:
+    odd = {"set": {"password=x"}, ("t", 1): "password=y", "obj": object}  # not JSON: walked as before
+    out = sanitize_obj(odd)
+    assert out[("t", 1)] == "password=[REDACTED]" and out["set"] == {"password=x"} and out is not odd
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(st.text(max_size=200),
+                 st.lists(st.sampled_from(TRIGGERS + EVERY_SPELLING + CASE_FOLDED_KEYS), max_size=40).map("".join)))
+def test_property_a_text_without_any_literal_a_redaction_starts_from_is_left_as_it_is(text: str) -> None:
+    from orchestrator import security
+
+    if not security._may_hold_secret(text):  # noqa: SLF001
+        assert sanitize_text(text) == text
+
+
 # --------------------------------------------------------------------------- ids
 
 
