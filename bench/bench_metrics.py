@@ -23,6 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.cli_args import positive_int  # noqa: E402
+
 LEASE_PAST = "2020-01-01T00:00:00.000000Z"
 LEASE_FUTURE = "2099-01-01T00:00:00.000000Z"
 
@@ -90,14 +92,14 @@ def timed_metrics(base: str, *extra: str) -> float:
     return elapsed
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=20000)
+    parser.add_argument("--jobs", type=positive_int, default=20000)
     parser.add_argument("--base-path", required=True)
-    parser.add_argument("--procs", type=int, default=2)
+    parser.add_argument("--procs", type=positive_int, default=2)
     parser.add_argument("--no-fsync", action="store_true")
     parser.add_argument("--skip-generate", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     Path(args.base_path).mkdir(parents=True, exist_ok=True)
     seed_file = Path(args.base_path) / "bench-signing-key"  # beside the project, never inside its store
     if "ORCH_SIGNING_KEY" not in os.environ:

@@ -51,11 +51,12 @@ def seconds(text: str) -> float:
     return value
 
 
-def sizes(text: str) -> tuple[int, ...]:
-    """A comma list of project sizes (finished jobs), each at least 1."""
+def sizes(text: str, example: str = "1000,10000,100000") -> tuple[int, ...]:
+    """A comma list of project sizes (finished jobs), or of other counts, each at least 1; ``example``: the list an
+    empty one is told to look like."""
     values = tuple(positive_int(part.strip()) for part in text.split(",") if part.strip())
     if not values:
-        raise argparse.ArgumentTypeError("give at least one size (1000,10000,100000)")
+        raise argparse.ArgumentTypeError(f"give at least one ({example})")
     return values
 
 

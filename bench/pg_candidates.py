@@ -24,6 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.cli_args import positive_int  # noqa: E402
+
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -57,14 +59,14 @@ def measure(url: str, queued: int, repeat: int) -> dict[str, float]:
         drop_project(url, project)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from orchestrator.store.pg_schema import migrate
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", default=os.environ.get("ORCH_BENCH_PG_URL", DEFAULT_URL))
-    p.add_argument("--queued", type=int, nargs="+", default=[2000, 100_000])
-    p.add_argument("--repeat", type=int, default=30)
-    args = p.parse_args()
+    p.add_argument("--queued", type=positive_int, nargs="+", default=[2000, 100_000])
+    p.add_argument("--repeat", type=positive_int, default=30)
+    args = p.parse_args(argv)
     migrate(args.url)
     for queued in args.queued:
         print(json.dumps({"queued": queued, **measure(args.url, queued, args.repeat)}), flush=True)

@@ -35,6 +35,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.cli_args import positive_int  # noqa: E402
+
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 LINE_BYTES = 490
 
@@ -124,9 +126,9 @@ def measure_job_ids(url: str, jobs: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=os.environ.get("ORCH_BENCH_PG_URL", DEFAULT_URL))
-    parser.add_argument("--lines", type=int, nargs="*", default=[200_000])
-    parser.add_argument("--line-bytes", type=int, default=LINE_BYTES, help="bytes per audit line (490)")
-    parser.add_argument("--jobs", type=int, nargs="*", default=[])
+    parser.add_argument("--lines", type=positive_int, nargs="*", default=[200_000])
+    parser.add_argument("--line-bytes", type=positive_int, default=LINE_BYTES, help="bytes per audit line (490)")
+    parser.add_argument("--jobs", type=positive_int, nargs="*", default=[])
     args = parser.parse_args(argv)
     for lines in args.lines:
         print(json.dumps(measure(args.url, lines, args.line_bytes)), flush=True)

@@ -567,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="PostgreSQL database for every system (env ORCH_BENCH_PG_URL)")
     p.add_argument("--systems", default=list(SYSTEMS), type=choices(SYSTEMS, "system"),
                    help=f"comma list of {', '.join(SYSTEMS)} (default: all)")
-    p.add_argument("--workers", default=[1, 2, 4], type=lambda s: list(sizes(s)), help="worker counts (default 1,2,4)")
+    p.add_argument("--workers", default=[1, 2, 4], type=lambda s: list(sizes(s, "1,2,4")),
+                   help="worker counts (default 1,2,4)")
     p.add_argument("--only", default=["w1", "w2", "w3"], type=choices(("w1", "w2", "w3"), "workload"))
     p.add_argument("--w1-jobs", type=positive_int, default=2000)
     p.add_argument("--w2-samples", type=positive_int, default=300)

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.cli_args import positive_int  # noqa: E402
 from orchestrator import Orchestrator  # noqa: E402
 from orchestrator.signing import Keyring  # noqa: E402
 
@@ -56,12 +57,12 @@ def run(orch: Orchestrator, samples: int) -> dict[str, dict[str, float]]:
     return res
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=300)
+    ap.add_argument("--samples", type=positive_int, default=300)
     ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     keyring = Keyring.generate()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,6 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.cli_args import positive_int  # noqa: E402
 from orchestrator import Orchestrator  # noqa: E402
 from orchestrator.history import verify_stream  # noqa: E402
 from orchestrator.signing import Keyring, canonical  # noqa: E402
@@ -33,11 +34,11 @@ def per_event_us(fn, n: int, rounds: int = 5) -> float:
     return statistics.median(samples)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--events", type=int, default=2000)
+    ap.add_argument("--events", type=positive_int, default=2000)
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     n = args.events
     ring = Keyring.generate()
     record = {"job_id": "J", "type": "job_succeeded", "ts": "2026-11-22T00:00:00.000000Z", "actor": "w",

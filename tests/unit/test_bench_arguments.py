@@ -21,7 +21,7 @@ from bench import trace
     (["--w2-samples", "0"], "argument --w2-samples: must be at least 1, not 0"),
     (["--w3-samples", "2.5"], "argument --w3-samples: '2.5' is not a whole number"),
     (["--scale", "1000,0"], "argument --scale: must be at least 1, not 0"),
-    (["--scale", ","], "argument --scale: give at least one size"),
+    (["--scale", ","], "argument --scale: give at least one (1000,10000,100000)"),
     (["--settle-max-s", "-1"], "argument --settle-max-s: must be a number of at least 0, not -1"),
     (["--settle-max-s", "inf"], "argument --settle-max-s: must be a number of at least 0, not inf"),
     (["--only", "W1,W9"], "argument --only: unknown workload(s) W9; choose from W1, W2"),
@@ -96,12 +96,17 @@ def test_the_trace_refuses_what_it_cannot_run_with_before_it_runs(
 @pytest.mark.parametrize("module, args, message", [
     ("bench.postgres", ["--systems", "ours,nope"], "argument --systems: unknown system(s) nope; choose from ours"),
     ("bench.postgres", ["--workers", "1,0"], "argument --workers: must be at least 1, not 0"),
+    ("bench.postgres", ["--workers", ","], "argument --workers: give at least one (1,2,4)"),
     ("bench.postgres", ["--only", "w4"], "argument --only: unknown workload(s) w4"),
     ("bench.postgres", ["--json", "."], "cannot write the results to .: it is a folder"),
     ("bench.syscalls", ["--jobs", "0"], "argument --jobs: must be at least 1, not 0"),
     ("bench.claim_pass", ["--running", "-1"], "argument --running: must be at least 0, not -1"),
     ("bench.pg_commits", ["--others", "x"], "argument --others: 'x' is not a whole number"),
     ("bench.skeleton", ["--samples", "0"], "argument --samples: must be at least 1, not 0"),
+    ("bench.bench_metrics", ["--base-path", ".", "--procs", "0"], "argument --procs: must be at least 1, not 0"),
+    ("bench.store_latency", ["--samples", "-2"], "argument --samples: must be at least 1, not -2"),
+    ("bench.pg_candidates", ["--queued", "100", "0"], "argument --queued: must be at least 1, not 0"),
+    ("bench.pg_long_reads", ["--line-bytes", "x"], "argument --line-bytes: 'x' is not a whole number"),
 ])
 def test_the_other_benchmarks_refuse_what_they_cannot_run_with_before_they_run(
         module: str, args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -110,3 +115,12 @@ def test_the_other_benchmarks_refuse_what_they_cannot_run_with_before_they_run(
     with pytest.raises(SystemExit) as stopped:
         importlib.import_module(module).main(args)
     assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_event_cost_script_refuses_a_count_of_events_that_cannot_be() -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_event_costs.py"
+    done = subprocess.run([sys.executable, str(script), "--events", "0"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "argument --events: must be at least 1, not 0" in done.stderr
