@@ -21,7 +21,7 @@ from orchestrator import clock as clock_mod
 from orchestrator import faults
 from orchestrator.api import JobView, Orchestrator
 from orchestrator.errors import (ConcurrencyError, HandlerNotFoundError, InvalidIdError, JobNotFoundError,
-                                 KeyNotTrustedError)
+                                 KeyNotTrustedError, OrchestratorError)
 from orchestrator.handlers import lookup, registry_generation
 from orchestrator.history import submitted_kind
 from orchestrator.limits import keep_latest
@@ -316,10 +316,25 @@ class Claimer:
         log.error("refusing to run job %s: %s", view.job_id, err.get("message"),
                   extra={"job_id": view.job_id, "code": err.get("code")})
 
+    def look_ahead(self) -> None:
+        """Read and check the job the next claim will most likely take (``QueueIndex.upcoming``) while this worker's
+        handler runs, and keep its view (``remember``): the claim then checks only the lines written since
+        (``load_more``), not every signature and the replay again: ~0.2 ms of a claim done while the handler
+        process has the other CPU. Reads only; a job it cannot read, or that is not queued, is left to the claim."""
+        entry = self.queue.upcoming()
+        if entry is None or entry.job_id in self._known or entry.runnable_at > self.orch.clock():
+            return
+        try:
+            view = self.orch.load(entry.job_id, every_signature=True)
+        except (OrchestratorError, OSError):  # not there yet, gone, unreadable: the claim finds out and says so
+            return
+        if view.ok and view.state is not None and view.state.state == QUEUED:
+            self.remember(view)
+
     def remember(self, view: JobView) -> None:
-        """Keep the view of a job this worker left unfinished: a resume, a revise or a retry brings it
-        back, often to this worker, whose claim then checks only the lines written since (``load_more``
-        compares the rest byte for byte with this view) instead of the whole job again."""
+        """Keep the view of a job this worker left unfinished (or looked at ahead of its claim, ``look_ahead``): a
+        resume, a revise or a retry brings it back, often to this worker, whose claim then checks only the lines
+        written since (``load_more`` compares the rest byte for byte with this view) instead of the whole job again."""
         self._known.pop(view.job_id, None)
         if view.state is None or view.state.is_final or sum(len(x.raw) for x in view.stream.lines) > KNOWN_VIEW_MAX_BYTES:
             return

@@ -177,6 +177,13 @@ class QueueIndex(ABC):
         claimer tells the kind from the job it reads."""
         return iter(self.ready())
 
+    def upcoming(self) -> ReadyEntry | None:
+        """The entry the next claim will most likely try first, from what this index holds already: no read,
+        nothing reserved, the claims' walk left as it is. A worker reads and checks its job while
+        a handler runs (``Claimer.look_ahead``). None when it does not know (a shared index reserves its entries
+        as it lists them: its claim statement reads the job anyway, ``reserved_read``)."""
+        return None
+
     def reserved_read(self, entry: ReadyEntry) -> "tuple[bytes | None, list[StoredLine]] | None":
         """The job of ``entry``, read with its reservation by the last ``candidates`` if that reserved it (an index
         in the store's database: one round trip for both, ``store/pg_queue.py``), as ``EventStore.read_with_aux``
@@ -426,6 +433,13 @@ class FileQueueIndex(QueueIndex):
             # an older listing ran out: list once more, so nothing added since (a retry) is missed
             relist = True
             self._relist()
+
+    def upcoming(self) -> ReadyEntry | None:
+        """The next entry of the listing claims walk (``candidates``): while a backlog is drained, the job the next
+        claim takes (an older listing's next entry too: it is listed again)."""
+        with self._cursor:
+            names = self._listing[self._next:self._next + 1]
+        return ReadyEntry.parse(names[0]) if names else None
 
     def _take_next(self) -> str | None:
         with self._cursor:

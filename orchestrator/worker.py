@@ -370,6 +370,8 @@ class Worker:
         start = time.monotonic()
         cap = cap or OutputCap(child.output, self.settings.output_max_bytes, start)
         heart = self._heartbeat(held)
+        if not self.stopping:  # the next claim's read and check, done while the handler runs
+            self.claimer.look_ahead()
         timeout = claim.state.timeout
         deadline = start + timeout if timeout else None
         stop_deadline: float | None = None

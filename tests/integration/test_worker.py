@@ -105,6 +105,53 @@ def test_a_worker_that_left_a_job_waiting_checks_only_the_new_lines_when_it_clai
     assert checked[0] == (other, 1)
 
 
+def test_while_a_handler_runs_the_worker_reads_and_checks_the_job_it_claims_next(orch, monkeypatch) -> None:
+    from orchestrator import history
+
+    first, second = orch.submit("t.echo", "a"), orch.submit("t.echo", "b")
+    w = make_worker(orch)
+    checked = []
+    real = history._check_line
+    monkeypatch.setattr(history, "_check_line", lambda stream, line, *a: checked.append((stream, line.seq))
+                        or real(stream, line, *a))
+    assert w.run_once().job_id == first
+    assert (second, 1) in checked  # read and checked while the first one's handler ran (``Claimer.look_ahead``)
+    checked.clear()
+    result = w.run_once()
+    assert (result.job_id, result.outcome) == (second, "succeeded")
+    assert (second, 1) not in checked  # its claim checked only what was written since: nothing
+    assert w.run_once() is None  # nothing left; and nothing looked at ahead of a claim that has nothing to take
+
+
+def test_a_job_changed_after_the_worker_looked_ahead_at_it_is_checked_again_by_its_claim(orch) -> None:
+    first, cancelled, tampered = (orch.submit("t.echo", x) for x in "abc")
+    w = make_worker(orch)
+    assert w.run_once().job_id == first  # looked ahead at ``cancelled``
+    orch.cancel(cancelled, "not wanted")  # by an operator, meanwhile
+    assert w.run_once().job_id == tampered  # the cancel's line seen: not run (its entry was dropped by the cancel)
+    assert orch.status(cancelled).state == "cancelled" and types(orch, cancelled)[-1] == "job_cancelled"
+    fourth, fifth = orch.submit("t.echo", "d"), orch.submit("t.echo", "e")
+    assert w.run_once().job_id == fourth  # looked ahead at ``fifth``: its history verified then
+    path = orch.store.root / "queue" / "jobs" / f"{fifth}.events.jsonl"
+    path.write_bytes(path.read_bytes().replace(b'"input":"e"', b'"input":"E"'))  # edited after the look
+    assert w.run_once() is None  # refused at its claim, not run on the word of the view checked before the edit
+    assert orch.status(fifth).integrity_error is not None and "run_refused" in [a["data"]["action"] for a in audits(orch)]
+
+
+def test_a_worker_asked_to_stop_while_its_handler_starts_does_not_look_ahead(orch) -> None:
+    from orchestrator import faults
+
+    first, second = orch.submit("t.echo", "a"), orch.submit("t.echo", "b")
+    w = make_worker(orch)
+    faults.arm("worker.after_start", w.stop)  # the request is sent, the run is watched from here on
+    try:
+        result = w.run_once()
+    finally:
+        faults.disarm_all()
+    assert result is not None and result.job_id == first  # the run went on (within its grace period)
+    assert second not in w.claimer._known  # no read for a claim that will not come
+
+
 def test_a_kept_view_is_not_used_once_the_trusted_or_revoked_keys_changed(orch, monkeypatch) -> None:
     from orchestrator import history
 
