@@ -320,15 +320,18 @@ class Claimer:
         """Read and check the job the next claim will most likely take (``QueueIndex.upcoming``) while this worker's
         handler runs, and keep its view (``remember``): the claim then checks only the lines written since
         (``load_more``), not every signature and the replay again: ~0.2 ms of a claim done while the handler
-        process has the other CPU. Reads only; a job it cannot read, or that is not queued, is left to the claim."""
+        process has the other CPU. Reads only; a job it cannot read, that is not queued, or of a kind this worker does
+        not run (``--kind``; one it left so already is not even read) is not kept: the claim decides."""
         entry = self.queue.upcoming()
-        if entry is None or entry.job_id in self._known or entry.runnable_at > self.orch.clock():
+        if (entry is None or entry.job_id in self._known or self.left.passes_over(entry.job_id)
+                or entry.runnable_at > self.orch.clock()):
             return
         try:
             view = self.orch.load(entry.job_id, every_signature=True)
         except (OrchestratorError, OSError):  # not there yet, gone, unreadable: the claim finds out and says so
             return
-        if view.ok and view.state is not None and view.state.state == QUEUED:
+        s = view.state
+        if view.ok and s is not None and s.state == QUEUED and (not self._kinds or s.kind in self._kinds):
             self.remember(view)
 
     def remember(self, view: JobView) -> None:

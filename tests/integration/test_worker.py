@@ -138,6 +138,29 @@ def test_a_job_changed_after_the_worker_looked_ahead_at_it_is_checked_again_by_i
     assert orch.status(fifth).integrity_error is not None and "run_refused" in [a["data"]["action"] for a in audits(orch)]
 
 
+def test_a_worker_keeps_no_look_ahead_of_a_job_it_leaves_to_others(orch) -> None:
+    mine, theirs, unhandled, last = (orch.submit("t.echo", "a"), orch.submit("t.fail", "b"),
+                                     orch.submit("t.nosuch", "c"), orch.submit("t.echo", "d"))
+    w = make_worker(orch, kinds=("t.echo", "t.nosuch"))
+    assert w.run_once().job_id == mine  # looked at ``theirs`` (another kind) while it ran: not kept
+    assert theirs not in w.claimer._known
+    assert w.run_once().job_id == last  # ``theirs`` and ``unhandled`` left to others on the way
+    assert {theirs, unhandled}.isdisjoint(w.claimer._known)
+
+
+def test_a_job_of_another_kind_once_left_is_not_even_read_ahead(orch, monkeypatch) -> None:
+    theirs = orch.submit("t.fail", "a")
+    w = make_worker(orch, kinds=("t.echo",))
+    assert w.run_once() is None  # left for good to workers of its kind
+    first = orch.submit("t.echo", "b", priority=5)  # listed before ``theirs``: the look-ahead meets it next
+    orch.submit("t.echo", "c")
+    read = []
+    real = orch.load
+    monkeypatch.setattr(orch, "load", lambda job_id, **kw: read.append(job_id) or real(job_id, **kw))
+    assert w.run_once().job_id == first
+    assert theirs not in read
+
+
 def test_a_worker_asked_to_stop_while_its_handler_starts_does_not_look_ahead(orch) -> None:
     from orchestrator import faults
 
