@@ -90,6 +90,7 @@ _SHAPES = re.compile(
 _KEY_WORDS = ("passw", "passp", "pwd", "private", "token", "apikey", "api_key", "api-key", "secret", "sessionid",
               "session_id", "session-id")
 _HEADER_WORDS = ("authorization", "cookie")  # ``_HEADER_KEYS``'s
+_SECRET_KEY_WORDS = _KEY_WORDS + _HEADER_WORDS  # what ``_SENSITIVE_KEY`` (lowered) holds: ``_may_hold_secret``
 # The characters ``re.IGNORECASE`` takes for an ASCII letter ('İ' and 'ı' for i, 'ſ' for s, the Kelvin sign for k):
 # ``_SENSITIVE_KEY`` finds "paſſword" a secret's key, whose lowered text holds no key word.
 _CASE_FOLDED_TO_ASCII = "\u0130\u0131\u017f\u212a"
@@ -384,7 +385,7 @@ def _may_hold_secret(text: str) -> bool:
     if not text.isascii() and any(char in text for char in _CASE_FOLDED_TO_ASCII):
         return True
     lowered = text.lower()
-    return any(word in lowered for word in _KEY_WORDS + _HEADER_WORDS)
+    return any(word in lowered for word in _SECRET_KEY_WORDS)
 
 
 def _sanitized_keys(obj: dict[Any, Any]) -> dict[Any, Any]:

@@ -99,7 +99,7 @@ def line_and_body(record: dict[str, Any]) -> tuple[bytes, bytes]:
     body = _joined(head, tail)
     if "sig" not in record:
         return body, body
-    return _joined(head, b'"sig":' + canonical(record["sig"]), tail), body
+    return _with_sig(head, record["sig"], tail), body
 
 
 def _halves(record: dict[str, Any]) -> tuple[memoryview, memoryview]:
@@ -113,6 +113,12 @@ def _halves(record: dict[str, Any]) -> tuple[memoryview, memoryview]:
         elif key > "sig":
             after[key] = value
     return memoryview(canonical(before))[1:-1], memoryview(canonical(after))[1:-1]
+
+
+def _with_sig(head: memoryview, sig: Any, tail: memoryview) -> bytes:
+    """The canonical line of a record whose other keys are ``head`` and ``tail`` (``_halves``) and whose ``sig`` is
+    ``sig``: what ``Keyring.seal`` writes and what a read compares a line with (``line_and_body``)."""
+    return _joined(head, b'"sig":' + canonical(sig), tail)
 
 
 def _joined(*members: bytes | memoryview) -> bytes:
@@ -330,7 +336,7 @@ class Keyring:
         record["kid"] = kid
         head, tail = _halves(record)  # encoded once: the signed body, then the line with its signature between
         record["sig"] = sig = _b64(self._sign(private, _joined(head, tail)))
-        return _joined(head, b'"sig":' + canonical(sig), tail)
+        return _with_sig(head, sig, tail)
 
     def check(self, record: dict[str, Any], body: bytes | None = None) -> str | None:
         """Verify a parsed record's signature; return a problem code or None. ``body``: the record's signed bytes,
