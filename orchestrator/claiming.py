@@ -110,6 +110,7 @@ class Claimer:
         self._mine: OrderedDict[str, None] = OrderedDict()  # delayed jobs read and found of those kinds (``_of_my_kinds``)
         self._failed_lookups: dict[str, tuple[int, float, str]] = {}  # kind -> (registry generation, when, why)
         self._known: OrderedDict[str, tuple[JobView, Any]] = OrderedDict()  # see ``remember``
+        self._ahead: tuple[JobView, Any] | None = None  # see ``look_ahead``: one view, of any size
 
     def claim(self, now: float | None = None) -> Claim | None:
         """Claim the first runnable job (priority, then FIFO); None if there is none."""
@@ -318,13 +319,17 @@ class Claimer:
 
     def look_ahead(self) -> None:
         """Read and check the job the next claim will most likely take (``QueueIndex.upcoming``) while this worker's
-        handler runs, and keep its view (``remember``): the claim then checks only the lines written since
-        (``load_more``), not every signature and the replay again: ~0.2 ms of a claim done while the handler
-        process has the other CPU. Reads only; a job it cannot read, that is not queued, or of a kind this worker does
-        not run (``--kind``; one it left so already is not even read) is not kept: the claim decides."""
+        handler runs, and keep its view: the claim then checks only the lines written since (``load_more``), not
+        every signature and the replay again: ~0.2 ms of a small job's claim, ~80 ms of one with a 1 MB input, done
+        while the handler process has the other CPU. One view is kept so, whatever its size (``remember`` keeps
+        many, small ones only): a job looked at and then claimed by another worker costs its memory until the next
+        look. Reads only; a job it cannot read, that is not queued, or of a kind this worker does not run
+        (``--kind``; one it left so already is not even read) is not kept: the claim decides."""
         entry = self.queue.upcoming()
-        if (entry is None or entry.job_id in self._known or self.left.passes_over(entry.job_id)
-                or entry.runnable_at > self.orch.clock()):
+        if self._ahead is not None and (entry is None or self._ahead[0].job_id != entry.job_id):
+            self._ahead = None  # the last look's job was not claimed here, and is not next: its memory is let go
+        if (entry is None or self._ahead is not None or entry.job_id in self._known
+                or self.left.passes_over(entry.job_id) or entry.runnable_at > self.orch.clock()):
             return
         try:
             view = self.orch.load(entry.job_id, every_signature=True)
@@ -332,20 +337,23 @@ class Claimer:
             return
         s = view.state
         if view.ok and s is not None and s.state == QUEUED and (not self._kinds or s.kind in self._kinds):
-            self.remember(view)
+            self._ahead = (view, self.orch.keyring.trust_state())
 
     def remember(self, view: JobView) -> None:
-        """Keep the view of a job this worker left unfinished (or looked at ahead of its claim, ``look_ahead``): a
-        resume, a revise or a retry brings it back, often to this worker, whose claim then checks only the lines
-        written since (``load_more`` compares the rest byte for byte with this view) instead of the whole job again."""
+        """Keep the view of a job this worker left unfinished: a resume, a revise or a retry brings it back, often to
+        this worker, whose claim then checks only the lines written since (``load_more`` compares the rest byte for
+        byte with this view) instead of the whole job again."""
         self._known.pop(view.job_id, None)
         if view.state is None or view.state.is_final or sum(len(x.raw) for x in view.stream.lines) > KNOWN_VIEW_MAX_BYTES:
             return
         keep_latest(self._known, view.job_id, (view, self.orch.keyring.trust_state()), KNOWN_VIEWS)
 
     def _kept_view(self, job_id: str) -> JobView | None:
-        """The view ``remember`` kept, if the keys trusted and revoked are still those it was checked with."""
+        """The view ``look_ahead`` or ``remember`` kept, if the keys trusted and revoked are still those it was
+        checked with."""
         kept = self._known.pop(job_id, None)
+        if self._ahead is not None and self._ahead[0].job_id == job_id:  # ``look_ahead``'s (newer than a kept one)
+            kept, self._ahead = self._ahead, None
         if kept is None or kept[1] != self.orch.keyring.trust_state():
             return None
         return kept[0]

@@ -172,8 +172,10 @@ class Worker:
         return self.claimer.untrusted_keys()
 
     # -- running ----------------------------------------------------------------------------------
-    def run_once(self, now: float | None = None) -> RunResult | None:
+    def run_once(self, now: float | None = None, *, look_ahead: bool = True) -> RunResult | None:
         """Recover stale jobs, then claim and run at most one job; None if nothing was runnable.
+        ``look_ahead``: while the handler runs, read and check the job a next call would claim (``execute``); off
+        for a last run (``worker --once``), whose next claim never comes.
 
         A store lost during the recovery or the claim (a PostgreSQL restart) is tried again, as the loop
         does, for up to ``store_wait_seconds``; then, or on a stop request, its error is raised, saying so.
@@ -185,7 +187,7 @@ class Worker:
         if self.stopping:  # a claim would only be handed back: two events, and the job's attempt count, for nothing
             return None
         claim = self._recover_and_claim(now)
-        return self.execute(claim) if claim else None
+        return self.execute(claim, look_ahead=look_ahead) if claim else None
 
     def _recover_and_claim(self, now: float | None) -> Claim | None:
         wait = self.settings.store_wait_seconds
@@ -224,8 +226,9 @@ class Worker:
                     continue
             return claim
 
-    def execute(self, claim: Claim) -> RunResult:
-        """Run a claimed job's handler under its lease and timeout, then record the outcome."""
+    def execute(self, claim: Claim, *, look_ahead: bool = True) -> RunResult:
+        """Run a claimed job's handler under its lease and timeout, then record the outcome. With ``look_ahead``, the
+        next claim's read and check is done while the handler runs (``Claimer.look_ahead``)."""
         s = claim.state
         record = self._recorder()
         try:
@@ -270,7 +273,7 @@ class Worker:
             "what": f"job {s.job_id} run {claim.run_id}", "job_id": s.job_id, "run_id": claim.run_id})
         try:
             try:
-                how, code, claim = self._supervise(claim, child, held, cap)
+                how, code, claim = self._supervise(claim, child, held, cap, look_ahead=look_ahead)
             except BaseException:
                 # the worker can no longer watch the run, nor renew its lease (a store error at a heartbeat, a link
                 # planted in leases/: PATH_ESCAPE, an interrupt): the run ends with the worker, as one past its stop
@@ -360,8 +363,8 @@ class Worker:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _supervise(self, claim: Claim, child: Child, held: HeldLease,
-                   cap: OutputCap | None = None) -> tuple[str, int | None, Claim]:
+    def _supervise(self, claim: Claim, child: Child, held: HeldLease, cap: OutputCap | None = None, *,
+                   look_ahead: bool = True) -> tuple[str, int | None, Claim]:
         """Wait for the child; renew the lease; enforce the timeout and the stop grace period, and stop a run
         whose lease could not be renewed before it may have expired (``held``, ``HeldLease.must_stop``); keep its
         output file within ``cap`` (``output_cap.py``: its start dropped, or the run stopped where that cannot be
@@ -370,7 +373,7 @@ class Worker:
         start = time.monotonic()
         cap = cap or OutputCap(child.output, self.settings.output_max_bytes, start)
         heart = self._heartbeat(held)
-        if not self.stopping:  # the next claim's read and check, done while the handler runs
+        if look_ahead and not self.stopping:  # the next claim's read and check, done while the handler runs
             self.claimer.look_ahead()
         timeout = claim.state.timeout
         deadline = start + timeout if timeout else None
@@ -546,7 +549,8 @@ class Worker:
                     claim = self.claim(now)
                     pause = STORE_RETRY_FIRST_SECONDS
                     if claim is not None:
-                        result = self.execute(claim)
+                        # the last run of ``max_jobs`` has no next claim to read ahead for
+                        result = self.execute(claim, look_ahead=max_jobs is None or done + 1 < max_jobs)
                         done += 1
                         if on_result:
                             on_result(result)

@@ -165,7 +165,7 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
             # the stale jobs its recovery wrote (each also logged on stderr, as a looping worker's are) are part of
             # what it did: under --json in its one object, "recovered", an error's details included
             try:
-                result = w.run_once()
+                result = w.run_once(look_ahead=False)  # no next claim to read ahead for
                 left = _left_queued(w.handler_not_found(), w.untrusted_keys()) if result is None else None
                 if left is not None:
                     raise left

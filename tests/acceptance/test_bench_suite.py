@@ -55,6 +55,21 @@ def test_the_quick_suite_prints_the_table_and_writes_json_with_every_workload(tm
     assert "disk before each timed workload: creating a file took" in proc.stdout
 
 
+def test_the_large_jobs_benchmark_runs_its_jobs_through_a_worker_process_and_writes_its_figures(
+        tmp_path: Path, cli_env) -> None:
+    out = tmp_path / "large.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.large_jobs", "--jobs", "3", "--input-kb", "40", "--output-kb",
+                           "10", "--repeat", "2", "--base-path", str(tmp_path / "b"), "--json", str(out)], cwd=REPO,
+                          env=cli_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3 jobs of a 40 KB input and a 10 KB output, median of 2 runs:" in proc.stdout
+    assert "run 2/2:" in proc.stderr  # progress on stderr
+    data = json.loads(out.read_text())
+    assert (data["jobs"], data["input_kb"], data["output_kb"], len(data["runs"])) == (3, 40, 10, 2)
+    assert all(data["median"][k] > 0 for k in ("ms_per_job", "submit_ms_per_job", "worker_rss_mb"))
+    assert not list((tmp_path / "b").iterdir())  # each run's project is removed
+
+
 PEER_MODULES = {"huey-sqlite": "huey", "huey-file": "huey", "persist-queue": "persistqueue", "litequeue": "litequeue",
                 "dbos": "dbos", "langgraph": "langgraph.checkpoint.sqlite"}
 

@@ -38,6 +38,11 @@ def audits(orch) -> list[dict]:
     return [json.loads(line.raw) for line in orch.store.read(AUDIT_STREAM)]
 
 
+def kept_ahead(w: Worker) -> str | None:
+    """The job whose view the worker's last look ahead kept (``Claimer.look_ahead``), if any."""
+    return None if w.claimer._ahead is None else w.claimer._ahead[0].job_id
+
+
 def make_worker(orch, **kw) -> Worker:
     kw.setdefault("worker_id", "w1")
     kw.setdefault("retry_base_seconds", 0.0)
@@ -123,6 +128,86 @@ def test_while_a_handler_runs_the_worker_reads_and_checks_the_job_it_claims_next
     assert w.run_once() is None  # nothing left; and nothing looked at ahead of a claim that has nothing to take
 
 
+def test_a_large_job_read_ahead_is_claimed_without_checking_its_lines_again(orch, monkeypatch) -> None:
+    from orchestrator import history
+    from orchestrator.claiming import KNOWN_VIEW_MAX_BYTES
+
+    first = orch.submit("t.echo", "a")
+    large = orch.submit("t.payload", {"status": "done", "summary": "large", "output": "x" * (2 * KNOWN_VIEW_MAX_BYTES)})
+    # ...events above what ``remember`` keeps
+    w = make_worker(orch)
+    checked = []
+    real = history._check_line
+    monkeypatch.setattr(history, "_check_line", lambda stream, line, *a: checked.append((stream, line.seq))
+                        or real(stream, line, *a))
+    assert w.run_once().job_id == first
+    assert (large, 1) in checked  # read and checked while the first one's handler ran
+    checked.clear()
+    result = w.run_once()
+    assert (large, 1) not in checked  # its claim compared the lines read ahead, and checked none of them again
+    assert (result.job_id, result.outcome) == (large, "succeeded")
+
+
+def test_the_last_run_of_max_jobs_or_of_a_run_once_without_look_ahead_reads_nothing_ahead(orch, monkeypatch) -> None:
+    looked = []
+    jobs = [orch.submit("t.echo", x) for x in "abcde"]
+    w = make_worker(orch)
+    real = w.claimer.look_ahead
+    monkeypatch.setattr(w.claimer, "look_ahead", lambda: looked.append(len(looked)) or real())
+    assert w.run(max_jobs=2) == 2
+    assert looked == [0] and kept_ahead(w) is None  # while the first ran (its look used by the next claim), not
+    # while the last did (it would have kept ``jobs[2]``)
+    w = make_worker(orch)
+    monkeypatch.setattr(w.claimer, "look_ahead", lambda: looked.append(len(looked)))
+    assert w.run_once(look_ahead=False).job_id == jobs[2]
+    assert looked == [0] and kept_ahead(w) is None  # ``worker --once`` runs so
+
+
+def test_worker_once_reads_no_job_ahead_of_a_claim_that_will_not_come(base, cli_env, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from orchestrator import Orchestrator
+    from orchestrator import cli as cli_mod
+    from orchestrator.claiming import Claimer
+    from orchestrator.key_files import load_keyring
+
+    cli_orch = Orchestrator(base_path=base, project_id="proj", keyring=load_keyring(cli_env, announce=False))
+    first = cli_orch.submit("t.echo", "a")
+    cli_orch.submit("t.echo", "b")  # a next job, which a look ahead would read
+    looked = []
+    monkeypatch.setattr(Claimer, "look_ahead", lambda self: looked.append(self))
+    done = CliRunner().invoke(cli_mod.cli, ["worker", "--once", "--import", "worker_handlers", "--json"], env=cli_env)
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["job_id"] == first and looked == []
+
+
+def test_a_look_ahead_at_a_job_taken_elsewhere_is_let_go_at_the_next_look(orch) -> None:
+    first, taken, third, fourth = (orch.submit("t.echo", x) for x in "abcd")
+    w = make_worker(orch)
+    assert w.run_once().job_id == first
+    assert kept_ahead(w) == taken  # looked at while ``first`` ran
+    orch.cancel(taken, "done by hand")  # by an operator, meanwhile: this worker never claims it
+    assert w.run_once().job_id == third
+    assert kept_ahead(w) == fourth  # ``taken``'s view let go
+    assert w.run_once().job_id == fourth and w.run_once() is None
+    assert kept_ahead(w) is None  # nothing left to look at: nothing held
+
+
+def test_a_look_ahead_is_not_used_once_the_trusted_or_revoked_keys_changed(orch, monkeypatch) -> None:
+    from orchestrator import history
+
+    first, second = orch.submit("t.echo", "a"), orch.submit("t.echo", "b")
+    w = make_worker(orch)
+    assert w.run_once().job_id == first  # looked at ``second`` while it ran
+    orch.keyring.revoked = orch.keyring.revoked | {"some-other-key"}  # revoked in this process meanwhile
+    checked = []
+    real = history._check_line
+    monkeypatch.setattr(history, "_check_line", lambda stream, line, *a: checked.append((stream, line.seq))
+                        or real(stream, line, *a))
+    assert w.run_once().job_id == second
+    assert (second, 1) in checked  # checked again, under the keys trusted now
+
+
 def test_a_job_changed_after_the_worker_looked_ahead_at_it_is_checked_again_by_its_claim(orch) -> None:
     first, cancelled, tampered = (orch.submit("t.echo", x) for x in "abc")
     w = make_worker(orch)
@@ -143,9 +228,9 @@ def test_a_worker_keeps_no_look_ahead_of_a_job_it_leaves_to_others(orch) -> None
                                      orch.submit("t.nosuch", "c"), orch.submit("t.echo", "d"))
     w = make_worker(orch, kinds=("t.echo", "t.nosuch"))
     assert w.run_once().job_id == mine  # looked at ``theirs`` (another kind) while it ran: not kept
-    assert theirs not in w.claimer._known
+    assert kept_ahead(w) is None and theirs not in w.claimer._known
     assert w.run_once().job_id == last  # ``theirs`` and ``unhandled`` left to others on the way
-    assert {theirs, unhandled}.isdisjoint(w.claimer._known)
+    assert kept_ahead(w) not in (theirs, unhandled) and {theirs, unhandled}.isdisjoint(w.claimer._known)
 
 
 def test_a_job_of_another_kind_once_left_is_not_even_read_ahead(orch, monkeypatch) -> None:
@@ -172,7 +257,7 @@ def test_a_worker_asked_to_stop_while_its_handler_starts_does_not_look_ahead(orc
     finally:
         faults.disarm_all()
     assert result is not None and result.job_id == first  # the run went on (within its grace period)
-    assert second not in w.claimer._known  # no read for a claim that will not come
+    assert kept_ahead(w) is None and second not in w.claimer._known  # no read for a claim that will not come
 
 
 def test_a_kept_view_is_not_used_once_the_trusted_or_revoked_keys_changed(orch, monkeypatch) -> None:

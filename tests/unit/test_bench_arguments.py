@@ -107,6 +107,10 @@ def test_the_trace_refuses_what_it_cannot_run_with_before_it_runs(
     ("bench.store_latency", ["--samples", "-2"], "argument --samples: must be at least 1, not -2"),
     ("bench.pg_candidates", ["--queued", "100", "0"], "argument --queued: must be at least 1, not 0"),
     ("bench.pg_long_reads", ["--line-bytes", "x"], "argument --line-bytes: 'x' is not a whole number"),
+    ("bench.large_jobs", ["--input-kb", "0"], "argument --input-kb: must be at least 1, not 0"),
+    ("bench.large_jobs", ["--output-kb", "-1"], "argument --output-kb: must be at least 0, not -1"),
+    ("bench.large_jobs", ["--input-kb", "1001"], "argument --input-kb: must be at most 1000"),
+    ("bench.large_jobs", ["--json", "."], "cannot write the figures to .: it is a folder"),
 ])
 def test_the_other_benchmarks_refuse_what_they_cannot_run_with_before_they_run(
         module: str, args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

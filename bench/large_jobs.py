@@ -1,0 +1,122 @@
+"""A worker draining a queue of jobs with large inputs (and, if asked, large outputs): time per job and peak RSS.
+
+    python -m bench.large_jobs                                  # 12 jobs of a 900 KB input, 3 runs
+    python -m bench.large_jobs --jobs 20 --input-kb 500 --output-kb 200 --repeat 5 --json results.json
+
+W1's path with inputs of up to 1 MiB (``MAX_INPUT_BYTES``), where W1's inputs are a few bytes: the input is a list of
+small objects (``{"id": ..., "name": ..., "tags": [...], "ok": true}``, ~70 bytes each), what a handler given a page of
+records gets, the costliest shape to encode, parse and check per byte. The jobs are submitted first, then one real
+worker process (``orchestrator.latency.WorkerProcess``, as W1's) runs them all with its handler process; a job's time
+is the worker's run (from its first claim to its last outcome) divided by the jobs. ``--output-kb`` makes the handler
+return that many KB of text (``latency.echo_handler``'s ``pad``), else it returns nothing (``noop_handler``). Peak RSS
+is the worker process's (``VmHWM``). Every event is signed and fdatasynced; nothing is cached between runs (each run
+has a project of its own). Medians of ``--repeat`` runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.cli_args import count, measured_folder, positive_int, results_file  # noqa: E402
+
+ITEM = {"id": 12345, "name": "some item name", "tags": ["a", "b"], "ok": True}
+
+
+MAX_KB = 1000  # an input and a payload may take up to 1 MiB (``MAX_INPUT_BYTES``, ``MAX_PAYLOAD_BYTES``) as JSON
+
+
+def kilobytes(least: int) -> Callable[[str], int]:
+    """A size in KB from ``least`` to ``MAX_KB``: a larger input or output would be refused by the submit or the
+    worker, after the jobs before it ran."""
+    def parse(text: str) -> int:
+        value = positive_int(text) if least else count(text)
+        if value > MAX_KB:
+            raise argparse.ArgumentTypeError(f"must be at most {MAX_KB} (an input or an output takes up to 1 MiB)")
+        return value
+    return parse
+
+
+def job_input(input_kb: int, output_kb: int) -> dict[str, Any]:
+    """An input of about ``input_kb`` KB of small objects, asking ``echo_handler`` for ``output_kb`` KB back."""
+    from orchestrator.signing import canonical
+
+    per = len(canonical(ITEM)) + 1
+    return {"items": [dict(ITEM, id=i) for i in range(max(1, input_kb * 1000 // per))], "pad": output_kb * 1000}
+
+
+def one_run(jobs: int, input_kb: int, output_kb: int, base: Path) -> dict[str, float]:
+    """Submit ``jobs`` jobs in a new project under ``base``, then let one worker process run them all."""
+    from bench.ours import _env, _orch
+    from orchestrator import latency as lat
+
+    env = _env(base)
+    orch = _orch(base, env)
+    data = job_input(input_kb, output_kb)
+    kind = lat.ECHO_KIND if output_kb else lat.NOOP_KIND
+    started = time.perf_counter()
+    for _ in range(jobs):
+        orch.submit(kind, data)
+    submit_s = time.perf_counter() - started
+    summary = lat.WorkerProcess(str(base), "bench", env, max_jobs=jobs, idle_exit=True).start().stop(timeout=600)
+    done = summary.get("done", 0)
+    if done != jobs:
+        raise RuntimeError(f"the worker ran {done} of {jobs} jobs")
+    states = {orch.status(j).state for j in orch.job_ids()}
+    if states != {"succeeded"}:
+        raise RuntimeError(f"unexpected job states: {sorted(states)}")
+    return {"ms_per_job": summary["elapsed_s"] / done * 1e3, "submit_ms_per_job": submit_s / jobs * 1e3,
+            "worker_rss_mb": summary.get("maxrss_kb", 0) / 1024}
+
+
+def measure(jobs: int, input_kb: int, output_kb: int, repeat: int, base_path: str | None = None) -> dict[str, Any]:
+    """``repeat`` runs; their figures and medians."""
+    runs = []
+    for i in range(repeat):
+        base = Path(tempfile.mkdtemp(prefix="large-jobs-", dir=base_path))
+        try:
+            runs.append(one_run(jobs, input_kb, output_kb, base))
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+        print(f"run {i + 1}/{repeat}: {runs[-1]['ms_per_job']:.1f} ms a job, worker peak RSS "
+              f"{runs[-1]['worker_rss_mb']:.1f} MB", file=sys.stderr, flush=True)
+    medians = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    return {"jobs": jobs, "input_kb": input_kb, "output_kb": output_kb, "repeat": repeat, "runs": runs,
+            "median": medians}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.large_jobs", description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=positive_int, default=12, help="jobs per run (default 12)")
+    ap.add_argument("--input-kb", type=kilobytes(1), default=900, help=f"each job's input, in KB (default 900, at "
+                    f"most {MAX_KB})")
+    ap.add_argument("--output-kb", type=kilobytes(0), default=0, help=f"each job's output, in KB (default 0: none; "
+                    f"at most {MAX_KB})")
+    ap.add_argument("--repeat", type=positive_int, default=3, help="runs, each in a new project (default 3)")
+    ap.add_argument("--base-path", default=None, help="where the scratch projects go (default: the system's "
+                    "temporary folder)")
+    ap.add_argument("--json", metavar="FILE", default=None, help="also write the figures to FILE")
+    args = ap.parse_args(argv)
+    if args.base_path is not None:
+        measured_folder(ap, Path(args.base_path))
+    with results_file(ap, args.json, "the figures") as json_file:
+        result = measure(args.jobs, args.input_kb, args.output_kb, args.repeat, args.base_path)
+        m = result["median"]
+        print(f"{args.jobs} jobs of a {args.input_kb} KB input and a {args.output_kb} KB output, median of "
+              f"{args.repeat} run{'s' if args.repeat > 1 else ''}: {m['ms_per_job']:.1f} ms a job in the worker (submit "
+              f"{m['submit_ms_per_job']:.1f} ms a job), worker peak RSS {m['worker_rss_mb']:.1f} MB")
+        if json_file is not None:
+            json_file.write((json.dumps(result, indent=2) + "\n").encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
