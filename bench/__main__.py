@@ -29,16 +29,16 @@ if TYPE_CHECKING:
 ALL_PEERS = ("huey-sqlite", "huey-file", "persist-queue", "litequeue", "dbos", "langgraph")
 
 
+_peer_list = choices(ALL_PEERS, "peer")
+
+
 def _peers(arg: str) -> tuple[str, ...]:
+    """``all`` (every peer), ``none``, or a comma list of peers (``cli_args.choices``: each known, at least one)."""
     if arg == "all":
         return ALL_PEERS
     if arg == "none":
         return ()
-    names = tuple(p.strip() for p in arg.split(",") if p.strip())
-    unknown = [n for n in names if n not in ALL_PEERS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown peer(s) {unknown}; choose from {', '.join(ALL_PEERS)}")
-    return names
+    return tuple(_peer_list(arg))
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -25,9 +25,10 @@ from bench import trace
     (["--settle-max-s", "-1"], "argument --settle-max-s: must be a number of at least 0, not -1"),
     (["--settle-max-s", "inf"], "argument --settle-max-s: must be a number of at least 0, not inf"),
     (["--only", "W1,W9"], "argument --only: unknown workload(s) W9; choose from W1, W2"),
-    (["--peers", "nosuch"], "argument --peers: unknown peer(s) ['nosuch']"),
+    (["--peers", "nosuch"], "argument --peers: unknown peer(s) nosuch; choose from huey-sqlite"),
+    (["--peers", ","], "argument --peers: give at least one peer: huey-sqlite"),
 ], ids=["repeat-0", "negative-jobs", "no-samples", "fraction", "a-size-0", "no-size", "negative-wait", "endless-wait",
-        "unknown-workload", "unknown-peer"])
+        "unknown-workload", "unknown-peer", "no-peer"])
 def test_a_value_the_suite_cannot_run_with_is_a_usage_error_before_anything_runs(
         args: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(suite, "run", lambda *a: pytest.fail("the suite ran"))
