@@ -87,18 +87,24 @@ def test_needs_human_waits_with_the_question_and_the_answer_reaches_the_rerun(or
     assert st.state == "succeeded" and st.result["summary"] == "answered green" and st.attempt == 2
 
 
-def test_a_worker_that_left_a_job_waiting_checks_only_the_new_lines_when_it_claims_it_again(orch,
-                                                                                        monkeypatch) -> None:
+def checked_lines(monkeypatch) -> list[tuple[str, int]]:
+    """Every (job, line number) ``history._check_line`` checks from now on: a line read and verified in full."""
     from orchestrator import history
 
+    checked: list[tuple[str, int]] = []
+    real = history._check_line
+    monkeypatch.setattr(history, "_check_line", lambda stream, line, *a: checked.append((stream, line.seq))
+                        or real(stream, line, *a))
+    return checked
+
+
+def test_a_worker_that_left_a_job_waiting_checks_only_the_new_lines_when_it_claims_it_again(orch,
+                                                                                        monkeypatch) -> None:
     job = orch.submit("t.ask")
     w = make_worker(orch)
     w.run_once()  # submitted, claimed, human_input_requested: this worker keeps that view
     orch.resume(job, "green")
-    checked = []
-    real = history._check_line
-    monkeypatch.setattr(history, "_check_line", lambda stream, line, *a: checked.append((stream, line.seq))
-                        or real(stream, line, *a))
+    checked = checked_lines(monkeypatch)
     w.run_once()
     assert checked[0] == (job, 4)  # the resume's line alone, not lines 1-3 again
     assert orch.status(job).state == "succeeded"
@@ -110,42 +116,25 @@ def test_a_worker_that_left_a_job_waiting_checks_only_the_new_lines_when_it_clai
     assert checked[0] == (other, 1)
 
 
-def test_while_a_handler_runs_the_worker_reads_and_checks_the_job_it_claims_next(orch, monkeypatch) -> None:
-    from orchestrator import history
+@pytest.mark.parametrize("kind, data", [
+    ("t.echo", "b"),
+    # events above what ``remember`` keeps (``KNOWN_VIEW_MAX_BYTES``): the look keeps one view of any size
+    ("t.payload", {"status": "done", "summary": "large", "output": "x" * (2 * 64 * 1024)}),
+], ids=["small", "large"])
+def test_while_a_handler_runs_the_worker_reads_and_checks_the_job_it_claims_next(orch, monkeypatch, kind, data) -> None:
+    from orchestrator.claiming import KNOWN_VIEW_MAX_BYTES
 
-    first, second = orch.submit("t.echo", "a"), orch.submit("t.echo", "b")
+    first, second = orch.submit("t.echo", "a"), orch.submit(kind, data)
+    assert (len(str(data)) > KNOWN_VIEW_MAX_BYTES) == (kind == "t.payload")
     w = make_worker(orch)
-    checked = []
-    real = history._check_line
-    monkeypatch.setattr(history, "_check_line", lambda stream, line, *a: checked.append((stream, line.seq))
-                        or real(stream, line, *a))
+    checked = checked_lines(monkeypatch)
     assert w.run_once().job_id == first
     assert (second, 1) in checked  # read and checked while the first one's handler ran (``Claimer.look_ahead``)
     checked.clear()
     result = w.run_once()
+    assert (second, 1) not in checked  # its claim compared the lines read ahead, and checked none of them again
     assert (result.job_id, result.outcome) == (second, "succeeded")
-    assert (second, 1) not in checked  # its claim checked only what was written since: nothing
     assert w.run_once() is None  # nothing left; and nothing looked at ahead of a claim that has nothing to take
-
-
-def test_a_large_job_read_ahead_is_claimed_without_checking_its_lines_again(orch, monkeypatch) -> None:
-    from orchestrator import history
-    from orchestrator.claiming import KNOWN_VIEW_MAX_BYTES
-
-    first = orch.submit("t.echo", "a")
-    large = orch.submit("t.payload", {"status": "done", "summary": "large", "output": "x" * (2 * KNOWN_VIEW_MAX_BYTES)})
-    # ...events above what ``remember`` keeps
-    w = make_worker(orch)
-    checked = []
-    real = history._check_line
-    monkeypatch.setattr(history, "_check_line", lambda stream, line, *a: checked.append((stream, line.seq))
-                        or real(stream, line, *a))
-    assert w.run_once().job_id == first
-    assert (large, 1) in checked  # read and checked while the first one's handler ran
-    checked.clear()
-    result = w.run_once()
-    assert (large, 1) not in checked  # its claim compared the lines read ahead, and checked none of them again
-    assert (result.job_id, result.outcome) == (large, "succeeded")
 
 
 def test_the_last_run_of_max_jobs_or_of_a_run_once_without_look_ahead_reads_nothing_ahead(orch, monkeypatch) -> None:
@@ -194,16 +183,11 @@ def test_a_look_ahead_at_a_job_taken_elsewhere_is_let_go_at_the_next_look(orch) 
 
 
 def test_a_look_ahead_is_not_used_once_the_trusted_or_revoked_keys_changed(orch, monkeypatch) -> None:
-    from orchestrator import history
-
     first, second = orch.submit("t.echo", "a"), orch.submit("t.echo", "b")
     w = make_worker(orch)
     assert w.run_once().job_id == first  # looked at ``second`` while it ran
     orch.keyring.revoked = orch.keyring.revoked | {"some-other-key"}  # revoked in this process meanwhile
-    checked = []
-    real = history._check_line
-    monkeypatch.setattr(history, "_check_line", lambda stream, line, *a: checked.append((stream, line.seq))
-                        or real(stream, line, *a))
+    checked = checked_lines(monkeypatch)
     assert w.run_once().job_id == second
     assert (second, 1) in checked  # checked again, under the keys trusted now
 
@@ -261,19 +245,14 @@ def test_a_worker_asked_to_stop_while_its_handler_starts_does_not_look_ahead(orc
 
 
 def test_a_kept_view_is_not_used_once_the_trusted_or_revoked_keys_changed(orch, monkeypatch) -> None:
-    from orchestrator import history
-
     job = orch.submit("t.ask")
     w = make_worker(orch)
     w.run_once()
     orch.resume(job, "green")
     orch.keyring.revoked = orch.keyring.revoked | {"some-other-key"}  # revoked in this process meanwhile
-    checked = []
-    real = history._check_line
-    monkeypatch.setattr(history, "_check_line", lambda stream, line, *a: checked.append(line.seq)
-                        or real(stream, line, *a))
+    checked = checked_lines(monkeypatch)
     w.run_once()
-    assert checked[:4] == [1, 2, 3, 4]  # every line checked again, under the keys trusted now
+    assert checked[:4] == [(job, n) for n in (1, 2, 3, 4)]  # every line checked again, under the keys trusted now
 
 
 def test_a_worker_started_before_a_key_rotation_runs_the_jobs_signed_with_the_new_key(base, isolated_env) -> None:
