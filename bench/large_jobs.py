@@ -3,14 +3,14 @@
     python -m bench.large_jobs                                  # 12 jobs of a 900 KB input, 3 runs
     python -m bench.large_jobs --jobs 20 --input-kb 500 --output-kb 200 --repeat 5 --json results.json
 
-W1's path with inputs of up to 1 MiB (``MAX_INPUT_BYTES``), where W1's inputs are a few bytes: the input is a list of
-small objects (``{"id": ..., "name": ..., "tags": [...], "ok": true}``, ~70 bytes each), what a handler given a page of
-records gets, the costliest shape to encode, parse and check per byte. The jobs are submitted first, then one real
-worker process (``orchestrator.latency.WorkerProcess``, as W1's) runs them all with its handler process; a job's time
-is the worker's run (from its first claim to its last outcome) divided by the jobs. ``--output-kb`` makes the handler
-return that many KB of text (``latency.echo_handler``'s ``pad``), else it returns nothing (``noop_handler``). Peak RSS
-is the worker process's (``VmHWM``). Every event is signed and fdatasynced; nothing is cached between runs (each run
-has a project of its own). Medians of ``--repeat`` runs.
+W1's path with inputs of up to 1 MiB (``MAX_INPUT_BYTES``), where W1's inputs are a few bytes: the input is a list
+of small objects (``{"id": ..., "name": ..., "tags": [...], "ok": true}``, ~70 bytes each), what a handler given a
+page of records gets, the costliest shape to encode, parse and check per byte. The jobs are submitted first, then
+one real worker process (``orchestrator.latency.WorkerProcess``, as W1's) runs them all with its handler process; a
+job's time is the worker's ``run`` (from its start, its handler process's included, to its last outcome) divided by
+the jobs. ``--output-kb`` makes the handler return that many KB of text (``latency.echo_handler``'s ``pad``), else
+it returns nothing (``noop_handler``). Peak RSS is the worker process's (``VmHWM``). Every event is signed and
+fdatasynced; nothing is cached between runs (each run has a project of its own). Medians of ``--repeat`` runs.
 """
 from __future__ import annotations
 
@@ -29,8 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.cli_args import count, measured_folder, positive_int, results_file  # noqa: E402
 
 ITEM = {"id": 12345, "name": "some item name", "tags": ["a", "b"], "ok": True}
-
-
 MAX_KB = 1000  # an input and a payload may take up to 1 MiB (``MAX_INPUT_BYTES``, ``MAX_PAYLOAD_BYTES``) as JSON
 
 
@@ -89,8 +87,10 @@ def measure(jobs: int, input_kb: int, output_kb: int, repeat: int, base_path: st
         print(f"run {i + 1}/{repeat}: {runs[-1]['ms_per_job']:.1f} ms a job, worker peak RSS "
               f"{runs[-1]['worker_rss_mb']:.1f} MB", file=sys.stderr, flush=True)
     medians = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-    return {"jobs": jobs, "input_kb": input_kb, "output_kb": output_kb, "repeat": repeat, "runs": runs,
-            "median": medians}
+    from orchestrator.latency import machine
+
+    return {"jobs": jobs, "input_kb": input_kb, "output_kb": output_kb, "repeat": repeat, "machine": machine(),
+            "runs": runs, "median": medians}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -135,6 +135,7 @@ class Claimer:
             claim = self._try_claim(entry, now)
             if claim is not None:
                 return claim
+        self._ahead = None  # its job was not claimable here: an idle worker holds no view looked at for a claim
         return None
 
     def _of_my_kinds(self, entry: ReadyEntry) -> bool:
@@ -322,8 +323,7 @@ class Claimer:
         handler runs, and keep its view: the claim then checks only the lines written since (``load_more``), not
         every signature and the replay again: ~0.2 ms of a small job's claim, ~80 ms of one with a 1 MB input, done
         while the handler process has the other CPU. One view is kept so, whatever its size (``remember`` keeps
-        many, small ones only): a job looked at and then claimed by another worker costs its memory until the next
-        look. Reads only; a job it cannot read, that is not queued, or of a kind this worker does not run
+        many, small ones only), until its claim, the next look, or a claim pass that finds nothing to claim. Reads only; a job it cannot read, that is not queued, or of a kind this worker does not run
         (``--kind``; one it left so already is not even read) is not kept: the claim decides."""
         entry = self.queue.upcoming()
         if self._ahead is not None and (entry is None or self._ahead[0].job_id != entry.job_id):

@@ -67,6 +67,7 @@ def test_the_large_jobs_benchmark_runs_its_jobs_through_a_worker_process_and_wri
     data = json.loads(out.read_text())
     assert (data["jobs"], data["input_kb"], data["output_kb"], len(data["runs"])) == (3, 40, 10, 2)
     assert all(data["median"][k] > 0 for k in ("ms_per_job", "submit_ms_per_job", "worker_rss_mb"))
+    assert data["machine"]["cpus"] >= 1  # the figures say where they were measured
     assert not list((tmp_path / "b").iterdir())  # each run's project is removed
 
 

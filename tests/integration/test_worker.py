@@ -170,7 +170,9 @@ def test_worker_once_reads_no_job_ahead_of_a_claim_that_will_not_come(base, cli_
     assert json.loads(done.stdout)["job_id"] == first and looked == []
 
 
-def test_a_look_ahead_at_a_job_taken_elsewhere_is_let_go_at_the_next_look(orch) -> None:
+def test_a_look_ahead_at_a_job_taken_elsewhere_is_let_go_at_the_next_look(orch, monkeypatch) -> None:
+    from orchestrator import queue
+
     first, taken, third, fourth = (orch.submit("t.echo", x) for x in "abcd")
     w = make_worker(orch)
     assert w.run_once().job_id == first
@@ -180,6 +182,11 @@ def test_a_look_ahead_at_a_job_taken_elsewhere_is_let_go_at_the_next_look(orch) 
     assert kept_ahead(w) == fourth  # ``taken``'s view let go
     assert w.run_once().job_id == fourth and w.run_once() is None
     assert kept_ahead(w) is None  # nothing left to look at: nothing held
+    monkeypatch.setattr(queue, "LISTING_MAX_AGE", -1.0)  # each claim pass lists ready/ again: it never meets a job
+    fifth, cancelled = orch.submit("t.echo", "e"), orch.submit("t.echo", "f")  # whose entry is gone
+    assert w.run_once().job_id == fifth and kept_ahead(w) == cancelled
+    orch.cancel(cancelled, "not wanted")
+    assert w.run_once() is None and kept_ahead(w) is None  # nothing claimed: an idle worker holds no view
 
 
 def test_a_look_ahead_is_not_used_once_the_trusted_or_revoked_keys_changed(orch, monkeypatch) -> None:
