@@ -77,6 +77,8 @@ def one_run(jobs: int, input_kb: int, output_kb: int, base: Path) -> dict[str, f
 
 def measure(jobs: int, input_kb: int, output_kb: int, repeat: int, base_path: str | None = None) -> dict[str, Any]:
     """``repeat`` runs; their figures and medians."""
+    from orchestrator.latency import machine
+
     runs = []
     for i in range(repeat):
         base = Path(tempfile.mkdtemp(prefix="large-jobs-", dir=base_path))
@@ -87,8 +89,6 @@ def measure(jobs: int, input_kb: int, output_kb: int, repeat: int, base_path: st
         print(f"run {i + 1}/{repeat}: {runs[-1]['ms_per_job']:.1f} ms a job, worker peak RSS "
               f"{runs[-1]['worker_rss_mb']:.1f} MB", file=sys.stderr, flush=True)
     medians = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-    from orchestrator.latency import machine
-
     return {"jobs": jobs, "input_kb": input_kb, "output_kb": output_kb, "repeat": repeat, "machine": machine(),
             "runs": runs, "median": medians}
 
@@ -110,9 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     with results_file(ap, args.json, "the figures") as json_file:
         result = measure(args.jobs, args.input_kb, args.output_kb, args.repeat, args.base_path)
         m = result["median"]
-        print(f"{args.jobs} jobs of a {args.input_kb} KB input and a {args.output_kb} KB output, median of "
-              f"{args.repeat} run{'s' if args.repeat > 1 else ''}: {m['ms_per_job']:.1f} ms a job in the worker (submit "
-              f"{m['submit_ms_per_job']:.1f} ms a job), worker peak RSS {m['worker_rss_mb']:.1f} MB")
+        runs = f"{args.repeat} run{'s' if args.repeat > 1 else ''}"
+        print(f"{args.jobs} jobs of a {args.input_kb} KB input and a {args.output_kb} KB output, median of {runs}: "
+              f"{m['ms_per_job']:.1f} ms a job in the worker (submit {m['submit_ms_per_job']:.1f} ms a job), worker "
+              f"peak RSS {m['worker_rss_mb']:.1f} MB")
         if json_file is not None:
             json_file.write((json.dumps(result, indent=2) + "\n").encode())
     return 0

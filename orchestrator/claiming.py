@@ -323,14 +323,16 @@ class Claimer:
         handler runs, and keep its view: the claim then checks only the lines written since (``load_more``), not
         every signature and the replay again: ~0.2 ms of a small job's claim, ~80 ms of one with a 1 MB input, done
         while the handler process has the other CPU. One view is kept so, whatever its size (``remember`` keeps
-        many, small ones only), until its claim, the next look, or a claim pass that finds nothing to claim. Reads only; a job it cannot read, that is not queued, or of a kind this worker does not run
-        (``--kind``; one it left so already is not even read) is not kept: the claim decides."""
+        many, small ones only), until its claim, the next look, or a claim pass that finds nothing to claim. Reads
+        only; a job it cannot read, that is not queued, or of a kind this worker does not run (``--kind``; one it
+        left so already is not even read) is not kept: the claim decides."""
         entry = self.queue.upcoming()
-        if self._ahead is not None and (entry is None or self._ahead[0].job_id != entry.job_id):
+        next_id = entry.job_id if entry is not None else None
+        if not self._looked_at(next_id):
             self._ahead = None  # the last look's job was not claimed here, and is not next: its memory is let go
         if (entry is None or self._ahead is not None or entry.job_id in self._known
                 or self.left.passes_over(entry.job_id) or entry.runnable_at > self.orch.clock()):
-            return
+            return  # nothing next, looked at already, kept, left to others, or not due
         try:
             view = self.orch.load(entry.job_id, every_signature=True)
         except (OrchestratorError, OSError):  # not there yet, gone, unreadable: the claim finds out and says so
@@ -348,11 +350,15 @@ class Claimer:
             return
         keep_latest(self._known, view.job_id, (view, self.orch.keyring.trust_state()), KNOWN_VIEWS)
 
+    def _looked_at(self, job_id: str | None) -> bool:
+        """Whether ``look_ahead``'s view is of ``job_id``."""
+        return self._ahead is not None and self._ahead[0].job_id == job_id
+
     def _kept_view(self, job_id: str) -> JobView | None:
         """The view ``look_ahead`` or ``remember`` kept, if the keys trusted and revoked are still those it was
         checked with."""
         kept = self._known.pop(job_id, None)
-        if self._ahead is not None and self._ahead[0].job_id == job_id:  # ``look_ahead``'s (newer than a kept one)
+        if self._looked_at(job_id):  # ``look_ahead``'s (newer than a kept one)
             kept, self._ahead = self._ahead, None
         if kept is None or kept[1] != self.orch.keyring.trust_state():
             return None
