@@ -77,6 +77,16 @@ def _write_frames(fd: int, *frames: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def host_request(kind: str, context: dict[str, Any], encoded_input: bytes | None = None) -> bytes:
+    """The request a handler process reads: ``{"kind", "context"}`` as JSON, with ``encoded_input`` (the input's
+    JSON, ``api.encoded_input``) in the place of the context's ``input`` where it is given."""
+    if encoded_input is None:
+        return json.dumps({"kind": kind, "context": context}, ensure_ascii=False).encode()
+    others = json.dumps({key: value for key, value in context.items() if key != "input"}, ensure_ascii=False).encode()
+    return b"".join((b'{"kind":', json.dumps(kind, ensure_ascii=False).encode(), b',"context":{"input":', encoded_input,
+                     b"," + others[1:] if len(others) > 2 else b"}", b"}"))
+
+
 def _fd_identity(fd: int) -> tuple[int, int] | None:
     try:
         st = os.fstat(fd)
@@ -280,9 +290,10 @@ class HandlerHost:
         self._pidfd: int | None = None  # the host's, where the kernel has them: its death seen at once (``HostRun``)
         self._alive: int | None = None  # the folder's lock (``claim_host_folder``), held until ``close``
 
-    def run(self, kind: str, context: dict[str, Any]) -> "HostRun":
-        """Hand one run to the host (forking a new one if there is none); returns at once."""
-        request = json.dumps({"kind": kind, "context": context}, ensure_ascii=False).encode()
+    def run(self, kind: str, context: dict[str, Any], encoded_input: bytes | None = None) -> "HostRun":
+        """Hand one run to the host (forking a new one if there is none); returns at once. ``encoded_input``:
+        ``context["input"]`` as JSON already, put in the request as it is."""
+        request = host_request(kind, context, encoded_input)
         for attempt in (1, 2):
             if self.pid is None or self.runs >= self.max_runs or self._forked_at_generation != self.generation():
                 self.close()

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator import faults
-from orchestrator.api import Orchestrator
+from orchestrator.api import Orchestrator, encoded_input
 from orchestrator.artifacts_import import CopyFailed, artifacts_from, import_artifacts, links_removed_warning
 from orchestrator.claiming import Claimer, Unhandled
 from orchestrator.config import llm_timeout
@@ -250,7 +250,7 @@ class Worker:
                 paths.remove()
                 return self._ended(cut, claim, record, held, paths.output_file, started=False)
             context = {**s.context(), "artifacts_dir": str(paths.artifacts_dir)}
-            child = handler.start(context, paths, host=self._handler_host())
+            child = handler.start(context, paths, host=self._handler_host(), encoded_input=encoded_input(claim.view))
             faults.point("worker.after_start")
         except _HeartbeatError as failed:
             raise failed.error from None

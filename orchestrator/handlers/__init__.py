@@ -94,8 +94,10 @@ class JobContext:
 class Handler:
     name: str = "?"
 
-    def start(self, context: dict[str, Any], paths: RunPaths, host: HandlerHost | None = None) -> Child:
-        """Start the run; ``host`` is the worker's reused handler process (None: a process for this run)."""
+    def start(self, context: dict[str, Any], paths: RunPaths, host: HandlerHost | None = None,
+              encoded_input: bytes | None = None) -> Child:
+        """Start the run; ``host`` is the worker's reused handler process (None: a process for this run);
+        ``encoded_input``, when given, is ``context["input"]`` as JSON already (``api.encoded_input``)."""
         raise NotImplementedError
 
 
@@ -104,9 +106,10 @@ class PythonHandler(Handler):
         self.name = name
         self.fn = fn
 
-    def start(self, context: dict[str, Any], paths: RunPaths, host: HandlerHost | None = None) -> Child:
+    def start(self, context: dict[str, Any], paths: RunPaths, host: HandlerHost | None = None,
+              encoded_input: bytes | None = None) -> Child:
         if host is not None:
-            return host.run(self.name, context)
+            return host.run(self.name, context, encoded_input)
         paths.make_run_dir()
         ctx = JobContext(context, paths.artifacts_dir)
         return fork_call(lambda: self.fn(ctx), terminal_file=paths.terminal_file, output=paths.output_file,

@@ -55,7 +55,8 @@ def child_env(context: Mapping[str, Any], paths: RunPaths, extra: Mapping[str, s
 class CommandHandler(Handler):
     name = "command"
 
-    def start(self, context: dict[str, Any], paths: RunPaths, host: HandlerHost | None = None) -> Child:
+    def start(self, context: dict[str, Any], paths: RunPaths, host: HandlerHost | None = None,
+              encoded_input: bytes | None = None) -> Child:
         argv, cwd, extra = parse_command_input(context.get("input"))
         paths.make_artifacts_dir()  # the command runs there (or below it)
         if cwd is None:

@@ -86,12 +86,14 @@ class EventStore(ABC):
         its current head, so it can chain and sign the new lines. If ``expected_seq`` is given
         and the stream does not hold exactly that many lines, raise ``ConcurrencyError`` and
         write nothing. ``expected_last`` (with ``expected_seq``) is the last line the caller decided
-        from: a store that can check both in the write itself (PostgreSQL) may call ``build`` with
-        that head before locking anything and append in one round trip; if the stream's head is
-        not that one, nothing is written and ``build`` is called again under the lock with the head
-        there is, as without it. So ``build`` must be a pure function of the head it is given. When
-        this returns, every new line is durable (fsynced) and visible to every reader; if it raises,
-        none of them is acknowledged and readers never see a part of one. Returns the new head.
+        from, which it verified as line ``expected_seq``: a store that finds those very bytes last may take
+        that ``seq`` for theirs (files: the line is not parsed again). A store that can check both in the
+        write itself (PostgreSQL) may call ``build`` with that head before locking anything and append in
+        one round trip; if the stream's head is not that one, nothing is written and ``build`` is called
+        again under the lock with the head there is, as without it. So ``build`` must be a pure function
+        of the head it is given. When this returns, every new line is durable (fsynced) and visible to
+        every reader; if it raises, none of them is acknowledged and readers never see a part of one.
+        Returns the new head.
         Several lines are atomic against an error (none of them stays) but, on files, not against a
         crash: the file may keep some of them, complete, and part of the next (a torn tail, which
         readers ignore). A caller appending several (``import``, by chunks) resumes from whatever

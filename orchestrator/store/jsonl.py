@@ -191,7 +191,7 @@ class JsonlStore(EventStore):
                fence: int | None = None, aux: AuxWrites | None = None,
                in_transaction: InTransaction | None = None, expected_last: bytes | None = None) -> Head:
         self._no_transaction(in_transaction)
-        new_head, appended = self._append(stream, build, expected_seq)
+        new_head, appended = self._append(stream, build, expected_seq, expected_last)
         if appended and aux is not None:
             faults.point("store.append.before_aux")  # the lines are durable, their head record not yet
             try:
@@ -202,7 +202,8 @@ class JsonlStore(EventStore):
                                             "linked": isinstance(exc, PathEscapeError)}) from None
         return new_head
 
-    def _append(self, stream: str, build: Builder, expected_seq: int | None) -> tuple[Head, bool]:
+    def _append(self, stream: str, build: Builder, expected_seq: int | None,
+                expected_last: bytes | None = None) -> tuple[Head, bool]:
         path = self._file(stream)
         with lock_descriptor(lambda: self._open_for_append(path, new=expected_seq == 0)) as fd:  # closing it: unlocked
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -211,7 +212,7 @@ class JsonlStore(EventStore):
                 raise StorageError(not_regular(path), stream=stream)
             size = st.st_size
             end, last = _complete_end(fd, size)
-            head = Head(self._seq_of(path, last), last)
+            head = Head(self._seq_of(path, last, known=(expected_seq, expected_last)), last)
             if expected_seq is not None and expected_seq != head.seq:
                 raise ConcurrencyError(f"{stream}: expected {expected_seq} events, found {head.seq}",
                                        stream=stream, expected=expected_seq, found=head.seq)
@@ -263,9 +264,14 @@ class JsonlStore(EventStore):
             log.error("could not cut back a failed append", extra={"offset": end})
 
     @staticmethod
-    def _seq_of(path: str, last: bytes) -> int:
+    def _seq_of(path: str, last: bytes, known: tuple[int | None, bytes | None] = (None, None)) -> int:
+        """The ``seq`` of the stream's last line. ``known`` is the head the caller decided from (``expected_seq``,
+        ``expected_last``, a line it verified as that one): a last line of those very bytes holds that ``seq``, so it
+        is not parsed again, which for a line holding a 1 MiB input took ~13 ms of each append after it."""
         if not last:
             return 0
+        if last == known[1] and known[0] is not None:
+            return known[0]
         try:
             seq = json.loads(last)["seq"]
         except (ValueError, KeyError, TypeError, RecursionError):

@@ -7,6 +7,9 @@ newlines included) across job files and the audit log.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from orchestrator import Orchestrator
 from orchestrator.audit import AUDIT_HEAD
@@ -85,7 +88,19 @@ def test_a_version_or_seq_that_only_equals_the_number_in_python_is_refused() -> 
         assert codes in (["SEQUENCE_MISMATCH"], ["UNSUPPORTED_VERSION"]), (odd, codes)
 
 
-def test_a_submitted_input_that_does_not_match_its_signed_digest_is_a_context_mismatch(orch: Orchestrator) -> None:
+def _context_encodings(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The inputs whose context a read encodes again to check its digest (``api.context_digest``)."""
+    from orchestrator import api
+
+    seen: list[Any] = []
+    real = api.context_digest
+    monkeypatch.setattr(api, "context_digest",
+                        lambda kind, input, *rest: (seen.append(input), real(kind, input, *rest))[1])
+    return seen
+
+
+def test_a_submitted_input_that_does_not_match_its_signed_digest_is_a_context_mismatch(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
     """A ``job_submitted`` line signs ``context_digest``, the SHA-256 of ``canonical({"kind", "input", "options"})``
     (a submit hashes it in pieces, with the input it encoded to measure it). A line a trusted key signed with an
     input its digest does not name (a bug, or a key holder's edit) is ``CONTEXT_MISMATCH`` for reads and ``verify``."""
@@ -100,7 +115,32 @@ def test_a_submitted_input_that_does_not_match_its_signed_digest_is_a_context_mi
         assert data["context_digest"] == hashlib.sha256(whole).hexdigest()
         assert orch.load(job).ok
     good = orch.load(job).stream.records[0]["data"]
-    orch.append(None, "forged-input", [("job_submitted", {**good, "input": ["another"]})])
-    codes = {(p.line, p.code) for p in orch.load("forged-input").problems}
-    assert codes == {(1, "CONTEXT_MISMATCH")}
-    assert (1, "CONTEXT_MISMATCH") in {(p.line, p.code) for p in verify_project(orch, "forged-input").problems}
+    long_line, short_line = orch.submit("echo", {"text": "x" * 5000}), orch.submit("echo", {"text": "short"})
+    encoded_again = _context_encodings(monkeypatch)
+    assert orch.load(long_line).ok and encoded_again == []
+    assert orch.load(short_line).ok and encoded_again == [{"text": "short"}]
+    # a long line's digest is checked on its own bytes (``api.context_matches``), a short one's on its context encoded
+    large = orch.load(orch.submit("echo", ["x" * 5000, 1])).stream.records[0]["data"]
+    forged = {"forged-input": {**good, "input": ["another"]}, "forged-large-input": {**large, "input": ["x" * 5000, 2]},
+              "forged-large-options": {**large, "options": {**large["options"], "max_attempts": 9}},
+              "forged-large-kind": {**large, "kind": "other"}}
+    for job, data in forged.items():
+        orch.append(None, job, [("job_submitted", data)])
+        assert len(orch.store.read(job)[0].raw) > (4096 if job != "forged-input" else 0)
+        codes = {(p.line, p.code) for p in orch.load(job).problems}
+        assert codes == {(1, "CONTEXT_MISMATCH")}, job
+        assert (1, "CONTEXT_MISMATCH") in {(p.line, p.code) for p in verify_project(orch, job).problems}, job
+
+
+def test_a_long_input_is_taken_from_its_line_only_where_its_context_hashes_to_the_signed_digest(
+        orch: Orchestrator) -> None:
+    """``api.encoded_input``: what a worker sends its handler process in place of encoding the input again."""
+    from orchestrator.api import encoded_input
+    from orchestrator.signing import canonical
+
+    value = {"text": "d\u00e9j\u00e0 \"x\" " * 600, "n": [1, 2.5, None, True]}
+    assert encoded_input(orch.load(orch.submit("echo", value))) == canonical(value)
+    assert encoded_input(orch.load(orch.submit("echo", {"short": 1}))) is None
+    good = orch.load(orch.submit("echo", value)).stream.records[0]["data"]
+    orch.append(None, "forged", [("job_submitted", {**good, "input": {**value, "n": []}})])
+    assert encoded_input(orch.load("forged")) is None
