@@ -29,7 +29,7 @@ from orchestrator.limits import (MAX_INPUT_BYTES, MAX_JSON_DEPTH, MAX_KIND_LENGT
                                  json_depth, whole_number)
 from orchestrator.notices import log_warning
 from orchestrator.security import sanitize_text, shown, validate_id
-from orchestrator.signing import Keyring, canonical, parse_line
+from orchestrator.signing import SUBMITTED_CONTEXT_MIN_BYTES, Keyring, canonical, parse_line, submitted_context
 from orchestrator.leases import lease_expiry
 from orchestrator.state import RUNNING, STATES, Event, JobState, apply
 from orchestrator.store.base import HEADS_AREA, EventStore, Head, StoredLine
@@ -70,63 +70,41 @@ def context_digest(kind: str, input: Any, options: dict[str, Any], encoded_input
     return digest.hexdigest()
 
 
-CONTEXT_IN_LINE_MIN_BYTES = 4096  # a shorter line's context is encoded again: ~4 us, where finding it takes ~9
-
-
 def context_matches(line: bytes, record: dict[str, Any], state: JobState) -> bool:
     """Whether a ``job_submitted`` line's ``context_digest`` is that of the context its job was replayed with
-    (``CONTEXT_MISMATCH`` if not). Those bytes, ``{"input":...,"kind":...,"options":...}``, end the line's
-    ``data`` (its keys sort ``context_digest`` first), so a long line's are hashed where they stand rather than
-    encoded again: ~15-25 ms of every read of a job with a 1 MiB input. They are that context's canonical encoding
-    when the line is canonical, which every read checks where no head record vouches for the line
-    (``history._check_line``; a line vouched for was signed so by a trusted key); and only when the state holds
-    the very values parsed from that line. Otherwise, and for a short line, the context is encoded again."""
+    (``CONTEXT_MISMATCH`` if not). A long line's context is hashed where the line holds it (``submitted_context``:
+    ~15 ms of every read of a job with a 1 MiB input), when the state holds the very values parsed from that line;
+    those bytes are the context's canonical encoding when the line is canonical, which every read checks where no
+    head record vouches for the line (a line vouched for was signed so by a trusted key). Otherwise, and for a
+    short line, the context is encoded again."""
     data = record.get("data")
     expected = data.get("context_digest") if isinstance(data, dict) else None
     if not isinstance(expected, str):
         return False
-    if (len(line) >= CONTEXT_IN_LINE_MIN_BYTES and data.get("input") is state.input
-            and data.get("options") is state.options and data.get("kind") == state.kind):
-        context = _context_in_line(line, record, expected)
-        if context is not None and hashlib.sha256(context).hexdigest() == expected:
-            return True
+    if (len(line) >= SUBMITTED_CONTEXT_MIN_BYTES and data.get("input") is state.input
+            and data.get("options") is state.options and data.get("kind") == state.kind
+            and submitted_context(line, record) is not None):
+        return True
     return expected == context_digest(state.kind, state.input, dict(state.options))
 
 
-def _context_in_line(line: bytes, record: dict[str, Any], expected: str) -> bytes | None:
-    """``{"input":...,"kind":...,"options":...}`` as a canonical ``job_submitted`` line of ``record`` holds it, or
-    None if the line does not start and end as that line would (another key before ``data``, a NaN)."""
-    try:
-        prefix = b"".join((b'{"actor":', canonical(record.get("actor")), b',"data":{"context_digest":',
-                           canonical(expected), b","))
-        after = {key: value for key, value in record.items() if key > "data"}
-        suffix = b"}," + canonical(after)[1:] if after else b"}}"
-    except ValueError:  # a line vouched for is not checked for canonical form: it may hold a NaN
-        return None
-    if len(line) <= len(prefix) + len(suffix) or not line.startswith(prefix) or not line.endswith(suffix):
-        return None
-    return b"{" + line[len(prefix):len(line) - len(suffix)] + b"}"
-
-
 def encoded_input(view: JobView) -> bytes | None:
-    """A job's input as its long ``job_submitted`` line holds it, canonical JSON, taken where the context around it
-    hashes to the digest the line signs (``context_matches``): what a worker sends its handler process as it is,
-    rather than encoding up to 1 MiB again (~12 ms). None for a short line or one that does not hold it so."""
+    """A job's input as its long ``job_submitted`` line holds it, canonical JSON (``submitted_context``): what a
+    worker sends its handler process as it is, rather than encoding up to 1 MiB again (~12 ms). None for a short
+    line or one that does not hold it so."""
     lines, records = view.stream.lines, view.stream.records
-    if not lines or not records or len(lines[0].raw) < CONTEXT_IN_LINE_MIN_BYTES:
+    if not lines or not records or len(lines[0].raw) < SUBMITTED_CONTEXT_MIN_BYTES:
         return None
-    data = records[0].get("data")
-    expected = data.get("context_digest") if isinstance(data, dict) else None
-    if records[0].get("type") != "job_submitted" or not isinstance(expected, str):
-        return None
-    context = _context_in_line(lines[0].raw, records[0], expected)
-    if context is None or hashlib.sha256(context).hexdigest() != expected:
+    line, data = lines[0].raw, records[0].get("data")
+    found = submitted_context(line, records[0])
+    if found is None or not isinstance(data, dict):
         return None
     try:
-        tail = b',"kind":' + canonical(data.get("kind")) + b',"options":' + canonical(data.get("options")) + b"}"
+        tail = b',"kind":' + canonical(data.get("kind")) + b',"options":' + canonical(data.get("options"))
     except ValueError:
         return None
-    head = b'{"input":'
+    context = line[found[0]:found[1]]
+    head = b'"input":'
     if len(context) <= len(head) + len(tail) or not context.startswith(head) or not context.endswith(tail):
         return None
     return context[len(head):len(context) - len(tail)]

@@ -17,8 +17,8 @@ from typing import Any, Iterable, Sequence
 
 from orchestrator.errors import PathEscapeError, UnusableFileError
 from orchestrator.security import shown
-from orchestrator.signing import (FORMAT_VERSION, UNKNOWN_KEY, Keyring, canonical, genesis, line_and_body, line_hash,
-                                  parse_line)
+from orchestrator.signing import (FORMAT_VERSION, SUBMITTED_CONTEXT_MIN_BYTES, UNKNOWN_KEY, Keyring, canonical, genesis,
+                                  line_and_body, line_hash, parse_line, submitted_line_body)
 from orchestrator.store.base import AUDIT_STREAM, Head, StoredLine
 
 # Problem codes, each a different way a history can be damaged.
@@ -137,8 +137,11 @@ def _check_line(stream: str, stored: StoredLine, expected_prev: str, keyring: Ke
     vouched = anchor is not None and (stored.seq < anchor.seq or (stored.seq == anchor.seq and anchor.checked)) \
         and rec.get("kid") == anchor.kid and isinstance(rec.get("sig"), str)
     body = None  # the signed bytes, made with the canonical form (each value encoded once)
+    # a long submitted line holding its context as its digest says: its signed bytes made from the line, the input
+    # not encoded again, and taken only if its signature verifies over them; any other line is checked in full
+    signed = not vouched and _signed_as_held(stored.raw, rec, keyring)
     try:
-        if not vouched:
+        if not vouched and not signed:
             canonical_line, body = line_and_body(rec)
             if canonical_line != stored.raw:
                 return CORRUPT_LINE, "not in canonical form (edited by hand?)", rec
@@ -153,12 +156,22 @@ def _check_line(stream: str, stored: StoredLine, expected_prev: str, keyring: Ke
         return CHAIN_BROKEN, "prev is not the hash of the line before", rec
     if stream != AUDIT_STREAM and rec.get("job_id") != stream:
         return WRONG_STREAM, f"belongs to job {shown(rec.get('job_id'))}", rec
-    if vouched:
-        return None, "", rec  # its key signed the head record these bytes chain to
+    if vouched or signed:
+        return None, "", rec  # its key signed the head record these bytes chain to, or these very bytes
     sig_problem = keyring.check(rec, body)
     if sig_problem:
         return sig_problem, f"signature check failed ({sig_problem}) for key {shown(rec.get('kid'))}", rec
     return None, "", rec
+
+
+def _signed_as_held(raw: bytes, rec: dict[str, Any], keyring: Keyring) -> bool:
+    """Whether ``raw`` is a long ``job_submitted`` line whose signature verifies over the bytes it holds
+    (``submitted_line_body``): they are then what its trusted key signed, and the canonical encoding of the record,
+    the context in them being what the signed digest names. A ``False`` says nothing: the line is checked in full."""
+    if len(raw) < SUBMITTED_CONTEXT_MIN_BYTES or rec.get("type") != "job_submitted":
+        return False
+    body = submitted_line_body(raw, rec)
+    return body is not None and keyring.check(rec, body) is None
 
 
 def seal(keyring: Keyring, stream: str, head: Head, records: Iterable[dict[str, Any]]) -> list[bytes]:

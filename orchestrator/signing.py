@@ -133,6 +133,54 @@ def _joined(*members: bytes | memoryview) -> bytes:
     return b"".join(parts)
 
 
+SUBMITTED_CONTEXT_MIN_BYTES = 4096  # a shorter line's context is encoded again: ~4 us, where finding it takes ~9
+
+
+def submitted_context(line: bytes, record: dict[str, Any]) -> tuple[int, int] | None:
+    """Where a long ``job_submitted`` line holds its context: ``(start, end)``, ``line[start:end]`` being
+    ``"input":...,"kind":...,"options":...``, the end of its ``data`` (whose keys sort ``context_digest`` first),
+    found between the bytes the record's other keys make before and after it and hashing, in braces, to the
+    ``context_digest`` the record holds. Those bytes are then what the submit hashed, the context's canonical encoding,
+    and need not be encoded again (~15 ms for a 1 MiB input). None for a line under ``SUBMITTED_CONTEXT_MIN_BYTES``,
+    another record, or a line that does not hold it so (another key before ``data``, a NaN, an edit)."""
+    data = record.get("data")
+    digest = data.get("context_digest") if isinstance(data, dict) else None
+    if len(line) < SUBMITTED_CONTEXT_MIN_BYTES or record.get("type") != "job_submitted" or not isinstance(digest, str):
+        return None
+    try:
+        prefix = b"".join((b'{"actor":', canonical(record.get("actor")), b',"data":{"context_digest":',
+                           canonical(digest), b","))
+        suffix = _after_data(record)
+    except ValueError:  # a line vouched for is not checked for canonical form: it may hold a NaN
+        return None
+    start, end = len(prefix), len(line) - len(suffix)
+    if end <= start or not line.startswith(prefix) or not line.endswith(suffix):
+        return None
+    hashed = hashlib.sha256(b"{")
+    hashed.update(memoryview(line)[start:end])
+    hashed.update(b"}")
+    return (start, end) if hashed.hexdigest() == digest else None
+
+
+def submitted_line_body(line: bytes, record: dict[str, Any]) -> bytes | None:
+    """The signed bytes of a long ``job_submitted`` line (``line_and_body``'s second), made from the line itself
+    where it holds its context as ``submitted_context`` finds it: the line up to the end of that context, then the
+    record's keys after ``data`` but ``sig``. Those bytes are the canonical encoding of the record without ``sig`` if
+    the line is canonical; a reader takes them only with a signature that verifies over them, and checks a line any
+    other way in full (``history._check_line``). None where ``submitted_context`` finds nothing."""
+    found = submitted_context(line, record)
+    if found is None:
+        return None
+    return b"".join((memoryview(line)[:found[1]], _after_data(record, without="sig")))
+
+
+def _after_data(record: dict[str, Any], without: str = "") -> bytes:
+    """The bytes a canonical line of ``record`` ends with after its ``data``'s members: the object's brace, then the
+    record's keys that sort after ``"data"`` (but ``without``)."""
+    after = {key: value for key, value in record.items() if key > "data" and key != without}
+    return b"}," + canonical(after)[1:] if after else b"}}"
+
+
 def line_hash(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
 

@@ -613,3 +613,62 @@ def test_an_action_over_an_audit_log_whose_last_line_is_corrupt_is_refused_befor
     assert refused.value.exit_code == 7
     assert file_orch.store.path(job).read_bytes() == events and file_orch.status(job).state == "queued"
     assert path.read_bytes() == damaged
+
+
+# -- a long submitted line, checked on the bytes it holds (signing.submitted_line_body) --------------------------
+LONG = {"rows": [{"id": i, "name": "d\u00e9j\u00e0 \"vu\"", "x": i / 7, "tags": [None, True, -0.0]} for i in range(120)]}
+
+
+def _long_line_edits(line: bytes, keyring: Keyring) -> dict[str, bytes]:
+    """Edits of a long ``job_submitted`` line that a check on its own bytes could miss if it were wrong."""
+    import hashlib
+
+    from orchestrator.signing import canonical
+
+    rec = json.loads(line)
+    at = line.index(b'"tags":[null,true,-0.0]')
+    edits = {"space in the input": line[:at] + b" " + line[at:],
+             "key before data": line.replace(b'{"actor":', b'{"a":1,"actor":', 1),
+             "sig of another line": line.replace(rec["sig"].encode(), keyring.seal({**rec, "seq": 2})
+                                                 .split(b'"sig":"')[1].split(b'"')[0], 1)}
+    # the input edited and its digest made again, by someone without the key: the bytes hash to the digest
+    forged = json.loads(line)
+    forged["data"]["input"] = {**LONG, "rows": LONG["rows"][1:]}
+    forged["data"]["context_digest"] = hashlib.sha256(canonical(
+        {k: forged["data"][k] for k in ("input", "kind", "options")})).hexdigest()
+    edits["input and digest made again"] = canonical(forged)
+    rng = random.Random(5)
+    for offset in rng.sample(range(len(line)), 40):
+        flipped = bytearray(line)
+        flipped[offset] ^= 1 << rng.randrange(8)
+        edits[f"flip at {offset}"] = bytes(flipped)
+    return edits
+
+
+def test_a_long_submitted_line_is_checked_on_its_own_bytes_and_every_edit_of_it_is_found_as_before(
+        file_orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``job_submitted`` line of 4 KiB or more whose context hashes to the digest it signs has its signature
+    checked over the bytes it holds, its input not encoded again (``history._signed_as_held``); any other line is
+    checked in full. Every edit gives the problems the full check gives."""
+    from orchestrator import history
+    from orchestrator.store.base import StoredLine
+
+    job = file_orch.submit("echo", LONG)
+    line = file_orch.store.read(job)[0].raw
+    assert len(line) > 4096
+    encoded: list[str] = []
+    real_encode = history.line_and_body
+    monkeypatch.setattr(history, "line_and_body", lambda rec: (encoded.append(rec.get("type")), real_encode(rec))[1])
+    assert file_orch.load(job, every_signature=True).ok and encoded == []
+    short = file_orch.submit("echo", {"short": 1})
+    assert file_orch.load(short, every_signature=True).ok and encoded == ["job_submitted"]
+
+    def problems(raw: bytes, shortcut: bool) -> list[tuple[int, str]]:
+        with monkeypatch.context() as m:
+            if not shortcut:
+                m.setattr(history, "_signed_as_held", lambda *a: False)
+            found = history.verify_stream(job, [StoredLine(1, raw)], file_orch.keyring).problems
+        return [(p.line, p.code) for p in found]
+
+    for name, edited in _long_line_edits(line, file_orch.keyring).items():
+        assert problems(edited, shortcut=True) == problems(edited, shortcut=False) != [], name
