@@ -92,13 +92,13 @@ def encoded_input(view: JobView) -> bytes | None:
     """A job's input as its long ``job_submitted`` line holds it, canonical JSON (``submitted_context``): what a
     worker sends its handler process as it is, rather than encoding up to 1 MiB again (~12 ms). None for a short
     line or one that does not hold it so."""
-    lines, records = view.stream.lines, view.stream.records
-    if not lines or not records or len(lines[0].raw) < SUBMITTED_CONTEXT_MIN_BYTES:
+    if not view.stream.records:
         return None
-    line, data = lines[0].raw, records[0].get("data")
-    found = submitted_context(line, records[0])
-    if found is None or not isinstance(data, dict):
+    line, record = view.stream.lines[0].raw, view.stream.records[0]
+    found = submitted_context(line, record)  # None for a short line; its ``data`` a dict holding a digest if not
+    if found is None:
         return None
+    data = record["data"]
     try:
         tail = b',"kind":' + canonical(data.get("kind")) + b',"options":' + canonical(data.get("options"))
     except ValueError:
@@ -373,8 +373,9 @@ class Orchestrator:
         return JobView(job_id, stream, state, (), warnings)
 
     def _append_lines(self, view: JobView | None, job_id: str, new: Sequence[tuple[str, dict[str, Any]]], *,
-                      run_id: str | None, actor: str | None, now: float | None, audit: tuple[str, str] | None,
-                      fence: int | None, aux: Mapping[tuple[str, str], bytes | None] | None,
+                      run_id: str | None = None, actor: str | None = None, now: float | None = None,
+                      audit: tuple[str, str] | None = None, fence: int | None = None,
+                      aux: Mapping[tuple[str, str], bytes | None] | None = None,
                       ) -> tuple[list[bytes], JobState | None, tuple[dict[str, str], ...]]:
         """``append`` up to its view: the lines written, the state they lead to and the warnings (each logged). A
         caller that needs no view (``submit_job``) does not have the lines parsed back for one (~16 ms for a line
@@ -493,8 +494,7 @@ class Orchestrator:
         if kind == COMMAND_KIND:  # after the key's job: one submitted before this check is still the same job
             parse_command_input(input)  # a few microseconds; llm takes any input, a Python handler's is its own
         try:
-            _, _, warnings = self._append_lines(None, job_id, [("job_submitted", data)], run_id=None, actor=actor,
-                                                now=None, audit=None, fence=None, aux=None)  # no view: not parsed back
+            _, _, warnings = self._append_lines(None, job_id, [("job_submitted", data)], actor=actor)  # no view
         except ConcurrencyError:
             if not key:
                 raise

@@ -250,7 +250,9 @@ class Worker:
                 paths.remove()
                 return self._ended(cut, claim, record, held, paths.output_file, started=False)
             context = {**s.context(), "artifacts_dir": str(paths.artifacts_dir)}
-            child = handler.start(context, paths, host=self._handler_host(), encoded_input=encoded_input(claim.view))
+            host = self._handler_host()  # only a request to it carries the input's bytes (``HandlerHost.run``)
+            child = handler.start(context, paths, host=host,
+                                  encoded_input=encoded_input(claim.view) if host is not None else None)
             faults.point("worker.after_start")
         except _HeartbeatError as failed:
             raise failed.error from None
