@@ -96,6 +96,12 @@ _SECRET_KEY_WORDS = _KEY_WORDS + _HEADER_WORDS  # what ``_SENSITIVE_KEY`` (lower
 _CASE_FOLDED_TO_ASCII = "\u0130\u0131\u017f\u212a"
 _SHAPE_STARTS = ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "AKIA", "ASIA", "xox", "AIza", "eyJ")
 _SENSITIVE_KEY = re.compile(rf"(?:{_KEYS}|{_HEADER_KEYS})\Z", re.I)
+# Looking for a literal of several characters costs ~0.7 ms a MB (CPython's search), for one character ~0.05 ms
+# (``memchr``): in a text this long or longer a literal is looked for only where each of its characters is there
+# (``_literals_held``), its rarest first. Data (JSON records, numbers, hex, base64) lacks most literals' rarer
+# characters; in a shorter text the plain search costs less than the look at the characters.
+_LONG_TEXT = 1024
+_BY_FREQUENCY = "etaoinshrdlcumwfgypbvkjxqz"  # English letters, the most frequent first: others (a '-') are rarer
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 # The C library's error messages (``strerror``). A program's diagnostic ``<name>: <message>`` whose name ends in a
 # key word (``passwd: File exists``, ``cat: /run/secrets/api_token: No such file or directory``) is no secret
@@ -117,6 +123,33 @@ def _os_error(text: str, m: re.Match[str]) -> bool:
     if brk is None and start + len(window) < len(text):  # the line goes on past any message
         return False
     return window[:brk.start() if brk else len(window)].rstrip(" \t") in _OS_ERRORS
+
+
+def _rarest_first(literal: str) -> str:
+    """The distinct characters of ``literal``, those a text is least likely to hold first."""
+    return "".join(sorted(set(literal), key=lambda char: -_BY_FREQUENCY.find(char) if char in _BY_FREQUENCY else -99))
+
+
+_CHARS_OF = {literal: _rarest_first(literal)
+             for literal in _SECRET_KEY_WORDS + _SHAPE_STARTS}
+
+
+def _literals_held(text: str, literals: tuple[str, ...], *, any_case: bool = False) -> tuple[str, ...]:
+    """The literals of ``literals`` whose every character ``text`` holds (with ``any_case``, in either case: those
+    ASCII-lowering ``text`` may give; ``str.lower`` too, but for ``_CASE_FOLDED_TO_ASCII``'s 'İ' and the Kelvin sign,
+    which lower to 'i' and 'k'). Only these can be in it: the others need no search. For a long text (``_LONG_TEXT``)."""
+    held: dict[str, bool] = {}
+    found = []
+    for literal in literals:
+        for char in _CHARS_OF[literal]:
+            there = held.get(char)
+            if there is None:
+                there = held[char] = char in text or (any_case and char != char.upper() and char.upper() in text)
+            if not there:
+                break
+        else:
+            found.append(literal)
+    return tuple(found)
 
 
 def _ascii_lowered(text: str) -> str:
@@ -202,14 +235,15 @@ def sanitize_text(text: str) -> str:
     # the lowered copy, made again only after a redaction changed the text; a redaction adds no key word
     # ("[REDACTED]"), so what the first copy holds stays a superset of what the text holds
     lowered = _ascii_lowered(text)
-    header = any(word in lowered for word in _HEADER_WORDS)
-    keyed = any(word in lowered for word in _KEY_WORDS)
+    long = len(text) >= _LONG_TEXT  # looked at for each literal's characters first (no call for a short text)
+    header = any(word in lowered for word in (_literals_held(lowered, _HEADER_WORDS) if long else _HEADER_WORDS))
+    keyed = any(word in lowered for word in (_literals_held(lowered, _KEY_WORDS) if long else _KEY_WORDS))
     for rx, wanted, keep in ((_HEADER, header, None), (_CLI, keyed, None), (_KV, keyed, _os_error)):
         if wanted:
             redacted = _redact_values(rx, text, keep, lowered)
             if redacted is not text:
                 text, lowered = redacted, _ascii_lowered(redacted)
-    if any(start in text for start in _SHAPE_STARTS):
+    if any(start in text for start in (_literals_held(text, _SHAPE_STARTS) if long else _SHAPE_STARTS)):
         text = _SHAPES.sub(REDACTED, text)
     return text
 
@@ -380,12 +414,16 @@ def _may_hold_secret(text: str) -> bool:
     letters only: it lowers them the same, so it finds every key word that holds, and may find more."""
     if "://" in text and "@" in text:  # (a private key's lines, whole or not, hold "PRIVATE KEY": a key word)
         return True
-    if any(start in text for start in _SHAPE_STARTS):
+    long = len(text) >= _LONG_TEXT  # looked at for each literal's characters first
+    if any(start in text for start in (_literals_held(text, _SHAPE_STARTS) if long else _SHAPE_STARTS)):
         return True
     if not text.isascii() and any(char in text for char in _CASE_FOLDED_TO_ASCII):
         return True
+    words = _literals_held(text, _SECRET_KEY_WORDS, any_case=True) if long else _SECRET_KEY_WORDS
+    if not words:  # a long text is lowered only if one of them may be in it
+        return False
     lowered = text.lower()
-    return any(word in lowered for word in _SECRET_KEY_WORDS)
+    return any(word in lowered for word in words)
 
 
 def _sanitized_keys(obj: dict[Any, Any]) -> dict[Any, Any]:

@@ -350,8 +350,9 @@ def _walked(obj: object) -> object:
 CASE_FOLDED_KEYS = ["pa\u017f\u017fword", "session_\u0131d", "pr\u0130vate_key", "api_\u212aey", "TO\u212aEN", "\u017fecret"]
 json_texts = st.one_of(st.text(max_size=30), st.lists(st.sampled_from(TRIGGERS + EVERY_SPELLING + CASE_FOLDED_KEYS),
                                                       max_size=6).map("".join))
+# (no NaN: a NaN is not equal to itself, so a structure holding one at its top would never compare equal)
 json_like = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), json_texts),
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), json_texts),
     lambda inner: st.one_of(st.lists(inner, max_size=4), st.tuples(inner, inner),
                             st.dictionaries(st.one_of(json_texts, st.integers()), inner, max_size=4)),
     max_leaves=20)
@@ -404,6 +405,46 @@ def test_property_a_text_without_any_literal_a_redaction_starts_from_is_left_as_
 
     if not security._may_hold_secret(text):  # noqa: SLF001
         assert sanitize_text(text) == text
+
+
+# what fills a long text around a secret: data (numbers, hex, base64, a run of one letter, JSON records) lacks most of
+# the literals' characters, which a long text is first looked at for; prose holds most of them
+FILLERS = ["0123456789" * 110, "9f3a" * 300, "QUJD+/x0" * 150, "x" * 1100, '{"id":12,"name":"some item name"}' * 40,
+           "the quick brown fox jumps over the lazy dog " * 30]
+long_texts = st.builds(lambda filler, pieces, at: filler[:at] + "".join(pieces) + filler[at:],
+                       st.sampled_from(FILLERS),
+                       st.lists(st.one_of(st.sampled_from(TRIGGERS + EVERY_SPELLING + CASE_FOLDED_KEYS),
+                                          st.text(max_size=20)), max_size=4),
+                       st.integers(0, 1100))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(long_texts)
+def test_property_a_long_text_is_looked_at_as_a_short_one_is_searched_for_each_literal(text: str) -> None:
+    """A text of ``_LONG_TEXT`` characters or more is searched only for the literals whose every character it holds
+    (in either case, for the key words): the same answers, and the same redactions, as a search for each."""
+    from unittest import mock
+
+    from orchestrator import security
+
+    assert len(text) >= security._LONG_TEXT  # noqa: SLF001
+    looked, redacted = security._may_hold_secret(text), sanitize_text(text)  # noqa: SLF001
+    with mock.patch.object(security, "_LONG_TEXT", len(text) + 1):  # every text short: each literal searched for
+        assert (looked, redacted) == (security._may_hold_secret(text), sanitize_text(text))  # noqa: SLF001
+
+
+@pytest.mark.parametrize("filler", FILLERS)
+@pytest.mark.parametrize("secret", EVERY_SPELLING + [c[0] for c in CANARIES])
+def test_a_secret_in_a_long_value_is_redacted_whatever_fills_the_rest(filler: str, secret: str) -> None:
+    for obj in ({"data": filler + " " + secret}, {"data": filler, secret: "s1"}, [filler, {"x": secret}]):
+        out = sanitize_obj(obj)
+        assert out == _walked(obj) != obj
+
+
+@pytest.mark.parametrize("filler", FILLERS)
+def test_a_key_spelled_with_letters_that_ignorecase_folds_is_a_secret_key_beside_a_long_value(filler: str) -> None:
+    for key in CASE_FOLDED_KEYS:
+        assert sanitize_obj({"data": filler, key: "s1"}) == {"data": filler, key: REDACTED}
 
 
 # --------------------------------------------------------------------------- ids
