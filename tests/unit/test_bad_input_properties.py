@@ -106,8 +106,11 @@ def nested(depth: int) -> object:
 
 def test_a_job_input_nested_deeper_than_the_limit_is_invalid_input(orch: Orchestrator) -> None:
     assert orch.submit("k", nested(MAX_JSON_DEPTH))
-    with pytest.raises(InvalidInputError, match="nested deeper"):
-        orch.submit("k", nested(MAX_JSON_DEPTH + 1))
+    assert orch.submit("k", {"a": ["[[[" * 100, {"b": "\\" * 7 + '"[[[' * 30}]})  # brackets in strings: no level
+    for too_deep in (nested(MAX_JSON_DEPTH + 1), nested(100_000), {"a": [nested(MAX_JSON_DEPTH - 1)]}):
+        with pytest.raises(InvalidInputError, match=f"nested deeper than {MAX_JSON_DEPTH} levels"):
+            orch.submit("k", too_deep)
+    assert len(list(orch.job_ids())) == 2
 
 
 def test_a_job_input_larger_than_the_limit_is_invalid_input(orch: Orchestrator) -> None:
@@ -268,6 +271,30 @@ def test_json_depth_is_the_deepest_nesting_of_any_value() -> None:
     same()
 
 
+def test_the_depth_of_an_encoded_value_is_the_depth_of_the_value() -> None:
+    """A submit takes its input's depth from the canonical bytes it encodes anyway (``encoded_depth``): it must be
+    ``json_depth``'s, whatever the strings hold (quotes, backslashes, brackets, runs of them) and wherever they are
+    (keys too)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from orchestrator.limits import encoded_depth
+    from orchestrator.signing import canonical
+
+    texts = st.text(st.sampled_from('"\\[]{}x\n\u00e9'), max_size=8)
+    scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | texts
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.lists(inner, max_size=3).map(tuple)
+                          | st.dictionaries(texts, inner, max_size=4), max_leaves=40)
+
+    @settings(max_examples=1500, deadline=None)
+    @given(values)
+    def same(value) -> None:  # noqa: ANN001
+        assert encoded_depth(canonical(value)) == json_depth(value)
+
+    same()
+    assert encoded_depth(canonical(nested(300))) == json_depth(nested(300)) == MAX_JSON_DEPTH * 4 + 1  # both stop
+
+
 def test_a_value_that_holds_itself_is_walked_in_bounded_time_and_refused(orch: Orchestrator) -> None:
     """A list holding itself a thousand times has a million children at its second level: the walk stops after
     ``_MAX_CONTAINERS`` (the encoder then refuses the cycle); one holding itself once is too deep."""
@@ -283,7 +310,7 @@ def test_a_value_that_holds_itself_is_walked_in_bounded_time_and_refused(orch: O
     itself: list = []
     itself.append(itself)
     assert json_depth(itself) > MAX_JSON_DEPTH
-    with pytest.raises(InvalidInputError, match="nested deeper than"):
+    with pytest.raises(InvalidInputError, match="not plain JSON: Circular reference"):  # the encoder's, first
         orch.submit("k", {"a": itself})
     assert not list(orch.job_ids())
 
