@@ -2,14 +2,15 @@
 
     python -m bench.large_jobs                                  # 12 jobs of a 900 KB input, 3 runs
     python -m bench.large_jobs --jobs 20 --input-kb 500 --output-kb 200 --repeat 5 --json results.json
+    python -m bench.large_jobs --input-kb 1 --output-kb 900 --output-shape records   # a large structured output
 
 W1's path with inputs of up to 1 MiB (``MAX_INPUT_BYTES``), where W1's inputs are a few bytes: the input is a list
 of small objects (``{"id": ..., "name": ..., "tags": [...], "ok": true}``, ~70 bytes each), what a handler given a
 page of records gets, the costliest shape to encode, parse and check per byte. The jobs are submitted first, then
 one real worker process (``orchestrator.latency.WorkerProcess``, as W1's) runs them all with its handler process; a
 job's time is the worker's ``run`` (from its start, its handler process's included, to its last outcome) divided by
-the jobs. ``--output-kb`` makes the handler return that many KB of text (``latency.echo_handler``'s ``pad``), else
-it returns nothing (``noop_handler``). Peak RSS is the worker process's (``VmHWM``). Every event is signed and
+the jobs. ``--output-kb`` makes the handler return that many KB of text (``latency.echo_handler``'s ``pad``), or of
+small objects like the input's with ``--output-shape records``, else it returns nothing (``noop_handler``). Peak RSS is the worker process's (``VmHWM``). Every event is signed and
 fdatasynced; nothing is cached between runs (each run has a project of its own). Medians of ``--repeat`` runs.
 """
 from __future__ import annotations
@@ -28,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cli_args import count, measured_folder, positive_int, results_file  # noqa: E402
 
-ITEM = {"id": 12345, "name": "some item name", "tags": ["a", "b"], "ok": True}
 MAX_KB = 1000  # an input and a payload may take up to 1 MiB (``MAX_INPUT_BYTES``, ``MAX_PAYLOAD_BYTES``) as JSON
 
 
@@ -43,22 +43,25 @@ def kilobytes(least: int) -> Callable[[str], int]:
     return parse
 
 
-def job_input(input_kb: int, output_kb: int) -> dict[str, Any]:
-    """An input of about ``input_kb`` KB of small objects, asking ``echo_handler`` for ``output_kb`` KB back."""
-    from orchestrator.signing import canonical
-
-    per = len(canonical(ITEM)) + 1
-    return {"items": [dict(ITEM, id=i) for i in range(max(1, input_kb * 1000 // per))], "pad": output_kb * 1000}
+SHAPES = ("text", "records")  # what ``--output-kb`` is made of: one text, or small objects (``latency.records``)
 
 
-def one_run(jobs: int, input_kb: int, output_kb: int, base: Path) -> dict[str, float]:
+def job_input(input_kb: int, output_kb: int, output_shape: str = "text") -> dict[str, Any]:
+    """An input of about ``input_kb`` KB of small objects, asking ``echo_handler`` for ``output_kb`` KB back as one
+    text or as small objects (``output_shape``)."""
+    from orchestrator.latency import records
+
+    return {"items": records(input_kb * 1000), ("pad" if output_shape == "text" else "records"): output_kb * 1000}
+
+
+def one_run(jobs: int, input_kb: int, output_kb: int, base: Path, output_shape: str = "text") -> dict[str, float]:
     """Submit ``jobs`` jobs in a new project under ``base``, then let one worker process run them all."""
     from bench.ours import _env, _orch
     from orchestrator import latency as lat
 
     env = _env(base)
     orch = _orch(base, env)
-    data = job_input(input_kb, output_kb)
+    data = job_input(input_kb, output_kb, output_shape)
     kind = lat.ECHO_KIND if output_kb else lat.NOOP_KIND
     started = time.perf_counter()
     for _ in range(jobs):
@@ -75,7 +78,8 @@ def one_run(jobs: int, input_kb: int, output_kb: int, base: Path) -> dict[str, f
             "worker_rss_mb": summary.get("maxrss_kb", 0) / 1024}
 
 
-def measure(jobs: int, input_kb: int, output_kb: int, repeat: int, base_path: str | None = None) -> dict[str, Any]:
+def measure(jobs: int, input_kb: int, output_kb: int, repeat: int, base_path: str | None = None,
+            output_shape: str = "text") -> dict[str, Any]:
     """``repeat`` runs; their figures and medians."""
     from orchestrator.latency import machine
 
@@ -83,13 +87,14 @@ def measure(jobs: int, input_kb: int, output_kb: int, repeat: int, base_path: st
     for i in range(repeat):
         base = Path(tempfile.mkdtemp(prefix="large-jobs-", dir=base_path))
         try:
-            runs.append(one_run(jobs, input_kb, output_kb, base))
+            runs.append(one_run(jobs, input_kb, output_kb, base, output_shape))
         finally:
             shutil.rmtree(base, ignore_errors=True)
         print(f"run {i + 1}/{repeat}: {runs[-1]['ms_per_job']:.1f} ms a job, worker peak RSS "
               f"{runs[-1]['worker_rss_mb']:.1f} MB", file=sys.stderr, flush=True)
     medians = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-    return {"jobs": jobs, "input_kb": input_kb, "output_kb": output_kb, "repeat": repeat, "machine": machine(),
+    return {"jobs": jobs, "input_kb": input_kb, "output_kb": output_kb, "output_shape": output_shape, "repeat": repeat,
+            "machine": machine(),
             "runs": runs, "median": medians}
 
 
@@ -100,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"most {MAX_KB})")
     ap.add_argument("--output-kb", type=kilobytes(0), default=0, help=f"each job's output, in KB (default 0: none; "
                     f"at most {MAX_KB})")
+    ap.add_argument("--output-shape", choices=SHAPES, default="text", help="what the output is made of: one text "
+                    "(default) or small objects like the input's (records)")
     ap.add_argument("--repeat", type=positive_int, default=3, help="runs, each in a new project (default 3)")
     ap.add_argument("--base-path", default=None, help="where the scratch projects go (default: the system's "
                     "temporary folder)")
@@ -108,10 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.base_path is not None:
         measured_folder(ap, Path(args.base_path))
     with results_file(ap, args.json, "the figures") as json_file:
-        result = measure(args.jobs, args.input_kb, args.output_kb, args.repeat, args.base_path)
+        result = measure(args.jobs, args.input_kb, args.output_kb, args.repeat, args.base_path, args.output_shape)
         m = result["median"]
         runs = f"{args.repeat} run{'s' if args.repeat > 1 else ''}"
-        print(f"{args.jobs} jobs of a {args.input_kb} KB input and a {args.output_kb} KB output, median of {runs}: "
+        shape = " of small objects" if args.output_shape == "records" and args.output_kb else ""
+        print(f"{args.jobs} jobs of a {args.input_kb} KB input and a {args.output_kb} KB output{shape}, median of {runs}: "
               f"{m['ms_per_job']:.1f} ms a job in the worker (submit {m['submit_ms_per_job']:.1f} ms a job), worker "
               f"peak RSS {m['worker_rss_mb']:.1f} MB")
         if json_file is not None:

@@ -41,11 +41,27 @@ DEFINITION = ("from the handler returning its terminal payload (stamped in the h
               "the chain, the line the head record names and each signature it does not vouch for; the state replayed)")
 
 
+# a small object of a page of records (``records``; ``bench.large_jobs``'s inputs and structured outputs): the costliest
+# shape to encode, parse and check per byte
+RECORD = {"id": 12345, "name": "some item name", "tags": ["a", "b"], "ok": True}
+_RECORD_BYTES = len(json.dumps(RECORD, separators=(",", ":"))) + 1  # with the comma after it
+
+
+def records(size: int) -> list[dict[str, Any]]:
+    """About ``size`` bytes of ``RECORD``s as JSON (at least one), numbered."""
+    return [dict(RECORD, id=i) for i in range(max(1, size // _RECORD_BYTES))]
+
+
 # -- handlers (run in the worker's handler process, named as module:function kinds) ---------------
 def echo_handler(ctx: Any) -> dict[str, Any]:
-    """Returns at once; ``returned_ns`` is the last thing computed before the payload leaves the handler."""
-    pad = ctx.input.get("pad", 0) if isinstance(ctx.input, dict) else 0
-    return {"status": "done", "summary": "bench", "output": {"pad": "x" * pad, "returned_ns": time.monotonic_ns()}}
+    """Returns at once; ``returned_ns`` is the last thing computed before the payload leaves the handler. Input
+    ``pad``: a text of that many bytes in the output; ``records``: that many bytes of small objects."""
+    given = ctx.input if isinstance(ctx.input, dict) else {}
+    output: dict[str, Any] = {"pad": "x" * given.get("pad", 0)}
+    if given.get("records"):
+        output["items"] = records(given["records"])
+    output["returned_ns"] = time.monotonic_ns()
+    return {"status": "done", "summary": "bench", "output": output}
 
 
 def ask_handler(ctx: Any) -> dict[str, Any]:

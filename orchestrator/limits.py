@@ -163,18 +163,41 @@ def plain_str(value: Any) -> bool:
 
 
 def plain_json(value: Any, depth: int = 0) -> bool:
-    """True for values the models' ``Any`` dumps unchanged: dict (str keys), list, str, int, bool, finite float, None."""
+    """True for values the models' ``Any`` dumps unchanged: dict (str keys), list, str, int, bool, finite float, None,
+    no container deeper than ``MAX_JSON_DEPTH`` (``depth``: where ``value`` sits).
+
+    A container's scalars are checked in its own loop and only containers recurse: a call per value cost more than
+    the check (900 KB of small objects, a handler's output, checked twice on its way to an event: 18-20 -> 8 ms)."""
     kind = type(value)
+    if kind is str:
+        return value.isascii() or is_unicode(value)
     if value is None or kind is bool or kind is int:
         return True
-    if kind is str:
-        return plain_str(value)
     if kind is float:
         return math.isfinite(value)
     if depth >= MAX_JSON_DEPTH:
         return False
-    if kind is list:
-        return all(plain_json(v, depth + 1) for v in value)
     if kind is dict:
-        return all(plain_str(k) and plain_json(v, depth + 1) for k, v in value.items())
-    return False
+        for key in value:
+            if type(key) is not str or not (key.isascii() or is_unicode(key)):
+                return False
+        items: Any = value.values()
+    elif kind is list:
+        items = value
+    else:
+        return False
+    for item in items:
+        kind = type(item)
+        if kind is str:
+            if item.isascii() or is_unicode(item):
+                continue
+            return False
+        if kind is int or kind is bool or item is None:
+            continue
+        if kind is float:
+            if math.isfinite(item):
+                continue
+            return False
+        if not plain_json(item, depth + 1):
+            return False
+    return True

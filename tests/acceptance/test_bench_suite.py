@@ -59,13 +59,14 @@ def test_the_large_jobs_benchmark_runs_its_jobs_through_a_worker_process_and_wri
         tmp_path: Path, cli_env) -> None:
     out = tmp_path / "large.json"
     proc = subprocess.run([sys.executable, "-m", "bench.large_jobs", "--jobs", "3", "--input-kb", "40", "--output-kb",
-                           "10", "--repeat", "2", "--base-path", str(tmp_path / "b"), "--json", str(out)], cwd=REPO,
-                          env=cli_env, capture_output=True, text=True, timeout=120)
+                           "10", "--output-shape", "records", "--repeat", "2", "--base-path", str(tmp_path / "b"),
+                           "--json", str(out)], cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "3 jobs of a 40 KB input and a 10 KB output, median of 2 runs:" in proc.stdout
+    assert "3 jobs of a 40 KB input and a 10 KB output of small objects, median of 2 runs:" in proc.stdout
     assert "run 2/2:" in proc.stderr  # progress on stderr
     data = json.loads(out.read_text())
-    assert (data["jobs"], data["input_kb"], data["output_kb"], len(data["runs"])) == (3, 40, 10, 2)
+    assert (data["jobs"], data["input_kb"], data["output_kb"], data["output_shape"], len(data["runs"])) == (
+        3, 40, 10, "records", 2)
     assert all(data["median"][k] > 0 for k in ("ms_per_job", "submit_ms_per_job", "worker_rss_mb"))
     assert data["machine"]["cpus"] >= 1  # the figures say where they were measured
     assert not list((tmp_path / "b").iterdir())  # each run's project is removed

@@ -112,6 +112,7 @@ def test_the_trace_refuses_what_it_cannot_run_with_before_it_runs(
     ("bench.large_jobs", ["--output-kb", "-1"], "argument --output-kb: must be at least 0, not -1"),
     ("bench.large_jobs", ["--input-kb", "1001"], "argument --input-kb: must be at most 1000"),
     ("bench.large_jobs", ["--json", "."], "cannot write the figures to .: it is a folder"),
+    ("bench.large_jobs", ["--output-shape", "xml"], "argument --output-shape: invalid choice: 'xml'"),
 ])
 def test_the_other_benchmarks_refuse_what_they_cannot_run_with_before_they_run(
         module: str, args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -129,3 +130,24 @@ def test_the_event_cost_script_refuses_a_count_of_events_that_cannot_be() -> Non
     script = Path(__file__).resolve().parents[2] / "scripts" / "bench_event_costs.py"
     done = subprocess.run([sys.executable, str(script), "--events", "0"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "argument --events: must be at least 1, not 0" in done.stderr
+
+
+@pytest.mark.parametrize("shape", ["text", "records"])
+def test_the_large_jobs_handler_returns_about_the_size_asked_in_the_shape_asked(shape: str) -> None:
+    """``bench.large_jobs``'s figures are per KB of output: the echo handler must return what was asked, as one text
+    or as small objects."""
+    from types import SimpleNamespace
+
+    from bench.large_jobs import job_input
+    from orchestrator.latency import RECORD, echo_handler
+    from orchestrator.signing import canonical
+
+    given = job_input(2, 50, shape)
+    assert 1800 <= len(canonical(given["items"])) <= 2000  # ids shorter than RECORD's: within 10%
+    output = echo_handler(SimpleNamespace(input=given))["output"]
+    if shape == "text":
+        assert output["pad"] == "x" * 50_000 and "items" not in output
+    else:
+        assert output["pad"] == "" and 45_000 <= len(canonical(output["items"])) <= 50_000
+        assert {tuple(sorted(item)) for item in output["items"]} == {tuple(sorted(RECORD))}
+        assert [item["id"] for item in output["items"]] == list(range(len(output["items"])))

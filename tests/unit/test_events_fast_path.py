@@ -5,6 +5,8 @@ models return; everything else must go to the models (so errors keep their exact
 """
 from __future__ import annotations
 
+import collections
+import enum
 import json
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from pydantic import ValidationError
 from orchestrator import events
 from orchestrator.errors import InvalidInputError, MalformedPayloadError
 from orchestrator.event_models import EVENT_MODELS, validate_with_models
+from orchestrator.limits import MAX_JSON_DEPTH, plain_json
 from orchestrator.payload import Payload, _accept, parse_payload
 from orchestrator.payload_model import TerminalPayload
 from orchestrator.security import validation_summary
@@ -126,6 +129,78 @@ def test_the_payload_acceptor_never_disagrees_with_the_model(data: dict) -> None
     model = TerminalPayload.model_validate(data)
     assert fast == Payload(model.status, model.summary, model.question, model.output, list(model.artifacts),
                            model.retryable, model.error_code)
+
+
+def _plain_by_the_definition(value: object, depth: int = 0) -> bool:
+    """What ``plain_json`` must answer, spelled out: exactly these types (no subclass, no tuple), keys that are
+    strings, strings without a lone surrogate, finite floats, no container at ``MAX_JSON_DEPTH`` or deeper."""
+    def text(s: object) -> bool:
+        return type(s) is str and not any(0xD800 <= ord(c) <= 0xDFFF for c in s)
+
+    if value is None or type(value) in (bool, int):
+        return True
+    if type(value) is float:
+        return value == value and value not in (float("inf"), float("-inf"))
+    if type(value) is str:
+        return text(value)
+    if type(value) is list:
+        return depth < MAX_JSON_DEPTH and all(_plain_by_the_definition(v, depth + 1) for v in value)
+    if type(value) is dict:
+        return depth < MAX_JSON_DEPTH and all(text(k) and _plain_by_the_definition(v, depth + 1)
+                                              for k, v in value.items())
+    return False
+
+
+class _Str(str):
+    pass
+
+
+class _Level(enum.IntEnum):
+    ONE = 1
+
+
+plain_texts = st.text(st.sampled_from("ab\u00e9\u2028\U0001f600"), max_size=3)
+plain_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                            | plain_texts, lambda inner: st.lists(inner, max_size=4)
+                            | st.dictionaries(plain_texts, inner, max_size=3), max_leaves=12)
+# one thing that is not plain JSON, put into an otherwise plain value (a value with several says no for any of them)
+odd_values = st.sampled_from([float("nan"), float("inf"), -float("inf"), "\ud800", "a\udfff", _Level.ONE, _Str("s"),
+                              b"x", frozenset(), (1,), collections.OrderedDict(), [("t",)]])
+odd_keys = st.sampled_from([0, None, 1.5, True, "\ud800", _Str("z"), ("t",)])  # "z": no plain key is one
+
+
+def _containers(value: object) -> list:
+    found = [value] if type(value) in (list, dict) else []
+    for item in value if type(value) is list else value.values() if type(value) is dict else ():
+        found += _containers(item)
+    return found
+
+
+@settings(max_examples=1500, deadline=None)
+@given(plain_values, st.integers(0, 3), st.integers(MAX_JSON_DEPTH - 3, MAX_JSON_DEPTH + 1), st.data())
+def test_plain_json_is_true_exactly_for_plain_json_values(value: object, wraps: int, at: int, data: st.DataObject
+                                                          ) -> None:
+    """Every value an acceptor takes without the models passes ``plain_json``; a value holding one thing that is not
+    plain JSON (a subclass, a tuple, bytes, a key that is not a string, a lone surrogate, NaN or infinity) anywhere,
+    or a container too deep, must not: around the depth limit too."""
+    for level in range(wraps):
+        value = [value] if level % 2 else {"k": value}
+    assert plain_json(value) == _plain_by_the_definition(value) is True
+    assert plain_json(value, at) == _plain_by_the_definition(value, at)
+    odd = data.draw(odd_values)
+    assert plain_json(odd) is _plain_by_the_definition(odd) is False
+    holders = _containers(value)
+    if not holders:
+        return
+    holder = data.draw(st.sampled_from(holders))
+    if type(holder) is list:
+        holder.insert(data.draw(st.integers(0, len(holder))), data.draw(odd_values))
+    elif data.draw(st.booleans()):
+        holder[data.draw(odd_keys)] = 1
+    else:
+        holder[data.draw(plain_texts)] = data.draw(odd_values)
+    assert plain_json(value) is _plain_by_the_definition(value) is False
+    assert plain_json(value, at) is _plain_by_the_definition(value, at) is False
 
 
 def test_payload_errors_still_come_from_the_model_word_for_word() -> None:
