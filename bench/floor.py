@@ -7,7 +7,10 @@ and exit of a process the size of a worker, one Ed25519 signature and one verifi
 would pay: two files appended to (one job's outcome, the next job's claim), then both made durable, one
 fdatasync after the other or at once (a helper thread that waits for work, as a worker would keep one); and what
 a wait costs the code after it: the same plain-Python work (encoding, parsing and hashing an event) back to back,
-and right after a sleep of ``IDLE_GAP_S``, as every step of W2 and W3 runs right after its process waited.
+and right after a sleep of ``IDLE_GAP_S``, as every step of W2 and W3 runs right after its process waited; and what a
+hand-off between two processes costs: a request and its answer over pipes, with no work in between (``round_trip``),
+back to back and right after a wait, as the worker reaches its handler process, and as each process of W2's path is
+woken by the one before it.
 """
 from __future__ import annotations
 
@@ -58,6 +61,39 @@ def python_work(record: dict[str, Any], n: int) -> dict[str, dict[str, float]]:
     return {"python_work": _median_us(work, n), "python_work_after_idle": _median_us(work, n, IDLE_GAP_S)}
 
 
+def round_trip_loop() -> tuple[Callable[[int], None], Callable[[], int]]:
+    """A request (the size of a handler's request for a small job) written to a forked process, which answers at once
+    with a payload's size; the loop returns once the answer is read. Both wait blocked in ``read`` as the worker
+    and its handler process do (the worker spins 0.2 ms first, not here). Returns the loop, and what ends the child
+    (and returns its wait status)."""
+    req_r, req_w = os.pipe()
+    resp_r, resp_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the answering process: ends when the loop's end of the request pipe closes
+        try:
+            os.close(req_w)
+            os.close(resp_r)
+            while os.read(req_r, 4096):
+                os.write(resp_w, b"y" * 53)
+        finally:
+            os._exit(0)
+    os.close(req_r)
+    os.close(resp_w)
+    request = b"x" * 427
+
+    def round_trip(_: int) -> None:
+        os.write(req_w, request)
+        if not os.read(resp_r, 4096):
+            raise RuntimeError("the answering process is gone")
+
+    def stop() -> int:
+        os.close(req_w)
+        os.close(resp_r)
+        return os.waitpid(pid, 0)[1]
+
+    return round_trip, stop
+
+
 def run(params: Params, n: int = 300) -> dict[str, Any]:
     """In a fresh process that imports what a worker imports: the suite's own process holds the
     peers' libraries too (~140 MB), and fork time grows with the size of the process."""
@@ -66,7 +102,7 @@ def run(params: Params, n: int = 300) -> dict[str, Any]:
     import sys
 
     progress("floors: fdatasync'd append, two appends made durable together, durable file creation, fork+exit, "
-             "sign, verify, the same Python work back to back and after a wait")
+             "sign, verify, the same Python work back to back and after a wait, a round trip between two processes")
     root = scratch_dir(params, "floor")
     try:
         env = dict(os.environ)
@@ -122,12 +158,19 @@ def measure(root_dir: str, n: int) -> dict[str, Any]:
                  "fdatasync_pair_at_once": _median_us(pair_at_once, n)}
     finally:
         stop_helper()
+    round_trip, stop_child = round_trip_loop()
+    try:
+        for i in range(n // 10):  # warm, as the Python work is
+            round_trip(i)
+        trips = {"round_trip": _median_us(round_trip, n), "round_trip_after_idle": _median_us(round_trip, n, IDLE_GAP_S)}
+    finally:
+        stop_child()
     out = {"fdatasync_append": _median_us(append, n), **pairs,
            "durable_create": _median_us(create, n // 3),
            "empty_create": _median_us(empty_create, n),
            "fork_exit": _median_us(fork, n // 3), "sign": _median_us(lambda _: ring.seal(dict(record)), n),
            "verify": _median_us(verify_one, n),
-           "canonical": _median_us(lambda _: canonical(record), n), **python_work(record, n),
+           "canonical": _median_us(lambda _: canonical(record), n), **python_work(record, n), **trips,
            "process_rss_mb": peak_rss_kb() / 1024}
     os.close(fd)
     return out

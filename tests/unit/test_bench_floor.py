@@ -9,7 +9,7 @@ import pytest
 from nacl.signing import VerifyKey
 
 from bench import report
-from bench.floor import IDLE_GAP_S, pair_loops, python_work, verification_loop, w1_ceiling
+from bench.floor import IDLE_GAP_S, pair_loops, python_work, round_trip_loop, verification_loop, w1_ceiling
 from orchestrator.signing import Keyring
 
 RECORD = {"job_id": "J", "type": "job_succeeded", "ts": "2026-11-22T00:00:00.000000Z", "actor": "w",
@@ -99,3 +99,30 @@ def test_the_report_gives_what_a_wait_costs_as_a_ratio_of_the_same_work():
                                                   "verify": {"p50_us": 60.0, "p99_us": 80.0},
                                                   "fdatasync_append": {"p50_us": 150.0, "p99_us": 200.0}}}
     assert "60 us back to back, 150 us right after a 2 ms sleep (2.50x, P50)" in report.table(results)
+
+
+def test_the_round_trip_floor_waits_for_the_other_process_to_answer_each_request_and_ends_it(monkeypatch):
+    """A round trip is a request written to another process and its answer read back: a loop that did not wait for
+    the answer would time a pipe write (~3 us) instead of the hand-off; the process is ended and reaped after."""
+    reads = []
+    real_read = os.read
+    monkeypatch.setattr(os, "read", lambda fd, n: (reads.append(fd), real_read(fd, n))[1])
+    round_trip, stop = round_trip_loop()
+    try:
+        for i in range(5):
+            round_trip(i)
+    finally:
+        status = stop()
+    assert len(reads) == 5 and len(set(reads)) == 1  # one answer read per request, on the answer pipe
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0  # it ended when the requests did, and is reaped
+
+
+def test_the_report_gives_what_a_hand_off_costs_back_to_back_and_after_a_wait():
+    results = {"systems": {"ours": {}}, "floor": {"round_trip": {"p50_us": 87.0, "p99_us": 130.0},
+                                                  "round_trip_after_idle": {"p50_us": 8.0, "p99_us": 98.0},
+                                                  "sign": {"p50_us": 30.0, "p99_us": 40.0},
+                                                  "verify": {"p50_us": 60.0, "p99_us": 80.0},
+                                                  "fdatasync_append": {"p50_us": 150.0, "p99_us": 200.0}}}
+    text = report.table(results)
+    assert "a request and its answer between two processes 87 us back to back, 8 us right after a 2 ms sleep" in text
+    assert "round_trip 87 / 130" in text  # with every floor, P50 / P99
