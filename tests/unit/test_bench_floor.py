@@ -92,13 +92,17 @@ def test_the_work_after_a_wait_sleeps_before_each_run_and_times_only_the_work(mo
 real_sleep = time.sleep
 
 
+def _report_with_floors(**floors: tuple[float, float]) -> str:
+    """The suite's report of a run that measured only the floors: ``floors`` (name -> P50, P99 in us) beside the
+    three the W1 ceiling needs."""
+    given = {"sign": (30.0, 40.0), "verify": (60.0, 80.0), "fdatasync_append": (150.0, 200.0), **floors}
+    return report.table({"systems": {"ours": {}},
+                         "floor": {name: {"p50_us": p50, "p99_us": p99} for name, (p50, p99) in given.items()}})
+
+
 def test_the_report_gives_what_a_wait_costs_as_a_ratio_of_the_same_work():
-    results = {"systems": {"ours": {}}, "floor": {"python_work": {"p50_us": 60.0, "p99_us": 90.0},
-                                                  "python_work_after_idle": {"p50_us": 150.0, "p99_us": 200.0},
-                                                  "sign": {"p50_us": 30.0, "p99_us": 40.0},
-                                                  "verify": {"p50_us": 60.0, "p99_us": 80.0},
-                                                  "fdatasync_append": {"p50_us": 150.0, "p99_us": 200.0}}}
-    assert "60 us back to back, 150 us right after a 2 ms sleep (2.50x, P50)" in report.table(results)
+    text = _report_with_floors(python_work=(60.0, 90.0), python_work_after_idle=(150.0, 200.0))
+    assert "60 us back to back, 150 us right after a 2 ms sleep (2.50x, P50)" in text
 
 
 def test_the_round_trip_floor_waits_for_the_other_process_to_answer_each_request_and_ends_it(monkeypatch):
@@ -118,11 +122,6 @@ def test_the_round_trip_floor_waits_for_the_other_process_to_answer_each_request
 
 
 def test_the_report_gives_what_a_hand_off_costs_back_to_back_and_after_a_wait():
-    results = {"systems": {"ours": {}}, "floor": {"round_trip": {"p50_us": 87.0, "p99_us": 130.0},
-                                                  "round_trip_after_idle": {"p50_us": 8.0, "p99_us": 98.0},
-                                                  "sign": {"p50_us": 30.0, "p99_us": 40.0},
-                                                  "verify": {"p50_us": 60.0, "p99_us": 80.0},
-                                                  "fdatasync_append": {"p50_us": 150.0, "p99_us": 200.0}}}
-    text = report.table(results)
+    text = _report_with_floors(round_trip=(87.0, 130.0), round_trip_after_idle=(8.0, 98.0))
     assert "a request and its answer between two processes 87 us back to back, 8 us right after a 2 ms sleep" in text
     assert "round_trip 87 / 130" in text  # with every floor, P50 / P99
