@@ -10,8 +10,9 @@ page of records gets, the costliest shape to encode, parse and check per byte. T
 one real worker process (``orchestrator.latency.WorkerProcess``, as W1's) runs them all with its handler process; a
 job's time is the worker's ``run`` (from its start, its handler process's included, to its last outcome) divided by
 the jobs. ``--output-kb`` makes the handler return that many KB of text (``latency.echo_handler``'s ``pad``), or of
-small objects like the input's with ``--output-shape records``, else it returns nothing (``noop_handler``). Peak RSS is the worker process's (``VmHWM``). Every event is signed and
-fdatasynced; nothing is cached between runs (each run has a project of its own). Medians of ``--repeat`` runs.
+small objects like the input's with ``--output-shape records``, else it returns nothing (``noop_handler``). Peak RSS
+is the worker process's (``VmHWM``). Every event is signed and fdatasynced; nothing is cached between runs (each run
+has a project of its own). Medians of ``--repeat`` runs.
 """
 from __future__ import annotations
 
@@ -94,8 +95,7 @@ def measure(jobs: int, input_kb: int, output_kb: int, repeat: int, base_path: st
               f"{runs[-1]['worker_rss_mb']:.1f} MB", file=sys.stderr, flush=True)
     medians = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
     return {"jobs": jobs, "input_kb": input_kb, "output_kb": output_kb, "output_shape": output_shape, "repeat": repeat,
-            "machine": machine(),
-            "runs": runs, "median": medians}
+            "machine": machine(), "runs": runs, "median": medians}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         m = result["median"]
         runs = f"{args.repeat} run{'s' if args.repeat > 1 else ''}"
         shape = " of small objects" if args.output_shape == "records" and args.output_kb else ""
-        print(f"{args.jobs} jobs of a {args.input_kb} KB input and a {args.output_kb} KB output{shape}, median of {runs}: "
-              f"{m['ms_per_job']:.1f} ms a job in the worker (submit {m['submit_ms_per_job']:.1f} ms a job), worker "
+        print(f"{args.jobs} jobs of a {args.input_kb} KB input and a {args.output_kb} KB output{shape}, median of "
+              f"{runs}: {m['ms_per_job']:.1f} ms a job in the worker (submit {m['submit_ms_per_job']:.1f} ms a job), worker "
               f"peak RSS {m['worker_rss_mb']:.1f} MB")
         if json_file is not None:
             json_file.write((json.dumps(result, indent=2) + "\n").encode())
