@@ -97,8 +97,8 @@ def table(results: dict[str, Any]) -> str:
             hot, cold = fl["round_trip"]["p50_us"], fl["round_trip_after_idle"]["p50_us"]
             extra.append(f"what a hand-off costs: a request and its answer between two processes {hot:.0f} us back to "
                          f"back, {cold:.0f} us right after a {IDLE_GAP_S * 1000:g} ms sleep (P50, no work in either): "
-                         "the worker's round trip to its handler process has this floor, and W2's path hands off five "
-                         "times (submitter, worker, handler process, worker, reader)")
+                         "the worker's round trip to its handler process has this floor, and W2's path wakes a process "
+                         "four times (the worker, its handler process, the worker again, the reader)")
         c = w1_ceiling(fl)
         extra.append(f"W1 ceiling of the format itself ({SIGNATURES_PER_JOB} signatures + {VERIFICATIONS_PER_JOB} "
                      f"verification + {FDATASYNCS_PER_JOB} fdatasyncs per job, "
