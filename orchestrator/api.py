@@ -29,7 +29,7 @@ from orchestrator.limits import (MAX_INPUT_BYTES, MAX_JSON_DEPTH, MAX_KIND_LENGT
                                  encoded_depth, whole_number)
 from orchestrator.notices import log_warning
 from orchestrator.security import sanitize_text, shown, validate_id
-from orchestrator.signing import SUBMITTED_CONTEXT_MIN_BYTES, Keyring, canonical, parse_line, submitted_context
+from orchestrator.signing import SUBMITTED_CONTEXT_MIN_BYTES, Keyring, canonical, submitted_context
 from orchestrator.leases import lease_expiry
 from orchestrator.state import RUNNING, STATES, Event, JobState, apply
 from orchestrator.store.base import HEADS_AREA, EventStore, Head, StoredLine
@@ -93,9 +93,10 @@ def encoded_input(view: JobView) -> bytes | None:
     """A job's input as its long ``job_submitted`` line holds it, canonical JSON (``submitted_context``): what a
     worker sends its handler process as it is, rather than encoding up to 1 MiB again (~12 ms). None for a short
     line or one that does not hold it so."""
-    if not view.stream.records:
+    record = view.stream.first_record()  # a claim's own line is not parsed for it
+    if record is None:
         return None
-    line, record = view.stream.lines[0].raw, view.stream.records[0]
+    line = view.stream.lines[0].raw
     found = submitted_context(line, record)  # None for a short line; its ``data`` a dict holding a digest if not
     if found is None:
         return None
@@ -368,9 +369,9 @@ class Orchestrator:
         lines, state, warnings = self._append_lines(view, job_id, new, run_id=run_id, actor=actor, now=now,
                                                     audit=audit, fence=fence, aux=aux)
         seq = view.head.seq if view else 0
-        stream = VerifiedStream(job_id, (view.stream.lines if view else []) + [
-            StoredLine(seq + i, line) for i, line in enumerate(lines, 1)])
-        stream.records = (view.stream.records if view else []) + [parse_line(line) for line in lines]
+        before = view.stream if view else VerifiedStream(job_id, [])
+        stream = VerifiedStream(job_id, before.lines + [StoredLine(seq + i, line) for i, line in enumerate(lines, 1)],
+                                before.parsed, unparsed=before.unparsed + tuple(lines))  # parsed when asked for
         return JobView(job_id, stream, state, (), warnings)
 
     def _append_lines(self, view: JobView | None, job_id: str, new: Sequence[tuple[str, dict[str, Any]]], *,

@@ -348,6 +348,7 @@ class Claimer:
         self._known.pop(view.job_id, None)
         if view.state is None or view.state.is_final or sum(len(x.raw) for x in view.stream.lines) > KNOWN_VIEW_MAX_BYTES:
             return
+        view.stream.records  # its outcome's record made now, while the job waits, not by the claim that brings it back
         keep_latest(self._known, view.job_id, (view, self.orch.keyring.trust_state()), KNOWN_VIEWS)
 
     def _looked_at(self, job_id: str | None) -> bool:

@@ -65,12 +65,28 @@ class Problem:
 
 @dataclass
 class VerifiedStream:
-    """A stream's records in order, up to (not including) the first damaged line."""
+    """A stream's records in order, up to (not including) the first damaged line.
+
+    ``unparsed``: the last lines, whose records are made only when ``records`` is first asked for. A writer's view
+    holds its own sealed lines so (``Orchestrator.append``): a worker recording an outcome never reads it back,
+    and parsing the line cost ~10 ms a MB of a handler's output."""
 
     stream: str
     lines: list[StoredLine]
-    records: list[dict[str, Any]] = field(default_factory=list)
+    parsed: list[dict[str, Any]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    unparsed: tuple[bytes, ...] = ()
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        if self.unparsed:  # a new list: a view this one was made from may share ``parsed``
+            self.parsed, self.unparsed = self.parsed + [parse_line(line) for line in self.unparsed], ()
+        return self.parsed
+
+    def first_record(self) -> dict[str, Any] | None:
+        """The first line's record (None for no line), without making the later ones ``records`` would."""
+        records = self.parsed or self.records
+        return records[0] if records else None
 
     @property
     def ok(self) -> bool:

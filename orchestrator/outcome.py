@@ -24,7 +24,7 @@ from orchestrator.notices import log_warning
 from orchestrator.payload import (DONE, FAILED, JSON_WHITESPACE, NEEDS_AUDIT, NO_TERMINAL_SIGNAL_EXIT, Payload,
                                   parse_payload)
 from orchestrator.runner import Child, sanitized_tail
-from orchestrator.security import sanitize_obj, sanitize_text
+from orchestrator.security import json_source_text, sanitize_obj, sanitize_text
 from orchestrator.state import RUNNING, STOPS_FORGIVEN, WORKER_STOPPED, JobState
 
 if TYPE_CHECKING:
@@ -146,9 +146,11 @@ class OutcomeRecorder:
         if payload.status == FAILED:
             return self.fail(claim, payload.error_code or "HANDLER_FAILED", payload.summary, output=child.output,
                              retryable=payload.retryable, payload=payload)
+        # the output's secret look is taken on the payload's own text where it can be (not the output encoded again)
+        output = sanitize_obj(payload.output, json_source_text(raw))
         # the artifact paths were checked as given (parse_payload); what is stored is their sanitized text,
         # and a file whose name that changes is moved to match (artifacts.recorded_names)
-        result = {"summary": sanitize_text(payload.summary), "output": sanitize_obj(payload.output),
+        result = {"summary": sanitize_text(payload.summary), "output": output,
                   "artifacts": recorded_names(artifacts_dir, payload.artifacts)}
         if payload.status == DONE and not s.options.get("audit"):
             return self.finish(claim, [("job_succeeded", result)], "succeeded")

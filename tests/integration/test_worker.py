@@ -412,6 +412,18 @@ def test_secrets_nested_under_a_secret_key_or_in_artifact_names_are_stored_redac
     assert not any(b"hunter2xyz" in p.read_bytes() for p in orch.settings.state_dir.rglob("*") if p.is_file())
 
 
+def test_a_secret_a_command_wrote_with_json_escapes_is_stored_redacted(orch) -> None:
+    # "\u0070assword" and ":\/\/" spell a secret only once parsed: the payload's text itself does not hold one
+    payload = (r'{"status": "done", "summary": "s", '
+               r'"output": {"a": "\u0070assword=hunter2xyz", "b": "x:\/\/u:hunter2xyz@h"}}')
+    code = f"import os; open(os.environ['ORCH_TERMINAL_FILE'], 'w').write({payload!r})"
+    job = orch.submit("command", {"argv": [PY, "-c", code]}, max_attempts=1)
+    make_worker(orch).run_once()
+    st = orch.status(job)
+    assert st.state == "succeeded" and st.result["output"] == {"a": "password=[REDACTED]", "b": "x://u:[REDACTED]@h"}
+    assert b"hunter2xyz" not in orch.store.read(job)[-1].raw  # (its input, the command, holds it as the job gave it)
+
+
 def test_an_artifact_named_with_a_secret_is_renamed_on_disk_to_the_name_its_event_records(orch) -> None:
     def secret_names(ctx):
         folder = ctx.artifacts_dir

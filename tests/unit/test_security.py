@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from orchestrator.errors import InvalidIdError, PathEscapeError
 from orchestrator.security import (
     REDACTED,
+    json_source_text,
     safe_join,
     sanitize_obj,
     sanitize_text,
@@ -405,6 +406,68 @@ def test_property_a_text_without_any_literal_a_redaction_starts_from_is_left_as_
 
     if not security._may_hold_secret(text):  # noqa: SLF001
         assert sanitize_text(text) == text
+
+
+# JSON text as other writers write it: escaped "/" (valid JSON; a "/" is only ever in a string), or letters no JSON
+# keyword, escape, hex digit or number holds written as \u escapes (``ensure_ascii`` escapes only the non-ASCII ones)
+_ESCAPABLE_LETTERS = "ghikmopqvwxyzGHIKMOPQVWXYZ"
+
+
+def _slashes_escaped(text: str) -> str:
+    return text.replace("/", "\\/")
+
+
+def _letters_escaped(text: str) -> str:
+    return "".join(f"\\u{ord(c):04x}" if c in _ESCAPABLE_LETTERS else c for c in text)
+
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), json_texts),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(json_texts, inner, max_size=4)),
+    max_leaves=20)
+writers = st.sampled_from([
+    lambda v: json.dumps(v, ensure_ascii=False), lambda v: json.dumps(v, separators=(",", ":")),
+    lambda v: _slashes_escaped(json.dumps(v, ensure_ascii=False)), lambda v: _letters_escaped(json.dumps(v)),
+    lambda v: json.dumps(v, ensure_ascii=False, indent=1)])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(json_values, writers, st.sampled_from(["utf-8", "utf-16", "utf-8-sig"]))
+def test_property_a_value_looked_at_in_the_json_it_was_parsed_from_is_sanitized_as_by_the_walk(
+        value: object, write, encoding: str) -> None:
+    """What a worker does with a handler's output: look for secrets in the payload's own text, not the parsed value
+    encoded again. Every writer, escapes and encodings included, gives what the walk gives."""
+    raw = write({"status": "done", "output": value}).encode(encoding)
+    output = json.loads(raw)["output"]
+    assert sanitize_obj(output, json_source_text(raw)) == _walked(output)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (b'{"note": "\\u0070assword=hunter2xyz"}', {"note": "password=[REDACTED]"}),
+    (b'{"db": "postgres:\\/\\/u:pw1@h\\/x"}', {"db": "postgres://u:[REDACTED]@h/x"}),
+    (b'{"\\u0074oken": "hunter2xyz"}', {"token": REDACTED}),
+    (b'{"note": "a\\\\u0070assword=hunter2xyz"}', {"note": "a\\u0070assword=hunter2xyz"}),  # an escaped backslash
+])
+def test_a_secret_written_with_escapes_is_redacted_though_the_json_text_does_not_spell_it(raw: bytes,
+                                                                                          expected: dict) -> None:
+    value = json.loads(raw)
+    assert json_source_text(raw) is None  # the text is not looked at: the value is, encoded again
+    assert sanitize_obj(value, json_source_text(raw)) == expected
+
+
+def test_a_value_whose_json_text_holds_nothing_to_redact_is_not_encoded_again(monkeypatch) -> None:
+    from orchestrator import security
+
+    raw = json.dumps({"status": "done", "output": {"items": [{"id": i, "url": "https://x/y"} for i in range(9)]}})
+    output = json.loads(raw)["output"]
+    monkeypatch.setattr(security, "_json_text", lambda obj: pytest.fail("encoded again"))
+    assert sanitize_obj(output, json_source_text(raw.encode())) is output
+
+
+def test_the_json_source_text_is_the_text_json_reads_from_the_bytes() -> None:
+    assert json_source_text('{"a": "caf\u00e9 /x\\n"}'.encode("utf-16")) == '{"a": "caf\u00e9 /x\\n"}'
+    assert json_source_text(b'\xef\xbb\xbf{"a": 1}') == '{"a": 1}'  # the UTF-8 byte order mark dropped, as json does
+    assert json_source_text(b'{"a": "\xff"}') is None  # not UTF-8: json.loads refuses it too
 
 
 # what fills a long text around a secret: data (numbers, hex, base64, a run of one letter, JSON records) lacks most of
