@@ -29,7 +29,7 @@ from orchestrator.limits import (MAX_INPUT_BYTES, MAX_JSON_DEPTH, MAX_KIND_LENGT
                                  encoded_depth, whole_number)
 from orchestrator.notices import log_warning
 from orchestrator.security import sanitize_text, shown, validate_id
-from orchestrator.signing import SUBMITTED_CONTEXT_MIN_BYTES, Keyring, canonical, submitted_context
+from orchestrator.signing import SUBMITTED_CONTEXT_MIN_BYTES, Encoded, Keyring, canonical, submitted_context
 from orchestrator.leases import lease_expiry
 from orchestrator.state import RUNNING, STATES, Event, JobState, apply
 from orchestrator.store.base import HEADS_AREA, EventStore, Head, StoredLine
@@ -488,7 +488,8 @@ class Orchestrator:
                                     "pass large data as a file path or an artifact")
         if encoded_depth(encoded_input) > MAX_JSON_DEPTH:  # from the bytes: a walk of 1 MB of objects costs ~16x
             raise InvalidInputError(_TOO_DEEP_INPUT)
-        data = {"kind": kind, "input": input, "options": options,
+        # the line holds the bytes measured and hashed here, not the input encoded again (nor a model's copy of it)
+        data = {"kind": kind, "input": None if input is None else Encoded(input, encoded_input), "options": options,
                 "context_digest": context_digest(kind, input, options, encoded_input)}
         job_id = key_job_id(self.project_id, key) if key else new_job_id(self.clock())
         # a key names the same job every time: one whose events were all removed still has its head

@@ -1166,3 +1166,41 @@ def test_a_read_signs_only_with_a_key_it_has_and_a_later_write_still_creates_the
     assert "generated signing key" in capsys.readouterr().err
     assert ring.ensure_signer(create=False) == ring.signer_id
     assert load_keyring().ensure_signer(create=False) == ring.signer_id  # another process finds it
+
+
+def test_an_encoded_value_is_written_as_its_bytes_wherever_it_sits_as_it_would_be_encoded() -> None:
+    """``Encoded(value, canonical(value))`` anywhere in a structure (several, nested, at its top, with or without the
+    C encoder): ``canonical`` gives the bytes of the structure holding the values themselves."""
+    from unittest import mock
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from orchestrator import signing
+    from orchestrator.signing import Encoded
+
+    def wrapped(value):  # noqa: ANN001, ANN202
+        return Encoded(value, canonical(value))
+
+    @settings(max_examples=300, deadline=None)
+    @given(_json_values(), _json_values(), st.text(max_size=4))
+    def same(value, other, key) -> None:  # noqa: ANN001
+        plain = {"data": {"input": value, key: [other, value]}, "z": other}
+        spliced = {"data": {"input": wrapped(value), key: [wrapped(other), value]}, "z": wrapped(other)}
+        assert canonical(spliced) == canonical(plain)
+        assert canonical(wrapped(value)) == canonical(value)
+        with mock.patch.object(signing, "_make_encoder", None):  # json.dumps: each encoded again, as its value
+            assert canonical(spliced) == canonical(plain)
+
+    same()
+
+
+def test_a_value_holding_the_random_text_that_marks_an_encoded_value_is_refused_not_written_wrong(monkeypatch) -> None:
+    from orchestrator import signing
+    from orchestrator.signing import Encoded
+
+    monkeypatch.setattr(signing.os, "urandom", lambda n: b"\x01" * n)  # the text a value could only hold by chance
+    mark = (b"\x01" * 16).hex()
+    with pytest.raises(AssertionError):
+        canonical({"a": Encoded([1], b"[1]"), "b": mark})
+    assert canonical({"a": Encoded([1], b"[1]"), "b": mark + "x"}) == canonical({"a": [1], "b": mark + "x"})
