@@ -15,7 +15,6 @@ import math
 from typing import Any
 
 from orchestrator.limits import plain_json, plain_str
-from orchestrator.signing import Encoded
 
 _REQUIRED = object()
 _STR, _STR1, _OPT_STR, _POS_INT, _STR_LIST, _JSON = "str", "str1", "optstr", "posint", "strlist", "json"
@@ -92,7 +91,8 @@ def validate_data(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
     from orchestrator.event_models import validate_with_models
 
     given = data.get("input") if event_type == "job_submitted" and type(data) is dict else None
-    if type(given) is Encoded:  # a submit's input, checked by its encoding: the model (``Any``) takes the rest
+    if given is not None:  # a submit's input, checked by its encoding (a long one given ``Encoded``: its bytes are
+        # written): the model's ``Any`` checks nothing of it, and its copy wrote a ``None`` key "None", not JSON's "null"
         return {**validate_with_models(event_type, {**data, "input": None}), "input": given}
     return validate_with_models(event_type, data)
 

@@ -210,11 +210,12 @@ def test_a_submit_encodes_its_input_once_and_its_line_holds_those_bytes(orch, mo
     real = event_models.validate_with_models
     monkeypatch.setattr(event_models, "validate_with_models",
                         lambda etype, data: (given_to_models.append(data.get("input")), real(etype, data))[1])
-    job = orch.submit("echo", Counted(rows=[1, 2], name="x"))
+    rows = list(range(2000))  # ~9 KB: a long input (a short one is encoded again, which costs less than the splice)
+    job = orch.submit("echo", Counted(rows=rows, name="x"))
     assert Counted.encodings == 1 and given_to_models == [None]  # the model checked the rest of the event
     view = orch.load(job)
-    assert view.ok and view.state.input == {"name": "x", "rows": [1, 2]}
-    assert b'"input":{"name":"x","rows":[1,2]}' in view.stream.lines[0].raw
+    assert view.ok and view.state.input == {"name": "x", "rows": rows}
+    assert b'"input":{"name":"x","rows":[0,1,2,' in view.stream.lines[0].raw
 
 
 @pytest.mark.parametrize(("given", "stored"), [({None: 1}, {"null": 1}), ({3: (1, None)}, {"3": [1, None]}),
