@@ -69,19 +69,23 @@ class VerifiedStream:
 
     ``unparsed``: the last lines, whose records are made only when ``records`` is first asked for. A writer's view
     holds its own sealed lines so (``Orchestrator.append``): a worker recording an outcome never reads it back,
-    and parsing the line cost ~10 ms a MB of a handler's output."""
+    and parsing the line cost ~10 ms a MB of a handler's output. ``parsed`` and ``unparsed`` are not changed once
+    the stream is made (a view made from this one shares them), so threads asking at once make equal lists."""
 
     stream: str
     lines: list[StoredLine]
     parsed: list[dict[str, Any]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     unparsed: tuple[bytes, ...] = ()
+    _all: list[dict[str, Any]] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def records(self) -> list[dict[str, Any]]:
-        if self.unparsed:  # a new list: a view this one was made from may share ``parsed``
-            self.parsed, self.unparsed = self.parsed + [parse_line(line) for line in self.unparsed], ()
-        return self.parsed
+        if not self.unparsed:
+            return self.parsed
+        if self._all is None:
+            self._all = self.parsed + [parse_line(line) for line in self.unparsed]
+        return self._all
 
     def first_record(self) -> dict[str, Any] | None:
         """The first line's record (None for no line), without making the later ones ``records`` would."""
