@@ -5,7 +5,9 @@ a file created and made durable (file + folder fsync, as a new job's first event
 empty file created (an index entry), fork
 and exit of a process the size of a worker, one Ed25519 signature and one verification; and what group commit
 would pay: two files appended to (one job's outcome, the next job's claim), then both made durable, one
-fdatasync after the other or at once (a helper thread that waits for work, as a worker would keep one); and what
+fdatasync after the other or at once (a helper thread that waits for work, as a worker would keep one); and what a
+batch commit would pay: a line appended to each of ``SYNCFS_BATCH`` files (as many jobs' claims, or outcomes), all
+made durable by one ``syncfs`` of their file system; and what
 a wait costs the code after it: the same plain-Python work (encoding, parsing and hashing an event) back to back,
 and right after a sleep of ``IDLE_GAP_S``, as every step of W2 and W3 runs right after its process waited; and what a
 hand-off between two processes costs: a request and its answer over pipes, with no work in between (``round_trip``),
@@ -152,6 +154,12 @@ def measure(root_dir: str, n: int) -> dict[str, Any]:
     def empty_create(i: int) -> None:  # an index entry, a lock or a head record's first write
         os.close(os.open(root / f"e{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
 
+    batch = syncfs_batch_loop(root, line)
+    if batch is not None:
+        try:
+            batches = {"syncfs_batch": _median_us(batch[0], n // 3)}
+        finally:
+            batch[1]()
     pair_one_after_other, pair_at_once, stop_helper = pair_loops(root, line)
     try:  # the helper thread is gone before the fork loop
         pairs = {"fdatasync_pair_one_after_other": _median_us(pair_one_after_other, n),
@@ -165,7 +173,7 @@ def measure(root_dir: str, n: int) -> dict[str, Any]:
         trips = {"round_trip": _median_us(round_trip, n), "round_trip_after_idle": _median_us(round_trip, n, IDLE_GAP_S)}
     finally:
         stop_child()
-    out = {"fdatasync_append": _median_us(append, n), **pairs,
+    out = {"fdatasync_append": _median_us(append, n), **pairs, **(batches if batch is not None else {}),
            "durable_create": _median_us(create, n // 3),
            "empty_create": _median_us(empty_create, n),
            "fork_exit": _median_us(fork, n // 3), "sign": _median_us(lambda _: ring.seal(dict(record)), n),
@@ -222,6 +230,37 @@ def pair_loops(root: Path, line: bytes) -> tuple[Callable[[int], None], Callable
     return one_after_other, at_once, stop
 
 
+SYNCFS_BATCH = 8  # jobs whose claims (or outcomes) one ``syncfs`` would make durable together
+
+
+def syncfs_batch_loop(root: Path, line: bytes) -> tuple[Callable[[int], None], Callable[[], None]] | None:
+    """A batch commit's floor: a line appended to each of ``SYNCFS_BATCH`` files, then all of them made durable by one
+    ``syncfs`` (their file system's dirty data and its journal, written back and flushed once) instead of an
+    fdatasync each. Returns the loop and what closes its files; None where the C library has no ``syncfs`` (not
+    Linux). Not a design: ``syncfs`` writes back every process's dirty files on that file system, and reports a
+    write error only since Linux 5.8."""
+    import ctypes
+
+    try:
+        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fds = [os.open(root / f"batch-{i}", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) for i in range(SYNCFS_BATCH)]
+
+    def batch(_: int) -> None:
+        for fd in fds:
+            os.write(fd, line)
+        if syncfs(fds[0]) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error))
+
+    def close() -> None:
+        for fd in fds:
+            os.close(fd)
+
+    return batch, close
+
+
 def verification_loop(signer: Any, record: dict[str, Any], n: int) -> Callable[[int], None]:
     """The ``i``-th of ``n`` verifications, each of a line the verifying keyring has never seen: a keyring remembers
     the signatures that verified in its process and those it made (``Keyring._verify``), so checking one line over
@@ -251,7 +290,9 @@ def w1_ceiling(floor: dict[str, Any]) -> dict[str, float]:
     """What one job of W1 costs at the least, from the floors, and the throughput that allows: the format's
     signatures, verifications and fdatasyncs per job, with no scheduling, no JSON, no Python in between. With
     group commit (not built: job N's outcome and job N+1's claim made durable together) a job's two fdatasyncs
-    cost one pair of the floor's, the cheaper way of making it (a floor from before those loops gives none)."""
+    cost one pair of the floor's, the cheaper way of making it (a floor from before those loops gives none); with a
+    batch commit (not built either: ``SYNCFS_BATCH`` jobs' claims made durable by one ``syncfs``, then their outcomes
+    by another) each of its two durable writes costs a share of the batch's."""
     crypto_us = SIGNATURES_PER_JOB * floor["sign"]["p50_us"] + VERIFICATIONS_PER_JOB * floor["verify"]["p50_us"]
     io_us = FDATASYNCS_PER_JOB * floor["fdatasync_append"]["p50_us"]
     out = {"crypto_us": crypto_us, "fsync_us": io_us, "crypto_jobs_per_s": 1e6 / crypto_us,
@@ -259,4 +300,7 @@ def w1_ceiling(floor: dict[str, Any]) -> dict[str, float]:
     pairs = [floor[k]["p50_us"] for k in ("fdatasync_pair_one_after_other", "fdatasync_pair_at_once") if k in floor]
     if pairs:
         out.update(group_commit_fsync_us=min(pairs), group_commit_jobs_per_s=1e6 / (crypto_us + min(pairs)))
+    if "syncfs_batch" in floor:  # (not built) each of a job's durable writes shared with SYNCFS_BATCH - 1 other jobs'
+        batch_us = FDATASYNCS_PER_JOB * floor["syncfs_batch"]["p50_us"] / SYNCFS_BATCH
+        out.update(batch_commit_fsync_us=batch_us, batch_commit_jobs_per_s=1e6 / (crypto_us + batch_us))
     return out

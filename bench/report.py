@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from bench.common import ratio
-from bench.floor import FDATASYNCS_PER_JOB, IDLE_GAP_S, SIGNATURES_PER_JOB, VERIFICATIONS_PER_JOB, w1_ceiling
+from bench.floor import (FDATASYNCS_PER_JOB, IDLE_GAP_S, SIGNATURES_PER_JOB, SYNCFS_BATCH, VERIFICATIONS_PER_JOB,
+                         w1_ceiling)
 
 # (key, label, getter, unit, higher is better)
 ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str, bool]] = [
@@ -106,13 +107,19 @@ def table(results: dict[str, Any]) -> str:
                      f"jobs/s; with the fdatasyncs {c['crypto_and_fsync_jobs_per_s']:,.0f} jobs/s"
                      + (f"; with group commit (not built: a job's outcome and the next job's claim made durable "
                         f"together, {c['group_commit_fsync_us']:.0f} us a pair) {c['group_commit_jobs_per_s']:,.0f} "
-                        "jobs/s" if "group_commit_jobs_per_s" in c else ""))
+                        "jobs/s" if "group_commit_jobs_per_s" in c else "")
+                     + (f"; with a batch commit (not built: {SYNCFS_BATCH} jobs' claims, then their outcomes, made "
+                        f"durable by one syncfs each, {fl['syncfs_batch']['p50_us']:.0f} us a batch) "
+                        f"{c['batch_commit_jobs_per_s']:,.0f} jobs/s" if "batch_commit_jobs_per_s" in c else ""))
         w1 = ours.get("W1", {}).get("jobs_per_s")
         if w1:
             spent = 1e6 / w1
             floor_us = c["crypto_us"] + c["fsync_us"]
             extra.append(f"ours W1: {spent:,.0f} us per job, of which that floor {floor_us:,.0f} us; the other "
-                         f"{spent - floor_us:,.0f} us are our code and the handler process's round trip")
+                         f"{spent - floor_us:,.0f} us are our code and the handler process's round trip"
+                         + (f" (with a batch commit and the same code, at most "
+                            f"{1e6 / (spent - floor_us + c['crypto_us'] + c['batch_commit_fsync_us']):,.0f} jobs/s)"
+                            if "batch_commit_fsync_us" in c else ""))
     sk = results.get("skeleton")
     if sk and "error" not in sk:
         extra.append("floor of the W2 / W3 paths (bench.skeleton: the same processes, durable writes, signatures "

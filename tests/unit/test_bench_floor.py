@@ -1,6 +1,7 @@
 """The benchmark's physical floors must time the operation they name, not a shortcut of the code."""
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
@@ -9,7 +10,8 @@ import pytest
 from nacl.signing import VerifyKey
 
 from bench import report
-from bench.floor import IDLE_GAP_S, pair_loops, python_work, round_trip_loop, verification_loop, w1_ceiling
+from bench.floor import (IDLE_GAP_S, SYNCFS_BATCH, pair_loops, python_work, round_trip_loop, syncfs_batch_loop,
+                         verification_loop, w1_ceiling)
 from orchestrator.signing import Keyring
 
 RECORD = {"job_id": "J", "type": "job_succeeded", "ts": "2026-11-22T00:00:00.000000Z", "actor": "w",
@@ -125,3 +127,59 @@ def test_the_report_gives_what_a_hand_off_costs_back_to_back_and_after_a_wait():
     text = _report_with_floors(round_trip=(87.0, 130.0), round_trip_after_idle=(8.0, 98.0))
     assert "a request and its answer between two processes 87 us back to back, 8 us right after a 2 ms sleep" in text
     assert "round_trip 87 / 130" in text  # with every floor, P50 / P99
+
+
+class _LibC:
+    """What ``ctypes.CDLL(None)`` gives the batch loop: a ``syncfs`` that records the descriptor, or fails as ``errno``."""
+
+    def __init__(self, errno: int = 0) -> None:
+        self.errno, self.calls = errno, []
+
+    def syncfs(self, fd: int) -> int:
+        self.calls.append(fd)
+        if self.errno:
+            ctypes.set_errno(self.errno)
+            return -1
+        return 0
+
+
+def test_a_batch_commits_floor_appends_to_each_file_then_syncs_their_file_system_once(tmp_path, monkeypatch):
+    libc = _LibC()
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: libc)
+    loop, close = syncfs_batch_loop(tmp_path, b"x\n")
+    try:
+        loop(0)
+        loop(1)
+    finally:
+        close()
+    assert len(libc.calls) == 2  # one syncfs a batch, never one a file
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == SYNCFS_BATCH and all(f.read_bytes() == b"x\nx\n" for f in files)
+
+
+def test_a_failing_syncfs_in_the_batch_floor_is_raised(tmp_path, monkeypatch):
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: _LibC(errno=5))
+    loop, close = syncfs_batch_loop(tmp_path, b"x\n")
+    try:
+        with pytest.raises(OSError, match="Input/output error"):
+            loop(0)
+    finally:
+        close()
+
+
+def test_the_w1_ceiling_with_a_batch_commit_shares_each_durable_write_among_the_batchs_jobs():
+    floor = {"sign": {"p50_us": 30.0}, "verify": {"p50_us": 60.0}, "fdatasync_append": {"p50_us": 150.0}}
+    assert "batch_commit_jobs_per_s" not in w1_ceiling(floor)  # a floor from before the batch loop
+    floor["syncfs_batch"] = {"p50_us": 200.0}
+    assert w1_ceiling(floor)["batch_commit_jobs_per_s"] == 1e6 / (120.0 + 2 * 200.0 / SYNCFS_BATCH)
+
+
+def test_the_report_gives_the_batch_commits_ceiling_and_what_our_code_would_allow_with_it():
+    given = {"sign": (30.0, 40.0), "verify": (60.0, 80.0), "fdatasync_append": (150.0, 200.0),
+             "syncfs_batch": (200.0, 300.0)}
+    text = report.table({"systems": {"ours": {"W1": {"jobs_per_s": 1000.0}}},
+                         "floor": {name: {"p50_us": p50, "p99_us": p99} for name, (p50, p99) in given.items()}})
+    assert f"with a batch commit (not built: {SYNCFS_BATCH} jobs' claims, then their outcomes" in text
+    assert f"{1e6 / (120.0 + 50.0):,.0f} jobs/s" in text
+    # 1,000 us a job, of which the floor 420 us: the same 580 us of our code beside the batch's floor of 170 us
+    assert f"at most {1e6 / (580.0 + 170.0):,.0f} jobs/s" in text
