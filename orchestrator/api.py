@@ -368,10 +368,7 @@ class Orchestrator:
         """
         lines, state, warnings = self._append_lines(view, job_id, new, run_id=run_id, actor=actor, now=now,
                                                     audit=audit, fence=fence, aux=aux)
-        seq = view.head.seq if view else 0
-        before = view.stream if view else VerifiedStream(job_id, [])
-        stream = VerifiedStream(job_id, before.lines + [StoredLine(seq + i, line) for i, line in enumerate(lines, 1)],
-                                before.parsed, unparsed=before.unparsed + tuple(lines))  # parsed when asked for
+        stream = (view.stream if view else VerifiedStream(job_id, [])).followed_by(lines)  # parsed when asked for
         return JobView(job_id, stream, state, (), warnings)
 
     def _append_lines(self, view: JobView | None, job_id: str, new: Sequence[tuple[str, dict[str, Any]]], *,

@@ -88,9 +88,19 @@ class VerifiedStream:
         return self._all
 
     def first_record(self) -> dict[str, Any] | None:
-        """The first line's record (None for no line), without making the later ones ``records`` would."""
+        """The first line's record (None for no line, or a first line that did not verify), without making the later
+        ones ``records`` would."""
         records = self.parsed or self.records
         return records[0] if records else None
+
+    def followed_by(self, lines: Sequence[bytes]) -> "VerifiedStream":
+        """This stream with ``lines`` after it, lines a writer sealed and wrote itself (``Orchestrator.append``): their
+        records are made when asked for; those made already are kept."""
+        made = self._all is not None
+        seq = len(self.lines)
+        return VerifiedStream(self.stream, self.lines + [StoredLine(seq + i, line) for i, line in enumerate(lines, 1)],
+                              self.records if made else self.parsed,
+                              unparsed=(() if made else self.unparsed) + tuple(lines))
 
     @property
     def ok(self) -> bool:

@@ -167,7 +167,8 @@ def plain_json(value: Any, depth: int = 0) -> bool:
     no container deeper than ``MAX_JSON_DEPTH`` (``depth``: where ``value`` sits).
 
     A container's scalars are checked in its own loop (``plain_str``'s test written out, without its call) and only
-    containers recurse: a call per value cost more than the check (900 KB of small objects, a handler's output, checked twice on its way to an event: 18-20 -> 8 ms)."""
+    containers recurse: a call per value cost more than the check (900 KB of small objects, a handler's output,
+    checked twice on its way to an event: 18-20 -> 8 ms)."""
     kind = type(value)
     if kind is str:
         return plain_str(value)

@@ -218,6 +218,22 @@ def test_a_submit_encodes_its_input_once_and_its_line_holds_those_bytes(orch, mo
     assert b'"input":{"name":"x","rows":[0,1,2,' in view.stream.lines[0].raw
 
 
+def test_a_view_appended_to_keeps_the_records_it_had_made_and_parses_only_the_new_lines(orch, monkeypatch) -> None:
+    from orchestrator import history
+
+    job = orch.submit("echo", {"x": 1})
+    claimed = orch.append(orch.load(job), job, [("job_claimed", {"worker_id": "w", "epoch": 1, "attempt": 1,
+                                                                  "lease_expires_at": "2099-01-01T00:00:00Z"})],
+                          run_id="r1")
+    assert [r["type"] for r in claimed.stream.records] == ["job_submitted", "job_claimed"]
+    parsed: list[bytes] = []
+    real = history.parse_line
+    monkeypatch.setattr(history, "parse_line", lambda raw: (parsed.append(raw), real(raw))[1])
+    cancelled = orch.append(claimed, job, [("job_cancelled", {"reason": "test"})], run_id="r1")
+    assert [r["type"] for r in cancelled.stream.records] == ["job_submitted", "job_claimed", "job_cancelled"]
+    assert parsed == [cancelled.stream.lines[-1].raw]
+
+
 @pytest.mark.parametrize(("given", "stored"), [({None: 1}, {"null": 1}), ({3: (1, None)}, {"3": [1, None]}),
                                                 ({"a": {None: [None]}}, {"a": {"null": [None]}})])
 def test_an_input_is_stored_as_its_json_says_and_its_job_verifies(orch, given: object, stored: object) -> None:
