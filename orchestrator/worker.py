@@ -375,8 +375,8 @@ class Worker:
         start = time.monotonic()
         cap = cap or OutputCap(child.output, self.settings.output_max_bytes, start)
         heart = self._heartbeat(held)
-        if look_ahead and not self.stopping:  # the next claim's read and check, done while the handler runs
-            self.claimer.look_ahead()
+        if look_ahead and not self.stopping:  # the next claim's read and check, done while the handler runs, if it
+            self.claimer.look_ahead(within=heart.next_at - time.monotonic())  # ends before the first heartbeat is due
         timeout = claim.state.timeout
         deadline = start + timeout if timeout else None
         stop_deadline: float | None = None

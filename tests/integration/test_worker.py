@@ -142,12 +142,12 @@ def test_the_last_run_of_max_jobs_or_of_a_run_once_without_look_ahead_reads_noth
     jobs = [orch.submit("t.echo", x) for x in "abcde"]
     w = make_worker(orch)
     real = w.claimer.look_ahead
-    monkeypatch.setattr(w.claimer, "look_ahead", lambda: looked.append(len(looked)) or real())
+    monkeypatch.setattr(w.claimer, "look_ahead", lambda **kw: looked.append(len(looked)) or real(**kw))
     assert w.run(max_jobs=2) == 2
     assert looked == [0] and kept_ahead(w) is None  # while the first ran (its look used by the next claim), not
     # while the last did (it would have kept ``jobs[2]``)
     w = make_worker(orch)
-    monkeypatch.setattr(w.claimer, "look_ahead", lambda: looked.append(len(looked)))
+    monkeypatch.setattr(w.claimer, "look_ahead", lambda **kw: looked.append(len(looked)))
     assert w.run_once(look_ahead=False).job_id == jobs[2]
     assert looked == [0] and kept_ahead(w) is None  # ``worker --once`` runs so
 
@@ -164,10 +164,36 @@ def test_worker_once_reads_no_job_ahead_of_a_claim_that_will_not_come(base, cli_
     first = cli_orch.submit("t.echo", "a")
     cli_orch.submit("t.echo", "b")  # a next job, which a look ahead would read
     looked = []
-    monkeypatch.setattr(Claimer, "look_ahead", lambda self: looked.append(self))
+    monkeypatch.setattr(Claimer, "look_ahead", lambda self, **kw: looked.append(self))
     done = CliRunner().invoke(cli_mod.cli, ["worker", "--once", "--import", "worker_handlers", "--json"], env=cli_env)
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["job_id"] == first and looked == []
+
+
+def released_many_times(orch, job_id: str, times: int) -> None:
+    """``job_id``'s history made long: claimed and handed back ``times`` times (it stays queued)."""
+    view = orch.load(job_id)
+    for epoch in range(1, times + 1):
+        view = orch.append(view, job_id, [
+            ("job_claimed", {"worker_id": "w0", "epoch": epoch, "attempt": 1, "lease_expires_at": to_iso(time.time())}),
+            ("job_released", {"error_code": "WORKER_STOPPED", "error": "stopped", "worker_id": "w0"})],
+            run_id=f"run-{epoch:016x}")
+
+
+@pytest.mark.parametrize("lease_seconds, kept", [(0.15, False), (30.0, True)])
+def test_a_look_ahead_that_could_make_the_first_heartbeat_late_is_not_made(orch, monkeypatch, lease_seconds,
+                                                                          kept) -> None:
+    from orchestrator.claiming import look_ahead_seconds
+
+    first, long = orch.submit("t.echo", "a"), orch.submit("t.echo", "b")
+    released_many_times(orch, long, 100)  # 201 lines: checking them may take 60 ms, past a 0.15 s lease's first beat
+    assert 0.05 < look_ahead_seconds(orch.store.read(long)) < 10.0
+    w = make_worker(orch, lease_seconds=lease_seconds)
+    checked = checked_lines(monkeypatch)
+    assert w.run_once().job_id == first
+    assert (kept_ahead(w) == long) is kept and ((long, 1) in checked) is kept  # not even checked, under the short lease
+    result = w.run_once()
+    assert (result.job_id, result.outcome) == (long, "succeeded")  # its claim checked it
 
 
 def test_a_look_ahead_at_a_job_taken_elsewhere_is_let_go_at_the_next_look(orch, monkeypatch) -> None:
