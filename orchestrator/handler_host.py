@@ -79,7 +79,7 @@ def _write_frames(fd: int, *frames: bytes) -> None:
 
 def host_request(kind: str, context: dict[str, Any], encoded_input: bytes | None = None) -> bytes:
     """The request a handler process reads: ``{"kind", "context"}`` as JSON, with ``encoded_input`` (the input's
-    JSON, ``api.encoded_input``) in the place of the context's ``input`` where it is given."""
+    JSON, ``submitted.encoded_input``) in the place of the context's ``input`` where it is given."""
     if encoded_input is None:
         return json.dumps({"kind": kind, "context": context}, ensure_ascii=False).encode()
     others = json.dumps({key: value for key, value in context.items() if key != "input"}, ensure_ascii=False).encode()

@@ -494,7 +494,8 @@ def safe_line(value: object) -> str:
 
 ID_LENGTH = 128  # the most characters of an id (``validate_id``); a caller may allow more (an aux key, ``store.base``)
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-# The job ids this orchestrator hands out (``api.new_job_id``, ``api.key_job_id``): a ULID, or ``key-`` and 32 hex.
+# The job ids this orchestrator hands out (``submitted.new_job_id``, ``submitted.key_job_id``): a ULID, or ``key-``
+# and 32 hex.
 _ASSIGNED_JOB_ID_RE = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}|key-[0-9a-f]{32}", re.I)
 
 

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator import faults
-from orchestrator.api import Orchestrator, encoded_input
+from orchestrator.api import Orchestrator
+from orchestrator.submitted import encoded_input
 from orchestrator.artifacts_import import CopyFailed, artifacts_from, import_artifacts, links_removed_warning
 from orchestrator.claiming import Claimer, Unhandled
 from orchestrator.config import llm_timeout

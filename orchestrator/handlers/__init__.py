@@ -97,7 +97,7 @@ class Handler:
     def start(self, context: dict[str, Any], paths: RunPaths, host: HandlerHost | None = None,
               encoded_input: bytes | None = None) -> Child:
         """Start the run; ``host`` is the worker's reused handler process (None: a process for this run);
-        ``encoded_input``, when given, is ``context["input"]`` as JSON already (``api.encoded_input``)."""
+        ``encoded_input``, when given, is ``context["input"]`` as JSON already (``submitted.encoded_input``)."""
         raise NotImplementedError
 
 

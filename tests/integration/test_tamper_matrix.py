@@ -89,12 +89,12 @@ def test_a_version_or_seq_that_only_equals_the_number_in_python_is_refused() -> 
 
 
 def _context_encodings(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """The inputs whose context a read encodes again to check its digest (``api.context_digest``)."""
-    from orchestrator import api
+    """The inputs whose context a read encodes again to check its digest (``submitted.context_digest``)."""
+    from orchestrator import submitted
 
     seen: list[Any] = []
-    real = api.context_digest
-    monkeypatch.setattr(api, "context_digest",
+    real = submitted.context_digest
+    monkeypatch.setattr(submitted, "context_digest",
                         lambda kind, input, *rest: (seen.append(input), real(kind, input, *rest))[1])
     return seen
 
@@ -119,7 +119,7 @@ def test_a_submitted_input_that_does_not_match_its_signed_digest_is_a_context_mi
     encoded_again = _context_encodings(monkeypatch)
     assert orch.load(long_line).ok and encoded_again == []
     assert orch.load(short_line).ok and encoded_again == [{"text": "short"}]
-    # a long line's digest is checked on its own bytes (``api.context_matches``), a short one's on its context encoded
+    # a long line's digest is checked on its own bytes (``submitted.context_matches``), a short one's on its context encoded
     large = orch.load(orch.submit("echo", ["x" * 5000, 1])).stream.records[0]["data"]
     forged = {"forged-input": {**good, "input": ["another"]}, "forged-large-input": {**large, "input": ["x" * 5000, 2]},
               "forged-large-options": {**large, "options": {**large["options"], "max_attempts": 9}},
@@ -134,8 +134,8 @@ def test_a_submitted_input_that_does_not_match_its_signed_digest_is_a_context_mi
 
 def test_a_long_input_is_taken_from_its_line_only_where_its_context_hashes_to_the_signed_digest(
         orch: Orchestrator) -> None:
-    """``api.encoded_input``: what a worker sends its handler process in place of encoding the input again."""
-    from orchestrator.api import encoded_input
+    """``submitted.encoded_input``: what a worker sends its handler process in place of encoding the input again."""
+    from orchestrator.submitted import encoded_input
     from orchestrator.signing import canonical
 
     value = {"text": "d\u00e9j\u00e0 \"x\" " * 600, "n": [1, 2.5, None, True]}
