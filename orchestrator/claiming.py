@@ -58,7 +58,8 @@ LEFT_QUEUED_KEPT = 16384  # queued jobs a worker remembers leaving for other wor
 def look_ahead_seconds(lines: list[StoredLine]) -> float:
     """At most how long reading and checking these lines takes (``LOOK_AHEAD_*``): a signature checked and a
     record replayed a line, and their bytes parsed."""
-    return len(lines) * LOOK_AHEAD_EVENT_SECONDS + sum(len(line.raw) for line in lines) * LOOK_AHEAD_MIB_SECONDS / 2**20
+    size = sum(len(line.raw) for line in lines)
+    return len(lines) * LOOK_AHEAD_EVENT_SECONDS + size * LOOK_AHEAD_MIB_SECONDS / 2**20
 
 
 class LeftQueued:
