@@ -691,9 +691,9 @@ LONG_INPUT = {"rows": [{"id": i, "name": "d\u00e9j\u00e0 \u2603 \"q\"", "x": i /
 
 
 def test_a_long_input_goes_to_the_handler_process_as_its_line_holds_it(orch, monkeypatch) -> None:
-    """A long input (``api.CONTEXT_IN_LINE_MIN_BYTES``) is put in the handler process's request as the bytes its
-    ``job_submitted`` line holds (``submitted.encoded_input``), not encoded again (~12 ms for 1 MiB); the handler gets the
-    same value. A short one is encoded with the request."""
+    """A long input (``signing.SUBMITTED_CONTEXT_MIN_BYTES``) is put in the handler process's request as the bytes
+    its ``job_submitted`` line holds (``submitted.encoded_input``), not encoded again (~12 ms for 1 MiB); the handler
+    gets the same value. A short one is encoded with the request."""
     from orchestrator import handler_host
     from orchestrator.signing import canonical
 

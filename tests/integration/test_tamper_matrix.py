@@ -119,7 +119,8 @@ def test_a_submitted_input_that_does_not_match_its_signed_digest_is_a_context_mi
     encoded_again = _context_encodings(monkeypatch)
     assert orch.load(long_line).ok and encoded_again == []
     assert orch.load(short_line).ok and encoded_again == [{"text": "short"}]
-    # a long line's digest is checked on its own bytes (``submitted.context_matches``), a short one's on its context encoded
+    # a long line's digest is checked on its own bytes (``submitted.context_matches``), a short one's on its context
+    # encoded again
     large = orch.load(orch.submit("echo", ["x" * 5000, 1])).stream.records[0]["data"]
     forged = {"forged-input": {**good, "input": ["another"]}, "forged-large-input": {**large, "input": ["x" * 5000, 2]},
               "forged-large-options": {**large, "options": {**large["options"], "max_attempts": 9}},
