@@ -126,7 +126,7 @@ def measure(root_dir: str, n: int) -> dict[str, Any]:
     from orchestrator.signing import Keyring, canonical
 
     root = Path(root_dir)
-    fd = os.open(root / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = _append_only(root / "log")
     line = b"x" * 360 + b"\n"  # the size of a typical event line
 
     def append(_: int) -> None:
@@ -185,13 +185,23 @@ def measure(root_dir: str, n: int) -> dict[str, Any]:
     return out
 
 
+def _append_only(path: Path) -> int:
+    """A file opened to append lines to, as an events file is (created if missing)."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
 def pair_loops(root: Path, line: bytes) -> tuple[Callable[[int], None], Callable[[int], None], Callable[[], None]]:
     """Group commit's floor: a line appended to each of two files (job N's outcome, job N+1's claim), then both
     made durable before either is acknowledged, by two fdatasyncs one after the other, or at once (the second in
     a helper thread that waits for work). On ext4 the first fdatasync commits the journal transaction that holds
     both files' new sizes, so the second pays little more than its data block. Returns both loops and the
     helper's stop. The helper's failure is raised by the loop that waits for it, never a wait for ever."""
-    fds = [os.open(root / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) for name in ("pair-a", "pair-b")]
+    fds = [_append_only(root / name) for name in ("pair-a", "pair-b")]
     work: queue.SimpleQueue[int | None] = queue.SimpleQueue()
     done: queue.SimpleQueue[OSError | None] = queue.SimpleQueue()
 
@@ -225,8 +235,7 @@ def pair_loops(root: Path, line: bytes) -> tuple[Callable[[int], None], Callable
     def stop() -> None:
         work.put(None)
         thread.join()
-        for fd in fds:
-            os.close(fd)
+        _close_all(fds)
 
     return one_after_other, at_once, stop
 
@@ -246,7 +255,7 @@ def syncfs_batch_loop(root: Path, line: bytes) -> tuple[Callable[[int], None], C
         syncfs = ctypes.CDLL(None, use_errno=True).syncfs
     except (OSError, AttributeError):
         return None
-    fds = [os.open(root / f"batch-{i}", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) for i in range(SYNCFS_BATCH)]
+    fds = [_append_only(root / f"batch-{i}") for i in range(SYNCFS_BATCH)]
 
     def batch(_: int) -> None:
         for fd in fds:
@@ -255,11 +264,7 @@ def syncfs_batch_loop(root: Path, line: bytes) -> tuple[Callable[[int], None], C
             error = ctypes.get_errno()
             raise OSError(error, os.strerror(error))
 
-    def close() -> None:
-        for fd in fds:
-            os.close(fd)
-
-    return batch, close
+    return batch, lambda: _close_all(fds)
 
 
 def verification_loop(signer: Any, record: dict[str, Any], n: int) -> Callable[[int], None]:

@@ -58,8 +58,12 @@ LEFT_QUEUED_KEPT = 16384  # queued jobs a worker remembers leaving for other wor
 def look_ahead_seconds(lines: list[StoredLine]) -> float:
     """At most how long reading and checking these lines takes (``LOOK_AHEAD_*``): a signature checked and a
     record replayed a line, and their bytes parsed."""
-    size = sum(len(line.raw) for line in lines)
-    return len(lines) * LOOK_AHEAD_EVENT_SECONDS + size * LOOK_AHEAD_MIB_SECONDS / 2**20
+    return len(lines) * LOOK_AHEAD_EVENT_SECONDS + size_of(lines) * LOOK_AHEAD_MIB_SECONDS / 2**20
+
+
+def size_of(lines: list[StoredLine]) -> int:
+    """The bytes of these lines (without their newlines)."""
+    return sum(len(line.raw) for line in lines)
 
 
 class LeftQueued:
@@ -363,7 +367,7 @@ class Claimer:
         this worker, whose claim then checks only the lines written since (``load_more`` compares the rest byte for
         byte with this view) instead of the whole job again."""
         self._known.pop(view.job_id, None)
-        if view.state is None or view.state.is_final or sum(len(x.raw) for x in view.stream.lines) > KNOWN_VIEW_MAX_BYTES:
+        if view.state is None or view.state.is_final or size_of(view.stream.lines) > KNOWN_VIEW_MAX_BYTES:
             return
         view.stream.records  # its outcome's record made now, while the job waits, not by the claim that brings it back
         keep_latest(self._known, view.job_id, (view, self.orch.keyring.trust_state()), KNOWN_VIEWS)

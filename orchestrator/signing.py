@@ -25,7 +25,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey, VerifyKey
@@ -103,9 +103,14 @@ def canonical(obj: Any) -> bytes:
     if isinstance(obj, str):
         return _encode_str(obj).encode()
     try:
-        return "".join(_make_encoder({}, _not_json, _encode_str, None, ":", ",", True, False, False)(obj, 0)).encode()
+        return _c_encoded(obj, _not_json)
     except _HoldsEncoded:
         return _spliced(obj)
+
+
+def _c_encoded(obj: Any, default: Callable[[Any], Any]) -> bytes:
+    """``obj`` in canonical form by the C encoder, ``default`` called on what JSON cannot hold."""
+    return "".join(_make_encoder({}, default, _encode_str, None, ":", ",", True, False, False)(obj, 0)).encode()
 
 
 def _spliced(obj: Any) -> bytes:
@@ -120,8 +125,7 @@ def _spliced(obj: Any) -> bytes:
             return mark
         return _not_json(value)
 
-    pieces = "".join(_make_encoder({}, place, _encode_str, None, ":", ",", True, False, False)(obj, 0)).encode().split(
-        b'"' + mark.encode() + b'"')
+    pieces = _c_encoded(obj, place).split(b'"' + mark.encode() + b'"')
     if len(pieces) != len(found) + 1:
         raise AssertionError("a value holds the random text that marks an encoded value")
     out = [pieces[0]]
