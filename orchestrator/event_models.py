@@ -8,14 +8,17 @@ verified ``data`` directly), which keeps read-only commands fast to start.
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY
 from orchestrator.errors import InvalidInputError
-from orchestrator.limits import MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_KIND_LENGTH, PRIORITY_LIMIT
+from orchestrator.limits import (MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_JSON_DEPTH, MAX_KIND_LENGTH,
+                                 PRIORITY_LIMIT, json_depth, plain_json)
 from orchestrator.security import validation_summary
+from orchestrator.signing import Encoded, canonical
 
 
 class _Data(BaseModel):
@@ -167,11 +170,53 @@ def job_options(**options: Any) -> dict[str, Any]:
 
 
 def validate_with_models(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
-    """Check an event's payload against its model and return it as plain JSON data."""
+    """Check an event's payload against its model and return it as plain JSON data, each value as its line will
+    hold it.
+
+    An ``Any`` field (a submit's ``input``, a result's ``output``) is not given to pydantic: its JSON dump is not
+    JSON's (a ``None`` key written ``"None"`` where ``json.dumps`` writes ``"null"``, a NaN written ``null``, a set
+    as a list), and a copy of a long input costs ~30 ms. It is checked by the encoding its line gets
+    (``signing.canonical``), as every other field's dump is: a value that cannot be written (a NaN, an infinity, a
+    lone surrogate, a type JSON has no form for) or is nested deeper than ``MAX_JSON_DEPTH`` is refused here, before
+    anything is written, with ``InvalidInputError``."""
     model = EVENT_MODELS.get(event_type)
     if model is None:
         raise InvalidInputError(f"unknown event type {event_type!r}")
+    free = {name: data[name] for name in _FREE_FIELDS[event_type] if data.get(name) is not None} \
+        if isinstance(data, dict) else {}
     try:
-        return model.model_validate(data).model_dump(mode="json", exclude_none=True)
+        dumped = model.model_validate({**data, **dict.fromkeys(free)} if free else data).model_dump(
+            mode="json", exclude_none=True)
     except ValidationError as exc:
         raise InvalidInputError(f"invalid {event_type} data: {validation_summary(exc.errors())}") from None
+    if free:
+        dumped.update(free)
+        dumped = {name: dumped[name] for name in model.model_fields if name in dumped}  # the models' order
+    if plain_json(dumped):
+        return dumped
+    return {name: _as_written(event_type, name, value) for name, value in dumped.items()}
+
+
+# event type -> its model's fields typed ``Any``
+_FREE_FIELDS = {event_type: tuple(name for name, field in model.model_fields.items() if field.annotation is Any)
+                for event_type, model in EVENT_MODELS.items()}
+
+
+def _as_written(event_type: str, name: str, value: Any) -> Any:
+    """``value`` as its line will hold it: unchanged when plain (``plain_json``) or a submit's own ``Encoded``
+    input (checked by its submit), else encoded and read back (a tuple becomes a list, a ``None`` key "null")."""
+    if type(value) is Encoded or plain_json(value):
+        return value
+    what = f"invalid {event_type} data: {name}"
+    try:
+        value = json.loads(canonical(value))
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"{what} holds text that is not valid Unicode (a lone surrogate such as \\udcff)"
+                                ) from None
+    except RecursionError:
+        raise InvalidInputError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{what} is not plain JSON: {exc}") from None
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise InvalidInputError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
+    return value

@@ -5,8 +5,8 @@ documented with the transition it causes). Importing pydantic and building those
 worker about 10 MB, so ``validate_data`` first tries a small, strict *acceptor*: for the event
 types a worker writes, data that is plainly well formed (exact types, known keys, JSON values
 only) is returned as the models would return it. Anything else - a missing or extra key, a
-subclass, a tuple, a NaN, an unknown type - goes to the pydantic models, so every error (and its
-message) still comes from them. ``tests/unit/test_events_fast_path.py`` checks the acceptor
+subclass, a tuple, a NaN, an unknown type - goes to ``event_models.validate_with_models``, so every
+error (and its message) still comes from there. ``tests/unit/test_events_fast_path.py`` checks the acceptor
 against the models field by field and on generated data.
 """
 from __future__ import annotations
@@ -90,9 +90,5 @@ def validate_data(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
         return fast
     from orchestrator.event_models import validate_with_models
 
-    given = data.get("input") if event_type == "job_submitted" and type(data) is dict else None
-    if given is not None:  # a submit's input, checked by its encoding (a long one given ``Encoded``: its bytes are
-        # written): the model's ``Any`` checks nothing of it, and its copy wrote a ``None`` key "None", not JSON's "null"
-        return {**validate_with_models(event_type, {**data, "input": None}), "input": given}
     return validate_with_models(event_type, data)
 

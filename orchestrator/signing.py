@@ -47,7 +47,7 @@ class Encoded:
     these bytes where the value sits instead of encoding it again. A submit encodes its input once, for its size,
     depth and digest, and a long one's line holds those very bytes (~17 ms an encoding of 900 KB of small objects;
     for a short one the splice costs more than encoding it again). Only a writer's own data holds one
-    (``events.validate_data`` passes it on; the state the submit replays holds it as its input, and no view of it is
+    (``event_models.validate_with_models`` passes it on; the state the submit replays holds it as its input, and no view of it is
     returned): a read parses lines into plain values."""
 
     __slots__ = ("value", "data")

@@ -207,9 +207,9 @@ def test_a_submit_encodes_its_input_once_and_its_line_holds_those_bytes(orch, mo
             return super().items()
 
     given_to_models: list[object] = []
-    real = event_models.validate_with_models
-    monkeypatch.setattr(event_models, "validate_with_models",
-                        lambda etype, data: (given_to_models.append(data.get("input")), real(etype, data))[1])
+    real = event_models.JobSubmitted.model_validate
+    monkeypatch.setattr(event_models.JobSubmitted, "model_validate",
+                        lambda data: (given_to_models.append(data.get("input")), real(data))[1])
     rows = list(range(2000))  # ~9 KB: a long input (a short one is encoded again, which costs less than the splice)
     job = orch.submit("echo", Counted(rows=rows, name="x"))
     assert Counted.encodings == 1 and given_to_models == [None]  # the model checked the rest of the event
@@ -244,6 +244,58 @@ def test_an_input_is_stored_as_its_json_says_and_its_job_verifies(orch, given: o
     assert view.ok, view.problems
     assert view.state.input == stored
     assert orch.submit("echo", given, key="k1") == orch.submit("echo", stored, key="k1")  # one job, the same input
+
+
+CLAIM = ("job_claimed", {"worker_id": "w", "epoch": 1, "attempt": 1, "lease_expires_at": "2099-01-01T00:00:00Z"})
+
+
+@pytest.mark.parametrize(("given", "stored"), [({None: 1}, {"null": 1}), ((1, {2: None}), [1, {"2": None}]),
+                                                ({"a": {True: [(None,)]}}, {"a": {"true": [[None]]}})])
+def test_an_output_appended_is_stored_as_its_json_says_and_the_view_returned_holds_that(orch, given: object,
+                                                                                         stored: object) -> None:
+    """``append`` writes an ``Any`` field (a result's ``output``, a submit's ``input``) as JSON does, and the view it
+    returns holds what a read gives (the models' dump wrote a ``None`` key ``"None"``)."""
+    job = orch.submit("echo", {"x": 1})
+    claimed = orch.append(orch.load(job), job, [CLAIM], run_id="r1")
+    done = orch.append(claimed, job, [("job_succeeded", {"output": given})], run_id="r1")
+    read = orch.load(job)
+    assert read.ok and read.state.result["output"] == stored and done.state.result["output"] == stored
+    submitted = orch.append(None, "01JNULLKEYINPUT0000000000", [("job_submitted", {
+        "kind": "echo", "input": given, "options": {}, "context_digest": "0" * 64})])
+    assert submitted.state.input == stored == orch.load("01JNULLKEYINPUT0000000000").state.input
+
+
+def _deep(levels: int) -> object:
+    value: object = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(("event", "refused"), [
+    (("job_succeeded", {"output": {"x": [math.nan]}}), "output is not plain JSON: Out of range float"),
+    (("audit_requested", {"output": math.inf}), "output is not plain JSON: Out of range float"),
+    (("job_succeeded", {"output": {1, 2}}), "output is not plain JSON: Object of type set"),
+    (("job_succeeded", {"output": b"bytes"}), "output is not plain JSON: Object of type bytes"),
+    (("job_succeeded", {"output": object()}), "output is not plain JSON: Object of type object"),
+    (("job_succeeded", {"output": {"k": "\udcff"}}), "output holds text that is not valid Unicode"),
+    (("job_succeeded", {"summary": "\ud800", "output": (1,)}), "summary holds text that is not valid Unicode"),
+    (("job_succeeded", {"output": _deep(65)}), "output is nested deeper than 64 levels"),
+    (("job_timeout", {"error_code": "X", "timeout": math.inf}), "timeout is not plain JSON: Out of range float"),
+])
+def test_a_value_json_cannot_hold_is_refused_by_append_and_nothing_is_written(orch, event, refused: str) -> None:
+    """What no line can hold (a NaN, an infinity, a lone surrogate, a set, bytes, nesting past ``MAX_JSON_DEPTH``)
+    is ``InvalidInputError`` naming the field, before anything is written: the models took a NaN as ``null``, a set
+    as a list, and a lone surrogate or an infinite timeout raised a bare ``UnicodeEncodeError`` / ``ValueError``
+    from the encoding."""
+    job = orch.submit("echo", {"x": 1})
+    claimed = orch.append(orch.load(job), job, [CLAIM], run_id="r1")
+    before = orch.store.path(job).read_bytes()
+    with pytest.raises(InvalidInputError) as err:
+        orch.append(claimed, job, [event], run_id="r1")
+    assert err.value.code == "INVALID_INPUT" and f"invalid {event[0]} data: {refused}" in err.value.message
+    assert orch.store.path(job).read_bytes() == before and orch.load(job).state.state == "running"
+    assert orch.append(orch.load(job), job, [("job_succeeded", {"output": _deep(63)})], run_id="r1").ok
 
 
 def test_a_write_does_not_parse_back_its_lines_and_a_view_makes_their_records_only_when_asked(orch, monkeypatch) -> None:
