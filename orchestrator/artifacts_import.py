@@ -1,7 +1,7 @@
 """Copying the artifact folders a job's input names (``"artifacts_from"``), with ``ORCH_ARTIFACTS_IMPORT`` on.
 
 The copy runs before the handler starts, under the run's lease: a folder of gigabytes takes longer than a lease,
-so the copy calls ``between()`` before each file and after each chunk of one, where the worker renews the lease
+so the copy calls ``between()`` before each file and after each chunk of one, where ``copy_under_lease`` renews the lease
 (or stops the copy: the job was taken over or cancelled, its lease could not be renewed, the worker is stopping).
 Only regular files are copied: a link to ``/dev/zero`` would be copied for ever, a FIFO block the worker.
 
@@ -27,15 +27,20 @@ import errno
 import logging
 import os
 import stat
+import time
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from orchestrator import faults
 from orchestrator.errors import InvalidIdError, InvalidInputError
 from orchestrator.security import validate_id
 from orchestrator.store.files import NotRegularFileError, linked_folder_error, open_regular
 from orchestrator.worker_folders import WorkerFolders
+
+if TYPE_CHECKING:
+    from orchestrator.heartbeat import Heartbeat
+    from orchestrator.outcome import Claim
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +130,52 @@ def import_artifacts(job_id: str, names: list[str], folders: WorkerFolders, targ
                         _copy_tree(str(src), inputs_fd, other, os.path.join(inputs, other), src, other, between)
     finally:
         _REMOVED_LINKS.reset(token)
+
+
+class _CopyEnded(Exception):
+    """Ends a copy from inside ``between``: how the run was cut short (``copy_under_lease``)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__(how)
+        self.how = how
+
+
+class HeartbeatFailed(Exception):
+    """An error of a heartbeat during the copy, carried past the handling of the job's own errors (bad input, a
+    missing program): it is the worker's, which stops on it, as on one while a handler runs (``Worker._supervise``)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def copy_under_lease(claim: Claim, names: list[str], heart: Heartbeat, folders: WorkerFolders, target: Path,
+                     stopping: Callable[[], bool]) -> tuple[str | None, Claim]:
+    """``import_artifacts`` for a claimed job, its lease renewed by ``heart`` as while a handler runs. Returns how
+    the copy was cut short (``lost``, ``unrenewed``; ``stopped`` as soon as ``stopping()``, since no handler is
+    started after a stop) or None, and the claim to go on with: marked ``renewed`` once a heartbeat may have written
+    a lease record, noting the links the copy removed (``links_removed_warning``)."""
+    def between() -> None:  # before each file and after each 8 MiB
+        nonlocal claim
+        if stopping():  # the handler would not be started: the rest of the copy would be for nothing
+            raise _CopyEnded("stopped")
+        if heart.past_margin():
+            raise _CopyEnded("unrenewed")
+        if time.monotonic() >= heart.next_at:
+            try:
+                end, claim = heart.beat(claim)
+            except Exception as exc:  # noqa: BLE001 - the worker's error, not the job's: re-raised as it was
+                raise HeartbeatFailed(exc) from exc
+            if end:
+                raise _CopyEnded(end)
+
+    removed: list[str] = []  # links a run left where the copy goes: removed, never followed, and reported
+    how = None
+    try:
+        import_artifacts(claim.job_id, names, folders, target, between, removed)
+    except _CopyEnded as ended:
+        how = ended.how
+    return how, claim.noting(links_removed_warning(removed, target)) if removed else claim
 
 
 @contextlib.contextmanager

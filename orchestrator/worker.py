@@ -15,7 +15,8 @@ only the loop reads the clock. The event log stays the truth:
   that stale recovery never lets another worker run the job beside it.
 
 The claim side (the claim pass, and what it remembers of the jobs it left) is ``orchestrator/claiming.py``, a run's
-heartbeats ``orchestrator/heartbeat.py``; the settings (``WorkerSettings``, importable from here)
+heartbeats ``orchestrator/heartbeat.py``, the copy of ``artifacts_from`` under the lease
+``orchestrator/artifacts_import.py``; the settings (``WorkerSettings``, importable from here)
 ``orchestrator/worker_settings.py``.
 See ``docs/worker.md`` for the design and a crash analysis.
 """
@@ -34,7 +35,7 @@ from typing import Any, Callable
 from orchestrator import faults
 from orchestrator.api import Orchestrator
 from orchestrator.submitted import encoded_input
-from orchestrator.artifacts_import import CopyFailed, artifacts_from, import_artifacts, links_removed_warning
+from orchestrator.artifacts_import import CopyFailed, HeartbeatFailed, artifacts_from, copy_under_lease
 from orchestrator.claiming import Claimer, Unhandled
 from orchestrator.config import llm_timeout
 from orchestrator.errors import (HandlerNotFoundError, InvalidInputError, KeyNotTrustedError, PathEscapeError,
@@ -67,23 +68,6 @@ IDLE_MAX_WAIT = 30.0  # an idle worker still wakes this often to look for stale 
 # a stop asked from another thread (``Worker.stop``) is seen this soon, idle or running a job: a signal interrupts a
 # wait of the main thread, a call from another thread cannot (the waits are an inotify poll, a PostgreSQL LISTEN)
 STOP_CHECK_SECONDS = 0.25
-
-
-class _CopyEnded(Exception):
-    """Ends a copy of ``artifacts_from`` from inside it: how the run was cut short (``Worker._import_artifacts``)."""
-
-    def __init__(self, how: str) -> None:
-        super().__init__(how)
-        self.how = how
-
-
-class _HeartbeatError(Exception):
-    """An error of a heartbeat during that copy, carried past the handling of the job's own errors (bad input, a
-    missing program): it is the worker's, which stops on it, as on one while a handler runs (``_supervise``)."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 class WorkerStop(BaseException):
@@ -255,7 +239,7 @@ class Worker:
             child = handler.start(context, paths, host=host,
                                   encoded_input=encoded_input(claim.view) if host is not None else None)
             faults.point("worker.after_start")
-        except _HeartbeatError as failed:
+        except HeartbeatFailed as failed:
             raise failed.error from None
         except CopyFailed as failed:  # artifacts_from could not be copied (artifacts_import.py says whose fault)
             return self._copy_failed(claim, record, paths, failed)
@@ -459,9 +443,9 @@ class Worker:
     def _import_artifacts(self, claim: Claim, held: HeldLease, target: Path) -> tuple[str | None, Claim]:
         """Only with ``artifacts_import`` on: copy (never move) the folders of jobs named in input ``artifacts_from``,
         a job id or a list of them; anything else is the job's bad input (``InvalidInputError``, not retried).
-        The lease is renewed while it copies, as while a handler runs; returns how the copy was cut short
-        (``lost``, ``unrenewed``, ``stopped``: a stop request ends it at once, since no handler is started after one)
-        or None, and the claim to go on with (marked ``renewed`` once a heartbeat may have written a lease record)."""
+        The lease is renewed while it copies, as while a handler runs (``artifacts_import.copy_under_lease``);
+        returns how the copy was cut short (``lost``, ``unrenewed``, ``stopped``) or None, and the claim to go on
+        with."""
         s = claim.state
         if not self.settings.artifacts_import:
             if isinstance(s.input, dict) and s.input.get("artifacts_from"):
@@ -470,35 +454,7 @@ class Worker:
         names = artifacts_from(s.input)
         if not names:
             return None, claim
-        heart = self._heartbeat(held)
-
-        def between() -> None:  # before each file and after each 8 MiB
-            nonlocal claim
-            if self.stopping:  # the handler would not be started: the rest of the copy would be for nothing
-                raise _CopyEnded("stopped")
-            if heart.past_margin():
-                raise _CopyEnded("unrenewed")
-            if time.monotonic() >= heart.next_at:
-                try:
-                    end, claim = heart.beat(claim)
-                except Exception as exc:  # noqa: BLE001 - the worker's error, not the job's: re-raised as it was
-                    raise _HeartbeatError(exc) from exc
-                if end:
-                    raise _CopyEnded(end)
-
-        removed: list[str] = []  # links a run left where the copy goes: removed, never followed, and reported
-        try:
-            import_artifacts(s.job_id, names, self.folders, target, between, removed)
-        except _CopyEnded as ended:
-            return ended.how, self._noting_links(claim, removed, target)
-        return None, self._noting_links(claim, removed, target)
-
-    @staticmethod
-    def _noting_links(claim: Claim, removed: list[str], target: Path) -> Claim:
-        """``claim`` with the warning of the links its copy removed, if any (reported with the run's result)."""
-        if not removed:
-            return claim
-        return claim.noting(links_removed_warning(removed, target))
+        return copy_under_lease(claim, names, self._heartbeat(held), self.folders, target, lambda: self.stopping)
 
     # -- the loop -----------------------------------------------------------------------------------
     def stop(self) -> None:
