@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 import traceback
@@ -90,6 +91,22 @@ def _guard(name: str, fn: Any, *a: Any) -> dict[str, Any]:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def code_revision() -> str | None:
+    """The commit of the code measured (``git rev-parse --short HEAD``), ``+changes`` when the package or the
+    benchmark differ from it; None outside a git checkout (an installed copy) or without git."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        changed = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "orchestrator", "bench"],
+                                 capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0 or changed.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
+
+
 def run(params: Params, only: set[str]) -> dict[str, Any]:
     from bench import ours, peers_queues, peers_workflows, scale
     from orchestrator.latency import machine
@@ -99,7 +116,8 @@ def run(params: Params, only: set[str]) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine(), "params": {k: (str(v) if isinstance(v, Path) else v)
                                                               for k, v in params.__dict__.items()
                                                               if k != "settle_log"},
-                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "systems": {}}
+                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code": code_revision(),
+                               "systems": {}}
     mine: dict[str, Any] = {}
     if want("W1") or want("W4"):
         settle(params, "ours W1")
