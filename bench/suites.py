@@ -15,7 +15,6 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from bench.report import targets, with_handler_mb
 
