@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from orchestrator import clock as clock_mod
 from orchestrator import faults
 from orchestrator.artifacts import recorded_names
-from orchestrator.errors import ConcurrencyError, LeaseLostError, MalformedPayloadError, StorageUnavailableError
+from orchestrator.errors import (ConcurrencyError, InvalidInputError, LeaseLostError, MalformedPayloadError,
+                                 StorageUnavailableError)
 from orchestrator.leases import drop_lease_aux
 from orchestrator.leftovers import end_exited_run, killed_warning
 from orchestrator.notices import log_warning
@@ -225,11 +226,13 @@ class OutcomeRecorder:
             view = self._append_outcome(claim, events, audit, drop)
         except LeaseLostError as exc:
             return lost(claim, exc.message)
-        except UnicodeEncodeError as exc:  # text no event can hold (a lone surrogate) past every check: nothing
-            if error_code == MalformedPayloadError.code:  # was written; the run failed, the worker goes on
+        except (InvalidInputError, UnicodeEncodeError) as exc:  # a value no event can hold (a NaN, a lone
+            # surrogate) past every check of the payload, refused by the append's own: nothing was written; the run
+            # failed, the worker goes on
+            if error_code == MalformedPayloadError.code:
                 raise
-            return self.fail(claim, MalformedPayloadError.code,
-                             f"the outcome holds text that cannot be written as UTF-8 ({exc.reason})")
+            why = exc.message if isinstance(exc, InvalidInputError) else f"not UTF-8 ({exc.reason})"
+            return self.fail(claim, MalformedPayloadError.code, f"the outcome cannot be written: {why}")
         faults.point("worker.after_outcome")
         self.remember(view)
         state = view.state.state if view.state else None

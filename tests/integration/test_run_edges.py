@@ -76,17 +76,24 @@ def test_a_python_handler_returning_what_is_no_json_is_malformed_payload_saying_
     assert why in last["data"]["error"]
 
 
-def test_an_outcome_that_cannot_be_encoded_fails_the_run_instead_of_stopping_the_worker(orch, monkeypatch) -> None:
+@pytest.mark.parametrize("output, why", [
+    ({"x": "\udcff"}, "output holds text that is not valid Unicode"),
+    ([float("nan")], "output is not plain JSON: Out of range float values"),
+], ids=["lone-surrogate", "nan"])
+def test_an_outcome_that_cannot_be_encoded_fails_the_run_instead_of_stopping_the_worker(orch, monkeypatch, output,
+                                                                                       why: str) -> None:
     import orchestrator.outcome as outcome_mod
     from orchestrator.payload import Payload
 
-    # a check that lets a lone surrogate through (as parse_payload once did) must not kill the worker
+    # a check that lets such a value through (as parse_payload once did a lone surrogate) must not stop the worker:
+    # the append refuses it (INVALID_INPUT) before anything is written, and the run fails
     real = outcome_mod.parse_payload
     monkeypatch.setattr(outcome_mod, "parse_payload", lambda raw, folder: Payload(
-        **{**real(raw, folder).__dict__, "output": {"x": "\udcff"}}))
+        **{**real(raw, folder).__dict__, "output": output}))
     result, last = run_one(orch, "t.echo", "x")
     assert (result.outcome, result.error_code) == ("failed", "MALFORMED_PAYLOAD")
-    assert last["type"] == "job_failed" and "cannot be written as UTF-8" in last["data"]["error"]
+    assert last["type"] == "job_failed"
+    assert last["data"]["error"].startswith(f"the outcome cannot be written: invalid job_succeeded data: {why}")
 
 
 # -- a handler module that exits while it is imported ---------------------------------------------------
