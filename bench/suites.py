@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from bench.report import targets, with_handler_mb
 
@@ -85,7 +86,7 @@ def read_suite(path: str) -> Suite | None:
     skeleton = results.get("skeleton") or {}
     after_idle = floor.get("python_work_after_idle")
     return Suite(
-        path=path, started=results["started"][:16].replace("T", " "), code=results.get("code"), cpu=results["machine"]["cpu"].split()[0].removesuffix("(R)"),
+        path=path, started=results["started"][:16].replace("T", " "), code=results.get("code"), cpu=_cpu(results.get("machine") or {}),
         fdatasync_us=floor["fdatasync_append"]["p50_us"], sign_us=floor["sign"]["p50_us"],
         verify_us=floor["verify"]["p50_us"],
         wait_ratio=after_idle["p50_us"] / floor["python_work"]["p50_us"] if after_idle else None,
@@ -97,6 +98,12 @@ def read_suite(path: str) -> Suite | None:
         metrics_warm_s=scale["metrics"]["warm_s"], cold_start_ms=scale["coldstart"]["status_ms"],
         rss_with_handler_mb=with_handler_mb(ours["W4"]),
         met={t["target"]: t["met"] for t in targets(results)})
+
+
+def _cpu(machine: dict[str, Any]) -> str:
+    """The CPU's maker as the table names it ("AMD", "Intel"), else the architecture."""
+    name = str(machine.get("cpu") or machine.get("arch") or "?").split()
+    return name[0].removesuffix("(R)") if name else "?"
 
 
 def read_suites(paths: list[str]) -> list[Suite]:

@@ -135,6 +135,7 @@ def test_no_full_suite_is_exit_1_and_a_bad_since_a_usage_error(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     partial = tmp_path / "partial.json"
     partial.write_text(json.dumps(_suite_json("2026-12-05T10:00:00Z", w2_p99=2.9, scale_to=1000)), encoding="utf-8")
+    assert suites._cpu({"arch": "aarch64"}) == "aarch64" and suites._cpu({"cpu": "AMD EPYC 7B13"}) == "AMD"
     assert suites.main([str(partial)]) == 1
     assert "no full suite among 1 file(s)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stopped:
