@@ -44,9 +44,6 @@ if TYPE_CHECKING:
     from orchestrator.worker import Worker
 
 
-_TOO_DEEP_INPUT = f"the job input is nested deeper than {MAX_JSON_DEPTH} levels"
-
-
 class Orchestrator:
     """One project: submit jobs, read their state, act on them, verify their history.
 
@@ -109,17 +106,22 @@ class Orchestrator:
         signatures checked only where they name another key; ``every_signature=True`` checks each
         one (``verify``), and so does every read with ``ORCH_STRICT_READS=1``. Either way any edit, cut
         or splice of the history is a problem. ``read``: the job's head record and lines as
-        ``store.read_with_aux(job_id, HEADS_AREA, job_id)`` returns them, read already (by the claim
-        statement of a queue index, ``QueueIndex.reserved_read``): verified and replayed as this read's."""
+        ``read_job`` returns them, read already (by the claim statement of a queue index,
+        ``QueueIndex.reserved_read``, or by a worker's look ahead): verified and replayed as this read's."""
         validate_id(job_id, "job id")
-        # The head record is read BEFORE the events: it is written after its events are durable
-        # (or with them, on PostgreSQL), so a writer racing this read can only make the events
-        # longer than the record, never shorter (which would look like a cut history: TRUNCATED).
         try:
-            head_raw, lines = read if read is not None else self.store.read_with_aux(job_id, HEADS_AREA, job_id)
+            head_raw, lines = read if read is not None else self.read_job(job_id)
         except (PathEscapeError, UnusableFileError) as exc:
             return self._unreadable_view(job_id, exc)
         return self._verified_view(job_id, lines, head_raw, every_signature=every_signature)
+
+    def read_job(self, job_id: str) -> tuple[bytes | None, list[StoredLine]]:
+        """A job's head record and lines, not verified (``load`` verifies them). The head record is read BEFORE the
+        events: it is written after its events are durable (or with them, on PostgreSQL), so a writer racing this
+        read can only make the events longer than the record, never shorter (which would look like a cut history:
+        TRUNCATED). A link or an unusable file in the job's place raises (``PathEscapeError``,
+        ``UnusableFileError``)."""
+        return self.store.read_with_aux(job_id, HEADS_AREA, job_id)
 
     def _unreadable_view(self, job_id: str, exc: PathEscapeError | UnusableFileError) -> JobView:
         """The job whose events file or head record is a symbolic link, which the store never follows, or whose
@@ -162,8 +164,7 @@ class Orchestrator:
         if not view.ok or not view.stream.lines:
             return self.load(view.job_id, every_signature=every_signature, read=read)
         try:
-            head_raw, lines = (read if read is not None
-                               else self.store.read_with_aux(view.job_id, HEADS_AREA, view.job_id))
+            head_raw, lines = read if read is not None else self.read_job(view.job_id)
         except (PathEscapeError, UnusableFileError) as exc:
             return self._unreadable_view(view.job_id, exc)
         known = view.stream.lines
@@ -398,7 +399,7 @@ class Orchestrator:
         """Submit a job; with an idempotency ``key``, the same key returns the same job.
 
         The key is checked here, not in ``JobOptions``, which also describes older histories (free-text keys)."""
-        from orchestrator.event_models import job_options
+        from orchestrator.event_models import encoded_value, job_options, too_deep
 
         if not is_kind(kind):  # named here, not as a model's error
             raise InvalidInputError(f"the kind must be a handler name of 1 to {MAX_KIND_LENGTH} characters of valid Unicode, "
@@ -408,18 +409,13 @@ class Orchestrator:
         if actor is not None:  # stored in the first event as given to Orchestrator(actor=...) is: checked, sanitized
             actor = _actor(actor)
         options = job_options(audit=audit, max_attempts=max_attempts, timeout=timeout, priority=priority, key=key)
-        try:  # the encoder recurses per level: one far deeper than the limit stops it
-            encoded_input = canonical(input)
-        except RecursionError:
-            raise InvalidInputError(_TOO_DEEP_INPUT) from None
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(f"the job input is not plain JSON: {exc}") from None
+        encoded_input = encoded_value(input, "the job input")
         size = len(encoded_input)
         if size > MAX_INPUT_BYTES:
             raise InvalidInputError(f"the job input is {size} bytes as JSON (at most {MAX_INPUT_BYTES}); "
                                     "pass large data as a file path or an artifact")
         if encoded_depth(encoded_input) > MAX_JSON_DEPTH:  # from the bytes: a walk of 1 MB of objects costs ~16x
-            raise InvalidInputError(_TOO_DEEP_INPUT)
+            raise InvalidInputError(too_deep("the job input"))
         # a long input's line holds the bytes measured and hashed here, not the input encoded again (~17 ms a MB); a
         # short one is encoded again, which costs less than the splice (``Encoded``)
         sealed = Encoded(input, encoded_input) if size >= SUBMITTED_CONTEXT_MIN_BYTES else input
@@ -429,7 +425,7 @@ class Orchestrator:
         # a key names the same job every time: one whose events were all removed still has its head
         # record, and a submit must not write a new first event over that evidence
         if key and self.store.get_aux(HEADS_AREA, job_id) is not None:
-            return self._submitted_before(job_id, key, (kind, input, options))
+            return self._submitted_before(job_id, key, (kind, encoded_input, options))
         if kind == COMMAND_KIND:  # after the key's job: one submitted before this check is still the same job
             parse_command_input(input)  # a few microseconds; llm takes any input, a Python handler's is its own
         try:
@@ -437,20 +433,21 @@ class Orchestrator:
         except ConcurrencyError:
             if not key:
                 raise
-            return self._submitted_before(job_id, key, (kind, input, options))
+            return self._submitted_before(job_id, key, (kind, encoded_input, options))
         return Submission(job_id, created=True, warnings=warnings)
 
-    def _submitted_before(self, job_id: str, key: str, request: tuple[str, Any, dict[str, Any]]) -> Submission:
+    def _submitted_before(self, job_id: str, key: str, request: tuple[str, bytes, dict[str, Any]]) -> Submission:
         """A submit whose idempotency ``key`` names an existing job: that job, if it was the same
-        ``(kind, input, options)``; refused if its history does not verify (or was removed)."""
+        ``(kind, input, options)``, the input given as the submit encoded it (not encoded again); refused if its
+        history does not verify (or was removed)."""
         existing = self.load(job_id)
         if not existing.ok:
             err = existing.integrity_error() or {}
             raise ContextSignatureInvalid(f"idempotency key {key!r} names job {job_id}, whose {err.get('message', '')}; "
                                           "nothing was written", job_id=job_id, problems=err.get("problems", []))
         first = existing.stream.records[0]["data"]
-        kind, input, options = request  # the input as its JSON form: a tuple given is the list stored
-        if (first.get("kind"), canonical(first.get("input")), first.get("options")) != (kind, canonical(input), options):
+        kind, encoded, options = request  # the input as its JSON form: a tuple given is the list stored
+        if (first.get("kind"), canonical(first.get("input")), first.get("options")) != (kind, encoded, options):
             raise InvalidInputError(f"idempotency key {key!r} already names job {job_id} with a different "
                                     "kind, input or options", job_id=job_id) from None
         return Submission(job_id, created=False)

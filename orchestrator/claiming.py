@@ -32,7 +32,7 @@ from orchestrator.recovery import reload_keys
 from orchestrator.runner import RUN_PREFIX
 from orchestrator.security import sanitize_text
 from orchestrator.state import QUEUED, JobState
-from orchestrator.store.base import HEADS_AREA, StoredLine
+from orchestrator.store.base import StoredLine
 from orchestrator.untrusted import SKIPPED_MAX, UntrustedJobs
 
 if TYPE_CHECKING:
@@ -352,7 +352,7 @@ class Claimer:
                 or self.left.passes_over(entry.job_id) or entry.runnable_at > self.orch.clock()):
             return  # nothing next, looked at already, kept, left to others, or not due
         try:
-            read = self.orch.store.read_with_aux(entry.job_id, HEADS_AREA, entry.job_id)
+            read = self.orch.read_job(entry.job_id)
             if within is not None and look_ahead_seconds(read[1]) > within:
                 return  # the claim checks it, before its own lease starts
             view = self.orch.load(entry.job_id, every_signature=True, read=read)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY
 from orchestrator.errors import InvalidInputError
 from orchestrator.limits import (MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_JSON_DEPTH, MAX_KIND_LENGTH,
-                                 PRIORITY_LIMIT, json_depth, plain_json)
+                                 PRIORITY_LIMIT, encoded_depth, plain_json)
 from orchestrator.security import validation_summary
 from orchestrator.signing import Encoded, canonical
 
@@ -208,15 +208,26 @@ def _as_written(event_type: str, name: str, value: Any) -> Any:
     if type(value) is Encoded or plain_json(value):
         return value
     what = f"invalid {event_type} data: {name}"
+    data = encoded_value(value, what)
+    if encoded_depth(data) > MAX_JSON_DEPTH:
+        raise InvalidInputError(too_deep(what))
+    return json.loads(data)
+
+
+def encoded_value(value: Any, what: str) -> bytes:
+    """``value``'s canonical encoding (``signing.canonical``), the bytes a line holds; ``InvalidInputError`` saying
+    why ``what`` (a submit's input, an appended event's field) cannot be written: a lone surrogate, a NaN or an
+    infinity, a type JSON has no form for, a circular reference, nesting deep enough to stop the encoder."""
     try:
-        value = json.loads(canonical(value))
+        return canonical(value)
     except UnicodeEncodeError:
         raise InvalidInputError(f"{what} holds text that is not valid Unicode (a lone surrogate such as \\udcff)"
                                 ) from None
-    except RecursionError:
-        raise InvalidInputError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except RecursionError:  # the encoder recurses per level: one far deeper than the limit stops it
+        raise InvalidInputError(too_deep(what)) from None
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"{what} is not plain JSON: {exc}") from None
-    if json_depth(value) > MAX_JSON_DEPTH:
-        raise InvalidInputError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
-    return value
+
+
+def too_deep(what: str) -> str:
+    return f"{what} is nested deeper than {MAX_JSON_DEPTH} levels"

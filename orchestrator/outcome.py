@@ -226,13 +226,12 @@ class OutcomeRecorder:
             view = self._append_outcome(claim, events, audit, drop)
         except LeaseLostError as exc:
             return lost(claim, exc.message)
-        except (InvalidInputError, UnicodeEncodeError) as exc:  # a value no event can hold (a NaN, a lone
-            # surrogate) past every check of the payload, refused by the append's own: nothing was written; the run
-            # failed, the worker goes on
+        except InvalidInputError as exc:  # a value no event can hold (a NaN, a lone surrogate) past every check of
+            # the payload, refused by the append's own check of each field before it seals anything: nothing was
+            # written; the run failed, the worker goes on
             if error_code == MalformedPayloadError.code:
                 raise
-            why = exc.message if isinstance(exc, InvalidInputError) else f"not UTF-8 ({exc.reason})"
-            return self.fail(claim, MalformedPayloadError.code, f"the outcome cannot be written: {why}")
+            return self.fail(claim, MalformedPayloadError.code, f"the outcome cannot be written: {exc.message}")
         faults.point("worker.after_outcome")
         self.remember(view)
         state = view.state.state if view.state else None

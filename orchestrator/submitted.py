@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from orchestrator.views import JobView
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_INPUT_KEY = b'{"input":'  # how a context's canonical encoding starts (its keys sort ``input``, ``kind``, ``options``)
 
 
 def new_job_id(now: float | None = None) -> str:
@@ -37,10 +38,16 @@ def context_digest(kind: str, input: Any, options: dict[str, Any], encoded_input
     """The SHA-256 of ``canonical({"kind": kind, "input": input, "options": options})``, hashed in its pieces (the
     keys sort ``input``, ``kind``, ``options``), so that a submit, which encoded the input to measure it, passes it
     as ``encoded_input`` and a large input is not encoded again."""
-    digest = hashlib.sha256(b'{"input":')
+    digest = hashlib.sha256(_INPUT_KEY)
     digest.update(canonical(input) if encoded_input is None else encoded_input)
-    digest.update(b',"kind":' + canonical(kind) + b',"options":' + canonical(options) + b"}")
+    digest.update(_after_input(kind, options) + b"}")
     return digest.hexdigest()
+
+
+def _after_input(kind: Any, options: Any) -> bytes:
+    """What follows the input in a context's canonical encoding: its kind and options (keys sort ``input``,
+    ``kind``, ``options``)."""
+    return b',"kind":' + canonical(kind) + b',"options":' + canonical(options)
 
 
 def context_matches(line: bytes, record: dict[str, Any], state: JobState) -> bool:
@@ -74,11 +81,11 @@ def encoded_input(view: JobView) -> bytes | None:
         return None
     data = record["data"]
     try:
-        tail = b',"kind":' + canonical(data.get("kind")) + b',"options":' + canonical(data.get("options"))
+        tail = _after_input(data.get("kind"), data.get("options"))
     except ValueError:
         return None
     context = line[found[0]:found[1]]
-    head = b'"input":'
+    head = _INPUT_KEY[1:]
     if len(context) <= len(head) + len(tail) or not context.startswith(head) or not context.endswith(tail):
         return None
     return context[len(head):len(context) - len(tail)]
