@@ -40,16 +40,20 @@ class Suite:
     w1: float
     best_peer: str
     best_peer_w1: float
+    w2_p50: float
     w2_p99: float
     w2_skeleton_p99: float | None
+    w3_p50: float
     w3_p99: float
     w3_skeleton_p99: float | None
     duplicates: int
+    terminal_p50: float
     terminal_p99: float
     claim_growth: float
     status_growth: float
     metrics_warm_s: float
     cold_start_ms: float
+    rss_mb: float  # the worker process alone
     rss_with_handler_mb: float
     met: dict[str, bool | None]  # target -> met, recomputed from the figures (``bench.report.targets``)
 
@@ -91,12 +95,12 @@ def read_suite(path: str) -> Suite | None:
         verify_us=floor["verify"]["p50_us"],
         wait_ratio=after_idle["p50_us"] / floor["python_work"]["p50_us"] if after_idle else None,
         w1=ours["W1"]["jobs_per_s"], best_peer=best, best_peer_w1=peers[best]["W1"]["jobs_per_s"],
-        w2_p99=ours["W2"]["p99"], w2_skeleton_p99=(skeleton.get("W2") or {}).get("p99"),
-        w3_p99=ours["W3"]["p99"], w3_skeleton_p99=(skeleton.get("W3") or {}).get("p99"),
-        duplicates=ours["W3"]["duplicates"], terminal_p99=ours["terminal"]["p99"],
+        w2_p50=ours["W2"]["p50"], w2_p99=ours["W2"]["p99"], w2_skeleton_p99=(skeleton.get("W2") or {}).get("p99"),
+        w3_p50=ours["W3"]["p50"], w3_p99=ours["W3"]["p99"], w3_skeleton_p99=(skeleton.get("W3") or {}).get("p99"),
+        duplicates=ours["W3"]["duplicates"], terminal_p50=ours["terminal"]["p50"], terminal_p99=ours["terminal"]["p99"],
         claim_growth=scale["growth"]["claim_p50"], status_growth=scale["growth"]["status_p50"],
         metrics_warm_s=scale["metrics"]["warm_s"], cold_start_ms=scale["coldstart"]["status_ms"],
-        rss_with_handler_mb=with_handler_mb(ours["W4"]),
+        rss_mb=ours["W4"]["rss_mb"], rss_with_handler_mb=with_handler_mb(ours["W4"]),
         met={t["target"]: t["met"] for t in targets(results)})
 
 

@@ -1,4 +1,5 @@
-"""The suites table of docs/performance.md holds its runs' figures, and ``python -m bench.suites`` reads them.
+"""The suites table of docs/performance.md and the README's performance ranges hold their runs' figures, and
+``python -m bench.suites`` reads them.
 
 Each full suite's JSON is in ``docs/release/``; the table ("Every full suite since") copies its figures by hand, a
 row a session. These tests hold every row to its file, and the summary's counts to the files', so that a figure
@@ -149,3 +150,50 @@ def test_a_suite_records_the_commit_it_measured_and_whether_the_code_differed_fr
     if not (REPO / ".git").exists():
         pytest.skip("not a git checkout: the suite records no commit (code_revision is None)")
     assert re.fullmatch(r"[0-9a-f]{7,40}(\+changes)?", code_revision() or "")
+
+
+README = REPO / "README.md"
+
+
+def _shown_range(low: str, high: str, values: list[float]) -> tuple[tuple[float, float], tuple[float, float]]:
+    """A range as the README writes it, and the values' lowest and highest rounded as finely as it is written."""
+    def rounded(text: str, value: float) -> float:
+        decimals = len(text.partition(".")[2])
+        return round(value, decimals)
+
+    shown = (float(low.replace(",", "")), float(high.replace(",", "")))
+    return shown, (rounded(low, min(values)), rounded(high, max(values)))
+
+
+def test_the_readmes_performance_ranges_are_those_of_its_suites(released: list[suites.Suite]) -> None:
+    """The README's performance paragraph gives each figure's range over the full suites since a day, on hosts of
+    their usual speed (the terminal latency within its 2 ms target): every range is the files' lowest and highest,
+    rounded as the README writes it, and the count of suites is theirs."""
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    head = re.search(r"in the (\d+) full suites since (\d{4}-\d\d-\d\d) on hosts of their usual speed", text)
+    assert head, "the README's performance paragraph no longer says which suites its ranges cover"
+    chosen = [s for s in released if s.started >= head.group(2) and s.terminal_p99 <= 2.0]
+    assert int(head.group(1)) == len(chosen)
+    ranges = {
+        r"runs ([\d,]+)-([\d,]+) no-op jobs/s": [s.w1 for s in chosen],
+        r"no-op jobs/s, ([\d.]+)-([\d.]+)x the fastest": [s.w1 / s.best_peer_w1 for s in chosen],
+        r"([\d.]+)-([\d.]+) ms after it returns \(P50": [s.terminal_p50 for s in chosen],
+        r"after it returns \(P50; P99 ([\d.]+)-([\d.]+) ms": [s.terminal_p99 for s in chosen],
+        r"([\d.]+)-([\d.]+) ms after the submit started \(P50": [s.w2_p50 for s in chosen],
+        r"after the submit started \(P50; P99 ([\d.]+)-([\d.]+) ms": [s.w2_p99 for s in chosen],
+        r"([\d.]+)-([\d.]+) ms after the resume \(P50": [s.w3_p50 for s in chosen],
+        r"after the resume \(P50; P99 ([\d.]+)-([\d.]+) ms": [s.w3_p99 for s in chosen],
+        r"peak memory is (\d+) MB": [s.rss_mb for s in chosen],
+        r"peak memory is \d+ MB \((\d+)-(\d+) MB with its handler process": [s.rss_with_handler_mb for s in chosen],
+    }
+    wrong = {}
+    for pattern, values in ranges.items():
+        found = re.search(pattern, text)
+        assert found, f"not in the README: {pattern}"
+        low, high = (found.group(1), found.group(2)) if found.re.groups == 2 else (found.group(1), found.group(1))
+        shown, actual = _shown_range(low, high, values)
+        if shown != actual:
+            wrong[pattern] = (shown, actual)
+    assert wrong == {}, "README ranges that differ from the suites' (shown, in the files)"
+    assert "over our 3 ms target in all suites but one" in text
+    assert sum(s.w2_p99 <= 3.0 for s in chosen) == 1
