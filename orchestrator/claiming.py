@@ -31,7 +31,7 @@ from orchestrator.queue import ReadyEntry
 from orchestrator.recovery import reload_keys
 from orchestrator.runner import RUN_PREFIX
 from orchestrator.security import sanitize_text
-from orchestrator.state import QUEUED, JobState
+from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import StoredLine
 from orchestrator.untrusted import SKIPPED_MAX, UntrustedJobs
 
@@ -127,6 +127,9 @@ class Claimer:
         self._failed_lookups: dict[str, tuple[int, float, str]] = {}  # kind -> (registry generation, when, why)
         self._known: OrderedDict[str, tuple[JobView, Any]] = OrderedDict()  # see ``remember``
         self._ahead: tuple[JobView, Any] | None = None  # see ``look_ahead``: one view, of any size
+        # jobs another worker took first: found claimed when read (``taken``), or claimed while this one was at it, its
+        # append refused (``lost``); what several workers on one queue cost each other (``python -m bench.workers``)
+        self.races = {"taken": 0, "lost": 0}
 
     def claim(self, now: float | None = None) -> Claim | None:
         """Claim the first runnable job (priority, then FIFO); None if there is none."""
@@ -240,6 +243,8 @@ class Claimer:
         if s is None or s.state != QUEUED:
             if entry.runnable_at > (s.updated_at if s else 0.0) and now - entry.runnable_at < ORPHAN_ENTRY_GRACE:
                 return None  # newer than the job's last event: its event (a resume, a revise) may be in flight
+            if s is not None and s.state == RUNNING:
+                self.races["taken"] += 1
             self.queue.drop_ready(entry)
             return None
         expected = ReadyEntry.for_state(s)
@@ -264,6 +269,7 @@ class Claimer:
             claimed = self.orch.append(view, s.job_id, [("job_claimed", data)], run_id=run_id, actor=self.actor,
                                        now=now, fence=epoch)
         except ConcurrencyError:
+            self.races["lost"] += 1
             return None  # another worker won this one
         faults.point("worker.after_claim")
         return Claim(claimed, run_id, epoch)

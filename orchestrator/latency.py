@@ -150,7 +150,8 @@ def _worker_main() -> None:
         return
     orch = Orchestrator(base_path=cfg["base_path"], project_id=cfg["project_id"])
     worker = Worker(orch, WorkerSettings(lease_seconds=cfg.get("lease_seconds", DEFAULT_LEASE_SECONDS),
-                                         worker_id="bench-worker", kinds=tuple(cfg.get("kinds") or ())))
+                                         worker_id=cfg.get("worker_id") or "bench-worker",
+                                         kinds=tuple(cfg.get("kinds") or ())))
     out = sys.stdout
     appended: list[int] = []
 
@@ -169,6 +170,10 @@ def _worker_main() -> None:
 
     out.write(json.dumps({"ready": True}) + "\n")
     out.flush()
+    gate = cfg.get("gate")  # several workers started together: each waits, ready, until the benchmark opens the gate
+    while gate and not os.path.exists(gate):
+        time.sleep(0.001)
+    started_ns = time.monotonic_ns()
     started = time.perf_counter()
     handler: dict[str, int] = {}
     reported = [0]
@@ -182,7 +187,8 @@ def _worker_main() -> None:
     with worker.handle_signals():
         done = worker.run(max_jobs=cfg.get("max_jobs"), idle_exit=cfg.get("idle_exit", False), on_result=timed_report)
     elapsed = time.perf_counter() - started
-    out.write(json.dumps({"summary": True, "done": done, "elapsed_s": elapsed, "maxrss_kb": peak_rss_kb(),
+    out.write(json.dumps({"summary": True, "done": done, "elapsed_s": elapsed, "started_ns": started_ns,
+                          "ended_ns": time.monotonic_ns(), "races": worker.claimer.races, "maxrss_kb": peak_rss_kb(),
                           "handler_kb": handler}) + "\n")
     out.flush()
 
@@ -197,6 +203,8 @@ class WorkerProcess:
     max_jobs: int | None = None
     idle_exit: bool = False
     kinds: tuple[str, ...] | None = None  # the only kinds it claims (None: any it has a handler for)
+    worker_id: str | None = None  # its ``WorkerSettings.worker_id`` (default "bench-worker"): several need their own
+    gate: str | None = None  # a path: once ready, it waits for that file before it runs (workers started together)
     durable: dict[str, list[int]] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
@@ -204,7 +212,8 @@ class WorkerProcess:
 
     def start(self) -> "WorkerProcess":
         cfg = {"base_path": self.base_path, "project_id": self.project_id, "max_jobs": self.max_jobs,
-               "idle_exit": self.idle_exit, "kinds": self.kinds, "parent": os.getpid()}
+               "idle_exit": self.idle_exit, "kinds": self.kinds, "parent": os.getpid(), "worker_id": self.worker_id,
+               "gate": self.gate}
         env = dict(self.env, ORCH_BENCH_WORKER=json.dumps(cfg))
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))

@@ -426,7 +426,9 @@ class FileQueueIndex(QueueIndex):
         while True:
             while (name := self._take_next()) is not None:
                 entry = ReadyEntry.parse(name)
-                if entry is not None:
+                # gone since the listing: claimed by another worker (or dropped). Not read: with several workers on
+                # one queue, reading and checking each job another had claimed cost as much as a claim of one's own
+                if entry is not None and os.path.lexists(os.path.join(self._ready_s, name)):
                     yield entry
             if relist:
                 return

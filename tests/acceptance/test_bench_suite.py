@@ -585,3 +585,21 @@ def test_the_claim_pass_benchmark_runs_and_reports_each_figure(tmp_path: Path, c
     result = json.loads(out.read_text())
     assert result["running"] == 2 and result["passes"] > 0
     assert all(result[k] > 0 for k in ("pass_us_p50", "pass_us_mean", "recover_us_p50", "recover_us_mean"))
+
+
+def test_the_workers_benchmark_drains_one_queue_with_several_worker_processes_and_writes_its_figures(
+        tmp_path: Path, cli_env) -> None:
+    out = tmp_path / "workers.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.workers", "--workers", "1,2", "--jobs", "12", "--repeat", "1",
+                           "--base-path", str(tmp_path / "b"), "--json", str(out)], cwd=REPO, env=cli_env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "12 no-op jobs drained by several worker processes at once" in proc.stdout
+    assert "every job ran exactly once" in proc.stdout and "| 2 |" in proc.stdout
+    assert "run 1/1, 2 worker(s):" in proc.stderr  # progress on stderr
+    data = json.loads(out.read_text())
+    assert set(data["median_jobs_per_s"]) == {"1", "2"} and data["ratio_to_one"]["1"] == 1.0
+    (one,), (two,) = data["runs"]["1"], data["runs"]["2"]
+    assert one["share"] == [12] and sum(two["share"]) == 12 and len(two["share"]) == 2
+    assert set(two["races"]) == {"taken", "lost"} and two["jobs_per_s"] > 0
+    assert not list((tmp_path / "b").iterdir())  # each run's project is removed

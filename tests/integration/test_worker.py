@@ -803,6 +803,57 @@ def test_two_workers_never_claim_the_same_attempt(orch) -> None:
     assert types(orch, job).count("job_claimed") == 1
 
 
+def _second_worker(base, keyring, worker_id: str = "b") -> Worker:
+    """A worker with an ``Orchestrator`` of its own on the ``orch`` fixture's project, as in another process: its own
+    queue index, whose listing of ready/ it walks on its own."""
+    from orchestrator import Orchestrator
+
+    return make_worker(Orchestrator(base_path=base, project_id="proj", keyring=keyring), worker_id=worker_id)
+
+
+def test_a_worker_walking_an_older_listing_passes_over_a_job_another_worker_claimed_without_reading_it(
+        orch, base, keyring, monkeypatch) -> None:
+    """Workers on one queue walk their own listings of ready/ in the same order: one that meets a job another
+    claimed since it listed (its ready entry gone) passes over it without reading and checking it, which cost as
+    much as a claim of its own (``python -m bench.workers``)."""
+    from orchestrator import queue
+
+    monkeypatch.setattr(queue, "LISTING_MAX_AGE", 60.0)  # each worker keeps walking its first listing
+    first, second, third = (orch.submit("t.echo", x) for x in "abc")
+    a, b = make_worker(orch, worker_id="a"), _second_worker(base, keyring)
+    assert a.claim().job_id == first  # a's listing holds the three jobs
+    assert b.claim().job_id == second  # b lists after a's claim
+    read: list[str] = []
+    real_load = orch.load
+    monkeypatch.setattr(orch, "load", lambda job_id, **kw: read.append(job_id) or real_load(job_id, **kw))
+    assert a.claim().job_id == third  # a's walk goes on at ``second``, which b took
+    assert read == [third] and a.claimer.races == {"taken": 0, "lost": 0}
+    assert [types(orch, j).count("job_claimed") for j in (first, second, third)] == [1, 1, 1]
+
+
+def test_a_worker_counts_the_jobs_it_read_and_found_claimed_by_another_and_the_claims_it_lost(
+        orch, base, keyring, monkeypatch) -> None:
+    """``Claimer.races``: what workers on one queue cost each other, which ``python -m bench.workers`` reports."""
+    from orchestrator import faults
+
+    first, second, third = (orch.submit("t.echo", x) for x in "abc")
+    a, b = make_worker(orch, worker_id="a"), _second_worker(base, keyring)
+    real_load = orch.load
+    taken_meanwhile = iter([lambda: b.claim()])  # b claims ``first`` just before a reads it, once
+
+    def load(job_id, **kw):
+        next(taken_meanwhile, lambda: None)()
+        return real_load(job_id, **kw)
+
+    monkeypatch.setattr(orch, "load", load)
+    assert a.claim().job_id == second and a.claimer.races == {"taken": 1, "lost": 0}
+    monkeypatch.setattr(orch, "load", real_load)
+    faults.arm("worker.before_claim", lambda: b.claim())  # b claims ``third`` after a read it, before a's append
+    assert a.claim() is None and a.claimer.races == {"taken": 1, "lost": 1}
+    assert b.claimer.races == {"taken": 0, "lost": 0}
+    assert [types(orch, j).count("job_claimed") for j in (first, second, third)] == [1, 1, 1]
+
+
 # -- leases, stale recovery, fencing ----------------------------------------------------------------
 def test_heartbeats_renew_the_lease_without_writing_events(orch) -> None:
     job = orch.submit("t.lease", {"sleep": 0.6})

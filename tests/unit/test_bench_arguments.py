@@ -113,6 +113,10 @@ def test_the_trace_refuses_what_it_cannot_run_with_before_it_runs(
     ("bench.large_jobs", ["--input-kb", "1001"], "argument --input-kb: must be at most 1000"),
     ("bench.large_jobs", ["--json", "."], "cannot write the figures to .: it is a folder"),
     ("bench.large_jobs", ["--output-shape", "xml"], "argument --output-shape: invalid choice: 'xml'"),
+    ("bench.workers", ["--workers", "1,0"], "argument --workers: must be at least 1, not 0"),
+    ("bench.workers", ["--workers", ","], "argument --workers: give at least one (1,2,4)"),
+    ("bench.workers", ["--jobs", "0"], "argument --jobs: must be at least 1, not 0"),
+    ("bench.workers", ["--json", "."], "cannot write the figures to .: it is a folder"),
 ])
 def test_the_other_benchmarks_refuse_what_they_cannot_run_with_before_they_run(
         module: str, args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -151,3 +155,16 @@ def test_the_large_jobs_handler_returns_about_the_size_asked_in_the_shape_asked(
         assert output["pad"] == "" and 45_000 <= len(canonical(output["items"])) <= 50_000
         assert {tuple(sorted(item)) for item in output["items"]} == {tuple(sorted(RECORD))}
         assert [item["id"] for item in output["items"]] == list(range(len(output["items"])))
+
+
+def test_the_workers_benchmark_reports_a_job_run_twice_lost_or_claimed_again() -> None:
+    """``bench.workers`` checks what concurrency could break before it reports a figure."""
+    from bench.workers import problems
+
+    fine = [("a", "succeeded", 1), ("b", "succeeded", 1)]
+    assert problems(2, 2, ["a", "b"], fine) == []
+    assert problems(2, 3, ["a", "b", "a"], fine)[0] == "1 job(s) run more than once: a"
+    assert problems(2, 1, ["a"], fine) == ["1 runs reported, of 1 distinct jobs, for 2 jobs"]
+    assert problems(2, 2, ["a", "b"], [("a", "succeeded", 1), ("b", "queued", 2)]) == [
+        "job states {'succeeded': 1, 'queued': 1}, not 2 succeeded", "1 job(s) claimed more than once: b"]
+
