@@ -91,6 +91,20 @@ def results_file(parser: argparse.ArgumentParser, path: str | os.PathLike[str] |
         parser.error(exc.message)
 
 
+def add_scratch_and_json(parser: argparse.ArgumentParser) -> None:
+    """``--base-path`` (where the scratch projects go) and ``--json`` (the figures' file), as the tools that drain a
+    queue with worker processes take them; ``scratch_folder`` checks the first."""
+    parser.add_argument("--base-path", default=None, help="where the scratch projects go (default: the system's "
+                        "temporary folder)")
+    parser.add_argument("--json", metavar="FILE", default=None, help="also write the figures to FILE")
+
+
+def scratch_folder(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--base-path``, if given, checked as ``measured_folder`` checks ``--base``."""
+    if args.base_path is not None:
+        measured_folder(parser, Path(args.base_path))
+
+
 def measured_folder(parser: argparse.ArgumentParser, base: Path) -> None:
     """``--base``: a folder the scratch projects can be made in (made if missing, as the suite always did), or the
     usage error that says why not."""

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cli_args import count, measured_folder, positive_int, results_file  # noqa: E402
+from bench.cli_args import add_scratch_and_json, count, positive_int, results_file, scratch_folder  # noqa: E402
 
 MAX_KB = 1000  # an input and a payload may take up to 1 MiB (``MAX_INPUT_BYTES``, ``MAX_PAYLOAD_BYTES``) as JSON
 
@@ -108,12 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output-shape", choices=SHAPES, default="text", help="what the output is made of: one text "
                     "(default) or small objects like the input's (records)")
     ap.add_argument("--repeat", type=positive_int, default=3, help="runs, each in a new project (default 3)")
-    ap.add_argument("--base-path", default=None, help="where the scratch projects go (default: the system's "
-                    "temporary folder)")
-    ap.add_argument("--json", metavar="FILE", default=None, help="also write the figures to FILE")
+    add_scratch_and_json(ap)
     args = ap.parse_args(argv)
-    if args.base_path is not None:
-        measured_folder(ap, Path(args.base_path))
+    scratch_folder(ap, args)
     with results_file(ap, args.json, "the figures") as json_file:
         result = measure(args.jobs, args.input_kb, args.output_kb, args.repeat, args.base_path, args.output_shape)
         m = result["median"]

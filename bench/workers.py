@@ -32,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.__main__ import code_revision  # noqa: E402
-from bench.cli_args import measured_folder, positive_int, results_file, sizes  # noqa: E402
+from bench.cli_args import add_scratch_and_json, positive_int, results_file, scratch_folder, sizes  # noqa: E402
 
 
 def one_run(workers: int, jobs: int, base: Path) -> dict[str, Any]:
@@ -154,12 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the counts of workers to measure, a comma list (default 1,2,4)")
     ap.add_argument("--jobs", type=positive_int, default=2000, help="no-op jobs per run (default 2000)")
     ap.add_argument("--repeat", type=positive_int, default=3, help="runs of each count, alternated (default 3)")
-    ap.add_argument("--base-path", default=None, help="where the scratch projects go (default: the system's "
-                    "temporary folder)")
-    ap.add_argument("--json", metavar="FILE", default=None, help="also write the figures to FILE")
+    add_scratch_and_json(ap)
     args = ap.parse_args(argv)
-    if args.base_path is not None:
-        measured_folder(ap, Path(args.base_path))
+    scratch_folder(ap, args)
     with results_file(ap, args.json, "the figures") as json_file:
         started = time.time()
         result = measure(tuple(dict.fromkeys(args.workers)), args.jobs, args.repeat, args.base_path)
