@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 import traceback
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench import report
 from bench.cli_args import choices, measured_folder, positive_int, results_file, seconds, sizes
-from bench.common import DUPLICATE_COUNTS, NotApplicable, Params, progress, settle
+from bench.common import DUPLICATE_COUNTS, NotApplicable, Params, code_revision, progress, settle
 
 if TYPE_CHECKING:
     from orchestrator.output_file import OutputFile
@@ -89,22 +88,6 @@ def _guard(name: str, fn: Any, *a: Any) -> dict[str, Any]:
     except Exception as exc:  # one broken peer must not lose the whole run
         traceback.print_exc(file=sys.stderr)
         return {"error": f"{type(exc).__name__}: {exc}"}
-
-
-def code_revision() -> str | None:
-    """The commit of the code measured (``git rev-parse --short HEAD``), ``+changes`` when the package or the
-    benchmark differ from it; None outside a git checkout (an installed copy) or without git."""
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
-        changed = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "orchestrator", "bench"],
-                                 capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if head.returncode != 0 or changed.returncode != 0:
-        return None
-    return head.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
 
 
 def run(params: Params, only: set[str]) -> dict[str, Any]:

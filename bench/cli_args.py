@@ -102,14 +102,14 @@ def add_scratch_and_json(parser: argparse.ArgumentParser) -> None:
 def scratch_folder(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """``--base-path``, if given, checked as ``measured_folder`` checks ``--base``."""
     if args.base_path is not None:
-        measured_folder(parser, Path(args.base_path))
+        measured_folder(parser, Path(args.base_path), "--base-path")
 
 
-def measured_folder(parser: argparse.ArgumentParser, base: Path) -> None:
-    """``--base``: a folder the scratch projects can be made in (made if missing, as the suite always did), or the
-    usage error that says why not."""
+def measured_folder(parser: argparse.ArgumentParser, base: Path, option: str = "--base") -> None:
+    """``option`` (``--base``): a folder the scratch projects can be made in (made if missing, as the suite always
+    did), or the usage error that says why not, naming the option given."""
     try:
         base.mkdir(parents=True, exist_ok=True)
         os.rmdir(tempfile.mkdtemp(prefix="bench-probe-", dir=base))
     except OSError as exc:
-        parser.error(f"--base {base}: cannot make the scratch folders there: {exc.strerror or exc}")
+        parser.error(f"{option} {base}: cannot make the scratch folders there: {exc.strerror or exc}")

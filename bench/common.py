@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -17,8 +18,8 @@ WARMUP: int = _GateSettings.warmup
 # W3's counts of what a double delivery did beyond one run (``ours.duplicates_of``; a peer reports ``duplicates``)
 DUPLICATE_COUNTS = ("duplicates", "extra_runs", "extra_claims", "reruns_pending", "extra_resume_events")
 
-__all__ = ["DUPLICATE_COUNTS", "WARMUP", "NotApplicable", "Params", "percentile", "summarize", "progress", "scratch_dir",
-           "settle", "sqlite_full"]
+__all__ = ["DUPLICATE_COUNTS", "WARMUP", "NotApplicable", "Params", "code_revision", "percentile", "summarize",
+           "progress", "scratch_dir", "settle", "sqlite_full"]
 
 
 class NotApplicable(Exception):
@@ -132,3 +133,19 @@ def timed_poll(check: Callable[[], bool], timeout: float = 30.0, pause: float = 
 
 def env_without_orch() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+
+
+def code_revision() -> str | None:
+    """The commit of the code measured (``git rev-parse --short HEAD``), ``+changes`` when the package or the
+    benchmark differ from it; None outside a git checkout (an installed copy) or without git."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        changed = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "orchestrator", "bench"],
+                                 capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0 or changed.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+changes" if changed.stdout.strip() else "")

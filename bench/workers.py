@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.__main__ import code_revision  # noqa: E402
+from bench.common import code_revision  # noqa: E402
 from bench.cli_args import add_scratch_and_json, positive_int, results_file, scratch_folder, sizes  # noqa: E402
 
 
@@ -54,9 +54,10 @@ def one_run(workers: int, jobs: int, base: Path) -> dict[str, Any]:
         gate.touch()
         summaries = [proc.stop(timeout=600) for proc in procs]
         after = cpu_times()
-    finally:
-        for proc in procs:  # a worker left running by an error above (stop is a no-op on one that ended)
+    except BaseException:
+        for proc in procs:  # a worker left waiting at the gate, or running, by the error: ended (killed after 5 s)
             proc.stop(timeout=5)
+        raise
     if not all(s.get("summary") for s in summaries):
         raise RuntimeError("a worker ended without its summary")
     elapsed_s = (max(s["ended_ns"] for s in summaries) - min(s["started_ns"] for s in summaries)) / 1e9
@@ -65,12 +66,14 @@ def one_run(workers: int, jobs: int, base: Path) -> dict[str, Any]:
                      [(s.job_id, s.state, s.attempt) for s in map(orch.status, orch.job_ids())])
     if wrong:
         raise RuntimeError(f"{workers} workers: " + "; ".join(wrong))
-    races = {key: sum(s.get("races", {}).get(key, 0) for s in summaries) for key in ("taken", "lost")}
+    races: collections.Counter[str] = collections.Counter()  # ``Claimer.races`` of every worker, summed
+    for summary in summaries:
+        races.update(summary["races"])
     busy = None
     if before is not None and after is not None and after[1] > before[1]:
         busy = (after[0] - before[0]) / (after[1] - before[1]) * (os.cpu_count() or 1)
     return {"workers": workers, "jobs_per_s": jobs / elapsed_s, "elapsed_s": elapsed_s, "share": sorted(done),
-            "races": races, "cpus_busy": busy}
+            "races": dict(races), "cpus_busy": busy}
 
 
 def cpu_times() -> tuple[int, int] | None:

@@ -127,7 +127,7 @@ class Claimer:
         self._failed_lookups: dict[str, tuple[int, float, str]] = {}  # kind -> (registry generation, when, why)
         self._known: OrderedDict[str, tuple[JobView, Any]] = OrderedDict()  # see ``remember``
         self._ahead: tuple[JobView, Any] | None = None  # see ``look_ahead``: one view, of any size
-        # jobs another worker took first: found claimed when read (``taken``), or claimed while this one was at it, its
+        # jobs another worker took first: found running when read (``taken``), or claimed while this one was at it, its
         # append refused (``lost``); what several workers on one queue cost each other (``python -m bench.workers``)
         self.races = {"taken": 0, "lost": 0}
 

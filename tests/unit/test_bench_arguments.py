@@ -117,6 +117,8 @@ def test_the_trace_refuses_what_it_cannot_run_with_before_it_runs(
     ("bench.workers", ["--workers", ","], "argument --workers: give at least one (1,2,4)"),
     ("bench.workers", ["--jobs", "0"], "argument --jobs: must be at least 1, not 0"),
     ("bench.workers", ["--json", "."], "cannot write the figures to .: it is a folder"),
+    ("bench.workers", ["--base-path", "/proc/no-bench-here"], "--base-path /proc/no-bench-here: cannot make the scratch "
+     "folders there"),
 ])
 def test_the_other_benchmarks_refuse_what_they_cannot_run_with_before_they_run(
         module: str, args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

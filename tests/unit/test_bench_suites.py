@@ -145,7 +145,7 @@ def test_no_full_suite_is_exit_1_and_a_bad_since_a_usage_error(tmp_path: Path,
 
 
 def test_a_suite_records_the_commit_it_measured_and_whether_the_code_differed_from_it() -> None:
-    from bench.__main__ import code_revision
+    from bench.common import code_revision
 
     if not (REPO / ".git").exists():
         pytest.skip("not a git checkout: the suite records no commit (code_revision is None)")
