@@ -25,12 +25,14 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Collection, Iterator, NamedTuple
 
 from orchestrator import faults
 from orchestrator.errors import INDEX_NOT_UPDATED, OrchestratorError, StorageError
+from orchestrator.limits import keep_latest
 from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import InTransaction
 from orchestrator.store.files import check_folders, link_name, make_folder, open_creating, path_error, remove_file
@@ -336,6 +338,8 @@ class MemoryQueueIndex(QueueIndex):
 
 
 LISTING_MAX_AGE = 0.05  # seconds a worker draining a backlog keeps walking one listing of ready/
+FIRST_CLAIM_EPOCH = 1  # a submitted job's epoch is 0 and a claim takes the next: its first claim's running entry
+PASSED_OVER_KEPT = 4096  # jobs a worker remembers passing over for a first claim in flight (``_claim_in_flight``)
 
 
 class FileQueueIndex(QueueIndex):
@@ -354,6 +358,7 @@ class FileQueueIndex(QueueIndex):
         self._listing: list[str] = []  # the ready/ listing claims walk (see ``candidates``)
         self._listed_at = float("-inf")
         self._next = 0
+        self._passed_over: OrderedDict[str, None] = OrderedDict()  # see ``_claim_in_flight``
         self._cursor = threading.Lock()  # workers of one Orchestrator (threads) share the walk
         self.template = self.root / ENTRY_TEMPLATE
         # an entry's path is joined as a string: a ``pathlib`` join costs ~10 us, three per job
@@ -423,25 +428,51 @@ class FileQueueIndex(QueueIndex):
     def _walk(self, relist: bool) -> Iterator[ReadyEntry]:
         if relist:
             self._relist()
+        later: dict[str, ReadyEntry] = {}  # passed over for a claim in flight: read if nothing else is claimed
         while True:
             while (name := self._take_next()) is not None:
                 entry = ReadyEntry.parse(name)
                 # gone since the listing: claimed by another worker (or dropped). Not read: with several workers on
                 # one queue, reading and checking each job another had claimed cost as much as a claim of one's own
-                if entry is not None and os.path.lexists(os.path.join(self._ready_s, name)):
-                    yield entry
+                if entry is None or not os.path.lexists(os.path.join(self._ready_s, name)):
+                    continue
+                if self._claim_in_flight(entry.job_id):
+                    later[name] = entry
+                    continue
+                yield entry
             if relist:
-                return
+                break
             # an older listing ran out: list once more, so nothing added since (a retry) is missed
             relist = True
             self._relist()
+        for name, entry in later.items():  # a pass that claims nothing has looked at every entry, as before
+            if os.path.lexists(os.path.join(self._ready_s, name)):
+                yield entry
+
+    def _claim_in_flight(self, job_id: str) -> bool:
+        """Whether another worker is claiming this queued job for the first time: its running entry of that claim is
+        there (made before the claim's event) while its ready entry still is (dropped after it). Reading and checking
+        the job then finds it running, or claims it only to lose the append: with four workers on one queue, most
+        jobs were read so by a worker that did not get them (``python -m bench.workers``). Said once a job
+        (``_passed_over``): a crash between that running entry and the claim's event leaves the entry for good (stale
+        recovery cannot tell it from a claim in flight), and such a job is read the next time it is met."""
+        if job_id in self._passed_over or not os.path.lexists(
+                os.path.join(self._running_s, self._running_name(job_id, FIRST_CLAIM_EPOCH))):
+            return False
+        keep_latest(self._passed_over, job_id, None, PASSED_OVER_KEPT)
+        return True
 
     def upcoming(self) -> ReadyEntry | None:
         """The next entry of the listing claims walk (``candidates``): while a backlog is drained, the job the next
-        claim takes (an older listing's next entry too: it is listed again)."""
+        claim takes (an older listing's next entry too: it is listed again). None if another worker has claimed it,
+        or is claiming it for the first time: the claim will pass over it."""
         with self._cursor:
             names = self._listing[self._next:self._next + 1]
-        return ReadyEntry.parse(names[0]) if names else None
+        entry = ReadyEntry.parse(names[0]) if names else None
+        if entry is None or not os.path.lexists(os.path.join(self._ready_s, names[0])) or os.path.lexists(
+                os.path.join(self._running_s, self._running_name(entry.job_id, FIRST_CLAIM_EPOCH))):
+            return None
+        return entry
 
     def _take_next(self) -> str | None:
         with self._cursor:

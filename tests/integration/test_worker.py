@@ -854,6 +854,64 @@ def test_a_worker_counts_the_jobs_it_read_and_found_claimed_by_another_and_the_c
     assert [types(orch, j).count("job_claimed") for j in (first, second, third)] == [1, 1, 1]
 
 
+
+def test_a_worker_passes_over_a_job_another_worker_is_claiming_without_reading_it(orch, base, keyring,
+                                                                                  monkeypatch) -> None:
+    """The claimer makes the job's running entry before its claim's event, and drops the ready entry after it: a
+    worker that meets the job in between takes the next one, unread (reading it found it running, or claimed it
+    only to lose the append: with four workers, most jobs were read so by one that did not get them)."""
+    from orchestrator import faults
+
+    first, second = orch.submit("t.echo", "a"), orch.submit("t.echo", "b")
+    a, b = make_worker(orch, worker_id="a"), _second_worker(base, keyring)
+    read: list[str] = []
+    real_load = orch.load
+
+    def load(job_id, **kw):
+        assert job_id != first, "read while b's claim of it was in flight"  # (its claim would wait on b's lock)
+        read.append(job_id)
+        return real_load(job_id, **kw)
+
+    monkeypatch.setattr(orch, "load", load)
+    claimed_meanwhile = []
+    # b's claim of ``first``: its running entry made, its line not yet written (it holds the file's lock)
+    faults.arm("store.append.before_write", lambda: claimed_meanwhile.append(a.claim().job_id))
+    assert b.claim().job_id == first and claimed_meanwhile == [second]
+    assert read == [second] and a.claimer.races == {"taken": 0, "lost": 0}
+    assert [types(orch, j).count("job_claimed") for j in (first, second)] == [1, 1]
+
+
+def test_a_running_entry_a_crash_left_before_a_first_claim_delays_its_job_by_one_meeting_at_most(orch) -> None:
+    """A worker that dies between a first claim's running entry and its event leaves the entry for good (stale
+    recovery cannot tell it from a claim in flight): the job is passed over once, then read and claimed, even while
+    other jobs keep coming; and a pass that finds nothing else claims it (``worker --once`` does not exit idle)."""
+    lone = orch.submit("t.echo", "a")
+    orch.queue.put_running(lone, 1)  # the crash's leftover
+    w = make_worker(orch)
+    assert w.claim().job_id == lone  # passed over, then read at the end of the pass that found nothing else
+    left, second = orch.submit("t.echo", "b"), orch.submit("t.echo", "c")
+    orch.queue.put_running(left, 1)
+    w2 = make_worker(orch)
+    assert w2.claim().job_id == second  # ``left`` passed over once
+    third = orch.submit("t.echo", "d")
+    assert w2.claim().job_id == left  # met again: read and claimed before the job queued after it
+    assert w2.claim().job_id == third
+    assert [types(orch, j).count("job_claimed") for j in (lone, left, second, third)] == [1, 1, 1, 1]
+
+
+def test_a_worker_does_not_read_ahead_a_job_another_worker_is_claiming(orch) -> None:
+    first, second, third = (orch.submit("t.echo", x) for x in "abc")
+    w = make_worker(orch)
+    assert w.claim().job_id == first
+    assert orch.queue.upcoming().job_id == second  # what the look ahead reads while ``first`` runs
+    orch.queue.put_running(second, 1)  # another worker's claim of ``second`` in flight (its running entry made)
+    assert orch.queue.upcoming() is None
+    w.claimer.look_ahead()
+    assert kept_ahead(w) is None  # not read
+    assert w.claim().job_id == third  # passed over (its claim still in flight, as far as this worker can tell)
+    assert w.claim().job_id == second  # the entry left for good: read at the next meeting
+
+
 # -- leases, stale recovery, fencing ----------------------------------------------------------------
 def test_heartbeats_renew_the_lease_without_writing_events(orch) -> None:
     job = orch.submit("t.lease", {"sleep": 0.6})
