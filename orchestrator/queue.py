@@ -434,7 +434,7 @@ class FileQueueIndex(QueueIndex):
                 entry = ReadyEntry.parse(name)
                 # gone since the listing: claimed by another worker (or dropped). Not read: with several workers on
                 # one queue, reading and checking each job another had claimed cost as much as a claim of one's own
-                if entry is None or not os.path.lexists(os.path.join(self._ready_s, name)):
+                if entry is None or not _entry_exists(os.path.join(self._ready_s, name)):
                     continue
                 if self._claim_in_flight(entry.job_id):
                     later[name] = entry
@@ -446,7 +446,7 @@ class FileQueueIndex(QueueIndex):
             relist = True
             self._relist()
         for name, entry in later.items():  # a pass that claims nothing has looked at every entry, as before
-            if os.path.lexists(os.path.join(self._ready_s, name)):
+            if _entry_exists(os.path.join(self._ready_s, name)):
                 yield entry
 
     def _claim_in_flight(self, job_id: str) -> bool:
@@ -456,7 +456,7 @@ class FileQueueIndex(QueueIndex):
         jobs were read so by a worker that did not get them (``python -m bench.workers``). Said once a job
         (``_passed_over``): a crash between that running entry and the claim's event leaves the entry for good (stale
         recovery cannot tell it from a claim in flight), and such a job is read the next time it is met."""
-        if job_id in self._passed_over or not os.path.lexists(
+        if job_id in self._passed_over or not _entry_exists(
                 os.path.join(self._running_s, self._running_name(job_id, FIRST_CLAIM_EPOCH))):
             return False
         keep_latest(self._passed_over, job_id, None, PASSED_OVER_KEPT)
@@ -469,7 +469,7 @@ class FileQueueIndex(QueueIndex):
         with self._cursor:
             names = self._listing[self._next:self._next + 1]
         entry = ReadyEntry.parse(names[0]) if names else None
-        if entry is None or not os.path.lexists(os.path.join(self._ready_s, names[0])) or os.path.lexists(
+        if entry is None or not _entry_exists(os.path.join(self._ready_s, names[0])) or _entry_exists(
                 os.path.join(self._running_s, self._running_name(entry.job_id, FIRST_CLAIM_EPOCH))):
             return None
         return entry
@@ -545,6 +545,12 @@ class FileQueueIndex(QueueIndex):
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None
+
+
+def _entry_exists(path: str) -> bool:
+    """Whether an index entry is there (a link planted in its place counts, never followed): ``faccessat``, ~0.4 us,
+    where ``os.path.lexists`` raises and catches an error for a missing entry (~1.1 us), one to three times a claim."""
+    return os.access(path, os.F_OK, follow_symlinks=False)
 
 
 def index_for(orch: "Orchestrator", wakeup: str | None = None) -> QueueIndex:
