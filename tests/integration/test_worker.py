@@ -854,7 +854,6 @@ def test_a_worker_counts_the_jobs_it_read_and_found_claimed_by_another_and_the_c
     assert [types(orch, j).count("job_claimed") for j in (first, second, third)] == [1, 1, 1]
 
 
-
 def test_a_worker_passes_over_a_job_another_worker_is_claiming_without_reading_it(orch, base, keyring,
                                                                                   monkeypatch) -> None:
     """The claimer makes the job's running entry before its claim's event, and drops the ready entry after it: a
