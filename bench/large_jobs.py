@@ -57,11 +57,11 @@ def job_input(input_kb: int, output_kb: int, output_shape: str = "text") -> dict
 
 def one_run(jobs: int, input_kb: int, output_kb: int, base: Path, output_shape: str = "text") -> dict[str, float]:
     """Submit ``jobs`` jobs in a new project under ``base``, then let one worker process run them all."""
-    from bench.ours import _env, _orch
+    from bench.ours import project_env, project_orchestrator
     from orchestrator import latency as lat
 
-    env = _env(base)
-    orch = _orch(base, env)
+    env = project_env(base)
+    orch = project_orchestrator(base, env)
     data = job_input(input_kb, output_kb, output_shape)
     kind = lat.ECHO_KIND if output_kb else lat.NOOP_KIND
     started = time.perf_counter()

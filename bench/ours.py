@@ -18,14 +18,17 @@ from orchestrator import latency as lat
 from orchestrator import terminal_bench as tb
 
 
-def _orch(base: Path, env: dict[str, str]) -> Any:
+def project_orchestrator(base: Path, env: dict[str, str]) -> Any:
+    """The benchmark's project ``bench`` under ``base``, signing with the key ``project_env`` gave its processes."""
     from orchestrator.api import Orchestrator
     from orchestrator.key_files import load_keyring
 
     return Orchestrator(base_path=base, project_id="bench", keyring=load_keyring(env, announce=False))
 
 
-def _env(base: Path) -> dict[str, str]:
+def project_env(base: Path) -> dict[str, str]:
+    """The environment of a benchmark's processes on a project under ``base``: a new signing key, its keyring there,
+    no other ``ORCH_*`` setting of the caller's."""
     from orchestrator.signing import new_seed
 
     env = env_without_orch()
@@ -37,8 +40,8 @@ def w1_w4(params: Params) -> dict[str, Any]:
     """W1: ``w1_jobs`` no-op jobs submitted, then one worker process runs them all; W4: its peak RSS."""
     base = scratch_dir(params, "ours-w1")
     try:
-        env = _env(base)
-        orch = _orch(base, env)
+        env = project_env(base)
+        orch = project_orchestrator(base, env)
         t0 = time.perf_counter()
         for i in range(params.w1_jobs):
             orch.submit(lat.NOOP_KIND, {"i": i})
@@ -89,7 +92,7 @@ def w2_terminal(params: Params) -> dict[str, Any]:
 def _resume_at(args: tuple[str, dict[str, str], str, Any]) -> None:
     """One delivery of the answer, in its own process; a refused or failed one exits non-zero."""
     base, env, job_id, barrier = args
-    orch = _orch(Path(base), env)
+    orch = project_orchestrator(Path(base), env)
     barrier.wait()
     orch.resume(job_id, "yes")
 
@@ -116,8 +119,8 @@ def w3(params: Params) -> dict[str, Any]:
     base = scratch_dir(params, "ours-w3")
     worker = None
     try:
-        env = _env(base)
-        orch = _orch(base, env)
+        env = project_env(base)
+        orch = project_orchestrator(base, env)
         worker = lat.WorkerProcess(str(base), "bench", env).start()
         reader = lat.Reader(orch)
         lat_ms: list[float] = []

@@ -37,11 +37,11 @@ from bench.cli_args import add_scratch_and_json, positive_int, results_file, scr
 
 def one_run(workers: int, jobs: int, base: Path) -> dict[str, Any]:
     """``jobs`` no-op jobs in a new project under ``base``, drained by ``workers`` worker processes let go together."""
-    from bench.ours import _env, _orch
+    from bench.ours import project_env, project_orchestrator
     from orchestrator import latency as lat
 
-    env = _env(base)
-    orch = _orch(base, env)
+    env = project_env(base)
+    orch = project_orchestrator(base, env)
     for i in range(jobs):
         orch.submit(lat.NOOP_KIND, {"i": i})
     gate = base / "go"

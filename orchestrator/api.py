@@ -23,8 +23,7 @@ from orchestrator.errors import (AuxNotWrittenError, ConcurrencyError, ConfigErr
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream,
                                   check_head_record, check_head, head_record, seal, verify_stream)
 from orchestrator.key_files import load_keyring
-from orchestrator.limits import (MAX_INPUT_BYTES, MAX_JSON_DEPTH, MAX_KIND_LENGTH, MAX_PROCESSES, is_kind, is_unicode,
-                                 encoded_depth, whole_number)
+from orchestrator.limits import MAX_INPUT_BYTES, MAX_KIND_LENGTH, MAX_PROCESSES, is_kind, is_unicode, whole_number
 from orchestrator.notices import log_warning
 from orchestrator.security import sanitize_text, shown, validate_id
 from orchestrator.signing import SUBMITTED_CONTEXT_MIN_BYTES, Encoded, Keyring, canonical
@@ -399,7 +398,7 @@ class Orchestrator:
         """Submit a job; with an idempotency ``key``, the same key returns the same job.
 
         The key is checked here, not in ``JobOptions``, which also describes older histories (free-text keys)."""
-        from orchestrator.event_models import encoded_value, job_options, too_deep
+        from orchestrator.event_models import encoded_value, job_options, refuse_too_deep
 
         if not is_kind(kind):  # named here, not as a model's error
             raise InvalidInputError(f"the kind must be a handler name of 1 to {MAX_KIND_LENGTH} characters of valid Unicode, "
@@ -414,8 +413,7 @@ class Orchestrator:
         if size > MAX_INPUT_BYTES:
             raise InvalidInputError(f"the job input is {size} bytes as JSON (at most {MAX_INPUT_BYTES}); "
                                     "pass large data as a file path or an artifact")
-        if encoded_depth(encoded_input) > MAX_JSON_DEPTH:  # from the bytes: a walk of 1 MB of objects costs ~16x
-            raise InvalidInputError(too_deep("the job input"))
+        refuse_too_deep(encoded_input, "the job input")  # after the size: a large input is refused unwalked
         # a long input's line holds the bytes measured and hashed here, not the input encoded again (~17 ms a MB); a
         # short one is encoded again, which costs less than the splice (``Encoded``)
         sealed = Encoded(input, encoded_input) if size >= SUBMITTED_CONTEXT_MIN_BYTES else input

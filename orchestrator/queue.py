@@ -420,7 +420,8 @@ class FileQueueIndex(QueueIndex):
         and the folder is listed again once the walk reaches its end or the listing is older than
         ``LISTING_MAX_AGE`` (so a job of higher priority submitted meanwhile waits at most that long).
         The zero-padded names sort as their entries do: a string sort (C speed) gives the claim
-        order, and only the entries a claim actually looks at are parsed.
+        order, and only the entries a claim actually looks at are parsed. An entry gone since the listing is passed
+        over, and one whose first claim another worker has in flight comes last (``_claim_in_flight``).
         """
         fresh = time.monotonic() - self._listed_at <= LISTING_MAX_AGE
         return self._walk(relist=not (fresh and self._next < len(self._listing)))
@@ -434,7 +435,7 @@ class FileQueueIndex(QueueIndex):
                 entry = ReadyEntry.parse(name)
                 # gone since the listing: claimed by another worker (or dropped). Not read: with several workers on
                 # one queue, reading and checking each job another had claimed cost as much as a claim of one's own
-                if entry is None or not _entry_exists(os.path.join(self._ready_s, name)):
+                if entry is None or not self._ready_there(name):
                     continue
                 if self._claim_in_flight(entry.job_id):
                     later[name] = entry
@@ -446,7 +447,7 @@ class FileQueueIndex(QueueIndex):
             relist = True
             self._relist()
         for name, entry in later.items():  # a pass that claims nothing has looked at every entry, as before
-            if _entry_exists(os.path.join(self._ready_s, name)):
+            if self._ready_there(name):
                 yield entry
 
     def _claim_in_flight(self, job_id: str) -> bool:
@@ -456,11 +457,18 @@ class FileQueueIndex(QueueIndex):
         jobs were read so by a worker that did not get them (``python -m bench.workers``). Said once a job
         (``_passed_over``): a crash between that running entry and the claim's event leaves the entry for good (stale
         recovery cannot tell it from a claim in flight), and such a job is read the next time it is met."""
-        if job_id in self._passed_over or not _entry_exists(
-                os.path.join(self._running_s, self._running_name(job_id, FIRST_CLAIM_EPOCH))):
+        if job_id in self._passed_over or not self._first_claim_made(job_id):
             return False
-        keep_latest(self._passed_over, job_id, None, PASSED_OVER_KEPT)
+        with self._cursor:  # workers of one Orchestrator (threads) share the memory, as the walk
+            keep_latest(self._passed_over, job_id, None, PASSED_OVER_KEPT)
         return True
+
+    def _ready_there(self, name: str) -> bool:
+        return _entry_exists(os.path.join(self._ready_s, name))
+
+    def _first_claim_made(self, job_id: str) -> bool:
+        """Whether the running entry of the job's first claim is there (made before that claim's event)."""
+        return _entry_exists(os.path.join(self._running_s, self._running_name(job_id, FIRST_CLAIM_EPOCH)))
 
     def upcoming(self) -> ReadyEntry | None:
         """The next entry of the listing claims walk (``candidates``): while a backlog is drained, the job the next
@@ -469,8 +477,7 @@ class FileQueueIndex(QueueIndex):
         with self._cursor:
             names = self._listing[self._next:self._next + 1]
         entry = ReadyEntry.parse(names[0]) if names else None
-        if entry is None or not _entry_exists(os.path.join(self._ready_s, names[0])) or _entry_exists(
-                os.path.join(self._running_s, self._running_name(entry.job_id, FIRST_CLAIM_EPOCH))):
+        if entry is None or not self._ready_there(names[0]) or self._first_claim_made(entry.job_id):
             return None
         return entry
 

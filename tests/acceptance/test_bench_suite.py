@@ -125,7 +125,7 @@ def test_w3_refuses_to_report_duplicates_when_a_delivery_of_the_answer_failed(tm
             os.close(os.open(tmp_path / f"first-{job_id}", os.O_WRONLY | os.O_CREAT | os.O_EXCL))
         except FileExistsError:
             raise SystemExit(1) from None
-        ours._orch(Path(base), env).resume(job_id, "yes")
+        ours.project_orchestrator(Path(base), env).resume(job_id, "yes")
 
     monkeypatch.setattr(ours, "_resume_at", second_refused)
     with pytest.raises(RuntimeError, match=r"a delivery of the same answer to job \S+ failed \(exit codes "):
