@@ -130,6 +130,9 @@ class Claimer:
         # jobs another worker took first: found running when read (``taken``), or claimed while this one was at it, its
         # append refused (``lost``); what several workers on one queue cost each other (``python -m bench.workers``)
         self.races = {"taken": 0, "lost": 0}
+        # the last pass left a runnable job for another worker (another kind, no handler, a key it does not trust):
+        # this worker then watches for new jobs on its own, not in turn with the others (``QueueIndex.wait``)
+        self.left_for_others = False
 
     def claim(self, now: float | None = None) -> Claim | None:
         """Claim the first runnable job (priority, then FIFO); None if there is none."""
@@ -138,11 +141,13 @@ class Claimer:
         self.next_due = None
         self.unhandled = {}
         self.untrusted.new_pass()
+        self.left_for_others = False
         # a job left for want of a handler or a key is never the one a shared index reserves for this worker: reserved
         # at every pass, it would keep the workers that can run it waiting (PostgreSQL, ``QueueIndex.candidates``)
         skip = self.untrusted.skipped() + self.left.skipped()
         for entry in self.queue.candidates(now, skip=skip, kinds=self.settings.kinds):
             if self.left.passes_over(entry.job_id):  # of a kind this worker does not run: no read, not waited for
+                self.left_for_others = True
                 continue
             if self._kinds and not self._of_my_kinds(entry):  # its first line read once, then remembered
                 continue
@@ -150,6 +155,7 @@ class Claimer:
                 self.next_due = min(self.next_due or entry.runnable_at, entry.runnable_at)
                 continue
             if self.untrusted.passes_over(entry, entry.job_id):  # left for want of a key, as it was: no read
+                self.left_for_others = True
                 continue
             claim = self._try_claim(entry, now)
             if claim is not None:
@@ -187,6 +193,7 @@ class Claimer:
         it. Not again: a job left before and reserved again (out of ``skip``, which holds the ``SKIPPED_MAX`` left
         last) waits out its reservation, or each release's notify would wake this worker into another pass that
         reserves the next such job, for ever."""
+        self.left_for_others = True
         if self.left.leave(job_id, for_good=for_good):
             self.queue.release(entry)
 
@@ -235,6 +242,7 @@ class Claimer:
             missing = view.missing_keys()
             if missing:  # nothing else wrong: a worker that trusts those keys can check it, and runs it
                 self.untrusted.leave(entry, view.job_id, missing)
+                self.left_for_others = True
                 self.queue.release(entry)
                 return None
             self._refuse(view, entry, now)

@@ -36,7 +36,7 @@ from orchestrator.limits import keep_latest
 from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import InTransaction
 from orchestrator.store.files import check_folders, link_name, make_folder, open_creating, path_error, remove_file
-from orchestrator.wakeup import Watcher, make_watcher, wakeup_mode
+from orchestrator.wakeup import InotifyWatcher, Watcher, WatchTurn, make_watcher, wakeup_mode, watch_turn
 
 if TYPE_CHECKING:
     from orchestrator.api import Orchestrator
@@ -226,11 +226,17 @@ class QueueIndex(ABC):
     @abstractmethod
     def mark_built(self) -> None: ...
 
-    def wait(self, timeout: float) -> bool:
+    def wait(self, timeout: float, take_turns: bool = True) -> bool:
         """Block until new work may have been announced, or ``timeout`` seconds; no busy polling. Each thread
-        waits on its own (workers of one Orchestrator in several threads)."""
+        waits on its own (workers of one Orchestrator in several threads). ``take_turns``: this worker may wait its
+        turn to watch, with the other idle workers of the queue (``FileQueueIndex``); False when its last claim
+        pass left a job for another worker (another kind, no handler, a key it does not trust), so that the turn
+        goes on to one that may run it."""
         threading.Event().wait(timeout)
         return False
+
+    def hand_over_watch(self) -> None:
+        """This thread has claimed a job: if it was the idle worker watching for new ones, another watches now."""
 
     def close(self) -> None:
         """Release this thread's watch; the index is still usable for claims afterwards."""
@@ -330,7 +336,7 @@ class MemoryQueueIndex(QueueIndex):
     def mark_built(self) -> None:
         self._built = True
 
-    def wait(self, timeout: float) -> bool:
+    def wait(self, timeout: float, take_turns: bool = True) -> bool:
         with self._cond:
             woke = self._cond.wait_for(lambda: self._announced != self._seen, timeout)
             self._seen = self._announced
@@ -340,6 +346,7 @@ class MemoryQueueIndex(QueueIndex):
 LISTING_MAX_AGE = 0.05  # seconds a worker draining a backlog keeps walking one listing of ready/
 FIRST_CLAIM_EPOCH = 1  # a submitted job's epoch is 0 and a claim takes the next: its first claim's running entry
 PASSED_OVER_KEPT = 4096  # jobs a worker remembers passing over for a first claim in flight (``_claim_in_flight``)
+TAKEN_OVER_NAMES_CHECKED = 64  # more entries announced while a worker waited its turn: it walks, without a look at each
 
 
 class FileQueueIndex(QueueIndex):
@@ -537,18 +544,58 @@ class FileQueueIndex(QueueIndex):
     def _watcher(self, watcher: "Watcher | None") -> None:
         self._waits.watcher = watcher
 
-    def wait(self, timeout: float) -> bool:
+    @property
+    def _turn(self) -> "WatchTurn | None":
+        return getattr(self._waits, "turn", None)
+
+    @_turn.setter
+    def _turn(self, turn: "WatchTurn | None") -> None:
+        self._waits.turn = turn
+
+    def wait(self, timeout: float, take_turns: bool = True) -> bool:
+        """Idle workers take turns watching ``ready/`` (``wakeup.WatchTurn``): one whose turn it is not waits for it,
+        and when it comes looks at once if an entry announced meanwhile is still there (another worker's claim
+        removed the rest). One that left a job for another worker (``take_turns`` False) gives its turn up and
+        watches on its own: the turn goes on until a worker that runs the job has it, or every idle one watches.
+        Where turns cannot be taken (polling), every idle worker watches."""
+        end = time.monotonic() + timeout
         # ready/ removed or moved away (the index is a cache: deletable at any time): the next entry goes into a new
         # folder, so that one is watched, and "look now" said, for an entry put there before the watch
         lost = self._watcher is not None and self._watcher.lost
         if lost:
             self.close()
-        if self._watcher is None:
+        watcher = self._watcher
+        if watcher is None:
             make_folder(self.ready_dir, self.root)
-            self._watcher = make_watcher(self.ready_dir, self._wakeup)
-        return True if lost else self._watcher.wait(timeout)
+            watcher = self._watcher = make_watcher(self.ready_dir, self._wakeup)
+            self._turn = watch_turn(self.root) if isinstance(watcher, InotifyWatcher) else None
+        if lost:
+            return True
+        turn = self._turn
+        if turn is not None and not take_turns:
+            turn.hand_over()
+        elif turn is not None and not turn.mine:
+            if not turn.take():
+                turn.wait(timeout)
+                if not turn.take():
+                    return False
+            if watcher.wait(0) and self._still_ready(watcher.changed(TAKEN_OVER_NAMES_CHECKED)):
+                return True
+        return watcher.wait(max(0.0, end - time.monotonic()))
+
+    def _still_ready(self, names: "set[str] | None") -> bool:
+        """Whether one of the entries announced while this worker waited its turn is still there to claim (not
+        known, or too many to look at each: a look is due)."""
+        return names is None or any(self._ready_there(name) for name in names)
+
+    def hand_over_watch(self) -> None:
+        if self._turn is not None:
+            self._turn.hand_over()
 
     def close(self) -> None:
+        if self._turn is not None:
+            self._turn.close()
+            self._turn = None
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None

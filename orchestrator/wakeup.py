@@ -5,13 +5,20 @@ an inotify descriptor watching the ready index folder: a new entry (``IN_CREATE`
 announced one (``IN_ATTRIB``, touched after the event is durable) wakes it at once.
 Elsewhere, or if inotify is unavailable, ``PollingWatcher`` compares the folder's mtime
 every ``POLL_INTERVAL`` seconds (``ORCH_WAKEUP=poll`` forces it).
+
+inotify wakes every watcher of a folder, so the idle workers of one queue take turns (``WatchTurn``): one watches,
+the others wait for it to claim a job or stop.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
+import fcntl
 import logging
 import os
+import select
+import stat
 import struct
 import sys
 import threading
@@ -21,6 +28,7 @@ from pathlib import Path
 from orchestrator.descriptors import readable
 from orchestrator.errors import ConfigError
 from orchestrator.security import shown
+from orchestrator.store.files import close_lock_descriptor, open_creating, open_lock_descriptor
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +36,7 @@ POLL_INTERVAL = 0.2
 IN_ATTRIB, IN_MOVED_TO, IN_CREATE, IN_CLOSE_WRITE = 0x4, 0x80, 0x100, 0x8
 # the watched folder itself went away: moved (IN_MOVE_SELF), or removed, which ends the watch (IN_IGNORED)
 IN_MOVE_SELF, IN_IGNORED = 0x800, 0x8000
+IN_Q_OVERFLOW = 0x4000  # events were lost: which names changed is not known
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then len bytes of name
 IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, 0o2000000
 WAKEUP_MODES = ("auto", "poll")  # ORCH_WAKEUP
@@ -51,6 +60,11 @@ class Watcher:
 
     def close(self) -> None:
         pass
+
+    def changed(self, most: int) -> set[str] | None:
+        """The names of the entries the last ``wait`` that returned True was woken for; None if that is not known
+        (polling, events lost, the folder itself changed) or more than ``most``."""
+        return None
 
 
 class PollingWatcher(Watcher):
@@ -92,16 +106,35 @@ class InotifyWatcher(Watcher):
             os.close(fd)
             raise OSError(err, f"inotify_add_watch({path}) failed")
         self.fd = fd
+        self._read: list[bytes] = []  # what the last wait that returned True read: its events
 
     def wait(self, timeout: float) -> bool:
         if not readable([self.fd], timeout):
             return False
+        read = []
         try:
             while data := os.read(self.fd, 65536):
+                read.append(data)
                 self.lost = self.lost or _folder_gone(data)
         except BlockingIOError:
             pass
+        self._read = read  # the names in it parsed only if asked (``changed``): a reader's watch never asks
         return True
+
+    def changed(self, most: int) -> set[str] | None:
+        names: set[str] = set()
+        for data in self._read:
+            pos = 0
+            while pos + _EVENT.size <= len(data):
+                _, mask, _, length = _EVENT.unpack_from(data, pos)
+                name = data[pos + _EVENT.size:pos + _EVENT.size + length].rstrip(b"\0")
+                if not name or mask & IN_Q_OVERFLOW:  # the folder itself, or events lost: not known
+                    return None
+                names.add(os.fsdecode(name))
+                if len(names) > most:
+                    return None
+                pos += _EVENT.size + length
+        return names
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -119,6 +152,102 @@ def _folder_gone(data: bytes) -> bool:
             return True
         pos += _EVENT.size + length
     return False
+
+
+TURN_LOCK = ".watching"  # in the index folder: held (``flock``) by the idle worker whose turn it is to watch
+TURN_FIFO = ".turns"  # in the index folder: a byte written there wakes one of the idle workers waiting their turn
+
+
+class WatchTurn:
+    """Whose turn it is to watch the ready folder, among the idle workers of one queue: one at a time.
+
+    inotify wakes every watcher of a folder: with four idle workers on one queue, each new job woke four processes,
+    three of which walked the index and read the job for nothing, and the wake-ups alone cost the job ~1.5 ms at
+    the median on two CPUs (docs/performance.md, "Several workers on one queue"). The worker whose turn it is
+    holds ``flock`` on ``.watching`` and waits on its watch; the others wait on the FIFO ``.turns`` with
+    ``EPOLLEXCLUSIVE``, so that one byte written there wakes one of them. The worker watching lets go once it has
+    claimed a job, or stops (``hand_over``: the lock, then a byte). One that dies without writing it (killed)
+    leaves the lock free: the waiters try to take it each time a wait of theirs ends (``STOP_CHECK_SECONDS``).
+    Each thread has its own (its own descriptions of both files: ``flock`` tells threads apart by them)."""
+
+    def __init__(self, folder: str) -> None:
+        self.mine = False
+        self._lock = self._fifo = -1
+        self._poll: "select.epoll | None" = None
+        try:
+            # a planted link, or a file of another kind, is refused: ``OSError``, and the caller watches as before
+            # a process forked meanwhile (a handler process) never keeps the lock (``store.files._LOCK_FDS``): one that
+            # outlived a worker killed while watching would keep the turn from every other idle worker
+            self._lock = open_lock_descriptor(
+                lambda: open_creating(os.path.join(folder, TURN_LOCK), folder, os.O_RDWR | os.O_CLOEXEC))
+            fifo = os.path.join(folder, TURN_FIFO)
+            try:
+                os.mkfifo(fifo, 0o600)
+            except FileExistsError:
+                pass
+            # read and write: never blocks, never reads an end, and the watcher writes through it
+            self._fifo = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if not stat.S_ISFIFO(os.fstat(self._fifo).st_mode):
+                raise OSError(errno.EINVAL, f"{fifo} is not a FIFO")
+            self._poll = select.epoll(1)
+            self._poll.register(self._fifo, select.EPOLLIN | select.EPOLLEXCLUSIVE)  # Linux 4.5 and later
+        except BaseException:
+            self.close()
+            raise
+
+    def take(self) -> bool:
+        """Whether it is this thread's turn to watch: it was, or it takes the lock now."""
+        if not self.mine:
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            self.mine = True
+        return True
+
+    def wait(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the worker watching to let go, or the bytes written so far are read:
+        the lock is then tried (``take``) after the last hand-over they tell of, so either it is free or another
+        worker took it since."""
+        assert self._poll is not None
+        if self._poll.poll(timeout):
+            try:
+                while os.read(self._fifo, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def hand_over(self) -> None:
+        """Let another idle worker watch: this one has a job to run, or stops."""
+        if self.mine:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self.mine = False
+            try:
+                os.write(self._fifo, b"\0")
+            except BlockingIOError:  # full: bytes nobody read yet will wake the next waiter
+                pass
+
+    def close(self) -> None:
+        if self._lock >= 0 and self._fifo >= 0:
+            self.hand_over()
+        if self._poll is not None:
+            self._poll.close()
+            self._poll = None
+        if self._lock >= 0:
+            close_lock_descriptor(self._lock)
+        if self._fifo >= 0:
+            os.close(self._fifo)
+        self._lock = self._fifo = -1
+
+
+def watch_turn(folder: Path) -> WatchTurn | None:
+    """The thread's ``WatchTurn`` on ``folder``, or None where turns cannot be taken (no FIFO on this file
+    system, a kernel before 4.5, a file planted in the way): every idle worker then watches, as before."""
+    try:
+        return WatchTurn(os.fspath(folder))
+    except (OSError, AttributeError) as exc:  # AttributeError: no ``select.epoll`` / ``EPOLLEXCLUSIVE``
+        log.info("idle workers watch for new jobs together (%s)", exc)
+        return None
 
 
 def make_watcher(path: Path, mode: str = "auto") -> Watcher:

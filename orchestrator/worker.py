@@ -508,6 +508,7 @@ class Worker:
                     claim = self.claim(now)
                     pause = STORE_RETRY_FIRST_SECONDS
                     if claim is not None:
+                        self.queue.hand_over_watch()  # another idle worker watches for the next job meanwhile
                         # the last run of ``max_jobs`` has no next claim to read ahead for
                         result = self.execute(claim, look_ahead=max_jobs is None or done + 1 < max_jobs)
                         done += 1
@@ -532,13 +533,15 @@ class Worker:
 
     def _idle(self, timeout: float) -> None:
         """Wait up to ``timeout`` for new work, in steps of ``STOP_CHECK_SECONDS``: a ``stop()`` from another thread
-        ends the wait that soon (a signal at once)."""
+        ends the wait that soon (a signal at once). In turn with the other idle workers of the queue, unless the last
+        claim pass left a job for another worker (``QueueIndex.wait``)."""
         end = time.monotonic() + timeout
+        take_turns = not self.claimer.left_for_others
         try:
             self._in_wait = True
             while not self.stopping:
                 left = max(0.0, end - time.monotonic())
-                if self.queue.wait(min(left, STOP_CHECK_SECONDS)) or left <= STOP_CHECK_SECONDS:
+                if self.queue.wait(min(left, STOP_CHECK_SECONDS), take_turns) or left <= STOP_CHECK_SECONDS:
                     return
         except WorkerStop:
             pass

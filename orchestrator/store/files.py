@@ -52,6 +52,22 @@ class lock_descriptor:  # noqa: N801 - used as a function: ``with lock_descripto
             os.close(self.fd)
 
 
+def open_lock_descriptor(opener: Callable[[], int]) -> int:
+    """The descriptor ``opener`` opens, for an ``flock`` held longer than a block (``lock_descriptor``'s): never kept
+    by a process forked meanwhile (``_LOCK_FDS``). Closed by ``close_lock_descriptor``."""
+    with _lock_fds_guard:
+        fd = opener()
+        _LOCK_FDS.add(fd)
+    return fd
+
+
+def close_lock_descriptor(fd: int) -> None:
+    """Close a descriptor of ``open_lock_descriptor``, which releases its lock."""
+    with _lock_fds_guard:
+        _LOCK_FDS.discard(fd)
+        os.close(fd)
+
+
 def _close_lock_descriptors_in_child() -> None:
     global _lock_fds_guard
     for fd in _LOCK_FDS:

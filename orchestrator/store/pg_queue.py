@@ -306,8 +306,9 @@ class PgQueueIndex(QueueIndex):
         self.store.put_aux(INDEX_AREA, BUILT_KEY, b"1")
 
     # -- waking idle workers ----------------------------------------------------------------------
-    def wait(self, timeout: float) -> bool:
-        """Block until a job of this project is announced (``NOTIFY``), or the timeout passes.
+    def wait(self, timeout: float, take_turns: bool = True) -> bool:
+        """Block until a job of this project is announced (``NOTIFY``), or the timeout passes (every idle worker
+        listens: ``take_turns`` changes nothing here).
 
         Announcements made while the caller was scanning are queued on the listening
         connection, so the next ``wait`` returns at once: none is missed. A wait that listens again after a

@@ -591,8 +591,8 @@ def test_the_workers_benchmark_drains_one_queue_with_several_worker_processes_an
         tmp_path: Path, cli_env) -> None:
     out = tmp_path / "workers.json"
     proc = subprocess.run([sys.executable, "-m", "bench.workers", "--workers", "1,2", "--jobs", "12", "--repeat", "1",
-                           "--base-path", str(tmp_path / "b"), "--json", str(out)], cwd=REPO, env=cli_env,
-                          capture_output=True, text=True, timeout=120)
+                           "--one-at-a-time", "3", "--base-path", str(tmp_path / "b"), "--json", str(out)], cwd=REPO,
+                          env=cli_env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "12 no-op jobs drained by several worker processes at once" in proc.stdout
     assert "every job ran exactly once" in proc.stdout and "| 2 |" in proc.stdout
@@ -602,4 +602,11 @@ def test_the_workers_benchmark_drains_one_queue_with_several_worker_processes_an
     (one,), (two,) = data["runs"]["1"], data["runs"]["2"]
     assert one["share"] == [12] and sum(two["share"]) == 12 and len(two["share"]) == 2
     assert set(two["races"]) == {"taken", "lost"} and two["jobs_per_s"] > 0
+    # --one-at-a-time: the latency of one job at a time with that many idle workers, and what they spent on it
+    assert "3 jobs submitted one at a time" in proc.stdout and "run 1/1, 2 idle worker(s): P50" in proc.stderr
+    idle = data["one_at_a_time"]
+    assert idle["samples"] == 3 and set(idle["medians"]) == {"1", "2"}
+    (alone,) = idle["runs"]["1"]
+    assert alone["submit_to_visible_ms"]["n"] == 3 and 0 < alone["submit_to_visible_ms"]["p50"] < 1000
+    assert alone["cpu_ms_a_job"] >= 0 and alone["switches_a_job"] > 0  # each job wakes its worker at least
     assert not list((tmp_path / "b").iterdir())  # each run's project is removed

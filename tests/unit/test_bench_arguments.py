@@ -116,6 +116,7 @@ def test_the_trace_refuses_what_it_cannot_run_with_before_it_runs(
     ("bench.workers", ["--workers", "1,0"], "argument --workers: must be at least 1, not 0"),
     ("bench.workers", ["--workers", ","], "argument --workers: give at least one (1,2,4)"),
     ("bench.workers", ["--jobs", "0"], "argument --jobs: must be at least 1, not 0"),
+    ("bench.workers", ["--one-at-a-time", "-1"], "argument --one-at-a-time: must be at least 0, not -1"),
     ("bench.workers", ["--json", "."], "cannot write the figures to .: it is a folder"),
     ("bench.workers", ["--base-path", "/proc/no-bench-here"], "--base-path /proc/no-bench-here: cannot make the scratch "
      "folders there"),

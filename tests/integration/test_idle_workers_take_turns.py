@@ -1,0 +1,281 @@
+"""The idle workers of one file queue take turns watching for new jobs (``wakeup.WatchTurn``, docs/worker.md).
+
+inotify wakes every watcher of a folder: each new job woke every idle worker, and all but one walked the index and
+read the job for nothing. One watches at a time; it hands the turn over once it claims a job, stops, dies, or leaves
+a job it cannot run.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import worker_handlers  # noqa: F401  (registers t.* handlers)
+from orchestrator.queue import FileQueueIndex, ReadyEntry
+from orchestrator.wakeup import TURN_LOCK, watch_turn
+from orchestrator.worker import Worker, WorkerSettings
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify and EPOLLEXCLUSIVE are Linux's")
+
+
+def entry(job_id: str) -> ReadyEntry:
+    return ReadyEntry(0, 1_000_000, job_id)
+
+
+def in_thread(fn, *args):
+    """Run ``fn(*args)`` in a thread of its own (each thread of an index has its own turn); its result or error."""
+    out: dict = {}
+
+    def body() -> None:
+        try:
+            out["result"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out["error"] = exc
+
+    t = threading.Thread(target=body)
+    t.start()
+    return t, out
+
+
+def turn_is_held(root: Path) -> bool:
+    fd = os.open(root / TURN_LOCK, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+class IdleThread:
+    """A thread that waits on the index as an idle worker does, and counts its wake-ups."""
+
+    def __init__(self, index: FileQueueIndex) -> None:
+        self.index, self.woke, self.stop = index, 0, threading.Event()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+        assert self.ready.wait(5)
+
+    def _run(self) -> None:
+        self.index.wait(0)
+        self.ready.set()
+        while not self.stop.is_set():
+            if self.index.wait(0.05):
+                self.woke += 1
+        self.index.close()
+
+    def end(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def test_a_new_entry_wakes_the_idle_worker_whose_turn_it_is_and_not_the_others(tmp_path) -> None:
+    root = tmp_path / "index"
+    index = FileQueueIndex(root)
+    idle = [IdleThread(index) for _ in range(3)]
+    try:
+        time.sleep(0.2)
+        index.put_ready(entry("A"))
+        time.sleep(0.3)
+        assert sorted(t.woke for t in idle) == [0, 0, 1]  # without turns: [1, 1, 1]
+    finally:
+        for t in idle:
+            t.end()
+
+
+def test_the_watcher_hands_its_turn_over_once_it_claims_a_job_and_the_next_looks_only_if_an_entry_is_left(
+        tmp_path) -> None:
+    root = tmp_path / "index"
+    index = FileQueueIndex(root)
+    assert index.wait(0) is False  # this thread watches
+    standby = IdleThread(index)
+    try:
+        index.put_ready(entry("A"))
+        assert index.wait(1.0) is True
+        index.drop_ready(entry("A"))  # claimed: its entry is gone
+        index.hand_over_watch()
+        time.sleep(0.3)
+        assert standby.woke == 0, "its turn came, and the entry it was not woken for is gone: nothing to look at"
+        index.put_ready(entry("B"))
+        time.sleep(0.3)
+        assert standby.woke == 1, "it watches now"
+        index.put_ready(entry("C"))  # announced while this thread had the turn...
+        assert index.wait(0) is False  # ...but this thread's turn is over: only the watcher was woken
+    finally:
+        standby.end()
+        index.close()
+
+
+def test_the_next_worker_looks_at_once_when_an_entry_announced_before_its_turn_is_still_there(tmp_path) -> None:
+    root = tmp_path / "index"
+    index = FileQueueIndex(root)
+    assert index.wait(0) is False  # this thread watches
+    waiting, out = in_thread(lambda: (index.wait(0), index.wait(2.0))[1])
+    time.sleep(0.2)
+    index.put_ready(entry("A"))
+    assert index.wait(1.0) is True
+    started = time.monotonic()
+    index.hand_over_watch()  # A is not claimed: the one whose turn comes must look
+    waiting.join(5)
+    assert out == {"result": True}
+    assert time.monotonic() - started < 1.0
+    index.close()
+
+
+def test_a_worker_that_left_a_job_for_others_gives_the_turn_up_and_watches_on_its_own(tmp_path) -> None:
+    root = tmp_path / "index"
+    index = FileQueueIndex(root)
+    assert index.wait(0) is False  # this thread watches
+    standby = IdleThread(index)
+    try:
+        index.put_ready(entry("A"))
+        assert index.wait(1.0) is True
+        assert index.wait(0.1, take_turns=False) is False  # it left A (another kind): its turn goes on
+        time.sleep(0.3)
+        assert standby.woke == 1, "the next one looked at A, still there"
+        index.put_ready(entry("B"))
+        assert index.wait(1.0, take_turns=False) is True, "watching on its own, it is woken as before"
+    finally:
+        standby.end()
+        index.close()
+
+
+def test_a_watcher_killed_without_handing_over_is_replaced_within_a_wait_step(tmp_path) -> None:
+    root = tmp_path / "index"
+    root.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"), str(root / TURN_LOCK)],
+        stdout=subprocess.PIPE, text=True)
+    index = FileQueueIndex(root)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert index.wait(0) is False and turn_is_held(root)
+        index.put_ready(entry("A"))
+        assert index.wait(0.1) is False, "not its turn: the killed worker's was"
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(5)
+        assert index.wait(0.25) is True, "the lock was free at the wait's end: its turn, and A is still there"
+    finally:
+        holder.kill()
+        holder.wait(5)
+        holder.stdout.close()
+        index.close()
+
+
+def test_a_process_the_watcher_forked_does_not_keep_its_turn_once_the_watcher_is_killed(tmp_path) -> None:
+    """A fork keeps every descriptor, and an ``flock`` belongs to the open file: a handler process (or what it
+    forked) outliving a worker killed while it watched would keep the turn from every other idle worker."""
+    root = tmp_path / "index"
+    watcher = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys, time\n"
+        "from orchestrator.queue import FileQueueIndex\n"
+        "index = FileQueueIndex(sys.argv[1]); index.wait(0)\n"
+        "child = os.fork()\n"
+        "if child == 0: time.sleep(60); os._exit(0)\n"
+        "print(child, flush=True); time.sleep(60)\n"), str(root)], stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+    child = 0
+    try:
+        child = int(watcher.stdout.readline())
+        assert turn_is_held(root)
+        watcher.send_signal(signal.SIGKILL)
+        watcher.wait(5)
+        os.kill(child, 0)  # alive, with its copies of the watcher's descriptors
+        assert not turn_is_held(root)
+    finally:
+        watcher.kill()
+        watcher.wait(5)
+        watcher.stdout.close()
+        if child:
+            os.kill(child, signal.SIGKILL)
+
+
+def test_turns_are_not_taken_where_a_file_is_planted_in_the_fifos_place(tmp_path) -> None:
+    root = tmp_path / "index"
+    root.mkdir()
+    (root / ".turns").write_text("not a fifo")
+    assert watch_turn(root) is None
+    index = FileQueueIndex(root)
+    idle = [IdleThread(index) for _ in range(2)]
+    try:
+        index.put_ready(entry("A"))
+        time.sleep(0.3)
+        assert [t.woke for t in idle] == [1, 1], "every idle worker watches, as before"
+    finally:
+        for t in idle:
+            t.end()
+
+
+def run_in_thread(worker: Worker) -> threading.Thread:
+    t = threading.Thread(target=worker.run, daemon=True)
+    t.start()
+    return t
+
+
+def wait_until(predicate, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_a_new_job_makes_one_idle_worker_look_not_every_one(orch) -> None:
+    workers = [Worker(orch, WorkerSettings(worker_id=f"w{i}")) for i in range(3)]
+    passes = {w.worker_id: 0 for w in workers}
+    for w in workers:
+        def counted(now=None, _w=w, _claim=w.claim):
+            found = _claim(now)
+            if found is None:
+                passes[_w.worker_id] += 1
+            return found
+        w.claim = counted
+    threads = [run_in_thread(w) for w in workers]
+    try:
+        assert wait_until(lambda: all(passes.values()))  # each made its first pass, and is idle
+        time.sleep(0.3)
+        before = sum(passes.values())
+        for i in range(6):
+            job = orch.submit("t.echo", {"n": i})
+            assert wait_until(lambda: orch.status(job).state == "succeeded")
+            time.sleep(0.05)
+        empty = sum(passes.values()) - before
+        # the worker that ran each job looks once more before it waits; with every idle worker woken: 18 or more
+        assert empty <= 6 + 2, passes
+    finally:
+        for w in workers:
+            w.stop()
+        for t in threads:
+            t.join(10)
+
+
+def test_an_idle_worker_watching_when_a_job_of_another_kind_comes_hands_the_turn_to_one_that_runs_it(orch) -> None:
+    other = Worker(orch, WorkerSettings(worker_id="other", kinds=("t.payload",)))
+    echo = Worker(orch, WorkerSettings(worker_id="echo", kinds=("t.echo",)))
+    root = orch.queue.root
+    threads = [run_in_thread(other)]
+    try:
+        assert wait_until(lambda: (root / TURN_LOCK).exists() and turn_is_held(root))  # its turn
+        threads.append(run_in_thread(echo))
+        time.sleep(0.5)  # waiting for its turn
+        submitted = time.monotonic()
+        job = orch.submit("t.echo", {"n": 1})
+        # without the hand-over: the echo worker sleeps until its idle wait ends (30 s)
+        assert wait_until(lambda: orch.status(job).state == "succeeded", 5.0)
+        assert time.monotonic() - submitted < 3.0
+    finally:
+        for w in (other, echo):
+            w.stop()
+        for t in threads:
+            t.join(10)
