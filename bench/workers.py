@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -174,20 +174,29 @@ def problems(jobs: int, done: int, outcomes: list[str], statuses: list[tuple[str
     return wrong
 
 
-def measure_idle(counts: tuple[int, ...], samples: int, repeat: int, base_path: str | None = None) -> dict[str, Any]:
-    """``one_at_a_time`` for each count of workers, ``repeat`` runs alternated, and the medians of their figures."""
+def alternated(counts: tuple[int, ...], repeat: int, base_path: str | None, prefix: str,
+               run: Callable[[int, Path], dict[str, Any]],
+               told: Callable[[int, dict[str, Any]], str]) -> dict[int, list[dict[str, Any]]]:
+    """``repeat`` runs of each count of workers, alternated (1, 2, 4, 1, 2, 4, ...), each ``run(count, folder)`` in a
+    new scratch folder removed after it, and each told on stderr as it ends."""
     runs: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
     for i in range(repeat):
         for n in counts:
-            base = Path(tempfile.mkdtemp(prefix="idle-workers-", dir=base_path))
+            base = Path(tempfile.mkdtemp(prefix=prefix, dir=base_path))
             try:
-                runs[n].append(one_at_a_time(n, samples, base))
+                runs[n].append(run(n, base))
             finally:
                 shutil.rmtree(base, ignore_errors=True)
-            r = runs[n][-1]
-            lat = r["submit_to_visible_ms"]
-            print(f"run {i + 1}/{repeat}, {n} idle worker(s): P50 {lat['p50']:.2f} ms, P99 {lat['p99']:.2f} ms, "
-                  f"workers' CPU {_per_job(r.get('cpu_ms_a_job'))} ms a job", file=sys.stderr, flush=True)
+            print(f"run {i + 1}/{repeat}, {told(n, runs[n][-1])}", file=sys.stderr, flush=True)
+    return runs
+
+
+def measure_idle(counts: tuple[int, ...], samples: int, repeat: int, base_path: str | None = None) -> dict[str, Any]:
+    """``one_at_a_time`` for each count of workers, ``repeat`` runs alternated, and the medians of their figures."""
+    runs = alternated(counts, repeat, base_path, "idle-workers-", lambda n, base: one_at_a_time(n, samples, base),
+                      lambda n, r: f"{n} idle worker(s): P50 {r['submit_to_visible_ms']['p50']:.2f} ms, P99 "
+                                   f"{r['submit_to_visible_ms']['p99']:.2f} ms, workers' CPU "
+                                   f"{_per_job(r.get('cpu_ms_a_job'))} ms a job")
     medians = {}
     for n, rs in runs.items():
         row = {q: statistics.median(r["submit_to_visible_ms"][q] for r in rs) for q in ("p50", "p95", "p99")}
@@ -216,18 +225,10 @@ def measure(counts: tuple[int, ...], jobs: int, repeat: int, base_path: str | No
     """For each count of workers, ``repeat`` runs, alternated (1, 2, 4, 1, 2, 4, ...), and their medians."""
     from orchestrator.latency import machine
 
-    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
-    for i in range(repeat):
-        for n in counts:
-            base = Path(tempfile.mkdtemp(prefix="workers-", dir=base_path))
-            try:
-                runs[n].append(one_run(n, jobs, base))
-            finally:
-                shutil.rmtree(base, ignore_errors=True)
-            r = runs[n][-1]
-            print(f"run {i + 1}/{repeat}, {n} worker(s): {r['jobs_per_s']:,.0f} jobs/s, jobs per worker {r['share']}, "
-                  f"jobs found taken {r['races']['taken']}, claims lost {r['races']['lost']}, CPUs busy "
-                  f"{_cpus(r['cpus_busy'])}", file=sys.stderr, flush=True)
+    runs = alternated(counts, repeat, base_path, "workers-", lambda n, base: one_run(n, jobs, base),
+                      lambda n, r: f"{n} worker(s): {r['jobs_per_s']:,.0f} jobs/s, jobs per worker {r['share']}, "
+                                   f"jobs found taken {r['races']['taken']}, claims lost {r['races']['lost']}, CPUs "
+                                   f"busy {_cpus(r['cpus_busy'])}")
     medians = {n: statistics.median(r["jobs_per_s"] for r in rs) for n, rs in runs.items()}
     one = medians.get(1)
     return {"jobs": jobs, "repeat": repeat, "cpus": os.cpu_count(), "machine": machine(),

@@ -78,6 +78,16 @@ class IdleThread:
         self.thread.join(5)
 
 
+def woken_for_a_with_another_waiting(tmp_path: Path) -> tuple[FileQueueIndex, IdleThread]:
+    """An index whose watch this thread has, woken for the entry of job A, and an idle thread waiting its turn."""
+    index = FileQueueIndex(tmp_path / "index")
+    assert index.wait(0) is False  # this thread watches
+    standby = IdleThread(index)
+    index.put_ready(entry("A"))
+    assert index.wait(1.0) is True
+    return index, standby
+
+
 def test_a_new_entry_wakes_the_idle_worker_whose_turn_it_is_and_not_the_others(tmp_path) -> None:
     root = tmp_path / "index"
     index = FileQueueIndex(root)
@@ -94,13 +104,8 @@ def test_a_new_entry_wakes_the_idle_worker_whose_turn_it_is_and_not_the_others(t
 
 def test_the_watcher_hands_its_turn_over_once_it_claims_a_job_and_the_next_looks_only_if_an_entry_is_left(
         tmp_path) -> None:
-    root = tmp_path / "index"
-    index = FileQueueIndex(root)
-    assert index.wait(0) is False  # this thread watches
-    standby = IdleThread(index)
+    index, standby = woken_for_a_with_another_waiting(tmp_path)
     try:
-        index.put_ready(entry("A"))
-        assert index.wait(1.0) is True
         index.drop_ready(entry("A"))  # claimed: its entry is gone
         index.hand_over_watch()
         time.sleep(0.3)
@@ -132,13 +137,8 @@ def test_the_next_worker_looks_at_once_when_an_entry_announced_before_its_turn_i
 
 
 def test_a_worker_that_left_a_job_for_others_gives_the_turn_up_and_watches_on_its_own(tmp_path) -> None:
-    root = tmp_path / "index"
-    index = FileQueueIndex(root)
-    assert index.wait(0) is False  # this thread watches
-    standby = IdleThread(index)
+    index, standby = woken_for_a_with_another_waiting(tmp_path)
     try:
-        index.put_ready(entry("A"))
-        assert index.wait(1.0) is True
         assert index.wait(0.1, take_turns=False) is False  # it left A (another kind): its turn goes on
         time.sleep(0.3)
         assert standby.woke == 1, "the next one looked at A, still there"
