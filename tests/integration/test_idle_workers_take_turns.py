@@ -279,3 +279,28 @@ def test_an_idle_worker_watching_when_a_job_of_another_kind_comes_hands_the_turn
             w.stop()
         for t in threads:
             t.join(10)
+
+
+@pytest.mark.parametrize("queued, kinds, left", [
+    ((), (), False),  # nothing queued
+    (("t.echo",), ("t.payload",), True),  # a kind this worker does not run (read once, then passed over unread)
+    (("nobody.handles.this",), (), True),  # a kind it has no handler for
+])
+def test_a_claim_pass_says_whether_it_left_a_runnable_job_for_another_worker(orch, queued, kinds, left) -> None:
+    """What makes an idle worker give its turn up (``Claimer.left_for_others``); a key it does not trust too
+    (tests/integration/test_untrusted_keys.py)."""
+    for kind in queued:
+        orch.submit(kind, 1)
+    worker = Worker(orch, WorkerSettings(worker_id="w", kinds=kinds))
+    for _ in range(2):  # its first meeting with the job, and the next, which may pass over it unread
+        assert worker.claim() is None
+        assert worker.claimer.left_for_others is left
+
+
+def test_a_delayed_retry_this_worker_will_run_is_not_left_for_another(orch) -> None:
+    """It waits for the retry's due time itself (``next_due``), keeping its turn."""
+    orch.submit("t.flaky", {"succeed_on": 2})
+    worker = Worker(orch, WorkerSettings(worker_id="w", retry_base_seconds=600))
+    assert worker.run_once().outcome == "retry"
+    assert worker.claim() is None and worker.next_due is not None
+    assert worker.claimer.left_for_others is False

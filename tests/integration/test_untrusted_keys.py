@@ -106,11 +106,13 @@ def test_the_worker_warns_once_per_key_and_passes_over_the_job_without_reading_i
     wa = make_worker(m.a, "a")
     with caplog.at_level(logging.WARNING, logger="orchestrator.untrusted"):
         assert wa.run_once() is None
+        assert wa.claimer.left_for_others  # left for a worker that trusts the key: an idle A gives its turn up
         reads: list[str] = []
         real = m.a.load
         monkeypatch.setattr(m.a, "load", lambda job_id, **kw: reads.append(job_id) or real(job_id, **kw))
         assert wa.run_once() is None
         assert reads == []  # both passed over at the entries it left them at: no read, no signature checked
+        assert wa.claimer.left_for_others
         assert wa.untrusted_keys().details == {"worker_id": "a", "jobs": 2, "keys": {m.b_kid: 2}}
     warnings = [r.getMessage() for r in caplog.records if m.b_kid in r.getMessage()]
     assert len(warnings) == 1, warnings
