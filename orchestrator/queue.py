@@ -36,7 +36,7 @@ from orchestrator.limits import keep_latest
 from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import InTransaction
 from orchestrator.store.files import check_folders, link_name, make_folder, open_creating, path_error, remove_file
-from orchestrator.wakeup import InotifyWatcher, Watcher, WatchTurn, make_watcher, wakeup_mode, watch_turn
+from orchestrator.wakeup import InotifyWatcher, TurnBell, Watcher, WatchTurn, make_watcher, wakeup_mode, watch_turn
 
 if TYPE_CHECKING:
     from orchestrator.api import Orchestrator
@@ -371,6 +371,7 @@ class FileQueueIndex(QueueIndex):
         # an entry's path is joined as a string: a ``pathlib`` join costs ~10 us, three per job
         self._ready_s, self._running_s = str(self.ready_dir), str(self.running_dir)
         self._built_s = str(self.root / BUILT_MARKER)
+        self._bell = TurnBell(str(self.root))  # rung after each ready entry made: wakes a waiting worker if none watches
 
     def _touch(self, path: "Path | str") -> None:
         """Make the entry ``path`` exist: a hard link of the index's one empty file, not a file of its own
@@ -389,6 +390,7 @@ class FileQueueIndex(QueueIndex):
 
     def put_ready(self, entry: ReadyEntry) -> None:
         self._touch(os.path.join(self._ready_s, entry.name))
+        self._bell.ring_if_nobody_watches()
         faults.point("queue.after_put_ready")
 
     def drop_ready(self, entry: ReadyEntry) -> None:
@@ -409,6 +411,7 @@ class FileQueueIndex(QueueIndex):
             # it meets that running entry (recovery.recover_expired).
             if not self.is_claimed(entry.job_id):
                 self._touch(path)
+                self._bell.ring_if_nobody_watches()
         except OSError as exc:
             raise path_error(exc, path) from None  # utime's error names no path
 
@@ -589,8 +592,11 @@ class FileQueueIndex(QueueIndex):
         return names is None or any(self._ready_there(name) for name in names)
 
     def hand_over_watch(self) -> None:
-        if self._turn is not None:
-            self._turn.hand_over()
+        turn = self._turn
+        if turn is not None and turn.mine:
+            turn.release()
+            if self._list(self.ready_dir):  # other jobs ready (a backlog, a job of another kind): a waiter looks too
+                turn.ring()
 
     def close(self) -> None:
         if self._turn is not None:

@@ -7,7 +7,7 @@ Elsewhere, or if inotify is unavailable, ``PollingWatcher`` compares the folder'
 every ``POLL_INTERVAL`` seconds (``ORCH_WAKEUP=poll`` forces it).
 
 inotify wakes every watcher of a folder, so the idle workers of one queue take turns (``WatchTurn``): one watches,
-the others wait for it to claim a job or stop.
+the others wait until it stops, or a job comes while it runs one (``TurnBell``).
 """
 from __future__ import annotations
 
@@ -166,9 +166,11 @@ class WatchTurn:
     the median on two CPUs (docs/performance.md, "Several workers on one queue"). The worker whose turn it is
     holds ``flock`` on ``.watching`` and waits on its watch; the others wait on the FIFO ``.turns`` with
     ``EPOLLEXCLUSIVE``, so that one byte written there wakes one of them. The worker watching lets go once it has
-    claimed a job, or stops (``hand_over``: the lock, then a byte). One that dies without writing it (killed)
-    leaves the lock free: the waiters try to take it each time a wait of theirs ends (``STOP_CHECK_SECONDS``).
-    Each thread has its own (its own descriptions of both files: ``flock`` tells threads apart by them)."""
+    claimed a job (``release``: a byte only if other entries are ready) and takes its turn again when idle; a
+    ready entry made while nobody watches rings for a waiter (``TurnBell``). One that stops, or leaves a job for
+    another, lets go and rings (``hand_over``). One that dies leaves the lock free: the next entry rings, and the
+    waiters try to take it each time a wait of theirs ends (``STOP_CHECK_SECONDS``). Each thread has its own (its
+    own descriptions of both files: ``flock`` tells threads apart by them)."""
 
     def __init__(self, folder: str) -> None:
         self.mine = False
@@ -217,15 +219,23 @@ class WatchTurn:
             except BlockingIOError:
                 pass
 
-    def hand_over(self) -> None:
-        """Let another idle worker watch: this one has a job to run, or stops."""
+    def release(self) -> None:
+        """Let go of the turn without waking anyone: this worker has claimed a job, and takes its turn again when it
+        is idle, unless a job came meanwhile (whoever makes a ready entry wakes a waiter if nobody watches:
+        ``TurnBell``). So one job at a time goes to the worker that ran the last one, its process not asleep for long."""
         if self.mine:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self.mine = False
-            try:
-                os.write(self._fifo, b"\0")
-            except BlockingIOError:  # full: bytes nobody read yet will wake the next waiter
-                pass
+
+    def ring(self) -> None:
+        """Wake one worker waiting its turn (a byte on the FIFO)."""
+        _ring(self._fifo)
+
+    def hand_over(self) -> None:
+        """Let another idle worker watch, and wake one: this one stops, or leaves a job for another."""
+        if self.mine:
+            self.release()
+            self.ring()
 
     def close(self) -> None:
         if self._lock >= 0 and self._fifo >= 0:
@@ -238,6 +248,73 @@ class WatchTurn:
         if self._fifo >= 0:
             os.close(self._fifo)
         self._lock = self._fifo = -1
+
+
+def _ring(fifo: int) -> None:
+    try:
+        os.write(fifo, b"\0")
+    except BlockingIOError:  # full: bytes nobody read yet will wake the next waiter
+        pass
+
+
+class TurnBell:
+    """What a process that makes ready entries (a submit, a resume, a retry) rings after each: if no idle worker is
+    watching (the turn's lock is free: the one watching claimed a job, or died), one waiting its turn is woken to
+    look. One per index and process; nothing when no worker ever took turns here (the files are a worker's to make:
+    looked for again at most once a second)."""
+
+    RETRY_SECONDS = 1.0
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self._fds: tuple[int, int] | None = None
+        self._pid = -1  # the process that opened them: a forked child opens its own (its copy of the lock's is closed)
+        self._retry_at = 0.0
+        self._opening = threading.Lock()
+
+    def ring_if_nobody_watches(self) -> None:
+        fds = self._fds if self._pid == os.getpid() else self._open()
+        if fds is None:
+            return
+        lock, fifo = fds
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # a worker watches: it sees the entry
+        except OSError:
+            return
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        _ring(fifo)
+
+    def __del__(self) -> None:  # an index let go of (an Orchestrator dropped) keeps no descriptor open
+        fds, self._fds = self._fds, None
+        if fds is not None and self._pid == os.getpid():
+            close_lock_descriptor(fds[0])
+            os.close(fds[1])
+
+    def _open(self) -> tuple[int, int] | None:
+        with self._opening:
+            if self._pid == os.getpid():
+                return self._fds
+            if time.monotonic() < self._retry_at:
+                return None
+            lock = fifo = -1
+            try:
+                lock = open_lock_descriptor(lambda: os.open(os.path.join(self.folder, TURN_LOCK),
+                                                            os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC))
+                fifo = os.open(os.path.join(self.folder, TURN_FIFO), os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW
+                               | os.O_CLOEXEC)
+                if not stat.S_ISFIFO(os.fstat(fifo).st_mode):
+                    raise OSError(errno.EINVAL, "not a FIFO")
+            except OSError:  # no worker took turns here yet, or a file planted in the way
+                if lock >= 0:
+                    close_lock_descriptor(lock)
+                if fifo >= 0:
+                    os.close(fifo)
+                self._retry_at = time.monotonic() + self.RETRY_SECONDS
+                return None
+            self._fds, self._pid = (lock, fifo), os.getpid()
+            return self._fds
 
 
 def watch_turn(folder: Path) -> WatchTurn | None:
