@@ -250,6 +250,17 @@ class WatchTurn:
         self._lock = self._fifo = -1
 
 
+_generation = 0  # of this process: a forked child's is another (its ``TurnBell`` opens its own descriptors)
+
+
+def _forked() -> None:
+    global _generation
+    _generation += 1
+
+
+os.register_at_fork(after_in_child=_forked)  # no ``getpid`` system call at each ring
+
+
 def _ring(fifo: int) -> None:
     try:
         os.write(fifo, b"\0")
@@ -268,12 +279,12 @@ class TurnBell:
     def __init__(self, folder: str) -> None:
         self.folder = folder
         self._fds: tuple[int, int] | None = None
-        self._pid = -1  # the process that opened them: a forked child opens its own (its copy of the lock's is closed)
+        self._opened_in = -1  # the process (``_generation``) that opened them: a forked child opens its own
         self._retry_at = 0.0
         self._opening = threading.Lock()
 
     def ring_if_nobody_watches(self) -> None:
-        fds = self._fds if self._pid == os.getpid() else self._open()
+        fds = self._fds if self._opened_in == _generation else self._open()
         if fds is None:
             return
         lock, fifo = fds
@@ -288,13 +299,13 @@ class TurnBell:
 
     def __del__(self) -> None:  # an index let go of (an Orchestrator dropped) keeps no descriptor open
         fds, self._fds = self._fds, None
-        if fds is not None and self._pid == os.getpid():
+        if fds is not None and self._opened_in == _generation:
             close_lock_descriptor(fds[0])
             os.close(fds[1])
 
     def _open(self) -> tuple[int, int] | None:
         with self._opening:
-            if self._pid == os.getpid():
+            if self._opened_in == _generation:
                 return self._fds
             if time.monotonic() < self._retry_at:
                 return None
@@ -313,7 +324,7 @@ class TurnBell:
                     os.close(fifo)
                 self._retry_at = time.monotonic() + self.RETRY_SECONDS
                 return None
-            self._fds, self._pid = (lock, fifo), os.getpid()
+            self._fds, self._opened_in = (lock, fifo), _generation
             return self._fds
 
 
