@@ -300,7 +300,7 @@ class TurnBell:
     def __del__(self) -> None:  # an index let go of (an Orchestrator dropped) keeps no descriptor open
         fds, self._fds = self._fds, None
         if fds is not None and self._opened_in == _generation:
-            close_lock_descriptor(fds[0])
+            close_lock_descriptor(fds[0], guarded=False)  # the bell holds its lock only for the moment of a ring
             os.close(fds[1])
 
     def _open(self) -> tuple[int, int] | None:

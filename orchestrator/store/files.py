@@ -61,8 +61,15 @@ def open_lock_descriptor(opener: Callable[[], int]) -> int:
     return fd
 
 
-def close_lock_descriptor(fd: int) -> None:
-    """Close a descriptor of ``open_lock_descriptor``, which releases its lock."""
+def close_lock_descriptor(fd: int, guarded: bool = True) -> None:
+    """Close a descriptor of ``open_lock_descriptor``, which releases its lock. ``guarded=False`` from a finalizer
+    (``__del__``): the garbage collector may run it while this thread holds the guard (a lock of the store being
+    opened), and the guard is not reentrant; unguarded, a fork in between may keep the descriptor, so only for one
+    that holds no lock at the time."""
+    if not guarded:
+        _LOCK_FDS.discard(fd)
+        os.close(fd)
+        return
     with _lock_fds_guard:
         _LOCK_FDS.discard(fd)
         os.close(fd)

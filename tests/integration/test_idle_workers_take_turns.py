@@ -367,3 +367,25 @@ def test_a_delayed_retry_this_worker_will_run_is_not_left_for_another(orch) -> N
     assert worker.run_once().outcome == "retry"
     assert worker.claim() is None and worker.next_due is not None
     assert worker.claimer.left_for_others is False
+
+
+def test_a_bell_let_go_of_while_its_thread_opens_a_store_lock_does_not_hang(tmp_path) -> None:
+    """The garbage collector may finalize an index's bell while the thread holds the guard of the store's lock
+    descriptors (not reentrant): its finalizer must not wait for that guard."""
+    root = tmp_path / "index"
+    watcher = FileQueueIndex(root)
+    watcher.wait(0)  # the turn's files made
+    watcher.close()
+    script = (
+        "import gc, sys\n"
+        "from orchestrator.queue import FileQueueIndex, ReadyEntry\n"
+        "from orchestrator.store import files\n"
+        "index = FileQueueIndex(sys.argv[1]); index.put_ready(ReadyEntry(0, 1, 'A'))\n"
+        "assert index._bell._fds is not None\n"
+        "with files._lock_fds_guard:\n"
+        "    del index\n"
+        "    gc.collect()\n"
+        "print('done')\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, text=True, timeout=30,
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]
