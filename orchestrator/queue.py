@@ -236,7 +236,8 @@ class QueueIndex(ABC):
         return False
 
     def hand_over_watch(self) -> None:
-        """This thread has claimed a job: if it was the idle worker watching for new ones, another watches now."""
+        """This thread has claimed a job: if it was the idle worker watching for new ones, it lets go of its turn
+        (and wakes another if other entries are ready); idle again, it takes the turn back unless another took it."""
 
     def close(self) -> None:
         """Release this thread's watch; the index is still usable for claims afterwards."""
@@ -359,9 +360,7 @@ class FileQueueIndex(QueueIndex):
         self.ready_dir = self.root / "ready"
         self.running_dir = self.root / "running"
         self._wakeup = wakeup_mode(wakeup)
-        # each thread's own watcher: workers of one Orchestrator (threads) share this index, and one that stops
-        # closes its watcher, never the one another is waiting on (a wait on a closed, or reused, descriptor)
-        self._waits = threading.local()
+        self._waits = _ThreadWaits()  # each thread's own watch and turn
         self._listing: list[str] = []  # the ready/ listing claims walk (see ``candidates``)
         self._listed_at = float("-inf")
         self._next = 0
@@ -539,22 +538,6 @@ class FileQueueIndex(QueueIndex):
     def mark_built(self) -> None:
         self._touch(self._built_s)
 
-    @property
-    def _watcher(self) -> "Watcher | None":
-        return getattr(self._waits, "watcher", None)
-
-    @_watcher.setter
-    def _watcher(self, watcher: "Watcher | None") -> None:
-        self._waits.watcher = watcher
-
-    @property
-    def _turn(self) -> "WatchTurn | None":
-        return getattr(self._waits, "turn", None)
-
-    @_turn.setter
-    def _turn(self, turn: "WatchTurn | None") -> None:
-        self._waits.turn = turn
-
     def wait(self, timeout: float, take_turns: bool = True) -> bool:
         """Idle workers take turns watching ``ready/`` (``wakeup.WatchTurn``): one whose turn it is not waits for it,
         and when it comes looks at once if an entry announced meanwhile is still there (another worker's claim
@@ -564,17 +547,18 @@ class FileQueueIndex(QueueIndex):
         end = time.monotonic() + timeout
         # ready/ removed or moved away (the index is a cache: deletable at any time): the next entry goes into a new
         # folder, so that one is watched, and "look now" said, for an entry put there before the watch
-        lost = self._watcher is not None and self._watcher.lost
+        waits = self._waits
+        lost = waits.watcher is not None and waits.watcher.lost
         if lost:
             self.close()
-        watcher = self._watcher
+        watcher = waits.watcher
         if watcher is None:
             make_folder(self.ready_dir, self.root)
-            watcher = self._watcher = make_watcher(self.ready_dir, self._wakeup)
-            self._turn = watch_turn(self.root) if isinstance(watcher, InotifyWatcher) else None
+            watcher = waits.watcher = make_watcher(self.ready_dir, self._wakeup)
+            waits.turn = watch_turn(self.root) if isinstance(watcher, InotifyWatcher) else None
         if lost:
             return True
-        turn = self._turn
+        turn = waits.turn
         if turn is not None and not take_turns:
             turn.hand_over()
         elif turn is not None and not turn.mine:
@@ -592,19 +576,27 @@ class FileQueueIndex(QueueIndex):
         return names is None or any(self._ready_there(name) for name in names)
 
     def hand_over_watch(self) -> None:
-        turn = self._turn
+        turn = self._waits.turn
         if turn is not None and turn.mine:
             turn.release()
             if self._list(self.ready_dir):  # other jobs ready (a backlog, a job of another kind): a waiter looks too
                 turn.ring()
 
     def close(self) -> None:
-        if self._turn is not None:
-            self._turn.close()
-            self._turn = None
-        if self._watcher is not None:
-            self._watcher.close()
-            self._watcher = None
+        waits = self._waits
+        for part in (waits.turn, waits.watcher):  # the turn first: it hands over before the watch ends
+            if part is not None:
+                part.close()
+        waits.turn = waits.watcher = None
+
+
+class _ThreadWaits(threading.local):
+    """A thread's watch of ``ready/`` and its turn to watch, each None until its first wait (``FileQueueIndex.wait``):
+    workers of one Orchestrator (threads) share the index, and one that stops closes its own, never the one another
+    is waiting on (a wait on a closed, or reused, descriptor)."""
+
+    watcher: "Watcher | None" = None
+    turn: "WatchTurn | None" = None
 
 
 def _entry_exists(path: str) -> bool:

@@ -187,10 +187,7 @@ class WatchTurn:
                 os.mkfifo(fifo, 0o600)
             except FileExistsError:
                 pass
-            # read and write: never blocks, never reads an end, and the watcher writes through it
-            self._fifo = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-            if not stat.S_ISFIFO(os.fstat(self._fifo).st_mode):
-                raise OSError(errno.EINVAL, f"{fifo} is not a FIFO")
+            self._fifo = _open_fifo(fifo)
             self._poll = select.epoll(1)
             self._poll.register(self._fifo, select.EPOLLIN | select.EPOLLEXCLUSIVE)  # Linux 4.5 and later
         except BaseException:
@@ -261,6 +258,16 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)  # no ``getpid`` system call at each ring
 
 
+def _open_fifo(path: str) -> int:
+    """The turns' FIFO, to read and write: never blocks, never reads an end of file, and one descriptor both waits
+    and rings. A link or a file of another kind planted there is ``OSError``."""
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{path} is not a FIFO")
+    return fd
+
+
 def _ring(fifo: int) -> None:
     try:
         os.write(fifo, b"\0")
@@ -313,10 +320,7 @@ class TurnBell:
             try:
                 lock = open_lock_descriptor(lambda: os.open(os.path.join(self.folder, TURN_LOCK),
                                                             os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC))
-                fifo = os.open(os.path.join(self.folder, TURN_FIFO), os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW
-                               | os.O_CLOEXEC)
-                if not stat.S_ISFIFO(os.fstat(fifo).st_mode):
-                    raise OSError(errno.EINVAL, "not a FIFO")
+                fifo = _open_fifo(os.path.join(self.folder, TURN_FIFO))
             except OSError:  # no worker took turns here yet, or a file planted in the way
                 if lock >= 0:
                     close_lock_descriptor(lock)

@@ -39,22 +39,19 @@ class lock_descriptor:  # noqa: N801 - used as a function: ``with lock_descripto
     __slots__ = ("fd",)
 
     def __init__(self, opener: Callable[[], int]) -> None:
-        with _lock_fds_guard:
-            self.fd = opener()
-            _LOCK_FDS.add(self.fd)
+        self.fd = open_lock_descriptor(opener)
 
     def __enter__(self) -> int:
         return self.fd
 
     def __exit__(self, *exc: object) -> None:
-        with _lock_fds_guard:
-            _LOCK_FDS.discard(self.fd)
-            os.close(self.fd)
+        close_lock_descriptor(self.fd)
 
 
 def open_lock_descriptor(opener: Callable[[], int]) -> int:
-    """The descriptor ``opener`` opens, for an ``flock`` held longer than a block (``lock_descriptor``'s): never kept
-    by a process forked meanwhile (``_LOCK_FDS``). Closed by ``close_lock_descriptor``."""
+    """The descriptor ``opener`` opens, for an ``flock`` the caller takes on it (for a block: ``lock_descriptor``;
+    longer: a worker's watch turn): never kept by a process forked meanwhile (``_LOCK_FDS``). Closed by
+    ``close_lock_descriptor``."""
     with _lock_fds_guard:
         fd = opener()
         _LOCK_FDS.add(fd)
@@ -66,11 +63,7 @@ def close_lock_descriptor(fd: int, guarded: bool = True) -> None:
     (``__del__``): the garbage collector may run it while this thread holds the guard (a lock of the store being
     opened), and the guard is not reentrant; unguarded, a fork in between may keep the descriptor, so only for one
     that holds no lock at the time."""
-    if not guarded:
-        _LOCK_FDS.discard(fd)
-        os.close(fd)
-        return
-    with _lock_fds_guard:
+    with _lock_fds_guard if guarded else contextlib.nullcontext():
         _LOCK_FDS.discard(fd)
         os.close(fd)
 
