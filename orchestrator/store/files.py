@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import stat
@@ -56,6 +57,58 @@ def open_lock_descriptor(opener: Callable[[], int]) -> int:
         fd = opener()
         _LOCK_FDS.add(fd)
     return fd
+
+
+# How long a writer that finds a stream's file locked keeps trying before it sleeps in ``flock`` (``lock_soon``).
+LOCK_SPIN_SECONDS = 0.0005
+
+
+def lock_soon(fd: int, seconds: float = LOCK_SPIN_SECONDS) -> None:
+    """``flock(fd, LOCK_EX)``, tried again and again for ``seconds`` before sleeping in it. The holder of a stream's
+    lock is writing and syncing (a worker's claim waits so for the submit or resume that made its job ready, ~0.1-0.5
+    ms): a process asleep in ``flock`` is woken when the lock is released, which on a VM whose idle CPUs halt took
+    1.0-1.5 ms more than that at P99 in W2's traces (docs/performance.md, "A claim that finds its job's file
+    locked"). Trying costs a system call each time, and only while another holds the lock; ``sched_yield`` lets a
+    process waiting for this CPU (the holder, on a machine of one CPU) run first. Not for a lock another thread of
+    this process may hold: each try gives the GIL back and takes it again at once, which can keep that thread from
+    running until the spin is over (``seconds=0``)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        os.sched_yield()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            continue
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+class Appending:
+    """How many appends this process has under way, its own included (``with APPENDING as under_way``): a writer
+    spins for a stream's lock (``lock_soon``) only when it is alone, so that the holder is another process."""
+
+    __slots__ = ("count", "_guard")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._guard = threading.Lock()
+
+    def __enter__(self) -> int:
+        with self._guard:
+            self.count += 1
+            return self.count
+
+    def __exit__(self, *exc: object) -> None:
+        with self._guard:
+            self.count -= 1
+
+
+APPENDING = Appending()
 
 
 def close_lock_descriptor(fd: int, guarded: bool = True) -> None:

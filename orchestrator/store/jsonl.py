@@ -32,10 +32,10 @@ from orchestrator.errors import (AuxNotWrittenError, ConcurrencyError, Integrity
 from orchestrator.security import is_id, validate_id
 from orchestrator.store.base import (AUDIT_STREAM, AUX_KEY_LENGTH, HEADS_AREA, SLOT_BYTES, AuxWrites, Builder,
                                      EventStore, Head, InTransaction, StoredLine)
-from orchestrator.store.files import (check_folders, fsync_dir, holding_files, link_name, linked_file,
-                                      lock_descriptor, make_folder, nofollow_opener, not_regular, open_creating,
-                                      path_error, read_all, read_file, refuse_link, remove_file, remove_strays, vacate,
-                                      write_failure, write_new)
+from orchestrator.store.files import (APPENDING, LOCK_SPIN_SECONDS, check_folders, fsync_dir, holding_files,
+                                      link_name, linked_file, lock_descriptor, lock_soon, make_folder, nofollow_opener,
+                                      not_regular, open_creating, path_error, read_all, read_file, refuse_link,
+                                      remove_file, remove_strays, vacate, write_failure, write_new)
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +205,8 @@ class JsonlStore(EventStore):
     def _append(self, stream: str, build: Builder, expected_seq: int | None,
                 expected_last: bytes | None = None) -> tuple[Head, bool]:
         path = self._file(stream)
-        with lock_descriptor(lambda: self._open_for_append(path, new=expected_seq == 0)) as fd:  # closing it: unlocked
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with APPENDING as under_way, lock_descriptor(lambda: self._open_for_append(path, new=expected_seq == 0)) as fd:
+            lock_soon(fd, LOCK_SPIN_SECONDS if under_way == 1 else 0.0)  # closing fd unlocks
             st = os.fstat(fd)
             if not S_ISREG(st.st_mode):  # a FIFO would take a write and never sync it, or block on a long one
                 raise StorageError(not_regular(path), stream=stream)
