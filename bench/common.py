@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.latency import percentile, summarize  # one definition of percentiles for every system
+from orchestrator.latency import code_revision, percentile, summarize  # one definition of each for every system
 from orchestrator.terminal_bench import Settings as _GateSettings
 
 # untimed rounds before the timed samples of every latency workload, every system alike (the first rounds pay
@@ -133,19 +132,3 @@ def timed_poll(check: Callable[[], bool], timeout: float = 30.0, pause: float = 
 
 def env_without_orch() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
-
-
-def code_revision() -> str | None:
-    """The commit of the code measured (``git rev-parse --short HEAD``), ``+changes`` when the package or the
-    benchmark differ from it; None outside a git checkout (an installed copy) or without git."""
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
-        changed = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "orchestrator", "bench"],
-                                 capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if head.returncode != 0 or changed.returncode != 0:
-        return None
-    return head.stdout.strip() + ("+changes" if changed.stdout.strip() else "")

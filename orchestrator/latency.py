@@ -342,6 +342,35 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def code_revision() -> str | None:
+    """The commit of the code measured (``git rev-parse --short HEAD`` of the checkout holding this package),
+    ``+changes`` when the package or the benchmark differ from it; None outside a git checkout (an installed copy)
+    or without git. Printed with every result (the suite's JSON, the release gate's report), so that a figure names
+    the code that made it."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        changed = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "orchestrator", "bench"],
+                                 capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0 or changed.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
+
+
+def code_measured() -> str:
+    """``code_revision`` with the installed version: what a report says it measured."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("jsonl-orchestrator")
+    except PackageNotFoundError:
+        installed = "not installed"
+    return f"jsonl-orchestrator {installed}, commit {code_revision() or 'unknown (not a git checkout)'}"
+
+
 def filesystem_of(path: Path) -> str:
     """The mount (device and type) holding ``path``, from /proc/mounts when there is one."""
     try:
