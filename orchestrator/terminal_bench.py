@@ -203,7 +203,8 @@ def summary(rows: list[dict[str, Any]], settings: Settings, elapsed_s: float) ->
                               ("returned_to_durable_ms", "returned_to_visible_ms", "submit_to_visible_ms")},
             "verdicts": verdicts(stats), "gate": {"p95_ms": GATE_P95_MS, "p99_ms": GATE_P99_MS},
             "target": {"p99_ms": TARGET_P99_MS}, "machine": lat.machine(),
-            "settings": {"code": lat.code_measured(), "samples": settings.samples, "seed": settings.seed, "warmup": settings.warmup,
+            "settings": {"code": lat.code_measured(), "samples": settings.samples, "seed": settings.seed,
+                         "warmup": settings.warmup,
                          "percentiles": "nearest rank: P99 of n samples is the ceil(0.99 n)-th smallest (the maximum "
                                         "below 100 samples)",
                          "filesystem": lat.filesystem_of(settings.base_path), "fsync": "fdatasync per append",

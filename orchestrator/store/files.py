@@ -67,7 +67,7 @@ def lock_soon(fd: int, seconds: float = LOCK_SPIN_SECONDS) -> None:
     """``flock(fd, LOCK_EX)``, tried again and again for ``seconds`` before sleeping in it. The holder of a stream's
     lock is writing and syncing (a worker's claim waits so for the submit or resume that made its job ready, ~0.1-0.5
     ms): a process asleep in ``flock`` is woken when the lock is released, which on a VM whose idle CPUs halt took
-    1.0-1.5 ms more than that at P99 in W2's traces (docs/performance.md, "A claim that finds its job's file
+    0.8-1.5 ms more than that at P99 in W2's traces (docs/performance.md, "A claim that finds its job's file
     locked"). Trying costs a system call each time, and only while another holds the lock; ``sched_yield`` lets a
     process waiting for this CPU (the holder, on a machine of one CPU) run first. Not for a lock another thread of
     this process may hold: each try gives the GIL back and takes it again at once, which can keep that thread from
@@ -90,11 +90,16 @@ def lock_soon(fd: int, seconds: float = LOCK_SPIN_SECONDS) -> None:
 
 class Appending:
     """How many appends this process has under way, its own included (``with APPENDING as under_way``): a writer
-    spins for a stream's lock (``lock_soon``) only when it is alone, so that the holder is another process."""
+    spins for a stream's lock (``lock_soon``) only when it is alone, so that the holder is another process. A forked
+    child starts from none, with a guard of its own: one another thread held at the fork would never be released
+    there (a handler process that submits a job would hang)."""
 
     __slots__ = ("count", "_guard")
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         self.count = 0
         self._guard = threading.Lock()
 
@@ -109,6 +114,7 @@ class Appending:
 
 
 APPENDING = Appending()
+os.register_at_fork(after_in_child=APPENDING._reset)
 
 
 def close_lock_descriptor(fd: int, guarded: bool = True) -> None:

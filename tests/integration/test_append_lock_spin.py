@@ -115,3 +115,38 @@ def test_an_append_sleeps_in_flock_while_another_thread_of_this_process_appends(
         holder.join()
     assert head.seq == 2 and calls.ops == [fcntl.LOCK_EX | fcntl.LOCK_NB, fcntl.LOCK_EX]  # one try, then asleep
     assert files.APPENDING.count == 0  # every append counted out again
+
+
+def test_a_child_forked_while_another_thread_counts_an_append_can_append(tmp_path: Path) -> None:
+    """A handler process is a fork of its worker, whose other threads may be counting an append at that moment: the
+    guard they hold is never released in the child, which must start with its own (else a handler that submits a job
+    hangs)."""
+    store = stream_with_a_line(tmp_path)
+    held, release = threading.Event(), threading.Event()
+
+    def count_an_append() -> None:
+        with files.APPENDING._guard:  # the moment of another thread's count
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=count_an_append)
+    thread.start()
+    held.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: append, then leave at once (no pytest teardown here)
+        try:
+            store.append("job-1", lambda head: [b'{"seq":2}'], expected_seq=1)
+            os._exit(0 if files.APPENDING.count == 0 else 2)
+        except BaseException:  # noqa: BLE001 - any failure is the child's exit code
+            os._exit(1)
+    release.set()
+    thread.join()
+    deadline = time.monotonic() + 10
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on the guard another thread held at the fork")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    assert [line.raw for line in store.read("job-1")] == [b'{"seq":1}', b'{"seq":2}']
