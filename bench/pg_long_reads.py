@@ -74,13 +74,14 @@ def measure(url: str, lines: int, line_bytes: int = LINE_BYTES) -> dict[str, Any
     """``lines`` audit lines of ``line_bytes`` each, read whole, as one statement and in chunks."""
     from orchestrator.store.base import AUDIT_STREAM
 
-    fill: Any = ("INSERT INTO orch_events (project, stream, seq, line) SELECT %s, '" + AUDIT_STREAM + "', n, "
-                 f"convert_to(rpad(n::text || ':', {line_bytes}, 'x'), 'UTF8') FROM generate_series(1, %s) AS n")
-    if line_bytes > 4096:
-        def fill(conn: Any, project: str, size: int) -> None:
-            with conn.cursor().copy("COPY orch_events (project, stream, seq, line) FROM STDIN") as copy:
-                for n in range(1, size + 1):
-                    copy.write_row((project, AUDIT_STREAM, n, base64.b64encode(os.urandom(line_bytes * 3 // 4))))
+    def copied(conn: Any, project: str, size: int) -> None:  # lines too long for one statement's rpad
+        with conn.cursor().copy("COPY orch_events (project, stream, seq, line) FROM STDIN") as copy:
+            for n in range(1, size + 1):
+                copy.write_row((project, AUDIT_STREAM, n, base64.b64encode(os.urandom(line_bytes * 3 // 4))))
+
+    fill: Any = copied if line_bytes > 4096 else (
+        "INSERT INTO orch_events (project, stream, seq, line) SELECT %s, '" + AUDIT_STREAM + "', n, "
+        f"convert_to(rpad(n::text || ':', {line_bytes}, 'x'), 'UTF8') FROM generate_series(1, %s) AS n")
     whole = f"SELECT line FROM orch_events WHERE project = %s AND stream = '{AUDIT_STREAM}' ORDER BY seq"
     summary = _summary("lines", lines, *_compare(url, "orch_events", fill, whole, lines,
                                                  lambda store: store.read(AUDIT_STREAM)))

@@ -498,7 +498,8 @@ def test_a_worker_process_ends_what_a_crashed_handler_process_left_outside_its_g
     job = orch.submit("t.escape_and_die", str(pidfile), max_attempts=1)
     ran = run_script("worker", "--once", "--json", env={**env, "ORCH_HANDLER_PROCESS": mode})
     assert ran.returncode == 0, ran.stderr
-    assert json.loads(ran.stdout)["error_code"] == "NO_TERMINAL_SIGNAL_EXIT"
+    result = json.loads(ran.stdout)
+    assert (result["job_id"], result["error_code"]) == (job, "NO_TERMINAL_SIGNAL_EXIT")
     assert not alive(int(pidfile.read_text()))
 
 
@@ -510,7 +511,8 @@ def test_a_worker_process_ends_what_a_timed_out_command_left_outside_its_group_w
                       max_attempts=1, timeout=1.0)
     ran = run_script("worker", "--once", "--json", env=env)
     assert ran.returncode == 0, ran.stderr
-    assert json.loads(ran.stdout)["error_code"] == "NO_TERMINAL_SIGNAL_TIMEOUT"
+    result = json.loads(ran.stdout)
+    assert (result["job_id"], result["error_code"]) == (job, "NO_TERMINAL_SIGNAL_TIMEOUT")
     assert not alive(int(pidfile.read_text()))
 
 

@@ -164,7 +164,7 @@ def test_announcing_leaves_no_entry_behind_for_a_job_a_fast_worker_already_claim
     job_id = orch.submit("t.echo", "fast")
     (entry,) = orch.queue.ready()
     claim = Worker(orch, WorkerSettings(worker_id="w-fast")).claim()  # before the submitter's announcement
-    assert claim is not None and orch.queue.ready() == []
+    assert claim is not None and claim.view.job_id == job_id and orch.queue.ready() == []
     orch.queue.announce(entry)  # the submitter's announcement, late
     assert orch.queue.ready() == []  # no stale entry for the next claim to read and drop
 
