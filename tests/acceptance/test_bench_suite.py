@@ -168,8 +168,8 @@ def test_bench_terminal_latency_writes_raw_samples_and_a_report_with_verdicts(tm
                    "percentiles: nearest rank"):
         assert needle in text
     # the code measured: the installed version and, in a checkout, its commit (``+changes`` beside edits)
-    assert re.search(r"- code: jsonl-orchestrator \S+, commit ([0-9a-f]{7,40}(\+changes)?|unknown \(not a git checkout\))",
-                     text), text
+    commit = r"([0-9a-f]{7,40}(\+changes)?|unknown \(not a git checkout\))"
+    assert re.search(r"- code: jsonl-orchestrator \S+, commit " + commit, text), text
     result = json.loads(proc.stdout)
     assert result["verdicts"]["gate"] is True and result["latency_ms"]["n"] == 20
     assert not any(p.name.startswith("bench-latency-") for p in tmp_path.rglob("*"))  # scratch project deleted
