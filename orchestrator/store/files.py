@@ -72,19 +72,15 @@ def lock_soon(fd: int, seconds: float = LOCK_SPIN_SECONDS) -> None:
     process waiting for this CPU (the holder, on a machine of one CPU) run first. Not for a lock another thread of
     this process may hold: each try gives the GIL back and takes it again at once, which can keep that thread from
     running until the spin is over (``seconds=0``)."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return
-    except BlockingIOError:
-        pass
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        os.sched_yield()
+    while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except BlockingIOError:
-            continue
+            if time.monotonic() >= end:
+                break
+            os.sched_yield()
     fcntl.flock(fd, fcntl.LOCK_EX)
 
 
