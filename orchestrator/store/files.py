@@ -86,27 +86,29 @@ def lock_soon(fd: int, seconds: float = LOCK_SPIN_SECONDS) -> None:
 
 class Appending:
     """How many appends this process has under way, its own included (``with APPENDING as under_way``): a writer
-    spins for a stream's lock (``lock_soon``) only when it is alone, so that the holder is another process. A forked
-    child starts from none, with a guard of its own: one another thread held at the fork would never be released
-    there (a handler process that submits a job would hang)."""
+    spins for a stream's lock (``lock_soon``) only when it is alone, so that the holder is another process. A list's
+    ``append`` and ``pop`` are atomic under the GIL, so no lock is needed, and none can be found taken by a signal
+    handler or a finalizer that appends in the same thread, or in a forked child; a child starts from none (the
+    other threads' appends are not its own)."""
 
-    __slots__ = ("count", "_guard")
+    __slots__ = ("_under_way",)
 
     def __init__(self) -> None:
-        self._reset()
+        self._under_way: list[None] = []
 
-    def _reset(self) -> None:
-        self.count = 0
-        self._guard = threading.Lock()
+    @property
+    def count(self) -> int:
+        return len(self._under_way)
 
     def __enter__(self) -> int:
-        with self._guard:
-            self.count += 1
-            return self.count
+        self._under_way.append(None)
+        return len(self._under_way)
 
     def __exit__(self, *exc: object) -> None:
-        with self._guard:
-            self.count -= 1
+        self._under_way.pop()
+
+    def _reset(self) -> None:
+        self._under_way.clear()
 
 
 APPENDING = Appending()

@@ -119,13 +119,13 @@ def test_an_append_sleeps_in_flock_while_another_thread_of_this_process_appends(
 
 def test_a_child_forked_while_another_thread_counts_an_append_can_append(tmp_path: Path) -> None:
     """A handler process is a fork of its worker, whose other threads may be counting an append at that moment: the
-    guard they hold is never released in the child, which must start with its own (else a handler that submits a job
-    hangs)."""
+    child's appends are counted from none (not from the other threads', which never end there), and nothing the
+    count uses is left taken in it (a handler that submits a job must not hang)."""
     store = stream_with_a_line(tmp_path)
     held, release = threading.Event(), threading.Event()
 
     def count_an_append() -> None:
-        with files.APPENDING._guard:  # the moment of another thread's count
+        with files.APPENDING:  # another thread's append under way at the fork
             held.set()
             release.wait(10)
 
@@ -147,6 +147,6 @@ def test_a_child_forked_while_another_thread_counts_an_append_can_append(tmp_pat
     if done[0] == 0:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
-        pytest.fail("the forked child hung on the guard another thread held at the fork")
+        pytest.fail("the forked child hung on what another thread held at the fork")
     assert os.waitstatus_to_exitcode(done[1]) == 0
     assert [line.raw for line in store.read("job-1")] == [b'{"seq":1}', b'{"seq":2}']
