@@ -28,7 +28,7 @@ import traceback
 import warnings
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator
 
 from orchestrator.descriptors import readable
 from orchestrator.errors import MalformedPayloadError
@@ -436,10 +436,13 @@ HANDLER_PIPE_ENDS: set[int] = set()
 # worker's ends are closed. A handler fork in another thread (two workers of one process) takes it too, so it
 # never keeps another run's pipe ends: a child end kept elsewhere hides the death of the process it belongs to
 # (no end of file on its pipe, until the run's timeout, or never). A child forked while it is held gets a new one.
-_spawn_lock = threading.Lock()
+# Reentrant: a dropped worker's finalizer closes its handler process under it (``HandlerHost.close``), and the garbage
+# collector may run that finalizer in the very thread that holds it, in the middle of a fork, or in the forked child
+# before the new lock is made; a plain lock hung the thread (and the test suite with it) there.
+_spawn_lock = threading.RLock()
 
 
-def spawning() -> threading.Lock:
+def spawning() -> ContextManager[bool]:
     """The lock around a handler process's pipes and fork (see ``_spawn_lock``)."""
     return _spawn_lock
 
@@ -465,7 +468,7 @@ def forked_handler(pipes: int) -> Iterator[tuple[int, list[int]]]:
 
 def _new_spawn_lock() -> None:
     global _spawn_lock
-    _spawn_lock = threading.Lock()
+    _spawn_lock = threading.RLock()
 
 
 os.register_at_fork(after_in_child=_new_spawn_lock)

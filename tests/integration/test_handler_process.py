@@ -718,3 +718,30 @@ def test_a_request_with_the_input_already_encoded_is_the_request_encoded_whole()
         assert canonical(context["input"]) in spliced
         assert json.loads(spliced) == json.loads(host_request("t.k\u00e9", context)) == {"kind": "t.k\u00e9",
                                                                                         "context": context}
+
+
+def test_a_handler_process_let_go_of_while_its_thread_forks_another_does_not_hang(tmp_path) -> None:
+    """A worker dropped without closing ends its handler process from a finalizer (``HandlerHost.close``), which the
+    garbage collector may run while the same thread holds the lock around a handler process's fork (in a forked
+    child it runs, among the fork's handlers, with that lock still held): seen as a hung test suite, a handler process
+    stuck at birth. The lock must let its own thread in again."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import gc, sys, weakref\n"
+        "from pathlib import Path\n"
+        "from orchestrator.handler_host import HandlerHost\n"
+        "from orchestrator.runner import spawning\n"
+        "class Dropped: pass\n"
+        "owner = Dropped(); owner.cycle = owner  # collected only by the garbage collector, as a worker may be\n"
+        "host = HandlerHost(Path(sys.argv[1]), lambda kind, ctx: None, max_runs=1, generation=lambda: 0)\n"
+        "weakref.finalize(owner, host.close)\n"
+        "with spawning():\n"
+        "    del owner\n"
+        "    gc.collect()\n"
+        "print('done')\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "host")], capture_output=True, text=True,
+                          timeout=30, env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]
