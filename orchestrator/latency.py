@@ -19,6 +19,7 @@ it is both fsynced by the writer and seen by the reader.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -134,6 +135,13 @@ def handler_memory_kb(pid: int | None) -> dict[str, int]:
     return out
 
 
+def _not_the_stop_notice(record: logging.LogRecord) -> bool:
+    """False for the worker's notice of a SIGTERM: the benchmark stops its worker so at the end of every workload
+    (``WorkerProcess.stop``), and a line per stop in the benchmark's progress is noise, not news. Every other record of
+    the worker, a notice of another signal included, is shown as the ``worker`` command would."""
+    return getattr(record, "signal", None) != signal.SIGTERM
+
+
 def _worker_main() -> None:
     """Entry of the worker process: ``Worker.run`` reporting each recorded outcome as a JSON line."""
     from orchestrator import faults
@@ -148,6 +156,7 @@ def _worker_main() -> None:
     die_with_parent(signal.SIGTERM)
     if os.getppid() != cfg.get("parent", os.getppid()):
         return
+    logging.getLogger("orchestrator.worker").addFilter(_not_the_stop_notice)
     orch = Orchestrator(base_path=cfg["base_path"], project_id=cfg["project_id"])
     worker = Worker(orch, WorkerSettings(lease_seconds=cfg.get("lease_seconds", DEFAULT_LEASE_SECONDS),
                                          worker_id=cfg.get("worker_id") or "bench-worker",
