@@ -1,6 +1,6 @@
 """A stream's append lock held by another process for a moment is taken by trying again without sleeping, not by
 sleeping in ``flock`` (docs/performance.md, "A claim that finds its job's file locked"): on a VM whose idle CPUs halt,
-a process asleep in ``flock`` was woken 1.0-1.5 ms late at P99. A lock held longer is waited for in ``flock`` as
+a process asleep in ``flock`` was woken 0.8-1.5 ms late at P99. A lock held longer is waited for in ``flock`` as
 before, and so is one that another thread of this process may hold (a spinning thread would keep it from the GIL)."""
 from __future__ import annotations
 
