@@ -550,7 +550,9 @@ def validate_id(value: str, what: str = "job id", longest: int = ID_LENGTH) -> s
         reason = "may contain only letters, digits, '.', '_' and '-'"
     else:
         return value
-    raise InvalidIdError(f"invalid {what} {shown(value)}: {reason}")
+    # the reason in brackets, not after a ":": a value ending in a secret's key name ("etc/passwd", "x-token") would
+    # make ``sanitize_text`` take the reason's first word for that key's value and redact it from the message shown
+    raise InvalidIdError(f"invalid {what} {shown(value)} ({reason})")
 
 
 def _inside(root: str, path: str) -> bool:

@@ -266,8 +266,8 @@ def validate_key_id(value: str) -> str:
     if not is_key_id(value):
         from orchestrator.security import shown
 
-        raise InvalidIdError(f"invalid key id {shown(value)}: a key id is 'k-' and 16 hex digits, "
-                             "as `orchestrator keys list` shows")
+        raise InvalidIdError(f"invalid key id {shown(value)} (a key id is 'k-' and 16 hex digits, "
+                             "as `orchestrator keys list` shows)")  # no ":" after it: ``validate_id``'s reason
     return value
 
 

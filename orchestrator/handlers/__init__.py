@@ -194,7 +194,8 @@ def resolve(kind: str) -> Handler | None:
 
 
 def _not_found(kind: str, reason: str) -> HandlerNotFoundError:
-    return HandlerNotFoundError(f"no handler for kind {kind!r}: {reason}", kind=kind, reason=reason)
+    # the reason in brackets (``security.validate_id``): after "'refresh_token': " it would be redacted as a secret
+    return HandlerNotFoundError(f"no handler for kind {kind!r} ({reason})", kind=kind, reason=reason)
 
 
 def _import(module_name: str) -> Any:
@@ -250,13 +251,13 @@ def import_modules(names: Iterable[str]) -> list[str]:
     for name in names:
         name = name.strip()
         if not name:
-            raise ConfigError(f"cannot import handler module {name!r}: no module name given")
+            raise ConfigError(f"cannot import handler module {name!r} (no module name given)")
         try:
             _import(name)
         except BaseException as exc:  # a module's own error too (sys.exit() included), not only a missing one
             if _stops_the_worker(exc):
                 raise
-            raise ConfigError(f"cannot import handler module {name!r}: {_import_failure(name, exc)}") from None
+            raise ConfigError(f"cannot import handler module {name!r} ({_import_failure(name, exc)})") from None
         done.append(name)
     return done
 

@@ -75,7 +75,7 @@ def test_the_lines_a_worker_promises_on_stderr_are_there_whatever_a_handler_modu
     assert proc.returncode == (11 if once else 0), proc.stderr
     lines = proc.stderr.splitlines()
     promised = [f"recovered stale job {dead} -> failed",
-                "no handler for kind 'nosuchkind': no handler is registered with this name; leaving job ",
+                "no handler for kind 'nosuchkind' (no handler is registered with this name); leaving job ",
                 f"job {other} is signed by key "]
     for start in promised:
         assert len([line for line in lines if line.startswith(start)]) == 1, (start, proc.stderr)

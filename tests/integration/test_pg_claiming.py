@@ -90,7 +90,7 @@ def test_a_job_a_worker_has_no_handler_for_is_not_reserved_again_by_it(cluster: 
     real_lookup = claiming.lookup
 
     def none_here(kind: str):
-        raise HandlerNotFoundError(f"no handler for kind {kind!r}: not imported here", kind=kind, reason="not imported here")
+        raise HandlerNotFoundError(f"no handler for kind {kind!r} (not imported here)", kind=kind, reason="not imported here")
 
     now = a.clock()
     monkeypatch.setattr(claiming, "lookup", none_here)
@@ -118,7 +118,7 @@ def test_a_worker_that_leaves_a_job_it_reserved_lets_it_go_at_once_and_wakes_the
         real_lookup = claiming.lookup
 
         def none_here(kind: str):
-            raise HandlerNotFoundError(f"no handler for kind {kind!r}: not imported here", kind=kind,
+            raise HandlerNotFoundError(f"no handler for kind {kind!r} (not imported here)", kind=kind,
                                        reason="not imported here")
 
         now = a.clock()

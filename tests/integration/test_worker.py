@@ -574,6 +574,20 @@ def test_lookup_says_why_a_kind_has_no_handler(kind: str, reason: str) -> None:
     assert caught.value.details == {"kind": kind, "reason": reason}
 
 
+@pytest.mark.parametrize("kind", ["refresh_token", "jobs.api-key"])
+def test_why_a_kind_has_no_handler_survives_sanitizing_when_the_kind_is_named_like_a_secret(kind: str) -> None:
+    """The message is shown and logged sanitized: a kind named like a secret's key must not get its reason
+    redacted as that key's value."""
+    from orchestrator.errors import HandlerNotFoundError
+    from orchestrator.handlers import lookup
+    from orchestrator.security import sanitize_text
+
+    with pytest.raises(HandlerNotFoundError) as caught:
+        lookup(kind)
+    shown = sanitize_text(caught.value.message)
+    assert shown == f"no handler for kind {kind!r} (no handler is registered with this name)"
+
+
 @pytest.fixture
 def broken_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``t_raises_on_import`` (its own bug) and ``t_missing_dependency`` (imports a module that is not there)."""
@@ -603,8 +617,8 @@ def test_a_handler_module_that_cannot_be_imported_is_a_config_error_naming_why(o
                                                                                module: str) -> None:
     from orchestrator.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=f"cannot import handler module {module!r}: "
-                                          f"(importing module {module!r} raised|no module {module!r})"):
+    with pytest.raises(ConfigError, match=f"cannot import handler module {module!r} "
+                                          f"\\((importing module {module!r} raised|no module {module!r})"):
         make_worker(orch, imports=(module,))
 
 

@@ -531,8 +531,27 @@ def test_invalid_ids_are_rejected(bad: object) -> None:
 
 
 def test_invalid_id_message_names_what_was_checked() -> None:
-    with pytest.raises(InvalidIdError, match=r"^invalid project id '\.\./p': "):
+    with pytest.raises(InvalidIdError, match=r"^invalid project id '\.\./p' \(must not contain '\.\.'\)$"):
         validate_id("../p", "project id")
+
+
+@pytest.mark.parametrize(("bad", "reason"), [("../../etc/passwd", "must not contain '..'"),
+                                             ("my api-token", "may contain only letters"),
+                                             ("-session_id", "must start with a letter or digit")])
+def test_invalid_id_message_keeps_its_reason_when_sanitized(bad: str, reason: str) -> None:
+    """An id ending in a secret's key name: the message, sanitized as every error shown is, still says what is wrong
+    (the reason is not taken for that key's value and redacted)."""
+    with pytest.raises(InvalidIdError) as info:
+        validate_id(bad)
+    assert reason in sanitize_text(str(info.value))
+
+
+def test_invalid_key_id_message_keeps_its_reason_when_sanitized() -> None:
+    from orchestrator.signing import validate_key_id
+
+    with pytest.raises(InvalidIdError) as info:
+        validate_key_id("my-token")
+    assert "a key id is 'k-' and 16 hex digits" in sanitize_text(str(info.value))
 
 
 def test_invalid_id_message_is_bounded_for_huge_values() -> None:
