@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import os
 import signal
@@ -484,8 +485,10 @@ def _run_command(command: click.Command, args: list[str], prog_name: str | None)
             sys.exit(setting.exit_code)
         if isinstance(exc, click.UsageError) and _wants_json(args):
             Output(True, data_on_stdout=_data_on_stdout(command, args)).error(UsageError(exc.format_message()))
-        else:
-            exc.show()
+        else:  # click's usage, hint and "Error: ..." lines, which may echo what was typed, sanitized as all output
+            shown_by_click = io.StringIO()
+            exc.show(file=shown_by_click)
+            click.echo(sanitize_text(shown_by_click.getvalue()), err=True, nl=False)
         sys.exit(exc.exit_code)
     except (click.Abort, KeyboardInterrupt, Interrupted) as exc:  # click makes Ctrl-C (KeyboardInterrupt) an Abort
         if isinstance(exc, click.Abort) and not isinstance(exc.__cause__, KeyboardInterrupt):

@@ -142,6 +142,18 @@ def test_usage_errors_exit_2(cli_env: dict[str, str]) -> None:
     assert run_script("status", "--token", "x", env=cli_env).returncode == 2
 
 
+@pytest.mark.parametrize("args", [("submit", "--kind", "k", "--input-file", "password=hunter2-for-the-db"),
+                                  ("worker", "--once", "--lease-seconds", "token=hunter2-for-the-db")])
+def test_a_usage_error_that_echoes_what_was_typed_is_sanitized_as_every_other_output(
+        cli_env: dict[str, str], args: tuple[str, ...]) -> None:
+    """click's own usage errors (a missing file, a value its type refuses) quote the command line back; like every
+    error the command prints, they pass through ``sanitize_text``, with or without ``--json``."""
+    for json_flag in ((), ("--json",)):
+        proc = run_script(*args, *json_flag, env=cli_env)
+        assert proc.returncode == 2, proc.stderr
+        assert "hunter2" not in proc.stdout + proc.stderr and "[REDACTED]" in proc.stdout + proc.stderr, proc.stderr
+
+
 def test_a_bad_value_from_the_environment_is_a_config_error_and_the_same_value_as_an_option_a_usage_error(
         cli_env: dict[str, str], tmp_path: Path) -> None:
     """An ``ORCH_*`` variable (or a ``.env`` line) with a value its option refuses is a setting to fix where the
