@@ -241,7 +241,7 @@ def _anchored_heads(path: Path, body: dict[str, Any]) -> dict[str, tuple[int, st
     for stream, head in heads.items():
         seq, digest = (head.get("seq"), head.get("hash")) if isinstance(head, dict) else (None, None)
         if type(seq) is not int or seq < 1 or not isinstance(digest, str):
-            raise InvalidInputError(f"anchor {path}: the head of {stream!r} is not a sequence number and a hash")
+            raise InvalidInputError(f"the head of {stream!r} in anchor {path} is not a sequence number and a hash")
         out[stream] = (seq, digest)
     return out
 

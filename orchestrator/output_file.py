@@ -168,7 +168,9 @@ class OutputFile:
             raise InvalidInputError(f"cannot write {what}: the path given is empty; nothing was written", path="")
         reason = refusal(self.path)  # before the temporary file's name: "/" or "." has no name to take
         if reason:
-            raise InvalidInputError(f"cannot write {what} to {self.path}: {reason}; nothing was written there",
+            # the reason in brackets: after a path ending in a secret's key name ("backups/secret: ") it would be
+            # redacted as that key's value (``security.validate_id``)
+            raise InvalidInputError(f"cannot write {what} to {self.path} ({reason}); nothing was written there",
                                     path=str(self.path))
         self._tmp = self.path.with_name(f".{temp_stem(self.path)}.{os.urandom(TEMP_HEX // 2).hex()}.tmp")
         with self._refused():
@@ -239,7 +241,7 @@ class OutputFile:
         except OSError as exc:
             self.discard()
             error = write_error(exc)
-            raise error(f"cannot write {self.what} to {self.path}: {self._reason(exc)}; nothing was written there",
+            raise error(f"cannot write {self.what} to {self.path} ({self._reason(exc)}); nothing was written there",
                         path=str(self.path)) from None
 
     def _reason(self, exc: OSError) -> str:

@@ -41,9 +41,20 @@ def test_a_path_that_cannot_be_written_is_refused_when_opened(tmp_path: Path) ->
     for target, reason in [(tmp_path / "missing" / "out", f"there is no folder {tmp_path / 'missing'}"),
                            (tmp_path / "a-file" / "out", f"{tmp_path / 'a-file'} is a file, not a folder"),
                            (tmp_path, "it is a folder")]:
-        with pytest.raises(InvalidInputError, match=re.escape(f"cannot write the output to {target}: {reason}")):
+        with pytest.raises(InvalidInputError, match=re.escape(f"cannot write the output to {target} ({reason})")):
             OutputFile(target, "the output")
     assert sorted(os.listdir(tmp_path)) == ["a-file"]
+
+
+def test_why_a_path_cannot_be_written_survives_sanitizing_when_it_is_named_like_a_secret(tmp_path: Path) -> None:
+    """Every error shown is sanitized: a folder named like a secret's key must not get the reason after it redacted
+    as that key's value."""
+    from orchestrator.security import sanitize_text
+
+    (tmp_path / "secret").mkdir()
+    with pytest.raises(InvalidInputError) as caught:
+        OutputFile(tmp_path / "secret", "the bundle")
+    assert "(it is a folder)" in sanitize_text(caught.value.message)
 
 
 def test_a_full_disk_is_a_storage_error_and_leaves_the_old_file(tmp_path: Path, monkeypatch) -> None:

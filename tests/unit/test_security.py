@@ -554,6 +554,16 @@ def test_invalid_key_id_message_keeps_its_reason_when_sanitized() -> None:
     assert "a key id is 'k-' and 16 hex digits" in sanitize_text(str(info.value))
 
 
+def test_a_malformed_anchor_named_like_a_secret_keeps_its_reason_when_sanitized() -> None:
+    from orchestrator.errors import InvalidInputError
+    from orchestrator.integrity import _anchored_heads
+
+    with pytest.raises(InvalidInputError) as info:
+        _anchored_heads(Path("backups/token"), {"created_at": "2026-12-06T00:00:00Z", "heads": {"s": {"seq": 0}}})
+    shown = sanitize_text(str(info.value))
+    assert shown == "the head of 's' in anchor backups/token is not a sequence number and a hash"
+
+
 def test_invalid_id_message_is_bounded_for_huge_values() -> None:
     with pytest.raises(InvalidIdError) as info:
         validate_id("x" * 5_000_000)
