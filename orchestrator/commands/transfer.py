@@ -41,11 +41,20 @@ def export_cmd(orch: Any, out: Output, output: str, allow_damaged: bool) -> int:
         with OutputFile(output, "the bundle") as fh:
             result = export_project(orch, fh, allow_damaged=allow_damaged, progress=_progress(out))  # type: ignore[arg-type]
     note_missing_store(orch, out)
-    text = (f"exported {result['streams']} streams, {result['events']} events of project {result['project_id']}"
+    text = (f"exported {result['streams']} stream(s), {result['events']} event(s) of project {result['project_id']}"
             + (f" to {output}" if output != "-" else "")
             + (f"; {len(result['damaged'])} problem(s) carried as they are" if result["damaged"] else ""))
     out.emit(result, text)
     return 7 if result["damaged"] else 0
+
+
+def _written(written: int, events: int) -> str:
+    """How many of a bundle's events an import wrote and how many the store held already (an import run again)."""
+    if written == events:
+        return "all written"
+    if written == 0:
+        return "all already there, nothing written"
+    return f"{written} written, {events - written} already there"
 
 
 @cli.command("import", context_settings=CONTEXT)
@@ -66,8 +75,8 @@ def import_cmd(orch: Any, out: Output, bundle: str) -> None:
     else:
         with open(bundle, "rb") as fh:
             result = import_project(orch, fh, progress=_progress(out))
-    out.emit(result, f"imported {result['streams']} streams, {result['events']} events into project "
-                     f"{result['project_id']} ({result['written']} written, the rest were already there)"
+    out.emit(result, f"imported {result['streams']} stream(s), {result['events']} event(s) into project "
+                     f"{result['project_id']} ({_written(result['written'], result['events'])})"
                      + ("; the bundle carried no head record of the audit log (format v1, or none in the "
                         "source), so a cut of its last entries could not be checked: export it again with "
                         "this version" if result["audit_head"] is False else ""))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -249,7 +250,7 @@ def test_cli_pipes_a_project_from_files_into_postgres_and_back(cli_env, project,
     for i in range(3):
         assert _cli("submit", "--kind", "echo", "--input", f'{{"n": {i}}}', env=env).returncode == 0
     exported = _cli("export", "-o", "-", env=env)
-    assert exported.returncode == 0 and b"exported 3 streams" in exported.stderr
+    assert exported.returncode == 0 and b"exported 3 stream(s)" in exported.stderr
     pg_env = {**env, "ORCH_STORE_URL": pg_orch.store.url}
     imported = _cli("import", "-", "--json", env=pg_env, stdin=exported.stdout)
     assert imported.returncode == 0, imported.stderr
@@ -524,6 +525,10 @@ def test_cli_an_import_cut_short_then_metrics_then_the_import_again_completes(cl
     assert _cli("metrics", env=dest).returncode == 0  # it heals the audit entries it finds missing
     proc = _cli("import", str(bundle), env=dest)
     assert proc.returncode == 0, proc.stderr
+    said = re.fullmatch(rb"imported 4 stream\(s\), (\d+) event\(s\) into project p "
+                        rb"\((\d+) written, (\d+) already there\)\n", proc.stdout)  # what the cut import wrote
+    assert said and int(said[2]) > 0 and int(said[3]) > 0 and int(said[2]) + int(said[3]) == int(said[1]), proc.stdout
+    assert _cli("import", str(bundle), env=dest).stdout.endswith(b"(all already there, nothing written)\n")
     assert _cli("verify", env=dest).returncode == 0
 
 
