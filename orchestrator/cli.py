@@ -488,7 +488,7 @@ def _run_command(command: click.Command, args: list[str], prog_name: str | None)
         else:  # click's usage, hint and "Error: ..." lines, which may echo what was typed, sanitized as all output
             shown_by_click = io.StringIO()
             exc.show(file=shown_by_click)
-            click.echo(sanitize_text(shown_by_click.getvalue()), err=True, nl=False)
+            echo(sanitize_text(shown_by_click.getvalue()), err=True, nl=False)
         sys.exit(exc.exit_code)
     except (click.Abort, KeyboardInterrupt, Interrupted) as exc:  # click makes Ctrl-C (KeyboardInterrupt) an Abort
         if isinstance(exc, click.Abort) and not isinstance(exc.__cause__, KeyboardInterrupt):

@@ -168,8 +168,7 @@ class OutputFile:
             raise InvalidInputError(f"cannot write {what}: the path given is empty; nothing was written", path="")
         reason = refusal(self.path)  # before the temporary file's name: "/" or "." has no name to take
         if reason:
-            # the reason in brackets: after a path ending in a secret's key name ("backups/secret: ") it would be
-            # redacted as that key's value (``security.validate_id``)
+            # the reason in brackets (``security.shown``): after "backups/secret: " it would be redacted
             raise InvalidInputError(f"cannot write {what} to {self.path} ({reason}); nothing was written there",
                                     path=str(self.path))
         self._tmp = self.path.with_name(f".{temp_stem(self.path)}.{os.urandom(TEMP_HEX // 2).hex()}.tmp")

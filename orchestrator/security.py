@@ -502,7 +502,11 @@ _ASSIGNED_JOB_ID_RE = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}|key-[0-9a-f]{32}", re.
 def shown(value: object) -> str:
     """repr() for messages, sanitized (a message may be logged by library code that sanitizes nothing) and cut
     short, so a hostile 5 MB value never lands in a log. Of a long text or bytes only the start is quoted (and
-    repr'd: what follows is dropped, the edge of that slice with it)."""
+    repr'd: what follows is dropped, the edge of that slice with it).
+
+    A message that names a value (this one, a path) gives its reason after it in brackets, not after ": ": a value
+    ending like a secret's key name (``'etc/passwd'``, ``backups/secret``) would make ``sanitize_text``, which every
+    message shown passes through, take the reason's first word for that key's value and redact it."""
     if isinstance(value, (str, bytes)):
         value = value[:cut_read_size(80)]
     shown = repr(value)
@@ -550,8 +554,6 @@ def validate_id(value: str, what: str = "job id", longest: int = ID_LENGTH) -> s
         reason = "may contain only letters, digits, '.', '_' and '-'"
     else:
         return value
-    # the reason in brackets, not after a ":": a value ending in a secret's key name ("etc/passwd", "x-token") would
-    # make ``sanitize_text`` take the reason's first word for that key's value and redact it from the message shown
     raise InvalidIdError(f"invalid {what} {shown(value)} ({reason})")
 
 

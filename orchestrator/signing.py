@@ -267,7 +267,7 @@ def validate_key_id(value: str) -> str:
         from orchestrator.security import shown
 
         raise InvalidIdError(f"invalid key id {shown(value)} (a key id is 'k-' and 16 hex digits, "
-                             "as `orchestrator keys list` shows)")  # no ":" after it: ``validate_id``'s reason
+                             "as `orchestrator keys list` shows)")  # in brackets: ``security.shown``
     return value
 
 

@@ -194,7 +194,7 @@ def resolve(kind: str) -> Handler | None:
 
 
 def _not_found(kind: str, reason: str) -> HandlerNotFoundError:
-    # the reason in brackets (``security.validate_id``): after "'refresh_token': " it would be redacted as a secret
+    # the reason in brackets (``security.shown``): after "'refresh_token': " it would be redacted as a secret's value
     return HandlerNotFoundError(f"no handler for kind {kind!r} ({reason})", kind=kind, reason=reason)
 
 
