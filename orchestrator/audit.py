@@ -26,7 +26,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Container, Iterable, Iterator
 
 from orchestrator import clock, faults
 from orchestrator.errors import (HEAD_RECORD_NOT_WRITTEN, AuxNotWrittenError, IntegrityError, OrchestratorError,
@@ -221,7 +221,8 @@ def entry_writes(orch: "Orchestrator", *, job_id: str, action: str, actor: str, 
 # -- healing ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Unaudited:
-    """An audited-type event with no marker: its entry is missing, or only its marker is."""
+    """An audited-type event with no marker (its entry is missing, or only its marker is), or whose entry the log
+    lacks though its marker is there (``unmarked`` with ``logged``)."""
 
     job_id: str
     seq: int
@@ -233,21 +234,28 @@ class Unaudited:
         return line_hash(self.raw)
 
 
-def unmarked(orch: "Orchestrator", views: Iterable["JobView"]) -> list[Unaudited]:
+def unmarked(orch: "Orchestrator", views: Iterable["JobView"], logged: Container[str] | None = None
+             ) -> list[Unaudited]:
     """The jobs' verified events that need an audit entry and have no marker (cheap: no log read; the markers
-    looked up together, ``EventStore.aux_present``: one round trip on PostgreSQL, not one per event)."""
+    looked up together, ``EventStore.aux_present``: one round trip on PostgreSQL, not one per event). With
+    ``logged`` (the event hashes the log's entries name, read from the log: ``audited_hashes``), also those whose
+    entry the log lacks whatever their markers say: a marker outlives its entry when the log is restored from a copy
+    older than it (runbook E), and only a read of the log finds that (``audit heal``, ``audit-timeline``)."""
     audited = [Unaudited(view.job_id, stored.seq, stored.raw, rec) for view in views
                for stored, rec in zip(view.stream.lines, view.stream.records) if rec.get("type") in AUDITED_EVENTS]
     if not audited:
         return []
     marked = orch.store.aux_present(MARKERS_AREA, {u.event_hash for u in audited})
-    return [u for u in audited if u.event_hash not in marked]
+    return [u for u in audited if u.event_hash not in marked or (logged is not None and u.event_hash not in logged)]
 
 
 def audited_hashes(orch: "Orchestrator") -> dict[str, int]:
-    """event_hash -> audit seq for every entry of the audit log (the rare, full read)."""
+    """event_hash -> audit seq for every entry of the audit log (the rare, full read). A log that is a symbolic link
+    is refused (``linked_log``)."""
     found: dict[str, int] = {}
-    for stored in orch.store.read(AUDIT_STREAM):
+    with linked_refused("the audit entries a crash left missing cannot be checked or written; nothing was written"):
+        lines = orch.store.read(AUDIT_STREAM)
+    for stored in lines:
         if b'"event_hash"' not in stored.raw:
             continue
         try:
@@ -282,8 +290,7 @@ def heal_found(orch: "Orchestrator", todo: list[Unaudited], *, now: float | None
         one_job_per_bucket = {_bucket(u.job_id): u.job_id for u in todo}
         for bucket in sorted(one_job_per_bucket):  # one order everywhere: no deadlock between healers
             stack.enter_context(pending(orch, one_job_per_bucket[bucket]))
-        with linked_refused("the audit entries a crash left missing cannot be checked or written; nothing was written"):
-            present = audited_hashes(orch)
+        present = audited_hashes(orch)
         for u in todo:
             eh = u.event_hash
             if eh in present:  # only the marker was lost
@@ -326,14 +333,15 @@ def marker_not_written(exc: OrchestratorError, job_id: str, event_seq: int, even
 
 
 def heal_quietly(orch: "Orchestrator", views: Iterable["JobView"], *, now: float | None = None,
-                 not_written: list[str] | None = None) -> list[int]:
+                 logged: Container[str] | None = None, not_written: list[str] | None = None) -> list[int]:
     """``heal`` for read commands (``audit-timeline``, ``metrics``): only with a signing key this machine
     already has, never a new one. A machine without one (set up to verify, with only ``.pub`` files; or
     whose key is revoked) skips it: the entry stays missing, a warning (``AUDIT_ENTRY_MISSING``), until a
     command that writes (a control action on the job, ``audit heal``) runs where the key is. A key created
     here would sign an entry no other machine trusts, and ``verify`` would fail there. A store that refuses the
-    write (a full disk) fails no read either: the entries stay missing, and why is appended to ``not_written``."""
-    return heal_found_quietly(orch, unmarked(orch, views), now=now, not_written=not_written)
+    write (a full disk) fails no read either: the entries stay missing, and why is appended to ``not_written``.
+    ``logged``: as ``unmarked``'s."""
+    return heal_found_quietly(orch, unmarked(orch, views, logged), now=now, not_written=not_written)
 
 
 def heal_found_quietly(orch: "Orchestrator", todo: list[Unaudited], *, now: float | None = None,

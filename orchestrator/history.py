@@ -309,7 +309,7 @@ def _parsed_head_record(stream: str, raw: bytes, keyring: Keyring) -> tuple[Prob
     elif rec.keys() != HEAD_FIELDS or not isinstance(rec["hash"], str):
         return Problem(stream, 0, CORRUPT_LINE, "the head record is not a stream, a seq and a hash"), rec
     elif rec["stream"] != stream:
-        return Problem(stream, 0, WRONG_STREAM, f"the head record is {shown(rec['stream'])}'s"), rec
+        return Problem(stream, 0, WRONG_STREAM, f"the head record is that of stream {shown(rec['stream'])}"), rec
     seq = rec.get("seq", 0)
     if type(seq) is not int or seq < 0:  # still a problem, not a crash
         return Problem(stream, 0, CORRUPT_LINE, f"the head record's seq {seq!r} is not a count of events"), rec

@@ -86,9 +86,10 @@ def _cross_check(report: VerifyReport, job_id: str, view: Any, claims: list[tupl
     for stored, rec, eh in zip(view.stream.lines, view.stream.records, hashes):
         if rec.get("type") in AUDITED_EVENTS and eh not in claimed:
             report.warnings.append(Problem(job_id, stored.seq, AUDIT_ENTRY_MISSING,
-                                           f"{rec['type']} has no audit entry (a crash between the two writes); "
-                                           "the next command on the job, or `orchestrator audit heal`, writes it "
-                                           "where the project's signing key is"))
+                                           f"{rec['type']} has no audit entry (a crash between the two writes, or "
+                                           "an audit log restored from an older copy); `orchestrator audit heal` "
+                                           "writes it where the project's signing key is (after a crash, so does "
+                                           "the next command on the job)"))
 
 
 def verify_project(orch: Orchestrator, job_id: str | None = None, *,

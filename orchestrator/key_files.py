@@ -81,10 +81,10 @@ def _raw_from_pem(data: bytes, label: bytes, prefix: bytes) -> bytes | None:
     return der[len(prefix):]
 
 
-def _check_keyring_folder(folder: Path, st: os.stat_result) -> None:
+def _check_keyring_folder(folder: Path, st: os.stat_result, what: str = "keyring folder") -> None:
     """Refuse a keyring or trusted-keys folder (of status ``st``) another user owns or others may write."""
-    owned_by_user(folder, "keyring folder", st)
-    owner_writes(folder, "keyring folder", st)
+    owned_by_user(folder, what, st)
+    owner_writes(folder, what, st)
 
 
 def _read_key_file(path: Path, what: str, *, owner_only: bool = False, others_could: str | None = None,
@@ -228,10 +228,36 @@ def active_key_id(directory: Path) -> str | None:
                                                                      "machines that verify, say)").decode().strip()
     except UnicodeDecodeError:
         raise SigningKeyError(f"active key file {active} is not UTF-8 text; it should hold one key id") from None
-    if kid in ("", ".", "..") or "/" in kid or os.sep in kid:
-        raise SigningKeyError(f"active key file {active} does not name a key id ({kid[:40]!r}); "
-                              f"it should hold the id of a {PRIVATE_SUFFIX} file of {directory}")
+    if kid in ("", ".", "..") or "/" in kid or os.sep in kid or not kid.isprintable():
+        raise SigningKeyError(f"active key file {active} does not name a key id ({shown(kid)}); "
+                              f"it should hold the id of a {PRIVATE_SUFFIX} file of {directory}, one line")
     return kid
+
+
+def _check_active_pair(directory: Path, kid: str, public: bytes) -> None:
+    """Refuse to sign with the active key unless every other command here will trust what it signs: its file holds
+    the key its name says (a key's id is derived from it), and its ``.pub`` lies beside it. A process trusts the key
+    it signs with (``Keyring.add_signer``), so without this check a write succeeds and every later read refuses it as
+    UNKNOWN_KEY, as if it were forged: no worker would ever run a job it submitted."""
+    actual = key_id(public)
+    private = directory / f"{kid}{PRIVATE_SUFFIX}"
+    if actual != kid:
+        raise SigningKeyError(f"the active key file {private} holds the key {actual}, not {shown(kid)}: events it "
+                              "signs would name a key no reader finds (UNKNOWN_KEY). Name its files by its id "
+                              f"({actual}{PRIVATE_SUFFIX}, {actual}{PUBLIC_SUFFIX}) and write {actual} into "
+                              f"{directory / ACTIVE_FILE}, or make a new key active: orchestrator keys rotate; "
+                              "nothing was written")
+    pub = directory / f"{kid}{PUBLIC_SUFFIX}"
+    if not os.path.lexists(pub):
+        raise SigningKeyError(f"the active key {kid} has no public key file {pub} (removed?): every other command "
+                              "would refuse the events it signs as UNKNOWN_KEY. Write it from the private key "
+                              f"(openssl pkey -in {private} -pubout -out {pub}) or restore it from a backup, or make "
+                              "a new key active: orchestrator keys rotate; nothing was written")
+    if _public_from_pem(_read_key_file(pub, "public key file", others_could=MAKES_KEYS_TRUSTED), pub) != public:
+        raise SigningKeyError(f"the public key file {pub} does not hold the public key of {private}: every other "
+                              "command would refuse the events it signs as UNKNOWN_KEY. Write it from the private "
+                              f"key (openssl pkey -in {private} -pubout -out {pub}), or make a new key active: "
+                              "orchestrator keys rotate; nothing was written")
 
 
 def _load_dir_signer(directory: Path, announce: bool) -> Any:
@@ -252,11 +278,13 @@ def _load_dir_signer(directory: Path, announce: bool) -> Any:
             if announce:
                 print(f"orchestrator: generated signing key {kid} in {directory} (owner-only); back it up, "
                       "and keep its .pub to verify old events", file=sys.stderr)
-        ring.add_signer(_private_from_pem_file(directory / f"{kid}{PRIVATE_SUFFIX}"))
+        seed = _private_from_pem_file(directory / f"{kid}{PRIVATE_SUFFIX}")
+        _check_active_pair(directory, kid, public_of(seed))
+        ring.add_signer(seed)
     return load
 
 
-def trust_folder(ring: Keyring, folder: Path, *, required_by: str | None = None) -> None:
+def trust_folder(ring: Keyring, folder: Path, *, required_by: str | None = None, what: str = "keyring folder") -> None:
     """Trust every ``*.pub`` of ``folder`` and add its ``revoked`` ids. A folder that does not exist holds no
     keys, unless the variable ``required_by`` names it: a folder set only to be read (``ORCH_TRUSTED_KEYS_DIR``)
     that is not there is a mistyped setting, a ``SigningKeyError``. Anything in it that cannot be read is one too,
@@ -272,27 +300,34 @@ def trust_folder(ring: Keyring, folder: Path, *, required_by: str | None = None)
                                   ".pub files into it, or unset it") from None
         return
     except NotADirectoryError:
-        raise SigningKeyError(f"keyring folder {folder} is not a folder") from None
+        raise SigningKeyError(f"{what} {folder} is not a folder") from None
     except OSError as exc:
-        raise SigningKeyError(f"cannot read keyring folder {folder}: {exc.strerror or exc}") from None
+        raise SigningKeyError(f"cannot read {what} {folder}: {exc.strerror or exc}") from None
     try:
         st = folder.stat()
     except OSError as exc:  # removed since it was listed
-        raise SigningKeyError(f"cannot read keyring folder {folder}: {exc.strerror or exc}") from None
-    _check_keyring_folder(folder, st)
+        raise SigningKeyError(f"cannot read {what} {folder}: {exc.strerror or exc}") from None
+    _check_keyring_folder(folder, st, what)
     for name in names:
         if name.endswith(PUBLIC_SUFFIX):
             pub = folder / name
             key = _public_from_pem(_read_key_file(pub, "public key file", others_could=MAKES_KEYS_TRUSTED), pub)
             ring.trusted[key_id(key)] = key
     if REVOKED_FILE in names:
-        revoked = folder / REVOKED_FILE
-        try:
-            text = _read_key_file(revoked, "revoked-keys file", others_could=MAKES_KEYS_TRUSTED).decode()
-        except UnicodeDecodeError:
-            raise SigningKeyError(f"revoked-keys file {revoked} is not UTF-8 text; it should hold one key id "
-                                  "a line") from None
-        ring.revoked = ring.revoked | {ln.strip() for ln in text.splitlines() if ln.strip()}
+        ring.revoked = ring.revoked | _revoked_ids(folder)
+
+
+def _revoked_ids(folder: Path) -> frozenset[str]:
+    """The ids ``folder``'s ``revoked`` file lists (none when it has none), one a line."""
+    revoked = folder / REVOKED_FILE
+    if not os.path.lexists(revoked):
+        return frozenset()
+    try:
+        text = _read_key_file(revoked, "revoked-keys file", others_could=MAKES_KEYS_TRUSTED).decode()
+    except UnicodeDecodeError:
+        raise SigningKeyError(f"revoked-keys file {revoked} is not UTF-8 text; it should hold one key id "
+                              "a line") from None
+    return frozenset(ln.strip() for ln in text.splitlines() if ln.strip())
 
 
 def read_folders_again(ring: Keyring) -> None:
@@ -302,8 +337,9 @@ def read_folders_again(ring: Keyring) -> None:
     there; the keys read before stay (``recovery.reload_keys`` says so)."""
     forget_checked_folders()
     for i, folder in enumerate(ring.folders):  # the keyring folder first (``key_folders``)
-        check_folders_above(Path(folder), "keyring folder" if i == 0 else "trusted-keys folder")
-        trust_folder(ring, Path(folder))
+        what = "keyring folder" if i == 0 else "trusted-keys folder"
+        check_folders_above(Path(folder), what)
+        trust_folder(ring, Path(folder), what=what)
 
 
 SIGNING_KEY_VARIABLES = ("ORCH_SIGNING_KEY", "ORCH_SIGNING_KEY_FILE")  # in the order ``load_keyring`` takes them
@@ -344,8 +380,10 @@ def load_keyring(env: Mapping[str, str] | None = None, *, announce: bool = True)
     folders = [str(folder) for folder, _ in named]
     ring = Keyring(source=str(directory), paths=tuple(folders), folders=tuple(folders))
     for folder, variable in named:
-        check_folders_above(folder, "trusted-keys folder" if variable == TRUSTED_KEYS_VARIABLE else "keyring folder")
-        trust_folder(ring, folder, required_by=variable if variable == TRUSTED_KEYS_VARIABLE else None)
+        trusted_only = variable == TRUSTED_KEYS_VARIABLE
+        what = "trusted-keys folder" if trusted_only else "keyring folder"
+        check_folders_above(folder, what)
+        trust_folder(ring, folder, required_by=variable if trusted_only else None, what=what)
     variable = signing_variable(env)
     if variable == "ORCH_SIGNING_KEY":
         try:
@@ -364,8 +402,10 @@ def load_keyring(env: Mapping[str, str] | None = None, *, announce: bool = True)
     return ring
 
 
-def revoke(kid: str, env: Mapping[str, str] | None = None) -> Keyring:
-    """Add ``kid`` to the keyring folder's ``revoked`` file, once, and return the keyring as it was before.
+def revoke(kid: str, env: Mapping[str, str] | None = None) -> tuple[Keyring, bool]:
+    """Add ``kid`` to the keyring folder's ``revoked`` file, once; return the keyring as it was before, and whether
+    the id was written (not when that file lists it already: a trusted-keys folder's listing it is not enough, since
+    that folder may be another machine's, copied here, and change without this machine's say).
 
     The file is read line by line by every command, so only a well-formed id (``validate_key_id``) of a key
     the keyring trusts is written: a typo would revoke nothing, an id with a newline would revoke another key.
@@ -376,9 +416,9 @@ def revoke(kid: str, env: Mapping[str, str] | None = None) -> Keyring:
     if kid not in ring.trusted:
         raise InvalidInputError(f"{kid} names no key of the keyring ({', '.join(ring.folders)}); nothing was revoked "
                                 "(orchestrator keys list shows the key ids)")
-    if kid in ring.revoked:
-        return ring
     folder = keyring_dir(env)
+    if kid in _revoked_ids(folder):
+        return ring, False
     try:
         _make_owner_only_folder(folder)
         fd = os.open(folder / REVOKED_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)  # owner-written (umask)
@@ -393,4 +433,4 @@ def revoke(kid: str, env: Mapping[str, str] | None = None) -> Keyring:
             os.fsync(fh.fileno())
     except OSError as exc:
         raise SigningKeyError(f"cannot add {kid} to {folder / REVOKED_FILE}: {exc.strerror or exc}") from None
-    return ring
+    return ring, True

@@ -119,16 +119,19 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
     not_healed: list[str] = []  # why the missing entries were not written here (a full disk)
     try:
         orch.store.refuse_unusable(AUDIT_STREAM)
-        if heal and view.ok:
-            audit.heal_quietly(orch, [view], not_written=not_healed)
         lines, entries = audit.entries_for(orch, job_id=job_id)
+        audited = _named_events(entries)
+        # the entries the log lacks, found in the log itself: a marker outlives its entry in a log restored from an
+        # older copy (``audit.unmarked``)
+        if heal and view.ok and audit.heal_quietly(orch, [view], logged=audited, not_written=not_healed):
+            lines, entries = audit.entries_for(orch, job_id=job_id)
+            audited = _named_events(entries)
     except (PathEscapeError, UnusableFileError) as exc:
-        lines, entries, audit_link = [], [], Problem.unusable(AUDIT_STREAM, exc)
+        lines, entries, audited, audit_link = [], [], set(), Problem.unusable(AUDIT_STREAM, exc)
     bad = {p.line: p.code for p in view.problems if p.stream == job_id and p.line}
     first_bad = min(bad) if bad else None
     hashes = [line_hash(s.raw) for s in view.stream.lines]
     known = set(hashes)
-    audited = {eh for _, rec in entries if isinstance(eh := (rec.get("data") or {}).get("event_hash"), str)}
     events: list[Line] = []
     for stored, eh in zip(view.stream.lines, hashes):
         try:
@@ -180,6 +183,11 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
     return {"job_id": job_id, "run_id": run_id, "lines": [ln.to_dict() for ln in out],
             "ok": all(ln.status in ("ok", AUDIT_ENTRY_MISSING) for ln in out) and view.ok and not audit_link,
             "problems": [p.to_dict() for p in [*view.problems, *filter(None, [audit_link])]], "warnings": warnings}
+
+
+def _named_events(entries: list[tuple[int, dict[str, Any]]]) -> set[str]:
+    """The hashes of the job events these audit entries name."""
+    return {eh for _, rec in entries if isinstance(eh := (rec.get("data") or {}).get("event_hash"), str)}
 
 
 def _merge(events: list[Line], hashes: list[str], named: dict[str, list[Line]], loose: list[Line]) -> list[Line]:

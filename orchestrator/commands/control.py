@@ -151,7 +151,8 @@ def audit_heal(orch: Any, out: Output, job_id: str | None) -> None:
     """Write the audit entries a crash left missing (once; the job events are the truth), and the head records
     left behind their jobs' events and the audit log's.
 
-    Every command that touches a job heals it already; this heals the whole project at once. A head record behind
+    Every command that touches a job heals it already; this heals the whole project at once, and also writes the
+    entries an audit log restored from an older copy lacks (it reads the whole log). A head record behind
     (a crash, or a disk that refused it: HEAD_RECORD_NOT_WRITTEN) is otherwise written by the job's next event,
     which a finished job never gets. The audit log's is written only once its entries after it verify.
     """
@@ -161,9 +162,10 @@ def audit_heal(orch: Any, out: Output, job_id: str | None) -> None:
     written: list[int] = []
     caught_up: list[str] = []
     warnings: list[dict[str, str]] = []  # entries written whose records after them were not (also logged)
+    logged = audit.audited_hashes(orch)  # the log itself, not only the markers (``audit.unmarked``)
     for start in range(0, len(ids), audit.HEAL_BATCH):
         views = [v for v in (orch.load(j) for j in ids[start:start + audit.HEAL_BATCH]) if v.ok]
-        written += audit.heal(orch, views, warnings=warnings)
+        written += audit.heal_found(orch, audit.unmarked(orch, views, logged), warnings=warnings)
         caught_up += head_records.catch_up_jobs(orch.store, views)
         if len(ids) > audit.HEAL_BATCH:  # a large project: say how far (stderr, on a terminal only)
             out.progress(f"checked {min(start + audit.HEAL_BATCH, len(ids))} of {len(ids)} jobs...")

@@ -50,25 +50,31 @@ def keys_command(fn: Callable[..., None]) -> Callable[..., None]:
 @keys_command
 def keys_list(out: Output) -> None:
     """Show where the signing key comes from (keyring: the keyring folder ORCH_KEYRING_DIR, or ORCH_SIGNING_KEY,
-    or the ORCH_SIGNING_KEY_FILE path), the key that will sign (and whether it is revoked), the folders read for
-    trusted keys and revoked ids (the keyring folder, then ORCH_TRUSTED_KEYS_DIR; each with the variable naming
-    it and whether it exists), and the trusted and revoked key ids."""
+    or the ORCH_SIGNING_KEY_FILE path), the key that will sign (and whether it is revoked, or has no <kid>.pub to
+    verify what it signs: writes are refused then), the folders read for trusted keys and revoked ids (the keyring
+    folder, then ORCH_TRUSTED_KEYS_DIR; each with the variable naming it and whether it exists), and the trusted
+    and revoked key ids."""
     from orchestrator.key_files import key_folders, load_keyring
 
     ring = load_keyring()
     signer = ring.signing_key_id()
     revoked = signer in ring.revoked
+    # the folder's active key signs only when its .pub is there to verify what it signs (``_check_active_pair``)
+    untrusted = signer is not None and signer not in ring.trusted
     folders = [{"path": str(folder), "from": variable, "exists": folder.is_dir()} for folder, variable in key_folders()]
-    data = {"keyring": ring.source, "signing_key": signer, "signing_key_revoked": revoked, "folders": folders,
+    data = {"keyring": ring.source, "signing_key": signer, "signing_key_revoked": revoked,
+            "signing_key_trusted": not untrusted, "folders": folders,
             "trusted": sorted(ring.trusted), "revoked": sorted(ring.revoked)}
-    shown = {"signing_key": (f"{signer} (REVOKED: writes are refused until a new key is active: orchestrator keys "
-                             "rotate)" if revoked else signer or "none yet (the first write creates one in the keyring "
-                                                                  "folder)"),
+    refused = ("REVOKED" if revoked else f"NOT TRUSTED: no {signer}.pub verifies it" if untrusted else None)
+    shown = {"signing_key": (f"{signer} ({refused}: writes are refused until another key signs. "
+                             f"{ring.how_to_replace()})" if refused else
+                             signer or "none yet (the first write creates one in the keyring folder)"),
              "folders": "\n".join(f"{'' if i == 0 else ' ' * 13}{f['path']} ({f['from']}"
                                   + ("" if f["exists"] else ", not there yet: the first write creates it") + ")"
                                   for i, f in enumerate(folders)),
              "trusted": ", ".join(data["trusted"]) or "none", "revoked": ", ".join(data["revoked"]) or "none"}
-    out.emit(data, "\n".join(f"{k:<12} {shown.get(k, v)}" for k, v in data.items() if k != "signing_key_revoked"))
+    out.emit(data, "\n".join(f"{k:<12} {shown.get(k, v)}" for k, v in data.items()
+                              if k not in ("signing_key_revoked", "signing_key_trusted")))
 
 
 @keys.command("rotate", context_settings=CONTEXT)
@@ -115,8 +121,8 @@ def keys_revoke(out: Output, kid: str) -> None:
     """
     from orchestrator.key_files import revoke
 
-    ring = revoke(kid)
-    already = kid in ring.revoked
+    ring, written = revoke(kid)
+    already = not written
     warning = None
     if kid == ring.signing_key_id():
         warning = (f"{kid} is the active signing key: writes are refused (exit 8) until another key signs. "

@@ -176,3 +176,31 @@ def test_a_verifier_whose_trusted_keys_lie_below_a_folder_others_may_write_refus
         assert "Traceback" not in proc.stderr
     shared.chmod(0o755)
     assert run_read(("verify",), job_id, tmp_path, env).returncode == 0
+
+
+def test_a_machine_whose_active_key_lost_its_pub_writes_nothing_and_keys_list_says_why(tmp_path: Path) -> None:
+    """Before: `submit` wrote (exit 0) a job signed by a key no other command trusted: every read refused it as
+    UNKNOWN_KEY and no worker ever ran it, while `keys list` showed that key as the one that signs, nothing amiss."""
+    env = machine_env(tmp_path / "base", tmp_path / "keys")
+    kid = json.loads(run_module("keys", "rotate", "--json", env=env).stdout)["signing_key"]
+    (tmp_path / "keys" / f"{kid}.pub").unlink()
+    proc = run_module("submit", "--kind", "k", "--input", "{}", "--json", env=env)
+    assert proc.returncode == 8 and json.loads(proc.stdout)["error"] == "SIGNING_KEY_ERROR", proc.stdout
+    assert f"{kid} has no public key file" in json.loads(proc.stdout)["message"]
+    assert not (tmp_path / "base" / PROJECT / ".orchestrator" / "queue" / "jobs").exists() or not list(
+        (tmp_path / "base" / PROJECT / ".orchestrator" / "queue" / "jobs").iterdir())
+    listed = json.loads(run_module("keys", "list", "--json", env=env).stdout)
+    assert listed["signing_key"] == kid and listed["signing_key_trusted"] is False
+    assert f"{kid} (NOT TRUSTED: no {kid}.pub verifies it: writes are refused" in run_module("keys", "list", env=env).stdout
+
+
+def test_keys_list_tells_to_replace_a_revoked_key_from_the_environment_where_it_comes_from(tmp_path: Path) -> None:
+    """`keys rotate` makes a new active key in the folder, which does not sign while ORCH_SIGNING_KEY is set."""
+    from orchestrator.signing import new_seed
+
+    env = {**machine_env(tmp_path / "base", tmp_path / "keys"), "ORCH_SIGNING_KEY": new_seed()}
+    kid = json.loads(run_module("keys", "list", "--json", env=env).stdout)["signing_key"]
+    (tmp_path / "keys").mkdir(mode=0o700)
+    (tmp_path / "keys" / "revoked").write_text(f"{kid}\n")
+    text = run_module("keys", "list", env=env).stdout
+    assert f"{kid} (REVOKED: writes are refused until another key signs. It comes from ORCH_SIGNING_KEY" in text

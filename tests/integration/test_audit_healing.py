@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import jobstates as js
-from helpers import run_script
+from helpers import run_module, run_script
 from orchestrator import Orchestrator, audit
 from orchestrator.integrity import verify_project
 from orchestrator.key_files import load_keyring
@@ -299,3 +299,34 @@ def test_audit_heal_of_a_large_project_says_how_far_it_got(cli_orch: Orchestrato
     monkeypatch.setattr(audit, "HEAL_BATCH", 5)
     shown.clear()
     assert CliRunner().invoke(cli_mod.cli, ["audit", "heal"], env=cli_env).exit_code == 0 and shown == []
+
+
+@pytest.mark.parametrize("healer", ["audit heal", "audit-timeline"])
+def test_an_entry_an_audit_log_restored_from_an_older_copy_lacks_is_written_once_though_its_marker_remains(
+        cli_orch: Orchestrator, cli_env, healer: str) -> None:
+    """Runbook E: the log restored from a backup and its head record moved away. The markers of the entries written
+    after the backup are still there, so only a command that reads the log itself finds them missing."""
+    import shutil
+
+    kept, lost = js.waiting_human(cli_orch), js.waiting_human(cli_orch)
+    cli_orch.resume(kept, "yes")
+    log = cli_orch.settings.state_dir / "audit" / "audit_events.jsonl"
+    backup = log.read_bytes()
+    cli_orch.resume(lost, "yes")
+    log.write_bytes(backup)
+    shutil.move(cli_orch.settings.state_dir.joinpath(*audit.AUDIT_HEAD), cli_orch.settings.state_dir.parent / "incident")
+    assert [(w.code, w.stream) for w in verify_project(cli_orch).warnings] == [("AUDIT_ENTRY_MISSING", lost)]
+    assert audit.unmarked(cli_orch, [cli_orch.load(lost)]) == []  # the markers alone say nothing is missing
+
+    if healer == "audit heal":
+        proc = run_module("audit", "heal", "--json", env=cli_env)
+        assert proc.returncode == 0 and json.loads(proc.stdout)["written"] == 1, proc.stderr
+    else:
+        proc = run_script("audit_timeline", "--job-id", lost, "--json", env=cli_env)
+        assert proc.returncode == 0 and json.loads(proc.stdout)["warnings"] == [], proc.stdout
+    (healed,) = entries(cli_orch, lost, "resume")
+    assert healed["data"]["healed"] is True and healed["data"]["event_hash"] == line_hash(cli_orch.store.read(lost)[-1].raw)
+    report = verify_project(cli_orch)
+    assert report.ok and not report.warnings
+    assert run_script("audit_timeline", "--job-id", lost, env=cli_env).returncode == 0
+    assert len(entries(cli_orch, lost, "resume")) == 1 and len(entries(cli_orch, kept, "resume")) == 1

@@ -224,6 +224,46 @@ def test_the_signing_key_id_is_known_without_reading_the_private_key(isolated_en
     assert load_keyring({"ORCH_SIGNING_KEY": new_seed(), "ORCH_KEYRING_DIR": str(isolated_env)}).signing_key_id() != kid
 
 
+@pytest.mark.parametrize("break_it, refusal", [
+    ("remove the .pub", "has no public key file .*UNKNOWN_KEY.*openssl pkey"),
+    ("another .pub", "does not hold the public key of"),
+    ("the key under another name", "holds the key {kid}, not 'k-1111111111111111'.*write {kid} into"),
+    ("two lines", "does not name a key id .*'k-1111111111111111\\\\nk-2222222222222222'")])
+def test_the_active_key_signs_nothing_that_no_reader_here_would_trust(isolated_env: Path, break_it: str,
+                                                                      refusal: str) -> None:
+    """A process trusts the key it signs with: without the check, a write succeeds and every other command
+    refuses what it wrote as UNKNOWN_KEY (a job no worker ever runs)."""
+    kid = write_keypair(isolated_env)
+    if break_it == "remove the .pub":
+        (isolated_env / f"{kid}.pub").unlink()
+    elif break_it == "another .pub":
+        other = write_keypair(isolated_env / "other")
+        (isolated_env / f"{kid}.pub").write_bytes((isolated_env / "other" / f"{other}.pub").read_bytes())
+    elif break_it == "the key under another name":
+        shutil.copy(isolated_env / f"{kid}.key", isolated_env / "k-1111111111111111.key")
+        (isolated_env / "active").write_text("k-1111111111111111\n")
+    else:
+        (isolated_env / "active").write_text("k-1111111111111111\nk-2222222222222222\n")
+    ring = load_keyring()
+    with pytest.raises(SigningKeyError, match=refusal.format(kid=kid)):
+        ring.seal({"seq": 1})
+    assert ring.signer is None
+
+
+def test_revoke_writes_a_key_another_folder_lists_as_revoked_into_the_keyring_folder(
+        isolated_env: Path, tmp_path: Path) -> None:
+    """The trusted-keys folder may be another machine's, copied here: this machine's own list must hold the id."""
+    from orchestrator.key_files import revoke
+
+    write_keypair(isolated_env)
+    other = write_keypair(tmp_path / "trusted", activate=False)
+    (tmp_path / "trusted" / "revoked").write_text(f"{other}\n")
+    env = {"ORCH_KEYRING_DIR": str(isolated_env), "ORCH_TRUSTED_KEYS_DIR": str(tmp_path / "trusted")}
+    assert revoke(other, env)[1] is True and revoke(other, env)[1] is False
+    (tmp_path / "trusted" / "revoked").unlink()
+    assert other in load_keyring(env).revoked
+
+
 @pytest.mark.parametrize("kid", ["", "k-nothex", "K-0123456789ABCDEF", "k-0123456789abcdef\n", "../k-0123456789abcdef",
                                  "evil\n{active}", "{active}\nevil", "{active}\u2028"])
 def test_revoke_refuses_an_id_that_is_not_a_key_id_and_writes_nothing(isolated_env: Path, kid: str) -> None:
@@ -252,8 +292,10 @@ def test_revoke_writes_a_key_once_on_a_line_of_its_own(isolated_env: Path, tmp_p
 
     old, trusted_elsewhere = write_keypair(isolated_env), write_keypair(tmp_path / "trusted", activate=False)
     (isolated_env / "revoked").write_text("k-feedfeedfeedfeed")  # edited by hand: no newline at the end
-    assert old not in revoke(old).revoked
-    assert old in revoke(old).revoked  # again: already revoked, nothing written
+    ring, written = revoke(old)
+    assert old not in ring.revoked and written
+    ring, written = revoke(old)  # again: already revoked, nothing written
+    assert old in ring.revoked and not written
     revoke(trusted_elsewhere, {"ORCH_KEYRING_DIR": str(isolated_env), "ORCH_TRUSTED_KEYS_DIR": str(tmp_path / "trusted")})
     assert (isolated_env / "revoked").read_text().splitlines() == ["k-feedfeedfeedfeed", old, trusted_elsewhere]
 
@@ -555,8 +597,8 @@ def test_a_sticky_folder_is_never_a_keyring_folder_itself_and_is_left_as_it_is(
     if owner == "the user":
         os.chown(shared, OTHER_UID, -1)
         monkeypatch.setattr(os, "geteuid", lambda: OTHER_UID)
-    shared_folder = (f"keyring folder {shared} is a shared folder \\(sticky, as /tmp\\) others may add files to.*"
-                     "a folder of their own")
+    what = "trusted-keys folder" if variable == "ORCH_TRUSTED_KEYS_DIR" else "keyring folder"  # the message names it
+    shared_folder = f"{what} {shared} is a shared folder \\(sticky, as /tmp\\) others may add files to.*a folder of their own"
     with pytest.raises(SigningKeyError, match=shared_folder):
         load_keyring(env)
     if variable == "ORCH_KEYRING_DIR":
