@@ -75,8 +75,8 @@ def _given_text(text: str | None, text_file: Any, metavar: str, required: bool) 
     given = f"--text-file {name if isinstance(name, str) and name != '<stdin>' else '-'}"
     raw = read_at_most(text_file, MAX_TEXT_FILE_BYTES)
     if raw is None:
-        raise InvalidInputError(f"{given} holds more than {MAX_TEXT_FILE_BYTES} bytes (a {metavar.lower()} is at most "
-                                f"{MAX_TEXT_CHARS} characters); nothing was written")
+        raise InvalidInputError(f"{given} holds more than {MAX_TEXT_FILE_BYTES} bytes (the {metavar.lower()} may be at "
+                                f"most {MAX_TEXT_CHARS} characters); nothing was written")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

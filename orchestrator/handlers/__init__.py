@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import shutil
 import signal
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from orchestrator.errors import ConfigError, HandlerNotFoundError
 from orchestrator.handler_host import HandlerHost
@@ -210,13 +211,42 @@ def _import(module_name: str) -> Any:
     try:
         # what the module starts at import is the worker's, not a run's leftover; what it prints is a diagnostic,
         # for stderr: the worker's stdout carries its results (with --json, JSON Lines and nothing else)
-        with own_code(), contextlib.redirect_stdout(sys.stderr):
+        with own_code(), _stdout_to_stderr():
             return importlib.import_module(module_name)
     finally:
         if threading.current_thread() is threading.main_thread():
             for sig, handler in saved.items():
                 if handler is not None and signal.getsignal(sig) is not handler:
                     signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send this process's stdout to stderr in the block: ``sys.stdout``, and descriptor 1 itself, which a program
+    the module starts at import (``subprocess.run``) or C code writes to. What was printed before is flushed to the
+    real stdout first. A process without a descriptor 1 or 2 (closed by its parent) keeps the Python-level
+    redirection alone."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # a stdout closed, or none: nothing to keep
+        sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:
+        saved = None
+    try:
+        if saved is not None:
+            try:
+                os.dup2(2, 1)
+            except OSError:
+                os.close(saved)
+                saved = None
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved is not None:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                sys.stderr.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

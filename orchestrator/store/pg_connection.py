@@ -147,12 +147,12 @@ def _connect_error(exc: Exception, url: str) -> OrchestratorError:
     (it may pass); anything else ``StorageError``."""
     text = str(exc).strip()
     if not isinstance(exc, _driver().OperationalError):
-        return StorageError(redacted(f"cannot connect to PostgreSQL at {url}: {text}", url))
+        return StorageError(redacted(f"cannot connect to PostgreSQL at {url} ({text})", url))
     if _BAD_SETTING.search(text):
         why = re.sub(r"^connection (is bad|failed): ", "", text)  # psycopg's words, not libpq's
         return ConfigError(redacted(f"not a valid PostgreSQL connection setting: {why} (in {url}, or the PG* variable "
                                     "or service file that sets it)", url) + "; fix --store / ORCH_STORE_URL")
-    return StorageUnavailableError(redacted(f"cannot connect to PostgreSQL at {url}: {text}", url))
+    return StorageUnavailableError(redacted(f"cannot connect to PostgreSQL at {url} ({text})", url))
 
 
 def _went_away(conn: Any) -> bool:

@@ -263,6 +263,7 @@ def test_an_answer_or_notes_read_from_stdin_or_a_file_are_checked_as_an_argument
     (tmp_path / "notes.txt").write_bytes(b"x" * 1_000_000)
     big = run_script("control", "revise", audited, "--text-file", str(tmp_path / "notes.txt"), "--json", env=cli_env)
     assert big.returncode == 3 and as_json(big)["error"] == "INVALID_INPUT" and "bytes" in as_json(big)["message"]
+    assert "(the notes may be at most 20000 characters)" in as_json(big)["message"]
     both = run_script("control", "revise", audited, "notes", "--text-file", "-", env=cli_env, input="notes")
     neither = run_script("control", "revise", audited, env=cli_env)
     assert both.returncode == neither.returncode == 2

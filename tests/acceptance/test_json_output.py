@@ -122,8 +122,11 @@ def test_worker_json_lines_stay_json_when_a_handler_module_prints_as_it_is_impor
     (modules / "banner_at_start.py").write_text(
         "from orchestrator import handler\nprint('banner_at_start loaded')\n\n"
         "@handler('greet')\ndef greet(ctx):\n    return {'status': 'done', 'summary': 'hi'}\n")
-    (modules / "banner_at_claim.py").write_text(
-        "print('banner_at_claim loaded')\n\ndef run(ctx):\n    return {'status': 'done', 'summary': 'hi'}\n")
+    (modules / "banner_at_claim.py").write_text(  # also below Python: a program it starts, a write to descriptor 1
+        "import os, subprocess, sys\nprint('banner_at_claim loaded')\n"
+        "subprocess.run([sys.executable, '-c', 'print(\"started at import\")'], check=True)\n"
+        "os.write(1, b'written to descriptor 1\\n')\n\n"
+        "def run(ctx):\n    return {'status': 'done', 'summary': 'hi'}\n")
     env = {**cli_env, "PYTHONPATH": f"{cli_env['PYTHONPATH']}:{modules}"}
     for kind in ("greet", "banner_at_claim:run"):
         run_script("submit", "--kind", kind, "--input", "{}", env=env, check=True)
@@ -131,6 +134,7 @@ def test_worker_json_lines_stay_json_when_a_handler_module_prints_as_it_is_impor
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [line.get("outcome") for line in lines] == ["succeeded", "succeeded", None]
     assert "banner_at_start loaded" in proc.stderr and "banner_at_claim loaded" in proc.stderr
+    assert "started at import" in proc.stderr and "written to descriptor 1" in proc.stderr
 
 
 def _status_interrupted(cli_env: dict[str, str], tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

@@ -3,6 +3,7 @@ never a traceback. These need psycopg but no server: the URL fails before any co
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -143,3 +144,16 @@ def test_a_server_out_of_reach_stays_a_storage_error() -> None:
     with pytest.raises(StorageUnavailableError) as refused:
         connect("postgresql://orch:S3cretPW@127.0.0.1:1/jobs?sslmode=disable")
     assert not isinstance(refused.value, ConfigError)
+
+
+def test_a_password_given_as_a_query_parameter_is_redacted_and_the_reason_after_the_url_kept() -> None:
+    """``?password=x: reason`` read as one value to redact took the colon with it: the URL and libpq's reason ran
+    together. The reason now follows in brackets (``security.shown``'s rule for a message naming a value)."""
+    from orchestrator.errors import StorageUnavailableError
+    from orchestrator.store.pg_connection import connect
+
+    with pytest.raises(StorageUnavailableError) as refused:
+        connect("postgresql://orch@127.0.0.1:1/jobs?password=S3cretPW")
+    assert "S3cretPW" not in refused.value.message
+    assert re.search(r"at postgresql://orch@127\.0\.0\.1:1/jobs\?password=\[REDACTED\] \(connection (is bad|failed)",
+                     refused.value.message), refused.value.message

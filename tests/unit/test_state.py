@@ -163,6 +163,13 @@ def test_a_released_run_is_queued_again_without_counting_a_failure() -> None:
     assert (s.state, s.failures, s.attempt, s.worker_id, s.retry_at) == (QUEUED, 0, 1, None, None)
 
 
+
+def test_a_job_cancelled_while_it_runs_shows_no_worker_or_lease_but_keeps_its_last_run() -> None:
+    """`status` shows a job's worker and lease while it runs (README); its run id stays, to find the run's lines."""
+    s = run(SUBMIT, CLAIM, CANCEL)
+    assert (s.state, s.worker_id, s.lease_expires_at, s.run_id, s.attempt) == (CANCELLED, None, None, "r1", 1)
+
+
 STOP_COUNTED = ev("job_failed", {"error_code": "WORKER_STOPPED", "error": "stopped again", "retry_at": LATER},
                   run_id="r1")
 HAND_BACK = ev("job_released", {"error_code": "PATH_ESCAPE", "worker_id": "w1"}, run_id="r1")
