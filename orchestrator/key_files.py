@@ -248,16 +248,13 @@ def _check_active_pair(directory: Path, kid: str, public: bytes) -> None:
                               f"{directory / ACTIVE_FILE}, or make a new key active: orchestrator keys rotate; "
                               "nothing was written")
     pub = directory / f"{kid}{PUBLIC_SUFFIX}"
+    fix = (f"every other command would refuse the events it signs as UNKNOWN_KEY. Write it from the private key "
+           f"(openssl pkey -in {private} -pubout -out {pub}), or make a new key active: orchestrator keys rotate; "
+           "nothing was written")
     if not os.path.lexists(pub):
-        raise SigningKeyError(f"the active key {kid} has no public key file {pub} (removed?): every other command "
-                              "would refuse the events it signs as UNKNOWN_KEY. Write it from the private key "
-                              f"(openssl pkey -in {private} -pubout -out {pub}) or restore it from a backup, or make "
-                              "a new key active: orchestrator keys rotate; nothing was written")
+        raise SigningKeyError(f"the active key {kid} has no public key file {pub} (removed?): {fix}")
     if _public_from_pem(_read_key_file(pub, "public key file", others_could=MAKES_KEYS_TRUSTED), pub) != public:
-        raise SigningKeyError(f"the public key file {pub} does not hold the public key of {private}: every other "
-                              "command would refuse the events it signs as UNKNOWN_KEY. Write it from the private "
-                              f"key (openssl pkey -in {private} -pubout -out {pub}), or make a new key active: "
-                              "orchestrator keys rotate; nothing was written")
+        raise SigningKeyError(f"the public key file {pub} does not hold the public key of {private}: {fix}")
 
 
 def _load_dir_signer(directory: Path, announce: bool) -> Any:
