@@ -239,6 +239,12 @@ class QueueIndex(ABC):
         """This thread has claimed a job: if it was the idle worker watching for new ones, it lets go of its turn
         (and wakes another if other entries are ready); idle again, it takes the turn back unless another took it."""
 
+    def claimed_while_waiting(self) -> bool:
+        """Whether this thread's last ``wait`` took its turn to watch and found every entry announced while it waited
+        gone: another worker claimed those jobs (most likely), which may run now. Such a wait returns False (nothing
+        to walk for), but the worker's stale recovery has not seen those jobs (``Worker._idle``)."""
+        return False
+
     def close(self) -> None:
         """Release this thread's watch; the index is still usable for claims afterwards."""
 
@@ -545,9 +551,10 @@ class FileQueueIndex(QueueIndex):
         watches on its own: the turn goes on until a worker that runs the job has it, or every idle one watches.
         Where turns cannot be taken (polling), every idle worker watches."""
         end = time.monotonic() + timeout
+        waits = self._waits
+        waits.claimed = False
         # ready/ removed or moved away (the index is a cache: deletable at any time): the next entry goes into a new
         # folder, so that one is watched, and "look now" said, for an entry put there before the watch
-        waits = self._waits
         lost = waits.watcher is not None and waits.watcher.lost
         if lost:
             self.close()
@@ -566,9 +573,14 @@ class FileQueueIndex(QueueIndex):
                 turn.wait(timeout)
                 if not turn.take():
                     return False
-            if watcher.wait(0) and self._still_ready(watcher.changed(TAKEN_OVER_NAMES_CHECKED)):
-                return True
+            if watcher.wait(0):
+                if self._still_ready(watcher.changed(TAKEN_OVER_NAMES_CHECKED)):
+                    return True
+                waits.claimed = True  # nothing to walk for, but those jobs may run now: ``claimed_while_waiting``
         return watcher.wait(max(0.0, end - time.monotonic()))
+
+    def claimed_while_waiting(self) -> bool:
+        return self._waits.claimed
 
     def _still_ready(self, names: "set[str] | None") -> bool:
         """Whether one of the entries announced while this worker waited its turn is still there to claim (not
@@ -597,6 +609,7 @@ class _ThreadWaits(threading.local):
 
     watcher: "Watcher | None" = None
     turn: "WatchTurn | None" = None
+    claimed = False  # its last wait took the turn and found the entries announced before it gone
 
 
 def _entry_exists(path: str) -> bool:

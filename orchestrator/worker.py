@@ -534,7 +534,9 @@ class Worker:
     def _idle(self, timeout: float) -> None:
         """Wait up to ``timeout`` for new work, in steps of ``STOP_CHECK_SECONDS``: a ``stop()`` from another thread
         ends the wait that soon (a signal at once). In turn with the other idle workers of the queue, unless the last
-        claim pass left a job for another worker (``QueueIndex.wait``)."""
+        claim pass left a job for another worker (``QueueIndex.wait``). A turn that comes after another worker claimed
+        the jobs announced meanwhile ends the wait at the stale watch's next look: ``timeout`` was set when none of them
+        ran (up to ``IDLE_MAX_WAIT``), and this worker may be the only idle one looking at their leases."""
         end = time.monotonic() + timeout
         take_turns = not self.claimer.left_for_others
         try:
@@ -543,6 +545,10 @@ class Worker:
                 left = max(0.0, end - time.monotonic())
                 if self.queue.wait(min(left, STOP_CHECK_SECONDS), take_turns) or left <= STOP_CHECK_SECONDS:
                     return
+                if self.queue.claimed_while_waiting():
+                    now = self.orch.clock()
+                    look = self.stale_watch.next_look(now)  # after a listing that found no job: list_every after it
+                    end = min(end, time.monotonic() + (0.0 if look is None else max(0.0, look - now)))
         except WorkerStop:
             pass
         finally:

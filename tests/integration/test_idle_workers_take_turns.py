@@ -199,6 +199,35 @@ def test_the_next_worker_looks_at_once_when_an_entry_announced_before_its_turn_i
     index.close()
 
 
+def test_a_turn_that_comes_after_the_jobs_announced_meanwhile_were_claimed_says_so_once(tmp_path) -> None:
+    """The next watcher walks for none of them, but they may run now, unseen by its stale recovery: its worker
+    looks at the running index (``Worker._idle``)."""
+    root = tmp_path / "index"
+    index = FileQueueIndex(root)
+    assert index.wait(0) is False  # this thread watches
+    watching, handed_over = threading.Event(), threading.Event()
+
+    def next_watcher():
+        waited = index.wait(0), index.claimed_while_waiting()  # not its turn: its watch queues what comes
+        watching.set()
+        assert handed_over.wait(5)
+        taken = index.wait(0.1), index.claimed_while_waiting()  # its turn: A was announced, and is gone
+        after = index.wait(0.1), index.claimed_while_waiting()
+        index.close()
+        return waited, taken, after
+
+    waiting, out = in_thread(next_watcher)
+    assert watching.wait(5)
+    index.put_ready(entry("A"))
+    assert index.wait(1.0) is True
+    index.drop_ready(entry("A"))  # claimed
+    index.hand_over_watch()
+    handed_over.set()
+    waiting.join(5)
+    assert out == {"result": ((False, False), (False, True), (False, False))}
+    index.close()
+
+
 def test_a_worker_that_left_a_job_for_others_gives_the_turn_up_and_watches_on_its_own(tmp_path) -> None:
     index, standby = woken_for_a_with_another_waiting(tmp_path)
     try:
@@ -342,6 +371,37 @@ def test_an_idle_worker_watching_when_a_job_of_another_kind_comes_hands_the_turn
             w.stop()
         for t in threads:
             t.join(10)
+
+
+def test_an_idle_worker_whose_turn_comes_after_the_watcher_claimed_a_job_and_died_recovers_it_at_its_expiry(
+        orch) -> None:
+    """The watcher claims a job, lets go of its turn and is killed: the worker whose turn comes had found no job
+    running, so its idle wait was IDLE_MAX_WAIT (30 s), and its turn told it nothing (the job's entry is gone). Until
+    2026-12-06 (twenty-third session) it recovered the job that late; it now looks at the running index."""
+    assert orch.queue.wait(0) is False  # this thread is the watcher
+    idle = Worker(orch, WorkerSettings(worker_id="idle", retry_base_seconds=0))
+    looked = threading.Event()
+
+    def counted(now=None, _claim=idle.claim):
+        found = _claim(now)
+        if found is None:
+            looked.set()
+        return found
+
+    idle.claim = counted
+    thread = run_in_thread(idle)
+    try:
+        assert looked.wait(10)  # its first pass found nothing to run and no job running: it waits its turn
+        job = orch.submit("t.echo", {"n": 1})
+        claimed = time.monotonic()
+        assert Worker(orch, WorkerSettings(worker_id="dead", lease_seconds=1)).claim() is not None
+        orch.queue.hand_over_watch()  # the run starts, and the watcher dies: nothing renews the lease
+        assert wait_until(lambda: orch.status(job).state == "succeeded", 8.0), "recovered when its idle wait ends: 30 s"
+        assert time.monotonic() - claimed < 1 + 3.0
+    finally:
+        idle.stop()
+        thread.join(10)
+        orch.queue.close()
 
 
 @pytest.mark.parametrize("queued, kinds, left", [
