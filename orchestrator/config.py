@@ -16,7 +16,7 @@ from typing import Mapping
 
 from orchestrator.errors import ConfigError
 from orchestrator.limits import MAX_DURATION_SECONDS, is_number
-from orchestrator.security import validate_id
+from orchestrator.security import shown, validate_id
 
 DEFAULT_BASE_PATH = "."
 DEFAULT_PROJECT_ID = "default"
@@ -82,10 +82,15 @@ class Settings:
         project = project_id if project_id is not None else env.get("PROJECT_ID") or DEFAULT_PROJECT_ID
         validate_id(project, "project id")
         try:
-            if base.exists() and not base.is_dir():
-                raise ConfigError(f"BASE_PATH {base} is not a folder")
+            if base.exists():
+                if not base.is_dir():
+                    raise ConfigError(f"BASE_PATH {base} is not a folder")
+            elif (blocker := _file_above(base)) is not None:  # a typo, not a store to repair (as STORAGE_ERROR said)
+                raise ConfigError(f"BASE_PATH {base} cannot be a folder ({blocker} is a file)")
             resolved = base.resolve()
-        except (OSError, RuntimeError) as exc:  # a name too long, a loop of links (RuntimeError from resolve)
+        except (OSError, RuntimeError, ValueError) as exc:  # a name too long, a loop of links (resolve), a NUL
+            if isinstance(exc, ValueError):
+                raise ConfigError(f"BASE_PATH {shown(str(base))} cannot be used (it holds a NUL character)") from None
             reason = getattr(exc, "strerror", None) or "a loop of symbolic links"
             raise ConfigError(f"BASE_PATH {base} cannot be used: {reason}") from None
         store = store_url or env.get("ORCH_STORE_URL") or None
@@ -105,6 +110,15 @@ class Settings:
     @property
     def state_dir(self) -> Path:
         return self.project_dir / STATE_DIR
+
+
+def _file_above(path: Path) -> Path | None:
+    """The nearest thing above ``path`` (which is not there) that exists, when it is not a folder: no folder can be
+    made at ``path``. None when it is a folder."""
+    for parent in path.absolute().parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float, *, positive: bool = False) -> float:
@@ -164,7 +178,9 @@ def load_dotenv_file(path: str | os.PathLike[str] = ".env") -> None:
         # parse_stream is what load_dotenv parses with; its bindings flag a statement it could not parse
         bad = next((b for b in parse_stream(io.StringIO(text)) if b.error), None)
         if bad is not None:  # the line is not quoted back: it may hold a secret
-            raise ConfigError(f"{where}, line {bad.original.line}: cannot be parsed (an unterminated quote? "
+            # the statement python-dotenv could not parse starts with the blank lines before it
+            skipped = bad.original.string[:len(bad.original.string) - len(bad.original.string.lstrip())].count("\n")
+            raise ConfigError(f"{where}, line {bad.original.line + skipped}: cannot be parsed (an unterminated quote? "
                               "write NAME=value, NAME=\"value\" or NAME='value'); nothing was loaded from it")
         try:
             load_dotenv(stream=io.StringIO(text), override=False)

@@ -17,7 +17,7 @@ from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY
 from orchestrator.errors import InvalidInputError
 from orchestrator.limits import (MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_JSON_DEPTH, MAX_KIND_LENGTH,
                                  PRIORITY_LIMIT, encoded_depth, plain_json)
-from orchestrator.security import validation_summary
+from orchestrator.security import shown, validation_summary
 from orchestrator.signing import Encoded, canonical
 
 
@@ -218,7 +218,10 @@ def encoded_value(value: Any, what: str) -> bytes:
     why ``what`` (a submit's input, an appended event's field) cannot be written: a lone surrogate, a NaN or an
     infinity, a type JSON has no form for, a circular reference, nesting deep enough to stop the encoder."""
     try:
-        return canonical(value)
+        try:
+            return canonical(value)
+        except TypeError:  # keys of several types (1 and "a") cannot be sorted as they are: as JSON has them, they can
+            return canonical(_with_text_keys(value, what))
     except UnicodeEncodeError:
         raise InvalidInputError(f"{what} holds text that is not valid Unicode (a lone surrogate such as \\udcff)"
                                 ) from None
@@ -226,6 +229,20 @@ def encoded_value(value: Any, what: str) -> bytes:
         raise InvalidInputError(_too_deep(what)) from None
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"{what} is not plain JSON: {exc}") from None
+
+
+def _with_text_keys(value: Any, what: str) -> Any:
+    """``value`` with the keys of its mappings as ``json.dumps`` writes them (1 as "1", None as "null"); two keys
+    of one mapping that JSON writes the same (1 and "1") are refused, not one of them dropped. What it cannot encode
+    (a set, a NaN) raises as ``json.dumps`` does."""
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        mapping = dict(pairs)
+        if len(mapping) < len(pairs):
+            twice = next(k for i, (k, _) in enumerate(pairs) if any(k == other for other, _ in pairs[:i]))
+            raise InvalidInputError(f"{what} has two keys written {shown(twice)} in JSON (1 and '1', say)")
+        return mapping
+
+    return json.loads(json.dumps(value, ensure_ascii=False, allow_nan=False), object_pairs_hook=unique)
 
 
 def refuse_too_deep(data: bytes, what: str) -> None:

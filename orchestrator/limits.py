@@ -122,6 +122,22 @@ def whole_number(value: Any, name: str, least: int = 1, most: int | None = None,
     raise InvalidInputError(f"{name} must be {'None or ' if or_none else ''}a whole number {span}, not {shown(value)}")
 
 
+def true_or_false(value: Any, name: str) -> bool:
+    """``value`` when it is a bool, else ``INVALID_INPUT`` naming ``name``: a flag the Python API takes (``"no"`` is
+    truthy, and would do the opposite of what it says)."""
+    if isinstance(value, bool):
+        return value
+    raise InvalidInputError(f"{name} must be True or False, not {shown(value)}")
+
+
+def callable_or_none(value: Any, name: str) -> Any:
+    """``value`` when it is None or can be called (a callback the Python API takes), else ``INVALID_INPUT`` naming
+    ``name``: refused before any work, not when it is first called, mid-run."""
+    if value is None or callable(value):
+        return value
+    raise InvalidInputError(f"{name} must be None or a function, not {shown(value)}")
+
+
 def is_unicode(text: str) -> bool:
     """Whether ``text`` is valid Unicode: no lone surrogate, which is how Python gives bytes that are not UTF-8 (a
     command-line argument, a file name) and which nothing can sign, store or write as UTF-8."""

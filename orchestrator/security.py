@@ -549,9 +549,9 @@ def validate_id(value: str, what: str = "job id", longest: int = ID_LENGTH) -> s
     elif ".." in value:
         reason = "must not contain '..'"
     elif not value[0].isascii() or not value[0].isalnum():
-        reason = "must start with a letter or digit"
+        reason = "must start with an ASCII letter or digit"
     elif _ID_RE.fullmatch(value) is None:
-        reason = "may contain only letters, digits, '.', '_' and '-'"
+        reason = "may contain only ASCII letters and digits, '.', '_' and '-'"
     else:
         return value
     raise InvalidIdError(f"invalid {what} {shown(value)} ({reason})")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from orchestrator import latency as lat
-from orchestrator.errors import Interrupted  # what StopSignals raises
+from orchestrator.errors import Interrupted, InvalidInputError  # Interrupted: what StopSignals raises
 
 GATE_P95_MS = 80.0
 GATE_P99_MS = 150.0
@@ -177,7 +177,6 @@ def refuse_foreign_jobs(orch: Any) -> None:
     Measured on 5,000 kept jobs (3 lines each; medians of 5, two rounds): 0.93 / 1.21 s (187 / 241 us a job)
     when each job was read as ``status`` reads it (the line the head record names, the chain, replay), 0.12 / 0.14 s
     now, of which 0.07 / 0.09 s is listing the jobs (docs/decisions.md, 2026-12-02)."""
-    from orchestrator.errors import InvalidInputError
     from orchestrator.history import submitted_kind
     from orchestrator.security import shown
 
@@ -250,6 +249,9 @@ def execute(samples: int, seed: int, base_path: str | None, project_id: str | No
     from orchestrator.output_file import OutputFile
     from orchestrator.security import validate_id
 
+    if raw_output is not None and report is not None and os.path.realpath(raw_output) == os.path.realpath(report):
+        raise InvalidInputError(f"--raw-output and --report name one file ({report}): the report would replace the "
+                                "samples; give each a path of its own")
     scratch = project_id is None
     project = validate_id(f"bench-latency-{os.urandom(4).hex()}" if scratch else project_id, "project id")
     delete = scratch and not keep

@@ -47,7 +47,7 @@ from orchestrator.handlers.command import CommandNotFound
 from orchestrator.heartbeat import Heartbeat
 from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease
 from orchestrator.leftovers import kill_run
-from orchestrator.limits import whole_number
+from orchestrator.limits import callable_or_none, true_or_false, whole_number
 from orchestrator.notices import Notify
 from orchestrator.outcome import (STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS, Claim, OutcomeRecorder,
                                   RunResult, lost)
@@ -485,6 +485,9 @@ class Worker:
         pass's recovery ended (``recovery.recover``), when it ended any, before that pass's claim (also when the
         recovery then raised: what it wrote is written)."""
         whole_number(max_jobs, "max_jobs", or_none=True)
+        true_or_false(idle_exit, "idle_exit")
+        callable_or_none(on_result, "on_result")
+        callable_or_none(on_recovered, "on_recovered")
         done = 0
         precise_sleeps()
         self.orch.store.has_jobs()  # a store that cannot be reached now is a setting to fix: exit (one call)

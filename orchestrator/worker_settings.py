@@ -10,7 +10,8 @@ from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCE
                                  DEFAULT_STOP_GRACE_SECONDS, DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES,
                                  MAX_LEASE_SECONDS, MIN_LEASE_SECONDS, MIN_OUTPUT_MAX_BYTES)
 from orchestrator.errors import InvalidInputError
-from orchestrator.limits import MAX_DURATION_SECONDS, MAX_KIND_LENGTH, is_kind, is_number, whole_number
+from orchestrator.limits import (MAX_DURATION_SECONDS, MAX_KIND_LENGTH, is_kind, is_number, true_or_false,
+                                 whole_number)
 from orchestrator.output_cap import is_output_bound
 from orchestrator.security import shown
 
@@ -50,8 +51,7 @@ class WorkerSettings:
             raise InvalidInputError(f"output_max_bytes must be 0 (no bound) or a whole number of bytes from "
                                     f"{MIN_OUTPUT_MAX_BYTES}, not {shown(self.output_max_bytes)}")
         for name in ("artifacts_import", "pass_store_credentials"):  # "no" is truthy: it would switch them on
-            if not isinstance(getattr(self, name), bool):
-                raise InvalidInputError(f"{name} must be True or False, not {shown(getattr(self, name))}")
+            true_or_false(getattr(self, name), name)
         # a lease's heartbeats are trusted up to MAX_LEASE_SECONDS (leases.lease_expiry); the other durations
         # up to a year: NaN fails both comparisons, inf or a huge value would overflow the ISO timestamps
         for name, least, most in (("lease_seconds", MIN_LEASE_SECONDS, MAX_LEASE_SECONDS),

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from orchestrator.audit import ACTIONS
 from orchestrator.cli import CONTEXT, EXIT_INTEGRITY, JobIdOptionCommand, Output, cli, echo, note_missing_store, project_command
@@ -57,7 +58,8 @@ def _threshold(name: str, kind: Any, help_text: str) -> Any:
 
 @cli.command("metrics", context_settings=CONTEXT)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "prometheus"]), default="table",
-              show_default=True, help="Output format (--json is the same as --format json).")
+              show_default=True, help="Output format (--json is the same as --format json; another --format with "
+                                      "--json is a usage error).")
 @click.option("--rebuild", is_flag=True, help="Ignore the projection cache and replay every job.")
 @click.option("--fail-on", type=click.Choice(["warning", "critical"]), default=None,
               help="Exit 12 (ALERTS_FIRING) when an alert of this severity or worse fires.")
@@ -85,6 +87,9 @@ def metrics(orch: Any, out: Output, fmt: str, rebuild: bool, fail_on: str | None
     from orchestrator import metrics as m
     from orchestrator.errors import AlertsFiringError
 
+    given = click.get_current_context().get_parameter_source("fmt") is not ParameterSource.DEFAULT
+    if out.as_json and fmt != "json" and given:
+        raise click.UsageError(f"--format {fmt} and --json exclude each other (--json is --format json)")
     figures = orch.metrics(rebuild=rebuild, processes=processes, thresholds=m.Thresholds.from_env(**limits),
                            progress=lambda n: out.progress(f"replayed {n} jobs..."))
     note_missing_store(orch, out)

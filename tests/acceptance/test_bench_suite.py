@@ -366,7 +366,7 @@ def test_a_kept_project_without_a_base_path_is_kept_where_the_other_commands_loo
 
 
 @pytest.mark.parametrize("where, code, exit_code", [
-    ("file/x", "STORAGE_ERROR", 10),  # a file where a folder belongs
+    ("file/x", "CONFIG_ERROR", 3),  # a file where a folder belongs (a typo: STORAGE_ERROR said to restore a backup)
     ("loop/x", "CONFIG_ERROR", 3),  # a loop of symbolic links (a traceback from every command before)
     ("x" * 300 + "/y", "CONFIG_ERROR", 3),  # a name too long for the file system (idem)
 ], ids=["under-a-file", "link-loop", "name-too-long"])

@@ -19,14 +19,15 @@ def test_a_dotenv_line_that_cannot_be_parsed_is_a_config_error_naming_the_file_a
         cli_env: dict[str, str], tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    (work / ".env").write_text(f'PROJECT_ID=p2\nBASE_PATH="{tmp_path}/base\n')  # the closing quote forgotten
+    # the closing quote forgotten, after blank lines (python-dotenv's statement starts at the first of them)
+    (work / ".env").write_text(f'# settings\nPROJECT_ID=p2\n\n  \nBASE_PATH="{tmp_path}/base\n')
     env = {k: v for k, v in cli_env.items() if k not in ("BASE_PATH", "PROJECT_ID")}
     text = in_folder(work, "submit", "--kind", "k", env=env)
     assert text.returncode == 3 and "Traceback" not in text.stderr, text.stderr
-    assert text.stderr.startswith(f"error[CONFIG_ERROR]: {work / '.env'}, line 2: cannot be parsed")
+    assert text.stderr.startswith(f"error[CONFIG_ERROR]: {work / '.env'}, line 5: cannot be parsed"), text.stderr
     as_json = in_folder(work, "submit", "--kind", "k", "--json", env=env)
     assert as_json.returncode == 3 and json.loads(as_json.stdout)["error"] == "CONFIG_ERROR"
-    assert f"{work / '.env'}, line 2" in json.loads(as_json.stdout)["message"]
+    assert f"{work / '.env'}, line 5" in json.loads(as_json.stdout)["message"]
     assert sorted(p.name for p in work.iterdir()) == [".env"]  # no ./p2/.orchestrator in the current folder
 
 

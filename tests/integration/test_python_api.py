@@ -107,6 +107,22 @@ def bad_arguments(orch: Orchestrator, base: Path) -> dict[str, object]:
         "a threshold a bool": lambda: orch.metrics(thresholds=Thresholds(waiting_human_max=True)),
         "a threshold an infinity": lambda: orch.metrics(thresholds=Thresholds(awaiting_audit_max=math.inf)),
         "a handler without a name": lambda: handler(lambda ctx: None),
+        # found by an operator's session, 2026-12-06: these raised deep inside, or read "no" as True
+        "idle_exit text": lambda: Worker(orch, WorkerSettings(worker_id="w1")).run(idle_exit="no", max_jobs=1),
+        "on_result an int": lambda: Worker(orch, WorkerSettings(worker_id="w1")).run(on_result=5, idle_exit=True),
+        "on_recovered text": lambda: Worker(orch, WorkerSettings(worker_id="w1")).run(on_recovered="x", idle_exit=True),
+        "rebuild text": lambda: orch.metrics(rebuild="no"),
+        "thresholds a dict": lambda: orch.metrics(thresholds={"stalled_max": 1}),
+        "progress an int": lambda: orch.verify(progress=5),
+        "against an int": lambda: orch.verify(against=5),
+        "clock text": lambda: Orchestrator(base_path=base, project_id="p", clock="x"),
+        "keyring text": lambda: Orchestrator(base_path=base, project_id="p", keyring="x"),
+        "store text": lambda: Orchestrator(base_path=base, project_id="p", store="x"),
+        "base_path with a NUL": lambda: Orchestrator(base_path=f"{base}/a\0b", project_id="p"),
+        "base_path below a file": lambda: Orchestrator(base_path=Path(__file__) / "x", project_id="p"),
+        "a kind no job can have": lambda: orch.jobs(kinds=[""]),
+        "a kind too long": lambda: orch.jobs(kinds=["x" * 300]),
+        "input keys one JSON writes alike": lambda: orch.submit("t.echo", {1: "a", "1": "b"}),
     }
 
 
@@ -235,7 +251,8 @@ def test_a_view_appended_to_keeps_the_records_it_had_made_and_parses_only_the_ne
 
 
 @pytest.mark.parametrize(("given", "stored"), [({None: 1}, {"null": 1}), ({3: (1, None)}, {"3": [1, None]}),
-                                                ({"a": {None: [None]}}, {"a": {"null": [None]}})])
+                                                ({"a": {None: [None]}}, {"a": {"null": [None]}}),
+                                                ({1: 2, "a": {None: 3, "b": 4}}, {"1": 2, "a": {"null": 3, "b": 4}})])
 def test_an_input_is_stored_as_its_json_says_and_its_job_verifies(orch, given: object, stored: object) -> None:
     """An input is what its JSON says: a ``None`` key is ``"null"``, as in the digest the submit makes from its
     encoding (a model's copy wrote ``"None"`` in the line, and the job failed its own check: ``CONTEXT_MISMATCH``)."""

@@ -536,8 +536,9 @@ def test_invalid_id_message_names_what_was_checked() -> None:
 
 
 @pytest.mark.parametrize(("bad", "reason"), [("../../etc/passwd", "must not contain '..'"),
-                                             ("my api-token", "may contain only letters"),
-                                             ("-session_id", "must start with a letter or digit")])
+                                             ("my api-token", "may contain only ASCII letters"),
+                                             ("-session_id", "must start with an ASCII letter or digit"),
+                                             ("projé", "may contain only ASCII letters"), ("ü", "ASCII letter")])
 def test_invalid_id_message_keeps_its_reason_when_sanitized(bad: str, reason: str) -> None:
     """An id ending in a secret's key name: the message, sanitized as every error shown is, still says what is wrong
     (the reason is not taken for that key's value and redacted)."""
