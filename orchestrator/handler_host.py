@@ -29,7 +29,7 @@ from orchestrator.handler_result import handler_payload
 from orchestrator.leftovers import KILLED_MAX_BYTES, decode_killed, encode_killed, end_leftovers, set_run_environment
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
 from orchestrator.runner import (HANDLER_PIPE_ENDS, STANDARD_FDS, UNREAPED, Child, forked_handler,
-                                 give_standard_streams, handler_main, reap_exited, spawning,
+                                 give_standard_streams, handler_main, load_libc, reap_exited, spawning,
                                  stop_deferred)
 from orchestrator.store.files import STRAY_AGE, open_regular, pid_alive
 
@@ -161,6 +161,7 @@ def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: i
     streams = StandardStreams(output)
     signals = SignalState()
     me = os.getpid()
+    libc = load_libc()  # the worker's handle, inherited: each run names this process after it (``set_run_environment``)
     while True:
         frame = _read_frame(req_r)
         if frame is None:  # the worker closed the pipe (or died): nothing more to run
@@ -172,7 +173,7 @@ def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: i
         # knows when the run starts. This run's tail holds this run's output only.
         if os.fstat(1).st_size:
             os.ftruncate(1, 0)
-        set_run_environment(request["context"])
+        set_run_environment(request["context"], libc)  # its name, so stale recovery finds it if the worker stops
         try:
             payload = handler_payload(lambda: call(request["kind"], request["context"]))
         except BaseException:  # ``sys.exit`` in the handler (or its own KeyboardInterrupt): this process ends here

@@ -237,7 +237,8 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
     else:
         data.update(to="failed")
     data["error"] = sanitize_text(why)
-    killed = kill_run_processes(s.run_id)  # on this machine: what the run left running must not meet its retry
+    # on this machine: what the run left running must not meet its retry, its Python handler's process included
+    killed = kill_run_processes(s.run_id, named=True)
     if killed:
         when = "after its worker stopped renewing its lease"
         notes.append(killed_warning(Killed.of(killed), s.job_id, s.run_id, when))

@@ -523,11 +523,11 @@ def fork_call(fn: Callable[[], Any], *, terminal_file: Path, output: Path,
               context: dict[str, Any] | None = None) -> Child:
     """Run ``fn()`` in a child forked for this run alone; its payload (``handler_payload``) becomes the
     terminal file. Used with ``handler_process="per-run"``; the default reuses one ``HandlerHost``.
-    ``context``: the run's, whose ids go in the child's environment (``set_run_environment``)."""
+    ``context``: the run's, whose ids go in the child's environment and name (``set_run_environment``)."""
     with forked_handler(1) as (pid, (done_r, done_w)):  # no other handler fork keeps ``done_w`` (its end of file)
         if pid == 0:  # pragma: no cover - runs in the child, covered by the worker tests
             def body() -> bytes:
-                set_run_environment(context or {})
+                set_run_environment(context or {}, load_libc())
                 payload = handler_payload(fn)
                 killed = end_leftovers()  # before the payload is there: the run is over when what it started is gone
                 write_bytes_atomic(terminal_file, payload)

@@ -63,6 +63,39 @@ def wait_for_release(ctx: JobContext) -> dict:
     return {"status": "done", "summary": f"released in {ctx.run_id}"}
 
 
+def _alive(pid: int) -> bool:
+    """A live process (a zombie nobody reaped yet counts as dead), as ``helpers.alive``."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@handler("t.overlap")
+def overlap(ctx: JobContext) -> dict:
+    """Its first attempt starts ``sleep 313`` in a session of its own (the run's ``ORCH_RUN_ID`` in its environment)
+    and forks a copy of itself into another (no ``exec``: ``/proc`` shows it the worker's environment), writes its
+    pid and theirs to ``folder/first``, then sleeps ``sleep`` seconds; a later attempt names those still alive."""
+    import subprocess
+
+    first = Path(ctx.input["folder"], "first")
+    if ctx.attempt == 1:
+        child = subprocess.Popen(["sleep", "313"], start_new_session=True)
+        while not Path(f"/proc/{child.pid}/comm").read_text().startswith("sleep"):
+            time.sleep(0.001)
+        copy = os.fork()
+        if copy == 0:
+            os.setsid()
+            time.sleep(313)
+            os._exit(0)
+        write_json_atomic(first, {"pid": os.getpid(), "left": [child.pid, copy]})
+        time.sleep(float(ctx.input.get("sleep", 20)))
+        return {"status": "done", "summary": "the first attempt ran to its end"}
+    ran = json.loads(first.read_text())
+    return {"status": "done", "summary": f"attempt {ctx.attempt}",
+            "output": {"alive": [pid for pid in [ran["pid"], *ran["left"]] if _alive(pid)]}}
+
+
 @handler("t.env")
 def env(ctx: JobContext) -> dict:
     return {"status": "done", "summary": "env", "output": sorted(os.environ)}

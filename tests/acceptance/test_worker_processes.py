@@ -269,6 +269,51 @@ def test_a_stopped_then_continued_worker_cannot_write_after_its_lease_was_taken_
     assert [e["data"]["epoch"] for e in before if e["type"] == "job_claimed"] == [1, 2]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, prctl and pidfds")
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_stale_recovery_kills_a_paused_workers_python_handler_process_and_what_it_started_before_the_retry(
+        env, orch, tmp_path: Path, mode: str) -> None:
+    """The first attempt's handler process (and what it started: a forked copy, a ``sleep``, each in a session of
+    its own) is gone when the retry starts, and the recovery names them (before 2026-12-06: nothing was killed,
+    the handler process ran on beside the retry)."""
+    job = orch.submit("t.overlap", {"folder": str(tmp_path)}, max_attempts=2)
+    paused = start_worker(env, "--once", "--json", "--worker-id", "paused", "--lease-seconds", "1",
+                          "--handler-process", mode)
+    first = {"pid": 0, "left": []}
+    try:
+        wait_until((tmp_path / "first").exists, what="the first attempt to start")
+        first = json.loads((tmp_path / "first").read_text())
+        os.kill(paused.pid, signal.SIGSTOP)
+        outs: list[dict] = []
+
+        def rescued() -> bool:  # --once exits 75 until the lease expired (1 s): recovery, then the retry
+            proc = run_script("worker", "--once", "--json", "--worker-id", "rescuer", "--retry-base-seconds", "0",
+                              "--handler-process", mode, env=env)
+            outs.append(json.loads(proc.stdout))
+            return state(orch, job) == "succeeded"
+
+        wait_until(rescued, what="the recovery and the retry")
+        recovered = [r for out in outs for r in out["recovered"]]
+        assert [(r["job_id"], r["stale_worker_id"]) for r in recovered] == [(job, "paused")]
+        warnings = recovered[0]["warnings"]
+        assert [w["code"] for w in warnings] == ["RUN_PROCESSES_KILLED"], warnings
+        assert "killed 3 process(es)" in warnings[0]["message"], warnings
+        for pid in [first["pid"], *first["left"]]:
+            assert str(pid) in warnings[0]["message"] and not alive(pid)
+        assert records(orch, job)[-1]["data"]["output"] == {"alive": []}  # none of them met the retry
+        before = records(orch, job)
+        os.kill(paused.pid, signal.SIGCONT)  # its handler process is gone: it ends the run as a crashed one
+        code, out, err = finish(paused)
+    finally:
+        stop(paused)
+        for pid in first["left"]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert code == 0 and json.loads(out)["outcome"] == "lease_lost", (out, err)
+    assert records(orch, job) == before
+    assert not list((orch.settings.state_dir / "runs").iterdir())
+
+
 def test_sigterm_lets_the_running_job_finish_and_claims_nothing_more(env, orch, tmp_path: Path) -> None:
     job, started, release = waiting_job(orch, tmp_path)
     proc = start_worker(env, "--stop-grace-seconds", "20")

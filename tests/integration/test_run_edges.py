@@ -650,6 +650,51 @@ def test_stale_recovery_kills_only_the_processes_of_the_run_it_recovers(tmp_path
             proc.wait()
 
 
+NAMED_AND_BLOCK = """
+import sys, time
+from orchestrator.leftovers import set_run_environment
+from orchestrator.runner import load_libc
+set_run_environment({"job_id": "j", "run_id": sys.argv[1]}, load_libc())  # as a Python handler's process does
+print("named", flush=True)
+time.sleep(313)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, prctl and pidfds")
+def test_stale_recovery_finds_a_python_handlers_process_by_the_runs_name_and_only_a_live_one_of_that_run() -> None:
+    """The run's ``ORCH_RUN_ID`` a handler process puts in its own environment is not in ``/proc/<pid>/environ``:
+    before 2026-12-06 stale recovery, which looked only there, never found a paused worker's handler process."""
+    import os
+    import subprocess
+
+    from helpers import REPO, wait_until
+    from orchestrator.leftovers import kill_run_processes
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = {run: subprocess.Popen([sys.executable, "-c", NAMED_AND_BLOCK, run], env=env, stdout=subprocess.PIPE,
+                                   text=True) for run in ("run-aaaa", "run-aaaab", "run-0123456789abcdef")}
+    try:
+        for proc in procs.values():
+            assert proc.stdout is not None and proc.stdout.readline() == "named\n"
+        assert kill_run_processes("run-aaaa") == []  # its environment as /proc shows it: the one it started with
+        assert kill_run_processes("run-aaaa", named=True) == [procs["run-aaaa"].pid]
+        assert procs["run-aaaa"].wait(5) == -9
+        assert procs["run-aaaab"].poll() is None  # a prefix of a name is not that name
+        assert kill_run_processes("run-f123456789abcdef", named=True) == []  # another id
+        # the kernel keeps 15 characters of a name, and only they are compared: a run id's first 11 hex digits
+        # (44 random bits) tell it from every other run on the machine
+        zombie = procs["run-0123456789abcdef"]
+        zombie.kill()  # not reaped: a zombie (a handler process killed, its worker paused) is not named again
+        wait_until(lambda: not alive(zombie.pid), what="the process to die")
+        assert kill_run_processes("run-0123456789abcdef", named=True) == []
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+            assert proc.stdout is not None
+            proc.stdout.close()
+
+
 SETSID_AND_BLOCK = """
 import os, subprocess, sys, time
 p = subprocess.Popen(["sleep", "313"], start_new_session=True)  # out of the run's process group
