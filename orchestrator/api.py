@@ -223,11 +223,15 @@ class Orchestrator:
     def job_ids(self) -> Iterator[str]:
         return self.store.job_ids()
 
-    def removed_jobs(self, listed: Iterable[str]) -> list[JobView]:
+    def removed_jobs(self, listed: Iterable[str], *, unindexed: bool = False) -> list[JobView]:
         """The jobs with a head record and no event left (the file deleted or emptied), read: ``job_ids``
         lists only jobs holding an event, so it cannot name them; ``listed`` is what it gave. Any record
         counts, signed or not: its view's problem is ``TRUNCATED`` when it verifies, ``SIGNATURE_INVALID``
-        (or ``CORRUPT_LINE``) when not. A record's slot never written is no job."""
+        (or ``CORRUPT_LINE``) when not. A record's slot never written is no job.
+
+        ``unindexed``: also the jobs ``listed`` left out that hold events, for a listing from an index that may lack
+        them (``EventStore.fingerprints`` on PostgreSQL reads ``orch_streams``, a derived index whose row a hand can
+        delete), or submitted since it was made."""
         known = set(listed)
         removed = []
         for job_id in self.store.aux_keys(HEADS_AREA):
@@ -237,7 +241,7 @@ class Orchestrator:
                 view = self.load(job_id)
             except (JobNotFoundError, InvalidIdError):  # no record after all, or not a name this code wrote
                 continue
-            if not view.stream.lines:  # (a job submitted since the listing has its events)
+            if unindexed or not view.stream.lines:  # (a job submitted since the listing has its events)
                 removed.append(view)
         return removed
 

@@ -125,8 +125,8 @@ def require_writable(orch: "Orchestrator", consequence: str) -> None:
     unexplained). The log is looked at under its append lock (an append of no line, which writes nothing, whether
     or not a head record is there to compare: a derived record, deletable), and only on a store that writes the
     record after the lines (files): on PostgreSQL this would cost three round trips more per action, where the
-    record commits with its line and a cut takes editing two tables by hand; there the entry's own ``build``
-    refuses, after the event (as after a crash between the two: ``heal`` writes it later)."""
+    record commits with its line; there the entry's own ``build`` refuses, after the event (as after a crash between
+    the two: ``heal`` writes it later), given the head of the last row ``orch_events`` holds (``pg_append``)."""
     with linked_refused(consequence):
         try:
             there = _refuse_removed(orch, consequence)

@@ -8,6 +8,7 @@ head to a file kept elsewhere, and ``check_anchor`` proves nothing was rolled ba
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,10 @@ ANCHOR_FORMAT = "jsonl-orchestrator/anchor/v1"
 
 AUDIT_EVENT_MISSING = "AUDIT_EVENT_MISSING"  # an audit entry names an event its job does not hold
 AUDIT_ENTRY_DUPLICATE = "AUDIT_ENTRY_DUPLICATE"  # a second entry for one event (a heal raced its writer)
+# a stream's row in the store's index of streams (PostgreSQL's orch_streams) is missing, or says another head than its
+# lines: a derived row, rebuilt by the stream's next append; a warning, since the lines are the truth
+STREAM_INDEX_STALE = "STREAM_INDEX_STALE"
+_NO_INDEX = ()  # what a chunk's job carries on a store with no index of streams (``EventStore.indexed_heads``)
 
 
 @dataclass
@@ -92,6 +97,21 @@ def _cross_check(report: VerifyReport, job_id: str, view: Any, claims: list[tupl
                                            "the next command on the job)"))
 
 
+def _index_warning(stream: str, indexed: tuple[int, bytes] | None, lines: list[Any]) -> Problem | None:
+    """The warning for ``stream`` whose row in the store's index of streams is ``indexed`` (None: no row) and which
+    holds ``lines``, or None when the row says what the lines do (``EventStore.indexed_heads``)."""
+    held = (len(lines), hashlib.sha256(lines[-1].raw if lines else b"").digest())
+    if (indexed or (0, hashlib.sha256(b"").digest())) == held:
+        return None
+    said = ("has no row in orch_streams" if indexed is None else
+            f"its row in orch_streams says {indexed[0]}" + (", with another last line" if indexed[0] == held[0] else ""))
+    return Problem(stream, held[0], STREAM_INDEX_STALE,
+                   f"holds {held[0]} events and {said}: a derived index, changed by hand (who can "
+                   "write to the database did). The events are the truth and nothing of them is lost: the stream's "
+                   "next append rebuilds the row" + ("" if stream == AUDIT_STREAM or indexed is not None else "; until then the jobs cache "
+                                                     "(`metrics`, `status --state`) finds the job by its head record"))
+
+
 def verify_project(orch: Orchestrator, job_id: str | None = None, *,
                    progress: Callable[[int], None] | None = None, processes: int | None = None) -> VerifyReport:
     """Check every job's history (or one job's) and the audit log; list each problem by line. A job
@@ -112,7 +132,10 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
         claims = _audit_claims(orch, job_id)
     except (PathEscapeError, UnusableFileError) as exc:
         claims, audit_link = {}, Problem.unusable(AUDIT_STREAM, exc)
-    chunks = processes_.chunked([(jid, claims.pop(jid, [])) for jid in job_ids], processes_.CHUNK)
+    # the index of streams (PostgreSQL's orch_streams), compared with what each job holds; the whole project's only
+    index = orch.store.indexed_heads() if job_id is None else None
+    chunks = processes_.chunked([(jid, claims.pop(jid, []), _NO_INDEX if index is None else index.pop(jid, None))
+                                 for jid in job_ids], processes_.CHUNK)
     done = 0
     for part in processes_.in_chunks(orch, _check_chunk, chunks, len(job_ids), processes):
         report.streams += part.streams
@@ -144,16 +167,21 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
                                                                       orch.keyring))
         if cut:
             report.problems.append(cut)
+        if index is not None:  # the audit log's row, then rows naming events of streams that hold none
+            stale = [_index_warning(AUDIT_STREAM, index.pop(AUDIT_STREAM, None), lines)]
+            stale += [_index_warning(stream, head, []) for stream, head in sorted(index.items()) if head[0] > 0]
+            report.warnings.extend(w for w in stale if w is not None)
     if audit_link:  # no entry could be read, so none is known missing
         report.problems.append(audit_link)
         report.warnings = [w for w in report.warnings if w.code != AUDIT_ENTRY_MISSING]
     return report
 
 
-def _check_chunk(orch: Orchestrator, chunk: list[tuple[str, list[tuple[int, str]]]]) -> VerifyReport:
-    """Jobs read with every signature checked, each cross-checked with the audit entries that name it."""
+def _check_chunk(orch: Orchestrator, chunk: list[tuple[str, list[tuple[int, str]], Any]]) -> VerifyReport:
+    """Jobs read with every signature checked, each cross-checked with the audit entries that name it, and with its
+    row in the store's index of streams (``_NO_INDEX``: the store has none)."""
     part = VerifyReport()
-    for jid, claimed in chunk:
+    for jid, claimed, indexed in chunk:
         try:
             view = orch.load(jid, every_signature=True)
         except JobNotFoundError:  # no event and no head record left (``verify --job-id``, or removed since listed)
@@ -165,6 +193,9 @@ def _check_chunk(orch: Orchestrator, chunk: list[tuple[str, list[tuple[int, str]
         part.events += len(view.stream.lines)
         part.problems.extend(view.problems)
         _cross_check(part, jid, view, claimed)
+        stale = None if indexed == _NO_INDEX else _index_warning(jid, indexed, view.stream.lines)
+        if stale is not None:
+            part.warnings.append(stale)
     return part
 
 

@@ -330,7 +330,9 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
         return Refresh(Rows(cached), 0, 0)  # nothing changed: three list comparisons in C, and the same keys
     # removing a job's events whole takes it off the listing: only then is there a new one to look for
     # (in heads/, a listing of every job); jobs that only grew keep the removed ones the cache holds
-    removed = cached.ids[n:] if same_jobs else [view.job_id for view in orch.removed_jobs(ids)]
+    # (and, on PostgreSQL, a job whose row in orch_streams was deleted by hand: its events are read as any job's, and
+    # its next append, which rebuilds the row, lists it again, with a new fingerprint)
+    removed = cached.ids[n:] if same_jobs else [view.job_id for view in orch.removed_jobs(ids, unindexed=True)]
     for job_id in removed:  # a head record, and no event left: an integrity error
         ids.append(job_id)
         sizes.append(0)

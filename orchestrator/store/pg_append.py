@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator import faults
@@ -21,11 +22,51 @@ from orchestrator.store.pg_connection import _driver
 if TYPE_CHECKING:
     from orchestrator.store.postgres import PostgresStore
 
-# Locks the stream's row and returns its head in one statement, creating the row if needed. The
-# no-op update (not of ``fence``: its trigger does not fire) is what takes the row lock, and after
-# waiting for another writer it returns the row as that writer committed it.
+log = logging.getLogger(__name__)
+
+# Locks the stream's row and returns its head as the row holds it (its seq and the hash of its last line) in one
+# statement, creating the row if needed. The no-op update (not of ``fence``: its trigger does not fire) is what takes
+# the row lock, and after waiting for another writer it returns the row as that writer committed it.
 _LOCK_HEAD = ("INSERT INTO orch_streams AS s (project, stream) VALUES (%s, %s) "
-              "ON CONFLICT (project, stream) DO UPDATE SET seq = s.seq RETURNING s.seq, s.last_line")
+              "ON CONFLICT (project, stream) DO UPDATE SET seq = s.seq RETURNING s.seq, sha256(s.last_line)")
+# The stream's last row as ``orch_events`` holds it: the head an append follows (``_locked_head``). A statement of its
+# own, sent right after ``_LOCK_HEAD`` in the same round trip: it starts once the lock is held, so its snapshot sees
+# what the writer before committed (in ``_LOCK_HEAD``'s own, taken before it waited, a subquery would not).
+_LAST_EVENT = "SELECT seq, line FROM orch_events WHERE project = %s AND stream = %s ORDER BY seq DESC LIMIT 1"
+# Sets the stream's row to the head its events hold (``_locked_head``), in the append's transaction, under its lock;
+# not the fence (its trigger refuses lowering it; a row created again starts at 0, until the next claim).
+_REINDEX = "UPDATE orch_streams SET seq = %s, last_line = %s WHERE project = %s AND stream = %s"
+
+
+def _send_lock_head(store: PostgresStore, conn: Any, stream: str) -> tuple[Any, Any]:
+    """Send ``_LOCK_HEAD`` and ``_LAST_EVENT`` for ``stream`` on ``conn`` (in a pipeline, inside a transaction);
+    ``_locked_head`` reads their answers, in one round trip."""
+    return (conn.execute(_LOCK_HEAD, (store.project, stream)),
+            conn.execute(_LAST_EVENT, (store.project, stream)))
+
+
+def _locked_head(stream: str, sent: tuple[Any, Any]) -> tuple[Head, bool]:
+    """The head an append to ``stream`` follows, from ``_send_lock_head``'s answers: the last row ``orch_events``
+    holds (the events are the truth; ``orch_streams`` is a derived index), and whether the stream's row says the
+    same. A row missing (deleted by hand: created again at 0), behind, ahead or naming another last line is rebuilt
+    by the append (``_REINDEX``); until 2026-12-06 the head was the row's, so a job whose row was deleted or set
+    back got ``CONCURRENT_APPEND`` at every append, and an audit entry was written after a last row deleted by hand
+    (``audit.refuse_cut`` compared the log's head record with the row, not with what the log holds)."""
+    row_seq, row_hash = sent[0].fetchone()
+    last = sent[1].fetchone()
+    head = Head(last[0], bytes(last[1])) if last is not None else Head(0, b"")
+    agrees = row_seq == head.seq and bytes(row_hash) == hashlib.sha256(head.last_line).digest()  # b"": the empty row's
+    if not agrees:
+        log.warning("%s: its row in orch_streams (%d events) does not agree with orch_events (%d events, or another "
+                    "last line): the append follows the events, and rebuilds the row if it writes (a derived index, "
+                    "docs/postgres.md)", stream, row_seq, head.seq,
+                    extra={"stream": stream, "row_seq": row_seq, "events_seq": head.seq})
+    return head, agrees
+
+
+def _reindex(store: PostgresStore, conn: Any, stream: str, head: Head) -> None:
+    """Send ``_REINDEX`` of ``stream`` to ``head`` on ``conn``, before the statement that moves it from there."""
+    conn.execute(_REINDEX, (head.seq, head.last_line, store.project, stream))
 
 
 def _end_transaction(conn: Any) -> None:
@@ -76,8 +117,9 @@ def append(store: PostgresStore, stream: str, build: Builder, expected_seq: int 
     event) that statement is the whole append, in one round trip: it moves the head only if it
     is still that one, checked under the row's lock as it moves. Else (the audit log, whose head
     the caller does not know, or a head that moved meanwhile) two round trips (``_locked``): the first
-    locks the stream's row and reads its head (``BEGIN`` and one upsert that creates the row if
-    needed), the second, pipelined, sends the statement built from that head and ``COMMIT``.
+    locks the stream's row (``BEGIN`` and one upsert that creates the row if needed) and reads the head, the last
+    row of ``orch_events`` (``_locked_head``: a row that disagrees is rebuilt), the second, pipelined, sends the
+    statement built from that head and ``COMMIT``.
     """
     store._check_stream(stream)
     if expected_seq is not None and expected_last is not None:
@@ -118,13 +160,14 @@ def _locked(store: PostgresStore, conn: Any, stream: str, build: Builder, expect
         with conn.pipeline() as pipe:
             try:  # (a server's error may come back while later statements are sent: any of them raises it)
                 conn.execute("BEGIN")
-                seq, last = conn.execute(_LOCK_HEAD, (store.project, stream)).fetchone()  # the first round trip
-                head = Head(seq, bytes(last))
+                head, agrees = _locked_head(stream, _send_lock_head(store, conn, stream))  # the first round trip
                 if expected_seq is not None and expected_seq != head.seq:
                     raise ConcurrencyError(f"{stream}: expected {expected_seq} events, found {head.seq}",
                                            stream=stream, expected=expected_seq, found=head.seq)
                 new = _built(build, head)
                 if new:
+                    if not agrees:
+                        _reindex(store, conn, stream, head)
                     moved = conn.execute(*_moving(store, stream, head, new, fence, aux, in_transaction))
                     faults.point("pg.append.before_commit")
                     conn.execute("COMMIT")
@@ -185,13 +228,15 @@ def append_audited(store: PostgresStore, stream: str, build: Builder, entry: Bui
                     moved = conn.execute(*events)
                     conn.execute("COMMIT")
                     conn.execute("BEGIN")
-                    seq, last = conn.execute(_LOCK_HEAD, (store.project, AUDIT_STREAM)).fetchone()  # round trip 1
-                    written = moved.fetchone() is not None
+                    locked = _send_lock_head(store, conn, AUDIT_STREAM)
+                    written = moved.fetchone() is not None  # round trip 1
                     if written:  # the events are durable; the entry's transaction holds the audit log's row
                         faults.point("pg.append.after_commit")
                         between()
-                        head = Head(seq, bytes(last))
+                        head, agrees = _locked_head(AUDIT_STREAM, locked)
                         lines = _built(entry, head)
+                        if not agrees:
+                            _reindex(store, conn, AUDIT_STREAM, head)
                         entered = conn.execute(*_moving(store, AUDIT_STREAM, head, lines, None, entry_aux, None))
                         faults.point("pg.append.before_commit")
                     conn.execute("COMMIT" if written else "ROLLBACK")

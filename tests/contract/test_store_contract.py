@@ -377,3 +377,18 @@ def test_the_file_store_takes_the_seq_of_the_line_an_append_was_decided_from_wit
     with pytest.raises(ConcurrencyError):  # decided from a head that is gone: the last line, parsed, says so
         store.append("job-1", lambda h: lines(h, "d"), expected_seq=2, expected_last=first.last_line)
     assert [json.loads(s.raw)["p"][:1] for s in store.read("job-1")] == ["x", "b", "c"]
+
+
+def test_an_index_of_streams_if_the_store_keeps_one_says_what_each_stream_holds(store: EventStore) -> None:
+    """``verify`` compares it with the lines (PostgreSQL's ``orch_streams``, derived from them); None: no index."""
+    import hashlib
+
+    append(store, "job-1", "a")
+    append(store, "job-2", "b", "c")
+    append(store, AUDIT_STREAM, "audit entry")
+    index = store.indexed_heads()
+    if index is None:
+        return
+    held = {s: (len(got), hashlib.sha256(got[-1].raw).digest()) for s in ("job-1", "job-2", AUDIT_STREAM)
+            for got in [store.read(s)]}
+    assert {s: index[s] for s in held} == held and set(index) == set(held)

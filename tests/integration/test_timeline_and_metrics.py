@@ -406,7 +406,8 @@ def test_metrics_looks_for_removed_histories_only_when_the_job_listing_changed(o
     refresh(orch)
     looked: list[int] = []
     real = Orchestrator.removed_jobs
-    monkeypatch.setattr(Orchestrator, "removed_jobs", lambda self, listed: looked.append(1) or real(self, listed))
+    monkeypatch.setattr(Orchestrator, "removed_jobs",
+                        lambda self, listed, **kw: looked.append(1) or real(self, listed, **kw))
     orch.cancel(ids[0], "changed")  # a job grew: the listing is the same
     assert refresh(orch).replayed == 1 and looked == []
     orch.store.path(ids[1]).unlink()  # a job left the listing: its head record is looked for
