@@ -30,7 +30,7 @@ from orchestrator import audit
 from orchestrator.audit import AUDIT_ENTRY_MISSING
 from orchestrator.clock import ISO_FORMS, from_iso
 from orchestrator.errors import InvalidInputError, PathEscapeError, RunNotFoundError, UnusableFileError
-from orchestrator.history import Problem, verify_stream
+from orchestrator.history import Problem, check_head_record, verify_stream
 from orchestrator.security import safe_line, validate_id
 from orchestrator.signing import line_hash, parse_line
 from orchestrator.state import TRANSITIONS
@@ -115,19 +115,25 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
     view = orch.load(job_id, every_signature=True)  # it says "every line verified": each signature checked
     # the audit log is a symbolic link (never followed), a FIFO, a socket or a directory holding files: its problem,
     # as ``verify`` lists it. Looked at before it is read, so a FIFO is never opened
-    audit_link = None
+    audit_link = audit_cut = None
     not_healed: list[str] = []  # why the missing entries were not written here (a full disk)
     try:
         orch.store.refuse_unusable(AUDIT_STREAM)
+        head_raw = orch.store.get_aux(*audit.AUDIT_HEAD)  # before the lines: a racing append only makes them longer
         lines, entries = audit.entries_for(orch, job_id=job_id)
+        # a log cut against its head record (entries removed from its end) is reported as ``verify`` reports it, and
+        # nothing is written onto it (``audit.refuse_cut``): its missing entries are the cut's, not a crash's
+        audit_cut = check_head_record(AUDIT_STREAM, lines, head_raw or None, orch.keyring)
         audited = _named_events(entries)
         # the entries the log lacks, found in the log itself: a marker outlives its entry in a log restored from an
         # older copy (``audit.unmarked``)
-        if heal and view.ok and audit.heal_quietly(orch, [view], logged=audited, not_written=not_healed):
+        if (heal and view.ok and audit_cut is None
+                and audit.heal_quietly(orch, [view], logged=audited, not_written=not_healed)):
             lines, entries = audit.entries_for(orch, job_id=job_id)
             audited = _named_events(entries)
     except (PathEscapeError, UnusableFileError) as exc:
         lines, entries, audited, audit_link = [], [], set(), Problem.unusable(AUDIT_STREAM, exc)
+    audit_problem = audit_link or audit_cut
     bad = {p.line: p.code for p in view.problems if p.stream == job_id and p.line}
     first_bad = min(bad) if bad else None
     hashes = [line_hash(s.raw) for s in view.stream.lines]
@@ -172,17 +178,23 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
                                   if action in (event, act)))
         out = [ln for ln in out if ln.what in wanted]
     unaudited = [ln.seq for ln in out if ln.status == AUDIT_ENTRY_MISSING]
-    why = (f"not written here ({not_healed[0]}); once the store takes writes again, run"
-           if not_healed else
-           "not written here, since a read command writes one only with a signing key this machine already has: run")
+    if audit_cut is not None:
+        why = ("the audit log was cut (its problem above): keep the store as it is, restore the log from a backup "
+               "(docs/runbook.md, section E), then run")
+    elif not_healed:
+        why = f"not written here ({not_healed[0]}); once the store takes writes again, run"
+    else:
+        why = ("not written here, since a read command writes one only with a signing key this machine already has "
+               "and may use: run")
+    cause = "" if audit_cut is not None else " (a crash came between the event and its entry)"
     warnings = [{"code": AUDIT_ENTRY_MISSING, "events": unaudited,
-                 "message": f"event(s) {', '.join(f'#{n}' for n in unaudited)} of job {job_id} have no audit entry "
-                            f"(a crash came between the event and its entry); {why} "
-                            f"`orchestrator audit heal --job-id {job_id}` where the project's signing key is"}
+                 "message": f"event(s) {', '.join(f'#{n}' for n in unaudited)} of job {job_id} have no audit entry"
+                            f"{cause}; {why} `orchestrator audit heal --job-id {job_id}` where the project's signing "
+                            "key is"}
                 ] if unaudited else []
     return {"job_id": job_id, "run_id": run_id, "lines": [ln.to_dict() for ln in out],
-            "ok": all(ln.status in ("ok", AUDIT_ENTRY_MISSING) for ln in out) and view.ok and not audit_link,
-            "problems": [p.to_dict() for p in [*view.problems, *filter(None, [audit_link])]], "warnings": warnings}
+            "ok": all(ln.status in ("ok", AUDIT_ENTRY_MISSING) for ln in out) and view.ok and not audit_problem,
+            "problems": [p.to_dict() for p in [*view.problems, *filter(None, [audit_problem])]], "warnings": warnings}
 
 
 def _named_events(entries: list[tuple[int, dict[str, Any]]]) -> set[str]:
@@ -244,7 +256,8 @@ def render(result: dict[str, Any]) -> str:
     if not result["lines"]:
         rows.append("(no lines match)")
     for p in result["problems"]:
-        rows.append(safe_line(f"PROBLEM line {p['line']}: {p['code']}: {p['message']}"))
+        where = "the audit log's line" if p.get("stream") == AUDIT_STREAM else "line"
+        rows.append(safe_line(f"PROBLEM {where} {p['line']}: {p['code']}: {p['message']}"))
     for w in result.get("warnings", ()):
         rows.append(safe_line(f"warning: {w['code']}: {w['message']}"))
     rows.append("OK: every line verified" if result["ok"] else "NOT OK: see the STATUS column and problems")

@@ -330,3 +330,22 @@ def test_an_entry_an_audit_log_restored_from_an_older_copy_lacks_is_written_once
     assert report.ok and not report.warnings
     assert run_script("audit_timeline", "--job-id", lost, env=cli_env).returncode == 0
     assert len(entries(cli_orch, lost, "resume")) == 1 and len(entries(cli_orch, kept, "resume")) == 1
+
+
+def test_the_timeline_of_a_job_whose_entry_was_cut_from_the_audit_log_reports_the_cut_and_writes_nothing(
+        cli_orch: Orchestrator, cli_env) -> None:
+    """It said "OK: every line verified" (exit 0) and told to run `audit heal`, which then refused the cut (exit 7):
+    the entry is missing because the log was cut, not because a crash came between the event and its entry."""
+    job = js.waiting_human(cli_orch)
+    cli_orch.resume(job, "yes")
+    log = cli_orch.settings.state_dir / "audit" / "audit_events.jsonl"
+    log.write_bytes(b"".join(log.read_bytes().splitlines(keepends=True)[:-1]))  # the resume's entry cut off
+    proc = run_script("audit_timeline", "--job-id", job, "--json", env=cli_env)
+    assert proc.returncode == 7, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout)
+    assert not result["ok"] and [(p["stream"], p["code"]) for p in result["problems"]] == [("@audit", "TRUNCATED")]
+    (warning,) = result["warnings"]
+    assert warning["code"] == "AUDIT_ENTRY_MISSING" and "the audit log was cut" in warning["message"]
+    assert entries(cli_orch, job, "resume") == []  # nothing written onto the cut log
+    text = run_script("audit_timeline", "--job-id", job, env=cli_env)
+    assert "PROBLEM the audit log's line 0: TRUNCATED" in text.stdout and "NOT OK" in text.stdout
