@@ -21,7 +21,7 @@ from orchestrator.handlers import handler
 from orchestrator.signing import line_hash, new_seed
 from orchestrator.store.base import AUDIT_STREAM, Head
 
-from backends import TestPostgresStore
+from backends import TestPostgresStore, orchestrator_on
 
 pytestmark = pytest.mark.postgres
 
@@ -59,11 +59,8 @@ def round_trips(store: Any, tmp: Path) -> Iterator[list[int]]:
 @pytest.fixture
 def pg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Orchestrator]:
     monkeypatch.setenv("ORCH_SIGNING_KEY", new_seed())
-    store = TestPostgresStore()
-    try:
-        yield Orchestrator(base_path=tmp_path, project_id=store.project, store=store)
-    finally:
-        store.close()
+    with orchestrator_on("postgres", tmp_path, keyring=None) as orch:
+        yield orch
 
 
 def waiting_jobs(orch: Orchestrator, n: int) -> list[str]:

@@ -26,7 +26,7 @@ from orchestrator.store.base import AUDIT_STREAM
 from orchestrator.store.postgres import connect
 from orchestrator.transfer import export_project
 
-from backends import TestPostgresStore
+from backends import orchestrator_on
 
 pytestmark = pytest.mark.postgres
 
@@ -41,11 +41,8 @@ def ask(ctx: Any) -> dict:
 @pytest.fixture
 def pg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Orchestrator]:
     monkeypatch.setenv("ORCH_SIGNING_KEY", new_seed())
-    store = TestPostgresStore()
-    try:
-        yield Orchestrator(base_path=tmp_path, project_id=store.project, store=store)
-    finally:
-        store.close()
+    with orchestrator_on("postgres", tmp_path, keyring=None) as orch:
+        yield orch
 
 
 def sql(orch: Orchestrator, statement: str, *args: Any) -> list[Any]:
