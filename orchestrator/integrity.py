@@ -103,13 +103,17 @@ def _index_warning(stream: str, indexed: tuple[int, bytes] | None, lines: list[A
     held = (len(lines), hashlib.sha256(lines[-1].raw if lines else b"").digest())
     if (indexed or (0, hashlib.sha256(b"").digest())) == held:
         return None
-    said = ("has no row in orch_streams" if indexed is None else
-            f"its row in orch_streams says {indexed[0]}" + (", with another last line" if indexed[0] == held[0] else ""))
+    if indexed is None:
+        said = "has no row in orch_streams"
+    else:
+        other = ", with another last line" if indexed[0] == held[0] else ""
+        said = f"its row in orch_streams says {indexed[0]}{other}"
+    until = ("" if stream == AUDIT_STREAM or indexed is not None
+             else "; until then the jobs cache (`metrics`, `status --state`) finds the job by its head record")
     return Problem(stream, held[0], STREAM_INDEX_STALE,
-                   f"holds {held[0]} events and {said}: a derived index, changed by hand (who can "
-                   "write to the database did). The events are the truth and nothing of them is lost: the stream's "
-                   "next append rebuilds the row" + ("" if stream == AUDIT_STREAM or indexed is not None else "; until then the jobs cache "
-                                                     "(`metrics`, `status --state`) finds the job by its head record"))
+                   f"holds {held[0]} events and {said}: a derived index, changed by hand (who can write to the "
+                   "database did). The events are the truth and nothing of them is lost: the stream's next append "
+                   f"rebuilds the row{until}")
 
 
 def verify_project(orch: Orchestrator, job_id: str | None = None, *,

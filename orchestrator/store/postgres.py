@@ -389,10 +389,11 @@ class PostgresStore(EventStore):
 
     def job_ids(self) -> Iterator[str]:
         """In id order, ``READ_CHUNK_ROWS`` per round trip, from ``orch_events`` (``_EVENT_STREAMS``: its primary key's
-        index read), not from ``orch_streams``, a derived index whose row a hand can delete: every caller (``verify``,
-        ``export``, ``status --all``, ``audit heal``, the queue index's rebuild) goes on to read every job it lists, so a
-        job must not be left out for its row. Until 2026-12-06 it read ``orch_streams`` (``fingerprints``' statement),
-        and a job whose row was deleted was out of ``verify`` and ``export`` (moved to files without it)."""
+        index read), not from ``orch_streams``, a derived index whose row a hand can delete: every caller
+        (``verify``, ``export``, ``status --all``, ``audit heal``, the queue index's rebuild) goes on to read every job
+        it lists, so a job must not be left out for its row. Until 2026-12-06 it read ``orch_streams``
+        (``fingerprints``' statement), and a job whose row was deleted was out of ``verify`` and ``export`` (moved to
+        files without it)."""
         return iter([r[0] for r in self._chunked(_EVENT_STREAMS, (self.project, AUDIT_STREAM), after="")])
 
     def indexed_heads(self) -> dict[str, tuple[int, bytes]] | None:
