@@ -123,6 +123,7 @@ def bad_arguments(orch: Orchestrator, base: Path) -> dict[str, object]:
         "a kind no job can have": lambda: orch.jobs(kinds=[""]),
         "a kind too long": lambda: orch.jobs(kinds=["x" * 300]),
         "input keys one JSON writes alike": lambda: orch.submit("t.echo", {1: "a", "1": "b"}),
+        "again text": lambda: orch.resume(js.waiting_human(orch), "yes", again="no"),  # was: a new decision
     }
 
 
