@@ -23,8 +23,8 @@ from orchestrator.errors import (AuxNotWrittenError, ConcurrencyError, ConfigErr
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream,
                                   check_head_record, check_head, head_record, seal, verify_stream)
 from orchestrator.key_files import load_keyring
-from orchestrator.limits import (MAX_INPUT_BYTES, MAX_KIND_LENGTH, MAX_PROCESSES, callable_or_none, is_kind,
-                                 is_unicode, true_or_false, whole_number)
+from orchestrator.limits import (MAX_INPUT_BYTES, MAX_KIND_LENGTH, MAX_PROCESSES, callable_or_none, instance_or_none,
+                                 is_kind, is_unicode, require_kinds, true_or_false, whole_number)
 from orchestrator.notices import log_warning
 from orchestrator.security import sanitize_text, shown, validate_id
 from orchestrator.signing import SUBMITTED_CONTEXT_MIN_BYTES, Encoded, Keyring, canonical
@@ -61,10 +61,8 @@ class Orchestrator:
                  store: EventStore | None = None, keyring: Keyring | None = None,
                  clock: Callable[[], float] | None = None, actor: str | None = None,
                  store_url: str | None = None) -> None:
-        for value, name, kind in ((store, "store", EventStore), (keyring, "keyring", Keyring)):
-            if value is not None and not isinstance(value, kind):
-                raise InvalidInputError(f"{name} must be None or {'an' if name == 'store' else 'a'} {kind.__name__}, "
-                                        f"not {shown(value)}")
+        instance_or_none(store, EventStore, "store", "an EventStore")
+        instance_or_none(keyring, Keyring, "keyring", "a Keyring")
         callable_or_none(clock, "clock")
         self.settings = Settings.load(base_path, project_id, store_url=store_url)
         self.keyring = keyring or load_keyring()
@@ -539,8 +537,7 @@ class Orchestrator:
         ``progress`` is called with the jobs verified so far, every thousand."""
         from orchestrator.integrity import anchor_check, verify_project
 
-        if against is not None and not isinstance(against, (str, os.PathLike)):
-            raise InvalidInputError(f"against must be an anchor file's path (str or os.PathLike), not {shown(against)}")
+        instance_or_none(against, (str, os.PathLike), "against", "an anchor file's path (str or os.PathLike)")
         callable_or_none(progress, "progress")
         report = verify_project(self, job_id, progress=progress, processes=_processes(processes))
         if against is not None:
@@ -561,8 +558,7 @@ class Orchestrator:
 
         true_or_false(rebuild, "rebuild")
         callable_or_none(progress, "progress")
-        if thresholds is not None and not isinstance(thresholds, m.Thresholds):
-            raise InvalidInputError(f"thresholds must be None or a metrics.Thresholds, not {shown(thresholds)}")
+        instance_or_none(thresholds, m.Thresholds, "thresholds", "a metrics.Thresholds")
         limits = thresholds if thresholds is not None else m.Thresholds.from_env()  # a bad setting: before the work
         result = refresh(self, rebuild=rebuild, progress=progress, workers=_processes(processes))
         figures = m.compute(self.project_id, result.columns, self.clock(), limits, renewed_lease=self.lease_expiry)
@@ -592,8 +588,8 @@ def _names(values: Iterable[str] | None, what: str, known: Sequence[str] | None 
     if names is None or not all(isinstance(v, str) for v in names):
         raise InvalidInputError(f"{what} must be a list of names, not {shown(values)}")
     values = names
-    if known is None and not all(map(is_kind, values)):  # a kind no job can have: refused as worker(kinds=) does
-        raise InvalidInputError(f"{what} must be job kinds of 1 to {MAX_KIND_LENGTH} characters, not {shown(values)}")
+    if known is None:  # a kind no job can have: refused as worker(kinds=) refuses it
+        require_kinds(values, what)
     unknown = sorted(set(values) - set(known)) if known is not None else []
     if unknown:
         raise InvalidInputError(f"unknown {what}: {', '.join(map(shown, unknown))}; one of: {', '.join(known or ())}")

@@ -88,9 +88,9 @@ class Settings:
             elif (blocker := _file_above(base)) is not None:  # a typo, not a store to repair (as STORAGE_ERROR said)
                 raise ConfigError(f"BASE_PATH {base} cannot be a folder ({blocker} is a file)")
             resolved = base.resolve()
-        except (OSError, RuntimeError, ValueError) as exc:  # a name too long, a loop of links (resolve), a NUL
-            if isinstance(exc, ValueError):
-                raise ConfigError(f"BASE_PATH {shown(str(base))} cannot be used (it holds a NUL character)") from None
+        except ValueError:  # a NUL character: no path of the system can hold one
+            raise ConfigError(f"BASE_PATH {shown(str(base))} cannot be used (it holds a NUL character)") from None
+        except (OSError, RuntimeError) as exc:  # a name too long, a loop of links (RuntimeError from resolve)
             reason = getattr(exc, "strerror", None) or "a loop of symbolic links"
             raise ConfigError(f"BASE_PATH {base} cannot be used: {reason}") from None
         store = store_url or env.get("ORCH_STORE_URL") or None

@@ -138,6 +138,23 @@ def callable_or_none(value: Any, name: str) -> Any:
     raise InvalidInputError(f"{name} must be None or a function, not {shown(value)}")
 
 
+def instance_or_none(value: Any, kinds: type | tuple[type, ...], name: str, described: str) -> Any:
+    """``value`` when it is None or an instance of ``kinds``, else ``INVALID_INPUT`` naming ``name`` and what it must
+    be (``described``): an object the Python API takes, refused before any work rather than as an ``AttributeError``
+    from deep inside."""
+    if value is None or isinstance(value, kinds):
+        return value
+    raise InvalidInputError(f"{name} must be None or {described}, not {shown(value)}")
+
+
+def require_kinds(kinds: Any, name: str = "kinds") -> Any:
+    """``kinds`` when each can be a job's kind (``is_kind``), else ``INVALID_INPUT``: a filter or a worker's list of
+    kinds naming one no job can have would match nothing, silently."""
+    if all(map(is_kind, kinds)):
+        return kinds
+    raise InvalidInputError(f"{name} must be job kinds of 1 to {MAX_KIND_LENGTH} characters, not {shown(kinds)}")
+
+
 def is_unicode(text: str) -> bool:
     """Whether ``text`` is valid Unicode: no lone surrogate, which is how Python gives bytes that are not UTF-8 (a
     command-line argument, a file name) and which nothing can sign, store or write as UTF-8."""

@@ -10,8 +10,7 @@ from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCE
                                  DEFAULT_STOP_GRACE_SECONDS, DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES,
                                  MAX_LEASE_SECONDS, MIN_LEASE_SECONDS, MIN_OUTPUT_MAX_BYTES)
 from orchestrator.errors import InvalidInputError
-from orchestrator.limits import (MAX_DURATION_SECONDS, MAX_KIND_LENGTH, is_kind, is_number, true_or_false,
-                                 whole_number)
+from orchestrator.limits import MAX_DURATION_SECONDS, is_number, require_kinds, true_or_false, whole_number
 from orchestrator.output_cap import is_output_bound
 from orchestrator.security import shown
 
@@ -40,8 +39,7 @@ class WorkerSettings:
             if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, frozenset, set)):
                 raise InvalidInputError(f"{name} must be a list of names, not {shown(value)}")
         object.__setattr__(self, "imports", tuple(self.imports))
-        if not all(map(is_kind, self.kinds)):
-            raise InvalidInputError(f"kinds must be job kinds of 1 to {MAX_KIND_LENGTH} characters, not {shown(self.kinds)}")
+        require_kinds(self.kinds)
         object.__setattr__(self, "kinds", tuple(dict.fromkeys(self.kinds)))  # a tuple, each kind once, as given
         if self.handler_process not in HANDLER_PROCESS_MODES:
             raise InvalidInputError(f"handler_process must be one of {', '.join(HANDLER_PROCESS_MODES)}, "
