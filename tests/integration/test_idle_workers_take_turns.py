@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
-from orchestrator.queue import FileQueueIndex, ReadyEntry
+from orchestrator.queue import ReadyEntry
+from orchestrator.store.file_queue import FileQueueIndex
 from orchestrator.wakeup import TURN_LOCK, watch_turn
 from orchestrator.worker import Worker, WorkerSettings
 
@@ -270,15 +271,19 @@ def test_a_process_the_watcher_forked_does_not_keep_its_turn_once_the_watcher_is
     root = tmp_path / "index"
     watcher = subprocess.Popen([sys.executable, "-c", (
         "import os, sys, time\n"
-        "from orchestrator.queue import FileQueueIndex\n"
+        "from orchestrator.store.file_queue import FileQueueIndex\n"
         "index = FileQueueIndex(sys.argv[1]); index.wait(0)\n"
         "child = os.fork()\n"
-        "if child == 0: time.sleep(60); os._exit(0)\n"
-        "print(child, flush=True); time.sleep(60)\n"), str(root)], stdout=subprocess.PIPE, text=True,
+        # the child prints once its fork handlers ran (before ``fork`` returns in it): under load it may not have run
+        # yet when the parent's line arrives, and its copy of the lock would still hold the turn for those microseconds
+        # (one ``write`` each: a pipe keeps a short one whole, where ``print`` may write a line in two)
+        "if child == 0: os.write(1, b'forked\\n'); time.sleep(60); os._exit(0)\n"
+        "os.write(1, b'%d\\n' % child); time.sleep(60)\n"), str(root)], stdout=subprocess.PIPE, text=True,
         env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
     child = 0
     try:
-        child = int(watcher.stdout.readline())
+        lines = {watcher.stdout.readline().strip(), watcher.stdout.readline().strip()}
+        child = int((lines - {"forked"}).pop())
         assert turn_is_held(root)
         watcher.send_signal(signal.SIGKILL)
         watcher.wait(5)
@@ -438,7 +443,8 @@ def test_a_bell_let_go_of_while_its_thread_opens_a_store_lock_does_not_hang(tmp_
     watcher.close()
     script = (
         "import gc, sys\n"
-        "from orchestrator.queue import FileQueueIndex, ReadyEntry\n"
+        "from orchestrator.queue import ReadyEntry\n"
+        "from orchestrator.store.file_queue import FileQueueIndex\n"
         "from orchestrator.store import files\n"
         "index = FileQueueIndex(sys.argv[1]); index.put_ready(ReadyEntry(0, 1, 'A'))\n"
         "assert index._bell._fds is not None\n"

@@ -13,7 +13,8 @@ import pytest
 import jobstates as js
 import worker_handlers  # noqa: F401  (registers t.* handlers)
 from orchestrator import Orchestrator
-from orchestrator.queue import FileQueueIndex, MemoryQueueIndex
+from orchestrator.queue import MemoryQueueIndex
+from orchestrator.store.file_queue import FileQueueIndex
 from orchestrator import claiming
 from orchestrator.worker import Worker, WorkerSettings
 

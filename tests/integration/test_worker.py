@@ -197,7 +197,7 @@ def test_a_look_ahead_that_could_make_the_first_heartbeat_late_is_not_made(orch,
 
 
 def test_a_look_ahead_at_a_job_taken_elsewhere_is_let_go_at_the_next_look(orch, monkeypatch) -> None:
-    from orchestrator import queue
+    from orchestrator.store import file_queue as queue
 
     first, taken, third, fourth = (orch.submit("t.echo", x) for x in "abcd")
     w = make_worker(orch)
@@ -674,7 +674,7 @@ def test_claims_follow_priority_then_fifo(orch) -> None:
 
 
 def test_a_worker_draining_a_backlog_lists_the_ready_folder_once_not_per_claim(orch, monkeypatch) -> None:
-    import orchestrator.queue as queue_mod
+    import orchestrator.store.file_queue as queue_mod
 
     jobs = [orch.submit("t.echo", i) for i in range(20)]
     listings: list[str] = []
@@ -690,7 +690,7 @@ def test_a_worker_draining_a_backlog_lists_the_ready_folder_once_not_per_claim(o
 
 
 def test_a_higher_priority_job_submitted_during_a_drain_waits_at_most_one_listing_age(orch, monkeypatch) -> None:
-    import orchestrator.queue as queue_mod
+    import orchestrator.store.file_queue as queue_mod
 
     now = [1000.0]
     monkeypatch.setattr(queue_mod.time, "monotonic", lambda: now[0])
@@ -830,7 +830,7 @@ def test_a_worker_walking_an_older_listing_passes_over_a_job_another_worker_clai
     """Workers on one queue walk their own listings of ready/ in the same order: one that meets a job another
     claimed since it listed (its ready entry gone) passes over it without reading and checking it, which cost as
     much as a claim of its own (``python -m bench.workers``)."""
-    from orchestrator import queue
+    from orchestrator.store import file_queue as queue
 
     monkeypatch.setattr(queue, "LISTING_MAX_AGE", 60.0)  # each worker keeps walking its first listing
     first, second, third = (orch.submit("t.echo", x) for x in "abc")

@@ -63,7 +63,7 @@ def test_an_announcement_during_a_scan_wakes_the_next_wait() -> None:
 
 
 def test_file_candidates_come_in_the_same_order_as_the_sorted_entries(tmp_path) -> None:
-    from orchestrator.queue import FileQueueIndex
+    from orchestrator.store.file_queue import FileQueueIndex
 
     index = FileQueueIndex(tmp_path / "index")
     for name, prio, at in (("C", 0, 300.0), ("A", 5, 900.0), ("B", 0, 100.0), ("D", -1000, 1.0), ("E", 1000, 5e9),
@@ -89,7 +89,7 @@ def test_every_index_applies_one_table_of_what_an_event_changes() -> None:
 
 
 def _index(kind: str, tmp_path):
-    from orchestrator.queue import FileQueueIndex
+    from orchestrator.store.file_queue import FileQueueIndex
 
     return MemoryQueueIndex() if kind == "memory" else FileQueueIndex(tmp_path / "index", "poll")
 
@@ -154,7 +154,7 @@ def test_file_index_entries_are_links_of_one_empty_file_not_files_of_their_own(t
     import errno
     import os
 
-    from orchestrator.queue import FileQueueIndex
+    from orchestrator.store.file_queue import FileQueueIndex
 
     index = FileQueueIndex(tmp_path)
     queued = job("A")
@@ -186,7 +186,7 @@ def test_a_new_entry_and_its_announcement_both_wake_a_waiting_file_index(tmp_pat
     and the announcement's touch (IN_ATTRIB) too."""
     import sys
 
-    from orchestrator.queue import FileQueueIndex
+    from orchestrator.store.file_queue import FileQueueIndex
 
     if not sys.platform.startswith("linux"):
         pytest.skip("inotify is Linux only; elsewhere the folder's mtime is polled")
@@ -221,7 +221,7 @@ def test_a_waiting_file_index_wakes_for_new_entries_after_its_folder_was_removed
     import shutil
     import sys
 
-    from orchestrator.queue import FileQueueIndex
+    from orchestrator.store.file_queue import FileQueueIndex
 
     if not sys.platform.startswith("linux"):
         pytest.skip("inotify is Linux only; elsewhere the folder's mtime is polled")
