@@ -136,8 +136,9 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
         claims = _audit_claims(orch, job_id)
     except (PathEscapeError, UnusableFileError) as exc:
         claims, audit_link = {}, Problem.unusable(AUDIT_STREAM, exc)
-    # the index of streams (PostgreSQL's orch_streams), compared with what each job holds; the whole project's only
-    index = orch.store.indexed_heads() if job_id is None else None
+    # the index of streams (PostgreSQL's orch_streams), compared with what each job holds (and its rows naming streams
+    # that hold nothing, over the whole project only)
+    index = orch.store.indexed_heads(job_id)
     chunks = processes_.chunked([(jid, claims.pop(jid, []), _NO_INDEX if index is None else index.pop(jid, None))
                                  for jid in job_ids], processes_.CHUNK)
     done = 0

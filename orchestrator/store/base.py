@@ -187,9 +187,9 @@ class EventStore(ABC):
         ids = list(self.job_ids())
         return ids, array("q", (len(self.read(job_id)) for job_id in ids)), array("q", bytes(8 * len(ids)))
 
-    def indexed_heads(self) -> dict[str, tuple[int, bytes]] | None:
-        """Each stream's head as an index of streams kept apart from the lines holds it, where the store keeps one:
-        stream -> (its line count, the SHA-256 of its last line, of ``b""`` for none). PostgreSQL's ``orch_streams`` is
+    def indexed_heads(self, stream: str | None = None) -> dict[str, tuple[int, bytes]] | None:
+        """Each stream's head (or ``stream``'s alone) as an index of streams kept apart from the lines, where the store
+        keeps one: stream -> (its line count, the SHA-256 of its last line, of ``b""`` for none). PostgreSQL's ``orch_streams`` is
         one, derived from the lines (an append finds its head in them, and rebuilds a row that disagrees); ``verify``
         compares it with the lines it reads and warns of a row missing or wrong. None where the streams are their own
         index (files, memory): nothing to compare."""

@@ -99,6 +99,7 @@ _EVENT_STREAMS = ("SELECT DISTINCT stream FROM orch_events WHERE project = %s AN
                   "ORDER BY stream LIMIT %s")
 _INDEXED_HEADS = ("SELECT stream, seq, sha256(last_line) FROM orch_streams WHERE project = %s AND stream > %s "
                   "ORDER BY stream LIMIT %s")
+_INDEXED_HEAD = "SELECT stream, seq, sha256(last_line) FROM orch_streams WHERE project = %s AND stream = %s"
 _AUX_KEYS = "SELECT key FROM orch_aux WHERE project = %s AND area = %s AND key > %s ORDER BY key LIMIT %s"
 
 
@@ -396,10 +397,15 @@ class PostgresStore(EventStore):
         files without it)."""
         return iter([r[0] for r in self._chunked(_EVENT_STREAMS, (self.project, AUDIT_STREAM), after="")])
 
-    def indexed_heads(self) -> dict[str, tuple[int, bytes]] | None:
+    def indexed_heads(self, stream: str | None = None) -> dict[str, tuple[int, bytes]] | None:
         """``EventStore.indexed_heads``: every row of ``orch_streams`` (the audit log's too), ``READ_CHUNK_ROWS`` per
-        round trip, the last line's hash computed by the server (its bytes are not sent)."""
-        return {r[0]: (r[1], bytes(r[2])) for r in self._chunked(_INDEXED_HEADS, (self.project,), after="")}
+        round trip, or ``stream``'s row alone (``verify --job-id``), the last line's hash computed by the server (its
+        bytes are not sent)."""
+        if stream is None:
+            rows = self._chunked(_INDEXED_HEADS, (self.project,), after="")
+        else:
+            rows = self._run(lambda conn: conn.execute(_INDEXED_HEAD, (self.project, stream)).fetchall())
+        return {r[0]: (r[1], bytes(r[2])) for r in rows}
 
     def fingerprints(self) -> tuple[list[str], "array[int]", "array[int]"]:
         """See ``EventStore.fingerprints``: every job stream's head (its line count; the second number 0), from

@@ -97,6 +97,17 @@ def test_a_job_whose_row_was_deleted_is_verified_listed_counted_exported_and_cla
 
 
 @pytest.mark.parametrize("edit", ["deleted", "set back"])
+def test_verify_of_one_job_compares_its_row_too(pg: Orchestrator, edit: str) -> None:
+    job, other = pg.submit("t.si.ask", 1), pg.submit("t.si.ask", 2)
+    assert pg.worker(worker_id="w", lease_seconds=30).run(max_jobs=1, idle_exit=True) == 1
+    (delete_row if edit == "deleted" else set_row_back)(pg, job)
+    [warning] = verify_project(pg, job).warnings  # until 2026-12-06 only a whole project's verify compared the rows
+    assert warning.code == STREAM_INDEX_STALE and warning.stream == job
+    assert ("has no row" if edit == "deleted" else "its row in orch_streams says 2") in warning.message
+    assert verify_project(pg, other).warnings == [] and verify_project(pg, job).ok
+
+
+@pytest.mark.parametrize("edit", ["deleted", "set back"])
 def test_a_control_action_on_a_job_whose_row_was_edited_is_applied_and_rebuilds_the_row(
         pg: Orchestrator, edit: str) -> None:
     job = pg.submit("t.si.ask", 1)
