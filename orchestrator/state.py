@@ -72,6 +72,7 @@ class JobState:
     last_error: Mapping[str, Any] | None = None
     result: Mapping[str, Any] | None = None
     answers: tuple[str, ...] = ()
+    questions: tuple[str | None, ...] = ()  # the question each answer replied to (None: its event names none)
     revisions: tuple[str, ...] = ()
     last_event: str | None = None
     history: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (type, ts) per event
@@ -97,7 +98,9 @@ class JobState:
         """The JSON object a handler receives for the current run."""
         return {"job_id": self.job_id, "run_id": self.run_id, "attempt": self.attempt, "kind": self.kind,
                 "input": self.input, "options": dict(self.options), "answers": list(self.answers),
-                "revisions": list(self.revisions), "question": self.question}
+                "questions": list(self.questions), "revisions": list(self.revisions),
+                # a job runs with no question pending: the one its last answer replied to, which the re-run acts on
+                "question": self.questions[-1] if self.questions else None}
 
 
 # event type -> the states it may follow (None: the job does not exist yet)
@@ -189,6 +192,13 @@ def _human_input(field_name: str, key: str) -> Callable[[JobState, Event], JobSt
     return apply_input
 
 
+_answered = _human_input("answers", "answer")
+
+
+def _resumed(s: JobState, e: Event) -> JobState:
+    return replace(_answered(s, e), questions=(*s.questions, e.data.get("question")))
+
+
 _REDUCERS: dict[str, Callable[[Any, Event], JobState]] = {
     "job_submitted": _submitted,
     "job_claimed": _claimed,
@@ -200,7 +210,7 @@ _REDUCERS: dict[str, Callable[[Any, Event], JobState]] = {
     "stale_recovered": _stale,
     "job_approved": lambda s, e: replace(s, state=SUCCEEDED),
     "job_revised": _human_input("revisions", "notes"),
-    "job_resumed": _human_input("answers", "answer"),
+    "job_resumed": _resumed,
     "job_cancelled": lambda s, e: replace(s, state=CANCELLED, lease_expires_at=None, worker_id=None, retry_at=None),
     # a stopping worker handed the run back: queued again, and the attempt does not count as a failure
     "job_released": lambda s, e: replace(s, state=QUEUED, lease_expires_at=None, worker_id=None, retry_at=None),

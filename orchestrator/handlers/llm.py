@@ -4,7 +4,7 @@ Settings come from the environment (``.env`` included): ``LLM_URL`` (the base UR
 ``https://api.example.com/v1``, or the full ``.../chat/completions`` URL), ``LLM_API_KEY``,
 ``LLM_MODEL`` and ``ORCH_LLM_TIMEOUT`` (seconds the whole request may take, reply included;
 default 60; ``config.llm_timeout``). The job's input is sent as the user message (a string as is, anything else as
-JSON), with the context (answers, revisions) and a system prompt describing the payload. Every
+JSON), with the context (answers and the questions they replied to, revisions) and a system prompt describing the payload. Every
 failure becomes a ``failed`` payload with a stable ``error_code``: ``LLM_CONFIG`` (no URL, a bad timeout),
 ``LLM_NETWORK_ERROR`` (also a reply cut off or not HTTP), ``LLM_TIMEOUT``, ``LLM_HTTP_ERROR``
 (retryable for 408/429/5xx only; a redirect, which is not followed, too), ``LLM_BAD_RESPONSE``
@@ -184,7 +184,7 @@ def _messages(ctx: Any) -> list[dict[str, str]]:
     data = ctx.to_dict() if hasattr(ctx, "to_dict") else dict(ctx)
     task = data.get("input")
     task_text = task if isinstance(task, str) else json.dumps(task, ensure_ascii=False)
-    extra = {k: data.get(k) for k in ("answers", "revisions", "attempt") if data.get(k)}
+    extra = {k: data.get(k) for k in ("answers", "questions", "revisions", "attempt") if data.get(k)}
     user = task_text + ("\n\nContext: " + json.dumps(extra, ensure_ascii=False) if extra else "")
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 

@@ -153,6 +153,21 @@ def test_a_reply_with_a_payload_is_returned_and_the_request_is_openai_shaped(ser
     assert "write a haiku" in req["body"]["messages"][1]["content"] and "calm" in req["body"]["messages"][1]["content"]
 
 
+def test_a_job_re_run_after_a_resume_sends_the_question_with_its_answer(orch, server, monkeypatch) -> None:
+    """Until 2026-12-06 the model got the answers alone: "calm", never "Which tone?", which it had asked."""
+    for name, value in llm_env(server).items():
+        monkeypatch.setenv(name, value)
+    server.mode = "needs_human"
+    job = orch.submit("llm", "write a haiku", max_attempts=1)
+    Worker(orch, WorkerSettings(worker_id="w")).run_once()
+    orch.resume(job, "calm")
+    server.mode = "done"
+    Worker(orch, WorkerSettings(worker_id="w")).run_once()
+    assert orch.status(job).state == "succeeded"
+    context = json.loads(server.requests[-1]["body"]["messages"][1]["content"].split("Context: ", 1)[1])
+    assert context["answers"] == ["calm"] and context["questions"] == ["Which tone?"]
+
+
 def test_a_fenced_json_reply_is_accepted(server) -> None:
     server.mode = "fenced"
     assert call_llm(CTX, llm_env(server))["summary"] == "fenced"

@@ -131,6 +131,19 @@ def test_waiting_human_shows_the_question_and_resume_adds_the_answer_to_the_cont
     assert resumed.context()["answers"] == ["main"]
 
 
+def test_a_re_run_after_a_resume_sees_the_question_each_answer_replied_to() -> None:
+    """A running job has no question pending: its context's ``question`` is the one its last answer replied to (it
+    was always None at run time until 2026-12-06), ``questions`` each answer's, None where a resume named none."""
+    second = ev("job_claimed", {"worker_id": "w1", "epoch": 2, "attempt": 2, "lease_expires_at": LATER}, run_id="r2")
+    ask_again = ev("human_input_requested", {"question": "which file?"}, run_id="r2")
+    ctx = run(SUBMIT, CLAIM, ASK, RESUME, second, ask_again, ev("job_resumed", {"answer": "a.txt"})).context()
+    assert (ctx["answers"], ctx["questions"]) == (["main", "a.txt"], ["which branch?", None])
+    assert ctx["question"] is None
+    ctx = run(SUBMIT, CLAIM, ASK, RESUME).context()
+    assert (ctx["question"], ctx["questions"]) == ("which branch?", ["which branch?"])
+    assert run(SUBMIT, CLAIM).context()["question"] is None
+
+
 def test_revise_adds_notes_to_the_context_and_resets_failures() -> None:
     s = run(SUBMIT, CLAIM, FAIL_RETRY, ev("job_claimed", {"worker_id": "w", "epoch": 2, "attempt": 2,
                                                               "lease_expires_at": LATER}, run_id="r2"), AUDIT, REVISE)
@@ -144,7 +157,7 @@ def test_stale_recovery_to_waiting_human_keeps_the_evidence_as_last_error() -> N
 
 def test_context_has_the_fields_handlers_rely_on() -> None:
     ctx = run(SUBMIT, CLAIM).context()
-    assert {"job_id", "run_id", "attempt", "input", "answers", "revisions"} <= ctx.keys()
+    assert {"job_id", "run_id", "attempt", "input", "answers", "questions", "revisions", "question"} <= ctx.keys()
     assert ctx["attempt"] == 1 and ctx["input"] == {"x": 1}
 
 
