@@ -17,9 +17,9 @@ from orchestrator import clock, faults
 from orchestrator.clock import now as local_now
 from orchestrator.command_input import COMMAND_KIND, parse_command_input
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Settings, default_actor
-from orchestrator.errors import (AuxNotWrittenError, ConcurrencyError, ConfigError, ContextSignatureInvalid,
-                                 InvalidIdError, InvalidInputError, JobNotFoundError, OrchestratorError,
-                                 PathEscapeError, StorageError, UnusableFileError)
+from orchestrator.errors import (NOTHING_WRITTEN, AuditEntryNotWrittenError, AuxNotWrittenError, ConcurrencyError,
+                                 ConfigError, ContextSignatureInvalid, InvalidIdError, InvalidInputError,
+                                 JobNotFoundError, OrchestratorError, PathEscapeError, StorageError, UnusableFileError)
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream,
                                   check_head_record, check_head, head_record, seal, verify_stream)
 from orchestrator.key_files import load_keyring
@@ -385,6 +385,12 @@ class Orchestrator:
                                           entry_aux=with_entry, between=after_event, **written)
             except AuxNotWrittenError as exc:  # the event and its entry are durable (``EventStore.append_audited``)
                 not_written = exc
+            except AuditEntryNotWrittenError as exc:
+                raise AuditEntryNotWrittenError(
+                    f"event {head.seq + len(lines)} ({new[-1][0]}) of job {job_id} is durable: what it records stands "
+                    f"(do not do it again), but its audit entry could not be written "
+                    f"({exc.message.removesuffix('; ' + NOTHING_WRITTEN)}); `orchestrator audit heal` writes it once "
+                    "that is fixed (until then `verify` warns AUDIT_ENTRY_MISSING)", **exc.details) from None
             faults.point("audit.after_entry")
         seq = head.seq + len(lines)
         warnings = (*(() if not_written is None else (

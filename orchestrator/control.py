@@ -158,9 +158,10 @@ def _act(orch: "Orchestrator", job_id: str, action: str, data: dict[str, Any], n
             _check_fits(view, action)
         # the action goes ahead or was applied already (a retry after a crash): an entry a crash left missing is
         # written now, before this action's own; a refused action writes nothing, not even that one
-        audit.heal(orch, [view], now=now, warnings=healed)  # kept if a racing writer has this pass decided again
+        entries = audit.heal(orch, [view], now=now, warnings=healed)  # kept if a racing writer decides again
         if earlier is not None:
-            return replace(earlier, warnings=(*healed, *earlier.warnings))
+            return replace(earlier, warnings=(*healed, *earlier.warnings),
+                           message=_healed_note(earlier.message, entries))
         event_data = {**data, **extra}
         if action == "resume":
             event_data["question"] = view.state.question
@@ -269,14 +270,26 @@ def _asked_again(view: "JobView", action: str, data: dict[str, Any]) -> ControlR
     return ControlResult(view.job_id, action, False, closing["type"], closing["seq"], view.state.state,
                          f"already applied: job {view.job_id} was {_PAST[action]} with {these} {field} at "
                          f"{closing['ts']} by {closing['actor']} (event {closing['seq']}), and {thing} again since "
-                         f"(event {asked['seq']}); nothing written; state is {view.state.state}. To give the same "
+                         f"(event {asked['seq']}){_NOTHING_WRITTEN}; state is {view.state.state}. To give the same "
                          f"{field} again, add --again")
 
 
 def _repeat(view: "JobView", action: str, done: dict[str, Any]) -> ControlResult:
     return ControlResult(view.job_id, action, False, done["type"], done["seq"], view.state.state,
                          f"already applied: job {view.job_id} was {_PAST[action]} at {done['ts']} by {done['actor']} "
-                         f"(event {done['seq']}); nothing written; state is {view.state.state}")
+                         f"(event {done['seq']}){_NOTHING_WRITTEN}; state is {view.state.state}")
+
+
+_NOTHING_WRITTEN = "; nothing written"  # said of an action already applied, unless the audit heal wrote an entry
+
+
+def _healed_note(message: str, entries: list[int]) -> str:
+    """An action already applied writes nothing of its own, but the audit heal before it may have written the entry
+    its first run could not (a full disk): the message says so (it said "nothing written" until 2026-12-06)."""
+    if not entries:
+        return message
+    said = ", ".join(map(str, entries))
+    return message.replace(_NOTHING_WRITTEN, f"; only the missing audit entry written now (audit log line {said})", 1)
 
 
 # -- chat messages ------------------------------------------------------------------------------------

@@ -140,6 +140,16 @@ class StorageError(OrchestratorError):
     exit_code = 10
 
 
+NOTHING_WRITTEN = "nothing was written"  # how a refused write's message ends (``AuditEntryNotWrittenError`` cuts it)
+
+
+class AuditEntryNotWrittenError(StorageError):
+    """A job's events are durable, their audit entry is not (the audit log could not be written: a full disk, an I/O
+    error). Raised, unlike a record after the lines (``AuxNotWrittenError``): the entry is history, not a cache. Its
+    message says the events stand, never that nothing was written: an operator told so after an approve would
+    decide again (``Orchestrator.append`` names the event; ``audit heal`` writes the entry later)."""
+
+
 # The warning of an event acknowledged although a record written after it was not (``AuxNotWrittenError.warning``)
 HEAD_RECORD_NOT_WRITTEN = "HEAD_RECORD_NOT_WRITTEN"
 

@@ -14,7 +14,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
-from orchestrator.errors import AuxNotWrittenError
+from orchestrator.errors import AuditEntryNotWrittenError, AuxNotWrittenError, StorageError
 
 AUDIT_STREAM = "@audit"
 HEADS_AREA = "heads"  # aux area of each job's head record, keyed by its job id (``history.head_record``)
@@ -129,7 +129,7 @@ class EventStore(ABC):
         events until after the entry. Two appends, two transactions, in that order, each as ``append`` says: the
         events are durable before the entry is written; if their append raises, no entry is written; if the
         entry's raises, the events stand without it (as after a crash between the two: ``audit.heal`` writes it
-        later). ``between`` runs once the events are durable, before the entry. Returns the events' new head.
+        later), and a ``StorageError`` of the entry's is raised as ``AuditEntryNotWrittenError``. ``between`` runs once the events are durable, before the entry. Returns the events' new head.
         An ``AuxNotWrittenError`` (files: the lines durable, a record after them not) is not "nothing written":
         the events' still runs ``between`` and writes their entry, and then, as the entry's own, is raised once
         both are durable (one error naming every record not written).
@@ -149,6 +149,8 @@ class EventStore(ABC):
                 self.append(AUDIT_STREAM, entry, aux=entry_aux)
             except AuxNotWrittenError as exc:
                 missed.append(exc)
+            except StorageError as exc:  # the events stand without their entry: not "nothing was written"
+                raise AuditEntryNotWrittenError(exc.message, **exc.details) from None
         if missed:
             raise AuxNotWrittenError("; ".join(exc.message for exc in missed),
                                      **{**missed[0].details, "linked": any(exc.details.get("linked") for exc in missed)})

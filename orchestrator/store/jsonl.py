@@ -27,8 +27,8 @@ from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import Callable, Iterator
 
 from orchestrator import faults
-from orchestrator.errors import (AuxNotWrittenError, ConcurrencyError, IntegrityError, PathEscapeError, StorageError,
-                                 UnusableFileError)
+from orchestrator.errors import (NOTHING_WRITTEN, AuxNotWrittenError, ConcurrencyError, IntegrityError, PathEscapeError,
+                                 StorageError, UnusableFileError)
 from orchestrator.security import is_id, validate_id
 from orchestrator.store.base import (AUDIT_STREAM, AUX_KEY_LENGTH, HEADS_AREA, SLOT_BYTES, AuxWrites, Builder,
                                      EventStore, Head, InTransaction, StoredLine)
@@ -244,7 +244,7 @@ class JsonlStore(EventStore):
             except OSError as exc:
                 self._cut_back(fd, end)
                 raise StorageError(f"could not durably append to {path}: {os.strerror(exc.errno or errno.EIO)}; "
-                                   "nothing was written", stream=stream) from None
+                                   + NOTHING_WRITTEN, stream=stream) from None
             faults.point("store.append.after_fsync")
             return Head(head.seq + len(new), new[-1]), True
 

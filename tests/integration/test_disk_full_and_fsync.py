@@ -202,3 +202,38 @@ def test_a_submit_opens_its_new_events_file_once_and_still_syncs_its_folder_chai
     with pytest.raises(Exception, match="expected 0 events, found 2"):  # a submit over a job that is there
         store.append("job-1", lambda head: [b'{"seq":1}'], expected_seq=0)
     assert store.read("job-1")[-1].raw == b'{"seq":2}'
+
+
+def test_an_action_whose_audit_entry_meets_a_full_disk_says_it_stands_and_its_retry_writes_only_the_entry(
+        cli_env: dict[str, str], base: Path) -> None:
+    """A real limit on file sizes (``RLIMIT_FSIZE``, a full disk's stand-in) that leaves room for the job's line but
+    not the audit log's: the cancel is durable, and until 2026-12-06 the command said "nothing was written" (exit 10),
+    so an operator would decide again; run again, it said "nothing written" while writing the missing entry."""
+    import json
+    import resource
+    import subprocess
+    import sys
+
+    def cli(*args: str, limit: int | None = None) -> subprocess.CompletedProcess[str]:
+        def limited() -> None:  # Python ignores SIGXFSZ: a write past the limit is EFBIG
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        return subprocess.run([sys.executable, "-m", "orchestrator", *args], env=cli_env, capture_output=True,
+                              text=True, timeout=60, preexec_fn=limited if limit else None)
+
+    for i in range(2):  # an audit log longer than the job's file will be
+        other = cli("submit", "--kind", "t.any", "--input", "{}").stdout.strip()
+        assert cli("control", "cancel", other, "r" * 3000).returncode == 0
+    job = cli("submit", "--kind", "t.any", "--input", "{}").stdout.strip()
+    audit_log = base / "proj" / ".orchestrator" / "audit" / "audit_events.jsonl"
+    entries = audit_log.read_bytes().count(b"\n")
+    out = cli("control", "cancel", job, "stop it", "--json", limit=audit_log.stat().st_size)
+    error = json.loads(out.stdout)
+    assert out.returncode == 10 and error["error"] == "STORAGE_ERROR"
+    assert f"of job {job} is durable: what it records stands (do not do it again)" in error["message"]
+    assert "File too large" in error["message"] and "nothing was written" not in error["message"]
+    assert json.loads(cli("status", job, "--json").stdout)["state"] == "cancelled"
+    assert audit_log.read_bytes().count(b"\n") == entries  # the entry alone is missing
+    again = cli("control", "cancel", job, "stop it")
+    assert again.returncode == 0 and "already applied" in again.stdout
+    assert "only the missing audit entry written now" in again.stdout and "nothing written" not in again.stdout
+    assert audit_log.read_bytes().count(b"\n") == entries + 1 and cli("verify").returncode == 0
