@@ -1,34 +1,46 @@
 """The ``llm`` handler: an OpenAI-compatible chat-completions call that must answer with a terminal payload.
 
 Settings come from the environment (``.env`` included): ``LLM_URL`` (the base URL, e.g.
-``https://api.example.com/v1``, or the full ``.../chat/completions`` URL), ``LLM_API_KEY``,
-``LLM_MODEL`` and ``ORCH_LLM_TIMEOUT`` (seconds the whole request may take, reply included;
-default 60; ``config.llm_timeout``). The job's input is sent as the user message (a string as is, anything else as
-JSON), with the context (answers and the questions they replied to, revisions) and a system prompt describing the payload. Every
-failure becomes a ``failed`` payload with a stable ``error_code``: ``LLM_CONFIG`` (no URL, a bad timeout),
-``LLM_NETWORK_ERROR`` (also a reply cut off or not HTTP), ``LLM_TIMEOUT``, ``LLM_HTTP_ERROR``
-(retryable for 408/429/5xx only; a redirect, which is not followed, too), ``LLM_BAD_RESPONSE``
-(not JSON, nested deeper than the decoder goes, or not chat-completions shaped). A reply whose
-content is not a valid payload is passed on as is, so the worker records ``MALFORMED_PAYLOAD``.
+``https://api.example.com/v1``, or the full ``.../chat/completions`` URL; a query, Azure's ``?api-version=``, is
+kept after the path: ``endpoint``), ``LLM_API_KEY``, ``LLM_MODEL`` and ``ORCH_LLM_TIMEOUT`` (seconds the whole
+request may take, reply included; default 60; ``config.llm_timeout``). Whitespace around the URL and the key is
+dropped: a Kubernetes secret read from a file ends in a line break, which no header can carry. The job's input is
+sent as the user message (a string as is, anything else as JSON), with the context (answers and the questions
+they replied to, revisions) and a system prompt describing the payload. Every failure becomes a ``failed`` payload with a stable ``error_code``:
+``LLM_CONFIG``, not retried (no URL; one that is not ``http(s)://host...``, has a bad port or holds a user name or
+password; a key with a character no header can carry; a bad timeout), ``LLM_NETWORK_ERROR`` (also a reply cut off
+or not HTTP), ``LLM_TIMEOUT``, ``LLM_HTTP_ERROR`` (retryable for 408/429/5xx only; a redirect, which is not
+followed, too), ``LLM_BAD_RESPONSE`` (not JSON, nested deeper than the decoder goes, or not chat-completions
+shaped), ``HANDLER_ERROR`` (anything else raised in here, a bug: caught here so that no message with the key in
+it reaches the worker's generic path). A reply whose content is not a valid payload is passed on as is, so the
+worker records ``MALFORMED_PAYLOAD``.
 
 The API key is only ever put in the ``Authorization`` header, sent to ``LLM_URL`` only: a redirect is not
 followed (``LLM_HTTP_ERROR``, not retried, naming where it pointed). A key has no shape
 ``sanitize_text`` could recognise, and an endpoint (a proxy, a debugging server, a model
-told to) may echo it, so its exact value is replaced in everything ``call_llm`` returns, on
+told to) may echo it, so its value is replaced in everything ``call_llm`` returns, on
 every path: each string of the payload, nested ones and object keys included
-(``_without_key``). Failure texts also go through ``sanitize_text``, before they are cut
-(``_scrub``).
+(``_without_secrets``), as sent or as JSON text may write it (``\\/``, ``\\u0041``: ``_json_forms``); the
+password of a URL too (``_Secrets``). A key shorter than ``MIN_SECRET_LENGTH`` (8) characters is not looked for:
+such a value (``x``, ``EMPTY``, a local server's dummy) cannot be told from text, and replacing it turned
+"explain" into "[REDACTED]plain" and a ``done`` into a malformed payload. Failure texts also go through
+``sanitize_text``, before they are cut (``_scrub``).
 """
 from __future__ import annotations
 
+import functools
 import http.client
 import json
+import re
 import socket
 import threading
+import traceback
 import urllib.error
 import urllib.request
 from contextlib import suppress
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from orchestrator.config import llm_timeout
 from orchestrator.errors import ConfigError
@@ -36,6 +48,7 @@ from orchestrator.handler_env import llm_environment
 from orchestrator.security import REDACTED, cut_read_size, sanitized_cut
 
 MAX_REPLY_BYTES = 4 * 1024 * 1024
+MIN_SECRET_LENGTH = 8  # a key (or URL password) shorter than this is not looked for: it cannot be told from text
 SYSTEM_PROMPT = (
     "You are a job handler. Do the task in the user message. Reply with ONLY a JSON object: "
     '{"status": "done" | "needs_human" | "needs_audit" | "failed", "summary": "<one paragraph>", '
@@ -128,56 +141,120 @@ def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(_NoRedirect, *handlers)
 
 
-def _key_forms(key: str) -> tuple[str, ...]:
-    """The key as sent, and as it reads inside JSON text (escaped), longest first."""
-    forms = {key, json.dumps(key)[1:-1], json.dumps(key, ensure_ascii=False)[1:-1]} if key else set()
-    return tuple(sorted(forms, key=len, reverse=True))
+def _hex4(unit: int) -> str:
+    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{unit:04x}")
 
 
-def _drop_key(text: str, forms: tuple[str, ...]) -> str:
-    for form in forms:
-        text = text.replace(form, REDACTED)
-    return text
+def _json_forms(secret: str) -> str:
+    """A pattern of ``secret`` as sent or as JSON text may write it, at any depth of JSON quoted in JSON: each
+    character as itself, also after backslashes (PHP writes ``/`` as ``\\/``, quoted again ``\\\\\\/``), or as
+    ``\\u`` and its code in hex of either case (a surrogate pair beyond U+FFFF). It starts only where no backslash
+    precedes: tried at each backslash of a long run, it would scan the rest of the run each time."""
+    forms = []
+    for char in secret:
+        code = ord(char)
+        units = [code] if code <= 0xFFFF else [0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)]
+        forms.append(rf"(?:\\*{re.escape(char)}|" + "".join(rf"\\+u{_hex4(unit)}" for unit in units) + ")")
+    return r"(?<!\\)" + "".join(forms)
 
 
-def _without_key(value: Any, key: str) -> Any:
-    """``value`` (a decoded JSON reply) with the key's value replaced in every string and object key."""
-    forms = _key_forms(key)
-    if not forms:
+@functools.lru_cache(maxsize=4)  # a worker asks with the same key each time: the pattern is made once
+def _forms_of(secrets: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(map(_json_forms, secrets)))
+
+
+class _Secrets:
+    """What ``call_llm`` must never return: the API key and the password of ``LLM_URL``, those of at least
+    ``MIN_SECRET_LENGTH`` characters, in any of their JSON forms (``_json_forms``)."""
+
+    def __init__(self, *values: str) -> None:
+        self.values = sorted({value for value in values if len(value) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+        self._forms = _forms_of(tuple(self.values)) if self.values else None
+
+    def drop(self, text: str) -> str:
+        """``text`` with each secret replaced by ``REDACTED``."""
+        if self._forms is None:
+            return text
+        if "\\" in text:
+            return self._forms.sub(REDACTED, text)
+        for value in self.values:  # with no backslash, as sent is the only form (and a replace is many times faster)
+            text = text.replace(value, REDACTED)
+        return text
+
+
+def _without_secrets(value: Any, secrets: _Secrets) -> Any:
+    """``value`` (a decoded JSON reply, changed in place) with the secrets replaced in every string and object key.
+    A loop, not a recursion: a reply nested deeper than the walk could go was ``LLM_BAD_RESPONSE`` with a key set
+    and passed on (``MALFORMED_PAYLOAD``) without one."""
+    if not secrets.values:
         return value
+    top = [value]
+    todo: list[list[Any] | dict[str, Any]] = [top]
+    while todo:
+        items = todo.pop()
+        for at, item in enumerate(items) if isinstance(items, list) else items.items():
+            if isinstance(item, str):
+                items[at] = secrets.drop(item)  # type: ignore[index]
+            elif isinstance(item, dict):
+                items[at] = item = {secrets.drop(name): v for name, v in item.items()}  # type: ignore[index]
+                todo.append(item)
+            elif isinstance(item, list):
+                todo.append(item)
+    return top[0]
 
-    def walk(item: Any) -> Any:
-        if isinstance(item, str):
-            return _drop_key(item, forms)
-        if isinstance(item, dict):
-            return {walk(k): walk(v) for k, v in item.items()}
-        if isinstance(item, list):
-            return [walk(v) for v in item]
-        return item
 
-    return walk(value)
-
-
-def _scrub(data: str | bytes, key: str, limit: int) -> str:
-    """The start of ``data`` (a message, a reply or its first ``cut_read_size(limit)`` bytes) without the key,
+def _scrub(data: str | bytes, secrets: _Secrets, limit: int) -> str:
+    """The start of ``data`` (a message, a reply or its first ``cut_read_size(limit)`` bytes) without the secrets,
     sanitized and only then cut to ``limit`` (``security.sanitized_cut``): a cut through a secret or the key
     leaves a part that no pattern, and no replace, recognises."""
-    forms = _key_forms(key)
-    return sanitized_cut(data, limit, redact_first=lambda text: _drop_key(text, forms))
+    return sanitized_cut(data, limit, redact_first=secrets.drop)
 
 
-def _failed(code: str, message: str, key: str, retryable: bool = True) -> dict[str, Any]:
-    return {"status": "failed", "summary": _scrub(message, key, 2000), "error_code": code, "retryable": retryable}
+def _failed(code: str, message: str, secrets: _Secrets, retryable: bool = True) -> dict[str, Any]:
+    return {"status": "failed", "summary": _scrub(message, secrets, 2000), "error_code": code, "retryable": retryable}
 
 
-def _timed_out(timeout: float, key: str) -> dict[str, Any]:
+def _timed_out(timeout: float, secrets: _Secrets) -> dict[str, Any]:
     """The payload of a request that took longer than ``timeout``: a socket wait, or the whole reply (``_Deadline``)."""
-    return _failed("LLM_TIMEOUT", f"LLM endpoint did not answer within {timeout:g}s", key)
+    return _failed("LLM_TIMEOUT", f"LLM endpoint did not answer within {timeout:g}s", secrets)
 
 
 def endpoint(url: str) -> str:
-    url = url.rstrip("/")
-    return url if url.endswith("/chat/completions") else url + "/chat/completions"
+    """The chat-completions URL of ``LLM_URL``: ``/chat/completions`` added to its path unless it ends so; a query
+    (Azure's ``?api-version=``) stays after the path."""
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    return urlunsplit(parts._replace(path=path if path.endswith("/chat/completions") else path + "/chat/completions"))
+
+
+def _config_problem(url: str, key: str) -> str | None:
+    """Why the request cannot be made at all (``LLM_CONFIG``, not retried), never quoting the URL, which may hold a
+    password. urllib would take a ``file:`` or ``ftp:`` URL too, and send ``user:password@host`` as the host."""
+    if not url:
+        return "LLM_URL is not set"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number from 0 to 65535
+    except ValueError:
+        return "LLM_URL is not a URL (a port that is not a number from 0 to 65535, or a '[' host not closed)"
+    if parts.scheme not in ("http", "https"):
+        return "LLM_URL must start with http:// or https://"
+    if "@" in parts.netloc:
+        return "LLM_URL must not hold a user name or password (user:password@host): the key goes in LLM_API_KEY"
+    if not parts.hostname:
+        return "LLM_URL names no host"
+    if key and not (key.isprintable() and max(key) <= "\xff"):
+        return "LLM_API_KEY holds a character an HTTP header cannot carry (a control character, or one beyond Latin-1)"
+    return None
+
+
+def _url_password(url: str) -> str:
+    """The password ``url`` holds, if any: such a URL is refused before any request, and the password is looked for
+    all the same, as the key is (urllib's messages quote "password@host" without the ``://user:`` that
+    ``sanitize_text`` knows a URL's credentials by)."""
+    with suppress(ValueError):
+        return urlsplit(url).password or ""
+    return ""
 
 
 def _messages(ctx: Any) -> list[dict[str, str]]:
@@ -198,7 +275,8 @@ def _strip_fences(content: str) -> str:
     return text.strip()
 
 
-def _ask(request: urllib.request.Request, timeout: float, deadline: _Deadline, key: str) -> bytes | dict[str, Any]:
+def _ask(request: urllib.request.Request, timeout: float, deadline: _Deadline,
+         secrets: _Secrets) -> bytes | dict[str, Any]:
     """The endpoint's reply (its first ``MAX_REPLY_BYTES`` + 1 bytes), or the ``failed`` payload saying why not."""
     try:
         with _opener(deadline).open(request, timeout=timeout) as resp:  # noqa: S310 - the operator's own URL
@@ -211,62 +289,75 @@ def _ask(request: urllib.request.Request, timeout: float, deadline: _Deadline, k
             body = exc.read(cut_read_size(500)) if exc.fp else b""
         except (OSError, http.client.HTTPException):  # an error body cut off: its status is what matters
             body = b""
-        detail = _scrub(body, key, 500)
+        detail = _scrub(body, secrets, 500)
         if 300 <= exc.code < 400:
-            where = _scrub(str(exc.headers.get("Location") or "nowhere"), key, 500)
+            where = _scrub(str(exc.headers.get("Location") or "nowhere"), secrets, 500)
             detail = f"a redirect to {where}, not followed (set LLM_URL to the URL that answers) {detail}".rstrip()
         retry = exc.code in (408, 429) or exc.code >= 500
-        return _failed("LLM_HTTP_ERROR", f"LLM endpoint answered HTTP {exc.code}: {detail}", key, retryable=retry)
+        return _failed("LLM_HTTP_ERROR", f"LLM endpoint answered HTTP {exc.code}: {detail}", secrets,
+                       retryable=retry)
     except (socket.timeout, TimeoutError):
-        return _timed_out(timeout, key)
+        return _timed_out(timeout, secrets)
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, (socket.timeout, TimeoutError)):
-            return _timed_out(timeout, key)
-        return _failed("LLM_NETWORK_ERROR", f"cannot reach the LLM endpoint: {exc.reason}", key)
+            return _timed_out(timeout, secrets)
+        return _failed("LLM_NETWORK_ERROR", f"cannot reach the LLM endpoint: {exc.reason}", secrets)
     except OSError as exc:
-        return _failed("LLM_NETWORK_ERROR", f"cannot reach the LLM endpoint: {exc}", key)
+        return _failed("LLM_NETWORK_ERROR", f"cannot reach the LLM endpoint: {exc}", secrets)
+    except http.client.InvalidURL as exc:  # one _config_problem let through: a control character in its path
+        return _failed("LLM_CONFIG", f"LLM_URL cannot be used: {exc}", secrets, retryable=False)
     except http.client.HTTPException as exc:  # a reply cut off (IncompleteRead), or not HTTP (BadStatusLine)
         return _failed("LLM_NETWORK_ERROR", f"the LLM endpoint's reply could not be read: {type(exc).__name__}: {exc}",
-                       key)
+                       secrets)
 
 
 def call_llm(ctx: Any, environ: dict[str, str] | None = None) -> Any:
-    """Ask the model for a terminal payload; return it (or a ``failed`` payload on any error)."""
+    """Ask the model for a terminal payload; return it (or a ``failed`` payload on any error, the key never in it)."""
     env = llm_environment() if environ is None else environ  # its own settings, also in a filtered process
-    key = env.get("LLM_API_KEY", "")
-    url = env.get("LLM_URL", "")
-    if not url:
-        return _failed("LLM_CONFIG", "LLM_URL is not set", key, retryable=False)
+    url, key = env.get("LLM_URL", "").strip(), env.get("LLM_API_KEY", "").strip()
+    secrets = _Secrets(key, _url_password(url))
+    try:
+        return _call(ctx, env, url, key, secrets)
+    except Exception as exc:  # noqa: BLE001 - the worker's generic path would keep its message, and the key in it
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        return _failed("HANDLER_ERROR", f"the llm handler raised {type(exc).__name__} at "
+                       f"{Path(where.filename).name}:{where.lineno}: {exc}", secrets)
+
+
+def _call(ctx: Any, env: dict[str, str], url: str, key: str, secrets: _Secrets) -> Any:
+    problem = _config_problem(url, key)
+    if problem:
+        return _failed("LLM_CONFIG", problem, secrets, retryable=False)
     try:  # a worker refuses a bad one when it starts; a handler given one all the same (Python) fails the job
         timeout = llm_timeout(env)
     except ConfigError as exc:
-        return _failed("LLM_CONFIG", exc.message, key, retryable=False)
+        return _failed("LLM_CONFIG", exc.message, secrets, retryable=False)
     body = {"model": env.get("LLM_MODEL") or "default", "messages": _messages(ctx), "temperature": 0}
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(endpoint(url), data=json.dumps(body).encode(), headers=headers, method="POST")
     with _Deadline(timeout) as deadline:
-        raw = _ask(request, timeout, deadline, key)
+        raw = _ask(request, timeout, deadline, secrets)
     if deadline.passed:  # whatever the read got, or failed with, the connection was cut at the deadline
-        return _timed_out(timeout, key)
+        return _timed_out(timeout, secrets)
     if isinstance(raw, dict):
         return raw
     if len(raw) > MAX_REPLY_BYTES:
-        return _failed("LLM_BAD_RESPONSE", "the LLM reply is larger than 4 MiB", key)
+        return _failed("LLM_BAD_RESPONSE", "the LLM reply is larger than 4 MiB", secrets)
     try:
         content = json.loads(raw)["choices"][0]["message"]["content"]
         if not isinstance(content, str):
             raise TypeError("content is not a string")
     except (ValueError, KeyError, IndexError, TypeError, RecursionError) as exc:  # nested deeper than json goes
-        snippet = _scrub(raw, key, 200)
-        return _failed("LLM_BAD_RESPONSE", f"the reply is not a chat completion ({exc}): {snippet}", key)
+        snippet = _scrub(raw, secrets, 200)
+        return _failed("LLM_BAD_RESPONSE", f"the reply is not a chat completion ({exc}): {snippet}", secrets)
     try:
         # valid or not, the payload goes to the worker, which stores what it can of it
-        return _without_key(json.loads(_strip_fences(content)), key)
+        return _without_secrets(json.loads(_strip_fences(content)), secrets)
     except ValueError:
         # not JSON: hand the text on so the worker records MALFORMED_PAYLOAD with it
-        return {"status": "failed", "summary": _scrub(content, key, 2000), "error_code": "MALFORMED_PAYLOAD",
+        return {"status": "failed", "summary": _scrub(content, secrets, 2000), "error_code": "MALFORMED_PAYLOAD",
                 "retryable": True, "output": {"reply_not_json": True}}
     except RecursionError:
-        return _failed("LLM_BAD_RESPONSE", "the reply's JSON is nested too deeply", key)
+        return _failed("LLM_BAD_RESPONSE", "the reply's JSON is nested too deeply", secrets)

@@ -12,7 +12,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from orchestrator.handlers.llm import call_llm
+from orchestrator.handlers import llm
+from orchestrator.handlers.llm import MIN_SECRET_LENGTH, call_llm
 from orchestrator.worker import Worker, WorkerSettings
 
 KEY = "sk-test-0123456789abcdefghijklmnopqrstuv"
@@ -196,6 +197,94 @@ def test_a_key_the_endpoint_echoes_is_replaced_everywhere_in_the_payload(server,
         assert payload["artifacts"] == ["[REDACTED].txt"]
 
 
+# the key as an endpoint may echo it in JSON text: PHP's "\/", "\u" escapes (either case), quoted in JSON again
+ESCAPED_KEYS = {
+    "php-slash": PLAIN_KEY.replace("/", "\\/"),
+    "u-upper": "".join(f"\\u{ord(c):04X}" for c in PLAIN_KEY),
+    "u-lower-some": "".join(f"\\u{ord(c):04x}" if i % 2 else c for i, c in enumerate(PLAIN_KEY)),
+    "quoted-twice": PLAIN_KEY.replace("/", "\\\\\\/"),
+}
+
+
+def chat_reply(content: str) -> bytes:
+    return json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+
+
+@pytest.mark.parametrize("where", ["http-error-body", "not-a-chat-completion", "payload-string"])
+@pytest.mark.parametrize("form", sorted(ESCAPED_KEYS))
+def test_a_key_echoed_in_any_json_escaped_form_is_replaced(server, where: str, form: str) -> None:
+    """Only the key as sent and as Python's json.dumps writes it were looked for: "plain.Key\\/0123..." went through."""
+    echoed = ESCAPED_KEYS[form]
+    server.mode, server.status = "body", 401 if where == "http-error-body" else 200
+    server.body = ('{"error": {"message": "Incorrect API key provided: ' + echoed + '"}}').encode()
+    if where == "payload-string":  # a string of the payload holding JSON text
+        server.body = chat_reply(json.dumps({"status": "done", "summary": "s", "output": '{"seen": "' + echoed + '"}'}))
+    payload = call_llm(CTX, llm_env(server, LLM_API_KEY=PLAIN_KEY))
+    text = payload["output"] if where == "payload-string" else payload["summary"]
+    assert "[REDACTED]" in text and echoed not in text and "0123-no-known" not in text, text
+
+
+@pytest.mark.parametrize("key", ["e", "x", "EMPTY", "sk-1234"])
+def test_a_key_shorter_than_8_characters_is_not_looked_for_so_replies_stay_whole(server, key: str) -> None:
+    """A local server's dummy key cannot be told from text: with "e", "explain the example" came back as
+    "[REDACTED]xplain ...", and "done" as "don[REDACTED]" (MALFORMED_PAYLOAD)."""
+    content = {"status": "done", "summary": "explain the example", "output": {"EMPTY": "x sk-1234"}}
+    server.mode, server.status, server.body = "body", 200, chat_reply(json.dumps(content))
+    assert call_llm(CTX, llm_env(server, LLM_API_KEY=key)) == content
+    assert server.requests[0]["auth"] == f"Bearer {key}"
+    server.mode = "echo_done"  # one of MIN_SECRET_LENGTH is replaced
+    assert "abcd1234" not in json.dumps(call_llm(CTX, llm_env(server, LLM_API_KEY="abcd1234"[:MIN_SECRET_LENGTH])))
+
+
+def test_a_reply_nested_500_deep_is_passed_on_alike_with_a_key_or_without(server) -> None:
+    """The walk that replaces the key recursed, so with a key set such a reply was LLM_BAD_RESPONSE, and without
+    one passed on to the worker, which records MALFORMED_PAYLOAD (deeper than 64 levels)."""
+    content = '{"status": "done", "summary": "deep", "output": ' + "[" * 500 + "]" * 500 + "}"
+    server.mode, server.status, server.body = "body", 200, chat_reply(content)
+    with_key = call_llm(CTX, llm_env(server))
+    assert with_key["summary"] == "deep" and with_key == call_llm(CTX, llm_env(server, LLM_API_KEY=""))
+
+
+@pytest.mark.parametrize("path", ["/v1", "/v1/", "/v1/chat/completions"])
+def test_a_query_in_llm_url_stays_after_the_path(server, path: str) -> None:
+    """Azure's ``?api-version=``: "/chat/completions" was added after the query, to its value."""
+    url = f"http://127.0.0.1:{server.server_address[1]}{path}?api-version=2024-02-01"
+    assert call_llm(CTX, llm_env(server, LLM_URL=url))["summary"] == "wrote the haiku"
+    assert server.requests[0]["path"] == "/v1/chat/completions?api-version=2024-02-01"
+
+
+@pytest.mark.parametrize("url", [
+    "https://llmuser:UrlPassw0rdPlanted@llm.example.invalid/v1", "https://llmuser@llm.example.invalid/v1",
+    "llm.example.invalid/v1", "ftp://llm.example.invalid/v1", "file:///etc/passwd", "http:///v1",
+    "http://llm.example.invalid:abc/v1", "http://llm.example.invalid:70000/v1", "http://[::1/v1",
+    "http://llm.example.invalid/v 1",
+])
+def test_an_llm_url_that_cannot_be_used_is_llm_config_not_retried_never_quoting_a_password(url: str) -> None:
+    """urllib sends "user:password@host" as the host: its InvalidURL message quoted "password@host", which no
+    pattern recognises, as a retried LLM_NETWORK_ERROR; no scheme was a HANDLER_ERROR, ftp and file were fetched."""
+    payload = call_llm(CTX, {"LLM_URL": url, "LLM_API_KEY": KEY})
+    assert (payload["status"], payload["error_code"], payload["retryable"]) == ("failed", "LLM_CONFIG", False), payload
+    assert "Passw0rd" not in json.dumps(payload) and payload["summary"].startswith("LLM_URL ")
+
+
+@pytest.mark.parametrize("key", [PLAIN_KEY[:9] + "\n" + PLAIN_KEY[9:], PLAIN_KEY + "\x00", PLAIN_KEY + "€"])
+def test_a_key_no_http_header_can_carry_is_llm_config_naming_the_setting_not_the_key(server, key: str) -> None:
+    payload = call_llm(CTX, llm_env(server, LLM_API_KEY=key))
+    assert (payload["error_code"], payload["retryable"]) == ("LLM_CONFIG", False) and server.requests == []
+    assert payload["summary"].startswith("LLM_API_KEY ") and PLAIN_KEY[:9] not in json.dumps(payload)
+
+
+def test_anything_else_raised_in_the_handler_is_handler_error_without_the_key(server, monkeypatch) -> None:
+    """Caught in call_llm: the worker's generic path keeps the message (and the traceback, in the output tail)."""
+    def broken(*args: Any) -> None:
+        raise ValueError(f"Invalid header value b'Bearer {PLAIN_KEY}\\r\\n'")
+
+    monkeypatch.setattr(llm, "_ask", broken)
+    payload = call_llm(CTX, llm_env(server, LLM_API_KEY=PLAIN_KEY))
+    assert (payload["status"], payload["error_code"], payload["retryable"]) == ("failed", "HANDLER_ERROR", True)
+    assert "ValueError" in payload["summary"] and PLAIN_KEY not in json.dumps(payload), payload
+
+
 @pytest.mark.parametrize("mode, body, code", [
     ("body", b"[" * 100_000 + b"]" * 100_000, "LLM_BAD_RESPONSE"),  # deeper than the JSON decoder goes
     ("cut", b"", "LLM_NETWORK_ERROR"),  # the connection closed before the reply was whole
@@ -322,6 +411,29 @@ def test_a_key_without_a_known_shape_echoed_by_the_endpoint_never_reaches_a_file
     assert orch.status(job).state == state
     stored = all_bytes_under(orch.settings.state_dir)
     assert PLAIN_KEY.encode() not in stored and PLAIN_KEY.replace("/", "\\/").encode() not in stored
+
+
+@pytest.mark.parametrize("around", ["\n", "\r\n", " "])
+def test_a_key_read_from_a_file_with_its_line_break_is_sent_without_it(orch, server, monkeypatch,
+                                                                         around: str) -> None:
+    """A Kubernetes secret mounted as a file ends in a line break: urllib refused the header with a ValueError
+    quoting the key, which the worker's generic path stored (HANDLER_ERROR, the traceback in the output tail)."""
+    for name, value in llm_env(server, LLM_API_KEY=PLAIN_KEY + around).items():
+        monkeypatch.setenv(name, value)
+    job = orch.submit("llm", "write a haiku", max_attempts=1)
+    Worker(orch, WorkerSettings(worker_id="w")).run_once()
+    assert orch.status(job).state == "succeeded" and server.requests[0]["auth"] == f"Bearer {PLAIN_KEY}"
+    assert PLAIN_KEY.encode() not in all_bytes_under(orch.settings.state_dir)
+
+
+def test_a_password_in_llm_url_fails_the_job_at_once_and_never_reaches_a_file(orch, monkeypatch) -> None:
+    monkeypatch.setenv("LLM_URL", "https://llmuser:UrlPassw0rdPlanted@llm.example.invalid/v1")
+    monkeypatch.setenv("LLM_API_KEY", KEY)
+    job = orch.submit("llm", "write a haiku", max_attempts=3)
+    Worker(orch, WorkerSettings(worker_id="w")).run_once()
+    st = orch.status(job)
+    assert (st.state, st.last_error["code"]) == ("failed", "LLM_CONFIG")
+    assert b"Passw0rd" not in all_bytes_under(orch.settings.state_dir)
 
 
 @pytest.mark.parametrize("mode", ["reused", "per-run"])
