@@ -303,12 +303,17 @@ def _healed_note(message: str, entries: list[int]) -> str:
 _GAP = rf"[\s{ZERO_WIDTH}]*"
 _JOB_KEY = (rf"job[ \t\xa0_-]?id{_GAP}[:：=]{_GAP}[`'\"“‘]?(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*)[`'\"”’]?"
             rf"(?=[{ZERO_WIDTH}]*(?:[\s;；,，:：]|\Z))")
-_CHAT = re.compile(r"^(?:[^A-Za-z0-9]*@[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)*[^A-Za-z0-9]*?" + _JOB_KEY
-                   + rf"{_GAP}(?:[;；,，:：]{_GAP})?(?P<answer>.*)\Z", re.I | re.S)
+_KEYED = (r"(?:[^A-Za-z0-9]*@[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)*[^A-Za-z0-9]*?" + _JOB_KEY
+          + rf"{_GAP}(?:[;；,，:：]{_GAP})?")  # the key, up to where the answer starts
+_CHAT = re.compile(rf"^{_KEYED}(?P<answer>.*)\Z", re.I | re.S)
+_KEYED_AGAIN = re.compile(_KEYED, re.I | re.S)  # the answer starting with a key: "job_id: J; job_id: J; ..."
 # Further on, in ``_skeleton(answer)``: an id ends at the first character that is not an id character (``K)``,
-# ``K。``, ``K<Cyrillic Е>`` name K), and markdown may wrap the key or the id (``**job_id:** K``).
-_NAMED_AGAIN = re.compile(r"(?<![A-Za-z0-9])job[ \t_-]?id[\s*_~]*[:=][\s*_~`'\"“‘(\[<]*"
-                          r"(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*)", re.I)
+# ``K。``, ``K<Cyrillic Е>`` name K); markdown may wrap the key (``**job_id:** K``), and any run of characters that
+# are neither letters nor digits (spaces, punctuation, symbols, quotes and brackets of any script: ``«K»``, ``「K」``,
+# ``{K}``, ``#K``, ``@K``) may stand between the key and the id. The id is matched in a lookahead, so the next search
+# starts at it: in ``job_id: job_id: K`` the first key's "id" is the second key. Each run is scanned once: linear.
+_NAMED_AGAIN = re.compile(r"(?<![A-Za-z0-9])job[ \t_-]?id[\s*_~]*[:=][\W_]*"
+                          r"(?=(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*))", re.I)
 
 
 def _skeleton(text: str) -> str:
@@ -341,7 +346,10 @@ def parse_chat_message(job_id: str, message: str) -> str:
             raise JobIdMismatchError(f"the message names job {job_id} and then job {again}; nothing was "
                                      "written (paste only the message that answers this job)",
                                      job_id=job_id, message_job_id=again)
-    if not answer:
+    pos = 0
+    while (key := _KEYED_AGAIN.match(answer, pos)) and key.group("id").lower() == job_id.lower():
+        pos = key.end()  # its own key again ("job_id: J;\njob_id: J;"): the answer is what follows the last one
+    if not trim(answer[pos:]):
         raise ChatMessageError(f"the message names job {job_id} but holds no answer after the id; nothing was written")
     return answer
 

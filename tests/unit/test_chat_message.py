@@ -29,6 +29,7 @@ KEYED = "key-" + "0123456789abcdef" * 2
     (f"> @bot job_id: {JOB}; yes", "yes"),  # a mention before the key
     (f"job_id: {JOB}: ratio 3:1", "ratio 3:1"),
     (f"job_id: {JOB}; as job_id: {JOB.lower()} said, yes", f"as job_id: {JOB.lower()} said, yes"),  # itself again
+    (f"job_id: {JOB};\njob_id: {JOB}; yes", f"job_id: {JOB}; yes"),  # its key repeated, then an answer: kept whole
     # later on, words after a "job id" key that are no job id this orchestrator assigns are just the answer
     (f"job_id: {JOB}; the job id: in the ticket is wrong", "the job id: in the ticket is wrong"),
     (f"job_id: {JOB}; set job id = unknown, then retry", "set job id = unknown, then retry"),
@@ -65,6 +66,11 @@ def test_tolerant_forms_give_the_answer(message: str, answer: str) -> None:
     f"job_id: {JOB}; yes\njob\u2010id: {OTHER}; no",
     f"job_id: {JOB}; yes\nｊｏｂ＿ｉｄ：{OTHER}；no",
     f"job_id: {JOB}; yes\njob\u200b_id: {OTHER}; no",
+    # any run of characters that are neither letters nor digits between the key and the id, of any script
+    *[f"job_id: {JOB}; job_id: {opening}{OTHER}{closing} ship it"
+      for opening, closing in ["«»", "„“", "「」", "‹›", "{}", "||", ("#", ""), ("/", ""), ("@", ""), "【】", "⟨⟩",
+                               ("→ ", ""), ("— ", ""), ("• ", ""), ("::", ""), ("«\u00a0", "\u00a0»"), "｛｝"]],
+    f"job_id: {JOB}; job_id: job_id: {OTHER}",  # the first key's "id" is the second key
 ])
 def test_a_message_naming_another_job_is_refused(message: str) -> None:
     with pytest.raises(JobIdMismatchError) as exc:
@@ -77,6 +83,9 @@ def test_a_message_naming_another_job_is_refused(message: str) -> None:
     f"job_id: {JOB}\u2010X; yes", f"job_id: {JOB}\u0415; yes",  # the id goes on in a look-alike letter: no id
     f"job_id: {JOB}\u200bX; yes",  # ... or after an invisible character
     f"job_id: {JOB}; \u200b\ufeff ",  # an answer of invisible characters is no answer
+    # a message that only repeats its own key holds no answer
+    f"job_id: {JOB};\njob_id: {JOB};", f"job_id: {JOB}; job_id: {JOB}", f"job_id: {JOB}; > JOB ID = `{JOB.lower()}`, ",
+    f"job_id: {JOB}; " + f"job_id: {JOB}; " * 50,
 ])
 def test_a_message_without_id_or_answer_is_refused(message: str) -> None:
     with pytest.raises(ChatMessageError) as exc:
@@ -104,4 +113,21 @@ def test_a_message_of_many_mentions_is_parsed_in_linear_time() -> None:
             "    try: p('J', m)\n"
             "    except Exception as exc: assert exc.code == 'CHAT_MESSAGE_INVALID', exc\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=30, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_keys_further_on_and_repeated_keys_are_read_in_linear_time() -> None:
+    """The runs between a later key and its id, and a message repeating its own key, are each scanned once: every
+    message here, 100,000 characters or more, is read in milliseconds (a scan per key would take minutes)."""
+    code = ("import time\n"
+            "from orchestrator.control import parse_chat_message as p\n"
+            f"J = {JOB!r}\n"
+            "for m in (f'job_id: {J}; ' + ('job_id:' + '«»' * 5000) * 20 + 'x', f'job_id: {J}; job_id' + ':' * 200000,\n"
+            "          f'job_id: {J}; ' + 'job_id:' * 30000, f'job_id: {J}; ' + f'job_id: {J}; ' * 8000,\n"
+            "          f'job_id: {J}; ' + f'> @a job_id: {J}; ' * 8000 + 'ok', f'job_id: {J}; ' + ('!' * 100 + 'jo') * 2000):\n"
+            "    start = time.monotonic()\n"
+            "    try: p(J, m)\n"
+            "    except Exception as exc: assert exc.code == 'CHAT_MESSAGE_INVALID', exc\n"
+            "    assert time.monotonic() - start < 2, (m[:40], time.monotonic() - start)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
