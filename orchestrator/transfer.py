@@ -19,8 +19,11 @@ verify each stream, with its head record, before writing it: a damaged history i
 (``IntegrityError``) unless the export is told to carry it as evidence (``allow_damaged``),
 and the import refuses it anyway. A malformed bundle (a header field of the wrong type, a
 head that is not base64, a line longer than ``MAX_BUNDLE_LINE_BYTES``, read no further) is
-``InvalidInputError`` naming the bundle's line, before anything of that stream is written. A job
-listed with events and read without any (emptied during the export) is damage, never left out.
+``InvalidInputError`` naming the bundle's line, before anything of that stream is written. A stream
+read without a line that should hold some (a job emptied or deleted, its head record left; an audit log
+emptied; a link or a FIFO in a file's place) is damage, never left out: carried with ``"lines": 0`` and its
+head record, which ``import`` refuses (``TRUNCATED``) whatever that record says. Artifact files are not
+carried (only histories): the export warns when jobs have some.
 
 An import that stops half way is resumed by running it again: a stream already holding a
 prefix of the bundle's lines (ending at any line: a crash may keep part of a chunk) gets the
@@ -36,10 +39,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from typing import IO, Any, Callable, Iterator
 
 from orchestrator import clock, faults
 from orchestrator.api import Orchestrator
+from orchestrator.config import STATE_DIR
 from orchestrator.errors import (ImportConflictError, IntegrityError, InvalidIdError, InvalidInputError, PathEscapeError,
                                  UnusableFileError)
 from orchestrator.head_records import head_key, put_head_record
@@ -55,6 +60,9 @@ OLDER_FORMATS = frozenset({"jsonl-orchestrator/export/v1"})
 # lines per append on import: durable when it returns, none kept after an error; a crash (or power cut) may keep
 # some complete lines of it, which the next run finds as a prefix like any other (docs/guarantees.md)
 CHUNK = 1000
+# a stream carried with "lines": 0 (export --allow-damaged): the import refuses it whatever its head record says
+CARRIED_EMPTY = ("the bundle carries no line of it: the export found its file emptied, deleted, or not one it could "
+                 "read (a symbolic link, a FIFO), and carried it as damage")
 PROGRESS_EVERY = 1000  # streams
 
 Progress = Callable[[str], None]
@@ -100,6 +108,7 @@ def export_project(orch: Orchestrator, out: IO[bytes], *, allow_damaged: bool = 
     Nothing is written before the store has been read once: a store that cannot be opened (or a removed
     job's history) leaves ``out`` empty, so ``export -o -`` prints no part of a bundle before such an error."""
     streams = events = 0
+    with_artifacts: set[str] = set()  # the jobs whose events name an artifact (files the bundle does not carry)
     damaged: list[dict[str, Any]] = []
 
     def found(problems: list[Problem]) -> None:
@@ -108,24 +117,15 @@ def export_project(orch: Orchestrator, out: IO[bytes], *, allow_damaged: bool = 
         damaged.extend(p.to_dict() for p in problems)
 
     listed = sorted(orch.store.job_ids())
-    for view in orch.removed_jobs(listed):  # no event left to export: only what is wrong with them
+    removed = {}  # job id -> its head record: no event left to export, only what is wrong with them
+    for view in orch.removed_jobs(listed):
         found(list(view.problems))
+        removed[view.job_id] = _stored_head(orch, view.job_id)
     out.write(_header({"format": BUNDLE_FORMAT, "project_id": orch.project_id,
                        "created_at": clock.to_iso(orch.clock())}))
-    for stream in [AUDIT_STREAM, *listed]:  # the audit log first: see the module's docstring
-        try:
-            head = orch.store.get_aux(*head_key(stream)) or None  # before the lines: an append only adds lines
-            lines = orch.store.read(stream)
-            if not lines:  # a FIFO or a folder holding files reads as no line: what is there, not "emptied"
-                orch.store.refuse_unusable(stream)
-        except (PathEscapeError, UnusableFileError) as exc:  # a link, never followed; a FIFO, socket..., never read
-            found([Problem.unusable(stream, exc)])
-            continue
-        if not lines:  # an emptied audit log whose head record says it held entries; a job listed with events
-            found(_emptied(orch, stream, head))
-            continue
-        found(_problems(orch, stream, lines, head))
-        _refuse_long_lines(stream, lines)
+
+    def carry(stream: str, lines: list[StoredLine], head: bytes | None) -> None:
+        nonlocal streams, events
         out.write(_header({"stream": stream, "lines": len(lines),
                            "head": base64.b64encode(head).decode() if head is not None else None}))
         out.write(b"".join(s.raw + b"\n" for s in lines))
@@ -133,9 +133,67 @@ def export_project(orch: Orchestrator, out: IO[bytes], *, allow_damaged: bool = 
         events += len(lines)
         if progress and streams % PROGRESS_EVERY == 0:
             progress(f"exported {streams} streams, {events} events...")
+
+    for stream in [AUDIT_STREAM, *listed]:  # the audit log first: see the module's docstring
+        head = None
+        try:
+            head = orch.store.get_aux(*head_key(stream)) or None  # before the lines: an append only adds lines
+            lines = orch.store.read(stream)
+            if not lines:  # a FIFO or a folder holding files reads as no line: what is there, not "emptied"
+                orch.store.refuse_unusable(stream)
+        except (PathEscapeError, UnusableFileError) as exc:  # a link, never followed; a FIFO, socket..., never read
+            found([Problem.unusable(stream, exc)])
+            carry(stream, [], head)  # as damage: import refuses a stream of no line
+            continue
+        if not lines:  # an emptied audit log whose head record says it held entries; a job listed with events
+            problems = _emptied(orch, stream, head)
+            found(problems)
+            if problems:
+                carry(stream, [], head)
+            continue
+        verified = verify_stream(stream, lines, orch.keyring)
+        found(_problems(orch, stream, lines, head, verified))
+        _refuse_long_lines(stream, lines)
+        carry(stream, lines, head)
+        if stream != AUDIT_STREAM and any(isinstance(r.get("data"), dict) and r["data"].get("artifacts")
+                                          for r in verified.records):
+            with_artifacts.add(stream)
+    for job_id, head in removed.items():
+        carry(job_id, [], head)
     out.write(_header({"end": True, "streams": streams, "events": events}))
     out.flush()
-    return {"project_id": orch.project_id, "streams": streams, "events": events, "damaged": damaged}
+    return {"project_id": orch.project_id, "streams": streams, "events": events, "damaged": damaged,
+            "warnings": _artifacts_note(orch, with_artifacts)}
+
+
+def _stored_head(orch: Orchestrator, stream: str) -> bytes | None:
+    """``stream``'s head record as stored; None when there is none, or a link or a FIFO is in its place (never
+    followed or read: the stream's problem already says so)."""
+    try:
+        return orch.store.get_aux(*head_key(stream)) or None
+    except (PathEscapeError, UnusableFileError):
+        return None
+
+
+def _artifacts_note(orch: Orchestrator, listing: set[str]) -> list[str]:
+    """A warning when jobs have artifact files, which a bundle does not carry (only histories): those ``listing``
+    names (its events name them), and those with a folder in ``artifacts/`` here (a killed run's files too, which
+    its stale recovery looks for: without them the job is queued again instead of waiting for a human)."""
+    from orchestrator.worker_folders import ARTIFACTS_DIR  # here: that module loads the run machinery
+
+    folder = orch.settings.state_dir / ARTIFACTS_DIR
+    try:
+        with os.scandir(folder) as entries:
+            held = {e.name for e in entries if is_id(e.name)}
+    except OSError:  # no such folder (nothing ran here, or the workers run on other machines)
+        held = set()
+    jobs = listing | held
+    if not jobs:
+        return []
+    return [f"the bundle carries the histories, not the artifact files: {len(jobs)} job(s) have some (named by "
+            f"their events, or in {folder}); copy that folder by hand to {STATE_DIR}/{ARTIFACTS_DIR}/ under the "
+            "destination's base path and project, on each machine its workers run on, before they start "
+            "(a run killed while it ran is recovered to waiting_human only where its files are)"]
 
 
 def _emptied(orch: Orchestrator, stream: str, head: bytes | None) -> list[Problem]:
@@ -205,8 +263,6 @@ def _stream_header(n: int, rec: dict[str, Any]) -> tuple[str, int, bytes | None]
             raise InvalidIdError(f"not a bundle: line {n}: {exc.message}; nothing from that line on was "
                                  "written") from None
     count = _count(n, rec, "lines")
-    if count < 1:  # an export leaves an empty stream out
-        raise _malformed(n, f"stream {stream} has lines 0")
     value = rec.get("head")
     if value is None:
         return stream, count, None
@@ -229,7 +285,7 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
     n, raw = next(records, (1, b""))
     first = _json(n, raw, "a bundle header")
     fmt = first.get("format")
-    if fmt != BUNDLE_FORMAT and fmt not in OLDER_FORMATS:
+    if not isinstance(fmt, str) or (fmt != BUNDLE_FORMAT and fmt not in OLDER_FORMATS):  # a list: unhashable
         raise InvalidInputError(f"not a bundle of format {BUNDLE_FORMAT} (or v1): {shown(fmt)}")
     project = first.get("project_id")
     if project != orch.project_id:
@@ -262,6 +318,8 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
             lines.append(StoredLine(i, line))
         verified = verify_stream(stream, lines, orch.keyring)
         problems = _problems(orch, stream, lines, head, verified)
+        if not lines:  # an export carries a stream of no line only as damage; its head record may not say so
+            problems = problems or [Problem(stream, 0, TRUNCATED, CARRIED_EMPTY)]
         if problems:
             raise _refuse("import", problems)
         if stream == AUDIT_STREAM:

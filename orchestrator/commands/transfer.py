@@ -8,6 +8,7 @@ import click
 
 from orchestrator.cli import CONTEXT, Output, StdoutOption, cli, echo, note_missing_store, project_command
 from orchestrator.output_file import OutputFile, StdoutFile
+from orchestrator.security import sanitize_text
 
 
 def _progress(out: Output) -> Callable[[str], None]:
@@ -45,6 +46,9 @@ def export_cmd(orch: Any, out: Output, output: str, allow_damaged: bool) -> int:
             + (f" to {output}" if output != "-" else "")
             + (f"; {len(result['damaged'])} problem(s) carried as they are" if result["damaged"] else ""))
     out.emit(result, text)
+    if not out.as_json:  # with --json, in its "warnings"
+        for warning in result["warnings"]:
+            echo(sanitize_text(f"note: {warning}"), err=True)
     return 7 if result["damaged"] else 0
 
 

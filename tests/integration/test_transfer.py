@@ -1,6 +1,7 @@
 """Moving a project between the file backend and PostgreSQL keeps every byte, both ways."""
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -536,7 +537,7 @@ def test_cli_an_import_cut_short_then_metrics_then_the_import_again_completes(cl
 
 BAD_HEADER_FIELDS = [
     ("head", "abc"), ("head", "a!bc"), ("head", 123), ("head", True), ("head", []), ("head", {}), ("head", ""),
-    ("head", "é"), ("lines", "3"), ("lines", 2.0), ("lines", True), ("lines", -1), ("lines", 0), ("lines", None),
+    ("head", "é"), ("lines", "3"), ("lines", 2.0), ("lines", True), ("lines", -1), ("lines", None),
     ("lines", [2]), ("stream", 5), ("stream", None), ("stream", ["@audit"]), ("stream", {}),
 ]
 
@@ -617,7 +618,9 @@ def test_a_head_record_padded_past_what_a_store_holds_is_invalid_input_and_nothi
 def test_a_bundle_header_of_the_wrong_type_is_invalid_input(base, keyring) -> None:
     dest = Orchestrator(base_path=base / "dst", project_id="p", keyring=keyring)
     for first in (b"[1,2]", b'{"format": 2, "project_id": "p"}', b'{"format": "jsonl-orchestrator/export/v2", '
-                  b'"project_id": ["p"]}', b""):
+                  b'"project_id": ["p"]}', b"",
+                  b'{"format": ["jsonl-orchestrator/export/v2"], "project_id": "p"}',  # unhashable: was a TypeError
+                  b'{"format": {"jsonl-orchestrator/export/v1": 1}, "project_id": "p"}'):
         with pytest.raises(InvalidInputError):
             import_project(dest, io.BytesIO(first + b"\n"))
 
@@ -800,7 +803,109 @@ def test_a_job_emptied_between_the_listing_and_its_read_is_refused_and_carried_w
         export_project(file_orch, io.BytesIO())
     done = export_project(file_orch, io.BytesIO(), allow_damaged=True)
     assert [(p["stream"], p["code"]) for p in done["damaged"]] == [(emptied, "TRUNCATED")]
-    assert done["streams"] == 3  # the audit log and the two other jobs
+    assert done["streams"] == 4  # the audit log, the two other jobs, and the emptied one carried with no line
+
+
+def _damage(orch: Orchestrator, stream: str, how: str, tmp_path: Path) -> None:
+    import os
+
+    path = orch.store.path(stream)
+    if how == "emptied":
+        path.write_bytes(b"")
+    elif how == "deleted":  # its head record left: only ``removed_jobs`` can name it
+        path.unlink()
+    elif how == "symbolic link":
+        (tmp_path / "outside.jsonl").write_bytes(path.read_bytes())
+        path.unlink()
+        path.symlink_to(tmp_path / "outside.jsonl")
+    else:
+        path.unlink()
+        os.mkfifo(path)
+
+
+DAMAGE = [("job", "emptied"), ("job", "deleted"), ("job", "symbolic link"), ("job", "FIFO"),
+          ("audit log", "emptied"), ("audit log", "FIFO")]
+
+
+@pytest.mark.parametrize("which,how", DAMAGE, ids=[f"{w} {h}" for w, h in DAMAGE])
+def test_a_stream_damaged_so_that_no_line_can_be_read_is_carried_with_its_head_record_and_the_import_refuses_it(
+        file_orch, base, keyring, tmp_path, which, how) -> None:
+    """``--allow-damaged`` once wrote nothing of such a stream: the import passed (exit 0) and the damage was gone on
+    the other side, the audit log's check with it (docs/postgres.md: "never left out silently")."""
+    ids = fill(file_orch, 3)
+    stream = ids[1] if which == "job" else AUDIT_STREAM
+    head = file_orch.store.get_aux(HEADS_AREA, stream) if which == "job" else file_orch.store.get_aux(*AUDIT_HEAD)
+    _damage(file_orch, stream, how, tmp_path)
+    with pytest.raises(IntegrityError, match=f"stream {stream} "):
+        export_project(file_orch, io.BytesIO())
+    buf = io.BytesIO()
+    done = export_project(file_orch, buf, allow_damaged=True)
+    assert stream in {p["stream"] for p in done["damaged"]}
+    _, streams = parse_bundle(buf.getvalue())
+    carried = [rec for rec, _ in streams if rec["stream"] == stream]
+    assert carried and carried[0]["lines"] == 0 and carried[0]["head"] is not None
+    assert base64.b64decode(carried[0]["head"]) == head  # the record that shows the cut
+    assert done["streams"] == len(streams) == 4 and done["events"] == sum(rec["lines"] for rec, _ in streams)
+    dest = Orchestrator(base_path=base / "dst", project_id=file_orch.project_id, keyring=keyring)
+    buf.seek(0)
+    with pytest.raises(IntegrityError, match=rf"stream {stream} fails verification at line 0: TRUNCATED"):
+        import_project(dest, buf)
+    assert dest.store.read(stream) == []
+
+
+def test_a_stream_carried_with_no_line_and_no_head_record_is_refused_all_the_same(file_orch, base, keyring) -> None:
+    fill(file_orch, 2)
+    header, streams = parse_bundle(bundle_of(file_orch))
+    job = streams[1][0]["stream"]
+    streams[1] = ({**streams[1][0], "lines": 0, "head": None}, [])  # as an export carries a FIFO without a record
+    dest = Orchestrator(base_path=base / "dst", project_id=file_orch.project_id, keyring=keyring)
+    with pytest.raises(IntegrityError, match=rf"stream {job} fails .* TRUNCATED \(the bundle carries no line of it"):
+        import_project(dest, io.BytesIO(make_bundle(header, streams)))
+    assert dest.store.read(job) == [] and dest.store.get_aux(HEADS_AREA, job) is None
+
+
+def test_cli_export_allow_damaged_of_an_emptied_job_exits_7_and_so_does_the_import(cli_env, tmp_path) -> None:
+    ids = [_cli("submit", "--kind", "echo", "--input", "{}", env=cli_env).stdout.decode().strip() for _ in range(2)]
+    (Path(cli_env["BASE_PATH"]) / "proj/.orchestrator/queue/jobs" / f"{ids[0]}.events.jsonl").write_bytes(b"")
+    bundle = tmp_path / "b.bundle"
+    assert _cli("export", "-o", str(bundle), env=cli_env).returncode == 7 and not bundle.exists()
+    exported = _cli("export", "-o", str(bundle), "--allow-damaged", env=cli_env)
+    assert exported.returncode == 7 and b"1 problem(s) carried as they are" in exported.stdout
+    imported = _cli("import", str(bundle), env={**cli_env, "BASE_PATH": str(tmp_path / "dst")})
+    assert imported.returncode == 7 and f"stream {ids[0]} fails verification".encode() in imported.stderr
+
+
+# -- artifact files do not travel: export says so -----------------------------------------------
+
+def test_export_warns_that_artifact_files_stay_behind_for_jobs_whose_events_name_some_or_that_left_some(
+        file_orch) -> None:
+    import shutil
+
+    fill(file_orch, 2)
+    assert export_project(file_orch, io.BytesIO())["warnings"] == []
+    named = file_orch.submit("t.artifact_by_key", {})
+    assert file_orch.worker().run_once().job_id == named
+    folder = file_orch.settings.state_dir / "artifacts"
+    shutil.rmtree(folder / named)  # named by its events only (its files on the machine its worker ran on)
+    [warning] = export_project(file_orch, io.BytesIO())["warnings"]
+    assert "not the artifact files: 1 job(s)" in warning and str(folder) in warning
+    left = fill(file_orch, 1)[0]
+    (folder / left).mkdir()
+    (folder / left / "half.txt").write_text("a killed run's")  # no event names it; its stale recovery looks for it
+    [warning] = export_project(file_orch, io.BytesIO())["warnings"]
+    assert "not the artifact files: 2 job(s)" in warning
+
+
+def test_cli_export_notes_on_stderr_that_artifact_files_must_be_copied_by_hand(cli_env, tmp_path) -> None:
+    job = _cli("submit", "--kind", "echo", "--input", "{}", env=cli_env).stdout.decode().strip()
+    folder = Path(cli_env["BASE_PATH"]) / "proj/.orchestrator/artifacts" / job
+    folder.mkdir(parents=True)
+    (folder / "draft.md").write_text("draft")
+    exported = _cli("export", "-o", str(tmp_path / "b.bundle"), env=cli_env)
+    assert exported.returncode == 0 and exported.stderr.startswith(b"note: the bundle carries the histories, not the "
+                                                                  b"artifact files: 1 job(s)"), exported.stderr
+    as_json = _cli("export", "-o", str(tmp_path / "b.bundle"), "--json", env=cli_env)
+    assert as_json.stderr == b"" and "1 job(s)" in json.loads(as_json.stdout)["warnings"][0]
 
 
 def test_an_import_that_crashed_inside_a_chunk_at_any_line_is_completed_by_running_it_again(
