@@ -52,13 +52,19 @@ def _unquoted(stop: str) -> str:
 _TO_EOL, _TO_SPACE, _TO_AMP = _unquoted(r"\r\n\"'"), _unquoted(r"\s\"'"), _unquoted(r"\s\"'&")
 
 
-_PEM = re.compile(
-    r"-----BEGIN[A-Z0-9 ]{0,64}PRIVATE KEY-----"
-    r"(?:[\s\S]*?-----END[A-Z0-9 ]{0,64}PRIVATE KEY-----|[\s\S]*)"  # unterminated: to the end
+# A private key: PEM (``-----BEGIN RSA PRIVATE KEY-----``), OpenPGP's armor (``-----BEGIN PGP PRIVATE KEY
+# BLOCK-----``), or the private part of a PuTTY key file (``.ppk``: ``Private-Lines: N``, N lines of base64,
+# ``Private-MAC: <hex>``; its public lines, above, are kept). Unterminated: to the end (a head cut through it).
+_PEM_LABEL = r"[A-Z0-9 ]{0,64}PRIVATE KEY(?: BLOCK)?-----"
+_PUTTY_MAC = r"Private-MAC:[ \t]*[0-9A-Fa-f]+"
+_PRIVATE_KEY = re.compile(
+    rf"-----BEGIN{_PEM_LABEL}(?:[\s\S]*?-----END{_PEM_LABEL}|[\s\S]*)"
+    rf"|Private-Lines:[ \t]*[0-9]+(?:[\s\S]*?{_PUTTY_MAC}|[\s\S]*)"
 )
-# The END line of a key whose BEGIN line is not in the text (a tail cut through it), and the
-# body lines of the key left before it (``_redact_headless_keys``).
-_PEM_END = re.compile(r"-----END[A-Z0-9 ]{0,64}PRIVATE KEY-----")
+# The END line of a key whose BEGIN line is not in the text (a tail cut through it: PuTTY's MAC line for its
+# ``Private-Lines``), and the body lines of the key left before it (``_redact_headless_keys``).
+_PRIVATE_KEY_END = re.compile(rf"-----END{_PEM_LABEL}|{_PUTTY_MAC}")
+_PUTTY = "Private-"  # what each of PuTTY's two lines above begins with
 _LINE_END = re.compile(r"\r\n?|\n")  # CRLF, LF, or CR alone (old Mac)
 _BASE64 = string.ascii_letters + string.digits + "+/="
 _DIGIT_RUN = re.compile(r"[0-9]+")
@@ -131,7 +137,7 @@ def _rarest_first(literal: str) -> str:
 
 
 _CHARS_OF = {literal: _rarest_first(literal)
-             for literal in _SECRET_KEY_WORDS + _SHAPE_STARTS}
+             for literal in _SECRET_KEY_WORDS + _SHAPE_STARTS + (_PUTTY,)}
 
 
 def _literals_held(text: str, literals: tuple[str, ...], *, any_case: bool = False) -> tuple[str, ...]:
@@ -184,14 +190,14 @@ def _redact_values(rx: re.Pattern[str], text: str, keep: Callable[[str, re.Match
 
 def _redact_headless_keys(text: str) -> str:
     """Redact a private key's END line with the body lines before it, when its BEGIN line is not there
-    (``_PEM`` has already taken every whole key): what is left of a key in a cut text. A body line is base64
+    (``_PRIVATE_KEY`` has already taken every whole key): what is left of a key in a cut text. A body line is base64
     after a prefix of the END line's shape (``_prefix_shape``: an indent, a quote, a log's timestamp), or, as the
     text's first line (a cut may begin in it), after the end of such a prefix; lines may end in LF, CRLF or CR.
     Walking back from the END line stops at the first line that is not one.
     Linear: the text between two END lines is split into lines once, and each line is looked at once."""
     out: list[str] = []
     pos = 0
-    for m in _PEM_END.finditer(text):
+    for m in _PRIVATE_KEY_END.finditer(text):
         breaks = [(brk.start(), brk.end()) for brk in _LINE_END.finditer(text, pos, m.start())]
         line_starts = [pos] + [end for _start, end in breaks]
         prefix = text[line_starts[-1]:m.start()]
@@ -226,9 +232,10 @@ def sanitize_text(text: str) -> str:
     # Each pattern runs only on a text holding the literal it cannot match without (``_KEY_WORDS``, ``_SHAPE_STARTS``
     # and the literals below): most texts (a summary, a path) hold none, and a regex scan costs ~0.1 ms per kB where
     # ``in`` costs ~1 us.
-    if "-----BEGIN" in text:
-        text = _PEM.sub(REDACTED, text)
-    if "-----END" in text:
+    putty = (len(text) < _LONG_TEXT or bool(_literals_held(text, (_PUTTY,)))) and _PUTTY in text
+    if putty or "-----BEGIN" in text:
+        text = _PRIVATE_KEY.sub(REDACTED, text)
+    if putty or "-----END" in text:
         text = _redact_headless_keys(text)
     if "://" in text and "@" in text:
         text = _redact_values(_URL_CREDS, text)
@@ -433,7 +440,7 @@ def _may_hold_secret(text: str) -> bool:
     is, and no key in it is a secret's. On the text of a whole structure a literal made of two of its strings
     side by side is only a false alarm (the walk then runs). ``str.lower`` where ``sanitize_text`` lowers ASCII
     letters only: it lowers them the same, so it finds every key word that holds, and may find more."""
-    if "://" in text and "@" in text:  # (a private key's lines, whole or not, hold "PRIVATE KEY": a key word)
+    if "://" in text and "@" in text:  # (a private key's BEGIN or END line, or PuTTY's, holds "private": a key word)
         return True
     long = len(text) >= _LONG_TEXT  # looked at for each literal's characters first
     if any(start in text for start in (_literals_held(text, _SHAPE_STARTS) if long else _SHAPE_STARTS)):

@@ -20,10 +20,21 @@ def body(rng: random.Random, n: int, alphabet: str = ALNUM) -> str:
     return "".join(rng.choice(alphabet) for _ in range(n))
 
 
-def pem_one_line(rng: random.Random, lines: int) -> tuple[str, list[str]]:
-    """A private key as JSON or ``repr`` writes it: one line, ``\\n`` escaped."""
+# each form of private key: the lines before its body (``{n}``: how many body lines) and the line after it
+KEY_FORMS = {
+    "pem": (["-----BEGIN PRIVATE KEY-----"], "-----END PRIVATE KEY-----"),
+    "pgp": (["-----BEGIN PGP PRIVATE KEY BLOCK-----", "Comment: test", ""], "-----END PGP PRIVATE KEY BLOCK-----"),
+    "putty": (["PuTTY-User-Key-File-3: ssh-ed25519", "Encryption: none", "Public-Lines: 1",
+               "AAAAC3NzaC1lZDI1NTE5AAAAIPublicLine", "Private-Lines: {n}"], "Private-MAC: " + "0a1b" * 16),
+}
+
+
+def private_key(rng: random.Random, lines: int, form: str = "pem", newline: str = "\\n") -> tuple[str, list[str]]:
+    """A private key of ``form`` (``KEY_FORMS``) and its body lines; by default as JSON or ``repr`` writes it: one
+    line, ``\\n`` escaped."""
     parts = [body(rng, 64, ALNUM + "+/") for _ in range(lines)]
-    return "-----BEGIN PRIVATE KEY-----\\n" + "\\n".join(parts) + "\\n-----END PRIVATE KEY-----", parts
+    before, end = KEY_FORMS[form]
+    return newline.join([*(line.format(n=lines) for line in before), *parts, end]), parts
 
 
 def secret(rng: random.Random, kind: int, n: int) -> tuple[str, list[str]]:
@@ -54,16 +65,19 @@ def secret(rng: random.Random, kind: int, n: int) -> tuple[str, list[str]]:
         return "postgres://app:" + b + "@db.example/prod", [b]
     if kind == 10:
         return "--db-token " + b, [b]
-    pem, parts = pem_one_line(rng, max(1, n // 40))
-    return (pem if kind == 11 else pem.replace("\\n", "\n")), parts
+    form, on_lines = KEY_KINDS[kind]
+    return private_key(rng, max(1, n // 40), form, "\n" if on_lines else "\\n")
 
 
-ONE_LINE_KINDS = 12  # kind 12, a private key on lines of its own, only where text has lines
+# kinds 11 to 16: a private key of each form, on one line (``\\n`` escaped) or on lines of its own
+KEY_KINDS = {11: ("pem", False), 12: ("pem", True), 13: ("pgp", False), 14: ("pgp", True), 15: ("putty", False),
+             16: ("putty", True)}
+ONE_LINE_KINDS = [kind for kind in range(17) if kind not in (12, 14, 16)]  # those need a text of lines
 
 
 def a_secret(rng: random.Random, kind: int | None = None, n: int | None = None,
              one_line: bool = True) -> tuple[str, list[str]]:
-    kind = rng.randrange(ONE_LINE_KINDS + (not one_line)) if kind is None else kind
+    kind = rng.choice(ONE_LINE_KINDS if one_line else range(17)) if kind is None else kind
     text, parts = secret(rng, kind, rng.randint(20, 400) if n is None else n)
     if kind == 7:
         parts = [text[len('"api_key": "'):-1]]
@@ -100,7 +114,8 @@ def dense_secrets(rng: random.Random, length: int) -> tuple[str, list[str]]:
 
 # -- the one-line cut: redaction before the margin no longer moves the cut into a secret ---------------------
 # (kind, n): the straddling secret; the part of it left inside the cut is unrecognisable on its own
-STRADDLERS = [(0, 60), (1, 60), (3, 60), (2, 0), (4, 0), (5, 40), (6, 60), (7, 64), (8, 60), (9, 30), (10, 60), (11, 200)]
+STRADDLERS = [(0, 60), (1, 60), (3, 60), (2, 0), (4, 0), (5, 40), (6, 60), (7, 64), (8, 60), (9, 30), (10, 60), (11, 200),
+              (13, 200), (15, 200)]
 
 
 @pytest.mark.parametrize("kind, n", STRADDLERS)
@@ -203,28 +218,32 @@ PREFIXES = {  # line number -> the prefix of that line
 }
 
 
-def prefixed_key_in_a_log(rng: random.Random, newline: str, prefix) -> tuple[str, list[str], list[str]]:
-    """A log whose lines all carry ``prefix(n)``, a private key printed in it, then over ``CUT_MARGIN``
-    characters more: the text, the key's body lines, and the log lines after the key."""
+def prefixed_key_in_a_log(rng: random.Random, newline: str, prefix,
+                          form: str = "pem") -> tuple[str, list[str], list[str]]:
+    """A log whose lines all carry ``prefix(n)``, a private key of ``form`` (``KEY_FORMS``) printed in it, then over
+    ``CUT_MARGIN`` characters more: the text, the key's body lines, and the log lines after the key."""
     body = ["".join(rng.choice(ALNUM + "+/") for _ in range(64)) for _ in range(rng.randint(20, 60))]
     body.append("".join(rng.choice(ALNUM + "+/") for _ in range(rng.randint(4, 60))) + "==")
-    lines = ["starting", "loading the key", "-----BEGIN PRIVATE KEY-----", *body, "-----END PRIVATE KEY-----"]
+    before, end = KEY_FORMS[form]
+    lines = ["starting", "loading the key", *(line.format(n=len(body)) for line in before), *body, end]
     after = [f"step {i} done" for i in range(CUT_MARGIN // 10)] + ["exit 1"]
     text = newline.join(prefix(n) + line for n, line in enumerate(lines + after)) + newline
     return text, body, [prefix(len(lines) + n) + line for n, line in enumerate(after)]
 
 
+@pytest.mark.parametrize("form", sorted(KEY_FORMS))
 @pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"], ids=["lf", "crlf", "cr"])
 @pytest.mark.parametrize("prefix", sorted(PREFIXES))
 def test_a_tail_cut_through_a_private_key_with_cr_line_ends_or_prefixed_lines_keeps_none_of_its_body(
-        newline: str, prefix: str) -> None:
+        newline: str, prefix: str, form: str) -> None:
     """A tail that begins in a key's body, so without its BEGIN line: its lines end in ``\\r`` alone (old Mac) or
-    each carry a log prefix or a quote, and every body line after the first was kept (a review found it)."""
+    each carry a log prefix or a quote, and every body line after the first was kept (a review found it). An OpenPGP
+    key or a PuTTY key file's private lines, with neither of their first lines, are cut through the same way."""
     rng = random.Random(f"{prefix}{newline!r}")
     for _ in range(10):
-        text, body, after = prefixed_key_in_a_log(rng, newline, PREFIXES[prefix])
+        text, body, after = prefixed_key_in_a_log(rng, newline, PREFIXES[prefix], form)
         secret_grams = grams(body)
-        start = rng.randrange(text.index(body[0]), text.index("-----END"))  # the cut begins inside the key
+        start = rng.randrange(text.index(body[0]), text.index(KEY_FORMS[form][1]))  # the cut begins inside the key
         cut = text[start:]
         kept_by_the_cut = len(cut) - CUT_MARGIN  # sanitized_cut of all the text, to that, looks at ``cut``
         for kept in (sanitize_text(cut), sanitized_cut(cut, 200, tail=True, cut=True),

@@ -134,6 +134,29 @@ def test_unterminated_pem_block_is_redacted_to_the_end() -> None:
     assert out == f"key:\n{REDACTED}"
 
 
+PGP_KEY = ("-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBGXPLANTEDPGPSECRETxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01\n"
+           "efghPLANTEDPGPSECRET2lmnopqrstuvwxyz0123456789ABCDEFG\n=abcd\n-----END PGP PRIVATE KEY BLOCK-----")
+PPK_PUBLIC = ("PuTTY-User-Key-File-2: ssh-rsa\nEncryption: none\nComment: rsa-key-20261206\nPublic-Lines: 2\n"
+              "AAAAB3NzaC1yc2EAAAABJQAAAQEApublic1\nPUBLIC2lineAAAA==\n")
+PPK_PRIVATE = ("Private-Lines: 3\nAAABAQCPLANTEDPPKSECRET1aaaaaaaaaaaa\nAAAAgQDPLANTEDPPKSECRET2bbbbbbbbbb\n"
+               "PLANTEDPPKSECRET3cccc==\nPrivate-MAC: 0123456789abcdef0123456789abcdef01234567")
+
+
+def test_a_pgp_private_key_block_is_replaced_whole() -> None:
+    """Its BEGIN and END lines end in ``PRIVATE KEY BLOCK-----``, which a PEM key's pattern did not take."""
+    out = sanitize_text(f"cat <<'K'\n{PGP_KEY}\nK\nexit 1\n")
+    assert out == f"cat <<'K'\n{REDACTED}\nK\nexit 1\n"
+    assert sanitize_text(PGP_KEY.replace("-----END PGP PRIVATE KEY BLOCK-----", "")) == REDACTED  # unterminated
+
+
+def test_the_private_lines_of_a_putty_key_file_are_redacted_and_its_public_lines_kept() -> None:
+    assert sanitize_text(f"{PPK_PUBLIC}{PPK_PRIVATE}\nexit 0") == f"{PPK_PUBLIC}{REDACTED}\nexit 0"
+    cut_short = PPK_PUBLIC + PPK_PRIVATE[:PPK_PRIVATE.index("SECRET2") + 4]  # no MAC line: to the end
+    assert sanitize_text(cut_short) == PPK_PUBLIC + REDACTED
+    escaped = json.dumps({"key": PPK_PUBLIC + PPK_PRIVATE})  # one line, ``\n`` escaped
+    assert "PLANTED" not in sanitize_text(escaped)
+
+
 def test_url_credentials_keep_user_and_host() -> None:
     assert sanitize_text("https://alice:s3cr3t@example.com/x?y=1") == "https://alice:[REDACTED]@example.com/x?y=1"
     assert sanitize_text("redis://:s3cr3t@cache:6379/0") == "redis://:[REDACTED]@cache:6379/0"
@@ -268,7 +291,8 @@ FRAGMENTS = [
     "a", "Z", "0", " ", "\n", "\t", "=", ":", '"', "'", "\\", "&", "-", "_", ".", "/", "@", "?", "]", "[",
     "password", "TOKEN", "secret", "api_key", "Cookie", "Authorization", "Bearer ", "--", "://", "sk-",
     "ghp_", "AKIA", "AIza", "xoxb-", "eyJ", "x" * 20, "-----BEGIN RSA PRIVATE KEY-----",
-    "-----END RSA PRIVATE KEY-----", REDACTED,
+    "-----END RSA PRIVATE KEY-----", "-----BEGIN PGP PRIVATE KEY BLOCK-----", "-----END PGP PRIVATE KEY BLOCK-----",
+    "Private-Lines: 2\n", "Private-MAC: 0a1b", REDACTED,
 ]
 tricky_text = st.lists(st.sampled_from(FRAGMENTS), max_size=40).map("".join)
 any_text = st.one_of(st.text(max_size=300), tricky_text)
@@ -293,9 +317,8 @@ def _every_pattern(text: str) -> str:
     """``sanitize_text`` as it was before it skipped the patterns a text cannot match: each one, always."""
     from orchestrator import security
 
-    text = security._PEM.sub(REDACTED, text)  # noqa: SLF001 - the reference the skipping must equal
-    if "-----END" in text:
-        text = security._redact_headless_keys(text)  # noqa: SLF001
+    text = security._PRIVATE_KEY.sub(REDACTED, text)  # noqa: SLF001 - the reference the skipping must equal
+    text = security._redact_headless_keys(text)  # noqa: SLF001
     for rx in (security._URL_CREDS, security._HEADER, security._CLI):  # noqa: SLF001
         text = security._redact_values(rx, text)  # noqa: SLF001
     text = security._redact_values(security._KV, text, keep=security._os_error)  # noqa: SLF001
@@ -316,6 +339,8 @@ EVERY_SPELLING = [
     "http://u:s1@h", "ghu_" + "s" * 20, "ghr_" + "s" * 20, "ASIA" + "S" * 16, "xoxa-" + "s" * 10,
     "xoxr-" + "s" * 10, "xoxs-" + "s" * 10, "xoxp-" + "s" * 10, "AIza" + "s" * 35, "sk-" + "s" * 20,
     "github_pat_" + "s" * 20, "eyJs1234.eyJs1234.s", "-----BEGIN PRIVATE KEY-----\ns1\n-----END PRIVATE KEY-----",
+    "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\ns1\n-----END PGP PRIVATE KEY BLOCK-----",
+    "Private-Lines: 1\ns1\nPrivate-MAC: 0a1b", "s1\nPrivate-MAC: 0a1b",
 ]
 
 
@@ -648,6 +673,14 @@ def test_a_key_whose_begin_line_was_cut_away_is_redacted_from_its_body_to_its_en
     cut = "log line: starting\nMIIEpAIBAAKCAQEA1q2w3e4r5\nt6y7u8i9o0p+/==\n-----END RSA PRIVATE KEY-----\nexit 1"
     assert sanitize_text(cut) == f"log line: starting\n{REDACTED}\nexit 1"
     assert sanitize_text("A1b2\r\nC3d4\r\n-----END PRIVATE KEY-----\r\n") == f"{REDACTED}\r\n"
+
+
+@pytest.mark.parametrize("key", [PGP_KEY, PPK_PUBLIC + PPK_PRIVATE], ids=["pgp", "putty"])
+def test_a_pgp_or_putty_key_whose_first_lines_were_cut_away_is_redacted_from_its_body_to_its_end_line(
+        key: str) -> None:
+    cut = key[key.index("PLANTED") + 7:] + "\nexit 1"  # the tail begins in the key's body
+    assert sanitize_text(cut) == f"{REDACTED}\nexit 1"
+    assert sanitize_text(f"log: starting\n{cut}") == f"log: starting\n{REDACTED}\nexit 1"
 
 
 @pytest.mark.parametrize("text, shown", [
