@@ -464,15 +464,18 @@ def _sanitized_keys(obj: dict[Any, Any]) -> dict[Any, Any]:
     if not renamed:
         return {key: key for key in obj}
     taken = {key for key in obj if key not in renamed}
+    last_n: dict[str, int] = {}  # the number each name was last given: the next of its keys tries from there
     names = {}
     for key in obj:
         name = renamed.get(key, key)
         if key in renamed:
-            n = 1
+            n = last_n.get(name, 1)
+            base, name = name, name if n == 1 else f"{n}-{name}"
             while name in taken:
                 n += 1
-                name = f"{n}-{renamed[key]}"
+                name = f"{n}-{base}"
             taken.add(name)
+            last_n[base] = n
         names[key] = name
     return names
 

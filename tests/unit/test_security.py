@@ -266,6 +266,19 @@ def test_sanitize_obj_keeps_every_value_when_two_keys_sanitize_to_the_same_name(
     assert sanitize_obj(out) == out  # idempotent: a stored output sanitized again is unchanged
 
 
+@pytest.mark.parametrize("key", ["password={}", "sk-{:020d}"])
+def test_sanitize_obj_names_many_keys_that_sanitize_to_one_name_in_linear_time(key: str) -> None:
+    """A handler's output of 20,000 such keys took ~30 s to record (each key tried every name the keys before it
+    took: ``2-``, ``3-``, ...), the worker renewing no lease meanwhile: lost, and the job run twice."""
+    output = {key.format(i): i for i in range(20_000)}
+    start = time.perf_counter()
+    out = sanitize_obj(output)
+    assert time.perf_counter() - start < 2.0
+    name = sanitize_text(key.format(0))
+    assert list(out) == [name, *(f"{n}-{name}" for n in range(2, 20_001))]
+    assert list(out.values()) == list(range(20_000))
+
+
 def test_sanitize_obj_redacts_scalars_under_secret_keys_only() -> None:
     out = sanitize_obj({"api_key": 12345, "token_count": 5, "enabled": True, "password": "", "secret": None})
     assert out == {"api_key": REDACTED, "token_count": 5, "enabled": True, "password": "", "secret": None}
