@@ -74,9 +74,10 @@ _HEADER = re.compile(
     rf"(?:{_HEADER_KEYS}){_SEP}(?P<q>\\?[\"'])?(?:(?:bearer|basic|digest|token|negotiate|ntlm)[ \t]+)?"
     rf"""(?P<v>(?(q)(?:(?!(?P=q))(?:\\.|[^\\\r\n]))+|{_TO_EOL}))"""
 )
-# ``--password x``, ``--db-token 'x'``: the flag must start a word.
+# ``--password x``, ``--db-token 'x'``: the flag must start a word. ``--password = x`` is ``_KV``'s: an ``=`` or
+# ``:`` taken for the value left the value after it.
 _CLI = re.compile(
-    rf"""-(?<![\w-]-)-?(?:[a-z0-9]+[-_])*(?:{_KEYS})[ \t]+(?:{_QUOTED}|(?P<u>{_TO_SPACE}))"""
+    rf"""-(?<![\w-]-)-?(?:[a-z0-9]+[-_])*(?:{_KEYS})[ \t]+(?![:=])(?:{_QUOTED}|(?P<u>{_TO_SPACE}))"""
 )
 _KV = re.compile(rf"""(?:{_KEYS}){_SEP}(?:{_QUOTED}|(?P<u>{_TO_AMP}))""")
 # Well-known credential shapes, recognised without any key name. Start and end at the

@@ -52,6 +52,8 @@ CANARIES = [
     ("deploy --password CanaryCli1 --verbose", "CanaryCli1", "--password "),
     ("deploy --token 'CanaryCli2 x' --verbose", "CanaryCli2", "--token '"),
     ("deploy --db-password=CanaryCli3", "CanaryCli3", "--db-password="),
+    ("deploy --password = CanaryCli4 --verbose", "CanaryCli4", "--password = "),
+    ("-db_password : 'Canary Cli5'", "Canary Cli5", "-db_password : '"),
     ("key sk-" + "CanaryOpenAI" + "x" * 20, "CanaryOpenAI", "key "),
     ("sk-proj-CanaryProj" + "x" * 30, "CanaryProj", ""),
     ("sk-ant-api03-CanaryAnt" + "x" * 40, "CanaryAnt", ""),
