@@ -41,12 +41,14 @@ _QUOTED = r"""(?P<q>\\?["'])(?P<v>(?:(?!(?P=q))(?:\\.|[^\\\r\n]))+)"""
 
 
 def _unquoted(stop: str) -> str:
-    """Regex for a bare value: 1+ chars not in ``stop``, backslash escapes kept whole.
+    """Regex for a bare value: 1+ chars not in ``stop``, backslash escapes kept whole; or ``[REDACTED]`` (lowered:
+    matching runs on a lowered copy), which ends there: a value redacted before, followed by other text (the
+    ``, `` of a list of names each sanitized on its own) that sanitizing again must keep, or it is not idempotent.
 
     Written as an unrolled loop (no alternation inside the repeat) so it stays fast.
     """
     plain = rf"[^{stop}\\]"
-    return rf"(?:{plain}|\\.){plain}*(?:\\.{plain}*)*"
+    return rf"(?:{re.escape(REDACTED.lower())}|(?:{plain}|\\.){plain}*(?:\\.{plain}*)*)"
 
 
 _TO_EOL, _TO_SPACE, _TO_AMP = _unquoted(r"\r\n\"'"), _unquoted(r"\s\"'"), _unquoted(r"\s\"'&")

@@ -15,6 +15,7 @@ from orchestrator.security import (
     REDACTED,
     json_source_text,
     safe_join,
+    safe_line,
     sanitize_obj,
     sanitize_text,
     validate_artifact_path,
@@ -235,6 +236,8 @@ def test_non_string_input_is_stringified() -> None:
         pytest.param('"password":"\\' * 400_000, id="quotes"),
         pytest.param("passwd: File exists " * 260_000, id="os-error-lookalikes"),
         pytest.param("passwd: " * 600_000, id="keys-before-colons"),
+        pytest.param(f"password={REDACTED}," * 250_000, id="redacted-values"),
+        pytest.param(f"Cookie: {REDACTED} " * 260_000, id="redacted-header-values"),
     ],
 )
 def test_five_megabytes_is_sanitized_in_linear_time(big: str) -> None:
@@ -326,6 +329,36 @@ def test_property_password_canary_never_survives(text: str, data: st.DataObject)
     at = data.draw(st.integers(min_value=0, max_value=len(text)))
     out = sanitize_text(text[:at] + "password=CANARY123xyz" + text[at:])
     assert "CANARY123xyz" not in out
+
+
+# Each pattern's secret as it is left once redacted (the value ``[REDACTED]``), and text that may stand around it.
+REDACTED_FORMS = [
+    f"password={REDACTED}", f"PASSWORD: {REDACTED}", f"db_password = '{REDACTED}'", f'"token": "{REDACTED}"',
+    f'\\"api_key\\": \\"{REDACTED}\\"', f"{{'secret': '{REDACTED}'}}", f"Cookie: {REDACTED}",
+    f"Set-Cookie: {REDACTED}", f"Authorization: Bearer {REDACTED}", f"proxy-authorization: basic {REDACTED}",
+    f"--password {REDACTED}", f"--db-token '{REDACTED}'", f"--api-key={REDACTED}", f"2-password={REDACTED}",
+    f"postgres://admin:{REDACTED}@db:5432/app", f"https://password:{REDACTED}@h/x", f"x-api-key:{REDACTED}",
+    REDACTED,  # a shape's, a private key's
+]
+AROUND = [", ", ",", "; ", " ", "\n", "\r\n", "\t", ".", ")", "(", "/", "sub/r.txt", "report.md", "&page=2", "x", "é",
+          "漢", "42", "-", "_", ":", "=", "@", "#", "?", '"', "'"]
+
+
+def test_a_list_of_names_each_sanitized_on_its_own_is_left_as_it_is() -> None:
+    """Stale recovery's question names a dead run's artifacts, each sanitized: ``status`` sanitized it again and
+    took the ``,`` after ``[REDACTED]`` for the rest of that value (``password=[REDACTED] sub/r.txt``)."""
+    question = (f"Run run-1 ended without a terminal payload but left 2 artifact(s): password={REDACTED}, sub/r.txt. "
+                "Check them, then resume with what to do next.")
+    assert sanitize_text(question) == question and safe_line(question) == question
+    assert sanitize_text(f"password={REDACTED},token=abc") == f"password={REDACTED},token={REDACTED}"
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from(REDACTED_FORMS + AROUND), max_size=30).map("".join))
+def test_property_a_text_whose_every_secret_is_already_redacted_is_left_as_it_is(text: str) -> None:
+    """Idempotent on any text sanitized before, not only on ``sanitize_text``'s own output: a value that is
+    ``[REDACTED]`` ends there, whatever follows it."""
+    assert sanitize_text(text) == text
 
 
 def _every_pattern(text: str) -> str:
