@@ -47,13 +47,23 @@ def handler_payload(fn: Callable[[], Any]) -> bytes:
     except Exception as exc:  # the handler's failure is the job's outcome, not the worker's
         leave_if_forked(me, 1)
         traceback.print_exc()
-        text = f"handler raised {type(exc).__name__}: {exc}"
+        text = f"handler raised {type(exc).__name__}{_text_of(exc)}"
         # bytes that are not UTF-8 in the message (a file name) are lone surrogates, which no event can hold: shown
         # escaped (``\udce9``), so the message is kept instead of the payload being refused as malformed
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
         summary = sanitized_cut(text, 2000)  # sanitized, then cut
         return json.dumps({"status": "failed", "summary": summary, "error_code": "HANDLER_ERROR",
                            "retryable": True}).encode()
+
+
+def _text_of(exc: Exception) -> str:
+    """``": <the exception's text>"``, or a note that it cannot be read: an ``__str__`` that raises (or returns no
+    text) raised out of this ``except``, and the handler process died with the run (``NO_TERMINAL_SIGNAL_EXIT``, a
+    reused one replaced) until 2026-12-06."""
+    try:
+        return f": {exc}"
+    except Exception:
+        return " (its text cannot be read: its __str__ raised)"
 
 
 def leave_if_forked(pid: int, code: int) -> None:

@@ -798,6 +798,32 @@ def test_a_handler_exception_whose_text_is_not_unicode_is_a_handler_error_with_i
     assert "cannot open caf" in last["data"]["summary"] and ".csv" in last["data"]["summary"]
 
 
+class TextlessError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_handler_exception_whose_text_cannot_be_read_is_a_handler_error_and_the_handler_process_stays(
+        orch, mode: str) -> None:
+    """An exception whose ``__str__`` raises: the handler process died formatting it (``NO_TERMINAL_SIGNAL_EXIT``,
+    "exited with status 1"), the reused one with it."""
+    def raises(ctx):
+        raise TextlessError("x")
+
+    register("t.textless", raises)
+    worker = make_worker(orch, handler_process=mode)
+    first = worker_pid(orch, worker)
+    job = orch.submit("t.textless", max_attempts=1)
+    result = worker.run_once()
+    last = events(orch, job)[-1]
+    assert (result.job_id, result.error_code) == (job, "HANDLER_ERROR"), last
+    assert last["data"]["summary"] == "handler raised TextlessError (its text cannot be read: its __str__ raised)"
+    if mode == "reused":
+        assert worker_pid(orch, worker) == first
+    worker.close()
+
+
 # -- a cancel while the job runs ------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["t.wait", "command"])
 def test_a_cancelled_running_job_is_stopped_by_its_worker_and_stays_cancelled(orch, tmp_path: Path, kind) -> None:
