@@ -2,9 +2,9 @@
 
 ``HandlerHost`` forks it (once, and again after a kill, a crash, ``max_runs`` runs, or a handler
 registered since); the worker writes a request (kind, context) on a pipe as one frame and reads the
-payload back as another (``HostRun``); ``_host_main`` is the loop inside the child. Its folder,
-``runs/host-*``, holds the output of the run in progress and a ``.alive`` file locked for as
-long as the worker or its handler process lives (made anew with each new host), so stale
+payload back as another, then what was killed of what the run left as a third (``HostRun``); ``_host_main`` is
+the loop inside the child. Its folder, ``runs/host-*``, holds the output of the run in progress and a ``.alive``
+file locked for as long as the worker or its handler process lives (made anew with each new host), so stale
 recovery can remove the folders of workers that are gone (``sweep_dead_host_folders``). The
 per-run child (``fork_call``) and commands are in ``orchestrator/runner.py``; see ``docs/worker.md``.
 """
@@ -156,8 +156,9 @@ class SignalState:
 
 
 def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: int, output: Path) -> None:
-    """The reused handler process: one request (kind, context) in, two frames out (what it killed of what the run
-    left, ``encode_killed``, then the payload), until the worker closes."""
+    """The reused handler process: one request (kind, context) in, two frames out (the payload, sent as soon as the
+    handler ended: what it left may take the grace to end, past the run's timeout, ``HostRun``; then what it killed of
+    that, ``encode_killed``), until the worker closes."""
     streams = StandardStreams(output)
     signals = SignalState()
     me = os.getpid()
@@ -180,18 +181,20 @@ def _host_main(call: Callable[[str, dict[str, Any]], Any], req_r: int, resp_w: i
             if os.getpid() != me:  # a copy the handler forked: it leaves without a word (``handler_main``)
                 raise
             signals.stop_timers()
-            with suppress(OSError):  # what it killed of what the run left, then an empty frame: no payload comes
-                _write_frames(resp_w, encode_killed(end_leftovers()), b"")
+            with suppress(OSError):  # an empty frame (no payload comes), then what it killed of what the run left
+                _write_frames(resp_w, b"")
+                _write_frames(resp_w, encode_killed(end_leftovers()))
             raise
         signals.stop_timers()  # at once: none goes off while the run's leftovers are ended, nor in the next run
+        _write_frames(resp_w, payload)
         killed = end_leftovers()  # the run is over when what it started is gone (one waitid when it started nothing)
         signals.restore()
         # put back before the flush too: a run that left ``sys.stdout`` closed, or a line unfinished on a descriptor 1
-        # it closed, made the flush raise, and this process died with the run's payload (NO_TERMINAL_SIGNAL_EXIT)
+        # it closed, made the flush raise, and this process died (before 2026-12-06, with the run's payload)
         streams.restore()
         sys.stdout.flush()
         sys.stderr.flush()
-        _write_frames(resp_w, encode_killed(killed), payload)
+        _write_frames(resp_w, encode_killed(killed))
 
 
 HOST_PREFIX = "host-"  # runs/host-<pid>-<random>: a worker's handler process folder
@@ -413,37 +416,44 @@ class HostRun(Child):
         self.reaped: int | None = None  # the host's exit status once this run reaped it (``_reaped_within``)
 
     def wait(self, timeout: float) -> int | None:
+        """Two frames: the payload (``handler_done``: the run's timeout no longer applies), then, once what the run
+        left is ended, what was killed of it (``_host_main``); the exit status once both are in."""
         if self.returncode is not None:
             return self.returncode
-        answered = self._spin(min(timeout, SPIN_SECONDS))
-        if not answered:
-            watched = [self._resp_fd] if self._pidfd is None else [self._resp_fd, self._pidfd]
-            ready = readable(watched, timeout)
-            answered = self._resp_fd in ready
-            if ready and not answered:  # the host exited: all it wrote is in the pipe by now
-                answered = bool(readable([self._resp_fd], 0))
-                if not answered:  # no answer, and none can come: a process it forked may hold the pipe open
-                    return self._died()
-        if not answered:
-            return None
-        try:
-            with stop_deferred():  # a frame is read whole: a stop cutting it would lose what was read of it
-                report = _read_frame(self._resp_fd, KILLED_MAX_BYTES)  # what it killed, then the payload
-                if report is not None:
-                    self.killed = decode_killed(report)
-                    # empty: the host did not answer (``sys.exit`` in the handler) and exits, its report sent
-                    self._payload = _read_frame(self._resp_fd, MAX_PAYLOAD_BYTES) or None
-        except FrameTooLarge as exc:
-            # not read (nor allocated): the host is blocked writing the rest, and a pipe that holds it cannot
-            # serve another run. It is killed and replaced (``handler_payload`` refuses such a payload first,
-            # so only a handler writing to the pipe itself gets here)
-            self._too_large = exc.size
-            self.kill_group(signal.SIGKILL)
-            return self.returncode
-        if self._payload is not None:
+        end = time.monotonic() + timeout
+        while True:
+            left = max(0.0, end - time.monotonic())
+            answered = self._spin(min(left, SPIN_SECONDS))
+            if not answered:
+                watched = [self._resp_fd] if self._pidfd is None else [self._resp_fd, self._pidfd]
+                ready = readable(watched, max(0.0, end - time.monotonic()))
+                answered = self._resp_fd in ready
+                if ready and not answered:  # the host exited: all it wrote is in the pipe by now
+                    answered = bool(readable([self._resp_fd], 0))
+                    if not answered:  # no answer, and none can come: a process it forked may hold the pipe open
+                        return self._died()
+            if not answered:
+                return None
+            try:
+                with stop_deferred():  # a frame is read whole: a stop cutting it would lose what was read of it
+                    frame = _read_frame(self._resp_fd, KILLED_MAX_BYTES if self.handler_done else MAX_PAYLOAD_BYTES)
+            except FrameTooLarge as exc:
+                # not read (nor allocated): the host is blocked writing the rest, and a pipe that holds it cannot
+                # serve another run. It is killed and replaced (``handler_payload`` refuses such a payload first,
+                # so only a handler writing to the pipe itself gets here)
+                self._too_large = exc.size
+                self.kill_group(signal.SIGKILL)
+                return self.returncode
+            if frame is None:  # the pipe closed: the host died, before its payload or while it ended the leftovers
+                return self._died()
+            if not self.handler_done:  # empty: the host did not answer (``sys.exit`` in the handler) and exits
+                self._payload, self.handler_done = frame or None, True
+                continue
+            self.killed = decode_killed(frame)
+            if self._payload is None:
+                return self._died()
             self.returncode, self.answered = 0, True
             return 0
-        return self._died()
 
     def _died(self) -> int | None:
         """The reply pipe closed, or the host exited without answering: it died during the run (its exit status

@@ -128,6 +128,9 @@ class Child:
     output: Path
     terminal_file: Path | None = None
     answered = False  # a Python handler's process answered: it ended what its run left (``end_leftovers``)
+    # the handler itself is over (a command exited; a Python handler returned, raised or called ``sys.exit``): what is
+    # left of the run is the end of what it left running, which its timeout does not cut (``Worker._supervise``)
+    handler_done = False
     killed: Killed = NONE_KILLED  # what it had to kill of that, as it told the worker with its answer
 
     def payload(self) -> bytes | None:
@@ -209,6 +212,7 @@ class PopenChild(Child):
             if not self._exited(timeout):
                 return None
             self._grace_ends = time.monotonic() + LEFTOVER_GRACE_SECONDS
+            self.handler_done = True
         assert self._grace_ends is not None
         if wait_group_empty(self.pid, min(end, self._grace_ends)):
             return self.returncode
@@ -271,10 +275,17 @@ def reap_exited() -> None:
             UNREAPED.discard(pid)
 
 
+# What a per-run child writes on its pipe to the worker (``ForkChild``), each message in one write (under ``PIPE_BUF``:
+# atomic): ``HANDLER_ENDED`` as soon as its handler ended (returned, raised, ``sys.exit``), while what the run left is
+# ended (its timeout no longer applies); ``EXIT_CODE``, its exit code (one byte) and what it killed
+# (``encode_killed``), once its terminal file is written. A child that dies says neither.
+HANDLER_ENDED, EXIT_CODE = b"e", b"x"
+
+
 class ForkChild(Child):
     """A forked handler. ``done_fd`` is a pipe on which the child writes its exit code once its terminal
-    file and output are written: the worker records the outcome while the kernel still tears the
-    child's address space down (~1-2 ms for a worker-sized process), and reaps it later."""
+    file and output are written (``HANDLER_ENDED`` first): the worker records the outcome while the kernel still
+    tears the child's address space down (~1-2 ms for a worker-sized process), and reaps it later."""
 
     def __init__(self, pid: int, done_fd: int | None = None) -> None:
         self.pid = pid
@@ -305,33 +316,45 @@ class ForkChild(Child):
             os.close(self._done_fd)
             self._done_fd = None
 
-    def _announced(self) -> bool:
-        """Read the child's exit code from the pipe; False if it closed without one (it died)."""
+    def _announced(self) -> bool | None:
+        """Read the child's exit code from the pipe; False if it closed without one (it died), None if it only said
+        that its handler ended (``HANDLER_ENDED``: ``handler_done``)."""
         assert self._done_fd is not None
-        data = os.read(self._done_fd, 1 + KILLED_MAX_BYTES)  # written at once (``handler_main``): all here
+        # each message written at once, so all here: ``HANDLER_ENDED`` (twice at most), ``EXIT_CODE``, code, report
+        data = os.read(self._done_fd, 2 + 2 + KILLED_MAX_BYTES)
+        if data.startswith(HANDLER_ENDED):
+            self.handler_done = True
+            data = data.lstrip(HANDLER_ENDED)  # said again if the body failed after it (``handler_main``)
+            if not data:
+                return None
         os.close(self._done_fd)
         self._done_fd = None
-        if not data:
+        if not data.startswith(EXIT_CODE):
             return False
         self.answered = True
-        self.killed = decode_killed(data[1:])
+        self.killed = decode_killed(data[2:])
         if self.poll() is None:  # still exiting: reaped by a later fork_call
             UNREAPED.add(self.pid)
-            self.returncode = data[0]
+            self.returncode = data[1]
             self._close()
         return True
 
     def wait(self, timeout: float) -> int | None:
         if self.poll() is not None:
             return self.returncode
-        if self._done_fd is not None:
-            ready = readable([fd for fd in (self._done_fd, self._pidfd) if fd is not None], timeout)
-            if self._done_fd in ready and self._announced():
-                return self.returncode
+        end = time.monotonic() + timeout
+        while self._done_fd is not None:
+            ready = readable([fd for fd in (self._done_fd, self._pidfd) if fd is not None],
+                             max(0.0, end - time.monotonic()))
             if not ready:
                 return None
+            said = self._announced() if self._done_fd in ready else False
+            if said:
+                return self.returncode
+            if said is False:
+                break
         if self._pidfd is not None:
-            readable([self._pidfd], timeout)
+            readable([self._pidfd], max(0.0, end - time.monotonic()))
             return self.poll()
         pause, waited, step = threading.Event(), 0.0, 0.005
         while waited < timeout:  # fallback without pidfd: short sleeps, only while a job runs
@@ -503,7 +526,8 @@ def handler_main(output: Path, close: tuple[int, ...], body: Callable[[], bytes 
         leave_if_forked(me, code)
         try:  # before it exits: its orphans would go to init, out of reach. A body that returned ended them already
             if not said and announce is not None:  # it did not return: what it kills (but multiprocessing's
-                said = encode_killed(end_leftovers())  # helpers) is told all the same, where there is one to tell
+                tell(announce, HANDLER_ENDED)  # helpers) is told all the same, where there is one to tell, and
+                said = encode_killed(end_leftovers())  # that its handler ended first, as a body that returned does
             end_leftovers(keep_helpers=False)
         except BaseException:  # noqa: S110 - exiting anyway
             pass
@@ -512,11 +536,14 @@ def handler_main(output: Path, close: tuple[int, ...], body: Callable[[], bytes 
             sys.stderr.flush()
         finally:
             if announce is not None:
-                try:
-                    os.write(announce, bytes([code & 0xFF]) + said)  # everything is written: the worker may go on
-                except OSError:
-                    pass
+                tell(announce, EXIT_CODE + bytes([code & 0xFF]) + said)  # everything is written: the worker may go on
             os._exit(code)
+
+
+def tell(fd: int, message: bytes) -> None:
+    """Write one message to the worker on a per-run child's pipe; a worker gone meanwhile hears nothing."""
+    with suppress(OSError):
+        os.write(fd, message)
 
 
 def fork_call(fn: Callable[[], Any], *, terminal_file: Path, output: Path,
@@ -529,6 +556,7 @@ def fork_call(fn: Callable[[], Any], *, terminal_file: Path, output: Path,
             def body() -> bytes:
                 set_run_environment(context or {}, load_libc())
                 payload = handler_payload(fn)
+                tell(done_w, HANDLER_ENDED)  # at once: what it left may take the grace to end, past the timeout
                 killed = end_leftovers()  # before the payload is there: the run is over when what it started is gone
                 write_bytes_atomic(terminal_file, payload)
                 return encode_killed(killed)  # told to the worker with the exit code

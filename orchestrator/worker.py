@@ -46,7 +46,7 @@ from orchestrator.handlers import RunPaths, call_python_handler, import_modules,
 from orchestrator.handlers.command import CommandNotFound
 from orchestrator.heartbeat import Heartbeat
 from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease
-from orchestrator.leftovers import kill_run
+from orchestrator.leftovers import LEFTOVERS_END_SECONDS, kill_run
 from orchestrator.limits import callable_or_none, true_or_false, whole_number
 from orchestrator.notices import Notify
 from orchestrator.outcome import (STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS, Claim, OutcomeRecorder,
@@ -356,7 +356,9 @@ class Worker:
         whose lease could not be renewed before it may have expired (``held``, ``HeldLease.must_stop``); keep its
         output file within ``cap`` (``output_cap.py``: its start dropped, or the run stopped where that cannot be
         done). Returns how it ended, its exit status, and the claim to record its outcome under: marked ``renewed``
-        once a heartbeat wrote a lease record, so the flag belongs to this run and cannot reach the next."""
+        once a heartbeat wrote a lease record, so the flag belongs to this run and cannot reach the next. The timeout is
+        the handler's: one that ended before it (``Child.handler_done``) has its payload recorded, what it left given
+        its grace to end, for up to ``LEFTOVERS_END_SECONDS`` past the timeout."""
         start = time.monotonic()
         cap = cap or OutputCap(child.output, self.settings.output_max_bytes, start)
         heart = self._heartbeat(held)
@@ -364,6 +366,7 @@ class Worker:
             self.claimer.look_ahead(within=heart.next_at - time.monotonic())  # ends before the first heartbeat is due
         timeout = claim.state.timeout
         deadline = start + timeout if timeout else None
+        ending = False  # the deadline was moved: the handler had ended by its timeout, its leftovers were being ended
         stop_deadline: float | None = None
         while True:
             stop_at = self._stop_at
@@ -388,6 +391,8 @@ class Worker:
             if code is not None:
                 return "exited", code, claim
             now_m = time.monotonic()
+            if deadline is not None and now_m >= deadline and child.handler_done and not ending:
+                deadline, ending = now_m + LEFTOVERS_END_SECONDS, True  # ended in time: not a timeout
             if deadline is not None and now_m >= deadline:
                 kill_run(child, claim.run_id)
                 return "timeout", None, claim

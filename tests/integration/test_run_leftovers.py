@@ -247,6 +247,74 @@ def test_a_command_that_leaves_nothing_running_reports_nothing(orch) -> None:
     assert (result.outcome, result.warnings) == ("succeeded", [])
 
 
+# -- a handler that ended before its timeout is not a timeout, whatever ending what it left takes ------------------
+# a command that leaves a process ignoring SIGTERM (the trap is inherited) and writes its payload at once: the
+# group's SIGTERM leaves it running, and the SIGKILL comes after the 1 s grace, past the run's 0.8 s timeout
+STUBBORN_AT_ONCE = ("trap '' TERM; sleep 300 & echo $! > \"$1\"; "
+                    'printf \'{"status": "done", "summary": "in time"}\' > "$ORCH_TERMINAL_FILE"')
+
+
+def ignores_sigterm() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # kept across exec
+
+
+@linux_only
+@pytest.mark.parametrize("mode", ["command", "reused", "per-run"])
+def test_a_handler_that_ends_before_its_timeout_is_recorded_by_its_payload_while_what_it_left_outlives_the_timeout(
+        orch, leftover: Path, mode: str) -> None:
+    """Until 2026-12-06 the timeout fell during the leftovers' grace: ``job_timeout``, the payload thrown away, and the
+    job run again."""
+    def starts_and_returns(ctx):
+        proc = subprocess.Popen(["sleep", "300"], preexec_fn=ignores_sigterm)
+        leftover.write_text(str(proc.pid))
+        return {"status": "done", "summary": "in time"}
+
+    register("t.stubborn_leftover", starts_and_returns)
+    if mode == "command":
+        job = orch.submit("command", {"argv": ["sh", "-c", STUBBORN_AT_ONCE, "sh", str(leftover)]}, timeout=0.8,
+                          max_attempts=2)
+    else:
+        job = orch.submit("t.stubborn_leftover", timeout=0.8, max_attempts=2)
+    worker = make_worker(orch, handler_process="per-run" if mode == "per-run" else "reused")
+    started = time.monotonic()
+    result = worker.run_once()
+    assert (result.job_id, result.outcome, result.error_code) == (job, "succeeded", None)
+    assert time.monotonic() - started >= 1.0  # the grace was waited out: the timeout fell within it
+    assert orch.status(job).result["summary"] == "in time"
+    left = int(leftover.read_text())
+    assert not alive(left)
+    [warning] = result.warnings  # ended, and named, as without a timeout
+    assert warning["code"] == "RUN_PROCESSES_KILLED" and f"(pid {left})" in warning["message"]
+    worker.close()
+
+
+@linux_only
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_handler_process_that_never_finishes_ending_what_its_run_left_is_still_a_timeout(
+        orch, monkeypatch, mode: str) -> None:
+    """The timeout yields to the end of a run whose handler returned for ``LEFTOVERS_END_SECONDS`` only: a handler
+    process stuck after its handler returned is killed as one past its timeout."""
+    import orchestrator.handler_host as handler_host
+    import orchestrator.runner as runner
+    import orchestrator.worker as worker_module
+
+    def stuck(*args, **kw):
+        time.sleep(60)
+        return []
+
+    monkeypatch.setattr(handler_host if mode == "reused" else runner, "end_leftovers", stuck)  # in the fork too
+    monkeypatch.setattr(worker_module, "LEFTOVERS_END_SECONDS", 0.5)
+    job = orch.submit("t.echo", "x", timeout=0.5, max_attempts=1)
+    worker = make_worker(orch, handler_process=mode)
+    started = time.monotonic()
+    result = worker.run_once()
+    assert (result.job_id, result.error_code) == (job, "NO_TERMINAL_SIGNAL_TIMEOUT")
+    assert time.monotonic() - started < 5.0
+    worker.close()
+
+
 # -- a Python handler never sees the worker's keys ---------------------------------------------------------
 def reads_environment(ctx) -> dict:
     child = subprocess.run(["sh", "-c", "echo ${ORCH_SIGNING_KEY:-none} ${LLM_API_KEY:-none}"],
