@@ -24,10 +24,11 @@ from orchestrator.cli_values import WholeRange, job_kinds, seconds, setting_erro
 from orchestrator.clock import from_iso
 from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PROJECT_ID,
                                  load_dotenv_file)
-from orchestrator.errors import (DISK_ERRORS, EXIT_OUTPUT_CLOSED, CommandInterrupted, Interrupted,
-                                 InvalidInputError, OrchestratorError, OutputClosed, StorageError, UsageError)
+from orchestrator.errors import (EXIT_OUTPUT_CLOSED, CommandInterrupted, Interrupted, InvalidInputError,
+                                 OrchestratorError, OutputClosed, UsageError)
 from orchestrator.limits import MAX_ATTEMPTS_LIMIT, MAX_INPUT_BYTES, MAX_PROCESSES, PRIORITY_LIMIT, read_at_most
 from orchestrator.security import one_line, safe_line, sanitize_obj, sanitize_text, sanitized_cut, shown
+from orchestrator.stdout import OutputLost, install as install_stdout, outcome
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_INTEGRITY = 7
@@ -40,28 +41,13 @@ def interrupted_message(signum: int) -> str:
     return f"interrupted by {name} before the command finished: check what it did (status, verify) before running it again"
 
 
-class OutputLost(Exception):
-    """Stdout refused the command's output (``> file`` on a full disk): ``_run`` reports ``error`` on stderr. Not an
-    ``OrchestratorError``, so a command's own error handling does not try to print it on stdout again."""
-
-    def __init__(self, exc: OSError) -> None:
-        super().__init__(exc)
-        self.error = StorageError(f"cannot write the command's output to stdout: {exc.strerror or exc}; what it "
-                                  "printed is cut short (what the command did is done: check with status)")
-
-
 def echo(message: str, *, err: bool = False, nl: bool = True) -> None:
-    """``click.echo``, with what a write to stdout can meet made an outcome: a reader that went away
-    ``OutputClosed``, a disk that refused it ``OutputLost`` (click would end a closed pipe with exit 1, and a full
-    disk with a traceback)."""
+    """``click.echo``, with what a write to stdout can meet made an outcome (``stdout.outcome``): said here too for
+    a stdout that ``stdout.install`` did not replace (a test's), and for a stderr whose reader went away."""
     try:
         click.echo(message, err=err, nl=nl)
-    except BrokenPipeError:
-        raise OutputClosed from None
     except OSError as exc:
-        if err or exc.errno not in DISK_ERRORS:
-            raise
-        raise OutputLost(exc) from None
+        raise outcome(exc, err) from None
 
 
 class Output:
@@ -445,11 +431,14 @@ def _load_dotenv(command: click.Command, args: list[str]) -> None:
 
 
 def _run(command: click.Command, args: list[str], prog_name: str | None) -> None:
-    """``_run_command``, and what is left when stdout fails: a reader that went away (``| head``) ends the command
-    quietly, exit 141 as SIGPIPE would; a disk that refused the output (``> file`` on a full disk) is
-    ``STORAGE_ERROR`` (exit 10) on stderr. Either way stdout is pointed at ``/dev/null`` first, so the
-    interpreter's last flush has nothing left to fail on."""
+    """``.env``, then ``_run_command``, and what is left when stdout fails (every write there says so: stdout is
+    replaced first, ``stdout.install``): a reader that went away (``| head``) ends the command quietly, exit 141 as
+    SIGPIPE would; a disk that refused the output (``> file`` on a full disk) is ``STORAGE_ERROR`` (exit 10) on
+    stderr. Either way stdout is pointed at ``/dev/null`` first, so the interpreter's last flush has nothing left
+    to fail on."""
+    install_stdout()
     try:
+        _load_dotenv(command, args)
         _run_command(command, args, prog_name)
     except OutputClosed:
         _drop_stdout()
@@ -573,16 +562,12 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:
     """Entry point of the console script and of ``python3 -m orchestrator``."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    _load_dotenv(cli, args)
-    _run(cli, args, prog_name)
+    _run(cli, sys.argv[1:] if argv is None else list(argv), prog_name)
 
 
 def run_script(command: str, argv: list[str] | None = None) -> None:
     """``scripts/<name>.py``: the same command, named as the runbook names it."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    _load_dotenv(cli, [command, *args])
     found = cli.get_command(None, command)
     if found is None:  # a script named after a command that does not exist: a packaging mistake
         raise SystemExit(f"no command {command!r}")
-    _run(found, args, f"scripts/{Path(sys.argv[0]).name}")
+    _run(found, sys.argv[1:] if argv is None else list(argv), f"scripts/{Path(sys.argv[0]).name}")

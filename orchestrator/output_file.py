@@ -14,7 +14,7 @@ from typing import BinaryIO, ClassVar, Iterator
 
 from orchestrator import faults
 from orchestrator.config import STATE_DIR
-from orchestrator.errors import DISK_ERRORS, InvalidInputError, OutputClosed, StorageError, write_error
+from orchestrator.errors import InvalidInputError, write_error
 from orchestrator.store.files import STRAY_AGE, fsync_dir, open_regular
 from orchestrator.worker_folders import ARTIFACTS_DIR
 
@@ -113,34 +113,6 @@ def _remove_unheld(name: str, seen: os.stat_result) -> bool:
         return False
     finally:
         os.close(fd)
-
-
-class StdoutFile:
-    """Stdout as the file a command writes (``export -o -``): a write the disk behind it refuses (``> bundle`` on a
-    full disk) is ``StorageError``, as with a path; a reader that went away (a closed pipe) ``OutputClosed``."""
-
-    def __init__(self, stream: BinaryIO, what: str) -> None:
-        self._stream, self.what = stream, what
-
-    def write(self, data: bytes) -> None:
-        with self._refused():
-            self._stream.write(data)
-
-    def flush(self) -> None:
-        with self._refused():
-            self._stream.flush()
-
-    @contextlib.contextmanager
-    def _refused(self) -> Iterator[None]:
-        try:
-            yield
-        except BrokenPipeError:
-            raise OutputClosed from None
-        except OSError as exc:
-            if exc.errno not in DISK_ERRORS:
-                raise
-            raise StorageError(f"cannot write {self.what} to stdout: {exc.strerror or exc}; what was written "
-                               "there is cut short") from None
 
 
 class OutputFile:

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import click
 
 from orchestrator.cli import CONTEXT, Output, StdoutOption, cli, echo, note_missing_store, project_command
-from orchestrator.output_file import OutputFile, StdoutFile
+from orchestrator.output_file import OutputFile
 from orchestrator.security import sanitize_text
 
 
@@ -35,9 +35,9 @@ def export_cmd(orch: Any, out: Output, output: str, allow_damaged: bool) -> int:
     """
     from orchestrator.transfer import export_project
 
-    if output == "-":  # the bundle alone: ``out`` prints the summary and any error on stderr (StdoutOption)
-        result = export_project(orch, StdoutFile(sys.stdout.buffer, "the bundle"),  # type: ignore[arg-type]
-                                allow_damaged=allow_damaged, progress=_progress(out))
+    if output == "-":  # the bundle alone: ``out`` prints the summary and any error on stderr (StdoutOption); a
+        # disk that refuses it, or a reader gone, is said by stdout itself (``stdout.install``)
+        result = export_project(orch, sys.stdout.buffer, allow_damaged=allow_damaged, progress=_progress(out))
     else:
         with OutputFile(output, "the bundle") as fh:
             result = export_project(orch, fh, allow_damaged=allow_damaged, progress=_progress(out))  # type: ignore[arg-type]

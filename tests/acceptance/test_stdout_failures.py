@@ -3,6 +3,7 @@ would; a disk that refuses the output (``> file`` on a full disk) is STORAGE_ERR
 traceback, and what the command did stays done."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -73,6 +74,62 @@ def test_an_export_to_a_reader_that_went_away_ends_quietly_with_exit_141(cli_env
     pipe = closed_pipe()
     try:
         proc = run_into(pipe, "export", "-o", "-", env=cli_env)
+    finally:
+        os.close(pipe)
+    assert (proc.returncode, proc.stderr) == (141, "")
+
+
+def buffering(unbuffered: bool, env: dict[str, str]) -> dict[str, str]:
+    """``env`` with ``PYTHONUNBUFFERED=1`` (set on many machines and container images), or without it."""
+    env = {k: v for k, v in env.items() if k != "PYTHONUNBUFFERED"}
+    return {**env, "PYTHONUNBUFFERED": "1"} if unbuffered else env
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_SETPIPE_SZ"), reason="needs a pipe made small (Linux)")
+@pytest.mark.parametrize("unbuffered", [True, False], ids=["PYTHONUNBUFFERED=1", "buffered"])
+def test_a_reader_that_leaves_in_the_middle_of_a_write_ends_the_command_with_exit_141(
+        cli_env, base: Path, unbuffered: bool) -> None:
+    """The system takes part of the write (what the pipe holds), then the reader closes: the rest is written again,
+    and meets the closed pipe. An unbuffered stdout dropped the rest, and the command exited 0."""
+    from orchestrator import Orchestrator
+    from orchestrator.key_files import load_keyring
+
+    orch = Orchestrator(base_path=base, project_id="proj", keyring=load_keyring(cli_env, announce=False))
+    for i in range(20):  # ~11 KB of JSON printed in one write, more than the pipe holds
+        orch.submit("k" * 200, {"i": i})
+    read_end, write_end = os.pipe()
+    with open(read_end, "rb", buffering=0) as reader, open(write_end, "wb", buffering=0) as writer:
+        fcntl.fcntl(writer, fcntl.F_SETPIPE_SZ, 4096)  # a page
+        with subprocess.Popen([sys.executable, "-m", "orchestrator", "status", "--all", "--json"],
+                              env=buffering(unbuffered, cli_env), stdout=writer, stderr=subprocess.PIPE,
+                              cwd=str(REPO)) as proc:
+            writer.close()  # the command's alone
+            assert reader.read(1024).startswith(b'{"jobs": [')
+            reader.close()  # a reader that read a little, then went
+            assert proc.stderr is not None
+            stderr = proc.stderr.read()
+    assert (proc.returncode, stderr) == (141, b"")
+
+
+@pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full (Linux) to stand for a full disk")
+@pytest.mark.parametrize("unbuffered", [True, False], ids=["PYTHONUNBUFFERED=1", "buffered"])
+@pytest.mark.parametrize("args", [["status", "--help"], ["--version"], ["status", "--all"]])
+def test_help_and_version_into_a_full_disk_are_a_storage_error_as_every_output(
+        cli_env, args: list[str], unbuffered: bool) -> None:
+    with FULL.open("w") as full:
+        proc = run_into(full.fileno(), *args, env=buffering(unbuffered, cli_env))
+    assert proc.returncode == 10, proc.stderr
+    assert "error[STORAGE_ERROR]: cannot write the command's output to stdout: No space" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("unbuffered", [True, False], ids=["PYTHONUNBUFFERED=1", "buffered"])
+@pytest.mark.parametrize("args", [["status", "--help"], ["--version"]])
+def test_help_and_version_to_a_reader_that_went_away_end_quietly_with_exit_141(
+        cli_env, args: list[str], unbuffered: bool) -> None:
+    pipe = closed_pipe()
+    try:
+        proc = run_into(pipe, *args, env=buffering(unbuffered, cli_env))
     finally:
         os.close(pipe)
     assert (proc.returncode, proc.stderr) == (141, "")
