@@ -12,7 +12,7 @@ from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCE
                                  DEFAULT_OUTPUT_MAX_BYTES, DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS,
                                  DEFAULT_STOP_GRACE_SECONDS, DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES,
                                  MAX_LEASE_SECONDS, MIN_LEASE_SECONDS, MIN_OUTPUT_MAX_BYTES)
-from orchestrator.errors import ConfigError, HandlerNotFoundError, KeyNotTrustedError, OrchestratorError
+from orchestrator.errors import ConfigError, HandlerNotFoundError, Interrupted, KeyNotTrustedError, OrchestratorError
 from orchestrator.limits import MAX_KIND_LENGTH, is_kind
 from orchestrator.security import sanitize_text, shown
 
@@ -20,13 +20,20 @@ EXIT_RAN = 0
 EXIT_NOTHING_TO_DO = 75  # sysexits EX_TEMPFAIL: nothing runnable now, try again later
 
 
-def _env_list(value: str | None) -> tuple[str, ...]:
-    return tuple(m.strip() for m in (value or "").split(",") if m.strip())
+def _env_list(name: str, what: str) -> tuple[str, ...]:
+    """The entries of a variable that lists them, comma-separated (``ORCH_HANDLERS``, ``ORCH_WORKER_KINDS``); none when
+    it is unset or empty. An entry left empty (``,``, `` ``, ``a,,b``, ``a,``) is a bad setting (exit 3), named, as
+    an option given empty is refused: not read as no entry (for ``ORCH_WORKER_KINDS``, every kind)."""
+    value = os.environ.get(name) or ""
+    entries = tuple(entry.strip() for entry in value.split(",")) if value else ()
+    if not all(entries):
+        raise ConfigError(f"{name} must be {what} separated by commas, none of them empty, not {shown(value)}")
+    return entries
 
 
 def _env_kinds() -> tuple[str, ...]:
     """``ORCH_WORKER_KINDS``: a kind that ``--kind`` refuses (exit 2) is a bad setting here, named (exit 3)."""
-    kinds = _env_list(os.environ.get("ORCH_WORKER_KINDS"))
+    kinds = _env_list("ORCH_WORKER_KINDS", "job kinds")
     for kind in kinds:
         if not is_kind(kind):
             raise ConfigError(f"ORCH_WORKER_KINDS: a job kind is 1 to {MAX_KIND_LENGTH} characters of valid Unicode, "
@@ -138,18 +145,28 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     """
     from orchestrator.runner import adopt_orphans
     from orchestrator.worker import Worker, WorkerSettings
+    from orchestrator.worker_settings import default_worker_id
 
-    modules = tuple(imports) + _env_list(os.environ.get("ORCH_HANDLERS"))
+    modules = tuple(imports) + _env_list("ORCH_HANDLERS", "module names")
+    worker_id = default_worker_id() if worker_id is None else worker_id  # known to a stop before the worker is made
     settings = WorkerSettings(worker_id=worker_id, lease_seconds=lease_seconds, stop_grace_seconds=stop_grace_seconds,
                               retry_base_seconds=retry_base_seconds, retry_max_seconds=retry_max_seconds,
                               imports=modules, artifacts_import=artifacts_import, handler_process=handler_process,
                               handler_max_runs=handler_max_runs, store_wait_seconds=store_wait_seconds,
                               kinds=tuple(kinds) + _env_kinds(),
                               pass_store_credentials=pass_store_credentials, output_max_bytes=output_max_bytes)
-    # the lines it promises on stderr are printed here, not left to logging, which a handler module may set up
-    # (``notices``); a stderr that cannot take one does not stop the worker
-    w = Worker(orch, settings, notify=lambda line: echo(sanitize_text(line), err=True))
-    adopt_orphans()  # a process of its own: what a run leaves behind an exited parent becomes its child
+    try:
+        # the lines it promises on stderr are printed here, not left to logging, which a handler module may set up
+        # (``notices``); a stderr that cannot take one does not stop the worker
+        w = Worker(orch, settings, notify=lambda line: echo(sanitize_text(line), err=True))
+        adopt_orphans()  # a process of its own: what a run leaves behind an exited parent becomes its child
+    except (Interrupted, KeyboardInterrupt):
+        # SIGTERM or SIGINT before the worker handles them itself (``handle_signals`` below): while it imports its
+        # handler modules, say, which the signal interrupts (``handlers._stops_the_worker`` lets it through). A stop
+        # before its first claim, told as the worker's own
+        if once:
+            return _ran_nothing(out, worker_id, [], stopped=True)
+        return _stopped(out, worker_id, 0, None, None)
 
     def report(result: Any, **extra: Any) -> None:
         out.emit({**result.to_dict(), **extra}, f"{result.job_id} {result.run_id}: {result.outcome}"
@@ -175,13 +192,8 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
                 raise
             finally:
                 w.close()
-            if result is None:
-                if w.stopping:  # a signal before the claim: nothing claimed (Worker.run_once), the queue untouched
-                    out.emit({"ran": False, "worker_id": w.worker_id, "stopped": True, "recovered": w.recovered},
-                             "stopped before claiming a job: nothing run")
-                else:
-                    out.emit({"ran": False, "worker_id": w.worker_id, "recovered": w.recovered}, "nothing to run")
-                return EXIT_NOTHING_TO_DO
+            if result is None:  # w.stopping: a signal before the claim, nothing claimed (Worker.run_once)
+                return _ran_nothing(out, w.worker_id, w.recovered, stopped=w.stopping)
             report(result, recovered=w.recovered)
             return EXIT_RAN
         out.progress(f"worker {w.worker_id} started")
@@ -192,14 +204,31 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
 
         done = w.run(max_jobs=max_jobs, idle_exit=idle_exit, on_result=report, on_recovered=recovered)
     # what its last pass left queued: a looping worker only warned of it
-    left, untrusted = w.handler_not_found(), w.untrusted_keys()
-    message = (f"worker {w.worker_id} stopped after {done} job(s)" + (f"; {left.message}" if left else "")
+    return _stopped(out, w.worker_id, done, w.handler_not_found(), w.untrusted_keys())
+
+
+def _ran_nothing(out: Output, worker_id: str, recovered: list[dict[str, Any]], *, stopped: bool) -> int:
+    """``worker --once`` that claimed nothing: nothing was runnable, or a stop signal came before its claim (the
+    queue untouched)."""
+    if stopped:
+        out.emit({"ran": False, "worker_id": worker_id, "stopped": True, "recovered": recovered},
+                 "stopped before claiming a job: nothing run")
+    else:
+        out.emit({"ran": False, "worker_id": worker_id, "recovered": recovered}, "nothing to run")
+    return EXIT_NOTHING_TO_DO
+
+
+def _stopped(out: Output, worker_id: str, done: int, left: HandlerNotFoundError | None,
+             untrusted: KeyNotTrustedError | None) -> int:
+    """A looping worker's last word: the jobs it ran, and those its last pass left queued for want of a handler
+    (``left``) or of a trusted key."""
+    message = (f"worker {worker_id} stopped after {done} job(s)" + (f"; {left.message}" if left else "")
                + (f"; {untrusted.message}" if untrusted else ""))
     if out.as_json:  # the last JSON line, told from a run's line ("job_id") and an error's ("error") by "event"
         no_handler = {key: left.details[key] for key in ("jobs", "kinds")} if left else {"jobs": 0, "kinds": {}}
         unknown_keys = ({key: untrusted.details[key] for key in ("jobs", "keys")} if untrusted
                         else {"jobs": 0, "keys": {}})
-        out.emit({"event": "worker_stopped", "worker_id": w.worker_id, "jobs_run": done, "no_handler": no_handler,
+        out.emit({"event": "worker_stopped", "worker_id": worker_id, "jobs_run": done, "no_handler": no_handler,
                   "unknown_keys": unknown_keys, "message": message}, message)
     else:
         echo(sanitize_text(message), err=True)

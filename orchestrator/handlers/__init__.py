@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from orchestrator.errors import ConfigError, HandlerNotFoundError
+from orchestrator.errors import ConfigError, HandlerNotFoundError, Interrupted
 from orchestrator.handler_host import HandlerHost
 from orchestrator.leftovers import own_code
 from orchestrator.limits import MAX_KIND_LENGTH, is_kind
@@ -255,12 +255,14 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 def _stops_the_worker(exc: BaseException) -> bool:
     """Whether ``exc``, raised while a handler module was imported, is (or may be) a request to stop the worker
     rather than the module's own doing: the worker's ``WorkerStop`` (raised only inside its waits, so not
-    expected here), or a ``KeyboardInterrupt`` while SIGINT still has Python's default handler (a worker used
-    from Python without ``handle_signals``: it may be the operator's Ctrl-C). A worker that handles its
+    expected here); the command line's ``Interrupted``, raised by its SIGTERM handler, which is the one in place
+    while the ``worker`` command imports its ``--import`` modules, before the worker handles its signals; or a
+    ``KeyboardInterrupt`` while SIGINT still has Python's default handler (a worker used from Python without
+    ``handle_signals``, or the command before it: it may be the operator's Ctrl-C). A worker that handles its
     signals never gets a ``KeyboardInterrupt`` from SIGINT, so there one, like a ``SystemExit``, is the
     module's and only fails the lookup."""
     stop = getattr(sys.modules.get("orchestrator.worker"), "WorkerStop", None)  # that module imports this one
-    if stop is not None and isinstance(exc, stop):
+    if isinstance(exc, Interrupted) or (stop is not None and isinstance(exc, stop)):
         return True
     return isinstance(exc, KeyboardInterrupt) and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 

@@ -117,6 +117,21 @@ def test_a_kind_that_is_no_job_kind_is_refused_before_anything_runs(env, orch, w
     assert "1 to 200 characters" in proc.stderr and state(orch, job) == "queued"
 
 
+@pytest.mark.parametrize("variable, value", [("ORCH_WORKER_KINDS", ","), ("ORCH_WORKER_KINDS", " "),
+                                             ("ORCH_WORKER_KINDS", "t.echo,"), ("ORCH_HANDLERS", ","),
+                                             ("ORCH_HANDLERS", "worker_handlers,,")])
+def test_a_list_variable_with_an_empty_entry_is_a_config_error_not_read_as_unset(env, orch, variable: str,
+                                                                                  value: str) -> None:
+    """``ORCH_WORKER_KINDS=","`` ran every kind, ``ORCH_HANDLERS=","`` imported nothing: each as if unset."""
+    job = orch.submit("t.echo", 1)
+    proc = run_script("worker", "--once", "--json", env={**env, variable: value})
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    error = json.loads(proc.stdout)
+    assert error["error"] == "CONFIG_ERROR" and error["message"].startswith(f"{variable} must be ")
+    assert error["message"].endswith(f"none of them empty, not {value!r}")
+    assert state(orch, job) == "queued"
+
+
 def test_a_kind_whose_module_raises_on_import_is_reported_not_a_worker_crash(env, orch, tmp_path: Path) -> None:
     (tmp_path / "t_broken_handlers.py").write_text("raise RuntimeError('bug in the handler module')\n")
     env = {**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{tmp_path}"}
@@ -347,6 +362,33 @@ def test_a_stop_signal_to_worker_once_stops_it_gracefully_exit_0_not_interrupted
                                                    "state": "queued", "error_code": "WORKER_STOPPED", "details": {},
                                                    "warnings": [], "recovered": []}
     assert "INTERRUPTED" not in out + err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("once", [True, False], ids=["once", "looping"])
+def test_a_stop_signal_while_the_worker_imports_its_handler_modules_is_a_stop_before_its_first_claim(
+        env, orch, tmp_path: Path, signum: int, once: bool) -> None:
+    """Not CONFIG_ERROR blaming the module (which the signal interrupted), nor INTERRUPTED: the worker's own stop,
+    before it claimed anything (README, exit codes 0 and 75)."""
+    started = tmp_path / "importing"
+    (tmp_path / "slowimp.py").write_text(f"import pathlib, time\npathlib.Path({str(started)!r}).write_text('')\n"
+                                         "time.sleep(30)\n")
+    job = orch.submit("t.echo", "x")
+    proc = start_worker({**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{tmp_path}"}, "--import", "slowimp",
+                        "--json", *(["--once"] if once else []))
+    try:
+        wait_until(started.exists, what="the module's import to start")
+        proc.send_signal(signum)
+        code, out, err = finish(proc)
+    finally:
+        stop(proc)
+    line = json.loads(out)
+    if once:
+        assert (code, line) == (75, {"ran": False, "worker_id": line["worker_id"], "stopped": True, "recovered": []})
+    else:
+        assert (code, line["event"], line["jobs_run"]) == (0, "worker_stopped", 0), (out, err)
+    assert "Traceback" not in err and "CONFIG_ERROR" not in out + err and "INTERRUPTED" not in out + err
+    assert [r["type"] for r in records(orch, job)] == ["job_submitted"]
 
 
 def test_sigterm_past_the_grace_period_kills_the_run_and_hands_the_job_back(env, orch, tmp_path: Path) -> None:
