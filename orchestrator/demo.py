@@ -18,13 +18,15 @@ import sys
 from pathlib import Path
 
 from orchestrator import Orchestrator
+from orchestrator.config import Settings
+from orchestrator.errors import ConfigError
 from orchestrator.integrity import verify_project
 
 PROJECT = "demo"
 MARKER = ".made-by-orchestrator-demo"  # in the project folder: the demo may replace this project, and no other
 AWAY = f".{PROJECT}.replaced-"  # BASE_PATH/.demo.replaced-<hex>: a demo project being removed
 NEXT_STEPS = "== what you can do next (paste into a shell in this folder)"
-EXIT_REFUSED = 3  # as the CLI's INVALID_INPUT; a usage error is argparse's exit 2, as click's
+EXIT_REFUSED = 3  # as the CLI's INVALID_INPUT and CONFIG_ERROR; a usage error is argparse's exit 2, as click's
 
 
 def say(text: str) -> None:
@@ -63,7 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("base_path", nargs="?", default="demo-base", metavar="BASE_PATH",
                         help="folder to hold the demo project (default: ./demo-base; the environment's BASE_PATH "
                              "is not used)")
-    base = Path(parser.parse_args(sys.argv[1:] if argv is None else argv).base_path).resolve()
+    given = parser.parse_args(sys.argv[1:] if argv is None else argv).base_path
+    try:  # the check of every command's base path: not empty (Path("") is the current folder), a path a folder
+        # can be at, not too long, no loop of symbolic links
+        base = Settings.load(given, PROJECT, env={}, store_url="file").base_path
+    except ConfigError as exc:
+        print(f"error[{exc.code}]: {exc.message}", file=sys.stderr)
+        return EXIT_REFUSED
     refused = _fresh_project(base)
     if refused:
         print(f"error: {refused}", file=sys.stderr)

@@ -286,16 +286,16 @@ def _measure(samples: int, seed: int, base_path: str | None, project: str, delet
 
     tmp = None
     made: list[Path] = []
-    base = Path(base_path) if base_path is not None else None  # None: a temporary folder, made below
-    if base is None and not delete:
-        base = Path(DEFAULT_BASE_PATH)
+    given = DEFAULT_BASE_PATH if base_path is None and not delete else base_path  # None: a temporary folder
+    base: Path | None = None
     try:
         with STOP.deferred():  # what is made here is known to the cleanup below before a stop can cut in
-            if base is None:
+            if given is None:
                 tmp = tempfile.mkdtemp(prefix="orch-bench-")
                 base = Path(tmp)
             else:
-                made = make_base_path(base, project)
+                made = make_base_path(given, project)  # "" refused there: Path("") would be the current folder
+                base = Path(given)
         if made and progress:
             progress(f"made --base-path {base} (it did not exist)"
                      + ("; this scratch run removes it again" if delete else ""))
@@ -317,10 +317,11 @@ def _measure(samples: int, seed: int, base_path: str | None, project: str, delet
     return rows, result
 
 
-def make_base_path(base: Path, project: str) -> list[Path]:
-    """Make ``base`` with its missing parents, as any command that writes does: a path the settings refuse is
-    ``ConfigError`` (exit 3), one that cannot be made ``StorageError`` (exit 10), as for a ``submit``, and before the
-    scratch keyring below it is read. The folders made, deepest first (a scratch run removes them again)."""
+def make_base_path(base: str | Path, project: str) -> list[Path]:
+    """Make ``base`` with its missing parents, as any command that writes does: a path the settings refuse (one given
+    empty too) is ``ConfigError`` (exit 3), one that cannot be made ``StorageError`` (exit 10), as for a ``submit``,
+    and before the scratch keyring below it is read. The folders made, deepest first (a scratch run removes them
+    again)."""
     from orchestrator import config
     from orchestrator.store.files import make_folder
 

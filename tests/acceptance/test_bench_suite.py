@@ -369,7 +369,8 @@ def test_a_kept_project_without_a_base_path_is_kept_where_the_other_commands_loo
     ("file/x", "CONFIG_ERROR", 3),  # a file where a folder belongs (a typo: STORAGE_ERROR said to restore a backup)
     ("loop/x", "CONFIG_ERROR", 3),  # a loop of symbolic links (a traceback from every command before)
     ("x" * 300 + "/y", "CONFIG_ERROR", 3),  # a name too long for the file system (idem)
-], ids=["under-a-file", "link-loop", "name-too-long"])
+    ("", "CONFIG_ERROR", 3),  # given empty: the benchmark took it for the current folder, and measured there
+], ids=["under-a-file", "link-loop", "name-too-long", "empty"])
 def test_a_base_path_that_cannot_be_used_is_the_same_error_for_the_benchmark_as_for_submit(
         tmp_path: Path, cli_env, where: str, code: str, exit_code: int) -> None:
     (tmp_path / "file").write_text("")
@@ -378,8 +379,8 @@ def test_a_base_path_that_cannot_be_used_is_the_same_error_for_the_benchmark_as_
     for script, args in (("bench_terminal_latency", ("--samples", "1")), ("submit", ("--kind", "k", "--input", "1")),
                          ("status", ("--all",))):
         proc = subprocess.run([sys.executable, str(REPO / "scripts" / f"{script}.py"), *args, "--base-path",
-                               str(tmp_path / where), "--json"], env=cli_env, capture_output=True, text=True,
-                              timeout=120, cwd=tmp_path)
+                               str(tmp_path / where) if where else "", "--json"], env=cli_env, capture_output=True,
+                              text=True, timeout=120, cwd=tmp_path)
         assert proc.returncode == exit_code and "Traceback" not in proc.stderr, (script, proc.stderr[-3000:])
         assert json.loads(proc.stdout)["error"] == code, script
     assert sorted(tmp_path.iterdir()) == before  # nothing made

@@ -89,8 +89,23 @@ def test_demo_refuses_a_link_or_a_file_in_its_projects_place_or_as_its_folder_wi
     assert (made / "demo" / ".orchestrator").is_dir()  # the demo a link pointed at was left alone
     (tmp_path / "a-file").write_text("x")
     not_a_folder = run_demo(cli_env, tmp_path, str(tmp_path / "a-file"))
-    assert not_a_folder.returncode == 3 and "cannot make the demo project" in not_a_folder.stderr
+    assert not_a_folder.returncode == 3 and "a-file is not a folder" in not_a_folder.stderr
     assert "Traceback" not in not_a_folder.stderr
+
+
+@pytest.mark.parametrize("given, said", [
+    ("", "must not be empty"),  # was the current folder, where the demo then made its project
+    ("loop", "cannot be used: a loop of symbolic links"),  # a traceback, exit 1, before
+    ("n" * 300, "cannot be used: File name too long"),  # idem
+], ids=["empty", "link-loop", "name-too-long"])
+def test_demo_refuses_a_base_path_no_folder_can_be_at_as_every_command_does(
+        cli_env: dict[str, str], tmp_path: Path, given: str, said: str) -> None:
+    (tmp_path / "loop").symlink_to("loop")
+    before = sorted(tmp_path.iterdir())
+    refused = run_demo(cli_env, tmp_path, given)
+    assert (refused.returncode, refused.stdout) == (3, ""), refused.stderr[-3000:]
+    assert refused.stderr.startswith("error[CONFIG_ERROR]: ") and said in refused.stderr
+    assert sorted(tmp_path.iterdir()) == before  # nothing made
 
 
 @pytest.mark.parametrize("where", ["a checkout", "any other folder"])
