@@ -23,3 +23,12 @@ def test_the_report_table_names_every_figure() -> None:
 
     fake = {"fsync": {"acknowledged_anyway": 1, "lines_kept": 0, "verify_failures_after": 0}}
     assert rows(fake) == [("failed fsync acknowledged anyway / lines left", "1 / 0", "0 / 0", False)]
+
+
+def test_a_part_the_report_does_not_have_is_a_usage_error_naming_the_parts() -> None:
+    """``--only tampr`` ran nothing and printed an empty table, "all met" and exit 0."""
+    for args in (["--only", "tampr"], ["--only", "fsync", "--only", "crash,tamper"]):
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / "reliability_report.py"), "--quick", *args],
+                              capture_output=True, text=True, timeout=120)
+        assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
+        assert f"invalid choice: {args[-1]!r}" in proc.stderr and "'double_crash'" in proc.stderr
