@@ -73,9 +73,15 @@ def _ms(value: float | None) -> str:
 
 
 def read_suite(path: str) -> Suite | None:
-    """The suite in ``path``, or None when it is not a full one (a workload or a peer left out, a smaller scale)."""
-    with open(path, encoding="utf-8") as f:
-        results = json.load(f)
+    """The suite in ``path``, or None when it is not a full one (a workload or a peer left out, a smaller scale). A
+    file that cannot be read as JSON (none there, a folder, not JSON) is a ``ValueError`` naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, not JSON
+        raise ValueError(f"cannot read {path} as a suite's JSON: {getattr(exc, 'strerror', None) or exc}") from None
+    if not isinstance(results, dict):  # JSON, but no suite's
+        return None
     systems = results.get("systems") or {}
     ours = systems.get("ours") or {}
     scale = results.get("scale") or {}
@@ -143,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
                              f"suite: --since '{REFERENCE_SUITE}')")
     args = parser.parse_args(argv)
     paths = args.files or sorted(glob.glob(DEFAULT_GLOB))
-    suites = [suite for suite in read_suites(paths) if args.since is None or suite.started >= args.since]
+    try:
+        found = read_suites(paths)
+    except ValueError as exc:  # a file named that is not a suite's JSON: a usage error (exit 2), not a traceback
+        parser.error(str(exc))
+    suites = [suite for suite in found if args.since is None or suite.started >= args.since]
     if not suites:
         print(f"no full suite among {len(paths)} file(s)" + (f" since {args.since}" if args.since else ""),
               file=sys.stderr)

@@ -144,6 +144,20 @@ def test_no_full_suite_is_exit_1_and_a_bad_since_a_usage_error(tmp_path: Path,
     assert stopped.value.code == 2 and "is not a time written 'YYYY-MM-DD HH:MM'" in capsys.readouterr().err
 
 
+def test_a_file_that_is_no_suites_json_is_a_usage_error_naming_it(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing file, a folder or a file that is not JSON was a traceback (exit 1)."""
+    (tmp_path / "notes.md").write_text("# not JSON\n", encoding="utf-8")
+    (tmp_path / "list.json").write_text("[1, 2]", encoding="utf-8")
+    for name, reason in (("missing.json", "No such file or directory"), (".", "Is a directory"),
+                         ("notes.md", "Expecting value")):
+        with pytest.raises(SystemExit) as stopped:
+            suites.main([str(tmp_path / "list.json"), str(tmp_path / name)])
+        assert stopped.value.code == 2
+        assert f"cannot read {tmp_path / name} as a suite's JSON: {reason}" in capsys.readouterr().err
+    assert suites.main([str(tmp_path / "list.json")]) == 1  # JSON, but no suite's: no full suite among them
+
+
 def test_a_suite_records_the_commit_it_measured_and_whether_the_code_differed_from_it() -> None:
     from bench.common import code_revision
 
