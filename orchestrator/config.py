@@ -72,9 +72,7 @@ class Settings:
         # project. An empty environment variable means unset (as click reads one).
         if base_path is not None and not os.fspath(base_path):
             raise ConfigError("base_path / --base-path must not be empty (leave it out for BASE_PATH or the default)")
-        if store_url == "":
-            raise ConfigError("--store / store_url must not be empty: 'file' or a postgresql:// URL "
-                              "(leave it out for ORCH_STORE_URL or the file store)")
+        store = store_named(store_url, env)
         try:
             base = Path(base_path if base_path is not None else env.get("BASE_PATH") or DEFAULT_BASE_PATH).expanduser()
         except TypeError:  # an os.PathLike whose path is bytes
@@ -93,14 +91,11 @@ class Settings:
         except (OSError, RuntimeError) as exc:  # a name too long, a loop of links (RuntimeError from resolve)
             reason = getattr(exc, "strerror", None) or "a loop of symbolic links"
             raise ConfigError(f"BASE_PATH {base} cannot be used: {reason}") from None
-        store = store_url or env.get("ORCH_STORE_URL") or None
-        if store and store != "file" and not store.startswith(("postgresql://", "postgres://")):
-            raise ConfigError("ORCH_STORE_URL / --store must be 'file' or a postgresql:// URL")
         strict = env.get("ORCH_STRICT_READS", "").strip().lower()
         if strict not in ("", "0", "1", "false", "true", "no", "yes", "off", "on"):
             raise ConfigError(f"ORCH_STRICT_READS must be 1 or 0 (true/false, yes/no, on/off), not {strict!r}")
         deadline = _seconds(env, "ORCH_PG_DEADLINE_SECONDS", DEFAULT_PG_DEADLINE_SECONDS)
-        return cls(base_path=resolved, project_id=project, store_url=None if store == "file" else store,
+        return cls(base_path=resolved, project_id=project, store_url=store,
                    strict_reads=strict in ("1", "true", "yes", "on"), pg_deadline_seconds=deadline)
 
     @property
@@ -110,6 +105,18 @@ class Settings:
     @property
     def state_dir(self) -> Path:
         return self.project_dir / STATE_DIR
+
+
+def store_named(store_url: str | None, env: Mapping[str, str]) -> str | None:
+    """The store ``store_url`` (``--store``) names, else ``ORCH_STORE_URL`` (empty: unset): None for files, else a
+    postgresql:// URL. ``store_url`` given empty, or a value that is neither, is ``ConfigError``."""
+    if store_url == "":
+        raise ConfigError("--store / store_url must not be empty: 'file' or a postgresql:// URL "
+                          "(leave it out for ORCH_STORE_URL or the file store)")
+    store = store_url or env.get("ORCH_STORE_URL") or "file"
+    if store != "file" and not store.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("ORCH_STORE_URL / --store must be 'file' or a postgresql:// URL")
+    return None if store == "file" else store
 
 
 def _file_above(path: Path) -> Path | None:

@@ -1,9 +1,12 @@
 """``orchestrator db``: the PostgreSQL schema (``db migrate``, ``db status``)."""
 from __future__ import annotations
 
+import os
+
 import click
 
 from orchestrator.cli import CONTEXT, Output, cli, reported_errors, store_option
+from orchestrator.config import store_named
 from orchestrator.errors import ConfigError
 
 
@@ -13,11 +16,12 @@ def db() -> None:
 
 
 def _url(store_url: str | None) -> str:
-    from orchestrator.store.pg_connection import is_postgres_url
-
-    if not is_postgres_url(store_url):
+    """The database ``--store`` (or ``ORCH_STORE_URL``) names; a value every command refuses (empty, neither
+    'file' nor a postgresql:// URL) is refused as they refuse it, not taken for the file backend."""
+    url = store_named(store_url, os.environ)
+    if url is None:
         raise ConfigError("give --store postgresql://... (or set ORCH_STORE_URL); the file backend has no schema")
-    return store_url  # type: ignore[return-value]
+    return url
 
 
 def _span(seconds: float) -> str:

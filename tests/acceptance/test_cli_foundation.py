@@ -137,6 +137,25 @@ def test_an_empty_project_base_path_or_store_on_the_command_line_is_refused_not_
     assert run_script("submit", "--kind", "k", env={**env, "PROJECT_ID": ""}).returncode == 0
 
 
+@pytest.mark.parametrize("store, said", [("", "--store / store_url must not be empty"),
+                                         ("bogus", "ORCH_STORE_URL / --store must be 'file' or a postgresql:// URL")])
+@pytest.mark.parametrize("command", [["db", "status"], ["db", "migrate"], ["status", "--all"]])
+def test_a_store_that_is_neither_file_nor_a_postgresql_url_is_refused_alike_by_every_command(
+        cli_env: dict[str, str], command: list[str], store: str, said: str) -> None:
+    """``db`` said "the file backend has no schema" of them, as if 'file' had been given."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    for how, env in (("option", cli_env), ("environment", {**cli_env, "ORCH_STORE_URL": store})):
+        if how == "environment" and not store:
+            continue  # an empty variable is unset, as click reads one
+        args = [*command, *(["--store", store] if how == "option" else []), "--json"]
+        result = CliRunner().invoke(cli, args, env=env)
+        error = json.loads(result.stdout)
+        assert (result.exit_code, error["error"]) == (3, "CONFIG_ERROR") and error["message"].startswith(said), how
+
+
 def test_usage_errors_exit_2(cli_env: dict[str, str]) -> None:
     assert run_script("submit", "--input", "{}", env=cli_env).returncode == 2  # --kind missing
     assert run_script("status", "--token", "x", env=cli_env).returncode == 2
