@@ -24,7 +24,7 @@ from orchestrator.store.base import AUDIT_STREAM, Head, StoredLine
 # Problem codes, each a different way a history can be damaged.
 CORRUPT_LINE = "CORRUPT_LINE"  # not JSON, not an object, or not in canonical form
 UNSUPPORTED_VERSION = "UNSUPPORTED_VERSION"
-SEQUENCE_MISMATCH = "SEQUENCE_MISMATCH"  # line deleted, duplicated, inserted or reordered
+SEQUENCE_MISMATCH = "SEQUENCE_MISMATCH"  # line deleted, duplicated, inserted, reordered or renumbered
 CHAIN_BROKEN = "CHAIN_BROKEN"  # prev is not the hash of the line before
 WRONG_STREAM = "WRONG_STREAM"  # a line from another job spliced in
 TRUNCATED = "TRUNCATED"  # the file is shorter than its head record says
@@ -182,6 +182,8 @@ def _check_line(stream: str, stored: StoredLine, expected_prev: str, keyring: Ke
         return UNSUPPORTED_VERSION, f"format version {shown(version)} is not {FORMAT_VERSION}", rec
     if type(seq) is not int or seq != stored.seq:
         return SEQUENCE_MISMATCH, f"seq {shown(rec.get('seq'))} stands at line {stored.seq}", rec
+    if stored.row is not None:  # the line is in its place, its row numbered otherwise: appends would go by that number
+        return SEQUENCE_MISMATCH, f"line {stored.seq} is stored as number {stored.row} (renumbered by hand)", rec
     if rec.get("prev") != expected_prev:
         return CHAIN_BROKEN, "prev is not the hash of the line before", rec
     if stream != AUDIT_STREAM and rec.get("job_id") != stream:

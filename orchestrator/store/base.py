@@ -37,10 +37,13 @@ class Head:
 
 @dataclass(frozen=True, slots=True)
 class StoredLine:
-    """One complete line as stored: its 1-based position and its bytes without the newline."""
+    """One complete line as stored: its 1-based position and its bytes without the newline. ``row``: the number a store
+    that numbers its lines apart from their order (PostgreSQL's ``orch_events.seq``) holds this one under, where
+    that is not its position (renumbered by hand: ``verify_stream`` reports it); None where they agree, and on files."""
 
     seq: int
     raw: bytes
+    row: int | None = None
 
 
 Builder = Callable[[Head], Sequence[bytes]]

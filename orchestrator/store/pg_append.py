@@ -14,8 +14,10 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator import faults
-from orchestrator.errors import ConcurrencyError, StorageError
+from orchestrator.errors import ConcurrencyError, IntegrityError, StorageError
+from orchestrator.history import SEQUENCE_MISMATCH, Problem
 from orchestrator.security import validate_id
+from orchestrator.signing import line_seq
 from orchestrator.store.base import AUDIT_STREAM, AUX_KEY_LENGTH, AuxWrites, Builder, EventStore, Head, InTransaction
 from orchestrator.store.pg_connection import _driver
 
@@ -48,13 +50,15 @@ def _send_lock_head(store: PostgresStore, conn: Any, stream: str) -> tuple[Any, 
 def _locked_head(stream: str, sent: tuple[Any, Any]) -> tuple[Head, bool]:
     """The head an append to ``stream`` follows, from ``_send_lock_head``'s answers: the last row ``orch_events``
     holds (the events are the truth; ``orch_streams`` is a derived index), and whether the stream's row says the
-    same. A row missing (deleted by hand: created again at 0), behind, ahead or naming another last line is rebuilt
+    same. A last row numbered otherwise than its line says is refused (``_refuse_renumbered``). A row of
+    ``orch_streams`` missing (deleted by hand: created again at 0), behind, ahead or naming another last line is rebuilt
     by the append (``_REINDEX``); until 2026-12-06 the head was the row's, so a job whose row was deleted or set
     back got ``CONCURRENT_APPEND`` at every append, and an audit entry was written after a last row deleted by hand
     (``audit.refuse_cut`` compared the log's head record with the row, not with what the log holds)."""
     row_seq, row_hash = sent[0].fetchone()
     last = sent[1].fetchone()
     head = Head(last[0], bytes(last[1])) if last is not None else Head(0, b"")
+    _refuse_renumbered(stream, head)
     agrees = row_seq == head.seq and bytes(row_hash) == hashlib.sha256(head.last_line).digest()  # b"": the empty row's
     if not agrees:
         log.warning("%s: its row in orch_streams (%d events) does not agree with orch_events (%d events, or another "
@@ -62,6 +66,20 @@ def _locked_head(stream: str, sent: tuple[Any, Any]) -> tuple[Head, bool]:
                     "docs/postgres.md)", stream, row_seq, head.seq,
                     extra={"stream": stream, "row_seq": row_seq, "events_seq": head.seq})
     return head, agrees
+
+
+def _refuse_renumbered(stream: str, head: Head) -> None:
+    """Raise ``IntegrityError`` when the last row's ``seq`` is not the number its line says (``line_seq``): a row
+    renumbered by hand, so new lines would be numbered after a number the stream does not hold (a read numbers lines
+    by position, and reports such a row: ``postgres._numbered``). Until 2026-12-06 the audit log's next entry was
+    written so, and the log failed ``verify`` for good. A line that says no number is left to ``verify``."""
+    said = line_seq(head.last_line) if head.seq else None
+    if said is not None and said != head.seq:
+        problem = Problem(stream, head.seq, SEQUENCE_MISMATCH, f"the last row of orch_events is numbered {head.seq}, "
+                          f"its line says {said}: a row was renumbered by hand")
+        raise IntegrityError(f"{stream}: nothing was written: {problem.message}. Keep the store as it is and run "
+                             "`orchestrator verify`; restore the stream from a backup (docs/runbook.md, section E)",
+                             problems=[problem.to_dict()])
 
 
 def _reindex(store: PostgresStore, conn: Any, stream: str, head: Head) -> None:

@@ -126,6 +126,17 @@ def _sent_lines(chunk: list[Any]) -> tuple[list[Any], bool, int]:
     return chunk, False, longest
 
 
+def _numbered(rows: list[Any], first: int) -> list[StoredLine]:
+    """Rows (seq, line, ...) as lines numbered by position from ``first``, as in a file: a deleted row shows up as a
+    sequence mismatch in verification instead of closing the gap. A row whose ``seq`` is not its position (renumbered
+    by hand, its line in place: an append would follow that number) carries it (``StoredLine.row``), which verification
+    reports as one too; until 2026-12-06 such a row passed ``verify``, then appends wrote lines numbered after it.
+    Rows come in ``seq`` order, so they are numbered ``first``, ``first + 1``, ... when the first and last are."""
+    if not rows or (rows[0][0] == first and rows[-1][0] == first + len(rows) - 1):
+        return [StoredLine(i, bytes(r[1])) for i, r in enumerate(rows, first)]
+    return [StoredLine(i, bytes(r[1]), None if r[0] == i else r[0]) for i, r in enumerate(rows, first)]
+
+
 class PostgresStore(EventStore):
     """One project's streams in a PostgreSQL database (schema from ``orchestrator db migrate``)."""
 
@@ -296,11 +307,10 @@ class PostgresStore(EventStore):
                                         in_transaction=in_transaction, expected_last=expected_last)
 
     def read(self, stream: str, from_seq: int = 1) -> list[StoredLine]:
-        """Lines in chunks (``_chunked``). Lines are numbered by position, as in a file: a deleted row shows
-        up as a sequence mismatch in verification instead of closing the gap."""
+        """Lines in chunks (``_chunked``), numbered as ``_numbered`` says."""
         self._check_stream(stream)
         rows = self._chunked(_READ_LINES, (self.project, stream), after=from_seq - 1, lines=True)
-        return [StoredLine(i, bytes(r[1])) for i, r in enumerate(rows, max(from_seq, 1))]
+        return _numbered(rows, max(from_seq, 1))
 
     def first_line(self, stream: str) -> bytes | None:
         """One row, the stream's lowest ``seq`` (line 1, lines being numbered by position); a line longer than
@@ -334,7 +344,7 @@ class PostgresStore(EventStore):
         if cut or full:
             lines += self._chunked(_READ_LINES, (self.project, stream), after=lines[-1][0] if lines else 0,
                                    lines=True, longest=longest)
-        return [StoredLine(i, bytes(r[1])) for i, r in enumerate(lines, 1)]
+        return _numbered(lines, 1)
 
     def _chunked(self, sql: str, params: tuple[Any, ...], after: Any, lines: bool = False,
                  longest: int | None = None) -> list[Any]:

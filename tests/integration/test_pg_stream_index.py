@@ -155,3 +155,66 @@ def test_no_audit_entry_is_written_over_an_audit_log_whose_last_row_alone_was_de
         audit_log.record(pg, job_id=third, action="run_refused", actor="w", note="four")
     assert pg.store.read(AUDIT_STREAM) == kept and row(pg, AUDIT_STREAM)[0] == 2  # nothing written, the row as left
     assert [p.code for p in verify_project(pg).problems] == ["TRUNCATED"]
+
+
+def renumber(orch: Orchestrator, stream: str, seq: int, to: int) -> list[Any]:
+    """Row ``seq`` of ``stream`` numbered ``to``, its line untouched (an UPDATE of the ``seq`` column alone); the
+    stream's rows (seq, line) after."""
+    sql(orch, "UPDATE orch_events SET seq = %(a2)s WHERE project = %(p)s AND stream = %(a0)s AND seq = %(a1)s",
+        stream, seq, to)
+    return events(orch, stream)
+
+
+def events(orch: Orchestrator, stream: str) -> list[Any]:
+    return sql(orch, "SELECT seq, line FROM orch_events WHERE project = %(p)s AND stream = %(a0)s ORDER BY seq", stream)
+
+
+def test_an_audit_row_renumbered_by_hand_fails_verify_and_no_entry_is_written_after_it(pg: Orchestrator) -> None:
+    """Its line stood in its place, so verify passed (lines were numbered by position), and the next entry was sealed
+    after the row's number: seq 5 written as line 3, the log failed verify for good, and every later action appended
+    to it (docs/format.md: "No entry or event is appended over that evidence")."""
+    from orchestrator import audit as audit_log
+
+    first, second, third = (pg.submit("t.si.ask", i) for i in range(3))
+    pg.cancel(first, "one")
+    pg.cancel(second, "two")
+    rows = renumber(pg, AUDIT_STREAM, 2, 4)
+    [problem] = verify_project(pg).problems
+    assert (problem.stream, problem.line, problem.code) == (AUDIT_STREAM, 2, "SEQUENCE_MISMATCH")
+    assert "stored as number 4" in problem.message
+    with pytest.raises(IntegrityError, match="renumbered by hand") as refused:
+        pg.cancel(third, "three")
+    assert refused.value.exit_code == 7 and refused.value.details["problems"][0]["code"] == "SEQUENCE_MISMATCH"
+    assert pg.status(third).state == "cancelled"  # the event commits first, on its own (docs/postgres.md)
+    with pytest.raises(IntegrityError, match="renumbered by hand"):
+        audit_log.record(pg, job_id=third, action="run_refused", actor="w", note="four")
+    assert events(pg, AUDIT_STREAM) == rows  # nothing written
+    assert [p.code for p in verify_project(pg).problems] == ["SEQUENCE_MISMATCH"]
+
+
+@pytest.mark.parametrize("to", [2, 9])
+def test_a_job_row_renumbered_by_hand_fails_verify_and_the_job_is_neither_run_nor_changed(
+        pg: Orchestrator, to: int) -> None:
+    """Line 1 in its place, its row numbered 2 (where the next event goes: every append was CONCURRENT_APPEND, exit 6,
+    the job queued for ever) or 9 (a worker ran it, writing rows 2 and 3 before it, and the job was lost)."""
+    job = pg.submit("t.si.ask", 1)
+    rows = renumber(pg, job, 1, to)
+    [problem] = verify_project(pg).problems
+    assert (problem.stream, problem.line, problem.code) == (job, 1, "SEQUENCE_MISMATCH")
+    assert pg.status(job).integrity_error is not None
+    assert pg.worker(worker_id="w", lease_seconds=30).run(max_jobs=1, idle_exit=True) == 0
+    with pytest.raises(IntegrityError, match=f"stored as number {to}"):
+        pg.cancel(job, "stop")
+    assert events(pg, job) == rows
+
+
+def test_a_locked_append_after_a_last_row_renumbered_by_hand_writes_nothing(pg: Orchestrator) -> None:
+    """The store's own check, for an intruder who renumbered the row in orch_streams too (so the two agree): an append
+    that finds its head under the lock (``pg_append._locked_head``) is refused, whoever calls it."""
+    job = pg.submit("t.si.ask", 1)
+    rows = renumber(pg, job, 1, 3)
+    sql(pg, "UPDATE orch_streams SET seq = 3 WHERE project = %(p)s AND stream = %(a0)s", job)
+    with pytest.raises(IntegrityError, match="numbered 3, its line says 1"):
+        pg.store.append(job, lambda head: [b"{}"])
+    assert events(pg, job) == rows and row(pg, job)[0] == 3
+

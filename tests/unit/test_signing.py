@@ -34,6 +34,17 @@ def test_a_sealed_record_verifies_and_any_change_breaks_it(keyring: Keyring) -> 
     assert keyring.check({k: v for k, v in rec.items() if k != "sig"}) == "SIGNATURE_MISSING"
 
 
+def test_the_seq_a_line_says_is_found_from_its_end_whatever_its_data_holds(keyring: Keyring) -> None:
+    """``line_seq`` (PostgreSQL's locked append compares it with the last row's number) reads no more than the end of
+    a line: a ``seq`` key inside its data, or its text, is not the record's."""
+    from orchestrator.signing import line_seq
+
+    data = {"seq": 99, "list": [{"seq": 98}], "text": ',"seq":97,', "big": "x" * 100_000}
+    line = keyring.seal({"job_id": "J", "type": "t", "ts": "2026", "data": data, "prev": "p", "seq": 7, "v": 1})
+    assert line_seq(line) == 7
+    assert line_seq(b"not json") is None and line_seq(b'{"kid":"k","seq":"7","v":1}') is None  # no number: None
+
+
 def test_a_signature_verifies_only_as_the_one_text_that_encodes_it(keyring: Keyring) -> None:
     """Another text of the same 64 bytes (the last character's spare bits, ``=`` padding, the standard alphabet)
     changed a line's bytes and its signature still verified: only the line after it, or the head record, noticed."""
