@@ -1,11 +1,11 @@
 """A derived per-job summary cache, so project-wide figures never replay every job.
 
 One row per job, computed by replaying that job's verified events, stored with the
-*fingerprint* of the job's events file (size and mtime in nanoseconds on the file backend;
-the event count elsewhere: ``EventStore.fingerprints``). A refresh lists the fingerprints (on files
-one directory listing and one ``stat`` per file, on PostgreSQL every stream's head; no job is read) and
-replays only the jobs whose fingerprint
-changed or that have no row, and the rows whose verification a change of the trusted keys may change. An append
+*fingerprint* of the job's events file (size and mtime in nanoseconds on the file backend; on PostgreSQL the
+event count and the count of hand edits of its rows; the event count elsewhere: ``EventStore.fingerprints``). A
+refresh lists the fingerprints (on files one directory listing and one ``stat`` per file, on PostgreSQL every
+stream's row of ``orch_streams``; no job is read) and replays only the jobs whose fingerprint changed or that have
+no row, and the rows whose verification a change of the trusted keys may change. An append
 always grows its file, and the mtime also catches a file rewritten to the same size. Only a cut (a torn tail
 repaired, a failed append cut back) followed by an append of exactly as many bytes, all within one tick of the
 file system's clock, and with a refresh's listing and read on either side of the cut, brings a changed file

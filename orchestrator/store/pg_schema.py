@@ -147,12 +147,13 @@ def migrate(url: str) -> dict[str, Any]:
 
 
 # Every table that holds rows of a project (a ``project`` column), for ``delete_project``.
-PROJECT_TABLES = ("orch_events", "orch_streams", "orch_aux", "orch_ready", "orch_running")
+PROJECT_TABLES = ("orch_streams", "orch_events", "orch_aux", "orch_ready", "orch_running")
 
 
 def delete_project(url: str, project: str) -> None:
     """Delete every row of ``project``, one table after another (not one transaction: for scratch projects of tests
-    and benchmarks, which nothing else uses meanwhile; no command offers it, a history is never deleted)."""
+    and benchmarks, which nothing else uses meanwhile; no command offers it, a history is never deleted). The streams'
+    rows go first, so the events' deletion has no row to count it in (migration 0006)."""
     conn = connect(url, autocommit=True)
     try:
         for table in PROJECT_TABLES:

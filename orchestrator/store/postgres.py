@@ -89,8 +89,8 @@ _READ_LINES = ("SELECT seq, CASE WHEN octet_length(line) <= %s THEN line END, oc
 # One slice of a line too long for a chunk: ``substring`` of a ``bytea`` counts bytes, from 1
 _READ_SLICE = ("SELECT substring(line FROM %s FOR %s), octet_length(line) FROM orch_events "
                "WHERE project = %s AND stream = %s AND seq = %s")
-_JOB_HEADS = ("SELECT stream, seq FROM orch_streams WHERE project = %s AND seq > 0 AND stream <> %s AND stream > %s "
-              "ORDER BY stream LIMIT %s")
+_JOB_HEADS = ("SELECT stream, seq, edits FROM orch_streams WHERE project = %s AND seq > 0 AND stream <> %s "
+              "AND stream > %s ORDER BY stream LIMIT %s")
 # Every job stream holding a line, from ``orch_events`` itself (``job_ids``), in stream order: an index-only scan of
 # its primary key, every event's entry read once (~0.5 us each here: 100,000 jobs of 5 events 0.24 s, against 0.12 s
 # from orch_streams). A loose index scan (a recursive CTE, one probe per stream) took 2.1 s: cheaper only from ~40
@@ -418,13 +418,15 @@ class PostgresStore(EventStore):
         return {r[0]: (r[1], bytes(r[2])) for r in rows}
 
     def fingerprints(self) -> tuple[list[str], "array[int]", "array[int]"]:
-        """See ``EventStore.fingerprints``: every job stream's head (its line count; the second number 0), from
-        ``orch_streams`` in id order, ``READ_CHUNK_ROWS`` per round trip; no job's lines are read. (Until 2026-12-02
-        the jobs cache read every job whole for its count: a warm ``metrics`` of 2,000 jobs took ~0.47 s.) A job whose
-        row is missing (deleted by hand; its next append makes it again) is not listed here: the jobs cache finds it by
-        its head record (``Orchestrator.removed_jobs(..., unindexed=True)``)."""
+        """See ``EventStore.fingerprints``: every job stream's head (its line count) and the count of hand edits of its
+        events (``edits``, counted by migration 0006's triggers: a row deleted, rewritten or renumbered by hand leaves
+        the head as it was, and until 2026-12-06 the jobs cache kept the job's row from before), from ``orch_streams``
+        in id order, ``READ_CHUNK_ROWS`` per round trip; no job's lines are read. (Until 2026-12-02 the jobs cache
+        read every job whole for its count: a warm ``metrics`` of 2,000 jobs took ~0.47 s.) A job whose row is missing
+        (deleted by hand; its next append makes it again) is not listed here: the jobs cache finds it by its head record
+        (``Orchestrator.removed_jobs(..., unindexed=True)``)."""
         rows = self._chunked(_JOB_HEADS, (self.project, AUDIT_STREAM), after="")
-        return [r[0] for r in rows], array("q", (r[1] for r in rows)), array("q", bytes(8 * len(rows)))
+        return [r[0] for r in rows], array("q", (r[1] for r in rows)), array("q", (r[2] for r in rows))
 
     def has_jobs(self) -> bool:
         return bool(self._run(lambda conn: conn.execute(

@@ -339,6 +339,32 @@ def test_db_status_of_a_schema_behind_exits_3_and_its_json_names_the_error(scrat
     assert result.exit_code == 0 and "error" not in json.loads(result.output)
 
 
+def test_streams_from_before_0006_count_no_edit_and_an_edit_of_their_events_by_hand_is_counted(scratch_db: str) -> None:
+    """Rows made before the migration count 0 (the jobs cache's fingerprints stay as they were, nothing is read again);
+    an UPDATE or DELETE of events counts one edit per statement in each stream it touched, an INSERT none (the
+    orchestrator's own appends)."""
+    apply_up_to(scratch_db, 5)
+    _on(scratch_db, "INSERT INTO orch_streams (project, stream, seq) VALUES ('p', 'a', 2), ('p', 'b', 1), "
+        "('q', 'a', 1)", "INSERT INTO orch_events VALUES ('p', 'a', 1, 'x'), ('p', 'a', 2, 'y'), ('p', 'b', 1, 'z'), "
+        "('q', 'a', 1, 'w')")
+    migrate(scratch_db)
+
+    def edits() -> list[tuple]:
+        conn = connect(scratch_db, autocommit=True)
+        try:
+            return conn.execute("SELECT project, stream, edits FROM orch_streams ORDER BY 1, 2").fetchall()
+        finally:
+            conn.close()
+
+    assert edits() == [("p", "a", 0), ("p", "b", 0), ("q", "a", 0)]
+    _on(scratch_db, "INSERT INTO orch_events VALUES ('p', 'b', 2, 'v')",
+        "UPDATE orch_events SET seq = seq + 10 WHERE project = 'p' AND stream = 'a'")
+    assert edits() == [("p", "a", 1), ("p", "b", 0), ("q", "a", 0)]
+    _on(scratch_db, "UPDATE orch_events SET stream = 'b', seq = 3 WHERE project = 'p' AND seq = 12",
+        "DELETE FROM orch_events WHERE project = 'p'")
+    assert edits() == [("p", "a", 3), ("p", "b", 2), ("q", "a", 0)]
+
+
 def _claim_a_newer_release_migrated(url: str) -> int:
     """The schema as a newer release leaves it: a version row this release does not know."""
     migrate(url)
@@ -468,6 +494,7 @@ def test_a_schema_taken_back_behind_while_a_store_runs_says_to_migrate_and_the_s
         index = PgQueueIndex(store)
         index.put_ready(ReadyEntry(0, 1, "J1", "k"))  # the store checked the schema: up to date
         _on(scratch_db, "DROP INDEX orch_ready_runnable, orch_ready_reserved", "ALTER TABLE orch_ready DROP COLUMN kind",
+            "DROP FUNCTION orch_count_event_edits CASCADE", "ALTER TABLE orch_streams DROP COLUMN edits",  # (0006)
             f"DELETE FROM {MIGRATIONS_TABLE} WHERE version >= 4")
         with pytest.raises(ConfigError) as refused:
             index.put_ready(ReadyEntry(0, 2, "J2", "k"))

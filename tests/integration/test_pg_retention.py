@@ -53,12 +53,13 @@ def test_the_retention_sql_of_the_docs_leaves_every_project_verifying(tmp_path: 
             orch.worker(lease_seconds=10).run_once()
             assert orch.status(job).state == "awaiting_audit"
             orch.approve(job)
-        before = verify_project(kept).to_dict()
+        before, fingerprints = verify_project(kept).to_dict(), kept_store.fingerprints()
         assert before["ok"] and verify_project(dropped).ok
 
         run_pasted(url, dropped_store.project, list(dropped_store.job_ids()))
 
         assert verify_project(kept).to_dict() == before  # the other project of the database: untouched
+        assert kept_store.fingerprints() == fingerprints  # its jobs cache too (no edit counted: migration 0006)
         again = TestPostgresStore(dropped_store.project)  # a new command on the dropped project
         try:
             report = verify_project(Orchestrator(base_path=tmp_path, project_id=again.project, store=again))

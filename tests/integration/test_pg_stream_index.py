@@ -218,3 +218,25 @@ def test_a_locked_append_after_a_last_row_renumbered_by_hand_writes_nothing(pg: 
         pg.store.append(job, lambda head: [b"{}"])
     assert events(pg, job) == rows and row(pg, job)[0] == 3
 
+
+@pytest.mark.parametrize("edit", ["deleted", "rewritten", "renumbered"])
+def test_metrics_and_a_state_listing_see_an_event_row_edited_by_hand_that_left_the_jobs_head_as_it_was(
+        pg: Orchestrator, edit: str) -> None:
+    """The jobs cache re-reads a job whose fingerprint changed; on PostgreSQL that was the head in orch_streams alone,
+    which a hand edit of orch_events leaves as it was: metrics said 0 integrity errors (``--fail-on critical`` exit 0)
+    where files say 1, until a ``--rebuild``. Migration 0006's triggers count such edits in the stream's row."""
+    job, other = pg.submit("t.si.ask", 1), pg.submit("t.si.ask", 2)
+    assert pg.worker(worker_id="w", lease_seconds=30).run(max_jobs=2, idle_exit=True) == 2
+    assert pg.metrics().integrity_errors == 0 and len(pg.jobs(states=["waiting_human"])) == 2  # the cache is warm
+    assert not any(pg.store.fingerprints()[2])  # nothing the orchestrator does is counted
+    last = len(pg.store.read(job))
+    if edit == "deleted":
+        sql(pg, "DELETE FROM orch_events WHERE project = %(p)s AND stream = %(a0)s AND seq = %(a1)s", job, last)
+    elif edit == "rewritten":
+        sql(pg, "UPDATE orch_events SET line = convert_to(replace(convert_from(line, 'UTF8'), 'a question', "
+            "'A question'), 'UTF8') WHERE project = %(p)s AND stream = %(a0)s AND seq = %(a1)s", job, last)
+    else:
+        renumber(pg, job, last, last + 1)
+    assert row(pg, job)[0] == last  # the head the cache compared with, as it was
+    assert pg.metrics().integrity_errors == 1
+    assert [s.job_id for s in pg.jobs(states=["waiting_human"]) if s.integrity_error is None] == [other]
