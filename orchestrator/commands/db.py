@@ -59,12 +59,13 @@ def db_migrate(store_url: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def db_status(store_url: str | None, as_json: bool) -> None:
     """Show the schema version of the database and the version this release needs (exit 3 if behind: CONFIG_ERROR,
-    or newer, migrated by a newer release: SCHEMA_TOO_NEW), and how far this machine's clock is from the server's,
-    by which every machine decides time on PostgreSQL."""
+    or newer, migrated by a newer release: SCHEMA_TOO_NEW, or a table or column of it missing: CONFIG_ERROR, changed
+    by hand), and how far this machine's clock is from the server's, by which every machine decides time on
+    PostgreSQL."""
     import psycopg
 
     from orchestrator.store.pg_clock import ServerClock
-    from orchestrator.store.pg_schema import current_version, latest_version, version_problem
+    from orchestrator.store.pg_schema import current_version, hand_changes, latest_version, version_problem
     from orchestrator.store.pg_connection import _storage_error, connect
 
     def action(out: Output) -> None:
@@ -72,14 +73,14 @@ def db_status(store_url: str | None, as_json: bool) -> None:
         server_clock = ServerClock(lambda: None)
         try:
             version = current_version(conn)
+            problem = version_problem(version) or hand_changes(conn)  # changed by hand: as every other command finds
             server_clock.take(conn)
-        except psycopg.Error as exc:  # the clock's sample: a connection lost after the version was read
+        except psycopg.Error as exc:  # a table the role may not read, or a connection lost after the version was read
             raise _storage_error(exc, conn) from None
         finally:
             conn.close()
         sample = server_clock.sample
         assert sample is not None and server_clock.offset is not None  # ``take`` keeps its first sample
-        problem = version_problem(version)
         data = {"version": version, "latest": latest_version(), "up_to_date": problem is None,
                 "clock_offset_s": round(server_clock.offset, 6), "clock_round_trip_s": round(sample.round_trip, 6)}
         if problem is not None:  # the figures and the verdict in one object, as metrics --fail-on gives them

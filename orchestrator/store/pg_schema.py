@@ -22,6 +22,9 @@ from orchestrator.store.pg_connection import _connection_lost, _storage_error, c
 log = logging.getLogger(__name__)
 
 MIGRATIONS_TABLE = "orch_schema_migrations"
+# (IF NOT EXISTS: releases before 2026-12-06 made it before the first migration, and left it empty when that failed)
+_CREATE_MIGRATIONS_TABLE = (f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (version integer PRIMARY KEY, "
+                            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
 # pg_advisory_lock key for migrations: any fixed 64-bit number, distinct from stream locks.
 MIGRATION_LOCK = 0x6F726368_6D696772  # "orchmigr"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -101,9 +104,38 @@ def current_version(conn: Any) -> int:
         raise _storage_error(exc) from None
 
 
+# Every table and column this release reads or writes (``hand_changes``; a test checks it against the migrations'),
+# the tables being those that hold a project's rows (``delete_project``).
+SCHEMA_COLUMNS = {
+    "orch_streams": ("project", "stream", "seq", "last_line", "fence", "edits"),  # (first: see ``delete_project``)
+    "orch_events": ("project", "stream", "seq", "line"),
+    "orch_aux": ("project", "area", "key", "data"),
+    "orch_ready": ("project", "job_id", "priority", "runnable_at_us", "reserved_by", "reserved_until_us", "kind"),
+    "orch_running": ("project", "job_id", "epoch"),
+}
+
+
+def hand_changes(conn: Any) -> ConfigError | None:
+    """At this release's schema version, a table or column of ``SCHEMA_COLUMNS`` missing (``missing_problem``: changed
+    by hand), found by one statement that names them all and reads no row; None when none is. What every other command
+    finds at its first statement that names one; ``db status`` asks here (until 2026-12-06 it said "up to date").
+    Raises the driver's error for any other failure (a role without the right to read a table)."""
+    import psycopg
+
+    names = ", ".join(f"{table}.{column}" for table, columns in SCHEMA_COLUMNS.items() for column in columns)
+    try:
+        conn.execute(f"SELECT {names} FROM {', '.join(SCHEMA_COLUMNS)} LIMIT 0")
+    except psycopg.Error as exc:
+        if getattr(exc, "sqlstate", None) not in MISSING_SQLSTATES:
+            raise
+        return missing_problem(conn, exc)
+    return None
+
+
 def migrate(url: str) -> dict[str, Any]:
     """Bring the schema to the latest version; idempotent and safe to run concurrently. A schema newer than this
-    release's is refused (``SCHEMA_TOO_NEW``), nothing written."""
+    release's is refused (``SCHEMA_TOO_NEW``), nothing written. One already at this release's version is read only
+    (so a role without DDL rights may run it there); the version table is made with the first migration."""
     import psycopg
 
     conn = connect(url, autocommit=True)
@@ -113,10 +145,7 @@ def migrate(url: str) -> dict[str, Any]:
         except psycopg.Error as exc:  # nothing applied yet: a lock wait cut off, or no right to take it
             raise _storage_error(exc, conn) from None
         try:
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
-                         "version integer PRIMARY KEY, name text NOT NULL, "
-                         "applied_at timestamptz NOT NULL DEFAULT now())")
-            before = current_version(conn)
+            before = current_version(conn)  # read first: a role without DDL rights may run it on an up-to-date schema
             problem = version_problem(before)
             if isinstance(problem, SchemaTooNewError):  # not "nothing to do": this release must not use it
                 raise problem
@@ -125,6 +154,8 @@ def migrate(url: str) -> dict[str, Any]:
                 if mig.version <= before:
                     continue
                 with conn.transaction():
+                    if mig.version == 1:  # in its transaction: a first migration refused leaves no table behind
+                        conn.execute(_CREATE_MIGRATIONS_TABLE)
                     conn.execute(mig.sql)
                     faults.point("pg.migrate.before_record")
                     conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (version, name) VALUES (%s, %s)",
@@ -146,8 +177,7 @@ def migrate(url: str) -> dict[str, Any]:
         conn.close()
 
 
-# Every table that holds rows of a project (a ``project`` column), for ``delete_project``.
-PROJECT_TABLES = ("orch_streams", "orch_events", "orch_aux", "orch_ready", "orch_running")
+PROJECT_TABLES = tuple(SCHEMA_COLUMNS)  # every table that holds a project's rows, for ``delete_project``
 
 
 def delete_project(url: str, project: str) -> None:

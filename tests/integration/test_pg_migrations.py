@@ -177,6 +177,50 @@ def test_db_status_as_a_role_that_may_not_read_the_schema_is_a_storage_error(unp
     assert json.loads(result.stdout)["error"] == "STORAGE_ERROR"
 
 
+@pytest.fixture
+def ddl_less_role(scratch_db: str):
+    """A role that may log in to ``scratch_db`` (not migrated), and neither create nor read tables: its URL and name."""
+    role = f"orch_noddl_{uuid.uuid4().hex[:8]}"
+    scheme, _, rest = scratch_db.partition("://")
+    with made(scratch_db, f"CREATE ROLE {role} LOGIN", f"DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}"):
+        _on(scratch_db, f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}")
+        yield f"{scheme}://{role}@{rest.partition('@')[2]}", role
+
+
+def test_db_migrate_by_a_role_without_ddl_rights_on_an_up_to_date_schema_has_nothing_to_do(
+        scratch_db: str, ddl_less_role: tuple[str, str]) -> None:
+    """As docs/postgres.md shows it (``db migrate  # idempotent``): the version is read first. It made the version table
+    first (``CREATE TABLE IF NOT EXISTS``), and such a role got CONFIG_ERROR, "permission denied for schema public"."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    ddl_less_url, role = ddl_less_role
+    migrate(scratch_db)
+    _on(scratch_db, f"GRANT SELECT ON {MIGRATIONS_TABLE} TO {role}")
+    assert migrate(ddl_less_url) == {"from_version": latest_version(), "to_version": latest_version(), "applied": []}
+    result = CliRunner().invoke(cli, ["db", "migrate", "--store", ddl_less_url])
+    assert result.exit_code == 0 and result.output == f"schema already at version {latest_version()}; nothing to do\n"
+
+
+def test_a_first_migration_the_server_refuses_leaves_no_version_table_behind(
+        scratch_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The version table is made in the first migration's transaction: it was made before it, on its own, and a
+    refused first migration left it there, empty."""
+    from orchestrator.errors import ConfigError
+    from orchestrator.store import pg_schema
+
+    monkeypatch.setattr(pg_schema, "migrations", lambda: [pg_schema.Migration(1, "refused", "SELECT 'no'::int")])
+    with pytest.raises(ConfigError, match="invalid input syntax"):
+        migrate(scratch_db)
+    conn = connect(scratch_db, autocommit=True)
+    try:
+        assert conn.execute("SELECT to_regclass(%s)", (MIGRATIONS_TABLE,)).fetchone()[0] is None
+        assert current_version(conn) == 0
+    finally:
+        conn.close()
+
+
 def test_the_claim_statements_lookups_out_of_claim_order_use_their_indexes(scratch_db: str) -> None:
     """The earliest job not yet due (part 2) and the reservation that lapses first (part 3) read every queued row
     of the project before migration 0005 (~18 ms a claim with 100,000 queued jobs, ``bench/pg_candidates.py``)."""
@@ -337,6 +381,40 @@ def test_db_status_of_a_schema_behind_exits_3_and_its_json_names_the_error(scrat
     migrate(scratch_db)
     result = CliRunner().invoke(cli, ["db", "status", "--store", scratch_db, "--json"])
     assert result.exit_code == 0 and "error" not in json.loads(result.output)
+
+
+@pytest.mark.parametrize("change", ["ALTER TABLE orch_ready DROP COLUMN kind", "DROP TABLE orch_aux"])
+def test_db_status_of_a_schema_changed_by_hand_exits_3_saying_so(scratch_db: str, change: str) -> None:
+    """As every other command finds it at its first statement naming what is missing (``missing_problem``); it said
+    "up to date", exit 0, its version being this release's."""
+    import json
+
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    migrate(scratch_db)
+    _on(scratch_db, change)
+    result = CliRunner().invoke(cli, ["db", "status", "--store", scratch_db, "--json"])
+    data = json.loads(result.output)
+    assert result.exit_code == 3 and data["up_to_date"] is False and data["version"] == latest_version()
+    assert data["error"] == "CONFIG_ERROR" and "changed by hand" in data["message"]
+    assert ("orch_ready.kind" if "kind" in change else '"orch_aux"') in data["message"]
+
+
+def test_the_columns_db_status_looks_for_are_every_column_of_the_migrated_schema(scratch_db: str) -> None:
+    """``SCHEMA_COLUMNS`` (what ``db status`` checks is there) names every table and column the migrations make."""
+    from orchestrator.store.pg_schema import SCHEMA_COLUMNS
+
+    migrate(scratch_db)
+    conn = connect(scratch_db, autocommit=True)
+    try:
+        made_here = {tuple(r) for r in conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name <> %s", (MIGRATIONS_TABLE,)).fetchall()}
+    finally:
+        conn.close()
+    assert made_here == {(table, column) for table, columns in SCHEMA_COLUMNS.items() for column in columns}
 
 
 def test_streams_from_before_0006_count_no_edit_and_an_edit_of_their_events_by_hand_is_counted(scratch_db: str) -> None:
