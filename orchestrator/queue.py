@@ -14,6 +14,8 @@ The file index keeps one empty entry per ready job, named so that a sorted listi
 claim order (priority desc, then runnable-at asc, then job id):
 ``index/ready/<1000-priority>.<runnable_at_us>.<job_id>``, and ``index/running/<job_id>@<epoch>``;
 each entry is a hard link of ``index/.entry`` (a name, no new file: ``store.file_queue.FileQueueIndex._touch``).
+It is built while ``index/built`` and a ``.built`` mark in each folder are there: a folder deleted by hand, or made
+anew without the entries it held, is rebuilt from the events (``FileQueueIndex.is_built``).
 A PostgreSQL backend implements the same interface with a table and
 ``SELECT ... FOR UPDATE SKIP LOCKED`` in ``candidates``; the claim itself stays an append
 with an expected sequence, so the index never decides who wins.
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 INDEX_DIR = "index"
 INDEX_FOLDERS = ("", "ready", "running")  # under INDEX_DIR; checked when the index is opened (check_folders)
 BUILT_MARKER = "built"
+FOLDER_MARK = ".built"  # in ready/ and running/: the folder is the one the index was last built in (FileQueueIndex)
 ENTRY_TEMPLATE = ".entry"  # the empty file every entry is a hard link of (FileQueueIndex._touch)
 
 
@@ -221,6 +224,10 @@ class QueueIndex(ABC):
     @abstractmethod
     def mark_built(self) -> None: ...
 
+    def start_building(self) -> None:
+        """The index is about to be filled from nothing (a rebuild's scan, or a project's first job): it is not built
+        until ``mark_built``. The file index marks its folders here, so that one removed meanwhile is seen."""
+
     def wait(self, timeout: float, take_turns: bool = True) -> bool:
         """Block until new work may have been announced, or ``timeout`` seconds; no busy polling. Each thread
         waits on its own (workers of one Orchestrator in several threads). ``take_turns``: this worker may wait its
@@ -256,6 +263,7 @@ class QueueIndex(ABC):
         version wrote them, or an operator removed the index) is left for that rebuild."""
         if not self._seen_built:
             if not (self.is_built() or store.has_jobs()):  # built already, or left for the rebuild
+                self.start_building()
                 self.mark_built()
             self._seen_built = True
 
@@ -275,6 +283,7 @@ class QueueIndex(ABC):
 
     def rebuild(self, orch: "Orchestrator") -> int:
         """Scan every job once and add the entries of queued and running ones (O(all jobs))."""
+        self.start_building()
         count = 0
         for job_id in orch.store.job_ids():
             try:

@@ -17,7 +17,7 @@ from typing import Collection, Iterator
 from orchestrator import faults
 from orchestrator.errors import StorageError
 from orchestrator.limits import keep_latest
-from orchestrator.queue import BUILT_MARKER, ENTRY_TEMPLATE, INDEX_FOLDERS, QueueIndex, ReadyEntry
+from orchestrator.queue import BUILT_MARKER, ENTRY_TEMPLATE, FOLDER_MARK, INDEX_FOLDERS, QueueIndex, ReadyEntry
 from orchestrator.store.files import check_folders, link_name, make_folder, open_creating, path_error, remove_file
 from orchestrator.wakeup import InotifyWatcher, TurnBell, Watcher, WatchTurn, make_watcher, wakeup_mode, watch_turn
 
@@ -47,6 +47,7 @@ class FileQueueIndex(QueueIndex):
         # an entry's path is joined as a string: a ``pathlib`` join costs ~10 us, three per job
         self._ready_s, self._running_s = str(self.ready_dir), str(self.running_dir)
         self._built_s = str(self.root / BUILT_MARKER)
+        self._folder_marks = (os.path.join(self._ready_s, FOLDER_MARK), os.path.join(self._running_s, FOLDER_MARK))
         self._bell = TurnBell(str(self.root))  # rung after each ready entry made: wakes a waiting worker if none watches
 
     def _touch(self, path: "Path | str") -> None:
@@ -210,7 +211,17 @@ class FileQueueIndex(QueueIndex):
             raise path_error(exc) from None
 
     def is_built(self) -> bool:
-        return os.path.exists(self._built_s)
+        """``built`` is there, and so is each folder's mark: a folder deleted by hand (an entry put since, or a
+        waiting worker, makes a new one, unmarked) is rebuilt, not taken as empty. Three ``faccessat`` at each claim,
+        ~2.5-5.5 us where one ``stat`` took ~1-2.5 us (this busy 2-core machine; a claim takes ~1-4 ms)."""
+        return _entry_exists(self._built_s) and all(map(_entry_exists, self._folder_marks))
+
+    def start_building(self) -> None:
+        """``built`` goes first (a crash during the scan leaves the index to rebuild), then each folder is marked
+        before the scan puts an entry in it: one removed during the scan takes its mark with it."""
+        remove_file(self._built_s)
+        for mark in self._folder_marks:
+            self._touch(mark)
 
     def mark_built(self) -> None:
         self._touch(self._built_s)
@@ -225,7 +236,8 @@ class FileQueueIndex(QueueIndex):
         waits = self._waits
         waits.claimed = False
         # ready/ removed or moved away (the index is a cache: deletable at any time): the next entry goes into a new
-        # folder, so that one is watched, and "look now" said, for an entry put there before the watch
+        # folder, so that one is watched, and "look now" said, for an entry put there before the watch (the folder
+        # made here has no mark: the look rebuilds the index, ``is_built``)
         lost = waits.watcher is not None and waits.watcher.lost
         if lost:
             self.close()
@@ -262,7 +274,8 @@ class FileQueueIndex(QueueIndex):
         turn = self._waits.turn
         if turn is not None and turn.mine:
             turn.release()
-            if self._list(self.ready_dir):  # other jobs ready (a backlog, a job of another kind): a waiter looks too
+            # other jobs ready (a backlog, a job of another kind): a waiter looks too (the folder's mark is no job)
+            if any(not name.startswith(".") for name in self._list(self.ready_dir)):
                 turn.ring()
 
     def close(self) -> None:

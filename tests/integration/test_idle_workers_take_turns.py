@@ -82,9 +82,11 @@ class IdleThread:
 
 def woken_for_a_with_another_waiting(tmp_path: Path, step: float = 0.05,
                                      also: tuple[str, ...] = ()) -> tuple[FileQueueIndex, IdleThread]:
-    """An index whose watch this thread has, woken for the entry of job A (and of the jobs ``also``), and an idle
-    thread waiting its turn in waits of ``step`` seconds."""
+    """A built index (its folders' marks in them, as a project's) whose watch this thread has, woken for the entry of
+    job A (and of the jobs ``also``), and an idle thread waiting its turn in waits of ``step`` seconds."""
     index = FileQueueIndex(tmp_path / "index")
+    index.start_building()
+    index.mark_built()  # ready/.built is no job: a worker handing its turn over does not wake another for it
     assert index.wait(0) is False  # this thread watches
     standby = IdleThread(index, step)
     time.sleep(0.2)  # in its wait: a thread that comes to it when the turn is free takes it (and looks)

@@ -94,3 +94,66 @@ def test_an_index_deleted_and_rebuilt_while_a_job_is_being_queued_still_holds_it
     assert fired == [point]
     assert rebuilder.queue.is_built()
     assert sorted(e.job_id for e in rebuilder.queue.ready()) == sorted([earlier, job])
+
+
+@pytest.mark.parametrize("made_again_by", [None, "a submit", "a waiting worker"])
+def test_a_ready_folder_deleted_by_hand_is_rebuilt_even_after_a_new_entry_or_a_watch_made_it_again(
+        orch: Orchestrator, made_again_by: str | None) -> None:
+    """``index/ready/`` is a cache (README, ADR): a worker that finds it gone, or made anew without the jobs it held
+    (by the next submit's entry, or by an idle worker's watch), rebuilds the index. Before: ``built`` alone said
+    built, the folder read as empty, and the job stayed queued for ever (``worker --once`` exit 75)."""
+    lost = orch.submit("t.echo", 0)
+    shutil.rmtree(orch.queue.ready_dir)
+    later = []
+    if made_again_by == "a submit":
+        later.append(orch.submit("t.echo", 1))
+    elif made_again_by == "a waiting worker":
+        orch.queue.wait(0)
+        orch.queue.close()
+        assert orch.queue.ready_dir.is_dir()
+    assert not orch.queue.is_built()
+    worker = Worker(orch, WorkerSettings(worker_id="w-ready"))
+    assert worker.run(max_jobs=3, idle_exit=True) == 1 + len(later)
+    assert {orch.status(j).state for j in [lost, *later]} == {"succeeded"}
+    assert orch.queue.is_built()
+
+
+@pytest.mark.parametrize("made_again_by", [None, "a claim"])
+def test_a_running_folder_deleted_by_hand_is_rebuilt_so_a_dead_workers_job_is_recovered(
+        orch: Orchestrator, made_again_by: str | None) -> None:
+    """``index/running/`` is what stale recovery lists: deleted, it is rebuilt from the events (a claim made since
+    puts its own entry in a new folder, unmarked). Before: no running entry, the job running for ever."""
+    dead = orch.submit("t.echo", 0)
+    claimed = Worker(orch, WorkerSettings(worker_id="w-dead", lease_seconds=1)).claim()  # its worker then dies
+    assert claimed is not None and claimed.job_id == dead
+    shutil.rmtree(orch.queue.running_dir)
+    if made_again_by == "a claim":
+        orch.submit("t.echo", 1)
+        assert Worker(orch, WorkerSettings(worker_id="w-other")).claim() is not None
+        assert orch.queue.running_dir.is_dir()
+    rescuer = Worker(orch, WorkerSettings(worker_id="w-rescuer"))
+    assert rescuer.recover_stale(now=orch.clock() + 5) == [dead]
+    assert orch.status(dead).state == "queued"
+
+
+def test_a_folder_deleted_while_the_index_is_rebuilt_leaves_it_to_rebuild_again(orch: Orchestrator) -> None:
+    """A rebuild marks the folders before its scan: one removed during the scan (its jobs' entries with it) takes
+    its mark along, so the index is not called built over the entries it lost."""
+    from orchestrator import faults
+
+    jobs = [orch.submit("t.echo", i) for i in range(2)]
+    (orch.queue.root / "built").unlink()
+    removed: list[bool] = []
+
+    def remove_ready() -> None:
+        shutil.rmtree(orch.queue.ready_dir)
+        removed.append(True)
+
+    faults.arm("queue.rebuild.each_job", remove_ready, nth=2)  # the first job's entry goes with the folder
+    try:
+        orch.queue.ensure_built(orch)
+    finally:
+        faults.disarm_all()
+    assert removed and not orch.queue.is_built() and len(orch.queue.ready()) == 1
+    orch.queue.ensure_built(orch)
+    assert orch.queue.is_built() and sorted(e.job_id for e in orch.queue.ready()) == sorted(jobs)

@@ -57,8 +57,9 @@ def verified(orch: Orchestrator, job_id: str) -> bool:
 
 def test_a_submit_whose_announcement_fails_is_acknowledged_and_its_job_runs_after_a_rebuild(
         orch: Orchestrator, caplog: pytest.LogCaptureFixture) -> None:
-    """The one case that leaves a job without its ready entry (its folder went with the entry in it): the warning
-    says how to get it back, and that way works. Before: STORAGE_ERROR, the job queued all the same."""
+    """The one case that leaves a job without its ready entry (its folder went with the entry in it): once the file
+    in the folder's place is moved away, the next worker rebuilds the index by itself. Before: STORAGE_ERROR, the
+    job queued all the same."""
     ready = orch.queue.ready_dir
     moved = after_the_event(ready)
     sub = orch.submit_job("t.echo", {"x": 1})
@@ -68,10 +69,8 @@ def test_a_submit_whose_announcement_fails_is_acknowledged_and_its_job_runs_afte
     assert f"{ready} is a file where a folder belongs" in message and message in caplog.text
     assert "index/built is removed" in message
     assert orch.status(sub.job_id).state == "queued" and verified(orch, sub.job_id)
-    ready.unlink()  # the operator moves the file away: the job has no entry, no worker takes it
-    worker = orch.worker(worker_id="w")
-    assert worker.run_once() is None and orch.status(sub.job_id).state == "queued"
-    (orch.queue.root / "built").unlink()  # as the warning says: the next worker rebuilds the index
+    ready.unlink()  # the operator moves the file away: the job has no entry, and ready/ no mark (a new folder)
+    assert not orch.queue.is_built()  # so the next worker rebuilds the index (until 2026-12-06: `rm index/built`)
     ran = orch.worker(worker_id="w2").run_once()
     assert ran is not None and (ran.job_id, ran.state) == (sub.job_id, "succeeded")
     assert len(orch.load(sub.job_id).events) == 3
@@ -112,9 +111,10 @@ def test_a_claim_and_an_outcome_whose_index_steps_fail_run_the_job_once(orch: Or
     assert "event 3 (job_succeeded)" in result.warnings[1]["message"] and f"{running}" in result.warnings[1]["message"]
     assert [json.loads(line.raw)["type"] for line in orch.store.read(job)] == [
         "job_submitted", "job_claimed", "job_succeeded"]
-    running.unlink()
-    running_moved[0].rename(running)
-    assert orch.queue.running() == [job]
+    for folder, moved in ((orch.queue.ready_dir, ready_moved), (running, running_moved)):  # the operator's fix
+        folder.unlink()
+        moved[0].rename(folder)
+    assert orch.queue.running() == [job] and orch.queue.is_built()
     assert orch.worker(worker_id="w2").recover_stale() == [] and orch.queue.running() == []
     assert orch.status(job).state == "succeeded" and verified(orch, job)
 
