@@ -18,14 +18,17 @@ from orchestrator import clock
 from orchestrator import processes as processes_
 from orchestrator.api import Orchestrator
 from orchestrator.audit import AUDIT_ENTRY_MISSING
-from orchestrator.errors import (InvalidInputError, JobNotFoundError, PathEscapeError, SigningKeyError,
-                                 UnusableFileError)
+from orchestrator.errors import (InvalidInputError, JobNotFoundError, OrchestratorError, PathEscapeError,
+                                 SigningKeyError, UnusableFileError)
 from orchestrator.history import ROLLED_BACK, Problem, check_head_record, verify_stream
 from orchestrator.limits import MAX_ANCHOR_BYTES, read_at_most
 from orchestrator.output_file import OutputFile
+from orchestrator.queue import BUILT_MARKER, INDEX_DIR, QueueIndex
 from orchestrator.security import validate_id
 from orchestrator.signing import canonical, line_hash
+from orchestrator.state import QUEUED
 from orchestrator.store.base import AUDIT_STREAM
+from orchestrator.views import JobView
 
 ANCHOR_FORMAT = "jsonl-orchestrator/anchor/v1"
 
@@ -36,6 +39,9 @@ AUDIT_ENTRY_DUPLICATE = "AUDIT_ENTRY_DUPLICATE"  # a second entry for one event 
 # lines: a derived row, rebuilt by the stream's next append; a warning, since the lines are the truth
 STREAM_INDEX_STALE = "STREAM_INDEX_STALE"
 _NO_INDEX = ()  # what a chunk's job carries on a store with no index of streams (``EventStore.indexed_heads``)
+# a queued or running job has no entry in the queue index (deleted by hand): no worker runs or recovers it until the
+# index is rebuilt; a warning, since the events are the truth and a rebuild puts the entry back
+INDEX_ENTRY_MISSING = "INDEX_ENTRY_MISSING"
 
 
 @dataclass
@@ -116,6 +122,32 @@ def _index_warning(stream: str, indexed: tuple[int, bytes] | None, lines: list[A
                    f"rebuilds the row{until}")
 
 
+def _built_queue(orch: Orchestrator) -> QueueIndex | None:
+    """The queue index whose entries are compared with the jobs (``_missing_entry``): None when it is not built (the
+    next worker rebuilds it: nothing can be missing) or cannot be opened (a link in a folder's place, which a worker
+    refuses with its own message)."""
+    try:
+        queue = orch.queue
+        return queue if queue.is_built() else None
+    except OrchestratorError:
+        return None
+
+
+def _missing_entry(orch: Orchestrator, queue: QueueIndex, view: JobView) -> Problem | None:
+    """The warning for a job that is queued or running with no entry in ``queue``, else None. An entry is dropped only
+    after the event that ends its state: so an entry is missing only if it is not there while the job's history does
+    not grow (read again after the look, cheap: only for a job whose entry was not found)."""
+    s = view.state
+    if not view.ok or s is None or queue.holds_entry(s) or orch.store.read(s.job_id, from_seq=view.head.seq + 1):
+        return None
+    folder, does = ("ready", "runs") if s.state == QUEUED else ("running", "recovers")
+    built = orch.settings.state_dir / INDEX_DIR / BUILT_MARKER
+    return Problem(s.job_id, view.head.seq, INDEX_ENTRY_MISSING,
+                   f"the job is {s.state} but has no entry in {INDEX_DIR}/{folder}/ (deleted by hand, or not put back "
+                   f"after an INDEX_NOT_UPDATED warning), so no worker {does} it: remove {built} and the next worker "
+                   "rebuilds the index from the events")
+
+
 def verify_project(orch: Orchestrator, job_id: str | None = None, *,
                    progress: Callable[[int], None] | None = None, processes: int | None = None) -> VerifyReport:
     """Check every job's history (or one job's) and the audit log; list each problem by line. A job
@@ -183,9 +215,11 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
 
 
 def _check_chunk(orch: Orchestrator, chunk: list[tuple[str, list[tuple[int, str]], Any]]) -> VerifyReport:
-    """Jobs read with every signature checked, each cross-checked with the audit entries that name it, and with its
-    row in the store's index of streams (``_NO_INDEX``: the store has none)."""
+    """Jobs read with every signature checked, each cross-checked with the audit entries that name it, with its
+    row in the store's index of streams (``_NO_INDEX``: the store has none), and with its entry in the queue index
+    (when that is built: ``_built_queue``, asked once a chunk)."""
     part = VerifyReport()
+    queue = _built_queue(orch)
     for jid, claimed, indexed in chunk:
         try:
             view = orch.load(jid, every_signature=True)
@@ -199,8 +233,8 @@ def _check_chunk(orch: Orchestrator, chunk: list[tuple[str, list[tuple[int, str]
         part.problems.extend(view.problems)
         _cross_check(part, jid, view, claimed)
         stale = None if indexed == _NO_INDEX else _index_warning(jid, indexed, view.stream.lines)
-        if stale is not None:
-            part.warnings.append(stale)
+        missing = None if queue is None else _missing_entry(orch, queue, view)
+        part.warnings.extend(w for w in (stale, missing) if w is not None)
     return part
 
 

@@ -218,6 +218,13 @@ class QueueIndex(ABC):
         ready entry of a job a worker already claimed (``FileQueueIndex.announce``)."""
         return any(j == job_id for j, _ in self.running_entries())
 
+    def holds_entry(self, s: JobState) -> bool:
+        """Whether the index holds the entry a job in state ``s`` needs (queued: its ready entry; running: a running
+        entry of its epoch, or of none); ``verify`` asks it of every job (an entry deleted by hand: no worker runs or
+        recovers the job until the index is rebuilt). True for an index that is not looked at (in memory; on
+        PostgreSQL the rows are written in the event's transaction)."""
+        return True
+
     @abstractmethod
     def is_built(self) -> bool: ...
 

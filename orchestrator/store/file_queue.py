@@ -18,6 +18,7 @@ from orchestrator import faults
 from orchestrator.errors import StorageError
 from orchestrator.limits import keep_latest
 from orchestrator.queue import BUILT_MARKER, ENTRY_TEMPLATE, FOLDER_MARK, INDEX_FOLDERS, QueueIndex, ReadyEntry
+from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.files import check_folders, link_name, make_folder, open_creating, path_error, remove_file
 from orchestrator.wakeup import InotifyWatcher, TurnBell, Watcher, WatchTurn, make_watcher, wakeup_mode, watch_turn
 
@@ -199,6 +200,14 @@ class FileQueueIndex(QueueIndex):
                 continue
             out.append((job_id, int(epoch) if at else None))
         return out
+
+    def holds_entry(self, s: JobState) -> bool:
+        if s.state == QUEUED:
+            return self._ready_there(ReadyEntry.for_state(s).name)
+        if s.state == RUNNING:
+            return any(_entry_exists(os.path.join(self._running_s, self._running_name(s.job_id, epoch)))
+                       for epoch in (s.epoch, None))
+        return True
 
     @staticmethod
     def _list(folder: Path) -> list[str]:

@@ -157,3 +157,60 @@ def test_a_folder_deleted_while_the_index_is_rebuilt_leaves_it_to_rebuild_again(
     assert removed and not orch.queue.is_built() and len(orch.queue.ready()) == 1
     orch.queue.ensure_built(orch)
     assert orch.queue.is_built() and sorted(e.job_id for e in orch.queue.ready()) == sorted(jobs)
+
+
+def entry_of(orch: Orchestrator, job_id: str) -> Path:
+    """The one index entry of ``job_id`` (ready or running)."""
+    [found] = [p for folder in (orch.queue.ready_dir, orch.queue.running_dir) for p in folder.iterdir()
+               if job_id in p.name]
+    return found
+
+
+def test_verify_warns_of_a_queued_job_whose_ready_entry_was_deleted_and_removing_built_gets_it_run(
+        orch: Orchestrator) -> None:
+    """A single entry is not a folder: nothing marks it, and no worker looks for it (that would be a scan of every
+    job). ``verify``, which reads every job anyway, names the job and the fix; exit 0, the events are intact."""
+    job = orch.submit("t.echo", 0)
+    entry_of(orch, job).unlink()
+    report = orch.verify()
+    assert report.ok and [(w.code, w.stream) for w in report.warnings] == [("INDEX_ENTRY_MISSING", job)]
+    built = orch.queue.root / "built"
+    assert "is queued but has no entry in index/ready/" in report.warnings[0].message
+    assert f"remove {built}" in report.warnings[0].message
+    assert orch.worker(worker_id="w").run_once() is None  # no worker runs it: what the warning says
+    built.unlink()
+    assert not orch.verify().warnings  # an index to rebuild lacks nothing yet
+    ran = orch.worker(worker_id="w2").run_once()
+    assert ran is not None and (ran.job_id, ran.state) == (job, "succeeded") and not orch.verify().warnings
+
+
+def test_verify_warns_of_a_running_job_whose_running_entry_was_deleted_and_removing_built_gets_it_recovered(
+        orch: Orchestrator) -> None:
+    job = orch.submit("t.echo", 0)
+    assert Worker(orch, WorkerSettings(worker_id="w-dead", lease_seconds=1)).claim() is not None  # its worker dies
+    entry_of(orch, job).unlink()
+    report = orch.verify(job)
+    assert [(w.code, w.stream) for w in report.warnings] == [("INDEX_ENTRY_MISSING", job)]
+    assert "is running but has no entry in index/running/" in report.warnings[0].message
+    later = orch.clock() + 5
+    assert Worker(orch, WorkerSettings(worker_id="w1")).recover_stale(now=later) == []
+    (orch.queue.root / "built").unlink()
+    assert Worker(orch, WorkerSettings(worker_id="w2")).recover_stale(now=later) == [job]
+
+
+def test_verify_says_nothing_of_a_job_that_moved_on_while_its_entry_was_looked_at(orch: Orchestrator,
+                                                                                monkeypatch) -> None:
+    """A job claimed (or finished) between verify's read and its look at the entry has dropped the entry of the state
+    that was read: the job is read again, and an entry is missing only if its history did not grow meanwhile."""
+    from orchestrator.store.file_queue import FileQueueIndex
+
+    job = orch.submit("t.echo", 0)
+    real = FileQueueIndex.holds_entry
+
+    def claimed_first(index, s):  # noqa: ANN001
+        orch.worker(worker_id="w").run_once()
+        return real(index, s)
+
+    monkeypatch.setattr(FileQueueIndex, "holds_entry", claimed_first)
+    report = orch.verify()
+    assert orch.status(job).state == "succeeded" and report.ok and not report.warnings

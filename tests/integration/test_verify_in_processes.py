@@ -240,3 +240,14 @@ def test_metrics_replays_in_as_many_processes_as_it_is_told(cli_env: dict[str, s
 def test_metrics_refuses_a_count_of_processes_that_is_not_one_to_256(cli_env: dict[str, str], value: str) -> None:
     for result in (_metrics(cli_env, "--processes", value), _metrics(cli_env, ORCH_METRICS_PROCESSES=value)):
         assert result.exit_code == 2 and "processes" in result.output.lower(), result.output
+
+
+def test_a_job_without_its_index_entry_is_warned_of_by_the_checking_processes_too(orch: Orchestrator,
+                                                                                 small_chunks: Path) -> None:
+    jobs = [orch.submit("t.echo", i) for i in range(5)]
+    [entry] = [p for p in orch.queue.ready_dir.iterdir() if p.name.endswith(jobs[3])]
+    entry.unlink()
+    alone = verify_project(orch, processes=1)
+    in_processes = verify_project(orch, processes=2)
+    assert [(w.code, w.stream) for w in alone.warnings] == [("INDEX_ENTRY_MISSING", jobs[3])]
+    assert in_processes.to_dict() == alone.to_dict()
