@@ -9,13 +9,15 @@ transaction on PostgreSQL, right after it on files; one left behind by a worker 
 between is removed by stale recovery's sweep, ``recovery.sweep_left_over_leases``). Keying by epoch means a paused ("zombie") worker that wakes up can
 only rewrite its own, superseded record, never the lease of the worker that took over.
 
-A lease record is a derived cache like any other: a missing or unreadable one falls back to
-the expiry in the claim event, which can only make recovery earlier, never later than the
-event says. So does a record no heartbeat could have written (``read_lease``, ``_plausible``):
-fields of the wrong type, a lease longer than ``MAX_LEASE_SECONDS`` (the largest ``lease_seconds``
-a worker takes; a heartbeat extends the lease by its own from when it writes), or an expiry further
-ahead of ``now`` than that and ``CLOCK_SKEW_SECONDS``. A record planted in the folder delays stale
-recovery by at most that much, never forever.
+A missing or unreadable record falls back to the expiry in the claim event, which can only make
+recovery earlier, never later than the event says. So does a record no heartbeat could have written
+(``read_lease``, ``_plausible``): fields of the wrong type, a lease longer than ``MAX_LEASE_SECONDS``
+(the largest ``lease_seconds`` a worker takes; a heartbeat extends the lease by its own from when it
+writes), or an expiry further ahead of ``now`` than that and ``CLOCK_SKEW_SECONDS``. A record planted
+in the folder delays stale recovery by at most that much, never forever. The record is the only record
+of the renewals, though: no cache to delete while its run lives. Deleted then, a stale recovery that
+reads it before the next heartbeat writes it again recovers a live run older than its claim's lease
+(docs/worker.md, "Leases and heartbeats").
 
 A worker that cannot renew its lease (the store out of reach: PostgreSQL down, a folder of the file
 store gone or unwritable) keeps its run going while the lease it last stored still holds, and stops

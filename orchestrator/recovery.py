@@ -200,7 +200,7 @@ def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor:
 def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None, now: float, *, actor: str,
             backoff: Callable[[int], float], folders: WorkerFolders, notify: Notify | None = None
             ) -> dict[str, Any] | None:
-    """Append the ``stale_recovered`` event of one job whose lease expired, after killing what its run left
+    """Append the ``stale_recovered`` event of one job whose lease expired, then kill what its run left
     running on this machine, and return what was done (``job_id``, ``run_id``, ``to``, ``stale_worker_id``,
     ``lease_expired_at``, ``retry_at``, ``artifacts``, ``warnings``: what ``worker --once --json`` shows under
     ``recovered``);
@@ -237,19 +237,22 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
     else:
         data.update(to="failed")
     data["error"] = sanitize_text(why)
-    # on this machine: what the run left running must not meet its retry, its Python handler's process included
-    killed = kill_run_processes(s.run_id, named=True)
-    if killed:
-        when = "after its worker stopped renewing its lease"
-        notes.append(killed_warning(Killed.of(killed), s.job_id, s.run_id, when))
-        log_warning(log, notes[-1], job_id=s.job_id, run_id=s.run_id, pids=killed)
     try:  # the dead run's lease is dropped with the event (in its transaction where the store can)
         written = orch.append(view, s.job_id, [("stale_recovered", data)], run_id=s.run_id, actor=actor,
                               now=now, audit=("stale_recovered", f"{why}; to {data['to']}"),
                               fence=s.epoch + 1,  # supersedes the dead run's epoch
                               aux=drop_lease_aux(s.job_id, s.epoch))
     except ConcurrencyError:
-        return None  # another worker recovered it, or the run finished just now
+        return None  # another worker recovered it, or the run finished just now: nothing of the run is touched
+    # On this machine: what the run left running must not meet its retry, its Python handler's process included. Only
+    # once the event stands: a run still alive (its lease record deleted, its worker paused) can no longer record an
+    # outcome of its own (the fence), where a kill before the append had its worker record the kill's failure first,
+    # and this append lose, the run killed by no recovery (docs/worker.md, "Stale recovery")
+    killed = kill_run_processes(s.run_id, named=True)
+    if killed:
+        when = "after its worker stopped renewing its lease"
+        notes.append(killed_warning(Killed.of(killed), s.job_id, s.run_id, when))
+        log_warning(log, notes[-1], job_id=s.job_id, run_id=s.run_id, pids=killed)
     retry = f" (retry at {data['retry_at']})" if data.get("retry_at") else ""  # why `--once` may then run nothing
     tell(notify, log, f"recovered stale job {s.job_id} -> {data['to']}{retry}", job_id=s.job_id, run_id=s.run_id,
          stale_worker_id=s.worker_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -327,6 +328,53 @@ def test_stale_recovery_kills_a_paused_workers_python_handler_process_and_what_i
     assert code == 0 and json.loads(out)["outcome"] == "lease_lost", (out, err)
     assert records(orch, job) == before
     assert not list((orch.settings.state_dir / "runs").iterdir())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and pidfds")
+def test_a_live_run_whose_lease_record_was_deleted_is_killed_only_once_its_recovery_is_written(
+        env, orch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``leases/`` is the only record of a run's renewals: deleted while a healthy run is past its claim's lease, a
+    stale recovery reads the claim's expiry and recovers the live run (docs/worker.md, "Leases and heartbeats"). Its
+    event is written first, then the run killed: its worker, alive, records nothing (``lease_lost``). Before
+    2026-12-06 the run was killed first, its worker recorded the kill (``job_failed``, ``NO_TERMINAL_SIGNAL_EXIT``),
+    and the recovery's append lost: a healthy run killed by no recovery, the job failed."""
+    from orchestrator import recovery
+    from orchestrator.worker import Worker, WorkerSettings
+
+    job, started, _release = waiting_job(orch, tmp_path, max_attempts=1)
+
+    def killing_slowly(run_id: str, **kw):  # as on a busy machine: the killed run's worker has the time to answer
+        killed = real_kill(run_id, **kw)
+        wait_until(lambda: len(orch.store.read(job)) > 2, timeout=5, what="an event after the claim")
+        return killed
+
+    real_kill = recovery.kill_run_processes
+    monkeypatch.setattr(recovery, "kill_run_processes", killing_slowly)
+    first = start_worker(env, "--once", "--json", "--worker-id", "first", "--lease-seconds", "1.5")
+    rescuer = Worker(orch, WorkerSettings(worker_id="rescuer"))
+    leases = orch.settings.state_dir / "leases"
+    try:
+        wait_until(started.exists, what="the run to start")
+        handler_pid = json.loads(started.read_text())["pid"]
+        claim_expiry = orch.load(job).state.lease_expires_at
+        wait_until(lambda: orch.clock() > claim_expiry + 0.2 and leases.is_dir(),
+                   what="the claim's lease to pass, renewed by heartbeats")
+
+        def deleted_and_recovered() -> object:  # a heartbeat may write the record again before the read: again
+            shutil.rmtree(leases, ignore_errors=True)
+            return rescuer.recover_stale() or state(orch, job) != "running"
+
+        assert wait_until(deleted_and_recovered, what="the recovery") == [job]
+        code, out, err = finish(first)
+    finally:
+        stop(first)
+    assert code == 0 and json.loads(out)["outcome"] == "lease_lost", (out, err)
+    ev = records(orch, job)
+    assert [e["type"] for e in ev] == ["job_submitted", "job_claimed", "stale_recovered"]
+    assert ev[-1]["data"]["to"] == "failed" and ev[-1]["data"]["error_code"] == "NO_TERMINAL_SIGNAL_STALE"
+    [recovered] = rescuer.recovered
+    assert [w["code"] for w in recovered["warnings"]] == ["RUN_PROCESSES_KILLED"] and not alive(handler_pid)
+    assert state(orch, job) == "failed"
 
 
 def test_sigterm_lets_the_running_job_finish_and_claims_nothing_more(env, orch, tmp_path: Path) -> None:
