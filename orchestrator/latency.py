@@ -177,13 +177,6 @@ def _worker_main() -> None:
                               "durable_ns": durable}) + "\n")
         out.flush()
 
-    out.write(json.dumps({"ready": True}) + "\n")
-    out.flush()
-    gate = cfg.get("gate")  # several workers started together: each waits, ready, until the benchmark opens the gate
-    while gate and not os.path.exists(gate):
-        time.sleep(0.001)
-    started_ns = time.monotonic_ns()
-    started = time.perf_counter()
     handler: dict[str, int] = {}
     reported = [0]
 
@@ -193,7 +186,16 @@ def _worker_main() -> None:
             handler.update(handler_memory_kb(worker.handler_pid))
         report(result)
 
+    # "ready" once its signals are handled: a benchmark that stops it at once (SIGTERM) then stops it gracefully (it
+    # was killed by the signal, exit -15, now and then on a loaded machine)
     with worker.handle_signals():
+        out.write(json.dumps({"ready": True}) + "\n")
+        out.flush()
+        gate = cfg.get("gate")  # workers started together: each waits, ready, until the benchmark opens the gate
+        while gate and not os.path.exists(gate) and not worker.stopping:
+            time.sleep(0.001)
+        started_ns = time.monotonic_ns()
+        started = time.perf_counter()
         done = worker.run(max_jobs=cfg.get("max_jobs"), idle_exit=cfg.get("idle_exit", False), on_result=timed_report)
     elapsed = time.perf_counter() - started
     out.write(json.dumps({"summary": True, "done": done, "elapsed_s": elapsed, "started_ns": started_ns,
