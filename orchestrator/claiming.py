@@ -21,7 +21,7 @@ from orchestrator import clock as clock_mod
 from orchestrator import faults
 from orchestrator.api import JobView, Orchestrator
 from orchestrator.errors import (ConcurrencyError, HandlerNotFoundError, InvalidIdError, JobNotFoundError,
-                                 KeyNotTrustedError, OrchestratorError)
+                                 KeyNotTrustedError, LockHeldError, OrchestratorError)
 from orchestrator.handlers import lookup, registry_generation
 from orchestrator.history import submitted_kind
 from orchestrator.limits import keep_latest
@@ -33,6 +33,7 @@ from orchestrator.runner import RUN_PREFIX
 from orchestrator.security import sanitize_text
 from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import StoredLine
+from orchestrator.store.files import LOCK_WAIT_SECONDS
 from orchestrator.untrusted import SKIPPED_MAX, UntrustedJobs
 
 if TYPE_CHECKING:
@@ -157,7 +158,12 @@ class Claimer:
             if self.untrusted.passes_over(entry, entry.job_id):  # left for want of a key, as it was: no read
                 self.left_for_others = True
                 continue
-            claim = self._try_claim(entry, now)
+            try:
+                claim = self._try_claim(entry, now)
+            except LockHeldError:  # another process holds its lock (paused mid-append?): looked at again soon
+                retry = now + LOCK_WAIT_SECONDS
+                self.next_due = min(self.next_due or retry, retry)
+                continue
             if claim is not None:
                 return claim
         self._ahead = None  # its job was not claimable here: an idle worker holds no view looked at for a claim
@@ -276,6 +282,8 @@ class Claimer:
         try:
             claimed = self.orch.append(view, s.job_id, [("job_claimed", data)], run_id=run_id, actor=self.actor,
                                        now=now, fence=epoch)
+        except LockHeldError:
+            raise  # not lost: passed over for this pass (``claim``)
         except ConcurrencyError:
             self.races["lost"] += 1
             return None  # another worker won this one

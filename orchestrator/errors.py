@@ -97,6 +97,11 @@ class ConcurrencyError(OrchestratorError):
     exit_code = 6
 
 
+class LockHeldError(ConcurrencyError):
+    """A lock of the store stayed held by another process (paused, or writing slowly) past a worker's bounded wait
+    (``files.bounded_waits``), or a stop was asked meanwhile; nothing was written: pass over, try again later."""
+
+
 class IntegrityError(OrchestratorError):
     """A history failed verification (bad signature, broken chain, corrupt line or rollback)."""
 

@@ -21,7 +21,8 @@ from orchestrator import clock as clock_mod
 from orchestrator.artifacts import recorded_names
 from orchestrator.artifacts_import import imported_folders
 from orchestrator.config import MIN_LEASE_SECONDS
-from orchestrator.errors import ConcurrencyError, InvalidIdError, JobNotFoundError, PathEscapeError, SigningKeyError
+from orchestrator.errors import (ConcurrencyError, InvalidIdError, JobNotFoundError, LockHeldError, PathEscapeError,
+                                 SigningKeyError)
 from orchestrator.handler_host import sweep_dead_host_folders
 from orchestrator.leases import LEASES_AREA, drop_lease_aux, lease_expiry
 from orchestrator.leftovers import Killed, kill_run_processes, killed_warning
@@ -43,6 +44,7 @@ SWEEP_EVERY = 60.0  # how often stale recovery also removes what killed workers 
 LIST_EVERY_MAX = 1.0  # a busy worker lists the running index at most this often (or every half lease, if shorter)
 IDLE_LOOK_MAX = 5.0  # an idle worker looks at the running index at least this often while jobs run (or half a lease)
 EXPIRY_TRUSTED_FOR = 60.0  # a lease expiry read is relied on for at most this long (it may move earlier: StaleWatch)
+LOCKED_RETRY_SECONDS = 5.0  # a job whose lock stayed held (a writer paused mid-append: LockHeldError) is tried again
 EXPIRIES_KEPT = 4096  # running entries whose expiry one worker remembers (more are read at every listing)
 
 RunningEntry = tuple[str, int | None]  # (job id, epoch), as ``QueueIndex.running_entries`` lists them
@@ -188,7 +190,12 @@ def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor:
         if expiry is not None and expiry > now:
             watch.holds_until((job_id, epoch), expiry, now)
             continue
-        record = recover(orch, view, s, expiry, now, actor=actor, backoff=backoff, folders=folders, notify=notify)
+        try:
+            record = recover(orch, view, s, expiry, now, actor=actor, backoff=backoff, folders=folders, notify=notify)
+        except LockHeldError as exc:  # being written by a process that may be paused: not this pass's to wait for
+            log.warning("passing over stale job %s for now: %s", job_id, exc.message, extra={"job_id": job_id})
+            watch.holds_until((job_id, epoch), now + LOCKED_RETRY_SECONDS, now)
+            continue
         if record is not None:
             recovered.append(job_id)
             if on_recovered is not None:
@@ -242,6 +249,8 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
                               now=now, audit=("stale_recovered", f"{why}; to {data['to']}"),
                               fence=s.epoch + 1,  # supersedes the dead run's epoch
                               aux=drop_lease_aux(s.job_id, s.epoch))
+    except LockHeldError:
+        raise  # not recovered by another: passed over for now (``recover_expired``)
     except ConcurrencyError:
         return None  # another worker recovered it, or the run finished just now: nothing of the run is touched
     # On this machine: what the run left running must not meet its retry, its Python handler's process included. Only

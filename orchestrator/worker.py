@@ -57,7 +57,7 @@ from orchestrator.recovery import SWEEP_EVERY, StaleWatch, recover_expired, relo
 from orchestrator.runner import Child, precise_sleeps, stop_is_deferred
 from orchestrator.security import one_line, validate_id
 from orchestrator.state import WORKER_STOPPED_BEFORE_START
-from orchestrator.store.files import check_folders, path_error
+from orchestrator.store.files import bounded_waits, check_folders, path_error
 from orchestrator.untrusted import UntrustedJobs
 from orchestrator.worker_folders import WORKER_FOLDERS, WorkerFolders
 from orchestrator.worker_settings import WorkerSettings, default_worker_id
@@ -124,9 +124,10 @@ class Worker:
         (``Keyring.reload``): a worker whose key was revoked since it started then refuses to write
         (SIGNING_KEY_ERROR)."""
         now = self.orch.clock() if now is None else now
-        recovered = recover_expired(self.orch, self.queue, now, actor=self.actor, backoff=self.backoff,
-                                    folders=self.folders, untrusted=self.untrusted, watch=self.stale_watch,
-                                    on_recovered=self.recovered.append, notify=self.notify)
+        with bounded_waits(lambda: self.stopping):  # a job whose lock stays held is passed over (LockHeldError)
+            recovered = recover_expired(self.orch, self.queue, now, actor=self.actor, backoff=self.backoff,
+                                        folders=self.folders, untrusted=self.untrusted, watch=self.stale_watch,
+                                        on_recovered=self.recovered.append, notify=self.notify)
         if time.monotonic() >= self._next_sweep:  # after the recoveries: the runs they ended are over
             self._next_sweep = time.monotonic() + SWEEP_EVERY
             reload_keys(self.orch)
@@ -135,8 +136,10 @@ class Worker:
 
     # -- claiming (orchestrator/claiming.py) -----------------------------------------------------------
     def claim(self, now: float | None = None) -> Claim | None:
-        """Claim the first runnable job (priority, then FIFO); None if there is none (``Claimer.claim``)."""
-        return self.claimer.claim(now)
+        """Claim the first runnable job (priority, then FIFO); None if there is none (``Claimer.claim``). A job whose
+        lock another process holds past ``LOCK_WAIT_SECONDS`` is passed over for this pass (``bounded_waits``)."""
+        with bounded_waits(lambda: self.stopping):
+            return self.claimer.claim(now)
 
     @property
     def next_due(self) -> float | None:

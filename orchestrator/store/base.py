@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 from orchestrator.errors import AuditEntryNotWrittenError, AuxNotWrittenError, StorageError
+from orchestrator.store.files import bounded_waits
 
 AUDIT_STREAM = "@audit"
 HEADS_AREA = "heads"  # aux area of each job's head record, keyed by its job id (``history.head_record``)
@@ -149,7 +150,8 @@ class EventStore(ABC):
                 missed.append(exc)
             between()
             try:
-                self.append(AUDIT_STREAM, entry, aux=entry_aux)
+                with bounded_waits(None):  # the events are durable: their entry is written, not passed over
+                    self.append(AUDIT_STREAM, entry, aux=entry_aux)
             except AuxNotWrittenError as exc:
                 missed.append(exc)
             except StorageError as exc:  # the events stand without their entry: not "nothing was written"

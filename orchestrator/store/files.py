@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from orchestrator.errors import PathEscapeError, StorageError
+from orchestrator.errors import LockHeldError, PathEscapeError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def open_lock_descriptor(opener: Callable[[], int]) -> int:
 LOCK_SPIN_SECONDS = 0.0005
 
 
-def lock_soon(fd: int, seconds: float = LOCK_SPIN_SECONDS) -> None:
+def lock_soon(fd: int, seconds: float = LOCK_SPIN_SECONDS, what: str = "") -> None:
     """``flock(fd, LOCK_EX)``, tried again and again for ``seconds`` before sleeping in it. The holder of a stream's
     lock is writing and syncing (a worker's claim waits so for the submit or resume that made its job ready, ~0.1-0.5
     ms): a process asleep in ``flock`` is woken when the lock is released, which on a VM whose idle CPUs halt took
@@ -71,7 +71,8 @@ def lock_soon(fd: int, seconds: float = LOCK_SPIN_SECONDS) -> None:
     locked"). Trying costs a system call each time, and only while another holds the lock; ``sched_yield`` lets a
     process waiting for this CPU (the holder, on a machine of one CPU) run first. Not for a lock another thread of
     this process may hold: each try gives the GIL back and takes it again at once, which can keep that thread from
-    running until the spin is over (``seconds=0``)."""
+    running until the spin is over (``seconds=0``). Inside ``bounded_waits`` the sleep is bounded (``what``: the
+    lock's file, for its error)."""
     end = time.monotonic() + seconds
     while True:
         try:
@@ -81,7 +82,57 @@ def lock_soon(fd: int, seconds: float = LOCK_SPIN_SECONDS) -> None:
             if time.monotonic() >= end:
                 break
             os.sched_yield()
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    bound = getattr(_waits, "bound", None)
+    if bound is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    else:
+        bound.wait(fd, what)
+
+
+# A worker's recovery and claim wait at most this long for a lock another process holds (``bounded_waits``): a live
+# holder keeps one for ~0.1-0.5 ms (a slow disk's fsync: up to some 100 ms); one held longer is a holder paused
+# (SIGSTOP, Ctrl-Z, a frozen VM) in the middle of its write, which may last for ever.
+LOCK_WAIT_SECONDS = 1.0
+LOCK_PAUSE_FIRST = 50e-6  # the bounded wait's first sleep between tries, doubled at each one up to LOCK_PAUSE_MAX:
+LOCK_PAUSE_MAX = 0.005  # a lock released within ~1 ms after the spin is seen within ~0.4 ms, by sleeps under 1 ms
+_waits = threading.local()  # ``bound``: this thread's ``bounded_waits`` (None: ``lock_soon`` sleeps in ``flock``)
+
+
+class bounded_waits:  # noqa: N801 - used as a function: ``with bounded_waits(stop):``
+    """In the block, this thread's waits for a lock of the store (``lock_soon``: a stream's, ``exclusive``'s) end
+    with ``LockHeldError`` after ``seconds``, or once ``stop()`` is true (a worker's stop signal: ``flock`` asleep is
+    retried after the signal's handler, PEP 475, so the signal alone would not end it). For a worker's stale recovery
+    and claim, which pass over a job whose lock is held and try it again at a later pass: one process paused while
+    it holds a job's lock must not stall every worker. ``stop=None``: waits without bound again (nested)."""
+
+    __slots__ = ("stop", "seconds", "_saved")
+
+    def __init__(self, stop: Callable[[], bool] | None, seconds: float = LOCK_WAIT_SECONDS) -> None:
+        self.stop, self.seconds = stop, seconds
+
+    def __enter__(self) -> None:
+        self._saved = getattr(_waits, "bound", None)
+        _waits.bound = self if self.stop is not None else None
+
+    def __exit__(self, *exc: object) -> None:
+        _waits.bound = self._saved
+
+    def wait(self, fd: int, what: str) -> None:
+        """``flock(fd, LOCK_EX)`` tried between sleeps growing from ``LOCK_PAUSE_FIRST`` to ``LOCK_PAUSE_MAX``."""
+        assert self.stop is not None
+        give_up, pause = time.monotonic() + self.seconds, LOCK_PAUSE_FIRST
+        while not self.stop():
+            time.sleep(pause)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= give_up:
+                    break
+                pause = min(pause * 2, LOCK_PAUSE_MAX)
+        raise LockHeldError(f"the lock of {what or 'a file of the store'} is held by another process (paused, or "
+                            f"writing slowly) after {self.seconds:g}s, or a stop was asked; nothing was written",
+                            path=what or None)
 
 
 class Appending:

@@ -206,7 +206,7 @@ class JsonlStore(EventStore):
                 expected_last: bytes | None = None) -> tuple[Head, bool]:
         path = self._file(stream)
         with APPENDING as under_way, lock_descriptor(lambda: self._open_for_append(path, new=expected_seq == 0)) as fd:
-            lock_soon(fd, LOCK_SPIN_SECONDS if under_way == 1 else 0.0)  # closing fd unlocks
+            lock_soon(fd, LOCK_SPIN_SECONDS if under_way == 1 else 0.0, path)  # closing fd unlocks
             st = os.fstat(fd)
             if not S_ISREG(st.st_mode):  # a FIFO would take a write and never sync it, or block on a long one
                 raise StorageError(not_regular(path), stream=stream)
@@ -466,7 +466,7 @@ class JsonlStore(EventStore):
                 fd = stack.enter_context(lock_descriptor(lambda: open_creating(path, self._root_s, os.O_RDWR)))
             except OSError as exc:  # no inode left, or a directory holding files in its place
                 raise StorageError(f"could not open the lock {path}: {exc.strerror}") from None
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            lock_soon(fd, 0.0, str(path))  # bounded in ``bounded_waits``; another thread here may hold it
             yield
 
     def delete_aux(self, area: str, key: str) -> None:

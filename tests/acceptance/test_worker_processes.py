@@ -8,13 +8,14 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import alive, finish, run_script, start_worker, stop, wait_until
+from helpers import REPO, alive, finish, run_script, start_worker, stop, wait_until
 from worker_process_fixtures import env, orch  # noqa: F401  (fixtures)
 
 
@@ -747,3 +748,50 @@ def test_a_worker_process_spares_a_process_that_a_module_imported_for_a_job_kind
     assert ran.returncode == 0, ran.stderr
     assert [state(orch, j) for j in (first, command)] == ["succeeded"] * 2
     assert alive(int(pidfile.read_text()))
+
+
+def paused_at(env: dict[str, str], point: str, *args: str) -> subprocess.Popen[str]:
+    """``python -m orchestrator ARGS`` that stops itself (SIGSTOP, as Ctrl-Z or a frozen VM) at the ``nth`` pass of a
+    crash point (``point``: ``name:nth``): a process paused in the middle of what it was doing, its locks held."""
+    name, _, nth = point.partition(":")
+    code = ("import os, signal; from orchestrator import faults; faults.arm(%r, lambda: os.kill(os.getpid(), "
+            "signal.SIGSTOP), %d); from orchestrator.cli import main; main(prog_name='orchestrator')" % (name, int(nth)))
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=str(REPO), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def stopped(proc: subprocess.Popen[str]) -> bool:
+    with open(f"/proc/{proc.pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+def test_a_worker_paused_in_its_outcome_append_past_its_lease_stalls_no_other_job_nor_another_workers_stop(
+        env, orch) -> None:
+    """The paused worker holds its job's file lock (and pending lock) for as long as it is stopped: the other
+    workers' stale recovery passes over that job (``LockHeldError``) instead of sleeping in ``flock`` for ever,
+    so they run the other jobs, and SIGTERM stops them (before 2026-12-06: every worker hung in the recovery and
+    ignored SIGTERM)."""
+    job = orch.submit("t.echo", "held")
+    paused = paused_at(env, "store.append.before_write:2", "worker", "--once", "--worker-id", "paused",
+                       "--lease-seconds", "1")  # its claim is the first append, its outcome the second
+    other = None
+    try:
+        wait_until(lambda: stopped(paused), what="the worker to stop itself inside its outcome's append")
+        other = start_worker(env, "--worker-id", "other", "--lease-seconds", "1")
+        time.sleep(1.5)  # past the paused run's lease: each pass of ``other`` now meets the held lock
+        later = orch.submit("t.echo", "later")
+        wait_until(lambda: state(orch, later) == "succeeded", what="the other job to run beside the held lock")
+        assert state(orch, job) == "running"
+        other.send_signal(signal.SIGTERM)
+        code, _out, err = finish(other, timeout=10)
+        assert code == 0, err
+        os.kill(paused.pid, signal.SIGCONT)  # its outcome goes through: nobody recovered the job meanwhile
+        code, out, err = finish(paused)
+        assert code == 0, (out, err)
+        assert state(orch, job) == "succeeded"
+    finally:
+        if alive(paused.pid):
+            os.kill(paused.pid, signal.SIGCONT)
+        stop(paused)
+        stop(other)

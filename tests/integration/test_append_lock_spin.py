@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.errors import LockHeldError
 from orchestrator.store import files
 from orchestrator.store.jsonl import JsonlStore
 
@@ -82,6 +83,39 @@ def test_a_lock_held_past_the_spin_is_waited_for_in_flock(tmp_path: Path, monkey
     finally:
         holder.join()
         os.close(fd)
+
+
+def test_a_bounded_wait_takes_a_lock_released_soon_without_sleeping_in_flock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "stream"
+    calls = FlockCalls(monkeypatch)
+    holder = held_for(path, 0.05)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        with files.bounded_waits(lambda: False, seconds=5.0):
+            files.lock_soon(fd, seconds=0.001)
+        assert calls.sleeping == 0 and len(calls.ops) >= 2
+    finally:
+        holder.join()
+        os.close(fd)
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_a_bounded_wait_for_a_lock_held_on_ends_with_lock_held_error_after_its_bound_or_at_a_stop(
+        tmp_path: Path, asked: bool) -> None:
+    """A holder paused mid-append (SIGSTOP) may hold the lock for ever: a worker's recovery and claim give up (before
+    2026-12-06 they slept in ``flock``, deaf to SIGTERM), and the append writes nothing."""
+    store = stream_with_a_line(tmp_path)
+    holder = held_for(store.path("job-1"), 2.0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(LockHeldError), files.bounded_waits(lambda: asked, seconds=0.2):
+            store.append("job-1", lambda head: [b'{"seq":2}'], expected_seq=1)
+        took = time.monotonic() - started
+        assert took < 0.1 if asked else 0.2 <= took < 1.5
+    finally:
+        holder.join()
+    assert [line.raw for line in store.read("job-1")] == [b'{"seq":1}']
 
 
 def stream_with_a_line(tmp_path: Path) -> JsonlStore:
