@@ -25,6 +25,10 @@ from orchestrator.wakeup import InotifyWatcher, TurnBell, Watcher, WatchTurn, ma
 LISTING_MAX_AGE = 0.05  # seconds a worker draining a backlog keeps walking one listing of ready/
 FIRST_CLAIM_EPOCH = 1  # a submitted job's epoch is 0 and a claim takes the next: its first claim's running entry
 PASSED_OVER_KEPT = 4096  # jobs a worker remembers passing over for a first claim in flight (``_claim_in_flight``)
+# A worker waiting its turn while another holds it looks at ready/ itself this often, and wakes for a runnable entry
+# found there at two looks in a row: a watcher would have claimed it by then, unless it is paused (SIGSTOP, a frozen VM)
+# with the turn held.
+UNWATCHED_LOOK_EVERY = 0.5
 TAKEN_OVER_NAMES_CHECKED = 64  # more entries announced while a worker waited its turn: it walks, without a look at each
 
 
@@ -264,12 +268,29 @@ class FileQueueIndex(QueueIndex):
             if not turn.take():
                 turn.wait(timeout)
                 if not turn.take():
-                    return False
+                    return self._unclaimed_while_watched(waits)
             if watcher.wait(0):
                 if self._still_ready(watcher.changed(TAKEN_OVER_NAMES_CHECKED)):
                     return True
                 waits.claimed = True  # nothing to walk for, but those jobs may run now: ``claimed_while_waiting``
         return watcher.wait(max(0.0, end - time.monotonic()))
+
+    def _unclaimed_while_watched(self, waits: "_ThreadWaits") -> bool:
+        """Whether, although another worker holds the turn, a runnable entry was there at this worker's last look
+        too, ``UNWATCHED_LOOK_EVERY`` or more ago (and was not told of before): its watcher would have claimed it,
+        unless it is paused with the turn held, which left every idle worker deaf until ``IDLE_MAX_WAIT`` (30 s)
+        before 2026-12-06. One listing per ``UNWATCHED_LOOK_EVERY`` (of an empty folder, mostly): no wake-up while
+        the watcher is alive. By the names, not their times: an entry's time is its job's, not the listing's clock."""
+        now = time.monotonic()
+        if now < waits.look_at:
+            return False
+        waits.look_at = now + UNWATCHED_LOOK_EVERY
+        due = time.time() * 1e6
+        ready = frozenset(name for name in self._list(self.ready_dir)
+                          if (entry := ReadyEntry.parse(name)) is not None and entry.runnable_at_us <= due)
+        left, waits.seen = ready & waits.seen, ready
+        unseen, waits.unclaimed = left - waits.unclaimed, left
+        return bool(unseen)
 
     def claimed_while_waiting(self) -> bool:
         return self._waits.claimed
@@ -303,6 +324,9 @@ class _ThreadWaits(threading.local):
     watcher: "Watcher | None" = None
     turn: "WatchTurn | None" = None
     claimed = False  # its last wait took the turn and found the entries announced before it gone
+    look_at = 0.0  # ``time.monotonic()`` of its next look at ready/ while another worker holds the turn
+    seen: "frozenset[str]" = frozenset()  # the runnable entries that look found (``_unclaimed_while_watched``)
+    unclaimed: "frozenset[str]" = frozenset()  # those of them found at the look before too, told of
 
 
 def _entry_exists(path: str) -> bool:

@@ -457,3 +457,30 @@ def test_a_bell_let_go_of_while_its_thread_opens_a_store_lock_does_not_hang(tmp_
     proc = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, text=True, timeout=30,
                           env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
     assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]
+
+
+def test_a_watcher_paused_with_its_turn_held_leaves_a_new_job_unclaimed_for_at_most_two_looks(tmp_path) -> None:
+    """A watcher stopped (SIGSTOP) keeps its turn's lock: the others look at ready/ themselves once per
+    ``UNWATCHED_LOOK_EVERY`` and wake for an entry still there at their next look (before 2026-12-06 they waited
+    ``IDLE_MAX_WAIT``, 30 s), once per entry."""
+    root = tmp_path / "index"
+    root.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, signal, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); os.kill(os.getpid(), signal.SIGSTOP)"),
+        str(root / TURN_LOCK)], stdout=subprocess.PIPE, text=True)
+    index = FileQueueIndex(root)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert index.wait(0) is False and turn_is_held(root)
+        FileQueueIndex(root).put_ready(ReadyEntry(0, int(time.time() * 1e6), "A"))
+        started = time.monotonic()
+        while not index.wait(0.25):  # a worker's wait step
+            assert time.monotonic() - started < 2.0, "still deaf to the new job"
+        assert time.monotonic() - started >= 0.25
+        assert not any(index.wait(0.25) for _ in range(6)), "woken again for the same entry"
+    finally:
+        holder.kill()
+        holder.wait(5)
+        holder.stdout.close()
+        index.close()
