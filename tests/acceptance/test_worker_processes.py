@@ -755,7 +755,8 @@ def paused_at(env: dict[str, str], point: str, *args: str) -> subprocess.Popen[s
     crash point (``point``: ``name:nth``): a process paused in the middle of what it was doing, its locks held."""
     name, _, nth = point.partition(":")
     code = ("import os, signal; from orchestrator import faults; faults.arm(%r, lambda: os.kill(os.getpid(), "
-            "signal.SIGSTOP), %d); from orchestrator.cli import main; main(prog_name='orchestrator')" % (name, int(nth)))
+            "signal.SIGSTOP), %d); from orchestrator.cli import main; main(prog_name='orchestrator')"
+            % (name, int(nth)))
     return subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=str(REPO), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
