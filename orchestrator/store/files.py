@@ -75,18 +75,25 @@ def lock_soon(fd: int, seconds: float = LOCK_SPIN_SECONDS, what: str = "") -> No
     lock's file, for its error)."""
     end = time.monotonic() + seconds
     while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _locked_now(fd):
             return
-        except BlockingIOError:
-            if time.monotonic() >= end:
-                break
-            os.sched_yield()
+        if time.monotonic() >= end:
+            break
+        os.sched_yield()
     bound = getattr(_waits, "bound", None)
     if bound is None:
         fcntl.flock(fd, fcntl.LOCK_EX)
     else:
         bound.wait(fd, what)
+
+
+def _locked_now(fd: int) -> bool:
+    """``flock(fd, LOCK_EX)`` if no other holds it now: whether it was taken."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 # A worker's recovery and claim wait at most this long for a lock another process holds (``bounded_waits``): a live
@@ -123,13 +130,11 @@ class bounded_waits:  # noqa: N801 - used as a function: ``with bounded_waits(st
         give_up, pause = time.monotonic() + self.seconds, LOCK_PAUSE_FIRST
         while not self.stop():
             time.sleep(pause)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _locked_now(fd):
                 return
-            except BlockingIOError:
-                if time.monotonic() >= give_up:
-                    break
-                pause = min(pause * 2, LOCK_PAUSE_MAX)
+            if time.monotonic() >= give_up:
+                break
+            pause = min(pause * 2, LOCK_PAUSE_MAX)
         raise LockHeldError(f"the lock of {what or 'a file of the store'} is held by another process (paused, or "
                             f"writing slowly) after {self.seconds:g}s, or a stop was asked; nothing was written",
                             path=what or None)
