@@ -95,8 +95,11 @@ def _refuse(action: str, problems: list[Problem]) -> IntegrityError:
                 f"does not trust: copy {pubs} from the keyring of the machine that signed it into the trusted keys "
                 f"folder (ORCH_TRUSTED_KEYS_DIR) of this one, then run the {action} again")
     else:
+        # an import holds nothing of the stream to verify: the bundle's copy is damaged, or the project it came from
+        where = ("`orchestrator verify` on the project the bundle was exported from (a copy damaged on the way: "
+                 "export it again)" if action == "import" else "`orchestrator verify`")
         text = (f"{action} refused: stream {first.stream} fails verification at line {first.line}: "
-                f"{first.code} ({first.message}); run `orchestrator verify`")
+                f"{first.code} ({first.message}); run {where}")
     return IntegrityError(f"{text}; nothing of that stream was written" if action == "import" else text,
                           problems=[p.to_dict() for p in problems[:20]])
 

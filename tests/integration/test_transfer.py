@@ -109,9 +109,11 @@ def test_import_refuses_a_damaged_stream_carried_as_evidence(file_orch, pg_orch)
     result = export_project(file_orch, buf, allow_damaged=True)
     assert result["damaged"] and {p["stream"] for p in result["damaged"]} == {bad}
     buf.seek(0)
-    with pytest.raises(IntegrityError, match=bad):
+    with pytest.raises(IntegrityError, match=bad) as refused:
         import_project(pg_orch, buf)
     assert pg_orch.store.read(bad) == []
+    # this project holds nothing of it to verify (until 2026-12-06 the message said "run `orchestrator verify`")
+    assert "run `orchestrator verify` on the project the bundle was exported from" in refused.value.message
 
 
 def test_an_interrupted_import_is_completed_by_running_it_again(file_orch, pg_orch) -> None:
