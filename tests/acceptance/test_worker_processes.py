@@ -400,12 +400,7 @@ def test_a_stop_signal_to_worker_once_stops_it_gracefully_exit_0_not_interrupted
     as a looping one does: its run handed back (``released``), exit 0 (README, exit codes 130 and 143)."""
     job, started, _release = waiting_job(orch, tmp_path)
     proc = start_worker(env, "--once", "--json", "--stop-grace-seconds", "0.3")
-    try:
-        wait_until(started.exists, what="the job to start")
-        proc.send_signal(signum)
-        code, out, err = finish(proc)
-    finally:
-        stop(proc)
+    code, out, err = signalled_once(proc, signum, started, "the job to start")
     assert code == 0, err
     assert json.loads(out) | {"run_id": None} == {"job_id": job, "run_id": None, "outcome": "released",
                                                    "state": "queued", "error_code": "WORKER_STOPPED", "details": {},
@@ -425,12 +420,7 @@ def test_a_stop_signal_while_the_worker_imports_its_handler_modules_is_a_stop_be
     job = orch.submit("t.echo", "x")
     proc = start_worker({**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{tmp_path}"}, "--import", "slowimp",
                         "--json", *(["--once"] if once else []))
-    try:
-        wait_until(started.exists, what="the module's import to start")
-        proc.send_signal(signum)
-        code, out, err = finish(proc)
-    finally:
-        stop(proc)
+    code, out, err = signalled_once(proc, signum, started, "the module's import to start")
     line = json.loads(out)
     if once:
         assert (code, line) == (75, {"ran": False, "worker_id": line["worker_id"], "stopped": True, "recovered": []})
@@ -759,6 +749,16 @@ def paused_at(env: dict[str, str], point: str, *args: str) -> subprocess.Popen[s
             % (name, int(nth)))
     return subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=str(REPO), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+
+
+def signalled_once(proc: subprocess.Popen[str], signum: int, started: Path, what: str) -> tuple[int, str, str]:
+    """Send ``signum`` to the worker once ``started`` exists; its exit code and output (it is killed if it hangs)."""
+    try:
+        wait_until(started.exists, what=what)
+        proc.send_signal(signum)
+        return finish(proc)
+    finally:
+        stop(proc)
 
 
 def stopped(proc: subprocess.Popen[str]) -> bool:
