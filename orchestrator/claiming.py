@@ -29,11 +29,11 @@ from orchestrator.notices import Notify, tell
 from orchestrator.outcome import Claim
 from orchestrator.queue import ReadyEntry
 from orchestrator.recovery import reload_keys
-from orchestrator.runner import RUN_PREFIX
+from orchestrator.run_folder import RUN_PREFIX
 from orchestrator.security import sanitize_text
 from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import StoredLine
-from orchestrator.store.files import LOCK_WAIT_SECONDS
+from orchestrator.store.locks import LOCK_WAIT_SECONDS
 from orchestrator.untrusted import SKIPPED_MAX, UntrustedJobs
 
 if TYPE_CHECKING:

@@ -99,7 +99,7 @@ class ConcurrencyError(OrchestratorError):
 
 class LockHeldError(ConcurrencyError):
     """A lock of the store stayed held by another process (paused, or writing slowly) past a worker's bounded wait
-    (``files.bounded_waits``), or a stop was asked meanwhile; nothing was written: pass over, try again later."""
+    (``locks.bounded_waits``), or a stop was asked meanwhile; nothing was written: pass over, try again later."""
 
 
 class IntegrityError(OrchestratorError):

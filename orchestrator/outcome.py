@@ -24,7 +24,8 @@ from orchestrator.leftovers import end_exited_run, killed_warning
 from orchestrator.notices import log_warning
 from orchestrator.payload import (DONE, FAILED, JSON_WHITESPACE, NEEDS_AUDIT, NO_TERMINAL_SIGNAL_EXIT, Payload,
                                   parse_payload)
-from orchestrator.runner import Child, sanitized_tail
+from orchestrator.run_folder import sanitized_tail
+from orchestrator.runner import Child
 from orchestrator.security import json_source_text, sanitize_obj, sanitize_text
 from orchestrator.state import RUNNING, STOPS_FORGIVEN, WORKER_STOPPED, JobState
 

@@ -29,7 +29,7 @@ from orchestrator.leftovers import Killed, kill_run_processes, killed_warning
 from orchestrator.notices import Notify, log_warning, tell
 from orchestrator.payload import NO_TERMINAL_SIGNAL_STALE
 from orchestrator.queue import QueueIndex, ReadyEntry
-from orchestrator.runner import RUN_PREFIX, remove_run_folder
+from orchestrator.run_folder import RUN_PREFIX, remove_run_folder
 from orchestrator.security import sanitize_text
 from orchestrator.state import QUEUED, RUNNING, WAITING_HUMAN, JobState
 from orchestrator.untrusted import UntrustedJobs, running_mark

@@ -14,12 +14,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import fcntl
-import json
 import os
-import shutil
 import signal
-import stat
 import subprocess
 import sys
 import threading
@@ -39,13 +35,12 @@ from orchestrator.leftovers import (KILLED_MAX_BYTES, LEFTOVER_GRACE_SECONDS, NO
 from orchestrator.leftovers import adopt_orphans as _adopt_orphans
 from orchestrator.handler_result import handler_payload, leave_if_forked
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
-from orchestrator.security import cut_read_size, sanitized_cut
+from orchestrator.run_folder import open_output, write_bytes_atomic
 from orchestrator.store.files import NotRegularFileError, open_regular
 
 if TYPE_CHECKING:  # handlers imports this module
     from orchestrator.handlers import RunPaths
 
-RUN_PREFIX = "run-"  # runs/run-<16 hex>: one run's folder (runs/host-*: a worker's handler process)
 PR_SET_PDEATHSIG = 1
 _libc: Any = None
 
@@ -366,22 +361,10 @@ class ForkChild(Child):
         return self.returncode
 
 
-def _open_output(path: Path) -> int:
-    """Open a run's output file, locked (``flock``) for as long as a process holds it: the handler
-    inherits the descriptor as its stdout and stderr, so the lock lives exactly as long as the
-    handler (and anything it started that kept them), and ``remove_run_folder`` leaves its folder."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # held by a sweep deciding about a run that is over: the output is not kept anyway
-        pass
-    return fd
-
-
 def spawn_command(argv: list[str], *, cwd: Path, env: dict[str, str], output: Path, terminal_file: Path) -> Child:
     """Start ``argv`` (no shell) in a new session, stdout and stderr into ``output``."""
     load_libc()  # in the worker, so the child's preexec_fn does not search for libc
-    fd = _open_output(output)
+    fd = open_output(output)
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
                                 start_new_session=True, close_fds=True, preexec_fn=die_with_parent)
@@ -391,16 +374,6 @@ def spawn_command(argv: list[str], *, cwd: Path, env: dict[str, str], output: Pa
     child = PopenChild(proc)
     child.terminal_file, child.output = terminal_file, output
     return child
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_bytes_atomic(path, json.dumps(data, ensure_ascii=False, allow_nan=False).encode())
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _become_handler_process(output: Path) -> None:
@@ -423,7 +396,7 @@ def give_standard_streams(output: Path, fds: tuple[int, ...] = STANDARD_FDS) -> 
     the output file, and make ``sys.stdin``/``sys.stdout``/``sys.stderr`` new files on 0-2: ``print()`` goes to
     the output file even if the worker had replaced ``sys.stdout`` (a logger, a test runner)."""
     for target in fds:
-        fd = os.open(os.devnull, os.O_RDONLY) if target == 0 else _open_output(output)
+        fd = os.open(os.devnull, os.O_RDONLY) if target == 0 else open_output(output)
         if fd != target:  # a closed standard descriptor is the lowest free number: the one just opened
             os.dup2(fd, target)
             os.close(fd)
@@ -566,62 +539,3 @@ def fork_call(fn: Callable[[], Any], *, terminal_file: Path, output: Path,
     child = ForkChild(pid, done_r)
     child.terminal_file, child.output = terminal_file, output
     return child
-
-
-def remove_run_folder(folder: Path) -> bool:
-    """Remove a run's folder (``runs/run-*``) unless a process of that run still holds its output's
-    lock (``_open_output``): a handler that still runs, whatever its job's events say. The caller
-    decides that the run is over; this only refuses to pull a folder from under a live process.
-    Returns True if the folder is gone."""
-    try:
-        if not stat.S_ISDIR(os.lstat(folder).st_mode):
-            return False  # not what a run makes (a symlink, a file): left alone
-    except OSError:
-        return False  # gone meanwhile (its worker removed it)
-    try:
-        fd = os.open(folder / "output.log", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        fd = -1  # the handler never started
-    except OSError:
-        return False
-    try:
-        if fd >= 0:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return False  # held: the run's handler (or a process it started) is alive
-        shutil.rmtree(folder, ignore_errors=True)
-        return not os.path.lexists(folder)
-    finally:
-        if fd >= 0:
-            os.close(fd)
-
-
-
-def sanitized_tail(path: Path, limit: int = 4000) -> str:
-    """The last ``limit`` characters of a run's output, sanitized ("..." first when cut): its last
-    ``cut_read_size(limit)`` bytes, cut by ``security.sanitized_cut``, which sanitizes all it looks at before it
-    cuts, so a cut never goes through a secret before it is sanitized.
-
-    The file is the one the worker made (``_open_output``), but the run can reach its path and put something else
-    there: a FIFO (a plain ``open`` blocked the worker for ever), a folder (it stopped the worker), a link (read
-    through, any file the worker can read went into the event). None of them is read: the tail says what was
-    found instead (``"[the output file ...]"``); a missing file is an empty tail."""
-    try:
-        fd, _ = open_regular(path)
-    except FileNotFoundError:
-        return ""
-    except NotRegularFileError:
-        return "[the output file is not a regular file: the run put something else in its place]"
-    except OSError as exc:
-        return f"[the output file cannot be read: {exc.strerror or exc}]"
-    try:
-        with open(fd, "rb", closefd=False) as fh:  # closed below, whatever happens
-            size = fh.seek(0, os.SEEK_END)
-            start = fh.seek(max(0, size - cut_read_size(limit)))
-            data = fh.read(size - start)  # not what a process still writing adds meanwhile
-    except OSError as exc:
-        return f"[the output file cannot be read: {exc.strerror or exc}]"
-    finally:
-        os.close(fd)
-    return sanitized_cut(data, limit, tail=True)

@@ -28,7 +28,8 @@ from pathlib import Path
 from orchestrator.descriptors import readable
 from orchestrator.errors import ConfigError
 from orchestrator.security import shown
-from orchestrator.store.files import close_lock_descriptor, open_creating, open_lock_descriptor
+from orchestrator.store.files import open_creating
+from orchestrator.store.locks import close_lock_descriptor, open_lock_descriptor
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ class WatchTurn:
         self._poll: "select.epoll | None" = None
         try:
             # a planted link, or a file of another kind, is refused: ``OSError``, and the caller watches as before
-            # a process forked meanwhile (a handler process) never keeps the lock (``store.files._LOCK_FDS``): one that
+            # a process forked meanwhile (a handler process) never keeps the lock (``store.locks._LOCK_FDS``): one that
             # outlived a worker killed while watching would keep the turn from every other idle worker
             self._lock = open_lock_descriptor(
                 lambda: open_creating(os.path.join(folder, TURN_LOCK), folder, os.O_RDWR | os.O_CLOEXEC))

@@ -57,7 +57,8 @@ from orchestrator.recovery import SWEEP_EVERY, StaleWatch, recover_expired, relo
 from orchestrator.runner import Child, precise_sleeps, stop_is_deferred
 from orchestrator.security import one_line, validate_id
 from orchestrator.state import WORKER_STOPPED_BEFORE_START
-from orchestrator.store.files import bounded_waits, check_folders, path_error
+from orchestrator.store.files import check_folders, path_error
+from orchestrator.store.locks import bounded_waits
 from orchestrator.untrusted import UntrustedJobs
 from orchestrator.worker_folders import WORKER_FOLDERS, WorkerFolders
 from orchestrator.worker_settings import WorkerSettings, default_worker_id

@@ -9,7 +9,7 @@ import os
 import stat
 from pathlib import Path
 
-from orchestrator.runner import RUN_PREFIX
+from orchestrator.run_folder import RUN_PREFIX
 from orchestrator.security import safe_join, validate_id
 from orchestrator.store.files import linked_folder_error, make_folder, path_error
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from orchestrator import handler
 from orchestrator.handlers import JobContext
-from orchestrator.runner import write_json_atomic
+from orchestrator.run_folder import write_json_atomic
 
 
 @handler("t.echo")

@@ -20,7 +20,8 @@ from orchestrator.errors import InvalidInputError
 from orchestrator.handler_env import SECRET_ENV, handler_environment
 from orchestrator.handlers import Handler, RunPaths
 from orchestrator.handler_host import HandlerHost
-from orchestrator.runner import Child, spawn_command, write_json_atomic
+from orchestrator.run_folder import write_json_atomic
+from orchestrator.runner import Child, spawn_command
 from orchestrator.security import safe_join
 
 __all__ = ["SECRET_ENV", "CommandHandler", "CommandNotFound", "child_env", "start_error"]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.handlers import JobContext, handler
-from orchestrator.runner import write_json_atomic
+from orchestrator.run_folder import write_json_atomic
 
 # One value per pattern ``sanitize_text`` covers; each carries a ``LEAKnn`` tag that must never be stored.
 SECRETS = {

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 from orchestrator.errors import AuditEntryNotWrittenError, AuxNotWrittenError, StorageError
-from orchestrator.store.files import bounded_waits
+from orchestrator.store.locks import bounded_waits
 
 AUDIT_STREAM = "@audit"
 HEADS_AREA = "heads"  # aux area of each job's head record, keyed by its job id (``history.head_record``)

@@ -32,10 +32,10 @@ from orchestrator.errors import (NOTHING_WRITTEN, AuxNotWrittenError, Concurrenc
 from orchestrator.security import is_id, validate_id
 from orchestrator.store.base import (AUDIT_STREAM, AUX_KEY_LENGTH, HEADS_AREA, SLOT_BYTES, AuxWrites, Builder,
                                      EventStore, Head, InTransaction, StoredLine)
-from orchestrator.store.files import (APPENDING, LOCK_SPIN_SECONDS, check_folders, fsync_dir, holding_files,
-                                      link_name, linked_file, lock_descriptor, lock_soon, make_folder, nofollow_opener,
-                                      not_regular, open_creating, path_error, read_all, read_file, refuse_link,
-                                      remove_file, remove_strays, vacate, write_failure, write_new)
+from orchestrator.store.files import (check_folders, fsync_dir, holding_files, link_name, linked_file, make_folder,
+                                      nofollow_opener, not_regular, open_creating, path_error, read_all, read_file,
+                                      refuse_link, remove_file, remove_strays, vacate, write_failure, write_new)
+from orchestrator.store.locks import APPENDING, LOCK_SPIN_SECONDS, lock_descriptor, lock_soon
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import LockHeldError
-from orchestrator.store import files
+from orchestrator.store import locks
 from orchestrator.store.jsonl import JsonlStore
 
 
@@ -30,7 +30,7 @@ class FlockCalls:
                 self.ops.append(op)
             real(fd, op)
 
-        monkeypatch.setattr(files.fcntl, "flock", flock)
+        monkeypatch.setattr(locks.fcntl, "flock", flock)
 
     @property
     def sleeping(self) -> int:
@@ -44,7 +44,7 @@ def held_for(path: Path, seconds: float, *, appending: bool = False) -> threadin
     taken = threading.Event()
 
     def hold() -> None:
-        with files.APPENDING if appending else contextlib.nullcontext():
+        with locks.APPENDING if appending else contextlib.nullcontext():
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
             taken.set()
@@ -64,7 +64,7 @@ def test_a_lock_released_within_the_spin_is_taken_without_sleeping_in_flock(tmp_
     holder = held_for(path, 0.0002)
     fd = os.open(path, os.O_RDWR)
     try:
-        files.lock_soon(fd, seconds=5.0)  # a long spin: the holder lets go well within it, however slow the host
+        locks.lock_soon(fd, seconds=5.0)  # a long spin: the holder lets go well within it, however slow the host
         assert calls.sleeping == 0 and len(calls.ops) >= 2  # tried, found it held, tried again until it was free
     finally:
         holder.join()
@@ -78,7 +78,7 @@ def test_a_lock_held_past_the_spin_is_waited_for_in_flock(tmp_path: Path, monkey
     fd = os.open(path, os.O_RDWR)
     try:
         started = time.monotonic()
-        files.lock_soon(fd, seconds=0.001)
+        locks.lock_soon(fd, seconds=0.001)
         assert calls.sleeping == 1 and time.monotonic() - started >= 0.04  # asleep in flock until the holder let go
     finally:
         holder.join()
@@ -92,8 +92,8 @@ def test_a_bounded_wait_takes_a_lock_released_soon_without_sleeping_in_flock(
     holder = held_for(path, 0.05)
     fd = os.open(path, os.O_RDWR)
     try:
-        with files.bounded_waits(lambda: False, seconds=5.0):
-            files.lock_soon(fd, seconds=0.001)
+        with locks.bounded_waits(lambda: False, seconds=5.0):
+            locks.lock_soon(fd, seconds=0.001)
         assert calls.sleeping == 0 and len(calls.ops) >= 2
     finally:
         holder.join()
@@ -109,7 +109,7 @@ def test_a_bounded_wait_for_a_lock_held_on_ends_with_lock_held_error_after_its_b
     holder = held_for(store.path("job-1"), 2.0)
     try:
         started = time.monotonic()
-        with pytest.raises(LockHeldError), files.bounded_waits(lambda: asked, seconds=0.2):
+        with pytest.raises(LockHeldError), locks.bounded_waits(lambda: asked, seconds=0.2):
             store.append("job-1", lambda head: [b'{"seq":2}'], expected_seq=1)
         took = time.monotonic() - started
         assert took < 0.1 if asked else 0.2 <= took < 1.5
@@ -148,7 +148,7 @@ def test_an_append_sleeps_in_flock_while_another_thread_of_this_process_appends(
     finally:
         holder.join()
     assert head.seq == 2 and calls.ops == [fcntl.LOCK_EX | fcntl.LOCK_NB, fcntl.LOCK_EX]  # one try, then asleep
-    assert files.APPENDING.count == 0  # every append counted out again
+    assert locks.APPENDING.count == 0  # every append counted out again
 
 
 def test_a_child_forked_while_another_thread_counts_an_append_can_append(tmp_path: Path) -> None:
@@ -159,7 +159,7 @@ def test_a_child_forked_while_another_thread_counts_an_append_can_append(tmp_pat
     held, release = threading.Event(), threading.Event()
 
     def count_an_append() -> None:
-        with files.APPENDING:  # another thread's append under way at the fork
+        with locks.APPENDING:  # another thread's append under way at the fork
             held.set()
             release.wait(10)
 
@@ -170,7 +170,7 @@ def test_a_child_forked_while_another_thread_counts_an_append_can_append(tmp_pat
     if pid == 0:  # the child: append, then leave at once (no pytest teardown here)
         try:
             store.append("job-1", lambda head: [b'{"seq":2}'], expected_seq=1)
-            os._exit(0 if files.APPENDING.count == 0 else 2)
+            os._exit(0 if locks.APPENDING.count == 0 else 2)
         except BaseException:  # noqa: BLE001 - any failure is the child's exit code
             os._exit(1)
     release.set()

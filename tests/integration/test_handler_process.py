@@ -240,7 +240,7 @@ def test_a_runs_folder_is_never_removed_while_its_handler_runs(tmp_path, how: st
     import sys
 
     from helpers import wait_until
-    from orchestrator import runner
+    from orchestrator import run_folder, runner
 
     folder, release = tmp_path / "run-0000000000000001", tmp_path / "release"
     folder.mkdir()
@@ -259,12 +259,12 @@ def test_a_runs_folder_is_never_removed_while_its_handler_runs(tmp_path, how: st
         child = runner.fork_call(wait, terminal_file=terminal, output=output)
     try:
         wait_until(lambda: output.exists() and "started" in output.read_text(), what="the handler to start")
-        assert runner.remove_run_folder(folder) is False and output.exists()
+        assert run_folder.remove_run_folder(folder) is False and output.exists()
     finally:
         release.touch()
         assert child.wait(10) is not None
     # a forked handler announces its exit a moment before it is gone (and its lock with it)
-    wait_until(lambda: runner.remove_run_folder(folder), timeout=5, what="the folder to go with its handler")
+    wait_until(lambda: run_folder.remove_run_folder(folder), timeout=5, what="the folder to go with its handler")
     assert not folder.exists()
 
 

@@ -447,10 +447,10 @@ def test_a_bell_let_go_of_while_its_thread_opens_a_store_lock_does_not_hang(tmp_
         "import gc, sys\n"
         "from orchestrator.queue import ReadyEntry\n"
         "from orchestrator.store.file_queue import FileQueueIndex\n"
-        "from orchestrator.store import files\n"
+        "from orchestrator.store import locks\n"
         "index = FileQueueIndex(sys.argv[1]); index.put_ready(ReadyEntry(0, 1, 'A'))\n"
         "assert index._bell._fds is not None\n"
-        "with files._lock_fds_guard:\n"
+        "with locks._lock_fds_guard:\n"
         "    del index\n"
         "    gc.collect()\n"
         "print('done')\n")

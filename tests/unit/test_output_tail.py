@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.runner import sanitized_tail
+from orchestrator.run_folder import sanitized_tail
 from orchestrator.security import CUT_MARGIN, REDACTED
 
 TAIL_MARGIN = CUT_MARGIN  # characters read before the tail

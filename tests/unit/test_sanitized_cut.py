@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.runner import sanitized_tail
+from orchestrator.run_folder import sanitized_tail
 from orchestrator.security import CUT_MARGIN, REDACTED, sanitize_text, sanitized_cut
 
 ALNUM = string.ascii_letters + string.digits
