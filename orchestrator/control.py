@@ -303,10 +303,9 @@ def _healed_note(message: str, entries: list[int]) -> str:
 _GAP = rf"[\s{ZERO_WIDTH}]*"
 _JOB_KEY = (rf"job[ \t\xa0_-]?id{_GAP}[:：=]{_GAP}[`'\"“‘]?(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*)[`'\"”’]?"
             rf"(?=[{ZERO_WIDTH}]*(?:[\s;；,，:：]|\Z))")
-_KEYED = (r"(?:[^A-Za-z0-9]*@[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)*[^A-Za-z0-9]*?" + _JOB_KEY
-          + rf"{_GAP}(?:[;；,，:：]{_GAP})?")  # the key, up to where the answer starts
+_NOISE = r"(?:[^A-Za-z0-9]*@[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)*[^A-Za-z0-9]*?"  # "> @bot " before a key
+_KEYED = _NOISE + _JOB_KEY + rf"{_GAP}(?:[;；,，:：]{_GAP})?"  # the key, up to where the answer starts
 _CHAT = re.compile(rf"^{_KEYED}(?P<answer>.*)\Z", re.I | re.S)
-_KEYED_AGAIN = re.compile(_KEYED, re.I | re.S)  # the answer starting with a key: "job_id: J; job_id: J; ..."
 # Further on, in ``_skeleton(answer)``: an id ends at the first character that is not an id character (``K)``,
 # ``K。``, ``K<Cyrillic Е>`` name K); markdown may wrap the key (``**job_id:** K``), and any run of characters that
 # are neither letters nor digits (spaces, punctuation, symbols, quotes and brackets of any script: ``«K»``, ``「K」``,
@@ -314,6 +313,11 @@ _KEYED_AGAIN = re.compile(_KEYED, re.I | re.S)  # the answer starting with a key
 # starts at it: in ``job_id: job_id: K`` the first key's "id" is the second key. Each run is scanned once: linear.
 _NAMED_AGAIN = re.compile(r"(?<![A-Za-z0-9])job[ \t_-]?id[\s*_~]*[:=][\W_]*"
                           r"(?=(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*))", re.I)
+# The answer starting with the job's own key again ("job_id: J; job_id: J; ..."), in ``_skeleton(answer)`` too: the key
+# in the variants found further on, any run between it and the id (``«J»``, ``「J」``, ``**J**``), and after the id the
+# quotes, brackets and markdown that close it (``_closes``) and spacing, then a separator if any (``_AFTER_OWN_KEY``).
+_OWN_KEY_AGAIN = re.compile(_NOISE + r"job[ \t_-]?id[\s*_~]*[:=][\W_]*(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*)", re.I)
+_AFTER_OWN_KEY = re.compile(r"\s*(?:[;,:.。]\s*)?")
 
 
 def _skeleton(text: str) -> str:
@@ -346,12 +350,29 @@ def parse_chat_message(job_id: str, message: str) -> str:
             raise JobIdMismatchError(f"the message names job {job_id} and then job {again}; nothing was "
                                      "written (paste only the message that answers this job)",
                                      job_id=job_id, message_job_id=again)
-    pos = 0
-    while (key := _KEYED_AGAIN.match(answer, pos)) and key.group("id").lower() == job_id.lower():
-        pos = key.end()  # its own key again ("job_id: J;\njob_id: J;"): the answer is what follows the last one
-    if not trim(answer[pos:]):
+    if _only_its_own_keys(job_id, answer):
         raise ChatMessageError(f"the message names job {job_id} but holds no answer after the id; nothing was written")
     return answer
+
+
+def _only_its_own_keys(job_id: str, answer: str) -> bool:
+    """Whether ``answer`` is empty, or holds nothing but ``job_id``'s own key again, once or more, in any form a key
+    further on takes (``job_id: J;\njob_id: «J»;``): no answer then. An answer going on after such keys is kept whole
+    by the caller. Each key is scanned once: linear."""
+    text = _skeleton(answer)
+    pos = 0
+    while (key := _OWN_KEY_AGAIN.match(text, pos)) and key.group("id").rstrip("._-").lower() == job_id.lower():
+        pos = key.end()
+        while pos < len(text) and (_closes(text[pos]) or text[pos].isspace()):  # "«J»", "« J »"
+            pos += 1
+        pos = _AFTER_OWN_KEY.match(text, pos).end()  # type: ignore[union-attr]  (it matches the empty string)
+    return not text[pos:].strip()
+
+
+def _closes(char: str) -> bool:
+    """A character that may close an id: a closing quote or bracket of any script (``»``, ``」``, ``”``, ``)``), or
+    ASCII quotes, backticks and markdown."""
+    return char in "\"'`*_~" or unicodedata.category(char) in ("Pe", "Pf", "Pi")
 
 
 def resume_from_chat(orch: "Orchestrator", job_id: str, message: str, *, note: str = "",

@@ -130,8 +130,8 @@ def resume_from_chat(orch: Any, out: Output, job_id: str, message: str | None, t
     Tolerates any case and spacing, full-width "：" and "；", a missing space, a leading "@bot",
     zero-width spaces around the key, the id and the separator.
     Refuses a message that names another job, first or anywhere after (JOB_ID_MISMATCH, exit 3), or
-    has no answer, as one that only repeats its own key (CHAT_MESSAGE_INVALID, exit 3); nothing is
-    written then. Idempotent like `control resume`.
+    has no answer, as one that only repeats its own key, in any quotes or brackets (CHAT_MESSAGE_INVALID,
+    exit 3); nothing is written then. Idempotent like `control resume`.
     """
     from orchestrator import control
 

@@ -198,6 +198,17 @@ def test_resume_from_chat_refuses_a_message_naming_another_job(api: Orchestrator
     assert js.event_types(api, mine)[-1] == js.event_types(api, other)[-1] == "human_input_requested"
 
 
+@pytest.mark.parametrize("message", ["job_id: {id}; job_id: «{id}»;", "job_id: {id};\njob_id: 「{id}」\n",
+                                     "job_id: {id}, job_id: '{id}', job_id: \"{id}\","])
+def test_resume_from_chat_refuses_a_message_that_only_repeats_its_own_key_in_other_quotes(
+        api: Orchestrator, cli_env, message: str) -> None:
+    job_id = js.waiting_human(api)
+    proc = run_script("resume_from_chat", job_id, message.format(id=job_id), "--json", env=cli_env)
+    assert proc.returncode == 3 and as_json(proc)["error"] == "CHAT_MESSAGE_INVALID", proc.stdout
+    assert "holds no answer" in as_json(proc)["message"]
+    assert js.event_types(api, job_id)[-1] == "human_input_requested"
+
+
 def test_operators_racing_the_same_resume_in_processes_write_one_event(api: Orchestrator, cli_env) -> None:
     job_id = js.waiting_human(api)
     script = str(REPO / "scripts" / "control.py")

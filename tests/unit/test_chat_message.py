@@ -30,6 +30,8 @@ KEYED = "key-" + "0123456789abcdef" * 2
     (f"job_id: {JOB}: ratio 3:1", "ratio 3:1"),
     (f"job_id: {JOB}; as job_id: {JOB.lower()} said, yes", f"as job_id: {JOB.lower()} said, yes"),  # itself again
     (f"job_id: {JOB};\njob_id: {JOB}; yes", f"job_id: {JOB}; yes"),  # its key repeated, then an answer: kept whole
+    (f"job_id: {JOB}; job_id: «{JOB}»; yes", f"job_id: {JOB}; job_id: «{JOB}»; yes"[len(f"job_id: {JOB}; "):]),
+    (f"job_id: {JOB};\njob_id: 「{JOB}」\nyes", f"job_id: 「{JOB}」\nyes"),
     # later on, words after a "job id" key that are no job id this orchestrator assigns are just the answer
     (f"job_id: {JOB}; the job id: in the ticket is wrong", "the job id: in the ticket is wrong"),
     (f"job_id: {JOB}; set job id = unknown, then retry", "set job id = unknown, then retry"),
@@ -86,11 +88,19 @@ def test_a_message_naming_another_job_is_refused(message: str) -> None:
     # a message that only repeats its own key holds no answer
     f"job_id: {JOB};\njob_id: {JOB};", f"job_id: {JOB}; job_id: {JOB}", f"job_id: {JOB}; > JOB ID = `{JOB.lower()}`, ",
     f"job_id: {JOB}; " + f"job_id: {JOB}; " * 50,
+    # ... in any quotes or brackets the keys further on take, with any separator after it
+    *[f"job_id: {JOB}{after} job_id: {opening}{JOB}{closing}{sep}"
+      for opening, closing in ["«»", "「」", '""', "''", "“”", "„“", "‹›", "【】", "()", "**", ("« ", " »")]
+      for after, sep in [(";", ";"), (",", ","), (";\n", "\n"), (";", "")]],
+    f"job_id: {JOB}; job_id: «{JOB}»; job_id: 「{JOB.lower()}」, job_id: '{JOB}'\njob_id: \"{JOB}\";",  # mixed
+    f"job_id: \"{JOB}\"; job_id: «{JOB}»;", f"job_id: {JOB};\n> job id = 「{JOB}」；",
+    f"job_id: {JOB}; **job_id:** «{JOB}»", f"job_id: {JOB}; job_id：「{JOB}」。", f"job_id: {JOB}; job_id: «{JOB}.»",
+    f"job_id: {JOB}; @bot job_id: «{JOB}»\u200b;",
 ])
 def test_a_message_without_id_or_answer_is_refused(message: str) -> None:
     with pytest.raises(ChatMessageError) as exc:
         parse_chat_message(JOB, message)
-    assert exc.value.code == "CHAT_MESSAGE_INVALID"
+    assert exc.value.code == "CHAT_MESSAGE_INVALID" and exc.value.exit_code == 3
 
 
 def test_the_ids_the_orchestrator_assigns_are_the_ones_a_message_cannot_name_later() -> None:
@@ -126,7 +136,9 @@ def test_keys_further_on_and_repeated_keys_are_read_in_linear_time() -> None:
             "          f'job_id: {J}; job_id' + ':' * 200000, f'job_id: {J}; ' + 'job_id:' * 30000,\n"
             "          f'job_id: {J}; ' + f'job_id: {J}; ' * 8000,\n"
             "          f'job_id: {J}; ' + f'> @a job_id: {J}; ' * 8000 + 'ok',\n"
-            "          f'job_id: {J}; ' + ('!' * 100 + 'jo') * 2000):\n"
+            "          f'job_id: {J}; ' + ('!' * 100 + 'jo') * 2000,\n"
+            "          f'job_id: {J}; ' + f'job_id: «{J}»; ' * 8000, f'job_id: {J}; ' + '@.' * 50000 + 'x',\n"
+            "          f'job_id: {J}; job_id: ' + '«' * 200000, f'job_id: {J}; job_id: {J}' + '» ' * 100000 + 'x'):\n"
             "    start = time.monotonic()\n"
             "    try: p(J, m)\n"
             "    except Exception as exc: assert exc.code == 'CHAT_MESSAGE_INVALID', exc\n"
