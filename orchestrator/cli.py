@@ -11,7 +11,6 @@ import contextlib
 import functools
 import io
 import json
-import os
 import signal
 import sys
 import threading
@@ -24,11 +23,10 @@ from orchestrator.cli_values import WholeRange, job_kinds, seconds, setting_erro
 from orchestrator.clock import from_iso
 from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PROJECT_ID,
                                  load_dotenv_file)
-from orchestrator.errors import (EXIT_OUTPUT_CLOSED, CommandInterrupted, Interrupted, InvalidInputError,
-                                 OrchestratorError, OutputClosed, UsageError)
+from orchestrator.errors import CommandInterrupted, Interrupted, InvalidInputError, OrchestratorError, UsageError
 from orchestrator.limits import MAX_ATTEMPTS_LIMIT, MAX_INPUT_BYTES, MAX_PROCESSES, PRIORITY_LIMIT, read_at_most
 from orchestrator.security import one_line, safe_line, sanitize_obj, sanitize_text, sanitized_cut, shown
-from orchestrator.stdout import OutputLost, install as install_stdout, outcome
+from orchestrator.stdout import outcome, written_whole
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_INTEGRITY = 7
@@ -431,31 +429,13 @@ def _load_dotenv(command: click.Command, args: list[str]) -> None:
 
 
 def _run(command: click.Command, args: list[str], prog_name: str | None) -> None:
-    """``.env``, then ``_run_command``, and what is left when stdout fails (every write there says so: stdout is
-    replaced first, ``stdout.install``): a reader that went away (``| head``) ends the command quietly, exit 141 as
-    SIGPIPE would; a disk that refused the output (``> file`` on a full disk) is ``STORAGE_ERROR`` (exit 10) on
-    stderr. Either way stdout is pointed at ``/dev/null`` first, so the interpreter's last flush has nothing left
-    to fail on."""
-    install_stdout()
-    try:
+    """``.env``, then ``_run_command``, ``stdout.written_whole``: a reader that went away (``| head``) ends the command
+    quietly, exit 141 as SIGPIPE would; a disk that refused the output (``> file`` on a full disk) is
+    ``STORAGE_ERROR`` (exit 10) on stderr (as JSON with ``--json``), saying to check what the command did, or that
+    nothing was done when it was its help, its version or a usage error that could not be printed."""
+    with written_whole(report=Output(_wants_json(args), data_on_stdout=True).error):
         _load_dotenv(command, args)
         _run_command(command, args, prog_name)
-    except OutputClosed:
-        _drop_stdout()
-        sys.exit(EXIT_OUTPUT_CLOSED)
-    except OutputLost as lost:
-        _drop_stdout()
-        with contextlib.suppress(OutputClosed, OutputLost, OSError):  # stderr may be gone too
-            Output(_wants_json(args), data_on_stdout=True).error(lost.error)
-        sys.exit(lost.error.exit_code)
-
-
-def _drop_stdout() -> None:
-    """Point stdout at ``/dev/null`` (what is still buffered is dropped there)."""
-    with contextlib.suppress(OSError, ValueError):
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, sys.stdout.fileno())
-        os.close(null)
 
 
 def _run_command(command: click.Command, args: list[str], prog_name: str | None) -> None:

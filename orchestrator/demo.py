@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from orchestrator import Orchestrator
+from orchestrator import Orchestrator, stdout
 from orchestrator.config import Settings
 from orchestrator.errors import ConfigError
 from orchestrator.integrity import verify_project
@@ -158,5 +158,7 @@ def interpreter() -> str:
     return str(relative) if relative.parent != Path(".") else f"./{relative}"
 
 
+OUTPUT_LOST = "the demo stopped there: run it again where its output fits (it starts afresh)"
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(stdout.run(main, OUTPUT_LOST))  # a full disk: exit 10, a reader gone (| head): 141, as the CLI

@@ -4,6 +4,6 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from orchestrator.reliability.report import main  # noqa: E402
+from orchestrator.reliability.report import command_line  # noqa: E402
 
-sys.exit(main())
+sys.exit(command_line())

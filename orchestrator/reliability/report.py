@@ -176,5 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if met else 1
 
 
+OUTPUT_LOST = ("the campaigns ran, but their table is lost (their folder is kept only with --keep): run it again "
+               "where its output fits")
+
+
+def command_line() -> int | None:
+    """``scripts/reliability_report.py``: ``main`` with stdout failing as the CLI's does (``stdout.run``): a full
+    disk is STORAGE_ERROR, exit 10; a reader gone (``| head``) ends it quietly, exit 141."""
+    from orchestrator import stdout
+
+    return stdout.run(main, OUTPUT_LOST)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command_line())

@@ -123,6 +123,94 @@ def test_help_and_version_into_a_full_disk_are_a_storage_error_as_every_output(
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full (Linux) to stand for a full disk")
+@pytest.mark.parametrize("unbuffered", [True, False], ids=["PYTHONUNBUFFERED=1", "buffered"])
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["--version"], ["status", "--help"], ["control", "approve", "-h"],
+                                  ["db", "--help"], ["status", "--no-such-option", "--json"]])
+def test_help_or_version_lost_to_a_full_disk_says_that_nothing_was_done(
+        cli_env, args: list[str], unbuffered: bool) -> None:
+    """Only the output is lost: the message does not send the operator to check what the command may have written."""
+    with FULL.open("w") as full:
+        proc = run_into(full.fileno(), *args, env=buffering(unbuffered, cli_env))
+    assert proc.returncode == 10, proc.stderr
+    assert "STORAGE_ERROR" in proc.stderr and "cannot write the command's output to stdout: No space" in proc.stderr
+    assert "nothing was done" in proc.stderr and "check with status" not in proc.stderr  # --json: on stderr too
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full (Linux) to stand for a full disk")
+def test_a_script_s_help_lost_to_a_full_disk_says_that_nothing_was_done(cli_env) -> None:
+    with FULL.open("w") as full:
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / "control.py"), "--help"], env=cli_env,
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert proc.returncode == 10 and "nothing was done" in proc.stderr, proc.stderr
+
+
+@pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full (Linux) to stand for a full disk")
+def test_an_action_whose_output_a_full_disk_refused_still_says_to_check_what_it_did(cli_env) -> None:
+    with FULL.open("w") as full:
+        proc = run_into(full.fileno(), "submit", "--kind", "t.echo", "--input", "{}", env=cli_env)
+    assert proc.returncode == 10 and "what the command did is done: check with status" in proc.stderr
+    assert "nothing was done" not in proc.stderr
+
+
+# -- the entry points outside the command line that print: the demo, the reliability report, bench.suites -------------
+PRINTING = {  # name: (its command line after the interpreter, what its refusal says was done)
+    "demo": (["-m", "orchestrator.demo", "{tmp}/demo-base"], "the demo stopped there"),
+    "reliability_report": ([str(REPO / "scripts" / "reliability_report.py"), "--quick", "--only", "fsync"],
+                           "the campaigns ran"),
+    "bench.suites": (["-m", "bench.suites"], "nothing was changed"),
+}
+
+
+def run_printing(name: str, stdout: int, env: dict[str, str], tmp: Path,
+                 *more: str) -> subprocess.CompletedProcess[str]:
+    args = [a.format(tmp=tmp) for a in PRINTING[name][0]]
+    return subprocess.run([sys.executable, *args, *more], env=env, stdout=stdout, stderr=subprocess.PIPE, text=True,
+                          timeout=120, cwd=str(REPO))
+
+
+@pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full (Linux) to stand for a full disk")
+@pytest.mark.parametrize("unbuffered", [True, False], ids=["PYTHONUNBUFFERED=1", "buffered"])
+@pytest.mark.parametrize("name", list(PRINTING))
+def test_the_demo_the_reliability_report_and_bench_suites_into_a_full_disk_are_a_storage_error(
+        cli_env, tmp_path: Path, name: str, unbuffered: bool) -> None:
+    with FULL.open("w") as full:
+        proc = run_printing(name, full.fileno(), buffering(unbuffered, cli_env), tmp_path)
+    assert proc.returncode == 10, proc.stderr
+    assert "error[STORAGE_ERROR]: cannot write the command's output to stdout: No space left on device" in proc.stderr
+    assert PRINTING[name][1] in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("unbuffered", [True, False], ids=["PYTHONUNBUFFERED=1", "buffered"])
+@pytest.mark.parametrize("name", list(PRINTING))
+def test_the_demo_the_reliability_report_and_bench_suites_to_a_reader_that_went_away_end_quietly_with_exit_141(
+        cli_env, tmp_path: Path, name: str, unbuffered: bool) -> None:
+    pipe = closed_pipe()
+    try:
+        proc = run_printing(name, pipe, buffering(unbuffered, cli_env), tmp_path)
+    finally:
+        os.close(pipe)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "error" not in proc.stderr  # the report's progress lines only
+
+
+@pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full (Linux) to stand for a full disk")
+@pytest.mark.parametrize("name", list(PRINTING))
+def test_their_help_lost_to_a_full_disk_says_that_nothing_was_done_and_to_a_closed_pipe_ends_quietly(
+        cli_env, tmp_path: Path, name: str) -> None:
+    with FULL.open("w") as full:
+        proc = run_printing(name, full.fileno(), cli_env, tmp_path, "--help")
+    assert proc.returncode == 10 and "nothing was done" in proc.stderr, proc.stderr
+    assert not (tmp_path / "demo-base").exists()
+    pipe = closed_pipe()
+    try:
+        proc = run_printing(name, pipe, cli_env, tmp_path, "--help")
+    finally:
+        os.close(pipe)
+    assert (proc.returncode, proc.stderr) == (141, "")
+
+
 @pytest.mark.parametrize("unbuffered", [True, False], ids=["PYTHONUNBUFFERED=1", "buffered"])
 @pytest.mark.parametrize("args", [["status", "--help"], ["--version"]])
 def test_help_and_version_to_a_reader_that_went_away_end_quietly_with_exit_141(
