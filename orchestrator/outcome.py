@@ -18,7 +18,7 @@ from orchestrator import clock as clock_mod
 from orchestrator import faults
 from orchestrator.artifacts import recorded_names
 from orchestrator.errors import (ConcurrencyError, InvalidInputError, LeaseLostError, MalformedPayloadError,
-                                 StorageUnavailableError)
+                                 PathEscapeError, StorageUnavailableError)
 from orchestrator.leases import drop_lease_aux
 from orchestrator.leftovers import end_exited_run, killed_warning
 from orchestrator.notices import log_warning
@@ -32,6 +32,7 @@ from orchestrator.state import RUNNING, STOPS_FORGIVEN, WORKER_STOPPED, JobState
 if TYPE_CHECKING:
     from orchestrator.api import JobView, Orchestrator
     from orchestrator.handlers import RunPaths
+    from orchestrator.worker_folders import WorkerFolders
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,9 @@ class OutcomeRecorder:
         self.wait_for_store = wait_for_store
         self.remember = remember
 
-    def record_exit(self, claim: Claim, code: int | None, child: Child, artifacts_dir: Path) -> RunResult:
-        """The outcome of a run whose handler exited: its terminal payload, parsed and decided on."""
+    def record_exit(self, claim: Claim, code: int | None, child: Child, folders: WorkerFolders) -> RunResult:
+        """The outcome of a run whose handler exited: its terminal payload, parsed and decided on. The job's folder
+        is checked again first (``escaped``): the run may have made it a link out of the store."""
         s = claim.state
         if child.answered:  # a Python handler's process: it ended what the run left, and said what it killed
             killed, when = child.killed, "when its handler ended"
@@ -129,6 +131,10 @@ class OutcomeRecorder:
             warning = killed_warning(killed, claim.job_id, claim.run_id, when)
             log_warning(log, warning, job_id=claim.job_id, run_id=claim.run_id, pids=killed.pids)
             claim = claim.noting(warning)
+        try:  # checked again now that the run, and what it left running, are over: before anything in it is read
+            artifacts_dir = folders.artifacts_dir(claim.job_id)
+        except PathEscapeError as exc:
+            return self.escaped(claim, exc, folders, child.output)
         try:
             raw = child.payload()
         except MalformedPayloadError as exc:  # too large to read, not a regular file, or unreadable
@@ -160,6 +166,18 @@ class OutcomeRecorder:
             return self.finish(claim, [("audit_requested", result)], "awaiting_audit")
         question = sanitize_text(payload.question or "")  # needs_human, the one status left
         return self.finish(claim, [("human_input_requested", {**result, "question": question})], "waiting_human")
+
+    def escaped(self, claim: Claim, exc: PathEscapeError, folders: WorkerFolders, output: Path) -> RunResult:
+        """The outcome of a run that left the job's folder leading out of the store (``record_exit``): ``artifacts/``
+        or its own ``artifacts/<job_id>`` made a link out (``WorkerFolders.artifacts_dir``, the check a run's start
+        makes). Nothing it names is looked at, listed or moved (they would be resolved, and files renamed, wherever
+        the link leads): the run fails, ``PATH_ESCAPE``, not retried. When ``artifacts/`` itself is the link, the
+        worker then stops (``exc`` raised), as it does when it meets that link at a run's start."""
+        result = self.fail(claim, exc.code, "the job's artifact folder leads out of the store after its run, so "
+                           f"nothing the run names is recorded: {exc.message}", output=output, retryable=False)
+        if folders.linked():
+            raise exc
+        return result
 
     def fail(self, claim: Claim, code: str, message: str, *, output: Path | None = None, retryable: bool = True,
              event: str = "job_failed", payload: Payload | None = None, action: str | None = None) -> RunResult:

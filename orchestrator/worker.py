@@ -282,7 +282,7 @@ class Worker:
             if how == "output":  # its output could not be bounded on this file system: a retry would print as much
                 return record.fail(claim, OUTPUT_TOO_LARGE, f"stopped: {cap.refused}", output=child.output,
                                    retryable=False)
-            return record.record_exit(claim, code, child, paths.artifacts_dir)
+            return record.record_exit(claim, code, child, self.folders)
         finally:
             child.finish(paths)
 

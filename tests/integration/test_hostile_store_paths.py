@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shlex
+import shutil
 import threading
 from pathlib import Path
 
@@ -73,6 +76,103 @@ def test_an_artifacts_folder_swapped_for_a_symlink_after_a_run_is_caught_by_the_
     last = view.stream.records[-1]
     assert last["type"] == "job_released" and last["data"]["error_code"] == "PATH_ESCAPE"
     assert list(outside.iterdir()) == []
+
+
+# -- a run that leads its own artifact folder out of the store ---------------------------------------
+_SECRET_NAMED = "token=abc123.txt"  # a name the worker would move to its sanitized one
+
+
+def _outside_with_a_secret_named_file(tmp_path: Path) -> Path:
+    outside = tmp_path / "victim"
+    outside.mkdir()
+    (outside / _SECRET_NAMED).write_text("not the store's")
+    return outside
+
+
+def _link_out_command(outside: Path) -> list[str]:
+    """A command that replaces its own folder with a link to ``outside``, then names a file there."""
+    payload = json.dumps({"status": "done", "summary": "s", "artifacts": [_SECRET_NAMED]})
+    script = (f'cd ..; rm -rf "$ORCH_ARTIFACTS_DIR"; ln -s {shlex.quote(str(outside))} "$ORCH_ARTIFACTS_DIR"; '
+              f'printf %s {shlex.quote(payload)} > "$ORCH_TERMINAL_FILE"')
+    return ["sh", "-c", script]
+
+
+def _assert_failed_as_path_escape_and_nothing_outside_is_touched(orch: Orchestrator, job: str, outside: Path) -> None:
+    from orchestrator.integrity import verify_project
+
+    st = orch.status(job)
+    assert st.state == "failed" and st.last_error["code"] == "PATH_ESCAPE" and st.result is None
+    assert "symbolic link" in st.last_error["message"] or "escapes" in st.last_error["message"]
+    assert sorted(p.name for p in outside.iterdir()) == [_SECRET_NAMED]  # not renamed, nothing added
+    assert (outside / _SECRET_NAMED).read_text() == "not the store's"
+    assert verify_project(orch).problems == []
+    assert all(not e["data"].get("artifacts") for e in (json.loads(ln.raw) for ln in orch.store.read(job)))
+
+
+def test_a_command_that_links_its_artifact_folder_out_of_the_store_fails_with_path_escape_renaming_nothing(
+        orch: Orchestrator, tmp_path: Path) -> None:
+    """Before the fix its payload was checked against wherever the link led: the outside file was listed as the
+    job's artifact and renamed there to ``token=[REDACTED]``."""
+    outside = _outside_with_a_secret_named_file(tmp_path)
+    job = orch.submit("command", {"argv": _link_out_command(outside)}, max_attempts=3)
+    result = orch.worker(worker_id="w").run_once()
+    assert result is not None and (result.outcome, result.error_code) == ("failed", "PATH_ESCAPE")  # not retried
+    _assert_failed_as_path_escape_and_nothing_outside_is_touched(orch, job, outside)
+
+
+def test_a_python_handler_that_links_its_artifact_folder_out_of_the_store_fails_with_path_escape(
+        orch: Orchestrator, tmp_path: Path) -> None:
+    from orchestrator.handlers import register
+
+    outside = _outside_with_a_secret_named_file(tmp_path)
+
+    def link_out(ctx):
+        shutil.rmtree(ctx.artifacts_dir)
+        os.symlink(ctx.input["to"], ctx.artifacts_dir)
+        return {"status": "done", "summary": "s", "artifacts": [_SECRET_NAMED]}
+
+    register("t.link_out", link_out)
+    job = orch.submit("t.link_out", {"to": str(outside)}, max_attempts=3)
+    result = orch.worker(worker_id="w").run_once()
+    assert result is not None and (result.outcome, result.error_code) == ("failed", "PATH_ESCAPE")
+    _assert_failed_as_path_escape_and_nothing_outside_is_touched(orch, job, outside)
+
+
+def test_a_run_that_replaces_the_artifacts_folder_with_a_link_fails_with_path_escape_and_stops_the_worker(
+        orch: Orchestrator, tmp_path: Path) -> None:
+    outside = tmp_path / "victim"
+    job = orch.submit("command", {"argv": ["sh", "-c", (
+        f'cd ../..; mv artifacts artifacts.moved; mkdir -p {shlex.quote(str(outside))}/"$ORCH_JOB_ID"; '
+        f'echo x > {shlex.quote(str(outside))}/"$ORCH_JOB_ID"/{shlex.quote(_SECRET_NAMED)}; '
+        f'ln -s {shlex.quote(str(outside))} artifacts; '
+        f"printf %s '{json.dumps({'status': 'done', 'summary': 's', 'artifacts': [_SECRET_NAMED]})}' "
+        f'> "$ORCH_TERMINAL_FILE"')]}, max_attempts=3)
+    with pytest.raises(PathEscapeError):  # a folder of the store is a link: the worker stops, as at a run's start
+        orch.worker(worker_id="w").run_once()
+    st = orch.status(job)
+    assert st.state == "failed" and st.last_error["code"] == "PATH_ESCAPE" and st.result is None
+    assert sorted(p.name for p in (outside / job).iterdir()) == [_SECRET_NAMED]  # not renamed
+
+
+def test_an_artifact_through_a_link_inside_the_jobs_folder_that_leads_out_is_refused_and_nothing_outside_moves(
+        orch: Orchestrator, tmp_path: Path) -> None:
+    """``validate_artifact_path`` follows every link on the way (``realpath``): ``sub -> outside`` with the artifact
+    ``sub/token=...`` resolves outside the job's folder and is refused; nothing is recorded or renamed."""
+    from orchestrator.handlers import register
+
+    outside = _outside_with_a_secret_named_file(tmp_path)
+
+    def link_below(ctx):
+        os.symlink(ctx.input["to"], ctx.artifacts_dir / "sub")
+        return {"status": "done", "summary": "s", "artifacts": [f"sub/{_SECRET_NAMED}"]}
+
+    register("t.link_below", link_below)
+    job = orch.submit("t.link_below", {"to": str(outside)}, max_attempts=1)
+    result = orch.worker(worker_id="w").run_once()
+    assert result is not None and result.error_code == "MALFORMED_PAYLOAD"
+    st = orch.status(job)
+    assert st.state == "failed" and "artifact outside the job's folder" in st.last_error["message"]
+    assert sorted(p.name for p in outside.iterdir()) == [_SECRET_NAMED]
 
 
 # -- a directory where a record, an index entry or a lock file belongs -------------------------------
