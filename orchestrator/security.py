@@ -599,14 +599,16 @@ def safe_join(root: Path, *parts: str) -> Path:
 def validate_artifact_path(artifacts_dir: Path, rel: str) -> Path:
     """Resolve a job-supplied artifact path; raise unless it is strictly inside the folder.
 
-    Refuses absolute paths, drive letters, backslashes, NUL and any ``..`` component
-    outright, then follows symlinks so a link inside the folder cannot point out of it.
+    Refuses absolute paths, backslashes, NUL and any ``..`` component outright, then follows
+    symlinks so a link inside the folder cannot point out of it. A drive (``c:``) is one only
+    where the OS has drives (``os.path.splitdrive``): on Linux and macOS, where the file backend
+    runs, ``c:x`` is a plain name in the folder.
     """
     if not isinstance(rel, str) or not rel:
         raise PathEscapeError(f"artifact path must be a non-empty string, got {shown(rel)}")
     if "\x00" in rel or "\\" in rel:
         raise PathEscapeError(f"artifact path {shown(rel)} contains NUL or backslash")
-    if os.path.isabs(rel) or re.match(r"[A-Za-z]:", rel):
+    if os.path.isabs(rel) or os.path.splitdrive(rel)[0]:
         raise PathEscapeError(f"artifact path {shown(rel)} must be relative")
     if ".." in rel.split("/"):
         raise PathEscapeError(f"artifact path {shown(rel)} must not contain '..'")
