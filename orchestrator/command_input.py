@@ -1,4 +1,6 @@
-"""The input of the built-in ``command`` kind: ``{"argv": [...], "cwd": optional, "env": optional}``.
+"""The input of the built-in ``command`` kind: ``{"argv": [...], "cwd": optional, "env": optional}``, and, as
+any job's input, ``"artifacts_from"`` (a job id or a list of them: the worker copies their folders into the job's
+``inputs/`` before the command starts, with ``ORCH_ARTIFACTS_IMPORT`` on; ``artifacts_import``).
 
 Checked at submit (``Orchestrator.submit_job``), so a job that can never start is refused there
 instead of failing at run time, and again when it runs (``handlers/command.py``), for jobs
@@ -12,7 +14,7 @@ from typing import Any
 from orchestrator.errors import InvalidInputError
 
 COMMAND_KIND = "command"
-KEYS = frozenset({"argv", "cwd", "env"})
+KEYS = frozenset({"argv", "cwd", "env", "artifacts_from"})
 EXAMPLE = '{"argv": ["echo", "hi"]}'
 
 
@@ -34,6 +36,10 @@ def parse_command_input(value: Any) -> tuple[list[str], str | None, dict[str, st
     if env is not None and not (isinstance(env, dict) and all(
             _plain(k) and k and "=" not in k and _plain(v) for k, v in env.items())):
         raise InvalidInputError("command input 'env' must map names (no '=', no NUL) to strings without NUL")
+    if value.get("artifacts_from"):  # checked as the worker reads it (imported only then: most commands name none)
+        from orchestrator.artifacts_import import artifacts_from
+
+        artifacts_from(value)
     return argv, cwd, env
 
 

@@ -1,4 +1,5 @@
-"""The ``command`` handler: input ``{"argv": [...], "cwd": optional, "env": optional}``, no shell.
+"""The ``command`` handler: input ``{"argv": [...], "cwd": optional, "env": optional}``, no shell (and
+``"artifacts_from"``, which the worker reads before the command starts: ``command_input``).
 
 The child gets the worker's environment minus the orchestrator's own settings and secrets
 (every ``ORCH_*`` variable, ``LLM_API_KEY``, and any name listed in ``SECRET_ENV``), plus the

@@ -1276,6 +1276,29 @@ def test_the_explicit_artifacts_import_setting_copies_never_moves(orch) -> None:
     assert (root / first / "a.txt").read_text() == "A"
 
 
+def test_a_command_job_gets_a_copy_of_its_artifacts_from_in_its_folder_where_it_runs(orch) -> None:
+    """``artifacts_from`` is a key of a command's input too (before: refused at submit, "unknown keys")."""
+    worker = make_worker(orch, artifacts_import=True)
+    first, _ = _two_jobs_sharing(orch, worker)
+    code = ("import os,json; a=open(os.path.join('inputs', os.environ['FIRST'], 'a.txt')).read();"
+            "open(os.environ['ORCH_TERMINAL_FILE'],'w').write(json.dumps({'status':'done','summary':'read '+a}))")
+    job = orch.submit("command", {"argv": [PY, "-c", code], "env": {"FIRST": first}, "artifacts_from": first})
+    assert worker.run_once().job_id == job
+    st = orch.status(job)
+    assert st.state == "succeeded" and st.result["summary"] == "read A"
+    assert (orch.settings.state_dir / "artifacts" / first / "a.txt").read_text() == "A"  # copied, never moved
+
+
+@pytest.mark.parametrize("names", [["../x"], "a b", 5, {"a": 1}, [1]], ids=["dotdot", "space", "number", "object",
+                                                                       "number-in-list"])
+def test_submit_refuses_a_command_input_whose_artifacts_from_names_no_job_id(orch, names: object) -> None:
+    from orchestrator.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="^input artifacts_from"):  # its own message, not "unknown keys"
+        orch.submit("command", {"argv": ["true"], "artifacts_from": names})
+    assert list(orch.store.job_ids()) == []
+
+
 @pytest.mark.parametrize("names", [["../x"], "a b", 5, {"a": 1}, [1]], ids=["dotdot", "space", "number", "object",
                                                                        "number-in-list"])
 def test_an_artifacts_from_that_names_no_job_id_fails_the_run_as_bad_input_and_the_worker_runs_on(
