@@ -120,8 +120,9 @@ def test_a_command_that_links_its_artifact_folder_out_of_the_store_fails_with_pa
     _assert_failed_as_path_escape_and_nothing_outside_is_touched(orch, job, outside)
 
 
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
 def test_a_python_handler_that_links_its_artifact_folder_out_of_the_store_fails_with_path_escape(
-        orch: Orchestrator, tmp_path: Path) -> None:
+        orch: Orchestrator, tmp_path: Path, mode: str) -> None:
     from orchestrator.handlers import register
 
     outside = _outside_with_a_secret_named_file(tmp_path)
@@ -133,7 +134,7 @@ def test_a_python_handler_that_links_its_artifact_folder_out_of_the_store_fails_
 
     register("t.link_out", link_out)
     job = orch.submit("t.link_out", {"to": str(outside)}, max_attempts=3)
-    result = orch.worker(worker_id="w").run_once()
+    result = orch.worker(worker_id="w", handler_process=mode).run_once()
     assert result is not None and (result.outcome, result.error_code) == ("failed", "PATH_ESCAPE")
     _assert_failed_as_path_escape_and_nothing_outside_is_touched(orch, job, outside)
 
