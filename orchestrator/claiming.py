@@ -152,7 +152,7 @@ class Claimer:
                 continue
             if self._kinds and not self._of_my_kinds(entry):  # its first line read once, then remembered
                 continue
-            if entry.runnable_at > now:  # delayed (retry backoff): the sorted names tell, no read needed
+            if not entry.due(now):  # delayed (retry backoff): the entry tells, no read needed
                 self.next_due = min(self.next_due or entry.runnable_at, entry.runnable_at)
                 continue
             if self.untrusted.passes_over(entry, entry.job_id):  # left for want of a key, as it was: no read
@@ -265,7 +265,7 @@ class Claimer:
         if expected != entry:  # a left-over entry from a crash: put the right one in place
             self.queue.put_ready(expected)
             self.queue.drop_ready(entry)
-            if expected.runnable_at > now:
+            if not expected.due(now):
                 self.next_due = min(self.next_due or expected.runnable_at, expected.runnable_at)
                 return None
         if self._kinds and s.kind not in self._kinds:  # not this worker's (--kind): left for good, quietly
@@ -371,7 +371,7 @@ class Claimer:
         if not self._looked_at(next_id):
             self._ahead = None  # the last look's job was not claimed here, and is not next: its memory is let go
         if (entry is None or self._ahead is not None or entry.job_id in self._known
-                or self.left.passes_over(entry.job_id) or entry.runnable_at > self.orch.clock()):
+                or self.left.passes_over(entry.job_id) or not entry.due(self.orch.clock())):
             return  # nothing next, looked at already, kept, left to others, or not due
         try:
             read = self.orch.read_job(entry.job_id)

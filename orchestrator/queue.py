@@ -12,7 +12,10 @@
 
 The file index keeps one empty entry per ready job, named so that a sorted listing is the
 claim order (priority desc, then runnable-at asc, then job id):
-``index/ready/<1000-priority>.<runnable_at_us>.<job_id>``, and ``index/running/<job_id>@<epoch>``;
+``index/ready/<1000-priority>.<at_us>+<job_id>`` for a job runnable at once (``at_us``: when it was queued, its
+place in FIFO order only), ``index/ready/<1000-priority>.<runnable_at_us>.<job_id>`` for a retry waiting out its
+backoff (and for every entry an index written before 2026-12-06 holds: due at its time, as then), and
+``index/running/<job_id>@<epoch>``;
 each entry is a hard link of ``index/.entry`` (a name, no new file: ``store.file_queue.FileQueueIndex._touch``).
 It is built while ``index/built`` and a ``.built`` mark in each folder are there: a folder deleted by hand, or made
 anew without the entries it held, is rebuilt from the events (``FileQueueIndex.is_built``).
@@ -45,6 +48,7 @@ INDEX_DIR = "index"
 INDEX_FOLDERS = ("", "ready", "running")  # under INDEX_DIR; checked when the index is opened (check_folders)
 BUILT_MARKER = "built"
 FOLDER_MARK = ".built"  # in ready/ and running/: the folder is the one the index was last built in (FileQueueIndex)
+AT_ONCE = "+"  # between a ready entry's time and its job id: runnable at once (``ReadyEntry.at_once``); never in an id
 ENTRY_TEMPLATE = ".entry"  # the empty file every entry is a hard link of (FileQueueIndex._touch)
 
 
@@ -58,6 +62,11 @@ class ReadyEntry:
     # the job's kind when the writer knew it (an index that can filter by kind keeps it: PostgreSQL); not part of
     # the entry's identity or order, and not in a file entry's name (a file index's entries carry None)
     kind: str | None = field(default=None, compare=False)
+    # runnable at once, whatever the time stamp, which orders it only (a job submitted, resumed, revised, released):
+    # a clock stepped back holds up no such job. False: due at ``runnable_at`` (a retry's backoff; an entry of an
+    # index that does not tell: PostgreSQL's, whose claim statement decides by time, and a file entry named before
+    # the mark). Not part of the entry's identity or order: one job, one entry, however it is named
+    at_once: bool = field(default=False, compare=False)
 
     @property
     def priority(self) -> int:
@@ -67,22 +76,37 @@ class ReadyEntry:
     def runnable_at(self) -> float:
         return self.runnable_at_us / 1e6
 
+    def due(self, now: float) -> bool:
+        """Whether a claim at ``now`` may take the entry's job: at once, or its time has come."""
+        return self.at_once or self.runnable_at <= now
+
     @property
     def name(self) -> str:
-        return f"{1000 - self.priority:04d}.{self.runnable_at_us:017d}.{self.job_id}"
+        return f"{1000 - self.priority:04d}.{self.runnable_at_us:017d}{AT_ONCE if self.at_once else '.'}{self.job_id}"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names a file index may hold this entry under: its own, and for an entry runnable at once the name an
+        index written before the mark gave it (``holds_entry``)."""
+        return (self.name, replace(self, at_once=False).name) if self.at_once else (self.name,)
 
     @classmethod
     def parse(cls, name: str) -> "ReadyEntry | None":
-        parts = name.split(".", 2)
-        if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+        prio, dot, rest = name.partition(".")
+        at, mark, job_id = rest.partition(AT_ONCE)
+        if not mark or not at.isdigit():  # no mark, or a job id holding a "+" (none does: is_id)
+            at, mark, job_id = rest.partition(".")
+        if not mark or not job_id or not prio.isdigit() or not at.isdigit():
             return None
-        return cls(int(parts[0]) - 1000, int(parts[1]), parts[2])
+        return cls(int(prio) - 1000, int(at), job_id, at_once=mark == AT_ONCE)
 
     @classmethod
     def for_state(cls, state: JobState) -> "ReadyEntry":
-        """The entry a queued job should have: runnable at its retry time, else when it was queued."""
-        at = state.retry_at if state.retry_at else state.updated_at
-        return cls(-state.priority, int(round(at * 1e6)), state.job_id, state.kind)
+        """The entry a queued job should have: runnable at its retry time, else at once (ordered by when it was
+        queued)."""
+        if state.retry_at:
+            return cls(-state.priority, int(round(state.retry_at * 1e6)), state.job_id, state.kind)
+        return cls(-state.priority, int(round(state.updated_at * 1e6)), state.job_id, state.kind, at_once=True)
 
 
 class IndexChange(NamedTuple):

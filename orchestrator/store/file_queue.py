@@ -207,7 +207,7 @@ class FileQueueIndex(QueueIndex):
 
     def holds_entry(self, s: JobState) -> bool:
         if s.state == QUEUED:
-            return self._ready_there(ReadyEntry.for_state(s).name)
+            return any(map(self._ready_there, ReadyEntry.for_state(s).names))  # an older index's name too
         if s.state == RUNNING:
             return any(_entry_exists(os.path.join(self._running_s, self._running_name(s.job_id, epoch)))
                        for epoch in (s.epoch, None))
@@ -285,9 +285,9 @@ class FileQueueIndex(QueueIndex):
         if now < waits.look_at:
             return False
         waits.look_at = now + UNWATCHED_LOOK_EVERY
-        due = time.time() * 1e6
+        due = time.time()
         ready = frozenset(name for name in self._list(self.ready_dir)
-                          if (entry := ReadyEntry.parse(name)) is not None and entry.runnable_at_us <= due)
+                          if (entry := ReadyEntry.parse(name)) is not None and entry.due(due))
         left, waits.seen = ready & waits.seen, ready
         unseen, waits.unclaimed = left - waits.unclaimed, left
         return bool(unseen)

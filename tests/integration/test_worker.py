@@ -636,6 +636,45 @@ def test_a_failed_attempt_is_retried_after_a_backoff_and_then_succeeds(orch) -> 
     assert orch.status(job).attempt == 2
 
 
+def test_a_job_queued_before_the_clock_stepped_back_is_run_at_once(orch) -> None:
+    """Only a retry's backoff makes a queued job wait: the time in its entry's name orders it (FIFO), and a clock
+    stepped back 10 minutes (NTP, a VM restored) does not hold up the jobs submitted or resumed in those minutes."""
+    submitted = orch.submit("t.echo", 1)
+    asked = orch.submit("t.ask", 1, priority=-1)
+    w = make_worker(orch)
+    back = orch.clock() - 600
+    assert w.run_once(now=back).job_id == submitted and w.next_due is None
+    assert w.run_once(now=back).outcome == "waiting_human"
+    orch.resume(asked, "blue")
+    assert w.claim(now=back).job_id == asked
+
+
+def test_a_retry_still_waits_its_backoff_after_the_clock_stepped_back(orch) -> None:
+    job = orch.submit("t.flaky", {"succeed_on": 2}, max_attempts=3)
+    w = make_worker(orch, retry_base_seconds=10.0)
+    assert w.run_once().outcome == "retry"
+    retry_at = orch.load(job).state.retry_at
+    assert w.run_once(now=retry_at - 600) is None and w.next_due == pytest.approx(retry_at, abs=1e-3)
+
+
+def test_an_entry_named_before_jobs_ran_at_once_is_claimed_at_its_time(orch) -> None:
+    """An index folder written by an earlier version: its entries' names hold no 'at once' mark, and each is due at
+    its time, as it was (a rebuild, ``rm index/built``, names them anew); ``verify`` finds the entry there."""
+    from orchestrator.queue import ReadyEntry
+
+    job = orch.submit("t.echo", 1)
+    entry = ReadyEntry.for_state(orch.load(job).state)
+    old = ReadyEntry(entry.neg_priority, entry.runnable_at_us, job)
+    ready = orch.settings.state_dir / "index" / "ready"
+    (ready / entry.name).rename(ready / old.name)
+    assert old.name != entry.name and ReadyEntry.parse(old.name).at_once is False
+    report = orch.verify(job)
+    assert report.ok and report.warnings == []
+    w = make_worker(orch)
+    assert w.claim(now=entry.runnable_at - 600) is None and w.next_due == pytest.approx(entry.runnable_at, abs=1e-3)
+    assert w.claim(now=entry.runnable_at).job_id == job
+
+
 def test_failures_stop_at_max_attempts(orch) -> None:
     job = orch.submit("t.flaky", {"succeed_on": 99}, max_attempts=2)
     w = make_worker(orch)

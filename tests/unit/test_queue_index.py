@@ -28,6 +28,18 @@ def test_a_delayed_job_is_ordered_by_its_retry_time() -> None:
     assert e.runnable_at == 50.0 and ReadyEntry.parse(e.name) == e
 
 
+def test_only_a_retry_waits_for_its_time_a_queued_job_is_runnable_at_once_whatever_its_time() -> None:
+    queued, retry = ReadyEntry.for_state(job("A", at=500.0)), ReadyEntry.for_state(job("B", at=1.0, retry_at=50.0))
+    assert queued.due(now=100.0) and not retry.due(now=49.0) and retry.due(now=50.0)
+    # the names say so, and still sort in claim order (priority, then time, then id) with entries of either kind
+    assert [ReadyEntry.parse(e.name).at_once for e in (queued, retry)] == [True, False]
+    assert [ReadyEntry.parse(n).job_id for n in sorted([queued.name, retry.name])] == ["B", "A"]
+    # an entry named before the mark is due at its time; it is the same entry (one job, one entry)
+    older = ReadyEntry.parse(queued.names[1])
+    assert older == queued and not older.at_once and not older.due(now=100.0)
+    assert ReadyEntry.parse("0995.00000000000000001.a+b").job_id == "a+b"  # no id, dropped when met
+
+
 def test_entry_exists_before_the_event_and_is_dropped_after_the_job_leaves_the_queue() -> None:
     index = MemoryQueueIndex()
     queued = job("A")
