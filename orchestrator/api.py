@@ -23,8 +23,8 @@ from orchestrator.errors import (NOTHING_WRITTEN, AuditEntryNotWrittenError, Aux
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream,
                                   check_head_record, check_head, head_record, seal, verify_stream)
 from orchestrator.key_files import load_keyring
-from orchestrator.limits import (MAX_INPUT_BYTES, MAX_KIND_LENGTH, MAX_PROCESSES, callable_or_none, instance_or_none,
-                                 is_kind, is_unicode, require_kinds, true_or_false, whole_number)
+from orchestrator.limits import (MAX_INPUT_BYTES, MAX_KIND_LENGTH, MAX_PROCESSES, a_time, callable_or_none,
+                                 instance_or_none, is_kind, is_unicode, require_kinds, true_or_false, whole_number)
 from orchestrator.notices import log_warning
 from orchestrator.security import sanitize_text, shown, validate_id
 from orchestrator.signing import SUBMITTED_CONTEXT_MIN_BYTES, Encoded, Keyring, canonical
@@ -209,6 +209,7 @@ class Orchestrator:
 
     def lease_expiry(self, job_id: str, now: float | None = None) -> float | None:
         """When the running job's current lease ends, heartbeats included; ``None`` if it is not running."""
+        a_time(now)
         try:
             view = self.load(job_id)
         except JobNotFoundError:  # removed since it was listed: not running
@@ -326,7 +327,7 @@ class Orchestrator:
 
         if view is not None and not view.ok:
             raise ContextSignatureInvalid(view.integrity_error()["message"], job_id=job_id)
-        ts = clock.to_iso(self.clock() if now is None else now)
+        ts = clock.to_iso(self.clock() if a_time(now) is None else now)
         state = view.state if view else None
         head = view.head if view else Head(0, b"")
         records = []

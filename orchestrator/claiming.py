@@ -24,7 +24,7 @@ from orchestrator.errors import (ConcurrencyError, HandlerNotFoundError, Invalid
                                  KeyNotTrustedError, LockHeldError, OrchestratorError)
 from orchestrator.handlers import lookup, registry_generation
 from orchestrator.history import submitted_kind
-from orchestrator.limits import keep_latest
+from orchestrator.limits import a_time, keep_latest
 from orchestrator.notices import Notify, tell
 from orchestrator.outcome import Claim
 from orchestrator.queue import ReadyEntry
@@ -137,7 +137,7 @@ class Claimer:
 
     def claim(self, now: float | None = None) -> Claim | None:
         """Claim the first runnable job (priority, then FIFO); None if there is none."""
-        now = self.orch.clock() if now is None else now
+        now = self.orch.clock() if a_time(now) is None else now
         self.queue.ensure_built(self.orch)
         self.next_due = None
         self.unhandled = {}

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator import audit
 from orchestrator.errors import (ActionConflictError, ChatMessageError, JobIdMismatchError, ConcurrencyError, ContextSignatureInvalid, InvalidInputError,
                                  InvalidTransitionError)
-from orchestrator.limits import MAX_TEXT_CHARS, is_unicode, true_or_false
+from orchestrator.limits import MAX_TEXT_CHARS, a_time, is_unicode, true_or_false
 from orchestrator.security import is_assigned_job_id, one_line, sanitize_text, validate_id
 from orchestrator.state import AWAITING_AUDIT, CANCELLED, WAITING_HUMAN, check_transition
 
@@ -143,6 +143,7 @@ def _act(orch: "Orchestrator", job_id: str, action: str, data: dict[str, Any], n
          note: str = "", via: str | None = None, again: bool = False) -> ControlResult:
     event_type, _ = ACTIONS[action]
     true_or_false(again, "again")  # "no" is truthy: a repeat would be written as a new decision
+    a_time(now)  # not a TypeError, nor a bool's event stamped 1970-01-01T00:00:01Z
     # the entry's comment and channel go into the event too, so an entry healed after a crash keeps them
     extra = {k: v for k, v in (("note", note if note not in data.values() else ""), ("via", via)) if v}
     healed: list[dict[str, str]] = []  # warnings of an entry healed whose records after it were not written

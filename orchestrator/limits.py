@@ -41,6 +41,10 @@ MAX_KIND_LENGTH = 200  # a job's kind (a handler name, or module:function) is 1.
 # meets in the code: ``now + lease`` or ``now + retry delay`` is written as an ISO timestamp (year <= 9999,
 # ~2.5e11 s away) and waits are capped by ``threading.TIMEOUT_MAX`` (~292 years).
 MAX_DURATION_SECONDS = 366 * 24 * 3600.0
+# A ``now`` the Python API takes (``a_time``): seconds since 1970-01-01T00:00:00Z (a negative time would make no
+# ready-index name) up to 9999-12-31T23:59:59Z, the last second ``clock.to_iso`` writes (a deadline a run adds past it
+# is shown as its claim's, ``Orchestrator.status``)
+LATEST_TIME = 253402300799.0
 MAX_PROCESSES = 256  # verify --processes, metrics --processes (and their ``processes`` from Python)
 
 
@@ -109,6 +113,17 @@ def is_number(value: Any, least: float, most: float) -> bool:
     duration never expires and a NaN threshold never alerts), nor an infinity or text."""
     return (type(value) is not bool and isinstance(value, (int, float))
             and (isinstance(value, int) or math.isfinite(value)) and least <= value <= most)
+
+
+def a_time(value: Any, name: str = "now") -> Any:
+    """``value`` when it is None (read the clock) or a time the clock could give (``is_number`` from 0 to
+    ``LATEST_TIME``), else ``INVALID_INPUT`` naming ``name``: the ``now`` of every worker call and control action,
+    refused before any work, not a ``TypeError``, ``ValueError`` or ``OverflowError`` when it is written, nor (a
+    bool, a time before 1970) an event stamped 1970-01-01T00:00:01Z."""
+    if value is None or is_number(value, 0.0, LATEST_TIME):
+        return value
+    raise InvalidInputError(f"{name} must be None or a time in seconds since 1970-01-01T00:00:00Z (a finite number "
+                            f"from 0 to {LATEST_TIME:.0f}: 9999-12-31T23:59:59Z), not {shown(value)}")
 
 
 def whole_number(value: Any, name: str, least: int = 1, most: int | None = None, *, or_none: bool = False) -> Any:

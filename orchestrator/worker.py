@@ -47,7 +47,7 @@ from orchestrator.handlers.command import CommandNotFound
 from orchestrator.heartbeat import Heartbeat
 from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease
 from orchestrator.leftovers import LEFTOVERS_END_SECONDS, kill_run
-from orchestrator.limits import callable_or_none, true_or_false, whole_number
+from orchestrator.limits import a_time, callable_or_none, true_or_false, whole_number
 from orchestrator.notices import Notify
 from orchestrator.outcome import (STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS, Claim, OutcomeRecorder,
                                   RunResult, lost)
@@ -124,7 +124,7 @@ class Worker:
         killed workers left behind (``recovery.sweep_leftovers``) and read the keyring folders again
         (``Keyring.reload``): a worker whose key was revoked since it started then refuses to write
         (SIGNING_KEY_ERROR)."""
-        now = self.orch.clock() if now is None else now
+        now = self.orch.clock() if a_time(now) is None else now
         with bounded_waits(lambda: self.stopping):  # a job whose lock stays held is passed over (LockHeldError)
             recovered = recover_expired(self.orch, self.queue, now, actor=self.actor, backoff=self.backoff,
                                         folders=self.folders, untrusted=self.untrusted, watch=self.stale_watch,
@@ -139,6 +139,7 @@ class Worker:
     def claim(self, now: float | None = None) -> Claim | None:
         """Claim the first runnable job (priority, then FIFO); None if there is none (``Claimer.claim``). A job whose
         lock another process holds past ``LOCK_WAIT_SECONDS`` is passed over for this pass (``bounded_waits``)."""
+        a_time(now)
         with bounded_waits(lambda: self.stopping):
             return self.claimer.claim(now)
 
@@ -171,7 +172,9 @@ class Worker:
         A store this worker never reached (its first call here: a wrong URL) is raised at once, as by ``run``.
         The run itself is never tried again: its heartbeat and outcome wait for the store on their own.
         A worker asked to stop (``stop``, a signal) does nothing: no recovery, no claim (``run`` neither).
-        The jobs its recovery recovered are in ``recovered`` afterwards (also when it raised)."""
+        The jobs its recovery recovered are in ``recovered`` afterwards (also when it raised). ``now``: a time in
+        seconds since 1970 (``limits.a_time``), else ``INVALID_INPUT`` and nothing done."""
+        a_time(now)
         self.recovered = []
         if self.stopping:  # a claim would only be handed back: two events, and the job's attempt count, for nothing
             return None

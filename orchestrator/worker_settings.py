@@ -36,7 +36,8 @@ class WorkerSettings:
     def __post_init__(self) -> None:
         for name in ("kinds", "imports"):  # a single string would be read letter by letter
             value = getattr(self, name)
-            if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, frozenset, set)):
+            if (isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, frozenset, set))
+                    or not all(isinstance(item, str) for item in value)):  # [1], [None]: no module name
                 raise InvalidInputError(f"{name} must be a list of names, not {shown(value)}")
         object.__setattr__(self, "imports", tuple(self.imports))
         require_kinds(self.kinds)

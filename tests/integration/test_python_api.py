@@ -124,7 +124,31 @@ def bad_arguments(orch: Orchestrator, base: Path) -> dict[str, object]:
         "a kind too long": lambda: orch.jobs(kinds=["x" * 300]),
         "input keys one JSON writes alike": lambda: orch.submit("t.echo", {1: "a", "1": "b"}),
         "again text": lambda: orch.resume(js.waiting_human(orch), "yes", again="no"),  # was: a new decision
+        # found by a bug hunt, 2026-12-06: AttributeError, TypeError, ValueError, OverflowError, or stored (True)
+        "imports an int": lambda: orch.worker(imports=[1]),
+        "imports None": lambda: orch.worker(imports=[None]),
+        "imports a set of ints": lambda: orch.worker(imports={1, 2}),
+        **{f"{action} now {label}": (lambda action=action, now=now: act(orch, action, now))
+           for action in ("approve", "revise", "resume", "cancel", "resume_from_chat")
+           for label, now in BAD_TIMES.items()},
+        **{f"{call} now {label}": (lambda call=call, now=now: getattr(
+            Worker(orch, WorkerSettings(worker_id="w1")), call)(now))
+           for call in ("run_once", "recover_stale", "claim") for label, now in BAD_TIMES.items()},
+        "lease_expiry now text": lambda: orch.lease_expiry(js.waiting_human(orch), now="x"),
     }
+
+
+# a ``now`` that is no time the clock writes: text, a bool (1970-01-01T00:00:01Z), NaN, infinities, before 1970, and
+# past the last second of 9999 (1e12: the year 33658, which no ISO time holds)
+BAD_TIMES = {"text": "x", "True": True, "NaN": math.nan, "inf": math.inf, "-inf": -math.inf, "-1": -1, "1e12": 1e12,
+             "a list": [1.0]}
+
+
+def act(orch: Orchestrator, action: str, now: object) -> object:
+    job = js.awaiting_audit(orch) if action in ("approve", "revise") else js.waiting_human(orch)
+    args = {"approve": (), "revise": ("notes",), "resume": ("blue",), "cancel": (),
+            "resume_from_chat": (f"job_id: {job}\nanswer: blue",)}[action]
+    return getattr(orch, action)(job, *args, now=now)
 
 
 def test_a_bad_argument_is_an_orchestrator_error_with_a_code_never_a_bare_python_error(
@@ -142,6 +166,24 @@ def test_a_bad_argument_is_an_orchestrator_error_with_a_code_never_a_bare_python
         else:
             bare[what] = "accepted"
     assert bare == {}
+
+
+def test_a_bad_now_given_to_run_once_leaves_the_worker_as_it_was(orch: Orchestrator) -> None:
+    """``run_once("x")`` went through, kept "x" as its last look's time, and every later ``run_once()`` raised
+    ``TypeError``."""
+    job = orch.submit("t.echo", 1)
+    w = Worker(orch, WorkerSettings(worker_id="w1"))
+    for now in ("x", math.nan, 1e12):
+        with pytest.raises(InvalidInputError, match="now must be"):
+            w.run_once(now)
+    assert w.run_once().job_id == job and orch.status(job).state == "succeeded"
+
+
+def test_an_integer_or_a_float_now_in_range_is_taken(orch: Orchestrator) -> None:
+    job = js.waiting_human(orch)
+    when = int(orch.clock())
+    assert orch.resume(job, "blue", now=when).state == "queued"
+    assert orch.status(job).updated_at == orchestrator.clock.to_iso(when)
 
 
 def test_an_actor_given_is_stored_sanitized(base: Path, keyring) -> None:
