@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator
 
 from orchestrator.descriptors import readable
 from orchestrator.errors import MalformedPayloadError
+from orchestrator.forked_logging import fresh_streams, standard_streams
 from orchestrator.handler_env import strip_private_environment
 from orchestrator.leftovers import (KILLED_MAX_BYTES, LEFTOVER_GRACE_SECONDS, NONE_KILLED, Killed, become_subreaper,
                                     decode_killed, encode_killed, end_leftovers, group_members, nothing_adopted,
@@ -378,14 +379,17 @@ def spawn_command(argv: list[str], *, cwd: Path, env: dict[str, str], output: Pa
 
 def _become_handler_process(output: Path) -> None:
     """In a freshly forked child: own process group, default signals, die with the worker, output to a file,
-    and stdin from ``/dev/null``, as a command gets (not the worker's terminal or pipe)."""
+    and stdin from ``/dev/null``, as a command gets (not the worker's terminal or pipe); the app's logging handlers
+    write through file objects of their own (``forked_logging``: none holds a lock another thread held)."""
     os.setpgid(0, 0)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     die_with_parent()
     strip_private_environment()  # no signing key, no API key in os.environ (docs/worker.md)
     become_subreaper(load_libc())  # what a run leaves is re-parented here, and ended (``end_leftovers``)
+    standard = standard_streams()
     give_standard_streams(output)
+    fresh_streams(standard)  # no logging handler writes through a lock another thread of the worker's process held
 
 
 STANDARD_FDS = (0, 1, 2)

@@ -152,6 +152,15 @@ def print_then(ctx: JobContext) -> dict:
     return ctx.input["payload"]
 
 
+@handler("t.log")
+def log_then(ctx: JobContext) -> dict:
+    """Logs ``text`` (a warning) through the logger named ``logger``, then returns ``payload`` (default: done)."""
+    import logging
+
+    logging.getLogger(ctx.input["logger"]).warning(ctx.input["text"])
+    return ctx.input.get("payload", {"status": "done", "summary": "logged"})
+
+
 @handler("t.print_late")
 def print_late(ctx: JobContext) -> dict:
     """Prints ``text``, and leaves a thread behind that prints ``late`` once its worker emptied the output file."""
