@@ -59,9 +59,9 @@ def db_migrate(store_url: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def db_status(store_url: str | None, as_json: bool) -> None:
     """Show the schema version of the database and the version this release needs (exit 3 if behind: CONFIG_ERROR,
-    or newer, migrated by a newer release: SCHEMA_TOO_NEW, or a table or column of it missing: CONFIG_ERROR, changed
-    by hand), and how far this machine's clock is from the server's, by which every machine decides time on
-    PostgreSQL."""
+    or newer, migrated by a newer release: SCHEMA_TOO_NEW, or a table or column of it missing, or a trigger of it
+    dropped or disabled: CONFIG_ERROR, changed by hand), and how far this machine's clock is from the server's, by
+    which every machine decides time on PostgreSQL."""
     import psycopg
 
     from orchestrator.store.pg_clock import ServerClock

@@ -115,11 +115,32 @@ SCHEMA_COLUMNS = {
 }
 
 
+# Every trigger the migrations make: its table, its migration, and what stops without a word when it is dropped or
+# disabled by hand (``ALTER TABLE ... DISABLE TRIGGER``): no statement fails, so only ``db status`` can tell
+# (``hand_changes``; a test checks it against the migrations').
+_EDITS_UNCOUNTED = ("hand edits of orch_events rows are no longer counted (status --state and metrics may keep a job's "
+                    "row from before such an edit)")
+SCHEMA_TRIGGERS = {
+    "orch_streams_fence": ("orch_streams", "0002_claiming", "a superseded worker's append is no longer refused (its "
+                                                            "late outcome would be written)"),
+    "orch_events_updated": ("orch_events", "0006_event_edits", _EDITS_UNCOUNTED),
+    "orch_events_deleted": ("orch_events", "0006_event_edits", _EDITS_UNCOUNTED),
+}
+# pg_trigger.tgenabled: 'O' fires in ordinary sessions (ENABLE), 'A' in every session (ENABLE ALWAYS), 'R' only in
+# replication sessions (ENABLE REPLICA: not in the orchestrator's), 'D' never (DISABLE)
+_TRIGGER_STATES = {"D": "is disabled", "R": "fires only in replication sessions (ENABLE REPLICA TRIGGER)"}
+_TRIGGERS = ("SELECT t.tgname, c.relname, t.tgenabled FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+             "WHERE NOT t.tgisinternal AND t.tgrelid = ANY(ARRAY(SELECT to_regclass(name) FROM unnest(%s::text[]) "
+             "AS name))")
+
+
 def hand_changes(conn: Any) -> ConfigError | None:
     """At this release's schema version, a table or column of ``SCHEMA_COLUMNS`` missing (``missing_problem``: changed
-    by hand), found by one statement that names them all and reads no row; None when none is. What every other command
-    finds at its first statement that names one; ``db status`` asks here (until 2026-12-06 it said "up to date").
-    Raises the driver's error for any other failure (a role without the right to read a table)."""
+    by hand), found by one statement that names them all and reads no row; else a trigger of ``SCHEMA_TRIGGERS``
+    dropped or disabled by hand (``trigger_changes``); None when there is neither. A missing column is what every
+    other command finds at its first statement that names one; a trigger none finds. ``db status`` asks here (until
+    2026-12-06 it said "up to date", and looked at no trigger). Raises the driver's error for
+    any other failure (a role without the right to read a table)."""
     import psycopg
 
     names = ", ".join(f"{table}.{column}" for table, columns in SCHEMA_COLUMNS.items() for column in columns)
@@ -129,7 +150,28 @@ def hand_changes(conn: Any) -> ConfigError | None:
         if getattr(exc, "sqlstate", None) not in MISSING_SQLSTATES:
             raise
         return missing_problem(conn, exc)
-    return None
+    return trigger_changes(conn)
+
+
+def trigger_changes(conn: Any) -> ConfigError | None:
+    """Each trigger of ``SCHEMA_TRIGGERS`` missing from its table, disabled, or set to fire only in replication
+    sessions, in one ``ConfigError`` that says what each no longer does and how to set it right; None when all are
+    there and enabled. For a schema at this release's version (``version_problem`` first: an older one lacks the newer
+    migrations' triggers, which ``db migrate`` makes)."""
+    tables = sorted({table for table, _migration, _stops in SCHEMA_TRIGGERS.values()})
+    found = {name: (table, state) for name, table, state in conn.execute(_TRIGGERS, (tables,)).fetchall()}
+    wrong = []
+    for name, (table, migration, stops) in SCHEMA_TRIGGERS.items():
+        if name not in found or found[name][0] != table:
+            wrong.append(f"trigger {name} on {table} is missing, so {stops}; re-create it as migration {migration} "
+                         "does (`orchestrator db migrate` re-creates nothing its version rows say is applied)")
+        elif found[name][1] in _TRIGGER_STATES:
+            wrong.append(f"trigger {name} on {table} {_TRIGGER_STATES[found[name][1]]}, so {stops}; enable it: "
+                         f"`ALTER TABLE {table} ENABLE TRIGGER {name}`")
+    if not wrong:
+        return None
+    return ConfigError(f"the database schema is at version {latest_version()}, this release's, but it was changed by "
+                       "hand: " + "; ".join(wrong))
 
 
 def migrate(url: str) -> dict[str, Any]:

@@ -417,6 +417,59 @@ def test_the_columns_db_status_looks_for_are_every_column_of_the_migrated_schema
     assert made_here == {(table, column) for table, columns in SCHEMA_COLUMNS.items() for column in columns}
 
 
+@pytest.mark.parametrize("change, said", [
+    ("ALTER TABLE orch_events DISABLE TRIGGER orch_events_updated", "trigger orch_events_updated on orch_events is "
+     "disabled"),
+    ("ALTER TABLE orch_events ENABLE REPLICA TRIGGER orch_events_deleted", "trigger orch_events_deleted on orch_events "
+     "fires only in replication sessions"),
+    ("DROP TRIGGER orch_events_deleted ON orch_events", "trigger orch_events_deleted on orch_events is missing"),
+    ("ALTER TABLE orch_streams DISABLE TRIGGER orch_streams_fence", "trigger orch_streams_fence on orch_streams is "
+     "disabled")])
+def test_db_status_of_a_trigger_disabled_or_dropped_by_hand_exits_3_saying_what_it_no_longer_does(
+        scratch_db: str, change: str, said: str) -> None:
+    """Migration 0006's triggers count the hand edits of orch_events (the jobs cache's fingerprint), 0002's refuses a
+    superseded worker's append: one disabled or dropped turns that off without a word, and ``db status`` said "up to
+    date". It is a schema changed by hand, as a column dropped is (exit 3), and enabled again it passes."""
+    import json
+
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    migrate(scratch_db)
+    _on(scratch_db, change)
+    result = CliRunner().invoke(cli, ["db", "status", "--store", scratch_db, "--json"])
+    data = json.loads(result.output)
+    assert result.exit_code == 3 and data["up_to_date"] is False and data["version"] == latest_version()
+    assert data["error"] == "CONFIG_ERROR" and "changed by hand" in data["message"] and said in data["message"]
+    assert ("hand edits of orch_events" if "orch_events" in said else "superseded worker") in data["message"]
+    text = CliRunner().invoke(cli, ["db", "status", "--store", scratch_db])
+    assert text.exit_code == 3 and said in text.output
+    if change.startswith("DROP"):
+        _on(scratch_db, "CREATE TRIGGER orch_events_deleted AFTER DELETE ON orch_events REFERENCING OLD TABLE AS gone "
+            "FOR EACH STATEMENT EXECUTE FUNCTION orch_count_event_edits()")
+    else:
+        table, trigger = change.split()[2], change.split()[-1]
+        _on(scratch_db, f"ALTER TABLE {table} ENABLE TRIGGER {trigger}")
+    assert CliRunner().invoke(cli, ["db", "status", "--store", scratch_db]).exit_code == 0
+
+
+def test_the_triggers_db_status_looks_for_are_every_trigger_the_migrations_make(scratch_db: str) -> None:
+    """``SCHEMA_TRIGGERS`` (what ``db status`` checks is there and enabled) names every trigger of the migrated
+    schema, on its table."""
+    from orchestrator.store.pg_schema import SCHEMA_TRIGGERS
+
+    migrate(scratch_db)
+    conn = connect(scratch_db, autocommit=True)
+    try:
+        made_here = dict(conn.execute(
+            "SELECT t.tgname, c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "WHERE NOT t.tgisinternal AND c.relnamespace = current_schema()::regnamespace").fetchall())
+    finally:
+        conn.close()
+    assert made_here == {name: table for name, (table, _migration, _stops) in SCHEMA_TRIGGERS.items()}
+
+
 def test_streams_from_before_0006_count_no_edit_and_an_edit_of_their_events_by_hand_is_counted(scratch_db: str) -> None:
     """Rows made before the migration count 0 (the jobs cache's fingerprints stay as they were, nothing is read again);
     an UPDATE or DELETE of events counts one edit per statement in each stream it touched, an INSERT none (the
