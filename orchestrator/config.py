@@ -94,7 +94,7 @@ class Settings:
         strict = env.get("ORCH_STRICT_READS", "").strip().lower()
         if strict not in ("", "0", "1", "false", "true", "no", "yes", "off", "on"):
             raise ConfigError(f"ORCH_STRICT_READS must be 1 or 0 (true/false, yes/no, on/off), not {strict!r}")
-        deadline = _seconds(env, "ORCH_PG_DEADLINE_SECONDS", DEFAULT_PG_DEADLINE_SECONDS)
+        deadline = pg_deadline_seconds(env)
         return cls(base_path=resolved, project_id=project, store_url=store,
                    strict_reads=strict in ("1", "true", "yes", "on"), pg_deadline_seconds=deadline)
 
@@ -142,6 +142,12 @@ def _seconds(env: Mapping[str, str], name: str, default: float, *, positive: boo
         least = "more than 0, up to" if positive else "from 0 to"
         raise ConfigError(f"{name} must be a number of seconds {least} {MAX_DURATION_SECONDS:.0f}, not {text!r}")
     return value
+
+
+def pg_deadline_seconds(env: Mapping[str, str]) -> float:
+    """``ORCH_PG_DEADLINE_SECONDS``: the seconds a call to PostgreSQL may take before its connection is cut (0: no
+    bound). ``Settings.load`` reads it for every command, and ``db status``, which needs no other setting, here."""
+    return _seconds(env, "ORCH_PG_DEADLINE_SECONDS", DEFAULT_PG_DEADLINE_SECONDS)
 
 
 def llm_timeout(env: Mapping[str, str]) -> float:

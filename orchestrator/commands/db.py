@@ -64,21 +64,33 @@ def db_status(store_url: str | None, as_json: bool) -> None:
     which every machine decides time on PostgreSQL."""
     import psycopg
 
+    from orchestrator.config import pg_deadline_seconds
     from orchestrator.store.pg_clock import ServerClock
-    from orchestrator.store.pg_schema import current_version, hand_changes, latest_version, version_problem
     from orchestrator.store.pg_connection import _storage_error, connect
+    from orchestrator.store.pg_deadline import Deadline
+    from orchestrator.store.pg_schema import current_version, hand_changes, latest_version, version_problem
 
     def action(out: Output) -> None:
-        conn = connect(_url(store_url), autocommit=True)
+        url = _url(store_url)
+        # each round trip within ORCH_PG_DEADLINE_SECONDS, as every other command's calls (opening the connection:
+        # connect_timeout); until 2026-12-06 a server that did not answer held it for as long as it lasted
+        deadline = Deadline(pg_deadline_seconds(os.environ))
         server_clock = ServerClock(lambda: None)
         try:
-            version = current_version(conn)
-            problem = version_problem(version) or hand_changes(conn)  # changed by hand: as every other command finds
-            server_clock.take(conn)
-        except psycopg.Error as exc:  # a table the role may not read, or a connection lost after the version was read
-            raise _storage_error(exc, conn) from None
+            conn = connect(url, autocommit=True, deadline=deadline)
+            try:
+                with deadline.bounded(conn):
+                    version = current_version(conn)
+                with deadline.bounded(conn):  # changed by hand: as every other command finds it, triggers too
+                    problem = version_problem(version) or hand_changes(conn)
+                with deadline.bounded(conn):
+                    server_clock.take(conn)
+            except psycopg.Error as exc:  # a table the role may not read, or a connection lost after the version
+                raise _storage_error(exc, conn) from None
+            finally:
+                conn.close()
         finally:
-            conn.close()
+            deadline.close()  # its watchdog thread, if a call started one
         sample = server_clock.sample
         assert sample is not None and server_clock.offset is not None  # ``take`` keeps its first sample
         data = {"version": version, "latest": latest_version(), "up_to_date": problem is None,

@@ -364,6 +364,56 @@ def test_db_status_whose_connection_is_lost_after_the_version_is_a_storage_error
     assert json.loads(result.stdout)["error"] == "STORAGE_ERROR"
 
 
+def test_db_status_honours_orch_pg_deadline_seconds_a_blocked_statement_is_cut_there_exit_10(scratch_db: str) -> None:
+    """A server that does not answer (here: a ``LOCK TABLE`` held during maintenance) ends ``db status`` at
+    ``ORCH_PG_DEADLINE_SECONDS``, with the error every other command gives then (exit 10); it waited for as long as the
+    lock was held. Its watchdog thread is gone once it returns."""
+    import json
+    import threading
+    import time
+
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    migrate(scratch_db)
+    holder = connect(scratch_db)
+    holder.execute(f"LOCK TABLE {MIGRATIONS_TABLE} IN ACCESS EXCLUSIVE MODE")  # its transaction stays open
+    release = threading.Timer(8.0, holder.rollback)  # the bound of the old code's wait
+    release.start()
+    try:
+        start = time.monotonic()
+        result = CliRunner().invoke(cli, ["db", "status", "--store", scratch_db, "--json"],
+                                    env={"ORCH_PG_DEADLINE_SECONDS": "0.5"})
+        took = time.monotonic() - start
+    finally:
+        release.cancel()
+        holder.rollback()
+        holder.close()
+    assert result.exit_code == 10, result.output
+    error = json.loads(result.stdout)
+    assert error["error"] == "STORAGE_ERROR" and "within 0.5s (ORCH_PG_DEADLINE_SECONDS)" in error["message"]
+    assert 0.5 <= took < 0.5 + 1.5
+    assert not [t for t in threading.enumerate() if t.name == "orch-pg-deadline"]
+
+
+@pytest.mark.parametrize("value", ["soon", "-1"])
+def test_db_status_refuses_an_orch_pg_deadline_seconds_that_is_no_duration_as_every_command_does(
+        scratch_db: str, value: str) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    migrate(scratch_db)
+    result = CliRunner().invoke(cli, ["db", "status", "--store", scratch_db, "--json"],
+                                env={"ORCH_PG_DEADLINE_SECONDS": value})
+    assert result.exit_code == 3, result.output
+    error = json.loads(result.stdout)
+    assert error["error"] == "CONFIG_ERROR" and "ORCH_PG_DEADLINE_SECONDS" in error["message"]
+
+
 def test_db_status_of_a_schema_behind_exits_3_and_its_json_names_the_error(scratch_db: str) -> None:
     """Exit 3 (CONFIG_ERROR) as every command meeting an old schema; the JSON says so too, beside the figures, so a
     script reading only stdout sees the verdict (it said ``up_to_date: false`` and no ``error``)."""
