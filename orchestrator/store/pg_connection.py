@@ -8,6 +8,8 @@ out of reach (``STORAGE_ERROR``), and that no message shows the URL's password, 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import os
 import re
 from typing import Any
 from urllib.parse import unquote
@@ -39,6 +41,16 @@ _BAD_SETTING = re.compile(r'invalid "?\w+"? value: "|invalid port number: "|inva
                           r'|invalid when \w+ support is not compiled in')
 
 
+# The integer settings libpq reads only once it has a TCP socket, that is after psycopg looked the host's name up
+# (``_refused_setting``), as C's ``strtol`` reads them (blanks around, a sign, decimal digits) into an ``int``; the
+# keepalives' three only when keepalives are on.
+_KEEPALIVE_INTEGERS = ("keepalives_idle", "keepalives_interval", "keepalives_count")
+_C_INTEGER = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+[ \t\n\v\f\r]*")
+# Where the check of the settings points libpq instead of the hosts: a folder under a file, so the socket it tries
+# there fails at once (ENOTDIR), without the network, once libpq has read every setting it reads before connecting.
+_NO_SOCKET_HERE = "/dev/null"
+
+
 def is_postgres_url(url: str | None) -> bool:
     """By the scheme alone: a URL whose rest is malformed (``postgres://u@[::1/db``, where ``urlsplit`` raises) is
     still one, and ``conninfo`` reports what libpq finds wrong with it (``CONFIG_ERROR``)."""
@@ -48,11 +60,14 @@ def is_postgres_url(url: str | None) -> bool:
 def _passwords(url: str) -> list[str]:
     """The password ``url`` gives, as written and percent-decoded, longest first: in its authority (from the first
     ``:`` after the user, to the first ``@`` and to the last: libpq stops at the first ``/``, so an unencoded ``/``,
-    space or ``@`` in it is not a URL ``sanitize_text`` can recognise) and as a ``password=`` parameter."""
+    space or ``@`` in it is not a URL ``sanitize_text`` can recognise) and as a ``password=`` parameter. A password
+    with a ``/`` in its authority comes in its two parts too, which libpq reads as the port and part of the database
+    name (``orch:S3c/retPW@host``: port ``S3c``, which a message refusing that port would show)."""
     rest = url.partition("://")[2]
     userinfo = rest.partition("@")[0] if "@" in rest else ""
     found = [userinfo, rest.rpartition("@")[0]]
     found = [text.partition(":")[2] for text in found if ":" in text]
+    found += [part for text in found if "/" in text for part in text.partition("/")[::2]]
     found += [value for key, eq, value in (part.partition("=") for part in rest.partition("?")[2].split("&"))
               if eq and key == "password"]
     return sorted({p for text in found for p in (text, unquote(text)) if p}, key=len, reverse=True)
@@ -122,6 +137,9 @@ def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = N
     ``connect_timeout``, shortened to the time left inside ``Deadline.until``)."""
     params = conninfo(url)
     psycopg = _driver()
+    refused = _refused_setting(params)  # before psycopg looks a host's name up: a wrong setting is said first
+    if refused is not None:
+        raise _setting_error(refused, url)
     conn = None
     try:
         if deadline is not None:  # a caller waiting for a limited time (``Deadline.until``) waits no longer
@@ -149,10 +167,73 @@ def _connect_error(exc: Exception, url: str) -> OrchestratorError:
     if not isinstance(exc, _driver().OperationalError):
         return StorageError(redacted(f"cannot connect to PostgreSQL at {url} ({text})", url))
     if _BAD_SETTING.search(text):
-        why = re.sub(r"^connection (is bad|failed): ", "", text)  # psycopg's words, not libpq's
-        return ConfigError(redacted(f"not a valid PostgreSQL connection setting: {why} (in {url}, or the PG* variable "
-                                    "or service file that sets it)", url) + "; fix --store / ORCH_STORE_URL")
+        return _setting_error(re.sub(r"^connection (is bad|failed): ", "", text), url)  # psycopg's words, not libpq's
     return StorageUnavailableError(redacted(f"cannot connect to PostgreSQL at {url} ({text})", url))
+
+
+def _setting_error(why: str, url: str) -> ConfigError:
+    return ConfigError(redacted(f"not a valid PostgreSQL connection setting: {why} (in {url}, or the PG* variable "
+                                "or service file that sets it)", url) + "; fix --store / ORCH_STORE_URL")
+
+
+def _refused_setting(params: dict[str, Any]) -> str | None:
+    """What libpq would refuse in ``params`` (``_BAD_SETTING``) as it connects, found without the network, when
+    psycopg would look a host's name up first (no ``hostaddr``; a host that is neither a socket folder nor an address):
+    a name without an address (``no-such-host.invalid``) was ``StorageUnavailableError``, exit 10, and hid the wrong
+    setting. libpq reads the settings it checks before connecting (an ``sslmode`` it does not know, a port out of
+    range, hosts and ports that do not match, from the URL, a ``PG*`` variable or a service file) as it opens a
+    connection to a socket that cannot be (``_NO_SOCKET_HERE``, one per host); the integers it reads only once it has a
+    TCP socket are read here as it reads them (``_C_INTEGER``, an ``int``). None: nothing refused, or nothing looked up
+    (libpq then finds all of it itself, before it waits for any server)."""
+    hostaddr = params["hostaddr"] if "hostaddr" in params else os.environ.get("PGHOSTADDR")
+    hosts = str(params["host"] if "host" in params else os.environ.get("PGHOST", "")).split(",")
+    if hostaddr or not any(_looked_up(host) for host in hosts):
+        return None
+    psycopg = _driver()
+    check = {**params, "host": ",".join([_NO_SOCKET_HERE] * len(hosts))}
+    try:
+        conn = psycopg.pq.PGconn.connect_start(psycopg.conninfo.make_conninfo("", **check).encode())
+    except (psycopg.Error, ValueError):  # not what this check is for: the connection says it
+        return None
+    try:
+        if conn.status == psycopg.pq.ConnStatus.BAD:
+            text = conn.get_error_message() if hasattr(conn, "get_error_message") else conn.error_message.decode(
+                "utf-8", "replace")
+            if _BAD_SETTING.search(text):
+                return text.strip()
+    finally:
+        conn.finish()
+    keepalives = params.get("keepalives")
+    names = ("keepalives",) + (_KEEPALIVE_INTEGERS if _c_int(keepalives) != 0 else ()) + ("tcp_user_timeout",)
+    for name in names:
+        value = params.get(name)
+        if value is not None and _c_int(value) is None:
+            return f'invalid integer value "{value}" for connection option "{name}"'
+    return None
+
+
+def _looked_up(host: str) -> bool:
+    """Whether psycopg looks ``host`` up (a name), as ``psycopg._conninfo_attempts`` decides: not a socket folder
+    (``/...``, or ``@...`` abstract), not an address, not empty (libpq's default socket)."""
+    if not host or host.startswith(("/", "@")) or host[1:2] == ":":
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False
+
+
+def _c_int(value: Any) -> int | None:
+    """``value`` read as libpq reads an integer setting (``strtol`` into an ``int``), or None when libpq refuses it;
+    no value (None) counts as 1, keepalives' default."""
+    if value is None:
+        return 1
+    text = str(value)
+    if not _C_INTEGER.fullmatch(text):
+        return None
+    number = int(text.strip(" \t\n\v\f\r"))
+    return number if -2**31 <= number < 2**31 else None
 
 
 def _went_away(conn: Any) -> bool:

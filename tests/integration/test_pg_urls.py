@@ -62,6 +62,9 @@ def test_a_url_with_a_nul_or_bytes_that_are_not_utf8_is_a_config_error(url: str)
 # the first ``@`` or ``/``), and ``sanitize_text``'s URL pattern stops at ``/``, ``#``, ``?`` and spaces.
 PASSWORDS = ["S3c%2FretPW", "S3c#retPW", "S3c?retPW", "S3c/retPW", "S3c retPW"]
 PARSED = [p for p in PASSWORDS if " " not in p]  # libpq refuses a space in a URL: a malformed URL, exit 3
+# libpq reads an unencoded "/" as the authority's end: "orch:S3c" is a host and a port that is no number, exit 3 (since
+# 2026-12-06; before, psycopg's lookup of the host "orch" failed first, exit 10)
+REACHED = [p for p in PARSED if "/" not in p]
 
 
 @pytest.mark.parametrize("password", PASSWORDS)
@@ -72,7 +75,7 @@ def test_the_password_of_a_store_url_never_reaches_the_output_whatever_character
     result = CliRunner().invoke(cli, [*command, "--store", url, "--json"],
                                 env={"BASE_PATH": str(tmp_path), "ORCH_KEYRING_DIR": str(tmp_path / "keys")})
     error = json.loads(result.stdout)
-    expected = (10, "STORAGE_ERROR") if password in PARSED else (3, "CONFIG_ERROR")
+    expected = (10, "STORAGE_ERROR") if password in REACHED else (3, "CONFIG_ERROR")
     assert (result.exit_code, error["error"]) == expected, result.output
     assert "[REDACTED]" in error["message"]
     for secret in {password, "S3c", "retPW"}:
@@ -112,6 +115,85 @@ def test_a_connection_setting_libpq_refuses_is_a_config_error_naming_it_without_
         store.close()
     assert refused.value.code == "CONFIG_ERROR" and why in refused.value.message
     assert "ORCH_STORE_URL" in refused.value.message and "S3cretPW" not in refused.value.message
+
+
+NO_SUCH_HOST = "no-such-host.invalid"  # a name no resolver knows (RFC 2606): psycopg looks it up before libpq runs
+
+
+@pytest.mark.parametrize("setting, why", BAD_SETTINGS + [("keepalives=x", 'for connection option "keepalives"'),
+                                                       ("tcp_user_timeout=1e3", "tcp_user_timeout"),
+                                                       ("port=99999", "invalid port number")])
+def test_a_bad_setting_is_a_config_error_even_when_the_host_cannot_be_resolved(setting: str, why: str) -> None:
+    """The URL is wrong in itself: that is said first (exit 3), not that its host has no address (exit 10), which
+    psycopg's own lookup of the name found before libpq ever read the setting."""
+    from orchestrator.errors import ConfigError
+    from orchestrator.store.pg_connection import connect
+
+    with pytest.raises(ConfigError) as refused:
+        connect(f"postgresql://orch:S3cretPW@{NO_SUCH_HOST}/jobs?{setting}")
+    assert why in refused.value.message and "ORCH_STORE_URL" in refused.value.message
+    assert "S3cretPW" not in refused.value.message
+
+
+def test_a_bad_setting_from_a_pg_variable_is_a_config_error_when_the_host_cannot_be_resolved_too(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.errors import ConfigError
+    from orchestrator.store.pg_connection import connect
+
+    monkeypatch.setenv("PGSSLMODE", "bogus")
+    with pytest.raises(ConfigError, match='invalid sslmode value: "bogus"'):
+        connect(f"postgresql://orch@{NO_SUCH_HOST}/jobs")
+
+
+@pytest.mark.parametrize("command", [["db", "status"], ["status", "--all"], ["worker", "--once"]])
+def test_a_store_url_whose_host_cannot_be_resolved_and_whose_setting_is_bad_exits_3(command: list[str],
+                                                                                   tmp_path) -> None:
+    url = f"postgresql://orch:S3cretPW@{NO_SUCH_HOST}/jobs?keepalives_idle=1.5"
+    result = CliRunner().invoke(cli, [*command, "--json"], env={
+        "BASE_PATH": str(tmp_path), "ORCH_KEYRING_DIR": str(tmp_path / "keys"), "ORCH_STORE_URL": url})
+    assert result.exit_code == 3, result.output
+    error = json.loads(result.stdout)
+    assert error["error"] == "CONFIG_ERROR" and "keepalives_idle" in error["message"], error
+    assert "S3cretPW" not in result.output
+
+
+def test_a_host_that_cannot_be_resolved_with_good_settings_stays_a_storage_error() -> None:
+    """A name that has no address now may have one later (a DNS outage, a typo in a host name is found the same way):
+    exit 10, as a server out of reach, when nothing else is wrong."""
+    from orchestrator.errors import ConfigError, StorageUnavailableError
+    from orchestrator.store.pg_connection import connect
+
+    with pytest.raises(StorageUnavailableError) as refused:
+        connect(f"postgresql://orch@{NO_SUCH_HOST}/jobs?sslmode=disable&keepalives_idle=7&application_name=x")
+    assert not isinstance(refused.value, ConfigError) and NO_SUCH_HOST in refused.value.message
+
+
+# Integers as an operator may write them; libpq (strtol, an int, surrounding blanks) refuses some
+INTEGERS = ["7", " 12 ", "+5", "-3", "\t7\n", "1.5", "0x10", "", "1e3", "- 3", "3 4", "2147483648", "99999999999",
+            "\u0661\u0662"]
+
+
+@pytest.mark.parametrize("value", INTEGERS)
+@pytest.mark.parametrize("option", ["keepalives_idle", "tcp_user_timeout"])
+def test_an_integer_setting_is_refused_before_any_lookup_exactly_when_libpq_refuses_it(option: str, value: str) -> None:
+    """The check made before psycopg's lookup of the host agrees with libpq's own, made as it connects to an address
+    (port 1 of this machine, where nothing listens: refused, or the setting first)."""
+    from psycopg import conninfo
+
+    from orchestrator.errors import ConfigError
+    from orchestrator.store.pg_connection import connect
+
+    def refused(host: str) -> bool:
+        try:
+            connect(conninfo.make_conninfo("", host=host, port="1", dbname="x", user="x", **{option: value}))
+        except ConfigError as exc:
+            assert f'invalid integer value "{value}" for connection option "{option}"' in exc.message
+            return True
+        except Exception:  # noqa: BLE001 - refused, out of reach, or a value the kernel refuses: not this check's
+            return False
+        raise AssertionError("connected to port 1")
+
+    assert refused(NO_SUCH_HOST) == refused("127.0.0.1")
 
 
 @pytest.mark.parametrize("command", [["db", "status"], ["db", "migrate"], ["status", "--all"], ["worker", "--once"]])
