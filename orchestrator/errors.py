@@ -215,7 +215,15 @@ class UnusableFileError(StorageError):
 
 class StorageUnavailableError(StorageError):
     """The store could not be reached (a connection lost or refused: a server restarting, a network
-    failure). It may pass: a worker waits and tries again once it has reached the store."""
+    failure), or did not complete a statement for now (``StatementCancelledError``). It may pass: a worker waits and
+    tries again once it has reached the store."""
+
+
+class StatementCancelledError(StorageUnavailableError):
+    """PostgreSQL cancelled a statement on a live connection: a ``statement_timeout`` or ``lock_timeout`` (of the
+    server, the database, the role or the URL's ``options``), or an administrator's ``pg_cancel_backend``. What the
+    statement's transaction would have written was rolled back whole; it may pass (a lock released, a load gone), so a
+    worker waits and tries again, as for a lost connection."""
 
 
 class HandlerNotFoundError(OrchestratorError):

@@ -14,12 +14,12 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator import faults
-from orchestrator.errors import ConcurrencyError, IntegrityError, StorageError
+from orchestrator.errors import AuditEntryNotWrittenError, ConcurrencyError, IntegrityError, StorageError
 from orchestrator.history import SEQUENCE_MISMATCH, Problem
 from orchestrator.security import validate_id
 from orchestrator.signing import line_seq
 from orchestrator.store.base import AUDIT_STREAM, AUX_KEY_LENGTH, AuxWrites, Builder, EventStore, Head, InTransaction
-from orchestrator.store.pg_connection import _driver
+from orchestrator.store.pg_connection import _connection_lost, _driver, _storage_error
 
 if TYPE_CHECKING:
     from orchestrator.store.postgres import PostgresStore
@@ -38,6 +38,10 @@ _LAST_EVENT = "SELECT seq, line FROM orch_events WHERE project = %s AND stream =
 # Sets the stream's row to the head its events hold (``_locked_head``), in the append's transaction, under its lock;
 # not the fence (its trigger refuses lowering it; a row created again starts at 0, until the next claim).
 _REINDEX = "UPDATE orch_streams SET seq = %s, last_line = %s WHERE project = %s AND stream = %s"
+# First in the transaction of an audit entry, whose events are durable already: the server's statement_timeout and
+# lock_timeout (the role's, the database's) must not cancel it and leave them without their entry; the store's own
+# deadline (``ORCH_PG_DEADLINE_SECONDS``) still bounds the call. For this transaction only (``is_local``).
+_NO_SERVER_TIMEOUTS = "SELECT set_config('lock_timeout', '0', true), set_config('statement_timeout', '0', true)"
 
 
 def _send_lock_head(store: PostgresStore, conn: Any, stream: str) -> tuple[Any, Any]:
@@ -178,6 +182,8 @@ def _locked(store: PostgresStore, conn: Any, stream: str, build: Builder, expect
         with conn.pipeline() as pipe:
             try:  # (a server's error may come back while later statements are sent: any of them raises it)
                 conn.execute("BEGIN")
+                if stream == AUDIT_STREAM:  # an entry, of events durable already
+                    conn.execute(_NO_SERVER_TIMEOUTS)
                 head, agrees = _locked_head(stream, _send_lock_head(store, conn, stream))  # the first round trip
                 if expected_seq is not None and expected_seq != head.seq:
                     raise ConcurrencyError(f"{stream}: expected {expected_seq} events, found {head.seq}",
@@ -221,9 +227,11 @@ def append_audited(store: PostgresStore, stream: str, build: Builder, entry: Bui
     row lock with its head. The server runs them in that order, and a ``COMMIT`` is durable before the next
     statement starts: the events commit first, alone, as one by one. Once they are known to have moved,
     ``between`` runs and the entry is built from that head; the second round trip sends its statement, ``COMMIT``
-    and the unlock. An entry that fails leaves the events (``audit.heal``), as one by one; a connection lost
+    and the unlock. The entry's transaction is not cancelled by the server's timeouts (``_NO_SERVER_TIMEOUTS``). An
+    entry that fails leaves the events (``audit.heal``), as one by one: a server's error after their ``COMMIT`` is
+    ``AuditEntryNotWrittenError`` (``_events_committed``; until 2026-12-06 "nothing was written"); a connection lost
     leaves the server to roll back and unlock. Without the head the events were decided from, or when it moved
-    (nothing was written), the calls one by one."""
+    (nothing was written), the calls one by one (whose ``_locked`` entry is not cancelled by the timeouts either)."""
     one_by_one = {"lock": lock, "entry_aux": entry_aux, "between": between, "expected_seq": expected_seq,
                   "fence": fence, "aux": aux, "in_transaction": in_transaction, "expected_last": expected_last}
     store._check_stream(stream)
@@ -236,7 +244,7 @@ def append_audited(store: PostgresStore, stream: str, build: Builder, entry: Bui
     psycopg = _driver()
 
     def pipelined(conn: Any) -> bool:
-        unlocked = None
+        unlocked = moved = committed = standing = None
         try:
             faults.point("pg.append.before_commit")  # nothing sent yet: a kill or a cut here leaves nothing
             with conn.pipeline() as pipe:
@@ -244,8 +252,9 @@ def append_audited(store: PostgresStore, stream: str, build: Builder, entry: Bui
                     conn.execute("SELECT pg_advisory_lock(%s)", (key,))
                     conn.execute("BEGIN")
                     moved = conn.execute(*events)
-                    conn.execute("COMMIT")
+                    committed = conn.execute("COMMIT")
                     conn.execute("BEGIN")
+                    conn.execute(_NO_SERVER_TIMEOUTS)  # the events are durable once the COMMIT above is done
                     locked = _send_lock_head(store, conn, AUDIT_STREAM)
                     written = moved.fetchone() is not None  # round trip 1
                     if written:  # the events are durable; the entry's transaction holds the audit log's row
@@ -268,10 +277,16 @@ def append_audited(store: PostgresStore, stream: str, build: Builder, entry: Bui
                         unlocked = conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
                     raise
             # round trip 2: the pipeline synced as it ended
+        except psycopg.Error as exc:  # on a live connection, after the events' COMMIT: their entry is what failed
+            if conn.broken or conn.closed or _connection_lost(exc) or not _events_committed(moved, committed):
+                raise
+            standing = exc
         finally:  # what the server skipped after an error of its own (the fence trigger): rolled back, unlocked
             _end_transaction(conn)
             if not _released(unlocked):
                 _unlock(conn, key)
+        if standing is not None:  # as the calls one by one say it (``EventStore.append_audited``), not "nothing"
+            raise AuditEntryNotWrittenError(_storage_error(standing, conn, write=True).message, stream=AUDIT_STREAM)
         if written and entered.fetchone() is None:  # under the row's lock: it moved, or nothing committed
             raise StorageError("@audit: the head did not move under its lock; the entry was not appended",
                                stream=AUDIT_STREAM)
@@ -281,6 +296,17 @@ def append_audited(store: PostgresStore, stream: str, build: Builder, entry: Bui
         return EventStore.append_audited(store, stream, build, entry, **one_by_one)
     faults.point("pg.append.after_commit")
     return Head(expected.seq + len(new), new[-1])
+
+
+def _events_committed(moved: Any, committed: Any) -> bool:
+    """Whether the events' statement of an audited append (``moved``, a cursor; None: not sent) moved the head and its
+    ``COMMIT`` (``committed``) was done, as far as the server answered before an error of a later statement: psycopg
+    gives each statement of a pipeline its result up to the error."""
+    pq = _driver().pq
+    moved_result = getattr(moved, "pgresult", None)
+    commit_result = getattr(committed, "pgresult", None)
+    return (moved_result is not None and moved_result.status == pq.ExecStatus.TUPLES_OK and moved_result.ntuples > 0
+            and commit_result is not None and commit_result.status == pq.ExecStatus.COMMAND_OK)
 
 
 def _built(build: Builder, head: Head) -> list[bytes]:

@@ -15,7 +15,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from orchestrator.descriptors import readable
-from orchestrator.errors import ConfigError, OrchestratorError, StorageError, StorageUnavailableError
+from orchestrator.errors import (ConfigError, OrchestratorError, StatementCancelledError, StorageError,
+                                 StorageUnavailableError)
 from orchestrator.security import REDACTED, sanitize_text
 from orchestrator.store.pg_deadline import Deadline, outcome
 
@@ -89,14 +90,32 @@ def _driver() -> Any:
     return psycopg
 
 
+# What the server answers a statement it cancelled: query_canceled (a statement_timeout, or pg_cancel_backend) and
+# lock_not_available (a lock_timeout, or NOWAIT, which this code never asks for)
+CANCELLED_SQLSTATES = frozenset({"57014", "55P03"})
+
+
 def _storage_error(exc: Exception, conn: Any = None, write: bool = False) -> StorageError:
     """A driver error as the project's error: the message sanitized (a URL may hold a password).
     On a connection that broke, it is ``StorageUnavailableError``: it may pass, and for a ``write``
-    a commit in flight may or may not have happened (a read only broke off)."""
+    a commit in flight may or may not have happened (a read only broke off). A statement the server cancelled
+    (``CANCELLED_SQLSTATES``) is ``StatementCancelledError``: it may pass too, and its transaction was rolled back whole
+    (a caller whose call commits more than one transaction says what the ones before stand for: ``append_audited``)."""
     if (conn is not None and (conn.broken or conn.closed)) or _connection_lost(exc):
         return StorageUnavailableError(sanitize_text(f"the connection to PostgreSQL was lost: {exc}".strip())
                                        + f"; {outcome(write)}")
+    if _cancelled(exc):
+        why = getattr(getattr(exc, "diag", None), "message_primary", None) or str(exc).strip()
+        return StatementCancelledError(sanitize_text(
+            f"PostgreSQL cancelled the statement: {why} (a statement_timeout or lock_timeout of the server, the "
+            "database, the role or the URL's options, or an administrator's pg_cancel_backend; it may pass)")
+            + "; nothing was written")
     return StorageError(sanitize_text(f"PostgreSQL error: {exc}".strip()) + "; nothing was written")
+
+
+def _cancelled(exc: Exception) -> bool:
+    """A driver error that says the server cancelled the statement (``CANCELLED_SQLSTATES``), the connection live."""
+    return isinstance(exc, _driver().Error) and getattr(exc, "sqlstate", None) in CANCELLED_SQLSTATES
 
 
 def _connection_lost(exc: Exception) -> bool:

@@ -313,21 +313,29 @@ def test_a_job_announced_while_the_listen_connection_was_down_wakes_the_wait_tha
     ("errors.AdminShutdown", True),  # 57P01: pg_terminate_backend, a restart
     ("errors.ConnectionFailure", True),  # 08006
     ("errors.QueryCanceled", False),  # 57014: the statement (a statement timeout), not the connection
+    ("errors.LockNotAvailable", False),  # 55P03: a lock timeout
     ("errors.UniqueViolation", False),
 ])
 def test_a_driver_error_that_says_the_connection_failed_is_storage_unavailable_even_on_a_live_connection(
         error: str, lost: bool) -> None:
-    """psycopg does not always mark the connection broken before such an error reaches the store."""
+    """psycopg does not always mark the connection broken before such an error reaches the store. A statement the
+    server cancelled is no lost connection either, but it may pass too (since 2026-12-06; before, a worker exited 10
+    for it): ``StatementCancelledError``, a ``StorageUnavailableError`` that says nothing was written."""
     import functools
 
     import psycopg
     import psycopg.errors  # noqa: F401 - looked up by name below
 
-    from orchestrator.errors import StorageUnavailableError
+    from orchestrator.errors import StatementCancelledError, StorageUnavailableError
     from orchestrator.store.postgres import _storage_error
 
     kind = functools.reduce(getattr, error.split("."), psycopg)
-    assert isinstance(_storage_error(kind("the driver's message")), StorageUnavailableError) is lost
+    reported = _storage_error(kind("the driver's message"), write=True)
+    assert reported.message.startswith("the connection to PostgreSQL was lost") is lost
+    cancelled = error in ("errors.QueryCanceled", "errors.LockNotAvailable")
+    assert isinstance(reported, StatementCancelledError) is cancelled
+    assert isinstance(reported, StorageUnavailableError) is (lost or cancelled)
+    assert reported.message.endswith("nothing was written") is not lost
 
 
 # -- a server that stalls: the connection stays open, nothing comes back ------------------------

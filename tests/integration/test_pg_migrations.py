@@ -325,6 +325,35 @@ def current_version_of(url: str) -> int:
         conn.close()
 
 
+def test_a_migration_the_server_cancels_for_a_lock_timeout_is_a_storage_error_and_the_next_run_completes_it(
+        scratch_db: str) -> None:
+    """A migration waiting for a table a worker holds, past a ``lock_timeout`` (the role's, or the URL's options), is
+    a wait to try again (exit 10), not a migration the server refused (``CONFIG_ERROR``, exit 3, until 2026-12-06): it
+    rolled back whole, and the next run applies it."""
+    import json
+    from urllib.parse import quote
+
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    apply_up_to(scratch_db, latest_version() - 1)
+    holder = connect(scratch_db)
+    holder.execute("SELECT 1 FROM orch_streams LIMIT 0")  # a reader's lock, held by its open transaction
+    try:
+        url = f"{scratch_db}?options={quote('-c lock_timeout=100ms')}"
+        result = CliRunner().invoke(cli, ["db", "migrate", "--store", url, "--json"])
+    finally:
+        holder.rollback()
+        holder.close()
+    assert result.exit_code == 10, result.output
+    error = json.loads(result.stdout)
+    assert error["error"] == "STORAGE_ERROR" and "canceling statement due to lock timeout" in error["message"]
+    assert "rolled back whole" in error["message"] and "db migrate" in error["message"]
+    assert current_version_of(scratch_db) == latest_version() - 1
+    assert migrate(scratch_db)["applied"] == [f"{latest_version():04d}_{migrations()[-1].name}"]
+
+
 def test_a_migration_whose_session_is_ended_midway_is_a_storage_error_and_the_next_run_completes_it(
         scratch_db: str) -> None:
     """A connection lost inside a migration is not a failed migration (``CONFIG_ERROR``): the migration rolled back

@@ -1,0 +1,215 @@
+"""A statement the server cancels (``statement_timeout``, ``lock_timeout``, set for the role, the database or in the
+URL's ``options``; an administrator's ``pg_cancel_backend``) is a storage error that may pass: a looping worker logs
+it, waits and goes on, as after a lost connection, and a command run once exits 10 saying what happened. Nothing of
+a cancelled append stays, and the audit entry of events already committed is never what a timeout cancels.
+
+Each test has a database of its own, so that a table it locks keeps no other test waiting."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import quote
+
+import pytest
+from click.testing import CliRunner
+
+import worker_handlers  # noqa: F401  (registers t.* handlers)
+from orchestrator import Orchestrator
+from orchestrator.store.pg_schema import migrate
+from orchestrator.store.postgres import connect
+from orchestrator.worker import Worker, WorkerSettings
+
+from backends import require_pg
+from helpers import wait_until
+
+pytestmark = pytest.mark.postgres
+
+PROJECT = "p"
+
+
+@pytest.fixture
+def scratch() -> Iterator[str]:
+    """The URL of a new, migrated database, dropped afterwards."""
+    url = require_pg()
+    name = f"orch_to_{uuid.uuid4().hex[:12]}"
+    admin = connect(url, autocommit=True)
+    admin.execute(f"CREATE DATABASE {name}")
+    try:
+        scratch_url = f"{url.rpartition('/')[0]}/{name}"
+        migrate(scratch_url)
+        yield scratch_url
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+def timing_out(url: str, **settings: str) -> str:
+    """``url`` whose sessions run with the server settings given (``lock_timeout="100ms"``), as ``ALTER ROLE ... SET``
+    would give them."""
+    options = " ".join(f"-c {name}={value}" for name, value in settings.items())
+    return f"{url}{'&' if '?' in url else '?'}options={quote(options)}"
+
+
+@contextlib.contextmanager
+def held(url: str, statement: str, params: tuple[Any, ...] = (), *, for_seconds: float) -> Iterator[None]:
+    """A lock ``statement`` takes, in a transaction of another session, released after ``for_seconds`` (or at the
+    block's end, whichever comes first)."""
+    holder = connect(url)
+    holder.execute(statement, params)
+    lock = threading.Lock()
+
+    def release() -> None:
+        with lock:
+            if not holder.closed:
+                holder.rollback()
+                holder.close()
+
+    timer = threading.Timer(for_seconds, release)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        release()
+
+
+def event_types(orch: Orchestrator, job_id: str) -> list[str]:
+    return [json.loads(s.raw)["type"] for s in orch.store.read(job_id)]
+
+
+def run_in_thread(worker: Worker) -> tuple[threading.Thread, dict[str, Any]]:
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["done"] = worker.run(max_jobs=1)
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="worker-under-test")
+    thread.start()
+    return thread, outcome
+
+
+def test_a_looping_worker_waits_out_a_lock_timeout_in_its_claim_and_runs_the_job_once_the_lock_is_gone(
+        scratch: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Until 2026-12-06 the worker exited 10 (``PostgreSQL error: canceling statement due to lock timeout``)."""
+    orch = Orchestrator(base_path=tmp_path, project_id=PROJECT, store_url=timing_out(scratch, lock_timeout="100ms"))
+    job = orch.submit("t.echo", {"message": "hi"})
+    worker = Worker(orch, WorkerSettings(worker_id="w1", retry_base_seconds=0.0), rng=random.Random(7))
+    caplog.set_level(logging.WARNING)
+    with held(scratch, "LOCK TABLE orch_ready IN ACCESS EXCLUSIVE MODE", for_seconds=1.0):
+        thread, outcome = run_in_thread(worker)
+        thread.join(30)
+    assert not thread.is_alive()
+    assert outcome == {"done": 1}, outcome
+    assert event_types(orch, job) == ["job_submitted", "job_claimed", "job_succeeded"]
+    waits = [r.getMessage() for r in caplog.records if "trying again" in r.getMessage()]
+    assert waits and all("lock timeout" in w and "cancelled the statement" in w for w in waits), waits
+    orch.store.close()
+
+
+def test_a_looping_worker_whose_outcome_times_out_records_it_once_the_row_is_free_and_the_history_verifies(
+        scratch: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A ``statement_timeout`` cancels the outcome's append while another session holds the job's row: nothing of it
+    is written; the worker reads the job back, appends it again, and the job ends with one outcome."""
+    orch = Orchestrator(base_path=tmp_path, project_id=PROJECT,
+                        store_url=timing_out(scratch, statement_timeout="500"))
+    started, release = tmp_path / "started.json", tmp_path / "release"
+    job = orch.submit("t.wait", {"started": str(started), "release": str(release)})
+    worker = Worker(orch, WorkerSettings(worker_id="w1", retry_base_seconds=0.0), rng=random.Random(7))
+    caplog.set_level(logging.WARNING)
+    thread, outcome = run_in_thread(worker)
+    try:
+        wait_until(started.exists, what="the handler to start")
+        row = "SELECT 1 FROM orch_streams WHERE project = %s AND stream = %s FOR UPDATE"
+        with held(scratch, row, (PROJECT, job), for_seconds=2.0):
+            release.touch()
+            thread.join(30)
+    finally:
+        release.touch()
+        thread.join(30)
+    assert outcome == {"done": 1}, outcome
+    assert any("statement timeout" in r.getMessage() for r in caplog.records), "the outcome was never cancelled"
+    assert event_types(orch, job) == ["job_submitted", "job_claimed", "job_succeeded"]
+    report = orch.verify()
+    assert report.ok and not report.warnings, (report.problems, report.warnings)
+    orch.store.close()
+
+
+def test_a_command_run_once_whose_statement_times_out_exits_10_saying_so_and_writes_nothing(
+        scratch: str, tmp_path: Path) -> None:
+    env = {"BASE_PATH": str(tmp_path), "PROJECT_ID": PROJECT,
+           "ORCH_STORE_URL": timing_out(scratch, lock_timeout="100ms")}
+    with held(scratch, "LOCK TABLE orch_ready IN ACCESS EXCLUSIVE MODE", for_seconds=30.0):
+        result = CliRunner().invoke(cli(), ["submit", "--kind", "t.echo", "--input", "{}", "--json"], env=env)
+    assert result.exit_code == 10, result.output
+    error = json.loads(result.stdout)
+    assert error["error"] == "STORAGE_ERROR", error
+    assert "PostgreSQL cancelled the statement: canceling statement due to lock timeout" in error["message"]
+    assert "lock_timeout" in error["message"] and error["message"].endswith("nothing was written")
+    listed = CliRunner().invoke(cli(), ["status", "--all", "--json"], env=env)
+    assert listed.exit_code == 0 and json.loads(listed.stdout)["jobs"] == [], listed.output
+
+
+def test_an_audited_action_waits_for_the_audit_log_past_a_lock_timeout_so_its_entry_is_never_left_out(
+        scratch: str, tmp_path: Path) -> None:
+    """The action's event commits first, then its audit entry waits for the audit log's row. A ``lock_timeout`` there
+    left the event without its entry and said "nothing was written" (until 2026-12-06); the entry's transaction now
+    waits under the store's own deadline only."""
+    orch = Orchestrator(base_path=tmp_path, project_id=PROJECT, store_url=timing_out(scratch, lock_timeout="100ms"))
+    first, second = orch.submit("t.echo", {}), orch.submit("t.echo", {})
+    orch.cancel(first, "the audit log's row is made")
+    audit_row = "SELECT 1 FROM orch_streams WHERE project = %s AND stream = '@audit' FOR UPDATE"
+    with held(scratch, audit_row, (PROJECT,), for_seconds=1.0):
+        result = orch.cancel(second, "waits for the row")
+    assert result.applied and result.state == "cancelled"
+    report = orch.verify()
+    assert report.ok and not report.warnings, (report.problems, report.warnings)
+    entries = [json.loads(s.raw) for s in orch.store.read("@audit")]
+    assert [e["job_id"] for e in entries] == [first, second]
+    orch.store.close()
+
+
+def test_an_audit_entry_the_server_refuses_after_its_event_committed_says_the_event_stands_and_heal_writes_it(
+        scratch: str, tmp_path: Path) -> None:
+    """A server error in the entry's transaction (here a constraint added by hand; a full disk of the server, an
+    administrator's cancel) comes after the event's commit: the entry not written, the event durable, not "nothing was
+    written" (until 2026-12-06). ``audit heal`` writes it once it can, waiting for the audit log's row past a
+    ``lock_timeout`` as the action's own entry does."""
+    from orchestrator.audit import heal
+    from orchestrator.errors import AuditEntryNotWrittenError
+
+    orch = Orchestrator(base_path=tmp_path, project_id=PROJECT, store_url=timing_out(scratch, lock_timeout="100ms"))
+    first, job = orch.submit("t.echo", {}), orch.submit("t.echo", {})
+    orch.cancel(first, "the audit log's row is made")
+    admin = connect(scratch, autocommit=True)
+    try:
+        admin.execute("ALTER TABLE orch_events ADD CONSTRAINT no_audit_entry CHECK (stream <> '@audit') NOT VALID")
+        with pytest.raises(AuditEntryNotWrittenError) as caught:
+            orch.cancel(job, "its entry is refused")
+        assert "is durable" in caught.value.message and "audit heal" in caught.value.message
+        assert "nothing was written" not in caught.value.message
+        assert event_types(orch, job)[-1] == "job_cancelled"
+        assert [w.code for w in orch.verify().warnings] == ["AUDIT_ENTRY_MISSING"]
+        admin.execute("ALTER TABLE orch_events DROP CONSTRAINT no_audit_entry")
+    finally:
+        admin.close()
+    audit_row = "SELECT 1 FROM orch_streams WHERE project = %s AND stream = '@audit' FOR UPDATE"
+    with held(scratch, audit_row, (PROJECT,), for_seconds=1.0):
+        heal(orch, [orch.load(job)])
+    report = orch.verify()
+    assert report.ok and not report.warnings, (report.problems, report.warnings)
+    orch.store.close()
+
+
+def cli() -> Any:
+    from orchestrator.cli import cli as command
+
+    return command
