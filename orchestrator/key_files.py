@@ -11,13 +11,16 @@ its owner only, who must be this user or root, and so may every folder above it 
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
+import fcntl
 import logging
 import os
+import re
 import stat
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from nacl.signing import SigningKey
 
@@ -27,6 +30,7 @@ from orchestrator.key_paths import (MAKES_KEYS_TRUSTED, check_folders_above, for
 from orchestrator.security import shown
 from orchestrator.signing import Keyring, unb64, key_id, public_of, seed_of, validate_key_id
 from orchestrator.store.files import NotRegularFileError, fsync_dir, open_regular, read_all
+from orchestrator.store.locks import close_lock_descriptor, open_lock_descriptor
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,11 @@ PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub"
 ACTIVE_FILE = "active"
 REVOKED_FILE = "revoked"
+LOCK_FILE = ".lock"  # held by whoever writes key files into the folder (``_keyring_locked``); never removed
+# A key file being written (``_write_whole``): ``.<name>.<pid>-<16 hex>.tmp``, named by its process and a random
+# token, never by its final name alone (``.<name>.tmp`` until 2026-12-06, also matched), so that two writers never
+# rename one file. One found while holding the folder's lock is a killed writer's: removed.
+_TEMPORARY = re.compile(r"\.(?:k-[0-9a-f]{16}\.(?:key|pub)|active)(?:\.[0-9]+-[0-9a-f]{16})?\.tmp")
 
 
 def default_keyring_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -158,25 +167,79 @@ def _public_from_pem(data: bytes, where: Path) -> bytes:
 
 
 def write_keypair(directory: Path, private: Any = None, *, activate: bool = True) -> str:
-    """Store a key pair owner-only (private 0600, folder 0700) and optionally make it the signer.
-    ``private``: a seed or a ``cryptography`` Ed25519 private key; a new key when None."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
+    """Store a key pair owner-only (private 0600, folder 0700) and optionally make it the signer (``keys rotate``).
+    ``private``: a seed or a ``cryptography`` Ed25519 private key; a new key when None. Written while holding the
+    folder's lock (``_keyring_locked``): rotations at once each write a whole pair, one after the other, and the
+    last one written is active."""
     seed = seed_of(private) if private is not None else bytes(SigningKey.generate())
-    private = Ed25519PrivateKey.from_private_bytes(seed)
+    _prepare_folder(directory)
+    with _keyring_locked(directory):
+        return _write_pair(directory, seed, activate)
+
+
+def first_keypair(directory: Path) -> tuple[str, bool]:
+    """The id of the folder's active key, and whether this call made it: a new key pair, made active, when the
+    folder has none. Looked for again while holding the folder's lock, so however many processes and threads find
+    no key at once, one makes it and every other one then finds it (until 2026-12-06 each made its own, and those
+    whose temporary file another had renamed failed with SIGNING_KEY_ERROR)."""
+    _prepare_folder(directory)
+    with _keyring_locked(directory):
+        kid = active_key_id(directory)
+        if kid is not None:
+            return kid, False
+        return _write_pair(directory, bytes(SigningKey.generate()), True), True
+
+
+def _prepare_folder(directory: Path) -> None:
     _make_owner_only_folder(directory)
     # a folder that was there keeps its mode, and is refused if others may add keys to it (it was ``chmod 700``-ed,
     # /tmp too when run as root)
     _check_keyring_folder(directory, os.stat(directory))
+
+
+@contextlib.contextmanager
+def _keyring_locked(directory: Path) -> Iterator[None]:
+    """Hold the keyring folder's lock (an ``flock`` of its ``.lock``, made owner-only, never through a symbolic
+    link, and kept: removing a lock file lets two holders lock two files) while key files are written there, and
+    remove what a writer killed mid-way left (its temporary files, ``_TEMPORARY``). Every writer of the folder's
+    key files takes it (``write_keypair``, ``first_keypair``); a reader needs none, since each file is replaced
+    whole. ``flock`` excludes this process's other threads too: each opens the file anew."""
+    path = directory / LOCK_FILE
+    try:
+        fd = open_lock_descriptor(lambda: os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                                                   | os.O_NOCTTY | os.O_CLOEXEC, 0o600))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SigningKeyError(f"the keyring lock file {path} is a symbolic link, never followed in a keyring "
+                                  "folder; remove it (the next command that writes a key makes the file)") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SigningKeyError(f"the keyring lock file {path} is not a regular file; remove it (the next command "
+                                  "that writes a key makes the file)")
+        owned_by_user(path, "keyring lock file", st)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        for name in os.listdir(directory):
+            if _TEMPORARY.fullmatch(name):
+                with contextlib.suppress(OSError):  # one left is only clutter, never read
+                    os.unlink(directory / name)
+        yield
+    finally:
+        close_lock_descriptor(fd)
+
+
+def _write_pair(directory: Path, seed: bytes, activate: bool) -> str:
+    """Write the pair of ``seed`` (the folder's lock held), each file whole (``_write_whole``), private key, then
+    public key, then ``active``: a writer killed at any point leaves the folder's active key as it was, or the new
+    one whole (a pair written but not made active is a key that never signed, trusted like any other)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private = Ed25519PrivateKey.from_private_bytes(seed)
     kid = key_id(public_of(seed))
-    priv_path = directory / f"{kid}{PRIVATE_SUFFIX}"
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-        fh.flush()
-        os.fsync(fh.fileno())
+    _write_whole(directory / f"{kid}{PRIVATE_SUFFIX}", pem, 0o600)
     pub = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     _write_whole(directory / f"{kid}{PUBLIC_SUFFIX}", pub)  # whole: a running worker reads the folder again
     if activate:
@@ -202,17 +265,27 @@ def _make_owner_only_folder(directory: Path) -> None:
             os.chmod(folder, 0o700)  # a umask that takes its owner's bits (0277, say) would leave it unwritable
 
 
-def _write_whole(path: Path, data: bytes) -> None:
+def _write_whole(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``path`` whole and durably (a synced temporary file renamed over it, then the folder synced): the
-    public key verifies every event its key signs, and a power cut must not leave it empty."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.fchmod(fd, 0o644)  # only its owner writes it, whatever the umask (``owner_writes``)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    public key verifies every event its key signs, and a power cut must not leave it empty. The temporary file is
+    this writer's own (``_TEMPORARY``: a name no other writer uses, made new, never through a link), so a
+    rename never moves another writer's file, nor a half-written one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(8).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)  # only its owner writes it (and reads a private key), whatever the umask (``owner_writes``)
+        with os.fdopen(fd, "wb") as fh:
+            fd = -1
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     fsync_dir(path.parent)
 
 
@@ -269,10 +342,10 @@ def _load_dir_signer(directory: Path, announce: bool) -> Any:
                                       "creates one: `orchestrator keys rotate` creates one there (or set "
                                       "ORCH_SIGNING_KEY or ORCH_SIGNING_KEY_FILE)")
             try:
-                kid = write_keypair(directory)
+                kid, made = first_keypair(directory)  # or the one another process or thread made meanwhile
             except OSError as exc:
                 raise SigningKeyError(f"cannot create a signing key in {directory}: {exc.strerror or exc}") from None
-            if announce:
+            if made and announce:
                 print(f"orchestrator: generated signing key {kid} in {directory} (owner-only); back it up, "
                       "and keep its .pub to verify old events", file=sys.stderr)
         seed = _private_from_pem_file(directory / f"{kid}{PRIVATE_SUFFIX}")

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -334,6 +335,8 @@ class Keyring:
     folders: tuple[str, ...] = ()  # the folders whose ``*.pub`` are trusted and whose ``revoked`` ids are refused
     signer_folder: Path | None = None  # the keyring folder whose active key signs (no key set in the environment)
     _load_signer: Any = None  # deferred: called as ``_load_signer(ring, create)`` when something is first signed
+    # held while ``_load_signer`` runs: threads that first sign at once load (or make) the key once
+    _loading: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     # libsodium's views of the keys above, made on first use (not part of the keyring's identity)
     _sodium_signer: tuple[bytes, SigningKey, bytes] | None = field(default=None, init=False, repr=False, compare=False)
     # by key id: an id is the hash of its public key, so one id never names two keys
@@ -369,14 +372,19 @@ class Keyring:
         first key is created, unless ``create`` is False: a read command (``audit-timeline``, ``metrics``,
         ``verify``, ...) signs only with a key the machine already has, and never creates one, so a machine
         set up to verify (only ``.pub`` files) writes nothing another machine cannot verify (docs/decisions.md,
-        "Signing keys"). A loader that fails is kept, so a later call tries again (and names the same cause)."""
-        if self.signer is None and self._load_signer is not None:
-            self._load_signer(self, create)
-            self._load_signer = None
+        "Signing keys"). A loader that fails is kept, so a later call tries again (and names the same cause).
+        Threads that call it at once wait for the first one's loading (``_loading``): until 2026-12-06 each ran the
+        loader, and each made a key of its own."""
+        if self._load_signer is not None:
+            with self._loading:
+                if self.signer_id is None and self._load_signer is not None:
+                    self._load_signer(self, create)
+                    self._load_signer = None
         return self._require_signer()[0]
 
     def _require_signer(self) -> tuple[str, bytes]:
-        if self.signer is None and self._load_signer is not None:
+        # ``signer_id``, set after ``signer`` (``add_signer``): another thread's loading may have set only ``signer``
+        if self.signer_id is None and self._load_signer is not None:
             self.ensure_signer()
         if self.signer is None or self.signer_id is None:
             raise SigningKeyError("no signing key is configured (set ORCH_SIGNING_KEY, ORCH_SIGNING_KEY_FILE or ORCH_KEYRING_DIR)")

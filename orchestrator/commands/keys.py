@@ -84,6 +84,8 @@ def keys_rotate(out: Output) -> None:
     verifying old events.
 
     A process reads the active key once, when it first signs: restart running workers to sign with the new key.
+    Rotations run at once (on one machine) each make a whole key, one after the other: the last one made is active,
+    the others' stay trusted (keys list shows which is active).
     With ORCH_SIGNING_KEY or ORCH_SIGNING_KEY_FILE set, that key still signs (a warning says so). Copy the new
     <kid>.pub into the ORCH_TRUSTED_KEYS_DIR of every other machine that verifies or runs these jobs.
     """
