@@ -28,7 +28,7 @@ from orchestrator.errors import InvalidInputError, SigningKeyError
 from orchestrator.key_paths import (MAKES_KEYS_TRUSTED, check_folders_above, forget_checked_folders, home_folder,
                                     owned_by_user, owner_writes)
 from orchestrator.security import shown
-from orchestrator.signing import Keyring, unb64, key_id, public_of, seed_of, validate_key_id
+from orchestrator.signing import Keyring, unb64, is_key_id, key_id, public_of, seed_of, validate_key_id
 from orchestrator.store.files import NotRegularFileError, fsync_dir, open_regular, read_all
 from orchestrator.store.locks import close_lock_descriptor, open_lock_descriptor
 
@@ -112,9 +112,10 @@ def _read_key_file(path: Path, what: str, *, owner_only: bool = False, others_co
         raise SigningKeyError(f"{what} {path} is not a regular file; remove it or put the key file there") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP and not follow:
+            fix = "move that file into its place" if os.path.exists(path) else "it leads nowhere: remove it"
             raise SigningKeyError(f"{what} {path} is a symbolic link, never followed in a keyring folder (whoever may "
                                   "write the folder of the file it leads to could put a key of their own there); "
-                                  "move that file into its place") from None
+                                  f"{fix}") from None
         raise SigningKeyError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     try:
         owned_by_user(path, what, st)
@@ -290,9 +291,11 @@ def _write_whole(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def active_key_id(directory: Path) -> str | None:
-    """The key id the folder's ``active`` file names, or None when there is no such file."""
+    """The key id the folder's ``active`` file names, or None when there is no such file. A link there is such a file,
+    even one leading nowhere (``lexists``), and is refused when read: until 2026-12-06 a link to nothing was taken
+    for no ``active`` at all, and the next write made a new key active in its place."""
     active = directory / ACTIVE_FILE
-    if not active.exists():
+    if not os.path.lexists(active):
         return None
     try:
         # checked as the files that decide trust (since 2026-12-03): a key revoked on the machines that verify,
@@ -388,7 +391,9 @@ def trust_folder(ring: Keyring, folder: Path, *, required_by: str | None = None,
 
 
 def _revoked_ids(folder: Path) -> frozenset[str]:
-    """The ids ``folder``'s ``revoked`` file lists (none when it has none), one a line."""
+    """The ids ``folder``'s ``revoked`` file lists (none when it has none): one key id a line, spaces around it and
+    line ends of either kind (``\\r\\n``) aside; a line that is blank or whose first character is ``#`` (a comment)
+    names none. Any other line is a ``SigningKeyError`` naming the file and the line (``_revoked_line``)."""
     revoked = folder / REVOKED_FILE
     if not os.path.lexists(revoked):
         return frozenset()
@@ -397,7 +402,24 @@ def _revoked_ids(folder: Path) -> frozenset[str]:
     except UnicodeDecodeError:
         raise SigningKeyError(f"revoked-keys file {revoked} is not UTF-8 text; it should hold one key id "
                               "a line") from None
-    return frozenset(ln.strip() for ln in text.splitlines() if ln.strip())
+    ids = (_revoked_line(revoked, number, line.strip()) for number, line in enumerate(text.split("\n"), 1))
+    return frozenset(kid for kid in ids if kid)
+
+
+def _revoked_line(revoked: Path, number: int, line: str) -> str | None:
+    """The key id ``line`` (stripped) of the revoked-keys file names, None for a blank or comment line. Anything else
+    stops the reading (until 2026-12-06 every line was taken as it was): an id with a note after it (``k-... #
+    stolen``) or in capitals named no key, revoked nothing, and ``keys list`` showed it as revoked."""
+    if is_key_id(line):
+        return line
+    if not line or line.startswith("#"):
+        return None
+    hint = (f"key ids are in lower case: {line.lower()}" if is_key_id(line.lower()) else
+            "a note goes on a line of its own, starting with #" if is_key_id(line.split()[0]) else
+            "a key id is 'k-' and 16 hex digits, as `orchestrator keys list` shows")
+    raise SigningKeyError(f"revoked-keys file {revoked}, line {number}, {shown(line)} is not a key id ({hint}): "
+                          "the file holds one key id a line, or a comment line starting with #; every command stops "
+                          "until that line is fixed, since the key it means to revoke would stay trusted")
 
 
 def read_folders_again(ring: Keyring) -> None:

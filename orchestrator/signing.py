@@ -396,11 +396,30 @@ class Keyring:
         return self.signer_id, self.signer
 
     def how_to_replace(self) -> str:
-        """What to do so that another key signs: where this keyring's signing key comes from decides it."""
+        """What to do so that another key signs: where this keyring's signing key comes from decides it. A process
+        that loaded the folder's active key before another was made active (a worker started before `keys rotate`)
+        needs only a restart, to read the new one: until 2026-12-06 it was told to rotate, which made yet another."""
         if self.signer_folder is not None:
+            active = self._active_elsewhere()
+            if active is not None:
+                return (f"Restart this process: it still signs with the revoked key {self.signer_id}, which it read "
+                        f"when it started; the keyring folder's active key is now {active}")
             return "Make a new key active: orchestrator keys rotate"
         return (f"It comes from {self.source}: set that to a key that is not revoked, or unset it to sign with the "
                 "keyring folder's active key (orchestrator keys rotate makes a new one)")
+
+    def _active_elsewhere(self) -> str | None:
+        """The key the keyring folder's ``active`` file names when this process signs with another one it loaded
+        before, and that key is not revoked; None otherwise, or when the file cannot be read now."""
+        if self.signer_id is None or self.signer_folder is None:
+            return None
+        from orchestrator.key_files import active_key_id
+
+        try:
+            active = active_key_id(self.signer_folder)
+        except SigningKeyError:
+            return None
+        return active if active not in (None, self.signer_id) and active not in self.revoked else None
 
     def signing_key_id(self) -> str | None:
         """The id of the key that will sign, without loading a private key: the loaded one's, else the one the

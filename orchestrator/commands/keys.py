@@ -3,6 +3,7 @@ store, so these commands work on no project."""
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Callable
 
 import click
@@ -119,16 +120,26 @@ def keys_revoke(out: Output, kid: str) -> None:
     added to the 'revoked' file of the keyring folder (ORCH_KEYRING_DIR) of this machine only: revoke it on
     every other machine too. Revoking it again changes nothing. Revoking the key that signs stops every write (SIGNING_KEY_ERROR, exit 8) until
     `keys rotate` makes a new key active: rotate and restart the workers first. A running worker reads the
-    keyring folders again once a minute, and stops writing with a key revoked since.
+    keyring folders again once a minute, and stops writing with a key revoked since; until then it signs with
+    the key it started with, and what it signs fails verification: revoking a key of this keyring folder that
+    is no longer the active one warns so (restart the workers started before the rotation).
     """
-    from orchestrator.key_files import revoke
+    from orchestrator.key_files import PRIVATE_SUFFIX, revoke
 
     ring, written = revoke(kid)
     already = not written
     warning = None
-    if kid == ring.signing_key_id():
+    active = ring.signing_key_id()
+    if kid == active:
         warning = (f"{kid} is the active signing key: writes are refused (exit 8) until another key signs. "
                    + ring.how_to_replace())
+    elif ring.signer_folder is not None and os.path.lexists(ring.signer_folder / f"{kid}{PRIVATE_SUFFIX}"):
+        # a key this machine signed with: a worker started before `keys rotate` may still hold it
+        warning = (f"{kid} is a key of this keyring folder: a worker started while it was the active key (before "
+                   f"{active} was) still signs with it until it reads the keyring folders again (within a minute), "
+                   "then stops (exit 8) at its next write; what it signs meanwhile fails verification (KEY_REVOKED). "
+                   "Restart such workers, to sign with the active key")
+    if warning:
         echo(f"warning: {warning}", err=True)
     out.emit({"revoked": kid, "already_revoked": already, "warning": warning},
              f"{kid} was already revoked; nothing changed" if already else f"revoked {kid}")

@@ -438,6 +438,28 @@ def test_revoking_the_active_key_warns_and_every_write_is_refused_until_a_new_ke
     assert run_script("status", job_id, env=env).returncode == 0
 
 
+def test_revoking_a_key_this_keyring_signed_with_before_a_rotation_warns_that_older_workers_still_sign_with_it(
+        cli_env: dict[str, str], isolated_env: Path, tmp_path: Path) -> None:
+    """A worker started before `keys rotate` holds the old key until it reads the keyring again (within a minute),
+    and what it signs meanwhile fails as KEY_REVOKED: `keys revoke` says so, and to restart such workers."""
+    env = {k: v for k, v in cli_env.items() if k != "ORCH_SIGNING_KEY"}
+    submit(env)
+    old = (isolated_env / "active").read_text().strip()
+    new = json.loads(keys(env, "rotate", "--json").stdout)["signing_key"]
+    revoked = keys(env, "revoke", old, "--json")
+    warning = json.loads(revoked.stdout)["warning"]
+    assert revoked.returncode == 0 and warning == revoked.stderr.strip().removeprefix("warning: ")
+    assert f"{old} is a key of this keyring folder: a worker started while it was the active key (before {new} was)" \
+        in warning and "Restart such workers" in warning and "keys rotate" not in warning
+    other = tmp_path / "trusted"  # another machine's key: no worker here signs with it
+    other.mkdir(mode=0o700)
+    stranger = keys({**env, "ORCH_KEYRING_DIR": str(other)}, "rotate", "--json")
+    stranger_id = json.loads(stranger.stdout)["signing_key"]
+    (other / f"{stranger_id}.key").unlink()
+    revoked = keys({**env, "ORCH_TRUSTED_KEYS_DIR": str(other)}, "revoke", stranger_id, "--json")
+    assert revoked.returncode == 0 and json.loads(revoked.stdout)["warning"] is None and revoked.stderr == ""
+
+
 def test_keys_revoke_refuses_a_malformed_or_unknown_id_and_writes_nothing(cli_env: dict[str, str],
                                                                           isolated_env: Path) -> None:
     env = {k: v for k, v in cli_env.items() if k != "ORCH_SIGNING_KEY"}

@@ -227,6 +227,27 @@ def test_a_keyring_reloaded_by_a_long_running_process_knows_the_keys_made_and_re
         ring.seal({"seq": 3})
 
 
+def test_a_process_still_signing_with_a_key_revoked_after_a_rotation_is_told_to_restart_not_to_rotate(
+        isolated_env: Path) -> None:
+    """A worker started before `keys rotate` signs with the old key; revoked, it stops: a new key is active already,
+    and what makes it sign is a restart (it was told to run `keys rotate`, which made yet another key)."""
+    ring = load_keyring()
+    ring.seal({"seq": 1})
+    old = ring.signer_id
+    newer = write_keypair(isolated_env)  # keys rotate
+    (isolated_env / "revoked").write_text(f"{old}\n")  # keys revoke OLD
+    assert ring.reload()
+    with pytest.raises(SigningKeyError, match=f"signing key {old} is revoked.*Restart this process.*still signs with "
+                                              f"the revoked key {old}.*active key is now {newer}") as raised:
+        ring.seal({"seq": 2})
+    assert "keys rotate" not in str(raised.value)
+    assert load_keyring().seal({"seq": 3})  # a process started now signs with the new key
+    (isolated_env / "revoked").write_text(f"{old}\n{newer}\n")  # the new key revoked too: rotate
+    assert ring.reload()
+    with pytest.raises(SigningKeyError, match=f"signing key {old} is revoked.*keys rotate"):
+        ring.seal({"seq": 4})
+
+
 def test_the_signing_key_id_is_known_without_reading_the_private_key(isolated_env: Path) -> None:
     assert load_keyring().signing_key_id() is None and not isolated_env.exists()  # none yet: nothing created
     kid = write_keypair(isolated_env)
@@ -347,6 +368,28 @@ def test_an_unreadable_public_key_or_revoked_file_stops_every_keyring_load_namin
         load_keyring()
 
 
+@pytest.mark.parametrize("line", ["{kid} # compromised", "{kid} compromised 2026-12-01", "{KID}", "K-{hex}",
+                                  "k-{short}", "revoke {kid}", "{kid},", "\"{kid}\""])
+def test_a_revoked_line_that_is_not_a_key_id_stops_every_keyring_load_naming_the_file_and_line(
+        isolated_env: Path, line: str) -> None:
+    """A line of ``revoked`` edited by hand (a note after the id, the id in capitals) revoked nothing, and ``keys list``
+    showed it as revoked: the key stayed trusted. Every line is a key id, a comment line or blank, else nothing is
+    read: a revocation that may not hold must not look as if it did."""
+    kid = write_keypair(isolated_env)
+    text = line.format(kid=kid, KID=kid.upper(), hex=kid[2:], short=kid[:-1])
+    (isolated_env / "revoked").write_text(f"# revoked by hand\n{text}\n")
+    with pytest.raises(SigningKeyError, match=f"revoked-keys file {isolated_env / 'revoked'}, line 2,"
+                                              ".* not a key id.*one key id a line"):
+        load_keyring()
+
+
+def test_the_revoked_file_may_hold_comment_lines_blank_lines_and_line_ends_of_either_kind(isolated_env: Path) -> None:
+    kid, other, kept = write_keypair(isolated_env), write_keypair(isolated_env), write_keypair(isolated_env)
+    (isolated_env / "revoked").write_bytes(f"# the laptop stolen on 2026-12-01\r\n  {kid}  \r\n\n\t# {kept}\n"
+                                           f"{other}".encode())
+    assert load_keyring().revoked == {kid, other}
+
+
 @pytest.mark.parametrize("what", ["junk private key", "folder named active", "active naming a path",
                                   "FIFO as the private key"])
 def test_an_unreadable_signing_key_is_a_signing_key_error_when_signing_and_reads_still_work(
@@ -375,6 +418,25 @@ def test_a_file_of_the_keyring_folder_that_is_a_link_is_refused_naming_it_never_
     (isolated_env / name).symlink_to(elsewhere / name)
     with pytest.raises(SigningKeyError, match=f"{isolated_env / name} is a symbolic link"):
         load_keyring().ensure_signer()
+
+
+@pytest.mark.parametrize("what", [".pub", "revoked", "active", ".key"])
+def test_a_file_of_the_keyring_folder_that_is_a_link_to_nothing_is_refused_naming_it_never_replaced(
+        isolated_env: Path, tmp_path: Path, what: str) -> None:
+    """An ``active`` that was a link leading nowhere was read as no ``active`` at all: `keys list` said "none yet" and
+    the next write made a new key active in its place. A link is refused wherever it leads."""
+    kid = write_keypair(isolated_env)
+    name = {".pub": "k-0123456789abcdef.pub", "revoked": "revoked", "active": "active", ".key": f"{kid}.key"}[what]
+    if what in ("active", ".key"):
+        (isolated_env / name).unlink()
+    (isolated_env / name).symlink_to(tmp_path / "nowhere")
+    with pytest.raises(SigningKeyError, match=f"{isolated_env / name} is a symbolic link.*leads nowhere: remove it"):
+        load_keyring().ensure_signer()
+    if what == "active":
+        with pytest.raises(SigningKeyError, match=f"{isolated_env / name} is a symbolic link"):
+            load_keyring().signing_key_id()  # what `keys list` shows as the key that will sign
+    assert (isolated_env / name).is_symlink() and sorted(isolated_env.glob("*.key")) in (
+        [isolated_env / f"{kid}.key"], [])  # no key made
 
 
 def test_a_key_file_swapped_right_after_it_is_first_looked_at_is_never_read_in_place_of_the_one_checked(
