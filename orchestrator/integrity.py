@@ -136,16 +136,25 @@ def _built_queue(orch: Orchestrator) -> QueueIndex | None:
 def _missing_entry(orch: Orchestrator, queue: QueueIndex, view: JobView) -> Problem | None:
     """The warning for a job that is queued or running with no entry in ``queue``, else None. An entry is dropped only
     after the event that ends its state: so an entry is missing only if it is not there while the job's history does
-    not grow (read again after the look, cheap: only for a job whose entry was not found)."""
+    not grow (read again after the look, cheap: only for a job whose entry was not found). A history cut back to that
+    state (its last events and head record removed: ``verify`` finds no problem, only an anchor or the audit log can)
+    looks the same, its entry rightly dropped when the job ended; rebuilding the index would run the job again. So
+    the advice is to compare first, then rebuild (nothing here can tell the two apart: a job's last event is no
+    audited one, in general)."""
     s = view.state
     if not view.ok or s is None or queue.holds_entry(s) or orch.store.read(s.job_id, from_seq=view.head.seq + 1):
         return None
-    folder, does = ("ready", "runs") if s.state == QUEUED else ("running", "recovers")
+    folder, does, again = (("ready", "runs", "run it again") if s.state == QUEUED
+                           else ("running", "recovers", "recover it and run its handler again"))
     built = orch.settings.state_dir / INDEX_DIR / BUILT_MARKER
     return Problem(s.job_id, view.head.seq, INDEX_ENTRY_MISSING,
-                   f"the job is {s.state} but has no entry in {INDEX_DIR}/{folder}/ (deleted by hand, or not put back "
-                   f"after an INDEX_NOT_UPDATED warning), so no worker {does} it: remove {built} and the next worker "
-                   "rebuilds the index from the events")
+                   f"the job is {s.state} but has no entry in {INDEX_DIR}/{folder}/, so no worker {does} it: the "
+                   f"entry was deleted by hand (or not put back after an INDEX_NOT_UPDATED warning), or the job's "
+                   f"history was cut after it had ended (its last events and head record removed: an entry goes "
+                   f"when the job's state ends), which a rebuilt index would take at its word and {again}. First "
+                   f"compare with an exported anchor (`orchestrator verify --against ANCHOR`) and the audit log "
+                   f"(`orchestrator audit-timeline --job-id {s.job_id}`); only if neither shows more than event "
+                   f"#{view.head.seq}, remove {built} and the next worker rebuilds the index from the events")
 
 
 def verify_project(orch: Orchestrator, job_id: str | None = None, *,

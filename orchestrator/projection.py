@@ -1,12 +1,15 @@
 """A derived per-job summary cache, so project-wide figures never replay every job.
 
 One row per job, computed by replaying that job's verified events, stored with the
-*fingerprint* of the job's events file (size and mtime in nanoseconds on the file backend; on PostgreSQL the
-event count and the count of hand edits of its rows; the event count elsewhere: ``EventStore.fingerprints``). A
-refresh lists the fingerprints (on files one directory listing and one ``stat`` per file, on PostgreSQL every
+*fingerprint* of the job's files (on the file backend the events file's size and a change stamp of its ctime and
+its head record's ctime and size, ``JsonlStore.fingerprints``; on PostgreSQL the event count and the count of hand
+edits of its rows; the event count elsewhere: ``EventStore.fingerprints``). A
+refresh lists the fingerprints (on files one directory listing and two ``stat`` calls per job, on PostgreSQL every
 stream's row of ``orch_streams``; no job is read) and replays only the jobs whose fingerprint changed or that have
 no row, and the rows whose verification a change of the trusted keys may change. An append
-always grows its file, and the mtime also catches a file rewritten to the same size. Only a cut (a torn tail
+always grows its file and rewrites its head record; the ctime also catches a file rewritten to the same size, put
+back with its old mtime (``cp -a``, ``touch -d``: no tool sets a ctime), and a head record damaged in place (a torn
+sector: ``TRUNCATED``, ``HEAD_MISMATCH``), which no later event would bring to a refresh. Only a cut (a torn tail
 repaired, a failed append cut back) followed by an append of exactly as many bytes, all within one tick of the
 file system's clock, and with a refresh's listing and read on either side of the cut, brings a changed file
 back to a fingerprint a row was stored with: that row is stale until the job's next append (or ``--rebuild``).
@@ -91,13 +94,13 @@ def _opt(value: float) -> float | None:
 class Columns:
     """Rows stored column by column, in one order: ``ids[i]`` is the job of every column's ``[i]``.
 
-    ``size``/``mtime`` are the fingerprint the row was computed from; times are ``NaN`` when
+    ``size``/``stamp`` are the fingerprint the row was computed from; times are ``NaN`` when
     absent; ``state`` holds an index into ``STATES`` (``NO_STATE`` for none); ``runs`` holds each
     job's run ids joined by spaces (ids never contain one); ``kind`` holds 1 + an index into ``kinds``
     (each kind once, stored in the header as JSON: a kind may be any text), ``UNKNOWN_KIND`` for none.
     """
 
-    NUMERIC = (("size", "q"), ("mtime", "q"), ("submitted", "d"), ("updated", "d"), ("final", "d"),
+    NUMERIC = (("size", "q"), ("stamp", "q"), ("submitted", "d"), ("updated", "d"), ("final", "d"),
                ("lease", "d"), ("resumes_ok", "q"), ("resumes_failed", "q"))
 
     def __init__(self) -> None:
@@ -133,7 +136,7 @@ class Columns:
     def add(self, job_id: str, fp: tuple[int, int], row: Row) -> None:
         self.ids.append(job_id)
         self.size.append(fp[0])
-        self.mtime.append(fp[1])
+        self.stamp.append(fp[1])
         self.state.append(STATE_CODE.get(row.state, NO_STATE))
         self.ok.append(1 if row.ok else 0)
         self.submitted.append(_f(row.submitted_at))
@@ -322,10 +325,10 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
 
     cached = (None if rebuild else _read(orch)) or Columns()
     trust = trust_of(orch)
-    ids, sizes, mtimes = scan(orch)  # taken before reading: a job that grows meanwhile is seen again next time
+    ids, sizes, stamps = scan(orch)  # taken before reading: a job that grows meanwhile is seen again next time
     n = len(ids)  # the cache holds these, then the jobs whose events were all removed (size 0: no listed job has it)
     same_jobs = ids == cached.ids[:n] and not any(cached.size[n:]) and _still_removed(orch, cached.ids[n:])
-    if (same_jobs and sizes == cached.size[:n] and mtimes == cached.mtime[:n]
+    if (same_jobs and sizes == cached.size[:n] and stamps == cached.stamp[:n]
             and (cached.trust == trust or not len(cached))):
         return Refresh(Rows(cached), 0, 0)  # nothing changed: three list comparisons in C, and the same keys
     # removing a job's events whole takes it off the listing: only then is there a new one to look for
@@ -336,12 +339,12 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
     for job_id in removed:  # a head record, and no event left: an integrity error
         ids.append(job_id)
         sizes.append(0)
-        mtimes.append(0)
+        stamps.append(0)
     where = dict(zip(cached.ids, range(len(cached))))
     kept = [where.get(job_id) for job_id in ids]
     again = _verify_again(cached.trust, trust) if len(cached) else None
-    stale = [j for j, i, size, mtime in zip(ids, kept, sizes, mtimes)
-             if i is None or cached.size[i] != size or cached.mtime[i] != mtime
+    stale = [j for j, i, size, stamp in zip(ids, kept, sizes, stamps)
+             if i is None or cached.size[i] != size or cached.stamp[i] != stamp
              or again == "all" or (again == "failed" and not cached.ok[i])]
     rows: dict[str, Row | None] = {}
     unaudited: list[Any] = []
@@ -357,15 +360,15 @@ def refresh(orch: "Orchestrator", *, rebuild: bool = False, heal: bool = True,
         processes.report_thousands(progress, before, changed)
     cols = Columns()
     cols.trust = trust
-    for job_id, i, size, mtime in zip(ids, kept, sizes, mtimes):
+    for job_id, i, size, stamp in zip(ids, kept, sizes, stamps):
         if job_id not in rows:
             cols.copy_from(cached, i)  # unchanged
             continue
         row = rows[job_id]
         if row is not None:
-            cols.add(job_id, (size, mtime), row)
+            cols.add(job_id, (size, stamp), row)
         elif _storable(job_id):  # no complete line (a submit killed mid-write), or removed since the scan, or a
-            cols.add_not_a_job(job_id, (size, mtime))  # stray file whose name is no id
+            cols.add_not_a_job(job_id, (size, stamp))  # stray file whose name is no id
     not_healed: list[str] = []
     healed = len(audit.heal_found_quietly(orch, unaudited, not_written=not_healed)) if unaudited else 0
     warnings = [{"code": audit.AUDIT_ENTRY_MISSING, "message": why} for why in not_healed]

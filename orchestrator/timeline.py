@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 from orchestrator import audit
 from orchestrator.audit import AUDIT_ENTRY_MISSING
 from orchestrator.clock import ISO_FORMS, from_iso
-from orchestrator.errors import InvalidInputError, PathEscapeError, RunNotFoundError, UnusableFileError
-from orchestrator.history import Problem, check_head_record, verify_stream
+from orchestrator.errors import InvalidInputError, JobNotFoundError, PathEscapeError, RunNotFoundError, UnusableFileError
+from orchestrator.history import Problem, VerifiedStream, check_head_record, verify_stream
 from orchestrator.security import safe_line, validate_id
 from orchestrator.signing import line_hash, parse_line
 from orchestrator.state import TRANSITIONS
@@ -112,7 +112,10 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
         since_t = from_iso(since) if since is not None else None  # "" is no time, not no filter
     except (ValueError, OverflowError):
         raise InvalidInputError(f"--since {since!r} is not an ISO-8601 time ({ISO_FORMS})") from None
-    view = orch.load(job_id, every_signature=True)  # it says "every line verified": each signature checked
+    try:
+        view = orch.load(job_id, every_signature=True)  # it says "every line verified": each signature checked
+    except JobNotFoundError:
+        view = _gone(orch, job_id)  # its files deleted, and the audit log says what happened to it
     # the audit log is a symbolic link (never followed), a FIFO, a socket or a directory holding files: its problem,
     # as ``verify`` lists it. Looked at before it is read, so a FIFO is never opened
     audit_link = audit_cut = None
@@ -195,6 +198,26 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
     return {"job_id": job_id, "run_id": run_id, "lines": [ln.to_dict() for ln in out],
             "ok": all(ln.status in ("ok", AUDIT_ENTRY_MISSING) for ln in out) and view.ok and not audit_problem,
             "problems": [p.to_dict() for p in [*view.problems, *filter(None, [audit_problem])]], "warnings": warnings}
+
+
+def _gone(orch: "Orchestrator", job_id: str) -> "JobView":
+    """The job that has neither events nor a head record (both deleted) but entries in the audit log: a history
+    with no line and one problem, ``AUDIT_EVENT_MISSING`` (as ``verify`` reports each of those entries), so that its
+    timeline shows the entries, each ``AUDIT_EVENT_MISSING``, and exits 7. A job the log names nowhere either is
+    ``JOB_NOT_FOUND`` (raised again), as is every job when the log cannot be read (a link, a FIFO)."""
+    from orchestrator.views import JobView
+
+    try:
+        orch.store.refuse_unusable(AUDIT_STREAM)
+        _, entries = audit.entries_for(orch, job_id=job_id)
+    except (PathEscapeError, UnusableFileError):
+        entries = []
+    if not entries:
+        raise JobNotFoundError(f"no job {job_id!r} in project {orch.project_id!r}", job_id=job_id)
+    message = (f"job {job_id} has no events file and no head record, yet the audit log holds {len(entries)} "
+               "entr" + ("y" if len(entries) == 1 else "ies") + " of it: its files were deleted; restore them from "
+               "a backup (docs/runbook.md, section E)")
+    return JobView(job_id, VerifiedStream(job_id, []), None, (Problem(job_id, 0, AUDIT_EVENT_MISSING, message),))
 
 
 def _named_events(entries: list[tuple[int, dict[str, Any]]]) -> set[str]:

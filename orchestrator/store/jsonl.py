@@ -60,6 +60,16 @@ DERIVED_FOLDERS = frozenset({"projections"})
 _TAIL_CHUNK = 64 * 1024
 _FIRST_CHUNK = 8 * 1024  # ``first_line``'s reads: a job's first event (its submission) fits in one, mostly
 _APPEND = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW
+_U64 = (1 << 64) - 1
+
+
+def change_stamp(events_ctime_ns: int, head_ctime_ns: int, head_size: int) -> int:
+    """One signed 64-bit number of a job's files (``fingerprints``' second): the events file's ctime, plus its head
+    record's ctime and size each times an odd constant, modulo 2**64. A change of any one of the three always changes
+    it (multiplying by an odd number is a bijection modulo 2**64); two at once could cancel only by an arithmetic
+    coincidence of one in 2**64. No record: ctime 0, size -1."""
+    mixed = (events_ctime_ns + head_ctime_ns * 0x9E3779B97F4A7C15 + head_size * 0xC2B2AE3D27D4EB4F) & _U64
+    return mixed - (1 << 64) if mixed >> 63 else mixed
 
 
 def _complete_end(fd: int, size: int) -> tuple[int, bytes]:
@@ -494,19 +504,31 @@ class JsonlStore(EventStore):
         return _slot_record(data)
 
     def fingerprints(self) -> tuple[list[str], "array[int]", "array[int]"]:
-        """See ``EventStore.fingerprints``: each events file's size and mtime (ns), by one listing of the jobs folder
-        and a ``stat`` per file; no file is opened. Every non-empty ``*.events.jsonl`` is listed, a symbolic link
+        """See ``EventStore.fingerprints``: each events file's size, and its *change stamp* (``change_stamp``: the
+        events file's ctime and its head record's ctime and size), by one listing of the jobs folder and two ``stat``
+        calls per job (its file, its record), relative to the open folders; no file is opened. The ctime (the inode's
+        change time) moves at every write, ``truncate``, ``chmod`` or ``utime`` and no tool can set it back: a copy
+        restored with ``cp -a`` or ``rsync -a``, or an edit followed by ``touch -d``, changes it though size and mtime
+        are the old ones (the jobs cache took size and mtime until 2026-12-07). The head record is in it because
+        damage there (a torn sector, a hand: ``verify`` says ``TRUNCATED`` or ``HEAD_MISMATCH``) leaves the events
+        file alone, and a job with an integrity error gets no new event. Nothing the store does to a job's files
+        besides writing them (no hard link, no ``chmod``) moves a ctime: a read leaves both as they were.
+        Every non-empty ``*.events.jsonl`` is listed, a symbolic link
         too (its read reports ``PATH_ESCAPE``), and, as ``job_ids`` lists them, a FIFO, socket or device, or a folder
         holding something, in a job file's place (its read reports ``NOT_A_FILE``, never waiting on it; ``metrics``
         counts it in ``integrity_errors``): the jobs cache keeps an entry for a file that holds no job."""
         ids: list[str] = []
-        sizes, mtimes = array("q"), array("q")
+        sizes, stamps = array("q"), array("q")
         try:
             dir_fd = os.open(self._jobs_s, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
-            return ids, sizes, mtimes
+            return ids, sizes, stamps
         except OSError as exc:
             raise path_error(exc) from None
+        try:
+            heads_fd = os.open(os.path.join(self._root_s, HEADS_AREA), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:  # no record yet, or something that is no folder in its place: every job's record is missing
+            heads_fd = None
         try:
             stat, cut = os.stat, -len(EVENTS_SUFFIX)
             # listdir + stat relative to the open folder: ~25% faster than scandir's DirEntry.stat
@@ -518,12 +540,20 @@ class JsonlStore(EventStore):
                         continue
                     # most entries are files holding events: listed without a call (100,000 of them at a refresh)
                     if (st.st_size and not S_ISDIR(st.st_mode)) or _listed(st, lambda: os.path.join(self._jobs_s, name)):
-                        ids.append(name[:cut])
+                        job_id = name[:cut]
+                        try:
+                            head = stat(job_id, dir_fd=heads_fd, follow_symlinks=False) if heads_fd is not None else None
+                        except (OSError, ValueError):  # none (or a name no record can have: its read says so)
+                            head = None
+                        ids.append(job_id)
                         sizes.append(st.st_size)
-                        mtimes.append(st.st_mtime_ns)
+                        stamps.append(change_stamp(st.st_ctime_ns, head.st_ctime_ns, head.st_size) if head is not None
+                                      else change_stamp(st.st_ctime_ns, 0, -1))
         finally:
             os.close(dir_fd)
-        return ids, sizes, mtimes
+            if heads_fd is not None:
+                os.close(heads_fd)
+        return ids, sizes, stamps
 
     def job_ids(self) -> Iterator[str]:
         try:

@@ -184,6 +184,26 @@ def test_verify_warns_of_a_queued_job_whose_ready_entry_was_deleted_and_removing
     assert ran is not None and (ran.job_id, ran.state) == (job, "succeeded") and not orch.verify().warnings
 
 
+def test_a_missing_entry_of_a_job_whose_history_may_have_been_cut_says_to_compare_with_an_anchor_first(
+        orch: Orchestrator) -> None:
+    """A finished job whose last event and head record were removed reads as running, with no entry in
+    index/running/ (it was rightly dropped when the job ended): the same warning as an entry deleted by hand. Its
+    advice puts the anchor and the audit log before the rebuild, which would recover the job and run it again."""
+    job = orch.submit("t.echo", 0)
+    ran = orch.worker(worker_id="w").run_once()
+    assert ran is not None and ran.state == "succeeded"
+    path = orch.store.path(job)
+    path.write_bytes(b"".join(line + b"\n" for line in path.read_bytes().splitlines()[:-1]))  # job_succeeded cut
+    (orch.settings.state_dir / "heads" / job).unlink()
+    report = orch.verify(job)
+    assert report.ok and [(w.code, w.stream) for w in report.warnings] == [("INDEX_ENTRY_MISSING", job)]
+    message = report.warnings[0].message
+    assert "is running but has no entry in index/running/" in message
+    assert "verify --against" in message and "audit-timeline --job-id" in message
+    assert "cut" in message and "again" in message
+    assert message.index("verify --against") < message.index("remove ")
+
+
 def test_verify_warns_of_a_running_job_whose_running_entry_was_deleted_and_removing_built_gets_it_recovered(
         orch: Orchestrator) -> None:
     job = orch.submit("t.echo", 0)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import shutil
 
@@ -10,7 +11,7 @@ import pytest
 import jobstates as js
 from orchestrator import Orchestrator
 from orchestrator.api import HEADS_AREA
-from orchestrator.errors import InvalidIdError, InvalidInputError, RunNotFoundError
+from orchestrator.errors import InvalidIdError, InvalidInputError, JobNotFoundError, RunNotFoundError
 from orchestrator.leases import Lease, write_lease
 from orchestrator.metrics import Thresholds, compute
 from orchestrator.projection import Columns, refresh, summarize
@@ -107,6 +108,33 @@ def test_timeline_marks_a_tampered_audit_entry_and_a_missing_event(orch: Orchest
     tl = timeline(orch, job_id=job_id)
     assert {ln["what"]: ln["status"] for ln in tl["lines"] if ln["source"] == "audit"}["cancel"] == "AUDIT_EVENT_MISSING"
     assert not tl["ok"]
+
+
+def test_a_job_whose_files_were_deleted_shows_its_audit_entries_as_audit_event_missing(orch: Orchestrator) -> None:
+    """Its events file and head record gone, the audit log still says what happened to it: that is shown, as
+    ``verify`` reports it (AUDIT_EVENT_MISSING, exit 7), not JOB_NOT_FOUND, by job id or by one of its runs."""
+    job_id = js.stale_to_waiting_human(orch, run_id="run-gone")
+    orch.resume(job_id, "yes")
+    orch.store.path(job_id).unlink()
+    (orch.settings.state_dir / HEADS_AREA / job_id).unlink()
+    tl = timeline(orch, job_id=job_id)
+    assert [(ln["source"], ln["what"], ln["status"]) for ln in tl["lines"]] == [
+        ("audit", "stale_recovered", "AUDIT_EVENT_MISSING"), ("audit", "resume", "AUDIT_EVENT_MISSING")]
+    assert not tl["ok"] and [p["code"] for p in tl["problems"]] == ["AUDIT_EVENT_MISSING"]
+    assert job_id in tl["problems"][0]["message"]
+    by_run = timeline(orch, run_id="run-gone")
+    assert by_run["job_id"] == job_id and not by_run["ok"]
+    assert all(ln["status"] == "AUDIT_EVENT_MISSING" and ln["run_id"] == "run-gone" for ln in by_run["lines"])
+
+
+def test_a_job_with_neither_events_nor_audit_entries_is_not_found(orch: Orchestrator) -> None:
+    job_id = orch.submit("echo", {"text": "hello"})
+    orch.store.path(job_id).unlink()
+    (orch.settings.state_dir / HEADS_AREA / job_id).unlink()
+    with pytest.raises(JobNotFoundError):
+        timeline(orch, job_id=job_id)
+    with pytest.raises(JobNotFoundError):
+        timeline(orch, job_id="job-never-submitted")
 
 
 def test_timeline_reads_one_job_never_the_others(orch: Orchestrator, monkeypatch) -> None:
@@ -220,6 +248,45 @@ def test_a_job_rewritten_to_the_same_size_is_replayed_again(orch: Orchestrator) 
     path = orch.store.path(job_id)
     path.write_bytes(path.read_bytes().replace(b"hello", b"HELLO"))
     assert refresh(orch).rows[job_id].ok is False
+
+
+def test_a_head_record_damaged_in_place_after_the_cache_was_written_is_an_integrity_error(orch: Orchestrator) -> None:
+    """A torn sector (or a hand) changes the head record, never the events file: the job gets no new event after
+    it, so its row would stay as it was, the job healthy in ``metrics`` while ``verify`` reports TRUNCATED."""
+    job_id = orch.submit("echo", {"text": "hello"})
+    assert refresh(orch).rows[job_id].ok
+    head = orch.settings.state_dir / HEADS_AREA / job_id
+    data = head.read_bytes()
+    record = json.loads(data.split(b"\n")[0])
+    record["seq"] = 5
+    line = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+    with open(head, "r+b") as f:
+        f.write(line + b"\n" + b" " * (len(data) - len(line) - 1))
+    assert refresh(orch).rows[job_id].ok is False
+    assert orch.metrics().integrity_errors == 1
+
+
+def test_an_events_file_put_back_with_its_old_size_and_mtime_is_replayed_again(orch: Orchestrator) -> None:
+    """A copy restored with ``cp -a`` / ``rsync -a``, or an edit followed by ``touch -d``, keeps the size and mtime
+    the row was written with; the inode's change time (ctime), which no tool sets, tells it apart."""
+    job_id = orch.submit("echo", {"text": "hello"})
+    assert refresh(orch).rows[job_id].ok
+    path = orch.store.path(job_id)
+    before = path.stat()
+    path.write_bytes(path.read_bytes().replace(b"hello", b"HELLO"))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert refresh(orch).rows[job_id].ok is False
+
+
+def test_a_job_read_again_and_unchanged_keeps_metrics_on_its_warm_path(orch: Orchestrator) -> None:
+    """Reading a job (``status``, ``verify``, a refresh) changes neither its events file nor its head record."""
+    ids = [orch.submit("echo", {"text": str(i)}) for i in range(3)]
+    assert refresh(orch).replayed == 3
+    for job_id in ids:
+        orch.load(job_id)
+    orch.verify()
+    assert refresh(orch).replayed == 0
 
 
 def test_stalled_jobs_are_counted_at_the_injected_now(base, keyring) -> None:
