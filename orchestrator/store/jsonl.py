@@ -509,7 +509,7 @@ class JsonlStore(EventStore):
         calls per job (its file, its record), relative to the open folders; no file is opened. The ctime (the inode's
         change time) moves at every write, ``truncate``, ``chmod`` or ``utime`` and no tool can set it back: a copy
         restored with ``cp -a`` or ``rsync -a``, or an edit followed by ``touch -d``, changes it though size and mtime
-        are the old ones (the jobs cache took size and mtime until 2026-12-07). The head record is in it because
+        are the old ones (the jobs cache took size and mtime until 2026-12-06). The head record is in it because
         damage there (a torn sector, a hand: ``verify`` says ``TRUNCATED`` or ``HEAD_MISMATCH``) leaves the events
         file alone, and a job with an integrity error gets no new event. Nothing the store does to a job's files
         besides writing them (no hard link, no ``chmod``) moves a ctime: a read leaves both as they were.
