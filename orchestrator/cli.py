@@ -24,6 +24,7 @@ from orchestrator.clock import from_iso
 from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PROJECT_ID,
                                  load_dotenv_file)
 from orchestrator.errors import CommandInterrupted, Interrupted, InvalidInputError, OrchestratorError, UsageError
+from orchestrator.json_text import input_value
 from orchestrator.limits import MAX_ATTEMPTS_LIMIT, MAX_INPUT_BYTES, MAX_PROCESSES, PRIORITY_LIMIT, read_at_most
 from orchestrator.security import one_line, safe_line, sanitize_obj, sanitize_text, sanitized_cut, shown
 from orchestrator.stdout import outcome, written_whole
@@ -257,10 +258,7 @@ def submit(orch: Any, out: Output, kind: str, input_json: str | None, input_file
     if input_file is not None and raw is None:  # the rest is never read: a pipe or a device may not end
         raise InvalidInputError(f"{given} holds more than {MAX_INPUT_BYTES} bytes, the most a job's input may be "
                                 "(as compact JSON); pass large data as a file path or an artifact")
-    try:
-        value = json.loads(raw) if raw is not None else None
-    except (ValueError, RecursionError) as exc:
-        raise InvalidInputError(f"{given} is not valid JSON: {exc}") from None
+    value = None if raw is None else input_value(raw, given)
     sub = orch.submit_job(kind, value, audit=audit, key=key, max_attempts=max_attempts, timeout=timeout,
                           priority=priority)
     out.emit({"job_id": sub.job_id, "created": sub.created, "warnings": list(sub.warnings)},

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import MalformedPayloadError, PathEscapeError
+from orchestrator.json_text import DuplicateKeyError, loads_unique
 from orchestrator.limits import MAX_JSON_DEPTH, json_depth, plain_json, plain_str
 from orchestrator.security import sanitize_text, validate_artifact_path
 
@@ -87,7 +88,11 @@ def parse_payload(raw: bytes | str | dict[str, Any], artifacts_dir: Path) -> Pay
         if len(raw) > MAX_PAYLOAD_BYTES:
             raise too_large(len(raw))
         try:
-            data = json.loads(raw)
+            data = loads_unique(raw)
+        except DuplicateKeyError as exc:  # JSON would keep one of its values: the other would be lost unsaid
+            raise MalformedPayloadError(f"the terminal payload has {exc}: JSON keeps only one of its values, so "
+                                        "the payload is refused rather than stored without the other (a Python "
+                                        "handler's keys 1 and '1' are both written \"1\")") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise MalformedPayloadError(f"the terminal payload is not valid JSON: {exc}") from None
         except RecursionError:

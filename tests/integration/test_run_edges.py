@@ -76,6 +76,28 @@ def test_a_python_handler_returning_what_is_no_json_is_malformed_payload_saying_
     assert why in last["data"]["error"]
 
 
+# -- a key twice in one object: JSON keeps one value, the other would be lost without a word ------------------------
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_python_handler_returning_keys_json_writes_alike_is_malformed_payload_not_one_value_kept(
+        orch, mode: str) -> None:
+    """``{1: 2, "1": 3}`` is written ``{"1": 2, "1": 3}``; read back it was ``{"1": 3}``, stored as the result."""
+    register("t.returns", lambda ctx: {"status": "done", "summary": "s", "output": {1: 2, "1": 3}})
+    result, last = run_one(orch, "t.returns", handler_process=mode)
+    assert (result.outcome, result.error_code) == ("failed", "MALFORMED_PAYLOAD")
+    assert last["type"] == "job_failed"
+    assert "the key '1' twice (at $.output)" in last["data"]["error"], last["data"]["error"]
+    assert "1 and '1'" in last["data"]["error"]
+
+
+def test_a_terminal_file_with_a_key_twice_is_malformed_payload_naming_the_key_and_where(orch) -> None:
+    written = '{"status": "done", "summary": "s", "output": {"rows": [{"id": 1, "id": 2}]}}'
+    argv = [PY, "-c", f"import os; open(os.environ['ORCH_TERMINAL_FILE'], 'w').write({written!r})"]
+    result, last = run_one(orch, "command", {"argv": argv})
+    assert (result.outcome, result.error_code) == ("failed", "MALFORMED_PAYLOAD")
+    assert "the key 'id' twice (at $.output.rows[0])" in last["data"]["error"], last["data"]["error"]
+    assert orch.status(result.job_id).result is None  # nothing of it stored as the job's result
+
+
 @pytest.mark.parametrize("output, why", [
     ({"x": "\udcff"}, "output holds text that is not valid Unicode"),
     ([float("nan")], "output is not plain JSON: Out of range float values"),

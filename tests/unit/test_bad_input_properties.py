@@ -72,6 +72,12 @@ def runner_env(base: Path, cli_env: dict[str, str]) -> dict[str, str]:
     return {**cli_env, "BASE_PATH": str(base)}
 
 
+def stored_input(runner_env: dict[str, str], job: str) -> object:
+    """The input the job ``job`` submitted with ``runner_env`` holds."""
+    ring = load_keyring(runner_env, announce=False)
+    return Orchestrator(base_path=runner_env["BASE_PATH"], project_id="proj", keyring=ring).load(job).state.input
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(max_size=40) | st.builds(json.dumps, json_values))
 def test_cli_submit_stores_valid_json_exactly_and_refuses_anything_else_with_exit_3(runner_env: dict[str, str],
@@ -79,10 +85,7 @@ def test_cli_submit_stores_valid_json_exactly_and_refuses_anything_else_with_exi
     result = CliRunner().invoke(cli, ["submit", "--kind", "k", "--input", text, "--json"], env=runner_env)
     assert result.exit_code in (0, 3), result.output
     if result.exit_code == 0:
-        job = json.loads(result.output)["job_id"]
-        ring = load_keyring(runner_env, announce=False)
-        stored = Orchestrator(base_path=runner_env["BASE_PATH"], project_id="proj", keyring=ring).load(job).state.input
-        assert stored == json.loads(text)
+        assert stored_input(runner_env, json.loads(result.output)["job_id"]) == json.loads(text)
     else:
         assert json.loads(result.output)["error"] == "INVALID_INPUT"
 
@@ -191,6 +194,36 @@ def test_cli_submit_of_an_input_file_that_is_not_json_names_the_file_not_input(
     error = json.loads(result.output)
     assert result.exit_code == 3 and error["error"] == "INVALID_INPUT"
     assert error["message"].startswith(f"--input-file {given} is not valid JSON"), error["message"]
+    assert not (base / "proj").exists()
+
+
+def _submit_text(runner_env: dict[str, str], tmp_path: Path, how: str, text: str | bytes) -> tuple[int, dict]:
+    """``submit --json`` of ``text`` given as ``--input`` (str), ``--input-file`` or stdin (``-``): exit code, output."""
+    data = text.encode() if isinstance(text, str) else text
+    if how == "--input":
+        args = ["--input", data.decode("utf-8", "surrogateescape")]  # as Python hands a program its arguments
+    elif how == "file":
+        (tmp_path / "in.json").write_bytes(data)
+        args = ["--input-file", str(tmp_path / "in.json")]
+    else:
+        args = ["--input-file", "-"]
+    result = CliRunner().invoke(cli, ["submit", "--kind", "k", *args, "--json"], env=runner_env,
+                                input=data if how == "stdin" else None)
+    return result.exit_code, json.loads(result.output)
+
+
+@pytest.mark.parametrize("how", ["--input", "file", "stdin"])
+@pytest.mark.parametrize("text, key, where", [
+    ('{"a": 1, "a": 2}', "a", "$"),
+    ('{"a": {"b": [0, {"c": 1, "d": 2, "c": 1}]}}', "c", "$.a.b[1]"),
+    ('[{"x": 1}, {"x": 2}, {"x": 3, "\\u0078": 4}]', "x", "$[2]"),
+])
+def test_cli_submit_refuses_an_input_with_a_key_twice_naming_the_key_and_where_and_writes_nothing(
+        runner_env: dict[str, str], base: Path, tmp_path: Path, how: str, text: str, key: str, where: str) -> None:
+    """JSON keeps the last of a key's values: ``{"a":1,"a":2}`` was stored as ``{"a": 2}``, the 1 lost unsaid."""
+    code, out = _submit_text(runner_env, tmp_path, how, text)
+    assert (code, out["error"]) == (3, "INVALID_INPUT"), out
+    assert f"has the key {key!r} twice (at {where})" in out["message"], out["message"]
     assert not (base / "proj").exists()
 
 

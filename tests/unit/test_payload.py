@@ -60,3 +60,28 @@ def test_secrets_in_validation_errors_are_redacted() -> None:
     with pytest.raises(MalformedPayloadError) as err:
         parse_payload({"status": "done", "summary": 5, "question": ["password=hunter2"]}, FOLDER)
     assert "hunter2" not in err.value.message
+
+
+# -- a key twice: JSON would keep only its last value --------------------------------------------------------------
+@pytest.mark.parametrize("raw, key, where", [
+    (b'{"status": "done", "summary": "a", "summary": "b"}', "summary", "$"),
+    (b'{"status": "done", "summary": "s", "output": {"n": 1, "m": 2, "n": 3}}', "n", "$.output"),
+    (b'{"status": "done", "summary": "s", "output": {"rows": [{"id": 1}, {"id": 2, "id": 3}]}}', "id",
+     "$.output.rows[1]"),
+    ('{"status": "done", "summary": "s", "output": {"a b": {"x": 1, "x": 1}}}', "x", '$.output["a b"]'),
+    (b'{"status": "done", "summary": "s", "output": {"k": 1, "\\u006b": 2}}', "k", "$.output"),  # an escape alike
+    ('{"status": "done", "summary": "s", "output": {"1": 2, "1": 3}}'.encode("utf-16"), "1", "$.output"),
+])
+def test_a_payload_with_a_key_twice_in_one_object_is_malformed_payload_naming_the_key_and_where(
+        raw: bytes | str, key: str, where: str) -> None:
+    with pytest.raises(MalformedPayloadError) as err:
+        parse_payload(raw, FOLDER)
+    assert err.value.code == "MALFORMED_PAYLOAD"
+    assert f"the key {key!r} twice (at {where})" in err.value.message, err.value.message
+
+
+def test_a_payload_whose_objects_repeat_keys_across_objects_is_accepted_as_json_reads_it() -> None:
+    raw = json.dumps({"status": "done", "summary": "s", "output": {"rows": [{"id": i, "n": {"id": i}} for i in
+                                                                          range(50)], "id": "top"}})
+    assert parse_payload(raw, FOLDER).output == json.loads(raw)["output"]
+
