@@ -11,6 +11,7 @@ import contextlib
 import functools
 import io
 import json
+import os
 import signal
 import sys
 import threading
@@ -234,9 +235,11 @@ def cli() -> None:
 @cli.command(context_settings=CONTEXT)
 @click.option("--kind", required=True, callback=job_kinds,
               help="Handler name: command, llm, or a registered Python handler.")
-@click.option("--input", "input_json", default=None, help="Job input as JSON text.")
+@click.option("--input", "input_json", default=None, help="Job input as JSON text (UTF-8; a leading byte order mark "
+              "is dropped).")
 @click.option("--input-file", type=click.File("rb"), default=None, help="Read the JSON input from a file ('-' for stdin) of at most 1 MiB; "
-              "a larger one is refused (exit 3) without being read further.")
+              "a larger one is refused (exit 3) without being read further. UTF-8, as --input: UTF-16 or UTF-32 is "
+              "refused (exit 3).")
 @click.option("--audit", is_flag=True, help="Send a successful result to awaiting_audit for approval.")
 @click.option("--key", default=None, help="Idempotency key, an id (letters, digits, '.', '_', '-'): submitting the "
               "same key again returns the same job id.")
@@ -258,7 +261,8 @@ def submit(orch: Any, out: Output, kind: str, input_json: str | None, input_file
     if input_file is not None and raw is None:  # the rest is never read: a pipe or a device may not end
         raise InvalidInputError(f"{given} holds more than {MAX_INPUT_BYTES} bytes, the most a job's input may be "
                                 "(as compact JSON); pass large data as a file path or an artifact")
-    value = None if raw is None else input_value(raw, given)
+    # bytes either way (an argument as the program was given it): one rule for both, ``json_text.input_text``
+    value = None if raw is None else input_value(raw if input_file is not None else os.fsencode(raw), given)
     sub = orch.submit_job(kind, value, audit=audit, key=key, max_attempts=max_attempts, timeout=timeout,
                           priority=priority)
     out.emit({"job_id": sub.job_id, "created": sub.created, "warnings": list(sub.warnings)},

@@ -1,5 +1,10 @@
 """JSON text taken from outside the orchestrator: a job's input (``submit``) and a handler's terminal payload.
 
+A job's input is UTF-8 JSON text, however it is given (``--input``, ``--input-file``, stdin): a leading UTF-8 byte
+order mark is dropped, UTF-16 and UTF-32 (which ``json.loads`` of bytes guesses) and bytes that are no UTF-8 are
+refused (``input_text``). A terminal payload is read as ``json.loads`` reads bytes (a handler's file, whatever its
+encoding).
+
 ``json.loads`` keeps the last value of a key an object holds twice and drops the other without a word
 (``{"a": 1, "a": 2}`` is ``{"a": 2}``), and a Python handler's ``{1: 2, "1": 3}`` is written with the key ``"1"``
 twice. What is stored as given must lose no value so: ``loads_unique`` refuses such a text (``DuplicateKeyError``,
@@ -18,6 +23,10 @@ from typing import Any
 from orchestrator.errors import InvalidInputError
 from orchestrator.security import sanitized_cut, shown
 
+# A job's input is UTF-8 JSON text: JSON's other encodings, which ``json.loads`` guesses from bytes
+_NOT_UTF8 = {"utf-16": "UTF-16", "utf-16-le": "UTF-16", "utf-16-be": "UTF-16", "utf-32": "UTF-32",
+             "utf-32-le": "UTF-32", "utf-32-be": "UTF-32"}
+_UTF8_BOM = b"\xef\xbb\xbf"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PATH_SHOWN = 200  # characters of the path to a repeated key shown in its message
 
@@ -92,11 +101,27 @@ def _first_twice(text: str) -> tuple[str, str]:
     raise AssertionError("no key twice in a text the hook refused")
 
 
-def input_value(raw: str | bytes, given: str) -> Any:
-    """The job input ``given`` (``--input``, ``--input-file NAME``) holds as JSON text (``loads_unique``);
-    ``InvalidInputError`` naming ``given`` and saying why (nothing is written)."""
+def input_text(raw: bytes) -> str:
+    """A job's input as text: UTF-8, a leading byte order mark dropped; ``ValueError`` saying why bytes are not
+    (UTF-16 or UTF-32, which ``json.loads`` of bytes would take, or bytes that are no UTF-8 at all)."""
+    mark = len(_UTF8_BOM) if raw.startswith(_UTF8_BOM) else 0
+    other = _NOT_UTF8.get(json.detect_encoding(raw))
+    if other is not None:
+        raise ValueError(f"it is {other} text, not UTF-8 (a job's input is UTF-8 JSON: convert it first, "
+                         f"e.g. iconv -f {other} -t UTF-8)")
     try:
-        return loads_unique(raw)
+        return raw[mark:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = mark + exc.start  # in the bytes as given
+        raise ValueError(f"it is not UTF-8 (byte {raw[at]:#04x} at offset {at}; a job's input is UTF-8 JSON)"
+                         ) from None
+
+
+def input_value(raw: bytes, given: str) -> Any:
+    """The job input ``given`` (``--input``, ``--input-file NAME``) holds as JSON text: ``input_text``, then
+    ``loads_unique``; ``InvalidInputError`` naming ``given`` and saying why (nothing is written)."""
+    try:
+        return loads_unique(input_text(raw))
     except DuplicateKeyError as exc:
         raise InvalidInputError(f"{given} has {exc}: JSON keeps only one of its values, so the input is refused "
                                 "rather than stored without the other; nothing was written") from None

@@ -37,9 +37,10 @@ HOSTILE_IDS = ["..", "../x", "../../etc/passwd", "/etc/passwd", "a/b", "x\x00y",
 HOSTILE_ARTIFACTS = ["../escape.txt", "/etc/passwd", "a/../../x", "x\x00y", "C:\\x", "a\\..\\b", "", ".",
                      "link/out.txt", "link"]
 DEEP = "[" * 100_000 + "]" * 100_000
-HOSTILE_JSON = ["NaN", "[Infinity]", '{"a": -Infinity}', DEEP, "[" * 65 + "]" * 65, '{"a":', "\ufeff{}",
+# (a leading UTF-8 byte order mark is no longer among them: dropped on every path since 2026-12-06)
+HOSTILE_JSON = ["NaN", "[Infinity]", '{"a": -Infinity}', DEEP, "[" * 65 + "]" * 65, '{"a":', '{"a": 1, "a": 2}',
                 '"' + "x" * (1024 * 1024 + 1) + '"']
-BAD_UTF8 = [b'{"a": "\xff\xfe"}', b"\xc0\xaf", b'{"a": "\xed\xa0\x80"}']
+BAD_UTF8 = [b'{"a": "\xff\xfe"}', b"\xc0\xaf", b'{"a": "\xed\xa0\x80"}', '{"a": 1}'.encode("utf-16")]
 EXPECTED_CODES = {"INVALID_ID", "INVALID_INPUT", "PATH_ESCAPE", "JOB_NOT_FOUND", "RUN_NOT_FOUND", "CONFIG_ERROR",
                   "CHAT_MESSAGE_INVALID", "JOB_ID_MISMATCH"}
 

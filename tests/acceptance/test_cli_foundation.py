@@ -66,6 +66,24 @@ def test_input_file_and_stdin_are_accepted(cli_env: dict[str, str], tmp_path: Pa
     assert json.loads(proc.stdout)["created"] is True
 
 
+def test_input_is_utf8_json_alike_on_the_command_line_and_from_a_file(cli_env: dict[str, str], base: Path,
+                                                                      tmp_path: Path) -> None:
+    """The argument's own bytes (``$'\\xef\\xbb\\xbf{...}'``, ``$'\\xe9'``) are read as a file's are: a UTF-8 byte
+    order mark dropped, anything but UTF-8 refused (exit 3), as is a key twice; nothing written when refused."""
+    proc = run_script("submit", "--kind", "k", "--input", '\ufeff{"a": 1}', "--json", env=cli_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # before: "Unexpected UTF-8 BOM", exit 3
+    f = tmp_path / "in.json"
+    f.write_bytes('{"a": 1}'.encode("utf-16"))
+    refused = [run_script("submit", "--kind", "k", "--input-file", str(f), env=cli_env),  # before: taken
+               run_script("submit", "--kind", "k", "--input", '{"a": "\udce9"}', env=cli_env),  # the byte 0xe9
+               run_script("submit", "--kind", "k", "--input", '{"a": 1, "a": 2}', env=cli_env)]  # before: {"a": 2}
+    assert [p.returncode for p in refused] == [3, 3, 3]
+    assert f"error[INVALID_INPUT]: --input-file {f} is not valid JSON: it is UTF-16 text" in refused[0].stderr
+    assert "--input is not valid JSON: it is not UTF-8 (byte 0xe9 at offset 7" in refused[1].stderr
+    assert "--input has the key 'a' twice (at $)" in refused[2].stderr
+    assert len(list((base / "proj" / ".orchestrator" / "queue" / "jobs").iterdir())) == 1  # the first one's
+
+
 @pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
 @pytest.mark.parametrize("args, limit", [(("submit", "--kind", "k", "--input-file", "/dev/zero"), "1048576"),
                                          (("verify", "--against", "/dev/zero"), "268435456")],

@@ -85,7 +85,7 @@ def test_cli_submit_stores_valid_json_exactly_and_refuses_anything_else_with_exi
     result = CliRunner().invoke(cli, ["submit", "--kind", "k", "--input", text, "--json"], env=runner_env)
     assert result.exit_code in (0, 3), result.output
     if result.exit_code == 0:
-        assert stored_input(runner_env, json.loads(result.output)["job_id"]) == json.loads(text)
+        assert stored_input(runner_env, json.loads(result.output)["job_id"]) == json.loads(text.removeprefix("\ufeff"))
     else:
         assert json.loads(result.output)["error"] == "INVALID_INPUT"
 
@@ -224,6 +224,37 @@ def test_cli_submit_refuses_an_input_with_a_key_twice_naming_the_key_and_where_a
     code, out = _submit_text(runner_env, tmp_path, how, text)
     assert (code, out["error"]) == (3, "INVALID_INPUT"), out
     assert f"has the key {key!r} twice (at {where})" in out["message"], out["message"]
+    assert not (base / "proj").exists()
+
+
+@pytest.mark.parametrize("how", ["--input", "file", "stdin"])
+def test_cli_submit_takes_utf8_input_with_or_without_a_byte_order_mark_alike_on_every_path(
+        runner_env: dict[str, str], tmp_path: Path, how: str) -> None:
+    """``--input`` refused a UTF-8 BOM ("Unexpected UTF-8 BOM") that ``--input-file`` took: one rule now."""
+    for text in (b'{"a": "\xc3\xa9"}', b'\xef\xbb\xbf{"a": "\xc3\xa9"}'):
+        code, out = _submit_text(runner_env, tmp_path, how, text)
+        assert code == 0, out
+        assert stored_input(runner_env, out["job_id"]) == {"a": "é"}
+
+
+@pytest.mark.parametrize("how", ["--input", "file", "stdin"])
+@pytest.mark.parametrize("data, why", [
+    ('{"a": "é"}'.encode("utf-16"), "it is UTF-16 text, not UTF-8"),  # with its byte order mark
+    ('{"a": "é"}'.encode("utf-16-le"), "it is UTF-16 text, not UTF-8"),
+    ('{"a": "é"}'.encode("utf-32"), "it is UTF-32 text, not UTF-8"),
+    ('{"a": "é"}'.encode("utf-32-be"), "it is UTF-32 text, not UTF-8"),
+    ('{"a": "é"}'.encode("latin-1"), "it is not UTF-8 (byte 0xe9 at offset 7"),
+    (b'\xef\xbb\xbf{"a": "\xff"}', "it is not UTF-8 (byte 0xff at offset 10"),  # in the bytes as given
+], ids=["utf-16", "utf-16-le", "utf-32", "utf-32-be", "latin-1", "bom-then-not-utf-8"])
+def test_cli_submit_refuses_input_that_is_not_utf8_on_every_path_saying_so_and_writes_nothing(
+        runner_env: dict[str, str], base: Path, tmp_path: Path, how: str, data: bytes, why: str) -> None:
+    """``--input-file`` took UTF-16 and UTF-32 (``json.loads`` of bytes guesses their encoding) where ``--input``
+    could not be given them; a job's input is UTF-8 JSON on every path."""
+    if how == "--input" and b"\0" in data:
+        pytest.skip("an argument cannot hold a NUL byte")
+    code, out = _submit_text(runner_env, tmp_path, how, data)
+    assert (code, out["error"]) == (3, "INVALID_INPUT"), out
+    assert f"is not valid JSON: {why}" in out["message"], out["message"]
     assert not (base / "proj").exists()
 
 
