@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import MalformedPayloadError, PathEscapeError
+from orchestrator.errors import (ContextSignatureInvalid, IntegrityError, LeaseLostError, MalformedPayloadError,
+                                 PathEscapeError, StorageError)
 from orchestrator.json_text import DuplicateKeyError, loads_unique
 from orchestrator.limits import MAX_JSON_DEPTH, json_depth, plain_json, plain_str
 from orchestrator.security import sanitize_text, validate_artifact_path
@@ -35,6 +36,19 @@ _ERROR_CODE = re.compile(ERROR_CODE_PATTERN)
 NO_TERMINAL_SIGNAL_EXIT = "NO_TERMINAL_SIGNAL_EXIT"
 NO_TERMINAL_SIGNAL_TIMEOUT = "NO_TERMINAL_SIGNAL_TIMEOUT"
 NO_TERMINAL_SIGNAL_STALE = "NO_TERMINAL_SIGNAL_STALE"
+HANDLER_START_FAILED = "HANDLER_START_FAILED"  # the handler could not be started (no process to spare, a copy failed)
+# The error codes the orchestrator records for a run on its own account: what became of the run around its handler
+# (a stop, a lease, a timeout, no payload, the output's bound, a start that failed) and of the store. A handler's
+# payload may not use one (``MALFORMED_PAYLOAD``): ``status`` would show a stop or a broken store that never was, and
+# a handler's own ``WORKER_STOPPED`` was counted among the job's stops in a row (``state._stops``). The handler's side
+# of the orchestrator writes ``MALFORMED_PAYLOAD`` and ``HANDLER_ERROR`` in payloads (``handler_result``, ``llm``), and
+# ``INVALID_INPUT`` is a handler's own check of its input: those stay open. ``tests/unit/test_payload.py`` checks that
+# every code the worker writes is here; the literals stand for constants of modules that import this one
+# (``state``: WORKER_STOPPED*, ``leases``, ``output_cap``, ``handlers.command``).
+RESERVED_ERROR_CODES = frozenset({
+    "WORKER_STOPPED", "WORKER_STOPPED_BEFORE_START", NO_TERMINAL_SIGNAL_EXIT, NO_TERMINAL_SIGNAL_TIMEOUT,
+    NO_TERMINAL_SIGNAL_STALE, "LEASE_NOT_RENEWED", LeaseLostError.code, "OUTPUT_TOO_LARGE", HANDLER_START_FAILED,
+    "COMMAND_NOT_FOUND", PathEscapeError.code, StorageError.code, IntegrityError.code, ContextSignatureInvalid.code})
 # a terminal file holding none but these (JSON's whitespace) holds no payload: its run ended without one
 JSON_WHITESPACE = b" \t\n\r"
 NOT_UNICODE = ("the terminal payload holds text that is not valid Unicode (a lone surrogate such as \\udcff, "
@@ -67,7 +81,8 @@ def _accept(data: dict[str, Any]) -> Payload | None:
             and (question is None or (plain_str(question) and len(question) <= MAX_TEXT))
             and type(artifacts) is list and len(artifacts) <= MAX_ARTIFACTS and all(map(plain_str, artifacts))
             and type(retryable) is bool
-            and (error_code is None or (plain_str(error_code) and _ERROR_CODE.fullmatch(error_code)))
+            and (error_code is None or (plain_str(error_code) and _ERROR_CODE.fullmatch(error_code)
+                                        and error_code not in RESERVED_ERROR_CODES))
             and plain_json(output, 1)):  # output sits one level down: the payload's depth limit holds
         return None
     if status == NEEDS_HUMAN and not (question or "").strip():

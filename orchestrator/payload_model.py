@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.payload import (DONE, ERROR_CODE_PATTERN, FAILED, MAX_ARTIFACTS, MAX_TEXT, NEEDS_AUDIT,
-                                  NEEDS_HUMAN)
+                                  NEEDS_HUMAN, RESERVED_ERROR_CODES)
 from orchestrator.security import validation_summary
 
 
@@ -32,6 +32,15 @@ class TerminalPayload(BaseModel):
         if self.status == NEEDS_HUMAN and not (self.question or "").strip():
             raise ValueError("a needs_human payload needs a non-empty 'question'")
         return self
+
+    @field_validator("error_code")
+    @classmethod
+    def _not_reserved(cls, code: Optional[str]) -> Optional[str]:
+        if code in RESERVED_ERROR_CODES:
+            raise ValueError(f"error_code {code!r} is reserved for the orchestrator, which records it for a run on "
+                             f"its own account; use a code of the handler's own (reserved: "
+                             f"{', '.join(sorted(RESERVED_ERROR_CODES))})")
+        return code
 
 
 def validate(data: dict[str, Any]) -> TerminalPayload:

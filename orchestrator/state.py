@@ -221,8 +221,14 @@ assert _REDUCERS.keys() == TRANSITIONS.keys()
 def _stops(s: JobState, e: Event) -> int:
     """``JobState.stops`` after ``e``: a run a stopping worker ended adds one (handed back or counted), a claim or
     another hand-back (the store's fault: ``PATH_ESCAPE``; a stop before the handler started:
-    ``WORKER_STOPPED_BEFORE_START``) keeps the count, anything else ends the series."""
-    if e.type in ("job_released", "job_failed") and e.data.get("error_code") == WORKER_STOPPED:
+    ``WORKER_STOPPED_BEFORE_START``) keeps the count, anything else ends the series.
+
+    Only the worker's own stops count. A hand-back is the worker's alone; a ``job_failed`` with ``WORKER_STOPPED`` is
+    the worker's only where it writes one, from the ``STOPS_FORGIVEN + 1``-th stop in a row on
+    (``OutcomeRecorder.release``): elsewhere it is a handler's own failure with that code (payloads may no longer use
+    it, ``payload.RESERVED_ERROR_CODES``; older histories hold some), which ends the series as any failure does."""
+    code = e.data.get("error_code")
+    if code == WORKER_STOPPED and (e.type == "job_released" or (e.type == "job_failed" and s.stops >= STOPS_FORGIVEN)):
         return s.stops + 1
     return s.stops if e.type in ("job_claimed", "job_released") else 0
 

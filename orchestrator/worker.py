@@ -52,7 +52,7 @@ from orchestrator.notices import Notify
 from orchestrator.outcome import (STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS, Claim, OutcomeRecorder,
                                   RunResult, lost)
 from orchestrator.output_cap import OUTPUT_TOO_LARGE, OutputCap
-from orchestrator.payload import NO_TERMINAL_SIGNAL_TIMEOUT
+from orchestrator.payload import HANDLER_START_FAILED, NO_TERMINAL_SIGNAL_TIMEOUT
 from orchestrator.recovery import SWEEP_EVERY, StaleWatch, recover_expired, reload_keys, sweep_leftovers
 from orchestrator.runner import Child, precise_sleeps, stop_is_deferred
 from orchestrator.security import one_line, validate_id
@@ -260,7 +260,7 @@ class Worker:
                 record.hand_back(claim, error.code, error.message)
                 raise error from None
             # the machine's (no process to spare, no memory): may pass, retried
-            return record.not_started(claim, paths, "HANDLER_START_FAILED", f"cannot start the handler: {exc}",
+            return record.not_started(claim, paths, HANDLER_START_FAILED, f"cannot start the handler: {exc}",
                                       retryable=True)
         log.info("running job %s (%s) as %s", s.job_id, s.kind, claim.run_id,
                  extra={"job_id": s.job_id, "run_id": claim.run_id, "pid": child.pid})
@@ -301,7 +301,7 @@ class Worker:
             raise error from None
         exc = failed.error
         where = "" if exc.filename is None else f": {os.path.relpath(exc.filename, self.folders.state_dir)}"
-        return record.fail(claim, "HANDLER_START_FAILED", f"cannot copy input artifacts_from{where}: "
+        return record.fail(claim, HANDLER_START_FAILED, f"cannot copy input artifacts_from{where}: "
                            f"{exc.strerror or exc}", retryable=True)
 
     def _ended(self, how: str, claim: Claim, record: OutcomeRecorder, held: HeldLease, output: Path, *,

@@ -1634,6 +1634,30 @@ def test_a_stop_before_the_handler_starts_is_not_counted_among_the_stops_in_a_ro
     assert "4 runs in a row" in events(orch, job)[-1]["data"]["error"]
 
 
+def test_a_handler_failing_with_a_code_the_orchestrator_reserves_is_malformed_payload_and_no_stop_of_its_worker(
+        orch) -> None:
+    """A handler's own ``failed`` with ``WORKER_STOPPED`` was recorded under that code (``status`` showed a stop that
+    never was) and counted among the job's stops in a row: after three, a real stop of its worker (a restart) was a
+    failed attempt instead of a hand-back at no cost. Such a failure is bounded by ``max_attempts`` either way."""
+    from orchestrator.handlers import register
+
+    register("t.says_stopped", lambda ctx: time.sleep(30) if ctx.attempt > 3 else {
+        "status": "failed", "summary": "the upstream worker stopped", "error_code": "WORKER_STOPPED"})
+    job = orch.submit("t.says_stopped", max_attempts=10)
+    for _ in range(3):
+        result = make_worker(orch).run_once()
+        assert (result.job_id, result.outcome, result.error_code) == (job, "retry", "MALFORMED_PAYLOAD")
+    st = orch.load(job).state
+    assert (st.stops, st.failures, st.last_error["code"]) == (0, 3, "MALFORMED_PAYLOAD")
+    assert "error_code 'WORKER_STOPPED' is reserved for the orchestrator" in st.last_error["message"]
+    w = make_worker(orch, stop_grace_seconds=0.0)
+    _stop_at_start(w)
+    result = w.run_once()  # a restart while the fourth run runs: handed back, no attempt used
+    assert (result.outcome, result.error_code) == ("released", "WORKER_STOPPED")
+    st = orch.load(job).state
+    assert (st.state, st.stops, st.failures) == ("queued", 1, 3)
+
+
 def test_a_stop_that_came_while_the_handler_was_starting_gives_it_the_grace_period_from_the_stop_not_from_its_start(
         orch) -> None:
     """The grace period counts from the stop request: a handler whose start took a second after the stop gets what

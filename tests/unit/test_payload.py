@@ -85,3 +85,38 @@ def test_a_payload_whose_objects_repeat_keys_across_objects_is_accepted_as_json_
                                                                           range(50)], "id": "top"}})
     assert parse_payload(raw, FOLDER).output == json.loads(raw)["output"]
 
+
+
+# -- error codes the orchestrator keeps for itself ------------------------------------------------------------------
+@pytest.mark.parametrize("code", ["WORKER_STOPPED", "WORKER_STOPPED_BEFORE_START", "LEASE_LOST", "LEASE_NOT_RENEWED",
+                                  "NO_TERMINAL_SIGNAL_EXIT", "NO_TERMINAL_SIGNAL_TIMEOUT", "NO_TERMINAL_SIGNAL_STALE",
+                                  "OUTPUT_TOO_LARGE", "HANDLER_START_FAILED", "COMMAND_NOT_FOUND", "PATH_ESCAPE",
+                                  "STORAGE_ERROR", "INTEGRITY_ERROR", "CONTEXT_SIGNATURE_INVALID"])
+@pytest.mark.parametrize("status", ["failed", "done"])
+def test_a_payload_using_an_error_code_the_orchestrator_reserves_is_malformed_payload_naming_it(
+        code: str, status: str) -> None:
+    for raw in (json.dumps({"status": status, "summary": "s", "error_code": code}),
+                {"status": status, "summary": "s", "error_code": code}):
+        with pytest.raises(MalformedPayloadError) as err:
+            parse_payload(raw, FOLDER)
+        assert f"error_code {code!r} is reserved for the orchestrator" in err.value.message, err.value.message
+
+
+@pytest.mark.parametrize("code", ["MALFORMED_PAYLOAD", "HANDLER_ERROR", "HANDLER_FAILED", "INVALID_INPUT",
+                                  "LLM_TIMEOUT", "UPSTREAM_503", "WORKER_STOPPED_X"])
+def test_a_payload_may_use_the_codes_a_handler_writes_itself(code: str) -> None:
+    """The handler's side of the orchestrator writes ``MALFORMED_PAYLOAD`` and ``HANDLER_ERROR`` in payloads
+    (``handler_result``, the ``llm`` handler); ``INVALID_INPUT`` is a handler's own check of its input."""
+    assert parse_payload(json.dumps({"status": "failed", "summary": "s", "error_code": code}), FOLDER).error_code == code
+
+
+def test_every_code_the_orchestrator_records_for_a_run_on_its_own_account_is_reserved() -> None:
+    from orchestrator import errors, leases, output_cap, payload, state
+    from orchestrator.handlers.command import CommandNotFound
+
+    written = {state.WORKER_STOPPED, state.WORKER_STOPPED_BEFORE_START, payload.NO_TERMINAL_SIGNAL_EXIT,
+               payload.NO_TERMINAL_SIGNAL_TIMEOUT, payload.NO_TERMINAL_SIGNAL_STALE, leases.LEASE_NOT_RENEWED,
+               output_cap.OUTPUT_TOO_LARGE, payload.HANDLER_START_FAILED, CommandNotFound.code,
+               errors.LeaseLostError.code, errors.PathEscapeError.code, errors.StorageError.code,
+               errors.IntegrityError.code, errors.ContextSignatureInvalid.code}
+    assert payload.RESERVED_ERROR_CODES == written

@@ -194,6 +194,8 @@ UNSTARTED = ev("job_released", {"error_code": "WORKER_STOPPED_BEFORE_START", "wo
     ((SUBMIT, CLAIM, RELEASE), 1),
     ((SUBMIT, CLAIM, RELEASE, CLAIM, RELEASE, CLAIM), 2),  # a claim keeps the series
     ((SUBMIT, CLAIM, RELEASE, CLAIM, RELEASE, CLAIM, RELEASE, CLAIM, STOP_COUNTED), 4),  # a counted stop adds one
+    ((SUBMIT, CLAIM, RELEASE, CLAIM, STOP_COUNTED), 0),  # not the worker's (it counts one from the fourth stop on):
+    ((SUBMIT, CLAIM, STOP_COUNTED), 0),  # a handler's own code, which payloads may no longer use, ends the series
     ((SUBMIT, CLAIM, RELEASE, CLAIM, HAND_BACK), 1),  # the store's fault: neither a stop nor the end of the series
     ((SUBMIT, CLAIM, RELEASE, CLAIM, UNSTARTED), 1),  # a stop before the handler started: the worker's, not the job's
     ((SUBMIT, CLAIM, RELEASE, CLAIM, RELEASE, CLAIM, FAIL_RETRY), 0),  # a run that ended otherwise ends it
