@@ -3,25 +3,32 @@
 Settings come from the environment (``.env`` included): ``LLM_URL`` (the base URL, e.g.
 ``https://api.example.com/v1``, or the full ``.../chat/completions`` URL; a query, Azure's ``?api-version=``, is
 kept after the path: ``endpoint``), ``LLM_API_KEY``, ``LLM_MODEL`` and ``ORCH_LLM_TIMEOUT`` (seconds the whole
-request may take, reply included; default 60; ``config.llm_timeout``). Whitespace around the URL and the key is
-dropped: a Kubernetes secret read from a file ends in a line break, which no header can carry. The job's input is
-sent as the user message (a string as is, anything else as JSON), with the context (answers and the questions
-they replied to, revisions) and a system prompt describing the payload. Every failure becomes a ``failed`` payload with a stable ``error_code``:
-``LLM_CONFIG``, not retried (no URL; one that is not ``http(s)://host...``, has a bad port or holds a user name or
-password; a key with a character no header can carry; a bad timeout), ``LLM_NETWORK_ERROR`` (also a reply cut off
-or not HTTP), ``LLM_TIMEOUT``, ``LLM_HTTP_ERROR`` (retryable for 408/429/5xx only; a redirect, which is not
-followed, too), ``LLM_BAD_RESPONSE`` (not JSON, nested deeper than the decoder goes, or not chat-completions
-shaped), ``HANDLER_ERROR`` (anything else raised in here, a bug: caught here so that no message with the key in
-it reaches the worker's generic path). A reply whose content is not a valid payload is passed on as is, so the
-worker records ``MALFORMED_PAYLOAD``.
+request may take, the name lookup, the connection and the reply included; default 60; ``config.llm_timeout``;
+``_Deadline``). Whitespace around the URL, the key and the model is dropped: a Kubernetes secret read from a file
+ends in a line break, which no header can carry. The job's input is sent as the user message (a string as is,
+anything else as JSON), with the context (answers and the questions they replied to, revisions) and a system
+prompt describing the payload. Every failure becomes a ``failed`` payload with a stable ``error_code``:
+``LLM_CONFIG``, not retried (no URL; one that is not ``http(s)://host...``, holds a character that is not ASCII, a
+space or a control character, has a bad port or holds a user name or password; a key with a character no header
+can carry or that is not ASCII; a bad timeout: the message never quotes the URL), ``LLM_NETWORK_ERROR`` (also a
+reply cut off or not HTTP), ``LLM_TIMEOUT``, ``LLM_HTTP_ERROR`` (retryable for 408/429/5xx only; a redirect, which
+is not followed, too), ``LLM_BAD_RESPONSE`` (not JSON, nested deeper than the decoder goes, not chat-completions
+shaped, or compressed or binary, said so and not quoted), ``HANDLER_ERROR`` (anything else raised in here, a bug:
+caught here so that no message with the key in it reaches the worker's generic path). A reply whose content is not
+a valid payload is passed on as is, so the worker records ``MALFORMED_PAYLOAD``; content that is empty, not JSON,
+or JSON with an object that holds a key twice (JSON would keep one of its values: ``{"status": "failed", ...,
+"status": "done"}`` was a success; ``json_text.loads_unique``) is ``MALFORMED_PAYLOAD`` here, saying which.
 
 The API key is only ever put in the ``Authorization`` header, sent to ``LLM_URL`` only: a redirect is not
-followed (``LLM_HTTP_ERROR``, not retried, naming where it pointed). A key has no shape
-``sanitize_text`` could recognise, and an endpoint (a proxy, a debugging server, a model
-told to) may echo it, so its value is replaced in everything ``call_llm`` returns, on
-every path: each string of the payload, nested ones and object keys included
-(``_without_secrets``), as sent or as JSON text may write it (``\\/``, ``\\u0041``: ``_json_forms``); the
-password of a URL too (``_Secrets``). A key shorter than ``MIN_SECRET_LENGTH`` (8) characters is not looked for:
+followed (``LLM_HTTP_ERROR``, not retried, naming where it pointed). urllib's proxy settings are honoured
+(``http_proxy``, ``https_proxy``, ``no_proxy`` of the environment): for an ``https://`` URL the proxy sees only a
+``CONNECT`` to the host and port; for an ``http://`` URL it is sent the whole request, key included, in clear, as
+is everything on the way to such a URL. A key has no shape ``sanitize_text`` could recognise, and an endpoint (a
+proxy, a debugging server, a model told to) may echo it, so its value is replaced in everything ``call_llm``
+returns, on every path: each string of the payload, nested ones and object keys included (``_without_secrets``;
+two keys that become one are both kept, ``_renamed``), as sent, as JSON text may write it (``\\/``, ``\\u0041``)
+or percent-encoded (``%2F``: ``_json_forms``); the password of a URL too (``_Secrets``). Other encodings (base64,
+...) are not looked for. A key shorter than ``MIN_SECRET_LENGTH`` (8) characters is not looked for:
 such a value (``x``, ``EMPTY``, a local server's dummy) cannot be told from text, and replacing it turned
 "explain" into "[REDACTED]plain" and a ``done`` into a malformed payload. Failure texts also go through
 ``sanitize_text``, before they are cut (``_scrub``).
@@ -34,6 +41,7 @@ import json
 import re
 import socket
 import threading
+import time
 import traceback
 import urllib.error
 import urllib.request
@@ -45,7 +53,8 @@ from urllib.parse import urlsplit, urlunsplit
 from orchestrator.config import llm_timeout
 from orchestrator.errors import ConfigError
 from orchestrator.handler_env import llm_environment
-from orchestrator.security import REDACTED, cut_read_size, sanitized_cut
+from orchestrator.json_text import DuplicateKeyError, loads_unique
+from orchestrator.security import REDACTED, cut_read_size, sanitized_cut, shown
 
 MAX_REPLY_BYTES = 4 * 1024 * 1024
 MIN_SECRET_LENGTH = 8  # a key (or URL password) shorter than this is not looked for: it cannot be told from text
@@ -69,10 +78,13 @@ class _Deadline:
     """The time limit of a whole request, reply included. urllib's ``timeout`` bounds each wait on the socket (the
     connection, each read), not the reply: an endpoint that sends a byte now and then (a proxy's keep-alive, a
     stream) held the run for as long as it went on. At the deadline a timer thread shuts the connection down,
-    which ends the read in progress (``passed`` then says why it ended)."""
+    which ends the read in progress (``passed`` then says why it ended). The connection itself is made within it
+    too (``connect``): the name lookup and each address tried; a proxy's tunnel is read on the watched socket, and
+    a TLS handshake within the socket's timeout, which ``ssl`` counts for the whole handshake, set to the time left."""
 
     def __init__(self, seconds: float) -> None:
         self.passed = False
+        self._end = time.monotonic() + seconds
         self._socks: list[socket.socket] = []
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._expire)
@@ -97,6 +109,62 @@ class _Deadline:
             for sock in self._socks:
                 _shut(sock)
 
+    def remaining(self) -> float:
+        return self._end - time.monotonic()
+
+    def _lookup(self, host: str, port: int) -> list[Any]:
+        """``socket.getaddrinfo`` of ``host`` waited for until the deadline (``TimeoutError`` past it). It runs in
+        a thread of its own: the C library's lookup cannot be interrupted, so a resolver that does not answer
+        held the run for as long as the lookup took (its own timeouts and attempts, ``/etc/resolv.conf``). A
+        lookup given up on is left to end in that thread (a daemon), its answer unused."""
+        found: dict[str, Any] = {}
+
+        def lookup() -> None:
+            try:
+                found["infos"] = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+            except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+                found["error"] = exc
+
+        thread = threading.Thread(target=lookup, name="llm-name-lookup", daemon=True)
+        thread.start()
+        thread.join(max(self.remaining(), 0))
+        if thread.is_alive():
+            raise TimeoutError("the name lookup of the LLM endpoint's host did not end in time")
+        if "error" in found:
+            raise found["error"]
+        return found["infos"]
+
+    def connect(self, address: tuple[str, int], timeout: float, source_address: Any = None) -> socket.socket:
+        """``socket.create_connection`` within the deadline (http.client's ``_create_connection``): that gave each
+        address of the host the whole ``timeout``, so a name of three addresses that never answer (a firewall
+        dropping the SYN) took three times ``ORCH_LLM_TIMEOUT``. Each address now gets the time left shared
+        among those not yet tried (a first address that never answers leaves the next one time to answer);
+        the socket is watched from then on (a proxy's tunnel too)."""
+        infos = self._lookup(*address)
+        error: OSError | None = None
+        for untried, (family, kind, proto, _name, where) in zip(range(len(infos), 0, -1), infos):
+            left = self.remaining()
+            if left <= 0:
+                break
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(min(timeout, left / untried))
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(where)
+            except OSError as exc:
+                sock.close()
+                error = exc
+                continue
+            # no wait may outlast the deadline: a TLS handshake, which ``ssl`` bounds as a whole by this timeout, is
+            # made on a socket the deadline no longer holds (``wrap_socket`` takes its descriptor)
+            sock.settimeout(max(min(timeout, self.remaining()), 0.001))
+            self.watch(sock)
+            return sock
+        if self.remaining() <= 0:
+            raise TimeoutError("timed out connecting to the LLM endpoint")
+        raise error if error is not None else OSError("the LLM endpoint's host has no address")
+
 
 def _shut(sock: socket.socket) -> None:
     with suppress(OSError):  # the descriptor's own shutdown: SSLSocket's would drop its TLS state under the reader
@@ -104,7 +172,7 @@ def _shut(sock: socket.socket) -> None:
 
 
 class _Watched:
-    """An HTTP(S) handler whose connections are given to ``deadline`` once connected."""
+    """An HTTP(S) handler whose connections are made within ``deadline`` and given to it (``_Deadline.connect``)."""
 
     deadline: _Deadline
 
@@ -113,6 +181,7 @@ class _Watched:
 
         def connection(*args: Any, **kw: Any) -> Any:
             conn = http_class(*args, **kw)
+            conn._create_connection = deadline.connect
             connect = conn.connect
 
             def connect_watched() -> None:
@@ -141,20 +210,24 @@ def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(_NoRedirect, *handlers)
 
 
-def _hex4(unit: int) -> str:
-    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{unit:04x}")
+def _hex(unit: int, digits: int = 4) -> str:
+    """A pattern of ``unit`` in hex of ``digits`` digits, each letter of either case."""
+    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{unit:0{digits}x}")
 
 
 def _json_forms(secret: str) -> str:
     """A pattern of ``secret`` as sent or as JSON text may write it, at any depth of JSON quoted in JSON: each
     character as itself, also after backslashes (PHP writes ``/`` as ``\\/``, quoted again ``\\\\\\/``), or as
-    ``\\u`` and its code in hex of either case (a surrogate pair beyond U+FFFF). It starts only where no backslash
-    precedes: tried at each backslash of a long run, it would scan the rest of the run each time."""
+    ``\\u`` and its code in hex of either case (a surrogate pair beyond U+FFFF); or percent-encoded, as a URL
+    quotes it (``/`` as ``%2F`` or ``%2f``: a key is ASCII, ``_config_problem``, one byte a character). It starts only
+    where no backslash precedes: tried at each backslash of a long run, it would scan the rest of the run each
+    time."""
     forms = []
     for char in secret:
         code = ord(char)
         units = [code] if code <= 0xFFFF else [0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)]
-        forms.append(rf"(?:\\*{re.escape(char)}|" + "".join(rf"\\+u{_hex4(unit)}" for unit in units) + ")")
+        percent = f"|%{_hex(code, 2)}" if code < 0x80 else ""
+        forms.append(rf"(?:\\*{re.escape(char)}|" + "".join(rf"\\+u{_hex(unit)}" for unit in units) + percent + ")")
     return r"(?<!\\)" + "".join(forms)
 
 
@@ -175,17 +248,42 @@ class _Secrets:
         """``text`` with each secret replaced by ``REDACTED``."""
         if self._forms is None:
             return text
-        if "\\" in text:
+        if "\\" in text or "%" in text:
             return self._forms.sub(REDACTED, text)
-        for value in self.values:  # with no backslash, as sent is the only form (and a replace is many times faster)
+        for value in self.values:  # with neither, as sent is the only form (and a replace is many times faster)
             text = text.replace(value, REDACTED)
         return text
 
 
+def _renamed(obj: dict[str, Any], secrets: _Secrets) -> dict[str, Any]:
+    """``obj`` with the secrets replaced in its keys, no value lost when two keys become one: a key that changes
+    gets ``2-``, ``3-``, ... in front of its new name when that is taken, as ``security.sanitize_obj`` renames
+    the keys it sanitizes (``{"<key>": 1, "[REDACTED]": 2}`` is ``{"2-[REDACTED]": 1, "[REDACTED]": 2}``)."""
+    names = {name: secrets.drop(name) for name in obj}
+    if all(new == name for name, new in names.items()):
+        return obj
+    taken = {name for name, new in names.items() if new == name}
+    last_n: dict[str, int] = {}  # the number each name was last given: the next of its keys tries from there
+    out = {}
+    for name, value in obj.items():
+        new = names[name]
+        if new != name:
+            base = new
+            n = last_n.get(base, 1)
+            new = base if n == 1 else f"{n}-{base}"
+            while new in taken:
+                n += 1
+                new = f"{n}-{base}"
+            taken.add(new)
+            last_n[base] = n
+        out[new] = value
+    return out
+
+
 def _without_secrets(value: Any, secrets: _Secrets) -> Any:
-    """``value`` (a decoded JSON reply, changed in place) with the secrets replaced in every string and object key.
-    A loop, not a recursion: a reply nested deeper than the walk could go was ``LLM_BAD_RESPONSE`` with a key set
-    and passed on (``MALFORMED_PAYLOAD``) without one."""
+    """``value`` (a decoded JSON reply, changed in place) with the secrets replaced in every string and object key
+    (``_renamed``). A loop, not a recursion: a reply nested deeper than the walk could go was ``LLM_BAD_RESPONSE``
+    with a key set and passed on (``MALFORMED_PAYLOAD``) without one."""
     if not secrets.values:
         return value
     top = [value]
@@ -196,7 +294,7 @@ def _without_secrets(value: Any, secrets: _Secrets) -> Any:
             if isinstance(item, str):
                 items[at] = secrets.drop(item)  # type: ignore[index]
             elif isinstance(item, dict):
-                items[at] = item = {secrets.drop(name): v for name, v in item.items()}  # type: ignore[index]
+                items[at] = item = _renamed(item, secrets)  # type: ignore[index]
                 todo.append(item)
             elif isinstance(item, list):
                 todo.append(item)
@@ -232,6 +330,11 @@ def _config_problem(url: str, key: str) -> str | None:
     password. urllib would take a ``file:`` or ``ftp:`` URL too, and send ``user:password@host`` as the host."""
     if not url:
         return "LLM_URL is not set"
+    if not url.isascii():  # urllib failed on it with a UnicodeEncodeError (HANDLER_ERROR, retried)
+        return ("LLM_URL holds a character that is not ASCII: percent-encode it in the path or query (é as %C3%A9), "
+                "and write a host in its IDNA form (xn--...)")
+    if any(char <= " " or char == "\x7f" for char in url):  # http.client's InvalidURL quoted the path with it
+        return "LLM_URL holds a space or a control character: percent-encode it (a space as %20)"
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises for a port that is not a number from 0 to 65535
@@ -243,8 +346,11 @@ def _config_problem(url: str, key: str) -> str | None:
         return "LLM_URL must not hold a user name or password (user:password@host): the key goes in LLM_API_KEY"
     if not parts.hostname:
         return "LLM_URL names no host"
-    if key and not (key.isprintable() and max(key) <= "\xff"):
-        return "LLM_API_KEY holds a character an HTTP header cannot carry (a control character, or one beyond Latin-1)"
+    if key and not (key.isprintable() and key.isascii()):
+        # http.client sends a header's value as Latin-1, but what an endpoint echoes of it comes back as UTF-8 (or
+        # with U+FFFD in its place), a form of the key no search finds: a key is ASCII, as every API's is
+        return ("LLM_API_KEY holds a character an HTTP header cannot carry (a control character, or one that is not "
+                "ASCII)")
     return None
 
 
@@ -273,6 +379,16 @@ def _strip_fences(content: str) -> str:
         if text.rstrip().endswith("```"):
             text = text.rstrip()[:-3]
     return text.strip()
+
+
+def _not_text(data: bytes) -> str:
+    """What ``data``, a reply, is when it is no text to quote (``""`` when it is): compressed (a ``Content-Encoding``
+    the request never asked for: urllib sends ``Accept-Encoding: identity``), or binary."""
+    if data[:2] == b"\x1f\x8b":
+        return "gzip-compressed, which the request did not ask for"
+    if any(byte < 0x20 and byte not in b"\t\n\r" or byte == 0x7F for byte in data[:4096]):
+        return "binary, not text"
+    return ""
 
 
 def _ask(request: urllib.request.Request, timeout: float, deadline: _Deadline,
@@ -304,8 +420,10 @@ def _ask(request: urllib.request.Request, timeout: float, deadline: _Deadline,
         return _failed("LLM_NETWORK_ERROR", f"cannot reach the LLM endpoint: {exc.reason}", secrets)
     except OSError as exc:
         return _failed("LLM_NETWORK_ERROR", f"cannot reach the LLM endpoint: {exc}", secrets)
-    except http.client.InvalidURL as exc:  # one _config_problem let through: a control character in its path
-        return _failed("LLM_CONFIG", f"LLM_URL cannot be used: {exc}", secrets, retryable=False)
+    except (http.client.InvalidURL, UnicodeEncodeError) as exc:  # one _config_problem let through
+        # never its message, which quotes the URL (a path may hold a token)
+        return _failed("LLM_CONFIG", f"LLM_URL cannot be used: http.client refused it ({type(exc).__name__})",
+                       secrets, retryable=False)
     except http.client.HTTPException as exc:  # a reply cut off (IncompleteRead), or not HTTP (BadStatusLine)
         return _failed("LLM_NETWORK_ERROR", f"the LLM endpoint's reply could not be read: {type(exc).__name__}: {exc}",
                        secrets)
@@ -332,7 +450,7 @@ def _call(ctx: Any, env: dict[str, str], url: str, key: str, secrets: _Secrets) 
         timeout = llm_timeout(env)
     except ConfigError as exc:
         return _failed("LLM_CONFIG", exc.message, secrets, retryable=False)
-    body = {"model": env.get("LLM_MODEL") or "default", "messages": _messages(ctx), "temperature": 0}
+    body = {"model": env.get("LLM_MODEL", "").strip() or "default", "messages": _messages(ctx), "temperature": 0}
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
@@ -350,11 +468,24 @@ def _call(ctx: Any, env: dict[str, str], url: str, key: str, secrets: _Secrets) 
         if not isinstance(content, str):
             raise TypeError("content is not a string")
     except (ValueError, KeyError, IndexError, TypeError, RecursionError) as exc:  # nested deeper than json goes
+        binary = _not_text(raw)
+        if binary:
+            return _failed("LLM_BAD_RESPONSE", f"the reply is not a chat completion: it is {binary}, not quoted "
+                           f"({len(raw)} bytes)", secrets)
         snippet = _scrub(raw, secrets, 200)
         return _failed("LLM_BAD_RESPONSE", f"the reply is not a chat completion ({exc}): {snippet}", secrets)
+    text = _strip_fences(content)
+    if not text:
+        return {"status": "failed", "summary": "the model's reply content is empty", "error_code": "MALFORMED_PAYLOAD",
+                "retryable": True, "output": {"reply_not_json": True}}
     try:
         # valid or not, the payload goes to the worker, which stores what it can of it
-        return _without_secrets(json.loads(_strip_fences(content)), secrets)
+        return _without_secrets(loads_unique(text), secrets)
+    except DuplicateKeyError as exc:  # JSON keeps one of the values: {"status": "failed", ..., "status": "done"}
+        where = _scrub(exc.path, secrets, 200)
+        return _failed("MALFORMED_PAYLOAD", f"the model's reply has the key {shown(secrets.drop(exc.key))} twice (at "
+                       f"{where}): JSON keeps only one of its values, so the reply is refused rather than taken "
+                       "without the other", secrets)
     except ValueError:
         # not JSON: hand the text on so the worker records MALFORMED_PAYLOAD with it
         return {"status": "failed", "summary": _scrub(content, secrets, 2000), "error_code": "MALFORMED_PAYLOAD",

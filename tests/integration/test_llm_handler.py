@@ -1,9 +1,12 @@
 """The ``llm`` handler against a small OpenAI-compatible server on 127.0.0.1, including its failure modes."""
 from __future__ import annotations
 
+import contextlib
+import gzip
 import json
 import logging
 import socket
+import urllib.parse
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -98,6 +101,10 @@ class FakeLLM(BaseHTTPRequestHandler):
         self._send(200, json.dumps(reply).encode())
 
     do_GET = do_POST  # noqa: N815 - what a followed redirect sends
+
+    def do_CONNECT(self) -> None:  # noqa: N802 - what a client asks of a proxy for an https:// URL: a tunnel
+        self.server.requests.append({"method": "CONNECT", "path": self.path, "headers": dict(self.headers.items())})
+        self._send(403, b"no tunnels here")
 
     def _echo(self, mode: str) -> dict[str, Any]:
         seen = (self.headers.get("Authorization") or "").split(" ", 1)[-1]
@@ -203,6 +210,8 @@ ESCAPED_KEYS = {
     "u-upper": "".join(f"\\u{ord(c):04X}" for c in PLAIN_KEY),
     "u-lower-some": "".join(f"\\u{ord(c):04x}" if i % 2 else c for i, c in enumerate(PLAIN_KEY)),
     "quoted-twice": PLAIN_KEY.replace("/", "\\\\\\/"),
+    "percent-encoded": urllib.parse.quote(PLAIN_KEY, safe=""),  # a proxy or a server quoting it in a URL
+    "percent-encoded-lower": urllib.parse.quote(PLAIN_KEY, safe="").replace("%2F", "%2f"),
 }
 
 
@@ -257,7 +266,8 @@ def test_a_query_in_llm_url_stays_after_the_path(server, path: str) -> None:
     "https://llmuser:UrlPassw0rdPlanted@llm.example.invalid/v1", "https://llmuser@llm.example.invalid/v1",
     "llm.example.invalid/v1", "ftp://llm.example.invalid/v1", "file:///etc/passwd", "http:///v1",
     "http://llm.example.invalid:abc/v1", "http://llm.example.invalid:70000/v1", "http://[::1/v1",
-    "http://llm.example.invalid/v 1",
+    "http://llm.example.invalid/v 1", "http://llm\u200b.example.invalid/v1", "http://llm.example.invalid/v\u00e9",
+    "http://llm.example.invalid/v1?q=\u00e9", "http://b\u00fccher.example.invalid/v1",
 ])
 def test_an_llm_url_that_cannot_be_used_is_llm_config_not_retried_never_quoting_a_password(url: str) -> None:
     """urllib sends "user:password@host" as the host: its InvalidURL message quoted "password@host", which no
@@ -267,7 +277,8 @@ def test_an_llm_url_that_cannot_be_used_is_llm_config_not_retried_never_quoting_
     assert "Passw0rd" not in json.dumps(payload) and payload["summary"].startswith("LLM_URL ")
 
 
-@pytest.mark.parametrize("key", [PLAIN_KEY[:9] + "\n" + PLAIN_KEY[9:], PLAIN_KEY + "\x00", PLAIN_KEY + "€"])
+@pytest.mark.parametrize("key", [PLAIN_KEY[:9] + "\n" + PLAIN_KEY[9:], PLAIN_KEY + "\x00", PLAIN_KEY + "€",
+                                 PLAIN_KEY + "\u00e9"])
 def test_a_key_no_http_header_can_carry_is_llm_config_naming_the_setting_not_the_key(server, key: str) -> None:
     payload = call_llm(CTX, llm_env(server, LLM_API_KEY=key))
     assert (payload["error_code"], payload["retryable"]) == ("LLM_CONFIG", False) and server.requests == []
@@ -450,3 +461,209 @@ def test_the_llm_handler_still_gets_its_key_and_timeout_in_a_handler_process_tha
     worker.close()
     assert orch.status(done).state == "succeeded" and server.requests[0]["auth"] == f"Bearer {KEY}"
     assert orch.status(slow).last_error["code"] == "LLM_TIMEOUT"
+
+
+@pytest.mark.parametrize("content, key", [
+    ('{"status": "failed", "summary": "no", "status": "done"}', "'status'"),
+    ('```json\n{"status": "done", "summary": "s", "output": {"n": 1, "n": 2}}\n```', "'n'"),
+    ('{"status": "done", "summary": "s", "output": {"' + PLAIN_KEY + '": 1, "' + PLAIN_KEY.replace("/", "\\/")
+     + '": 2}}', "'[REDACTED]'"),
+])
+def test_a_reply_whose_payload_holds_a_key_twice_is_malformed_payload_naming_the_key(server, content: str,
+                                                                                      key: str) -> None:
+    """json.loads kept the last value: {"status": "failed", ..., "status": "done"} was a job succeeded."""
+    server.mode, server.status, server.body = "body", 200, chat_reply(content)
+    payload = call_llm(CTX, llm_env(server, LLM_API_KEY=PLAIN_KEY))
+    assert (payload["status"], payload["error_code"], payload["retryable"]) == ("failed", "MALFORMED_PAYLOAD", True)
+    assert f"the key {key} twice" in payload["summary"] and PLAIN_KEY not in json.dumps(payload), payload
+
+
+def test_a_job_whose_model_replies_with_status_twice_fails_not_succeeds(orch, server, monkeypatch) -> None:
+    for name, value in llm_env(server).items():
+        monkeypatch.setenv(name, value)
+    server.mode, server.status = "body", 200
+    server.body = chat_reply('{"status": "failed", "summary": "no", "status": "done"}')
+    job = orch.submit("llm", "write a haiku", max_attempts=1)
+    Worker(orch, WorkerSettings(worker_id="w")).run_once()
+    st = orch.status(job)
+    assert (st.state, st.last_error["code"]) == ("failed", "MALFORMED_PAYLOAD")
+
+
+@pytest.fixture
+def unanswering_port() -> Iterator[int]:
+    """A port on 127.0.0.1 whose listener's queue is full: a connect there never completes (as behind a firewall
+    that drops the SYN), until its own timeout."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    filling = []
+    for _ in range(3):
+        sock = socket.socket()
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            sock.connect(("127.0.0.1", port))
+        filling.append(sock)
+    probe = socket.socket()
+    probe.settimeout(0.2)
+    with pytest.raises(OSError):  # the queue is full indeed
+        probe.connect(("127.0.0.1", port))
+    probe.close()
+    yield port
+    for sock in [*filling, listener]:
+        sock.close()
+
+
+def resolving(monkeypatch, host: str, *ports: int, wait: threading.Event | None = None) -> None:
+    """``host`` resolves to 127.0.0.1 once per port in ``ports``, in that order (after ``wait``, if given)."""
+    real = socket.getaddrinfo
+
+    def fake(name: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if name != host:
+            return real(name, port, *args, **kwargs)
+        if wait is not None:
+            wait.wait(30)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", p)) for p in ports]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+
+
+def test_orch_llm_timeout_bounds_connecting_to_a_host_whose_addresses_never_answer(monkeypatch,
+                                                                                   unanswering_port) -> None:
+    """Each address had the whole timeout: three that never answered took 3 x 1 s, "did not answer within 1s"."""
+    resolving(monkeypatch, "llm.multi.test", unanswering_port, unanswering_port, unanswering_port)
+    started = time.monotonic()
+    payload = call_llm(CTX, {"LLM_URL": f"http://llm.multi.test:{unanswering_port}/v1", "LLM_API_KEY": KEY,
+                             "ORCH_LLM_TIMEOUT": "1"})
+    assert (payload["error_code"], payload["retryable"]) == ("LLM_TIMEOUT", True), payload
+    assert time.monotonic() - started < 1.5 and "within 1s" in payload["summary"]
+
+
+def test_a_host_whose_first_address_never_answers_is_reached_at_the_next_within_the_timeout(
+        server, monkeypatch, unanswering_port) -> None:
+    resolving(monkeypatch, "llm.multi.test", unanswering_port, server.server_address[1])
+    started = time.monotonic()
+    payload = call_llm(CTX, llm_env(server, LLM_URL="http://llm.multi.test/v1", ORCH_LLM_TIMEOUT="2"))
+    assert payload["summary"] == "wrote the haiku" and time.monotonic() - started < 2.0
+
+
+def test_orch_llm_timeout_bounds_the_name_lookup(monkeypatch) -> None:
+    """A resolver that does not answer held the run for as long as it took: the lookup had no bound at all."""
+    release = threading.Event()
+    resolving(monkeypatch, "llm.slow.test", 9, wait=release)
+    started = time.monotonic()
+    try:
+        payload = call_llm(CTX, {"LLM_URL": "http://llm.slow.test/v1", "LLM_API_KEY": KEY, "ORCH_LLM_TIMEOUT": "0.5"})
+    finally:
+        release.set()
+    assert (payload["error_code"], payload["retryable"]) == ("LLM_TIMEOUT", True), payload
+    assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize("url", [
+    "http://llm.example.invalid/v1/tok-SECRETPATH x", "http://llm.example.invalid/v1/tok-SECRETPATH\x7f",
+    "http://llm.example.invalid/v1/tok-SECRETPATH\u00e9", "http://llm.example.invalid/v1?tok=SECRETPATH\tx",
+    "http://llm-SECRETPATH\u200b.example.invalid/v1",
+])
+def test_an_llm_config_message_never_quotes_the_url(url: str) -> None:
+    """http.client's InvalidURL quoted the path ("URL can't contain control characters. '/v1/tok-...'")."""
+    payload = call_llm(CTX, {"LLM_URL": url, "LLM_API_KEY": KEY})
+    assert (payload["error_code"], payload["retryable"]) == ("LLM_CONFIG", False), payload
+    assert "SECRETPATH" not in payload["summary"] and payload["summary"].startswith("LLM_URL ")
+
+
+@pytest.fixture
+def no_proxy_settings(monkeypatch) -> None:
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+                 "ALL_PROXY", "REQUEST_METHOD"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_an_http_url_goes_through_the_http_proxy_of_the_environment_key_included(server, other_server, monkeypatch,
+                                                                                  no_proxy_settings) -> None:
+    """As the README says: a plain http:// LLM_URL hands the whole request to the proxy, the key in clear."""
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{other_server.server_address[1]}")
+    payload = call_llm(CTX, llm_env(server, LLM_URL="http://llm.example.invalid/v1"))
+    assert payload["summary"] == "wrote the haiku" and server.requests == []
+    assert other_server.requests[0]["path"] == "http://llm.example.invalid/v1/chat/completions"
+    assert other_server.requests[0]["auth"] == f"Bearer {KEY}"
+
+
+def test_an_https_url_through_a_proxy_shows_it_only_the_host_of_a_tunnel_never_the_key(other_server, monkeypatch,
+                                                                                        no_proxy_settings) -> None:
+    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{other_server.server_address[1]}")
+    payload = call_llm(CTX, {"LLM_URL": "https://llm.example.invalid/v1", "LLM_API_KEY": KEY})
+    assert (payload["error_code"], payload["retryable"]) == ("LLM_NETWORK_ERROR", True), payload
+    (connect,) = other_server.requests
+    assert connect["method"] == "CONNECT" and connect["path"] == "llm.example.invalid:443"
+    assert KEY not in json.dumps(connect)
+
+
+def test_no_proxy_sends_the_request_straight_to_llm_url(server, other_server, monkeypatch, no_proxy_settings) -> None:
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{other_server.server_address[1]}")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    assert call_llm(CTX, llm_env(server))["summary"] == "wrote the haiku"
+    assert other_server.requests == [] and len(server.requests) == 1
+
+
+def test_two_object_keys_that_become_one_when_the_key_is_replaced_keep_both_values(server) -> None:
+    """A plain dict of the replaced names: {"<key>": "first", "[REDACTED]": "second"} kept "second" alone."""
+    output = {PLAIN_KEY: "first", "[REDACTED]": "second", f"x{PLAIN_KEY}": 3, "x[REDACTED]": 4, f"y{PLAIN_KEY}": 5}
+    content = json.dumps({"status": "done", "summary": "s", "output": output})
+    server.mode, server.status, server.body = "body", 200, chat_reply(content)
+    payload = call_llm(CTX, llm_env(server, LLM_API_KEY=PLAIN_KEY))
+    assert payload["output"] == {"2-[REDACTED]": "first", "[REDACTED]": "second", "2-x[REDACTED]": 3,
+                                 "x[REDACTED]": 4, "y[REDACTED]": 5}
+
+
+@pytest.mark.parametrize("content", ["", "  \n", "```json\n```"])
+def test_an_empty_reply_content_is_malformed_payload_saying_so(server, content: str) -> None:
+    server.mode, server.status, server.body = "body", 200, chat_reply(content)
+    payload = call_llm(CTX, llm_env(server))
+    assert (payload["error_code"], payload["summary"]) == ("MALFORMED_PAYLOAD", "the model's reply content is empty")
+
+
+def test_whitespace_around_llm_model_is_dropped(server) -> None:
+    call_llm(CTX, llm_env(server, LLM_MODEL=" tiny\n"))
+    assert server.requests[0]["body"]["model"] == "tiny"
+
+
+@pytest.mark.parametrize("body, says", [
+    (gzip.compress(chat_reply('{"status": "done", "summary": "s"}')), "gzip-compressed"),
+    (bytes(range(256)) * 4, "binary, not text"),
+], ids=["gzip", "binary"])
+def test_a_reply_that_is_not_text_is_llm_bad_response_saying_so_without_quoting_its_bytes(server, body: bytes,
+                                                                                          says: str) -> None:
+    server.mode, server.status, server.body = "body", 200, body
+    payload = call_llm(CTX, llm_env(server))
+    assert payload["error_code"] == "LLM_BAD_RESPONSE" and says in payload["summary"], payload
+    assert "\ufffd" not in payload["summary"] and "\x1f" not in payload["summary"]
+
+
+def test_orch_llm_timeout_bounds_a_tls_handshake_the_endpoint_draws_out() -> None:
+    """An https endpoint that sends its handshake a byte at a time (ssl bounds the handshake as a whole by the
+    socket's timeout: a guard)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        with conn, contextlib.suppress(OSError):
+            conn.sendall(b"\x16\x03\x03\x3e\x80")  # a handshake record of 16,000 bytes, sent one by one
+            while not stop.wait(0.05):
+                conn.sendall(b"\x00")
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        payload = call_llm(CTX, {"LLM_URL": f"https://127.0.0.1:{listener.getsockname()[1]}/v1", "LLM_API_KEY": KEY,
+                                 "ORCH_LLM_TIMEOUT": "0.5"})
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+    assert (payload["error_code"], payload["retryable"]) == ("LLM_TIMEOUT", True), payload
+    assert time.monotonic() - started < 1.5
