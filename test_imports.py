@@ -2,7 +2,8 @@
 
 Imports every module of the package and every runtime dependency, so a broken install (a missing
 dependency, a module that fails at import) shows before a release, not at a worker's first job.
-Prints ``imports ok: N modules`` and exits 0, or lists what failed and exits 1. Also a pytest test
+Prints ``imports ok: N modules`` and exits 0, or lists what failed and exits 1; run by a Python without the runtime
+dependencies, one line ``error[DEPENDENCIES_MISSING]: ...`` naming them and what to do, exit 1. Also a pytest test
 (``python3 -m pytest test_imports.py``).
 """
 from __future__ import annotations
@@ -12,7 +13,6 @@ import importlib.util
 import pkgutil
 import sys
 
-RUNTIME_DEPENDENCIES = ("pydantic", "click", "cryptography", "nacl", "dotenv")
 OPTIONAL = {"orchestrator.store.pg_queue", "orchestrator.store.postgres", "orchestrator.store.pg_schema"}  # psycopg
 
 
@@ -21,7 +21,14 @@ def failed_imports() -> tuple[int, list[str]]:
     package = importlib.util.find_spec("orchestrator")  # found without running it: it may be what fails
     if package is None:
         return 0, ["orchestrator: not installed (install as in the README's Quick start)"]
-    names = [*RUNTIME_DEPENDENCIES, "orchestrator"]
+    try:  # first the package, which imports orchestrator.installed before anything else
+        importlib.import_module("orchestrator")
+    except ImportError as exc:
+        if getattr(exc, "missing", None):  # DependenciesMissing: a Python without the runtime dependencies (the
+            raise  # system's, the Quick start's .venv not activated): one line naming them and what to do, exit 1
+    except Exception:  # noqa: BLE001, S110 - listed with the modules below
+        pass
+    names = [*sys.modules["orchestrator.installed"].RUNTIME_DEPENDENCIES, "orchestrator"]
     names += [m.name for m in pkgutil.walk_packages(package.submodule_search_locations, "orchestrator.")
               if not m.name.endswith(".__main__")]  # that one runs the CLI
     failures = []

@@ -12,9 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.api import JobStatus, Orchestrator, Submission
-from orchestrator.errors import OrchestratorError
-from orchestrator.security import sanitize_text
+from orchestrator import installed
+
+try:
+    from orchestrator.api import JobStatus, Orchestrator, Submission
+    from orchestrator.errors import OrchestratorError
+    from orchestrator.security import sanitize_text
+except ModuleNotFoundError as exc:  # a Python without the dependencies: say so, and what to do (installed.py)
+    installed.explain(exc)
+    raise
 
 __all__ = ["ControlResult", "JobContext", "JobStatus", "Orchestrator", "OrchestratorError", "RunResult", "Submission",
            "TerminalPayload", "Worker", "WorkerSettings", "handler", "sanitize_text"]
