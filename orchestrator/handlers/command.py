@@ -107,6 +107,10 @@ def start_error(exc: OSError, program: str, cwd: str | None, workdir: Path) -> E
             return CommandNotFound(f"command {program!r} was not found on the PATH")
         if os.path.isfile(path):  # the kernel's ENOENT for a missing #! interpreter names the script
             return CommandNotFound(f"command {program!r} names an interpreter on its #! line that does not exist")
+        if not os.path.isabs(program):  # looked up where the command runs, not where it was submitted
+            return CommandNotFound(f"command {program!r} does not exist in {workdir}, the folder the command runs in "
+                                   "(the job's artifact folder, or its \"cwd\"): give the program's absolute path, "
+                                   "or the \"cwd\" it is in")
         return CommandNotFound(f"command {program!r} does not exist")
     if exc.errno == errno.EACCES and path is not None:
         if os.path.isdir(path):

@@ -1790,6 +1790,23 @@ def test_a_command_whose_program_cannot_be_run_is_command_not_found_saying_why_a
     assert st.last_error["message"].startswith(why), st.last_error["message"]
 
 
+@pytest.mark.parametrize("given_cwd", [None, "sub"], ids=["artifact-folder", "cwd"])
+def test_a_relative_program_that_does_not_exist_is_command_not_found_naming_the_folder_it_was_looked_in(
+        orch, given_cwd: str | None) -> None:
+    """``./report.sh`` is looked up in the folder the command runs in (the job's artifact folder, or its ``cwd``),
+    not where it was submitted: the message says which folder, and how to name the program instead."""
+    job = orch.submit("command", {"argv": ["./report.sh"], **({"cwd": given_cwd} if given_cwd else {})})
+    if given_cwd:
+        (orch.settings.state_dir / "artifacts" / job / given_cwd).mkdir(parents=True)
+    make_worker(orch).run_once()
+    st = orch.status(job)
+    folder = orch.settings.state_dir / "artifacts" / job / (given_cwd or "")
+    assert (st.state, st.last_error["code"]) == ("failed", "COMMAND_NOT_FOUND")
+    assert st.last_error["message"] == (
+        f"command './report.sh' does not exist in {str(folder).rstrip('/')}, the folder the command runs in (the "
+        "job's artifact folder, or its \"cwd\"): give the program's absolute path, or the \"cwd\" it is in")
+
+
 @pytest.mark.parametrize("make, why", [
     (lambda p: p.write_text("a file"), "is not a folder"),
     (lambda p: p.symlink_to(p.with_name("nowhere")), "is a link to nothing"),
