@@ -8,7 +8,6 @@ sealing (sign + hash), the flock, one write and one fdatasync, and the head reco
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -22,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.cli_args import positive_int  # noqa: E402
 from orchestrator import Orchestrator  # noqa: E402
 from orchestrator.history import verify_stream  # noqa: E402
+from orchestrator.json_usage import ArgumentParser  # noqa: E402
 from orchestrator.signing import Keyring, canonical  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def per_event_us(fn, n: int, rounds: int = 5) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])  # a usage error with --json: as JSON on stdout
     ap.add_argument("--events", type=positive_int, default=2000)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)

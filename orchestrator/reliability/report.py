@@ -6,7 +6,6 @@ what the guarantees promise.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -14,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from orchestrator.json_usage import ArgumentParser
 from orchestrator.reliability import badinput, concurrency, crash, disk, tamper, torn
 from orchestrator.reliability.common import progress
 
@@ -156,7 +156,7 @@ def table(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])  # a usage error with --json: as JSON on stdout
     parser.add_argument("--quick", action="store_true", help="the short versions (what CI runs)")
     parser.add_argument("--json", action="store_true", help="print every measured figure as JSON")
     parser.add_argument("--only", action="append", default=None, choices=PARTS, metavar="PART",

@@ -171,3 +171,32 @@ def test_the_workers_benchmark_reports_a_job_run_twice_lost_or_claimed_again() -
     assert problems(2, 2, ["a", "b"], [("a", "succeeded", 1), ("b", "queued", 2)]) == [
         "job states {'succeeded': 1, 'queued': 1}, not 2 succeeded", "1 job(s) claimed more than once: b"]
 
+
+
+@pytest.mark.parametrize("script, args, said", [
+    ("bench_event_costs.py", ["--events", "abc", "--json"], "argument --events: 'abc' is not a whole number"),
+    ("reliability_report.py", ["--only", "bogus", "--json"], "argument --only: invalid choice: 'bogus'"),
+    ("reliability_report.py", ["--json", "--bogus"], "unrecognized arguments: --bogus"),
+], ids=["event-costs-value", "reliability-choice", "reliability-unknown-option"])
+def test_an_argparse_tools_usage_error_with_json_is_a_usage_error_object_on_stdout(
+        script: str, args: list[str], said: str) -> None:
+    """As every command's with ``--json`` (README, "Commands"): one JSON object on stdout, nothing on stderr, exit 2."""
+    import json
+    import subprocess
+    import sys
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / script
+    done = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (2, ""), done.stderr
+    error = json.loads(done.stdout)
+    assert error["error"] == "USAGE_ERROR" and said in error["message"], error
+
+
+def test_an_argparse_tools_usage_error_without_json_is_argparses_text_on_stderr() -> None:
+    import subprocess
+    import sys
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_event_costs.py"
+    done = subprocess.run([sys.executable, str(path), "--events", "abc"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith("usage: ") and "argument --events: 'abc' is not a whole number" in done.stderr
