@@ -79,18 +79,7 @@ class Settings:
             raise ConfigError("base_path must be a folder's path as text, not bytes") from None
         project = project_id if project_id is not None else env.get("PROJECT_ID") or DEFAULT_PROJECT_ID
         validate_id(project, "project id")
-        try:
-            if base.exists():
-                if not base.is_dir():
-                    raise ConfigError(f"BASE_PATH {base} is not a folder")
-            elif (blocker := _file_above(base)) is not None:  # a typo, not a store to repair (as STORAGE_ERROR said)
-                raise ConfigError(f"BASE_PATH {base} cannot be a folder ({blocker} is a file)")
-            resolved = base.resolve()
-        except ValueError:  # a NUL character: no path of the system can hold one
-            raise ConfigError(f"BASE_PATH {shown(str(base))} cannot be used (it holds a NUL character)") from None
-        except (OSError, RuntimeError) as exc:  # a name too long, a loop of links (RuntimeError from resolve)
-            reason = getattr(exc, "strerror", None) or "a loop of symbolic links"
-            raise ConfigError(f"BASE_PATH {base} cannot be used: {reason}") from None
+        resolved = usable_base(base)
         strict = env.get("ORCH_STRICT_READS", "").strip().lower()
         if strict not in ("", "0", "1", "false", "true", "no", "yes", "off", "on"):
             raise ConfigError(f"ORCH_STRICT_READS must be 1 or 0 (true/false, yes/no, on/off), not {strict!r}")
@@ -163,6 +152,23 @@ def default_actor() -> str:
     except Exception:  # no passwd entry (containers)
         user = str(os.getuid())
     return f"{user}@{os.uname().nodename}"  # ``socket.gethostname()``, without importing ``socket`` (~2 ms)
+
+
+def usable_base(base: Path, name: str = "BASE_PATH") -> Path:
+    """``base`` resolved, if a folder can be there (one, or none yet with no file above it), else ``ConfigError``
+    calling it ``name`` (the demo's own: ``the demo's FOLDER``)."""
+    try:
+        if base.exists():
+            if not base.is_dir():
+                raise ConfigError(f"{name} {base} is not a folder")
+        elif (blocker := _file_above(base)) is not None:  # a typo, not a store to repair (as STORAGE_ERROR said)
+            raise ConfigError(f"{name} {base} cannot be a folder ({blocker} is a file)")
+        return base.resolve()
+    except ValueError:  # a NUL character: no path of the system can hold one
+        raise ConfigError(f"{name} {shown(str(base))} cannot be used (it holds a NUL character)") from None
+    except (OSError, RuntimeError) as exc:  # a name too long, a loop of links (RuntimeError from resolve)
+        reason = getattr(exc, "strerror", None) or "a loop of symbolic links"
+        raise ConfigError(f"{name} {base} cannot be used: {reason}") from None
 
 
 def load_dotenv_file(path: str | os.PathLike[str] = ".env") -> None:

@@ -1,9 +1,9 @@
-"""A real run on the embedded file backend: ``python -m orchestrator.demo [BASE_PATH]``.
+"""A real run on the embedded file backend: ``python -m orchestrator.demo [FOLDER]``.
 
 Submits jobs (a command, Python handlers that succeed, ask a human, need an audit, fail
 and retry, fail for good), runs a worker until nothing is left to do, shows the derived
 states, verifies the signed history, shows that a hand edit is caught, and ends with what
-an operator can do next. Everything happens under BASE_PATH (default ``./demo-base``) with
+an operator can do next. Everything happens under FOLDER (default ``./demo-base``) with
 the project id ``demo``; run it again to start afresh: the project is replaced only if the demo made
 it (its folder holds ``MARKER``), so a real project named ``demo`` under that folder is never removed.
 It always uses the file backend (``ORCH_STORE_URL`` is not read). No network or LLM is needed.
@@ -18,14 +18,16 @@ import sys
 from pathlib import Path
 
 from orchestrator import Orchestrator, stdout
-from orchestrator.config import Settings
+from orchestrator.config import usable_base
 from orchestrator.errors import ConfigError
 from orchestrator.integrity import verify_project
 
 PROJECT = "demo"
 MARKER = ".made-by-orchestrator-demo"  # in the project folder: the demo may replace this project, and no other
-AWAY = f".{PROJECT}.replaced-"  # BASE_PATH/.demo.replaced-<hex>: a demo project being removed
+AWAY = f".{PROJECT}.replaced-"  # FOLDER/.demo.replaced-<hex>: a demo project being removed
 NEXT_STEPS = "== what you can do next (paste into a shell in this folder)"
+DEFAULT_FOLDER = "demo-base"
+FOLDER = "the demo's FOLDER"  # its argument, named so in its messages: it has no --base-path and ignores BASE_PATH
 EXIT_REFUSED = 3  # as the CLI's INVALID_INPUT and CONFIG_ERROR; a usage error is argparse's exit 2, as click's
 
 
@@ -52,7 +54,7 @@ def _fresh_project(base: Path) -> str | None:
         for name in os.listdir(base):
             if name.startswith(AWAY):
                 shutil.rmtree(base / name, ignore_errors=True)
-    except OSError as exc:  # BASE_PATH is a file, or not writable
+    except OSError as exc:  # FOLDER is a file, or not writable
         return (f"cannot make the demo project {project}: {exc.strerror}; give another folder "
                 "(python -m orchestrator.demo FOLDER)")
     return None
@@ -60,15 +62,17 @@ def _fresh_project(base: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.demo", description=(
-        f"Run the demo in the project '{PROJECT}' under BASE_PATH; running it again replaces that project, "
+        f"Run the demo in the project '{PROJECT}' under FOLDER; running it again replaces that project, "
         "only if an earlier run of the demo made it."))
-    parser.add_argument("base_path", nargs="?", default="demo-base", metavar="BASE_PATH",
-                        help="folder to hold the demo project (default: ./demo-base; the environment's BASE_PATH "
-                             "is not used)")
-    given = parser.parse_args(sys.argv[1:] if argv is None else argv).base_path
-    try:  # the check of every command's base path: not empty (Path("") is the current folder), a path a folder
-        # can be at, not too long, no loop of symbolic links
-        base = Settings.load(given, PROJECT, env={}, store_url="file").base_path
+    parser.add_argument("folder", nargs="?", default=DEFAULT_FOLDER, metavar="FOLDER",
+                        help=f"folder to hold the demo project (default: ./{DEFAULT_FOLDER}; the environment's "
+                             "BASE_PATH is not used)")
+    given = parser.parse_args(sys.argv[1:] if argv is None else argv).folder
+    try:  # the check of every command's base path, its messages naming the demo's FOLDER: not empty (Path("") is
+        # the current folder), a path a folder can be at, not too long, no loop of symbolic links
+        if not given:
+            raise ConfigError(f"{FOLDER} must not be empty (leave it out for ./{DEFAULT_FOLDER})")
+        base = usable_base(Path(given).expanduser(), FOLDER)
     except ConfigError as exc:
         print(f"error[{exc.code}]: {exc.message}", file=sys.stderr)
         return EXIT_REFUSED

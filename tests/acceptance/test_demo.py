@@ -94,9 +94,9 @@ def test_demo_refuses_a_link_or_a_file_in_its_projects_place_or_as_its_folder_wi
 
 
 @pytest.mark.parametrize("given, said", [
-    ("", "must not be empty"),  # was the current folder, where the demo then made its project
-    ("loop", "cannot be used: a loop of symbolic links"),  # a traceback, exit 1, before
-    ("n" * 300, "cannot be used: File name too long"),  # idem
+    ("", "the demo's FOLDER must not be empty (leave it out for ./demo-base)"),  # was the current folder
+    ("loop", "the demo's FOLDER loop cannot be used: a loop of symbolic links"),  # a traceback, exit 1, before
+    ("n" * 300, f"the demo's FOLDER {'n' * 300} cannot be used: File name too long"),  # idem
 ], ids=["empty", "link-loop", "name-too-long"])
 def test_demo_refuses_a_base_path_no_folder_can_be_at_as_every_command_does(
         cli_env: dict[str, str], tmp_path: Path, given: str, said: str) -> None:
@@ -105,6 +105,7 @@ def test_demo_refuses_a_base_path_no_folder_can_be_at_as_every_command_does(
     refused = run_demo(cli_env, tmp_path, given)
     assert (refused.returncode, refused.stdout) == (3, ""), refused.stderr[-3000:]
     assert refused.stderr.startswith("error[CONFIG_ERROR]: ") and said in refused.stderr
+    assert "BASE_PATH" not in refused.stderr and "--base-path" not in refused.stderr  # the demo has neither
     assert sorted(tmp_path.iterdir()) == before  # nothing made
 
 
