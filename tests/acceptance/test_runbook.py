@@ -164,7 +164,7 @@ def test_runbook_block_runs_as_written(block: Block, checkout: Path, git_repo, p
     repo, last_good = git_repo
     values = {"<job_id>": job_id, "<run_id>": run_id, "<answer>": ANSWER, "<pid>": project,
               "<backup_dir>": str(base / f"backup-{shared or block.line}"), "<checkout>": str(repo),
-              "<last_good_commit>": last_good, "<old_kid>": load_keyring(env, announce=False).signer_id or ""}
+              "<last_good_commit>": last_good, "<compromised_kid>": load_keyring(env, announce=False).signer_id or ""}
     worker = None
     if any("<worker_pid>" in c for c, _ in block.commands):  # a live worker for the block to stop
         worker = subprocess.Popen([sys.executable, "scripts/worker.py"], cwd=checkout, env=env,
@@ -191,3 +191,14 @@ def test_runbook_block_runs_as_written(block: Block, checkout: Path, git_repo, p
     if worker is not None:
         out, err = worker.communicate(timeout=30)
         assert worker.returncode == 0, f"the worker did not stop gracefully on SIGTERM: {worker.returncode}\n{out}\n{err}"
+
+
+def test_the_routine_key_rotation_block_revokes_nothing_and_revocation_is_a_block_of_its_own() -> None:
+    """Section G pasted for a routine rotation must not revoke the old key: every event it signed would then fail
+    ``verify`` (``KEY_REVOKED``). Revoking is the compromised key's block alone."""
+    text = RUNBOOK.read_text(encoding="utf-8")
+    routine = text[text.index("**Routine rotation**"):text.index("**Revocation, only for a compromised key**")]
+    compromised = text[text.index("**Revocation, only for a compromised key**"):text.index("## No-terminal fallback")]
+    commands = [command for block in parse(routine) for command, _ in block.commands]
+    assert any("keys rotate" in c for c in commands) and not any("revoke" in c for c in commands), commands
+    assert any("keys revoke <compromised_kid>" in c for block in parse(compromised) for c, _ in block.commands)
