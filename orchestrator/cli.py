@@ -13,6 +13,7 @@ import io
 import json
 import os
 import signal
+import stat
 import sys
 import threading
 from pathlib import Path
@@ -239,7 +240,8 @@ def cli() -> None:
               "is dropped).")
 @click.option("--input-file", type=click.File("rb"), default=None, help="Read the JSON input from a file ('-' for stdin) of at most 1 MiB; "
               "a larger one is refused (exit 3) without being read further. UTF-8, as --input: UTF-16 or UTF-32 is "
-              "refused (exit 3).")
+              "refused (exit 3).  Without --input or --input-file the job has no input (null): stdin is read only "
+              "with --input-file -, and JSON piped in without it is refused (exit 2, nothing submitted), not dropped.")
 @click.option("--audit", is_flag=True, help="Send a successful result to awaiting_audit for approval.")
 @click.option("--key", default=None, help="Idempotency key, an id (letters, digits, '.', '_', '-'): submitting the "
               "same key again returns the same job id.")
@@ -255,6 +257,12 @@ def submit(orch: Any, out: Output, kind: str, input_json: str | None, input_file
     if input_json is not None and input_file is not None:
         raise click.UsageError("give --input or --input-file, not both")
     name = getattr(input_file, "name", None)  # stdin's is "<stdin>" (none at all under a test runner)
+    if (input_file is None or name != "<stdin>") and _stdin_holds_data():
+        given = "--input gives the input too" if input_json is not None else (
+            "--input-file names another file" if input_file is not None else "no --input or --input-file is given")
+        raise click.UsageError(f"stdin holds data, but {given}: submit reads stdin only with --input-file - (to "
+                               "submit what is piped in: `... | orchestrator submit --kind K --input-file -`; "
+                               "to leave stdin alone: `< /dev/null`); nothing was submitted")
     given = ("--input" if input_file is None
              else f"--input-file {name if isinstance(name, str) and name != '<stdin>' else '-'}")
     raw = read_at_most(input_file, MAX_INPUT_BYTES) if input_file is not None else input_json
@@ -267,6 +275,30 @@ def submit(orch: Any, out: Output, kind: str, input_json: str | None, input_file
                           priority=priority)
     out.emit({"job_id": sub.job_id, "created": sub.created, "warnings": list(sub.warnings)},
              sub.job_id if sub.created else f"{sub.job_id}\n(already submitted with key {key!r}; nothing written)")
+
+
+def _stdin_holds_data() -> bool:
+    """Whether stdin (descriptor 0) already holds bytes, found without reading it or waiting on it: a regular file
+    with bytes after its offset (``< input.json``), or a pipe or socket with bytes in it (``echo ... |``: FIONREAD).
+    A terminal, ``/dev/null``, a closed stdin, or a pipe nobody has written to yet (cron, ssh, a parent process that
+    keeps it open): no, and nothing waits for it. A stdin that is no descriptor (a test runner's) holds nothing."""
+    try:
+        if sys.stdin is None or sys.stdin.fileno() != 0:
+            return False
+        info = os.fstat(0)
+        if stat.S_ISREG(info.st_mode):
+            return info.st_size > os.lseek(0, 0, os.SEEK_CUR)
+        if stat.S_ISFIFO(info.st_mode) or stat.S_ISSOCK(info.st_mode):
+            import array
+            import fcntl
+            import termios
+
+            waiting = array.array("i", [0])
+            fcntl.ioctl(0, termios.FIONREAD, waiting)
+            return waiting[0] > 0
+    except (OSError, ValueError, ImportError, AttributeError):  # no such descriptor, no FIONREAD (not POSIX)
+        pass
+    return False
 
 
 # -- status -----------------------------------------------------------------------------------
@@ -282,9 +314,13 @@ def _shown_cut(text: str) -> str:
 
 
 def _lease_text(st: Any, now: float) -> str | None:
-    """The lease expiry, and when it has passed while the job runs, what that means (runbook section A)."""
+    """The lease expiry, and when it has passed while the job runs, what that means (runbook section A); a job whose
+    history failed verification is never run nor recovered (its INTEGRITY line says why), so no recovery is promised."""
     if st.lease_expires_at is None or st.state != "running" or from_iso(st.lease_expires_at) > now:
         return st.lease_expires_at
+    if st.integrity_error:
+        return (f"{st.lease_expires_at} (expired; no worker runs or recovers the job while its history fails "
+                "verification: see INTEGRITY)")
     return (f"{st.lease_expires_at} (expired: its worker stopped renewing it; a worker pass, `worker --once`, "
             "recovers the job)")
 
@@ -345,8 +381,8 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
 @cli.command(cls=JobIdOptionCommand, context_settings=CONTEXT)
 @click.option("--job-id", default=None, help="Verify one job instead of the whole project.")
 @click.option("--export-head", metavar="FILE", default=None,
-              help="After verifying the whole project (not with --job-id), write a signed digest of every head "
-                   "to this file (keep it elsewhere), signed with the key this machine has (exit 8 if none: "
+              help="After verifying the whole project (not with --job-id: a usage error, exit 2), write a signed "
+                   "digest of every head to this file (keep it elsewhere), signed with the key this machine has (exit 8 if none: "
                    "verify never creates one); a path that cannot be written is refused (exit 3) before verifying.")
 @click.option("--against", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Also prove nothing was rolled back since this exported head file (read up to 256 MiB, "
@@ -366,8 +402,8 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
     from orchestrator.output_file import OutputFile
 
     if export_head is not None and job_id is not None:  # the anchor signs every stream's head: after them all
-        raise InvalidInputError("--export-head anchors every job, so it needs the whole project verified: "
-                                "leave out --job-id")
+        raise click.UsageError("--export-head anchors every job, so it needs the whole project verified: "
+                               "leave out --job-id")
     anchor = OutputFile(export_head, "the head anchor") if export_head is not None else None  # "" refused there
     with anchor or contextlib.nullcontext():
         if anchor:

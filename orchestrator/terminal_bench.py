@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from orchestrator import latency as lat
-from orchestrator.errors import Interrupted, InvalidInputError  # Interrupted: what StopSignals raises
+from orchestrator.errors import Interrupted, InvalidInputError, OrchestratorError  # Interrupted: what StopSignals raises
 
 GATE_P95_MS = 80.0
 GATE_P99_MS = 150.0
@@ -168,25 +168,40 @@ def run(settings: Settings, progress: Callable[[str], None] | None = None) -> li
 
 def refuse_foreign_jobs(orch: Any) -> None:
     """``InvalidInputError`` (exit 3) if the project holds a job the benchmark did not submit (of another kind than
-    ``lat.ECHO_KIND``): its worker would run it (a queued job, a retry coming due) or recover it, as the project's
-    own worker. A project that holds only earlier benchmark runs' jobs (``--project-id``, ``--keep``) is taken.
+    ``lat.ECHO_KIND``) that is not finished: its worker would run it (a queued job, a retry coming due, one an operator
+    answers or sends back meanwhile) or recover it, as the project's own worker. A project that holds only earlier
+    benchmark runs' jobs (``--project-id``, ``--keep``) and finished jobs (succeeded, failed, cancelled: never run
+    again) is taken; a finished job is one whose history verifies (one that does not is refused, as not known
+    finished).
 
     A job's kind is its first event's (``job_submitted``; no later event changes it), so only each job's first
     line is read (``store.first_line``), unverified: a guard, not a verification (the worker verifies what it
     runs). A first line that names no kind (none, not JSON, not a submission) is refused as another kind is.
     Measured on 5,000 kept jobs (3 lines each; medians of 5, two rounds): 0.93 / 1.21 s (187 / 241 us a job)
     when each job was read as ``status`` reads it (the line the head record names, the chain, replay), 0.12 / 0.14 s
-    now, of which 0.07 / 0.09 s is listing the jobs (docs/decisions.md, 2026-12-02)."""
+    now, of which 0.07 / 0.09 s is listing the jobs (docs/decisions.md, 2026-12-02). Only a job of another kind is
+    read whole (``orch.load``, verified), to see whether it is finished."""
     from orchestrator.history import submitted_kind
     from orchestrator.security import shown
+    from orchestrator.state import FINAL_STATES
 
     for job_id in orch.store.job_ids():
         kind = submitted_kind(orch.store.first_line(job_id))
-        if kind != lat.ECHO_KIND:
+        if kind != lat.ECHO_KIND and not _finished(orch, job_id, FINAL_STATES):
             raise InvalidInputError(
                 f"project {orch.project_id} already holds jobs the benchmark did not submit (job {job_id}, kind "
                 f"{shown(kind)}), which its worker would run; nothing was written. Name a new project with "
                 "--project-id, or leave it out (a scratch project)", job_id=job_id)
+
+
+def _finished(orch: Any, job_id: str, final: frozenset[str]) -> bool:
+    """Whether the job is known finished: its history verifies and ends in a final state (a job removed meanwhile,
+    or unreadable: not known finished)."""
+    try:
+        view = orch.load(job_id)
+    except OrchestratorError:
+        return False
+    return view.ok and view.state is not None and view.state.state in final
 
 
 def verdicts(stats: dict[str, float]) -> dict[str, bool]:

@@ -50,7 +50,8 @@ def _env_kinds() -> tuple[str, ...]:
                    f"handler for; exit {KeyNotTrustedError.exit_code}: ran nothing and left queued jobs signed by a "
                    "key it does not trust).")
 @click.option("--max-jobs", type=WholeRange(min=1), default=None, envvar="ORCH_MAX_JOBS", show_envvar=True,
-              help="Exit after running this many jobs.")
+              help="Exit after this many runs: each run of a job counts, a retry or a re-run after an answer "
+                   "included (one job failing twice, then succeeding, is 3 runs).")
 @click.option("--idle-exit", is_flag=True, envvar="ORCH_IDLE_EXIT", show_envvar=True,
               help="Exit when no queued job is left that this worker can run (a delayed retry still counts as "
                    "queued; a job of a kind it has no handler for, or does not run (--kind), or signed by a key it "
@@ -147,6 +148,9 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     from orchestrator.worker import Worker, WorkerSettings
     from orchestrator.worker_settings import default_worker_id
 
+    from orchestrator.handlers import look_in_start_folder
+
+    look_in_start_folder()  # --import and module:function kinds, as `python -m orchestrator` finds them
     modules = tuple(imports) + _env_list("ORCH_HANDLERS", "module names")
     worker_id = default_worker_id() if worker_id is None else worker_id  # known to a stop before the worker is made
     settings = WorkerSettings(worker_id=worker_id, lease_seconds=lease_seconds, stop_grace_seconds=stop_grace_seconds,
@@ -166,9 +170,12 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
         # before its first claim, told as the worker's own
         if once:
             return _ran_nothing(out, worker_id, [], stopped=True)
-        return _stopped(out, worker_id, 0, None, None)
+        return _stopped(out, worker_id, 0, 0, None, None)
+
+    jobs_seen: set[str] = set()  # the jobs of its runs: a job retried is one job of several runs
 
     def report(result: Any, **extra: Any) -> None:
+        jobs_seen.add(result.job_id)
         out.emit({**result.to_dict(), **extra}, f"{result.job_id} {result.run_id}: {result.outcome}"
                  + (f" ({result.error_code})" if result.error_code else ""))
 
@@ -204,7 +211,7 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
 
         done = w.run(max_jobs=max_jobs, idle_exit=idle_exit, on_result=report, on_recovered=recovered)
     # what its last pass left queued: a looping worker only warned of it
-    return _stopped(out, w.worker_id, done, w.handler_not_found(), w.untrusted_keys())
+    return _stopped(out, w.worker_id, done, len(jobs_seen), w.handler_not_found(), w.untrusted_keys())
 
 
 def _ran_nothing(out: Output, worker_id: str, recovered: list[dict[str, Any]], *, stopped: bool) -> int:
@@ -218,17 +225,20 @@ def _ran_nothing(out: Output, worker_id: str, recovered: list[dict[str, Any]], *
     return EXIT_NOTHING_TO_DO
 
 
-def _stopped(out: Output, worker_id: str, done: int, left: HandlerNotFoundError | None,
+def _stopped(out: Output, worker_id: str, done: int, jobs: int, left: HandlerNotFoundError | None,
              untrusted: KeyNotTrustedError | None) -> int:
-    """A looping worker's last word: the jobs it ran, and those its last pass left queued for want of a handler
-    (``left``) or of a trusted key."""
-    message = (f"worker {worker_id} stopped after {done} job(s)" + (f"; {left.message}" if left else "")
+    """A looping worker's last word: the runs it did (``done``, each retry one) of how many jobs, and the jobs its
+    last pass left queued for want of a handler (``left``) or of a trusted key. With --json, ``runs`` and ``jobs``;
+    ``jobs_run``, the same number as ``runs`` (it always counted runs), is kept for the readers that use it."""
+    message = (f"worker {worker_id} stopped after {done} run(s)" + (f" of {jobs} job(s)" if done else "")
+               + (f"; {left.message}" if left else "")
                + (f"; {untrusted.message}" if untrusted else ""))
     if out.as_json:  # the last JSON line, told from a run's line ("job_id") and an error's ("error") by "event"
         no_handler = {key: left.details[key] for key in ("jobs", "kinds")} if left else {"jobs": 0, "kinds": {}}
         unknown_keys = ({key: untrusted.details[key] for key in ("jobs", "keys")} if untrusted
                         else {"jobs": 0, "keys": {}})
-        out.emit({"event": "worker_stopped", "worker_id": worker_id, "jobs_run": done, "no_handler": no_handler,
+        out.emit({"event": "worker_stopped", "worker_id": worker_id, "jobs_run": done, "runs": done, "jobs": jobs,
+                  "no_handler": no_handler,
                   "unknown_keys": unknown_keys, "message": message}, message)
     else:
         echo(sanitize_text(message), err=True)

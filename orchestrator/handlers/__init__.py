@@ -267,11 +267,42 @@ def _stops_the_worker(exc: BaseException) -> bool:
     return isinstance(exc, KeyboardInterrupt) and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def look_in_start_folder() -> str | None:
+    """Let handler modules (``--import``, a ``module:function`` kind) be found in the folder this process was started
+    in, as ``python -m orchestrator`` finds them, whichever way the ``worker`` command was started (the console
+    script and ``scripts/worker.py`` put their own folder first on ``sys.path``, not the current one). The folder goes
+    LAST on the path: a file there named like the standard library's, an installed package's or the orchestrator's
+    own module is never what an import finds; only a module found nowhere else comes from it. Absolute, so a later
+    change of the current folder changes nothing; a folder removed meanwhile adds nothing. The ``worker`` command
+    calls it; the Python API leaves ``sys.path`` to its caller."""
+    try:
+        folder = os.getcwd()
+    except OSError:
+        return None
+    if not any(entry in ("", ".") or os.path.abspath(entry) == folder for entry in sys.path):
+        sys.path.append(folder)
+    return folder
+
+
+def _where_modules_are_looked_for() -> str:
+    """Where a missing module was looked for, and how to make it found: the current folder, when it is on the path
+    (the ``worker`` command, ``python -m``), and the Python path."""
+    try:
+        folder = os.getcwd()
+    except OSError:
+        folder = None
+    if folder is not None and any(entry in ("", ".") or os.path.abspath(entry) == folder for entry in sys.path):
+        return (f"it is neither in the current folder, {folder}, nor on the Python path (start the worker in the "
+                "folder that holds it, or add that folder to PYTHONPATH)")
+    return "it is not on the Python path (add the folder that holds it to PYTHONPATH)"
+
+
 def _import_failure(module_name: str, exc: BaseException) -> str:
-    """Why a handler module did not import: not there, or its own error (a bug, a missing dependency)."""
+    """Why a handler module did not import: not there (saying where the worker looked), or its own error (a bug, a
+    missing dependency)."""
     missing = getattr(exc, "name", None)
     if isinstance(exc, ModuleNotFoundError) and missing and (module_name + ".").startswith(missing + "."):
-        return f"no module {module_name!r} can be imported here"
+        return f"no module {module_name!r} can be imported here: {_where_modules_are_looked_for()}"
     raised = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__  # KeyboardInterrupt: no text
     return f"importing module {module_name!r} raised {raised} (python -c 'import {module_name}' shows the traceback)"
 

@@ -387,8 +387,8 @@ def test_export_head_with_one_job_id_is_refused_since_the_anchor_covers_every_jo
     job = submit(cli_env)
     target = tmp_path / "anchor.json"
     proc = run_script("verify", "--job-id", job, "--export-head", str(target), "--json", env=cli_env)
-    assert proc.returncode == 3, (proc.stdout, proc.stderr)
-    assert json.loads(proc.stdout)["error"] == "INVALID_INPUT" and not target.exists()
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)  # options that exclude each other: exit 3 until 2026-12-06
+    assert json.loads(proc.stdout)["error"] == "USAGE_ERROR" and not target.exists()
 
 
 def test_a_dotenv_that_is_not_utf8_is_a_config_error_exit_3(cli_env: dict[str, str], tmp_path: Path) -> None:

@@ -105,7 +105,7 @@ def test_a_worker_given_kinds_runs_only_those_and_leaves_the_others_queued_quiet
     assert left.stdout == "nothing to run\n" and left.stderr == ""
     assert state(orch, other) == "queued"
     code, _out, err = finish(start_worker(env, "--idle-exit", "--kind", "t.payload"))
-    assert code == 0 and "stopped after 0 job(s)" in err and "left for a worker" not in err
+    assert code == 0 and "stopped after 0 run(s)" in err and "left for a worker" not in err
     assert run_script("worker", "--once", env=env).returncode == 0 and state(orch, other) == "succeeded"
 
 
@@ -152,7 +152,7 @@ def test_a_looping_worker_warns_once_per_kind_it_has_no_handler_for_and_counts_t
     code, _out, err = finish(start_worker(env, "--idle-exit"))
     assert code == 0 and [state(orch, job) for job in jobs] == ["queued"] * 2
     assert err.count("no handler for kind 'nosuchhandler'") == 1  # the warning, at the default log level
-    assert "stopped after 0 job(s); 2 queued job(s) left for a worker with a handler for their kind" in err
+    assert "stopped after 0 run(s); 2 queued job(s) left for a worker with a handler for their kind" in err
 
 
 def test_a_looping_worker_with_json_ends_with_a_stop_line_naming_the_kinds_it_left(env, orch) -> None:
@@ -167,7 +167,7 @@ def test_a_looping_worker_with_json_ends_with_a_stop_line_naming_the_kinds_it_le
     assert stopped["no_handler"]["jobs"] == 3
     assert {k: v["jobs"] for k, v in stopped["no_handler"]["kinds"].items()} == {"nosuchhandler": 2, "nosuchmod:fn": 1}
     assert "no handler is registered" in stopped["no_handler"]["kinds"]["nosuchhandler"]["reason"]
-    assert stopped["message"].startswith("worker w-json stopped after 1 job(s); 3 queued job(s) left for a worker")
+    assert stopped["message"].startswith("worker w-json stopped after 1 run(s) of 1 job(s); 3 queued job(s) left for a worker")
     assert [state(orch, j) for j in left] == ["queued"] * 3
 
 
