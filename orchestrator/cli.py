@@ -382,8 +382,9 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
 @click.option("--job-id", default=None, help="Verify one job instead of the whole project.")
 @click.option("--export-head", metavar="FILE", default=None,
               help="After verifying the whole project (not with --job-id: a usage error, exit 2), write a signed "
-                   "digest of every head to this file (keep it elsewhere), signed with the key this machine has (exit 8 if none: "
-                   "verify never creates one); a path that cannot be written is refused (exit 3) before verifying.")
+                   "digest of every head to this file (keep it elsewhere), signed with the key this machine has "
+                   "(exit 8 if none: verify never creates one); a path that cannot be written is refused (exit 3) "
+                   "before verifying.")
 @click.option("--against", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Also prove nothing was rolled back since this exported head file (read up to 256 MiB, "
                    "about two million jobs; a larger file is no anchor: exit 3).")

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from orchestrator import latency as lat
-from orchestrator.errors import Interrupted, InvalidInputError, OrchestratorError  # Interrupted: what StopSignals raises
+# Interrupted: what StopSignals raises
+from orchestrator.errors import Interrupted, InvalidInputError, OrchestratorError
 
 GATE_P95_MS = 80.0
 GATE_P99_MS = 150.0

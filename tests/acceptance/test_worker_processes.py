@@ -167,7 +167,8 @@ def test_a_looping_worker_with_json_ends_with_a_stop_line_naming_the_kinds_it_le
     assert stopped["no_handler"]["jobs"] == 3
     assert {k: v["jobs"] for k, v in stopped["no_handler"]["kinds"].items()} == {"nosuchhandler": 2, "nosuchmod:fn": 1}
     assert "no handler is registered" in stopped["no_handler"]["kinds"]["nosuchhandler"]["reason"]
-    assert stopped["message"].startswith("worker w-json stopped after 1 run(s) of 1 job(s); 3 queued job(s) left for a worker")
+    assert stopped["message"].startswith(
+        "worker w-json stopped after 1 run(s) of 1 job(s); 3 queued job(s) left for a worker")
     assert [state(orch, j) for j in left] == ["queued"] * 3
 
 
