@@ -241,7 +241,7 @@ def cli() -> None:
 @click.option("--input-file", type=click.File("rb"), default=None, help="Read the JSON input from a file ('-' for stdin) of at most 1 MiB; "
               "a larger one is refused (exit 3) without being read further. UTF-8, as --input: UTF-16 or UTF-32 is "
               "refused (exit 3).  Without --input or --input-file the job has no input (null): stdin is read only "
-              "with --input-file -, and JSON piped in without it is refused (exit 2, nothing submitted), not dropped.")
+              "with --input-file -; data piped in with neither option is refused (exit 2, nothing submitted), not dropped.")
 @click.option("--audit", is_flag=True, help="Send a successful result to awaiting_audit for approval.")
 @click.option("--key", default=None, help="Idempotency key, an id (letters, digits, '.', '_', '-'): submitting the "
               "same key again returns the same job id.")
@@ -257,12 +257,10 @@ def submit(orch: Any, out: Output, kind: str, input_json: str | None, input_file
     if input_json is not None and input_file is not None:
         raise click.UsageError("give --input or --input-file, not both")
     name = getattr(input_file, "name", None)  # stdin's is "<stdin>" (none at all under a test runner)
-    if (input_file is None or name != "<stdin>") and _stdin_holds_data():
-        given = "--input gives the input too" if input_json is not None else (
-            "--input-file names another file" if input_file is not None else "no --input or --input-file is given")
-        raise click.UsageError(f"stdin holds data, but {given}: submit reads stdin only with --input-file - (to "
-                               "submit what is piped in: `... | orchestrator submit --kind K --input-file -`; "
-                               "to leave stdin alone: `< /dev/null`); nothing was submitted")
+    if input_json is None and input_file is None and _stdin_holds_data():  # JSON piped in, meant as the input
+        raise click.UsageError("stdin holds data, but no --input or --input-file is given: submit reads stdin only "
+                               "with --input-file - (to submit what is piped in: `... | orchestrator submit --kind K "
+                               "--input-file -`; a job with no input: `< /dev/null`); nothing was submitted")
     given = ("--input" if input_file is None
              else f"--input-file {name if isinstance(name, str) and name != '<stdin>' else '-'}")
     raw = read_at_most(input_file, MAX_INPUT_BYTES) if input_file is not None else input_json

@@ -87,15 +87,21 @@ def test_a_silent_or_empty_stdin_neither_blocks_submit_nor_stops_it(cli_env: dic
     assert job_count(cli_env) == 5
 
 
-def test_json_piped_to_submit_with_input_given_is_refused_as_well(cli_env: dict[str, str]) -> None:
-    """Input given twice, by --input and by the pipe: which one was meant is not guessed."""
-    read_end = filled_pipe(INPUT)
-    try:
-        proc = submit_with_stdin(cli_env, read_end, "--input", "{}")
-    finally:
-        os.close(read_end)
-    assert proc.returncode == 2 and "stdin holds data" in proc.stderr, proc.stderr
-    assert job_count(cli_env) == 0
+def test_a_submit_given_its_input_leaves_stdin_alone_as_in_a_while_read_loop(cli_env: dict[str, str],
+                                                                              tmp_path: Path) -> None:
+    """``while read id; do submit --input ...; done < list``: each submit's stdin holds the rest of the list, which
+    is not its input; given --input (or --input-file FILE), submit never looks at stdin."""
+    other = tmp_path / "other.json"
+    other.write_text("{}")
+    results = []
+    for args in (["--input", "{}"], ["--input-file", str(other)]):
+        read_end = filled_pipe("id-2\nid-3\n")
+        try:
+            results.append(submit_with_stdin(cli_env, read_end, *args))
+        finally:
+            os.close(read_end)
+    assert [p.returncode for p in results] == [0, 0], [p.stderr for p in results]
+    assert job_count(cli_env) == 2
 
 
 def test_submit_help_says_where_the_input_comes_from_when_no_option_gives_it(cli_env: dict[str, str]) -> None:
