@@ -184,7 +184,10 @@ def project_command(fn: Callable[..., int | None]) -> Callable[..., None]:
             from orchestrator.api import Orchestrator
 
             orch = Orchestrator(base_path=base_path, project_id=project_id, store_url=store_url)
-            code = fn(orch, out, **kwargs)
+            try:
+                code = fn(orch, out, **kwargs)
+            finally:  # a PostgreSQL store's connections and watchdog thread, also for a command run in process
+                orch.store.close()
         click.get_current_context().exit(code or 0)
 
     return wrapper
