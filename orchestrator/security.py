@@ -18,7 +18,7 @@ import os
 import re
 import string
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from orchestrator.errors import InvalidIdError, PathEscapeError
 
@@ -28,30 +28,40 @@ __all__ = ["REDACTED", "CUT_MARGIN", "cut_read_size", "sanitize_text", "sanitize
 REDACTED = "[REDACTED]"
 
 # Key names whose value is secret, in lower case. They also match as the END of a longer
-# name (``db_password``, ``GITHUB_TOKEN``, ``x-api-key``): such names are secret too.
-_KEYS = (
-    r"p(?:ass(?:word|wd|phrase)|wd|rivate[_-]?key)|token|api[_-]?key"
+# name (``db_password``, ``GITHUB_TOKEN``, ``x-api-key``): such names are secret too. ``pass`` only after a ``_``
+# (``DB_PASS``, ``smtp_pass``): alone or ending a word it is a test's result (``PASS: name``, ``pass=12``) or
+# another word (``bypass``, ``compass``).
+_KEY_STEMS = (
+    r"p(?:ass(?:word|wd|phrase)|(?<=_p)ass|wd|rivate[_-]?key)|api[_-]?key|credential|(?:access|account)[_-]?key"
     r"|se(?:cret(?:[_-]?access)?(?:[_-]?key)?|ssion[_-]?id)"
 )
+# A key word may be followed by a plural ``s`` (not ``token``'s: ``prompt_tokens``, ``max_tokens`` count an LLM's
+# tokens), a number (``password2``, ``api_key_1``) and a word saying the value is the secret in another form
+# (``password_hash``, ``secret_value``, ``passwordConfirmation``); by nothing else (``password_policy``,
+# ``token_count``, ``secret_santa`` hold no secret).
+_KEYS = rf"(?:(?:{_KEY_STEMS})s?|token)(?:[_.-]?[0-9]+)?(?:[_.-]?(?:value|hash|digest|confirm(?:ation)?))?"
 _HEADER_KEYS = r"authorization|cookie"  # also proxy-authorization, set-cookie
-# Separator between a key and its value: ``k=v``, ``k: v``, ``"k": "v"``, ``\"k\": \"v\"``.
-_SEP = r"""(?:\\?["'])?[ \t]*[:=][ \t]*"""
+# Separator between a key and its value: ``k=v``, ``k: v``, ``"k": "v"``, ``\"k\": \"v\"``; and other languages'
+# ``k => v`` (Ruby's hashes, PHP, Perl), ``k := v`` (Go), ``k == v`` (a comparison with the secret).
+_SEP = r"""(?:\\?["'])?[ \t]*(?:=[>=]?|:=?)[ \t]*"""
 # A quoted value (the quote may be JSON-escaped); escapes are skipped so ``\"`` stays inside.
 _QUOTED = r"""(?P<q>\\?["'])(?P<v>(?:(?!(?P=q))(?:\\.|[^\\\r\n]))+)"""
 
 
-def _unquoted(stop: str) -> str:
+def _unquoted(stop: str, marker: str = REDACTED.lower()) -> str:
     """Regex for a bare value: 1+ chars not in ``stop``, backslash escapes kept whole; or ``[REDACTED]`` (lowered:
-    matching runs on a lowered copy), which ends there: a value redacted before, followed by other text (the
-    ``, `` of a list of names each sanitized on its own) that sanitizing again must keep, or it is not idempotent.
+    matching runs on a lowered copy; ``marker`` for a pattern that reads the text as it is), which ends there: a
+    value redacted before, followed by other text (the ``, `` of a list of names each sanitized on its own) that
+    sanitizing again must keep, or it is not idempotent.
 
     Written as an unrolled loop (no alternation inside the repeat) so it stays fast.
     """
     plain = rf"[^{stop}\\]"
-    return rf"(?:{re.escape(REDACTED.lower())}|(?:{plain}|\\.){plain}*(?:\\.{plain}*)*)"
+    return rf"(?:{re.escape(marker)}|(?:{plain}|\\.){plain}*(?:\\.{plain}*)*)"
 
 
 _TO_EOL, _TO_SPACE, _TO_AMP = _unquoted(r"\r\n\"'"), _unquoted(r"\s\"'"), _unquoted(r"\s\"'&")
+_TO_SPACE_AS_IS = _unquoted(r"\s\"'", REDACTED)
 
 
 # A private key: PEM (``-----BEGIN RSA PRIVATE KEY-----``), OpenPGP's armor (``-----BEGIN PGP PRIVATE KEY
@@ -70,8 +80,10 @@ _PUTTY = "Private-"  # what each of PuTTY's two lines above begins with
 _LINE_END = re.compile(r"\r\n?|\n")  # CRLF, LF, or CR alone (old Mac)
 _BASE64 = string.ascii_letters + string.digits + "+/="
 _DIGIT_RUN = re.compile(r"[0-9]+")
-# ``scheme://user:pass@host``; the password runs to the last ``@`` of the authority.
-_URL_CREDS = re.compile(r"""://[^\s:/?#@"'<>]*:(?P<v>[^\s/?#"'<>]+)@""")
+# ``scheme://user:pass@host``; the password runs to the last ``@`` of the authority. A user without a password is
+# redacted when it looks like a token (``https://<token>@github.com``): 20 or more of ``[a-z0-9_-]``, a digit among
+# them (``git@``, ``deploy-user@`` are user names).
+_URL_CREDS = re.compile(r"""://(?:[^\s:/?#@"'<>]*:(?P<v>[^\s/?#"'<>]+)|(?P<u>(?=[a-z_-]*[0-9])[a-z0-9_-]{20,}))@""")
 _HEADER = re.compile(
     rf"(?:{_HEADER_KEYS}){_SEP}(?P<q>\\?[\"'])?(?:(?:bearer|basic|digest|token|negotiate|ntlm)[ \t]+)?"
     rf"""(?P<v>(?(q)(?:(?!(?P=q))(?:\\.|[^\\\r\n]))+|{_TO_EOL}))"""
@@ -82,6 +94,31 @@ _CLI = re.compile(
     rf"""-(?<![\w-]-)-?(?:[a-z0-9]+[-_])*(?:{_KEYS})[ \t]+(?![:=])(?:{_QUOTED}|(?P<u>{_TO_SPACE}))"""
 )
 _KV = re.compile(rf"""(?:{_KEYS}){_SEP}(?:{_QUOTED}|(?P<u>{_TO_AMP}))""")
+# ``Bearer <token>`` with no header name before it (a curl ``-H`` argument, a header given as a pair, a message):
+# a token of 8 or more of RFC 6750's characters with a digit among them, or of 32 or more ("Bearer tokens are",
+# ``Bearer realm="x"`` are kept).
+_BEARER_CHAR = r"[a-z0-9_.~+/%=-]"
+_BEARER = re.compile(
+    rf"(?<![a-z0-9_-])bearer[ \t]+(?P<v>(?=[a-z_.~+/%=-]*[0-9]){_BEARER_CHAR}{{8,}}|{_BEARER_CHAR}{{32,}})"
+)
+# A ``.netrc`` entry (``machine h login bob password x``, on one line or several): the value after ``password``
+# where a ``machine``, ``login`` or ``account`` and its value come right before it, as nowhere in prose.
+_NETRC = re.compile(
+    rf"""(?<![a-z0-9_-])(?:machine|login|account)\s+\S+\s+password\s+(?:{_QUOTED}|(?P<u>{_TO_SPACE}))"""
+)
+# ``curl -u user:password`` (``--user``, and ``-U``/``--proxy-user`` for a proxy): the password after the user's
+# ``:``; one that is a number is kept (``_a_number``: ``docker run -u 1000:1000`` names a user and a group id).
+_CLI_USER = re.compile(
+    r"""(?<![\w-])(?:-u +|--(?:proxy-)?user(?: +|=))"""
+    rf"""(?:(?P<q>["'])[^\s:"']*:(?P<v>(?:(?!(?P=q))[^\r\n])+)|[^\s:"']*:(?P<u>{_TO_SPACE}))"""
+)
+# These two read the text as it is (``-P`` is MySQL's port): ``sshpass -p x`` (``-px``), and a MySQL client's
+# password joined to its ``-p`` (``mysql -u root -px``; ``-p`` alone asks for it, and ``-p x`` names a database).
+# The arguments before ``-p`` stop at one holding "mysql", where the next look starts: each is read once.
+_SSHPASS = re.compile(rf"""(?<![\w.-])sshpass[ \t]+-p[ \t]*(?:{_QUOTED}|(?P<u>{_TO_SPACE_AS_IS}))""")
+_MYSQL = re.compile(
+    rf"""(?<![\w.-])mysql[a-z]*(?:[ \t]+(?!-p|\S*mysql)\S+)*[ \t]+-p(?:{_QUOTED}|(?P<u>{_TO_SPACE_AS_IS}))"""
+)
 # Well-known credential shapes, recognised without any key name. Start and end at the
 # edge of a token run so a match never splits a run (this keeps redaction idempotent).
 _SHAPES = re.compile(
@@ -92,19 +129,48 @@ _SHAPES = re.compile(
     r"|xox[baprs]-[A-Za-z0-9-]{10,}"  # Slack
     r"|AIza[0-9A-Za-z_-]{35}"  # Google API key
     r"|eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"  # JWT
+    r"|[sr]k_(?:live|test)_[A-Za-z0-9]{16,}"  # Stripe's secret and restricted keys (``pk_``: publishable, kept)
+    r"|glpat-[A-Za-z0-9_-]{20,}"  # GitLab personal access token
+    r"|npm_[A-Za-z0-9]{36,}"  # npm
+    r"|SG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}"  # SendGrid
     r")(?![A-Za-z0-9_-])"
 )
 # What each match of ``_KEYS`` (lowered) holds, and what each of ``_SHAPES`` begins with: a text holding none of them
 # matches neither. Whole enough that prose seldom holds one ("passed", "rapid" and "session" do not).
-_KEY_WORDS = ("passw", "passp", "pwd", "private", "token", "apikey", "api_key", "api-key", "secret", "sessionid",
-              "session_id", "session-id")
+_KEY_WORDS = ("passw", "passp", "_pass", "pwd", "private", "token", "apikey", "api_key", "api-key", "secret",
+              "sessionid", "session_id", "session-id", "credential", "accesskey", "access_key", "access-key",
+              "accountkey", "account_key", "account-key")
 _HEADER_WORDS = ("authorization", "cookie")  # ``_HEADER_KEYS``'s
 _SECRET_KEY_WORDS = _KEY_WORDS + _HEADER_WORDS  # what ``_SENSITIVE_KEY`` (lowered) holds: ``_may_hold_secret``
+# What each match of ``_NETRC`` holds besides "password", of ``_CLI_USER`` (lowered), of ``_SSHPASS`` and ``_MYSQL``
+_NETRC_WORDS, _CLI_USER_WORDS, _AS_IS_WORDS = ("machine", "login", "account"), ("-u ", "-user"), ("sshpass", "mysql")
+# the literals, besides the shapes' starts, that ``_may_hold_secret`` looks for in any case
+_LOOKED_FOR = _SECRET_KEY_WORDS + ("bearer",) + _CLI_USER_WORDS + _AS_IS_WORDS
 # The characters ``re.IGNORECASE`` takes for an ASCII letter ('İ' and 'ı' for i, 'ſ' for s, the Kelvin sign for k):
 # ``_SENSITIVE_KEY`` finds "paſſword" a secret's key, whose lowered text holds no key word.
 _CASE_FOLDED_TO_ASCII = "\u0130\u0131\u017f\u212a"
-_SHAPE_STARTS = ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "AKIA", "ASIA", "xox", "AIza", "eyJ")
-_SENSITIVE_KEY = re.compile(rf"(?:{_KEYS}|{_HEADER_KEYS})\Z", re.I)
+_SHAPE_STARTS = ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "AKIA", "ASIA", "xox", "AIza", "eyJ",
+                 "sk_live_", "sk_test_", "rk_live_", "rk_test_", "glpat-", "npm_", "SG.")
+# A key of an object whose value is secret: a key word (``_KEYS``, its suffixes included, or a header's name) that
+# ends the name, but for blanks and punctuation after it (``"password "``, ``"Password:"``, ``"db_password\n"``).
+_SENSITIVE_KEY = re.compile(rf"(?:{_KEYS}|{_HEADER_KEYS})[\W_]*\Z", re.I)
+
+
+def _one_of(literals: set[str]) -> str:
+    """A regex matching any of ``literals``, written as a tree of their shared beginnings (``p(?:ass(?:p|w)|wd)``):
+    where a literal's first characters are not there, it fails at once, not once for each literal."""
+    firsts = sorted({literal[0] for literal in literals if literal})
+    branches = [re.escape(first) + _one_of({literal[1:] for literal in literals if literal[:1] == first})
+                for first in firsts]
+    body = branches[0] if len(branches) == 1 else f"(?:{'|'.join(branches)})" if branches else ""
+    return f"(?:{body})?" if "" in literals and branches else body
+
+
+# Every literal a redaction starts from, lowered (``_SHAPE_STARTS`` too: a superset): a short text whose lowered copy
+# holds none is returned as it is after one search, where looking for each literal in turn costs two to three times
+# that.
+_ANY_LITERAL = re.compile(_one_of({literal.lower() for literal in
+                                   _LOOKED_FOR + _SHAPE_STARTS + ("-----begin", "-----end", "://")}))
 # Looking for a literal of several characters costs ~0.7 ms a MB (CPython's search), for one character ~0.05 ms
 # (``memchr``): in a text this long or longer a literal is looked for only where each of its characters is there
 # (``_literals_held``), its rarest first. Data (JSON records, numbers, hex, base64) lacks most literals' rarer
@@ -125,7 +191,10 @@ def _os_error(text: str, m: re.Match[str]) -> bool:
     ends its line (or the text). Looks at most ``_OS_ERROR_LONGEST`` + 2 characters past the value's start, so a
     line of many matches still costs one pass."""
     start = m.start("u")
-    if start < 0 or ":" not in text[m.start():start]:
+    if start < 0:
+        return False
+    sep = text[m.start():start]  # the key and its separator: ``:``, not ``:=``
+    if ":" not in sep or "=" in sep:
         return False
     window = text[start:start + _OS_ERROR_LONGEST + 2]
     brk = _LINE_END.search(window)
@@ -139,8 +208,11 @@ def _rarest_first(literal: str) -> str:
     return "".join(sorted(set(literal), key=lambda char: -_BY_FREQUENCY.find(char) if char in _BY_FREQUENCY else -99))
 
 
+# what ``sanitize_text`` looks for in a long text as it is, and lowered
+_AS_IS_LITERALS = _SHAPE_STARTS + _AS_IS_WORDS + (_PUTTY,)
+_LOWERED_LITERALS = _SECRET_KEY_WORDS + ("bearer",) + _NETRC_WORDS + _CLI_USER_WORDS
 _CHARS_OF = {literal: _rarest_first(literal)
-             for literal in _SECRET_KEY_WORDS + _SHAPE_STARTS + (_PUTTY,)}
+             for literal in _LOOKED_FOR + _SHAPE_STARTS + _NETRC_WORDS + (_PUTTY,)}
 
 
 def _literals_held(text: str, literals: tuple[str, ...], *, any_case: bool = False) -> tuple[str, ...]:
@@ -168,23 +240,109 @@ def _ascii_lowered(text: str) -> str:
     return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
 
 
+def _a_number(text: str, m: re.Match[str]) -> bool:
+    """Whether the value of ``_CLI_USER``'s match ``m`` is digits only: ``-u 1000:1000`` names a user and group id."""
+    group = "v" if m.start("v") >= 0 else "u"
+    return text[m.start(group):m.end(group)].isdigit()
+
+
+_BLOCK_INDICATOR = re.compile(r"[|>](?:[-+]?[1-9]?|[1-9][-+])")  # YAML's literal or folded block: |, >-, |2+, ...
+_TO_LINE_END = re.compile(r"[ \t]*(?:#|\r|\n|\Z)")  # blanks, then a comment or the line's end
+_INDENT = re.compile(r"(?:[ \t]*-(?=[ \t]))*[ \t]*")  # blanks, a list item's ``- `` among them
+_BLANKS = re.compile(r"[ \t]*")
+_BLANK_LINES_THEN_INDENT = re.compile(r"(?:[ \t]*(?:\r\n?|\n))*([ \t]*)")
+
+
+class _YamlBlocks:
+    """What ``_KV`` redacts of a value that is a YAML block indicator (``password: |``, ``>-``, ``|2``) with nothing
+    but blanks or a comment after it on its line: the block's text, from the first line under it indented more than
+    the key's line (a list item's ``- `` counts as indentation) to the last such line before a line that is not
+    (blank lines are passed over). The ``|`` and the indentation are kept, so YAML stays YAML. Without such a line
+    nothing is redacted (the indicator is no secret, and the lines after it are not the key's); a block that begins
+    with ``[REDACTED]`` was redacted before and ends there, as a bare value does (``_unquoted``).
+
+    Linear: matches come in order; a line's end is searched for, and the block under it looked at, once however
+    many matches the line holds; the line breaks before the key, for its indentation, once in all
+    (``_line_start``), and only where a line under it is indented."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.scanned = self.line_start = 0  # line breaks are found up to ``scanned``; its line starts at line_start
+        self.looked = -1  # the end of the last line whose block was looked at (past the text: it has no end)
+        self.block = (-1, -1)  # that block, or (-1, -1)
+
+    def __call__(self, m: re.Match[str], start: int, end: int) -> tuple[int, int] | None:
+        """The span to redact for the value ``text[start:end]`` of ``m``; None: nothing."""
+        text = self.text
+        if text[start] not in "|>" or end - start > 3 or m.start("u") < 0 \
+                or _BLOCK_INDICATOR.fullmatch(text, start, end) is None:
+            return start, end
+        if end >= self.looked:  # a line not looked at yet
+            after = _TO_LINE_END.match(text, end)
+            if after is None:
+                return start, end
+            brk = _LINE_END.search(text, after.end() - 1)  # from the line break, or the comment's ``#``
+            self.looked = brk.end() if brk else len(text) + 1
+            self.block = self._block(m.start(), brk) if brk else (-1, -1)
+        return self.block if self.block[0] >= 0 else None
+
+    def _line_start(self, at: int) -> int:
+        for brk in _LINE_END.finditer(self.text, self.scanned, at):
+            self.line_start = brk.end()
+        self.scanned = at
+        return self.line_start
+
+    def _block(self, key: int, line_end: re.Match[str]) -> tuple[int, int]:
+        text = self.text
+        first = last = -1
+        under = _BLANK_LINES_THEN_INDENT.match(text, line_end.end())
+        if under.end(1) == under.start(1):  # the first line under it is not indented: no block (most texts)
+            return first, last
+        line_start = self._line_start(key)
+        indent = _INDENT.match(text, line_start, line_end.start()).end() - line_start
+        pos = under.start(1)
+        while pos < len(text):
+            brk = _LINE_END.search(text, pos)
+            stop = brk.start() if brk else len(text)
+            lead = _BLANKS.match(text, pos, stop).end()
+            if lead < stop:  # not blank
+                if lead - pos <= indent:
+                    break
+                if first < 0 and text.startswith(REDACTED, lead):  # redacted before: it ends there, as a value does
+                    return lead, lead + len(REDACTED)
+                first = lead if first < 0 else first
+                last = stop
+            if brk is None:
+                break
+            pos = brk.end()
+        return first, last
+
+
 def _redact_values(rx: re.Pattern[str], text: str, keep: Callable[[str, re.Match[str]], bool] | None = None,
-                   lowered: str | None = None) -> str:
+                   lowered: str | None = None, blocks: type[_YamlBlocks] | None = None) -> str:
     """Replace each match's value group, keeping its key, separator, quote and scheme (the whole match, where
-    ``keep(text, match)`` says so). ``text`` itself when nothing was replaced.
+    ``keep(text, match)`` says so). ``text`` itself when nothing was replaced. ``blocks``: a value may be a YAML
+    block indicator, whose block is redacted (a match inside it is then passed over).
 
     Matching runs on an ASCII-lowered copy (same length, same offsets; ``lowered`` when the caller has it) so key
     names are case-insensitive; the kept text is sliced from the original.
     """
     out: list[str] = []
     pos = 0
+    block = blocks(text) if blocks is not None else None
     for m in rx.finditer(_ascii_lowered(text) if lowered is None else lowered):
-        if keep is not None and keep(text, m):
+        if m.start() < pos or keep is not None and keep(text, m):
             continue
         group = "v" if m.start("v") >= 0 else "u"
-        out.append(text[pos : m.start(group)])
+        start, end = m.start(group), m.end(group)
+        if block is not None:
+            span = block(m, start, end)
+            if span is None:
+                continue
+            start, end = span
+        out.append(text[pos:start])
         out.append(REDACTED)
-        pos = m.end(group)
+        pos = end
     if not out:
         return text
     out.append(text[pos:])
@@ -228,34 +386,83 @@ def sanitize_text(text: str) -> str:
     """Return ``text`` with secret values replaced by ``[REDACTED]``, key names kept.
 
     Idempotent, linear-time, and ordinary prose ("the password policy", "token count 5")
-    is left alone: a key word only triggers redaction when a ``=``/``:`` value follows.
+    is left alone: a key word only triggers redaction when a value follows it after a separator (``=``, ``:``,
+    ``=>``, ``:=``, ``==``), a command's flag, or ``.netrc``'s ``login x password``.
     """
     if not isinstance(text, str):
         text = str(text)
     # Each pattern runs only on a text holding the literal it cannot match without (``_KEY_WORDS``, ``_SHAPE_STARTS``
     # and the literals below): most texts (a summary, a path) hold none, and a regex scan costs ~0.1 ms per kB where
     # ``in`` costs ~1 us.
-    putty = (len(text) < _LONG_TEXT or bool(_literals_held(text, (_PUTTY,)))) and _PUTTY in text
+    lowered = _ascii_lowered(text)
+    held: frozenset[str] | None = None  # in a long text, the literals whose every character it holds
+    if len(text) >= _LONG_TEXT:  # looked at for their characters first, all at once (a call costs ~2 us)
+        held = frozenset(_literals_held(text, _AS_IS_LITERALS) + _literals_held(lowered, _LOWERED_LITERALS))
+    elif _ANY_LITERAL.search(lowered) is None:
+        return text
+    given = text
+    putty = (held is None or _PUTTY in held) and _PUTTY in text
     if putty or "-----BEGIN" in text:
         text = _PRIVATE_KEY.sub(REDACTED, text)
     if putty or "-----END" in text:
         text = _redact_headless_keys(text)
     if "://" in text and "@" in text:
         text = _redact_values(_URL_CREDS, text)
-    # the lowered copy, made again only after a redaction changed the text; a redaction adds no key word
+    # the lowered copy, made again only after a redaction changed the text; a redaction adds no literal
     # ("[REDACTED]"), so what the first copy holds stays a superset of what the text holds
-    lowered = _ascii_lowered(text)
-    long = len(text) >= _LONG_TEXT  # looked at for each literal's characters first (no call for a short text)
-    header = any(word in lowered for word in (_literals_held(lowered, _HEADER_WORDS) if long else _HEADER_WORDS))
-    keyed = any(word in lowered for word in (_literals_held(lowered, _KEY_WORDS) if long else _KEY_WORDS))
-    for rx, wanted, keep in ((_HEADER, header, None), (_CLI, keyed, None), (_KV, keyed, _os_error)):
+    if text is not given:
+        lowered = _ascii_lowered(text)
+    keyed = _holds(lowered, _KEY_WORDS, held)
+    for rx, wanted, keep, blocks in (
+            (_HEADER, _holds(lowered, _HEADER_WORDS, held), None, None),
+            (_BEARER, _holds(lowered, ("bearer",), held), None, None),  # before a key's value: ``token: Bearer x``
+            (_CLI, keyed, None, None),
+            (_KV, keyed, _os_error, _YamlBlocks),
+            (_NETRC, keyed and _holds(lowered, _NETRC_WORDS, held), None, None),
+            (_CLI_USER, _holds(lowered, _CLI_USER_WORDS, held), _a_number, None)):
         if wanted:
-            redacted = _redact_values(rx, text, keep, lowered)
+            redacted = _redact_values(rx, text, keep, lowered, blocks)
             if redacted is not text:
                 text, lowered = redacted, _ascii_lowered(redacted)
-    if any(start in text for start in (_literals_held(text, _SHAPE_STARTS) if long else _SHAPE_STARTS)):
+    words = _AS_IS_WORDS if held is None else [word for word in _AS_IS_WORDS if word in held]
+    if words and "-p" in text:
+        for rx, word in ((_SSHPASS, "sshpass"), (_MYSQL, "mysql")):
+            if word in words and word in text:
+                text = _redact_values(rx, text, lowered=text)  # as it is: ``-P`` is another flag
+    if _holds(text, _SHAPE_STARTS, held):
         text = _SHAPES.sub(REDACTED, text)
     return text
+
+
+def _holds(text: str, literals: tuple[str, ...], held: frozenset[str] | None) -> bool:
+    """Whether ``text`` holds any of ``literals``. ``held``: those of them that may be there (the text is long), each
+    searched for where the stem it shares with others is there (``_any_in``)."""
+    if held is None:
+        return any(literal in text for literal in literals)
+    return _any_in(text, [literal for literal in literals if literal in held])
+
+
+# A literal's stem, which several literals share: in a long text, each literal whose characters are all there (in
+# prose, most) costs a search (~0.7 ms a MB); one search for their stem passes over all of them where it is not.
+_STEMS = {"passw": "pass", "passp": "pass", "_pass": "pass", "apikey": "key", "api_key": "key", "api-key": "key",
+          "accesskey": "key", "access_key": "key", "access-key": "key", "accountkey": "key", "account_key": "key",
+          "account-key": "key", "sessionid": "session", "session_id": "session", "session-id": "session"}
+
+
+def _any_in(text: str, literals: Sequence[str]) -> bool:
+    """Whether ``text`` holds any of ``literals``, each searched for only where its stem (``_STEMS``) is there."""
+    stems: dict[str, bool] = {}
+    for literal in literals:
+        stem = _STEMS.get(literal)
+        if stem is not None:
+            there = stems.get(stem)
+            if there is None:
+                there = stems[stem] = stem in text
+            if not there:
+                continue
+        if literal in text:
+            return True
+    return False
 
 
 # Read (or kept) beyond a cut, so that a secret the cut goes through is seen whole by ``sanitize_text`` (or
@@ -369,7 +576,9 @@ def sanitize_obj(obj: Any, written_in: str | None = None) -> Any:
 
     Whatever is stored under a secret-looking key is redacted whole: a scalar (``{"password": "x"}``),
     since its text alone looks harmless, and a list or an object (``{"token": {"a": "x"}}``), since
-    nothing inside it says it is secret. Only a value that holds nothing (``None``, a bool, ``""``,
+    nothing inside it says it is secret; so is the ``value`` of a name/value pair whose name is such a key
+    (``_secret_pair_value``). A key is secret-looking when a key word of ``sanitize_text`` ends it, blanks and
+    punctuation after it aside (``_SENSITIVE_KEY``). Only a value that holds nothing (``None``, a bool, ``""``,
     ``[]``, ``{}``) is kept as is. A key is itself text a handler chose (``{"note password=x": 1}``):
     it is sanitized too (``_sanitized_keys``), and no value is lost when two keys become one.
 
@@ -391,15 +600,33 @@ def sanitize_obj(obj: Any, written_in: str | None = None) -> Any:
     return _sanitized(obj)
 
 
+_PAIR_VALUES = ("value", "Value", "VALUE")
+_PAIR_NAMES = ("name", "Name", "NAME", "key", "Key", "KEY")
+
+
+def _secret_pair_value(obj: dict[Any, Any]) -> str | None:
+    """The key of ``obj``'s value when ``obj`` is a name/value pair whose name is a secret's key name
+    (``{"name": "DB_PASSWORD", "value": "x"}``, Kubernetes' env; ``{"Key": "api_key", "Value": "x"}``), else None."""
+    for value_key in _PAIR_VALUES:
+        if value_key in obj:
+            for name_key in _PAIR_NAMES:
+                name = obj.get(name_key)
+                if isinstance(name, str) and _SENSITIVE_KEY.search(name) is not None:
+                    return value_key
+            return None
+    return None
+
+
 def _sanitized(obj: Any) -> Any:
     """``sanitize_obj``'s walk: a copy with every string sanitized."""
     if isinstance(obj, str):
         return sanitize_text(obj)
     if isinstance(obj, dict):
         out: dict[Any, Any] = {}
+        paired = _secret_pair_value(obj)
         for key, stored in _sanitized_keys(obj).items():
             value = obj[key]
-            secret = isinstance(key, str) and _SENSITIVE_KEY.search(key) is not None
+            secret = isinstance(key, str) and (key == paired or _SENSITIVE_KEY.search(key) is not None)
             out[stored] = REDACTED if secret and _holds_something(value) else _sanitized(value)
         return out
     if isinstance(obj, list):
@@ -438,11 +665,12 @@ def json_source_text(raw: bytes) -> str | None:
 
 
 def _may_hold_secret(text: str) -> bool:
-    """Whether ``text`` holds any literal a redaction starts from: ``sanitize_text``'s guards, and the key words of
-    ``_SENSITIVE_KEY`` (under ``re.IGNORECASE``). False: ``sanitize_text`` leaves every string in ``text`` as it
-    is, and no key in it is a secret's. On the text of a whole structure a literal made of two of its strings
-    side by side is only a false alarm (the walk then runs). ``str.lower`` where ``sanitize_text`` lowers ASCII
-    letters only: it lowers them the same, so it finds every key word that holds, and may find more."""
+    """Whether ``text`` holds any literal a redaction starts from: ``sanitize_text``'s guards (``_LOOKED_FOR``, in
+    any case), and the key words of ``_SENSITIVE_KEY`` (under ``re.IGNORECASE``). False: ``sanitize_text`` leaves
+    every string in ``text`` as it is, and no key in it is a secret's. On the text of a whole structure a literal
+    made of two of its strings side by side is only a false alarm (the walk then runs). ``str.lower`` where
+    ``sanitize_text`` lowers ASCII letters only: it lowers them the same, so it finds every key word that holds,
+    and may find more."""
     if "://" in text and "@" in text:  # (a private key's BEGIN or END line, or PuTTY's, holds "private": a key word)
         return True
     long = len(text) >= _LONG_TEXT  # looked at for each literal's characters first
@@ -450,11 +678,10 @@ def _may_hold_secret(text: str) -> bool:
         return True
     if not text.isascii() and any(char in text for char in _CASE_FOLDED_TO_ASCII):
         return True
-    words = _literals_held(text, _SECRET_KEY_WORDS, any_case=True) if long else _SECRET_KEY_WORDS
+    words = _literals_held(text, _LOOKED_FOR, any_case=True) if long else _LOOKED_FOR
     if not words:  # a long text is lowered only if one of them may be in it
         return False
-    lowered = text.lower()
-    return any(word in lowered for word in words)
+    return _any_in(text.lower(), words)
 
 
 def _sanitized_keys(obj: dict[Any, Any]) -> dict[Any, Any]:

@@ -26,6 +26,14 @@ CANARIES = {
     "google": "AIza" + "CANARY13" + "a" * 27,
     "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiCANARY14.c2lnbmF0dXJl",
     "private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nCANARY15pk\n-----END OPENSSH PRIVATE KEY-----",
+    "ruby_hash": '{"password"=>"CANARY16rb"}',
+    "yaml_block": "password: |\n  CANARY17ym",
+    "bearer_bare": "curl -H 'Bearer CANARY18br0123'",
+    "stripe": "sk_live_CANARY19abcdefghijklmn",
+    "url_token": "https://CANARY20abcdefghijklmnop@github.com/o/r.git",
+    "curl_user": "curl -u bob:CANARY21cu",
+    "netrc": "machine h login bob password CANARY22nr",
+    "env_pass": "SMTP_PASS=CANARY23sp",
 }
 TEXT = "see:\n" + "\n".join(f"{name} {value}" for name, value in CANARIES.items())
 TAG = re.compile(r"CANARY\d\d")

@@ -338,6 +338,9 @@ REDACTED_FORMS = [
     f"Set-Cookie: {REDACTED}", f"Authorization: Bearer {REDACTED}", f"proxy-authorization: basic {REDACTED}",
     f"--password {REDACTED}", f"--db-token '{REDACTED}'", f"--api-key={REDACTED}", f"2-password={REDACTED}",
     f"postgres://admin:{REDACTED}@db:5432/app", f"https://password:{REDACTED}@h/x", f"x-api-key:{REDACTED}",
+    f'"password"=>"{REDACTED}"', f"token := {REDACTED}", f"password: |\n  {REDACTED}", f"Bearer {REDACTED}",
+    f"https://{REDACTED}@h", f"curl -u bob:{REDACTED}", f"sshpass -p {REDACTED}", f"mysql -p{REDACTED}",
+    f"login bob password {REDACTED}", f"DB_PASS={REDACTED}",
     REDACTED,  # a shape's, a private key's
 ]
 AROUND = [", ", ",", "; ", " ", "\n", "\r\n", "\t", ".", ")", "(", "/", "sub/r.txt", "report.md", "&page=2", "x", "é",
@@ -363,20 +366,28 @@ def test_property_a_text_whose_every_secret_is_already_redacted_is_left_as_it_is
 
 def _every_pattern(text: str) -> str:
     """``sanitize_text`` as it was before it skipped the patterns a text cannot match: each one, always."""
-    from orchestrator import security
+    from orchestrator import security as s
 
-    text = security._PRIVATE_KEY.sub(REDACTED, text)  # noqa: SLF001 - the reference the skipping must equal
-    text = security._redact_headless_keys(text)  # noqa: SLF001
-    for rx in (security._URL_CREDS, security._HEADER, security._CLI):  # noqa: SLF001
-        text = security._redact_values(rx, text)  # noqa: SLF001
-    text = security._redact_values(security._KV, text, keep=security._os_error)  # noqa: SLF001
-    return security._SHAPES.sub(REDACTED, text)  # noqa: SLF001
+    # noqa: SLF001 - the reference the skipping must equal, in sanitize_text's order
+    text = s._redact_headless_keys(s._PRIVATE_KEY.sub(REDACTED, text))  # noqa: SLF001
+    for rx, keep, blocks in ((s._URL_CREDS, None, None), (s._HEADER, None, None),  # noqa: SLF001
+                             (s._BEARER, None, None), (s._CLI, None, None),  # noqa: SLF001
+                             (s._KV, s._os_error, s._YamlBlocks), (s._NETRC, None, None),  # noqa: SLF001
+                             (s._CLI_USER, s._a_number, None)):  # noqa: SLF001
+        text = s._redact_values(rx, text, keep, blocks=blocks)  # noqa: SLF001
+    for rx in (s._SSHPASS, s._MYSQL):  # noqa: SLF001 - these read the text as it is
+        text = s._redact_values(rx, text, lowered=text)  # noqa: SLF001
+    return s._SHAPES.sub(REDACTED, text)  # noqa: SLF001
 
 
 # each key word and shape's start, in other cases and spellings than FRAGMENTS, beside the characters around them
 TRIGGERS = FRAGMENTS + ["PassPhrase", "PWD", "Private-Key", "privatekey", "Session_Id", "SECRET_ACCESS_KEY",
                         "x-api-key", "Proxy-Authorization", "set-cookie", "gho_", "ghu_", "ghs_", "ghr_",
-                        "github_pat_", "ASIA", "xoxp-", "sk-ant-", "user:pw@", "İ", "K", "ß", "\r\n"]
+                        "github_pat_", "ASIA", "xoxp-", "sk-ant-", "user:pw@", "İ", "K", "ß", "\r\n",
+                        "_PASS", "Credentials", "AccountKey", "access-key", "s", "1", "_hash", "Confirmation", "=>",
+                        ":=", "==", "|", ">-", "\n  ", "# c", "- ", "sk_live_", "rk_test_", "glpat-", "npm_", "SG.",
+                        "Bearer ", "a1" * 8, "://" + "a1" * 10 + "@", "-u ", "--user=", "-U ", "b:", "1000",
+                        "sshpass -p", "mysql ", "-p", "-P", "machine h ", "login ", "password "]
 
 
 # one secret for each way a key word is spelled and each shape the patterns know (the CANARIES have more)
@@ -389,6 +400,11 @@ EVERY_SPELLING = [
     "github_pat_" + "s" * 20, "eyJs1234.eyJs1234.s", "-----BEGIN PRIVATE KEY-----\ns1\n-----END PRIVATE KEY-----",
     "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\ns1\n-----END PGP PRIVATE KEY BLOCK-----",
     "Private-Lines: 1\ns1\nPrivate-MAC: 0a1b", "s1\nPrivate-MAC: 0a1b",
+    "password=>s1", "token := s1", "secret==s1", "passwords=s1", "secret2=s1", "token_hash=s1", "db_pass=s1",
+    "credentials=s1", "access_key=s1", "AccountKey=s1", "password: |\n  s1", "secret: >-\n\n   s1\n  s1",
+    "sk_live_" + "s1" * 8, "rk_test_" + "s1" * 8, "glpat-" + "s1" * 10, "npm_" + "s1" * 18,
+    "SG." + "s1" * 8 + "." + "s1" * 8, "Bearer s1234567", "https://" + "s1" * 10 + "@h", "curl -u u:s1",
+    "--user=u:s1", "sshpass -ps1", "mysql -ps1", "machine h login u password s1",
 ]
 
 
