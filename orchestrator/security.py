@@ -4,15 +4,13 @@ Everything a job prints or an operator types may end up in a JSONL event or a lo
 ``sanitize_text`` runs over text before it is persisted. Ids become file names and
 artifact paths come from jobs, so both are checked before they touch the filesystem.
 
-Every regex here is written to run in linear time: each repeated piece has disjoint
-alternatives, and patterns that must scan a run of characters before failing only start
-at the beginning of such a run (a negative lookbehind), so a 5 MB line costs one pass.
-Key names are matched on an ASCII-lowered copy instead of with re.IGNORECASE: same
-result, but sre keeps its fast scan for the first character (about 4x faster).
+What a secret looks like (the patterns, and the literals each one's match holds) is in
+``orchestrator/secret_patterns.py``; here, when each pattern runs and what it replaces. Every
+regex of both runs in linear time (see there), and so does every loop here: a 5 MB line costs
+one pass.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -21,156 +19,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from orchestrator.errors import InvalidIdError, PathEscapeError
+from orchestrator.secret_patterns import (ANY_LITERAL, AS_IS_WORDS, BEARER, CASE_FOLDED_TO_ASCII, CLI, CLI_USER,
+                                         CLI_USER_WORDS, HEADER, HEADER_WORDS, KEY_WORDS, KV, LINE_END, LOOKED_FOR,
+                                         MYSQL, NETRC, NETRC_WORDS, PRIVATE_KEY, PRIVATE_KEY_END, PUTTY, REDACTED,
+                                         SECRET_KEY_WORDS, SENSITIVE_KEY, SHAPES, SHAPE_STARTS, SSHPASS, URL_CREDS,
+                                         YamlBlocks, a_number, os_error)
 
 __all__ = ["REDACTED", "CUT_MARGIN", "cut_read_size", "sanitize_text", "sanitized_cut", "sanitize_obj", "one_line",
            "json_source_text", "safe_line", "shown", "validate_id", "safe_join", "validate_artifact_path"]
 
-REDACTED = "[REDACTED]"
-
-# Key names whose value is secret, in lower case. They also match as the END of a longer
-# name (``db_password``, ``GITHUB_TOKEN``, ``x-api-key``): such names are secret too. ``pass`` only after a ``_``
-# (``DB_PASS``, ``smtp_pass``): alone or ending a word it is a test's result (``PASS: name``, ``pass=12``) or
-# another word (``bypass``, ``compass``).
-_KEY_STEMS = (
-    r"p(?:ass(?:word|wd|phrase)|(?<=_p)ass|wd|rivate[_-]?key)|api[_-]?key|credential|(?:access|account)[_-]?key"
-    r"|se(?:cret(?:[_-]?access)?(?:[_-]?key)?|ssion[_-]?id)"
-)
-# A key word may be followed by a plural ``s`` (not ``token``'s: ``prompt_tokens``, ``max_tokens`` count an LLM's
-# tokens), a number (``password2``, ``api_key_1``) and a word saying the value is the secret in another form
-# (``password_hash``, ``secret_value``, ``passwordConfirmation``); by nothing else (``password_policy``,
-# ``token_count``, ``secret_santa`` hold no secret).
-_KEYS = rf"(?:(?:{_KEY_STEMS})s?|token)(?:[_.-]?[0-9]+)?(?:[_.-]?(?:value|hash|digest|confirm(?:ation)?))?"
-_HEADER_KEYS = r"authorization|cookie"  # also proxy-authorization, set-cookie
-# Separator between a key and its value: ``k=v``, ``k: v``, ``"k": "v"``, ``\"k\": \"v\"``; and other languages'
-# ``k => v`` (Ruby's hashes, PHP, Perl), ``k := v`` (Go), ``k == v`` (a comparison with the secret).
-_SEP = r"""(?:\\?["'])?[ \t]*(?:=[>=]?|:=?)[ \t]*"""
-# A quoted value (the quote may be JSON-escaped); escapes are skipped so ``\"`` stays inside.
-_QUOTED = r"""(?P<q>\\?["'])(?P<v>(?:(?!(?P=q))(?:\\.|[^\\\r\n]))+)"""
-
-
-def _unquoted(stop: str, marker: str = REDACTED.lower()) -> str:
-    """Regex for a bare value: 1+ chars not in ``stop``, backslash escapes kept whole; or ``[REDACTED]`` (lowered:
-    matching runs on a lowered copy; ``marker`` for a pattern that reads the text as it is), which ends there: a
-    value redacted before, followed by other text (the ``, `` of a list of names each sanitized on its own) that
-    sanitizing again must keep, or it is not idempotent.
-
-    Written as an unrolled loop (no alternation inside the repeat) so it stays fast.
-    """
-    plain = rf"[^{stop}\\]"
-    return rf"(?:{re.escape(marker)}|(?:{plain}|\\.){plain}*(?:\\.{plain}*)*)"
-
-
-_TO_EOL, _TO_SPACE, _TO_AMP = _unquoted(r"\r\n\"'"), _unquoted(r"\s\"'"), _unquoted(r"\s\"'&")
-_TO_SPACE_AS_IS = _unquoted(r"\s\"'", REDACTED)
-
-
-# A private key: PEM (``-----BEGIN RSA PRIVATE KEY-----``), OpenPGP's armor (``-----BEGIN PGP PRIVATE KEY
-# BLOCK-----``), or the private part of a PuTTY key file (``.ppk``: ``Private-Lines: N``, N lines of base64,
-# ``Private-MAC: <hex>``; its public lines, above, are kept). Unterminated: to the end (a head cut through it).
-_PEM_LABEL = r"[A-Z0-9 ]{0,64}PRIVATE KEY(?: BLOCK)?-----"
-_PUTTY_MAC = r"Private-MAC:[ \t]*[0-9A-Fa-f]+"
-_PRIVATE_KEY = re.compile(
-    rf"-----BEGIN{_PEM_LABEL}(?:[\s\S]*?-----END{_PEM_LABEL}|[\s\S]*)"
-    rf"|Private-Lines:[ \t]*[0-9]+(?:[\s\S]*?{_PUTTY_MAC}|[\s\S]*)"
-)
-# The END line of a key whose BEGIN line is not in the text (a tail cut through it: PuTTY's MAC line for its
-# ``Private-Lines``), and the body lines of the key left before it (``_redact_headless_keys``).
-_PRIVATE_KEY_END = re.compile(rf"-----END{_PEM_LABEL}|{_PUTTY_MAC}")
-_PUTTY = "Private-"  # what each of PuTTY's two lines above begins with
-_LINE_END = re.compile(r"\r\n?|\n")  # CRLF, LF, or CR alone (old Mac)
-_BASE64 = string.ascii_letters + string.digits + "+/="
-_DIGIT_RUN = re.compile(r"[0-9]+")
-# ``scheme://user:pass@host``; the password runs to the last ``@`` of the authority. A user without a password is
-# redacted when it looks like a token (``https://<token>@github.com``): 20 or more of ``[a-z0-9_-]``, a digit among
-# them (``git@``, ``deploy-user@`` are user names).
-_URL_CREDS = re.compile(r"""://(?:[^\s:/?#@"'<>]*:(?P<v>[^\s/?#"'<>]+)|(?P<u>(?=[a-z_-]*[0-9])[a-z0-9_-]{20,}))@""")
-_HEADER = re.compile(
-    rf"(?:{_HEADER_KEYS}){_SEP}(?P<q>\\?[\"'])?(?:(?:bearer|basic|digest|token|negotiate|ntlm)[ \t]+)?"
-    rf"""(?P<v>(?(q)(?:(?!(?P=q))(?:\\.|[^\\\r\n]))+|{_TO_EOL}))"""
-)
-# ``--password x``, ``--db-token 'x'``: the flag must start a word. ``--password = x`` is ``_KV``'s: an ``=`` or
-# ``:`` taken for the value left the value after it.
-_CLI = re.compile(
-    rf"""-(?<![\w-]-)-?(?:[a-z0-9]+[-_])*(?:{_KEYS})[ \t]+(?![:=])(?:{_QUOTED}|(?P<u>{_TO_SPACE}))"""
-)
-_KV = re.compile(rf"""(?:{_KEYS}){_SEP}(?:{_QUOTED}|(?P<u>{_TO_AMP}))""")
-# ``Bearer <token>`` with no header name before it (a curl ``-H`` argument, a header given as a pair, a message):
-# a token of 8 or more of RFC 6750's characters with a digit among them, or of 32 or more ("Bearer tokens are",
-# ``Bearer realm="x"`` are kept).
-_BEARER_CHAR = r"[a-z0-9_.~+/%=-]"
-_BEARER = re.compile(
-    rf"(?<![a-z0-9_-])bearer[ \t]+(?P<v>(?=[a-z_.~+/%=-]*[0-9]){_BEARER_CHAR}{{8,}}|{_BEARER_CHAR}{{32,}})"
-)
-# A ``.netrc`` entry (``machine h login bob password x``, on one line or several): the value after ``password``
-# where a ``machine``, ``login`` or ``account`` and its value come right before it, as nowhere in prose.
-_NETRC = re.compile(
-    rf"""(?<![a-z0-9_-])(?:machine|login|account)\s+\S+\s+password\s+(?:{_QUOTED}|(?P<u>{_TO_SPACE}))"""
-)
-# ``curl -u user:password`` (``--user``, and ``-U``/``--proxy-user`` for a proxy): the password after the user's
-# ``:``; one that is a number is kept (``_a_number``: ``docker run -u 1000:1000`` names a user and a group id).
-_CLI_USER = re.compile(
-    r"""(?<![\w-])(?:-u +|--(?:proxy-)?user(?: +|=))"""
-    rf"""(?:(?P<q>["'])[^\s:"']*:(?P<v>(?:(?!(?P=q))[^\r\n])+)|[^\s:"']*:(?P<u>{_TO_SPACE}))"""
-)
-# These two read the text as it is (``-P`` is MySQL's port): ``sshpass -p x`` (``-px``), and a MySQL client's
-# password joined to its ``-p`` (``mysql -u root -px``; ``-p`` alone asks for it, and ``-p x`` names a database).
-# The arguments before ``-p`` stop at one holding "mysql", where the next look starts: each is read once.
-_SSHPASS = re.compile(rf"""(?<![\w.-])sshpass[ \t]+-p[ \t]*(?:{_QUOTED}|(?P<u>{_TO_SPACE_AS_IS}))""")
-_MYSQL = re.compile(
-    rf"""(?<![\w.-])mysql[a-z]*(?:[ \t]+(?!-p|\S*mysql)\S+)*[ \t]+-p(?:{_QUOTED}|(?P<u>{_TO_SPACE_AS_IS}))"""
-)
-# Well-known credential shapes, recognised without any key name. Start and end at the
-# edge of a token run so a match never splits a run (this keeps redaction idempotent).
-_SHAPES = re.compile(
-    r"(?<![A-Za-z0-9_-])(?:"
-    r"sk-[A-Za-z0-9_-]{20,}"  # OpenAI sk-/sk-proj-, Anthropic sk-ant-
-    r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"  # GitHub
-    r"|(?:AKIA|ASIA)[0-9A-Z]{16}"  # AWS access key id
-    r"|xox[baprs]-[A-Za-z0-9-]{10,}"  # Slack
-    r"|AIza[0-9A-Za-z_-]{35}"  # Google API key
-    r"|eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"  # JWT
-    r"|[sr]k_(?:live|test)_[A-Za-z0-9]{16,}"  # Stripe's secret and restricted keys (``pk_``: publishable, kept)
-    r"|glpat-[A-Za-z0-9_-]{20,}"  # GitLab personal access token
-    r"|npm_[A-Za-z0-9]{36,}"  # npm
-    r"|SG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}"  # SendGrid
-    r")(?![A-Za-z0-9_-])"
-)
-# What each match of ``_KEYS`` (lowered) holds, and what each of ``_SHAPES`` begins with: a text holding none of them
-# matches neither. Whole enough that prose seldom holds one ("passed", "rapid" and "session" do not).
-_KEY_WORDS = ("passw", "passp", "_pass", "pwd", "private", "token", "apikey", "api_key", "api-key", "secret",
-              "sessionid", "session_id", "session-id", "credential", "accesskey", "access_key", "access-key",
-              "accountkey", "account_key", "account-key")
-_HEADER_WORDS = ("authorization", "cookie")  # ``_HEADER_KEYS``'s
-_SECRET_KEY_WORDS = _KEY_WORDS + _HEADER_WORDS  # what ``_SENSITIVE_KEY`` (lowered) holds: ``_may_hold_secret``
-# What each match of ``_NETRC`` holds besides "password", of ``_CLI_USER`` (lowered), of ``_SSHPASS`` and ``_MYSQL``
-_NETRC_WORDS, _CLI_USER_WORDS, _AS_IS_WORDS = ("machine", "login", "account"), ("-u ", "-user"), ("sshpass", "mysql")
-# the literals, besides the shapes' starts, that ``_may_hold_secret`` looks for in any case
-_LOOKED_FOR = _SECRET_KEY_WORDS + ("bearer",) + _CLI_USER_WORDS + _AS_IS_WORDS
-# The characters ``re.IGNORECASE`` takes for an ASCII letter ('İ' and 'ı' for i, 'ſ' for s, the Kelvin sign for k):
-# ``_SENSITIVE_KEY`` finds "paſſword" a secret's key, whose lowered text holds no key word.
-_CASE_FOLDED_TO_ASCII = "\u0130\u0131\u017f\u212a"
-_SHAPE_STARTS = ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "AKIA", "ASIA", "xox", "AIza", "eyJ",
-                 "sk_live_", "sk_test_", "rk_live_", "rk_test_", "glpat-", "npm_", "SG.")
-# A key of an object whose value is secret: a key word (``_KEYS``, its suffixes included, or a header's name) that
-# ends the name, but for blanks and punctuation after it (``"password "``, ``"Password:"``, ``"db_password\n"``).
-_SENSITIVE_KEY = re.compile(rf"(?:{_KEYS}|{_HEADER_KEYS})[\W_]*\Z", re.I)
-
-
-def _one_of(literals: set[str]) -> str:
-    """A regex matching any of ``literals``, written as a tree of their shared beginnings (``p(?:ass(?:p|w)|wd)``):
-    where a literal's first characters are not there, it fails at once, not once for each literal."""
-    firsts = sorted({literal[0] for literal in literals if literal})
-    branches = [re.escape(first) + _one_of({literal[1:] for literal in literals if literal[:1] == first})
-                for first in firsts]
-    body = branches[0] if len(branches) == 1 else f"(?:{'|'.join(branches)})" if branches else ""
-    return f"(?:{body})?" if "" in literals and branches else body
-
-
-# Every literal a redaction starts from, lowered (``_SHAPE_STARTS`` too: a superset): a short text whose lowered copy
-# holds none is returned as it is after one search, where looking for each literal in turn costs two to three times
-# that.
-_ANY_LITERAL = re.compile(_one_of({literal.lower() for literal in
-                                   _LOOKED_FOR + _SHAPE_STARTS + ("-----begin", "-----end", "://")}))
 # Looking for a literal of several characters costs ~0.7 ms a MB (CPython's search), for one character ~0.05 ms
 # (``memchr``): in a text this long or longer a literal is looked for only where each of its characters is there
 # (``_literals_held``), its rarest first. Data (JSON records, numbers, hex, base64) lacks most literals' rarer
@@ -178,29 +35,6 @@ _ANY_LITERAL = re.compile(_one_of({literal.lower() for literal in
 _LONG_TEXT = 1024
 _BY_FREQUENCY = "etaoinshrdlcumwfgypbvkjxqz"  # English letters, the most frequent first: others (a '-') are rarer
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
-# The C library's error messages (``strerror``). A program's diagnostic ``<name>: <message>`` whose name ends in a
-# key word (``passwd: File exists``, ``cat: /run/secrets/api_token: No such file or directory``) is no secret
-# when everything after the ``:`` to the end of its line is exactly one of them: that value is kept. Nothing
-# else is: a quoted value, a value after ``=``, one followed by anything more on its line (see _os_error).
-_OS_ERRORS = frozenset(m for m in map(os.strerror, errno.errorcode) if not m.startswith("Unknown error"))
-_OS_ERROR_LONGEST = max(map(len, _OS_ERRORS))
-
-
-def _os_error(text: str, m: re.Match[str]) -> bool:
-    """Whether the bare value of ``_KV``'s match ``m`` in ``text`` begins, after a ``:``, an OS error message that
-    ends its line (or the text). Looks at most ``_OS_ERROR_LONGEST`` + 2 characters past the value's start, so a
-    line of many matches still costs one pass."""
-    start = m.start("u")
-    if start < 0:
-        return False
-    sep = text[m.start():start]  # the key and its separator: ``:``, not ``:=``
-    if ":" not in sep or "=" in sep:
-        return False
-    window = text[start:start + _OS_ERROR_LONGEST + 2]
-    brk = _LINE_END.search(window)
-    if brk is None and start + len(window) < len(text):  # the line goes on past any message
-        return False
-    return window[:brk.start() if brk else len(window)].rstrip(" \t") in _OS_ERRORS
 
 
 def _rarest_first(literal: str) -> str:
@@ -209,15 +43,15 @@ def _rarest_first(literal: str) -> str:
 
 
 # what ``sanitize_text`` looks for in a long text as it is, and lowered
-_AS_IS_LITERALS = _SHAPE_STARTS + _AS_IS_WORDS + (_PUTTY,)
-_LOWERED_LITERALS = _SECRET_KEY_WORDS + ("bearer",) + _NETRC_WORDS + _CLI_USER_WORDS
+_AS_IS_LITERALS = SHAPE_STARTS + AS_IS_WORDS + (PUTTY,)
+_LOWERED_LITERALS = SECRET_KEY_WORDS + ("bearer",) + NETRC_WORDS + CLI_USER_WORDS
 _CHARS_OF = {literal: _rarest_first(literal)
-             for literal in _LOOKED_FOR + _SHAPE_STARTS + _NETRC_WORDS + (_PUTTY,)}
+             for literal in LOOKED_FOR + SHAPE_STARTS + NETRC_WORDS + (PUTTY,)}
 
 
 def _literals_held(text: str, literals: tuple[str, ...], *, any_case: bool = False) -> tuple[str, ...]:
     """The literals of ``literals`` whose every character ``text`` holds (with ``any_case``, in either case: those
-    ASCII-lowering ``text`` may give; ``str.lower`` too, but for ``_CASE_FOLDED_TO_ASCII``'s 'İ' and the Kelvin sign,
+    ASCII-lowering ``text`` may give; ``str.lower`` too, but for ``CASE_FOLDED_TO_ASCII``'s 'İ' and the Kelvin sign,
     which lower to 'i' and 'k'). Only these can be in it: the others need no search. For a long text (``_LONG_TEXT``)."""
     held: dict[str, bool] = {}
     found = []
@@ -240,86 +74,8 @@ def _ascii_lowered(text: str) -> str:
     return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
 
 
-def _a_number(text: str, m: re.Match[str]) -> bool:
-    """Whether the value of ``_CLI_USER``'s match ``m`` is digits only: ``-u 1000:1000`` names a user and group id."""
-    group = "v" if m.start("v") >= 0 else "u"
-    return text[m.start(group):m.end(group)].isdigit()
-
-
-_BLOCK_INDICATOR = re.compile(r"[|>](?:[-+]?[1-9]?|[1-9][-+])")  # YAML's literal or folded block: |, >-, |2+, ...
-_TO_LINE_END = re.compile(r"[ \t]*(?:#|\r|\n|\Z)")  # blanks, then a comment or the line's end
-_INDENT = re.compile(r"(?:[ \t]*-(?=[ \t]))*[ \t]*")  # blanks, a list item's ``- `` among them
-_BLANKS = re.compile(r"[ \t]*")
-_BLANK_LINES_THEN_INDENT = re.compile(r"(?:[ \t]*(?:\r\n?|\n))*([ \t]*)")
-
-
-class _YamlBlocks:
-    """What ``_KV`` redacts of a value that is a YAML block indicator (``password: |``, ``>-``, ``|2``) with nothing
-    but blanks or a comment after it on its line: the block's text, from the first line under it indented more than
-    the key's line (a list item's ``- `` counts as indentation) to the last such line before a line that is not
-    (blank lines are passed over). The ``|`` and the indentation are kept, so YAML stays YAML. Without such a line
-    nothing is redacted (the indicator is no secret, and the lines after it are not the key's); a block that begins
-    with ``[REDACTED]`` was redacted before and ends there, as a bare value does (``_unquoted``).
-
-    Linear: matches come in order; a line's end is searched for, and the block under it looked at, once however
-    many matches the line holds; the line breaks before the key, for its indentation, once in all
-    (``_line_start``), and only where a line under it is indented."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.scanned = self.line_start = 0  # line breaks are found up to ``scanned``; its line starts at line_start
-        self.looked = -1  # the end of the last line whose block was looked at (past the text: it has no end)
-        self.block = (-1, -1)  # that block, or (-1, -1)
-
-    def __call__(self, m: re.Match[str], start: int, end: int) -> tuple[int, int] | None:
-        """The span to redact for the value ``text[start:end]`` of ``m``; None: nothing."""
-        text = self.text
-        if text[start] not in "|>" or end - start > 3 or m.start("u") < 0 \
-                or _BLOCK_INDICATOR.fullmatch(text, start, end) is None:
-            return start, end
-        if end >= self.looked:  # a line not looked at yet
-            after = _TO_LINE_END.match(text, end)
-            if after is None:
-                return start, end
-            brk = _LINE_END.search(text, after.end() - 1)  # from the line break, or the comment's ``#``
-            self.looked = brk.end() if brk else len(text) + 1
-            self.block = self._block(m.start(), brk) if brk else (-1, -1)
-        return self.block if self.block[0] >= 0 else None
-
-    def _line_start(self, at: int) -> int:
-        for brk in _LINE_END.finditer(self.text, self.scanned, at):
-            self.line_start = brk.end()
-        self.scanned = at
-        return self.line_start
-
-    def _block(self, key: int, line_end: re.Match[str]) -> tuple[int, int]:
-        text = self.text
-        first = last = -1
-        under = _BLANK_LINES_THEN_INDENT.match(text, line_end.end())
-        if under.end(1) == under.start(1):  # the first line under it is not indented: no block (most texts)
-            return first, last
-        line_start = self._line_start(key)
-        indent = _INDENT.match(text, line_start, line_end.start()).end() - line_start
-        pos = under.start(1)
-        while pos < len(text):
-            brk = _LINE_END.search(text, pos)
-            stop = brk.start() if brk else len(text)
-            lead = _BLANKS.match(text, pos, stop).end()
-            if lead < stop:  # not blank
-                if lead - pos <= indent:
-                    break
-                if first < 0 and text.startswith(REDACTED, lead):  # redacted before: it ends there, as a value does
-                    return lead, lead + len(REDACTED)
-                first = lead if first < 0 else first
-                last = stop
-            if brk is None:
-                break
-            pos = brk.end()
-        return first, last
-
-
 def _redact_values(rx: re.Pattern[str], text: str, keep: Callable[[str, re.Match[str]], bool] | None = None,
-                   lowered: str | None = None, blocks: type[_YamlBlocks] | None = None) -> str:
+                   lowered: str | None = None, blocks: type[YamlBlocks] | None = None) -> str:
     """Replace each match's value group, keeping its key, separator, quote and scheme (the whole match, where
     ``keep(text, match)`` says so). ``text`` itself when nothing was replaced. ``blocks``: a value may be a YAML
     block indicator, whose block is redacted (a match inside it is then passed over).
@@ -349,17 +105,21 @@ def _redact_values(rx: re.Pattern[str], text: str, keep: Callable[[str, re.Match
     return "".join(out)
 
 
+_BASE64 = string.ascii_letters + string.digits + "+/="
+_DIGIT_RUN = re.compile(r"[0-9]+")
+
+
 def _redact_headless_keys(text: str) -> str:
     """Redact a private key's END line with the body lines before it, when its BEGIN line is not there
-    (``_PRIVATE_KEY`` has already taken every whole key): what is left of a key in a cut text. A body line is base64
+    (``PRIVATE_KEY`` has already taken every whole key): what is left of a key in a cut text. A body line is base64
     after a prefix of the END line's shape (``_prefix_shape``: an indent, a quote, a log's timestamp), or, as the
     text's first line (a cut may begin in it), after the end of such a prefix; lines may end in LF, CRLF or CR.
     Walking back from the END line stops at the first line that is not one.
     Linear: the text between two END lines is split into lines once, and each line is looked at once."""
     out: list[str] = []
     pos = 0
-    for m in _PRIVATE_KEY_END.finditer(text):
-        breaks = [(brk.start(), brk.end()) for brk in _LINE_END.finditer(text, pos, m.start())]
+    for m in PRIVATE_KEY_END.finditer(text):
+        breaks = [(brk.start(), brk.end()) for brk in LINE_END.finditer(text, pos, m.start())]
         line_starts = [pos] + [end for _start, end in breaks]
         prefix = text[line_starts[-1]:m.start()]
         shape = _prefix_shape(prefix)
@@ -391,46 +151,46 @@ def sanitize_text(text: str) -> str:
     """
     if not isinstance(text, str):
         text = str(text)
-    # Each pattern runs only on a text holding the literal it cannot match without (``_KEY_WORDS``, ``_SHAPE_STARTS``
+    # Each pattern runs only on a text holding the literal it cannot match without (``KEY_WORDS``, ``SHAPE_STARTS``
     # and the literals below): most texts (a summary, a path) hold none, and a regex scan costs ~0.1 ms per kB where
     # ``in`` costs ~1 us.
     lowered = _ascii_lowered(text)
     held: frozenset[str] | None = None  # in a long text, the literals whose every character it holds
     if len(text) >= _LONG_TEXT:  # looked at for their characters first, all at once (a call costs ~2 us)
         held = frozenset(_literals_held(text, _AS_IS_LITERALS) + _literals_held(lowered, _LOWERED_LITERALS))
-    elif _ANY_LITERAL.search(lowered) is None:
+    elif ANY_LITERAL.search(lowered) is None:
         return text
     given = text
-    putty = (held is None or _PUTTY in held) and _PUTTY in text
+    putty = (held is None or PUTTY in held) and PUTTY in text
     if putty or "-----BEGIN" in text:
-        text = _PRIVATE_KEY.sub(REDACTED, text)
+        text = PRIVATE_KEY.sub(REDACTED, text)
     if putty or "-----END" in text:
         text = _redact_headless_keys(text)
     if "://" in text and "@" in text:
-        text = _redact_values(_URL_CREDS, text)
+        text = _redact_values(URL_CREDS, text)
     # the lowered copy, made again only after a redaction changed the text; a redaction adds no literal
     # ("[REDACTED]"), so what the first copy holds stays a superset of what the text holds
     if text is not given:
         lowered = _ascii_lowered(text)
-    keyed = _holds(lowered, _KEY_WORDS, held)
+    keyed = _holds(lowered, KEY_WORDS, held)
     for rx, wanted, keep, blocks in (
-            (_HEADER, _holds(lowered, _HEADER_WORDS, held), None, None),
-            (_BEARER, _holds(lowered, ("bearer",), held), None, None),  # before a key's value: ``token: Bearer x``
-            (_CLI, keyed, None, None),
-            (_KV, keyed, _os_error, _YamlBlocks),
-            (_NETRC, keyed and _holds(lowered, _NETRC_WORDS, held), None, None),
-            (_CLI_USER, _holds(lowered, _CLI_USER_WORDS, held), _a_number, None)):
+            (HEADER, _holds(lowered, HEADER_WORDS, held), None, None),
+            (BEARER, _holds(lowered, ("bearer",), held), None, None),  # before a key's value: ``token: Bearer x``
+            (CLI, keyed, None, None),
+            (KV, keyed, os_error, YamlBlocks),
+            (NETRC, keyed and _holds(lowered, NETRC_WORDS, held), None, None),
+            (CLI_USER, _holds(lowered, CLI_USER_WORDS, held), a_number, None)):
         if wanted:
             redacted = _redact_values(rx, text, keep, lowered, blocks)
             if redacted is not text:
                 text, lowered = redacted, _ascii_lowered(redacted)
-    words = _AS_IS_WORDS if held is None else [word for word in _AS_IS_WORDS if word in held]
+    words = AS_IS_WORDS if held is None else [word for word in AS_IS_WORDS if word in held]
     if words and "-p" in text:
-        for rx, word in ((_SSHPASS, "sshpass"), (_MYSQL, "mysql")):
+        for rx, word in ((SSHPASS, "sshpass"), (MYSQL, "mysql")):
             if word in words and word in text:
                 text = _redact_values(rx, text, lowered=text)  # as it is: ``-P`` is another flag
-    if _holds(text, _SHAPE_STARTS, held):
-        text = _SHAPES.sub(REDACTED, text)
+    if _holds(text, SHAPE_STARTS, held):
+        text = SHAPES.sub(REDACTED, text)
     return text
 
 
@@ -578,7 +338,7 @@ def sanitize_obj(obj: Any, written_in: str | None = None) -> Any:
     since its text alone looks harmless, and a list or an object (``{"token": {"a": "x"}}``), since
     nothing inside it says it is secret; so is the ``value`` of a name/value pair whose name is such a key
     (``_secret_pair_value``). A key is secret-looking when a key word of ``sanitize_text`` ends it, blanks and
-    punctuation after it aside (``_SENSITIVE_KEY``). Only a value that holds nothing (``None``, a bool, ``""``,
+    punctuation after it aside (``SENSITIVE_KEY``). Only a value that holds nothing (``None``, a bool, ``""``,
     ``[]``, ``{}``) is kept as is. A key is itself text a handler chose (``{"note password=x": 1}``):
     it is sanitized too (``_sanitized_keys``), and no value is lost when two keys become one.
 
@@ -611,7 +371,7 @@ def _secret_pair_value(obj: dict[Any, Any]) -> str | None:
         if value_key in obj:
             for name_key in _PAIR_NAMES:
                 name = obj.get(name_key)
-                if isinstance(name, str) and _SENSITIVE_KEY.search(name) is not None:
+                if isinstance(name, str) and SENSITIVE_KEY.search(name) is not None:
                     return value_key
             return None
     return None
@@ -626,7 +386,7 @@ def _sanitized(obj: Any) -> Any:
         paired = _secret_pair_value(obj)
         for key, stored in _sanitized_keys(obj).items():
             value = obj[key]
-            secret = isinstance(key, str) and (key == paired or _SENSITIVE_KEY.search(key) is not None)
+            secret = isinstance(key, str) and (key == paired or SENSITIVE_KEY.search(key) is not None)
             out[stored] = REDACTED if secret and _holds_something(value) else _sanitized(value)
         return out
     if isinstance(obj, list):
@@ -665,8 +425,8 @@ def json_source_text(raw: bytes) -> str | None:
 
 
 def _may_hold_secret(text: str) -> bool:
-    """Whether ``text`` holds any literal a redaction starts from: ``sanitize_text``'s guards (``_LOOKED_FOR``, in
-    any case), and the key words of ``_SENSITIVE_KEY`` (under ``re.IGNORECASE``). False: ``sanitize_text`` leaves
+    """Whether ``text`` holds any literal a redaction starts from: ``sanitize_text``'s guards (``LOOKED_FOR``, in
+    any case), and the key words of ``SENSITIVE_KEY`` (under ``re.IGNORECASE``). False: ``sanitize_text`` leaves
     every string in ``text`` as it is, and no key in it is a secret's. On the text of a whole structure a literal
     made of two of its strings side by side is only a false alarm (the walk then runs). ``str.lower`` where
     ``sanitize_text`` lowers ASCII letters only: it lowers them the same, so it finds every key word that holds,
@@ -674,11 +434,11 @@ def _may_hold_secret(text: str) -> bool:
     if "://" in text and "@" in text:  # (a private key's BEGIN or END line, or PuTTY's, holds "private": a key word)
         return True
     long = len(text) >= _LONG_TEXT  # looked at for each literal's characters first
-    if any(start in text for start in (_literals_held(text, _SHAPE_STARTS) if long else _SHAPE_STARTS)):
+    if any(start in text for start in (_literals_held(text, SHAPE_STARTS) if long else SHAPE_STARTS)):
         return True
-    if not text.isascii() and any(char in text for char in _CASE_FOLDED_TO_ASCII):
+    if not text.isascii() and any(char in text for char in CASE_FOLDED_TO_ASCII):
         return True
-    words = _literals_held(text, _LOOKED_FOR, any_case=True) if long else _LOOKED_FOR
+    words = _literals_held(text, LOOKED_FOR, any_case=True) if long else LOOKED_FOR
     if not words:  # a long text is lowered only if one of them may be in it
         return False
     return _any_in(text.lower(), words)

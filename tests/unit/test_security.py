@@ -366,18 +366,18 @@ def test_property_a_text_whose_every_secret_is_already_redacted_is_left_as_it_is
 
 def _every_pattern(text: str) -> str:
     """``sanitize_text`` as it was before it skipped the patterns a text cannot match: each one, always."""
+    from orchestrator import secret_patterns as p
     from orchestrator import security as s
 
-    # noqa: SLF001 - the reference the skipping must equal, in sanitize_text's order
-    text = s._redact_headless_keys(s._PRIVATE_KEY.sub(REDACTED, text))  # noqa: SLF001
-    for rx, keep, blocks in ((s._URL_CREDS, None, None), (s._HEADER, None, None),  # noqa: SLF001
-                             (s._BEARER, None, None), (s._CLI, None, None),  # noqa: SLF001
-                             (s._KV, s._os_error, s._YamlBlocks), (s._NETRC, None, None),  # noqa: SLF001
-                             (s._CLI_USER, s._a_number, None)):  # noqa: SLF001
+    # the reference the skipping must equal, in sanitize_text's order
+    text = s._redact_headless_keys(p.PRIVATE_KEY.sub(REDACTED, text))  # noqa: SLF001
+    for rx, keep, blocks in ((p.URL_CREDS, None, None), (p.HEADER, None, None), (p.BEARER, None, None),
+                             (p.CLI, None, None), (p.KV, p.os_error, p.YamlBlocks), (p.NETRC, None, None),
+                             (p.CLI_USER, p.a_number, None)):
         text = s._redact_values(rx, text, keep, blocks=blocks)  # noqa: SLF001
-    for rx in (s._SSHPASS, s._MYSQL):  # noqa: SLF001 - these read the text as it is
+    for rx in (p.SSHPASS, p.MYSQL):  # these read the text as it is
         text = s._redact_values(rx, text, lowered=text)  # noqa: SLF001
-    return s._SHAPES.sub(REDACTED, text)  # noqa: SLF001
+    return p.SHAPES.sub(REDACTED, text)
 
 
 # each key word and shape's start, in other cases and spellings than FRAGMENTS, beside the characters around them

@@ -1,0 +1,262 @@
+"""What a secret looks like to ``security.sanitize_text`` and ``sanitize_obj``: the key names whose value is
+secret, the separators and values after them, the forms and shapes recognised without a key, and the literals each
+pattern's match holds (what ``sanitize_text`` looks for before it runs a pattern).
+
+Every regex here is written to run in linear time: each repeated piece has disjoint alternatives, and patterns that
+must scan a run of characters before failing only start at the beginning of such a run (a negative lookbehind), so a
+5 MB line costs one pass. Key names are matched on an ASCII-lowered copy instead of with re.IGNORECASE (but for
+``SENSITIVE_KEY``, of an object's keys): same result, but sre keeps its fast scan for the first character (about 4x
+faster).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+
+REDACTED = "[REDACTED]"
+
+# Key names whose value is secret, in lower case. They also match as the END of a longer
+# name (``db_password``, ``GITHUB_TOKEN``, ``x-api-key``): such names are secret too. ``pass`` only after a ``_``
+# (``DB_PASS``, ``smtp_pass``): alone or ending a word it is a test's result (``PASS: name``, ``pass=12``) or
+# another word (``bypass``, ``compass``).
+_KEY_STEMS = (
+    r"p(?:ass(?:word|wd|phrase)|(?<=_p)ass|wd|rivate[_-]?key)|api[_-]?key|credential|(?:access|account)[_-]?key"
+    r"|se(?:cret(?:[_-]?access)?(?:[_-]?key)?|ssion[_-]?id)"
+)
+# A key word may be followed by a plural ``s`` (not ``token``'s: ``prompt_tokens``, ``max_tokens`` count an LLM's
+# tokens), a number (``password2``, ``api_key_1``) and a word saying the value is the secret in another form
+# (``password_hash``, ``secret_value``, ``passwordConfirmation``); by nothing else (``password_policy``,
+# ``token_count``, ``secret_santa`` hold no secret).
+_KEYS = rf"(?:(?:{_KEY_STEMS})s?|token)(?:[_.-]?[0-9]+)?(?:[_.-]?(?:value|hash|digest|confirm(?:ation)?))?"
+_HEADER_KEYS = r"authorization|cookie"  # also proxy-authorization, set-cookie
+# Separator between a key and its value: ``k=v``, ``k: v``, ``"k": "v"``, ``\"k\": \"v\"``; and other languages'
+# ``k => v`` (Ruby's hashes, PHP, Perl), ``k := v`` (Go), ``k == v`` (a comparison with the secret).
+_SEP = r"""(?:\\?["'])?[ \t]*(?:=[>=]?|:=?)[ \t]*"""
+# A quoted value (the quote may be JSON-escaped); escapes are skipped so ``\"`` stays inside.
+_QUOTED = r"""(?P<q>\\?["'])(?P<v>(?:(?!(?P=q))(?:\\.|[^\\\r\n]))+)"""
+
+
+def _unquoted(stop: str, marker: str = REDACTED.lower()) -> str:
+    """Regex for a bare value: 1+ chars not in ``stop``, backslash escapes kept whole; or ``[REDACTED]`` (lowered:
+    matching runs on a lowered copy; ``marker`` for a pattern that reads the text as it is), which ends there: a
+    value redacted before, followed by other text (the ``, `` of a list of names each sanitized on its own) that
+    sanitizing again must keep, or it is not idempotent.
+
+    Written as an unrolled loop (no alternation inside the repeat) so it stays fast.
+    """
+    plain = rf"[^{stop}\\]"
+    return rf"(?:{re.escape(marker)}|(?:{plain}|\\.){plain}*(?:\\.{plain}*)*)"
+
+
+_TO_EOL, _TO_SPACE, _TO_AMP = _unquoted(r"\r\n\"'"), _unquoted(r"\s\"'"), _unquoted(r"\s\"'&")
+_TO_SPACE_AS_IS = _unquoted(r"\s\"'", REDACTED)
+
+
+# A private key: PEM (``-----BEGIN RSA PRIVATE KEY-----``), OpenPGP's armor (``-----BEGIN PGP PRIVATE KEY
+# BLOCK-----``), or the private part of a PuTTY key file (``.ppk``: ``Private-Lines: N``, N lines of base64,
+# ``Private-MAC: <hex>``; its public lines, above, are kept). Unterminated: to the end (a head cut through it).
+_PEM_LABEL = r"[A-Z0-9 ]{0,64}PRIVATE KEY(?: BLOCK)?-----"
+_PUTTY_MAC = r"Private-MAC:[ \t]*[0-9A-Fa-f]+"
+PRIVATE_KEY = re.compile(
+    rf"-----BEGIN{_PEM_LABEL}(?:[\s\S]*?-----END{_PEM_LABEL}|[\s\S]*)"
+    rf"|Private-Lines:[ \t]*[0-9]+(?:[\s\S]*?{_PUTTY_MAC}|[\s\S]*)"
+)
+# The END line of a key whose BEGIN line is not in the text (a tail cut through it: PuTTY's MAC line for its
+# ``Private-Lines``), and the body lines of the key left before it (``_redact_headless_keys``).
+PRIVATE_KEY_END = re.compile(rf"-----END{_PEM_LABEL}|{_PUTTY_MAC}")
+PUTTY = "Private-"  # what each of PuTTY's two lines above begins with
+LINE_END = re.compile(r"\r\n?|\n")  # CRLF, LF, or CR alone (old Mac)
+# ``scheme://user:pass@host``; the password runs to the last ``@`` of the authority. A user without a password is
+# redacted when it looks like a token (``https://<token>@github.com``): 20 or more of ``[a-z0-9_-]``, a digit among
+# them (``git@``, ``deploy-user@`` are user names).
+URL_CREDS = re.compile(r"""://(?:[^\s:/?#@"'<>]*:(?P<v>[^\s/?#"'<>]+)|(?P<u>(?=[a-z_-]*[0-9])[a-z0-9_-]{20,}))@""")
+HEADER = re.compile(
+    rf"(?:{_HEADER_KEYS}){_SEP}(?P<q>\\?[\"'])?(?:(?:bearer|basic|digest|token|negotiate|ntlm)[ \t]+)?"
+    rf"""(?P<v>(?(q)(?:(?!(?P=q))(?:\\.|[^\\\r\n]))+|{_TO_EOL}))"""
+)
+# ``--password x``, ``--db-token 'x'``: the flag must start a word. ``--password = x`` is ``KV``'s: an ``=`` or
+# ``:`` taken for the value left the value after it.
+CLI = re.compile(
+    rf"""-(?<![\w-]-)-?(?:[a-z0-9]+[-_])*(?:{_KEYS})[ \t]+(?![:=])(?:{_QUOTED}|(?P<u>{_TO_SPACE}))"""
+)
+KV = re.compile(rf"""(?:{_KEYS}){_SEP}(?:{_QUOTED}|(?P<u>{_TO_AMP}))""")
+# ``Bearer <token>`` with no header name before it (a curl ``-H`` argument, a header given as a pair, a message):
+# a token of 8 or more of RFC 6750's characters with a digit among them, or of 32 or more ("Bearer tokens are",
+# ``Bearer realm="x"`` are kept).
+_BEARER_CHAR = r"[a-z0-9_.~+/%=-]"
+BEARER = re.compile(
+    rf"(?<![a-z0-9_-])bearer[ \t]+(?P<v>(?=[a-z_.~+/%=-]*[0-9]){_BEARER_CHAR}{{8,}}|{_BEARER_CHAR}{{32,}})"
+)
+# A ``.netrc`` entry (``machine h login bob password x``, on one line or several): the value after ``password``
+# where a ``machine``, ``login`` or ``account`` and its value come right before it, as nowhere in prose.
+NETRC = re.compile(
+    rf"""(?<![a-z0-9_-])(?:machine|login|account)\s+\S+\s+password\s+(?:{_QUOTED}|(?P<u>{_TO_SPACE}))"""
+)
+# ``curl -u user:password`` (``--user``, and ``-U``/``--proxy-user`` for a proxy): the password after the user's
+# ``:``; one that is a number is kept (``a_number``: ``docker run -u 1000:1000`` names a user and a group id).
+CLI_USER = re.compile(
+    r"""(?<![\w-])(?:-u +|--(?:proxy-)?user(?: +|=))"""
+    rf"""(?:(?P<q>["'])[^\s:"']*:(?P<v>(?:(?!(?P=q))[^\r\n])+)|[^\s:"']*:(?P<u>{_TO_SPACE}))"""
+)
+# These two read the text as it is (``-P`` is MySQL's port): ``sshpass -p x`` (``-px``), and a MySQL client's
+# password joined to its ``-p`` (``mysql -u root -px``; ``-p`` alone asks for it, and ``-p x`` names a database).
+# The arguments before ``-p`` stop at one holding "mysql", where the next look starts: each is read once.
+SSHPASS = re.compile(rf"""(?<![\w.-])sshpass[ \t]+-p[ \t]*(?:{_QUOTED}|(?P<u>{_TO_SPACE_AS_IS}))""")
+MYSQL = re.compile(
+    rf"""(?<![\w.-])mysql[a-z]*(?:[ \t]+(?!-p|\S*mysql)\S+)*[ \t]+-p(?:{_QUOTED}|(?P<u>{_TO_SPACE_AS_IS}))"""
+)
+# Well-known credential shapes, recognised without any key name. Start and end at the
+# edge of a token run so a match never splits a run (this keeps redaction idempotent).
+SHAPES = re.compile(
+    r"(?<![A-Za-z0-9_-])(?:"
+    r"sk-[A-Za-z0-9_-]{20,}"  # OpenAI sk-/sk-proj-, Anthropic sk-ant-
+    r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"  # GitHub
+    r"|(?:AKIA|ASIA)[0-9A-Z]{16}"  # AWS access key id
+    r"|xox[baprs]-[A-Za-z0-9-]{10,}"  # Slack
+    r"|AIza[0-9A-Za-z_-]{35}"  # Google API key
+    r"|eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"  # JWT
+    r"|[sr]k_(?:live|test)_[A-Za-z0-9]{16,}"  # Stripe's secret and restricted keys (``pk_``: publishable, kept)
+    r"|glpat-[A-Za-z0-9_-]{20,}"  # GitLab personal access token
+    r"|npm_[A-Za-z0-9]{36,}"  # npm
+    r"|SG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}"  # SendGrid
+    r")(?![A-Za-z0-9_-])"
+)
+# What each match of ``_KEYS`` (lowered) holds, and what each of ``SHAPES`` begins with: a text holding none of them
+# matches neither. Whole enough that prose seldom holds one ("passed", "rapid" and "session" do not).
+KEY_WORDS = ("passw", "passp", "_pass", "pwd", "private", "token", "apikey", "api_key", "api-key", "secret",
+             "sessionid", "session_id", "session-id", "credential", "accesskey", "access_key", "access-key",
+             "accountkey", "account_key", "account-key")
+HEADER_WORDS = ("authorization", "cookie")  # ``_HEADER_KEYS``'s
+SECRET_KEY_WORDS = KEY_WORDS + HEADER_WORDS  # what ``SENSITIVE_KEY`` (lowered) holds: ``security._may_hold_secret``
+# What each match of ``NETRC`` holds besides "password", of ``CLI_USER`` (lowered), of ``SSHPASS`` and ``MYSQL``
+NETRC_WORDS, CLI_USER_WORDS, AS_IS_WORDS = ("machine", "login", "account"), ("-u ", "-user"), ("sshpass", "mysql")
+# the literals, besides the shapes' starts, that ``security._may_hold_secret`` looks for in any case
+LOOKED_FOR = SECRET_KEY_WORDS + ("bearer",) + CLI_USER_WORDS + AS_IS_WORDS
+# The characters ``re.IGNORECASE`` takes for an ASCII letter ('İ' and 'ı' for i, 'ſ' for s, the Kelvin sign for k):
+# ``SENSITIVE_KEY`` finds "paſſword" a secret's key, whose lowered text holds no key word.
+CASE_FOLDED_TO_ASCII = "\u0130\u0131\u017f\u212a"
+SHAPE_STARTS = ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "AKIA", "ASIA", "xox", "AIza", "eyJ",
+                "sk_live_", "sk_test_", "rk_live_", "rk_test_", "glpat-", "npm_", "SG.")
+# A key of an object whose value is secret: a key word (``_KEYS``, its suffixes included, or a header's name) that
+# ends the name, but for blanks and punctuation after it (``"password "``, ``"Password:"``, ``"db_password\n"``).
+SENSITIVE_KEY = re.compile(rf"(?:{_KEYS}|{_HEADER_KEYS})[\W_]*\Z", re.I)
+
+
+def _one_of(literals: set[str]) -> str:
+    """A regex matching any of ``literals``, written as a tree of their shared beginnings (``p(?:ass(?:p|w)|wd)``):
+    where a literal's first characters are not there, it fails at once, not once for each literal."""
+    firsts = sorted({literal[0] for literal in literals if literal})
+    branches = [re.escape(first) + _one_of({literal[1:] for literal in literals if literal[:1] == first})
+                for first in firsts]
+    body = branches[0] if len(branches) == 1 else f"(?:{'|'.join(branches)})" if branches else ""
+    return f"(?:{body})?" if "" in literals and branches else body
+
+
+# Every literal a redaction starts from, lowered (``SHAPE_STARTS`` too: a superset): a short text whose lowered copy
+# holds none is returned as it is after one search, where looking for each literal in turn costs two to three times
+# that.
+ANY_LITERAL = re.compile(_one_of({literal.lower() for literal in
+                                  LOOKED_FOR + SHAPE_STARTS + ("-----begin", "-----end", "://")}))
+
+# The C library's error messages (``strerror``). A program's diagnostic ``<name>: <message>`` whose name ends in a
+# key word (``passwd: File exists``, ``cat: /run/secrets/api_token: No such file or directory``) is no secret
+# when everything after the ``:`` to the end of its line is exactly one of them: that value is kept. Nothing
+# else is: a quoted value, a value after ``=``, one followed by anything more on its line (see os_error).
+_OS_ERRORS = frozenset(m for m in map(os.strerror, errno.errorcode) if not m.startswith("Unknown error"))
+_OS_ERROR_LONGEST = max(map(len, _OS_ERRORS))
+
+
+def os_error(text: str, m: re.Match[str]) -> bool:
+    """Whether the bare value of ``KV``'s match ``m`` in ``text`` begins, after a ``:``, an OS error message that
+    ends its line (or the text). Looks at most ``_OS_ERROR_LONGEST`` + 2 characters past the value's start, so a
+    line of many matches still costs one pass."""
+    start = m.start("u")
+    if start < 0:
+        return False
+    sep = text[m.start():start]  # the key and its separator: ``:``, not ``:=``
+    if ":" not in sep or "=" in sep:
+        return False
+    window = text[start:start + _OS_ERROR_LONGEST + 2]
+    brk = LINE_END.search(window)
+    if brk is None and start + len(window) < len(text):  # the line goes on past any message
+        return False
+    return window[:brk.start() if brk else len(window)].rstrip(" \t") in _OS_ERRORS
+
+
+def a_number(text: str, m: re.Match[str]) -> bool:
+    """Whether the value of ``CLI_USER``'s match ``m`` is digits only: ``-u 1000:1000`` names a user and group id."""
+    group = "v" if m.start("v") >= 0 else "u"
+    return text[m.start(group):m.end(group)].isdigit()
+
+
+_BLOCK_INDICATOR = re.compile(r"[|>](?:[-+]?[1-9]?|[1-9][-+])")  # YAML's literal or folded block: |, >-, |2+, ...
+_TO_LINE_END = re.compile(r"[ \t]*(?:#|\r|\n|\Z)")  # blanks, then a comment or the line's end
+_INDENT = re.compile(r"(?:[ \t]*-(?=[ \t]))*[ \t]*")  # blanks, a list item's ``- `` among them
+_BLANKS = re.compile(r"[ \t]*")
+_BLANK_LINES_THEN_INDENT = re.compile(r"(?:[ \t]*(?:\r\n?|\n))*([ \t]*)")
+
+
+class YamlBlocks:
+    """What ``KV`` redacts of a value that is a YAML block indicator (``password: |``, ``>-``, ``|2``) with nothing
+    but blanks or a comment after it on its line: the block's text, from the first line under it indented more than
+    the key's line (a list item's ``- `` counts as indentation) to the last such line before a line that is not
+    (blank lines are passed over). The ``|`` and the indentation are kept, so YAML stays YAML. Without such a line
+    nothing is redacted (the indicator is no secret, and the lines after it are not the key's); a block that begins
+    with ``[REDACTED]`` was redacted before and ends there, as a bare value does (``_unquoted``).
+
+    Linear: matches come in order; a line's end is searched for, and the block under it looked at, once however
+    many matches the line holds; the line breaks before the key, for its indentation, once in all
+    (``_line_start``), and only where a line under it is indented."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.scanned = self.line_start = 0  # line breaks are found up to ``scanned``; its line starts at line_start
+        self.looked = -1  # the end of the last line whose block was looked at (past the text: it has no end)
+        self.block = (-1, -1)  # that block, or (-1, -1)
+
+    def __call__(self, m: re.Match[str], start: int, end: int) -> tuple[int, int] | None:
+        """The span to redact for the value ``text[start:end]`` of ``m``; None: nothing."""
+        text = self.text
+        if text[start] not in "|>" or end - start > 3 or m.start("u") < 0 \
+                or _BLOCK_INDICATOR.fullmatch(text, start, end) is None:
+            return start, end
+        if end >= self.looked:  # a line not looked at yet
+            after = _TO_LINE_END.match(text, end)
+            if after is None:
+                return start, end
+            brk = LINE_END.search(text, after.end() - 1)  # from the line break, or the comment's ``#``
+            self.looked = brk.end() if brk else len(text) + 1
+            self.block = self._block(m.start(), brk) if brk else (-1, -1)
+        return self.block if self.block[0] >= 0 else None
+
+    def _line_start(self, at: int) -> int:
+        for brk in LINE_END.finditer(self.text, self.scanned, at):
+            self.line_start = brk.end()
+        self.scanned = at
+        return self.line_start
+
+    def _block(self, key: int, line_end: re.Match[str]) -> tuple[int, int]:
+        text = self.text
+        first = last = -1
+        under = _BLANK_LINES_THEN_INDENT.match(text, line_end.end())
+        if under.end(1) == under.start(1):  # the first line under it is not indented: no block (most texts)
+            return first, last
+        line_start = self._line_start(key)
+        indent = _INDENT.match(text, line_start, line_end.start()).end() - line_start
+        pos = under.start(1)
+        while pos < len(text):
+            brk = LINE_END.search(text, pos)
+            stop = brk.start() if brk else len(text)
+            lead = _BLANKS.match(text, pos, stop).end()
+            if lead < stop:  # not blank
+                if lead - pos <= indent:
+                    break
+                if first < 0 and text.startswith(REDACTED, lead):  # redacted before: it ends there, as a value does
+                    return lead, lead + len(REDACTED)
+                first = lead if first < 0 else first
+                last = stop
+            if brk is None:
+                break
+            pos = brk.end()
+        return first, last
