@@ -88,10 +88,16 @@ _BEARER_CHAR = r"[a-z0-9_.~+/%=-]"
 BEARER = re.compile(
     rf"(?<![a-z0-9_-])bearer[ \t]+(?P<v>(?=[a-z_.~+/%=-]*[0-9]){_BEARER_CHAR}{{8,}}|{_BEARER_CHAR}{{32,}})"
 )
-# A ``.netrc`` entry (``machine h login bob password x``, on one line or several): the value after ``password``
-# where a ``machine``, ``login`` or ``account`` and its value come right before it, as nowhere in prose.
+# A ``.netrc`` entry's password (``machine h login bob password x``, on one line or several; ``default`` and a login for
+# ``machine h``): the value after ``password`` that follows the entry's ``machine`` and name, and any ``login``,
+# ``account`` or ``port`` and value. Prose has none before it ("login failed: password mismatch", "the default
+# password is"). Linear: an entry starts only at a word's start (after a blank or a quote, which no value before
+# ``password`` holds), and such a value is never ``machine`` or ``default``, so no look starts inside another's.
+_NETRC_VALUE = r"""(?!(?:machine|default)(?![^\s"']))[^\s"']+"""
+_NETRC_FIELD = rf"\s+(?:login|account|port)\s+{_NETRC_VALUE}"
 NETRC = re.compile(
-    rf"""(?<![a-z0-9_-])(?:machine|login|account)\s+\S+\s+password\s+(?:{_QUOTED}|(?P<u>{_TO_SPACE}))"""
+    rf"""(?<![^\s"'])(?:machine\s+{_NETRC_VALUE}(?:{_NETRC_FIELD})*|default(?:{_NETRC_FIELD})+)"""
+    rf"""\s+password\s+(?:{_QUOTED}|(?P<u>{_TO_SPACE}))"""
 )
 # ``curl -u user:password`` (``--user``, and ``-U``/``--proxy-user`` for a proxy): the password after the user's
 # ``:``; one that is a number is kept (``a_number``: ``docker run -u 1000:1000`` names a user and a group id).
@@ -130,7 +136,7 @@ KEY_WORDS = ("passw", "passp", "_pass", "pwd", "private", "token", "apikey", "ap
 HEADER_WORDS = ("authorization", "cookie")  # ``_HEADER_KEYS``'s
 SECRET_KEY_WORDS = KEY_WORDS + HEADER_WORDS  # what ``SENSITIVE_KEY`` (lowered) holds: ``security._may_hold_secret``
 # What each match of ``NETRC`` holds besides "password", of ``CLI_USER`` (lowered), of ``SSHPASS`` and ``MYSQL``
-NETRC_WORDS, CLI_USER_WORDS, AS_IS_WORDS = ("machine", "login", "account"), ("-u ", "-user"), ("sshpass", "mysql")
+NETRC_WORDS, CLI_USER_WORDS, AS_IS_WORDS = ("machine", "default"), ("-u ", "-user"), ("sshpass", "mysql")
 # the literals, besides the shapes' starts, that ``security._may_hold_secret`` looks for in any case
 LOOKED_FOR = SECRET_KEY_WORDS + ("bearer",) + CLI_USER_WORDS + AS_IS_WORDS
 # The characters ``re.IGNORECASE`` takes for an ASCII letter ('İ' and 'ı' for i, 'ſ' for s, the Kelvin sign for k):

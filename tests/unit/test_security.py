@@ -387,7 +387,7 @@ TRIGGERS = FRAGMENTS + ["PassPhrase", "PWD", "Private-Key", "privatekey", "Sessi
                         "_PASS", "Credentials", "AccountKey", "access-key", "s", "1", "_hash", "Confirmation", "=>",
                         ":=", "==", "|", ">-", "\n  ", "# c", "- ", "sk_live_", "rk_test_", "glpat-", "npm_", "SG.",
                         "Bearer ", "a1" * 8, "://" + "a1" * 10 + "@", "-u ", "--user=", "-U ", "b:", "1000",
-                        "sshpass -p", "mysql ", "-p", "-P", "machine h ", "login ", "password "]
+                        "sshpass -p", "mysql ", "-p", "-P", "machine h ", "default", "login ", "port 1 ", "password "]
 
 
 # one secret for each way a key word is spelled and each shape the patterns know (the CANARIES have more)

@@ -222,6 +222,9 @@ def test_command_lines_without_a_password_are_kept(text: str) -> None:
     ("machine h\n  login bob\n  password hunter2\n", f"machine h\n  login bob\n  password {R}\n"),
     ("default login anonymous password me@example.com", f"default login anonymous password {R}"),
     ("machine h password hunter2 login bob", f"machine h password {R} login bob"),
+    ('{"netrc": "machine h login bob password hunter2"}', f'{{"netrc": "machine h login bob password {R}"}}'),
+    ("machine h port 443 login bob account x password 'hunter 2'",
+     f"machine h port 443 login bob account x password '{R}'"),
 ])
 def test_a_netrc_password_is_redacted(text: str, shown: str) -> None:
     redacts(text, shown)
@@ -229,6 +232,7 @@ def test_a_netrc_password_is_redacted(text: str, shown: str) -> None:
 
 @pytest.mark.parametrize("text", [
     "the password policy was updated", "login with your password first", "reset the password hint",
+    "login failed: password mismatch", "account bob password changed", "the default password is admin",
 ])
 def test_the_word_password_before_a_word_outside_a_netrc_line_is_kept(text: str) -> None:
     assert sanitize_text(text) == text
@@ -260,8 +264,12 @@ def test_json_shaped_text_with_new_shapes_stays_valid_json() -> None:
     pytest.param("x/mysql " * 630_000 + "-p", id="mysql-paths"),
     pytest.param("mysql " + "a " * 2_500_000 + "-p", id="mysql-args"),
     pytest.param("sshpass -p" * 500_000, id="sshpass"),
-    pytest.param("login a password " * 300_000, id="netrc"),
-    pytest.param("login " * 840_000 + "password", id="logins"),
+    pytest.param("machine a password " * 260_000, id="netrc"),
+    pytest.param("machine " * 630_000 + "password", id="machines"),
+    pytest.param("machine a" + " login b" * 620_000 + " password", id="netrc-fields"),
+    pytest.param("default login " * 360_000 + "password", id="defaults"),
+    pytest.param("default login x/default" * 210_000 + " password", id="defaults-in-values"),
+    pytest.param('default login x"default' * 210_000 + " password", id="defaults-after-quotes"),
     pytest.param("SG." * 1_700_000, id="sendgrid-starts"),
     pytest.param("sk_live_" + "a" * 5_000_000 + "_", id="stripe-run"),
 ])
