@@ -25,7 +25,7 @@ from orchestrator.secret_patterns import (ANY_LITERAL, AS_IS_WORDS, BEARER, CASE
                                          SECRET_KEY_WORDS, SENSITIVE_KEY, SHAPES, SHAPE_STARTS, SSHPASS, URL_CREDS,
                                          YamlBlocks, a_number, os_error)
 
-__all__ = ["REDACTED", "CUT_MARGIN", "cut_read_size", "sanitize_text", "sanitized_cut", "sanitize_obj", "one_line",
+__all__ = ["REDACTED", "CUT_MARGIN", "cut_read_size", "sanitize_text", "sanitized_cut", "sanitize_obj", "renamed_keys", "one_line",
            "json_source_text", "safe_line", "shown", "validate_id", "safe_join", "validate_artifact_path"]
 
 # Looking for a literal of several characters costs ~0.7 ms a MB (CPython's search), for one character ~0.05 ms
@@ -445,11 +445,18 @@ def _may_hold_secret(text: str) -> bool:
 
 
 def _sanitized_keys(obj: dict[Any, Any]) -> dict[Any, Any]:
-    """Each key of ``obj`` and the key it is stored under: sanitized, in the object's order. A key that
-    sanitizing leaves as it is keeps its name; one that it changes gets its sanitized name, or, when that
-    name is taken (``{"password=a": 1, "password=b": 2}``), ``2-``, ``3-``, ... in front of it, as an artifact
-    does (a number after it would be taken into the redacted value). So no two keys become one."""
-    renamed = {key: sanitize_text(key) for key in obj if isinstance(key, str)}
+    """Each key of ``obj`` and the key it is stored under, sanitized (``renamed_keys`` with ``sanitize_text``)."""
+    return renamed_keys(obj, sanitize_text)
+
+
+def renamed_keys(obj: dict[Any, Any], rename: Callable[[str], str]) -> dict[Any, Any]:
+    """Each key of ``obj`` and the key it is stored under, ``rename``d, in the object's order. A key that
+    ``rename`` leaves as it is keeps its name; one that it changes gets its new name, or, when that name is taken
+    (``{"password=a": 1, "password=b": 2}`` sanitized), ``2-``, ``3-``, ... in front of it, as an artifact does (a
+    number after it would be taken into the redacted value). So no two keys become one, and no value is lost (the
+    ``llm`` handler renames the keys holding its API key so too). Linear: each name tries from the number it was
+    last given."""
+    renamed = {key: rename(key) for key in obj if isinstance(key, str)}
     renamed = {key: new for key, new in renamed.items() if new != key}
     if not renamed:
         return {key: key for key in obj}

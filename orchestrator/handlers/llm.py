@@ -54,7 +54,7 @@ from orchestrator.config import llm_timeout
 from orchestrator.errors import ConfigError
 from orchestrator.handler_env import llm_environment
 from orchestrator.json_text import DuplicateKeyError, loads_unique
-from orchestrator.security import REDACTED, cut_read_size, sanitized_cut, shown
+from orchestrator.security import REDACTED, cut_read_size, renamed_keys, sanitized_cut, shown
 
 MAX_REPLY_BYTES = 4 * 1024 * 1024
 MIN_SECRET_LENGTH = 8  # a key (or URL password) shorter than this is not looked for: it cannot be told from text
@@ -257,27 +257,11 @@ class _Secrets:
 
 def _renamed(obj: dict[str, Any], secrets: _Secrets) -> dict[str, Any]:
     """``obj`` with the secrets replaced in its keys, no value lost when two keys become one: a key that changes
-    gets ``2-``, ``3-``, ... in front of its new name when that is taken, as ``security.sanitize_obj`` renames
-    the keys it sanitizes (``{"<key>": 1, "[REDACTED]": 2}`` is ``{"2-[REDACTED]": 1, "[REDACTED]": 2}``)."""
-    names = {name: secrets.drop(name) for name in obj}
-    if all(new == name for name, new in names.items()):
-        return obj
-    taken = {name for name, new in names.items() if new == name}
-    last_n: dict[str, int] = {}  # the number each name was last given: the next of its keys tries from there
-    out = {}
-    for name, value in obj.items():
-        new = names[name]
-        if new != name:
-            base = new
-            n = last_n.get(base, 1)
-            new = base if n == 1 else f"{n}-{base}"
-            while new in taken:
-                n += 1
-                new = f"{n}-{base}"
-            taken.add(new)
-            last_n[base] = n
-        out[new] = value
-    return out
+    gets ``2-``, ``3-``, ... in front of its new name when that is taken (``security.renamed_keys``, the rule
+    ``sanitize_obj`` renames keys by: ``{"<key>": 1, "[REDACTED]": 2}`` is ``{"2-[REDACTED]": 1, "[REDACTED]":
+    2}``)."""
+    names = renamed_keys(obj, secrets.drop)
+    return obj if all(new == name for name, new in names.items()) else {names[k]: v for k, v in obj.items()}
 
 
 def _without_secrets(value: Any, secrets: _Secrets) -> Any:
