@@ -25,8 +25,8 @@ from orchestrator.secret_patterns import (ANY_LITERAL, AS_IS_WORDS, BEARER, CASE
                                          SECRET_KEY_WORDS, SENSITIVE_KEY, SHAPES, SHAPE_STARTS, SSHPASS, URL_CREDS,
                                          YamlBlocks, a_number, os_error)
 
-__all__ = ["REDACTED", "CUT_MARGIN", "cut_read_size", "sanitize_text", "sanitized_cut", "sanitize_obj", "renamed_keys", "one_line",
-           "json_source_text", "safe_line", "shown", "validate_id", "safe_join", "validate_artifact_path"]
+__all__ = ["REDACTED", "CUT_MARGIN", "cut_read_size", "sanitize_text", "sanitized_cut", "sanitize_obj", "renamed_keys",
+           "one_line", "json_source_text", "safe_line", "shown", "validate_id", "safe_join", "validate_artifact_path"]
 
 # Looking for a literal of several characters costs ~0.7 ms a MB (CPython's search), for one character ~0.05 ms
 # (``memchr``): in a text this long or longer a literal is looked for only where each of its characters is there
