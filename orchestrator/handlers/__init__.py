@@ -275,23 +275,26 @@ def look_in_start_folder() -> str | None:
     own module is never what an import finds; only a module found nowhere else comes from it. Absolute, so a later
     change of the current folder changes nothing; a folder removed meanwhile adds nothing. The ``worker`` command
     calls it; the Python API leaves ``sys.path`` to its caller."""
+    folder, on_path = _current_folder()
+    if folder is not None and not on_path:
+        sys.path.append(folder)
+    return folder
+
+
+def _current_folder() -> tuple[str | None, bool]:
+    """The current folder (None: it cannot be named, removed meanwhile) and whether ``sys.path`` looks in it."""
     try:
         folder = os.getcwd()
     except OSError:
-        return None
-    if not any(entry in ("", ".") or os.path.abspath(entry) == folder for entry in sys.path):
-        sys.path.append(folder)
-    return folder
+        return None, False
+    return folder, any(entry in ("", ".") or os.path.abspath(entry) == folder for entry in sys.path)
 
 
 def _where_modules_are_looked_for() -> str:
     """Where a missing module was looked for, and how to make it found: the current folder, when it is on the path
     (the ``worker`` command, ``python -m``), and the Python path."""
-    try:
-        folder = os.getcwd()
-    except OSError:
-        folder = None
-    if folder is not None and any(entry in ("", ".") or os.path.abspath(entry) == folder for entry in sys.path):
+    folder, on_path = _current_folder()
+    if on_path:
         return (f"it is neither in the current folder, {folder}, nor on the Python path (start the worker in the "
                 "folder that holds it, or add that folder to PYTHONPATH)")
     return "it is not on the Python path (add the folder that holds it to PYTHONPATH)"
