@@ -3,12 +3,12 @@
     python bench/pg_candidates.py --queued 2000 100000 --repeat 30
 
 For each size, writes that many ready rows into a fresh project (a fifth of them of the kind ``mine``, the
-rest ``other``; every one due) straight into ``orch_ready``, then times ``candidates`` as a worker of any
-kind and as one of ``--kind mine``: the median of ``--repeat`` calls, each at a later ``now`` so that the
-previous call's reservation has lapsed. Before migration 0005 the statement's look-ups that are not in
-claim order (the next job to come due, the reservation that lapses first) read every queued row of the
-project. The project's rows are deleted afterwards. ``--url`` (or ``ORCH_BENCH_PG_URL``) picks the
-database, migrated here.
+rest ``other``; every one due, queued at once as a submit's row is) straight into ``orch_ready``, then times
+``candidates`` as a worker of any kind and as one of ``--kind mine``: the median of ``--repeat`` calls, each at a
+later ``now`` so that the previous call's reservation has lapsed. Before migration 0005 the statement's look-ups
+that are not in claim order (the next job to come due, the reservation that lapses first) read every queued row of
+the project. The project's rows are deleted afterwards. ``--url`` (or ``ORCH_BENCH_PG_URL``) picks the database,
+migrated here.
 """
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ def measure(url: str, queued: int, repeat: int) -> dict[str, float]:
     conn = connect(url, autocommit=True)
     store = PostgresStore(url, project)
     try:
-        conn.execute("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us, kind) "
-                     "SELECT %s, 'J' || g, 0, g, CASE WHEN g %% 5 = 0 THEN 'mine' ELSE 'other' END "
+        conn.execute("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us, kind, at_once) "
+                     "SELECT %s, 'J' || g, 0, g, CASE WHEN g %% 5 = 0 THEN 'mine' ELSE 'other' END, true "
                      "FROM generate_series(1, %s) g", (project, queued))
         conn.execute("ANALYZE orch_ready")
         index = PgQueueIndex(store)

@@ -63,9 +63,9 @@ class ReadyEntry:
     # the entry's identity or order, and not in a file entry's name (a file index's entries carry None)
     kind: str | None = field(default=None, compare=False)
     # runnable at once, whatever the time stamp, which orders it only (a job submitted, resumed, revised, released):
-    # a clock stepped back holds up no such job. False: due at ``runnable_at`` (a retry's backoff; an entry of an
-    # index that does not tell: PostgreSQL's, whose claim statement decides by time, and a file entry named before
-    # the mark). Not part of the entry's identity or order: one job, one entry, however it is named
+    # a clock stepped back holds up no such job. False: due at ``runnable_at`` (a retry's backoff; an entry written
+    # before the mark: a file entry named without it, a PostgreSQL row from before migration 0007). Not part of the
+    # entry's identity or order: one job, one entry, however it is named
     at_once: bool = field(default=False, compare=False)
 
     @property

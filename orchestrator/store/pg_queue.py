@@ -52,38 +52,44 @@ LISTEN_FALLBACK_SECONDS = 10.0  # an idle wait never lasts longer, even if a NOT
 
 # One statement, one round trip: reserve the first due, unreserved row (SKIP LOCKED), read the reserved job (its
 # head record and first chunk of lines, as ``PostgresStore.read_with_aux`` does), and list the other due rows, the
-# next not-yet-due one and the next lapsing reservation. A reservation is
+# next not-yet-due one and the next lapsing reservation. A row is due at once (``at_once``: a job submitted, resumed,
+# revised, released), or when its time has come (a retry's backoff; every row written before migration 0007): its
+# time orders it, so a server clock stepped back holds up only the retries (``ReadyEntry.due``). A reservation is
 # a hint, never an acknowledged event, so its commit does not wait for the WAL flush
 # (``synchronous_commit`` off for this transaction only): a crash can only forget a reservation,
 # which at worst lets two workers try the same job, and the append still decides.
-# Parts 2 and 3 have indexes of their own (migration 0005; ``reserved_until_us > 0`` is the partial index's
-# condition, stated so that a prepared, generic plan can use it too). Parts 4 and 5 read in the statement's snapshot,
+# Parts 2 and 3 have indexes of their own (migrations 0007 and 0005: the rows that wait for their time, and
+# ``reserved_until_us > 0``, each index's condition, stated so that a prepared, generic plan can use it too). Parts 4
+# and 5 read in the statement's snapshot,
 # in which the reserved row's job holds at least the event that wrote the row (a row commits with its event); a
 # scalar subquery names the job, so each is a primary-key look-up, and nothing when no row was reserved.
 _CANDIDATES = """
 WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)),
 pick AS (SELECT job_id, priority, runnable_at_us FROM orch_ready
-         WHERE project = %(p)s AND runnable_at_us <= %(now)s AND reserved_until_us <= %(now)s
+         WHERE project = %(p)s AND (at_once OR runnable_at_us <= %(now)s) AND reserved_until_us <= %(now)s
          AND job_id <> ALL(%(skip)s::text[]) AND {mine}
          ORDER BY priority DESC, runnable_at_us, job_id LIMIT 1 FOR UPDATE SKIP LOCKED),
 reserved AS (UPDATE orch_ready r SET reserved_by = %(by)s, reserved_until_us = %(until)s FROM pick, async_commit
              WHERE r.project = %(p)s AND r.job_id = pick.job_id AND r.priority = pick.priority
              AND r.runnable_at_us = pick.runnable_at_us
-             RETURNING r.priority, r.runnable_at_us, r.job_id, r.kind)
-SELECT 0 AS part, priority, runnable_at_us AS at, job_id, kind, NULL::bytea AS line, 0 AS length FROM reserved
-UNION ALL (SELECT 1, priority, runnable_at_us, job_id, kind, NULL, 0 FROM orch_ready
-           WHERE project = %(p)s AND runnable_at_us <= %(now)s AND reserved_until_us <= %(now)s AND {mine}
+             RETURNING r.priority, r.runnable_at_us, r.job_id, r.kind, r.at_once)
+SELECT 0 AS part, priority, runnable_at_us AS at, job_id, kind, at_once, NULL::bytea AS line, 0 AS length FROM reserved
+UNION ALL (SELECT 1, priority, runnable_at_us, job_id, kind, at_once, NULL, 0 FROM orch_ready
+           WHERE project = %(p)s AND (at_once OR runnable_at_us <= %(now)s) AND reserved_until_us <= %(now)s AND {mine}
            ORDER BY priority DESC, runnable_at_us, job_id LIMIT %(n)s)
-UNION ALL (SELECT 2, priority, runnable_at_us, job_id, kind, NULL, 0 FROM orch_ready
-           WHERE project = %(p)s AND runnable_at_us > %(now)s AND {mine} ORDER BY runnable_at_us LIMIT 1)
-UNION ALL (SELECT 3, priority, reserved_until_us, job_id, kind, NULL, 0 FROM orch_ready
-           WHERE project = %(p)s AND runnable_at_us <= %(now)s AND reserved_until_us > %(now)s AND {mine}
+UNION ALL (SELECT 2, priority, runnable_at_us, job_id, kind, false, NULL, 0 FROM orch_ready
+           WHERE project = %(p)s AND NOT at_once AND runnable_at_us > %(now)s AND {mine}
+           ORDER BY runnable_at_us LIMIT 1)
+UNION ALL (SELECT 3, priority, reserved_until_us, job_id, kind, false, NULL, 0 FROM orch_ready
+           WHERE project = %(p)s AND (at_once OR runnable_at_us <= %(now)s) AND reserved_until_us > %(now)s AND {mine}
            AND reserved_until_us > 0 AND job_id <> ALL(%(skip)s::text[])
            ORDER BY reserved_until_us LIMIT 1)
-UNION ALL (SELECT 4, 0, 0, key, NULL, data, 0 FROM orch_aux
+UNION ALL (SELECT 4, 0, 0, key, NULL, false, data, 0 FROM orch_aux
            WHERE project = %(p)s AND area = %(area)s AND key = (SELECT job_id FROM reserved))
-UNION ALL (SELECT 5, 0, seq, stream, NULL, CASE WHEN octet_length(line) <= %(cap)s THEN line END, octet_length(line)
-           FROM orch_events WHERE project = %(p)s AND stream = (SELECT job_id FROM reserved) ORDER BY seq LIMIT %(lines)s)
+UNION ALL (SELECT 5, 0, seq, stream, NULL, false, CASE WHEN octet_length(line) <= %(cap)s THEN line END,
+                  octet_length(line)
+           FROM orch_events WHERE project = %(p)s AND stream = (SELECT job_id FROM reserved)
+           ORDER BY seq LIMIT %(lines)s)
 ORDER BY part, priority DESC, at, job_id
 """
 # a worker of some kinds only (``WorkerSettings.kinds``): rows of those kinds, and rows from before 0004 (no kind)
@@ -168,9 +174,9 @@ class PgQueueIndex(QueueIndex):
             writes.append(("DELETE FROM orch_ready USING up WHERE project = %s AND job_id = %s "
                            "AND (priority, runnable_at_us) IS DISTINCT FROM (%s::integer, %s::bigint)", (p, job_id, *keep)))
         if e is not None:
-            writes.append(("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us, kind) "
-                           "SELECT %s, %s, %s, %s, %s FROM up ON CONFLICT DO NOTHING",
-                           (p, job_id, e.priority, e.runnable_at_us, e.kind)))
+            writes.append(("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us, kind, at_once) "
+                           "SELECT %s, %s, %s, %s, %s, %s FROM up ON CONFLICT DO NOTHING",
+                           (p, job_id, e.priority, e.runnable_at_us, e.kind, e.at_once)))
             # delivered at commit, only if it commits: a woken worker always finds the event
             selects.append(("pg_notify(%s, %s)", (self.channel, job_id)))
         if change.put_running:
@@ -195,9 +201,10 @@ class PgQueueIndex(QueueIndex):
         return self.store._run(run, write=write)
 
     def put_ready(self, entry: ReadyEntry) -> None:
-        self._sql("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us, kind) VALUES (%s, %s, %s, %s, %s) "
-                  "ON CONFLICT DO NOTHING", (self.project, entry.job_id, entry.priority, entry.runnable_at_us,
-                                             entry.kind), write=True)
+        self._sql("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us, kind, at_once) "
+                  "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                  (self.project, entry.job_id, entry.priority, entry.runnable_at_us, entry.kind, entry.at_once),
+                  write=True)
 
     def drop_ready(self, entry: ReadyEntry) -> None:
         self._sql("DELETE FROM orch_ready WHERE project = %s AND job_id = %s AND priority = %s AND runnable_at_us = %s",
@@ -208,15 +215,16 @@ class PgQueueIndex(QueueIndex):
         through ``candidates``), its claim order mixes directions over three columns (the store's chunks page
         on one key), and a job's row moves when it is retried, so a listing in chunks could show it twice or
         miss it. About 1.7-2.0 s per million queued jobs here (docs/decisions.md, 2026-12-01)."""
-        rows = self._sql("SELECT priority, runnable_at_us, job_id, kind FROM orch_ready WHERE project = %s "
+        rows = self._sql("SELECT priority, runnable_at_us, job_id, kind, at_once FROM orch_ready WHERE project = %s "
                          "ORDER BY priority DESC, runnable_at_us, job_id", (self.project,), write=False, fetch=True)
-        return [ReadyEntry(-pr, at, job, kind) for pr, at, job, kind in rows]
+        return [ReadyEntry(-pr, at, job, kind, at_once) for pr, at, job, kind, at_once in rows]
 
     def candidates(self, now: float, skip: Collection[str] = (), kinds: Collection[str] = ()) -> list[ReadyEntry]:
         """Reserve the first due job (SKIP LOCKED) and read it, then list a few more due ones, then hints for later.
 
         The result, in claim order: the reserved entry; up to ``CANDIDATES`` other due,
-        unreserved entries; the earliest not-yet-due entry; and, for a job another worker
+        unreserved entries; the earliest not-yet-due entry (a retry's, or a row's from before migration 0007: a row
+        due at once is due whatever its time, ``ReadyEntry.at_once``); and, for a job another worker
         reserved, an entry dated when its reservation lapses (so this worker looks again then,
         in case that worker could not claim it; a worker that leaves the job releases it sooner,
         ``release``). A job in ``skip`` (one this worker left for want of a key or of a handler) is
@@ -240,14 +248,14 @@ class PgQueueIndex(QueueIndex):
         out, seen = [], set()
         self._reserved = None
         record, chunk = None, []
-        for part, pr, at, job, kind, line, length in rows:
+        for part, pr, at, job, kind, at_once, line, length in rows:
             if part == 4:
                 record = bytes(line)
             elif part == 5:
                 chunk.append((at, line, length))
             elif job not in seen:  # the reserved row first; it is in the statement's snapshot twice
                 seen.add(job)
-                out.append(ReadyEntry(-pr, at, job, kind))
+                out.append(ReadyEntry(-pr, at, job, kind, at_once))  # a lapsing reservation's (part 3): its time
                 if part == 0:
                     self._reserved = (out[-1], params["by"], until)
         if self._reserved is not None:

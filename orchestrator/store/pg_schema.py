@@ -110,7 +110,8 @@ SCHEMA_COLUMNS = {
     "orch_streams": ("project", "stream", "seq", "last_line", "fence", "edits"),  # (first: see ``delete_project``)
     "orch_events": ("project", "stream", "seq", "line"),
     "orch_aux": ("project", "area", "key", "data"),
-    "orch_ready": ("project", "job_id", "priority", "runnable_at_us", "reserved_by", "reserved_until_us", "kind"),
+    "orch_ready": ("project", "job_id", "priority", "runnable_at_us", "reserved_by", "reserved_until_us", "kind",
+                   "at_once"),
     "orch_running": ("project", "job_id", "epoch"),
 }
 

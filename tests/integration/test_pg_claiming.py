@@ -630,3 +630,45 @@ def test_a_row_from_before_0004_of_another_kind_is_released_when_a_worker_of_som
     assert until == 0, "left and released: no reservation for the workers of its kind to wait out"
     other = cluster.worker(b, "any-kind").claim(now + 0.1)
     assert other is not None and other.job_id == echo
+
+
+# -- a clock stepped back (migration 0007) ------------------------------------------------------------------------
+def test_a_job_queued_before_the_servers_clock_stepped_back_is_run_at_once_on_postgres(cluster: Cluster) -> None:
+    """Only a retry's backoff makes a queued job wait: its row's time orders it (FIFO), and a server clock stepped
+    back 10 minutes (NTP, a failover) does not hold up the jobs submitted, resumed or revised in those minutes. Until
+    2026-12-07 the claim statement took only rows whose time had come (``runnable_at_us <= now``), as the file index
+    did until 2026-12-06: each such job waited 10 minutes."""
+    a = cluster.machine("a")
+    submitted = a.submit("t.echo", 1)
+    asked = a.submit("t.ask", 1, priority=-1)
+    w = cluster.worker(a, "w")
+    back = a.clock() - 600
+    assert w.run_once(now=back).job_id == submitted and w.next_due is None
+    assert w.run_once(now=back).outcome == "waiting_human"
+    a.resume(asked, "blue")
+    assert w.claim(now=back).job_id == asked
+
+
+def test_a_job_submitted_with_a_clock_ahead_of_the_servers_is_claimed_at_once_by_a_worker_on_the_servers(
+        cluster: Cluster) -> None:
+    """The job's time is 10 minutes ahead of the server's clock (a machine given its own clock, or the server's own
+    before it stepped back): the worker, on the server's clock, claims it at once."""
+    worker_side = cluster.machine("worker")
+    ahead = cluster.machine("ahead", clock=lambda: worker_side.clock() + 600)
+    job = ahead.submit("t.echo", 1)
+    [entry] = worker_side.queue.ready()
+    assert entry.runnable_at > worker_side.clock() + 500  # its row's time: 10 minutes ahead
+    claim = cluster.worker(worker_side, "w").claim()
+    assert claim is not None and claim.job_id == job
+
+
+def test_a_retry_still_waits_its_backoff_after_the_servers_clock_stepped_back_on_postgres(cluster: Cluster) -> None:
+    a = cluster.machine("a")
+    job = a.submit("t.flaky", {"succeed_on": 2}, max_attempts=3)
+    w = cluster.worker(a, "w", retry_base_seconds=10.0)
+    assert w.run_once().outcome == "retry"
+    retry_at = a.load(job).state.retry_at
+    [entry] = a.queue.ready()
+    assert not entry.at_once and entry.runnable_at == pytest.approx(retry_at, abs=1e-6)
+    assert w.run_once(now=retry_at - 600) is None and w.next_due == pytest.approx(retry_at, abs=1e-3)
+    assert w.run_once(now=retry_at).outcome == "succeeded"

@@ -38,6 +38,13 @@ def scratch_db():
         yield f"{url.rpartition('/')[0]}/{name}"
 
 
+# every column, index and constraint of the schema, to compare two schemas by
+SCHEMA = ("SELECT 'column', table_name, column_name FROM information_schema.columns WHERE table_schema = 'public' "
+          "UNION ALL SELECT 'index', tablename, indexdef FROM pg_indexes WHERE schemaname = 'public' "
+          "UNION ALL SELECT 'constraint', table_name, constraint_name FROM information_schema.table_constraints "
+          "WHERE table_schema = 'public' ORDER BY 1, 2, 3")
+
+
 def apply_up_to(url: str, version: int) -> None:
     """The schema as a release that shipped only migrations 1..version left it."""
     conn = connect(url, autocommit=True)
@@ -109,6 +116,75 @@ def test_ready_rows_written_before_0004_have_no_kind_and_are_offered_to_a_worker
         store.close()
 
 
+def test_ready_rows_written_before_0007_or_by_older_code_after_it_are_due_at_their_time(scratch_db: str) -> None:
+    """Migration 0007 marks the rows of jobs runnable at once (``at_once``): only a retry's row waits for its time, so a
+    server clock stepped back holds up no job queued at once. A row from before it, or written after it by a release
+    that does not know the column (a worker still running through the upgrade), keeps the meaning it had: due at its
+    time, false. A row that says at once is due whatever its time."""
+    from orchestrator.queue import ReadyEntry
+    from orchestrator.store.pg_queue import PgQueueIndex
+    from orchestrator.store.postgres import PostgresStore
+
+    apply_up_to(scratch_db, 6)
+    old_code = "INSERT INTO orch_ready (project, job_id, priority, runnable_at_us, kind) VALUES ('p', %s, 0, %s, 'k')"
+    conn = connect(scratch_db, autocommit=True)
+    conn.execute(old_code, ("BEFORE", 2_000_000))
+    conn.close()
+    assert migrate(scratch_db)["applied"][0] == "0007_ready_at_once"
+    conn = connect(scratch_db, autocommit=True)
+    conn.execute(old_code, ("AFTER", 3_000_000))
+    conn.close()
+    store = PostgresStore(scratch_db, "p")
+    try:
+        index = PgQueueIndex(store)
+        index.put_ready(ReadyEntry(0, 4_000_000, "AT_ONCE", "k", at_once=True))
+        assert [(e.job_id, e.at_once) for e in index.ready()] == [("BEFORE", False), ("AFTER", False),
+                                                                  ("AT_ONCE", True)]
+        # at 1 s: only the row that says so is due; the next one due is BEFORE's, at its time
+        offered = index.candidates(1.0)
+        assert [(e.job_id, e.at_once, e.due(1.0)) for e in offered] == [("AT_ONCE", True, True),
+                                                                        ("BEFORE", False, False)]
+        # at 2 s BEFORE is due and reserved, AFTER comes due next, AT_ONCE's reservation lapses at 3 s
+        assert [(e.job_id, e.due(2.0)) for e in index.candidates(2.0)] == [("BEFORE", True), ("AFTER", False),
+                                                                          ("AT_ONCE", False)]
+        assert [e.job_id for e in index.candidates(3.0)] == ["AFTER", "AT_ONCE", "BEFORE"]
+    finally:
+        store.close()
+
+
+def test_the_sql_that_takes_0007_back_in_postgres_md_leaves_the_schema_of_version_6_and_every_row(
+        scratch_db: str) -> None:
+    """Code older than 2026-12-07 refuses a database migrated to 0007 (``SCHEMA_TOO_NEW``): a rollback of the code
+    takes the schema back first, with the SQL docs/postgres.md gives (``Due at once, or at its time``). It leaves
+    the schema version 6 made, each row due at its time (as older code reads it), and ``db migrate`` applies 0007
+    again."""
+    import re
+
+    from helpers import REPO
+    from orchestrator.queue import ReadyEntry
+    from orchestrator.store.pg_queue import PgQueueIndex
+    from orchestrator.store.postgres import PostgresStore
+
+    doc = (REPO / "docs" / "postgres.md").read_text(encoding="utf-8")
+    [back] = re.findall(r"```sql\n(-- take migration 0007 back.*?)```", doc, re.S)
+    apply_up_to(scratch_db, 6)
+    conn = connect(scratch_db, autocommit=True)
+    try:
+        version_6 = conn.execute(SCHEMA).fetchall()
+        migrate(scratch_db)
+        store = PostgresStore(scratch_db, "p")
+        try:
+            PgQueueIndex(store).put_ready(ReadyEntry(0, 4_000_000, "J1", "k", at_once=True))
+        finally:
+            store.close()
+        conn.execute(back)
+        assert current_version(conn) == 6 and conn.execute(SCHEMA).fetchall() == version_6
+        assert conn.execute("SELECT job_id, runnable_at_us FROM orch_ready").fetchall() == [("J1", 4_000_000)]
+        assert migrate(scratch_db)["applied"][0] == "0007_ready_at_once"
+    finally:
+        conn.close()
+
+
 def test_a_migration_that_dies_before_its_version_row_leaves_no_trace_and_the_next_run_applies_it(
         scratch_db: str) -> None:
     """Each migration and its version row are one transaction: a failure between them (the named
@@ -117,12 +193,8 @@ def test_a_migration_that_dies_before_its_version_row_leaves_no_trace_and_the_ne
     from orchestrator import faults
 
     apply_up_to(scratch_db, latest_version() - 1)
-    schema = ("SELECT 'column', table_name, column_name FROM information_schema.columns WHERE table_schema = 'public' "
-              "UNION ALL SELECT 'index', tablename, indexdef FROM pg_indexes WHERE schemaname = 'public' "
-              "UNION ALL SELECT 'constraint', table_name, constraint_name FROM information_schema.table_constraints "
-              "WHERE table_schema = 'public' ORDER BY 1, 2, 3")
     conn = connect(scratch_db, autocommit=True)
-    before = conn.execute(schema).fetchall()
+    before = conn.execute(SCHEMA).fetchall()
 
     def die() -> None:
         raise RuntimeError("the migrating process dies here")
@@ -135,7 +207,7 @@ def test_a_migration_that_dies_before_its_version_row_leaves_no_trace_and_the_ne
         faults.disarm_all()
     try:
         assert current_version(conn) == latest_version() - 1
-        assert conn.execute(schema).fetchall() == before  # the schema change was rolled back with it
+        assert conn.execute(SCHEMA).fetchall() == before  # the schema change was rolled back with it
         last = migrations()[-1]
         again = migrate(scratch_db)  # the same statements run again on the rolled-back schema
         assert again["applied"] == [f"{last.version:04d}_{last.name}"] and current_version(conn) == latest_version()
@@ -223,24 +295,39 @@ def test_a_first_migration_the_server_refuses_leaves_no_version_table_behind(
 
 def test_the_claim_statements_lookups_out_of_claim_order_use_their_indexes(scratch_db: str) -> None:
     """The earliest job not yet due (part 2) and the reservation that lapses first (part 3) read every queued row
-    of the project before migration 0005 (~18 ms a claim with 100,000 queued jobs, ``bench/pg_candidates.py``)."""
+    of the project before migration 0005 (~18 ms a claim with 100,000 queued jobs, ``bench/pg_candidates.py``).
+    Since 0007 a row due at once is due whatever its time (``at_once``), and part 2 looks only at the rows that wait
+    for theirs (retries), in an index of those rows alone; the claim order's index still serves parts 0 and 1. So
+    too in the generic plan a prepared statement may be given (psycopg prepares a statement run five times)."""
+    import re
+
     from orchestrator.store.pg_queue import _CANDIDATES_ANY, _CANDIDATES_KINDS
 
     migrate(scratch_db)
     conn = connect(scratch_db, autocommit=True)
     try:
-        conn.execute("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us, kind, reserved_until_us) "
-                     "SELECT 'p', 'J' || g, 0, g, 'k', CASE WHEN g % 100 = 0 THEN g + 10 ELSE 0 END "
-                     "FROM generate_series(1, 20000) g")
+        conn.execute("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us, kind, reserved_until_us, "
+                     "at_once) SELECT 'p', 'J' || g, g % 7, CASE WHEN g % 50 = 0 THEN g + 100000 ELSE g END, 'k', "
+                     "CASE WHEN g % 100 = 1 THEN 60000 ELSE 0 END, g % 50 <> 0 FROM generate_series(1, 50000) g")
         conn.execute("ANALYZE orch_ready")
-        params = {"p": "p", "now": 10_000, "by": "me", "until": 12_000, "n": 9, "skip": [], "kinds": ["k"],
+        params = {"p": "p", "now": 50_000, "by": "me", "until": 52_000, "n": 9, "skip": [], "kinds": ["k"],
                   "area": "heads", "cap": 32768, "lines": 256}
-        for sql in (_CANDIDATES_ANY, _CANDIDATES_KINDS):
-            plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + sql, params).fetchall())  # not run
-            assert "orch_ready_runnable" in plan and "orch_ready_reserved" in plan, plan
-            # the reserved job's read (since 2026-12-02): primary-key look-ups of that one job
-            assert "orch_aux_pkey" in plan and "orch_events_pkey" in plan, plan
-            assert "Seq Scan" not in plan, plan
+        order = list(params)
+        types = ("text", "bigint", "text", "bigint", "int", "text[]", "text[]", "text", "int", "int")
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        for i, sql in enumerate((_CANDIDATES_ANY, _CANDIDATES_KINDS)):
+            custom = "\n".join(row[0] for row in conn.execute("EXPLAIN " + sql, params).fetchall())  # not run
+            numbered = re.sub(r"%\((\w+)\)s", lambda m: f"${order.index(m.group(1)) + 1}", sql)
+            conn.execute(f"PREPARE claim{i} ({', '.join(types)}) AS {numbered}")
+            generic = "\n".join(row[0] for row in conn.execute(
+                f"EXPLAIN EXECUTE claim{i} ('p', 50000, 'me', 52000, 9, '{{}}', '{{k}}', 'heads', 32768, 256)"
+            ).fetchall())
+            for plan in (custom, generic):
+                assert "orch_ready_delayed" in plan and "orch_ready_reserved" in plan, plan
+                assert "orch_ready_claim_order" in plan, plan
+                # the reserved job's read (since 2026-12-02): primary-key look-ups of that one job
+                assert "orch_aux_pkey" in plan and "orch_events_pkey" in plan, plan
+                assert "Seq Scan" not in plan, plan
     finally:
         conn.close()
 
@@ -337,9 +424,12 @@ def test_a_migration_the_server_cancels_for_a_lock_timeout_is_a_storage_error_an
 
     from orchestrator.cli import cli
 
+    from orchestrator.store.pg_schema import PROJECT_TABLES
+
     apply_up_to(scratch_db, latest_version() - 1)
     holder = connect(scratch_db)
-    holder.execute("SELECT 1 FROM orch_streams LIMIT 0")  # a reader's lock, held by its open transaction
+    # a reader's lock on every table, held by its open transaction: the latest migration alters one of them
+    holder.execute(f"SELECT 1 FROM {', '.join(PROJECT_TABLES)} LIMIT 0")
     try:
         url = f"{scratch_db}?options={quote('-c lock_timeout=100ms')}"
         result = CliRunner().invoke(cli, ["db", "migrate", "--store", url, "--json"])
@@ -703,7 +793,8 @@ def test_a_schema_taken_back_behind_while_a_store_runs_says_to_migrate_and_the_s
     try:
         index = PgQueueIndex(store)
         index.put_ready(ReadyEntry(0, 1, "J1", "k"))  # the store checked the schema: up to date
-        _on(scratch_db, "DROP INDEX orch_ready_runnable, orch_ready_reserved", "ALTER TABLE orch_ready DROP COLUMN kind",
+        _on(scratch_db, "ALTER TABLE orch_ready DROP COLUMN at_once",  # (0007, and its index)
+            "DROP INDEX orch_ready_reserved", "ALTER TABLE orch_ready DROP COLUMN kind",
             "DROP FUNCTION orch_count_event_edits CASCADE", "ALTER TABLE orch_streams DROP COLUMN edits",  # (0006)
             f"DELETE FROM {MIGRATIONS_TABLE} WHERE version >= 4")
         with pytest.raises(ConfigError) as refused:
