@@ -42,7 +42,7 @@ LOCK_FILE = ".lock"  # held by whoever writes key files into the folder (``_keyr
 # A key file being written (``_write_whole``): ``.<name>.<pid>-<16 hex>.tmp``, named by its process and a random
 # token, never by its final name alone (``.<name>.tmp`` until 2026-12-06, also matched), so that two writers never
 # rename one file. One found while holding the folder's lock is a killed writer's: removed.
-_TEMPORARY = re.compile(r"\.(?:k-[0-9a-f]{16}\.(?:key|pub)|active)(?:\.[0-9]+-[0-9a-f]{16})?\.tmp")
+_TEMPORARY = re.compile(r"\.(?:k-[0-9a-f]{16}\.(?:key|pub)|active|revoked)(?:\.[0-9]+-[0-9a-f]{16})?\.tmp")
 
 
 def default_keyring_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -203,8 +203,8 @@ def _keyring_locked(directory: Path) -> Iterator[None]:
     """Hold the keyring folder's lock (an ``flock`` of its ``.lock``, made owner-only, never through a symbolic
     link, and kept: removing a lock file lets two holders lock two files) while key files are written there, and
     remove what a writer killed mid-way left (its temporary files, ``_TEMPORARY``). Every writer of the folder's
-    key files takes it (``write_keypair``, ``first_keypair``); a reader needs none, since each file is replaced
-    whole. ``flock`` excludes this process's other threads too: each opens the file anew."""
+    key files takes it (``write_keypair``, ``first_keypair``, ``revoke``); a reader needs none, since each file is
+    replaced whole. ``flock`` excludes this process's other threads too: each opens the file anew."""
     path = directory / LOCK_FILE
     try:
         fd = open_lock_descriptor(lambda: os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
@@ -394,11 +394,20 @@ def _revoked_ids(folder: Path) -> frozenset[str]:
     """The ids ``folder``'s ``revoked`` file lists (none when it has none): one key id a line, spaces around it and
     line ends of either kind (``\\r\\n``) aside; a line that is blank or whose first character is ``#`` (a comment)
     names none. Any other line is a ``SigningKeyError`` naming the file and the line (``_revoked_line``)."""
+    return _listed_ids(folder / REVOKED_FILE, _revoked_bytes(folder))
+
+
+def _revoked_bytes(folder: Path) -> bytes:
+    """The bytes of ``folder``'s ``revoked`` file, checked as a file that decides trust; none when there is none."""
     revoked = folder / REVOKED_FILE
     if not os.path.lexists(revoked):
-        return frozenset()
+        return b""
+    return _read_key_file(revoked, "revoked-keys file", others_could=MAKES_KEYS_TRUSTED)
+
+
+def _listed_ids(revoked: Path, data: bytes) -> frozenset[str]:
     try:
-        text = _read_key_file(revoked, "revoked-keys file", others_could=MAKES_KEYS_TRUSTED).decode()
+        text = data.decode()
     except UnicodeDecodeError:
         raise SigningKeyError(f"revoked-keys file {revoked} is not UTF-8 text; it should hold one key id "
                               "a line") from None
@@ -502,27 +511,25 @@ def revoke(kid: str, env: Mapping[str, str] | None = None) -> tuple[Keyring, boo
     The file is read line by line by every command, so only a well-formed id (``validate_key_id``) of a key
     the keyring trusts is written: a typo would revoke nothing, an id with a newline would revoke another key.
     A key the keyring does not hold is refused: the events it signed already fail verification (UNKNOWN_KEY).
+    The file is read again and written whole (``_write_whole``, its mode kept) while holding the folder's lock, as
+    key pairs are: until 2026-12-07 it was appended to unlocked, so revokes of one key at once each wrote it and
+    said so, and a new file was never synced into its folder (a power cut could take a reported revocation away).
     """
     validate_key_id(kid)
     ring = load_keyring(env, announce=False)
     if kid not in ring.trusted:
         raise InvalidInputError(f"{kid} names no key of the keyring ({', '.join(ring.folders)}); nothing was revoked "
                                 "(orchestrator keys list shows the key ids)")
-    folder = keyring_dir(env)
-    if kid in _revoked_ids(folder):
-        return ring, False
+    folder, path = keyring_dir(env), keyring_dir(env) / REVOKED_FILE
     try:
-        _make_owner_only_folder(folder)
-        fd = os.open(folder / REVOKED_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)  # owner-written (umask)
-        with os.fdopen(fd, "a+b") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            if size:
-                fh.seek(size - 1)
-                if fh.read(1) != b"\n":  # a last line without its newline (edited by hand) must not run into this one
-                    fh.write(b"\n")
-            fh.write(kid.encode() + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        _prepare_folder(folder)
+        with _keyring_locked(folder):  # two revokes, or a rotation, at once: one after the other
+            data = _revoked_bytes(folder)  # read again under the lock: another revoke may have written it meanwhile
+            if kid in _listed_ids(path, data):
+                return ring, False
+            mode = stat.S_IMODE(os.lstat(path).st_mode) if os.path.lexists(path) else 0o644
+            ending = b"\n" if data and not data.endswith(b"\n") else b""  # a last line edited by hand, no newline
+            _write_whole(path, data + ending + kid.encode() + b"\n", mode)
     except OSError as exc:
-        raise SigningKeyError(f"cannot add {kid} to {folder / REVOKED_FILE}: {exc.strerror or exc}") from None
+        raise SigningKeyError(f"cannot add {kid} to {path}: {exc.strerror or exc}") from None
     return ring, True

@@ -118,8 +118,9 @@ def keys_revoke(out: Output, kid: str) -> None:
     KID must be a key of the keyring (of ORCH_KEYRING_DIR or ORCH_TRUSTED_KEYS_DIR, or the key ORCH_SIGNING_KEY
     or ORCH_SIGNING_KEY_FILE holds; INVALID_ID for a malformed id, INVALID_INPUT for an unknown one); its id is
     added to the 'revoked' file of the keyring folder (ORCH_KEYRING_DIR) of this machine only: revoke it on
-    every other machine too. Revoking it again changes nothing. Revoking the key that signs stops every write (SIGNING_KEY_ERROR, exit 8) until
-    `keys rotate` makes a new key active: rotate and restart the workers first. A running worker reads the
+    every other machine too. Revoking it again changes nothing. Revokes at once (and rotations) take turns on the
+    folder's .lock: each id is kept, and the file is replaced whole. Revoking the key that signs stops every
+    write (SIGNING_KEY_ERROR, exit 8) until `keys rotate` makes a new key active: rotate and restart the workers first. A running worker reads the
     keyring folders again once a minute, and stops writing with a key revoked since; until then it signs with
     the key it started with, and what it signs fails verification: revoking a key of this keyring folder that
     is no longer the active one warns so (restart the workers started before the rotation).

@@ -1,6 +1,8 @@
 """The keyring folder's first key, made by whichever of many processes or threads signs first: exactly one key is
 made, every one of them signs with it, and the notice is printed once (README, "Signing keys"); two ``keys rotate``
-at once each make a whole key, and the later one is active; a generator killed anywhere leaves no key or a whole one."""
+at once each make a whole key, and the later one is active; a generator killed anywhere leaves no key or a whole one;
+revocations at once (of one key or of many, beside rotations) are all kept, each id once, and a revoke killed
+anywhere leaves the `revoked` file as it was or with the id."""
 from __future__ import annotations
 
 import json
@@ -14,7 +16,7 @@ import pytest
 
 from orchestrator import Orchestrator
 from orchestrator.errors import SigningKeyError
-from orchestrator.key_files import ACTIVE_FILE, LOCK_FILE, active_key_id, load_keyring, write_keypair
+from orchestrator.key_files import ACTIVE_FILE, LOCK_FILE, REVOKED_FILE, active_key_id, load_keyring, write_keypair
 
 REPO = Path(__file__).resolve().parents[2]
 NOTICE = "generated signing key"
@@ -130,7 +132,7 @@ def test_rotations_at_once_each_make_a_whole_key_and_one_of_them_is_active(tmp_p
 
 
 # Kill the process (``os._exit``: no ``finally`` runs, as with SIGKILL) at its STEP-th file operation.
-KILLED_AT = """
+DYING_AT = """
 import os, sys
 step = int(sys.argv[1])
 count = 0
@@ -144,9 +146,9 @@ def dying(real):
     return call
 for name in ("open", "write", "fsync", "replace", "rename", "link", "mkdir", "unlink", "fchmod", "chmod", "close"):
     setattr(os, name, dying(getattr(os, name)))
-from orchestrator.key_files import load_keyring
-load_keyring().ensure_signer()
 """
+KILLED_AT = DYING_AT + "from orchestrator.key_files import load_keyring\nload_keyring().ensure_signer()\n"
+REVOKE_KILLED_AT = DYING_AT + "from orchestrator.key_files import revoke\nrevoke(sys.argv[2])\n"
 
 
 def _generate(env: dict[str, str], killed_at: int) -> int:
@@ -192,3 +194,74 @@ def test_a_keyring_lock_file_that_is_a_link_or_no_regular_file_is_refused_and_no
                            else "is not a regular file"):
             write()
     assert sorted(p.name for p in keys.iterdir()) == [LOCK_FILE] and not elsewhere.exists()
+
+
+def _keyring_of(keys: Path, count: int) -> tuple[str, list[str]]:
+    """A keyring folder of ``count`` keys besides its active one: (the active key, the others)."""
+    others = [write_keypair(keys, activate=False) for _ in range(count)]
+    return write_keypair(keys), others
+
+
+def _revoked_lines(keys: Path) -> list[str]:
+    return (keys / REVOKED_FILE).read_text().splitlines()
+
+
+def test_revocations_of_different_keys_at_once_are_all_kept(tmp_path: Path) -> None:
+    for round_ in range(ROUNDS):
+        keys = tmp_path / f"round{round_}" / "keys"
+        _, kids = _keyring_of(keys, AT_ONCE)
+        results = _all_at_once([["keys", "revoke", kid, "--json"] for kid in kids], _env(keys))
+        assert [code for code, _, _ in results] == [0] * AT_ONCE, results
+        assert sorted(_revoked_lines(keys)) == sorted(kids)
+        assert load_keyring({"ORCH_KEYRING_DIR": str(keys)}).revoked == set(kids)
+        assert _no_temporary_files(keys) == []
+
+
+def test_revocations_of_one_key_at_once_write_it_once_and_one_of_them_says_it_revoked_it(tmp_path: Path) -> None:
+    """Each looked for the id, then added it: all of them found it missing, so the file listed it up to 8 times and
+    every one said "revoked"."""
+    for round_ in range(ROUNDS):
+        keys = tmp_path / f"round{round_}" / "keys"
+        _, (kid,) = _keyring_of(keys, 1)
+        results = _all_at_once([["keys", "revoke", kid, "--json"]] * AT_ONCE, _env(keys))
+        assert [code for code, _, _ in results] == [0] * AT_ONCE, results
+        assert _revoked_lines(keys) == [kid]
+        assert sorted(json.loads(out)["already_revoked"] for _, out, _ in results) == [False] + [True] * (AT_ONCE - 1)
+
+
+def test_rotations_and_revocations_at_once_keep_every_key_made_and_every_id_revoked(tmp_path: Path) -> None:
+    for round_ in range(ROUNDS):
+        keys = tmp_path / f"round{round_}" / "keys"
+        before, kids = _keyring_of(keys, AT_ONCE // 2)
+        results = _all_at_once([["keys", "revoke", kid, "--json"] for kid in kids]
+                               + [["keys", "rotate", "--json"]] * (AT_ONCE // 2), _env(keys))
+        assert [code for code, _, _ in results] == [0] * AT_ONCE, results
+        made = {json.loads(out)["signing_key"] for _, out, _ in results[AT_ONCE // 2:]}
+        assert len(made) == AT_ONCE // 2 and active_key_id(keys) in made
+        assert _key_ids(keys, ".key") == _key_ids(keys, ".pub") == made | set(kids) | {before}
+        assert sorted(_revoked_lines(keys)) == sorted(kids)
+        assert _no_temporary_files(keys) == []
+
+
+def test_a_revoke_killed_anywhere_leaves_the_revoked_file_as_it_was_or_with_the_id_and_the_next_cleans_up(
+        tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    _, (kid,) = _keyring_of(keys, 1)
+    env = _env(keys)
+    by_hand = b"# revoked by hand\nk-feedfeedfeedfeed"  # no newline at its end
+    for step in range(1, 200):
+        (keys / REVOKED_FILE).write_bytes(by_hand)
+        code = subprocess.run([sys.executable, "-c", REVOKE_KILLED_AT, str(step), kid], env=env, cwd=str(REPO),
+                              capture_output=True, text=True, timeout=60).returncode
+        assert code in (0, 9)
+        assert (keys / REVOKED_FILE).read_bytes() in (by_hand, by_hand + b"\n" + kid.encode() + b"\n")
+        assert kid in load_keyring({"ORCH_KEYRING_DIR": str(keys)}).revoked or code == 9  # every command still reads
+        if code == 0:
+            break
+        results = _all_at_once([["keys", "revoke", kid, "--json"]], env)  # the next one finishes, and cleans up
+        assert results[0][0] == 0, results
+        assert _revoked_lines(keys) == ["# revoked by hand", "k-feedfeedfeedfeed", kid]
+        assert _no_temporary_files(keys) == []
+    else:
+        raise AssertionError("the revoke never finished")
+    assert step > 5, "the revoke was not killed at any of its steps"
