@@ -3,21 +3,24 @@
 Settings come from the environment (``.env`` included): ``LLM_URL`` (the base URL, e.g.
 ``https://api.example.com/v1``, or the full ``.../chat/completions`` URL; a query, Azure's ``?api-version=``, is
 kept after the path: ``endpoint``), ``LLM_API_KEY``, ``LLM_MODEL`` and ``ORCH_LLM_TIMEOUT`` (seconds the whole
-request may take, the name lookup, the connection and the reply included; default 60; ``config.llm_timeout``;
-``_Deadline``). Whitespace around the URL, the key and the model is dropped: a Kubernetes secret read from a file
-ends in a line break, which no header can carry. The job's input is sent as the user message (a string as is,
-anything else as JSON), with the context (answers and the questions they replied to, revisions) and a system
-prompt describing the payload. Every failure becomes a ``failed`` payload with a stable ``error_code``:
+request may take, the name lookup, the connection, the reply and a ``Retry-After`` wait included; default 60;
+``config.llm_timeout``; ``_Deadline``). Whitespace around the URL, the key and the model is dropped: a Kubernetes
+secret read from a file ends in a line break, which no header can carry. The job's input is sent as the user message
+(a string as is, anything else as JSON), with the context (answers and the questions they replied to, revisions) and
+a system prompt describing the payload. Every failure becomes a ``failed`` payload with a stable ``error_code``:
 ``LLM_CONFIG``, not retried (no URL; one that is not ``http(s)://host...``, holds a character that is not ASCII, a
-space or a control character, has a bad port or holds a user name or password; a key with a character no header
-can carry or that is not ASCII; a bad timeout: the message never quotes the URL), ``LLM_NETWORK_ERROR`` (also a
-reply cut off or not HTTP), ``LLM_TIMEOUT``, ``LLM_HTTP_ERROR`` (retryable for 408/429/5xx only; a redirect, which
-is not followed, too), ``LLM_BAD_RESPONSE`` (not JSON, nested deeper than the decoder goes, not chat-completions
-shaped, or compressed or binary, said so and not quoted), ``HANDLER_ERROR`` (anything else raised in here, a bug:
-caught here so that no message with the key in it reaches the worker's generic path). A reply whose content is not
-a valid payload is passed on as is, so the worker records ``MALFORMED_PAYLOAD``; content that is empty, not JSON,
-or JSON with an object that holds a key twice (JSON would keep one of its values: ``{"status": "failed", ...,
-"status": "done"}`` was a success; ``json_text.loads_unique``) is ``MALFORMED_PAYLOAD`` here, saying which.
+space or a control character, has a bad port or holds a user name or password; a key with a character no header can
+carry or that is not ASCII; a bad timeout: the message never quotes the URL), ``LLM_NETWORK_ERROR`` (also a reply
+cut off or not HTTP), ``LLM_TIMEOUT``, ``LLM_HTTP_ERROR`` (retryable for 408/429/5xx only; a redirect, which is not
+followed, too; a 413 answered before the request was all sent is read: ``_Watched``), ``LLM_RETRY_AFTER`` (a 429 or
+503 whose ``Retry-After`` asks for a wait past the deadline, retryable; a shorter one is waited for and the request
+sent again: ``_asked_again``), ``LLM_BAD_RESPONSE`` (not JSON, nested deeper than the decoder goes, not
+chat-completions shaped, or compressed or binary, said so and not quoted), ``HANDLER_ERROR`` (anything else raised
+in here, a bug: caught here so that no message with the key in it reaches the worker's generic path). A reply whose
+content is not a valid payload is passed on as is, so the worker records ``MALFORMED_PAYLOAD``; content that is
+empty, not JSON, or JSON with an object that holds a key twice (JSON would keep one of its values: ``{"status":
+"failed", ..., "status": "done"}`` was a success; ``json_text.loads_unique``) is ``MALFORMED_PAYLOAD`` here, saying
+which.
 
 The API key is only ever put in the ``Authorization`` header, sent to ``LLM_URL`` only: a redirect is not
 followed (``LLM_HTTP_ERROR``, not retried, naming where it pointed). urllib's proxy settings are honoured
@@ -25,17 +28,15 @@ followed (``LLM_HTTP_ERROR``, not retried, naming where it pointed). urllib's pr
 ``CONNECT`` to the host and port; for an ``http://`` URL it is sent the whole request, key included, in clear, as
 is everything on the way to such a URL. A key has no shape ``sanitize_text`` could recognise, and an endpoint (a
 proxy, a debugging server, a model told to) may echo it, so its value is replaced in everything ``call_llm``
-returns, on every path: each string of the payload, nested ones and object keys included (``_without_secrets``;
-two keys that become one are both kept, ``_renamed``), as sent, as JSON text may write it (``\\/``, ``\\u0041``)
-or percent-encoded (``%2F``: ``_json_forms``); the password of a URL too (``_Secrets``). Other encodings (base64,
-...) are not looked for. A key shorter than ``MIN_SECRET_LENGTH`` (8) characters is not looked for:
-such a value (``x``, ``EMPTY``, a local server's dummy) cannot be told from text, and replacing it turned
-"explain" into "[REDACTED]plain" and a ``done`` into a malformed payload. Failure texts also go through
-``sanitize_text``, before they are cut (``_scrub``).
+returns, on every path (``handlers.llm_secrets``): each string of the payload, nested ones and object keys included
+(two keys that become one are both kept), as sent, as JSON text may write it (``\\/``, ``\\u0041``),
+percent-encoded (``%2F``), or its bytes in base64 or hex; the password of a URL too. A key shorter than 8
+characters is not looked for (``MIN_SECRET_LENGTH``). Failure texts also go through ``sanitize_text``, before they
+are cut (``scrub``).
 """
 from __future__ import annotations
 
-import functools
+import email.utils
 import http.client
 import json
 import re
@@ -46,6 +47,8 @@ import traceback
 import urllib.error
 import urllib.request
 from contextlib import suppress
+from dataclasses import dataclass
+from datetime import timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -53,11 +56,12 @@ from urllib.parse import urlsplit, urlunsplit
 from orchestrator.config import llm_timeout
 from orchestrator.errors import ConfigError
 from orchestrator.handler_env import llm_environment
+from orchestrator.handlers.llm_secrets import Secrets, scrub, without_secrets
 from orchestrator.json_text import DuplicateKeyError, loads_unique
-from orchestrator.security import REDACTED, cut_read_size, renamed_keys, sanitized_cut, shown
+from orchestrator.security import cut_read_size, shown
 
 MAX_REPLY_BYTES = 4 * 1024 * 1024
-MIN_SECRET_LENGTH = 8  # a key (or URL password) shorter than this is not looked for: it cannot be told from text
+RETRY_AFTER_WAITS = 3  # a 429/503's Retry-After is waited for, and the request sent again, at most this often a call
 SYSTEM_PROMPT = (
     "You are a job handler. Do the task in the user message. Reply with ONLY a JSON object: "
     '{"status": "done" | "needs_human" | "needs_audit" | "failed", "summary": "<one paragraph>", '
@@ -171,24 +175,44 @@ def _shut(sock: socket.socket) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
+class _Sending:
+    """How the sending of one request ended: ``cut_by``, the error that stopped it before its ``size`` bytes were all
+    sent, the endpoint having closed the connection (``_Watched``)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.cut_by: OSError | None = None
+
+
 class _Watched:
-    """An HTTP(S) handler whose connections are made within ``deadline`` and given to it (``_Deadline.connect``)."""
+    """An HTTP(S) handler whose connections are made within ``deadline`` and given to it (``_Deadline.connect``), and
+    whose answer is read even when the endpoint closed the connection before the request was all sent
+    (``sending``): a server that refuses a request too large answers 413 at once and closes, and the send's broken
+    pipe (or reset) was taken for a network error, retried, every retry alike."""
 
     deadline: _Deadline
+    sending: _Sending
 
     def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
-        deadline = self.deadline
+        deadline, sending = self.deadline, self.sending
 
         def connection(*args: Any, **kw: Any) -> Any:
             conn = http_class(*args, **kw)
             conn._create_connection = deadline.connect
-            connect = conn.connect
+            connect, send = conn.connect, conn.send
 
             def connect_watched() -> None:
                 connect()
                 deadline.watch(conn.sock)
 
-            conn.connect = connect_watched
+            def send_until_cut(data: Any) -> None:
+                if sending.cut_by is None:  # the rest is not sent: urllib goes on to read the answer, if one came
+                    try:
+                        send(data)
+                    except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as exc:
+                        sending.cut_by = exc
+
+            conn.connect, conn.send = connect_watched, send_until_cut
             return conn
 
         return super().do_open(connection, req, **kwargs)  # type: ignore[misc]
@@ -202,101 +226,53 @@ class _HTTPS(_Watched, urllib.request.HTTPSHandler):
     pass
 
 
-def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
-    """urlopen's handlers, but redirects are not followed and every connection ends at ``deadline``."""
+def _opener(deadline: _Deadline, sending: _Sending) -> urllib.request.OpenerDirector:
+    """urlopen's handlers, but redirects are not followed, every connection ends at ``deadline``, and an answer
+    sent before the request was all sent is read (``sending``)."""
     handlers: list[Any] = [_HTTP(), _HTTPS()]
     for handler in handlers:
-        handler.deadline = deadline
+        handler.deadline, handler.sending = deadline, sending
     return urllib.request.build_opener(_NoRedirect, *handlers)
 
 
-def _hex(unit: int, digits: int = 4) -> str:
-    """A pattern of ``unit`` in hex of ``digits`` digits, each letter of either case."""
-    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{unit:0{digits}x}")
+@dataclass(frozen=True)
+class _AskedToWait:
+    """A 429 or 503 whose ``Retry-After`` asks for the request again in ``seconds``; ``failed``: its payload."""
+
+    seconds: float
+    failed: dict[str, Any]
 
 
-def _json_forms(secret: str) -> str:
-    """A pattern of ``secret`` as sent or as JSON text may write it, at any depth of JSON quoted in JSON: each
-    character as itself, also after backslashes (PHP writes ``/`` as ``\\/``, quoted again ``\\\\\\/``), or as
-    ``\\u`` and its code in hex of either case (a surrogate pair beyond U+FFFF); or percent-encoded, as a URL
-    quotes it (``/`` as ``%2F`` or ``%2f``: a key is ASCII, ``_config_problem``, one byte a character). It starts only
-    where no backslash precedes: tried at each backslash of a long run, it would scan the rest of the run each
-    time."""
-    forms = []
-    for char in secret:
-        code = ord(char)
-        units = [code] if code <= 0xFFFF else [0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)]
-        percent = f"|%{_hex(code, 2)}" if code < 0x80 else ""
-        forms.append(rf"(?:\\*{re.escape(char)}|" + "".join(rf"\\+u{_hex(unit)}" for unit in units) + percent + ")")
-    return r"(?<!\\)" + "".join(forms)
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """The wait a ``Retry-After`` value asks for at ``now`` (Unix time): a number of seconds, or an HTTP date (one
+    already past: 0). None for anything else (a negative number, ``soon``), which is ignored as before."""
+    text = (value or "").strip()
+    if re.fullmatch(r"[0-9]+(?:\.[0-9]+)?", text):
+        return float(text)  # a number too large for a float is inf: longer than any time left
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, with nothing said of the sender's zone (RFC 5322)
+        when = when.replace(tzinfo=timezone.utc)
+    return max(when.timestamp() - now, 0.0)
 
 
-@functools.lru_cache(maxsize=4)  # a worker asks with the same key each time: the pattern is made once
-def _forms_of(secrets: tuple[str, ...]) -> re.Pattern[str]:
-    return re.compile("|".join(map(_json_forms, secrets)))
+def _cut_off(reason: object, sending: _Sending) -> str:
+    """Why the endpoint could not be reached; when it closed the connection before the request was all sent and
+    sent no answer (a reset may pass, so this is retried), saying so."""
+    if sending.cut_by is None:
+        return f"cannot reach the LLM endpoint: {reason}"
+    return (f"the LLM endpoint closed the connection before the request ({sending.size:,} bytes) was all sent "
+            f"({sending.cut_by.strerror or sending.cut_by}) and sent no answer ({reason}); an endpoint that takes "
+            "no request this large may do so")
 
 
-class _Secrets:
-    """What ``call_llm`` must never return: the API key and the password of ``LLM_URL``, those of at least
-    ``MIN_SECRET_LENGTH`` characters, in any of their JSON forms (``_json_forms``)."""
-
-    def __init__(self, *values: str) -> None:
-        self.values = sorted({value for value in values if len(value) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
-        self._forms = _forms_of(tuple(self.values)) if self.values else None
-
-    def drop(self, text: str) -> str:
-        """``text`` with each secret replaced by ``REDACTED``."""
-        if self._forms is None:
-            return text
-        if "\\" in text or "%" in text:
-            return self._forms.sub(REDACTED, text)
-        for value in self.values:  # with neither, as sent is the only form (and a replace is many times faster)
-            text = text.replace(value, REDACTED)
-        return text
+def _failed(code: str, message: str, secrets: Secrets, retryable: bool = True) -> dict[str, Any]:
+    return {"status": "failed", "summary": scrub(message, secrets, 2000), "error_code": code, "retryable": retryable}
 
 
-def _renamed(obj: dict[str, Any], secrets: _Secrets) -> dict[str, Any]:
-    """``obj`` with the secrets replaced in its keys, no value lost when two keys become one: a key that changes
-    gets ``2-``, ``3-``, ... in front of its new name when that is taken (``security.renamed_keys``, the rule
-    ``sanitize_obj`` renames keys by: ``{"<key>": 1, "[REDACTED]": 2}`` is ``{"2-[REDACTED]": 1, "[REDACTED]":
-    2}``)."""
-    names = renamed_keys(obj, secrets.drop)
-    return obj if all(new == name for name, new in names.items()) else {names[k]: v for k, v in obj.items()}
-
-
-def _without_secrets(value: Any, secrets: _Secrets) -> Any:
-    """``value`` (a decoded JSON reply, changed in place) with the secrets replaced in every string and object key
-    (``_renamed``). A loop, not a recursion: a reply nested deeper than the walk could go was ``LLM_BAD_RESPONSE``
-    with a key set and passed on (``MALFORMED_PAYLOAD``) without one."""
-    if not secrets.values:
-        return value
-    top = [value]
-    todo: list[list[Any] | dict[str, Any]] = [top]
-    while todo:
-        items = todo.pop()
-        for at, item in enumerate(items) if isinstance(items, list) else items.items():
-            if isinstance(item, str):
-                items[at] = secrets.drop(item)  # type: ignore[index]
-            elif isinstance(item, dict):
-                items[at] = item = _renamed(item, secrets)  # type: ignore[index]
-                todo.append(item)
-            elif isinstance(item, list):
-                todo.append(item)
-    return top[0]
-
-
-def _scrub(data: str | bytes, secrets: _Secrets, limit: int) -> str:
-    """The start of ``data`` (a message, a reply or its first ``cut_read_size(limit)`` bytes) without the secrets,
-    sanitized and only then cut to ``limit`` (``security.sanitized_cut``): a cut through a secret or the key
-    leaves a part that no pattern, and no replace, recognises."""
-    return sanitized_cut(data, limit, redact_first=secrets.drop)
-
-
-def _failed(code: str, message: str, secrets: _Secrets, retryable: bool = True) -> dict[str, Any]:
-    return {"status": "failed", "summary": _scrub(message, secrets, 2000), "error_code": code, "retryable": retryable}
-
-
-def _timed_out(timeout: float, secrets: _Secrets) -> dict[str, Any]:
+def _timed_out(timeout: float, secrets: Secrets) -> dict[str, Any]:
     """The payload of a request that took longer than ``timeout``: a socket wait, or the whole reply (``_Deadline``)."""
     return _failed("LLM_TIMEOUT", f"LLM endpoint did not answer within {timeout:g}s", secrets)
 
@@ -376,10 +352,12 @@ def _not_text(data: bytes) -> str:
 
 
 def _ask(request: urllib.request.Request, timeout: float, deadline: _Deadline,
-         secrets: _Secrets) -> bytes | dict[str, Any]:
-    """The endpoint's reply (its first ``MAX_REPLY_BYTES`` + 1 bytes), or the ``failed`` payload saying why not."""
+         secrets: Secrets) -> bytes | dict[str, Any] | _AskedToWait:
+    """The endpoint's reply (its first ``MAX_REPLY_BYTES`` + 1 bytes), or the ``failed`` payload saying why not (with
+    the wait a 429's or 503's ``Retry-After`` asks for: ``_AskedToWait``)."""
+    sending = _Sending(len(request.data or b""))
     try:
-        with _opener(deadline).open(request, timeout=timeout) as resp:  # noqa: S310 - the operator's own URL
+        with _opener(deadline, sending).open(request, timeout=timeout) as resp:  # noqa: S310 - the operator's URL
             data = resp.read(MAX_REPLY_BYTES + 1)
             if resp.length and len(data) <= MAX_REPLY_BYTES:  # a read of a set size takes a cut reply as it is
                 raise http.client.IncompleteRead(data, resp.length)
@@ -389,21 +367,28 @@ def _ask(request: urllib.request.Request, timeout: float, deadline: _Deadline,
             body = exc.read(cut_read_size(500)) if exc.fp else b""
         except (OSError, http.client.HTTPException):  # an error body cut off: its status is what matters
             body = b""
-        detail = _scrub(body, secrets, 500)
+        finally:
+            exc.close()
+        detail = scrub(body, secrets, 500)
         if 300 <= exc.code < 400:
-            where = _scrub(str(exc.headers.get("Location") or "nowhere"), secrets, 500)
+            where = scrub(str(exc.headers.get("Location") or "nowhere"), secrets, 500)
             detail = f"a redirect to {where}, not followed (set LLM_URL to the URL that answers) {detail}".rstrip()
+        elif exc.code == 413:
+            detail = (f"{detail} (the request, {sending.size:,} bytes, is larger than the endpoint takes: shorten "
+                      "the job's input)").lstrip()
         retry = exc.code in (408, 429) or exc.code >= 500
-        return _failed("LLM_HTTP_ERROR", f"LLM endpoint answered HTTP {exc.code}: {detail}", secrets,
-                       retryable=retry)
+        failed = _failed("LLM_HTTP_ERROR", f"LLM endpoint answered HTTP {exc.code}: {detail}", secrets,
+                         retryable=retry)
+        wait = retry_after_seconds(exc.headers.get("Retry-After"), time.time()) if exc.code in (429, 503) else None
+        return failed if wait is None else _AskedToWait(wait, failed)
     except (socket.timeout, TimeoutError):
         return _timed_out(timeout, secrets)
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, (socket.timeout, TimeoutError)):
             return _timed_out(timeout, secrets)
-        return _failed("LLM_NETWORK_ERROR", f"cannot reach the LLM endpoint: {exc.reason}", secrets)
-    except OSError as exc:
-        return _failed("LLM_NETWORK_ERROR", f"cannot reach the LLM endpoint: {exc}", secrets)
+        return _failed("LLM_NETWORK_ERROR", _cut_off(exc.reason, sending), secrets)
+    except OSError as exc:  # also no answer where one was awaited (RemoteDisconnected)
+        return _failed("LLM_NETWORK_ERROR", _cut_off(exc, sending), secrets)
     except (http.client.InvalidURL, UnicodeEncodeError) as exc:  # one _config_problem let through
         # never its message, which quotes the URL (a path may hold a token)
         return _failed("LLM_CONFIG", f"LLM_URL cannot be used: http.client refused it ({type(exc).__name__})",
@@ -413,11 +398,32 @@ def _ask(request: urllib.request.Request, timeout: float, deadline: _Deadline,
                        secrets)
 
 
+def _asked_again(request: urllib.request.Request, timeout: float, deadline: _Deadline, secrets: Secrets,
+                 raw: bytes | dict[str, Any] | _AskedToWait) -> bytes | dict[str, Any]:
+    """``raw``, or, while it is a 429 or 503 asking for a wait that ends before ``deadline`` does, the reply to the
+    request sent again after that wait (at most ``RETRY_AFTER_WAITS`` times, then the last one's ``failed``). A wait
+    past the deadline is never begun: the attempt fails at once, ``LLM_RETRY_AFTER``, retried after the worker's
+    backoff."""
+    waits = 0
+    while isinstance(raw, _AskedToWait):
+        left = deadline.remaining()
+        if raw.seconds >= left:
+            return _failed("LLM_RETRY_AFTER", f"{raw.failed['summary']} (Retry-After: {raw.seconds:.1f}s, more than "
+                           f"the {max(left, 0):.1f}s left of ORCH_LLM_TIMEOUT's {timeout:g}s: not waited for)",
+                           secrets)
+        if waits == RETRY_AFTER_WAITS:
+            return raw.failed
+        waits += 1
+        time.sleep(raw.seconds)
+        raw = _ask(request, timeout, deadline, secrets)
+    return raw
+
+
 def call_llm(ctx: Any, environ: dict[str, str] | None = None) -> Any:
     """Ask the model for a terminal payload; return it (or a ``failed`` payload on any error, the key never in it)."""
     env = llm_environment() if environ is None else environ  # its own settings, also in a filtered process
     url, key = env.get("LLM_URL", "").strip(), env.get("LLM_API_KEY", "").strip()
-    secrets = _Secrets(key, _url_password(url))
+    secrets = Secrets(key, _url_password(url))
     try:
         return _call(ctx, env, url, key, secrets)
     except Exception as exc:  # noqa: BLE001 - the worker's generic path would keep its message, and the key in it
@@ -426,7 +432,7 @@ def call_llm(ctx: Any, environ: dict[str, str] | None = None) -> Any:
                        f"{Path(where.filename).name}:{where.lineno}: {exc}", secrets)
 
 
-def _call(ctx: Any, env: dict[str, str], url: str, key: str, secrets: _Secrets) -> Any:
+def _call(ctx: Any, env: dict[str, str], url: str, key: str, secrets: Secrets) -> Any:
     problem = _config_problem(url, key)
     if problem:
         return _failed("LLM_CONFIG", problem, secrets, retryable=False)
@@ -440,7 +446,7 @@ def _call(ctx: Any, env: dict[str, str], url: str, key: str, secrets: _Secrets) 
         headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(endpoint(url), data=json.dumps(body).encode(), headers=headers, method="POST")
     with _Deadline(timeout) as deadline:
-        raw = _ask(request, timeout, deadline, secrets)
+        raw = _asked_again(request, timeout, deadline, secrets, _ask(request, timeout, deadline, secrets))
     if deadline.passed:  # whatever the read got, or failed with, the connection was cut at the deadline
         return _timed_out(timeout, secrets)
     if isinstance(raw, dict):
@@ -456,7 +462,7 @@ def _call(ctx: Any, env: dict[str, str], url: str, key: str, secrets: _Secrets) 
         if binary:
             return _failed("LLM_BAD_RESPONSE", f"the reply is not a chat completion: it is {binary}, not quoted "
                            f"({len(raw)} bytes)", secrets)
-        snippet = _scrub(raw, secrets, 200)
+        snippet = scrub(raw, secrets, 200)
         return _failed("LLM_BAD_RESPONSE", f"the reply is not a chat completion ({exc}): {snippet}", secrets)
     text = _strip_fences(content)
     if not text:
@@ -464,15 +470,15 @@ def _call(ctx: Any, env: dict[str, str], url: str, key: str, secrets: _Secrets) 
                 "retryable": True, "output": {"reply_not_json": True}}
     try:
         # valid or not, the payload goes to the worker, which stores what it can of it
-        return _without_secrets(loads_unique(text), secrets)
+        return without_secrets(loads_unique(text), secrets)
     except DuplicateKeyError as exc:  # JSON keeps one of the values: {"status": "failed", ..., "status": "done"}
-        where = _scrub(exc.path, secrets, 200)
+        where = scrub(exc.path, secrets, 200)
         return _failed("MALFORMED_PAYLOAD", f"the model's reply has the key {shown(secrets.drop(exc.key))} twice (at "
                        f"{where}): JSON keeps only one of its values, so the reply is refused rather than taken "
                        "without the other", secrets)
     except ValueError:
         # not JSON: hand the text on so the worker records MALFORMED_PAYLOAD with it
-        return {"status": "failed", "summary": _scrub(content, secrets, 2000), "error_code": "MALFORMED_PAYLOAD",
+        return {"status": "failed", "summary": scrub(content, secrets, 2000), "error_code": "MALFORMED_PAYLOAD",
                 "retryable": True, "output": {"reply_not_json": True}}
     except RecursionError:
         return _failed("LLM_BAD_RESPONSE", "the reply's JSON is nested too deeply", secrets)

@@ -1,14 +1,18 @@
 """The ``llm`` handler against a small OpenAI-compatible server on 127.0.0.1, including its failure modes."""
 from __future__ import annotations
 
+import base64
 import contextlib
+import email.utils
 import gzip
 import json
 import logging
 import socket
+import struct
 import urllib.parse
 import threading
 import time
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,7 +20,8 @@ from typing import Any, Iterator
 import pytest
 
 from orchestrator.handlers import llm
-from orchestrator.handlers.llm import MIN_SECRET_LENGTH, call_llm
+from orchestrator.handlers.llm import call_llm
+from orchestrator.handlers.llm_secrets import MIN_SECRET_LENGTH
 from orchestrator.worker import Worker, WorkerSettings
 
 KEY = "sk-test-0123456789abcdefghijklmnopqrstuv"
@@ -32,9 +37,21 @@ class FakeLLM(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         length = int(self.headers.get("Content-Length") or 0)
+        if self.server.mode in ("too_large", "reset_unread"):  # at once, reading none of the body, then closes
+            self.server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": None})
+            if self.server.mode == "too_large":  # as a server with a body limit does, telling why
+                self._send(413, b'{"error": {"message": "request entity too large"}}')
+            else:  # a reset (SO_LINGER 0), no answer at all
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            return
         body = json.loads(self.rfile.read(length)) if length else None  # a GET has none
         self.server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
         mode = self.server.mode
+        if mode == "busy" and len(self.server.requests) <= self.server.busy:  # then "done"
+            self._send(self.server.status, b'{"error": "slow down"}', {"Retry-After": self.server.retry_after})
+            return
+        mode = "done" if mode == "busy" else mode
         if mode == "slow":
             time.sleep(1.5)
             mode = "done"
@@ -118,8 +135,10 @@ class FakeLLM(BaseHTTPRequestHandler):
         }[mode]
         return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
 
-    def _send(self, status: int, data: bytes) -> None:
+    def _send(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -233,6 +252,43 @@ def test_a_key_echoed_in_any_json_escaped_form_is_replaced(server, where: str, f
     assert "[REDACTED]" in text and echoed not in text and "0123-no-known" not in text, text
 
 
+# a key whose base64 holds "+" and "/" at each of the 3 byte offsets an encoding may start it at
+ODD_KEY = "sk~???~>0123-no-known-shape"
+ENCODED_KEYS = {
+    "base64": base64.b64encode(ODD_KEY.encode()).decode(),
+    "base64-offset-1": base64.b64encode(b"<" + ODD_KEY.encode() + b">").decode(),
+    "base64-basic-auth": base64.b64encode(b"user:" + ODD_KEY.encode()).decode(),  # offset 2, as a Basic header has it
+    "base64-urlsafe-unpadded": base64.urlsafe_b64encode(ODD_KEY.encode()).decode().rstrip("="),
+    "base64-php-slash": base64.b64encode(b"user:" + ODD_KEY.encode()).decode().replace("/", "\\/"),
+    "base64-percent-encoded": urllib.parse.quote(base64.b64encode(ODD_KEY.encode()).decode(), safe=""),
+    "hex": ODD_KEY.encode().hex(),
+    "hex-upper": ODD_KEY.encode().hex().upper(),
+}
+
+
+@pytest.mark.parametrize("where", ["http-error-body", "not-a-chat-completion", "payload-string"])
+@pytest.mark.parametrize("form", sorted(ENCODED_KEYS))
+def test_a_key_echoed_in_base64_or_hex_is_replaced(server, where: str, form: str) -> None:
+    """Only the key as sent, JSON-escaped or percent-encoded was looked for: an endpoint echoing the Authorization
+    header it got as base64 (a Basic header's "user:key") or a debugging page showing the key's bytes in hex kept it."""
+    echoed = ENCODED_KEYS[form]
+    server.mode, server.status = "body", 401 if where == "http-error-body" else 200
+    server.body = ('{"error": {"message": "Incorrect API key provided: ' + echoed + '"}}').encode()
+    if where == "payload-string":
+        server.body = chat_reply(json.dumps({"status": "done", "summary": "s", "output": "seen " + echoed + "."}))
+    payload = call_llm(CTX, llm_env(server, LLM_API_KEY=ODD_KEY))
+    text = payload["output"] if where == "payload-string" else payload["summary"]
+    assert "[REDACTED]" in text and echoed not in text and echoed[6:-6] not in text, text
+
+
+def test_an_encoding_of_the_key_is_looked_for_only_as_the_key_s_own_so_other_base64_and_hex_stay(server) -> None:
+    """The key's encodings are searched for, not text shaped like them: a digest or an id in base64 or hex stays."""
+    other = {"status": "done", "summary": "sha256 " + "ab12" * 16,
+             "output": {"id": base64.b64encode(b"x" * 40).decode(), "key": base64.b64encode(b"sk~???").decode()}}
+    server.mode, server.status, server.body = "body", 200, chat_reply(json.dumps(other))
+    assert call_llm(CTX, llm_env(server, LLM_API_KEY=ODD_KEY)) == other
+
+
 @pytest.mark.parametrize("key", ["e", "x", "EMPTY", "sk-1234"])
 def test_a_key_shorter_than_8_characters_is_not_looked_for_so_replies_stay_whole(server, key: str) -> None:
     """A local server's dummy key cannot be told from text: with "e", "explain the example" came back as
@@ -320,6 +376,94 @@ def test_a_redirect_is_not_followed_so_the_key_never_goes_to_another_server(serv
     assert (payload["status"], payload["error_code"], payload["retryable"]) == ("failed", "LLM_HTTP_ERROR", False)
     assert f"HTTP {status}" in payload["summary"] and "not followed" in payload["summary"]
     assert "token=[REDACTED]" in payload["summary"] and "abc123" not in payload["summary"]
+
+
+def test_a_413_answered_before_the_request_was_all_sent_is_read_and_not_retried(server) -> None:
+    """A server with a body limit answers 413 at once and closes the connection while the body is still being sent:
+    the send's broken pipe was a retried LLM_NETWORK_ERROR, and every retry of the job the same."""
+    server.mode = "too_large"
+    payload = call_llm({**CTX, "input": "x" * 8_000_000}, llm_env(server))
+    assert (payload["error_code"], payload["retryable"]) == ("LLM_HTTP_ERROR", False), payload
+    assert "HTTP 413" in payload["summary"] and "request entity too large" in payload["summary"]
+    assert "larger than the endpoint takes" in payload["summary"] and len(server.requests) == 1
+
+
+def test_a_connection_reset_before_the_request_was_all_sent_without_an_answer_says_so(server) -> None:
+    """No answer to read: a network error, retried (a reset may be a passing fault), that says the request was cut."""
+    server.mode = "reset_unread"
+    payload = call_llm({**CTX, "input": "x" * 8_000_000}, llm_env(server))
+    assert (payload["error_code"], payload["retryable"]) == ("LLM_NETWORK_ERROR", True), payload
+    assert "before the request (8,00" in payload["summary"] and "no answer" in payload["summary"], payload
+
+
+def busy(srv: ThreadingHTTPServer, status: int, retry_after: str, times: int = 1) -> None:
+    """``srv`` answers ``status`` with ``Retry-After: retry_after`` to the first ``times`` requests, then a payload."""
+    srv.mode, srv.status, srv.retry_after, srv.busy = "busy", status, retry_after, times
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_429_or_503_with_retry_after_is_asked_again_after_that_wait_within_the_call(server, status: int) -> None:
+    """Retry-After was ignored: the attempt failed at once, and the worker's backoff, not the server, said when."""
+    busy(server, status, "1")
+    started = time.monotonic()
+    payload = call_llm(CTX, llm_env(server, ORCH_LLM_TIMEOUT="10"))
+    assert payload["summary"] == "wrote the haiku" and len(server.requests) == 2
+    assert 1.0 <= time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("when", [-3600, 0], ids=["an-hour-ago", "now"])
+def test_a_retry_after_date_already_past_is_asked_again_at_once(server, when: int) -> None:
+    busy(server, 429, email.utils.formatdate(time.time() + when, usegmt=True))
+    started = time.monotonic()
+    assert call_llm(CTX, llm_env(server))["summary"] == "wrote the haiku" and len(server.requests) == 2
+    assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.parametrize("retry_after", ["120", "86400", "99999999999999999999999", "in-an-hour"])
+def test_a_retry_after_past_orch_llm_timeout_fails_at_once_llm_retry_after_never_waiting(
+        server, retry_after: str) -> None:
+    """Waiting would outlast ORCH_LLM_TIMEOUT, which bounds the whole call: the attempt ends now, retried later."""
+    if retry_after == "in-an-hour":
+        retry_after = email.utils.formatdate(time.time() + 3600, usegmt=True)
+    busy(server, 503, retry_after)
+    started = time.monotonic()
+    payload = call_llm(CTX, llm_env(server, ORCH_LLM_TIMEOUT="5"))
+    assert (payload["error_code"], payload["retryable"]) == ("LLM_RETRY_AFTER", True), payload
+    assert "HTTP 503" in payload["summary"] and "ORCH_LLM_TIMEOUT" in payload["summary"] and "slow down" in payload[
+        "summary"]
+    assert time.monotonic() - started < 1.0 and len(server.requests) == 1
+
+
+def test_an_endpoint_that_keeps_asking_to_wait_is_asked_a_few_times_then_the_attempt_fails_retried(server) -> None:
+    busy(server, 429, "0", times=100)
+    payload = call_llm(CTX, llm_env(server))
+    assert (payload["error_code"], payload["retryable"]) == ("LLM_HTTP_ERROR", True), payload
+    assert len(server.requests) == 1 + llm.RETRY_AFTER_WAITS
+
+
+@pytest.mark.parametrize("retry_after", ["soon", "-5", "1e3", ""])
+def test_a_retry_after_that_is_no_delay_nor_date_is_ignored_as_before(server, retry_after: str) -> None:
+    busy(server, 429, retry_after)
+    payload = call_llm(CTX, llm_env(server))
+    assert (payload["error_code"], payload["retryable"]) == ("LLM_HTTP_ERROR", True) and len(server.requests) == 1
+
+
+@pytest.mark.parametrize("value, seconds", [
+    ("120", 120.0), (" 7 ", 7.0), ("1.5", 1.5), ("9" * 400, float("inf")),
+    ("Wed, 21 Oct 2015 07:28:00 GMT", 60.0), ("Wed, 21 Oct 2015 07:26:00 GMT", 0.0),  # an HTTP date; one past: 0
+    ("Wednesday, 21-Oct-15 07:28:00 GMT", 60.0), ("Wed Oct 21 07:28:00 2015", 60.0),  # RFC 850's, asctime's
+    ("Wed, 21 Oct 2015 09:28:00 +0200", 60.0),
+    ("soon", None), ("-5", None), ("1e3", None), ("", None), (None, None), ("Wed, 32 Oct 2015 07:28:00 GMT", None),
+])
+def test_retry_after_is_a_number_of_seconds_or_an_http_date_else_nothing(value: str | None,
+                                                                          seconds: float | None) -> None:
+    now = datetime(2015, 10, 21, 7, 27, tzinfo=timezone.utc).timestamp()
+    assert llm.retry_after_seconds(value, now) == seconds
+
+
+def test_retry_after_on_another_status_is_not_waited_for(server) -> None:
+    busy(server, 500, "0")
+    assert call_llm(CTX, llm_env(server))["error_code"] == "LLM_HTTP_ERROR" and len(server.requests) == 1
 
 
 def test_a_timeout_is_llm_timeout(server) -> None:

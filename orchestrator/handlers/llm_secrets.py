@@ -1,0 +1,118 @@
+"""What the ``llm`` handler must never return: the API key and the password of ``LLM_URL`` (``Secrets``), found
+in every form an endpoint may echo them in, and replaced in a reply (``without_secrets``) and in any text it quotes
+(``scrub``). A key has no shape ``sanitize_text`` could recognise, so its own value is looked for: as sent, as JSON
+text may write it (``\\/``, ``\\u0041``: ``_json_forms``), percent-encoded (``%2F``), and its bytes in base64
+(either alphabet, from any offset: ``"user:" + key`` in a Basic header) or hex (``_encodings``); the forms of those
+too. A key shorter than ``MIN_SECRET_LENGTH`` (8) characters is not looked for: such a value (``x``, ``EMPTY``, a local
+server's dummy) cannot be told from text, and replacing it turned "explain" into "[REDACTED]plain"."""
+from __future__ import annotations
+
+import base64
+import functools
+import re
+from typing import Any
+
+from orchestrator.security import REDACTED, renamed_keys, sanitized_cut
+
+MIN_SECRET_LENGTH = 8  # a key (or URL password) shorter than this is not looked for: it cannot be told from text
+
+
+def _hex(unit: int, digits: int = 4) -> str:
+    """A pattern of ``unit`` in hex of ``digits`` digits, each letter of either case."""
+    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{unit:0{digits}x}")
+
+
+def _json_forms(secret: str) -> str:
+    """A pattern of ``secret`` as sent or as JSON text may write it, at any depth of JSON quoted in JSON: each
+    character as itself, also after backslashes (PHP writes ``/`` as ``\\/``, quoted again ``\\\\\\/``), or as
+    ``\\u`` and its code in hex of either case (a surrogate pair beyond U+FFFF); or percent-encoded, as a URL
+    quotes it (``/`` as ``%2F`` or ``%2f``: a key is ASCII, ``_config_problem``, one byte a character). It starts only
+    where no backslash precedes: tried at each backslash of a long run, it would scan the rest of the run each
+    time."""
+    forms = []
+    for char in secret:
+        code = ord(char)
+        units = [code] if code <= 0xFFFF else [0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)]
+        percent = f"|%{_hex(code, 2)}" if code < 0x80 else ""
+        forms.append(rf"(?:\\*{re.escape(char)}|" + "".join(rf"\\+u{_hex(unit)}" for unit in units) + percent + ")")
+    return r"(?<!\\)" + "".join(forms)
+
+
+_URL_SAFE = str.maketrans("+/", "-_")  # base64's URL-safe alphabet (RFC 4648, section 5)
+
+
+def _encodings(secret: str) -> list[str]:
+    """``secret`` as sent, and its bytes in hex (lower or upper case) and in base64, standard and URL-safe, from each
+    of the 3 offsets in a group of 3 bytes an encoding of a longer text may start them at: the characters those
+    bytes alone decide (the first and last may hold bits of what is around them, and are not looked for: a few
+    bits of the key's first and last bytes are left). A key is ASCII (``_config_problem``)."""
+    data = secret.encode()
+    forms = [secret, data.hex(), data.hex().upper()]
+    for offset in range(3):
+        first, end = -(-8 * offset // 6), 8 * (offset + len(data)) // 6  # whole 6-bit characters of the key's bits
+        standard = base64.b64encode(bytes(offset) + data).decode()[first:end]
+        forms += [standard, standard.translate(_URL_SAFE)]
+    return forms
+
+
+@functools.lru_cache(maxsize=4)  # a worker asks with the same key each time: the pattern is made once
+def _forms_of(forms: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(map(_json_forms, forms)))
+
+
+class Secrets:
+    """What ``call_llm`` must never return: the API key and the password of ``LLM_URL``, those of at least
+    ``MIN_SECRET_LENGTH`` characters, and their encodings (``_encodings``), each in any of its JSON forms
+    (``_json_forms``)."""
+
+    def __init__(self, *values: str) -> None:
+        self.values = sorted({value for value in values if len(value) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+        self.forms = sorted({form for value in self.values for form in _encodings(value)}, key=len, reverse=True)
+        self._pattern = _forms_of(tuple(self.forms)) if self.forms else None
+
+    def drop(self, text: str) -> str:
+        """``text`` with each secret replaced by ``REDACTED``."""
+        if self._pattern is None:
+            return text
+        if "\\" in text or "%" in text:
+            return self._pattern.sub(REDACTED, text)
+        for form in self.forms:  # with neither, each form as it is is the only one (and a replace is much faster)
+            text = text.replace(form, REDACTED)
+        return text
+
+
+def _renamed(obj: dict[str, Any], secrets: Secrets) -> dict[str, Any]:
+    """``obj`` with the secrets replaced in its keys, no value lost when two keys become one: a key that changes
+    gets ``2-``, ``3-``, ... in front of its new name when that is taken (``security.renamed_keys``, the rule
+    ``sanitize_obj`` renames keys by: ``{"<key>": 1, "[REDACTED]": 2}`` is ``{"2-[REDACTED]": 1, "[REDACTED]":
+    2}``)."""
+    names = renamed_keys(obj, secrets.drop)
+    return obj if all(new == name for name, new in names.items()) else {names[k]: v for k, v in obj.items()}
+
+
+def without_secrets(value: Any, secrets: Secrets) -> Any:
+    """``value`` (a decoded JSON reply, changed in place) with the secrets replaced in every string and object key
+    (``_renamed``). A loop, not a recursion: a reply nested deeper than the walk could go was ``LLM_BAD_RESPONSE``
+    with a key set and passed on (``MALFORMED_PAYLOAD``) without one."""
+    if not secrets.values:
+        return value
+    top = [value]
+    todo: list[list[Any] | dict[str, Any]] = [top]
+    while todo:
+        items = todo.pop()
+        for at, item in enumerate(items) if isinstance(items, list) else items.items():
+            if isinstance(item, str):
+                items[at] = secrets.drop(item)  # type: ignore[index]
+            elif isinstance(item, dict):
+                items[at] = item = _renamed(item, secrets)  # type: ignore[index]
+                todo.append(item)
+            elif isinstance(item, list):
+                todo.append(item)
+    return top[0]
+
+
+def scrub(data: str | bytes, secrets: Secrets, limit: int) -> str:
+    """The start of ``data`` (a message, a reply or its first ``cut_read_size(limit)`` bytes) without the secrets,
+    sanitized and only then cut to ``limit`` (``security.sanitized_cut``): a cut through a secret or the key
+    leaves a part that no pattern, and no replace, recognises."""
+    return sanitized_cut(data, limit, redact_first=secrets.drop)
