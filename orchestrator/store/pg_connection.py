@@ -11,6 +11,7 @@ import contextlib
 import ipaddress
 import os
 import re
+import socket
 from typing import Any
 from urllib.parse import unquote
 
@@ -34,19 +35,26 @@ CREDENTIAL_ENV = frozenset({"PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEF
 # for any server: an enumerated value it does not know (``sslmode``, ``gssencmode``, ``channel_binding``,
 # ``target_session_attrs``, ``ssl_min_protocol_version``, ...), a port or an integer that is not one, a ``hostaddr``
 # that is not an address, lists of hosts and ports that do not match, an SSL version range or ``require_auth`` that
-# contradicts itself. libpq says so only in its message's text (no SQLSTATE), in English unless the program set
+# contradicts itself, a keepalive value the kernel refuses as libpq hands it over (``keepalives_idle=-3``, which it
+# passes as 0, or ``keepalives_count=200``: ``setsockopt(TCP_KEEPIDLE) failed: Invalid argument``, a strerror in
+# English too). libpq says so only in its message's text (no SQLSTATE), in English unless the program set
 # ``LC_MESSAGES`` (Python does not): a text not matched here stays ``StorageUnavailableError``, as any other failure.
 _BAD_SETTING = re.compile(r'invalid "?\w+"? value: "|invalid port number: "|invalid integer value "[^"]*" for '
                           r'connection option "|could not parse network address "|could not match \d+ [\w ]+ to \d+ '
                           r'|invalid SSL protocol version range|weak sslmode "|require_auth method "'
-                          r'|invalid when \w+ support is not compiled in')
+                          r'|invalid when \w+ support is not compiled in'
+                          r'|setsockopt\((?:TCP_KEEP\w+|TCP_USER_TIMEOUT)\) failed: Invalid argument')
 
 
 # The integer settings libpq reads only once it has a TCP socket, that is after psycopg looked the host's name up
-# (``_refused_setting``), as C's ``strtol`` reads them (blanks around, a sign, decimal digits) into an ``int``; the
-# keepalives' three only when keepalives are on.
-_KEEPALIVE_INTEGERS = ("keepalives_idle", "keepalives_interval", "keepalives_count")
+# (``_refused_setting``), as C's ``strtol`` reads them (blanks around, a sign, decimal digits) into an ``int``, and
+# only when keepalives are on (``tcp_user_timeout`` too); each then goes to the kernel as ``setsockopt`` does it, a
+# negative one as 0, under the option's name libpq's message gives (``TCP_KEEPALIVE`` for the idle time on macOS).
 _C_INTEGER = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+[ \t\n\v\f\r]*")
+_TCP_SETTINGS = ("keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout")
+_IDLE_OPTION = "TCP_KEEPIDLE" if hasattr(socket, "TCP_KEEPIDLE") else "TCP_KEEPALIVE"
+_TCP_INTEGERS = {name: label for name, label in zip(_TCP_SETTINGS, (_IDLE_OPTION, "TCP_KEEPINTVL", "TCP_KEEPCNT",
+                                                                     "TCP_USER_TIMEOUT")) if hasattr(socket, label)}
 # Where the check of the settings points libpq instead of the hosts: a folder under a file, so the socket it tries
 # there fails at once (ENOTDIR), without the network, once libpq has read every setting it reads before connecting.
 _NO_SOCKET_HERE = "/dev/null"
@@ -202,7 +210,8 @@ def _refused_setting(params: dict[str, Any]) -> str | None:
     setting. libpq reads the settings it checks before connecting (an ``sslmode`` it does not know, a port out of
     range, hosts and ports that do not match, from the URL, a ``PG*`` variable or a service file) as it opens a
     connection to a socket that cannot be (``_NO_SOCKET_HERE``, one per host); the integers it reads only once it has a
-    TCP socket are read here as it reads them (``_C_INTEGER``, an ``int``). None: nothing refused, or nothing looked up
+    TCP socket are read here as it reads them (``_C_INTEGER``, an ``int``), and handed to the kernel as it hands them
+    over (``_kernel_refused``). None: nothing refused, or nothing looked up
     (libpq then finds all of it itself, before it waits for any server)."""
     hostaddr = params["hostaddr"] if "hostaddr" in params else os.environ.get("PGHOSTADDR")
     hosts = str(params["host"] if "host" in params else os.environ.get("PGHOST", "")).split(",")
@@ -222,12 +231,34 @@ def _refused_setting(params: dict[str, Any]) -> str | None:
                 return text.strip()
     finally:
         conn.finish()
-    keepalives = params.get("keepalives")
-    names = ("keepalives",) + (_KEEPALIVE_INTEGERS if _c_int(keepalives) != 0 else ()) + ("tcp_user_timeout",)
-    for name in names:
-        value = params.get(name)
-        if value is not None and _c_int(value) is None:
+    if _c_int(params.get("keepalives")) is None:
+        return f'invalid integer value "{params["keepalives"]}" for connection option "keepalives"'
+    if _c_int(params.get("keepalives")) == 0:  # libpq then reads none of the TCP integers
+        return None
+    given = {name: params[name] for name in _TCP_SETTINGS if params.get(name) is not None}
+    for name, value in given.items():
+        if _c_int(value) is None:
             return f'invalid integer value "{value}" for connection option "{name}"'
+    return _kernel_refused({name: _c_int(value) for name, value in given.items()})
+
+
+def _kernel_refused(values: dict[str, Any]) -> str | None:
+    """What the kernel says of the TCP integers ``values`` (name -> int) as libpq hands them over (a negative one as 0),
+    in libpq's words (``setsockopt(TCP_KEEPIDLE) failed: Invalid argument``), asked of a TCP socket of this process
+    that connects nowhere; None when it takes them all (or has no such option, nor a socket to ask)."""
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    except OSError:  # no IPv4 here: libpq finds it on the connection's own socket
+        return None
+    with sock:
+        for name, number in values.items():
+            label = _TCP_INTEGERS.get(name)
+            if label is None:
+                continue
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, label), max(number, 0))
+            except OSError as exc:
+                return f"setsockopt({label}) failed: {os.strerror(exc.errno or 0)}"
     return None
 
 

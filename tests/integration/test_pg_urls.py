@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -177,23 +178,64 @@ INTEGERS = ["7", " 12 ", "+5", "-3", "\t7\n", "1.5", "0x10", "", "1e3", "- 3", "
 @pytest.mark.parametrize("option", ["keepalives_idle", "tcp_user_timeout"])
 def test_an_integer_setting_is_refused_before_any_lookup_exactly_when_libpq_refuses_it(option: str, value: str) -> None:
     """The check made before psycopg's lookup of the host agrees with libpq's own, made as it connects to an address
-    (port 1 of this machine, where nothing listens: refused, or the setting first)."""
+    (port 1 of this machine, where nothing listens: refused, or the setting first), and so does what the kernel says
+    of a value libpq hands it (``-3`` as 0: no idle time, a ``tcp_user_timeout`` of the kernel's default)."""
     from psycopg import conninfo
 
     from orchestrator.errors import ConfigError
     from orchestrator.store.pg_connection import connect
 
-    def refused(host: str) -> bool:
+    def refused(host: str) -> str | None:
         try:
             connect(conninfo.make_conninfo("", host=host, port="1", dbname="x", user="x", **{option: value}))
         except ConfigError as exc:
-            assert f'invalid integer value "{value}" for connection option "{option}"' in exc.message
-            return True
-        except Exception:  # noqa: BLE001 - refused, out of reach, or a value the kernel refuses: not this check's
-            return False
+            why = re.search(rf'invalid integer value "{re.escape(value)}" for connection option "{option}"'
+                            r"|setsockopt\(\w+\) failed: Invalid argument", exc.message)
+            assert why, exc.message
+            return why.group()
+        except Exception:  # noqa: BLE001 - refused, out of reach: not this check's
+            return None
         raise AssertionError("connected to port 1")
 
     assert refused(NO_SUCH_HOST) == refused("127.0.0.1")
+
+
+# Keepalive values libpq reads as integers and hands the kernel (a negative one as 0), which Linux refuses
+# (``setsockopt failed: Invalid argument``): idle and interval from 1 to 32767 s, count from 1 to 127
+KERNEL_REFUSES = [("keepalives_idle=-3", "TCP_KEEPIDLE"), ("keepalives_idle=0", "TCP_KEEPIDLE"),
+                  ("keepalives_interval=40000", "TCP_KEEPINTVL"), ("keepalives_count=200", "TCP_KEEPCNT"),
+                  ("keepalives=-1&keepalives_count=0", "TCP_KEEPCNT")]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's ranges of these values are Linux's")
+@pytest.mark.parametrize("host", ["127.0.0.1", NO_SUCH_HOST])
+@pytest.mark.parametrize("setting, option", KERNEL_REFUSES)
+def test_a_keepalive_value_the_kernel_refuses_is_a_config_error_whatever_the_host(
+        setting: str, option: str, host: str) -> None:
+    """Until 2026-12-07 exit 10 (``setsockopt(TCP_KEEPIDLE) failed``, as if the server were out of reach; for a host
+    name without an address, ``failed to resolve host``): a value no connection can use is a setting to fix."""
+    from orchestrator.errors import ConfigError
+    from orchestrator.store.pg_connection import connect
+
+    with pytest.raises(ConfigError) as refused:
+        connect(f"postgresql://orch:S3cretPW@{host}:1/jobs?{setting}")
+    assert f"setsockopt({option}) failed" in refused.value.message, refused.value.message
+    assert "ORCH_STORE_URL" in refused.value.message and "S3cretPW" not in refused.value.message
+
+
+@pytest.mark.parametrize("setting", ["keepalives=0&keepalives_idle=-3", "keepalives=0&tcp_user_timeout=x",
+                                     "keepalives=0&keepalives_count=x", "tcp_user_timeout=-4"])
+def test_a_setting_libpq_does_not_use_is_not_refused_for_a_host_name_either(setting: str) -> None:
+    """With keepalives off libpq reads none of the TCP integers (``tcp_user_timeout`` included), and it hands a negative
+    ``tcp_user_timeout`` to the kernel as 0, which Linux takes: the host name's lookup is what fails, as it would with
+    an address (until 2026-12-07 ``keepalives=0&tcp_user_timeout=x`` was exit 3 for a name, a connection for an
+    address)."""
+    from orchestrator.errors import ConfigError, StorageUnavailableError
+    from orchestrator.store.pg_connection import connect
+
+    with pytest.raises(StorageUnavailableError) as refused:
+        connect(f"postgresql://orch@{NO_SUCH_HOST}/jobs?{setting}")
+    assert not isinstance(refused.value, ConfigError) and "failed to resolve host" in refused.value.message
 
 
 @pytest.mark.parametrize("command", [["db", "status"], ["db", "migrate"], ["status", "--all"], ["worker", "--once"]])
