@@ -226,6 +226,14 @@ class StatementCancelledError(StorageUnavailableError):
     worker waits and tries again, as for a lost connection."""
 
 
+class TransactionConflictError(StorageUnavailableError):
+    """PostgreSQL rolled a transaction back for a conflict with another, on a live connection: a deadlock (40P01; the
+    other session held a row this one waited for, and waited for one this one held) or a serialization failure
+    (40001: a REPEATABLE READ or SERIALIZABLE transaction, a hot standby's recovery). Nothing of it stays, so the store
+    makes such a call again at once (``PostgresStore.conflict_tries``); one that keeps conflicting may still pass, so
+    a worker waits and tries again, as for a lost connection."""
+
+
 class HandlerNotFoundError(OrchestratorError):
     """No handler is registered for the job's kind."""
 

@@ -39,7 +39,7 @@ from orchestrator.artifacts_import import CopyFailed, HeartbeatFailed, artifacts
 from orchestrator.claiming import Claimer, Unhandled
 from orchestrator.config import llm_timeout
 from orchestrator.errors import (HandlerNotFoundError, InvalidInputError, KeyNotTrustedError, PathEscapeError,
-                                 StatementCancelledError, StorageUnavailableError)
+                                 StatementCancelledError, StorageUnavailableError, TransactionConflictError)
 from orchestrator.handler_env import withhold
 from orchestrator.handler_host import HOST_PREFIX, HandlerHost
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
@@ -205,7 +205,8 @@ class Worker:
                     pause = self._wait_for_store(exc, min(pause, left))
                     if not self.stopping:
                         continue
-                still = "still cancelled" if isinstance(exc, StatementCancelledError) else "still out of reach"
+                still = ("still cancelled" if isinstance(exc, StatementCancelledError) else "still conflicting"
+                         if isinstance(exc, TransactionConflictError) else "still out of reach")
                 why = ("a stop was requested while waiting for it" if self.stopping else
                        f"{still} after {wait:g}s of retries (store_wait_seconds, ORCH_STORE_WAIT_SECONDS)")
                 raise StorageUnavailableError(f"{exc.message}; {why} during stale recovery or the claim: "
@@ -433,7 +434,8 @@ class Worker:
         """Wait ``pause`` seconds before trying a store that could not be reached; returns the next pause.
         A stop request ends the wait, and with ``giving_up`` (a run's outcome in hand) raises ``exc``."""
         if not (giving_up and self.stopping):
-            what = "cancelled a statement" if isinstance(exc, StatementCancelledError) else "cannot be reached"
+            what = ("cancelled a statement" if isinstance(exc, StatementCancelledError) else "rolled back a transaction"
+                    if isinstance(exc, TransactionConflictError) else "cannot be reached")
             log.warning("the store %s (%s); trying again in %.1fs", what, one_line(exc.message), pause,
                         extra={"code": exc.code})
             self._pause(pause)

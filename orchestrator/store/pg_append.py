@@ -19,7 +19,7 @@ from orchestrator.history import SEQUENCE_MISMATCH, Problem
 from orchestrator.security import validate_id
 from orchestrator.signing import line_seq
 from orchestrator.store.base import AUDIT_STREAM, AUX_KEY_LENGTH, AuxWrites, Builder, EventStore, Head, InTransaction
-from orchestrator.store.pg_connection import _connection_lost, _driver, _storage_error
+from orchestrator.store.pg_connection import _conflicted, _connection_lost, _driver, _storage_error
 
 if TYPE_CHECKING:
     from orchestrator.store.postgres import PostgresStore
@@ -244,7 +244,8 @@ def append_audited(store: PostgresStore, stream: str, build: Builder, entry: Bui
     psycopg = _driver()
 
     def pipelined(conn: Any) -> bool:
-        unlocked = moved = committed = standing = None
+        unlocked = moved = committed = standing = entered = None
+        written = between_ran = entered_again = False
         try:
             faults.point("pg.append.before_commit")  # nothing sent yet: a kill or a cut here leaves nothing
             with conn.pipeline() as pipe:
@@ -259,6 +260,7 @@ def append_audited(store: PostgresStore, stream: str, build: Builder, entry: Bui
                     written = moved.fetchone() is not None  # round trip 1
                     if written:  # the events are durable; the entry's transaction holds the audit log's row
                         faults.point("pg.append.after_commit")
+                        between_ran = True
                         between()
                         head, agrees = _locked_head(AUDIT_STREAM, locked)
                         lines = _built(entry, head)
@@ -280,14 +282,17 @@ def append_audited(store: PostgresStore, stream: str, build: Builder, entry: Bui
         except psycopg.Error as exc:  # on a live connection, after the events' COMMIT: their entry is what failed
             if conn.broken or conn.closed or _connection_lost(exc) or not _events_committed(moved, committed):
                 raise
-            standing = exc
+            written = entered_again = True
+            if not between_ran:  # the entry's first round trip failed: what comes between events and entry, now
+                between()
+            standing = _entry_again(store, conn, entry, entry_aux, exc)
         finally:  # what the server skipped after an error of its own (the fence trigger): rolled back, unlocked
             _end_transaction(conn)
             if not _released(unlocked):
                 _unlock(conn, key)
         if standing is not None:  # as the calls one by one say it (``EventStore.append_audited``), not "nothing"
             raise AuditEntryNotWrittenError(_storage_error(standing, conn, write=True).message, stream=AUDIT_STREAM)
-        if written and entered.fetchone() is None:  # under the row's lock: it moved, or nothing committed
+        if written and not entered_again and entered.fetchone() is None:  # under the lock: it moved, or nothing did
             raise StorageError("@audit: the head did not move under its lock; the entry was not appended",
                                stream=AUDIT_STREAM)
         return written
@@ -296,6 +301,29 @@ def append_audited(store: PostgresStore, stream: str, build: Builder, entry: Bui
         return EventStore.append_audited(store, stream, build, entry, **one_by_one)
     faults.point("pg.append.after_commit")
     return Head(expected.seq + len(new), new[-1])
+
+
+def _entry_again(store: PostgresStore, conn: Any, entry: Builder, entry_aux: AuxWrites | None, exc: Exception
+                 ) -> Exception | None:
+    """After the server refused an audited append's entry (``exc``) on live ``conn``, its events committed and the job's
+    pending lock still held: a transaction rolled back for a conflict (a deadlock, a serialization failure) left
+    nothing, so the entry is appended again there (``_locked``, the head read anew), up to ``store.conflict_tries``
+    transactions in all, before the lock is let go (no heal writes it meanwhile). Returns None once it is written, else
+    the error that stands (``AuditEntryNotWrittenError``'s); a connection lost meanwhile is raised (it may have
+    committed)."""
+    for _ in range(store.conflict_tries - 1):
+        if not _conflicted(exc):
+            break
+        log.warning("%s; appending the entry again", _storage_error(exc, conn).message, extra={"stream": AUDIT_STREAM})
+        _end_transaction(conn)
+        try:
+            _locked(store, conn, AUDIT_STREAM, entry, aux=entry_aux)
+            return None
+        except _driver().Error as again:
+            if conn.broken or conn.closed or _connection_lost(again):
+                raise
+            exc = again
+    return exc
 
 
 def _events_committed(moved: Any, committed: Any) -> bool:

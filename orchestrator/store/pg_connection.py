@@ -17,7 +17,7 @@ from urllib.parse import unquote
 
 from orchestrator.descriptors import readable
 from orchestrator.errors import (ConfigError, OrchestratorError, StatementCancelledError, StorageError,
-                                 StorageUnavailableError)
+                                 StorageUnavailableError, TransactionConflictError)
 from orchestrator.security import REDACTED, sanitize_text
 from orchestrator.store.pg_deadline import Deadline, outcome
 
@@ -101,6 +101,11 @@ def _driver() -> Any:
 # What the server answers a statement it cancelled: query_canceled (a statement_timeout, or pg_cancel_backend) and
 # lock_not_available (a lock_timeout, or NOWAIT, which this code never asks for)
 CANCELLED_SQLSTATES = frozenset({"57014", "55P03"})
+# What the server answers a transaction it rolled back for a conflict with another: deadlock_detected (a cycle of lock
+# waits, one of whose sessions it rolls back) and serialization_failure (a REPEATABLE READ or SERIALIZABLE
+# transaction that met a concurrent update, which the store's sessions do not run, ``connect``; a hot standby's
+# recovery conflict). The whole transaction is gone, so making it again is safe.
+CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
 
 
 def _storage_error(exc: Exception, conn: Any = None, write: bool = False) -> StorageError:
@@ -108,7 +113,8 @@ def _storage_error(exc: Exception, conn: Any = None, write: bool = False) -> Sto
     On a connection that broke, it is ``StorageUnavailableError``: it may pass, and for a ``write``
     a commit in flight may or may not have happened (a read only broke off). A statement the server cancelled
     (``CANCELLED_SQLSTATES``) is ``StatementCancelledError``: it may pass too, and its transaction was rolled back whole
-    (a caller whose call commits more than one transaction says what the ones before stand for: ``append_audited``)."""
+    (a caller whose call commits more than one transaction says what the ones before stand for: ``append_audited``), and
+    so is a transaction it rolled back for a conflict (``CONFLICT_SQLSTATES``): ``TransactionConflictError``."""
     if (conn is not None and (conn.broken or conn.closed)) or _connection_lost(exc):
         return StorageUnavailableError(sanitize_text(f"the connection to PostgreSQL was lost: {exc}".strip())
                                        + f"; {outcome(write)}")
@@ -118,12 +124,22 @@ def _storage_error(exc: Exception, conn: Any = None, write: bool = False) -> Sto
             f"PostgreSQL cancelled the statement: {why} (a statement_timeout or lock_timeout of the server, the "
             "database, the role or the URL's options, or an administrator's pg_cancel_backend; it may pass)")
             + "; nothing was written")
+    if _conflicted(exc):
+        why = getattr(getattr(exc, "diag", None), "message_primary", None) or str(exc).strip()
+        return TransactionConflictError(sanitize_text(
+            f"PostgreSQL rolled the transaction back for a conflict with another session: {why} (a deadlock, or a "
+            "serialization failure; it may pass)") + "; nothing was written")
     return StorageError(sanitize_text(f"PostgreSQL error: {exc}".strip()) + "; nothing was written")
 
 
 def _cancelled(exc: Exception) -> bool:
     """A driver error that says the server cancelled the statement (``CANCELLED_SQLSTATES``), the connection live."""
     return isinstance(exc, _driver().Error) and getattr(exc, "sqlstate", None) in CANCELLED_SQLSTATES
+
+
+def _conflicted(exc: Exception) -> bool:
+    """A driver error that says the server rolled the transaction back for a conflict (``CONFLICT_SQLSTATES``)."""
+    return isinstance(exc, _driver().Error) and getattr(exc, "sqlstate", None) in CONFLICT_SQLSTATES
 
 
 def _connection_lost(exc: Exception) -> bool:
@@ -157,6 +173,10 @@ def conninfo(url: str) -> dict[str, Any]:
     return params
 
 
+_SESSION = ("SELECT set_config('synchronous_commit', 'on', false), "
+            "set_config('default_transaction_isolation', 'read committed', false)")
+
+
 def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = None) -> Any:
     """A psycopg connection with durable commits; a URL that cannot be parsed is ``ConfigError`` (``conninfo``), and
     so is a setting libpq refuses as it connects (``_BAD_SETTING``); other connection failures become
@@ -173,8 +193,11 @@ def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = N
             params["connect_timeout"] = deadline.connect_timeout(str(params.get("connect_timeout", "")))
         conn = psycopg.connect(autocommit=autocommit, **params)
         with deadline.bounded(conn) if deadline is not None else contextlib.nullcontext():
-            # A server configured with synchronous_commit=off could lose acknowledged appends.
-            conn.execute("SET synchronous_commit = on")
+            # A server configured with synchronous_commit=off could lose acknowledged appends; one whose default
+            # isolation is REPEATABLE READ or SERIALIZABLE (the database's, the role's) would fail an append that
+            # waited for a row another one moved (``could not serialize access``) where the store's statements,
+            # written for READ COMMITTED, check the head they expect under the row's lock and decide again.
+            conn.execute(_SESSION)
             if not autocommit:
                 conn.commit()
     except BaseException as exc:

@@ -47,7 +47,8 @@ from array import array
 from typing import Any, Callable, Collection, Iterator
 
 from orchestrator.config import DEFAULT_PG_DEADLINE_SECONDS
-from orchestrator.errors import ConcurrencyError, ConfigError, LeaseLostError, OrchestratorError, StorageError
+from orchestrator.errors import (ConcurrencyError, ConfigError, LeaseLostError, OrchestratorError, StorageError,
+                                 TransactionConflictError)
 from orchestrator.security import sanitize_text, validate_id
 from orchestrator.store.base import (AUDIT_STREAM, AUX_KEY_LENGTH, AuxWrites, Builder, EventStore, Head, InTransaction,
                                      StoredLine)
@@ -72,7 +73,10 @@ READ_CHUNK_ROWS = 10_000
 READ_CHUNK_BYTES = 8 << 20
 READ_FIRST_ROWS = 256  # a read's first chunk of lines, so lines of up to 32 KiB fit in it (a job's, mostly)
 _IDLE_CONNECTIONS = 4  # kept open per store; more are opened on demand and closed after use
-FENCED_SQLSTATE = "OF001"  # raised by the orch_streams_fence trigger (migrations/0002_claiming.sql)
+FENCED_SQLSTATE = "OF001"
+# Calls made of a store call whose transaction the server rolls back for a conflict (``_run``): a deadlock's other
+# session, or the writer that moved a row first, is done by the next try, which waits for its locks
+CONFLICT_TRIES = 3  # raised by the orch_streams_fence trigger (migrations/0002_claiming.sql)
 
 # A job's head record and its lines in one statement: one snapshot, so on this backend (where
 # both commit together) they always agree, and one round trip instead of two (for a stream of up
@@ -101,6 +105,15 @@ _INDEXED_HEADS = ("SELECT stream, seq, sha256(last_line) FROM orch_streams WHERE
                   "ORDER BY stream LIMIT %s")
 _INDEXED_HEAD = "SELECT stream, seq, sha256(last_line) FROM orch_streams WHERE project = %s AND stream = %s"
 _AUX_KEYS = "SELECT key FROM orch_aux WHERE project = %s AND area = %s AND key > %s ORDER BY key LIMIT %s"
+
+
+class _RolledBack(Exception):
+    """A try of ``PostgresStore._run`` whose transaction the server rolled back for a conflict (``error``): nothing of
+    it stays. Private, so that only the call that met it makes it again, never a call around it."""
+
+    def __init__(self, error: TransactionConflictError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 def _line_bounds(longest: int | None) -> tuple[int, int]:
@@ -142,6 +155,7 @@ class PostgresStore(EventStore):
 
     atomic_aux = True  # ``append(..., aux=...)`` writes the records in the lines' transaction
     credential_env = CREDENTIAL_ENV
+    conflict_tries = CONFLICT_TRIES  # calls of ``_run`` to a transaction the server rolls back for a conflict
 
     def __init__(self, url: str, project: str = "default",
                  deadline_seconds: float | None = DEFAULT_PG_DEADLINE_SECONDS) -> None:
@@ -241,7 +255,23 @@ class PostgresStore(EventStore):
         """Run ``fn(conn)`` on a pooled connection (autocommit: one statement is atomic on its own,
         ``fn`` opens a transaction when it needs more), within the store's deadline; driver errors
         become ``StorageError``. ``write``: ``fn`` writes, so a connection lost while it ran may have
-        committed it (the error says so; a read's says it was cut off)."""
+        committed it (the error says so; a read's says it was cut off). A call whose transaction the server rolled back
+        for a conflict (a deadlock, a serialization failure: ``TransactionConflictError``) left nothing, and is made
+        again, on another connection, up to ``conflict_tries`` calls in all; an append decides again from the head it
+        then finds, as after any race. (A call that commits twice, ``append_audited``, makes its second transaction
+        again itself, never the first.)"""
+        tries_left = self.conflict_tries
+        while True:
+            tries_left -= 1
+            try:
+                return self._call(fn, write)
+            except _RolledBack as conflict:
+                if tries_left <= 0:
+                    raise conflict.error from None
+                log.warning("%s; trying it again", conflict.error.message, extra={"code": conflict.error.code})
+
+    def _call(self, fn: Any, write: bool) -> Any:
+        """One try of ``_run``: a conflict the server rolled back is raised as ``_RolledBack``, its connection closed."""
         psycopg = _driver()
         conn = self._take()
         self.deadline.arm(conn)  # inline, not ``bounded``: this is every call's path
@@ -260,6 +290,8 @@ class PostgresStore(EventStore):
             if getattr(exc, "sqlstate", None) != FENCED_SQLSTATE:
                 error = _storage_error(exc, conn, write)
                 conn.close()
+                if isinstance(error, TransactionConflictError):
+                    raise _RolledBack(error) from None
                 raise error from None
             self._give(conn)
             raise LeaseLostError(sanitize_text(f"refused by the database: {exc.diag.message_primary or exc}"),

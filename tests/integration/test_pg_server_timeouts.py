@@ -11,6 +11,7 @@ import json
 import logging
 import random
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -213,3 +214,140 @@ def cli() -> Any:
     from orchestrator.cli import cli as command
 
     return command
+
+
+# -- transactions the server rolls back for a conflict: a deadlock (40P01), a serialization failure (40001) ---------
+class Deadlock:
+    """Another session that takes the lock ``first`` (a row the statement under test then waits for) and, once a
+    session waits for it, the lock ``then`` (a row that statement holds): a real deadlock. Its victim is the statement
+    under test, whose session looks for one after ``deadlock_timeout`` (1 s), where this session's is 60 s. Both
+    locks are then held ``hold_for`` seconds more, and rolled back."""
+
+    def __init__(self, url: str, first: str, then: str, params: tuple[Any, ...], hold_for: float = 0.5) -> None:
+        self.holder = connect(url)
+        if self.holder.execute("SELECT current_setting('is_superuser')").fetchone()[0] != "on":
+            self.holder.close()
+            pytest.skip("setting deadlock_timeout needs a superuser's session")
+        self.holder.execute("SET LOCAL deadlock_timeout = '60s'")
+        self.holder.execute(first, params)
+        self.url, self.then, self.params, self.hold_for = url, then, params, hold_for
+        self.done = threading.Event()
+        self.formed = False
+        self.thread = threading.Thread(target=self._close_the_cycle, name="deadlock-holder")
+        self.thread.start()
+
+    def _waited_for(self) -> bool:
+        with connect(self.url, autocommit=True) as watcher:
+            return bool(watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                                        (self.holder.info.backend_pid,)).fetchone()[0])
+
+    def _close_the_cycle(self) -> None:
+        try:
+            wait_until(self._waited_for, timeout=30, what="a session to wait for the first lock")
+            self.holder.execute(self.then, self.params)  # returns once the other session was rolled back
+            self.formed = True
+            time.sleep(self.hold_for)
+        finally:
+            self.holder.rollback()
+            self.holder.close()
+            self.done.set()
+
+    def __enter__(self) -> "Deadlock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.thread.join(60)
+
+
+HEAD_RECORD = "SELECT 1 FROM orch_aux WHERE project = %s AND area = 'heads' AND key = %s FOR UPDATE"
+JOB_ROW = "SELECT 1 FROM orch_streams WHERE project = %s AND stream = %s FOR UPDATE"
+AUDIT_HEAD = "SELECT 1 FROM orch_aux WHERE project = %s AND area = 'audit-head' AND key = 'audit' FOR UPDATE"
+AUDIT_ROW = "SELECT 1 FROM orch_streams WHERE project = %s AND stream = '@audit' FOR UPDATE"
+
+
+@pytest.mark.parametrize("store_tries", [None, 1], ids=["the-store-tries-again", "the-worker-waits-and-tries-again"])
+def test_a_claim_the_server_rolls_back_for_a_deadlock_is_made_again_and_the_job_runs_once(
+        scratch: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, store_tries: int | None) -> None:
+    """The claim's statement waits for the job's head record, which a maintenance session holds while it waits for the
+    job's row, which the claim holds: the server rolls the claim back (``deadlock detected``). Until 2026-12-07 that was
+    a plain STORAGE_ERROR, and the looping worker exited 10. Now the store makes the call again (nothing of it stayed),
+    and a worker whose store gave up waits and tries again, as after a lost connection."""
+    orch = Orchestrator(base_path=tmp_path, project_id=PROJECT, store_url=scratch)
+    if store_tries is not None:
+        orch.store.conflict_tries = store_tries
+    job = orch.submit("t.echo", {"message": "hi"})
+    worker = Worker(orch, WorkerSettings(worker_id="w1", retry_base_seconds=0.0), rng=random.Random(7))
+    caplog.set_level(logging.WARNING)
+    with Deadlock(scratch, HEAD_RECORD, JOB_ROW, (PROJECT, job)) as deadlock:
+        thread, outcome = run_in_thread(worker)
+        thread.join(30)
+    assert deadlock.formed and not thread.is_alive()
+    assert outcome == {"done": 1}, outcome
+    said = "the store rolled back a transaction" if store_tries == 1 else "trying it again"  # the worker's, the store's
+    tries = [r.getMessage() for r in caplog.records if "deadlock detected" in r.getMessage()]
+    assert tries and all(said in t for t in tries), tries
+    assert event_types(orch, job) == ["job_submitted", "job_claimed", "job_succeeded"]
+    report = orch.verify()
+    assert report.ok and not report.warnings, (report.problems, report.warnings)
+    orch.store.close()
+
+
+@pytest.mark.parametrize("first, then, victim", [(HEAD_RECORD, JOB_ROW, "its event"),
+                                                 (AUDIT_HEAD, AUDIT_ROW, "its audit entry")])
+def test_an_audited_action_whose_event_or_entry_is_a_deadlocks_victim_is_applied_once_with_its_entry(
+        scratch: str, tmp_path: Path, first: str, then: str, victim: str) -> None:
+    """The event's statement rolled back wrote nothing: it is made again (it was STORAGE_ERROR, exit 10). The entry's
+    transaction, rolled back after the event committed, is made again under the job's pending lock, which it still
+    holds, so no heal writes it meanwhile (it was ``AuditEntryNotWrittenError``: the event durable, the entry left to
+    ``audit heal``)."""
+    orch = Orchestrator(base_path=tmp_path, project_id=PROJECT, store_url=scratch)
+    first_job, job = orch.submit("t.echo", {}), orch.submit("t.echo", {})
+    orch.cancel(first_job, "the audit log's row and head record are made")
+    with Deadlock(scratch, first, then, (PROJECT, job) if victim == "its event" else (PROJECT,)) as deadlock:
+        result = orch.cancel(job, f"{victim} is rolled back once")
+    assert deadlock.formed
+    assert result.applied and result.state == "cancelled"
+    assert event_types(orch, job) == ["job_submitted", "job_cancelled"]
+    entries = [json.loads(s.raw) for s in orch.store.read("@audit")]
+    assert [e["job_id"] for e in entries] == [first_job, job]
+    report = orch.verify()
+    assert report.ok and not report.warnings, (report.problems, report.warnings)
+    orch.store.close()
+
+
+@contextlib.contextmanager
+def updated_then_committed(url: str, statement: str, params: tuple[Any, ...], *, after: float) -> Iterator[None]:
+    """A row ``statement`` updates in another session's transaction, committed after ``after`` seconds: a concurrent
+    update, which a REPEATABLE READ transaction waiting for the row cannot follow (``could not serialize access``)."""
+    holder = connect(url)
+    holder.execute(statement, params)
+    timer = threading.Timer(after, holder.commit)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.join()
+        holder.close()
+
+
+@pytest.mark.parametrize("row", ["the job's", "the audit log's"])
+def test_an_audited_action_on_a_database_whose_default_isolation_is_repeatable_read_is_applied_once_with_its_entry(
+        scratch: str, tmp_path: Path, row: str) -> None:
+    """``default_transaction_isolation`` set to repeatable read or serializable (for the database, the role, the URL's
+    options): a statement that waited for a row another session updated met a serialization failure, the event's
+    (STORAGE_ERROR, exit 10) or, after the event committed, the entry's (``AuditEntryNotWrittenError``), until
+    2026-12-07. The store's sessions now run read committed, which its statements are written for."""
+    url = timing_out(scratch, default_transaction_isolation="repeatable\\ read")
+    orch = Orchestrator(base_path=tmp_path, project_id=PROJECT, store_url=url)
+    first_job, job = orch.submit("t.echo", {}), orch.submit("t.echo", {})
+    orch.cancel(first_job, "the audit log's row is made")
+    stream = job if row == "the job's" else "@audit"
+    touch = "UPDATE orch_streams SET seq = seq WHERE project = %s AND stream = %s"
+    with updated_then_committed(scratch, touch, (PROJECT, stream), after=1.0):
+        result = orch.cancel(job, f"waits for {row} row")
+    assert result.applied and result.state == "cancelled"
+    entries = [json.loads(s.raw) for s in orch.store.read("@audit")]
+    assert [e["job_id"] for e in entries] == [first_job, job]
+    report = orch.verify()
+    assert report.ok and not report.warnings, (report.problems, report.warnings)
+    orch.store.close()
