@@ -60,7 +60,8 @@ def db_migrate(store_url: str | None, as_json: bool) -> None:
 def db_status(store_url: str | None, as_json: bool) -> None:
     """Show the schema version of the database and the version this release needs (exit 3 if behind: CONFIG_ERROR,
     or newer, migrated by a newer release: SCHEMA_TOO_NEW, or a table or column of it missing, or a trigger of it
-    dropped or disabled: CONFIG_ERROR, changed by hand), and how far this machine's clock is from the server's, by
+    dropped or disabled: CONFIG_ERROR, changed by hand, or not firing in a session run with session_replication_role
+    = replica, where commands write nothing: CONFIG_ERROR), and how far this machine's clock is from the server's, by
     which every machine decides time on PostgreSQL."""
     import psycopg
 
@@ -68,7 +69,8 @@ def db_status(store_url: str | None, as_json: bool) -> None:
     from orchestrator.store.pg_clock import ServerClock
     from orchestrator.store.pg_connection import _storage_error, connect
     from orchestrator.store.pg_deadline import Deadline
-    from orchestrator.store.pg_schema import current_version, hand_changes, latest_version, version_problem
+    from orchestrator.store.pg_schema import (current_version, hand_changes, latest_version, replica_problem,
+                                              version_problem)
 
     def action(out: Output) -> None:
         url = _url(store_url)
@@ -81,8 +83,9 @@ def db_status(store_url: str | None, as_json: bool) -> None:
             try:
                 with deadline.bounded(conn):
                     version = current_version(conn)
-                with deadline.bounded(conn):  # changed by hand: as every other command finds it, triggers too
-                    problem = version_problem(version) or hand_changes(conn)
+                with deadline.bounded(conn):  # changed by hand: as every other command finds it, triggers too, and
+                    # a session in which they do not fire (the database's or the role's, as a command's would be)
+                    problem = version_problem(version) or hand_changes(conn) or replica_problem(conn)
                 with deadline.bounded(conn):
                     server_clock.take(conn)
             except psycopg.Error as exc:  # a table the role may not read, or a connection lost after the version

@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 import socket
+import weakref
 from typing import Any
 from urllib.parse import unquote
 
@@ -174,7 +175,11 @@ def conninfo(url: str) -> dict[str, Any]:
 
 
 _SESSION = ("SELECT set_config('synchronous_commit', 'on', false), "
-            "set_config('default_transaction_isolation', 'read committed', false)")
+            "set_config('default_transaction_isolation', 'read committed', false), "
+            "current_setting('session_replication_role')")
+# Connections whose session runs with ``session_replication_role = replica`` (``connect`` reads it in ``_SESSION``): no
+# ordinary trigger fires in them, so the store asks whether the schema's do before it writes (``PostgresStore._call``)
+_REPLICA_SESSIONS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = None) -> Any:
@@ -196,8 +201,10 @@ def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = N
             # A server configured with synchronous_commit=off could lose acknowledged appends; one whose default
             # isolation is REPEATABLE READ or SERIALIZABLE (the database's, the role's) would fail an append that
             # waited for a row another one moved (``could not serialize access``) where the store's statements,
-            # written for READ COMMITTED, check the head they expect under the row's lock and decide again.
-            conn.execute(_SESSION)
+            # written for READ COMMITTED, check the head they expect under the row's lock and decide again. A session
+            # run as a replica fires no ordinary trigger (the fence's): it is noted, for the writes to ask.
+            if conn.execute(_SESSION).fetchone()[2] == "replica":
+                _REPLICA_SESSIONS.add(conn)
             if not autocommit:
                 conn.commit()
     except BaseException as exc:
@@ -207,6 +214,16 @@ def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = N
             raise
         raise _connect_error(exc, url) from None
     return conn
+
+
+def replica_session(conn: Any) -> bool:
+    """Whether ``conn``'s session ran with ``session_replication_role = replica`` when ``connect`` opened it."""
+    return conn in _REPLICA_SESSIONS
+
+
+def forget_replica_session(conn: Any) -> None:
+    """``conn``'s writes need not ask again: the schema's triggers fire in its session all the same."""
+    _REPLICA_SESSIONS.discard(conn)
 
 
 def _connect_error(exc: Exception, url: str) -> OrchestratorError:

@@ -175,6 +175,40 @@ def trigger_changes(conn: Any) -> ConfigError | None:
                        "hand: " + "; ".join(wrong))
 
 
+# Where a session's ``session_replication_role`` came from (``pg_settings.source``), and how to undo it there
+_ROLE_SOURCES = {"database": "ALTER DATABASE {db} RESET session_replication_role",
+                 "user": "ALTER ROLE {role} RESET session_replication_role",
+                 "database user": "ALTER ROLE {role} IN DATABASE {db} RESET session_replication_role",
+                 "client": "remove `-c session_replication_role=replica` from the URL's options or PGOPTIONS",
+                 "configuration file": "remove session_replication_role from the server's configuration file"}
+_REPLICA_ROLE = ("SELECT current_setting('session_replication_role'), s.source, quote_ident(current_database()), "
+                 "quote_ident(current_user), "
+                 "array(SELECT t.tgname FROM pg_trigger t WHERE NOT t.tgisinternal AND t.tgenabled NOT IN ('A', 'R') "
+                 "AND t.tgname = ANY(%s) AND t.tgrelid = ANY(ARRAY(SELECT to_regclass(n) FROM unnest(%s::text[]) "
+                 "AS n))) FROM pg_settings s WHERE s.name = 'session_replication_role'")
+
+
+def replica_problem(conn: Any) -> ConfigError | None:
+    """A ``ConfigError`` when ``conn``'s session runs with ``session_replication_role = replica`` and a trigger of
+    ``SCHEMA_TRIGGERS`` does not fire in it (only ``ENABLE ALWAYS`` and ``ENABLE REPLICA`` triggers do): it says what
+    no longer holds and how to reset the setting where it was made; None otherwise. ``db status`` asks; the store asks
+    before it writes in a session ``connect`` found so (``PostgresStore._call``): the fence is a safety property."""
+    tables = sorted({table for table, _migration, _stops in SCHEMA_TRIGGERS.values()})
+    role, source, db, user, silent = conn.execute(_REPLICA_ROLE, (list(SCHEMA_TRIGGERS), tables)).fetchone()
+    if role != "replica" or not silent:
+        return None
+    stopped: dict[str, list[str]] = {}  # what no longer holds -> the triggers that held it
+    for name in sorted(silent):
+        stopped.setdefault(SCHEMA_TRIGGERS[name][2], []).append(name)
+    stops = "; ".join(f"{', '.join(names)}: {what}" for what, names in stopped.items())
+    undo = _ROLE_SOURCES.get(source, "SET session_replication_role = origin where it is set ({source})")
+    return ConfigError(sanitize_text(
+        f"this session runs with session_replication_role = replica (set by {source}), in which PostgreSQL fires no "
+        f"ordinary trigger, so the schema's do not fire ({stops}); reset it: `{undo.format(db=db, role=user, source=source)}` "
+        "(sessions opened afterwards), or, if this role's sessions must run as replicas, `ALTER TABLE ... ENABLE ALWAYS "
+        "TRIGGER ...` each of them (docs/postgres.md)"))
+
+
 def migrate(url: str) -> dict[str, Any]:
     """Bring the schema to the latest version; idempotent and safe to run concurrently. A schema newer than this
     release's is refused (``SCHEMA_TOO_NEW``), nothing written. One already at this release's version is read only

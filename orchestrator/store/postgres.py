@@ -55,9 +55,11 @@ from orchestrator.store.base import (AUDIT_STREAM, AUX_KEY_LENGTH, AuxWrites, Bu
 from orchestrator.store.pg_clock import ServerClock
 # ``connect`` is called through this module's name (``_take``), so a test can stand in for the server there
 from orchestrator.store.pg_connection import (CREDENTIAL_ENV, _driver, _storage_error, _went_away, connect, conninfo,
-                                              is_postgres_url, redacted)
+                                              forget_replica_session, is_postgres_url, redacted,
+                                              replica_session)
 from orchestrator.store.pg_deadline import Deadline
-from orchestrator.store.pg_schema import MISSING_SQLSTATES, current_version, missing_problem, version_problem
+from orchestrator.store.pg_schema import (MISSING_SQLSTATES, current_version, missing_problem, replica_problem,
+                                          version_problem)
 
 __all__ = ["Deadline", "PostgresStore", "connect", "is_postgres_url", "open_store", "redacted"]
 
@@ -274,6 +276,8 @@ class PostgresStore(EventStore):
         """One try of ``_run``: a conflict the server rolled back is raised as ``_RolledBack``, its connection closed."""
         psycopg = _driver()
         conn = self._take()
+        if write and replica_session(conn):
+            self._refuse_if_triggers_off(conn)
         self.deadline.arm(conn)  # inline, not ``bounded``: this is every call's path
         try:
             result = fn(conn)
@@ -302,6 +306,22 @@ class PostgresStore(EventStore):
         # a call that returned just as it was cut keeps its result; only its connection is gone
         self._give(conn, self.deadline.disarm(conn))
         return result
+
+    def _refuse_if_triggers_off(self, conn: Any) -> None:
+        """Before a write on ``conn``, whose session runs as a replica (``replica_session``): ``ConfigError`` if the
+        schema's triggers do not fire in it (``pg_schema.replica_problem``: the fence, a safety property), nothing
+        written; else the write goes on (they are ``ENABLE ALWAYS``), and the connection's later writes too."""
+        try:
+            with self.deadline.bounded(conn):  # a cut closes it
+                problem = replica_problem(conn)
+        except _driver().Error as exc:
+            error = _storage_error(exc, conn)
+            conn.close()
+            raise error from None
+        if problem is not None:
+            self._give(conn)
+            raise ConfigError(f"{problem.message}; nothing was written")
+        forget_replica_session(conn)  # asked once per connection, as its role is read once
 
     def close(self) -> None:
         """Close the pooled connections and stop the deadline's watchdog thread."""
