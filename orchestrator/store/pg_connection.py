@@ -8,7 +8,6 @@ out of reach (``STORAGE_ERROR``), and that no message shows the URL's password, 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import re
 import socket
@@ -189,9 +188,6 @@ def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = N
     ``connect_timeout``, shortened to the time left inside ``Deadline.until``)."""
     params = conninfo(url)
     psycopg = _driver()
-    refused = _refused_setting(params)  # before psycopg looks a host's name up: a wrong setting is said first
-    if refused is not None:
-        raise _setting_error(refused, url)
     conn = None
     try:
         if deadline is not None:  # a caller waiting for a limited time (``Deadline.until``) waits no longer
@@ -212,7 +208,11 @@ def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = N
             conn.close()
         if not isinstance(exc, psycopg.Error):
             raise
-        raise _connect_error(exc, url) from None
+        error = _connect_error(exc, url)
+        # a connection that failed before it opened may have failed before libpq read every setting (a host name
+        # psycopg found no address for: libpq was never called): one that is wrong is said first
+        refused = _refused_setting(params) if conn is None and isinstance(error, StorageUnavailableError) else None
+        raise (error if refused is None else _setting_error(refused, url)) from None
     return conn
 
 
@@ -244,19 +244,19 @@ def _setting_error(why: str, url: str) -> ConfigError:
 
 
 def _refused_setting(params: dict[str, Any]) -> str | None:
-    """What libpq would refuse in ``params`` (``_BAD_SETTING``) as it connects, found without the network, when
-    psycopg would look a host's name up first (no ``hostaddr``; a host that is neither a socket folder nor an address):
-    a name without an address (``no-such-host.invalid``) was ``StorageUnavailableError``, exit 10, and hid the wrong
-    setting. libpq reads the settings it checks before connecting (an ``sslmode`` it does not know, a port out of
+    """What libpq would refuse in ``params`` (``_BAD_SETTING``) as it connects, found without the network, asked once
+    a connection failed as a server out of reach would (``connect``): psycopg looks a host's name up before libpq reads
+    a setting, so a name without an address (``no-such-host.invalid``) was ``StorageUnavailableError``, exit 10, and hid
+    the wrong setting. libpq reads the settings it checks before connecting (an ``sslmode`` it does not know, a port out of
     range, hosts and ports that do not match, from the URL, a ``PG*`` variable or a service file) as it opens a
     connection to a socket that cannot be (``_NO_SOCKET_HERE``, one per host); the integers it reads only once it has a
-    TCP socket are read here as it reads them (``_C_INTEGER``, an ``int``), and handed to the kernel as it hands them
-    over (``_kernel_refused``). None: nothing refused, or nothing looked up
-    (libpq then finds all of it itself, before it waits for any server)."""
+    TCP socket (a host that is no socket folder) are read here as it reads them (``_C_INTEGER``, an ``int``), and
+    handed to the kernel as it hands them over (``_kernel_refused``). None: nothing refused, or a ``hostaddr``, which
+    psycopg does not look up (libpq read every setting itself, and would connect to it here)."""
     hostaddr = params["hostaddr"] if "hostaddr" in params else os.environ.get("PGHOSTADDR")
-    hosts = str(params["host"] if "host" in params else os.environ.get("PGHOST", "")).split(",")
-    if hostaddr or not any(_looked_up(host) for host in hosts):
+    if hostaddr:
         return None
+    hosts = str(params["host"] if "host" in params else os.environ.get("PGHOST", "")).split(",")
     psycopg = _driver()
     check = {**params, "host": ",".join([_NO_SOCKET_HERE] * len(hosts))}
     try:
@@ -271,6 +271,8 @@ def _refused_setting(params: dict[str, Any]) -> str | None:
                 return text.strip()
     finally:
         conn.finish()
+    if all(not host or host.startswith(("/", "@")) for host in hosts):  # socket folders: libpq reads no TCP integer
+        return None
     if _c_int(params.get("keepalives")) is None:
         return f'invalid integer value "{params["keepalives"]}" for connection option "keepalives"'
     if _c_int(params.get("keepalives")) == 0:  # libpq then reads none of the TCP integers
@@ -300,18 +302,6 @@ def _kernel_refused(values: dict[str, Any]) -> str | None:
             except OSError as exc:
                 return f"setsockopt({label}) failed: {os.strerror(exc.errno or 0)}"
     return None
-
-
-def _looked_up(host: str) -> bool:
-    """Whether psycopg looks ``host`` up (a name), as ``psycopg._conninfo_attempts`` decides: not a socket folder
-    (``/...``, or ``@...`` abstract), not an address, not empty (libpq's default socket)."""
-    if not host or host.startswith(("/", "@")) or host[1:2] == ":":
-        return False
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return True
-    return False
 
 
 def _c_int(value: Any) -> int | None:

@@ -281,3 +281,31 @@ def test_a_password_given_as_a_query_parameter_is_redacted_and_the_reason_after_
     assert "S3cretPW" not in refused.value.message
     assert re.search(r"at postgresql://orch@127\.0\.0\.1:1/jobs\?password=\[REDACTED\] \(connection (is bad|failed)",
                      refused.value.message), refused.value.message
+
+
+def test_a_connection_that_opens_pays_for_no_check_of_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libpq read every setting of a connection that opened: the check made for a host name psycopg could not look up
+    (``_refused_setting``, ~0.14-0.3 ms) runs only once connecting failed (until 2026-12-07 before every connection to
+    a host name)."""
+    from backends import PG_URL, require_pg
+    from orchestrator.store import pg_connection
+
+    require_pg()
+
+    def not_here(params: object) -> None:
+        raise AssertionError("the settings were checked for a connection that opened")
+
+    monkeypatch.setattr(pg_connection, "_refused_setting", not_here)
+    named = re.sub(r"@127\.0\.0\.1([:/])", r"@localhost\1", PG_URL)
+    pg_connection.connect(named).close()
+
+
+def test_a_tcp_integer_libpq_does_not_read_for_a_socket_folder_is_not_refused_when_no_server_is_there() -> None:
+    """libpq reads the keepalives only on a TCP socket: a socket folder with no server is out of reach (exit 10), as
+    the same URL with a server there connects."""
+    from orchestrator.errors import ConfigError, StorageUnavailableError
+    from orchestrator.store.pg_connection import connect
+
+    with pytest.raises(StorageUnavailableError) as refused:
+        connect("postgresql://orch@/jobs?host=/nonexistent-socket-folder&keepalives_idle=x")
+    assert not isinstance(refused.value, ConfigError), refused.value.message
