@@ -75,10 +75,10 @@ READ_CHUNK_ROWS = 10_000
 READ_CHUNK_BYTES = 8 << 20
 READ_FIRST_ROWS = 256  # a read's first chunk of lines, so lines of up to 32 KiB fit in it (a job's, mostly)
 _IDLE_CONNECTIONS = 4  # kept open per store; more are opened on demand and closed after use
-FENCED_SQLSTATE = "OF001"
+FENCED_SQLSTATE = "OF001"  # raised by the orch_streams_fence trigger (migrations/0002_claiming.sql)
 # Calls made of a store call whose transaction the server rolls back for a conflict (``_run``): a deadlock's other
 # session, or the writer that moved a row first, is done by the next try, which waits for its locks
-CONFLICT_TRIES = 3  # raised by the orch_streams_fence trigger (migrations/0002_claiming.sql)
+CONFLICT_TRIES = 3
 
 # A job's head record and its lines in one statement: one snapshot, so on this backend (where
 # both commit together) they always agree, and one round trip instead of two (for a stream of up
