@@ -3,7 +3,10 @@
 The copy runs before the handler starts, under the run's lease: a folder of gigabytes takes longer than a lease,
 so the copy calls ``between()`` before each file and after each chunk of one, where ``copy_under_lease`` renews the lease
 (or stops the copy: the job was taken over or cancelled, its lease could not be renewed, the worker is stopping).
-Only regular files are copied: a link to ``/dev/zero`` would be copied for ever, a FIFO block the worker.
+Only regular files are copied: a link to ``/dev/zero`` would be copied for ever, a FIFO block the worker. The
+source is walked whole first, nothing written (``artifacts_source``): a loop of links or what is not a regular file
+is bad input, and a copy the file system has no room for is refused before it fills it. A file's holes are copied
+as holes (``SEEK_DATA``/``SEEK_HOLE``): a sparse file's copy takes no more room than the file.
 
 The target side, ``inputs/<job_id>`` in the job's own folder, is written by the job's handler (untrusted code)
 between runs. So the copy works relative to descriptors of the target folders, each opened never through a link
@@ -15,8 +18,9 @@ one copied before) and gets the source's mode last, as ``copytree`` did. A file 
 full disk, the space it took is given back); the files copied before it stay, and the next run copies over them.
 
 A copy that fails says which side failed (``CopyFailed``): a source that cannot be read is the job's (its input names
-a folder the worker cannot read); a target that cannot be written is the store's when the file system takes no more
-(a full disk, a quota, read-only) or the job's own folder cannot be made, and the job's otherwise: what is in its
+a folder the worker cannot read), as is one larger than the free space (``_check_room``); a target that cannot be
+written is the store's when the file system takes no more (a full disk, a quota, read-only: past the check of the
+room, something else filled it) or the job's own folder cannot be made, and the job's otherwise: what is in its
 folder is its runs' doing (a handler may chmod it, leave a file where ``inputs/`` belongs, or a folder where a copied
 file goes). The job's own folder a link is ``PathEscapeError``, as when the run starts.
 """
@@ -33,6 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from orchestrator import faults
+from orchestrator.artifacts_source import (TARGET_FOLDER, Ancestors, Need, entered, measure, not_regular,
+                                          refusal)
 from orchestrator.errors import InvalidIdError, InvalidInputError
 from orchestrator.security import validate_id
 from orchestrator.store.files import NotRegularFileError, linked_folder_error, open_regular
@@ -49,9 +55,8 @@ CHUNK = 8 << 20  # bytes copied between two calls of ``between`` (shutil copies 
 _NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV)
 # a write the file system refused whatever the file: the host's (free space, raise the quota), never the job's
 FILE_SYSTEM_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
-# the target side, which the job's runs write: opened relative to a folder's descriptor, never through a link (nor
-# waiting on a FIFO in a folder's place: O_NONBLOCK, no effect on a folder)
-_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# the target side, which the job's runs write: opened relative to a folder's descriptor (``TARGET_FOLDER``), never
+# through a link
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # the list of the copy in progress (in this thread: workers of one process are threads) that each link removed on the
 # target side is appended to (``import_artifacts(removed=...)``); a context variable, not a parameter of every step
@@ -115,21 +120,68 @@ def links_removed_warning(removed: list[str], target: Path) -> dict[str, str]:
 def import_artifacts(job_id: str, names: list[str], folders: WorkerFolders, target: Path,
                      between: Callable[[], None], removed: list[str] | None = None) -> None:
     """Copy (never move) the artifact folders of the jobs ``names`` into ``target/inputs/<job_id>/``; a job
-    without a folder (or the job itself) is passed over. ``between`` is called before each file and after each
-    chunk of one; what it raises ends the copy. A copy that fails raises ``CopyFailed`` at once. The path of each
-    symbolic link removed on the target side is appended to ``removed`` as it goes (the caller's list: it holds
-    them however the copy ends)."""
+    without a folder (or the job itself) is passed over. Every source folder is walked first, nothing written
+    (``artifacts_source.measure``): a loop of links or what is not a regular file is ``InvalidInputError``, a copy
+    the file system of ``target`` has no room for ``CopyFailed`` (``_check_room``). ``between`` is called before
+    each entry walked, each file copied and after each chunk of one; what it raises ends the copy. A copy that
+    fails raises ``CopyFailed`` at once. The path of each symbolic link removed on the target side is appended to
+    ``removed`` as it goes (the caller's list: it holds them however the copy ends)."""
+    sources = [(other, folders.artifacts_dir(other)) for other in dict.fromkeys(names) if other != job_id]
+    sources = [(other, src) for other, src in sources if src.is_dir()]
+    if not sources:
+        return
     token = _REMOVED_LINKS.set(removed)
     try:
-        for other in names:
-            src = folders.artifacts_dir(other)
-            if src.is_dir() and other != job_id:
-                with _descriptor(_job_folder(target)) as job_folder:
-                    inputs = os.path.join(target, INPUTS_DIR)
-                    with _descriptor(_target_folder(job_folder, INPUTS_DIR, inputs, copied=False)) as inputs_fd:
-                        _copy_tree(str(src), inputs_fd, other, os.path.join(inputs, other), src, other, between)
+        with _descriptor(_job_folder(target)) as job_folder:
+            _check_room(job_folder, target, sources, between)
+            inputs = os.path.join(target, INPUTS_DIR)
+            for other, src in sources:
+                with _descriptor(_target_folder(job_folder, INPUTS_DIR, inputs, copied=False)) as inputs_fd:
+                    _copy_tree(str(src), inputs_fd, other, os.path.join(inputs, other), src, other, between, {})
     finally:
         _REMOVED_LINKS.reset(token)
+
+
+def _check_room(job_folder: int, target: Path, sources: list[tuple[str, Path]], between: Callable[[], None]) -> None:
+    """Walk every source (``measure``) and refuse a copy the file system of the job's folder has no room for
+    (``refusal``), before anything is written: one larger than the whole file system is bad input; one larger
+    than what is free now the job's failure, retried (copied until the disk refused, it was the store's fault,
+    the job handed back and the worker stopped, every worker that claimed it); a file system already full the
+    store's. What fills the disk during the copy, past this check, is the store's too (``_failed``)."""
+    need = Need()
+    for other, src in sources:
+        earlier = _earlier_copy(job_folder, other)
+        try:
+            measure(src, earlier, other, between, need)
+        except OSError as exc:
+            raise _failed(exc, writing=False) from None
+        finally:
+            if earlier is not None:
+                os.close(earlier)
+    try:
+        fs = os.fstatvfs(job_folder)
+    except OSError as exc:
+        raise _failed(_at(exc, str(target)), writing=True) from None
+    refused = refusal(need, fs, ", ".join(other for other, _ in sources))
+    if refused is None:
+        return
+    whose, why = refused
+    if whose == "never":
+        raise InvalidInputError(f"input artifacts_from: {why}")
+    raise CopyFailed(OSError(errno.ENOSPC, why, str(target)), store=whose == "store")
+
+
+def _earlier_copy(job_folder: int, other: str) -> int | None:
+    """``inputs/<other>`` of an earlier copy in the job's folder, opened never through a link; None if none."""
+    try:
+        inputs = os.open(INPUTS_DIR, TARGET_FOLDER, dir_fd=job_folder)
+    except OSError:
+        return None
+    with _descriptor(inputs):
+        try:
+            return os.open(other, TARGET_FOLDER, dir_fd=inputs)
+        except OSError:
+            return None
 
 
 class _CopyEnded(Exception):
@@ -192,7 +244,7 @@ def _job_folder(target: Path) -> int:
     in its place is ``PathEscapeError``, as when the run starts (``WorkerFolders.artifacts_dir``)."""
     try:
         os.makedirs(target, exist_ok=True)
-        return os.open(target, _FOLDER)
+        return os.open(target, TARGET_FOLDER)
     except OSError as exc:
         if os.path.islink(target):
             raise linked_folder_error(str(target)) from None
@@ -200,13 +252,16 @@ def _job_folder(target: Path) -> int:
 
 
 def _copy_tree(src: str, parent: int, name: str, dst: str, root: Path, other: str,
-               between: Callable[[], None]) -> None:
+               between: Callable[[], None], ancestors: Ancestors) -> None:
     """``shutil.copytree(src, dst, dirs_exist_ok=True)`` with ``_copy_file`` (links followed on the source side, as
     it did), into the folder ``name`` of the descriptor ``parent`` (``dst`` is its path, for messages), except that
-    it never writes through a link on the target side (``_target_folder``, ``_new_file``) and it stops at the first
-    failure and says which side failed (``CopyFailed``): ``copytree`` went on past one, and raised them all at the
-    end as one ``shutil.Error``, errors and paths turned into text."""
+    it never writes through a link on the target side (``_target_folder``, ``_new_file``), never follows a loop of
+    links on the source side (``entered``: ``measure`` found any before the copy; this one is for a folder changed
+    since), and it stops at the first failure and says which side failed (``CopyFailed``): ``copytree`` went on
+    past one, and raised them all at the end as one ``shutil.Error``, errors and paths turned into text."""
     try:
+        st = os.stat(src)
+        ancestors = entered(src, st, ancestors, root, other)
         with os.scandir(src) as listing:
             entries = [(entry.name, entry.is_dir()) for entry in listing]  # is_dir follows a link, as copytree
     except OSError as exc:
@@ -215,13 +270,9 @@ def _copy_tree(src: str, parent: int, name: str, dst: str, root: Path, other: st
         for entry, is_dir in entries:
             s, d = os.path.join(src, entry), os.path.join(dst, entry)
             if is_dir:
-                _copy_tree(s, folder, entry, d, root, other, between)
+                _copy_tree(s, folder, entry, d, root, other, between, ancestors)
             else:
                 _copy_file(s, folder, entry, d, root, other, between)
-        try:
-            st = os.stat(src)
-        except OSError as exc:
-            raise _failed(exc, writing=False) from None
         _set_status(folder, st, dst)  # last, as copytree: a read-only folder is filled first
 
 
@@ -233,7 +284,7 @@ def _target_folder(parent: int, name: str, path: str, *, copied: bool) -> int:
     writable until ``_set_status`` gives it the source's mode again. One its owner cannot even open (a handler's
     ``chmod 000``) is given the owner's bits first (``_opened_after_chmod``)."""
     try:
-        fd = os.open(name, _FOLDER, dir_fd=parent)
+        fd = os.open(name, TARGET_FOLDER, dir_fd=parent)
     except PermissionError as exc:
         opened = _opened_after_chmod(parent, name)
         if opened is None:
@@ -264,7 +315,7 @@ def _opened_after_chmod(parent: int, name: str) -> int | None:
         if not stat.S_ISDIR(mode):
             return None
         os.chmod(name, stat.S_IMODE(mode) | stat.S_IRWXU, dir_fd=parent, follow_symlinks=False)
-        return os.open(name, _FOLDER, dir_fd=parent)
+        return os.open(name, TARGET_FOLDER, dir_fd=parent)
     except (OSError, ValueError, NotImplementedError):
         return None
 
@@ -272,7 +323,7 @@ def _opened_after_chmod(parent: int, name: str) -> int | None:
 def _made_folder(parent: int, name: str, path: str) -> int:
     try:
         os.mkdir(name, 0o700, dir_fd=parent)  # its mode is the source's once filled (_set_status)
-        return os.open(name, _FOLDER, dir_fd=parent)
+        return os.open(name, TARGET_FOLDER, dir_fd=parent)
     except OSError as exc:
         raise _failed(_at(exc, path), writing=True) from None
 
@@ -337,10 +388,8 @@ def _copy_file(src: str, parent: int, name: str, dst: str, root: Path, other: st
     between()
     try:
         fd, st = open_regular(src, follow=True)
-    except NotRegularFileError:
-        relative = os.path.relpath(src, root)
-        raise InvalidInputError(f"input artifacts_from: {other}/{relative} is not a regular file (a device, a FIFO "
-                                "or a socket, perhaps through a link): nothing of it is copied") from None
+    except NotRegularFileError:  # measure found any before the copy: this is for a file changed since
+        raise not_regular(src, root, other) from None
     except OSError as exc:
         raise _failed(exc, writing=False) from None
     with _descriptor(fd):
@@ -355,32 +404,92 @@ def _copy_file(src: str, parent: int, name: str, dst: str, root: Path, other: st
 
 
 def _copy_chunks(src: int, dst: int, between: Callable[[], None], src_name: str, dst_name: str) -> None:
+    """The bytes of ``src`` into the new file ``dst``: only the stretches that hold data (``_data_stretches``), each
+    in chunks with ``between`` after each; a hole stays a hole (``truncate -s 1G big`` takes no room, nor does its
+    copy), and ``dst`` gets ``src``'s length last. By ``sendfile`` where it can, else ``read`` and ``write`` from
+    where it got to."""
     sendfile = getattr(os, "sendfile", None)
-    while sendfile is not None:
+    for start, end in _data_stretches(src, src_name):
         try:
-            if not sendfile(dst, src, None, CHUNK):
-                return
+            os.lseek(dst, start, os.SEEK_SET)
         except OSError as exc:
-            if exc.errno not in _NO_SENDFILE:  # one call reads and writes: a full disk is the target's
-                writing = exc.errno in FILE_SYSTEM_FULL or exc.errno == errno.EFBIG  # anything else the source's
-                raise _failed(OSError(exc.errno, exc.strerror, dst_name if writing else src_name),
-                              writing=writing) from None
-            sendfile = None  # this file system (or platform) cannot: read and write from where it got to
-            break
-        faults.point("artifacts_import.after_chunk")
-        between()
+            raise _failed(OSError(exc.errno, exc.strerror, dst_name), writing=True) from None
+        sendfile = _copy_stretch(src, dst, None if end is None else end - start, sendfile, between, src_name,
+                                 dst_name)
+    try:
+        length = os.fstat(src).st_size
+    except OSError as exc:
+        raise _failed(OSError(exc.errno, exc.strerror, src_name), writing=False) from None
+    try:
+        os.ftruncate(dst, length)  # a hole at the end: no byte written there
+    except OSError as exc:
+        raise _failed(OSError(exc.errno, exc.strerror, dst_name), writing=True) from None
+
+
+def _data_stretches(fd: int, name: str) -> Iterator[tuple[int, int | None]]:
+    """``(start, end)`` of each stretch of ``fd`` that holds data, from its start, the file's position left at
+    ``start`` (``SEEK_DATA``, ``SEEK_HOLE``); ``end`` None: to the end of the file, for a file system (or
+    platform) that cannot tell holes."""
+    end = 0
+    seek_data = getattr(os, "SEEK_DATA", None)
     while True:
         try:
-            data = os.read(src, CHUNK)
+            if seek_data is None:
+                raise OSError(errno.EINVAL, "no SEEK_DATA here")
+            start = os.lseek(fd, end, seek_data)
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            os.lseek(fd, start, os.SEEK_SET)
         except OSError as exc:
-            raise _failed(OSError(exc.errno, exc.strerror, src_name), writing=False) from None
-        if not data:
-            return
-        view = memoryview(data)
-        while view:
+            if exc.errno == errno.ENXIO:  # no data from ``end`` on: the rest is a hole (or the file shrank)
+                return
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise _failed(OSError(exc.errno, exc.strerror, name), writing=False) from None
             try:
-                view = view[os.write(dst, view):]
+                os.lseek(fd, end, os.SEEK_SET)
+            except OSError as again:
+                raise _failed(OSError(again.errno, again.strerror, name), writing=False) from None
+            yield end, None
+            return
+        yield start, end
+
+
+def _copy_stretch(src: int, dst: int, length: int | None, sendfile: Any, between: Callable[[], None],
+                  src_name: str, dst_name: str) -> Any:
+    """``length`` bytes (None: up to the end) from ``src``'s position to ``dst``'s, in chunks of ``CHUNK``,
+    ``between`` after each; fewer if the file ends first. Returns ``sendfile``, or None once it was refused (this
+    file system or platform cannot: read and write from then on)."""
+    while length is None or length > 0:
+        count = CHUNK if length is None else min(CHUNK, length)
+        copied = None
+        if sendfile is not None:
+            try:
+                copied = sendfile(dst, src, None, count)
             except OSError as exc:
-                raise _failed(OSError(exc.errno, exc.strerror, dst_name), writing=True) from None
+                if exc.errno not in _NO_SENDFILE:  # one call reads and writes: a full disk is the target's
+                    writing = exc.errno in FILE_SYSTEM_FULL or exc.errno == errno.EFBIG  # anything else the source's
+                    raise _failed(OSError(exc.errno, exc.strerror, dst_name if writing else src_name),
+                                  writing=writing) from None
+                sendfile = None  # read and write from where it got to
+        if copied is None:
+            copied = _read_write(src, dst, count, src_name, dst_name)
+        if not copied:
+            break
+        if length is not None:
+            length -= copied
         faults.point("artifacts_import.after_chunk")
         between()
+    return sendfile
+
+
+def _read_write(src: int, dst: int, count: int, src_name: str, dst_name: str) -> int:
+    try:
+        data = os.read(src, count)
+    except OSError as exc:
+        raise _failed(OSError(exc.errno, exc.strerror, src_name), writing=False) from None
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(dst, view):]
+        except OSError as exc:
+            raise _failed(OSError(exc.errno, exc.strerror, dst_name), writing=True) from None
+    return len(data)

@@ -1500,6 +1500,83 @@ def test_a_full_disk_while_artifacts_from_are_copied_hands_the_job_back_and_stop
     assert (result.job_id, result.outcome) == (job, "succeeded")
 
 
+class SmallDisk:
+    """The store's file system holding ``total`` bytes, ``free`` of them free, as ``os.fstatvfs`` says and as a copy
+    finds: ``sendfile`` (how the copy writes) refuses once it wrote more than that, ``ENOSPC``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, free: int, total: int = 1 << 40) -> None:
+        import errno
+
+        real_sendfile, real_fstatvfs, self.written = os.sendfile, os.fstatvfs, 0
+
+        def sendfile(out: int, source: int, offset, count: int) -> int:
+            sent = real_sendfile(out, source, offset, count)
+            self.written += sent
+            if self.written > free:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return sent
+
+        def fstatvfs(fd: int) -> os.statvfs_result:
+            st = real_fstatvfs(fd)
+            return os.statvfs_result((4096, 4096, total // 4096, free // 4096, free // 4096, 0, 0, 0, st.f_flag,
+                                      st.f_namemax))
+
+        monkeypatch.setattr(os, "sendfile", sendfile)
+        monkeypatch.setattr(os, "fstatvfs", fstatvfs)
+
+
+def test_a_sparse_file_in_an_artifacts_from_folder_is_copied_as_one_on_a_disk_smaller_than_its_size(
+        orch, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's ``truncate -s 1G big`` takes no room; copied byte for byte on a 40 MB disk, it filled the disk: the
+    store's fault, so the job was handed back and every worker that claimed it exited 10, for ever."""
+    first = _a_job_with_files(orch, 1)
+    with open(orch.settings.state_dir / "artifacts" / first / "big", "wb") as f:
+        f.truncate(1 << 30)
+    job = orch.submit("t.echo", {"artifacts_from": [first]}, max_attempts=2)
+    SmallDisk(monkeypatch, free=40 << 20, total=40 << 20)
+    result = make_worker(orch, artifacts_import=True).run_once()  # before the fix: StorageError, exit 10
+    assert (result.job_id, result.outcome) == (job, "succeeded")
+    copy = orch.settings.state_dir / "artifacts" / job / "inputs" / first / "big"
+    assert copy.stat().st_size == 1 << 30 and copy.stat().st_blocks == 0
+
+
+@pytest.mark.parametrize("total, outcomes, code", [(1 << 40, ["retry", "failed"], "HANDLER_START_FAILED"),
+                                                   (2 << 20, ["failed"], "INVALID_INPUT")],
+                         ids=["free-space", "whole-disk"])
+def test_an_artifacts_from_folder_larger_than_the_disk_has_room_for_fails_the_job_and_never_stops_the_worker(
+        orch, monkeypatch: pytest.MonkeyPatch, total: int, outcomes: list[str], code: str) -> None:
+    """3 MiB to copy where 2 MiB are free: the job's input does not fit, the disk is not full. Copied until the disk
+    refused, it was a full disk: the job handed back, no attempt spent, the worker stopped, and so every worker
+    after it. Now a failed attempt, retried (room may be freed), and bad input where the whole disk is smaller."""
+    first = _a_job_with_files(orch, 1)
+    (orch.settings.state_dir / "artifacts" / first / "data.bin").write_bytes(os.urandom(3 << 20))
+    job = orch.submit("t.echo", {"artifacts_from": [first]}, max_attempts=2)
+    SmallDisk(monkeypatch, free=2 << 20, total=total)
+    w = make_worker(orch, artifacts_import=True)
+    for outcome in outcomes:
+        result = w.run_once()  # before the fix: StorageError, exit 10, each time
+        assert (result.job_id, result.outcome, result.error_code) == (job, outcome, code)
+    message = orch.status(job).last_error["message"]
+    assert "3.0 MiB" in message and "2.0 MiB" in message, message
+    assert orch.status(job).state == "failed"
+    assert not (orch.settings.state_dir / "artifacts" / job / "inputs" / first / "data.bin").exists()
+    other = orch.submit("t.echo", 2)
+    assert w.run_once().job_id == other  # the worker runs on
+
+
+def test_a_link_loop_in_an_artifacts_from_folder_fails_the_run_as_bad_input_and_copies_nothing(orch) -> None:
+    """``ln -s . d`` beside a file: followed 40 levels deep (40 copies), then ``HANDLER_START_FAILED``, retried,
+    copying it all again each time."""
+    first = _a_job_with_files(orch, 1)
+    (orch.settings.state_dir / "artifacts" / first / "big.bin").write_bytes(b"x" * 100_000)
+    os.symlink(".", orch.settings.state_dir / "artifacts" / first / "d")
+    job = orch.submit("t.echo", {"artifacts_from": [first]}, max_attempts=3)
+    result = make_worker(orch, artifacts_import=True).run_once()
+    assert (result.job_id, result.outcome, result.error_code) == (job, "failed", "INVALID_INPUT")
+    assert orch.status(job).last_error["message"].startswith(f"input artifacts_from: {first}/d leads back to ")
+    assert not (orch.settings.state_dir / "artifacts" / job / "inputs" / first).exists()
+
+
 @pytest.mark.parametrize("where", ["folder", "file"])
 def test_an_artifacts_from_source_that_cannot_be_read_fails_the_run_and_the_worker_runs_on(
         orch, monkeypatch: pytest.MonkeyPatch, where: str) -> None:

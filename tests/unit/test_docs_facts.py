@@ -126,7 +126,7 @@ def _mib(n: int) -> str:
 def test_the_readme_limits_table_states_the_limits_the_code_has() -> None:
     """Each row of README "Limits" names the constant's value, so a limit changed in the code cannot leave the
     table saying another."""
-    from orchestrator import config, limits, payload, security
+    from orchestrator import artifacts_source, config, limits, payload, security
 
     text = (REPO / "README.md").read_text(encoding="utf-8")
     section = text[text.index("## Limits"):]
@@ -147,6 +147,8 @@ def test_the_readme_limits_table_states_the_limits_the_code_has() -> None:
             [f"1 to {limits.MAX_ATTEMPTS_LIMIT:,} / -{limits.PRIORITY_LIMIT:,} to {limits.PRIORITY_LIMIT:,}"],
         "durations (`--timeout`, the worker's `--stop-grace-seconds`, `--retry-*-seconds`; `--lease-seconds` "
         f"{config.MIN_LEASE_SECONDS:g} to {config.MAX_LEASE_SECONDS:,.0f} s, a day)": [f"{limits.MAX_DURATION_SECONDS:,.0f} s"],
+        "a copy of `artifacts_from` (`worker --artifacts-import`)":
+            [f"less {_mib(artifacts_source.SPARE_BYTES)} and 1/{artifacts_source.SPARE_FRACTION} of the copy"],
         "job, project, run, worker ids, idempotency keys (`submit --key`)":
             ["{0,%d}" % (security.ID_LENGTH - 1)],
     }
