@@ -246,8 +246,26 @@ class QueueIndex(ABC):
         """Whether the index holds the entry a job in state ``s`` needs (queued: its ready entry; running: a running
         entry of its epoch, or of none); ``verify`` asks it of every job (an entry deleted by hand: no worker runs or
         recovers the job until the index is rebuilt). True for an index that is not looked at (in memory; on
-        PostgreSQL the rows are written in the event's transaction)."""
+        PostgreSQL the rows are written in the event's transaction, and ``import`` puts its rows again after its
+        lines: ``drop_orphan_ready``)."""
         return True
+
+    def drop_orphan_ready(self, entry: ReadyEntry, store: "EventStore") -> None:
+        """Drop the ready entry of a job read with no line, then look once more for one, and put the entry back if
+        there is one now. ``import`` puts a job's entry before its lines, under the job's own time (older than any
+        grace), then again after them (``transfer._write_stream``); a claimer that read the job before its lines
+        landed may drop the entry after that second put: this look sees the lines then. Only for an entry taken for
+        an orphan's: no cost to a claim."""
+        self.drop_ready(entry)
+        if _holds_a_line(store, entry.job_id):
+            self.put_ready(entry)
+
+    def drop_orphan_running(self, job_id: str, epoch: int | None, store: "EventStore") -> None:
+        """``drop_orphan_ready`` for a running entry: stale recovery that read an imported running job before its
+        lines landed keeps its entry, and recovers the job at a later pass."""
+        self.drop_running(job_id, epoch)
+        if _holds_a_line(store, job_id):
+            self.put_running(job_id, epoch)
 
     @abstractmethod
     def is_built(self) -> bool: ...
@@ -328,6 +346,14 @@ class QueueIndex(ABC):
         self.mark_built()
         log.info("ready index rebuilt from events: %d entries", count, extra={"entries": count})
         return count
+
+
+def _holds_a_line(store: "EventStore", job_id: str) -> bool:
+    """Whether the job holds a line now (one small read); False for a name no job has."""
+    try:
+        return store.first_line(job_id) is not None
+    except OrchestratorError:  # INVALID_ID: not an entry this code wrote
+        return False
 
 
 class MemoryQueueIndex(QueueIndex):

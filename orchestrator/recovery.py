@@ -169,8 +169,8 @@ def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor:
             view = orch.load(job_id)
             if not view.ok and reload_keys(orch):  # a key made or revoked since this worker started
                 view = orch.load(job_id)
-        except (JobNotFoundError, InvalidIdError):  # no such job, or a name no job has (not an entry this code wrote)
-            queue.drop_running(job_id, epoch)
+        except (JobNotFoundError, InvalidIdError):  # no such job, or a name no job has (not an entry this code wrote);
+            queue.drop_orphan_running(job_id, epoch, orch.store)  # or an import's lines landing: looked for again
             continue
         missing = view.missing_keys()
         if missing:  # whether it runs, and under which epoch, only a worker that holds those keys can tell

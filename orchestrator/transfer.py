@@ -43,7 +43,7 @@ import os
 from typing import IO, Any, Callable, Iterator
 
 from orchestrator import clock, faults
-from orchestrator.api import Orchestrator
+from orchestrator.api import JobView, Orchestrator
 from orchestrator.config import STATE_DIR
 from orchestrator.errors import (ImportConflictError, IntegrityError, InvalidIdError, InvalidInputError, PathEscapeError,
                                  UnusableFileError)
@@ -335,14 +335,17 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
     raise IntegrityError("the bundle has no end record: it was cut short (export again)")
 
 
-def _index(orch: Orchestrator, verified: VerifiedStream, head: bytes | None) -> None:
-    """The lines bypass ``Orchestrator.append``, so put the job's index entry here, before they land,
-    as an append would (an entry before the event; a crash in between leaves an extra entry, never
-    a missing one), by the rule a rebuild follows: the job replayed as ``load`` replays it, then
-    ``QueueIndex.index_job``."""
+def _replayed(orch: Orchestrator, verified: VerifiedStream, head: bytes | None) -> JobView:
+    """The job as ``load`` replays it, whose entries the import puts in the queue index (``_put_entries``)."""
     head_problem = check_head_record(verified.stream, verified.lines, head, orch.keyring)
-    view = orch._view(verified.stream, verified, head_problem)
-    if view.state is not None:
+    return orch._view(verified.stream, verified, head_problem)
+
+
+def _put_entries(orch: Orchestrator, view: JobView | None) -> None:
+    """The lines bypass ``Orchestrator.append``, so the import puts the job's entries itself, by the rule a rebuild
+    follows (``QueueIndex.index_job``): before the lines land, as an append would (an entry before the event; a
+    crash in between leaves an extra entry, never a missing one), and again after them (``_write_stream``)."""
+    if view is not None and view.state is not None:
         orch.queue.index_job(view.state, view.ok)
 
 
@@ -360,13 +363,18 @@ def _write_stream(orch: Orchestrator, verified: VerifiedStream, head: bytes | No
     if len(existing) > len(lines):
         return 0
     done = len(existing)
-    if done < len(lines) and stream != AUDIT_STREAM:
-        _index(orch, verified, head)
+    view = _replayed(orch, verified, head) if stream != AUDIT_STREAM else None
+    if done < len(lines):
+        _put_entries(orch, view)
     while done < len(lines):
         chunk = [s.raw for s in lines[done:done + CHUNK]]
         orch.store.append(stream, lambda _h, chunk=chunk: chunk, expected_seq=done)
         faults.point("import.after_chunk")
         done += len(chunk)
+    # Again, the lines there: the entry carries the job's own time, older than ORPHAN_ENTRY_GRACE, so a worker that
+    # met it before them took it for an orphan's and dropped it (``QueueIndex.drop_orphan_ready`` looks once more,
+    # after its drop). A run again after a crash here puts it too: the stream then holds the bundle's lines
+    _put_entries(orch, view)
     if head is not None:
         faults.point("import.before_head")
         put_head_record(orch.store, stream, len(lines), head)
