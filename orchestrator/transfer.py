@@ -28,7 +28,8 @@ carried (only histories): the export warns when jobs have some.
 An import that stops half way is resumed by running it again: a stream already holding a
 prefix of the bundle's lines (ending at any line: a crash may keep part of a chunk) gets the
 rest; one holding all of them, and possibly more written since, is complete and left as it is;
-one holding anything else is a conflict. A stream's head record is written under its append lock, never over
+one holding anything else is a conflict, left as it is: the other streams are imported, and every conflict is
+raised at the end (``ImportConflictError``), but the audit log's, which stops the import. A stream's head record is written under its append lock, never over
 a newer one (``head_records.put_head_record``). The audit log comes first (format v2) so that it is whole
 before any job lands: a command run on the half-imported project that heals a job's audit entries (``metrics``, a control
 action, ``audit heal``) finds them there, or writes entries *after* the bundle's, which a
@@ -64,6 +65,7 @@ CHUNK = 1000
 CARRIED_EMPTY = ("the bundle carries no line of it: the export found its file emptied, deleted, or not one it could "
                  "read (a symbolic link, a FIFO), and carried it as damage")
 PROGRESS_EVERY = 1000  # streams
+CONFLICTS_NAMED, CONFLICTS_LISTED = 5, 100  # streams holding another history: in the message, in its details
 
 Progress = Callable[[str], None]
 
@@ -297,6 +299,8 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
         raise InvalidInputError(f"the bundle holds project {shown(project)}, not {orch.project_id!r}{hint}")
     streams = events = written = 0
     audit_head: bool | None = None  # whether the audit log came with its head record (None: no audit log)
+    imported = {"streams": 0, "events": 0}  # of the streams read: those written or found already there
+    conflicts: list[dict[str, Any]] = []  # the streams holding another history here, left as they are
     for n, raw in records:
         rec = _json(n, raw, "a stream header or the end record")
         if "end" in rec:
@@ -308,8 +312,11 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
                                      f"events, it held {streams} and {events}")
             extra = next(records, None)
             if extra is not None:  # two bundles joined, or a file appended to: never pass over it unread
+                left = f", {len(conflicts)} holding another history here left as they are" if conflicts else ""
                 raise _malformed(extra[0], f"a line after the end record (line {n}), {shown(extra[1])}; "
-                                 f"the {streams} streams before it were imported")
+                                 f"the {imported['streams']} streams before it were imported{left}")
+            if conflicts:
+                raise _conflicts(orch, conflicts, {**imported, "written": written})
             return {"project_id": orch.project_id, "format": fmt, "streams": streams, "events": events,
                     "written": written, "audit_head": audit_head}
         stream, count, head = _stream_header(n, rec)
@@ -325,14 +332,47 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
             problems = problems or [Problem(stream, 0, TRUNCATED, CARRIED_EMPTY)]
         if problems:
             raise _refuse("import", problems)
-        if stream == AUDIT_STREAM:
-            audit_head = head is not None
-        written += _write_stream(orch, verified, head)
+        try:
+            written += _write_stream(orch, verified, head)
+        except ImportConflictError as exc:
+            conflicts.append(exc.details)
+            if stream == AUDIT_STREAM:  # the jobs' audit entries would not be there: see the module's docstring
+                raise _conflicts(orch, conflicts, {**imported, "written": written}) from None
+        else:
+            imported["streams"] += 1
+            imported["events"] += count
+            if stream == AUDIT_STREAM:
+                audit_head = head is not None
         streams += 1
         events += count
         if progress and streams % PROGRESS_EVERY == 0:
             progress(f"imported {streams} streams, {events} events...")
     raise IntegrityError("the bundle has no end record: it was cut short (export again)")
+
+
+def _conflicts(orch: Orchestrator, conflicts: list[dict[str, Any]], imported: dict[str, int]) -> ImportConflictError:
+    """The import's end when streams of the bundle hold another history here: each named (the first
+    ``CONFLICTS_LISTED``), with what was imported and what to do. A job's conflict leaves the bundle's other streams
+    imported; the audit log's stops the import there (its jobs' entries would be missing)."""
+    named = ", ".join(f"{c['stream']} ({c['events_here']} event(s) here)" for c in conflicts[:CONFLICTS_NAMED])
+    more = f" and {len(conflicts) - CONFLICTS_NAMED} more" if len(conflicts) > CONFLICTS_NAMED else ""
+    text = (f"import incomplete: {len(conflicts)} stream(s) of the bundle already hold a different history in this "
+            f"project and were left as they are, never overwritten: {named}{more}; ")
+    elsewhere = (f"to keep the bundle's version, import it into a store that holds no project {orch.project_id} "
+                 "(another --store, or another base path)")
+    if conflicts[-1]["stream"] == AUDIT_STREAM:
+        before = ("no stream of the bundle was imported" if not imported["streams"]
+                  else f"the {imported['streams']} stream(s) before it were imported, none after it")
+        text += (f"the import stopped at the audit log, which comes before the jobs so that their entries are there "
+                 f"when they land: {before}. This store holds another project of that id, or one used since the "
+                 f"bundle was exported: {elsewhere}")
+    else:
+        text += (f"the other {imported['streams']} stream(s) of the bundle ({imported['events']} event(s)) were "
+                 "imported. A job of the same id was written here (a submit with the same --key, or another bundle "
+                 "imported before): compare each with `orchestrator audit-timeline --job-id JOB` here and where the "
+                 f"bundle came from; {elsewhere}")
+    return ImportConflictError(text, conflicts=conflicts[:CONFLICTS_LISTED], conflicting=len(conflicts),
+                               imported=imported)
 
 
 def _replayed(orch: Orchestrator, verified: VerifiedStream, head: bytes | None) -> JobView:
@@ -359,7 +399,8 @@ def _write_stream(orch: Orchestrator, verified: VerifiedStream, head: bytes | No
     existing = orch.store.read(stream)
     if any(a.raw != b.raw for a, b in zip(existing, lines)):
         raise ImportConflictError(f"stream {stream} already holds a different history in the destination "
-                                  f"({len(existing)} events); nothing of it was overwritten", stream=stream)
+                                  f"({len(existing)} events); nothing of it was overwritten", stream=stream,
+                                  events_here=len(existing))
     if len(existing) > len(lines):
         return 0
     done = len(existing)

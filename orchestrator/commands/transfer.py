@@ -70,7 +70,8 @@ def import_cmd(orch: Any, out: Output, bundle: str) -> None:
     Every stream is verified, with its head record, before it is written; a damaged or
     cut one stops the import (exit 7), a malformed bundle is refused (exit 3). Running it again
     after an interruption completes it; a stream that already holds a different history is a
-    conflict (exit 3), never overwritten.
+    conflict, never overwritten: the other jobs are imported, and every conflict is named at the
+    end (exit 3). A conflicting audit log stops the import before the jobs.
     """
     from orchestrator.transfer import import_project
 
