@@ -29,8 +29,8 @@ An import that stops half way is resumed by running it again: a stream already h
 prefix of the bundle's lines (ending at any line: a crash may keep part of a chunk) gets the
 rest; one holding all of them, and possibly more written since, is complete and left as it is;
 one holding anything else is a conflict, left as it is: the other streams are imported, and every conflict is
-raised at the end (``ImportConflictError``), but the audit log's, which stops the import. A stream's head record is written under its append lock, never over
-a newer one (``head_records.put_head_record``). The audit log comes first (format v2) so that it is whole
+raised at the end (``ImportConflictError``), but the audit log's, which stops the import. A stream's head
+record is written under its append lock, never over a newer one (``head_records.put_head_record``). The audit log comes first (format v2) so that it is whole
 before any job lands: a command run on the half-imported project that heals a job's audit entries (``metrics``, a control
 action, ``audit heal``) finds them there, or writes entries *after* the bundle's, which a
 second run accepts (docs/decisions.md, 2026-12-01). Bundles of format v1 (the audit log
