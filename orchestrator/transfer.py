@@ -46,8 +46,8 @@ from typing import IO, Any, Callable, Iterator
 from orchestrator import clock, faults
 from orchestrator.api import JobView, Orchestrator
 from orchestrator.config import STATE_DIR
-from orchestrator.errors import (ImportConflictError, IntegrityError, InvalidIdError, InvalidInputError, PathEscapeError,
-                                 UnusableFileError)
+from orchestrator.errors import (ConcurrencyError, ImportConflictError, IntegrityError, InvalidIdError, InvalidInputError,
+                                 PathEscapeError, UnusableFileError)
 from orchestrator.head_records import head_key, put_head_record
 from orchestrator.history import TRUNCATED, Problem, VerifiedStream, check_head_record, verify_stream
 from orchestrator.limits import MAX_BUNDLE_LINE_BYTES
@@ -394,24 +394,33 @@ def _write_stream(orch: Orchestrator, verified: VerifiedStream, head: bytes | No
 
     A stream that already holds every line of the bundle's, followed by lines written since (an audit
     entry a heal added while the import was half done, a job an operator acted on), is complete: it
-    is left as it is, its newer head record too. Any other difference is a conflict."""
+    is left as it is, its newer head record too. Any other difference is a conflict. An append that finds
+    lines written since the stream was read (another import of the bundle at the same time) reads it again and
+    decides again: the other's lines are as good as its own."""
     stream, lines = verified.stream, verified.lines
-    existing = orch.store.read(stream)
-    if any(a.raw != b.raw for a, b in zip(existing, lines)):
-        raise ImportConflictError(f"stream {stream} already holds a different history in the destination "
-                                  f"({len(existing)} events); nothing of it was overwritten", stream=stream,
-                                  events_here=len(existing))
-    if len(existing) > len(lines):
-        return 0
-    done = len(existing)
     view = _replayed(orch, verified, head) if stream != AUDIT_STREAM else None
-    if done < len(lines):
-        _put_entries(orch, view)
-    while done < len(lines):
-        chunk = [s.raw for s in lines[done:done + CHUNK]]
-        orch.store.append(stream, lambda _h, chunk=chunk: chunk, expected_seq=done)
-        faults.point("import.after_chunk")
-        done += len(chunk)
+    written = 0
+    while True:  # again after each append refused: the stream grew, so it ends up the bundle's, longer, or another
+        existing = orch.store.read(stream)
+        if any(a.raw != b.raw for a, b in zip(existing, lines)):
+            raise ImportConflictError(f"stream {stream} already holds a different history in the destination "
+                                      f"({len(existing)} events); nothing of it was overwritten", stream=stream,
+                                      events_here=len(existing))
+        if len(existing) > len(lines):
+            return written
+        done = len(existing)
+        if done < len(lines):
+            _put_entries(orch, view)
+        try:
+            while done < len(lines):
+                chunk = [s.raw for s in lines[done:done + CHUNK]]
+                orch.store.append(stream, lambda _h, chunk=chunk: chunk, expected_seq=done)
+                faults.point("import.after_chunk")
+                done += len(chunk)
+                written += len(chunk)
+        except ConcurrencyError:
+            continue
+        break
     # Again, the lines there: the entry carries the job's own time, older than ORPHAN_ENTRY_GRACE, so a worker that
     # met it before them took it for an orphan's and dropped it (``QueueIndex.drop_orphan_ready`` looks once more,
     # after its drop). A run again after a crash here puts it too: the stream then holds the bundle's lines
@@ -419,4 +428,4 @@ def _write_stream(orch: Orchestrator, verified: VerifiedStream, head: bytes | No
     if head is not None:
         faults.point("import.before_head")
         put_head_record(orch.store, stream, len(lines), head)
-    return len(lines) - len(existing)
+    return written

@@ -7,11 +7,15 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import pytest
 
+import jobstates as js
+from backends import BACKENDS, TestPostgresStore, unique_project
 from orchestrator import Orchestrator
 from orchestrator.errors import ImportConflictError
+from orchestrator.integrity import verify_project
 from orchestrator.signing import Keyring
 from orchestrator.store.base import AUDIT_STREAM
 from orchestrator.transfer import export_project, import_project
@@ -89,3 +93,65 @@ def test_cli_a_conflict_exits_3_and_json_says_what_was_imported_and_what_was_not
     assert err["error"] == "IMPORT_CONFLICT" and [c["stream"] for c in err["details"]["conflicts"]] == [job_id]
     assert err["details"]["imported"]["streams"] == 2, err
     assert b"Traceback" not in proc.stderr
+
+
+# -- two imports of one bundle at once -------------------------------------------------------------
+
+@pytest.fixture(params=BACKENDS)
+def destination(request: Any, base: Path, keyring: Keyring) -> Iterator[Callable[[str], Orchestrator]]:
+    """``Orchestrator`` objects on one destination store (each a process's view of it) of a project."""
+    stores: list[TestPostgresStore] = []
+
+    def make(project: str) -> Orchestrator:
+        if request.param == "file":
+            return Orchestrator(base_path=base / "dst", project_id=project, keyring=keyring)
+        stores.append(TestPostgresStore(project))
+        return Orchestrator(base_path=base / "dst", project_id=project, keyring=keyring, store=stores[-1])
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.mark.parametrize("first_writes", ["every line", "part of the job"])
+def test_two_imports_of_one_bundle_at_once_both_complete_each_taking_the_others_lines_as_its_own(
+        base: Path, keyring: Keyring, destination: Callable[[str], Orchestrator], first_writes: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second import's append meets the lines the first wrote meanwhile: it reads the stream again and goes on
+    from there (until 2026-12-07: CONCURRENT_APPEND, exit 6, "nothing was written", after it had written some)."""
+    from orchestrator import faults, transfer
+
+    monkeypatch.setattr(transfer, "CHUNK", 2)
+    source = Orchestrator(base_path=base / "src", project_id=unique_project("imp"), keyring=keyring)
+    job_id = source.submit("echo", {"i": 1})
+    for run in ("run-1", "run-2"):  # 5 events: 3 chunks of CHUNK lines
+        js.claim(source, job_id, run)
+        js.finish(source, job_id, "job_released", {})
+    whole = bundle(source)
+    first, second = destination(source.project_id), destination(source.project_id)
+
+    append = second.store.append
+
+    def first_import_meanwhile(stream: str, *args: Any, **kwargs: Any) -> Any:
+        if stream == job_id and not done:
+            if first_writes == "part of the job":  # the first import dies after its first chunk of the job
+                faults.arm("import.after_chunk", lambda: (_ for _ in ()).throw(Died()), nth=1)
+            try:
+                done.append(import_project(first, io.BytesIO(whole)))
+            except Died:
+                done.append(None)
+            finally:
+                faults.disarm_all()
+        return append(stream, *args, **kwargs)
+
+    done: list[object] = []
+    second.store.append = first_import_meanwhile  # type: ignore[method-assign]
+    result = import_project(second, io.BytesIO(whole))
+    assert done and result["events"] == 5
+    assert [s.raw for s in second.store.read(job_id)] == [s.raw for s in source.store.read(job_id)]
+    assert result["written"] == (0 if first_writes == "every line" else 3)
+    assert verify_project(second).ok
+
+
+class Died(Exception):
+    """The first import's process dying at a crash point."""

@@ -14,7 +14,7 @@ import pytest
 
 import jobstates as js
 import worker_handlers  # noqa: F401  (registers t.* handlers)
-from backends import BACKENDS, TestPostgresStore
+from backends import BACKENDS, TestPostgresStore, unique_project
 from orchestrator import Orchestrator
 from orchestrator.clock import now
 from orchestrator.errors import JobNotFoundError
@@ -26,7 +26,7 @@ HOUR = 3600.0  # how long after the export the import runs: its jobs' entries ar
 
 @pytest.fixture(params=BACKENDS)
 def later(request: Any, base: Path, keyring: Keyring) -> Iterator[Callable[[str], Orchestrator]]:
-    """A destination of project ``p``'s bundle on each backend, whose clock is an hour ahead of the source's."""
+    """A destination of a project's bundle on each backend, whose clock is an hour ahead of the source's."""
     stores: list[TestPostgresStore] = []
 
     def make(project: str) -> Orchestrator:
@@ -67,7 +67,7 @@ def test_a_worker_that_met_an_imported_jobs_entry_before_its_lines_still_claims_
         base: Path, keyring: Keyring, later: Callable[[str], Orchestrator]) -> None:
     from orchestrator.integrity import verify_project
 
-    source = Orchestrator(base_path=base / "src", project_id="p", keyring=keyring)
+    source = Orchestrator(base_path=base / "src", project_id=unique_project("imp"), keyring=keyring)
     job_id = source.submit("t.echo", "imported")
     dest = later(source.project_id)
     worker = dest.worker()
@@ -83,7 +83,7 @@ def test_a_worker_that_met_an_imported_jobs_entry_before_its_lines_still_claims_
 
 def test_a_worker_whose_stale_recovery_met_an_imported_running_jobs_entry_before_its_lines_still_recovers_it(
         base: Path, keyring: Keyring, later: Callable[[str], Orchestrator]) -> None:
-    source = Orchestrator(base_path=base / "src", project_id="p", keyring=keyring)
+    source = Orchestrator(base_path=base / "src", project_id=unique_project("imp"), keyring=keyring)
     job_id = js.running(source, kind="t.echo", lease="2020-01-01T00:00:00.000000Z")  # its worker is long gone
     dest = later(source.project_id)
     worker = dest.worker()
@@ -112,7 +112,7 @@ def read_just_before_the_lines_land(dest: Orchestrator, job_id: str, whole: byte
 def test_an_entry_taken_for_an_orphans_as_the_imported_lines_landed_is_put_back(
         base: Path, keyring: Keyring, later: Callable[[str], Orchestrator], state: str) -> None:
     """The import's second put comes before the worker's drop: the worker looks for the lines once more after it."""
-    source = Orchestrator(base_path=base / "src", project_id="p", keyring=keyring)
+    source = Orchestrator(base_path=base / "src", project_id=unique_project("imp"), keyring=keyring)
     job_id = (source.submit("t.echo", "imported") if state == "queued"
               else js.running(source, kind="t.echo", lease="2020-01-01T00:00:00.000000Z"))
     dest = later(source.project_id)
@@ -138,7 +138,7 @@ def test_an_import_that_died_between_the_lines_and_putting_the_entry_again_puts_
         base: Path, keyring: Keyring, later: Callable[[str], Orchestrator]) -> None:
     from orchestrator import faults
 
-    source = Orchestrator(base_path=base / "src", project_id="p", keyring=keyring)
+    source = Orchestrator(base_path=base / "src", project_id=unique_project("imp"), keyring=keyring)
     job_id = source.submit("t.echo", "imported")
     whole = bundle(source)
     dest = later(source.project_id)
