@@ -24,8 +24,8 @@ from orchestrator.history import ROLLED_BACK, Problem, check_head_record, verify
 from orchestrator.limits import MAX_ANCHOR_BYTES, read_at_most
 from orchestrator.output_file import OutputFile
 from orchestrator.queue import BUILT_MARKER, INDEX_DIR, QueueIndex
-from orchestrator.security import validate_id
-from orchestrator.signing import canonical, line_hash
+from orchestrator.security import shown, validate_id
+from orchestrator.signing import KEY_REVOKED, SIGNATURE_INVALID, UNKNOWN_KEY, canonical, is_key_id, line_hash
 from orchestrator.state import QUEUED
 from orchestrator.store.base import AUDIT_STREAM
 from orchestrator.views import JobView
@@ -326,6 +326,22 @@ def _anchored_heads(path: Path, body: dict[str, Any]) -> dict[str, tuple[int, st
     return out
 
 
+def _unsigned(orch: Orchestrator, path: Path, kid: str) -> Problem:
+    """Why the anchor at ``path``, which names key ``kid``, is not one a trusted key signed: the key is another
+    machine's (``UNKNOWN_KEY``: which ``.pub`` to copy, as ``import`` says it), revoked here, or the signature
+    does not verify (the anchor edited since, or not an anchor)."""
+    named = is_key_id(kid)  # else text from the file, shown as such (a hand-made anchor)
+    if kid in orch.keyring.revoked:
+        return Problem("anchor", 0, KEY_REVOKED, f"{path} is signed by key {kid if named else shown(kid)}, which this "
+                                                 "machine revoked: an anchor that key signed proves nothing")
+    if kid not in orch.keyring.trusted and named:
+        return Problem("anchor", 0, UNKNOWN_KEY,
+                       f"{path} is signed by key {kid}, which this machine's keyring does not trust: copy {kid}.pub "
+                       "from the keyring of the machine that wrote the anchor into the trusted keys folder "
+                       "(ORCH_TRUSTED_KEYS_DIR) of this one, then run the verify again", kid)
+    return Problem("anchor", 0, SIGNATURE_INVALID, f"{path} is not an anchor signed by a trusted key")
+
+
 def check_anchor(orch: Orchestrator, path: Path) -> list[Problem]:
     """Every stream in the anchor must still hold its anchored line, unchanged. A file that is not a
     well-formed anchor is ``InvalidInputError``; one not signed by a trusted key is a problem."""
@@ -342,7 +358,7 @@ def anchor_check(orch: Orchestrator, path: Path) -> tuple[dict[str, Any] | None,
     except (ValueError, TypeError):  # NaN or Infinity: json.loads takes them, no anchor holds them
         raise InvalidInputError(f"anchor {path} holds NaN or Infinity, which no anchor holds") from None
     if not signed or body.get("format") != ANCHOR_FORMAT:
-        return None, [Problem("anchor", 0, "SIGNATURE_INVALID", f"{path} is not an anchor signed by a trusted key")]
+        return None, [_unsigned(orch, path, doc["kid"])]
     if body.get("project_id") != orch.project_id:
         raise InvalidInputError(f"{path} anchors project {body.get('project_id')!r}, not {orch.project_id!r}")
     heads = _anchored_heads(path, body)

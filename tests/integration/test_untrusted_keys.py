@@ -245,3 +245,55 @@ def test_on_postgres_a_job_left_for_want_of_a_key_keeps_its_row_and_is_never_res
         for s in stores:
             s.close()
         home.close()
+
+
+# -- an anchor signed on another machine ---------------------------------------------------------------------------
+
+def anchor_from_another_machine(base: Path, tmp_path: Path) -> tuple[Path, Keyring, Keyring]:
+    """An anchor of project ``proj`` written with machine A's key; (the anchor, A's keyring, B's: its own key only)."""
+    from orchestrator.integrity import export_anchor
+
+    a, b = Keyring.generate(), Keyring.generate()
+    there = Orchestrator(base_path=base, project_id="proj", keyring=a)
+    there.submit("echo", {})
+    anchor = tmp_path / "anchor.json"
+    export_anchor(there, anchor)
+    return anchor, a, b
+
+
+def test_verify_against_an_anchor_signed_by_a_key_this_machine_does_not_trust_names_the_key_and_the_pub_to_copy(
+        base: Path, tmp_path: Path) -> None:
+    """As ``import`` does (2026-12-02): until 2026-12-07, ``SIGNATURE_INVALID``, "is not an anchor signed by a
+    trusted key", naming neither the key nor what to copy."""
+    from orchestrator.integrity import check_anchor
+
+    anchor, a, b = anchor_from_another_machine(base, tmp_path)
+    here = Orchestrator(base_path=base, project_id="proj", keyring=b)
+    [problem] = check_anchor(here, anchor)
+    assert (problem.stream, problem.code, problem.kid) == ("anchor", "UNKNOWN_KEY", a.signer_id)
+    assert f"key {a.signer_id}" in problem.message and f"{a.signer_id}.pub" in problem.message, problem.message
+    assert "ORCH_TRUSTED_KEYS_DIR" in problem.message, problem.message
+    b.trusted[a.signer_id] = a.trusted[a.signer_id]  # A's .pub copied over
+    assert check_anchor(here, anchor) == []
+
+
+def test_verify_against_an_anchor_whose_key_was_revoked_here_says_so(base: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from orchestrator.integrity import check_anchor
+
+    anchor, a, _ = anchor_from_another_machine(base, tmp_path)
+    here = Orchestrator(base_path=base, project_id="proj", keyring=replace(a, revoked=frozenset({a.signer_id})))
+    [problem] = check_anchor(here, anchor)
+    assert problem.code == "KEY_REVOKED" and f"key {a.signer_id}" in problem.message, problem.message
+
+
+def test_verify_against_an_anchor_edited_after_it_was_signed_is_still_signature_invalid(
+        base: Path, tmp_path: Path) -> None:
+    from orchestrator.integrity import check_anchor
+
+    anchor, a, _ = anchor_from_another_machine(base, tmp_path)
+    doc = json.loads(anchor.read_text())
+    anchor.write_text(json.dumps({**doc, "created_at": "2030-01-01T00:00:00.000000Z"}))
+    here = Orchestrator(base_path=base, project_id="proj", keyring=a)
+    assert [p.code for p in check_anchor(here, anchor)] == ["SIGNATURE_INVALID"]
