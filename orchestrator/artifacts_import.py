@@ -62,6 +62,8 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # target side is appended to (``import_artifacts(removed=...)``); a context variable, not a parameter of every step
 _REMOVED_LINKS: ContextVar[list[str] | None] = ContextVar("removed_links", default=None)
 ARTIFACT_LINK_REMOVED = "ARTIFACT_LINK_REMOVED"  # the warning of a run whose copy removed links (links_removed_warning)
+# the warning of a run whose artifacts_from names jobs with no folder here (``missing_folders_warning``)
+ARTIFACTS_FROM_MISSING = "ARTIFACTS_FROM_MISSING"
 _WRITABLE = stat.S_IWUSR | stat.S_IXUSR  # what the owner needs to make and remove entries in a folder
 
 
@@ -117,17 +119,34 @@ def links_removed_warning(removed: list[str], target: Path) -> dict[str, str]:
                        f"own folder, never followed: {shown}; a run of this job left them there"}
 
 
+def missing_folders_warning(missing: list[str], folders: WorkerFolders) -> dict[str, str]:
+    """The ``{code, message}`` a run reports when its ``artifacts_from`` names jobs that have no artifact folder on
+    this machine: the handler then runs without their files, which may be what it needs."""
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    where = os.path.dirname(folders.artifacts_dir(missing[0]))
+    return {"code": ARTIFACTS_FROM_MISSING,
+            "message": f"artifacts_from names {len(missing)} job(s) with no artifact folder on this machine, so "
+                       f"nothing of theirs was copied: {shown}. A job that wrote no file has none; one that ran on "
+                       "another machine, or was moved here by `orchestrator import` (a bundle carries no artifact "
+                       f"file), has its folder where it ran: copy that folder into {where}/ here before such a job "
+                       "runs"}
+
+
 def import_artifacts(job_id: str, names: list[str], folders: WorkerFolders, target: Path,
-                     between: Callable[[], None], removed: list[str] | None = None) -> None:
+                     between: Callable[[], None], removed: list[str] | None = None,
+                     missing: list[str] | None = None) -> None:
     """Copy (never move) the artifact folders of the jobs ``names`` into ``target/inputs/<job_id>/``; a job
-    without a folder (or the job itself) is passed over. Every source folder is walked first, nothing written
-    (``artifacts_source.measure``): a loop of links or what is not a regular file is ``InvalidInputError``, a copy
-    the file system of ``target`` has no room for ``CopyFailed`` (``_check_room``). ``between`` is called before
-    each entry walked, each file copied and after each chunk of one; what it raises ends the copy. A copy that
-    fails raises ``CopyFailed`` at once. The path of each symbolic link removed on the target side is appended to
+    without a folder (or the job itself) is passed over, the former appended to ``missing``. Every source folder is
+    walked first, nothing written (``artifacts_source.measure``): a loop of links or what is not a regular file is
+    ``InvalidInputError``, a copy the file system of ``target`` has no room for ``CopyFailed`` (``_check_room``).
+    ``between`` is called before each entry walked, each file copied and after each chunk of one; what it raises
+    ends the copy. A copy that fails raises ``CopyFailed`` at once. The path of each symbolic link removed on the target side is appended to
     ``removed`` as it goes (the caller's list: it holds them however the copy ends)."""
     sources = [(other, folders.artifacts_dir(other)) for other in dict.fromkeys(names) if other != job_id]
-    sources = [(other, src) for other, src in sources if src.is_dir()]
+    found = {other: src.is_dir() for other, src in sources}
+    if missing is not None:
+        missing.extend(other for other, is_dir in found.items() if not is_dir)
+    sources = [(other, src) for other, src in sources if found[other]]
     if not sources:
         return
     token = _REMOVED_LINKS.set(removed)
@@ -222,11 +241,16 @@ def copy_under_lease(claim: Claim, names: list[str], heart: Heartbeat, folders: 
                 raise _CopyEnded(end)
 
     removed: list[str] = []  # links a run left where the copy goes: removed, never followed, and reported
+    missing: list[str] = []  # jobs named with no folder here: reported, as the handler runs without their files
     how = None
     try:
-        import_artifacts(claim.job_id, names, folders, target, between, removed)
+        import_artifacts(claim.job_id, names, folders, target, between, removed, missing)
     except _CopyEnded as ended:
         how = ended.how
+    if missing:
+        claim = claim.noting(missing_folders_warning(missing, folders))
+        log.warning("job %s: %s", claim.job_id, claim.notes[-1]["message"],
+                    extra={"job_id": claim.job_id, "code": ARTIFACTS_FROM_MISSING})
     return how, claim.noting(links_removed_warning(removed, target)) if removed else claim
 
 

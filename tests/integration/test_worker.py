@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -1369,6 +1370,24 @@ class SlowCopy:
             self.at_call()
         time.sleep(self.pause)
         return self.real(*args)
+
+
+def test_an_artifacts_from_job_with_no_folder_here_is_copied_from_nothing_and_the_run_says_so(
+        orch, caplog: pytest.LogCaptureFixture) -> None:
+    """A job imported without its artifact files (they stay where its worker ran: docs/postgres.md, step 4), or one
+    that ran on another machine, has no folder here: its copy is passed over, and the run, which then goes on without
+    those inputs, says so (until 2026-12-07 it said nothing)."""
+    with_files, without = _a_job_with_files(orch, 1), orch.submit("t.echo", "ran elsewhere")
+    orch.cancel(without, "not to run here")
+    job = orch.submit("t.echo", {"artifacts_from": [with_files, without]})
+    with caplog.at_level(logging.WARNING, logger="orchestrator.artifacts_import"):
+        ran = make_worker(orch, artifacts_import=True).run_once()
+    assert ran.job_id == job and ran.outcome == "succeeded"
+    assert [w["code"] for w in ran.warnings] == ["ARTIFACTS_FROM_MISSING"]
+    message = ran.warnings[0]["message"]
+    assert without in message and with_files not in message, message
+    assert "copy that folder" in message, message
+    assert any(without in r.getMessage() for r in caplog.records)
 
 
 def _a_job_with_files(orch, files: int) -> str:
