@@ -22,7 +22,7 @@ def handler_payload(fn: Callable[[], Any]) -> bytes:
     """Call a Python handler and return its terminal payload as bytes, whatever it does.
 
     An exception becomes a ``failed`` payload with ``error_code`` ``HANDLER_ERROR`` (traceback on
-    stderr, so in the output tail); a return value that is not JSON (a set, an object, text that is
+    stderr, so in the output tail, where it can be printed: ``_print_traceback``); a return value that is not JSON (a set, an object, text that is
     not valid Unicode) a ``failed`` payload with ``error_code`` ``MALFORMED_PAYLOAD`` saying why. A
     ``BaseException`` (``sys.exit``) is not caught: the process running the handler exits without a
     payload (``NO_TERMINAL_SIGNAL_EXIT``).
@@ -46,7 +46,7 @@ def handler_payload(fn: Callable[[], Any]) -> bytes:
         return data if len(data) <= MAX_PAYLOAD_BYTES else _malformed(too_large(len(data)).message)
     except Exception as exc:  # the handler's failure is the job's outcome, not the worker's
         leave_if_forked(me, 1)
-        traceback.print_exc()
+        _print_traceback()
         text = f"handler raised {type(exc).__name__}{_text_of(exc)}"
         # bytes that are not UTF-8 in the message (a file name) are lone surrogates, which no event can hold: shown
         # escaped (``\udce9``), so the message is kept instead of the payload being refused as malformed
@@ -54,6 +54,17 @@ def handler_payload(fn: Callable[[], Any]) -> bytes:
         summary = sanitized_cut(text, 2000)  # sanitized, then cut
         return json.dumps({"status": "failed", "summary": summary, "error_code": "HANDLER_ERROR",
                            "retryable": True}).encode()
+
+
+def _print_traceback() -> None:
+    """The traceback of the exception being handled, on stderr, if it can be printed there: a handler that closed
+    ``sys.stderr`` or descriptor 2, or a full disk under the output file, made the print raise out of the ``except``
+    that makes the payload, and the run ended as ``NO_TERMINAL_SIGNAL_EXIT``, its exception lost (until
+    2026-12-07). Its payload, which leaves on a pipe or in the terminal file, says it all the same."""
+    try:
+        traceback.print_exc()
+    except Exception:  # noqa: S110 - the payload matters, the traceback is a courtesy
+        pass
 
 
 def _text_of(exc: Exception) -> str:

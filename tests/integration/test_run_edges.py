@@ -846,6 +846,33 @@ def test_a_handler_exception_whose_text_cannot_be_read_is_a_handler_error_and_th
     worker.close()
 
 
+def _stderr_closed(ctx):
+    sys.stderr.close()
+    raise RuntimeError("boom")
+
+
+def _fd_2_closed(ctx):
+    os.close(2)
+    raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+@pytest.mark.parametrize("unusable", [_stderr_closed, _fd_2_closed], ids=["sys.stderr-closed", "fd-2-closed"])
+def test_a_handler_that_raises_after_making_its_stderr_unusable_is_a_handler_error_with_its_message(
+        orch, mode: str, unusable) -> None:
+    """The traceback goes to stderr; one that cannot be printed there (closed, or a full disk) raised out of the
+    ``except`` that makes the payload, and the run ended as NO_TERMINAL_SIGNAL_EXIT, the exception lost."""
+    register("t.stderr_unusable", unusable)
+    worker = make_worker(orch, handler_process=mode)
+    job = orch.submit("t.stderr_unusable", max_attempts=1)
+    result = worker.run_once()
+    last = events(orch, job)[-1]
+    assert (result.job_id, result.error_code) == (job, "HANDLER_ERROR"), last
+    assert last["data"]["summary"] == "handler raised RuntimeError: boom"
+    assert worker_pid(orch, worker)  # and the next run goes on, in a handler process with its stderr back
+    worker.close()
+
+
 # -- a cancel while the job runs ------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["t.wait", "command"])
 def test_a_cancelled_running_job_is_stopped_by_its_worker_and_stays_cancelled(orch, tmp_path: Path, kind) -> None:
