@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator import audit as audit_log
 from orchestrator import clock as clock_mod
@@ -111,8 +111,12 @@ class Claimer:
     from one pass to the next."""
 
     def __init__(self, orch: Orchestrator, settings: WorkerSettings, *, worker_id: str, actor: str,
-                 untrusted: UntrustedJobs, notify: Notify | None = None) -> None:
+                 untrusted: UntrustedJobs, notify: Notify | None = None,
+                 check_room: Callable[[], None] = lambda: None) -> None:
+        """``check_room``: called right before each claim is written; raises when there is no room to run the job
+        (``WorkerFolders.check_room``: a full disk), and nothing is claimed."""
         self.orch = orch
+        self.check_room = check_room
         self.notify = notify  # where its warning of a kind it has no handler for goes (``notices``)
         self.settings = settings
         self.worker_id = worker_id
@@ -278,6 +282,7 @@ class Claimer:
         data = {"worker_id": self.worker_id, "epoch": epoch, "attempt": s.attempt + 1,
                 "lease_expires_at": clock_mod.to_iso(now + self.settings.lease_seconds)}
         # the claim event carries the first lease expiry: a run shorter than a heartbeat writes no lease record
+        self.check_room()
         faults.point("worker.before_claim")
         try:
             claimed = self.orch.append(view, s.job_id, [("job_claimed", data)], run_id=run_id, actor=self.actor,

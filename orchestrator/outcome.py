@@ -12,18 +12,19 @@ import logging
 import signal
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from orchestrator import clock as clock_mod
 from orchestrator import faults
 from orchestrator.artifacts import recorded_names
-from orchestrator.errors import (ConcurrencyError, InvalidInputError, LeaseLostError, MalformedPayloadError,
-                                 PathEscapeError, StorageUnavailableError)
+from orchestrator.errors import (AuditEntryNotWrittenError, ConcurrencyError, InvalidInputError, LeaseLostError,
+                                 MalformedPayloadError, OrchestratorError, PathEscapeError, StorageError,
+                                 StorageUnavailableError)
 from orchestrator.leases import drop_lease_aux
 from orchestrator.leftovers import end_exited_run, killed_warning
 from orchestrator.notices import log_warning
-from orchestrator.payload import (DONE, FAILED, JSON_WHITESPACE, NEEDS_AUDIT, NO_TERMINAL_SIGNAL_EXIT, Payload,
-                                  parse_payload)
+from orchestrator.payload import (DONE, FAILED, JSON_WHITESPACE, NEEDS_AUDIT, NO_TERMINAL_SIGNAL_EXIT,
+                                  NO_TERMINAL_SIGNAL_STALE, Payload, parse_payload)
 from orchestrator.run_folder import sanitized_tail
 from orchestrator.runner import Child
 from orchestrator.security import json_source_text, sanitize_obj, sanitize_text
@@ -207,15 +208,33 @@ class OutcomeRecorder:
         finally:
             paths.remove()
 
-    def hand_back(self, claim: Claim, code: str, why: str) -> RunResult:
+    def hand_back(self, claim: Claim, code: str, why: str, *, ran: bool = False) -> RunResult:
         """Give a claimed job back before its handler started, as if this worker had never claimed it: not a
         failure, nor one of the job's stops in a row (``JobState.stops`` keeps its count). ``code`` says why: the
-        worker cannot run anything (``PATH_ESCAPE``: a folder of the store became a link), or it was asked to stop
-        (``WORKER_STOPPED_BEFORE_START``)."""
+        worker cannot run anything (``PATH_ESCAPE``: a folder of the store became a link; ``STORAGE_ERROR``), or it
+        was asked to stop (``WORKER_STOPPED_BEFORE_START``). ``ran``: after its handler ran, whose result could not
+        be kept (the disk refused the worker's own file of it): the job runs again, as after a worker that died."""
+        when = "after running it, its result not kept" if ran else "before running it"
         data = {"error_code": code, "worker_id": self.worker_id, "output_tail": "",
-                "error": f"worker {self.worker_id} stopped before running it: {why}"}
+                "error": f"worker {self.worker_id} stopped {when}: {why}"}
         return self.finish(claim, [("job_released", data)], "released", error_code=code,
                            audit=("job_released", data["error"]))
+
+    def hand_back_and_raise(self, claim: Claim, error: OrchestratorError, *, ran: bool = False) -> NoReturn:
+        """The store's fault, not the job's: hand the job back (``hand_back``, no attempt used), then raise ``error``,
+        which stops the worker. A hand-back the store cannot take either (a disk with no byte left for its line)
+        leaves the job running until its lease expires, and stale recovery then ends its run as a dead worker's, an
+        attempt used: ``error`` then says so, not only what failed first."""
+        try:
+            self.hand_back(claim, error.code, error.message, ran=ran)
+        except AuditEntryNotWrittenError:
+            pass  # handed back: the release stands, saying why itself (a release is not an event ``audit heal`` writes
+            # an entry for: ``audit.AUDITED_EVENTS``)
+        except StorageError as failed:
+            raise type(error)(f"{error.message}; and the job could not be handed back ({failed.message}): it stays "
+                              f"running until its lease expires, then stale recovery ends its run as one whose worker "
+                              f"died ({NO_TERMINAL_SIGNAL_STALE}, an attempt used)", **error.details) from None
+        raise error from None
 
     def release(self, claim: Claim, output: Path, grace_seconds: float) -> RunResult:
         """Hand a run back that a stop killed after its grace period (``grace_seconds``): not a failure, unless the

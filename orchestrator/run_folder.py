@@ -3,6 +3,8 @@ run, so the folder is removed only once none is left), files written into it who
 output that goes into the run's event."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -15,6 +17,8 @@ from orchestrator.security import cut_read_size, sanitized_cut
 from orchestrator.store.files import NotRegularFileError, open_regular
 
 RUN_PREFIX = "run-"  # runs/run-<16 hex>: one run's folder (runs/host-*: a worker's handler process)
+# what a disk says when it refuses a write whatever is written: no room, over quota, read-only (each < 256: one byte)
+DISK_REFUSALS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 def open_output(path: Path) -> int:
@@ -34,9 +38,21 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """``data`` as the file ``path``, whole or not at all (a copy renamed over it; one that fails is removed). Its
+    ``OSError`` names ``path``: a disk with no room left fails the write after the open succeeded, and that error
+    names no file. A worker tells whose fault a failure is by the path it names (``WorkerFolders.made_by_worker``):
+    a context file a full disk refused was taken for the machine's fault until 2026-12-07, every job claimed on it
+    failed (``HANDLER_START_FAILED``) until its attempts were used up."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if exc.errno is None:  # not the kernel's
+            raise
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
 
 
 def remove_run_folder(folder: Path) -> bool:

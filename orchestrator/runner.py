@@ -36,7 +36,7 @@ from orchestrator.leftovers import (KILLED_MAX_BYTES, LEFTOVER_GRACE_SECONDS, NO
 from orchestrator.leftovers import adopt_orphans as _adopt_orphans
 from orchestrator.handler_result import handler_payload, leave_if_forked
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
-from orchestrator.run_folder import open_output, write_bytes_atomic
+from orchestrator.run_folder import DISK_REFUSALS, open_output, write_bytes_atomic
 from orchestrator.store.files import NotRegularFileError, open_regular
 
 if TYPE_CHECKING:  # handlers imports this module
@@ -128,6 +128,9 @@ class Child:
     # left of the run is the end of what it left running, which its timeout does not cut (``Worker._supervise``)
     handler_done = False
     killed: Killed = NONE_KILLED  # what it had to kill of that, as it told the worker with its answer
+    # a file of the worker's own for the run that its disk refused (no room, over quota, read-only), written in the
+    # child: a per-run child's terminal file (``fork_call``). The store's fault, not the job's (``Worker.execute``)
+    store_refused: OSError | None = None
 
     def payload(self) -> bytes | None:
         """The terminal payload the run produced, or None if it left none; ``MalformedPayloadError`` for one over
@@ -273,9 +276,10 @@ def reap_exited() -> None:
 
 # What a per-run child writes on its pipe to the worker (``ForkChild``), each message in one write (under ``PIPE_BUF``:
 # atomic): ``HANDLER_ENDED`` as soon as its handler ended (returned, raised, ``sys.exit``), while what the run left is
-# ended (its timeout no longer applies); ``EXIT_CODE``, its exit code (one byte) and what it killed
-# (``encode_killed``), once its terminal file is written. A child that dies says neither.
-HANDLER_ENDED, EXIT_CODE = b"e", b"x"
+# ended (its timeout no longer applies); ``NOT_WRITTEN`` and an errno (one byte), if its disk refused the terminal file
+# (``DISK_REFUSALS``); ``EXIT_CODE``, its exit code (one byte) and what it killed (``encode_killed``), once its terminal
+# file is written. A child that dies says none of them.
+HANDLER_ENDED, NOT_WRITTEN, EXIT_CODE = b"e", b"w", b"x"
 
 
 class ForkChild(Child):
@@ -316,11 +320,17 @@ class ForkChild(Child):
         """Read the child's exit code from the pipe; False if it closed without one (it died), None if it only said
         that its handler ended (``HANDLER_ENDED``: ``handler_done``)."""
         assert self._done_fd is not None
-        # each message written at once, so all here: ``HANDLER_ENDED`` (twice at most), ``EXIT_CODE``, code, report
-        data = os.read(self._done_fd, 2 + 2 + KILLED_MAX_BYTES)
+        # each message written at once, so all here: ``HANDLER_ENDED`` (twice at most), ``NOT_WRITTEN`` and its errno,
+        # ``EXIT_CODE``, code, report
+        data = os.read(self._done_fd, 2 + 2 + 2 + KILLED_MAX_BYTES)
         if data.startswith(HANDLER_ENDED):
             self.handler_done = True
             data = data.lstrip(HANDLER_ENDED)  # said again if the body failed after it (``handler_main``)
+            if not data:
+                return None
+        if data.startswith(NOT_WRITTEN) and len(data) >= 2:
+            self.store_refused = OSError(data[1], os.strerror(data[1]), str(self.terminal_file))
+            data = data[2:]
             if not data:
                 return None
         os.close(self._done_fd)
@@ -535,7 +545,12 @@ def fork_call(fn: Callable[[], Any], *, terminal_file: Path, output: Path,
                 payload = handler_payload(fn)
                 tell(done_w, HANDLER_ENDED)  # at once: what it left may take the grace to end, past the timeout
                 killed = end_leftovers()  # before the payload is there: the run is over when what it started is gone
-                write_bytes_atomic(terminal_file, payload)
+                try:
+                    write_bytes_atomic(terminal_file, payload)
+                except OSError as exc:  # a full disk is the store's fault, told to the worker (``store_refused``);
+                    if exc.errno not in DISK_REFUSALS:  # anything else in the run's folder may be the run's doing
+                        raise
+                    tell(done_w, NOT_WRITTEN + bytes([exc.errno]))
                 return encode_killed(killed)  # told to the worker with the exit code
 
             handler_main(output, (done_r,), body, done_w)

@@ -93,16 +93,16 @@ class Worker:
         self._stop_at: float | None = None
         self._in_wait = False
         self.untrusted = UntrustedJobs(orch.keyring, notify)  # jobs left for want of a key (orchestrator/untrusted.py)
+        self.folders = WorkerFolders(orch.settings.state_dir)  # runs/ and artifacts/, never outside the store
         # what its claim passes decide and remember: the jobs it left for other workers, the delayed job due next,
-        # the views of the jobs it left unfinished (orchestrator/claiming.py)
+        # the views of the jobs it left unfinished (orchestrator/claiming.py); none is claimed on a full disk
         self.claimer = Claimer(orch, self.settings, worker_id=self.worker_id, actor=self.actor,
-                               untrusted=self.untrusted, notify=notify)
+                               untrusted=self.untrusted, notify=notify, check_room=self.folders.check_room)
         self.notify = notify
         self.stale_watch = StaleWatch(self.settings.lease_seconds)  # the leases it read (recovery.py)
         self._host: HandlerHost | None = None
         if not self.settings.pass_store_credentials:  # before any handler starts (handler_env)
             withhold(orch.store.credential_env)
-        self.folders = WorkerFolders(orch.settings.state_dir)  # runs/ and artifacts/, never outside the store
         self._next_sweep = 0.0  # time.monotonic() of the next sweep of leftovers (the first recovery does one)
         self._reached = False  # run_once reached the store once: losing it from then on is waited out (a while)
         # the stale jobs recovered by the last run_once before its claim (or the loop's last pass), one record each
@@ -111,6 +111,7 @@ class Worker:
         llm_timeout(os.environ)  # a bad ORCH_LLM_TIMEOUT: CONFIG_ERROR now, not a failed llm job each time
         check_folders(orch.settings.state_dir, WORKER_FOLDERS)  # a link: PATH_ESCAPE before any job is claimed
         self.folders.probe()  # runs/ or artifacts/ that cannot be written: STORAGE_ERROR before any job is claimed
+        orch.store.prepare_locks()  # a hand-back on a disk filled meanwhile needs no new folder (docs/worker.md)
         import_modules(self.settings.imports)
 
     def __repr__(self) -> str:
@@ -229,8 +230,7 @@ class Worker:
             paths = RunPaths.create(self.folders.run_dir(claim.run_id), self.folders.artifacts_dir(s.job_id))
         except PathEscapeError as exc:
             if self.folders.linked():  # the store's fault, not the job's: hand it back, and stop
-                record.hand_back(claim, exc.code, exc.message)
-                raise
+                record.hand_back_and_raise(claim, exc)
             return record.fail(claim, exc.code, exc.message, retryable=False)  # its own folder, a link out
         handler = resolve(s.kind)
         held = HeldLease(self.settings.lease_seconds, s.lease_expires_at or 0.0)
@@ -256,10 +256,8 @@ class Worker:
             return record.not_started(claim, paths, exc.code, exc.message, retryable=False)
         except OSError as exc:
             if self.folders.made_by_worker(exc.filename):  # the store's fault, not the job's: hand it back, and stop
-                paths.remove()
-                error = path_error(exc)
-                record.hand_back(claim, error.code, error.message)
-                raise error from None
+                paths.remove()  # first: the room it took on a full disk is the hand-back's
+                record.hand_back_and_raise(claim, path_error(exc))
             # the machine's (no process to spare, no memory): may pass, retried
             return record.not_started(claim, paths, HANDLER_START_FAILED, f"cannot start the handler: {exc}",
                                       retryable=True)
@@ -287,6 +285,9 @@ class Worker:
             if how == "output":  # its output could not be bounded on this file system: a retry would print as much
                 return record.fail(claim, OUTPUT_TOO_LARGE, f"stopped: {cap.refused}", output=child.output,
                                    retryable=False)
+            if child.store_refused is not None:  # its result, in a file of the worker's own that a full disk refused
+                paths.remove()
+                record.hand_back_and_raise(claim, path_error(child.store_refused), ran=True)
             return record.record_exit(claim, code, child, self.folders)
         finally:
             child.finish(paths)
@@ -297,9 +298,7 @@ class Worker:
         source it cannot read, a file in its folder it cannot replace) is a failed attempt, retried, as before."""
         paths.remove()
         if failed.store:
-            error = path_error(failed.error)
-            record.hand_back(claim, error.code, error.message)
-            raise error from None
+            record.hand_back_and_raise(claim, path_error(failed.error))
         exc = failed.error
         where = "" if exc.filename is None else f": {os.path.relpath(exc.filename, self.folders.state_dir)}"
         return record.fail(claim, HANDLER_START_FAILED, f"cannot copy input artifacts_from{where}: "

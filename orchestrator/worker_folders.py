@@ -1,7 +1,7 @@
 """Where a worker's runs and artifacts live: ``runs/`` and ``artifacts/<job_id>`` under the state folder,
 never outside the store. A worker checks them when it starts (``WORKER_FOLDERS``, ``check_folders``; and that it
 can write in them, ``WorkerFolders.probe``), and again whenever something is not as last checked
-(``WorkerFolders.artifacts_dir``)."""
+(``WorkerFolders.artifacts_dir``); the room left on their disk before each claim (``WorkerFolders.check_room``)."""
 from __future__ import annotations
 
 import contextlib
@@ -9,6 +9,8 @@ import os
 import stat
 from pathlib import Path
 
+from orchestrator.artifacts_source import SPARE_BYTES, size
+from orchestrator.errors import StorageError
 from orchestrator.run_folder import RUN_PREFIX
 from orchestrator.security import safe_join, validate_id
 from orchestrator.store.files import linked_folder_error, make_folder, path_error
@@ -29,8 +31,9 @@ class WorkerFolders:
 
     def probe(self) -> None:
         """Make ``runs/`` and ``artifacts/`` if missing, then make and remove a folder in each, as every run does
-        (its run folder, its job's folder): ``StorageError`` naming the path and the reason (a permission, a
-        read-only or full file system) when one cannot be, before the worker claims anything. Found only at a
+        (its run folder, its job's folder), and check the room left (``check_room``): ``StorageError`` naming the
+        path and the reason (a permission, a read-only or full file system) when one cannot be, before the worker
+        claims anything. Found only at a
         run, the job was claimed, then handed back, and a supervisor restarting the worker at once wrote that pair
         of events per restart. A real write, not ``os.access``, which says yes to root whatever the file system
         says. The names cannot be a run's or a job's; one a crash left in ``runs/`` is swept as a run's."""
@@ -45,6 +48,24 @@ class WorkerFolders:
                     os.rmdir(path)
             except OSError as exc:  # named by the folder, what the operator must fix (the entry is the probe's)
                 raise path_error(type(exc)(exc.errno, exc.strerror, folder)) from None
+        self.check_room()
+
+    def check_room(self) -> None:
+        """``StorageError`` when the disk of ``runs/`` is full: less free (to users other than root, ``f_bavail``)
+        than the ``SPARE_BYTES`` the store keeps for its own writes. Checked when the worker starts (``probe``) and
+        before each claim (``Claimer``): a job claimed on a full disk could not start (handed back, the worker
+        stopped), or was charged for a print its handler could not make (``HANDLER_ERROR``: whose write that was,
+        the worker cannot tell), and its hand-back needed room too. A file system that tells no size (``f_blocks``
+        0, some FUSE ones) is not asked; one ``statvfs`` (~2 us)."""
+        runs = os.path.join(self.state_dir, RUNS_DIR)
+        try:
+            fs = os.statvfs(runs)
+        except OSError:  # what is wrong with the folder is met where it is written
+            return
+        free = fs.f_bavail * fs.f_frsize
+        if fs.f_blocks and free < SPARE_BYTES:
+            raise StorageError(f"{runs}: the disk is full ({size(free)} free, less than the {size(SPARE_BYTES)} the "
+                               "store keeps for its own writes): no job is claimed until space is freed", path=runs)
 
     def artifacts_dir(self, job_id: str) -> Path:
         """``artifacts/<job_id>``, never outside the store. Resolving it (``safe_join``: two ``realpath``

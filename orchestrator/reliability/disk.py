@@ -23,13 +23,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.artifacts_source import SPARE_BYTES
 from orchestrator.errors import OrchestratorError, StorageError
 from orchestrator.integrity import verify_project
 from orchestrator.reliability import handlers  # noqa: F401 - registers rel.* handlers
 from orchestrator.reliability.common import FINAL_STATES, Project, progress, run_forked
 from orchestrator.worker import Worker, WorkerSettings
 
-BALLAST = 192 * 1024
+# freed once the disk is full, like an operator clearing space: more than the store keeps free for its own writes (a
+# worker claims no job with less: ``WorkerFolders.check_room``), and room for the runs of the jobs that filled it
+BALLAST = SPARE_BYTES + 1024 * 1024
 
 
 def _mount_tmpfs(where: Path, size: int) -> bool:
@@ -78,7 +81,7 @@ def _resume_and_check(project: Project, acked: list[str]) -> dict[str, Any]:
             "verify_ok": verify_project(orch).ok}
 
 
-def full_disk(root: Path, size: int = 512 * 1024) -> dict[str, Any]:
+def full_disk(root: Path, size: int = BALLAST + 512 * 1024) -> dict[str, Any]:
     mnt = root / "disk" / "mnt"
     if _mount_tmpfs(mnt, size):
         try:
@@ -86,7 +89,7 @@ def full_disk(root: Path, size: int = 512 * 1024) -> dict[str, Any]:
             base.mkdir()
             project = Project(base)
             ballast = mnt / "ballast"
-            ballast.write_bytes(b"\0" * BALLAST)  # freed later, like an operator clearing space
+            ballast.write_bytes(b"\0" * BALLAST)
             acked, error = _fill(project, 2000)
             cli = _cli(project, "submit", "--kind", "rel.echo", "--input", '{"x": "' + "y" * 8000 + '"}', "--json")
             worker_cli = _cli(project, "worker", "--once", "--import", "orchestrator.reliability.handlers")

@@ -269,6 +269,11 @@ class EventStore(ABC):
         with lock:
             yield
 
+    def prepare_locks(self) -> None:
+        """Make what ``exclusive`` needs but each lock itself (files: the ``locks/`` folder), so that taking a lock
+        later costs no new folder: a worker does it when it starts, and its hand-back of a job on a disk filled
+        meanwhile then needs no block for one (``Worker``). Default: nothing."""
+
     @staticmethod
     def _no_transaction(in_transaction: InTransaction | None) -> None:
         if in_transaction is not None:

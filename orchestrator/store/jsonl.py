@@ -53,7 +53,8 @@ NAME_TEMPLATE = ".name"
 NAME_RECORD = b"1"
 # The store's own folders under its root ("" is the root, ``.orchestrator``): checked once when the
 # store is opened (``check_folders``). A new area of ``put_aux`` belongs here too (a test walks a store).
-STORE_FOLDERS = ("", "queue", "queue/jobs", "audit", "locks", *sorted(SLOT_AREAS | NAME_AREAS), "projections")
+LOCKS_DIR = "locks"  # ``exclusive``'s lock files: made when the first lock is taken, or by ``prepare_locks``
+STORE_FOLDERS = ("", "queue", "queue/jobs", "audit", LOCKS_DIR, *sorted(SLOT_AREAS | NAME_AREAS), "projections")
 # Folders of derived data only: a file in their place is left to the code that uses them (``metrics``
 # writes around a blocked cache, with a warning); a link is refused like any other.
 DERIVED_FOLDERS = frozenset({"projections"})
@@ -470,7 +471,7 @@ class JsonlStore(EventStore):
     def exclusive(self, name: str) -> Iterator[None]:
         """An ``flock`` on ``locks/<name>.lock``: released by the kernel if the process dies, and
         exclusive between threads too (each call opens its own file)."""
-        path = self.root / "locks" / f"{validate_id(name, 'lock name')}.lock"
+        path = self.root / LOCKS_DIR / f"{validate_id(name, 'lock name')}.lock"
         with contextlib.ExitStack() as stack:
             try:
                 fd = stack.enter_context(lock_descriptor(lambda: open_creating(path, self._root_s, os.O_RDWR)))
@@ -478,6 +479,11 @@ class JsonlStore(EventStore):
                 raise StorageError(f"could not open the lock {path}: {exc.strerror}") from None
             lock_soon(fd, 0.0, str(path))  # bounded in ``bounded_waits``; another thread here may hold it
             yield
+
+    def prepare_locks(self) -> None:
+        """``locks/``, made if missing (``make_folder``: a link is ``PathEscapeError``, anything else
+        ``StorageError``). Not durable: a lock file holds nothing."""
+        make_folder(os.path.join(self._root_s, LOCKS_DIR), self._root_s)
 
     def delete_aux(self, area: str, key: str) -> None:
         remove_file(self._aux_path(area, key))

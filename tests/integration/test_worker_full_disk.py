@@ -1,0 +1,237 @@
+"""A worker on a full disk: its own files that cannot be written are the store's fault, never the job's (the job is
+handed back, no attempt used, and the worker stops: STORAGE_ERROR, exit 10), and the hand-back needs no new folder.
+The kernel's way is simulated where it must be (monkeypatch), and met on a real small tmpfs where this process may
+mount one (root on Linux)."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import worker_handlers  # noqa: F401  (registers t.* handlers)
+from orchestrator.errors import StorageError
+from orchestrator.worker import Worker, WorkerSettings
+
+PY = sys.executable
+DONE = [PY, "-c", "import os; open(os.environ['ORCH_TERMINAL_FILE'], 'w').write('{\"status\": \"done\", \"summary\": \"ok\"}')"]
+
+
+def make_worker(orch, **kw) -> Worker:
+    kw.setdefault("worker_id", "w1")
+    kw.setdefault("retry_base_seconds", 0.0)
+    return Worker(orch, WorkerSettings(**kw), rng=random.Random(7))
+
+
+def events(orch, job_id: str) -> list[dict]:
+    return [json.loads(line.raw) for line in orch.store.read(job_id)]
+
+
+def handed_back(orch, job: str) -> dict:
+    """``job`` was given back as if never claimed (no attempt used, not one of its stops); its release's data."""
+    assert [e["type"] for e in events(orch, job)] == ["job_submitted", "job_claimed", "job_released"]
+    st = orch.load(job).state
+    assert (st.state, st.failures, st.stops) == ("queued", 0, 0)
+    released = events(orch, job)[-1]["data"]
+    assert released["error_code"] == "STORAGE_ERROR"
+    return released
+
+
+def no_room_under(folder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk full under ``folder`` (a part of the path) as the kernel says it at a write, after the open succeeded:
+    ``ENOSPC`` naming no file (``Path.write_bytes`` opens, then writes)."""
+    real = Path.write_bytes
+
+    def write_bytes(self: Path, data: bytes) -> int:
+        if folder in self.parts:
+            with open(self, "wb"):
+                pass
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+
+
+# -- a run's own files (1a) ------------------------------------------------------------------------------------------
+def test_a_run_file_the_disk_has_no_room_for_is_handed_back_though_the_error_names_no_file(orch, monkeypatch) -> None:
+    """``ENOSPC`` at the write names no file: the worker took it for the machine's fault (``HANDLER_START_FAILED``,
+    retried), and every job it claimed used up its attempts on the full disk, the worker going on (exit 0)."""
+    job = orch.submit("command", {"argv": DONE}, max_attempts=3)
+    worker = make_worker(orch)
+    no_room_under("runs", monkeypatch)
+    with pytest.raises(StorageError, match=r"/runs/run-[0-9a-f]{16}/context\.json: No space left on device") as err:
+        worker.run_once()
+    assert err.value.exit_code == 10
+    assert "context.json" in handed_back(orch, job)["error"]
+    runs = orch.settings.state_dir / "runs"
+    assert list(runs.iterdir()) == []  # the run's folder, and the copy half written in it, removed
+    monkeypatch.undo()
+    assert make_worker(orch).run_once().outcome == "succeeded"
+
+
+def test_a_per_run_handler_whose_result_the_disk_has_no_room_for_is_handed_back_and_the_worker_stops(
+        orch, monkeypatch) -> None:
+    """The per-run child writes the handler's payload into the run's terminal file, the worker's own file: refused by
+    a full disk, the child died and the run was ``NO_TERMINAL_SIGNAL_EXIT`` ("exited with status 1 without writing a
+    terminal payload"), an attempt used, every Python job claimed on the disk failed so. The child tells the worker
+    now; the handler ran, so its job runs again (as after a worker that died), but is not charged for it."""
+    job = orch.submit("t.echo", "x", max_attempts=3)
+    worker = make_worker(orch, handler_process="per-run")
+    no_room_under("runs", monkeypatch)  # the child is forked from here: the same write fails there
+    with pytest.raises(StorageError, match=r"/runs/run-[0-9a-f]{16}/terminal\.json: No space left on device"):
+        worker.run_once()
+    released = handed_back(orch, job)
+    assert released["error"].startswith("worker w1 stopped after running it, its result not kept: ")
+    assert list((orch.settings.state_dir / "runs").iterdir()) == []
+    monkeypatch.undo()
+    assert make_worker(orch, handler_process="per-run").run_once().outcome == "succeeded"
+
+
+def test_a_reused_handler_process_writes_no_file_of_its_own_for_a_run(orch, monkeypatch) -> None:
+    """Its payload comes back on a pipe: a disk with no room for a run's file does not stop a handler that writes
+    none (one that prints fails as its own code fails: ``HANDLER_ERROR``)."""
+    job = orch.submit("t.echo", "x", max_attempts=3)
+    worker = make_worker(orch)
+    no_room_under("runs", monkeypatch)
+    assert worker.run_once().outcome == "succeeded"
+    assert orch.status(job).state == "succeeded"
+    worker.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 2 MiB tmpfs, unmounted after the test; skipped where this process may not mount one (not root on Linux)."""
+    from orchestrator.reliability.disk import _mount_tmpfs, _umount
+
+    where = tmp_path / "small"
+    if not _mount_tmpfs(where, 2 * 1024 * 1024):
+        pytest.skip("cannot mount a tmpfs here")
+    yield where
+    _umount(where)
+
+
+@pytest.mark.parametrize("kind, mode", [("command", "reused"), ("t.echo", "per-run")])
+def test_on_a_real_full_disk_a_run_file_refused_hands_the_job_back(small_disk: Path, keyring, monkeypatch,
+                                                                   kind: str, mode: str) -> None:
+    """The kernel's own way (the open succeeds, the write fails with no file name), the disk filled between the
+    worker's room check and the run."""
+    import orchestrator.worker_folders as worker_folders
+    from orchestrator import Orchestrator
+
+    orch = Orchestrator(base_path=small_disk, project_id="full", keyring=keyring)
+    job = orch.submit(kind, {"argv": DONE} if kind == "command" else "x", max_attempts=3)
+    worker = make_worker(orch, handler_process=mode)
+    monkeypatch.setattr(worker_folders, "SPARE_BYTES", 0)  # past the check
+    subprocess.run(["dd", "if=/dev/zero", f"of={small_disk / 'filler'}", "bs=4k"], capture_output=True)
+    name = "context.json" if kind == "command" else "terminal.json"
+    with pytest.raises(StorageError, match=f"{name}: No space left on device"):
+        worker.run_once()
+    handed_back(orch, job)
+    (small_disk / "filler").unlink()
+    monkeypatch.undo()
+    assert make_worker(orch, handler_process=mode).run_once().outcome == "succeeded"
+
+
+# -- the hand-back on a full disk (1b) -------------------------------------------------------------------------------
+def no_new_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk with no block left for a new folder (ext4 full but for what files already hold): every ``mkdir``
+    refused, ``ENOSPC`` naming the folder."""
+    def mkdir(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+
+def test_a_job_whose_run_folder_cannot_be_made_is_handed_back_without_a_new_folder(orch, monkeypatch) -> None:
+    """The hand-back takes the job's audit lock, in ``locks/``, which the project's first audited action makes: a
+    worker that met a full disk there could not hand its job back (``locks: No space left on device``), which stayed
+    running, to be recovered as stale 30 s later (an attempt used); a supervisor restarting the worker stranded one
+    job per restart. The worker makes ``locks/`` when it starts. The release's audit entry, whose log needed a
+    folder too here (the project's first entry), is missing: the release stands without it, saying why itself."""
+    from orchestrator.store.base import AUDIT_STREAM
+
+    job = orch.submit("command", {"argv": DONE}, max_attempts=3)
+    worker = make_worker(orch)
+    no_new_folder(monkeypatch)
+    with pytest.raises(StorageError, match=f"/artifacts/{job}: No space left on device") as err:
+        worker.run_once()
+    assert "handed back" not in err.value.message
+    assert handed_back(orch, job)["error"].startswith("worker w1 stopped before running it: ")
+    monkeypatch.undo()
+    assert orch.store.read(AUDIT_STREAM) == []
+    assert make_worker(orch).run_once().outcome == "succeeded"
+
+
+def test_a_hand_back_the_store_cannot_take_says_the_job_stays_running_until_its_lease_expires(
+        orch, monkeypatch) -> None:
+    """A disk with no byte left for the release's line: nothing can be promised but the truth (the error said only
+    what failed first, and the job was found running, then recovered as stale with an attempt used)."""
+    from orchestrator import faults
+
+    def full() -> None:
+        raise StorageError("could not durably append: No space left on device; nothing was written")
+
+    job = orch.submit("command", {"argv": DONE}, max_attempts=3)
+    worker = make_worker(orch)
+    no_room_under("runs", monkeypatch)
+    faults.arm("worker.before_outcome", full)
+    try:
+        with pytest.raises(StorageError) as err:
+            worker.run_once()
+    finally:
+        faults.disarm_all()
+    assert err.value.message.startswith(f"{orch.settings.state_dir}/runs/run-")
+    assert err.value.message.endswith(
+        "context.json: No space left on device; and the job could not be handed back (could not durably append: No "
+        "space left on device; nothing was written): it stays running until its lease expires, then stale recovery "
+        "ends its run as one whose worker died (NO_TERMINAL_SIGNAL_STALE, an attempt used)")
+    assert orch.status(job).state == "running"
+
+
+# -- room: a worker claims nothing on a full disk --------------------------------------------------------------------
+def free_space(free: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk of the store holding 64 MiB, ``free`` bytes of them free to users other than root, as ``statvfs``
+    says (root's reserve, 1 MiB more, is not counted)."""
+    real = os.statvfs
+
+    def statvfs(path):
+        st = real(path)
+        return os.statvfs_result((4096, 4096, 16384, free // 4096 + 256, free // 4096, st.f_files, st.f_ffree,
+                                  st.f_favail, st.f_flag, st.f_namemax))
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+
+
+def test_a_worker_does_not_start_on_a_full_disk_and_claims_nothing(orch, monkeypatch) -> None:
+    """Its probe makes a folder, which a disk full but for a few blocks still allowed: the job it claimed then could
+    not start, nor, often, be handed back."""
+    job = orch.submit("command", {"argv": DONE}, max_attempts=3)
+    free_space(64 * 1024, monkeypatch)
+    with pytest.raises(StorageError) as err:
+        make_worker(orch)
+    assert err.value.message == (
+        f"{orch.settings.state_dir}/runs: the disk is full (64.0 KiB free, less than the 1.0 MiB the store keeps for "
+        "its own writes): no job is claimed until space is freed")
+    assert err.value.exit_code == 10
+    assert [e["type"] for e in events(orch, job)] == ["job_submitted"]
+
+
+def test_a_worker_whose_disk_fills_up_stops_before_its_next_claim(orch, monkeypatch) -> None:
+    """A Python handler whose print a full disk refuses fails as its own code fails (``HANDLER_ERROR``): the worker
+    cannot tell whose write that was, and went on claiming, every job on the disk charged its attempts. An idle
+    worker goes on waiting: only a claim needs the room."""
+    worker = make_worker(orch)
+    free_space(512 * 1024, monkeypatch)
+    assert worker.run_once() is None
+    job = orch.submit("t.echo", "x", max_attempts=3)
+    with pytest.raises(StorageError, match="the disk is full"):
+        worker.run_once()
+    assert [e["type"] for e in events(orch, job)] == ["job_submitted"]
+    monkeypatch.undo()
+    assert worker.run_once().outcome == "succeeded"
+    worker.close()
