@@ -20,7 +20,7 @@ from orchestrator.artifacts import recorded_names
 from orchestrator.errors import (AuditEntryNotWrittenError, ConcurrencyError, InvalidInputError, LeaseLostError,
                                  MalformedPayloadError, OrchestratorError, PathEscapeError, StorageError,
                                  StorageUnavailableError)
-from orchestrator.leases import drop_lease_aux
+from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease, drop_lease_aux
 from orchestrator.leftovers import end_exited_run, killed_warning
 from orchestrator.notices import log_warning
 from orchestrator.payload import (DONE, FAILED, JSON_WHITESPACE, NEEDS_AUDIT, NO_TERMINAL_SIGNAL_EXIT,
@@ -28,7 +28,7 @@ from orchestrator.payload import (DONE, FAILED, JSON_WHITESPACE, NEEDS_AUDIT, NO
 from orchestrator.run_folder import sanitized_tail
 from orchestrator.runner import Child
 from orchestrator.security import json_source_text, sanitize_obj, sanitize_text
-from orchestrator.state import RUNNING, STOPS_FORGIVEN, WORKER_STOPPED, JobState
+from orchestrator.state import RUNNING, STOPS_FORGIVEN, WORKER_STOPPED, WORKER_STOPPED_BEFORE_START, JobState
 
 if TYPE_CHECKING:
     from orchestrator.api import JobView, Orchestrator
@@ -98,31 +98,49 @@ def ended(code: int | None) -> str:
     return f"was killed by signal {-code}{name}"
 
 
-def lost(claim: Claim, why: str) -> RunResult:
-    """The result of a run whose lease was taken over: nothing is recorded (``LEASE_LOST``)."""
+# The signals a stop of the worker may also send its run's processes (a service manager's stop of every process of
+# its unit: systemd's SIGTERM, and SIGHUP with ``SendSIGHUP=yes``; ``pkill -f`` matching them; Ctrl-C in a terminal)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def stop_signal(code: int | None) -> str | None:
+    """The name of the stop signal (``STOP_SIGNALS``) that killed a handler's process, from its exit code as Python
+    gives it (``-15``), or None."""
+    return signal.Signals(-code).name if code is not None and -code in STOP_SIGNALS else None
+
+
+def lost(claim: Claim, why: str, state: str | None = None) -> RunResult:
+    """The result of a run whose lease was taken over: nothing is recorded (``LEASE_LOST``); ``state``: the job's,
+    as the worker found it when it saw the loss (``cancelled``, ``running`` under another run), where it read it."""
     log.warning("lease lost for job %s run %s: %s", claim.job_id, claim.run_id, why,
                 extra={"job_id": claim.job_id, "run_id": claim.run_id})
-    return RunResult(claim.job_id, claim.run_id, "lease_lost", None, LeaseLostError.code, {"message": why},
+    return RunResult(claim.job_id, claim.run_id, "lease_lost", state, LeaseLostError.code, {"message": why},
                      [*claim.view.warnings, *claim.notes])
 
 
 class OutcomeRecorder:
     """Records the outcomes of one worker's runs. What it needs of the worker is passed in: ``backoff``
     (the delay of a retry after that many failures), ``wait_for_store`` (a pause while the store is out of
-    reach, giving up on a stop request) and ``remember`` (keeps the view of a job left unfinished)."""
+    reach, giving up on a stop request), ``remember`` (keeps the view of a job left unfinished) and its
+    ``stop_grace_seconds`` (what a run its stop killed is said to have had)."""
 
     def __init__(self, orch: Orchestrator, *, actor: str, worker_id: str, backoff: Callable[[int], float],
-                 wait_for_store: Callable[..., float], remember: Callable[[JobView], None]) -> None:
+                 wait_for_store: Callable[..., float], remember: Callable[[JobView], None],
+                 stop_grace_seconds: float = 0.0) -> None:
         self.orch = orch
         self.actor = actor
         self.worker_id = worker_id
         self.backoff = backoff
         self.wait_for_store = wait_for_store
         self.remember = remember
+        self.stop_grace_seconds = stop_grace_seconds
 
-    def record_exit(self, claim: Claim, code: int | None, child: Child, folders: WorkerFolders) -> RunResult:
+    def record_exit(self, claim: Claim, code: int | None, child: Child, folders: WorkerFolders, *,
+                    stopped: Callable[[], bool] | None = None) -> RunResult:
         """The outcome of a run whose handler exited: its terminal payload, parsed and decided on. The job's folder
-        is checked again first (``escaped``): the run may have made it a link out of the store."""
+        is checked again first (``escaped``): the run may have made it a link out of the store. A handler killed by
+        a stop signal (``stop_signal``) without leaving a payload, while ``stopped()`` says its worker is stopping,
+        was cut short by that stop, which signalled the run too: handed back (``release``), not a failed attempt."""
         s = claim.state
         if child.answered:  # a Python handler's process: it ended what the run left, and said what it killed
             killed, when = child.killed, "when its handler ended"
@@ -140,14 +158,15 @@ class OutcomeRecorder:
             raw = child.payload()
         except MalformedPayloadError as exc:  # too large to read, not a regular file, or unreadable
             return self.fail(claim, exc.code, exc.message, output=child.output)
-        if raw is None:
+        if raw is None or not raw.strip(JSON_WHITESPACE):  # none, or opened (``> "$ORCH_TERMINAL_FILE"``) but empty
+            signal_name = stop_signal(code)
+            if signal_name is not None and stopped is not None and stopped():
+                return self.release(claim, child.output, f"the run was ended by {signal_name}, the stop signal "
+                                                         "sent to it too")
+            left = "" if raw is None else ": the terminal file is " + ("empty" if not raw else
+                                                                      "holding only whitespace")
             return self.fail(claim, NO_TERMINAL_SIGNAL_EXIT,
-                             f"the process {ended(code)} without writing a terminal payload", output=child.output)
-        if not raw.strip(JSON_WHITESPACE):  # opened (``> "$ORCH_TERMINAL_FILE"``) but nothing written: no payload
-            left = "empty" if not raw else "holding only whitespace"
-            return self.fail(claim, NO_TERMINAL_SIGNAL_EXIT,
-                             f"the process {ended(code)} without writing a terminal payload: "
-                             f"the terminal file is {left}", output=child.output)
+                             f"the process {ended(code)} without writing a terminal payload{left}", output=child.output)
         try:
             payload = parse_payload(raw, artifacts_dir)
         except MalformedPayloadError as exc:
@@ -167,6 +186,35 @@ class OutcomeRecorder:
             return self.finish(claim, [("audit_requested", result)], "awaiting_audit")
         question = sanitize_text(payload.question or "")  # needs_human, the one status left
         return self.finish(claim, [("human_input_requested", {**result, "question": question})], "waiting_human")
+
+    def cut_short(self, how: str, claim: Claim, held: HeldLease, output: Path, *, started: bool = True) -> RunResult:
+        """The outcome of a run the worker cut short, while it ran or before its handler ``started`` (while its
+        ``artifacts_from`` were copied): ``lost`` (taken over or cancelled: nothing written), ``unrenewed``,
+        ``stopped`` or ``hurried`` (killed after the grace period, or at once on a second stop signal: handed back;
+        before the start, not counted among the job's stops in a row: its run did not stop this worker, no run of it
+        having begun)."""
+        if how == "lost":
+            return lost(claim, "the job changed while it ran (taken over or cancelled)", self.state_of(claim.job_id))
+        if how == "unrenewed":
+            why = held.why_stopped()
+            log.error("job %s run %s: %s", claim.job_id, claim.run_id, why,
+                      extra={"job_id": claim.job_id, "run_id": claim.run_id, "code": LEASE_NOT_RENEWED})
+            return self.fail(claim, LEASE_NOT_RENEWED, why, output=output)
+        if not started:
+            return self.hand_back(claim, WORKER_STOPPED_BEFORE_START, "a stop was requested before its handler started")
+        grace = self.stop_grace_seconds
+        return self.release(claim, output, f"the run was killed at once on a second stop signal, before the end of "
+                                           f"its {grace:g}s grace period" if how == "hurried" else
+                            f"the run was killed after the {grace:g}s grace period")
+
+    def state_of(self, job_id: str) -> str | None:
+        """The job's state as the store holds it now (one read, made only when a run lost its job), or None when it
+        cannot be told: what the result of a run says of a job it no longer holds (``cancelled``, ``running``)."""
+        try:
+            view = self.orch.load(job_id)
+        except OrchestratorError:
+            return None
+        return view.state.state if view.ok and view.state is not None else None
 
     def escaped(self, claim: Claim, exc: PathEscapeError, folders: WorkerFolders, output: Path) -> RunResult:
         """The outcome of a run that left the job's folder leading out of the store (``record_exit``): ``artifacts/``
@@ -236,12 +284,13 @@ class OutcomeRecorder:
                               f"died ({NO_TERMINAL_SIGNAL_STALE}, an attempt used)", **error.details) from None
         raise error from None
 
-    def release(self, claim: Claim, output: Path, grace_seconds: float) -> RunResult:
-        """Hand a run back that a stop killed after its grace period (``grace_seconds``): not a failure, unless the
+    def release(self, claim: Claim, output: Path, how: str) -> RunResult:
+        """Hand a run back that a stop cut short (``how``: "the run was killed after the 10s grace period", at once
+        on a second signal, or ended by the stop signal sent to it too): not a failure, unless the
         job's last ``STOPS_FORGIVEN`` runs ended so too. Then the job's run is likely what stops its workers (a
         signal to its parent): the run is a failed attempt, so that ``max_attempts`` ends what would stop every
         worker that picks the job up, for ever (``docs/worker.md``, "Graceful stop")."""
-        stopped = f"worker {self.worker_id} stopped; the run was killed after the {grace_seconds:g}s grace period"
+        stopped = f"worker {self.worker_id} stopped; {how}"
         runs = claim.state.stops + 1
         if runs > STOPS_FORGIVEN:
             return self.fail(claim, WORKER_STOPPED, f"{stopped}: {runs} runs in a row of this job ended with their "
@@ -263,7 +312,7 @@ class OutcomeRecorder:
         try:
             view = self._append_outcome(claim, events, audit, drop)
         except LeaseLostError as exc:
-            return lost(claim, exc.message)
+            return lost(claim, exc.message, exc.details.get("state"))
         except InvalidInputError as exc:  # a value no event can hold (a NaN, a lone surrogate) past every check of
             # the payload, refused by the append's own check of each field before it seals anything: nothing was
             # written; the run failed, the worker goes on
@@ -306,7 +355,8 @@ class OutcomeRecorder:
             if not (view.ok and cur is not None and cur.state == RUNNING and (cur.epoch, cur.run_id) == (
                     claim.epoch, claim.run_id)):
                 raise LeaseLostError(f"job {claim.job_id}: run {claim.run_id} (epoch {claim.epoch}) was "
-                                     f"taken over; its result is not recorded", job_id=claim.job_id)
+                                     f"taken over; its result is not recorded", job_id=claim.job_id,
+                                     state=cur.state if view.ok and cur is not None else None)
 
     def _read_back(self, job_id: str, pause: float) -> tuple[JobView, float]:
         """The job read again, every signature checked (the store waited for while out of reach), and the next

@@ -45,18 +45,17 @@ from orchestrator.handler_host import HOST_PREFIX, HandlerHost
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
 from orchestrator.handlers.command import CommandNotFound
 from orchestrator.heartbeat import Heartbeat
-from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease
+from orchestrator.leases import HeldLease
 from orchestrator.leftovers import LEFTOVERS_END_SECONDS, kill_run
 from orchestrator.limits import a_time, callable_or_none, true_or_false, whole_number
 from orchestrator.notices import Notify
 from orchestrator.outcome import (STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS, Claim, OutcomeRecorder,
-                                  RunResult, lost)
+                                  RunResult)
 from orchestrator.output_cap import OUTPUT_TOO_LARGE, OutputCap
 from orchestrator.payload import HANDLER_START_FAILED, NO_TERMINAL_SIGNAL_TIMEOUT
 from orchestrator.recovery import SWEEP_EVERY, StaleWatch, recover_expired, reload_keys, sweep_leftovers
 from orchestrator.runner import Child, precise_sleeps, stop_is_deferred
 from orchestrator.security import one_line, validate_id
-from orchestrator.state import WORKER_STOPPED_BEFORE_START
 from orchestrator.store.files import check_folders, path_error
 from orchestrator.store.locks import bounded_waits
 from orchestrator.untrusted import UntrustedJobs
@@ -69,6 +68,10 @@ IDLE_MAX_WAIT = 30.0  # an idle worker still wakes this often to look for stale 
 # a stop asked from another thread (``Worker.stop``) is seen this soon, idle or running a job: a signal interrupts a
 # wait of the main thread, a call from another thread cannot (the waits are an inotify poll, a PostgreSQL LISTEN)
 STOP_CHECK_SECONDS = 0.25
+# A stop that signals every process of the worker (systemd's default ``KillMode=control-group``, ``pkill -f``) may reach
+# the run's process first: a handler that died of a stop signal is given this long for the worker's own to come
+# before it is recorded as a failed attempt (``OutcomeRecorder.record_exit``)
+STOP_SIGNAL_WINDOW_SECONDS = 0.5
 
 
 class WorkerStop(BaseException):
@@ -91,6 +94,7 @@ class Worker:
         self.rng = rng or random.Random()
         self.queue = orch.queue
         self._stop_at: float | None = None
+        self._hurried = False  # a stop signal came while the worker was stopping already: no more grace
         self._in_wait = False
         self.untrusted = UntrustedJobs(orch.keyring, notify)  # jobs left for want of a key (orchestrator/untrusted.py)
         self.folders = WorkerFolders(orch.settings.state_dir)  # runs/ and artifacts/, never outside the store
@@ -242,7 +246,7 @@ class Worker:
                 cut = "stopped"
             if cut is not None:
                 paths.remove()
-                return self._ended(cut, claim, record, held, paths.output_file, started=False)
+                return record.cut_short(cut, claim, held, paths.output_file, started=False)
             context = {**s.context(), "artifacts_dir": str(paths.artifacts_dir)}
             host = self._handler_host()  # only a request to it carries the input's bytes (``HandlerHost.run``)
             child = handler.start(context, paths, host=host,
@@ -277,8 +281,8 @@ class Worker:
             dropped = cap.warning()
             if dropped is not None:  # reported with the run, whatever it ended as (also logged when it happened)
                 claim = claim.noting(dropped)
-            if how in ("lost", "unrenewed", "stopped"):
-                return self._ended(how, claim, record, held, child.output)
+            if how in ("lost", "unrenewed", "stopped", "hurried"):
+                return record.cut_short(how, claim, held, child.output)
             if how == "timeout":
                 return record.fail(claim, NO_TERMINAL_SIGNAL_TIMEOUT, f"killed after its timeout of {s.timeout:g}s",
                                    output=child.output, event="job_timeout")
@@ -288,7 +292,7 @@ class Worker:
             if child.store_refused is not None:  # its result, in a file of the worker's own that a full disk refused
                 paths.remove()
                 record.hand_back_and_raise(claim, path_error(child.store_refused), ran=True)
-            return record.record_exit(claim, code, child, self.folders)
+            return record.record_exit(claim, code, child, self.folders, stopped=self._stopped_with_its_run)
         finally:
             child.finish(paths)
 
@@ -304,29 +308,20 @@ class Worker:
         return record.fail(claim, HANDLER_START_FAILED, f"cannot copy input artifacts_from{where}: "
                            f"{exc.strerror or exc}", retryable=True)
 
-    def _ended(self, how: str, claim: Claim, record: OutcomeRecorder, held: HeldLease, output: Path, *,
-               started: bool = True) -> RunResult:
-        """The outcome of a run the worker cut short, while it ran or before its handler ``started`` (while its
-        ``artifacts_from`` were copied): ``lost`` (taken over or cancelled: nothing written), ``unrenewed``,
-        ``stopped`` (handed back; before the start, not counted among the job's stops in a row: its run did not
-        stop this worker, no run of it having begun)."""
-        if how == "lost":
-            return lost(claim, "the job changed while it ran (taken over or cancelled)")
-        if how == "unrenewed":
-            why = held.why_stopped()
-            log.error("job %s run %s: %s", claim.job_id, claim.run_id, why,
-                      extra={"job_id": claim.job_id, "run_id": claim.run_id, "code": LEASE_NOT_RENEWED})
-            return record.fail(claim, LEASE_NOT_RENEWED, why, output=output)
-        if not started:
-            return record.hand_back(claim, WORKER_STOPPED_BEFORE_START,
-                                    "a stop was requested before its handler started")
-        return record.release(claim, output, self.settings.stop_grace_seconds)
+    def _stopped_with_its_run(self) -> bool:
+        """Whether this worker is stopping, asked when its run's handler died of a stop signal without a payload
+        (``OutcomeRecorder.record_exit``): the stop signalled the run too. That signal may have reached the run first
+        (each process is signalled in turn): the worker's own is waited for, ``STOP_SIGNAL_WINDOW_SECONDS`` at most."""
+        if not self.stopping:
+            self._pause(STOP_SIGNAL_WINDOW_SECONDS)
+        return self.stopping
 
     def _recorder(self) -> OutcomeRecorder:
         """What records this run's outcome; made per run, so it holds no reference back to a worker that is kept
         (a worker that is dropped still ends its handler process at once: ``_handler_host``)."""
         return OutcomeRecorder(self.orch, actor=self.actor, worker_id=self.worker_id, backoff=self.backoff,
-                               wait_for_store=self._wait_for_store, remember=self.claimer.remember)
+                               wait_for_store=self._wait_for_store, remember=self.claimer.remember,
+                               stop_grace_seconds=self.settings.stop_grace_seconds)
 
     def _handler_host(self) -> HandlerHost | None:
         """The reused handler process (created on first use), or None with ``handler_process="per-run"``."""
@@ -376,10 +371,13 @@ class Worker:
         deadline = start + timeout if timeout else None
         ending = False  # the deadline was moved: the handler had ended by its timeout, its leftovers were being ended
         stop_deadline: float | None = None
+        hurried = False  # a second stop signal ended the grace period
         while True:
             stop_at = self._stop_at
             if stop_at is not None and stop_deadline is None:  # the grace counts from the stop request, which may
                 stop_deadline = stop_at + self.settings.stop_grace_seconds  # have come while the handler started
+            if self._hurried and stop_deadline is not None and not hurried:  # do not wait any longer
+                stop_deadline, hurried = min(stop_deadline, time.monotonic()), True
             limits = [heart.next_at] + [t for t in (deadline, stop_deadline) if t is not None]
             if stop_deadline is None:  # a stop asked from another thread starts the grace period at once
                 limits.append(time.monotonic() + STOP_CHECK_SECONDS)
@@ -390,9 +388,7 @@ class Worker:
             try:
                 self._in_wait = True
                 code = child.wait(max(0.0, min(limits) - time.monotonic()))
-            except WorkerStop:
-                if stop_deadline is not None:  # a second signal: do not wait any longer
-                    stop_deadline = time.monotonic()
+            except WorkerStop:  # the stop is seen at the top of the loop (a second one: ``_hurried``)
                 continue
             finally:
                 self._in_wait = False
@@ -406,7 +402,7 @@ class Worker:
                 return "timeout", None, claim
             if stop_deadline is not None and now_m >= stop_deadline:
                 kill_run(child, claim.run_id)
-                return "stopped", None, claim
+                return ("hurried" if hurried else "stopped"), None, claim
             if heart.past_margin():
                 kill_run(child, claim.run_id)
                 return "unrenewed", None, claim
@@ -483,6 +479,8 @@ class Worker:
         return self._stop_at is not None
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.stopping:  # a second stop: the running job's grace period ends at once (``_supervise``)
+            self._hurried = True
         self.stop()
         log.warning("signal %d: stopping (no new claims)", signum, extra={"signal": signum})
         if self._in_wait and not stop_is_deferred():  # not in the middle of reading a payload (``stop_deferred``)
