@@ -36,6 +36,7 @@ from orchestrator.leftovers import (KILLED_MAX_BYTES, LEFTOVER_GRACE_SECONDS, NO
 from orchestrator.leftovers import adopt_orphans as _adopt_orphans
 from orchestrator.handler_result import handler_payload, leave_if_forked
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
+from orchestrator.process_title import arguments_area, name_handler_process
 from orchestrator.run_folder import DISK_REFUSALS, open_output, write_bytes_atomic
 from orchestrator.store.files import NotRegularFileError, open_regular
 
@@ -388,10 +389,12 @@ def spawn_command(argv: list[str], *, cwd: Path, env: dict[str, str], output: Pa
 
 
 def _become_handler_process(output: Path) -> None:
-    """In a freshly forked child: own process group, default signals, die with the worker, output to a file,
-    and stdin from ``/dev/null``, as a command gets (not the worker's terminal or pipe); the app's logging handlers
-    write through file objects of their own (``forked_logging``: none holds a lock another thread held)."""
+    """In a freshly forked child: own process group, a command line of its own, default signals, die with the
+    worker, output to a file, and stdin from ``/dev/null``, as a command gets (not the worker's terminal or pipe); the
+    app's logging handlers write through file objects of their own (``forked_logging``: none holds a lock another
+    thread held)."""
     os.setpgid(0, 0)
+    name_handler_process()  # not the worker's command line, which ``pkill -f`` would match
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     die_with_parent()
@@ -421,6 +424,7 @@ def give_standard_streams(output: Path, fds: tuple[int, ...] = STANDARD_FDS) -> 
 
 def fork_handler() -> int:
     load_libc()  # in the worker, once: the child inherits the handle
+    arguments_area()  # as libc: found once, the title written by each child (``name_handler_process``)
     reap_exited()
     sys.stdout.flush()
     sys.stderr.flush()
