@@ -15,13 +15,13 @@ import os
 import signal
 import stat
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import click
 
 from orchestrator.cli_values import WholeRange, job_kinds, seconds, setting_error
+from orchestrator.command_stop import COMMAND_STOP
 from orchestrator.clock import from_iso
 from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PROJECT_ID,
                                  load_dotenv_file)
@@ -128,17 +128,25 @@ class StdoutOption(click.Option):
         return value == "-"
 
 
-def _data_on_stdout(command: click.Command, args: list[str]) -> bool:
-    """Whether the raw command line ``args`` of ``command`` (the group, a script's command) asks for data on
-    stdout (a ``StdoutOption`` given as ``-``). A group's options are flags (``--version``, ``-h``), so its
-    first other word names the command."""
+def _named_command(command: click.Command, args: list[str]) -> tuple[click.Command, list[str]]:
+    """The command the raw command line ``args`` of ``command`` (the group, a script's command) names, and its own
+    arguments; a group itself when they name none of its commands. A group's options are flags (``--version``,
+    ``-h``), so its first other word names the command."""
     while isinstance(command, click.Group):
         name = next((arg for arg in args if not arg.startswith("-")), None)
         found = command.get_command(click.Context(command), name) if name else None
         if found is None:
-            return False
+            break
         command, args = found, args[args.index(name) + 1:]
-    return any(isinstance(p, StdoutOption) and p.given_as_stdout(args) for p in command.params)
+    return command, args
+
+
+def _data_on_stdout(command: click.Command, args: list[str]) -> bool:
+    """Whether the raw command line ``args`` of ``command`` (the group, a script's command) asks for data on
+    stdout (a ``StdoutOption`` given as ``-``)."""
+    command, args = _named_command(command, args)
+    return not isinstance(command, click.Group) and any(
+        isinstance(p, StdoutOption) and p.given_as_stdout(args) for p in command.params)
 
 
 # -- store selection (PostgreSQL backend, docs/postgres.md) ----------------------------------
@@ -468,14 +476,37 @@ def _load_dotenv(command: click.Command, args: list[str]) -> None:
         sys.exit(exc.exit_code)
 
 
-def _run(command: click.Command, args: list[str], prog_name: str | None) -> None:
-    """``.env``, then ``_run_command``, ``stdout.written_whole``: a reader that went away (``| head``) ends the command
-    quietly, exit 141 as SIGPIPE would; a disk that refused the output (``> file`` on a full disk) is
-    ``STORAGE_ERROR`` (exit 10) on stderr (as JSON with ``--json``), saying to check what the command did, or that
-    nothing was done when it was its help, its version or a usage error that could not be printed."""
+def _run(command: click.Command | str, args: list[str], prog_name: str | None) -> None:
+    """``.env``, then ``_run_command`` (``command``: the group, or a script's command by name, looked up here), its
+    stop signals handled (``command_stop``; a stop reported by ``_interrupted``), in ``stdout.written_whole``: a reader
+    that went away (``| head``) ends the command quietly, exit 141 as SIGPIPE would; a disk that refused the output
+    (``> file`` on a full disk) is ``STORAGE_ERROR`` (exit 10) on stderr (as JSON with ``--json``), saying to check
+    what the command did, or that nothing was done when it was its help, its version or a usage error that could not
+    be printed."""
     with written_whole(report=Output(_wants_json(args), data_on_stdout=True).error):
-        _load_dotenv(command, args)
-        _run_command(command, args, prog_name)
+        with COMMAND_STOP.handled():
+            try:
+                found = _script_command(command) if isinstance(command, str) else command
+                _load_dotenv(found, args)
+                _run_command(found, args, prog_name)
+            except (KeyboardInterrupt, Interrupted) as exc:  # KeyboardInterrupt: SIGINT under Python's own handler
+                _interrupted(command, args, exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
+
+
+def _interrupted(command: click.Command | str, args: list[str], signum: int) -> None:
+    """Report a stop signal that ``_run`` met: ``INTERRUPTED`` (exit 128 + the signal), or, for a command that stops on
+    it in its own way (``stopped_before_start``: the worker), what it says of a stop that came before its own
+    handling began, wherever that was (the command line read, the store opened, a handler module imported)."""
+    named: click.Command | None = None
+    with contextlib.suppress(Exception):  # the look-up imports the command modules, which the signal may have cut
+        _register_commands()  # short: those are imported again, whole
+        named, args = _named_command(_script_command(command) if isinstance(command, str) else command, args)
+    own = getattr(named, "stopped_before_start", None)
+    if own is not None:
+        sys.exit(own(args))
+    stop = CommandInterrupted(interrupted_message(signum), signum)
+    Output(_wants_json(args), data_on_stdout=named is not None and _data_on_stdout(named, args)).error(stop)
+    sys.exit(stop.exit_code)
 
 
 def _run_command(command: click.Command, args: list[str], prog_name: str | None) -> None:
@@ -483,8 +514,7 @@ def _run_command(command: click.Command, args: list[str], prog_name: str | None)
     printed like every other error, as one JSON object on stdout (on stderr when stdout carries data:
     ``export -o -``): a caller that reads stdout gets it too. Without ``--json`` click prints it on stderr."""
     try:
-        with _sigterm_interrupts():
-            code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
+        code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except click.ClickException as exc:
         if not _name_where_json_goes(exc, args):
             _name_the_options(exc)
@@ -499,14 +529,11 @@ def _run_command(command: click.Command, args: list[str], prog_name: str | None)
             exc.show(file=shown_by_click)
             echo(sanitize_text(shown_by_click.getvalue()), err=True, nl=False)
         sys.exit(exc.exit_code)
-    except (click.Abort, KeyboardInterrupt, Interrupted) as exc:  # click makes Ctrl-C (KeyboardInterrupt) an Abort
-        if isinstance(exc, click.Abort) and not isinstance(exc.__cause__, KeyboardInterrupt):
-            click.echo("Aborted!", err=True)  # an end of input at a prompt
-            sys.exit(1)
-        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        stop = CommandInterrupted(interrupted_message(signum), signum)
-        Output(_wants_json(args), data_on_stdout=_data_on_stdout(command, args)).error(stop)
-        sys.exit(stop.exit_code)
+    except click.Abort as exc:  # click makes a KeyboardInterrupt an Abort: reported by ``_run``
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            raise exc.__cause__ from None
+        click.echo("Aborted!", err=True)  # an end of input at a prompt
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)  # ctx.exit(n) returns n; a command that returns exits 0
 
 
@@ -554,40 +581,19 @@ def _name_the_options(exc: click.ClickException) -> None:
     exc.possibilities = None  # type: ignore[misc]
 
 
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (``kill PID``, a service manager stopping its unit) stops a command as Ctrl-C does: ``Interrupted``
-    is raised where the command is, so its ``finally`` and ``with`` blocks run (no temporary output file left,
-    forked readers ended), and ``_run_command`` reports it (exit 143) instead of the process dying by the signal
-    half-way. A later SIGTERM is ignored, so that way out is not cut short. A command that stops on it in its own
-    way (the worker, the benchmark) installs its own handler while it runs. In the main thread only; a SIGTERM
-    ignored when the command starts (``nohup``, a shell's background job) stays ignored."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
-        yield
-        return
-    raised = False
-
-    def on_sigterm(signum: int, _frame: Any) -> None:
-        nonlocal raised
-        if not raised:
-            raised = True
-            raise Interrupted(signum)
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
-
 def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:
-    """Entry point of the console script and of ``python3 -m orchestrator``."""
+    """Entry point of the console script and of ``python3 -m orchestrator``. Ends the process (``sys.exit``); SIGTERM
+    and SIGINT stay ignored after the command, until it has exited (``command_stop``)."""
     _run(cli, sys.argv[1:] if argv is None else list(argv), prog_name)
 
 
 def run_script(command: str, argv: list[str] | None = None) -> None:
-    """``scripts/<name>.py``: the same command, named as the runbook names it."""
-    found = cli.get_command(None, command)
+    """``scripts/<name>.py``: the same command, named as the runbook names it (as ``main``)."""
+    _run(command, sys.argv[1:] if argv is None else list(argv), f"scripts/{Path(sys.argv[0]).name}")
+
+
+def _script_command(name: str) -> click.Command:
+    found = cli.get_command(None, name)  # type: ignore[arg-type]
     if found is None:  # a script named after a command that does not exist: a packaging mistake
-        raise SystemExit(f"no command {command!r}")
-    _run(found, sys.argv[1:] if argv is None else list(argv), f"scripts/{Path(sys.argv[0]).name}")
+        raise SystemExit(f"no command {name!r}")
+    return found

@@ -301,7 +301,7 @@ class CommandInterrupted(OrchestratorError):
 
 
 class Interrupted(BaseException):
-    """A stop signal (SIGTERM; SIGINT where a command handles it itself), raised where the command is, so every
+    """A stop signal (SIGTERM or SIGINT: ``command_stop``), raised where the command is, so every
     ``finally`` and ``with`` on the way out runs: an output file's temporary copy is removed, forked readers are
     ended, a benchmark's worker process is stopped. A ``BaseException``, as ``KeyboardInterrupt`` and the worker's
     ``WorkerStop``, so no ``except Exception`` on the way takes it for a failure of its own. The command line

@@ -47,7 +47,7 @@ def report_thousands(progress: Callable[[int], None] | None, before: int, after:
 def _leave_interrupts_to_the_caller() -> None:
     """In a child: Ctrl-C reaches the whole process group, and the caller ends the children (``in_chunks``); a child
     raising ``KeyboardInterrupt`` too printed its own traceback over the command's message. So does SIGTERM when
-    the caller handles it (the command line: ``cli._sigterm_interrupts``; a service manager signals every process
+    the caller handles it (the command line: ``command_stop``; a service manager signals every process
     of its unit); a caller that SIGTERM ends leaves the children its default, so they end with it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if callable(signal.getsignal(signal.SIGTERM)):  # the caller's handler, copied by the fork

@@ -12,7 +12,8 @@ from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCE
                                  DEFAULT_OUTPUT_MAX_BYTES, DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS,
                                  DEFAULT_STOP_GRACE_SECONDS, DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES,
                                  MAX_LEASE_SECONDS, MIN_LEASE_SECONDS, MIN_OUTPUT_MAX_BYTES)
-from orchestrator.errors import ConfigError, HandlerNotFoundError, Interrupted, KeyNotTrustedError, OrchestratorError
+from orchestrator.command_stop import COMMAND_STOP
+from orchestrator.errors import ConfigError, HandlerNotFoundError, KeyNotTrustedError, OrchestratorError
 from orchestrator.limits import MAX_KIND_LENGTH, is_kind
 from orchestrator.security import sanitize_text, shown
 
@@ -41,7 +42,27 @@ def _env_kinds() -> tuple[str, ...]:
     return kinds
 
 
-@cli.command(context_settings=CONTEXT)
+class WorkerCommand(click.Command):
+    """The ``worker`` command, which stops on SIGTERM and SIGINT in its own way (``Worker.handle_signals``)."""
+
+    def stopped_before_start(self, args: list[str]) -> int:
+        """A stop signal before the worker handled them itself (while the command line was read, the store opened,
+        a handler module imported: ``cli._interrupted``) is a stop before the first claim, told as the worker's own:
+        ``--once`` exits 75 (``"stopped": true``), a looping worker prints its ``worker_stopped`` line and exits 0.
+        Its options are read again from ``args``: the signal may have come before they were."""
+        params = self.make_context("worker", list(args), resilient_parsing=True).params
+        worker_id = params.get("worker_id")
+        if worker_id is None:
+            from orchestrator.worker_settings import default_worker_id
+
+            worker_id = default_worker_id()
+        out = Output(bool(params.get("as_json")))
+        if params.get("once"):
+            return _ran_nothing(out, worker_id, [], stopped=True)
+        return _stopped(out, worker_id, 0, 0, None, None)
+
+
+@cli.command(cls=WorkerCommand, context_settings=CONTEXT)
 @click.option("--once", is_flag=True, envvar="ORCH_WORKER_ONCE", show_envvar=True,
               help="Recover stale jobs (each named on stderr; with --json under \"recovered\"), claim and run at most "
                    "one job, then exit "
@@ -74,7 +95,9 @@ def _env_kinds() -> tuple[str, ...]:
 @click.option("--stop-grace-seconds", type=seconds(), default=DEFAULT_STOP_GRACE_SECONDS,
               show_default=True, envvar="ORCH_STOP_GRACE_SECONDS", show_envvar=True,
               help="On SIGTERM/SIGINT, how long the running job may still take, from the signal, before it is "
-                   "killed and handed back (a job whose handler has not started is handed back at once).")
+                   "killed and handed back (a job whose handler has not started is handed back at once; a second "
+                   "signal ends the grace period; a run whose own process dies of the same stop, a service manager "
+                   "signalling every process of the unit, is handed back too: prefer systemd's KillMode=mixed).")
 @click.option("--retry-base-seconds", type=seconds(), default=DEFAULT_RETRY_BASE_SECONDS,
               show_default=True, envvar="ORCH_RETRY_BASE_SECONDS", show_envvar=True,
               help="First retry delay; doubles per failed attempt, with jitter.")
@@ -152,25 +175,19 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
 
     look_in_start_folder()  # --import and module:function kinds, as `python -m orchestrator` finds them
     modules = tuple(imports) + _env_list("ORCH_HANDLERS", "module names")
-    worker_id = default_worker_id() if worker_id is None else worker_id  # known to a stop before the worker is made
+    worker_id = default_worker_id() if worker_id is None else worker_id
     settings = WorkerSettings(worker_id=worker_id, lease_seconds=lease_seconds, stop_grace_seconds=stop_grace_seconds,
                               retry_base_seconds=retry_base_seconds, retry_max_seconds=retry_max_seconds,
                               imports=modules, artifacts_import=artifacts_import, handler_process=handler_process,
                               handler_max_runs=handler_max_runs, store_wait_seconds=store_wait_seconds,
                               kinds=tuple(kinds) + _env_kinds(),
                               pass_store_credentials=pass_store_credentials, output_max_bytes=output_max_bytes)
-    try:
-        # the lines it promises on stderr are printed here, not left to logging, which a handler module may set up
-        # (``notices``); a stderr that cannot take one does not stop the worker
-        w = Worker(orch, settings, notify=lambda line: echo(sanitize_text(line), err=True))
-        adopt_orphans()  # a process of its own: what a run leaves behind an exited parent becomes its child
-    except (Interrupted, KeyboardInterrupt):
-        # SIGTERM or SIGINT before the worker handles them itself (``handle_signals`` below): while it imports its
-        # handler modules, say, which the signal interrupts (``handlers._stops_the_worker`` lets it through). A stop
-        # before its first claim, told as the worker's own
-        if once:
-            return _ran_nothing(out, worker_id, [], stopped=True)
-        return _stopped(out, worker_id, 0, 0, None, None)
+    # the lines it promises on stderr are printed here, not left to logging, which a handler module may set up
+    # (``notices``); a stderr that cannot take one does not stop the worker. A stop signal before ``handle_signals``
+    # (while it imports its handler modules, say, which the signal interrupts: ``handlers._stops_the_worker`` lets it
+    # through) is a stop before its first claim (``WorkerCommand.stopped_before_start``)
+    w = Worker(orch, settings, notify=lambda line: echo(sanitize_text(line), err=True))
+    adopt_orphans()  # a process of its own: what a run leaves behind an exited parent becomes its child
 
     jobs_seen: set[str] = set()  # the jobs of its runs: a job retried is one job of several runs
 
@@ -180,6 +197,7 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
                  + (f" ({result.error_code})" if result.error_code else ""))
 
     with w.handle_signals():
+        COMMAND_STOP.taken_over()  # a signal once its handlers are gone (its last line, its exit) is ignored
         if once:
             ignored = [name for name, given in (("--max-jobs", max_jobs is not None), ("--idle-exit", idle_exit))
                        if given]

@@ -255,8 +255,8 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 def _stops_the_worker(exc: BaseException) -> bool:
     """Whether ``exc``, raised while a handler module was imported, is (or may be) a request to stop the worker
     rather than the module's own doing: the worker's ``WorkerStop`` (raised only inside its waits, so not
-    expected here); the command line's ``Interrupted``, raised by its SIGTERM handler, which is the one in place
-    while the ``worker`` command imports its ``--import`` modules, before the worker handles its signals; or a
+    expected here); the command line's ``Interrupted``, raised by its SIGTERM and SIGINT handler, which is the one in
+    place while the ``worker`` command imports its ``--import`` modules, before the worker handles its signals; or a
     ``KeyboardInterrupt`` while SIGINT still has Python's default handler (a worker used from Python without
     ``handle_signals``, or the command before it: it may be the operator's Ctrl-C). A worker that handles its
     signals never gets a ``KeyboardInterrupt`` from SIGINT, so there one, like a ``SystemExit``, is the

@@ -1,0 +1,67 @@
+"""SIGTERM and SIGINT in a command line process (``cli.main``, the runbook's scripts), from the moment it reads its
+command line to its exit.
+
+The first stop signal raises ``Interrupted`` where the command is, so its ``finally`` and ``with`` blocks run (no
+temporary output file left, forked readers ended) and the command line reports it (``INTERRUPTED``, exit 143 or 130)
+instead of the process dying by the signal half-way; a command that stops on them in its own way (the worker, whose
+handlers ``Worker.handle_signals`` installs) reports a stop that came before its own handling began as its own
+(``stopped_before_start``). Every later one is ignored, and so is any that comes once the command took the signals
+over (``taken_over``) and its handlers are gone. A process that is stopping so (a stop taken, or the signals taken
+over) ignores them to its exit: ``SIG_IGN``, since the interpreter's teardown puts ``SIG_DFL`` back in the place of a
+Python handler, and a worker's teardown (its handler process ended, its connections closed) takes a while. Until
+2026-12-07 the defaults were put back as the command ended: a second SIGTERM 0-50 ms after the first (systemd signals
+every process of a unit; a ``kill`` sent twice) killed a stopping worker by the signal (exit -15), and one while it
+printed its last line made it ``INTERRUPTED``.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Any, Iterator
+
+from orchestrator.errors import Interrupted
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class CommandStop:
+    """The stop signals of one command line process (``COMMAND_STOP``)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None  # the stop signal raised as ``Interrupted``
+        self.quiet = False  # every stop signal is ignored from now on
+
+    @contextlib.contextmanager
+    def handled(self) -> Iterator[None]:
+        """Handle SIGTERM and SIGINT for the block (the command); after it, put back the handlers it found, or, in a
+        process that is stopping, ignore them until it exits. In the main thread only; a signal ignored when the
+        command starts (``nohup``, a shell's background job) stays ignored."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self.signum, self.quiet = None, False
+        saved = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS
+                 if signal.getsignal(sig) is not signal.SIG_IGN}
+        try:
+            yield
+        finally:
+            stopping = self.signum is not None or self.quiet
+            self.quiet = True
+            for sig, old in saved.items():  # the interpreter's teardown puts SIG_DFL in the place of a Python handler
+                signal.signal(sig, signal.SIG_IGN if stopping else old)
+
+    def taken_over(self) -> None:
+        """The command handles the stop signals itself from here on (its own handlers installed): once they are
+        gone (its work over), one that reaches these handlers is ignored, not raised where it prints its last
+        words."""
+        self.quiet = True
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.quiet or self.signum is not None:
+            return
+        self.signum = signum
+        raise Interrupted(signum)
+
+
+COMMAND_STOP = CommandStop()
