@@ -46,8 +46,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     ap.add_argument("--quick", action="store_true", help="smoke sizes (a few seconds per system)")
     ap.add_argument("--peers", type=_peers, default=ALL_PEERS, help="all (default), none, or a comma list")
-    ap.add_argument("--only", type=choices(report.WORKLOADS, "workload", none_is_all=True), default=[],
-                    help=f"comma list of workloads to run: {', '.join(report.WORKLOADS)}")
+    ap.add_argument("--only", type=choices(report.WORKLOADS, "workload"), default=[],
+                    help=f"comma list of workloads to run, ours and the peers' (default: every one): "
+                         f"{', '.join(report.WORKLOADS)}")
     ap.add_argument("--w1-jobs", type=positive_int, help="W1 jobs (default 2000)")
     ap.add_argument("--w2-samples", type=positive_int, help="W2 samples (default 300)")
     ap.add_argument("--w3-samples", type=positive_int, help="W3 samples (default 200)")

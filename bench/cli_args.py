@@ -60,15 +60,15 @@ def sizes(text: str, example: str = "1000,10000,100000") -> tuple[int, ...]:
     return values
 
 
-def choices(known: Iterable[str], what: str, *, none_is_all: bool = False) -> Callable[[str], list[str]]:
+def choices(known: Iterable[str], what: str) -> Callable[[str], list[str]]:
     """A comma list of names, each one of ``known`` (a system, a workload), in the order given; an empty one is
-    refused, or, with ``none_is_all``, given as ``[]`` (the caller's "every one")."""
+    refused (``--only ''`` was taken for "every workload", and ran the whole suite at full size)."""
     names = tuple(known)
 
     def parse(text: str) -> list[str]:
         given = [part.strip() for part in text.split(",") if part.strip()]
         unknown = [name for name in given if name not in names]
-        if unknown or not (given or none_is_all):
+        if unknown or not given:
             raise argparse.ArgumentTypeError(f"unknown {what}(s) {', '.join(unknown)}; choose from {', '.join(names)}"
                                              if unknown else f"give at least one {what}: {', '.join(names)}")
         return given

@@ -27,8 +27,10 @@ from bench import trace
     (["--only", "W1,W9"], "argument --only: unknown workload(s) W9; choose from W1, W2"),
     (["--peers", "nosuch"], "argument --peers: unknown peer(s) nosuch; choose from huey-sqlite"),
     (["--peers", ","], "argument --peers: give at least one peer: huey-sqlite"),
+    (["--only", ""], "argument --only: give at least one workload: W1, W2"),  # it ran the whole suite at full size
+    (["--only", ","], "argument --only: give at least one workload: W1, W2"),
 ], ids=["repeat-0", "negative-jobs", "no-samples", "fraction", "a-size-0", "no-size", "negative-wait", "endless-wait",
-        "unknown-workload", "unknown-peer", "no-peer"])
+        "unknown-workload", "unknown-peer", "no-peer", "only-empty", "only-no-workload"])
 def test_a_value_the_suite_cannot_run_with_is_a_usage_error_before_anything_runs(
         args: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(suite, "run", lambda *a: pytest.fail("the suite ran"))
