@@ -19,11 +19,13 @@ from orchestrator import terminal_bench as tb
 
 
 def project_orchestrator(base: Path, env: dict[str, str]) -> Any:
-    """The benchmark's project ``bench`` under ``base``, signing with the key ``project_env`` gave its processes."""
+    """The benchmark's project ``bench`` under ``base``, signing with the key ``project_env`` gave its processes; on
+    files whatever ``ORCH_STORE_URL`` says, as its worker processes, which get no ``ORCH_*`` setting: the benchmark
+    measures the file backend (a database's project ``bench`` got the jobs, signed with a key deleted after)."""
     from orchestrator.api import Orchestrator
     from orchestrator.key_files import load_keyring
 
-    return Orchestrator(base_path=base, project_id="bench", keyring=load_keyring(env, announce=False))
+    return Orchestrator(base_path=base, project_id="bench", store_url="file", keyring=load_keyring(env, announce=False))
 
 
 def project_env(base: Path) -> dict[str, str]:

@@ -4,7 +4,7 @@ Generation shortcut (documented, like ``bench/bench_metrics.py``): finished jobs
 through the real ``Orchestrator.append`` (same validation, same signed and chained bytes, same
 head records), one append of ``job_submitted, job_claimed, job_succeeded`` per job, by two
 processes with ``fdatasync`` turned off *while generating only*. Every measurement afterwards
-runs with fsync on, in fresh processes where it says so.
+runs with fsync on, in fresh processes where it says so. On files, whatever ``ORCH_STORE_URL`` says (``ours``).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _gen(args: tuple[str, dict[str, str], int, int]) -> int:
 
     os.fdatasync = lambda fd: None  # type: ignore[assignment]  # generation only: see the module docstring
     jsonl.fsync_dir = lambda path: None  # type: ignore[assignment]
-    orch = Orchestrator(base_path=base, project_id=PROJECT, keyring=load_keyring(env, announce=False))
+    orch = Orchestrator(base_path=base, project_id=PROJECT, store_url="file", keyring=load_keyring(env, announce=False))
     options = JobOptions().model_dump(mode="json", exclude_none=True)
     for i in range(start, stop):
         job_input = {"i": i}
@@ -81,10 +81,12 @@ def _script(name: str, base: Path, env: dict[str, str], *args: str) -> float:
 
 
 def _run_script(name: str, base: Path, env: dict[str, str], *args: str) -> tuple[float, str]:
-    """The wall time of ``scripts/<name>.py`` in a fresh process, and its stdout."""
+    """The wall time of ``scripts/<name>.py`` in a fresh process, and its stdout. It runs in ``base``: a ``.env`` of
+    the caller's folder (``ORCH_STORE_URL``, say) is not read, as ``env`` holds no ``ORCH_*`` setting."""
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), "--base-path", str(base),
-                           "--project-id", PROJECT, *args], env=env, capture_output=True, text=True, timeout=1800)
+                           "--project-id", PROJECT, *args], env=env, cwd=base, capture_output=True, text=True,
+                          timeout=1800)
     took = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"scripts/{name}.py exited {proc.returncode}: {proc.stdout[-500:]}{proc.stderr[-500:]}")
@@ -102,7 +104,8 @@ def run(params: Params) -> dict[str, Any]:
     out: dict[str, Any] = {"sizes": {}, "generation": "Orchestrator.append with fdatasync off while generating"}
     rng = random.Random(5)
     try:
-        orch = Orchestrator(base_path=base, project_id=PROJECT, keyring=load_keyring(env, announce=False))
+        orch = Orchestrator(base_path=base, project_id=PROJECT, store_url="file",
+                            keyring=load_keyring(env, announce=False))
         worker = orch.worker(worker_id="bench-scale")
         have = 0
         sizes = sorted(params.scale_sizes)
