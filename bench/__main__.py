@@ -3,10 +3,15 @@
     python -m bench                         # full sizes (W1 2000 jobs, W2 300, W3 200, scale 1k/10k/100k)
     python -m bench --quick --peers none    # the smoke version the test suite runs (seconds)
     python -m bench --scale 1000,10000 --peers huey-sqlite,litequeue --json out.json
-    python -m bench --repeat 3 --scale 1000,10000 --json bench.json   # the numbers of docs/performance.md
+    python -m bench --repeat 3 --json bench.json   # the numbers of docs/performance.md
 
 Progress goes to stderr. Peers come from the optional ``bench`` extra (``pip install -e '.[bench]'``);
 a peer that is not installed, or cannot do a workload, is shown as n/a with the reason.
+
+Exit status: 0 when every workload asked for was measured (n/a is no failure); 1 when one failed, ours or a
+peer's: its cells say error, its traceback is on stderr, the error is under notes and in the JSON, which is
+still written whole; 2 for a usage error; 143 (SIGTERM) or 130 (SIGINT) when stopped: the worker processes
+are stopped, the scratch projects removed, and the --json file is left as it was.
 """
 from __future__ import annotations
 
@@ -82,13 +87,32 @@ def params_from(args: argparse.Namespace) -> Params:
 
 
 def _guard(name: str, fn: Any, *a: Any) -> dict[str, Any]:
+    """``fn(*a)``'s results; ``{"na": reason}`` when the system cannot do it, ``{"error": what}`` when it failed
+    (its traceback on stderr): one broken workload or peer must not lose the whole run."""
     try:
         return fn(*a)
     except NotApplicable as exc:
-        return {"error": str(exc)}
-    except Exception as exc:  # one broken peer must not lose the whole run
+        return {"na": str(exc)}
+    except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _workloads(keys: tuple[str, ...], fn: Any, *a: Any) -> dict[str, Any]:
+    """``_guard`` for one run of ours that measures the workloads ``keys``: a failure, or n/a, is each one's, so
+    the others' figures, and the table's cells of them, stay."""
+    got = _guard("ours", fn, *a)
+    if "error" in got or "na" in got:
+        return {key: dict(got) for key in keys}
+    return got
+
+
+def _durable(peer: str) -> bool:
+    """Whether ``peer`` can be run durably at all (known without running it: a peer not installed or broken counts
+    for the W1 target only if it is)."""
+    from bench.peers_queues import PEERS
+
+    return PEERS[peer].durable if peer in PEERS else True
 
 
 def run(params: Params, only: set[str]) -> dict[str, Any]:
@@ -105,13 +129,13 @@ def run(params: Params, only: set[str]) -> dict[str, Any]:
     mine: dict[str, Any] = {}
     if want("W1") or want("W4"):
         settle(params, "ours W1")
-        mine.update(_guard("ours", ours.w1_w4, params))
+        mine.update(_workloads(("W1", "W4"), ours.w1_w4, params))
     if want("W2") or want("terminal"):
         settle(params, "ours W2")
-        mine.update(_guard("ours", ours.w2_terminal, params))
+        mine.update(_workloads(("W2", "terminal"), ours.w2_terminal, params))
     if want("W3"):
         settle(params, "ours W3")
-        mine.update(_guard("ours", ours.w3, params))
+        mine.update(_workloads(("W3",), ours.w3, params))
     results["systems"]["ours"] = mine
     if want("skeleton"):
         from bench import skeleton
@@ -119,17 +143,21 @@ def run(params: Params, only: set[str]) -> dict[str, Any]:
         settle(params, "skeleton")
         results["skeleton"] = _guard("skeleton", skeleton.measure, params)
     queues, flows = peers_queues.available(), peers_workflows.available()
+    wanted = {w for w in ("W1", "W2", "W3", "W4") if want(w)}  # the peers run these only
+    if wanted & {"W1", "W4"}:  # one run, as ours: W4 is the worker's peak RSS during W1
+        wanted |= {"W1", "W4"}
     for name in params.peers:
-        if not (want("W1") or want("W2") or want("W3") or want("W4")):
+        if not wanted:
             break
         progress(f"peer {name}")
         settle(params, name)
         if name in queues:
-            results["systems"][name] = _guard(name, peers_queues.run_peer, name, params)
+            measured = _guard(name, peers_queues.run_peer, name, params, frozenset(wanted))
         elif name in flows:
-            results["systems"][name] = _guard(name, peers_workflows.run_peer, name, params)
+            measured = _guard(name, peers_workflows.run_peer, name, params, frozenset(wanted))
         else:
-            results["systems"][name] = {"error": "not installed (pip install -e '.[bench]')"}
+            measured = {"na": "not installed (pip install -e '.[bench]')"}
+        results["systems"][name] = {"durable": _durable(name), **measured}
     if want("floor"):
         from bench import floor
 
@@ -137,9 +165,7 @@ def run(params: Params, only: set[str]) -> dict[str, Any]:
         results["floor"] = _guard("floor", floor.run, params)
     if want("scale") or want("coldstart"):
         settle(params, "scale")
-        results["scale"] = _guard("scale", scale.run, params)
-        if "error" in results["scale"]:
-            results["scale"] = None
+        results["scale"] = _guard("scale", scale.run, params)  # a failure kept: {"error": ...}
     results["machine"]["loadavg_after"] = machine().get("loadavg_1m_5m_15m")
     results["settle"] = list(params.settle_log)  # this run's; main keeps one list per run
     results["targets"] = report.targets(results)
@@ -156,6 +182,9 @@ def median_of(runs: list[Any]) -> Any:
         for k in DUPLICATE_COUNTS:  # any duplicate execution in any run counts: the worst run, not the median
             if k in first:
                 merged[k] = max(r.get(k, 0) for r in runs if isinstance(r, dict))
+        errors = [r["error"] for r in runs if isinstance(r, dict) and "error" in r]
+        if errors:  # failed in any run: an error, whatever the other runs measured (their medians kept beside it)
+            merged["error"] = "; ".join(dict.fromkeys(map(str, errors)))
         return merged
     if isinstance(first, (int, float)) and not isinstance(first, bool):
         values = [r for r in runs if isinstance(r, (int, float)) and not isinstance(r, bool)]
@@ -164,9 +193,20 @@ def median_of(runs: list[Any]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from orchestrator.errors import Interrupted
+    from orchestrator.terminal_bench import STOP
+
     args = parse(argv)
-    with args.results as json_file:  # written whole once the run ends; an error or Ctrl-C leaves the file as it was
-        code = _main(args, json_file)
+    try:
+        # SIGTERM and SIGINT raise where the run is, as for bench_terminal_latency: every workload's way out runs
+        # (its worker processes stopped, its scratch project removed), and the results file, written whole once
+        # the run ends, is left as it was, as by an error
+        with STOP.handled(), args.results as json_file:
+            code = _main(args, json_file)
+    except Interrupted as stop:
+        print(f"{stop.message}: the worker processes were stopped and the scratch projects removed; no results were "
+              "written" + (f" ({args.json_out} left as it was)" if args.json_out else ""), file=sys.stderr)
+        return stop.exit_code
     if json_file is not None:
         progress(f"JSON written to {args.json_out}")
     return code
@@ -193,6 +233,11 @@ def _main(args: argparse.Namespace, json_file: OutputFile | None) -> int:
     print(report.table(results))
     if json_file is not None:
         json_file.write((json.dumps(results, indent=2, default=str) + "\n").encode())
+    failed = report.failures(results)
+    if failed:
+        progress(f"failed: {', '.join(failed)} (the errors are under notes" + (" and in the JSON)" if json_file
+                                                                                else ")") + "; exit 1")
+        return 1
     return 0
 
 

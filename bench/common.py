@@ -14,15 +14,17 @@ from orchestrator.terminal_bench import Settings as _GateSettings
 # untimed rounds before the timed samples of every latency workload, every system alike (the first rounds pay
 # imports, a first fork, first writes): as many as the gate's benchmark, which gives ours W2 and terminal latency
 WARMUP: int = _GateSettings.warmup
+# the workloads a peer can be asked for (``--only``; the others are ours alone)
+ALL_WORKLOADS: frozenset[str] = frozenset(("W1", "W2", "W3", "W4"))
 # W3's counts of what a double delivery did beyond one run (``ours.duplicates_of``; a peer reports ``duplicates``)
 DUPLICATE_COUNTS = ("duplicates", "extra_runs", "extra_claims", "reruns_pending", "extra_resume_events")
 
-__all__ = ["DUPLICATE_COUNTS", "WARMUP", "NotApplicable", "Params", "code_revision", "percentile", "summarize",
-           "progress", "scratch_dir", "settle", "sqlite_full"]
+__all__ = ["ALL_WORKLOADS", "DUPLICATE_COUNTS", "WARMUP", "NotApplicable", "Params", "code_revision", "percentile",
+           "summarize", "progress", "scratch_dir", "settle", "sqlite_full"]
 
 
 class NotApplicable(Exception):
-    """A system cannot run a workload; the message (the reason) is shown in the table as n/a."""
+    """A system cannot run a workload; shown in the table as n/a, the message (the reason) under notes."""
 
 
 @dataclass
@@ -128,6 +130,16 @@ def timed_poll(check: Callable[[], bool], timeout: float = 30.0, pause: float = 
         if time.monotonic() > deadline:
             raise TimeoutError("the peer did not finish in time")
         time.sleep(pause)
+
+
+def default_signals() -> None:
+    """In a process forked to help a workload (a pool's): SIGTERM ends it as by default, SIGINT (a Ctrl-C meant for
+    the benchmark) is left to the benchmark, which ends it. The handlers the benchmark installed
+    (``terminal_bench.StopSignals``) would raise where it is, with a traceback, instead."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def env_without_orch() -> dict[str, str]:

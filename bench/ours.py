@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import DUPLICATE_COUNTS, WARMUP, Params, env_without_orch, progress, scratch_dir, settle, summarize
+from bench.common import (DUPLICATE_COUNTS, WARMUP, Params, default_signals, env_without_orch, progress, scratch_dir,
+                          settle, summarize)
 from orchestrator import latency as lat
 from orchestrator import terminal_bench as tb
 
@@ -41,6 +42,7 @@ def project_env(base: Path) -> dict[str, str]:
 def w1_w4(params: Params) -> dict[str, Any]:
     """W1: ``w1_jobs`` no-op jobs submitted, then one worker process runs them all; W4: its peak RSS."""
     base = scratch_dir(params, "ours-w1")
+    worker = None
     try:
         env = project_env(base)
         orch = project_orchestrator(base, env)
@@ -50,8 +52,10 @@ def w1_w4(params: Params) -> dict[str, Any]:
         enqueue_s = time.perf_counter() - t0
         settle(params, "ours W1's run")
         progress(f"ours W1: {params.w1_jobs} jobs enqueued in {enqueue_s:.1f}s; one worker process runs them")
-        worker = lat.WorkerProcess(str(base), "bench", env, max_jobs=params.w1_jobs, idle_exit=True).start()
+        with tb.STOP.deferred():  # a stop (``python -m bench``) waits for it to have started, then stops it below
+            worker = lat.WorkerProcess(str(base), "bench", env, max_jobs=params.w1_jobs, idle_exit=True).start()
         summary = worker.stop(timeout=600)
+        worker = None
         done = summary.get("done", 0)
         if done != params.w1_jobs:
             raise RuntimeError(f"the worker ran {done} of {params.w1_jobs} jobs")
@@ -62,6 +66,8 @@ def w1_w4(params: Params) -> dict[str, Any]:
                        "enqueue_per_s": params.w1_jobs / enqueue_s},
                 "W4": w4_memory(summary)}
     finally:
+        if worker is not None:  # stopped or failed while it ran: not left running on a folder removed below
+            worker.stop(at_once=True)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -93,6 +99,7 @@ def w2_terminal(params: Params) -> dict[str, Any]:
 
 def _resume_at(args: tuple[str, dict[str, str], str, Any]) -> None:
     """One delivery of the answer, in its own process; a refused or failed one exits non-zero."""
+    default_signals()
     base, env, job_id, barrier = args
     orch = project_orchestrator(Path(base), env)
     barrier.wait()
@@ -123,7 +130,8 @@ def w3(params: Params) -> dict[str, Any]:
     try:
         env = project_env(base)
         orch = project_orchestrator(base, env)
-        worker = lat.WorkerProcess(str(base), "bench", env).start()
+        with tb.STOP.deferred():
+            worker = lat.WorkerProcess(str(base), "bench", env).start()
         reader = lat.Reader(orch)
         lat_ms: list[float] = []
         progress(f"ours W3: {params.w3_samples} resumes")
@@ -143,16 +151,19 @@ def w3(params: Params) -> dict[str, Any]:
             reader.wait_for(job_id, {"waiting_human"})
             barrier = ctx.Barrier(2)
             procs = [ctx.Process(target=_resume_at, args=((str(base), env, job_id, barrier),)) for _ in range(2)]
-            for p in procs:
-                p.start()
-            for p in procs:
-                p.join(30)
-            codes = [p.exitcode for p in procs]
-            if codes != [0, 0]:  # a delivery refused or lost: this trial did not deliver the answer twice
+            try:
+                with tb.STOP.deferred():  # both started, or none: one alone would wait at the barrier for ever
+                    for p in procs:
+                        p.start()
                 for p in procs:
-                    if p.exitcode is None:
+                    p.join(30)
+            finally:
+                codes = [p.exitcode for p in procs]
+                for p in procs:  # one that hung, or the run was stopped: ended before its project is removed
+                    if p.pid is not None and p.exitcode is None:
                         p.kill()
                         p.join()
+            if codes != [0, 0]:  # a delivery refused or lost: this trial did not deliver the answer twice
                 raise RuntimeError(f"W3: a delivery of the same answer to job {job_id} failed (exit codes {codes}); "
                                    "both must succeed, the second as already applied")
             reader.wait_for(job_id, {"succeeded", "failed"})

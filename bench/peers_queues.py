@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.latency import peak_rss_kb
-from bench.common import (WARMUP, NotApplicable, Params, progress, scratch_dir, settle, sqlite_full, summarize,
-                          timed_poll)
+from orchestrator.terminal_bench import STOP
+from bench.common import (ALL_WORKLOADS, WARMUP, NotApplicable, Params, progress, scratch_dir, settle, sqlite_full,
+                          summarize, timed_poll)
 
 REPO = Path(__file__).resolve().parents[1]
 IDLE_PAUSE = 0.0005
@@ -190,28 +191,49 @@ def _finish(proc: subprocess.Popen[str]) -> dict[str, Any]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_peer(name: str, params: Params) -> dict[str, Any]:
-    """W1 + W4 and W2 for one queue peer; W3 is n/a."""
-    out: dict[str, Any] = {"note": PEERS[name].note, "durable": PEERS[name].durable,
-                           "W3": {"na": W3_REASON}}
+def run_peer(name: str, params: Params, wanted: frozenset[str] = ALL_WORKLOADS) -> dict[str, Any]:
+    """The workloads ``wanted`` of W1 + W4 (one run: W4 is the worker's peak RSS during W1) and W2 for one queue
+    peer; W3 is n/a."""
+    out: dict[str, Any] = {"note": PEERS[name].note, "durable": PEERS[name].durable}
+    if "W3" in wanted:
+        out["W3"] = {"na": W3_REASON}
+    if wanted & {"W1", "W4"}:
+        out.update(_w1_w4(name, params))
+    if "W2" in wanted:
+        out["W2"] = _w2(name, params)
+    return out
+
+
+def _w1_w4(name: str, params: Params) -> dict[str, Any]:
     root = scratch_dir(params, name)
+    proc = None
     try:
         peer = PEERS[name](root)
         for i in range(params.w1_jobs):
             peer.enqueue(i)
         settle(params, f"{name} W1's run")
         progress(f"{name} W1: {params.w1_jobs} jobs enqueued; one worker process runs them")
-        summary = _finish(_start(name, root, params.w1_jobs))
-        out["W1"] = {"jobs": summary["done"], "jobs_per_s": summary["done"] / summary["elapsed_s"]}
-        out["W4"] = {"rss_mb": summary["maxrss_kb"] / 1024}
+        with STOP.deferred():  # a stop waits for it to have started, then ends it below
+            proc = _start(name, root, params.w1_jobs)
+        summary = _finish(proc)
+        proc = None
+        return {"W1": {"jobs": summary["done"], "jobs_per_s": summary["done"] / summary["elapsed_s"]},
+                "W4": {"rss_mb": summary["maxrss_kb"] / 1024}}
     finally:
+        if proc is not None:  # stopped or failed while it ran: ended, not left running on a removed folder
+            proc.kill()
+            proc.communicate()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _w2(name: str, params: Params) -> dict[str, Any]:
     settle(params, f"{name} W2")
     root = scratch_dir(params, name)
     proc = None
     try:
         peer = PEERS[name](root)
-        proc = _start(name, root, None)
+        with STOP.deferred():
+            proc = _start(name, root, None)
         progress(f"{name} W2: {params.w2_samples} jobs one at a time")
         lat = []
         for i in range(WARMUP + params.w2_samples):
@@ -220,13 +242,12 @@ def run_peer(name: str, params: Params) -> dict[str, Any]:
             timed_poll(lambda: peer.is_done(ref))
             if i >= WARMUP:
                 lat.append((time.monotonic_ns() - t0) / 1e6)
-        out["W2"] = summarize(lat)
+        return summarize(lat)
     finally:
         (root / "stop").touch()
         if proc is not None:
             _finish(proc)
         shutil.rmtree(root, ignore_errors=True)
-    return out
 
 
 def available() -> list[str]:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, TypedDict
 
-from bench.common import WARMUP, NotApplicable, Params, progress, scratch_dir, summarize
+from bench.common import ALL_WORKLOADS, WARMUP, NotApplicable, Params, progress, scratch_dir, summarize
 
 W12_LANGGRAPH = "not a job queue: a graph runs inside the caller, there is no worker process to submit to"
 
@@ -62,7 +62,16 @@ def _lg_resume(args: tuple[str, str, str, Any]) -> None:
     conn.close()
 
 
-def langgraph(params: Params) -> dict[str, Any]:
+def langgraph(params: Params, wanted: frozenset[str] = ALL_WORKLOADS) -> dict[str, Any]:
+    """W3, when ``wanted``; W1, W2 and W4 are n/a."""
+    out: dict[str, Any] = {"note": "SqliteSaver, synchronous=FULL, WAL; the resume runs the graph in the caller",
+                           "durable": True, **{w: {"na": W12_LANGGRAPH} for w in ("W1", "W2", "W4") if w in wanted}}
+    if "W3" in wanted:
+        out["W3"] = _langgraph_w3(params)
+    return out
+
+
+def _langgraph_w3(params: Params) -> dict[str, Any]:
     from langgraph.types import Command
 
     root = scratch_dir(params, "langgraph")
@@ -98,10 +107,8 @@ def langgraph(params: Params) -> dict[str, Any]:
         runs = len(dup_counter.read_text().splitlines()) if dup_counter.exists() else 0
         for c in (conn, rconn, conn2):
             c.close()
-        return {"note": "SqliteSaver, synchronous=FULL, WAL; the resume runs the graph in the caller",
-                "durable": True, "W1": {"na": W12_LANGGRAPH}, "W2": {"na": W12_LANGGRAPH}, "W4": {"na": W12_LANGGRAPH},
-                "W3": {**summarize(lat), "duplicates": runs - params.w3_duplicate_trials,
-                       "duplicate_trials": params.w3_duplicate_trials}}
+        return {**summarize(lat), "duplicates": runs - params.w3_duplicate_trials,
+                "duplicate_trials": params.w3_duplicate_trials}
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -123,13 +130,14 @@ def available() -> list[str]:
     return out
 
 
-def run_peer(name: str, params: Params) -> dict[str, Any]:
+def run_peer(name: str, params: Params, wanted: frozenset[str] = ALL_WORKLOADS) -> dict[str, Any]:
+    """The workloads ``wanted`` (``--only``) that ``name`` can run, and n/a for the others asked for."""
     if name == "langgraph":
-        return langgraph(params)
+        return langgraph(params, wanted)
     if name == "dbos":
         from bench import peer_dbos
 
-        return peer_dbos.run(params)
+        return peer_dbos.run(params, wanted)
     raise NotApplicable(f"unknown peer {name}")
 
 

@@ -37,12 +37,58 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def figures(result: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """A system's figures of workload ``key``, or None where there are none to read: not run, n/a (the system, or
+    that workload of it: ``na`` holds the reason), or failed (``error`` holds what went wrong)."""
+    found = result.get(key)
+    if "error" in result or "na" in result or not isinstance(found, dict) or "na" in found or "error" in found:
+        return None
+    return found
+
+
 def _cell(result: dict[str, Any], key: str, get: Callable[[dict[str, Any]], Any]) -> str:
-    if "error" in result:
-        return "error"
-    if "na" in result.get(key, {}):
-        return "n/a"
+    for where in (result, result.get(key) or {}):
+        if "error" in where:
+            return "error"
+        if "na" in where:
+            return "n/a"
     return _fmt(get(result))
+
+
+def failures(results: dict[str, Any]) -> list[str]:
+    """What failed in this run (a workload of ours, a peer, the scale, floor or skeleton workload), by name: what
+    makes ``python -m bench`` exit 1. A peer not installed, or a workload a system cannot do, is n/a, no failure."""
+    failed = []
+    for name, r in results["systems"].items():
+        if "error" in r:
+            failed.append(name)
+        failed.extend(f"{name} {key}" for key, w in r.items() if isinstance(w, dict) and "error" in w)
+    failed.extend(key for key in ("skeleton", "floor", "scale") if "error" in (results.get(key) or {}))
+    return failed
+
+
+def _notes(results: dict[str, Any]) -> list[str]:
+    """One line per system's note, per reason it has no figures (n/a) and per failure, each failure once with the
+    workloads it took (ours' W1 and W4 come from one run)."""
+    notes = []
+    for name, r in results["systems"].items():
+        if r.get("note"):
+            notes.append(f"- {name}: {r['note']}" + ("" if r.get("durable", True) else "  [NOT DURABLE]"))
+        for what in ("na", "error"):
+            if what in r:
+                notes.append(f"- {name}: {'n/a' if what == 'na' else 'error'}: {r[what]}")
+        for key in ("W1", "W2", "W3", "W4"):
+            if "na" in (r.get(key) or {}):
+                notes.append(f"- {name} {key}: n/a: {r[key]['na']}")
+        errors: dict[str, list[str]] = {}
+        for key, w in r.items():
+            if isinstance(w, dict) and "error" in w:
+                errors.setdefault(str(w["error"]), []).append(key)
+        notes.extend(f"- {name} {', '.join(keys)}: error: {error}" for error, keys in errors.items())
+    for key in ("skeleton", "floor", "scale"):
+        if "error" in (results.get(key) or {}):
+            notes.append(f"- {key}: error: {results[key]['error']}")
+    return notes
 
 
 def table(results: dict[str, Any]) -> str:
@@ -55,25 +101,17 @@ def table(results: dict[str, Any]) -> str:
     ratios = ratio_lines(results)
     if ratios:
         out.append("ours / peer (> 1 means ours is ahead):\n" + "\n".join(ratios))
-    notes = []
-    for name, r in results["systems"].items():
-        if r.get("note"):
-            notes.append(f"- {name}: {r['note']}" + ("" if r.get("durable", True) else "  [NOT DURABLE]"))
-        if "error" in r:
-            notes.append(f"- {name}: error: {r['error']}")
-        for key in ("W1", "W2", "W3", "W4"):
-            if "na" in r.get(key, {}):
-                notes.append(f"- {name} {key}: n/a: {r[key]['na']}")
+    notes = _notes(results)
     if notes:
         out.append("notes:\n" + "\n".join(dict.fromkeys(notes)))
     ours = results["systems"].get("ours", {})
     extra = []
-    if "terminal" in ours:
-        t = ours["terminal"]
+    t = figures(ours, "terminal")
+    if t:
         extra.append(f"terminal latency (handler return -> durable + visible): P50 {t['p50']:.2f} ms, "
                      f"P95 {t['p95']:.2f} ms, P99 {t['p99']:.2f} ms, max {t['max']:.2f} ms (n={t['n']})")
     sc = results.get("scale")
-    if sc:
+    if sc and "error" not in sc:
         for size, v in sc["sizes"].items():
             extra.append(f"scale {int(size):>7} finished jobs: claim P50 {v['claim_ms']['p50']:.2f} ms "
                          f"(P99 {v['claim_ms']['p99']:.2f}), status P50 {v['status_ms']['p50']:.2f} ms "
@@ -111,7 +149,7 @@ def table(results: dict[str, Any]) -> str:
                      + (f"; with a batch commit (not built: {SYNCFS_BATCH} jobs' claims, then their outcomes, made "
                         f"durable by one syncfs each, {fl['syncfs_batch']['p50_us']:.0f} us a batch) "
                         f"{c['batch_commit_jobs_per_s']:,.0f} jobs/s" if "batch_commit_jobs_per_s" in c else ""))
-        w1 = ours.get("W1", {}).get("jobs_per_s")
+        w1 = (figures(ours, "W1") or {}).get("jobs_per_s")
         if w1:
             spent = 1e6 / w1
             floor_us = c["crypto_us"] + c["fsync_us"]
@@ -158,7 +196,7 @@ def ratio_lines(results: dict[str, Any]) -> list[str]:
             continue
         parts = []
         for name, r in results["systems"].items():
-            if name == "ours" or "error" in r or "na" in r.get(key, {}):
+            if name == "ours" or figures(ours, key) is None or figures(r, key) is None:
                 continue
             x = ratio(get(ours), get(r), hib)
             if x is not None:
@@ -171,46 +209,49 @@ def ratio_lines(results: dict[str, Any]) -> list[str]:
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target with its measurement and met / not met (None when not measured in this run)."""
     ours = results["systems"].get("ours", {})
-    peers = {n: r for n, r in results["systems"].items() if n != "ours" and r.get("durable", True) and "error" not in r}
     sc = results.get("scale") or {}
+    if "error" in sc:  # failed (in one of the runs, at least): nothing of it judged
+        sc = {}
     out: list[dict[str, Any]] = []
 
     def add(name: str, measured: Any, met: bool | None) -> None:
         out.append({"target": name, "measured": measured, "met": met})
 
-    t = ours.get("terminal")
+    t = figures(ours, "terminal")
     add("terminal latency P99 <= 2 ms", t and round(t["p99"], 3), t and t["p99"] <= 2.0)
-    w1 = ours.get("W1", {}).get("jobs_per_s")
-    best = max(((r.get("W1", {}).get("jobs_per_s") or 0, n) for n, r in peers.items()), default=(0, None))
+    w1 = (figures(ours, "W1") or {}).get("jobs_per_s")
     fl = results.get("floor")
     ceiling = ""
     if fl and "error" not in fl:
         ceiling = f"; the format's signatures alone allow {w1_ceiling(fl)['crypto_jobs_per_s']:,.0f}"
-    vs = f"best {best[1]} {best[0]:.0f}" if best[1] else "no durable peer in this run"
-    add("W1 ahead of every durable peer", w1 and f"{w1:.0f} jobs/s vs {vs}{ceiling}",
-        (w1 > best[0]) if w1 and best[1] else None)
+    add("W1 ahead of every durable peer", *_ahead_of_every_durable_peer(w1, results["systems"], ceiling))
     sk = results.get("skeleton") or {}
 
     def floor_of(w: str) -> str:  # the path's own floor in this run, beside our figure
         v = sk.get(w)
         return f" (the path's floor, bench.skeleton: P99 {v['p99']:.2f} ms)" if isinstance(v, dict) else ""
 
-    w2 = ours.get("W2")
+    w2 = figures(ours, "W2")
     add("W2 P99 <= 3 ms", w2 and (f"{w2['p99']:.2f} ms{floor_of('W2')}" if sk else round(w2["p99"], 3)),
         w2 and w2["p99"] <= 3.0)
-    w3 = ours.get("W3")
+    w3 = figures(ours, "W3")
     add("W3 P99 <= 5 ms, 0 duplicates", w3 and f"{w3['p99']:.2f} ms, {w3['duplicates']} duplicates{floor_of('W3')}",
         w3 and w3["p99"] <= 5.0 and w3["duplicates"] == 0)
     g = sc.get("growth")
-    add("claim at largest size within 1.2x of smallest (P50)", g and round(g["claim_p50"], 2), g and g["claim_p50"] <= 1.2)
-    add("status at largest size within 1.2x of smallest (P50)", g and round(g["status_p50"], 2),
-        g and g["status_p50"] <= 1.2)
+    if g and g["from"] >= g["to"]:  # one size, compared with itself (the growth of runs before 2026-12-07)
+        g = None
+    for what in ("claim", "status"):
+        x = g and g[f"{what}_p50"]
+        add(f"{what} at largest size within 1.2x of smallest (P50)",
+            g and (round(x, 2) if (g["from"], g["to"]) == (1000, 100000) else f"{x:.2f} ({g['to']} jobs against "
+                                                                              f"{g['from']})"),
+            g and x <= 1.2)
     m = sc.get("metrics")
     add("metrics on 100k jobs <= 1 s warm", m and f"{m['warm_s']:.2f} s on {m['jobs']} jobs",
         (m["warm_s"] <= 1.0 if m["jobs"] >= 100000 else None) if m else None)
     c = sc.get("coldstart")
     add("status cold start <= 150 ms", c and round(c["status_ms"], 1), c and c["status_ms"] <= 150)
-    w4 = ours.get("W4")
+    w4 = figures(ours, "W4")
     mem = w4 and with_handler_mb(w4)  # the handler runs in a second process: its own pages count too
     add("worker RSS <= 40 MB", w4 and (f"{mem:.1f} MB with its handler process's own pages ({w4['rss_mb']:.1f} MB "
                                        "the worker process alone)" if "with_handler_mb" in w4 else round(mem, 1)),
@@ -218,9 +259,29 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _ahead_of_every_durable_peer(w1: float | None, systems: dict[str, Any], ceiling: str) -> tuple[Any, bool | None]:
+    """The W1 target's measurement and verdict. A peer that cannot run W1 (LangGraph) is no peer to be ahead of; a
+    durable peer asked for and not measured (not installed, failed) leaves "met" unjudged, since it could be ahead,
+    and is named; one measured ahead of ours is "not met" whatever the others did."""
+    durable = {n: r for n, r in systems.items() if n != "ours" and r.get("durable", True)}
+    measured = {n: w["jobs_per_s"] for n, r in durable.items()
+                if (w := figures(r, "W1")) is not None and w.get("jobs_per_s") is not None}
+    missing = [n for n, r in durable.items() if "error" in r or "na" in r or "error" in (r.get("W1") or {})]
+    if not w1:
+        return None, None
+    best = max(measured.items(), key=lambda item: item[1], default=None)
+    vs = f"best {best[0]} {best[1]:.0f}" if best else "no durable peer with a W1 in this run"
+    text = (f"{w1:.0f} jobs/s vs {vs}" + (f"; not measured: {', '.join(missing)} (see notes)" if missing else "")
+            + ceiling)
+    if best and w1 <= best[1]:
+        return text, False
+    return text, (True if best and not missing else None)
+
+
 def targets_text(results: dict[str, Any]) -> str:
     lines = ["targets:"]
     for t in results.get("targets") or targets(results):
-        verdict = {True: "met", False: "NOT MET", None: "not judged in this run (sizes or peers)"}[t["met"]]
+        verdict = {True: "met", False: "NOT MET",
+                   None: "not judged in this run (not run, failed, one scale size, or a peer not measured)"}[t["met"]]
         lines.append(f"- {t['target']}: {verdict} ({t['measured'] if t['measured'] is not None else '-'})")
     return "\n".join(lines)

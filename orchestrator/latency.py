@@ -257,10 +257,12 @@ class WorkerProcess:
                 raise TimeoutError(f"the worker recorded no outcome #{count} for job {job_id} within {timeout}s")
             return self.durable[job_id][count - 1]
 
-    def stop(self, timeout: float = 30.0) -> dict[str, Any]:
+    def stop(self, timeout: float = 30.0, *, at_once: bool = False) -> dict[str, Any]:
+        """Its summary once it has ended: an ``idle_exit`` worker is waited for (it ends once the queue is empty)
+        unless ``at_once`` (a run stopped or failed), any other is told to stop (SIGTERM); killed after ``timeout``."""
         if self.proc is None:
             return self.summary
-        if self.proc.poll() is None and not self.idle_exit:
+        if self.proc.poll() is None and (at_once or not self.idle_exit):
             self.proc.terminate()
         try:
             self.proc.wait(timeout)

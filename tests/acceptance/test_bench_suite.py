@@ -89,7 +89,7 @@ def test_the_quick_suite_measures_every_peer_in_the_same_run(tmp_path: Path, cli
             pytest.fail(f"the bench's peers are not installed ({', '.join(missing)}); CI=true: they must run")
         pytest.skip(f"the bench's peers are not installed ({', '.join(missing)}): pip install -e '.[bench]'")
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "W1,W3", "--peers", "all", "--base",
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "W1,W2,W3", "--peers", "all", "--base",
                            str(tmp_path / "b"), "--json", str(out)], cwd=REPO, env=cli_env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
