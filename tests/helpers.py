@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import random
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -123,3 +125,17 @@ def shared_with_a_group(path: "Path | str") -> None:
     """Give ``path`` a group whose members nobody can tell (the tests run as root, who may), so that its group-write
     bit means "others may write": the user's own private group (root's, on this machine) would count as the owner."""
     os.chown(path, -1, SHARED_GID)
+
+
+def make_worker(orch: Any, **kw: Any) -> Any:
+    """A worker of ``orch`` that retries at once and draws the same jitter every run (``worker_id`` w1)."""
+    from orchestrator.worker import Worker, WorkerSettings
+
+    kw.setdefault("worker_id", "w1")
+    kw.setdefault("retry_base_seconds", 0.0)
+    return Worker(orch, WorkerSettings(**kw), rng=random.Random(7))
+
+
+def events(orch: Any, job_id: str) -> list[dict]:
+    """The job's events as the store holds them, decoded."""
+    return [json.loads(line.raw) for line in orch.store.read(job_id)]

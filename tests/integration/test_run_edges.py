@@ -13,21 +13,11 @@ from pathlib import Path
 import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
-from helpers import alive
+from helpers import alive, events, make_worker
 from orchestrator.handlers import register
 from orchestrator.worker import Worker, WorkerSettings
 
 PY = sys.executable
-
-
-def make_worker(orch, **kw) -> Worker:
-    kw.setdefault("worker_id", "w1")
-    kw.setdefault("retry_base_seconds", 0.0)
-    return Worker(orch, WorkerSettings(**kw), rng=random.Random(7))
-
-
-def events(orch, job_id: str) -> list[dict]:
-    return [json.loads(line.raw) for line in orch.store.read(job_id)]
 
 
 def run_one(orch, kind: str, value: object = None, **kw) -> tuple[object, dict]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import subprocess
 import sys
 import time
@@ -17,18 +16,12 @@ from pathlib import Path
 import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
-from helpers import alive
+from helpers import alive, make_worker
 from orchestrator.handlers import register
 from orchestrator.signing import new_seed
-from orchestrator.worker import Worker, WorkerSettings
+
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, prctl and pidfds")
-
-
-def make_worker(orch, **kw) -> Worker:
-    kw.setdefault("worker_id", "w1")
-    kw.setdefault("retry_base_seconds", 0.0)
-    return Worker(orch, WorkerSettings(**kw), rng=random.Random(7))
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import shutil
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
-from helpers import alive
+from helpers import alive, events, make_worker
 from orchestrator.clock import to_iso
 from orchestrator.store.base import AUDIT_STREAM
 from orchestrator.worker import Worker, WorkerSettings
@@ -27,10 +26,6 @@ def write_terminal(payload: object) -> list[str]:
     return [PY, "-c", code]
 
 
-def events(orch, job_id: str) -> list[dict]:
-    return [json.loads(line.raw) for line in orch.store.read(job_id)]
-
-
 def types(orch, job_id: str) -> list[str]:
     return [e["type"] for e in events(orch, job_id)]
 
@@ -42,12 +37,6 @@ def audits(orch) -> list[dict]:
 def kept_ahead(w: Worker) -> str | None:
     """The job whose view the worker's last look ahead kept (``Claimer.look_ahead``), if any."""
     return None if w.claimer._ahead is None else w.claimer._ahead[0].job_id
-
-
-def make_worker(orch, **kw) -> Worker:
-    kw.setdefault("worker_id", "w1")
-    kw.setdefault("retry_base_seconds", 0.0)
-    return Worker(orch, WorkerSettings(**kw), rng=random.Random(7))
 
 
 # -- outcomes ---------------------------------------------------------------------------------------

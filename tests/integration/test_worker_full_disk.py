@@ -5,9 +5,7 @@ mount one (root on Linux)."""
 from __future__ import annotations
 
 import errno
-import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -15,21 +13,11 @@ from pathlib import Path
 import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
+from helpers import events, make_worker
 from orchestrator.errors import StorageError
-from orchestrator.worker import Worker, WorkerSettings
 
 PY = sys.executable
 DONE = [PY, "-c", "import os; open(os.environ['ORCH_TERMINAL_FILE'], 'w').write('{\"status\": \"done\", \"summary\": \"ok\"}')"]
-
-
-def make_worker(orch, **kw) -> Worker:
-    kw.setdefault("worker_id", "w1")
-    kw.setdefault("retry_base_seconds", 0.0)
-    return Worker(orch, WorkerSettings(**kw), rng=random.Random(7))
-
-
-def events(orch, job_id: str) -> list[dict]:
-    return [json.loads(line.raw) for line in orch.store.read(job_id)]
 
 
 def handed_back(orch, job: str) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import sys
 import threading
@@ -14,19 +13,8 @@ from pathlib import Path
 import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
-from helpers import WAIT, alive, wait_until
+from helpers import WAIT, alive, events, make_worker, wait_until
 from orchestrator.store.base import AUDIT_STREAM
-from orchestrator.worker import Worker, WorkerSettings
-
-
-def make_worker(orch, **kw) -> Worker:
-    kw.setdefault("worker_id", "w1")
-    kw.setdefault("retry_base_seconds", 0.0)
-    return Worker(orch, WorkerSettings(**kw), rng=random.Random(7))
-
-
-def events(orch, job_id: str) -> list[dict]:
-    return [json.loads(line.raw) for line in orch.store.read(job_id)]
 
 
 def released_notes(orch, job_id: str) -> tuple[str, list[str]]:
@@ -191,4 +179,4 @@ def test_a_run_whose_job_another_worker_took_over_reports_the_jobs_state_as_it_f
     rescuer.recover_stale(now=t + 6)
     assert rescuer.claim(now=t + 3600).epoch == claim.epoch + 1  # running under epoch 2
     result = zombie.execute(claim)
-    assert (result.outcome, result.state) == ("lease_lost", "running")
+    assert (result.job_id, result.outcome, result.state) == (job, "lease_lost", "running")
