@@ -386,8 +386,8 @@ class Orchestrator:
                                           entry_aux=with_entry, between=after_event, **written)
             except AuxNotWrittenError as exc:  # the event and its entry are durable (``EventStore.append_audited``)
                 not_written = exc
-            except AuditEntryNotWrittenError as exc:
-                raise AuditEntryNotWrittenError(
+            except AuditEntryNotWrittenError as exc:  # of its kind: one that may pass is waited out by a worker
+                raise type(exc)(
                     f"event {head.seq + len(lines)} ({new[-1][0]}) of job {job_id} is durable: what it records stands "
                     f"(do not do it again), but its audit entry could not be written "
                     f"({exc.message.removesuffix('; ' + NOTHING_WRITTEN)}); `orchestrator audit heal` writes it once "

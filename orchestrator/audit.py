@@ -35,7 +35,9 @@ from orchestrator.history import head_contradicted, head_record, seal
 from orchestrator.notices import log_warning
 from orchestrator.security import sanitize_text
 from orchestrator.signing import line_hash, parse_line
-from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, Head
+# ``AUDIT_HEAD``: the head record of the audit log (like ``heads/<job_id>`` for a job): without it, a log cut at a line
+# boundary, or whose last newline was damaged, would look complete
+from orchestrator.store.base import AUDIT_HEAD, AUDIT_STREAM, AuxWrites, Builder, Head, LockedHead
 
 if TYPE_CHECKING:
     from orchestrator.api import JobView, Orchestrator
@@ -43,9 +45,6 @@ if TYPE_CHECKING:
 MARKERS_AREA = "audited"
 AUDIT_ENTRY_MISSING = "AUDIT_ENTRY_MISSING"  # an audited event has no entry (a crash; healed by the next command)
 log = logging.getLogger(__name__)
-# The head record of the audit log (like ``heads/<job_id>`` for a job): without it, a log
-# cut at a line boundary, or whose last newline was damaged, would look complete.
-AUDIT_HEAD = ("audit-head", "audit")
 LOCK_BUCKETS = 64
 HEAL_BATCH = 500  # jobs a bulk heal (audit heal, metrics) loads and passes to ``heal`` at a time
 
@@ -152,8 +151,12 @@ def refuse_cut(orch: "Orchestrator", head: Head, consequence: str = "nothing was
     """Raise ``IntegrityError`` when the audit log's head record says the log held more entries than
     ``head`` (its last complete one), or another last one (``history.head_contradicted``): the log was cut, and an
     entry appended now would write a new head record over the only evidence of it (``verify`` would pass again).
-    Called with the log's append lock held (from ``build``), so no writer moves the head meanwhile."""
-    problem = head_contradicted(AUDIT_STREAM, head, orch.store.get_aux(*AUDIT_HEAD), orch.keyring)
+    Called with the log's append lock held (from ``build``), so no writer moves the head meanwhile. A head read with
+    the record under that lock (``LockedHead``: PostgreSQL) is compared with that record: no read of its own, which
+    on another connection the server's timeouts could cancel, or could find newer than the head once a connection cut
+    meanwhile let the lock go (until 2026-12-07: a cut reported, exit 7, that was not there)."""
+    record = head.record if isinstance(head, LockedHead) else orch.store.get_aux(*AUDIT_HEAD)
+    problem = head_contradicted(AUDIT_STREAM, head, record, orch.keyring)
     if problem is not None:
         raise IntegrityError(f"{consequence}: the audit log does not hold what its head record says "
                              f"({problem.code}: {problem.message}). Keep the store as it is and run `orchestrator "

@@ -226,6 +226,21 @@ class StatementCancelledError(StorageUnavailableError):
     worker waits and tries again, as for a lost connection."""
 
 
+class AuditEntryUnavailableError(AuditEntryNotWrittenError, StorageUnavailableError):
+    """A job's events are durable, their audit entry is not, for a reason that may pass: the connection was lost or
+    cut before the entry was sent, a statement was cancelled or rolled back for a conflict. A worker waits it out as
+    for a lost connection (its outcome read back first: the events are found); ``audit heal`` writes the entry."""
+
+
+def entry_not_written(exc: OrchestratorError, message: str | None = None) -> AuditEntryNotWrittenError:
+    """``exc``, met once a job's events were durable and before their audit entry was, as the entry's error: the
+    events stand, so never "nothing was written" (the suffix is cut); one that may pass stays one
+    (``AuditEntryUnavailableError``), so a worker waits for the store instead of stopping."""
+    text = (message or exc.message).removesuffix("; " + NOTHING_WRITTEN)
+    kind = AuditEntryUnavailableError if isinstance(exc, StorageUnavailableError) else AuditEntryNotWrittenError
+    return kind(text, **exc.details)
+
+
 class TransactionConflictError(StorageUnavailableError):
     """PostgreSQL rolled a transaction back for a conflict with another, on a live connection: a deadlock (40P01; the
     other session held a row this one waited for, and waited for one this one held) or a serialization failure

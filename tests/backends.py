@@ -43,6 +43,35 @@ def require_pg() -> str:
     return _ready["url"]
 
 
+@contextlib.contextmanager
+def scratch_database() -> Iterator[str]:
+    """The URL of a new, migrated database, dropped after the block: for a test that locks a table, sets a role's
+    settings or makes roles, so that no other test waits for it or meets them."""
+    from orchestrator.store.pg_schema import migrate
+    from orchestrator.store.postgres import connect
+
+    url = require_pg()
+    name = f"orch_to_{uuid.uuid4().hex[:12]}"
+    admin = connect(url, autocommit=True)
+    admin.execute(f"CREATE DATABASE {name}")
+    try:
+        scratch_url = f"{url.rpartition('/')[0]}/{name}"
+        migrate(scratch_url)
+        yield scratch_url
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+def timing_out(url: str, **settings: str) -> str:
+    """``url`` whose sessions run with the server settings given (``lock_timeout="100ms"``), as ``ALTER ROLE ... SET``
+    would give them."""
+    from urllib.parse import quote
+
+    options = " ".join(f"-c {name}={value}" for name, value in settings.items())
+    return f"{url}{'&' if '?' in url else '?'}options={quote(options)}"
+
+
 def unique_project(prefix: str = "t") -> str:
     return f"{prefix}{uuid.uuid4().hex[:16]}"
 

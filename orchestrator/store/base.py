@@ -14,11 +14,13 @@ from array import array
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
-from orchestrator.errors import AuditEntryNotWrittenError, AuxNotWrittenError, StorageError
+from orchestrator.errors import AuxNotWrittenError, IntegrityError, OrchestratorError, StorageError, entry_not_written
 from orchestrator.store.locks import bounded_waits
 
 AUDIT_STREAM = "@audit"
 HEADS_AREA = "heads"  # aux area of each job's head record, keyed by its job id (``history.head_record``)
+# The audit log's head record (``audit``: without it, a log cut at a line boundary would look complete)
+AUDIT_HEAD = ("audit-head", "audit")
 # A head record, lease or audit marker is under this many bytes on every store: the file store keeps each in a slot
 # of this size, written in place (``JsonlStore._put_slot``), and an import refuses a bigger one from any store
 # (``transfer``).
@@ -34,6 +36,16 @@ class Head:
 
     seq: int
     last_line: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LockedHead(Head):
+    """A head a store read under the stream's lock together with the stream's head record (``record``: its bytes, None
+    for none), in one transaction: PostgreSQL gives an audit entry's ``build`` the log's so, which compares the two
+    (``audit.refuse_cut``) without a read of its own on another connection (where the server's timeouts apply, and
+    which a connection cut meanwhile, letting the lock go, could make newer than the head: a cut that is not there)."""
+
+    record: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +145,9 @@ class EventStore(ABC):
         events until after the entry. Two appends, two transactions, in that order, each as ``append`` says: the
         events are durable before the entry is written; if their append raises, no entry is written; if the
         entry's raises, the events stand without it (as after a crash between the two: ``audit.heal`` writes it
-        later), and a ``StorageError`` of the entry's is raised as ``AuditEntryNotWrittenError``. ``between`` runs once the events are durable, before the entry. Returns the events' new head.
+        later), and a ``StorageError`` of the entry's, or an error of ``between`` (which runs once the events are
+        durable, before the entry; but an ``IntegrityError``), is raised as ``AuditEntryNotWrittenError``
+        (``errors.entry_not_written``; ``AuditEntryUnavailableError`` when it may pass). Returns the events' new head.
         An ``AuxNotWrittenError`` (files: the lines durable, a record after them not) is not "nothing written":
         the events' still runs ``between`` and writes their entry, and then, as the entry's own, is raised once
         both are durable (one error naming every record not written).
@@ -148,14 +162,19 @@ class EventStore(ABC):
                                    expected_last=expected_last)
             except AuxNotWrittenError as exc:  # the events are durable: without their entry they stand unexplained
                 missed.append(exc)
-            between()
+            try:
+                between()
+            except IntegrityError:
+                raise
+            except OrchestratorError as exc:  # the events stand without their entry: not "nothing was written"
+                raise entry_not_written(exc) from None
             try:
                 with bounded_waits(None):  # the events are durable: their entry is written, not passed over
                     self.append(AUDIT_STREAM, entry, aux=entry_aux)
             except AuxNotWrittenError as exc:
                 missed.append(exc)
             except StorageError as exc:  # the events stand without their entry: not "nothing was written"
-                raise AuditEntryNotWrittenError(exc.message, **exc.details) from None
+                raise entry_not_written(exc) from None
         if missed:
             raise AuxNotWrittenError("; ".join(exc.message for exc in missed),
                                      **{**missed[0].details, "linked": any(exc.details.get("linked") for exc in missed)})

@@ -185,7 +185,9 @@ def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = N
     """A psycopg connection with durable commits; a URL that cannot be parsed is ``ConfigError`` (``conninfo``), and
     so is a setting libpq refuses as it connects (``_BAD_SETTING``); other connection failures become
     ``StorageError``. Its first statements keep ``deadline`` (opening it is bounded by
-    ``connect_timeout``, shortened to the time left inside ``Deadline.until``)."""
+    ``connect_timeout``, shortened to the time left inside ``Deadline.until``). One the server cancels (a role's
+    ``statement_timeout``) is ``StatementCancelledError``, as any statement's: until 2026-12-07 it said "cannot
+    connect", of a server that had just accepted the connection."""
     params = conninfo(url)
     psycopg = _driver()
     conn = None
@@ -208,6 +210,8 @@ def connect(url: str, *, autocommit: bool = False, deadline: Deadline | None = N
             conn.close()
         if not isinstance(exc, psycopg.Error):
             raise
+        if conn is not None and (_cancelled(exc) or _conflicted(exc)):  # its first statement, on a live connection
+            raise _storage_error(exc) from None
         error = _connect_error(exc, url)
         # a connection that failed before it opened may have failed before libpq read every setting (a host name
         # psycopg found no address for: libpq was never called): one that is wrong is said first

@@ -103,6 +103,13 @@ class Deadline:
                 return False
             return True
 
+    @staticmethod
+    def was_cut(conn: Any) -> bool:
+        """Whether the watcher cut ``conn`` during the call still running on it: the session is gone, and with it every
+        lock it held, though psycopg has not noticed yet. A caller that had more to send (an audit entry) knows then
+        that it never reached the server."""
+        return conn in _CUT
+
     @contextlib.contextmanager
     def bounded(self, conn: Any, write: bool = False) -> Iterator[None]:
         """The block as one call: a cut closes ``conn`` and raises ``StorageUnavailableError``."""

@@ -69,21 +69,21 @@ def waiting_jobs(orch: Orchestrator, n: int) -> list[str]:
     return jobs
 
 
-def test_an_audit_entry_takes_three_round_trips_and_an_audited_resume_four(pg: Orchestrator, tmp_path: Path) -> None:
+def test_an_audit_entry_takes_two_round_trips_and_an_audited_resume_three(pg: Orchestrator, tmp_path: Path) -> None:
     """The audit log's append cannot know its head before it locks it (every writer of the project appends there):
-    one round trip locks the row and reads the head, one reads the log's head record (``audit.refuse_cut``: no entry
-    is written over a cut it shows), the last sends the entry and COMMIT. A resume: the job's read, then its pending
-    lock, event, entry and unlock in two, and the record (``PostgresStore.append_audited``). Before 2026-12-02: 5 and
-    9 (the lock, the event, the entry's 5, the unlock, one by one); 6 with the entry's two, one by one; 2 and 3 until
-    the head record was read (the same day)."""
+    one round trip locks the row and reads the head with the log's head record (``audit.refuse_cut``: no entry is
+    written over a cut it shows), the other sends the entry and COMMIT. A resume: the job's read, then its pending
+    lock, event, entry and unlock in two (``PostgresStore.append_audited``). Before 2026-12-02: 5 and 9 (the lock, the
+    event, the entry's 5, the unlock, one by one); 6 with the entry's two, one by one; 3 and 4 while the head record
+    was read on another connection (2026-12-02 to 2026-12-07)."""
     jobs = waiting_jobs(pg, 3)
     pg.resume(jobs[0], "warm up")  # two connections pooled: the pending lock's and the appends'
     with round_trips(pg.store, tmp_path) as entry:
         audit.record(pg, job_id=jobs[1], action="run_refused", actor="me", note="a note")
     with round_trips(pg.store, tmp_path) as resume:
         pg.resume(jobs[2], "blue")
-    assert entry == [3]
-    assert resume == [4]
+    assert entry == [2]
+    assert resume == [3]
     assert [json.loads(line.raw)["data"]["action"] for line in pg.store.read(AUDIT_STREAM)] == [
         "resume", "run_refused", "resume"]
 

@@ -12,21 +12,18 @@ import logging
 import random
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import quote
 
 import pytest
 from click.testing import CliRunner
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
 from orchestrator import Orchestrator
-from orchestrator.store.pg_schema import migrate
 from orchestrator.store.postgres import connect
 from orchestrator.worker import Worker, WorkerSettings
 
-from backends import require_pg
+from backends import scratch_database, timing_out
 from helpers import wait_until
 
 pytestmark = pytest.mark.postgres
@@ -37,24 +34,8 @@ PROJECT = "p"
 @pytest.fixture
 def scratch() -> Iterator[str]:
     """The URL of a new, migrated database, dropped afterwards."""
-    url = require_pg()
-    name = f"orch_to_{uuid.uuid4().hex[:12]}"
-    admin = connect(url, autocommit=True)
-    admin.execute(f"CREATE DATABASE {name}")
-    try:
-        scratch_url = f"{url.rpartition('/')[0]}/{name}"
-        migrate(scratch_url)
-        yield scratch_url
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
-
-
-def timing_out(url: str, **settings: str) -> str:
-    """``url`` whose sessions run with the server settings given (``lock_timeout="100ms"``), as ``ALTER ROLE ... SET``
-    would give them."""
-    options = " ".join(f"-c {name}={value}" for name, value in settings.items())
-    return f"{url}{'&' if '?' in url else '?'}options={quote(options)}"
+    with scratch_database() as url:
+        yield url
 
 
 @contextlib.contextmanager
