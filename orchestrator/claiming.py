@@ -138,6 +138,11 @@ class Claimer:
         # the last pass left a runnable job for another worker (another kind, no handler, a key it does not trust):
         # this worker then watches for new jobs on its own, not in turn with the others (``QueueIndex.wait``)
         self.left_for_others = False
+        # the last pass: when it was made, the jobs it met, and whether what it left was counted beyond them since
+        # (``count_left``)
+        self._pass_at = 0.0
+        self._met: set[str] = set()
+        self._counted = False
 
     def claim(self, now: float | None = None) -> Claim | None:
         """Claim the first runnable job (priority, then FIFO); None if there is none."""
@@ -147,10 +152,12 @@ class Claimer:
         self.unhandled = {}
         self.untrusted.new_pass()
         self.left_for_others = False
+        self._pass_at, self._met, self._counted = now, set(), False
         # a job left for want of a handler or a key is never the one a shared index reserves for this worker: reserved
         # at every pass, it would keep the workers that can run it waiting (PostgreSQL, ``QueueIndex.candidates``)
         skip = self.untrusted.skipped() + self.left.skipped()
         for entry in self.queue.candidates(now, skip=skip, kinds=self.settings.kinds):
+            self._met.add(entry.job_id)
             if self.left.passes_over(entry.job_id):  # of a kind this worker does not run: no read, not waited for
                 self.left_for_others = True
                 continue
@@ -297,43 +304,98 @@ class Claimer:
 
     def _no_handler(self, s: JobState) -> bool:
         """True if this worker has no handler for the job's kind: the job stays queued for a worker that has
-        one (workers with different ``--import`` modules share a queue). Warned once per kind; counted for
-        ``handler_not_found``; a kind is looked up at most once per pass (a ``module:function`` kind is an import),
-        and one found without a handler not again for ``LOOKUP_RETRY_SECONDS`` unless a handler is registered."""
-        left = self.unhandled.get(s.kind)
+        one (workers with different ``--import`` modules share a queue). Counted for ``handler_not_found``."""
+        left = self._unhandled_kind(s.kind, s.job_id)
         if left is None:
-            generation, failed_at, reason = self._failed_lookups.get(s.kind, (-1, 0.0, ""))
-            if generation == registry_generation() and time.monotonic() - failed_at < LOOKUP_RETRY_SECONDS:
-                left = self.unhandled[s.kind] = Unhandled(reason)  # not imported again yet (LOOKUP_RETRY_SECONDS)
-            else:
-                try:
-                    lookup(s.kind)
-                    self._failed_lookups.pop(s.kind, None)
-                    self.left.forget(s.job_id)  # a handler registered since: it may be reserved again
-                    return False
-                except HandlerNotFoundError as exc:
-                    left = self._left_for_want_of_a_handler(s, exc)
+            self.left.forget(s.job_id)  # a handler registered since: it may be reserved again
+            return False
         left.job_ids.add(s.job_id)  # a set: a pass may meet an entry twice (queue.candidates)
         return True
 
-    def _left_for_want_of_a_handler(self, s: JobState, exc: HandlerNotFoundError) -> Unhandled:
+    def _unhandled_kind(self, kind: str, job_id: str) -> Unhandled | None:
+        """What the pass notes of ``kind`` when this worker has no handler for it, None when it has one. Warned once
+        per kind (naming ``job_id``, the job met with it); a kind is looked up at most once per pass (a
+        ``module:function`` kind is an import), and one found without a handler not again for
+        ``LOOKUP_RETRY_SECONDS`` unless a handler is registered."""
+        left = self.unhandled.get(kind)
+        if left is not None:
+            return left
+        generation, failed_at, reason = self._failed_lookups.get(kind, (-1, 0.0, ""))
+        if generation == registry_generation() and time.monotonic() - failed_at < LOOKUP_RETRY_SECONDS:
+            left = self.unhandled[kind] = Unhandled(reason)  # not imported again yet (LOOKUP_RETRY_SECONDS)
+            return left
+        try:
+            lookup(kind)
+        except HandlerNotFoundError as exc:
+            return self._left_for_want_of_a_handler(kind, job_id, exc)
+        self._failed_lookups.pop(kind, None)
+        return None
+
+    def _left_for_want_of_a_handler(self, kind: str, job_id: str, exc: HandlerNotFoundError) -> Unhandled:
         """Note a kind this worker has no handler for: in this pass, and for ``LOOKUP_RETRY_SECONDS`` (a module that
         failed to import is not imported again at every pass: a pass a job, when busy; and a module that sets a
         stop signal to be ignored while it imports would open, at each import, a moment in which the worker's
         SIGTERM is lost). Warned once per kind."""
-        left = self.unhandled[s.kind] = Unhandled(exc.details["reason"])
+        left = self.unhandled[kind] = Unhandled(exc.details["reason"])
         if len(self._failed_lookups) >= FAILED_LOOKUPS_KEPT:
             self._failed_lookups.clear()
-        self._failed_lookups[s.kind] = (registry_generation(), time.monotonic(), left.reason)
-        if s.kind not in self._warned_kinds:
-            self._warned_kinds.add(s.kind)
-            tell(self.notify, log, f"{sanitize_text(exc.message)}; leaving job {s.job_id} queued for a worker that "
-                 "has one (--import MODULE / ORCH_HANDLERS)", job_id=s.job_id, kind=s.kind)
+        self._failed_lookups[kind] = (registry_generation(), time.monotonic(), left.reason)
+        if kind not in self._warned_kinds:
+            self._warned_kinds.add(kind)
+            tell(self.notify, log, f"{sanitize_text(exc.message)}; leaving job {job_id} queued for a worker that "
+                 "has one (--import MODULE / ORCH_HANDLERS)", job_id=job_id, kind=kind)
         return left
+
+    def count_left(self) -> None:
+        """Count, in what the last pass left queued for other workers (``unhandled``, ``untrusted.queued``), the due
+        jobs it did not meet: an index that lists a page of them per pass (``QueueIndex.lists_every_due_entry``;
+        PostgreSQL's, ``pg_queue.CANDIDATES`` rows besides the one it reserves) left the others out, and until
+        2026-12-07 ``worker --once`` said "9 queued job(s)" of 60 (exit 11 and 8, the ``worker_stopped`` line). Only
+        for such a report (``handler_not_found``, ``untrusted_keys``), never on the claim path: one listing of the
+        index (``QueueIndex.ready``), each job counted by its entry's kind, unread; where jobs were left for want of
+        a key, each job not met is read and checked instead, as a pass over every entry would. A store that fails
+        meanwhile leaves the pass's own counts (logged)."""
+        if self._counted or self.queue.lists_every_due_entry or not (self.unhandled or self.untrusted.queued):
+            return
+        self._counted = True
+        read_each = bool(self.untrusted.queued)  # a job of a kind it has no handler for may be one of them too
+        try:
+            for entry in self.queue.ready():
+                if entry.job_id in self._met or not entry.due(self._pass_at):
+                    continue
+                if self._kinds and entry.kind is not None and entry.kind not in self._kinds:
+                    continue  # not this worker's (--kind): not counted, as a pass leaves it quietly
+                if read_each or entry.kind is None:  # a row from before 0004 has no kind: its job tells
+                    self._count_by_reading(entry)
+                else:
+                    left = self._unhandled_kind(entry.kind, entry.job_id)
+                    if left is not None:
+                        left.job_ids.add(entry.job_id)
+        except OrchestratorError as exc:
+            log.warning("could not count every queued job left for other workers: %s", exc.message,
+                        extra={"code": exc.code})
+
+    def _count_by_reading(self, entry: ReadyEntry) -> None:
+        """``count_left`` of one job, read and checked: left for want of a key, or of a handler, or not at all (a job
+        this worker could run, refuse, or one no longer queued)."""
+        try:
+            view = self.orch.load(entry.job_id, every_signature=True)
+        except (JobNotFoundError, InvalidIdError):
+            return
+        missing = view.missing_keys()
+        s = view.state
+        if missing:
+            self.untrusted.leave(entry, entry.job_id, missing)
+        elif view.ok and s is not None and s.state == QUEUED and (not self._kinds or s.kind in self._kinds):
+            left = self._unhandled_kind(s.kind, s.job_id)
+            if left is not None:
+                left.job_ids.add(s.job_id)
 
     def handler_not_found(self) -> HandlerNotFoundError | None:
         """The jobs the last ``claim`` left queued for want of a handler, by kind and why, as the error
-        ``worker --once`` exits with (11) when it ran nothing; None if it left none."""
+        ``worker --once`` exits with (11) when it ran nothing; None if it left none. Every such due job is counted
+        (``count_left``)."""
+        self.count_left()
         if not self.unhandled:
             return None
         kinds = {kind: {"jobs": len(left.job_ids), "reason": left.reason} for kind, left in self.unhandled.items()}
@@ -348,7 +410,9 @@ class Claimer:
 
     def untrusted_keys(self) -> KeyNotTrustedError | None:
         """The jobs the last ``claim`` left queued because keys this worker does not trust signed them, by key, as
-        the error ``worker --once`` exits with (8) when it ran nothing; None if it left none."""
+        the error ``worker --once`` exits with (8) when it ran nothing; None if it left none. Every such due job is
+        counted (``count_left``)."""
+        self.count_left()
         return self.untrusted.error(self.worker_id)
 
     def _refuse(self, view: JobView, entry: ReadyEntry, now: float) -> None:

@@ -145,6 +145,10 @@ class QueueIndex(ABC):
     """Ready and running jobs, as hints for claiming and stale recovery."""
 
     _seen_built = False  # ``built_with_first_job`` has decided for this project: not asked again
+    #: Whether a claim pass meets every due entry (``candidates`` lists them all); False for a shared index that lists
+    #: a page of them per pass (PostgreSQL: ``pg_queue.CANDIDATES``), whose claimer lists the rest (``ready``) only to
+    #: say how many jobs it left for other workers (``Claimer.count_left``)
+    lists_every_due_entry = True
 
     # -- projection hooks (called by Orchestrator.append) --------------------------------------
     def before_append(self, job_id: str, old: JobState | None, new: JobState) -> InTransaction | None:

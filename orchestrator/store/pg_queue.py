@@ -115,6 +115,8 @@ def channel(project: str) -> str:
 class PgQueueIndex(QueueIndex):
     """The project's ready and running jobs in ``orch_ready`` / ``orch_running``."""
 
+    lists_every_due_entry = False  # a claim pass meets the reserved row and ``CANDIDATES`` more
+
     def __init__(self, store: PostgresStore) -> None:
         self.store = store
         self.project = store.project

@@ -247,6 +247,42 @@ def test_on_postgres_a_job_left_for_want_of_a_key_keeps_its_row_and_is_never_res
         home.close()
 
 
+@pytest.mark.postgres
+def test_worker_once_on_postgres_counts_every_queued_job_signed_by_a_key_it_does_not_trust(
+        tmp_path: Path, base: Path) -> None:
+    """A claim pass lists only the first due rows (``pg_queue.CANDIDATES`` besides the one it reserves): until
+    2026-12-07 exit 8 said "9 queued job(s) left for a worker that trusts the key" of 20, and exit 11 as few."""
+    from backends import TestPostgresStore
+    from orchestrator.store.pg_queue import CANDIDATES
+    from orchestrator.store.postgres import PostgresStore
+
+    many = 2 * (CANDIDATES + 1) + 2
+    home = TestPostgresStore()
+    stores: list[PostgresStore] = []
+
+    def store() -> PostgresStore:
+        stores.append(PostgresStore(home.url, home.project))
+        return stores[-1]
+
+    try:
+        m = Machines(tmp_path, base, store, project=home.project)
+        for i in range(many):
+            m.b.submit("t.echo", {"n": i})
+        for i in range(4):
+            m.a.submit("t.nowhere", {"n": i})
+        w = make_worker(m.a, "a")
+        assert w.run_once() is None
+        untrusted = w.untrusted_keys()
+        assert untrusted is not None and untrusted.details["jobs"] == many
+        assert untrusted.details["keys"] == {m.b_kid: many}
+        left = w.handler_not_found()
+        assert left is not None and left.details["jobs"] == 4
+    finally:
+        for s in stores:
+            s.close()
+        home.close()
+
+
 # -- an anchor signed on another machine ---------------------------------------------------------------------------
 
 def anchor_from_another_machine(base: Path, tmp_path: Path) -> tuple[Path, Keyring, Keyring]:

@@ -1,0 +1,66 @@
+"""What a worker that ran nothing says it left queued for other workers (``worker --once``, exit 11 for want of a
+handler, exit 8 for want of a trusted key; the ``worker_stopped`` line of a looping worker) counts every such job,
+on every store: on PostgreSQL a claim pass lists only the first due rows (``pg_queue.CANDIDATES`` besides the one it
+reserves), and until 2026-12-07 the message said "9 queued job(s)" of 60."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import worker_handlers  # noqa: F401  (registers t.* handlers)
+from orchestrator import Orchestrator
+from orchestrator.store.pg_queue import CANDIDATES
+from orchestrator.worker import Worker, WorkerSettings
+
+from backends import BACKENDS, orchestrator_on
+
+MANY = 3 * (CANDIDATES + 1) + 2  # more than a claim pass lists on PostgreSQL, three times over
+
+
+def worker(orch: Orchestrator, name: str = "w", **settings: object) -> Worker:
+    return Worker(orch, WorkerSettings(worker_id=name, retry_base_seconds=0.0, **settings), rng=random.Random(7))
+
+
+@pytest.fixture(params=BACKENDS)
+def orch(request: pytest.FixtureRequest, base: Path) -> Iterator[Orchestrator]:
+    with orchestrator_on(request.param, base, keyring=None) as made:
+        yield made
+
+
+def test_worker_once_counts_every_queued_job_of_a_kind_it_has_no_handler_for(orch: Orchestrator) -> None:
+    for i in range(MANY):
+        orch.submit("t.nowhere", {"n": i})
+    for i in range(3):
+        orch.submit("t.elsewhere", {"n": i})
+    w = worker(orch)
+    assert w.run_once() is None
+    left = w.handler_not_found()
+    assert left is not None
+    assert left.details["jobs"] == MANY + 3
+    assert {kind: k["jobs"] for kind, k in left.details["kinds"].items()} == {"t.nowhere": MANY, "t.elsewhere": 3}
+    assert left.message.startswith(f"{MANY + 3} queued job(s) left for a worker with a handler")
+
+
+def test_a_looping_worker_that_stops_counts_every_job_its_last_pass_left_for_want_of_a_handler(
+        orch: Orchestrator) -> None:
+    job = orch.submit("t.echo", {"message": "the one it runs"})
+    for i in range(MANY):
+        orch.submit("t.nowhere", {"n": i})
+    w = worker(orch)
+    assert w.run(idle_exit=True) == 1
+    assert orch.status(job).state == "succeeded"
+    left = w.handler_not_found()
+    assert left is not None and left.details["jobs"] == MANY, left.message
+
+
+def test_a_job_of_a_kind_the_worker_does_not_run_is_not_counted_as_left_for_want_of_a_handler(
+        orch: Orchestrator) -> None:
+    """``--kind``: a worker of some kinds leaves the others quietly, on every store, however many."""
+    for i in range(MANY):
+        orch.submit("t.nowhere", {"n": i})
+    w = worker(orch, kinds=("t.echo",))
+    assert w.run_once() is None
+    assert w.handler_not_found() is None
