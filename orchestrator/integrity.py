@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -17,7 +19,7 @@ from typing import Any, Callable
 from orchestrator import clock
 from orchestrator import processes as processes_
 from orchestrator.api import Orchestrator
-from orchestrator.audit import AUDIT_ENTRY_MISSING
+from orchestrator.audit import AUDIT_ENTRY_MISSING, pending_lock
 from orchestrator.errors import (InvalidInputError, JobNotFoundError, OrchestratorError, PathEscapeError,
                                  SigningKeyError, UnusableFileError)
 from orchestrator.history import ROLLED_BACK, Problem, check_head_record, verify_stream
@@ -25,12 +27,19 @@ from orchestrator.limits import MAX_ANCHOR_BYTES, read_at_most
 from orchestrator.output_file import OutputFile
 from orchestrator.queue import BUILT_MARKER, INDEX_DIR, QueueIndex
 from orchestrator.security import shown, validate_id
-from orchestrator.signing import KEY_REVOKED, SIGNATURE_INVALID, UNKNOWN_KEY, canonical, is_key_id, line_hash
+from orchestrator.signing import (KEY_REVOKED, SIGNATURE_INVALID, UNKNOWN_KEY, canonical, is_key_id, line_hash,
+                                  parse_line)
 from orchestrator.state import QUEUED
 from orchestrator.store.base import AUDIT_STREAM
+from orchestrator.store.locks import bounded_waits
 from orchestrator.views import JobView
 
 ANCHOR_FORMAT = "jsonl-orchestrator/anchor/v1"
+# How long ``verify`` waits, all jobs together, for the actions in flight on jobs whose audit entry it found missing
+# (``_still_missing``): an action holds its job's pending lock for milliseconds, or up to the store's deadline while
+# the audit log's row is contended; a writer paused longer leaves its entry reported missing.
+IN_FLIGHT_WAIT = 5.0
+log = logging.getLogger(__name__)
 
 
 AUDIT_EVENT_MISSING = "AUDIT_EVENT_MISSING"  # an audit entry names an event its job does not hold
@@ -62,16 +71,76 @@ class VerifyReport:
                 **({"against": self.against} if self.against else {})}
 
 
-def _audit_claims(orch: Orchestrator, job_id: str | None) -> dict[str, list[tuple[int, str]]]:
-    """job id -> [(audit seq, event hash)] for every audit entry that names a job event."""
+def _audit_claims(orch: Orchestrator, job_id: str | None) -> tuple[dict[str, list[tuple[int, str]]], int]:
+    """job id -> [(audit seq, event hash)] for every audit entry that names a job event; and how many lines the log
+    held as it was read (``_still_missing``'s second look reads those after)."""
     from orchestrator.audit import entries_for
 
     claims: dict[str, list[tuple[int, str]]] = {}
-    for seq, rec in entries_for(orch, job_id=job_id)[1]:
+    lines, entries = entries_for(orch, job_id=job_id)
+    for seq, rec in entries:
         data = rec.get("data")
         if isinstance(data, dict) and isinstance(data.get("event_hash"), str):
             claims.setdefault(str(rec.get("job_id")), []).append((seq, data["event_hash"]))
-    return claims
+    return claims, len(lines)
+
+
+def _logged_since(orch: Orchestrator, seen: int) -> set[str]:
+    """The event hashes the audit log's entries after its first ``seen`` lines name (not verified here: the log's
+    own check does that)."""
+    hashes = set()
+    for stored in orch.store.read(AUDIT_STREAM, from_seq=seen + 1):
+        try:
+            data = parse_line(stored.raw).get("data")
+        except (ValueError, RecursionError, AttributeError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("event_hash"), str):
+            hashes.add(data["event_hash"])
+    return hashes
+
+
+def _still_missing(orch: Orchestrator, warnings: list[Problem], seen: int) -> list[Problem]:
+    """``warnings`` without the ``AUDIT_ENTRY_MISSING`` of an event whose entry was written since the audit log was
+    read (its first ``seen`` lines, before the jobs): the log's later lines are read, and for an event whose entry is
+    still not there, the action may be between the two (its writer holds the job's pending lock from before its
+    event until after its entry, ``audit.pending``): its lock is waited for (``IN_FLIGHT_WAIT`` at most, all jobs
+    together) and those lines read again. Until 2026-12-07 a verify of a live project warned of every action since
+    its first read. An entry a crash left out (its writer's lock gone with it) is still reported."""
+    missing = [w for w in warnings if w.code == AUDIT_ENTRY_MISSING]
+    if not missing:
+        return warnings
+    events: dict[int, str] = {}
+    for w in missing:
+        try:
+            events[id(w)] = line_hash(orch.store.read(w.stream, from_seq=w.line)[0].raw)
+        except (OrchestratorError, IndexError):  # gone since (a removed job): reported as it was
+            continue
+    logged = _logged_since(orch, seen)
+    waiting = sorted({w.stream for w in missing if events.get(id(w)) not in logged | {None}}, key=pending_lock)
+    if waiting:
+        _wait_for_actions(orch, waiting)
+        logged |= _logged_since(orch, seen)
+    written = {id(w) for w in missing if events.get(id(w)) in logged}
+    return [w for w in warnings if id(w) not in written]
+
+
+def _wait_for_actions(orch: Orchestrator, job_ids: list[str]) -> None:
+    """Take and let go each job's pending lock in turn (one order everywhere, as ``audit.heal``), so that an action in
+    flight on it has written its entry; for ``IN_FLIGHT_WAIT`` at most, all together. A lock held longer (a writer
+    paused), or one that cannot be taken (a store this process cannot write its lock file in), ends the wait: what
+    is missing then is reported."""
+    from orchestrator.audit import pending
+
+    end = time.monotonic() + IN_FLIGHT_WAIT
+    try:
+        for job in job_ids:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            with orch.store.calls_end_by(end), bounded_waits(lambda: False, left), pending(orch, job):
+                pass
+    except OrchestratorError as exc:
+        log.info("verify stopped waiting for the actions in flight: %s", exc.message, extra={"code": exc.code})
 
 
 def _cross_check(report: VerifyReport, job_id: str, view: Any, claims: list[tuple[int, str]]) -> None:
@@ -101,6 +170,25 @@ def _cross_check(report: VerifyReport, job_id: str, view: Any, claims: list[tupl
                                            "an audit log restored from an older copy); `orchestrator audit heal` "
                                            "writes it where the project's signing key is (after a crash, so does "
                                            "the next command on the job)"))
+
+
+def _stale_row(orch: Orchestrator, stream: str, indexed: tuple[int, bytes] | None, lines: list[Any]
+               ) -> Problem | None:
+    """``_index_warning`` of ``stream``, whose row ``indexed`` was read before its ``lines``, read again where the two
+    disagree: its row, its lines, its row. A row that moved meanwhile was moved by an append, which leaves it as its
+    events say (it rebuilds one that disagrees, ``pg_append._locked_head``): no warning. Until 2026-12-07 the rows
+    were compared as read at the start of a verify, and every stream appended to since was "changed by hand"."""
+    if _index_warning(stream, indexed, lines) is None:
+        return None
+    before = _indexed_head(orch, stream)
+    lines = orch.store.read(stream)
+    if _indexed_head(orch, stream) != before:
+        return None
+    return _index_warning(stream, before, lines)
+
+
+def _indexed_head(orch: Orchestrator, stream: str) -> tuple[int, bytes] | None:
+    return (orch.store.indexed_heads(stream) or {}).get(stream)
 
 
 def _index_warning(stream: str, indexed: tuple[int, bytes] | None, lines: list[Any]) -> Problem | None:
@@ -172,9 +260,10 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
     # the audit log is a symbolic link (never followed), a FIFO, a socket or a directory holding files: its problem,
     # as a job file's is. Looked at before it is read, so a FIFO is never opened
     audit_link = None
+    seen = 0  # the audit log's lines read now, before the jobs (``_still_missing``)
     try:
         orch.store.refuse_unusable(AUDIT_STREAM)
-        claims = _audit_claims(orch, job_id)
+        claims, seen = _audit_claims(orch, job_id)
     except (PathEscapeError, UnusableFileError) as exc:
         claims, audit_link = {}, Problem.unusable(AUDIT_STREAM, exc)
     # the index of streams (PostgreSQL's orch_streams), compared with what each job holds (and its rows naming streams
@@ -190,8 +279,15 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
         report.warnings.extend(part.warnings)
         processes_.report_thousands(progress, done, done + part.streams)
         done += part.streams
-    for jid, rest in sorted(claims.items()):  # entries naming jobs that have no events at all
-        _cross_check(report, jid, None, rest)
+    for jid, rest in sorted(claims.items()):  # entries naming jobs that had no events when they were listed
+        if job_id is None and _holds_events(orch, jid):  # submitted since it was listed (a live project): checked
+            late = _check_chunk(orch, [(jid, rest, _NO_INDEX if index is None else index.pop(jid, None))])
+            report.streams += late.streams
+            report.events += late.events
+            report.problems.extend(late.problems)
+            report.warnings.extend(late.warnings)
+        else:
+            _cross_check(report, jid, None, rest)
     if job_id is None:
         for view in orch.removed_jobs(job_ids):  # a head record, and no event left (a read checks all it has)
             report.streams += 1
@@ -213,14 +309,25 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
                                                                       orch.keyring))
         if cut:
             report.problems.append(cut)
-        if index is not None:  # the audit log's row, then rows naming events of streams that hold none
-            stale = [_index_warning(AUDIT_STREAM, index.pop(AUDIT_STREAM, None), lines)]
-            stale += [_index_warning(stream, head, []) for stream, head in sorted(index.items()) if head[0] > 0]
+        if index is not None:  # the audit log's row, then rows naming events of streams that held none when listed
+            stale = [_stale_row(orch, AUDIT_STREAM, index.pop(AUDIT_STREAM, None), lines)]
+            stale += [_stale_row(orch, stream, head, []) for stream, head in sorted(index.items()) if head[0] > 0]
             report.warnings.extend(w for w in stale if w is not None)
     if audit_link:  # no entry could be read, so none is known missing
         report.problems.append(audit_link)
         report.warnings = [w for w in report.warnings if w.code != AUDIT_ENTRY_MISSING]
+    else:
+        report.warnings = _still_missing(orch, report.warnings, seen)
     return report
+
+
+def _holds_events(orch: Orchestrator, stream: str) -> bool:
+    """Whether ``stream``, which an audit entry names, now holds a line (one row read); False for a name no job can
+    have (an entry edited by hand: reported as naming an event no history holds)."""
+    try:
+        return orch.store.first_line(stream) is not None
+    except OrchestratorError:
+        return False
 
 
 def _check_chunk(orch: Orchestrator, chunk: list[tuple[str, list[tuple[int, str]], Any]]) -> VerifyReport:
@@ -241,7 +348,7 @@ def _check_chunk(orch: Orchestrator, chunk: list[tuple[str, list[tuple[int, str]
         part.events += len(view.stream.lines)
         part.problems.extend(view.problems)
         _cross_check(part, jid, view, claimed)
-        stale = None if indexed == _NO_INDEX else _index_warning(jid, indexed, view.stream.lines)
+        stale = None if indexed == _NO_INDEX else _stale_row(orch, jid, indexed, view.stream.lines)
         missing = None if queue is None else _missing_entry(orch, queue, view)
         part.warnings.extend(w for w in (stale, missing) if w is not None)
     return part
