@@ -14,8 +14,8 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from orchestrator import faults
-from orchestrator.errors import (AuditEntryNotWrittenError, AuditEntryUnavailableError, ConcurrencyError, IntegrityError,
-                                 OrchestratorError, StorageError, entry_not_written)
+from orchestrator.errors import (AuditEntryNotWrittenError, AuditEntryUnavailableError, ConcurrencyError,
+                                 IntegrityError, OrchestratorError, StorageError, entry_not_written)
 from orchestrator.history import SEQUENCE_MISMATCH, Problem
 from orchestrator.signing import line_seq
 from orchestrator.store.base import (AUDIT_HEAD, AUDIT_STREAM, AUX_KEY_LENGTH, AuxWrites, Builder, Head, InTransaction,
@@ -252,10 +252,11 @@ def append_audited(store: PostgresStore, stream: str, build: Builder, entry: Bui
     ``_NO_SERVER_TIMEOUTS``), and whatever fails before their entry committed is ``AuditEntryNotWrittenError`` (the
     events stand, ``audit.heal`` writes the entry; ``AuditEntryUnavailableError`` when it may pass), never "nothing was
     written": a server's error (``_entry_failed``: a conflict or a cancel is tried again first, ``_entry_again``), an
-    error of ``between`` or of the entry's ``build`` (``_as_the_entrys``), a connection lost or cut by the deadline before
-    the entry's COMMIT was sent (the server rolls back the entry's transaction and lets every lock go). But an
+    error of ``between`` or of the entry's ``build`` (``_as_the_entrys``), a connection lost or cut by the deadline
+    before the entry's COMMIT was sent (the server rolls back the entry's transaction and lets every lock go). But an
     ``IntegrityError`` (the log was cut: ``audit.refuse_cut``, given the head record read with the head), and a
-    connection lost once the entry's COMMIT was sent, which may or may not have committed it (``StorageUnavailableError``).
+    connection lost once the entry's COMMIT was sent, which may or may not have committed it
+    (``StorageUnavailableError``).
     An error after the entry committed (its unlock) is no error of the action's: the lock is let go or the connection
     closed."""
     store._check_stream(stream)
@@ -408,10 +409,11 @@ def _entry_built(store: PostgresStore, conn: Any, entry: Builder) -> Builder:
 
 
 def _refuse_cut_off(store: PostgresStore, conn: Any) -> None:
-    """Raise ``AuditEntryUnavailableError`` when ``conn``'s session is gone (cut by the deadline, or found broken) before
-    an entry whose events committed is sent: the server let the audit log's row go with it, so the head read under it
-    may be behind by now (until 2026-12-07 the entry was built all the same, and ``audit.refuse_cut``, reading the log's
-    head record on another connection, found the one another writer wrote since: a cut that was not there)."""
+    """Raise ``AuditEntryUnavailableError`` when ``conn``'s session is gone (cut by the deadline, or found broken)
+    before an entry whose events committed is sent: the server let the audit log's row go with it, so the head read
+    under it may be behind by now (until 2026-12-07 the entry was built all the same, and ``audit.refuse_cut``, reading
+    the log's head record on another connection, found the one another writer wrote since: a cut that was not
+    there)."""
     if store.deadline.was_cut(conn):
         raise AuditEntryUnavailableError(
             f"the call to PostgreSQL outlasted its deadline ({store.deadline.seconds or 0:g}s, "
