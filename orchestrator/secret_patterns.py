@@ -1,4 +1,4 @@
-"""What a secret looks like to ``security.sanitize_text`` and ``sanitize_obj``: the key names whose value is
+"""What a secret looks like to ``redaction.sanitize_text`` and ``redaction_objects.sanitize_obj``: the key names whose value is
 secret, the separators and values after them, the forms and shapes recognised without a key, and the literals each
 pattern's match holds (what ``sanitize_text`` looks for before it runs a pattern).
 
@@ -134,10 +134,10 @@ KEY_WORDS = ("passw", "passp", "_pass", "pwd", "private", "token", "apikey", "ap
              "sessionid", "session_id", "session-id", "credential", "accesskey", "access_key", "access-key",
              "accountkey", "account_key", "account-key")
 HEADER_WORDS = ("authorization", "cookie")  # ``_HEADER_KEYS``'s
-SECRET_KEY_WORDS = KEY_WORDS + HEADER_WORDS  # what ``SENSITIVE_KEY`` (lowered) holds: ``security._may_hold_secret``
+SECRET_KEY_WORDS = KEY_WORDS + HEADER_WORDS  # what ``SENSITIVE_KEY`` (lowered) holds: ``redaction.may_hold_secret``
 # What each match of ``NETRC`` holds besides "password", of ``CLI_USER`` (lowered), of ``SSHPASS`` and ``MYSQL``
 NETRC_WORDS, CLI_USER_WORDS, AS_IS_WORDS = ("machine", "default"), ("-u ", "-user"), ("sshpass", "mysql")
-# the literals, besides the shapes' starts, that ``security._may_hold_secret`` looks for in any case
+# the literals, besides the shapes' starts, that ``redaction.may_hold_secret`` looks for in any case
 LOOKED_FOR = SECRET_KEY_WORDS + ("bearer",) + CLI_USER_WORDS + AS_IS_WORDS
 # The characters ``re.IGNORECASE`` takes for an ASCII letter ('İ' and 'ı' for i, 'ſ' for s, the Kelvin sign for k):
 # ``SENSITIVE_KEY`` finds "paſſword" a secret's key, whose lowered text holds no key word.

@@ -367,7 +367,7 @@ def test_property_a_text_whose_every_secret_is_already_redacted_is_left_as_it_is
 def _every_pattern(text: str) -> str:
     """``sanitize_text`` as it was before it skipped the patterns a text cannot match: each one, always."""
     from orchestrator import secret_patterns as p
-    from orchestrator import security as s
+    from orchestrator import redaction as s
 
     # the reference the skipping must equal, in sanitize_text's order
     text = s._redact_headless_keys(p.PRIVATE_KEY.sub(REDACTED, text))  # noqa: SLF001
@@ -431,9 +431,9 @@ def test_each_canary_is_redacted_as_by_every_pattern(text: str, canary: str, kep
 
 def _walked(obj: object) -> object:
     """``sanitize_obj`` as it was before it looked at a structure whole first: every string, one by one."""
-    from orchestrator import security
+    from orchestrator import redaction_objects
 
-    return security._sanitized(obj)  # noqa: SLF001 - the reference the look must equal
+    return redaction_objects._sanitized(obj)  # noqa: SLF001 - the reference the look must equal
 
 
 # the characters re.IGNORECASE takes for an ASCII letter, in key words: keys the walk finds secret
@@ -491,9 +491,9 @@ def test_a_structure_that_is_not_json_is_walked() -> None:
 @given(st.one_of(st.text(max_size=200),
                  st.lists(st.sampled_from(TRIGGERS + EVERY_SPELLING + CASE_FOLDED_KEYS), max_size=40).map("".join)))
 def test_property_a_text_without_any_literal_a_redaction_starts_from_is_left_as_it_is(text: str) -> None:
-    from orchestrator import security
+    from orchestrator import redaction
 
-    if not security._may_hold_secret(text):  # noqa: SLF001
+    if not redaction.may_hold_secret(text):
         assert sanitize_text(text) == text
 
 
@@ -545,11 +545,11 @@ def test_a_secret_written_with_escapes_is_redacted_though_the_json_text_does_not
 
 
 def test_a_value_whose_json_text_holds_nothing_to_redact_is_not_encoded_again(monkeypatch) -> None:
-    from orchestrator import security
+    from orchestrator import redaction_objects
 
     raw = json.dumps({"status": "done", "output": {"items": [{"id": i, "url": "https://x/y"} for i in range(9)]}})
     output = json.loads(raw)["output"]
-    monkeypatch.setattr(security, "_json_text", lambda obj: pytest.fail("encoded again"))
+    monkeypatch.setattr(redaction_objects, "_json_text", lambda obj: pytest.fail("encoded again"))
     assert sanitize_obj(output, json_source_text(raw.encode())) is output
 
 
@@ -577,12 +577,12 @@ def test_property_a_long_text_is_looked_at_as_a_short_one_is_searched_for_each_l
     (in either case, for the key words): the same answers, and the same redactions, as a search for each."""
     from unittest import mock
 
-    from orchestrator import security
+    from orchestrator import redaction
 
-    assert len(text) >= security._LONG_TEXT  # noqa: SLF001
-    looked, redacted = security._may_hold_secret(text), sanitize_text(text)  # noqa: SLF001
-    with mock.patch.object(security, "_LONG_TEXT", len(text) + 1):  # every text short: each literal searched for
-        assert (looked, redacted) == (security._may_hold_secret(text), sanitize_text(text))  # noqa: SLF001
+    assert len(text) >= redaction._LONG_TEXT  # noqa: SLF001
+    looked, redacted = redaction.may_hold_secret(text), sanitize_text(text)
+    with mock.patch.object(redaction, "_LONG_TEXT", len(text) + 1):  # every text short: each literal searched for
+        assert (looked, redacted) == (redaction.may_hold_secret(text), sanitize_text(text))
 
 
 @pytest.mark.parametrize("filler", FILLERS)

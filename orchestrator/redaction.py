@@ -1,0 +1,235 @@
+"""Secret redaction of text: ``sanitize_text``, run over everything a job prints or an operator types before it is
+persisted or shown, and the look that tells a text it cannot hold a secret (``may_hold_secret``).
+
+What a secret looks like (the patterns, and the literals each one's match holds) is in
+``orchestrator/secret_patterns.py``; here, when each pattern runs and what it replaces. Every regex of both runs in
+linear time (see there), and so does every loop here: a 5 MB line costs one pass.
+"""
+from __future__ import annotations
+
+import re
+import string
+from typing import Callable, Sequence
+
+from orchestrator.secret_patterns import (ANY_LITERAL, AS_IS_WORDS, BEARER, CASE_FOLDED_TO_ASCII, CLI, CLI_USER,
+                                         CLI_USER_WORDS, HEADER, HEADER_WORDS, KEY_WORDS, KV, LINE_END, LOOKED_FOR,
+                                         MYSQL, NETRC, NETRC_WORDS, PRIVATE_KEY, PRIVATE_KEY_END, PUTTY, REDACTED,
+                                         SECRET_KEY_WORDS, SHAPE_STARTS, SHAPES, SSHPASS, URL_CREDS, YamlBlocks,
+                                         a_number, os_error)
+
+__all__ = ["sanitize_text", "may_hold_secret"]
+
+# (``memchr``): in a text this long or longer a literal is looked for only where each of its characters is there
+# (``_literals_held``), its rarest first. Data (JSON records, numbers, hex, base64) lacks most literals' rarer
+# characters; in a shorter text the plain search costs less than the look at the characters.
+_LONG_TEXT = 1024
+_BY_FREQUENCY = "etaoinshrdlcumwfgypbvkjxqz"  # English letters, the most frequent first: others (a '-') are rarer
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def _rarest_first(literal: str) -> str:
+    """The distinct characters of ``literal``, those a text is least likely to hold first."""
+    return "".join(sorted(set(literal), key=lambda char: -_BY_FREQUENCY.find(char) if char in _BY_FREQUENCY else -99))
+
+
+# what ``sanitize_text`` looks for in a long text as it is, and lowered
+_AS_IS_LITERALS = SHAPE_STARTS + AS_IS_WORDS + (PUTTY,)
+_LOWERED_LITERALS = SECRET_KEY_WORDS + ("bearer",) + NETRC_WORDS + CLI_USER_WORDS
+_CHARS_OF = {literal: _rarest_first(literal)
+             for literal in LOOKED_FOR + SHAPE_STARTS + NETRC_WORDS + (PUTTY,)}
+
+
+def _literals_held(text: str, literals: tuple[str, ...], *, any_case: bool = False) -> tuple[str, ...]:
+    """The literals of ``literals`` whose every character ``text`` holds (with ``any_case``, in either case: those
+    ASCII-lowering ``text`` may give; ``str.lower`` too, but for ``CASE_FOLDED_TO_ASCII``'s 'İ' and the Kelvin sign,
+    which lower to 'i' and 'k'). Only these can be in it: the others need no search. For a long text (``_LONG_TEXT``)."""
+    held: dict[str, bool] = {}
+    found = []
+    for literal in literals:
+        for char in _CHARS_OF[literal]:
+            there = held.get(char)
+            if there is None:
+                there = held[char] = char in text or (any_case and char != char.upper() and char.upper() in text)
+            if not there:
+                break
+        else:
+            found.append(literal)
+    return tuple(found)
+
+
+def _ascii_lowered(text: str) -> str:
+    """``text`` with A-Z lowered and nothing else changed (same length, same offsets). ``str.lower`` does that for
+    ASCII text in C; ``translate`` (a dictionary look-up per character, ~0.1 us each) only for the rest, where
+    ``lower`` would also change other letters, some into two ('İ')."""
+    return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
+
+
+def _redact_values(rx: re.Pattern[str], text: str, keep: Callable[[str, re.Match[str]], bool] | None = None,
+                   lowered: str | None = None, blocks: type[YamlBlocks] | None = None) -> str:
+    """Replace each match's value group, keeping its key, separator, quote and scheme (the whole match, where
+    ``keep(text, match)`` says so). ``text`` itself when nothing was replaced. ``blocks``: a value may be a YAML
+    block indicator, whose block is redacted (a match inside it is then passed over).
+
+    Matching runs on an ASCII-lowered copy (same length, same offsets; ``lowered`` when the caller has it) so key
+    names are case-insensitive; the kept text is sliced from the original.
+    """
+    out: list[str] = []
+    pos = 0
+    block = blocks(text) if blocks is not None else None
+    for m in rx.finditer(_ascii_lowered(text) if lowered is None else lowered):
+        if m.start() < pos or keep is not None and keep(text, m):
+            continue
+        group = "v" if m.start("v") >= 0 else "u"
+        start, end = m.start(group), m.end(group)
+        if block is not None:
+            span = block(m, start, end)
+            if span is None:
+                continue
+            start, end = span
+        out.append(text[pos:start])
+        out.append(REDACTED)
+        pos = end
+    if not out:
+        return text
+    out.append(text[pos:])
+    return "".join(out)
+
+
+_BASE64 = string.ascii_letters + string.digits + "+/="
+_DIGIT_RUN = re.compile(r"[0-9]+")
+
+
+def _redact_headless_keys(text: str) -> str:
+    """Redact a private key's END line with the body lines before it, when its BEGIN line is not there
+    (``PRIVATE_KEY`` has already taken every whole key): what is left of a key in a cut text. A body line is base64
+    after a prefix of the END line's shape (``_prefix_shape``: an indent, a quote, a log's timestamp), or, as the
+    text's first line (a cut may begin in it), after the end of such a prefix; lines may end in LF, CRLF or CR.
+    Walking back from the END line stops at the first line that is not one.
+    Linear: the text between two END lines is split into lines once, and each line is looked at once."""
+    out: list[str] = []
+    pos = 0
+    for m in PRIVATE_KEY_END.finditer(text):
+        breaks = [(brk.start(), brk.end()) for brk in LINE_END.finditer(text, pos, m.start())]
+        line_starts = [pos] + [end for _start, end in breaks]
+        prefix = text[line_starts[-1]:m.start()]
+        shape = _prefix_shape(prefix)
+        start = line_starts[-1] + len(prefix.rstrip(" \t"))  # no body line above: what precedes the END is kept
+        for (line_end, _), line_start in zip(reversed(breaks), reversed(line_starts[:-1])):
+            above = _prefix_shape(text[line_start:line_end].rstrip(" \t").rstrip(_BASE64))
+            if not (above == shape or line_start == 0 and shape.endswith(above)):  # the text may begin in a line
+                break
+            start = line_start
+        out.append(text[pos:start])
+        out.append(REDACTED)
+        pos = m.end()
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _prefix_shape(prefix: str) -> str:
+    """What two lines' prefixes must share to be lines of one key: the prefix without blanks around it, each run
+    of digits as one ``0`` (a timestamp, a pid, a line number, changing from line to line)."""
+    return _DIGIT_RUN.sub("0", prefix.strip(" \t"))
+
+
+def sanitize_text(text: str) -> str:
+    """Return ``text`` with secret values replaced by ``[REDACTED]``, key names kept.
+
+    Idempotent, linear-time, and ordinary prose ("the password policy", "token count 5")
+    is left alone: a key word only triggers redaction when a value follows it after a separator (``=``, ``:``,
+    ``=>``, ``:=``, ``==``), a command's flag, or ``.netrc``'s ``login x password``.
+    """
+    if not isinstance(text, str):
+        text = str(text)
+    # Each pattern runs only on a text holding the literal it cannot match without (``KEY_WORDS``, ``SHAPE_STARTS``
+    # and the literals below): most texts (a summary, a path) hold none, and a regex scan costs ~0.1 ms per kB where
+    # ``in`` costs ~1 us.
+    lowered = _ascii_lowered(text)
+    held: frozenset[str] | None = None  # in a long text, the literals whose every character it holds
+    if len(text) >= _LONG_TEXT:  # looked at for their characters first, all at once (a call costs ~2 us)
+        held = frozenset(_literals_held(text, _AS_IS_LITERALS) + _literals_held(lowered, _LOWERED_LITERALS))
+    elif ANY_LITERAL.search(lowered) is None:
+        return text
+    given = text
+    putty = (held is None or PUTTY in held) and PUTTY in text
+    if putty or "-----BEGIN" in text:
+        text = PRIVATE_KEY.sub(REDACTED, text)
+    if putty or "-----END" in text:
+        text = _redact_headless_keys(text)
+    if "://" in text and "@" in text:
+        text = _redact_values(URL_CREDS, text)
+    # the lowered copy, made again only after a redaction changed the text; a redaction adds no literal
+    # ("[REDACTED]"), so what the first copy holds stays a superset of what the text holds
+    if text is not given:
+        lowered = _ascii_lowered(text)
+    keyed = _holds(lowered, KEY_WORDS, held)
+    for rx, wanted, keep, blocks in (
+            (HEADER, _holds(lowered, HEADER_WORDS, held), None, None),
+            (BEARER, _holds(lowered, ("bearer",), held), None, None),  # before a key's value: ``token: Bearer x``
+            (CLI, keyed, None, None),
+            (KV, keyed, os_error, YamlBlocks),
+            (NETRC, keyed and _holds(lowered, NETRC_WORDS, held), None, None),
+            (CLI_USER, _holds(lowered, CLI_USER_WORDS, held), a_number, None)):
+        if wanted:
+            redacted = _redact_values(rx, text, keep, lowered, blocks)
+            if redacted is not text:
+                text, lowered = redacted, _ascii_lowered(redacted)
+    words = AS_IS_WORDS if held is None else [word for word in AS_IS_WORDS if word in held]
+    if words and "-p" in text:
+        for rx, word in ((SSHPASS, "sshpass"), (MYSQL, "mysql")):
+            if word in words and word in text:
+                text = _redact_values(rx, text, lowered=text)  # as it is: ``-P`` is another flag
+    if _holds(text, SHAPE_STARTS, held):
+        text = SHAPES.sub(REDACTED, text)
+    return text
+
+
+def _holds(text: str, literals: tuple[str, ...], held: frozenset[str] | None) -> bool:
+    """Whether ``text`` holds any of ``literals``. ``held``: those of them that may be there (the text is long), each
+    searched for where the stem it shares with others is there (``_any_in``)."""
+    if held is None:
+        return any(literal in text for literal in literals)
+    return _any_in(text, [literal for literal in literals if literal in held])
+
+
+# A literal's stem, which several literals share: in a long text, each literal whose characters are all there (in
+# prose, most) costs a search (~0.7 ms a MB); one search for their stem passes over all of them where it is not.
+_STEMS = {"passw": "pass", "passp": "pass", "_pass": "pass", "apikey": "key", "api_key": "key", "api-key": "key",
+          "accesskey": "key", "access_key": "key", "access-key": "key", "accountkey": "key", "account_key": "key",
+          "account-key": "key", "sessionid": "session", "session_id": "session", "session-id": "session"}
+
+
+def _any_in(text: str, literals: Sequence[str]) -> bool:
+    """Whether ``text`` holds any of ``literals``, each searched for only where its stem (``_STEMS``) is there."""
+    stems: dict[str, bool] = {}
+    for literal in literals:
+        stem = _STEMS.get(literal)
+        if stem is not None:
+            there = stems.get(stem)
+            if there is None:
+                there = stems[stem] = stem in text
+            if not there:
+                continue
+        if literal in text:
+            return True
+    return False
+
+
+def may_hold_secret(text: str) -> bool:
+    """Whether ``text`` holds any literal a redaction starts from: ``sanitize_text``'s guards (``LOOKED_FOR``, in
+    any case), and the key words of ``SENSITIVE_KEY`` (under ``re.IGNORECASE``). False: ``sanitize_text`` leaves
+    every string in ``text`` as it is, and no key in it is a secret's. On the text of a whole structure a literal
+    made of two of its strings side by side is only a false alarm (the walk then runs). ``str.lower`` where
+    ``sanitize_text`` lowers ASCII letters only: it lowers them the same, so it finds every key word that holds,
+    and may find more."""
+    if "://" in text and "@" in text:  # (a private key's BEGIN or END line, or PuTTY's, holds "private": a key word)
+        return True
+    long = len(text) >= _LONG_TEXT  # looked at for each literal's characters first
+    if any(start in text for start in (_literals_held(text, SHAPE_STARTS) if long else SHAPE_STARTS)):
+        return True
+    if not text.isascii() and any(char in text for char in CASE_FOLDED_TO_ASCII):
+        return True
+    words = _literals_held(text, LOOKED_FOR, any_case=True) if long else LOOKED_FOR
+    if not words:  # a long text is lowered only if one of them may be in it
+        return False
+    return _any_in(text.lower(), words)
