@@ -1,6 +1,6 @@
-"""What a secret looks like to ``redaction.sanitize_text`` and ``redaction_objects.sanitize_obj``: the key names whose value is
-secret, the separators and values after them, the forms and shapes recognised without a key, and the literals each
-pattern's match holds (what ``sanitize_text`` looks for before it runs a pattern).
+"""What a secret looks like to ``redaction.sanitize_text`` and ``redaction_objects.sanitize_obj``: the key names
+whose value is secret, the separators and values after them, the forms and shapes recognised without a key, and the
+literals each pattern's match holds (what ``sanitize_text`` looks for before it runs a pattern).
 
 Every regex here is written to run in linear time: each repeated piece has disjoint alternatives, and patterns that
 must scan a run of characters before failing only start at the beginning of such a run (a negative lookbehind), so a
