@@ -11,14 +11,17 @@ import re
 import string
 from typing import Callable, Sequence
 
-from orchestrator.secret_patterns import (ANY_LITERAL, AS_IS_WORDS, BEARER, CASE_FOLDED_TO_ASCII, CLI, CLI_USER,
+from orchestrator.secret_patterns import (ANY_LITERAL, ARGV_WORDS, AS_IS_WORDS, AWS_KEY_ID, AWS_KEY_ID_STARTS,
+                                         AWS_SECRET, BASIC, BEARER, CASE_FOLDED_TO_ASCII, CLI, CLI_USER,
                                          CLI_USER_WORDS, HEADER, HEADER_WORDS, KEY_WORDS, KV, LINE_END, LOOKED_FOR,
                                          MYSQL, NETRC, NETRC_WORDS, PRIVATE_KEY, PRIVATE_KEY_END, PUTTY, REDACTED,
-                                         SECRET_KEY_WORDS, SHAPE_STARTS, SHAPES, SSHPASS, URL_CREDS, YamlBlocks,
-                                         a_number, os_error)
+                                         SECRET_KEY_WORDS, SHAPE_STARTS, SHAPES, SHORT_KV, SHORT_WORDS, SSHPASS,
+                                         URL_CREDS, ValuesBelow, a_count, a_number, aws_secret, not_user_and_password,
+                                         os_error)
 
 __all__ = ["sanitize_text", "may_hold_secret"]
 
+# Looking for a literal of several characters costs ~0.7 ms a MB (CPython's search), for one character ~0.05 ms
 # (``memchr``): in a text this long or longer a literal is looked for only where each of its characters is there
 # (``_literals_held``), its rarest first. Data (JSON records, numbers, hex, base64) lacks most literals' rarer
 # characters; in a shorter text the plain search costs less than the look at the characters.
@@ -34,9 +37,9 @@ def _rarest_first(literal: str) -> str:
 
 # what ``sanitize_text`` looks for in a long text as it is, and lowered
 _AS_IS_LITERALS = SHAPE_STARTS + AS_IS_WORDS + (PUTTY,)
-_LOWERED_LITERALS = SECRET_KEY_WORDS + ("bearer",) + NETRC_WORDS + CLI_USER_WORDS
+_LOWERED_LITERALS = SECRET_KEY_WORDS + SHORT_WORDS + ("bearer", "basic") + NETRC_WORDS + CLI_USER_WORDS
 _CHARS_OF = {literal: _rarest_first(literal)
-             for literal in LOOKED_FOR + SHAPE_STARTS + NETRC_WORDS + (PUTTY,)}
+             for literal in LOOKED_FOR + ARGV_WORDS + SHAPE_STARTS + NETRC_WORDS + (PUTTY,)}
 
 
 def _literals_held(text: str, literals: tuple[str, ...], *, any_case: bool = False) -> tuple[str, ...]:
@@ -65,7 +68,7 @@ def _ascii_lowered(text: str) -> str:
 
 
 def _redact_values(rx: re.Pattern[str], text: str, keep: Callable[[str, re.Match[str]], bool] | None = None,
-                   lowered: str | None = None, blocks: type[YamlBlocks] | None = None) -> str:
+                   lowered: str | None = None, blocks: type[ValuesBelow] | None = None) -> str:
     """Replace each match's value group, keeping its key, separator, quote and scheme (the whole match, where
     ``keep(text, match)`` says so). ``text`` itself when nothing was replaced. ``blocks``: a value may be a YAML
     block indicator, whose block is redacted (a match inside it is then passed over).
@@ -166,8 +169,10 @@ def sanitize_text(text: str) -> str:
     for rx, wanted, keep, blocks in (
             (HEADER, _holds(lowered, HEADER_WORDS, held), None, None),
             (BEARER, _holds(lowered, ("bearer",), held), None, None),  # before a key's value: ``token: Bearer x``
+            (BASIC, _holds(lowered, ("basic",), held), not_user_and_password, None),
             (CLI, keyed, None, None),
-            (KV, keyed, os_error, YamlBlocks),
+            (KV, keyed, os_error, ValuesBelow),
+            (SHORT_KV, _holds(lowered, SHORT_WORDS, held), a_count, None),
             (NETRC, keyed and _holds(lowered, NETRC_WORDS, held), None, None),
             (CLI_USER, _holds(lowered, CLI_USER_WORDS, held), a_number, None)):
         if wanted:
@@ -179,9 +184,36 @@ def sanitize_text(text: str) -> str:
         for rx, word in ((SSHPASS, "sshpass"), (MYSQL, "mysql")):
             if word in words and word in text:
                 text = _redact_values(rx, text, lowered=text)  # as it is: ``-P`` is another flag
+    if _holds(text, AWS_KEY_ID_STARTS, held):  # before ``SHAPES`` takes the id that tells the secret key
+        text = _redact_aws_secrets(text)
     if _holds(text, SHAPE_STARTS, held):
         text = SHAPES.sub(REDACTED, text)
     return text
+
+
+def _redact_aws_secrets(text: str) -> str:
+    """Redact each AWS secret access key (``AWS_SECRET``, both cases: ``aws_secret``) on a line holding an AWS access
+    key id (``AWS_KEY_ID``, which ``SHAPES`` redacts next): a secret key has no shape of its own, but beside its id
+    (the console's ``credentials.csv``, a log line printing both) 40 such characters are one. Linear: each line is
+    looked at once, however many ids it holds."""
+    out: list[str] = []
+    pos = redacted = 0
+    for key_id in AWS_KEY_ID.finditer(text):
+        if key_id.start() < pos:  # on a line looked at
+            continue
+        line_start = max(pos, text.rfind("\n", pos, key_id.start()) + 1, text.rfind("\r", pos, key_id.start()) + 1)
+        brk = LINE_END.search(text, key_id.end())
+        line_end = brk.start() if brk else len(text)
+        for secret in AWS_SECRET.finditer(text, line_start, line_end):
+            if aws_secret(secret.group()):
+                out += (text[pos:secret.start()], REDACTED)
+                pos, redacted = secret.end(), redacted + 1
+        out.append(text[pos:line_end])
+        pos = line_end
+    if not redacted:
+        return text
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def _holds(text: str, literals: tuple[str, ...], held: frozenset[str] | None) -> bool:
@@ -194,7 +226,8 @@ def _holds(text: str, literals: tuple[str, ...], held: frozenset[str] | None) ->
 
 # A literal's stem, which several literals share: in a long text, each literal whose characters are all there (in
 # prose, most) costs a search (~0.7 ms a MB); one search for their stem passes over all of them where it is not.
-_STEMS = {"passw": "pass", "passp": "pass", "_pass": "pass", "apikey": "key", "api_key": "key", "api-key": "key",
+_STEMS = {**{word: "pw" if word.startswith("pw") else "pass" for word in SHORT_WORDS},
+          "passw": "pass", "passp": "pass", "_pass": "pass", "apikey": "key", "api_key": "key", "api-key": "key",
           "accesskey": "key", "access_key": "key", "access-key": "key", "accountkey": "key", "account_key": "key",
           "account-key": "key", "sessionid": "session", "session_id": "session", "session-id": "session"}
 
@@ -229,7 +262,7 @@ def may_hold_secret(text: str) -> bool:
         return True
     if not text.isascii() and any(char in text for char in CASE_FOLDED_TO_ASCII):
         return True
-    words = _literals_held(text, LOOKED_FOR, any_case=True) if long else LOOKED_FOR
+    words = _literals_held(text, LOOKED_FOR + ARGV_WORDS, any_case=True) if long else LOOKED_FOR + ARGV_WORDS
     if not words:  # a long text is lowered only if one of them may be in it
         return False
     return _any_in(text.lower(), words)

@@ -4,10 +4,11 @@ renames an object's keys when redaction makes two of them one (``renamed_keys``)
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, NamedTuple
 
 from orchestrator.redaction import may_hold_secret, sanitize_text
-from orchestrator.secret_patterns import REDACTED, SENSITIVE_KEY
+from orchestrator.secret_patterns import (AWS_KEY_ID, AWS_SECRET, MYSQL_CLIENT, REDACTED,
+                                         SECRET_FLAG, SENSITIVE_KEY, SHORT_KEY, USER_FLAGS, aws_secret, is_count)
 
 __all__ = ["sanitize_obj", "json_source_text", "renamed_keys"]
 
@@ -41,50 +42,162 @@ def sanitize_obj(obj: Any, written_in: str | None = None) -> Any:
     ``written_in``: a text holding every string of ``obj`` (keys too) as ``_json_text`` writes it, such as the JSON
     ``obj`` was parsed from (``json_source_text``): looked at instead of ``obj`` encoded again (~15 ms a MB). It may
     hold more than ``obj`` (a payload's other fields): where it may hold a secret, ``obj`` is looked at itself.
+    The forms told by the items beside a value (``_Beside``) are looked for only where that text holds them.
     """
+    beside = _EVERY_FORM
     if isinstance(obj, (dict, list, tuple)):
         if written_in is not None and not may_hold_secret(written_in):
             return obj
         text = _json_text(obj)
-        if text is not None and not may_hold_secret(text):
-            return obj
-    return _sanitized(obj)
+        if text is not None:
+            if not may_hold_secret(text):
+                return obj
+            beside = _Beside.held_in(text)
+    return _sanitized(obj, beside)
+
+
+class _Beside(NamedTuple):
+    """Which of the forms told by the values beside a value (``_sanitized_items``) a structure may hold; each look
+    costs the walk ~1 us a list or an object, ~30% of a walk of small objects."""
+
+    flags: bool  # a string beginning with ``-``: an argument list's flag
+    aws: bool  # an AWS access key id's start
+    pairs: bool  # a list whose first item is a list beginning with a string: a list of pairs
+
+    @classmethod
+    def held_in(cls, text: str) -> _Beside:
+        """The forms ``text``, a structure as ``_json_text`` writes it, may hold."""
+        return cls('"-' in text, "AKIA" in text or "ASIA" in text, '[["' in text)
+
+
+_EVERY_FORM, _NO_FORM = _Beside(True, True, True), _Beside(False, False, False)
 
 
 _PAIR_VALUES = ("value", "Value", "VALUE")
 _PAIR_NAMES = ("name", "Name", "NAME", "key", "Key", "KEY")
 
 
+def _secret_under(name: Any, value: Any) -> bool:
+    """Whether ``value``, stored under ``name`` (an object's key, the name of a name/value pair), is a secret: under
+    a secret-looking key (``SENSITIVE_KEY``) anything that holds something; under ``pass`` or ``pw``
+    (``SHORT_KEY``), text that is no count (``{"pass": 12}``, ``{"pass": ["test_a"]}`` are test results)."""
+    return isinstance(name, str) and (SENSITIVE_KEY.search(name) is not None and _holds_something(value)
+                                      or name[-1:] in "sSwW" and _secret_under_a_short_key(name, value))
+
+
+def _secret_under_a_short_key(name: str, value: Any) -> bool:
+    return isinstance(value, str) and value != "" and SHORT_KEY.search(name) is not None and not is_count(value)
+
+
 def _secret_pair_value(obj: dict[Any, Any]) -> str | None:
-    """The key of ``obj``'s value when ``obj`` is a name/value pair whose name is a secret's key name
+    """The key of ``obj``'s value when ``obj`` is a name/value pair whose value is secret under its name
     (``{"name": "DB_PASSWORD", "value": "x"}``, Kubernetes' env; ``{"Key": "api_key", "Value": "x"}``), else None."""
     for value_key in _PAIR_VALUES:
         if value_key in obj:
             for name_key in _PAIR_NAMES:
-                name = obj.get(name_key)
-                if isinstance(name, str) and SENSITIVE_KEY.search(name) is not None:
+                if _secret_under(obj.get(name_key), obj[value_key]):
                     return value_key
             return None
     return None
 
 
-def _sanitized(obj: Any) -> Any:
-    """``sanitize_obj``'s walk: a copy with every string sanitized."""
+def _sanitized(obj: Any, beside: _Beside = _EVERY_FORM) -> Any:
+    """``sanitize_obj``'s walk: a copy with every string sanitized. ``beside``: the forms to look for (all of them
+    when the structure was not looked at first: the reference the look must give the same output as)."""
     if isinstance(obj, str):
         return sanitize_text(obj)
     if isinstance(obj, dict):
         out: dict[Any, Any] = {}
         paired = _secret_pair_value(obj)
+        aws = beside.aws and _beside_an_aws_key_id(obj.values())
         for key, stored in _sanitized_keys(obj).items():
             value = obj[key]
-            secret = isinstance(key, str) and (key == paired or SENSITIVE_KEY.search(key) is not None)
-            out[stored] = REDACTED if secret and _holds_something(value) else _sanitized(value)
+            secret = key == paired or aws and _an_aws_secret(value) or isinstance(key, str) and (
+                SENSITIVE_KEY.search(key) is not None and _holds_something(value)
+                or key[-1:] in "sSwW" and _secret_under_a_short_key(key, value))  # ``_secret_under``, inlined
+            out[stored] = REDACTED if secret else _sanitized(value, beside)
         return out
-    if isinstance(obj, list):
-        return [_sanitized(item) for item in obj]
-    if isinstance(obj, tuple):
-        return tuple(_sanitized(item) for item in obj)
+    if isinstance(obj, (list, tuple)):
+        items = _sanitized_items(obj, beside) if beside != _NO_FORM else [_sanitized(item, beside) for item in obj]
+        return items if isinstance(obj, list) else tuple(items)
     return obj
+
+
+def _sanitized_items(items: list[Any] | tuple[Any, ...], beside: _Beside) -> list[Any]:
+    """The items of a list sanitized, each with what the items beside it say of it: the value after a flag naming a
+    secret in an argument list (``_hidden_arguments``); an AWS secret access key beside its key id; in a list of
+    pairs (every item a list of two whose first is text: ``[["HOME", "/root"], ["DB_PASSWORD", "x"]]``, an env's
+    ``items()``), the value of a pair named as a secret, as in a name/value object. One list of two strings is not
+    taken for a pair: ``["password", "reset"]`` is as likely a list of words."""
+    flags = aws = False  # whether an item is a flag, holds an AWS key id's start
+    pairs = beside.pairs and len(items) > 0
+    for item in items:
+        if isinstance(item, str):
+            flags = flags or beside.flags and item[:1] == "-"
+            aws = aws or beside.aws and ("AKIA" in item or "ASIA" in item)
+            pairs = False
+        elif pairs and not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str)):
+            pairs = False
+    if not (flags or aws or pairs):  # most lists
+        return [_sanitized(item, beside) for item in items]
+    shown = _hidden_arguments(items) if flags else {}
+    if aws and _beside_an_aws_key_id(items):
+        shown.update((i, REDACTED) for i, item in enumerate(items) if _an_aws_secret(item))
+    out = []
+    for i, item in enumerate(items):
+        if i in shown:
+            out.append(shown[i])
+        elif pairs and _secret_under(item[0], item[1]):
+            pair = (sanitize_text(item[0]), REDACTED)
+            out.append(list(pair) if isinstance(item, list) else pair)
+        else:
+            out.append(_sanitized(item, beside))
+    return out
+
+
+def _hidden_arguments(items: list[Any] | tuple[Any, ...]) -> dict[int, str]:
+    """What an argument list shows of the arguments its flags say are secret, by index: the one after a flag naming
+    a secret (``SECRET_FLAG``: ``["mysql", "--password", "x"]``), the password of the ``user:password`` after a
+    user flag (``USER_FLAGS``: ``["curl", "-u", "bob:x"]``; digits are a group id: ``-u 1000:1000``), the one after
+    ``-p`` once ``sshpass`` ran, a ``-p`` joined to its value once ``sshpass`` or a MySQL client ran (``-px``).
+    A flag's value is a non-empty argument that is no flag (``["--password", "--verbose"]`` prompts for it),
+    as an argument parser takes it. The same forms as in a command line's text (``CLI``, ``CLI_USER``, ``SSHPASS``,
+    ``MYSQL``), where a value ends at a blank; here it is the argument."""
+    shown: dict[int, str] = {}
+    sshpass = mysql = False  # whether an argument before ran sshpass, a MySQL client
+    for i, arg in enumerate(items):
+        if not isinstance(arg, str):
+            continue
+        if not arg.startswith("-"):
+            program = arg.rpartition("/")[2]
+            sshpass, mysql = sshpass or program == "sshpass", mysql or MYSQL_CLIENT.fullmatch(program) is not None
+            continue
+        after = items[i + 1] if i + 1 < len(items) else None
+        if not isinstance(after, str) or after == "" or after.startswith("-"):
+            after = None
+        if after is not None and (arg == "-p" and sshpass or SECRET_FLAG.fullmatch(arg.lower()) is not None):
+            shown[i + 1] = REDACTED
+        elif after is not None and arg in USER_FLAGS:
+            user, colon, password = after.partition(":")
+            if colon and password and not password.isdigit():
+                shown[i + 1] = f"{sanitize_text(user)}:{REDACTED}"
+        elif arg.startswith("-p") and len(arg) > 2 and (sshpass or mysql):
+            shown[i] = "-p" + REDACTED
+    return shown
+
+
+def _beside_an_aws_key_id(values: Iterable[Any]) -> bool:
+    """Whether ``values`` (an object's, a list's) hold text holding an AWS access key id."""
+    for value in values:
+        if isinstance(value, str) and ("AKIA" in value or "ASIA" in value) and AWS_KEY_ID.search(value) is not None:
+            return True
+    return False
+
+
+def _an_aws_secret(value: Any) -> bool:
+    """Whether ``value`` is, whole, what an AWS secret access key looks like (``AWS_SECRET``, ``aws_secret``)."""
+    return isinstance(value, str) and len(value) == 40 and AWS_SECRET.fullmatch(value) is not None \
+        and aws_secret(value)
 
 
 _encode_json = json.JSONEncoder(ensure_ascii=False).encode  # stateless between calls: shared by threads

@@ -10,6 +10,8 @@ faster).
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import errno
 import os
 import re
@@ -80,7 +82,20 @@ HEADER = re.compile(
 CLI = re.compile(
     rf"""-(?<![\w-]-)-?(?:[a-z0-9]+[-_])*(?:{_KEYS})[ \t]+(?![:=])(?:{_QUOTED}|(?P<u>{_TO_SPACE}))"""
 )
-KV = re.compile(rf"""(?:{_KEYS}){_SEP}(?:{_QUOTED}|(?P<u>{_TO_AMP}))""")
+# ``n``: nothing after the separator on the key's line, whose value may be on the lines under it (``ValuesBelow``).
+KV = re.compile(rf"""(?:{_KEYS}){_SEP}(?:{_QUOTED}|(?P<u>{_TO_AMP})|(?P<n>(?=[\r\n])))""")
+# ``pass`` and ``pw`` alone (not ending a longer word: ``bypass``, ``npw``; after a ``_`` or ``-``: ``smtp_pw``) are a
+# secret's key only in an assignment (``pass=x``, ``pw => 'x'``, a query's ``&pass=x``) or as a quoted key
+# (``"pass": "x"``): after a bare ``:`` they are a label (``PASS: test_x``, ``--- PASS: TestX``). A value that is a
+# number or true/false is a test result kept by ``a_count`` (``pass=12 fail=0``, ``"pass": 3,``).
+SHORT_KV = re.compile(
+    rf"""(?<![a-z0-9])(?:pass|pw)(?:\\?["'][ \t]*(?:=[>=]?|:=?)|[ ]?=[>=]?)[ \t]*(?:{_QUOTED}|(?P<u>{_TO_AMP}))"""
+)
+# an object's key ``pass`` or ``pw``, ending it (``"smtp_pw"``): its value is secret when it is text and no count
+SHORT_KEY = re.compile(r"(?<![a-z0-9])(?:pass|pw)\Z", re.I)
+# what each match of ``SHORT_KV`` (lowered) holds: the name, then a quote, an ``=`` or a blank and ``=``
+SHORT_WORDS = tuple(name + after for name in ("pass", "pw") for after in ("=", " =", '"', "'", "\\"))
+_COUNT = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?%?|true|false)[,;)\]}]*")  # and the JSON or code punctuation after it
 # ``Bearer <token>`` with no header name before it (a curl ``-H`` argument, a header given as a pair, a message):
 # a token of 8 or more of RFC 6750's characters with a digit among them, or of 32 or more ("Bearer tokens are",
 # ``Bearer realm="x"`` are kept).
@@ -105,13 +120,28 @@ CLI_USER = re.compile(
     r"""(?<![\w-])(?:-u +|--(?:proxy-)?user(?: +|=))"""
     rf"""(?:(?P<q>["'])[^\s:"']*:(?P<v>(?:(?!(?P=q))[^\r\n])+)|[^\s:"']*:(?P<u>{_TO_SPACE}))"""
 )
+# In an argument list (``["curl", "-u", "bob:pw"]``): a flag naming a secret, as ``CLI``'s (lowered, whole), and the
+# flags of ``CLI_USER`` (as they are: ``-U`` is curl's proxy user, ``-u`` its user)
+SECRET_FLAG = re.compile(rf"--?(?:[a-z0-9]+[-_])*(?:{_KEYS})")
+USER_FLAGS = frozenset({"-u", "-U", "--user", "--proxy-user"})
 # These two read the text as it is (``-P`` is MySQL's port): ``sshpass -p x`` (``-px``), and a MySQL client's
 # password joined to its ``-p`` (``mysql -u root -px``; ``-p`` alone asks for it, and ``-p x`` names a database).
 # The arguments before ``-p`` stop at one holding "mysql", where the next look starts: each is read once.
+MYSQL_CLIENT = re.compile(r"mysql[a-z]*")  # a program's name (``mysql``, ``mysqldump``) whose ``-p`` is joined
 SSHPASS = re.compile(rf"""(?<![\w.-])sshpass[ \t]+-p[ \t]*(?:{_QUOTED}|(?P<u>{_TO_SPACE_AS_IS}))""")
 MYSQL = re.compile(
     rf"""(?<![\w.-])mysql[a-z]*(?:[ \t]+(?!-p|\S*mysql)\S+)*[ \t]+-p(?:{_QUOTED}|(?P<u>{_TO_SPACE_AS_IS}))"""
 )
+# ``Basic <base64>`` with no header name before it (a curl ``-H`` argument, a header given as a pair): the value is
+# redacted when it decodes to a user and a password (RFC 7617's ``user:password``, printable UTF-8), which no word
+# after "Basic" does ("Basic setup", ``Basic realm="x"``; ``user_and_password`` keeps the others).
+BASIC = re.compile(r"(?<![a-z0-9_-])basic[ \t]+(?P<v>[a-z0-9+/]{4,}={0,2})(?![a-z0-9+/=_.-])")
+# An AWS access key id (as in ``SHAPES``) and the secret access key that goes with it: 40 of base64's characters but
+# ``=``, both cases among them (``aws_secret``; a hex hash has one). Without a name it is told from other data only
+# beside its id: on the id's line of text (``redaction``), in the id's object or list (``redaction_objects``).
+AWS_KEY_ID = re.compile(r"(?<![A-Za-z0-9_-])(?:AKIA|ASIA)[0-9A-Z]{16}(?![A-Za-z0-9_-])")
+AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+AWS_KEY_ID_STARTS = ("AKIA", "ASIA")
 # Well-known credential shapes, recognised without any key name. Start and end at the
 # edge of a token run so a match never splits a run (this keeps redaction idempotent).
 SHAPES = re.compile(
@@ -138,7 +168,10 @@ SECRET_KEY_WORDS = KEY_WORDS + HEADER_WORDS  # what ``SENSITIVE_KEY`` (lowered) 
 # What each match of ``NETRC`` holds besides "password", of ``CLI_USER`` (lowered), of ``SSHPASS`` and ``MYSQL``
 NETRC_WORDS, CLI_USER_WORDS, AS_IS_WORDS = ("machine", "default"), ("-u ", "-user"), ("sshpass", "mysql")
 # the literals, besides the shapes' starts, that ``redaction.may_hold_secret`` looks for in any case
-LOOKED_FOR = SECRET_KEY_WORDS + ("bearer",) + CLI_USER_WORDS + AS_IS_WORDS
+LOOKED_FOR = SECRET_KEY_WORDS + SHORT_WORDS + ("bearer", "basic") + CLI_USER_WORDS + AS_IS_WORDS
+# What an argument list's user flag (``["curl", "-u", "bob:pw"]``) holds as JSON text, where ``CLI_USER_WORDS``' blank
+# after ``-u`` is a quote: a structure's look (``may_hold_secret``) looks for it too.
+ARGV_WORDS = ('-u"',)
 # The characters ``re.IGNORECASE`` takes for an ASCII letter ('İ' and 'ı' for i, 'ſ' for s, the Kelvin sign for k):
 # ``SENSITIVE_KEY`` finds "paſſword" a secret's key, whose lowered text holds no key word.
 CASE_FOLDED_TO_ASCII = "\u0130\u0131\u017f\u212a"
@@ -190,6 +223,39 @@ def os_error(text: str, m: re.Match[str]) -> bool:
     return window[:brk.start() if brk else len(window)].rstrip(" \t") in _OS_ERRORS
 
 
+def a_count(text: str, m: re.Match[str]) -> bool:
+    """Whether the value of ``SHORT_KV``'s match ``m`` is a number or true/false (``pass=12``): a test result."""
+    group = "v" if m.start("v") >= 0 else "u"
+    return is_count(text[m.start(group):m.end(group)])
+
+
+def is_count(value: str) -> bool:
+    """Whether ``value`` is a number or true/false, with the punctuation that may follow one in JSON or code."""
+    return _COUNT.fullmatch(value.lower()) is not None
+
+
+def user_and_password(text: str, m: re.Match[str]) -> bool:
+    """Whether the value of ``BASIC``'s match ``m`` in ``text`` (as it is: base64 is case-sensitive) decodes to a
+    user and a password: printable UTF-8 holding a ``:``. ``BASIC``'s keep is its negation."""
+    value = text[m.start("v"):m.end("v")]
+    try:
+        decoded = base64.b64decode(value + "=" * (-len(value) % 4), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):  # not base64, or not UTF-8 (UnicodeDecodeError is a ValueError)
+        return False
+    return ":" in decoded and decoded.isprintable()
+
+
+def not_user_and_password(text: str, m: re.Match[str]) -> bool:
+    """``BASIC``'s keep: the value is a word, not an encoded ``user:password``."""
+    return not user_and_password(text, m)
+
+
+def aws_secret(value: str) -> bool:
+    """Whether a match of ``AWS_SECRET`` holds both cases, as 40 random characters of base64 do (all but about one in
+    a billion): a hex hash or a word of one case is no secret key."""
+    return not value.islower() and not value.isupper()
+
+
 def a_number(text: str, m: re.Match[str]) -> bool:
     """Whether the value of ``CLI_USER``'s match ``m`` is digits only: ``-u 1000:1000`` names a user and group id."""
     group = "v" if m.start("v") >= 0 else "u"
@@ -203,17 +269,32 @@ _BLANKS = re.compile(r"[ \t]*")
 _BLANK_LINES_THEN_INDENT = re.compile(r"(?:[ \t]*(?:\r\n?|\n))*([ \t]*)")
 
 
-class YamlBlocks:
-    """What ``KV`` redacts of a value that is a YAML block indicator (``password: |``, ``>-``, ``|2``) with nothing
-    but blanks or a comment after it on its line: the block's text, from the first line under it indented more than
-    the key's line (a list item's ``- `` counts as indentation) to the last such line before a line that is not
-    (blank lines are passed over). The ``|`` and the indentation are kept, so YAML stays YAML. Without such a line
-    nothing is redacted (the indicator is no secret, and the lines after it are not the key's); a block that begins
-    with ``[REDACTED]`` was redacted before and ends there, as a bare value does (``_unquoted``).
+# What may stand before a key whose value is on the lines under it, on the key's line: blanks, list items' ``- ``, a
+# quote, the start of the key's name (``db_`` of ``db_password``). Code or prose there (``if not password:``,
+# ``class Password:``, "Enter your password:") says the line is no key's.
+_KEY_LINE_START = re.compile(r"""[ \t]*(?:-[ \t]+)*(?:\\?["'])?[\w.-]*""")
+_BLANK = re.compile(r"\s")
+
+
+class ValuesBelow:
+    """What ``KV`` redacts of a value written on the lines under its key's line.
+
+    After a YAML block indicator (``password: |``, ``>-``, ``|2``) with nothing but blanks or a comment after it on
+    its line: the block's text, from the first line under it indented more than the key's line (a list item's ``- ``
+    counts as indentation) to the last such line before a line that is not (blank lines are passed over). The ``|``
+    and the indentation are kept, so YAML stays YAML. Without such a line nothing is redacted (the indicator is no
+    secret, and the lines after it are not the key's); a block that begins with ``[REDACTED]`` was redacted before
+    and ends there, as a bare value does (``_unquoted``).
+
+    After a separator that ends its line (``KV``'s ``n``: ``password:``, ``password =``), where the key begins its
+    line (``_KEY_LINE_START``): the same block (YAML's value on the next line, an INI value's continuation lines);
+    else, after a ``:``, the next line when it is one word not ending in ``:`` (``Password:`` and what was typed at
+    the prompt). An ``=`` ending its line is an empty assignment, and the line after it another (``PASSWORD=`` then
+    ``USER=bob`` in an ``.env``); a ``:`` before words or a key (``user: bob``) is YAML's empty value.
 
     Linear: matches come in order; a line's end is searched for, and the block under it looked at, once however
-    many matches the line holds; the line breaks before the key, for its indentation, once in all
-    (``_line_start``), and only where a line under it is indented."""
+    many matches the line holds (twice at most: an indicator, and a separator ending the line); the line breaks
+    before the key, for its indentation, once in all (``_line_start``)."""
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -222,8 +303,11 @@ class YamlBlocks:
         self.block = (-1, -1)  # that block, or (-1, -1)
 
     def __call__(self, m: re.Match[str], start: int, end: int) -> tuple[int, int] | None:
-        """The span to redact for the value ``text[start:end]`` of ``m``; None: nothing."""
+        """The span to redact for the value ``text[start:end]`` of ``m`` (-1, -1: a separator ending its line);
+        None: nothing."""
         text = self.text
+        if start < 0:
+            return self._below(m)
         if text[start] not in "|>" or end - start > 3 or m.start("u") < 0 \
                 or _BLOCK_INDICATOR.fullmatch(text, start, end) is None:
             return start, end
@@ -235,6 +319,26 @@ class YamlBlocks:
             self.looked = brk.end() if brk else len(text) + 1
             self.block = self._block(m.start(), brk) if brk else (-1, -1)
         return self.block if self.block[0] >= 0 else None
+
+    def _below(self, m: re.Match[str]) -> tuple[int, int] | None:
+        """The value under a key whose separator ends its line (``m.end()`` is at the line break)."""
+        text, key = self.text, m.start()
+        if _KEY_LINE_START.fullmatch(text, self._line_start(key), key) is None:
+            return None
+        brk = LINE_END.match(text, m.end())
+        block = self._block(key, brk)
+        if block[0] >= 0:
+            return block
+        separator = text[key:m.end()]
+        if ":" not in separator or "=" in separator:
+            return None
+        after = LINE_END.search(text, brk.end())
+        line = text[brk.end():after.start() if after else len(text)]
+        word = line.strip(" \t")
+        if not word or word.endswith(":") or _BLANK.search(word) is not None:
+            return None
+        first = brk.end() + len(line) - len(line.lstrip(" \t"))
+        return first, first + len(word)
 
     def _line_start(self, at: int) -> int:
         for brk in LINE_END.finditer(self.text, self.scanned, at):

@@ -255,7 +255,7 @@ def test_sanitize_obj_redacts_strings_recursively_keys_included() -> None:
     }
     out = sanitize_obj(original)
     assert out == {
-        "cmd": ["deploy", "--token", "abc", "--password [REDACTED]"],
+        "cmd": ["deploy", "--token", REDACTED, "--password [REDACTED]"],  # an argument list's flag and its value
         "env": {"DB_PASSWORD": REDACTED, "HOME": "/root", "retries": 3},
         "password=[REDACTED]": ("password=[REDACTED]", None, True, 1.5),
     }
@@ -372,12 +372,13 @@ def _every_pattern(text: str) -> str:
     # the reference the skipping must equal, in sanitize_text's order
     text = s._redact_headless_keys(p.PRIVATE_KEY.sub(REDACTED, text))  # noqa: SLF001
     for rx, keep, blocks in ((p.URL_CREDS, None, None), (p.HEADER, None, None), (p.BEARER, None, None),
-                             (p.CLI, None, None), (p.KV, p.os_error, p.YamlBlocks), (p.NETRC, None, None),
+                             (p.BASIC, p.not_user_and_password, None), (p.CLI, None, None),
+                             (p.KV, p.os_error, p.ValuesBelow), (p.SHORT_KV, p.a_count, None), (p.NETRC, None, None),
                              (p.CLI_USER, p.a_number, None)):
         text = s._redact_values(rx, text, keep, blocks=blocks)  # noqa: SLF001
     for rx in (p.SSHPASS, p.MYSQL):  # these read the text as it is
         text = s._redact_values(rx, text, lowered=text)  # noqa: SLF001
-    return p.SHAPES.sub(REDACTED, text)
+    return p.SHAPES.sub(REDACTED, s._redact_aws_secrets(text))  # noqa: SLF001
 
 
 # each key word and shape's start, in other cases and spellings than FRAGMENTS, beside the characters around them
@@ -387,7 +388,10 @@ TRIGGERS = FRAGMENTS + ["PassPhrase", "PWD", "Private-Key", "privatekey", "Sessi
                         "_PASS", "Credentials", "AccountKey", "access-key", "s", "1", "_hash", "Confirmation", "=>",
                         ":=", "==", "|", ">-", "\n  ", "# c", "- ", "sk_live_", "rk_test_", "glpat-", "npm_", "SG.",
                         "Bearer ", "a1" * 8, "://" + "a1" * 10 + "@", "-u ", "--user=", "-U ", "b:", "1000",
-                        "sshpass -p", "mysql ", "-p", "-P", "machine h ", "default", "login ", "port 1 ", "password "]
+                        "sshpass -p", "mysql ", "-p", "-P", "machine h ", "default", "login ", "port 1 ", "password ",
+                        "pass=", "PW =", 'pw"', "'pass'", "12", "true,", "Basic ", "basic ", "dXNlcjpwYXNz", "YTpi",
+                        "Password:\n", ": \n  ", "=\n    ", "\n- ", "\r", "AKIA" + "A1" * 8, "wJalrXUtnFEMI/K7MDENG/bPx",
+                        "RfiCYEXAMPLEKEY", "--password", "-u", "bob:pw", "sshpass", "-phunter2"]
 
 
 # one secret for each way a key word is spelled and each shape the patterns know (the CANARIES have more)
@@ -405,12 +409,21 @@ EVERY_SPELLING = [
     "sk_live_" + "s1" * 8, "rk_test_" + "s1" * 8, "glpat-" + "s1" * 10, "npm_" + "s1" * 18,
     "SG." + "s1" * 8 + "." + "s1" * 8, "Bearer s1234567", "https://" + "s1" * 10 + "@h", "curl -u u:s1",
     "--user=u:s1", "sshpass -ps1", "mysql -ps1", "machine h login u password s1",
+    "pass=s1", "pw = s1", '"pass": "s1"', "'pw' => 's1'", "Basic czE6czE=", "password:\n  s1", "Password:\ns1",
+    "secret =\n    s1\n    s1", "AKIA" + "S" * 16 + " s1" + "A" * 38,
 ]
+
+
+def _pad(secret: str) -> str:
+    """What to put between ``secret`` and other text: a line break for a value under its key, whose key must begin
+    its line (``x password:`` is no key's line), else a blank."""
+    return "\n" if ":\n" in secret or "=\n" in secret else " "
 
 
 @pytest.mark.parametrize("secret", EVERY_SPELLING)
 def test_each_spelling_of_a_secret_is_redacted_as_by_every_pattern(secret: str) -> None:
-    for text in (secret, f"x {secret} y", f"İ {secret}"):
+    pad = _pad(secret)
+    for text in (secret, f"x{pad}{secret}{pad}y", f"İ{pad}{secret}"):
         assert sanitize_text(text) == _every_pattern(text) != text
     shouted = secret.upper()  # a key word in capitals is still one; a shape is not (they are case-sensitive)
     assert sanitize_text(shouted) == _every_pattern(shouted)
@@ -588,7 +601,7 @@ def test_property_a_long_text_is_looked_at_as_a_short_one_is_searched_for_each_l
 @pytest.mark.parametrize("filler", FILLERS)
 @pytest.mark.parametrize("secret", EVERY_SPELLING + [c[0] for c in CANARIES])
 def test_a_secret_in_a_long_value_is_redacted_whatever_fills_the_rest(filler: str, secret: str) -> None:
-    for obj in ({"data": filler + " " + secret}, {"data": filler, secret: "s1"}, [filler, {"x": secret}]):
+    for obj in ({"data": filler + _pad(secret) + secret}, {"data": filler, secret: "s1"}, [filler, {"x": secret}]):
         out = sanitize_obj(obj)
         assert out == _walked(obj) != obj
 

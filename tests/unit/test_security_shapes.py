@@ -45,7 +45,8 @@ def test_arrows_and_comparisons_after_other_words_are_left_alone(text: str) -> N
 @pytest.mark.parametrize("text", ['password="" hunter2', "password=&page=2", "password=\nhunter2"])
 def test_an_empty_value_is_no_value_and_what_follows_it_is_kept(text: str) -> None:
     """An empty value is no secret, and what follows is another thing: a query's next parameter (``&page=2``), a
-    word, the next line (an ``.env`` line ``PASSWORD=`` followed by ``USER=bob``)."""
+    word, the next line (an ``.env`` line ``PASSWORD=`` followed by ``USER=bob``; a value under its key's line is
+    test_redaction_forms.py's)."""
     assert sanitize_text(text) == text
 
 
@@ -135,9 +136,13 @@ def test_the_value_of_a_name_value_pair_is_redacted_when_the_name_is_a_secrets(p
     assert sanitize_obj({"env": [pair]}) == {"env": [shown]}
 
 
-def test_an_authorization_header_given_as_a_pair_is_redacted_by_its_bearer_token() -> None:
-    out = sanitize_obj({"headers": [["Authorization", "Bearer abc123def456"], ["Accept", "text/plain"]]})
-    assert out == {"headers": [["Authorization", f"Bearer {R}"], ["Accept", "text/plain"]]}
+def test_an_authorization_header_given_as_a_pair_is_redacted_whole_or_by_its_bearer_token() -> None:
+    """In a list of pairs its value is redacted whole, as under its key (test_redaction_forms.py); a list of two
+    strings alone is no pair, and its token is redacted as one."""
+    out = sanitize_obj({"headers": [["Authorization", "Bearer abc123def456"], ["Accept", "text/plain"]],
+                        "header": ["Authorization", "Bearer abc123def456"]})
+    assert out == {"headers": [["Authorization", R], ["Accept", "text/plain"]],
+                   "header": ["Authorization", f"Bearer {R}"]}
 
 
 # --------------------------------------------------------------------------- shapes

@@ -1,0 +1,250 @@
+"""Spec for the secrets recognised by where they stand rather than by a key on their own line or a known shape
+(test_security.py and test_security_shapes.py have those): a value on the lines under its key, the short key names
+``pass`` and ``pw``, a bare ``Basic`` credential, an AWS secret access key beside its key id, and in structures the
+lists of name/value pairs and argument lists; and the ordinary text and data each of them must leave alone."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orchestrator.security import REDACTED, sanitize_obj, sanitize_text
+
+R = REDACTED
+AWS_ID = "AKIAIOSFODNN7EXAMPLE"
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # AWS's documented example: 40 of [A-Za-z0-9/+]
+SHA1 = "0123456789abcdef0123456789abcdef01234567"  # 40 characters too: a commit, no secret
+
+
+def redacts(text: str, shown: str) -> None:
+    assert sanitize_text(text) == shown
+    assert sanitize_text(shown) == shown  # idempotent
+
+
+# --------------------------------------------------------------------------- a value on the lines under its key
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("password:\n  hunter2\nuser: bob", f"password:\n  {R}\nuser: bob"),  # YAML: a plain value on the next line
+    ("db:\n  password:\n    hunter2\n    more\n  user: bob\n", f"db:\n  password:\n    {R}\n  user: bob\n"),
+    ("- token:\n    abc123\n- name: x", f"- token:\n    {R}\n- name: x"),
+    ("[db]\npassword =\n    hunter2\nhost = db", f"[db]\npassword =\n    {R}\nhost = db"),  # INI continuation
+    ("Password:\nhunter2\n", f"Password:\n{R}\n"),  # a prompt and what was typed at it
+    ("Password:\r\nhunter2\r\nexit 0", f"Password:\r\n{R}\r\nexit 0"),
+    ("  DB_PASSWORD: \n  hunter2", f"  DB_PASSWORD: \n  {R}"),
+    ('"api_key":\n  "abc123"', f'"api_key":\n  {R}'),
+    ("password:\n  min_length: 8\nuser: bob", f"password:\n  {R}\nuser: bob"),  # under the key: as in an object
+])
+def test_a_value_on_the_lines_under_a_key_that_ends_its_line_is_redacted(text: str, shown: str) -> None:
+    """``password:`` then a line break kept the value below it: no value followed the separator on its line."""
+    redacts(text, shown)
+
+
+@pytest.mark.parametrize("text", [
+    "PASSWORD=\nUSER=bob",  # .env: an empty assignment, then the next variable
+    "password=\nhunter2",  # an assignment ends its line: what follows is another line, not its value
+    "password=\n[section]\nkey = x",
+    "password:\nuser: bob",  # YAML: an empty value, then the next key
+    "Password:\nUsername: bob",
+    "token:\ncount: 5",
+    "Password:\nusername:",
+    "if not password:\n        raise ValueError('missing')",  # code: the key does not begin its line
+    "class Password:\n    pass",
+    "Enter your password:\nThe next step is to log in.",  # prose: the next line is words
+    "Password:\nclick the link we sent you",
+    "password:",
+    "password:\n",
+])
+def test_an_empty_value_ending_its_line_takes_nothing_from_the_next_line_that_is_not_its_value(text: str) -> None:
+    assert sanitize_text(text) == text
+
+
+# --------------------------------------------------------------------------- the short key names pass and pw
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("pass=hunter2", f"pass={R}"), ("PASS = hunter2", f"PASS = {R}"), ("pw=hunter2", f"pw={R}"),
+    ("https://h/login?user=bob&pass=hunter2&next=/", f"https://h/login?user=bob&pass={R}&next=/"),
+    ('{"user": "bob", "pass": "hunter2"}', f'{{"user": "bob", "pass": "{R}"}}'),
+    ("{'pw': 'hunter2'}", f"{{'pw': '{R}'}}"), ("'pass' => 'hunter2'", f"'pass' => '{R}'"),
+    ("db_pw=hunter2 smtp-pw=x2", f"db_pw={R} smtp-pw={R}"), ("--pass=hunter2", f"--pass={R}"),
+])
+def test_pass_and_pw_are_keys_in_an_assignment_or_as_a_quoted_key(text: str, shown: str) -> None:
+    redacts(text, shown)
+
+
+@pytest.mark.parametrize("text", [
+    "pass=12 fail=0", "pass=3.5%", "pass=true", '{"pass": 12, "fail": 0}', '{"pass":12}', "PASS: test_parse",
+    "--- PASS: TestClaim (0.00s)", "pass: 3", "pw: 5", "bypass=1", "compass=north", "passenger=bob",
+    "monkey=banana", "keyboard=us", "npw=4", "prompt_tokens=12", "key=uploads/report.txt", "sorted(x, key=len)",
+    "--key nightly-2026-12-07", "we pass the token along", "5 passed, 1 failed",
+])
+def test_pass_and_pw_as_a_count_a_label_or_part_of_a_word_and_key_are_kept(text: str) -> None:
+    """``pass=12`` and ``PASS: test_x`` are test results; ``key=`` is any key of a config, a store, a sort."""
+    assert sanitize_text(text) == text
+
+
+@pytest.mark.parametrize(("obj", "shown"), [
+    ({"user": "bob", "pass": "hunter2"}, {"user": "bob", "pass": R}),
+    ({"PW": "hunter2"}, {"PW": R}), ({"smtp_pw": "hunter2"}, {"smtp_pw": R}),
+    ({"pass": 12, "fail": 0}, {"pass": 12, "fail": 0}), ({"pass": "3"}, {"pass": "3"}),
+    ({"pass": ["test_a", "test_b"]}, {"pass": ["test_a", "test_b"]}), ({"pass": True}, {"pass": True}),
+    ({"bypass": "x", "passenger": "bob", "key": "a/b", "monkey": "x", "keyboard": "us"},
+     {"bypass": "x", "passenger": "bob", "key": "a/b", "monkey": "x", "keyboard": "us"}),
+])
+def test_a_key_named_pass_or_pw_hides_a_text_value_that_is_no_count(obj: dict, shown: dict) -> None:
+    assert sanitize_obj(obj) == shown
+
+
+# --------------------------------------------------------------------------- Basic credentials without a header name
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("Basic dXNlcjpwYXNz", f"Basic {R}"),  # user:pass
+    ("curl -H 'Basic YWxhZGRpbjpvcGVuc2VzYW1l' x", f"curl -H 'Basic {R}' x"),
+    ('["Authorization", "basic dXNlcjpwYXNzd29yZA=="]', f'["Authorization", "basic {R}"]'),
+    ("auth=Basic Ym9iOmh1bnRlcjI", f"auth=Basic {R}"),  # unpadded
+])
+def test_a_basic_credential_without_its_header_name_is_redacted(text: str, shown: str) -> None:
+    redacts(text, shown)
+
+
+@pytest.mark.parametrize("text", [
+    "Basic setup 1", "Basic auth failed", "BASIC test", "Basic dGVzdA==",  # "test": no user:password
+    'WWW-Authenticate: Basic realm="x"', "Basic support for YAML", "basic blocks",
+])
+def test_the_word_basic_before_anything_but_an_encoded_user_and_password_is_kept(text: str) -> None:
+    assert sanitize_text(text) == text
+
+
+# --------------------------------------------------------------------------- an AWS secret key beside its key id
+
+@pytest.mark.parametrize(("text", "shown"), [
+    (f"{AWS_ID} {AWS_SECRET}", f"{R} {R}"),
+    (f"bob,,{AWS_ID},{AWS_SECRET},https://x.signin.aws.amazon.com/console",  # the console's credentials.csv
+     f"bob,,{R},{R},https://x.signin.aws.amazon.com/console"),
+    (f'{{"id": "{AWS_ID}", "key": "{AWS_SECRET}"}}\nnext', f'{{"id": "{R}", "key": "{R}"}}\nnext'),
+    (f"export X={AWS_SECRET} Y={AWS_ID}", f"export X={R} Y={R}"),
+])
+def test_an_aws_secret_key_on_the_line_of_its_key_id_is_redacted(text: str, shown: str) -> None:
+    redacts(text, shown)
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    (AWS_SECRET, AWS_SECRET),  # alone it cannot be told from other data
+    (f"{AWS_ID}\n{AWS_SECRET}", f"{R}\n{AWS_SECRET}"),  # another line
+    (f"{AWS_ID} at commit {SHA1}", f"{R} at commit {SHA1}"),  # one case only: a hash
+    (f"{AWS_ID} {AWS_SECRET}==", f"{R} {AWS_SECRET}=="),  # longer base64
+    (f"{AWS_ID} {AWS_SECRET}x", f"{R} {AWS_SECRET}x"),
+])
+def test_forty_characters_elsewhere_or_of_one_case_are_kept(text: str, shown: str) -> None:
+    assert sanitize_text(text) == shown
+
+
+@pytest.mark.parametrize(("obj", "shown"), [
+    ({"id": AWS_ID, "k": AWS_SECRET, "n": 1}, {"id": R, "k": R, "n": 1}),
+    ([AWS_ID, AWS_SECRET], [R, R]),
+    ({"id": AWS_ID, "sha": SHA1, "other": {"k": AWS_SECRET}}, {"id": R, "sha": SHA1, "other": {"k": AWS_SECRET}}),
+])
+def test_an_aws_secret_key_beside_its_key_id_in_one_object_or_list_is_redacted(obj: object, shown: object) -> None:
+    assert sanitize_obj(obj) == shown
+
+
+# --------------------------------------------------------------------------- lists of pairs and argument lists
+
+@pytest.mark.parametrize(("obj", "shown"), [
+    ({"env": [["HOME", "/root"], ["DB_PASSWORD", "hunter2"]]}, {"env": [["HOME", "/root"], ["DB_PASSWORD", R]]}),
+    ([("api_key", "hunter2"), ("region", "eu")], [("api_key", R), ("region", "eu")]),  # dict.items()
+    ([["Authorization", "Bearer abc123def456"]], [["Authorization", R]]),
+    ([["pass", "hunter2"], ["fail", "x"]], [["pass", R], ["fail", "x"]]),
+    ([["password", ""], ["token", None]], [["password", ""], ["token", None]]),  # nothing to hide
+    ({"words": ["DB_PASSWORD", "hunter2"]}, {"words": ["DB_PASSWORD", "hunter2"]}),  # one list of words, no pairs
+    (["password", "reset"], ["password", "reset"]),
+    ([["DB_PASSWORD", "x"], "HOME=/root"], [["DB_PASSWORD", "x"], "HOME=/root"]),  # not every item a pair
+])
+def test_the_value_of_a_pair_named_as_a_secret_in_a_list_of_pairs_is_redacted(obj: object, shown: object) -> None:
+    assert sanitize_obj(obj) == shown
+
+
+@pytest.mark.parametrize(("argv", "shown"), [
+    (["mysql", "--password", "hunter2", "app"], ["mysql", "--password", R, "app"]),
+    (["deploy", "--db-token", "two words"], ["deploy", "--db-token", R]),
+    (["tool", "-api_key", "hunter2"], ["tool", "-api_key", R]),
+    (["curl", "-u", "bob:hunter2", "https://x"], ["curl", "-u", f"bob:{R}", "https://x"]),
+    (["curl", "--proxy-user", "me:pw2", "-U", "p:pw3", "x"], ["curl", "--proxy-user", f"me:{R}", "-U", f"p:{R}", "x"]),
+    (["sshpass", "-p", "hunter2", "ssh", "h"], ["sshpass", "-p", R, "ssh", "h"]),
+    (["/usr/bin/sshpass", "-phunter2", "ssh", "h"], ["/usr/bin/sshpass", f"-p{R}", "ssh", "h"]),
+    (["mysql", "-u", "root", "-phunter2", "app"], ["mysql", "-u", "root", f"-p{R}", "app"]),
+])
+def test_the_value_after_a_secrets_flag_in_an_argument_list_is_redacted(argv: list, shown: list) -> None:
+    assert sanitize_obj({"argv": argv}) == {"argv": shown}
+    assert sanitize_obj(tuple(argv)) == tuple(shown)
+
+
+@pytest.mark.parametrize("argv", [
+    ["docker", "run", "-u", "1000:1000", "img"], ["git", "push", "-u", "origin", "main"], ["sudo", "-u", "bob", "ls"],
+    ["mysql", "-p", "app"], ["ssh", "-p", "22", "h"], ["deploy", "--password", "--verbose"],
+    ["run", "--max-tokens", "100"], ["x", "--password-file", "/run/pw"], ["mysql", "-P3306", "app"],
+    ["echo", "-p", "x"], ["deploy", "--token", ""],
+])
+def test_argument_lists_without_a_secret_are_kept(argv: list) -> None:
+    assert sanitize_obj({"argv": argv}) == {"argv": argv}
+
+
+# what argument lists, lists of pairs and AWS keys are made of, and what may stand beside them
+ITEMS = ["--password", "--db-token", "-u", "-U", "--user", "-p", "-phunter2", "sshpass", "/usr/bin/mysqldump", "mysql",
+         "bob:pw", "1000:1000", "hunter2", "", AWS_ID, AWS_SECRET, SHA1, "DB_PASSWORD", "pass", "PW", "12", "HOME", "x",
+         "Basic dXNlcjpwYXNz", "password:\n  s1", R]
+structures = st.recursive(
+    st.one_of(st.sampled_from(ITEMS), st.none(), st.integers(0, 3)),
+    lambda inner: st.one_of(st.lists(inner, max_size=6), st.tuples(inner, inner),
+                            st.dictionaries(st.sampled_from(ITEMS + ["name", "value"]), inner, max_size=4)),
+    max_leaves=20)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(structures)
+def test_property_a_structure_looked_at_for_the_forms_it_may_hold_is_sanitized_as_by_a_walk_looking_for_all(
+        obj: object) -> None:
+    """``sanitize_obj`` looks for an argument list's flags, an AWS key id and a list of pairs only where the
+    structure's JSON text holds them (``_Beside``): the same output as a walk looking for all of them everywhere;
+    and sanitizing that output again leaves it as it is."""
+    from orchestrator import redaction_objects
+
+    once = sanitize_obj(obj)
+    assert once == redaction_objects._sanitized(obj)  # noqa: SLF001 - the reference the look must equal
+    assert sanitize_obj(once) == once
+
+
+# --------------------------------------------------------------------------- linear time
+
+@pytest.mark.slow
+@pytest.mark.parametrize("big", [
+    pytest.param("password:\n" * 500_000, id="keys-ending-lines"),
+    pytest.param("password:\n" + "  x\n" * 1_250_000, id="one-long-value-below"),
+    pytest.param("Password:\n" + "a" * 5_000_000 + ":", id="one-long-token-below"),
+    pytest.param("- password:\n" * 420_000, id="list-items"),
+    pytest.param("  " * 2_500_000 + "password:\nx", id="long-indent"),
+    pytest.param("pass=" * 1_000_000, id="short-keys"),
+    pytest.param("pw=" + "1" * 5_000_000 + "x", id="short-key-long-value"),
+    pytest.param("basic " * 840_000, id="basics"),
+    pytest.param("basic " + "QUJD" * 1_250_000, id="basic-long-run"),
+    pytest.param(f"{AWS_ID} " * 240_000, id="aws-ids"),
+    pytest.param(f"{AWS_ID} " + f"{AWS_SECRET}x " * 115_000, id="aws-id-and-lookalikes"),
+    pytest.param(f"{AWS_ID}\n" * 240_000, id="aws-ids-on-lines"),
+])
+def test_five_megabytes_of_these_forms_are_sanitized_in_linear_time(big: str) -> None:
+    assert len(big) >= 4_800_000
+    start = time.perf_counter()
+    sanitize_text(big)
+    assert time.perf_counter() - start < 5.0
+
+
+@pytest.mark.slow
+def test_long_argument_lists_and_lists_of_pairs_are_sanitized_in_linear_time() -> None:
+    """20,000 items each: a look at every item before or after each one (quadratic) would take minutes."""
+    output = {"argv": ["--password", "x", "-u", "a:b", "-p"] * 4_000 + ["sshpass"],
+              "env": [["DB_PASSWORD", f"v{i}"] for i in range(20_000)], "ids": [AWS_ID, AWS_SECRET] * 10_000}
+    start = time.perf_counter()
+    out = sanitize_obj(output)
+    assert time.perf_counter() - start < 5.0
+    assert out["argv"][1] == R and out["env"][7] == ["DB_PASSWORD", R] and out["ids"][1] == R
