@@ -390,8 +390,9 @@ TRIGGERS = FRAGMENTS + ["PassPhrase", "PWD", "Private-Key", "privatekey", "Sessi
                         "Bearer ", "a1" * 8, "://" + "a1" * 10 + "@", "-u ", "--user=", "-U ", "b:", "1000",
                         "sshpass -p", "mysql ", "-p", "-P", "machine h ", "default", "login ", "port 1 ", "password ",
                         "pass=", "PW =", 'pw"', "'pass'", "12", "true,", "Basic ", "basic ", "dXNlcjpwYXNz", "YTpi",
-                        "Password:\n", ": \n  ", "=\n    ", "\n- ", "\r", "AKIA" + "A1" * 8, "wJalrXUtnFEMI/K7MDENG/bPx",
-                        "RfiCYEXAMPLEKEY", "--password", "-u", "bob:pw", "sshpass", "-phunter2"]
+                        "Password:\n", ": \n  ", "=\n    ", "\n- ", "\r", "AKIA" + "A1" * 8,
+                        "wJalrXUtnFEMI/K7MDENG/bPx", "RfiCYEXAMPLEKEY", "--password", "-u", "bob:pw", "sshpass",
+                        "-phunter2"]
 
 
 # one secret for each way a key word is spelled and each shape the patterns know (the CANARIES have more)
