@@ -27,7 +27,7 @@ from orchestrator.errors import MalformedPayloadError
 from orchestrator.history import verify_stream
 from orchestrator.payload import parse_payload
 from orchestrator.reliability.common import PROJECT, Project, new_project, progress, tree_digest
-from orchestrator.reliability.handlers import SECRETS
+from orchestrator.reliability.handlers import SECRET_OBJECTS, SECRETS, TAG
 from orchestrator.signing import Keyring
 from orchestrator.store.base import StoredLine
 from orchestrator.worker import Worker, WorkerSettings
@@ -192,13 +192,14 @@ class _Capture(logging.Handler):
 
 
 def _tags() -> dict[str, str]:
-    import re
-
-    return {name: re.search(r"LEAK\d\d", value).group() for name, value in SECRETS.items()}  # type: ignore[union-attr]
+    """Each kind's tag, as its value writes it (``TAG``: one in each value, text or structure)."""
+    values = {**SECRETS, **{name: json.dumps(value) for name, value in SECRET_OBJECTS.items()}}
+    return {name: TAG.search(value).group() for name, value in values.items()}  # type: ignore[union-attr]
 
 
 def leaked(text: str) -> set[str]:
-    return {name for name, tag in _tags().items() if tag in text} | ({"output_key"} if "LEAK16" in text else set())
+    """The kinds of secret whose tag ``text`` holds."""
+    return {name for name, tag in _tags().items() if tag in text}
 
 
 def secrets(root: Path) -> dict[str, Any]:
@@ -249,11 +250,11 @@ def secrets(root: Path) -> dict[str, Any]:
                 found[str(path.relative_to(project.state_dir))] = names
     in_logs = leaked("\n".join(capture.text))
     states = {how: orch.status(job).state for how, job in jobs.items()}
-    out = {"patterns": len(SECRETS) + 1, "channels": len(jobs), "states": states,
+    out = {"patterns": len(SECRETS) + len(SECRET_OBJECTS), "channels": len(jobs), "states": states,
            "leaked_in_files": sum(len(v) for v in found.values()), "leaked_in_logs": len(in_logs),
            "where": {k: sorted(v) for k, v in found.items()}, "log_patterns": sorted(in_logs)}
     out["leaked"] = out["leaked_in_files"] + out["leaked_in_logs"]
-    progress(f"secrets: {out['patterns']} patterns x {out['channels']} channels, {out['leaked']} leaked")
+    progress(f"secrets: {out['patterns']} kinds x {out['channels']} channels, {out['leaked']} leaked")
     return out
 
 

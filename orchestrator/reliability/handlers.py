@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -10,25 +11,71 @@ from typing import Any
 from orchestrator.handlers import JobContext, handler
 from orchestrator.run_folder import write_json_atomic
 
-# One value per pattern ``sanitize_text`` covers; each carries a ``LEAKnn`` tag that must never be stored.
+# One value of each kind README's Security section lists (its tables, which a test holds to these keys), each
+# carrying a tag (``TAG``: ``LEAKnn``, any case) that must never be stored. ``SECRETS``: text, each value beginning a
+# line of ``SECRET_TEXT`` (a value under its key needs its key to begin its line); ``SECRET_OBJECTS``: the forms
+# ``sanitize_obj`` tells from a structure, whose tagged values alone are no secret.
 SECRETS = {
     "password": "password=LEAK01pw",
-    "token": "token=LEAK02tk",
-    "cookie": "Cookie: sid=LEAK03ck",
-    "bearer": "Authorization: Bearer LEAK04br",
-    "api_key": "api_key=LEAK05ak",
+    "passwd": "passwd: LEAK02pw",
+    "pwd": "PWD=LEAK03pw",
+    "passphrase": "passphrase = 'LEAK04pp'",
+    "token": "token=LEAK05tk",
     "secret": "client_secret: LEAK06cs",
-    "cli_flag": "--db-password LEAK07fl",
-    "url_creds": "https://deploy:LEAK08url@git.example.com/repo.git",
-    "openai": "sk-proj-LEAK09abcdefghijklmnopqrstuv",
-    "github": "ghp_LEAK10abcdefghijklmnopqrstuvwxy",
-    "aws": "AKIALEAK11XYZ1234567",
-    "slack": "xoxb-LEAK12-123456789",
-    "google": "AIza" + "LEAK13" + "a" * 29,
-    "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiLEAK14.c2lnbmF0dXJl",
-    "private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nLEAK15pk\n-----END OPENSSH PRIVATE KEY-----",
+    "api_key": "X-Api-Key: LEAK07ak",
+    "private_key": "private_key=LEAK08pk",
+    "session_id": "sessionid=LEAK09si",
+    "credential": "credentials: LEAK10cr",
+    "access_key": "AccessKey=LEAK11ak",
+    "account_key": "DefaultEndpointsProtocol=https;AccountName=x;AccountKey=LEAK12ak",
+    "_pass": "SMTP_PASS=LEAK13sp",
+    "suffix": "password_confirmation=LEAK14sf",
+    "=>": '{"password"=>"LEAK15rb"}',
+    ":=": 'token := "LEAK16go"',
+    "==": 'if secret == "LEAK17eq" {',
+    "yaml_block": "password: |\n  LEAK18ym",
+    "below": "db:\n  password:\n    LEAK19bw",
+    "prompt": "Password:\nLEAK20pr",
+    "pass": "https://example.com/login?user=bob&pass=LEAK21ps",
+    "pw": '{"pw": "LEAK22pw"}',
+    "cli_flag": "--db-password LEAK23fl",
+    "authorization": "Authorization: Bearer LEAK24au",
+    "cookie": "Cookie: sid=LEAK25ck",
+    "bearer": "curl -H 'Bearer LEAK26br0123'",
+    "basic": "curl -H 'Basic dXM6LEAk27cg'",  # "us:" and 6 bytes: the tag in base64 (no case of it spells LEAK)
+    "curl_user": "curl -u bob:LEAK28cu",
+    "sshpass": "sshpass -p LEAK29sp ssh host",
+    "mysql": "mysql -u root -pLEAK30my app",
+    "netrc": "machine h login bob password LEAK31nr",
+    "url_creds": "https://deploy:LEAK32url@git.example.com/repo.git",
+    "url_token": "https://LEAK33abcdefghijklmnop@github.com/o/r.git",
+    "openai": "sk-proj-LEAK34abcdefghijklmnopqrstuv",
+    "anthropic": "sk-ant-api03-LEAK35abcdefghijklmnopqrstuv",
+    "github": "ghp_LEAK36abcdefghijklmnopqrstuvwxy",
+    "github_pat": "github_pat_LEAK37_abcdefghijklmnopqrstuv",
+    "aws": "AKIALEAK38XYZ1234567",
+    "aws_secret": "AKIAIOSFODNN7EXAMPLE wJalrXUtnFEMI/K7MDENG/LEAK39bPxRfiCYEXAM",
+    "slack": "xoxb-LEAK40-123456789",
+    "google": "AIza" + "LEAK41" + "a" * 29,
+    "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiLEAK42.c2lnbmF0dXJl",
+    "stripe": "sk_live_LEAK43abcdefghijklmn",
+    "gitlab": "glpat-LEAK44abcdefghijklmn",
+    "npm": "npm_LEAK45" + "a" * 30,
+    "sendgrid": "SG.LEAK46abcdefghijkl.mnopqrstuvwxyzABCD",
+    "pem": "-----BEGIN OPENSSH PRIVATE KEY-----\nLEAK47pk\n-----END OPENSSH PRIVATE KEY-----",
+    "openpgp": "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nLEAK48pg\n-----END PGP PRIVATE KEY BLOCK-----",
+    "putty": "Private-Lines: 1\nLEAK49pt\nPrivate-MAC: 0a1b2c3d",
 }
-SECRET_TEXT = "\n".join(f"{name} {value}" for name, value in SECRETS.items())
+SECRET_OBJECTS: dict[str, Any] = {
+    "under_key": {"db_password": "LEAK50uk", "note": "kept"},
+    "under_short_key": {"user": "bob", "pass": "LEAK51us"},
+    "name_value": [{"name": "DB_PASSWORD", "value": "LEAK52nv"}],
+    "pairs": [["HOME", "/root"], ["API_KEY", "LEAK53pr"]],
+    "argv": ["mysql", "--password", "LEAK54av", "app"],
+    "aws_pair": {"id": "AKIAIOSFODNN7EXAMPLE", "key": "wJalrXUtnFEMI/K7MDENG/LEAK55bPxRfiCYEXAM"},
+}
+TAG = re.compile(r"leak[0-9]{2}", re.I)
+SECRET_TEXT = "\n".join(SECRETS.values())
 
 
 @handler("rel.echo")
@@ -69,4 +116,4 @@ def leak(ctx: JobContext) -> dict[str, Any]:
         os._exit(3)
     status = {"done": "done", "ask": "needs_human", "fail": "failed", "audit": "needs_audit"}[how]
     return {"status": status, "summary": SECRET_TEXT, "question": SECRET_TEXT, "retryable": False,
-            "output": {"text": SECRET_TEXT, "password": "LEAK16pw", "nested": [SECRET_TEXT]}}
+            "output": {"text": SECRET_TEXT, "nested": [SECRET_TEXT], "objects": SECRET_OBJECTS}}

@@ -144,7 +144,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
             b["accepted"] == 0 and b["crashed"] == 0 and b["harmed"] == 0)
     if "secrets" in r:
         s = r["secrets"]
-        add(f"secrets leaked ({s['patterns']} patterns x {s['channels']} handler channels)", s["leaked"], "0",
+        add(f"secrets leaked ({s['patterns']} kinds x {s['channels']} handler channels)", s["leaked"], "0",
             s["leaked"] == 0)
     return out
 

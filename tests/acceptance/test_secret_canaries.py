@@ -1,42 +1,18 @@
 """Secrets typed into a note never reach a file under .orchestrator/ nor any command's output."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import jobstates as js
 from helpers import run_script
 from orchestrator import Orchestrator
 from orchestrator.key_files import load_keyring
+from orchestrator.reliability.handlers import SECRET_TEXT, SECRETS, TAG
 
-# one canary per pattern sanitize_text covers; each secret value carries a unique CANARY tag
-CANARIES = {
-    "password": "password=CANARY01pw",
-    "token": "token=CANARY02tk",
-    "cookie": "Cookie: sid=CANARY03ck",
-    "bearer": "Authorization: Bearer CANARY04br",
-    "api_key": "api_key=CANARY05ak",
-    "secret": "client_secret: CANARY06cs",
-    "cli_flag": "--db-password CANARY07fl",
-    "url_creds": "https://deploy:CANARY08url@git.example.com/repo.git",
-    "openai": "sk-proj-CANARY09abcdefghijklmnopqrstu",
-    "github": "ghp_CANARY10abcdefghijklmnopqrstuvwx",
-    "aws": "AKIACANARY11XYZ12345",
-    "slack": "xoxb-CANARY12-123456789",
-    "google": "AIza" + "CANARY13" + "a" * 27,
-    "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiCANARY14.c2lnbmF0dXJl",
-    "private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nCANARY15pk\n-----END OPENSSH PRIVATE KEY-----",
-    "ruby_hash": '{"password"=>"CANARY16rb"}',
-    "yaml_block": "password: |\n  CANARY17ym",
-    "bearer_bare": "curl -H 'Bearer CANARY18br0123'",
-    "stripe": "sk_live_CANARY19abcdefghijklmn",
-    "url_token": "https://CANARY20abcdefghijklmnop@github.com/o/r.git",
-    "curl_user": "curl -u bob:CANARY21cu",
-    "netrc": "machine h login bob password CANARY22nr",
-    "env_pass": "SMTP_PASS=CANARY23sp",
-}
-TEXT = "see:\n" + "\n".join(f"{name} {value}" for name, value in CANARIES.items())
-TAG = re.compile(r"CANARY\d\d")
+# one canary of each kind README's Security section lists: the reliability campaign's (test_secret_kinds.py holds
+# the two lists to each other), each value carrying a unique tag
+CANARIES = SECRETS
+TEXT = "see:\n" + SECRET_TEXT
 
 
 def leaks(text: str) -> set[str]:
