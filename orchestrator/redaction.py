@@ -169,10 +169,10 @@ def sanitize_text(text: str) -> str:
     for rx, wanted, keep, blocks in (
             (HEADER, _holds(lowered, HEADER_WORDS, held), None, None),
             (BEARER, _holds(lowered, ("bearer",), held), None, None),  # before a key's value: ``token: Bearer x``
-            (BASIC, _holds(lowered, ("basic",), held), not_user_and_password, None),
+            (BASIC, _scanned(lowered, ("basic",), held), not_user_and_password, None),
             (CLI, keyed, None, None),
             (KV, keyed, os_error, ValuesBelow),
-            (SHORT_KV, _holds(lowered, SHORT_WORDS, held), a_count, None),
+            (SHORT_KV, _scanned(lowered, SHORT_WORDS, held), a_count, None),
             (NETRC, keyed and _holds(lowered, NETRC_WORDS, held), None, None),
             (CLI_USER, _holds(lowered, CLI_USER_WORDS, held), a_number, None)):
         if wanted:
@@ -184,9 +184,9 @@ def sanitize_text(text: str) -> str:
         for rx, word in ((SSHPASS, "sshpass"), (MYSQL, "mysql")):
             if word in words and word in text:
                 text = _redact_values(rx, text, lowered=text)  # as it is: ``-P`` is another flag
-    if _holds(text, AWS_KEY_ID_STARTS, held):  # before ``SHAPES`` takes the id that tells the secret key
-        text = _redact_aws_secrets(text)
-    if _holds(text, SHAPE_STARTS, held):
+    if _holds(text, SHAPE_STARTS, held):  # (``AWS_KEY_ID_STARTS`` among them)
+        if _holds(text, AWS_KEY_ID_STARTS, held):  # before ``SHAPES`` takes the id that tells the secret key
+            text = _redact_aws_secrets(text)
         text = SHAPES.sub(REDACTED, text)
     return text
 
@@ -222,6 +222,16 @@ def _holds(text: str, literals: tuple[str, ...], held: frozenset[str] | None) ->
     if held is None:
         return any(literal in text for literal in literals)
     return _any_in(text, [literal for literal in literals if literal in held])
+
+
+def _scanned(text: str, literals: tuple[str, ...], held: frozenset[str] | None) -> bool:
+    """Whether to run a pattern that begins with a literal (``BASIC``, ``SHORT_KV``), one of ``literals`` in each of
+    its matches: in a short text, whether the text holds one; in a long one, whether it may (``held``), the pattern's
+    own scan for its first literal costing what one search would (~0.4 ms a MB) where searching for each of
+    ``literals`` costs one each."""
+    if held is None:
+        return any(literal in text for literal in literals)
+    return any(literal in held for literal in literals)
 
 
 # A literal's stem, which several literals share: in a long text, each literal whose characters are all there (in

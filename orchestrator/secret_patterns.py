@@ -87,9 +87,12 @@ KV = re.compile(rf"""(?:{_KEYS}){_SEP}(?:{_QUOTED}|(?P<u>{_TO_AMP})|(?P<n>(?=[\r
 # ``pass`` and ``pw`` alone (not ending a longer word: ``bypass``, ``npw``; after a ``_`` or ``-``: ``smtp_pw``) are a
 # secret's key only in an assignment (``pass=x``, ``pw => 'x'``, a query's ``&pass=x``) or as a quoted key
 # (``"pass": "x"``): after a bare ``:`` they are a label (``PASS: test_x``, ``--- PASS: TestX``). A value that is a
-# number or true/false is a test result kept by ``a_count`` (``pass=12 fail=0``, ``"pass": 3,``).
+# number or true/false is a test result kept by ``a_count`` (``pass=12 fail=0``, ``"pass": 3,``). Written to begin
+# with a literal (the word's start checked after the name), which sre scans for about as fast as ``in`` searches: in
+# a long text the pattern is its own search for ``SHORT_WORDS`` (``redaction._scanned``), which would cost five.
 SHORT_KV = re.compile(
-    rf"""(?<![a-z0-9])(?:pass|pw)(?:\\?["'][ \t]*(?:=[>=]?|:=?)|[ ]?=[>=]?)[ \t]*(?:{_QUOTED}|(?P<u>{_TO_AMP}))"""
+    rf"""p(?:ass(?<![a-z0-9]pass)|w(?<![a-z0-9]pw))(?:\\?["'][ \t]*(?:=[>=]?|:=?)|[ ]?=[>=]?)[ \t]*"""
+    rf"""(?:{_QUOTED}|(?P<u>{_TO_AMP}))"""
 )
 # an object's key ``pass`` or ``pw``, ending it (``"smtp_pw"``): its value is secret when it is text and no count
 SHORT_KEY = re.compile(r"(?<![a-z0-9])(?:pass|pw)\Z", re.I)
@@ -134,8 +137,9 @@ MYSQL = re.compile(
 )
 # ``Basic <base64>`` with no header name before it (a curl ``-H`` argument, a header given as a pair): the value is
 # redacted when it decodes to a user and a password (RFC 7617's ``user:password``, printable UTF-8), which no word
-# after "Basic" does ("Basic setup", ``Basic realm="x"``; ``user_and_password`` keeps the others).
-BASIC = re.compile(r"(?<![a-z0-9_-])basic[ \t]+(?P<v>[a-z0-9+/]{4,}={0,2})(?![a-z0-9+/=_.-])")
+# after "Basic" does ("Basic setup", ``Basic realm="x"``; ``user_and_password`` keeps the others). Begins with its
+# literal, as ``SHORT_KV``.
+BASIC = re.compile(r"basic(?<![a-z0-9_-]basic)[ \t]+(?P<v>[a-z0-9+/]{4,}={0,2})(?![a-z0-9+/=_.-])")
 # An AWS access key id (as in ``SHAPES``) and the secret access key that goes with it: 40 of base64's characters but
 # ``=``, both cases among them (``aws_secret``; a hex hash has one). Without a name it is told from other data only
 # beside its id: on the id's line of text (``redaction``), in the id's object or list (``redaction_objects``).
