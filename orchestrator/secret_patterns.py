@@ -292,8 +292,8 @@ class ValuesBelow:
 
     After a separator that ends its line (``KV``'s ``n``: ``password:``, ``password =``), where the key begins its
     line (``_KEY_LINE_START``): the same block (YAML's value on the next line, an INI value's continuation lines);
-    else, after a ``:``, the next line when it is one word not ending in ``:`` (``Password:`` and what was typed at
-    the prompt). An ``=`` ending its line is an empty assignment, and the line after it another (``PASSWORD=`` then
+    else, after a ``:``, the next line when it is one word not ending in ``:`` nor holding ``[REDACTED]``
+    (``Password:`` and what was typed at the prompt). An ``=`` ending its line is an empty assignment, and the line after it another (``PASSWORD=`` then
     ``USER=bob`` in an ``.env``); a ``:`` before words or a key (``user: bob``) is YAML's empty value.
 
     Linear: matches come in order; a line's end is searched for, and the block under it looked at, once however
@@ -339,7 +339,9 @@ class ValuesBelow:
         after = LINE_END.search(text, brk.end())
         line = text[brk.end():after.start() if after else len(text)]
         word = line.strip(" \t")
-        if not word or word.endswith(":") or _BLANK.search(word) is not None:
+        # a word redacted in part was a secret of its own (``Password:x`` before it was ``Password:[REDACTED]``):
+        # taking it whole now would change it again when sanitized again
+        if not word or word.endswith(":") or REDACTED in word or _BLANK.search(word) is not None:
             return None
         first = brk.end() + len(line) - len(line.lstrip(" \t"))
         return first, first + len(word)

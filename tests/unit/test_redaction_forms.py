@@ -35,6 +35,8 @@ def redacts(text: str, shown: str) -> None:
     ("  DB_PASSWORD: \n  hunter2", f"  DB_PASSWORD: \n  {R}"),
     ('"api_key":\n  "abc123"', f'"api_key":\n  {R}'),
     ("password:\n  min_length: 8\nuser: bob", f"password:\n  {R}\nuser: bob"),  # under the key: as in an object
+    ("Password:\r\nPassword:Password:", f"Password:\r\nPassword:{R}"),  # a key of its own: redacted as one
+    ("Password:\ntoken='a b'", f"Password:\ntoken='{R}'"),
 ])
 def test_a_value_on_the_lines_under_a_key_that_ends_its_line_is_redacted(text: str, shown: str) -> None:
     """``password:`` then a line break kept the value below it: no value followed the separator on its line."""
