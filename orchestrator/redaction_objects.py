@@ -66,8 +66,9 @@ class _Beside(NamedTuple):
 
     @classmethod
     def held_in(cls, text: str) -> _Beside:
-        """The forms ``text``, a structure as ``_json_text`` writes it, may hold."""
-        return cls('"-' in text, "AKIA" in text or "ASIA" in text, '[["' in text)
+        """The forms ``text``, a structure as ``_json_text`` writes it, may hold (``_NO_FORM`` itself: none)."""
+        held = cls('"-' in text, "AKIA" in text or "ASIA" in text, '[["' in text)
+        return held if any(held) else _NO_FORM
 
 
 _EVERY_FORM, _NO_FORM = _Beside(True, True, True), _Beside(False, False, False)
@@ -118,7 +119,7 @@ def _sanitized(obj: Any, beside: _Beside = _EVERY_FORM) -> Any:
             out[stored] = REDACTED if secret else _sanitized(value, beside)
         return out
     if isinstance(obj, (list, tuple)):
-        items = _sanitized_items(obj, beside) if beside != _NO_FORM else [_sanitized(item, beside) for item in obj]
+        items = [_sanitized(item, beside) for item in obj] if beside is _NO_FORM else _sanitized_items(obj, beside)
         return items if isinstance(obj, list) else tuple(items)
     return obj
 
