@@ -38,6 +38,7 @@ from orchestrator.store.base import AUDIT_STREAM
 
 if TYPE_CHECKING:
     from orchestrator.api import Orchestrator
+    from orchestrator.views import JobView
 
 AUDIT_EVENT_MISSING = "AUDIT_EVENT_MISSING"
 AFTER_DAMAGE = "AFTER_DAMAGE"
