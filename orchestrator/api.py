@@ -376,6 +376,9 @@ class Orchestrator:
                 self.store.append(job_id, build, **written)
             except AuxNotWrittenError as exc:
                 not_written = exc
+            except OrchestratorError:  # refused (a writer came first): the entry it was to have is not left behind
+                self.queue.drop_refused(job_id, old, state, self)
+                raise
             after_event()
         else:  # under the job's pending lock from before the event until after its entry: no heal writes it too
             entry, with_entry = audit_log.entry_writes(self, job_id=job_id, run_id=run_id, action=audit[0],
@@ -392,6 +395,9 @@ class Orchestrator:
                     f"(do not do it again), but its audit entry could not be written "
                     f"({exc.message.removesuffix('; ' + NOTHING_WRITTEN)}); `orchestrator audit heal` writes it once "
                     "that is fixed (until then `verify` warns AUDIT_ENTRY_MISSING)", **exc.details) from None
+            except OrchestratorError:  # as above (``drop_refused`` keeps the entry of an event that stands)
+                self.queue.drop_refused(job_id, old, state, self)
+                raise
             faults.point("audit.after_entry")
         seq = head.seq + len(lines)
         warnings = (*(() if not_written is None else (

@@ -8,13 +8,14 @@ exposes it as before (``Worker.claim``, ``next_due``, ``unhandled``, ``handler_n
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from orchestrator import audit as audit_log
 from orchestrator import clock as clock_mod
@@ -139,9 +140,10 @@ class Claimer:
         # this worker then watches for new jobs on its own, not in turn with the others (``QueueIndex.wait``)
         self.left_for_others = False
         # the last pass: when it was made, the jobs it met, and whether what it left was counted beyond them since
-        # (``count_left``)
+        # (``count_left``); the own entries of jobs it met under a left-over one (``_try_claim``)
         self._pass_at = 0.0
         self._met: set[str] = set()
+        self._moved: list[ReadyEntry] = []
         self._counted = False
 
     def claim(self, now: float | None = None) -> Claim | None:
@@ -152,11 +154,11 @@ class Claimer:
         self.unhandled = {}
         self.untrusted.new_pass()
         self.left_for_others = False
-        self._pass_at, self._met, self._counted = now, set(), False
+        self._pass_at, self._met, self._counted, self._moved = now, set(), False, []
         # a job left for want of a handler or a key is never the one a shared index reserves for this worker: reserved
         # at every pass, it would keep the workers that can run it waiting (PostgreSQL, ``QueueIndex.candidates``)
         skip = self.untrusted.skipped() + self.left.skipped()
-        for entry in self.queue.candidates(now, skip=skip, kinds=self.settings.kinds):
+        for entry in self._in_order(self.queue.candidates(now, skip=skip, kinds=self.settings.kinds)):
             self._met.add(entry.job_id)
             if self.left.passes_over(entry.job_id):  # of a kind this worker does not run: no read, not waited for
                 self.left_for_others = True
@@ -179,6 +181,21 @@ class Claimer:
                 return claim
         self._ahead = None  # its job was not claimable here: an idle worker holds no view looked at for a claim
         return None
+
+    def _in_order(self, candidates: Iterable[ReadyEntry]) -> Iterator[ReadyEntry]:
+        """The candidates, and among them, at its place in the claim order, the own entry of each job met under a
+        left-over one (``_try_claim``): before the first candidate that sorts after it (the candidate itself when it
+        is that entry), or at the end of the pass (its entry was put since the listing, or put back by
+        ``_try_claim``). A candidate taken from the index ahead of such an entry claimed is met at a later pass."""
+        moved = self._moved
+        for entry in candidates:
+            while moved and moved[0] <= entry:
+                own = heapq.heappop(moved)
+                if own != entry:
+                    yield own
+            yield entry
+        while moved:
+            yield heapq.heappop(moved)
 
     def _of_my_kinds(self, entry: ReadyEntry) -> bool:
         """Whether an entry's job is of a kind this worker runs (``WorkerSettings.kinds``): one of another kind is
@@ -273,12 +290,14 @@ class Claimer:
             self.queue.drop_ready(entry)
             return None
         expected = ReadyEntry.for_state(s)
-        if expected != entry:  # a left-over entry from a crash: put the right one in place
+        if expected != entry:  # a left-over entry (a crash): the right one put in its place, the job tried there
             self.queue.put_ready(expected)
             self.queue.drop_ready(entry)
-            if not expected.due(now):
+            if expected.due(now):  # not claimed through the old entry: ahead of the jobs queued before its own
+                heapq.heappush(self._moved, expected)  # (until 2026-12-07), but at its own place (``_in_order``)
+            else:
                 self.next_due = min(self.next_due or expected.runnable_at, expected.runnable_at)
-                return None
+            return None
         if self._kinds and s.kind not in self._kinds:  # not this worker's (--kind): left for good, quietly
             self._leave(entry, s.job_id, for_good=True)
             return None

@@ -6,9 +6,10 @@
 
 * an entry is written *before* the event that makes a job runnable (or running), and
   removed only *after* the event that ends it. A crash in between leaves an extra entry,
-  never a missing one;
+  never a missing one (an append the store refuses drops the ready entry it put: ``drop_refused``);
 * an entry is only a hint: the claimer re-reads the job's verified events before acting,
-  and drops entries whose job is no longer queued/running when it meets them.
+  drops entries whose job is no longer queued/running when it meets them, and tries a job met
+  under an entry not its own at its own entry's place (``Claimer._in_order``).
 
 The file index keeps one empty entry per ready job, named so that a sorted listing is the
 claim order (priority desc, then runnable-at asc, then job id):
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Collection, Iterator, NamedTuple
 
 from orchestrator import faults
-from orchestrator.errors import INDEX_NOT_UPDATED, OrchestratorError
+from orchestrator.errors import INDEX_NOT_UPDATED, JobNotFoundError, OrchestratorError
 from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import InTransaction
 
@@ -178,6 +179,29 @@ class QueueIndex(ABC):
             self.drop_ready(change.drop_ready)
         if change.put_ready is not None:
             self.announce(change.put_ready)
+
+    def drop_refused(self, job_id: str, old: JobState | None, new: JobState, orch: "Orchestrator") -> None:
+        """The store refused the event ``before_append`` made entries for (a writer came first, ``ConcurrencyError``: a
+        resume racing a resume or a cancel, a revise racing a revise, a keyed submit racing one of the same key; or the
+        write failed): drop the ready entry it put, then read the job and put the entry back if its state needs that
+        very entry now (another writer of the same priority, at the same microsecond, put the same name). Dropped
+        first, looked after, as ``drop_orphan_ready``: an event that lands after the look is announced, and an
+        announcement puts back a dropped entry, so no order of the two takes the entry from the job that needs it.
+        Until 2026-12-07 the entry stayed, and once its job was queued again (a retry, the next resume) a claim came
+        through it, ahead of the jobs queued before (``Claimer._try_claim`` now tries such a job at its own entry's
+        place, for the entries a crash still leaves). A running entry is left: a claim that lost put the same one as
+        the claim that won (the next epoch), and stale recovery drops one no claim holds. Never raises: the caller
+        raises the refusal."""
+        entry = IndexChange.of(old, new).put_ready
+        if entry is None or (old is not None and old.state == QUEUED and ReadyEntry.for_state(old) == entry):
+            return  # none put, or the entry the job had already
+        try:
+            self.drop_ready(entry)
+            if _still_needed(orch, job_id, entry):
+                self.put_ready(entry)
+        except OrchestratorError as exc:  # dropped and not put back (a broken folder): the job's writer may need it
+            log.warning("the ready entry %s put for a refused event could not be dropped or put back: %s",
+                        entry.name, exc.message, extra={"job_id": job_id, "code": exc.code})
 
     # -- storage --------------------------------------------------------------------------------
     @abstractmethod
@@ -350,6 +374,20 @@ class QueueIndex(ABC):
         self.mark_built()
         log.info("ready index rebuilt from events: %d entries", count, extra={"entries": count})
         return count
+
+
+def _still_needed(orch: "Orchestrator", job_id: str, entry: ReadyEntry) -> bool:
+    """Whether the job's state, read now, needs ``entry`` (``drop_refused``): its state's own entry, or a history
+    that does not verify (a claimer meets it and refuses it, audited), or a read that failed (kept: an entry too many
+    is dropped when met, one missing holds the job up). False for a job with no line: nothing was written."""
+    try:
+        view = orch.load(job_id)
+    except JobNotFoundError:
+        return False
+    except (OrchestratorError, OSError):
+        return True
+    s = view.state
+    return not view.ok or (s is not None and s.state == QUEUED and ReadyEntry.for_state(s) == entry)
 
 
 def _holds_a_line(store: "EventStore", job_id: str) -> bool:

@@ -192,6 +192,9 @@ class PgQueueIndex(QueueIndex):
     def after_append(self, job_id: str, old: JobState | None, new: JobState) -> None:
         faults.point("queue.after_append")  # nothing left to do: the rows committed with the event
 
+    def drop_refused(self, job_id: str, old: JobState | None, new: JobState, orch: Any) -> None:
+        """Nothing to drop: the rows were statements of the refused append's own transaction, rolled back with it."""
+
     # -- storage ----------------------------------------------------------------------------------
     def _sql(self, sql: str, params: Any, *, write: bool, fetch: bool = False) -> Any:
         """One autocommit statement through the store's connections (and its error mapping), its rows if
