@@ -211,7 +211,9 @@ _REDUCERS: dict[str, Callable[[Any, Event], JobState]] = {
     "job_approved": lambda s, e: replace(s, state=SUCCEEDED),
     "job_revised": _human_input("revisions", "notes"),
     "job_resumed": _resumed,
-    "job_cancelled": lambda s, e: replace(s, state=CANCELLED, lease_expires_at=None, worker_id=None, retry_at=None),
+    # no question left pending, as after a resume (until 2026-12-07 a cancelled job still showed it)
+    "job_cancelled": lambda s, e: replace(s, state=CANCELLED, lease_expires_at=None, worker_id=None, retry_at=None,
+                                          question=None),
     # a stopping worker handed the run back: queued again, and the attempt does not count as a failure
     "job_released": lambda s, e: replace(s, state=QUEUED, lease_expires_at=None, worker_id=None, retry_at=None),
 }

@@ -210,6 +210,12 @@ def test_cancel_twice_writes_one_event(orch: Orchestrator) -> None:
     assert js.event_types(orch, job_id) == ["job_submitted", "job_cancelled"]
 
 
+def test_a_cancelled_job_shows_no_pending_question(orch: Orchestrator) -> None:
+    job_id = js.waiting_human(orch, question="Which one?")
+    orch.cancel(job_id, "not needed")
+    assert [(st.state, st.question) for st in (orch.status(job_id), *orch.jobs())] == [("cancelled", None)] * 2
+
+
 # -- transitions that do not fit -----------------------------------------------------------------------
 @pytest.mark.parametrize("make, action, arg", [
     (lambda o: o.submit("echo", {}), "approve", ""),

@@ -150,6 +150,14 @@ def test_revise_adds_notes_to_the_context_and_resets_failures() -> None:
     assert s.revisions == ("shorter please",) and s.failures == 0 and s.state == QUEUED
 
 
+@pytest.mark.parametrize("asked", [(SUBMIT, CLAIM, ASK), (SUBMIT, CLAIM, STALE_HUMAN)])
+def test_a_cancelled_job_has_no_pending_question(asked: tuple[Event, ...]) -> None:
+    """README: ``question`` is the pending question of a waiting_human job. A cancel closes it, as a resume does
+    (until 2026-12-07 a cancelled job still showed it); the question stays in the history."""
+    s = run(*asked, CANCEL)
+    assert (s.state, s.question) == (CANCELLED, None)
+
+
 def test_stale_recovery_to_waiting_human_keeps_the_evidence_as_last_error() -> None:
     s = run(SUBMIT, CLAIM, STALE_HUMAN)
     assert s.question and s.last_error["code"] == "NO_TERMINAL_SIGNAL_STALE"
