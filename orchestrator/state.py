@@ -208,7 +208,8 @@ _REDUCERS: dict[str, Callable[[Any, Event], JobState]] = {
     "job_failed": _retry_or_fail,
     "job_timeout": _retry_or_fail,
     "stale_recovered": _stale,
-    "job_approved": lambda s, e: replace(s, state=SUCCEEDED),
+    # succeeded shows no error, as after ``job_succeeded`` (until 2026-12-07 an approval kept the last failure's)
+    "job_approved": lambda s, e: replace(s, state=SUCCEEDED, last_error=None),
     "job_revised": _human_input("revisions", "notes"),
     "job_resumed": _resumed,
     # no question left pending, as after a resume (until 2026-12-07 a cancelled job still showed it)

@@ -158,6 +158,22 @@ def test_a_cancelled_job_has_no_pending_question(asked: tuple[Event, ...]) -> No
     assert (s.state, s.question) == (CANCELLED, None)
 
 
+SECOND_CLAIM = ev("job_claimed", {"worker_id": "w1", "epoch": 2, "attempt": 2, "lease_expires_at": LATER}, run_id="r2")
+
+
+@pytest.mark.parametrize("success", [(DONE,), (AUDIT, APPROVE)], ids=["done", "approved"])
+def test_a_job_that_succeeds_after_a_failed_attempt_shows_no_last_error(success: tuple[Event, ...]) -> None:
+    """Whichever way it succeeds: the payload ``done``, or an approval of its audit (which kept the failure's
+    error until 2026-12-07). The failed attempt stays in the history (its ``job_failed`` event)."""
+    s = run(SUBMIT, CLAIM, FAIL_RETRY, SECOND_CLAIM, *success)
+    assert (s.state, s.last_error) == (SUCCEEDED, None)
+
+
+def test_a_job_waiting_for_its_audit_after_a_failed_attempt_shows_that_attempt_s_error() -> None:
+    s = run(SUBMIT, CLAIM, FAIL_RETRY, SECOND_CLAIM, AUDIT)
+    assert (s.state, s.last_error) == (AWAITING_AUDIT, {"code": "HANDLER_ERROR", "message": "boom"})
+
+
 def test_stale_recovery_to_waiting_human_keeps_the_evidence_as_last_error() -> None:
     s = run(SUBMIT, CLAIM, STALE_HUMAN)
     assert s.question and s.last_error["code"] == "NO_TERMINAL_SIGNAL_STALE"
