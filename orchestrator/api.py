@@ -23,10 +23,10 @@ from orchestrator.errors import (NOTHING_WRITTEN, AuditEntryNotWrittenError, Aux
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream,
                                   check_head_record, check_head, head_record, seal, verify_stream)
 from orchestrator.key_files import load_keyring
-from orchestrator.limits import (MAX_INPUT_BYTES, MAX_KIND_LENGTH, MAX_PROCESSES, a_time, callable_or_none,
-                                 instance_or_none, is_kind, is_unicode, require_kinds, true_or_false, whole_number)
+from orchestrator.limits import (MAX_INPUT_BYTES, MAX_KIND_LENGTH, a_process_count, a_set_of_names, a_time, an_actor,
+                                 callable_or_none, instance_or_none, is_kind, true_or_false)
 from orchestrator.notices import log_warning
-from orchestrator.security import sanitize_text, shown, validate_id
+from orchestrator.security import shown, validate_id
 from orchestrator.signing import SUBMITTED_CONTEXT_MIN_BYTES, Encoded, Keyring, canonical
 from orchestrator.leases import lease_expiry
 from orchestrator.state import RUNNING, STATES, Event, JobState, apply
@@ -77,7 +77,7 @@ class Orchestrator:
             store = JsonlStore(self.settings.state_dir)
         self.store = store
         self.clock: Callable[[], float] = clock if clock is not None else store.shared_clock or local_now
-        self.actor = _actor(actor) if actor is not None else default_actor()
+        self.actor = an_actor(actor) if actor is not None else default_actor()
         self._queue: QueueIndex | None = None
 
     def __repr__(self) -> str:
@@ -255,7 +255,7 @@ class Orchestrator:
         the cache was written has a new fingerprint and is read again. A row edited by hand (the cache is not
         signed) can leave a job out, as it can skew a figure of ``metrics``; ``--rebuild`` of ``metrics``, or
         deleting the cache, makes it anew."""
-        wanted, of_kinds = _names(states, "states", STATES), _names(kinds, "kinds")
+        wanted, of_kinds = a_set_of_names(states, "states", STATES), a_set_of_names(kinds, "kinds")
         if wanted or of_kinds:
             out = self._jobs_matching(wanted, of_kinds)
         else:  # every job, and those whose events were all removed
@@ -427,7 +427,7 @@ class Orchestrator:
         if key is not None:  # it is stored in the job's first event and printed: an id, never free text
             validate_id(key, "idempotency key")
         if actor is not None:  # stored in the first event as given to Orchestrator(actor=...) is: checked, sanitized
-            actor = _actor(actor)
+            actor = an_actor(actor)
         options = job_options(audit=audit, max_attempts=max_attempts, timeout=timeout, priority=priority, key=key)
         encoded_input = encoded_value(input, "the job input")
         size = len(encoded_input)
@@ -552,7 +552,7 @@ class Orchestrator:
 
         instance_or_none(against, (str, os.PathLike), "against", "an anchor file's path (str or os.PathLike)")
         callable_or_none(progress, "progress")
-        report = verify_project(self, job_id, progress=progress, processes=_processes(processes))
+        report = verify_project(self, job_id, progress=progress, processes=a_process_count(processes))
         if against is not None:
             report.against, problems = anchor_check(self, Path(against))
             # a link in a file's place is named once, whether verify or the anchor's check met it first
@@ -573,42 +573,6 @@ class Orchestrator:
         callable_or_none(progress, "progress")
         instance_or_none(thresholds, m.Thresholds, "thresholds", "a metrics.Thresholds")
         limits = thresholds if thresholds is not None else m.Thresholds.from_env()  # a bad setting: before the work
-        result = refresh(self, rebuild=rebuild, progress=progress, workers=_processes(processes))
+        result = refresh(self, rebuild=rebuild, progress=progress, workers=a_process_count(processes))
         figures = m.compute(self.project_id, result.columns, self.clock(), limits, renewed_lease=self.lease_expiry)
         return replace(figures, replayed=result.replayed, warnings=list(result.warnings))
-
-
-MAX_ACTOR_CHARS = 200
-
-
-def _actor(actor: object) -> str:
-    """Who acts, as given to ``Orchestrator(actor=...)``: text, stored sanitized in every event and entry."""
-    if not isinstance(actor, str) or not actor.strip() or not is_unicode(actor) or len(actor) > MAX_ACTOR_CHARS:
-        raise InvalidInputError(f"actor must be a name of 1 to {MAX_ACTOR_CHARS} characters of valid Unicode, "
-                                f"not {shown(actor)}")
-    return sanitize_text(actor.strip())
-
-
-def _names(values: Iterable[str] | None, what: str, known: Sequence[str] | None = None) -> set[str]:
-    """``jobs``' ``states`` or ``kinds`` as a set: a collection of names (a single string is refused, not read
-    letter by letter), and for states only the seven there are, so a typo is an error, not an empty listing."""
-    if values is None:
-        return set()
-    try:
-        names = None if isinstance(values, (str, bytes)) else list(values)
-    except TypeError:  # not iterable
-        names = None
-    if names is None or not all(isinstance(v, str) for v in names):
-        raise InvalidInputError(f"{what} must be a list of names, not {shown(values)}")
-    values = names
-    if known is None:  # a kind no job can have: refused as worker(kinds=) refuses it
-        require_kinds(values, what)
-    unknown = sorted(set(values) - set(known)) if known is not None else []
-    if unknown:
-        raise InvalidInputError(f"unknown {what}: {', '.join(map(shown, unknown))}; one of: {', '.join(known or ())}")
-    return set(values)
-
-
-def _processes(processes: int | None) -> int | None:
-    """The ``processes`` of ``verify`` and ``metrics``: None (the CPUs this process may use) or 1 to 256."""
-    return whole_number(processes, "processes", 1, MAX_PROCESSES, or_none=True)

@@ -10,10 +10,10 @@ import math
 from collections import OrderedDict
 from itertools import compress
 from operator import not_
-from typing import IO, Any
+from typing import IO, Any, Iterable, Sequence
 
 from orchestrator.errors import InvalidInputError
-from orchestrator.security import shown
+from orchestrator.security import sanitize_text, shown
 
 MAX_INPUT_BYTES = 1024 * 1024  # a job's input, as canonical JSON; also a file it is read from (submit --input-file)
 # A head anchor (verify --export-head / --against): about 130 bytes a stream (a 36-character id, a 64-digit hash
@@ -250,3 +250,39 @@ def plain_json(value: Any, depth: int = 0) -> bool:
         if not plain_json(item, depth + 1):
             return False
     return True
+
+
+MAX_ACTOR_CHARS = 200  # Orchestrator(actor=...), as given
+
+
+def an_actor(actor: object) -> str:
+    """Who acts, as given to ``Orchestrator(actor=...)``: text, stored sanitized in every event and entry."""
+    if not isinstance(actor, str) or not actor.strip() or not is_unicode(actor) or len(actor) > MAX_ACTOR_CHARS:
+        raise InvalidInputError(f"actor must be a name of 1 to {MAX_ACTOR_CHARS} characters of valid Unicode, "
+                                f"not {shown(actor)}")
+    return sanitize_text(actor.strip())
+
+
+def a_set_of_names(values: Iterable[str] | None, what: str, known: Sequence[str] | None = None) -> set[str]:
+    """``jobs``' ``states`` or ``kinds`` as a set: a collection of names (a single string is refused, not read
+    letter by letter), and for states only the seven there are, so a typo is an error, not an empty listing."""
+    if values is None:
+        return set()
+    try:
+        names = None if isinstance(values, (str, bytes)) else list(values)
+    except TypeError:  # not iterable
+        names = None
+    if names is None or not all(isinstance(v, str) for v in names):
+        raise InvalidInputError(f"{what} must be a list of names, not {shown(values)}")
+    values = names
+    if known is None:  # a kind no job can have: refused as worker(kinds=) refuses it
+        require_kinds(values, what)
+    unknown = sorted(set(values) - set(known)) if known is not None else []
+    if unknown:
+        raise InvalidInputError(f"unknown {what}: {', '.join(map(shown, unknown))}; one of: {', '.join(known or ())}")
+    return set(values)
+
+
+def a_process_count(processes: int | None) -> int | None:
+    """The ``processes`` of ``verify`` and ``metrics``: None (the CPUs this process may use) or 1 to 256."""
+    return whole_number(processes, "processes", 1, MAX_PROCESSES, or_none=True)
