@@ -44,22 +44,27 @@ def require_pg() -> str:
 
 
 @contextlib.contextmanager
-def scratch_database() -> Iterator[str]:
-    """The URL of a new, migrated database, dropped after the block: for a test that locks a table, sets a role's
-    settings or makes roles, so that no other test waits for it or meets them."""
+def scratch_database(*, superuser: str | None = None) -> Iterator[str]:
+    """The URL of a new, migrated database, dropped after the block: for a test that locks a table, sets a role's or
+    the database's settings or makes roles, so that no other test waits for it or meets them. ``superuser``: why the
+    test needs the test server's user to be one (skipped, saying so, where it is not)."""
     from orchestrator.store.pg_schema import migrate
     from orchestrator.store.postgres import connect
 
     url = require_pg()
     name = f"orch_to_{uuid.uuid4().hex[:12]}"
     admin = connect(url, autocommit=True)
-    admin.execute(f"CREATE DATABASE {name}")
     try:
-        scratch_url = f"{url.rpartition('/')[0]}/{name}"
-        migrate(scratch_url)
-        yield scratch_url
+        if superuser and admin.execute("SELECT current_setting('is_superuser')").fetchone()[0] != "on":
+            pytest.skip(superuser)
+        admin.execute(f"CREATE DATABASE {name}")
+        try:
+            scratch_url = f"{url.rpartition('/')[0]}/{name}"
+            migrate(scratch_url)
+            yield scratch_url
+        finally:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.close()
 
 

@@ -7,17 +7,15 @@ Each test has a database of its own: ``ALTER DATABASE ... SET`` reaches every se
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from click.testing import CliRunner
 
-from backends import require_pg
+from backends import scratch_database
 from orchestrator import Orchestrator
 from orchestrator.errors import ConfigError
-from orchestrator.store.pg_schema import migrate
 from orchestrator.store.postgres import connect
 
 pytestmark = pytest.mark.postgres
@@ -28,20 +26,8 @@ PROJECT = "p"
 @pytest.fixture
 def scratch() -> Iterator[str]:
     """The URL of a new, migrated database, dropped afterwards."""
-    url = require_pg()
-    name = f"orch_rep_{uuid.uuid4().hex[:12]}"
-    admin = connect(url, autocommit=True)
-    if admin.execute("SELECT current_setting('is_superuser')").fetchone()[0] != "on":
-        admin.close()
-        pytest.skip("session_replication_role is set by a superuser")
-    admin.execute(f"CREATE DATABASE {name}")
-    try:
-        scratch_url = f"{url.rpartition('/')[0]}/{name}"
-        migrate(scratch_url)
-        yield scratch_url
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+    with scratch_database(superuser="session_replication_role is set by a superuser") as url:
+        yield url
 
 
 def on(url: str, statement: str) -> None:
