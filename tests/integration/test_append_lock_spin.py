@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -26,9 +27,11 @@ class FlockCalls:
         real = fcntl.flock
 
         def flock(fd: int, op: int) -> None:
-            if threading.current_thread() is threading.main_thread():
-                self.ops.append(op)
-            real(fd, op)
+            try:
+                real(fd, op)
+            finally:  # counted once made (``held_for``'s holder may wait for a first try that found the lock held)
+                if threading.current_thread() is threading.main_thread():
+                    self.ops.append(op)
 
         monkeypatch.setattr(locks.fcntl, "flock", flock)
 
@@ -38,9 +41,12 @@ class FlockCalls:
         return sum(1 for op in self.ops if op == fcntl.LOCK_EX)
 
 
-def held_for(path: Path, seconds: float, *, appending: bool = False) -> threading.Thread:
+def held_for(path: Path, seconds: float, *, appending: bool = False,
+             tried: Callable[[], object] | None = None) -> threading.Thread:
     """A thread holding ``path``'s lock for ``seconds`` through its own open file (a lock belongs to the open file, so
-    it contends as another process's would), inside an append of this process if ``appending``."""
+    it contends as another process's would), inside an append of this process if ``appending``; ``tried``: the
+    seconds counted only once it says the main thread tried the lock, or 2 s passed (on a loaded host that thread could
+    come to its first try after a hold of 0.2 ms was over, and find the lock free: nothing then to tell)."""
     taken = threading.Event()
 
     def hold() -> None:
@@ -48,6 +54,9 @@ def held_for(path: Path, seconds: float, *, appending: bool = False) -> threadin
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
             taken.set()
+            waited_until = time.monotonic() + 2.0  # bounded: a first try asleep in ``flock`` must not hang the test
+            while tried is not None and not tried() and time.monotonic() < waited_until:
+                time.sleep(0.0001)
             time.sleep(seconds)
             os.close(fd)
 
@@ -61,7 +70,7 @@ def test_a_lock_released_within_the_spin_is_taken_without_sleeping_in_flock(tmp_
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "stream"
     calls = FlockCalls(monkeypatch)
-    holder = held_for(path, 0.0002)
+    holder = held_for(path, 0.0002, tried=lambda: calls.ops)
     fd = os.open(path, os.O_RDWR)
     try:
         locks.lock_soon(fd, seconds=5.0)  # a long spin: the holder lets go well within it, however slow the host
