@@ -56,13 +56,16 @@ AUDITED_EVENTS: dict[str, str] = {
     "job_cancelled": "cancel",
     "stale_recovered": "stale_recovered",
     "job_timeout": "job_timeout",
+    # a run handed back (a stop, the store's fault): audited since the first release; healed and checked since
+    # 2026-12-07 (until then an entry lost to a crash or a cut log was neither written again nor reported missing)
+    "job_released": "job_released",
 }
 # every action an entry can name: those above, and decisions audited without being in that table
 # (a released run, a refused run or action); ``audit-timeline --action`` accepts these and the event types
-ACTIONS = frozenset({*AUDITED_EVENTS.values(), "job_released", "run_refused", "integrity_refusal"})
+ACTIONS = frozenset({*AUDITED_EVENTS.values(), "run_refused", "integrity_refusal"})
 # the field of an audited event whose text is its entry's note when the event holds no ``note`` of its own
 _NOTE_FIELD = {"job_approved": "note", "job_revised": "notes", "job_resumed": "answer", "job_cancelled": "reason",
-               "stale_recovered": "error", "job_timeout": "error"}
+               "stale_recovered": "error", "job_timeout": "error", "job_released": "error"}
 
 
 def note_of(event_type: str, data: dict[str, Any]) -> str:

@@ -94,6 +94,17 @@ def test_events_a_worker_wrote_without_an_entry_get_one(orch: Orchestrator) -> N
     assert entry["data"]["action"] == "job_timeout" and entry["actor"] == "w1" and entry["run_id"] == "run-1"
 
 
+def test_a_release_whose_entry_was_lost_is_reported_and_healed_with_the_note_it_had(orch: Orchestrator) -> None:
+    job_id = js.running(orch)
+    error = "worker w1 stopped; the run was killed after the 10s grace period and handed back"
+    js.finish(orch, job_id, "job_released", {"error_code": "WORKER_STOPPED", "worker_id": "w1", "error": error})
+    assert [w.code for w in verify_project(orch).warnings] == ["AUDIT_ENTRY_MISSING"]
+    assert audit.heal(orch, [orch.load(job_id)]) != []
+    (entry,) = entries(orch, job_id)
+    assert (entry["data"]["action"], entry["data"]["note"], entry["run_id"]) == ("job_released", error, "run-1")
+    assert verify_project(orch).warnings == []
+
+
 def test_heal_waits_for_a_live_writer_instead_of_writing_its_entry_too(orch: Orchestrator) -> None:
     job_id = js.waiting_human(orch)
     view = orch.load(job_id)
