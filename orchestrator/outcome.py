@@ -276,8 +276,7 @@ class OutcomeRecorder:
         try:
             self.hand_back(claim, error.code, error.message, ran=ran)
         except AuditEntryNotWrittenError:
-            pass  # handed back: the release stands, saying why itself (a release is not an event ``audit heal`` writes
-            # an entry for: ``audit.AUDITED_EVENTS``)
+            pass  # handed back: the release stands, saying why itself; ``audit heal`` writes its entry (``AUDITED_EVENTS``)
         except StorageError as failed:
             raise type(error)(f"{error.message}; and the job could not be handed back ({failed.message}): it stays "
                               f"running until its lease expires, then stale recovery ends its run as one whose worker "
