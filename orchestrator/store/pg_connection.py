@@ -112,13 +112,16 @@ def _storage_error(exc: Exception, conn: Any = None, write: bool = False) -> Sto
     """A driver error as the project's error: the message sanitized (a URL may hold a password).
     On a connection that broke, it is ``StorageUnavailableError``: it may pass, and for a ``write``
     a commit in flight may or may not have happened (a read only broke off). A statement the server cancelled
-    (``CANCELLED_SQLSTATES``) is ``StatementCancelledError``: it may pass too, and its transaction was rolled back whole
+    (``CANCELLED_SQLSTATES``) is ``StatementCancelledError``, even on a connection closed since: it may pass too, and its
+    transaction was rolled back whole
     (a caller whose call commits more than one transaction says what the ones before stand for: ``append_audited``), and
     so is a transaction it rolled back for a conflict (``CONFLICT_SQLSTATES``): ``TransactionConflictError``."""
-    if (conn is not None and (conn.broken or conn.closed)) or _connection_lost(exc):
+    cancelled = _cancelled(exc) and not _connection_lost(exc)  # the server's own answer: rolled back, whatever
+    # became of the connection after it (an audited append's clean-up closes one it cannot unlock)
+    if not cancelled and ((conn is not None and (conn.broken or conn.closed)) or _connection_lost(exc)):
         return StorageUnavailableError(sanitize_text(f"the connection to PostgreSQL was lost: {exc}".strip())
                                        + f"; {outcome(write)}")
-    if _cancelled(exc):
+    if cancelled:
         why = getattr(getattr(exc, "diag", None), "message_primary", None) or str(exc).strip()
         return StatementCancelledError(sanitize_text(
             f"PostgreSQL cancelled the statement: {why} (a statement_timeout or lock_timeout of the server, the "
