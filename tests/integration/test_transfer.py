@@ -983,5 +983,5 @@ def job_with_events(orch: Orchestrator, count: int) -> str:
         if len(view.stream.lines) < count:
             view = orch.append(view, job_id, [("job_released", {"error_code": "WORKER_STOPPED", "worker_id": "w",
                                                                  "error": "stopped", "output_tail": ""})],
-                               run_id=f"run-{epoch}")
+                               run_id=f"run-{epoch}", audit=("job_released", "stopped"))  # as a worker writes it
     return job_id
