@@ -150,6 +150,12 @@ def size(n: int) -> str:
     return f"{shown_n / 1024:.1f} TiB"
 
 
+def free_bytes(fs: os.statvfs_result) -> int | None:
+    """What users other than root may still write on the file system ``fs`` (``f_bavail``); None for one that tells
+    no size at all (``f_blocks`` 0, as some FUSE file systems), whose zeros are no full disk."""
+    return fs.f_bavail * fs.f_frsize if fs.f_blocks else None
+
+
 def refusal(need: Need, fs: os.statvfs_result, names: str) -> tuple[str, str] | None:
     """Why the copy of ``names`` that ``need`` describes is not to be made on the file system ``fs`` (of the job's
     folder), or None: ``("store", why)`` for one already full (less free than ``SPARE_BYTES``, or no file left to
@@ -158,9 +164,10 @@ def refusal(need: Need, fs: os.statvfs_result, names: str) -> tuple[str, str] | 
     what users other than root may take (``f_bavail``); a file system that does not count its files (``f_files``
     0, as btrfs) is not asked about them, and one that tells no size at all (``f_blocks`` 0, as some FUSE file
     systems) about nothing: the copy then runs until the disk refuses, as before."""
-    if fs.f_blocks == 0:
+    free = free_bytes(fs)
+    if free is None:
         return None
-    free, whole = fs.f_bavail * fs.f_frsize, fs.f_blocks * fs.f_frsize
+    whole = fs.f_blocks * fs.f_frsize
     counts_files = fs.f_files > 0
     if free < SPARE_BYTES or (counts_files and fs.f_favail == 0):
         left = f"{size(free)} free" + (f", room for {fs.f_favail} more files" if counts_files else "")

@@ -11,22 +11,20 @@ nothing is written and the process keeps the worker's command line.
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 
 HANDLER_TITLE = b"orch-handler-process"
 ARG_START_FIELD = 48  # /proc/PID/stat, proc(5): the field numbers of the arguments' area (Linux 3.5 and later)
 
-_area: tuple[int, int] | None | bool = False  # (address, size) of this process's arguments, None: not found
 
-
+@functools.cache
 def arguments_area() -> tuple[int, int] | None:
-    """Where this process's arguments are in its memory, as ``/proc/self/cmdline`` shows them: checked once, in the
-    worker, before it forks (a fork has them at the same address): the area must be read and written where the
-    kernel says it is, inside one writable mapping, and hold what ``cmdline`` shows."""
-    global _area
-    if _area is False:
-        _area = _find_area() if sys.platform.startswith("linux") else None
-    return _area  # type: ignore[return-value]
+    """Where this process's arguments are in its memory (address, size), as ``/proc/self/cmdline`` shows them; None
+    where they cannot be found so. Checked once, in the worker, before it forks (a fork has them at the same
+    address): the area must be read and written where the kernel says it is, inside one writable mapping, and hold
+    what ``cmdline`` shows."""
+    return _find_area() if sys.platform.startswith("linux") else None
 
 
 def _find_area() -> tuple[int, int] | None:

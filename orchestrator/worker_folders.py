@@ -9,7 +9,7 @@ import os
 import stat
 from pathlib import Path
 
-from orchestrator.artifacts_source import SPARE_BYTES, size
+from orchestrator.artifacts_source import SPARE_BYTES, free_bytes, size
 from orchestrator.errors import StorageError
 from orchestrator.run_folder import RUN_PREFIX
 from orchestrator.security import safe_join, validate_id
@@ -62,8 +62,8 @@ class WorkerFolders:
             fs = os.statvfs(runs)
         except OSError:  # what is wrong with the folder is met where it is written
             return
-        free = fs.f_bavail * fs.f_frsize
-        if fs.f_blocks and free < SPARE_BYTES:
+        free = free_bytes(fs)
+        if free is not None and free < SPARE_BYTES:
             raise StorageError(f"{runs}: the disk is full ({size(free)} free, less than the {size(SPARE_BYTES)} the "
                                "store keeps for its own writes): no job is claimed until space is freed", path=runs)
 
