@@ -8,7 +8,8 @@ awaiting_audit, running with an expired lease, queued, cancelled), with the even
 would write and real control actions (so audit entries exist too). ``--no-fsync`` turns off
 fdatasync/fsync while *generating* only (the bytes written are the same; it just makes 100k
 jobs take minutes, not an hour). The timings are of the real ``scripts/metrics.py`` process:
-cold (no projection cache), warm (nothing changed), and after 100 jobs changed.
+cold (no projection cache), warm (nothing changed), and after 100 jobs changed. The project is on files,
+whatever ``ORCH_STORE_URL`` says (as every benchmark of ``bench/`` but the PostgreSQL ones).
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def _worker(args: tuple[str, int, int, bool]) -> int:
         jsonl.fsync_dir = lambda path: None  # type: ignore[assignment]
     from orchestrator import Orchestrator
 
-    orch = Orchestrator(base_path=base, project_id="bench")
+    orch = Orchestrator(base_path=base, project_id="bench", store_url="file")
     for i in range(start, stop):
         make_job(orch, i)
     return stop - start
@@ -82,10 +83,16 @@ def generate(base: str, jobs: int, procs: int, no_fsync: bool) -> float:
     return time.perf_counter() - t0
 
 
+def metrics_process(base: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``scripts/metrics.py`` on the file project under ``base`` (``--store file``: the jobs were made on files, whatever
+    ``ORCH_STORE_URL`` or a ``.env`` says)."""
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "metrics.py"), "--base-path", base,
+                           "--project-id", "bench", "--store", "file", *extra], capture_output=True, text=True)
+
+
 def timed_metrics(base: str, *extra: str) -> float:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "metrics.py"), "--base-path", base,
-                           "--project-id", "bench", "--json", *extra], capture_output=True, text=True)
+    proc = metrics_process(base, "--json", *extra)
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"metrics failed: {proc.stdout}{proc.stderr}")
@@ -116,14 +123,12 @@ def main(argv: list[str] | None = None) -> None:
     warm = timed_metrics(args.base_path)
     from orchestrator import Orchestrator
 
-    orch = Orchestrator(base_path=args.base_path, project_id="bench")
+    orch = Orchestrator(base_path=args.base_path, project_id="bench", store_url="file")
     for i in range(100):
         orch.submit("echo", {"extra": i})
     incremental = timed_metrics(args.base_path)
     print(f"metrics on {args.jobs} jobs: cold (rebuild) {cold:.2f}s, warm {warm:.2f}s, after 100 new jobs {incremental:.2f}s")
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "metrics.py"), "--base-path", args.base_path,
-                          "--project-id", "bench"], capture_output=True, text=True).stdout
-    print(out)
+    print(metrics_process(args.base_path).stdout)
 
 
 if __name__ == "__main__":

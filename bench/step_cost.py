@@ -74,8 +74,8 @@ def run(jobs: int) -> dict[str, float]:
     env = {"ORCH_SIGNING_KEY": new_seed(), "ORCH_KEYRING_DIR": str(work / "keys")}
     spent = dict.fromkeys(STEPS, 0.0)
     try:
-        caller, host = (Orchestrator(base_path=work, project_id="bench", keyring=load_keyring(env, announce=False))
-                        for _ in range(2))
+        caller, host = (Orchestrator(base_path=work, project_id="bench", store_url="file",  # whatever ORCH_STORE_URL says
+                                     keyring=load_keyring(env, announce=False)) for _ in range(2))
         with host.worker() as worker:
             for i in range(jobs + 1):
                 job = ""

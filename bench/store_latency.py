@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     keyring = Keyring.generate()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        results["file"] = run(Orchestrator(base_path=tmp, project_id="bench", keyring=keyring), args.samples)
+        results["file"] = run(Orchestrator(base_path=tmp, project_id="bench", store_url="file", keyring=keyring), args.samples)
         from orchestrator.store.pg_schema import migrate
         from orchestrator.store.postgres import PostgresStore, connect
         from orchestrator.transfer import export_project, import_project
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             results["postgres"] = run(Orchestrator(base_path=tmp, project_id=project, keyring=keyring, store=store),
                                       args.samples)
-            src = Orchestrator(base_path=tmp, project_id="bench", keyring=keyring)
+            src = Orchestrator(base_path=tmp, project_id="bench", store_url="file", keyring=keyring)
             dst = Orchestrator(base_path=tmp, project_id="bench", keyring=keyring, store=moved)
             bundle = Path(tmp) / "bench.bundle"
             t0 = time.perf_counter()
@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
             with open(bundle, "rb") as fh:
                 n = import_project(dst, fh)
             t2 = time.perf_counter()
-            back = Orchestrator(base_path=Path(tmp) / "back", project_id="bench", keyring=keyring)
+            back = Orchestrator(base_path=Path(tmp) / "back", project_id="bench", store_url="file",
+                                  keyring=keyring)
             with open(bundle, "wb") as fh:
                 export_project(dst, fh)
             t3 = time.perf_counter()

@@ -71,8 +71,8 @@ def run(jobs: int, inode_log: Path) -> None:
     env = {"ORCH_SIGNING_KEY": new_seed(), "ORCH_KEYRING_DIR": str(work / "keys")}
     inodes: list[dict[str, Any]] = []
     try:
-        caller, host = (Orchestrator(base_path=work, project_id="bench", keyring=load_keyring(env, announce=False))
-                        for _ in range(2))
+        caller, host = (Orchestrator(base_path=work, project_id="bench", store_url="file",  # whatever ORCH_STORE_URL says
+                                     keyring=load_keyring(env, announce=False)) for _ in range(2))
         for bucket in range(audit.LOCK_BUCKETS):
             with caller.store.exclusive(f"audit-{bucket:02d}"):
                 pass

@@ -165,7 +165,7 @@ def _worker(base: str, report: str) -> None:
         os.write(out, (json.dumps({"job_id": result.job_id, "stamps": stamps}) + "\n").encode())
         stamps.clear()
 
-    orch = Orchestrator(base_path=base, project_id="trace")
+    orch = Orchestrator(base_path=base, project_id="trace", store_url="file")
     w = orch.worker(worker_id="trace-worker")
     os.write(out, b'{"ready": true}\n')
     with w.handle_signals():
@@ -198,7 +198,7 @@ def run(samples: int, pause_ms: float = 0.0, warmup: int = 10, workload: str = "
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the tracing worker did not start")
             time.sleep(0.01)
-        orch = Orchestrator(base_path=base, project_id="trace", keyring=load_keyring(env, announce=False))
+        orch = Orchestrator(base_path=base, project_id="trace", store_url="file", keyring=load_keyring(env, announce=False))
         reader = lat.Reader(orch)
         mine: dict[str, dict[str, int]] = {}
         durable: list[int] = []  # this process's own appends (the resume's event), stamped like the worker's
