@@ -301,12 +301,18 @@ def run_artifacts(s: JobState, root: Path, ahead: float = 0.0) -> list[str]:
     return sorted(recorded_names(root, sorted(found)))[:100]  # moved once the walk is over
 
 
-def sweep_leftovers(orch: Orchestrator, queue: QueueIndex, runs_root: Path) -> None:
-    """The handler folders of workers killed before their ``close``, and the run folders and lease
+def sweep_leftovers(orch: Orchestrator, queue: QueueIndex, folders: WorkerFolders) -> None:
+    """The handler folders of workers killed before their ``close``, the probes of workers killed while they started
+    (``WorkerFolders.sweep_probes``; one in ``runs/`` is swept as a run's folder), and the run folders and lease
     records of runs that are over."""
+    runs_root = folders.runs_root
     swept = sweep_dead_host_folders(runs_root)
     if swept:
         log.info("removed %d handler folder(s) of workers that are gone", len(swept), extra={"folders": swept})
+    probes = folders.sweep_probes()
+    if probes:
+        log.info("removed %d probe folder(s) of workers killed as they started", len(probes),
+                 extra={"folders": probes})
     sweep_left_over_runs(orch, queue, runs_root)
     sweep_left_over_leases(orch)
 

@@ -137,7 +137,7 @@ class Worker:
         if time.monotonic() >= self._next_sweep:  # after the recoveries: the runs they ended are over
             self._next_sweep = time.monotonic() + SWEEP_EVERY
             reload_keys(self.orch)
-            sweep_leftovers(self.orch, self.queue, self.folders.runs_root)
+            sweep_leftovers(self.orch, self.queue, self.folders)
         return recovered
 
     # -- claiming (orchestrator/claiming.py) -----------------------------------------------------------

@@ -1,23 +1,27 @@
 """Where a worker's runs and artifacts live: ``runs/`` and ``artifacts/<job_id>`` under the state folder,
 never outside the store. A worker checks them when it starts (``WORKER_FOLDERS``, ``check_folders``; and that it
 can write in them, ``WorkerFolders.probe``), and again whenever something is not as last checked
-(``WorkerFolders.artifacts_dir``); the room left on their disk before each claim (``WorkerFolders.check_room``)."""
+(``WorkerFolders.artifacts_dir``); the room left on their disk before each claim (``WorkerFolders.check_room``); the
+probes a killed worker left (``WorkerFolders.sweep_probes``)."""
 from __future__ import annotations
 
 import contextlib
 import os
 import stat
+import time
 from pathlib import Path
 
+from orchestrator import faults
 from orchestrator.artifacts_source import SPARE_BYTES, free_bytes, size
 from orchestrator.errors import StorageError
 from orchestrator.run_folder import RUN_PREFIX
 from orchestrator.security import safe_join, validate_id
-from orchestrator.store.files import linked_folder_error, make_folder, path_error
+from orchestrator.store.files import STRAY_AGE, linked_folder_error, make_folder, path_error, pid_alive
 
 RUNS_DIR = "runs"
 ARTIFACTS_DIR = "artifacts"
 WORKER_FOLDERS = ("", RUNS_DIR, ARTIFACTS_DIR)  # under the state dir, on any store: checked when a worker starts
+PROBE_PREFIX = ".probe-"  # artifacts/.probe-<pid>-<8 hex>: a worker's probe (``WorkerFolders.probe``), never a job's
 
 
 class WorkerFolders:
@@ -36,19 +40,49 @@ class WorkerFolders:
         claims anything. Found only at a
         run, the job was claimed, then handed back, and a supervisor restarting the worker at once wrote that pair
         of events per restart. A real write, not ``os.access``, which says yes to root whatever the file system
-        says. The names cannot be a run's or a job's; one a crash left in ``runs/`` is swept as a run's."""
+        says. The names cannot be a run's or a job's; one a crash left in ``runs/`` is swept as a run's, one in
+        ``artifacts/`` by ``sweep_probes``."""
         tag = f"{os.getpid()}-{os.urandom(4).hex()}"
-        for name, entry in ((RUNS_DIR, f"{RUN_PREFIX}probe-{tag}"), (ARTIFACTS_DIR, f".probe-{tag}")):
+        for name, entry in ((RUNS_DIR, f"{RUN_PREFIX}probe-{tag}"), (ARTIFACTS_DIR, f"{PROBE_PREFIX}{tag}")):
             folder = os.path.join(self.state_dir, name)
             make_folder(folder, self.state_dir)  # a link: PathEscapeError; anything else: StorageError
             path = os.path.join(folder, entry)
             try:
                 os.mkdir(path, 0o700)
+                faults.point("worker.probe.after_mkdir")
                 with contextlib.suppress(FileNotFoundError):  # another worker's sweep of runs/ took it: it was made
                     os.rmdir(path)
             except OSError as exc:  # named by the folder, what the operator must fix (the entry is the probe's)
                 raise path_error(type(exc)(exc.errno, exc.strerror, folder)) from None
         self.check_room()
+
+    def sweep_probes(self) -> list[str]:
+        """Remove the ``artifacts/.probe-<pid>-*`` folders of workers killed inside their ``probe`` (between its
+        ``mkdir`` and ``rmdir``; until 2026-12-07 nothing removed them, one per crash). A probe lives a few
+        microseconds, so one is a stray once ``STRAY_AGE`` old *and* its pid is not alive here, or is this very
+        process, whose own probe ended before it could sweep (a worker restarted in a container often gets the pid
+        its dead predecessor had): the store's rule for strays (``files.remove_strays``), which never takes a live
+        worker's probe. Even so, a probe taken from under a process paused in it is no harm (``probe`` allows it
+        gone). Only an empty folder is removed (``rmdir``): anything in it is not the probe's. Called by stale
+        recovery's sweep of leftovers (``recovery.sweep_leftovers``); returns the names removed."""
+        root = os.path.join(self.state_dir, ARTIFACTS_DIR)
+        try:
+            names = [n for n in os.listdir(root) if n.startswith(PROBE_PREFIX)]
+        except OSError:
+            return []
+        removed = []
+        for name in names:
+            pid = name[len(PROBE_PREFIX):].split("-", 1)[0]
+            path = os.path.join(root, name)
+            try:
+                if (not pid.isdigit() or time.time() - os.lstat(path).st_mtime < STRAY_AGE
+                        or (int(pid) != os.getpid() and pid_alive(int(pid)))):
+                    continue  # not a probe's name, recent, or its worker may be in it still
+                os.rmdir(path)  # a symbolic link or a file: NotADirectoryError, left alone
+            except OSError:
+                continue
+            removed.append(name)
+        return removed
 
     def check_room(self) -> None:
         """``StorageError`` when the disk of ``runs/`` is full: less free (to users other than root, ``f_bavail``)
