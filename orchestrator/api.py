@@ -390,6 +390,8 @@ class Orchestrator:
             except AuxNotWrittenError as exc:  # the event and its entry are durable (``EventStore.append_audited``)
                 not_written = exc
             except AuditEntryNotWrittenError as exc:  # of its kind: one that may pass is waited out by a worker
+                # `audit heal` writes it: true of every audited append's event (``audit.audited`` names it; a stop
+                # counted as a failed attempt only since 2026-12-07, twenty-seventh session)
                 raise type(exc)(
                     f"event {head.seq + len(lines)} ({new[-1][0]}) of job {job_id} is durable: what it records stands "
                     f"(do not do it again), but its audit entry could not be written "

@@ -9,7 +9,8 @@ Healing (``orchestrator audit heal``, docs/runbook.md section E): a crash betwee
 its audit entry leaves an event with no entry. The job event is the truth, so the entry is written
 later, once:
 
-* every event of a type in ``AUDITED_EVENTS`` must have exactly one entry;
+* every event of a type in ``AUDITED_EVENTS``, and every stop counted as a failed attempt, must have exactly one
+  entry (``audited``);
 * after an entry is durable, a *marker* ``audited/<event_hash>`` is written (a derived
   cache, deletable). ``heal`` first checks the markers of the job's audited events: when
   all exist (the normal case) it reads nothing else, so commands never scan the audit log;
@@ -26,7 +27,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Container, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Container, Iterable, Iterator, Sequence
 
 from orchestrator import clock, faults
 from orchestrator.errors import (HEAD_RECORD_NOT_WRITTEN, AuxNotWrittenError, IntegrityError, OrchestratorError,
@@ -35,6 +36,7 @@ from orchestrator.history import head_contradicted, head_record, seal
 from orchestrator.notices import log_warning
 from orchestrator.security import sanitize_text
 from orchestrator.signing import line_hash, parse_line
+from orchestrator.state import WORKER_STOPPED, counted_stop, stops_after
 # ``AUDIT_HEAD``: the head record of the audit log (like ``heads/<job_id>`` for a job): without it, a log cut at a line
 # boundary, or whose last newline was damaged, would look complete
 from orchestrator.store.base import AUDIT_HEAD, AUDIT_STREAM, AuxWrites, Builder, Head, LockedHead
@@ -60,12 +62,46 @@ AUDITED_EVENTS: dict[str, str] = {
     # 2026-12-07 (until then an entry lost to a crash or a cut log was neither written again nor reported missing)
     "job_released": "job_released",
 }
+# the action of a run a stopping worker ended from the ``STOPS_FORGIVEN + 1``-th in a row on: a ``job_failed``
+# (``OutcomeRecorder.release``), which is not audited by its type (a handler's failure is not), but by the job's stops
+# (``audited``); checked and healed since 2026-12-07, twenty-seventh session
+COUNTED_STOP_ACTION = "job_released"
 # every action an entry can name: those above, and decisions audited without being in that table
 # (a released run, a refused run or action); ``audit-timeline --action`` accepts these and the event types
 ACTIONS = frozenset({*AUDITED_EVENTS.values(), "run_refused", "integrity_refusal"})
 # the field of an audited event whose text is its entry's note when the event holds no ``note`` of its own
 _NOTE_FIELD = {"job_approved": "note", "job_revised": "notes", "job_resumed": "answer", "job_cancelled": "reason",
-               "stale_recovered": "error", "job_timeout": "error", "job_released": "error"}
+               "stale_recovered": "error", "job_timeout": "error", "job_released": "error", "job_failed": "error"}
+
+
+def audited(records: Sequence[dict[str, Any]]) -> Iterator[tuple[int, str]]:
+    """(index, action) of each of a history's records that must have one audit entry: an event of a type in
+    ``AUDITED_EVENTS``, and a stop counted as a failed attempt (``state.counted_stop``: a ``job_failed`` with
+    ``WORKER_STOPPED`` after ``STOPS_FORGIVEN`` stops in a row; one before them is a handler's own, from before such
+    codes were refused, and has none). The one rule of ``verify``, ``heal`` and ``audit-timeline``. The stops are
+    counted (the reducer's ``stops_after``) only from a history's first ``job_failed`` with ``WORKER_STOPPED`` on,
+    which few hold: every other record costs a lookup, as before."""
+    stops = -1  # the job's stops in a row before the record: counted from its first job_failed with WORKER_STOPPED on
+    for i, rec in enumerate(records):
+        etype = rec.get("type")
+        action = AUDITED_EVENTS.get(etype)  # type: ignore[arg-type]
+        if stops >= 0 or etype == "job_failed":
+            etype, code = str(etype), _code(rec)
+            if stops < 0 and code == WORKER_STOPPED:
+                stops = 0
+                for before in records[:i]:
+                    stops = stops_after(stops, str(before.get("type")), _code(before))
+            if stops >= 0:
+                if counted_stop(stops, etype, code):
+                    action = COUNTED_STOP_ACTION
+                stops = stops_after(stops, etype, code)
+        if action is not None:
+            yield i, action
+
+
+def _code(rec: dict[str, Any]) -> object:
+    data = rec.get("data")
+    return data.get("error_code") if isinstance(data, dict) else None
 
 
 def note_of(event_type: str, data: dict[str, Any]) -> str:
@@ -234,6 +270,7 @@ class Unaudited:
     seq: int
     raw: bytes
     record: dict[str, Any]
+    action: str  # the action its entry names (``audited``)
 
     @property
     def event_hash(self) -> str:
@@ -247,12 +284,12 @@ def unmarked(orch: "Orchestrator", views: Iterable["JobView"], logged: Container
     ``logged`` (the event hashes the log's entries name, read from the log: ``audited_hashes``), also those whose
     entry the log lacks whatever their markers say: a marker outlives its entry when the log is restored from a copy
     older than it (runbook E), and only a read of the log finds that (``audit heal``, ``audit-timeline``)."""
-    audited = [Unaudited(view.job_id, stored.seq, stored.raw, rec) for view in views
-               for stored, rec in zip(view.stream.lines, view.stream.records) if rec.get("type") in AUDITED_EVENTS]
-    if not audited:
+    todo = [Unaudited(view.job_id, view.stream.lines[i].seq, view.stream.lines[i].raw, view.stream.records[i], action)
+               for view in views for i, action in audited(view.stream.records)]
+    if not todo:
         return []
-    marked = orch.store.aux_present(MARKERS_AREA, {u.event_hash for u in audited})
-    return [u for u in audited if u.event_hash not in marked or (logged is not None and u.event_hash not in logged)]
+    marked = orch.store.aux_present(MARKERS_AREA, {u.event_hash for u in todo})
+    return [u for u in todo if u.event_hash not in marked or (logged is not None and u.event_hash not in logged)]
 
 
 def audited_hashes(orch: "Orchestrator") -> dict[str, int]:
@@ -308,7 +345,7 @@ def heal_found(orch: "Orchestrator", todo: list[Unaudited], *, now: float | None
             rec = u.record
             faults.point("audit.heal.before_entry")
             try:
-                seq = record(orch, job_id=u.job_id, action=AUDITED_EVENTS[rec["type"]], actor=rec.get("actor", "?"),
+                seq = record(orch, job_id=u.job_id, action=u.action, actor=rec.get("actor", "?"),
                              run_id=rec.get("run_id"), note=note_of(rec["type"], rec.get("data") or {}),
                              event_line=u.raw, now=now,
                              extra={"healed": True, "healed_by": orch.actor, "event_ts": rec.get("ts")})

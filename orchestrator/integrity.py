@@ -145,7 +145,7 @@ def _wait_for_actions(orch: Orchestrator, job_ids: list[str]) -> None:
 
 def _cross_check(report: VerifyReport, job_id: str, view: Any, claims: list[tuple[int, str]]) -> None:
     """Every entry's event must be in the job's history; every audited event should have an entry."""
-    from orchestrator.audit import AUDITED_EVENTS
+    from orchestrator.audit import audited
 
     hashes = [line_hash(s.raw) for s in view.stream.lines] if view is not None else []
     present = set(hashes)
@@ -163,8 +163,9 @@ def _cross_check(report: VerifyReport, job_id: str, view: Any, claims: list[tupl
     if view is None:
         return
     claimed = {eh for _, eh in claims}
-    for stored, rec, eh in zip(view.stream.lines, view.stream.records, hashes):
-        if rec.get("type") in AUDITED_EVENTS and eh not in claimed:
+    for i, _action in audited(view.stream.records):
+        stored, rec = view.stream.lines[i], view.stream.records[i]
+        if hashes[i] not in claimed:
             report.warnings.append(Problem(job_id, stored.seq, AUDIT_ENTRY_MISSING,
                                            f"{rec['type']} has no audit entry (a crash between the two writes, or "
                                            "an audit log restored from an older copy); `orchestrator audit heal` "

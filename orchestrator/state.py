@@ -20,7 +20,7 @@ from orchestrator.errors import InvalidTransitionError
 WORKER_STOPPED = "WORKER_STOPPED"
 STOPS_FORGIVEN = 3
 # A job a stopping worker handed back before its handler started: no run of it can have stopped that worker, so this
-# is neither one of those stops in a row nor their end (as any hand-back but ``WORKER_STOPPED``: ``_stops``).
+# is neither one of those stops in a row nor their end (as any hand-back but ``WORKER_STOPPED``: ``stops_after``).
 WORKER_STOPPED_BEFORE_START = "WORKER_STOPPED_BEFORE_START"
 
 QUEUED, RUNNING, AWAITING_AUDIT, WAITING_HUMAN = "queued", "running", "awaiting_audit", "waiting_human"
@@ -221,19 +221,26 @@ _REDUCERS: dict[str, Callable[[Any, Event], JobState]] = {
 assert _REDUCERS.keys() == TRANSITIONS.keys()
 
 
-def _stops(s: JobState, e: Event) -> int:
-    """``JobState.stops`` after ``e``: a run a stopping worker ended adds one (handed back or counted), a claim or
-    another hand-back (the store's fault: ``PATH_ESCAPE``; a stop before the handler started:
-    ``WORKER_STOPPED_BEFORE_START``) keeps the count, anything else ends the series.
+def stops_after(stops: int, event_type: str, code: object) -> int:
+    """``JobState.stops`` after an event of ``event_type`` (its ``error_code``: ``code``) that found ``stops``: a run a
+    stopping worker ended adds one (handed back or counted), a claim or another hand-back (the store's fault:
+    ``PATH_ESCAPE``; a stop before the handler started: ``WORKER_STOPPED_BEFORE_START``) keeps the count, anything
+    else ends the series. The reducer's rule, and the audit log's (``audit.audited``: a stop counted is audited).
 
     Only the worker's own stops count. A hand-back is the worker's alone; a ``job_failed`` with ``WORKER_STOPPED`` is
     the worker's only where it writes one, from the ``STOPS_FORGIVEN + 1``-th stop in a row on
-    (``OutcomeRecorder.release``): elsewhere it is a handler's own failure with that code (payloads may no longer use
-    it, ``payload.RESERVED_ERROR_CODES``; older histories hold some), which ends the series as any failure does."""
-    code = e.data.get("error_code")
-    if code == WORKER_STOPPED and (e.type == "job_released" or (e.type == "job_failed" and s.stops >= STOPS_FORGIVEN)):
-        return s.stops + 1
-    return s.stops if e.type in ("job_claimed", "job_released") else 0
+    (``OutcomeRecorder.release``, ``counted_stop``): elsewhere it is a handler's own failure with that code (payloads
+    may no longer use it, ``payload.RESERVED_ERROR_CODES``; older histories hold some), which ends the series as any
+    failure does."""
+    if code == WORKER_STOPPED and (event_type == "job_released" or counted_stop(stops, event_type, code)):
+        return stops + 1
+    return stops if event_type in ("job_claimed", "job_released") else 0
+
+
+def counted_stop(stops: int, event_type: str, code: object) -> bool:
+    """Whether the event is a run a stopping worker ended that counts as a failed attempt (``job_failed``, from the
+    ``STOPS_FORGIVEN + 1``-th stop in a row on, ``stops`` before it): written with an audit entry, as a release."""
+    return event_type == "job_failed" and code == WORKER_STOPPED and stops >= STOPS_FORGIVEN
 
 
 def apply(state: JobState | None, event: Event) -> JobState:
@@ -241,7 +248,8 @@ def apply(state: JobState | None, event: Event) -> JobState:
     check_transition(state.state if state else None, event.type)
     new = _REDUCERS[event.type](state, event)
     return replace(new, seq=event.seq, updated_at=_t(event.ts), last_event=event.type,
-                   history=(*new.history, (event.type, event.ts)), stops=_stops(state, event) if state else 0)
+                   history=(*new.history, (event.type, event.ts)),
+                   stops=stops_after(state.stops, event.type, event.data.get("error_code")) if state else 0)
 
 
 def replay(events: Iterable[Event]) -> JobState | None:

@@ -142,6 +142,7 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
     first_bad = min(bad) if bad else None
     hashes = [line_hash(s.raw) for s in view.stream.lines]
     known = set(hashes)
+    needs_entry = {view.stream.lines[i].seq: act for i, act in audit.audited(view.stream.records)}  # seq -> action
     events: list[Line] = []
     for stored, eh in zip(view.stream.lines, hashes):
         try:
@@ -149,7 +150,7 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
         except (ValueError, RecursionError):
             rec = {}
         status = bad.get(stored.seq) or ("ok" if first_bad is None or stored.seq < first_bad else AFTER_DAMAGE)
-        if status == "ok" and rec.get("type") in audit.AUDITED_EVENTS and eh not in audited and not audit_link:
+        if status == "ok" and stored.seq in needs_entry and eh not in audited and not audit_link:
             status = AUDIT_ENTRY_MISSING
         events.append(Line(str(rec.get("ts", "")), "event", stored.seq, str(rec.get("type", "?")),
                            str(rec.get("actor", "")), rec.get("run_id"), _detail(rec), status))
@@ -180,7 +181,8 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
     if action:  # an audited event and the action of its entry are one filter, by either name
         wanted = {action}.union(*({event, act} for event, act in audit.AUDITED_EVENTS.items()
                                   if action in (event, act)))
-        out = [ln for ln in out if ln.what in wanted]
+        # and a stop counted as a failed attempt (a job_failed) under its entry's action, job_released
+        out = [ln for ln in out if ln.what in wanted or (ln.source == "event" and needs_entry.get(ln.seq) == action)]
     unaudited = [ln.seq for ln in out if ln.status == AUDIT_ENTRY_MISSING]
     if audit_cut is not None:
         why = ("the audit log was cut (its problem above): keep the store as it is, restore the log from a backup "

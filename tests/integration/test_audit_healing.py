@@ -360,3 +360,103 @@ def test_the_timeline_of_a_job_whose_entry_was_cut_from_the_audit_log_reports_th
     assert entries(cli_orch, job, "resume") == []  # nothing written onto the cut log
     text = run_script("audit_timeline", "--job-id", job, env=cli_env)
     assert "PROBLEM the audit log's line 0: TRUNCATED" in text.stdout and "NOT OK" in text.stdout
+
+
+# -- a run a stopping worker ended, counted as a failed attempt: a job_failed audited as a release -------------------
+STOPPED = "worker w1 stopped; the run was killed after the 10s grace period"
+
+
+def _stops(orch: Orchestrator, job_id: str, times: int) -> None:
+    """``times`` runs in a row a stopping worker ended and handed back, each with its entry, as a worker writes them."""
+    for n in range(times):
+        js.claim(orch, job_id, f"run-{n}")
+        view = orch.load(job_id)
+        orch.append(view, job_id, [("job_released", {"error_code": "WORKER_STOPPED", "worker_id": "w1",
+                                                     "error": f"{STOPPED} and handed back", "output_tail": ""})],
+                    run_id=view.state.run_id, actor="w1", audit=("job_released", f"{STOPPED} and handed back"))
+
+
+@pytest.mark.parametrize("stops_before, audited", [(0, False), (1, False), (3, True), (4, True)])
+def test_a_worker_stopped_failure_needs_an_entry_only_as_the_stop_after_three_in_a_row(
+        stops_before: int, audited: bool) -> None:
+    """The reducer's rule (``state.stops_after``): from the fourth stop in a row on, the worker writes a ``job_failed``
+    with its release's entry; one before that is a handler's own failure (a history from before 2026-12-06), with none."""
+    stop = {"type": "job_released", "data": {"error_code": "WORKER_STOPPED"}}
+    claim = {"type": "job_claimed", "data": {}}
+    failed = {"type": "job_failed", "data": {"error_code": "WORKER_STOPPED"}}
+    records = [{"type": "job_submitted", "data": {}}, *[claim, stop] * stops_before, claim, failed, claim, failed]
+    expected = [(i, "job_released") for i in range(1, len(records)) if records[i] is stop]
+    if audited:  # and the next one too: the series goes on
+        expected += [(len(records) - 3, "job_released"), (len(records) - 1, "job_released")]
+    assert sorted(audit.audited(records)) == expected
+
+
+def test_a_fourth_stop_in_a_row_whose_entry_a_crash_lost_is_reported_and_healed_as_a_release(
+        orch: Orchestrator, tmp_path: Path) -> None:
+    """Real worker passes: three runs a stop ended (handed back, forgiven), then the fourth, a failed attempt written
+    with the entry of a release, killed between the two. ``verify`` said nothing and ``audit heal`` wrote nothing."""
+    import worker_handlers  # noqa: F401  (registers t.* handlers)
+    from helpers import events, make_worker
+    from orchestrator import faults, timeline
+
+    job = orch.submit("t.wait", {"started": str(tmp_path / "started"), "release": str(tmp_path / "never")},
+                      max_attempts=3)
+    for n in range(4):
+        w = make_worker(orch, stop_grace_seconds=0.0)
+        die = (lambda: faults.arm("append.after_event", lambda: (_ for _ in ()).throw(_Crash()))) if n == 3 else None
+        faults.arm("worker.after_start", lambda: (w.stop(), die and die()))
+        try:
+            if n < 3:
+                assert w.run_once().error_code == "WORKER_STOPPED"
+            else:
+                with pytest.raises(_Crash):
+                    w.run_once()
+        finally:
+            faults.disarm_all()
+            w.close()
+    failed = events(orch, job)[-1]
+    assert (failed["type"], failed["data"]["error_code"]) == ("job_failed", "WORKER_STOPPED")
+    assert len(entries(orch, job, "job_released")) == 3
+    assert [(w.code, w.line) for w in verify_project(orch).warnings] == [("AUDIT_ENTRY_MISSING", failed["seq"])]
+    shown = timeline.timeline(orch, job_id=job, action="job_released", heal=False)
+    assert [(ln["what"], ln["status"]) for ln in shown["lines"]][-1] == ("job_failed", "AUDIT_ENTRY_MISSING")
+    assert len(audit.heal(orch, [orch.load(job)])) == 1
+    healed = entries(orch, job, "job_released")[-1]
+    assert healed["data"]["healed"] is True and healed["data"]["event_seq"] == failed["seq"]
+    assert (healed["data"]["note"], healed["run_id"], healed["actor"]) == (failed["data"]["error"], failed["run_id"],
+                                                                          failed["actor"])
+    assert verify_project(orch).warnings == [] and audit.heal(orch, [orch.load(job)]) == []
+    shown = timeline.timeline(orch, job_id=job, action="job_released")  # the event and its entry, under one name
+    assert [(ln["source"], ln["what"], ln["status"]) for ln in shown["lines"]][-2:] == [
+        ("event", "job_failed", "ok"), ("audit", "job_released", "ok")]
+
+
+@pytest.mark.parametrize("stops_before, event", [(0, "job_released"), (3, "job_failed")],
+                         ids=["hand-back", "fourth-stop"])
+def test_a_release_whose_entry_the_disk_refused_is_written_by_audit_heal_as_its_error_says(
+        orch: Orchestrator, monkeypatch, stops_before: int, event: str) -> None:
+    """``Orchestrator.append``'s error for an entry the audit log refused says `orchestrator audit heal` writes it:
+    true of a hand-back since job_released is audited, of the fourth stop in a row only since it is too."""
+    from orchestrator.errors import AuditEntryNotWrittenError, StorageError
+
+    job = orch.submit("echo", {"text": "hi"})
+    _stops(orch, job, stops_before)
+    js.claim(orch, job, "run-last")
+    real_append = orch.store.append
+
+    def full_disk(stream, *args, **kwargs):
+        if stream == AUDIT_STREAM:
+            raise StorageError("could not write audit.jsonl: No space left on device; nothing was written")
+        return real_append(stream, *args, **kwargs)
+
+    monkeypatch.setattr(orch.store, "append", full_disk)
+    view = orch.load(job)
+    data = {"error_code": "WORKER_STOPPED", "error": f"{STOPPED}: 4 runs in a row", "output_tail": ""}
+    data.update({"worker_id": "w1"} if event == "job_released" else {"summary": ""})
+    with pytest.raises(AuditEntryNotWrittenError, match="`orchestrator audit heal` writes it once that is fixed"):
+        orch.append(view, job, [(event, data)], run_id="run-last", actor="w1", audit=("job_released", data["error"]))
+    monkeypatch.setattr(orch.store, "append", real_append)
+    assert [w.code for w in verify_project(orch).warnings] == ["AUDIT_ENTRY_MISSING"]
+    assert len(audit.heal(orch, [orch.load(job)])) == 1
+    assert entries(orch, job, "job_released")[-1]["data"]["note"] == data["error"]
+    assert verify_project(orch).warnings == []
