@@ -183,20 +183,27 @@ class QueueIndex(ABC):
     def drop_refused(self, job_id: str, old: JobState | None, new: JobState, orch: "Orchestrator") -> None:
         """The store refused the event ``before_append`` made entries for (a writer came first, ``ConcurrencyError``: a
         resume racing a resume or a cancel, a revise racing a revise, a keyed submit racing one of the same key; or the
-        write failed): drop the ready entry it put, then read the job and put the entry back if its state needs that
-        very entry now (another writer of the same priority, at the same microsecond, put the same name). Dropped
-        first, looked after, as ``drop_orphan_ready``: an event that lands after the look is announced, and an
-        announcement puts back a dropped entry, so no order of the two takes the entry from the job that needs it.
-        Until 2026-12-07 the entry stayed, and once its job was queued again (a retry, the next resume) a claim came
-        through it, ahead of the jobs queued before (``Claimer._try_claim`` now tries such a job at its own entry's
-        place, for the entries a crash still leaves). A running entry is left: a claim that lost put the same one as
-        the claim that won (the next epoch), and stale recovery drops one no claim holds. Never raises: the caller
-        raises the refusal."""
+        write failed): read the job and leave the entry if its state needs that very entry (another writer of the same
+        priority, at the same microsecond, put the same name); else drop it, read the job again, and put the entry back
+        if its state needs it now. The look after the drop is ``drop_orphan_ready``'s: an event that lands after it is
+        announced, and an announcement puts back a dropped entry, so no order of the two takes the entry from the job
+        that needs it. The look before it keeps the winner's entry out of the drop: dropped first (until 2026-12-07,
+        twenty-seventh session), a loser killed before it put the entry back left the winner's job queued with none,
+        which no worker claimed until the index was rebuilt; now only an event landing between the two looks, of the
+        same job and priority and stamped that same microsecond, meets the window (docs/worker.md). A second read, on a
+        refused append whose entry was not needed only. Until 2026-12-07 the entry stayed, and once its job was queued
+        again (a retry, the next resume) a claim came through it, ahead of the jobs queued before
+        (``Claimer._try_claim`` now tries such a job at its own entry's place, for the entries a crash still leaves).
+        A running entry is left: a claim that lost put the same one as the claim that won (the next epoch), and stale
+        recovery drops one no claim holds. Never raises: the caller raises the refusal."""
         entry = IndexChange.of(old, new).put_ready
         if entry is None or (old is not None and old.state == QUEUED and ReadyEntry.for_state(old) == entry):
             return  # none put, or the entry the job had already
         try:
+            if _still_needed(orch, job_id, entry):
+                return  # the job's own entry now: not dropped, so no crash can take it from the job
             self.drop_ready(entry)
+            faults.point("queue.drop_refused.after_drop")
             if _still_needed(orch, job_id, entry):
                 self.put_ready(entry)
         except OrchestratorError as exc:  # dropped and not put back (a broken folder): the job's writer may need it

@@ -110,6 +110,34 @@ def test_a_refused_append_keeps_the_entry_the_winner_put_under_the_same_name(ind
     assert entries(indexed) == [(job, int((T0 + 1) * 1e6))]
 
 
+class _Killed(Exception):
+    """The losing writer dies at a fault point: nothing of it runs after."""
+
+
+def test_a_loser_killed_in_its_clean_up_never_takes_the_entry_the_winner_put_under_the_same_name(
+        indexed: Orchestrator) -> None:
+    """Dropped first and put back after a look (until 2026-12-07), a loser killed in between left the winner's job
+    queued with no entry: ``verify`` warned INDEX_ENTRY_MISSING, and no worker claimed it until the index was rebuilt.
+    The winner's entry is now looked at before anything is dropped."""
+    from orchestrator import faults
+    from orchestrator.integrity import verify_project
+
+    job = js.waiting_human(indexed, now=T0, job_id=indexed.submit("t.echo", {"text": "b"}))
+    view = indexed.load(job)
+    indexed.resume(job, "the answer that won", now=T0 + 1)
+    faults.arm("queue.drop_refused.after_drop", lambda: (_ for _ in ()).throw(_Killed()))
+    try:
+        with pytest.raises((ConcurrencyError, _Killed)):
+            indexed.append(view, job, [("job_resumed", {"answer": "lost", "question": view.state.question})],
+                           now=T0 + 1)
+    finally:
+        faults.disarm_all()
+    assert entries(indexed) == [(job, int((T0 + 1) * 1e6))]
+    assert "INDEX_ENTRY_MISSING" not in [w.code for w in verify_project(indexed).warnings]
+    claim = Worker(indexed, WorkerSettings(worker_id="w-after")).claim()
+    assert claim is not None and claim.job_id == job
+
+
 def test_a_left_over_entry_does_not_let_its_job_jump_the_queue(indexed: Orchestrator) -> None:
     """An entry a crash left (a refused writer killed before it dropped its entry; a claim's writer killed between
     its event and the drop of the job's entry, step 3 of docs/worker.md): the job is tried at the place of its own
