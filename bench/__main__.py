@@ -193,15 +193,15 @@ def median_of(runs: list[Any]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from orchestrator.command_stop import COMMAND_STOP
     from orchestrator.errors import Interrupted
-    from orchestrator.terminal_bench import STOP
 
     args = parse(argv)
     try:
         # SIGTERM and SIGINT raise where the run is, as for bench_terminal_latency: every workload's way out runs
         # (its worker processes stopped, its scratch project removed), and the results file, written whole once
         # the run ends, is left as it was, as by an error
-        with STOP.handled(), args.results as json_file:
+        with COMMAND_STOP.handled(), args.results as json_file:
             code = _main(args, json_file)
     except Interrupted as stop:
         print(f"{stop.message}: the worker processes were stopped and the scratch projects removed; no results were "

@@ -135,7 +135,7 @@ def timed_poll(check: Callable[[], bool], timeout: float = 30.0, pause: float = 
 def default_signals() -> None:
     """In a process forked to help a workload (a pool's): SIGTERM ends it as by default, SIGINT (a Ctrl-C meant for
     the benchmark) is left to the benchmark, which ends it. The handlers the benchmark installed
-    (``terminal_bench.StopSignals``) would raise where it is, with a traceback, instead."""
+    (``command_stop.COMMAND_STOP``) would raise where it is, with a traceback, instead."""
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

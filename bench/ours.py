@@ -17,6 +17,7 @@ from bench.common import (DUPLICATE_COUNTS, WARMUP, Params, default_signals, env
                           settle, summarize)
 from orchestrator import latency as lat
 from orchestrator import terminal_bench as tb
+from orchestrator.command_stop import COMMAND_STOP
 
 
 def project_orchestrator(base: Path, env: dict[str, str]) -> Any:
@@ -52,7 +53,7 @@ def w1_w4(params: Params) -> dict[str, Any]:
         enqueue_s = time.perf_counter() - t0
         settle(params, "ours W1's run")
         progress(f"ours W1: {params.w1_jobs} jobs enqueued in {enqueue_s:.1f}s; one worker process runs them")
-        with tb.STOP.deferred():  # a stop (``python -m bench``) waits for it to have started, then stops it below
+        with COMMAND_STOP.deferred():  # a stop (``python -m bench``) waits for it to have started, then stops it below
             worker = lat.WorkerProcess(str(base), "bench", env, max_jobs=params.w1_jobs, idle_exit=True).start()
         summary = worker.stop(timeout=600)
         worker = None
@@ -130,7 +131,7 @@ def w3(params: Params) -> dict[str, Any]:
     try:
         env = project_env(base)
         orch = project_orchestrator(base, env)
-        with tb.STOP.deferred():
+        with COMMAND_STOP.deferred():
             worker = lat.WorkerProcess(str(base), "bench", env).start()
         reader = lat.Reader(orch)
         lat_ms: list[float] = []
@@ -152,7 +153,7 @@ def w3(params: Params) -> dict[str, Any]:
             barrier = ctx.Barrier(2)
             procs = [ctx.Process(target=_resume_at, args=((str(base), env, job_id, barrier),)) for _ in range(2)]
             try:
-                with tb.STOP.deferred():  # both started, or none: one alone would wait at the barrier for ever
+                with COMMAND_STOP.deferred():  # both started, or none: one alone would wait at the barrier for ever
                     for p in procs:
                         p.start()
                 for p in procs:

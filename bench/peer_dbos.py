@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.latency import peak_rss_kb
-from orchestrator.terminal_bench import STOP
+from orchestrator.command_stop import COMMAND_STOP
 from bench.common import ALL_WORKLOADS, WARMUP, Params, progress, scratch_dir, summarize, timed_poll
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,7 +134,7 @@ def run(params: Params, wanted: frozenset[str] = ALL_WORKLOADS) -> dict[str, Any
     client = None
     try:
         client = _client(root)
-        with STOP.deferred():  # a stop waits for it to have started, then stops it below
+        with COMMAND_STOP.deferred():  # a stop waits for it to have started, then stops it below
             proc = _start(root)  # creates the schema; the queue is not served until jobs exist
         if wanted & {"W1", "W4"}:
             out.update(_w1_w4(root, proc, client, params))

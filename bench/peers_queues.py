@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.latency import peak_rss_kb
-from orchestrator.terminal_bench import STOP
+from orchestrator.command_stop import COMMAND_STOP
 from bench.common import (ALL_WORKLOADS, WARMUP, NotApplicable, Params, progress, scratch_dir, settle, sqlite_full,
                           summarize, timed_poll)
 
@@ -213,7 +213,7 @@ def _w1_w4(name: str, params: Params) -> dict[str, Any]:
             peer.enqueue(i)
         settle(params, f"{name} W1's run")
         progress(f"{name} W1: {params.w1_jobs} jobs enqueued; one worker process runs them")
-        with STOP.deferred():  # a stop waits for it to have started, then ends it below
+        with COMMAND_STOP.deferred():  # a stop waits for it to have started, then ends it below
             proc = _start(name, root, params.w1_jobs)
         summary = _finish(proc)
         proc = None
@@ -232,7 +232,7 @@ def _w2(name: str, params: Params) -> dict[str, Any]:
     proc = None
     try:
         peer = PEERS[name](root)
-        with STOP.deferred():
+        with COMMAND_STOP.deferred():
             proc = _start(name, root, None)
         progress(f"{name} W2: {params.w2_samples} jobs one at a time")
         lat = []

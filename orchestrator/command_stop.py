@@ -1,17 +1,21 @@
-"""SIGTERM and SIGINT in a command line process (``cli.main``, the runbook's scripts), from the moment it reads its
-command line to its exit.
+"""SIGTERM and SIGINT in a command line process (``cli.main``, the runbook's scripts, ``bench_terminal_latency``,
+``python -m bench``), from the moment it reads its command line to its exit: one rule, ``COMMAND_STOP``.
 
 The first stop signal raises ``Interrupted`` where the command is, so its ``finally`` and ``with`` blocks run (no
-temporary output file left, forked readers ended) and the command line reports it (``INTERRUPTED``, exit 143 or 130)
-instead of the process dying by the signal half-way; a command that stops on them in its own way (the worker, whose
-handlers ``Worker.handle_signals`` installs) reports a stop that came before its own handling began as its own
-(``stopped_before_start``). Every later one is ignored, and so is any that comes once the command took the signals
-over (``taken_over``) and its handlers are gone. A process that is stopping so (a stop taken, or the signals taken
-over) ignores them to its exit: ``SIG_IGN``, since the interpreter's teardown puts ``SIG_DFL`` back in the place of a
-Python handler, and a worker's teardown (its handler process ended, its connections closed) takes a while. Until
-2026-12-07 the defaults were put back as the command ended: a second SIGTERM 0-50 ms after the first (systemd signals
-every process of a unit; a ``kill`` sent twice) killed a stopping worker by the signal (exit -15), and one while it
-printed its last line made it ``INTERRUPTED``.
+temporary output file left, forked readers ended, a benchmark's worker process stopped and its scratch project
+removed) and the command reports it (``INTERRUPTED``, exit 143 or 130) instead of the process dying by the signal
+half-way; a command that stops on them in its own way (the worker, whose handlers ``Worker.handle_signals`` installs)
+reports a stop that came before its own handling began as its own (``stopped_before_start``). A step that a stop must
+not cut in two (a folder made that the cleanup must know of, a process started, which half started would be left
+running, the cleanup itself) is ``deferred``: a stop during it is raised as soon as it ends. Every later signal is
+ignored, and so is any that comes once the command took the signals over (``taken_over``) and its handlers are gone.
+A process that is stopping so (a stop taken, or the signals taken over) ignores them to its exit: ``SIG_IGN``, since
+the interpreter's teardown puts ``SIG_DFL`` back in the place of a Python handler, and a worker's teardown (its
+handler process ended, its connections closed) takes a while. Until 2026-12-07 the defaults were put back as the
+command ended: a second SIGTERM 0-50 ms after the first (systemd signals every process of a unit; a ``kill`` sent
+twice) killed a stopping worker by the signal (exit -15), and one while it printed its last line made it
+``INTERRUPTED``; and the benchmarks had a second copy of this rule (``terminal_bench.StopSignals``), which put the
+command line's handler back as a stopped run ended, so a second signal while it said so was a second error.
 """
 from __future__ import annotations
 
@@ -30,26 +34,44 @@ class CommandStop:
 
     def __init__(self) -> None:
         self.signum: int | None = None  # the stop signal raised as ``Interrupted``
+        self.pending: int | None = None  # the stop signal that came during a deferred step, raised as it ends
+        self.depth = 0  # inside this many deferred steps
         self.quiet = False  # every stop signal is ignored from now on
+        self.active = False  # inside ``handled``
 
     @contextlib.contextmanager
     def handled(self) -> Iterator[None]:
         """Handle SIGTERM and SIGINT for the block (the command); after it, put back the handlers it found, or, in a
         process that is stopping, ignore them until it exits. In the main thread only; a signal ignored when the
-        command starts (``nohup``, a shell's background job) stays ignored."""
-        if threading.current_thread() is not threading.main_thread():
+        command starts (``nohup``, ``cmd &`` in a script for SIGINT) stays ignored. Inside a block already handled
+        (``bench-terminal-latency``, whose run is handled in the command line's) it changes nothing: one command,
+        one first signal."""
+        if threading.current_thread() is not threading.main_thread() or self.active:
             yield
             return
-        self.signum, self.quiet = None, False
+        self.signum, self.pending, self.quiet, self.active = None, None, False, True
         saved = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS
                  if signal.getsignal(sig) is not signal.SIG_IGN}
         try:
             yield
         finally:
             stopping = self.signum is not None or self.quiet
-            self.quiet = True
+            self.quiet, self.active = True, False
             for sig, old in saved.items():  # the interpreter's teardown puts SIG_DFL in the place of a Python handler
                 signal.signal(sig, signal.SIG_IGN if stopping else old)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A step a stop must not cut in two: a stop signal during it is raised (``Interrupted``) as soon as it ends,
+        the outermost of nested steps; a step that failed meanwhile is the stop's context (the stop came first)."""
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if not self.depth and self.pending is not None and self.signum is None:
+                self.signum = self.pending
+                raise Interrupted(self.pending)
 
     def taken_over(self) -> None:
         """The command handles the stop signals itself from here on (its own handlers installed): once they are
@@ -58,7 +80,10 @@ class CommandStop:
         self.quiet = True
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        if self.quiet or self.signum is not None:
+        if self.quiet or self.signum is not None or self.pending is not None:
+            return
+        if self.depth:
+            self.pending = signum
             return
         self.signum = signum
         raise Interrupted(signum)

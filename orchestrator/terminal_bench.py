@@ -8,7 +8,7 @@ key) that it deletes afterwards, so it can run next to real projects on the disk
 that is kept (``--project-id``, ``--keep``) is signed with the operator's own keys instead: its events must
 verify after the run, and a scratch key deleted with the run would leave every one of them UNKNOWN_KEY.
 
-SIGTERM and SIGINT (Ctrl-C) end a run cleanly (``StopSignals``): the worker process is stopped, a scratch
+SIGTERM and SIGINT (Ctrl-C) end a run cleanly (``command_stop.COMMAND_STOP``): the worker process is stopped, a scratch
 run's project, keys and the ``--base-path`` folders it made are removed, no output file is written, and the
 command exits 128 + the signal's number (143, 130). SIGKILL cannot be caught: it leaves the folders behind;
 the worker process, told by the kernel that its parent died, stops (``latency._worker_main``; docs/runbook.md).
@@ -20,16 +20,15 @@ import json
 import os
 import random
 import shutil
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from orchestrator import latency as lat
-# Interrupted: what StopSignals raises
+from orchestrator.command_stop import COMMAND_STOP
+# Interrupted: what COMMAND_STOP raises
 from orchestrator.errors import Interrupted, InvalidInputError, OrchestratorError
 
 GATE_P95_MS = 80.0
@@ -38,59 +37,6 @@ TARGET_P99_MS = 2.0
 MAX_PAD = 512  # payload padding drawn from the seed: results of a few hundred bytes, like real summaries
 # the settings a kept project is signed and verified with; every other ORCH_* setting stays out of the benchmark
 KEY_VARIABLES = ("ORCH_KEYRING_DIR", "ORCH_SIGNING_KEY", "ORCH_SIGNING_KEY_FILE", "ORCH_TRUSTED_KEYS_DIR")
-
-
-class StopSignals:
-    """SIGTERM and SIGINT during ``execute`` (``handled``): the first raises ``Interrupted`` where the run is,
-    or, inside a ``deferred`` step, as soon as that step ends; every later one is ignored, so the cleanup the
-    first one started is never cut short. Deferred are the steps a stop must not cut in two: making a folder
-    the cleanup must know of, starting the worker process (started, it is stopped; half started, it would be
-    left running), a submit (a kept project's job is written whole), and the cleanup itself."""
-
-    def __init__(self) -> None:
-        self.depth = 0  # inside this many deferred steps
-        self.pending: int | None = None
-        self.raised = False
-
-    @contextlib.contextmanager
-    def handled(self) -> Iterator[None]:
-        """Install the handlers for the block (in the main thread; elsewhere signals stay as they are). A signal
-        ignored when it starts stays ignored, as Python leaves it (``cmd &`` in a script ignores SIGINT, so that
-        a Ctrl-C meant for the script does not reach its background jobs)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        self.depth, self.pending, self.raised = 0, None, False
-        saved = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
-                 if signal.getsignal(sig) is not signal.SIG_IGN}
-        try:
-            yield
-        finally:
-            for sig, old in saved.items():
-                signal.signal(sig, old)
-
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        if self.raised:
-            return
-        if self.depth:
-            self.pending = signum
-            return
-        self.raised = True
-        raise Interrupted(signum)
-
-    @contextlib.contextmanager
-    def deferred(self) -> Iterator[None]:
-        self.depth += 1
-        try:
-            yield
-        finally:
-            self.depth -= 1
-            if not self.depth and self.pending is not None and not self.raised:
-                self.raised = True
-                raise Interrupted(self.pending)
-
-
-STOP = StopSignals()
 
 
 def scratch_keys(base_path: Path, project_id: str) -> Path:
@@ -130,7 +76,7 @@ def run(settings: Settings, progress: Callable[[str], None] | None = None) -> li
     worker: lat.WorkerProcess | None = None
     rows: list[dict[str, Any]] = []
     try:  # from the worker's start: whatever fails after it stops it, never leaves it running
-        with STOP.deferred():  # a stop waits for it to have started (or failed to), then stops it below
+        with COMMAND_STOP.deferred():  # a stop waits for it to have started (or failed to), then stops it below
             # it claims the benchmark's own jobs only: one submitted to the project meanwhile is never run here
             worker = lat.WorkerProcess(str(settings.base_path), settings.project_id, env,
                                        kinds=(lat.ECHO_KIND,)).start()
@@ -138,7 +84,7 @@ def run(settings: Settings, progress: Callable[[str], None] | None = None) -> li
         for i in range(total):
             pad = rng.randrange(MAX_PAD + 1)
             submitted_ns = time.monotonic_ns()
-            with STOP.deferred():
+            with COMMAND_STOP.deferred():
                 job_id = orch.submit(lat.ECHO_KIND, {"pad": pad, "sample": i})
             st, visible_ns = reader.wait_for(job_id, lat.TERMINAL_STATES)
             durable_ns = worker.wait_durable(job_id, 1)
@@ -160,7 +106,7 @@ def run(settings: Settings, progress: Callable[[str], None] | None = None) -> li
             if progress and (len(rows) % 100 == 0 or len(rows) == settings.samples):
                 progress(f"terminal latency: {len(rows)}/{settings.samples} samples")
     finally:
-        with STOP.deferred():
+        with COMMAND_STOP.deferred():
             reader.close()
             if worker is not None:
                 worker.stop()
@@ -272,8 +218,8 @@ def execute(samples: int, seed: int, base_path: str | None, project_id: str | No
     project = validate_id(f"bench-latency-{os.urandom(4).hex()}" if scratch else project_id, "project id")
     delete = scratch and not keep
     try:
-        with STOP.handled(), contextlib.ExitStack() as outputs:  # an error or a stop discards both outputs
-            with STOP.deferred():
+        with COMMAND_STOP.handled(), contextlib.ExitStack() as outputs:  # an error or a stop discards both outputs
+            with COMMAND_STOP.deferred():
                 # a path given empty is refused there (``OutputFile``), never taken for none given
                 raw = None if raw_output is None else outputs.enter_context(OutputFile(raw_output, "the raw samples"))
                 md = None if report is None else outputs.enter_context(OutputFile(report, "the report"))
@@ -305,7 +251,7 @@ def _measure(samples: int, seed: int, base_path: str | None, project: str, delet
     given = DEFAULT_BASE_PATH if base_path is None and not delete else base_path  # None: a temporary folder
     base: Path | None = None
     try:
-        with STOP.deferred():  # what is made here is known to the cleanup below before a stop can cut in
+        with COMMAND_STOP.deferred():  # what is made here is known to the cleanup below before a stop can cut in
             if given is None:
                 tmp = tempfile.mkdtemp(prefix="orch-bench-")
                 base = Path(tmp)
@@ -319,7 +265,7 @@ def _measure(samples: int, seed: int, base_path: str | None, project: str, delet
         t0 = time.perf_counter()
         rows = run(settings, progress)
     finally:
-        with STOP.deferred():
+        with COMMAND_STOP.deferred():
             if delete and base is not None:  # the scratch project and keys; a kept project's keys are the operator's
                 shutil.rmtree(base / project, ignore_errors=True)
                 shutil.rmtree(scratch_keys(base, project), ignore_errors=True)

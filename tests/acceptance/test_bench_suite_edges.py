@@ -71,7 +71,7 @@ def test_a_suite_stopped_mid_run_removes_its_scratch_project_and_leaves_the_json
         tmp_path: Path, cli_env, sig: signal.Signals, exit_code: int, workload: str) -> None:
     """SIGTERM ended the process where it was (exit 143 from the signal itself): the scratch project stayed (a full
     run's scale project holds 100k jobs) and so did a ``.r.json.<hex>.tmp`` beside ``--json``. Now it is stopped as
-    ``bench_terminal_latency`` is (``terminal_bench.StopSignals``): the way out runs, exit 128 + the signal."""
+    ``bench_terminal_latency`` is (``command_stop.COMMAND_STOP``): the way out runs, exit 128 + the signal."""
     if sig == signal.SIGINT and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         pytest.skip("SIGINT is ignored by this process (a background job): its child would ignore it too")
     base, out = tmp_path / "b", tmp_path / "r.json"

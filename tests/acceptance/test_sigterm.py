@@ -117,3 +117,70 @@ def test_a_sigterm_ignored_when_the_command_starts_stays_ignored(cli_env: dict[s
     proc = subprocess.run([sys.executable, "-c", script], env=cli_env, cwd=str(REPO), capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_sigterm_during_a_deferred_step_of_a_command_lets_the_step_end_then_stops_it_with_exit_143(
+        cli_env: dict[str, str], tmp_path: Path) -> None:
+    """One stop rule for every command line (``command_stop.COMMAND_STOP``): a command's step that a stop must not cut
+    in two (``deferred``, the benchmarks' until 2026-12-07) ends whole, then the stop is the command's ``INTERRUPTED``;
+    the command goes no further."""
+    done, after = tmp_path / "done", tmp_path / "after"
+    setup = ("from orchestrator import integrity\nfrom orchestrator.command_stop import COMMAND_STOP\n"
+             "def waits(*args, **kwargs):\n"
+             "    with COMMAND_STOP.deferred():\n"
+             f"        open({str(tmp_path / 'started')!r}, 'w').close()\n"
+             "        time.sleep(1)\n"
+             f"        open({str(done)!r}, 'w').close()\n"
+             f"    open({str(after)!r}, 'w').close()\n"
+             "    time.sleep(60)\n"
+             "integrity.verify_project = waits\n")
+    proc = _stopped(cli_env, tmp_path / "started", setup, "verify")
+    assert proc.returncode == 143, (proc.stdout, proc.stderr)
+    assert proc.stderr.strip() == f"error[INTERRUPTED]: {MESSAGE}", proc.stderr
+    assert done.exists() and not after.exists()
+
+
+BENCH_WAY_OUT = """
+import os, sys, time
+from orchestrator import cli, terminal_bench
+import orchestrator.commands.bench as command
+def measure(*args, **kwargs):  # the run, stopped by the first signal
+    open(os.environ["STARTED"], "w").close()
+    time.sleep(60)
+terminal_bench._measure = measure
+real = command.echo
+def echo(message, **kwargs):  # the second comes while the command says it was stopped
+    if message.startswith("interrupted by"):
+        open(os.environ["WAY_OUT"], "w").close()
+        time.sleep(1)
+    real(message, **kwargs)
+command.echo = echo
+cli.run_script("bench-terminal-latency", sys.argv[1:])
+"""
+
+
+def test_a_second_sigterm_while_a_stopped_benchmark_says_so_is_ignored(cli_env: dict[str, str],
+                                                                        tmp_path: Path) -> None:
+    """Before 2026-12-07 the benchmark's own stop handling (``terminal_bench.StopSignals``) put the command line's
+    handler back as the stopped run ended, which raised again: a second, generic ``error[INTERRUPTED]: ... check what
+    it did`` in the place of the benchmark's line saying what it stopped and removed."""
+    started, way_out = tmp_path / "started", tmp_path / "way_out"
+    proc = subprocess.Popen([sys.executable, "-c", BENCH_WAY_OUT], cwd=str(REPO), text=True,
+                            env={**cli_env, "STARTED": str(started), "WAY_OUT": str(way_out)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    try:
+        for mark in (started, way_out):
+            deadline = time.monotonic() + WAIT
+            while not mark.exists():
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, (out, err)
+    assert err.strip() == ("interrupted by SIGTERM: the benchmark's worker process was stopped, the scratch project "
+                           "and the folders made for it removed; no results were written"), err
