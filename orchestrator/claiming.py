@@ -158,7 +158,7 @@ class Claimer:
         # a job left for want of a handler or a key is never the one a shared index reserves for this worker: reserved
         # at every pass, it would keep the workers that can run it waiting (PostgreSQL, ``QueueIndex.candidates``)
         skip = self.untrusted.skipped() + self.left.skipped()
-        for entry in self._in_order(self.queue.candidates(now, skip=skip, kinds=self.settings.kinds)):
+        for entry in self._in_order(self._listed(now, skip)):
             self._met.add(entry.job_id)
             if self.left.passes_over(entry.job_id):  # of a kind this worker does not run: no read, not waited for
                 self.left_for_others = True
@@ -181,6 +181,29 @@ class Claimer:
                 return claim
         self._ahead = None  # its job was not claimable here: an idle worker holds no view looked at for a claim
         return None
+
+    def _listed(self, now: float, skip: list[str]) -> Iterator[ReadyEntry]:
+        """The pass's candidates (``QueueIndex.candidates``). From an index that lists a page of the due entries
+        (PostgreSQL's: the reserved row and ``CANDIDATES`` more), the due ones of each page, the next page asked for
+        only once this one is left whole (``QueueIndex.next_page``: none of a kind the pass found it has no handler
+        for), then the first page's hints (not due: ``next_due``). So one pass reaches every due job this worker can
+        run, as on files; until 2026-12-07 one behind more than 9 it could not run was not reached by
+        ``worker --once``, and a looping worker's later passes reserved past at most ``SKIPPED_MAX`` of them. A
+        claim that finds its job in the first page costs one statement, as before."""
+        kinds = self.settings.kinds
+        listed = self.queue.candidates(now, skip=skip, kinds=kinds)
+        if self.queue.lists_every_due_entry:
+            yield from listed
+            return
+        later = []
+        while listed:
+            for entry in listed:
+                if entry.due(now):
+                    yield entry
+                else:
+                    later.append(entry)
+            listed = self.queue.next_page(now, skip=skip, kinds=kinds, left_kinds=list(self.unhandled))
+        yield from later
 
     def _in_order(self, candidates: Iterable[ReadyEntry]) -> Iterator[ReadyEntry]:
         """The candidates, and among them, at its place in the claim order, the own entry of each job met under a
@@ -367,13 +390,13 @@ class Claimer:
 
     def count_left(self) -> None:
         """Count, in what the last pass left queued for other workers (``unhandled``, ``untrusted.queued``), the due
-        jobs it did not meet: an index that lists a page of them per pass (``QueueIndex.lists_every_due_entry``;
-        PostgreSQL's, ``pg_queue.CANDIDATES`` rows besides the one it reserves) left the others out, and until
-        2026-12-07 ``worker --once`` said "9 queued job(s)" of 60 (exit 11 and 8, the ``worker_stopped`` line). Only
-        for such a report (``handler_not_found``, ``untrusted_keys``), never on the claim path: one listing of the
-        index (``QueueIndex.ready``), each job counted by its entry's kind, unread; where jobs were left for want of
-        a key, each job not met is read and checked instead, as a pass over every entry would. A store that fails
-        meanwhile leaves the pass's own counts (logged)."""
+        jobs it did not meet: an index that lists a page of them at a time (``QueueIndex.lists_every_due_entry``;
+        PostgreSQL's, whose next pages leave out the kinds found without a handler: ``_listed``) left those out, and
+        until 2026-12-07 ``worker --once`` said "9 queued job(s)" of 60 (exit 11 and 8, the ``worker_stopped``
+        line). Only for such a report (``handler_not_found``, ``untrusted_keys``), never on the claim path: one
+        listing of the index (``QueueIndex.ready``), each job counted by its entry's kind, unread; where jobs were
+        left for want of a key, each job not met is read and checked instead, as a pass over every entry would. A
+        store that fails meanwhile leaves the pass's own counts (logged)."""
         if self._counted or self.queue.lists_every_due_entry or not (self.unhandled or self.untrusted.queued):
             return
         self._counted = True

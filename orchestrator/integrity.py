@@ -25,14 +25,13 @@ from orchestrator.errors import (InvalidInputError, JobNotFoundError, Orchestrat
 from orchestrator.history import ROLLED_BACK, Problem, check_head_record, verify_stream
 from orchestrator.limits import MAX_ANCHOR_BYTES, read_at_most
 from orchestrator.output_file import OutputFile
-from orchestrator.queue import BUILT_MARKER, INDEX_DIR, QueueIndex
+from orchestrator.queue import QueueIndex
 from orchestrator.security import shown, validate_id
 from orchestrator.signing import (KEY_REVOKED, SIGNATURE_INVALID, UNKNOWN_KEY, canonical, is_key_id, line_hash,
                                   parse_line)
-from orchestrator.state import QUEUED
+from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import AUDIT_STREAM
 from orchestrator.store.locks import bounded_waits
-from orchestrator.views import JobView
 
 ANCHOR_FORMAT = "jsonl-orchestrator/anchor/v1"
 # How long ``verify`` waits, all jobs together, for the actions in flight on jobs whose audit entry it found missing
@@ -222,28 +221,36 @@ def _built_queue(orch: Orchestrator) -> QueueIndex | None:
         return None
 
 
-def _missing_entry(orch: Orchestrator, queue: QueueIndex, view: JobView) -> Problem | None:
-    """The warning for a job that is queued or running with no entry in ``queue``, else None. An entry is dropped only
-    after the event that ends its state: so an entry is missing only if it is not there while the job's history does
-    not grow (read again after the look, cheap: only for a job whose entry was not found). A history cut back to that
+def _missing_entries(orch: Orchestrator, queue: QueueIndex, jobs: list[tuple[JobState, int]]) -> dict[str, Problem]:
+    """The warning of each job, by id, that is queued or running with no entry in ``queue``; ``jobs``: the state and
+    head of each verified job, read before. Their entries are looked at together after those reads
+    (``QueueIndex.holding``: one statement on PostgreSQL), and an entry is dropped only after the event that ends its
+    state (on PostgreSQL, in its transaction): so an entry is missing only if it is not there while the job's
+    history does not grow (read again after the look, cheap: only for a job whose entry was not found), nor at a
+    second look after that read (a claimer that drops an entry and puts it back: an imported job's,
+    ``QueueIndex.drop_orphan_ready``). Both stores' entries are looked at since 2026-12-07. A history cut back to that
     state (its last events and head record removed: ``verify`` finds no problem, only an anchor or the audit log can)
     looks the same, its entry rightly dropped when the job ended; rebuilding the index would run the job again. So
     the advice is to compare first, then rebuild (nothing here can tell the two apart: a job's last event is no
     audited one, in general)."""
-    s = view.state
-    if not view.ok or s is None or queue.holds_entry(s) or orch.store.read(s.job_id, from_seq=view.head.seq + 1):
-        return None
-    folder, does, again = (("ready", "runs", "run it again") if s.state == QUEUED
-                           else ("running", "recovers", "recover it and run its handler again"))
-    built = orch.settings.state_dir / INDEX_DIR / BUILT_MARKER
-    return Problem(s.job_id, view.head.seq, INDEX_ENTRY_MISSING,
-                   f"the job is {s.state} but has no entry in {INDEX_DIR}/{folder}/, so no worker {does} it: the "
-                   f"entry was deleted by hand (or not put back after an INDEX_NOT_UPDATED warning), or the job's "
-                   f"history was cut after it had ended (its last events and head record removed: an entry goes "
-                   f"when the job's state ends), which a rebuilt index would take at its word and {again}. First "
-                   f"compare with an exported anchor (`orchestrator verify --against ANCHOR`) and the audit log "
-                   f"(`orchestrator audit-timeline --job-id {s.job_id}`); only if neither shows more than event "
-                   f"#{view.head.seq}, remove {built} and the next worker rebuilds the index from the events")
+    held = queue.holding([s for s, _ in jobs])
+    out = {}
+    for s, seq in jobs:
+        if (s.job_id in held or orch.store.read(s.job_id, from_seq=seq + 1)
+                or queue.holds_entry(s)):  # looked at again: a claimer that drops an entry and puts it back
+            continue
+        does, again = (("runs", "run it again") if s.state == QUEUED
+                       else ("recovers", "recover it and run its handler again"))
+        lacks, lost, rebuild = queue.missing_entry_terms(s)
+        out[s.job_id] = Problem(
+            s.job_id, seq, INDEX_ENTRY_MISSING,
+            f"the job is {s.state} but has {lacks}, so no worker {does} it: {lost}, or the job's history was cut "
+            f"after it had ended (its last events and head record removed: an entry goes when the job's state ends), "
+            f"which a rebuilt index would take at its word and {again}. First compare with an exported anchor "
+            f"(`orchestrator verify --against ANCHOR`) and the audit log (`orchestrator audit-timeline --job-id "
+            f"{s.job_id}`); only if neither shows more than event #{seq}, {rebuild} and the next worker rebuilds the "
+            f"index from the events")
+    return out
 
 
 def verify_project(orch: Orchestrator, job_id: str | None = None, *,
@@ -337,6 +344,8 @@ def _check_chunk(orch: Orchestrator, chunk: list[tuple[str, list[tuple[int, str]
     (when that is built: ``_built_queue``, asked once a chunk)."""
     part = VerifyReport()
     queue = _built_queue(orch)
+    stale: list[tuple[str, Problem | None]] = []  # each job's, in order, with its missing entry's after the reads
+    needing: list[tuple[JobState, int]] = []  # the jobs that need an entry (``_missing_entries``)
     for jid, claimed, indexed in chunk:
         try:
             view = orch.load(jid, every_signature=True)
@@ -349,9 +358,12 @@ def _check_chunk(orch: Orchestrator, chunk: list[tuple[str, list[tuple[int, str]
         part.events += len(view.stream.lines)
         part.problems.extend(view.problems)
         _cross_check(part, jid, view, claimed)
-        stale = None if indexed == _NO_INDEX else _stale_row(orch, jid, indexed, view.stream.lines)
-        missing = None if queue is None else _missing_entry(orch, queue, view)
-        part.warnings.extend(w for w in (stale, missing) if w is not None)
+        stale.append((jid, None if indexed == _NO_INDEX else _stale_row(orch, jid, indexed, view.stream.lines)))
+        if queue is not None and view.ok and view.state is not None and view.state.state in (QUEUED, RUNNING):
+            needing.append((view.state, view.head.seq))
+    missing = _missing_entries(orch, queue, needing) if needing and queue is not None else {}
+    for jid, row in stale:
+        part.warnings.extend(w for w in (row, missing.get(jid)) if w is not None)
     return part
 
 

@@ -146,9 +146,10 @@ class QueueIndex(ABC):
     """Ready and running jobs, as hints for claiming and stale recovery."""
 
     _seen_built = False  # ``built_with_first_job`` has decided for this project: not asked again
-    #: Whether a claim pass meets every due entry (``candidates`` lists them all); False for a shared index that lists
-    #: a page of them per pass (PostgreSQL: ``pg_queue.CANDIDATES``), whose claimer lists the rest (``ready``) only to
-    #: say how many jobs it left for other workers (``Claimer.count_left``)
+    #: Whether ``candidates`` lists every due entry; False for a shared index that lists a page of them at a time
+    #: (PostgreSQL: ``pg_queue.CANDIDATES``; the next, ``next_page``, leaves out the kinds a pass found no handler
+    #: for), whose claimer lists the rest (``ready``) only to say how many jobs it left for other workers
+    #: (``Claimer.count_left``)
     lists_every_due_entry = True
 
     # -- projection hooks (called by Orchestrator.append) --------------------------------------
@@ -236,6 +237,13 @@ class QueueIndex(ABC):
         claimer tells the kind from the job it reads."""
         return iter(self.ready())
 
+    def next_page(self, now: float, skip: Collection[str] = (), kinds: Collection[str] = (),
+                  left_kinds: Collection[str] = ()) -> list[ReadyEntry]:
+        """For an index that lists a page of the due entries (``lists_every_due_entry`` False): the next page, once a
+        claimer left every entry of the last one, without entries of ``left_kinds`` (kinds it found no handler for);
+        empty when there is none. An index whose ``candidates`` lists every entry has no next page."""
+        return []
+
     def upcoming(self) -> ReadyEntry | None:
         """The entry the next claim will most likely try first, from what this index holds already: no read,
         nothing reserved, the claims' walk left as it is. A worker reads and checks its job while
@@ -280,10 +288,18 @@ class QueueIndex(ABC):
     def holds_entry(self, s: JobState) -> bool:
         """Whether the index holds the entry a job in state ``s`` needs (queued: its ready entry; running: a running
         entry of its epoch, or of none); ``verify`` asks it of every job (an entry deleted by hand: no worker runs or
-        recovers the job until the index is rebuilt). True for an index that is not looked at (in memory; on
-        PostgreSQL the rows are written in the event's transaction, and ``import`` puts its rows again after its
-        lines: ``drop_orphan_ready``)."""
+        recovers the job until the index is rebuilt). True for an index that is not looked at (in memory)."""
         return True
+
+    def holding(self, states: list[JobState]) -> set[str]:
+        """The jobs of ``states`` whose entries the index holds (``holds_entry``), looked at together: an index in the
+        store's database asks once (``verify``, a chunk of jobs at a time)."""
+        return {s.job_id for s in states if self.holds_entry(s)}
+
+    def missing_entry_terms(self, s: JobState) -> tuple[str, str, str]:
+        """How ``verify`` names the entry a job in state ``s`` lacks here (``INDEX_ENTRY_MISSING``): where it is not,
+        how such an entry goes, and what makes the next worker rebuild the index."""
+        return "no entry in the queue index", "the entry was deleted", "rebuild the queue index"
 
     def drop_orphan_ready(self, entry: ReadyEntry, store: "EventStore") -> None:
         """Drop the ready entry of a job read with no line, then look once more for one, and put the entry back if

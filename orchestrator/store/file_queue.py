@@ -17,7 +17,8 @@ from typing import Collection, Iterator
 from orchestrator import faults
 from orchestrator.errors import StorageError
 from orchestrator.limits import keep_latest
-from orchestrator.queue import BUILT_MARKER, ENTRY_TEMPLATE, FOLDER_MARK, INDEX_FOLDERS, QueueIndex, ReadyEntry
+from orchestrator.queue import (BUILT_MARKER, ENTRY_TEMPLATE, FOLDER_MARK, INDEX_DIR, INDEX_FOLDERS, QueueIndex,
+                                ReadyEntry)
 from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.files import check_folders, link_name, make_folder, open_creating, path_error, remove_file
 from orchestrator.wakeup import InotifyWatcher, TurnBell, Watcher, WatchTurn, make_watcher, wakeup_mode, watch_turn
@@ -212,6 +213,11 @@ class FileQueueIndex(QueueIndex):
             return any(_entry_exists(os.path.join(self._running_s, self._running_name(s.job_id, epoch)))
                        for epoch in (s.epoch, None))
         return True
+
+    def missing_entry_terms(self, s: JobState) -> tuple[str, str, str]:
+        folder = "ready" if s.state == QUEUED else "running"
+        return (f"no entry in {INDEX_DIR}/{folder}/", "the entry was deleted by hand (or not put back after an "
+                "INDEX_NOT_UPDATED warning)", f"remove {self._built_s}")
 
     @staticmethod
     def _list(folder: Path) -> list[str]:

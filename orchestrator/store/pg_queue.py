@@ -35,7 +35,7 @@ from typing import Any, Collection
 from orchestrator import faults
 from orchestrator.errors import StorageError
 from orchestrator.queue import IndexChange, QueueIndex, ReadyEntry
-from orchestrator.state import JobState
+from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import HEADS_AREA, InTransaction, StoredLine
 from orchestrator.store.pg_connection import _driver, connect
 from orchestrator.store.postgres import PostgresStore, _line_bounds
@@ -67,7 +67,7 @@ _CANDIDATES = """
 WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)),
 pick AS (SELECT job_id, priority, runnable_at_us FROM orch_ready
          WHERE project = %(p)s AND (at_once OR runnable_at_us <= %(now)s) AND reserved_until_us <= %(now)s
-         AND job_id <> ALL(%(skip)s::text[]) AND {mine}
+         AND job_id <> ALL(%(skip)s::text[]) AND {mine}{page}
          ORDER BY priority DESC, runnable_at_us, job_id LIMIT 1 FOR UPDATE SKIP LOCKED),
 reserved AS (UPDATE orch_ready r SET reserved_by = %(by)s, reserved_until_us = %(until)s FROM pick, async_commit
              WHERE r.project = %(p)s AND r.job_id = pick.job_id AND r.priority = pick.priority
@@ -75,15 +75,8 @@ reserved AS (UPDATE orch_ready r SET reserved_by = %(by)s, reserved_until_us = %
              RETURNING r.priority, r.runnable_at_us, r.job_id, r.kind, r.at_once)
 SELECT 0 AS part, priority, runnable_at_us AS at, job_id, kind, at_once, NULL::bytea AS line, 0 AS length FROM reserved
 UNION ALL (SELECT 1, priority, runnable_at_us, job_id, kind, at_once, NULL, 0 FROM orch_ready
-           WHERE project = %(p)s AND (at_once OR runnable_at_us <= %(now)s) AND reserved_until_us <= %(now)s AND {mine}
-           ORDER BY priority DESC, runnable_at_us, job_id LIMIT %(n)s)
-UNION ALL (SELECT 2, priority, runnable_at_us, job_id, kind, false, NULL, 0 FROM orch_ready
-           WHERE project = %(p)s AND NOT at_once AND runnable_at_us > %(now)s AND {mine}
-           ORDER BY runnable_at_us LIMIT 1)
-UNION ALL (SELECT 3, priority, reserved_until_us, job_id, kind, false, NULL, 0 FROM orch_ready
-           WHERE project = %(p)s AND (at_once OR runnable_at_us <= %(now)s) AND reserved_until_us > %(now)s AND {mine}
-           AND reserved_until_us > 0 AND job_id <> ALL(%(skip)s::text[])
-           ORDER BY reserved_until_us LIMIT 1)
+           WHERE project = %(p)s AND (at_once OR runnable_at_us <= %(now)s) AND reserved_until_us <= %(now)s AND {mine}{page}
+           ORDER BY priority DESC, runnable_at_us, job_id LIMIT %(n)s){hints}
 UNION ALL (SELECT 4, 0, 0, key, NULL, false, data, 0 FROM orch_aux
            WHERE project = %(p)s AND area = %(area)s AND key = (SELECT job_id FROM reserved))
 UNION ALL (SELECT 5, 0, seq, stream, NULL, false, CASE WHEN octet_length(line) <= %(cap)s THEN line END,
@@ -92,9 +85,34 @@ UNION ALL (SELECT 5, 0, seq, stream, NULL, false, CASE WHEN octet_length(line) <
            ORDER BY seq LIMIT %(lines)s)
 ORDER BY part, priority DESC, at, job_id
 """
+_HINTS = """
+UNION ALL (SELECT 2, priority, runnable_at_us, job_id, kind, false, NULL, 0 FROM orch_ready
+           WHERE project = %(p)s AND NOT at_once AND runnable_at_us > %(now)s AND {mine}
+           ORDER BY runnable_at_us LIMIT 1)
+UNION ALL (SELECT 3, priority, reserved_until_us, job_id, kind, false, NULL, 0 FROM orch_ready
+           WHERE project = %(p)s AND (at_once OR runnable_at_us <= %(now)s) AND reserved_until_us > %(now)s AND {mine}
+           AND reserved_until_us > 0 AND job_id <> ALL(%(skip)s::text[])
+           ORDER BY reserved_until_us LIMIT 1)"""
+# The next page of a pass that left every candidate of the last one (``next_page``): the due rows after the last one
+# listed, in claim order, in two steps that each bound the claim order's index scan (the key mixes directions, so no
+# one row comparison can): the rest of that row's priority (``priority = $pr AND (time, id) > ($at, $id)``), then,
+# once that page is not full, the lower priorities (``priority < $pr``). Rows of the kinds the pass found it has no
+# handler for are left out (a row from before 0004 has no kind: kept); no hints (parts 2 and 3): the first page gave
+_NOT_LEFT = "\n           AND (kind IS NULL OR kind <> ALL(%(left_kinds)s::text[]))"
+_SAME_PRIORITY = _NOT_LEFT + " AND priority = %(after_pr)s AND (runnable_at_us, job_id) > (%(after_at)s, %(after_job)s)"
+_LOWER_PRIORITY = _NOT_LEFT + " AND priority < %(after_pr)s"
 # a worker of some kinds only (``WorkerSettings.kinds``): rows of those kinds, and rows from before 0004 (no kind)
 _MINE_ANY, _MINE_KINDS = "true", "(kind IS NULL OR kind = ANY(%(kinds)s::text[]))"
-_CANDIDATES_ANY, _CANDIDATES_KINDS = _CANDIDATES.format(mine=_MINE_ANY), _CANDIDATES.format(mine=_MINE_KINDS)
+
+
+def _claim_statement(mine: str, page: str) -> str:
+    return _CANDIDATES.format(mine=mine, page=page, hints="" if page else _HINTS.format(mine=mine))
+
+
+_CANDIDATES_ANY, _CANDIDATES_KINDS = _claim_statement(_MINE_ANY, ""), _claim_statement(_MINE_KINDS, "")
+_NEXT_PAGES = {(step, bool(mine)): _claim_statement(m, page) for step, page in (("same", _SAME_PRIORITY),
+                                                                                 ("lower", _LOWER_PRIORITY))
+               for mine, m in ((False, _MINE_ANY), (True, _MINE_KINDS))}
 # let a row this worker reserved go (``release``), and wake the workers that may be waiting out its reservation
 _RELEASE = """
 WITH freed AS (UPDATE orch_ready SET reserved_until_us = 0
@@ -104,6 +122,14 @@ SELECT pg_notify(%(channel)s, job_id) FROM freed
 """
 
 
+# the jobs of a list whose ready row (priority and time), or running row (epoch, or 0), is there (``holding``)
+_HOLDING = """
+SELECT r.job_id FROM unnest(%(ready)s::text[], %(pr)s::integer[], %(at)s::bigint[]) AS w(job_id, priority, at)
+JOIN orch_ready r ON r.project = %(p)s AND r.job_id = w.job_id AND r.priority = w.priority AND r.runnable_at_us = w.at
+UNION
+SELECT r.job_id FROM unnest(%(running)s::text[], %(epoch)s::integer[]) AS w(job_id, epoch)
+JOIN orch_running r ON r.project = %(p)s AND r.job_id = w.job_id AND r.epoch IN (w.epoch, 0)
+"""
 _PUT_RUNNING = "INSERT INTO orch_running (project, job_id, epoch) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
 
 
@@ -115,7 +141,7 @@ def channel(project: str) -> str:
 class PgQueueIndex(QueueIndex):
     """The project's ready and running jobs in ``orch_ready`` / ``orch_running``."""
 
-    lists_every_due_entry = False  # a claim pass meets the reserved row and ``CANDIDATES`` more
+    lists_every_due_entry = False  # a page is the reserved row and ``CANDIDATES`` more (``next_page``)
 
     def __init__(self, store: PostgresStore) -> None:
         self.store = store
@@ -240,31 +266,68 @@ class PgQueueIndex(QueueIndex):
         (and rows written before migration 0004, which have none) are reserved or listed.
 
         The same statement reads the reserved job (``reserved_read``): the claim that follows needs no read
-        of its own, one round trip instead of two.
+        of its own, one round trip instead of two. When it listed a full page of due rows, a claimer that leaves
+        them all asks for the next (``next_page``).
         """
+        return self._page(now, skip, kinds)
+
+    def next_page(self, now: float, skip: Collection[str] = (), kinds: Collection[str] = (),
+                  left_kinds: Collection[str] = ()) -> list[ReadyEntry]:
+        """The due entries after the last page this thread's ``candidates`` or ``next_page`` listed, if that page was
+        full (else none, and no round trip; empty only when there is no more), as ``candidates`` lists and reserves
+        them, but for rows of ``left_kinds`` (the kinds the claimer's pass found it has no handler for: none of their
+        rows is read again in this pass) and without the hints of the first page. A pass that left a page whole goes
+        on to the next, so it reaches every due job this worker can run, as on files (until 2026-12-07 a job behind
+        more than 9 it could not run was left to later passes, which reserve past at most ``SKIPPED_MAX`` left)."""
+        while (after := self._mine("page_end")) is not None:  # a priority's rest found empty: the lower ones
+            listed = self._page(now, skip, kinds, after, left_kinds)
+            if listed:
+                return listed
+        return []
+
+    def _page(self, now: float, skip: Collection[str], kinds: Collection[str],
+              after: tuple[str, int, int, str] | None = None, left_kinds: Collection[str] = ()) -> list[ReadyEntry]:
+        """One claim statement: the first page (``_CANDIDATES``), or the next ``after`` (step, priority, time, id)
+        of the last (``_NEXT_PAGES``); its entries in claim order, and where the next page starts kept for
+        ``next_page`` (None: there is none)."""
         now_us = int(round(now * 1e6))
         until = now_us + int(RESERVATION_SECONDS * 1e6)
         size, cap = _line_bounds(None)  # the first chunk of a job's read (``PostgresStore.read_with_aux``)
         params = {"p": self.project, "now": now_us, "by": self.reserver, "until": until,  # the reservation
                   "n": CANDIDATES + 1, "skip": list(skip), "kinds": list(kinds),
                   "area": HEADS_AREA, "cap": cap, "lines": size}
+        if after is None:
+            sql = _CANDIDATES_KINDS if kinds else _CANDIDATES_ANY
+        else:
+            sql = _NEXT_PAGES[after[0], bool(kinds)]
+            params.update(left_kinds=list(left_kinds), after_pr=after[1], after_at=after[2], after_job=after[3])
         self._reserved_job = None
-        rows = self._sql(_CANDIDATES_KINDS if kinds else _CANDIDATES_ANY, params, write=True, fetch=True)
+        self._threads.page_end = None
+        rows = self._sql(sql, params, write=True, fetch=True)
         out, seen = [], set()
         self._reserved = None
         record, chunk = None, []
+        last = None  # the last row of part 1, the page of due rows, and how many it held
+        listed = 0
         for part, pr, at, job, kind, at_once, line, length in rows:
             if part == 4:
                 record = bytes(line)
             elif part == 5:
                 chunk.append((at, line, length))
-            elif job not in seen:  # the reserved row first; it is in the statement's snapshot twice
-                seen.add(job)
-                out.append(ReadyEntry(-pr, at, job, kind, at_once))  # a lapsing reservation's (part 3): its time
-                if part == 0:
-                    self._reserved = (out[-1], params["by"], until)
+            else:
+                if part == 1:
+                    last, listed = (pr, at, job), listed + 1
+                if job not in seen:  # the reserved row first; it is in the statement's snapshot twice
+                    seen.add(job)
+                    out.append(ReadyEntry(-pr, at, job, kind, at_once))  # a lapsing reservation's (part 3): its time
+                    if part == 0:
+                        self._reserved = (out[-1], params["by"], until)
         if self._reserved is not None:
             self._reserved_job = (self._reserved[0], record, chunk, len(chunk) == size)
+        if last is not None and listed == params["n"]:  # a full page: the rest of its last row's priority next
+            self._threads.page_end = ("same", *last)
+        elif after is not None and after[0] == "same":  # that priority's rows all listed: the lower ones next
+            self._threads.page_end = ("lower", after[1], 0, "")
         return out
 
     def reserved_read(self, entry: ReadyEntry) -> tuple[bytes | None, list[StoredLine]] | None:
@@ -304,6 +367,33 @@ class PgQueueIndex(QueueIndex):
         rows = self._sql("SELECT job_id, epoch FROM orch_running WHERE project = %s ORDER BY job_id, epoch",
                          (self.project,), write=False, fetch=True)
         return [(job_id, epoch or None) for job_id, epoch in rows]
+
+    def holds_entry(self, s: JobState) -> bool:
+        return s.job_id in self.holding([s])
+
+    def holding(self, states: list[JobState]) -> set[str]:
+        """One statement for all: the queued jobs whose row (of the priority and time their state gives) is there, and
+        the running ones whose epoch's row (or one from before 0003, epoch 0) is; a job in another state is held.
+        ``verify`` asks it of a chunk of jobs read before: the rows are written in the event's transaction, so one
+        is missing only when deleted by hand (or, for a moment, by a claimer that dropped an imported job's row
+        before its lines: ``drop_orphan_ready``). Until 2026-12-07 this index was not looked at, and such a job
+        went unreported."""
+        ready = [(s.job_id, ReadyEntry.for_state(s)) for s in states if s.state == QUEUED]
+        running = [s for s in states if s.state == RUNNING]
+        held = {s.job_id for s in states if s.state not in (QUEUED, RUNNING)}
+        if ready or running:
+            rows = self._sql(_HOLDING, {"p": self.project, "ready": [j for j, _ in ready],
+                                        "pr": [e.priority for _, e in ready], "at": [e.runnable_at_us for _, e in ready],
+                                        "running": [s.job_id for s in running], "epoch": [s.epoch for s in running]},
+                             write=False, fetch=True)
+            held.update(job for job, in rows)
+        return held
+
+    def missing_entry_terms(self, s: JobState) -> tuple[str, str, str]:
+        table = "orch_ready" if s.state == QUEUED else "orch_running"
+        return (f"no row in {table}", "the row was deleted by hand",
+                f"delete the index's built record (`DELETE FROM orch_aux WHERE project = '{self.project}' AND area = "
+                f"'{INDEX_AREA}' AND key = '{BUILT_KEY}'`)")
 
     def is_built(self) -> bool:
         """Asked before every claim: a "built" seen in the last ``BUILT_RECHECK_SECONDS`` is trusted

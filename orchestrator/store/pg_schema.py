@@ -15,9 +15,10 @@ from importlib import resources
 from typing import Any
 
 from orchestrator import faults
-from orchestrator.errors import ConfigError, SchemaTooNewError, StatementCancelledError
+from orchestrator.errors import ConfigError, SchemaTooNewError
 from orchestrator.security import sanitize_text
-from orchestrator.store.pg_connection import _cancelled, _connection_lost, _storage_error, connect, redacted
+from orchestrator.store.pg_connection import (_cancelled, _conflicted, _connection_lost, _storage_error, connect,
+                                              redacted)
 
 log = logging.getLogger(__name__)
 
@@ -243,10 +244,14 @@ def migrate(url: str) -> dict[str, Any]:
         except psycopg.Error as exc:
             if conn.broken or conn.closed or _connection_lost(exc):  # each migration commits whole or not at all
                 raise _storage_error(exc, conn, write=True) from None
-            if _cancelled(exc):  # a lock it waited for past a lock_timeout (a table a worker reads), ...: it may pass
-                cancelled = _storage_error(exc, conn).message.removesuffix("; nothing was written")
-                raise StatementCancelledError(f"{cancelled}; the migration it was applying rolled back whole (those "
-                                              "before it stay applied): run `orchestrator db migrate` again") from None
+            # a lock it waited for past a lock_timeout (a table a worker reads), a deadlock (since 2026-12-07; before,
+            # "migration failed", exit 3), ...: it may pass, exit 10 (``StatementCancelledError``,
+            # ``TransactionConflictError``), as from every other command
+            if _cancelled(exc) or _conflicted(exc):
+                again = _storage_error(exc, conn)
+                raise type(again)(f"{again.message.removesuffix('; nothing was written')}; the migration it was "
+                                  "applying rolled back whole (those before it stay applied): run `orchestrator db "
+                                  "migrate` again") from None
             # the server's message may quote the URL's password or the SQL (its values included)
             raise ConfigError(redacted(f"migration failed: {exc}".strip(), url)) from None
         finally:

@@ -64,3 +64,32 @@ def test_a_job_of_a_kind_the_worker_does_not_run_is_not_counted_as_left_for_want
     w = worker(orch, kinds=("t.echo",))
     assert w.run_once() is None
     assert w.handler_not_found() is None
+
+
+def test_one_pass_reaches_a_runnable_job_behind_more_due_jobs_than_a_page_it_cannot_run(orch: Orchestrator) -> None:
+    """``worker --once`` runs the job it can run however many due jobs it cannot run are ahead of it, on every store:
+    on PostgreSQL a pass met only the reserved row and ``CANDIDATES`` more (until 2026-12-07: exit 11, the job
+    queued). Jobs of two kinds without a handler, the second kind met only on a page after the first."""
+    for i in range(MANY):
+        orch.submit("t.nowhere", {"n": i}, priority=5)
+    for i in range(MANY):
+        orch.submit("t.elsewhere", {"n": i}, priority=4)
+    job = orch.submit("t.echo", {"message": "behind them"})
+    w = worker(orch)
+    claim = w.claim()
+    assert claim is not None and claim.job_id == job
+    assert {kind: k["jobs"] for kind, k in w.handler_not_found().details["kinds"].items()} == {
+        "t.nowhere": MANY, "t.elsewhere": MANY}
+
+
+def test_one_pass_of_a_worker_of_some_kinds_reaches_its_job_behind_jobs_of_its_kind_it_has_no_handler_for(
+        orch: Orchestrator) -> None:
+    """The same with ``--kind``: rows of the worker's kinds that it has no handler for are left, and the pass goes
+    on past them."""
+    for i in range(MANY):
+        orch.submit("t.nowhere", {"n": i}, priority=5)
+    job = orch.submit("t.echo", {"message": "behind them"})
+    w = worker(orch, kinds=("t.nowhere", "t.echo"))
+    claim = w.claim()
+    assert claim is not None and claim.job_id == job
+    assert w.handler_not_found().details["jobs"] == MANY

@@ -175,6 +175,31 @@ def test_a_reservation_of_a_job_in_skip_is_not_listed_as_one_to_look_at_again(cl
     assert [e.job_id for e in listed] == [other], "a job this worker left is not waited for"
 
 
+def test_next_page_lists_the_due_rows_after_a_full_page_but_for_the_kinds_left_then_the_lower_priorities(
+        cluster: Cluster) -> None:
+    """A pass that left a whole page asks for the next (``PgQueueIndex.next_page``): the rest of the last row's
+    priority, then the lower ones, each page reserving its first row; the kinds the pass found no handler for are left
+    out, and a page that is not full has no next one (no statement)."""
+    from orchestrator.store.pg_queue import CANDIDATES
+
+    a = cluster.machine("a")
+    page = CANDIDATES + 1
+    first = [a.submit("t.a", i, priority=5) for i in range(page + 3)]
+    others = [a.submit("t.b", i, priority=5) for i in range(page + 2)]
+    low = [a.submit("t.c", i, priority=1) for i in range(2)]
+    now = a.clock()
+    q = a.queue
+    assert [e.job_id for e in q.candidates(now)] == first[:page]
+    second = q.next_page(now, left_kinds=["t.a"])
+    assert [e.job_id for e in second] == others[:page]
+    assert q.reserved_read(second[0]) is not None  # each page reserves its first row and reads its job
+    assert [e.job_id for e in q.next_page(now, left_kinds=["t.a"])] == others[page:]  # priority 5 all listed
+    assert [e.job_id for e in q.next_page(now, left_kinds=["t.a"])] == low
+    assert q.next_page(now, left_kinds=["t.a"]) == []
+    b = cluster.machine("b")
+    assert [e.job_id for e in b.queue.candidates(now + 3, kinds=["t.c"])] == low and b.queue.next_page(now + 3) == []
+
+
 def test_a_worker_of_some_kinds_neither_reserves_nor_lists_jobs_of_other_kinds_on_postgres(cluster: Cluster) -> None:
     a, b = cluster.machine("a"), cluster.machine("b")
     echo = a.submit("t.echo", "not for a", priority=5)  # first in claim order

@@ -5,6 +5,7 @@ Each test creates a scratch database next to the test database (same server and 
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from typing import Iterator
 
@@ -301,7 +302,7 @@ def test_the_claim_statements_lookups_out_of_claim_order_use_their_indexes(scrat
     too in the generic plan a prepared statement may be given (psycopg prepares a statement run five times)."""
     import re
 
-    from orchestrator.store.pg_queue import _CANDIDATES_ANY, _CANDIDATES_KINDS
+    from orchestrator.store.pg_queue import _CANDIDATES_ANY, _CANDIDATES_KINDS, _NEXT_PAGES
 
     migrate(scratch_db)
     conn = connect(scratch_db, autocommit=True)
@@ -328,6 +329,15 @@ def test_the_claim_statements_lookups_out_of_claim_order_use_their_indexes(scrat
                 # the reserved job's read (since 2026-12-02): primary-key look-ups of that one job
                 assert "orch_aux_pkey" in plan and "orch_events_pkey" in plan, plan
                 assert "Seq Scan" not in plan, plan
+        # a pass's next page (since 2026-12-07): the claim order's index, its scan bounded by the last row listed, in
+        # the plan a statement gets (custom plans; a forced generic one reads the rest of that priority's rows)
+        conn.execute("SET plan_cache_mode = auto")
+        page = {**params, "left_kinds": ["x"], "after_pr": 3, "after_at": 25004, "after_job": "J25004"}
+        for (step, _), sql in _NEXT_PAGES.items():
+            plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + sql, page).fetchall())
+            bound = "(priority = " if step == "same" else "(priority < "
+            assert "Index Scan using orch_ready_claim_order" in plan and bound in plan, plan
+            assert "Seq Scan" not in plan and "Sort Key: orch_ready" not in plan, plan
     finally:
         conn.close()
 
@@ -440,6 +450,53 @@ def test_a_migration_the_server_cancels_for_a_lock_timeout_is_a_storage_error_an
     error = json.loads(result.stdout)
     assert error["error"] == "STORAGE_ERROR" and "canceling statement due to lock timeout" in error["message"]
     assert "rolled back whole" in error["message"] and "db migrate" in error["message"]
+    assert current_version_of(scratch_db) == latest_version() - 1
+    assert migrate(scratch_db)["applied"] == [f"{latest_version():04d}_{migrations()[-1].name}"]
+
+
+def test_a_migration_the_server_rolls_back_for_a_deadlock_exits_10_as_a_cancelled_one_and_the_next_run_completes_it(
+        scratch_db: str) -> None:
+    """A deadlock is a conflict that may pass (``TransactionConflictError``, exit 10, as every other command's since
+    2026-12-07), as a ``lock_timeout`` is: until 2026-12-07 ``db migrate`` said "migration failed", ``CONFIG_ERROR``,
+    exit 3, of a migration that rolled back whole and applied on the next run. The deadlock: another session holds a
+    lock on the version table that the migration's version row waits for, and waits for the migration's lock."""
+    import json
+    import threading
+
+    from click.testing import CliRunner
+
+    from orchestrator import faults
+    from orchestrator.cli import cli
+    from orchestrator.store.pg_schema import MIGRATION_LOCK
+
+    apply_up_to(scratch_db, latest_version() - 1)
+    other = connect(scratch_db)
+    other.execute("SET deadlock_timeout = '60s'")  # the migration's own check (1 s) finds the cycle: it is rolled back
+    other.execute(f"LOCK TABLE {MIGRATIONS_TABLE} IN SHARE MODE")  # its version row waits for this transaction
+    waiting = threading.Thread(target=lambda: other.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,)))
+
+    def other_waits_for_the_migration() -> None:
+        waiting.start()
+        watch = connect(scratch_db, autocommit=True)
+        try:
+            while not watch.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                                    ).fetchone()[0]:
+                time.sleep(0.02)
+        finally:
+            watch.close()
+
+    faults.arm("pg.migrate.before_record", other_waits_for_the_migration)
+    try:
+        result = CliRunner().invoke(cli, ["db", "migrate", "--store", scratch_db, "--json"])
+    finally:
+        faults.disarm_all()
+        waiting.join(30)  # granted once the migration's session let its lock go
+        other.rollback()
+        other.close()
+    assert result.exit_code == 10, result.output
+    error = json.loads(result.stdout)
+    assert error["error"] == "STORAGE_ERROR" and "deadlock detected" in error["message"], error
+    assert "rolled back whole" in error["message"] and "db migrate" in error["message"], error
     assert current_version_of(scratch_db) == latest_version() - 1
     assert migrate(scratch_db)["applied"] == [f"{latest_version():04d}_{migrations()[-1].name}"]
 

@@ -283,6 +283,38 @@ def test_worker_once_on_postgres_counts_every_queued_job_signed_by_a_key_it_does
         home.close()
 
 
+@pytest.mark.postgres
+def test_one_pass_on_postgres_reaches_a_job_behind_more_jobs_signed_by_a_key_it_does_not_trust_than_a_page(
+        tmp_path: Path, base: Path) -> None:
+    """Jobs signed by an unknown key have no kind to leave out of the statement: the pass pages on past them. Until
+    2026-12-07 it met the reserved row and ``CANDIDATES`` more, and ``worker --once`` exited 8 with the job queued."""
+    from backends import TestPostgresStore
+    from orchestrator.store.pg_queue import CANDIDATES
+    from orchestrator.store.postgres import PostgresStore
+
+    many = 2 * (CANDIDATES + 1) + 2
+    home = TestPostgresStore()
+    stores: list[PostgresStore] = []
+
+    def store() -> PostgresStore:
+        stores.append(PostgresStore(home.url, home.project))
+        return stores[-1]
+
+    try:
+        m = Machines(tmp_path, base, store, project=home.project)
+        for i in range(many):
+            m.b.submit("t.echo", {"n": i}, priority=3)
+        job = m.a.submit("t.echo", {"message": "behind them"})
+        w = make_worker(m.a, "a")
+        claim = w.claim()
+        assert claim is not None and claim.job_id == job
+        assert w.untrusted_keys().details["jobs"] == many
+    finally:
+        for s in stores:
+            s.close()
+        home.close()
+
+
 # -- an anchor signed on another machine ---------------------------------------------------------------------------
 
 def anchor_from_another_machine(base: Path, tmp_path: Path) -> tuple[Path, Keyring, Keyring]:

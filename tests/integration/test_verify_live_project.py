@@ -125,3 +125,103 @@ def test_a_row_changed_by_hand_on_a_live_project_is_still_reported(
     after_first_call(monkeypatch, orch.store, "indexed_heads", lambda: orch.cancel(other, "meanwhile"))
     report = verify_project(orch)
     assert [(w.stream, w.code) for w in report.warnings] == [(job, STREAM_INDEX_STALE)], report.warnings
+
+
+# -- a queue index entry (INDEX_ENTRY_MISSING): on PostgreSQL too since 2026-12-07 ----------------------------------
+
+def delete_entry(orch: Orchestrator, job: str) -> None:
+    """Delete the job's ready or running entry by hand: a file of ``index/``, or its row."""
+    if orch.store.indexed_heads() is None:
+        [entry] = [p for folder in (orch.queue.ready_dir, orch.queue.running_dir) for p in folder.iterdir()
+                   if job in p.name]
+        entry.unlink()
+        return
+    from orchestrator.store.postgres import connect
+
+    with connect(orch.store.url, autocommit=True) as admin:
+        for table in ("orch_ready", "orch_running"):
+            admin.execute(f"DELETE FROM {table} WHERE project = %s AND job_id = %s", (orch.store.project, job))
+
+
+def rebuild_as_told(orch: Orchestrator, message: str) -> None:
+    """Do what the warning says makes the next worker rebuild the index."""
+    if orch.store.indexed_heads() is None:
+        built = message.split(", remove ")[1].split(" and the next worker")[0]
+        Path(built).unlink()
+        return
+    from orchestrator.store.postgres import connect
+
+    statement = message.split("(`")[-1].split("`)")[0]
+    assert statement.startswith("DELETE FROM orch_aux WHERE project = "), message
+    with connect(orch.store.url, autocommit=True) as admin:
+        assert admin.execute(statement).rowcount == 1
+    time.sleep(1.1)  # a worker trusts a "built" it saw in the last second (``BUILT_RECHECK_SECONDS``)
+
+
+def test_a_ready_entry_deleted_by_hand_is_reported_on_every_store_and_the_rebuild_it_names_runs_the_job(
+        orch: Orchestrator) -> None:
+    """On PostgreSQL ``verify`` did not look at ``orch_ready`` (until 2026-12-07): a queued job whose row was deleted
+    was run by no worker and reported by nothing."""
+    job = orch.submit("t.echo", 0)
+    delete_entry(orch, job)
+    report = verify_project(orch)
+    assert report.ok and [(w.code, w.stream) for w in report.warnings] == [("INDEX_ENTRY_MISSING", job)]
+    message = report.warnings[0].message
+    assert "is queued but has no " in message and ("orch_ready" in message or "index/ready/" in message), message
+    assert orch.worker(worker_id="w").run_once() is None  # no worker runs it: what the warning says
+    rebuild_as_told(orch, message)
+    ran = orch.worker(worker_id="w2").run_once()
+    assert ran is not None and (ran.job_id, ran.state) == (job, "succeeded") and not verify_project(orch).warnings
+
+
+def test_a_running_entry_deleted_by_hand_is_reported_on_every_store(orch: Orchestrator) -> None:
+    from orchestrator.worker import Worker, WorkerSettings
+
+    job = orch.submit("t.echo", 0)
+    assert Worker(orch, WorkerSettings(worker_id="w-dead", lease_seconds=1)).claim() is not None  # its worker dies
+    assert not verify_project(orch).warnings
+    delete_entry(orch, job)
+    report = verify_project(orch, job)
+    assert [(w.code, w.stream) for w in report.warnings] == [("INDEX_ENTRY_MISSING", job)]
+    assert "is running but has no " in report.warnings[0].message
+
+
+def test_a_job_claimed_between_verifys_read_and_its_look_at_the_index_gives_no_warning(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim drops the ready entry (on PostgreSQL in its own transaction) after verify read the job queued: the
+    job is read again, and grew."""
+    job = orch.submit("t.echo", 0)
+    real = type(orch.queue).holding
+
+    def claimed_first(index: Any, states: Any) -> set[str]:  # verify's look at the entries of the jobs it read
+        orch.worker(worker_id="w").run_once()
+        return real(index, states)
+
+    monkeypatch.setattr(type(orch.queue), "holding", claimed_first)
+    report = verify_project(orch)
+    assert orch.status(job).state == "succeeded" and report.ok and not report.warnings, report.warnings
+
+
+def test_an_entry_a_claimer_drops_and_puts_back_while_verify_looks_gives_no_warning(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A claimer that met an imported job before its lines drops its entry, then finds the lines and puts it back
+    (``drop_orphan_ready``): verify's first look may fall in between, and the job's history does not grow. The entry
+    is looked at again after that read."""
+    from orchestrator.queue import ReadyEntry
+
+    job = orch.submit("t.echo", 0)
+    entry = ReadyEntry.for_state(orch.load(job).state)
+    real = type(orch.queue).holding
+    first: list[set[str]] = []
+
+    def dropped_meanwhile(index: Any, states: Any) -> set[str]:  # verify's first look (PostgreSQL's second too)
+        if first:
+            return real(index, states)
+        orch.queue.drop_ready(entry)
+        first.append(real(index, states))
+        orch.queue.put_ready(entry)
+        return first[-1]
+
+    monkeypatch.setattr(type(orch.queue), "holding", dropped_meanwhile)
+    report = verify_project(orch)
+    assert first == [set()] and report.ok and not report.warnings, report.warnings
