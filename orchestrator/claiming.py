@@ -290,8 +290,8 @@ class Claimer:
     def _try_claim(self, entry: ReadyEntry, now: float) -> Claim | None:
         view = self._load_for_claim(entry, now)
         if view is None:
-            if now - entry.runnable_at > ORPHAN_ENTRY_GRACE:  # its submit never completed (or an import's lines
-                self.queue.drop_orphan_ready(entry, self.orch.store)  # are landing: looked for once more)
+            if now - entry.runnable_at > ORPHAN_ENTRY_GRACE:  # its submit never completed (or its first line is
+                self.queue.drop_orphan_ready(entry, self.orch.store)  # landing late: looked for once more)
             return None
         if not view.ok:
             if reload_keys(self.orch):  # a key made (keys rotate) or revoked since this worker started

@@ -232,7 +232,8 @@ def _missing_entries(orch: Orchestrator, queue: QueueIndex, jobs: list[tuple[Job
     state (its last events and head record removed: ``verify`` finds no problem, only an anchor or the audit log can)
     looks the same, its entry rightly dropped when the job ended; rebuilding the index would run the job again. So
     the advice is to compare first, then rebuild (nothing here can tell the two apart: a job's last event is no
-    audited one, in general)."""
+    audited one, in general). An import that stopped half way leaves the same (a job's first lines, its entry put
+    only after its last: ``transfer._put_entries``): it is named first, since running it again makes the job whole."""
     held = queue.holding([s for s, _ in jobs])
     out = {}
     for s, seq in jobs:
@@ -244,7 +245,9 @@ def _missing_entries(orch: Orchestrator, queue: QueueIndex, jobs: list[tuple[Job
         lacks, lost, rebuild = queue.missing_entry_terms(s)
         out[s.job_id] = Problem(
             s.job_id, seq, INDEX_ENTRY_MISSING,
-            f"the job is {s.state} but has {lacks}, so no worker {does} it: {lost}, or the job's history was cut "
+            f"the job is {s.state} but has {lacks}, so no worker {does} it: an `orchestrator import` stopped "
+            f"before it was done (run it again first: it writes what the job lacks, then its entry), {lost}, or the "
+            f"job's history was cut "
             f"after it had ended (its last events and head record removed: an entry goes when the job's state ends), "
             f"which a rebuilt index would take at its word and {again}. First compare with an exported anchor "
             f"(`orchestrator verify --against ANCHOR`) and the audit log (`orchestrator audit-timeline --job-id "

@@ -303,17 +303,16 @@ class QueueIndex(ABC):
 
     def drop_orphan_ready(self, entry: ReadyEntry, store: "EventStore") -> None:
         """Drop the ready entry of a job read with no line, then look once more for one, and put the entry back if
-        there is one now. ``import`` puts a job's entry before its lines, under the job's own time (older than any
-        grace), then again after them (``transfer._write_stream``); a claimer that read the job before its lines
-        landed may drop the entry after that second put: this look sees the lines then. Only for an entry taken for
-        an orphan's: no cost to a claim."""
+        there is one now: a job whose first line landed after the read (a writer paused past the grace; until
+        2026-12-07 ``import`` put entries before a job's lines too, under the job's own time, older than any grace).
+        Only for an entry taken for an orphan's: no cost to a claim."""
         self.drop_ready(entry)
         if _holds_a_line(store, entry.job_id):
             self.put_ready(entry)
 
     def drop_orphan_running(self, job_id: str, epoch: int | None, store: "EventStore") -> None:
-        """``drop_orphan_ready`` for a running entry: stale recovery that read an imported running job before its
-        lines landed keeps its entry, and recovers the job at a later pass."""
+        """``drop_orphan_ready`` for a running entry: stale recovery that read a job before its first line landed keeps
+        its entry, and recovers the job at a later pass."""
         self.drop_running(job_id, epoch)
         if _holds_a_line(store, job_id):
             self.put_running(job_id, epoch)

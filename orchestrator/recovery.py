@@ -170,7 +170,7 @@ def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor:
             if not view.ok and reload_keys(orch):  # a key made or revoked since this worker started
                 view = orch.load(job_id)
         except (JobNotFoundError, InvalidIdError):  # no such job, or a name no job has (not an entry this code wrote);
-            queue.drop_orphan_running(job_id, epoch, orch.store)  # or an import's lines landing: looked for again
+            queue.drop_orphan_running(job_id, epoch, orch.store)  # or its first line landing: looked for again
             continue
         missing = view.missing_keys()
         if missing:  # whether it runs, and under which epoch, only a worker that holds those keys can tell

@@ -35,6 +35,12 @@ before any job lands: a command run on the half-imported project that heals a jo
 action, ``audit heal``) finds them there, or writes entries *after* the bundle's, which a
 second run accepts (docs/decisions.md, 2026-12-01). Bundles of format v1 (the audit log
 last, with no head record) are still imported.
+
+A job's queue entries are put only once all of its lines are in (``_put_entries``): between two chunks it reads as
+what its first lines made it (queued, running), and no worker may claim or recover it then, or its next chunk is a
+conflict and the job runs again. An import that stops half way leaves the job with no entry, which no worker runs
+until the import, run again, completes it; into a project with no job yet the import marks the index built first,
+so that a worker starting meanwhile does not rebuild it from half-written jobs.
 """
 from __future__ import annotations
 
@@ -383,8 +389,10 @@ def _replayed(orch: Orchestrator, verified: VerifiedStream, head: bytes | None) 
 
 def _put_entries(orch: Orchestrator, view: JobView | None) -> None:
     """The lines bypass ``Orchestrator.append``, so the import puts the job's entries itself, by the rule a rebuild
-    follows (``QueueIndex.index_job``): before the lines land, as an append would (an entry before the event; a
-    crash in between leaves an extra entry, never a missing one), and again after them (``_write_stream``)."""
+    follows (``QueueIndex.index_job``), and only once every line of the job is in (``_write_stream``): a job written
+    in chunks reads, between them, as what its first lines made it (queued, running), and a worker that met an entry
+    of it then claimed or recovered it, so its next chunk was a conflict and the job ran again. A crash before the
+    put leaves the job with no entry (no worker runs it): the import run again, as it must be, puts it."""
     if view is not None and view.state is not None:
         orch.queue.index_job(view.state, view.ok)
 
@@ -409,8 +417,10 @@ def _write_stream(orch: Orchestrator, verified: VerifiedStream, head: bytes | No
         if len(existing) > len(lines):
             return written
         done = len(existing)
-        if done < len(lines):
-            _put_entries(orch, view)
+        if done < len(lines) and view is not None:
+            # a project with no job yet: its index is complete as it is (each imported job gets its entries after
+            # its lines), not rebuilt by a worker starting meanwhile from a job half written (``_put_entries``)
+            orch.queue.built_with_first_job(orch.store)
         try:
             while done < len(lines):
                 chunk = [s.raw for s in lines[done:done + CHUNK]]
@@ -421,9 +431,8 @@ def _write_stream(orch: Orchestrator, verified: VerifiedStream, head: bytes | No
         except ConcurrencyError:
             continue
         break
-    # Again, the lines there: the entry carries the job's own time, older than ORPHAN_ENTRY_GRACE, so a worker that
-    # met it before them took it for an orphan's and dropped it (``QueueIndex.drop_orphan_ready`` looks once more,
-    # after its drop). A run again after a crash here puts it too: the stream then holds the bundle's lines
+    # the job's entries, now that all of its lines are in; a run again after a crash before this puts them too (the
+    # stream then holds the bundle's lines)
     _put_entries(orch, view)
     if head is not None:
         faults.point("import.before_head")

@@ -1,9 +1,10 @@
-"""An ``import`` into a project whose workers run: no imported job is lost from the queue index, on either backend.
+"""An ``import`` into a project whose workers run: no imported job is lost from the queue index, nor claimed or
+recovered before all of its lines are in, on either backend.
 
-An imported job's entry is put before its lines (an entry before the event, as every append does) and carries the
-job's own time, older than ``ORPHAN_ENTRY_GRACE``: a worker that meets it before the lines land finds no job, and
-drops the entry as an orphan's. The import puts it again once the lines are there, and a worker that drops an
-orphan's entry looks once more for its lines (docs/postgres.md, "Claiming across machines")."""
+An imported job's entry is put once its lines are there, and carries the job's own time, older than
+``ORPHAN_ENTRY_GRACE``: until 2026-12-07 it was put before the lines too, and a worker that met it then found no job
+(and dropped it as an orphan's: a worker that drops one looks once more for its lines), or found the job's first
+chunk, and claimed it (docs/postgres.md, "Claiming across machines")."""
 from __future__ import annotations
 
 import io
@@ -159,3 +160,97 @@ def test_an_import_that_died_between_the_lines_and_putting_the_entry_again_puts_
     assert import_project(dest, io.BytesIO(whole))["written"] == 0
     ran = worker.run_once()
     assert ran is not None and ran.job_id == job_id
+
+
+RETRY = {"error_code": "HANDLER_ERROR", "retry_at": "2020-01-01T00:00:00.000000Z"}  # queued again, due long ago
+
+
+def queued_between_chunks(source: Orchestrator, final: str) -> str:
+    """A job of 5 events (4 for ``final`` running) whose first 3, a chunk of ``CHUNK`` 3, leave it queued (submitted,
+    claimed, failed to be retried), and whose last leave it ``final``; its worker's lease long expired."""
+    job_id = source.submit("t.echo", "imported", max_attempts=5)
+    js.claim(source, job_id, "run-1")
+    js.finish(source, job_id, "job_failed", RETRY)
+    js.claim(source, job_id, "run-2", lease="2020-01-01T00:00:00.000000Z")
+    if final == "queued":
+        js.finish(source, job_id, "job_failed", RETRY)
+    elif final == "succeeded":
+        js.finish(source, job_id, "job_succeeded", {"summary": "done"})
+    return job_id
+
+
+@pytest.mark.parametrize("final, index", [("queued", "built"), ("running", "built"), ("succeeded", "never built")])
+def test_a_worker_running_between_the_chunks_of_an_imported_job_never_claims_it(
+        base: Path, keyring: Keyring, later: Callable[[str], Orchestrator], final: str, index: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job's lines land in chunks; between them it reads as queued. A worker there neither claims it nor
+    recovers it: no entry of it is put before its last chunk, and an import into a project with no job marks the
+    index built, so that a worker starting meanwhile does not rebuild it from the half-written job. Until
+    2026-12-07 the worker claimed it (through the entry put before the lines, or the rebuild's), and the import
+    ended IMPORT_CONFLICT, the job to run again."""
+    from orchestrator import faults, transfer
+
+    monkeypatch.setattr(transfer, "CHUNK", 3)
+    source = Orchestrator(base_path=base / "src", project_id=unique_project("imp"), keyring=keyring)
+    job_id = queued_between_chunks(source, final)
+    dest = later(source.project_id)
+    worker = dest.worker()
+    if index == "built":
+        assert worker.run_once() is None
+    met: list[object] = []
+
+    def a_worker_between_the_chunks() -> None:
+        assert len(dest.store.read(job_id)) == 3 and dest.status(job_id).state == "queued"
+        met.append(worker.recover_stale(dest.clock() + worker.stale_watch.list_every))
+        met.append(worker.run_once())
+
+    faults.arm("import.after_chunk", a_worker_between_the_chunks)
+    try:
+        result = import_project(dest, io.BytesIO(bundle(source)))
+    finally:
+        faults.disarm_all()
+    assert met == [[], None]
+    assert result["written"] == len(source.store.read(job_id))
+    assert [s.raw for s in dest.store.read(job_id)] == [s.raw for s in source.store.read(job_id)]
+    if final == "queued":
+        ran = worker.run_once()
+        assert ran is not None and ran.job_id == job_id
+    elif final == "running":
+        assert worker.recover_stale(dest.clock() + 2 * worker.stale_watch.list_every) == [job_id]
+
+
+@pytest.mark.parametrize("final", ["queued", "running"])
+def test_an_import_that_died_between_the_chunks_of_a_job_leaves_it_to_no_worker_until_run_again(
+        base: Path, keyring: Keyring, later: Callable[[str], Orchestrator], final: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The project holds the job's first lines, no entry and no head record of it: no worker claims or recovers it
+    (the index marked built by the import, not rebuilt from them); the import run again writes the rest and puts
+    its entries. ``verify`` warns of the missing entry, naming the import as a cause."""
+    from orchestrator import faults, transfer
+    from orchestrator.integrity import INDEX_ENTRY_MISSING, verify_project
+
+    monkeypatch.setattr(transfer, "CHUNK", 3)
+    source = Orchestrator(base_path=base / "src", project_id=unique_project("imp"), keyring=keyring)
+    job_id = queued_between_chunks(source, final)
+    whole = bundle(source)
+    dest = later(source.project_id)
+    faults.arm("import.after_chunk", lambda: (_ for _ in ()).throw(Crash()))
+    try:
+        with pytest.raises(Crash):
+            import_project(dest, io.BytesIO(whole))
+    finally:
+        faults.disarm_all()
+    assert len(dest.store.read(job_id)) == 3
+    worker = dest.worker()
+    assert worker.recover_stale(dest.clock() + worker.stale_watch.list_every) == []
+    assert worker.run_once() is None
+    warnings = [w.to_dict() for w in verify_project(dest).warnings]
+    assert [w["code"] for w in warnings] == [INDEX_ENTRY_MISSING]
+    assert "`orchestrator import` stopped" in warnings[0]["message"]
+    assert import_project(dest, io.BytesIO(whole))["written"] == len(source.store.read(job_id)) - 3
+    assert verify_project(dest).ok and verify_project(dest).warnings == []
+    if final == "queued":
+        ran = worker.run_once()
+        assert ran is not None and ran.job_id == job_id
+    else:
+        assert worker.recover_stale(dest.clock() + 2 * worker.stale_watch.list_every) == [job_id]
