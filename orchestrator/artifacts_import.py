@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from orchestrator import faults
-from orchestrator.artifacts_source import (TARGET_FOLDER, Ancestors, Need, entered, measure, not_regular,
-                                          refusal)
+from orchestrator.artifacts_source import (TARGET_FOLDER, Ancestors, Need, Reached, entered, leads_nowhere, measure,
+                                          not_regular, refusal)
 from orchestrator.errors import InvalidIdError, InvalidInputError
 from orchestrator.security import validate_id
 from orchestrator.store.files import NotRegularFileError, linked_folder_error, open_regular
@@ -156,7 +156,7 @@ def import_artifacts(job_id: str, names: list[str], folders: WorkerFolders, targ
             inputs = os.path.join(target, INPUTS_DIR)
             for other, src in sources:
                 with _descriptor(_target_folder(job_folder, INPUTS_DIR, inputs, copied=False)) as inputs_fd:
-                    _copy_tree(str(src), inputs_fd, other, os.path.join(inputs, other), src, other, between, {})
+                    _copy_tree(str(src), inputs_fd, other, os.path.join(inputs, other), src, other, between, {}, {})
     finally:
         _REMOVED_LINKS.reset(token)
 
@@ -276,16 +276,16 @@ def _job_folder(target: Path) -> int:
 
 
 def _copy_tree(src: str, parent: int, name: str, dst: str, root: Path, other: str,
-               between: Callable[[], None], ancestors: Ancestors) -> None:
+               between: Callable[[], None], ancestors: Ancestors, reached: Reached) -> None:
     """``shutil.copytree(src, dst, dirs_exist_ok=True)`` with ``_copy_file`` (links followed on the source side, as
     it did), into the folder ``name`` of the descriptor ``parent`` (``dst`` is its path, for messages), except that
     it never writes through a link on the target side (``_target_folder``, ``_new_file``), never follows a loop of
-    links on the source side (``entered``: ``measure`` found any before the copy; this one is for a folder changed
-    since), and it stops at the first failure and says which side failed (``CopyFailed``): ``copytree`` went on
+    links on the source side, nor a folder more paths of links lead to than ``MAX_PATHS_TO_A_FOLDER`` (``entered``:
+    ``measure`` found any before the copy; this one is for a folder changed since), and it stops at the first failure and says which side failed (``CopyFailed``): ``copytree`` went on
     past one, and raised them all at the end as one ``shutil.Error``, errors and paths turned into text."""
     try:
         st = os.stat(src)
-        ancestors = entered(src, st, ancestors, root, other)
+        ancestors = entered(src, st, ancestors, reached, root, other)
         with os.scandir(src) as listing:
             entries = [(entry.name, entry.is_dir()) for entry in listing]  # is_dir follows a link, as copytree
     except OSError as exc:
@@ -294,7 +294,7 @@ def _copy_tree(src: str, parent: int, name: str, dst: str, root: Path, other: st
         for entry, is_dir in entries:
             s, d = os.path.join(src, entry), os.path.join(dst, entry)
             if is_dir:
-                _copy_tree(s, folder, entry, d, root, other, between, ancestors)
+                _copy_tree(s, folder, entry, d, root, other, between, ancestors, reached)
             else:
                 _copy_file(s, folder, entry, d, root, other, between)
         _set_status(folder, st, dst)  # last, as copytree: a read-only folder is filled first
@@ -414,8 +414,8 @@ def _copy_file(src: str, parent: int, name: str, dst: str, root: Path, other: st
         fd, st = open_regular(src, follow=True)
     except NotRegularFileError:  # measure found any before the copy: this is for a file changed since
         raise not_regular(src, root, other) from None
-    except OSError as exc:
-        raise _failed(exc, writing=False) from None
+    except OSError as exc:  # a link to nothing: the same (measure)
+        raise leads_nowhere(src, exc, root, other) or _failed(exc, writing=False) from None
     with _descriptor(fd):
         with _descriptor(_new_file(parent, name, dst)) as out:
             try:

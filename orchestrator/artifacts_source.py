@@ -5,19 +5,23 @@ did. So a link to ``.`` was copied 40 levels deep until ``ELOOP``, and the run r
 sparse file (``truncate -s 1G``), which takes no room, was written byte for byte; and a folder larger than the
 free space filled the disk, which is the store's fault (the job handed back, the worker stopped), so every worker
 that claimed the job stopped, for ever. Walking every folder the copy will, before it writes anything, finds a
-loop of links (a folder met again on its own path, by ``(st_dev, st_ino)``: ``entered``) and anything that is not
-a regular file or a folder: the job's bad input, nothing copied. It also adds up the room the copy takes (the
+loop of links (a folder met again on its own path, by ``(st_dev, st_ino)``: ``entered``), a folder reached through
+more paths of links than ``MAX_PATHS_TO_A_FOLDER`` (two links to the next folder at each of 30 levels are no loop,
+but 2**30 paths, each a copy), a link to nothing (``leads_nowhere``) and anything that is not a regular file or a
+folder: the job's bad input, nothing copied. It also adds up the room the copy takes (the
 blocks each file has: its holes are copied as holes), less what an earlier copy it replaces gives back, for
 ``refusal`` to weigh against the file system of the job's folder.
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 from typing import Callable
 
 from orchestrator.errors import InvalidInputError
+from orchestrator.security import shown as quoted
 
 # what the store keeps free for its own writes (events, leases, the run's folder): a file system with less is full,
 # whatever the copy takes; a copy must leave it free, and 1/64 of what it takes besides (a file system's own
@@ -28,7 +32,13 @@ SPARE_FRACTION = 64
 # folder's place: O_NONBLOCK, no effect on a folder)
 TARGET_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
+# A folder several links lead to is copied at each, as ``copytree`` (and ``cp -rL``) did: a venv's ``lib64 -> lib``,
+# a ``latest`` beside the run it names. Past this many paths to one folder the source is refused: each folder is then
+# walked at most this many times, so a walk (and a copy) takes at most this many times what the source holds on disk
+MAX_PATHS_TO_A_FOLDER = 1000
+
 Ancestors = dict[tuple[int, int], str]  # (st_dev, st_ino) of each folder on the path walked -> its name, shown
+Reached = dict[tuple[int, int], tuple[int, str]]  # (st_dev, st_ino) of each folder walked -> (paths to it, the first)
 
 
 class Need:
@@ -54,16 +64,39 @@ def not_regular(path: str, root: Path, other: str) -> InvalidInputError:
                              "FIFO or a socket, perhaps through a link): nothing of it is copied")
 
 
-def entered(path: str, st: os.stat_result, ancestors: Ancestors, root: Path, other: str) -> Ancestors:
-    """``ancestors`` and the folder ``path`` (its status ``st``, links followed), about to be walked. One already
-    on the path walked is a loop of links, copied for ever (40 levels, until ``ELOOP``): ``InvalidInputError``
-    naming the path that leads back and the folder it leads to. A folder two links lead to, side by side, is no
-    loop: it is copied at each, as ``copytree`` did."""
-    key = (st.st_dev, st.st_ino)
+def leads_nowhere(path: str, error: OSError, root: Path, other: str) -> InvalidInputError | None:
+    """The bad input of a symbolic link at ``path`` that ``os.stat`` could not follow (``error``): to a path that is not
+    there, below a file, or a loop of links to files (``ELOOP``). It fails every attempt the same way, as a loop of
+    folders does: not retried. None when ``path`` is no link (gone since the listing, say): that ``OSError`` is the
+    source's, retried."""
+    if error.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+        return None
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return None
+    return InvalidInputError(f"input artifacts_from: {shown(path, root, other)} is a symbolic link to {quoted(target)}, "
+                             f"which leads to nothing ({os.strerror(error.errno)}): nothing of {other} copied")
+
+
+def entered(path: str, st: os.stat_result, ancestors: Ancestors, reached: Reached, root: Path,
+            other: str) -> Ancestors:
+    """``ancestors`` and the folder ``path`` (its status ``st``, links followed), about to be walked; counted in
+    ``reached`` (the whole walk's). One already on the path walked is a loop of links, copied for ever (40 levels,
+    until ``ELOOP``): ``InvalidInputError`` naming the path that leads back and the folder it leads to. A folder two
+    links lead to, side by side, is no loop: it is copied at each, as ``copytree`` did, up to
+    ``MAX_PATHS_TO_A_FOLDER`` paths to it; one more is ``InvalidInputError`` too, naming the path and the folder."""
+    key, name = (st.st_dev, st.st_ino), shown(path, root, other)
     if key in ancestors:
-        raise InvalidInputError(f"input artifacts_from: {shown(path, root, other)} leads back to {ancestors[key]}, "
-                                "a folder that holds it: a loop of symbolic links, never copied")
-    return {**ancestors, key: shown(path, root, other)}
+        raise InvalidInputError(f"input artifacts_from: {name} leads back to {ancestors[key]}, a folder that holds it: "
+                                "a loop of symbolic links, never copied")
+    paths, first = reached.get(key, (0, name))
+    if paths == MAX_PATHS_TO_A_FOLDER:
+        raise InvalidInputError(f"input artifacts_from: {name} leads to {first}, a folder reached through {paths} "
+                                "paths of symbolic links already (each path a copy of it: links to links to it, "
+                                "their number doubling where two lead on): never copied")
+    reached[key] = (paths + 1, first)
+    return {**ancestors, key: name}
 
 
 def measure(root: Path, earlier: int | None, other: str, between: Callable[[], None], need: Need) -> None:
@@ -75,24 +108,31 @@ def measure(root: Path, earlier: int | None, other: str, between: Callable[[], N
     st = os.stat(root)
     if earlier is None:
         _add(need, st)
-    _measure(str(root), st, earlier, root, other, {}, between, need)
+    _measure(str(root), st, earlier, root, other, ({}, {}), between, need)
 
 
-def _measure(path: str, st: os.stat_result, earlier: int | None, root: Path, other: str, ancestors: Ancestors,
-             between: Callable[[], None], need: Need) -> None:
-    ancestors = entered(path, st, ancestors, root, other)
+def _measure(path: str, st: os.stat_result, earlier: int | None, root: Path, other: str,
+             seen: tuple[Ancestors, Reached], between: Callable[[], None], need: Need) -> None:
+    ancestors, reached = seen
+    ancestors = entered(path, st, ancestors, reached, root, other)
     with os.scandir(path) as listing:
         names = [entry.name for entry in listing]
     for name in names:
         between()
         entry = os.path.join(path, name)
-        entry_st = os.stat(entry)  # links followed, as the copy follows them
+        try:
+            entry_st = os.stat(entry)  # links followed, as the copy follows them
+        except OSError as exc:
+            nowhere = leads_nowhere(entry, exc, root, other)
+            if nowhere is None:
+                raise
+            raise nowhere from None
         if stat.S_ISDIR(entry_st.st_mode):
             folder = _earlier_folder(earlier, name)
             if folder is None:
                 _add(need, entry_st)
             try:
-                _measure(entry, entry_st, folder, root, other, ancestors, between, need)
+                _measure(entry, entry_st, folder, root, other, (ancestors, reached), between, need)
             finally:
                 if folder is not None:
                     os.close(folder)

@@ -489,6 +489,92 @@ def test_a_folder_two_links_lead_to_is_no_loop_and_is_copied_at_each(tmp_path: P
     assert not (copy / "twin").is_symlink()
 
 
+def _links_doubling(src: Path, levels: int = 30) -> None:
+    """``A/d0``, a link to ``d0`` of folders ``d0`` .. ``d<levels>`` beside ``A``, each ``d<i>`` holding a file and
+    two links to ``d<i+1>``: no loop, but 2**i paths to ``d<i>``, 2**30 folders to walk, a copy as large, from 31
+    folders on disk."""
+    chain = src.parent.parent / "chain"
+    for i in range(levels + 1):
+        (chain / f"d{i}").mkdir(parents=True)
+        (chain / f"d{i}" / "f.txt").write_text(str(i))
+    for i in range(levels):
+        for name in ("a", "b"):
+            (chain / f"d{i}" / name).symlink_to(chain / f"d{i + 1}", target_is_directory=True)
+    (src / "d0").symlink_to(chain / "d0", target_is_directory=True)
+
+
+class Endless(Exception):
+    """The walk still going after far more entries than the source holds."""
+
+
+def _bounded(calls: int = 200_000) -> Callable[[], None]:
+    """A ``between`` that stops a walk after ``calls`` entries (the walk of 2**30 paths never ends by itself)."""
+    count = iter(range(calls))
+
+    def between() -> None:
+        if next(count, None) is None:
+            raise Endless(f"{calls} entries walked")
+
+    return between
+
+
+def test_a_folder_reached_through_exponentially_many_paths_of_links_is_bad_input_found_at_once(
+        tmp_path: Path) -> None:
+    """Walked path by path, 2**30 of them, renewing the lease, until the job was cancelled or the worker stopped
+    (a copy made first, as large). A folder reached through more than ``MAX_PATHS_TO_A_FOLDER`` paths is refused,
+    naming the path and the folder, nothing copied."""
+    src = _source(tmp_path)
+    _links_doubling(src)
+    with pytest.raises(InvalidInputError, match=r"^input artifacts_from: A/d0/[ab/]+ leads to A/d0(/[ab]){30}, a folder "
+                                                r"reached through 1000 paths of symbolic links already"):
+        _copy(tmp_path, _bounded())
+    assert _copied(tmp_path) == []
+
+
+def test_a_folder_reached_through_too_many_paths_after_the_walk_is_caught_by_the_copy_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _source(tmp_path)
+    _links_doubling(src, levels=12)
+    monkeypatch.setattr(artifacts_import, "measure", lambda *args: None)  # the walk saw a folder of files
+    with pytest.raises(InvalidInputError, match="paths of symbolic links already"):
+        _copy(tmp_path, _bounded())
+
+
+def test_a_folder_reached_through_fewer_paths_than_the_bound_is_copied_at_each(tmp_path: Path) -> None:
+    """512 paths to ``d9``: each a copy, as ``copytree`` made them (2**10 - 1 copies of the 10 folders' files)."""
+    src = _source(tmp_path)
+    _links_doubling(src, levels=9)
+    copy = _copy(tmp_path, _bounded())
+    assert (copy / "d0" / "a" / "b" / "a" / "b" / "a" / "b" / "a" / "b" / "a" / "f.txt").read_text() == "9"
+    assert sum(1 for p in copy.rglob("f.txt")) == 2 ** 10 - 1
+
+
+@pytest.mark.parametrize("name, to, why", [("gone", "nowhere", "No such file or directory"),
+                                           ("self", "self", "Too many levels of symbolic links"),
+                                           ("under", "../a.txt/x", "Not a directory")])
+def test_a_link_that_leads_to_nothing_is_bad_input_naming_it_before_anything_is_copied(
+        tmp_path: Path, name: str, to: str, why: str) -> None:
+    """A link to a path that is not there (or to itself, or below a file) fails the same way at every attempt: bad
+    input, as a loop of folders is, not a source that could not be read (retried, the files before it copied)."""
+    src = _source(tmp_path)
+    (src / "a.txt").write_text("first")
+    (src / "z").mkdir()
+    (src / "z" / name).symlink_to(to)
+    with pytest.raises(InvalidInputError, match=f"^input artifacts_from: A/z/{name} is a symbolic link to '{to}', "
+                                                f"which leads to nothing \\({why}\\): nothing of A copied$"):
+        _copy(tmp_path)
+    assert _copied(tmp_path) == []
+
+
+def test_a_link_broken_after_the_walk_before_the_copy_is_caught_by_the_copy_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _source(tmp_path)
+    (src / "gone").symlink_to("nowhere")
+    monkeypatch.setattr(artifacts_import, "measure", lambda *args: None)  # the walk saw its file
+    with pytest.raises(InvalidInputError, match="^input artifacts_from: A/gone is a symbolic link to 'nowhere', "):
+        _copy(tmp_path)
+
+
 def test_a_fifo_anywhere_in_the_source_is_bad_input_before_anything_is_copied(tmp_path: Path) -> None:
     src = _source(tmp_path)
     (src / "a.txt").write_text("first")

@@ -1585,6 +1585,19 @@ def test_a_link_loop_in_an_artifacts_from_folder_fails_the_run_as_bad_input_and_
     assert not (orch.settings.state_dir / "artifacts" / job / "inputs" / first).exists()
 
 
+def test_a_broken_link_in_an_artifacts_from_folder_fails_the_run_as_bad_input_and_copies_nothing(orch) -> None:
+    """A link to nothing in the other job's folder fails every attempt the same way: a failed attempt, retried
+    (``HANDLER_START_FAILED``, "No such file or directory") until 2026-12-07, each copying the files walked before."""
+    first = _a_job_with_files(orch, 1)
+    os.symlink("/nonexistent/report.md", orch.settings.state_dir / "artifacts" / first / "latest.md")
+    job = orch.submit("t.echo", {"artifacts_from": [first]}, max_attempts=3)
+    result = make_worker(orch, artifacts_import=True).run_once()
+    assert (result.job_id, result.outcome, result.error_code) == (job, "failed", "INVALID_INPUT")
+    assert orch.status(job).last_error["message"].startswith(
+        f"input artifacts_from: {first}/latest.md is a symbolic link to '/nonexistent/report.md', which leads to nothing")
+    assert not (orch.settings.state_dir / "artifacts" / job / "inputs" / first).exists()
+
+
 @pytest.mark.parametrize("where", ["folder", "file"])
 def test_an_artifacts_from_source_that_cannot_be_read_fails_the_run_and_the_worker_runs_on(
         orch, monkeypatch: pytest.MonkeyPatch, where: str) -> None:

@@ -148,7 +148,8 @@ def test_the_readme_limits_table_states_the_limits_the_code_has() -> None:
         "durations (`--timeout`, the worker's `--stop-grace-seconds`, `--retry-*-seconds`; `--lease-seconds` "
         f"{config.MIN_LEASE_SECONDS:g} to {config.MAX_LEASE_SECONDS:,.0f} s, a day)": [f"{limits.MAX_DURATION_SECONDS:,.0f} s"],
         "a copy of `artifacts_from` (`worker --artifacts-import`)":
-            [f"less {_mib(artifacts_source.SPARE_BYTES)} and 1/{artifacts_source.SPARE_FRACTION} of the copy"],
+            [f"less {_mib(artifacts_source.SPARE_BYTES)} and 1/{artifacts_source.SPARE_FRACTION} of the copy",
+             f"more than {artifacts_source.MAX_PATHS_TO_A_FOLDER:,} paths of links"],
         "job, project, run, worker ids, idempotency keys (`submit --key`)":
             ["{0,%d}" % (security.ID_LENGTH - 1)],
     }
