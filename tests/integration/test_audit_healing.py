@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -26,6 +27,22 @@ def cli_orch(base: Path, cli_env: dict[str, str]) -> Orchestrator:
     """The API over the same store and key as the scripts run by ``cli_env``."""
     return Orchestrator(base_path=base, project_id="proj", keyring=load_keyring(cli_env, announce=False))
 
+
+
+def refuse_audit_writes(orch: Orchestrator, monkeypatch, message: str) -> Callable[..., Any]:
+    """The store refuses every append to the audit log (a full disk) with ``message``; the jobs' appends go through.
+    Returns the store's own ``append``, to put back once the disk is freed."""
+    from orchestrator.errors import StorageError
+
+    real_append = orch.store.append
+
+    def full_disk(stream, *args, **kwargs):
+        if stream == AUDIT_STREAM:
+            raise StorageError(message)
+        return real_append(stream, *args, **kwargs)
+
+    monkeypatch.setattr(orch.store, "append", full_disk)
+    return real_append
 
 def test_crash_after_the_event_is_healed_once_by_the_next_command(cli_orch: Orchestrator, cli_env) -> None:
     job_id = js.waiting_human(cli_orch)
@@ -206,19 +223,11 @@ def test_a_read_command_on_a_full_disk_reports_without_writing_the_missing_entry
     """``metrics`` and ``audit-timeline`` heal a missing entry on the way; a store that refuses the write (a full
     disk) must not cost the operator the report: the entry stays missing and the report says why."""
     from orchestrator import timeline
-    from orchestrator.errors import StorageError
     from orchestrator.projection import refresh
 
     job_id = js.waiting_human(orch)
     orch.append(orch.load(job_id), job_id, [("job_resumed", {"answer": "yes", "question": "Deploy?"})])  # no entry
-    real_append = orch.store.append
-
-    def full_disk(stream, *args, **kwargs):
-        if stream == AUDIT_STREAM:
-            raise StorageError("could not write audit.jsonl: No space left on device")
-        return real_append(stream, *args, **kwargs)
-
-    monkeypatch.setattr(orch.store, "append", full_disk)
+    real_append = refuse_audit_writes(orch, monkeypatch, "could not write audit.jsonl: No space left on device")
     figures = refresh(orch)
     assert figures.healed == 0
     assert [(w["code"], "No space left" in w["message"]) for w in figures.warnings] == [("AUDIT_ENTRY_MISSING", True)]
@@ -437,19 +446,13 @@ def test_a_release_whose_entry_the_disk_refused_is_written_by_audit_heal_as_its_
         orch: Orchestrator, monkeypatch, stops_before: int, event: str) -> None:
     """``Orchestrator.append``'s error for an entry the audit log refused says `orchestrator audit heal` writes it:
     true of a hand-back since job_released is audited, of the fourth stop in a row only since it is too."""
-    from orchestrator.errors import AuditEntryNotWrittenError, StorageError
+    from orchestrator.errors import AuditEntryNotWrittenError
 
     job = orch.submit("echo", {"text": "hi"})
     _stops(orch, job, stops_before)
     js.claim(orch, job, "run-last")
-    real_append = orch.store.append
-
-    def full_disk(stream, *args, **kwargs):
-        if stream == AUDIT_STREAM:
-            raise StorageError("could not write audit.jsonl: No space left on device; nothing was written")
-        return real_append(stream, *args, **kwargs)
-
-    monkeypatch.setattr(orch.store, "append", full_disk)
+    real_append = refuse_audit_writes(orch, monkeypatch,
+                                      "could not write audit.jsonl: No space left on device; nothing was written")
     view = orch.load(job)
     data = {"error_code": "WORKER_STOPPED", "error": f"{STOPPED}: 4 runs in a row", "output_tail": ""}
     data.update({"worker_id": "w1"} if event == "job_released" else {"summary": ""})

@@ -12,7 +12,9 @@ import logging
 import os
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -216,11 +218,9 @@ def test_worker_once_exits_8_naming_the_key_of_the_jobs_it_left_and_runs_them_on
 
 
 # -- PostgreSQL -------------------------------------------------------------------------------------------
-@pytest.mark.postgres
-def test_on_postgres_a_job_left_for_want_of_a_key_keeps_its_row_and_is_never_reserved_again_by_that_worker(
-        tmp_path: Path, base: Path) -> None:
-    """A worker that leaves a job does not reserve it at its next passes: reserved at every pass, it would keep
-    the workers that trust its key waiting for the reservation to lapse, and its own claims from the rows after it."""
+@contextmanager
+def pg_machines(tmp_path: Path, base: Path) -> Iterator["Machines"]:
+    """Machines A and B sharing one PostgreSQL project (a store of its own each), every store closed after."""
     from backends import TestPostgresStore, require_pg
     from orchestrator.store.postgres import PostgresStore
 
@@ -232,7 +232,19 @@ def test_on_postgres_a_job_left_for_want_of_a_key_keeps_its_row_and_is_never_res
         stores.append(PostgresStore(home.url, home.project))
         return stores[-1]
     try:
-        m = Machines(tmp_path, base, store, project=home.project)
+        yield Machines(tmp_path, base, store, project=home.project)
+    finally:
+        for s in stores:
+            s.close()
+        home.close()
+
+
+@pytest.mark.postgres
+def test_on_postgres_a_job_left_for_want_of_a_key_keeps_its_row_and_is_never_reserved_again_by_that_worker(
+        tmp_path: Path, base: Path) -> None:
+    """A worker that leaves a job does not reserve it at its next passes: reserved at every pass, it would keep
+    the workers that trust its key waiting for the reservation to lapse, and its own claims from the rows after it."""
+    with pg_machines(tmp_path, base) as m:
         job = m.b.submit("t.echo", "pg")
         t = m.a.clock()
         wa = make_worker(m.a, "a")
@@ -241,10 +253,6 @@ def test_on_postgres_a_job_left_for_want_of_a_key_keeps_its_row_and_is_never_res
         assert [e.job_id for e in m.b.queue.ready()] == [job] and audited(m.b, job) == []
         claim = make_worker(m.b, "b").claim(now=t + 3)
         assert claim is not None and claim.job_id == job
-    finally:
-        for s in stores:
-            s.close()
-        home.close()
 
 
 @pytest.mark.postgres
@@ -252,20 +260,10 @@ def test_worker_once_on_postgres_counts_every_queued_job_signed_by_a_key_it_does
         tmp_path: Path, base: Path) -> None:
     """A claim pass lists only the first due rows (``pg_queue.CANDIDATES`` besides the one it reserves): until
     2026-12-07 exit 8 said "9 queued job(s) left for a worker that trusts the key" of 20, and exit 11 as few."""
-    from backends import TestPostgresStore
     from orchestrator.store.pg_queue import CANDIDATES
-    from orchestrator.store.postgres import PostgresStore
 
     many = 2 * (CANDIDATES + 1) + 2
-    home = TestPostgresStore()
-    stores: list[PostgresStore] = []
-
-    def store() -> PostgresStore:
-        stores.append(PostgresStore(home.url, home.project))
-        return stores[-1]
-
-    try:
-        m = Machines(tmp_path, base, store, project=home.project)
+    with pg_machines(tmp_path, base) as m:
         for i in range(many):
             m.b.submit("t.echo", {"n": i})
         for i in range(4):
@@ -277,10 +275,6 @@ def test_worker_once_on_postgres_counts_every_queued_job_signed_by_a_key_it_does
         assert untrusted.details["keys"] == {m.b_kid: many}
         left = w.handler_not_found()
         assert left is not None and left.details["jobs"] == 4
-    finally:
-        for s in stores:
-            s.close()
-        home.close()
 
 
 @pytest.mark.postgres
@@ -288,20 +282,10 @@ def test_one_pass_on_postgres_reaches_a_job_behind_more_jobs_signed_by_a_key_it_
         tmp_path: Path, base: Path) -> None:
     """Jobs signed by an unknown key have no kind to leave out of the statement: the pass pages on past them. Until
     2026-12-07 it met the reserved row and ``CANDIDATES`` more, and ``worker --once`` exited 8 with the job queued."""
-    from backends import TestPostgresStore
     from orchestrator.store.pg_queue import CANDIDATES
-    from orchestrator.store.postgres import PostgresStore
 
     many = 2 * (CANDIDATES + 1) + 2
-    home = TestPostgresStore()
-    stores: list[PostgresStore] = []
-
-    def store() -> PostgresStore:
-        stores.append(PostgresStore(home.url, home.project))
-        return stores[-1]
-
-    try:
-        m = Machines(tmp_path, base, store, project=home.project)
+    with pg_machines(tmp_path, base) as m:
         for i in range(many):
             m.b.submit("t.echo", {"n": i}, priority=3)
         job = m.a.submit("t.echo", {"message": "behind them"})
@@ -309,10 +293,6 @@ def test_one_pass_on_postgres_reaches_a_job_behind_more_jobs_signed_by_a_key_it_
         claim = w.claim()
         assert claim is not None and claim.job_id == job
         assert w.untrusted_keys().details["jobs"] == many
-    finally:
-        for s in stores:
-            s.close()
-        home.close()
 
 
 # -- an anchor signed on another machine ---------------------------------------------------------------------------
