@@ -400,7 +400,7 @@ class Orchestrator:
             except OrchestratorError:  # as above (``drop_refused`` keeps the entry of an event that stands)
                 self.queue.drop_refused(job_id, old, state, self)
                 raise
-            faults.point("audit.after_entry")
+            faults.point("append.after_audit_entry")
         seq = head.seq + len(lines)
         warnings = (*(() if not_written is None else (
             not_written.warning(job_id, seq, new[-1][0], audited=audit is not None),)),

@@ -234,7 +234,7 @@ def record(orch: "Orchestrator", *, job_id: str, action: str, actor: str, run_id
     with linked_refused(not_written):
         _refuse_removed(orch, not_written)
         head = orch.store.append(AUDIT_STREAM, build, aux=with_entry)
-    faults.point("audit.after_entry")
+    faults.point("audit.record.after_entry")
     return head.seq
 
 

@@ -6,6 +6,7 @@ long version (20 seeds per point) runs in ``scripts/reliability_report.py``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,8 +15,9 @@ from orchestrator.reliability import crash
 # the write paths issue 6 names; the sweep must reach every one of them
 REQUIRED_POINTS = {
     "store.append.before_write", "store.append.mid_write", "store.append.after_write", "store.append.after_fsync",
-    "store.append.after_repair", "store.append.before_aux", "append.after_event", "append.after_head", "audit.after_entry",
-    "audit.heal.before_entry", "worker.before_claim", "worker.after_claim", "worker.after_start",
+    "store.append.after_repair", "store.append.before_aux", "append.after_event", "append.after_head",
+    "append.after_audit_entry", "audit.record.after_entry", "audit.heal.before_entry", "worker.before_claim",
+    "worker.after_claim", "worker.after_start",
     "worker.before_outcome", "worker.after_outcome", "lease.after_write", "queue.after_put_ready",
     "queue.after_append", "queue.rebuild.each_job",
 }
@@ -56,3 +58,29 @@ def test_the_sweep_catches_a_writer_that_appends_after_a_torn_tail(tmp_path: Pat
     monkeypatch.setattr(jsonl, "_complete_end", no_repair)
     run = crash.one_crash(tmp_path, "store.append.mid_write", 8, "unprotected")
     assert not run["ok"] and run["verify_problems"] > 0
+
+
+def test_the_two_audit_entry_points_each_fire_only_where_their_name_says(orch: Any) -> None:
+    """Until 2026-12-07 both were ``audit.after_entry``: after an audited append's entry (``Orchestrator.append``) and
+    after an entry on its own (``audit.record``), so arming it killed at whichever came first."""
+    from orchestrator import audit as audit_log
+    from orchestrator import faults
+
+    class Fired(Exception):
+        pass
+
+    def fire() -> None:
+        raise Fired
+
+    jobs = [orch.submit("t.any", {}) for _ in range(2)]
+    try:
+        faults.arm("append.after_audit_entry", fire)
+        audit_log.record(orch, job_id=jobs[0], action="note", actor="t", note="an entry on its own")
+        with pytest.raises(Fired):
+            orch.cancel(jobs[0], "an audited append")
+        faults.arm("audit.record.after_entry", fire)
+        orch.cancel(jobs[1], "an audited append")
+        with pytest.raises(Fired):
+            audit_log.record(orch, job_id=jobs[1], action="note", actor="t", note="an entry on its own")
+    finally:
+        faults.disarm_all()

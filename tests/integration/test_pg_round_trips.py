@@ -200,7 +200,7 @@ def test_an_audited_append_that_fails_writes_no_entry_without_its_event_and_lets
         assert healed["data"]["healed"] is True and healed["data"]["action"] == "resume"
 
 
-@pytest.mark.parametrize("point, entry", [("append.after_event", False), ("audit.after_entry", True)])
+@pytest.mark.parametrize("point, entry", [("append.after_event", False), ("append.after_audit_entry", True)])
 def test_a_resume_killed_between_its_event_and_its_entry_on_postgres_is_healed_once(
         pg: Orchestrator, cli_env: dict[str, str], point: str, entry: bool) -> None:
     """Killed with its event committed and the entry's transaction open (it holds the audit log's row and the pending
