@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.api import Orchestrator
 from orchestrator.artifacts_source import SPARE_BYTES
 from orchestrator.errors import OrchestratorError, StorageError
 from orchestrator.integrity import verify_project
@@ -139,16 +140,24 @@ def _rlimit(root: Path, limit: int = 64 * 1024) -> dict[str, Any]:
 
 
 def failed_fsync(root: Path, trials: int = 20) -> dict[str, Any]:
-    """fdatasync fails once per trial: the append raises, its lines are gone, the next one lands cleanly."""
+    """fdatasync fails once per trial: the append raises, its lines are gone, the next one lands cleanly.
+
+    A build that breaks this (no ``fdatasync``, or one whose failure is ignored) is measured, not a traceback: an
+    append acknowledged anyway is counted and its claim handed back, so every trial starts from a queued job; an
+    append that never called ``fdatasync`` is counted (``never_synced``), and one refused for another reason too."""
+    from orchestrator import audit as audit_log
+    from orchestrator.store.base import AUDIT_STREAM
+
     base = root / "fsync" / "base"
     base.mkdir(parents=True)
     orch = Project(base).orch()
     job = orch.submit("rel.ask", {})
-    raised = kept = bad_after = 0
+    raised = kept = bad_after = never_synced = refused = 0
+    first_refusal = ""
     real = os.fdatasync
     for t in range(trials):
-        path = orch.store.path(job)
-        before = path.read_bytes()
+        path = orch.store.path(job if t % 2 == 0 else AUDIT_STREAM)
+        before = _bytes(path)
         calls = [0]
 
         def failing(fd: int) -> None:
@@ -159,28 +168,43 @@ def failed_fsync(root: Path, trials: int = 20) -> dict[str, Any]:
 
         os.fdatasync = failing  # type: ignore[assignment]
         try:
-            from orchestrator import audit as audit_log
-
             audit_log.record(orch, job_id=job, action="note", actor="rel", note=f"fsync trial {t}") if t % 2 else \
-                orch.append(orch.load(job), job, [("job_claimed", {"worker_id": "w", "epoch": t + 1, "attempt": 1,
-                                                                     "lease_expires_at": "2030-01-01T00:00:00Z"})],
-                            run_id=f"run-{t}")
+                _claim(orch, job, f"run-{t}")
         except StorageError:
             raised += 1
+        except OrchestratorError as exc:  # neither acknowledged nor the storage error a failed fsync is
+            refused += 1
+            first_refusal = first_refusal or f"{exc.code}: {exc.message}"[:300]
         finally:
             os.fdatasync = real  # type: ignore[assignment]
-        if t % 2 == 0:
-            kept += path.read_bytes() != before
+        never_synced += calls[0] == 0
+        kept += _bytes(path) != before
         # the next append works and chains onto the last acknowledged line
-        view = orch.load(job)
-        if view.state.state == "queued" and t % 2 == 0:
-            orch.append(view, job, [("job_claimed", {"worker_id": "w", "epoch": view.state.epoch + 1, "attempt": 1,
-                                                     "lease_expires_at": "2030-01-01T00:00:00Z"})], run_id=f"ok-{t}")
-            view = orch.load(job)
-            orch.append(view, job, [("job_released", {"error_code": "X", "worker_id": "w", "error": "back"})],
-                        run_id=f"ok-{t}")
+        if t % 2 == 0:
+            if orch.status(job).state == "running":  # the claim was acknowledged anyway: handed back
+                _release(orch, job, f"run-{t}")
+            else:
+                _claim(orch, job, f"ok-{t}")
+                _release(orch, job, f"ok-{t}")
         bad_after += not verify_project(orch).ok
-    out = {"trials": trials, "raised": raised, "acknowledged_anyway": trials - raised, "lines_kept": kept,
-           "verify_failures_after": bad_after}
-    progress(f"failed fsync: {raised}/{trials} appends raised STORAGE_ERROR, {kept} left lines behind")
+    out = {"trials": trials, "raised": raised, "acknowledged_anyway": trials - raised - refused, "lines_kept": kept,
+           "verify_failures_after": bad_after, "never_synced": never_synced, "refused": refused,
+           "first_refusal": first_refusal}
+    progress(f"failed fsync: {raised}/{trials} appends raised STORAGE_ERROR, {kept} left lines behind, "
+             f"{never_synced} never called fdatasync")
     return out
+
+
+def _bytes(path: Path) -> bytes:
+    return path.read_bytes() if path.exists() else b""  # the audit log, before its first entry
+
+
+def _claim(orch: Orchestrator, job: str, run_id: str) -> None:
+    view = orch.load(job)
+    orch.append(view, job, [("job_claimed", {"worker_id": "w", "epoch": view.state.epoch + 1, "attempt": 1,
+                                             "lease_expires_at": "2030-01-01T00:00:00Z"})], run_id=run_id)
+
+
+def _release(orch: Orchestrator, job: str, run_id: str) -> None:
+    orch.append(orch.load(job), job, [("job_released", {"error_code": "X", "worker_id": "w", "error": "back"})],
+                run_id=run_id)

@@ -4,6 +4,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from helpers import REPO
 
@@ -32,3 +36,52 @@ def test_a_part_the_report_does_not_have_is_a_usage_error_naming_the_parts() -> 
                               capture_output=True, text=True, timeout=120)
         assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
         assert f"invalid choice: {args[-1]!r}" in proc.stderr and "'double_crash'" in proc.stderr
+
+
+# the figures of the quick run of 2026-12-07, each with the verify_ok its campaign computes
+STORM = {"workers": 4, "jobs": 150, "kills": 3, "lost": 0, "finished_twice": 0, "reruns": 1, "verify_ok": True}
+DISK = {"mode": "tmpfs", "acked": 40, "acked_missing": 0, "error_code": "STORAGE_ERROR", "cli_exit": 10,
+        "worker_exit_while_full": 0, "worker_clear": True, "resumed": True, "unfinished": 0, "verify_ok": True}
+CLOCK = {"seeds": 3, "jumps": 120, "lost": 0, "finished_twice": 0, "late_writes_accepted": 0, "verify_ok": True}
+
+
+def test_a_project_failing_verify_fails_the_storm_disk_and_clock_rows_saying_so() -> None:
+    """The storm's and the full disk's rows were met whatever ``verify`` said (until 2026-12-07); the clock's failed
+    with every figure shown as promised."""
+    from orchestrator.reliability.report import rows
+
+    good = {"storm": STORM, "disk": DISK, "clock": CLOCK}
+    assert all(ok for *_, ok in rows(good))
+    for part in good:
+        broken = {**good, part: {**good[part], "verify_ok": False}}
+        failed = [(figure, measured) for figure, measured, _, ok in rows(broken) if not ok]
+        assert len(failed) == 1 and failed[0][1].endswith("; verify failed"), (part, failed)
+
+
+def test_a_campaign_that_raises_is_a_failed_row_naming_the_exception_and_the_other_parts_still_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Until 2026-12-07 a part broken by the code it measures ended the report in a traceback, no table."""
+    from orchestrator.reliability import disk, report
+
+    def broken(root: Path) -> dict[str, Any]:
+        raise RuntimeError("InvalidTransitionError: job_claimed needs a job that is queued")
+
+    monkeypatch.setattr(disk, "failed_fsync", broken)
+    monkeypatch.setattr(disk, "full_disk", lambda root: dict(DISK))
+    result = report.run_all(tmp_path, only={"fsync", "disk"})
+    assert result["disk"]["verify_ok"] and "elapsed_s" in result["fsync"]
+    assert report.rows(result)[0] == ("fsync: the campaign itself raised",
+                                      "RuntimeError: InvalidTransitionError: job_claimed needs a job that is queued",
+                                      "its figures", False)
+    assert all(ok for *_, ok in report.rows(result)[1:])
+
+
+def test_the_crash_option_chooses_the_sweeps_mode_whatever_the_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.reliability import crash, report
+
+    modes: list[bool] = []
+    monkeypatch.setattr(crash, "sweep", lambda root, seeds, every_pass: modes.append(every_pass) or {})
+    monkeypatch.setattr(report, "rows", lambda result: [])
+    for argv in (["--quick"], [], ["--quick", "--crash", "every-pass"], ["--crash", "sampled"]):
+        report.main([*argv, "--only", "crash"])
+    assert modes == [False, True, True, False]

@@ -29,6 +29,27 @@ def test_a_failed_fsync_is_never_acknowledged_and_the_next_append_repairs(tmp_pa
     assert (result["acknowledged_anyway"], result["lines_kept"], result["verify_failures_after"]) == (0, 0, 0)
 
 
+def test_a_store_that_never_calls_fdatasync_fails_the_fsync_row_with_the_reason(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken build (``fdatasync`` removed from the store): until 2026-12-07 the campaign ended in a traceback
+    (``InvalidTransitionError``: its next trial claimed the job the acknowledged one had left running)."""
+    from orchestrator.reliability.report import rows
+
+    class NoSync:
+        def __getattr__(self, name: str) -> object:
+            return getattr(os, name)
+
+        @staticmethod
+        def fdatasync(fd: int) -> None:
+            pass
+
+    monkeypatch.setattr(jsonl, "os", NoSync())
+    result = disk.failed_fsync(tmp_path, trials=4)
+    assert (result["raised"], result["acknowledged_anyway"], result["never_synced"]) == (0, 4, 4)
+    assert rows({"fsync": result}) == [("failed fsync acknowledged anyway / lines left",
+                                        "4 / 4; 4 of 4 appends never called fdatasync", "0 / 0", False)]
+
+
 def test_a_full_disk_while_writing_a_head_record_is_a_storage_error_saying_the_lines_before_it_are_durable(
         orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
     """The store's part (``AuxNotWrittenError``, exit 10, no temporary copy left); what the orchestrator's appends
