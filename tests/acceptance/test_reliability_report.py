@@ -85,3 +85,13 @@ def test_the_crash_option_chooses_the_sweeps_mode_whatever_the_size(monkeypatch:
     for argv in (["--quick"], [], ["--quick", "--crash", "every-pass"], ["--crash", "sampled"]):
         report.main([*argv, "--only", "crash"])
     assert modes == [False, True, True, False]
+
+
+def test_the_fsync_row_says_why_it_failed_when_its_two_figures_are_as_promised() -> None:
+    from orchestrator.reliability.report import rows
+
+    fsync = {"trials": 20, "acknowledged_anyway": 0, "lines_kept": 0, "verify_failures_after": 1, "never_synced": 0,
+             "refused": 2, "first_refusal": "INVALID_TRANSITION: job_claimed needs a job that is queued"}
+    assert rows({"fsync": fsync}) == [(
+        "failed fsync acknowledged anyway / lines left", "0 / 0; 1 of 20 trials left a project failing verify; 2 of 20 "
+        "trials refused otherwise (INVALID_TRANSITION: job_claimed needs a job that is queued)", "0 / 0", False)]
