@@ -19,7 +19,7 @@ from orchestrator.reliability import badinput, concurrency, crash, disk, tamper,
 from orchestrator.reliability.common import progress
 
 # the crash sweep kills once per seed at a sampled pass of each point (quick: 20 kills), or at every pass of every point
-# (long: 257 kills, 2 to 4 min on 2 shared cores: fewer than 20 seeds' 400, and none left to chance)
+# (long: 263 kills, 2 to 4 min on 2 shared cores: fewer than 20 seeds' 420, and none left to chance)
 QUICK = {"crash_seeds": 1, "crash_every_pass": False, "double_crashes": 8, "torn_step": 7, "flips": 500, "per_kind": 20,
          "storm": (4, 150, 0.5), "zombie_rounds": 1, "clock_seeds": 3, "line_samples": 300}
 LONG = {"crash_seeds": 20, "crash_every_pass": True, "double_crashes": 200, "torn_step": 1, "flips": 2000,
