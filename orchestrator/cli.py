@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from orchestrator.cli_values import WholeRange, job_kinds, seconds, setting_error
+from orchestrator.cli_values import WholeRange, job_kinds, seconds, setting_error, typed_value_error
 from orchestrator.command_stop import COMMAND_STOP
 from orchestrator.clock import from_iso
 from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PROJECT_ID,
@@ -150,9 +150,12 @@ def _data_on_stdout(command: click.Command, args: list[str]) -> bool:
 
 
 # -- store selection (PostgreSQL backend, docs/postgres.md) ----------------------------------
-store_option = click.option(
-    "--store", "store_url", envvar="ORCH_STORE_URL", show_envvar=True, default=None,
-    help="Where events live: 'file' (BASE_PATH/<PROJECT_ID>/.orchestrator) or a postgresql:// URL.  [default: file]")
+STORE_HELP = "Where events live: 'file' (BASE_PATH/<PROJECT_ID>/.orchestrator) or a postgresql:// URL.  [default: file]"
+
+
+def store_option(help: str = STORE_HELP) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--store`` (``ORCH_STORE_URL``): every command on a project's, and ``db``'s with its own help (no default)."""
+    return click.option("--store", "store_url", envvar="ORCH_STORE_URL", show_envvar=True, default=None, help=help)
 
 
 @contextlib.contextmanager
@@ -180,7 +183,7 @@ def project_command(fn: Callable[..., int | None]) -> Callable[..., None]:
                   help=f"Project under the base path.  [default: {DEFAULT_PROJECT_ID}]")
     @click.option("--base-path", envvar="BASE_PATH", show_envvar=True, default=None,
                   type=click.Path(file_okay=False), help=f"Folder holding projects.  [default: {DEFAULT_BASE_PATH}]")
-    @store_option
+    @store_option()
     @functools.wraps(fn)
     def wrapper(base_path: str | None, project_id: str | None, as_json: bool, store_url: str | None,
                 **kwargs: Any) -> None:
@@ -522,6 +525,7 @@ def _run_command(command: click.Command, args: list[str], prog_name: str | None)
         if setting is not None:
             Output(_wants_json(args), data_on_stdout=_data_on_stdout(command, args)).error(setting)
             sys.exit(setting.exit_code)
+        typed_value_error(exc)
         if isinstance(exc, click.UsageError) and _wants_json(args):
             Output(True, data_on_stdout=_data_on_stdout(command, args)).error(UsageError(exc.format_message()))
         else:  # click's usage, hint and "Error: ..." lines, which may echo what was typed, sanitized as all output

@@ -150,3 +150,14 @@ def setting_error(exc: click.ClickException) -> ConfigError | None:
     if accepts is None:
         return ConfigError(f"{variable}={shown(value)} ({where}) is refused: {exc.message}")
     return ConfigError(f"{variable} must be {accepts}, not {shown(value)} ({where})")
+
+
+def typed_value_error(exc: click.ClickException) -> None:
+    """A value typed on the command line that its option refused is named by the option alone: click's message also
+    names an option's variable when its help shows it (``'--processes' (env var: 'ORCH_VERIFY_PROCESSES')``), as if
+    the value had come from there. One from the variable is ``setting_error``'s; a missing option keeps the name."""
+    if (not isinstance(exc, click.BadParameter) or isinstance(exc, click.MissingParameter) or exc.param_hint is not None
+            or not isinstance(exc.param, click.Option) or exc.ctx is None or not exc.param.name):
+        return
+    if exc.ctx.get_parameter_source(exc.param.name) is not ParameterSource.ENVIRONMENT:
+        exc.param_hint = click.Parameter.get_error_hint(exc.param, exc.ctx)

@@ -1,5 +1,6 @@
 """Settings in one object: option > environment (``.env`` included by the CLI) > default. An option given, even
-empty, is the value (an empty one refused), never a reason to fall back on the next.
+empty, is the value (an empty one refused), never a reason to fall back on the next; so is a variable that says where
+the data goes (``STORE_VARIABLES``) set empty, as ``export PROJECT_ID=$PROJ`` sets it with ``PROJ`` unset.
 
 ``BASE_PATH`` and ``PROJECT_ID`` keep the names of the runbook; every other setting is an
 ``ORCH_*`` variable. Paths are resolved here once, and the project folder is validated so
@@ -12,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from orchestrator.errors import ConfigError
 from orchestrator.limits import MAX_DURATION_SECONDS, is_number
@@ -21,6 +22,13 @@ from orchestrator.security import shown, validate_id
 DEFAULT_BASE_PATH = "."
 DEFAULT_PROJECT_ID = "default"
 STATE_DIR = ".orchestrator"
+# The variables that say where data goes, and what each means when unset: set empty, one is refused (``from_env``)
+STORE_VARIABLES = {"BASE_PATH": "the current folder", "PROJECT_ID": f"the project {DEFAULT_PROJECT_ID}",
+                   "ORCH_STORE_URL": "the file store"}
+_STORE_VALUES = {"BASE_PATH": "a folder", "PROJECT_ID": "a project id",
+                 "ORCH_STORE_URL": "'file' or a postgresql:// URL"}
+# each of them ``load_dotenv_file`` last set: the value and where it was, "<file>, line N", for a message about it
+_DOTENV_LINES: dict[str, tuple[str | None, str]] = {}
 
 # Defaults that both an option (and its ``--help``) and the library use: named once, here, because
 # the command modules must not import the modules that own them (``orchestrator.worker`` is slow to import).
@@ -69,15 +77,17 @@ class Settings:
         if store_url is not None and not isinstance(store_url, str):
             raise ConfigError(f"store_url must be 'file' or a postgresql:// URL (str), not {type(store_url).__name__}")
         # A value given, even empty, is used: ``--project-id "$PROJ"`` with PROJ unset must not act on another
-        # project. An empty environment variable means unset (as click reads one).
+        # project; nor may ``PROJECT_ID=$PROJ`` (``from_env``). Click reads an empty variable as unset: so it is
+        # checked here, for the commands and for Python alike.
         if base_path is not None and not os.fspath(base_path):
             raise ConfigError("base_path / --base-path must not be empty (leave it out for BASE_PATH or the default)")
         store = store_named(store_url, env)
         try:
-            base = Path(base_path if base_path is not None else env.get("BASE_PATH") or DEFAULT_BASE_PATH).expanduser()
+            base = Path(base_path if base_path is not None else from_env(env, "BASE_PATH", DEFAULT_BASE_PATH))
         except TypeError:  # an os.PathLike whose path is bytes
             raise ConfigError("base_path must be a folder's path as text, not bytes") from None
-        project = project_id if project_id is not None else env.get("PROJECT_ID") or DEFAULT_PROJECT_ID
+        base = base.expanduser()
+        project = project_id if project_id is not None else from_env(env, "PROJECT_ID", DEFAULT_PROJECT_ID)
         validate_id(project, "project id")
         resolved = usable_base(base)
         strict = env.get("ORCH_STRICT_READS", "").strip().lower()
@@ -96,15 +106,35 @@ class Settings:
         return self.project_dir / STATE_DIR
 
 
+def from_env(env: Mapping[str, str], name: str, default: str) -> str:
+    """The value of ``name``, one of ``STORE_VARIABLES``, or ``default`` when it is unset. Set empty, it is
+    ``ConfigError`` naming it and where it was set: ``ORCH_STORE_URL=$PGURL`` with ``PGURL`` unset must not write
+    to files, nor ``PROJECT_ID=$PROJ`` into project ``default`` (docs/decisions.md, 2026-12-07)."""
+    value = env.get(name)
+    if value is None:
+        return default
+    if value == "":
+        loaded, line = _DOTENV_LINES.get(name, (None, ""))
+        where = line if env is os.environ and loaded == value else None  # changed since the file set it: not its
+        undo = "remove the line" if where else f"unset it (unset {name})"
+        raise ConfigError(f"{name} is set but empty ({where or 'in the environment'}): an empty {name} never means "
+                          f"{STORE_VARIABLES[name]}; set it to {_STORE_VALUES[name]}, or {undo} for that")
+    return value
+
+
 def store_named(store_url: str | None, env: Mapping[str, str]) -> str | None:
-    """The store ``store_url`` (``--store``) names, else ``ORCH_STORE_URL`` (empty: unset): None for files, else a
-    postgresql:// URL. ``store_url`` given empty, or a value that is neither, is ``ConfigError``."""
+    """The store ``store_url`` (``--store``) names, else ``ORCH_STORE_URL`` (set empty: refused, ``from_env``): None
+    for files, else a postgresql:// URL. ``store_url`` given empty, or a value that is neither, is ``ConfigError``
+    naming the value (its password hidden)."""
     if store_url == "":
         raise ConfigError("--store / store_url must not be empty: 'file' or a postgresql:// URL "
                           "(leave it out for ORCH_STORE_URL or the file store)")
-    store = store_url or env.get("ORCH_STORE_URL") or "file"
+    store = store_url if store_url is not None else from_env(env, "ORCH_STORE_URL", "file")
     if store != "file" and not store.startswith(("postgresql://", "postgres://")):
-        raise ConfigError("ORCH_STORE_URL / --store must be 'file' or a postgresql:// URL")
+        from orchestrator.store.pg_connection import redacted
+
+        raise ConfigError(f"ORCH_STORE_URL / --store must be 'file' or a postgresql:// URL, not "
+                          f"{redacted(shown(store), store)}")
     return None if store == "file" else store
 
 
@@ -177,6 +207,7 @@ def load_dotenv_file(path: str | os.PathLike[str] = ".env") -> None:
     ``ConfigError`` naming it: python-dotenv only logs and skips such a line, and a skipped ``BASE_PATH`` would
     send every command to another store. ``PYTHON_DOTENV_DISABLED`` set to a true value (python-dotenv's own
     switch) skips the file altogether, checks included, whatever the installed python-dotenv knows of it."""
+    _DOTENV_LINES.clear()
     if os.environ.get("PYTHON_DOTENV_DISABLED", "").casefold() in {"1", "true", "t", "yes", "y"}:
         return
     if os.path.isfile(path):
@@ -195,13 +226,21 @@ def load_dotenv_file(path: str | os.PathLike[str] = ".env") -> None:
         except OSError as exc:
             raise ConfigError(f"cannot read {where}: {exc.strerror or exc}") from None
         # parse_stream is what load_dotenv parses with; its bindings flag a statement it could not parse
-        bad = next((b for b in parse_stream(io.StringIO(text)) if b.error), None)
+        bindings = list(parse_stream(io.StringIO(text)))
+        bad = next((b for b in bindings if b.error), None)
         if bad is not None:  # the line is not quoted back: it may hold a secret
-            # the statement python-dotenv could not parse starts with the blank lines before it
-            skipped = bad.original.string[:len(bad.original.string) - len(bad.original.string.lstrip())].count("\n")
-            raise ConfigError(f"{where}, line {bad.original.line + skipped}: cannot be parsed (an unterminated quote? "
+            raise ConfigError(f"{where}, line {_line(bad)}: cannot be parsed (an unterminated quote? "
                               "write NAME=value, NAME=\"value\" or NAME='value'); nothing was loaded from it")
+        lines = {b.key: f"{where}, line {_line(b)}" for b in bindings
+                 if b.key in STORE_VARIABLES and b.value is not None and b.key not in os.environ}
         try:
             load_dotenv(stream=io.StringIO(text), override=False)
         except ValueError as exc:  # os.environ refuses a NUL character in a name or value
             raise ConfigError(f"{where} cannot be loaded into the environment: {exc}") from None
+        _DOTENV_LINES.update({name: (os.environ.get(name), line) for name, line in lines.items()})
+
+
+def _line(binding: Any) -> int:
+    """The line of a ``.env`` statement: python-dotenv's starts with the blank lines before it."""
+    text = binding.original.string
+    return binding.original.line + text[:len(text) - len(text.lstrip())].count("\n")

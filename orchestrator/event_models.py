@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY
 from orchestrator.errors import InvalidInputError
+from orchestrator.json_text import not_json_reason
 from orchestrator.limits import (MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_JSON_DEPTH, MAX_KIND_LENGTH,
                                  PRIORITY_LIMIT, encoded_depth, plain_json)
 from orchestrator.security import shown, validation_summary
@@ -228,7 +229,7 @@ def encoded_value(value: Any, what: str) -> bytes:
     except RecursionError:  # the encoder recurses per level: one far deeper than the limit stops it
         raise InvalidInputError(_too_deep(what)) from None
     except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"{what} is not plain JSON: {exc}") from None
+        raise InvalidInputError(f"{what} is not plain JSON: {not_json_reason(exc)}") from None
 
 
 def _with_text_keys(value: Any, what: str) -> Any:

@@ -14,6 +14,7 @@ import traceback
 from typing import Any, Callable
 
 from orchestrator.errors import MalformedPayloadError
+from orchestrator.json_text import not_json_reason
 from orchestrator.payload import MAX_PAYLOAD_BYTES, NOT_UNICODE, too_large
 from orchestrator.security import sanitized_cut
 
@@ -38,7 +39,7 @@ def handler_payload(fn: Callable[[], Any]) -> bytes:
         except UnicodeEncodeError:
             return _malformed(NOT_UNICODE)
         except (TypeError, ValueError) as exc:
-            return _malformed(f"the handler returned a value that is not JSON: {exc}")
+            return _malformed(f"the handler returned a value that is not JSON: {not_json_reason(exc)}")
         except RecursionError:
             return _malformed("the handler returned a value nested too deeply to be JSON")
         # refused here, as the worker would: a payload it will not read is not sent (the worker would have to

@@ -101,6 +101,17 @@ def _first_twice(text: str) -> tuple[str, str]:
     raise AssertionError("no key twice in a text the hook refused")
 
 
+NOT_A_NUMBER = ("it holds NaN or an infinity (NaN, Infinity, -Infinity, or a number past a float's range such as "
+                "1e999), which JSON does not allow")
+
+
+def not_json_reason(exc: Exception) -> str:
+    """Why ``json.dumps(..., allow_nan=False)`` (``signing.canonical`` too) refused a value, in words: its "Out of range
+    float values are not JSON compliant" says a NaN or an infinity without naming either."""
+    text = str(exc)
+    return NOT_A_NUMBER if isinstance(exc, ValueError) and text.startswith("Out of range float values") else text
+
+
 def input_text(raw: bytes) -> str:
     """A job's input as text: UTF-8, a leading byte order mark dropped; ``ValueError`` saying why bytes are not
     (UTF-16 or UTF-32, which ``json.loads`` of bytes would take, or bytes that are no UTF-8 at all)."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from orchestrator.errors import (ContextSignatureInvalid, IntegrityError, LeaseLostError, MalformedPayloadError,
                                  PathEscapeError, StorageError)
-from orchestrator.json_text import DuplicateKeyError, loads_unique
+from orchestrator.json_text import DuplicateKeyError, loads_unique, not_json_reason
 from orchestrator.limits import MAX_JSON_DEPTH, json_depth, plain_json, plain_str
 from orchestrator.security import sanitize_text, validate_artifact_path
 
@@ -135,7 +135,7 @@ def parse_payload(raw: bytes | str | dict[str, Any], artifacts_dir: Path) -> Pay
         except UnicodeEncodeError:
             raise MalformedPayloadError(NOT_UNICODE) from None
         except (TypeError, ValueError) as exc:
-            raise MalformedPayloadError(f"the payload's output is not plain JSON: {exc}") from None
+            raise MalformedPayloadError(f"the payload's output is not plain JSON: {not_json_reason(exc)}") from None
     for rel in payload.artifacts:
         try:
             validate_artifact_path(artifacts_dir, rel)

@@ -188,14 +188,14 @@ def _stored_head(orch: Orchestrator, stream: str) -> bytes | None:
 
 def _artifacts_note(orch: Orchestrator, listing: set[str]) -> list[str]:
     """A warning when jobs have artifact files, which a bundle does not carry (only histories): those ``listing``
-    names (its events name them), and those with a folder in ``artifacts/`` here (a killed run's files too, which
-    its stale recovery looks for: without them the job is queued again instead of waiting for a human)."""
+    names (its events name them), and those with a file in their folder of ``artifacts/`` here (a killed run's too,
+    which its stale recovery looks for: without them the job is queued again instead of waiting for a human)."""
     from orchestrator.worker_folders import ARTIFACTS_DIR  # here: that module loads the run machinery
 
     folder = orch.settings.state_dir / ARTIFACTS_DIR
     try:
-        with os.scandir(folder) as entries:
-            held = {e.name for e in entries if is_id(e.name)}
+        with os.scandir(folder) as entries:  # a folder with no file in it is no job's files: a worker makes one for
+            held = {e.name for e in entries if is_id(e.name) and _holds_a_file(e.path)}  # every command job
     except OSError:  # no such folder (nothing ran here, or the workers run on other machines)
         held = set()
     jobs = listing | held
@@ -205,6 +205,22 @@ def _artifacts_note(orch: Orchestrator, listing: set[str]) -> list[str]:
             f"their events, or in {folder}); copy that folder by hand to {STATE_DIR}/{ARTIFACTS_DIR}/ under the "
             "destination's base path and project, on each machine its workers run on, before they start "
             "(a run killed while it ran is recovered to waiting_human only where its files are)"]
+
+
+def _holds_a_file(path: str) -> bool:
+    """Whether a job's artifact folder holds anything but folders (a link counts: it is not followed); one that
+    cannot be read is said to, so the note stays."""
+    folders = [path]
+    try:
+        while folders:
+            with os.scandir(folders.pop()) as entries:
+                for entry in entries:
+                    if not entry.is_dir(follow_symlinks=False):
+                        return True
+                    folders.append(entry.path)
+    except OSError:
+        return True
+    return False
 
 
 def _emptied(orch: Orchestrator, stream: str, head: bytes | None) -> list[Problem]:

@@ -1,10 +1,13 @@
 """``orchestrator bench-terminal-latency`` (runbook: ``scripts/bench_terminal_latency.py``): the v1.2.3 gate."""
 from __future__ import annotations
 
+import os
+
 import click
 
 from orchestrator.cli import CONTEXT, Output, cli, echo, reported_errors
 from orchestrator.cli_values import WholeRange
+from orchestrator.config import from_env
 from orchestrator.errors import CommandInterrupted
 
 EXIT_GATE_FAILED = 13
@@ -49,6 +52,8 @@ def bench_terminal_latency(samples: int, seed: int, raw_output: str | None, repo
     out = Output(as_json)
     try:
         with reported_errors(out):
+            if base_path is None:  # click reads BASE_PATH set empty as unset: refused, as every command refuses it
+                from_env(os.environ, "BASE_PATH", "")
             result = tb.execute(samples, seed, base_path, project_id, raw_output, report, keep,
                                 progress=lambda m: echo(m, err=True))
     except tb.Interrupted as stop:

@@ -15,6 +15,11 @@ def db() -> None:
     """PostgreSQL backend: create and upgrade the schema (see docs/postgres.md)."""
 
 
+# ``--store`` without the other commands' default: the file backend has no schema, so ``db`` needs a URL
+DB_STORE_HELP = ("A postgresql:// URL: the database whose schema this is (required; 'file', the other commands' "
+                 "default, has no schema).")
+
+
 def _url(store_url: str | None) -> str:
     """The database ``--store`` (or ``ORCH_STORE_URL``) names; a value every command refuses (empty, neither
     'file' nor a postgresql:// URL) is refused as they refuse it, not taken for the file backend."""
@@ -35,7 +40,7 @@ def _run(as_json: bool, action) -> None:
 
 
 @db.command("migrate", context_settings=CONTEXT)
-@store_option
+@store_option(DB_STORE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def db_migrate(store_url: str | None, as_json: bool) -> None:
     """Create or upgrade the schema to this release's version.
@@ -55,7 +60,7 @@ def db_migrate(store_url: str | None, as_json: bool) -> None:
 
 
 @db.command("status", context_settings=CONTEXT)
-@store_option
+@store_option(DB_STORE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def db_status(store_url: str | None, as_json: bool) -> None:
     """Show the schema version of the database and the version this release needs (exit 3 if behind: CONFIG_ERROR,

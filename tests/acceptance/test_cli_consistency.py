@@ -123,7 +123,13 @@ def test_an_orch_number_that_cannot_be_parsed_is_a_config_error_naming_it_its_va
 
 
 def test_the_same_value_typed_as_an_option_is_a_usage_error_saying_what_it_accepts(cli_env: dict[str, str]) -> None:
+    """Without the variable: click's ``(env var: 'ORCH_VERIFY_PROCESSES')`` blamed one that was not even set. The help
+    still names it."""
     code, error = refused(cli_env, "verify", "--processes", "abc")
     assert (code, error["error"]) == (2, "USAGE_ERROR")
-    assert error["message"].startswith("Invalid value for '--processes'")
-    assert error["message"].endswith(": 'abc' is not a whole number from 1 to 256")
+    assert error["message"] == "Invalid value for '--processes': 'abc' is not a whole number from 1 to 256", error
+    text = run_module("worker", "--once", "--lease-seconds", "0", env=cli_env)
+    assert text.returncode == 2, text.stderr
+    assert "Error: Invalid value for '--lease-seconds': '0' is not a number" in text.stderr, text.stderr
+    assert "env var" not in text.stderr and "ORCH_" not in text.stderr
+    assert "env var: ORCH_VERIFY_PROCESSES" in " ".join(run_module("verify", "-h", env=cli_env).stdout.split())

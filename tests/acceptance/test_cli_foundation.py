@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, run_script
+from helpers import REPO, run_module, run_script
 
 
 def submit(env: dict[str, str], *args: str) -> str:
@@ -142,21 +142,33 @@ def test_expected_errors_have_codes_exit_codes_and_no_traceback(cli_env: dict[st
         assert json.loads(as_json.stdout)["error"] == error
 
 
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_an_input_holding_nan_or_an_infinity_is_refused_saying_so(cli_env: dict[str, str], number: str) -> None:
+    """It said "not plain JSON: Out of range float values are not JSON compliant", Python's words for it."""
+    proc = run_script("submit", "--kind", "k", "--input", f'{{"a": [{number}]}}', env=cli_env)
+    assert proc.returncode == 3 and proc.stderr.startswith(
+        "error[INVALID_INPUT]: the job input is not plain JSON: it holds NaN or an infinity (NaN, Infinity, -Infinity, "
+        "or a number past a float's range such as 1e999), which JSON does not allow"), proc.stderr
+
+
 def test_an_empty_project_base_path_or_store_on_the_command_line_is_refused_not_replaced_by_the_default(
         cli_env: dict[str, str], tmp_path: Path) -> None:
     """``--project-id "$PROJ"`` with ``PROJ`` unset must not act on another project: an empty value typed (or given
-    to ``Orchestrator``) is an error. An empty environment variable still means unset, as for click."""
+    to ``Orchestrator``) is an error; so is the same variable set empty (``test_which_store``), which click reads as
+    unset."""
     env = {**cli_env, "PROJECT_ID": "other", "BASE_PATH": str(tmp_path / "b")}
     for args, code, error in [(("--project-id", ""), 3, "INVALID_ID"), (("--base-path", ""), 3, "CONFIG_ERROR"),
                               (("--store", ""), 3, "CONFIG_ERROR")]:
         proc = run_script("submit", "--kind", "k", *args, "--json", env=env)
         assert proc.returncode == code and json.loads(proc.stdout)["error"] == error, (args, proc.stdout, proc.stderr)
     assert not (tmp_path / "b").exists()  # nothing written anywhere
-    assert run_script("submit", "--kind", "k", env={**env, "PROJECT_ID": ""}).returncode == 0
+    empty = run_script("submit", "--kind", "k", env={**env, "PROJECT_ID": ""})
+    assert empty.returncode == 3 and empty.stderr.startswith("error[CONFIG_ERROR]: PROJECT_ID is set but empty")
 
 
 @pytest.mark.parametrize("store, said", [("", "--store / store_url must not be empty"),
-                                         ("bogus", "ORCH_STORE_URL / --store must be 'file' or a postgresql:// URL")])
+                                         ("bogus", "ORCH_STORE_URL / --store must be 'file' or a postgresql:// URL, "
+                                                   "not 'bogus'")])
 @pytest.mark.parametrize("command", [["db", "status"], ["db", "migrate"], ["status", "--all"]])
 def test_a_store_that_is_neither_file_nor_a_postgresql_url_is_refused_alike_by_every_command(
         cli_env: dict[str, str], command: list[str], store: str, said: str) -> None:
@@ -166,12 +178,34 @@ def test_a_store_that_is_neither_file_nor_a_postgresql_url_is_refused_alike_by_e
     from orchestrator.cli import cli
 
     for how, env in (("option", cli_env), ("environment", {**cli_env, "ORCH_STORE_URL": store})):
-        if how == "environment" and not store:
-            continue  # an empty variable is unset, as click reads one
+        if how == "environment" and not store:  # click reads it as unset; refused all the same
+            said = "ORCH_STORE_URL is set but empty (in the environment)"
         args = [*command, *(["--store", store] if how == "option" else []), "--json"]
         result = CliRunner().invoke(cli, args, env=env)
         error = json.loads(result.stdout)
         assert (result.exit_code, error["error"]) == (3, "CONFIG_ERROR") and error["message"].startswith(said), how
+
+
+def test_a_store_url_of_another_database_is_refused_naming_it_without_its_password(cli_env: dict[str, str]) -> None:
+    """It said "must be 'file' or a postgresql:// URL" without the value: which of the settings was wrong?"""
+    for args, env in ((("--store", "mysql://orch:S3cretPW@db/jobs"), cli_env),
+                      ((), {**cli_env, "ORCH_STORE_URL": "mysql://orch:S3cretPW@db/jobs"})):
+        for command in (("status", "--all"), ("db", "status")):
+            proc = run_module(*command, *args, "--json", env=env)
+            error = json.loads(proc.stdout)
+            assert (proc.returncode, error["error"]) == (3, "CONFIG_ERROR"), proc.stdout
+            assert error["message"] == ("ORCH_STORE_URL / --store must be 'file' or a postgresql:// URL, not "
+                                        "'mysql://orch:[REDACTED]@db/jobs'"), error
+            assert "S3cretPW" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("command", ["migrate", "status"])
+def test_db_help_names_no_default_store_since_the_file_backend_has_no_schema(
+        cli_env: dict[str, str], command: str) -> None:
+    """``db status -h`` said ``[default: file]``, a default every ``db`` command refuses (exit 3)."""
+    text = " ".join(run_module("db", command, "-h", env=cli_env).stdout.split())
+    assert "default: file" not in text and "--store TEXT A postgresql:// URL" in text, text
+    assert "[env var: ORCH_STORE_URL]" in text
 
 
 def test_usage_errors_exit_2(cli_env: dict[str, str]) -> None:

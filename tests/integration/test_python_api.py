@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -253,6 +254,29 @@ def test_a_dotenv_is_read_by_the_commands_not_by_orchestrator_unless_the_caller_
     assert Orchestrator(base_path=base, keyring=keyring).project_id == "from-dotenv"
 
 
+@pytest.mark.parametrize("variable", ["PROJECT_ID", "BASE_PATH", "ORCH_STORE_URL"])
+def test_a_store_setting_set_empty_in_the_environment_is_refused_from_python_too(
+        base: Path, keyring, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    """``Orchestrator(base_path=...)`` with ``PROJECT_ID=''`` acted on project ``default``; one loaded from a ``.env``
+    line by ``load_dotenv_file()`` names the file and line."""
+    from orchestrator.config import load_dotenv_file
+    from orchestrator.errors import ConfigError
+
+    monkeypatch.setenv(variable, "")
+    with pytest.raises(ConfigError, match=f"^{variable} is set but empty \\(in the environment\\)"):
+        Orchestrator(keyring=keyring)
+    assert Orchestrator(base_path=base, project_id="p", store_url="file", keyring=keyring).project_id == "p"
+    monkeypatch.delenv(variable)
+    (tmp_path / ".env").write_text(f"{variable}=\n")
+    monkeypatch.chdir(tmp_path)
+    load_dotenv_file()
+    assert os.environ[variable] == ""
+    monkeypatch.setenv(variable, "")  # so that it is removed again after the test
+    where = re.escape(f"({tmp_path / '.env'}, line 1)")
+    with pytest.raises(ConfigError, match=f"^{variable} is set but empty {where}"):
+        Settings.load()
+
+
 def test_a_submit_encodes_its_input_once_and_its_line_holds_those_bytes(orch, monkeypatch) -> None:
     """The submit encodes the input to measure it, check its depth and hash it; the sealed line holds those very bytes:
     no second encoding, and no model's copy (~30 ms of a 900 KB input). A ``dict`` subclass counts its encodings."""
@@ -333,15 +357,16 @@ def _deep(levels: int) -> object:
 
 
 @pytest.mark.parametrize(("event", "refused"), [
-    (("job_succeeded", {"output": {"x": [math.nan]}}), "output is not plain JSON: Out of range float"),
-    (("audit_requested", {"output": math.inf}), "output is not plain JSON: Out of range float"),
+    (("job_succeeded", {"output": {"x": [math.nan]}}), "output is not plain JSON: it holds NaN or an infinity"),
+    (("audit_requested", {"output": math.inf}), "output is not plain JSON: it holds NaN or an infinity"),
     (("job_succeeded", {"output": {1, 2}}), "output is not plain JSON: Object of type set"),
     (("job_succeeded", {"output": b"bytes"}), "output is not plain JSON: Object of type bytes"),
     (("job_succeeded", {"output": object()}), "output is not plain JSON: Object of type object"),
     (("job_succeeded", {"output": {"k": "\udcff"}}), "output holds text that is not valid Unicode"),
     (("job_succeeded", {"summary": "\ud800", "output": (1,)}), "summary holds text that is not valid Unicode"),
     (("job_succeeded", {"output": _deep(65)}), "output is nested deeper than 64 levels"),
-    (("job_timeout", {"error_code": "X", "timeout": math.inf}), "timeout is not plain JSON: Out of range float"),
+    (("job_timeout", {"error_code": "X", "timeout": math.inf}),
+     "timeout is not plain JSON: it holds NaN or an infinity"),
 ])
 def test_a_value_json_cannot_hold_is_refused_by_append_and_nothing_is_written(orch, event, refused: str) -> None:
     """What no line can hold (a NaN, an infinity, a lone surrogate, a set, bytes, nesting past ``MAX_JSON_DEPTH``)

@@ -55,7 +55,7 @@ def test_a_payload_holding_a_lone_surrogate_is_recorded_as_malformed_payload_and
 @pytest.mark.parametrize("returned, why", [
     ({"status": "done", "summary": "s", "output": {"x": "\ud800"}}, "not valid Unicode"),
     ({"status": "done", "summary": "s", "output": {1, 2}}, "not JSON: Object of type set is not JSON serializable"),
-    ({"status": "done", "summary": "s", "output": float("nan")}, "not JSON: Out of range float values"),
+    ({"status": "done", "summary": "s", "output": float("nan")}, "not JSON: it holds NaN or an infinity"),
 ], ids=["surrogate", "set", "nan"])
 @pytest.mark.parametrize("mode", ["reused", "per-run"])
 def test_a_python_handler_returning_what_is_no_json_is_malformed_payload_saying_why(
@@ -90,7 +90,7 @@ def test_a_terminal_file_with_a_key_twice_is_malformed_payload_naming_the_key_an
 
 @pytest.mark.parametrize("output, why", [
     ({"x": "\udcff"}, "output holds text that is not valid Unicode"),
-    ([float("nan")], "output is not plain JSON: Out of range float values"),
+    ([float("nan")], "output is not plain JSON: it holds NaN or an infinity"),
 ], ids=["lone-surrogate", "nan"])
 def test_an_outcome_that_cannot_be_encoded_fails_the_run_instead_of_stopping_the_worker(orch, monkeypatch, output,
                                                                                        why: str) -> None:

@@ -883,11 +883,13 @@ def test_export_warns_that_artifact_files_stay_behind_for_jobs_whose_events_name
         file_orch) -> None:
     import shutil
 
-    fill(file_orch, 2)
-    assert export_project(file_orch, io.BytesIO())["warnings"] == []
+    empty = fill(file_orch, 2)
+    folder = file_orch.settings.state_dir / "artifacts"
+    (folder / empty[0]).mkdir(parents=True)  # as a worker leaves every command job's, which wrote none
+    (folder / empty[1] / "sub").mkdir(parents=True)
+    assert export_project(file_orch, io.BytesIO())["warnings"] == []  # no file to copy: "2 job(s) have some" was not so
     named = file_orch.submit("t.artifact_by_key", {})
     assert file_orch.worker().run_once().job_id == named
-    folder = file_orch.settings.state_dir / "artifacts"
     shutil.rmtree(folder / named)  # named by its events only (its files on the machine its worker ran on)
     [warning] = export_project(file_orch, io.BytesIO())["warnings"]
     assert "not the artifact files: 1 job(s)" in warning and str(folder) in warning
