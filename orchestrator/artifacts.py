@@ -15,6 +15,7 @@ from typing import Iterable
 
 from orchestrator.limits import is_unicode
 from orchestrator.errors import PathEscapeError
+from orchestrator.run_folder import PRIVATE_FOLDER
 from orchestrator.security import safe_join, sanitize_text
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def _move(folder: Path, source: str, target: str, tried: dict[str, int]) -> str:
             continue
         try:
             if head:
-                os.makedirs(folder / head, exist_ok=True)
+                os.makedirs(folder / head, PRIVATE_FOLDER, exist_ok=True)  # the run's own, inside the job's
             _rename_no_replace(folder / source, folder / candidate)
         except FileExistsError:  # taken since the check (another process moving a file to that name)
             continue

@@ -40,6 +40,7 @@ from orchestrator import faults
 from orchestrator.artifacts_source import (TARGET_FOLDER, Ancestors, Need, Reached, entered, leads_nowhere, measure,
                                           not_regular, refusal)
 from orchestrator.errors import InvalidIdError, InvalidInputError
+from orchestrator.run_folder import make_private_folder
 from orchestrator.security import validate_id
 from orchestrator.store.files import NotRegularFileError, linked_folder_error, open_regular
 from orchestrator.worker_folders import WorkerFolders
@@ -267,7 +268,7 @@ def _job_folder(target: Path) -> int:
     ``runs/``, ``WorkerFolders.made_by_worker``), so one that cannot be made or opened is the store's fault; a link
     in its place is ``PathEscapeError``, as when the run starts (``WorkerFolders.artifacts_dir``)."""
     try:
-        os.makedirs(target, exist_ok=True)
+        make_private_folder(target)
         return os.open(target, TARGET_FOLDER)
     except OSError as exc:
         if os.path.islink(target):

@@ -28,6 +28,7 @@ from orchestrator.descriptors import readable
 from orchestrator.handler_result import handler_payload
 from orchestrator.leftovers import KILLED_MAX_BYTES, decode_killed, encode_killed, end_leftovers, set_run_environment
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
+from orchestrator.run_folder import make_private_folder
 from orchestrator.runner import (HANDLER_PIPE_ENDS, STANDARD_FDS, UNREAPED, Child, forked_handler,
                                  give_standard_streams, handler_main, load_libc, reap_exited, spawning,
                                  stop_deferred)
@@ -209,7 +210,7 @@ def claim_host_folder(folder: Path) -> int:
     process it forks (which inherits it) are both gone, however they ended and whatever pid namespace
     they ran in: what a pid check cannot tell across namespaces (``sweep_dead_host_folders``)."""
     staging = folder.with_name(f".{folder.name}.new")
-    staging.mkdir(parents=True)
+    make_private_folder(staging, exist_ok=False)  # its output.log's tail goes into the run's event
     fd = os.open(staging / ALIVE_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -18,6 +18,7 @@ from orchestrator.errors import InvalidInputError, write_error
 from orchestrator.store.files import STRAY_AGE, fsync_dir, open_regular
 from orchestrator.worker_folders import ARTIFACTS_DIR
 
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 TEMP_HEX = 8  # hex digits of a temporary file's random part: .<name>.<8 hex>.tmp (``temp_stem``)
 NAME_MAX = 255  # bytes of a file name, where the folder's file system does not say (ext4, xfs, btrfs, tmpfs: 255)
 STORE_MARKS = ("queue", "audit")  # a ``.orchestrator`` folder holding one of these is a store's
@@ -144,8 +145,8 @@ class OutputFile:
             raise InvalidInputError(f"cannot write {what} to {self.path} ({reason}); nothing was written there",
                                     path=str(self.path))
         self._tmp = self.path.with_name(f".{temp_stem(self.path)}.{os.urandom(TEMP_HEX // 2).hex()}.tmp")
-        with self._refused():
-            self._fh = open(self._tmp, "xb")
+        with self._refused():  # owner-only whatever the umask: a bundle holds every job's input and output
+            self._fh = os.fdopen(os.open(self._tmp, _NEW_FILE, 0o600), "wb")
         self._held.add(self._tmp)
         with contextlib.suppress(OSError):  # without these locks, leftovers are never removed (nothing else)
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.security import cut_read_size, sanitized_cut
-from orchestrator.store.files import NotRegularFileError, open_regular
+from orchestrator.store.files import STORE_FOLDER, NotRegularFileError, open_regular
 
+PRIVATE_FOLDER, PRIVATE_FILE = 0o700, 0o600  # a run's folder and its files, a job's artifact folder: the worker's alone
 RUN_PREFIX = "run-"  # runs/run-<16 hex>: one run's folder (runs/host-*: a worker's handler process)
 # what a disk says when it refuses a write whatever is written: no room, over quota, read-only (each < 256: one byte)
 DISK_REFUSALS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
@@ -45,7 +46,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     failed (``HANDLER_START_FAILED``) until its attempts were used up."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_bytes(data)
+        write_private(tmp, data)
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -53,6 +54,71 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         if exc.errno is None:  # not the kernel's
             raise
         raise type(exc)(exc.errno, exc.strerror, str(path)) from None
+
+
+def make_private_folder(path: "Path | str", exist_ok: bool = True) -> None:
+    """``mkdir -p path``, ``path`` itself owner-only (0700) whatever the umask: a run's folder (another user who could
+    write in it wrote its ``terminal.json``, and the worker signed that outcome, until 2026-12-07), a job's artifact
+    folder (what later runs read, and what ``artifacts_from`` copies into other jobs), a handler process's folder. A
+    folder missing above it is made as the store makes its own (``store.files.STORE_FOLDER``). One found there
+    already loses what others may do in it (``restrict``): made by a release before 2026-12-07, or a run's
+    ``chmod``. Costs what ``Path.mkdir(exist_ok=True)`` did: a ``mkdir``, and an ``lstat`` when it was there."""
+    path = os.fspath(path)
+    if _mkdir(path, PRIVATE_FOLDER):
+        return
+    if not exist_ok:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+    if restrict(path, PRIVATE_FOLDER) is None and not os.path.isdir(path):
+        raise FileExistsError(errno.EEXIST, "exists, and is not a folder", path)
+
+
+def _mkdir(path: str, mode: int) -> bool:
+    """``mkdir`` with the folders missing above it made too (``STORE_FOLDER``: ``os.makedirs`` gives those the
+    umask's mode alone); False when ``path`` was there already."""
+    try:
+        os.mkdir(path, mode)
+        return True
+    except FileExistsError:
+        return False
+    except FileNotFoundError:
+        parent = os.path.dirname(path)
+        if not parent or parent == path:
+            raise
+        _mkdir(parent, STORE_FOLDER)
+    try:
+        os.mkdir(path, mode)
+        return True
+    except FileExistsError:  # made meanwhile
+        return False
+
+
+def restrict(folder: "Path | str", allowed: int) -> int | None:
+    """Take from the real folder ``folder`` (never through a link) every permission bit not in ``allowed``: one
+    ``lstat``, and when something is to be taken an ``open`` and ``fchmod``. Returns the mode it had, None when it is
+    no such folder. Another user's folder is left as it is (only its owner or root may change its mode)."""
+    try:
+        st = os.lstat(folder)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        return None
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & ~allowed:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            with contextlib.suppress(PermissionError):  # not ours
+                os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & allowed)
+        finally:
+            os.close(fd)
+    return mode
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """``data`` as the file ``path``, owner-only (0600) whatever the umask, never through a link: until 2026-12-07
+    a context written under a umask of 000 was 0666, and another user could change the input a command read."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
+    with open(fd, "wb") as fh:
+        fh.write(data)
 
 
 def remove_run_folder(folder: Path) -> bool:

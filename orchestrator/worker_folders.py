@@ -6,6 +6,7 @@ probes a killed worker left (``WorkerFolders.sweep_probes``)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import stat
 import time
@@ -14,14 +15,17 @@ from pathlib import Path
 from orchestrator import faults
 from orchestrator.artifacts_source import SPARE_BYTES, free_bytes, size
 from orchestrator.errors import StorageError
-from orchestrator.run_folder import RUN_PREFIX
+from orchestrator.run_folder import RUN_PREFIX, restrict
 from orchestrator.security import safe_join, validate_id
 from orchestrator.store.files import STRAY_AGE, linked_folder_error, make_folder, path_error, pid_alive
 
 RUNS_DIR = "runs"
 ARTIFACTS_DIR = "artifacts"
 WORKER_FOLDERS = ("", RUNS_DIR, ARTIFACTS_DIR)  # under the state dir, on any store: checked when a worker starts
+STORE_WRITE_FOR_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 PROBE_PREFIX = ".probe-"  # artifacts/.probe-<pid>-<8 hex>: a worker's probe (``WorkerFolders.probe``), never a job's
+
+log = logging.getLogger(__name__)
 
 
 class WorkerFolders:
@@ -43,9 +47,11 @@ class WorkerFolders:
         says. The names cannot be a run's or a job's; one a crash left in ``runs/`` is swept as a run's, one in
         ``artifacts/`` by ``sweep_probes``."""
         tag = f"{os.getpid()}-{os.urandom(4).hex()}"
+        self._take_write_from_others(str(self.state_dir))
         for name, entry in ((RUNS_DIR, f"{RUN_PREFIX}probe-{tag}"), (ARTIFACTS_DIR, f"{PROBE_PREFIX}{tag}")):
             folder = os.path.join(self.state_dir, name)
             make_folder(folder, self.state_dir)  # a link: PathEscapeError; anything else: StorageError
+            self._take_write_from_others(folder)
             path = os.path.join(folder, entry)
             try:
                 os.mkdir(path, 0o700)
@@ -55,6 +61,21 @@ class WorkerFolders:
             except OSError as exc:  # named by the folder, what the operator must fix (the entry is the probe's)
                 raise path_error(type(exc)(exc.errno, exc.strerror, folder)) from None
         self.check_room()
+
+    @staticmethod
+    def _take_write_from_others(folder: str) -> None:
+        """Make the state folder, ``runs/`` or ``artifacts/`` writable by its owner alone, once a worker starts: one
+        made by a release before 2026-12-07 under a umask of 000 (or 002 and a shared group) is 0777 (0775), and
+        whoever may write in it can rename a run's folder, or a job's, away and put their own in its place (the
+        outcome the worker then signs). Said once, as a warning; nothing else of the store is changed (``chmod -R
+        go-w .orchestrator``: docs/runbook.md)."""
+        try:
+            had = restrict(folder, ~STORE_WRITE_FOR_OTHERS & 0o7777)
+        except OSError as exc:
+            raise path_error(exc) from None
+        if had is not None and had & STORE_WRITE_FOR_OTHERS:
+            log.warning("%s was writable by other users (mode %o): made writable by its owner alone", folder, had,
+                        extra={"path": folder})
 
     def sweep_probes(self) -> list[str]:
         """Remove the ``artifacts/.probe-<pid>-*`` folders of workers killed inside their ``probe`` (between its

@@ -24,6 +24,7 @@ from orchestrator.errors import ConfigError, HandlerNotFoundError, Interrupted
 from orchestrator.handler_host import HandlerHost
 from orchestrator.leftovers import own_code
 from orchestrator.limits import MAX_KIND_LENGTH, is_kind
+from orchestrator.run_folder import make_private_folder
 from orchestrator.runner import Child, fork_call
 from orchestrator.security import shown
 
@@ -45,10 +46,10 @@ class RunPaths:
                    artifacts_dir)
 
     def make_run_dir(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        make_private_folder(self.run_dir)  # owner-only: another user who could write in it chose the outcome
 
     def make_artifacts_dir(self) -> None:
-        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        make_private_folder(self.artifacts_dir)
 
     def remove(self) -> None:
         """Remove the run's folder once its outcome is recorded or it could not start (the output's
@@ -72,7 +73,7 @@ class JobContext:
     @property
     def artifacts_dir(self) -> Path:
         if not self._artifacts_made:
-            self._artifacts_dir.mkdir(parents=True, exist_ok=True)
+            make_private_folder(self._artifacts_dir)
             self._artifacts_made = True
         return self._artifacts_dir
 

@@ -330,6 +330,12 @@ def check_folders(root: "Path | str", names: Iterable[str], derived: frozenset[s
         _refuse_as_folder(path, mode, derived=name in derived)
 
 
+# The store's folders, as its files (0644): readable as the umask says, never writable by others whatever it says (a
+# ``mkdir`` mode is masked by the umask, never widened). Until 2026-12-07 they were made 0777 less the umask: under a
+# umask of 000, or 002 with a shared group, another user could rename a run's folder away and put one of their own,
+# with the outcome they chose, in its place. What a run works in is owner-only (``run_folder.PRIVATE_FOLDER``).
+STORE_FOLDER = 0o755
+
 # The folders of this process's ``make_folder(durable=True)`` whose entry, and every entry above it up to the project
 # folder (which holds the store's), this process synced: each chain is synced once per process, whoever made it.
 _DURABLE_FOLDERS: set[str] = set()
@@ -358,14 +364,14 @@ def make_folder(path: "Path | str", top: "Path | str", durable: bool = False) ->
 def _make_folder(path: str, top: str) -> list[str]:
     """``make_folder``'s work: the folders it made, top down."""
     try:
-        os.mkdir(path)
+        os.mkdir(path, STORE_FOLDER)
     except FileNotFoundError:
         parent = os.path.dirname(path) or "."
         if parent == path:
             raise
         made = _make_folder(parent, top)
         try:
-            os.mkdir(path)
+            os.mkdir(path, STORE_FOLDER)
         except FileExistsError:  # made meanwhile
             _check_found(path, top)
             return made

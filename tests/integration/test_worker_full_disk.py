@@ -14,6 +14,7 @@ import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
 from helpers import events, make_worker
+from orchestrator import run_folder
 from orchestrator.errors import StorageError
 
 PY = sys.executable
@@ -32,17 +33,16 @@ def handed_back(orch, job: str) -> dict:
 
 def no_room_under(folder: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A disk full under ``folder`` (a part of the path) as the kernel says it at a write, after the open succeeded:
-    ``ENOSPC`` naming no file (``Path.write_bytes`` opens, then writes)."""
-    real = Path.write_bytes
+    ``ENOSPC`` naming no file (``run_folder.write_private`` opens, then writes)."""
+    real = run_folder.write_private
 
-    def write_bytes(self: Path, data: bytes) -> int:
-        if folder in self.parts:
-            with open(self, "wb"):
-                pass
+    def write_private(path: Path, data: bytes) -> None:
+        if folder in path.parts:
+            real(path, b"")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(self, data)
+        real(path, data)
 
-    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    monkeypatch.setattr(run_folder, "write_private", write_private)
 
 
 # -- a run's own files (1a) ------------------------------------------------------------------------------------------

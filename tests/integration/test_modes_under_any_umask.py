@@ -1,0 +1,118 @@
+"""What the product writes is never writable by other users, whatever the umask: a run's folder and the files in it
+(its context, its terminal payload) are owner-only, and so is a job's artifact folder; the store's own folders and
+files follow the umask for reading, never for writing; export bundles and anchors are owner-only. Until 2026-12-07,
+under a umask of 000 (or 002 with a shared group) another user could write a run's ``terminal.json`` and the worker
+signed the forged outcome."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from helpers import make_worker
+from orchestrator import Orchestrator
+from orchestrator.integrity import export_anchor
+from orchestrator.output_file import OutputFile
+import orchestrator.reliability.handlers  # noqa: F401 - registers rel.echo
+from orchestrator.run_folder import write_bytes_atomic
+from orchestrator.transfer import export_project
+
+OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
+OTHERS_ANY = stat.S_IRWXG | stat.S_IRWXO
+
+# the command reports the modes of its run folder, its context file and its artifact folder, then its payload
+REPORT_MODES = ('stat -c %a "$(dirname "$ORCH_CONTEXT_FILE")" "$ORCH_CONTEXT_FILE" "$ORCH_ARTIFACTS_DIR" > modes; '
+                'printf \'{"status":"done","summary":"ok"}\' > "$ORCH_TERMINAL_FILE"')
+
+
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def loose(root: Path) -> list[str]:
+    """Every folder or file below ``root`` (itself included) that group or others may write, with its mode. Not
+    below an owner-only folder, which others cannot enter: what a run writes in its own folders is the run's."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        for path in [folder, *(os.path.join(folder, n) for n in dirs + files)]:
+            mode = os.lstat(path).st_mode
+            if not stat.S_ISLNK(mode) and mode & OTHERS_WRITE:
+                found.append(f"{oct(stat.S_IMODE(mode))} {os.path.relpath(path, root)}")
+        dirs[:] = [n for n in dirs if os.lstat(os.path.join(folder, n)).st_mode & OTHERS_ANY]
+    return sorted(set(found))
+
+
+@pytest.mark.parametrize("handler_process", ["reused", "per-run"])
+def test_nothing_a_submit_a_worker_run_and_an_export_write_under_a_umask_of_000_is_writable_by_others(
+        base: Path, tmp_path: Path, keyring, handler_process: str) -> None:
+    with umask(0):
+        orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring)
+        command = orch.submit("command", {"argv": ["sh", "-c", REPORT_MODES]})
+        python = orch.submit("rel.echo", {"a": 1})
+        worker = make_worker(orch, handler_process=handler_process)
+        worker.run_once()
+        worker.run_once()
+        worker.close()
+        bundle, anchor = tmp_path / "bundle.jsonl", tmp_path / "anchor.json"
+        with OutputFile(bundle, "the bundle") as out:
+            export_project(orch, out)
+        export_anchor(orch, anchor)
+    assert orch.status(command).state == "succeeded" and orch.status(python).state == "succeeded"
+    run_dir, context, artifacts = (base / "proj/.orchestrator/artifacts" / command / "modes").read_text().split()
+    assert (run_dir, context, artifacts) == ("700", "600", "700")
+    assert loose(base) == []
+    assert stat.S_IMODE(os.stat(bundle).st_mode) == 0o600 and stat.S_IMODE(os.stat(anchor).st_mode) == 0o600
+
+
+def test_a_files_written_whole_into_a_run_folder_is_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    """The per-run Python child's payload, and a command's context, as ``write_bytes_atomic`` writes them."""
+    with umask(0):
+        write_bytes_atomic(tmp_path / "terminal.json", b"{}")
+    assert stat.S_IMODE(os.stat(tmp_path / "terminal.json").st_mode) == 0o600
+
+
+def test_an_export_replacing_a_file_others_could_read_is_owner_only(tmp_path: Path) -> None:
+    target = tmp_path / "bundle.jsonl"
+    target.write_bytes(b"old\n")
+    os.chmod(target, 0o666)
+    with OutputFile(target, "the bundle") as out:
+        out.write(b"new\n")
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+
+
+def test_a_worker_takes_the_write_bits_of_others_off_the_folders_a_looser_umask_made_before(
+        orch: Orchestrator) -> None:
+    """A store made before 2026-12-07 under a umask of 000: the worker's folders, and a job's artifact folder, lose
+    what let another user rename a run folder away or put files into a job's; a run's folder is made owner-only."""
+    job = orch.submit("command", {"argv": ["sh", "-c", REPORT_MODES]})
+    state = orch.store.root
+    job_folder = state / "artifacts" / job
+    for folder in (state, state / "runs", state / "artifacts", job_folder):
+        folder.mkdir(exist_ok=True)
+        os.chmod(folder, 0o777)
+    make_worker(orch).run_once()
+    assert orch.status(job).state == "succeeded"
+    assert [stat.S_IMODE(os.stat(f).st_mode) for f in (state, state / "runs", state / "artifacts")] == [0o755] * 3
+    assert (job_folder / "modes").read_text().split() == ["700", "600", "700"]
+
+
+def test_the_store_follows_a_private_umask(base: Path, keyring) -> None:
+    """Reading is the umask's to decide: under 077 nothing the store makes is readable by others."""
+    with umask(0o077):
+        orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring)
+        orch.submit("rel.echo", {"a": 1})
+        make_worker(orch).run_once()
+    modes = {os.path.relpath(os.path.join(d, n), base): stat.S_IMODE(os.lstat(os.path.join(d, n)).st_mode)
+             for d, dirs, files in os.walk(base) for n in dirs + files}
+    assert modes and all(not mode & OTHERS_ANY for mode in modes.values()), json.dumps(
+        {p: oct(m) for p, m in modes.items() if m & OTHERS_ANY})
