@@ -16,9 +16,11 @@ import pytest
 
 from helpers import make_worker
 from orchestrator import Orchestrator
+from orchestrator.handler_host import claim_host_folder
 from orchestrator.integrity import export_anchor
 from orchestrator.output_file import OutputFile
 import orchestrator.reliability.handlers  # noqa: F401 - registers rel.echo
+import worker_handlers  # noqa: F401 - registers t.artifact_by_key
 from orchestrator.run_folder import write_bytes_atomic
 from orchestrator.transfer import export_project
 
@@ -58,9 +60,11 @@ def test_nothing_a_submit_a_worker_run_and_an_export_write_under_a_umask_of_000_
     with umask(0):
         orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring)
         command = orch.submit("command", {"argv": ["sh", "-c", REPORT_MODES]})
-        python = orch.submit("rel.echo", {"a": 1})
-        worker = make_worker(orch, handler_process=handler_process)
+        python = orch.submit("t.artifact_by_key", {})  # its folder made by its handler (``JobContext``)
+        worker = make_worker(orch, handler_process=handler_process, artifacts_import=True)
         worker.run_once()
+        worker.run_once()
+        copy = orch.submit("rel.echo", {"artifacts_from": [command]})  # its folder made by the copy
         worker.run_once()
         worker.close()
         bundle, anchor = tmp_path / "bundle.jsonl", tmp_path / "anchor.json"
@@ -70,6 +74,9 @@ def test_nothing_a_submit_a_worker_run_and_an_export_write_under_a_umask_of_000_
     assert orch.status(command).state == "succeeded" and orch.status(python).state == "succeeded"
     run_dir, context, artifacts = (base / "proj/.orchestrator/artifacts" / command / "modes").read_text().split()
     assert (run_dir, context, artifacts) == ("700", "600", "700")
+    folders = base / "proj/.orchestrator/artifacts"
+    assert [stat.S_IMODE(os.stat(folders / job).st_mode) for job in (command, python, copy)] == [0o700] * 3
+    assert (folders / copy / "inputs" / command / "modes").is_file()
     assert loose(base) == []
     assert stat.S_IMODE(os.stat(bundle).st_mode) == 0o600 and stat.S_IMODE(os.stat(anchor).st_mode) == 0o600
 
@@ -79,6 +86,15 @@ def test_a_files_written_whole_into_a_run_folder_is_owner_only_whatever_the_umas
     with umask(0):
         write_bytes_atomic(tmp_path / "terminal.json", b"{}")
     assert stat.S_IMODE(os.stat(tmp_path / "terminal.json").st_mode) == 0o600
+
+
+def test_a_handler_processs_folder_is_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    """``runs/host-*``: the reused handler process's output goes there, and its tail into a run's event."""
+    with umask(0):
+        fd = claim_host_folder(tmp_path / "runs" / "host-1-ab")
+    os.close(fd)
+    assert [stat.S_IMODE(os.stat(p).st_mode) for p in (tmp_path / "runs", tmp_path / "runs" / "host-1-ab")] == [
+        0o755, 0o700]
 
 
 def test_an_export_replacing_a_file_others_could_read_is_owner_only(tmp_path: Path) -> None:
