@@ -81,14 +81,14 @@ def test_nothing_a_submit_a_worker_run_and_an_export_write_under_a_umask_of_000_
     assert stat.S_IMODE(os.stat(bundle).st_mode) == 0o600 and stat.S_IMODE(os.stat(anchor).st_mode) == 0o600
 
 
-def test_a_files_written_whole_into_a_run_folder_is_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+def test_a_file_written_whole_into_a_run_folder_is_owner_only_whatever_the_umask(tmp_path: Path) -> None:
     """The per-run Python child's payload, and a command's context, as ``write_bytes_atomic`` writes them."""
     with umask(0):
         write_bytes_atomic(tmp_path / "terminal.json", b"{}")
     assert stat.S_IMODE(os.stat(tmp_path / "terminal.json").st_mode) == 0o600
 
 
-def test_a_handler_processs_folder_is_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+def test_a_handler_process_folder_is_owner_only_whatever_the_umask(tmp_path: Path) -> None:
     """``runs/host-*``: the reused handler process's output goes there, and its tail into a run's event."""
     with umask(0):
         fd = claim_host_folder(tmp_path / "runs" / "host-1-ab")
