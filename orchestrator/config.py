@@ -201,12 +201,18 @@ def usable_base(base: Path, name: str = "BASE_PATH") -> Path:
         raise ConfigError(f"{name} {base} cannot be used: {reason}") from None
 
 
+# what whoever may write a ``.env`` could do, in the messages that refuse one (``_dotenv_bytes``)
+DOTENV_HARM = ("set what every command run here does: BASE_PATH (the store), ORCH_SIGNING_KEY (the key that signs, "
+               "then trusted), ORCH_HANDLERS (code a worker imports and runs)")
+
+
 def load_dotenv_file(path: str | os.PathLike[str] = ".env") -> None:
     """Read ``.env`` into the environment without overriding variables already set. A file that cannot be
     read (not UTF-8, a NUL in a value, no permission) or has a line python-dotenv cannot parse is a
     ``ConfigError`` naming it: python-dotenv only logs and skips such a line, and a skipped ``BASE_PATH`` would
-    send every command to another store. ``PYTHON_DOTENV_DISABLED`` set to a true value (python-dotenv's own
-    switch) skips the file altogether, checks included, whatever the installed python-dotenv knows of it."""
+    send every command to another store. So is one another user could have written (``_dotenv_bytes``).
+    ``PYTHON_DOTENV_DISABLED`` set to a true value (python-dotenv's own switch) skips the file altogether, checks
+    included, whatever the installed python-dotenv knows of it."""
     _DOTENV_LINES.clear()
     if os.environ.get("PYTHON_DOTENV_DISABLED", "").casefold() in {"1", "true", "t", "yes", "y"}:
         return
@@ -218,13 +224,11 @@ def load_dotenv_file(path: str | os.PathLike[str] = ".env") -> None:
 
         where = os.path.abspath(path)
         try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
+            text = _dotenv_bytes(where).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{where} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
                               f"{exc.start}); save it as UTF-8") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read {where}: {exc.strerror or exc}") from None
+        text = text.replace("\r\n", "\n").replace("\r", "\n")  # as open()'s universal newlines read it
         # parse_stream is what load_dotenv parses with; its bindings flag a statement it could not parse
         bindings = list(parse_stream(io.StringIO(text)))
         bad = next((b for b in bindings if b.error), None)
@@ -244,3 +248,34 @@ def _line(binding: Any) -> int:
     """The line of a ``.env`` statement: python-dotenv's starts with the blank lines before it."""
     text = binding.original.string
     return binding.original.line + text[:len(text) - len(text.lstrip())].count("\n")
+
+
+def _dotenv_bytes(where: str) -> bytes:
+    """The bytes of the ``.env`` at ``where`` (absolute), refused (``ConfigError``, nothing loaded) when someone other
+    than this user or root could have written them, by the signing keys' rule (``orchestrator.key_paths``): a file
+    another user owns, or that others than its owner may write, or in a folder, or below one, that another user
+    owns or others may write (but for a sticky one such as /tmp, where no one renames what is not theirs). A
+    ``.env`` may set ``ORCH_SIGNING_KEY`` and ``ORCH_HANDLERS``: until 2026-12-07 root, running a command in a
+    shared folder, signed with a key another user wrote there and its worker imported their module. Opened once,
+    checked and read through that descriptor (``open_regular``); a symbolic link is followed, its owner and the
+    folders on its way checked (``check_folders_above``)."""
+    from orchestrator.errors import SigningKeyError
+    from orchestrator.key_paths import check_folders_above, owned_by_user, owner_writes
+    from orchestrator.store.files import NotRegularFileError, open_regular, read_all
+
+    what = ".env file"
+    try:
+        check_folders_above(Path(where), what)
+        fd, st = open_regular(where, follow=True)
+        try:
+            owned_by_user(Path(where), what, st, DOTENV_HARM)
+            owner_writes(Path(where), what, st, DOTENV_HARM)
+            return read_all(fd)
+        finally:
+            os.close(fd)
+    except SigningKeyError as exc:  # the keys' rule, and words, for another kind of file: a setting to fix, exit 3
+        raise ConfigError(f"{exc.message}; nothing was loaded from it (PYTHON_DOTENV_DISABLED=1 skips it)") from None
+    except NotRegularFileError:
+        raise ConfigError(f"{where} is not a regular file; nothing was loaded from it") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {where}: {exc.strerror or exc}") from None

@@ -29,33 +29,40 @@ def home_folder(env: Mapping[str, str] | None = None) -> str | None:
     return home if os.path.isabs(home) else None
 
 
-def owned_by_user(path: Path, what: str, st: os.stat_result) -> None:
+CHANGES_KEYS = "change which keys are trusted or which key signs"
+
+
+def owned_by_user(path: Path, what: str, st: os.stat_result, harm: str = CHANGES_KEYS) -> None:
     """Refuse a keyring folder or key file owned by neither this user (effective uid) nor root: its owner may rewrite
     it whatever its mode, to add a key of their own, revoke or trust one again, or pick the key that signs (as ssh
-    refuses key files and folders owned by others). Checked on the status already taken, never a second ``stat``."""
+    refuses key files and folders owned by others). ``harm`` says what its owner could do, in the message (a
+    ``.env``'s: ``config.load_dotenv_file``). Checked on the status already taken, never a second ``stat``."""
     euid = os.geteuid()
     if st.st_uid not in (euid, 0):
         raise SigningKeyError(f"{what} {path} is owned by uid {st.st_uid}, neither this user (uid {euid}) nor root, "
-                              "who could change which keys are trusted or which key signs; check what it holds, "
-                              f"then run: chown {euid} {path}")
+                              f"who could {harm}; check what it holds, then run: chown {euid} {path}")
 
 
 MAKES_KEYS_TRUSTED = "make keys of their own trusted"
 
 
-def owner_writes(path: Path, what: str, st: os.stat_result, harm: str = MAKES_KEYS_TRUSTED) -> None:
+KEYS_OF_THEIR_OWN = "keep the keys in a folder of their own (mkdir -m 700 {path}/keys, say)"
+
+
+def owner_writes(path: Path, what: str, st: os.stat_result, harm: str = MAKES_KEYS_TRUSTED,
+                 shared_fix: str = KEYS_OF_THEIR_OWN) -> None:
     """Refuse a folder or file that decides which keys are trusted (a keyring folder, a ``.pub``, ``revoked``) or
     which key signs (``active``) when others than its owner may write it: they could add a key of their own, trust
     a revoked one again, or make a key revoked elsewhere sign (as ssh refuses an ``authorized_keys`` others may
     write). ``harm`` says what they could do, in the message. A user private group counts as the owner
     (``others_may_write``). A sticky folder (/tmp) is no exception, unlike one above a keyring folder: others may
     not replace what is in it, but may add to it (a ``.pub``, an ``active`` when there is none); made so to be
-    shared, it is not to be ``chmod``-ed."""
+    shared, it is not to be ``chmod``-ed: ``shared_fix`` says what to do instead (``{path}`` the folder's)."""
     if not others_may_write(st):
         return
     if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX:
         raise SigningKeyError(f"{what} {path} is a shared folder (sticky, as /tmp) others may add files to, who could "
-                              f"{harm}; keep the keys in a folder of their own (mkdir -m 700 {path}/keys, say)")
+                              f"{harm}; {shared_fix.format(path=path)}")
     raise SigningKeyError(f"{what} {path} may be written by others than its owner, who could {harm}; "
                           f"run: chmod go-w {path}")
 

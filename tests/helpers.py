@@ -18,9 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 WAIT = 20.0  # seconds a test waits for another process before failing
 
 
-def run_script(name: str, *args: str, env: dict[str, str], check: bool = False, input: str | None = None):
+def run_script(name: str, *args: str, env: dict[str, str], check: bool = False, input: str | None = None,
+               cwd: "Path | str" = REPO):
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), *args], env=env,
-                          capture_output=True, text=True, input=input, timeout=60, cwd=str(REPO))
+                          capture_output=True, text=True, input=input, timeout=60, cwd=str(cwd))
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} {args} exited {proc.returncode}: {proc.stdout}\n{proc.stderr}")
     return proc

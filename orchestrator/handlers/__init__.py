@@ -274,12 +274,47 @@ def look_in_start_folder() -> str | None:
     script and ``scripts/worker.py`` put their own folder first on ``sys.path``, not the current one). The folder goes
     LAST on the path: a file there named like the standard library's, an installed package's or the orchestrator's
     own module is never what an import finds; only a module found nowhere else comes from it. Absolute, so a later
-    change of the current folder changes nothing; a folder removed meanwhile adds nothing. The ``worker`` command
-    calls it; the Python API leaves ``sys.path`` to its caller."""
+    change of the current folder changes nothing; a folder removed meanwhile adds nothing. Never a folder someone
+    other than this user or root could put a module in (``_others_could_write``): None then, and a module not found
+    says why (``_where_modules_are_looked_for``). The ``worker`` command calls it; the Python API leaves
+    ``sys.path`` to its caller."""
+    global _START_FOLDER_REFUSED
     folder, on_path = _current_folder()
-    if folder is not None and not on_path:
-        sys.path.append(folder)
+    if folder is None or on_path:
+        return folder
+    refused = _others_could_write(folder)
+    if refused:
+        _START_FOLDER_REFUSED = (folder, refused)
+        return None
+    sys.path.append(folder)
     return folder
+
+
+# the current folder ``look_in_start_folder`` did not put on the path, and why
+_START_FOLDER_REFUSED: tuple[str, str] | None = None
+PUTS_A_MODULE_THERE = "put a module of their own there, which the worker would import and run as this user"
+
+
+def _others_could_write(folder: str) -> str | None:
+    """Why someone other than this user or root could put a module in ``folder`` (None: no one could), by the
+    signing keys' rule (``orchestrator.key_paths``): a folder another user owns, or that others may write, sticky
+    (/tmp) or not, since they may add a module to it; or one below a folder so (but for a sticky one owned by this
+    user or root), whose writers could put another folder in its place. Until 2026-12-07 root's worker, started in
+    a shared folder, imported a module another user left there (``ORCH_HANDLERS`` naming it)."""
+    from orchestrator.errors import SigningKeyError
+    from orchestrator.key_paths import check_folders_above, owned_by_user, owner_writes
+
+    what, path = "the current folder", Path(folder)
+    try:
+        st = os.stat(folder)
+        owned_by_user(path, what, st, PUTS_A_MODULE_THERE)
+        owner_writes(path, what, st, PUTS_A_MODULE_THERE, "start the worker in a folder of its own")
+        check_folders_above(path, "current folder")
+    except SigningKeyError as exc:
+        return exc.message
+    except OSError as exc:  # removed meanwhile: nothing to import from it
+        return exc.strerror or str(exc)
+    return None
 
 
 def _current_folder() -> tuple[str | None, bool]:
@@ -293,11 +328,14 @@ def _current_folder() -> tuple[str | None, bool]:
 
 def _where_modules_are_looked_for() -> str:
     """Where a missing module was looked for, and how to make it found: the current folder, when it is on the path
-    (the ``worker`` command, ``python -m``), and the Python path."""
+    (the ``worker`` command, ``python -m``), and the Python path; or why the current folder is not looked in."""
     folder, on_path = _current_folder()
     if on_path:
         return (f"it is neither in the current folder, {folder}, nor on the Python path (start the worker in the "
                 "folder that holds it, or add that folder to PYTHONPATH)")
+    if _START_FOLDER_REFUSED is not None and _START_FOLDER_REFUSED[0] == folder:
+        return (f"it is not on the Python path, and the current folder is never looked in when others may write "
+                f"it: {_START_FOLDER_REFUSED[1]}")
     return "it is not on the Python path (add the folder that holds it to PYTHONPATH)"
 
 
