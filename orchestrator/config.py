@@ -9,14 +9,15 @@ nothing escapes ``BASE_PATH/<PROJECT_ID>``.
 from __future__ import annotations
 
 import getpass
+import logging
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from orchestrator.errors import ConfigError
-from orchestrator.limits import MAX_DURATION_SECONDS, is_number
+from orchestrator.errors import ConfigError, InvalidInputError
+from orchestrator.limits import MAX_ACTOR_CHARS, MAX_DURATION_SECONDS, an_actor, is_number, is_unicode
 from orchestrator.security import shown, validate_id
 
 DEFAULT_BASE_PATH = "."
@@ -176,12 +177,46 @@ def llm_timeout(env: Mapping[str, str]) -> float:
 
 
 def default_actor() -> str:
-    """``user@host`` of the operator running a command, for the audit trail."""
+    """``user@host`` of the operator running a command, for the audit trail, by the rule ``Orchestrator(actor=...)``
+    follows (``limits.an_actor``: 1 to 200 characters of valid Unicode, stored sanitized): until 2026-12-07 it was
+    stored as the environment gave it, so ``LOGNAME=password=...`` put a secret in every event and audit entry, a
+    ``LOGNAME`` that is not UTF-8 crashed the signing of the first line (exit 1, a traceback), and one of 120 KB was
+    signed into each. A name that breaks the rule is replaced, with a warning logged (never its value, which may be
+    anything), by the user database's name of this uid, else ``uid N``: the actor only says who acted, and a broken
+    variable must not stop a ``control cancel`` (refusing it would, for every command that writes)."""
+    host = os.uname().nodename  # ``socket.gethostname()``, without importing ``socket`` (~2 ms)
     try:
-        user = getpass.getuser()
+        user = getpass.getuser()  # LOGNAME, USER, LNAME or USERNAME, else the user database's
     except Exception:  # no passwd entry (containers)
         user = str(os.getuid())
-    return f"{user}@{os.uname().nodename}"  # ``socket.gethostname()``, without importing ``socket`` (~2 ms)
+    try:
+        if user.strip():  # "   @host" would pass as "@host"
+            return an_actor(f"{user}@{host}")
+    except InvalidInputError:
+        pass
+    fallback = _database_actor(host)
+    why = ("is empty" if not user.strip() else "is not valid UTF-8" if not is_unicode(user) else
+           f"makes an actor longer than {MAX_ACTOR_CHARS} characters")
+    logging.getLogger(__name__).warning(
+        "the user name the environment gives (LOGNAME or USER) %s, so the audit trail records this user as %s "
+        "(the user database's name of this uid); set LOGNAME to your user name", why, fallback)
+    return fallback
+
+
+def _database_actor(host: str) -> str:
+    """``user@host`` with the user database's name of this uid (``uid N`` when it knows none), for ``default_actor``."""
+    import pwd
+
+    try:
+        name = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        name = f"uid {os.getuid()}"
+    for actor in (f"{name}@{host}", name, f"uid {os.getuid()}"):  # a host name that breaks the rule itself
+        try:
+            return an_actor(actor)
+        except InvalidInputError:
+            continue
+    return f"uid {os.getuid()}"
 
 
 def usable_base(base: Path, name: str = "BASE_PATH") -> Path:
