@@ -66,27 +66,52 @@ def is_postgres_url(url: str | None) -> bool:
     return bool(url) and url.partition(":")[0].lower() in SCHEMES
 
 
-def _passwords(url: str) -> list[str]:
+def _passwords(url: str) -> tuple[list[str], list[str]]:
     """The password ``url`` gives, as written and percent-decoded, longest first: in its authority (from the first
     ``:`` after the user, to the first ``@`` and to the last: libpq stops at the first ``/``, so an unencoded ``/``,
     space or ``@`` in it is not a URL ``sanitize_text`` can recognise) and as a ``password=`` parameter. A password
     with a ``/`` in its authority comes in its two parts too, which libpq reads as the port and part of the database
-    name (``orch:S3c/retPW@host``: port ``S3c``, which a message refusing that port would show)."""
+    name (``orch:S3c/retPW@host``: port ``S3c``, which a message refusing that port would show).
+
+    Second, the pieces of a password that libpq shows apart from it, each to be removed only where no letter or digit
+    touches it (``redacted``), so that a short one hides no word: with an unencoded ``@`` (``orch:S3cr3t@2024xyz@db``)
+    libpq takes the password to the first ``@`` and the rest as part of the host, and its message names the host
+    (``failed to resolve host '2024xyz@db'``); with an unencoded ``&`` in a ``password=`` parameter
+    (``?password=Ab9&Zq7Leak``) what follows is a parameter with no ``=``, which its message names
+    (``missing key/value separator "=" in URI query parameter: "Zq7Leak"``). Until 2026-12-07 both were shown."""
     rest = url.partition("://")[2]
     userinfo = rest.partition("@")[0] if "@" in rest else ""
     found = [userinfo, rest.rpartition("@")[0]]
     found = [text.partition(":")[2] for text in found if ":" in text]
     found += [part for text in found if "/" in text for part in text.partition("/")[::2]]
-    found += [value for key, eq, value in (part.partition("=") for part in rest.partition("?")[2].split("&"))
-              if eq and key == "password"]
-    return sorted({p for text in found for p in (text, unquote(text)) if p}, key=len, reverse=True)
+    # the host libpq reads: from the first "@" to the first "/" or "?"; what it holds before its last "@" is password
+    host = re.split(r"[/?]", rest.partition("@")[2], maxsplit=1)[0] if ":" in userinfo else ""
+    pieces = [host.rpartition("@")[0]]
+    values: list[list[str]] = []  # each password= parameter's value, with the parts with no "=" after it
+    for part in rest.partition("?")[2].split("&"):
+        key, eq, value = part.partition("=")
+        if eq:
+            values += [[value]] if key == "password" else [[]]
+        elif values and values[-1]:
+            values[-1].append(part)
+    found += ["&".join(value) for value in values] + [value[0] for value in values if value]
+    pieces += [part for value in values for part in value[1:]]
+    return _forms(found), _forms(pieces)
+
+
+def _forms(texts: list[str]) -> list[str]:
+    """Each of ``texts`` as written and percent-decoded, longest first (a longer one holds a shorter), none empty."""
+    return sorted({p for text in texts for p in (text, unquote(text)) if p}, key=len, reverse=True)
 
 
 def redacted(text: str, url: str) -> str:
     """``text`` (a message that may hold ``url``, or what libpq made of it) with ``url``'s password removed, however
     malformed the URL is, and then through ``sanitize_text``."""
-    for password in _passwords(url):
+    passwords, pieces = _passwords(url)
+    for password in passwords:
         text = text.replace(password, REDACTED)
+    for piece in pieces:  # where no letter or digit touches it: a word that holds it is no piece of the password
+        text = re.sub(rf"(?<![0-9A-Za-z]){re.escape(piece)}(?![0-9A-Za-z])", REDACTED, text)
     return sanitize_text(text)
 
 

@@ -309,3 +309,33 @@ def test_a_tcp_integer_libpq_does_not_read_for_a_socket_folder_is_not_refused_wh
     with pytest.raises(StorageUnavailableError) as refused:
         connect("postgresql://orch@/jobs?host=/nonexistent-socket-folder&keepalives_idle=x")
     assert not isinstance(refused.value, ConfigError), refused.value.message
+
+
+# A password with an unencoded "@" or "&": libpq takes what follows as part of the host, or as a parameter with no
+# "=", and names it in its message (the security hunt's two URLs; both leaked the part after the "@" or "&")
+SPLIT_PASSWORDS = [("postgresql://postgres:S3cr3t@2024xyz@127.0.0.1:5432/db", "2024xyz", "STORAGE_ERROR",
+                    "failed to resolve host '[REDACTED]@127.0.0.1'"),
+                   ("postgresql://postgres@127.0.0.1:5432/db?password=Ab9&Zq7Leak", "Zq7Leak", "CONFIG_ERROR",
+                    'missing key/value separator "=" in URI query parameter: "[REDACTED]"')]
+
+
+@pytest.mark.parametrize("url, leaked, code, shown", SPLIT_PASSWORDS, ids=["at", "ampersand"])
+def test_no_part_of_a_password_libpq_splits_off_reaches_the_output(url: str, leaked: str, code: str, shown: str,
+                                                                    tmp_path) -> None:
+    result = CliRunner().invoke(cli, ["status", "--all", "--store", url, "--json"],
+                                env={"BASE_PATH": str(tmp_path), "ORCH_KEYRING_DIR": str(tmp_path / "keys")})
+    error = json.loads(result.stdout)
+    assert error["error"] == code and shown in error["message"], error
+    for secret in (leaked, "S3cr3t", "Ab9"):
+        assert secret not in result.output
+
+
+def test_a_split_off_piece_of_a_password_is_removed_only_where_no_letter_or_digit_touches_it() -> None:
+    """A piece may be short enough to be in ordinary words (``a`` of ``pw@a@db``): a word that holds it keeps it
+    (``cannot``, ``okay``); the piece itself goes wherever it stands alone."""
+    from orchestrator.store.pg_connection import redacted
+
+    url = "postgresql://orch:pw@a@db/jobs?password=x&ok&sslmode=bogus"
+    text = "a host 'a@db' cannot be reached; a parameter \"ok\" is bad, as okay says; sslmode=bogus"
+    assert redacted(text, url) == ("[REDACTED] host '[REDACTED]@db' cannot be reached; [REDACTED] parameter "
+                                   "\"[REDACTED]\" is bad, as okay says; sslmode=bogus")
