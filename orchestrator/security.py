@@ -16,7 +16,7 @@ from typing import Any, Callable
 from orchestrator.errors import InvalidIdError, PathEscapeError
 from orchestrator.redaction import sanitize_text
 from orchestrator.redaction_objects import json_source_text, renamed_keys, sanitize_obj
-from orchestrator.secret_patterns import REDACTED
+from orchestrator.secret_patterns import LINE_END, REDACTED
 
 __all__ = ["REDACTED", "CUT_MARGIN", "cut_read_size", "sanitize_text", "sanitized_cut", "sanitize_obj", "renamed_keys",
            "one_line", "json_source_text", "safe_line", "shown", "validate_id", "safe_join", "validate_artifact_path"]
@@ -80,12 +80,33 @@ def _tail_start(text: str) -> int:
     """Where sanitized ``text``, which begins at a cut, may be kept from. What the cut left of a secret (no key,
     no prefix) is at the start, on the first line (a private key's lines are redacted without their BEGIN
     line too) and, on one line, within ``_EDGE`` characters. So the first line is dropped when more follows
-    it (a secret on it however long goes with it); when it is all there is (one long line, a line break at
+    it (a secret on it however long goes with it), and the lines under it that may be the value of a key it held
+    (``_past_values_below``); when it is all there is (one long line, a line break at
     most after it), ``_EDGE`` characters are, and the rest of the word or token that drop ends in."""
     brk = _LINE_BREAK.search(text)
     if brk and text[brk.end():].strip():
-        return brk.end()
+        return _past_values_below(text, LINE_END.match(text, brk.start()).end())
     return _run_end(text, min(_EDGE, len(text)))
+
+
+def _past_values_below(text: str, start: int) -> int:
+    """``start``, the start of the line after a tail's first line, moved past the lines that may be the value of a
+    key the cut took (``password:`` cut to ``word:``, or further above): what ``ValuesBelow`` would redact under it.
+    That is the indented and blank lines (a YAML value or block, an INI continuation), and, after a first line ending
+    in ``:``, the next line when it is one word (what was typed at a prompt). Only lines within the text's first
+    ``CUT_MARGIN`` characters are dropped: a value of several lines is assumed shorter than that, and those are what
+    the cut drops anyway unless redaction shortened the text (what brings a value there into the tail), so a longer
+    indented run (a deep traceback, pretty-printed JSON) keeps its last ``limit`` characters."""
+    pos = start
+    prompt = text[:start].rstrip(" \t\r\n").endswith(":")
+    while pos < len(text):
+        brk = LINE_END.search(text, pos)
+        line = text[pos:brk.start() if brk else len(text)]
+        after = brk.end() if brk else len(text)
+        if after > CUT_MARGIN or not (line[:1] in (" ", "\t") or not line or prompt and _SPACE.search(line) is None):
+            break
+        prompt, pos = False, after
+    return pos
 
 
 def _head_end(text: str) -> int:

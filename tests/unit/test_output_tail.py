@@ -133,3 +133,46 @@ def test_bytes_are_cut_as_their_text_and_a_read_of_cut_read_size_counts_as_a_cut
     assert sanitized_cut(data, 100, tail=tail) == sanitized_cut(text, 100, tail=tail) == sanitized_cut(read, 100, tail=tail)
     short = "token=abc123 ok".encode()
     assert sanitized_cut(short, 100, tail=tail) == f"token={REDACTED} ok"
+
+
+# -- a value under its key (``password:`` then its lines), the key on the line the read cut ------------------
+def read_starting_in(key: str, below: str, into: int) -> str:
+    """An output whose tail read (``limit`` 4000) begins ``into`` characters into ``key``'s line (negative: from
+    its end), with ``below`` under it and then a long secret, whose redaction brings the read's start into the
+    tail."""
+    end = "\nexit 1\n"
+    n = 4000 + CUT_MARGIN + (into if into >= 0 else len(key) + into) - len(key) - len(below) - len("secret=")
+    return "x" * 1000 + "\n" + key + below + "secret=" + "A" * (n - len(end)) + end
+
+
+@pytest.mark.parametrize(("key", "below"), [
+    ("  db_password:\n", "    hunter2\n    more\n"),  # YAML: the value's lines indented under it
+    ("password: |\n", "  hunter2\n\n  more\n"),  # a YAML block
+    ("[db]\npassword =\n", "\thunter2\n"),  # an INI value's continuation line
+    ("Password:\n", "hunter2\n"),  # a prompt and what was typed
+    ("Password:  \r\n", "hunter2\r\n"),
+])
+def test_a_value_under_a_key_on_the_line_the_read_cuts_is_dropped_with_that_line(tmp_path: Path, key: str,
+                                                                                   below: str) -> None:
+    out = tmp_path / "output.log"
+    text = read_starting_in(key, below, -5)
+    assert text[-(4000 + CUT_MARGIN):].startswith(key[-5:])  # the read begins in the key's line: no key, no value
+    out.write_text(text, encoding="utf-8", newline="")
+    tail = sanitized_tail(out, 4000)
+    assert "hunter2" not in tail and "more" not in tail and tail.endswith(f"secret={REDACTED}\nexit 1\n")
+
+
+def test_lines_after_the_cut_line_that_cannot_be_a_value_under_it_are_kept(tmp_path: Path) -> None:
+    out = tmp_path / "output.log"
+    out.write_text(read_starting_in("step 3: done\n", "step 4\n  detail\n", -5))
+    assert sanitized_tail(out, 4000).startswith("...step 4\n  detail\nsecret=")  # a one-word line not after a ':'
+    out.write_text(read_starting_in("Password:\n", "two words\n  x\n", -5))
+    assert sanitized_tail(out, 4000).startswith("...two words\n  x\nsecret=")
+
+
+def test_an_indented_tail_longer_than_the_margin_keeps_its_last_lines(tmp_path: Path) -> None:
+    """A run of indented lines (a traceback, pretty JSON) longer than a value is assumed to be: not dropped."""
+    out = tmp_path / "output.log"
+    lines = "".join(f'    "item {i}": {i},\n' for i in range(3000))
+    out.write_text("{\n" + lines + "}\n")
+    assert sanitized_tail(out, 4000) == "..." + (lines + "}\n")[-4000:]
