@@ -11,13 +11,14 @@ import re
 import string
 from typing import Callable, Sequence
 
-from orchestrator.secret_patterns import (ANY_LITERAL, ARGV_WORDS, AS_IS_WORDS, AWS_KEY_ID, AWS_KEY_ID_STARTS,
-                                         AWS_SECRET, BASIC, BEARER, CASE_FOLDED_TO_ASCII, CLI, CLI_USER,
-                                         CLI_USER_WORDS, HEADER, HEADER_WORDS, KEY_WORDS, KV, LINE_END, LOOKED_FOR,
-                                         MYSQL, NETRC, NETRC_WORDS, PRIVATE_KEY, PRIVATE_KEY_END, PUTTY, REDACTED,
-                                         SECRET_KEY_WORDS, SHAPE_STARTS, SHAPES, SHORT_KV, SHORT_WORDS, SSHPASS,
-                                         URL_CREDS, ValuesBelow, a_count, a_number, aws_secret, not_user_and_password,
-                                         os_error)
+from orchestrator.secret_patterns import (ANY_LITERAL, ARGV_WORDS, AS_IS_WORDS, AUTH, AUTH_WORDS, AWS_KEY_ID,
+                                         AWS_KEY_ID_STARTS, AWS_SECRET, BASIC, BEARER, CASE_FOLDED_TO_ASCII, CLI,
+                                         CLI_USER, CLI_USER_WORDS, HEADER, HEADER_WORDS, KEY_WORDS, KV, LINE_END,
+                                         LOOKED_FOR, MYSQL, NETRC, NETRC_WORDS, PASS_FLAG, PASS_FLAG_WORDS,
+                                         PRIVATE_KEY, PRIVATE_KEY_END, PUTTY, REDACTED, SECRET_KEY_WORDS,
+                                         SHAPE_STARTS, SHAPES, SHORT_KV, SHORT_WORDS, SSHPASS, URL_CREDS, ValuesBelow,
+                                         a_count, a_number, a_pass_source, aws_secret, not_auth_credentials,
+                                         not_user_and_password, os_error)
 
 __all__ = ["sanitize_text", "may_hold_secret"]
 
@@ -37,7 +38,8 @@ def _rarest_first(literal: str) -> str:
 
 # what ``sanitize_text`` looks for in a long text as it is, and lowered
 _AS_IS_LITERALS = SHAPE_STARTS + AS_IS_WORDS + (PUTTY,)
-_LOWERED_LITERALS = SECRET_KEY_WORDS + SHORT_WORDS + ("bearer", "basic") + NETRC_WORDS + CLI_USER_WORDS
+_LOWERED_LITERALS = (SECRET_KEY_WORDS + SHORT_WORDS + ("bearer", "basic") + NETRC_WORDS + CLI_USER_WORDS
+                     + PASS_FLAG_WORDS + AUTH_WORDS)
 _CHARS_OF = {literal: _rarest_first(literal)
              for literal in LOOKED_FOR + ARGV_WORDS + SHAPE_STARTS + NETRC_WORDS + (PUTTY,)}
 
@@ -174,7 +176,9 @@ def sanitize_text(text: str) -> str:
             (KV, keyed, os_error, ValuesBelow),
             (SHORT_KV, _scanned(lowered, SHORT_WORDS, held), a_count, None),
             (NETRC, keyed and _holds(lowered, NETRC_WORDS, held), None, None),
-            (CLI_USER, _holds(lowered, CLI_USER_WORDS, held), a_number, None)):
+            (CLI_USER, _holds(lowered, CLI_USER_WORDS, held), a_number, None),
+            (PASS_FLAG, _holds(lowered, PASS_FLAG_WORDS, held), a_pass_source, None),
+            (AUTH, _scanned(lowered, AUTH_WORDS, held), not_auth_credentials, None)):
         if wanted:
             redacted = _redact_values(rx, text, keep, lowered, blocks)
             if redacted is not text:
@@ -225,7 +229,7 @@ def _holds(text: str, literals: tuple[str, ...], held: frozenset[str] | None) ->
 
 
 def _scanned(text: str, literals: tuple[str, ...], held: frozenset[str] | None) -> bool:
-    """Whether to run a pattern that begins with a literal (``BASIC``, ``SHORT_KV``), one of ``literals`` in each of
+    """Whether to run a pattern that begins with a literal (``BASIC``, ``SHORT_KV``, ``AUTH``), one of ``literals`` in each of
     its matches: in a short text, whether the text holds one; in a long one, whether it may (``held``), the pattern's
     own scan for its first literal costing what one search would (~0.4 ms a MB) where searching for each of
     ``literals`` costs one each."""
@@ -239,7 +243,8 @@ def _scanned(text: str, literals: tuple[str, ...], held: frozenset[str] | None) 
 _STEMS = {**{word: "pw" if word.startswith("pw") else "pass" for word in SHORT_WORDS},
           "passw": "pass", "passp": "pass", "_pass": "pass", "apikey": "key", "api_key": "key", "api-key": "key",
           "accesskey": "key", "access_key": "key", "access-key": "key", "accountkey": "key", "account_key": "key",
-          "account-key": "key", "sessionid": "session", "session_id": "session", "session-id": "session"}
+          "account-key": "key", "sessionid": "session", "session_id": "session", "session-id": "session",
+          "-pass": "pass", **{word: "auth" for word in AUTH_WORDS}}
 
 
 def _any_in(text: str, literals: Sequence[str]) -> bool:

@@ -7,8 +7,9 @@ import json
 from typing import Any, Callable, Iterable, NamedTuple
 
 from orchestrator.redaction import may_hold_secret, sanitize_text
-from orchestrator.secret_patterns import (AWS_KEY_ID, AWS_SECRET, MYSQL_CLIENT, REDACTED,
-                                         SECRET_FLAG, SENSITIVE_KEY, SHORT_KEY, USER_FLAGS, aws_secret, is_count)
+from orchestrator.secret_patterns import (AUTH_KEY, AWS_KEY_ID, AWS_SECRET, MYSQL_CLIENT, PASS_FLAG_NAME, REDACTED,
+                                         SECRET_FLAG, SENSITIVE_KEY, SHORT_KEY, USER_FLAGS, aws_secret, is_count,
+                                         is_user_and_password, pass_flag_value)
 
 __all__ = ["sanitize_obj", "json_source_text", "renamed_keys"]
 
@@ -81,13 +82,18 @@ _PAIR_NAMES = ("name", "Name", "NAME", "key", "Key", "KEY")
 def _secret_under(name: Any, value: Any) -> bool:
     """Whether ``value``, stored under ``name`` (an object's key, the name of a name/value pair), is a secret: under
     a secret-looking key (``SENSITIVE_KEY``) anything that holds something; under ``pass`` or ``pw``
-    (``SHORT_KEY``), text that is no count (``{"pass": 12}``, ``{"pass": ["test_a"]}`` are test results)."""
+    (``SHORT_KEY``), text that is no count (``{"pass": 12}``, ``{"pass": ["test_a"]}`` are test results); under
+    ``auth`` (``AUTH_KEY``), a user and a password (``{"auth": "none"}`` is a setting)."""
     return isinstance(name, str) and (SENSITIVE_KEY.search(name) is not None and _holds_something(value)
-                                      or name[-1:] in "sSwW" and _secret_under_a_short_key(name, value))
+                                      or name[-1:] in "sSwWhH" and _secret_under_a_short_key(name, value))
 
 
 def _secret_under_a_short_key(name: str, value: Any) -> bool:
-    return isinstance(value, str) and value != "" and SHORT_KEY.search(name) is not None and not is_count(value)
+    if not isinstance(value, str) or value == "":
+        return False
+    if name[-1:] in "hH":
+        return AUTH_KEY.search(name) is not None and is_user_and_password(value)
+    return SHORT_KEY.search(name) is not None and not is_count(value)
 
 
 def _secret_pair_value(obj: dict[Any, Any]) -> str | None:
@@ -115,7 +121,7 @@ def _sanitized(obj: Any, beside: _Beside = _EVERY_FORM) -> Any:
             value = obj[key]
             secret = key == paired or aws and _an_aws_secret(value) or isinstance(key, str) and (
                 SENSITIVE_KEY.search(key) is not None and _holds_something(value)
-                or key[-1:] in "sSwW" and _secret_under_a_short_key(key, value))  # ``_secret_under``, inlined
+                or key[-1:] in "sSwWhH" and _secret_under_a_short_key(key, value))  # ``_secret_under``, inlined
             out[stored] = REDACTED if secret else _sanitized(value, beside)
         return out
     if isinstance(obj, (list, tuple)):
@@ -160,6 +166,7 @@ def _hidden_arguments(items: list[Any] | tuple[Any, ...]) -> dict[int, str]:
     """What an argument list shows of the arguments its flags say are secret, by index: the one after a flag naming
     a secret (``SECRET_FLAG``: ``["mysql", "--password", "x"]``), the password of the ``user:password`` after a
     user flag (``USER_FLAGS``: ``["curl", "-u", "bob:x"]``; digits are a group id: ``-u 1000:1000``), the one after
+    a ``pass`` flag (``PASS_FLAG_NAME``: ``["redis-cli", "--pass", "x"]``, OpenSSL's ``pass:x``), the one after
     ``-p`` once ``sshpass`` ran, a ``-p`` joined to its value once ``sshpass`` or a MySQL client ran (``-px``).
     A flag's value is a non-empty argument that is no flag (``["--password", "--verbose"]`` prompts for it),
     as an argument parser takes it. The same forms as in a command line's text (``CLI``, ``CLI_USER``, ``SSHPASS``,
@@ -178,6 +185,8 @@ def _hidden_arguments(items: list[Any] | tuple[Any, ...]) -> dict[int, str]:
             after = None
         if after is not None and (arg == "-p" and sshpass or SECRET_FLAG.fullmatch(arg.lower()) is not None):
             shown[i + 1] = REDACTED
+        elif after is not None and PASS_FLAG_NAME.fullmatch(arg.lower()) is not None:
+            shown[i + 1] = pass_flag_value(after)
         elif after is not None and arg in USER_FLAGS:
             user, colon, password = after.partition(":")
             if colon and password and not password.isdigit():

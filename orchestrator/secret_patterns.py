@@ -123,9 +123,27 @@ CLI_USER = re.compile(
     r"""(?<![\w-])(?:-u +|--(?:proxy-)?user(?: +|=))"""
     rf"""(?:(?P<q>["'])[^\s:"']*:(?P<v>(?:(?!(?P=q))[^\r\n])+)|[^\s:"']*:(?P<u>{_TO_SPACE}))"""
 )
-# In an argument list (``["curl", "-u", "bob:pw"]``): a flag naming a secret, as ``CLI``'s (lowered, whole), and the
-# flags of ``CLI_USER`` (as they are: ``-U`` is curl's proxy user, ``-u`` its user)
+# ``--pass x`` (redis-cli; ``-pass``, ``--smtp-pass``: ``pass`` ending a flag's name after a ``-`` or ``_``) and
+# OpenSSL's ``-passin`` and ``-passout``, whose ``pass:x`` keeps its ``pass:``. A number is kept (``ffmpeg -pass 1``:
+# the first of two passes), and so is an OpenSSL source naming where the password is (``env:X``, ``file:p``,
+# ``fd:3``, ``stdin``): ``a_pass_source``. ``--pass=x`` is ``SHORT_KV``'s.
+_PASS_FLAG_NAME = r"-(?<![\w-]-)-?(?:[a-z0-9]+[-_])*pass(?:in|out)?"
+PASS_FLAG = re.compile(rf"""{_PASS_FLAG_NAME}[ \t]+(?![:=])(?:pass:)?(?:{_QUOTED}|(?P<u>{_TO_SPACE}))""")
+PASS_FLAG_WORDS = ("-pass",)  # what each match of ``PASS_FLAG`` holds
+_PASS_SOURCE = re.compile(r"(?:env|file|fd):\S+|stdin|[0-9]+", re.I)
+# ``auth`` (alone or ending a name after a ``_``, ``-`` or ``.``: npm's ``_auth``, ``proxy_auth``; and httpie's
+# ``--auth`` flag) before a user and a password: ``user:password``, or its base64 (Docker's ``config.json``, npm's
+# ``.npmrc``: ``is_user_and_password``). Any other value is a setting (``auth=none``, ``auth: ldap``,
+# ``auth=host:389``): kept. Begins with its literal, as ``SHORT_KV``.
+AUTH = re.compile(
+    rf"""auth(?<![a-z0-9]auth)(?:{_SEP}|(?<=-auth)(?<!\w-auth)[ \t]+)(?:{_QUOTED}|(?P<u>{_TO_AMP}))"""
+)
+AUTH_WORDS = tuple("auth" + after for after in ("=", ":", '"', "'", "\\", " ", "\t"))  # what its matches hold
+AUTH_KEY = re.compile(r"(?<![a-z0-9])auth\Z", re.I)  # an object's key ``auth``: its value, a user and password
+# In an argument list (``["curl", "-u", "bob:pw"]``): a flag naming a secret, as ``CLI``'s (lowered, whole), the
+# flags of ``PASS_FLAG``, and the flags of ``CLI_USER`` (as they are: ``-U`` is curl's proxy user, ``-u`` its user)
 SECRET_FLAG = re.compile(rf"--?(?:[a-z0-9]+[-_])*(?:{_KEYS})")
+PASS_FLAG_NAME = re.compile(_PASS_FLAG_NAME)
 USER_FLAGS = frozenset({"-u", "-U", "--user", "--proxy-user"})
 # These two read the text as it is (``-P`` is MySQL's port): ``sshpass -p x`` (``-px``), and a MySQL client's
 # password joined to its ``-p`` (``mysql -u root -px``; ``-p`` alone asks for it, and ``-p x`` names a database).
@@ -172,7 +190,8 @@ SECRET_KEY_WORDS = KEY_WORDS + HEADER_WORDS  # what ``SENSITIVE_KEY`` (lowered) 
 # What each match of ``NETRC`` holds besides "password", of ``CLI_USER`` (lowered), of ``SSHPASS`` and ``MYSQL``
 NETRC_WORDS, CLI_USER_WORDS, AS_IS_WORDS = ("machine", "default"), ("-u ", "-user"), ("sshpass", "mysql")
 # the literals, besides the shapes' starts, that ``redaction.may_hold_secret`` looks for in any case
-LOOKED_FOR = SECRET_KEY_WORDS + SHORT_WORDS + ("bearer", "basic") + CLI_USER_WORDS + AS_IS_WORDS
+LOOKED_FOR = (SECRET_KEY_WORDS + SHORT_WORDS + ("bearer", "basic") + CLI_USER_WORDS + AS_IS_WORDS + PASS_FLAG_WORDS
+              + AUTH_WORDS)
 # What an argument list's user flag (``["curl", "-u", "bob:pw"]``) holds as JSON text, where ``CLI_USER_WORDS``' blank
 # after ``-u`` is a quote: a structure's look (``may_hold_secret``) looks for it too.
 ARGV_WORDS = ('-u"',)
@@ -241,12 +260,44 @@ def is_count(value: str) -> bool:
 def user_and_password(text: str, m: re.Match[str]) -> bool:
     """Whether the value of ``BASIC``'s match ``m`` in ``text`` (as it is: base64 is case-sensitive) decodes to a
     user and a password: printable UTF-8 holding a ``:``. ``BASIC``'s keep is its negation."""
-    value = text[m.start("v"):m.end("v")]
+    return _encoded_user_and_password(text[m.start("v"):m.end("v")])
+
+
+def _encoded_user_and_password(value: str) -> bool:
     try:
         decoded = base64.b64decode(value + "=" * (-len(value) % 4), validate=True).decode("utf-8")
     except (binascii.Error, ValueError):  # not base64, or not UTF-8 (UnicodeDecodeError is a ValueError)
         return False
     return ":" in decoded and decoded.isprintable()
+
+
+def is_user_and_password(value: str) -> bool:
+    """Whether ``value`` (``AUTH``'s, an ``auth`` key's) is a user and a password: ``user:password``, the password
+    no number (``host:389`` is a host and its port), or its base64 (``_encoded_user_and_password``)."""
+    _user, colon, password = value.partition(":")
+    if colon:
+        return password != "" and not password.isdigit()
+    return _encoded_user_and_password(value)
+
+
+def not_auth_credentials(text: str, m: re.Match[str]) -> bool:
+    """``AUTH``'s keep: its value is a setting (``auth=none``), not a user and a password."""
+    group = "v" if m.start("v") >= 0 else "u"
+    return not is_user_and_password(text[m.start(group):m.end(group)])
+
+
+def a_pass_source(text: str, m: re.Match[str]) -> bool:
+    """``PASS_FLAG``'s keep: its value, not after ``pass:``, is a number or names where the password is."""
+    start = m.start("u")
+    return start >= 0 and text[start - 5:start].lower() != "pass:" \
+        and _PASS_SOURCE.fullmatch(text, start, m.end("u")) is not None
+
+
+def pass_flag_value(value: str) -> str:
+    """What an argument list shows of the argument after a ``PASS_FLAG_NAME`` flag (``a_pass_source``'s rule)."""
+    if value[:5].lower() == "pass:":
+        return value[:5] + REDACTED
+    return value if _PASS_SOURCE.fullmatch(value) is not None else REDACTED
 
 
 def not_user_and_password(text: str, m: re.Match[str]) -> bool:

@@ -39,6 +39,9 @@ SECRETS = {
     "pass": "https://example.com/login?user=bob&pass=LEAK21ps",
     "pw": '{"pw": "LEAK22pw"}',
     "cli_flag": "--db-password LEAK23fl",
+    "pass_flag": "redis-cli --pass LEAK56pf ping",
+    "openssl": "openssl enc -aes256 -passout pass:LEAK57os",
+    "auth": "auth=bob:LEAK58au",
     "authorization": "Authorization: Bearer LEAK24au",
     "cookie": "Cookie: sid=LEAK25ck",
     "bearer": "curl -H 'Bearer LEAK26br0123'",
@@ -69,6 +72,7 @@ SECRETS = {
 SECRET_OBJECTS: dict[str, Any] = {
     "under_key": {"db_password": "LEAK50uk", "note": "kept"},
     "under_short_key": {"user": "bob", "pass": "LEAK51us"},
+    "under_auth_key": {"registry": "ghcr.io", "auth": "bob:LEAK59ua"},
     "name_value": [{"name": "DB_PASSWORD", "value": "LEAK52nv"}],
     "pairs": [["HOME", "/root"], ["API_KEY", "LEAK53pr"]],
     "argv": ["mysql", "--password", "LEAK54av", "app"],

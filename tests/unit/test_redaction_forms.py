@@ -98,6 +98,46 @@ def test_a_key_named_pass_or_pw_hides_a_text_value_that_is_no_count(obj: dict, s
     assert sanitize_obj(obj) == shown
 
 
+# --------------------------------------------------------------------------- --pass, OpenSSL's pass:, auth=user:password
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("redis-cli --pass hunter2 ping", f"redis-cli --pass {R} ping"),
+    ("tool -pass 'two words' -v", f"tool -pass '{R}' -v"), ("x --smtp-pass hunter2", f"x --smtp-pass {R}"),
+    ("openssl enc -aes256 -pass pass:hunter2 -in a", f"openssl enc -aes256 -pass pass:{R} -in a"),
+    ("openssl pkcs12 -export -passin pass:a1 -passout PASS:b2", f"openssl pkcs12 -export -passin pass:{R} -passout PASS:{R}"),
+    ("openssl rsa -passin 'pass:two words'", f"openssl rsa -passin '{R}'"),
+    ("auth=bob:hunter2", f"auth={R}"), ("AUTH: bob:hunter2", f"AUTH: {R}"), ("http --auth bob:hunter2 x", f"http --auth {R} x"),
+    ('{"auths": {"ghcr.io": {"auth": "Ym9iOmh1bnRlcjI="}}}', f'{{"auths": {{"ghcr.io": {{"auth": "{R}"}}}}}}'),  # docker
+    ("_auth=Ym9iOmh1bnRlcjI=", f"_auth={R}"), ("proxy_auth = 'bob:pw'", f"proxy_auth = '{R}'"),  # npm's .npmrc
+])
+def test_a_pass_flag_openssls_pass_source_and_an_auth_user_and_password_are_redacted(text: str, shown: str) -> None:
+    redacts(text, shown)
+
+
+@pytest.mark.parametrize("text", [
+    "ffmpeg -i in.mp4 -pass 1 -f null /dev/null", "openssl enc -pass env:KEY -in a", "openssl rsa -passin file:/run/pw",
+    "openssl rsa -passin fd:3", "openssl rsa -passin stdin", "--bypass x", "auth=none", "auth=ldap", "auth: true",
+    "AUTH=basic", "author: bob", "oauth=x:y", "auth_method=ldap:sha", "auth=host:389", "the auth: failed",
+    "auth=dGVzdA==",  # "test": no user:password
+])
+def test_pass_flags_naming_where_a_password_is_and_auth_settings_are_kept(text: str) -> None:
+    assert sanitize_text(text) == text
+
+
+@pytest.mark.parametrize(("obj", "shown"), [
+    (["openssl", "pkcs12", "-passin", "pass:hunter2"], ["openssl", "pkcs12", "-passin", f"pass:{R}"]),
+    (["redis-cli", "--pass", "hunter2"], ["redis-cli", "--pass", R]),
+    (["ffmpeg", "-pass", "1", "-passlogfile", "x"], ["ffmpeg", "-pass", "1", "-passlogfile", "x"]),
+    (["openssl", "enc", "-pass", "env:KEY"], ["openssl", "enc", "-pass", "env:KEY"]),
+    ({"auths": {"ghcr.io": {"auth": "Ym9iOmh1bnRlcjI="}}}, {"auths": {"ghcr.io": {"auth": R}}}),
+    ({"Auth": "bob:hunter2", "auth_mode": "x:y"}, {"Auth": R, "auth_mode": "x:y"}),
+    ({"auth": "none", "oauth": "a:b"}, {"auth": "none", "oauth": "a:b"}),
+    ([["AUTH", "bob:pw"]], [["AUTH", R]]),
+])
+def test_the_same_in_argument_lists_and_under_an_auth_key(obj: object, shown: object) -> None:
+    assert sanitize_obj(obj) == shown
+
+
 # --------------------------------------------------------------------------- Basic credentials without a header name
 
 @pytest.mark.parametrize(("text", "shown"), [
@@ -233,6 +273,9 @@ def test_property_a_structure_looked_at_for_the_forms_it_may_hold_is_sanitized_a
     pytest.param(f"{AWS_ID} " * 240_000, id="aws-ids"),
     pytest.param(f"{AWS_ID} " + f"{AWS_SECRET}x " * 115_000, id="aws-id-and-lookalikes"),
     pytest.param(f"{AWS_ID}\n" * 240_000, id="aws-ids-on-lines"),
+    pytest.param("-pass " * 840_000, id="pass-flags"), pytest.param("--a" * 1_700_000 + "-pass", id="a-long-flag"),
+    pytest.param("auth=" * 1_000_000, id="auths"), pytest.param("auth=" + "QUJD" * 1_250_000, id="auth-long-base64"),
+    pytest.param("auth=a:" * 720_000, id="auth-users"),
 ])
 def test_five_megabytes_of_these_forms_are_sanitized_in_linear_time(big: str) -> None:
     assert len(big) >= 4_800_000

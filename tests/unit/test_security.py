@@ -375,7 +375,8 @@ def _every_pattern(text: str) -> str:
     for rx, keep, blocks in ((p.URL_CREDS, None, None), (p.HEADER, None, None), (p.BEARER, None, None),
                              (p.BASIC, p.not_user_and_password, None), (p.CLI, None, None),
                              (p.KV, p.os_error, p.ValuesBelow), (p.SHORT_KV, p.a_count, None), (p.NETRC, None, None),
-                             (p.CLI_USER, p.a_number, None)):
+                             (p.CLI_USER, p.a_number, None), (p.PASS_FLAG, p.a_pass_source, None),
+                             (p.AUTH, p.not_auth_credentials, None)):
         text = s._redact_values(rx, text, keep, blocks=blocks)  # noqa: SLF001
     for rx in (p.SSHPASS, p.MYSQL):  # these read the text as it is
         text = s._redact_values(rx, text, lowered=text)  # noqa: SLF001
@@ -393,7 +394,8 @@ TRIGGERS = FRAGMENTS + ["PassPhrase", "PWD", "Private-Key", "privatekey", "Sessi
                         "pass=", "PW =", 'pw"', "'pass'", "12", "true,", "Basic ", "basic ", "dXNlcjpwYXNz", "YTpi",
                         "Password:\n", ": \n  ", "=\n    ", "\n- ", "\r", "AKIA" + "A1" * 8,
                         "wJalrXUtnFEMI/K7MDENG/bPx", "RfiCYEXAMPLEKEY", "--password", "-u", "bob:pw", "sshpass",
-                        "-phunter2"]
+                        "-phunter2", "--pass ", "-passin ", "pass:", "env:", "1 ", "auth=", "_AUTH: ", "--auth ",
+                        '"auth": "', "Ym9iOng="]
 
 
 # one secret for each way a key word is spelled and each shape the patterns know (the CANARIES have more)
