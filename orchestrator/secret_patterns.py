@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
+import functools
 import os
 import re
 
@@ -347,6 +348,8 @@ class ValuesBelow:
     (``Password:`` and what was typed at the prompt). An ``=`` ending its line is an empty assignment, and the line after it another (``PASSWORD=`` then
     ``USER=bob`` in an ``.env``); a ``:`` before words or a key (``user: bob``) is YAML's empty value.
 
+    In JSON-escaped or ``repr``'d text, where a line break is ``\\n``, the same rules: ``_escaped_below``.
+
     Linear: matches come in order; a line's end is searched for, and the block under it looked at, once however
     many matches the line holds (twice at most: an indicator, and a separator ending the line); the line breaks
     before the key, for its indentation, once in all (``_line_start``)."""
@@ -363,8 +366,14 @@ class ValuesBelow:
         text = self.text
         if start < 0:
             return self._below(m)
-        if text[start] not in "|>" or end - start > 3 or m.start("u") < 0 \
-                or _BLOCK_INDICATOR.fullmatch(text, start, end) is None:
+        first = text[start]
+        if first not in "|>\\":  # most values
+            return start, end
+        if (first == "\\" or "\\" in text[start + 1:start + 5]) and m.start("u") >= 0:  # JSON's, ``repr``'s ``\n``
+            escaped = _escaped_below(text, m, start)
+            if escaped is not None:
+                return escaped if escaped[0] >= 0 else None
+        if first == "\\" or end - start > 3 or m.start("u") < 0 or _BLOCK_INDICATOR.fullmatch(text, start, end) is None:
             return start, end
         if end >= self.looked:  # a line not looked at yet
             after = _TO_LINE_END.match(text, end)
@@ -427,3 +436,74 @@ class ValuesBelow:
                 break
             pos = brk.end()
         return first, last
+
+
+
+# In JSON or ``repr`` text a line break is ``\n`` (``\r\n``, ``\r``), after as many backslashes as the string is deep
+# (``\\n`` in JSON quoted in JSON): ``_escaped_below``'s lines. Such a string ends at a quote after one backslash less
+# (none at the first depth), followed by what may follow a string (a blank, ``,``, ``:``, ``;``, a closing bracket),
+# so an apostrophe or a quote inside a line (``it's``, ``"x"`` in ``repr``'s quotes) does not end it.
+_ESCAPED_BREAK = re.compile(r"""[|>]?[-+]?[1-9]?[-+]?(?<!\\)(\\+)[rn]""")
+_KEY_LINE_LOOK_BACK = 128  # characters looked back at for the start of a key's escaped line
+_DEEPEST = 16  # the most backslashes before an escaped break: JSON quoted in JSON 5 times (each doubles them)
+
+
+@functools.lru_cache(maxsize=_DEEPEST)
+def _escaped_line_end(depth: int) -> re.Pattern[str]:
+    """The end of an escaped line of a string ``depth`` backslashes deep: its line break (``brk``), the string's
+    end, or a raw line break (which no string holds)."""
+    quote = r"\\" * (depth - 1) + r"""["'](?=[\s,:;)\]}]|\Z)"""
+    return re.compile(rf"""(?<!\\)(?:(?P<brk>\\{{{depth}}}(?:r(?:\\{{{depth}}}n)?|n))|{quote})|[\r\n]""")
+
+
+def _escaped_below(text: str, m: re.Match[str], start: int) -> tuple[int, int] | None:
+    """``ValuesBelow`` in escaped text, for a ``KV`` match ``m`` whose bare value (at ``start``) begins with an escaped
+    line break, after a YAML block indicator or not: the span of the value under the key, (-1, -1) when there is
+    none, None when the value does not begin with an escaped break (``ValuesBelow``'s own rules then apply).
+
+    The same rules as in text: the lines indented more than the key's line, where the key begins its line (after
+    the escaped break before it, else the string's quote, as ``_KEY_LINE_START`` says); else, after a ``:``, the next
+    line when it is one word. A next line of one word is otherwise taken as the bare value it was
+    (``password=\new`` may be a value beginning with a backslash), and a line holding a blank is no value
+    (``password:\nuser: bob``). Looks back ``_KEY_LINE_LOOK_BACK`` characters at most for the key's line, and
+    forward over the lines it redacts and one more: linear."""
+    brk = _ESCAPED_BREAK.match(text, start)
+    if brk is None:
+        return None
+    depth, indicator = len(brk.group(1)), brk.start(1) > start
+    if depth > _DEEPEST or indicator and _BLOCK_INDICATOR.fullmatch(text, start, brk.start(1)) is None:
+        return None
+    ends = _escaped_line_end(depth)
+    key = m.start()
+    window = max(0, key - _KEY_LINE_LOOK_BACK)
+    before = text.rfind("\\" * depth + "n", window, key)
+    line_start = max(before + depth + 1 if before >= 0 else max(text.rfind('"', window, key) + 1,
+                                                               text.rfind("'", window, key) + 1, window),
+                     text.rfind("\n", window, key) + 1, text.rfind("\r", window, key) + 1)
+    at_line_start = _KEY_LINE_START.fullmatch(text, line_start, key) is not None
+    indent = _INDENT.match(text, line_start, key).end() - line_start
+    pos, first, last = brk.end(), -1, -1
+    end = next_line_end = ends.search(text, pos)
+    while at_line_start:
+        stop = end.start() if end else len(text)
+        lead = _BLANKS.match(text, pos, stop).end()
+        if lead < stop:  # not blank
+            if lead - pos <= indent:
+                break
+            if first < 0 and text.startswith(REDACTED, lead):  # redacted before: it ends there
+                return lead, lead + len(REDACTED)
+            first = lead if first < 0 else first
+            last = stop
+        if end is None or end.start("brk") < 0:  # the string's end
+            break
+        pos = end.end()
+        end = ends.search(text, pos)
+    if first >= 0:
+        return first, last
+    word = text[brk.end():next_line_end.start() if next_line_end else len(text)]
+    if indicator or not word or _BLANK.search(word) is not None or word.endswith(":") or REDACTED in word:
+        return -1, -1
+    separator = text[key:start]
+    if at_line_start and ":" in separator and "=" not in separator:  # a prompt's answer
+        return brk.end(), brk.end() + len(word)
+    return start, m.end("u")

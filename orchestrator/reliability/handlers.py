@@ -36,6 +36,7 @@ SECRETS = {
     "yaml_block": "password: |\n  LEAK18ym",
     "below": "db:\n  password:\n    LEAK19bw",
     "prompt": "Password:\nLEAK20pr",
+    "escaped_below": r'{"config": "db:\n  password:\n    LEAK60eb\n  user: bob"}',
     "pass": "https://example.com/login?user=bob&pass=LEAK21ps",
     "pw": '{"pw": "LEAK22pw"}',
     "cli_flag": "--db-password LEAK23fl",

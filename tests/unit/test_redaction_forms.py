@@ -62,6 +62,31 @@ def test_an_empty_value_ending_its_line_takes_nothing_from_the_next_line_that_is
     assert sanitize_text(text) == text
 
 
+@pytest.mark.parametrize(("text", "shown"), [
+    (r'{"config": "db:\n  password:\n    hunter2\n    more\n  user: bob"}',
+     rf'{{"config": "db:\n  password:\n    {R}\n  user: bob"}}'),  # a YAML document in a JSON string
+    (r'{"config": "password: |\n  hunter2\n\n  more\nuser: bob\n"}', rf'{{"config": "password: |\n  {R}\nuser: bob\n"}}'),
+    (r"{'config': 'password:\r\n  hunter2'}", rf"{{'config': 'password:\r\n  {R}'}}"),  # Python's repr, CRLF
+    (r'{"log": "Password:\nhunter2\nok"}', rf'{{"log": "Password:\n{R}\nok"}}'),  # a prompt
+    (r'"{\"config\": \"password:\\n  hunter2\\n  it\\\"s\\nuser: bob\"}"',  # JSON in JSON: \\n, and \" ends it
+     rf'"{{\"config\": \"password:\\n  {R}\\nuser: bob\"}}"'),
+    (r'{"a": "password:\n  hunter2", "b": "x"}', rf'{{"a": "password:\n  {R}", "b": "x"}}'),  # the string ends it
+    (r'{"a": "password:\n  it\'s \"hunter2\"\nuser: bob"}', rf'{{"a": "password:\n  {R}\nuser: bob"}}'),
+])
+def test_a_value_on_the_lines_under_its_key_in_json_escaped_text_is_redacted(text: str, shown: str) -> None:
+    r"""JSON and ``repr`` write a line break as ``\n``: the value under its key is the escaped lines below it."""
+    redacts(text, shown)
+
+
+@pytest.mark.parametrize("text", [
+    r'{"config": "password:\nuser: bob"}',  # YAML's empty value, then the next key
+    r'{"config": "Password:\nclick the link"}',
+    r'"a\\npassword:\\nuser: bob"',
+])
+def test_an_empty_value_in_json_escaped_text_takes_nothing_from_the_next_line(text: str) -> None:
+    assert sanitize_text(text) == text
+
+
 # --------------------------------------------------------------------------- the short key names pass and pw
 
 @pytest.mark.parametrize(("text", "shown"), [
@@ -273,6 +298,11 @@ def test_property_a_structure_looked_at_for_the_forms_it_may_hold_is_sanitized_a
     pytest.param(f"{AWS_ID} " * 240_000, id="aws-ids"),
     pytest.param(f"{AWS_ID} " + f"{AWS_SECRET}x " * 115_000, id="aws-id-and-lookalikes"),
     pytest.param(f"{AWS_ID}\n" * 240_000, id="aws-ids-on-lines"),
+    pytest.param("password:\\n" * 450_000, id="escaped-keys-ending-lines"),
+    pytest.param("password:\\n" + "  x\\n" * 1_000_000, id="escaped-long-value-below"),
+    pytest.param("password: |\\n\\n" * 320_000, id="escaped-blank-lines"),
+    pytest.param("password:" + "\\" * 5_000_000 + "n", id="escaped-deep-break"),
+    pytest.param("- password:\\n  " * 320_000, id="escaped-list-items"),
     pytest.param("-pass " * 840_000, id="pass-flags"), pytest.param("--a" * 1_700_000 + "-pass", id="a-long-flag"),
     pytest.param("auth=" * 1_000_000, id="auths"), pytest.param("auth=" + "QUJD" * 1_250_000, id="auth-long-base64"),
     pytest.param("auth=a:" * 720_000, id="auth-users"),

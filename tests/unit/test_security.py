@@ -312,6 +312,7 @@ FRAGMENTS = [
     "-----END RSA PRIVATE KEY-----", "-----BEGIN PGP PRIVATE KEY BLOCK-----", "-----END PGP PRIVATE KEY BLOCK-----",
     "Private-Lines: 2\n", "Private-MAC: 0a1b", REDACTED, "pass", "pw", "Basic ", "dXNlcjpwYXNz", "\n  ", "\r\n",
     "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "12",
+    "\\n", "\\n  ", "\\r\\n", "\\\\n", "|", "- ", "-pass ", "pass:", "auth=", "bob:pw",
 ]
 tricky_text = st.lists(st.sampled_from(FRAGMENTS), max_size=40).map("".join)
 any_text = st.one_of(st.text(max_size=300), tricky_text)
