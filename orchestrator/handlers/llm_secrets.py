@@ -1,9 +1,9 @@
 """What the ``llm`` handler must never return: the API key and the password of ``LLM_URL`` (``Secrets``), found
 in every form an endpoint may echo them in, and replaced in a reply (``without_secrets``) and in any text it quotes
 (``scrub``). A key has no shape ``sanitize_text`` could recognise, so its own value is looked for: as sent, as JSON
-text may write it (``\\/``, ``\\u0041``: ``_json_forms``), percent-encoded (``%2F``), and its bytes in base64
-(either alphabet, from any offset: ``"user:" + key`` in a Basic header) or hex (``_encodings``); the forms of those
-too. A key shorter than ``MIN_SECRET_LENGTH`` (8) characters is not looked for: such a value (``x``, ``EMPTY``, a local
+text may write it (``\\/``, ``\\u0041``: ``_json_forms``), percent-encoded (``%2F``), as HTML writes it (``&gt;``,
+``&#x41;``), and its bytes in base64 (either alphabet, from any offset: ``"user:" + key`` in a Basic header; cut by
+line breaks, as MIME's lines of 76 cut it) or hex (``_encodings``); the forms of those too. A key shorter than ``MIN_SECRET_LENGTH`` (8) characters is not looked for: such a value (``x``, ``EMPTY``, a local
 server's dummy) cannot be told from text, and replacing it turned "explain" into "[REDACTED]plain"."""
 from __future__ import annotations
 
@@ -22,42 +22,53 @@ def _hex(unit: int, digits: int = 4) -> str:
     return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{unit:0{digits}x}")
 
 
-def _json_forms(secret: str) -> str:
+_HTML_NAMED = {"<": "lt", ">": "gt", "&": "amp", '"': "quot", "'": "apos"}  # what ``html.escape`` writes by name
+# A line break inside base64 (MIME's lines of 76, PEM's of 64): LF or CRLF, as it is or JSON-escaped at any depth
+_BREAK = r"(?:\r?\n|\\+r\\+n|\\+n)?"
+
+
+def _json_forms(secret: str, wrapped: bool = False) -> str:
     """A pattern of ``secret`` as sent or as JSON text may write it, at any depth of JSON quoted in JSON: each
-    character as itself, also after backslashes (PHP writes ``/`` as ``\\/``, quoted again ``\\\\\\/``), or as
-    ``\\u`` and its code in hex of either case (a surrogate pair beyond U+FFFF); or percent-encoded, as a URL
-    quotes it (``/`` as ``%2F`` or ``%2f``: a key is ASCII, ``_config_problem``, one byte a character). It starts only
-    where no backslash precedes: tried at each backslash of a long run, it would scan the rest of the run each
-    time."""
+    character as itself, also after backslashes if it is no letter nor digit (PHP writes ``/`` as ``\\/``, quoted
+    again ``\\\\\\/``; a letter after one is another character: ``\\n``), or as ``\\u`` and its code in hex of either
+    case (a surrogate pair beyond U+FFFF); percent-encoded, as a URL quotes it (``/`` as ``%2F`` or ``%2f``: a key is
+    ASCII, ``_config_problem``, one byte a character); or as an HTML entity (``&gt;``, ``&#62;``, ``&#x3E;``, zeros
+    before the code allowed). ``wrapped``: a line break may stand between two characters (``_BREAK``: base64's).
+    It starts only where no backslash precedes: tried at each backslash of a long run, it would scan the rest of
+    the run each time."""
     forms = []
     for char in secret:
         code = ord(char)
         units = [code] if code <= 0xFFFF else [0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)]
         percent = f"|%{_hex(code, 2)}" if code < 0x80 else ""
-        forms.append(rf"(?:\\*{re.escape(char)}|" + "".join(rf"\\+u{_hex(unit)}" for unit in units) + percent + ")")
-    return r"(?<!\\)" + "".join(forms)
+        named = f"|&{_HTML_NAMED[char]};" if char in _HTML_NAMED else ""
+        entity = rf"|&#0*{code};|&#[xX]0*{_hex(code, 1).lstrip('0') or '0'};{named}"
+        escaped = "" if char.isalnum() else r"\\*"
+        forms.append(rf"(?:{escaped}{re.escape(char)}|" + "".join(rf"\\+u{_hex(unit)}" for unit in units) + percent
+                     + entity + ")")
+    return r"(?<!\\)" + (_BREAK if wrapped else "").join(forms)
 
 
 _URL_SAFE = str.maketrans("+/", "-_")  # base64's URL-safe alphabet (RFC 4648, section 5)
 
 
-def _encodings(secret: str) -> list[str]:
-    """``secret`` as sent, and its bytes in hex (lower or upper case) and in base64, standard and URL-safe, from each
-    of the 3 offsets in a group of 3 bytes an encoding of a longer text may start them at: the characters those
-    bytes alone decide (the first and last may hold bits of what is around them, and are not looked for: a few
+def _encodings(secret: str) -> tuple[list[str], list[str]]:
+    """``secret`` as sent and its bytes in hex (lower or upper case); and its bytes in base64, standard and URL-safe,
+    from each of the 3 offsets in a group of 3 bytes an encoding of a longer text may start them at: the characters
+    those bytes alone decide (the first and last may hold bits of what is around them, and are not looked for: a few
     bits of the key's first and last bytes are left). A key is ASCII (``_config_problem``)."""
     data = secret.encode()
-    forms = [secret, data.hex(), data.hex().upper()]
+    encoded = []
     for offset in range(3):
         first, end = -(-8 * offset // 6), 8 * (offset + len(data)) // 6  # whole 6-bit characters of the key's bits
         standard = base64.b64encode(bytes(offset) + data).decode()[first:end]
-        forms += [standard, standard.translate(_URL_SAFE)]
-    return forms
+        encoded += [standard, standard.translate(_URL_SAFE)]
+    return [secret, data.hex(), data.hex().upper()], encoded
 
 
 @functools.lru_cache(maxsize=4)  # a worker asks with the same key each time: the pattern is made once
-def _forms_of(forms: tuple[str, ...]) -> re.Pattern[str]:
-    return re.compile("|".join(map(_json_forms, forms)))
+def _forms_of(forms: tuple[tuple[str, bool], ...]) -> re.Pattern[str]:
+    return re.compile("|".join(_json_forms(form, wrapped) for form, wrapped in forms))
 
 
 class Secrets:
@@ -67,18 +78,41 @@ class Secrets:
 
     def __init__(self, *values: str) -> None:
         self.values = sorted({value for value in values if len(value) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
-        self.forms = sorted({form for value in self.values for form in _encodings(value)}, key=len, reverse=True)
-        self._pattern = _forms_of(tuple(self.forms)) if self.forms else None
+        wrapped = {(form, False) for value in self.values for form in _encodings(value)[0]} \
+            | {(form, True) for value in self.values for form in _encodings(value)[1]}
+        self.forms = sorted({form for form, _ in wrapped}, key=len, reverse=True)
+        self._pattern = _forms_of(tuple(sorted(wrapped, key=lambda pair: (-len(pair[0]), pair)))) if wrapped else None
+        self._entities = ("&#", *sorted({f"&{name};" for char, name in _HTML_NAMED.items()
+                                         if any(char in form for form in self.forms)}))
+        self._pieces = sorted({piece for form, cut in wrapped if cut for piece in _pieces(form)}, key=len)
 
     def drop(self, text: str) -> str:
-        """``text`` with each secret replaced by ``REDACTED``."""
+        """``text`` with each secret replaced by ``REDACTED``. The pattern (~0.5 s a MB: ~15 alternatives tried at each
+        character) runs only on a text that may hold a form no replace finds: one holding a backslash, a ``%``, an
+        entity, or a line break and a piece of a base64 form (``_pieces``)."""
         if self._pattern is None:
             return text
-        if "\\" in text or "%" in text:
+        if "\\" in text or "%" in text or "&" in text and any(entity in text for entity in self._entities) \
+                or ("\n" in text or "\r" in text) and any(piece in text for piece in self._pieces):
             return self._pattern.sub(REDACTED, text)
-        for form in self.forms:  # with neither, each form as it is is the only one (and a replace is much faster)
+        for form in self.forms:  # else each form as it is is the only one (and a replace is much faster)
             text = text.replace(form, REDACTED)
         return text
+
+
+_SHORTEST_LINE = 60  # base64 is cut into lines of this many characters or more (MIME's 76, PEM's 64)
+
+
+def _pieces(form: str) -> set[str]:
+    """What a text holding base64 ``form`` cut by line breaks into lines of ``_SHORTEST_LINE`` or more holds of it
+    unbroken: its first or its last half (one break: the longer side holds one), or, in a form longer than a line, one
+    of its pieces of half a line, each starting at a multiple of that (two breaks or more: the line between them
+    holds one whole)."""
+    half, chunk = len(form) // 2, _SHORTEST_LINE // 2
+    pieces = {form[:half], form[len(form) - half:]}
+    if len(form) > _SHORTEST_LINE:
+        pieces |= {form[i:i + chunk] for i in range(0, len(form) - chunk + 1, chunk)}
+    return pieces
 
 
 def _renamed(obj: dict[str, Any], secrets: Secrets) -> dict[str, Any]:

@@ -5,6 +5,7 @@ import base64
 import contextlib
 import email.utils
 import gzip
+import html
 import json
 import logging
 import socket
@@ -263,7 +264,18 @@ ENCODED_KEYS = {
     "base64-percent-encoded": urllib.parse.quote(base64.b64encode(ODD_KEY.encode()).decode(), safe=""),
     "hex": ODD_KEY.encode().hex(),
     "hex-upper": ODD_KEY.encode().hex().upper(),
+    # MIME's base64 of a longer text, its lines of 76 (a mail or a multipart body echoed): the key's characters
+    # are cut by a line break, LF or CRLF, or its JSON escape
+    "base64-mime-lf": base64.encodebytes(b"x" * 50 + ODD_KEY.encode()).decode(),
+    "base64-mime-crlf": base64.encodebytes(b"x" * 50 + ODD_KEY.encode()).decode().replace("\n", "\r\n"),
+    "base64-mime-escaped": base64.encodebytes(b"x" * 50 + ODD_KEY.encode()).decode().replace("\n", "\\r\\n"),
+    # an HTML page echoing it: escaped (``html.escape``: ">" is "&gt;"), or each character a numeric entity
+    "html-escaped": html.escape(ODD_KEY),
+    "html-hex-entities": "".join(f"&#x{ord(c):X};" for c in ODD_KEY),
+    "html-decimal-entities-some": "".join(f"&#{ord(c)};" if i % 2 else c for i, c in enumerate(ODD_KEY)),
 }
+# what the key alone decides of the MIME forms: its base64 at that offset, line breaks aside
+MIME_CORE = base64.b64encode(b"x" * 50 + ODD_KEY.encode()).decode()[68:100]
 
 
 @pytest.mark.parametrize("where", ["http-error-body", "not-a-chat-completion", "payload-string"])
@@ -279,6 +291,23 @@ def test_a_key_echoed_in_base64_or_hex_is_replaced(server, where: str, form: str
     payload = call_llm(CTX, llm_env(server, LLM_API_KEY=ODD_KEY))
     text = payload["output"] if where == "payload-string" else payload["summary"]
     assert "[REDACTED]" in text and echoed not in text and echoed[6:-6] not in text, text
+    unwrapped = "".join(text.replace("\\r", "").replace("\\n", "").split())
+    assert MIME_CORE not in unwrapped and ODD_KEY not in html.unescape(text), text
+
+
+@pytest.mark.parametrize("width", [60, 64, 76])
+def test_a_long_key_s_base64_cut_into_lines_at_any_offset_is_replaced(width: int) -> None:
+    """A key longer than a line of base64 (``sk-proj-`` keys are 164 characters) is cut by several line breaks."""
+    from orchestrator.handlers.llm_secrets import Secrets
+
+    key = "sk-proj-" + "".join(chr(33 + (i * 7) % 90) for i in range(156))
+    secrets = Secrets(key)
+    for before in range(0, 80, 7):
+        b64 = base64.b64encode(b"x" * before + key.encode()).decode()
+        text = "\n".join(b64[i:i + width] for i in range(0, len(b64), width))
+        kept = "".join(secrets.drop(text).split())
+        start = -(-8 * before // 6) + 1
+        assert b64[start:start + 20] not in kept and b64[-24:-4] not in kept, (before, kept)
 
 
 def test_an_encoding_of_the_key_is_looked_for_only_as_the_key_s_own_so_other_base64_and_hex_stay(server) -> None:
