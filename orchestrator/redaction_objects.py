@@ -154,12 +154,29 @@ def _sanitized_items(items: list[Any] | tuple[Any, ...], beside: _Beside) -> lis
     for i, item in enumerate(items):
         if i in shown:
             out.append(shown[i])
-        elif pairs and _secret_under(item[0], item[1]):
-            pair = (sanitize_text(item[0]), REDACTED)
+        elif pairs:
+            name, value = item
+            if _secret_under(name, value):
+                pair = (sanitize_text(name), REDACTED)
+            elif _plain_pair(name, value, beside):  # walked here: ``_sanitized`` of the pair would give the same
+                pair = (sanitize_text(name), _sanitized(value, beside))
+            else:
+                out.append(_sanitized(item, beside))
+                continue
             out.append(list(pair) if isinstance(item, list) else pair)
         else:
             out.append(_sanitized(item, beside))
     return out
+
+
+def _plain_pair(name: str, value: Any, beside: _Beside) -> bool:
+    """Whether the pair ``[name, value]``, as a list of its own, holds no form told by the items beside each other (a
+    flag, an AWS key id's start; no list of pairs: its first item is text): its items are then sanitized each
+    alone, as ``_sanitized_items`` would, without the walk's two calls and its look at each item (a list of 100,000
+    pairs: ~30% of the walk)."""
+    text = value if isinstance(value, str) else ""
+    return not (beside.flags and (name[:1] == "-" or text[:1] == "-")
+                or beside.aws and ("AKIA" in name or "ASIA" in name or "AKIA" in text or "ASIA" in text))
 
 
 def _hidden_arguments(items: list[Any] | tuple[Any, ...]) -> dict[int, str]:

@@ -282,6 +282,21 @@ def test_property_a_structure_looked_at_for_the_forms_it_may_hold_is_sanitized_a
     assert sanitize_obj(once) == once
 
 
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(ITEMS), st.one_of(st.sampled_from(ITEMS), structures)), min_size=1,
+                max_size=6), st.booleans())
+def test_property_each_pair_of_a_list_of_pairs_is_walked_as_a_list_of_its_own_unless_named_as_a_secret(
+        pairs: list, as_lists: bool) -> None:
+    """The walk of a list of pairs sanitizes each pair itself (``_plain_pair``), not through a walk of it as a list:
+    the same output as that walk."""
+    from orchestrator import redaction_objects
+
+    obj = [list(pair) if as_lists else pair for pair in pairs]
+    expected = [type(pair)((sanitize_text(pair[0]), R)) if redaction_objects._secret_under(*pair)  # noqa: SLF001
+                else redaction_objects._sanitized(pair) for pair in obj]  # noqa: SLF001
+    assert redaction_objects._sanitized(obj) == sanitize_obj(obj) == expected  # noqa: SLF001
+
+
 # --------------------------------------------------------------------------- linear time
 
 @pytest.mark.slow
