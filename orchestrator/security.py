@@ -30,6 +30,7 @@ _UTF8_MAX = 4  # bytes a character takes at most in UTF-8
 _LINE_BREAK = re.compile(r"[\r\n]")
 _SPACE = re.compile(r"\s")
 _LAST_SPACE = re.compile(r"\s(?=\S*\Z)")  # linear: each try scans one run only
+_VALUE_LINES = re.compile(r"(?:(?:[ \t][^\r\n]*)?(?:\r\n?|\n))*")  # indented or empty lines, each with its break
 
 
 def cut_read_size(limit: int) -> int:
@@ -70,22 +71,24 @@ def sanitized_cut(data: str | bytes, limit: int, *, tail: bool = False, cut: boo
         cut = True
     text = sanitize_text(text)
     if cut:
-        text = text[_tail_start(text):] if tail else text[:_head_end(text)]
+        text = text[_tail_start(text, len(text) - limit):] if tail else text[:_head_end(text)]
     elif len(text) <= limit:
         return text
     return "..." + text[max(len(text) - limit, 0):] if tail else text[:limit] + "..."
 
 
-def _tail_start(text: str) -> int:
+def _tail_start(text: str, kept_from: int) -> int:
     """Where sanitized ``text``, which begins at a cut, may be kept from. What the cut left of a secret (no key,
     no prefix) is at the start, on the first line (a private key's lines are redacted without their BEGIN
     line too) and, on one line, within ``_EDGE`` characters. So the first line is dropped when more follows
     it (a secret on it however long goes with it), and the lines under it that may be the value of a key it held
-    (``_past_values_below``); when it is all there is (one long line, a line break at
+    (``_past_values_below``: needless where the last ``limit`` characters, from ``kept_from``, begin past what it
+    could drop, as they do unless redaction shortened the text); when it is all there is (one long line, a line break at
     most after it), ``_EDGE`` characters are, and the rest of the word or token that drop ends in."""
     brk = _LINE_BREAK.search(text)
     if brk and text[brk.end():].strip():
-        return _past_values_below(text, LINE_END.match(text, brk.start()).end())
+        after = LINE_END.match(text, brk.start()).end()
+        return after if kept_from >= CUT_MARGIN else _past_values_below(text, after)
     return _run_end(text, min(_EDGE, len(text)))
 
 
@@ -98,14 +101,13 @@ def _past_values_below(text: str, start: int) -> int:
     the cut drops anyway unless redaction shortened the text (what brings a value there into the tail), so a longer
     indented run (a deep traceback, pretty-printed JSON) keeps its last ``limit`` characters."""
     pos = start
-    prompt = text[:start].rstrip(" \t\r\n").endswith(":")
-    while pos < len(text):
+    if text[:start].rstrip(" \t\r\n").endswith(":"):  # a prompt's answer: one word
         brk = LINE_END.search(text, pos)
-        line = text[pos:brk.start() if brk else len(text)]
-        after = brk.end() if brk else len(text)
-        if after > CUT_MARGIN or not (line[:1] in (" ", "\t") or not line or prompt and _SPACE.search(line) is None):
-            break
-        prompt, pos = False, after
+        if brk is not None and brk.end() <= CUT_MARGIN and _SPACE.search(text, pos, brk.start()) is None:
+            pos = brk.end()
+    pos = _VALUE_LINES.match(text, pos, max(pos, CUT_MARGIN)).end()
+    if pos < len(text) <= CUT_MARGIN and text[pos] in " \t" and LINE_END.search(text, pos) is None:
+        pos = len(text)  # the last line, indented: all the text is what may be a value
     return pos
 
 
