@@ -438,7 +438,6 @@ class ValuesBelow:
         return first, last
 
 
-
 # In JSON or ``repr`` text a line break is ``\n`` (``\r\n``, ``\r``), after as many backslashes as the string is deep
 # (``\\n`` in JSON quoted in JSON): ``_escaped_below``'s lines. Such a string ends at a quote after one backslash less
 # (none at the first depth), followed by what may follow a string (a blank, ``,``, ``:``, ``;``, a closing bracket),
