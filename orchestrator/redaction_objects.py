@@ -7,9 +7,9 @@ import json
 from typing import Any, Callable, Iterable, NamedTuple
 
 from orchestrator.redaction import may_hold_secret, sanitize_text
-from orchestrator.secret_patterns import (AUTH_KEY, AWS_KEY_ID, AWS_SECRET, MYSQL_CLIENT, PASS_FLAG_NAME, REDACTED,
-                                         SECRET_FLAG, SENSITIVE_KEY, SHORT_KEY, USER_FLAGS, aws_secret, is_count,
-                                         is_user_and_password, pass_flag_value)
+from orchestrator.secret_patterns import (ANY_LITERAL, AUTH_KEY, AWS_KEY_ID, AWS_SECRET, MYSQL_CLIENT,
+                                         PASS_FLAG_NAME, REDACTED, SECRET_FLAG, SENSITIVE_KEY, SHORT_KEY, USER_FLAGS,
+                                         aws_secret, is_count, is_user_and_password, pass_flag_value)
 
 __all__ = ["sanitize_obj", "json_source_text", "renamed_keys"]
 
@@ -156,10 +156,17 @@ def _sanitized_items(items: list[Any] | tuple[Any, ...], beside: _Beside) -> lis
             out.append(shown[i])
         elif pairs:
             name, value = item
-            if _secret_under(name, value):
-                pair = (sanitize_text(name), REDACTED)
+            # most names hold no literal a redaction starts from: ``sanitize_text`` keeps them, and no key word of
+            # ``SENSITIVE_KEY`` is in them (``re.IGNORECASE`` folds no ASCII letter to another), which a search with
+            # it costs most of the walk to find (a list of 100,000 pairs: -37% instructions)
+            if name.isascii() and ANY_LITERAL.search(name.lower()) is None:
+                secret, shown_name = name[-1:] in "sSwWhH" and _secret_under_a_short_key(name, value), name
+            else:
+                secret, shown_name = _secret_under(name, value), sanitize_text(name)
+            if secret:
+                pair = (shown_name, REDACTED)
             elif _plain_pair(name, value, beside):  # walked here: ``_sanitized`` of the pair would give the same
-                pair = (sanitize_text(name), _sanitized(value, beside))
+                pair = (shown_name, _sanitized(value, beside))
             else:
                 out.append(_sanitized(item, beside))
                 continue
