@@ -38,10 +38,12 @@ def _rarest_first(literal: str) -> str:
 
 # what ``sanitize_text`` looks for in a long text as it is, and lowered
 _AS_IS_LITERALS = SHAPE_STARTS + AS_IS_WORDS + (PUTTY,)
+# (``AUTH``'s words by their stem: in a long text its own scan is the search, ``_scanned``; one look for the stem's
+# characters costs less than one for each word's)
 _LOWERED_LITERALS = (SECRET_KEY_WORDS + SHORT_WORDS + ("bearer", "basic") + NETRC_WORDS + CLI_USER_WORDS
-                     + PASS_FLAG_WORDS + AUTH_WORDS)
+                     + PASS_FLAG_WORDS + ("auth",))
 _CHARS_OF = {literal: _rarest_first(literal)
-             for literal in LOOKED_FOR + ARGV_WORDS + SHAPE_STARTS + NETRC_WORDS + (PUTTY,)}
+             for literal in LOOKED_FOR + ARGV_WORDS + SHAPE_STARTS + NETRC_WORDS + (PUTTY, "auth")}
 
 
 def _literals_held(text: str, literals: tuple[str, ...], *, any_case: bool = False) -> tuple[str, ...]:
@@ -178,7 +180,7 @@ def sanitize_text(text: str) -> str:
             (NETRC, keyed and _holds(lowered, NETRC_WORDS, held), None, None),
             (CLI_USER, _holds(lowered, CLI_USER_WORDS, held), a_number, None),
             (PASS_FLAG, _holds(lowered, PASS_FLAG_WORDS, held), a_pass_source, None),
-            (AUTH, _scanned(lowered, AUTH_WORDS, held), not_auth_credentials, None)):
+            (AUTH, _scanned(lowered, AUTH_WORDS if held is None else ("auth",), held), not_auth_credentials, None)):
         if wanted:
             redacted = _redact_values(rx, text, keep, lowered, blocks)
             if redacted is not text:
