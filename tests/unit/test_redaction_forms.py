@@ -72,6 +72,8 @@ def test_an_empty_value_ending_its_line_takes_nothing_from_the_next_line_that_is
      rf'"{{\"config\": \"password:\\n  {R}\\nuser: bob\"}}"'),
     (r'{"a": "password:\n  hunter2", "b": "x"}', rf'{{"a": "password:\n  {R}", "b": "x"}}'),  # the string ends it
     (r'{"a": "password:\n  it\'s \"hunter2\"\nuser: bob"}', rf'{{"a": "password:\n  {R}\nuser: bob"}}'),
+    (r'{"password": "line1\nline2"}', rf'{{"password": "{R}"}}'),  # quoted: redacted before too
+    (r'\"password\":\"x\"', rf'\"password\":\"{R}\"'),
 ])
 def test_a_value_on_the_lines_under_its_key_in_json_escaped_text_is_redacted(text: str, shown: str) -> None:
     r"""JSON and ``repr`` write a line break as ``\n``: the value under its key is the escaped lines below it."""
