@@ -231,10 +231,10 @@ def _holds(text: str, literals: tuple[str, ...], held: frozenset[str] | None) ->
 
 
 def _scanned(text: str, literals: tuple[str, ...], held: frozenset[str] | None) -> bool:
-    """Whether to run a pattern that begins with a literal (``BASIC``, ``SHORT_KV``, ``AUTH``), one of ``literals`` in each of
-    its matches: in a short text, whether the text holds one; in a long one, whether it may (``held``), the pattern's
-    own scan for its first literal costing what one search would (~0.4 ms a MB) where searching for each of
-    ``literals`` costs one each."""
+    """Whether to run a pattern that begins with a literal (``BASIC``, ``SHORT_KV``, ``AUTH``), one of ``literals`` in
+    each of its matches: in a short text, whether the text holds one; in a long one, whether it may (``held``), the
+    pattern's own scan for its first literal costing what one search would (~0.4 ms a MB) where searching for each
+    of ``literals`` costs one each."""
     if held is None:
         return any(literal in text for literal in literals)
     return any(literal in held for literal in literals)

@@ -3,8 +3,9 @@ in every form an endpoint may echo them in, and replaced in a reply (``without_s
 (``scrub``). A key has no shape ``sanitize_text`` could recognise, so its own value is looked for: as sent, as JSON
 text may write it (``\\/``, ``\\u0041``: ``_json_forms``), percent-encoded (``%2F``), as HTML writes it (``&gt;``,
 ``&#x41;``), and its bytes in base64 (either alphabet, from any offset: ``"user:" + key`` in a Basic header; cut by
-line breaks, as MIME's lines of 76 cut it) or hex (``_encodings``); the forms of those too. A key shorter than ``MIN_SECRET_LENGTH`` (8) characters is not looked for: such a value (``x``, ``EMPTY``, a local
-server's dummy) cannot be told from text, and replacing it turned "explain" into "[REDACTED]plain"."""
+line breaks, as MIME's lines of 76 cut it) or hex (``_encodings``); the forms of those too. A key shorter than
+``MIN_SECRET_LENGTH`` (8) characters is not looked for: such a value (``x``, ``EMPTY``, a local server's dummy) cannot
+be told from text, and replacing it turned "explain" into "[REDACTED]plain"."""
 from __future__ import annotations
 
 import base64

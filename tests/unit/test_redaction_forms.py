@@ -65,7 +65,8 @@ def test_an_empty_value_ending_its_line_takes_nothing_from_the_next_line_that_is
 @pytest.mark.parametrize(("text", "shown"), [
     (r'{"config": "db:\n  password:\n    hunter2\n    more\n  user: bob"}',
      rf'{{"config": "db:\n  password:\n    {R}\n  user: bob"}}'),  # a YAML document in a JSON string
-    (r'{"config": "password: |\n  hunter2\n\n  more\nuser: bob\n"}', rf'{{"config": "password: |\n  {R}\nuser: bob\n"}}'),
+    (r'{"config": "password: |\n  hunter2\n\n  more\nuser: bob\n"}',
+     rf'{{"config": "password: |\n  {R}\nuser: bob\n"}}'),
     (r"{'config': 'password:\r\n  hunter2'}", rf"{{'config': 'password:\r\n  {R}'}}"),  # Python's repr, CRLF
     (r'{"log": "Password:\nhunter2\nok"}', rf'{{"log": "Password:\n{R}\nok"}}'),  # a prompt
     (r'"{\"config\": \"password:\\n  hunter2\\n  it\\\"s\\nuser: bob\"}"',  # JSON in JSON: \\n, and \" ends it
@@ -125,16 +126,18 @@ def test_a_key_named_pass_or_pw_hides_a_text_value_that_is_no_count(obj: dict, s
     assert sanitize_obj(obj) == shown
 
 
-# --------------------------------------------------------------------------- --pass, OpenSSL's pass:, auth=user:password
+# ------------------------------------------------------------------- --pass, OpenSSL's pass:, auth=user:password
 
 @pytest.mark.parametrize(("text", "shown"), [
     ("redis-cli --pass hunter2 ping", f"redis-cli --pass {R} ping"),
     ("tool -pass 'two words' -v", f"tool -pass '{R}' -v"), ("x --smtp-pass hunter2", f"x --smtp-pass {R}"),
     ("openssl enc -aes256 -pass pass:hunter2 -in a", f"openssl enc -aes256 -pass pass:{R} -in a"),
-    ("openssl pkcs12 -export -passin pass:a1 -passout PASS:b2", f"openssl pkcs12 -export -passin pass:{R} -passout PASS:{R}"),
+    ("openssl pkcs12 -passin pass:a1 -passout PASS:b2", f"openssl pkcs12 -passin pass:{R} -passout PASS:{R}"),
     ("openssl rsa -passin 'pass:two words'", f"openssl rsa -passin '{R}'"),
-    ("auth=bob:hunter2", f"auth={R}"), ("AUTH: bob:hunter2", f"AUTH: {R}"), ("http --auth bob:hunter2 x", f"http --auth {R} x"),
-    ('{"auths": {"ghcr.io": {"auth": "Ym9iOmh1bnRlcjI="}}}', f'{{"auths": {{"ghcr.io": {{"auth": "{R}"}}}}}}'),  # docker
+    ("auth=bob:hunter2", f"auth={R}"), ("AUTH: bob:hunter2", f"AUTH: {R}"),
+    ("http --auth bob:hunter2 x", f"http --auth {R} x"),
+    ('{"auths": {"ghcr.io": {"auth": "Ym9iOmh1bnRlcjI="}}}',  # Docker's config.json
+     f'{{"auths": {{"ghcr.io": {{"auth": "{R}"}}}}}}'),
     ("_auth=Ym9iOmh1bnRlcjI=", f"_auth={R}"), ("proxy_auth = 'bob:pw'", f"proxy_auth = '{R}'"),  # npm's .npmrc
 ])
 def test_a_pass_flag_openssls_pass_source_and_an_auth_user_and_password_are_redacted(text: str, shown: str) -> None:
