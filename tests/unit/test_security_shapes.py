@@ -4,9 +4,10 @@ credentials and ``.netrc`` lines; and the ordinary text each of them must leave 
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
+
+from helpers import cpu_timed
 
 from orchestrator.security import REDACTED, sanitize_obj, sanitize_text
 
@@ -280,16 +281,13 @@ def test_json_shaped_text_with_new_shapes_stays_valid_json() -> None:
 ])
 def test_five_megabytes_of_the_new_shapes_are_sanitized_in_linear_time(big: str) -> None:
     assert len(big) >= 4_800_000
-    start = time.perf_counter()
-    sanitize_text(big)
-    assert time.perf_counter() - start < 5.0
+    assert cpu_timed(lambda: sanitize_text(big))[0] < 5.0
 
 
 @pytest.mark.slow
 def test_many_name_value_pairs_and_suffixed_keys_are_sanitized_in_linear_time() -> None:
     output = {"env": [{"name": f"DB_PASSWORD_{i}", "value": f"v{i}"} for i in range(20_000)],
               **{f"k{i} password: ": i for i in range(20_000)}}
-    start = time.perf_counter()
-    out = sanitize_obj(output)
-    assert time.perf_counter() - start < 5.0
+    took, out = cpu_timed(lambda: sanitize_obj(output))
+    assert took < 5.0
     assert out["env"][7] == {"name": "DB_PASSWORD_7", "value": R} and out["k7 password: "] == R
