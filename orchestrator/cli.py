@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from orchestrator.cli_values import WholeRange, job_kinds, seconds, setting_error, typed_value_error
+from orchestrator.cli_values import (WholeRange, job_kinds, seconds, setting_error, store_option,
+                                     typed_value_error)
 from orchestrator.command_stop import COMMAND_STOP
 from orchestrator.clock import from_iso
 from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PROJECT_ID,
@@ -147,15 +148,6 @@ def _data_on_stdout(command: click.Command, args: list[str]) -> bool:
     command, args = _named_command(command, args)
     return not isinstance(command, click.Group) and any(
         isinstance(p, StdoutOption) and p.given_as_stdout(args) for p in command.params)
-
-
-# -- store selection (PostgreSQL backend, docs/postgres.md) ----------------------------------
-STORE_HELP = "Where events live: 'file' (BASE_PATH/<PROJECT_ID>/.orchestrator) or a postgresql:// URL.  [default: file]"
-
-
-def store_option(help: str = STORE_HELP) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``--store`` (``ORCH_STORE_URL``): every command on a project's, and ``db``'s with its own help (no default)."""
-    return click.option("--store", "store_url", envvar="ORCH_STORE_URL", show_envvar=True, default=None, help=help)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, Callable
 
 import click
 from click.core import ParameterSource
@@ -161,3 +161,11 @@ def typed_value_error(exc: click.ClickException) -> None:
         return
     if exc.ctx.get_parameter_source(exc.param.name) is not ParameterSource.ENVIRONMENT:
         exc.param_hint = click.Parameter.get_error_hint(exc.param, exc.ctx)
+
+
+STORE_HELP = "Where events live: 'file' (BASE_PATH/<PROJECT_ID>/.orchestrator) or a postgresql:// URL.  [default: file]"
+
+
+def store_option(help: str = STORE_HELP) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--store`` (``ORCH_STORE_URL``): every command on a project's, and ``db``'s with its own help (no default)."""
+    return click.option("--store", "store_url", envvar="ORCH_STORE_URL", show_envvar=True, default=None, help=help)
