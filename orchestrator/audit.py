@@ -36,7 +36,7 @@ from orchestrator.history import head_contradicted, head_record, seal
 from orchestrator.notices import log_warning
 from orchestrator.security import sanitize_text
 from orchestrator.signing import line_hash, parse_line
-from orchestrator.state import WORKER_STOPPED, counted_stop, stops_after
+from orchestrator.state import counted_stop
 # ``AUDIT_HEAD``: the head record of the audit log (like ``heads/<job_id>`` for a job): without it, a log cut at a line
 # boundary, or whose last newline was damaged, would look complete
 from orchestrator.store.base import AUDIT_HEAD, AUDIT_STREAM, AuxWrites, Builder, Head, LockedHead
@@ -63,8 +63,8 @@ AUDITED_EVENTS: dict[str, str] = {
     "job_released": "job_released",
 }
 # the action of a run a stopping worker ended from the ``STOPS_FORGIVEN + 1``-th in a row on: a ``job_failed``
-# (``OutcomeRecorder.release``), which is not audited by its type (a handler's failure is not), but by the job's stops
-# (``audited``); checked and healed since 2026-12-07, twenty-seventh session
+# (``OutcomeRecorder.release``), which is not audited by its type (a handler's failure is not), but as the worker's
+# (``state.counted_stop``); checked and healed since 2026-12-07, twenty-seventh session
 COUNTED_STOP_ACTION = "job_released"
 # every action an entry can name: those above, and decisions audited without being in that table
 # (a released run, a refused run or action); ``audit-timeline --action`` accepts these and the event types
@@ -76,32 +76,23 @@ _NOTE_FIELD = {"job_approved": "note", "job_revised": "notes", "job_resumed": "a
 
 def audited(records: Sequence[dict[str, Any]]) -> Iterator[tuple[int, str]]:
     """(index, action) of each of a history's records that must have one audit entry: an event of a type in
-    ``AUDITED_EVENTS``, and a stop counted as a failed attempt (``state.counted_stop``: a ``job_failed`` with
-    ``WORKER_STOPPED`` after ``STOPS_FORGIVEN`` stops in a row; one before them is a handler's own, from before such
-    codes were refused, and has none). The one rule of ``verify``, ``heal`` and ``audit-timeline``. The stops are
-    counted (the reducer's ``stops_after``) only from a history's first ``job_failed`` with ``WORKER_STOPPED`` on,
-    which few hold: every other record costs a lookup, as before."""
-    stops = -1  # the job's stops in a row before the record: counted from its first job_failed with WORKER_STOPPED on
+    ``AUDITED_EVENTS``, and a stop counted as a failed attempt (``state.counted_stop``, the reducer's rule: the
+    worker's ``job_failed`` with ``WORKER_STOPPED``; a handler's own, from before such codes were refused, has none).
+    The one rule of ``verify``, ``heal`` and ``audit-timeline``: a lookup per record, and the few ``job_failed``
+    with that code a look at their text (until 2026-12-07 the job's stops were counted instead, which read a
+    handler's own after three stops in a row as the worker's)."""
     for i, rec in enumerate(records):
         etype = rec.get("type")
         action = AUDITED_EVENTS.get(etype)  # type: ignore[arg-type]
-        if stops >= 0 or etype == "job_failed":
-            etype, code = str(etype), _code(rec)
-            if stops < 0 and code == WORKER_STOPPED:
-                stops = 0
-                for before in records[:i]:
-                    stops = stops_after(stops, str(before.get("type")), _code(before))
-            if stops >= 0:
-                if counted_stop(stops, etype, code):
-                    action = COUNTED_STOP_ACTION
-                stops = stops_after(stops, etype, code)
+        if etype == "job_failed" and counted_stop(etype, _data(rec)):
+            action = COUNTED_STOP_ACTION
         if action is not None:
             yield i, action
 
 
-def _code(rec: dict[str, Any]) -> object:
+def _data(rec: dict[str, Any]) -> dict[str, Any]:
     data = rec.get("data")
-    return data.get("error_code") if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else {}
 
 
 def note_of(event_type: str, data: dict[str, Any]) -> str:

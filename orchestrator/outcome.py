@@ -28,7 +28,8 @@ from orchestrator.payload import (DONE, FAILED, JSON_WHITESPACE, NEEDS_AUDIT, NO
 from orchestrator.run_folder import sanitized_tail
 from orchestrator.runner import Child
 from orchestrator.security import json_source_text, sanitize_obj, sanitize_text
-from orchestrator.state import RUNNING, STOPS_FORGIVEN, WORKER_STOPPED, WORKER_STOPPED_BEFORE_START, JobState
+from orchestrator.state import (COUNTED_STOP_WORDS, RUNNING, STOPS_FORGIVEN, WORKER_STOPPED, WORKER_STOPPED_BEFORE_START,
+                                JobState)
 
 if TYPE_CHECKING:
     from orchestrator.api import JobView, Orchestrator
@@ -292,10 +293,10 @@ class OutcomeRecorder:
         stopped = f"worker {self.worker_id} stopped; {how}"
         runs = claim.state.stops + 1
         if runs > STOPS_FORGIVEN:
-            return self.fail(claim, WORKER_STOPPED, f"{stopped}: {runs} runs in a row of this job ended with their "
-                             f"worker stopping, so this one counts as a failed attempt (a run that stops its own "
-                             f"worker would stop every worker that picks the job up)", output=output,
-                             action="job_released")
+            # no payload, and the words ``state.counted_stop`` knows it by (a handler's own failure has neither)
+            return self.fail(claim, WORKER_STOPPED, f"{stopped}: {runs} {COUNTED_STOP_WORDS}, so this one counts as a "
+                             f"failed attempt (a run that stops its own worker would stop every worker that picks the "
+                             f"job up)", output=output, action="job_released")
         data = {"error_code": WORKER_STOPPED, "worker_id": self.worker_id, "error": f"{stopped} and handed back",
                 "output_tail": sanitized_tail(output, OUTPUT_TAIL_BYTES)}
         return self.finish(claim, [("job_released", data)], "released", error_code=WORKER_STOPPED,

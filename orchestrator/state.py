@@ -22,6 +22,10 @@ STOPS_FORGIVEN = 3
 # A job a stopping worker handed back before its handler started: no run of it can have stopped that worker, so this
 # is neither one of those stops in a row nor their end (as any hand-back but ``WORKER_STOPPED``: ``stops_after``).
 WORKER_STOPPED_BEFORE_START = "WORKER_STOPPED_BEFORE_START"
+# The words of the worker's own counted stop (``OutcomeRecorder.release``, unchanged since its first, 2026-12-02), by
+# which ``counted_stop`` tells it from a handler's own failure with ``WORKER_STOPPED`` (before 2026-12-06): the old
+# histories hold them, so they may not change.
+COUNTED_STOP_WORDS = "runs in a row of this job ended with their worker stopping"
 
 QUEUED, RUNNING, AWAITING_AUDIT, WAITING_HUMAN = "queued", "running", "awaiting_audit", "waiting_human"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -221,26 +225,31 @@ _REDUCERS: dict[str, Callable[[Any, Event], JobState]] = {
 assert _REDUCERS.keys() == TRANSITIONS.keys()
 
 
-def stops_after(stops: int, event_type: str, code: object) -> int:
-    """``JobState.stops`` after an event of ``event_type`` (its ``error_code``: ``code``) that found ``stops``: a run a
-    stopping worker ended adds one (handed back or counted), a claim or another hand-back (the store's fault:
+def stops_after(stops: int, event_type: str, data: Mapping[str, Any]) -> int:
+    """``JobState.stops`` after an event of ``event_type`` (its ``data``) that found ``stops``: a run a stopping worker
+    ended adds one (handed back, or counted: ``counted_stop``), a claim or another hand-back (the store's fault:
     ``PATH_ESCAPE``; a stop before the handler started: ``WORKER_STOPPED_BEFORE_START``) keeps the count, anything
-    else ends the series. The reducer's rule, and the audit log's (``audit.audited``: a stop counted is audited).
-
-    Only the worker's own stops count. A hand-back is the worker's alone; a ``job_failed`` with ``WORKER_STOPPED`` is
-    the worker's only where it writes one, from the ``STOPS_FORGIVEN + 1``-th stop in a row on
-    (``OutcomeRecorder.release``, ``counted_stop``): elsewhere it is a handler's own failure with that code (payloads
-    may no longer use it, ``payload.RESERVED_ERROR_CODES``; older histories hold some), which ends the series as any
-    failure does."""
-    if code == WORKER_STOPPED and (event_type == "job_released" or counted_stop(stops, event_type, code)):
-        return stops + 1
-    return stops if event_type in ("job_claimed", "job_released") else 0
+    else ends the series, a handler's own failure with ``WORKER_STOPPED`` too. The reducer's rule."""
+    if event_type == "job_released":
+        return stops + 1 if data.get("error_code") == WORKER_STOPPED else stops
+    if event_type == "job_claimed":
+        return stops
+    return stops + 1 if counted_stop(event_type, data) else 0
 
 
-def counted_stop(stops: int, event_type: str, code: object) -> bool:
-    """Whether the event is a run a stopping worker ended that counts as a failed attempt (``job_failed``, from the
-    ``STOPS_FORGIVEN + 1``-th stop in a row on, ``stops`` before it): written with an audit entry, as a release."""
-    return event_type == "job_failed" and code == WORKER_STOPPED and stops >= STOPS_FORGIVEN
+def counted_stop(event_type: str, data: Mapping[str, Any]) -> bool:
+    """Whether the event is a run a stopping worker ended that counts as a failed attempt (from the
+    ``STOPS_FORGIVEN + 1``-th stop in a row on): written with an audit entry, as a release (``audit.audited``).
+
+    It is the worker's ``job_failed`` with ``WORKER_STOPPED``, no payload (``summary`` empty) and its own words
+    (``COUNTED_STOP_WORDS``). A handler's own failure with that code (payloads may no longer use it,
+    ``payload.RESERVED_ERROR_CODES``; histories before 2026-12-06 hold some) is not, even after three stops: its
+    ``error`` is its ``summary``, so a handler that wrote the worker's words has a summary (until 2026-12-07 one after
+    three stops in a row was read as the fourth). Checks past the type and code only for the few with both."""
+    if event_type != "job_failed" or data.get("error_code") != WORKER_STOPPED:
+        return False
+    error = data.get("error")
+    return not data.get("summary") and isinstance(error, str) and COUNTED_STOP_WORDS in error
 
 
 def apply(state: JobState | None, event: Event) -> JobState:
@@ -249,7 +258,7 @@ def apply(state: JobState | None, event: Event) -> JobState:
     new = _REDUCERS[event.type](state, event)
     return replace(new, seq=event.seq, updated_at=_t(event.ts), last_event=event.type,
                    history=(*new.history, (event.type, event.ts)),
-                   stops=stops_after(state.stops, event.type, event.data.get("error_code")) if state else 0)
+                   stops=stops_after(state.stops, event.type, event.data) if state else 0)
 
 
 def replay(events: Iterable[Event]) -> JobState | None:

@@ -373,6 +373,9 @@ def test_the_timeline_of_a_job_whose_entry_was_cut_from_the_audit_log_reports_th
 
 # -- a run a stopping worker ended, counted as a failed attempt: a job_failed audited as a release -------------------
 STOPPED = "worker w1 stopped; the run was killed after the 10s grace period"
+# the text of the worker's own counted stop (``OutcomeRecorder.release``), as its histories since 2026-12-02 hold it
+COUNTED = (f"{STOPPED}: 4 runs in a row of this job ended with their worker stopping, so this one counts as a failed "
+           "attempt (a run that stops its own worker would stop every worker that picks the job up)")
 
 
 def _stops(orch: Orchestrator, job_id: str, times: int) -> None:
@@ -385,17 +388,22 @@ def _stops(orch: Orchestrator, job_id: str, times: int) -> None:
                     run_id=view.state.run_id, actor="w1", audit=("job_released", f"{STOPPED} and handed back"))
 
 
-@pytest.mark.parametrize("stops_before, audited", [(0, False), (1, False), (3, True), (4, True)])
-def test_a_worker_stopped_failure_needs_an_entry_only_as_the_stop_after_three_in_a_row(
-        stops_before: int, audited: bool) -> None:
-    """The reducer's rule (``state.stops_after``): from the fourth stop in a row on, the worker writes a ``job_failed``
-    with its release's entry; one before that is a handler's own failure (a history from before 2026-12-06), with none."""
+@pytest.mark.parametrize("stops_before", [0, 1, 3, 4])
+@pytest.mark.parametrize("summary, audited", [("", True), ("down", False), (COUNTED, False)],
+                         ids=["workers", "handlers", "imitation"])
+def test_a_worker_stopped_failure_needs_an_entry_only_as_the_workers_counted_stop(
+        stops_before: int, summary: str, audited: bool) -> None:
+    """The reducer's rule (``state.counted_stop``): the worker's ``job_failed`` from the fourth stop in a row on (no
+    payload, its words) is written with its release's entry; a handler's own failure with ``WORKER_STOPPED`` (a
+    history from before 2026-12-06: its summary is its error, in the worker's words or not) has none, after any
+    number of stops (until 2026-12-07 one after three stops in a row needed one, as if it were the fourth)."""
     stop = {"type": "job_released", "data": {"error_code": "WORKER_STOPPED"}}
     claim = {"type": "job_claimed", "data": {}}
-    failed = {"type": "job_failed", "data": {"error_code": "WORKER_STOPPED"}}
+    failed = {"type": "job_failed", "data": {"error_code": "WORKER_STOPPED", "error": summary or COUNTED,
+                                             "summary": summary}}
     records = [{"type": "job_submitted", "data": {}}, *[claim, stop] * stops_before, claim, failed, claim, failed]
     expected = [(i, "job_released") for i in range(1, len(records)) if records[i] is stop]
-    if audited:  # and the next one too: the series goes on
+    if audited:
         expected += [(len(records) - 3, "job_released"), (len(records) - 1, "job_released")]
     assert sorted(audit.audited(records)) == expected
 
@@ -454,7 +462,7 @@ def test_a_release_whose_entry_the_disk_refused_is_written_by_audit_heal_as_its_
     real_append = refuse_audit_writes(orch, monkeypatch,
                                       "could not write audit.jsonl: No space left on device; nothing was written")
     view = orch.load(job)
-    data = {"error_code": "WORKER_STOPPED", "error": f"{STOPPED}: 4 runs in a row", "output_tail": ""}
+    data = {"error_code": "WORKER_STOPPED", "error": COUNTED, "output_tail": ""}
     data.update({"worker_id": "w1"} if event == "job_released" else {"summary": ""})
     with pytest.raises(AuditEntryNotWrittenError, match="`orchestrator audit heal` writes it once that is fixed"):
         orch.append(view, job, [(event, data)], run_id="run-last", actor="w1", audit=("job_released", data["error"]))
@@ -463,3 +471,41 @@ def test_a_release_whose_entry_the_disk_refused_is_written_by_audit_heal_as_its_
     assert len(audit.heal(orch, [orch.load(job)])) == 1
     assert entries(orch, job, "job_released")[-1]["data"]["note"] == data["error"]
     assert verify_project(orch).warnings == []
+
+
+
+@pytest.mark.parametrize("said", ["the service it calls is shutting down", COUNTED], ids=["own-words", "imitation"])
+def test_a_handlers_own_worker_stopped_after_three_stops_is_no_stop_of_its_worker(
+        orch: Orchestrator, tmp_path: Path, said: str) -> None:
+    """A history from before 2026-12-06, when a payload could give ``WORKER_STOPPED``: three real stops in a row,
+    then the handler's own failure with that code (its ``summary`` its ``error``, as the worker wrote every payload's
+    failure; even one copying the worker's words). It was read as the worker's fourth stop: ``verify`` warned
+    ``AUDIT_ENTRY_MISSING``, ``audit heal`` and the timeline wrote a release that never was, and the next real stop
+    counted as the fifth in a row, an attempt used instead of a stop forgiven."""
+    import worker_handlers  # noqa: F401  (registers t.* handlers)
+    from helpers import make_worker
+    from orchestrator import clock, faults, timeline
+
+    job = orch.submit("t.wait", {"started": str(tmp_path / "started"), "release": str(tmp_path / "never")},
+                      max_attempts=5)
+    _stops(orch, job, 3)
+    js.claim(orch, job, "run-3")
+    js.finish(orch, job, "job_failed", {"error_code": "WORKER_STOPPED", "error": said, "summary": said,
+                                        "retry_at": clock.to_iso(orch.clock()), "output_tail": ""})
+    assert orch.load(job).state.stops == 0  # the handler's failure ended the series, as any failure does
+    assert verify_project(orch).warnings == []
+    shown = timeline.timeline(orch, job_id=job, heal=False)
+    assert "AUDIT_ENTRY_MISSING" not in {ln["status"] for ln in shown["lines"]}
+    assert audit.heal(orch, [orch.load(job)]) == []
+    timeline.timeline(orch, job_id=job)  # heals as it shows
+    assert len(entries(orch, job, "job_released")) == 3  # no healed release of a stop that never was
+
+    w = make_worker(orch, worker_id="w2", stop_grace_seconds=0.0)
+    faults.arm("worker.after_start", w.stop)
+    try:
+        result = w.run_once()  # a new worker's real stop: the first in a row, forgiven
+    finally:
+        faults.disarm_all()
+        w.close()
+    assert (result.outcome, result.error_code) == ("released", "WORKER_STOPPED")
+    assert (orch.load(job).state.failures, orch.load(job).state.stops) == (1, 1)

@@ -207,8 +207,18 @@ def test_a_job_cancelled_while_it_runs_shows_no_worker_or_lease_but_keeps_its_la
     assert (s.state, s.worker_id, s.lease_expires_at, s.run_id, s.attempt) == (CANCELLED, None, None, "r1", 1)
 
 
-STOP_COUNTED = ev("job_failed", {"error_code": "WORKER_STOPPED", "error": "stopped again", "retry_at": LATER},
-                  run_id="r1")
+# the worker's own (``OutcomeRecorder.release``), in the words its histories hold since 2026-12-02; and a handler's
+# own failure with that code (a payload's, before 2026-12-06: its summary is its error), even one in the worker's words
+COUNTED_TEXT = ("worker w1 stopped; the run was killed after the 10s grace period: 4 runs in a row of this job ended "
+                "with their worker stopping, so this one counts as a failed attempt (a run that stops its own worker "
+                "would stop every worker that picks the job up)")
+STOP_COUNTED = ev("job_failed", {"error_code": "WORKER_STOPPED", "error": COUNTED_TEXT, "summary": "",
+                                 "retry_at": LATER, "output_tail": ""}, run_id="r1")
+HANDLERS_STOP = ev("job_failed", {"error_code": "WORKER_STOPPED", "error": "shutting down", "summary": "shutting down",
+                                  "retry_at": LATER, "output_tail": ""}, run_id="r1")
+IMITATION = ev("job_failed", {"error_code": "WORKER_STOPPED", "error": COUNTED_TEXT, "summary": COUNTED_TEXT,
+                              "retry_at": LATER, "output_tail": ""}, run_id="r1")
+THREE_STOPS = (SUBMIT, CLAIM, RELEASE, CLAIM, RELEASE, CLAIM, RELEASE, CLAIM)
 HAND_BACK = ev("job_released", {"error_code": "PATH_ESCAPE", "worker_id": "w1"}, run_id="r1")
 UNSTARTED = ev("job_released", {"error_code": "WORKER_STOPPED_BEFORE_START", "worker_id": "w1"}, run_id="r1")
 
@@ -217,9 +227,14 @@ UNSTARTED = ev("job_released", {"error_code": "WORKER_STOPPED_BEFORE_START", "wo
     ((SUBMIT,), 0),
     ((SUBMIT, CLAIM, RELEASE), 1),
     ((SUBMIT, CLAIM, RELEASE, CLAIM, RELEASE, CLAIM), 2),  # a claim keeps the series
-    ((SUBMIT, CLAIM, RELEASE, CLAIM, RELEASE, CLAIM, RELEASE, CLAIM, STOP_COUNTED), 4),  # a counted stop adds one
-    ((SUBMIT, CLAIM, RELEASE, CLAIM, STOP_COUNTED), 0),  # not the worker's (it counts one from the fourth stop on):
-    ((SUBMIT, CLAIM, STOP_COUNTED), 0),  # a handler's own code, which payloads may no longer use, ends the series
+    ((*THREE_STOPS, STOP_COUNTED), 4),  # a counted stop adds one
+    ((*THREE_STOPS, HANDLERS_STOP), 0),  # after three stops too, a handler's own failure ends the series
+    ((*THREE_STOPS, HANDLERS_STOP, CLAIM, RELEASE), 1),  # and the next real stop is the first in a row, forgiven
+    ((*THREE_STOPS, IMITATION), 0),  # its summary is its error: not the worker's (whose summary is empty)
+    ((SUBMIT, CLAIM, RELEASE, CLAIM, HANDLERS_STOP), 0),  # a handler's own code, which payloads may no longer use,
+    ((SUBMIT, CLAIM, HANDLERS_STOP), 0),  # ends the series
+    # the worker's words where today's count is lower (a worker that counted a handler's own stops, until 2026-12-07):
+    ((SUBMIT, CLAIM, RELEASE, CLAIM, STOP_COUNTED), 2),  # still a run a stopping worker ended
     ((SUBMIT, CLAIM, RELEASE, CLAIM, HAND_BACK), 1),  # the store's fault: neither a stop nor the end of the series
     ((SUBMIT, CLAIM, RELEASE, CLAIM, UNSTARTED), 1),  # a stop before the handler started: the worker's, not the job's
     ((SUBMIT, CLAIM, RELEASE, CLAIM, RELEASE, CLAIM, FAIL_RETRY), 0),  # a run that ended otherwise ends it
