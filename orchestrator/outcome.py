@@ -28,8 +28,8 @@ from orchestrator.payload import (DONE, FAILED, JSON_WHITESPACE, NEEDS_AUDIT, NO
 from orchestrator.run_folder import sanitized_tail
 from orchestrator.runner import Child
 from orchestrator.security import json_source_text, sanitize_obj, sanitize_text
-from orchestrator.state import (COUNTED_STOP_WORDS, RUNNING, STOPS_FORGIVEN, WORKER_STOPPED, WORKER_STOPPED_BEFORE_START,
-                                JobState)
+from orchestrator.state import (COUNTED_STOP_WORDS, RUNNING, STOPS_FORGIVEN, WORKER_STOPPED,
+                                WORKER_STOPPED_BEFORE_START, JobState)
 
 if TYPE_CHECKING:
     from orchestrator.api import JobView, Orchestrator

@@ -40,10 +40,11 @@ HANDLER_START_FAILED = "HANDLER_START_FAILED"  # the handler could not be starte
 # The error codes the orchestrator records for a run on its own account: what became of the run around its handler
 # (a stop, a lease, a timeout, no payload, the output's bound, a start that failed) and of the store. A handler's
 # payload may not use one (``MALFORMED_PAYLOAD``): ``status`` would show a stop or a broken store that never was, and
-# a handler's own ``WORKER_STOPPED`` could be taken for a stop of its worker (``state.counted_stop``). The handler's side
-# of the orchestrator writes ``MALFORMED_PAYLOAD`` and ``HANDLER_ERROR`` in payloads (``handler_result``, ``llm``), and
-# ``INVALID_INPUT`` is a handler's own check of its input: those stay open. ``tests/unit/test_payload.py`` checks that
-# every code the worker writes is here; the literals stand for constants of modules that import this one
+# a handler's own ``WORKER_STOPPED`` could be taken for a stop of its worker (``state.counted_stop``). The
+# handler's side of the orchestrator writes ``MALFORMED_PAYLOAD`` and ``HANDLER_ERROR`` in payloads (``handler_result``,
+# ``llm``), and ``INVALID_INPUT`` is a handler's own check of its input: those stay open.
+# ``tests/unit/test_payload.py`` checks that every code the worker writes is here; the literals stand for constants of
+# modules that import this one
 # (``state``: WORKER_STOPPED*, ``leases``, ``output_cap``, ``handlers.command``).
 RESERVED_ERROR_CODES = frozenset({
     "WORKER_STOPPED", "WORKER_STOPPED_BEFORE_START", NO_TERMINAL_SIGNAL_EXIT, NO_TERMINAL_SIGNAL_TIMEOUT,
