@@ -245,7 +245,7 @@ def sweep_dead_host_folders(runs_dir: Path) -> list[str]:
             try:
                 pid = name[len(HOST_PREFIX):].split("-", 1)[0]  # host-<pid>-<random>
                 if time.time() - os.stat(folder).st_mtime >= STRAY_AGE and (
-                        name.startswith(".") or not pid.isdigit() or not pid_alive(int(pid))):
+                        name.startswith(".") or not (pid.isascii() and pid.isdigit()) or not pid_alive(int(pid))):
                     shutil.rmtree(folder, ignore_errors=True)
                     removed.append(name)
             except OSError:

@@ -96,7 +96,7 @@ class WorkerFolders:
             pid = name[len(PROBE_PREFIX):].split("-", 1)[0]
             path = os.path.join(root, name)
             try:
-                if (not pid.isdigit() or time.time() - os.lstat(path).st_mtime < STRAY_AGE
+                if (not (pid.isascii() and pid.isdigit()) or time.time() - os.lstat(path).st_mtime < STRAY_AGE
                         or (int(pid) != os.getpid() and pid_alive(int(pid)))):
                     continue  # not a probe's name, recent, or its worker may be in it still
                 os.rmdir(path)  # a symbolic link or a file: NotADirectoryError, left alone

@@ -418,10 +418,12 @@ STRAY_AGE = 600.0  # a left-over untouched this long, whose writer's pid is gone
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` is alive on this machine; True when it cannot tell (alive under another user)."""
+    """Whether ``pid`` is alive on this machine; True when it cannot tell (alive under another user). A pid no
+    process can have (past C's int, read from a name a job may make: ``artifacts/.probe-99999999999-x``) is not:
+    ``os.kill`` raised ``OverflowError``, and every worker start ended in a traceback."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except OSError:
         return True

@@ -59,3 +59,17 @@ def test_only_old_empty_probes_whose_process_is_gone_or_is_the_sweeper_are_remov
     assert sorted(p.name for p in artifacts.iterdir()) == sorted([
         f".probe-{live.pid}-0c0c0c0c", f".probe-{dead}-0d0d0d0d", "job-not-a-probe", ".probe-x-0e0e0e0e",
         f".probe-{dead}-0f0f0f0f", f".probe-{dead}-01010101"])
+
+
+def test_a_probe_named_with_an_impossible_pid_is_no_probe_and_never_stops_a_worker(env, orch) -> None:
+    # a command job can make these (``$ORCH_ARTIFACTS_DIR/../``); until the fix every worker start ended in a
+    # traceback, exit 1: os.kill's OverflowError (a pid past C's int), int()'s ValueError (a superscript digit)
+    artifacts = orch.settings.state_dir / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    for name in (".probe-99999999999-abcd", ".probe-\u00b2-abcd", ".probe-4194305-abcd"):
+        (artifacts / name).mkdir()
+        aged(artifacts / name)
+    started = run_script("worker", "--once", env=env)
+    assert started.returncode == 75, started.stderr
+    assert "Traceback" not in started.stderr
+    assert sorted(p.name for p in artifacts.iterdir()) == [".probe-\u00b2-abcd"]  # not a probe's name: left
