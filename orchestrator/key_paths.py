@@ -38,9 +38,16 @@ def owned_by_user(path: Path, what: str, st: os.stat_result, harm: str = CHANGES
     refuses key files and folders owned by others). ``harm`` says what its owner could do, in the message (a
     ``.env``'s: ``config.load_dotenv_file``). Checked on the status already taken, never a second ``stat``."""
     euid = os.geteuid()
-    if st.st_uid not in (euid, 0):
+    if not user_or_root(st):
         raise SigningKeyError(f"{what} {path} is owned by uid {st.st_uid}, neither this user (uid {euid}) nor root, "
                               f"who could {harm}; check what it holds, then run: chown {euid} {path}")
+
+
+def user_or_root(st: os.stat_result) -> bool:
+    """Whether a file or folder of this status is owned by this user (effective uid) or root: any other owner may
+    change it whatever its mode (``chmod`` it back), so no mode makes it safe (``owned_by_user``; the worker's store
+    folders, ``worker_folders.check_trusted``)."""
+    return st.st_uid in (os.geteuid(), 0)
 
 
 MAKES_KEYS_TRUSTED = "make keys of their own trusted"
@@ -234,7 +241,7 @@ def _check_folder_and_above(folder: str, home: str | None, path: Path, what: str
 
 def _check_folder_above(folder: str, st: os.stat_result, path: Path, what: str) -> None:
     euid = os.geteuid()
-    if st.st_uid not in (euid, 0):
+    if not user_or_root(st):
         raise SigningKeyError(f"the folder {folder} above the {what} {path} is owned by uid {st.st_uid}, neither this "
                               f"user (uid {euid}) nor root, who could put a {what} of their own in its place; check "
                               f"what it holds, then run: chown {euid} {folder} (or keep the {what} elsewhere)")

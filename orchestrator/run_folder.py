@@ -92,19 +92,20 @@ def _mkdir(path: str, mode: int) -> bool:
         return False
 
 
-def restrict(folder: "Path | str", allowed: int) -> int | None:
-    """Take from the real folder ``folder`` (never through a link) every permission bit not in ``allowed``: one
-    ``lstat``, and when something is to be taken an ``open`` and ``fchmod``. Returns the mode it had, None when it is
-    no such folder. Another user's folder is left as it is (only its owner or root may change its mode)."""
+def restrict(folder: "Path | str", allowed: int, follow: bool = False) -> int | None:
+    """Take from the real folder ``folder`` (never through a link, unless ``follow``: the project folder, which may
+    be one) every permission bit not in ``allowed``: one ``lstat``, and when something is to be taken an ``open`` and
+    ``fchmod``. Returns the mode it had, None when it is no such folder. Another user's folder is left as it is (only
+    its owner or root may change its mode): a caller that must know looks again."""
     try:
-        st = os.lstat(folder)
+        st = os.stat(folder) if follow else os.lstat(folder)
     except FileNotFoundError:
         return None
     if not stat.S_ISDIR(st.st_mode):
         return None
     mode = stat.S_IMODE(st.st_mode)
     if mode & ~allowed:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
         try:
             with contextlib.suppress(PermissionError):  # not ours
                 os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & allowed)

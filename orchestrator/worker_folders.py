@@ -15,6 +15,7 @@ from pathlib import Path
 from orchestrator import faults
 from orchestrator.artifacts_source import SPARE_BYTES, free_bytes, size
 from orchestrator.errors import StorageError
+from orchestrator.key_paths import others_may_write, user_or_root
 from orchestrator.run_folder import RUN_PREFIX, restrict
 from orchestrator.security import safe_join, validate_id
 from orchestrator.store.files import STRAY_AGE, linked_folder_error, make_folder, path_error, pid_alive
@@ -23,6 +24,7 @@ RUNS_DIR = "runs"
 ARTIFACTS_DIR = "artifacts"
 WORKER_FOLDERS = ("", RUNS_DIR, ARTIFACTS_DIR)  # under the state dir, on any store: checked when a worker starts
 STORE_WRITE_FOR_OTHERS = stat.S_IWGRP | stat.S_IWOTH
+TAKES_RUNS = "rename a run's folder, or a job's, or .orchestrator away and put their own in its place"
 PROBE_PREFIX = ".probe-"  # artifacts/.probe-<pid>-<8 hex>: a worker's probe (``WorkerFolders.probe``), never a job's
 
 log = logging.getLogger(__name__)
@@ -47,11 +49,12 @@ class WorkerFolders:
         says. The names cannot be a run's or a job's; one a crash left in ``runs/`` is swept as a run's, one in
         ``artifacts/`` by ``sweep_probes``."""
         tag = f"{os.getpid()}-{os.urandom(4).hex()}"
-        self._take_write_from_others(str(self.state_dir))
+        self._trust(os.path.dirname(self.state_dir), follow=True)  # the project folder: a link to one is allowed
+        self._trust(str(self.state_dir))
         for name, entry in ((RUNS_DIR, f"{RUN_PREFIX}probe-{tag}"), (ARTIFACTS_DIR, f"{PROBE_PREFIX}{tag}")):
             folder = os.path.join(self.state_dir, name)
             make_folder(folder, self.state_dir)  # a link: PathEscapeError; anything else: StorageError
-            self._take_write_from_others(folder)
+            self._trust(folder)
             path = os.path.join(folder, entry)
             try:
                 os.mkdir(path, 0o700)
@@ -63,19 +66,43 @@ class WorkerFolders:
         self.check_room()
 
     @staticmethod
-    def _take_write_from_others(folder: str) -> None:
-        """Make the state folder, ``runs/`` or ``artifacts/`` writable by its owner alone, once a worker starts: one
-        made by a release before 2026-12-07 under a umask of 000 (or 002 and a shared group) is 0777 (0775), and
-        whoever may write in it can rename a run's folder, or a job's, away and put their own in its place (the
-        outcome the worker then signs). Said once, as a warning; nothing else of the store is changed (``chmod -R
-        go-w .orchestrator``: docs/runbook.md)."""
+    def _trust(folder: str, follow: bool = False) -> None:
+        """Refuse to run jobs in the project folder (``follow``: it may be a link), the state folder, ``runs/`` or
+        ``artifacts/`` when another user could change it: whoever may write in one can rename a run's folder, or a
+        job's, or the whole ``.orchestrator``, away and put their own in its place (the outcome the worker then
+        signs). Owned by neither this user nor root, its owner may ``chmod`` it back whatever its mode: refused.
+        Writable by others (a release before 2026-12-07 made these 0777 under a umask of 000): made writable by its
+        owner alone, said once as a warning; refused when this user cannot (``restrict`` leaves another's folder as
+        it is). "Others" is the key files' rule (``key_paths``): a user private group counts as the owner. A folder
+        not there yet is the worker's to make. ``StorageError`` (exit 10): a path of the store is not what it must
+        be, as one the worker cannot write, fixed the same way, by the store's owner; not ``PATH_ESCAPE``, which
+        is a link. Nothing else of the store is changed (``chmod -R go-w``: docs/runbook.md, section H)."""
         try:
-            had = restrict(folder, ~STORE_WRITE_FOR_OTHERS & 0o7777)
+            st = os.stat(folder) if follow else os.lstat(folder)
+        except FileNotFoundError:
+            return
         except OSError as exc:
             raise path_error(exc) from None
-        if had is not None and had & STORE_WRITE_FOR_OTHERS:
-            log.warning("%s was writable by other users (mode %o): made writable by its owner alone", folder, had,
-                        extra={"path": folder})
+        if not stat.S_ISDIR(st.st_mode):
+            return  # a file or a link: ``make_folder``'s or ``check_folders``' error
+        if not user_or_root(st):
+            raise StorageError(f"{folder} is owned by uid {st.st_uid}, neither this user (uid {os.geteuid()}) nor "
+                               f"root, who may change it whatever its mode and {TAKES_RUNS}: no job is run in it; "
+                               f"check what it holds (verify), then, as root: chown {os.geteuid()} {folder}",
+                               path=folder)
+        if not others_may_write(st):
+            return
+        try:
+            restrict(folder, ~STORE_WRITE_FOR_OTHERS & 0o7777, follow)
+            now = os.stat(folder) if follow else os.lstat(folder)
+        except OSError as exc:
+            raise path_error(exc) from None
+        if others_may_write(now):
+            raise StorageError(f"{folder} may be written by others than its owner (mode {stat.S_IMODE(now.st_mode):o}),"
+                               f" who could {TAKES_RUNS}, and this user cannot change it: no job is run in it; as "
+                               f"its owner (uid {now.st_uid}) run: chmod go-w {folder}", path=folder)
+        log.warning("%s was writable by other users (mode %o): made writable by its owner alone", folder,
+                    stat.S_IMODE(st.st_mode), extra={"path": folder})
 
     def sweep_probes(self) -> list[str]:
         """Remove the ``artifacts/.probe-<pid>-*`` folders of workers killed inside their ``probe`` (between its

@@ -15,7 +15,8 @@ from typing import Iterator
 import pytest
 
 from helpers import make_worker
-from orchestrator import Orchestrator
+from orchestrator import Orchestrator, key_paths
+from orchestrator.errors import StorageError
 from orchestrator.handler_host import claim_host_folder
 from orchestrator.integrity import export_anchor
 from orchestrator.output_file import OutputFile
@@ -108,17 +109,19 @@ def test_an_export_replacing_a_file_others_could_read_is_owner_only(tmp_path: Pa
 
 def test_a_worker_takes_the_write_bits_of_others_off_the_folders_a_looser_umask_made_before(
         orch: Orchestrator) -> None:
-    """A store made before 2026-12-07 under a umask of 000: the worker's folders, and a job's artifact folder, lose
+    """A store made before 2026-12-07 under a umask of 000: the project folder, the worker's folders, and a job's
+    artifact folder, lose
     what let another user rename a run folder away or put files into a job's; a run's folder is made owner-only."""
     job = orch.submit("command", {"argv": ["sh", "-c", REPORT_MODES]})
     state = orch.store.root
     job_folder = state / "artifacts" / job
-    for folder in (state, state / "runs", state / "artifacts", job_folder):
+    for folder in (state.parent, state, state / "runs", state / "artifacts", job_folder):
         folder.mkdir(exist_ok=True)
         os.chmod(folder, 0o777)
     make_worker(orch).run_once()
     assert orch.status(job).state == "succeeded"
-    assert [stat.S_IMODE(os.stat(f).st_mode) for f in (state, state / "runs", state / "artifacts")] == [0o755] * 3
+    assert [stat.S_IMODE(os.stat(f).st_mode)
+            for f in (state.parent, state, state / "runs", state / "artifacts")] == [0o755] * 4  # project: the fix
     assert (job_folder / "modes").read_text().split() == ["700", "600", "700"]
 
 
@@ -132,3 +135,67 @@ def test_the_store_follows_a_private_umask(base: Path, keyring) -> None:
              for d, dirs, files in os.walk(base) for n in dirs + files}
     assert modes and all(not mode & OTHERS_ANY for mode in modes.values()), json.dumps(
         {p: oct(m) for p, m in modes.items() if m & OTHERS_ANY})
+
+
+OTHER_UID = 12345  # no user of the test machine: the tests run as root, who may chown to it
+MADE_OWNER_ONLY = "made writable by its owner alone"
+
+
+def worker_folders(orch: Orchestrator) -> dict[str, Path]:
+    state = orch.store.root
+    return {"project": state.parent, "state": state, "runs": state / "runs", "artifacts": state / "artifacts"}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="another user's folder: only root can make one here")
+@pytest.mark.parametrize("which", ["project", "state", "runs", "artifacts"])
+def test_a_worker_refuses_a_store_folder_another_user_owns_whatever_its_mode(
+        orch: Orchestrator, which: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Its owner may chmod it back and rename a run's folder (or .orchestrator) away: until the fix the worker said
+    it had made it its owner's alone (it had not, or the owner could undo it) and ran its jobs in there."""
+    job = orch.submit("command", {"argv": ["true"]})
+    folders = worker_folders(orch)
+    for folder in folders.values():
+        folder.mkdir(exist_ok=True)
+    os.chmod(folders[which], 0o777)
+    os.chown(folders[which], OTHER_UID, OTHER_UID)
+    with pytest.raises(StorageError, match=f"{folders[which]} is owned by uid {OTHER_UID}, neither this user .*"
+                                           f"chown {os.geteuid()} {folders[which]}$"):
+        make_worker(orch)
+    assert orch.status(job).state == "queued"
+    assert MADE_OWNER_ONLY not in caplog.text
+
+
+@pytest.mark.parametrize("which", ["project", "state", "runs", "artifacts"])
+def test_a_folder_others_may_write_whose_mode_this_user_cannot_change_is_refused_never_said_changed(
+        orch: Orchestrator, which: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A folder root owns, mode 777, under a worker that is not root: ``fchmod`` is refused (as here, made so), and
+    until the fix the worker said it was done and ran its jobs in a folder anyone could write."""
+    job = orch.submit("command", {"argv": ["true"]})
+    folders = worker_folders(orch)
+    for folder in folders.values():
+        folder.mkdir(exist_ok=True)
+    os.chmod(folders[which], 0o777)
+
+    def refused(fd: int, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchmod", refused)
+    with pytest.raises(StorageError, match=f"{folders[which]} may be written by others than its owner \\(mode 777\\)"
+                                           f".*chmod go-w {folders[which]}$"):
+        make_worker(orch)
+    assert orch.status(job).state == "queued"
+    assert MADE_OWNER_ONLY not in caplog.text
+
+
+def test_a_folder_its_owners_private_group_may_write_is_left_as_it_is_and_nothing_is_said(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Debian's umask 002 and a user private group make the store's folders 0775: its one member is the owner (the
+    key files' rule, ``key_paths.others_may_write``); until the fix the worker warned, and changed them, each start."""
+    monkeypatch.setattr(key_paths, "_user_private_group", lambda gid, uid: True)
+    folders = worker_folders(orch)
+    for folder in folders.values():
+        folder.mkdir(exist_ok=True)
+        os.chmod(folder, 0o775)
+    make_worker(orch)
+    assert [stat.S_IMODE(os.stat(f).st_mode) for f in folders.values()] == [0o775] * 4
+    assert MADE_OWNER_ONLY not in caplog.text
