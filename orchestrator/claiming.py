@@ -186,23 +186,26 @@ class Claimer:
         """The pass's candidates (``QueueIndex.candidates``). From an index that lists a page of the due entries
         (PostgreSQL's: the reserved row and ``CANDIDATES`` more), the due ones of each page, the next page asked for
         only once this one is left whole (``QueueIndex.next_page``: none of a kind the pass found it has no handler
-        for), then the first page's hints (not due: ``next_due``). So one pass reaches every due job this worker can
-        run, as on files; until 2026-12-07 one behind more than 9 it could not run was not reached by
-        ``worker --once``, and a looping worker's later passes reserved past at most ``SKIPPED_MAX`` of them. A
-        claim that finds its job in the first page costs one statement, as before."""
+        for, nor of a job it remembers it left for want of a key, ``UntrustedJobs.left_jobs``: not read again), then
+        the first page's hints (not due: ``next_due``). So one pass reaches every due job this worker can run, as on
+        files; until 2026-12-07 one behind more than 9 it could not run was not reached by ``worker --once``, and a
+        looping worker's later passes reserved past at most ``SKIPPED_MAX`` of them. A claim that finds its job in
+        the first page costs one statement, as before."""
         kinds = self.settings.kinds
         listed = self.queue.candidates(now, skip=skip, kinds=kinds)
         if self.queue.lists_every_due_entry:
             yield from listed
             return
-        later = []
+        later, left_jobs = [], None
         while listed:
             for entry in listed:
                 if entry.due(now):
                     yield entry
                 else:
                     later.append(entry)
-            listed = self.queue.next_page(now, skip=skip, kinds=kinds, left_kinds=list(self.unhandled))
+            left_jobs = left_jobs if left_jobs is not None else self.untrusted.left_jobs()
+            listed = self.queue.next_page(now, skip=skip, kinds=kinds, left_kinds=list(self.unhandled),
+                                          left_jobs=left_jobs)
         yield from later
 
     def _in_order(self, candidates: Iterable[ReadyEntry]) -> Iterator[ReadyEntry]:

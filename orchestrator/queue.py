@@ -238,10 +238,10 @@ class QueueIndex(ABC):
         return iter(self.ready())
 
     def next_page(self, now: float, skip: Collection[str] = (), kinds: Collection[str] = (),
-                  left_kinds: Collection[str] = ()) -> list[ReadyEntry]:
+                  left_kinds: Collection[str] = (), left_jobs: Collection[str] = ()) -> list[ReadyEntry]:
         """For an index that lists a page of the due entries (``lists_every_due_entry`` False): the next page, once a
-        claimer left every entry of the last one, without entries of ``left_kinds`` (kinds it found no handler for);
-        empty when there is none. An index whose ``candidates`` lists every entry has no next page."""
+        claimer left every entry of the last one, without entries of ``left_kinds`` (kinds it found no handler for)
+        or of the jobs ``left_jobs`` (left for want of a key, as remembered); empty when there is none. An index whose ``candidates`` lists every entry has no next page."""
         return []
 
     def upcoming(self) -> ReadyEntry | None:

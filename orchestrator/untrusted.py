@@ -31,7 +31,9 @@ from orchestrator.signing import Keyring
 
 log = logging.getLogger(__name__)
 
-LEFT_KEPT = 1024  # index entries of jobs left for want of a key that a worker remembers (the oldest forgotten)
+# index entries of jobs left for want of a key that a worker remembers (the oldest forgotten; ~4 MiB when full): more
+# such due jobs than this are read again at each pass that pages past them (``left_jobs``)
+LEFT_KEPT = 8192
 SKIPPED_MAX = 256  # of those, the jobs (the latest met) a shared index is asked not to reserve for this worker
 
 
@@ -92,6 +94,15 @@ class UntrustedJobs:
             if isinstance(mark, ReadyEntry):
                 jobs.append(mark.job_id)
         return jobs
+
+    def left_jobs(self) -> list[str]:
+        """The jobs of every ready entry remembered as left, for a shared index's next pages to leave out
+        (``QueueIndex.next_page``): a line under a key not trusted stays in its history, so the job cannot be checked
+        here whatever entry it has now, until the keys trusted change (then none is remembered)."""
+        if not self._left:
+            return []
+        self._check_trust()
+        return [mark.job_id for mark in self._left if isinstance(mark, ReadyEntry)]
 
     def error(self, worker_id: str) -> KeyNotTrustedError | None:
         """The queued jobs the last claim pass left for want of a key, by key, as the error ``worker --once`` exits

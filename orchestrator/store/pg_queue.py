@@ -68,7 +68,7 @@ WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)),
 pick AS (SELECT job_id, priority, runnable_at_us FROM orch_ready
          WHERE project = %(p)s AND (at_once OR runnable_at_us <= %(now)s) AND reserved_until_us <= %(now)s
          AND job_id <> ALL(%(skip)s::text[]) AND {mine}{page}
-         ORDER BY priority DESC, runnable_at_us, job_id LIMIT 1 FOR UPDATE SKIP LOCKED),
+         ORDER BY priority DESC, runnable_at_us, job_id LIMIT {reserve} FOR UPDATE SKIP LOCKED),
 reserved AS (UPDATE orch_ready r SET reserved_by = %(by)s, reserved_until_us = %(until)s FROM pick, async_commit
              WHERE r.project = %(p)s AND r.job_id = pick.job_id AND r.priority = pick.priority
              AND r.runnable_at_us = pick.runnable_at_us
@@ -98,7 +98,8 @@ UNION ALL (SELECT 3, priority, reserved_until_us, job_id, kind, false, NULL, 0 F
 # one row comparison can): the rest of that row's priority (``priority = $pr AND (time, id) > ($at, $id)``), then,
 # once that page is not full, the lower priorities (``priority < $pr``). Rows of the kinds the pass found it has no
 # handler for are left out (a row from before 0004 has no kind: kept); no hints (parts 2 and 3): the first page gave
-_NOT_LEFT = "\n           AND (kind IS NULL OR kind <> ALL(%(left_kinds)s::text[]))"
+_NOT_LEFT = ("\n           AND (kind IS NULL OR kind <> ALL(%(left_kinds)s::text[])) "
+             "AND job_id <> ALL(%(left_jobs)s::text[])")
 _SAME_PRIORITY = _NOT_LEFT + " AND priority = %(after_pr)s AND (runnable_at_us, job_id) > (%(after_at)s, %(after_job)s)"
 _LOWER_PRIORITY = _NOT_LEFT + " AND priority < %(after_pr)s"
 # a worker of some kinds only (``WorkerSettings.kinds``): rows of those kinds, and rows from before 0004 (no kind)
@@ -106,7 +107,8 @@ _MINE_ANY, _MINE_KINDS = "true", "(kind IS NULL OR kind = ANY(%(kinds)s::text[])
 
 
 def _claim_statement(mine: str, page: str) -> str:
-    return _CANDIDATES.format(mine=mine, page=page, hints="" if page else _HINTS.format(mine=mine))
+    return _CANDIDATES.format(mine=mine, page=page, hints="" if page else _HINTS.format(mine=mine),
+                              reserve=0 if page else 1)  # a next page reserves none (``next_page``)
 
 
 _CANDIDATES_ANY, _CANDIDATES_KINDS = _claim_statement(_MINE_ANY, ""), _claim_statement(_MINE_KINDS, "")
@@ -272,21 +274,26 @@ class PgQueueIndex(QueueIndex):
         return self._page(now, skip, kinds)
 
     def next_page(self, now: float, skip: Collection[str] = (), kinds: Collection[str] = (),
-                  left_kinds: Collection[str] = ()) -> list[ReadyEntry]:
+                  left_kinds: Collection[str] = (), left_jobs: Collection[str] = ()) -> list[ReadyEntry]:
         """The due entries after the last page this thread's ``candidates`` or ``next_page`` listed, if that page was
-        full (else none, and no round trip; empty only when there is no more), as ``candidates`` lists and reserves
-        them, but for rows of ``left_kinds`` (the kinds the claimer's pass found it has no handler for: none of their
-        rows is read again in this pass) and without the hints of the first page. A pass that left a page whole goes
-        on to the next, so it reaches every due job this worker can run, as on files (until 2026-12-07 a job behind
-        more than 9 it could not run was left to later passes, which reserve past at most ``SKIPPED_MAX`` left)."""
+        full (else none, and no round trip; empty only when there is no more), as ``candidates`` lists them, but for
+        rows of ``left_kinds`` (the kinds the claimer's pass found it has no handler for: none of their rows is read
+        again in this pass) or ``left_jobs`` (the jobs it remembers it left for want of a key: ``UntrustedJobs``),
+        without the hints of the first page, and reserving none: a pass that left a page whole goes on to the next,
+        so it reaches every due job this worker can run, as on files (until 2026-12-07 a job behind more than 9 it
+        could not run was left to later passes, which reserve past at most ``SKIPPED_MAX`` left). Reserving a row
+        of each page (as until the review of 2026-12-07) and listing the jobs left for a key made an idle worker
+        facing 4,000 such jobs busy: every pass read them all again, and the reservations it passed over lapsing,
+        or released, woke it into the next pass (docs/decisions.md). A job of a next page is read by its claim."""
         while (after := self._mine("page_end")) is not None:  # a priority's rest found empty: the lower ones
-            listed = self._page(now, skip, kinds, after, left_kinds)
+            listed = self._page(now, skip, kinds, after, left_kinds, left_jobs)
             if listed:
                 return listed
         return []
 
     def _page(self, now: float, skip: Collection[str], kinds: Collection[str],
-              after: tuple[str, int, int, str] | None = None, left_kinds: Collection[str] = ()) -> list[ReadyEntry]:
+              after: tuple[str, int, int, str] | None = None, left_kinds: Collection[str] = (),
+              left_jobs: Collection[str] = ()) -> list[ReadyEntry]:
         """One claim statement: the first page (``_CANDIDATES``), or the next ``after`` (step, priority, time, id)
         of the last (``_NEXT_PAGES``); its entries in claim order, and where the next page starts kept for
         ``next_page`` (None: there is none)."""
@@ -300,7 +307,8 @@ class PgQueueIndex(QueueIndex):
             sql = _CANDIDATES_KINDS if kinds else _CANDIDATES_ANY
         else:
             sql = _NEXT_PAGES[after[0], bool(kinds)]
-            params.update(left_kinds=list(left_kinds), after_pr=after[1], after_at=after[2], after_job=after[3])
+            params.update(left_kinds=list(left_kinds), left_jobs=list(left_jobs), after_pr=after[1], after_at=after[2],
+                          after_job=after[3])
         self._reserved_job = None
         self._threads.page_end = None
         rows = self._sql(sql, params, write=True, fetch=True)

@@ -178,7 +178,7 @@ def test_a_reservation_of_a_job_in_skip_is_not_listed_as_one_to_look_at_again(cl
 def test_next_page_lists_the_due_rows_after_a_full_page_but_for_the_kinds_left_then_the_lower_priorities(
         cluster: Cluster) -> None:
     """A pass that left a whole page asks for the next (``PgQueueIndex.next_page``): the rest of the last row's
-    priority, then the lower ones, each page reserving its first row; the kinds the pass found no handler for are left
+    priority, then the lower ones, reserving none (the first page reserves its first row); the kinds the pass found no handler for are left
     out, and a page that is not full has no next one (no statement)."""
     from orchestrator.store.pg_queue import CANDIDATES
 
@@ -192,7 +192,7 @@ def test_next_page_lists_the_due_rows_after_a_full_page_but_for_the_kinds_left_t
     assert [e.job_id for e in q.candidates(now)] == first[:page]
     second = q.next_page(now, left_kinds=["t.a"])
     assert [e.job_id for e in second] == others[:page]
-    assert q.reserved_read(second[0]) is not None  # each page reserves its first row and reads its job
+    assert q.reserved_read(second[0]) is None  # a next page reserves none (the claim reads its job)
     assert [e.job_id for e in q.next_page(now, left_kinds=["t.a"])] == others[page:]  # priority 5 all listed
     assert [e.job_id for e in q.next_page(now, left_kinds=["t.a"])] == low
     assert q.next_page(now, left_kinds=["t.a"]) == []

@@ -332,7 +332,7 @@ def test_the_claim_statements_lookups_out_of_claim_order_use_their_indexes(scrat
         # a pass's next page (since 2026-12-07): the claim order's index, its scan bounded by the last row listed, in
         # the plan a statement gets (custom plans; a forced generic one reads the rest of that priority's rows)
         conn.execute("SET plan_cache_mode = auto")
-        page = {**params, "left_kinds": ["x"], "after_pr": 3, "after_at": 25004, "after_job": "J25004"}
+        page = {**params, "left_kinds": ["x"], "left_jobs": ["J7", "J8"], "after_pr": 3, "after_at": 25004, "after_job": "J25004"}
         for (step, _), sql in _NEXT_PAGES.items():
             plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + sql, page).fetchall())
             bound = "(priority = " if step == "same" else "(priority < "

@@ -295,6 +295,44 @@ def test_one_pass_on_postgres_reaches_a_job_behind_more_jobs_signed_by_a_key_it_
         assert w.untrusted_keys().details["jobs"] == many
 
 
+@pytest.mark.postgres
+def test_a_looping_workers_later_passes_on_postgres_neither_list_nor_reserve_the_jobs_it_left_for_a_key(
+        tmp_path: Path, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review (2026-12-07): with 4,000 due jobs signed by a key it did not trust, an idle looping worker
+    made 68,000 transactions in 40 s (260 before paging): each pass paged past them all, read those it no longer
+    remembered, and each page reserved a row it passed over, whose lapse or release woke it into the next pass. Its
+    later passes now page past none of the jobs it remembers leaving (``UntrustedJobs.left_jobs``), and a next page
+    reserves nothing; the job behind them is still reached."""
+    from orchestrator import untrusted
+    from orchestrator.store.pg_queue import CANDIDATES
+
+    monkeypatch.setattr(untrusted, "SKIPPED_MAX", 1)  # as if it had left more than 256 such jobs
+    many = 3 * (CANDIDATES + 1)
+    with pg_machines(tmp_path, base) as m:
+        for i in range(many):
+            m.b.submit("t.echo", {"n": i})
+        w = make_worker(m.a, "a")
+        t = m.a.clock()
+        assert w.claim(now=t) is None
+        met: list[str] = []
+        listed = w.claimer._listed
+
+        def counted(now: float, skip: list[str]):
+            for entry in listed(now, skip):
+                met.append(entry.job_id)
+                yield entry
+        monkeypatch.setattr(w.claimer, "_listed", counted)
+        assert w.claim(now=t + 0.5) is None
+        assert len(met) <= CANDIDATES + 1, "the first page only: the rest it left are not listed again"
+        rows = m.a.store._run(lambda conn: conn.execute(
+            "SELECT count(*) FROM orch_ready WHERE project = %s AND reserved_until_us > %s",
+            (m.a.project_id, int((t + 0.5) * 1e6))).fetchone()[0], write=False)
+        assert rows <= 1, "a next page reserves no row (the first page its first one not left last)"
+        job = m.a.submit("t.echo", {"message": "behind them"})
+        claim = w.claim(now=t + 1)
+        assert claim is not None and claim.job_id == job
+
+
 # -- an anchor signed on another machine ---------------------------------------------------------------------------
 
 def anchor_from_another_machine(base: Path, tmp_path: Path) -> tuple[Path, Keyring, Keyring]:
