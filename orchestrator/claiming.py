@@ -394,7 +394,8 @@ class Claimer:
     def count_left(self) -> None:
         """Count, in what the last pass left queued for other workers (``unhandled``, ``untrusted.queued``), the due
         jobs it did not meet: an index that lists a page of them at a time (``QueueIndex.lists_every_due_entry``;
-        PostgreSQL's, whose next pages leave out the kinds found without a handler: ``_listed``) left those out, and
+        PostgreSQL's, whose next pages leave out the kinds found without a handler and the jobs left for want of a
+        key: ``_listed``) left those out, and
         until 2026-12-07 ``worker --once`` said "9 queued job(s)" of 60 (exit 11 and 8, the ``worker_stopped``
         line). Only for such a report (``handler_not_found``, ``untrusted_keys``), never on the claim path: one
         listing of the index (``QueueIndex.ready``), each job counted by its entry's kind, unread; where jobs were

@@ -295,7 +295,7 @@ def _dotenv_bytes(where: str) -> bytes:
     checked and read through that descriptor (``open_regular``); a symbolic link is followed, its owner and the
     folders on its way checked (``check_folders_above``)."""
     from orchestrator.errors import SigningKeyError
-    from orchestrator.key_paths import check_folders_above, owned_by_user, owner_writes
+    from orchestrator.key_paths import check_folders_above, only_its_owner_changes
     from orchestrator.store.files import NotRegularFileError, open_regular, read_all
 
     what = ".env file"
@@ -303,8 +303,7 @@ def _dotenv_bytes(where: str) -> bytes:
         check_folders_above(Path(where), what)
         fd, st = open_regular(where, follow=True)
         try:
-            owned_by_user(Path(where), what, st, DOTENV_HARM)
-            owner_writes(Path(where), what, st, DOTENV_HARM)
+            only_its_owner_changes(Path(where), what, st, DOTENV_HARM)
             return read_all(fd)
         finally:
             os.close(fd)

@@ -32,7 +32,7 @@ from orchestrator.run_folder import make_private_folder
 from orchestrator.runner import (HANDLER_PIPE_ENDS, STANDARD_FDS, UNREAPED, Child, forked_handler,
                                  give_standard_streams, handler_main, load_libc, reap_exited, spawning,
                                  stop_deferred)
-from orchestrator.store.files import STRAY_AGE, open_regular, pid_alive
+from orchestrator.store.files import STRAY_AGE, named_pid, open_regular, pid_alive
 
 if TYPE_CHECKING:  # handlers imports this module
     from orchestrator.handlers import RunPaths
@@ -243,9 +243,9 @@ def sweep_dead_host_folders(runs_dir: Path) -> list[str]:
             continue
         if fd < 0:  # a folder of a worker from before the lock file counts as alive while its pid is
             try:
-                pid = name[len(HOST_PREFIX):].split("-", 1)[0]  # host-<pid>-<random>
+                pid = named_pid(name[len(HOST_PREFIX):].split("-", 1)[0])  # host-<pid>-<random>
                 if time.time() - os.stat(folder).st_mtime >= STRAY_AGE and (
-                        name.startswith(".") or not (pid.isascii() and pid.isdigit()) or not pid_alive(int(pid))):
+                        name.startswith(".") or pid is None or not pid_alive(pid)):
                     shutil.rmtree(folder, ignore_errors=True)
                     removed.append(name)
             except OSError:

@@ -46,7 +46,7 @@ def owned_by_user(path: Path, what: str, st: os.stat_result, harm: str = CHANGES
 def user_or_root(st: os.stat_result) -> bool:
     """Whether a file or folder of this status is owned by this user (effective uid) or root: any other owner may
     change it whatever its mode (``chmod`` it back), so no mode makes it safe (``owned_by_user``; the worker's store
-    folders, ``worker_folders.check_trusted``)."""
+    folders, ``worker_folders.WorkerFolders._trust``)."""
     return st.st_uid in (os.geteuid(), 0)
 
 
@@ -72,6 +72,15 @@ def owner_writes(path: Path, what: str, st: os.stat_result, harm: str = MAKES_KE
                               f"{harm}; {shared_fix.format(path=path)}")
     raise SigningKeyError(f"{what} {path} may be written by others than its owner, who could {harm}; "
                           f"run: chmod go-w {path}")
+
+
+def only_its_owner_changes(path: Path, what: str, st: os.stat_result, harm: str,
+                           shared_fix: str = KEYS_OF_THEIR_OWN) -> None:
+    """``owned_by_user`` and ``owner_writes`` with one ``harm``: the keys' rule for another file or folder that decides
+    what every command does (a ``.env``, the folder a worker imports handler modules from)."""
+    owned_by_user(path, what, st, harm)
+    owner_writes(path, what, st, harm, shared_fix)
+
 
 
 def others_may_write(st: os.stat_result) -> bool:
@@ -213,9 +222,9 @@ def _lstat(entry: str, path: Path, what: str) -> os.stat_result | None:
 def _link_owned_by_user(link: str, st: os.stat_result, path: Path, what: str, *, is_path: bool) -> None:
     """Refuse a symbolic link on the way to ``path`` (``is_path``: ``path`` itself) owned by neither this user nor
     root: in a sticky folder (/tmp) its owner may replace it, pointing it elsewhere."""
-    euid = os.geteuid()
-    if st.st_uid in (euid, 0):
+    if user_or_root(st):
         return
+    euid = os.geteuid()
     link_is = f"the {what} {path} is a symbolic link" if is_path else \
         f"the symbolic link {link} on the way to the {what} {path} is"
     raise SigningKeyError(f"{link_is} owned by uid {st.st_uid}, neither this user (uid {euid}) nor root, who could "

@@ -18,7 +18,8 @@ from orchestrator.errors import StorageError
 from orchestrator.key_paths import others_may_write, user_or_root
 from orchestrator.run_folder import RUN_PREFIX, restrict
 from orchestrator.security import safe_join, validate_id
-from orchestrator.store.files import STRAY_AGE, linked_folder_error, make_folder, path_error, pid_alive
+from orchestrator.store.files import (STRAY_AGE, linked_folder_error, make_folder, named_pid, path_error,
+                                      pid_alive)
 
 RUNS_DIR = "runs"
 ARTIFACTS_DIR = "artifacts"
@@ -120,11 +121,11 @@ class WorkerFolders:
             return []
         removed = []
         for name in names:
-            pid = name[len(PROBE_PREFIX):].split("-", 1)[0]
+            pid = named_pid(name[len(PROBE_PREFIX):].split("-", 1)[0])
             path = os.path.join(root, name)
             try:
-                if (not (pid.isascii() and pid.isdigit()) or time.time() - os.lstat(path).st_mtime < STRAY_AGE
-                        or (int(pid) != os.getpid() and pid_alive(int(pid)))):
+                if (pid is None or time.time() - os.lstat(path).st_mtime < STRAY_AGE
+                        or (pid != os.getpid() and pid_alive(pid))):
                     continue  # not a probe's name, recent, or its worker may be in it still
                 os.rmdir(path)  # a symbolic link or a file: NotADirectoryError, left alone
             except OSError:

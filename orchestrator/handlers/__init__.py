@@ -302,13 +302,12 @@ def _others_could_write(folder: str) -> str | None:
     user or root), whose writers could put another folder in its place. Until 2026-12-07 root's worker, started in
     a shared folder, imported a module another user left there (``ORCH_HANDLERS`` naming it)."""
     from orchestrator.errors import SigningKeyError
-    from orchestrator.key_paths import check_folders_above, owned_by_user, owner_writes
+    from orchestrator.key_paths import check_folders_above, only_its_owner_changes
 
     what, path = "the current folder", Path(folder)
     try:
         st = os.stat(folder)
-        owned_by_user(path, what, st, PUTS_A_MODULE_THERE)
-        owner_writes(path, what, st, PUTS_A_MODULE_THERE, "start the worker in a folder of its own")
+        only_its_owner_changes(path, what, st, PUTS_A_MODULE_THERE, "start the worker in a folder of its own")
         check_folders_above(path, "current folder")
     except SigningKeyError as exc:
         return exc.message

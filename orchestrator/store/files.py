@@ -417,6 +417,13 @@ def _check_found(path: str, top: str) -> None:
 STRAY_AGE = 600.0  # a left-over untouched this long, whose writer's pid is gone here, is a stray
 
 
+def named_pid(text: str) -> int | None:
+    """The pid a left-over's name gives (``host-<pid>-``, ``.probe-<pid>-``, ``.<name>.<pid>.``), None when ``text`` is
+    no pid: ASCII digits only (``str.isdigit`` says yes to "²", which ``int`` refuses), as a job running as this user
+    may make such a name."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def pid_alive(pid: int) -> bool:
     """Whether ``pid`` is alive on this machine; True when it cannot tell (alive under another user). A pid no
     process can have (past C's int, read from a name a job may make: ``artifacts/.probe-99999999999-x``) is not:
@@ -441,11 +448,11 @@ def remove_strays(path: Path) -> None:
     except OSError:
         return
     for name in names:
-        pid = name[len(prefix):-len(".tmp")].split(".", 1)[0]  # <pid>.<thread> (<pid> alone before 2026-12-02)
-        if not pid.isdigit() or int(pid) == os.getpid():
+        pid = named_pid(name[len(prefix):-len(".tmp")].split(".", 1)[0])  # <pid>.<thread> (<pid> before 2026-12-02)
+        if pid is None or pid == os.getpid():
             continue
         try:
-            if time.time() - os.stat(path.parent / name).st_mtime < STRAY_AGE or pid_alive(int(pid)):
+            if time.time() - os.stat(path.parent / name).st_mtime < STRAY_AGE or pid_alive(pid):
                 continue  # recent, or its writer is still alive
         except OSError:  # gone already
             continue
