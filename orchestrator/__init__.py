@@ -8,11 +8,13 @@
 The README's "Python API" section lists every method, what it returns and what it raises; the
 errors are in ``orchestrator.errors``, all ``OrchestratorError`` with a ``code`` and an ``exit_code``.
 """
-from __future__ import annotations
+from orchestrator import start_folder
 
-from typing import Any
+start_folder.leave_out_if_shared()  # first: ``python3 -m`` put the current folder first on the path (start_folder.py)
 
-from orchestrator import installed
+from typing import Any  # noqa: E402 - after the path is safe
+
+from orchestrator import installed  # noqa: E402
 
 try:
     from orchestrator.api import JobStatus, Orchestrator, Submission

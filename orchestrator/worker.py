@@ -39,7 +39,8 @@ from orchestrator.artifacts_import import CopyFailed, HeartbeatFailed, artifacts
 from orchestrator.claiming import Claimer, Unhandled
 from orchestrator.config import llm_timeout
 from orchestrator.errors import (HandlerNotFoundError, InvalidInputError, KeyNotTrustedError, PathEscapeError,
-                                 StatementCancelledError, StorageUnavailableError, TransactionConflictError)
+                                 StatementCancelledError, StorageError, StorageUnavailableError,
+                                 TransactionConflictError)
 from orchestrator.handler_env import withhold
 from orchestrator.handler_host import HOST_PREFIX, HandlerHost
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
@@ -232,10 +233,13 @@ class Worker:
         record = self._recorder()
         try:
             paths = RunPaths.create(self.folders.run_dir(claim.run_id), self.folders.artifacts_dir(s.job_id))
+            self.folders.own_job_folder(paths.artifacts_dir)
         except PathEscapeError as exc:
             if self.folders.linked():  # the store's fault, not the job's: hand it back, and stop
                 record.hand_back_and_raise(claim, exc)
             return record.fail(claim, exc.code, exc.message, retryable=False)  # its own folder, a link out
+        except StorageError as exc:  # its folder another user owns, or others may use: the store's, as runs/ is
+            record.hand_back_and_raise(claim, exc)
         handler = resolve(s.kind)
         held = HeldLease(self.settings.lease_seconds, s.lease_expires_at or 0.0)
         try:

@@ -1,8 +1,9 @@
 """Where a worker's runs and artifacts live: ``runs/`` and ``artifacts/<job_id>`` under the state folder,
 never outside the store. A worker checks them when it starts (``WORKER_FOLDERS``, ``check_folders``; and that it
-can write in them, ``WorkerFolders.probe``), and again whenever something is not as last checked
-(``WorkerFolders.artifacts_dir``); the room left on their disk before each claim (``WorkerFolders.check_room``); the
-probes a killed worker left (``WorkerFolders.sweep_probes``)."""
+can write in them, ``WorkerFolders.probe``; the folders above the project folder, ``_trust_folders_above``), and
+again whenever something is not as last checked (``WorkerFolders.artifacts_dir``); a job's own folder before each
+run (``WorkerFolders.own_job_folder``); the room left on their disk before each claim
+(``WorkerFolders.check_room``); the probes a killed worker left (``WorkerFolders.sweep_probes``)."""
 from __future__ import annotations
 
 import contextlib
@@ -14,9 +15,9 @@ from pathlib import Path
 
 from orchestrator import faults
 from orchestrator.artifacts_source import SPARE_BYTES, free_bytes, size
-from orchestrator.errors import StorageError
-from orchestrator.key_paths import others_may_write, user_or_root
-from orchestrator.run_folder import RUN_PREFIX, restrict
+from orchestrator.errors import SigningKeyError, StorageError
+from orchestrator.key_paths import check_folders_above, others_may_write, user_or_root
+from orchestrator.run_folder import PRIVATE_FOLDER, RUN_PREFIX, restrict
 from orchestrator.security import safe_join, validate_id
 from orchestrator.store.files import (STRAY_AGE, linked_folder_error, make_folder, named_pid, path_error,
                                       pid_alive)
@@ -26,6 +27,7 @@ ARTIFACTS_DIR = "artifacts"
 WORKER_FOLDERS = ("", RUNS_DIR, ARTIFACTS_DIR)  # under the state dir, on any store: checked when a worker starts
 STORE_WRITE_FOR_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 TAKES_RUNS = "rename a run's folder, or a job's, or .orchestrator away and put their own in its place"
+TAKES_ARTIFACTS = "put files of their own among the job's artifacts, or links its run would write through"
 PROBE_PREFIX = ".probe-"  # artifacts/.probe-<pid>-<8 hex>: a worker's probe (``WorkerFolders.probe``), never a job's
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,9 @@ class WorkerFolders:
         says. The names cannot be a run's or a job's; one a crash left in ``runs/`` is swept as a run's, one in
         ``artifacts/`` by ``sweep_probes``."""
         tag = f"{os.getpid()}-{os.urandom(4).hex()}"
-        self._trust(os.path.dirname(self.state_dir), follow=True)  # the project folder: a link to one is allowed
+        project = os.path.dirname(self.state_dir)
+        _trust_folders_above(project)
+        self._trust(project, follow=True)  # a link to one is allowed
         self._trust(str(self.state_dir))
         for name, entry in ((RUNS_DIR, f"{RUN_PREFIX}probe-{tag}"), (ARTIFACTS_DIR, f"{PROBE_PREFIX}{tag}")):
             folder = os.path.join(self.state_dir, name)
@@ -86,24 +90,40 @@ class WorkerFolders:
             raise path_error(exc) from None
         if not stat.S_ISDIR(st.st_mode):
             return  # a file or a link: ``make_folder``'s or ``check_folders``' error
-        if not user_or_root(st):
-            raise StorageError(f"{folder} is owned by uid {st.st_uid}, neither this user (uid {os.geteuid()}) nor "
-                               f"root, who may change it whatever its mode and {TAKES_RUNS}: no job is run in it; "
-                               f"check what it holds (verify), then, as root: chown {os.geteuid()} {folder}",
-                               path=folder)
+        _refuse_another_owner(folder, st, TAKES_RUNS, f"check what it holds (verify), then, as root: chown "
+                                                      f"{os.geteuid()} {folder}")
         if not others_may_write(st):
             return
-        try:
-            restrict(folder, ~STORE_WRITE_FOR_OTHERS & 0o7777, follow)
-            now = os.stat(folder) if follow else os.lstat(folder)
-        except OSError as exc:
-            raise path_error(exc) from None
+        now = _restricted(folder, ~STORE_WRITE_FOR_OTHERS & 0o7777, follow)
         if others_may_write(now):
-            raise StorageError(f"{folder} may be written by others than its owner (mode {stat.S_IMODE(now.st_mode):o}),"
-                               f" who could {TAKES_RUNS}, and this user cannot change it: no job is run in it; as "
-                               f"its owner (uid {now.st_uid}) run: chmod go-w {folder}", path=folder)
+            raise _mode_kept(folder, now, "written", TAKES_RUNS, "chmod go-w")
         log.warning("%s was writable by other users (mode %o): made writable by its owner alone", folder,
                     stat.S_IMODE(st.st_mode), extra={"path": folder})
+
+    @staticmethod
+    def own_job_folder(folder: "Path | str") -> None:
+        """Refuse to run a job in its own folder (``artifacts/<job_id>``, there already) when another user owns it,
+        who may ``chmod`` it back whatever its mode and put files among the job's artifacts, or links its run would
+        write through (made by another user's worker, or in an ``artifacts/`` others could write before 2026-12-07),
+        or when others may use it and this user cannot make it owner-only (root's, under a worker that is not root):
+        ``restrict`` leaves such a folder as it is, and until 2026-12-07 the job ran in it. Called before each run,
+        whatever the handler (a Python handler makes its folder in its own process); a folder this user may change
+        loses all but its owner's bits here. ``StorageError`` (exit 10): the store's fault, fixed by its owner, as
+        ``runs/``: the caller hands the job back. One ``lstat``; a folder not there yet is the run's to make."""
+        folder = os.fspath(folder)
+        try:
+            st = os.lstat(folder)
+        except OSError:  # missing, or met where the run makes it
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            return  # a file or a link: the run's ``make_private_folder`` or ``artifacts_dir`` refuses it
+        _refuse_another_owner(folder, st, TAKES_ARTIFACTS, f"check what it holds, then, as root: chown -R "
+                                                           f"{os.geteuid()} {folder}")
+        if not stat.S_IMODE(st.st_mode) & ~PRIVATE_FOLDER:
+            return
+        now = _restricted(folder, PRIVATE_FOLDER)
+        if stat.S_IMODE(now.st_mode) & ~PRIVATE_FOLDER:
+            raise _mode_kept(folder, now, "used", TAKES_ARTIFACTS, "chmod 700")
 
     def sweep_probes(self) -> list[str]:
         """Remove the ``artifacts/.probe-<pid>-*`` folders of workers killed inside their ``probe`` (between its
@@ -209,3 +229,41 @@ class WorkerFolders:
     def linked(self) -> bool:
         """Whether ``runs/`` or ``artifacts/`` became a symbolic link since this worker started (checked then)."""
         return any(os.path.islink(os.path.join(self.state_dir, name)) for name in WORKER_FOLDERS if name)
+
+
+def _trust_folders_above(project: str) -> None:
+    """Refuse a project folder below a folder another user owns or others may write, but for a sticky one owned by
+    this user or root (``/tmp``), up to the home folder when it lies inside it: whoever may write one may rename the
+    project folder, or a folder between, away and put a store of their own in its place, whose runs the worker would
+    sign. The keys' rule and message (``key_paths.check_folders_above``: links on the way followed and checked too),
+    as ``StorageError`` (exit 10), the store's path being what is wrong; a folder not there yet is passed."""
+    try:
+        check_folders_above(Path(project), "project folder")
+    except SigningKeyError as exc:
+        raise StorageError(exc.message, path=project) from None
+
+
+def _refuse_another_owner(folder: str, st: os.stat_result, harm: str, fix: str) -> None:
+    """``StorageError`` for a folder of the worker's owned by neither this user nor root: its owner may change it
+    whatever its mode, and ``harm``; ``fix`` says what to run."""
+    if not user_or_root(st):
+        raise StorageError(f"{folder} is owned by uid {st.st_uid}, neither this user (uid {os.geteuid()}) nor root, "
+                           f"who may change it whatever its mode and {harm}: no job is run in it; {fix}", path=folder)
+
+
+def _restricted(folder: str, allowed: int, follow: bool = False) -> os.stat_result:
+    """``folder`` after ``restrict`` took every bit not in ``allowed`` it could, read again: ``restrict`` leaves
+    another's folder as it is."""
+    try:
+        restrict(folder, allowed, follow)
+        return os.stat(folder) if follow else os.lstat(folder)
+    except OSError as exc:
+        raise path_error(exc) from None
+
+
+def _mode_kept(folder: str, now: os.stat_result, how: str, harm: str, chmod: str) -> StorageError:
+    """The error for a folder of the worker's that others may still use (``how``: "written", "used") because this
+    user could not change its mode: its owner must (``chmod``)."""
+    return StorageError(f"{folder} may be {how} by others than its owner (mode {stat.S_IMODE(now.st_mode):o}), who "
+                        f"could {harm}, and this user cannot change it: no job is run in it; as its owner (uid "
+                        f"{now.st_uid}) run: {chmod} {folder}", path=folder)

@@ -27,6 +27,7 @@ from orchestrator.limits import MAX_KIND_LENGTH, is_kind
 from orchestrator.run_folder import make_private_folder
 from orchestrator.runner import Child, fork_call
 from orchestrator.security import shown
+from orchestrator.start_folder import others_could_write
 
 
 @dataclass(frozen=True)
@@ -275,14 +276,15 @@ def look_in_start_folder() -> str | None:
     LAST on the path: a file there named like the standard library's, an installed package's or the orchestrator's
     own module is never what an import finds; only a module found nowhere else comes from it. Absolute, so a later
     change of the current folder changes nothing; a folder removed meanwhile adds nothing. Never a folder someone
-    other than this user or root could put a module in (``_others_could_write``): None then, and a module not found
-    says why (``_where_modules_are_looked_for``). The ``worker`` command calls it; the Python API leaves
-    ``sys.path`` to its caller."""
+    other than this user or root could put a module in (``start_folder.others_could_write``): None then, and a module
+    not found says why (``_where_modules_are_looked_for``); ``python3 -m orchestrator`` took such a folder off the path
+    before (``start_folder.leave_out_if_shared``). The ``worker`` command calls it; the Python API leaves ``sys.path``
+    to its caller."""
     global _START_FOLDER_REFUSED
     folder, on_path = _current_folder()
     if folder is None or on_path:
         return folder
-    refused = _others_could_write(folder)
+    refused = others_could_write(folder)
     if refused:
         _START_FOLDER_REFUSED = (folder, refused)
         return None
@@ -292,28 +294,6 @@ def look_in_start_folder() -> str | None:
 
 # the current folder ``look_in_start_folder`` did not put on the path, and why
 _START_FOLDER_REFUSED: tuple[str, str] | None = None
-PUTS_A_MODULE_THERE = "put a module of their own there, which the worker would import and run as this user"
-
-
-def _others_could_write(folder: str) -> str | None:
-    """Why someone other than this user or root could put a module in ``folder`` (None: no one could), by the
-    signing keys' rule (``orchestrator.key_paths``): a folder another user owns, or that others may write, sticky
-    (/tmp) or not, since they may add a module to it; or one below a folder so (but for a sticky one owned by this
-    user or root), whose writers could put another folder in its place. Until 2026-12-07 root's worker, started in
-    a shared folder, imported a module another user left there (``ORCH_HANDLERS`` naming it)."""
-    from orchestrator.errors import SigningKeyError
-    from orchestrator.key_paths import check_folders_above, only_its_owner_changes
-
-    what, path = "the current folder", Path(folder)
-    try:
-        st = os.stat(folder)
-        only_its_owner_changes(path, what, st, PUTS_A_MODULE_THERE, "start the worker in a folder of its own")
-        check_folders_above(path, "current folder")
-    except SigningKeyError as exc:
-        return exc.message
-    except OSError as exc:  # removed meanwhile: nothing to import from it
-        return exc.strerror or str(exc)
-    return None
 
 
 def _current_folder() -> tuple[str | None, bool]:

@@ -1,10 +1,13 @@
 """What another user could have written is never taken as the operator's: a ``.env`` they own or may write (or in a
 folder they may write, but for a sticky one) is a CONFIG_ERROR, nothing of it loaded; a worker never imports handler
-modules from a current folder they may write (``key_paths``' rule, the signing keys')."""
+modules from a current folder they may write, nor does ``python3 -m orchestrator`` import anything from it
+(``key_paths``' rule, the signing keys')."""
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,4 +95,31 @@ def test_a_worker_never_imports_handler_modules_from_a_current_folder_others_may
     os.chown(folder, os.geteuid(), -1)
     os.chmod(folder, 0o755)  # the same folder, the user's own: looked in
     assert run_script("worker", "--once", "--import", "theirmod", env=cli_env, cwd=folder).returncode == 75  # none queued
+    assert (folder / "imported").read_text() == "yes"
+
+
+def run_as_module(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python3 -m orchestrator ARGS`` started in ``cwd``, which Python puts first on ``sys.path`` itself."""
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=str(cwd))
+
+
+@pytest.mark.parametrize("mode", [0o1777, 0o777], ids=["sticky", "open"])
+def test_python_m_orchestrator_in_a_folder_others_may_write_imports_nothing_from_it(
+        cli_env: dict[str, str], tmp_path: Path, mode: int) -> None:
+    """Another user's ``json.py`` in a shared folder (``/tmp`` itself, sticky, or one others may write): until the
+    fix ``python3 -m orchestrator`` started there imported it as the user running it (the README said to use
+    ``python3 -P -m``). The package takes the folder off the path as its first act, before even a ``from __future__``
+    import (which imports a module too: caught here only where Python has not loaded ``__future__`` already, as an
+    editable install's path finder does); the same folder made the user's own stays first on it, as ``python -m``
+    puts it (a worker's ``--import`` module found there)."""
+    folder = shared_folder(tmp_path, mode)
+    for planted in ("json.py", "__future__.py"):
+        (folder / planted).write_text(MODULE)
+    proc = run_as_module("status", "--all", "--json", env=cli_env, cwd=folder)
+    assert proc.returncode == 0 and not (folder / "imported").exists(), proc.stderr
+    (folder / "__future__.py").unlink()
+    (folder / "json.py").rename(folder / "ourmod.py")
+    os.chmod(folder, 0o755)
+    assert run_as_module("worker", "--once", "--import", "ourmod", env=cli_env, cwd=folder).returncode == 75
     assert (folder / "imported").read_text() == "yes"

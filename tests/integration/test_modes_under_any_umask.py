@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from helpers import make_worker
+from helpers import events, make_worker
 from orchestrator import Orchestrator, key_paths
 from orchestrator.errors import StorageError
 from orchestrator.handler_host import claim_host_folder
@@ -28,9 +28,10 @@ from orchestrator.transfer import export_project
 OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
 OTHERS_ANY = stat.S_IRWXG | stat.S_IRWXO
 
+DONE = 'printf \'{"status":"done","summary":"ok"}\' > "$ORCH_TERMINAL_FILE"'  # a command's payload
 # the command reports the modes of its run folder, its context file and its artifact folder, then its payload
 REPORT_MODES = ('stat -c %a "$(dirname "$ORCH_CONTEXT_FILE")" "$ORCH_CONTEXT_FILE" "$ORCH_ARTIFACTS_DIR" > modes; '
-                'printf \'{"status":"done","summary":"ok"}\' > "$ORCH_TERMINAL_FILE"')
+                + DONE)
 
 
 @contextlib.contextmanager
@@ -199,3 +200,112 @@ def test_a_folder_its_owners_private_group_may_write_is_left_as_it_is_and_nothin
     make_worker(orch)
     assert [stat.S_IMODE(os.stat(f).st_mode) for f in folders.values()] == [0o775] * 4
     assert MADE_OWNER_ONLY not in caplog.text
+
+
+RAN = {"command": {"argv": ["sh", "-c", "echo ran > ran; " + DONE]}, "rel.echo": {"a": 1}}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="another user's folder: only root can make one here")
+@pytest.mark.parametrize("kind", sorted(RAN))
+def test_a_worker_refuses_to_run_a_job_whose_own_folder_another_user_owns_and_hands_the_job_back(
+        orch: Orchestrator, kind: str) -> None:
+    """A job's folder left by an older release (or another user's worker): its owner may ``chmod`` it back, and put
+    files among the job's artifacts, or links its run would write through. Until the fix ``restrict`` left it as it
+    was (a worker not root) or took its mode for its owner to put back (root), and the job ran in it."""
+    job = orch.submit(kind, RAN[kind])
+    worker = make_worker(orch)
+    folder = orch.store.root / "artifacts" / job
+    folder.mkdir(mode=0o700)
+    os.chown(folder, OTHER_UID, OTHER_UID)
+    with pytest.raises(StorageError, match=f"{folder} is owned by uid {OTHER_UID}, neither this user .* no job is run "
+                                           f"in it; .*as root: chown -R {os.geteuid()} {folder}$") as refused:
+        worker.run_once()
+    assert refused.value.exit_code == 10
+    assert [e["type"] for e in events(orch, job)] == ["job_submitted", "job_claimed", "job_released"]  # handed back
+    assert events(orch, job)[-1]["data"]["error_code"] == "STORAGE_ERROR" and orch.status(job).state == "queued"
+    assert os.listdir(folder) == [] and stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+
+
+def test_a_job_folder_others_may_use_whose_mode_this_user_cannot_change_is_refused(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root's job folder (0755, made by an older release) under a worker that is not root: ``fchmod`` is refused (as
+    here, made so) and until the fix the run went on in a folder others could read, or write when it was 0777."""
+    job = orch.submit("command", RAN["command"])
+    worker = make_worker(orch)
+    folder = orch.store.root / "artifacts" / job
+    folder.mkdir()
+    os.chmod(folder, 0o777)
+
+    def refused(fd: int, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchmod", refused)
+    with pytest.raises(StorageError, match=f"{folder} may be used by others than its owner \\(mode 777\\).*"
+                                           f"chmod 700 {folder}$"):
+        worker.run_once()
+    assert orch.status(job).state == "queued" and os.listdir(folder) == []
+
+
+def project_below(tmp_path: Path, keyring, mode: int) -> tuple[Orchestrator, Path]:
+    """A project whose base path is a folder of ``mode`` (its own parent: ``tmp_path``)."""
+    above = tmp_path / "above"
+    above.mkdir()
+    os.chmod(above, mode)
+    return Orchestrator(base_path=above / "base", project_id="proj", keyring=keyring), above
+
+
+def test_a_worker_refuses_a_project_folder_below_a_folder_others_may_write(tmp_path: Path, keyring) -> None:
+    """Whoever may write a folder above the project folder may rename the project (or a folder between) away and put
+    a store of their own in its place, as the keys' rule says of a keyring's folders. Until the fix the worker
+    checked the project folder and below only, and ran its jobs there."""
+    orch, above = project_below(tmp_path, keyring, 0o777)
+    job = orch.submit("command", RAN["command"])
+    project = above / "base" / "proj"
+    with pytest.raises(StorageError, match=f"the folder {above} above the project folder {project} may be written by "
+                                           f"others than its owner, who could put a project folder of their own in its "
+                                           f"place; run: chmod go-w {above}"):
+        make_worker(orch)
+    assert orch.status(job).state == "queued"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="another user's folder: only root can make one here")
+def test_a_worker_refuses_a_project_folder_below_a_folder_another_user_owns(tmp_path: Path, keyring) -> None:
+    orch, above = project_below(tmp_path, keyring, 0o755)
+    os.chown(above, OTHER_UID, OTHER_UID)
+    with pytest.raises(StorageError, match=f"the folder {above} above the project folder .* is owned by uid "
+                                           f"{OTHER_UID}, .*chown {os.geteuid()} {above}"):
+        make_worker(orch)
+
+
+def test_a_project_below_a_sticky_folder_like_tmp_or_inside_the_home_folder_is_run(
+        tmp_path: Path, keyring, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/tmp: others may not rename what they do not own there. Folders above the home folder are the system's: the
+    check stops at home, as for a keyring (here a home folder below one others may write)."""
+    orch, _ = project_below(tmp_path, keyring, 0o1777)
+    job = orch.submit("command", RAN["command"])
+    make_worker(orch).run_once()
+    assert orch.status(job).state == "succeeded"
+    home = tmp_path / "open" / "home"
+    home.mkdir(parents=True)
+    os.chmod(home.parent, 0o777)
+    monkeypatch.setenv("HOME", str(home))
+    orch = Orchestrator(base_path=home / "work", project_id="proj", keyring=keyring)
+    job = orch.submit("command", RAN["command"])
+    make_worker(orch).run_once()
+    assert orch.status(job).state == "succeeded"
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_a_command_runs_with_its_workers_umask_its_folders_keeping_its_files_from_others(
+        orch: Orchestrator, mask: int) -> None:
+    """Decided 2026-12-07: a command gets the umask its worker was started with, as a program started by hand does
+    (a ``cwd`` of its own, say a shared build folder, keeps the modes its users expect), not 077: what it writes in
+    its run folder and its job's folder is out of others' reach whatever its mode, since those are 0700."""
+    job = orch.submit("command", {"argv": ["sh", "-c", 'umask > umask; echo x > file; '
+                                           'stat -c %a file "$ORCH_ARTIFACTS_DIR" > modes; ' + DONE]})
+    with umask(mask):
+        make_worker(orch).run_once()
+    folder = orch.store.root / "artifacts" / job
+    assert orch.status(job).state == "succeeded"
+    assert (folder / "umask").read_text().strip() == f"{mask:04o}"
+    assert (folder / "modes").read_text().split() == [f"{0o666 & ~mask:o}", "700"]
