@@ -99,9 +99,11 @@ def note_of(event_type: str, data: dict[str, Any]) -> str:
     """The note of an audited event's entry, from the event alone: the operator's comment (``note``) if it holds
     one, else its text (the answer, the notes, ...), with the channel it came through (``[via chat] ...``). The
     entry written with the event and the one ``heal`` writes after a crash are made by this one function, so a
-    healed entry says what the lost one said."""
+    healed entry says what the lost one said. A stale recovery's note ends with the state the job went to."""
     text = data.get("note") or data.get(_NOTE_FIELD.get(event_type, ""), "")
     text = text if isinstance(text, str) else str(text)
+    if event_type == "stale_recovered" and data.get("to"):  # its error says why, not where the job went
+        text = f"{text}; to {data['to']}"
     return f"[via {data['via']}] {text}" if data.get("via") else text
 
 

@@ -246,7 +246,7 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
     data["error"] = sanitize_text(why)
     try:  # the dead run's lease is dropped with the event (in its transaction where the store can)
         written = orch.append(view, s.job_id, [("stale_recovered", data)], run_id=s.run_id, actor=actor,
-                              now=now, audit=("stale_recovered", f"{why}; to {data['to']}"),
+                              now=now, audit=("stale_recovered", audit.note_of("stale_recovered", data)),
                               fence=s.epoch + 1,  # supersedes the dead run's epoch
                               aux=drop_lease_aux(s.job_id, s.epoch))
     except LockHeldError:

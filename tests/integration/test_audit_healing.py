@@ -278,6 +278,30 @@ def test_a_healed_entry_says_what_the_entry_written_at_once_says(orch: Orchestra
     assert healed["data"]["note"] == written["data"]["note"]
 
 
+def test_a_healed_stale_recovery_entry_says_where_the_job_went_as_the_workers_own_entry_does(
+        orch: Orchestrator) -> None:
+    """The worker's entry of a ``stale_recovered`` ends "; to <state>": the one ``audit heal`` writes after a crash
+    between the event and the entry must say the same (until 2026-12-07 it lacked that ending)."""
+    from helpers import make_worker
+
+    def recovered(crash: bool) -> str:
+        job_id = js.running(orch, lease="2001-01-01T00:00:00.000000Z")
+        recover = make_worker(orch, worker_id="w2").recover_stale
+        if crash:
+            _crash_between_event_and_entry(recover)
+        else:
+            recover()
+        assert js.event_types(orch, job_id)[-1] == "stale_recovered"
+        return job_id
+
+    done, crashed = recovered(crash=False), recovered(crash=True)
+    assert entries(orch, crashed) == []
+    assert audit.heal(orch, [orch.load(crashed)]) != []
+    (written,), (healed,) = entries(orch, done), entries(orch, crashed)
+    assert written["data"]["note"].endswith("; to queued") and healed["data"]["healed"] is True
+    assert healed["data"]["note"] == written["data"]["note"]
+
+
 @pytest.mark.parametrize("refused", [
     lambda o, j: o.approve(j),  # the job is queued again: INVALID_TRANSITION
     lambda o, j: o.resume(j, "no"),  # another answer was applied: ACTION_CONFLICT
