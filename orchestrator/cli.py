@@ -402,6 +402,9 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
 
     Also reports a job whose events are all gone while its head record remains (its file deleted
     or emptied). Names the file and line of each problem; exits 7 on any integrity problem.
+    Warns (exit 0), over the whole project, of a store folder a worker run by this user refuses
+    or changes: the project folder, .orchestrator, runs/ or artifacts/ that another user owns or
+    others may write, or a folder above the project folder so (STORE_FOLDER_LOOSE).
     """
     from orchestrator.integrity import export_anchor, require_anchor_key
     from orchestrator.output_file import OutputFile
@@ -423,10 +426,13 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
             anchor.discard()  # an older anchor there stays as it was
     where = getattr(orch.store, "path", None)
 
+    def place(p: Any) -> str:
+        """The file of a stream on files; else the stream as named (a job, ``anchor``, a folder's path)."""
+        return where(p.stream) if where and p.stream != "anchor" and not os.path.isabs(p.stream) else p.stream
+
     def text() -> str:
-        lines = [f"{where(p.stream) if where and p.stream != 'anchor' else p.stream}:{p.line}: {p.code}: {p.message}"
-                 for p in report.problems]
-        lines += [f"warning: {where(w.stream) if where else w.stream}:{w.line}: {w.code}: {w.message}"
+        lines = [f"{place(p)}:{p.line}: {p.code}: {p.message}" for p in report.problems]
+        lines += [f"warning: {place(w)}:{w.line}: {w.code}: {w.message}"
                   for w in getattr(report, "warnings", [])]  # control plane: audit cross-check
         verdict = "OK" if report.ok else f"FAILED: {len(report.problems)} problem(s)"
         lines.append(f"{verdict}: {report.streams} stream(s), {report.events} event(s) checked")

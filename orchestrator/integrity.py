@@ -32,6 +32,7 @@ from orchestrator.signing import (KEY_REVOKED, SIGNATURE_INVALID, UNKNOWN_KEY, c
 from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import AUDIT_STREAM
 from orchestrator.store.locks import bounded_waits
+from orchestrator.worker_folders import loose_folders
 
 ANCHOR_FORMAT = "jsonl-orchestrator/anchor/v1"
 # How long ``verify`` waits, all jobs together, for the actions in flight on jobs whose audit entry it found missing
@@ -50,6 +51,10 @@ _NO_INDEX = ()  # what a chunk's job carries on a store with no index of streams
 # a queued or running job has no entry in the queue index (deleted by hand): no worker runs or recovers it until the
 # index is rebuilt; a warning, since the events are the truth and a rebuild puts the entry back
 INDEX_ENTRY_MISSING = "INDEX_ENTRY_MISSING"
+# a folder a worker runs jobs in (the project folder, .orchestrator, runs/, artifacts/) that another user owns or
+# others may write, or a project folder below such a folder, which a worker refuses (or changes, as it starts): a
+# warning, at line 0 of the folder's path (``worker_folders.loose_folders``)
+STORE_FOLDER_LOOSE = "STORE_FOLDER_LOOSE"
 
 
 @dataclass
@@ -324,6 +329,8 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
             stale = [_stale_row(orch, AUDIT_STREAM, index.pop(AUDIT_STREAM, None), lines)]
             stale += [_stale_row(orch, stream, head, []) for stream, head in sorted(index.items()) if head[0] > 0]
             report.warnings.extend(w for w in stale if w is not None)
+        report.warnings.extend(Problem(folder, 0, STORE_FOLDER_LOOSE, why)
+                               for folder, why in loose_folders(orch.settings.state_dir))
     if audit_link:  # no entry could be read, so none is known missing
         report.problems.append(audit_link)
         report.warnings = [w for w in report.warnings if w.code != AUDIT_ENTRY_MISSING]

@@ -33,6 +33,54 @@ PROBE_PREFIX = ".probe-"  # artifacts/.probe-<pid>-<8 hex>: a worker's probe (``
 log = logging.getLogger(__name__)
 
 
+def trusted_folders(state_dir: Path) -> tuple[str, str, str, str]:
+    """The folders a worker runs jobs in only while no other user could change them (``WorkerFolders._trust``), in
+    the order it checks them: the project folder (a symbolic link to one is followed), the state folder (the
+    store's ``.orchestrator``), ``runs/`` and ``artifacts/``."""
+    state = str(state_dir)
+    return os.path.dirname(state), state, os.path.join(state, RUNS_DIR), os.path.join(state, ARTIFACTS_DIR)
+
+
+def folder_status(folder: str, follow: bool = False) -> os.stat_result | None:
+    """The status of ``folder`` (``follow``: through a symbolic link); None when nothing is there, or something
+    other than a folder (a file, a link not followed). ``OSError`` when it cannot be looked at."""
+    try:
+        st = os.stat(folder) if follow else os.lstat(folder)
+    except FileNotFoundError:
+        return None
+    return st if stat.S_ISDIR(st.st_mode) else None
+
+
+def loose_folders(state_dir: Path) -> list[tuple[str, str]]:
+    """(folder, what is wrong and what to do) for each of the ``trusted_folders`` that a worker run by this user
+    would refuse, or change as it starts (``WorkerFolders._trust``), and for a project folder below a folder it
+    would refuse (``_trust_folders_above``): what ``verify`` warns of. Nothing is changed; a folder not there, or
+    that cannot be looked at, is passed (the worker's own checks name it)."""
+    found = []
+    project = trusted_folders(state_dir)[0]
+    try:
+        _trust_folders_above(project)
+    except StorageError as exc:
+        found.append((project, exc.message))
+    for i, folder in enumerate(trusted_folders(state_dir)):
+        try:
+            st = folder_status(folder, follow=i == 0)
+        except OSError:
+            continue
+        if st is None:
+            continue
+        if not user_or_root(st):
+            found.append((folder, f"{owned_by_another(folder, st, TAKES_RUNS)}: a worker run by this user refuses "
+                                  f"to run jobs (STORAGE_ERROR, exit 10); check what it holds, then, as root: chown "
+                                  f"{os.geteuid()} {folder}"))
+        elif others_may_write(st):
+            found.append((folder, f"{written_by_others(folder, st, 'written', TAKES_RUNS)}: a worker takes their "
+                                  f"write bits off as it starts, or refuses to run jobs (STORAGE_ERROR, exit 10) when "
+                                  f"it cannot; check what the store holds (verify --against an anchor), then, as its "
+                                  f"owner (uid {st.st_uid}) run: chmod go-w {folder}"))
+    return found
+
+
 class WorkerFolders:
     """The run and artifact folders of one worker's store (``state_dir``), and what was last checked of them."""
 
@@ -52,12 +100,11 @@ class WorkerFolders:
         says. The names cannot be a run's or a job's; one a crash left in ``runs/`` is swept as a run's, one in
         ``artifacts/`` by ``sweep_probes``."""
         tag = f"{os.getpid()}-{os.urandom(4).hex()}"
-        project = os.path.dirname(self.state_dir)
+        project, state, runs, artifacts = trusted_folders(self.state_dir)
         _trust_folders_above(project)
         self._trust(project, follow=True)  # a link to one is allowed
-        self._trust(str(self.state_dir))
-        for name, entry in ((RUNS_DIR, f"{RUN_PREFIX}probe-{tag}"), (ARTIFACTS_DIR, f"{PROBE_PREFIX}{tag}")):
-            folder = os.path.join(self.state_dir, name)
+        self._trust(state)
+        for folder, entry in ((runs, f"{RUN_PREFIX}probe-{tag}"), (artifacts, f"{PROBE_PREFIX}{tag}")):
             make_folder(folder, self.state_dir)  # a link: PathEscapeError; anything else: StorageError
             self._trust(folder)
             path = os.path.join(folder, entry)
@@ -83,13 +130,11 @@ class WorkerFolders:
         be, as one the worker cannot write, fixed the same way, by the store's owner; not ``PATH_ESCAPE``, which
         is a link. Nothing else of the store is changed (``chmod -R go-w``: docs/runbook.md, section H)."""
         try:
-            st = os.stat(folder) if follow else os.lstat(folder)
-        except FileNotFoundError:
-            return
+            st = folder_status(folder, follow)
         except OSError as exc:
             raise path_error(exc) from None
-        if not stat.S_ISDIR(st.st_mode):
-            return  # a file or a link: ``make_folder``'s or ``check_folders``' error
+        if st is None:
+            return  # not there yet, a file or a link: ``make_folder``'s or ``check_folders``' error
         _refuse_another_owner(folder, st, TAKES_RUNS, f"check what it holds (verify), then, as root: chown "
                                                       f"{os.geteuid()} {folder}")
         if not others_may_write(st):
@@ -247,8 +292,13 @@ def _refuse_another_owner(folder: str, st: os.stat_result, harm: str, fix: str) 
     """``StorageError`` for a folder of the worker's owned by neither this user nor root: its owner may change it
     whatever its mode, and ``harm``; ``fix`` says what to run."""
     if not user_or_root(st):
-        raise StorageError(f"{folder} is owned by uid {st.st_uid}, neither this user (uid {os.geteuid()}) nor root, "
-                           f"who may change it whatever its mode and {harm}: no job is run in it; {fix}", path=folder)
+        raise StorageError(f"{owned_by_another(folder, st, harm)}: no job is run in it; {fix}", path=folder)
+
+
+def owned_by_another(folder: str, st: os.stat_result, harm: str) -> str:
+    """Why a folder (of status ``st``) owned by neither this user nor root is not trusted, whatever its mode."""
+    return (f"{folder} is owned by uid {st.st_uid}, neither this user (uid {os.geteuid()}) nor root, who may change "
+            f"it whatever its mode and {harm}")
 
 
 def _restricted(folder: str, allowed: int, follow: bool = False) -> os.stat_result:
@@ -264,6 +314,11 @@ def _restricted(folder: str, allowed: int, follow: bool = False) -> os.stat_resu
 def _mode_kept(folder: str, now: os.stat_result, how: str, harm: str, chmod: str) -> StorageError:
     """The error for a folder of the worker's that others may still use (``how``: "written", "used") because this
     user could not change its mode: its owner must (``chmod``)."""
-    return StorageError(f"{folder} may be {how} by others than its owner (mode {stat.S_IMODE(now.st_mode):o}), who "
-                        f"could {harm}, and this user cannot change it: no job is run in it; as its owner (uid "
-                        f"{now.st_uid}) run: {chmod} {folder}", path=folder)
+    return StorageError(f"{written_by_others(folder, now, how, harm)}, and this user cannot change it: no job is run "
+                        f"in it; as its owner (uid {now.st_uid}) run: {chmod} {folder}", path=folder)
+
+
+def written_by_others(folder: str, st: os.stat_result, how: str, harm: str) -> str:
+    """Why a folder (of status ``st``) that others than its owner may use (``how``: "written", "used") is not
+    trusted."""
+    return (f"{folder} may be {how} by others than its owner (mode {stat.S_IMODE(st.st_mode):o}), who could {harm}")

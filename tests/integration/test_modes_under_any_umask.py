@@ -200,6 +200,7 @@ def test_a_folder_its_owners_private_group_may_write_is_left_as_it_is_and_nothin
     make_worker(orch)
     assert [stat.S_IMODE(os.stat(f).st_mode) for f in folders.values()] == [0o775] * 4
     assert MADE_OWNER_ONLY not in caplog.text
+    assert orch.verify().warnings == []  # nor by verify
 
 
 RAN = {"command": {"argv": ["sh", "-c", "echo ran > ran; " + DONE]}, "rel.echo": {"a": 1}}
@@ -309,3 +310,65 @@ def test_a_command_runs_with_its_workers_umask_its_folders_keeping_its_files_fro
     assert orch.status(job).state == "succeeded"
     assert (folder / "umask").read_text().strip() == f"{mask:04o}"
     assert (folder / "modes").read_text().split() == [f"{0o666 & ~mask:o}", "700"]
+
+
+def loose_warnings(orch: Orchestrator) -> list[tuple[str, int, str]]:
+    return [(w.stream, w.line, w.code) for w in orch.verify().warnings]
+
+
+@pytest.mark.parametrize("which", ["project", "state", "runs", "artifacts"])
+def test_verify_warns_of_a_store_folder_others_may_write_and_changes_nothing(orch: Orchestrator, which: str) -> None:
+    """What a worker refuses when it cannot take the write bits of others off (or takes them off, saying so): verify
+    names the folder, with the fix, and passes (the histories verify); until 2026-12-07 it said nothing."""
+    job = orch.submit("command", {"argv": ["true"]})
+    folders = worker_folders(orch)
+    for folder in folders.values():
+        folder.mkdir(exist_ok=True)
+    os.chmod(folders[which], 0o777)
+    report = orch.verify()
+    assert report.ok and loose_warnings(orch) == [(str(folders[which]), 0, "STORE_FOLDER_LOOSE")]
+    (warning,) = report.warnings
+    assert "may be written by others than its owner (mode 777)" in warning.message
+    assert warning.message.endswith(f"chmod go-w {folders[which]}")
+    assert stat.S_IMODE(os.stat(folders[which]).st_mode) == 0o777 and orch.status(job).state == "queued"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="another user's folder: only root can make one here")
+@pytest.mark.parametrize("which", ["project", "state", "runs", "artifacts"])
+def test_verify_warns_of_a_store_folder_another_user_owns(orch: Orchestrator, which: str) -> None:
+    orch.submit("command", {"argv": ["true"]})
+    folders = worker_folders(orch)
+    for folder in folders.values():
+        folder.mkdir(exist_ok=True)
+    os.chown(folders[which], OTHER_UID, OTHER_UID)
+    (warning,) = orch.verify().warnings
+    assert (warning.stream, warning.code) == (str(folders[which]), "STORE_FOLDER_LOOSE")
+    assert f"is owned by uid {OTHER_UID}, neither this user" in warning.message
+    assert warning.message.endswith(f"chown {os.geteuid()} {folders[which]}")
+    assert os.stat(folders[which]).st_uid == OTHER_UID
+
+
+def test_verify_of_a_store_with_a_folder_others_may_write_exits_0_naming_the_folder(base: Path, cli_env) -> None:
+    from helpers import run_script
+
+    run_script("submit", "--kind", "command", "--input", '{"argv": ["true"]}', env=cli_env, check=True)
+    runs = base / "proj" / ".orchestrator" / "runs"
+    runs.mkdir(exist_ok=True)
+    os.chmod(runs, 0o777)
+    shown = run_script("verify", env=cli_env)
+    assert shown.returncode == 0, shown.stderr
+    assert f"warning: {runs}:0: STORE_FOLDER_LOOSE: {runs} may be written by others" in shown.stdout
+    as_json = json.loads(run_script("verify", "--json", env=cli_env).stdout)
+    assert as_json["ok"] and [(w["stream"], w["code"]) for w in as_json["warnings"]] == [
+        (str(runs), "STORE_FOLDER_LOOSE")]
+
+
+def test_verify_warns_of_a_project_folder_below_a_folder_others_may_write(tmp_path: Path, keyring) -> None:
+    """The worker refuses it (``test_a_worker_refuses_a_project_folder_below_a_folder_others_may_write``)."""
+    orch, above = project_below(tmp_path, keyring, 0o777)
+    orch.submit("command", RAN["command"])
+    project = above / "base" / "proj"
+    (warning,) = orch.verify().warnings
+    assert (warning.stream, warning.code) == (str(project), "STORE_FOLDER_LOOSE")
+    assert warning.message.startswith(f"the folder {above} above the project folder {project} may be written by")
+    assert f"run: chmod go-w {above}" in warning.message and stat.S_IMODE(os.stat(above).st_mode) == 0o777
