@@ -371,35 +371,32 @@ class Orchestrator:
         # the events are durable, a record after them is not (files): acknowledged, with a warning, as after a crash
         # between the two; raising would say "nothing written", and the caller would write its event again
         not_written: AuxNotWrittenError | None = None
-        if audit is None:
-            try:
+        entry_writes = None if audit is None else audit_log.entry_writes(
+            self, job_id=job_id, run_id=run_id, action=audit[0], note=audit[1], actor=actor or self.actor,
+            event_line=lines[-1], now=now)
+        try:
+            if entry_writes is None:
                 self.store.append(job_id, build, **written)
-            except AuxNotWrittenError as exc:
-                not_written = exc
-            except OrchestratorError:  # refused (a writer came first): the entry it was to have is not left behind
-                self.queue.drop_refused(job_id, old, state, self)
-                raise
-            after_event()
-        else:  # under the job's pending lock from before the event until after its entry: no heal writes it too
-            entry, with_entry = audit_log.entry_writes(self, job_id=job_id, run_id=run_id, action=audit[0],
-                                                       note=audit[1], actor=actor or self.actor,
-                                                       event_line=lines[-1], now=now)
-            try:
+            else:  # under the job's pending lock from before the event until after its entry: no heal writes it too
+                entry, with_entry = entry_writes
                 self.store.append_audited(job_id, build, entry, lock=audit_log.pending_lock(job_id),
                                           entry_aux=with_entry, between=after_event, **written)
-            except AuxNotWrittenError as exc:  # the event and its entry are durable (``EventStore.append_audited``)
-                not_written = exc
-            except AuditEntryNotWrittenError as exc:  # of its kind: one that may pass is waited out by a worker
-                # `audit heal` writes it: true of every audited append's event (``audit.audited`` names it; a stop
-                # counted as a failed attempt only since 2026-12-07, twenty-seventh session)
-                raise type(exc)(
-                    f"event {head.seq + len(lines)} ({new[-1][0]}) of job {job_id} is durable: what it records stands "
-                    f"(do not do it again), but its audit entry could not be written "
-                    f"({exc.message.removesuffix('; ' + NOTHING_WRITTEN)}); `orchestrator audit heal` writes it once "
-                    "that is fixed (until then `verify` warns AUDIT_ENTRY_MISSING)", **exc.details) from None
-            except OrchestratorError:  # as above (``drop_refused`` keeps the entry of an event that stands)
-                self.queue.drop_refused(job_id, old, state, self)
-                raise
+        except AuxNotWrittenError as exc:  # the event (and its entry) are durable (``EventStore.append_audited``)
+            not_written = exc
+        except AuditEntryNotWrittenError as exc:  # of its kind: one that may pass is waited out by a worker
+            # `audit heal` writes it: true of every audited append's event (``audit.audited`` names it; a stop
+            # counted as a failed attempt only since 2026-12-07, twenty-seventh session)
+            raise type(exc)(
+                f"event {head.seq + len(lines)} ({new[-1][0]}) of job {job_id} is durable: what it records stands "
+                f"(do not do it again), but its audit entry could not be written "
+                f"({exc.message.removesuffix('; ' + NOTHING_WRITTEN)}); `orchestrator audit heal` writes it once "
+                "that is fixed (until then `verify` warns AUDIT_ENTRY_MISSING)", **exc.details) from None
+        except OrchestratorError:  # refused (a writer came first): the entry it was to have is not left behind
+            self.queue.drop_refused(job_id, old, state, self)  # (it keeps the entry of an event that stands)
+            raise
+        if entry_writes is None:
+            after_event()  # an audited append ran it between its event and its entry
+        else:
             faults.point("append.after_audit_entry")
         seq = head.seq + len(lines)
         warnings = (*(() if not_written is None else (

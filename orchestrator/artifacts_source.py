@@ -22,6 +22,7 @@ from typing import Callable
 
 from orchestrator.errors import InvalidInputError
 from orchestrator.security import shown as quoted
+from orchestrator.security import shown_bytes
 
 # what the store keeps free for its own writes (events, leases, the run's folder): a file system with less is full,
 # whatever the copy takes; a copy must leave it free, and 1/64 of what it takes besides (a file system's own
@@ -178,18 +179,6 @@ def _add(need: Need, st: os.stat_result, *, entry: bool = True) -> None:
     need.entries += entry
 
 
-def size(n: int) -> str:
-    """``n`` bytes for a person: ``3.0 MiB``."""
-    if n < 1024:
-        return f"{n} B"
-    shown_n = float(n)
-    for unit in ("KiB", "MiB", "GiB"):
-        shown_n /= 1024
-        if shown_n < 1024:
-            return f"{shown_n:.1f} {unit}"
-    return f"{shown_n / 1024:.1f} TiB"
-
-
 def free_bytes(fs: os.statvfs_result) -> int | None:
     """What users other than root may still write on the file system ``fs`` (``f_bavail``); None for one that tells
     no size at all (``f_blocks`` 0, as some FUSE file systems), whose zeros are no full disk."""
@@ -210,12 +199,12 @@ def refusal(need: Need, fs: os.statvfs_result, names: str) -> tuple[str, str] | 
     whole = fs.f_blocks * fs.f_frsize
     counts_files = fs.f_files > 0
     if free < SPARE_BYTES or (counts_files and fs.f_favail == 0):
-        left = f"{size(free)} free" + (f", room for {fs.f_favail} more files" if counts_files else "")
-        return "store", (f"No space left on device ({left}; the store keeps {size(SPARE_BYTES)} free for its own "
-                         "writes): nothing of artifacts_from copied")
-    what = f"copying {names} takes {size(need.bytes)} ({need.entries} files and folders)"
+        left = f"{shown_bytes(free)} free" + (f", room for {fs.f_favail} more files" if counts_files else "")
+        return "store", (f"No space left on device ({left}; the store keeps {shown_bytes(SPARE_BYTES)} free for its "
+                         "own writes): nothing of artifacts_from copied")
+    what = f"copying {names} takes {shown_bytes(need.bytes)} ({need.entries} files and folders)"
     if need.bytes > whole:
-        return "never", f"{what}, more than the whole file system of the job's folder holds ({size(whole)})"
+        return "never", f"{what}, more than the whole file system of the job's folder holds ({shown_bytes(whole)})"
     if counts_files and need.entries > fs.f_files:
         return "never", f"{what}, more than the whole file system of the job's folder holds ({fs.f_files} files)"
     retried = ": nothing copied (retried: room may be freed by then)"
@@ -223,7 +212,7 @@ def refusal(need: Need, fs: os.statvfs_result, names: str) -> tuple[str, str] | 
         return "job", f"{what}; the file system of the job's folder has room for {fs.f_favail} more files{retried}"
     spare = SPARE_BYTES + need.bytes // SPARE_FRACTION
     if need.bytes - need.freed + spare > free:
-        given_back = f", {size(need.freed)} of it in place of an earlier copy's files" if need.freed else ""
-        return "job", (f"{what}{given_back}; the file system of the job's folder has {size(free)} free, "
-                       f"{size(spare)} of it to be left spare{retried}")
+        given_back = f", {shown_bytes(need.freed)} of it in place of an earlier copy's files" if need.freed else ""
+        return "job", (f"{what}{given_back}; the file system of the job's folder has {shown_bytes(free)} free, "
+                       f"{shown_bytes(spare)} of it to be left spare{retried}")
     return None

@@ -371,7 +371,7 @@ def _check_chunk(orch: Orchestrator, chunk: list[tuple[str, list[tuple[int, str]
         stale.append((jid, None if indexed == _NO_INDEX else _stale_row(orch, jid, indexed, view.stream.lines)))
         if queue is not None and view.ok and view.state is not None and view.state.state in (QUEUED, RUNNING):
             needing.append((view.state, view.head.seq))
-    missing = _missing_entries(orch, queue, needing) if needing and queue is not None else {}
+    missing = _missing_entries(orch, queue, needing) if needing else {}  # needing: only with a built queue
     for jid, row in stale:
         part.warnings.extend(w for w in (row, missing.get(jid)) if w is not None)
     return part

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.security import cut_read_size, sanitized_cut
-from orchestrator.store.files import STORE_FOLDER, NotRegularFileError, open_regular
+from orchestrator.store.files import NotRegularFileError, mkdir_with_parents, open_regular
 
 PRIVATE_FOLDER, PRIVATE_FILE = 0o700, 0o600  # a run's folder and its files, a job's artifact folder: the worker's alone
 RUN_PREFIX = "run-"  # runs/run-<16 hex>: one run's folder (runs/host-*: a worker's handler process)
@@ -64,32 +64,12 @@ def make_private_folder(path: "Path | str", exist_ok: bool = True) -> None:
     already loses what others may do in it (``restrict``): made by a release before 2026-12-07, or a run's
     ``chmod``. Costs what ``Path.mkdir(exist_ok=True)`` did: a ``mkdir``, and an ``lstat`` when it was there."""
     path = os.fspath(path)
-    if _mkdir(path, PRIVATE_FOLDER):
+    if path in mkdir_with_parents(path, PRIVATE_FOLDER):
         return
     if not exist_ok:
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
     if restrict(path, PRIVATE_FOLDER) is None and not os.path.isdir(path):
         raise FileExistsError(errno.EEXIST, "exists, and is not a folder", path)
-
-
-def _mkdir(path: str, mode: int) -> bool:
-    """``mkdir`` with the folders missing above it made too (``STORE_FOLDER``: ``os.makedirs`` gives those the
-    umask's mode alone); False when ``path`` was there already."""
-    try:
-        os.mkdir(path, mode)
-        return True
-    except FileExistsError:
-        return False
-    except FileNotFoundError:
-        parent = os.path.dirname(path)
-        if not parent or parent == path:
-            raise
-        _mkdir(parent, STORE_FOLDER)
-    try:
-        os.mkdir(path, mode)
-        return True
-    except FileExistsError:  # made meanwhile
-        return False
 
 
 def restrict(folder: "Path | str", allowed: int, follow: bool = False) -> int | None:

@@ -3,8 +3,8 @@
 Everything a job prints or an operator types may end up in a JSONL event or a log, so ``sanitize_text``
 (``orchestrator/redaction.py``; structures: ``sanitize_obj``, ``orchestrator/redaction_objects.py``; what a secret
 looks like: ``orchestrator/secret_patterns.py``) runs over text before it is persisted, and here before it is cut
-(``sanitized_cut``) or shown on one line (``safe_line``, ``shown``). Ids become file names and artifact paths come
-from jobs, so both are checked before they touch the filesystem.
+(``sanitized_cut``) or shown on one line (``safe_line``, ``shown``; a number of bytes: ``shown_bytes``). Ids become
+file names and artifact paths come from jobs, so both are checked before they touch the filesystem.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from orchestrator.redaction_objects import json_source_text, renamed_keys, sanit
 from orchestrator.secret_patterns import LINE_END, REDACTED
 
 __all__ = ["REDACTED", "CUT_MARGIN", "cut_read_size", "sanitize_text", "sanitized_cut", "sanitize_obj", "renamed_keys",
-           "one_line", "json_source_text", "safe_line", "shown", "validate_id", "safe_join", "validate_artifact_path"]
+           "one_line", "json_source_text", "safe_line", "shown", "shown_bytes", "validate_id", "safe_join",
+           "validate_artifact_path"]
 
 # Read (or kept) beyond a cut, so that a secret the cut goes through is seen whole by ``sanitize_text`` (or
 # falls in what is dropped), not left as an unrecognisable half.
@@ -182,6 +183,18 @@ def shown(value: object) -> str:
         value = value[:cut_read_size(80)]
     shown = repr(value)
     return sanitize_text(shown) if len(shown) <= 80 else sanitized_cut(shown, 77)  # a cut never leaves half a secret
+
+
+def shown_bytes(n: int) -> str:
+    """``n`` bytes for a person: ``3.0 MiB``."""
+    if n < 1024:
+        return f"{n} B"
+    shown_n = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        shown_n /= 1024
+        if shown_n < 1024:
+            return f"{shown_n:.1f} {unit}"
+    return f"{shown_n / 1024:.1f} TiB"
 
 
 def validation_summary(errors: list[dict[str, Any]], whole: str = "value", limit: int = 5) -> str:

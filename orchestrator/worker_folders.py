@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 from orchestrator import faults
-from orchestrator.artifacts_source import SPARE_BYTES, free_bytes, size
+from orchestrator.artifacts_source import SPARE_BYTES, free_bytes
 from orchestrator.errors import SigningKeyError, StorageError
 from orchestrator.key_paths import check_folders_above, others_may_write, user_or_root
 from orchestrator.run_folder import PRIVATE_FOLDER, RUN_PREFIX, restrict
-from orchestrator.security import safe_join, validate_id
+from orchestrator.security import safe_join, shown_bytes, validate_id
 from orchestrator.store.files import (STRAY_AGE, linked_folder_error, make_folder, named_pid, path_error,
                                       pid_alive)
 
@@ -212,8 +212,9 @@ class WorkerFolders:
             return
         free = free_bytes(fs)
         if free is not None and free < SPARE_BYTES:
-            raise StorageError(f"{runs}: the disk is full ({size(free)} free, less than the {size(SPARE_BYTES)} the "
-                               "store keeps for its own writes): no job is claimed until space is freed", path=runs)
+            raise StorageError(f"{runs}: the disk is full ({shown_bytes(free)} free, less than the "
+                               f"{shown_bytes(SPARE_BYTES)} the store keeps for its own writes): no job is claimed "
+                               "until space is freed", path=runs)
 
     def artifacts_dir(self, job_id: str) -> Path:
         """``artifacts/<job_id>``, never outside the store. Resolving it (``safe_join``: two ``realpath``

@@ -15,7 +15,7 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from orchestrator.errors import PathEscapeError, StorageError
 
@@ -354,30 +354,36 @@ def make_folder(path: "Path | str", top: "Path | str", durable: bool = False) ->
     (``_DURABLE_FOLDERS``): a store pays it at its first write, not per file."""
     path, top = os.fspath(path), os.fspath(top)
     try:
-        made = _make_folder(path, top)
+        made = mkdir_with_parents(path, found=lambda folder: _check_found(folder, top))
         if durable:
             _sync_entries(path, top, made)
     except OSError as exc:
         raise path_error(exc) from None
 
 
-def _make_folder(path: str, top: str) -> list[str]:
-    """``make_folder``'s work: the folders it made, top down."""
+def mkdir_with_parents(path: str, mode: int = STORE_FOLDER, found: Callable[[str], None] | None = None) -> list[str]:
+    """``mkdir path`` (``mode``), the folders missing above it made too, as the store makes its own
+    (``STORE_FOLDER``: ``os.makedirs`` gives them the umask's mode alone); returns the folders it made, top down
+    (``path`` last, when it made it). ``found`` is given each folder found there already: ``path``, or one above it
+    made meanwhile by another process. The one folder-making of the store (``make_folder``) and of what a run works
+    in (``run_folder.make_private_folder``)."""
     try:
-        os.mkdir(path, STORE_FOLDER)
+        os.mkdir(path, mode)
     except FileNotFoundError:
         parent = os.path.dirname(path) or "."
         if parent == path:
             raise
-        made = _make_folder(parent, top)
+        made = mkdir_with_parents(parent, STORE_FOLDER, found)
         try:
-            os.mkdir(path, STORE_FOLDER)
+            os.mkdir(path, mode)
         except FileExistsError:  # made meanwhile
-            _check_found(path, top)
+            if found is not None:
+                found(path)
             return made
         return [*made, path]
     except FileExistsError:
-        _check_found(path, top)
+        if found is not None:
+            found(path)
         return []
     return [path]
 

@@ -47,7 +47,9 @@ _HEAD_RECORD = "SELECT data FROM orch_aux WHERE project = %s AND area = %s AND k
 # First in the transaction of an audit entry: the server's lock_timeout and statement_timeout (the role's, the
 # database's, the URL's) must not cancel its wait for the audit log's row; the store's own deadline
 # (``ORCH_PG_DEADLINE_SECONDS``) still bounds the call. For this transaction only (``is_local``). It is itself a
-# statement the session's statement_timeout applies to: an audited append turns that off before (``_TIMEOUT_OFF``).
+# statement the session's statement_timeout applies to: an audited append turns that off before (``_TIMEOUT_OFF``),
+# which makes its statement_timeout part redundant there, but not for an entry appended alone (``audit heal``'s, a
+# refusal's: ``audit.record``), whose session no event's statement changed (2026-12-07, twenty-eighth session).
 _NO_SERVER_TIMEOUTS = "SELECT set_config('lock_timeout', '0', true), set_config('statement_timeout', '0', true)"
 # Part of the events' statement of an audited append (an expression evaluated once it moves their head): the server's
 # statement_timeout off for the session from the next statement on. In the events' transaction, so it is taken back

@@ -191,6 +191,26 @@ def test_an_audit_entry_the_server_refuses_after_its_event_committed_says_the_ev
     orch.store.close()
 
 
+def test_audit_heal_waits_for_the_audit_log_past_a_statement_timeout_as_an_actions_entry_does(
+        scratch: str, tmp_path: Path) -> None:
+    """An entry ``audit heal`` writes is alone on its session: no event's statement turned the server's
+    statement_timeout off there (``pg_append._TIMEOUT_OFF``), so the entry's own transaction does
+    (``_NO_SERVER_TIMEOUTS``), and its wait for the audit log's row is bounded by the store's deadline only."""
+    from orchestrator.audit import heal
+
+    orch = Orchestrator(base_path=tmp_path, project_id=PROJECT,
+                        store_url=timing_out(scratch, statement_timeout="200ms"))
+    first, job = orch.submit("t.echo", {}), orch.submit("t.echo", {})
+    orch.cancel(first, "the audit log's row is made")
+    orch.append(orch.load(job), job, [("job_cancelled", {"reason": "no entry"})])  # as a crash before its entry
+    assert [w.code for w in orch.verify().warnings] == ["AUDIT_ENTRY_MISSING"]
+    with held(scratch, AUDIT_ROW, (PROJECT,), for_seconds=1.0):
+        assert len(heal(orch, [orch.load(job)])) == 1
+    report = orch.verify()
+    assert report.ok and not report.warnings, (report.problems, report.warnings)
+    orch.store.close()
+
+
 def cli() -> Any:
     from orchestrator.cli import cli as command
 
