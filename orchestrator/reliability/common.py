@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -17,6 +18,7 @@ from orchestrator.signing import Keyring, line_hash, new_seed
 from orchestrator.state import replay, Event
 
 PROJECT = "rel"
+HANDLERS_MODULE = "orchestrator.reliability.handlers"  # what a worker process imports to run the campaigns' jobs
 FINAL_STATES = {"succeeded", "failed", "cancelled"}
 # events after which the job is final (or, for job_failed/job_timeout/stale_recovered, may be)
 TERMINAL_TYPES = {"job_succeeded", "job_approved", "job_cancelled", "job_failed", "job_timeout", "stale_recovered"}
@@ -50,6 +52,18 @@ class Project:
     @property
     def state_dir(self) -> Path:
         return self.base / PROJECT / ".orchestrator"
+
+    @property
+    def acks_file(self) -> Path:
+        """Where ``record_acks`` notes the appends that returned (beside the base folder, as the keyring)."""
+        return self.base.parent / "acks"
+
+    def command_env(self, **settings: str) -> dict[str, str]:
+        """The environment of an ``orchestrator`` command on this project: this one's without its ``ORCH_*``
+        settings, the project's, the campaigns' handlers, and ``settings`` (``ORCH_LEASE_SECONDS="1"``, ...)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+        env.update(self.env, ORCH_HANDLERS=HANDLERS_MODULE, **settings)
+        return env
 
 
 def new_project(root: Path, name: str) -> Project:
@@ -101,6 +115,17 @@ def run_forked(body: Callable[[], int | None], timeout: float = 60.0) -> ChildRe
     text = err.read().decode("utf-8", "replace")
     err.close()
     return ChildResult(status, text)
+
+
+def keep_aside(folder: Path, kept: Path) -> None:
+    """Copy ``folder`` (a project a crash left, a set-up) to ``kept``, for ``put_back``."""
+    shutil.copytree(folder, kept, symlinks=True)
+
+
+def put_back(kept: Path, folder: Path) -> None:
+    """Make ``folder`` again what ``keep_aside`` kept, where it was: the jobs name files by their path."""
+    shutil.rmtree(folder)
+    shutil.copytree(kept, folder, symlinks=True)
 
 
 # -- acknowledgements: an append is acknowledged when it returned ---------------------------------------

@@ -5,7 +5,8 @@
   a job reaching a final state twice or a run recording two outcomes. Re-runs (a job claimed
   again after its worker died) are expected: execution is at least once.
 * ``zombie``: a worker is SIGSTOPped past its lease, another takes the job over and finishes
-  it, then the first is continued: any event it writes after that is a late write accepted.
+  it, then the first is continued: any event it writes after that is a late write accepted, and ``verify``
+  must still pass on the project.
 * ``clock_jumps``: in one process, several workers with one injected clock that jumps
   forwards and backwards by up to two hours between random claims, runs and recoveries.
 """
@@ -28,8 +29,6 @@ from orchestrator.reliability.common import (FINAL_STATES, OUTCOME_TYPES, Projec
                                              progress)
 from orchestrator.worker import Worker, WorkerSettings
 
-HANDLERS_MODULE = "orchestrator.reliability.handlers"
-
 
 def late_writes(orch: Orchestrator, job_id: str) -> int:
     """Outcome events written by a run that was no longer the job's current run (a zombie's)."""
@@ -43,10 +42,8 @@ def late_writes(orch: Orchestrator, job_id: str) -> int:
 
 
 def _worker_env(project: Project, lease: float) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
-    env.update(project.env, ORCH_HANDLERS=HANDLERS_MODULE, ORCH_LEASE_SECONDS=str(lease),
-               ORCH_RETRY_BASE_SECONDS="0.05", ORCH_RETRY_MAX_SECONDS="0.2")
-    return env
+    return project.command_env(ORCH_LEASE_SECONDS=str(lease), ORCH_RETRY_BASE_SECONDS="0.05",
+                               ORCH_RETRY_MAX_SECONDS="0.2")
 
 
 def _start(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
@@ -143,7 +140,8 @@ def zombie(root: Path, rounds: int = 1) -> dict[str, Any]:
                     p.wait()
     progress(f"zombie: {completed}/{rounds} rounds, late writes accepted {accepted}")
     return {"rounds": rounds, "completed": completed, "late_writes_accepted": accepted,
-            "finished_twice": sum(finished_twice(orch, j) for j in orch.store.job_ids())}
+            "finished_twice": sum(finished_twice(orch, j) for j in orch.store.job_ids()),
+            "verify_ok": verify_project(orch).ok}
 
 
 def clock_jumps(root: Path, steps: int = 200, jobs: int = 12, seed: int = 3) -> dict[str, Any]:

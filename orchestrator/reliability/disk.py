@@ -60,10 +60,8 @@ def _fill(project: Project, payload_bytes: int, limit: int = 10_000) -> tuple[li
 
 
 def _cli(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
-    env.update(project.env)
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], env=env, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], env=project.command_env(),
+                          capture_output=True, text=True, timeout=60)
 
 
 def _resume_and_check(project: Project, acked: list[str]) -> dict[str, Any]:
@@ -93,7 +91,7 @@ def full_disk(root: Path, size: int = BALLAST + 512 * 1024) -> dict[str, Any]:
             ballast.write_bytes(b"\0" * BALLAST)
             acked, error = _fill(project, 2000)
             cli = _cli(project, "submit", "--kind", "rel.echo", "--input", '{"x": "' + "y" * 8000 + '"}', "--json")
-            worker_cli = _cli(project, "worker", "--once", "--import", "orchestrator.reliability.handlers")
+            worker_cli = _cli(project, "worker", "--once")
             ballast.unlink()
             out = {"mode": "tmpfs", "worker_exit_while_full": worker_cli.returncode,
                    "worker_error": (worker_cli.stderr.strip().splitlines() or [""])[-1][:300],

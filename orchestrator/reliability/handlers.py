@@ -93,9 +93,10 @@ def echo(ctx: JobContext) -> dict[str, Any]:
 
 @handler("rel.wait")
 def wait_for_release(ctx: JobContext) -> dict[str, Any]:
-    """Marks itself started, then waits for the release file (the zombie scenario)."""
-    # written whole, then renamed: whoever sees it can read it
-    write_json_atomic(Path(ctx.input["started"]), {"pid": os.getpid(), "run_id": ctx.run_id})
+    """Marks itself started (when given a ``started`` file), then waits for the ``release`` file: the zombie, a
+    worker stopped mid-run, the crash workload's run that lasts as many lease renewals as the sweep counts."""
+    if "started" in ctx.input:  # written whole, then renamed: whoever sees it can read it
+        write_json_atomic(Path(ctx.input["started"]), {"pid": os.getpid(), "run_id": ctx.run_id})
     deadline = time.monotonic() + 30
     while not os.path.exists(ctx.input["release"]) and time.monotonic() < deadline:
         time.sleep(0.02)

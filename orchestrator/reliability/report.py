@@ -15,32 +15,36 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator.json_usage import ArgumentParser
-from orchestrator.reliability import badinput, concurrency, crash, disk, tamper, torn
+from orchestrator.reliability import badinput, concurrency, crash, crash_cli, disk, double_crash, tamper, torn
 from orchestrator.reliability.common import progress
 
-# the crash sweep kills once per seed at a sampled pass of each point (quick: 20 kills), or at every pass of every point
-# (long: 263 kills, 2 to 4 min on 2 shared cores: fewer than 20 seeds' 420, and none left to chance)
-QUICK = {"crash_seeds": 1, "crash_every_pass": False, "double_crashes": 8, "torn_step": 7, "flips": 500, "per_kind": 20,
-         "storm": (4, 150, 0.5), "zombie_rounds": 1, "clock_seeds": 3, "line_samples": 300}
-LONG = {"crash_seeds": 20, "crash_every_pass": True, "double_crashes": 200, "torn_step": 1, "flips": 2000,
-        "per_kind": 200, "storm": (8, 1000, 1.0), "zombie_rounds": 3, "clock_seeds": 30, "line_samples": 3000}
+# the crash sweeps kill once per seed at a sampled pass of each point (quick: 21 kills, and the command line's 16 at
+# crash_cli.QUICK_POINTS), or at every pass of every point (long: 263 kills, 2 to 4 min on 2 shared cores, and the
+# command line's 88); a workload crash then its recovery's: 8 sampled pairs, or every pair of points (long: 244)
+QUICK = {"crash_seeds": 1, "crash_mode": crash.SAMPLED, "cli_points": crash_cli.QUICK_POINTS, "double_pairs": 8,
+         "torn_step": 7, "flips": 500, "per_kind": 20, "storm": (4, 150, 0.5), "zombie_rounds": 1, "clock_seeds": 3,
+         "line_samples": 300}
+LONG = {"crash_seeds": 20, "crash_mode": crash.EVERY_PASS, "cli_points": None, "double_pairs": None, "torn_step": 1,
+        "flips": 2000, "per_kind": 200, "storm": (8, 1000, 1.0), "zombie_rounds": 3, "clock_seeds": 30,
+        "line_samples": 3000}
 
 
-CRASH_MODES = ("sampled", "every-pass")  # --crash: the sweep's modes (``crash.sweep``'s ``every_pass``)
 CAMPAIGN_ERROR = "campaign_error"  # the key of a part that raised: its figures are missing, its row failed
-PARTS = ("crash", "double_crash", "torn", "tamper", "storm", "zombie", "clock", "disk", "fsync", "bad_input", "secrets")
+PARTS = ("crash", "crash_cli", "double_crash", "torn", "tamper", "storm", "zombie", "clock", "disk", "fsync",
+         "bad_input", "secrets")
 
 
 def run_all(root: Path, quick: bool = True, only: set[str] | None = None,
-            crash_every_pass: bool | None = None) -> dict[str, Any]:
+            crash_mode: str | None = None) -> dict[str, Any]:
     """Run the ``PARTS``, or ``only`` those (a name that is none of them would run nothing, and report every figure
-    met: ``main`` refuses it); ``crash_every_pass`` None takes the size's (``QUICK``/``LONG``)."""
+    met: ``main`` refuses it); ``crash_mode`` (one of ``crash.MODES``) None takes the size's (``QUICK``/``LONG``)."""
     size = QUICK if quick else LONG
-    every_pass = size["crash_every_pass"] if crash_every_pass is None else crash_every_pass
+    mode = crash_mode or size["crash_mode"]
     workers, jobs, kill_every = size["storm"]
     parts: dict[str, Callable[[], Any]] = {
-        "crash": lambda: crash.sweep(root / "crash", seeds=size["crash_seeds"], every_pass=every_pass),
-        "double_crash": lambda: crash.double_sweep(root / "double_crash", runs=size["double_crashes"]),
+        "crash": lambda: crash.sweep(root / "crash", mode=mode, seeds=size["crash_seeds"]),
+        "crash_cli": lambda: crash_cli.sweep(root / "crash_cli", mode=mode, points=size["cli_points"]),
+        "double_crash": lambda: double_crash.sweep(root / "double_crash", pairs=size["double_pairs"]),
         "torn": lambda: torn.campaign(root / "torn", step=size["torn_step"]),
         "tamper": lambda: tamper.campaign(root / "tamper", flips=size["flips"], per_kind=size["per_kind"]),
         "storm": lambda: concurrency.storm(root / "storm", workers=workers, jobs=jobs, kill_every=kill_every,
@@ -88,25 +92,26 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
             add(f"{name}: the campaign itself raised", r[name][CAMPAIGN_ERROR], "its figures", False)
     r = {name: part for name, part in r.items() if not (isinstance(part, dict) and CAMPAIGN_ERROR in part)}
     if "crash" in r:
-        c = r["crash"]
-        if c.get("mode") == "every_pass":  # one kill per pass: the runs must be as many as the passes counted
-            passes = sum(c["passes"].values())
-            add(f"crash at every pass of every point ({c['points']} points, {passes} passes): processes killed",
-                f"{c['crashed']}/{c['runs']}", "all", c["crashed"] == c["runs"] == passes)
-        else:
-            seeds = c.get("seeds") or c["runs"] // max(1, c["points"])
-            add(f"crash points x seeds, one sampled pass each ({c['points']} x {seeds}): processes killed",
-                f"{c['crashed']}/{c['runs']}", "all", c["crashed"] == c["runs"])
-        add("  acknowledged events lost", c["acked_lost"], "0", c["acked_lost"] == 0)
-        add("  jobs lost / finished twice", f"{c['jobs_lost']} / {c['finished_twice']}", "0 / 0",
-            c["jobs_lost"] == 0 and c["finished_twice"] == 0)
-        add("  histories failing verify after recovery", c["verify_problems"], "0", c["verify_problems"] == 0)
-        add("  runs breaking any invariant", len(c["failed_runs"]), "0", not c["failed_runs"])
+        out.append(_kills_row(r["crash"], "crash"))
+        _sweep_rows(add, r["crash"])
+    if "crash_cli" in r:
+        c = r["crash_cli"]
+        actions = ", ".join(a for a in c["commands"] if a in crash_cli.ACTIONS)
+        what = [f"control {actions}"] * bool(actions) + ["a worker stopped by SIGTERM"] * (
+            crash_cli.STOPPED_WORKER in c["commands"])
+        out.append(_kills_row(c, f"crash the CLI ({'; '.join(what)})"))
+        add("  actions run again after the kill: exit 0, applied once", f"{c['again_ok']}/{c['again_runs']}", "all",
+            c["again_ok"] == c["again_runs"])
+        _sweep_rows(add, c)
     if "double_crash" in r:
         d = r["double_crash"]
-        add(f"crash, then crash the recovery ({d['runs']} random pairs): acked lost / jobs lost / twice",
-            f"{d['acked_lost']} / {d['jobs_lost']} / {d['finished_twice']}", "0 / 0 / 0",
-            not d["failed_runs"] and d["acked_lost"] == 0 and d["jobs_lost"] == 0 and d["finished_twice"] == 0)
+        every = (f"at each point it passes ({d['first_points']} points x the recovery's: {d['runs']} pairs, passes "
+                 f"picked by seed {d['seed']})")
+        how = every if d["pairs"] == "all" else f"({d['runs']} pairs sampled by seed {d['seed']})"
+        add(f"crash, then crash the recovery {how}: workloads / recoveries killed",
+            f"{d['crashed']} / {d['recoveries_killed']} of {d['runs']}", "all",
+            d["crashed"] == d["recoveries_killed"] == d["runs"] > 0)
+        _sweep_rows(add, d)
     if "torn" in r:
         t = r["torn"]
         add("torn-tail offsets recovered (job file + audit log)", f"{t['recovered']}/{t['offsets']}", "all",
@@ -136,8 +141,11 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
         add("  re-runs after a kill (at-least-once, informative)", s["reruns"], "any", True)
     if "zombie" in r:
         z = r["zombie"]
-        add(f"zombie (SIGSTOP past lease) late writes accepted, {z['completed']}/{z['rounds']} rounds",
-            z["late_writes_accepted"], "0", z["late_writes_accepted"] == 0 and z["completed"] == z["rounds"])
+        add(f"zombie (SIGSTOP past lease, {z['completed']}/{z['rounds']} rounds): late writes accepted / finished "
+            "twice",
+            f"{z['late_writes_accepted']} / {z['finished_twice']}{_verify_failed(z)}", "0 / 0",
+            z["late_writes_accepted"] == 0 and z["finished_twice"] == 0 and z["completed"] == z["rounds"]
+            and z["verify_ok"])
     if "clock" in r:
         k = r["clock"]
         add(f"clock jumps ({k['seeds']} seeds, {k['jumps']} jumps): lost / twice / late writes",
@@ -175,6 +183,41 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     return out
 
 
+def _seeds(seeds: list[int]) -> str:
+    """The seeds a sampled sweep ran (consecutive), as its row names them."""
+    if len(seeds) < 2:
+        return f"seed {seeds[0]}" if seeds else "no seed named"
+    return f"seeds {seeds[0]}-{seeds[-1]}"
+
+
+def _pass_counts(passes: dict[str, Any]) -> list[int]:
+    """How often a sweep's points were passed: the crash part's by point, the command line's by command and point."""
+    return [n for v in passes.values() for n in (_pass_counts(v) if isinstance(v, dict) else [v])]
+
+
+def _kills_row(c: dict[str, Any], subject: str) -> tuple[str, str, str, bool]:
+    """A sweep's first row: the mode that ran, and whether it killed once at each pass that mode promises (at every
+    pass of every point, or at one per point and seed); a mode it does not name, or seeds it does not give, promise
+    nothing it can meet."""
+    counts, seeds = _pass_counts(c["passes"]), c.get("seeds") or []
+    if c.get("mode") == crash.EVERY_PASS:
+        figure, promised = f"at every pass of every point ({len(counts)} points, {sum(counts)} passes)", sum(counts)
+    else:
+        figure = f"at one sampled pass of every point per seed ({len(counts)} points x {len(seeds)}, {_seeds(seeds)})"
+        promised = len(counts) * len(seeds) if c.get("mode") == crash.SAMPLED and seeds else -1
+    return (f"{subject} {figure}: processes killed", f"{c['crashed']}/{c['runs']}", "all",
+            c["crashed"] == c["runs"] == promised)
+
+
+def _sweep_rows(add: Callable[[str, Any, str, bool], None], c: dict[str, Any]) -> None:
+    """The rows every crash sweep has below its first (``crash.summary``'s figures)."""
+    add("  acknowledged events lost", c["acked_lost"], "0", c["acked_lost"] == 0)
+    add("  jobs lost / finished twice", f"{c['jobs_lost']} / {c['finished_twice']}", "0 / 0",
+        c["jobs_lost"] == 0 and c["finished_twice"] == 0)
+    add("  histories failing verify after recovery", c["verify_problems"], "0", c["verify_problems"] == 0)
+    add("  runs breaking any invariant", len(c["failed_runs"]), "0", not c["failed_runs"])
+
+
 def _verify_failed(part: dict[str, Any]) -> str:
     """What a row adds to its measured figures when ``verify`` failed on the project its campaign left."""
     return "" if part["verify_ok"] else "; verify failed"
@@ -192,9 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print every measured figure as JSON")
     parser.add_argument("--only", action="append", default=None, choices=PARTS, metavar="PART",
                         help=f"run only this part (repeatable): {', '.join(PARTS)}; any other name is a usage error")
-    parser.add_argument("--crash", choices=CRASH_MODES, default=None,
-                        help="where the crash part kills: at one sampled pass of each point per seed (the default with "
-                             "--quick) or at every pass of every point (the default without it; 2 to 4 min)")
+    parser.add_argument("--crash", choices=crash.MODES, default=None,
+                        help="where the crash parts (crash, crash_cli) kill: at one sampled pass of each point per "
+                             "seed (the default with --quick) or at every pass of every point (the default without it)")
     parser.add_argument("--keep", metavar="DIR", default=None, help="work in DIR and keep it (default: a temp dir)")
     args = parser.parse_args(argv)
     import logging
@@ -204,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.keep) if args.keep else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         result = run_all(root, quick=args.quick, only=set(args.only) if args.only else None,
-                         crash_every_pass=None if args.crash is None else args.crash == "every-pass")
+                         crash_mode=args.crash)
     met = all(ok for *_, ok in rows(result))
     result["all_met"] = met
     print(json.dumps(result, indent=1, default=str) if args.json else table(result))

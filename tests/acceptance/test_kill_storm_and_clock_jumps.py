@@ -23,6 +23,7 @@ def test_a_zombie_worker_continued_after_a_takeover_writes_nothing(tmp_path: Pat
     result = concurrency.zombie(tmp_path, rounds=1)
     assert result["completed"] == 1
     assert result["late_writes_accepted"] == 0 and result["finished_twice"] == 0
+    assert result["verify_ok"]
 
 
 @pytest.mark.parametrize("seed", range(4))

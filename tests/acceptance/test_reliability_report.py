@@ -43,14 +43,15 @@ STORM = {"workers": 4, "jobs": 150, "kills": 3, "lost": 0, "finished_twice": 0, 
 DISK = {"mode": "tmpfs", "acked": 40, "acked_missing": 0, "error_code": "STORAGE_ERROR", "cli_exit": 10,
         "worker_exit_while_full": 0, "worker_clear": True, "resumed": True, "unfinished": 0, "verify_ok": True}
 CLOCK = {"seeds": 3, "jumps": 120, "lost": 0, "finished_twice": 0, "late_writes_accepted": 0, "verify_ok": True}
+ZOMBIE = {"rounds": 1, "completed": 1, "late_writes_accepted": 0, "finished_twice": 0, "verify_ok": True}
 
 
-def test_a_project_failing_verify_fails_the_storm_disk_and_clock_rows_saying_so() -> None:
+def test_a_project_failing_verify_fails_the_storm_disk_clock_and_zombie_rows_saying_so() -> None:
     """The storm's and the full disk's rows were met whatever ``verify`` said (until 2026-12-07); the clock's failed
-    with every figure shown as promised."""
+    with every figure shown as promised; the zombie's had no ``verify`` (until the twenty-eighth session)."""
     from orchestrator.reliability.report import rows
 
-    good = {"storm": STORM, "disk": DISK, "clock": CLOCK}
+    good = {"storm": STORM, "disk": DISK, "clock": CLOCK, "zombie": ZOMBIE}
     assert all(ok for *_, ok in rows(good))
     for part in good:
         broken = {**good, part: {**good[part], "verify_ok": False}}
@@ -79,12 +80,12 @@ def test_a_campaign_that_raises_is_a_failed_row_naming_the_exception_and_the_oth
 def test_the_crash_option_chooses_the_sweeps_mode_whatever_the_size(monkeypatch: pytest.MonkeyPatch) -> None:
     from orchestrator.reliability import crash, report
 
-    modes: list[bool] = []
-    monkeypatch.setattr(crash, "sweep", lambda root, seeds, every_pass: modes.append(every_pass) or {})
+    modes: list[str] = []
+    monkeypatch.setattr(crash, "sweep", lambda root, mode, seeds: modes.append(mode) or {"mode": mode})
     monkeypatch.setattr(report, "rows", lambda result: [])
     for argv in (["--quick"], [], ["--quick", "--crash", "every-pass"], ["--crash", "sampled"]):
         report.main([*argv, "--only", "crash"])
-    assert modes == [False, True, True, False]
+    assert modes == ["sampled", "every-pass", "every-pass", "sampled"]  # as the command line spells them
 
 
 def test_the_fsync_row_says_why_it_failed_when_its_two_figures_are_as_promised() -> None:
@@ -95,3 +96,29 @@ def test_the_fsync_row_says_why_it_failed_when_its_two_figures_are_as_promised()
     assert rows({"fsync": fsync}) == [(
         "failed fsync acknowledged anyway / lines left", "0 / 0; 1 of 20 trials left a project failing verify; 2 of 20 "
         "trials refused otherwise (INVALID_TRANSITION: job_claimed needs a job that is queued)", "0 / 0", False)]
+
+
+def test_the_zombie_row_fails_when_the_zombie_finished_its_job_a_second_time() -> None:
+    from orchestrator.reliability.report import rows
+
+    assert rows({"zombie": ZOMBIE}) == [(
+        "zombie (SIGSTOP past lease, 1/1 rounds): late writes accepted / finished twice", "0 / 0", "0 / 0", True)]
+    assert not rows({"zombie": {**ZOMBIE, "finished_twice": 1}})[0][3]
+
+
+DOUBLE = {"pairs": "all", "seed": 0, "first_points": 21, "runs": 250, "crashed": 250, "recoveries_killed": 250,
+          "acked_lost": 0, "jobs_lost": 0, "finished_twice": 0, "verify_problems": 0, "failed_runs": []}
+
+
+def test_the_double_crash_rows_say_how_the_pairs_were_chosen_and_are_met_only_when_both_crashes_came() -> None:
+    """Until 2026-12-07 the row said "200 random pairs" of crashes where most recoveries were never killed."""
+    from orchestrator.reliability.report import rows
+
+    assert rows({"double_crash": DOUBLE})[0] == (
+        "crash, then crash the recovery at each point it passes (21 points x the recovery's: 250 pairs, passes picked "
+        "by seed 0): workloads / recoveries killed", "250 / 250 of 250", "all", True)
+    assert all(ok for *_, ok in rows({"double_crash": DOUBLE}))
+    sample = {**DOUBLE, "pairs": 8, "runs": 8, "crashed": 8, "recoveries_killed": 8}
+    assert rows({"double_crash": sample})[0][:2] == (
+        "crash, then crash the recovery (8 pairs sampled by seed 0): workloads / recoveries killed", "8 / 8 of 8")
+    assert not rows({"double_crash": {**DOUBLE, "recoveries_killed": 249}})[0][3]

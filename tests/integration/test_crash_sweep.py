@@ -5,13 +5,14 @@ each point; the long version (every pass of every point) runs in ``scripts/relia
 """
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from orchestrator.reliability import crash
+from orchestrator.reliability import crash, double_crash
 from orchestrator.reliability.report import rows
 
 # the write paths issue 6 names; the sweep must reach every one of them
@@ -40,10 +41,15 @@ def test_a_crash_at_a_later_pass_recovers_too(tmp_path: Path, point: str, nth: i
     assert run["ok"], run
 
 
-def test_a_crash_during_the_recovery_from_a_crash_loses_nothing_either(tmp_path: Path) -> None:
-    result = crash.double_sweep(tmp_path, runs=8, seed=1)
+def test_a_crash_during_the_recovery_from_a_crash_loses_nothing_either_and_the_same_seed_kills_the_same_pairs(
+        tmp_path: Path) -> None:
+    """Until 2026-12-07 the recovery was armed at a random point and pass (1 to 4) that most recoveries never reach
+    (9 of 30 killed), and the pairs followed the calibration's timing; now at a point and pass its own count found."""
+    result = double_crash.sweep(tmp_path / "first", pairs=4, seed=1)
+    assert result["runs"] == result["crashed"] == result["recoveries_killed"] == 4, result["failed_runs"]
     assert result["failed_runs"] == []
     assert (result["acked_lost"], result["jobs_lost"], result["finished_twice"]) == (0, 0, 0)
+    assert double_crash.sweep(tmp_path / "again", pairs=4, seed=1)["pairs_killed"] == result["pairs_killed"]
 
 
 def test_the_sweep_catches_a_writer_that_appends_after_a_torn_tail(tmp_path: Path,
@@ -111,8 +117,8 @@ def test_killing_at_every_pass_catches_a_ready_entry_dropped_before_its_event(
     only at the other point that shows it. Every pass of one point here (27 kills); the report's long run, all 20."""
     _drop_ready_before_the_event(monkeypatch)
     point = "store.append.before_write"
-    result = crash.sweep(tmp_path, points=[point], every_pass=True)
-    assert result["mode"] == "every_pass" and result["crashed"] == result["runs"] == result["passes"][point] > 2
+    result = crash.sweep(tmp_path, points=[point], mode=crash.EVERY_PASS)
+    assert result["mode"] == "every-pass" and result["crashed"] == result["runs"] == result["passes"][point] > 2
     failed = result["failed_runs"]
     assert 0 < len(failed) < result["runs"] and all(r["jobs_lost"] for r in failed), failed
     table = {figure.strip(): ok for figure, _, _, ok in rows({"crash": result})}
@@ -132,7 +138,8 @@ def test_every_pass_mode_kills_once_at_each_pass_where_a_sampled_pass_misses_the
                 "jobs_lost": int(broken), "finished_twice": 0, "verify_problems": 0}
 
     monkeypatch.setattr(crash, "one_crash", one_crash)
-    every = crash.sweep(tmp_path, every_pass=True)
+    every = crash.sweep(tmp_path, mode="every-pass")
+    assert every["mode"] == "every-pass" and "seeds" not in every  # the command line's spelling; no seed picks a pass
     assert killed == [("a", n) for n in (1, 2, 3)] + [("b", n) for n in range(1, 28)]
     assert [r["nth"] for r in every["failed_runs"]] == [23, 26] and every["jobs_lost"] == 2
     assert rows({"crash": every})[0] == ("crash at every pass of every point (2 points, 30 passes): processes killed",
@@ -140,9 +147,51 @@ def test_every_pass_mode_kills_once_at_each_pass_where_a_sampled_pass_misses_the
     assert not all(ok for *_, ok in rows({"crash": every}))
     killed.clear()
     sampled = crash.sweep(tmp_path, seeds=1)  # seed 0 picks pass 13 of b: the fault goes unseen
-    assert killed == [("a", 1), ("b", 13)] and sampled["failed_runs"] == []
+    assert killed == [("a", 1), ("b", 13)] and sampled["failed_runs"] == [] and sampled["seeds"] == [0]
     assert rows({"crash": sampled})[0] == (
-        "crash points x seeds, one sampled pass each (2 x 1): processes killed", "2/2", "all", True)
+        "crash at one sampled pass of every point per seed (2 points x 1, seed 0): processes killed", "2/2", "all",
+        True)
     assert all(ok for *_, ok in rows({"crash": sampled}))
     every["runs"] = every["crashed"] = 29  # a pass left out is not every pass
     assert not rows({"crash": every})[0][3]
+
+
+def _slow_lease_writes(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """A loaded host, as the sweep's workload meets it: each heartbeat's lease write late by ``seconds``."""
+    from orchestrator import heartbeat
+
+    real = heartbeat.write_lease
+
+    def late(*args: Any) -> None:
+        time.sleep(seconds)
+        real(*args)
+
+    monkeypatch.setattr(heartbeat, "write_lease", late)
+
+
+def test_the_workloads_long_run_renews_its_lease_as_often_as_the_sweep_counts_however_late_its_heartbeats(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Until 2026-12-07 the run slept 0.25 s under a 0.3 s lease: a heartbeat made late by a loaded host left one
+    renewal where the calibration had counted two, and every-pass mode's kill at the second never came."""
+    _slow_lease_writes(monkeypatch, 0.2)
+    assert crash.calibrate(tmp_path / "slow")["lease.after_write"] == crash.LEASE_BEATS == 2
+    result = crash.sweep(tmp_path / "sweep", mode=crash.EVERY_PASS, points=["lease.after_write"])
+    assert result["crashed"] == result["runs"] == 2 and result["failed_runs"] == [], result["failed_runs"]
+
+
+def test_a_sampled_sweep_reports_the_seeds_it_ran_and_its_row_holds_it_to_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Until 2026-12-07 the row made its seed count up (runs / points) when the seeds were missing, and said nothing of
+    which seeds ran: a sweep of seeds 5 and 6 read as one of seeds 0 and 1."""
+    monkeypatch.setattr(crash, "calibrate", lambda root: Counter({"a": 3, "b": 27}))
+    monkeypatch.setattr(crash, "one_crash", lambda root, point, nth, name: {
+        "point": point, "nth": nth, "crashed": True, "ok": True, "acked_lost": 0, "jobs_lost": 0, "finished_twice": 0,
+        "verify_problems": 0})
+    result = crash.sweep(tmp_path, seeds=2, first_seed=5)
+    assert result["mode"] == "sampled" and result["seeds"] == [5, 6] and result["runs"] == 4
+    assert rows({"crash": result})[0] == (
+        "crash at one sampled pass of every point per seed (2 points x 2, seeds 5-6): processes killed", "4/4", "all",
+        True)
+    for broken in ({k: v for k, v in result.items() if k != "seeds"}, {**result, "runs": 3, "crashed": 3},
+                   {**result, "mode": "every_pass"}):
+        assert not rows({"crash": broken})[0][3], broken

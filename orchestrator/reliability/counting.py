@@ -1,0 +1,37 @@
+"""``python -m orchestrator.reliability.counting FILE ARGS...``: ``python -m orchestrator ARGS...`` that writes the
+name of each crash point it passes to FILE, one a line, as it passes it.
+
+How the command-line sweep (``crash_cli.py``) counts the passes it then kills at with ``ORCH_CRASH_AT``. Only the
+command's own process counts: a point passed in a process it forked (a handler's) is not one it can be killed at.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from orchestrator import faults
+
+
+def count_into(path: str) -> None:
+    """Make every crash point this process passes from now on append its name to ``path``."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    real, me = faults.point, os.getpid()
+
+    def counting(name: str, prepare: Any = None) -> None:
+        if os.getpid() == me:
+            os.write(fd, f"{name}\n".encode())
+        real(name, prepare)
+
+    faults.point = counting  # type: ignore[assignment]
+
+
+def main() -> None:
+    count_into(sys.argv[1])
+    from orchestrator.cli import main as cli
+
+    cli(sys.argv[2:], prog_name="python3 -m orchestrator")
+
+
+if __name__ == "__main__":
+    main()
