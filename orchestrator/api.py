@@ -27,7 +27,7 @@ from orchestrator.limits import (MAX_INPUT_BYTES, MAX_KIND_LENGTH, a_process_cou
                                  callable_or_none, instance_or_none, is_kind, true_or_false)
 from orchestrator.notices import log_warning
 from orchestrator.security import shown, validate_id
-from orchestrator.signing import SUBMITTED_CONTEXT_MIN_BYTES, Encoded, Keyring, canonical
+from orchestrator.signing import SUBMITTED_CONTEXT_MIN_BYTES, Encoded, Keyring, canonical, line_key_id
 from orchestrator.leases import lease_expiry
 from orchestrator.state import RUNNING, STATES, Event, JobState, apply
 from orchestrator.store.base import HEADS_AREA, EventStore, Head, StoredLine
@@ -342,7 +342,8 @@ class Orchestrator:
 
         if old is None:
             self.queue.built_with_first_job(self.store)
-        index_statements = self.queue.before_append(job_id, old, state)  # None unless the index is in the store
+        signer = view.signer if view is not None and head.seq else line_key_id(lines[0])  # of the job's first line
+        index_statements = self.queue.before_append(job_id, old, state, signer)  # None unless the index is in the store
 
         def with_events(new_head: Head) -> dict[tuple[str, str], bytes | None]:
             return {(HEADS_AREA, job_id): head_record(job_id, new_head), **(aux or {})}

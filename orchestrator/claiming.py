@@ -90,8 +90,9 @@ class LeftQueued:
     def forget(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
 
-    def skipped(self) -> list[str]:
-        """The latest jobs left, for a shared index never to reserve for this worker (``QueueIndex.candidates``)."""
+    def jobs_not_to_reserve(self) -> list[str]:
+        """The latest jobs left, which a shared index is asked never to reserve for this worker
+        (``QueueIndex.candidates``'s ``skip``)."""
         return list(islice(reversed(self._jobs), SKIPPED_MAX)) if self._jobs else []
 
 
@@ -157,7 +158,7 @@ class Claimer:
         self._pass_at, self._met, self._counted, self._moved = now, set(), False, []
         # a job left for want of a handler or a key is never the one a shared index reserves for this worker: reserved
         # at every pass, it would keep the workers that can run it waiting (PostgreSQL, ``QueueIndex.candidates``)
-        skip = self.untrusted.skipped() + self.left.skipped()
+        skip = self.untrusted.jobs_not_to_reserve() + self.left.jobs_not_to_reserve()
         for entry in self._in_order(self._listed(now, skip)):
             self._met.add(entry.job_id)
             if self.left.passes_over(entry.job_id):  # of a kind this worker does not run: no read, not waited for
@@ -186,8 +187,10 @@ class Claimer:
         """The pass's candidates (``QueueIndex.candidates``). From an index that lists a page of the due entries
         (PostgreSQL's: the reserved row and ``CANDIDATES`` more), the due ones of each page, the next page asked for
         only once this one is left whole (``QueueIndex.next_page``: none of a kind the pass found it has no handler
-        for, nor of a job it remembers it left for want of a key, ``UntrustedJobs.left_jobs``: not read again), then
-        the first page's hints (not due: ``next_due``). So one pass reaches every due job this worker can run, as on
+        for, nor signed by a key found missing, nor of another job remembered as left for want of a key: not read
+        again; ``UntrustedJobs.keys_to_leave_out`` is asked at each page, since a page may find a key, and
+        ``jobs_to_leave_out`` once, since a job the pass leaves is behind its next pages), then the first page's hints
+        (not due: ``next_due``). So one pass reaches every due job this worker can run, as on
         files; until 2026-12-07 one behind more than 9 it could not run was not reached by ``worker --once``, and a
         looping worker's later passes reserved past at most ``SKIPPED_MAX`` of them. A claim that finds its job in
         the first page costs one statement, as before."""
@@ -203,9 +206,9 @@ class Claimer:
                     yield entry
                 else:
                     later.append(entry)
-            left_jobs = left_jobs if left_jobs is not None else self.untrusted.left_jobs()
+            left_jobs = left_jobs if left_jobs is not None else self.untrusted.jobs_to_leave_out()
             listed = self.queue.next_page(now, skip=skip, kinds=kinds, left_kinds=list(self.unhandled),
-                                          left_jobs=left_jobs)
+                                          left_jobs=left_jobs, left_keys=self.untrusted.keys_to_leave_out())
         yield from later
 
     def _in_order(self, candidates: Iterable[ReadyEntry]) -> Iterator[ReadyEntry]:
@@ -399,8 +402,9 @@ class Claimer:
         until 2026-12-07 ``worker --once`` said "9 queued job(s)" of 60 (exit 11 and 8, the ``worker_stopped``
         line). Only for such a report (``handler_not_found``, ``untrusted_keys``), never on the claim path: one
         listing of the index (``QueueIndex.ready``), each job counted by its entry's kind, unread; where jobs were
-        left for want of a key, each job not met is read and checked instead, as a pass over every entry would. A
-        store that fails meanwhile leaves the pass's own counts (logged)."""
+        left for want of a key, each job not met is passed over as a pass would (its entry left, or its row naming a
+        key found missing: ``UntrustedJobs.passes_over``, unread since the twenty-eighth session) or else read and
+        checked. A store that fails meanwhile leaves the pass's own counts (logged)."""
         if self._counted or self.queue.lists_every_due_entry or not (self.unhandled or self.untrusted.queued):
             return
         self._counted = True
@@ -411,6 +415,8 @@ class Claimer:
                     continue
                 if self._kinds and entry.kind is not None and entry.kind not in self._kinds:
                     continue  # not this worker's (--kind): not counted, as a pass leaves it quietly
+                if read_each and self.untrusted.passes_over(entry, entry.job_id):
+                    continue  # counted by the key that left it
                 if read_each or entry.kind is None:  # a row from before 0004 has no kind: its job tells
                     self._count_by_reading(entry)
                 else:

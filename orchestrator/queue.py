@@ -68,6 +68,10 @@ class ReadyEntry:
     # before the mark: a file entry named without it, a PostgreSQL row from before migration 0007). Not part of the
     # entry's identity or order: one job, one entry, however it is named
     at_once: bool = field(default=False, compare=False)
+    # the key that signed the job's first line, when the writer knew it (PostgreSQL keeps it, migration 0008: a worker
+    # that does not trust that key leaves the row out of its next pages, ``UntrustedJobs``); not part of the entry's
+    # identity or order, and not in a file entry's name (a file index's entries carry None)
+    signer: str | None = field(default=None, compare=False)
 
     @property
     def priority(self) -> int:
@@ -153,11 +157,13 @@ class QueueIndex(ABC):
     lists_every_due_entry = True
 
     # -- projection hooks (called by Orchestrator.append) --------------------------------------
-    def before_append(self, job_id: str, old: JobState | None, new: JobState) -> InTransaction | None:
+    def before_append(self, job_id: str, old: JobState | None, new: JobState,
+                      signer: str | None = None) -> InTransaction | None:
         """Make the entries the new state needs exist before its event is written.
 
         An index kept in the store's database returns its statements instead, for the append to
         run in its own transaction (``EventStore.append(in_transaction=...)``); this one returns None.
+        ``signer``: the key that signed the job's first line (``ReadyEntry.signer``), for an index that keeps it.
         """
         change = IndexChange.of(old, new)
         if change.put_ready is not None:
@@ -238,10 +244,13 @@ class QueueIndex(ABC):
         return iter(self.ready())
 
     def next_page(self, now: float, skip: Collection[str] = (), kinds: Collection[str] = (),
-                  left_kinds: Collection[str] = (), left_jobs: Collection[str] = ()) -> list[ReadyEntry]:
+                  left_kinds: Collection[str] = (), left_jobs: Collection[str] = (),
+                  left_keys: Collection[str] = ()) -> list[ReadyEntry]:
         """For an index that lists a page of the due entries (``lists_every_due_entry`` False): the next page, once a
-        claimer left every entry of the last one, without entries of ``left_kinds`` (kinds it found no handler for)
-        or of the jobs ``left_jobs`` (left for want of a key, as remembered); empty when there is none. An index whose ``candidates`` lists every entry has no next page."""
+        claimer left every entry of the last one, without entries of ``left_kinds`` (kinds it found no handler for),
+        of the jobs ``left_jobs`` or of jobs whose first line a key of ``left_keys`` signed (left for want of a key:
+        ``UntrustedJobs``); empty when there is none. An index whose ``candidates`` lists every entry has no next
+        page."""
         return []
 
     def upcoming(self) -> ReadyEntry | None:
@@ -366,14 +375,14 @@ class QueueIndex(ABC):
                 self.mark_built()
             self._seen_built = True
 
-    def index_job(self, s: JobState, ok: bool = True) -> bool:
+    def index_job(self, s: JobState, ok: bool = True, signer: str | None = None) -> bool:
         """Put the entry a job in state ``s`` needs, whatever the index held; True if it needs one.
         A job whose history failed verification gets a ready entry: a claimer meets it once, refuses
-        it (audited) and drops the entry."""
+        it (audited) and drops the entry. ``signer``: ``JobView.signer`` (``ReadyEntry.signer``)."""
         if s.state == QUEUED or not ok:
             entry = ReadyEntry.for_state(s)
             # an unverified history's kind may be forged: offered to every worker (any of them refuses the job)
-            self.put_ready(entry if ok else replace(entry, kind=None))
+            self.put_ready(replace(entry, signer=signer) if ok else replace(entry, kind=None))
             return True
         if s.state == RUNNING:
             self.put_running(s.job_id, s.epoch)
@@ -391,7 +400,7 @@ class QueueIndex(ABC):
                 log.warning("rebuild: cannot read job %s", job_id, extra={"job_id": job_id})
                 continue
             faults.point("queue.rebuild.each_job")
-            if view.state is not None and self.index_job(view.state, view.ok):
+            if view.state is not None and self.index_job(view.state, view.ok, view.signer):
                 count += 1
         self.mark_built()
         log.info("ready index rebuilt from events: %d entries", count, extra={"entries": count})

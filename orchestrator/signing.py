@@ -162,6 +162,18 @@ def line_seq(line: bytes) -> int | None:
     return int(found.group(1)) if found else None
 
 
+_KID_VALUE = re.compile(rb',"kid":"(k-[0-9a-f]{16})"[,}]')
+
+
+def line_key_id(line: bytes) -> str | None:
+    """The id of the key a line says signed it, found from its end as ``line_seq`` finds its ``seq`` (no key after a
+    record's own ``kid``: ``prev``, ``run_id``, ``seq``, ``sig``, ``ts``, ``type``, ``v``, holds an object), not
+    parsed, not verified. None when it names none of a key id's form."""
+    at = line.rfind(b',"kid":"')
+    found = _KID_VALUE.match(line, at) if at >= 0 else None
+    return found.group(1).decode() if found else None
+
+
 def line_and_body(record: dict[str, Any]) -> tuple[bytes, bytes]:
     """``canonical(record)`` and ``canonical`` of ``record`` without ``sig`` (the bytes its signature covers), with
     each value encoded once: keys are sorted, so both are the keys before ``"sig"`` and those after it, with or

@@ -13,7 +13,12 @@ The worker remembers the index entry it left each job at (``UntrustedJobs``), an
 entry on later passes without reading the job: an entry names one stretch of a job's life (a ready
 entry is moved or dropped by every event of a queued job, a running entry ``(job, epoch)`` by every
 event of a running one), and a line under an unknown key stays in an append-only history, so the
-job could not be checked here anyway. What is remembered is forgotten when the keys the worker
+job could not be checked here anyway. It remembers the keys too: a PostgreSQL ready row names the key
+that signed its job's first line (``ReadyEntry.signer``, migration 0008), so a row of a key found
+missing is passed over unread wherever it is met, and a claim pass's next pages leave every such row
+out (``QueueIndex.next_page``): a worker reads a page of a key's jobs, not each of them (until
+2026-12-07, twenty-eighth session: ``worker --once`` read 4,000 to reach the job behind them). A file
+entry names no key. What is remembered is forgotten when the keys the worker
 trusts or refuses change (``Keyring.reload``: at its sweep, once a minute, or when it meets a job it
 cannot check), and then every such job is read again. See ``docs/worker.md``.
 """
@@ -31,20 +36,24 @@ from orchestrator.signing import Keyring
 
 log = logging.getLogger(__name__)
 
-# index entries of jobs left for want of a key that a worker remembers (the oldest forgotten; ~4 MiB when full): more
-# such due jobs than this are read again at each pass that pages past them (``left_jobs``)
+# index entries of jobs left for want of a key that a worker remembers (the oldest forgotten; ~4 MiB when full): on
+# files, more such due jobs than this are read again at each pass (a PostgreSQL row names its job's key:
+# ``keys_to_leave_out``)
 LEFT_KEPT = 8192
-SKIPPED_MAX = 256  # of those, the jobs (the latest met) a shared index is asked not to reserve for this worker
+KEYS_KEPT = 1024  # the keys found missing that a worker remembers (the oldest forgotten)
+SKIPPED_MAX = 256  # of the entries, the jobs (the latest met) a shared index is asked not to reserve for this worker
 
 
 class UntrustedJobs:
-    """The jobs one worker left because keys it does not hold signed them, by the index entry it met them at."""
+    """The jobs one worker left because keys it does not hold signed them, by the index entry it met them at, and
+    those keys (a PostgreSQL row names the key of its job's first line)."""
 
     def __init__(self, keyring: Keyring, notify: Notify | None = None) -> None:
         self.keyring = keyring
         self.notify = notify  # where its warning of a key it does not trust goes (``notices``)
         self._left: OrderedDict[Hashable, frozenset[str]] = OrderedDict()  # entry -> the keys missing
-        self._trust = keyring.trust_state()  # the keys the entries above were checked with
+        self._keys: OrderedDict[str, None] = OrderedDict()  # every key found missing
+        self._trust = keyring.trust_state()  # the keys the entries and keys above were checked with
         self._warned: set[str] = set()
         self.queued: dict[str, set[str]] = {}  # key id -> the queued jobs the last claim pass left for want of it
 
@@ -53,23 +62,31 @@ class UntrustedJobs:
         self.queued = {}
 
     def passes_over(self, mark: Hashable, job_id: str) -> bool:
-        """True if this worker left the job at index entry ``mark`` (a ``ReadyEntry``, or ``running_mark``) under
-        the keys it trusts now: it is passed over without a read. A ready entry counts in ``queued``."""
+        """True if this worker left the job at index entry ``mark`` (a ``ReadyEntry``, or ``running_mark``), or the
+        entry names a key it found missing (``ReadyEntry.signer``), under the keys it trusts now: it is passed over
+        without a read, and remembered as left at ``mark``. A ready entry counts in ``queued``."""
         if not self._left:  # the usual case: nothing left, nothing to compare
             return False
         self._check_trust()
-        kids = self._left.get(mark)
-        if kids is None:
+        kids = self._left.get(mark) or self._signed_by_a_missing_key(mark)
+        if not kids:
             return False
-        self._left.move_to_end(mark)
+        keep_latest(self._left, mark, kids, LEFT_KEPT)
         self._count(mark, job_id, kids)
         return True
+
+    def _signed_by_a_missing_key(self, mark: Hashable) -> frozenset[str]:
+        """The key an entry names (PostgreSQL's rows), if it is one found missing; else none."""
+        signer = mark.signer if isinstance(mark, ReadyEntry) else None
+        return frozenset((signer,)) if signer is not None and signer in self._keys else frozenset()
 
     def leave(self, mark: Hashable, job_id: str, kids: frozenset[str]) -> None:
         """Remember that the job at index entry ``mark`` was left for want of keys ``kids`` (read under the keys
         trusted now), and warn once for each key not warned of before."""
         self._check_trust()
         keep_latest(self._left, mark, kids, LEFT_KEPT)
+        for kid in kids:
+            keep_latest(self._keys, kid, None, KEYS_KEPT)
         self._count(mark, job_id, kids)
         folders = ", ".join(self.keyring.folders) or "none: a keyring made in memory"
         for kid in sorted(kids - self._warned):
@@ -81,9 +98,10 @@ class UntrustedJobs:
                  "the job was written without one: `orchestrator verify` lists it", job_id=job_id, key_id=kid,
                  code=KeyNotTrustedError.code)
 
-    def skipped(self) -> list[str]:
-        """The jobs of the ready entries left (the ``SKIPPED_MAX`` met last), for a shared index not to reserve them
-        for this worker (PostgreSQL, ``QueueIndex.candidates``)."""
+    def jobs_not_to_reserve(self) -> list[str]:
+        """The jobs of the ready entries left (the ``SKIPPED_MAX`` met last), which a shared index is asked never to
+        reserve for this worker (``QueueIndex.candidates``'s ``skip``): its claim pass's first page may still list
+        them."""
         if not self._left:
             return []
         self._check_trust()
@@ -95,14 +113,23 @@ class UntrustedJobs:
                 jobs.append(mark.job_id)
         return jobs
 
-    def left_jobs(self) -> list[str]:
-        """The jobs of every ready entry remembered as left, for a shared index's next pages to leave out
-        (``QueueIndex.next_page``): a line under a key not trusted stays in its history, so the job cannot be checked
-        here whatever entry it has now, until the keys trusted change (then none is remembered)."""
+    def jobs_to_leave_out(self) -> list[str]:
+        """The jobs of the ready entries remembered as left whose key ``keys_to_leave_out`` does not already leave out
+        (a row naming another key, or none), for a shared index's next pages to leave out (``QueueIndex.next_page``):
+        a line under a key not trusted stays in its history, so the job cannot be checked here whatever entry it has
+        now, until the keys trusted change (then none is remembered)."""
         if not self._left:
             return []
         self._check_trust()
-        return [mark.job_id for mark in self._left if isinstance(mark, ReadyEntry)]
+        return [mark.job_id for mark in self._left if isinstance(mark, ReadyEntry) and mark.signer not in self._keys]
+
+    def keys_to_leave_out(self) -> list[str]:
+        """The keys found missing, for a shared index's next pages to leave out every row they signed
+        (``QueueIndex.next_page``: PostgreSQL's rows name the key of their job's first line)."""
+        if not self._left:
+            return []
+        self._check_trust()
+        return list(self._keys)
 
     def error(self, worker_id: str) -> KeyNotTrustedError | None:
         """The queued jobs the last claim pass left for want of a key, by key, as the error ``worker --once`` exits
@@ -129,6 +156,7 @@ class UntrustedJobs:
         if state != self._trust:  # a key trusted or revoked since (Keyring.reload): every job is read again
             self._trust = state
             self._left.clear()
+            self._keys.clear()
 
 
 def running_mark(job_id: str, epoch: int | None) -> tuple[str, str, int | None]:

@@ -8,7 +8,7 @@ from typing import Any
 from orchestrator import clock
 from orchestrator.errors import ContextSignatureInvalid
 from orchestrator.history import Problem, VerifiedStream
-from orchestrator.signing import UNKNOWN_KEY, is_key_id
+from orchestrator.signing import UNKNOWN_KEY, is_key_id, line_key_id
 from orchestrator.state import Event, JobState
 from orchestrator.store.base import Head
 
@@ -36,6 +36,13 @@ class JobView:
     @property
     def events(self) -> list[Event]:
         return [Event.from_record(r) for r in self.stream.records]
+
+    @property
+    def signer(self) -> str | None:
+        """The key that signed the job's first line (its submission), if the view checked it: what its PostgreSQL ready
+        row names, so that a worker that does not trust that key leaves the row out unread (migration 0008)."""
+        lines = self.stream.lines
+        return line_key_id(lines[0].raw) if self.ok and lines and lines[0].seq == 1 else None
 
     def missing_keys(self) -> frozenset[str]:
         """The ids of the keys that signed lines (or the head record) the keyring could not check, when those are the

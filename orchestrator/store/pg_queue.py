@@ -30,7 +30,7 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Collection
+from typing import Any, Collection, NamedTuple
 
 from orchestrator import faults
 from orchestrator.errors import StorageError
@@ -62,7 +62,9 @@ LISTEN_FALLBACK_SECONDS = 10.0  # an idle wait never lasts longer, even if a NOT
 # ``reserved_until_us > 0``, each index's condition, stated so that a prepared, generic plan can use it too). Parts 4
 # and 5 read in the statement's snapshot,
 # in which the reserved row's job holds at least the event that wrote the row (a row commits with its event); a
-# scalar subquery names the job, so each is a primary-key look-up, and nothing when no row was reserved.
+# scalar subquery names the job, so each is a primary-key look-up, and nothing when no row was reserved. Each row
+# listed comes with its kind and the key that signed its job's first line (migrations 0004 and 0008): a worker passes
+# over, unread, a row of a kind it does not run or of a key it found it does not trust (``UntrustedJobs``).
 _CANDIDATES = """
 WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)),
 pick AS (SELECT job_id, priority, runnable_at_us FROM orch_ready
@@ -72,24 +74,25 @@ pick AS (SELECT job_id, priority, runnable_at_us FROM orch_ready
 reserved AS (UPDATE orch_ready r SET reserved_by = %(by)s, reserved_until_us = %(until)s FROM pick, async_commit
              WHERE r.project = %(p)s AND r.job_id = pick.job_id AND r.priority = pick.priority
              AND r.runnable_at_us = pick.runnable_at_us
-             RETURNING r.priority, r.runnable_at_us, r.job_id, r.kind, r.at_once)
-SELECT 0 AS part, priority, runnable_at_us AS at, job_id, kind, at_once, NULL::bytea AS line, 0 AS length FROM reserved
-UNION ALL (SELECT 1, priority, runnable_at_us, job_id, kind, at_once, NULL, 0 FROM orch_ready
+             RETURNING r.priority, r.runnable_at_us, r.job_id, r.kind, r.signer, r.at_once)
+SELECT 0 AS part, priority, runnable_at_us AS at, job_id, kind, signer, at_once, NULL::bytea AS line, 0 AS length
+FROM reserved
+UNION ALL (SELECT 1, priority, runnable_at_us, job_id, kind, signer, at_once, NULL, 0 FROM orch_ready
            WHERE project = %(p)s AND (at_once OR runnable_at_us <= %(now)s) AND reserved_until_us <= %(now)s AND {mine}{page}
            ORDER BY priority DESC, runnable_at_us, job_id LIMIT %(n)s){hints}
-UNION ALL (SELECT 4, 0, 0, key, NULL, false, data, 0 FROM orch_aux
+UNION ALL (SELECT 4, 0, 0, key, NULL, NULL, false, data, 0 FROM orch_aux
            WHERE project = %(p)s AND area = %(area)s AND key = (SELECT job_id FROM reserved))
-UNION ALL (SELECT 5, 0, seq, stream, NULL, false, CASE WHEN octet_length(line) <= %(cap)s THEN line END,
+UNION ALL (SELECT 5, 0, seq, stream, NULL, NULL, false, CASE WHEN octet_length(line) <= %(cap)s THEN line END,
                   octet_length(line)
            FROM orch_events WHERE project = %(p)s AND stream = (SELECT job_id FROM reserved)
            ORDER BY seq LIMIT %(lines)s)
 ORDER BY part, priority DESC, at, job_id
 """
 _HINTS = """
-UNION ALL (SELECT 2, priority, runnable_at_us, job_id, kind, false, NULL, 0 FROM orch_ready
+UNION ALL (SELECT 2, priority, runnable_at_us, job_id, kind, signer, false, NULL, 0 FROM orch_ready
            WHERE project = %(p)s AND NOT at_once AND runnable_at_us > %(now)s AND {mine}
            ORDER BY runnable_at_us LIMIT 1)
-UNION ALL (SELECT 3, priority, reserved_until_us, job_id, kind, false, NULL, 0 FROM orch_ready
+UNION ALL (SELECT 3, priority, reserved_until_us, job_id, kind, signer, false, NULL, 0 FROM orch_ready
            WHERE project = %(p)s AND (at_once OR runnable_at_us <= %(now)s) AND reserved_until_us > %(now)s AND {mine}
            AND reserved_until_us > 0 AND job_id <> ALL(%(skip)s::text[])
            ORDER BY reserved_until_us LIMIT 1)"""
@@ -97,9 +100,11 @@ UNION ALL (SELECT 3, priority, reserved_until_us, job_id, kind, false, NULL, 0 F
 # listed, in claim order, in two steps that each bound the claim order's index scan (the key mixes directions, so no
 # one row comparison can): the rest of that row's priority (``priority = $pr AND (time, id) > ($at, $id)``), then,
 # once that page is not full, the lower priorities (``priority < $pr``). Rows of the kinds the pass found it has no
-# handler for are left out (a row from before 0004 has no kind: kept); no hints (parts 2 and 3): the first page gave
+# handler for are left out (a row from before 0004 has no kind: kept), and those its worker left for want of a key:
+# the rows a key it does not trust signed (a row from before 0008 names none: kept), and the jobs it remembers leaving
+# (``UntrustedJobs``); no hints (parts 2 and 3): the first page gave them
 _NOT_LEFT = ("\n           AND (kind IS NULL OR kind <> ALL(%(left_kinds)s::text[])) "
-             "AND job_id <> ALL(%(left_jobs)s::text[])")
+             "AND (signer IS NULL OR signer <> ALL(%(left_keys)s::text[])) AND job_id <> ALL(%(left_jobs)s::text[])")
 _SAME_PRIORITY = _NOT_LEFT + " AND priority = %(after_pr)s AND (runnable_at_us, job_id) > (%(after_at)s, %(after_job)s)"
 _LOWER_PRIORITY = _NOT_LEFT + " AND priority < %(after_pr)s"
 # a worker of some kinds only (``WorkerSettings.kinds``): rows of those kinds, and rows from before 0004 (no kind)
@@ -133,6 +138,15 @@ SELECT r.job_id FROM unnest(%(running)s::text[], %(epoch)s::integer[]) AS w(job_
 JOIN orch_running r ON r.project = %(p)s AND r.job_id = w.job_id AND r.epoch IN (w.epoch, 0)
 """
 _PUT_RUNNING = "INSERT INTO orch_running (project, job_id, epoch) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
+
+
+class LeftOut(NamedTuple):
+    """What a claim pass's next pages leave out (``next_page``): rows of these kinds, of these jobs, signed by these
+    keys."""
+
+    kinds: Collection[str] = ()
+    jobs: Collection[str] = ()
+    keys: Collection[str] = ()
 
 
 def channel(project: str) -> str:
@@ -190,9 +204,11 @@ class PgQueueIndex(QueueIndex):
         return f"{socket.gethostname()}-{os.getpid()}"
 
     # -- projection: written inside the event's transaction --------------------------------------
-    def before_append(self, job_id: str, old: JobState | None, new: JobState) -> InTransaction:
+    def before_append(self, job_id: str, old: JobState | None, new: JobState,
+                      signer: str | None = None) -> InTransaction:
         """The whole index change (``IndexChange``), as statements for the event's own statement: each joins
-        ``up``, the head row the append moves (``InTransaction``), so a refused append writes none of them."""
+        ``up``, the head row the append moves (``InTransaction``), so a refused append writes none of them. A ready
+        row names ``signer``, the key of the job's first line (migration 0008)."""
         p, change = self.project, IndexChange.of(old, new)
         writes: list[tuple[str, tuple[Any, ...]]] = []
         selects: list[tuple[str, tuple[Any, ...]]] = []
@@ -204,9 +220,9 @@ class PgQueueIndex(QueueIndex):
             writes.append(("DELETE FROM orch_ready USING up WHERE project = %s AND job_id = %s "
                            "AND (priority, runnable_at_us) IS DISTINCT FROM (%s::integer, %s::bigint)", (p, job_id, *keep)))
         if e is not None:
-            writes.append(("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us, kind, at_once) "
-                           "SELECT %s, %s, %s, %s, %s, %s FROM up ON CONFLICT DO NOTHING",
-                           (p, job_id, e.priority, e.runnable_at_us, e.kind, e.at_once)))
+            writes.append(("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us, kind, at_once, signer) "
+                           "SELECT %s, %s, %s, %s, %s, %s, %s FROM up ON CONFLICT DO NOTHING",
+                           (p, job_id, e.priority, e.runnable_at_us, e.kind, e.at_once, signer)))
             # delivered at commit, only if it commits: a woken worker always finds the event
             selects.append(("pg_notify(%s, %s)", (self.channel, job_id)))
         if change.put_running:
@@ -234,10 +250,10 @@ class PgQueueIndex(QueueIndex):
         return self.store._run(run, write=write)
 
     def put_ready(self, entry: ReadyEntry) -> None:
-        self._sql("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us, kind, at_once) "
-                  "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                  (self.project, entry.job_id, entry.priority, entry.runnable_at_us, entry.kind, entry.at_once),
-                  write=True)
+        self._sql("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us, kind, at_once, signer) "
+                  "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                  (self.project, entry.job_id, entry.priority, entry.runnable_at_us, entry.kind, entry.at_once,
+                   entry.signer), write=True)
 
     def drop_ready(self, entry: ReadyEntry) -> None:
         self._sql("DELETE FROM orch_ready WHERE project = %s AND job_id = %s AND priority = %s AND runnable_at_us = %s",
@@ -248,9 +264,10 @@ class PgQueueIndex(QueueIndex):
         through ``candidates``), its claim order mixes directions over three columns (the store's chunks page
         on one key), and a job's row moves when it is retried, so a listing in chunks could show it twice or
         miss it. About 1.7-2.0 s per million queued jobs here (docs/decisions.md, 2026-12-01)."""
-        rows = self._sql("SELECT priority, runnable_at_us, job_id, kind, at_once FROM orch_ready WHERE project = %s "
-                         "ORDER BY priority DESC, runnable_at_us, job_id", (self.project,), write=False, fetch=True)
-        return [ReadyEntry(-pr, at, job, kind, at_once) for pr, at, job, kind, at_once in rows]
+        rows = self._sql("SELECT priority, runnable_at_us, job_id, kind, at_once, signer FROM orch_ready "
+                         "WHERE project = %s ORDER BY priority DESC, runnable_at_us, job_id", (self.project,),
+                         write=False, fetch=True)
+        return [ReadyEntry(-pr, at, job, kind, at_once, signer) for pr, at, job, kind, at_once, signer in rows]
 
     def candidates(self, now: float, skip: Collection[str] = (), kinds: Collection[str] = ()) -> list[ReadyEntry]:
         """Reserve the first due job (SKIP LOCKED) and read it, then list a few more due ones, then hints for later.
@@ -274,26 +291,29 @@ class PgQueueIndex(QueueIndex):
         return self._page(now, skip, kinds)
 
     def next_page(self, now: float, skip: Collection[str] = (), kinds: Collection[str] = (),
-                  left_kinds: Collection[str] = (), left_jobs: Collection[str] = ()) -> list[ReadyEntry]:
+                  left_kinds: Collection[str] = (), left_jobs: Collection[str] = (),
+                  left_keys: Collection[str] = ()) -> list[ReadyEntry]:
         """The due entries after the last page this thread's ``candidates`` or ``next_page`` listed, if that page was
         full (else none, and no round trip; empty only when there is no more), as ``candidates`` lists them, but for
         rows of ``left_kinds`` (the kinds the claimer's pass found it has no handler for: none of their rows is read
-        again in this pass) or ``left_jobs`` (the jobs it remembers it left for want of a key: ``UntrustedJobs``),
-        without the hints of the first page, and reserving none: a pass that left a page whole goes on to the next,
+        again in this pass), rows whose ``signer`` is one of ``left_keys`` and rows of ``left_jobs`` (the keys the
+        claimer found it does not trust, and the other jobs it remembers leaving for want of a key:
+        ``UntrustedJobs``; until 2026-12-07, twenty-eighth session, each job of such a key was read once by every
+        ``worker --once``, and more than ``LEFT_KEPT`` of them at each pass), without the hints of the first page,
+        and reserving none: a pass that left a page whole goes on to the next,
         so it reaches every due job this worker can run, as on files (until 2026-12-07 a job behind more than 9 it
         could not run was left to later passes, which reserve past at most ``SKIPPED_MAX`` left). Reserving a row
         of each page (as until the review of 2026-12-07) and listing the jobs left for a key made an idle worker
         facing 4,000 such jobs busy: every pass read them all again, and the reservations it passed over lapsing,
         or released, woke it into the next pass (docs/decisions.md). A job of a next page is read by its claim."""
         while (after := self._mine("page_end")) is not None:  # a priority's rest found empty: the lower ones
-            listed = self._page(now, skip, kinds, after, left_kinds, left_jobs)
+            listed = self._page(now, skip, kinds, after, LeftOut(left_kinds, left_jobs, left_keys))
             if listed:
                 return listed
         return []
 
     def _page(self, now: float, skip: Collection[str], kinds: Collection[str],
-              after: tuple[str, int, int, str] | None = None, left_kinds: Collection[str] = (),
-              left_jobs: Collection[str] = ()) -> list[ReadyEntry]:
+              after: tuple[str, int, int, str] | None = None, left: LeftOut = LeftOut()) -> list[ReadyEntry]:
         """One claim statement: the first page (``_CANDIDATES``), or the next ``after`` (step, priority, time, id)
         of the last (``_NEXT_PAGES``); its entries in claim order, and where the next page starts kept for
         ``next_page`` (None: there is none)."""
@@ -307,8 +327,8 @@ class PgQueueIndex(QueueIndex):
             sql = _CANDIDATES_KINDS if kinds else _CANDIDATES_ANY
         else:
             sql = _NEXT_PAGES[after[0], bool(kinds)]
-            params.update(left_kinds=list(left_kinds), left_jobs=list(left_jobs), after_pr=after[1], after_at=after[2],
-                          after_job=after[3])
+            params.update(left_kinds=list(left.kinds), left_jobs=list(left.jobs), left_keys=list(left.keys),
+                          after_pr=after[1], after_at=after[2], after_job=after[3])
         self._reserved_job = None
         self._threads.page_end = None
         rows = self._sql(sql, params, write=True, fetch=True)
@@ -317,7 +337,7 @@ class PgQueueIndex(QueueIndex):
         record, chunk = None, []
         last = None  # the last row of part 1, the page of due rows, and how many it held
         listed = 0
-        for part, pr, at, job, kind, at_once, line, length in rows:
+        for part, pr, at, job, kind, signer, at_once, line, length in rows:
             if part == 4:
                 record = bytes(line)
             elif part == 5:
@@ -327,7 +347,8 @@ class PgQueueIndex(QueueIndex):
                     last, listed = (pr, at, job), listed + 1
                 if job not in seen:  # the reserved row first; it is in the statement's snapshot twice
                     seen.add(job)
-                    out.append(ReadyEntry(-pr, at, job, kind, at_once))  # a lapsing reservation's (part 3): its time
+                    # (a lapsing reservation's entry, part 3, has its time)
+                    out.append(ReadyEntry(-pr, at, job, kind, at_once, signer))
                     if part == 0:
                         self._reserved = (out[-1], params["by"], until)
         if self._reserved is not None:

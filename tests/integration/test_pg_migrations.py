@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -153,35 +153,103 @@ def test_ready_rows_written_before_0007_or_by_older_code_after_it_are_due_at_the
         store.close()
 
 
+def rollback_sql(version: int) -> str:
+    """The SQL docs/postgres.md gives to take migration ``version`` back, for a rollback of the code."""
+    import re
+
+    from helpers import REPO
+
+    doc = (REPO / "docs" / "postgres.md").read_text(encoding="utf-8")
+    [back] = re.findall(rf"```sql\n(-- take migration {version:04d} back.*?)```", doc, re.S)
+    return back
+
+
+def put_ready_row(url: str, entry: Any) -> None:
+    """One ready row of project ``p``, as this release's index writes it."""
+    from orchestrator.store.pg_queue import PgQueueIndex
+    from orchestrator.store.postgres import PostgresStore
+
+    store = PostgresStore(url, "p")
+    try:
+        PgQueueIndex(store).put_ready(entry)
+    finally:
+        store.close()
+
+
 def test_the_sql_that_takes_0007_back_in_postgres_md_leaves_the_schema_of_version_6_and_every_row(
         scratch_db: str) -> None:
     """Code older than 2026-12-07 refuses a database migrated to 0007 (``SCHEMA_TOO_NEW``): a rollback of the code
     takes the schema back first, with the SQL docs/postgres.md gives (``Due at once, or at its time``). It leaves
     the schema version 6 made, each row due at its time (as older code reads it), and ``db migrate`` applies 0007
-    again."""
-    import re
-
-    from helpers import REPO
+    again. Migration 0008 is taken back first, with its own SQL (``Rows left out by the key that signed them``)."""
     from orchestrator.queue import ReadyEntry
-    from orchestrator.store.pg_queue import PgQueueIndex
-    from orchestrator.store.postgres import PostgresStore
 
-    doc = (REPO / "docs" / "postgres.md").read_text(encoding="utf-8")
-    [back] = re.findall(r"```sql\n(-- take migration 0007 back.*?)```", doc, re.S)
     apply_up_to(scratch_db, 6)
     conn = connect(scratch_db, autocommit=True)
     try:
         version_6 = conn.execute(SCHEMA).fetchall()
         migrate(scratch_db)
-        store = PostgresStore(scratch_db, "p")
-        try:
-            PgQueueIndex(store).put_ready(ReadyEntry(0, 4_000_000, "J1", "k", at_once=True))
-        finally:
-            store.close()
-        conn.execute(back)
+        put_ready_row(scratch_db, ReadyEntry(0, 4_000_000, "J1", "k", at_once=True))
+        conn.execute(rollback_sql(8))
+        conn.execute(rollback_sql(7))
         assert current_version(conn) == 6 and conn.execute(SCHEMA).fetchall() == version_6
         assert conn.execute("SELECT job_id, runnable_at_us FROM orch_ready").fetchall() == [("J1", 4_000_000)]
         assert migrate(scratch_db)["applied"][0] == "0007_ready_at_once"
+    finally:
+        conn.close()
+
+
+MINE_KEY, THEIR_KEY = "k-00000000000000a1", "k-00000000000000b2"
+
+
+def test_ready_rows_written_before_0008_name_no_signer_and_no_key_left_out_leaves_them_out_of_a_next_page(
+        scratch_db: str) -> None:
+    """Migration 0008 gives a ready row the key that signed its job's first line (``signer``), so that a claim pass's
+    next pages leave out the rows of the keys its worker found it does not trust, unread. A row from before it (or
+    written by a release that does not name the column) has none: listed whatever keys are left out, as before."""
+    from orchestrator.queue import ReadyEntry
+    from orchestrator.store.pg_queue import CANDIDATES, PgQueueIndex
+    from orchestrator.store.postgres import PostgresStore
+
+    apply_up_to(scratch_db, 7)
+    conn = connect(scratch_db, autocommit=True)
+    conn.execute("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us, kind, at_once) "
+                 "SELECT 'p', 'FIRST' || g, 1, g, 'k', true FROM generate_series(1, %s) g", (CANDIDATES + 1,))
+    conn.execute("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us, kind, at_once) "
+                 "VALUES ('p', 'OLD', 0, 1, 'k', true)")
+    conn.close()
+    assert migrate(scratch_db)["applied"][0] == "0008_ready_signers"
+    store = PostgresStore(scratch_db, "p")
+    try:
+        index = PgQueueIndex(store)
+        index.put_ready(ReadyEntry(0, 2, "THEIRS", "k", at_once=True, signer=THEIR_KEY))
+        index.put_ready(ReadyEntry(0, 3, "MINE", "k", at_once=True, signer=MINE_KEY))
+        assert [(e.job_id, e.signer) for e in index.ready()][-3:] == [("OLD", None), ("THEIRS", THEIR_KEY),
+                                                                      ("MINE", MINE_KEY)]
+        assert len(index.candidates(10.0)) == CANDIDATES + 1  # a full page: the rows of priority 1
+        assert [(e.job_id, e.signer) for e in index.next_page(10.0, left_keys=[THEIR_KEY])] == [("OLD", None),
+                                                                                              ("MINE", MINE_KEY)]
+    finally:
+        store.close()
+
+
+def test_the_sql_that_takes_0008_back_in_postgres_md_leaves_the_schema_of_version_7_and_every_row(
+        scratch_db: str) -> None:
+    """Code older than the twenty-eighth session of 2026-12-07 refuses a database migrated to 0008 (``SCHEMA_TOO_NEW``):
+    a rollback of the code takes the schema back first, with the SQL docs/postgres.md gives ("Rows left out by the
+    key that signed them"). Nothing but the column goes, and ``db migrate`` applies 0008 again."""
+    from orchestrator.queue import ReadyEntry
+
+    apply_up_to(scratch_db, 7)
+    conn = connect(scratch_db, autocommit=True)
+    try:
+        version_7 = conn.execute(SCHEMA).fetchall()
+        migrate(scratch_db)
+        put_ready_row(scratch_db, ReadyEntry(0, 4_000_000, "J1", "k", at_once=True, signer=MINE_KEY))
+        conn.execute(rollback_sql(8))
+        assert current_version(conn) == 7 and conn.execute(SCHEMA).fetchall() == version_7
+        assert conn.execute("SELECT job_id, kind, at_once FROM orch_ready").fetchall() == [("J1", "k", True)]
+        assert migrate(scratch_db)["applied"] == ["0008_ready_signers"]
     finally:
         conn.close()
 
@@ -332,7 +400,8 @@ def test_the_claim_statements_lookups_out_of_claim_order_use_their_indexes(scrat
         # a pass's next page (since 2026-12-07): the claim order's index, its scan bounded by the last row listed, in
         # the plan a statement gets (custom plans; a forced generic one reads the rest of that priority's rows)
         conn.execute("SET plan_cache_mode = auto")
-        page = {**params, "left_kinds": ["x"], "left_jobs": ["J7", "J8"], "after_pr": 3, "after_at": 25004, "after_job": "J25004"}
+        page = {**params, "left_kinds": ["x"], "left_jobs": ["J7", "J8"], "left_keys": ["k-00000000000000a1"],
+                "after_pr": 3, "after_at": 25004, "after_job": "J25004"}
         for (step, _), sql in _NEXT_PAGES.items():
             plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + sql, page).fetchall())
             bound = "(priority = " if step == "same" else "(priority < "
@@ -850,7 +919,8 @@ def test_a_schema_taken_back_behind_while_a_store_runs_says_to_migrate_and_the_s
     try:
         index = PgQueueIndex(store)
         index.put_ready(ReadyEntry(0, 1, "J1", "k"))  # the store checked the schema: up to date
-        _on(scratch_db, "ALTER TABLE orch_ready DROP COLUMN at_once",  # (0007, and its index)
+        _on(scratch_db, "ALTER TABLE orch_ready DROP COLUMN signer",  # (0008)
+            "ALTER TABLE orch_ready DROP COLUMN at_once",  # (0007, and its index)
             "DROP INDEX orch_ready_reserved", "ALTER TABLE orch_ready DROP COLUMN kind",
             "DROP FUNCTION orch_count_event_edits CASCADE", "ALTER TABLE orch_streams DROP COLUMN edits",  # (0006)
             f"DELETE FROM {MIGRATIONS_TABLE} WHERE version >= 4")

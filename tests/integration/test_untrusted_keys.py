@@ -333,6 +333,76 @@ def test_a_looping_workers_later_passes_on_postgres_neither_list_nor_reserve_the
         assert claim is not None and claim.job_id == job
 
 
+def reads_of(orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The jobs ``orch`` loads from now on (each read and checked)."""
+    reads: list[str] = []
+    real = orch.load
+    monkeypatch.setattr(orch, "load", lambda job_id, **kw: reads.append(job_id) or real(job_id, **kw))
+    return reads
+
+
+@pytest.mark.postgres
+def test_a_ready_row_on_postgres_names_the_key_that_signed_its_jobs_first_line_whoever_queued_it_since(
+        tmp_path: Path, base: Path) -> None:
+    """The key of a job's submission is in its ready row (``signer``, migration 0008), written with the event that
+    queues the job: a retry queued by a worker of another machine keeps the submitting machine's key."""
+    with pg_machines(tmp_path, base) as m:
+        from_a = m.a.submit("t.flaky", {"succeed_on": 2}, max_attempts=3)
+        from_b = m.b.submit("t.echo", "b")
+        assert {e.job_id: e.signer for e in m.b.queue.ready()} == {from_a: m.ring_a.signer_id, from_b: m.b_kid}
+        assert make_worker(m.b, "b", kinds=("t.flaky",)).run_once().outcome == "retry"  # queued again by B
+        assert {e.job_id: e.signer for e in m.b.queue.ready()} == {from_a: m.ring_a.signer_id, from_b: m.b_kid}
+
+
+@pytest.mark.postgres
+def test_worker_once_on_postgres_reads_one_page_of_a_keys_jobs_not_each_to_reach_the_job_behind_them(
+        tmp_path: Path, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Measured (2026-12-07): ``worker --once`` took 2.3-2.9 s past 4,000 due jobs signed by a key it did not trust,
+    reading each to learn it could not check it. It learns the key from the first page's jobs, and its next pages
+    leave out every row that key signed (``orch_ready.signer``), unread; they are counted by their rows too."""
+    from orchestrator.store.pg_queue import CANDIDATES
+
+    many = 3 * (CANDIDATES + 1)
+    with pg_machines(tmp_path, base) as m:
+        for i in range(many):
+            m.b.submit("t.echo", {"n": i})
+        job = m.a.submit("t.echo", {"message": "behind them"})
+        w = make_worker(m.a, "a")
+        reads = reads_of(m.a, monkeypatch)
+        claim = w.claim()
+        assert claim is not None and claim.job_id == job
+        assert len(reads) <= CANDIDATES + 2, f"{len(reads)} jobs read: a page and the job it ran"
+        assert reads[-1] == job
+        reads.clear()
+        assert w.untrusted_keys().details["keys"] == {m.b_kid: many} and reads == []
+
+
+@pytest.mark.postgres
+def test_a_looping_worker_on_postgres_reads_none_of_a_keys_jobs_again_however_many_more_than_it_remembers(
+        tmp_path: Path, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past ``LEFT_KEPT`` such jobs (8,192) the entries it remembered leaving were forgotten, and read again at each
+    pass that paged past them. The key is remembered instead: no job it signed is read again until the keys this
+    worker trusts change, and then every one is (the keys it remembers forgotten with the entries)."""
+    from orchestrator import untrusted
+    from orchestrator.store.pg_queue import CANDIDATES
+
+    monkeypatch.setattr(untrusted, "LEFT_KEPT", 2)  # as if it had met more than 8,192 such jobs
+    many = 3 * (CANDIDATES + 1)
+    with pg_machines(tmp_path, base) as m:
+        jobs = [m.b.submit("t.echo", {"n": i}) for i in range(many)]
+        w = make_worker(m.a, "a")
+        t = m.a.clock()
+        assert w.claim(now=t) is None
+        reads = reads_of(m.a, monkeypatch)
+        assert w.claim(now=t + 3) is None and w.claim(now=t + 6) is None
+        assert reads == [], f"{len(reads)} jobs read again"
+        assert w.untrusted_keys().details["keys"] == {m.b_kid: many}
+        m.give_a_the_key_of_b()
+        m.ring_a.reload()
+        claim = w.claim(now=t + 9)
+        assert claim is not None and claim.job_id == jobs[0]
+
+
 # -- an anchor signed on another machine ---------------------------------------------------------------------------
 
 def anchor_from_another_machine(base: Path, tmp_path: Path) -> tuple[Path, Keyring, Keyring]:

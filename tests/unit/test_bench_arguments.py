@@ -109,6 +109,7 @@ def test_the_trace_refuses_what_it_cannot_run_with_before_it_runs(
     ("bench.bench_metrics", ["--base-path", "/proc/no-bench-here", "--procs", "0"], "argument --procs: must be at least 1, not 0"),
     ("bench.store_latency", ["--samples", "-2"], "argument --samples: must be at least 1, not -2"),
     ("bench.pg_candidates", ["--queued", "100", "0"], "argument --queued: must be at least 1, not 0"),
+    ("bench.pg_untrusted", ["--untrusted", "0"], "argument --untrusted: must be at least 1, not 0"),
     ("bench.pg_long_reads", ["--line-bytes", "x"], "argument --line-bytes: 'x' is not a whole number"),
     ("bench.large_jobs", ["--input-kb", "0"], "argument --input-kb: must be at least 1, not 0"),
     ("bench.large_jobs", ["--output-kb", "-1"], "argument --output-kb: must be at least 0, not -1"),

@@ -45,6 +45,17 @@ def test_the_seq_a_line_says_is_found_from_its_end_whatever_its_data_holds(keyri
     assert line_seq(b"not json") is None and line_seq(b'{"kid":"k","seq":"7","v":1}') is None  # no number: None
 
 
+def test_the_key_a_line_says_signed_it_is_found_from_its_end_whatever_its_data_holds(keyring: Keyring) -> None:
+    """``line_key_id`` (the key a PostgreSQL ready row names, migration 0008) reads the end of a line only: a ``kid``
+    inside its data, or its text, is not the record's; a line naming no key id of the right form names none."""
+    from orchestrator.signing import line_key_id
+
+    data = {"kid": "k-00000000000000a1", "text": ',"kid":"k-00000000000000b2",', "big": "x" * 100_000}
+    line = keyring.seal({"job_id": "J", "type": "t", "ts": "2026", "data": data, "prev": "p", "seq": 1, "v": 1})
+    assert line_key_id(line) == keyring.signer_id
+    assert line_key_id(b"not json") is None and line_key_id(b'{"a":1,"kid":"k-1","seq":1}') is None
+
+
 def test_a_signature_verifies_only_as_the_one_text_that_encodes_it(keyring: Keyring) -> None:
     """Another text of the same 64 bytes (the last character's spare bits, ``=`` padding, the standard alphabet)
     changed a line's bytes and its signature still verified: only the line after it, or the head record, noticed."""
