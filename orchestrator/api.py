@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from orchestrator import clock, faults
+from orchestrator.append_checks import checked_append
 from orchestrator.clock import now as local_now
 from orchestrator.command_input import COMMAND_KIND, parse_command_input
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Settings, default_actor
@@ -23,7 +24,7 @@ from orchestrator.errors import (NOTHING_WRITTEN, AuditEntryNotWrittenError, Aux
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream,
                                   check_head_record, check_head, head_record, seal, verify_stream)
 from orchestrator.key_files import load_keyring
-from orchestrator.limits import (MAX_INPUT_BYTES, MAX_KIND_LENGTH, a_process_count, a_set_of_names, a_time, an_actor,
+from orchestrator.limits import (KIND_RULE, MAX_INPUT_BYTES, a_process_count, a_set_of_names, a_time, an_actor,
                                  callable_or_none, instance_or_none, is_kind, true_or_false)
 from orchestrator.notices import log_warning
 from orchestrator.security import shown, validate_id
@@ -297,8 +298,9 @@ class Orchestrator:
         """Append events ``(type, data)`` decided from ``view``; refuse a history that did not verify. Returns the
         job's view with them.
 
-        Each event is validated against its model and against the state machine before anything
-        is written. Raises ``ConcurrencyError`` if the job changed since ``view`` was read.
+        Each event is validated against its model and against the state machine, and the other arguments by
+        ``append_checks``, before anything is written. Raises ``ConcurrencyError`` if the job changed since ``view``
+        was read.
         ``audit=(action, note)`` also records an audit entry naming the last new event.
         ``fence`` is a worker's fencing epoch, checked by stores that can (``EventStore.append``).
 
@@ -325,6 +327,7 @@ class Orchestrator:
         holding a 1 MiB input)."""
         from orchestrator.events import validate_data
 
+        actor = checked_append(view, new, run_id=run_id, actor=actor, audit=audit, fence=fence, aux=aux) or self.actor
         if view is not None and not view.ok:
             raise ContextSignatureInvalid(view.integrity_error()["message"], job_id=job_id)
         ts = clock.to_iso(self.clock() if a_time(now) is None else now)
@@ -332,7 +335,7 @@ class Orchestrator:
         head = view.head if view else Head(0, b"")
         records = []
         for seq, (etype, data) in enumerate(new, head.seq + 1):
-            rec = {"job_id": job_id, "run_id": run_id, "type": etype, "ts": ts, "actor": actor or self.actor,
+            rec = {"job_id": job_id, "run_id": run_id, "type": etype, "ts": ts, "actor": actor,
                    "data": validate_data(etype, data)}
             state = apply(state, Event.from_record({**rec, "seq": seq}))
             records.append(rec)
@@ -373,7 +376,7 @@ class Orchestrator:
         # between the two; raising would say "nothing written", and the caller would write its event again
         not_written: AuxNotWrittenError | None = None
         entry_writes = None if audit is None else audit_log.entry_writes(
-            self, job_id=job_id, run_id=run_id, action=audit[0], note=audit[1], actor=actor or self.actor,
+            self, job_id=job_id, run_id=run_id, action=audit[0], note=audit[1], actor=actor,
             event_line=lines[-1], now=now)
         try:
             if entry_writes is None:
@@ -422,8 +425,7 @@ class Orchestrator:
         from orchestrator.event_models import encoded_value, job_options, refuse_too_deep
 
         if not is_kind(kind):  # named here, not as a model's error
-            raise InvalidInputError(f"the kind must be a handler name of 1 to {MAX_KIND_LENGTH} characters of valid Unicode, "
-                                    f"not {shown(kind)}")
+            raise InvalidInputError(f"the kind must be a handler name of {KIND_RULE}, not {shown(kind)}")
         if key is not None:  # it is stored in the job's first event and printed: an id, never free text
             validate_id(key, "idempotency key")
         if actor is not None:  # stored in the first event as given to Orchestrator(actor=...) is: checked, sanitized

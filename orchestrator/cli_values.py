@@ -18,7 +18,7 @@ from click.core import ParameterSource
 
 from orchestrator.clock import ISO_FORMS, from_iso
 from orchestrator.errors import ConfigError
-from orchestrator.limits import MAX_DURATION_SECONDS, MAX_KIND_LENGTH, is_kind
+from orchestrator.limits import KIND_RULE, MAX_DURATION_SECONDS, is_kind
 from orchestrator.security import shown
 
 BOOLEAN_WORDS = "1 or 0 (true/false, yes/no, on/off)"
@@ -119,7 +119,7 @@ def job_kinds(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     (from ``ORCH_WORKER_KINDS`` by the worker command; from Python by ``submit_job`` and ``WorkerSettings``)."""
     for kind in (value,) if isinstance(value, str) else value or ():
         if not is_kind(kind):
-            raise click.BadParameter(f"a job kind is 1 to {MAX_KIND_LENGTH} characters of valid Unicode, not {shown(kind)}")
+            raise click.BadParameter(f"a job kind is {KIND_RULE}, not {shown(kind)}")
     return value
 
 

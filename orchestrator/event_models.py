@@ -9,9 +9,9 @@ verified ``data`` directly), which keeps read-only commands fast to start.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY
 from orchestrator.errors import InvalidInputError
@@ -20,6 +20,11 @@ from orchestrator.limits import (MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_J
                                  PRIORITY_LIMIT, encoded_depth, plain_json)
 from orchestrator.security import shown, validation_summary
 from orchestrator.signing import Encoded, canonical
+
+
+# a text field: only a str (lax mode took bytes as their UTF-8 text, ``{"reason": b"x"}`` stored as "x", where the README
+# has bytes refused as a value no line can hold)
+Text = Annotated[str, Strict()]
 
 
 class _Data(BaseModel):
@@ -37,25 +42,25 @@ class JobOptions(_Data):
 class JobSubmitted(_Data):
     """(new) -> queued. ``context_digest`` is the SHA-256 of the canonical context, checked before each run."""
 
-    kind: str = Field(min_length=1, max_length=MAX_KIND_LENGTH)
+    kind: Text = Field(min_length=1, max_length=MAX_KIND_LENGTH)
     input: Any = None
     options: JobOptions
-    context_digest: str
+    context_digest: Text
 
 
 class JobClaimed(_Data):
     """queued -> running. Starts attempt ``attempt`` as ``run_id`` under fencing ``epoch``."""
 
-    worker_id: str
+    worker_id: Text
     epoch: int = Field(ge=1)
     attempt: int = Field(ge=1)
-    lease_expires_at: str
+    lease_expires_at: Text
 
 
 class _Result(_Data):
-    summary: str = ""
+    summary: Text = ""
     output: Any = None
-    artifacts: list[str] = []
+    artifacts: list[Text] = []
 
 
 class JobSucceeded(_Result):
@@ -69,20 +74,20 @@ class AuditRequested(_Result):
 class HumanInputRequested(_Result):
     """running -> waiting_human (payload ``needs_human``); ``question`` is what the operator answers."""
 
-    question: str = Field(min_length=1)
+    question: Text = Field(min_length=1)
 
 
 class _Failure(_Data):
-    error_code: str
-    error: str = ""
-    retry_at: Optional[str] = None  # set: back to queued, runnable at that time; unset: final
+    error_code: Text
+    error: Text = ""
+    retry_at: Optional[Text] = None  # set: back to queued, runnable at that time; unset: final
 
 
 class JobFailed(_Failure):
     """running -> queued (``retry_at`` set) or failed. Records ``MALFORMED_PAYLOAD``, ``NO_TERMINAL_SIGNAL_EXIT``, handler failures."""
 
-    summary: str = ""
-    output_tail: str = ""
+    summary: Text = ""
+    output_tail: Text = ""
 
 
 class JobTimeout(_Failure):
@@ -90,57 +95,57 @@ class JobTimeout(_Failure):
     ``output_tail``: what the killed run printed last, sanitized (since 2026-12-01; an older event has none)."""
 
     timeout: float
-    output_tail: str = ""
+    output_tail: Text = ""
 
 
 class StaleRecovered(_Failure):
     """running -> queued or waiting_human: the worker's lease expired (``NO_TERMINAL_SIGNAL_STALE``)."""
 
     to: Literal["queued", "waiting_human", "failed"]
-    stale_worker_id: Optional[str] = None
-    lease_expired_at: Optional[str] = None
-    artifacts: list[str] = []
-    question: Optional[str] = None
+    stale_worker_id: Optional[Text] = None
+    lease_expired_at: Optional[Text] = None
+    artifacts: list[Text] = []
+    question: Optional[Text] = None
 
 
 class JobApproved(_Data):
     """awaiting_audit -> succeeded."""
 
-    note: str = ""
+    note: Text = ""
 
 
 class JobRevised(_Data):
     """awaiting_audit -> queued; the notes join the context's ``revisions`` for the re-run. ``note``: the operator's
     comment for the audit entry, when one was given (since 2026-12-02), so an entry healed after a crash keeps it."""
 
-    notes: str = Field(min_length=1)
-    note: Optional[str] = None
+    notes: Text = Field(min_length=1)
+    note: Optional[Text] = None
 
 
 class JobResumed(_Data):
     """waiting_human -> queued; the answer joins the context's ``answers`` for the re-run. ``note`` and ``via``
     (``chat``): the audit entry's comment and where the answer came from, when given (since 2026-12-02)."""
 
-    answer: str = Field(min_length=1)
-    question: Optional[str] = None
-    note: Optional[str] = None
-    via: Optional[str] = None
+    answer: Text = Field(min_length=1)
+    question: Optional[Text] = None
+    note: Optional[Text] = None
+    via: Optional[Text] = None
 
 
 class JobCancelled(_Data):
     """any non-final state -> cancelled."""
 
-    reason: str = ""
+    reason: Text = ""
 
 
 class JobReleased(_Data):
     """running -> queued, not a failure: a stopping worker killed the run after its grace period (``WORKER_STOPPED``),
     or handed the job back before its handler started (``WORKER_STOPPED_BEFORE_START``, ``PATH_ESCAPE``)."""
 
-    error_code: str = "WORKER_STOPPED"
-    error: str = ""
-    worker_id: Optional[str] = None
-    output_tail: str = ""
+    error_code: Text = "WORKER_STOPPED"
+    error: Text = ""
+    worker_id: Optional[Text] = None
+    output_tail: Text = ""
 
 
 EVENT_MODELS: dict[str, type[_Data]] = {

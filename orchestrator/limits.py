@@ -13,7 +13,7 @@ from operator import not_
 from typing import IO, Any, Iterable, Sequence
 
 from orchestrator.errors import InvalidInputError
-from orchestrator.security import sanitize_text, shown
+from orchestrator.security import is_one_line, sanitize_text, shown
 
 MAX_INPUT_BYTES = 1024 * 1024  # a job's input, as canonical JSON; also a file it is read from (submit --input-file)
 # A head anchor (verify --export-head / --against): about 130 bytes a stream (a 36-character id, a 64-digit hash
@@ -36,6 +36,9 @@ MAX_JSON_DEPTH = 64  # nesting of arrays/objects in a job's input and a terminal
 MAX_ATTEMPTS_LIMIT = 1000  # a job's max_attempts is 1..MAX_ATTEMPTS_LIMIT
 PRIORITY_LIMIT = 1000  # a job's priority is -PRIORITY_LIMIT..PRIORITY_LIMIT
 MAX_KIND_LENGTH = 200  # a job's kind (a handler name, or module:function) is 1..MAX_KIND_LENGTH characters
+# what a kind is, as every message refusing one says it (``is_kind``)
+KIND_RULE = (f"1 to {MAX_KIND_LENGTH} characters of valid Unicode on one line (no control character, line separator "
+             "or bidirectional control)")
 # The longest duration any option takes (a job's timeout, the worker's lease, stop grace and retry delays): a
 # year. Finite, so it can be signed (canonical JSON has no Infinity), and far inside the limits a duration
 # meets in the code: ``now + lease`` or ``now + retry delay`` is written as an ISO timestamp (year <= 9999,
@@ -126,6 +129,16 @@ def a_time(value: Any, name: str = "now") -> Any:
                             f"from 0 to {LATEST_TIME:.0f}: 9999-12-31T23:59:59Z), not {shown(value)}")
 
 
+def a_time_with_room(value: Any, room: float, what: str, name: str = "now") -> Any:
+    """``a_time``, and ``room`` seconds after ``value`` still a time an event can hold: a call that writes a time that
+    far ahead of its ``now`` (``what``: a claim's lease end, a recovery's retry) is refused before it does anything,
+    not halfway (``ValueError: year 10000 is out of range``, a PostgreSQL claim then reserved until that year)."""
+    if a_time(value, name) is None or value + room <= LATEST_TIME:
+        return value
+    raise InvalidInputError(f"{name} must leave room before 9999-12-31T23:59:59Z, the last time an event can hold, for "
+                            f"{what}: at most {LATEST_TIME - room:.0f}, not {shown(value)}")
+
+
 def whole_number(value: Any, name: str, least: int = 1, most: int | None = None, *, or_none: bool = False) -> Any:
     """``value`` when it is an int (not a bool) from ``least`` to ``most`` (no limit: None), or None with
     ``or_none``: the counts the Python API takes (``processes``, ``handler_max_runs``, ``max_jobs``); else
@@ -167,7 +180,7 @@ def require_kinds(kinds: Any, name: str = "kinds") -> Any:
     kinds naming one no job can have would match nothing, silently."""
     if all(map(is_kind, kinds)):
         return kinds
-    raise InvalidInputError(f"{name} must be job kinds of 1 to {MAX_KIND_LENGTH} characters, not {shown(kinds)}")
+    raise InvalidInputError(f"{name} must be job kinds, each {KIND_RULE}, not {shown(kinds)}")
 
 
 def is_unicode(text: str) -> bool:
@@ -183,9 +196,10 @@ def is_unicode(text: str) -> bool:
 
 
 def is_kind(value: Any) -> bool:
-    """Whether ``value`` can be a job's kind: a text of 1 to ``MAX_KIND_LENGTH`` characters, valid Unicode (a submit's,
-    a worker's ``--kind``)."""
-    return isinstance(value, str) and 0 < len(value) <= MAX_KIND_LENGTH and is_unicode(value)
+    """Whether ``value`` can be a job's kind (a submit's, a worker's ``--kind``, a handler's name): ``KIND_RULE``. A
+    name, shown as it is: no NUL, which PostgreSQL cannot store (files took ``"a\\x00b"``), nor a newline or an
+    escape."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_KIND_LENGTH and is_unicode(value) and is_one_line(value)
 
 
 def keep_latest(memory: OrderedDict[Any, Any], key: Any, value: Any, kept: int) -> None:

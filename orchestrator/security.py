@@ -147,12 +147,18 @@ def _run_start(text: str, pos: int) -> int:
 _LINE_BREAKERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
+def is_one_line(text: str) -> bool:
+    """Whether ``text`` holds nothing that ends, rewrites or reorders a line on a terminal (``_LINE_BREAKERS``): what
+    a name shown as it is must be (a job's kind, which PostgreSQL cannot even store with a NUL)."""
+    return _LINE_BREAKERS.search(text) is None
+
+
 def one_line(value: object) -> str:
     """``value`` as one line of human output, each control character escaped as ``repr`` writes it
     (``\\n``, ``\\r``, ``\\x1b``): text a handler or an operator supplied (a question, an error, a note)
     cannot forge a line such as ``state  succeeded`` or drive the terminal. JSON output keeps the text."""
     text = value if isinstance(value, str) else str(value)
-    if _LINE_BREAKERS.search(text) is None:
+    if is_one_line(text):
         return text
     return _LINE_BREAKERS.sub(lambda m: repr(m.group())[1:-1], text)
 

@@ -31,7 +31,7 @@ from orchestrator.audit import AUDIT_ENTRY_MISSING
 from orchestrator.clock import ISO_FORMS, from_iso
 from orchestrator.errors import InvalidInputError, JobNotFoundError, PathEscapeError, RunNotFoundError, UnusableFileError
 from orchestrator.history import Problem, VerifiedStream, check_head_record, verify_stream
-from orchestrator.security import safe_line, validate_id
+from orchestrator.security import safe_line, shown, validate_id
 from orchestrator.signing import line_hash, parse_line
 from orchestrator.state import TRANSITIONS
 from orchestrator.store.base import AUDIT_STREAM
@@ -100,9 +100,9 @@ def find_job_of_run(orch: "Orchestrator", run_id: str) -> str:
 def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | None = None,
              since: str | None = None, action: str | None = None, heal: bool = True) -> dict[str, Any]:
     if job_id is None and run_id is None:
-        raise InvalidInputError("give --job-id or --run-id")
+        raise InvalidInputError("timeline needs a job_id or a run_id")  # the command says --job-id or --run-id itself
     if action is not None and action not in FILTERS:
-        raise InvalidInputError(f"--action {action!r} is no audit action or event type; one of: {', '.join(FILTERS)}")
+        raise InvalidInputError(f"action {shown(action)} is no audit action or event type; one of: {', '.join(FILTERS)}")
     if run_id is not None:
         validate_id(run_id, "run id")
     if job_id is None:
@@ -112,7 +112,7 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
             raise ValueError(since)
         since_t = from_iso(since) if since is not None else None  # "" is no time, not no filter
     except (ValueError, OverflowError):
-        raise InvalidInputError(f"--since {since!r} is not an ISO-8601 time ({ISO_FORMS})") from None
+        raise InvalidInputError(f"since {shown(since)} is not an ISO-8601 time ({ISO_FORMS})") from None
     try:
         view = orch.load(job_id, every_signature=True)  # it says "every line verified": each signature checked
     except JobNotFoundError:

@@ -48,7 +48,7 @@ from orchestrator.handlers.command import CommandNotFound
 from orchestrator.heartbeat import Heartbeat
 from orchestrator.leases import HeldLease
 from orchestrator.leftovers import LEFTOVERS_END_SECONDS, kill_run
-from orchestrator.limits import a_time, callable_or_none, true_or_false, whole_number
+from orchestrator.limits import callable_or_none, true_or_false, whole_number
 from orchestrator.notices import Notify
 from orchestrator.outcome import (STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS, Claim, OutcomeRecorder,
                                   RunResult)
@@ -130,7 +130,7 @@ class Worker:
         killed workers left behind (``recovery.sweep_leftovers``) and read the keyring folders again
         (``Keyring.reload``): a worker whose key was revoked since it started then refuses to write
         (SIGNING_KEY_ERROR)."""
-        now = self.orch.clock() if a_time(now) is None else now
+        now = self.orch.clock() if self.settings.checked_now(now) is None else now
         with bounded_waits(lambda: self.stopping):  # a job whose lock stays held is passed over (LockHeldError)
             recovered = recover_expired(self.orch, self.queue, now, actor=self.actor, backoff=self.backoff,
                                         folders=self.folders, untrusted=self.untrusted, watch=self.stale_watch,
@@ -145,7 +145,7 @@ class Worker:
     def claim(self, now: float | None = None) -> Claim | None:
         """Claim the first runnable job (priority, then FIFO); None if there is none (``Claimer.claim``). A job whose
         lock another process holds past ``LOCK_WAIT_SECONDS`` is passed over for this pass (``bounded_waits``)."""
-        a_time(now)
+        self.settings.checked_now(now)
         with bounded_waits(lambda: self.stopping):
             return self.claimer.claim(now)
 
@@ -179,8 +179,8 @@ class Worker:
         The run itself is never tried again: its heartbeat and outcome wait for the store on their own.
         A worker asked to stop (``stop``, a signal) does nothing: no recovery, no claim (``run`` neither).
         The jobs its recovery recovered are in ``recovered`` afterwards (also when it raised). ``now``: a time in
-        seconds since 1970 (``limits.a_time``), else ``INVALID_INPUT`` and nothing done."""
-        a_time(now)
+        seconds since 1970 (``WorkerSettings.checked_now``), else ``INVALID_INPUT`` and nothing done."""
+        self.settings.checked_now(now)
         self.recovered = []
         if self.stopping:  # a claim would only be handed back: two events, and the job's attempt count, for nothing
             return None
@@ -425,9 +425,9 @@ class Worker:
         return Heartbeat(self.orch, worker_id=self.worker_id, lease_seconds=self.settings.lease_seconds, held=held)
 
     def backoff(self, failures: int) -> float:
-        """Exponential backoff with jitter: base * 2^(failures-1), capped, times a factor in [0.5, 1)."""
-        delay = min(self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2 ** max(0, failures - 1))
-        return delay * (0.5 + self.rng.random() / 2)
+        """The delay before the retry after ``failures`` failed attempts: exponential backoff with jitter,
+        ``WorkerSettings.retry_delay`` times a factor in [0.5, 1)."""
+        return self.settings.retry_delay(failures) * (0.5 + self.rng.random() / 2)
 
     def _wait_for_store(self, exc: StorageUnavailableError, pause: float, *, giving_up: bool = False) -> float:
         """Wait ``pause`` seconds before trying a store that could not be reached; returns the next pause.

@@ -3,6 +3,7 @@ their ``ORCH_*`` variables. ``orchestrator.worker.Worker`` runs with them; it is
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
@@ -10,10 +11,14 @@ from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCE
                                  DEFAULT_STOP_GRACE_SECONDS, DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES,
                                  MAX_LEASE_SECONDS, MIN_LEASE_SECONDS, MIN_OUTPUT_MAX_BYTES)
 from orchestrator.errors import InvalidInputError
-from orchestrator.limits import MAX_DURATION_SECONDS, is_number, require_kinds, true_or_false, whole_number
+from orchestrator.limits import (MAX_DURATION_SECONDS, a_time_with_room, is_number, require_kinds, true_or_false,
+                                 whole_number)
 from orchestrator.output_cap import is_output_bound
 from orchestrator.security import shown
 
+# A retry's delay is doubled at most this many times (``retry_delay``): 2.0 ** this is the largest power of two a float
+# holds, past which every delay is its cap; ``Worker.backoff(10**100)`` built the integer 2**(10**100 - 1) (21 GB)
+MAX_DOUBLINGS = sys.float_info.max_exp - 1
 
 @dataclass(frozen=True)
 class WorkerSettings:
@@ -62,6 +67,20 @@ class WorkerSettings:
             if not is_number(value, least, most):
                 raise InvalidInputError(f"{name} must be a number of seconds from {least:g} to {most:.0f}, "
                                         f"not {value!r}")
+
+    def retry_delay(self, failures: int) -> float:
+        """The delay before the retry after ``failures`` failed attempts, before jitter: ``retry_base_seconds`` *
+        2^(failures-1), at most ``retry_max_seconds``. A count that is no whole number from 0 is ``INVALID_INPUT``."""
+        doublings = min(max(0, whole_number(failures, "failures", 0) - 1), MAX_DOUBLINGS)
+        return min(self.retry_max_seconds, self.retry_base_seconds * 2.0 ** doublings)  # too large a product: inf
+
+    def checked_now(self, now: float | None) -> float | None:
+        """The ``now`` given to a worker's ``run_once``, ``claim`` or ``recover_stale``: a time (``limits.a_time``) that
+        leaves room for the latest time such a call writes ahead of it, a lease's end (a claim) and a retry's (a
+        recovery), refused before anything is reserved or written."""
+        lease, retry = self.lease_seconds, self.retry_max_seconds
+        return a_time_with_room(now, max(lease, retry), f"a lease's end ({lease:g} s later) and a retry's (up to "
+                                f"{retry:g} s later)")
 
 
 def default_worker_id() -> str:

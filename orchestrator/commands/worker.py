@@ -14,7 +14,7 @@ from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCE
                                  MAX_LEASE_SECONDS, MIN_LEASE_SECONDS, MIN_OUTPUT_MAX_BYTES)
 from orchestrator.command_stop import COMMAND_STOP
 from orchestrator.errors import ConfigError, HandlerNotFoundError, KeyNotTrustedError, OrchestratorError
-from orchestrator.limits import MAX_KIND_LENGTH, is_kind
+from orchestrator.limits import KIND_RULE, is_kind
 from orchestrator.security import sanitize_text, shown
 
 EXIT_RAN = 0
@@ -37,8 +37,7 @@ def _env_kinds() -> tuple[str, ...]:
     kinds = _env_list("ORCH_WORKER_KINDS", "job kinds")
     for kind in kinds:
         if not is_kind(kind):
-            raise ConfigError(f"ORCH_WORKER_KINDS: a job kind is 1 to {MAX_KIND_LENGTH} characters of valid Unicode, "
-                              f"not {shown(kind)}")
+            raise ConfigError(f"ORCH_WORKER_KINDS: a job kind is {KIND_RULE}, not {shown(kind)}")
     return kinds
 
 

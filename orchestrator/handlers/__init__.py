@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from orchestrator.errors import ConfigError, HandlerNotFoundError, Interrupted
 from orchestrator.handler_host import HandlerHost
 from orchestrator.leftovers import own_code
-from orchestrator.limits import MAX_KIND_LENGTH, is_kind
+from orchestrator.limits import KIND_RULE, is_kind
 from orchestrator.run_folder import make_private_folder
 from orchestrator.runner import Child, fork_call
 from orchestrator.security import shown
@@ -134,8 +134,8 @@ _generation = 0  # bumped by every registration: a reused handler process forked
 def register(name: str, fn: Callable[[JobContext], Any]) -> None:
     global _generation
     if not is_kind(name) or name in ("command",):
-        raise ConfigError(f"a handler name must be a job kind of 1 to {MAX_KIND_LENGTH} characters, other than "
-                          f"'command' (built in), not {shown(name)}")
+        raise ConfigError(f"a handler name must be a job kind of {KIND_RULE}, other than 'command' (built in), "
+                          f"not {shown(name)}")
     if not callable(fn):
         raise ConfigError(f"the handler {name!r} must be a function taking the job's context, not {shown(fn)}")
     _REGISTRY[name] = PythonHandler(name, fn)

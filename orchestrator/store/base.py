@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 from orchestrator.errors import AuxNotWrittenError, IntegrityError, OrchestratorError, StorageError, entry_not_written
+from orchestrator.security import validate_id
 from orchestrator.store.locks import bounded_waits
 
 AUDIT_STREAM = "@audit"
@@ -28,6 +29,13 @@ SLOT_BYTES = 512
 # The most characters of an aux key: an id (at most 128, ``security.ID_LENGTH``) and a suffix (a lease's
 # ``.<epoch>``, ``leases``); a file name still, on files, with room for a writer's temporary copy.
 AUX_KEY_LENGTH = 160
+
+
+def check_aux_name(area: str, key: str) -> None:
+    """``INVALID_ID`` unless an aux record's ``area`` is an id and its ``key`` an id of up to ``AUX_KEY_LENGTH``
+    characters: a name every store can hold (a file name on files), checked by each store before it touches one."""
+    validate_id(area, "aux area")
+    validate_id(key, "aux key", AUX_KEY_LENGTH)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,8 +30,8 @@ from orchestrator import faults
 from orchestrator.errors import (NOTHING_WRITTEN, AuxNotWrittenError, ConcurrencyError, IntegrityError, PathEscapeError,
                                  StorageError, UnusableFileError)
 from orchestrator.security import is_id, validate_id
-from orchestrator.store.base import (AUDIT_STREAM, AUX_KEY_LENGTH, HEADS_AREA, SLOT_BYTES, AuxWrites, Builder,
-                                     EventStore, Head, InTransaction, StoredLine)
+from orchestrator.store.base import (AUDIT_STREAM, HEADS_AREA, SLOT_BYTES, AuxWrites, Builder, EventStore, Head,
+                                     InTransaction, StoredLine, check_aux_name)
 from orchestrator.store.files import (check_folders, fsync_dir, holding_files, link_name, linked_file, make_folder,
                                       nofollow_opener, not_regular, open_creating, path_error, read_all, read_file,
                                       refuse_link, remove_file, remove_strays, vacate, write_failure, write_new)
@@ -373,7 +373,8 @@ class JsonlStore(EventStore):
             raise path_error(exc) from None
 
     def _aux_path(self, area: str, key: str) -> str:
-        return os.path.join(self._root_s, validate_id(area, "aux area"), validate_id(key, "aux key", AUX_KEY_LENGTH))
+        check_aux_name(area, key)
+        return os.path.join(self._root_s, area, key)
 
     def put_aux(self, area: str, key: str, data: bytes) -> None:
         if area in SLOT_AREAS:

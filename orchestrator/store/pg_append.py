@@ -18,9 +18,9 @@ from orchestrator.errors import (AuditEntryNotWrittenError, AuditEntryUnavailabl
                                  IntegrityError, OrchestratorError, StorageError, entry_not_written)
 from orchestrator.history import SEQUENCE_MISMATCH, Problem
 from orchestrator.signing import line_seq
-from orchestrator.store.base import (AUDIT_HEAD, AUDIT_STREAM, AUX_KEY_LENGTH, AuxWrites, Builder, Head, InTransaction,
-                                     LockedHead)
-from orchestrator.security import sanitize_text, validate_id
+from orchestrator.store.base import (AUDIT_HEAD, AUDIT_STREAM, AuxWrites, Builder, Head, InTransaction, LockedHead,
+                                     check_aux_name)
+from orchestrator.security import sanitize_text
 from orchestrator.store.pg_connection import _cancelled, _conflicted, _connection_lost, _driver, _storage_error
 
 if TYPE_CHECKING:
@@ -511,8 +511,7 @@ def _moving(store: PostgresStore, stream: str, head: Head, new: list[bytes], fen
                  [p, stream, list(range(head.seq + 1, new_head.seq + 1)), new]))
     records = aux(new_head) if aux is not None else {}
     for area, key in records:
-        validate_id(area, "aux area")
-        validate_id(key, "aux key", AUX_KEY_LENGTH)
+        check_aux_name(area, key)
     put = [(area, key, bytes(data)) for (area, key), data in records.items() if data is not None]
     drop = [(area, key) for (area, key), data in records.items() if data is None]
     if put:

@@ -50,8 +50,8 @@ from orchestrator.config import DEFAULT_PG_DEADLINE_SECONDS
 from orchestrator.errors import (ConcurrencyError, ConfigError, LeaseLostError, OrchestratorError, StorageError,
                                  TransactionConflictError)
 from orchestrator.security import sanitize_text, validate_id
-from orchestrator.store.base import (AUDIT_STREAM, AUX_KEY_LENGTH, AuxWrites, Builder, EventStore, Head, InTransaction,
-                                     StoredLine)
+from orchestrator.store.base import (AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine,
+                                     check_aux_name)
 from orchestrator.store.pg_clock import ServerClock
 # ``connect`` is called through this module's name (``_take``), so a test can stand in for the server there
 from orchestrator.store.pg_connection import (CREDENTIAL_ENV, _driver, _storage_error, _went_away, connect, conninfo,
@@ -486,8 +486,7 @@ class PostgresStore(EventStore):
             (self.project, AUDIT_STREAM)).fetchall()))
 
     def put_aux(self, area: str, key: str, data: bytes) -> None:
-        validate_id(area, "aux area")
-        validate_id(key, "aux key", AUX_KEY_LENGTH)
+        check_aux_name(area, key)
         self._run(lambda conn: conn.execute(
             "INSERT INTO orch_aux (project, area, key, data) VALUES (%s, %s, %s, %s) "
             "ON CONFLICT (project, area, key) DO UPDATE SET data = EXCLUDED.data",
@@ -497,8 +496,7 @@ class PostgresStore(EventStore):
         """``EventStore.put_aux_if_head`` in one statement: the stream's row read ``FOR SHARE`` (an append holds it
         from moving the head to committing its lines and head record, so this waits for it, then sees its seq)."""
         self._check_stream(stream)
-        validate_id(area, "aux area")
-        validate_id(key, "aux key", AUX_KEY_LENGTH)
+        check_aux_name(area, key)
         return self._run(lambda conn: conn.execute(
             "INSERT INTO orch_aux (project, area, key, data) SELECT project, %s, %s, %s FROM orch_streams "
             "WHERE project = %s AND stream = %s AND seq = %s FOR SHARE "

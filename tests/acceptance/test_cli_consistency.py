@@ -19,7 +19,7 @@ def refused(env: dict[str, str], *args: str) -> tuple[int, dict]:
 
 
 # -- 1. every --kind, one rule -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["", "k" * 201])
+@pytest.mark.parametrize("kind", ["", "k" * 201, "a\nb"])  # a newline: since 2026-12-07, as every control character
 def test_every_kind_option_refuses_what_no_kind_can_be_as_the_same_usage_error(
         cli_env: dict[str, str], base: Path, kind: str) -> None:
     """``submit --kind ''`` was INVALID_INPUT (exit 3) where ``worker --kind ''`` and ``status --all --kind ''`` were
@@ -30,7 +30,7 @@ def test_every_kind_option_refuses_what_no_kind_can_be_as_the_same_usage_error(
         code, error = refused(cli_env, *args)
         assert (code, error["error"]) == (2, "USAGE_ERROR"), (args, error)
         seen.add(error["message"])
-    assert len(seen) == 1 and "'--kind': a job kind is 1 to 200 characters of valid Unicode, not '" in seen.pop()
+    assert len(seen) == 1 and "'--kind': a job kind is 1 to 200 characters of valid Unicode on one line" in seen.pop()
     assert not (base / "proj").exists()  # nothing written
 
 

@@ -298,7 +298,8 @@ def test_cli_submit_with_an_empty_kind_says_what_a_kind_must_be(runner_env: dict
     """A usage error (exit 2), as every ``--kind`` (until 2026-12-03 ``INVALID_INPUT``, exit 3, for ``submit``)."""
     result = CliRunner().invoke(cli, ["submit", "--kind", "", "--input", "{}"], env=runner_env)
     assert result.exit_code == 2, result.output
-    assert "Invalid value for '--kind': a job kind is 1 to 200 characters of valid Unicode, not ''" in result.output
+    assert ("Invalid value for '--kind': a job kind is 1 to 200 characters of valid Unicode on one line (no control "
+            "character, line separator or bidirectional control), not ''") in result.output
     assert not list((base / "proj" / ".orchestrator" / "queue" / "jobs").glob("*"))
 
 

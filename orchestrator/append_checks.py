@@ -1,0 +1,76 @@
+"""What ``Orchestrator.append`` is given, checked before anything is written.
+
+``append`` is the low-level write of every method and of the worker, and public: each argument a line, an audit entry
+or a record would hold as given is checked here, so that a bad one is ``INVALID_INPUT`` (or ``INVALID_ID``) naming it,
+never a ``TypeError`` or ``ValueError`` raised after the events were written (until 2026-12-07 a malformed ``aux`` raised
+so on files with its events durable, an ``actor`` was stored unredacted, a ``run_id`` of 5 or ``"r\\nx"`` as given). The
+events' data is checked by their models (``events.validate_data``).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from orchestrator.audit import MARKERS_AREA
+from orchestrator.errors import InvalidInputError
+from orchestrator.limits import an_actor, instance_or_none, is_unicode, whole_number
+from orchestrator.security import shown, validate_id
+from orchestrator.store.base import AUDIT_HEAD, HEADS_AREA, SLOT_BYTES, check_aux_name
+from orchestrator.views import JobView
+
+MAX_ACTION_CHARS = 64  # an audit entry's action: a name such as ``cancel`` or ``stale_recovered``
+# the records an append writes itself (a head record, the audit log's, an entry's marker): never a caller's ``aux``
+OWN_AREAS = frozenset({HEADS_AREA, AUDIT_HEAD[0], MARKERS_AREA})
+
+
+def checked_append(view: Any, new: Any, *, run_id: Any, actor: Any, audit: Any, fence: Any, aux: Any) -> str | None:
+    """Check ``append``'s arguments (``INVALID_INPUT`` or ``INVALID_ID`` naming the first that is wrong); returns the
+    actor as it is stored (``limits.an_actor``: sanitized), None for the orchestrator's own."""
+    instance_or_none(view, JobView, "view", "a JobView (from load or append)")
+    check_events(new)
+    if run_id is not None:
+        validate_id(run_id, "run id")
+    whole_number(fence, "fence", 0, or_none=True)
+    if audit is not None:
+        check_audit(audit)
+    if aux is not None:
+        check_aux(aux)
+    return None if actor is None else an_actor(actor)
+
+
+def check_events(new: Any) -> None:
+    """``new``: one or more ``(event type, data)`` pairs (the data is its model's to check)."""
+    if (isinstance(new, (list, tuple)) and new
+            and all(isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str) for pair in new)):
+        return
+    raise InvalidInputError(f"new must be a list of one or more (event type, data) pairs, not {shown(new)}")
+
+
+def check_audit(audit: Any) -> None:
+    """``audit``: an ``(action, note)`` pair; the action a name (it is shown and filtered on as it is), the note text
+    (redacted when the entry is made)."""
+    if not (isinstance(audit, (list, tuple)) and len(audit) == 2 and all(isinstance(part, str) for part in audit)):
+        raise InvalidInputError(f"audit must be None or an (action, note) pair of texts, not {shown(audit)}")
+    action, note = audit
+    if not (action.isascii() and action.isidentifier() and len(action) <= MAX_ACTION_CHARS):
+        raise InvalidInputError(f"audit's action must be a name of 1 to {MAX_ACTION_CHARS} ASCII letters, digits and "
+                                f"'_' (such as 'cancel'), not {shown(action)}")
+    if not is_unicode(note):
+        raise InvalidInputError("audit's note holds text that is not valid Unicode (a lone surrogate such as \\udcff)")
+
+
+def check_aux(aux: Any) -> None:
+    """``aux``: ``(area, key) -> bytes`` (None deletes), each a name every store can hold, none of an area the append
+    writes itself, each record under ``SLOT_BYTES`` as every store keeps it."""
+    if not isinstance(aux, Mapping):
+        raise InvalidInputError(f"aux must be None or a mapping of (area, key) to bytes or None, not {shown(aux)}")
+    for name, record in aux.items():
+        if not (isinstance(name, tuple) and len(name) == 2 and all(isinstance(part, str) for part in name)):
+            raise InvalidInputError(f"aux's keys must be (area, key) pairs of texts, not {shown(name)}")
+        check_aux_name(*name)
+        area, key = name
+        if area in OWN_AREAS:
+            raise InvalidInputError(f"aux may not write {area}/{key}: the append writes the records of {area}/ itself")
+        if record is not None and not (isinstance(record, bytes) and len(record) < SLOT_BYTES):
+            raise InvalidInputError(f"aux record {area}/{key} must be None (to delete it) or bytes, fewer than "
+                                    f"{SLOT_BYTES} bytes, not {shown(record)}")

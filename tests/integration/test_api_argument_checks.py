@@ -1,0 +1,173 @@
+"""The Python API's argument checks on every store, as the README's "Python API" section and its limits table state
+them: a value no line can hold, or that a call could not write, is an ``OrchestratorError`` with a stable code (never a
+bare ``TypeError`` or ``ValueError``), raised before anything is written or reserved. Found by a hunt, 2026-12-07."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import jobstates as js
+import worker_handlers  # noqa: F401  (registers t.* handlers)
+from backends import BACKENDS, orchestrator_on
+from orchestrator import Orchestrator, OrchestratorError, handler
+from orchestrator.errors import ConfigError, InvalidInputError
+from orchestrator.limits import LATEST_TIME
+from orchestrator.signing import Keyring
+from orchestrator.store.base import AUDIT_STREAM, HEADS_AREA
+from orchestrator.worker import Worker, WorkerSettings
+
+LEASE, RETRY_MAX = 30.0, 60.0
+
+
+@pytest.fixture(params=BACKENDS)
+def orch(request: pytest.FixtureRequest, base: Path, keyring: Keyring):
+    with orchestrator_on(request.param, base, keyring) as orch:
+        yield orch
+
+
+def worker(orch: Orchestrator, name: str = "w1") -> Worker:
+    return Worker(orch, WorkerSettings(worker_id=name, lease_seconds=LEASE, retry_base_seconds=RETRY_MAX,
+                                       retry_max_seconds=RETRY_MAX))
+
+
+def written(orch: Orchestrator, job_id: str) -> tuple[list[bytes], int]:
+    """The job's lines and the audit log's length: what a refused call must leave as it was."""
+    return [line.raw for line in orch.store.read(job_id)], len(orch.store.read(AUDIT_STREAM))
+
+
+# -- 1. a now that leaves no room for what a worker writes ahead of it ----------------------------------------------
+@pytest.mark.parametrize("call", ["run_once", "claim"])
+def test_a_now_whose_lease_end_is_past_the_year_9999_is_invalid_input_and_the_job_stays_claimable(
+        orch: Orchestrator, call: str) -> None:
+    """``run_once(now=253402300799)`` raised ``ValueError: year 10000 is out of range`` writing the lease's end, after
+    the claim had reserved the job: on PostgreSQL its ready row stayed reserved until the year 10000, the job queued
+    for ever for every worker."""
+    job = orch.submit("t.echo", 1)
+    w = worker(orch)
+    for now in (LATEST_TIME, LATEST_TIME - LEASE + 1):
+        with pytest.raises(InvalidInputError, match="now must leave room"):
+            getattr(w, call)(now)
+    assert orch.status(job).state == "queued" and orch.status(job).events == 1
+    assert worker(orch, "w2").run_once().job_id == job and orch.status(job).state == "succeeded"
+
+
+def test_a_now_that_leaves_room_for_the_lease_and_a_retry_is_taken(orch: Orchestrator) -> None:
+    job = orch.submit("t.echo", 1)
+    claim = worker(orch).claim(LATEST_TIME - max(LEASE, RETRY_MAX))
+    assert claim.job_id == job and orch.status(job).lease_expires_at.startswith("9999-12-31T23:")
+
+
+def test_a_now_whose_retry_is_past_the_year_9999_is_refused_before_any_recovery(orch: Orchestrator) -> None:
+    """``recover_stale(253402300799)`` raised ``ValueError`` writing the retry time of the first job it recovered."""
+    job = js.running(orch, lease="2000-01-01T00:00:00.000000Z")
+    with pytest.raises(InvalidInputError, match="now must leave room"):
+        worker(orch).recover_stale(LATEST_TIME)
+    assert orch.status(job).state == "running"
+    assert worker(orch).recover_stale() == [job] and orch.status(job).state == "queued"
+
+
+# -- 2. and 3. what orch.append is given ---------------------------------------------------------------------------
+CANCEL = [("job_cancelled", {"reason": "stop"})]
+
+REFUSED_APPENDS: dict[str, dict[str, Any]] = {
+    # aux: (area, key) -> bytes or None (files wrote the event, then raised TypeError or ValueError)
+    "aux text": {"aux": {("leases", "k1"): "text"}},
+    "aux 1-tuple key": {"aux": {("leases",): b"x"}},
+    "aux int value": {"aux": {("leases", "k"): 5}},  # PostgreSQL stored it
+    "aux key not a tuple": {"aux": {"x": b"1"}},
+    "aux area escaping": {"aux": {("../../evil", "k"): b"1"}},
+    "aux key escaping": {"aux": {("leases", "../../evil"): b"1"}},
+    "aux over a head record": {"aux": {(HEADS_AREA, "k"): b"x"}},
+    "aux record too long": {"aux": {("leases", "k"): b"x" * 600}},
+    "aux not a mapping": {"aux": [("leases", "k")]},
+    # actor, run_id: written as given
+    "actor an int": {"actor": 5},
+    "actor a dict": {"actor": {"a": 1}},
+    "actor blank": {"actor": " "},
+    "actor too long": {"actor": "a" * 201},
+    "run_id an int": {"run_id": 5},
+    "run_id a list": {"run_id": [1]},
+    "run_id with a newline": {"run_id": "r\nx"},
+    # audit: (action, note)
+    "audit text": {"audit": "cancel"},  # action "c", note "a"
+    "audit ints": {"audit": (1, 2)},
+    "audit 1-tuple": {"audit": ("cancel",)},  # IndexError
+    "audit 3-tuple": {"audit": ("cancel", "n", "x")},
+    "audit action no name": {"audit": ("password=hunter2", "n")},
+    "audit note a lone surrogate": {"audit": ("cancel", "\udcff")},
+    # new: (type, data) pairs
+    "new one type": {"new": "job_cancelled"},  # ValueError unpack
+    "new a triple": {"new": [("job_cancelled", {}, 1)]},
+    "new a dict": {"new": {"job_cancelled": {}}},
+    "new empty": {"new": []},
+    "new bytes in a field": {"new": [("job_cancelled", {"reason": b"x"})]},  # stored as "x"
+    # fence, view
+    "fence text": {"fence": "x"},
+    "fence negative": {"fence": -1},
+    "view text": {"view": "view"},  # AttributeError
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_APPENDS)
+def test_append_refuses_an_argument_no_line_can_hold_naming_it_before_anything_is_written(
+        orch: Orchestrator, case: str) -> None:
+    job = orch.submit("t.echo", 1, audit=True)
+    before = written(orch, job)
+    args = {"view": orch.load(job), "new": CANCEL, "audit": ("cancel", "stop"), **REFUSED_APPENDS[case]}
+    with pytest.raises(OrchestratorError) as err:
+        orch.append(args.pop("view"), job, args.pop("new"), **args)
+    assert err.value.code in ("INVALID_INPUT", "INVALID_ID") and err.value.exit_code == 3, err.value
+    assert written(orch, job) == before and orch.status(job).state == "queued"
+
+
+def test_an_actor_given_to_append_is_stored_sanitized_in_the_event_its_entry_and_the_timeline(
+        orch: Orchestrator) -> None:
+    """``append(actor="password=hunter2")`` landed unredacted in the signed event and its audit entry."""
+    job = orch.submit("t.echo", 1)
+    orch.append(orch.load(job), job, CANCEL, actor=" ops password=hunter2 ", audit=("cancel", "stop"))
+    event = json.loads(orch.store.read(job)[-1].raw)
+    entry = json.loads(orch.store.read(AUDIT_STREAM)[-1].raw)
+    assert event["actor"] == entry["actor"] == "ops password=[REDACTED]"
+    assert {line["actor"] for line in orch.timeline(job)["lines"][1:]} == {"ops password=[REDACTED]"}
+
+
+# -- 4. a kind holding a control character ------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["a\x00b", "a\nb", "\x1b[31mred", "a\u2028b"])
+def test_a_kind_holding_a_control_character_is_invalid_input_on_every_store(orch: Orchestrator, kind: str) -> None:
+    """Files stored ``"a\\x00b"``; PostgreSQL refused it as ``STORAGE_ERROR`` (exit 10), its text holding no NUL."""
+    for call in (lambda: orch.submit(kind, 1), lambda: orch.jobs(kinds=[kind]), lambda: orch.worker(kinds=[kind])):
+        with pytest.raises(InvalidInputError, match="no control character"):
+            call()
+    with pytest.raises(ConfigError, match="no control character"):
+        handler(kind)(lambda ctx: {"status": "done"})
+    assert list(orch.job_ids()) == []
+
+
+# -- 5. Worker.backoff -----------------------------------------------------------------------------------------------
+def test_backoff_of_any_failure_count_is_at_most_its_cap_and_a_count_that_is_no_number_is_invalid_input(
+        orch: Orchestrator) -> None:
+    """``backoff(10**100)`` computed 2**(10**100 - 1) (21 GB before it was killed); past 1024 failures a float could not
+    hold the power (``OverflowError``), and ``backoff("x")`` was a ``TypeError``."""
+    w = worker(orch)
+    for failures in (1025, 10**6, 10**100):
+        assert RETRY_MAX / 2 <= w.backoff(failures) < RETRY_MAX
+    for failures in ("x", 1.5, None, -1):
+        with pytest.raises(InvalidInputError, match="failures must be a whole number"):
+            w.backoff(failures)
+
+
+# -- 6. timeline() names its Python arguments ----------------------------------------------------------------------
+def test_timeline_without_a_job_or_a_run_names_the_python_arguments_not_the_commands_options(
+        orch: Orchestrator) -> None:
+    """It said "give --job-id or --run-id": options of the command, not arguments of the method."""
+    with pytest.raises(InvalidInputError) as err:
+        orch.timeline()
+    assert "job_id" in err.value.message and "run_id" in err.value.message and "--" not in err.value.message
+    job = orch.submit("t.echo", 1)
+    for bad in ({"action": "bogus"}, {"since": "yesterday"}):
+        with pytest.raises(InvalidInputError) as err:
+            orch.timeline(job, **bad)
+        assert err.value.message.startswith(f"{next(iter(bad))} ") and "--" not in err.value.message
