@@ -192,7 +192,8 @@ def settle(url: str, orch: Any) -> int:
     when it exits, so the store's idle connections and the worker's LISTEN one are closed."""
     store = orch.store
     with store._lock:
-        idle, store._idle = store._idle, []
+        idle = list(store._idle)
+        store._idle.clear()  # in place: the store's finalizer closes this very list
     for conn in idle:
         conn.close()
     orch.queue.close()

@@ -20,7 +20,8 @@ from orchestrator.command_input import COMMAND_KIND, parse_command_input
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Settings, default_actor
 from orchestrator.errors import (NOTHING_WRITTEN, AuditEntryNotWrittenError, AuxNotWrittenError, ConcurrencyError,
                                  ConfigError, ContextSignatureInvalid, InvalidIdError, InvalidInputError,
-                                 JobNotFoundError, OrchestratorError, PathEscapeError, StorageError, UnusableFileError)
+                                 JobNotFoundError, OrchestratorError, PathEscapeError, StorageError, StoreClosedError,
+                                 UnusableFileError)
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream,
                                   check_head_record, check_head, head_record, seal, verify_stream)
 from orchestrator.key_files import load_keyring
@@ -56,6 +57,7 @@ class Orchestrator:
     due times), else this machine's (``clock.now``). ``actor`` names who acts in events and audit
     entries (default ``user@host``). One instance may be shared by the threads of a process, its
     workers' loops included; every expected error is an ``OrchestratorError`` with a ``code``.
+    ``close()``, or a ``with`` block, ends the store's connections (PostgreSQL) at a known point.
     """
 
     def __init__(self, base_path: str | os.PathLike[str] | None = None, project_id: str | None = None, *,
@@ -76,13 +78,37 @@ class Orchestrator:
             from orchestrator.store.jsonl import JsonlStore
 
             store = JsonlStore(self.settings.state_dir)
-        self.store = store
+        self._store = store
+        self._closed = False
         self.clock: Callable[[], float] = clock if clock is not None else store.shared_clock or local_now
         self.actor = an_actor(actor) if actor is not None else default_actor()
         self._queue: QueueIndex | None = None
 
     def __repr__(self) -> str:
-        return f"Orchestrator(project_id={self.project_id!r}, store={self.store!r}, actor={self.actor!r})"
+        return f"Orchestrator(project_id={self.project_id!r}, store={self._store!r}, actor={self.actor!r})"
+
+    @property
+    def store(self) -> EventStore:
+        """The project's store; every call reaches it through here, so once ``close`` ran each one is refused
+        (``StoreClosedError``), on files as on PostgreSQL, before it reads or writes anything."""
+        if self._closed:
+            raise StoreClosedError()
+        return self._store
+
+    def close(self) -> None:
+        """End the store's connections now (PostgreSQL: its pool, this thread's ``LISTEN`` connection, the deadline's
+        thread), rather than when the garbage collector takes them: a program making one per request would otherwise
+        hold sessions it no longer uses. Closing again does nothing. Close it once its workers' loops have returned."""
+        self._closed = True
+        if self._queue is not None:
+            self._queue.close()
+        self._store.close()
+
+    def __enter__(self) -> "Orchestrator":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     @property
     def project_id(self) -> str:

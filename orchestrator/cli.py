@@ -190,7 +190,7 @@ def project_command(fn: Callable[..., int | None]) -> Callable[..., None]:
             try:
                 code = fn(orch, out, **kwargs)
             finally:  # a PostgreSQL store's connections and watchdog thread, also for a command run in process
-                orch.store.close()
+                orch.close()
         click.get_current_context().exit(code or 0)
 
     return wrapper

@@ -213,6 +213,13 @@ class UnusableFileError(StorageError):
     operator moves it away. ``verify`` lists it as a problem of the stream instead (exit 7)."""
 
 
+class StoreClosedError(StorageError):
+    """This Orchestrator (or store) was closed (``close()``, or the end of its ``with`` block): nothing was read or
+    written; make a new one to go on."""
+
+    code = "STORE_CLOSED"
+
+
 class StorageUnavailableError(StorageError):
     """The store could not be reached (a connection lost or refused: a server restarting, a network
     failure), or did not complete a statement for now (``StatementCancelledError``). It may pass: a worker waits and

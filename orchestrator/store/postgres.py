@@ -48,7 +48,7 @@ from typing import Any, Callable, Collection, Iterator
 
 from orchestrator.config import DEFAULT_PG_DEADLINE_SECONDS
 from orchestrator.errors import (ConcurrencyError, ConfigError, LeaseLostError, OrchestratorError, StorageError,
-                                 TransactionConflictError)
+                                 StoreClosedError, TransactionConflictError)
 from orchestrator.security import sanitize_text, validate_id
 from orchestrator.store.base import (AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine,
                                      check_aux_name)
@@ -167,7 +167,7 @@ class PostgresStore(EventStore):
         self.url = url
         self.project = validate_id(project, "project id")
         self.deadline = Deadline(deadline_seconds)  # every call's bound; None or 0: none
-        self._idle: list[Any] = []
+        self._idle: list[Any] = []  # the same list for the store's life: its finalizer closes what it holds
         self._lock = threading.Lock()
         self._checked = False
         self._closed = False
@@ -176,6 +176,9 @@ class PostgresStore(EventStore):
         # every machine's default clock: the server's (``pg_clock``), sampled by ``_take``; its first read before
         # any call makes one (a call with no statement of its own: ``_take`` samples)
         self.shared_clock = ServerClock(lambda: self._run(lambda conn: None))
+        # a store dropped unclosed ends its sessions when collected, not with psycopg's warning of a connection
+        # deleted open (``close`` runs it at once)
+        self._close_pooled = weakref.finalize(self, _close_connections, self._idle)
         _STORES.add(self)
 
     def _after_fork_in_child(self) -> None:
@@ -186,7 +189,8 @@ class PostgresStore(EventStore):
         self._lock = threading.Lock()  # another thread of the parent may have held it at the fork
         self.deadline.reset()
         listeners = [conn for index in list(self._indexes) for conn in index.forget_listeners()]
-        self._inherited, self._idle = self._inherited + self._idle + listeners, []
+        self._inherited += self._idle + listeners
+        self._idle.clear()  # in place: the finalizer closes this list's connections, now the child's own
 
     def register_index(self, index: Any) -> None:
         """A queue index on this store, whose ``LISTEN`` connections a forked child must not use
@@ -198,7 +202,7 @@ class PostgresStore(EventStore):
         self.deadline.check_time_left()
         with self._lock:
             if self._closed:
-                raise StorageError("the store is closed")
+                raise StoreClosedError()
             conn = self._idle.pop() if self._idle else None
         if conn is not None and not conn.closed and _went_away(conn):
             conn.close()
@@ -324,12 +328,11 @@ class PostgresStore(EventStore):
         forget_replica_session(conn)  # asked once per connection, as its role is read once
 
     def close(self) -> None:
-        """Close the pooled connections and stop the deadline's watchdog thread."""
+        """Close the pooled connections and stop the deadline's watchdog thread; a later call raises
+        ``StoreClosedError``. Closing again does nothing."""
         with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+            self._closed = True  # from here on no connection is taken from the pool or given back to it
+        self._close_pooled()
         self.deadline.close()
 
     def calls_end_by(self, at: float | None) -> Any:
@@ -576,6 +579,13 @@ class PostgresStore(EventStore):
 
     def __repr__(self) -> str:
         return redacted(f"PostgresStore({self.url!r}, project={self.project!r})", self.url)
+
+
+def _close_connections(idle: list[Any]) -> None:
+    """Close and forget the pooled connections ``idle``: ``PostgresStore.close``, or the finalizer of a store dropped
+    without it (psycopg would close them too when collected, with a ``ResourceWarning`` for each)."""
+    while idle:
+        idle.pop().close()
 
 
 _STORES: weakref.WeakSet[PostgresStore] = weakref.WeakSet()

@@ -407,3 +407,20 @@ def test_a_write_does_not_parse_back_its_lines_and_a_view_makes_their_records_on
                                                                                                 "job_cancelled"]
     assert len(view.stream.records) == 1 and [r["type"] for r in claimed.stream.records] == ["job_submitted",
                                                                                                 "job_claimed"]
+
+
+def test_a_closed_orchestrator_refuses_every_call_with_store_closed_and_writes_nothing(orch: Orchestrator) -> None:
+    """On files too, though there is no connection to close: a program that closes one is told at once it used it
+    after that, whichever backend it runs on (``close()`` and ``with``: README, "Python API")."""
+    job_id = orch.submit("t.echo")
+    with orch as same:
+        assert same is orch
+    orch.close()  # again: nothing left to close, no error
+    before = file_bytes(orch)
+    for call in (lambda: orch.status(job_id), lambda: orch.submit("t.echo"), lambda: orch.cancel(job_id),
+                 lambda: orch.worker().run_once(), lambda: orch.verify()):
+        with pytest.raises(OrchestratorError) as caught:
+            call()
+        assert (caught.value.code, caught.value.exit_code) == ("STORE_CLOSED", 10)
+    assert file_bytes(orch) == before
+    assert Orchestrator(base_path=orch.settings.base_path, project_id="proj", keyring=orch.keyring).status(job_id).state == "queued"

@@ -213,7 +213,7 @@ def test_the_readme_python_api_table_gives_each_method_the_parameters_and_defaul
             params = inspect.signature(getattr(Orchestrator, name)).parameters
             spread = any(p.kind is p.VAR_KEYWORD for p in params.values())
             told = row if given != "..." else before + row  # `orch.submit_job(...)`: the arguments of the row above
-            for piece in [] if given == "..." else [p.strip() for p in given.split(",")]:
+            for piece in [] if given in ("...", "") else [p.strip() for p in given.split(",")]:  # "": `orch.close()`
                 arg, _, default = piece.lstrip("*").partition("=")
                 if piece == "*" or piece.startswith("**") and spread:
                     continue

@@ -1,0 +1,97 @@
+"""An Orchestrator on PostgreSQL lets its sessions go: ``close()``, or the end of a ``with`` block, ends them at once,
+and one dropped without it ends them when the garbage collector takes it, not a watchdog's quiet period later; a
+closed one refuses every call, ``STORE_CLOSED``, and opens no session (README, "Python API"; docs/postgres.md,
+"Connections")."""
+from __future__ import annotations
+
+import gc
+import threading
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator
+
+import pytest
+
+import worker_handlers  # noqa: F401  (registers t.* handlers)
+from orchestrator import Orchestrator, OrchestratorError
+from orchestrator.signing import Keyring
+from orchestrator.store.postgres import connect
+
+from backends import TestPostgresStore, require_pg
+from helpers import wait_until
+
+pytestmark = pytest.mark.postgres
+
+PROMPTLY = 2.0  # seconds for the server to see closed sessions gone; the watchdog's quiet period is 10 s
+_SESSIONS = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+
+
+@pytest.fixture
+def named() -> Iterator[SimpleNamespace]:
+    """A project, and a URL whose sessions carry an application name of their own, so the test counts exactly them."""
+    home = TestPostgresStore()
+    name = f"orch-close-{uuid.uuid4().hex[:10]}"
+    admin = connect(require_pg(), autocommit=True)
+    yield SimpleNamespace(url=f"{home.url}?application_name={name}", project=home.project,
+                          sessions=lambda: admin.execute(_SESSIONS, (name,)).fetchone()[0])
+    admin.close()
+    home.close()
+
+
+def _orchestrator(named: SimpleNamespace, base: Path, keyring: Keyring) -> Orchestrator:
+    return Orchestrator(base_path=base, project_id=named.project, store_url=named.url, keyring=keyring)
+
+
+def _no_session_left(named: SimpleNamespace, why: str) -> None:
+    wait_until(lambda: named.sessions() == 0, PROMPTLY, f"the sessions of {why} to end")
+
+
+def _watchdogs() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "orch-pg-deadline")
+
+
+def test_dropped_orchestrators_leave_no_session_open_once_collected(named, base: Path, keyring: Keyring) -> None:
+    for _ in range(5):
+        orch = _orchestrator(named, base, keyring)
+        orch.status(orch.submit("t.echo"))
+        del orch
+    gc.collect()
+    _no_session_left(named, "five dropped orchestrators")
+
+
+def test_close_ends_every_session_and_the_deadline_watchdog_at_once(named, base: Path, keyring: Keyring) -> None:
+    before = _watchdogs()
+    orch = _orchestrator(named, base, keyring)
+    job_id = orch.submit("t.echo", {"x": 1})
+    with orch.worker(worker_id="w1") as worker:
+        assert worker.run_once().job_id == job_id
+    assert named.sessions() >= 1
+    orch.close()
+    _no_session_left(named, "a closed orchestrator")
+    assert _watchdogs() <= before
+    orch.close()  # again: nothing left to close, no error
+
+
+def test_a_with_block_closes_the_orchestrator_even_when_its_body_raises(named, base: Path, keyring: Keyring) -> None:
+    with pytest.raises(RuntimeError, match="the caller's own"):
+        with _orchestrator(named, base, keyring) as orch:
+            orch.status(orch.submit("t.echo"))
+            raise RuntimeError("the caller's own error")
+    _no_session_left(named, "a with block")
+
+
+def test_a_closed_orchestrator_refuses_every_call_with_store_closed_and_loses_nothing(
+        named, base: Path, keyring: Keyring) -> None:
+    orch = _orchestrator(named, base, keyring)
+    job_id = orch.submit("t.echo")
+    orch.close()
+    for call in (lambda: orch.status(job_id), lambda: orch.submit("t.echo"), lambda: orch.cancel(job_id),
+                 lambda: orch.worker().run_once(), lambda: list(orch.job_ids())):
+        with pytest.raises(OrchestratorError) as caught:
+            call()
+        assert (caught.value.code, caught.value.exit_code) == ("STORE_CLOSED", 10)
+        assert "closed" in caught.value.message
+    _no_session_left(named, "a closed orchestrator called again")
+    with _orchestrator(named, base, keyring) as again:
+        assert again.status(job_id).state == "queued"
