@@ -40,7 +40,7 @@ from orchestrator import faults
 from orchestrator.artifacts_source import (TARGET_FOLDER, Ancestors, Need, Reached, entered, leads_nowhere, measure,
                                           not_regular, refusal)
 from orchestrator.errors import InvalidIdError, InvalidInputError
-from orchestrator.run_folder import make_private_folder
+from orchestrator.run_folder import DISK_REFUSALS, make_private_folder
 from orchestrator.security import validate_id
 from orchestrator.store.files import NotRegularFileError, linked_folder_error, open_regular
 from orchestrator.worker_folders import WorkerFolders
@@ -54,8 +54,6 @@ log = logging.getLogger(__name__)
 INPUTS_DIR = "inputs"  # in the job's folder: inputs/<job_id> holds the copy of that job's folder
 CHUNK = 8 << 20  # bytes copied between two calls of ``between`` (shutil copies 8 MiB at a time too)
 _NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV)
-# a write the file system refused whatever the file: the host's (free space, raise the quota), never the job's
-FILE_SYSTEM_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 # the target side, which the job's runs write: opened relative to a folder's descriptor (``TARGET_FOLDER``), never
 # through a link
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -80,7 +78,7 @@ class CopyFailed(Exception):
 
 
 def _failed(error: OSError, *, writing: bool) -> CopyFailed:
-    return CopyFailed(error, store=writing and error.errno in FILE_SYSTEM_FULL)
+    return CopyFailed(error, store=writing and error.errno in DISK_REFUSALS)
 
 
 def artifacts_from(job_input: Any) -> list[str]:
@@ -491,7 +489,7 @@ def _copy_stretch(src: int, dst: int, length: int | None, sendfile: Any, between
                 copied = sendfile(dst, src, None, count)
             except OSError as exc:
                 if exc.errno not in _NO_SENDFILE:  # one call reads and writes: a full disk is the target's
-                    writing = exc.errno in FILE_SYSTEM_FULL or exc.errno == errno.EFBIG  # anything else the source's
+                    writing = exc.errno in DISK_REFUSALS or exc.errno == errno.EFBIG  # anything else the source's
                     raise _failed(OSError(exc.errno, exc.strerror, dst_name if writing else src_name),
                                   writing=writing) from None
                 sendfile = None  # read and write from where it got to

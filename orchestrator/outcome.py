@@ -23,11 +23,11 @@ from orchestrator.errors import (AuditEntryNotWrittenError, ConcurrencyError, In
 from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease, drop_lease_aux
 from orchestrator.leftovers import end_exited_run, killed_warning
 from orchestrator.notices import log_warning
-from orchestrator.payload import (DONE, FAILED, JSON_WHITESPACE, NEEDS_AUDIT, NO_TERMINAL_SIGNAL_EXIT,
-                                  NO_TERMINAL_SIGNAL_STALE, Payload, parse_payload)
+from orchestrator.payload import (DONE, FAILED, JSON_WHITESPACE, MAX_RETRY_AFTER_SECONDS, NEEDS_AUDIT,
+                                  NO_TERMINAL_SIGNAL_EXIT, NO_TERMINAL_SIGNAL_STALE, Payload, parse_payload)
 from orchestrator.run_folder import sanitized_tail
 from orchestrator.runner import Child
-from orchestrator.security import json_source_text, sanitize_obj, sanitize_text
+from orchestrator.security import json_source_text, sanitize_obj, sanitize_text, sanitized_cut
 from orchestrator.state import (COUNTED_STOP_WORDS, RUNNING, STOPS_FORGIVEN, WORKER_STOPPED,
                                 WORKER_STOPPED_BEFORE_START, JobState)
 
@@ -158,7 +158,7 @@ class OutcomeRecorder:
         try:
             raw = child.payload()
         except MalformedPayloadError as exc:  # too large to read, not a regular file, or unreadable
-            return self.fail(claim, exc.code, exc.message, output=child.output)
+            return self.run_failed(claim, folders, exc.code, exc.message, output=child.output)
         if raw is None or not raw.strip(JSON_WHITESPACE):  # none, or opened (``> "$ORCH_TERMINAL_FILE"``) but empty
             signal_name = stop_signal(code)
             if signal_name is not None and stopped is not None and stopped():
@@ -166,15 +166,16 @@ class OutcomeRecorder:
                                                          "sent to it too")
             left = "" if raw is None else ": the terminal file is " + ("empty" if not raw else
                                                                       "holding only whitespace")
-            return self.fail(claim, NO_TERMINAL_SIGNAL_EXIT,
-                             f"the process {ended(code)} without writing a terminal payload{left}", output=child.output)
+            return self.run_failed(claim, folders, NO_TERMINAL_SIGNAL_EXIT,
+                                   f"the process {ended(code)} without writing a terminal payload{left}",
+                                   output=child.output)
         try:
             payload = parse_payload(raw, artifacts_dir)
-        except MalformedPayloadError as exc:
-            return self.fail(claim, exc.code, exc.message, output=child.output)
+        except MalformedPayloadError as exc:  # a terminal file a full disk cut short among others
+            return self.run_failed(claim, folders, exc.code, exc.message, output=child.output)
         if payload.status == FAILED:
-            return self.fail(claim, payload.error_code or "HANDLER_FAILED", payload.summary, output=child.output,
-                             retryable=payload.retryable, payload=payload)
+            return self.run_failed(claim, folders, payload.error_code or "HANDLER_FAILED", payload.summary,
+                                   output=child.output, retryable=payload.retryable, payload=payload)
         # the output's secret look is taken on the payload's own text where it can be (not the output encoded again)
         output = sanitize_obj(payload.output, json_source_text(raw))
         # the artifact paths were checked as given (parse_payload); what is stored is their sanitized text,
@@ -187,6 +188,22 @@ class OutcomeRecorder:
             return self.finish(claim, [("audit_requested", result)], "awaiting_audit")
         question = sanitize_text(payload.question or "")  # needs_human, the one status left
         return self.finish(claim, [("human_input_requested", {**result, "question": question})], "waiting_human")
+
+    def run_failed(self, claim: Claim, folders: WorkerFolders, code: str, message: str, *, output: Path,
+                   retryable: bool = True, payload: Payload | None = None) -> RunResult:
+        """A run whose handler ended failed (``record_exit``): a failed attempt (``fail``), unless the disk of
+        ``runs/`` is full now (``WorkerFolders.check_room``). A handler's own writes that a full disk refused fail
+        it as any failure does (its stderr is its own text, and may speak of another disk): the worker cannot tell
+        whether the disk is why, so the run is handed back rather than charged (``release``: one of the job's stops
+        in a row, so that a job that fills the disk itself is charged from the fourth), and the worker stops, the
+        room check's ``StorageError`` (exit 10), as it would at its next claim."""
+        try:
+            folders.check_room()
+        except StorageError as full:
+            why = (f"its run ended failed ({code}: {sanitized_cut(message, 500)}) with the disk of runs/ full, which "
+                   f"may be why: {full.message}")
+            self._raise_after(lambda: self.release(claim, output, why), full)
+        return self.fail(claim, code, message, output=output, retryable=retryable, payload=payload)
 
     def cut_short(self, how: str, claim: Claim, held: HeldLease, output: Path, *, started: bool = True) -> RunResult:
         """The outcome of a run the worker cut short, while it ran or before its handler ``started`` (while its
@@ -238,7 +255,7 @@ class OutcomeRecorder:
         failures = s.failures + 1
         data: dict[str, Any] = {"error_code": code, "error": sanitize_text(message)[:4000]}
         if retryable and failures < s.max_attempts:
-            data["retry_at"] = clock_mod.to_iso(now + self.backoff(failures))
+            data["retry_at"] = clock_mod.to_iso(now + self.retry_delay(failures, payload))
         if event == "job_timeout":
             data["timeout"] = s.timeout
         else:
@@ -249,6 +266,13 @@ class OutcomeRecorder:
         action = action or ("job_timeout" if event == "job_timeout" else None)
         audit = (action, data["error"]) if action else None
         return self.finish(claim, [(event, data)], outcome, error_code=code, audit=audit)
+
+    def retry_delay(self, failures: int, payload: Payload | None) -> float:
+        """The worker's backoff after ``failures``, or the wait the run's payload asks for when longer
+        (``retry_after``, at most ``MAX_RETRY_AFTER_SECONDS``): a service that said when to come back (an HTTP
+        ``Retry-After``) is not asked again sooner, which would spend an attempt on a refusal."""
+        asked = payload.retry_after if payload is not None and payload.retry_after is not None else 0.0
+        return max(self.backoff(failures), min(asked, MAX_RETRY_AFTER_SECONDS))
 
     def not_started(self, claim: Claim, paths: RunPaths, code: str, message: str, *, retryable: bool) -> RunResult:
         """The handler could not start: record the failed attempt and remove the run's folder."""
@@ -271,11 +295,16 @@ class OutcomeRecorder:
 
     def hand_back_and_raise(self, claim: Claim, error: OrchestratorError, *, ran: bool = False) -> NoReturn:
         """The store's fault, not the job's: hand the job back (``hand_back``, no attempt used), then raise ``error``,
-        which stops the worker. A hand-back the store cannot take either (a disk with no byte left for its line)
-        leaves the job running until its lease expires, and stale recovery then ends its run as a dead worker's, an
-        attempt used: ``error`` then says so, not only what failed first."""
+        which stops the worker (``_raise_after``)."""
+        self._raise_after(lambda: self.hand_back(claim, error.code, error.message, ran=ran), error)
+
+    def _raise_after(self, hand_back: Callable[[], RunResult], error: OrchestratorError) -> NoReturn:
+        """Give the job back (``hand_back``), then raise ``error``, which stops the worker. A hand-back the store
+        cannot take either (a disk with no byte left for its line) leaves the job running until its lease expires,
+        and stale recovery then ends its run as a dead worker's, an attempt used: ``error`` then says so, not only
+        what failed first."""
         try:
-            self.hand_back(claim, error.code, error.message, ran=ran)
+            hand_back()
         except AuditEntryNotWrittenError:
             pass  # handed back: the release stands, saying why itself; ``audit heal`` writes its entry (``AUDITED_EVENTS``)
         except StorageError as failed:
@@ -286,7 +315,8 @@ class OutcomeRecorder:
 
     def release(self, claim: Claim, output: Path, how: str) -> RunResult:
         """Hand a run back that a stop cut short (``how``: "the run was killed after the 10s grace period", at once
-        on a second signal, or ended by the stop signal sent to it too): not a failure, unless the
+        on a second signal, or ended by the stop signal sent to it too), or that failed with the disk full when it
+        ended (``run_failed``: the worker stops then): not a failure, unless the
         job's last ``STOPS_FORGIVEN`` runs ended so too. Then the job's run is likely what stops its workers (a
         signal to its parent): the run is a failed attempt, so that ``max_attempts`` ends what would stop every
         worker that picks the job up, for ever (``docs/worker.md``, "Graceful stop")."""

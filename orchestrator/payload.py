@@ -13,6 +13,7 @@ rejection and its message still come from it. Either way the result is a ``Paylo
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,11 @@ DONE, NEEDS_HUMAN, NEEDS_AUDIT, FAILED = "done", "needs_human", "needs_audit", "
 STATUSES = (DONE, NEEDS_HUMAN, NEEDS_AUDIT, FAILED)
 MAX_TEXT, MAX_ARTIFACTS = 10_000, 1000  # shared with the model (payload_model.py)
 ERROR_CODE_PATTERN = r"[A-Z][A-Z0-9_]{0,63}"
-_FIELDS = frozenset({"status", "summary", "question", "output", "artifacts", "retryable", "error_code"})
+_FIELDS = frozenset({"status", "summary", "question", "output", "artifacts", "retryable", "error_code", "retry_after"})
+# The longest wait a failed payload's ``retry_after`` puts before the job's next attempt
+# (``OutcomeRecorder.retry_delay``): a service that asks for more (a quota reset a day ahead, a date far off, a header
+# gone wrong) has the job tried again this long after, not parked for days at each attempt
+MAX_RETRY_AFTER_SECONDS = 3600.0
 _ERROR_CODE = re.compile(ERROR_CODE_PATTERN)
 # the error codes of a run that ended without a terminal payload: its process exited, it was killed after
 # its timeout, or its worker stopped renewing the lease (stale recovery)
@@ -68,6 +73,13 @@ class Payload:
     artifacts: list[str] = field(default_factory=list)
     retryable: bool = True
     error_code: str | None = None
+    retry_after: float | None = None  # seconds the next attempt waits at least (a service's ``Retry-After``)
+
+
+def _seconds(value: Any) -> bool:
+    """Whether ``value`` is a ``retry_after`` the model takes as it is: a finite float, or an int a float holds
+    exactly, not negative (a bool, a string, anything else: the model's error)."""
+    return (type(value) is float and math.isfinite(value) or type(value) is int and value < 2 ** 53) and value >= 0
 
 
 def _accept(data: dict[str, Any]) -> Payload | None:
@@ -77,18 +89,20 @@ def _accept(data: dict[str, Any]) -> Payload | None:
     status, summary = data.get("status"), data.get("summary")
     question, artifacts = data.get("question"), data.get("artifacts", [])
     retryable, error_code = data.get("retryable", True), data.get("error_code")
-    output = data.get("output")
+    output, retry_after = data.get("output"), data.get("retry_after")
     if not (type(status) is str and status in STATUSES and plain_str(summary) and len(summary) <= MAX_TEXT
             and (question is None or (plain_str(question) and len(question) <= MAX_TEXT))
             and type(artifacts) is list and len(artifacts) <= MAX_ARTIFACTS and all(map(plain_str, artifacts))
             and type(retryable) is bool
             and (error_code is None or (plain_str(error_code) and _ERROR_CODE.fullmatch(error_code)
                                         and error_code not in RESERVED_ERROR_CODES))
+            and (retry_after is None or _seconds(retry_after))
             and plain_json(output, 1)):  # output sits one level down: the payload's depth limit holds
         return None
     if status == NEEDS_HUMAN and not (question or "").strip():
         return None  # the model's own error message
-    return Payload(status, summary, question, output, list(artifacts), retryable, error_code)
+    return Payload(status, summary, question, output, list(artifacts), retryable, error_code,
+                   None if retry_after is None else float(retry_after))
 
 
 def too_large(size: int) -> MalformedPayloadError:
@@ -128,7 +142,7 @@ def parse_payload(raw: bytes | str | dict[str, Any], artifacts_dir: Path) -> Pay
         except ValueError as exc:
             raise MalformedPayloadError(sanitize_text(f"invalid terminal payload: {exc}")) from None
         payload = Payload(model.status, model.summary, model.question, model.output, list(model.artifacts),
-                          model.retryable, model.error_code)
+                          model.retryable, model.error_code, model.retry_after)
         try:  # the fast check (``plain_json``) already guarantees this for the payloads it accepts
             # UTF-8, as every event is written: the model takes a lone surrogate in the output (an object's key
             # too) and in an artifact path, which no event can hold (``signing.canonical`` would raise)

@@ -15,7 +15,8 @@ from orchestrator.security import validation_summary
 
 
 class TerminalPayload(BaseModel):
-    """``{"status", "summary", "question", "output", "artifacts", "retryable"}``; ``error_code`` is optional."""
+    """``{"status", "summary", "question", "output", "artifacts", "retryable"}``; ``error_code`` and ``retry_after``
+    (seconds the next attempt waits at least, not negative; a bool or a string is refused) are optional."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -26,6 +27,7 @@ class TerminalPayload(BaseModel):
     artifacts: list[str] = Field(default_factory=list, max_length=MAX_ARTIFACTS)
     retryable: bool = True
     error_code: Optional[str] = Field(default=None, pattern=f"^{ERROR_CODE_PATTERN}$")
+    retry_after: Optional[float] = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
 
     @model_validator(mode="after")
     def _question_for_humans(self) -> "TerminalPayload":

@@ -18,7 +18,9 @@ from orchestrator.store.files import NotRegularFileError, mkdir_with_parents, op
 
 PRIVATE_FOLDER, PRIVATE_FILE = 0o700, 0o600  # a run's folder and its files, a job's artifact folder: the worker's alone
 RUN_PREFIX = "run-"  # runs/run-<16 hex>: one run's folder (runs/host-*: a worker's handler process)
-# what a disk says when it refuses a write whatever is written: no room, over quota, read-only (each < 256: one byte)
+# what a disk says when it refuses a write whatever is written: no room, over this user's quota (a full disk for its
+# user, which ``statvfs`` does not show), read-only (each < 256: one byte). The host's fault, never a job's: the one
+# set the per-run child's terminal file, the copy of ``artifacts_from`` and the worker's probe of its room go by
 DISK_REFUSALS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 

@@ -306,8 +306,18 @@ class ForkChild(Child):
                 pid, status = os.waitpid(self.pid, os.WNOHANG)  # ``kill_group`` signal a group id given away
                 if pid:
                     self.returncode = os.waitstatus_to_exitcode(status)
+                    self._hear_the_rest()
                     self._close()
         return self.returncode
+
+    def _hear_the_rest(self) -> None:
+        """Read what the exited child said on its pipe and was not read yet (``_announced``) before the pipe is
+        closed: a child that had exited before the worker first looked (a busy host) was reaped and its pipe closed
+        unread, so a terminal file a full disk refused (``NOT_WRITTEN``) was charged to the job as
+        ``NO_TERMINAL_SIGNAL_EXIT`` (until 2026-12-07). Only what is there is read: the child is gone."""
+        while self._done_fd is not None and self._done_fd in readable([self._done_fd], 0):
+            if self._announced() is not None:
+                return
 
     def _close(self) -> None:
         if self._pidfd is not None:

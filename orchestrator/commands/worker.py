@@ -101,7 +101,8 @@ class WorkerCommand(click.Command):
               show_default=True, envvar="ORCH_RETRY_BASE_SECONDS", show_envvar=True,
               help="First retry delay; doubles per failed attempt, with jitter.")
 @click.option("--retry-max-seconds", type=seconds(), default=DEFAULT_RETRY_MAX_SECONDS, show_default=True,
-              envvar="ORCH_RETRY_MAX_SECONDS", show_envvar=True, help="Longest retry delay.")
+              envvar="ORCH_RETRY_MAX_SECONDS", show_envvar=True,
+              help="Longest retry backoff (a failed payload's retry_after may ask for longer, up to 3600 s).")
 @click.option("--artifacts-import", is_flag=True, envvar="ORCH_ARTIFACTS_IMPORT", show_envvar=True,
               help="Copy the artifact folders of the jobs a job's input names in 'artifacts_from' into "
                    "its own folder (inputs/<job_id>/). Off by default: nothing crosses between jobs.")

@@ -12,9 +12,10 @@ a system prompt describing the payload. Every failure becomes a ``failed`` paylo
 space or a control character, has a bad port or holds a user name or password; a key with a character no header can
 carry or that is not ASCII; a bad timeout: the message never quotes the URL), ``LLM_NETWORK_ERROR`` (also a reply
 cut off or not HTTP), ``LLM_TIMEOUT``, ``LLM_HTTP_ERROR`` (retryable for 408/429/5xx only; a redirect, which is not
-followed, too; a 413 answered before the request was all sent is read: ``_Watched``), ``LLM_RETRY_AFTER`` (a 429 or
-503 whose ``Retry-After`` asks for a wait past the deadline, retryable; a shorter one is waited for and the request
-sent again: ``_asked_again``), ``LLM_BAD_RESPONSE`` (not JSON, nested deeper than the decoder goes, not
+followed, too; a 413 answered before the request was all sent is read, over TLS too: ``_Watched``),
+``LLM_RETRY_AFTER`` (a 429 or 503 whose ``Retry-After`` asks for a wait past the deadline, retryable, its payload's
+``retry_after`` the wait asked for, so the worker's next attempt comes no sooner; a shorter one is waited for and the
+request sent again: ``_asked_again``), ``LLM_BAD_RESPONSE`` (not JSON, nested deeper than the decoder goes, not
 chat-completions shaped, or compressed or binary, said so and not quoted), ``HANDLER_ERROR`` (anything else raised
 in here, a bug: caught here so that no message with the key in it reaches the worker's generic path). A reply whose
 content is not a valid payload is passed on as is, so the worker records ``MALFORMED_PAYLOAD``; content that is
@@ -41,6 +42,7 @@ import http.client
 import json
 import re
 import socket
+import ssl
 import threading
 import time
 import traceback
@@ -58,6 +60,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.handler_env import llm_environment
 from orchestrator.handlers.llm_secrets import Secrets, scrub, without_secrets
 from orchestrator.json_text import DuplicateKeyError, loads_unique
+from orchestrator.payload import MAX_RETRY_AFTER_SECONDS
 from orchestrator.security import cut_read_size, shown
 
 MAX_REPLY_BYTES = 4 * 1024 * 1024
@@ -175,6 +178,12 @@ def _shut(sock: socket.socket) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
+# How a send ends when the endpoint closed the connection: a broken pipe or a reset, and over TLS ``SSLEOFError`` ("EOF
+# occurred in violation of protocol": a close with or without its close_notify, the TLS state unbroken, so an answer
+# sent before it is read as over plain HTTP)
+CLOSED_WHILE_SENDING = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, ssl.SSLEOFError)
+
+
 class _Sending:
     """How the sending of one request ended: ``cut_by``, the error that stopped it before its ``size`` bytes were all
     sent, the endpoint having closed the connection (``_Watched``)."""
@@ -188,7 +197,8 @@ class _Watched:
     """An HTTP(S) handler whose connections are made within ``deadline`` and given to it (``_Deadline.connect``), and
     whose answer is read even when the endpoint closed the connection before the request was all sent
     (``sending``): a server that refuses a request too large answers 413 at once and closes, and the send's broken
-    pipe (or reset) was taken for a network error, retried, every retry alike."""
+    pipe (or reset; over TLS ``SSLEOFError``: ``CLOSED_WHILE_SENDING``) was taken for a network error, retried,
+    every retry alike."""
 
     deadline: _Deadline
     sending: _Sending
@@ -209,7 +219,7 @@ class _Watched:
                 if sending.cut_by is None:  # the rest is not sent: urllib goes on to read the answer, if one came
                     try:
                         send(data)
-                    except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as exc:
+                    except CLOSED_WHILE_SENDING as exc:
                         sending.cut_by = exc
 
             conn.connect, conn.send = connect_watched, send_until_cut
@@ -241,6 +251,11 @@ class _AskedToWait:
 
     seconds: float
     failed: dict[str, Any]
+
+    def telling(self, failed: dict[str, Any]) -> dict[str, Any]:
+        """``failed`` with the wait asked for as its ``retry_after``, so that the worker's next attempt comes no sooner
+        (at most ``MAX_RETRY_AFTER_SECONDS``, the worker's bound: JSON has no infinity)."""
+        return {**failed, "retry_after": min(self.seconds, MAX_RETRY_AFTER_SECONDS)}
 
 
 def retry_after_seconds(value: str | None, now: float) -> float | None:
@@ -403,16 +418,16 @@ def _asked_again(request: urllib.request.Request, timeout: float, deadline: _Dea
     """``raw``, or, while it is a 429 or 503 asking for a wait that ends before ``deadline`` does, the reply to the
     request sent again after that wait (at most ``RETRY_AFTER_WAITS`` times, then the last one's ``failed``). A wait
     past the deadline is never begun: the attempt fails at once, ``LLM_RETRY_AFTER``, retried after the worker's
-    backoff."""
+    backoff or the wait asked for, whichever is longer (either payload says it: ``_AskedToWait.telling``)."""
     waits = 0
     while isinstance(raw, _AskedToWait):
         left = deadline.remaining()
         if raw.seconds >= left:
-            return _failed("LLM_RETRY_AFTER", f"{raw.failed['summary']} (Retry-After: {raw.seconds:.1f}s, more than "
-                           f"the {max(left, 0):.1f}s left of ORCH_LLM_TIMEOUT's {timeout:g}s: not waited for)",
-                           secrets)
+            return raw.telling(_failed("LLM_RETRY_AFTER", f"{raw.failed['summary']} (Retry-After: {raw.seconds:.1f}s, "
+                                       f"more than the {max(left, 0):.1f}s left of ORCH_LLM_TIMEOUT's {timeout:g}s: "
+                                       "not waited for)", secrets))
         if waits == RETRY_AFTER_WAITS:
-            return raw.failed
+            return raw.telling(raw.failed)
         waits += 1
         time.sleep(raw.seconds)
         raw = _ask(request, timeout, deadline, secrets)

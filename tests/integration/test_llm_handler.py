@@ -6,20 +6,23 @@ import contextlib
 import email.utils
 import gzip
 import html
+import ipaddress
 import json
 import logging
 import socket
+import ssl
 import struct
 import urllib.parse
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
+from backends import BACKENDS, orchestrator_on
 from orchestrator.handlers import llm
 from orchestrator.handlers.llm import call_llm
 from orchestrator.handlers.llm_secrets import MIN_SECRET_LENGTH
@@ -149,8 +152,11 @@ class FakeLLM(BaseHTTPRequestHandler):
             pass
 
 
-def serve() -> Iterator[ThreadingHTTPServer]:
+def serve(tls: ssl.SSLContext | None = None) -> Iterator[ThreadingHTTPServer]:
     srv = ThreadingHTTPServer(("127.0.0.1", 0), FakeLLM)
+    if tls is not None:  # each connection's handshake made as it is accepted
+        srv.socket = tls.wrap_socket(srv.socket, server_side=True)
+    srv.scheme = "http" if tls is None else "https"
     srv.mode = "done"
     srv.requests = []
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
@@ -165,8 +171,41 @@ server = pytest.fixture(serve)
 other_server = pytest.fixture(serve)  # another origin, for redirects
 
 
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key, and that key, as PEM files in ``folder``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ThreadingHTTPServer]:
+    """``server`` over TLS, its certificate the one the handler trusts (``SSL_CERT_FILE``)."""
+    cert, key = self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    yield from serve(context)
+
+
 def llm_env(srv: ThreadingHTTPServer, **extra: str) -> dict[str, str]:
-    return {"LLM_URL": f"http://127.0.0.1:{srv.server_address[1]}/v1", "LLM_API_KEY": KEY, "LLM_MODEL": "tiny",
+    return {"LLM_URL": f"{srv.scheme}://127.0.0.1:{srv.server_address[1]}/v1", "LLM_API_KEY": KEY, "LLM_MODEL": "tiny",
             **extra}
 
 
@@ -417,6 +456,20 @@ def test_a_413_answered_before_the_request_was_all_sent_is_read_and_not_retried(
     assert "larger than the endpoint takes" in payload["summary"] and len(server.requests) == 1
 
 
+def test_a_413_answered_over_https_before_the_request_was_all_sent_is_read_and_not_retried(tls_server) -> None:
+    """Over TLS the endpoint's close while the body is being sent is ``ssl.SSLEOFError`` ("EOF occurred in violation
+    of protocol"), not a broken pipe: it was a retried LLM_NETWORK_ERROR, every retry of the job alike."""
+    tls_server.mode = "too_large"
+    payload = call_llm({**CTX, "input": "x" * 8_000_000}, llm_env(tls_server))
+    assert (payload["error_code"], payload["retryable"]) == ("LLM_HTTP_ERROR", False), payload
+    assert "HTTP 413" in payload["summary"] and "larger than the endpoint takes" in payload["summary"]
+
+
+def test_a_reply_over_https_is_read_as_over_http(tls_server) -> None:
+    """The fake endpoint over TLS answers as over plain HTTP (a guard of the test's own server)."""
+    assert call_llm(CTX, llm_env(tls_server))["summary"] == "wrote the haiku"
+
+
 def test_a_connection_reset_before_the_request_was_all_sent_without_an_answer_says_so(server) -> None:
     """No answer to read: a network error, retried (a reset may be a passing fault), that says the request was cut."""
     server.mode = "reset_unread"
@@ -461,6 +514,39 @@ def test_a_retry_after_past_orch_llm_timeout_fails_at_once_llm_retry_after_never
     assert "HTTP 503" in payload["summary"] and "ORCH_LLM_TIMEOUT" in payload["summary"] and "slow down" in payload[
         "summary"]
     assert time.monotonic() - started < 1.0 and len(server.requests) == 1
+
+
+@pytest.mark.parametrize("retry_after, seconds", [("120", 120.0), ("1.5", 1.5), ("9" * 400, 3600.0)])
+def test_llm_retry_after_says_in_its_payload_how_long_the_endpoint_asked_to_wait(server, retry_after: str,
+                                                                                 seconds: float) -> None:
+    """So that the worker's retry comes no earlier (a wait past the bound, ``MAX_RETRY_AFTER_SECONDS``, is the
+    bound: JSON has no infinity)."""
+    busy(server, 429, retry_after)
+    payload = call_llm(CTX, llm_env(server, ORCH_LLM_TIMEOUT="1"))
+    assert (payload["error_code"], payload["retry_after"]) == ("LLM_RETRY_AFTER", seconds), payload
+
+
+@pytest.fixture(params=BACKENDS)
+def stored(request: pytest.FixtureRequest, base: Path, keyring):
+    with orchestrator_on(request.param, base, keyring) as orch:
+        yield orch
+
+
+def test_after_llm_retry_after_the_next_attempt_runs_no_earlier_than_the_endpoint_asked(stored, server,
+                                                                                       monkeypatch) -> None:
+    """Retry-After longer than ORCH_LLM_TIMEOUT failed the attempt at once (``LLM_RETRY_AFTER``), and the worker's
+    backoff alone said when to try again: a second or two, long before the endpoint would take the request."""
+    for name, value in llm_env(server, ORCH_LLM_TIMEOUT="2").items():
+        monkeypatch.setenv(name, value)
+    busy(server, 503, "600")
+    job = stored.submit("llm", "write a haiku", max_attempts=3)
+    before = stored.clock()
+    with Worker(stored, WorkerSettings(worker_id="w", retry_base_seconds=1.0)) as worker:
+        assert worker.run_once().error_code == "LLM_RETRY_AFTER"
+        retry_at = stored.load(job).state.retry_at
+        assert before + 600 <= retry_at <= stored.clock() + 600
+        assert worker.run_once(now=retry_at - 1) is None and len(server.requests) == 1
+        assert worker.run_once(now=retry_at + 0.01).outcome == "succeeded"
 
 
 def test_an_endpoint_that_keeps_asking_to_wait_is_asked_a_few_times_then_the_attempt_fails_retried(server) -> None:

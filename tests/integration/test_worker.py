@@ -629,6 +629,45 @@ def test_a_failed_attempt_is_retried_after_a_backoff_and_then_succeeds(orch) -> 
     assert orch.status(job).attempt == 2
 
 
+def retried_after(orch, payload: dict, **settings) -> tuple[float, float]:
+    """Run a ``t.payload`` job that answers ``payload`` once: (the time just before its run, its ``retry_at``)."""
+    job = orch.submit("t.payload", payload, max_attempts=3)
+    before = orch.clock()
+    assert make_worker(orch, **settings).run_once().outcome == "retry"
+    return before, orch.load(job).state.retry_at
+
+
+def test_a_failed_payload_s_retry_after_puts_the_next_attempt_no_earlier_than_it_asks(orch) -> None:
+    """The service a handler called said when to come back (``Retry-After``); the worker's backoff (here 0) decided
+    alone, and the next attempt was refused again, its attempt spent for nothing."""
+    before, retry_at = retried_after(orch, {"status": "failed", "summary": "busy", "retry_after": 600})
+    assert before + 600 <= retry_at <= orch.clock() + 600
+    w = make_worker(orch)
+    assert w.run_once(now=retry_at - 1) is None and w.next_due == pytest.approx(retry_at, abs=1e-3)
+
+
+def test_a_retry_after_longer_than_the_bound_waits_the_bound(orch) -> None:
+    """A service asking for a day (a quota reset, a date far ahead) does not park the job for a day at each attempt."""
+    from orchestrator.payload import MAX_RETRY_AFTER_SECONDS
+
+    before, retry_at = retried_after(orch, {"status": "failed", "summary": "busy", "retry_after": 86400})
+    assert MAX_RETRY_AFTER_SECONDS == 3600
+    assert before + 3600 <= retry_at <= orch.clock() + 3600
+
+
+def test_a_backoff_longer_than_the_retry_after_asked_for_is_kept(orch) -> None:
+    """``retry_after`` is a floor, never a shortcut past the worker's own backoff."""
+    before, retry_at = retried_after(orch, {"status": "failed", "summary": "busy", "retry_after": 1},
+                                     retry_base_seconds=100.0)
+    assert retry_at >= before + 50  # 100 s times a jitter in [0.5, 1)
+
+
+def test_a_retry_after_on_a_payload_that_is_not_retried_changes_nothing(orch) -> None:
+    job = orch.submit("t.payload", {"status": "failed", "summary": "no", "retryable": False, "retry_after": 60})
+    assert make_worker(orch).run_once().outcome == "failed"
+    assert orch.load(job).state.retry_at is None
+
+
 def test_a_job_queued_before_the_clock_stepped_back_is_run_at_once(orch) -> None:
     """Only a retry's backoff makes a queued job wait: the time in its entry's name orders it (FIFO), and a clock
     stepped back 10 minutes (NTP, a VM restored) does not hold up the jobs submitted or resumed in those minutes."""
@@ -1477,8 +1516,9 @@ def _die() -> None:
     raise _Killed()
 
 
+@pytest.mark.parametrize("refusal", ["ENOSPC", "EDQUOT"])  # a full disk; a quota used up, which statvfs does not show
 def test_a_full_disk_while_artifacts_from_are_copied_hands_the_job_back_and_stops_the_worker(
-        orch, monkeypatch: pytest.MonkeyPatch) -> None:
+        orch, monkeypatch: pytest.MonkeyPatch, refusal: str) -> None:
     """A disk that takes no more is the host's fault, not the job's: failing the run spent an attempt per try, and
     ended the job failed because the machine's disk was full."""
     import errno
@@ -1488,17 +1528,18 @@ def test_a_full_disk_while_artifacts_from_are_copied_hands_the_job_back_and_stop
     first = _a_job_with_files(orch, 3)
     job = orch.submit("t.echo", {"artifacts_from": [first]}, max_attempts=3)
     calls: list[int] = []
+    number = getattr(errno, refusal)
 
     def full(*_args):
         calls.append(1)
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise OSError(number, os.strerror(number))
 
     monkeypatch.setattr(os, "sendfile", full)
     with pytest.raises(StorageError) as err:
         make_worker(orch, artifacts_import=True).run_once()
     # before the fix: job_failed, HANDLER_START_FAILED, retried (each try an attempt), every file tried in turn
     _handed_back(orch, job)
-    assert err.value.exit_code == 10 and err.value.message.endswith(": No space left on device")
+    assert err.value.exit_code == 10 and err.value.message.endswith(f": {os.strerror(number)}")
     assert f"inputs/{first}/f0" in err.value.message and len(calls) == 1  # the file named; the copy stopped there
     assert not list((orch.settings.state_dir / "runs").iterdir())  # the run's folder removed
     # the file it failed on removed, its space given back (before the fix: left, empty here)

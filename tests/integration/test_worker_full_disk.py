@@ -31,15 +31,16 @@ def handed_back(orch, job: str) -> dict:
     return released
 
 
-def no_room_under(folder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def no_room_under(folder: str, monkeypatch: pytest.MonkeyPatch, refusal: int = errno.ENOSPC) -> None:
     """A disk full under ``folder`` (a part of the path) as the kernel says it at a write, after the open succeeded:
-    ``ENOSPC`` naming no file (``run_folder.write_private`` opens, then writes)."""
+    ``ENOSPC`` naming no file (``run_folder.write_private`` opens, then writes); ``refusal``: ``EDQUOT`` for a
+    quota used up, which ``statvfs`` does not show."""
     real = run_folder.write_private
 
     def write_private(path: Path, data: bytes) -> None:
         if folder in path.parts:
             real(path, b"")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise OSError(refusal, os.strerror(refusal))
         real(path, data)
 
     monkeypatch.setattr(run_folder, "write_private", write_private)
@@ -80,6 +81,29 @@ def test_a_per_run_handler_whose_result_the_disk_has_no_room_for_is_handed_back_
     assert make_worker(orch, handler_process="per-run").run_once().outcome == "succeeded"
 
 
+def test_a_per_run_result_refused_by_a_full_disk_is_handed_back_also_when_the_child_ended_before_the_worker_looked(
+        orch, monkeypatch) -> None:
+    """The child says so on its pipe before it exits; a worker that first looked once the child had exited (a busy
+    host) reaped it and closed the pipe unread: the run was ``NO_TERMINAL_SIGNAL_EXIT``, an attempt used."""
+    import orchestrator.handlers as handlers
+    from orchestrator import faults
+
+    children = []
+    real = handlers.fork_call
+    monkeypatch.setattr(handlers, "fork_call", lambda *a, **kw: children.append(real(*a, **kw)) or children[-1])
+    job = orch.submit("t.echo", "x", max_attempts=3)
+    worker = make_worker(orch, handler_process="per-run")
+    no_room_under("runs", monkeypatch)
+    # the worker looks only once its child has exited (waited for, not reaped)
+    faults.arm("worker.after_start", lambda: os.waitid(os.P_PID, children[-1].pid, os.WEXITED | os.WNOWAIT))
+    try:
+        with pytest.raises(StorageError, match=r"terminal\.json: No space left on device"):
+            worker.run_once()
+    finally:
+        faults.disarm_all()
+    handed_back(orch, job)
+
+
 def test_a_reused_handler_process_writes_no_file_of_its_own_for_a_run(orch, monkeypatch) -> None:
     """Its payload comes back on a pipe: a disk with no room for a run's file does not stop a handler that writes
     none (one that prints fails as its own code fails: ``HANDLER_ERROR``)."""
@@ -89,6 +113,22 @@ def test_a_reused_handler_process_writes_no_file_of_its_own_for_a_run(orch, monk
     assert worker.run_once().outcome == "succeeded"
     assert orch.status(job).state == "succeeded"
     worker.close()
+
+
+@pytest.mark.parametrize("kind, mode, name", [("command", "reused", "context.json"),
+                                              ("t.echo", "per-run", "terminal.json")])
+def test_a_run_file_over_the_users_disk_quota_is_handed_back_as_on_a_full_disk(orch, monkeypatch, kind: str,
+                                                                              mode: str, name: str) -> None:
+    """A quota (``EDQUOT``) is a full disk for this user: the store's fault, never the job's."""
+    job = orch.submit(kind, {"argv": DONE} if kind == "command" else "x", max_attempts=3)
+    worker = make_worker(orch, handler_process=mode)
+    no_room_under("runs", monkeypatch, errno.EDQUOT)
+    with pytest.raises(StorageError, match=f"{name}: Disk quota exceeded") as err:
+        worker.run_once()
+    assert err.value.exit_code == 10
+    handed_back(orch, job)
+    monkeypatch.undo()
+    assert make_worker(orch, handler_process=mode).run_once().outcome == "succeeded"
 
 
 @pytest.fixture
@@ -223,3 +263,111 @@ def test_a_worker_whose_disk_fills_up_stops_before_its_next_claim(orch, monkeypa
     monkeypatch.undo()
     assert worker.run_once().outcome == "succeeded"
     worker.close()
+
+
+def writes_to(name: str, monkeypatch: pytest.MonkeyPatch, refusal: int | None = None) -> list[int]:
+    """The sizes written to files called ``name``, as ``os.write`` got them; with ``refusal``, each refused so."""
+    real, sizes = os.write, []
+
+    def write(fd: int, data) -> int:
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) == name:
+            sizes.append(len(data))
+            if refusal is not None:
+                raise OSError(refusal, os.strerror(refusal))
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    return sizes
+
+
+def test_a_worker_over_its_disk_quota_does_not_start_and_claims_nothing(orch, monkeypatch) -> None:
+    """``statvfs`` shows the disk's room, not what a quota leaves this user: the room check passed, a job was
+    claimed, and the first file of its run was refused (``EDQUOT``), or its hand-back. The worker now writes the
+    store's spare room when it starts, which a quota refuses as a full disk does."""
+    job = orch.submit("command", {"argv": DONE}, max_attempts=3)
+    writes_to("room", monkeypatch, errno.EDQUOT)
+    with pytest.raises(StorageError) as err:
+        make_worker(orch)
+    assert err.value.exit_code == 10
+    assert err.value.message == (
+        f"{orch.settings.state_dir}/runs: no room for the 1.0 MiB the store keeps for its own writes (Disk quota "
+        "exceeded): no job is claimed until space is freed")
+    assert [e["type"] for e in events(orch, job)] == ["job_submitted"]
+    assert list((orch.settings.state_dir / "runs").iterdir()) == []  # the probe's file and folder removed
+
+
+def test_the_room_written_when_a_worker_starts_is_given_back(orch, monkeypatch) -> None:
+    """The spare room is written into a file of the probe's folder, then the file and the folder are removed."""
+    sizes = writes_to("room", monkeypatch)
+    make_worker(orch)
+    assert sum(sizes) == 1 << 20
+    assert list((orch.settings.state_dir / "runs").iterdir()) == []
+
+
+# -- a run that failed on a disk full when it ended ------------------------------------------------------------------
+NO_SPACE = [PY, "-c", "import sys; sys.exit('cannot write report.csv: [Errno 28] No space left on device')"]
+
+
+@pytest.fixture
+def disk_full_while_it_runs(monkeypatch: pytest.MonkeyPatch):
+    """Call it, and the disk of the store fills up (by the run, or anything else) once the next run's handler
+    started."""
+    from orchestrator import faults
+
+    yield lambda: faults.arm("worker.after_start", lambda: free_space(64 * 1024, monkeypatch))
+    faults.disarm_all()
+
+
+@pytest.mark.parametrize("kind, value, code", [
+    ("command", {"argv": NO_SPACE}, "NO_TERMINAL_SIGNAL_EXIT"),
+    ("t.payload", {"status": "failed", "summary": "cannot write: disk full", "retryable": False}, "HANDLER_FAILED"),
+])
+def test_a_run_that_fails_with_the_disk_full_when_it_ends_is_handed_back_and_the_worker_stops(
+        orch, disk_full_while_it_runs, kind: str, value: dict, code: str) -> None:
+    """A handler's own writes a full disk refuses fail its run, which the worker cannot tell from any failure (its
+    stderr is the handler's text); it can tell that the disk is full now. The run was charged an attempt (with
+    ``max_attempts`` 1 the job failed for good, for the host's fault), then the worker stopped at its next claim."""
+    from orchestrator.state import WORKER_STOPPED
+
+    job = orch.submit(kind, value, max_attempts=1)
+    worker = make_worker(orch)
+    disk_full_while_it_runs()
+    with pytest.raises(StorageError, match="the disk is full") as err:
+        worker.run_once()
+    assert err.value.exit_code == 10
+    assert [e["type"] for e in events(orch, job)] == ["job_submitted", "job_claimed", "job_released"]
+    released = events(orch, job)[-1]["data"]
+    assert released["error_code"] == WORKER_STOPPED and code in released["error"], released
+    assert "the disk is full" in released["error"]
+    st = orch.load(job).state
+    assert (st.state, st.failures, st.stops) == ("queued", 0, 1)
+    if kind == "command":
+        assert "No space left on device" in released["output_tail"]
+    worker.close()
+
+
+def test_a_job_whose_runs_end_on_a_full_disk_run_after_run_is_charged_from_the_fourth(orch, monkeypatch,
+                                                                                      disk_full_while_it_runs) -> None:
+    """A job that fills the disk itself would be handed back for ever, every worker that claims it stopping: it is
+    one of the job's stops in a row, and from the fourth on each counts as a failed attempt, as for a run that
+    stops its own worker (docs/worker.md, "Graceful stop")."""
+    job = orch.submit("command", {"argv": NO_SPACE}, max_attempts=3)
+    for _ in range(4):
+        worker = make_worker(orch)
+        disk_full_while_it_runs()
+        with pytest.raises(StorageError, match="the disk is full"):
+            worker.run_once()
+        monkeypatch.undo()
+    kinds = [e["type"] for e in events(orch, job)]
+    assert kinds == ["job_submitted", *["job_claimed", "job_released"] * 3, "job_claimed", "job_failed"]
+    st = orch.load(job).state
+    assert (st.state, st.failures) == ("queued", 1)
+
+
+def test_a_run_that_succeeds_with_the_disk_full_when_it_ends_is_recorded(orch, disk_full_while_it_runs) -> None:
+    """Only a failure may be the disk's; the worker then stops at its next claim."""
+    job = orch.submit("command", {"argv": DONE}, max_attempts=3)
+    worker = make_worker(orch)
+    disk_full_while_it_runs()
+    assert worker.run_once().outcome == "succeeded"
+    assert orch.status(job).state == "succeeded"

@@ -117,7 +117,7 @@ payload_like = st.fixed_dictionaries({}, optional={
     "summary": st.text(max_size=5) | values, "question": st.none() | st.text(max_size=3) | st.just("  ") | values,
     "output": values, "artifacts": st.lists(st.text(max_size=3), max_size=2) | values,
     "retryable": st.booleans() | values, "error_code": st.sampled_from(["E1", "bad", "X_Y", "A\n"]) | values,
-    "surprise": values})
+    "retry_after": st.integers(-2, 2 ** 64) | st.floats(allow_nan=True) | values, "surprise": values})
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -128,7 +128,7 @@ def test_the_payload_acceptor_never_disagrees_with_the_model(data: dict) -> None
         return
     model = TerminalPayload.model_validate(data)
     assert fast == Payload(model.status, model.summary, model.question, model.output, list(model.artifacts),
-                           model.retryable, model.error_code)
+                           model.retryable, model.error_code, model.retry_after)
 
 
 def _plain_by_the_definition(value: object, depth: int = 0) -> bool:

@@ -57,15 +57,16 @@ def test_why_a_path_cannot_be_written_survives_sanitizing_when_it_is_named_like_
     assert "(it is a folder)" in sanitize_text(caught.value.message)
 
 
-def test_a_full_disk_is_a_storage_error_and_leaves_the_old_file(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("refusal", [errno.ENOSPC, errno.EDQUOT])  # a quota used up is a full disk for its user
+def test_a_full_disk_is_a_storage_error_and_leaves_the_old_file(tmp_path: Path, monkeypatch, refusal: int) -> None:
     target = tmp_path / "out.jsonl"
     target.write_bytes(b"old\n")
 
     def full(fd: int) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise OSError(refusal, os.strerror(refusal))
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(StorageError, match="No space left on device"), OutputFile(target, "the output") as out:
+    with pytest.raises(StorageError, match=os.strerror(refusal)), OutputFile(target, "the output") as out:
         out.write(b"new\n")
     assert target.read_bytes() == b"old\n" and os.listdir(tmp_path) == ["out.jsonl"]
 

@@ -120,3 +120,32 @@ def test_every_code_the_orchestrator_records_for_a_run_on_its_own_account_is_res
                errors.LeaseLostError.code, errors.PathEscapeError.code, errors.StorageError.code,
                errors.IntegrityError.code, errors.ContextSignatureInvalid.code}
     assert payload.RESERVED_ERROR_CODES == written
+
+
+# -- retry_after: how long the next attempt must wait at least ------------------------------------------------------
+@pytest.mark.parametrize("value", [0, 30, 2.5, 86400])
+def test_a_payload_may_say_how_many_seconds_its_next_attempt_must_wait_at_least(value: float) -> None:
+    """A handler told by the service it called when to come back (an HTTP ``Retry-After``) says so: the worker's
+    backoff alone decided, and the next attempt came back too soon, was refused again, an attempt spent for nothing."""
+    for raw in (json.dumps({"status": "failed", "summary": "busy", "retry_after": value}),
+                {"status": "failed", "summary": "busy", "retry_after": value}):
+        assert parse_payload(raw, FOLDER).retry_after == value
+
+
+def test_a_payload_without_retry_after_or_with_null_has_none() -> None:
+    assert parse_payload({"status": "failed", "summary": "s"}, FOLDER).retry_after is None
+    assert parse_payload({"status": "failed", "summary": "s", "retry_after": None}, FOLDER).retry_after is None
+
+
+@pytest.mark.parametrize("raw", [
+    '{"status": "failed", "summary": "s", "retry_after": -1}',
+    '{"status": "failed", "summary": "s", "retry_after": "30"}',
+    '{"status": "failed", "summary": "s", "retry_after": true}',
+    '{"status": "failed", "summary": "s", "retry_after": NaN}',
+    '{"status": "failed", "summary": "s", "retry_after": Infinity}',
+    '{"status": "failed", "summary": "s", "retry_after": [30]}',
+])
+def test_a_retry_after_that_is_no_number_of_seconds_is_malformed_payload_naming_it(raw: str) -> None:
+    with pytest.raises(MalformedPayloadError) as err:
+        parse_payload(raw, FOLDER)
+    assert "retry_after" in err.value.message, err.value.message
