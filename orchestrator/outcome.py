@@ -20,6 +20,7 @@ from orchestrator.artifacts import recorded_names
 from orchestrator.errors import (AuditEntryNotWrittenError, ConcurrencyError, InvalidInputError, LeaseLostError,
                                  MalformedPayloadError, OrchestratorError, PathEscapeError, StorageError,
                                  StorageUnavailableError)
+from orchestrator.limits import LATEST_TIME
 from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease, drop_lease_aux
 from orchestrator.leftovers import end_exited_run, killed_warning
 from orchestrator.notices import log_warning
@@ -255,7 +256,8 @@ class OutcomeRecorder:
         failures = s.failures + 1
         data: dict[str, Any] = {"error_code": code, "error": sanitize_text(message)[:4000]}
         if retryable and failures < s.max_attempts:
-            data["retry_at"] = clock_mod.to_iso(now + self.retry_delay(failures, payload))
+            # never past the latest time a line holds: a clock near 9999-12-31 has room for a lease, not an hour
+            data["retry_at"] = clock_mod.to_iso(min(now + self.retry_delay(failures, payload), LATEST_TIME))
         if event == "job_timeout":
             data["timeout"] = s.timeout
         else:

@@ -655,6 +655,18 @@ def test_a_retry_after_longer_than_the_bound_waits_the_bound(orch) -> None:
     assert before + 3600 <= retry_at <= orch.clock() + 3600
 
 
+def test_a_retry_after_reaching_past_the_latest_time_a_line_holds_waits_until_that_time(orch) -> None:
+    """A clock an hour from 9999-12-31T23:59:59Z leaves room for a claim's lease but not for the hour a payload may
+    ask: the retry is put at the latest time an event can hold, not a ``ValueError`` after the run (the run's
+    outcome lost and the job left running until its lease ran out)."""
+    from orchestrator.limits import LATEST_TIME
+
+    late = LATEST_TIME - 1000
+    orch.clock = lambda: late
+    _, retry_at = retried_after(orch, {"status": "failed", "summary": "busy", "retry_after": 3600})
+    assert retry_at == LATEST_TIME
+
+
 def test_a_backoff_longer_than_the_retry_after_asked_for_is_kept(orch) -> None:
     """``retry_after`` is a floor, never a shortcut past the worker's own backoff."""
     before, retry_at = retried_after(orch, {"status": "failed", "summary": "busy", "retry_after": 1},
