@@ -202,6 +202,11 @@ HOST_PREFIX = "host-"  # runs/host-<pid>-<random>: a worker's handler process fo
 ALIVE_FILE = ".alive"  # inside it, locked for as long as the worker (or its handler process) lives
 
 
+def new_host_folder(runs_dir: Path) -> Path:
+    """A handler-process folder of this process in ``runs_dir`` (not made yet): ``host-<pid>-<random>``."""
+    return runs_dir / f"{HOST_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
+
+
 def claim_host_folder(folder: Path) -> int:
     """Create ``folder`` holding a locked ``.alive`` file; returns the lock's descriptor (keep it open).
 
@@ -278,12 +283,19 @@ class HandlerHost:
     worker (``PR_SET_PDEATHSIG``), and a handler that crashes the process ends its run with no
     payload (``NO_TERMINAL_SIGNAL_EXIT``). What a run no longer gets is a fresh copy of the worker:
     module state a handler changes is seen by the next runs of the same host (``docs/worker.md``).
+
+    A host belongs to the process that made it (``owner``): a process forked from it (``os.fork()``, a
+    ``multiprocessing`` fork) holds a copy of the host, pipes and all, which it must neither use (its requests and the
+    parent's would interleave on one pipe, and each read the other's payloads) nor end (the parent's folder and
+    process). Its first use there lets the copy go (``_leave_to_parent``) and forks a host of its own.
     """
 
-    def __init__(self, folder: Path, call: Callable[[str, dict[str, Any]], Any], max_runs: int,
+    def __init__(self, runs_dir: Path, call: Callable[[str, dict[str, Any]], Any], max_runs: int,
                  generation: Callable[[], int]) -> None:
-        self.folder = folder
-        self.output = folder / "output.log"
+        self.runs_dir = runs_dir
+        self.owner = os.getpid()
+        self.folder = new_host_folder(runs_dir)
+        self.output = self.folder / "output.log"
         self.call = call
         self.max_runs = max_runs
         self.generation = generation  # a change (a handler registered since the fork) asks for a new host
@@ -299,6 +311,7 @@ class HandlerHost:
         """Hand one run to the host (forking a new one if there is none); returns at once. ``encoded_input``:
         ``context["input"]`` as JSON already, put in the request as it is."""
         request = host_request(kind, context, encoded_input)
+        self._leave_to_parent()
         for attempt in (1, 2):
             if self.pid is None or self.runs >= self.max_runs or self._forked_at_generation != self.generation():
                 self.close()
@@ -349,8 +362,29 @@ class HandlerHost:
             self.pid = None
             self._close_fds()
 
+    @property
+    def inherited(self) -> bool:
+        """Whether this is a forked child's copy of its parent's host (``_leave_to_parent``)."""
+        return os.getpid() != self.owner
+
+    def _leave_to_parent(self) -> None:
+        """In a forked child, let the parent's host go before anything else is done with it: only this process's
+        copies of its descriptors are closed (the parent's host sees the end of its requests once the parent closes
+        its own), its process is the parent's to reap and its folder the parent's to remove. This process's own host
+        is forked when a run needs one, in a folder of its own."""
+        if not self.inherited:
+            return
+        self._close_fds()
+        if self._alive is not None:
+            os.close(self._alive)  # a copy: the parent's lock stays held
+        self.pid, self._alive, self.runs = None, None, 0
+        self.owner = os.getpid()
+        self.folder = new_host_folder(self.runs_dir)
+        self.output = self.folder / "output.log"
+
     def discard(self) -> None:
         """Forget a host that was killed or died; it is reaped later, and the next run forks a new one."""
+        self._leave_to_parent()
         if self.pid is not None:
             UNREAPED.add(self.pid)
         self._close_fds()

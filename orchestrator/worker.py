@@ -42,7 +42,7 @@ from orchestrator.errors import (HandlerNotFoundError, InvalidInputError, KeyNot
                                  StatementCancelledError, StorageError, StorageUnavailableError,
                                  TransactionConflictError)
 from orchestrator.handler_env import withhold
-from orchestrator.handler_host import HOST_PREFIX, HandlerHost
+from orchestrator.handler_host import HandlerHost
 from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
 from orchestrator.handlers.command import CommandNotFound
 from orchestrator.heartbeat import Heartbeat
@@ -332,17 +332,17 @@ class Worker:
         if self.settings.handler_process != "reused":
             return None
         if self._host is None:
-            folder = self.folders.run_dir(f"{HOST_PREFIX}{os.getpid()}-{os.urandom(4).hex()}")
-            self._host = HandlerHost(folder, call_python_handler, max_runs=self.settings.handler_max_runs,
-                                     generation=registry_generation)
+            self._host = HandlerHost(self.folders.runs_root, call_python_handler,
+                                     max_runs=self.settings.handler_max_runs, generation=registry_generation)
             # a worker used through run_once and dropped (or the interpreter exiting) still ends it
             weakref.finalize(self, self._host.close)
         return self._host
 
     @property
     def handler_pid(self) -> int | None:
-        """The reused handler process's id while there is one (what the benchmarks measure beside the worker)."""
-        return self._host.pid if self._host is not None else None
+        """The reused handler process's id while there is one (what the benchmarks measure beside the worker); in a
+        forked child, none until its first run forks its own (``HandlerHost.inherited``)."""
+        return self._host.pid if self._host is not None and not self._host.inherited else None
 
     def close(self) -> None:
         """Let the reused handler process exit and remove its folder; ``run`` does this when it returns

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from backends import TestPostgresStore  # here, before any test clears ORCH_TEST_PG_URL (``backends.PG_URL``)
 from orchestrator.signing import Keyring, new_seed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +42,20 @@ def orch(base: Path, keyring: Keyring):
     from orchestrator import Orchestrator
 
     return Orchestrator(base_path=base, project_id="proj", keyring=keyring)
+
+
+@pytest.fixture(params=["jsonl", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_orch(request: pytest.FixtureRequest, base: Path, keyring: Keyring):
+    """An orchestrator on files, then on PostgreSQL (its own project, whose rows are deleted afterwards): for a
+    behaviour both stores must show."""
+    from orchestrator import Orchestrator
+
+    if request.param == "jsonl":
+        yield Orchestrator(base_path=base, project_id="proj", keyring=keyring)
+        return
+    store = TestPostgresStore()
+    yield Orchestrator(base_path=base, project_id=store.project, keyring=keyring, store=store)
+    store.close()
 
 
 @pytest.fixture

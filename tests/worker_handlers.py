@@ -120,6 +120,19 @@ def pid(ctx: JobContext) -> dict:
     return {"status": "done", "summary": "pid", "output": {"pid": os.getpid(), "runs": _RUNS_HERE[0]}}
 
 
+@handler("t.whoami")
+def whoami(ctx: JobContext) -> dict:
+    """Which job this is, and which process ran it (and that one's parent: the worker), after ``sleep`` seconds; each
+    run adds its run id to the file ``log`` names, if any."""
+    given = ctx.input or {}
+    time.sleep(float(given.get("sleep", 0)))
+    if "log" in given:
+        with open(given["log"], "a") as log:
+            log.write(f"{ctx.run_id}\n")
+    return {"status": "done", "summary": "whoami", "output": {"job": ctx.job_id, "pid": os.getpid(),
+                                                              "worker": os.getppid()}}
+
+
 @handler("t.die")
 def die(ctx: JobContext) -> dict:
     """Ends the process that runs it, with no payload (a crash)."""

@@ -391,20 +391,6 @@ def test_append_audited_writes_the_entry_of_events_whose_records_could_not_be_wr
     assert [s.raw for s in store.read("job-1")] == [b'{"seq":1}'] and store.get_aux("audit-head", "audit") == b"1"
 
 
-@pytest.fixture(params=["jsonl", pytest.param("postgres", marks=pytest.mark.postgres)])
-def any_orch(request: pytest.FixtureRequest, base: Path, keyring):
-    """An orchestrator on files, then on PostgreSQL (which writes head records in the events' transaction, so never
-    raises ``AuxNotWrittenError``)."""
-    if request.param == "jsonl":
-        yield Orchestrator(base_path=base, project_id="proj", keyring=keyring)
-        return
-    from backends import TestPostgresStore
-
-    store = TestPostgresStore()
-    yield Orchestrator(base_path=base, project_id=store.project, keyring=keyring, store=store)
-    store.close()
-
-
 def test_an_append_whose_records_are_written_has_no_warning_on_every_store(any_orch: Orchestrator) -> None:
     job = js.awaiting_audit(any_orch, job_id=any_orch.submit_job("t.ask", {}, audit=True).job_id)
     assert any_orch.submit_job("t.echo", {}).warnings == ()
