@@ -138,6 +138,19 @@ def make_worker(orch: Any, **kw: Any) -> Any:
     return Worker(orch, WorkerSettings(**kw), rng=random.Random(7))
 
 
+def taken_over_while_it_runs(worker: Any, claim: Any, takeover: Callable[[], None]) -> Any:
+    """``worker.execute(claim)``, with ``takeover`` done once its handler started: a worker paused past its lease in
+    the middle of its run, which wakes up and finishes it (its outcome's append, not ``execute``'s read of the job
+    before the run, meets the takeover)."""
+    from orchestrator import faults
+
+    faults.arm("worker.after_start", takeover)
+    try:
+        return worker.execute(claim)
+    finally:
+        faults.disarm_all()
+
+
 def events(orch: Any, job_id: str) -> list[dict]:
     """The job's events as the store holds them, decoded."""
     return [json.loads(line.raw) for line in orch.store.read(job_id)]

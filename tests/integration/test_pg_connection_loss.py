@@ -488,7 +488,8 @@ def test_a_worker_enforces_the_job_timeout_while_the_server_stalls_and_records_t
     claim = worker.claim()
     assert claim is not None
     start = time.monotonic()
-    stalling.proxy.stall(STALL)  # from the first heartbeat (0.5 s) until well after the job's timeout (1 s)
+    # from the handler's start, over the first heartbeat (0.5 s), until well after the job's timeout (1 s)
+    faults.arm("worker.after_start", lambda: stalling.proxy.stall(STALL))
     result = worker.execute(claim)
     # the heartbeat was cut at its deadline, so the timeout was enforced during the stall, not after it
     assert killed and killed[0] - start < 1.0 + DEADLINE + MARGIN < STALL
@@ -562,7 +563,7 @@ def test_a_worker_whose_connections_freeze_for_good_opens_new_ones_and_records_t
                     rng=random.Random(7))
     claim = worker.claim()
     assert claim is not None
-    stalling.proxy.freeze()
+    faults.arm("worker.after_start", stalling.proxy.freeze)  # once its handler started
     results: list[Any] = []
 
     def execute() -> None:

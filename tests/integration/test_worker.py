@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
-from helpers import alive, events, make_worker
+from helpers import alive, events, make_worker, taken_over_while_it_runs
 from orchestrator.clock import to_iso
 from orchestrator.store.base import AUDIT_STREAM
 from orchestrator.worker import Worker, WorkerSettings
@@ -1269,12 +1269,16 @@ def test_a_worker_whose_lease_was_taken_over_cannot_write(orch) -> None:
     zombie = make_worker(orch, worker_id="zombie", lease_seconds=5)
     claim = zombie.claim(now=t)
     rescuer = make_worker(orch, worker_id="rescuer", lease_seconds=5)
-    rescuer.recover_stale(now=t + 6)
-    assert rescuer.run_once(now=t + 3600).outcome == "succeeded"
-    before = types(orch, job)
-    result = zombie.execute(claim)  # wakes up and finishes its old run
+    before: list[str] = []
+
+    def rescued() -> None:
+        rescuer.recover_stale(now=t + 6)
+        assert rescuer.run_once(now=t + 3600).outcome == "succeeded"
+        before.extend(types(orch, job))
+
+    result = taken_over_while_it_runs(zombie, claim, rescued)  # wakes up and finishes its old run
     assert result.outcome == "lease_lost" and result.error_code == "LEASE_LOST"
-    assert types(orch, job) == before
+    assert types(orch, job) == before and before[-1] == "job_succeeded"
     assert not any(e["actor"] == "worker:zombie" and e["type"] != "job_claimed" for e in events(orch, job))
 
 
@@ -1284,10 +1288,14 @@ def test_a_zombie_cannot_write_while_the_new_owner_is_still_running(orch) -> Non
     zombie = make_worker(orch, worker_id="zombie", lease_seconds=5)
     claim = zombie.claim(now=t)
     rescuer = make_worker(orch, worker_id="rescuer", lease_seconds=5)
-    rescuer.recover_stale(now=t + 6)
-    assert rescuer.claim(now=t + 3600).epoch == claim.epoch + 1  # running under epoch 2
-    before = types(orch, job)
-    assert zombie.execute(claim).outcome == "lease_lost"
+    before: list[str] = []
+
+    def reclaimed() -> None:
+        rescuer.recover_stale(now=t + 6)
+        assert rescuer.claim(now=t + 3600).epoch == claim.epoch + 1  # running under epoch 2
+        before.extend(types(orch, job))
+
+    assert taken_over_while_it_runs(zombie, claim, reclaimed).outcome == "lease_lost"
     assert types(orch, job) == before and orch.status(job).state == "running"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
-from helpers import WAIT, alive, events, make_worker, wait_until
+from helpers import WAIT, alive, events, make_worker, taken_over_while_it_runs, wait_until
 from orchestrator.store.base import AUDIT_STREAM
 
 
@@ -176,7 +176,10 @@ def test_a_run_whose_job_another_worker_took_over_reports_the_jobs_state_as_it_f
     zombie = make_worker(orch, worker_id="zombie", lease_seconds=5)
     claim = zombie.claim(now=t)
     rescuer = make_worker(orch, worker_id="rescuer", lease_seconds=5)
-    rescuer.recover_stale(now=t + 6)
-    assert rescuer.claim(now=t + 3600).epoch == claim.epoch + 1  # running under epoch 2
-    result = zombie.execute(claim)
+
+    def reclaimed() -> None:
+        rescuer.recover_stale(now=t + 6)
+        assert rescuer.claim(now=t + 3600).epoch == claim.epoch + 1  # running under epoch 2
+
+    result = taken_over_while_it_runs(zombie, claim, reclaimed)
     assert (result.job_id, result.outcome, result.state) == (job, "lease_lost", "running")
