@@ -18,7 +18,7 @@ from orchestrator.secret_patterns import (ANY_LITERAL, ARGV_WORDS, AS_IS_WORDS, 
                                          PRIVATE_KEY, PRIVATE_KEY_END, PUTTY, REDACTED, SECRET_KEY_WORDS,
                                          SHAPE_STARTS, SHAPES, SHORT_KV, SHORT_WORDS, SSHPASS, URL_CREDS, ValuesBelow,
                                          a_count, a_number, a_pass_source, aws_secret, not_auth_credentials,
-                                         not_user_and_password, os_error)
+                                         not_user_and_password, os_error, value_span)
 
 __all__ = ["sanitize_text", "may_hold_secret"]
 
@@ -71,33 +71,59 @@ def _ascii_lowered(text: str) -> str:
     return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
 
 
+_REDACTED_LOWERED = _ascii_lowered(REDACTED)
+
+
 def _redact_values(rx: re.Pattern[str], text: str, keep: Callable[[str, re.Match[str]], bool] | None = None,
                    lowered: str | None = None, blocks: type[ValuesBelow] | None = None) -> str:
-    """Replace each match's value group, keeping its key, separator, quote and scheme (the whole match, where
-    ``keep(text, match)`` says so). ``text`` itself when nothing was replaced. ``blocks``: a value may be a YAML
-    block indicator, whose block is redacted (a match inside it is then passed over).
+    """``text`` with each match's value replaced (``_value_spans``); ``text`` itself when nothing was. ``lowered``:
+    the copy it is matched on (``_ascii_lowered(text)`` when not given)."""
+    spans = _value_spans(rx, text, _ascii_lowered(text) if lowered is None else lowered, keep, blocks)
+    return _spliced(text, spans, REDACTED) if spans else text
 
-    Matching runs on an ASCII-lowered copy (same length, same offsets; ``lowered`` when the caller has it) so key
-    names are case-insensitive; the kept text is sliced from the original.
-    """
-    out: list[str] = []
+
+def _redact_both(rx: re.Pattern[str], text: str, lowered: str, keep: Callable[[str, re.Match[str]], bool] | None,
+                 blocks: type[ValuesBelow] | None) -> tuple[str, str]:
+    """``_redact_values`` of ``text`` and of its ASCII-lowered copy alike: the copy is made once for a text, not
+    again after each pattern that redacted something (a 1 MB text costs ~1 ms a copy)."""
+    spans = _value_spans(rx, text, lowered, keep, blocks)
+    if not spans:
+        return text, lowered
+    return _spliced(text, spans, REDACTED), _spliced(lowered, spans, _REDACTED_LOWERED)
+
+
+def _value_spans(rx: re.Pattern[str], text: str, lowered: str, keep: Callable[[str, re.Match[str]], bool] | None,
+                 blocks: type[ValuesBelow] | None) -> list[tuple[int, int]]:
+    """Where each match's value is, in order, none overlapping: its key, separator, quote and scheme are kept (the
+    whole match, where ``keep(text, match)`` says so). ``blocks``: a value may be a YAML block indicator, whose
+    block is redacted (a match inside it is then passed over).
+
+    Matching runs on ``lowered``, an ASCII-lowered copy (same length, same offsets), so key names are
+    case-insensitive; ``keep`` looks at the original."""
+    spans: list[tuple[int, int]] = []
     pos = 0
     block = blocks(text) if blocks is not None else None
-    for m in rx.finditer(_ascii_lowered(text) if lowered is None else lowered):
+    for m in rx.finditer(lowered):
         if m.start() < pos or keep is not None and keep(text, m):
             continue
-        group = "v" if m.start("v") >= 0 else "u"
-        start, end = m.start(group), m.end(group)
+        start, end = value_span(m)
         if block is not None:
             span = block(m, start, end)
             if span is None:
                 continue
             start, end = span
-        out.append(text[pos:start])
-        out.append(REDACTED)
+        spans.append((start, end))
         pos = end
-    if not out:
-        return text
+    return spans
+
+
+def _spliced(text: str, spans: list[tuple[int, int]], marker: str) -> str:
+    """``text`` with each of ``spans`` replaced by ``marker``."""
+    out: list[str] = []
+    pos = 0
+    for start, end in spans:
+        out += (text[pos:start], marker)
+        pos = end
     out.append(text[pos:])
     return "".join(out)
 
@@ -163,12 +189,13 @@ def sanitize_text(text: str) -> str:
         text = PRIVATE_KEY.sub(REDACTED, text)
     if putty or "-----END" in text:
         text = _redact_headless_keys(text)
-    if "://" in text and "@" in text:
-        text = _redact_values(URL_CREDS, text)
-    # the lowered copy, made again only after a redaction changed the text; a redaction adds no literal
-    # ("[REDACTED]"), so what the first copy holds stays a superset of what the text holds
+    # the lowered copy, made again only after a private key's redaction changed the text (the others redact it
+    # alike, ``_redact_both``); a redaction adds no literal ("[REDACTED]"), so what the first copy holds stays a
+    # superset of what the text holds
     if text is not given:
         lowered = _ascii_lowered(text)
+    if "://" in text and "@" in text:
+        text, lowered = _redact_both(URL_CREDS, text, lowered, None, None)
     keyed = _holds(lowered, KEY_WORDS, held)
     for rx, wanted, keep, blocks in (
             (HEADER, _holds(lowered, HEADER_WORDS, held), None, None),
@@ -182,9 +209,7 @@ def sanitize_text(text: str) -> str:
             (PASS_FLAG, _holds(lowered, PASS_FLAG_WORDS, held), a_pass_source, None),
             (AUTH, _scanned(lowered, AUTH_WORDS if held is None else ("auth",), held), not_auth_credentials, None)):
         if wanted:
-            redacted = _redact_values(rx, text, keep, lowered, blocks)
-            if redacted is not text:
-                text, lowered = redacted, _ascii_lowered(redacted)
+            text, lowered = _redact_both(rx, text, lowered, keep, blocks)
     words = AS_IS_WORDS if held is None else [word for word in AS_IS_WORDS if word in held]
     if words and "-p" in text:
         for rx, word in ((SSHPASS, "sshpass"), (MYSQL, "mysql")):

@@ -9,7 +9,8 @@ from typing import Any, Callable, Iterable, NamedTuple
 from orchestrator.redaction import may_hold_secret, sanitize_text
 from orchestrator.secret_patterns import (ANY_LITERAL, AUTH_KEY, AWS_KEY_ID, AWS_SECRET, MYSQL_CLIENT,
                                          PASS_FLAG_NAME, REDACTED, SECRET_FLAG, SENSITIVE_KEY, SHORT_KEY, USER_FLAGS,
-                                         aws_secret, is_count, is_user_and_password, pass_flag_value)
+                                         aws_secret, holds_aws_key_id_start, is_count, is_user_and_password,
+                                         pass_flag_value)
 
 __all__ = ["sanitize_obj", "json_source_text", "renamed_keys"]
 
@@ -68,7 +69,7 @@ class _Beside(NamedTuple):
     @classmethod
     def held_in(cls, text: str) -> _Beside:
         """The forms ``text``, a structure as ``_json_text`` writes it, may hold (``_NO_FORM`` itself: none)."""
-        held = cls('"-' in text, "AKIA" in text or "ASIA" in text, '[["' in text)
+        held = cls('"-' in text, holds_aws_key_id_start(text), '[["' in text)
         return held if any(held) else _NO_FORM
 
 
@@ -141,7 +142,7 @@ def _sanitized_items(items: list[Any] | tuple[Any, ...], beside: _Beside) -> lis
     for item in items:
         if isinstance(item, str):
             flags = flags or beside.flags and item[:1] == "-"
-            aws = aws or beside.aws and ("AKIA" in item or "ASIA" in item)
+            aws = aws or beside.aws and holds_aws_key_id_start(item)
             pairs = False
         elif pairs and not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str)):
             pairs = False
@@ -183,7 +184,7 @@ def _plain_pair(name: str, value: Any, beside: _Beside) -> bool:
     pairs: ~30% of the walk)."""
     text = value if isinstance(value, str) else ""
     return not (beside.flags and (name[:1] == "-" or text[:1] == "-")
-                or beside.aws and ("AKIA" in name or "ASIA" in name or "AKIA" in text or "ASIA" in text))
+                or beside.aws and (holds_aws_key_id_start(name) or holds_aws_key_id_start(text)))
 
 
 def _hidden_arguments(items: list[Any] | tuple[Any, ...]) -> dict[int, str]:
@@ -223,7 +224,7 @@ def _hidden_arguments(items: list[Any] | tuple[Any, ...]) -> dict[int, str]:
 def _beside_an_aws_key_id(values: Iterable[Any]) -> bool:
     """Whether ``values`` (an object's, a list's) hold text holding an AWS access key id."""
     for value in values:
-        if isinstance(value, str) and ("AKIA" in value or "ASIA" in value) and AWS_KEY_ID.search(value) is not None:
+        if isinstance(value, str) and holds_aws_key_id_start(value) and AWS_KEY_ID.search(value) is not None:
             return True
     return False
 

@@ -70,6 +70,7 @@ PRIVATE_KEY = re.compile(
 PRIVATE_KEY_END = re.compile(rf"-----END{_PEM_LABEL}|{_PUTTY_MAC}")
 PUTTY = "Private-"  # what each of PuTTY's two lines above begins with
 LINE_END = re.compile(r"\r\n?|\n")  # CRLF, LF, or CR alone (old Mac)
+SPACE = re.compile(r"\s")
 # ``scheme://user:pass@host``; the password runs to the last ``@`` of the authority. A user without a password is
 # redacted when it looks like a token (``https://<token>@github.com``): 20 or more of ``[a-z0-9_-]``, a digit among
 # them (``git@``, ``deploy-user@`` are user names).
@@ -156,22 +157,33 @@ MYSQL = re.compile(
 )
 # ``Basic <base64>`` with no header name before it (a curl ``-H`` argument, a header given as a pair): the value is
 # redacted when it decodes to a user and a password (RFC 7617's ``user:password``, printable UTF-8), which no word
-# after "Basic" does ("Basic setup", ``Basic realm="x"``; ``user_and_password`` keeps the others). Begins with its
+# after "Basic" does ("Basic setup", ``Basic realm="x"``; ``not_user_and_password`` keeps the others). Begins with its
 # literal, as ``SHORT_KV``.
 BASIC = re.compile(r"basic(?<![a-z0-9_-]basic)[ \t]+(?P<v>[a-z0-9+/]{4,}={0,2})(?![a-z0-9+/=_.-])")
-# An AWS access key id (as in ``SHAPES``) and the secret access key that goes with it: 40 of base64's characters but
+# An AWS access key id (one of ``SHAPES``) and the secret access key that goes with it: 40 of base64's characters but
 # ``=``, both cases among them (``aws_secret``; a hex hash has one). Without a name it is told from other data only
 # beside its id: on the id's line of text (``redaction``), in the id's object or list (``redaction_objects``).
-AWS_KEY_ID = re.compile(r"(?<![A-Za-z0-9_-])(?:AKIA|ASIA)[0-9A-Z]{16}(?![A-Za-z0-9_-])")
-AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
 AWS_KEY_ID_STARTS = ("AKIA", "ASIA")
-# Well-known credential shapes, recognised without any key name. Start and end at the
-# edge of a token run so a match never splits a run (this keeps redaction idempotent).
+_AKIA, _ASIA = AWS_KEY_ID_STARTS
+_AWS_KEY_ID = rf"(?:{_AKIA}|{_ASIA})[0-9A-Z]{{16}}"
+# A shape starts and ends at the edge of a run of token characters, so a match never splits a run (this keeps
+# redaction idempotent).
+_RUN_START, _RUN_END = r"(?<![A-Za-z0-9_-])", r"(?![A-Za-z0-9_-])"
+AWS_KEY_ID = re.compile(_RUN_START + _AWS_KEY_ID + _RUN_END)
+AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+
+
+def holds_aws_key_id_start(text: str) -> bool:
+    """Whether ``text`` holds what an AWS access key id begins with: only such a text is searched for one."""
+    return _AKIA in text or _ASIA in text
+
+
+# Well-known credential shapes, recognised without any key name.
 SHAPES = re.compile(
-    r"(?<![A-Za-z0-9_-])(?:"
+    rf"{_RUN_START}(?:"
     r"sk-[A-Za-z0-9_-]{20,}"  # OpenAI sk-/sk-proj-, Anthropic sk-ant-
     r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"  # GitHub
-    r"|(?:AKIA|ASIA)[0-9A-Z]{16}"  # AWS access key id
+    rf"|{_AWS_KEY_ID}"  # AWS access key id
     r"|xox[baprs]-[A-Za-z0-9-]{10,}"  # Slack
     r"|AIza[0-9A-Za-z_-]{35}"  # Google API key
     r"|eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"  # JWT
@@ -179,7 +191,7 @@ SHAPES = re.compile(
     r"|glpat-[A-Za-z0-9_-]{20,}"  # GitLab personal access token
     r"|npm_[A-Za-z0-9]{36,}"  # npm
     r"|SG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}"  # SendGrid
-    r")(?![A-Za-z0-9_-])"
+    rf"){_RUN_END}"
 )
 # What each match of ``_KEYS`` (lowered) holds, and what each of ``SHAPES`` begins with: a text holding none of them
 # matches neither. Whole enough that prose seldom holds one ("passed", "rapid" and "session" do not).
@@ -199,7 +211,7 @@ ARGV_WORDS = ('-u"',)
 # The characters ``re.IGNORECASE`` takes for an ASCII letter ('İ' and 'ı' for i, 'ſ' for s, the Kelvin sign for k):
 # ``SENSITIVE_KEY`` finds "paſſword" a secret's key, whose lowered text holds no key word.
 CASE_FOLDED_TO_ASCII = "\u0130\u0131\u017f\u212a"
-SHAPE_STARTS = ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "AKIA", "ASIA", "xox", "AIza", "eyJ",
+SHAPE_STARTS = ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", *AWS_KEY_ID_STARTS, "xox", "AIza", "eyJ",
                 "sk_live_", "sk_test_", "rk_live_", "rk_test_", "glpat-", "npm_", "SG.")
 # A key of an object whose value is secret: a key word (``_KEYS``, its suffixes included, or a header's name) that
 # ends the name, but for blanks and punctuation after it (``"password "``, ``"Password:"``, ``"db_password\n"``).
@@ -247,21 +259,25 @@ def os_error(text: str, m: re.Match[str]) -> bool:
     return window[:brk.start() if brk else len(window)].rstrip(" \t") in _OS_ERRORS
 
 
+def value_span(m: re.Match[str]) -> tuple[int, int]:
+    """Where the value of a pattern's match ``m`` is: its quoted value (``v``), else its bare one (``u``); (-1, -1)
+    when it has neither (``KV``'s ``n``: a separator ending its line)."""
+    return m.span("v") if m.start("v") >= 0 else m.span("u")
+
+
+def _value(text: str, m: re.Match[str]) -> str:
+    start, end = value_span(m)
+    return text[start:end]
+
+
 def a_count(text: str, m: re.Match[str]) -> bool:
     """Whether the value of ``SHORT_KV``'s match ``m`` is a number or true/false (``pass=12``): a test result."""
-    group = "v" if m.start("v") >= 0 else "u"
-    return is_count(text[m.start(group):m.end(group)])
+    return is_count(_value(text, m))
 
 
 def is_count(value: str) -> bool:
     """Whether ``value`` is a number or true/false, with the punctuation that may follow one in JSON or code."""
     return _COUNT.fullmatch(value.lower()) is not None
-
-
-def user_and_password(text: str, m: re.Match[str]) -> bool:
-    """Whether the value of ``BASIC``'s match ``m`` in ``text`` (as it is: base64 is case-sensitive) decodes to a
-    user and a password: printable UTF-8 holding a ``:``. ``BASIC``'s keep is its negation."""
-    return _encoded_user_and_password(text[m.start("v"):m.end("v")])
 
 
 def _encoded_user_and_password(value: str) -> bool:
@@ -283,8 +299,7 @@ def is_user_and_password(value: str) -> bool:
 
 def not_auth_credentials(text: str, m: re.Match[str]) -> bool:
     """``AUTH``'s keep: its value is a setting (``auth=none``), not a user and a password."""
-    group = "v" if m.start("v") >= 0 else "u"
-    return not is_user_and_password(text[m.start(group):m.end(group)])
+    return not is_user_and_password(_value(text, m))
 
 
 def a_pass_source(text: str, m: re.Match[str]) -> bool:
@@ -302,8 +317,9 @@ def pass_flag_value(value: str) -> str:
 
 
 def not_user_and_password(text: str, m: re.Match[str]) -> bool:
-    """``BASIC``'s keep: the value is a word, not an encoded ``user:password``."""
-    return not user_and_password(text, m)
+    """``BASIC``'s keep: its value (in ``text`` as it is: base64 is case-sensitive) is a word, not an encoded
+    ``user:password`` (printable UTF-8 holding a ``:``)."""
+    return not _encoded_user_and_password(text[m.start("v"):m.end("v")])
 
 
 def aws_secret(value: str) -> bool:
@@ -314,8 +330,7 @@ def aws_secret(value: str) -> bool:
 
 def a_number(text: str, m: re.Match[str]) -> bool:
     """Whether the value of ``CLI_USER``'s match ``m`` is digits only: ``-u 1000:1000`` names a user and group id."""
-    group = "v" if m.start("v") >= 0 else "u"
-    return text[m.start(group):m.end(group)].isdigit()
+    return _value(text, m).isdigit()
 
 
 _BLOCK_INDICATOR = re.compile(r"[|>](?:[-+]?[1-9]?|[1-9][-+])")  # YAML's literal or folded block: |, >-, |2+, ...
@@ -329,7 +344,6 @@ _BLANK_LINES_THEN_INDENT = re.compile(r"(?:[ \t]*(?:\r\n?|\n))*([ \t]*)")
 # quote, the start of the key's name (``db_`` of ``db_password``). Code or prose there (``if not password:``,
 # ``class Password:``, "Enter your password:") says the line is no key's.
 _KEY_LINE_START = re.compile(r"""[ \t]*(?:-[ \t]+)*(?:\\?["'])?[\w.-]*""")
-_BLANK = re.compile(r"\s")
 
 
 class ValuesBelow:
@@ -399,9 +413,7 @@ class ValuesBelow:
         after = LINE_END.search(text, brk.end())
         line = text[brk.end():after.start() if after else len(text)]
         word = line.strip(" \t")
-        # a word redacted in part was a secret of its own (``Password:x`` before it was ``Password:[REDACTED]``):
-        # taking it whole now would change it again when sanitized again
-        if not word or word.endswith(":") or REDACTED in word or _BLANK.search(word) is not None:
+        if not _one_word(word):
             return None
         first = brk.end() + len(line) - len(line.lstrip(" \t"))
         return first, first + len(word)
@@ -436,6 +448,13 @@ class ValuesBelow:
                 break
             pos = brk.end()
         return first, last
+
+
+def _one_word(word: str) -> bool:
+    """Whether ``word``, the line under a key whose ``:`` ends its line, is what was typed at a prompt: one word, no
+    key of its own (ending in ``:``), not redacted in part before (``Password:x`` was ``Password:[REDACTED]``: a
+    secret of its own, which taking whole now would change again when sanitized again)."""
+    return word != "" and not word.endswith(":") and REDACTED not in word and SPACE.search(word) is None
 
 
 # In JSON or ``repr`` text a line break is ``\n`` (``\r\n``, ``\r``), after as many backslashes as the string is deep
@@ -500,7 +519,7 @@ def _escaped_below(text: str, m: re.Match[str], start: int) -> tuple[int, int] |
     if first >= 0:
         return first, last
     word = text[brk.end():next_line_end.start() if next_line_end else len(text)]
-    if indicator or not word or _BLANK.search(word) is not None or word.endswith(":") or REDACTED in word:
+    if indicator or not _one_word(word):
         return -1, -1
     separator = text[key:start]
     if at_line_start and ":" in separator and "=" not in separator:  # a prompt's answer

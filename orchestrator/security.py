@@ -16,7 +16,7 @@ from typing import Any, Callable
 from orchestrator.errors import InvalidIdError, PathEscapeError
 from orchestrator.redaction import sanitize_text
 from orchestrator.redaction_objects import json_source_text, renamed_keys, sanitize_obj
-from orchestrator.secret_patterns import LINE_END, REDACTED
+from orchestrator.secret_patterns import LINE_END, REDACTED, SPACE
 
 __all__ = ["REDACTED", "CUT_MARGIN", "cut_read_size", "sanitize_text", "sanitized_cut", "sanitize_obj", "renamed_keys",
            "one_line", "json_source_text", "safe_line", "shown", "shown_bytes", "validate_id", "safe_join",
@@ -29,7 +29,6 @@ CUT_MARGIN = 16 * 1024
 _EDGE = CUT_MARGIN // 2
 _UTF8_MAX = 4  # bytes a character takes at most in UTF-8
 _LINE_BREAK = re.compile(r"[\r\n]")
-_SPACE = re.compile(r"\s")
 _LAST_SPACE = re.compile(r"\s(?=\S*\Z)")  # linear: each try scans one run only
 _VALUE_LINES = re.compile(r"(?:(?:[ \t][^\r\n]*)?(?:\r\n?|\n))*")  # indented or empty lines, each with its break
 
@@ -104,7 +103,7 @@ def _past_values_below(text: str, start: int) -> int:
     pos = start
     if text[:start].rstrip(" \t\r\n").endswith(":"):  # a prompt's answer: one word
         brk = LINE_END.search(text, pos)
-        if brk is not None and brk.end() <= CUT_MARGIN and _SPACE.search(text, pos, brk.start()) is None:
+        if brk is not None and brk.end() <= CUT_MARGIN and SPACE.search(text, pos, brk.start()) is None:
             pos = brk.end()
     pos = _VALUE_LINES.match(text, pos, max(pos, CUT_MARGIN)).end()
     if pos < len(text) <= CUT_MARGIN and text[pos] in " \t" and LINE_END.search(text, pos) is None:
@@ -126,7 +125,7 @@ def _run_end(text: str, pos: int) -> int:
     ``_EDGE``: half a token may be part of a secret longer than ``_EDGE`` that began before the cut, and half a
     word or ``[REDACTED]`` is noise. A longer run (a minified JSON line) is cut where it is, or all would go."""
     if 0 < pos < len(text) and not text[pos - 1].isspace():
-        space = _SPACE.search(text, pos, pos + _EDGE)
+        space = SPACE.search(text, pos, pos + _EDGE)
         if space:
             return space.start()
     return pos

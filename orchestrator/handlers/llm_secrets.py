@@ -43,7 +43,7 @@ def _json_forms(secret: str, wrapped: bool = False) -> str:
         units = [code] if code <= 0xFFFF else [0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)]
         percent = f"|%{_hex(code, 2)}" if code < 0x80 else ""
         named = f"|&{_HTML_NAMED[char]};" if char in _HTML_NAMED else ""
-        entity = rf"|&#0*{code};|&#[xX]0*{_hex(code, 1).lstrip('0') or '0'};{named}"
+        entity = rf"|&#0*{code};|&#[xX]0*{_hex(code, 1)};{named}"
         escaped = "" if char.isalnum() else r"\\*"
         forms.append(rf"(?:{escaped}{re.escape(char)}|" + "".join(rf"\\+u{_hex(unit)}" for unit in units) + percent
                      + entity + ")")
@@ -79,8 +79,9 @@ class Secrets:
 
     def __init__(self, *values: str) -> None:
         self.values = sorted({value for value in values if len(value) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
-        wrapped = {(form, False) for value in self.values for form in _encodings(value)[0]} \
-            | {(form, True) for value in self.values for form in _encodings(value)[1]}
+        encodings = [_encodings(value) for value in self.values]
+        wrapped = {(form, False) for plain, _ in encodings for form in plain} \
+            | {(form, True) for _, base64_forms in encodings for form in base64_forms}
         self.forms = sorted({form for form, _ in wrapped}, key=len, reverse=True)
         self._pattern = _forms_of(tuple(sorted(wrapped, key=lambda pair: (-len(pair[0]), pair)))) if wrapped else None
         self._entities = ("&#", *sorted({f"&{name};" for char, name in _HTML_NAMED.items()
