@@ -18,6 +18,9 @@ import os
 import re
 
 REDACTED = "[REDACTED]"
+# A secret looked for by its own value (the llm handler's key, a store URL's password) shorter than this cannot be told
+# from text: "x", "EMPTY", "pw" are also parts of words, which replacing it everywhere would cut up.
+MIN_SECRET_LENGTH = 8
 
 # Key names whose value is secret, in lower case. They also match as the END of a longer
 # name (``db_password``, ``GITHUB_TOKEN``, ``x-api-key``): such names are secret too. ``pass`` only after a ``_``
@@ -135,10 +138,13 @@ PASS_FLAG_WORDS = ("-pass",)  # what each match of ``PASS_FLAG`` holds
 _PASS_SOURCE = re.compile(r"(?:env|file|fd):\S+|stdin|[0-9]+", re.I)
 # ``auth`` (alone or ending a name after a ``_``, ``-`` or ``.``: npm's ``_auth``, ``proxy_auth``; and httpie's
 # ``--auth`` flag) before a user and a password: ``user:password``, or its base64 (Docker's ``config.json``, npm's
-# ``.npmrc``: ``is_user_and_password``). Any other value is a setting (``auth=none``, ``auth: ldap``,
-# ``auth=host:389``): kept. Begins with its literal, as ``SHORT_KV``.
+# ``.npmrc``: ``is_user_and_password``), or Python's tuple of the two, the password a string written there
+# (requests' ``auth=('bob', 'x')``, ``auth=HTTPBasicAuth(USER, "x")``: ``t``, the tuple's start). Any other value is
+# a setting (``auth=none``, ``auth: ldap``, ``auth=host:389``, ``auth=(user, password)``): kept
+# (``not_auth_credentials``). Begins with its literal, as ``SHORT_KV``.
+_AUTH_TUPLE = r"""(?P<t>(?:[a-z0-9_.]*auth)?\([ \t]*(?:["'][^"'\r\n]*["']|[a-z_][a-z0-9_.]*)[ \t]*,[ \t]*)"""
 AUTH = re.compile(
-    rf"""auth(?<![a-z0-9]auth)(?:{_SEP}|(?<=-auth)(?<!\w-auth)[ \t]+)(?:{_QUOTED}|(?P<u>{_TO_AMP}))"""
+    rf"""auth(?<![a-z0-9]auth)(?:{_SEP}|(?<=-auth)(?<!\w-auth)[ \t]+){_AUTH_TUPLE}?(?:{_QUOTED}|(?P<u>{_TO_AMP}))"""
 )
 AUTH_WORDS = tuple("auth" + after for after in ("=", ":", '"', "'", "\\", " ", "\t"))  # what its matches hold
 AUTH_KEY = re.compile(r"(?<![a-z0-9])auth\Z", re.I)  # an object's key ``auth``: its value, a user and password
@@ -298,7 +304,10 @@ def is_user_and_password(value: str) -> bool:
 
 
 def not_auth_credentials(text: str, m: re.Match[str]) -> bool:
-    """``AUTH``'s keep: its value is a setting (``auth=none``), not a user and a password."""
+    """``AUTH``'s keep: its value is a setting (``auth=none``), not a user and a password; after a tuple's user,
+    no string written there (``auth=(user, password)`` names a variable)."""
+    if m.start("t") >= 0:
+        return m.start("v") < 0
     return not is_user_and_password(_value(text, m))
 
 

@@ -30,7 +30,12 @@ _EDGE = CUT_MARGIN // 2
 _UTF8_MAX = 4  # bytes a character takes at most in UTF-8
 _LINE_BREAK = re.compile(r"[\r\n]")
 _LAST_SPACE = re.compile(r"\s(?=\S*\Z)")  # linear: each try scans one run only
-_VALUE_LINES = re.compile(r"(?:(?:[ \t][^\r\n]*)?(?:\r\n?|\n))*")  # indented or empty lines, each with its break
+# A line of a ``.netrc`` entry's fields (``login bob``, ``password x``, or several): what follows its ``machine h`` or
+# ``default``, which ``sanitize_text`` knows an entry by
+_NETRC_FIELD = r"""(?:login|account|port|password)[ \t]+(?:"[^"\r\n]*"|[^\s"]+)"""
+_NETRC_FIELDS = re.compile(rf"{_NETRC_FIELD}(?:[ \t]+{_NETRC_FIELD})*[ \t]*")
+# indented, empty or ``.netrc`` field lines, each with its break
+_VALUE_LINES = re.compile(rf"(?:(?:[ \t][^\r\n]*|{_NETRC_FIELDS.pattern})?(?:\r\n?|\n))*")
 
 
 def cut_read_size(limit: int) -> int:
@@ -95,19 +100,21 @@ def _tail_start(text: str, kept_from: int) -> int:
 def _past_values_below(text: str, start: int) -> int:
     """``start``, the start of the line after a tail's first line, moved past the lines that may be the value of a
     key the cut took (``password:`` cut to ``word:``, or further above): what ``ValuesBelow`` would redact under it.
-    That is the indented and blank lines (a YAML value or block, an INI continuation), and, after a first line ending
-    in ``:``, the next line when it is one word (what was typed at a prompt). Only lines within the text's first
-    ``CUT_MARGIN`` characters are dropped: a value of several lines is assumed shorter than that, and those are what
-    the cut drops anyway unless redaction shortened the text (what brings a value there into the tail), so a longer
-    indented run (a deep traceback, pretty-printed JSON) keeps its last ``limit`` characters."""
+    That is the indented and blank lines (a YAML value or block, an INI continuation), the field lines of a
+    ``.netrc`` entry whose ``machine`` line the cut took (``login bob``, ``password x``: no entry without it), and,
+    after a first line ending in ``:``, the next line when it is one word (what was typed at a prompt). Only lines
+    within the text's first ``CUT_MARGIN`` characters are dropped: a value of several lines is assumed shorter than
+    that, and those are what the cut drops anyway unless redaction shortened the text (what brings a value there into
+    the tail), so a longer indented run (a deep traceback, pretty-printed JSON) keeps its last ``limit`` characters."""
     pos = start
     if text[:start].rstrip(" \t\r\n").endswith(":"):  # a prompt's answer: one word
         brk = LINE_END.search(text, pos)
         if brk is not None and brk.end() <= CUT_MARGIN and SPACE.search(text, pos, brk.start()) is None:
             pos = brk.end()
     pos = _VALUE_LINES.match(text, pos, max(pos, CUT_MARGIN)).end()
-    if pos < len(text) <= CUT_MARGIN and text[pos] in " \t" and LINE_END.search(text, pos) is None:
-        pos = len(text)  # the last line, indented: all the text is what may be a value
+    if pos < len(text) <= CUT_MARGIN and LINE_END.search(text, pos) is None \
+            and (text[pos] in " \t" or _NETRC_FIELDS.fullmatch(text, pos) is not None):
+        pos = len(text)  # the last line, indented or a .netrc field's: all the text is what may be a value
     return pos
 
 

@@ -1,11 +1,13 @@
 """What the ``llm`` handler must never return: the API key and the password of ``LLM_URL`` (``Secrets``), found
 in every form an endpoint may echo them in, and replaced in a reply (``without_secrets``) and in any text it quotes
-(``scrub``). A key has no shape ``sanitize_text`` could recognise, so its own value is looked for: as sent, as JSON
-text may write it (``\\/``, ``\\u0041``: ``_json_forms``), percent-encoded (``%2F``), as HTML writes it (``&gt;``,
-``&#x41;``), and its bytes in base64 (either alphabet, from any offset: ``"user:" + key`` in a Basic header; cut by
-line breaks, as MIME's lines of 76 cut it) or hex (``_encodings``); the forms of those too. A key shorter than
-``MIN_SECRET_LENGTH`` (8) characters is not looked for: such a value (``x``, ``EMPTY``, a local server's dummy) cannot
-be told from text, and replacing it turned "explain" into "[REDACTED]plain"."""
+(``scrub``). A key has no shape ``sanitize_text`` could recognise, so its own value is looked for: as sent,
+upper-cased or reversed, as JSON text may write it (``\\/``, ``\\u0041``: ``_json_forms``), percent-encoded (``%2F``),
+as HTML writes it (``&gt;``, ``&#x41;``), and its bytes in base64 (either alphabet, from any offset: ``"user:" + key``
+in a Basic header; cut by line breaks into lines of any length, MIME's 76 or a narrow terminal's) or hex
+(``_encodings``); the forms of those too; and, cut short, any start or end of it of ``SHORTEST_PART`` (12)
+characters or more (``_without_parts``). A key shorter than ``MIN_SECRET_LENGTH`` (8) characters is not looked for:
+such a value (``x``, ``EMPTY``, a local server's dummy) cannot be told from text, and replacing it turned "explain"
+into "[REDACTED]plain"."""
 from __future__ import annotations
 
 import base64
@@ -13,9 +15,8 @@ import functools
 import re
 from typing import Any
 
+from orchestrator.secret_patterns import MIN_SECRET_LENGTH  # a key or URL password shorter than this is not looked for
 from orchestrator.security import REDACTED, renamed_keys, sanitized_cut
-
-MIN_SECRET_LENGTH = 8  # a key (or URL password) shorter than this is not looked for: it cannot be told from text
 
 
 def _hex(unit: int, digits: int = 4) -> str:
@@ -54,7 +55,8 @@ _URL_SAFE = str.maketrans("+/", "-_")  # base64's URL-safe alphabet (RFC 4648, s
 
 
 def _encodings(secret: str) -> tuple[list[str], list[str]]:
-    """``secret`` as sent and its bytes in hex (lower or upper case); and its bytes in base64, standard and URL-safe,
+    """``secret`` as sent, upper-cased (a model "correcting" it), reversed, and its bytes in hex (lower or upper
+    case); and its bytes in base64, standard and URL-safe,
     from each of the 3 offsets in a group of 3 bytes an encoding of a longer text may start them at: the characters
     those bytes alone decide (the first and last may hold bits of what is around them, and are not looked for: a few
     bits of the key's first and last bytes are left). A key is ASCII (``_config_problem``)."""
@@ -64,7 +66,7 @@ def _encodings(secret: str) -> tuple[list[str], list[str]]:
         first, end = -(-8 * offset // 6), 8 * (offset + len(data)) // 6  # whole 6-bit characters of the key's bits
         standard = base64.b64encode(bytes(offset) + data).decode()[first:end]
         encoded += [standard, standard.translate(_URL_SAFE)]
-    return [secret, data.hex(), data.hex().upper()], encoded
+    return [secret, secret.upper(), secret[::-1], data.hex(), data.hex().upper()], encoded
 
 
 @functools.lru_cache(maxsize=4)  # a worker asks with the same key each time: the pattern is made once
@@ -86,35 +88,79 @@ class Secrets:
         self._pattern = _forms_of(tuple(sorted(wrapped, key=lambda pair: (-len(pair[0]), pair)))) if wrapped else None
         self._entities = ("&#", *sorted({f"&{name};" for char, name in _HTML_NAMED.items()
                                          if any(char in form for form in self.forms)}))
-        self._pieces = sorted({piece for form, cut in wrapped if cut for piece in _pieces(form)}, key=len)
+        self._base64_forms = sorted({form for form, cut in wrapped if cut}, key=len)
 
     def drop(self, text: str) -> str:
-        """``text`` with each secret replaced by ``REDACTED``. The pattern (~0.5 s a MB: ~15 alternatives tried at each
-        character) runs only on a text that may hold a form no replace finds: one holding a backslash, a ``%``, an
-        entity, or a line break and a piece of a base64 form (``_pieces``)."""
+        """``text`` with each secret replaced by ``REDACTED``, then what is left of one cut short (``_without_parts``).
+        The pattern (~0.5 s a MB: ~20 alternatives tried at each character) runs only on a text that may hold a form no
+        replace finds: one holding a backslash, a ``%``, an entity, or a base64 form cut by line breaks
+        (``_wrapped_in``)."""
         if self._pattern is None:
             return text
         if "\\" in text or "%" in text or "&" in text and any(entity in text for entity in self._entities) \
-                or ("\n" in text or "\r" in text) and any(piece in text for piece in self._pieces):
-            return self._pattern.sub(REDACTED, text)
-        for form in self.forms:  # else each form as it is is the only one (and a replace is much faster)
-            text = text.replace(form, REDACTED)
+                or self._wrapped_in(text):
+            text = self._pattern.sub(REDACTED, text)
+        else:
+            for form in self.forms:  # each form as it is is the only one (and a replace is much faster)
+                text = text.replace(form, REDACTED)
+        for value in self.values:
+            text = _without_parts(text, value)
         return text
 
+    def _wrapped_in(self, text: str) -> bool:
+        """Whether ``text`` holds a base64 form cut into lines, of any length: it does where the text without its
+        line breaks holds one (two copies and a search a form, ~1 ms a MB where a search for pieces of a line's
+        length missed lines shorter than 60)."""
+        if "\n" not in text and "\r" not in text:
+            return False
+        unwrapped = text.replace("\n", "").replace("\r", "")
+        return any(form in unwrapped for form in self._base64_forms)
 
-_SHORTEST_LINE = 60  # base64 is cut into lines of this many characters or more (MIME's 76, PEM's 64)
+
+SHORTEST_PART = 12  # a start or an end of a key this long is looked for on its own; a shorter one is text ("plain.")
 
 
-def _pieces(form: str) -> set[str]:
-    """What a text holding base64 ``form`` cut by line breaks into lines of ``_SHORTEST_LINE`` or more holds of it
-    unbroken: its first or its last half (one break: the longer side holds one), or, in a form longer than a line, one
-    of its pieces of half a line, each starting at a multiple of that (two breaks or more: the line between them
-    holds one whole)."""
-    half, chunk = len(form) // 2, _SHORTEST_LINE // 2
-    pieces = {form[:half], form[len(form) - half:]}
-    if len(form) > _SHORTEST_LINE:
-        pieces |= {form[i:i + chunk] for i in range(0, len(form) - chunk + 1, chunk)}
-    return pieces
+def _without_parts(text: str, value: str) -> str:
+    """``text`` with each start and each end of ``value`` of ``SHORTEST_PART`` characters or more replaced, as long as
+    it goes on as the value does: what is left of the key where an endpoint or a model echoed it cut short ("your key
+    begins sk-proj-AbCdEf..."). Linear: each of the two searches goes through the text once, and a part found is
+    taken whole, so no character is looked at again."""
+    if len(value) <= SHORTEST_PART:  # its parts are the whole value, replaced before
+        return text
+    start_of, end_of = value[:SHORTEST_PART], value[-SHORTEST_PART:]
+    at_start, at_end = text.find(start_of), text.find(end_of)
+    out: list[str] = []
+    pos = 0
+    while at_start >= 0 or at_end >= 0:
+        if at_end < 0 or 0 <= at_start <= at_end:
+            start, end = at_start, at_start + _same_ahead(text, at_start, value)
+        else:
+            end = at_end + SHORTEST_PART
+            start = end - _same_behind(text, end, value, pos)
+        out += (text[pos:start], REDACTED)
+        pos = end
+        at_start = text.find(start_of, pos) if 0 <= at_start < pos else at_start
+        at_end = text.find(end_of, pos) if 0 <= at_end < pos else at_end
+    if not out:
+        return text
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _same_ahead(text: str, at: int, value: str) -> int:
+    """How many characters of ``text`` from ``at`` are those ``value`` begins with (``SHORTEST_PART`` at least)."""
+    n, most = SHORTEST_PART, min(len(value), len(text) - at)
+    while n < most and text[at + n] == value[n]:
+        n += 1
+    return n
+
+
+def _same_behind(text: str, end: int, value: str, floor: int) -> int:
+    """How many characters of ``text`` before ``end``, down to ``floor``, are those ``value`` ends with."""
+    n, most = SHORTEST_PART, min(len(value), end - floor)
+    while n < most and text[end - n - 1] == value[-n - 1]:
+        n += 1
+    return n
 
 
 def _renamed(obj: dict[str, Any], secrets: Secrets) -> dict[str, Any]:

@@ -43,6 +43,7 @@ SECRETS = {
     "pass_flag": "redis-cli --pass LEAK56pf ping",
     "openssl": "openssl enc -aes256 -passout pass:LEAK57os",
     "auth": "auth=bob:LEAK58au",
+    "auth_tuple": "requests.get(url, auth=('bob', 'LEAK61at'))",
     "authorization": "Authorization: Bearer LEAK24au",
     "cookie": "Cookie: sid=LEAK25ck",
     "bearer": "curl -H 'Bearer LEAK26br0123'",

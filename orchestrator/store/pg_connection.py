@@ -18,6 +18,7 @@ from urllib.parse import unquote
 from orchestrator.descriptors import readable
 from orchestrator.errors import (ConfigError, OrchestratorError, StatementCancelledError, StorageError,
                                  StorageUnavailableError, TransactionConflictError)
+from orchestrator.secret_patterns import MIN_SECRET_LENGTH
 from orchestrator.security import REDACTED, sanitize_text
 from orchestrator.store.pg_deadline import Deadline, outcome
 
@@ -73,11 +74,12 @@ def _passwords(url: str) -> tuple[list[str], list[str]]:
     with a ``/`` in its authority comes in its two parts too, which libpq reads as the port and part of the database
     name (``orch:S3c/retPW@host``: port ``S3c``, which a message refusing that port would show).
 
-    Second, the pieces of a password that libpq shows apart from it, each to be removed only where no letter or digit
-    touches it (``redacted``), so that a short one hides no word: with an unencoded ``@`` (``orch:S3cr3t@2024xyz@db``)
-    libpq takes the password to the first ``@`` and the rest as part of the host, and its message names the host
-    (``failed to resolve host '2024xyz@db'``); with an unencoded ``&`` in a ``password=`` parameter
-    (``?password=Ab9&Zq7Leak``) what follows is a parameter with no ``=``, which its message names
+    Second, what is removed only where no letter or digit touches it (``redacted``), so that a short one hides no word:
+    a password shorter than ``MIN_SECRET_LENGTH`` (``https://u:p@host`` lost every "p" of its message until
+    2026-12-07), and the pieces of a password that libpq shows apart from it: with an unencoded ``@``
+    (``orch:S3cr3t@2024xyz@db``) libpq takes the password to the first ``@`` and the rest as part of the host, and its
+    message names the host (``failed to resolve host '2024xyz@db'``); with an unencoded ``&`` in a ``password=``
+    parameter (``?password=Ab9&Zq7Leak``) what follows is a parameter with no ``=``, which its message names
     (``missing key/value separator "=" in URI query parameter: "Zq7Leak"``). Until 2026-12-07 both were shown."""
     rest = url.partition("://")[2]
     userinfo = rest.partition("@")[0] if "@" in rest else ""
@@ -96,7 +98,9 @@ def _passwords(url: str) -> tuple[list[str], list[str]]:
             values[-1].append(part)
     found += ["&".join(value) for value in values] + [value[0] for value in values if value]
     pieces += [part for value in values for part in value[1:]]
-    return _forms(found), _forms(pieces)
+    whole = _forms(found)
+    short = [password for password in whole if len(password) < MIN_SECRET_LENGTH]
+    return [password for password in whole if password not in short], _forms(pieces + short)
 
 
 def _forms(texts: list[str]) -> list[str]:
@@ -110,7 +114,7 @@ def redacted(text: str, url: str) -> str:
     passwords, pieces = _passwords(url)
     for password in passwords:
         text = text.replace(password, REDACTED)
-    for piece in pieces:  # where no letter or digit touches it: a word that holds it is no piece of the password
+    for piece in pieces:  # where no letter or digit touches it: a word that holds it is no part of the password
         text = re.sub(rf"(?<![0-9A-Za-z]){re.escape(piece)}(?![0-9A-Za-z])", REDACTED, text)
     return sanitize_text(text)
 

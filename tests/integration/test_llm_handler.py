@@ -349,6 +349,65 @@ def test_a_long_key_s_base64_cut_into_lines_at_any_offset_is_replaced(width: int
         assert b64[start:start + 20] not in kept and b64[-24:-4] not in kept, (before, kept)
 
 
+@pytest.mark.parametrize("width", [1, 4, 16, 20, 32, 40, 59])
+@pytest.mark.parametrize("key", [ODD_KEY, "sk-proj-" + "".join(chr(33 + (i * 7) % 90) for i in range(156))],
+                         ids=["short-key", "long-key"])
+def test_a_key_s_base64_cut_into_lines_shorter_than_60_characters_is_replaced(key: str, width: int) -> None:
+    """Lines of 60 or more were the only ones looked for (MIME's 76, PEM's 64): a tool wrapping at 40, or a
+    terminal's narrow column, kept the key's base64."""
+    from orchestrator.handlers.llm_secrets import Secrets
+
+    secrets = Secrets(key)
+    for before in range(0, 9):
+        b64 = base64.b64encode(b"x" * before + key.encode()).decode()
+        for newline in ("\n", "\r\n"):
+            text = newline.join(b64[i:i + width] for i in range(0, len(b64), width))
+            kept = "".join(secrets.drop(text).split())
+            start = -(-8 * before // 6) + 1
+            assert b64[start:start + 12] not in kept and b64[-16:-4] not in kept, (before, kept)
+
+
+# the key as a model or an endpoint may echo it changed: cut short at its start or its end, upper-cased, reversed
+CHANGED_KEYS = {"start-12": PLAIN_KEY[:12], "start-20": PLAIN_KEY[:20], "end-12": PLAIN_KEY[-12:],
+                "end-25": PLAIN_KEY[-25:], "upper": PLAIN_KEY.upper(), "reversed": PLAIN_KEY[::-1]}
+
+
+@pytest.mark.parametrize("where", ["http-error-body", "payload-string"])
+@pytest.mark.parametrize("form", sorted(CHANGED_KEYS))
+def test_a_key_echoed_cut_short_upper_cased_or_reversed_is_replaced(server, where: str, form: str) -> None:
+    """Only the whole key, in its encodings, was looked for: "your key begins plain.Key/01..." or the key in
+    capitals went through."""
+    echoed = CHANGED_KEYS[form]
+    server.mode, server.status = "body", 401 if where == "http-error-body" else 200
+    server.body = json.dumps({"error": {"message": f"Incorrect API key provided: {echoed}. Check it."}}).encode()
+    if where == "payload-string":
+        server.body = chat_reply(json.dumps({"status": "done", "summary": "s", "output": f"the key {echoed}, ok"}))
+    payload = call_llm(CTX, llm_env(server, LLM_API_KEY=PLAIN_KEY))
+    text = payload["output"] if where == "payload-string" else payload["summary"]
+    assert "[REDACTED]" in text and echoed not in text and echoed[:12] not in text and echoed[-12:] not in text, text
+
+
+def test_fewer_than_12_characters_of_the_key_are_ordinary_text_and_kept() -> None:
+    """A short piece of the key cannot be told from text ("plain.Key" is a name, "known-shape" words)."""
+    from orchestrator.handlers.llm_secrets import Secrets
+
+    text = f"{PLAIN_KEY[:11]} and {PLAIN_KEY[-11:]}: plain.Key, a known shape"
+    assert Secrets(PLAIN_KEY).drop(text) == text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key, text", [
+    ("a" * 40, "a" * 5_000_000), ("ab" * 20, "ab" * 2_500_000), (PLAIN_KEY, PLAIN_KEY[:12] * 420_000),
+    (PLAIN_KEY, PLAIN_KEY[-12:] * 420_000), (PLAIN_KEY, (PLAIN_KEY[:-1] + "\\n") * 70_000),
+], ids=["one-letter-key", "two-letter-key", "starts", "ends", "all-but-one"])
+def test_the_parts_of_a_key_are_looked_for_in_linear_time(key: str, text: str) -> None:
+    from helpers import cpu_timed
+    from orchestrator.handlers.llm_secrets import Secrets
+
+    took, kept = cpu_timed(lambda: Secrets(key).drop(text))
+    assert took < 5.0 and key[:12] not in kept and key[-12:] not in kept
+
+
 def test_an_encoding_of_the_key_is_looked_for_only_as_the_key_s_own_so_other_base64_and_hex_stay(server) -> None:
     """The key's encodings are searched for, not text shaped like them: a digest or an id in base64 or hex stays."""
     other = {"status": "done", "summary": "sha256 " + "ab12" * 16,

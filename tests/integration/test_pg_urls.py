@@ -339,3 +339,24 @@ def test_a_split_off_piece_of_a_password_is_removed_only_where_no_letter_or_digi
     text = "a host 'a@db' cannot be reached; a parameter \"ok\" is bad, as okay says; sslmode=bogus"
     assert redacted(text, url) == ("[REDACTED] host '[REDACTED]@db' cannot be reached; [REDACTED] parameter "
                                    "\"[REDACTED]\" is bad, as okay says; sslmode=bogus")
+
+
+@pytest.mark.parametrize("password", ["p", "st", "ost"])
+def test_a_short_password_is_removed_where_it_stands_not_from_every_word(password: str) -> None:
+    """A one-letter password (``https://u:p@host``) was replaced everywhere in the message: every "p" of
+    "postgresql" became ``[REDACTED]``. One shorter than 8 characters is removed only where no letter or digit
+    touches it, as a split-off piece is: in its place in the URL, not inside "host" or "must"."""
+    from orchestrator.errors import ConfigError, StorageUnavailableError
+    from orchestrator.config import store_named
+    from orchestrator.store.pg_connection import connect
+
+    url = f"https://u:{password}@host"
+    with pytest.raises(ConfigError) as refused:
+        store_named(url, {})
+    assert refused.value.message == ("ORCH_STORE_URL / --store must be 'file' or a postgresql:// URL, not "
+                                     "'https://u:[REDACTED]@host'")
+    with pytest.raises(StorageUnavailableError) as failed:
+        connect(f"postgresql://orch:{password}@127.0.0.1:1/jobs")
+    assert failed.value.message.startswith(
+        "cannot connect to PostgreSQL at postgresql://orch:[REDACTED]@127.0.0.1:1/jobs (")
+    assert "port 1 failed" in failed.value.message

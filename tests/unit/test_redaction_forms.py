@@ -155,6 +155,30 @@ def test_pass_flags_naming_where_a_password_is_and_auth_settings_are_kept(text: 
     assert sanitize_text(text) == text
 
 
+# ------------------------------------------------------------- Python's auth=(user, password), as requests takes it
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("requests.get(url, auth=('bob', 'hunter2'))", f"requests.get(url, auth=('bob', '{R}'))"),
+    ('httpx.get(url, auth=("bob", "two words"), timeout=5)', f'httpx.get(url, auth=("bob", "{R}"), timeout=5)'),
+    ("session.auth = (USER, 'hunter2')", f"session.auth = (USER, '{R}')"),
+    ("auth=HTTPBasicAuth('bob', 'hunter2')", f"auth=HTTPBasicAuth('bob', '{R}')"),
+    ("auth=requests.auth.HTTPDigestAuth( 'bob' , 'hunter2' )", f"auth=requests.auth.HTTPDigestAuth( 'bob' , '{R}' )"),
+    ("{'url': 'x', 'auth': ('bob', 'hunter2')}", f"{{'url': 'x', 'auth': ('bob', '{R}')}}"),  # a dict's repr
+    ("AUTH=('bob', 'hunter2')", f"AUTH=('bob', '{R}')"),
+])
+def test_pythons_auth_tuple_of_a_user_and_a_password_has_its_password_redacted(text: str, shown: str) -> None:
+    """requests, httpx and aiohttp take ``auth=(user, password)``: the password is the tuple's second string."""
+    redacts(text, shown)
+
+
+@pytest.mark.parametrize("text", [
+    "requests.get(url, auth=(user, password))", "auth=('bob', password)", "auth=('bob',)", "auth=(None, None)",
+    "auth=token_auth(x)", "auth = ()",
+])
+def test_an_auth_tuple_whose_password_is_no_string_written_there_is_kept(text: str) -> None:
+    assert sanitize_text(text) == text
+
+
 @pytest.mark.parametrize(("obj", "shown"), [
     (["openssl", "pkcs12", "-passin", "pass:hunter2"], ["openssl", "pkcs12", "-passin", f"pass:{R}"]),
     (["redis-cli", "--pass", "hunter2"], ["redis-cli", "--pass", R]),
@@ -327,6 +351,8 @@ def test_property_each_pair_of_a_list_of_pairs_is_walked_as_a_list_of_its_own_un
     pytest.param("-pass " * 840_000, id="pass-flags"), pytest.param("--a" * 1_700_000 + "-pass", id="a-long-flag"),
     pytest.param("auth=" * 1_000_000, id="auths"), pytest.param("auth=" + "QUJD" * 1_250_000, id="auth-long-base64"),
     pytest.param("auth=a:" * 720_000, id="auth-users"),
+    pytest.param("auth=('a', " * 480_000, id="auth-tuples"), pytest.param("auth=" + "a" * 5_000_000, id="auth-name"),
+    pytest.param("auth=(" + "a" * 5_000_000, id="auth-long-user"),
 ])
 def test_five_megabytes_of_these_forms_are_sanitized_in_linear_time(big: str) -> None:
     assert len(big) >= 4_800_000

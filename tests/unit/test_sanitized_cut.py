@@ -268,3 +268,30 @@ def test_base64_lines_are_kept_unless_they_run_into_the_end_line_of_a_key_with_t
     for line in other:
         text = newline.join([line, *key, "2026-12-01 10:00:11 app: -----END PRIVATE KEY-----", "exit 1"])
         assert sanitize_text(text) == newline.join([line, REDACTED, "exit 1"])
+
+
+# -- a .netrc entry of several lines, cut below its machine line ---------------------------------------------
+NETRC_REMAINS = [  # what a tail may begin with when the cut fell at or below an entry's ``machine`` line
+    "login bob\npassword hunter2\n", "chine example.com\nlogin bob\npassword hunter2\n", "gin bob\npassword hunter2\n",
+    "login bob\naccount ops\nport 2222\npassword hunter2\n", "login bob\r\npassword hunter2\r\n",
+    'login bob\npassword "hunter2"\n', "  login bob\npassword hunter2\n", "login bob\n  password hunter2\n",
+    "example.com\nlogin bob password hunter2\n",
+]
+
+
+@pytest.mark.parametrize("remains", NETRC_REMAINS)
+def test_a_tail_cut_below_a_netrc_entrys_machine_line_keeps_none_of_its_password(tmp_path: Path, remains: str) -> None:
+    """``machine h`` / ``login u`` / ``password p`` on lines of their own: without its ``machine`` line the entry is
+    no ``.netrc`` entry ``sanitize_text`` knows ("login failed" then "password mismatch" is prose), and a tail
+    that began below that line kept the password when it kept the lines after its first (a short text, or one
+    that redaction shortened)."""
+    after = "exit 1\n"
+    assert "hunter2" not in sanitized_cut(remains + after, 4000, tail=True, cut=True)
+    assert sanitized_cut(remains + after, 4000, tail=True, cut=True).endswith(after)
+    key = "-----BEGIN PRIVATE KEY-----\n" + "\n".join(["QUJD" * 16] * 300) + "\n-----END PRIVATE KEY-----\n"
+    tail = remains + key + after
+    tail += "step done\n" * ((4000 + CUT_MARGIN - len(tail)) // 10 + 1)  # the window read begins in ``remains``
+    text = "x" * 1000 + "\nmachine example.com\n" + tail[len(tail) - 4000 - CUT_MARGIN:]
+    (tmp_path / "output.log").write_text(text, encoding="utf-8")
+    for kept in (sanitized_cut(text, 4000, tail=True), sanitized_tail(tmp_path / "output.log", 4000)):
+        assert "hunter2" not in kept and kept.endswith("step done\n"), kept[:80]
