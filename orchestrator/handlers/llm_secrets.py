@@ -109,11 +109,13 @@ class Secrets:
 
     def _wrapped_in(self, text: str) -> bool:
         """Whether ``text`` holds a base64 form cut into lines, of any length: it does where the text without its
-        line breaks holds one (two copies and a search a form, ~1 ms a MB where a search for pieces of a line's
-        length missed lines shorter than 60)."""
-        if "\n" not in text and "\r" not in text:
+        line breaks holds one (a copy and a search a form, ~0.7 ms a MB, where a search for pieces of a line's length
+        missed lines shorter than 60)."""
+        has_cr = "\r" in text
+        if "\n" not in text and not has_cr:
             return False
-        unwrapped = text.replace("\n", "").replace("\r", "")
+        unwrapped = text.replace("\n", "")
+        unwrapped = unwrapped.replace("\r", "") if has_cr else unwrapped
         return any(form in unwrapped for form in self._base64_forms)
 
 
