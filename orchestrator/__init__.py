@@ -12,34 +12,43 @@ from orchestrator import start_folder
 
 start_folder.leave_out_if_shared()  # first: ``python3 -m`` put the current folder first on the path (start_folder.py)
 
-from typing import Any  # noqa: E402 - after the path is safe
+from typing import TYPE_CHECKING, Any  # noqa: E402 - after the path is safe
 
 from orchestrator import installed  # noqa: E402
 
-try:
+installed.require()  # a Python without the dependencies: say so, and what to do, as the package is imported
+
+if TYPE_CHECKING:  # what a type checker reads; at run time each name is imported on first use (``__getattr__``)
     from orchestrator.api import JobStatus, Orchestrator, Submission
+    from orchestrator.control import ControlResult
     from orchestrator.errors import OrchestratorError
+    from orchestrator.handlers import JobContext, handler
+    from orchestrator.outcome import RunResult
+    from orchestrator.payload_model import TerminalPayload
     from orchestrator.security import sanitize_text
-except ModuleNotFoundError as exc:  # a Python without the dependencies: say so, and what to do (installed.py)
-    installed.explain(exc)
-    raise
+    from orchestrator.worker import Worker, WorkerSettings
 
 __all__ = ["ControlResult", "JobContext", "JobStatus", "Orchestrator", "OrchestratorError", "RunResult", "Submission",
            "TerminalPayload", "Worker", "WorkerSettings", "handler", "sanitize_text"]
 
-# name -> module: imported on first use, so read-only commands do not import the handler machinery
-_LAZY = {"handler": "orchestrator.handlers", "JobContext": "orchestrator.handlers",
-         "Worker": "orchestrator.worker", "WorkerSettings": "orchestrator.worker",
-         "RunResult": "orchestrator.outcome", "ControlResult": "orchestrator.control",
-         "TerminalPayload": "orchestrator.payload_model"}
+# name -> its module, imported on first use: ``import orchestrator`` (every command's start, before it can handle a
+# stop signal: ``entry``) imports none of them, and a read-only command none of the handler machinery
+_SOURCES = {"Orchestrator": "orchestrator.api", "JobStatus": "orchestrator.api", "Submission": "orchestrator.api",
+            "OrchestratorError": "orchestrator.errors", "sanitize_text": "orchestrator.security",
+            "handler": "orchestrator.handlers", "JobContext": "orchestrator.handlers",
+            "Worker": "orchestrator.worker", "WorkerSettings": "orchestrator.worker",
+            "RunResult": "orchestrator.outcome", "ControlResult": "orchestrator.control",
+            "TerminalPayload": "orchestrator.payload_model"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+    if name not in _SOURCES:
+        raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
+    import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_SOURCES[name]), name)
+    globals()[name] = value  # looked up here only once
+    return value
 
 
 def __dir__() -> list[str]:

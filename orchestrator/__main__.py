@@ -1,4 +1,4 @@
 """``python3 -m orchestrator ...``: the console script without installing it."""
-from orchestrator.cli import main
+from orchestrator.entry import main
 
 main(prog_name="python3 -m orchestrator")

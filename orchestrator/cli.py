@@ -485,13 +485,13 @@ def _run(command: click.Command | str, args: list[str], prog_name: str | None) -
     what the command did, or that nothing was done when it was its help, its version or a usage error that could not
     be printed."""
     with written_whole(report=Output(_wants_json(args), data_on_stdout=True).error):
-        with COMMAND_STOP.handled():
-            try:
+        try:
+            with COMMAND_STOP.handled():  # raises as it begins a stop held since the start (``entry``)
                 found = _script_command(command) if isinstance(command, str) else command
                 _load_dotenv(found, args)
                 _run_command(found, args, prog_name)
-            except (KeyboardInterrupt, Interrupted) as exc:  # KeyboardInterrupt: SIGINT under Python's own handler
-                _interrupted(command, args, exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
+        except (KeyboardInterrupt, Interrupted) as exc:  # KeyboardInterrupt: SIGINT under Python's own handler
+            _interrupted(command, args, exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
 
 
 def _interrupted(command: click.Command | str, args: list[str], signum: int) -> None:
@@ -584,13 +584,14 @@ def _name_the_options(exc: click.ClickException) -> None:
 
 
 def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:
-    """Entry point of the console script and of ``python3 -m orchestrator``. Ends the process (``sys.exit``); SIGTERM
-    and SIGINT stay ignored after the command, until it has exited (``command_stop``)."""
+    """The command line, as the console script and ``python3 -m orchestrator`` run it (through ``entry``, which handles
+    the stop signals before importing this module). Ends the process (``sys.exit``); SIGTERM and SIGINT stay ignored
+    after the command, until it has exited (``command_stop``)."""
     _run(cli, sys.argv[1:] if argv is None else list(argv), prog_name)
 
 
 def run_script(command: str, argv: list[str] | None = None) -> None:
-    """``scripts/<name>.py``: the same command, named as the runbook names it (as ``main``)."""
+    """``scripts/<name>.py`` (through ``entry``): the same command, named as the runbook names it (as ``main``)."""
     _run(command, sys.argv[1:] if argv is None else list(argv), f"scripts/{Path(sys.argv[0]).name}")
 
 

@@ -4,6 +4,6 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from orchestrator.cli import run_script  # noqa: E402
+from orchestrator.entry import run_script  # noqa: E402
 
 run_script("control")

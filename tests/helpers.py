@@ -6,6 +6,7 @@ import json
 import os
 import random
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -50,15 +51,35 @@ def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+# First lines of a child's script: on SIGUSR1 it prints where each of its threads is, which ``finish`` asks for of a
+# child that did not exit in time (a hang in CI then shows where it hung)
+PRINTS_ITS_STACK = "import faulthandler, signal\nfaulthandler.register(signal.SIGUSR1, all_threads=True)\n"
+
+
 def finish(proc: subprocess.Popen[str], timeout: float = WAIT) -> tuple[int, str, str]:
-    """Wait for a worker to exit by itself: (exit code, stdout, stderr); one that does not is a failure."""
+    """Wait for a process (a worker, a command sent a stop signal) to exit by itself: (exit code, stdout, stderr); one
+    that does not is a failure, which shows its stack when its script begins with ``PRINTS_ITS_STACK``."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)  # the stack, or the end of a process that did not ask for it
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(1.0)
         proc.kill()
         out, err = proc.communicate()
-        raise AssertionError(f"worker did not exit: {out}\n{err}") from None
+        raise AssertionError(f"process did not exit within {timeout} s: {out}\n{err}") from None
     return proc.returncode, out, err
+
+
+def waits_for_a_stop(started: Path, params: str = "*args, **kwargs") -> str:
+    """Source of ``def waits(PARAMS)``, which stands in for a command's work in a child's script: it creates
+    ``started`` (the test may send its signal), then waits for ever, in short sleeps: a stop signal that lands in the
+    microseconds between the interpreter's last look for signals and the start of a sleep is handled only when the
+    sleep ends, and one ``time.sleep(60)`` waited out its 60 s (a CI flake at load ~8, 2026-12-07)."""
+    return (f"def waits({params}):\n"
+            f"    open({str(started)!r}, 'w').close()\n"
+            "    while True:\n"
+            "        time.sleep(0.05)\n")
 
 
 def stop(proc: subprocess.Popen[str] | None) -> None:

@@ -142,31 +142,25 @@ def _status_interrupted(cli_env: dict[str, str], tmp_path: Path, *args: str) -> 
     to wait, so that the signal lands inside the command, not in the interpreter's start)."""
     import signal
     import sys
-    import time
 
-    from helpers import REPO
+    from helpers import PRINTS_ITS_STACK, REPO, finish, stop, wait_until, waits_for_a_stop
 
     started = tmp_path / "started"
-    script = ("import sys, time\n"
+    script = (PRINTS_ITS_STACK + "import sys, time\n"
               "from orchestrator import api, cli\n"
-              f"def waits(self, job_id): open({str(started)!r}, 'w').close(); time.sleep(60)\n"
+              + waits_for_a_stop(started, "self, job_id") +
               "api.Orchestrator.status = waits\n"
               "cli.run_script('status', sys.argv[1:])\n")
     proc = subprocess.Popen([sys.executable, "-c", script, "01SOMEJOB", *args], env=cli_env, cwd=str(REPO),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
     try:
-        deadline = time.monotonic() + 20
-        while not started.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.01)
+        wait_until(lambda: started.exists() or proc.poll() is not None, what="the command's read of the job")
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
+        code, out, err = finish(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        stop(proc)
+    return subprocess.CompletedProcess(proc.args, code, out, err)
 
 
 def test_ctrl_c_under_json_is_one_interrupted_object_on_stdout_with_exit_130(cli_env: dict[str, str],

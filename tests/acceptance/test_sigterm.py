@@ -11,7 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import REPO, WAIT
+import pytest
+
+from helpers import PRINTS_ITS_STACK, REPO, WAIT, finish, stop, wait_until, waits_for_a_stop
 from orchestrator import Orchestrator
 from orchestrator.key_files import load_keyring
 
@@ -23,29 +25,25 @@ def _stopped(cli_env: dict[str, str], started: Path, setup: str, command: str, *
              group: bool = False) -> subprocess.CompletedProcess:
     """``command ARGS`` as a real process, ``setup`` (Python run first) making it wait where it writes ``started``,
     then sent SIGTERM (with ``group``, its whole process group, as systemd stops a unit)."""
-    script = f"import sys, time\nfrom orchestrator import cli\n{setup}\ncli.run_script({command!r}, sys.argv[1:])\n"
+    script = (f"{PRINTS_ITS_STACK}import sys, time\nfrom orchestrator import cli\n{setup}\n"
+              f"cli.run_script({command!r}, sys.argv[1:])\n")
     proc = subprocess.Popen([sys.executable, "-c", script, *args], env=cli_env, cwd=str(REPO), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
     try:
-        deadline = time.monotonic() + WAIT
-        while not started.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.01)
+        wait_until(lambda: started.exists() or proc.poll() is not None, what="the command's wait")
         time.sleep(0.1)  # the wait under way (a forked reader's siblings started too)
         (os.killpg if group else os.kill)(proc.pid, signal.SIGTERM)
-        out, err = proc.communicate(timeout=WAIT)
+        code, out, err = finish(proc)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return subprocess.CompletedProcess(proc.args, code, out, err)
 
 
 def _waits_in(module: str, name: str, started: Path) -> str:
-    return (f"from orchestrator import {module}\n"
-            f"def waits(*args, **kwargs): open({str(started)!r}, 'w').close(); time.sleep(60)\n"
-            f"{module}.{name} = waits\n")
+    return f"from orchestrator import {module}\n{waits_for_a_stop(started)}{module}.{name} = waits\n"
 
 
 def test_sigterm_stops_verify_with_one_line_exit_143_and_no_anchor_or_temporary_file_left(
@@ -103,6 +101,52 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+# A child's ``sitecustomize``: its import of the command line (``orchestrator.cli``) waits until the test has sent its
+# signal, a command's start made long enough to be hit for sure
+SLOW_COMMAND_LINE_IMPORT = """
+import os, sys, time
+class SlowCommandLine:
+    def find_spec(self, name, path=None, target=None):
+        if name == "orchestrator.cli":
+            open(os.environ["STARTED"], "w").close()
+            deadline = time.monotonic() + 20
+            while not os.path.exists(os.environ["SENT"]) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return None
+sys.meta_path.insert(0, SlowCommandLine())
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("entry", [["scripts/status.py"], ["-m", "orchestrator", "status"], ["console", "status"]],
+                         ids=["script", "module", "console script"])
+def test_a_stop_signal_while_the_command_line_is_imported_is_the_commands_interrupted_once_it_is(
+        cli_env: dict[str, str], tmp_path: Path, entry: list[str], signum: int) -> None:
+    """The entry points handle the stop signals before they import the command line: until 2026-12-07 a SIGTERM in
+    those 88-237 ms of a start killed the process by the signal (-15, no word), a Ctrl-C printed a traceback."""
+    if entry[0] == "console":  # the ``orchestrator`` an install put beside this Python
+        entry = [str(Path(sys.executable).with_name("orchestrator")), *entry[1:]]
+        if not Path(entry[0]).exists():
+            pytest.skip("the package is not installed here: no console script")
+    (tmp_path / "sitecustomize.py").write_text(SLOW_COMMAND_LINE_IMPORT)
+    started, sent = tmp_path / "started", tmp_path / "sent"
+    env = {**cli_env, "PYTHONPATH": f"{tmp_path}:{cli_env['PYTHONPATH']}", "STARTED": str(started), "SENT": str(sent)}
+    command = entry if entry[0].endswith("orchestrator") else [sys.executable, *entry]
+    proc = subprocess.Popen([*command, "01SOMEJOB"], env=env, cwd=str(REPO), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))  # as in a terminal
+    try:
+        wait_until(lambda: started.exists() or proc.poll() is not None, what="the import of the command line")
+        proc.send_signal(signum)
+        sent.touch()
+        code, out, err = finish(proc)
+    finally:
+        stop(proc)
+    name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else "SIGTERM"
+    assert code == 128 + signum and out == "", (code, out, err)
+    assert err.strip() == f"error[INTERRUPTED]: {MESSAGE.replace('SIGTERM', name)}", err
 
 
 def test_a_sigterm_ignored_when_the_command_starts_stays_ignored(cli_env: dict[str, str]) -> None:

@@ -38,6 +38,31 @@ def test_every_orch_method_and_exported_name_the_readme_uses_exists() -> None:
     assert (REPO / "orchestrator" / "py.typed").exists()
 
 
+def test_each_exported_name_is_its_modules_own_and_dir_lists_them_all() -> None:
+    import importlib
+
+    for name, module in orchestrator._SOURCES.items():  # noqa: SLF001
+        assert getattr(orchestrator, name) is getattr(importlib.import_module(module), name), name
+    assert sorted(orchestrator._SOURCES) == sorted(orchestrator.__all__)  # noqa: SLF001
+    assert set(orchestrator.__all__) <= set(dir(orchestrator))
+    with pytest.raises(AttributeError, match="has no attribute 'Orchestrater'"):
+        orchestrator.Orchestrater  # noqa: B018
+
+
+def test_importing_the_package_imports_none_of_its_modules_until_a_name_is_used() -> None:
+    """A command's start imports the package before any code of its own runs (its stop handlers: ``entry``): it
+    imported ``orchestrator.api`` (the store, the signing, the state), half of that start, until 2026-12-07."""
+    import subprocess
+    import sys
+
+    code = ("import sys, orchestrator\n"
+            "print(sorted(m for m in sys.modules if m.startswith('orchestrator')))\n"
+            "from orchestrator import Orchestrator\n"
+            "print('orchestrator.api' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout
+    assert out.splitlines() == ["['orchestrator', 'orchestrator.installed', 'orchestrator.start_folder']", "True"]
+
+
 def test_the_readme_example_runs_as_written(base: Path) -> None:
     code = re.findall(r"```python\n(.*?)```", python_api_section(), re.S)[1]
     exec(compile(code.replace('"/srv/jobs"', repr(str(base))), "README.md", "exec"), {})  # noqa: S102
