@@ -97,8 +97,9 @@ class Orchestrator:
 
     def close(self) -> None:
         """End the store's connections now (PostgreSQL: its pool, this thread's ``LISTEN`` connection, the deadline's
-        thread), rather than when the garbage collector takes them: a program making one per request would otherwise
-        hold sessions it no longer uses. Closing again does nothing. Close it once its workers' loops have returned."""
+        thread), rather than when it is dropped (its last reference gone; in a reference cycle, the garbage
+        collector's next pass): a program making one per request would otherwise hold sessions it no longer uses.
+        Closing again does nothing. Close it once its workers' loops have returned."""
         self._closed = True
         if self._queue is not None:
             self._queue.close()

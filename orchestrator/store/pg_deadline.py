@@ -5,9 +5,9 @@ keepalives, and psycopg waits for its answer for ever. ``Deadline`` bounds each 
 (``ORCH_PG_DEADLINE_SECONDS``, ``docs/postgres.md``); ``Deadline.until`` bounds, on top of that, every
 call a caller makes while it waits for the database for a limited time (``worker --once``).
 
-The watchdog thread belongs to one store: ``close`` stops it (a closed store leaves no thread), a
-forked child starts its own (it inherits a copy of the parent's state, but no thread: its store calls
-``reset``).
+The watchdog thread belongs to one store: ``close`` stops it (a closed store leaves no thread), a store dropped
+unclosed ends it as its ``Deadline`` goes (``_watch``), a forked child starts its own (it inherits a copy of the
+parent's state, but no thread: its store calls ``reset``).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import os
+import queue
 import socket
 import threading
 import time
@@ -42,10 +43,10 @@ def outcome(write: bool) -> str:
 class Deadline:
     """Cuts the connection of a call to PostgreSQL that has not returned within ``seconds``.
 
-    One thread per store, started by the first call and gone after a quiet period (or at ``close``),
-    sleeps until the earliest deadline and shuts the late call's socket down (``shutdown(SHUT_RDWR)``:
-    the blocked wait wakes at once and psycopg reports the connection lost; a cancel request would need
-    a second connection to the stalled server). The caller then raises ``StorageUnavailableError``. A
+    One thread per store, started by the first call and gone after a quiet period (or at ``close``, or as the
+    ``Deadline`` is dropped), sleeps until the earliest deadline and shuts the late call's socket down
+    (``shutdown(SHUT_RDWR)``: the blocked wait wakes at once and psycopg reports the connection lost; a cancel request
+    would need a second connection to the stalled server). The caller then raises ``StorageUnavailableError``. A
     call pays two dict operations, a thread-local read and a clock read (``arm``/``disarm``);
     ``seconds=None`` turns the per-call bound off (``until`` still applies).
     """
@@ -62,7 +63,10 @@ class Deadline:
         (and may hold a lock another thread held at the fork) while no thread watches."""
         self._due.clear()  # the parent's calls in flight are not this process's
         self._lock = threading.Lock()  # held while a socket is shut down, and to start or stop the thread
-        self._wake = threading.Event()  # set by a call due sooner than the watcher sleeps, and by ``close``
+        # a put wakes the watcher: by a call due sooner than it sleeps, by ``close``, and by the weak reference's
+        # callback of a dropped ``Deadline`` (``_start``), which may run anywhere, the watcher's own wait included:
+        # ``SimpleQueue.put`` takes no lock (an ``Event``'s ``set`` does, possibly one its thread holds: a deadlock)
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._wake_at = math.inf
         self._watching = False
         self._closing = False
@@ -86,7 +90,7 @@ class Deadline:
             due = until
         self._due[conn] = due
         if due < self._wake_at:  # sooner than the watcher sleeps (a call inside ``until``): it looks again
-            self._wake.set()
+            self._wake.put(None)
         if not self._watching:
             self._start()
 
@@ -94,7 +98,7 @@ class Deadline:
         """False if the deadline passed and the connection was cut (the caller must close it)."""
         if self._due.pop(conn, None) is not None:
             if self._closing:  # ``close`` waits for the calls in flight: the watcher looks again
-                self._wake.set()
+                self._wake.put(None)
             return True
         with self._lock:  # the watcher has it: wait until it is done (the fd must not be reused meanwhile)
             self._due.pop(conn, None)  # put back: it was not due
@@ -173,7 +177,7 @@ class Deadline:
         this (there should be none) starts it again."""
         with self._lock:
             thread, self._closing = self._thread, True
-        self._wake.set()
+        self._wake.put(None)
         if thread is not None and thread is not threading.current_thread():
             thread.join()
         with self._lock:
@@ -183,26 +187,29 @@ class Deadline:
         with self._lock:
             if not self._watching:
                 self._watching = True
-                self._thread = threading.Thread(target=self._watch, name="orch-pg-deadline", daemon=True)
+                wake = self._wake
+                owner = weakref.ref(self, lambda _gone: wake.put(None))  # the watcher wakes as the owner goes
+                self._thread = threading.Thread(target=_watch, args=(owner, wake), name="orch-pg-deadline",
+                                                daemon=True)
                 self._thread.start()
 
-    def _watch(self) -> None:
-        idle_since: float | None = None  # when the watcher last found nothing armed
-        while True:
-            self._wake_at = math.inf  # from here on, every ``arm`` wakes the wait below: none is missed
-            self._wake.clear()
-            if self._closing and self._stop():
-                return
-            now = time.monotonic()
-            next_due = self._cut_late_calls(now)
-            if next_due is not None:
-                idle_since = None
-            elif idle_since is None:
-                idle_since = now
-            elif now - idle_since >= self._quiet and self._stop():
-                return
-            self._wake_at = next_due if next_due is not None else idle_since + self._quiet  # type: ignore[operator]
-            self._wake.wait(max(0.0, self._wake_at - now))
+    def _look(self, idle_since: float | None) -> tuple[float, float | None] | None:
+        """One look of the watcher (``_watch``): cut the late calls; None if it stops now, else how long it sleeps and
+        since when it has found nothing armed (``idle_since``, None: a call is armed)."""
+        self._wake_at = math.inf  # from here on, every ``arm`` wakes the watcher's wait: none is missed
+        _drain(self._wake)
+        if self._closing and self._stop():
+            return None
+        now = time.monotonic()
+        next_due = self._cut_late_calls(now)
+        if next_due is not None:
+            idle_since = None
+        elif idle_since is None:
+            idle_since = now
+        elif now - idle_since >= self._quiet and self._stop():
+            return None
+        self._wake_at = next_due if next_due is not None else idle_since + self._quiet  # type: ignore[operator]
+        return max(0.0, self._wake_at - now), idle_since
 
     def _cut_late_calls(self, now: float) -> float | None:
         """Cut every call due by ``now``; the earliest deadline still ahead, None if none. A function of its own so
@@ -241,6 +248,28 @@ class Deadline:
                     sock.shutdown(socket.SHUT_RDWR)
             except Exception:  # noqa: BLE001 - already closed: nothing left to unblock
                 pass
+
+
+def _watch(owner: weakref.ref[Deadline], wake: queue.SimpleQueue[None]) -> None:
+    """The watchdog thread: it holds its ``Deadline`` only while it looks (``Deadline._look``), never while it sleeps,
+    so a store dropped unclosed takes it along, and the weak reference's callback wakes the thread to end. Until
+    2026-12-07 the thread held it, and slept out its quiet period: 30 ``Orchestrator``s dropped in a loop left 30."""
+    idle_since: float | None = None
+    while True:
+        deadline = owner()
+        look = None if deadline is None else deadline._look(idle_since)  # noqa: SLF001
+        del deadline
+        if look is None:
+            return
+        sleep, idle_since = look
+        with contextlib.suppress(queue.Empty):
+            wake.get(timeout=sleep)
+
+
+def _drain(wake: queue.SimpleQueue[None]) -> None:
+    """Take every wake-up already put: the watcher is about to look, which is what they asked for."""
+    while not wake.empty():  # the watcher alone takes from it
+        wake.get_nowait()
 
 
 class _QuietCutPipelines(logging.Filter):

@@ -174,10 +174,10 @@ class PostgresStore(EventStore):
         self._inherited: list[Any] = []  # see ``_after_fork_in_child``
         self._indexes: weakref.WeakSet[Any] = weakref.WeakSet()  # queue indexes, each with its LISTEN connection
         # every machine's default clock: the server's (``pg_clock``), sampled by ``_take``; its first read before
-        # any call makes one (a call with no statement of its own: ``_take`` samples)
-        self.shared_clock = ServerClock(lambda: self._run(lambda conn: None))
-        # a store dropped unclosed ends its sessions when collected, not with psycopg's warning of a connection
-        # deleted open (``close`` runs it at once)
+        # any call makes one (``_sampling_call``)
+        self.shared_clock = ServerClock(_sampling_call(weakref.ref(self)))
+        # a store dropped unclosed ends its sessions as its last reference goes, not with psycopg's warning of a
+        # connection deleted open (``close`` runs it at once)
         self._close_pooled = weakref.finalize(self, _close_connections, self._idle)
         _STORES.add(self)
 
@@ -579,6 +579,19 @@ class PostgresStore(EventStore):
 
     def __repr__(self) -> str:
         return redacted(f"PostgresStore({self.url!r}, project={self.project!r})", self.url)
+
+
+def _sampling_call(store: weakref.ref[PostgresStore]) -> Callable[[], None]:
+    """The clock's first call: one with no statement of its own (``_take`` samples). Through a weak reference, as the
+    clock is the store's: a strong one made a cycle, so a dropped store kept its sessions until the garbage collector's
+    next pass (until 2026-12-07). A clock read after its store went raises ``StoreClosedError``."""
+    def call() -> None:
+        owner = store()
+        if owner is None:
+            raise StoreClosedError()
+        owner._run(lambda conn: None)  # noqa: SLF001
+
+    return call
 
 
 def _close_connections(idle: list[Any]) -> None:

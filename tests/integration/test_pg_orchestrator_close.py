@@ -1,7 +1,7 @@
 """An Orchestrator on PostgreSQL lets its sessions go: ``close()``, or the end of a ``with`` block, ends them at once,
-and one dropped without it ends them when the garbage collector takes it, not a watchdog's quiet period later; a
-closed one refuses every call, ``STORE_CLOSED``, and opens no session (README, "Python API"; docs/postgres.md,
-"Connections")."""
+and one dropped without it ends them as its last reference goes, with no garbage collector needed (its store is in no
+reference cycle), not a watchdog's quiet period later; a closed one refuses every call, ``STORE_CLOSED``, and opens no
+session (README, "Python API"; docs/postgres.md, "Connections")."""
 from __future__ import annotations
 
 import gc
@@ -16,9 +16,9 @@ import pytest
 import worker_handlers  # noqa: F401  (registers t.* handlers)
 from orchestrator import Orchestrator, OrchestratorError
 from orchestrator.signing import Keyring
-from orchestrator.store.postgres import connect
+from orchestrator.store.postgres import PostgresStore, connect
 
-from backends import TestPostgresStore, require_pg
+from backends import TestPostgresStore, require_pg, unique_project
 from helpers import wait_until
 
 pytestmark = pytest.mark.postgres
@@ -47,17 +47,56 @@ def _no_session_left(named: SimpleNamespace, why: str) -> None:
     wait_until(lambda: named.sessions() == 0, PROMPTLY, f"the sessions of {why} to end")
 
 
+def _watchdog_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "orch-pg-deadline"}
+
+
 def _watchdogs() -> int:
-    return sum(1 for t in threading.enumerate() if t.name == "orch-pg-deadline")
+    return len(_watchdog_threads())
 
 
-def test_dropped_orchestrators_leave_no_session_open_once_collected(named, base: Path, keyring: Keyring) -> None:
+@pytest.fixture
+def no_collector() -> Iterator[None]:
+    """The garbage collector off: what a dropped object frees then is freed by reference counting alone."""
+    was_on = gc.isenabled()
+    gc.disable()
+    yield
+    if was_on:
+        gc.enable()
+
+
+def test_dropped_orchestrators_end_their_sessions_without_the_garbage_collector(
+        named, base: Path, keyring: Keyring, no_collector) -> None:
     for _ in range(5):
         orch = _orchestrator(named, base, keyring)
-        orch.status(orch.submit("t.echo"))
-        del orch
-    gc.collect()
+        job_id = orch.submit("t.echo")
+        with orch.worker(worker_id="w1") as worker:
+            assert worker.run_once().job_id == job_id
+        del orch, worker
     _no_session_left(named, "five dropped orchestrators")
+
+
+def test_dropped_orchestrators_leave_no_deadline_watchdog_behind(named, base: Path, keyring: Keyring,
+                                                                  no_collector) -> None:
+    before = _watchdog_threads()
+    orchestrators = [_orchestrator(named, base, keyring) for _ in range(5)]
+    for orch in orchestrators:
+        orch.status(orch.submit("t.echo"))
+    theirs = _watchdog_threads() - before  # other tests' stores may end theirs meanwhile
+    assert len(theirs) == 5
+    del orch
+    orchestrators.clear()
+    wait_until(lambda: not any(t.is_alive() for t in theirs), PROMPTLY,
+               "the watchdogs of five dropped orchestrators to end")
+
+
+def test_a_clock_kept_after_its_store_went_refuses_with_store_closed(no_collector) -> None:
+    store = PostgresStore(require_pg(), unique_project())
+    clock = store.shared_clock
+    del store
+    with pytest.raises(OrchestratorError) as caught:
+        clock()  # its first read, before any call: it would make one
+    assert (caught.value.code, caught.value.exit_code) == ("STORE_CLOSED", 10)
 
 
 def test_close_ends_every_session_and_the_deadline_watchdog_at_once(named, base: Path, keyring: Keyring) -> None:

@@ -1,5 +1,6 @@
-"""The deadline's watchdog thread (``store/pg_deadline.py``) watches calls, never keeps their connections: a store
-dropped while its watchdog waits out its quiet period must not leave its sessions open that long."""
+"""The deadline's watchdog thread (``store/pg_deadline.py``) watches calls, never keeps their connections nor its
+deadline: a store dropped while its watchdog waits out its quiet period must not leave its sessions, nor the thread,
+that long."""
 from __future__ import annotations
 
 import math
@@ -31,3 +32,15 @@ def test_the_watchdog_keeps_no_connection_alive_while_it_waits_for_the_next_dead
         assert gone() is None, "the watchdog's frame still holds the connection of a call that returned"
     finally:
         deadline.close()
+
+
+def test_a_dropped_deadline_s_watchdog_ends_at_once_not_after_its_quiet_period() -> None:
+    deadline = Deadline(10.0)
+    conn = _Connection()
+    deadline.arm(conn)
+    assert deadline.disarm(conn)
+    thread = deadline._thread  # noqa: SLF001
+    assert thread is not None and thread.is_alive()
+    del deadline
+    thread.join(2.0)
+    assert not thread.is_alive(), "the watchdog of a dropped deadline waits out its quiet period"
