@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Container, Iterable, Iterator, Sequence
 
@@ -40,6 +41,7 @@ from orchestrator.state import counted_stop
 # ``AUDIT_HEAD``: the head record of the audit log (like ``heads/<job_id>`` for a job): without it, a log cut at a line
 # boundary, or whose last newline was damaged, would look complete
 from orchestrator.store.base import AUDIT_HEAD, AUDIT_STREAM, AuxWrites, Builder, Head, LockedHead
+from orchestrator.store.locks import bounded_waits
 
 if TYPE_CHECKING:
     from orchestrator.api import JobView, Orchestrator
@@ -48,6 +50,11 @@ MARKERS_AREA = "audited"
 AUDIT_ENTRY_MISSING = "AUDIT_ENTRY_MISSING"  # an audited event has no entry (a crash; healed by the next command)
 log = logging.getLogger(__name__)
 LOCK_BUCKETS = 64
+# How long a reader (``verify``, ``audit-timeline``) waits, all jobs together, for the actions in flight on jobs whose
+# audit entry it found missing (``wait_for_actions``): an action holds its job's pending lock for milliseconds, or up
+# to the store's deadline while the audit log's row is contended; a writer paused longer leaves its entry reported
+# missing.
+IN_FLIGHT_WAIT = 5.0
 HEAL_BATCH = 500  # jobs a bulk heal (audit heal, metrics) loads and passes to ``heal`` at a time
 
 # event type -> the audit action that explains it; every such event must have one audit entry
@@ -128,6 +135,23 @@ def pending(orch: "Orchestrator", job_id: str) -> Iterator[None]:
     """
     with orch.store.exclusive(pending_lock(job_id)):
         yield
+
+
+def wait_for_actions(orch: "Orchestrator", job_ids: Iterable[str]) -> None:
+    """Take and let go each job's pending lock in turn (one order everywhere, as ``heal``), so that an action in
+    flight on it has written its entry; for ``IN_FLIGHT_WAIT`` at most, all together. A lock held longer (a writer
+    paused), or one that cannot be taken (a store this process cannot write its lock file in), ends the wait: what
+    is missing then is reported."""
+    end = time.monotonic() + IN_FLIGHT_WAIT
+    try:
+        for job in sorted(job_ids, key=pending_lock):
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            with orch.store.calls_end_by(end), bounded_waits(lambda: False, left), pending(orch, job):
+                pass
+    except OrchestratorError as exc:
+        log.info("stopped waiting for the actions in flight: %s", exc.message, extra={"code": exc.code})
 
 
 # -- a symbolic link in the audit log's place -------------------------------------------------------------
@@ -400,14 +424,15 @@ def heal_found_quietly(orch: "Orchestrator", todo: list[Unaudited], *, now: floa
         return []
 
 
-def entries_for(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | None = None
+def entries_for(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | None = None, from_seq: int = 1
                 ) -> tuple[list[Any], list[tuple[int, dict[str, Any]]]]:
-    """All audit lines, and the parsed entries naming ``job_id`` and/or ``run_id``.
+    """The audit lines from ``from_seq`` on (all by default), and the parsed entries naming ``job_id`` and/or
+    ``run_id``.
 
     Canonical JSON makes ``"job_id":"X"`` an exact byte pattern, so only matching lines are
     parsed. Returns the lines too, since a caller verifying an entry needs the one before it.
     """
-    lines = orch.store.read(AUDIT_STREAM)
+    lines = orch.store.read(AUDIT_STREAM, from_seq=from_seq)
     needles = [canonical_pair("job_id", job_id) if job_id else None, canonical_pair("run_id", run_id) if run_id else None]
     out = []
     for stored in lines:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +18,7 @@ from typing import Any, Callable
 from orchestrator import clock
 from orchestrator import processes as processes_
 from orchestrator.api import Orchestrator
-from orchestrator.audit import AUDIT_ENTRY_MISSING, pending_lock
+from orchestrator.audit import AUDIT_ENTRY_MISSING, wait_for_actions
 from orchestrator.errors import (InvalidInputError, JobNotFoundError, OrchestratorError, PathEscapeError,
                                  SigningKeyError, UnusableFileError)
 from orchestrator.history import ROLLED_BACK, Problem, check_head_record, verify_stream
@@ -31,14 +30,9 @@ from orchestrator.signing import (KEY_REVOKED, SIGNATURE_INVALID, UNKNOWN_KEY, c
                                   parse_line)
 from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import AUDIT_STREAM
-from orchestrator.store.locks import bounded_waits
 from orchestrator.worker_folders import loose_folders
 
 ANCHOR_FORMAT = "jsonl-orchestrator/anchor/v1"
-# How long ``verify`` waits, all jobs together, for the actions in flight on jobs whose audit entry it found missing
-# (``_still_missing``): an action holds its job's pending lock for milliseconds, or up to the store's deadline while
-# the audit log's row is contended; a writer paused longer leaves its entry reported missing.
-IN_FLIGHT_WAIT = 5.0
 log = logging.getLogger(__name__)
 
 
@@ -107,7 +101,7 @@ def _still_missing(orch: Orchestrator, warnings: list[Problem], seen: int) -> li
     """``warnings`` without the ``AUDIT_ENTRY_MISSING`` of an event whose entry was written since the audit log was
     read (its first ``seen`` lines, before the jobs): the log's later lines are read, and for an event whose entry is
     still not there, the action may be between the two (its writer holds the job's pending lock from before its
-    event until after its entry, ``audit.pending``): its lock is waited for (``IN_FLIGHT_WAIT`` at most, all jobs
+    event until after its entry, ``audit.pending``): its lock is waited for (``audit.wait_for_actions``, all jobs
     together) and those lines read again. Until 2026-12-07 a verify of a live project warned of every action since
     its first read. An entry a crash left out (its writer's lock gone with it) is still reported."""
     missing = [w for w in warnings if w.code == AUDIT_ENTRY_MISSING]
@@ -120,31 +114,12 @@ def _still_missing(orch: Orchestrator, warnings: list[Problem], seen: int) -> li
         except (OrchestratorError, IndexError):  # gone since (a removed job): reported as it was
             continue
     logged = _logged_since(orch, seen)
-    waiting = sorted({w.stream for w in missing if events.get(id(w)) not in logged | {None}}, key=pending_lock)
+    waiting = {w.stream for w in missing if events.get(id(w)) not in logged | {None}}
     if waiting:
-        _wait_for_actions(orch, waiting)
+        wait_for_actions(orch, waiting)
         logged |= _logged_since(orch, seen)
     written = {id(w) for w in missing if events.get(id(w)) in logged}
     return [w for w in warnings if id(w) not in written]
-
-
-def _wait_for_actions(orch: Orchestrator, job_ids: list[str]) -> None:
-    """Take and let go each job's pending lock in turn (one order everywhere, as ``audit.heal``), so that an action in
-    flight on it has written its entry; for ``IN_FLIGHT_WAIT`` at most, all together. A lock held longer (a writer
-    paused), or one that cannot be taken (a store this process cannot write its lock file in), ends the wait: what
-    is missing then is reported."""
-    from orchestrator.audit import pending
-
-    end = time.monotonic() + IN_FLIGHT_WAIT
-    try:
-        for job in job_ids:
-            left = end - time.monotonic()
-            if left <= 0:
-                return
-            with orch.store.calls_end_by(end), bounded_waits(lambda: False, left), pending(orch, job):
-                pass
-    except OrchestratorError as exc:
-        log.info("verify stopped waiting for the actions in flight: %s", exc.message, extra={"code": exc.code})
 
 
 def _cross_check(report: VerifyReport, job_id: str, view: Any, claims: list[tuple[int, str]]) -> None:

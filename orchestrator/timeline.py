@@ -14,6 +14,11 @@ Finding the data reads one job and the audit log, never every job:
 * ``--run-id R``: the job is found from the audit lines naming ``R``; a run with no audit
   entry is found in the projection cache (``projection.job_of_run``), refreshed incrementally.
 
+The audit log is read before the job, as ``verify`` reads it: an entry is written once its event is durable, so an
+action while the timeline reads can never leave an entry naming an event the job's read lacks (only a cut or rolled
+back job file can); the entries of the job's read that the log's read lacks are read on, after the action in flight
+between its event and its entry (``audit.wait_for_actions``), so that action is no missing entry either.
+
 Status per line: ``ok``; for a job event, the verification problem of that line, or
 ``AFTER_DAMAGE`` for lines after the first damaged one (never trusted), or
 ``AUDIT_ENTRY_MISSING`` for an audited event without entry (a warning, as in ``verify``: the event
@@ -23,7 +28,7 @@ the job event it names is not in the job's history (a cut or rolled back file).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import audit
@@ -113,35 +118,26 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
         since_t = from_iso(since) if since is not None else None  # "" is no time, not no filter
     except (ValueError, OverflowError):
         raise InvalidInputError(f"since {shown(since)} is not an ISO-8601 time ({ISO_FORMS})") from None
+    # the audit log BEFORE the job: an entry is written once its event is durable, so each entry read names an event
+    # the job's read holds, unless its file was cut back (until 2026-12-07 the job was read first, and an action
+    # between the two reads was AUDIT_EVENT_MISSING, exit 7, on a healthy job)
+    log = _read_log(orch, job_id)
     try:
         view = orch.load(job_id, every_signature=True)  # it says "every line verified": each signature checked
     except JobNotFoundError:
-        view = _gone(orch, job_id)  # its files deleted, and the audit log says what happened to it
-    # the audit log is a symbolic link (never followed), a FIFO, a socket or a directory holding files: its problem,
-    # as ``verify`` lists it. Looked at before it is read, so a FIFO is never opened
-    audit_link = audit_cut = None
-    not_healed: list[str] = []  # why the missing entries were not written here (a full disk)
-    try:
-        orch.store.refuse_unusable(AUDIT_STREAM)
-        head_raw = orch.store.get_aux(*audit.AUDIT_HEAD)  # before the lines: a racing append only makes them longer
-        lines, entries = audit.entries_for(orch, job_id=job_id)
-        # a log cut against its head record (entries removed from its end) is reported as ``verify`` reports it, and
-        # nothing is written onto it (``audit.refuse_cut``): its missing entries are the cut's, not a crash's
-        audit_cut = check_head_record(AUDIT_STREAM, lines, head_raw or None, orch.keyring)
-        audited = _named_events(entries)
-        # the entries the log lacks, found in the log itself: a marker outlives its entry in a log restored from an
-        # older copy (``audit.unmarked``)
-        if (heal and view.ok and audit_cut is None
-                and audit.heal_quietly(orch, [view], logged=audited, not_written=not_healed)):
-            lines, entries = audit.entries_for(orch, job_id=job_id)
-            audited = _named_events(entries)
-    except (PathEscapeError, UnusableFileError) as exc:
-        lines, entries, audited, audit_link = [], [], set(), Problem.unusable(AUDIT_STREAM, exc)
-    audit_problem = audit_link or audit_cut
-    bad = {p.line: p.code for p in view.problems if p.stream == job_id and p.line}
-    first_bad = min(bad) if bad else None
+        view = _gone(orch, job_id, log.entries)  # its files deleted, and the audit log says what happened to it
     hashes = [line_hash(s.raw) for s in view.stream.lines]
     known = set(hashes)
+    _read_entries_since(orch, log, view, known)
+    not_healed: list[str] = []  # why the missing entries were not written here (a full disk)
+    # the entries the log lacks, found in the log itself: a marker outlives its entry in a log restored from an older
+    # copy (``audit.unmarked``)
+    if (heal and view.ok and log.problem is None
+            and audit.heal_quietly(orch, [view], logged=log.named, not_written=not_healed)):
+        _read_on(orch, log, job_id, known)
+    audited = log.named
+    bad = {p.line: p.code for p in view.problems if p.stream == job_id and p.line}
+    first_bad = min(bad) if bad else None
     needs_entry = {view.stream.lines[i].seq: act for i, act in audit.audited(view.stream.records)}  # seq -> action
     events: list[Line] = []
     for stored, eh in zip(view.stream.lines, hashes):
@@ -150,15 +146,15 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
         except (ValueError, RecursionError):
             rec = {}
         status = bad.get(stored.seq) or ("ok" if first_bad is None or stored.seq < first_bad else AFTER_DAMAGE)
-        if status == "ok" and stored.seq in needs_entry and eh not in audited and not audit_link:
+        if status == "ok" and stored.seq in needs_entry and eh not in audited and not log.link:
             status = AUDIT_ENTRY_MISSING
         events.append(Line(str(rec.get("ts", "")), "event", stored.seq, str(rec.get("type", "?")),
                            str(rec.get("actor", "")), rec.get("run_id"), _detail(rec), status))
     named: dict[str, list[Line]] = {}  # event hash -> the entries naming that event, in audit-log order
     loose: list[Line] = []  # entries naming no event of this history, in audit-log order
-    for seq, rec in entries:
-        checked = verify_stream(AUDIT_STREAM, [lines[seq - 1]], orch.keyring,
-                                prev_line=lines[seq - 2].raw if seq > 1 else None)
+    for seq, rec in log.entries:
+        checked = verify_stream(AUDIT_STREAM, [log.lines[seq - 1]], orch.keyring,
+                                prev_line=log.lines[seq - 2].raw if seq > 1 else None)
         eh = (rec.get("data") or {}).get("event_hash")
         names_event = isinstance(eh, str) and eh in known
         status = (checked.problems[0].code if checked.problems
@@ -184,7 +180,7 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
         # and a stop counted as a failed attempt (a job_failed) under its entry's action, job_released
         out = [ln for ln in out if ln.what in wanted or (ln.source == "event" and needs_entry.get(ln.seq) == action)]
     unaudited = [ln.seq for ln in out if ln.status == AUDIT_ENTRY_MISSING]
-    if audit_cut is not None:
+    if log.cut is not None:
         why = ("the audit log was cut (its problem above): keep the store as it is, restore the log from a backup "
                "(docs/runbook.md, section E), then run")
     elif not_healed:
@@ -192,35 +188,93 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
     else:
         why = ("not written here, since a read command writes one only with a signing key this machine already has "
                "and may use: run")
-    cause = "" if audit_cut is not None else " (a crash came between the event and its entry)"
+    cause = "" if log.cut is not None else " (a crash came between the event and its entry)"
     warnings = [{"code": AUDIT_ENTRY_MISSING, "events": unaudited,
                  "message": f"event(s) {', '.join(f'#{n}' for n in unaudited)} of job {job_id} have no audit entry"
                             f"{cause}; {why} `orchestrator audit heal --job-id {job_id}` where the project's signing "
                             "key is"}
                 ] if unaudited else []
     return {"job_id": job_id, "run_id": run_id, "lines": [ln.to_dict() for ln in out],
-            "ok": all(ln.status in ("ok", AUDIT_ENTRY_MISSING) for ln in out) and view.ok and not audit_problem,
-            "problems": [p.to_dict() for p in [*view.problems, *filter(None, [audit_problem])]], "warnings": warnings}
+            "ok": all(ln.status in ("ok", AUDIT_ENTRY_MISSING) for ln in out) and view.ok and not log.problem,
+            "problems": [p.to_dict() for p in [*view.problems, *filter(None, [log.problem])]], "warnings": warnings}
 
 
-def _gone(orch: "Orchestrator", job_id: str) -> "JobView":
-    """The job that has neither events nor a head record (both deleted) but entries in the audit log: a history
+def _gone(orch: "Orchestrator", job_id: str, entries: list[tuple[int, dict[str, Any]]]) -> "JobView":
+    """The job that has neither events nor a head record (both deleted) but ``entries`` in the audit log: a history
     with no line and one problem, ``AUDIT_EVENT_MISSING`` (as ``verify`` reports each of those entries), so that its
     timeline shows the entries, each ``AUDIT_EVENT_MISSING``, and exits 7. A job the log names nowhere either is
-    ``JOB_NOT_FOUND`` (raised again), as is every job when the log cannot be read (a link, a FIFO)."""
+    ``JOB_NOT_FOUND`` (raised again), as is every job when the log cannot be read (a link, a FIFO: no entries)."""
     from orchestrator.views import JobView
 
-    try:
-        orch.store.refuse_unusable(AUDIT_STREAM)
-        _, entries = audit.entries_for(orch, job_id=job_id)
-    except (PathEscapeError, UnusableFileError):
-        entries = []
     if not entries:
         raise JobNotFoundError(f"no job {job_id!r} in project {orch.project_id!r}", job_id=job_id)
     message = (f"job {job_id} has no events file and no head record, yet the audit log holds {len(entries)} "
                "entr" + ("y" if len(entries) == 1 else "ies") + " of it: its files were deleted; restore them from "
                "a backup (docs/runbook.md, section E)")
     return JobView(job_id, VerifiedStream(job_id, []), None, (Problem(job_id, 0, AUDIT_EVENT_MISSING, message),))
+
+
+@dataclass
+class _LogRead:
+    """What ``timeline`` read of the audit log: its lines (an entry is verified against the one before it), the job's
+    entries among them, and the log's own problem, as ``verify`` lists it: a symbolic link (never followed), a FIFO,
+    a socket or a directory holding files in its place (``link``: nothing read), or a cut against its head record
+    (``cut``: entries removed from its end, so its missing entries are the cut's, not a crash's, and nothing is
+    written onto it, ``audit.refuse_cut``)."""
+
+    lines: list[Any] = field(default_factory=list)
+    entries: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    link: Problem | None = None
+    cut: Problem | None = None
+
+    @property
+    def problem(self) -> Problem | None:
+        return self.link or self.cut
+
+    @property
+    def named(self) -> set[str]:
+        return _named_events(self.entries)
+
+
+def _read_log(orch: "Orchestrator", job_id: str) -> _LogRead:
+    """The audit log's lines and the job's entries. What is in the log's place is looked at before it is read, so a
+    FIFO is never opened."""
+    try:
+        orch.store.refuse_unusable(AUDIT_STREAM)
+        head_raw = orch.store.get_aux(*audit.AUDIT_HEAD)  # before the lines: a racing append only makes them longer
+        lines, entries = audit.entries_for(orch, job_id=job_id)
+    except (PathEscapeError, UnusableFileError) as exc:
+        return _LogRead(link=Problem.unusable(AUDIT_STREAM, exc))
+    return _LogRead(lines, entries, cut=check_head_record(AUDIT_STREAM, lines, head_raw or None, orch.keyring))
+
+
+def _read_on(orch: "Orchestrator", log: _LogRead, job_id: str, known: set[str]) -> None:
+    """``log`` with the lines written since it was read, and of the job's entries among them those naming an event
+    of its history as read (``known``, read after the log): the others came after what the timeline shows."""
+    try:
+        lines, entries = audit.entries_for(orch, job_id=job_id, from_seq=len(log.lines) + 1)
+    except (PathEscapeError, UnusableFileError):  # put in the log's place since: what was read stands
+        return
+    log.lines.extend(lines)
+    log.entries.extend(entry for entry in entries if _named_events([entry]) & known)
+
+
+def _read_entries_since(orch: "Orchestrator", log: _LogRead, view: "JobView", known: set[str]) -> None:
+    """Read on for the entries of the job's audited events that the log's read lacks: written since (an action
+    between the log's read and the job's), or about to be (an action between its event and its entry holds the
+    job's pending lock: waited for, ``audit.wait_for_actions``, as ``verify`` does). An entry a crash left out is
+    still missing after that: a warning (``AUDIT_ENTRY_MISSING``), written by the heal where the key is."""
+    for wait in (False, True):
+        if log.problem is not None or _audited_events(view) <= log.named:
+            return
+        if wait:
+            audit.wait_for_actions(orch, [view.job_id])
+        _read_on(orch, log, view.job_id, known)
+
+
+def _audited_events(view: "JobView") -> set[str]:
+    """The hashes of the job's events that must have an audit entry (``audit.audited``)."""
+    return {line_hash(view.stream.lines[i].raw) for i, _ in audit.audited(view.stream.records)}
 
 
 def _named_events(entries: list[tuple[int, dict[str, Any]]]) -> set[str]:

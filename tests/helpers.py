@@ -9,6 +9,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -170,6 +171,50 @@ def taken_over_while_it_runs(worker: Any, claim: Any, takeover: Callable[[], Non
         return worker.execute(claim)
     finally:
         faults.disarm_all()
+
+
+def after_first_call(monkeypatch: pytest.MonkeyPatch, obj: Any, name: str, meanwhile: Callable[[], object],
+                     when: Callable[..., bool] = lambda *args, **kwargs: True) -> None:
+    """``obj.name``, whose first call (of those ``when`` accepts, given its arguments) then runs ``meanwhile``:
+    another machine's writes, between two reads of a command that reads the store."""
+    original = getattr(obj, name)
+    done: list[bool] = []
+
+    def racing(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        if isinstance(result, Iterator):  # a listing made as it is walked (files): made before the writes
+            result = iter(list(result))
+        if not done and when(*args, **kwargs):
+            done.append(True)
+            meanwhile()
+        return result
+
+    monkeypatch.setattr(obj, name, racing)
+
+
+def read_while_an_action_is_in_flight(action: Callable[[], object], read: Callable[[], T]) -> tuple[T, float]:
+    """``read()`` while ``action`` (an audited append, run in another thread) is paused between its event and its
+    audit entry, holding the job's pending lock; the action goes on a second into the read. What ``read`` returned,
+    and how long it took: one that waits for the action takes half a second or more."""
+    from orchestrator import faults
+
+    between, release = threading.Event(), threading.Event()
+
+    def pause() -> None:
+        between.set()
+        release.wait(WAIT)
+
+    faults.arm("append.after_event", pause)
+    operator = threading.Thread(target=action, name="an-operator")
+    operator.start()
+    try:
+        assert between.wait(WAIT)
+        threading.Timer(1.0, release.set).start()  # once the read has read the job and waits for the lock
+        started = time.monotonic()
+        return read(), time.monotonic() - started
+    finally:
+        release.set()
+        operator.join(WAIT)
 
 
 def events(orch: Any, job_id: str) -> list[dict]:

@@ -37,7 +37,9 @@ def audit_timeline(orch: Any, out: Output, job_id: str | None, run_id: str | Non
     AUDIT_EVENT_MISSING). Exits 7 when any line shown, or the job's history, failed verification;
     an audited event without its entry (AUDIT_ENTRY_MISSING) is a warning, as in verify. A missing
     entry is written here only with a signing key this machine already has: a read command never
-    creates one. Reads one job and the audit log, never every job. A job whose events file and
+    creates one. Reads the audit log, then the job, never every job: an action on the job while
+    it reads is shown whole or not at all, never as AUDIT_EVENT_MISSING (one between its event and
+    its entry is waited for, 5 s at most, as verify does). A job whose events file and
     head record were both deleted but which the audit log names shows its entries, each
     AUDIT_EVENT_MISSING (exit 7, as verify); one with neither events nor entries is JOB_NOT_FOUND.
     """

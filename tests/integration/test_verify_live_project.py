@@ -6,7 +6,6 @@ warnings, ``STREAM_INDEX_STALE`` ("a derived index, changed by hand") and ``AUDI
 still reported (``tests/integration/test_pg_stream_index.py``, ``test_audit_healing.py``; and below)."""
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,6 +18,7 @@ from orchestrator.integrity import STREAM_INDEX_STALE, verify_project
 from orchestrator.signing import new_seed
 
 from backends import BACKENDS, orchestrator_on
+from helpers import after_first_call, read_while_an_action_is_in_flight
 
 
 @pytest.fixture(params=BACKENDS)
@@ -27,24 +27,6 @@ def orch(request: pytest.FixtureRequest, base: Path, monkeypatch: pytest.MonkeyP
     with orchestrator_on(request.param, base, keyring=None) as made:
         yield made
     faults.disarm_all()
-
-
-def after_first_call(monkeypatch: pytest.MonkeyPatch, obj: Any, name: str, meanwhile: Any) -> None:
-    """``obj.name``, whose first call then runs ``meanwhile`` (another machine's writes, between two of verify's
-    reads)."""
-    original = getattr(obj, name)
-    done: list[bool] = []
-
-    def racing(*args: Any, **kwargs: Any) -> Any:
-        result = original(*args, **kwargs)
-        if isinstance(result, Iterator):  # a listing made as it is walked (files): made before the writes
-            result = iter(list(result))
-        if not done:
-            done.append(True)
-            meanwhile()
-        return result
-
-    monkeypatch.setattr(obj, name, racing)
 
 
 def test_an_audited_action_between_verifys_first_reads_and_its_job_read_gives_no_warning(
@@ -81,25 +63,9 @@ def test_an_action_between_its_event_and_its_entry_is_waited_for_not_reported_mi
     """The writer holds the job's pending lock from before its event until after its entry: verify, finding the
     entry missing after it read the log's tail again, waits for that lock, then reads the tail once more."""
     job = orch.submit("t.echo", {})
-    between, release = threading.Event(), threading.Event()
-
-    def pause() -> None:
-        between.set()
-        release.wait(20)
-
-    faults.arm("append.after_event", pause)
-    action = threading.Thread(target=lambda: orch.cancel(job, "in flight"), name="an-operator")
-    action.start()
-    try:
-        assert between.wait(20)
-        threading.Timer(1.0, release.set).start()  # once verify read the job and waits for the lock
-        started = time.monotonic()
-        report = verify_project(orch)
-    finally:
-        release.set()
-        action.join(20)
+    report, took = read_while_an_action_is_in_flight(lambda: orch.cancel(job, "in flight"), lambda: verify_project(orch))
     assert report.ok and report.warnings == [], (report.problems, report.warnings)
-    assert time.monotonic() - started >= 0.5, "it waited for the action"
+    assert took >= 0.5, "it waited for the action"
 
 
 def test_an_entry_really_missing_is_still_reported(orch: Orchestrator) -> None:
