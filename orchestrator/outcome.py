@@ -29,7 +29,7 @@ from orchestrator.payload import (DONE, FAILED, JSON_WHITESPACE, MAX_RETRY_AFTER
 from orchestrator.run_folder import sanitized_tail
 from orchestrator.runner import Child
 from orchestrator.security import json_source_text, sanitize_obj, sanitize_text, sanitized_cut
-from orchestrator.state import (COUNTED_STOP_WORDS, RUNNING, STOPS_FORGIVEN, WORKER_STOPPED,
+from orchestrator.state import (CANCELLED, COUNTED_STOP_WORDS, RUNNING, STOPS_FORGIVEN, WORKER_STOPPED,
                                 WORKER_STOPPED_BEFORE_START, JobState)
 
 if TYPE_CHECKING:
@@ -111,9 +111,21 @@ def stop_signal(code: int | None) -> str | None:
     return signal.Signals(-code).name if code is not None and -code in STOP_SIGNALS else None
 
 
+def lost_to(claim: Claim, state: str | None) -> str:
+    """What ended a run that lost its job, as the job's ``state`` read after the loss says: its cancel, else a
+    takeover (recovered as stale, another run); either, when the state could not be read. Until 2026-12-07 a run
+    whose job was cancelled was said "taken over"."""
+    if state == CANCELLED:
+        return (f"job {claim.job_id} was cancelled: run {claim.run_id} (epoch {claim.epoch}) no longer holds it, "
+                "and its result is not recorded")
+    what = "was taken over" if state is not None else "was taken over, or the job cancelled"
+    return f"job {claim.job_id}: run {claim.run_id} (epoch {claim.epoch}) {what}; its result is not recorded"
+
+
 def lost(claim: Claim, why: str, state: str | None = None) -> RunResult:
-    """The result of a run whose lease was taken over: nothing is recorded (``LEASE_LOST``); ``state``: the job's,
-    as the worker found it when it saw the loss (``cancelled``, ``running`` under another run), where it read it."""
+    """The result of a run whose job was taken over or cancelled: nothing is recorded (``LEASE_LOST``); ``why``: what
+    ended it (``lost_to``, where the job was read); ``state``: the job's, as the worker found it when it saw the loss
+    (``cancelled``, ``running`` under another run), where it read it."""
     log.warning("lease lost for job %s run %s: %s", claim.job_id, claim.run_id, why,
                 extra={"job_id": claim.job_id, "run_id": claim.run_id})
     return RunResult(claim.job_id, claim.run_id, "lease_lost", state, LeaseLostError.code, {"message": why},
@@ -213,7 +225,8 @@ class OutcomeRecorder:
         before the start, not counted among the job's stops in a row: its run did not stop this worker, no run of it
         having begun)."""
         if how == "lost":
-            return lost(claim, "the job changed while it ran (taken over or cancelled)", self.state_of(claim.job_id))
+            state = self.state_of(claim.job_id)
+            return lost(claim, lost_to(claim, state), state)
         if how == "unrenewed":
             why = held.why_stopped()
             log.error("job %s run %s: %s", claim.job_id, claim.run_id, why,
@@ -386,9 +399,8 @@ class OutcomeRecorder:
             cur = view.state
             if not (view.ok and cur is not None and cur.state == RUNNING and (cur.epoch, cur.run_id) == (
                     claim.epoch, claim.run_id)):
-                raise LeaseLostError(f"job {claim.job_id}: run {claim.run_id} (epoch {claim.epoch}) was "
-                                     f"taken over; its result is not recorded", job_id=claim.job_id,
-                                     state=cur.state if view.ok and cur is not None else None)
+                state = cur.state if view.ok and cur is not None else None
+                raise LeaseLostError(lost_to(claim, state), job_id=claim.job_id, state=state)
 
     def _read_back(self, job_id: str, pause: float) -> tuple[JobView, float]:
         """The job read again, every signature checked (the store waited for while out of reach), and the next

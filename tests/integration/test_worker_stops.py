@@ -170,6 +170,32 @@ def test_a_run_cancelled_while_it_runs_reports_the_jobs_state_cancelled(orch, tm
     assert (result.job_id, result.outcome, result.state) == (job, "lease_lost", "cancelled")
 
 
+def test_a_late_outcome_of_a_run_whose_job_was_cancelled_says_cancelled_not_taken_over(orch) -> None:
+    """The outcome's append, refused, reads the job again: cancelled, and its message says so (it said "was taken
+    over", as if another worker had the job, until 2026-12-07)."""
+    job = orch.submit("t.echo", "late")
+    w = make_worker(orch)
+    claim = w.claim()
+    result = taken_over_while_it_runs(w, claim, lambda: orch.cancel(job, "no longer needed"))
+    assert (result.outcome, result.state, result.error_code) == ("lease_lost", "cancelled", "LEASE_LOST")
+    message = result.details["message"]
+    assert f"job {job} was cancelled" in message and "taken over" not in message, message
+    assert claim.run_id in message and "its result is not recorded" in message
+
+
+def test_a_run_cut_short_by_its_jobs_cancel_says_cancelled(orch, tmp_path: Path) -> None:
+    """The lease keeper sees the job change while the run goes on, and the run is cut short: the job read then is
+    cancelled, and the message says so (not "taken over or cancelled")."""
+    job, started = waiting_job(orch, tmp_path, "python")
+    w = make_worker(orch, lease_seconds=0.6)
+    thread = in_a_thread(started, lambda _pid: orch.cancel(job, "no longer needed"))
+    result = w.run_once()
+    thread.join(WAIT)
+    message = result.details["message"]
+    assert (result.outcome, result.state) == ("lease_lost", "cancelled")
+    assert f"job {job} was cancelled" in message and "taken over" not in message, message
+
+
 def test_a_run_whose_job_another_worker_took_over_reports_the_jobs_state_as_it_found_it(orch) -> None:
     job = orch.submit("t.echo", "late")
     t = orch.clock()
