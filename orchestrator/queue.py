@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Collection, Iterator, NamedTuple
 
 from orchestrator import faults
 from orchestrator.errors import INDEX_NOT_UPDATED, JobNotFoundError, OrchestratorError
+from orchestrator.limits import is_kind
 from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import InTransaction
 
@@ -109,9 +110,19 @@ class ReadyEntry:
     def for_state(cls, state: JobState) -> "ReadyEntry":
         """The entry a queued job should have: runnable at its retry time, else at once (ordered by when it was
         queued)."""
+        kind = _entry_kind(state)
         if state.retry_at:
-            return cls(-state.priority, int(round(state.retry_at * 1e6)), state.job_id, state.kind)
-        return cls(-state.priority, int(round(state.updated_at * 1e6)), state.job_id, state.kind, at_once=True)
+            return cls(-state.priority, int(round(state.retry_at * 1e6)), state.job_id, kind)
+        return cls(-state.priority, int(round(state.updated_at * 1e6)), state.job_id, kind, at_once=True)
+
+
+def _entry_kind(state: JobState) -> str | None:
+    """The kind a job's ready entry carries: the job's, if it can be a kind today (``limits.is_kind``), else none, as
+    a row from before migration 0004. A history stored before 2026-12-07 may hold a kind with a control character
+    (the file store took a NUL, which a PostgreSQL text column refuses: the import, a rebuild and every append that
+    queued such a job failed, and no job of the project ran); with no kind, every worker lists it, none has its
+    handler (none can be registered), and it waits for a cancel."""
+    return state.kind if is_kind(state.kind) else None
 
 
 class IndexChange(NamedTuple):

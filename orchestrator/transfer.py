@@ -52,8 +52,8 @@ from typing import IO, Any, Callable, Iterator
 from orchestrator import clock, faults
 from orchestrator.api import JobView, Orchestrator
 from orchestrator.config import STATE_DIR
-from orchestrator.errors import (ConcurrencyError, ImportConflictError, IntegrityError, InvalidIdError, InvalidInputError,
-                                 PathEscapeError, UnusableFileError)
+from orchestrator.errors import (NOTHING_WRITTEN, ConcurrencyError, ImportConflictError, IntegrityError, InvalidIdError,
+                                 InvalidInputError, PathEscapeError, StorageError, UnusableFileError)
 from orchestrator.head_records import head_key, put_head_record
 from orchestrator.history import TRUNCATED, Problem, VerifiedStream, check_head_record, verify_stream
 from orchestrator.limits import MAX_BUNDLE_LINE_BYTES
@@ -356,6 +356,8 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
             raise _refuse("import", problems)
         try:
             written += _write_stream(orch, verified, head)
+        except StorageError as exc:
+            raise _stopped(exc, stream, imported) from None
         except ImportConflictError as exc:
             conflicts.append(exc.details)
             if stream == AUDIT_STREAM:  # the jobs' audit entries would not be there: see the module's docstring
@@ -370,6 +372,18 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
         if progress and streams % PROGRESS_EVERY == 0:
             progress(f"imported {streams} streams, {events} events...")
     raise IntegrityError("the bundle has no end record: it was cut short (export again)")
+
+
+def _stopped(exc: StorageError, stream: str, imported: dict[str, int]) -> StorageError:
+    """``exc``, met writing ``stream``, as the import's error, of the same class (exit 10): what the import wrote
+    stands (the streams before it, and what it wrote of this one), so never "nothing was written", as the store's
+    message said until 2026-12-07 of a stream whose lines were in and whose queue entry was not."""
+    cause = exc.message.removesuffix("; " + NOTHING_WRITTEN)
+    before = (f"the {imported['streams']} stream(s) before it were imported ({imported['events']} event(s))"
+              if imported["streams"] else "no stream before it was imported")
+    return type(exc)(f"import stopped at stream {stream}: {cause}; {before}, and what it wrote of {stream} stays (a "
+                     "job's queue entry is put once all of its lines are in: no worker runs it until then); fix the "
+                     "cause and run the import again: it completes it", **exc.details)
 
 
 def _conflicts(orch: Orchestrator, conflicts: list[dict[str, Any]], imported: dict[str, int]) -> ImportConflictError:

@@ -217,6 +217,14 @@ def read_while_an_action_is_in_flight(action: Callable[[], object], read: Callab
         operator.join(WAIT)
 
 
+def submitted_as_before(orch: Any, kinds: list[str]) -> list[str]:
+    """Jobs of ``kinds`` (inputs ``{"i": n}``) submitted as the code before 2026-12-07 took them: a kind with a control
+    character, which ``limits.is_kind`` refuses now (the file store took "nul\\x00kind"), goes in as given."""
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr("orchestrator.api.is_kind", lambda kind: True)
+        return [orch.submit(kind, {"i": i}) for i, kind in enumerate(kinds)]
+
+
 def events(orch: Any, job_id: str) -> list[dict]:
     """The job's events as the store holds them, decoded."""
     return [json.loads(line.raw) for line in orch.store.read(job_id)]

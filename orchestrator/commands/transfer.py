@@ -71,7 +71,9 @@ def import_cmd(orch: Any, out: Output, bundle: str) -> None:
     cut one stops the import (exit 7), a malformed bundle is refused (exit 3). Running it again
     after an interruption completes it; a stream that already holds a different history is a
     conflict, never overwritten: the other jobs are imported, and every conflict is named at the
-    end (exit 3). A conflicting audit log stops the import before the jobs.
+    end (exit 3). A conflicting audit log stops the import before the jobs. A store error
+    (exit 10) names the stream it stopped at and what was imported before it: fix the cause and
+    run it again.
     """
     from orchestrator.transfer import import_project
 

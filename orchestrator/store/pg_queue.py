@@ -34,6 +34,7 @@ from typing import Any, Collection, NamedTuple
 
 from orchestrator import faults
 from orchestrator.errors import StorageError
+from orchestrator.limits import is_kind
 from orchestrator.queue import IndexChange, QueueIndex, ReadyEntry
 from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import HEADS_AREA, InTransaction, StoredLine
@@ -147,6 +148,11 @@ class LeftOut(NamedTuple):
     kinds: Collection[str] = ()
     jobs: Collection[str] = ()
     keys: Collection[str] = ()
+
+    def row_kinds(self) -> list[str]:
+        """The kinds of ``kinds`` a row can hold (``limits.is_kind``): a job whose kind is none today (stored before
+        2026-12-07: a NUL in it, which no text parameter carries) has a row of no kind (``queue._entry_kind``)."""
+        return [kind for kind in self.kinds if is_kind(kind)]
 
 
 def channel(project: str) -> str:
@@ -327,7 +333,7 @@ class PgQueueIndex(QueueIndex):
             sql = _CANDIDATES_KINDS if kinds else _CANDIDATES_ANY
         else:
             sql = _NEXT_PAGES[after[0], bool(kinds)]
-            params.update(left_kinds=list(left.kinds), left_jobs=list(left.jobs), left_keys=list(left.keys),
+            params.update(left_kinds=left.row_kinds(), left_jobs=list(left.jobs), left_keys=list(left.keys),
                           after_pr=after[1], after_at=after[2], after_job=after[3])
         self._reserved_job = None
         self._threads.page_end = None

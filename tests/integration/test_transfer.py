@@ -14,14 +14,16 @@ import pytest
 from orchestrator import Orchestrator, head_records
 from orchestrator.api import HEADS_AREA
 from orchestrator.audit import AUDIT_HEAD
-from orchestrator.errors import ImportConflictError, IntegrityError, InvalidInputError
+from orchestrator.errors import ImportConflictError, IntegrityError, InvalidInputError, StorageError
 from orchestrator.integrity import check_anchor, export_anchor, verify_project
 from orchestrator.signing import Keyring
 from orchestrator.store.base import AUDIT_STREAM
+from orchestrator.store.pg_queue import BUILT_KEY, INDEX_AREA
 from orchestrator.transfer import export_project, import_project
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
 from backends import TestPostgresStore, unique_project
+from helpers import make_worker, submitted_as_before
 
 pytestmark = pytest.mark.postgres
 REPO = Path(__file__).resolve().parents[2]
@@ -987,3 +989,69 @@ def job_with_events(orch: Orchestrator, count: int) -> str:
                                                                  "error": "stopped", "output_tail": ""})],
                                run_id=f"run-{epoch}", audit=("job_released", "stopped"))  # as a worker writes it
     return job_id
+
+
+# -- a job whose kind is refused today (limits.is_kind, 2026-12-07): files took a NUL, PostgreSQL text cannot hold one --
+REFUSED_KINDS = ["nul\x00kind", "two\nlines"]
+
+
+@pytest.mark.parametrize("backend", ["pg", "file"])
+@pytest.mark.parametrize("kind", REFUSED_KINDS)
+def test_a_job_of_a_kind_refused_today_is_imported_from_files_waits_for_a_cancel_and_the_others_run(
+        file_orch, base, keyring, kind, backend, request) -> None:
+    """Until 2026-12-07 the import into PostgreSQL wrote the job's lines and failed on its queue row (a NUL in a text
+    column), saying nothing was written, and again at each run: the jobs after it never came. A file entry's name
+    holds no kind."""
+    first, odd, third = submitted_as_before(file_orch, ["t.echo", kind, "t.echo"])
+    dest = (request.getfixturevalue("pg_orch") if backend == "pg"
+            else Orchestrator(base_path=base / "dst", project_id=file_orch.project_id, keyring=keyring))
+    result = move(file_orch, dest)
+    assert result["streams"] == 3 and result["written"] == result["events"] == 3  # no audit entry yet: no audit log
+    assert every_byte(dest) == every_byte(file_orch)
+    report = verify_project(dest)
+    assert report.ok and not report.warnings, (report.problems, report.warnings)
+    assert [(e.job_id, e.kind) for e in dest.queue.ready() if e.job_id == odd] == [(odd, None)]
+    assert make_worker(dest).run(max_jobs=3, idle_exit=True) == 2
+    assert [dest.status(j).state for j in (first, odd, third)] == ["succeeded", "queued", "succeeded"]
+    dest.cancel(odd, "its kind is refused since 2026-12-07")
+    assert dest.status(odd).state == "cancelled" and dest.queue.ready() == []
+
+
+def test_a_postgresql_index_rebuilt_over_a_job_of_a_kind_refused_today_gives_it_a_row_of_no_kind_and_the_others_run(
+        file_orch, pg_orch, monkeypatch) -> None:
+    """What an import before this fix left (the lines in, no row), once ``verify`` had the built record deleted: every
+    worker's rebuild failed on the row it put with the kind (exit 10), and nothing in the project ran."""
+    first, odd, third = submitted_as_before(file_orch, ["t.echo", "nul\x00kind", "t.echo"])
+    with monkeypatch.context() as patched:
+        patched.setattr("orchestrator.transfer._put_entries", lambda orch, view: None)
+        move(file_orch, pg_orch)
+    pg_orch.store.delete_aux(INDEX_AREA, BUILT_KEY)
+    later = Orchestrator(base_path=pg_orch.settings.base_path, project_id=pg_orch.project_id,
+                         keyring=pg_orch.keyring, store=pg_orch.store)
+    assert make_worker(later).run(max_jobs=3, idle_exit=True) == 2
+    assert later.queue.is_built() and [(e.job_id, e.kind) for e in later.queue.ready()] == [(odd, None)]
+    assert [later.status(j).state for j in (first, odd, third)] == ["succeeded", "queued", "succeeded"]
+
+
+def test_an_import_stopped_by_a_storage_error_says_what_it_wrote_and_that_running_it_again_completes_it(
+        file_orch, pg_orch) -> None:
+    from orchestrator import faults
+
+    fill(file_orch, 3)  # the audit log, then three jobs
+    whole = bundle_of(file_orch)
+
+    def disk_full() -> None:
+        raise StorageError("the disk is full; nothing was written")
+
+    faults.arm("import.after_chunk", disk_full, nth=3)  # the second job's lines are in, its row is not
+    try:
+        with pytest.raises(StorageError) as stopped:
+            import_project(pg_orch, io.BytesIO(whole))
+    finally:
+        faults.disarm_all()
+    message = stopped.value.message
+    assert "nothing was written" not in message and stopped.value.exit_code == 10, message
+    assert "the disk is full" in message and "2 stream(s) before it were imported" in message, message
+    assert "run the import again: it completes it" in message, message
+    assert import_project(pg_orch, io.BytesIO(whole))["streams"] == 4
+    assert every_byte(pg_orch) == every_byte(file_orch) and verify_project(pg_orch).ok
