@@ -5,7 +5,8 @@
 (``docs/ADR-state-source.md``). Two rules make it crash-safe:
 
 * an entry is written *before* the event that makes a job runnable (or running), and
-  removed only *after* the event that ends it. A crash in between leaves an extra entry,
+  removed only *after* the event that ends it (a cancelled run's running entry: once stale recovery
+  ended what the run left, ``recovery.end_cancelled_run``). A crash in between leaves an extra entry,
   never a missing one (an append the store refuses drops the ready entry it put: ``drop_refused``);
 * an entry is only a hint: the claimer re-reads the job's verified events before acting,
   drops entries whose job is no longer queued/running when it meets them, and tries a job met
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Collection, Iterator, NamedTuple
 from orchestrator import faults
 from orchestrator.errors import INDEX_NOT_UPDATED, JobNotFoundError, OrchestratorError
 from orchestrator.limits import is_kind
-from orchestrator.state import QUEUED, RUNNING, JobState
+from orchestrator.state import CANCELLED, QUEUED, RUNNING, JobState
 from orchestrator.store.base import InTransaction
 
 if TYPE_CHECKING:
@@ -131,7 +132,9 @@ class IndexChange(NamedTuple):
     put_ready: ReadyEntry | None  # the job is (still) queued: its entry, new or unchanged
     drop_ready: ReadyEntry | None  # the entry the job no longer has (it left queued, or moved)
     put_running: bool  # the job is running: the entry of its epoch (put again on each event: idempotent)
-    drop_running: bool  # the job left running: the entry of the epoch it ran under
+    # the job left running: the entry of the epoch it ran under. Not for a cancel: its run's worker may be dead, and
+    # stale recovery, meeting the entry, kills what the run left once its lease expired (``recovery.end_cancelled_run``)
+    drop_running: bool
 
     @classmethod
     def of(cls, old: JobState | None, new: JobState) -> "IndexChange":
@@ -139,7 +142,7 @@ class IndexChange(NamedTuple):
         before = ReadyEntry.for_state(old) if old is not None and old.state == QUEUED else None
         was_running = old is not None and old.state == RUNNING
         return cls(after, before if before != after else None,
-                   new.state == RUNNING, was_running and new.state != RUNNING)
+                   new.state == RUNNING, was_running and new.state not in (RUNNING, CANCELLED))
 
 
 def index_warning(exc: OrchestratorError, job_id: str, seq: int, event_type: str) -> dict[str, str]:

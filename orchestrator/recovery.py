@@ -5,11 +5,13 @@
 scanned, and not at every pass: a worker's ``StaleWatch`` remembers until when each lease it read
 holds, and lists the index at most once a second unless one of those is due. A job whose lease
 expired gets one ``stale_recovered`` event (``NO_TERMINAL_SIGNAL_STALE``): to ``waiting_human`` if
-its run left artifacts, else queued again with a backoff, or failed once its attempts are used up.
+its run left artifacts, else queued again with a backoff, or failed once its attempts are used up. The run of a
+job cancelled while its worker was gone has what it left killed once its lease expired (``end_cancelled_run``).
 See ``docs/worker.md`` (Stale recovery).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -31,7 +33,7 @@ from orchestrator.payload import NO_TERMINAL_SIGNAL_STALE
 from orchestrator.queue import QueueIndex, ReadyEntry
 from orchestrator.run_folder import RUN_PREFIX, remove_run_folder
 from orchestrator.security import sanitize_text
-from orchestrator.state import QUEUED, RUNNING, WAITING_HUMAN, JobState
+from orchestrator.state import CANCELLED, QUEUED, RUNNING, WAITING_HUMAN, JobState, replay
 from orchestrator.untrusted import UntrustedJobs, running_mark
 
 if TYPE_CHECKING:
@@ -184,6 +186,9 @@ def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor:
                 queue.put_ready(ReadyEntry.for_state(s))
                 if epoch == s.epoch + 1:
                     continue
+            if (view.ok and s is not None and s.state == CANCELLED
+                    and not end_cancelled_run(orch, view, (job_id, epoch), now, watch)):
+                continue  # the cancelled run's lease holds: its worker, if alive, ends the run itself
             queue.drop_running(job_id, epoch)
             continue
         expiry = lease_expiry(orch.store, s, now)
@@ -257,17 +262,56 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
     # once the event stands: a run still alive (its lease record deleted, its worker paused) can no longer record an
     # outcome of its own (the fence), where a kill before the append had its worker record the kill's failure first,
     # and this append lose, the run killed by no recovery (docs/worker.md, "Stale recovery")
-    killed = kill_run_processes(s.run_id, named=True)
-    if killed:
-        when = "after its worker stopped renewing its lease"
-        notes.append(killed_warning(Killed.of(killed), s.job_id, s.run_id, when))
-        log_warning(log, notes[-1], job_id=s.job_id, run_id=s.run_id, pids=killed)
+    killed = kill_left_processes(s, "after its worker stopped renewing its lease")
+    if killed is not None:
+        notes.append(killed)
     retry = f" (retry at {data['retry_at']})" if data.get("retry_at") else ""  # why `--once` may then run nothing
     tell(notify, log, f"recovered stale job {s.job_id} -> {data['to']}{retry}", job_id=s.job_id, run_id=s.run_id,
          stale_worker_id=s.worker_id)
     return {"job_id": s.job_id, "run_id": s.run_id, "to": data["to"], "stale_worker_id": s.worker_id,
             "lease_expired_at": expired, "retry_at": data.get("retry_at"), "artifacts": artifacts,
             "warnings": [*notes, *written.warnings]}
+
+
+def kill_left_processes(run: JobState, when: str) -> dict[str, str] | None:
+    """Kill what the run of ``run`` (a state that names it) left running on this machine (``kill_run_processes``,
+    ``named``: a Python handler's process too), and log it; the ``RUN_PROCESSES_KILLED`` warning, or None if nothing
+    was. ``when`` says why the run is over, in the warning."""
+    assert run.run_id is not None
+    killed = kill_run_processes(run.run_id, named=True)
+    if not killed:
+        return None
+    warning = killed_warning(Killed.of(killed), run.job_id, run.run_id, when)
+    log_warning(log, warning, job_id=run.job_id, run_id=run.run_id, pids=killed)
+    return warning
+
+
+def cancelled_run(view: JobView) -> JobState | None:
+    """The run a cancel ended, as the cancel found it (running, with its claim's lease), when the job's last event is
+    the cancel of a running job; None otherwise. The cancelled state keeps the run's id and epoch, not its lease."""
+    events = view.events
+    if not events or events[-1].type != "job_cancelled":
+        return None
+    before = replay(events[:-1])
+    return before if before is not None and before.state == RUNNING else None
+
+
+def end_cancelled_run(orch: Orchestrator, view: JobView, entry: RunningEntry, now: float, watch: StaleWatch) -> bool:
+    """Whether the running ``entry`` of a cancelled job may be dropped at ``now``. A cancel keeps the entry of the run
+    it ended (``queue.IndexChange``): a live worker kills its run at its next heartbeat, but one that died (SIGKILL, a
+    crash) or is paused leaves what the run started running, which no one else would meet again. So, once the run's
+    lease expired (its record as a heartbeat left it, else the claim's), what the run left on this machine is killed,
+    as stale recovery kills a dead run's (``kill_left_processes``), and the entry may go; False while the lease holds
+    (remembered in ``watch``). An entry of another run than the one the cancel ended (a claim that lost to it) may go."""
+    run = cancelled_run(view)
+    if run is None or entry[1] not in (None, run.epoch):
+        return True
+    expiry = lease_expiry(orch.store, run, now)
+    if expiry is not None and expiry > now:
+        watch.holds_until(entry, expiry, now)
+        return False
+    kill_left_processes(run, "after the job was cancelled while its worker was gone (dead, or paused past its lease)")
+    return True
 
 
 def local_ahead(orch: Orchestrator) -> float:
@@ -314,7 +358,7 @@ def sweep_leftovers(orch: Orchestrator, queue: QueueIndex, folders: WorkerFolder
         log.info("removed %d probe folder(s) of workers killed as they started", len(probes),
                  extra={"folders": probes})
     sweep_left_over_runs(orch, queue, runs_root)
-    sweep_left_over_leases(orch)
+    sweep_left_over_leases(orch, queue)
 
 
 def sweep_left_over_runs(orch: Orchestrator, queue: QueueIndex, runs_root: Path) -> list[str]:
@@ -347,12 +391,14 @@ def sweep_left_over_runs(orch: Orchestrator, queue: QueueIndex, runs_root: Path)
     return removed
 
 
-def sweep_left_over_leases(orch: Orchestrator) -> list[str]:
+def sweep_left_over_leases(orch: Orchestrator, queue: QueueIndex) -> list[str]:
     """Remove the lease records of runs that are over. An outcome drops its run's record right
     after its event on files (with it on PostgreSQL), so a worker killed in between leaves one
     behind: harmless (a record counts only for the epoch that runs), but never read again. A
-    record of the epoch that runs now is kept; so is every record of a job that fails
-    verification (an operator's evidence)."""
+    record of the epoch that runs now is kept; so is the record of a cancelled run whose running entry
+    is still there (``end_cancelled_run`` reads it: without it, the claim's expiry would end a lease its
+    worker renewed), and every record of a job that fails verification (an operator's evidence)."""
+    entries = functools.cache(lambda: set(queue.running_entries()))  # listed only if a cancelled run's record is met
     removed = []
     for key in orch.store.aux_keys(LEASES_AREA):
         job_id, _, epoch = key.rpartition(".")
@@ -367,9 +413,17 @@ def sweep_left_over_leases(orch: Orchestrator) -> list[str]:
         if view is not None and not view.ok:
             continue
         s = view.state if view is not None else None
-        if s is None or s.state != RUNNING or s.epoch != int(epoch):
+        if s is None or not lease_still_read(s, int(epoch), entries):
             orch.store.delete_aux(LEASES_AREA, key)
             removed.append(key)
     if removed:
         log.info("removed %d lease record(s) of runs that are over", len(removed), extra={"leases": removed})
     return removed
+
+
+def lease_still_read(s: JobState, epoch: int, entries: Callable[[], set[RunningEntry]]) -> bool:
+    """Whether the lease record of the job's ``epoch`` may still be read: that run is the job's current one and runs,
+    or was cancelled and its running entry (in ``entries()``) is still there, for ``end_cancelled_run``."""
+    if s.epoch != epoch:
+        return False
+    return s.state == RUNNING or (s.state == CANCELLED and (s.job_id, epoch) in entries())

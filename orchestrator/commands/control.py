@@ -23,7 +23,8 @@ _TEXT = {
                                "and a repeat is compared in that form."),
     "cancel": ("REASON", False, "Cancel a job in any non-final state -> cancelled (a worker running it "
                                 "kills the run at its next heartbeat, within a third of its lease, and records "
-                                "nothing of it)."),
+                                "nothing of it; the run of a worker that died or is paused is killed, on its "
+                                "machine, by the next worker's stale recovery there once its lease expired)."),
 }
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from backends import BACKENDS, drop_project, require_pg, unique_project
 from helpers import REPO, alive, finish, run_script, start_worker, stop, wait_until
 
 
@@ -116,6 +117,54 @@ def test_stale_recovery_kills_what_the_run_of_a_sigkilled_worker_left_before_the
     assert [r["job_id"] for r in recovered] == [job]
     assert [w["code"] for w in recovered[0]["warnings"]] == ["RUN_PROCESSES_KILLED"]
     assert f"(pid {left})" in recovered[0]["warnings"][0]["message"]
+
+
+@pytest.fixture(params=BACKENDS)
+def store_env(request: pytest.FixtureRequest, env: dict[str, str]):
+    """``env`` on files, then on PostgreSQL (a project of its own, its rows deleted afterwards)."""
+    if request.param == "file":
+        yield env
+        return
+    url, project = require_pg(), unique_project("ck")
+    yield {**env, "ORCH_STORE_URL": url, "PROJECT_ID": project}
+    drop_project(url, project)
+
+
+LEAVE_TWO = 'sleep 301 & a=$!; sleep 302 & echo "$a $!" > "$0.tmp"; mv "$0.tmp" "$0"; wait'
+
+
+def test_a_job_cancelled_after_its_worker_was_sigkilled_has_what_its_command_left_killed_by_the_next_worker(
+        store_env, tmp_path: Path) -> None:
+    """The race hunt's ``cancelkill``: until 2026-12-07 (twenty-eighth session) both sleeps ran on for good."""
+    pidfile = tmp_path / "left.pids"
+    submitted = run_script("submit", "--kind", "command", "--input",
+                           json.dumps({"argv": ["sh", "-c", LEAVE_TWO, str(pidfile)]}), env=store_env, check=True)
+    job = submitted.stdout.strip()
+    victim = start_worker(store_env, "--worker-id", "victim", "--lease-seconds", "1")
+    left: list[int] = []
+    try:
+        wait_until(pidfile.exists, what="the run to start its processes")
+        left = [int(pid) for pid in pidfile.read_text().split()]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(5)
+        run_script("control", "cancel", job, "--reason", "not needed", env=store_env, check=True)
+        said: list[str] = []
+
+        def rescue() -> bool:
+            done = run_script("worker", "--once", "--worker-id", "rescuer", "--lease-seconds", "1", env=store_env)
+            assert done.returncode == 75, done.stderr  # nothing to run, nothing recovered
+            said.append(done.stderr)
+            return not any(alive(pid) for pid in left)
+
+        wait_until(rescue, what="the cancelled run's processes to be killed")
+    finally:
+        stop(victim)
+        for pid in left:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert "RUN_PROCESSES_KILLED: killed 2 process(es) left running by run" in said[-1], said
+    status = json.loads(run_script("status", job, "--json", env=store_env, check=True).stdout)
+    assert status["state"] == "cancelled"
 
 
 def records(orch, job_id: str) -> list[dict]:

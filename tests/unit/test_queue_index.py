@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from orchestrator.queue import MemoryQueueIndex, ReadyEntry
-from orchestrator.state import QUEUED, RUNNING, SUCCEEDED, JobState
+from orchestrator.state import CANCELLED, QUEUED, RUNNING, SUCCEEDED, JobState
 
 
 def job(job_id: str, state: str = QUEUED, priority: int = 0, at: float = 100.0, retry_at: float | None = None):
@@ -98,6 +98,9 @@ def test_every_index_applies_one_table_of_what_an_event_changes() -> None:
     assert IndexChange.of(running, replace(running, state=SUCCEEDED)) == IndexChange(None, None, False, True)
     assert IndexChange.of(queued, later) == IndexChange(moved, entry, False, False)  # moved in the queue
     assert IndexChange.of(queued, replace(queued, seq=2)) == IndexChange(entry, None, False, False)  # unchanged
+    # a cancel keeps the running entry: stale recovery kills what the run left once its lease expired
+    assert IndexChange.of(running, replace(running, state=CANCELLED)) == IndexChange(None, None, False, False)
+    assert IndexChange.of(queued, replace(queued, state=CANCELLED)) == IndexChange(None, entry, False, False)
 
 
 def _index(kind: str, tmp_path):
