@@ -24,8 +24,8 @@ from orchestrator.limits import LATEST_TIME
 from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease, drop_lease_aux
 from orchestrator.leftovers import end_exited_run, killed_warning
 from orchestrator.notices import log_warning
-from orchestrator.payload import (DONE, FAILED, JSON_WHITESPACE, MAX_RETRY_AFTER_SECONDS, NEEDS_AUDIT,
-                                  NO_TERMINAL_SIGNAL_EXIT, NO_TERMINAL_SIGNAL_STALE, Payload, parse_payload)
+from orchestrator.payload import (DONE, FAILED, JSON_WHITESPACE, NEEDS_AUDIT, NO_TERMINAL_SIGNAL_EXIT,
+                                  NO_TERMINAL_SIGNAL_STALE, Payload, parse_payload)
 from orchestrator.run_folder import sanitized_tail
 from orchestrator.runner import Child
 from orchestrator.security import json_source_text, sanitize_obj, sanitize_text, sanitized_cut
@@ -208,14 +208,17 @@ class OutcomeRecorder:
         ``runs/`` is full now (``WorkerFolders.check_room``). A handler's own writes that a full disk refused fail
         it as any failure does (its stderr is its own text, and may speak of another disk): the worker cannot tell
         whether the disk is why, so the run is handed back rather than charged (``release``: one of the job's stops
-        in a row, so that a job that fills the disk itself is charged from the fourth), and the worker stops, the
-        room check's ``StorageError`` (exit 10), as it would at its next claim."""
-        try:
-            folders.check_room()
-        except StorageError as full:
-            why = (f"its run ended failed ({code}: {sanitized_cut(message, 500)}) with the disk of runs/ full, which "
-                   f"may be why: {full.message}")
-            self._raise_after(lambda: self.release(claim, output, why), full)
+        in a row, so that a job that fills the disk itself is charged from the fourth; not a failed attempt, so not
+        counted against ``max_attempts``), and the worker stops, the room check's ``StorageError`` (exit 10), as it
+        would at its next claim. A failure its handler said must not be run again (``retryable`` false: a card
+        declined after a charge) is recorded as it is, final, whatever the disk: the worker stops at its next claim."""
+        if retryable:
+            try:
+                folders.check_room()
+            except StorageError as full:
+                why = (f"its run ended failed ({code}: {sanitized_cut(message, 500)}) with the disk of runs/ full, "
+                       f"which may be why: {full.message}")
+                self._raise_after(lambda: self.release(claim, output, why), full)
         return self.fail(claim, code, message, output=output, retryable=retryable, payload=payload)
 
     def cut_short(self, how: str, claim: Claim, held: HeldLease, output: Path, *, started: bool = True) -> RunResult:
@@ -284,10 +287,11 @@ class OutcomeRecorder:
 
     def retry_delay(self, failures: int, payload: Payload | None) -> float:
         """The worker's backoff after ``failures``, or the wait the run's payload asks for when longer
-        (``retry_after``, at most ``MAX_RETRY_AFTER_SECONDS``): a service that said when to come back (an HTTP
-        ``Retry-After``) is not asked again sooner, which would spend an attempt on a refusal."""
+        (``retry_after``, cut to ``MAX_RETRY_AFTER_SECONDS`` as the payload is read: ``payload.cut_wait``): a service
+        that said when to come back (an HTTP ``Retry-After``) is not asked again sooner, which would spend an attempt
+        on a refusal."""
         asked = payload.retry_after if payload is not None and payload.retry_after is not None else 0.0
-        return max(self.backoff(failures), min(asked, MAX_RETRY_AFTER_SECONDS))
+        return max(self.backoff(failures), asked)
 
     def not_started(self, claim: Claim, paths: RunPaths, code: str, message: str, *, retryable: bool) -> RunResult:
         """The handler could not start: record the failed attempt and remove the run's folder."""

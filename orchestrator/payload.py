@@ -76,10 +76,17 @@ class Payload:
     retry_after: float | None = None  # seconds the next attempt waits at least (a service's ``Retry-After``)
 
 
-def _seconds(value: Any) -> bool:
-    """Whether ``value`` is a ``retry_after`` the model takes as it is: a finite float, or an int a float holds
-    exactly, not negative (a bool, a string, anything else: the model's error)."""
-    return (type(value) is float and math.isfinite(value) or type(value) is int and value < 2 ** 53) and value >= 0
+def seconds_to_wait(value: Any) -> bool:
+    """Whether ``value`` is a ``retry_after`` the model takes: a finite float, or a whole number of any size (JSON's
+    have no bound), not negative (a bool, a string, anything else: the model's error)."""
+    return (type(value) is float and math.isfinite(value) or type(value) is int) and value >= 0
+
+
+def cut_wait(seconds: float) -> float:
+    """A valid ``retry_after`` as the wait the retry keeps: at most ``MAX_RETRY_AFTER_SECONDS``, a longer one asked
+    cut to it. A whole number no float holds (400 digits; a Python handler's ``10**400``) is compared as it is, never
+    made a float first: until 2026-12-07 it was ``MALFORMED_PAYLOAD`` ("Input should be a valid number")."""
+    return float(min(seconds, MAX_RETRY_AFTER_SECONDS))
 
 
 def _accept(data: dict[str, Any]) -> Payload | None:
@@ -96,13 +103,13 @@ def _accept(data: dict[str, Any]) -> Payload | None:
             and type(retryable) is bool
             and (error_code is None or (plain_str(error_code) and _ERROR_CODE.fullmatch(error_code)
                                         and error_code not in RESERVED_ERROR_CODES))
-            and (retry_after is None or _seconds(retry_after))
+            and (retry_after is None or seconds_to_wait(retry_after))
             and plain_json(output, 1)):  # output sits one level down: the payload's depth limit holds
         return None
     if status == NEEDS_HUMAN and not (question or "").strip():
         return None  # the model's own error message
     return Payload(status, summary, question, output, list(artifacts), retryable, error_code,
-                   None if retry_after is None else float(retry_after))
+                   None if retry_after is None else cut_wait(retry_after))
 
 
 def too_large(size: int) -> MalformedPayloadError:

@@ -10,13 +10,14 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.payload import (DONE, ERROR_CODE_PATTERN, FAILED, MAX_ARTIFACTS, MAX_TEXT, NEEDS_AUDIT,
-                                  NEEDS_HUMAN, RESERVED_ERROR_CODES)
+                                  NEEDS_HUMAN, RESERVED_ERROR_CODES, cut_wait, seconds_to_wait)
 from orchestrator.security import validation_summary
 
 
 class TerminalPayload(BaseModel):
     """``{"status", "summary", "question", "output", "artifacts", "retryable"}``; ``error_code`` and ``retry_after``
-    (seconds the next attempt waits at least, not negative; a bool or a string is refused) are optional."""
+    (seconds the next attempt waits at least, not negative, a whole number of any size; a bool or a string is
+    refused) are optional."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -34,6 +35,13 @@ class TerminalPayload(BaseModel):
         if self.status == NEEDS_HUMAN and not (self.question or "").strip():
             raise ValueError("a needs_human payload needs a non-empty 'question'")
         return self
+
+    @field_validator("retry_after", mode="before")
+    @classmethod
+    def _cut_to_the_bound(cls, value: Any) -> Any:
+        """A wait past ``MAX_RETRY_AFTER_SECONDS`` cut to it (``cut_wait``), as the acceptor does: before the float
+        check, which a whole number past 1e308 failed; anything else as it is, for the checks to refuse."""
+        return cut_wait(value) if seconds_to_wait(value) else value
 
     @field_validator("error_code")
     @classmethod

@@ -36,6 +36,7 @@ from orchestrator import faults
 from orchestrator.api import Orchestrator
 from orchestrator.submitted import encoded_input
 from orchestrator.artifacts_import import CopyFailed, HeartbeatFailed, artifacts_from, copy_under_lease
+from orchestrator.claim_checks import StartedRuns, no_longer_held, started_already
 from orchestrator.claiming import Claimer, Unhandled
 from orchestrator.config import llm_timeout
 from orchestrator.errors import (HandlerNotFoundError, InvalidInputError, KeyNotTrustedError, PathEscapeError,
@@ -51,13 +52,12 @@ from orchestrator.leftovers import LEFTOVERS_END_SECONDS, kill_run
 from orchestrator.limits import callable_or_none, true_or_false, whole_number
 from orchestrator.notices import Notify
 from orchestrator.outcome import (STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS, Claim, OutcomeRecorder,
-                                  RunResult, lost)
+                                  RunResult)
 from orchestrator.output_cap import OUTPUT_TOO_LARGE, OutputCap
 from orchestrator.payload import HANDLER_START_FAILED, NO_TERMINAL_SIGNAL_TIMEOUT
 from orchestrator.recovery import SWEEP_EVERY, StaleWatch, recover_expired, reload_keys, sweep_leftovers
 from orchestrator.runner import Child, precise_sleeps, stop_is_deferred
 from orchestrator.security import one_line, validate_id
-from orchestrator.state import RUNNING
 from orchestrator.store.files import check_folders, path_error
 from orchestrator.store.locks import bounded_waits
 from orchestrator.untrusted import UntrustedJobs
@@ -107,6 +107,7 @@ class Worker:
         self.notify = notify
         self.stale_watch = StaleWatch(self.settings.lease_seconds)  # the leases it read (recovery.py)
         self._host: HandlerHost | None = None
+        self.started_runs = StartedRuns()  # the claims ``execute`` is running: a second call of one runs nothing
         if not self.settings.pass_store_credentials:  # before any handler starts (handler_env)
             withhold(orch.store.credential_env)
         self._next_sweep = 0.0  # time.monotonic() of the next sweep of leftovers (the first recovery does one)
@@ -231,31 +232,20 @@ class Worker:
         """Run a claimed job's handler under its lease and timeout, then record the outcome. With ``look_ahead``, the
         next claim's read and check is done while the handler runs (``Claimer.look_ahead``).
 
-        ``claim`` is what this worker's ``claim`` returned, and runs once: the job is read first (one read), and a
-        claim whose run is no longer the job's (run already, cancelled, recovered as stale) or that another worker
-        made is ``lease_lost``, nothing run nor written. Anything but a ``Claim`` is ``INVALID_INPUT``."""
+        ``claim`` is what this worker's ``claim`` returned, and runs once: a claim whose run this worker started
+        already (another thread's ``execute`` of it) is ``lease_lost`` at once (``claim_checks.StartedRuns``); else
+        the job is read first (one read), and a claim whose run is no longer the job's (run already, cancelled,
+        recovered as stale) or that another worker made is ``lease_lost``, nothing run nor written. Anything but a
+        ``Claim`` is ``INVALID_INPUT``."""
         if not isinstance(claim, Claim):
             raise InvalidInputError(f"execute takes the Claim that claim() returned, not {type(claim).__name__}: "
                                     "nothing was run")
-        gone = self._no_longer_held(claim)
-        return gone if gone is not None else self._run_claim(claim, look_ahead=look_ahead)
-
-    def _no_longer_held(self, claim: Claim) -> RunResult | None:
-        """``lease_lost`` for a claim handed to ``execute`` whose run the job, as read now, is not, or whose run is
-        another worker's; None while it is this worker's to run. ``run_once`` and ``run`` run the claim they have
-        just made, and skip this read (it is on their hot path)."""
-        view = self.orch.load_more(claim.view)
-        s = view.state if view.ok else None
-        if s is not None and s.state == RUNNING and (s.run_id, s.epoch) == (claim.run_id, claim.epoch):
-            if s.worker_id == self.worker_id:
-                return None
-            why = f"worker {s.worker_id} made it, not this worker ({self.worker_id})"
-        elif s is None:
-            why = "the job's history does not verify"
-        else:
-            why = f"the job is {s.state}" + (f" under run {s.run_id}" if s.state == RUNNING else "")
-        return lost(claim, f"job {claim.job_id} run {claim.run_id}: {why}; nothing was run",
-                    None if s is None else s.state)
+        if not self.started_runs.start(claim):
+            return started_already(claim)
+        gone = no_longer_held(self.orch, self.worker_id, claim)
+        result = gone if gone is not None else self._run_claim(claim, look_ahead=look_ahead)
+        self.started_runs.ended(claim)
+        return result
 
     def _run_claim(self, claim: Claim, *, look_ahead: bool) -> RunResult:
         """``execute`` of a claim this worker has just made (``run_once``, ``run``)."""

@@ -7,6 +7,7 @@ run (``WorkerFolders.own_job_folder``); the room left on their disk before each 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import stat
@@ -28,6 +29,8 @@ WORKER_FOLDERS = ("", RUNS_DIR, ARTIFACTS_DIR)  # under the state dir, on any st
 STORE_WRITE_FOR_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 TAKES_RUNS = "rename a run's folder, or a job's, or .orchestrator away and put their own in its place"
 TAKES_ARTIFACTS = "put files of their own among the job's artifacts, or links its run would write through"
+# ``O_TMPFILE`` refused by a file system without it (an old kernel, which reads it as ``O_DIRECTORY``: ``EISDIR``)
+TMPFILE_UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.EISDIR})
 PROBE_PREFIX = ".probe-"  # artifacts/.probe-<pid>-<8 hex>: a worker's probe (``WorkerFolders.probe``), never a job's
 
 log = logging.getLogger(__name__)
@@ -283,18 +286,16 @@ class WorkerFolders:
 
 
 def _room_refused(folder: str) -> OSError | None:
-    """Write the store's spare room (``SPARE_BYTES`` of zeros) into a file of the probe's ``folder``, then remove it:
-    the error of a disk that refuses it (``DISK_REFUSALS``: full, or over this user's quota, which ``statvfs`` does
-    not show, so ``check_room`` cannot), else None. The kernel charges a write to the quota as it takes it, and the
-    file is gone before anything is written out. Once per worker start (~0.2 ms on ext4; ``posix_fallocate`` took
-    1 to 3 ms there); before each claim, ``check_room``'s ``statvfs`` is all. A file system that compresses (zeros
-    take no room there) is not told this way."""
-    path = os.path.join(folder, "room")
+    """Write the store's spare room (``SPARE_BYTES`` of zeros) into a file of the probe's ``folder`` that no name
+    leads to (``_nameless_file``), then close it: the error of a disk that refuses it (``DISK_REFUSALS``: full, or
+    over this user's quota, which ``statvfs`` does not show, so ``check_room`` cannot), else None. The kernel charges
+    a write to the quota as it takes it, and the file is gone before anything is written out. Once per worker start
+    (~0.2 ms on ext4; ``posix_fallocate`` took 1 to 3 ms there); before each claim, ``check_room``'s ``statvfs`` is
+    all. A file system that compresses (zeros take no room there) is not told this way."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
+        fd = _nameless_file(folder)
     except FileNotFoundError:  # another worker's sweep of runs/ took the probe's folder: not asked this time
         return None
-    refused = None
     try:
         left = memoryview(bytes(SPARE_BYTES))
         while left:  # a write cut short by a disk nearly full: the next one says why
@@ -302,13 +303,31 @@ def _room_refused(folder: str) -> OSError | None:
             if not written:  # a file system that takes nothing and says nothing (a FUSE one): not asked
                 break
             left = left[written:]
+        faults.point("worker.probe.room_written")
     except OSError as exc:
-        refused = exc
+        return exc if exc.errno in DISK_REFUSALS else None
     finally:
         os.close(fd)
-        with contextlib.suppress(FileNotFoundError):  # taken with its folder by that sweep
-            os.unlink(path)
-    return refused if refused is not None and refused.errno in DISK_REFUSALS else None
+    return None
+
+
+def _nameless_file(folder: str) -> int:
+    """A file open for writing in ``folder`` that no name leads to, so that it cannot outlive this process: a worker
+    killed while it held the spare room left a named 1 MiB file, which only a started worker's sweep removes, and
+    on a disk nearly full every worker after it refused to start. ``O_TMPFILE`` where the file system has it, else a
+    file removed right after it is made (a kill in between leaves it empty)."""
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+    if tmpfile:
+        try:
+            return os.open(folder, os.O_WRONLY | tmpfile | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
+        except OSError as exc:
+            if exc.errno not in TMPFILE_UNSUPPORTED:
+                raise
+    path = os.path.join(folder, "room")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
+    with contextlib.suppress(FileNotFoundError):  # taken with its folder by another worker's sweep
+        os.unlink(path)
+    return fd
 
 
 def _trust_folders_above(project: str) -> None:

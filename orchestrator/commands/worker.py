@@ -165,7 +165,12 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     11 comes first when it left both kinds of jobs), 10 the store refused a write or
     could not be reached (a looping worker that reached it once waits for it instead; --once
     retries a store lost during stale recovery or the claim for --store-wait-seconds, and waits
-    for its run's outcome as long as it takes).
+    for its run's outcome as long as it takes), or a folder of the store (the project folder,
+    .orchestrator, runs/, artifacts/) is owned by another user, or writable by others and not
+    its to change, or lies below such a folder, or the job's folder it claimed is owned by
+    another user (the job handed back), or the disk is full (when it starts, before a claim)
+    or a quota used up (when it starts), or a run failed with the disk full (handed back,
+    unless its payload said retryable false).
     """
     from orchestrator.runner import adopt_orphans
     from orchestrator.worker import Worker, WorkerSettings

@@ -34,6 +34,18 @@ def test_a_probe_left_by_a_worker_killed_as_it_started_is_removed_by_the_next_wo
     assert list(artifacts.iterdir()) == []  # before the fix: the probe stayed, one more per crash
 
 
+def test_a_worker_killed_while_it_holds_its_spare_room_leaves_no_byte_of_it_behind(env, orch) -> None:
+    """The probe writes the 1 MiB the store keeps into a file of its ``runs/`` folder: a worker killed before it
+    removed it left the file, which only a started worker's sweep removes, and on a disk nearly full every worker
+    after it refused to start (``no room for the 1.0 MiB ...``). The file cannot outlive its process now."""
+    crashed = run_script("worker", "--once", env={**env, "ORCH_CRASH_AT": "worker.probe.room_written"})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    runs = orch.settings.state_dir / "runs"
+    left = {str(p.relative_to(runs)): p.stat().st_size for p in runs.rglob("*") if p.is_file()}
+    assert sum(left.values()) == 0, left
+    assert run_script("worker", "--once", env=env).returncode == 75
+
+
 def test_only_old_empty_probes_whose_process_is_gone_or_is_the_sweeper_are_removed(tmp_path: Path) -> None:
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()

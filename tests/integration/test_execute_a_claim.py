@@ -7,11 +7,13 @@ reported ``succeeded`` with nothing recorded), another worker's, one whose job w
 from __future__ import annotations
 
 import importlib
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from helpers import events, make_worker
+from helpers import WAIT, events, make_worker
 from orchestrator.errors import InvalidInputError
 
 importlib.import_module("worker_handlers")  # registers the t.* handlers
@@ -72,3 +74,33 @@ def test_execute_takes_only_a_claim_and_anything_else_is_invalid_input_with_noth
     assert (refused.value.code, refused.value.exit_code) == ("INVALID_INPUT", 3)
     assert "claim()" in refused.value.message
     assert [e["type"] for e in events(any_orch, job)] == ["job_submitted"]
+
+
+def test_a_claim_executed_from_two_threads_at_once_runs_once_and_the_other_is_lease_lost(any_orch, tmp_path) -> None:
+    """Both read the job running under the claim's run, this worker's: the handler ran twice, in one run folder, one
+    run recorded and the other ``lease_lost`` after it had run (its processes killed as the first's leftovers)."""
+    from orchestrator import faults
+
+    log = tmp_path / "runs.log"
+    logs = f"import os; open({str(log)!r}, 'a').write(os.environ['ORCH_RUN_ID'] + '\\n'); "
+    done = "open(os.environ['ORCH_TERMINAL_FILE'], 'w').write('{\"status\": \"done\", \"summary\": \"ok\"}')"
+    job = any_orch.submit("command", {"argv": [sys.executable, "-c", logs + done]})
+    with make_worker(any_orch) as worker:
+        claim = worker.claim()
+        second: list = []
+
+        def execute_again_while_it_runs() -> None:
+            meanwhile = threading.Thread(target=lambda: second.append(worker.execute(claim)))
+            meanwhile.start()
+            meanwhile.join(WAIT)
+
+        faults.arm("worker.after_start", execute_again_while_it_runs)
+        try:
+            first = worker.execute(claim)
+        finally:
+            faults.disarm_all()
+    assert first.outcome == "succeeded"
+    assert len(second) == 1 and lost_as(second[0], job, claim.run_id, "running"), second
+    assert "nothing was run" in second[0].details["message"]
+    assert runs_logged(log) == [claim.run_id]
+    assert [e["type"] for e in events(any_orch, job)] == ["job_submitted", "job_claimed", "job_succeeded"]

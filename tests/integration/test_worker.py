@@ -655,6 +655,12 @@ def test_a_retry_after_longer_than_the_bound_waits_the_bound(orch) -> None:
     assert before + 3600 <= retry_at <= orch.clock() + 3600
 
 
+def test_a_retry_after_of_400_digits_from_a_python_handler_waits_the_bound(orch) -> None:
+    """``10**400`` from a Python handler (JSON's integers have no bound, a float's do) was ``MALFORMED_PAYLOAD``."""
+    before, retry_at = retried_after(orch, {"status": "failed", "summary": "busy", "retry_after": 10 ** 400})
+    assert before + 3600 <= retry_at <= orch.clock() + 3600
+
+
 def test_a_retry_after_reaching_past_the_latest_time_a_line_holds_waits_until_that_time(orch) -> None:
     """A clock an hour from 9999-12-31T23:59:59Z leaves room for a claim's lease but not for the hour a payload may
     ask: the retry is put at the latest time an event can hold, not a ``ValueError`` after the run (the run's

@@ -265,12 +265,13 @@ def test_a_worker_whose_disk_fills_up_stops_before_its_next_claim(orch, monkeypa
     worker.close()
 
 
-def writes_to(name: str, monkeypatch: pytest.MonkeyPatch, refusal: int | None = None) -> list[int]:
-    """The sizes written to files called ``name``, as ``os.write`` got them; with ``refusal``, each refused so."""
+def writes_to_the_probe(monkeypatch: pytest.MonkeyPatch, refusal: int | None = None) -> list[int]:
+    """The sizes written to files in a probe's folder of ``runs/`` (its spare room, a file no name leads to), as
+    ``os.write`` got them; with ``refusal``, each refused so."""
     real, sizes = os.write, []
 
     def write(fd: int, data) -> int:
-        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) == name:
+        if os.path.basename(os.path.dirname(os.readlink(f"/proc/self/fd/{fd}"))).startswith("run-probe-"):
             sizes.append(len(data))
             if refusal is not None:
                 raise OSError(refusal, os.strerror(refusal))
@@ -285,7 +286,7 @@ def test_a_worker_over_its_disk_quota_does_not_start_and_claims_nothing(orch, mo
     claimed, and the first file of its run was refused (``EDQUOT``), or its hand-back. The worker now writes the
     store's spare room when it starts, which a quota refuses as a full disk does."""
     job = orch.submit("command", {"argv": DONE}, max_attempts=3)
-    writes_to("room", monkeypatch, errno.EDQUOT)
+    writes_to_the_probe(monkeypatch, errno.EDQUOT)
     with pytest.raises(StorageError) as err:
         make_worker(orch)
     assert err.value.exit_code == 10
@@ -296,9 +297,13 @@ def test_a_worker_over_its_disk_quota_does_not_start_and_claims_nothing(orch, mo
     assert list((orch.settings.state_dir / "runs").iterdir()) == []  # the probe's file and folder removed
 
 
-def test_the_room_written_when_a_worker_starts_is_given_back(orch, monkeypatch) -> None:
-    """The spare room is written into a file of the probe's folder, then the file and the folder are removed."""
-    sizes = writes_to("room", monkeypatch)
+@pytest.mark.parametrize("tmpfile", [True, False], ids=["O_TMPFILE", "removed-at-once"])
+def test_the_room_written_when_a_worker_starts_is_given_back(orch, monkeypatch, tmpfile: bool) -> None:
+    """The spare room is written into a file of the probe's folder that no name leads to (``O_TMPFILE``, else one
+    removed right after it is made), then the file is closed and the folder removed."""
+    if not tmpfile:
+        monkeypatch.delattr(os, "O_TMPFILE", raising=False)
+    sizes = writes_to_the_probe(monkeypatch)
     make_worker(orch)
     assert sum(sizes) == 1 << 20
     assert list((orch.settings.state_dir / "runs").iterdir()) == []
@@ -320,13 +325,15 @@ def disk_full_while_it_runs(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.mark.parametrize("kind, value, code", [
     ("command", {"argv": NO_SPACE}, "NO_TERMINAL_SIGNAL_EXIT"),
-    ("t.payload", {"status": "failed", "summary": "cannot write: disk full", "retryable": False}, "HANDLER_FAILED"),
+    ("t.payload", {"status": "failed", "summary": "cannot write: disk full"}, "HANDLER_FAILED"),
 ])
 def test_a_run_that_fails_with_the_disk_full_when_it_ends_is_handed_back_and_the_worker_stops(
         orch, disk_full_while_it_runs, kind: str, value: dict, code: str) -> None:
     """A handler's own writes a full disk refuses fail its run, which the worker cannot tell from any failure (its
     stderr is the handler's text); it can tell that the disk is full now. The run was charged an attempt (with
-    ``max_attempts`` 1 the job failed for good, for the host's fault), then the worker stopped at its next claim."""
+    ``max_attempts`` 1 the job failed for good, for the host's fault), then the worker stopped at its next claim.
+    The hand-back is no failed attempt, so not counted against ``max_attempts``: with 1, the job runs again once
+    space is freed (a failure that must not be run again says ``retryable: false``, below)."""
     from orchestrator.state import WORKER_STOPPED
 
     job = orch.submit(kind, value, max_attempts=1)
@@ -343,6 +350,34 @@ def test_a_run_that_fails_with_the_disk_full_when_it_ends_is_handed_back_and_the
     assert (st.state, st.failures, st.stops) == ("queued", 0, 1)
     if kind == "command":
         assert "No space left on device" in released["output_tail"]
+    worker.close()
+
+
+DECLINED = [PY, "-c", "import os; open(os.path.join(os.environ['ORCH_ARTIFACTS_DIR'], 'big'), 'wb').write(bytes(1 << 16)); "
+            "open(os.environ['ORCH_TERMINAL_FILE'], 'w').write('{\"status\": \"failed\", \"summary\": \"card declined: do "
+            "not retry\", \"retryable\": false}')"]
+
+
+@pytest.mark.parametrize("kind, value", [
+    ("command", {"argv": DECLINED}),
+    ("t.payload", {"status": "failed", "summary": "card declined: do not retry", "retryable": False}),
+])
+def test_a_failed_payload_that_says_retryable_false_is_final_whatever_the_disk(
+        orch, disk_full_while_it_runs, kind: str, value: dict) -> None:
+    """Its handler said the failure must not be run again (a card charged and declined): handed back for a full
+    disk, the job ran again once space was freed, charging the card twice. It is recorded as it ended, final with
+    attempts left; the worker stops at its next claim, as after a run that succeeded."""
+    job = orch.submit(kind, value, max_attempts=3)
+    worker = make_worker(orch)
+    disk_full_while_it_runs()
+    result = worker.run_once()
+    assert (result.outcome, result.error_code) == ("failed", "HANDLER_FAILED")
+    assert [e["type"] for e in events(orch, job)] == ["job_submitted", "job_claimed", "job_failed"]
+    st = orch.load(job).state
+    assert (st.state, st.failures) == ("failed", 1)
+    orch.submit("t.echo", "x")
+    with pytest.raises(StorageError, match="the disk is full"):
+        worker.run_once()
     worker.close()
 
 

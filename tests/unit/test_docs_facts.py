@@ -236,6 +236,18 @@ def test_the_worker_help_names_each_exit_code_a_worker_exits_with(exit_code: int
     assert re.search(rf"\b{exit_code} [a-z]", help_text), f"`worker -h` does not name exit {exit_code}"
 
 
+@pytest.mark.parametrize("cause", ["refused a write", "could not be reached", "owned by another user",
+                                   "writable by others", "below such a folder", "job's folder", "quota",
+                                   "failed with the disk full"])
+def test_the_worker_help_names_each_cause_of_exit_10_the_readme_table_names(cause: str) -> None:
+    """README's exit table gives a worker more causes of exit 10 than a refused write or a store out of reach: store
+    folders another user owns or others may write, or below such a folder, a job's folder another user owns, a
+    quota used up (met at start), a run that failed with the disk full."""
+    help_text = " ".join((commands()["worker"].help or "").split())
+    exit_10 = help_text[help_text.index(" 10 "):]
+    assert cause in exit_10, f"`worker -h` does not name {cause!r} under exit 10"
+
+
 def test_every_upper_case_code_the_operator_pages_name_is_one_the_code_has() -> None:
     """An error, problem, alert or event code (`LEASE_NOT_RENEWED`, `TRUNCATED`, ...) renamed or dropped in the code
     is not left in a table an operator acts on. postgres.md also names the operator's own variables and libpq's."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import MalformedPayloadError
-from orchestrator.payload import parse_payload
+from orchestrator.payload import MAX_RETRY_AFTER_SECONDS, parse_payload
 
 FOLDER = Path("/nonexistent/artifacts/JOB1")
 
@@ -129,7 +129,19 @@ def test_a_payload_may_say_how_many_seconds_its_next_attempt_must_wait_at_least(
     backoff alone decided, and the next attempt came back too soon, was refused again, an attempt spent for nothing."""
     for raw in (json.dumps({"status": "failed", "summary": "busy", "retry_after": value}),
                 {"status": "failed", "summary": "busy", "retry_after": value}):
-        assert parse_payload(raw, FOLDER).retry_after == value
+        assert parse_payload(raw, FOLDER).retry_after == min(value, MAX_RETRY_AFTER_SECONDS)  # 86400: cut to 3600
+
+
+@pytest.mark.parametrize("raw", [
+    '{"status": "failed", "summary": "s", "retry_after": 1%s}' % ("0" * 400),
+    {"status": "failed", "summary": "s", "retry_after": 10 ** 400},  # a Python handler's
+    {"status": "failed", "summary": "s", "retry_after": 10 ** 400, "output": ("asks the model",)},
+    {"status": "failed", "summary": "s", "retry_after": 2 ** 53 + 1},
+], ids=["400-digits", "10**400", "10**400-model", "2**53+1"])
+def test_a_whole_retry_after_of_any_size_is_cut_to_the_bound(raw) -> None:
+    """README: a longer wait "is cut to" an hour; one no float holds was ``MALFORMED_PAYLOAD`` ("Input should be a
+    valid number"), the run failed for a wait it asked too long."""
+    assert parse_payload(raw, FOLDER).retry_after == MAX_RETRY_AFTER_SECONDS
 
 
 def test_a_payload_without_retry_after_or_with_null_has_none() -> None:
