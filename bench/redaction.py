@@ -66,7 +66,8 @@ def main() -> None:
     timed = texts()
     for name, text in timed.items():
         figures[f"sanitize_text.{name}"] = best(lambda: sanitize_text(text), args.repeat)
-    figures["llm_drop.prose_1m"] = best(lambda: secrets.drop(timed["prose_1m"]), args.repeat)
+    for name in ("prose_1m", "log_1m"):  # the log's pytest lines hold a "%" each
+        figures[f"llm_drop.{name}"] = best(lambda: secrets.drop(timed[name]), args.repeat)
     print(json.dumps(figures))
 
 

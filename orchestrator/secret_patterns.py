@@ -219,6 +219,13 @@ ARGV_WORDS = ('-u"',)
 CASE_FOLDED_TO_ASCII = "\u0130\u0131\u017f\u212a"
 SHAPE_STARTS = ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", *AWS_KEY_ID_STARTS, "xox", "AIza", "eyJ",
                 "sk_live_", "sk_test_", "rk_live_", "rk_test_", "glpat-", "npm_", "SG.")
+# What every key of a vendor's kind begins with, so no secret: a vendor's documentation prints it. The llm handler
+# counts a start of its key as one only past it (``llm_secrets._shortest_start``: ``sk-ant-api03`` is no part of
+# anyone's key). The shapes' starts and the longer ones of the vendors an OpenAI-compatible endpoint may be; a
+# vendor not named here has none: its key's every start is secret.
+PUBLIC_KEY_PREFIXES = (*SHAPE_STARTS, "sk-ant-api03-", "sk-ant-admin01-", "sk-ant-oat01-", "sk-proj-", "sk-svcacct-",
+                       "sk-admin-", "sk-None-", "sk-or-v1-", "gsk_", "xai-", "pplx-", "hf_", "r8_", "fw_", "xoxb-",
+                       "xoxp-", "xoxa-", "xoxr-", "xoxs-", "xoxe-")
 # A key of an object whose value is secret: a key word (``_KEYS``, its suffixes included, or a header's name) that
 # ends the name, but for blanks and punctuation after it (``"password "``, ``"Password:"``, ``"db_password\n"``).
 SENSITIVE_KEY = re.compile(rf"(?:{_KEYS}|{_HEADER_KEYS})[\W_]*\Z", re.I)

@@ -1,13 +1,13 @@
 """What the ``llm`` handler must never return: the API key and the password of ``LLM_URL`` (``Secrets``), found
 in every form an endpoint may echo them in, and replaced in a reply (``without_secrets``) and in any text it quotes
-(``scrub``). A key has no shape ``sanitize_text`` could recognise, so its own value is looked for: as sent,
-upper-cased or reversed, as JSON text may write it (``\\/``, ``\\u0041``: ``_json_forms``), percent-encoded (``%2F``),
+(``scrub``). A key has no shape ``sanitize_text`` could recognise, so its own value is looked for: as sent, upper- or
+lower-cased or reversed, as JSON text may write it (``\\/``, ``\\u0041``: ``_json_forms``), percent-encoded (``%2F``),
 as HTML writes it (``&gt;``, ``&#x41;``), and its bytes in base64 (either alphabet, from any offset: ``"user:" + key``
 in a Basic header; cut by line breaks into lines of any length, MIME's 76 or a narrow terminal's) or hex
-(``_encodings``); the forms of those too; and, cut short, any start or end of it of ``SHORTEST_PART`` (12)
-characters or more (``_without_parts``). A key shorter than ``MIN_SECRET_LENGTH`` (8) characters is not looked for:
-such a value (``x``, ``EMPTY``, a local server's dummy) cannot be told from text, and replacing it turned "explain"
-into "[REDACTED]plain"."""
+(``_encodings``); the forms of those too; and, cut short, any end of it of ``SHORTEST_PART`` (12) characters or more
+and any start reaching that far past its vendor's public prefix (``sk-ant-api03-``: ``_without_parts``). A key shorter
+than ``MIN_SECRET_LENGTH`` (8) characters is not looked for: such a value (``x``, ``EMPTY``, a local server's dummy)
+cannot be told from text, and replacing it turned "explain" into "[REDACTED]plain"."""
 from __future__ import annotations
 
 import base64
@@ -15,7 +15,7 @@ import functools
 import re
 from typing import Any
 
-from orchestrator.secret_patterns import MIN_SECRET_LENGTH  # a key or URL password shorter than this is not looked for
+from orchestrator.secret_patterns import MIN_SECRET_LENGTH, PUBLIC_KEY_PREFIXES
 from orchestrator.security import REDACTED, renamed_keys, sanitized_cut
 
 
@@ -51,12 +51,24 @@ def _json_forms(secret: str, wrapped: bool = False) -> str:
     return r"(?<!\\)" + (_BREAK if wrapped else "").join(forms)
 
 
+def _percent_escapes(chars: set[str]) -> re.Pattern[str]:
+    """A pattern of a percent escape of any of ``chars`` (those ``_json_forms`` percent-encodes: ASCII), its hex
+    digits of either case; the codes grouped by their first digit (``%4[1-9a-fA-F]``), so each ``%`` of a text costs
+    one test of a class, where a branch a code took a third longer on a log."""
+    lasts: dict[str, set[str]] = {}
+    for code in {ord(char) for char in chars if ord(char) < 0x80}:
+        first, last = f"{code:02x}"
+        lasts.setdefault(first, set()).update((last, last.upper()))
+    return re.compile("%(?:" + "|".join(f"{first}[{''.join(sorted(digits))}]"
+                                        for first, digits in sorted(lasts.items())) + ")")
+
+
 _URL_SAFE = str.maketrans("+/", "-_")  # base64's URL-safe alphabet (RFC 4648, section 5)
 
 
 def _encodings(secret: str) -> tuple[list[str], list[str]]:
-    """``secret`` as sent, upper-cased (a model "correcting" it), reversed, and its bytes in hex (lower or upper
-    case); and its bytes in base64, standard and URL-safe,
+    """``secret`` as sent, upper- or lower-cased (a model "correcting" it, an endpoint lowering what it echoes),
+    reversed, and its bytes in hex (lower or upper case); and its bytes in base64, standard and URL-safe,
     from each of the 3 offsets in a group of 3 bytes an encoding of a longer text may start them at: the characters
     those bytes alone decide (the first and last may hold bits of what is around them, and are not looked for: a few
     bits of the key's first and last bytes are left). A key is ASCII (``_config_problem``)."""
@@ -66,7 +78,7 @@ def _encodings(secret: str) -> tuple[list[str], list[str]]:
         first, end = -(-8 * offset // 6), 8 * (offset + len(data)) // 6  # whole 6-bit characters of the key's bits
         standard = base64.b64encode(bytes(offset) + data).decode()[first:end]
         encoded += [standard, standard.translate(_URL_SAFE)]
-    return [secret, secret.upper(), secret[::-1], data.hex(), data.hex().upper()], encoded
+    return [secret, secret.upper(), secret.lower(), secret[::-1], data.hex(), data.hex().upper()], encoded
 
 
 @functools.lru_cache(maxsize=4)  # a worker asks with the same key each time: the pattern is made once
@@ -89,32 +101,42 @@ class Secrets:
         self._entities = ("&#", *sorted({f"&{name};" for char, name in _HTML_NAMED.items()
                                          if any(char in form for form in self.forms)}))
         self._base64_forms = sorted({form for form, cut in wrapped if cut}, key=len)
+        self._percent_escapes = _percent_escapes({char for form in self.forms for char in form})
+        self._starts = [(value, _shortest_start(value)) for value in self.values]
+        # a value longer than its shortest start is replaced whole by the search for its starts: a replace less
+        found_by_starts = {value for value, shortest_start in self._starts if shortest_start < len(value)}
+        self._plain_forms = sorted({form for form, cut in wrapped if not cut} - found_by_starts, key=len, reverse=True)
 
     def drop(self, text: str) -> str:
         """``text`` with each secret replaced by ``REDACTED``, then what is left of one cut short (``_without_parts``).
-        The pattern (~0.5 s a MB: ~20 alternatives tried at each character) runs only on a text that may hold a form no
-        replace finds: one holding a backslash, a ``%``, an entity, or a base64 form cut by line breaks
-        (``_wrapped_in``)."""
+        The pattern (~0.4 s a MB: each form tried at each character) runs only on a text that may hold a form no
+        replace finds, written with escapes (``_escaped_in``) or in base64, whole or cut by line breaks
+        (``_base64_in``); else the plain forms are replaced, each as it is the only one (the key as sent, where its
+        starts are searched for, by that search), and the base64 ones are known absent."""
         if self._pattern is None:
             return text
-        if "\\" in text or "%" in text or "&" in text and any(entity in text for entity in self._entities) \
-                or self._wrapped_in(text):
+        if self._escaped_in(text) or self._base64_in(text):
             text = self._pattern.sub(REDACTED, text)
         else:
-            for form in self.forms:  # each form as it is is the only one (and a replace is much faster)
+            for form in self._plain_forms:
                 text = text.replace(form, REDACTED)
-        for value in self.values:
-            text = _without_parts(text, value)
+        for value, shortest_start in self._starts:
+            text = _without_parts(text, value, shortest_start)
         return text
 
-    def _wrapped_in(self, text: str) -> bool:
-        """Whether ``text`` holds a base64 form cut into lines, of any length: it does where the text without its
-        line breaks holds one (a copy and a search a form, ~0.7 ms a MB, where a search for pieces of a line's length
-        missed lines shorter than 60)."""
+    def _escaped_in(self, text: str) -> bool:
+        """Whether ``text`` may hold a form written with escapes: it holds a backslash (JSON's), a percent escape of
+        a character of a form (``%2F``: a ``%`` alone, pytest's ``[ 42%]`` on each line of a log, is none), or an
+        entity."""
+        return "\\" in text or "%" in text and self._percent_escapes.search(text) is not None \
+            or "&" in text and any(entity in text for entity in self._entities)
+
+    def _base64_in(self, text: str) -> bool:
+        """Whether ``text`` holds a base64 form, whole or cut into lines of any length: it does where the text without
+        its line breaks holds one (a copy and a search a form, ~0.7 ms a MB, where a search for pieces of a line's
+        length missed lines shorter than 60)."""
         has_cr = "\r" in text
-        if "\n" not in text and not has_cr:
-            return False
-        unwrapped = text.replace("\n", "")
+        unwrapped = text.replace("\n", "") if "\n" in text else text
         unwrapped = unwrapped.replace("\r", "") if has_cr else unwrapped
         return any(form in unwrapped for form in self._base64_forms)
 
@@ -122,20 +144,27 @@ class Secrets:
 SHORTEST_PART = 12  # a start or an end of a key this long is looked for on its own; a shorter one is text ("plain.")
 
 
-def _without_parts(text: str, value: str) -> str:
-    """``text`` with each start and each end of ``value`` of ``SHORTEST_PART`` characters or more replaced, as long as
-    it goes on as the value does: what is left of the key where an endpoint or a model echoed it cut short ("your key
-    begins sk-proj-AbCdEf..."). Linear: each of the two searches goes through the text once, and a part found is
-    taken whole, so no character is looked at again."""
+def _shortest_start(value: str) -> int:
+    """How long a start of ``value`` is looked for: ``SHORTEST_PART`` characters past its vendor's public prefix (the
+    longest of ``PUBLIC_KEY_PREFIXES`` it begins with), which every key of its kind begins with: counted, every reply
+    naming ``sk-ant-api03`` lost it."""
+    return SHORTEST_PART + max((len(prefix) for prefix in PUBLIC_KEY_PREFIXES if value.startswith(prefix)), default=0)
+
+
+def _without_parts(text: str, value: str, shortest_start: int) -> str:
+    """``text`` with each start of ``value`` of ``shortest_start`` characters or more and each end of
+    ``SHORTEST_PART`` or more replaced, as long as it goes on as the value does: what is left of the key where an
+    endpoint or a model echoed it cut short ("your key begins sk-proj-AbCdEfGhIjKl..."). Linear: each of the two
+    searches goes through the text once, and a part found is taken whole, so no character is looked at again."""
     if len(value) <= SHORTEST_PART:  # its parts are the whole value, replaced before
         return text
-    start_of, end_of = value[:SHORTEST_PART], value[-SHORTEST_PART:]
+    start_of, end_of = value[:shortest_start], value[-SHORTEST_PART:]
     at_start, at_end = text.find(start_of), text.find(end_of)
     out: list[str] = []
     pos = 0
     while at_start >= 0 or at_end >= 0:
         if at_end < 0 or 0 <= at_start <= at_end:
-            start, end = at_start, at_start + _same_ahead(text, at_start, value)
+            start, end = at_start, at_start + _same_ahead(text, at_start, value, len(start_of))
         else:
             end = at_end + SHORTEST_PART
             start = end - _same_behind(text, end, value, pos)
@@ -149,9 +178,9 @@ def _without_parts(text: str, value: str) -> str:
     return "".join(out)
 
 
-def _same_ahead(text: str, at: int, value: str) -> int:
-    """How many characters of ``text`` from ``at`` are those ``value`` begins with (``SHORTEST_PART`` at least)."""
-    n, most = SHORTEST_PART, min(len(value), len(text) - at)
+def _same_ahead(text: str, at: int, value: str, found: int) -> int:
+    """How many characters of ``text`` from ``at`` are those ``value`` begins with (the ``found`` first at least)."""
+    n, most = found, min(len(value), len(text) - at)
     while n < most and text[at + n] == value[n]:
         n += 1
     return n
