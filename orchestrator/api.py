@@ -24,6 +24,7 @@ from orchestrator.errors import (NOTHING_WRITTEN, AuditEntryNotWrittenError, Aux
                                  UnusableFileError)
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream,
                                   check_head_record, check_head, head_record, seal, verify_stream)
+from orchestrator.held_records import WITHOUT_HEAD_RECORD, WITHOUT_LEASE_RECORD, read_around_a_held_record
 from orchestrator.key_files import load_keyring
 from orchestrator.limits import (KIND_RULE, MAX_INPUT_BYTES, a_process_count, a_set_of_names, a_time, an_actor,
                                  callable_or_none, instance_or_none, is_kind, true_or_false)
@@ -130,7 +131,7 @@ class Orchestrator:
 
     # -- reading ----------------------------------------------------------------------------
     def load(self, job_id: str, *, every_signature: bool = False,
-             read: tuple[bytes | None, list[StoredLine]] | None = None) -> JobView:
+             read: tuple[bytes | None, list[StoredLine]] | None = None, around_a_held_record: bool = False) -> JobView:
         """Read, verify and replay one job. Raises ``JobNotFoundError`` for an unknown id.
 
         The lines its head record vouches for (``history.check_head``) have their own
@@ -138,21 +139,27 @@ class Orchestrator:
         one (``verify``), and so does every read with ``ORCH_STRICT_READS=1``. Either way any edit, cut
         or splice of the history is a problem. ``read``: the job's head record and lines as
         ``read_job`` returns them, read already (by the claim statement of a queue index,
-        ``QueueIndex.reserved_read``, or by a worker's look ahead): verified and replayed as this read's."""
+        ``QueueIndex.reserved_read``, or by a worker's look ahead): verified and replayed as this read's.
+        ``around_a_held_record``: as for ``read_job``."""
         validate_id(job_id, "job id")
         try:
-            head_raw, lines = read if read is not None else self.read_job(job_id)
+            head_raw, lines = (read if read is not None
+                               else self.read_job(job_id, around_a_held_record=around_a_held_record))
         except (PathEscapeError, UnusableFileError) as exc:
             return self._unreadable_view(job_id, exc)
         return self._verified_view(job_id, lines, head_raw, every_signature=every_signature)
 
-    def read_job(self, job_id: str) -> tuple[bytes | None, list[StoredLine]]:
+    def read_job(self, job_id: str, *, around_a_held_record: bool = False) -> tuple[bytes | None, list[StoredLine]]:
         """A job's head record and lines, not verified (``load`` verifies them). The head record is read BEFORE the
         events: it is written after its events are durable (or with them, on PostgreSQL), so a writer racing this
         read can only make the events longer than the record, never shorter (which would look like a cut history:
         TRUNCATED). A link or an unusable file in the job's place raises (``PathEscapeError``,
-        ``UnusableFileError``)."""
-        return self.store.read_with_aux(job_id, HEADS_AREA, job_id)
+        ``UnusableFileError``). ``around_a_held_record`` (``status``): a record whose lock a paused writer holds on is
+        read as none, with a warning (``held_records``)."""
+        if not around_a_held_record:
+            return self.store.read_with_aux(job_id, HEADS_AREA, job_id)
+        return read_around_a_held_record(job_id, lambda: self.store.read_with_aux(job_id, HEADS_AREA, job_id),
+                                         lambda: (None, self.store.read(job_id)), WITHOUT_HEAD_RECORD)
 
     def _unreadable_view(self, job_id: str, exc: PathEscapeError | UnusableFileError) -> JobView:
         """The job whose events file or head record is a symbolic link, which the store never follows, or whose
@@ -225,10 +232,13 @@ class Orchestrator:
         return JobView(job_id, stream, state, tuple(problems))
 
     def status(self, job_id: str) -> JobStatus:
-        view = self.load(job_id)
+        """The job's status. A head or lease record whose lock a process paused in the middle of writing it holds on
+        is waited for at most ``LOCK_WAIT_SECONDS``, then read around, with a ``RECORD_LOCK_HELD`` warning
+        (``held_records``)."""
+        view = self.load(job_id, around_a_held_record=True)
         st = JobStatus.from_view(view)
         if view.state is not None and view.state.state == RUNNING:  # show the lease as renewed by heartbeats
-            expiry = lease_expiry(self.store, view.state, self.clock())
+            expiry = self._renewed_lease(view.state, self.clock())
             try:
                 st = replace(st, lease_expires_at=clock.to_iso(expiry) if expiry else None)
             except (ValueError, OverflowError, OSError):  # beyond what a date can show: keep the claim's
@@ -236,16 +246,23 @@ class Orchestrator:
         return st
 
     def lease_expiry(self, job_id: str, now: float | None = None) -> float | None:
-        """When the running job's current lease ends, heartbeats included; ``None`` if it is not running."""
+        """When the running job's current lease ends, heartbeats included; ``None`` if it is not running. Records a
+        paused writer holds are read around, as by ``status``."""
         a_time(now)
         try:
-            view = self.load(job_id)
+            view = self.load(job_id, around_a_held_record=True)
         except JobNotFoundError:  # removed since it was listed: not running
             return None
         s = view.state
         if s is None or s.state != RUNNING:
             return None
-        return lease_expiry(self.store, s, self.clock() if now is None else now)
+        return self._renewed_lease(s, self.clock() if now is None else now)
+
+    def _renewed_lease(self, s: JobState, now: float) -> float | None:
+        """``leases.lease_expiry`` for a reader (``status``, ``metrics``): a lease record whose lock a paused writer
+        holds on is read around, the claim's lease shown (``held_records``)."""
+        return read_around_a_held_record(s.job_id, lambda: lease_expiry(self.store, s, now),
+                                         lambda: s.lease_expires_at, WITHOUT_LEASE_RECORD)
 
     def job_ids(self) -> Iterator[str]:
         return self.store.job_ids()

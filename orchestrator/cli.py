@@ -362,7 +362,9 @@ def status(orch: Any, out: Output, job_id: str | None, all_jobs: bool, states: t
            kinds: tuple[str, ...]) -> int:
     """Show a job's state, attempt, run id, lease, pending question and last error.
 
-    Exits 7 when the job's history failed verification (the job will not be run).
+    Exits 7 when the job's history failed verification (the job will not be run). A head or
+    lease record that a paused process holds locked is read around after 1 s: the state from
+    the events alone, the claim's lease, and a RECORD_LOCK_HELD warning on stderr.
     """
     if all_jobs or states or kinds:
         if job_id is not None:  # "" too: an id given (an empty one is INVALID_ID, as any bad id)

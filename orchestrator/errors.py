@@ -157,6 +157,9 @@ class AuditEntryNotWrittenError(StorageError):
 
 # The warning of an event acknowledged although a record written after it was not (``AuxNotWrittenError.warning``)
 HEAD_RECORD_NOT_WRITTEN = "HEAD_RECORD_NOT_WRITTEN"
+# The warning of a ``status`` shown without a job's head or lease record, whose lock a paused process holds on
+# (``held_records.read_around_a_held_record``)
+RECORD_LOCK_HELD = "RECORD_LOCK_HELD"
 
 
 class AuxNotWrittenError(StorageError):

@@ -15,9 +15,10 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from orchestrator import clock as clock_mod
-from orchestrator.errors import StorageError, StorageUnavailableError
+from orchestrator.errors import LockHeldError, StorageError, StorageUnavailableError
 from orchestrator.leases import HeldLease, Lease, write_lease
 from orchestrator.security import one_line
+from orchestrator.store.locks import LOCK_WAIT_SECONDS, bounded_waits
 
 if TYPE_CHECKING:
     from orchestrator.api import Orchestrator
@@ -68,21 +69,23 @@ class Heartbeat:
     def renew(self, claim: "Claim") -> str:
         """``renewed`` (``held`` then holds the new expiry), ``lost`` if the job's log grew since the claim (taken
         over, cancelled), ``failed`` when the store could not be written (a folder of the file store gone or
-        unwritable), ``unknown`` when it could not be reached (PostgreSQL: a write whose answer was lost may have
-        committed). Every call ends by the time the run would be stopped (``EventStore.calls_end_by``), so a
-        stalled server cannot hold the worker past it."""
+        unwritable, the lease record's lock held on by a paused process), ``unknown`` when it could not be reached
+        (PostgreSQL: a write whose answer was lost may have committed). Every call ends by the time the run would be
+        stopped (``EventStore.calls_end_by``), so a stalled server cannot hold the worker past it, and so does the
+        wait for the lease record's lock, within ``LOCK_WAIT_SECONDS`` (``bounded_waits``)."""
         held, store = self.held, self.orch.store
         now_m, now = time.monotonic(), self.orch.clock()
         stop_m = now_m + held.stop_at - now
+        bound = min(LOCK_WAIT_SECONDS, stop_m - now_m) if stop_m > now_m else 0.0
         try:
-            with store.calls_end_by(stop_m if stop_m > now_m else None):
+            with store.calls_end_by(stop_m if stop_m > now_m else None), bounded_waits(lambda: False, bound):
                 if store.read(claim.job_id, from_seq=claim.view.head.seq + 1):
                     return "lost"
                 now = self.orch.clock()
                 expires = now + self.lease_seconds
                 write_lease(store, Lease(claim.job_id, claim.run_id, claim.epoch, self.worker_id, os.getpid(),
                                          expires, now))
-        except StorageError as exc:  # StorageUnavailableError too
+        except (StorageError, LockHeldError) as exc:  # StorageUnavailableError too
             held.failed(self.orch.clock(), f"{exc.code}: {one_line(exc.message)}")
             log.warning("job %s: the lease could not be renewed (%s); the run goes on until %s, when it is "
                         "stopped unless a renewal succeeds first", claim.job_id, one_line(exc.message),

@@ -404,8 +404,8 @@ def _summarized(orch: "Orchestrator", job_ids: Sequence[str], *, heal: bool
     rows: list[tuple[str, Row | None]] = []
     ok_views = []
     for job_id in job_ids:
-        try:
-            view = orch.load(job_id)
+        try:  # a record a paused writer holds is read around (its row is read again once the record changes)
+            view = orch.load(job_id, around_a_held_record=True)
         except (JobNotFoundError, InvalidIdError):
             rows.append((job_id, None))
             continue

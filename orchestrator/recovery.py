@@ -167,37 +167,19 @@ def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor:
         mark = running_mark(job_id, epoch)
         if untrusted.passes_over(mark, job_id):
             continue
+        # a lock held past the bounded wait: the job's events file's (a writer paused mid-append), or its head or
+        # lease record's (paused in the middle of writing or reading one): not this pass's to wait for
         try:
-            view = orch.load(job_id)
-            if not view.ok and reload_keys(orch):  # a key made or revoked since this worker started
-                view = orch.load(job_id)
-        except (JobNotFoundError, InvalidIdError):  # no such job, or a name no job has (not an entry this code wrote);
-            queue.drop_orphan_running(job_id, epoch, orch.store)  # or its first line landing: looked for again
-            continue
-        missing = view.missing_keys()
-        if missing:  # whether it runs, and under which epoch, only a worker that holds those keys can tell
-            untrusted.leave(mark, job_id, missing)
-            continue
-        s = view.state
-        if not view.ok or s is None or s.state != RUNNING or epoch not in (None, s.epoch):
-            if view.ok and s is not None and s.state == QUEUED:
-                # the job is queued: make sure it has its ready entry (a crash, or a clock step, may have
-                # left it without one); keep the entry of the next epoch, a claim that is being written
-                queue.put_ready(ReadyEntry.for_state(s))
-                if epoch == s.epoch + 1:
-                    continue
-            if (view.ok and s is not None and s.state == CANCELLED
-                    and not end_cancelled_run(orch, view, (job_id, epoch), now, watch)):
-                continue  # the cancelled run's lease holds: its worker, if alive, ends the run itself
-            queue.drop_running(job_id, epoch)
-            continue
-        expiry = lease_expiry(orch.store, s, now)
-        if expiry is not None and expiry > now:
-            watch.holds_until((job_id, epoch), expiry, now)
-            continue
-        try:
+            view = _running_view(orch, queue, untrusted, job_id, epoch, now, watch)
+            if view is None:
+                continue
+            s = view.state
+            expiry = lease_expiry(orch.store, s, now)
+            if expiry is not None and expiry > now:
+                watch.holds_until((job_id, epoch), expiry, now)
+                continue
             record = recover(orch, view, s, expiry, now, actor=actor, backoff=backoff, folders=folders, notify=notify)
-        except LockHeldError as exc:  # being written by a process that may be paused: not this pass's to wait for
+        except LockHeldError as exc:
             log.warning("passing over stale job %s for now: %s", job_id, exc.message, extra={"job_id": job_id})
             watch.holds_until((job_id, epoch), now + LOCKED_RETRY_SECONDS, now)
             continue
@@ -207,6 +189,39 @@ def recover_expired(orch: Orchestrator, queue: QueueIndex, now: float, *, actor:
                 on_recovered(record)
     watch.listed(now, bool(entries))
     return recovered
+
+
+def _running_view(orch: Orchestrator, queue: QueueIndex, untrusted: UntrustedJobs, job_id: str,
+                  epoch: int | None, now: float, watch: StaleWatch) -> JobView | None:
+    """The job of the running entry ``job_id@epoch``, read and verified, when it is running under that epoch; else
+    None, the index put right (an orphan entry dropped, a queued job's ready entry put back, a cancelled run's
+    entry dropped once what it left is ended: ``end_cancelled_run``) or the job left for a worker that holds the
+    keys it needs (``untrusted``)."""
+    try:
+        view = orch.load(job_id)
+        if not view.ok and reload_keys(orch):  # a key made or revoked since this worker started
+            view = orch.load(job_id)
+    except (JobNotFoundError, InvalidIdError):  # no such job, or a name no job has (not an entry this code wrote);
+        queue.drop_orphan_running(job_id, epoch, orch.store)  # or its first line landing: looked for again
+        return None
+    missing = view.missing_keys()
+    if missing:  # whether it runs, and under which epoch, only a worker that holds those keys can tell
+        untrusted.leave(running_mark(job_id, epoch), job_id, missing)
+        return None
+    s = view.state
+    if not view.ok or s is None or s.state != RUNNING or epoch not in (None, s.epoch):
+        if view.ok and s is not None and s.state == QUEUED:
+            # the job is queued: make sure it has its ready entry (a crash, or a clock step, may have
+            # left it without one); keep the entry of the next epoch, a claim that is being written
+            queue.put_ready(ReadyEntry.for_state(s))
+            if epoch == s.epoch + 1:
+                return None
+        if (view.ok and s is not None and s.state == CANCELLED
+                and not end_cancelled_run(orch, view, (job_id, epoch), now, watch)):
+            return None  # the cancelled run's lease holds: its worker, if alive, ends the run itself
+        queue.drop_running(job_id, epoch)
+        return None
+    return view
 
 
 def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None, now: float, *, actor: str,

@@ -59,7 +59,7 @@ from orchestrator.recovery import SWEEP_EVERY, StaleWatch, recover_expired, relo
 from orchestrator.runner import Child, precise_sleeps, stop_is_deferred
 from orchestrator.security import one_line, validate_id
 from orchestrator.store.files import check_folders, path_error
-from orchestrator.store.locks import bounded_waits
+from orchestrator.store.locks import LOCK_WAIT_SECONDS, bounded_waits
 from orchestrator.untrusted import UntrustedJobs
 from orchestrator.worker_folders import WORKER_FOLDERS, WorkerFolders
 from orchestrator.worker_settings import WorkerSettings, default_worker_id
@@ -390,7 +390,10 @@ class Worker:
         cap = cap or OutputCap(child.output, self.settings.output_max_bytes, start)
         heart = self._heartbeat(held)
         if look_ahead and not self.stopping:  # the next claim's read and check, done while the handler runs, if it
-            self.claimer.look_ahead(within=heart.next_at - time.monotonic())  # ends before the first heartbeat is due
+            within = heart.next_at - time.monotonic()  # ends before the first heartbeat is due
+            # a lock held on (a writer paused inside the job's head record) ends the look, never makes a heartbeat late
+            with bounded_waits(lambda: self.stopping, max(0.0, min(LOCK_WAIT_SECONDS, within))):
+                self.claimer.look_ahead(within=within)
         timeout = claim.state.timeout
         deadline = start + timeout if timeout else None
         ending = False  # the deadline was moved: the handler had ended by its timeout, its leftovers were being ended

@@ -27,8 +27,8 @@ from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import Callable, Iterator
 
 from orchestrator import faults
-from orchestrator.errors import (NOTHING_WRITTEN, AuxNotWrittenError, ConcurrencyError, IntegrityError, PathEscapeError,
-                                 StorageError, UnusableFileError)
+from orchestrator.errors import (NOTHING_WRITTEN, AuxNotWrittenError, ConcurrencyError, IntegrityError, LockHeldError,
+                                 PathEscapeError, StorageError, UnusableFileError)
 from orchestrator.security import is_id, validate_id
 from orchestrator.store.base import (AUDIT_STREAM, HEADS_AREA, SLOT_BYTES, AuxWrites, Builder, EventStore, Head,
                                      InTransaction, StoredLine, check_aux_name)
@@ -207,7 +207,9 @@ class JsonlStore(EventStore):
             faults.point("store.append.before_aux")  # the lines are durable, their head record not yet
             try:
                 self._write_aux(aux(new_head))  # after the lines are durable (files cannot do both at once)
-            except (StorageError, PathEscapeError) as exc:  # a link planted in a record's place since the read too
+            # a link planted in a record's place since the read too, and a record whose lock stays held (a paused
+            # process): not written, as on a full disk, rather than waited for
+            except (StorageError, PathEscapeError, LockHeldError) as exc:
                 raise AuxNotWrittenError(f"{exc.message} (the lines appended to {stream} before it are durable)",
                                          **{**exc.details, "stream": stream, "seq": new_head.seq,
                                             "linked": isinstance(exc, PathEscapeError)}) from None
@@ -410,13 +412,14 @@ class JsonlStore(EventStore):
         the process, or of the machine, given sector-atomic writes, the assumption PostgreSQL makes
         for ``pg_control``) leaves the previous record or the new one; readers take a shared lock,
         so they never see half of a write; a file created but never written reads as no record.
+        Inside ``bounded_waits`` a lock held on (a paused process) is ``LockHeldError``, nothing written.
         """
         if len(data) >= SLOT_BYTES:  # head, lease and marker records are bounded by design (ids <= 128 chars)
             raise ValueError(f"a record of {len(data)} bytes does not fit the {SLOT_BYTES}-byte slot of {area}/")
         slot = data + b"\n" + b" " * (SLOT_BYTES - 1 - len(data))
         try:
             with lock_descriptor(lambda: open_creating(path, self._root_s)) as fd:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                lock_soon(fd, 0.0, path)  # bounded in ``bounded_waits``: a paused reader or writer holds it for ever
                 if os.pwrite(fd, slot, 0) != SLOT_BYTES:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 if os.fstat(fd).st_size > SLOT_BYTES:  # not written by this store: keep the slot exact
@@ -493,7 +496,9 @@ class JsonlStore(EventStore):
         """The record, or None when there is none; a directory in its place (a stray ``mkdir``, not
         something this store writes) is no record, as a damaged cache entry is. No record is read
         through a symbolic link: ``PATH_ESCAPE`` (the areas that are not slots are replaced by rename,
-        which replaces a link and never writes through it); a FIFO in a record's place reads as none."""
+        which replaces a link and never writes through it); a FIFO in a record's place reads as none. A head or lease
+        record is read under its shared lock: inside ``bounded_waits`` one a paused writer holds on is
+        ``LockHeldError`` (a worker passes over its job, ``status`` reads around it)."""
         path = self._aux_path(area, key)
         if area in NAME_AREAS:
             return NAME_RECORD if self._name_present(path) else None
@@ -501,7 +506,7 @@ class JsonlStore(EventStore):
             if area not in SLOT_AREAS:
                 return read_file(path) or None
             with lock_descriptor(lambda: nofollow_opener(path, os.O_RDONLY)) as fd:
-                fcntl.flock(fd, fcntl.LOCK_SH)  # never half of an in-place write
+                lock_soon(fd, 0.0, path, fcntl.LOCK_SH)  # never half of an in-place write; bounded in bounded_waits
                 data = read_all(fd)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None

@@ -1,6 +1,7 @@
 """The locks of a store's files: ``flock`` on descriptors that no forked process keeps, taken by a short spin
-before a sleep (``lock_soon``), the sleep bounded inside a worker's recovery and claim (``bounded_waits``), and the
-count of this process's appends under way (``APPENDING``), which decides whether to spin."""
+before a sleep (``lock_soon``: a stream's, ``exclusive``'s, a head or lease record's), the sleep bounded inside a
+worker's recovery, claim and heartbeat and a ``status`` read (``bounded_waits``), and the count of this process's
+appends under way (``APPENDING``), which decides whether to spin."""
 from __future__ import annotations
 
 import contextlib
@@ -52,42 +53,43 @@ def open_lock_descriptor(opener: Callable[[], int]) -> int:
 LOCK_SPIN_SECONDS = 0.0005
 
 
-def lock_soon(fd: int, seconds: float = LOCK_SPIN_SECONDS, what: str = "") -> None:
-    """``flock(fd, LOCK_EX)``, tried again and again for ``seconds`` before sleeping in it. The holder of a stream's
-    lock is writing and syncing (a worker's claim waits so for the submit or resume that made its job ready, ~0.1-0.5
-    ms): a process asleep in ``flock`` is woken when the lock is released, which on a VM whose idle CPUs halt took
-    0.8-1.5 ms more than that at P99 in W2's traces (docs/performance.md, "A claim that finds its job's file
-    locked"). Trying costs a system call each time, and only while another holds the lock; ``sched_yield`` lets a
-    process waiting for this CPU (the holder, on a machine of one CPU) run first. Not for a lock another thread of
-    this process may hold: each try gives the GIL back and takes it again at once, which can keep that thread from
-    running until the spin is over (``seconds=0``). Inside ``bounded_waits`` the sleep is bounded (``what``: the
-    lock's file, for its error)."""
+def lock_soon(fd: int, seconds: float = LOCK_SPIN_SECONDS, what: str = "", op: int = fcntl.LOCK_EX) -> None:
+    """``flock(fd, op)`` (``LOCK_EX``; ``LOCK_SH`` for a record's reader), tried again and again for ``seconds``
+    before sleeping in it. The holder of a stream's lock is writing and syncing (a worker's claim waits so for the
+    submit or resume that made its job ready, ~0.1-0.5 ms): a process asleep in ``flock`` is woken when the lock is
+    released, which on a VM whose idle CPUs halt took 0.8-1.5 ms more than that at P99 in W2's traces
+    (docs/performance.md, "A claim that finds its job's file locked"). Trying costs a system call each time, and
+    only while another holds the lock; ``sched_yield`` lets a process waiting for this CPU (the holder, on a machine
+    of one CPU) run first. Not for a lock another thread of this process may hold: each try gives the GIL back and
+    takes it again at once, which can keep that thread from running until the spin is over (``seconds=0``). Inside
+    ``bounded_waits`` the sleep is bounded (``what``: the lock's file, for its error)."""
+    if _locked_now(fd, op):  # the usual case, and the only call it costs
+        return
     end = time.monotonic() + seconds
-    while True:
-        if _locked_now(fd):
-            return
-        if time.monotonic() >= end:
-            break
+    while time.monotonic() < end:
         os.sched_yield()
+        if _locked_now(fd, op):
+            return
     bound = getattr(_waits, "bound", None)
     if bound is None:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, op)
     else:
-        bound.wait(fd, what)
+        bound.wait(fd, what, op)
 
 
-def _locked_now(fd: int) -> bool:
-    """``flock(fd, LOCK_EX)`` if no other holds it now: whether it was taken."""
+def _locked_now(fd: int, op: int) -> bool:
+    """``flock(fd, op)`` if no other holds it (exclusively, for ``LOCK_SH``) now: whether it was taken."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, op | fcntl.LOCK_NB)
         return True
     except BlockingIOError:
         return False
 
 
-# A worker's recovery and claim wait at most this long for a lock another process holds (``bounded_waits``): a live
-# holder keeps one for ~0.1-0.5 ms (a slow disk's fsync: up to some 100 ms); one held longer is a holder paused
-# (SIGSTOP, Ctrl-Z, a frozen VM) in the middle of its write, which may last for ever.
+# A worker's recovery, claim and heartbeat, and ``status``, wait at most this long for a lock another process holds
+# (``bounded_waits``): a live holder keeps one for ~0.1-0.5 ms (a slow disk's fsync: up to some 100 ms; a record's
+# write ~5 us); one held longer is a holder paused (SIGSTOP, Ctrl-Z, a frozen VM) in the middle of its write, or of
+# its read of a record, which may last for ever.
 LOCK_WAIT_SECONDS = 1.0
 LOCK_PAUSE_FIRST = 50e-6  # the bounded wait's first sleep between tries, doubled at each one up to LOCK_PAUSE_MAX:
 LOCK_PAUSE_MAX = 0.005  # a lock released within ~1 ms after the spin is seen within ~0.4 ms, by sleeps under 1 ms
@@ -95,11 +97,13 @@ _waits = threading.local()  # ``bound``: this thread's ``bounded_waits`` (None: 
 
 
 class bounded_waits:  # noqa: N801 - used as a function: ``with bounded_waits(stop):``
-    """In the block, this thread's waits for a lock of the store (``lock_soon``: a stream's, ``exclusive``'s) end
-    with ``LockHeldError`` after ``seconds``, or once ``stop()`` is true (a worker's stop signal: ``flock`` asleep is
-    retried after the signal's handler, PEP 475, so the signal alone would not end it). For a worker's stale recovery
-    and claim, which pass over a job whose lock is held and try it again at a later pass: one process paused while
-    it holds a job's lock must not stall every worker. ``stop=None``: waits without bound again (nested)."""
+    """In the block, this thread's waits for a lock of the store (``lock_soon``: a stream's, ``exclusive``'s, a head
+    or lease record's, to read or write it) end with ``LockHeldError`` after ``seconds``, or once ``stop()`` is true
+    (a worker's stop signal: ``flock`` asleep is retried after the signal's handler, PEP 475, so the signal alone
+    would not end it). For a worker's stale recovery and claim, which pass over a job whose lock is held and try it
+    again at a later pass, its heartbeat, which fails and is tried again soon, and ``status``, which reads around a
+    held record: one process paused while it holds a job's lock must not stall every worker, nor ``status``.
+    ``stop=None``: waits without bound again (nested)."""
 
     __slots__ = ("stop", "seconds", "_saved")
 
@@ -113,13 +117,13 @@ class bounded_waits:  # noqa: N801 - used as a function: ``with bounded_waits(st
     def __exit__(self, *exc: object) -> None:
         _waits.bound = self._saved
 
-    def wait(self, fd: int, what: str) -> None:
-        """``flock(fd, LOCK_EX)`` tried between sleeps growing from ``LOCK_PAUSE_FIRST`` to ``LOCK_PAUSE_MAX``."""
+    def wait(self, fd: int, what: str, op: int) -> None:
+        """``flock(fd, op)`` tried between sleeps growing from ``LOCK_PAUSE_FIRST`` to ``LOCK_PAUSE_MAX``."""
         assert self.stop is not None
         give_up, pause = time.monotonic() + self.seconds, LOCK_PAUSE_FIRST
         while not self.stop():
             time.sleep(pause)
-            if _locked_now(fd):
+            if _locked_now(fd, op):
                 return
             if time.monotonic() >= give_up:
                 break

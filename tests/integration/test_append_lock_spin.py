@@ -14,7 +14,7 @@ from typing import Callable
 
 import pytest
 
-from orchestrator.errors import LockHeldError
+from orchestrator.errors import AuxNotWrittenError, LockHeldError
 from orchestrator.store import locks
 from orchestrator.store.jsonl import JsonlStore
 
@@ -193,3 +193,72 @@ def test_a_child_forked_while_another_thread_counts_an_append_can_append(tmp_pat
         pytest.fail("the forked child hung on what another thread held at the fork")
     assert os.waitstatus_to_exitcode(done[1]) == 0
     assert [line.raw for line in store.read("job-1")] == [b'{"seq":1}', b'{"seq":2}']
+
+
+def store_with_a_record(tmp_path: Path) -> tuple[JsonlStore, Path]:
+    """A store holding job-1's line and its head record, and the record's path."""
+    store = stream_with_a_line(tmp_path)
+    store.put_aux("heads", "job-1", b'{"seq":1}')
+    return store, tmp_path / "proj" / ".orchestrator" / "heads" / "job-1"
+
+
+def test_a_record_held_on_is_neither_read_nor_written_past_a_bounded_wait_and_is_read_once_let_go(
+        tmp_path: Path) -> None:
+    """A writer paused in the middle of a head or lease record's write (between its ``flock`` and its ``close``)
+    holds the record's lock for as long as it is stopped: inside a worker's bounded waits a read or a write of it
+    gives up (``LockHeldError``, nothing written); until 2026-12-07 both slept in ``flock``, deaf to a stop."""
+    store, path = store_with_a_record(tmp_path)
+    holder = held_for(path, 1.5)
+    try:
+        with locks.bounded_waits(lambda: False, seconds=0.2):
+            started = time.monotonic()
+            with pytest.raises(LockHeldError):
+                store.get_aux("heads", "job-1")
+            with pytest.raises(LockHeldError):
+                store.put_aux("heads", "job-1", b'{"seq":9}')
+            assert time.monotonic() - started < 1.0
+    finally:
+        holder.join()
+    assert store.get_aux("heads", "job-1") == b'{"seq":1}'  # outside a bounded wait a read waits, as before
+
+
+def test_an_append_whose_head_record_stays_held_is_durable_and_says_its_record_was_not_written(
+        tmp_path: Path) -> None:
+    """The claim's (or a recovery's) head record after its durable event: not written, as on a full disk
+    (``AuxNotWrittenError``: the append is acknowledged with ``HEAD_RECORD_NOT_WRITTEN``), never waited for."""
+    store, path = store_with_a_record(tmp_path)
+    holder = held_for(path, 1.5)
+    try:
+        with locks.bounded_waits(lambda: False, seconds=0.2), pytest.raises(AuxNotWrittenError, match="held"):
+            store.append("job-1", lambda head: [b'{"seq":2}'], expected_seq=1,
+                         aux=lambda head: {("heads", "job-1"): b'{"seq":2}'})
+    finally:
+        holder.join()
+    assert [line.raw for line in store.read("job-1")] == [b'{"seq":1}', b'{"seq":2}']
+    assert store.get_aux("heads", "job-1") == b'{"seq":1}'  # behind its lines, as after a crash between the two
+
+
+def test_a_heartbeat_whose_lease_record_stays_held_fails_its_renewal_after_a_bounded_wait(orch) -> None:
+    """Only the run's own heartbeats write its lease record, but a reader paused while it reads the record (a
+    ``status``, another worker's recovery) holds its lock too: the renewal fails after ``LOCK_WAIT_SECONDS`` and is
+    tried again soon (``HEARTBEAT_RETRY_SECONDS``), as when the store cannot be written, instead of the worker
+    waiting with its run unwatched."""
+    from helpers import make_worker
+    from orchestrator.heartbeat import Heartbeat
+    from orchestrator.leases import LEASES_AREA, HeldLease, Lease, write_lease
+
+    job = orch.submit("command", {"argv": ["true"]})
+    with make_worker(orch, lease_seconds=30) as worker:
+        claim = worker.claim()
+    assert claim is not None and claim.job_id == job
+    now = orch.clock()
+    write_lease(orch.store, Lease(job, claim.run_id, claim.epoch, "w1", os.getpid(), now + 30, now))
+    heart = Heartbeat(orch, worker_id="w1", lease_seconds=30, held=HeldLease(30, claim.state.lease_expires_at))
+    holder = held_for(orch.settings.state_dir / LEASES_AREA / f"{job}.{claim.epoch}", 3.0)
+    try:
+        started = time.monotonic()
+        assert heart.renew(claim) == "failed"
+        assert time.monotonic() - started < 2.5
+    finally:
+        holder.join()
+    assert heart.held.failing_since is not None and "held" in heart.held.last_error

@@ -234,7 +234,7 @@ def test_projection_replays_only_changed_jobs_and_can_be_deleted(orch: Orchestra
     orch.resume(ids[0], "yes")
     loads = []
     real_load = orch.load
-    monkeypatch.setattr(orch, "load", lambda j: loads.append(j) or real_load(j))
+    monkeypatch.setattr(orch, "load", lambda j, **kw: loads.append(j) or real_load(j, **kw))
     again = refresh(orch)
     assert again.replayed == 1 and loads == [ids[0]] and again.rows[ids[0]].state == "queued"
     shutil.rmtree(orch.settings.state_dir / "projections")

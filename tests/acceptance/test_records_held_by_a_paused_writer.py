@@ -1,0 +1,131 @@
+"""A process paused (SIGSTOP, Ctrl-Z, a frozen VM) in the middle of writing a job's head or lease record holds that
+record's lock for as long as it is stopped. Workers pass over that job and run the others, stop on SIGTERM, and
+``status`` of the job answers from its events (docs/worker.md, "never waiting without bound"; before the twenty-eighth
+session of 2026-12-07 every worker and every ``status`` waited in ``flock`` for ever).
+
+The stand-in for the paused writer takes the record's exclusive ``flock`` and stops itself, as a writer caught
+between its ``flock`` and its ``close`` would; every wait here is bounded, so a regression fails instead of hanging.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import worker_handlers  # noqa: F401  (the t.* kinds, as the worker processes' ORCH_HANDLERS imports them)
+from helpers import REPO, finish, make_worker, start_worker, stop, wait_until
+from worker_process_fixtures import env, orch  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+
+HOLD_AND_STOP = ("import fcntl, os, signal, sys\n"
+                 "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+                 "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                 "os.kill(os.getpid(), signal.SIGSTOP)\n")
+
+
+def stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+@contextlib.contextmanager
+def held_by_a_paused_writer(path: Path) -> Iterator[None]:
+    """``path``'s exclusive lock held by a stopped process for the block."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_AND_STOP, str(path)])
+    try:
+        wait_until(lambda: stopped(holder.pid), what="the stand-in writer to stop with the record's lock held")
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def job_with_its_record(orch, record: str) -> tuple[str, Path]:
+    """A job and its record to hold: ``head``, a queued job's head record; ``lease``, the lease record a heartbeat
+    wrote of a running job whose lease has expired (claimed here 60 s in the past), which stale recovery reads."""
+    from orchestrator.leases import LEASES_AREA, Lease, write_lease
+
+    job = orch.submit("t.echo", "held")
+    if record == "head":
+        return job, orch.settings.state_dir / "heads" / job
+    past = time.time() - 60
+    with make_worker(orch, worker_id="gone", lease_seconds=5) as worker:
+        claim = worker.claim(now=past)
+    assert claim is not None and claim.job_id == job
+    write_lease(orch.store, Lease(job, claim.run_id, claim.epoch, "gone", os.getpid(), past + 10, past + 5))
+    return job, orch.settings.state_dir / LEASES_AREA / f"{job}.{claim.epoch}"
+
+
+def status_of(env: dict[str, str], job: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "status.py"), job, "--json"], env=env,
+                          capture_output=True, text=True, timeout=15, cwd=str(REPO))
+
+
+@pytest.mark.parametrize("record", ["head", "lease"])
+def test_worker_once_passes_over_a_job_whose_record_a_paused_writer_holds_and_runs_another(
+        env, orch, record: str) -> None:
+    job, path = job_with_its_record(orch, record)
+    held_state = orch.status(job).state
+    other = orch.submit("t.echo", "other")
+    with held_by_a_paused_writer(path):
+        worker = start_worker(env, "--once", "--json", "--worker-id", "once")
+        try:
+            code, out, err = finish(worker, timeout=15)
+        finally:
+            stop(worker)
+    assert code == 0, err
+    assert json.loads(out)["job_id"] == other
+    assert orch.status(other).state == "succeeded" and orch.status(job).state == held_state
+
+
+@pytest.mark.parametrize("record", ["head", "lease"])
+def test_a_looping_worker_stops_on_sigterm_while_a_paused_writer_holds_a_record(env, orch, record: str) -> None:
+    job, path = job_with_its_record(orch, record)
+    other = orch.submit("t.echo", "other")
+    with held_by_a_paused_writer(path):
+        worker = start_worker(env, "--worker-id", "loop")
+        try:
+            wait_until(lambda: orch.status(other).state == "succeeded", timeout=15, what="the other job to run")
+            worker.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            code, _out, err = finish(worker, timeout=10)
+        finally:
+            stop(worker)
+    assert code == 0, err
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("record, state", [("head", "queued"), ("lease", "running")])
+def test_status_of_a_job_whose_record_a_paused_writer_holds_answers_from_its_events_with_a_warning(
+        env, orch, record: str, state: str) -> None:
+    job, path = job_with_its_record(orch, record)
+    with held_by_a_paused_writer(path):
+        shown = status_of(env, job)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["state"] == state
+    assert "RECORD_LOCK_HELD" in shown.stderr and str(path.name) in shown.stderr
+
+
+def test_a_worker_reading_ahead_a_job_whose_head_record_a_paused_writer_holds_finishes_its_own_run(env, orch) -> None:
+    """While a handler runs, its worker reads the job it will claim next (``Claimer.look_ahead``): a held record ends
+    that look within the bounded wait (never past the run's first heartbeat), and the run goes on to its end."""
+    first = orch.submit("t.echo", "first")
+    job = orch.submit("t.echo", "held")
+    last = orch.submit("t.echo", "last")
+    with held_by_a_paused_writer(orch.settings.state_dir / "heads" / job):
+        worker = start_worker(env, "--worker-id", "ahead", "--max-jobs", "2")  # the first run reads ahead
+        try:
+            code, _out, err = finish(worker, timeout=15)
+        finally:
+            stop(worker)
+    assert code == 0, err
+    assert [orch.status(j).state for j in (first, job, last)] == ["succeeded", "queued", "succeeded"]
