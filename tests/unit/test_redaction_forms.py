@@ -227,6 +227,20 @@ def test_an_aws_secret_key_on_the_line_of_its_key_id_is_redacted(text: str, show
 
 
 @pytest.mark.parametrize(("text", "shown"), [
+    (f"auth=('u', '{AWS_ID}') {AWS_SECRET}", f"auth=('u', '{R}') {R}"),
+    (f"password={AWS_ID} {AWS_SECRET}", f"password={R} {R}"),
+    (f"pw={AWS_ID} {AWS_SECRET}", f"pw={R} {R}"),
+    (f"token: {AWS_ID} {AWS_SECRET}", f"token: {R} {R}"),
+    (f"X-Api-Key: {AWS_ID} {AWS_SECRET}", f"X-Api-Key: {R} {R}"),
+    (f"--password {AWS_ID} {AWS_SECRET}", f"--password {R} {R}"),
+    (f"sshpass -p {AWS_ID} ssh {AWS_SECRET}", f"sshpass -p {R} ssh {R}"),
+])
+def test_an_aws_secret_key_is_redacted_when_its_key_id_is_a_keyed_value_redacted_first(text: str, shown: str) -> None:
+    """The key id that tells the secret key is looked for in the text as given, before a key's value is redacted."""
+    redacts(text, shown)
+
+
+@pytest.mark.parametrize(("text", "shown"), [
     (AWS_SECRET, AWS_SECRET),  # alone it cannot be told from other data
     (f"{AWS_ID}\n{AWS_SECRET}", f"{R}\n{AWS_SECRET}"),  # another line
     (f"{AWS_ID} at commit {SHA1}", f"{R} at commit {SHA1}"),  # one case only: a hash

@@ -371,6 +371,8 @@ def _every_pattern(text: str) -> str:
 
     # the reference the skipping must equal, in sanitize_text's order
     text = s._redact_headless_keys(p.PRIVATE_KEY.sub(REDACTED, text))  # noqa: SLF001
+    # an AWS secret key before a key's value: its key id may be that value
+    text = s._spliced(text, s._aws_secret_spans(text), REDACTED)  # noqa: SLF001
     for rx, keep, blocks in ((p.URL_CREDS, None, None), (p.HEADER, None, None), (p.BEARER, None, None),
                              (p.BASIC, p.not_user_and_password, None), (p.CLI, None, None),
                              (p.KV, p.os_error, p.ValuesBelow), (p.SHORT_KV, p.a_count, None), (p.NETRC, None, None),
@@ -379,7 +381,7 @@ def _every_pattern(text: str) -> str:
         text = s._redact_values(rx, text, keep, blocks=blocks)  # noqa: SLF001
     for rx in (p.SSHPASS, p.MYSQL):  # these read the text as it is
         text = s._redact_values(rx, text, lowered=text)  # noqa: SLF001
-    return p.SHAPES.sub(REDACTED, s._redact_aws_secrets(text))  # noqa: SLF001
+    return p.SHAPES.sub(REDACTED, text)
 
 
 # each key word and shape's start, in other cases and spellings than FRAGMENTS, beside the characters around them
