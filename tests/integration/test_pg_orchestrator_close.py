@@ -5,6 +5,9 @@ session (README, "Python API"; docs/postgres.md, "Connections")."""
 from __future__ import annotations
 
 import gc
+import json
+import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -134,3 +137,34 @@ def test_a_closed_orchestrator_refuses_every_call_with_store_closed_and_loses_no
     _no_session_left(named, "a closed orchestrator called again")
     with _orchestrator(named, base, keyring) as again:
         assert again.status(job_id).state == "queued"
+
+
+_FORKS_AND_EXITS = """
+import json, os, sys
+from orchestrator.store.postgres import PostgresStore, connect
+store = PostgresStore(sys.argv[1], sys.argv[2])
+store.has_jobs()
+pooled = lambda: sorted(conn.info.backend_pid for conn in store._idle)
+before = pooled()
+if os.fork() == 0:
+    store.has_jobs()  # on a session of the child's own
+    sys.exit(0)  # a normal exit: the interpreter runs the store's finalizer (atexit)
+os.wait()
+with connect(sys.argv[1], autocommit=True) as admin:
+    alive = {pid for pid, in admin.execute("SELECT pid FROM pg_stat_activity")}
+store.has_jobs()
+print(json.dumps({"before": before, "alive": [pid in alive for pid in before], "after": pooled()}))
+"""
+
+
+def test_a_forked_child_that_exits_normally_leaves_its_parents_pooled_sessions_open(named) -> None:
+    """The child's copy of the store has the finalizer too, run at its exit: it closes the child's own sessions,
+    never the parent's it inherited (``_after_fork_in_child`` empties the pooled list the finalizer holds in place;
+    a new list would leave the parent's connections in the finalizer's, and their Terminate would end the parent's
+    sessions on the server). A real process, whose interpreter exits as a program's does."""
+    ran = subprocess.run([sys.executable, "-c", _FORKS_AND_EXITS, named.url, named.project], capture_output=True,
+                         text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    seen = json.loads(ran.stdout)
+    assert seen["before"] and seen["alive"] == [True] * len(seen["before"]), seen  # the server still has them
+    assert seen["after"] == seen["before"], seen  # and the parent goes on on them
