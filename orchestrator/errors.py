@@ -15,6 +15,12 @@ from typing import Any
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
 
 
+def _plain(docstring: str) -> str:
+    """A docstring as an error's message: one line, as an operator reads it (no line breaks, indentation or ``code``
+    markup)."""
+    return " ".join(docstring.replace("``", "").split())
+
+
 class OrchestratorError(Exception):
     """An expected error that an operator can act on."""
 
@@ -22,7 +28,7 @@ class OrchestratorError(Exception):
     exit_code: int = 1
 
     def __init__(self, message: str | None = None, **details: Any) -> None:
-        super().__init__(message or (self.__doc__ or self.code).strip())
+        super().__init__(message or _plain(self.__doc__ or self.code))
         self.details = details
 
     @property

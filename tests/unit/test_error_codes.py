@@ -62,3 +62,20 @@ def test_the_cli_help_names_every_exit_code_of_the_readme_table() -> None:
     help_text = " ".join((cli.help or "").split())
     for exit_code in sorted(readme_exits):
         assert re.search(rf"\b{exit_code} [a-z]", help_text), f"`orchestrator -h` does not mention exit {exit_code}"
+
+
+def test_a_closed_stores_error_says_so_in_one_plain_line() -> None:
+    assert errors.StoreClosedError().to_dict() == {
+        "error": "STORE_CLOSED", "message": "This Orchestrator (or store) was closed (close(), or the end of its with "
+                                            "block): nothing was read or written; make a new one to go on."}
+
+
+RAISED_WITHOUT_ARGUMENTS = sorted(set(all_error_classes()) - {errors.CommandInterrupted}, key=lambda c: c.__name__)
+
+
+@pytest.mark.parametrize("cls", RAISED_WITHOUT_ARGUMENTS, ids=lambda cls: cls.__name__)
+def test_every_errors_default_message_is_one_plain_line_of_its_docstring(cls: type[errors.OrchestratorError]) -> None:
+    """An error raised without a message shows its docstring, as an operator reads it: no line breaks, indentation
+    or reST markup."""
+    message = cls().message
+    assert message and "\n" not in message and "  " not in message and "``" not in message, message
