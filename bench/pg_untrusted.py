@@ -31,14 +31,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.cli_args import positive_int  # noqa: E402
-
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/orch_bench"
+from bench.postgres import DEFAULT_URL, drop_project  # noqa: E402
 DONE = ["sh", "-c", 'printf \'{"status": "done", "summary": "ok"}\' > "$ORCH_TERMINAL_FILE"']  # the job behind them
 
 
 def measure(url: str, untrusted: int, repeat: int, folder: Path) -> dict[str, Any]:
     """Submit the jobs, then time ``repeat`` runs of ``worker --once`` (seconds, each)."""
-    from bench.postgres import drop_project
     from orchestrator import Orchestrator
     from orchestrator.signing import Keyring, new_seed
     from orchestrator.store.postgres import PostgresStore
@@ -64,7 +62,7 @@ def measure(url: str, untrusted: int, repeat: int, folder: Path) -> dict[str, An
     finally:
         for orch in (other, mine):
             if orch is not None:
-                orch.store.close()
+                orch.close()
         drop_project(url, project)
 
 
@@ -92,12 +90,9 @@ def _pass_to_one_behind(mine: Any, url: str, project: str, folder: Path) -> floa
 
     job = mine.submit("command", {"argv": DONE})
     t0 = time.perf_counter()
-    orch = Orchestrator(base_path=folder, project_id=project, store=PostgresStore(url, project))
-    try:
+    with Orchestrator(base_path=folder, project_id=project, store=PostgresStore(url, project)) as orch:
         ran = Worker(orch, WorkerSettings(worker_id="bench")).run_once()
         took = time.perf_counter() - t0
-    finally:
-        orch.store.close()
     if ran is None or ran.job_id != job or ran.outcome != "succeeded":
         raise SystemExit(f"run_once did not run the job behind them: {ran}")
     return took

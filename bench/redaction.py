@@ -15,7 +15,12 @@ import argparse
 import json
 import sys
 import timeit
+from pathlib import Path
 from typing import Callable
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # run as a script: ``bench`` importable, last on the path
+
+from bench.cli_args import positive_int  # noqa: E402
 
 SUMMARY = "summary for the board: 12 pages, 3 charts"
 LOG_LINES = (  # what a job's output tail holds: a worker's claim, test results, a traceback's lines, progress
@@ -42,18 +47,17 @@ def texts() -> dict[str, str]:
             "log_1m": repeated(log, 1 << 20)}
 
 
-def best(call: Callable[[], object], repeat: int, seconds: float = 0.2) -> float:
-    """The best of ``repeat`` rounds of as many calls as take about ``seconds``, a call."""
+def best(call: Callable[[], object], repeat: int) -> float:
+    """The best of ``repeat`` rounds of as many calls as take about 0.2 s (``timeit``'s ``autorange``), a call."""
     timer = timeit.Timer(call)
     number, _ = timer.autorange()
-    number = max(1, int(number * seconds / 0.2))
     return min(timer.repeat(repeat, number)) / number
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--code", help="a checkout whose orchestrator package is timed (default: the installed one)")
-    parser.add_argument("--repeat", type=int, default=5, help="timeit rounds, the best kept (default 5)")
+    parser.add_argument("--repeat", type=positive_int, default=5, help="timeit rounds, the best kept (default 5)")
     args = parser.parse_args()
     if args.code:
         sys.path.insert(0, args.code)

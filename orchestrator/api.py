@@ -18,10 +18,10 @@ from orchestrator.append_checks import checked_append
 from orchestrator.clock import now as local_now
 from orchestrator.command_input import COMMAND_KIND, parse_command_input
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Settings, default_actor
-from orchestrator.errors import (NOTHING_WRITTEN, AuditEntryNotWrittenError, AuxNotWrittenError, ConcurrencyError,
-                                 ConfigError, ContextSignatureInvalid, InvalidIdError, InvalidInputError,
-                                 JobNotFoundError, OrchestratorError, PathEscapeError, StorageError, StoreClosedError,
-                                 UnusableFileError)
+from orchestrator.errors import (AuditEntryNotWrittenError, AuxNotWrittenError, ConcurrencyError, ConfigError,
+                                 ContextSignatureInvalid, InvalidIdError, InvalidInputError, JobNotFoundError,
+                                 OrchestratorError, PathEscapeError, StorageError, StoreClosedError, UnusableFileError,
+                                 without_nothing_written)
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream,
                                   check_head_record, check_head, head_record, seal, verify_stream)
 from orchestrator.held_records import WITHOUT_HEAD_RECORD, WITHOUT_LEASE_RECORD, read_around_a_held_record
@@ -389,7 +389,9 @@ class Orchestrator:
 
         if old is None:
             self.queue.built_with_first_job(self.store)
-        signer = view.signer if view is not None and head.seq else line_key_id(lines[0])  # of the job's first line
+        # the key of the job's first line, for an index that keeps it (PostgreSQL's rows)
+        signer = None if not self.queue.keeps_signers else (
+            view.signer if view is not None and head.seq else line_key_id(lines[0]))
         index_statements = self.queue.before_append(job_id, old, state, signer)  # None unless the index is in the store
 
         def with_events(new_head: Head) -> dict[tuple[str, str], bytes | None]:
@@ -437,7 +439,7 @@ class Orchestrator:
             raise type(exc)(
                 f"event {head.seq + len(lines)} ({new[-1][0]}) of job {job_id} is durable: what it records stands "
                 f"(do not do it again), but its audit entry could not be written "
-                f"({exc.message.removesuffix('; ' + NOTHING_WRITTEN)}); `orchestrator audit heal` writes it once "
+                f"({without_nothing_written(exc.message)}); `orchestrator audit heal` writes it once "
                 "that is fixed (until then `verify` warns AUDIT_ENTRY_MISSING)", **exc.details) from None
         except OrchestratorError:  # refused (a writer came first): the entry it was to have is not left behind
             self.queue.drop_refused(job_id, old, state, self)  # (it keeps the entry of an event that stands)
@@ -524,7 +526,10 @@ class Orchestrator:
     # -- worker -----------------------------------------------------------------------------
     @property
     def queue(self) -> "QueueIndex":
-        """The ready/running index (a derived cache fed by ``append``; see ``orchestrator/queue.py``)."""
+        """The ready/running index (a derived cache fed by ``append``; see ``orchestrator/queue.py``); refused once
+        ``close`` ran, as ``store`` is."""
+        if self._closed:
+            raise StoreClosedError()
         if self._queue is None:
             from orchestrator.queue import index_for
 

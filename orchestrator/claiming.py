@@ -318,7 +318,7 @@ class Claimer:
                 self.races["taken"] += 1
             self.queue.drop_ready(entry)
             return None
-        expected = ReadyEntry.for_state(s)
+        expected = ReadyEntry.for_view(view)
         if expected != entry:  # a left-over entry (a crash): the right one put in its place, the job tried there
             self.queue.put_ready(expected)
             self.queue.drop_ready(entry)

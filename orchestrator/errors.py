@@ -248,11 +248,17 @@ class AuditEntryUnavailableError(AuditEntryNotWrittenError, StorageUnavailableEr
     for a lost connection (its outcome read back first: the events are found); ``audit heal`` writes the entry."""
 
 
+def without_nothing_written(message: str) -> str:
+    """``message`` without its closing "nothing was written" (``NOTHING_WRITTEN``): a store's refusal told as part of
+    a larger write, some of which stands."""
+    return message.removesuffix("; " + NOTHING_WRITTEN)
+
+
 def entry_not_written(exc: OrchestratorError, message: str | None = None) -> AuditEntryNotWrittenError:
     """``exc``, met once a job's events were durable and before their audit entry was, as the entry's error: the
     events stand, so never "nothing was written" (the suffix is cut); one that may pass stays one
     (``AuditEntryUnavailableError``), so a worker waits for the store instead of stopping."""
-    text = (message or exc.message).removesuffix("; " + NOTHING_WRITTEN)
+    text = without_nothing_written(message or exc.message)
     kind = AuditEntryUnavailableError if isinstance(exc, StorageUnavailableError) else AuditEntryNotWrittenError
     return kind(text, **exc.details)
 

@@ -9,26 +9,23 @@ verified ``data`` directly), which keeps read-only commands fast to start.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Optional
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY
 from orchestrator.errors import InvalidInputError
 from orchestrator.json_text import not_json_reason
-from orchestrator.limits import (MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_JSON_DEPTH, MAX_KIND_LENGTH,
-                                 PRIORITY_LIMIT, encoded_depth, plain_json)
+from orchestrator.limits import (KIND_RULE, MAX_ATTEMPTS_LIMIT, MAX_DURATION_SECONDS, MAX_JSON_DEPTH, MAX_KIND_LENGTH,
+                                 PRIORITY_LIMIT, encoded_depth, is_kind, plain_json)
 from orchestrator.security import shown, validation_summary
 from orchestrator.signing import Encoded, canonical
 
 
-# a text field: only a str (lax mode took bytes as their UTF-8 text, ``{"reason": b"x"}`` stored as "x", where the README
-# has bytes refused as a value no line can hold)
-Text = Annotated[str, Strict()]
-
-
 class _Data(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict: each field takes its own type only (lax mode took bytes as their UTF-8 text, ``{"reason": b"x"}`` stored
+    # as "x", and "3" as 3, where the README has bytes refused as a value no line can hold); a float field takes an int
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 class JobOptions(_Data):
@@ -42,25 +39,34 @@ class JobOptions(_Data):
 class JobSubmitted(_Data):
     """(new) -> queued. ``context_digest`` is the SHA-256 of the canonical context, checked before each run."""
 
-    kind: Text = Field(min_length=1, max_length=MAX_KIND_LENGTH)
+    kind: str = Field(min_length=1, max_length=MAX_KIND_LENGTH)
     input: Any = None
     options: JobOptions
-    context_digest: Text
+    context_digest: str
+
+    @field_validator("kind")
+    @classmethod
+    def _a_kind(cls, kind: str) -> str:
+        """The rule every entry point checks (``limits.is_kind``), here for ``append`` too, on which they all write:
+        a history read or imported is not checked again (one of an older release may hold such a kind)."""
+        if not is_kind(kind):
+            raise ValueError(f"a kind is {KIND_RULE}")
+        return kind
 
 
 class JobClaimed(_Data):
     """queued -> running. Starts attempt ``attempt`` as ``run_id`` under fencing ``epoch``."""
 
-    worker_id: Text
+    worker_id: str
     epoch: int = Field(ge=1)
     attempt: int = Field(ge=1)
-    lease_expires_at: Text
+    lease_expires_at: str
 
 
 class _Result(_Data):
-    summary: Text = ""
+    summary: str = ""
     output: Any = None
-    artifacts: list[Text] = []
+    artifacts: list[str] = []
 
 
 class JobSucceeded(_Result):
@@ -74,20 +80,20 @@ class AuditRequested(_Result):
 class HumanInputRequested(_Result):
     """running -> waiting_human (payload ``needs_human``); ``question`` is what the operator answers."""
 
-    question: Text = Field(min_length=1)
+    question: str = Field(min_length=1)
 
 
 class _Failure(_Data):
-    error_code: Text
-    error: Text = ""
-    retry_at: Optional[Text] = None  # set: back to queued, runnable at that time; unset: final
+    error_code: str
+    error: str = ""
+    retry_at: Optional[str] = None  # set: back to queued, runnable at that time; unset: final
 
 
 class JobFailed(_Failure):
     """running -> queued (``retry_at`` set) or failed. Records ``MALFORMED_PAYLOAD``, ``NO_TERMINAL_SIGNAL_EXIT``, handler failures."""
 
-    summary: Text = ""
-    output_tail: Text = ""
+    summary: str = ""
+    output_tail: str = ""
 
 
 class JobTimeout(_Failure):
@@ -95,57 +101,57 @@ class JobTimeout(_Failure):
     ``output_tail``: what the killed run printed last, sanitized (since 2026-12-01; an older event has none)."""
 
     timeout: float
-    output_tail: Text = ""
+    output_tail: str = ""
 
 
 class StaleRecovered(_Failure):
     """running -> queued or waiting_human: the worker's lease expired (``NO_TERMINAL_SIGNAL_STALE``)."""
 
     to: Literal["queued", "waiting_human", "failed"]
-    stale_worker_id: Optional[Text] = None
-    lease_expired_at: Optional[Text] = None
-    artifacts: list[Text] = []
-    question: Optional[Text] = None
+    stale_worker_id: Optional[str] = None
+    lease_expired_at: Optional[str] = None
+    artifacts: list[str] = []
+    question: Optional[str] = None
 
 
 class JobApproved(_Data):
     """awaiting_audit -> succeeded."""
 
-    note: Text = ""
+    note: str = ""
 
 
 class JobRevised(_Data):
     """awaiting_audit -> queued; the notes join the context's ``revisions`` for the re-run. ``note``: the operator's
     comment for the audit entry, when one was given (since 2026-12-02), so an entry healed after a crash keeps it."""
 
-    notes: Text = Field(min_length=1)
-    note: Optional[Text] = None
+    notes: str = Field(min_length=1)
+    note: Optional[str] = None
 
 
 class JobResumed(_Data):
     """waiting_human -> queued; the answer joins the context's ``answers`` for the re-run. ``note`` and ``via``
     (``chat``): the audit entry's comment and where the answer came from, when given (since 2026-12-02)."""
 
-    answer: Text = Field(min_length=1)
-    question: Optional[Text] = None
-    note: Optional[Text] = None
-    via: Optional[Text] = None
+    answer: str = Field(min_length=1)
+    question: Optional[str] = None
+    note: Optional[str] = None
+    via: Optional[str] = None
 
 
 class JobCancelled(_Data):
     """any non-final state -> cancelled."""
 
-    reason: Text = ""
+    reason: str = ""
 
 
 class JobReleased(_Data):
     """running -> queued, not a failure: a stopping worker killed the run after its grace period (``WORKER_STOPPED``),
     or handed the job back before its handler started (``WORKER_STOPPED_BEFORE_START``, ``PATH_ESCAPE``)."""
 
-    error_code: Text = "WORKER_STOPPED"
-    error: Text = ""
-    worker_id: Optional[Text] = None
-    output_tail: Text = ""
+    error_code: str = "WORKER_STOPPED"
+    error: str = ""
+    worker_id: Optional[str] = None
+    output_tail: str = ""
 
 
 EVENT_MODELS: dict[str, type[_Data]] = {

@@ -44,6 +44,7 @@ from orchestrator.store.base import InTransaction
 if TYPE_CHECKING:
     from orchestrator.api import Orchestrator
     from orchestrator.store.base import EventStore, StoredLine
+    from orchestrator.views import JobView
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,14 @@ class ReadyEntry:
             return cls(-state.priority, int(round(state.retry_at * 1e6)), state.job_id, kind)
         return cls(-state.priority, int(round(state.updated_at * 1e6)), state.job_id, kind, at_once=True)
 
+    @classmethod
+    def for_view(cls, view: "JobView") -> "ReadyEntry":
+        """``for_state`` of a verified, queued job's view, naming the key of its first line (``JobView.signer``): an
+        entry put again from a view (a claimer's left-over entry replaced, a recovery's missing one put back) keeps
+        what its row had, so a worker that lacks that key still leaves it out unread (migration 0008)."""
+        assert view.state is not None
+        return replace(cls.for_state(view.state), signer=view.signer)
+
 
 def _entry_kind(state: JobState) -> str | None:
     """The kind a job's ready entry carries: the job's, if it can be a kind today (``limits.is_kind``), else none, as
@@ -169,6 +178,9 @@ class QueueIndex(ABC):
     #: for), whose claimer lists the rest (``ready``) only to say how many jobs it left for other workers
     #: (``Claimer.count_left``)
     lists_every_due_entry = True
+    #: Whether its entries name the key of their job's first line (``ReadyEntry.signer``): a file entry's name
+    #: holds none, and an append works it out for an index that keeps it only
+    keeps_signers = False
 
     # -- projection hooks (called by Orchestrator.append) --------------------------------------
     def before_append(self, job_id: str, old: JobState | None, new: JobState,

@@ -213,7 +213,7 @@ def _running_view(orch: Orchestrator, queue: QueueIndex, untrusted: UntrustedJob
         if view.ok and s is not None and s.state == QUEUED:
             # the job is queued: make sure it has its ready entry (a crash, or a clock step, may have
             # left it without one); keep the entry of the next epoch, a claim that is being written
-            queue.put_ready(ReadyEntry.for_state(s))
+            queue.put_ready(ReadyEntry.for_view(view))
             if epoch == s.epoch + 1:
                 return None
         if (view.ok and s is not None and s.state == CANCELLED

@@ -117,7 +117,8 @@ BEARER = re.compile(
 # password is"). Linear: an entry starts only at a word's start (after a blank or a quote, which no value before
 # ``password`` holds), and such a value is never ``machine`` or ``default``, so no look starts inside another's.
 _NETRC_VALUE = r"""(?!(?:machine|default)(?![^\s"']))[^\s"']+"""
-_NETRC_FIELD = rf"\s+(?:login|account|port)\s+{_NETRC_VALUE}"
+NETRC_NAMED_FIELDS = "login|account|port"  # the fields of an entry but its ``password``: an alternation
+_NETRC_FIELD = rf"\s+(?:{NETRC_NAMED_FIELDS})\s+{_NETRC_VALUE}"
 NETRC = re.compile(
     rf"""(?<![^\s"'])(?:machine\s+{_NETRC_VALUE}(?:{_NETRC_FIELD})*|default(?:{_NETRC_FIELD})+)"""
     rf"""\s+password\s+(?:{_QUOTED}|(?P<u>{_TO_SPACE}))"""

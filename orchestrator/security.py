@@ -16,7 +16,7 @@ from typing import Any, Callable
 from orchestrator.errors import InvalidIdError, PathEscapeError
 from orchestrator.redaction import sanitize_text
 from orchestrator.redaction_objects import json_source_text, renamed_keys, sanitize_obj
-from orchestrator.secret_patterns import LINE_END, REDACTED, SPACE
+from orchestrator.secret_patterns import LINE_END, NETRC_NAMED_FIELDS, REDACTED, SPACE
 
 __all__ = ["REDACTED", "CUT_MARGIN", "cut_read_size", "sanitize_text", "sanitized_cut", "sanitize_obj", "renamed_keys",
            "one_line", "json_source_text", "safe_line", "shown", "shown_bytes", "validate_id", "safe_join",
@@ -32,7 +32,7 @@ _LINE_BREAK = re.compile(r"[\r\n]")
 _LAST_SPACE = re.compile(r"\s(?=\S*\Z)")  # linear: each try scans one run only
 # A line of a ``.netrc`` entry's fields (``login bob``, ``password x``, or several): what follows its ``machine h`` or
 # ``default``, which ``sanitize_text`` knows an entry by
-_NETRC_FIELD = r"""(?:login|account|port|password)[ \t]+(?:"[^"\r\n]*"|[^\s"]+)"""
+_NETRC_FIELD = rf"""(?:{NETRC_NAMED_FIELDS}|password)[ \t]+(?:"[^"\r\n]*"|[^\s"]+)"""
 _NETRC_FIELDS = re.compile(rf"{_NETRC_FIELD}(?:[ \t]+{_NETRC_FIELD})*[ \t]*")
 # indented, empty or ``.netrc`` field lines, each with its break
 _VALUE_LINES = re.compile(rf"(?:(?:[ \t][^\r\n]*|{_NETRC_FIELDS.pattern})?(?:\r\n?|\n))*")

@@ -162,7 +162,8 @@ def line_seq(line: bytes) -> int | None:
     return int(found.group(1)) if found else None
 
 
-_KID_VALUE = re.compile(rb',"kid":"(k-[0-9a-f]{16})"[,}]')
+_KEY_ID = re.compile(r"k-[0-9a-f]{16}")  # a key id's form (``key_id``)
+_KID_VALUE = re.compile(rb',"kid":"(' + _KEY_ID.pattern.encode() + rb')"[,}]')
 
 
 def line_key_id(line: bytes) -> str | None:
@@ -279,8 +280,6 @@ def key_id(public: bytes) -> str:
     """The id of a public key (its raw 32 bytes): derived from the key, so it never names two keys."""
     return "k-" + hashlib.sha256(public).hexdigest()[:16]
 
-
-_KEY_ID = re.compile(r"k-[0-9a-f]{16}")
 
 
 def is_key_id(value: object) -> bool:

@@ -21,7 +21,7 @@ def leave_out_if_shared() -> None:
     the interpreter's own command line, ``sys.orig_argv``: another program run with ``-m`` that imports the package
     keeps the path Python made) and others could put a module in that folder (``others_could_write``). Taken off
     before it is checked, so the check's own imports cannot come from there either; put back when it is safe."""
-    if sys.argv[:1] != ["-m"] or not _is_this_package(module_run(getattr(sys, "orig_argv", [])[1:])):
+    if sys.argv[:1] != ["-m"] or not _is_this_package(module_run(sys.orig_argv[1:])):
         return
     try:
         folder = os.getcwd()

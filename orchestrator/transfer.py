@@ -52,8 +52,8 @@ from typing import IO, Any, Callable, Iterator
 from orchestrator import clock, faults
 from orchestrator.api import JobView, Orchestrator
 from orchestrator.config import STATE_DIR
-from orchestrator.errors import (NOTHING_WRITTEN, ConcurrencyError, ImportConflictError, IntegrityError, InvalidIdError,
-                                 InvalidInputError, PathEscapeError, StorageError, UnusableFileError)
+from orchestrator.errors import (ConcurrencyError, ImportConflictError, IntegrityError, InvalidIdError, InvalidInputError,
+                                 PathEscapeError, StorageError, UnusableFileError, without_nothing_written)
 from orchestrator.head_records import head_key, put_head_record
 from orchestrator.history import TRUNCATED, Problem, VerifiedStream, check_head_record, verify_stream
 from orchestrator.limits import MAX_BUNDLE_LINE_BYTES
@@ -378,7 +378,7 @@ def _stopped(exc: StorageError, stream: str, imported: dict[str, int]) -> Storag
     """``exc``, met writing ``stream``, as the import's error, of the same class (exit 10): what the import wrote
     stands (the streams before it, and what it wrote of this one), so never "nothing was written", as the store's
     message said until 2026-12-07 of a stream whose lines were in and whose queue entry was not."""
-    cause = exc.message.removesuffix("; " + NOTHING_WRITTEN)
+    cause = without_nothing_written(exc.message)
     before = (f"the {imported['streams']} stream(s) before it were imported ({imported['events']} event(s))"
               if imported["streams"] else "no stream before it was imported")
     return type(exc)(f"import stopped at stream {stream}: {cause}; {before}, and what it wrote of {stream} stays (a "

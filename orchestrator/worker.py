@@ -252,8 +252,8 @@ class Worker:
         s = claim.state
         record = self._recorder()
         try:
-            paths = RunPaths.create(self.folders.run_dir(claim.run_id), self.folders.artifacts_dir(s.job_id))
-            self.folders.own_job_folder(paths.artifacts_dir)
+            paths = RunPaths.create(self.folders.run_dir(claim.run_id),
+                                    self.folders.artifacts_dir(s.job_id, to_run=True))  # its own folder checked too
         except PathEscapeError as exc:
             if self.folders.linked():  # the store's fault, not the job's: hand it back, and stop
                 record.hand_back_and_raise(claim, exc)

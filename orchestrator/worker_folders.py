@@ -2,7 +2,7 @@
 never outside the store. A worker checks them when it starts (``WORKER_FOLDERS``, ``check_folders``; and that it
 can write in them, ``WorkerFolders.probe``; the folders above the project folder, ``_trust_folders_above``), and
 again whenever something is not as last checked (``WorkerFolders.artifacts_dir``); a job's own folder before each
-run (``WorkerFolders.own_job_folder``); the room left on their disk before each claim
+run (``WorkerFolders.artifacts_dir(to_run=True)``); the room left on their disk before each claim
 (``WorkerFolders.check_room``); the probes a killed worker left (``WorkerFolders.sweep_probes``)."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from orchestrator import faults
 from orchestrator.artifacts_source import SPARE_BYTES, free_bytes
 from orchestrator.errors import SigningKeyError, StorageError
-from orchestrator.key_paths import check_folders_above, others_may_write, user_or_root
+from orchestrator.key_paths import check_folders_above, forget_checked_folders, others_may_write, user_or_root
 from orchestrator.run_folder import DISK_REFUSALS, PRIVATE_FILE, PRIVATE_FOLDER, RUN_PREFIX, restrict
 from orchestrator.security import safe_join, shown_bytes, validate_id
 from orchestrator.store.files import (STRAY_AGE, linked_folder_error, make_folder, named_pid, path_error,
@@ -58,14 +58,17 @@ def loose_folders(state_dir: Path) -> list[tuple[str, str]]:
     """(folder, what is wrong and what to do) for each of the ``trusted_folders`` that a worker run by this user
     would refuse, or change as it starts (``WorkerFolders._trust``), and for a project folder below a folder it
     would refuse (``_trust_folders_above``): what ``verify`` warns of. Nothing is changed; a folder not there, or
-    that cannot be looked at, is passed (the worker's own checks name it)."""
+    that cannot be looked at, is passed (the worker's own checks name it). The folders above are looked at afresh
+    (``key_paths.forget_checked_folders``): a process remembers those it found safe, and a second ``verify`` in one
+    process missed a folder made loose since the first."""
     found = []
-    project = trusted_folders(state_dir)[0]
+    project, *_ = folders = trusted_folders(state_dir)
+    forget_checked_folders()
     try:
-        _trust_folders_above(project)
-    except StorageError as exc:
+        check_folders_above(Path(project), "project folder")
+    except SigningKeyError as exc:
         found.append((project, exc.message))
-    for i, folder in enumerate(trusted_folders(state_dir)):
+    for i, folder in enumerate(folders):
         try:
             st = folder_status(folder, follow=i == 0)
         except OSError:
@@ -153,31 +156,6 @@ class WorkerFolders:
         log.warning("%s was writable by other users (mode %o): made writable by its owner alone", folder,
                     stat.S_IMODE(st.st_mode), extra={"path": folder})
 
-    @staticmethod
-    def own_job_folder(folder: "Path | str") -> None:
-        """Refuse to run a job in its own folder (``artifacts/<job_id>``, there already) when another user owns it,
-        who may ``chmod`` it back whatever its mode and put files among the job's artifacts, or links its run would
-        write through (made by another user's worker, or in an ``artifacts/`` others could write before 2026-12-07),
-        or when others may use it and this user cannot make it owner-only (root's, under a worker that is not root):
-        ``restrict`` leaves such a folder as it is, and until 2026-12-07 the job ran in it. Called before each run,
-        whatever the handler (a Python handler makes its folder in its own process); a folder this user may change
-        loses all but its owner's bits here. ``StorageError`` (exit 10): the store's fault, fixed by its owner, as
-        ``runs/``: the caller hands the job back. One ``lstat``; a folder not there yet is the run's to make."""
-        folder = os.fspath(folder)
-        try:
-            st = os.lstat(folder)
-        except OSError:  # missing, or met where the run makes it
-            return
-        if not stat.S_ISDIR(st.st_mode):
-            return  # a file or a link: the run's ``make_private_folder`` or ``artifacts_dir`` refuses it
-        _refuse_another_owner(folder, st, TAKES_ARTIFACTS, f"check what it holds, then, as root: chown -R "
-                                                           f"{os.geteuid()} {folder}")
-        if not stat.S_IMODE(st.st_mode) & ~PRIVATE_FOLDER:
-            return
-        now = _restricted(folder, PRIVATE_FOLDER)
-        if stat.S_IMODE(now.st_mode) & ~PRIVATE_FOLDER:
-            raise _mode_kept(folder, now, "used", TAKES_ARTIFACTS, "chmod 700")
-
     def sweep_probes(self) -> list[str]:
         """Remove the ``artifacts/.probe-<pid>-*`` folders of workers killed inside their ``probe`` (between its
         ``mkdir`` and ``rmdir``; until 2026-12-07 nothing removed them, one per crash). A probe lives a few
@@ -224,12 +202,14 @@ class WorkerFolders:
                                f"{shown_bytes(SPARE_BYTES)} the store keeps for its own writes): no job is claimed "
                                "until space is freed", path=runs)
 
-    def artifacts_dir(self, job_id: str) -> Path:
+    def artifacts_dir(self, job_id: str, *, to_run: bool = False) -> Path:
         """``artifacts/<job_id>``, never outside the store. Resolving it (``safe_join``: two ``realpath``
         walks) cost ~0.2 ms per run, so it is resolved in full only when something is not as last
         checked: the ``artifacts`` folder must be the very folder (device, inode) that passed the full
         check; the job's folder must not be a symlink (or not exist yet). ``artifacts`` itself is never
-        a symlink (``PathEscapeError``), wherever it leads: one planted while the worker runs is met here."""
+        a symlink (``PathEscapeError``), wherever it leads: one planted while the worker runs is met here.
+        ``to_run``: the folder of a job this worker is about to run, also refused when another user could change it
+        (``_own_job_folder``), from the ``lstat`` read here."""
         if self._artifacts_root is None:  # the path only: what it leads to is checked below, every time
             self._artifacts_root = os.path.join(self.state_dir, ARTIFACTS_DIR)
         root = self._artifacts_root
@@ -245,15 +225,20 @@ class WorkerFolders:
         real_dir = st is not None and stat.S_ISDIR(st.st_mode)
         if real_dir and (st.st_dev, st.st_ino) == self._artifacts_root_id:  # type: ignore[union-attr]
             try:
-                if not stat.S_ISLNK(os.lstat(path).st_mode):
-                    return Path(path)
+                job_st: os.stat_result | None = os.lstat(path)
             except FileNotFoundError:
                 return Path(path)
             except OSError:
-                pass
+                job_st = None
+            if job_st is not None and not stat.S_ISLNK(job_st.st_mode):
+                if to_run:
+                    _own_job_folder(path, job_st)
+                return Path(path)
         checked = safe_join(self.state_dir, ARTIFACTS_DIR, job_id)  # PathEscapeError if out
         if real_dir:
             self._artifacts_root_id = (st.st_dev, st.st_ino)  # type: ignore[union-attr]
+        if to_run:
+            _own_job_folder(str(checked))
         return checked
 
     @property
@@ -328,6 +313,31 @@ def _nameless_file(folder: str) -> int:
     with contextlib.suppress(FileNotFoundError):  # taken with its folder by another worker's sweep
         os.unlink(path)
     return fd
+
+
+def _own_job_folder(folder: str, st: os.stat_result | None = None) -> None:
+    """Refuse to run a job in its own folder (``artifacts/<job_id>``, there already) when another user owns it,
+    who may ``chmod`` it back whatever its mode and put files among the job's artifacts, or links its run would
+    write through (made by another user's worker, or in an ``artifacts/`` others could write before 2026-12-07),
+    or when others may use it and this user cannot make it owner-only (root's, under a worker that is not root):
+    ``restrict`` leaves such a folder as it is, and until 2026-12-07 the job ran in it. Checked before each run
+    (``WorkerFolders.artifacts_dir(to_run=True)``), whatever the handler (a Python handler makes its folder in its own
+    process); a folder this user may change loses all but its owner's bits here. ``StorageError`` (exit 10): the
+    store's fault, fixed by its owner, as ``runs/``: the caller hands the job back. ``st``: the folder's ``lstat``,
+    read already (else read here); a folder not there yet is the run's to make."""
+    try:
+        st = st if st is not None else folder_status(folder)
+    except OSError:  # met where the run makes it
+        return
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        return  # missing, or a file or a link: the run's ``make_private_folder`` or ``artifacts_dir`` refuses it
+    _refuse_another_owner(folder, st, TAKES_ARTIFACTS, f"check what it holds, then, as root: chown -R "
+                                                       f"{os.geteuid()} {folder}")
+    if not stat.S_IMODE(st.st_mode) & ~PRIVATE_FOLDER:
+        return
+    now = _restricted(folder, PRIVATE_FOLDER)
+    if stat.S_IMODE(now.st_mode) & ~PRIVATE_FOLDER:
+        raise _mode_kept(folder, now, "used", TAKES_ARTIFACTS, "chmod 700")
 
 
 def _trust_folders_above(project: str) -> None:

@@ -77,7 +77,10 @@ class WorkerSettings:
     def checked_now(self, now: float | None) -> float | None:
         """The ``now`` given to a worker's ``run_once``, ``claim`` or ``recover_stale``: a time (``limits.a_time``) that
         leaves room for the latest time such a call writes ahead of it, a lease's end (a claim) and a retry's (a
-        recovery), refused before anything is reserved or written."""
+        recovery), refused before anything is reserved or written. None, the clock's time, is not checked (its
+        message not made: a worker's every pass asks)."""
+        if now is None:
+            return None
         lease, retry = self.lease_seconds, self.retry_max_seconds
         return a_time_with_room(now, max(lease, retry), f"a lease's end ({lease:g} s later) and a retry's (up to "
                                 f"{retry:g} s later)")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from backends import TestPostgresStore  # here, before any test clears ORCH_TEST_PG_URL (``backends.PG_URL``)
+from backends import BACKENDS, orchestrator_on  # here, before any test clears ORCH_TEST_PG_URL (``backends.PG_URL``)
 from orchestrator.signing import Keyring, new_seed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,18 +44,12 @@ def orch(base: Path, keyring: Keyring):
     return Orchestrator(base_path=base, project_id="proj", keyring=keyring)
 
 
-@pytest.fixture(params=["jsonl", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def any_orch(request: pytest.FixtureRequest, base: Path, keyring: Keyring):
     """An orchestrator on files, then on PostgreSQL (its own project, whose rows are deleted afterwards): for a
     behaviour both stores must show."""
-    from orchestrator import Orchestrator
-
-    if request.param == "jsonl":
-        yield Orchestrator(base_path=base, project_id="proj", keyring=keyring)
-        return
-    store = TestPostgresStore()
-    yield Orchestrator(base_path=base, project_id=store.project, keyring=keyring, store=store)
-    store.close()
+    with orchestrator_on(request.param, base, keyring) as orch:
+        yield orch
 
 
 @pytest.fixture

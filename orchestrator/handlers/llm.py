@@ -60,7 +60,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.handler_env import llm_environment
 from orchestrator.handlers.llm_secrets import Secrets, scrub, without_secrets
 from orchestrator.json_text import DuplicateKeyError, loads_unique
-from orchestrator.payload import MAX_RETRY_AFTER_SECONDS
+from orchestrator.payload import cut_wait
 from orchestrator.security import cut_read_size, shown
 
 MAX_REPLY_BYTES = 4 * 1024 * 1024
@@ -254,8 +254,8 @@ class _AskedToWait:
 
     def telling(self, failed: dict[str, Any]) -> dict[str, Any]:
         """``failed`` with the wait asked for as its ``retry_after``, so that the worker's next attempt comes no sooner
-        (at most ``MAX_RETRY_AFTER_SECONDS``, the worker's bound: JSON has no infinity)."""
-        return {**failed, "retry_after": min(self.seconds, MAX_RETRY_AFTER_SECONDS)}
+        (``payload.cut_wait``: at most the worker's bound; JSON has no infinity)."""
+        return {**failed, "retry_after": cut_wait(self.seconds)}
 
 
 def retry_after_seconds(value: str | None, now: float) -> float | None:

@@ -96,12 +96,12 @@ class Secrets:
         encodings = [_encodings(value) for value in self.values]
         wrapped = {(form, False) for plain, _ in encodings for form in plain} \
             | {(form, True) for _, base64_forms in encodings for form in base64_forms}
-        self.forms = sorted({form for form, _ in wrapped}, key=len, reverse=True)
+        forms = {form for form, _ in wrapped}
         self._pattern = _forms_of(tuple(sorted(wrapped, key=lambda pair: (-len(pair[0]), pair)))) if wrapped else None
         self._entities = ("&#", *sorted({f"&{name};" for char, name in _HTML_NAMED.items()
-                                         if any(char in form for form in self.forms)}))
+                                         if any(char in form for form in forms)}))
         self._base64_forms = sorted({form for form, cut in wrapped if cut}, key=len)
-        self._percent_escapes = _percent_escapes({char for form in self.forms for char in form})
+        self._percent_escapes = _percent_escapes({char for form in forms for char in form})
         self._starts = [(value, _shortest_start(value)) for value in self.values]
         # a value longer than its shortest start is replaced whole by the search for its starts: a replace less
         found_by_starts = {value for value, shortest_start in self._starts if shortest_start < len(value)}

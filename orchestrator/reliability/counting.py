@@ -28,9 +28,9 @@ def count_into(path: str) -> None:
 
 def main() -> None:
     count_into(sys.argv[1])
-    from orchestrator.cli import main as cli
+    from orchestrator.entry import main as command  # the way ``python3 -m orchestrator`` starts: stop handling first
 
-    cli(sys.argv[2:], prog_name="python3 -m orchestrator")
+    command(sys.argv[2:], prog_name="python3 -m orchestrator")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Crash, then crash the recovery: pairs of a point the workload passes and a point its recovery then passes.
 
-For each point of the workload (at a pass the seed picks, as a sampled sweep does) a forked process runs the workload
-and is SIGKILLed there, and the folder it left is kept aside. A forked recovery of that folder counts the points the
-recovery passes from there (the same files and a clock a day ahead: the same passes each time). Then for each of those
-points, or with ``pairs`` for a sample the seed draws, the folder is put back where it was (the jobs name files by
+For each point of the workload (with ``pairs``: each point the seed deals a share of the sample to), at a pass the
+seed picks as a sampled sweep does, a forked process runs the workload and is SIGKILLed there, and the folder it left
+is kept aside. A forked recovery of that folder counts the points the recovery passes from there (the same files and a
+clock a day ahead: the same passes each time). Then for each of those points, or for the point's share of ``pairs``
+(fewer when the recovery passes fewer points), the folder is put back where it was (the jobs name files by
 their path), a recovery is killed at a pass the seed picks, and a third process recovers with its clock past every
 lease: each pair is checked as one crash is (``crash.checked``), each crash allowed its own unacknowledged append.
 The same seed on the same code kills the same pairs (``pairs_killed``). Until 2026-12-07 the recovery was armed at a

@@ -5,7 +5,8 @@ import threading
 from typing import Iterator
 
 from orchestrator.errors import ConcurrencyError
-from orchestrator.store.base import AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine
+from orchestrator.store.base import (AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine,
+                                     check_aux_name)
 
 
 class MemoryStore(EventStore):
@@ -49,13 +50,16 @@ class MemoryStore(EventStore):
         return iter(names)
 
     def put_aux(self, area: str, key: str, data: bytes) -> None:
+        check_aux_name(area, key)  # as the other stores: a name each can hold
         self._aux[(area, key)] = bytes(data)
 
     def aux_keys(self, area: str) -> list[str]:
         return sorted(key for a, key in list(self._aux) if a == area)
 
     def delete_aux(self, area: str, key: str) -> None:
+        check_aux_name(area, key)
         self._aux.pop((area, key), None)
 
     def get_aux(self, area: str, key: str) -> bytes | None:
+        check_aux_name(area, key)
         return self._aux.get((area, key))

@@ -164,6 +164,7 @@ class PgQueueIndex(QueueIndex):
     """The project's ready and running jobs in ``orch_ready`` / ``orch_running``."""
 
     lists_every_due_entry = False  # a page is the reserved row and ``CANDIDATES`` more (``next_page``)
+    keeps_signers = True  # ``orch_ready.signer`` (migration 0008)
 
     def __init__(self, store: PostgresStore) -> None:
         self.store = store

@@ -15,7 +15,7 @@ from importlib import resources
 from typing import Any
 
 from orchestrator import faults
-from orchestrator.errors import ConfigError, SchemaTooNewError
+from orchestrator.errors import ConfigError, SchemaTooNewError, without_nothing_written
 from orchestrator.security import sanitize_text
 from orchestrator.store.pg_connection import (_cancelled, _conflicted, _connection_lost, _storage_error, connect,
                                               redacted)
@@ -249,7 +249,7 @@ def migrate(url: str) -> dict[str, Any]:
             # ``TransactionConflictError``), as from every other command
             if _cancelled(exc) or _conflicted(exc):
                 again = _storage_error(exc, conn)
-                raise type(again)(f"{again.message.removesuffix('; nothing was written')}; the migration it was "
+                raise type(again)(f"{without_nothing_written(again.message)}; the migration it was "
                                   "applying rolled back whole (those before it stay applied): run `orchestrator db "
                                   "migrate` again") from None
             # the server's message may quote the URL's password or the SQL (its values included)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import jobstates as js
-from helpers import REPO, run_script
+from helpers import REPO, run_script, submitted_as_before
 from orchestrator import Orchestrator
 from orchestrator.key_files import load_keyring
 
@@ -103,7 +103,7 @@ def test_audit_timeline_refuses_filters_that_could_only_match_nothing(api: Orche
 
 
 def test_human_output_shows_control_characters_escaped_so_handler_text_cannot_forge_lines(
-        api: Orchestrator, cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+        api: Orchestrator, cli_env: dict[str, str]) -> None:
     forged = "Deploy?\nstate            succeeded\r\x1b[2K\u2028x"
     job_id = js.waiting_human(api, question=forged)
     lines = ok("status", job_id, env=cli_env).stdout.splitlines()
@@ -118,8 +118,7 @@ def test_human_output_shows_control_characters_escaped_so_handler_text_cannot_fo
     assert conflict.returncode == 5 and len(conflict.stderr.splitlines()) == 1
     lines = ok("audit_timeline", "--job-id", job_id, env=cli_env).stdout.splitlines()
     assert len(lines) == 2 + 5 + 1 and not any(ln.startswith("state") for ln in lines)  # head, 4 events + 1 entry, OK
-    monkeypatch.setattr("orchestrator.api.is_kind", lambda kind: True)  # as a submit took it before 2026-12-07
-    api.submit("echo\nINJECTED", {})
+    submitted_as_before(api, ["echo\nINJECTED"])
     assert len(ok("status", "--all", env=cli_env).stdout.splitlines()) == 1 + 2
 
 

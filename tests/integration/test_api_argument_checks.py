@@ -104,6 +104,8 @@ REFUSED_APPENDS: dict[str, dict[str, Any]] = {
     "new a dict": {"new": {"job_cancelled": {}}},
     "new empty": {"new": []},
     "new bytes in a field": {"new": [("job_cancelled", {"reason": b"x"})]},  # stored as "x"
+    "new a number as text": {"new": [("job_claimed", {"worker_id": "w", "epoch": "2", "attempt": True,
+                                                      "lease_expires_at": "2026-12-07T00:00:00Z"})]},  # stored as 2, 1
     # fence, view
     "fence text": {"fence": "x"},
     "fence negative": {"fence": -1},
@@ -121,6 +123,17 @@ def test_append_refuses_an_argument_no_line_can_hold_naming_it_before_anything_i
         orch.append(args.pop("view"), job, args.pop("new"), **args)
     assert err.value.code in ("INVALID_INPUT", "INVALID_ID") and err.value.exit_code == 3, err.value
     assert written(orch, job) == before and orch.status(job).state == "queued"
+
+
+@pytest.mark.parametrize("data", [{"kind": "a\x00b"}, {"kind": "t.echo", "options": {"key": b"k1"}}],
+                         ids=["a NUL in the kind", "bytes as the key"])
+def test_a_submission_appended_as_it_is_is_held_to_the_rules_of_a_submit(orch: Orchestrator, data: dict) -> None:
+    """``append`` of a ``job_submitted`` took a NUL kind (files; PostgreSQL: ``STORAGE_ERROR``) and a key of bytes
+    (stored as its text): the event's model holds every field to its own type and the kind to ``limits.is_kind``."""
+    submitted = {"input": None, "options": {}, "context_digest": "0" * 64, **data}
+    with pytest.raises(InvalidInputError):
+        orch.append(None, "01J0000000000000000000000A", [("job_submitted", submitted)])
+    assert list(orch.job_ids()) == []
 
 
 def test_an_actor_given_to_append_is_stored_sanitized_in_the_event_its_entry_and_the_timeline(

@@ -363,6 +363,15 @@ def test_verify_of_a_store_with_a_folder_others_may_write_exits_0_naming_the_fol
         (str(runs), "STORE_FOLDER_LOOSE")]
 
 
+def test_a_second_verify_in_one_process_sees_a_folder_above_made_loose_since_the_first(tmp_path: Path, keyring) -> None:
+    """A process remembers the folders above it found safe (the keys' checks, once a process): ``verify`` looks again."""
+    orch, above = project_below(tmp_path, keyring, 0o755)
+    orch.submit("command", RAN["command"])
+    assert orch.verify().warnings == []
+    os.chmod(above, 0o777)
+    assert [w.code for w in orch.verify().warnings] == ["STORE_FOLDER_LOOSE"]
+
+
 def test_verify_warns_of_a_project_folder_below_a_folder_others_may_write(tmp_path: Path, keyring) -> None:
     """The worker refuses it (``test_a_worker_refuses_a_project_folder_below_a_folder_others_may_write``)."""
     orch, above = project_below(tmp_path, keyring, 0o777)

@@ -443,7 +443,7 @@ def test_a_closed_orchestrator_refuses_every_call_with_store_closed_and_writes_n
     orch.close()  # again: nothing left to close, no error
     before = file_bytes(orch)
     for call in (lambda: orch.status(job_id), lambda: orch.submit("t.echo"), lambda: orch.cancel(job_id),
-                 lambda: orch.worker().run_once(), lambda: orch.verify()):
+                 lambda: orch.worker().run_once(), lambda: orch.verify(), lambda: orch.queue.ready()):
         with pytest.raises(OrchestratorError) as caught:
             call()
         assert (caught.value.code, caught.value.exit_code) == ("STORE_CLOSED", 10)

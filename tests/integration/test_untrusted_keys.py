@@ -301,7 +301,7 @@ def test_a_looping_workers_later_passes_on_postgres_neither_list_nor_reserve_the
     """Found in review (2026-12-07): with 4,000 due jobs signed by a key it did not trust, an idle looping worker
     made 67,000 transactions in 40 s (7 before paging): each pass paged past them all, read those it no longer
     remembered, and each page reserved a row it passed over, whose lapse or release woke it into the next pass. Its
-    later passes now page past none of the jobs it remembers leaving (``UntrustedJobs.left_jobs``), and a next page
+    later passes now page past none of the jobs it remembers leaving (``UntrustedJobs.jobs_to_leave_out``), and a next page
     reserves nothing; the job behind them is still reached."""
     from orchestrator import untrusted
     from orchestrator.store.pg_queue import CANDIDATES
@@ -352,6 +352,24 @@ def test_a_ready_row_on_postgres_names_the_key_that_signed_its_jobs_first_line_w
         assert {e.job_id: e.signer for e in m.b.queue.ready()} == {from_a: m.ring_a.signer_id, from_b: m.b_kid}
         assert make_worker(m.b, "b", kinds=("t.flaky",)).run_once().outcome == "retry"  # queued again by B
         assert {e.job_id: e.signer for e in m.b.queue.ready()} == {from_a: m.ring_a.signer_id, from_b: m.b_kid}
+
+
+@pytest.mark.postgres
+def test_a_ready_row_a_claimer_puts_in_place_of_a_left_over_one_names_the_key_of_the_jobs_first_line(
+        tmp_path: Path, base: Path) -> None:
+    """A left-over row (a crash's: another time, no key) is replaced by the one the job's state gives, from the job's
+    view: with the key, as the event's own row has it, so that a worker lacking it still leaves the row out unread."""
+    from orchestrator.queue import ReadyEntry
+
+    with pg_machines(tmp_path, base) as m:
+        job = m.b.submit("t.flaky", {"succeed_on": 2}, max_attempts=3)
+        assert make_worker(m.b, "b", retry_base_seconds=1000.0).run_once().outcome == "retry"  # due in minutes
+        (row,) = m.b.queue.ready()
+        m.b.queue.drop_ready(row)
+        m.b.queue.put_ready(ReadyEntry(row.neg_priority, row.runnable_at_us - 10**9, job, None))  # left over, no key
+        assert make_worker(m.b, "b").claim() is None  # met, put right, not due yet
+        assert [(e.job_id, e.runnable_at_us, e.signer) for e in m.b.queue.ready()] == [
+            (job, row.runnable_at_us, m.b_kid)]
 
 
 @pytest.mark.postgres
