@@ -1,10 +1,11 @@
 """Appends on PostgreSQL: the one-statement append, the locked append and the audited append, and the
 statement that moves a stream's head (``_moving``).
 
-Apart from ``postgres.py`` (the pool, calls, reads, aux records, locks) and ``pg_connection.py`` (opening a
-connection, what a driver error means) because the write path is a concern of its own: what is sent in which
-round trip and transaction, what a refusal or a lost connection leaves behind. ``PostgresStore.append`` and ``PostgresStore.append_audited`` call these; the
-store's module docstring says what an append guarantees.
+Apart from ``postgres.py`` (reads, aux records, locks), ``pg_sessions.py`` (the pool, calls) and
+``pg_connection.py`` (opening a connection, what a driver error means) because the write path is a concern of its
+own: what is sent in which round trip and transaction, what a refusal or a lost connection leaves behind.
+``PostgresStore.append`` and ``PostgresStore.append_audited`` call these; the store's module docstring says what an
+append guarantees.
 """
 from __future__ import annotations
 

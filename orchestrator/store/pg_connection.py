@@ -1,9 +1,10 @@
 """Connections to PostgreSQL: the URL an operator gives, its password kept out of every message, opening a
 connection, and what a driver error means for the caller.
 
-Apart from ``postgres.py`` (the store: its pool of connections, calls, reads, aux records and locks) because a
-connection's settings are a concern of their own: what is a setting to fix (``CONFIG_ERROR``) and what is a server
-out of reach (``STORAGE_ERROR``), and that no message shows the URL's password, however malformed the URL is.
+Apart from ``postgres.py`` (the store: its reads, aux records and locks) and ``pg_sessions.py`` (its pool of
+connections, its calls) because a connection's settings are a concern of their own: what is a setting to fix
+(``CONFIG_ERROR``) and what is a server out of reach (``STORAGE_ERROR``), and that no message shows the URL's password,
+however malformed the URL is.
 """
 from __future__ import annotations
 
@@ -209,7 +210,7 @@ _SESSION = ("SELECT set_config('synchronous_commit', 'on', false), "
             "set_config('default_transaction_isolation', 'read committed', false), "
             "current_setting('session_replication_role')")
 # Connections whose session runs with ``session_replication_role = replica`` (``connect`` reads it in ``_SESSION``): no
-# ordinary trigger fires in them, so the store asks whether the schema's do before it writes (``PostgresStore._call``)
+# ordinary trigger fires in them, so the store asks whether the schema's do before it writes (``PgSessions._call``)
 _REPLICA_SESSIONS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 

@@ -193,7 +193,7 @@ def replica_problem(conn: Any) -> ConfigError | None:
     """A ``ConfigError`` when ``conn``'s session runs with ``session_replication_role = replica`` and a trigger of
     ``SCHEMA_TRIGGERS`` does not fire in it (only ``ENABLE ALWAYS`` and ``ENABLE REPLICA`` triggers do): it says what
     no longer holds and how to reset the setting where it was made; None otherwise. ``db status`` asks; the store asks
-    before it writes in a session ``connect`` found so (``PostgresStore._call``): the fence is a safety property."""
+    before it writes in a session ``connect`` found so (``PgSessions._call``): the fence is a safety property."""
     tables = sorted({table for table, _migration, _stops in SCHEMA_TRIGGERS.values()})
     role, source, db, user, silent = conn.execute(_REPLICA_ROLE, (list(SCHEMA_TRIGGERS), tables)).fetchone()
     if role != "replica" or not silent:

@@ -12,7 +12,9 @@ pending lock around both take two (``append_audited``; the append paths are
 ``orchestrator/store/pg_append.py``). Durability is PostgreSQL's: the session
 forces ``synchronous_commit = on``, so when ``append`` returns the commit is flushed to the
 server's WAL. Several projects may share one database (the ``project`` column). Connections (the URL, its
-password kept out of every message, what a driver error means) are ``orchestrator/store/pg_connection.py``.
+password kept out of every message, what a driver error means) are ``orchestrator/store/pg_connection.py``; the
+store's sessions (its pool, each call's connection, a conflict's retry, a fenced write refused, a forked child's own
+sessions) ``orchestrator/store/pg_sessions.py``, a base class of ``PostgresStore``.
 
 Fencing is checked by the database: an append given a worker's ``fence`` epoch writes it into
 the stream's row, and a trigger (migration 0002) refuses to move it backwards, so a worker
@@ -33,37 +35,26 @@ most): in binary it was no faster there and slower at P90 (``docs/decisions.md``
 
 The machines sharing a project compare each other's times (lease expiries, due times), so the store
 brings the clock they all decide by, the server's (``shared_clock``, ``orchestrator/store/pg_clock.py``),
-sampled on each new connection and on a call's connection once a minute (``_take``).
+sampled on each new connection and on a call's connection once a minute (``pg_sessions``: ``_take``).
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
-import os
-import threading
-import weakref
 from array import array
 from typing import Any, Callable, Collection, Iterator
 
 from orchestrator.config import DEFAULT_PG_DEADLINE_SECONDS
-from orchestrator.errors import (ConcurrencyError, ConfigError, LeaseLostError, OrchestratorError, StorageError,
-                                 StoreClosedError, TransactionConflictError)
-from orchestrator.security import sanitize_text, validate_id
+from orchestrator.errors import ConfigError, StorageError
+from orchestrator.security import validate_id
 from orchestrator.store.base import (AUDIT_STREAM, AuxWrites, Builder, EventStore, Head, InTransaction, StoredLine,
                                      check_aux_name)
-from orchestrator.store.pg_clock import ServerClock
-# ``connect`` is called through this module's name (``_take``), so a test can stand in for the server there
-from orchestrator.store.pg_connection import (CREDENTIAL_ENV, _driver, _storage_error, _went_away, connect, conninfo,
-                                              forget_replica_session, is_postgres_url, redacted,
-                                              replica_session)
+from orchestrator.store.pg_connection import (CREDENTIAL_ENV, _driver, _storage_error, connect, conninfo,
+                                              is_postgres_url, redacted)
 from orchestrator.store.pg_deadline import Deadline
-from orchestrator.store.pg_schema import (MISSING_SQLSTATES, current_version, missing_problem, replica_problem,
-                                          version_problem)
+from orchestrator.store.pg_sessions import PgSessions
 
 __all__ = ["Deadline", "PostgresStore", "connect", "is_postgres_url", "open_store", "redacted"]
-
-log = logging.getLogger(__name__)
 
 # Rows per round trip of a long read (the audit log, every job id, an aux area's keys): each round trip
 # is one call with its own deadline, so a read of millions of rows is never cut for its length.
@@ -74,11 +65,6 @@ READ_CHUNK_ROWS = 10_000
 # lines of a real audit entry's size (490 bytes) fit, so those still come 10,000 per round trip.
 READ_CHUNK_BYTES = 8 << 20
 READ_FIRST_ROWS = 256  # a read's first chunk of lines, so lines of up to 32 KiB fit in it (a job's, mostly)
-_IDLE_CONNECTIONS = 4  # kept open per store; more are opened on demand and closed after use
-FENCED_SQLSTATE = "OF001"  # raised by the orch_streams_fence trigger (migrations/0002_claiming.sql)
-# Calls made of a store call whose transaction the server rolls back for a conflict (``_run``): a deadlock's other
-# session, or the writer that moved a row first, is done by the next try, which waits for its locks
-CONFLICT_TRIES = 3
 
 # A job's head record and its lines in one statement: one snapshot, so on this backend (where
 # both commit together) they always agree, and one round trip instead of two (for a stream of up
@@ -107,15 +93,6 @@ _INDEXED_HEADS = ("SELECT stream, seq, sha256(last_line) FROM orch_streams WHERE
                   "ORDER BY stream LIMIT %s")
 _INDEXED_HEAD = "SELECT stream, seq, sha256(last_line) FROM orch_streams WHERE project = %s AND stream = %s"
 _AUX_KEYS = "SELECT key FROM orch_aux WHERE project = %s AND area = %s AND key > %s ORDER BY key LIMIT %s"
-
-
-class _RolledBack(Exception):
-    """A try of ``PostgresStore._run`` whose transaction the server rolled back for a conflict (``error``): nothing of
-    it stays. Private, so that only the call that met it makes it again, never a call around it."""
-
-    def __init__(self, error: TransactionConflictError) -> None:
-        super().__init__(error.message)
-        self.error = error
 
 
 def _line_bounds(longest: int | None) -> tuple[int, int]:
@@ -152,192 +129,20 @@ def _numbered(rows: list[Any], first: int) -> list[StoredLine]:
     return [StoredLine(i, bytes(r[1]), None if r[0] == i else r[0]) for i, r in enumerate(rows, first)]
 
 
-class PostgresStore(EventStore):
-    """One project's streams in a PostgreSQL database (schema from ``orchestrator db migrate``)."""
+class PostgresStore(PgSessions, EventStore):
+    """One project's streams in a PostgreSQL database (schema from ``orchestrator db migrate``); every call is made on
+    the sessions ``PgSessions`` keeps (``pg_sessions.py``: the pool, ``_run``, ``close``, a forked child's own)."""
 
     atomic_aux = True  # ``append(..., aux=...)`` writes the records in the lines' transaction
     credential_env = CREDENTIAL_ENV
-    conflict_tries = CONFLICT_TRIES  # calls of ``_run`` to a transaction the server rolls back for a conflict
 
     def __init__(self, url: str, project: str = "default",
                  deadline_seconds: float | None = DEFAULT_PG_DEADLINE_SECONDS) -> None:
         if not is_postgres_url(url):
             raise ConfigError(redacted(f"not a PostgreSQL URL: {url!r} (expected postgresql://...)", url))
         conninfo(url)  # a malformed one is refused here, before any call
-        self.url = url
         self.project = validate_id(project, "project id")
-        self.deadline = Deadline(deadline_seconds)  # every call's bound; None or 0: none
-        self._idle: list[Any] = []  # the same list for the store's life: its finalizer closes what it holds
-        self._lock = threading.Lock()
-        self._checked = False
-        self._closed = False
-        self._inherited: list[Any] = []  # see ``_after_fork_in_child``
-        self._indexes: weakref.WeakSet[Any] = weakref.WeakSet()  # queue indexes, each with its LISTEN connection
-        # every machine's default clock: the server's (``pg_clock``), sampled by ``_take``; its first read before
-        # any call makes one (``_sampling_call``)
-        self.shared_clock = ServerClock(_sampling_call(weakref.ref(self)))
-        # a store dropped unclosed ends its sessions as its last reference goes, not with psycopg's warning of a
-        # connection deleted open (``close`` runs it at once)
-        self._close_pooled = weakref.finalize(self, _close_connections, self._idle)
-        _STORES.add(self)
-
-    def _after_fork_in_child(self) -> None:
-        """A forked child must not use its parent's connections (the sockets are shared: two processes'
-        statements would interleave, a ``LISTEN`` one's notifications go to whichever reads first) nor
-        close them (that would end the parent's sessions). They are kept, unused, so that nothing
-        finalizes them; the child opens its own, and watches its own calls."""
-        self._lock = threading.Lock()  # another thread of the parent may have held it at the fork
-        self.deadline.reset()
-        listeners = [conn for index in list(self._indexes) for conn in index.forget_listeners()]
-        self._inherited += self._idle + listeners
-        self._idle.clear()  # in place: the finalizer closes this list's connections, now the child's own
-
-    def register_index(self, index: Any) -> None:
-        """A queue index on this store, whose ``LISTEN`` connections a forked child must not use
-        (``_after_fork_in_child`` takes them with ``forget_listeners``)."""
-        self._indexes.add(index)
-
-    # -- connections ------------------------------------------------------------------------
-    def _take(self) -> Any:
-        self.deadline.check_time_left()
-        with self._lock:
-            if self._closed:
-                raise StoreClosedError()
-            conn = self._idle.pop() if self._idle else None
-        if conn is not None and not conn.closed and _went_away(conn):
-            conn.close()
-        fresh = conn is None or conn.closed
-        if fresh:
-            conn = connect(self.url, autocommit=True, deadline=self.deadline)
-        sample = fresh or self.shared_clock.due()  # a new connection may be to another server (a failover)
-        if not self._checked or sample:
-            psycopg = _driver()
-            try:
-                with self.deadline.bounded(conn):
-                    if not self._checked:
-                        self._check_schema(conn)
-                    if sample:
-                        self.shared_clock.take(conn)
-            except psycopg.Error as exc:
-                error = _storage_error(exc, conn)  # nothing of the caller's was sent yet
-                conn.close()
-                raise error from None
-            except BaseException:
-                conn.close()
-                raise
-        return conn
-
-    def _give(self, conn: Any, reusable: bool = True) -> None:
-        with self._lock:
-            if reusable and not self._closed and not conn.closed and len(self._idle) < _IDLE_CONNECTIONS:
-                self._idle.append(conn)
-                return
-        conn.close()
-
-    def _check_schema(self, conn: Any) -> None:
-        """Before a store's first call, and after the schema changed under it (``_schema_changed``): a schema behind
-        this release's, or ahead of it, is refused."""
-        problem = version_problem(current_version(conn))
-        if problem is not None:
-            raise problem
-        self._checked = True
-
-    def _schema_changed(self, conn: Any, exc: Exception) -> OrchestratorError:
-        """A statement named a table, column or function the database does not have: its schema changed since this
-        store checked it. What that means is read now, on ``conn`` (``pg_schema.missing_problem``: run ``db
-        migrate``, ``SCHEMA_TOO_NEW``, or changed by hand), and every call checks again (``_take``) until the schema
-        passes: one that would find its tables must not read or write a schema this release no longer knows."""
-        self._checked = False
-        try:
-            with self.deadline.bounded(conn):  # a cut closes it
-                problem: OrchestratorError = missing_problem(conn, exc)
-        except StorageError as error:  # the version could not be read (``current_version``): its own error
-            conn.close()
-            return error
-        self._give(conn)
-        return problem
-
-    def _run(self, fn: Any, write: bool = False) -> Any:
-        """Run ``fn(conn)`` on a pooled connection (autocommit: one statement is atomic on its own,
-        ``fn`` opens a transaction when it needs more), within the store's deadline; driver errors
-        become ``StorageError``. ``write``: ``fn`` writes, so a connection lost while it ran may have
-        committed it (the error says so; a read's says it was cut off). A call whose transaction the server rolled back
-        for a conflict (a deadlock, a serialization failure: ``TransactionConflictError``) left nothing, and is made
-        again, on another connection, up to ``conflict_tries`` calls in all; an append decides again from the head it
-        then finds, as after any race. (A call that commits twice, ``append_audited``, makes its second transaction
-        again itself, never the first.)"""
-        tries_left = self.conflict_tries
-        while True:
-            tries_left -= 1
-            try:
-                return self._call(fn, write)
-            except _RolledBack as conflict:
-                if tries_left <= 0:
-                    raise conflict.error from None
-                log.warning("%s; trying it again", conflict.error.message, extra={"code": conflict.error.code})
-
-    def _call(self, fn: Any, write: bool) -> Any:
-        """One try of ``_run``: a conflict the server rolled back is raised as ``_RolledBack``, its connection closed."""
-        psycopg = _driver()
-        conn = self._take()
-        if write and replica_session(conn):
-            self._refuse_if_triggers_off(conn)
-        self.deadline.arm(conn)  # inline, not ``bounded``: this is every call's path
-        try:
-            result = fn(conn)
-        except psycopg.Error as exc:
-            if not self.deadline.disarm(conn):
-                conn.close()
-                raise self.deadline.error(write) from None
-            if isinstance(exc, psycopg.errors.UniqueViolation):
-                # Only reachable if the stream lock was bypassed: the primary key still refuses a fork.
-                self._give(conn)
-                raise ConcurrencyError("another writer appended to this stream first") from None
-            if getattr(exc, "sqlstate", None) in MISSING_SQLSTATES:  # the statement failed whole: nothing of it stays
-                raise self._schema_changed(conn, exc) from None
-            if getattr(exc, "sqlstate", None) != FENCED_SQLSTATE:
-                error = _storage_error(exc, conn, write)
-                conn.close()
-                if isinstance(error, TransactionConflictError):
-                    raise _RolledBack(error) from None
-                raise error from None
-            self._give(conn)
-            raise LeaseLostError(sanitize_text(f"refused by the database: {exc.diag.message_primary or exc}"),
-                                 fenced=True) from None
-        except BaseException:
-            self._give(conn, self.deadline.disarm(conn))
-            raise
-        # a call that returned just as it was cut keeps its result; only its connection is gone
-        self._give(conn, self.deadline.disarm(conn))
-        return result
-
-    def _refuse_if_triggers_off(self, conn: Any) -> None:
-        """Before a write on ``conn``, whose session runs as a replica (``replica_session``): ``ConfigError`` if the
-        schema's triggers do not fire in it (``pg_schema.replica_problem``: the fence, a safety property), nothing
-        written; else the write goes on (they are ``ENABLE ALWAYS``), and the connection's later writes too."""
-        try:
-            with self.deadline.bounded(conn):  # a cut closes it
-                problem = replica_problem(conn)
-        except _driver().Error as exc:
-            error = _storage_error(exc, conn)
-            conn.close()
-            raise error from None
-        if problem is not None:
-            self._give(conn)
-            raise ConfigError(f"{problem.message}; nothing was written")
-        forget_replica_session(conn)  # asked once per connection, as its role is read once
-
-    def close(self) -> None:
-        """Close the pooled connections and stop the deadline's watchdog thread; a later call raises
-        ``StoreClosedError``. Closing again does nothing."""
-        with self._lock:
-            self._closed = True  # from here on no connection is taken from the pool or given back to it
-        self._close_pooled()
-        self.deadline.close()
-
-    def calls_end_by(self, at: float | None) -> Any:
-        """``Deadline.until``: this thread's calls in the block end by ``at`` (``time.monotonic()``)."""
-        return self.deadline.until(at)
+        super().__init__(url, deadline_seconds)  # no session is opened before the first call
 
     # -- contract ---------------------------------------------------------------------------
     def append(self, stream: str, build: Builder, expected_seq: int | None = None,
@@ -579,30 +384,6 @@ class PostgresStore(EventStore):
 
     def __repr__(self) -> str:
         return redacted(f"PostgresStore({self.url!r}, project={self.project!r})", self.url)
-
-
-def _sampling_call(store: weakref.ref[PostgresStore]) -> Callable[[], None]:
-    """The clock's first call: one with no statement of its own (``_take`` samples). Through a weak reference, as the
-    clock is the store's: a strong one made a cycle, so a dropped store kept its sessions until the garbage collector's
-    next pass (until 2026-12-07). A clock read after its store went raises ``StoreClosedError``."""
-    def call() -> None:
-        owner = store()
-        if owner is None:
-            raise StoreClosedError()
-        owner._run(lambda conn: None)  # noqa: SLF001
-
-    return call
-
-
-def _close_connections(idle: list[Any]) -> None:
-    """Close and forget the pooled connections ``idle``: ``PostgresStore.close``, or the finalizer of a store dropped
-    without it (psycopg would close them too when collected, with a ``ResourceWarning`` for each)."""
-    while idle:
-        idle.pop().close()
-
-
-_STORES: weakref.WeakSet[PostgresStore] = weakref.WeakSet()
-os.register_at_fork(after_in_child=lambda: [store._after_fork_in_child() for store in list(_STORES)])  # noqa: SLF001
 
 
 def open_store(url: str, project: str, deadline_seconds: float | None = DEFAULT_PG_DEADLINE_SECONDS) -> EventStore:

@@ -127,7 +127,7 @@ def test_once_gives_up_on_a_server_that_stays_away_past_store_wait_seconds(
     import time
 
     from orchestrator.errors import StorageUnavailableError
-    from orchestrator.store import postgres
+    from orchestrator.store import pg_sessions
 
     orch = Orchestrator(base_path=tmp_path, project_id=named_store.project, store=named_store)
     job = orch.submit("t.echo", {"x": 1})
@@ -138,7 +138,7 @@ def test_once_gives_up_on_a_server_that_stays_away_past_store_wait_seconds(
 
     def server_down() -> None:
         named_store.cut()
-        monkeypatch.setattr(postgres, "connect", refused)
+        monkeypatch.setattr(pg_sessions, "connect", refused)  # where the store's sessions look it up
 
     faults.arm("pg.append.before_commit", server_down)
     started = time.monotonic()
@@ -175,7 +175,7 @@ CUT_THEN_RUN = r"""
 import sys, time
 from orchestrator import faults
 from orchestrator.errors import StorageUnavailableError
-from orchestrator.store import postgres
+from orchestrator.store import pg_sessions, postgres
 
 admin_url, name, mode = sys.argv[1:4]
 GONE = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
@@ -190,7 +190,7 @@ def cut():
     if mode == "stays-down":
         def refused(*_a, **_k):
             raise StorageUnavailableError("cannot connect to PostgreSQL: Connection refused")
-        postgres.connect = refused
+        pg_sessions.connect = refused  # where the store's sessions look it up
 
 
 faults.arm("pg.append.before_commit", cut)
@@ -511,14 +511,14 @@ def test_a_run_whose_server_goes_away_is_stopped_before_its_lease_expires_and_re
     from orchestrator import heartbeat as heartbeat_mod
     from orchestrator import worker as worker_mod
     from orchestrator.errors import StorageUnavailableError
-    from orchestrator.store import postgres
+    from orchestrator.store import pg_sessions
 
     orch = Orchestrator(base_path=tmp_path, project_id=named_store.project, store=named_store)
     job = orch.submit("t.sleep", 30)
     worker = Worker(orch, WorkerSettings(worker_id="w1", lease_seconds=1.5, handler_process="per-run",
                                          retry_base_seconds=0), rng=random.Random(7))
     back, kills, stored = threading.Event(), [], []
-    real_connect, real_kill, real_write = postgres.connect, worker_mod.kill_run, heartbeat_mod.write_lease
+    real_connect, real_kill, real_write = pg_sessions.connect, worker_mod.kill_run, heartbeat_mod.write_lease
 
     def connect(*args: Any, **kwargs: Any) -> Any:
         if not back.is_set():
@@ -527,7 +527,7 @@ def test_a_run_whose_server_goes_away_is_stopped_before_its_lease_expires_and_re
 
     def server_down() -> None:
         named_store.cut()
-        monkeypatch.setattr(postgres, "connect", connect)
+        monkeypatch.setattr(pg_sessions, "connect", connect)  # where the store's sessions look it up
 
     def kill_run(child: Any, run_id: str) -> None:
         kills.append(orch.clock())
