@@ -5,9 +5,9 @@ lower-cased or reversed, as JSON text may write it (``\\/``, ``\\u0041``: ``_jso
 as HTML writes it (``&gt;``, ``&#x41;``), and its bytes in base64 (either alphabet, from any offset: ``"user:" + key``
 in a Basic header; cut by line breaks into lines of any length, MIME's 76 or a narrow terminal's) or hex
 (``_encodings``); the forms of those too; and, cut short, any end of it of ``SHORTEST_PART`` (12) characters or more
-and any start reaching that far past its vendor's public prefix (``sk-ant-api03-``: ``_without_parts``). A key shorter
-than ``MIN_SECRET_LENGTH`` (8) characters is not looked for: such a value (``x``, ``EMPTY``, a local server's dummy)
-cannot be told from text, and replacing it turned "explain" into "[REDACTED]plain"."""
+and any start reaching that far past its vendor's public prefix (``sk-ant-api03-``), in any case (``_without_parts``).
+A key shorter than ``MIN_SECRET_LENGTH`` (8) characters is not looked for: such a value (``x``, ``EMPTY``, a local
+server's dummy) cannot be told from text, and replacing it turned "explain" into "[REDACTED]plain"."""
 from __future__ import annotations
 
 import base64
@@ -102,9 +102,12 @@ class Secrets:
                                          if any(char in form for form in forms)}))
         self._base64_forms = sorted({form for form, cut in wrapped if cut}, key=len)
         self._percent_escapes = _percent_escapes({char for form in forms for char in form})
-        self._starts = [(value, _shortest_start(value)) for value in self.values]
-        # a value longer than its shortest start is replaced whole by the search for its starts: a replace less
-        found_by_starts = {value for value, shortest_start in self._starts if shortest_start < len(value)}
+        # the parts are looked for lower-cased, in the text lower-cased (``_without_parts``): in any case
+        self._starts = [(value.lower(), _shortest_start(value)) for value in self.values]
+        # a value longer than its shortest start is replaced whole, as sent, upper- or lower-cased, by the search for
+        # its starts: three replaces less
+        found_by_starts = {form for value in self.values if _shortest_start(value) < len(value)
+                           for form in (value, value.upper(), value.lower())}
         self._plain_forms = sorted({form for form, cut in wrapped if not cut} - found_by_starts, key=len, reverse=True)
 
     def drop(self, text: str) -> str:
@@ -151,13 +154,22 @@ def _shortest_start(value: str) -> int:
     return SHORTEST_PART + max((len(prefix) for prefix in PUBLIC_KEY_PREFIXES if value.startswith(prefix)), default=0)
 
 
-def _without_parts(text: str, value: str, shortest_start: int) -> str:
-    """``text`` with each start of ``value`` of ``shortest_start`` characters or more and each end of
-    ``SHORTEST_PART`` or more replaced, as long as it goes on as the value does: what is left of the key where an
-    endpoint or a model echoed it cut short ("your key begins sk-proj-AbCdEfGhIjKl..."). Linear: each of the two
-    searches goes through the text once, and a part found is taken whole, so no character is looked at again."""
+def _case_folded(text: str) -> str:
+    """``text`` lower-cased character for character (same length, same offsets): ``str.lower`` (in C), but for 'İ',
+    the one character it lowers to two, lowered to 'i'."""
+    return (text.replace("\u0130", "I") if "\u0130" in text else text).lower()
+
+
+def _without_parts(given: str, value: str, shortest_start: int) -> str:
+    """``given`` with each start of ``value`` (lower-cased) of ``shortest_start`` characters or more and each end of
+    ``SHORTEST_PART`` or more replaced, in any case, as long as it goes on as the value does: what is left of the key
+    where an endpoint or a model echoed it cut short ("your key begins sk-proj-AbCdEfGhIjKl...", or "SK-PROJ-ABCD..."
+    from one that upper-cases what it quotes). Looked for in ``given`` lower-cased (``_case_folded``), replaced in
+    ``given``. Linear: each of the two searches goes through the text once, and a part found is taken whole, so no
+    character is looked at again."""
     if len(value) <= SHORTEST_PART:  # its parts are the whole value, replaced before
-        return text
+        return given
+    text = _case_folded(given)
     start_of, end_of = value[:shortest_start], value[-SHORTEST_PART:]
     at_start, at_end = text.find(start_of), text.find(end_of)
     out: list[str] = []
@@ -168,13 +180,13 @@ def _without_parts(text: str, value: str, shortest_start: int) -> str:
         else:
             end = at_end + SHORTEST_PART
             start = end - _same_behind(text, end, value, pos)
-        out += (text[pos:start], REDACTED)
+        out += (given[pos:start], REDACTED)
         pos = end
         at_start = text.find(start_of, pos) if 0 <= at_start < pos else at_start
         at_end = text.find(end_of, pos) if 0 <= at_end < pos else at_end
     if not out:
-        return text
-    out.append(text[pos:])
+        return given
+    out.append(given[pos:])
     return "".join(out)
 
 

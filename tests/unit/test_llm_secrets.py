@@ -52,6 +52,21 @@ def test_a_key_echoed_lower_cased_is_replaced(echoed: str) -> None:
         "Incorrect API key provided: [REDACTED]. Check it."
 
 
+@pytest.mark.parametrize("part", [CASED_KEY[:14].upper(), CASED_KEY[:14].lower(), CASED_KEY[-13:].upper(),
+                                  CASED_KEY[-13:].lower(), CASED_KEY[:20].swapcase()],
+                         ids=["start-upper", "start-lower", "end-upper", "end-lower", "start-swapped"])
+def test_a_part_of_the_key_upper_or_lower_cased_is_replaced(part: str) -> None:
+    """The key whole was looked for in either case, its parts only as sent: "your key begins PLAIN.KEY/0123-N" kept
+    them."""
+    assert Secrets(CASED_KEY).drop(f"your key: {part}... (see docs)") == "your key: [REDACTED]... (see docs)"
+
+
+def test_a_part_of_the_key_in_another_case_is_found_in_text_that_is_not_ascii() -> None:
+    """Lowering a text holding 'İ' lengthens it: the part is found where it stands all the same."""
+    text = f"İstanbul: {CASED_KEY[:14].upper()} ünd {CASED_KEY[-12:].lower()} İ"
+    assert Secrets(CASED_KEY).drop(text) == "İstanbul: [REDACTED] ünd [REDACTED] İ"
+
+
 class CountedPattern:
     """A ``Secrets``' pattern that counts its runs."""
 
