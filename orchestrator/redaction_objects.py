@@ -9,8 +9,8 @@ from typing import Any, Callable, Iterable, NamedTuple
 from orchestrator.redaction import may_hold_secret, sanitize_text
 from orchestrator.secret_patterns import (ANY_LITERAL, AUTH_KEY, AWS_KEY_ID, AWS_SECRET, MYSQL_CLIENT,
                                          PASS_FLAG_NAME, REDACTED, SECRET_FLAG, SENSITIVE_KEY, SHORT_KEY, USER_FLAGS,
-                                         aws_secret, holds_aws_key_id_start, is_count, is_user_and_password,
-                                         pass_flag_value)
+                                         auth_methods, aws_secret, holds_aws_key_id_start, is_count,
+                                         is_user_and_password, pass_flag_value)
 
 __all__ = ["sanitize_obj", "json_source_text", "renamed_keys"]
 
@@ -31,7 +31,8 @@ def sanitize_obj(obj: Any, written_in: str | None = None) -> Any:
     Whatever is stored under a secret-looking key is redacted whole: a scalar (``{"password": "x"}``),
     since its text alone looks harmless, and a list or an object (``{"token": {"a": "x"}}``), since
     nothing inside it says it is secret; so is the ``value`` of a name/value pair whose name is such a key
-    (``_secret_pair_value``). A key is secret-looking when a key word of ``sanitize_text`` ends it, blanks and
+    (``_secret_pair_value``). Under ``auth``, a list of a user and a password has its password redacted, as in text
+    (``_a_user_and_a_password``). A key is secret-looking when a key word of ``sanitize_text`` ends it, blanks and
     punctuation after it aside (``SENSITIVE_KEY``). Only a value that holds nothing (``None``, a bool, ``""``,
     ``[]``, ``{}``) is kept as is. A key is itself text a handler chose (``{"note password=x": 1}``):
     it is sanitized too (``_sanitized_keys``), and no value is lost when two keys become one.
@@ -97,6 +98,15 @@ def _secret_under_a_short_key(name: str, value: Any) -> bool:
     return SHORT_KEY.search(name) is not None and not is_count(value)
 
 
+def _a_user_and_a_password(name: Any, items: list[Any] | tuple[Any, ...]) -> bool:
+    """Whether ``items``, stored under ``name``, are a user and a password (``{"auth": ["bob", "x"]}``, ``AUTH``'s list
+    in text): two strings, the second not empty, under ``auth`` (``AUTH_KEY``), not two method names
+    (``auth_methods``: ``["basic", "digest"]``)."""
+    return len(items) == 2 and isinstance(name, str) and name[-1:] in "hH" and isinstance(items[0], str) \
+        and isinstance(items[1], str) and items[1] != "" and AUTH_KEY.search(name) is not None \
+        and not auth_methods(items[0], items[1])
+
+
 def _secret_pair_value(obj: dict[Any, Any]) -> str | None:
     """The key of ``obj``'s value when ``obj`` is a name/value pair whose value is secret under its name
     (``{"name": "DB_PASSWORD", "value": "x"}``, Kubernetes' env; ``{"Key": "api_key", "Value": "x"}``), else None."""
@@ -123,7 +133,13 @@ def _sanitized(obj: Any, beside: _Beside = _EVERY_FORM) -> Any:
             secret = key == paired or aws and _an_aws_secret(value) or isinstance(key, str) and (
                 SENSITIVE_KEY.search(key) is not None and _holds_something(value)
                 or key[-1:] in "sSwWhH" and _secret_under_a_short_key(key, value))  # ``_secret_under``, inlined
-            out[stored] = REDACTED if secret else _sanitized(value, beside)
+            if secret:
+                out[stored] = REDACTED
+            elif isinstance(value, (list, tuple)) and _a_user_and_a_password(key, value):
+                pair = [sanitize_text(value[0]), REDACTED]
+                out[stored] = pair if isinstance(value, list) else tuple(pair)
+            else:
+                out[stored] = _sanitized(value, beside)
         return out
     if isinstance(obj, (list, tuple)):
         items = [_sanitized(item, beside) for item in obj] if beside is _NO_FORM else _sanitized_items(obj, beside)

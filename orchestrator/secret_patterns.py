@@ -140,10 +140,20 @@ _PASS_SOURCE = re.compile(r"(?:env|file|fd):\S+|stdin|[0-9]+", re.I)
 # ``auth`` (alone or ending a name after a ``_``, ``-`` or ``.``: npm's ``_auth``, ``proxy_auth``; and httpie's
 # ``--auth`` flag) before a user and a password: ``user:password``, or its base64 (Docker's ``config.json``, npm's
 # ``.npmrc``: ``is_user_and_password``), or Python's tuple of the two, the password a string written there
-# (requests' ``auth=('bob', 'x')``, ``auth=HTTPBasicAuth(USER, "x")``: ``t``, the tuple's start). Any other value is
-# a setting (``auth=none``, ``auth: ldap``, ``auth=host:389``, ``auth=(user, password)``): kept
+# (requests' ``auth=('bob', 'x')``, ``auth=HTTPBasicAuth(USER, "x")``: ``t``, the tuple's start), or a list of the two
+# (JSON's ``"auth": ["bob", "x"]``, on one line or several; a list of two method names is none: ``auth_methods``). Any
+# other value is a setting (``auth=none``, ``auth: ldap``, ``auth=host:389``, ``auth=(user, password)``): kept
 # (``not_auth_credentials``). Begins with its literal, as ``SHORT_KV``.
-_AUTH_TUPLE = r"""(?P<t>(?:[a-z0-9_.]*auth)?\([ \t]*(?:["'][^"'\r\n]*["']|[a-z_][a-z0-9_.]*)[ \t]*,[ \t]*)"""
+_AUTH_USER = r"""(?:\\?["'][^"'\r\n]*["']|[a-z_][a-z0-9_.]*)"""  # a quoted user (JSON-escaped too), or a name
+_AUTH_TUPLE = rf"""(?P<t>(?:[a-z0-9_.]*auth)?\([ \t]*{_AUTH_USER}[ \t]*,[ \t]*|\[\s*{_AUTH_USER}\s*,\s*)"""
+_AUTH_LIST_END = re.compile(r"\s*\]")
+# Two of these in a list under ``auth`` are a list of methods (``["basic", "digest"]``, SSH's ``["password",
+# "publickey"]``), not a user and a password
+AUTH_METHODS = frozenset({
+    "anonymous", "apikey", "api_key", "aws", "basic", "bearer", "cert", "certificate", "cookie", "digest", "gssapi",
+    "hmac", "jwt", "kerberos", "keyboard-interactive", "ldap", "login", "md5", "mtls", "negotiate", "none", "ntlm",
+    "oauth", "oauth2", "oidc", "otp", "password", "peer", "plain", "publickey", "saml", "scram-sha-1",
+    "scram-sha-256", "session", "sigv4", "sso", "token", "totp", "trust"})
 AUTH = re.compile(
     rf"""auth(?<![a-z0-9]auth)(?:{_SEP}|(?<=-auth)(?<!\w-auth)[ \t]+){_AUTH_TUPLE}?(?:{_QUOTED}|(?P<u>{_TO_AMP}))"""
 )
@@ -311,12 +321,27 @@ def is_user_and_password(value: str) -> bool:
     return _encoded_user_and_password(value)
 
 
+def auth_methods(first: str, second: str) -> bool:
+    """Whether a list of two under ``auth`` names two methods (``AUTH_METHODS``), not a user and a password."""
+    return first.lower() in AUTH_METHODS and second.lower() in AUTH_METHODS
+
+
 def not_auth_credentials(text: str, m: re.Match[str]) -> bool:
     """``AUTH``'s keep: its value is a setting (``auth=none``), not a user and a password; after a tuple's user,
-    no string written there (``auth=(user, password)`` names a variable)."""
-    if m.start("t") >= 0:
-        return m.start("v") < 0
-    return not is_user_and_password(_value(text, m))
+    no string written there (``auth=(user, password)`` names a variable); after a list's, a string that does not end
+    the list (``["bob", "x", "y"]``) or that names a method after a method's name (``["basic", "digest"]``)."""
+    start = m.start("t")
+    if start < 0:
+        return not is_user_and_password(_value(text, m))
+    if m.start("v") < 0:
+        return True
+    if text[start] != "[":
+        return False
+    after = m.end("v") + len(m.group("q"))
+    if not text.startswith(m.group("q"), m.end("v")) or _AUTH_LIST_END.match(text, after) is None:
+        return True
+    user = text[start + 1:m.end("t")].strip().rstrip(",").strip().strip("\\\"'")
+    return auth_methods(user, _value(text, m))
 
 
 def a_pass_source(text: str, m: re.Match[str]) -> bool:

@@ -4,6 +4,8 @@
 lists of name/value pairs and argument lists; and the ordinary text and data each of them must leave alone."""
 from __future__ import annotations
 
+import json
+from typing import Any
 
 import pytest
 
@@ -176,6 +178,52 @@ def test_pythons_auth_tuple_of_a_user_and_a_password_has_its_password_redacted(t
     "auth=token_auth(x)", "auth = ()",
 ])
 def test_an_auth_tuple_whose_password_is_no_string_written_there_is_kept(text: str) -> None:
+    assert sanitize_text(text) == text
+
+
+# a user and a password as a list of two under ``auth``: JSON's ``"auth": ["bob", "x"]``, a list's ``repr``
+AUTH_PAIRS = [({"auth": ["bob", "hunter2"]}, {"auth": ["bob", R]}),
+              ({"url": "x", "Auth": [" bob ", "two words"]}, {"url": "x", "Auth": [" bob ", R]}),
+              ({"proxy_auth": ["admin", "password"]}, {"proxy_auth": ["admin", R]})]
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    *[(json.dumps(obj), json.dumps(shown)) for obj, shown in AUTH_PAIRS],
+    ("{'auth': ['bob', 'hunter2']}", f"{{'auth': ['bob', '{R}']}}"),  # a dict's repr
+    ("auth=[ 'bob' , 'hunter2' ]", f"auth=[ 'bob' , '{R}' ]"),
+    ("auth = [USER, 'hunter2']", f"auth = [USER, '{R}']"),
+    (json.dumps(json.dumps({"auth": ["bob", "hunter2"]})), json.dumps(json.dumps({"auth": ["bob", R]}))),  # quoted
+    (json.dumps({"auth": ["bob", "hunter2"]}, indent=2), json.dumps({"auth": ["bob", R]}, indent=2)),
+])
+def test_an_auth_list_of_a_user_and_a_password_in_text_has_its_password_redacted(text: str, shown: str) -> None:
+    """The tuple was redacted, the same pair as a JSON list (a client's config, ``auth=(u, p)`` written as JSON) kept
+    its password."""
+    redacts(text, shown)
+
+
+@pytest.mark.parametrize("obj, shown", AUTH_PAIRS + [
+    ({"auth": ("bob", "hunter2")}, {"auth": ("bob", R)}),
+    ({"auth": ["bob", "sk-" + "a1" * 12]}, {"auth": ["bob", R]}),
+])
+def test_an_auth_list_of_a_user_and_a_password_in_a_structure_has_its_password_redacted(obj: Any, shown: Any) -> None:
+    assert sanitize_obj(obj) == shown
+
+
+AUTH_METHOD_LISTS = [{"auth": ["basic", "digest"]}, {"auth": ["password", "publickey"]}, {"AUTH": ["Bearer", "NTLM"]},
+                     {"auth": ["bob", "x", "y"]}, {"auth": ["bob"]}, {"auth": ["bob", ""]}, {"auth": ["bob", 12]},
+                     {"auth": [["bob", "x"]]}, {"author": ["bob", "x"]}, {"oauth": ["bob", "x"]}]
+
+
+@pytest.mark.parametrize("obj", AUTH_METHOD_LISTS)
+def test_a_list_under_auth_that_is_no_user_and_password_is_kept(obj: Any) -> None:
+    """Two method names (``["basic", "digest"]``, SSH's ``["password", "publickey"]``), any other number of items, or
+    a password that is no text written there: a setting."""
+    assert sanitize_obj(obj) == obj
+    assert sanitize_text(json.dumps(obj)) == json.dumps(obj)
+
+
+@pytest.mark.parametrize("text", ["auth=[user, password]", "auth = ['bob', password]", "auth=[]", "auth: ['bob',]"])
+def test_an_auth_list_whose_password_is_no_string_written_there_is_kept(text: str) -> None:
     assert sanitize_text(text) == text
 
 
@@ -367,6 +415,11 @@ def test_property_each_pair_of_a_list_of_pairs_is_walked_as_a_list_of_its_own_un
     pytest.param("auth=a:" * 720_000, id="auth-users"),
     pytest.param("auth=('a', " * 480_000, id="auth-tuples"), pytest.param("auth=" + "a" * 5_000_000, id="auth-name"),
     pytest.param("auth=(" + "a" * 5_000_000, id="auth-long-user"),
+    pytest.param("auth=['a', " * 480_000, id="auth-lists"),
+    pytest.param("auth=[" + " " * 5_000_000, id="auth-list-blanks"),
+    pytest.param("auth: [\n  'a',\n  '" * 320_000, id="auth-lists-on-lines"),
+    pytest.param("auth=['a', 'b'" + " " * 5_000_000, id="auth-list-unclosed"),
+    pytest.param("auth=['a', 'b' " * 330_000, id="auth-lists-unclosed"),
 ])
 def test_five_megabytes_of_these_forms_are_sanitized_in_linear_time(big: str) -> None:
     assert len(big) >= 4_800_000
