@@ -147,11 +147,18 @@ class Secrets:
 SHORTEST_PART = 12  # a start or an end of a key this long is looked for on its own; a shorter one is text ("plain.")
 
 
+# A JWT's header (base64url of JSON naming its algorithm: ``eyJhbGciOiJIUzI1NiJ9`` is every HS256 token's), its ``.``
+# and its payload's ``eyJ`` (``{"``): no secret, the same in many tokens
+_JWT_PUBLIC = re.compile(r"eyJ[A-Za-z0-9_-]*\.(?:eyJ)?")
+
+
 def _shortest_start(value: str) -> int:
-    """How long a start of ``value`` is looked for: ``SHORTEST_PART`` characters past its vendor's public prefix (the
-    longest of ``PUBLIC_KEY_PREFIXES`` it begins with), which every key of its kind begins with: counted, every reply
-    naming ``sk-ant-api03`` lost it."""
-    return SHORTEST_PART + max((len(prefix) for prefix in PUBLIC_KEY_PREFIXES if value.startswith(prefix)), default=0)
+    """How long a start of ``value`` is looked for: ``SHORTEST_PART`` characters past its public prefix, which every
+    key of its kind begins with: its vendor's (the longest of ``PUBLIC_KEY_PREFIXES`` it begins with; counted, every
+    reply naming ``sk-ant-api03`` lost it), or a JWT's header (``_JWT_PUBLIC``)."""
+    jwt = _JWT_PUBLIC.match(value)
+    public = max((len(prefix) for prefix in PUBLIC_KEY_PREFIXES if value.startswith(prefix)), default=0)
+    return SHORTEST_PART + max(public, jwt.end() if jwt else 0)
 
 
 def _case_folded(text: str) -> str:

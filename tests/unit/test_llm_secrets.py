@@ -40,6 +40,25 @@ def test_a_key_of_no_known_vendor_has_any_12_characters_it_begins_with_replaced(
     assert Secrets(key).drop(f"begins {key[:12]}.") == "begins [REDACTED]."
 
 
+# a JWT as the key: its header, base64 of ``{"alg":"HS256","typ":"JWT"}``, is every HS256 token's; its payload's
+# ``eyJ`` too (``{"``)
+JWT_HEADER = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
+JWT_KEY = f"{JWT_HEADER}.eyJzdWIiOiJ3b3JrZXItNyIsImV4cCI6MTk5OTk5OTk5OX0.Zm9vYmFyYmF6cXV4LXNpZ25hdHVyZS1ieXRlcw"
+
+
+def test_a_jwt_keys_header_is_text_and_kept() -> None:
+    """Counted from ``eyJ``, every reply naming the header any HS256 token begins with lost it."""
+    text = f"tokens signed with HS256 begin {JWT_HEADER}.eyJ; yours: {JWT_KEY[:len(JWT_HEADER) + 4 + 11]}..."
+    assert Secrets(JWT_KEY).drop(text) == text
+
+
+@pytest.mark.parametrize("past", [12, 30])
+def test_a_start_of_a_jwt_key_reaching_12_characters_into_its_payload_is_replaced(past: int) -> None:
+    echoed = JWT_KEY[:len(JWT_HEADER) + 4 + past]
+    assert Secrets(JWT_KEY).drop(f"your token begins {echoed}...") == "your token begins [REDACTED]..."
+    assert Secrets(JWT_KEY).drop(f"your token: {JWT_KEY}") == "your token: [REDACTED]"
+
+
 # a key each 12 characters of which hold a capital: none of its lower-cased copy is a start or an end of it
 CASED_KEY = "Plain.Key/0123-No-Known-Shape"
 
