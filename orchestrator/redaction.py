@@ -12,13 +12,13 @@ import string
 from typing import Callable, Sequence
 
 from orchestrator.secret_patterns import (ANY_LITERAL, ARGV_WORDS, AS_IS_WORDS, AUTH, AUTH_WORDS, AWS_KEY_ID,
-                                         AWS_KEY_ID_STARTS, AWS_SECRET, BASIC, BEARER, CASE_FOLDED_TO_ASCII, CLI,
-                                         CLI_USER, CLI_USER_WORDS, HEADER, HEADER_WORDS, KEY_WORDS, KV, LINE_END,
-                                         LOOKED_FOR, MYSQL, NETRC, NETRC_WORDS, PASS_FLAG, PASS_FLAG_WORDS,
-                                         PRIVATE_KEY, PRIVATE_KEY_END, PUTTY, REDACTED, SECRET_KEY_WORDS,
-                                         SHAPE_STARTS, SHAPES, SHORT_KV, SHORT_WORDS, SSHPASS, URL_CREDS, ValuesBelow,
-                                         a_count, a_number, a_pass_source, aws_secret, not_auth_credentials,
-                                         not_user_and_password, os_error, value_span)
+                                         AWS_KEY_ID_STARTS, AWS_SECRET, AWS_SECRET_TOKEN_REST, BASIC, BEARER,
+                                         CASE_FOLDED_TO_ASCII, CLI, CLI_USER, CLI_USER_WORDS, HEADER, HEADER_WORDS,
+                                         KEY_WORDS, KV, LINE_END, LOOKED_FOR, MYSQL, NETRC, NETRC_WORDS, PASS_FLAG,
+                                         PASS_FLAG_WORDS, PRIVATE_KEY, PRIVATE_KEY_END, PUTTY, REDACTED,
+                                         SECRET_KEY_WORDS, SHAPE_STARTS, SHAPES, SHORT_KV, SHORT_WORDS, SSHPASS,
+                                         URL_CREDS, ValuesBelow, a_count, a_number, a_pass_source, aws_secret,
+                                         not_auth_credentials, not_user_and_password, os_error, value_span)
 
 __all__ = ["sanitize_text", "may_hold_secret"]
 
@@ -233,8 +233,9 @@ def sanitize_text(text: str) -> str:
 def _aws_secret_spans(text: str) -> list[tuple[int, int]]:
     """Where each AWS secret access key (``AWS_SECRET``, both cases: ``aws_secret``) is on a line holding an AWS access
     key id (``AWS_KEY_ID``, which ``SHAPES`` redacts last): a secret key has no shape of its own, but beside its id
-    (the console's ``credentials.csv``, a log line printing both) 40 such characters are one. Linear: each line is
-    looked at once, however many ids it holds."""
+    (the console's ``credentials.csv``, a log line printing both) 40 such characters are one; with the rest of its
+    token (``AWS_SECRET_TOKEN_REST``: a keyed rule meeting ``[REDACTED]`` ends the value there). Linear: each line is
+    looked at once, however many ids it holds, and a secret key is looked for again past the rest of the token."""
     spans: list[tuple[int, int]] = []
     pos = 0
     for key_id in AWS_KEY_ID.finditer(text):
@@ -243,7 +244,14 @@ def _aws_secret_spans(text: str) -> list[tuple[int, int]]:
         line_start = max(pos, text.rfind("\n", pos, key_id.start()) + 1, text.rfind("\r", pos, key_id.start()) + 1)
         brk = LINE_END.search(text, key_id.end())
         pos = brk.start() if brk else len(text)
-        spans += [secret.span() for secret in AWS_SECRET.finditer(text, line_start, pos) if aws_secret(secret.group())]
+        secret = AWS_SECRET.search(text, line_start, pos)
+        while secret is not None:
+            end = secret.end()
+            if aws_secret(secret.group()):
+                rest = AWS_SECRET_TOKEN_REST.match(text, end, pos)
+                end = rest.end() if rest else end
+                spans.append((secret.start(), end))
+            secret = AWS_SECRET.search(text, end, pos)
     return spans
 
 

@@ -188,6 +188,10 @@ _AWS_KEY_ID = rf"(?:{_AKIA}|{_ASIA})[0-9A-Z]{{16}}"
 _RUN_START, _RUN_END = r"(?<![A-Za-z0-9_-])", r"(?![A-Za-z0-9_-])"
 AWS_KEY_ID = re.compile(_RUN_START + _AWS_KEY_ID + _RUN_END)
 AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+# What may go on after a secret key in the same token, redacted with it (``password=<key>-tail``, ``<key>%2F...``): a
+# ``-``, ``_``, ``.``, ``~`` or ``%``, then more of a token's characters; a blank, a quote, a ``,`` or a backslash
+# (JSON's ``\n``) ends it
+AWS_SECRET_TOKEN_REST = re.compile(r"[-_.~%][A-Za-z0-9/+=_.~%-]*")
 
 
 def holds_aws_key_id_start(text: str) -> bool:

@@ -289,6 +289,22 @@ def test_an_aws_secret_key_is_redacted_when_its_key_id_is_a_keyed_value_redacted
 
 
 @pytest.mark.parametrize(("text", "shown"), [
+    (f"{AWS_ID} password={AWS_SECRET}-tail.2024 next", f"{R} password={R} next"),
+    (f"{AWS_ID} token: {AWS_SECRET}_v2", f"{R} token: {R}"),
+    (f"{AWS_ID} {AWS_SECRET}~a/b+c=d next", f"{R} {R} next"),
+    (f"{AWS_ID} {AWS_SECRET}%2Fmore", f"{R} {R}"),
+    (f"{AWS_ID} {AWS_SECRET}.", f"{R} {R}"),
+    (f"{AWS_ID},{AWS_SECRET},https://x.signin.aws.amazon.com", f"{R},{R},https://x.signin.aws.amazon.com"),
+    (f'"{AWS_ID}", "{AWS_SECRET}"\n', f'"{R}", "{R}"\n'),  # JSON's line break is no part of it
+    (f"{AWS_ID} {AWS_SECRET}-{AWS_SECRET[::-1]} {AWS_SECRET}", f"{R} {R} {R}"),  # one token, two keys: one marker
+])
+def test_an_aws_secret_key_followed_by_more_of_its_token_is_redacted_with_it(text: str, shown: str) -> None:
+    """The secret key was redacted alone, the rest of its token kept (``password=<key>-tail``: the keyed rule, which
+    took the whole value before the AWS look moved ahead of it, then met ``[REDACTED]`` and ended there)."""
+    redacts(text, shown)
+
+
+@pytest.mark.parametrize(("text", "shown"), [
     (AWS_SECRET, AWS_SECRET),  # alone it cannot be told from other data
     (f"{AWS_ID}\n{AWS_SECRET}", f"{R}\n{AWS_SECRET}"),  # another line
     (f"{AWS_ID} at commit {SHA1}", f"{R} at commit {SHA1}"),  # one case only: a hash
@@ -405,6 +421,8 @@ def test_property_each_pair_of_a_list_of_pairs_is_walked_as_a_list_of_its_own_un
     pytest.param(f"{AWS_ID} " * 240_000, id="aws-ids"),
     pytest.param(f"{AWS_ID} " + f"{AWS_SECRET}x " * 115_000, id="aws-id-and-lookalikes"),
     pytest.param(f"{AWS_ID}\n" * 240_000, id="aws-ids-on-lines"),
+    pytest.param(f"{AWS_ID} " + f"{AWS_SECRET}-" * 120_000, id="aws-secrets-in-one-token"),
+    pytest.param(f"{AWS_ID} " + f"{AWS_SECRET}- " * 120_000, id="aws-secrets-each-with-a-rest"),
     pytest.param("password:\\n" * 450_000, id="escaped-keys-ending-lines"),
     pytest.param("password:\\n" + "  x\\n" * 1_000_000, id="escaped-long-value-below"),
     pytest.param("password: |\\n\\n" * 320_000, id="escaped-blank-lines"),
