@@ -1,13 +1,16 @@
 """``python -m orchestrator.reliability.counting FILE ARGS...``: ``python -m orchestrator ARGS...`` that writes the
 name of each crash point it passes to FILE, one a line, as it passes it.
 
-How the command-line sweep (``crash_cli.py``) counts the passes it then kills at with ``ORCH_CRASH_AT``. Only the
-command's own process counts: a point passed in a process it forked (a handler's) is not one it can be killed at.
+The one way the sweeps count passes: the command-line sweep (``crash_cli.py``) runs a command under this module, the
+in-process sweeps (``crash.counted``) call ``count_into`` in their forked child. Only the counting process's own passes
+count: a point passed in a process it forked (a handler's) is not one it can be killed at.
 """
 from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from orchestrator import faults
@@ -24,6 +27,11 @@ def count_into(path: str) -> None:
         real(name, prepare)
 
     faults.point = counting  # type: ignore[assignment]
+
+
+def counts_in(path: Path) -> Counter[str]:
+    """How often each crash point was passed, as ``count_into(path)`` wrote them."""
+    return Counter(path.read_text().split())
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ waiting on people, audit healing, index rebuild) and the campaign checks (``chec
 """
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import time
@@ -35,6 +34,7 @@ from orchestrator.integrity import verify_project
 from orchestrator.reliability import handlers  # noqa: F401 - registers rel.* handlers
 from orchestrator.reliability.common import (FINAL_STATES, ChildResult, Project, acked_lost, finished_twice,
                                              new_project, progress, read_acks, record_acks, run_forked, streams)
+from orchestrator.reliability.counting import count_into, counts_in
 from orchestrator.worker import Worker, WorkerSettings
 
 SAMPLED, EVERY_PASS = "sampled", "every-pass"
@@ -121,24 +121,17 @@ def workload(orch: Orchestrator) -> None:
 
 def counted(run: Callable[[], None], counts_file: Path) -> Counter[str]:
     """Run ``run`` in a forked child and count how often it passes each crash point (it must not fail)."""
+    counts_file.unlink(missing_ok=True)  # count_into appends
 
     def body() -> int:
-        seen: Counter[str] = Counter()
-        real = faults.point
-
-        def counting(name: str, prepare: Any = None) -> None:
-            seen[name] += 1
-            real(name, prepare)
-
-        faults.point = counting  # type: ignore[assignment]
+        count_into(str(counts_file))
         run()
-        counts_file.write_text(json.dumps(seen))
         return 0
 
     result = run_forked(body)
     if result.exit_code != 0:
         raise RuntimeError(f"the clean run failed: {result.stderr}")
-    return Counter(json.loads(counts_file.read_text()))
+    return counts_in(counts_file)
 
 
 def calibrate(root: Path) -> Counter[str]:

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from orchestrator.api import Orchestrator
 from orchestrator.reliability import crash
 from orchestrator.reliability.common import (Project, keep_aside, new_project, progress, put_back, record_acks,
                                              run_forked)
+from orchestrator.reliability.counting import counts_in
 from orchestrator.worker import Worker, WorkerSettings
 
 # each action's command line (``{job}``: the job the set-up made for it) and the event it must leave, once
@@ -114,7 +114,7 @@ def _count(project: Project, kept: Path, command: str, jobs: dict[str, str]) -> 
     code, err = _run(project, _argv(command, jobs), entry=("-m", "orchestrator.reliability.counting", str(counts_file)))
     if code != 0:
         raise RuntimeError(f"the clean run of {command} exited {code}: {err}")
-    return dict(Counter(counts_file.read_text().split()))
+    return dict(counts_in(counts_file))
 
 
 def _run_again(project: Project, orch: Orchestrator, command: str, jobs: dict[str, str]) -> dict[str, Any]:

@@ -156,6 +156,28 @@ def test_every_pass_mode_kills_once_at_each_pass_where_a_sampled_pass_misses_the
     assert not rows({"crash": every})[0][3]
 
 
+def test_counting_passes_counts_the_runs_own_and_not_a_forked_childs_or_an_earlier_counts(tmp_path: Path) -> None:
+    """The in-process sweeps count as the command-line sweep does (``counting.count_into``): until 2026-12-07 they
+    kept a second count of their own. A pass in a process the run forks (a handler's) is not one a kill reaches."""
+    import os
+
+    from orchestrator import faults
+
+    def run() -> None:
+        faults.point("a")
+        faults.point("b")
+        faults.point("a")
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the grandchild
+            faults.point("a")
+            os._exit(0)
+        os.waitpid(child, 0)
+
+    counts_file = tmp_path / "counts"
+    assert crash.counted(run, counts_file) == Counter({"a": 2, "b": 1})
+    assert crash.counted(run, counts_file) == Counter({"a": 2, "b": 1})  # the same file again: counted afresh
+
+
 def _slow_lease_writes(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """A loaded host, as the sweep's workload meets it: each heartbeat's lease write late by ``seconds``."""
     from orchestrator import heartbeat
