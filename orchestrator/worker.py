@@ -248,7 +248,8 @@ class Worker:
         return result
 
     def _run_claim(self, claim: Claim, *, look_ahead: bool) -> RunResult:
-        """``execute`` of a claim this worker has just made (``run_once``, ``run``)."""
+        """``execute`` of a claim this worker has just made (``run_once``, ``run``), without its read of the job first.
+        Also the clock-jump campaign's late run (``reliability.concurrency.run_late``): no public call skips it."""
         s = claim.state
         record = self._recorder()
         try:

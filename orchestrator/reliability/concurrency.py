@@ -146,7 +146,11 @@ def zombie(root: Path, rounds: int = 1) -> dict[str, Any]:
 
 def run_late(worker: Worker, claim: Claim) -> None:
     """Run ``claim`` as a worker that was paused with its handler started would finish it: without ``execute``'s read
-    of the job first, so that the fence of its outcome's append, not that read, must refuse a run taken over since."""
+    of the job first, so that the fence of its outcome's append, not that read, must refuse a run taken over since.
+    The worker's own path for a claim it has just made: a public call that skips the read would run the handler of a
+    job cancelled or taken over since (``execute``'s read is what stops that), and the tests' way without it (the
+    takeover at ``worker.after_start``, ``tests/helpers.taken_over_while_it_runs``) cannot put this campaign's random
+    steps between a claim and its run."""
     worker._run_claim(claim, look_ahead=True)  # noqa: SLF001
 
 
