@@ -260,8 +260,9 @@ def sweep(root: Path, mode: str = SAMPLED, seeds: int = 1, first_seed: int = 0,
 
 def sweep_figures(mode: str, seeds: list[int], passes: dict[str, Any]) -> dict[str, Any]:
     """What a sweep says of how it chose its kills: its mode, the seeds that picked them (``sampled`` only), the
-    passes counted."""
-    return {"mode": mode, **({"seeds": seeds} if mode == SAMPLED else {}), "points": len(passes), "passes": passes}
+    passes counted, by point (``sweep``) or by command and point (``crash_cli.sweep``), and how many points that is."""
+    points = sum(len(v) if isinstance(v, dict) else 1 for v in passes.values())
+    return {"mode": mode, **({"seeds": seeds} if mode == SAMPLED else {}), "points": points, "passes": passes}
 
 
 def summary(runs: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:

@@ -157,5 +157,4 @@ def sweep(root: Path, mode: str = crash.SAMPLED, points: tuple[str, ...] | None 
         runs += command_runs
     again = [r for r in runs if "again_ok" in r]
     return crash.summary(runs, {**crash.sweep_figures(mode, seed_list, passes), "commands": chosen,
-                                "points": sum(len(p) for p in passes.values()),
                                 "again_runs": len(again), "again_ok": sum(r["again_ok"] for r in again)})

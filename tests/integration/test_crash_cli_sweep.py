@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.reliability import crash_cli
+from orchestrator.reliability import crash, crash_cli
 from orchestrator.reliability.report import rows
 
 # what each command must be killed at in CI (crash_cli.QUICK_POINTS): a torn write, between its event and its audit
@@ -46,3 +46,11 @@ def test_the_cli_rows_fail_when_an_action_run_again_did_not_converge() -> None:
     assert all(ok for *_, ok in table)
     again = [ok for figure, _, _, ok in rows({"crash_cli": {**cli, "again_ok": 3}}) if "run again" in figure]
     assert again == [False]
+
+
+def test_a_sweeps_points_count_each_point_of_each_command_as_the_crash_sweeps_count_each_point() -> None:
+    """Until 2026-12-07 ``sweep_figures`` counted the command line's commands as its points, and ``crash_cli.sweep``
+    wrote its own count over them."""
+    by_command = {"control-approve": {"append.after_event": 1, "append.after_head": 1}, "worker": {"a": 2}}
+    assert crash.sweep_figures(crash.EVERY_PASS, [], by_command)["points"] == 3
+    assert crash.sweep_figures(crash.SAMPLED, [0], {"a": 3, "b": 27})["points"] == 2
