@@ -75,11 +75,10 @@ def _ascii_lowered(text: str) -> str:
 _REDACTED_LOWERED = _ascii_lowered(REDACTED)
 
 
-def _redact_values(rx: re.Pattern[str], text: str, keep: Callable[[str, re.Match[str]], bool] | None = None,
-                   lowered: str | None = None, blocks: type[ValuesBelow] | None = None) -> str:
-    """``text`` with each match's value replaced (``_value_spans``); ``text`` itself when nothing was. ``lowered``:
-    the copy it is matched on (``_ascii_lowered(text)`` when not given)."""
-    spans = _value_spans(rx, text, _ascii_lowered(text) if lowered is None else lowered, keep, blocks)
+def _redact_values(rx: re.Pattern[str], text: str) -> str:
+    """``text`` with each match's value replaced (``_value_spans``), matched on ``text`` as it is, not on a lowered
+    copy (``-p`` and ``-P`` are other flags); ``text`` itself when nothing was."""
+    spans = _value_spans(rx, text, text, None, None)
     return _spliced(text, spans, REDACTED) if spans else text
 
 
@@ -224,7 +223,7 @@ def sanitize_text(text: str) -> str:
     if words and "-p" in text:
         for rx, word in ((SSHPASS, "sshpass"), (MYSQL, "mysql")):
             if word in words and word in text:
-                text = _redact_values(rx, text, lowered=text)  # as it is: ``-P`` is another flag
+                text = _redact_values(rx, text)
     if aws_key_ids or _holds(text, _OTHER_SHAPE_STARTS, held):  # (each start searched for once: ~0.7 ms a MB)
         text = SHAPES.sub(REDACTED, text)
     return text

@@ -378,9 +378,10 @@ def _every_pattern(text: str) -> str:
                              (p.KV, p.os_error, p.ValuesBelow), (p.SHORT_KV, p.a_count, None), (p.NETRC, None, None),
                              (p.CLI_USER, p.a_number, None), (p.PASS_FLAG, p.a_pass_source, None),
                              (p.AUTH, p.not_auth_credentials, None)):
-        text = s._redact_values(rx, text, keep, blocks=blocks)  # noqa: SLF001
+        spans = s._value_spans(rx, text, s._ascii_lowered(text), keep, blocks)  # noqa: SLF001 - lowered afresh
+        text = s._spliced(text, spans, REDACTED)  # noqa: SLF001
     for rx in (p.SSHPASS, p.MYSQL):  # these read the text as it is
-        text = s._redact_values(rx, text, lowered=text)  # noqa: SLF001
+        text = s._redact_values(rx, text)  # noqa: SLF001
     return p.SHAPES.sub(REDACTED, text)
 
 
