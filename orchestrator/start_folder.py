@@ -21,6 +21,7 @@ def leave_out_if_shared() -> None:
     the interpreter's own command line, ``sys.orig_argv``: another program run with ``-m`` that imports the package
     keeps the path Python made) and others could put a module in that folder (``others_could_write``). Taken off
     before it is checked, so the check's own imports cannot come from there either; put back when it is safe."""
+    global _CHECKED
     if sys.argv[:1] != ["-m"] or not _is_this_package(module_run(sys.orig_argv[1:])):
         return
     try:
@@ -30,8 +31,22 @@ def leave_out_if_shared() -> None:
     if not sys.path or sys.path[0] not in (folder, ""):
         return  # ``-P``, ``-I`` or ``PYTHONSAFEPATH``: not on the path
     first = sys.path.pop(0)
-    if others_could_write(folder) is None:
+    _CHECKED = (folder, others_could_write(folder))
+    if _CHECKED[1] is None:
         sys.path.insert(0, first)
+
+
+# the folder ``leave_out_if_shared`` checked, and its verdict: the ``worker`` command's look (``refused``) reuses it
+_CHECKED: "tuple[str, str | None] | None" = None
+
+
+def refused(folder: str) -> "str | None":
+    """``others_could_write(folder)``, checked once a process: under ``python3 -m orchestrator`` the package checked
+    the start folder already (``leave_out_if_shared``), and a shared one is off the path, so the ``worker`` command's
+    ``handlers.look_in_start_folder`` would check it again (a stat of it and of each folder above)."""
+    if _CHECKED is not None and _CHECKED[0] == folder:
+        return _CHECKED[1]
+    return others_could_write(folder)
 
 
 def _is_this_package(module: "str | None") -> bool:

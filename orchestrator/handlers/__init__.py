@@ -27,7 +27,7 @@ from orchestrator.limits import KIND_RULE, is_kind
 from orchestrator.run_folder import make_private_folder
 from orchestrator.runner import Child, fork_call
 from orchestrator.security import shown
-from orchestrator.start_folder import others_could_write
+from orchestrator.start_folder import refused as start_folder_refused
 
 
 @dataclass(frozen=True)
@@ -276,7 +276,7 @@ def look_in_start_folder() -> str | None:
     LAST on the path: a file there named like the standard library's, an installed package's or the orchestrator's
     own module is never what an import finds; only a module found nowhere else comes from it. Absolute, so a later
     change of the current folder changes nothing; a folder removed meanwhile adds nothing. Never a folder someone
-    other than this user or root could put a module in (``start_folder.others_could_write``): None then, and a module
+    other than this user or root could put a module in (``start_folder.refused``): None then, and a module
     not found says why (``_where_modules_are_looked_for``); ``python3 -m orchestrator`` took such a folder off the path
     before (``start_folder.leave_out_if_shared``). The ``worker`` command calls it; the Python API leaves ``sys.path``
     to its caller."""
@@ -284,7 +284,7 @@ def look_in_start_folder() -> str | None:
     folder, on_path = _current_folder()
     if folder is None or on_path:
         return folder
-    refused = others_could_write(folder)
+    refused = start_folder_refused(folder)
     if refused:
         _START_FOLDER_REFUSED = (folder, refused)
         return None
