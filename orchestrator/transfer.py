@@ -252,8 +252,14 @@ def _records(inp: IO[bytes]) -> Iterator[tuple[int, bytes]]:
             if len(raw) > MAX_BUNDLE_LINE_BYTES:
                 raise _malformed(n, f"the line is longer than {MAX_BUNDLE_LINE_BYTES} bytes, more than any line an "
                                     "export writes")
-            raise IntegrityError(f"the bundle ends in the middle of its line {n}: it was cut short (export again)")
+            raise _cut_short(f"it ends in the middle of its line {n}")
         yield n, raw[:-1]
+
+
+def _cut_short(where: str) -> IntegrityError:
+    """A bundle that ends before its end record, in one wording wherever it ends (postgres.md quotes it); what the
+    import wrote of it stays, and the whole bundle imported again completes it."""
+    return IntegrityError(f"the bundle was cut short: {where}, before its end record (export it again)")
 
 
 def _malformed(n: int, what: str) -> InvalidInputError:
@@ -346,7 +352,7 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
         for i in range(1, count + 1):
             n, line = next(records, (n, None))
             if line is None:
-                raise IntegrityError(f"the bundle was cut short inside stream {stream} (it ends at its line {n})")
+                raise _cut_short(f"it ends inside stream {stream}, at its line {n}")
             lines.append(StoredLine(i, line))
         verified = verify_stream(stream, lines, orch.keyring)
         problems = _problems(orch, stream, lines, head, verified)
@@ -371,7 +377,7 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
         events += count
         if progress and streams % PROGRESS_EVERY == 0:
             progress(f"imported {streams} streams, {events} events...")
-    raise IntegrityError("the bundle has no end record: it was cut short (export again)")
+    raise _cut_short(f"it ends at its line {n}")
 
 
 def _stopped(exc: StorageError, stream: str, imported: dict[str, int]) -> StorageError:
@@ -441,9 +447,8 @@ def _write_stream(orch: Orchestrator, verified: VerifiedStream, head: bytes | No
     while True:  # again after each append refused: the stream grew, so it ends up the bundle's, longer, or another
         existing = orch.store.read(stream)
         if any(a.raw != b.raw for a, b in zip(existing, lines)):
-            raise ImportConflictError(f"stream {stream} already holds a different history in the destination "
-                                      f"({len(existing)} events); nothing of it was overwritten", stream=stream,
-                                      events_here=len(existing))
+            # its details only: the import's own message names every such stream (``_conflicts``)
+            raise ImportConflictError(stream=stream, events_here=len(existing))
         if len(existing) > len(lines):
             return written
         done = len(existing)

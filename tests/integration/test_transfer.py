@@ -132,6 +132,27 @@ def test_an_interrupted_import_is_completed_by_running_it_again(file_orch, pg_or
     assert 0 < result["written"] < result["events"]
 
 
+@pytest.mark.parametrize("where, ends", [("mid-line", "in the middle of its line"), ("in a stream", "inside stream"),
+                                         ("before the end record", "at its line")])
+def test_a_bundle_cut_short_anywhere_says_so_in_one_wording(
+        base: Path, keyring: Keyring, where: str, ends: str) -> None:
+    """Until 2026-12-07 the three places a bundle may end said it three ways ("it was cut short (export again)", "the
+    bundle was cut short inside stream ..." with no advice, "the bundle has no end record: ..."); postgres.md quotes
+    one of them."""
+    source = Orchestrator(base_path=base / "src", project_id="p", keyring=keyring)
+    source.submit("t.echo", "one")
+    source.submit("t.echo", "two")
+    lines = bundle_of(source).splitlines(keepends=True)
+    cut = {"mid-line": b"".join(lines[:-2]) + lines[-2][:10], "in a stream": b"".join(lines[:-2]),
+           "before the end record": b"".join(lines[:-1])}[where]
+    dest = Orchestrator(base_path=base / "dst", project_id="p", keyring=keyring)
+    with pytest.raises(IntegrityError) as cut_short:
+        import_project(dest, io.BytesIO(cut))
+    message = cut_short.value.message
+    assert message.startswith("the bundle was cut short: it ends " + ends), message
+    assert message.endswith(", before its end record (export it again)"), message
+
+
 @pytest.mark.parametrize("cut", [False, True])
 def test_imported_queued_jobs_are_claimed_by_a_worker_whose_index_was_already_built(
         base: Path, keyring: Keyring, cut: bool) -> None:
