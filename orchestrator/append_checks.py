@@ -14,7 +14,7 @@ from typing import Any
 from orchestrator.audit import MARKERS_AREA
 from orchestrator.errors import InvalidInputError
 from orchestrator.limits import an_actor, instance_or_none, is_unicode, whole_number
-from orchestrator.security import shown, validate_id
+from orchestrator.security import is_id, shown, validate_id
 from orchestrator.store.base import AUDIT_HEAD, HEADS_AREA, SLOT_BYTES, check_aux_name
 from orchestrator.views import JobView
 
@@ -25,31 +25,57 @@ OWN_AREAS = frozenset({HEADS_AREA, AUDIT_HEAD[0], MARKERS_AREA})
 
 def checked_append(view: Any, new: Any, *, run_id: Any, actor: Any, audit: Any, fence: Any, aux: Any) -> str | None:
     """Check ``append``'s arguments (``INVALID_INPUT`` or ``INVALID_ID`` naming the first that is wrong); returns the
-    actor as it is stored (``limits.an_actor``: sanitized), None for the orchestrator's own."""
-    instance_or_none(view, JobView, "view", "a JobView (from load or append)")
+    actor as it is stored (``limits.an_actor``: sanitized), None for the orchestrator's own.
+
+    Run on every append (each claim and outcome of a worker): each check's usual case is decided inline, and only a
+    value it does not settle goes to the function that refuses it with its message."""
+    if view is not None and not isinstance(view, JobView):
+        instance_or_none(view, JobView, "view", "a JobView (from load or append)")
     check_events(new)
-    if run_id is not None:
+    if run_id is not None and not (type(run_id) is str and is_id(run_id)):
         validate_id(run_id, "run id")
-    whole_number(fence, "fence", 0, or_none=True)
+    if fence is not None and not (type(fence) is int and fence >= 0):
+        whole_number(fence, "fence", 0, or_none=True)
     if audit is not None:
         check_audit(audit)
     if aux is not None:
         check_aux(aux)
-    return None if actor is None else an_actor(actor)
+    return None if actor is None else stored_actor(actor)
+
+
+# the last actor ``stored_actor`` was given, and as it is stored: a worker's is the same on every append it makes
+_last_actor: tuple[str, str] = ("", "")
+
+
+def stored_actor(actor: Any) -> str:
+    """``limits.an_actor(actor)``, whose redaction a worker's claims and outcomes would repeat for the same text."""
+    global _last_actor
+    last = _last_actor
+    if type(actor) is not str:
+        return an_actor(actor)  # refused, or a text of another type: never kept
+    if actor == last[0] and actor:
+        return last[1]
+    stored = an_actor(actor)
+    _last_actor = (actor, stored)
+    return stored
 
 
 def check_events(new: Any) -> None:
     """``new``: one or more ``(event type, data)`` pairs (the data is its model's to check)."""
-    if (isinstance(new, (list, tuple)) and new
-            and all(isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str) for pair in new)):
-        return
+    if isinstance(new, (list, tuple)) and new:
+        for pair in new:
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str)):
+                break
+        else:
+            return
     raise InvalidInputError(f"new must be a list of one or more (event type, data) pairs, not {shown(new)}")
 
 
 def check_audit(audit: Any) -> None:
     """``audit``: an ``(action, note)`` pair; the action a name (it is shown and filtered on as it is), the note text
     (redacted when the entry is made)."""
-    if not (isinstance(audit, (list, tuple)) and len(audit) == 2 and all(isinstance(part, str) for part in audit)):
+    if not (isinstance(audit, (list, tuple)) and len(audit) == 2 and isinstance(audit[0], str)
+            and isinstance(audit[1], str)):
         raise InvalidInputError(f"audit must be None or an (action, note) pair of texts, not {shown(audit)}")
     action, note = audit
     if not (action.isascii() and action.isidentifier() and len(action) <= MAX_ACTION_CHARS):

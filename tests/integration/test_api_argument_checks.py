@@ -91,6 +91,10 @@ REFUSED_APPENDS: dict[str, dict[str, Any]] = {
     "run_id an int": {"run_id": 5},
     "run_id a list": {"run_id": [1]},
     "run_id with a newline": {"run_id": "r\nx"},
+    "run_id empty": {"run_id": ""},  # and the three below: what append's own test of an id must refuse too
+    "run_id with ..": {"run_id": "r..x"},
+    "run_id too long": {"run_id": "r" * 129},
+    "run_id a str subclass with a newline": {"run_id": type("Text", (str,), {})("r\nx")},
     # audit: (action, note)
     "audit text": {"audit": "cancel"},  # action "c", note "a"
     "audit ints": {"audit": (1, 2)},
@@ -109,6 +113,7 @@ REFUSED_APPENDS: dict[str, dict[str, Any]] = {
     # fence, view
     "fence text": {"fence": "x"},
     "fence negative": {"fence": -1},
+    "fence True": {"fence": True},
     "view text": {"view": "view"},  # AttributeError
 }
 
@@ -145,6 +150,21 @@ def test_an_actor_given_to_append_is_stored_sanitized_in_the_event_its_entry_and
     entry = json.loads(orch.store.read(AUDIT_STREAM)[-1].raw)
     assert event["actor"] == entry["actor"] == "ops password=[REDACTED]"
     assert {line["actor"] for line in orch.timeline(job)["lines"][1:]} == {"ops password=[REDACTED]"}
+
+
+def test_each_actor_given_to_append_is_checked_and_stored_as_its_own_whatever_came_before(orch: Orchestrator) -> None:
+    """``append_checks.stored_actor`` keeps the last actor's stored form (a worker's is the same on every append): an
+    actor other than the last, or one no longer valid, is never given it."""
+    jobs = [orch.submit("t.echo", i) for i in range(4)]
+    for job, actor in zip(jobs, ["password=hunter2", "password=hunter2", "worker:w1", "password=hunter2"]):
+        orch.append(orch.load(job), job, CANCEL, actor=actor)
+    assert [json.loads(orch.store.read(j)[-1].raw)["actor"] for j in jobs] == [
+        "password=[REDACTED]", "password=[REDACTED]", "worker:w1", "password=[REDACTED]"]
+    job = orch.submit("t.echo", 5)
+    for refused in (" ", "a" * 201, type("Text", (str,), {"__eq__": lambda *_: True, "__hash__": str.__hash__})(" ")):
+        with pytest.raises(InvalidInputError, match="actor must be"):
+            orch.append(orch.load(job), job, CANCEL, actor=refused)
+    assert orch.status(job).state == "queued"
 
 
 # -- 4. a kind holding a control character ------------------------------------------------------------------------
