@@ -4,206 +4,37 @@ Every command takes ``--json``, and every command on a project ``--base-path`` a
 (``keys`` and ``db`` work on no project). Expected errors print
 ``error[CODE]: message`` (or a JSON object with ``--json``, usage errors included) and exit with
 the error's code, never a traceback; everything printed passes through ``sanitize_text``.
+
+Here: the group, the runbook's core commands (``submit``, ``status``, ``verify``: their scripts import no other
+command module, ``_LazyGroup``), and the command line run as a process (``main``, ``run_script``: ``.env``, stop
+signals, output that cannot be written). What every command is built from is in ``cli_common``, the errors no
+command's own code meets in ``cli_errors``, the other commands in ``commands/``.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
-import io
 import json
 import os
 import signal
 import stat
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import click
 
-from orchestrator.cli_values import (WholeRange, job_kinds, seconds, setting_error, store_option,
-                                     typed_value_error)
+from orchestrator.cli_common import (CONTEXT, EXIT_INTEGRITY, JobIdOptionCommand, Output, note_missing_store,
+                                     project_command)
+from orchestrator.cli_errors import data_on_stdout, load_dotenv, named_command, run_command, wants_json
+from orchestrator.cli_values import WholeRange, job_kinds, seconds
 from orchestrator.command_stop import COMMAND_STOP
 from orchestrator.clock import from_iso
-from orchestrator.config import (DEFAULT_BASE_PATH, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_PROJECT_ID,
-                                 load_dotenv_file)
-from orchestrator.errors import CommandInterrupted, Interrupted, InvalidInputError, OrchestratorError, UsageError
+from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY
+from orchestrator.errors import CommandInterrupted, Interrupted, InvalidInputError
 from orchestrator.json_text import input_value
 from orchestrator.limits import MAX_ATTEMPTS_LIMIT, MAX_INPUT_BYTES, MAX_PROCESSES, PRIORITY_LIMIT, read_at_most
-from orchestrator.security import one_line, safe_line, sanitize_obj, sanitize_text, sanitized_cut, shown
-from orchestrator.stdout import outcome, written_whole
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-EXIT_INTEGRITY = 7
-
-
-def interrupted_message(signum: int) -> str:
-    """What a command stopped by Ctrl-C or SIGTERM says, outside a command's own handling (the worker and the
-    benchmark stop on them in their own way)."""
-    name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
-    return f"interrupted by {name} before the command finished: check what it did (status, verify) before running it again"
-
-
-def echo(message: str, *, err: bool = False, nl: bool = True) -> None:
-    """``click.echo``, with what a write to stdout can meet made an outcome (``stdout.outcome``): said here too for
-    a stdout that ``stdout.install`` did not replace (a test's), and for a stderr whose reader went away."""
-    try:
-        click.echo(message, err=err, nl=nl)
-    except OSError as exc:
-        raise outcome(exc, err) from None
-
-
-class Output:
-    """Prints results as text or JSON, always sanitized.
-
-    ``data_on_stdout``: stdout carries the command's data (``export -o -``), so results and errors go to stderr.
-    """
-
-    def __init__(self, as_json: bool, data_on_stdout: bool = False) -> None:
-        self.as_json = as_json
-        self.data_on_stdout = data_on_stdout
-
-    def emit(self, data: Any, text: str | Callable[[], str]) -> None:
-        if self.as_json:
-            self._json(data)
-        else:
-            echo(sanitize_text(text() if callable(text) else text), err=self.data_on_stdout)
-
-    def error(self, exc: OrchestratorError) -> None:
-        if self.as_json:
-            self._json(exc.to_dict())
-        else:
-            echo(sanitize_text(f"error[{exc.code}]: {exc.message}"), err=True)
-
-    def _json(self, data: Any) -> None:
-        text = json.dumps(data, ensure_ascii=False, default=str)
-        clean = sanitize_text(text)
-        if clean != text:
-            # A value redacted in the serialized text can run past its string's closing quote (`token='abc`, a
-            # private key's BEGIN line: to the end of the text) and cut the object short. Redact value by value
-            # then (slower, and only when there is something new to redact: stored texts are redacted already).
-            clean = json.dumps(sanitize_obj(json.loads(text)), ensure_ascii=False)
-        echo(clean, err=self.data_on_stdout)
-
-    def progress(self, message: str) -> None:
-        if sys.stderr.isatty():
-            echo(message, err=True)
-
-
-class JobIdOptionCommand(click.Command):
-    """A command that takes its job as ``--job-id`` (``verify``, ``audit-timeline``, ``audit heal``): a bare JOB_ID,
-    as ``status`` and ``control`` take it, is a usage error that shows the option to use, not click's bare
-    "unexpected extra argument"."""
-
-    allow_extra_args = True  # kept in ctx.args and refused below; an unknown option is still click's error
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        rest = super().parse_args(ctx, args)
-        if ctx.args:
-            given = shown(ctx.args[0])
-            raise click.UsageError(f"unexpected argument {given}: this command takes the job as an option, "
-                                   f"--job-id {safe_line(ctx.args[0])}", ctx)
-        return rest
-
-
-class StdoutOption(click.Option):
-    """An option naming a file where ``-`` means stdout (``export -o -``). Stdout then carries data for a
-    reader that expects nothing else (``import -``), so every result and error of the command goes to
-    stderr, also those found before it runs: a ``.env`` error, a usage error (``given_as_stdout``), the
-    settings or the store (``project_command``)."""
-
-    def given_as_stdout(self, args: list[str]) -> bool:
-        """Whether the raw ``args`` of the command give this option as ``-`` (the last time it is given,
-        as click keeps the last value): read before click parses them, or after it failed to."""
-        value = None
-        rest = iter(args)
-        for arg in rest:
-            if arg == "--":  # only arguments follow
-                break
-            if arg in self.opts:  # -o - / --output -
-                value = next(rest, None)
-                continue
-            for name in self.opts:  # --output=- / -o-
-                attached = f"{name}=" if name.startswith("--") else name
-                if arg.startswith(attached) and len(arg) > len(attached):
-                    value = arg[len(attached):]
-        return value == "-"
-
-
-def _named_command(command: click.Command, args: list[str]) -> tuple[click.Command, list[str]]:
-    """The command the raw command line ``args`` of ``command`` (the group, a script's command) names, and its own
-    arguments; a group itself when they name none of its commands. A group's options are flags (``--version``,
-    ``-h``), so its first other word names the command."""
-    while isinstance(command, click.Group):
-        name = next((arg for arg in args if not arg.startswith("-")), None)
-        found = command.get_command(click.Context(command), name) if name else None
-        if found is None:
-            break
-        command, args = found, args[args.index(name) + 1:]
-    return command, args
-
-
-def _data_on_stdout(command: click.Command, args: list[str]) -> bool:
-    """Whether the raw command line ``args`` of ``command`` (the group, a script's command) asks for data on
-    stdout (a ``StdoutOption`` given as ``-``)."""
-    command, args = _named_command(command, args)
-    return not isinstance(command, click.Group) and any(
-        isinstance(p, StdoutOption) and p.given_as_stdout(args) for p in command.params)
-
-
-@contextlib.contextmanager
-def reported_errors(out: Output) -> Iterator[None]:
-    """Print an expected error in the commands' form and exit with its code, never with a traceback."""
-    try:
-        yield
-    except OrchestratorError as exc:
-        error = exc
-    except (NotADirectoryError, IsADirectoryError, PermissionError) as exc:  # a path the store did not map itself
-        from orchestrator.store.files import path_error
-
-        error = path_error(exc)
-    else:
-        return
-    out.error(error)
-    click.get_current_context().exit(error.exit_code)
-
-
-def project_command(fn: Callable[..., int | None]) -> Callable[..., None]:
-    """Add the common options, build the ``Orchestrator`` lazily, and map errors to exit codes."""
-
-    @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-    @click.option("--project-id", envvar="PROJECT_ID", show_envvar=True, default=None,
-                  help=f"Project under the base path.  [default: {DEFAULT_PROJECT_ID}]")
-    @click.option("--base-path", envvar="BASE_PATH", show_envvar=True, default=None,
-                  type=click.Path(file_okay=False), help=f"Folder holding projects.  [default: {DEFAULT_BASE_PATH}]")
-    @store_option()
-    @functools.wraps(fn)
-    def wrapper(base_path: str | None, project_id: str | None, as_json: bool, store_url: str | None,
-                **kwargs: Any) -> None:
-        ctx = click.get_current_context()
-        as_json = as_json or ctx.params.get("fmt") == "json"  # ``metrics --format json`` is ``--json``, errors too
-        out = Output(as_json, data_on_stdout=any(  # known before the settings or the store can fail
-            isinstance(p, StdoutOption) and ctx.params.get(p.name) == "-" for p in ctx.command.params))
-        with reported_errors(out):
-            from orchestrator.api import Orchestrator
-
-            orch = Orchestrator(base_path=base_path, project_id=project_id, store_url=store_url)
-            try:
-                code = fn(orch, out, **kwargs)
-            finally:  # a PostgreSQL store's connections and watchdog thread, also for a command run in process
-                orch.close()
-        click.get_current_context().exit(code or 0)
-
-    return wrapper
-
-
-def note_missing_store(orch: Any, out: Output) -> None:
-    """A project-wide read of a store that does not exist finds nothing, as a fresh project's does (its first
-    submit creates the store), so it is not an error; but the text names the folder read (on stderr, the
-    output itself unchanged), so a mistyped --base-path or --project-id shows."""
-    root = getattr(orch.store, "root", None)  # the file backend's folder; PostgreSQL has no such thing
-    if root is not None and not out.as_json and not root.exists():
-        echo(sanitize_text(f"note: no store at {root} (nothing written to this project yet); "
-                                 "check --base-path and --project-id"), err=True)
+from orchestrator.security import one_line, safe_line, sanitized_cut
+from orchestrator.stdout import written_whole
 
 
 class _LazyGroup(click.Group):
@@ -463,35 +294,19 @@ def _register_commands() -> None:
         importlib.import_module(f"{package.__name__}.{info.name}")
 
 
-def _wants_json(args: list[str]) -> bool:
-    """Whether errors found before the command runs (``.env``, usage) print as JSON: click has not parsed yet."""
-    return "--json" in args or "--format=json" in args or any(
-        a == "--format" and b == "json" for a, b in zip(args, args[1:]))
-
-
-def _load_dotenv(command: click.Command, args: list[str]) -> None:
-    """``.env`` is read before click parses the options (they take their defaults from the environment), so
-    its errors are reported here, in the form the commands use."""
-    try:
-        load_dotenv_file()
-    except OrchestratorError as exc:
-        Output(_wants_json(args), data_on_stdout=_data_on_stdout(command, args)).error(exc)
-        sys.exit(exc.exit_code)
-
-
 def _run(command: click.Command | str, args: list[str], prog_name: str | None) -> None:
-    """``.env``, then ``_run_command`` (``command``: the group, or a script's command by name, looked up here), its
+    """``.env``, then ``run_command`` (``command``: the group, or a script's command by name, looked up here), its
     stop signals handled (``command_stop``; a stop reported by ``_interrupted``), in ``stdout.written_whole``: a reader
     that went away (``| head``) ends the command quietly, exit 141 as SIGPIPE would; a disk that refused the output
     (``> file`` on a full disk) is ``STORAGE_ERROR`` (exit 10) on stderr (as JSON with ``--json``), saying to check
     what the command did, or that nothing was done when it was its help, its version or a usage error that could not
     be printed."""
-    with written_whole(report=Output(_wants_json(args), data_on_stdout=True).error):
+    with written_whole(report=Output(wants_json(args), data_on_stdout=True).error):
         try:
             with COMMAND_STOP.handled():  # raises as it begins a stop held since the start (``entry``)
                 found = _script_command(command) if isinstance(command, str) else command
-                _load_dotenv(found, args)
-                _run_command(found, args, prog_name)
+                load_dotenv(found, args)
+                run_command(found, args, prog_name)
         except (KeyboardInterrupt, Interrupted) as exc:  # KeyboardInterrupt: SIGINT under Python's own handler
             _interrupted(command, args, exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
 
@@ -503,86 +318,20 @@ def _interrupted(command: click.Command | str, args: list[str], signum: int) -> 
     named: click.Command | None = None
     with contextlib.suppress(Exception):  # the look-up imports the command modules, which the signal may have cut
         _register_commands()  # short: those are imported again, whole
-        named, args = _named_command(_script_command(command) if isinstance(command, str) else command, args)
+        named, args = named_command(_script_command(command) if isinstance(command, str) else command, args)
     own = getattr(named, "stopped_before_start", None)
     if own is not None:
         sys.exit(own(args))
     stop = CommandInterrupted(interrupted_message(signum), signum)
-    Output(_wants_json(args), data_on_stdout=named is not None and _data_on_stdout(named, args)).error(stop)
+    Output(wants_json(args), data_on_stdout=named is not None and data_on_stdout(named, args)).error(stop)
     sys.exit(stop.exit_code)
 
 
-def _run_command(command: click.Command, args: list[str], prog_name: str | None) -> None:
-    """Run ``command`` as click's standalone mode does, except that with ``--json`` a usage error (exit 2) is
-    printed like every other error, as one JSON object on stdout (on stderr when stdout carries data:
-    ``export -o -``): a caller that reads stdout gets it too. Without ``--json`` click prints it on stderr."""
-    try:
-        code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
-    except click.ClickException as exc:
-        if not _name_where_json_goes(exc, args):
-            _name_the_options(exc)
-        setting = setting_error(exc)
-        if setting is not None:
-            Output(_wants_json(args), data_on_stdout=_data_on_stdout(command, args)).error(setting)
-            sys.exit(setting.exit_code)
-        typed_value_error(exc)
-        if isinstance(exc, click.UsageError) and _wants_json(args):
-            Output(True, data_on_stdout=_data_on_stdout(command, args)).error(UsageError(exc.format_message()))
-        else:  # click's usage, hint and "Error: ..." lines, which may echo what was typed, sanitized as all output
-            shown_by_click = io.StringIO()
-            exc.show(file=shown_by_click)
-            echo(sanitize_text(shown_by_click.getvalue()), err=True, nl=False)
-        sys.exit(exc.exit_code)
-    except click.Abort as exc:  # click makes a KeyboardInterrupt an Abort: reported by ``_run``
-        if isinstance(exc.__cause__, KeyboardInterrupt):
-            raise exc.__cause__ from None
-        click.echo("Aborted!", err=True)  # an end of input at a prompt
-        sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)  # ctx.exit(n) returns n; a command that returns exits 0
-
-
-def _name_where_json_goes(exc: click.ClickException, args: list[str]) -> bool:
-    """``--json`` given to a group (``orchestrator --json status``, ``control --json cancel J``) is click's "No such
-    option '--json'" (for ``orchestrator``, with "Did you mean '--version'?"), though every command has it: the
-    message then says where it goes, after the command's name, and shows the command line with it there. Whether it
-    was that error."""
-    if (isinstance(exc, click.NoSuchOption) and exc.option_name == "--json" and exc.ctx is not None
-            and isinstance(exc.ctx.command, click.Group)):
-        import shlex
-
-        rest = [a for a in args if a != "--json"]
-        depth = len(exc.ctx.command_path.split()) - len(exc.ctx.find_root().command_path.split())
-        if sum(not a.startswith("-") for a in rest) > depth:  # a command is named after the group: show the line
-            line = " ".join([exc.ctx.find_root().command_path, *map(shlex.quote, rest), "--json"])
-        else:
-            line = f"{exc.ctx.command_path} <command> ... --json"
-        exc.message = (f"No such option '--json' for {exc.ctx.command_path} itself: give it after the command, "
-                       f"{safe_line(line)}")
-        exc.possibilities = None  # type: ignore[misc]
-        return True
-    return False
-
-
-NEAR_TYPO = 0.8  # how alike an unknown option must be to one of the command's to be suggested (click's cutoff: 0.6)
-
-
-def _name_the_options(exc: click.ClickException) -> None:
-    """An unknown option (``control approve J --token x``): click suggests whatever is alike at 0.6, for ``--token``
-    ``--json`` and ``--store``, a hint that leads nowhere. The message lists the command's options instead, and
-    suggests one only for a near typo (``--jsno``) or a start of it (``--lease``)."""
-    if not isinstance(exc, click.NoSuchOption) or exc.ctx is None:
-        return
-    import difflib
-
-    options = [p.opts for p in exc.ctx.command.get_params(exc.ctx) if isinstance(p, click.Option) and not p.hidden]
-    names = {name: "/".join(opts) for opts in options for name in opts}
-    given = exc.option_name
-    near = difflib.get_close_matches(given, names, n=3, cutoff=NEAR_TYPO) or [
-        name for name in names if len(given) > 4 and name.startswith(given)]
-    hint = f" Did you mean {' or '.join(dict.fromkeys(names[n] for n in near))}?" if near else ""
-    exc.message = (f"No such option {shown(given)} for {exc.ctx.command_path}.{hint} Its options: "
-                   f"{', '.join('/'.join(opts) for opts in options)} (-h says what each does).")
-    exc.possibilities = None  # type: ignore[misc]
+def interrupted_message(signum: int) -> str:
+    """What a command stopped by Ctrl-C or SIGTERM says, outside a command's own handling (the worker and the
+    benchmark stop on them in their own way)."""
+    name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
+    return f"interrupted by {name} before the command finished: check what it did (status, verify) before running it again"
 
 
 def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:

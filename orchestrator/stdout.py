@@ -2,7 +2,7 @@
 
 A reader that went away (``| head``) is ``OutputClosed`` (exit 141), a disk that refused the output (``> file`` on a
 full disk) ``OutputLost`` (``STORAGE_ERROR``, exit 10). ``install`` puts such a stdout in place of the interpreter's
-for a command's process, so that this holds for whoever writes there: ``cli.echo``, click's own ``--help`` and
+for a command's process, so that this holds for whoever writes there: ``cli_common.echo``, click's own ``--help`` and
 ``--version``, ``export -o -``'s bundle, a plain ``print``. ``written_whole`` runs a command so and ends it in that
 outcome: the command line (``cli._run``), and through ``run`` the entry points that print with ``print`` (the demo,
 the reliability report, ``bench.suites``).

@@ -1,1 +1,2 @@
-"""CLI commands by area; each module imports ``cli`` and ``project_command`` from ``orchestrator.cli``."""
+"""CLI commands by area; each module adds its commands to ``cli`` (``orchestrator.cli``), built from what
+``orchestrator.cli_common`` holds (``project_command``, ``Output``, ...)."""

@@ -5,7 +5,8 @@ import os
 
 import click
 
-from orchestrator.cli import CONTEXT, Output, cli, echo, reported_errors
+from orchestrator.cli import cli
+from orchestrator.cli_common import CONTEXT, Output, echo, reported_errors
 from orchestrator.cli_values import WholeRange
 from orchestrator.config import from_env
 from orchestrator.errors import CommandInterrupted

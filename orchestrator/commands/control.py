@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import CONTEXT, JobIdOptionCommand, Output, cli, project_command
+from orchestrator.cli import cli
+from orchestrator.cli_common import CONTEXT, JobIdOptionCommand, Output, project_command
 from orchestrator.errors import InvalidInputError
 from orchestrator.limits import MAX_TEXT_CHARS, MAX_TEXT_FILE_BYTES, read_at_most
 from orchestrator.security import one_line, validate_id

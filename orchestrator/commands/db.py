@@ -5,7 +5,8 @@ import os
 
 import click
 
-from orchestrator.cli import CONTEXT, Output, cli, reported_errors
+from orchestrator.cli import cli
+from orchestrator.cli_common import CONTEXT, Output, reported_errors
 from orchestrator.cli_values import store_option
 from orchestrator.config import store_named
 from orchestrator.errors import ConfigError

@@ -8,7 +8,8 @@ from typing import Any, Callable
 
 import click
 
-from orchestrator.cli import CONTEXT, Output, cli, echo, reported_errors
+from orchestrator.cli import cli
+from orchestrator.cli_common import CONTEXT, Output, echo, reported_errors
 
 
 @cli.group(context_settings=CONTEXT)

@@ -7,7 +7,9 @@ import click
 from click.core import ParameterSource
 
 from orchestrator.audit import ACTIONS
-from orchestrator.cli import CONTEXT, EXIT_INTEGRITY, JobIdOptionCommand, Output, cli, echo, note_missing_store, project_command
+from orchestrator.cli import cli
+from orchestrator.cli_common import (CONTEXT, EXIT_INTEGRITY, JobIdOptionCommand, Output, echo, note_missing_store,
+                                     project_command)
 from orchestrator.cli_values import FiniteFloatRange, IsoTime, WholeRange, seconds
 from orchestrator.limits import MAX_PROCESSES
 from orchestrator.state import TRANSITIONS

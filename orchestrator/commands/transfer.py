@@ -6,7 +6,8 @@ from typing import Any, Callable
 
 import click
 
-from orchestrator.cli import CONTEXT, Output, StdoutOption, cli, echo, note_missing_store, project_command
+from orchestrator.cli import cli
+from orchestrator.cli_common import CONTEXT, Output, StdoutOption, echo, note_missing_store, project_command
 from orchestrator.output_file import OutputFile
 from orchestrator.security import sanitize_text
 

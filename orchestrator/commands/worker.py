@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import CONTEXT, Output, cli, echo, project_command
+from orchestrator.cli import cli
+from orchestrator.cli_common import CONTEXT, Output, echo, project_command
 from orchestrator.cli_values import OutputBound, WholeRange, job_kinds, seconds
 from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCESS, DEFAULT_LEASE_SECONDS,
                                  DEFAULT_OUTPUT_MAX_BYTES, DEFAULT_RETRY_BASE_SECONDS, DEFAULT_RETRY_MAX_SECONDS,

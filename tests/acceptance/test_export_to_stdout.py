@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO
-from orchestrator.cli import StdoutOption
+from orchestrator.cli_common import StdoutOption
 
 
 def run(*args: str, env: dict[str, str], cwd: Path = REPO) -> subprocess.CompletedProcess:

@@ -329,20 +329,21 @@ def test_audit_heal_of_a_large_project_says_how_far_it_got(cli_orch: Orchestrato
     of 100,000 jobs does not look hung; a project of one batch gets none."""
     from click.testing import CliRunner
 
-    from orchestrator import cli as cli_mod
+    from orchestrator.cli import cli
+    from orchestrator.cli_common import Output
 
     for n in range(5):
         cli_orch.submit("t.echo", {"n": n})
     shown: list[str] = []
-    monkeypatch.setattr(cli_mod.Output, "progress", lambda self, message: shown.append(message))
+    monkeypatch.setattr(Output, "progress", lambda self, message: shown.append(message))
     monkeypatch.setattr(audit, "HEAL_BATCH", 2)
-    done = CliRunner().invoke(cli_mod.cli, ["audit", "heal", "--json"], env=cli_env)
+    done = CliRunner().invoke(cli, ["audit", "heal", "--json"], env=cli_env)
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["jobs"] == 5
     assert shown == ["checked 2 of 5 jobs...", "checked 4 of 5 jobs...", "checked 5 of 5 jobs..."]
     monkeypatch.setattr(audit, "HEAL_BATCH", 5)
     shown.clear()
-    assert CliRunner().invoke(cli_mod.cli, ["audit", "heal"], env=cli_env).exit_code == 0 and shown == []
+    assert CliRunner().invoke(cli, ["audit", "heal"], env=cli_env).exit_code == 0 and shown == []
 
 
 @pytest.mark.parametrize("healer", ["audit heal", "audit-timeline"])
