@@ -15,18 +15,23 @@ are stopped, the scratch projects removed, and the --json file is left as it was
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
-import traceback
-from dataclasses import replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+if __name__ == "__main__":  # before the imports below: a stop in them is this run's (``orchestrator.entry``)
+    from orchestrator.entry import tool_started
 
-from bench import report
-from bench.cli_args import choices, measured_folder, positive_int, results_file, seconds, sizes
-from bench.common import DUPLICATE_COUNTS, NotApplicable, Params, code_revision, progress, settle
+    tool_started()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
+
+from bench import report  # noqa: E402
+from bench.cli_args import choices, measured_folder, positive_int, results_file, seconds, sizes  # noqa: E402
+from bench.common import DUPLICATE_COUNTS, NotApplicable, Params, code_revision, progress, settle  # noqa: E402
 
 if TYPE_CHECKING:
     from orchestrator.output_file import OutputFile

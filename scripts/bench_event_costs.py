@@ -17,7 +17,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from orchestrator.entry import run_tool, tool_started  # noqa: E402
 
+if __name__ == "__main__":
+    tool_started()  # before the imports below: a stop in them is this run's (``entry``)
 from bench.cli_args import positive_int  # noqa: E402
 from orchestrator import Orchestrator  # noqa: E402
 from orchestrator.history import verify_stream  # noqa: E402
@@ -98,4 +101,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_tool(main))

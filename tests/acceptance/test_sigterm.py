@@ -103,13 +103,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-# A child's ``sitecustomize``: its import of the command line (``orchestrator.cli``) waits until the test has sent its
-# signal, a command's start made long enough to be hit for sure
+# A child's ``sitecustomize``: its import of the command line (``orchestrator.cli``, or the module ``SLOW_MODULE`` names)
+# waits until the test has sent its signal, a command's start made long enough to be hit for sure
 SLOW_COMMAND_LINE_IMPORT = """
 import os, sys, time
 class SlowCommandLine:
     def find_spec(self, name, path=None, target=None):
-        if name == "orchestrator.cli":
+        if name == os.environ.get("SLOW_MODULE", "orchestrator.cli"):
             open(os.environ["STARTED"], "w").close()
             deadline = time.monotonic() + 20
             while not os.path.exists(os.environ["SENT"]) and time.monotonic() < deadline:
@@ -147,6 +147,36 @@ def test_a_stop_signal_while_the_command_line_is_imported_is_the_commands_interr
     name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else "SIGTERM"
     assert code == 128 + signum and out == "", (code, out, err)
     assert err.strip() == f"error[INTERRUPTED]: {MESSAGE.replace('SIGTERM', name)}", err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("tool, slow_module, said", [
+    (["-m", "bench", "--quick", "--peers", "none"], "bench.report", "interrupted by {name}: the worker processes"),
+    (["scripts/reliability_report.py", "--quick", "--only", "fsync"], "orchestrator.reliability.report",
+     "error[INTERRUPTED]: interrupted by {name} before the run finished"),
+    (["scripts/bench_event_costs.py", "--events", "10"], "bench.cli_args",
+     "error[INTERRUPTED]: interrupted by {name} before the run finished"),
+], ids=["python -m bench", "reliability_report", "bench_event_costs"])
+def test_a_stop_signal_while_a_tool_imports_what_it_runs_ends_it_as_interrupted_once_it_is(
+        cli_env: dict[str, str], tmp_path: Path, tool: list[str], slow_module: str, said: str, signum: int) -> None:
+    """The tools hold a stop from their first step, as the entry points do (``entry.tool_started``): until 2026-12-07
+    a SIGTERM in their 0.2-0.8 s of imports killed them by the signal (-15, no word), a Ctrl-C printed a traceback."""
+    (tmp_path / "sitecustomize.py").write_text(SLOW_COMMAND_LINE_IMPORT)
+    started, sent = tmp_path / "started", tmp_path / "sent"
+    env = {**cli_env, "PYTHONPATH": f"{tmp_path}:{cli_env['PYTHONPATH']}", "STARTED": str(started), "SENT": str(sent),
+           "SLOW_MODULE": slow_module}
+    proc = subprocess.Popen([sys.executable, *tool], env=env, cwd=str(REPO), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))  # as in a terminal
+    try:
+        wait_until(lambda: started.exists() or proc.poll() is not None, what=f"the import of {slow_module}")
+        proc.send_signal(signum)
+        sent.touch()
+        code, out, err = finish(proc)
+    finally:
+        stop(proc)
+    assert code == 128 + signum and out == "", (code, out, err)
+    assert err.startswith(said.format(name=signal.Signals(signum).name)) and len(err.splitlines()) == 1, err
 
 
 def test_a_sigterm_ignored_when_the_command_starts_stays_ignored(cli_env: dict[str, str]) -> None:
