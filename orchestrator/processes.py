@@ -14,7 +14,8 @@ import multiprocessing
 import os
 import signal
 import threading
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as ResultNotYet
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
@@ -22,6 +23,7 @@ from orchestrator.errors import OrchestratorError
 
 PARALLEL_FROM = 2000  # jobs: fewer are done in the calling process
 CHUNK = 500  # jobs a process takes at a time (a unit of progress, and of what a child holds in memory)
+RESULT_WAIT_SLICE = 0.25  # seconds: a stop that missed the wait for a chunk's result is raised this late at most
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -59,6 +61,17 @@ def _run_in_child(chunk: Any) -> Any:
     return work(orch, chunk)
 
 
+def _result_in_slices(future: Future) -> Any:
+    """``future.result()``, waited for in slices: a stop signal handled just before a wait without end began (or
+    taken by another thread of the process) is raised only when the wait returns (``command_stop``), and a chunk may
+    take long (a job whose record a paused process holds is waited for without bound)."""
+    while True:
+        try:
+            return future.result(RESULT_WAIT_SLICE)
+        except ResultNotYet:
+            continue
+
+
 def may_fork() -> bool:
     """Whether forking is safe here: only in a process of one thread (the commands). A fork copies only its calling
     thread, so in a program with others (the Python API inside a service) a lock another thread held at the fork
@@ -81,7 +94,9 @@ def in_chunks(orch: Any, work: Callable[[Any, Any], R], chunks: Sequence[Any], j
     pool = ProcessPoolExecutor(min(processes, len(chunks)), mp_context=multiprocessing.get_context("fork"),
                                initializer=_leave_interrupts_to_the_caller)
     try:
-        yield from pool.map(_run_in_child, chunks)
+        futures = [pool.submit(_run_in_child, chunk) for chunk in chunks]  # as ``pool.map`` does
+        for future in futures:
+            yield _result_in_slices(future)
     except BrokenProcessPool:  # a child killed (the OOM killer, a signal): ``multiprocessing.Pool`` waited for ever
         raise OrchestratorError("a process reading the jobs ended abruptly (killed, or out of memory): run the "
                                 "command again, or read with one process (verify --processes 1, metrics --processes "

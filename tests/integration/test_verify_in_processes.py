@@ -207,6 +207,49 @@ def test_a_checking_process_killed_mid_chunk_is_an_error_not_a_wait_for_ever(mon
     assert list(processes.in_chunks(None, work, [[1], [3]], 2, processes=2)) == [1, 3]  # in order, and again
 
 
+def test_a_stop_that_misses_the_wait_for_a_chunks_result_is_raised_within_a_slice_not_when_the_chunk_ends(
+        monkeypatch) -> None:
+    """A signal handled just before the wait for a child's result began, or by another thread of the caller (where a
+    process-directed signal may land), is raised only when that wait returns: with one wait without end, when the
+    chunk was done (a job whose record a paused process holds: never). A signal sent to another thread of the
+    caller makes that race sure: the caller waits in slices, so the stop is raised within one."""
+    import signal
+    import threading
+    import time
+
+    class Stop(BaseException):
+        pass
+
+    def stop(signum, frame):
+        raise Stop()
+
+    monkeypatch.setattr(processes, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(processes, "may_fork", lambda: True)  # the thread below is the test's
+    parent = os.getpid()
+
+    def work(orch, chunk):
+        if os.getpid() != parent:
+            time.sleep(30)  # a chunk that takes long
+        return chunk[0]
+
+    def signals_itself() -> None:
+        time.sleep(1)  # the children started, the caller waiting for the first result
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, stop)
+    other = threading.Thread(target=signals_itself)
+    try:
+        other.start()
+        started = time.monotonic()
+        with pytest.raises(Stop):
+            list(processes.in_chunks(None, work, [[1], [2]], 2, processes=2))
+        took = time.monotonic() - started
+    finally:
+        other.join()
+        signal.signal(signal.SIGUSR1, previous)
+    assert took < 1 + 5 * processes.RESULT_WAIT_SLICE, took  # not the chunk's 30 s
+
+
 def _metrics(env: dict[str, str], *args: str, **extra: str):
     from click.testing import CliRunner
 
