@@ -7,6 +7,9 @@ recursion, turns it into the input's own error code instead of a crash.
 from __future__ import annotations
 
 import math
+import os
+import select
+import stat
 from collections import OrderedDict
 from itertools import compress
 from operator import not_
@@ -214,8 +217,40 @@ def keep_latest(memory: OrderedDict[Any, Any], key: Any, value: Any, kept: int) 
 def read_at_most(source: IO[bytes], limit: int) -> bytes | None:
     """The bytes of ``source`` if it holds at most ``limit``, else None, having read ``limit + 1`` of them and never
     the rest (a pipe, ``/dev/zero`` or a log given by mistake costs ``limit`` bytes of memory, not all of it)."""
-    data = source.read(limit + 1)
+    fd = _may_wait(source)
+    data = source.read(limit + 1) if fd is None else _read_in_slices(source, fd, limit + 1)
     return None if len(data) > limit else data
+
+
+READ_WAIT_SLICE = 0.25  # seconds: a stop that missed the wait for stdin's bytes is raised this late at most
+
+
+def _may_wait(source: IO[bytes]) -> int | None:
+    """The descriptor of ``source`` when a read of it may wait without end (a pipe nobody writes to yet, a terminal,
+    a socket), else None (a regular file, a stream with no descriptor: a test runner's)."""
+    try:
+        fd = source.fileno()
+        return None if stat.S_ISREG(os.fstat(fd).st_mode) else fd
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _read_in_slices(source: IO[bytes], fd: int, size: int) -> bytes:
+    """Up to ``size`` bytes of ``source`` (nothing of it read yet), to its end, waiting for each in slices: a stop
+    signal handled just before a read without end began (or taken by another thread) is raised only when the read
+    returns (``command_stop``), so ``submit --input-file -`` from a pipe nobody writes to yet ignored it."""
+    read_once = getattr(source, "read1", source.read)  # one read of the descriptor, which has bytes or its end now
+    parts: list[bytes] = []
+    left = size
+    while left:
+        if not select.select([fd], [], [], READ_WAIT_SLICE)[0]:
+            continue
+        part = read_once(left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
 # -- plainly valid JSON: what the fast acceptors (events.py, payload.py) take without pydantic --------

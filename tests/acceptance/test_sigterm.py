@@ -179,6 +179,52 @@ def test_a_stop_signal_while_a_tool_imports_what_it_runs_ends_it_as_interrupted_
     assert err.startswith(said.format(name=signal.Signals(signum).name)) and len(err.splitlines()) == 1, err
 
 
+# A command's helper thread that sends the process's SIGTERM to itself once the main thread waits in
+# ``read_at_most``: taken by a thread other than the waiting one (where a ``kill PID`` may land), a stop meets the
+# wait as one handled just before the wait began does, made sure
+SIGNALLED_WHILE_READING = """
+import os, signal, sys, threading, time
+def reading():
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None and frame.f_code.co_name != "read_at_most":
+        frame = frame.f_back
+    return frame is not None
+def signals_itself():
+    deadline = time.monotonic() + 30
+    while not reading() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # in the read itself
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+threading.Thread(target=signals_itself, daemon=True).start()
+"""
+
+
+@pytest.mark.parametrize("command, args", [
+    ("submit", ["--kind", "k", "--input-file", "-"]),
+    ("control", ["resume", "01SOMEJOB", "--text-file", "-"]),
+], ids=["submit --input-file -", "control --text-file -"])
+def test_a_stop_that_misses_the_wait_for_stdin_ends_the_command_within_a_slice_not_when_stdin_ends(
+        cli_env: dict[str, str], command: str, args: list[str]) -> None:
+    """``submit --input-file -`` from a pipe nobody writes to yet (a parent process that keeps it open): a stop handled
+    just before the read began, or taken by another thread, was raised only once something was written or the pipe
+    closed. The read waits in slices."""
+    script = (f"{PRINTS_ITS_STACK}{SIGNALLED_WHILE_READING}from orchestrator import cli\n"
+              f"cli.run_script({command!r}, sys.argv[1:])\n")
+    read_end, write_end = os.pipe()  # kept open, never written to
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", script, *args], env=cli_env, cwd=str(REPO), text=True,
+                                stdin=read_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+        os.close(read_end)
+        try:
+            code, out, err = finish(proc, timeout=15)
+        finally:
+            stop(proc)
+    finally:
+        os.close(write_end)
+    assert code == 143 and err.strip() == f"error[INTERRUPTED]: {MESSAGE}", (code, out, err)
+
+
 def test_a_sigterm_ignored_when_the_command_starts_stays_ignored(cli_env: dict[str, str]) -> None:
     """``nohup``-like starts and shells that ignore it for a background job: the command does not take it back."""
     script = ("import signal, sys\nfrom orchestrator import cli\n"
