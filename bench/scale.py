@@ -29,7 +29,8 @@ PROJECT = "bench"
 def _gen(args: tuple[str, dict[str, str], int, int]) -> int:
     base, env, start, stop = args
     import orchestrator.store.jsonl as jsonl
-    from orchestrator.api import Orchestrator, context_digest
+    from orchestrator.api import Orchestrator
+    from orchestrator.submitted import context_digest
     from orchestrator.event_models import JobOptions
     from orchestrator.key_files import load_keyring
 

@@ -3,41 +3,34 @@
 The CLI is a thin layer over this class. Reads replay and verify the job's own events (never
 the whole project); writes check the transition with the reducer, seal the new events onto
 the head they were decided from, and append with that expected sequence, so a concurrent
-writer makes the append fail instead of forking the history.
+writer makes the append fail instead of forking the history (``appending``). The reads are here; every other
+method is a few lines over the module that does its work, each imported when first called: ``appending``,
+``submitting``, ``listing``, ``control``, ``timeline``, ``integrity``, ``metrics``.
 """
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from orchestrator import clock, faults
-from orchestrator.append_checks import checked_append
+from orchestrator import clock
 from orchestrator.clock import now as local_now
-from orchestrator.command_input import COMMAND_KIND, parse_command_input
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, Settings, default_actor
-from orchestrator.errors import (AuditEntryNotWrittenError, AuxNotWrittenError, ConcurrencyError, ConfigError,
-                                 ContextSignatureInvalid, InvalidIdError, InvalidInputError, JobNotFoundError,
-                                 OrchestratorError, PathEscapeError, StorageError, StoreClosedError, UnusableFileError,
-                                 without_nothing_written)
+from orchestrator.errors import (ConfigError, JobNotFoundError, OrchestratorError, PathEscapeError, StoreClosedError,
+                                 UnusableFileError)
 from orchestrator.history import (CONTEXT_MISMATCH, INVALID_HISTORY, Problem, VerifiedStream,
-                                  check_head_record, check_head, head_record, seal, verify_stream)
+                                  check_head_record, check_head, verify_stream)
 from orchestrator.held_records import WITHOUT_HEAD_RECORD, WITHOUT_LEASE_RECORD, read_around_a_held_record
 from orchestrator.key_files import load_keyring
-from orchestrator.limits import (KIND_RULE, MAX_INPUT_BYTES, a_process_count, a_set_of_names, a_time, an_actor,
-                                 callable_or_none, instance_or_none, is_kind, true_or_false)
-from orchestrator.notices import log_warning
-from orchestrator.security import shown, validate_id
-from orchestrator.signing import SUBMITTED_CONTEXT_MIN_BYTES, Encoded, Keyring, canonical, line_key_id
+from orchestrator.limits import a_process_count, a_time, an_actor, callable_or_none, instance_or_none, true_or_false
+from orchestrator.security import validate_id
+from orchestrator.signing import Keyring
 from orchestrator.leases import lease_expiry
-from orchestrator.state import RUNNING, STATES, Event, JobState, apply
-from orchestrator.store.base import HEADS_AREA, EventStore, Head, StoredLine
-from orchestrator.submitted import context_digest, context_matches, key_job_id, new_job_id
+from orchestrator.state import RUNNING, Event, JobState, apply
+from orchestrator.store.base import HEADS_AREA, EventStore, StoredLine
+from orchestrator.submitted import context_matches
 from orchestrator.views import JobStatus, JobView, Submission
-
-log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from orchestrator.control import ControlResult
@@ -268,71 +261,20 @@ class Orchestrator:
         return self.store.job_ids()
 
     def removed_jobs(self, listed: Iterable[str], *, unindexed: bool = False) -> list[JobView]:
-        """The jobs with a head record and no event left (the file deleted or emptied), read: ``job_ids``
-        lists only jobs holding an event, so it cannot name them; ``listed`` is what it gave. Any record
-        counts, signed or not: its view's problem is ``TRUNCATED`` when it verifies, ``SIGNATURE_INVALID``
-        (or ``CORRUPT_LINE``) when not. A record's slot never written is no job.
+        """The jobs with a head record and no event left (the file deleted or emptied), read: ``job_ids`` lists only
+        jobs holding an event, and ``listed`` is what it gave; ``unindexed``: also the jobs ``listed`` left out that
+        hold events (``listing.removed_jobs``)."""
+        from orchestrator import listing
 
-        ``unindexed``: also the jobs ``listed`` left out that hold events, for a listing from an index that may lack
-        them (``EventStore.fingerprints`` on PostgreSQL reads ``orch_streams``, a derived index whose row a hand can
-        delete), or submitted since it was made."""
-        known = set(listed)
-        removed = []
-        for job_id in self.store.aux_keys(HEADS_AREA):
-            if job_id in known:
-                continue
-            try:
-                view = self.load(job_id)
-            except (JobNotFoundError, InvalidIdError):  # no record after all, or not a name this code wrote
-                continue
-            if unindexed or not view.stream.lines:  # (a job submitted since the listing has its events)
-                removed.append(view)
-        return removed
+        return listing.removed_jobs(self, listed, unindexed=unindexed)
 
     def jobs(self, states: Iterable[str] | None = None, kinds: Iterable[str] | None = None) -> list[JobStatus]:
         """Every job's status, oldest first, optionally only those in ``states`` and of ``kinds``; a job whose
         events were all removed is listed too when nothing is filtered (no state, no kind, its integrity error).
+        A filter reads only the jobs the jobs cache puts in it, each checked again (``listing.jobs``)."""
+        from orchestrator import listing
 
-        With ``states`` or ``kinds``, only the jobs the jobs cache (``projection``, brought up to date first: only
-        the jobs changed since are read) says are in one of them and of one of them (or whose kind its row does not
-        know: a cache written before rows had kinds) are read, each verified as ``status`` reads it and its state
-        and kind checked again: no row puts a job in a listing it does not belong in, and a job that changed since
-        the cache was written has a new fingerprint and is read again. A row edited by hand (the cache is not
-        signed) can leave a job out, as it can skew a figure of ``metrics``; ``--rebuild`` of ``metrics``, or
-        deleting the cache, makes it anew."""
-        wanted, of_kinds = a_set_of_names(states, "states", STATES), a_set_of_names(kinds, "kinds")
-        if wanted or of_kinds:
-            out = self._jobs_matching(wanted, of_kinds)
-        else:  # every job, and those whose events were all removed
-            listed = list(self.store.job_ids())
-            out = [JobStatus.from_view(view) for view in self.removed_jobs(listed)] + [self.status(j) for j in listed]
-        out.sort(key=lambda s: (s.submitted_at or "", s.job_id))
-        return out
-
-    def _jobs_matching(self, states: set[str], kinds: set[str]) -> list[JobStatus]:
-        """``jobs`` with a filter: the rows of the jobs cache (refreshed, not healed: a read) that name one of
-        ``states`` (any, when empty) and one of ``kinds`` (any, when empty; a row that knows no kind is taken), each
-        job then read and checked. The kinds a row did not know are noted in the cache (``learn_kinds``)."""
-        from orchestrator import projection
-
-        cols = projection.refresh(self, heal=False).columns
-        codes = ({projection.STATE_CODE[s] for s in states if s in projection.STATE_CODE} if states
-                 else set(range(len(projection.STATES))) | {projection.NO_STATE})
-        kind_codes = ({code for code, kind in enumerate(cols.kinds, 1) if kind in kinds} | {projection.UNKNOWN_KIND}
-                      if kinds else None)
-        out: list[JobStatus] = []
-        learned: dict[int, str] = {}  # row -> the kind of a job its row did not know (a cache older than kinds)
-        for i, (code, kind) in enumerate(zip(cols.state, cols.kind)):
-            if code not in codes or (kind_codes is not None and kind not in kind_codes):
-                continue
-            st = self.status(cols.ids[i])
-            if (not states or st.state in states) and (not kinds or st.kind in kinds):
-                out.append(st)
-            if kind == projection.UNKNOWN_KIND and st.kind is not None:
-                learned[i] = st.kind
-        if learned:
-            projection.learn_kinds(self, cols, learned)
-        return out
+        return listing.jobs(self, states, kinds)
 
     # -- writing ----------------------------------------------------------------------------
     def append(self, view: JobView | None, job_id: str, new: Sequence[tuple[str, dict[str, Any]]], *,
@@ -356,168 +298,21 @@ class Orchestrator:
         the view returned holds the warning (``HEAD_RECORD_NOT_WRITTEN``), which is also logged. So is an event
         after which the queue index could not be brought up to date (``INDEX_NOT_UPDATED``: the index is a cache).
         """
-        lines, state, warnings = self._append_lines(view, job_id, new, run_id=run_id, actor=actor, now=now,
-                                                    audit=audit, fence=fence, aux=aux)
+        from orchestrator.appending import append_lines
+
+        lines, state, warnings = append_lines(self, view, job_id, new, run_id=run_id, actor=actor, now=now,
+                                              audit=audit, fence=fence, aux=aux)
         stream = (view.stream if view else VerifiedStream(job_id, [])).followed_by(lines)  # parsed when asked for
         return JobView(job_id, stream, state, (), warnings)
-
-    def _append_lines(self, view: JobView | None, job_id: str, new: Sequence[tuple[str, dict[str, Any]]], *,
-                      run_id: str | None = None, actor: str | None = None, now: float | None = None,
-                      audit: tuple[str, str] | None = None, fence: int | None = None,
-                      aux: Mapping[tuple[str, str], bytes | None] | None = None,
-                      ) -> tuple[list[bytes], JobState | None, tuple[dict[str, str], ...]]:
-        """``append`` up to its view: the lines written, the state they lead to and the warnings (each logged). A
-        caller that needs no view (``submit_job``) does not have the lines parsed back for one (~16 ms for a line
-        holding a 1 MiB input)."""
-        from orchestrator.events import validate_data
-
-        actor = checked_append(view, new, run_id=run_id, actor=actor, audit=audit, fence=fence, aux=aux) or self.actor
-        if view is not None and not view.ok:
-            raise ContextSignatureInvalid(view.integrity_error()["message"], job_id=job_id)
-        ts = clock.to_iso(self.clock() if a_time(now) is None else now)
-        state = view.state if view else None
-        head = view.head if view else Head(0, b"")
-        records = []
-        for seq, (etype, data) in enumerate(new, head.seq + 1):
-            rec = {"job_id": job_id, "run_id": run_id, "type": etype, "ts": ts, "actor": actor,
-                   "data": validate_data(etype, data)}
-            state = apply(state, Event.from_record({**rec, "seq": seq}))
-            records.append(rec)
-        lines = seal(self.keyring, job_id, head, records)
-        old = view.state if view else None
-        from orchestrator import audit as audit_log
-
-        if old is None:
-            self.queue.built_with_first_job(self.store)
-        # the key of the job's first line, for an index that keeps it (PostgreSQL's rows)
-        signer = None if not self.queue.keeps_signers else (
-            view.signer if view is not None and head.seq else line_key_id(lines[0]))
-        index_statements = self.queue.before_append(job_id, old, state, signer)  # None unless the index is in the store
-
-        def with_events(new_head: Head) -> dict[tuple[str, str], bytes | None]:
-            return {(HEADS_AREA, job_id): head_record(job_id, new_head), **(aux or {})}
-
-        # the store writes the head record (then ``aux``) in the events' transaction where it can
-        # (PostgreSQL), else right after the events are durable: a record is never ahead of its events
-        def build(current: Head) -> list[bytes]:
-            # as many events as the view, but not the same last one (a line this was decided from was
-            # cut back after a failed fsync, and another took its place): the new lines would not chain
-            if current.last_line != head.last_line:
-                raise ConcurrencyError(f"{job_id}: event {head.seq} changed since it was read", job_id=job_id)
-            return lines
-
-        index_missed: list[OrchestratorError] = []
-
-        def after_event() -> None:
-            faults.point("append.after_event")
-            try:
-                self.queue.after_append(job_id, old, state)
-            except (StorageError, PathEscapeError) as exc:  # the event is durable (and its entry is still to write)
-                index_missed.append(exc)
-            faults.point("append.after_head")
-
-        written = {"expected_seq": head.seq, "fence": fence, "aux": with_events, "in_transaction": index_statements,
-                   "expected_last": head.last_line}
-        # the events are durable, a record after them is not (files): acknowledged, with a warning, as after a crash
-        # between the two; raising would say "nothing written", and the caller would write its event again
-        not_written: AuxNotWrittenError | None = None
-        entry_writes = None if audit is None else audit_log.entry_writes(
-            self, job_id=job_id, run_id=run_id, action=audit[0], note=audit[1], actor=actor,
-            event_line=lines[-1], now=now)
-        try:
-            if entry_writes is None:
-                self.store.append(job_id, build, **written)
-            else:  # under the job's pending lock from before the event until after its entry: no heal writes it too
-                entry, with_entry = entry_writes
-                self.store.append_audited(job_id, build, entry, lock=audit_log.pending_lock(job_id),
-                                          entry_aux=with_entry, between=after_event, **written)
-        except AuxNotWrittenError as exc:  # the event (and its entry) are durable (``EventStore.append_audited``)
-            not_written = exc
-        except AuditEntryNotWrittenError as exc:  # of its kind: one that may pass is waited out by a worker
-            # `audit heal` writes it: true of every audited append's event (``audit.audited`` names it; a stop
-            # counted as a failed attempt only since 2026-12-07, twenty-seventh session)
-            raise type(exc)(
-                f"event {head.seq + len(lines)} ({new[-1][0]}) of job {job_id} is durable: what it records stands "
-                f"(do not do it again), but its audit entry could not be written "
-                f"({without_nothing_written(exc.message)}); `orchestrator audit heal` writes it once "
-                "that is fixed (until then `verify` warns AUDIT_ENTRY_MISSING)", **exc.details) from None
-        except OrchestratorError:  # refused (a writer came first): the entry it was to have is not left behind
-            self.queue.drop_refused(job_id, old, state, self)  # (it keeps the entry of an event that stands)
-            raise
-        if entry_writes is None:
-            after_event()  # an audited append ran it between its event and its entry
-        else:
-            faults.point("append.after_audit_entry")
-        seq = head.seq + len(lines)
-        warnings = (*(() if not_written is None else (
-            not_written.warning(job_id, seq, new[-1][0], audited=audit is not None),)),
-            *(self._index_warning(exc, job_id, seq, new[-1][0]) for exc in index_missed))
-        for warning in warnings:
-            log_warning(log, warning, job_id=job_id)
-        return lines, state, warnings
-
-    @staticmethod
-    def _index_warning(exc: OrchestratorError, job_id: str, seq: int, event_type: str) -> dict[str, str]:
-        from orchestrator.queue import index_warning  # only when an index step failed: queue is imported lazily
-
-        return index_warning(exc, job_id, seq, event_type)
 
     def submit_job(self, kind: str, input: Any = None, *, audit: bool = False, key: str | None = None,
                    max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout: float | None = None, priority: int = DEFAULT_PRIORITY,
                    actor: str | None = None) -> Submission:
-        """Submit a job; with an idempotency ``key``, the same key returns the same job.
+        """Submit a job; with an idempotency ``key``, the same key returns the same job (``submitting``)."""
+        from orchestrator.submitting import submit_job
 
-        The key is checked here, not in ``JobOptions``, which also describes older histories (free-text keys)."""
-        from orchestrator.event_models import encoded_value, job_options, refuse_too_deep
-
-        if not is_kind(kind):  # named here, not as a model's error
-            raise InvalidInputError(f"the kind must be a handler name of {KIND_RULE}, not {shown(kind)}")
-        if key is not None:  # it is stored in the job's first event and printed: an id, never free text
-            validate_id(key, "idempotency key")
-        if actor is not None:  # stored in the first event as given to Orchestrator(actor=...) is: checked, sanitized
-            actor = an_actor(actor)
-        options = job_options(audit=audit, max_attempts=max_attempts, timeout=timeout, priority=priority, key=key)
-        encoded_input = encoded_value(input, "the job input")
-        size = len(encoded_input)
-        if size > MAX_INPUT_BYTES:
-            raise InvalidInputError(f"the job input is {size} bytes as JSON (at most {MAX_INPUT_BYTES}); "
-                                    "pass large data as a file path or an artifact")
-        refuse_too_deep(encoded_input, "the job input")  # after the size: a large input is refused unwalked
-        # a long input's line holds the bytes measured and hashed here, not the input encoded again (~17 ms a MB); a
-        # short one is encoded again, which costs less than the splice (``Encoded``)
-        sealed = Encoded(input, encoded_input) if size >= SUBMITTED_CONTEXT_MIN_BYTES else input
-        data = {"kind": kind, "input": sealed, "options": options,
-                "context_digest": context_digest(kind, input, options, encoded_input)}
-        job_id = key_job_id(self.project_id, key) if key else new_job_id(self.clock())
-        # a key names the same job every time: one whose events were all removed still has its head
-        # record, and a submit must not write a new first event over that evidence
-        if key and self.store.get_aux(HEADS_AREA, job_id) is not None:
-            return self._submitted_before(job_id, key, (kind, encoded_input, options))
-        if kind == COMMAND_KIND:  # after the key's job: one submitted before this check is still the same job
-            parse_command_input(input)  # a few microseconds; llm takes any input, a Python handler's is its own
-        try:
-            _, _, warnings = self._append_lines(None, job_id, [("job_submitted", data)], actor=actor)  # no view
-        except ConcurrencyError:
-            if not key:
-                raise
-            return self._submitted_before(job_id, key, (kind, encoded_input, options))
-        return Submission(job_id, created=True, warnings=warnings)
-
-    def _submitted_before(self, job_id: str, key: str, request: tuple[str, bytes, dict[str, Any]]) -> Submission:
-        """A submit whose idempotency ``key`` names an existing job: that job, if it was the same
-        ``(kind, input, options)``, the input given as the submit encoded it (not encoded again); refused if its
-        history does not verify (or was removed)."""
-        existing = self.load(job_id)
-        if not existing.ok:
-            err = existing.integrity_error() or {}
-            raise ContextSignatureInvalid(f"idempotency key {key!r} names job {job_id}, whose {err.get('message', '')}; "
-                                          "nothing was written", job_id=job_id, problems=err.get("problems", []))
-        first = existing.stream.records[0]["data"]
-        kind, encoded, options = request  # the input as its JSON form: a tuple given is the list stored
-        if (first.get("kind"), canonical(first.get("input")), first.get("options")) != (kind, encoded, options):
-            raise InvalidInputError(f"idempotency key {key!r} already names job {job_id} with a different "
-                                    "kind, input or options", job_id=job_id) from None
-        return Submission(job_id, created=False)
+        return submit_job(self, kind, input, audit=audit, key=key, max_attempts=max_attempts, timeout=timeout,
+                          priority=priority, actor=actor)
 
     def submit(self, kind: str, input: Any = None, **options: Any) -> str:
         """Submit a job and return its id (see ``submit_job`` for the options)."""

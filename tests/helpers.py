@@ -221,7 +221,7 @@ def submitted_as_before(orch: Any, kinds: list[str]) -> list[str]:
     """Jobs of ``kinds`` (inputs ``{"i": n}``) submitted as the code before 2026-12-07 took them: a kind with a control
     character, which ``limits.is_kind`` refuses now (the file store took "nul\\x00kind"), goes in as given."""
     with pytest.MonkeyPatch.context() as patched:
-        for checked_at in ("orchestrator.api.is_kind", "orchestrator.event_models.is_kind"):  # submit, its event
+        for checked_at in ("orchestrator.submitting.is_kind", "orchestrator.event_models.is_kind"):  # submit, its event
             patched.setattr(checked_at, lambda kind: True)
         return [orch.submit(kind, {"i": i}) for i, kind in enumerate(kinds)]
 

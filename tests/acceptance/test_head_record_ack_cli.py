@@ -105,7 +105,7 @@ def test_worker_once_json_runs_the_job_and_exits_0_with_the_claims_and_outcomes_
 
 
 def test_submit_json_exits_0_with_the_warning_and_the_same_key_names_the_same_job(env, orch) -> None:
-    from orchestrator.api import key_job_id
+    from orchestrator.submitted import key_job_id
 
     job = key_job_id(orch.project_id, "k1")
     block_head_record(orch, job)

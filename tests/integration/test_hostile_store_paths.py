@@ -349,7 +349,7 @@ def _outside(tmp_path: Path, exists: bool) -> Path:
 @pytest.mark.parametrize("exists", [True, False], ids=["to_a_file_outside", "dangling"])
 def test_a_symlink_planted_as_a_jobs_events_file_is_never_written_through_and_is_reported(
         orch: Orchestrator, tmp_path: Path, exists: bool) -> None:
-    from orchestrator.api import key_job_id
+    from orchestrator.submitted import key_job_id
     from orchestrator.integrity import verify_project
 
     other = orch.submit("rel.echo", {"x": 0})
@@ -475,7 +475,7 @@ def test_a_symlink_planted_as_a_lease_record_reads_as_no_record(orch: Orchestrat
 @holding
 def test_a_directory_planted_as_a_jobs_events_file_is_taken_when_empty_else_a_storage_error(
         orch: Orchestrator, holding_files: bool) -> None:
-    from orchestrator.api import key_job_id
+    from orchestrator.submitted import key_job_id
 
     orch.submit("rel.echo", {"x": 0})
     job = key_job_id(orch.project_id, "k1")

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator import Orchestrator
-from orchestrator.api import HEADS_AREA, key_job_id
+from orchestrator.api import HEADS_AREA
+from orchestrator.submitted import key_job_id
 from orchestrator.integrity import verify_project
 from orchestrator.signing import new_seed
 from orchestrator.store.base import AUDIT_STREAM
@@ -31,7 +32,8 @@ JOBS = 20
 RACER = r"""
 import json, sys
 from orchestrator import Orchestrator
-from orchestrator.api import HEADS_AREA, key_job_id
+from orchestrator.api import HEADS_AREA
+from orchestrator.submitted import key_job_id
 from orchestrator.errors import ConcurrencyError
 from orchestrator.store.postgres import PostgresStore
 

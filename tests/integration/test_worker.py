@@ -2136,7 +2136,7 @@ def test_submit_refuses_a_command_input_that_can_never_start_and_writes_nothing(
 
 @pytest.mark.parametrize("value", [{"args": "echo"}, {"argv": ["ec\0ho"]}, {"argv": ["echo"], "env": {"A": "\0"}}])
 def test_a_command_job_stored_before_submit_checked_its_input_fails_with_invalid_input(orch, value: object) -> None:
-    from orchestrator.api import context_digest, new_job_id
+    from orchestrator.submitted import context_digest, new_job_id
 
     options = {"audit": False, "max_attempts": 3, "priority": 0}
     job = new_job_id()

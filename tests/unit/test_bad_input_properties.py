@@ -131,7 +131,7 @@ def test_an_idempotency_key_that_is_not_an_id_is_invalid_id_and_writes_nothing(o
 
 
 def test_a_history_submitted_with_a_free_text_key_before_keys_were_checked_still_replays(orch: Orchestrator) -> None:
-    from orchestrator.api import context_digest
+    from orchestrator.submitted import context_digest
     from orchestrator.integrity import verify_project
 
     options = {"audit": False, "max_attempts": 3, "priority": 0, "key": "deploy to prod"}

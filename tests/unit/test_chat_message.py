@@ -104,7 +104,7 @@ def test_a_message_without_id_or_answer_is_refused(message: str) -> None:
 
 
 def test_the_ids_the_orchestrator_assigns_are_the_ones_a_message_cannot_name_later() -> None:
-    from orchestrator.api import key_job_id, new_job_id
+    from orchestrator.submitted import key_job_id, new_job_id
     from orchestrator.security import is_assigned_job_id
 
     assigned = [new_job_id(), new_job_id(0), key_job_id("p", "k")]
