@@ -29,7 +29,8 @@ from orchestrator.signing import Keyring
 from orchestrator.leases import lease_expiry
 from orchestrator.state import RUNNING, Event, JobState, apply
 from orchestrator.store.base import HEADS_AREA, EventStore, StoredLine
-from orchestrator.submitted import context_matches
+# ``key_job_id``, ``new_job_id`` and ``context_digest`` are ``submitted``'s; imported here too, as before api.py's split
+from orchestrator.submitted import context_digest, context_matches, key_job_id, new_job_id
 from orchestrator.views import JobStatus, JobView, Submission
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from orchestrator.metrics import Metrics, Thresholds
     from orchestrator.queue import QueueIndex
     from orchestrator.worker import Worker
+
+__all__ = ["Orchestrator", "context_digest", "key_job_id", "new_job_id"]
 
 
 class Orchestrator:
