@@ -39,11 +39,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from orchestrator import faults
 from orchestrator.artifacts_source import (TARGET_FOLDER, Ancestors, Need, Reached, entered, leads_nowhere, measure,
                                           not_regular, refusal)
-from orchestrator.errors import InvalidIdError, InvalidInputError
+from orchestrator.errors import InvalidIdError, InvalidInputError, StorageError
 from orchestrator.run_folder import DISK_REFUSALS, make_private_folder
 from orchestrator.security import validate_id
-from orchestrator.store.files import NotRegularFileError, linked_folder_error, open_regular
-from orchestrator.worker_folders import WorkerFolders
+from orchestrator.store.files import NotRegularFileError, linked_folder_error, open_regular, path_error
+from orchestrator.worker_folders import WorkerFolders, trusted_source
 
 if TYPE_CHECKING:
     from orchestrator.heartbeat import Heartbeat
@@ -75,6 +75,19 @@ class CopyFailed(Exception):
         super().__init__(str(error))
         self.error = error
         self.store = store
+        self.refused: StorageError | None = None  # ``untrusted_source``'s: said as it is, not as the ``OSError``
+
+    def store_error(self) -> StorageError:
+        """The ``StorageError`` a copy failed for the store's fault is handed back with (``Worker._copy_failed``)."""
+        return self.refused or path_error(self.error)
+
+
+def untrusted_source(refused: StorageError) -> CopyFailed:
+    """The store's failure of a source folder another user could change (``worker_folders.trusted_source``): the
+    job is handed back and the worker stops, as for its own folder; nothing is copied."""
+    failed = CopyFailed(PermissionError(errno.EPERM, refused.message, refused.details.get("path")), store=True)
+    failed.refused = refused
+    return failed
 
 
 def _failed(error: OSError, *, writing: bool) -> CopyFailed:
@@ -142,6 +155,11 @@ def import_artifacts(job_id: str, names: list[str], folders: WorkerFolders, targ
     ends the copy. A copy that fails raises ``CopyFailed`` at once. The path of each symbolic link removed on the target side is appended to
     ``removed`` as it goes (the caller's list: it holds them however the copy ends)."""
     sources = [(other, folders.artifacts_dir(other)) for other in dict.fromkeys(names) if other != job_id]
+    try:  # its links are followed: none another user could have put there
+        for _, src in sources:
+            trusted_source(str(src))
+    except StorageError as exc:
+        raise untrusted_source(exc) from None
     found = {other: src.is_dir() for other, src in sources}
     if missing is not None:
         missing.extend(other for other, is_dir in found.items() if not is_dir)

@@ -24,7 +24,7 @@ from orchestrator.artifacts import recorded_names
 from orchestrator.artifacts_import import imported_folders
 from orchestrator.config import MIN_LEASE_SECONDS
 from orchestrator.errors import (ConcurrencyError, InvalidIdError, JobNotFoundError, LockHeldError, PathEscapeError,
-                                 SigningKeyError)
+                                 SigningKeyError, StorageError)
 from orchestrator.handler_host import sweep_dead_host_folders
 from orchestrator.leases import LEASES_AREA, drop_lease_aux, lease_expiry
 from orchestrator.leftovers import Killed, kill_run_processes, killed_warning
@@ -240,13 +240,14 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
     audit.require_writable(orch, f"cannot recover stale job {s.job_id}: its audit entry could not be written, so "
                                  "nothing was written and this worker stops")
     notes: list[dict[str, str]] = []  # what the recovery met besides its append, reported with it (``warnings``)
-    try:
-        artifacts = run_artifacts(s, folders.artifacts_dir(s.job_id), local_ahead(orch))
-    except PathEscapeError as exc:
+    try:  # checked as before a run: what another user could put there is no dead run's, nor renamed here
+        artifacts = run_artifacts(s, folders.artifacts_dir(s.job_id, trusted=True), local_ahead(orch))
+    except (PathEscapeError, StorageError) as exc:
         if folders.linked():  # ``artifacts/`` itself: the store's fault, and the worker stops (as ``Worker.execute``)
             raise
-        # the job's own folder leads out of the store: never walked (nor its files moved); the job's next run
-        # fails on it (PATH_ESCAPE, not retried), as a run claimed with that folder does
+        # the job's own folder leads out of the store, or another user could change it: never walked (nor its files
+        # moved); the job's next run fails on it (PATH_ESCAPE, not retried) or is handed back, its worker stopped
+        # (STORAGE_ERROR), as a run claimed with that folder is
         notes.append({"code": exc.code, "message": f"job {s.job_id}: its artifact folder is not looked at "
                                                    f"(none listed for a human to check): {exc.message}"})
         log_warning(log, notes[-1], job_id=s.job_id)

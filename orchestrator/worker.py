@@ -254,7 +254,7 @@ class Worker:
         record = self._recorder()
         try:
             paths = RunPaths.create(self.folders.run_dir(claim.run_id),
-                                    self.folders.artifacts_dir(s.job_id, to_run=True))  # its own folder checked too
+                                    self.folders.artifacts_dir(s.job_id, trusted=True))  # its own folder checked too
         except PathEscapeError as exc:
             if self.folders.linked():  # the store's fault, not the job's: hand it back, and stop
                 record.hand_back_and_raise(claim, exc)
@@ -323,11 +323,11 @@ class Worker:
 
     def _copy_failed(self, claim: Claim, record: OutcomeRecorder, paths: RunPaths, failed: CopyFailed) -> RunResult:
         """A copy of ``artifacts_from`` that failed: the store's fault (a full disk, the job's own folder that cannot
-        be made) hands the job back and stops the worker, as ``runs/`` that cannot be written does; the job's (a
+        be made, a source folder another user could change) hands the job back and stops the worker, as ``runs/`` that cannot be written does; the job's (a
         source it cannot read, a file in its folder it cannot replace) is a failed attempt, retried, as before."""
         paths.remove()
         if failed.store:
-            record.hand_back_and_raise(claim, path_error(failed.error))
+            record.hand_back_and_raise(claim, failed.store_error())
         exc = failed.error
         where = "" if exc.filename is None else f": {os.path.relpath(exc.filename, self.folders.state_dir)}"
         return record.fail(claim, HANDLER_START_FAILED, f"cannot copy input artifacts_from{where}: "

@@ -1,8 +1,9 @@
 """Where a worker's runs and artifacts live: ``runs/`` and ``artifacts/<job_id>`` under the state folder,
 never outside the store. A worker checks them when it starts (``WORKER_FOLDERS``, ``check_folders``; and that it
 can write in them, ``WorkerFolders.probe``; the folders above the project folder, ``_trust_folders_above``), and
-again whenever something is not as last checked (``WorkerFolders.artifacts_dir``); a job's own folder before each
-run (``WorkerFolders.artifacts_dir(to_run=True)``); the room left on their disk before each claim
+again whenever something is not as last checked (``WorkerFolders.artifacts_dir``); a job's folder before it is used
+(``WorkerFolders.artifacts_dir(trusted=True)``: a run in it, stale recovery's walk of what a dead run left in it;
+``trusted_source``: a copy of ``artifacts_from`` from it); the room left on their disk before each claim
 (``WorkerFolders.check_room``); the probes a killed worker left (``WorkerFolders.sweep_probes``)."""
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ WORKER_FOLDERS = ("", RUNS_DIR, ARTIFACTS_DIR)  # under the state dir, on any st
 STORE_WRITE_FOR_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 TAKES_RUNS = "rename a run's folder, or a job's, or .orchestrator away and put their own in its place"
 TAKES_ARTIFACTS = "put files of their own among the job's artifacts, or links its run would write through"
+TAKES_SOURCE = "put links there that a copy of artifacts_from follows, to this user's own files"
+NOT_COPIED = "nothing of it is copied"
 # ``O_TMPFILE`` refused by a file system without it (an old kernel, which reads it as ``O_DIRECTORY``: ``EISDIR``)
 TMPFILE_UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.EISDIR})
 PROBE_PREFIX = ".probe-"  # artifacts/.probe-<pid>-<8 hex>: a worker's probe (``WorkerFolders.probe``), never a job's
@@ -202,14 +205,14 @@ class WorkerFolders:
                                f"{shown_bytes(SPARE_BYTES)} the store keeps for its own writes): no job is claimed "
                                "until space is freed", path=runs)
 
-    def artifacts_dir(self, job_id: str, *, to_run: bool = False) -> Path:
+    def artifacts_dir(self, job_id: str, *, trusted: bool = False) -> Path:
         """``artifacts/<job_id>``, never outside the store. Resolving it (``safe_join``: two ``realpath``
         walks) cost ~0.2 ms per run, so it is resolved in full only when something is not as last
         checked: the ``artifacts`` folder must be the very folder (device, inode) that passed the full
         check; the job's folder must not be a symlink (or not exist yet). ``artifacts`` itself is never
         a symlink (``PathEscapeError``), wherever it leads: one planted while the worker runs is met here.
-        ``to_run``: the folder of a job this worker is about to run, also refused when another user could change it
-        (``_own_job_folder``), from the ``lstat`` read here."""
+        ``trusted``: a folder this worker is about to use (run the job in it, walk what a dead run left in it), also
+        refused when another user could change it (``_own_job_folder``), from the ``lstat`` read here."""
         if self._artifacts_root is None:  # the path only: what it leads to is checked below, every time
             self._artifacts_root = os.path.join(self.state_dir, ARTIFACTS_DIR)
         root = self._artifacts_root
@@ -231,13 +234,13 @@ class WorkerFolders:
             except OSError:
                 job_st = None
             if job_st is not None and not stat.S_ISLNK(job_st.st_mode):
-                if to_run:
+                if trusted:
                     _own_job_folder(path, job_st)
                 return Path(path)
         checked = safe_join(self.state_dir, ARTIFACTS_DIR, job_id)  # PathEscapeError if out
         if real_dir:
             self._artifacts_root_id = (st.st_dev, st.st_ino)  # type: ignore[union-attr]
-        if to_run:
+        if trusted:
             _own_job_folder(str(checked))
         return checked
 
@@ -316,15 +319,16 @@ def _nameless_file(folder: str) -> int:
 
 
 def _own_job_folder(folder: str, st: os.stat_result | None = None) -> None:
-    """Refuse to run a job in its own folder (``artifacts/<job_id>``, there already) when another user owns it,
-    who may ``chmod`` it back whatever its mode and put files among the job's artifacts, or links its run would
-    write through (made by another user's worker, or in an ``artifacts/`` others could write before 2026-12-07),
-    or when others may use it and this user cannot make it owner-only (root's, under a worker that is not root):
+    """Refuse to use a job's folder (``artifacts/<job_id>``, there already) when another user owns it, who may
+    ``chmod`` it back whatever its mode and put files among the job's artifacts, or links its run would write
+    through (made by another user's worker, or in an ``artifacts/`` others could write before 2026-12-07), or when
+    others may use it and this user cannot make it owner-only (root's, under a worker that is not root):
     ``restrict`` leaves such a folder as it is, and until 2026-12-07 the job ran in it. Checked before each run
-    (``WorkerFolders.artifacts_dir(to_run=True)``), whatever the handler (a Python handler makes its folder in its own
-    process); a folder this user may change loses all but its owner's bits here. ``StorageError`` (exit 10): the
-    store's fault, fixed by its owner, as ``runs/``: the caller hands the job back. ``st``: the folder's ``lstat``,
-    read already (else read here); a folder not there yet is the run's to make."""
+    (``WorkerFolders.artifacts_dir(trusted=True)``), whatever the handler (a Python handler makes its folder in its
+    own process); before stale recovery walks it (its owner would choose what the dead run "left", and recovery
+    renames files there; a copy of ``artifacts_from`` checks its sources by ``trusted_source``). A folder this user may change loses all but its owner's bits
+    here. ``StorageError`` (exit 10): the store's fault, fixed by its owner, as ``runs/``. ``st``: the folder's
+    ``lstat``, read already (else read here); a folder not there yet is the run's to make."""
     try:
         st = st if st is not None else folder_status(folder)
     except OSError:  # met where the run makes it
@@ -340,6 +344,35 @@ def _own_job_folder(folder: str, st: os.stat_result | None = None) -> None:
         raise _mode_kept(folder, now, "used", TAKES_ARTIFACTS, "chmod 700")
 
 
+def trusted_source(folder: str) -> None:
+    """Refuse to copy another job's folder (``artifacts/<job_id>``) for ``artifacts_from`` when another user could
+    change it: the copy follows its links, so whoever may write it could have this user's own files (a key, a
+    token) copied into the job's ``inputs/``, where its handler reads them and may publish them. Another user's:
+    refused, whatever its mode; one others may write: their write bits taken off (said once), refused when this
+    user cannot. ``StorageError`` (exit 10), the store's fault as the job's own folder is: the job is handed back.
+    Only who may write matters here (a folder others may only read is copied as it is), and a folder its owner
+    cannot even open (a run's ``chmod``) is the copy's to fail on, the job's failure, as before."""
+    try:
+        st = folder_status(folder)
+    except OSError:  # met by the copy, which says whose it is
+        return
+    if st is None:
+        return  # missing (``ARTIFACTS_FROM_MISSING``), a file, or a link ``safe_join`` found inside the store
+    _refuse_another_owner(folder, st, TAKES_SOURCE, f"check what it holds, then, as root: chown -R {os.geteuid()} "
+                                                    f"{folder}", refused=NOT_COPIED)
+    if not others_may_write(st):
+        return
+    try:
+        restrict(folder, ~STORE_WRITE_FOR_OTHERS & 0o7777)
+        now = os.lstat(folder)
+    except OSError:
+        return
+    if others_may_write(now):
+        raise _mode_kept(folder, now, "written", TAKES_SOURCE, "chmod go-w", refused=NOT_COPIED)
+    log.warning("%s was writable by other users (mode %o): made writable by its owner alone before it was copied",
+                folder, stat.S_IMODE(st.st_mode), extra={"path": folder})
+
+
 def _trust_folders_above(project: str) -> None:
     """Refuse a project folder below a folder another user owns or others may write, but for a sticky one owned by
     this user or root (``/tmp``), up to the home folder when it lies inside it: whoever may write one may rename the
@@ -352,11 +385,12 @@ def _trust_folders_above(project: str) -> None:
         raise StorageError(exc.message, path=project) from None
 
 
-def _refuse_another_owner(folder: str, st: os.stat_result, harm: str, fix: str) -> None:
+def _refuse_another_owner(folder: str, st: os.stat_result, harm: str, fix: str,
+                          refused: str = "no job is run in it") -> None:
     """``StorageError`` for a folder of the worker's owned by neither this user nor root: its owner may change it
-    whatever its mode, and ``harm``; ``fix`` says what to run."""
+    whatever its mode, and ``harm``; ``refused`` says what is not done, ``fix`` what to run."""
     if not user_or_root(st):
-        raise StorageError(f"{owned_by_another(folder, st, harm)}: no job is run in it; {fix}", path=folder)
+        raise StorageError(f"{owned_by_another(folder, st, harm)}: {refused}; {fix}", path=folder)
 
 
 def owned_by_another(folder: str, st: os.stat_result, harm: str) -> str:
@@ -375,11 +409,12 @@ def _restricted(folder: str, allowed: int, follow: bool = False) -> os.stat_resu
         raise path_error(exc) from None
 
 
-def _mode_kept(folder: str, now: os.stat_result, how: str, harm: str, chmod: str) -> StorageError:
+def _mode_kept(folder: str, now: os.stat_result, how: str, harm: str, chmod: str,
+               refused: str = "no job is run in it") -> StorageError:
     """The error for a folder of the worker's that others may still use (``how``: "written", "used") because this
-    user could not change its mode: its owner must (``chmod``)."""
-    return StorageError(f"{written_by_others(folder, now, how, harm)}, and this user cannot change it: no job is run "
-                        f"in it; as its owner (uid {now.st_uid}) run: {chmod} {folder}", path=folder)
+    user could not change its mode: its owner must (``chmod``); ``refused`` says what is not done."""
+    return StorageError(f"{written_by_others(folder, now, how, harm)}, and this user cannot change it: {refused}; as "
+                        f"its owner (uid {now.st_uid}) run: {chmod} {folder}", path=folder)
 
 
 def written_by_others(folder: str, st: os.stat_result, how: str, harm: str) -> str:

@@ -247,6 +247,92 @@ def test_a_job_folder_others_may_use_whose_mode_this_user_cannot_change_is_refus
     assert orch.status(job).state == "queued" and os.listdir(folder) == []
 
 
+def folder_of_a_finished_job(orch: Orchestrator, mode: int, owner: int | None = None) -> tuple[str, Path]:
+    """A finished job's folder (``artifacts/<job_id>``, ``mode``, ``owner``) as an older release or another user's
+    worker left it, holding a symbolic link ``key`` to a file only this user may read (``private``, beside the
+    store). The job itself is not in the store: it ran elsewhere, its folder copied here (the README's way)."""
+    job = "earlier-job"
+    folder = orch.store.root / "artifacts" / job
+    folder.mkdir(parents=True)
+    private = orch.store.root.parent / "private"
+    private.write_text("this user's own")
+    private.chmod(0o600)
+    (folder / "key").symlink_to(private)
+    os.chmod(folder, mode)
+    if owner is not None:
+        os.lchown(folder / "key", owner, owner)
+        os.chown(folder, owner, owner)
+    return job, folder
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="another user's folder: only root can make one here")
+def test_a_copy_of_artifacts_from_never_reads_a_folder_another_user_owns_and_hands_the_job_back(
+        orch: Orchestrator) -> None:
+    """The copy follows a source's links: until the fix, a link another user put in a job folder of theirs had this
+    user's own file copied into the job's ``inputs/``, where its handler reads it (and may publish it)."""
+    source, folder = folder_of_a_finished_job(orch, 0o755, owner=OTHER_UID)
+    job = orch.submit("command", {"argv": ["sh", "-c", DONE], "artifacts_from": [source]})
+    worker = make_worker(orch, artifacts_import=True)
+    with pytest.raises(StorageError, match=f"{folder} is owned by uid {OTHER_UID}, neither this user .*, who may "
+                                           f"change it whatever its mode and put links there that a copy of "
+                                           f"artifacts_from follows, to this user's own files: nothing of it is "
+                                           f"copied; .*as root: chown -R {os.geteuid()} {folder}$") as refused:
+        worker.run_once()
+    assert refused.value.exit_code == 10
+    assert [e["type"] for e in events(orch, job)][-1] == "job_released" and orch.status(job).state == "queued"
+    assert not (orch.store.root / "artifacts" / job / "inputs").exists()  # before the fix: inputs/<source>/key copied
+
+
+def test_a_copy_of_artifacts_from_takes_the_write_bits_of_others_off_a_source_before_it_reads_it(
+        orch: Orchestrator, caplog: pytest.LogCaptureFixture) -> None:
+    """A source folder of this user's that others may write (0777, an older release under umask 000) is made
+    writable by its owner alone before it is read, said once; until the fix it stayed 0777 and was copied."""
+    source, folder = folder_of_a_finished_job(orch, 0o777)
+    job = orch.submit("command", {"argv": ["sh", "-c", DONE], "artifacts_from": [source]})
+    assert make_worker(orch, artifacts_import=True).run_once().job_id == job
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o755 and orch.status(job).state == "succeeded"
+    assert f"{folder} was writable by other users (mode 777)" in caplog.text
+
+
+def test_a_source_others_may_write_whose_mode_this_user_cannot_change_is_never_copied(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root's source folder, 0777, under a worker that is not root (``fchmod`` refused, as here, made so)."""
+    source, folder = folder_of_a_finished_job(orch, 0o777)
+    job = orch.submit("command", {"argv": ["sh", "-c", DONE], "artifacts_from": [source]})
+
+    def refused(fd: int, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchmod", refused)
+    with pytest.raises(StorageError, match=f"{folder} may be written by others than its owner \\(mode 777\\).*: "
+                                           f"nothing of it is copied; .* chmod go-w {folder}$"):
+        make_worker(orch, artifacts_import=True).run_once()
+    assert orch.status(job).state == "queued" and not (orch.store.root / "artifacts" / job / "inputs").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="another user's folder: only root can make one here")
+def test_stale_recovery_never_walks_a_jobs_folder_another_user_owns(orch: Orchestrator) -> None:
+    """Recovery lists what a dead run left as the artifacts a human is asked to check, and renames those whose names
+    hold a secret: until the fix it took the files another user put in a folder of theirs as the run's (the job sent
+    to ``waiting_human`` for them) and renamed there. Now the folder is not looked at, said in a warning; the job's
+    next run hands it back and stops the worker, naming the ``chown``, as for any run in such a folder."""
+    job = orch.submit("rel.echo", {"a": 1})
+    t = orch.clock()
+    assert make_worker(orch, worker_id="dead", lease_seconds=5).claim(now=t).job_id == job  # ... and its worker dies
+    folder = orch.store.root / "artifacts" / job
+    folder.mkdir(parents=True)
+    (folder / "token=planted.txt").write_text("another user's")
+    os.chown(folder / "token=planted.txt", OTHER_UID, OTHER_UID)
+    os.chown(folder, OTHER_UID, OTHER_UID)
+    assert make_worker(orch).recover_stale(now=t + 60) == [job]
+    last = events(orch, job)[-1]
+    assert last["type"] == "stale_recovered" and last["data"]["artifacts"] == [] and last["data"]["to"] == "queued"
+    assert os.listdir(folder) == ["token=planted.txt"]  # never renamed
+    with pytest.raises(StorageError, match=f"{folder} is owned by uid {OTHER_UID}"):
+        make_worker(orch).run_once(now=t + 120)
+    assert orch.status(job).state == "queued"
+
+
 def project_below(tmp_path: Path, keyring, mode: int) -> tuple[Orchestrator, Path]:
     """A project whose base path is a folder of ``mode`` (its own parent: ``tmp_path``)."""
     above = tmp_path / "above"
