@@ -240,8 +240,8 @@ class WorkerFolders:
         checked = safe_join(self.state_dir, ARTIFACTS_DIR, job_id)  # PathEscapeError if out
         if real_dir:
             self._artifacts_root_id = (st.st_dev, st.st_ino)  # type: ignore[union-attr]
-        if trusted:
-            _own_job_folder(str(checked))
+        if trusted:  # the folder a link inside the store leads to (a run may make one: ``$ORCH_ARTIFACTS_DIR/..``)
+            _own_job_folder(os.path.realpath(checked))
         return checked
 
     @property
@@ -348,29 +348,31 @@ def trusted_source(folder: str) -> None:
     """Refuse to copy another job's folder (``artifacts/<job_id>``) for ``artifacts_from`` when another user could
     change it: the copy follows its links, so whoever may write it could have this user's own files (a key, a
     token) copied into the job's ``inputs/``, where its handler reads them and may publish them. Another user's:
-    refused, whatever its mode; one others may write: their write bits taken off (said once), refused when this
-    user cannot. ``StorageError`` (exit 10), the store's fault as the job's own folder is: the job is handed back.
-    Only who may write matters here (a folder others may only read is copied as it is), and a folder its owner
-    cannot even open (a run's ``chmod``) is the copy's to fail on, the job's failure, as before."""
+    refused, whatever its mode. Else made owner-only (0700, as the worker makes a job's folder), so that no other
+    user reaches what is below it either (a folder 0777 a run made there); said when others could write it, refused
+    when they still may and this user cannot change it (one they may only read, root's under a worker that is not
+    root, is copied as it is). ``StorageError`` (exit 10), the store's fault as the job's own folder is: the job is
+    handed back. A folder its owner cannot even open (a run's ``chmod``) is the copy's to fail on, the job's."""
     try:
-        st = folder_status(folder)
+        st = folder_status(folder, follow=True)  # the folder the copy reads: a link there (inside the store) followed
     except OSError:  # met by the copy, which says whose it is
         return
     if st is None:
-        return  # missing (``ARTIFACTS_FROM_MISSING``), a file, or a link ``safe_join`` found inside the store
+        return  # missing (``ARTIFACTS_FROM_MISSING``) or a file: the copy's to say
     _refuse_another_owner(folder, st, TAKES_SOURCE, f"check what it holds, then, as root: chown -R {os.geteuid()} "
                                                     f"{folder}", refused=NOT_COPIED)
-    if not others_may_write(st):
+    if not stat.S_IMODE(st.st_mode) & ~PRIVATE_FOLDER:
         return
     try:
-        restrict(folder, ~STORE_WRITE_FOR_OTHERS & 0o7777)
-        now = os.lstat(folder)
+        restrict(folder, PRIVATE_FOLDER, follow=True)
+        now = os.stat(folder)
     except OSError:
         return
     if others_may_write(now):
         raise _mode_kept(folder, now, "written", TAKES_SOURCE, "chmod go-w", refused=NOT_COPIED)
-    log.warning("%s was writable by other users (mode %o): made writable by its owner alone before it was copied",
-                folder, stat.S_IMODE(st.st_mode), extra={"path": folder})
+    if others_may_write(st):
+        log.warning("%s was writable by other users (mode %o): made its owner's alone before it was copied", folder,
+                    stat.S_IMODE(st.st_mode), extra={"path": folder})
 
 
 def _trust_folders_above(project: str) -> None:

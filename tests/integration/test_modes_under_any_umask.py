@@ -227,6 +227,21 @@ def test_a_worker_refuses_to_run_a_job_whose_own_folder_another_user_owns_and_ha
     assert os.listdir(folder) == [] and stat.S_IMODE(os.stat(folder).st_mode) == 0o700
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="another user's folder: only root can make one here")
+def test_a_jobs_folder_that_is_a_link_inside_the_store_is_checked_where_it_leads(orch: Orchestrator) -> None:
+    """A run may make ``artifacts/<another job>`` (its ``$ORCH_ARTIFACTS_DIR/..``) a link to a folder inside the
+    store: until the fix the link was looked at, not the folder, and the job ran in a folder another user owns."""
+    job = orch.submit("command", RAN["command"])
+    worker = make_worker(orch)
+    folder = orch.store.root / "artifacts" / "theirs"
+    folder.mkdir(mode=0o700)
+    os.chown(folder, OTHER_UID, OTHER_UID)
+    (orch.store.root / "artifacts" / job).symlink_to(folder)
+    with pytest.raises(StorageError, match=f"{folder} is owned by uid {OTHER_UID}"):
+        worker.run_once()
+    assert orch.status(job).state == "queued" and os.listdir(folder) == []
+
+
 def test_a_job_folder_others_may_use_whose_mode_this_user_cannot_change_is_refused(
         orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
     """Root's job folder (0755, made by an older release) under a worker that is not root: ``fchmod`` is refused (as
@@ -283,14 +298,26 @@ def test_a_copy_of_artifacts_from_never_reads_a_folder_another_user_owns_and_han
     assert not (orch.store.root / "artifacts" / job / "inputs").exists()  # before the fix: inputs/<source>/key copied
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="another user's folder: only root can make one here")
+def test_a_copy_of_artifacts_from_checks_the_folder_a_link_in_artifacts_leads_to(orch: Orchestrator) -> None:
+    """A run may make ``artifacts/<name>`` (its ``$ORCH_ARTIFACTS_DIR/..``) a link to another job's folder: the copy
+    follows it inside the store, so the folder it leads to is the one checked, not the link."""
+    source, folder = folder_of_a_finished_job(orch, 0o755, owner=OTHER_UID)
+    (orch.store.root / "artifacts" / "by-link").symlink_to(folder)
+    job = orch.submit("command", {"argv": ["sh", "-c", DONE], "artifacts_from": ["by-link"]})
+    with pytest.raises(StorageError, match=f"by-link is owned by uid {OTHER_UID}"):
+        make_worker(orch, artifacts_import=True).run_once()
+    assert not (orch.store.root / "artifacts" / job / "inputs").exists()
+
+
 def test_a_copy_of_artifacts_from_takes_the_write_bits_of_others_off_a_source_before_it_reads_it(
         orch: Orchestrator, caplog: pytest.LogCaptureFixture) -> None:
-    """A source folder of this user's that others may write (0777, an older release under umask 000) is made
-    writable by its owner alone before it is read, said once; until the fix it stayed 0777 and was copied."""
+    """A source folder of this user's that others may write (0777, an older release under umask 000) is made its
+    owner's alone (0700, as the worker makes one) before it is read, said once; until the fix it stayed 0777."""
     source, folder = folder_of_a_finished_job(orch, 0o777)
     job = orch.submit("command", {"argv": ["sh", "-c", DONE], "artifacts_from": [source]})
     assert make_worker(orch, artifacts_import=True).run_once().job_id == job
-    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o755 and orch.status(job).state == "succeeded"
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700 and orch.status(job).state == "succeeded"
     assert f"{folder} was writable by other users (mode 777)" in caplog.text
 
 
