@@ -364,7 +364,9 @@ def run_artifacts(s: JobState, root: Path, ahead: float = 0.0) -> list[str]:
 def sweep_leftovers(orch: Orchestrator, queue: QueueIndex, folders: WorkerFolders) -> None:
     """The handler folders of workers killed before their ``close``, the probes of workers killed while they started
     (``WorkerFolders.sweep_probes``; one in ``runs/`` is swept as a run's folder), and the run folders and lease
-    records of runs that are over."""
+    records of runs that are over; first, who may change the store's folders and those above the project folder is
+    looked at again, as when the worker started (``WorkerFolders.trust_again``: ``StorageError``, the worker stops)."""
+    folders.trust_again()
     runs_root = folders.runs_root
     swept = sweep_dead_host_folders(runs_root)
     if swept:

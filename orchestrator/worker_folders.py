@@ -1,6 +1,7 @@
 """Where a worker's runs and artifacts live: ``runs/`` and ``artifacts/<job_id>`` under the state folder,
 never outside the store. A worker checks them when it starts (``WORKER_FOLDERS``, ``check_folders``; and that it
-can write in them, ``WorkerFolders.probe``; the folders above the project folder, ``_trust_folders_above``), and
+can write in them, ``WorkerFolders.probe``; the folders above the project folder, ``_trust_folders_above``), who may
+change them again each time it reads its keyring again (``WorkerFolders.trust_again``, once a minute), and
 again whenever something is not as last checked (``WorkerFolders.artifacts_dir``); a job's folder before it is used
 (``WorkerFolders.artifacts_dir(trusted=True)``: a run in it, stale recovery's walk of what a dead run left in it;
 ``trusted_source``: a copy of ``artifacts_from`` from it); the room left on their disk before each claim
@@ -110,10 +111,8 @@ class WorkerFolders:
         says. The names cannot be a run's or a job's; one a crash left in ``runs/`` is swept as a run's, one in
         ``artifacts/`` by ``sweep_probes``."""
         tag = f"{os.getpid()}-{os.urandom(4).hex()}"
-        project, state, runs, artifacts = trusted_folders(self.state_dir)
-        _trust_folders_above(project)
-        self._trust(project, follow=True)  # a link to one is allowed
-        self._trust(state)
+        _, _, runs, artifacts = trusted_folders(self.state_dir)
+        self._trust_project()
         for folder, entry in ((runs, f"{RUN_PREFIX}probe-{tag}"), (artifacts, f"{PROBE_PREFIX}{tag}")):
             make_folder(folder, self.state_dir)  # a link: PathEscapeError; anything else: StorageError
             self._trust(folder)
@@ -130,6 +129,28 @@ class WorkerFolders:
                 raise StorageError(f"{folder}: no room for the {shown_bytes(SPARE_BYTES)} the store keeps for its own "
                                    f"writes ({refused.strerror}): no job is claimed until space is freed", path=folder)
         self.check_room()
+
+    def trust_again(self) -> None:
+        """Look again at what ``probe`` looked at when the worker started: the folders above the project folder
+        (afresh: ``key_paths.forget_checked_folders``), the project folder, ``.orchestrator``, ``runs/`` and
+        ``artifacts/`` (``_trust``): one made loose since (a ``chmod 777`` of ``BASE_PATH``) is ``StorageError``,
+        and the worker stops (exit 10) before its next claim, as it would have refused to start. Called with each
+        reading of the keyring (``recovery.sweep_leftovers``, every ``SWEEP_EVERY``), whose folders are looked at
+        again then too: 0.1 to 0.2 ms a minute (measured), where before each claim it would add that to every job's
+        ~8 ms, and still not close the window between two checks (a folder loosened and used during a run)."""
+        forget_checked_folders()
+        self._trust_project()
+        _, _, runs, artifacts = trusted_folders(self.state_dir)
+        self._trust(runs)
+        self._trust(artifacts)
+
+    def _trust_project(self) -> None:
+        """The folders above the project folder, the project folder (a link to one is allowed) and ``.orchestrator``,
+        in that order (``_trust_folders_above``, ``_trust``)."""
+        project, state, _, _ = trusted_folders(self.state_dir)
+        _trust_folders_above(project)
+        self._trust(project, follow=True)
+        self._trust(state)
 
     @staticmethod
     def _trust(folder: str, follow: bool = False) -> None:

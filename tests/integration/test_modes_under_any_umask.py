@@ -391,6 +391,29 @@ def test_a_worker_refuses_a_project_folder_below_a_folder_another_user_owns(tmp_
         make_worker(orch)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="another user's folder: only root can make one here")
+@pytest.mark.parametrize("loosened", ["above", "project", "artifacts"])
+def test_a_worker_stops_at_its_next_sweep_once_a_folder_it_trusted_is_loosened(
+        tmp_path: Path, keyring, loosened: str) -> None:
+    """A folder above the project folder, or one of the store's, made writable by others (or another user's) while a
+    worker runs: until the fix it was looked at when the worker started only, and the worker ran jobs there until
+    it was restarted. Now it is looked at again with the keyring, at each sweep (``SWEEP_EVERY``), and the worker
+    stops (``StorageError``, exit 10) before its next claim."""
+    orch, above = project_below(tmp_path, keyring, 0o755)
+    worker = make_worker(orch)
+    first = orch.submit("command", RAN["command"])
+    assert worker.run_once().job_id == first
+    folder = {"above": above, "project": above / "base" / "proj",
+              "artifacts": orch.store.root / "artifacts"}[loosened]
+    os.chmod(folder, 0o777)
+    os.chown(folder, OTHER_UID, OTHER_UID)  # another user's, who may chmod it back whatever the worker does
+    job = orch.submit("command", RAN["command"])
+    worker._next_sweep = 0.0  # a minute later
+    with pytest.raises(StorageError, match=f"{folder}.* owned by uid {OTHER_UID}") as refused:
+        worker.run_once()
+    assert refused.value.exit_code == 10 and orch.status(job).state == "queued"
+
+
 def test_a_project_below_a_sticky_folder_like_tmp_or_inside_the_home_folder_is_run(
         tmp_path: Path, keyring, monkeypatch: pytest.MonkeyPatch) -> None:
     """/tmp: others may not rename what they do not own there. Folders above the home folder are the system's: the
