@@ -237,7 +237,9 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
     or emptied). Names the file and line of each problem; exits 7 on any integrity problem.
     Warns (exit 0), over the whole project, of a store folder a worker run by this user refuses
     or changes: the project folder, .orchestrator, runs/ or artifacts/ that another user owns or
-    others may write, or a folder above the project folder so (STORE_FOLDER_LOOSE).
+    others may write, or a folder above the project folder so, or a job's folder so
+    (STORE_FOLDER_LOOSE); run by a user who owns neither the project folder nor .orchestrator,
+    for the owner of .orchestrator.
     """
     from orchestrator.integrity import export_anchor, require_anchor_key
     from orchestrator.output_file import OutputFile

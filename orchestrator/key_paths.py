@@ -43,11 +43,28 @@ def owned_by_user(path: Path, what: str, st: os.stat_result, harm: str = CHANGES
                               f"who could {harm}; check what it holds, then run: chown {euid} {path}")
 
 
-def user_or_root(st: os.stat_result) -> bool:
-    """Whether a file or folder of this status is owned by this user (effective uid) or root: any other owner may
-    change it whatever its mode (``chmod`` it back), so no mode makes it safe (``owned_by_user``; the worker's store
-    folders, ``worker_folders.WorkerFolders._trust``)."""
-    return st.st_uid in (os.geteuid(), 0)
+def user_or_root(st: os.stat_result, uid: int | None = None) -> bool:
+    """Whether a file or folder of this status is owned by this user (effective uid; ``uid``: that user) or root: any
+    other owner may change it whatever its mode (``chmod`` it back), so no mode makes it safe (``owned_by_user``; the
+    worker's store folders, ``worker_folders.WorkerFolders._trust``)."""
+    return st.st_uid in (os.geteuid() if uid is None else uid, 0)
+
+
+def named_user(uid: int) -> str:
+    """``uid`` as messages name the user judged for: "this user (uid N)" when it is the effective uid."""
+    return f"this user (uid {uid})" if uid == os.geteuid() else f"uid {uid}"
+
+
+def _home_of(uid: int) -> str | None:
+    """The home folder of the user ``uid`` (the user database's), when it is not this user: its files' rule stops
+    there, as for this user's own ``home_folder``."""
+    import pwd
+
+    try:
+        home = pwd.getpwuid(uid).pw_dir
+    except KeyError:
+        return None
+    return home if os.path.isabs(home) else None
 
 
 MAKES_KEYS_TRUSTED = "make keys of their own trusted"
@@ -140,7 +157,7 @@ def forget_checked_folders() -> None:
     _SAFE_FOLDERS.clear()
 
 
-def check_folders_above(path: Path, what: str) -> None:
+def check_folders_above(path: Path, what: str, uid: int | None = None) -> None:
     """Refuse ``path`` (a keyring folder, trusted-keys folder or signing key file) when a folder above it, up to the
     user's home folder when it lies inside it, else up to ``/``, is owned by neither this user nor root, or may be
     written by others than its owner: whoever may write a folder may rename what it holds away and put a folder
@@ -150,29 +167,37 @@ def check_folders_above(path: Path, what: str) -> None:
     itself is not (``owner_writes``: others could add keys to it). A folder not there yet is passed (the first
     write creates it, owner-only). Symbolic links on the way, ``path`` itself included, are followed one at a time
     as the kernel follows them (``_folders_looked_in``), so the folder of each link is checked, and its owner. One
-    ``lstat`` of each, once a process (``_SAFE_PATHS``, ``_SAFE_FOLDERS``): every command's start runs this."""
+    ``lstat`` of each, once a process (``_SAFE_PATHS``, ``_SAFE_FOLDERS``): every command's start runs this. ``uid``:
+    judged for that user instead (``verify`` of a store another user runs), up to that user's home folder, nothing
+    remembered."""
+    judged = os.geteuid() if uid is None else uid
+    own = judged == os.geteuid()
+    safe = _SAFE_FOLDERS if own else set()
     text = os.fspath(path)
     try:
         where = text if os.path.isabs(text) else os.path.join(os.getcwd(), text)  # as the kernel: never normalized
     except OSError as exc:  # the current folder was removed
         raise SigningKeyError(f"cannot check the folders above the {what} {path}: {exc.strerror or exc}") from None
-    if where in _SAFE_PATHS:
+    if own and where in _SAFE_PATHS:
         return
-    home = home_folder()
+    home = home_folder() if own else _home_of(judged)
     home = os.path.realpath(home) if home else None  # compared with paths that hold no link
     seen: dict[str, os.stat_result] = {}
-    for folder in _folders_looked_in(where, path, what, seen):
-        _check_folder_and_above(folder, home, path, what, seen)
-    _SAFE_PATHS.add(where)
+    for folder in _folders_looked_in(where, path, what, seen, judged, safe):
+        _check_folder_and_above(folder, home, path, what, seen, judged, safe)
+    if own:
+        _SAFE_PATHS.add(where)
 
 
-def _folders_looked_in(where: str, path: Path, what: str, seen: dict[str, os.stat_result]) -> list[str]:
+def _folders_looked_in(where: str, path: Path, what: str, seen: dict[str, os.stat_result], uid: int,
+                       safe: set[str]) -> list[str]:
     """The folders in which resolving ``where`` (absolute) looks a name up, each as a path with no link in it: the
     folder of each symbolic link met, and the one the path ends in (the last one there, when the rest is not there
     yet). Links are followed one at a time, as the kernel does (``..`` after a link is the parent of where it leads):
     whoever may write the folder of any link on the way, not only of the first or the last, may point it elsewhere
     and pick the keys. Refuses a link owned by neither this user nor root, and a way through more than
-    ``MAX_LINKS`` links (a loop). ``seen`` gets the status of each folder looked at."""
+    ``MAX_LINKS`` links (a loop). ``seen`` gets the status of each folder looked at; ``uid``: the user judged for,
+    ``safe``: the folders found safe for that user before."""
     resolved, todo, links, looked_in = os.sep, where.split(os.sep)[::-1], 0, []
     while todo:
         name = todo.pop()
@@ -182,7 +207,7 @@ def _folders_looked_in(where: str, path: Path, what: str, seen: dict[str, os.sta
             resolved = os.path.dirname(resolved)  # ``resolved`` holds no link: its parent is the one the kernel takes
             continue
         entry = os.path.join(resolved, name)
-        if entry in _SAFE_FOLDERS:  # a folder, looked at before
+        if entry in safe:  # a folder, looked at before
             resolved = entry
             continue
         st = _lstat(entry, path, what)
@@ -193,7 +218,7 @@ def _folders_looked_in(where: str, path: Path, what: str, seen: dict[str, os.sta
             resolved = entry
             continue
         looked_in.append(resolved)
-        _link_owned_by_user(entry, st, path, what, is_path=not todo and not links)
+        _link_owned_by_user(entry, st, path, what, uid, is_path=not todo and not links)
         links += 1
         if links > MAX_LINKS:
             raise SigningKeyError(f"the {what} {path} leads through more than {MAX_LINKS} symbolic links (a loop?); "
@@ -219,41 +244,40 @@ def _lstat(entry: str, path: Path, what: str) -> os.stat_result | None:
         raise SigningKeyError(f"cannot check {entry} on the way to the {what} {path}: {exc.strerror or exc}") from None
 
 
-def _link_owned_by_user(link: str, st: os.stat_result, path: Path, what: str, *, is_path: bool) -> None:
-    """Refuse a symbolic link on the way to ``path`` (``is_path``: ``path`` itself) owned by neither this user nor
-    root: in a sticky folder (/tmp) its owner may replace it, pointing it elsewhere."""
-    if user_or_root(st):
+def _link_owned_by_user(link: str, st: os.stat_result, path: Path, what: str, uid: int, *, is_path: bool) -> None:
+    """Refuse a symbolic link on the way to ``path`` (``is_path``: ``path`` itself) owned by neither the user
+    ``uid`` nor root: in a sticky folder (/tmp) its owner may replace it, pointing it elsewhere."""
+    if user_or_root(st, uid):
         return
-    euid = os.geteuid()
     link_is = f"the {what} {path} is a symbolic link" if is_path else \
         f"the symbolic link {link} on the way to the {what} {path} is"
-    raise SigningKeyError(f"{link_is} owned by uid {st.st_uid}, neither this user (uid {euid}) nor root, who could "
-                          f"point it elsewhere; check where it leads, then run: chown -h {euid} {link}")
+    raise SigningKeyError(f"{link_is} owned by uid {st.st_uid}, neither {named_user(uid)} nor root, who could "
+                          f"point it elsewhere; check where it leads, then run: chown -h {uid} {link}")
 
 
 def _check_folder_and_above(folder: str, home: str | None, path: Path, what: str,
-                            seen: dict[str, os.stat_result]) -> None:
+                            seen: dict[str, os.stat_result], uid: int, safe: set[str]) -> None:
     """Check ``folder`` (a path with no link in it) and each folder above it, up to ``home`` when it lies inside it,
-    else up to ``/`` (``check_folders_above``), with the status in ``seen`` when there is one."""
+    else up to ``/`` (``check_folders_above``), with the status in ``seen`` when there is one, for the user
+    ``uid``; each found safe is added to ``safe``."""
     inside_home = home is not None and os.path.commonpath([folder, home]) == home
     while True:
-        if folder not in _SAFE_FOLDERS:
+        if folder not in safe:
             st = seen.get(folder) or _lstat(folder, path, what)
             if st is not None:
-                _check_folder_above(folder, st, path, what)
-                _SAFE_FOLDERS.add(folder)
+                _check_folder_above(folder, st, path, what, uid)
+                safe.add(folder)
         parent = os.path.dirname(folder)
         if parent == folder or (inside_home and folder == home):
             return
         folder = parent
 
 
-def _check_folder_above(folder: str, st: os.stat_result, path: Path, what: str) -> None:
-    euid = os.geteuid()
-    if not user_or_root(st):
-        raise SigningKeyError(f"the folder {folder} above the {what} {path} is owned by uid {st.st_uid}, neither this "
-                              f"user (uid {euid}) nor root, who could put a {what} of their own in its place; check "
-                              f"what it holds, then run: chown {euid} {folder} (or keep the {what} elsewhere)")
+def _check_folder_above(folder: str, st: os.stat_result, path: Path, what: str, uid: int) -> None:
+    if not user_or_root(st, uid):
+        raise SigningKeyError(f"the folder {folder} above the {what} {path} is owned by uid {st.st_uid}, neither "
+                              f"{named_user(uid)} nor root, who could put a {what} of their own in its place; check "
+                              f"what it holds, then run: chown {uid} {folder} (or keep the {what} elsewhere)")
     if stat.S_ISLNK(st.st_mode):  # it held none when its way was walked a moment ago
         raise SigningKeyError(f"the folder {folder} above the {what} {path} was replaced by a symbolic link while it "
                               "was checked; check what it leads to, then run the command again")

@@ -19,7 +19,8 @@ from pathlib import Path
 from orchestrator import faults
 from orchestrator.artifacts_source import SPARE_BYTES, free_bytes
 from orchestrator.errors import SigningKeyError, StorageError
-from orchestrator.key_paths import check_folders_above, forget_checked_folders, others_may_write, user_or_root
+from orchestrator.key_paths import (check_folders_above, forget_checked_folders, named_user, others_may_write,
+                                    user_or_root)
 from orchestrator.run_folder import DISK_REFUSALS, PRIVATE_FILE, PRIVATE_FOLDER, RUN_PREFIX, restrict
 from orchestrator.security import safe_join, shown_bytes, validate_id
 from orchestrator.store.files import (STRAY_AGE, linked_folder_error, make_folder, named_pid, path_error,
@@ -36,6 +37,7 @@ NOT_COPIED = "nothing of it is copied"
 # ``O_TMPFILE`` refused by a file system without it (an old kernel, which reads it as ``O_DIRECTORY``: ``EISDIR``)
 TMPFILE_UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.EISDIR})
 PROBE_PREFIX = ".probe-"  # artifacts/.probe-<pid>-<8 hex>: a worker's probe (``WorkerFolders.probe``), never a job's
+JOB_FOLDERS_NAMED = 10  # job folders ``verify`` names one by one (``loose_job_folders``); more are counted in one line
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +61,19 @@ def folder_status(folder: str, follow: bool = False) -> os.stat_result | None:
 
 
 def loose_folders(state_dir: Path) -> list[tuple[str, str]]:
-    """(folder, what is wrong and what to do) for each of the ``trusted_folders`` that a worker run by this user
-    would refuse, or change as it starts (``WorkerFolders._trust``), and for a project folder below a folder it
-    would refuse (``_trust_folders_above``): what ``verify`` warns of. Nothing is changed; a folder not there, or
+    """(folder, what is wrong and what to do) for each of the ``trusted_folders`` that a worker of the store's user
+    (``store_user``) would refuse, or change as it starts (``WorkerFolders._trust``), for a project folder below a
+    folder it would refuse (``_trust_folders_above``), and for the job folders it would refuse to run or copy, or
+    others may write (``loose_job_folders``): what ``verify`` warns of. Nothing is changed; a folder not there, or
     that cannot be looked at, is passed (the worker's own checks name it). The folders above are looked at afresh
     (``key_paths.forget_checked_folders``): a process remembers those it found safe, and a second ``verify`` in one
     process missed a folder made loose since the first."""
     found = []
     project, *_ = folders = trusted_folders(state_dir)
+    uid = store_user(folders)
     forget_checked_folders()
     try:
-        check_folders_above(Path(project), "project folder")
+        check_folders_above(Path(project), "project folder", uid)
     except SigningKeyError as exc:
         found.append((project, exc.message))
     for i, folder in enumerate(folders):
@@ -79,15 +83,78 @@ def loose_folders(state_dir: Path) -> list[tuple[str, str]]:
             continue
         if st is None:
             continue
-        if not user_or_root(st):
-            found.append((folder, f"{owned_by_another(folder, st, TAKES_RUNS)}: a worker run by this user refuses "
-                                  f"to run jobs (STORAGE_ERROR, exit 10); check what it holds, then, as root: chown "
-                                  f"{os.geteuid()} {folder}"))
+        if not user_or_root(st, uid):
+            found.append((folder, f"{owned_by_another(folder, st, TAKES_RUNS, uid)}: a worker run by "
+                                  f"{named_user(uid)} refuses to run jobs (STORAGE_ERROR, exit 10); check what it "
+                                  f"holds, then, as root: chown {uid} {folder}"))
         elif others_may_write(st):
             found.append((folder, f"{written_by_others(folder, st, 'written', TAKES_RUNS)}: a worker takes their "
                                   f"write bits off as it starts, or refuses to run jobs (STORAGE_ERROR, exit 10) when "
                                   f"it cannot; check what the store holds (verify --against an anchor), then, as its "
                                   f"owner (uid {st.st_uid}) run: chmod go-w {folder}"))
+    return found + loose_job_folders(folders[3], uid)
+
+
+def store_user(folders: tuple[str, str, str, str]) -> int:
+    """The user whose worker ``verify`` judges the store's ``trusted_folders`` for: this user when it owns the project
+    folder or ``.orchestrator`` (it runs the workers, or could), else the owner of ``.orchestrator`` (an auditor's
+    or root's ``verify``: judged for themselves, every folder was "another user's"). A store
+    whose ``.orchestrator`` another user put in place is still told: the project folder is then not its owner's."""
+    owners = []
+    for i, folder in enumerate(folders[:2]):
+        try:
+            st = folder_status(folder, follow=i == 0)
+        except OSError:
+            st = None
+        owners.append(None if st is None else st.st_uid)
+    if os.geteuid() in owners or owners[1] is None:
+        return os.geteuid()
+    return owners[1]
+
+
+def loose_job_folders(artifacts: str, uid: int | None = None) -> list[tuple[str, str]]:
+    """(folder, what is wrong and what to do) for each job's folder in ``artifacts`` (a link in it followed, as a run
+    follows it) that another user than ``uid`` (this one) or root owns, which a worker run by that user refuses to
+    run the job in, or to copy for ``artifacts_from`` (``_own_job_folder``, ``trusted_source``), or that others may write,
+    whose files (what a human checks, what later jobs copy) they could have changed: a worker makes it its owner's
+    alone only when the job next runs or is copied. The first ``JOB_FOLDERS_NAMED`` are named, the rest counted in
+    one line: a store made under a umask of 000 has thousands (runbook H). A folder others may only read is not
+    warned of (the umask's to decide, as for the store's files). One ``stat`` a folder."""
+    uid = os.geteuid() if uid is None else uid
+    found: list[tuple[str, str]] = []
+    more = 0
+    try:
+        entries = sorted(os.scandir(artifacts), key=lambda entry: entry.name)
+    except OSError:  # none yet, or the worker's own checks name it
+        return found
+    for entry in entries:
+        if entry.name.startswith(PROBE_PREFIX):
+            continue
+        try:
+            st = entry.stat()  # a link followed: the folder a run would use
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        if not user_or_root(st, uid):
+            why = (f"{owned_by_another(entry.path, st, TAKES_ARTIFACTS, uid)}: a worker run by {named_user(uid)} "
+                   f"refuses to run the job, or to copy its folder for artifacts_from (STORAGE_ERROR, exit 10, the "
+                   f"job handed back); check what it holds, then, as root: chown -R {uid} {entry.path}")
+        elif others_may_write(st):
+            why = (f"{written_by_others(entry.path, st, 'written', TAKES_ARTIFACTS)}: a worker makes it its owner's "
+                   f"alone only when the job next runs or is copied; check what it holds, then, as its owner (uid "
+                   f"{st.st_uid}) run: chmod 700 {entry.path}")
+        else:
+            continue
+        if len(found) < JOB_FOLDERS_NAMED:
+            found.append((entry.path, why))
+        else:
+            more += 1
+    if more:
+        found.append((artifacts, f"{more} more job folder(s) in {artifacts} another user owns or others may write, "
+                                 f"as the {JOB_FOLDERS_NAMED} named: check what they hold, then, as their owner: "
+                                 f"chmod -R go-w {artifacts} (runbook H), or as root: chown -R {uid} "
+                                 f"{artifacts}"))
     return found
 
 
@@ -416,10 +483,11 @@ def _refuse_another_owner(folder: str, st: os.stat_result, harm: str, fix: str,
         raise StorageError(f"{owned_by_another(folder, st, harm)}: {refused}; {fix}", path=folder)
 
 
-def owned_by_another(folder: str, st: os.stat_result, harm: str) -> str:
-    """Why a folder (of status ``st``) owned by neither this user nor root is not trusted, whatever its mode."""
-    return (f"{folder} is owned by uid {st.st_uid}, neither this user (uid {os.geteuid()}) nor root, who may change "
-            f"it whatever its mode and {harm}")
+def owned_by_another(folder: str, st: os.stat_result, harm: str, uid: int | None = None) -> str:
+    """Why a folder (of status ``st``) owned by neither this user (``uid``: that one) nor root is not trusted,
+    whatever its mode."""
+    return (f"{folder} is owned by uid {st.st_uid}, neither {named_user(os.geteuid() if uid is None else uid)} nor "
+            f"root, who may change it whatever its mode and {harm}")
 
 
 def _restricted(folder: str, allowed: int, follow: bool = False) -> os.stat_result:

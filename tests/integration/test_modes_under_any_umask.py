@@ -484,6 +484,66 @@ def test_verify_warns_of_a_store_folder_another_user_owns(orch: Orchestrator, wh
     assert os.stat(folders[which]).st_uid == OTHER_UID
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="another user's folder: only root can make one here")
+def test_verify_warns_of_a_jobs_folder_another_user_owns_which_a_worker_would_refuse(orch: Orchestrator) -> None:
+    """A worker refuses to run the job, or copy its folder for ``artifacts_from``; until the fix ``verify`` looked at
+    the store's own four folders only and said nothing."""
+    job = orch.submit("command", RAN["command"])
+    folder = orch.store.root / "artifacts" / job
+    folder.mkdir(parents=True, mode=0o700)
+    os.chown(folder, OTHER_UID, OTHER_UID)
+    (warning,) = orch.verify().warnings
+    assert (warning.stream, warning.code) == (str(folder), "STORE_FOLDER_LOOSE")
+    assert f"is owned by uid {OTHER_UID}, neither this user" in warning.message
+    assert "refuses to run the job, or to copy its folder for artifacts_from" in warning.message
+    assert warning.message.endswith(f"chown -R {os.geteuid()} {folder}") and os.stat(folder).st_uid == OTHER_UID
+
+
+def test_verify_warns_of_job_folders_others_may_write_naming_ten_and_counting_the_rest(orch: Orchestrator) -> None:
+    """Others could change what a human checks, or what later jobs copy; a store made under a umask of 000 has one
+    such folder a job: ten are named, the rest counted in one line. A folder others may only read is not warned of.
+    Until the fix ``verify`` said nothing of any."""
+    artifacts = orch.store.root / "artifacts"
+    artifacts.mkdir(parents=True)
+    for i in range(13):
+        (artifacts / f"job-{i:02d}").mkdir()
+        os.chmod(artifacts / f"job-{i:02d}", 0o777)
+    (artifacts / "read-only-to-others").mkdir(mode=0o755)
+    warnings = orch.verify().warnings
+    assert [w.stream for w in warnings] == [str(artifacts / f"job-{i:02d}") for i in range(10)] + [str(artifacts)]
+    assert {w.code for w in warnings} == {"STORE_FOLDER_LOOSE"}
+    assert warnings[0].message.endswith(f"chmod 700 {artifacts / 'job-00'}")
+    assert warnings[-1].message.startswith(f"3 more job folder(s) in {artifacts} another user owns or others may write")
+    assert stat.S_IMODE(os.stat(artifacts / "job-00").st_mode) == 0o777  # nothing changed
+
+
+def chown_all(top: Path, uid: int) -> None:
+    for folder, subfolders, files in os.walk(top):
+        for name in [folder, *(os.path.join(folder, n) for n in subfolders + files)]:
+            os.lchown(name, uid, uid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="another user's store: only root can make one here")
+def test_verify_by_another_user_judges_the_folders_for_the_stores_owner(tmp_path: Path, keyring) -> None:
+    """An auditor (here root) verifying a store another user owns and runs: until the fix every folder was judged
+    for the auditor, a warning for each ("owned by uid N, neither this user nor root": six here, the folders above
+    included). Now for the owner of ``.orchestrator``, whose workers run there."""
+    orch, above = project_below(tmp_path, keyring, 0o755)
+    job = orch.submit("command", RAN["command"])
+    make_worker(orch).run_once()
+    chown_all(above / "base", OTHER_UID)
+    assert orch.verify().warnings == []  # before the fix: one a folder
+    runs, artifacts = orch.store.root / "runs", orch.store.root / "artifacts"
+    os.chown(runs, OTHER_UID + 1, OTHER_UID + 1)
+    os.chown(artifacts / job, OTHER_UID + 1, OTHER_UID + 1)
+    os.chown(above, OTHER_UID + 1, OTHER_UID + 1)
+    warnings = orch.verify().warnings
+    assert [w.stream for w in warnings] == [str(above / "base" / "proj"), str(runs), str(artifacts / job)]
+    assert all(f"owned by uid {OTHER_UID + 1}, neither uid {OTHER_UID} nor root" in w.message for w in warnings)
+    assert f"a worker run by uid {OTHER_UID} refuses to run jobs" in warnings[1].message
+    assert warnings[1].message.endswith(f"chown {OTHER_UID} {runs}")
+
+
 def test_verify_of_a_store_with_a_folder_others_may_write_exits_0_naming_the_folder(base: Path, cli_env) -> None:
     from helpers import run_script
 
