@@ -323,8 +323,9 @@ class Worker:
 
     def _copy_failed(self, claim: Claim, record: OutcomeRecorder, paths: RunPaths, failed: CopyFailed) -> RunResult:
         """A copy of ``artifacts_from`` that failed: the store's fault (a full disk, the job's own folder that cannot
-        be made, a source folder another user could change) hands the job back and stops the worker, as ``runs/`` that cannot be written does; the job's (a
-        source it cannot read, a file in its folder it cannot replace) is a failed attempt, retried, as before."""
+        be made, a source folder another user could change) hands the job back and stops the worker, as ``runs/``
+        that cannot be written does; the job's (a source it cannot read, a file in its folder it cannot replace) is a
+        failed attempt, retried, as before."""
         paths.remove()
         if failed.store:
             record.hand_back_and_raise(claim, failed.store_error())

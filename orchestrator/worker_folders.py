@@ -115,11 +115,11 @@ def store_user(folders: tuple[str, str, str, str]) -> int:
 def loose_job_folders(artifacts: str, uid: int | None = None) -> list[tuple[str, str]]:
     """(folder, what is wrong and what to do) for each job's folder in ``artifacts`` (a link in it followed, as a run
     follows it) that another user than ``uid`` (this one) or root owns, which a worker run by that user refuses to
-    run the job in, or to copy for ``artifacts_from`` (``_own_job_folder``, ``trusted_source``), or that others may write,
-    whose files (what a human checks, what later jobs copy) they could have changed: a worker makes it its owner's
-    alone only when the job next runs or is copied. The first ``JOB_FOLDERS_NAMED`` are named, the rest counted in
-    one line: a store made under a umask of 000 has thousands (runbook H). A folder others may only read is not
-    warned of (the umask's to decide, as for the store's files). One ``stat`` a folder."""
+    run the job in, or to copy for ``artifacts_from`` (``_own_job_folder``, ``trusted_source``), or that others may
+    write, whose files (what a human checks, what later jobs copy) they could have changed: a worker makes it its
+    owner's alone only when the job next runs or is copied. The first ``JOB_FOLDERS_NAMED`` are named, the rest
+    counted in one line: a store made under a umask of 000 has thousands (runbook H). A folder others may only read
+    is not warned of (the umask's to decide, as for the store's files). One ``stat`` a folder."""
     uid = os.geteuid() if uid is None else uid
     found: list[tuple[str, str]] = []
     more = 0
@@ -414,9 +414,10 @@ def _own_job_folder(folder: str, st: os.stat_result | None = None) -> None:
     ``restrict`` leaves such a folder as it is, and until 2026-12-07 the job ran in it. Checked before each run
     (``WorkerFolders.artifacts_dir(trusted=True)``), whatever the handler (a Python handler makes its folder in its
     own process); before stale recovery walks it (its owner would choose what the dead run "left", and recovery
-    renames files there; a copy of ``artifacts_from`` checks its sources by ``trusted_source``). A folder this user may change loses all but its owner's bits
-    here. ``StorageError`` (exit 10): the store's fault, fixed by its owner, as ``runs/``. ``st``: the folder's
-    ``lstat``, read already (else read here); a folder not there yet is the run's to make."""
+    renames files there; a copy of ``artifacts_from`` checks its sources by ``trusted_source``). A folder this user
+    may change loses all but its owner's bits here. ``StorageError`` (exit 10): the store's fault, fixed by its
+    owner, as ``runs/``. ``st``: the folder's ``lstat``, read already (else read here); a folder not there yet is the
+    run's to make."""
     try:
         st = st if st is not None else folder_status(folder)
     except OSError:  # met where the run makes it
