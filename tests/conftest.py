@@ -14,9 +14,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private keyring folder, no inherited orchestrator settings, and no variables withheld from handlers by a
-    worker of an earlier test (``handler_env.withhold`` holds for the process)."""
+    """A private keyring folder, no inherited orchestrator settings, no variables withheld from handlers by a
+    worker of an earlier test (``handler_env.withhold`` holds for the process), and no ``.env`` lines an earlier
+    test's ``load_dotenv_file()`` recorded (``config._DOTENV_LINES``: a later empty setting was said to be that
+    file's)."""
     monkeypatch.setattr("orchestrator.handler_env._withheld", set())
+    monkeypatch.setattr("orchestrator.config._DOTENV_LINES", {})
     for name in list(os.environ):
         if name.startswith("ORCH_") or name in ("BASE_PATH", "PROJECT_ID", "LLM_API_KEY", "LLM_URL"):
             monkeypatch.delenv(name)
