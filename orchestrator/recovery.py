@@ -28,6 +28,7 @@ from orchestrator.errors import (ConcurrencyError, InvalidIdError, JobNotFoundEr
 from orchestrator.handler_host import sweep_dead_host_folders
 from orchestrator.leases import LEASES_AREA, drop_lease_aux, lease_expiry
 from orchestrator.leftovers import Killed, kill_run_processes, killed_warning
+from orchestrator.limits import LATEST_TIME
 from orchestrator.notices import Notify, log_warning, tell
 from orchestrator.payload import NO_TERMINAL_SIGNAL_STALE
 from orchestrator.queue import QueueIndex, ReadyEntry
@@ -261,7 +262,8 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
             f"Run {s.run_id} ended without a terminal payload but left {len(artifacts)} artifact(s): "
             f"{', '.join(artifacts[:5])}. Check them, then resume with what to do next."))
     elif s.failures + 1 < s.max_attempts:
-        data.update(to=QUEUED, retry_at=clock_mod.to_iso(now + backoff(s.failures + 1)))
+        # at the latest time an event can hold, as a run's retry (``outcome``): the clock's own time is not checked
+        data.update(to=QUEUED, retry_at=clock_mod.to_iso(min(now + backoff(s.failures + 1), LATEST_TIME)))
     else:
         data.update(to="failed")
     data["error"] = sanitize_text(why)

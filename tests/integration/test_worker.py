@@ -1086,6 +1086,22 @@ def test_an_expired_lease_is_recovered_to_queued_with_evidence(orch) -> None:
     assert other.run_once(now=t + 3600).outcome == "succeeded"
 
 
+def test_a_recovery_whose_backoff_reaches_past_the_latest_time_a_line_holds_waits_until_that_time(orch) -> None:
+    """The clock's own time (not a ``now`` given, which ``checked_now`` refuses) a minute from 9999-12-31T23:59:59Z:
+    the recovered job's retry is put at the latest time an event can hold, as a run's retry is, not a ``ValueError``
+    at every pass that leaves the job running for good."""
+    from orchestrator.limits import LATEST_TIME
+
+    job = orch.submit("t.echo", 1)
+    late = LATEST_TIME - 60
+    orch.clock = lambda: late
+    assert make_worker(orch, worker_id="dead", lease_seconds=10).claim() is not None
+    orch.clock = lambda: late + 11
+    assert make_worker(orch, retry_base_seconds=3600.0).recover_stale() == [job]
+    ev = events(orch, job)[-1]
+    assert ev["type"] == "stale_recovered" and ev["data"]["retry_at"] == to_iso(LATEST_TIME)
+
+
 def test_a_renewed_lease_record_delays_recovery(orch) -> None:
     from orchestrator.leases import Lease, write_lease
 
