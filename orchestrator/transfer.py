@@ -53,7 +53,8 @@ from orchestrator import clock, faults
 from orchestrator.api import JobView, Orchestrator
 from orchestrator.config import STATE_DIR
 from orchestrator.errors import (ConcurrencyError, ImportConflictError, IntegrityError, InvalidIdError, InvalidInputError,
-                                 PathEscapeError, StorageError, UnusableFileError, without_nothing_written)
+                                 LeaseLostError, LockHeldError, PathEscapeError, StorageError, UnusableFileError,
+                                 without_nothing_written)
 from orchestrator.head_records import head_key, put_head_record
 from orchestrator.history import TRUNCATED, Problem, VerifiedStream, check_head_record, verify_stream
 from orchestrator.limits import MAX_BUNDLE_LINE_BYTES
@@ -463,6 +464,8 @@ def _write_stream(orch: Orchestrator, verified: VerifiedStream, head: bytes | No
                 faults.point("import.after_chunk")
                 done += len(chunk)
                 written += len(chunk)
+        except (LockHeldError, LeaseLostError):
+            raise  # not another writer's append first: met again at every try (a lock still held, a fence)
         except ConcurrencyError:
             continue
         break

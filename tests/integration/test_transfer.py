@@ -793,6 +793,32 @@ def test_an_import_keeps_the_newer_head_record_of_an_event_appended_while_it_ran
     assert dest.status(job_id).state == "cancelled" and verify_project(dest).ok
 
 
+@pytest.mark.parametrize("refusal", ["lock held", "lease lost"])
+def test_an_append_refused_for_another_reason_than_a_race_stops_the_import_and_is_not_tried_again(
+        file_orch, base, keyring, monkeypatch, refusal) -> None:
+    """Only another writer's append first (``ConcurrencyError`` itself) makes the import read the stream again and
+    decide again; its subclasses (a lock still held past a bounded wait, a fenced append) would be met again at every
+    try: raised at once, not a loop without end."""
+    from orchestrator.errors import LeaseLostError, LockHeldError
+
+    fill(file_orch, 1)
+    whole = bundle_of(file_orch)
+    dest = Orchestrator(base_path=base / "dst", project_id=file_orch.project_id, keyring=keyring)
+    error = {"lock held": LockHeldError, "lease lost": LeaseLostError}[refusal]
+    tries = []
+
+    def refused(*_a, **_k) -> None:
+        tries.append(1)
+        if len(tries) > 20:
+            raise RuntimeError("the import tried the same append again and again")
+        raise error("refused")
+
+    monkeypatch.setattr(dest.store, "append", refused)
+    with pytest.raises(error):
+        import_project(dest, io.BytesIO(whole))
+    assert len(tries) == 1
+
+
 def test_an_import_never_writes_its_head_record_over_a_newer_one_that_shows_a_cut(file_orch, base, keyring) -> None:
     """The destination's job went on after an import, then lost its last event (a cut at a line boundary): its head
     record shows it. Importing the old bundle again must not replace that evidence with the bundle's older record."""
