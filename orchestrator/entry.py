@@ -9,11 +9,12 @@ until a name of it is used, ``orchestrator/__init__.py``).
 """
 from __future__ import annotations
 
+import json
 import sys
 from typing import Callable
 
 from orchestrator.command_stop import COMMAND_STOP
-from orchestrator.errors import Interrupted
+from orchestrator.errors import CommandInterrupted, Interrupted
 
 
 def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:
@@ -43,11 +44,16 @@ def tool_started() -> None:
 def run_tool(main: Callable[[], int | None]) -> int | None:
     """A tool's ``main()`` with the stop signals handled (after ``tool_started``): the first one raises where the run
     is, its ``finally`` and ``with`` blocks run (a temporary folder removed), and it ends with one line on stderr,
-    ``error[INTERRUPTED]``, and exit 128 + the signal (130, 143), no traceback."""
+    ``error[INTERRUPTED]``, and exit 128 + the signal (130, 143), no traceback. With ``--json``, stdout also holds
+    the command line's ``INTERRUPTED`` object, as ``bench_terminal_latency``'s: a caller parsing it finds one."""
     try:
         with COMMAND_STOP.handled():
             return main()
     except Interrupted as stop:
-        print(f"error[INTERRUPTED]: {stop.message} before the run finished; nothing more was measured",
-              file=sys.stderr)
+        message = f"{stop.message} before the run finished; nothing more was measured"
+        print(f"error[INTERRUPTED]: {message}", file=sys.stderr)
+        from orchestrator.json_usage import json_asked
+
+        if json_asked(sys.argv[1:]):
+            print(json.dumps(CommandInterrupted(message, stop.signum).to_dict()), flush=True)
         return stop.exit_code

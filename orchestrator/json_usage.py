@@ -1,7 +1,8 @@
 """argparse for the tools whose ``--json`` flag means "print JSON" (``scripts/bench_event_costs.py``,
 ``scripts/reliability_report.py``): a usage error given with ``--json`` is what every command prints then, one
 ``{"error": "USAGE_ERROR", "message": ...}`` object on stdout, exit 2 (README, "Commands"), not argparse's text on
-stderr. Without ``--json``, argparse's usage and message on stderr as before, exit 2 either way.
+stderr. Without ``--json``, argparse's usage and message on stderr as before, exit 2 either way. A stop (``entry.run_tool``) asks
+``json_asked`` too.
 
 Not for the benchmarks whose ``--json FILE`` names a file to write (``bench.cli_args.add_scratch_and_json``).
 """
@@ -16,6 +17,13 @@ from orchestrator.errors import UsageError
 from orchestrator.security import sanitize_text
 
 
+def json_asked(args: Sequence[str]) -> bool:
+    """Whether a tool's arguments hold ``--json`` (before a ``--``): its errors, a usage error or a stop
+    (``entry.run_tool``), are then one JSON object on stdout, as a command's."""
+    given = list(args)
+    return "--json" in (given[:given.index("--")] if "--" in given else given)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose ``error`` (a value refused, an unknown option, a check after parsing that
     calls ``parser.error``) prints the command's usage error as JSON when the arguments given hold ``--json``."""
@@ -27,8 +35,7 @@ class ArgumentParser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
-        given = list(self._given)
-        if "--json" in (given[:given.index("--")] if "--" in given else given):
+        if json_asked(self._given):
             error = UsageError(sanitize_text(f"{message} (see {self.prog} -h)"))
             print(json.dumps(error.to_dict()), flush=True)
             sys.exit(error.exit_code)

@@ -179,6 +179,33 @@ def test_a_stop_signal_while_a_tool_imports_what_it_runs_ends_it_as_interrupted_
     assert err.startswith(said.format(name=signal.Signals(signum).name)) and len(err.splitlines()) == 1, err
 
 
+@pytest.mark.parametrize("tool, slow_module", [
+    (["scripts/reliability_report.py", "--quick", "--only", "fsync", "--json"], "orchestrator.reliability.report"),
+    (["scripts/bench_event_costs.py", "--events", "10", "--json"], "bench.cli_args"),
+], ids=["reliability_report", "bench_event_costs"])
+def test_a_tool_stopped_under_json_prints_the_interrupted_object_on_stdout_as_the_commands_do(
+        cli_env: dict[str, str], tmp_path: Path, tool: list[str], slow_module: str) -> None:
+    """As ``bench_terminal_latency --json`` and every command with ``--json``: a caller parsing stdout finds one
+    ``INTERRUPTED`` object naming the signal; until 2026-12-07 these two said it on stderr only (stdout empty)."""
+    (tmp_path / "sitecustomize.py").write_text(SLOW_COMMAND_LINE_IMPORT)
+    started, sent = tmp_path / "started", tmp_path / "sent"
+    env = {**cli_env, "PYTHONPATH": f"{tmp_path}:{cli_env['PYTHONPATH']}", "STARTED": str(started), "SENT": str(sent),
+           "SLOW_MODULE": slow_module}
+    proc = subprocess.Popen([sys.executable, *tool], env=env, cwd=str(REPO), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    try:
+        wait_until(lambda: started.exists() or proc.poll() is not None, what=f"the import of {slow_module}")
+        proc.send_signal(signal.SIGTERM)
+        sent.touch()
+        code, out, err = finish(proc)
+    finally:
+        stop(proc)
+    said = "interrupted by SIGTERM before the run finished; nothing more was measured"
+    assert code == 143 and err.strip() == f"error[INTERRUPTED]: {said}", (code, out, err)
+    assert json.loads(out) == {"error": "INTERRUPTED", "message": said, "signal": "SIGTERM"}, out
+
+
 # A command's helper thread that sends the process's SIGTERM to itself once the main thread waits in
 # ``read_at_most``: taken by a thread other than the waiting one (where a ``kill PID`` may land), a stop meets the
 # wait as one handled just before the wait began does, made sure
