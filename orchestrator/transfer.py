@@ -243,9 +243,10 @@ def _refuse_long_lines(stream: str, lines: list[StoredLine]) -> None:
                                     f"bundle line may be ({MAX_BUNDLE_LINE_BYTES}, what import reads of one)")
 
 
-def _records(inp: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+def _records(inp: IO[bytes], imported: dict[str, int], conflicts: list[Any]) -> Iterator[tuple[int, bytes]]:
     """(bundle line number, line without its newline). A line longer than ``MAX_BUNDLE_LINE_BYTES`` is refused having
-    read that much of it, never the rest (a corrupt or hostile bundle, ``/dev/zero`` given by mistake)."""
+    read that much of it, never the rest (a corrupt or hostile bundle, ``/dev/zero`` given by mistake). ``imported``
+    and ``conflicts``: the import's so far, for a line cut short (``_cut_short``)."""
     n = 0
     while raw := inp.readline(MAX_BUNDLE_LINE_BYTES + 1):
         n += 1
@@ -253,14 +254,19 @@ def _records(inp: IO[bytes]) -> Iterator[tuple[int, bytes]]:
             if len(raw) > MAX_BUNDLE_LINE_BYTES:
                 raise _malformed(n, f"the line is longer than {MAX_BUNDLE_LINE_BYTES} bytes, more than any line an "
                                     "export writes")
-            raise _cut_short(f"it ends in the middle of its line {n}")
+            raise _cut_short(f"it ends in the middle of its line {n}", imported, conflicts)
         yield n, raw[:-1]
 
 
-def _cut_short(where: str) -> IntegrityError:
-    """A bundle that ends before its end record, in one wording wherever it ends (postgres.md quotes it); what the
-    import wrote of it stays, and the whole bundle imported again completes it."""
-    return IntegrityError(f"the bundle was cut short: {where}, before its end record (export it again)")
+def _cut_short(where: str, imported: dict[str, int], conflicts: list[Any]) -> IntegrityError:
+    """A bundle that ends before its end record, in one wording wherever it ends (postgres.md quotes it). What the
+    import wrote of it stays, as the message says (as ``_stopped``'s; until 2026-12-07 it did not), and the whole
+    bundle imported again completes it. The stream the cut is in was read, never written: nothing of it is in."""
+    left = f", {len(conflicts)} holding another history here left as they are" if conflicts else ""
+    before = (f"the {imported['streams']} stream(s) before the cut were imported ({imported['events']} event(s)) and "
+              f"stay{left}" if imported["streams"] else f"no stream of it was imported{left}")
+    return IntegrityError(f"the bundle was cut short: {where}, before its end record (export it again); {before}: "
+                          f"importing the whole bundle completes {'the others' if conflicts else 'it'}")
 
 
 def _malformed(n: int, what: str) -> InvalidInputError:
@@ -315,7 +321,9 @@ def _stream_header(n: int, rec: dict[str, Any]) -> tuple[str, int, bytes | None]
 
 def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | None = None) -> dict[str, Any]:
     """Write a bundle's streams into ``orch``'s store, verifying each (and its head record) before writing it."""
-    records = _records(inp)
+    imported = {"streams": 0, "events": 0}  # of the streams read: those written or found already there
+    conflicts: list[dict[str, Any]] = []  # the streams holding another history here, left as they are
+    records = _records(inp, imported, conflicts)
     n, raw = next(records, (1, b""))
     first = _json(n, raw, "a bundle header")
     fmt = first.get("format")
@@ -328,8 +336,6 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
         raise InvalidInputError(f"the bundle holds project {shown(project)}, not {orch.project_id!r}{hint}")
     streams = events = written = 0
     audit_head: bool | None = None  # whether the audit log came with its head record (None: no audit log)
-    imported = {"streams": 0, "events": 0}  # of the streams read: those written or found already there
-    conflicts: list[dict[str, Any]] = []  # the streams holding another history here, left as they are
     for n, raw in records:
         rec = _json(n, raw, "a stream header or the end record")
         if "end" in rec:
@@ -353,7 +359,7 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
         for i in range(1, count + 1):
             n, line = next(records, (n, None))
             if line is None:
-                raise _cut_short(f"it ends inside stream {stream}, at its line {n}")
+                raise _cut_short(f"it ends inside stream {stream}, at its line {n}", imported, conflicts)
             lines.append(StoredLine(i, line))
         verified = verify_stream(stream, lines, orch.keyring)
         problems = _problems(orch, stream, lines, head, verified)
@@ -378,7 +384,7 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
         events += count
         if progress and streams % PROGRESS_EVERY == 0:
             progress(f"imported {streams} streams, {events} events...")
-    raise _cut_short(f"it ends at its line {n}")
+    raise _cut_short(f"it ends at its line {n}", imported, conflicts)
 
 
 def _stopped(exc: StorageError, stream: str, imported: dict[str, int]) -> StorageError:

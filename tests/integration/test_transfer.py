@@ -150,7 +150,27 @@ def test_a_bundle_cut_short_anywhere_says_so_in_one_wording(
         import_project(dest, io.BytesIO(cut))
     message = cut_short.value.message
     assert message.startswith("the bundle was cut short: it ends " + ends), message
-    assert message.endswith(", before its end record (export it again)"), message
+    assert ", before its end record (export it again); " in message, message
+    # the streams before the cut were written, and stay: the message says so, as an import stopped by the store does
+    kept = len(list(dest.store.job_ids())) + bool(dest.store.read(AUDIT_STREAM))
+    events = len(dest.store.read(AUDIT_STREAM)) + sum(len(dest.store.read(j)) for j in dest.store.job_ids())
+    assert kept and message.endswith(f"; the {kept} stream(s) before the cut were imported ({events} event(s)) and "
+                                     "stay: importing the whole bundle completes it"), message
+
+
+def test_a_bundle_cut_short_after_a_stream_left_for_its_other_history_says_it_was_left(base, keyring) -> None:
+    source = Orchestrator(base_path=base / "src", project_id="p", keyring=keyring)
+    first = source.submit("t.echo", "one")
+    source.submit("t.echo", "two")
+    dest = Orchestrator(base_path=base / "dst", project_id="p", keyring=keyring)
+    dest.append(None, first, [("job_submitted", {"kind": "other", "input": None, "options": {},
+                                                 "context_digest": "x"})])
+    lines = bundle_of(source).splitlines(keepends=True)
+    with pytest.raises(IntegrityError) as cut_short:
+        import_project(dest, io.BytesIO(b"".join(lines[:-2])))  # inside the second job, after the first
+    assert cut_short.value.message.endswith("; no stream of it was imported, 1 holding another history here left as "
+                                            "they are: importing the whole bundle completes the others"), \
+        cut_short.value.message
 
 
 @pytest.mark.parametrize("cut", [False, True])
