@@ -456,8 +456,8 @@ class Claimer:
         more = f"; {len(kinds) - 5} more kind(s)" if len(kinds) > 5 else ""
         return HandlerNotFoundError(
             f"{jobs} queued job(s) left for a worker with a handler for their kind: {listed}{more}. "
-            "Start a worker that has it (--import MODULE / ORCH_HANDLERS; for a module:function kind, the module "
-            "on its PYTHONPATH), or cancel the job and submit it with the right --kind",
+            "Start a worker that has it (--import MODULE / ORCH_HANDLERS; for a module:function kind, as its reason "
+            "says), or cancel the job and submit it with the right --kind",
             worker_id=self.worker_id, jobs=jobs, kinds=kinds)
 
     def untrusted_keys(self) -> KeyNotTrustedError | None:

@@ -184,7 +184,10 @@ def lookup(kind: str) -> Handler:
         raise _not_found(kind, _import_failure(module_name, exc)) from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise _not_found(kind, f"module {module_name!r} has no function {attr!r}")
+        # found and imported: its PYTHONPATH (the advice for a module that cannot be imported) is not the cause
+        raise _not_found(kind, f"module {module_name!r} has no function {attr!r} (the module imports here: check the "
+                               f"function's name in the kind, or give this worker the version of {module_name!r} "
+                               "that defines it)")
     return PythonHandler(kind, fn)
 
 

@@ -564,7 +564,21 @@ def test_lookup_says_why_a_kind_has_no_handler(kind: str, reason: str) -> None:
     with pytest.raises(HandlerNotFoundError) as caught:
         lookup(kind)
     assert caught.value.details["kind"] == kind and caught.value.details["reason"].startswith(reason)
-    assert caught.value.details["reason"] == reason or reason.endswith("can be imported here")
+    assert caught.value.details["reason"] == reason or reason.endswith(("can be imported here", "has no function "
+                                                                        "'no_such_function'"))
+
+
+def test_a_kind_whose_module_imports_but_lacks_the_function_is_advised_to_check_the_name_not_the_python_path(
+        orch) -> None:
+    """The module was found and imported: PYTHONPATH, the advice for a module that cannot be imported, is not the
+    cause; the kind's function name, or this worker's copy of the module, is."""
+    orch.submit("os:no_such_function")
+    worker = make_worker(orch)
+    assert worker.run_once() is None
+    reason = worker.handler_not_found().details["kinds"]["os:no_such_function"]["reason"]
+    assert reason == ("module 'os' has no function 'no_such_function' (the module imports here: check the function's "
+                      "name in the kind, or give this worker the version of 'os' that defines it)")
+    assert "PYTHONPATH" not in reason
 
 
 @pytest.mark.parametrize("kind", ["refresh_token", "jobs.api-key"])
