@@ -7,9 +7,9 @@ import json
 from typing import Any, Callable, Iterable, NamedTuple
 
 from orchestrator.redaction import may_hold_secret, sanitize_text
-from orchestrator.secret_patterns import (ANY_LITERAL, AUTH_KEY, AWS_KEY_ID, AWS_SECRET, MYSQL_CLIENT,
-                                         PASS_FLAG_NAME, REDACTED, SECRET_FLAG, SENSITIVE_KEY, SHORT_KEY, USER_FLAGS,
-                                         auth_methods, aws_secret, holds_aws_key_id_start, is_count,
+from orchestrator.secret_patterns import (ANY_LITERAL, AUTH_KEY, AWS_KEY_ID, AWS_SECRET, AWS_SECRET_TOKEN_REST,
+                                         MYSQL_CLIENT, PASS_FLAG_NAME, REDACTED, SECRET_FLAG, SENSITIVE_KEY, SHORT_KEY,
+                                         USER_FLAGS, auth_methods, aws_secret, holds_aws_key_id_start, is_count,
                                          is_user_and_password, pass_flag_value)
 
 __all__ = ["sanitize_obj", "json_source_text", "renamed_keys"]
@@ -246,9 +246,14 @@ def _beside_an_aws_key_id(values: Iterable[Any]) -> bool:
 
 
 def _an_aws_secret(value: Any) -> bool:
-    """Whether ``value`` is, whole, what an AWS secret access key looks like (``AWS_SECRET``, ``aws_secret``)."""
-    return isinstance(value, str) and len(value) == 40 and AWS_SECRET.fullmatch(value) is not None \
-        and aws_secret(value)
+    """Whether ``value`` is, whole, what an AWS secret access key looks like (``AWS_SECRET``, ``aws_secret``), alone
+    or with the rest of its token (``AWS_SECRET_TOKEN_REST``: ``<key>-tail``, ``<key>%2F...``), as text's look takes
+    it. A string of several words is no such value: it is looked at as text, where an id on its line tells a key."""
+    if not isinstance(value, str) or len(value) < 40:
+        return False
+    key = AWS_SECRET.match(value)
+    return key is not None and aws_secret(key.group()) \
+        and (len(value) == 40 or AWS_SECRET_TOKEN_REST.fullmatch(value, 40) is not None)
 
 
 _encode_json = json.JSONEncoder(ensure_ascii=False).encode  # stateless between calls: shared by threads

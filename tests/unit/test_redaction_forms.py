@@ -324,6 +324,21 @@ def test_an_aws_secret_key_beside_its_key_id_in_one_object_or_list_is_redacted(o
     assert sanitize_obj(obj) == shown
 
 
+@pytest.mark.parametrize(("obj", "shown"), [
+    ({"id": AWS_ID, "k": f"{AWS_SECRET}-tail.2024"}, {"id": R, "k": R}),
+    ([AWS_ID, f"{AWS_SECRET}_v2"], [R, R]),
+    ({"id": AWS_ID, "k": f"{AWS_SECRET}%2Fmore"}, {"id": R, "k": R}),
+    ({"id": AWS_ID, "k": f"{AWS_SECRET}x", "e": f"{AWS_SECRET}==", "sha": f"{SHA1}-tail"},  # no secret key's token
+     {"id": R, "k": f"{AWS_SECRET}x", "e": f"{AWS_SECRET}==", "sha": f"{SHA1}-tail"}),
+])
+def test_an_aws_secret_key_beside_its_key_id_in_a_structure_is_redacted_with_the_rest_of_its_token(
+        obj: object, shown: object) -> None:
+    """The string had to be the 40 characters alone (``{"id": "AKIA...", "k": "<key>-tail"}`` kept it), where text
+    beside its id redacts the key with the rest of its token."""
+    assert sanitize_obj(obj) == shown
+    assert sanitize_obj(shown) == shown
+
+
 # --------------------------------------------------------------------------- lists of pairs and argument lists
 
 @pytest.mark.parametrize(("obj", "shown"), [
@@ -367,7 +382,7 @@ def test_argument_lists_without_a_secret_are_kept(argv: list) -> None:
 
 # what argument lists, lists of pairs and AWS keys are made of, and what may stand beside them
 ITEMS = ["--password", "--db-token", "-u", "-U", "--user", "-p", "-phunter2", "sshpass", "/usr/bin/mysqldump", "mysql",
-         "bob:pw", "1000:1000", "hunter2", "", AWS_ID, AWS_SECRET, SHA1, "DB_PASSWORD", "pass", "PW", "12", "HOME", "x",
+         "bob:pw", "1000:1000", "hunter2", "", AWS_ID, AWS_SECRET, f"{AWS_SECRET}-x", SHA1, "DB_PASSWORD", "pass", "PW", "12", "HOME", "x",
          "Basic dXNlcjpwYXNz", "password:\n  s1", R]
 structures = st.recursive(
     st.one_of(st.sampled_from(ITEMS), st.none(), st.integers(0, 3)),
