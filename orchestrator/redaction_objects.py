@@ -3,6 +3,7 @@ name/value pair or an argument list can say a value is secret that its text alon
 renames an object's keys when redaction makes two of them one (``renamed_keys``)."""
 from __future__ import annotations
 
+import codecs
 import json
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -100,21 +101,46 @@ def _secret_under_a_short_key(name: str, value: Any) -> bool:
 
 def _a_user_and_a_password(name: Any, items: list[Any] | tuple[Any, ...]) -> bool:
     """Whether ``items``, stored under ``name``, are a user and a password (``{"auth": ["bob", "x"]}``, ``AUTH``'s list
-    in text): two strings, the second not empty, under ``auth`` (``AUTH_KEY``), not two method names
-    (``auth_methods``: ``["basic", "digest"]``)."""
-    return len(items) == 2 and isinstance(name, str) and name[-1:] in "hH" and isinstance(items[0], str) \
-        and isinstance(items[1], str) and items[1] != "" and AUTH_KEY.search(name) is not None \
-        and not auth_methods(items[0], items[1])
+    in text; aiohttp's ``BasicAuth``, a named tuple, with its encoding after them: ``["bob", "x", "latin1"]``): two
+    strings, the second not empty, under ``auth`` (``AUTH_KEY``), not two method names (``auth_methods``:
+    ``["basic", "digest"]``)."""
+    return (len(items) == 2 or len(items) == 3 and _an_encoding(items[2])) and isinstance(name, str) \
+        and name[-1:] in "hH" and isinstance(items[0], str) and isinstance(items[1], str) and items[1] != "" \
+        and AUTH_KEY.search(name) is not None and not auth_methods(items[0], items[1])
 
 
-def _secret_pair_value(obj: dict[Any, Any]) -> str | None:
-    """The key of ``obj``'s value when ``obj`` is a name/value pair whose value is secret under its name
-    (``{"name": "DB_PASSWORD", "value": "x"}``, Kubernetes' env; ``{"Key": "api_key", "Value": "x"}``), else None."""
+def _an_encoding(value: Any) -> bool:
+    """Whether ``value`` names a text encoding Python knows (``"latin1"``, ``"utf-8"``)."""
+    try:
+        return isinstance(value, str) and codecs.lookup(value) is not None
+    except LookupError:
+        return False
+
+
+def _password_hidden(name: Any, value: Any) -> list[Any] | tuple[Any, ...] | None:
+    """``value``, stored under ``name``, with its password redacted when it is a list of a user and a password
+    (``_a_user_and_a_password``), its other items sanitized; else None."""
+    if not isinstance(value, (list, tuple)) or not _a_user_and_a_password(name, value):
+        return None
+    shown = [sanitize_text(value[0]), REDACTED, *(sanitize_text(item) for item in value[2:])]
+    return shown if isinstance(value, list) else tuple(shown)
+
+
+def _secret_pair_value(obj: dict[Any, Any]) -> tuple[Any, Any] | None:
+    """The key of ``obj``'s value and what is shown of it when ``obj`` is a name/value pair whose value is secret
+    under its name (``{"name": "DB_PASSWORD", "value": "x"}``, Kubernetes' env; ``{"Key": "api_key", "Value": "x"}``:
+    ``[REDACTED]``) or a list of a user and a password (``{"name": "auth", "value": ["bob", "x"]}``: its password
+    redacted, ``_password_hidden``), else None."""
     for value_key in _PAIR_VALUES:
         if value_key in obj:
+            value = obj[value_key]
             for name_key in _PAIR_NAMES:
-                if _secret_under(obj.get(name_key), obj[value_key]):
-                    return value_key
+                name = obj.get(name_key)
+                if _secret_under(name, value):
+                    return value_key, REDACTED
+                hidden = _password_hidden(name, value)
+                if hidden is not None:
+                    return value_key, hidden
             return None
     return None
 
@@ -126,18 +152,20 @@ def _sanitized(obj: Any, beside: _Beside = _EVERY_FORM) -> Any:
         return sanitize_text(obj)
     if isinstance(obj, dict):
         out: dict[Any, Any] = {}
-        paired = _secret_pair_value(obj)
+        paired = _secret_pair_value(obj)  # (a key ``None`` is no pair's value)
         aws = beside.aws and _beside_an_aws_key_id(obj.values())
         for key, stored in _sanitized_keys(obj).items():
             value = obj[key]
-            secret = key == paired or aws and _an_aws_secret(value) or isinstance(key, str) and (
+            if paired is not None and key == paired[0]:
+                out[stored] = paired[1]
+                continue
+            secret = aws and _an_aws_secret(value) or isinstance(key, str) and (
                 SENSITIVE_KEY.search(key) is not None and _holds_something(value)
                 or key[-1:] in "sSwWhH" and _secret_under_a_short_key(key, value))  # ``_secret_under``, inlined
             if secret:
                 out[stored] = REDACTED
             elif isinstance(value, (list, tuple)) and _a_user_and_a_password(key, value):
-                pair = [sanitize_text(value[0]), REDACTED]
-                out[stored] = pair if isinstance(value, list) else tuple(pair)
+                out[stored] = _password_hidden(key, value)
             else:
                 out[stored] = _sanitized(value, beside)
         return out
@@ -182,6 +210,8 @@ def _sanitized_items(items: list[Any] | tuple[Any, ...], beside: _Beside) -> lis
                 secret, shown_name = _secret_under(name, value), sanitize_text(name)
             if secret:
                 pair = (shown_name, REDACTED)
+            elif isinstance(value, (list, tuple)) and _a_user_and_a_password(name, value):
+                pair = (shown_name, _password_hidden(name, value))  # ``[["auth", ["bob", "x"]]]``: requests' kwargs
             elif _plain_pair(name, value, beside):  # walked here: ``_sanitized`` of the pair would give the same
                 pair = (shown_name, _sanitized(value, beside))
             else:

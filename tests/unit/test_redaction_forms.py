@@ -209,9 +209,34 @@ def test_an_auth_list_of_a_user_and_a_password_in_a_structure_has_its_password_r
     assert sanitize_obj(obj) == shown
 
 
+@pytest.mark.parametrize("obj, shown", [
+    ({"name": "auth", "value": ["bob", "hunter2"]}, {"name": "auth", "value": ["bob", R]}),  # a name/value object
+    ([{"Key": "proxy_auth", "Value": ("bob", "hunter2")}], [{"Key": "proxy_auth", "Value": ("bob", R)}]),
+    ([["url", "https://x"], ["auth", ["bob", "hunter2"]]], [["url", "https://x"], ["auth", ["bob", R]]]),  # items()
+    ([("auth", ("bob", "hunter2"))], [("auth", ("bob", R))]),  # requests' and httpx's auth=(user, password)
+    ({"auth": ["bob", "hunter2", "latin1"]}, {"auth": ["bob", R, "latin1"]}),  # aiohttp's BasicAuth, as JSON writes it
+    ({"kwargs": {"auth": ("bob", "hunter2", "utf-8")}}, {"kwargs": {"auth": ("bob", R, "utf-8")}}),
+])
+def test_a_user_and_a_password_under_auth_as_a_pairs_value_or_with_an_encoding_has_its_password_redacted(
+        obj: Any, shown: Any) -> None:
+    """Under ``auth`` as an object's key the list was redacted; as the value of a name/value object, of a pair in a
+    list of pairs (a call's keyword arguments as ``items()``), or with aiohttp's encoding after it, it was kept.
+    (Docker's ``{"auths": {h: {"auth": b64}}}`` and ``{"username": u, "password": p}``, npm's ``_auth`` and
+    ``_authToken``, requests' ``HTTPBasicAuth`` repr'd as ``password='x'`` were already redacted: key rules.)"""
+    assert sanitize_obj(obj) == shown
+    assert sanitize_obj(shown) == shown
+
+
+def test_an_objects_key_none_is_no_name_value_pairs_value() -> None:
+    """``None == None``: an object that is no name/value pair had its value under the key ``None`` redacted."""
+    assert sanitize_obj({None: "kept", "password": "x"}) == {None: "kept", "password": R}
+
+
 AUTH_METHOD_LISTS = [{"auth": ["basic", "digest"]}, {"auth": ["password", "publickey"]}, {"AUTH": ["Bearer", "NTLM"]},
                      {"auth": ["bob", "x", "y"]}, {"auth": ["bob"]}, {"auth": ["bob", ""]}, {"auth": ["bob", 12]},
-                     {"auth": [["bob", "x"]]}, {"author": ["bob", "x"]}, {"oauth": ["bob", "x"]}]
+                     {"auth": [["bob", "x"]]}, {"author": ["bob", "x"]}, {"oauth": ["bob", "x"]},
+                     {"auth": ["basic", "digest", "utf-8"]}, {"auth": ["bob", "x", "latin2x"]},
+                     {"name": "auth", "value": ["basic", "digest"]}, [["auth", ["bob"]]]]
 
 
 @pytest.mark.parametrize("obj", AUTH_METHOD_LISTS)
@@ -383,7 +408,7 @@ def test_argument_lists_without_a_secret_are_kept(argv: list) -> None:
 # what argument lists, lists of pairs and AWS keys are made of, and what may stand beside them
 ITEMS = ["--password", "--db-token", "-u", "-U", "--user", "-p", "-phunter2", "sshpass", "/usr/bin/mysqldump", "mysql",
          "bob:pw", "1000:1000", "hunter2", "", AWS_ID, AWS_SECRET, f"{AWS_SECRET}-x", SHA1, "DB_PASSWORD", "pass", "PW", "12", "HOME", "x",
-         "Basic dXNlcjpwYXNz", "password:\n  s1", R]
+         "Basic dXNlcjpwYXNz", "password:\n  s1", R, "auth", "latin1"]
 structures = st.recursive(
     st.one_of(st.sampled_from(ITEMS), st.none(), st.integers(0, 3)),
     lambda inner: st.one_of(st.lists(inner, max_size=6), st.tuples(inner, inner),
@@ -416,6 +441,8 @@ def test_property_each_pair_of_a_list_of_pairs_is_walked_as_a_list_of_its_own_un
 
     obj = [list(pair) if as_lists else pair for pair in pairs]
     expected = [type(pair)((sanitize_text(pair[0]), R)) if redaction_objects._secret_under(*pair)  # noqa: SLF001
+                else type(pair)((sanitize_text(pair[0]), redaction_objects._password_hidden(*pair)))  # noqa: SLF001
+                if redaction_objects._password_hidden(*pair) is not None  # noqa: SLF001
                 else redaction_objects._sanitized(pair) for pair in obj]  # noqa: SLF001
     assert redaction_objects._sanitized(obj) == sanitize_obj(obj) == expected  # noqa: SLF001
 
