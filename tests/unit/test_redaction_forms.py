@@ -407,8 +407,8 @@ def test_argument_lists_without_a_secret_are_kept(argv: list) -> None:
 
 # what argument lists, lists of pairs and AWS keys are made of, and what may stand beside them
 ITEMS = ["--password", "--db-token", "-u", "-U", "--user", "-p", "-phunter2", "sshpass", "/usr/bin/mysqldump", "mysql",
-         "bob:pw", "1000:1000", "hunter2", "", AWS_ID, AWS_SECRET, f"{AWS_SECRET}-x", SHA1, "DB_PASSWORD", "pass", "PW", "12", "HOME", "x",
-         "Basic dXNlcjpwYXNz", "password:\n  s1", R, "auth", "latin1"]
+         "bob:pw", "1000:1000", "hunter2", "", AWS_ID, AWS_SECRET, f"{AWS_SECRET}-x", SHA1, "DB_PASSWORD", "pass", "PW",
+         "12", "HOME", "x", "Basic dXNlcjpwYXNz", "password:\n  s1", R, "auth", "latin1"]
 structures = st.recursive(
     st.one_of(st.sampled_from(ITEMS), st.none(), st.integers(0, 3)),
     lambda inner: st.one_of(st.lists(inner, max_size=6), st.tuples(inner, inner),
