@@ -68,20 +68,23 @@ def is_postgres_url(url: str | None) -> bool:
     return bool(url) and url.partition(":")[0].lower() in SCHEMES
 
 
-def _passwords(url: str) -> tuple[list[str], list[str]]:
+def _passwords(url: str) -> tuple[list[str], list[str], list[str]]:
     """The password ``url`` gives, as written and percent-decoded, longest first: in its authority (from the first
     ``:`` after the user, to the first ``@`` and to the last: libpq stops at the first ``/``, so an unencoded ``/``,
     space or ``@`` in it is not a URL ``sanitize_text`` can recognise) and as a ``password=`` parameter. A password
     with a ``/`` in its authority comes in its two parts too, which libpq reads as the port and part of the database
     name (``orch:S3c/retPW@host``: port ``S3c``, which a message refusing that port would show).
 
-    Second, what is removed only where no letter or digit touches it (``redacted``), so that a short one hides no word:
-    a password shorter than ``MIN_SECRET_LENGTH`` (``https://u:p@host`` lost every "p" of its message until
-    2026-12-07), and the pieces of a password that libpq shows apart from it: with an unencoded ``@``
+    Second, the pieces of a password that libpq shows apart from it, removed only where no letter or digit touches
+    it (``redacted``), so that a short one hides no part of a word: with an unencoded ``@``
     (``orch:S3cr3t@2024xyz@db``) libpq takes the password to the first ``@`` and the rest as part of the host, and its
     message names the host (``failed to resolve host '2024xyz@db'``); with an unencoded ``&`` in a ``password=``
     parameter (``?password=Ab9&Zq7Leak``) what follows is a parameter with no ``=``, which its message names
-    (``missing key/value separator "=" in URI query parameter: "Zq7Leak"``). Until 2026-12-07 both were shown."""
+    (``missing key/value separator "=" in URI query parameter: "Zq7Leak"``). Until 2026-12-07 both were shown.
+
+    Third, a password shorter than ``MIN_SECRET_LENGTH``, removed only where a value stands (``_AS_A_VALUE``): such a
+    password may be a word of the message (``at``, ``port``), whose gap spells it (``https://u:p@host`` lost every
+    "p" of its message until 2026-12-07; ``connection to server [REDACTED] "127.0.0.1"`` until redact4)."""
     rest = url.partition("://")[2]
     userinfo = rest.partition("@")[0] if "@" in rest else ""
     found = [userinfo, rest.rpartition("@")[0]]
@@ -101,7 +104,7 @@ def _passwords(url: str) -> tuple[list[str], list[str]]:
     pieces += [part for value in values for part in value[1:]]
     whole = _forms(found)
     short = [password for password in whole if len(password) < MIN_SECRET_LENGTH]
-    return [password for password in whole if password not in short], _forms(pieces + short)
+    return [password for password in whole if password not in short], _forms(pieces), short
 
 
 def _forms(texts: list[str]) -> list[str]:
@@ -109,12 +112,21 @@ def _forms(texts: list[str]) -> list[str]:
     return sorted({p for text in texts for p in (text, unquote(text)) if p}, key=len, reverse=True)
 
 
+# Where a short password stands as a value, not as a word of the message: in a URL's authority between the user's
+# ``:`` and the ``@`` (``orch:at@db``), whole inside the quotes libpq puts around a value it names (``invalid integer
+# value "at" for connection option "port"``), after a parameter's ``=`` where no letter or digit follows it
+# (``?password=at``, ``port=at&``, ``port=at, or``).
+_AS_A_VALUE = r"""(?<=:)(?:{0})(?=@)|(?<=")(?:{0})(?=")|(?<=')(?:{0})(?=')|(?<==)(?:{0})(?![0-9A-Za-z])"""
+
+
 def redacted(text: str, url: str) -> str:
     """``text`` (a message that may hold ``url``, or what libpq made of it) with ``url``'s password removed, however
     malformed the URL is, and then through ``sanitize_text``."""
-    passwords, pieces = _passwords(url)
+    passwords, pieces, short = _passwords(url)
     for password in passwords:
         text = text.replace(password, REDACTED)
+    for password in short:
+        text = re.sub(_AS_A_VALUE.format(re.escape(password)), REDACTED, text)
     for piece in pieces:  # where no letter or digit touches it: a word that holds it is no part of the password
         text = re.sub(rf"(?<![0-9A-Za-z]){re.escape(piece)}(?![0-9A-Za-z])", REDACTED, text)
     return sanitize_text(text)

@@ -360,3 +360,38 @@ def test_a_short_password_is_removed_where_it_stands_not_from_every_word(passwor
     assert failed.value.message.startswith(
         "cannot connect to PostgreSQL at postgresql://orch:[REDACTED]@127.0.0.1:1/jobs (")
     assert "port 1 failed" in failed.value.message
+
+
+@pytest.mark.parametrize("password", ["at", "port", "failed", "server", "1"])
+def test_a_short_password_that_is_a_word_of_the_message_is_removed_only_where_a_value_stands(password: str) -> None:
+    """A password shorter than 8 characters was removed wherever it stood alone: ``cannot connect to PostgreSQL
+    [REDACTED] postgresql://...``, ``connection to server [REDACTED] "127.0.0.1"``, ``127.0.0.[REDACTED]``; a gap that
+    spells it to a reader who knows libpq's wording. Now only where a value stands: in the URL, in libpq's quotes."""
+    from orchestrator.errors import StorageUnavailableError
+    from orchestrator.store.pg_connection import connect
+
+    for url, shown in ((f"postgresql://orch:{password}@127.0.0.1:1/jobs",
+                        "postgresql://orch:[REDACTED]@127.0.0.1:1/jobs"),
+                       (f"postgresql://orch@127.0.0.1:1/jobs?password={password}",
+                        "postgresql://orch@127.0.0.1:1/jobs?password=[REDACTED]")):
+        with pytest.raises(StorageUnavailableError) as failed:
+            connect(url)
+        assert failed.value.message.startswith(f"cannot connect to PostgreSQL at {shown} (connection failed: "
+                                               'connection to server at "127.0.0.1", port 1 failed: '), \
+            failed.value.message
+
+
+def test_a_short_password_is_removed_where_libpq_names_it_as_a_value() -> None:
+    """Inside the quotes libpq puts around a value it names, and after a parameter's ``=``: the same text as the
+    password, given to another setting, shows it."""
+    from orchestrator.errors import ConfigError
+    from orchestrator.store.pg_connection import connect, redacted
+
+    with pytest.raises(ConfigError) as refused:
+        connect("postgresql://orch:at@127.0.0.1:1/jobs?port=at")
+    assert refused.value.message == (
+        'not a valid PostgreSQL connection setting: invalid integer value "[REDACTED]" for connection option "port" '
+        "(in postgresql://orch:[REDACTED]@127.0.0.1:1/jobs?port=[REDACTED], or the PG* variable or service file "
+        "that sets it); fix --store / ORCH_STORE_URL")
+    assert redacted("value 'at' at x=at&y=at) as at@ or :at", "postgresql://orch:at@db/jobs") == (
+        "value '[REDACTED]' at x=[REDACTED]&y=[REDACTED]) as at@ or :at")
