@@ -2,7 +2,9 @@
 
 ``select`` refuses a descriptor numbered 1024 or more (``FD_SETSIZE``: ``ValueError``), and a long-lived worker
 reaches such numbers: a PostgreSQL connection per thread, a pidfd and pipes per run, a raised ``RLIMIT_NOFILE``.
-``poll`` takes any number, so this is the one place that waits, and no caller goes back to ``select``.
+``poll`` takes any number, so this is the one place that waits, and no caller goes back to ``select``; but for
+``limits.read_at_most`` (a command's stdin, which may be a terminal: macOS's ``poll`` supports no device), whose
+``select`` hands a descriptor it refuses to this module.
 """
 from __future__ import annotations
 

@@ -243,7 +243,7 @@ def _read_in_slices(source: IO[bytes], fd: int, size: int) -> bytes:
     parts: list[bytes] = []
     left = size
     while left:
-        if not select.select([fd], [], [], READ_WAIT_SLICE)[0]:
+        if not _readable_soon(fd):
             continue
         part = read_once(left)
         if not part:
@@ -251,6 +251,18 @@ def _read_in_slices(source: IO[bytes], fd: int, size: int) -> bytes:
         parts.append(part)
         left -= len(part)
     return b"".join(parts)
+
+
+def _readable_soon(fd: int) -> bool:
+    """Whether ``fd`` has bytes or its end within ``READ_WAIT_SLICE``: ``select``, as macOS's ``poll`` supports no
+    device (a terminal); ``descriptors.readable`` (``poll``) for a descriptor numbered past what ``select`` takes
+    (1023: ``ValueError``), as an anchor's pipe of ``Orchestrator.verify(against=)`` in a service may be."""
+    try:
+        return bool(select.select([fd], [], [], READ_WAIT_SLICE)[0])
+    except ValueError:  # numbered FD_SETSIZE or more
+        from orchestrator.descriptors import readable
+
+        return bool(readable([fd], READ_WAIT_SLICE))
 
 
 # -- plainly valid JSON: what the fast acceptors (events.py, payload.py) take without pydantic --------

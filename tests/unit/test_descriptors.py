@@ -114,3 +114,17 @@ def test_a_signal_whose_handler_returns_does_not_end_the_wait_early(high_pipe) -
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert seen == [signal.SIGALRM] and time.monotonic() - started >= 0.3
+
+
+def test_read_at_most_reads_a_pipe_numbered_above_1023(high_pipe) -> None:
+    """``limits.read_at_most`` waits for a pipe's bytes in slices: its wait must take any descriptor number, as this
+    module's does (``Orchestrator.verify(against=)`` of a pipe, in a service past 1023 descriptors); until 2026-12-07 its
+    ``select`` raised ``ValueError: filedescriptor out of range``."""
+    from orchestrator.limits import read_at_most
+
+    r, w = high_pipe
+    os.write(w, b'{"a": 1}')
+    os.close(w)
+    with open(r, "rb", closefd=False) as source:
+        assert read_at_most(source, 100) == b'{"a": 1}'
+        assert read_at_most(source, 100) == b""  # at its end: nothing more, no wait
