@@ -156,7 +156,7 @@ def _worker_main() -> None:
     die_with_parent(signal.SIGTERM)
     if os.getppid() != cfg.get("parent", os.getppid()):
         return
-    logging.getLogger("orchestrator.worker").addFilter(_not_the_stop_notice)
+    logging.getLogger("orchestrator.worker_stop").addFilter(_not_the_stop_notice)
     orch = Orchestrator(base_path=cfg["base_path"], project_id=cfg["project_id"])
     worker = Worker(orch, WorkerSettings(lease_seconds=cfg.get("lease_seconds", DEFAULT_LEASE_SECONDS),
                                          worker_id=cfg.get("worker_id") or "bench-worker",

@@ -14,10 +14,13 @@ only the loop reads the clock. The event log stays the truth:
   be renewed (the store out of reach) is stopped before that lease can expire (``HeldLease``), so
   that stale recovery never lets another worker run the job beside it.
 
-The claim side (the claim pass, and what it remembers of the jobs it left) is ``orchestrator/claiming.py``, a run's
-heartbeats ``orchestrator/heartbeat.py``, the copy of ``artifacts_from`` under the lease
-``orchestrator/artifacts_import.py``; the settings (``WorkerSettings``, importable from here)
-``orchestrator/worker_settings.py``.
+The claim side (the claim pass, and what it remembers of the jobs it left) is ``orchestrator/claiming.py``; the run of
+a claim (its start, its watch under the lease, timeout and stop grace, its outcome) ``orchestrator/supervisor.py``, a
+run's heartbeats ``orchestrator/heartbeat.py``, the copy of ``artifacts_from`` under the lease
+``orchestrator/artifacts_import.py``; the stop request and the signals (``WorkerStop``, importable from here)
+``orchestrator/worker_stop.py``; the settings (``WorkerSettings``, importable from here)
+``orchestrator/worker_settings.py``. This module keeps the ``Worker`` and its loop: stale recovery's cadence, the
+claim and its retries while the store is out of reach, the idle waits, the reused handler process.
 See ``docs/worker.md`` for the design and a crash analysis.
 """
 from __future__ import annotations
@@ -25,59 +28,36 @@ from __future__ import annotations
 import logging
 import os
 import random
-import signal
-import threading
 import time
 import weakref
-from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator import faults
 from orchestrator.api import Orchestrator
-from orchestrator.submitted import encoded_input
-from orchestrator.artifacts_import import CopyFailed, HeartbeatFailed, artifacts_from, copy_under_lease
 from orchestrator.claim_checks import StartedRuns, no_longer_held, started_already
 from orchestrator.claiming import Claimer, Unhandled
 from orchestrator.config import llm_timeout
-from orchestrator.errors import (HandlerNotFoundError, InvalidInputError, KeyNotTrustedError, PathEscapeError,
-                                 StatementCancelledError, StorageError, StorageUnavailableError,
-                                 TransactionConflictError)
+from orchestrator.errors import (HandlerNotFoundError, InvalidInputError, KeyNotTrustedError, StatementCancelledError,
+                                 StorageUnavailableError, TransactionConflictError)
 from orchestrator.handler_env import withhold
 from orchestrator.handler_host import HandlerHost
-from orchestrator.handlers import RunPaths, call_python_handler, import_modules, registry_generation, resolve
-from orchestrator.handlers.command import CommandNotFound
-from orchestrator.heartbeat import Heartbeat
-from orchestrator.leases import HeldLease
-from orchestrator.leftovers import LEFTOVERS_END_SECONDS, kill_run
+from orchestrator.handlers import call_python_handler, import_modules, registry_generation
 from orchestrator.limits import callable_or_none, true_or_false, whole_number
 from orchestrator.notices import Notify
-from orchestrator.outcome import (STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS, Claim, OutcomeRecorder,
-                                  RunResult)
-from orchestrator.output_cap import OUTPUT_TOO_LARGE, OutputCap
-from orchestrator.payload import HANDLER_START_FAILED, NO_TERMINAL_SIGNAL_TIMEOUT
+from orchestrator.outcome import STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS, Claim, OutcomeRecorder, RunResult
 from orchestrator.recovery import SWEEP_EVERY, StaleWatch, recover_expired, reload_keys, sweep_leftovers
-from orchestrator.runner import Child, precise_sleeps, stop_is_deferred
+from orchestrator.runner import precise_sleeps
 from orchestrator.security import one_line, validate_id
-from orchestrator.store.files import check_folders, path_error
-from orchestrator.store.locks import LOCK_WAIT_SECONDS, bounded_waits
+from orchestrator.store.files import check_folders
+from orchestrator.store.locks import bounded_waits
+from orchestrator.supervisor import RunSupervisor
 from orchestrator.untrusted import UntrustedJobs
 from orchestrator.worker_folders import WORKER_FOLDERS, WorkerFolders
 from orchestrator.worker_settings import WorkerSettings, default_worker_id
+from orchestrator.worker_stop import STOP_CHECK_SECONDS, SignalScope, StopRequest, WorkerStop
 
 log = logging.getLogger(__name__)
 
 IDLE_MAX_WAIT = 30.0  # an idle worker still wakes this often to look for stale leases
-# a stop asked from another thread (``Worker.stop``) is seen this soon, idle or running a job: a signal interrupts a
-# wait of the main thread, a call from another thread cannot (the waits are an inotify poll, a PostgreSQL LISTEN)
-STOP_CHECK_SECONDS = 0.25
-# A stop that signals every process of the worker (systemd's default ``KillMode=control-group``, ``pkill -f``) may reach
-# the run's process first: a handler that died of a stop signal is given this long for the worker's own to come
-# before it is recorded as a failed attempt (``OutcomeRecorder.record_exit``)
-STOP_SIGNAL_WINDOW_SECONDS = 0.5
-
-
-class WorkerStop(BaseException):
-    """Raised inside the worker's waits by SIGTERM/SIGINT; a BaseException so no ``except Exception`` eats it."""
 
 
 class Worker:
@@ -95,9 +75,7 @@ class Worker:
         self.actor = f"worker:{self.worker_id}"
         self.rng = rng or random.Random()
         self.queue = orch.queue
-        self._stop_at: float | None = None
-        self._hurried = False  # a stop signal came while the worker was stopping already: no more grace
-        self._in_wait = False
+        self.stop_request = StopRequest()  # shared with the run of its claims (orchestrator/worker_stop.py)
         self.untrusted = UntrustedJobs(orch.keyring, notify)  # jobs left for want of a key (orchestrator/untrusted.py)
         self.folders = WorkerFolders(orch.settings.state_dir)  # runs/ and artifacts/, never outside the store
         # what its claim passes decide and remember: the jobs it left for other workers, the delayed job due next,
@@ -106,6 +84,9 @@ class Worker:
                                untrusted=self.untrusted, notify=notify, check_room=self.folders.check_room)
         self.notify = notify
         self.stale_watch = StaleWatch(self.settings.lease_seconds)  # the leases it read (recovery.py)
+        # what runs each claim to its outcome (orchestrator/supervisor.py); no reference back to the worker
+        self.supervisor = RunSupervisor(orch, self.settings, worker_id=self.worker_id, folders=self.folders,
+                                        claimer=self.claimer, stop_request=self.stop_request)
         self._host: HandlerHost | None = None
         self.started_runs = StartedRuns()  # the claims ``execute`` is running: a second call of one runs nothing
         if not self.settings.pass_store_credentials:  # before any handler starts (handler_env)
@@ -223,7 +204,7 @@ class Worker:
             # candidate whose claim the loss interrupted stays reserved (skipped) for a moment (pg_queue.candidates).
             due = self.next_due
             if claim is None and lost and now is None and due is not None and due - at < give_up_at - time.monotonic():
-                self._pause(max(0.0, due - at))
+                self.stop_request.pause(max(0.0, due - at))
                 if not self.stopping:
                     continue
             return claim
@@ -248,99 +229,10 @@ class Worker:
         return result
 
     def _run_claim(self, claim: Claim, *, look_ahead: bool) -> RunResult:
-        """``execute`` of a claim this worker has just made (``run_once``, ``run``), without its read of the job first.
-        Also the clock-jump campaign's late run (``reliability.concurrency.run_late``): no public call skips it."""
-        s = claim.state
-        record = self._recorder()
-        try:
-            paths = RunPaths.create(self.folders.run_dir(claim.run_id),
-                                    self.folders.artifacts_dir(s.job_id, trusted=True))  # its own folder checked too
-        except PathEscapeError as exc:
-            if self.folders.linked():  # the store's fault, not the job's: hand it back, and stop
-                record.hand_back_and_raise(claim, exc)
-            return record.fail(claim, exc.code, exc.message, retryable=False)  # its own folder, a link out
-        except StorageError as exc:  # its folder another user owns, or others may use: the store's, as runs/ is
-            record.hand_back_and_raise(claim, exc)
-        handler = resolve(s.kind)
-        held = HeldLease(self.settings.lease_seconds, s.lease_expires_at or 0.0)
-        try:
-            if handler is None:
-                raise InvalidInputError(f"no handler for kind {s.kind!r}")
-            cut, claim = self._import_artifacts(claim, held, paths.artifacts_dir)
-            if cut is None and self.stopping:  # asked for before the handler started: the grace is for a running one
-                cut = "stopped"
-            if cut is not None:
-                paths.remove()
-                return record.cut_short(cut, claim, held, paths.output_file, started=False)
-            context = {**s.context(), "artifacts_dir": str(paths.artifacts_dir)}
-            host = self._handler_host()  # only a request to it carries the input's bytes (``HandlerHost.run``)
-            child = handler.start(context, paths, host=host,
-                                  encoded_input=encoded_input(claim.view) if host is not None else None)
-            faults.point("worker.after_start")
-        except HeartbeatFailed as failed:
-            raise failed.error from None
-        except CopyFailed as failed:  # artifacts_from could not be copied (artifacts_import.py says whose fault)
-            return self._copy_failed(claim, record, paths, failed)
-        except (InvalidInputError, PathEscapeError, CommandNotFound) as exc:  # bad input: not retried
-            return record.not_started(claim, paths, exc.code, exc.message, retryable=False)
-        except OSError as exc:
-            if self.folders.made_by_worker(exc.filename):  # the store's fault, not the job's: hand it back, and stop
-                paths.remove()  # first: the room it took on a full disk is the hand-back's
-                record.hand_back_and_raise(claim, path_error(exc))
-            # the machine's (no process to spare, no memory): may pass, retried
-            return record.not_started(claim, paths, HANDLER_START_FAILED, f"cannot start the handler: {exc}",
-                                      retryable=True)
-        log.info("running job %s (%s) as %s", s.job_id, s.kind, claim.run_id,
-                 extra={"job_id": s.job_id, "run_id": claim.run_id, "pid": child.pid})
-        cap = OutputCap(child.output, self.settings.output_max_bytes, time.monotonic(), extra={
-            "what": f"job {s.job_id} run {claim.run_id}", "job_id": s.job_id, "run_id": claim.run_id})
-        try:
-            try:
-                how, code, claim = self._supervise(claim, child, held, cap, look_ahead=look_ahead)
-            except BaseException:
-                # the worker can no longer watch the run, nor renew its lease (a store error at a heartbeat, a link
-                # planted in leases/: PATH_ESCAPE, an interrupt): the run ends with the worker, as one past its stop
-                # grace does, instead of going on unwatched beside its retry
-                kill_run(child, claim.run_id)
-                raise
-            dropped = cap.warning()
-            if dropped is not None:  # reported with the run, whatever it ended as (also logged when it happened)
-                claim = claim.noting(dropped)
-            if how in ("lost", "unrenewed", "stopped", "hurried"):
-                return record.cut_short(how, claim, held, child.output)
-            if how == "timeout":
-                return record.fail(claim, NO_TERMINAL_SIGNAL_TIMEOUT, f"killed after its timeout of {s.timeout:g}s",
-                                   output=child.output, event="job_timeout")
-            if how == "output":  # its output could not be bounded on this file system: a retry would print as much
-                return record.fail(claim, OUTPUT_TOO_LARGE, f"stopped: {cap.refused}", output=child.output,
-                                   retryable=False)
-            if child.store_refused is not None:  # its result, in a file of the worker's own that a full disk refused
-                paths.remove()
-                record.hand_back_and_raise(claim, path_error(child.store_refused), ran=True)
-            return record.record_exit(claim, code, child, self.folders, stopped=self._stopped_with_its_run)
-        finally:
-            child.finish(paths)
-
-    def _copy_failed(self, claim: Claim, record: OutcomeRecorder, paths: RunPaths, failed: CopyFailed) -> RunResult:
-        """A copy of ``artifacts_from`` that failed: the store's fault (a full disk, the job's own folder that cannot
-        be made, a source folder another user could change) hands the job back and stops the worker, as ``runs/``
-        that cannot be written does; the job's (a source it cannot read, a file in its folder it cannot replace) is a
-        failed attempt, retried, as before."""
-        paths.remove()
-        if failed.store:
-            record.hand_back_and_raise(claim, failed.store_error())
-        exc = failed.error
-        where = "" if exc.filename is None else f": {os.path.relpath(exc.filename, self.folders.state_dir)}"
-        return record.fail(claim, HANDLER_START_FAILED, f"cannot copy input artifacts_from{where}: "
-                           f"{exc.strerror or exc}", retryable=True)
-
-    def _stopped_with_its_run(self) -> bool:
-        """Whether this worker is stopping, asked when its run's handler died of a stop signal without a payload
-        (``OutcomeRecorder.record_exit``): the stop signalled the run too. That signal may have reached the run first
-        (each process is signalled in turn): the worker's own is waited for, ``STOP_SIGNAL_WINDOW_SECONDS`` at most."""
-        if not self.stopping:
-            self._pause(STOP_SIGNAL_WINDOW_SECONDS)
-        return self.stopping
+        """``execute`` of a claim this worker has just made (``run_once``, ``run``), without its read of the job first
+        (``RunSupervisor.run``). Also the clock-jump campaign's late run (``reliability.concurrency.run_late``): no
+        public call skips it."""
+        return self.supervisor.run(claim, self._recorder(), self._handler_host, look_ahead=look_ahead)
 
     def _recorder(self) -> OutcomeRecorder:
         """What records this run's outcome; made per run, so it holds no reference back to a worker that is kept
@@ -379,76 +271,6 @@ class Worker:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _supervise(self, claim: Claim, child: Child, held: HeldLease, cap: OutputCap | None = None, *,
-                   look_ahead: bool = True) -> tuple[str, int | None, Claim]:
-        """Wait for the child; renew the lease; enforce the timeout and the stop grace period, and stop a run
-        whose lease could not be renewed before it may have expired (``held``, ``HeldLease.must_stop``); keep its
-        output file within ``cap`` (``output_cap.py``: its start dropped, or the run stopped where that cannot be
-        done). Returns how it ended, its exit status, and the claim to record its outcome under: marked ``renewed``
-        once a heartbeat wrote a lease record, so the flag belongs to this run and cannot reach the next. The timeout is
-        the handler's: one that ended before it (``Child.handler_done``) has its payload recorded, what it left given
-        its grace to end, for up to ``LEFTOVERS_END_SECONDS`` past the timeout."""
-        start = time.monotonic()
-        cap = cap or OutputCap(child.output, self.settings.output_max_bytes, start)
-        heart = self._heartbeat(held)
-        if look_ahead and not self.stopping:  # the next claim's read and check, done while the handler runs, if it
-            within = heart.next_at - time.monotonic()  # ends before the first heartbeat is due
-            # a lock held on (a writer paused inside the job's head record) ends the look, never makes a heartbeat late
-            with bounded_waits(lambda: self.stopping, max(0.0, min(LOCK_WAIT_SECONDS, within))):
-                self.claimer.look_ahead(within=within)
-        timeout = claim.state.timeout
-        deadline = start + timeout if timeout else None
-        ending = False  # the deadline was moved: the handler had ended by its timeout, its leftovers were being ended
-        stop_deadline: float | None = None
-        hurried = False  # a second stop signal ended the grace period
-        while True:
-            stop_at = self._stop_at
-            if stop_at is not None and stop_deadline is None:  # the grace counts from the stop request, which may
-                stop_deadline = stop_at + self.settings.stop_grace_seconds  # have come while the handler started
-            if self._hurried and stop_deadline is not None and not hurried:  # do not wait any longer
-                stop_deadline, hurried = min(stop_deadline, time.monotonic()), True
-            limits = [heart.next_at] + [t for t in (deadline, stop_deadline) if t is not None]
-            if stop_deadline is None:  # a stop asked from another thread starts the grace period at once
-                limits.append(time.monotonic() + STOP_CHECK_SECONDS)
-            if held.failing_since is not None:  # wake up in time to stop the run
-                limits.append(time.monotonic() + held.stop_at - self.orch.clock())
-            if cap.next_check is not None:
-                limits.append(cap.next_check)
-            try:
-                self._in_wait = True
-                code = child.wait(max(0.0, min(limits) - time.monotonic()))
-            except WorkerStop:  # the stop is seen at the top of the loop (a second one: ``_hurried``)
-                continue
-            finally:
-                self._in_wait = False
-            if code is not None:
-                return "exited", code, claim
-            now_m = time.monotonic()
-            if deadline is not None and now_m >= deadline and child.handler_done and not ending:
-                deadline, ending = now_m + LEFTOVERS_END_SECONDS, True  # ended in time: not a timeout
-            if deadline is not None and now_m >= deadline:
-                kill_run(child, claim.run_id)
-                return "timeout", None, claim
-            if stop_deadline is not None and now_m >= stop_deadline:
-                kill_run(child, claim.run_id)
-                return ("hurried" if hurried else "stopped"), None, claim
-            if heart.past_margin():
-                kill_run(child, claim.run_id)
-                return "unrenewed", None, claim
-            if cap.next_check is not None and now_m >= cap.next_check and not cap.check(now_m):
-                kill_run(child, claim.run_id)
-                return "output", None, claim
-            if now_m >= heart.next_at:
-                end, claim = heart.beat(claim)
-                if end:
-                    kill_run(child, claim.run_id)
-                    return end, None, claim
-
-    def _heartbeat(self, held: HeldLease) -> Heartbeat:
-        """The heartbeats of a run under ``held`` (``orchestrator/heartbeat.py``), the first due a third of a lease
-        after ``held`` was last stored."""
-        return Heartbeat(self.orch, worker_id=self.worker_id, lease_seconds=self.settings.lease_seconds, held=held)
-
     def backoff(self, failures: int) -> float:
         """The delay before the retry after ``failures`` failed attempts: exponential backoff with jitter,
         ``WorkerSettings.retry_delay`` times a factor in [0.5, 1)."""
@@ -462,62 +284,26 @@ class Worker:
                     if isinstance(exc, TransactionConflictError) else "cannot be reached")
             log.warning("the store %s (%s); trying again in %.1fs", what, one_line(exc.message), pause,
                         extra={"code": exc.code})
-            self._pause(pause)
+            self.stop_request.pause(pause)
         if giving_up and self.stopping:
             log.warning("stopping with the store out of reach: the outcome of the run in progress is not recorded; "
                         "the job is recovered when its lease expires")
             raise exc
         return min(pause * 2, STORE_RETRY_MAX_SECONDS)
 
-    def _pause(self, seconds: float) -> None:
-        """Sleep, unless a stop was requested; a stop signal ends the sleep."""
-        try:
-            self._in_wait = True
-            if not self.stopping:
-                threading.Event().wait(seconds)
-        except WorkerStop:
-            pass
-        finally:
-            self._in_wait = False
-
-    def _import_artifacts(self, claim: Claim, held: HeldLease, target: Path) -> tuple[str | None, Claim]:
-        """Only with ``artifacts_import`` on: copy (never move) the folders of jobs named in input ``artifacts_from``,
-        a job id or a list of them; anything else is the job's bad input (``InvalidInputError``, not retried).
-        The lease is renewed while it copies, as while a handler runs (``artifacts_import.copy_under_lease``);
-        returns how the copy was cut short (``lost``, ``unrenewed``, ``stopped``) or None, and the claim to go on
-        with."""
-        s = claim.state
-        if not self.settings.artifacts_import:
-            if isinstance(s.input, dict) and s.input.get("artifacts_from"):
-                log.info("job %s names artifacts_from, but ORCH_ARTIFACTS_IMPORT is off: nothing copied", s.job_id)
-            return None, claim
-        names = artifacts_from(s.input)
-        if not names:
-            return None, claim
-        return copy_under_lease(claim, names, self._heartbeat(held), self.folders, target, lambda: self.stopping)
-
     # -- the loop -----------------------------------------------------------------------------------
     def stop(self) -> None:
         """Ask the loop to stop: no new claims; a running job gets the grace period. Safe from any thread (the loop
-        sees it within ``STOP_CHECK_SECONDS``) and from a signal handler."""
-        if self._stop_at is None:
-            self._stop_at = time.monotonic()
+        sees it within ``STOP_CHECK_SECONDS``) and from a signal handler (``StopRequest``)."""
+        self.stop_request.ask()
 
     @property
     def stopping(self) -> bool:
-        return self._stop_at is not None
+        return self.stop_request.stopping
 
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        if self.stopping:  # a second stop: the running job's grace period ends at once (``_supervise``)
-            self._hurried = True
-        self.stop()
-        log.warning("signal %d: stopping (no new claims)", signum, extra={"signal": signum})
-        if self._in_wait and not stop_is_deferred():  # not in the middle of reading a payload (``stop_deferred``)
-            raise WorkerStop(signum)
-
-    def handle_signals(self) -> "_SignalScope":
-        """Context manager: SIGTERM/SIGINT stop the worker gracefully (main thread only)."""
-        return _SignalScope(self._on_signal)
+    def handle_signals(self) -> SignalScope:
+        """Context manager: SIGTERM/SIGINT stop the worker gracefully (main thread only; ``StopRequest.on_signal``)."""
+        return SignalScope(self.stop_request.on_signal)
 
     def run(self, max_jobs: int | None = None, idle_exit: bool = False,
             on_result: Callable[[RunResult], None] | None = None,
@@ -585,7 +371,7 @@ class Worker:
         end = time.monotonic() + timeout
         take_turns = not self.claimer.left_for_others
         try:
-            self._in_wait = True
+            self.stop_request.in_wait = True
             while not self.stopping:
                 left = max(0.0, end - time.monotonic())
                 if self.queue.wait(min(left, STOP_CHECK_SECONDS), take_turns) or left <= STOP_CHECK_SECONDS:
@@ -597,21 +383,5 @@ class Worker:
         except WorkerStop:
             pass
         finally:
-            self._in_wait = False
-
-
-class _SignalScope:
-    def __init__(self, handler: Callable[[int, Any], None]) -> None:
-        self.handler = handler
-        self.saved: dict[int, Any] = {}
-
-    def __enter__(self) -> "_SignalScope":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self.saved[sig] = signal.signal(sig, self.handler)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self.saved.items():
-            signal.signal(sig, old)
+            self.stop_request.in_wait = False
 

@@ -266,7 +266,7 @@ def _stops_the_worker(exc: BaseException) -> bool:
     ``handle_signals``, or the command before it: it may be the operator's Ctrl-C). A worker that handles its
     signals never gets a ``KeyboardInterrupt`` from SIGINT, so there one, like a ``SystemExit``, is the
     module's and only fails the lookup."""
-    stop = getattr(sys.modules.get("orchestrator.worker"), "WorkerStop", None)  # that module imports this one
+    stop = getattr(sys.modules.get("orchestrator.worker_stop"), "WorkerStop", None)  # loaded with a worker only
     if isinstance(exc, Interrupted) or (stop is not None and isinstance(exc, stop)):
         return True
     return isinstance(exc, KeyboardInterrupt) and signal.getsignal(signal.SIGINT) is signal.default_int_handler

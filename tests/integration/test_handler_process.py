@@ -447,7 +447,7 @@ def test_a_stop_signal_while_a_large_payload_is_read_loses_none_of_it(orch, monk
         if fd == resp_fd and os.getpid() == worker_pid:
             reads.append(len(data))
             if len(reads) == 2:  # the signal arrives just after this read returned
-                w._on_signal(signal.SIGTERM, None)
+                w.stop_request.on_signal(signal.SIGTERM, None)
         return data
 
     monkeypatch.setattr(os, "read", read_then_signal)
@@ -527,8 +527,8 @@ def test_a_stop_signal_just_after_a_killed_handler_process_is_reaped_does_not_no
         out = real_waitpid(pid, options)
         if pid == started.pid and out[0]:
             reaps.append(pid)
-            w._in_wait = True  # as in the worker's wait for a run, where its handler raises WorkerStop  # noqa: SLF001
-            w._on_signal(signal.SIGTERM, None)  # noqa: SLF001
+            w.stop_request.in_wait = True  # as in the worker's wait for a run, where its handler raises WorkerStop
+            w.stop_request.on_signal(signal.SIGTERM, None)
         return out
 
     monkeypatch.setattr(os, "waitpid", reap_then_signal)
@@ -538,7 +538,7 @@ def test_a_stop_signal_just_after_a_killed_handler_process_is_reaped_does_not_no
         pass  # a stop may end the call; what matters is what it leaves noted
     finally:
         monkeypatch.undo()
-        w._in_wait = False  # noqa: SLF001
+        w.stop_request.in_wait = False
     assert reaps == [started.pid] and not alive(started.pid)
     assert started.pid not in runner.UNREAPED
     assert w.stopping
@@ -561,8 +561,8 @@ def test_a_stop_signal_just_after_a_forked_handler_is_reaped_keeps_its_exit_stat
     def reap_then_signal(p: int, options: int) -> tuple[int, int]:
         out = real_waitpid(p, options)
         if p == pid and out[0]:
-            w._in_wait = True  # noqa: SLF001
-            w._on_signal(signal.SIGTERM, None)  # noqa: SLF001
+            w.stop_request.in_wait = True
+            w.stop_request.on_signal(signal.SIGTERM, None)
         return out
 
     monkeypatch.setattr(os, "waitpid", reap_then_signal)
@@ -576,7 +576,7 @@ def test_a_stop_signal_just_after_a_forked_handler_is_reaped_keeps_its_exit_stat
             time.sleep(0.005)
     finally:
         monkeypatch.undo()
-        w._in_wait = False  # noqa: SLF001
+        w.stop_request.in_wait = False
     assert child.returncode == 7
     w.close()
 

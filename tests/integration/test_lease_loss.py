@@ -1,7 +1,7 @@
 """A worker that cannot renew its lease stops its run before the lease may expire, so that stale recovery never
 lets another worker run the job beside it; it records what happened if the store lets it.
 
-The first tests drive ``Worker._supervise`` in virtual time (an injected clock, a fake child, a store whose
+The first tests drive ``RunSupervisor.supervise`` in virtual time (an injected clock, a fake child, a store whose
 lease writes fail): nothing sleeps. The others run real handlers on the file store, with its ``leases``
 folder made unwritable."""
 from __future__ import annotations
@@ -20,7 +20,9 @@ import worker_handlers  # noqa: F401  (registers t.* handlers)
 from helpers import alive, wait_until
 from orchestrator import Orchestrator
 from orchestrator import heartbeat as heartbeat_mod
+from orchestrator import supervisor as supervisor_mod
 from orchestrator import worker as worker_mod
+from orchestrator import worker_stop as worker_stop_mod
 from orchestrator.clock import from_iso
 from orchestrator.errors import PathEscapeError, StorageUnavailableError
 from orchestrator.runner import Child
@@ -62,7 +64,7 @@ def virtual(base, keyring, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     claim) when its lease writes fail; every kill is recorded with its virtual time."""
     vt = VirtualTime()
     orch = Orchestrator(base_path=base, project_id="proj", keyring=keyring, clock=lambda: vt.wall)
-    for module in (worker_mod, heartbeat_mod):
+    for module in (worker_mod, supervisor_mod, worker_stop_mod, heartbeat_mod):  # each reads time.monotonic()
         monkeypatch.setattr(module, "time", types.SimpleNamespace(monotonic=lambda: vt.mono))
     env = types.SimpleNamespace(vt=vt, orch=orch, down=[], kills=[], bounds=[], output=tmp_path / "out.log")
     env.output.write_text("")
@@ -75,7 +77,7 @@ def virtual(base, keyring, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         real_write(store, lease)
 
     monkeypatch.setattr(heartbeat_mod, "write_lease", write_lease)
-    monkeypatch.setattr(worker_mod, "kill_run", lambda child, run_id: env.kills.append(vt.wall - T0))
+    monkeypatch.setattr(supervisor_mod, "kill_run", lambda child, run_id: env.kills.append(vt.wall - T0))
     real_bound = orch.store.calls_end_by
     monkeypatch.setattr(orch.store, "calls_end_by", lambda at: (env.bounds.append(at), real_bound(at))[1])
     return env
@@ -90,7 +92,7 @@ def _supervise(env, exits_at: float | None, lease: float = 30.0) -> tuple[str, A
     claim = worker.claim(now=env.vt.wall)
     assert claim is not None and claim.state.lease_expires_at == pytest.approx(T0 + lease)
     held = HeldLease(lease, claim.state.lease_expires_at)
-    how, _code, _claim = worker._supervise(claim, FakeChild(env.vt, exits_at, env.output), held)  # noqa: SLF001
+    how, _code, _claim = worker.supervisor.supervise(claim, FakeChild(env.vt, exits_at, env.output), held)
     return how, held
 
 
@@ -143,7 +145,7 @@ def test_the_first_heartbeat_comes_a_third_of_the_claims_lease_after_the_claim_h
     worker = Worker(orch, WorkerSettings(worker_id="w1", lease_seconds=30), rng=random.Random(7))
     claim = worker.claim(now=virtual.vt.wall)
     virtual.vt.advance(8.0)  # starting the handler took 8 s (copying an artifacts_from folder)
-    worker._supervise(claim, FakeChild(virtual.vt, 25.0, virtual.output), HeldLease(30, T0 + 30))  # noqa: SLF001
+    worker.supervisor.supervise(claim, FakeChild(virtual.vt, 25.0, virtual.output), HeldLease(30, T0 + 30))
     assert beats[:2] == [pytest.approx(10.0), pytest.approx(20.0)]  # not at 8 + 10 s
 
 
@@ -160,8 +162,9 @@ def _unwritable_leases(orch: Orchestrator) -> None:
 
 def _record_kills(monkeypatch: pytest.MonkeyPatch, orch: Orchestrator) -> list[float]:
     kills: list[float] = []
-    real = worker_mod.kill_run
-    monkeypatch.setattr(worker_mod, "kill_run", lambda child, run_id: (kills.append(orch.clock()), real(child, run_id)))
+    real = supervisor_mod.kill_run
+    monkeypatch.setattr(supervisor_mod, "kill_run",
+                        lambda child, run_id: (kills.append(orch.clock()), real(child, run_id)))
     return kills
 
 

@@ -480,10 +480,10 @@ def test_a_worker_enforces_the_job_timeout_while_the_server_stalls_and_records_t
     worker = Worker(stalling, WorkerSettings(worker_id="w1", lease_seconds=1.5, handler_process="per-run"),
                     rng=random.Random(7))
     killed: list[float] = []
-    import orchestrator.worker
+    import orchestrator.supervisor
 
-    kill = orchestrator.worker.kill_run
-    monkeypatch.setattr(orchestrator.worker, "kill_run",
+    kill = orchestrator.supervisor.kill_run
+    monkeypatch.setattr(orchestrator.supervisor, "kill_run",
                         lambda child, run_id: (killed.append(time.monotonic()), kill(child, run_id)))
     claim = worker.claim()
     assert claim is not None
@@ -509,7 +509,7 @@ def test_a_run_whose_server_goes_away_is_stopped_before_its_lease_expires_and_re
     the lease that renewal stored may expire (stale recovery elsewhere would run the job again), and its
     worker records the stop once the server is back, a second after it."""
     from orchestrator import heartbeat as heartbeat_mod
-    from orchestrator import worker as worker_mod
+    from orchestrator import supervisor
     from orchestrator.errors import StorageUnavailableError
     from orchestrator.store import pg_sessions
 
@@ -518,7 +518,7 @@ def test_a_run_whose_server_goes_away_is_stopped_before_its_lease_expires_and_re
     worker = Worker(orch, WorkerSettings(worker_id="w1", lease_seconds=1.5, handler_process="per-run",
                                          retry_base_seconds=0), rng=random.Random(7))
     back, kills, stored = threading.Event(), [], []
-    real_connect, real_kill, real_write = pg_sessions.connect, worker_mod.kill_run, heartbeat_mod.write_lease
+    real_connect, real_kill, real_write = pg_sessions.connect, supervisor.kill_run, heartbeat_mod.write_lease
 
     def connect(*args: Any, **kwargs: Any) -> Any:
         if not back.is_set():
@@ -538,7 +538,7 @@ def test_a_run_whose_server_goes_away_is_stopped_before_its_lease_expires_and_re
         real_write(store, lease)
         stored.append(lease.expires_at)
 
-    monkeypatch.setattr(worker_mod, "kill_run", kill_run)
+    monkeypatch.setattr(supervisor, "kill_run", kill_run)
     monkeypatch.setattr(heartbeat_mod, "write_lease", write_lease)
     faults.arm("lease.after_write", server_down)
     claim = worker.claim()

@@ -778,7 +778,7 @@ def test_a_stop_signal_just_after_a_command_is_reaped_never_signals_its_group_af
         code = real_wait(proc, *args, **kwargs)
         if not signalled and sys._getframe(1).f_code.co_name == "_exited":  # the reap of the run's wait
             signalled.append(True)
-            worker._on_signal(signal.SIGTERM, None)  # the signal arrives just after the reap returned
+            worker.stop_request.on_signal(signal.SIGTERM, None)  # the signal arrives just after the reap returned
         return code
 
     def killpg(pgid: int, sig: int) -> None:

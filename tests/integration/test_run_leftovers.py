@@ -291,14 +291,14 @@ def test_a_handler_process_that_never_finishes_ending_what_its_run_left_is_still
     process stuck after its handler returned is killed as one past its timeout."""
     import orchestrator.handler_host as handler_host
     import orchestrator.runner as runner
-    import orchestrator.worker as worker_module
+    import orchestrator.supervisor as supervisor
 
     def stuck(*args, **kw):
         time.sleep(60)
         return []
 
     monkeypatch.setattr(handler_host if mode == "reused" else runner, "end_leftovers", stuck)  # in the fork too
-    monkeypatch.setattr(worker_module, "LEFTOVERS_END_SECONDS", 0.5)
+    monkeypatch.setattr(supervisor, "LEFTOVERS_END_SECONDS", 0.5)
     job = orch.submit("t.echo", "x", timeout=0.5, max_attempts=1)
     worker = make_worker(orch, handler_process=mode)
     started = time.monotonic()
