@@ -230,7 +230,8 @@ class _CopyEnded(Exception):
 
 class HeartbeatFailed(Exception):
     """An error of a heartbeat during the copy, carried past the handling of the job's own errors (bad input, a
-    missing program): it is the worker's, which stops on it, as on one while a handler runs (``Worker._supervise``)."""
+    missing program): it is the worker's, which stops on it, as on one while a handler runs
+    (``RunSupervisor.supervise``)."""
 
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))

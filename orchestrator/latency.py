@@ -149,6 +149,7 @@ def _worker_main() -> None:
     from orchestrator.config import DEFAULT_LEASE_SECONDS
     from orchestrator.runner import die_with_parent
     from orchestrator.worker import Worker, WorkerSettings
+    from orchestrator.worker_stop import log as stop_log
 
     cfg = json.loads(os.environ["ORCH_BENCH_WORKER"])
     # stops (SIGTERM: gracefully) when the benchmark that started it dies, SIGKILL included, as the `worker` command
@@ -156,7 +157,7 @@ def _worker_main() -> None:
     die_with_parent(signal.SIGTERM)
     if os.getppid() != cfg.get("parent", os.getppid()):
         return
-    logging.getLogger("orchestrator.worker_stop").addFilter(_not_the_stop_notice)
+    stop_log.addFilter(_not_the_stop_notice)  # the logger of the notice itself
     orch = Orchestrator(base_path=cfg["base_path"], project_id=cfg["project_id"])
     worker = Worker(orch, WorkerSettings(lease_seconds=cfg.get("lease_seconds", DEFAULT_LEASE_SECONDS),
                                          worker_id=cfg.get("worker_id") or "bench-worker",

@@ -21,7 +21,7 @@ reads it before the next heartbeat writes it again recovers a live run older tha
 
 A worker that cannot renew its lease (the store out of reach: PostgreSQL down, a folder of the file
 store gone or unwritable) keeps its run going while the lease it last stored still holds, and stops
-it (``Worker._supervise``) once ``LEASE_STOP_MARGIN`` of the lease is left (``HeldLease``): before
+it (``RunSupervisor.supervise``) once ``LEASE_STOP_MARGIN`` of the lease is left (``HeldLease``): before
 stale recovery, comparing the same expiry with the same clock, may let another worker run the job.
 """
 from __future__ import annotations

@@ -47,7 +47,7 @@ LEFTOVER_GRACE_SECONDS = 1.0  # what a run left running gets between SIGTERM and
 HARD_LIMIT_SECONDS = 5.0  # past the grace, how long a handler process goes on killing before it gives up
 POLL_SECONDS = 0.01
 KILL_WAIT_SECONDS = 1.0  # how long a SIGKILLed process of a run is waited for before the outcome is recorded anyway
-# how long a run whose handler ended in time may go on past its timeout, ending what it left (``Worker._supervise``):
+# how long a run whose handler ended in time may go on past its timeout, ending what it left (``supervisor.py``):
 # a handler process gives up on its leftovers past the grace and ``HARD_LIMIT_SECONDS`` (a command's wait, at the grace)
 LEFTOVERS_END_SECONDS = LEFTOVER_GRACE_SECONDS + HARD_LIMIT_SECONDS + KILL_WAIT_SECONDS
 PR_SET_NAME = 15

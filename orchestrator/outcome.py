@@ -50,7 +50,7 @@ class Claim:
     view: JobView
     run_id: str
     epoch: int
-    renewed: bool = False  # a heartbeat of this run wrote its lease record, which the outcome drops (Worker._supervise)
+    renewed: bool = False  # a heartbeat of this run wrote its lease record, which the outcome drops (supervisor.py)
     # ``{code, message}`` of what the run met besides its appends (``ARTIFACT_LINK_REMOVED``, ``OUTPUT_START_DROPPED``,
     # ``RUN_PROCESSES_KILLED``), reported with its result after the claim's warnings
     notes: tuple[dict[str, str], ...] = ()

@@ -100,7 +100,7 @@ def stop_deferred() -> Iterator[None]:
     """A part of a ``Child.wait`` that a stop signal must not cut in two: a payload frame half read (the bytes
     read so far would be lost, and the next read would take the middle of the payload for a frame's length), a
     child reaped and not yet recorded as reaped (its pid, free again, would be waited for or signalled later).
-    The worker's signal handler raises ``WorkerStop`` only outside it (``Worker._on_signal``); the stop is
+    The worker's signal handler raises ``WorkerStop`` only outside it (``StopRequest.on_signal``); the stop is
     seen once the wait returns."""
     global _stop_deferred
     _stop_deferred += 1
@@ -126,7 +126,7 @@ class Child:
     terminal_file: Path | None = None
     answered = False  # a Python handler's process answered: it ended what its run left (``end_leftovers``)
     # the handler itself is over (a command exited; a Python handler returned, raised or called ``sys.exit``): what is
-    # left of the run is the end of what it left running, which its timeout does not cut (``Worker._supervise``)
+    # left of the run is the end of what it left running, which its timeout does not cut (``RunSupervisor.supervise``)
     handler_done = False
     killed: Killed = NONE_KILLED  # what it had to kill of that, as it told the worker with its answer
     # a file of the worker's own for the run that its disk refused (no room, over quota, read-only), written in the

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -47,17 +48,16 @@ log = logging.getLogger(__name__)
 STOP_SIGNAL_WINDOW_SECONDS = 0.5
 
 
+@dataclass(eq=False)
 class RunSupervisor:
     """Runs a worker's claims, one at a time, each to its recorded outcome (``run``)."""
 
-    def __init__(self, orch: Orchestrator, settings: WorkerSettings, *, worker_id: str, folders: WorkerFolders,
-                 claimer: Claimer, stop_request: StopRequest) -> None:
-        self.orch = orch
-        self.settings = settings
-        self.worker_id = worker_id
-        self.folders = folders
-        self.claimer = claimer
-        self.stop_request = stop_request
+    orch: Orchestrator
+    settings: WorkerSettings
+    worker_id: str
+    folders: WorkerFolders
+    claimer: Claimer
+    stop_request: StopRequest
 
     @property
     def stopping(self) -> bool:
@@ -197,7 +197,7 @@ class RunSupervisor:
             try:
                 self.stop_request.in_wait = True
                 code = child.wait(max(0.0, min(limits) - time.monotonic()))
-            except WorkerStop:  # the stop is seen at the top of the loop (a second one: ``_hurried``)
+            except WorkerStop:  # the stop is seen at the top of the loop (a second one: ``StopRequest.hurried``)
                 continue
             finally:
                 self.stop_request.in_wait = False
