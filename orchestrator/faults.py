@@ -14,7 +14,8 @@ from typing import Callable
 _armed: dict[str, list] = {}
 
 
-def _arm_from_env() -> None:
+def arm_from_env() -> None:
+    """Arm the point ``ORCH_CRASH_AT`` names (at import; a process forked before its environment was set, again)."""
     spec = os.environ.get("ORCH_CRASH_AT")
     if spec:
         name, _, nth = spec.partition(":")
@@ -47,4 +48,4 @@ def point(name: str, prepare: Callable[[], None] | None = None) -> None:
         (entry[1] or kill_self)()
 
 
-_arm_from_env()
+arm_from_env()

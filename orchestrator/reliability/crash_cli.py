@@ -1,160 +1,309 @@
-"""Crash-point sweep of the command line: an operator's action, and a worker stopping on SIGTERM, killed at each point.
+"""Crash-point sweep of the command line: each command an operator or a worker's supervisor runs, killed at each point.
 
-The crash sweep (``crash.py``) drives the Python API in one forked process. Here each command is a real
-``python -m orchestrator`` process armed with ``ORCH_CRASH_AT=point:n`` (``orchestrator.faults``): ``control approve``,
-``revise``, ``resume`` and ``cancel`` on jobs waiting for them, and a looping ``worker`` sent SIGTERM once its run
-started (its graceful stop: the run killed after the grace period and handed back). A clean run of each, counted
-(``counting.py``), gives the points it passes and how often; each is killed at every pass (``every-pass``) or at one
-the seed picks (``sampled``), on the project the set-up left, put back before each kill. Then an action's command is
-run again, as the runbook says to after any failure (exit 0: applied now, or already applied, with what the kill left
-out written), and must leave one event of its kind; the crash sweep's recovery and checks follow (``crash.checked``),
-with up to two streams holding lines nobody acknowledged (a command is acknowledged only by its exit, and it writes a
-job's event and an audit entry).
+The crash sweep (``crash.py``) drives the Python API in one forked process. Here each command is a real command-line
+process armed with ``ORCH_CRASH_AT=point:n`` (``orchestrator.faults``): ``control approve``, ``revise``, ``resume``
+and ``cancel`` and ``resume-from-chat`` on jobs waiting for them, ``submit --key``, ``audit heal`` on a project whose
+audit entries a crash lost, ``import`` of a bundle into an empty project, ``worker --once`` on a queued job, and a
+looping ``worker`` sent SIGTERM, or SIGINT (Ctrl-C), once its run started (its graceful stop: the run killed after the
+grace period and handed back). A clean run of each, counted (``counting.py``, a ``python -m`` process of its own),
+gives the points it passes and how often; each is killed at every pass (``every-pass``) or at one the seed picks
+(``sampled``), on its set-up put back before each kill. The killed commands, and those run again, are forked by a
+process that imported the command line once (``command_forks.py``): the same entry point, without ~0.2 s of imports
+each. Then the command is run again, as the runbook says to after any failure (exit 0: applied now, or already
+applied, with what the kill left out written), and must leave its work done once (``Command.done``); a worker is not
+run again but by the recovery; the crash sweep's recovery and checks follow (``crash.checked``), with the streams a
+command writes allowed lines nobody acknowledged (a command is acknowledged only by its exit).
 """
 from __future__ import annotations
 
 import json
+import os
 import signal
-import subprocess
-import sys
-import tempfile
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from orchestrator import audit as audit_log
 from orchestrator.api import Orchestrator
 from orchestrator.reliability import crash
-from orchestrator.reliability.common import (Project, keep_aside, new_project, progress, put_back, record_acks,
-                                             run_forked)
+from orchestrator.reliability.command_forks import CommandForks
+from orchestrator.reliability.common import (PROJECT, Project, keep_aside, new_project, progress, put_back,
+                                             record_acks, run_forked, streams)
 from orchestrator.reliability.counting import counts_in
+from orchestrator.signing import line_hash
+from orchestrator.submitted import key_job_id
+from orchestrator.transfer import export_project
 from orchestrator.worker import Worker, WorkerSettings
 
-# each action's command line (``{job}``: the job the set-up made for it) and the event it must leave, once
-ACTIONS = {
-    "approve": (("control", "approve", "{job}", "looks right"), "job_approved"),
-    "revise": (("control", "revise", "{job}", "once more"), "job_revised"),
-    "resume": (("control", "resume", "{job}", "yes"), "job_resumed"),
-    "cancel": (("control", "cancel", "{job}", "not needed"), "job_cancelled"),
-}
-STOPPED_WORKER = "worker-sigterm"  # a looping worker sent SIGTERM once its run started
+SUBMIT_KEY = "cli-submit"
 STOPPED_WORKER_ARGS = ("worker", "--worker-id", "stopped", "--stop-grace-seconds", "0.2")
-COMMANDS = (*ACTIONS, STOPPED_WORKER)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command the sweep kills: its arguments (``{job}``: what its set-up made for it), the set-up it runs on, and
+    what it must have done once it was run again after the kill (``done``, by name; "": it is not run again)."""
+
+    argv: tuple[str, ...]
+    set_up: str = "shared"
+    done: str = ""
+    event: str = ""  # the job event it writes, which must be there once
+    stop: int = 0  # the signal sent once its run started (a looping worker's graceful stop)
+    again_exits: tuple[int, ...] = (0,)  # the exits of the command run again that may be right (``done`` says)
+    what: str = ""  # how the report's row names it
+
+
+COMMANDS = {
+    "approve": Command(("control", "approve", "{job}", "looks right"), done="event", event="job_approved",
+                       what="control approve"),
+    "revise": Command(("control", "revise", "{job}", "once more"), done="event", event="job_revised",
+                      what="revise"),
+    "resume": Command(("control", "resume", "{job}", "yes"), done="event", event="job_resumed", what="resume"),
+    "cancel": Command(("control", "cancel", "{job}", "not needed"), done="event", event="job_cancelled",
+                      what="cancel"),
+    "resume-from-chat": Command(("resume-from-chat", "{job}", "job_id: {job}; yes"), done="event",
+                                event="job_resumed", what="resume-from-chat"),
+    "submit": Command(("submit", "--kind", "rel.echo", "--input", '{{"for": "submit"}}', "--key", SUBMIT_KEY),
+                      done="event", event="job_submitted", what="submit --key"),
+    "audit-heal": Command(("audit", "heal"), set_up="heal", done="event", event="job_cancelled", what="audit heal"),
+    "import": Command(("import", "{job}"), set_up="import", done="imported", what="import"),
+    # run again at once: it runs the job (a kill before its claim was durable), or finds it already final, or finds
+    # it running under the dead worker's lease, which the recovery's worker takes over once it expired (exit 75)
+    "worker-once": Command(("worker", "--once", "--worker-id", "once", "--retry-base-seconds", "0"),
+                           set_up="once", done="run", again_exits=(0, 75), what="worker --once"),
+    "worker-sigterm": Command(STOPPED_WORKER_ARGS, stop=signal.SIGTERM, what="a worker stopped by SIGTERM"),
+    "worker-sigint": Command(STOPPED_WORKER_ARGS, stop=signal.SIGINT, what="one by SIGINT"),
+}
 # the points of the quick run (and the test suite): a torn write, between an event and its audit entry, after the
-# entry, the stopped worker's hand-back; 16 kills where every pass of every point is 88 (54 points), 1 to 2 s
-# each on 2 shared cores
-QUICK_POINTS = ("store.append.mid_write", "append.after_event", "append.after_audit_entry", "worker.before_outcome")
+# entry, the stopped worker's hand-back, between two audit entries a heal writes, between an import's chunks and
+# before its head record; 36 kills where every pass of every point is 158 (127 points), 0.3 to 0.7 s each on 2 shared
+# cores
+QUICK_POINTS = ("store.append.mid_write", "append.after_event", "append.after_audit_entry", "worker.before_outcome",
+                "audit.heal.before_entry", "import.after_chunk", "import.before_head")
 WAIT_SECONDS = 60.0  # a command still running then is killed by the sweep: its run failed (``crashed`` False)
+
+
+def describe(commands: list[str]) -> str:
+    """The commands a sweep ran, as its report's row names them."""
+    return ", ".join(COMMANDS[c].what for c in commands if c in COMMANDS)
 
 
 def _started(project: Project) -> Path:
     return project.base.parent / "started"
 
 
-def _set_up(project: Project) -> dict[str, str]:
-    """Two jobs awaiting audit, one waiting for an answer, one queued, and the stopped worker's (claimed first, it
-    waits for its release), made by a forked child whose appends are acknowledged; the job of each command."""
+def _bundle(project: Project) -> Path:
+    return project.base.parent / "bundle.jsonl"
+
+
+def _shared(project: Project, orch: Orchestrator) -> dict[str, str]:
+    """Two jobs awaiting audit, two waiting for an answer, one queued, and the stopped worker's (claimed first, it
+    waits for its release); the job ``submit --key`` makes."""
+    jobs = {"approve": orch.submit("rel.echo", {"for": "approve"}, audit=True),
+            "revise": orch.submit("rel.echo", {"for": "revise"}, audit=True), "resume": orch.submit("rel.ask", {}),
+            "resume-from-chat": orch.submit("rel.ask", {"for": "chat"})}
+    with Worker(orch, WorkerSettings(worker_id="set-up", retry_base_seconds=0)) as worker:
+        crash.drain(worker)
+    jobs["cancel"] = orch.submit("rel.echo", {"for": "cancel"})
+    jobs["worker-sigterm"] = jobs["worker-sigint"] = orch.submit(
+        "rel.wait", {"started": str(_started(project)), "release": str(crash.released_file(orch))}, priority=1)
+    jobs["submit"] = key_job_id(PROJECT, SUBMIT_KEY)
+    return jobs
+
+
+def _heal(project: Project, orch: Orchestrator) -> dict[str, str]:
+    """Two jobs cancelled by events whose audit entries a crash lost: ``audit heal`` writes both."""
+    lost = [orch.submit("rel.echo", {"lost": n}) for n in range(2)]
+    for job_id in lost:
+        orch.append(orch.load(job_id), job_id, [("job_cancelled", {"reason": "entry lost"})])
+    return {"audit-heal": lost[0], "audit-heal-2": lost[1]}
+
+
+def _once(project: Project, orch: Orchestrator) -> dict[str, str]:
+    """One queued job, the project's only one."""
+    return {"worker-once": orch.submit("rel.echo", {"for": "once"})}
+
+
+def _import(project: Project, orch: Orchestrator) -> dict[str, str]:
+    """An empty project, and a bundle of another's (signed with the same key): a job succeeded, one approved after its
+    audit, one queued."""
+    source = Project(project.base.parent.parent / "import-source" / "base", seed=project.seed)
+    source.base.mkdir(parents=True)
+    src = source.orch()
+    done = [src.submit("rel.echo", {"i": 1}), src.submit("rel.echo", {"i": 2}, audit=True)]
+    with Worker(src, WorkerSettings(worker_id="source", retry_base_seconds=0)) as worker:
+        crash.drain(worker)
+    src.approve(done[1], "looks right")
+    src.submit("rel.echo", {"i": 3})
+    with open(_bundle(project), "wb") as out:
+        export_project(src, out)
+    return {"import": str(_bundle(project)), "import-source": str(source.base)}
+
+
+SET_UPS: dict[str, Callable[[Project, Orchestrator], dict[str, str]]] = {
+    "shared": _shared, "heal": _heal, "once": _once, "import": _import}
+
+
+@dataclass
+class _SetUp:
+    project: Project
+    kept: Path
+    jobs: dict[str, str]
+
+
+def _set_up(root: Path, name: str) -> _SetUp:
+    """Make the set-up ``name`` in a forked child whose appends are acknowledged, and keep it aside."""
+    project = new_project(root, "cli" if name == "shared" else f"cli-{name}")
     jobs_file = project.base.parent / "jobs.json"
 
     def body() -> int:
         orch = project.orch()
         record_acks(orch, project.acks_file)
-        jobs = {"approve": orch.submit("rel.echo", {"for": "approve"}, audit=True),
-                "revise": orch.submit("rel.echo", {"for": "revise"}, audit=True), "resume": orch.submit("rel.ask", {})}
-        with Worker(orch, WorkerSettings(worker_id="set-up", retry_base_seconds=0)) as worker:
-            crash.drain(worker)
-        jobs["cancel"] = orch.submit("rel.echo", {"for": "cancel"})
-        jobs[STOPPED_WORKER] = orch.submit("rel.wait", {"started": str(_started(project)),
-                                                        "release": str(crash.released_file(orch))}, priority=1)
-        jobs_file.write_text(json.dumps(jobs))
+        jobs_file.write_text(json.dumps(SET_UPS[name](project, orch)))
         return 0
 
     result = run_forked(body)
     if result.exit_code != 0:
-        raise RuntimeError(f"the command-line sweep's set-up failed: {result.stderr}")
-    return json.loads(jobs_file.read_text())
+        raise RuntimeError(f"the command-line sweep's set-up {name} failed: {result.stderr}")
+    kept = project.base.parent.parent / f"{project.base.parent.name}.set-up"
+    keep_aside(project.base.parent, kept)
+    return _SetUp(project, kept, json.loads(jobs_file.read_text()))
 
 
 def _argv(command: str, jobs: dict[str, str]) -> list[str]:
-    if command == STOPPED_WORKER:
-        return list(STOPPED_WORKER_ARGS)
-    return [arg.format(job=jobs[command]) for arg in ACTIONS[command][0]]
+    return [arg.format(job=jobs.get(command, "")) for arg in COMMANDS[command].argv]
 
 
-def _stop_once_started(proc: subprocess.Popen[bytes], started: Path) -> None:
+def _stop_once_started(pid: int, started: Path, signum: int) -> None:
+    """Send ``signum`` to the command once its run started (nothing if it ended first; or once ``WAIT_SECONDS``
+    passed)."""
     deadline = time.monotonic() + WAIT_SECONDS
-    while proc.poll() is None and not started.exists() and time.monotonic() < deadline:
+    while _alive(pid) and not started.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)  # nothing if it has ended
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
-def _run(project: Project, argv: list[str], *, crash_at: str = "",
-         entry: tuple[str, ...] = ("-m", "orchestrator")) -> tuple[int | None, str]:
-    """Run the command to its end (a worker sent SIGTERM once its run started): its exit status (``-9``: SIGKILLed;
-    None: still running after ``WAIT_SECONDS``, killed by the sweep) and the end of its stderr."""
+def _run(forks: CommandForks, project: Project, command: str, argv: list[str], *, crash_at: str = "",
+         counts: Path | None = None) -> tuple[int | None, str]:
+    """Run the command to its end (a worker sent its stop signal once its run started), armed to die at ``crash_at``
+    or counting the points it passes into ``counts``: its exit status (``-9``: SIGKILLed; None: still running after
+    ``WAIT_SECONDS``, killed by the sweep) and the end of its stderr."""
     env = project.command_env(**({"ORCH_CRASH_AT": crash_at} if crash_at else {}))
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, *entry, *argv], env=env, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            if argv[0] == "worker":
-                _stop_once_started(proc, _started(project))
-            code: int | None = proc.wait(WAIT_SECONDS)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            code = None
-        err.seek(0)
-        return code, err.read().decode("utf-8", "replace")[-2000:]
+    err = project.base.parent.parent / "command.stderr"
+    pid = forks.start(argv, env, err, counts)
+    if COMMANDS[command].stop:
+        _stop_once_started(pid, _started(project), COMMANDS[command].stop)
+    code = forks.wait(pid, WAIT_SECONDS)
+    text = err.read_bytes().decode("utf-8", "replace")[-2000:] if err.exists() else ""
+    err.unlink(missing_ok=True)
+    return code, text
 
 
-def _count(project: Project, kept: Path, command: str, jobs: dict[str, str]) -> dict[str, int]:
-    """The points a clean run of ``command`` on the set-up passes, and how often."""
-    put_back(kept, project.base.parent)
-    counts_file = project.base.parent.parent / f"cli-{command}.counts"
+def _alive(pid: int) -> bool:
+    """Whether the command still runs (a zombie the server has not reaped yet counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def _count(forks: CommandForks, setup: _SetUp, command: str) -> dict[str, int]:
+    """The points a clean run of ``command`` on its set-up passes, and how often."""
+    put_back(setup.kept, setup.project.base.parent)
+    counts_file = setup.project.base.parent.parent / f"cli-{command}.counts"
     counts_file.unlink(missing_ok=True)
-    code, err = _run(project, _argv(command, jobs), entry=("-m", "orchestrator.reliability.counting", str(counts_file)))
+    code, err = _run(forks, setup.project, command, _argv(command, setup.jobs), counts=counts_file)
     if code != 0:
         raise RuntimeError(f"the clean run of {command} exited {code}: {err}")
     return dict(counts_in(counts_file))
 
 
-def _run_again(project: Project, orch: Orchestrator, command: str, jobs: dict[str, str]) -> dict[str, Any]:
-    """The operator's next step after an action's command died: the same command, which must exit 0 and leave one
-    event of its kind."""
-    code, err = _run(project, _argv(command, jobs))
-    events = sum(r["type"] == ACTIONS[command][1] for r in orch.load(jobs[command]).stream.records)
-    out = {"again_exit": code, "again_events": events, "again_ok": code == 0 and events == 1}
+def _audit_entries_once(orch: Orchestrator, job_id: str) -> bool:
+    """Whether each of the job's events that needs an audit entry has exactly one."""
+    records = orch.load(job_id).stream.records
+    _, entries = audit_log.entries_for(orch, job_id=job_id)
+    hashes = Counter(rec.get("data", {}).get("event_hash") for _, rec in entries)
+    lines = orch.store.read(job_id)
+    return all(hashes[line_hash(lines[i].raw)] == 1 for i, _ in audit_log.audited(records))
+
+
+def _done(orch: Orchestrator, command: str, setup: _SetUp, code: int | None) -> tuple[bool, str]:
+    """Whether the command run again did its work once, and what was found."""
+    spec, jobs = COMMANDS[command], setup.jobs
+    if spec.done == "event":
+        job_ids = [jobs[command]] + ([jobs["audit-heal-2"]] if command == "audit-heal" else [])
+        events = [sum(r["type"] == spec.event for r in orch.load(j).stream.records) for j in job_ids]
+        entries = all(_audit_entries_once(orch, j) for j in job_ids)
+        return all(n == 1 for n in events) and entries, f"{spec.event} x {events}, audit entries once: {entries}"
+    if spec.done == "imported":
+        source = Project(Path(jobs["import-source"]), seed=setup.project.seed).orch()
+        differ = [s for s in streams(source) if [x.raw for x in source.store.read(s)] !=
+                  [x.raw for x in orch.store.read(s)]]
+        return not differ, f"streams unlike the bundle's: {differ}"
+    # ``run``: the worker run again ran the job, found it final, or left it to the lease's expiry (exit 75)
+    records = orch.load(jobs[command]).stream.records
+    state = orch.status(jobs[command]).state
+    outcomes = sum(r["type"] == "job_succeeded" for r in records)
+    ok = (state == "succeeded" and outcomes == 1) or (code == 75 and state == "running" and outcomes == 0)
+    return ok, f"{state}, job_succeeded x {outcomes}"
+
+
+def _run_again(forks: CommandForks, setup: _SetUp, orch: Orchestrator, command: str) -> dict[str, Any]:
+    """The operator's next step after a command died: the same command, which must exit as ``again_exits`` says and
+    leave its work done once (``_done``)."""
+    code, err = _run(forks, setup.project, command, _argv(command, setup.jobs))
+    done, found = _done(orch, command, setup, code)
+    out = {"again_exit": code, "again_found": found,
+           "again_ok": code in COMMANDS[command].again_exits and done}
     return out if out["again_ok"] else {**out, "again_error": err}
 
 
-def _one_kill(project: Project, kept: Path, command: str, jobs: dict[str, str], point: str, nth: int) -> dict[str, Any]:
-    put_back(kept, project.base.parent)
-    code, err = _run(project, _argv(command, jobs), crash_at=f"{point}:{nth}")
+def _one_kill(forks: CommandForks, setup: _SetUp, command: str, point: str, nth: int,
+              streams_per_crash: int) -> dict[str, Any]:
+    put_back(setup.kept, setup.project.base.parent)
+    code, err = _run(forks, setup.project, command, _argv(command, setup.jobs), crash_at=f"{point}:{nth}")
     killed = code == -signal.SIGKILL
-    again = (lambda orch: _run_again(project, orch, command, jobs)) if command in ACTIONS else None
-    run = crash.checked(project, killed=killed, error="" if killed or code == 0 else f"exit {code}: {err}",
-                        streams_per_crash=2, before_recovery=again)
+    again = (lambda orch: _run_again(forks, setup, orch, command)) if COMMANDS[command].done else None
+    run = crash.checked(setup.project, killed=killed, error="" if killed or code == 0 else f"exit {code}: {err}",
+                        streams_per_crash=streams_per_crash, before_recovery=again)
     run.update(command=command, point=point, nth=nth, ok=run["ok"] and run.get("again_ok", True))
     return run
 
 
-def sweep(root: Path, mode: str = crash.SAMPLED, points: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Kill each of ``COMMANDS`` at each point it passes (or each of ``points`` it passes): at every pass, or once at
-    a pass seed 0 picks (one seed: each kill runs a command of ~1 s)."""
-    project = new_project(root, "cli")
-    kept = root / "cli.set-up"
-    jobs = _set_up(project)
-    keep_aside(project.base.parent, kept)
-    chosen, seed_list = list(COMMANDS), [0]
+def _streams_written(command: str, setup: _SetUp) -> int:
+    """How many streams a kill of ``command`` may leave with lines nobody acknowledged: the job's and the audit log's
+    (``import``: every stream of the bundle, none acknowledged before its exit)."""
+    if command != "import":
+        return 2
+    return len(list(streams(Project(Path(setup.jobs["import-source"]), seed=setup.project.seed).orch())))
+
+
+def sweep(root: Path, mode: str = crash.SAMPLED, points: tuple[str, ...] | None = None,
+          commands: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Kill each of ``COMMANDS`` (or of ``commands``) at each point it passes (or each of ``points`` it passes): at
+    every pass, or once at a pass seed 0 picks (one seed: each kill runs a command and the command run again)."""
+    chosen = [c for c in COMMANDS if not commands or c in commands]
+    setups = {name: _set_up(root, name) for name in dict.fromkeys(COMMANDS[c].set_up for c in chosen)}
+    seed_list = [0]
     passes: dict[str, dict[str, int]] = {}
     runs: list[dict[str, Any]] = []
-    for command in chosen:
-        passes[command] = {p: n for p, n in _count(project, kept, command, jobs).items() if not points or p in points}
-        command_runs = [_one_kill(project, kept, command, jobs, point, nth)
-                        for point, count in sorted(passes[command].items())
-                        for nth in crash.kill_passes(f"{command}/{point}", count, mode, seed_list).values()]
-        progress(f"crash {command} (CLI): {len(command_runs)} kills ({mode}), "
-                 f"{sum(not r['ok'] for r in command_runs)} failed")
-        runs += command_runs
+    with CommandForks(setups[COMMANDS[chosen[0]].set_up].project.command_env()) as forks:
+        for command in chosen:
+            setup = setups[COMMANDS[command].set_up]
+            passes[command] = {p: n for p, n in _count(forks, setup, command).items() if not points or p in points}
+            allowed = _streams_written(command, setup)
+            command_runs = [_one_kill(forks, setup, command, point, nth, allowed)
+                            for point, count in sorted(passes[command].items())
+                            for nth in crash.kill_passes(f"{command}/{point}", count, mode, seed_list).values()]
+            progress(f"crash {command} (CLI): {len(command_runs)} kills ({mode}), "
+                     f"{sum(not r['ok'] for r in command_runs)} failed")
+            runs += command_runs
     again = [r for r in runs if "again_ok" in r]
     return crash.summary(runs, {**crash.sweep_figures(mode, seed_list, passes), "commands": chosen,
                                 "again_runs": len(again), "again_ok": sum(r["again_ok"] for r in again)})

@@ -96,11 +96,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
         _sweep_rows(add, r["crash"])
     if "crash_cli" in r:
         c = r["crash_cli"]
-        actions = ", ".join(a for a in c["commands"] if a in crash_cli.ACTIONS)
-        what = [f"control {actions}"] * bool(actions) + ["a worker stopped by SIGTERM"] * (
-            crash_cli.STOPPED_WORKER in c["commands"])
-        out.append(_kills_row(c, f"crash the CLI ({'; '.join(what)})"))
-        add("  actions run again after the kill: exit 0, applied once", f"{c['again_ok']}/{c['again_runs']}", "all",
+        out.append(_kills_row(c, f"crash the CLI ({crash_cli.describe(c['commands'])})"))
+        add("  commands run again after the kill: its work done, once", f"{c['again_ok']}/{c['again_runs']}", "all",
             c["again_ok"] == c["again_runs"])
         _sweep_rows(add, c)
     if "double_crash" in r:

@@ -1,51 +1,94 @@
-"""An operator's command on the command line, or a worker stopping on SIGTERM, SIGKILLed at a named crash point.
+"""Each command an operator or a worker's supervisor runs on the command line, SIGKILLed at a named crash point.
 
-``orchestrator/reliability/crash_cli.py``: the real ``python -m orchestrator control approve|revise|resume|cancel``
-and ``worker`` processes, armed with ``ORCH_CRASH_AT``; here at one sampled pass of the four points of
-``crash_cli.QUICK_POINTS`` each passes, the long version (every pass of every point) in
-``scripts/reliability_report.py``.
+``orchestrator/reliability/crash_cli.py``: ``control approve|revise|resume|cancel``, ``resume-from-chat``, ``submit
+--key``, ``audit heal``, ``import``, ``worker --once`` and a looping ``worker`` stopped by SIGTERM or SIGINT, armed with
+``ORCH_CRASH_AT``; here at one sampled pass of each point of ``crash_cli.QUICK_POINTS`` each passes, the long version
+(every pass of every point) in ``scripts/reliability_report.py``. The commands are forked by a process that imported
+the command line once (``command_forks.py``), which must start, end and die as ``python -m orchestrator`` does.
 """
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from orchestrator.reliability import crash, crash_cli
+from orchestrator.reliability.command_forks import CommandForks
+from orchestrator.reliability.common import new_project
 from orchestrator.reliability.report import rows
 
 # what each command must be killed at in CI (crash_cli.QUICK_POINTS): a torn write, between its event and its audit
-# entry, after the entry; and the stopped worker's hand-back, which it writes after the signal
+# entry, after the entry; a stopped worker's hand-back, a run's outcome; between the entries a heal writes; between an
+# import's chunks and before its head records
 ACTION_POINTS = {"store.append.mid_write", "append.after_event", "append.after_audit_entry"}
+WORKER_POINTS = ACTION_POINTS | {"worker.before_outcome"}
+QUICK_PASSES = {
+    "approve": ACTION_POINTS, "revise": ACTION_POINTS, "resume": ACTION_POINTS, "cancel": ACTION_POINTS,
+    "resume-from-chat": ACTION_POINTS, "submit": {"store.append.mid_write", "append.after_event"},
+    "audit-heal": {"store.append.mid_write", "audit.heal.before_entry"},
+    "import": {"store.append.mid_write", "import.after_chunk", "import.before_head"},
+    "worker-once": {"store.append.mid_write", "append.after_event", "worker.before_outcome"},
+    "worker-sigterm": WORKER_POINTS, "worker-sigint": WORKER_POINTS,
+}
 
 
-@pytest.mark.slow  # 16 kills, each a command or a worker process, the command run again and a recovery: 20-40 s
-def test_a_killed_cli_action_or_stopping_worker_loses_nothing_and_the_action_run_again_is_applied_once(
-        tmp_path: Path) -> None:
+@pytest.mark.slow  # 33 kills, each a forked command, the command run again and a recovery: 15-35 s
+def test_a_killed_command_loses_nothing_and_the_command_run_again_does_its_work_once(tmp_path: Path) -> None:
     result = crash_cli.sweep(tmp_path, points=crash_cli.QUICK_POINTS)
-    assert list(result["passes"]) == list(crash_cli.COMMANDS) == ["approve", "revise", "resume", "cancel",
-                                                                   "worker-sigterm"]
-    for command, passes in result["passes"].items():
-        assert set(passes) == ACTION_POINTS | ({"worker.before_outcome"} if command == "worker-sigterm" else set())
-    assert result["crashed"] == result["runs"] == 16
+    assert list(result["passes"]) == list(crash_cli.COMMANDS) == list(QUICK_PASSES)
+    assert {command: set(passes) for command, passes in result["passes"].items()} == QUICK_PASSES
+    assert result["crashed"] == result["runs"] == 33
     assert result["failed_runs"] == []
-    assert result["again_ok"] == result["again_runs"] == 12  # the four actions', each at its three points
+    assert result["again_ok"] == result["again_runs"] == 25  # all but the stopped workers', run again by the recovery
     assert (result["acked_lost"], result["jobs_lost"], result["finished_twice"]) == (0, 0, 0)
     assert all(ok for *_, ok in rows({"crash_cli": result}))
 
 
-def test_the_cli_rows_fail_when_an_action_run_again_did_not_converge() -> None:
-    cli = {"mode": "sampled", "seeds": [0], "commands": list(crash_cli.COMMANDS), "points": 5,
-           "passes": {c: {"append.after_event": 1} for c in crash_cli.COMMANDS}, "runs": 5, "crashed": 5,
+def test_a_forked_command_exits_prints_and_dies_as_its_python_m_process_does(tmp_path: Path) -> None:
+    """The sweep's commands are forked from a server (no import at each start): each command line here run as
+    ``python -m orchestrator`` on one project and forked on another gives the same exit code and, when it fails, the
+    same error; a crash point kills both; a worker stops gracefully on SIGINT, handing its job back."""
+    real_project, forked_project = new_project(tmp_path, "real"), new_project(tmp_path, "forked")
+    cases = [(["submit", "--kind", "rel.echo", "--key", "k1"], {}, 0),
+             (["submit", "--kind", "rel.echo", "--key", "not an id"], {}, 3),
+             (["submit", "--kind", "rel.echo", "--key", "k2"], {"ORCH_CRASH_AT": "append.after_event"}, -9),
+             (["worker", "--once"], {}, 0)]
+    err = tmp_path / "err"
+    with CommandForks(forked_project.command_env()) as forks:
+        for argv, extra, code in cases:
+            real = subprocess.run([sys.executable, "-m", "orchestrator", *argv],
+                                  env=real_project.command_env(**extra), capture_output=True, text=True, timeout=60)
+            forked = forks.wait(forks.start(argv, forked_project.command_env(**extra), err), 60)
+            assert (real.returncode, forked) == (code, code), (argv, real.stderr, err.read_text())
+            if code not in (0, -9):
+                assert err.read_text() == real.stderr
+        started = forked_project.base.parent / "started"
+        job_id = forked_project.orch().submit("rel.wait", {"started": str(started), "release": str(tmp_path / "no")})
+        pid = forks.start(["worker", "--stop-grace-seconds", "0.2"], forked_project.command_env(), err)
+        crash_cli._stop_once_started(pid, started, signal.SIGINT)
+        assert forks.wait(pid, 60) == 0, err.read_text()
+    assert forked_project.orch().status(job_id).state == "queued"
+
+
+def test_the_cli_rows_fail_when_a_command_run_again_did_not_do_its_work() -> None:
+    old = ["approve", "revise", "resume", "cancel", "worker-sigterm"]  # the commands of the sweep's first runs
+    cli = {"mode": "sampled", "seeds": [0], "commands": old, "points": 5,
+           "passes": {c: {"append.after_event": 1} for c in old}, "runs": 5, "crashed": 5,
            "acked_lost": 0, "jobs_lost": 0, "finished_twice": 0, "verify_problems": 0, "failed_runs": [],
            "again_runs": 4, "again_ok": 4}
     table = rows({"crash_cli": cli})
-    assert table[0] == ("crash the CLI (control approve, revise, resume, cancel; a worker stopped by SIGTERM) at one "
+    assert table[0] == ("crash the CLI (control approve, revise, resume, cancel, a worker stopped by SIGTERM) at one "
                         "sampled pass of every point per seed (5 points x 1, seed 0): processes killed", "5/5", "all",
                         True)
     assert all(ok for *_, ok in table)
     again = [ok for figure, _, _, ok in rows({"crash_cli": {**cli, "again_ok": 3}}) if "run again" in figure]
     assert again == [False]
+    every = rows({"crash_cli": {**cli, "commands": list(crash_cli.COMMANDS)}})[0][0]
+    assert every.startswith("crash the CLI (control approve, revise, resume, cancel, resume-from-chat, submit --key, "
+                            "audit heal, import, worker --once, a worker stopped by SIGTERM, one by SIGINT) at ")
 
 
 def test_a_sweeps_points_count_each_point_of_each_command_as_the_crash_sweeps_count_each_point() -> None:
