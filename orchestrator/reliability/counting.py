@@ -1,9 +1,10 @@
 """``python -m orchestrator.reliability.counting FILE ARGS...``: ``python -m orchestrator ARGS...`` that writes the
 name of each crash point it passes to FILE, one a line, as it passes it.
 
-The one way the sweeps count passes: the command-line sweep (``crash_cli.py``) runs a command under this module, the
-in-process sweeps (``crash.counted``) call ``count_into`` in their forked child. Only the counting process's own passes
-count: a point passed in a process it forked (a handler's) is not one it can be killed at.
+The one way the sweeps count passes: the command-line sweep (``crash_cli.py``) has each command it forks
+(``command_forks.py``) call ``count_into``, the in-process sweeps (``crash.counted``) call it in their forked child;
+both read the counts with ``counts_in``. Only the counting process's own passes count: a point passed in a process it
+forked (a handler's) is not one it can be killed at.
 """
 from __future__ import annotations
 

@@ -5,11 +5,11 @@ process armed with ``ORCH_CRASH_AT=point:n`` (``orchestrator.faults``): ``contro
 and ``cancel`` and ``resume-from-chat`` on jobs waiting for them, ``submit --key``, ``audit heal`` on a project whose
 audit entries a crash lost, ``import`` of a bundle into an empty project, ``worker --once`` on a queued job, and a
 looping ``worker`` sent SIGTERM, or SIGINT (Ctrl-C), once its run started (its graceful stop: the run killed after the
-grace period and handed back). A clean run of each, counted (``counting.py``, a ``python -m`` process of its own),
-gives the points it passes and how often; each is killed at every pass (``every-pass``) or at one the seed picks
-(``sampled``), on its set-up put back before each kill. The killed commands, and those run again, are forked by a
-process that imported the command line once (``command_forks.py``): the same entry point, without ~0.2 s of imports
-each. Then the command is run again, as the runbook says to after any failure (exit 0: applied now, or already
+grace period and handed back). Every command is forked by a process that imported the command line once
+(``command_forks.py``): the entry point of ``python -m orchestrator``, without its ~0.2 s of imports at each start. A
+clean run of each, counted (``counting.count_into``), gives the points it passes and how often; each is killed at
+every pass (``every-pass``) or at one the seed picks (``sampled``), on its set-up put back before each kill. Then the
+command is run again, as the runbook says to after any failure (exit 0: applied now, or already
 applied, with what the kill left out written), and must leave its work done once (``Command.done``); a worker is not
 run again but by the recovery; the crash sweep's recovery and checks follow (``crash.checked``), with the streams a
 command writes allowed lines nobody acknowledged (a command is acknowledged only by its exit).
@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from orchestrator import audit as audit_log
 from orchestrator.api import Orchestrator
+from orchestrator.head_records import head_key
 from orchestrator.reliability import crash
 from orchestrator.reliability.command_forks import CommandForks
 from orchestrator.reliability.common import (PROJECT, Project, keep_aside, new_project, progress, put_back,
@@ -78,8 +79,8 @@ COMMANDS = {
 }
 # the points of the quick run (and the test suite): a torn write, between an event and its audit entry, after the
 # entry, the stopped worker's hand-back, between two audit entries a heal writes, between an import's chunks and
-# before its head record; 36 kills where every pass of every point is 158 (127 points), 0.3 to 0.7 s each on 2 shared
-# cores
+# before its head record; 33 kills where every pass of every point is 207 (120 points), 0.4 to 0.6 s each at a load of 5
+# on 2 cores
 QUICK_POINTS = ("store.append.mid_write", "append.after_event", "append.after_audit_entry", "worker.before_outcome",
                 "audit.heal.before_entry", "import.after_chunk", "import.before_head")
 WAIT_SECONDS = 60.0  # a command still running then is killed by the sweep: its run failed (``crashed`` False)
@@ -244,8 +245,9 @@ def _done(orch: Orchestrator, command: str, setup: _SetUp, code: int | None) -> 
     if spec.done == "imported":
         source = Project(Path(jobs["import-source"]), seed=setup.project.seed).orch()
         differ = [s for s in streams(source) if [x.raw for x in source.store.read(s)] !=
-                  [x.raw for x in orch.store.read(s)]]
-        return not differ, f"streams unlike the bundle's: {differ}"
+                  [x.raw for x in orch.store.read(s)] or source.store.get_aux(*head_key(s)) !=
+                  orch.store.get_aux(*head_key(s))]
+        return not differ, f"streams or head records unlike the bundle's: {differ}"
     # ``run``: the worker run again ran the job, found it final, or left it to the lease's expiry (exit 75)
     records = orch.load(jobs[command]).stream.records
     state = orch.status(jobs[command]).state

@@ -18,9 +18,9 @@ from orchestrator.json_usage import ArgumentParser
 from orchestrator.reliability import badinput, concurrency, crash, crash_cli, disk, double_crash, tamper, torn
 from orchestrator.reliability.common import progress
 
-# the crash sweeps kill once per seed at a sampled pass of each point (quick: 21 kills, and the command line's 16 at
+# the crash sweeps kill once per seed at a sampled pass of each point (quick: 21 kills, and the command line's 33 at
 # crash_cli.QUICK_POINTS), or at every pass of every point (long: 263 kills, 2 to 4 min on 2 shared cores, and the
-# command line's 88); a workload crash then its recovery's: 8 sampled pairs, or every pair of points (long: 244)
+# command line's 207); a workload crash then its recovery's: 8 sampled pairs, or every pair of points (long: 244)
 QUICK = {"crash_seeds": 1, "crash_mode": crash.SAMPLED, "cli_points": crash_cli.QUICK_POINTS, "double_pairs": 8,
          "torn_step": 7, "flips": 500, "per_kind": 20, "storm": (4, 150, 0.5), "zombie_rounds": 1, "clock_seeds": 3,
          "line_samples": 300}

@@ -35,7 +35,7 @@ QUICK_PASSES = {
 }
 
 
-@pytest.mark.slow  # 33 kills, each a forked command, the command run again and a recovery: 15-35 s
+@pytest.mark.slow  # 33 kills, each a forked command, the command run again and a recovery: 10-25 s
 def test_a_killed_command_loses_nothing_and_the_command_run_again_does_its_work_once(tmp_path: Path) -> None:
     result = crash_cli.sweep(tmp_path, points=crash_cli.QUICK_POINTS)
     assert list(result["passes"]) == list(crash_cli.COMMANDS) == list(QUICK_PASSES)
