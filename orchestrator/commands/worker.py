@@ -20,6 +20,7 @@ from orchestrator.security import sanitize_text, shown
 
 EXIT_RAN = 0
 EXIT_NOTHING_TO_DO = 75  # sysexits EX_TEMPFAIL: nothing runnable now, try again later
+LEASED_SHOWN, LEASED_LISTED = 3, 100  # the leased jobs ``worker --once`` names when it ran nothing: in text, in JSON
 
 
 def _env_list(name: str, what: str) -> tuple[str, ...]:
@@ -224,7 +225,8 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
             finally:
                 w.close()
             if result is None:  # w.stopping: a signal before the claim, nothing claimed (Worker.run_once)
-                return _ran_nothing(out, w.worker_id, w.recovered, stopped=w.stopping)
+                return _ran_nothing(out, w.worker_id, w.recovered, stopped=w.stopping,
+                                    leased=[] if w.stopping else _leased(orch))
             report(result, recovered=w.recovered)
             return EXIT_RAN
         out.progress(f"worker {w.worker_id} started")
@@ -238,15 +240,37 @@ def worker(orch: Any, out: Output, once: bool, max_jobs: int | None, idle_exit: 
     return _stopped(out, w.worker_id, done, len(jobs_seen), w.handler_not_found(), w.untrusted_keys())
 
 
-def _ran_nothing(out: Output, worker_id: str, recovered: list[dict[str, Any]], *, stopped: bool) -> int:
+def _ran_nothing(out: Output, worker_id: str, recovered: list[dict[str, Any]], *, stopped: bool,
+                 leased: list[dict[str, Any]] | None = None) -> int:
     """``worker --once`` that claimed nothing: nothing was runnable, or a stop signal came before its claim (the
-    queue untouched)."""
+    queue untouched). Nothing runnable names the jobs running under a lease not yet expired (``leased``): a worker
+    run again after one died holding a job finds it so, and no worker takes it over before its lease expires."""
     if stopped:
         out.emit({"ran": False, "worker_id": worker_id, "stopped": True, "recovered": recovered},
                  "stopped before claiming a job: nothing run")
-    else:
-        out.emit({"ran": False, "worker_id": worker_id, "recovered": recovered}, "nothing to run")
+        return EXIT_NOTHING_TO_DO
+    text, leased = "nothing to run", leased or []
+    if leased:
+        shown_jobs = ", ".join(f"{j['job_id']} until {j['lease_expires_at']}" for j in leased[:LEASED_SHOWN])
+        more = f" and {len(leased) - LEASED_SHOWN} more" if len(leased) > LEASED_SHOWN else ""
+        text += (f"; {len(leased)} job{'s' * (len(leased) > 1)} running under a lease ({shown_jobs}{more}): a worker "
+                 "recovers a job whose worker is gone once its lease expired")
+    out.emit({"ran": False, "worker_id": worker_id, "recovered": recovered, "leased": leased[:LEASED_LISTED]}, text)
     return EXIT_NOTHING_TO_DO
+
+
+def _leased(orch: Any) -> list[dict[str, Any]]:
+    """The jobs running under a lease not yet expired (a live worker's, or a dead one's), by expiry; a job that cannot
+    be read is left out (``verify``'s business)."""
+    leased = []
+    for job_id in orch.queue.running():
+        try:
+            st = orch.status(job_id)
+        except OrchestratorError:
+            continue
+        if st.state == "running" and st.lease_expires_at:
+            leased.append({"job_id": job_id, "lease_expires_at": st.lease_expires_at})
+    return sorted(leased, key=lambda j: (j["lease_expires_at"], j["job_id"]))
 
 
 def _stopped(out: Output, worker_id: str, done: int, jobs: int, left: HandlerNotFoundError | None,

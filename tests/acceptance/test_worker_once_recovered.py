@@ -70,3 +70,17 @@ def test_once_text_says_on_stderr_one_line_per_recovered_job_with_its_retry_time
     lines = [line for line in proc.stderr.splitlines() if line.startswith("recovered stale job ")]
     assert sorted(lines) == sorted([f"recovered stale job {retried} -> queued (retry at {orch.status(retried).retry_at})",
                                     f"recovered stale job {failed} -> failed"])
+
+
+def test_once_with_nothing_runnable_names_the_jobs_running_under_a_lease_not_yet_expired(env, orch) -> None:
+    """A `worker --once` run again after one died holding a job said only "nothing to run" (until the twenty-ninth
+    session): not that the job waits for its lease to expire, nor until when."""
+    live = orch.submit("t.echo", {"x": 1})
+    js.claim(orch, live, "run-gone", worker="gone-worker", lease="2099-01-01T00:00:00.000000Z")
+    proc = run_script("worker", "--once", "--json", env=env)
+    assert proc.returncode == 75, proc.stderr
+    assert json.loads(proc.stdout)["leased"] == [{"job_id": live, "lease_expires_at": "2099-01-01T00:00:00.000000Z"}]
+    text = run_script("worker", "--once", env=env)
+    assert text.returncode == 75
+    assert (f"nothing to run; 1 job running under a lease ({live} until 2099-01-01T00:00:00.000000Z): a worker "
+            "recovers a job whose worker is gone once its lease expired") in text.stdout
