@@ -12,7 +12,7 @@ What it does not pass is the import itself, which holds no crash point; the swee
 passes it kills at, is still a ``python -m`` process of its own, so a forked command that passed its points
 otherwise would fail its kill.
 
-The protocol, one JSON or number per line: the sweep writes ``{"argv", "env", "stderr"}``; the server answers the
+The protocol, one JSON or number per line: the sweep writes ``{"argv", "env", "output", "counts"}``; the server answers the
 child's pid, then its ``waitstatus_to_exitcode`` once it ended (``-9``: SIGKILLed).
 """
 from __future__ import annotations
@@ -43,11 +43,11 @@ class CommandForks:
             self.close()
             raise RuntimeError(f"the command server did not start: {self._ready!r}")
 
-    def start(self, argv: list[str], env: dict[str, str], stderr: Path, counts: Path | None = None) -> int:
-        """Fork ``python -m orchestrator ARGV`` with ``env``, its stderr into ``stderr``: its pid. With ``counts``,
+    def start(self, argv: list[str], env: dict[str, str], output: Path, counts: Path | None = None) -> int:
+        """Fork ``python -m orchestrator ARGV`` with ``env``, its stdout and stderr into ``output``: its pid. With ``counts``,
         the name of each crash point it passes is written there, one a line (``counting.count_into``)."""
         assert self._server.stdin is not None
-        request = {"argv": argv, "env": env, "stderr": str(stderr), "counts": str(counts) if counts else ""}
+        request = {"argv": argv, "env": env, "output": str(output), "counts": str(counts) if counts else ""}
         self._server.stdin.write(json.dumps(request).encode() + b"\n")
         self._server.stdin.flush()
         return int(self._line(60.0))
@@ -121,10 +121,10 @@ def _command(request: dict[str, Any]) -> None:
     """In the forked child: ``python -m orchestrator`` from its ``entry.main`` on, then its exit; never returns."""
     code = 1
     try:
-        devnull = os.open(os.devnull, os.O_RDWR)
-        os.dup2(devnull, 0)
-        os.dup2(devnull, 1)
-        os.dup2(os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 2)
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        output = os.open(request["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        os.dup2(output, 1)
+        os.dup2(output, 2)
         os.environ.clear()
         os.environ.update(request["env"])
         from orchestrator import entry, faults

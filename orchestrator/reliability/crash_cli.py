@@ -193,15 +193,15 @@ def _run(forks: CommandForks, project: Project, command: str, argv: list[str], *
          counts: Path | None = None) -> tuple[int | None, str]:
     """Run the command to its end (a worker sent its stop signal once its run started), armed to die at ``crash_at``
     or counting the points it passes into ``counts``: its exit status (``-9``: SIGKILLed; None: still running after
-    ``WAIT_SECONDS``, killed by the sweep) and the end of its stderr."""
+    ``WAIT_SECONDS``, killed by the sweep) and the end of its output (stdout and stderr)."""
     env = project.command_env(**({"ORCH_CRASH_AT": crash_at} if crash_at else {}))
-    err = project.base.parent.parent / "command.stderr"
-    pid = forks.start(argv, env, err, counts)
+    output = project.base.parent.parent / "command.output"
+    pid = forks.start(argv, env, output, counts)
     if COMMANDS[command].stop:
         _stop_once_started(pid, _started(project), COMMANDS[command].stop)
     code = forks.wait(pid, WAIT_SECONDS)
-    text = err.read_bytes().decode("utf-8", "replace")[-2000:] if err.exists() else ""
-    err.unlink(missing_ok=True)
+    text = output.read_bytes().decode("utf-8", "replace")[-2000:] if output.exists() else ""
+    output.unlink(missing_ok=True)
     return code, text
 
 
@@ -234,8 +234,9 @@ def _audit_entries_once(orch: Orchestrator, job_id: str) -> bool:
     return all(hashes[line_hash(lines[i].raw)] == 1 for i, _ in audit_log.audited(records))
 
 
-def _done(orch: Orchestrator, command: str, setup: _SetUp, code: int | None) -> tuple[bool, str]:
-    """Whether the command run again did its work once, and what was found."""
+def _done(orch: Orchestrator, command: str, setup: _SetUp, code: int | None, output: str) -> tuple[bool, str]:
+    """Whether the command run again (its exit ``code``, the end of its ``output``) did its work once, and what was
+    found."""
     spec, jobs = COMMANDS[command], setup.jobs
     if spec.done == "event":
         job_ids = [jobs[command]] + ([jobs["audit-heal-2"]] if command == "audit-heal" else [])
@@ -248,22 +249,24 @@ def _done(orch: Orchestrator, command: str, setup: _SetUp, code: int | None) -> 
                   [x.raw for x in orch.store.read(s)] or source.store.get_aux(*head_key(s)) !=
                   orch.store.get_aux(*head_key(s))]
         return not differ, f"streams or head records unlike the bundle's: {differ}"
-    # ``run``: the worker run again ran the job, found it final, or left it to the lease's expiry (exit 75)
-    records = orch.load(jobs[command]).stream.records
-    state = orch.status(jobs[command]).state
+    # ``run``: the worker run again ran the job, found it final, or left it to the lease's expiry (exit 75), saying so
+    job_id = jobs[command]
+    records = orch.load(job_id).stream.records
+    state = orch.status(job_id).state
     outcomes = sum(r["type"] == "job_succeeded" for r in records)
-    ok = (state == "succeeded" and outcomes == 1) or (code == 75 and state == "running" and outcomes == 0)
-    return ok, f"{state}, job_succeeded x {outcomes}"
+    said = f"running under a lease ({job_id} until " in output
+    ok = (state == "succeeded" and outcomes == 1) or (code == 75 and state == "running" and outcomes == 0 and said)
+    return ok, f"{state}, job_succeeded x {outcomes}" + (", its lease named" if said else "")
 
 
 def _run_again(forks: CommandForks, setup: _SetUp, orch: Orchestrator, command: str) -> dict[str, Any]:
     """The operator's next step after a command died: the same command, which must exit as ``again_exits`` says and
     leave its work done once (``_done``)."""
     code, err = _run(forks, setup.project, command, _argv(command, setup.jobs))
-    done, found = _done(orch, command, setup, code)
+    done, found = _done(orch, command, setup, code, err)
     out = {"again_exit": code, "again_found": found,
            "again_ok": code in COMMANDS[command].again_exits and done}
-    return out if out["again_ok"] else {**out, "again_error": err}
+    return out if out["again_ok"] else {**out, "again_output": err}
 
 
 def _one_kill(forks: CommandForks, setup: _SetUp, command: str, point: str, nth: int,
