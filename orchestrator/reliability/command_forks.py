@@ -8,12 +8,11 @@ several times that). Each command here is still a process of its own, killed by 
 where it is: the server forks it before anything but the imports ran (no store opened, no command begun), and the
 child does what ``python -m orchestrator`` does from there (``entry.main``: the stop signals handled first, the
 crash point armed from the environment it is given, its exit run as the interpreter's: threads joined, ``atexit``).
-What it does not pass is the import itself, which holds no crash point; the sweep's counting run, which gives the
-passes it kills at, is still a ``python -m`` process of its own, so a forked command that passed its points
-otherwise would fail its kill.
+What it does not pass is the import itself, which holds no crash point (``tests/integration/test_crash_cli_sweep.py``
+runs the same command lines both ways: the same exits, errors and deaths).
 
-The protocol, one JSON or number per line: the sweep writes ``{"argv", "env", "output", "counts"}``; the server answers the
-child's pid, then its ``waitstatus_to_exitcode`` once it ended (``-9``: SIGKILLed).
+The protocol, one JSON or number per line: the sweep writes ``{"argv", "env", "output", "counts"}``; the server
+answers the child's pid, then its ``waitstatus_to_exitcode`` once it ended (``-9``: SIGKILLed).
 """
 from __future__ import annotations
 
@@ -44,8 +43,8 @@ class CommandForks:
             raise RuntimeError(f"the command server did not start: {self._ready!r}")
 
     def start(self, argv: list[str], env: dict[str, str], output: Path, counts: Path | None = None) -> int:
-        """Fork ``python -m orchestrator ARGV`` with ``env``, its stdout and stderr into ``output``: its pid. With ``counts``,
-        the name of each crash point it passes is written there, one a line (``counting.count_into``)."""
+        """Fork ``python -m orchestrator ARGV`` with ``env``, its stdout and stderr into ``output``: its pid. With
+        ``counts``, the name of each crash point it passes is written there, one a line (``counting.count_into``)."""
         assert self._server.stdin is not None
         request = {"argv": argv, "env": env, "output": str(output), "counts": str(counts) if counts else ""}
         self._server.stdin.write(json.dumps(request).encode() + b"\n")
