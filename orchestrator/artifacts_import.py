@@ -5,8 +5,9 @@ so the copy calls ``between()`` before each file and after each chunk of one, wh
 (or stops the copy: the job was taken over or cancelled, its lease could not be renewed, the worker is stopping).
 Only regular files are copied: a link to ``/dev/zero`` would be copied for ever, a FIFO block the worker. The
 source is walked whole first, nothing written (``artifacts_source``): a loop of links or what is not a regular file
-is bad input, and a copy the file system has no room for is refused before it fills it. A file's holes are copied
-as holes (``SEEK_DATA``/``SEEK_HOLE``): a sparse file's copy takes no more room than the file.
+is bad input, an entry another user owns (a link planted while the folder was open) the store's fault, and a copy
+the file system has no room for is refused before it fills it. A file's holes are copied as holes
+(``SEEK_DATA``/``SEEK_HOLE``): a sparse file's copy takes no more room than the file.
 
 The target side, ``inputs/<job_id>`` in the job's own folder, is written by the job's handler (untrusted code)
 between runs. So the copy works relative to descriptors of the target folders, each opened never through a link
@@ -150,7 +151,8 @@ def import_artifacts(job_id: str, names: list[str], folders: WorkerFolders, targ
     """Copy (never move) the artifact folders of the jobs ``names`` into ``target/inputs/<job_id>/``; a job
     without a folder (or the job itself) is passed over, the former appended to ``missing``. Every source folder is
     walked first, nothing written (``artifacts_source.measure``): a loop of links or what is not a regular file is
-    ``InvalidInputError``, a copy the file system of ``target`` has no room for ``CopyFailed`` (``_check_room``).
+    ``InvalidInputError``, an entry another user owns ``CopyFailed`` (``untrusted_source``), a copy the file system
+    of ``target`` has no room for ``CopyFailed`` (``_check_room``).
     ``between`` is called before each entry walked, each file copied and after each chunk of one; what it raises
     ends the copy. A copy that fails raises ``CopyFailed`` at once. The path of each symbolic link removed on the target side is appended to
     ``removed`` as it goes (the caller's list: it holds them however the copy ends)."""
@@ -191,6 +193,8 @@ def _check_room(job_folder: int, target: Path, sources: list[tuple[str, Path]], 
             measure(src, earlier, other, between, need)
         except OSError as exc:
             raise _failed(exc, writing=False) from None
+        except StorageError as exc:  # an entry another user owns (``planted``): as a source folder of theirs
+            raise untrusted_source(exc) from None
         finally:
             if earlier is not None:
                 os.close(earlier)

@@ -8,9 +8,12 @@ that claimed the job stopped, for ever. Walking every folder the copy will, befo
 loop of links (a folder met again on its own path, by ``(st_dev, st_ino)``: ``entered``), a folder reached through
 more paths of links than ``MAX_PATHS_TO_A_FOLDER`` (two links to the next folder at each of 30 levels are no loop,
 but 2**30 paths, each a copy), a link to nothing (``leads_nowhere``) and anything that is not a regular file or a
-folder: the job's bad input, nothing copied. It also adds up the room the copy takes (the
-blocks each file has: its holes are copied as holes), less what an earlier copy it replaces gives back, for
-``refusal`` to weigh against the file system of the job's folder.
+folder: the job's bad input, nothing copied. Each entry (a link itself, not what it leads to) and each folder walked
+(one reached through a link too) must be this user's or root's (``planted``): the source folder is made 0700 before
+the walk (``worker_folders.trusted_source``), but what another user put there while it was open to others stays,
+and a link of theirs would have this user's own files (a key, a token) copied. It also adds up the room the copy
+takes (the blocks each file has: its holes are copied as holes), less what an earlier copy it replaces gives back,
+for ``refusal`` to weigh against the file system of the job's folder.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ import stat
 from pathlib import Path
 from typing import Callable
 
-from orchestrator.errors import InvalidInputError
+from orchestrator.errors import InvalidInputError, StorageError
+from orchestrator.key_paths import named_user, user_or_root
 from orchestrator.security import shown as quoted
 from orchestrator.security import shown_bytes
 
@@ -65,6 +69,17 @@ def not_regular(path: str, root: Path, other: str) -> InvalidInputError:
                              "FIFO or a socket, perhaps through a link): nothing of it is copied")
 
 
+def planted(path: str, st: os.stat_result, other: str) -> StorageError:
+    """The refusal of an entry at ``path`` (its status ``st``, a link's own) of job ``other``'s folder owned by another
+    user than this one or root, as of a source folder another user owns (``worker_folders.trusted_source``): the
+    store's fault, the job handed back (``artifacts_import.untrusted_source``), nothing copied."""
+    return StorageError(f"{path} is owned by uid {st.st_uid}, neither {named_user(os.geteuid())} nor root, who may "
+                        "have put it there while its folder was open to others: a link to this user's own files (a "
+                        f"key, a token) would have them copied where the job's handler reads them: nothing of {other} "
+                        f"is copied; check what it is (a link: where it leads), then remove it or, as root: "
+                        f"chown -hR {os.geteuid()} {path}", path=path)
+
+
 def leads_nowhere(path: str, error: OSError, root: Path, other: str) -> InvalidInputError | None:
     """The bad input of a symbolic link at ``path`` that ``os.stat`` could not follow (``error``): to a path that is not
     there, below a file, or a loop of links to files (``ELOOP``). It fails every attempt the same way, as a loop of
@@ -103,9 +118,9 @@ def entered(path: str, st: os.stat_result, ancestors: Ancestors, reached: Reache
 def measure(root: Path, earlier: int | None, other: str, between: Callable[[], None], need: Need) -> None:
     """Add to ``need`` what copying job ``other``'s folder ``root`` takes where ``earlier`` (a descriptor of the
     earlier copy, None where there is none) is; ``between`` is called before each entry. A loop of links or an entry
-    that is neither a regular file nor a folder is ``InvalidInputError``; a source that cannot be read is its
-    ``OSError``. Nothing is written; the earlier copy is only looked at, never through a link (a link a run left
-    there gives back nothing, wherever it leads)."""
+    that is neither a regular file nor a folder is ``InvalidInputError``; an entry another user owns ``StorageError``
+    (``planted``); a source that cannot be read is its ``OSError``. Nothing is written; the earlier copy is only
+    looked at, never through a link (a link a run left there gives back nothing, wherever it leads)."""
     st = os.stat(root)
     if earlier is None:
         _add(need, st)
@@ -116,13 +131,18 @@ def _measure(path: str, st: os.stat_result, earlier: int | None, root: Path, oth
              seen: tuple[Ancestors, Reached], between: Callable[[], None], need: Need) -> None:
     ancestors, reached = seen
     ancestors = entered(path, st, ancestors, reached, root, other)
+    if not user_or_root(st):  # a folder a link leads to: its own entries are another user's to change
+        raise planted(path, st, other)
     with os.scandir(path) as listing:
-        names = [entry.name for entry in listing]
-    for name in names:
+        items = list(listing)
+    for item in items:
         between()
-        entry = os.path.join(path, name)
+        name, entry = item.name, item.path
+        own = item.stat(follow_symlinks=False)  # the entry itself (a link's own owner): one lstat
+        if not user_or_root(own):
+            raise planted(entry, own, other)
         try:
-            entry_st = os.stat(entry)  # links followed, as the copy follows them
+            entry_st = item.stat()  # links followed, as the copy follows them; no second call for the rest
         except OSError as exc:
             nowhere = leads_nowhere(entry, exc, root, other)
             if nowhere is None:

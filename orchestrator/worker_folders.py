@@ -438,10 +438,12 @@ def trusted_source(folder: str) -> None:
     change it: the copy follows its links, so whoever may write it could have this user's own files (a key, a
     token) copied into the job's ``inputs/``, where its handler reads them and may publish them. Another user's:
     refused, whatever its mode. Else made owner-only (0700, as the worker makes a job's folder), so that no other
-    user reaches what is below it either (a folder 0777 a run made there); said when others could write it, refused
-    when they still may and this user cannot change it (one they may only read, root's under a worker that is not
-    root, is copied as it is). ``StorageError`` (exit 10), the store's fault as the job's own folder is: the job is
-    handed back. A folder its owner cannot even open (a run's ``chmod``) is the copy's to fail on, the job's."""
+    user reaches what is below it either (a folder 0777 a run made there; what another user put there while it was
+    open is refused entry by entry as the copy walks it: ``artifacts_source.planted``); said when others could write
+    it, refused when they still may and this user cannot change it (one they may only read, root's under a worker
+    that is not root, is copied as it is). ``StorageError`` (exit 10), the store's fault as the job's own folder is:
+    the job is handed back. A folder its owner cannot even open (a run's ``chmod``) is the copy's to fail on, the
+    job's."""
     try:
         st = folder_status(folder, follow=True)  # the folder the copy reads: a link there (inside the store) followed
     except OSError:  # met by the copy, which says whose it is

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import stat
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -16,6 +17,7 @@ import pytest
 
 from helpers import events, make_worker
 from orchestrator import Orchestrator, key_paths
+from orchestrator.artifacts_source import Need, measure
 from orchestrator.errors import StorageError
 from orchestrator.handler_host import claim_host_folder
 from orchestrator.integrity import export_anchor
@@ -319,6 +321,48 @@ def test_a_copy_of_artifacts_from_takes_the_write_bits_of_others_off_a_source_be
     assert make_worker(orch, artifacts_import=True).run_once().job_id == job
     assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700 and orch.status(job).state == "succeeded"
     assert f"{folder} was writable by other users (mode 777)" in caplog.text
+
+
+PLANTER_UID = 2001  # a real second user (``setpriv``), who plants a link where others may write
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a second user: only root can be one here (setpriv)")
+@pytest.mark.parametrize("where", ["", "sub/"])
+def test_a_link_another_user_planted_in_a_source_others_could_write_is_never_copied_and_hands_the_job_back(
+        orch: Orchestrator, where: str) -> None:
+    """A source folder of this user's, 0777 (an older release under umask 000), is made 0700 before it is copied, but
+    a link another user planted while it was open stays in it: until the fix it was followed, and this user's own
+    file, which no other user may read, copied into the job's ``inputs/``. The link is made by uid 2001 itself,
+    from inside the folder (``cwd``, as a process of theirs that had it open), with nothing of root's about it."""
+    source, folder = folder_of_a_finished_job(orch, 0o777)
+    (folder / "sub").mkdir()
+    os.chmod(folder / "sub", 0o777)
+    private = orch.store.root.parent / "private"
+    subprocess.run(["setpriv", f"--reuid={PLANTER_UID}", f"--regid={PLANTER_UID}", "--clear-groups", "ln", "-s",
+                    str(private), "planted"], cwd=folder / where, check=True)
+    link = f"{folder}/{where}planted"
+    assert os.lstat(link).st_uid == PLANTER_UID
+    job = orch.submit("command", {"argv": ["sh", "-c", DONE], "artifacts_from": [source]})
+    with pytest.raises(StorageError, match=f"^{link} is owned by uid {PLANTER_UID}, neither this user .* nor root, "
+                                           f"who may have put it there .*: nothing of {source} is copied; check what "
+                                           f"it is .*, as root: chown -hR {os.geteuid()} {link}$") as refused:
+        make_worker(orch, artifacts_import=True).run_once()
+    assert refused.value.exit_code == 10
+    assert [e["type"] for e in events(orch, job)][-1] == "job_released" and orch.status(job).state == "queued"
+    assert not (orch.store.root / "artifacts" / job / "inputs").exists()  # before the fix: inputs/<source>/planted
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="another user's folder: only root can make one here")
+def test_a_folder_another_user_owns_reached_through_a_link_of_this_users_is_never_walked(tmp_path: Path) -> None:
+    """The link is this user's, the folder it leads to another user's, who may put links of their own in it."""
+    theirs, source = tmp_path / "theirs", tmp_path / "source"
+    theirs.mkdir()
+    (theirs / "f.txt").write_text("theirs")
+    os.chown(theirs, OTHER_UID, OTHER_UID)
+    source.mkdir()
+    (source / "shared").symlink_to(theirs)
+    with pytest.raises(StorageError, match=f"^{source}/shared is owned by uid {OTHER_UID}, neither this user"):
+        measure(source, None, "earlier-job", lambda: None, Need())
 
 
 def test_a_source_others_may_write_whose_mode_this_user_cannot_change_is_never_copied(
