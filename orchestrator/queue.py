@@ -5,8 +5,8 @@
 (``docs/ADR-state-source.md``). Two rules make it crash-safe:
 
 * an entry is written *before* the event that makes a job runnable (or running), and
-  removed only *after* the event that ends it (a cancelled run's running entry: once stale recovery
-  ended what the run left, ``recovery.end_cancelled_run``). A crash in between leaves an extra entry,
+  removed only *after* the event that ends it (a run ended from outside, cancelled or recovered as stale: once stale
+  recovery ended what the run left, ``run_left_running``). A crash in between leaves an extra entry,
   never a missing one (an append the store refuses drops the ready entry it put: ``drop_refused``);
 * an entry is only a hint: the claimer re-reads the job's verified events before acting,
   drops entries whose job is no longer queued/running when it meets them, and tries a job met
@@ -135,14 +135,25 @@ def _entry_kind(state: JobState) -> str | None:
     return state.kind if is_kind(state.kind) else None
 
 
+def run_left_running(s: JobState) -> bool:
+    """Whether the run of ``s.epoch`` may have left processes that no one but stale recovery will end, so that its
+    running entry is kept (``IndexChange``) or put by a rebuild (``index_job``): a cancel of the running job (its worker
+    may be dead or paused: ``recovery.end_cancelled_run``), or a stale recovery's event (written before its kill: a
+    recovering worker that dies in between leaves them, ``recovery.end_recovered_run``). Only a claim makes a job
+    running, so a cancel of a running job follows its claim."""
+    if s.last_event == "stale_recovered":
+        return True
+    return s.state == CANCELLED and len(s.history) >= 2 and s.history[-2][0] == "job_claimed"
+
+
 class IndexChange(NamedTuple):
     """What one event changes in the index: the one place the transition rules live."""
 
     put_ready: ReadyEntry | None  # the job is (still) queued: its entry, new or unchanged
     drop_ready: ReadyEntry | None  # the entry the job no longer has (it left queued, or moved)
     put_running: bool  # the job is running: the entry of its epoch (put again on each event: idempotent)
-    # the job left running: the entry of the epoch it ran under. Not for a cancel: its run's worker may be dead, and
-    # stale recovery, meeting the entry, kills what the run left once its lease expired (``recovery.end_cancelled_run``)
+    # the job left running: the entry of the epoch it ran under. Not for a cancel or a stale recovery
+    # (``run_left_running``): stale recovery, meeting the entry, kills what the run left, then drops it
     drop_running: bool
 
     @classmethod
@@ -150,8 +161,8 @@ class IndexChange(NamedTuple):
         after = ReadyEntry.for_state(new) if new.state == QUEUED else None
         before = ReadyEntry.for_state(old) if old is not None and old.state == QUEUED else None
         was_running = old is not None and old.state == RUNNING
-        return cls(after, before if before != after else None,
-                   new.state == RUNNING, was_running and new.state not in (RUNNING, CANCELLED))
+        return cls(after, before if before != after else None, new.state == RUNNING,
+                   was_running and new.state not in (RUNNING, CANCELLED) and new.last_event != "stale_recovered")
 
 
 def index_warning(exc: OrchestratorError, job_id: str, seq: int, event_type: str) -> dict[str, str]:
@@ -402,9 +413,13 @@ class QueueIndex(ABC):
             self._seen_built = True
 
     def index_job(self, s: JobState, ok: bool = True, signer: str | None = None) -> bool:
-        """Put the entry a job in state ``s`` needs, whatever the index held; True if it needs one.
+        """Put the entry a job in state ``s`` needs, whatever the index held; True if it needs one. A job whose run
+        ended from outside (``run_left_running``) gets that run's running entry, which stale recovery meets once.
         A job whose history failed verification gets a ready entry: a claimer meets it once, refuses
         it (audited) and drops the entry. ``signer``: ``JobView.signer`` (``ReadyEntry.signer``)."""
+        kept = ok and run_left_running(s)
+        if kept:
+            self.put_running(s.job_id, s.epoch)
         if s.state == QUEUED or not ok:
             entry = ReadyEntry.for_state(s)
             # an unverified history's kind may be forged: offered to every worker (any of them refuses the job)
@@ -413,7 +428,7 @@ class QueueIndex(ABC):
         if s.state == RUNNING:
             self.put_running(s.job_id, s.epoch)
             return True
-        return False
+        return kept
 
     def rebuild(self, orch: "Orchestrator") -> int:
         """Scan every job once and add the entries of queued and running ones (O(all jobs))."""

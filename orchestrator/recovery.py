@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -220,6 +221,8 @@ def _running_view(orch: Orchestrator, queue: QueueIndex, untrusted: UntrustedJob
         if (view.ok and s is not None and s.state == CANCELLED
                 and not end_cancelled_run(orch, view, (job_id, epoch), now, watch)):
             return None  # the cancelled run's lease holds: its worker, if alive, ends the run itself
+        if view.ok:
+            end_recovered_run(view, epoch)
         queue.drop_running(job_id, epoch)
         return None
     return view
@@ -283,12 +286,37 @@ def recover(orch: Orchestrator, view: JobView, s: JobState, expiry: float | None
     killed = kill_left_processes(s, "after its worker stopped renewing its lease")
     if killed is not None:
         notes.append(killed)
+    drop_recovered_entry(orch.queue, written, s.epoch)
     retry = f" (retry at {data['retry_at']})" if data.get("retry_at") else ""  # why `--once` may then run nothing
     tell(notify, log, f"recovered stale job {s.job_id} -> {data['to']}{retry}", job_id=s.job_id, run_id=s.run_id,
          stale_worker_id=s.worker_id)
     return {"job_id": s.job_id, "run_id": s.run_id, "to": data["to"], "stale_worker_id": s.worker_id,
             "lease_expired_at": expired, "retry_at": data.get("retry_at"), "artifacts": artifacts,
             "warnings": [*notes, *written.warnings]}
+
+
+def drop_recovered_entry(queue: QueueIndex, view: JobView, epoch: int) -> None:
+    """Drop the running entry of the run a stale recovery ended (``view``: the job with its event), which the event
+    kept (``queue.run_left_running``), now that what the run left is killed: a worker that died in between leaves it
+    for the next pass (``end_recovered_run``). A job queued again is announced once more: while the entry was there
+    it looked claimed, and a ready entry a claimer dropped meanwhile was not put back (``FileQueueIndex.announce``)."""
+    queue.drop_running(view.job_id, epoch)
+    if view.state is not None and view.state.state == QUEUED:
+        queue.announce(ReadyEntry.for_view(view))
+
+
+def end_recovered_run(view: JobView, epoch: int | None) -> None:
+    """Kill what the run of ``epoch`` left, if a stale recovery ended it: its running entry, met again, says that the
+    worker that recovered it died between its event and its kill (``recover``), which leave no other trace. Until
+    2026-12-07 (twenty-ninth session) the event dropped the entry, and those processes ran on for good."""
+    events = view.events
+    for claim, ended in zip(events, events[1:]):  # only a claim makes a job running: a recovery follows one
+        if ended.type == "stale_recovered" and claim.type == "job_claimed" and claim.data.get("epoch") == epoch:
+            assert view.state is not None
+            kill_left_processes(replace(view.state, run_id=claim.run_id),
+                                "after its worker stopped renewing its lease (the worker that recovered the job "
+                                "stopped before it killed them)")
+            return
 
 
 def kill_left_processes(run: JobState, when: str) -> dict[str, str] | None:

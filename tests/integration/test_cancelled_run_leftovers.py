@@ -21,6 +21,7 @@ from orchestrator.leases import Lease, read_lease, write_lease
 from orchestrator.signing import Keyring
 from orchestrator.worker import Worker, WorkerSettings
 
+import worker_handlers  # noqa: F401  (registers t.* handlers)
 from backends import BACKENDS, orchestrator_on
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and pidfds")
@@ -96,3 +97,61 @@ def test_a_cancelled_runs_lease_renewed_by_its_worker_keeps_its_processes_until_
     assert read_lease(orch.store, job, claim.epoch) is not None  # kept by the sweep while the run may live
     assert rescuer.recover_stale(now=renewed + 1) == []
     assert left.wait(5) == -9 and running_jobs(orch) == []
+
+
+def test_a_rebuilt_index_still_has_the_cancelled_run_met_and_its_processes_killed(orch, left_by) -> None:
+    """An index rebuilt from the events (``index/built`` removed) puts the running entry the cancel kept: until
+    2026-12-07 (twenty-ninth session) it put none for a cancelled job, and what the run of a worker that died before
+    the rebuild left ran on for good."""
+    job = orch.submit("t.echo", 1)
+    t = orch.clock()
+    claim = make_worker(orch, "dead").claim(now=t)
+    assert claim is not None
+    left = left_by(claim.run_id)
+    assert orch.cancel(job, "not needed").applied
+    orch.queue.drop_running(job, claim.epoch)  # the index lost, as when it is rebuilt from nothing
+    orch.queue.rebuild(orch)
+    assert orch.queue.running_entries() == [(job, claim.epoch)]
+    assert make_worker(orch, "rescuer").recover_stale(now=t + LEASE + 1) == []
+    assert left.wait(5) == -9 and running_jobs(orch) == []
+
+
+def test_a_stale_recovery_cut_short_before_its_kill_has_the_run_killed_by_the_next_pass(orch, left_by,
+                                                                                         monkeypatch) -> None:
+    """Stale recovery kills what a dead run left only once its event stands (recovery.recover). A worker that died
+    between the two (SIGKILL, a crash) left the processes: until 2026-12-07 (twenty-ninth session) the event dropped
+    the job's running entry, and no recovery met the run again."""
+    from orchestrator import recovery
+
+    job = orch.submit("t.echo", 1)
+    t = orch.clock()
+    claim = make_worker(orch, "dead").claim(now=t)
+    assert claim is not None
+    left = left_by(claim.run_id)
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt("the recovering worker dies before its kill")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(recovery, "kill_left_processes", crash)
+        with pytest.raises(KeyboardInterrupt):
+            make_worker(orch, "crashed").recover_stale(now=t + LEASE + 1)
+    assert orch.status(job).state == "queued" and left.poll() is None  # the event stands, the kill was not made
+    assert make_worker(orch, "rescuer").recover_stale(now=t + LEASE + 2) == []  # recovered once: nothing written
+    assert left.wait(5) == -9 and running_jobs(orch) == []
+    assert [e.type for e in orch.load(job).events].count("stale_recovered") == 1
+
+
+def test_a_stale_recovery_drops_the_running_entry_after_its_kill_and_leaves_the_retry_claimable(orch,
+                                                                                                left_by) -> None:
+    job = orch.submit("t.echo", 1)
+    t = orch.clock()
+    claim = make_worker(orch, "dead").claim(now=t)
+    assert claim is not None
+    left = left_by(claim.run_id)
+    rescuer = make_worker(orch, "rescuer")
+    assert rescuer.recover_stale(now=t + LEASE + 1) == [job]
+    assert left.wait(5) == -9 and running_jobs(orch) == []
+    assert [e.job_id for e in orch.queue.ready()] == [job]
+    retry = rescuer.claim(now=t + LEASE + 100)
+    assert retry is not None and retry.job_id == job and retry.epoch > claim.epoch

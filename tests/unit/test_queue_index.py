@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from orchestrator.queue import MemoryQueueIndex, ReadyEntry
-from orchestrator.state import CANCELLED, QUEUED, RUNNING, SUCCEEDED, JobState
+from orchestrator.state import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobState
 
 
 def job(job_id: str, state: str = QUEUED, priority: int = 0, at: float = 100.0, retry_at: float | None = None):
@@ -101,6 +101,12 @@ def test_every_index_applies_one_table_of_what_an_event_changes() -> None:
     # a cancel keeps the running entry: stale recovery kills what the run left once its lease expired
     assert IndexChange.of(running, replace(running, state=CANCELLED)) == IndexChange(None, None, False, False)
     assert IndexChange.of(queued, replace(queued, state=CANCELLED)) == IndexChange(None, entry, False, False)
+    # so does a stale recovery: it kills what the run left after its event, then drops the entry (a crash between
+    # leaves the entry, and the next pass kills them)
+    recovered = replace(later, last_event="stale_recovered")
+    assert IndexChange.of(running, recovered) == IndexChange(moved, None, False, False)
+    assert IndexChange.of(running, replace(running, state=FAILED, last_event="stale_recovered")) == IndexChange(
+        None, None, False, False)
 
 
 def _index(kind: str, tmp_path):
@@ -225,6 +231,23 @@ def test_an_entry_carries_its_jobs_kind_except_for_a_history_that_failed_verific
     index.index_job(bad, ok=False)
     assert {e.job_id: e.kind for e in index.ready()} == {"J1": "t.echo", "J2": None}
     assert ReadyEntry.for_state(good) == ReadyEntry(0, 100_000_000, "J1"), "the kind is not part of the entry's identity"
+
+
+def test_a_rebuild_puts_the_running_entry_a_cancel_or_a_stale_recovery_kept() -> None:
+    """What a run ended from outside left is killed by the stale recovery that meets its running entry: a rebuilt
+    index has it too (until 2026-12-07, twenty-ninth session, it had none, and those processes ran on)."""
+    claimed = replace(job("A", state=RUNNING), epoch=3, history=(("job_submitted", "t"), ("job_claimed", "t")))
+    cancelled = replace(claimed, state=CANCELLED, last_event="job_cancelled", history=(*claimed.history, ("c", "t")))
+    recovered = replace(claimed, job_id="B", state=QUEUED, retry_at=500.0, last_event="stale_recovered")
+    never_ran = replace(job("C"), state=CANCELLED, last_event="job_cancelled",
+                        history=(("job_submitted", "t"), ("job_cancelled", "t")))
+    index = MemoryQueueIndex()
+    assert [index.index_job(s) for s in (cancelled, recovered, never_ran)] == [True, True, False]
+    assert sorted(index.running_entries()) == [("A", 3), ("B", 3)]
+    assert [e.job_id for e in index.ready()] == ["B"]  # the recovered job's retry, as before
+    unverified = MemoryQueueIndex()
+    unverified.index_job(cancelled, ok=False)  # met by a claimer, which refuses it: no run of it is trusted
+    assert unverified.running_entries() == []
 
 
 @pytest.mark.parametrize("how", ["index removed", "ready moved away"])
