@@ -552,13 +552,16 @@ def _wait_exited(pidfds: list[int], seconds: float) -> None:
         pending -= readable(pending, left)
 
 
-def kill_run(child: Child, run_id: str) -> None:
+def kill_run(child: Child, run_id: str) -> Killed:
     """The worker killing a run (a timeout, a stop past its grace, a lost lease): its process group, then what
     left the group (``setsid``): the worker's adopted children, or, in a worker that does not adopt orphans, any
-    process of this machine that kept the run's ``ORCH_RUN_ID`` (``kill_run_processes``)."""
+    process of this machine that kept the run's ``ORCH_RUN_ID`` (``kill_run_processes``). Returns what it killed
+    besides the handler's own process: the group's other members (listed before the signal, ``group_members``: one
+    read of ``/proc``, on a run ended early only) and what left the group, for ``RUN_PROCESSES_KILLED``."""
+    members = [pid for pid in group_members(child.pid) or [] if pid != child.pid]
     child.kill_group(signal.SIGKILL)
     child.wait(5.0)
-    _end_left_group(run_id)
+    return Killed.of(members).plus(_end_left_group(run_id))
 
 
 def end_exited_run(pgid: int, run_id: str) -> list[int]:

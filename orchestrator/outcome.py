@@ -22,7 +22,7 @@ from orchestrator.errors import (AuditEntryNotWrittenError, ConcurrencyError, In
                                  StorageUnavailableError)
 from orchestrator.limits import LATEST_TIME
 from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease, drop_lease_aux
-from orchestrator.leftovers import end_exited_run, killed_warning
+from orchestrator.leftovers import Killed, end_exited_run, killed_warning
 from orchestrator.notices import log_warning
 from orchestrator.payload import (DONE, FAILED, JSON_WHITESPACE, NEEDS_AUDIT, NO_TERMINAL_SIGNAL_EXIT,
                                   NO_TERMINAL_SIGNAL_STALE, Payload, parse_payload)
@@ -86,6 +86,16 @@ class RunResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def noting_killed(claim: Claim, killed: Killed, when: str) -> Claim:
+    """``claim`` with the ``RUN_PROCESSES_KILLED`` warning of what was killed of its run ``when`` (logged too), if
+    anything was: reported with its result, whatever it ends as."""
+    if not killed.total:
+        return claim
+    warning = killed_warning(killed, claim.job_id, claim.run_id, when)
+    log_warning(log, warning, job_id=claim.job_id, run_id=claim.run_id, pids=killed.pids)
+    return claim.noting(warning)
 
 
 def ended(code: int | None) -> str:
@@ -160,10 +170,8 @@ class OutcomeRecorder:
             killed, when = child.killed, "when its handler ended"
         else:  # a command, or a handler process that died (having said what it killed, if it could): ended here
             killed, when = child.killed.plus(end_exited_run(child.pid, claim.run_id)), "after its handler exited"
-        if killed.total:  # (a command's: in its group or out of it, ``setsid``, a daemon) reported with the run, logged
-            warning = killed_warning(killed, claim.job_id, claim.run_id, when)
-            log_warning(log, warning, job_id=claim.job_id, run_id=claim.run_id, pids=killed.pids)
-            claim = claim.noting(warning)
+        # (a command's: in its group or out of it, ``setsid``, a daemon) reported with the run, logged
+        claim = noting_killed(claim, killed, when)
         try:  # checked again now that the run, and what it left running, are over: before anything in it is read
             artifacts_dir = folders.artifacts_dir(claim.job_id)
         except PathEscapeError as exc:

@@ -24,7 +24,7 @@ from orchestrator.handlers.command import CommandNotFound
 from orchestrator.heartbeat import Heartbeat
 from orchestrator.leases import HeldLease
 from orchestrator.leftovers import LEFTOVERS_END_SECONDS, kill_run
-from orchestrator.outcome import Claim, OutcomeRecorder, RunResult
+from orchestrator.outcome import Claim, OutcomeRecorder, RunResult, noting_killed
 from orchestrator.output_cap import OUTPUT_TOO_LARGE, OutputCap
 from orchestrator.payload import HANDLER_START_FAILED, NO_TERMINAL_SIGNAL_TIMEOUT
 from orchestrator.runner import Child
@@ -221,8 +221,9 @@ class RunSupervisor:
             if now_m >= heart.next_at:
                 end, claim = heart.beat(claim)
                 if end:
-                    kill_run(child, claim.run_id)
-                    return end, None, claim
+                    killed = kill_run(child, claim.run_id)  # said with its result, as when a run exits
+                    return end, None, noting_killed(claim, killed, "when its job was cancelled or taken over"
+                                                    if end == "lost" else "when its lease could not be renewed")
 
     def _heartbeat(self, held: HeldLease) -> Heartbeat:
         """The heartbeats of a run under ``held`` (``orchestrator/heartbeat.py``), the first due a third of a lease

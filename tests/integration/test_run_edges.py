@@ -894,6 +894,32 @@ def test_a_cancelled_running_job_is_stopped_by_its_worker_and_stays_cancelled(or
     assert [json.loads(s.raw)["type"] for s in orch.store.read(job_id)][-1] == "job_cancelled"
 
 
+def test_a_cancelled_runs_result_names_what_it_left_running_that_its_worker_killed(orch, tmp_path: Path) -> None:
+    """``lease_lost`` says what the kill of the cancelled run ended besides the handler (``RUN_PROCESSES_KILLED``), as
+    the result of a run that exited does, and as stale recovery does for a run whose worker died. Until 2026-12-07
+    (twenty-ninth session) it said nothing of it."""
+    import threading
+
+    started = tmp_path / "started"
+    job_id = orch.submit("command", {"argv": ["sh", "-c", 'sleep 313 & echo "{\\"pid\\": $!}" > "$0"; exec sleep 60',
+                                              str(started)]})
+    worker = Worker(orch, WorkerSettings(worker_id="w1", lease_seconds=0.6), rng=random.Random(7))
+    results: list = []
+    runner = threading.Thread(target=lambda: results.append(worker.run_once()))
+    runner.start()
+    deadline = time.monotonic() + 20
+    while not (started.exists() and started.read_text().endswith("\n")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    left = json.loads(started.read_text())["pid"]
+    assert orch.cancel(job_id, "not needed any more").applied
+    runner.join(timeout=20)
+    worker.close()
+    assert results[0].outcome == "lease_lost" and not alive(left)
+    [said] = [w["message"] for w in results[0].warnings if w["code"] == "RUN_PROCESSES_KILLED"]
+    assert said.startswith(f"killed 1 process(es) left running by run {results[0].run_id} of job {job_id} ")
+    assert f"(pid {left})" in said and "cancelled" in said
+
+
 def test_a_cancel_written_as_the_handler_finishes_wins_over_its_result(orch, tmp_path: Path) -> None:
     """The handler returned ``done`` and the worker is about to record it when an operator's cancel is written
     (another process): the result is refused (LEASE_LOST), nothing is written after the cancel."""
