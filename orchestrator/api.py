@@ -234,7 +234,9 @@ class Orchestrator:
         view = self.load(job_id, around_a_held_record=True)
         st = JobStatus.from_view(view)
         if view.state is not None and view.state.state == RUNNING:  # show the lease as renewed by heartbeats
-            expiry = self._renewed_lease(view.state, self.clock())
+            held: list[bool] = []
+            expiry = self._renewed_lease(view.state, self.clock(), held)
+            st = replace(st, lease_record_held=bool(held))
             try:
                 st = replace(st, lease_expires_at=clock.to_iso(expiry) if expiry else None)
             except (ValueError, OverflowError, OSError):  # beyond what a date can show: keep the claim's
@@ -254,11 +256,15 @@ class Orchestrator:
             return None
         return self._renewed_lease(s, self.clock() if now is None else now)
 
-    def _renewed_lease(self, s: JobState, now: float) -> float | None:
+    def _renewed_lease(self, s: JobState, now: float, held: list[bool] | None = None) -> float | None:
         """``leases.lease_expiry`` for a reader (``status``, ``metrics``): a lease record whose lock a paused writer
-        holds on is read around, the claim's lease shown (``held_records``)."""
-        return read_around_a_held_record(s.job_id, lambda: lease_expiry(self.store, s, now),
-                                         lambda: s.lease_expires_at, WITHOUT_LEASE_RECORD)
+        holds on is read around, the claim's lease shown (``held_records``), and ``held`` given True if it is."""
+        def claims() -> float | None:
+            if held is not None:
+                held.append(True)
+            return s.lease_expires_at
+        return read_around_a_held_record(s.job_id, lambda: lease_expiry(self.store, s, now), claims,
+                                         WITHOUT_LEASE_RECORD)
 
     def job_ids(self) -> Iterator[str]:
         return self.store.job_ids()

@@ -156,6 +156,9 @@ def _lease_text(st: Any, now: float) -> str | None:
     if st.integrity_error:
         return (f"{st.lease_expires_at} (expired; no worker runs or recovers the job while its history fails "
                 "verification: see INTEGRITY)")
+    if st.lease_record_held:
+        return (f"{st.lease_expires_at} (its claim's, expired: its lease record is held by another process, "
+                "RECORD_LOCK_HELD; workers pass the job over, and recover it once the record is let go: runbook F)")
     return (f"{st.lease_expires_at} (expired: its worker stopped renewing it; a worker pass, `worker --once`, "
             "recovers the job)")
 
@@ -241,6 +244,7 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
     (STORE_FOLDER_LOOSE); run by a user who owns neither the project folder nor .orchestrator,
     for the owner of .orchestrator.
     """
+    from orchestrator.held_records import waiting_said
     from orchestrator.integrity import export_anchor, require_anchor_key
     from orchestrator.output_file import OutputFile
 
@@ -251,8 +255,9 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
     with anchor or contextlib.nullcontext():
         if anchor:
             require_anchor_key(orch)  # a key this machine has (verify creates none), before the work
-        report = orch.verify(job_id, against=against, processes=processes,
-                             progress=lambda n: out.progress(f"verified {n} jobs..."))
+        with waiting_said():  # a lock a paused process holds is waited for, saying so (LOCK_HELD)
+            report = orch.verify(job_id, against=against, processes=processes,
+                                 progress=lambda n: out.progress(f"verified {n} jobs..."))
         note_missing_store(orch, out)
         result = report.to_dict()
         if anchor and report.ok:

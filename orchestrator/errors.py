@@ -166,6 +166,9 @@ HEAD_RECORD_NOT_WRITTEN = "HEAD_RECORD_NOT_WRITTEN"
 # The warning of a ``status`` shown without a job's head or lease record, whose lock a paused process holds on
 # (``held_records.read_around_a_held_record``)
 RECORD_LOCK_HELD = "RECORD_LOCK_HELD"
+# The warning of ``verify`` or a control action waiting for a lock of the store a process holds past the bounded wait
+# (``held_records.waiting_said``): it goes on waiting
+LOCK_HELD = "LOCK_HELD"
 
 
 class AuxNotWrittenError(StorageError):

@@ -101,16 +101,18 @@ def _make(action: str) -> None:
     def command(orch: Any, out: Output, job_id: str, text: str | None, text_file: Any, note: str | None,
                 again: bool = False) -> None:
         from orchestrator import control
+        from orchestrator.held_records import waiting_said
 
         text = _given_text(text, text_file, metavar, required)
-        if required:
-            result = getattr(control, action)(orch, job_id, text, note=note or "", again=again)
-        else:
-            if text is not None and note is not None:
-                given = "--text-file" if text_file is not None else "an argument"
-                raise click.UsageError(f"give the {metavar.lower()} once: as an argument, with --text-file or with "
-                                       f"{' or '.join(note_names)} (here {given} and {'/'.join(note_names)})")
-            result = getattr(control, action)(orch, job_id, text if text is not None else (note or ""))
+        if not required and text is not None and note is not None:
+            given = "--text-file" if text_file is not None else "an argument"
+            raise click.UsageError(f"give the {metavar.lower()} once: as an argument, with --text-file or with "
+                                   f"{' or '.join(note_names)} (here {given} and {'/'.join(note_names)})")
+        with waiting_said():  # a lock a paused process holds is waited for, saying so (LOCK_HELD)
+            if required:
+                result = getattr(control, action)(orch, job_id, text, note=note or "", again=again)
+            else:
+                result = getattr(control, action)(orch, job_id, text if text is not None else (note or ""))
         _emit(out, result)
 
 
@@ -136,9 +138,12 @@ def resume_from_chat(orch: Any, out: Output, job_id: str, message: str | None, t
     exit 3); nothing is written then. Idempotent like `control resume`.
     """
     from orchestrator import control
+    from orchestrator.held_records import waiting_said
 
     message = _given_text(message, text_file, "MESSAGE", True)
-    _emit(out, control.resume_from_chat(orch, job_id, message, note=note or "", again=again))
+    with waiting_said():
+        result = control.resume_from_chat(orch, job_id, message, note=note or "", again=again)
+    _emit(out, result)
 
 
 @cli.group("audit", context_settings=CONTEXT)

@@ -133,6 +133,34 @@ class bounded_waits:  # noqa: N801 - used as a function: ``with bounded_waits(st
                             path=what or None)
 
 
+class said_waits:  # noqa: N801 - used as a function: ``with said_waits(say):``
+    """In the block, this thread's waits for a lock of the store (as ``bounded_waits``'s) that last past
+    ``LOCK_WAIT_SECONDS`` call ``say(what)`` (the lock's file) once each, then go on without bound: for ``verify`` and
+    control actions, which must not act without the lock (Ctrl-C ends them), so that a process paused while it holds
+    one (Ctrl-Z, SIGSTOP, a frozen VM) shows instead of a silent wait. A ``bounded_waits`` nested in it rules its own
+    block."""
+
+    __slots__ = ("say", "_saved")
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+
+    def __enter__(self) -> None:
+        self._saved = getattr(_waits, "bound", None)
+        _waits.bound = self
+
+    def __exit__(self, *exc: object) -> None:
+        _waits.bound = self._saved
+
+    def wait(self, fd: int, what: str, op: int) -> None:
+        try:
+            bounded_waits(lambda: False).wait(fd, what, op)
+            return
+        except LockHeldError:
+            self.say(what)
+        fcntl.flock(fd, op)
+
+
 class Appending:
     """How many appends this process has under way, its own included (``with APPENDING as under_way``): a writer
     spins for a stream's lock (``lock_soon``) only when it is alone, so that the holder is another process. A list's

@@ -115,6 +115,46 @@ def test_status_of_a_job_whose_record_a_paused_writer_holds_answers_from_its_eve
     assert "RECORD_LOCK_HELD" in shown.stderr and str(path.name) in shown.stderr
 
 
+def test_status_text_of_a_job_whose_lease_record_a_paused_writer_holds_promises_no_recovery_until_it_is_let_go(
+        env, orch) -> None:
+    """Workers pass such a job over: its lease, read from its claim alone, has expired, but no worker pass recovers
+    it until the record is let go (until 2026-12-07, twenty-ninth session, the text said one does)."""
+    job, path = job_with_its_record(orch, "lease")
+    with held_by_a_paused_writer(path):
+        shown = subprocess.run([sys.executable, str(REPO / "scripts" / "status.py"), job], env=env,
+                               capture_output=True, text=True, timeout=15, cwd=str(REPO))
+    assert shown.returncode == 0, shown.stderr
+    [lease] = [line for line in shown.stdout.splitlines() if line.startswith("lease_expires_at")]
+    assert "recovers the job)" not in lease, lease
+    assert "RECORD_LOCK_HELD" in lease and "let go" in lease, lease
+
+
+@pytest.mark.parametrize("command", [["control.py", "cancel", "{job}", "not needed"], ["verify.py", "--job-id", "{job}"]],
+                         ids=["control", "verify"])
+def test_verify_and_control_say_why_they_wait_for_a_record_a_paused_writer_holds_and_finish_once_it_is_let_go(
+        env, orch, tmp_path: Path, command: list[str]) -> None:
+    """They must not act without the record, so they wait for it; until 2026-12-07 (twenty-ninth session) they did so
+    without a word, as if hung."""
+    job, path = job_with_its_record(orch, "head")
+    said = tmp_path / "stderr"
+    with held_by_a_paused_writer(path):
+        with said.open("w") as err:
+            waiting = subprocess.Popen([sys.executable, str(REPO / "scripts" / command[0]),
+                                        *[arg.format(job=job) for arg in command[1:]]],
+                                       env=env, stdout=subprocess.DEVNULL, stderr=err, cwd=str(REPO))
+        try:
+            wait_until(lambda: "LOCK_HELD" in said.read_text(), timeout=15, what="the waiting command to say why")
+            assert waiting.poll() is None, said.read_text()  # still waiting: nothing done without the record
+        except BaseException:
+            waiting.kill()
+            waiting.wait()
+            raise
+    assert waiting.wait(timeout=15) == 0, said.read_text()
+    assert path.name in said.read_text() and "fuser -v" in said.read_text()
+    if command[0] == "control.py":
+        assert orch.status(job).state == "cancelled"
+
+
 def test_a_worker_reading_ahead_a_job_whose_head_record_a_paused_writer_holds_finishes_its_own_run(env, orch) -> None:
     """While a handler runs, its worker reads the job it will claim next (``Claimer.look_ahead``): a held record ends
     that look within the bounded wait (never past the run's first heartbeat), and the run goes on to its end."""
