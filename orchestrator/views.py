@@ -2,7 +2,7 @@
 ``JobStatus`` (what ``status`` shows) and ``Submission`` (what ``submit_job`` returns)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import clock
@@ -83,9 +83,9 @@ class JobStatus:
     submitted_at: str | None
     updated_at: str | None
     events: int
-    # the running job's lease record stayed locked (a writer paused mid-write: ``RECORD_LOCK_HELD``), so the lease is
-    # its claim's, and workers pass the job over until it is let go; for the text only (``status --json`` as before)
-    lease_record_held: bool = field(default=False, compare=False)
+    # the running job's lease record stayed locked (a process paused mid-write: ``RECORD_LOCK_HELD``), so the lease shown
+    # is its claim's, and workers pass the job over until the record is let go (``Orchestrator.status``)
+    lease_record_held: bool = False
 
     @classmethod
     def from_view(cls, view: JobView) -> "JobStatus":
@@ -102,9 +102,7 @@ class JobStatus:
                    updated_at=iso(s.updated_at) if s else None, events=view.head.seq)
 
     def to_dict(self) -> dict[str, Any]:
-        shown = dict(self.__dict__)
-        del shown["lease_record_held"]
-        return shown
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,7 @@ def test_status_of_a_job_whose_record_a_paused_writer_holds_answers_from_its_eve
         shown = status_of(env, job)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["state"] == state
+    assert json.loads(shown.stdout)["lease_record_held"] is (record == "lease")  # its lease is its claim's
     assert "RECORD_LOCK_HELD" in shown.stderr and str(path.name) in shown.stderr
 
 
