@@ -207,23 +207,18 @@ class RunSupervisor:
             if deadline is not None and now_m >= deadline and child.handler_done and not ending:
                 deadline, ending = now_m + LEFTOVERS_END_SECONDS, True  # ended in time: not a timeout
             if deadline is not None and now_m >= deadline:
-                kill_run(child, claim.run_id)
-                return "timeout", None, claim
+                return _killed(child, claim, "timeout", "at its timeout")
             if stop_deadline is not None and now_m >= stop_deadline:
-                kill_run(child, claim.run_id)
-                return ("hurried" if hurried else "stopped"), None, claim
+                return _killed(child, claim, "hurried" if hurried else "stopped", "when its worker stopped")
             if heart.past_margin():
-                kill_run(child, claim.run_id)
-                return "unrenewed", None, claim
+                return _killed(child, claim, "unrenewed", "when its lease could not be renewed")
             if cap.next_check is not None and now_m >= cap.next_check and not cap.check(now_m):
-                kill_run(child, claim.run_id)
-                return "output", None, claim
+                return _killed(child, claim, "output", "when its output passed its cap")
             if now_m >= heart.next_at:
                 end, claim = heart.beat(claim)
                 if end:
-                    killed = kill_run(child, claim.run_id)  # said with its result, as when a run exits
-                    return end, None, noting_killed(claim, killed, "when its job was cancelled or taken over"
-                                                    if end == "lost" else "when its lease could not be renewed")
+                    return _killed(child, claim, end, "when its job was cancelled or taken over" if end == "lost"
+                                   else "when its lease could not be renewed")
 
     def _heartbeat(self, held: HeldLease) -> Heartbeat:
         """The heartbeats of a run under ``held`` (``orchestrator/heartbeat.py``), the first due a third of a lease
@@ -245,3 +240,11 @@ class RunSupervisor:
         if not names:
             return None, claim
         return copy_under_lease(claim, names, self._heartbeat(held), self.folders, target, lambda: self.stopping)
+
+
+def _killed(child: Child, claim: Claim, how: str, when: str) -> tuple[str, None, Claim]:
+    """End a run before its handler did (``kill_run``): ``how`` it ended, with no exit status, and its claim noting
+    what the kill ended besides the handler's own process ``when`` (``RUN_PROCESSES_KILLED``, with its result), as a
+    run that exited has. Until 2026-12-07 (twenty-ninth session) a timeout, a stop, an output cap or a lost lease
+    said nothing of it."""
+    return how, None, noting_killed(claim, kill_run(child, claim.run_id), when)

@@ -727,6 +727,9 @@ def test_a_timeout_also_kills_what_the_run_started_in_a_session_of_its_own(orch,
     result = make_worker(orch).run_once()
     assert (result.job_id, result.error_code) == (job, "NO_TERMINAL_SIGNAL_TIMEOUT")
     assert not alive(left_pid(leftover))
+    # and its result names it, as a run that exited or was cancelled has (until 2026-12-07: nothing)
+    [said] = [w["message"] for w in result.warnings if w["code"] == "RUN_PROCESSES_KILLED"]
+    assert f"pid {left_pid(leftover)}" in said and "at its timeout" in said
 
 
 @pytest.mark.parametrize("mode, kind", [("reused", "t.wait"), ("per-run", "t.wait"), ("reused", "command")])
