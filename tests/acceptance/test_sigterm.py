@@ -161,20 +161,7 @@ def test_a_stop_signal_while_a_tool_imports_what_it_runs_ends_it_as_interrupted_
         cli_env: dict[str, str], tmp_path: Path, tool: list[str], slow_module: str, said: str, signum: int) -> None:
     """The tools hold a stop from their first step, as the entry points do (``entry.tool_started``): until 2026-12-07
     a SIGTERM in their 0.2-0.8 s of imports killed them by the signal (-15, no word), a Ctrl-C printed a traceback."""
-    (tmp_path / "sitecustomize.py").write_text(SLOW_COMMAND_LINE_IMPORT)
-    started, sent = tmp_path / "started", tmp_path / "sent"
-    env = {**cli_env, "PYTHONPATH": f"{tmp_path}:{cli_env['PYTHONPATH']}", "STARTED": str(started), "SENT": str(sent),
-           "SLOW_MODULE": slow_module}
-    proc = subprocess.Popen([sys.executable, *tool], env=env, cwd=str(REPO), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))  # as in a terminal
-    try:
-        wait_until(lambda: started.exists() or proc.poll() is not None, what=f"the import of {slow_module}")
-        proc.send_signal(signum)
-        sent.touch()
-        code, out, err = finish(proc)
-    finally:
-        stop(proc)
+    code, out, err = _stopped_while_importing(cli_env, tmp_path, tool, slow_module, signum)
     assert code == 128 + signum and out == "", (code, out, err)
     assert err.startswith(said.format(name=signal.Signals(signum).name)) and len(err.splitlines()) == 1, err
 
@@ -187,23 +174,30 @@ def test_a_tool_stopped_under_json_prints_the_interrupted_object_on_stdout_as_th
         cli_env: dict[str, str], tmp_path: Path, tool: list[str], slow_module: str) -> None:
     """As ``bench_terminal_latency --json`` and every command with ``--json``: a caller parsing stdout finds one
     ``INTERRUPTED`` object naming the signal; until 2026-12-07 these two said it on stderr only (stdout empty)."""
+    code, out, err = _stopped_while_importing(cli_env, tmp_path, tool, slow_module, signal.SIGTERM)
+    said = "interrupted by SIGTERM before the run finished; nothing more was measured"
+    assert code == 143 and err.strip() == f"error[INTERRUPTED]: {said}", (code, out, err)
+    assert json.loads(out) == {"error": "INTERRUPTED", "message": said, "signal": "SIGTERM"}, out
+
+
+def _stopped_while_importing(cli_env: dict[str, str], tmp_path: Path, tool: list[str], slow_module: str,
+                             signum: int) -> tuple[int, str, str]:
+    """Start ``tool`` with its import of ``slow_module`` held (``SLOW_COMMAND_LINE_IMPORT``), send it ``signum``
+    there, and return how it ended: its exit code, stdout and stderr."""
     (tmp_path / "sitecustomize.py").write_text(SLOW_COMMAND_LINE_IMPORT)
     started, sent = tmp_path / "started", tmp_path / "sent"
     env = {**cli_env, "PYTHONPATH": f"{tmp_path}:{cli_env['PYTHONPATH']}", "STARTED": str(started), "SENT": str(sent),
            "SLOW_MODULE": slow_module}
     proc = subprocess.Popen([sys.executable, *tool], env=env, cwd=str(REPO), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+                            preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))  # as in a terminal
     try:
         wait_until(lambda: started.exists() or proc.poll() is not None, what=f"the import of {slow_module}")
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         sent.touch()
-        code, out, err = finish(proc)
+        return finish(proc)
     finally:
         stop(proc)
-    said = "interrupted by SIGTERM before the run finished; nothing more was measured"
-    assert code == 143 and err.strip() == f"error[INTERRUPTED]: {said}", (code, out, err)
-    assert json.loads(out) == {"error": "INTERRUPTED", "message": said, "signal": "SIGTERM"}, out
 
 
 # A command's helper thread that sends the process's SIGTERM to itself once the main thread waits in
