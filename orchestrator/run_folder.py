@@ -96,6 +96,25 @@ def restrict(folder: "Path | str", allowed: int, follow: bool = False) -> int | 
     return mode
 
 
+def set_folder_mode(folder: "Path | str", mode: int) -> None:
+    """Set the mode of the real folder ``folder`` to ``mode``, never through a link, even when its owner may not open
+    it (a run's ``chmod 077`` of its own folder): ``restrict`` opens a folder to ``fchmod`` it, which needs the
+    owner's read bit. Through an ``O_PATH`` handle, which needs none (a link in the folder's place is refused as it
+    is opened: ``O_NOFOLLOW`` with ``O_DIRECTORY``), and its ``/proc/self/fd`` name, which is that very folder;
+    ``chmod`` of that name is what the C library's own no-follow ``chmod`` does. Without ``O_PATH`` (not Linux) the
+    folder is opened as ``restrict`` opens it. ``OSError`` when it cannot be: another user's folder
+    (``PermissionError``), no ``/proc``."""
+    path_flag = getattr(os, "O_PATH", 0)
+    fd = os.open(folder, (path_flag or os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if path_flag:
+            os.chmod(f"/proc/self/fd/{fd}", mode)
+        else:
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 def write_private(path: Path, data: bytes) -> None:
     """``data`` as the file ``path``, owner-only (0600) whatever the umask, never through a link: until 2026-12-07
     a context written under a umask of 000 was 0666, and another user could change the input a command read."""

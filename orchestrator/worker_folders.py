@@ -21,7 +21,8 @@ from orchestrator.artifacts_source import SPARE_BYTES, free_bytes
 from orchestrator.errors import SigningKeyError, StorageError
 from orchestrator.key_paths import (check_folders_above, forget_checked_folders, named_user, others_may_write,
                                     user_or_root)
-from orchestrator.run_folder import DISK_REFUSALS, PRIVATE_FILE, PRIVATE_FOLDER, RUN_PREFIX, restrict
+from orchestrator.run_folder import (DISK_REFUSALS, PRIVATE_FILE, PRIVATE_FOLDER, RUN_PREFIX, restrict,
+                                     set_folder_mode)
 from orchestrator.security import safe_join, shown_bytes, validate_id
 from orchestrator.store.files import (STRAY_AGE, linked_folder_error, make_folder, named_pid, path_error,
                                       pid_alive)
@@ -414,8 +415,9 @@ def _own_job_folder(folder: str, st: os.stat_result | None = None) -> None:
     ``restrict`` leaves such a folder as it is, and until 2026-12-07 the job ran in it. Checked before each run
     (``WorkerFolders.artifacts_dir(trusted=True)``), whatever the handler (a Python handler makes its folder in its
     own process); before stale recovery walks it (its owner would choose what the dead run "left", and recovery
-    renames files there; a copy of ``artifacts_from`` checks its sources by ``trusted_source``). A folder this user
-    may change loses all but its owner's bits here. ``StorageError`` (exit 10): the store's fault, fixed by its
+    renames files there; a copy of ``artifacts_from`` checks its sources by ``trusted_source``). A folder others may
+    use that this user may change is made 0700 here (``_made_private``), its owner's bits given back when a run took
+    them (a ``chmod 077``: said as a warning). ``StorageError`` (exit 10): the store's fault, fixed by its
     owner, as ``runs/``. ``st``: the folder's ``lstat``, read already (else read here); a folder not there yet is the
     run's to make."""
     try:
@@ -426,11 +428,15 @@ def _own_job_folder(folder: str, st: os.stat_result | None = None) -> None:
         return  # missing, or a file or a link: the run's ``make_private_folder`` or ``artifacts_dir`` refuses it
     _refuse_another_owner(folder, st, TAKES_ARTIFACTS, f"check what it holds, then, as root: chown -R "
                                                        f"{os.geteuid()} {folder}")
-    if not stat.S_IMODE(st.st_mode) & ~PRIVATE_FOLDER:
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & ~PRIVATE_FOLDER:
         return
-    now = _restricted(folder, PRIVATE_FOLDER)
+    now = _made_private(folder)
     if stat.S_IMODE(now.st_mode) & ~PRIVATE_FOLDER:
         raise _mode_kept(folder, now, "used", TAKES_ARTIFACTS, "chmod 700")
+    if mode & stat.S_IRWXU != stat.S_IRWXU:
+        log.warning("%s was not its owner's to use in full (mode %o, a run's chmod): made its owner's alone (700) "
+                    "before its job runs", folder, mode, extra={"path": folder})
 
 
 def trusted_source(folder: str) -> None:
@@ -499,6 +505,19 @@ def _restricted(folder: str, allowed: int, follow: bool = False) -> os.stat_resu
     try:
         restrict(folder, allowed, follow)
         return os.stat(folder) if follow else os.lstat(folder)
+    except OSError as exc:
+        raise path_error(exc) from None
+
+
+def _made_private(folder: str) -> os.stat_result:
+    """``folder`` made owner-only (0700, as the worker makes a job's folder: its owner's bits given back too), never
+    through a link, then read again; another user's (root's, under a worker that is not root) is left as it is, for
+    the caller to refuse. Even one its owner may not open: a run's ``chmod 077`` of its own folder stopped every
+    worker that is not root (exit 10), one after another, until 2026-12-07 (``run_folder.set_folder_mode``)."""
+    try:
+        with contextlib.suppress(PermissionError):  # not ours
+            set_folder_mode(folder, PRIVATE_FOLDER)
+        return os.lstat(folder)
     except OSError as exc:
         raise path_error(exc) from None
 

@@ -8,13 +8,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import stat
 import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from conftest import REPO
 from helpers import events, make_worker
 from orchestrator import Orchestrator, key_paths
 from orchestrator.artifacts_source import Need, measure
@@ -25,6 +30,7 @@ from orchestrator.output_file import OutputFile
 import orchestrator.reliability.handlers  # noqa: F401 - registers rel.echo
 import worker_handlers  # noqa: F401 - registers t.artifact_by_key
 from orchestrator.run_folder import write_bytes_atomic
+from orchestrator.signing import new_seed
 from orchestrator.transfer import export_project
 
 OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
@@ -246,18 +252,20 @@ def test_a_jobs_folder_that_is_a_link_inside_the_store_is_checked_where_it_leads
 
 def test_a_job_folder_others_may_use_whose_mode_this_user_cannot_change_is_refused(
         orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Root's job folder (0755, made by an older release) under a worker that is not root: ``fchmod`` is refused (as
-    here, made so) and until the fix the run went on in a folder others could read, or write when it was 0777."""
+    """Root's job folder (0755, made by an older release) under a worker that is not root: changing its mode is
+    refused (as here, made so: ``fchmod``, and ``chmod`` by a handle, ``set_folder_mode``) and until the fix the run
+    went on in a folder others could read, or write when it was 0777."""
     job = orch.submit("command", RAN["command"])
     worker = make_worker(orch)
     folder = orch.store.root / "artifacts" / job
     folder.mkdir()
     os.chmod(folder, 0o777)
 
-    def refused(fd: int, mode: int) -> None:
+    def refused(folder_or_fd: "int | str", mode: int) -> None:
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "fchmod", refused)
+    monkeypatch.setattr("orchestrator.worker_folders.set_folder_mode", refused)
     with pytest.raises(StorageError, match=f"{folder} may be used by others than its owner \\(mode 777\\).*"
                                            f"chmod 700 {folder}$"):
         worker.run_once()
@@ -621,3 +629,52 @@ def test_verify_warns_of_a_project_folder_below_a_folder_others_may_write(tmp_pa
     assert (warning.stream, warning.code) == (str(project), "STORE_FOLDER_LOOSE")
     assert warning.message.startswith(f"the folder {above} above the project folder {project} may be written by")
     assert f"run: chmod go-w {above}" in warning.message and stat.S_IMODE(os.stat(above).st_mode) == 0o777
+
+
+# a run that takes its own folder from its owner: the first run leaves it mode 077 and fails, the retry finds "ran"
+CHMOD_077_THEN_DONE = ('if [ -e ran ]; then ' + DONE + '; else touch ran; chmod 077 "$ORCH_ARTIFACTS_DIR"; exit 3; '
+                       'fi')
+
+
+def as_user(uid: int, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``python3 -m orchestrator ARGS`` run by ``uid`` (``setpriv``), as a worker that is not root runs."""
+    return subprocess.run(["setpriv", "--reuid", str(uid), "--regid", str(uid), "--clear-groups", sys.executable,
+                           "-m", "orchestrator", *args], env=env, capture_output=True, text=True, timeout=60,
+                          cwd=str(REPO))
+
+
+@pytest.fixture
+def reachable_by_another_user() -> Iterator[Path]:
+    """A folder that ``OTHER_UID`` owns, under ``/tmp`` (pytest's ``tmp_path`` is root's alone)."""
+    top = Path(tempfile.mkdtemp(prefix="orch-other-user-"))
+    os.chmod(top, 0o755)
+    os.chown(top, OTHER_UID, OTHER_UID)
+    yield top
+    shutil.rmtree(top)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="a worker that is not root: only root can start one here (setpriv)")
+def test_a_worker_that_is_not_root_gives_a_job_back_the_folder_its_run_made_mode_077_and_runs_it(
+        reachable_by_another_user: Path) -> None:
+    """A run's ``chmod 077`` of its own folder (its owner nothing, others everything): the worker, not root, could not
+    open the folder to take the others' bits (``restrict`` opens it to ``fchmod`` it), so it handed the job back and
+    exited 10, and so did every worker that claimed it, until the fix. Now the folder is 0700 again, said once as a
+    warning, and the retry runs."""
+    top = reachable_by_another_user
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env.update(BASE_PATH=str(top), PROJECT_ID="proj", ORCH_SIGNING_KEY=new_seed(), ORCH_KEYRING_DIR=str(top / "keys"),
+               ORCH_RETRY_BASE_SECONDS="0.01", PYTHONPATH=str(REPO))
+    submitted = as_user(OTHER_UID, "submit", "--kind", "command", "--input",
+                        json.dumps({"argv": ["sh", "-c", CHMOD_077_THEN_DONE]}), env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip()
+    folder = top / "proj" / ".orchestrator" / "artifacts" / job
+    first = as_user(OTHER_UID, "worker", "--once", env=env)
+    assert first.returncode == 0 and stat.S_IMODE(os.lstat(folder).st_mode) == 0o077, first.stderr
+    time.sleep(0.1)  # the retry's backoff
+    second = as_user(OTHER_UID, "worker", "--once", "--json", env=env)
+    assert second.returncode == 0, second.stdout + second.stderr  # before the fix: 10, STORAGE_ERROR, handed back
+    assert json.loads(second.stdout.splitlines()[-1])["state"] == "succeeded"
+    assert stat.S_IMODE(os.lstat(folder).st_mode) == 0o700 and (folder / "ran").is_file()
+    assert f"{folder} was not its owner's to use in full (mode 77, a run's chmod)" in second.stderr
