@@ -23,9 +23,11 @@ MAX_ACTION_CHARS = 64  # an audit entry's action: a name such as ``cancel`` or `
 OWN_AREAS = frozenset({HEADS_AREA, AUDIT_HEAD[0], MARKERS_AREA})
 
 
-def checked_append(view: Any, new: Any, *, run_id: Any, actor: Any, audit: Any, fence: Any, aux: Any) -> str | None:
+def checked_append(view: Any, new: Any, *, run_id: Any, actor: Any, audit: Any, fence: Any,
+                   aux: Any) -> tuple[str | None, tuple[str, str] | None]:
     """Check ``append``'s arguments (``INVALID_INPUT`` or ``INVALID_ID`` naming the first that is wrong); returns the
-    actor as it is stored (``limits.an_actor``: sanitized), None for the orchestrator's own.
+    actor as it is stored (``limits.an_actor``: sanitized), None for the orchestrator's own, and the audit pair as
+    it was checked (``checked_audit``), which is what the entry holds.
 
     Run on every append (each claim and outcome of a worker): each check's usual case is decided inline, and only a
     value it does not settle goes to the function that refuses it with its message."""
@@ -37,10 +39,10 @@ def checked_append(view: Any, new: Any, *, run_id: Any, actor: Any, audit: Any, 
     if fence is not None and not (type(fence) is int and fence >= 0):
         whole_number(fence, "fence", 0, or_none=True)
     if audit is not None:
-        check_audit(audit)
+        audit = checked_audit(audit)
     if aux is not None:
         check_aux(aux)
-    return None if actor is None else stored_actor(actor)
+    return None if actor is None else stored_actor(actor), audit
 
 
 # the last actor ``stored_actor`` was given, and as it is stored: a worker's is the same on every append it makes
@@ -71,18 +73,21 @@ def check_events(new: Any) -> None:
     raise InvalidInputError(f"new must be a list of one or more (event type, data) pairs, not {shown(new)}")
 
 
-def check_audit(audit: Any) -> None:
+def checked_audit(audit: Any) -> tuple[str, str]:
     """``audit``: an ``(action, note)`` pair; the action a name (it is shown and filtered on as it is), the note text
-    (redacted when the entry is made)."""
-    if not (isinstance(audit, (list, tuple)) and len(audit) == 2 and isinstance(audit[0], str)
-            and isinstance(audit[1], str)):
+    (redacted when the entry is made). Returns the pair as it was checked, unpacked once (``tuple``: a tuple as it
+    is): a list subclass whose indexing and iteration disagree had one pair checked and another written until
+    2026-12-07 (its items typed by index, then unpacked by iterating, and the entry made by index)."""
+    pair = tuple(audit) if isinstance(audit, (list, tuple)) else ()
+    if not (len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], str)):
         raise InvalidInputError(f"audit must be None or an (action, note) pair of texts, not {shown(audit)}")
-    action, note = audit
+    action, note = pair
     if not (action.isascii() and action.isidentifier() and len(action) <= MAX_ACTION_CHARS):
         raise InvalidInputError(f"audit's action must be a name of 1 to {MAX_ACTION_CHARS} ASCII letters, digits and "
                                 f"'_' (such as 'cancel'), not {shown(action)}")
     if not is_unicode(note):
         raise InvalidInputError("audit's note holds text that is not valid Unicode (a lone surrogate such as \\udcff)")
+    return pair
 
 
 def check_aux(aux: Any) -> None:

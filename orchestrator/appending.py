@@ -41,7 +41,8 @@ def append_lines(orch: Orchestrator, view: JobView | None, job_id: str, new: Seq
     line holding a 1 MiB input)."""
     from orchestrator.events import validate_data
 
-    actor = checked_append(view, new, run_id=run_id, actor=actor, audit=audit, fence=fence, aux=aux) or orch.actor
+    actor, audit = checked_append(view, new, run_id=run_id, actor=actor, audit=audit, fence=fence, aux=aux)
+    actor = actor or orch.actor
     if view is not None and not view.ok:
         raise ContextSignatureInvalid(view.integrity_error()["message"], job_id=job_id)
     ts = clock.to_iso(orch.clock() if a_time(now) is None else now)

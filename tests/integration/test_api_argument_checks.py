@@ -72,6 +72,17 @@ def test_a_now_whose_retry_is_past_the_year_9999_is_refused_before_any_recovery(
 # -- 2. and 3. what orch.append is given ---------------------------------------------------------------------------
 CANCEL = [("job_cancelled", {"reason": "stop"})]
 
+
+class Disagreeing(list):
+    """A list whose items by index are not what iterating it yields."""
+
+    def __init__(self, indexed: tuple, iterated: tuple) -> None:
+        super().__init__(indexed)
+        self.iterated = iterated
+
+    def __iter__(self):
+        return iter(self.iterated)
+
 REFUSED_APPENDS: dict[str, dict[str, Any]] = {
     # aux: (area, key) -> bytes or None (files wrote the event, then raised TypeError or ValueError)
     "aux text": {"aux": {("leases", "k1"): "text"}},
@@ -102,6 +113,7 @@ REFUSED_APPENDS: dict[str, dict[str, Any]] = {
     "audit 3-tuple": {"audit": ("cancel", "n", "x")},
     "audit action no name": {"audit": ("password=hunter2", "n")},
     "audit note a lone surrogate": {"audit": ("cancel", "\udcff")},
+    "audit a list iterating to a note not text": {"audit": Disagreeing(("cancel", "stop"), ("cancel", 5))},
     # new: (type, data) pairs
     "new one type": {"new": "job_cancelled"},  # ValueError unpack
     "new a triple": {"new": [("job_cancelled", {}, 1)]},
@@ -139,6 +151,16 @@ def test_a_submission_appended_as_it_is_is_held_to_the_rules_of_a_submit(orch: O
     with pytest.raises(InvalidInputError):
         orch.append(None, "01J0000000000000000000000A", [("job_submitted", submitted)])
     assert list(orch.job_ids()) == []
+
+
+def test_an_audit_pair_is_unpacked_once_and_its_entry_holds_what_was_checked(orch: Orchestrator) -> None:
+    """A list whose indexing and iteration disagree: its items were typed by index, unpacked by iterating for the
+    other checks, and the entry made by index, so a note that is not valid Unicode (here by index) passed the checks
+    into the entry until the fix."""
+    job = orch.submit("t.echo", 1, audit=True)
+    orch.append(orch.load(job), job, CANCEL, audit=Disagreeing(("password=hunter2", "\udcff"), ("cancel", "stop")))
+    entry = json.loads(orch.store.read(AUDIT_STREAM)[-1].raw)
+    assert (entry["job_id"], entry["data"]["action"], entry["data"]["note"]) == (job, "cancel", "stop")
 
 
 def test_an_actor_given_to_append_is_stored_sanitized_in_the_event_its_entry_and_the_timeline(
