@@ -391,12 +391,14 @@ def run_artifacts(s: JobState, root: Path, ahead: float = 0.0) -> list[str]:
     return sorted(recorded_names(root, sorted(found)))[:100]  # moved once the walk is over
 
 
-def sweep_leftovers(orch: Orchestrator, queue: QueueIndex, folders: WorkerFolders) -> None:
+def sweep_leftovers(orch: Orchestrator, queue: QueueIndex, folders: WorkerFolders, look_again: bool = True) -> None:
     """The handler folders of workers killed before their ``close``, the probes of workers killed while they started
     (``WorkerFolders.sweep_probes``; one in ``runs/`` is swept as a run's folder), and the run folders and lease
-    records of runs that are over; first, who may change the store's folders and those above the project folder is
-    looked at again, as when the worker started (``WorkerFolders.trust_again``: ``StorageError``, the worker stops)."""
-    folders.trust_again()
+    records of runs that are over; first, with ``look_again``, who may change the store's folders and those above the
+    project folder is looked at again, as when the worker started (``WorkerFolders.trust_again``: ``StorageError``,
+    the worker stops): not at a worker's first sweep, right after it started (``Worker.recover_stale``)."""
+    if look_again:
+        folders.trust_again()
     runs_root = folders.runs_root
     swept = sweep_dead_host_folders(runs_root)
     if swept:

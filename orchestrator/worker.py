@@ -99,6 +99,7 @@ class Worker:
         llm_timeout(os.environ)  # a bad ORCH_LLM_TIMEOUT: CONFIG_ERROR now, not a failed llm job each time
         check_folders(orch.settings.state_dir, WORKER_FOLDERS)  # a link: PATH_ESCAPE before any job is claimed
         self.folders.probe()  # runs/ or artifacts/ that cannot be written: STORAGE_ERROR before any job is claimed
+        self._probed_at = time.monotonic()  # the folders' first look again is a minute after this one (recover_stale)
         orch.store.prepare_locks()  # a hand-back on a disk filled meanwhile needs no new folder (docs/worker.md)
         import_modules(self.settings.imports)
 
@@ -118,10 +119,12 @@ class Worker:
             recovered = recover_expired(self.orch, self.queue, now, actor=self.actor, backoff=self.backoff,
                                         folders=self.folders, untrusted=self.untrusted, watch=self.stale_watch,
                                         on_recovered=self.recovered.append, notify=self.notify)
-        if time.monotonic() >= self._next_sweep:  # after the recoveries: the runs they ended are over
-            self._next_sweep = time.monotonic() + SWEEP_EVERY
+        at = time.monotonic()
+        if at >= self._next_sweep:  # after the recoveries: the runs they ended are over
+            self._next_sweep = at + SWEEP_EVERY
             reload_keys(self.orch)
-            sweep_leftovers(self.orch, self.queue, self.folders)
+            # not the first sweep, right after ``probe`` looked at the same folders (until 2026-12-07 it did)
+            sweep_leftovers(self.orch, self.queue, self.folders, look_again=at >= self._probed_at + SWEEP_EVERY)
         return recovered
 
     # -- claiming (orchestrator/claiming.py) -----------------------------------------------------------

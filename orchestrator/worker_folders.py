@@ -203,8 +203,8 @@ class WorkerFolders:
         (afresh: ``key_paths.forget_checked_folders``), the project folder, ``.orchestrator``, ``runs/`` and
         ``artifacts/`` (``_trust``): one made loose since (a ``chmod 777`` of ``BASE_PATH``) is ``StorageError``,
         and the worker stops (exit 10) before its next claim, as it would have refused to start. Called with each
-        reading of the keyring (``recovery.sweep_leftovers``, every ``SWEEP_EVERY``), whose folders are looked at
-        again then too: 0.1 to 0.2 ms a minute (measured), where before each claim it would add that to every job's
+        reading of the keyring (``recovery.sweep_leftovers``, every ``SWEEP_EVERY``; not at the first, right after
+        ``probe``), whose folders are looked at again then too: 0.1 to 0.2 ms a minute (measured), where before each claim it would add that to every job's
         ~8 ms, and still not close the window between two checks (a folder loosened and used during a run)."""
         forget_checked_folders()
         self._trust_project()

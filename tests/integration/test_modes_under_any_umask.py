@@ -29,9 +29,11 @@ from orchestrator.integrity import export_anchor
 from orchestrator.output_file import OutputFile
 import orchestrator.reliability.handlers  # noqa: F401 - registers rel.echo
 import worker_handlers  # noqa: F401 - registers t.artifact_by_key
+from orchestrator.recovery import SWEEP_EVERY
 from orchestrator.run_folder import write_bytes_atomic
 from orchestrator.signing import new_seed
 from orchestrator.transfer import export_project
+from orchestrator.worker_folders import WorkerFolders
 
 OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
 OTHERS_ANY = stat.S_IRWXG | stat.S_IRWXO
@@ -460,10 +462,43 @@ def test_a_worker_stops_at_its_next_sweep_once_a_folder_it_trusted_is_loosened(
     os.chmod(folder, 0o777)
     os.chown(folder, OTHER_UID, OTHER_UID)  # another user's, who may chmod it back whatever the worker does
     job = orch.submit("command", RAN["command"])
-    worker._next_sweep = 0.0  # a minute later
+    a_minute_later(worker)
     with pytest.raises(StorageError, match=f"{folder}.* owned by uid {OTHER_UID}") as refused:
         worker.run_once()
     assert refused.value.exit_code == 10 and orch.status(job).state == "queued"
+
+
+def a_minute_later(worker) -> None:
+    """The worker's next sweep due, and its folders' look again (a minute after it started)."""
+    worker._next_sweep = 0.0
+    worker._probed_at -= SWEEP_EVERY
+
+
+def test_a_worker_looks_at_its_folders_as_it_starts_and_again_a_minute_later_not_at_its_first_sweep(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first sweep comes with the first recovery, right after ``probe`` looked at the same four folders: until
+    the fix it looked at them again (``trust_again``). Its other work is still done (here a killed worker's run
+    folder removed)."""
+    looked: list[str] = []
+    trust = WorkerFolders._trust
+
+    def counted(folder: str, follow: bool = False) -> None:
+        looked.append(folder)
+        trust(folder, follow)
+
+    monkeypatch.setattr(WorkerFolders, "_trust", staticmethod(counted))
+    left = orch.store.root / "runs" / "run-0123456789abcdef"  # a run a killed worker left
+    left.mkdir(parents=True)
+    worker = make_worker(orch)
+    assert len(looked) == 4  # probe: the project folder, .orchestrator, runs/, artifacts/
+    worker.run_once()  # its first sweep
+    assert len(looked) == 4 and not left.exists()
+    worker._next_sweep = 0.0  # a sweep before the minute is out (a test's, or a clock's)
+    worker.run_once()
+    assert len(looked) == 4
+    a_minute_later(worker)
+    worker.run_once()
+    assert looked[4:] == looked[:4]
 
 
 def test_a_project_below_a_sticky_folder_like_tmp_or_inside_the_home_folder_is_run(
