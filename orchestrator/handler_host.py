@@ -20,6 +20,7 @@ import stat
 import struct
 import sys
 import time
+import weakref
 from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -30,7 +31,7 @@ from orchestrator.leftovers import KILLED_MAX_BYTES, decode_killed, encode_kille
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
 from orchestrator.run_folder import make_private_folder
 from orchestrator.runner import (HANDLER_PIPE_ENDS, STANDARD_FDS, UNREAPED, Child, forked_handler,
-                                 give_standard_streams, handler_main, load_libc, reap_exited, spawning,
+                                 give_standard_streams, handler_main, in_handler_fork, load_libc, reap_exited, spawning,
                                  stop_deferred)
 from orchestrator.store.files import STRAY_AGE, named_pid, open_regular, pid_alive
 
@@ -287,7 +288,9 @@ class HandlerHost:
     A host belongs to the process that made it (``owner``): a process forked from it (``os.fork()``, a
     ``multiprocessing`` fork) holds a copy of the host, pipes and all, which it must neither use (its requests and the
     parent's would interleave on one pipe, and each read the other's payloads) nor end (the parent's folder and
-    process). Its first use there lets the copy go (``_leave_to_parent``) and forks a host of its own.
+    process), nor keep: a child holding the request pipe's write end kept the host from seeing its end when the
+    parent closed the worker, so it lived on as long as the child did. The fork lets the copy go
+    (``_let_the_parents_hosts_go``; at first use too, for a fork no hook saw), and a run there forks a host of its own.
     """
 
     def __init__(self, runs_dir: Path, call: Callable[[str, dict[str, Any]], Any], max_runs: int,
@@ -306,6 +309,7 @@ class HandlerHost:
         self._resp_r: int | None = None
         self._pidfd: int | None = None  # the host's, where the kernel has them: its death seen at once (``HostRun``)
         self._alive: int | None = None  # the folder's lock (``claim_host_folder``), held until ``close``
+        _HOSTS.add(self)
 
     def run(self, kind: str, context: dict[str, Any], encoded_input: bytes | None = None) -> "HostRun":
         """Hand one run to the host (forking a new one if there is none); returns at once. ``encoded_input``:
@@ -410,6 +414,28 @@ class HandlerHost:
         what was found there instead of its output: a host whose output file is not at its path is replaced."""
         if not _empty_regular_file(self.output):
             self.close()  # the next run forks a new host, its folder made anew
+
+
+_HOSTS: "weakref.WeakSet[HandlerHost]" = weakref.WeakSet()  # this process's hosts (copies of them in a child)
+
+
+def _let_the_parents_hosts_go() -> None:
+    """After any fork of this process but a handler process's (``handler_main`` closes the pipe ends there, and the
+    host's folder lock must stay held), the child lets its copies of the hosts go (``HandlerHost._leave_to_parent``),
+    and the pipe ends of a host being started in another thread of the parent (registered, not yet the host's). A
+    handler process keeps none of its worker's hosts as its own."""
+    if in_handler_fork():
+        _HOSTS.clear()
+        return
+    for host in list(_HOSTS):
+        host._leave_to_parent()  # noqa: SLF001
+    for fd in list(HANDLER_PIPE_ENDS):
+        HANDLER_PIPE_ENDS.discard(fd)
+        with suppress(OSError):
+            os.close(fd)
+
+
+os.register_at_fork(after_in_child=_let_the_parents_hosts_go)
 
 
 def _empty_regular_file(path: Path) -> bool:

@@ -440,7 +440,11 @@ def fork_handler() -> int:
     sys.stderr.flush()
     with warnings.catch_warnings():  # Python 3.12 warns about fork() with threads; the child only runs handlers
         warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
+        _handler_fork.now = True
+        try:
+            pid = os.fork()
+        finally:
+            _handler_fork.now = False  # in the child too, once the fork hooks ran: it forks as a handler's process
     if pid:
         started_child(pid)
         try:
@@ -448,6 +452,16 @@ def fork_handler() -> int:
         except (ProcessLookupError, PermissionError):
             pass
     return pid
+
+
+# Set by the thread forking a handler process around its ``os.fork``, so the fork hooks tell that fork (whose child
+# keeps what a handler process keeps, ``handler_main``) from any other of the program's (``in_handler_fork``).
+_handler_fork = threading.local()
+
+
+def in_handler_fork() -> bool:
+    """In a fork hook: whether this fork is the worker's, of a handler process (``fork_handler``)."""
+    return getattr(_handler_fork, "now", False)
 
 
 # The worker's ends of the pipes to its reused handler processes (``HandlerHost``), of every worker of this

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
+import time
 import traceback
 from typing import Callable
 
@@ -78,3 +80,32 @@ def test_a_worker_used_on_both_sides_of_a_fork_records_each_jobs_own_result(any_
         status = any_orch.status(job)
         assert (status.state, status.last_error, ran_by(any_orch, job)["job"]) == ("succeeded", None, job)
     assert any_orch.verify().ok
+
+
+def exited_within(pid: int, seconds: float) -> bool:
+    """Whether this process's child ``pid`` has exited (reaped here, or already by the worker) within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:  # the worker reaped it (``reap_exited``)
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_forked_child_that_never_uses_the_worker_keeps_none_of_its_handler_processes_pipes(orch) -> None:
+    orch.submit("t.whoami", {})
+    with make_worker(orch) as worker:
+        worker.run_once()
+        host = worker.handler_pid
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child: a forked server's child, or a multiprocessing one, that lives on
+            time.sleep(60)
+            os._exit(0)
+    try:  # the worker closed: its handler process reads the end of its requests, which the child must not hold open
+        assert exited_within(host, 5.0), "the handler process lived on while the forked child did"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
