@@ -102,6 +102,12 @@ class Orchestrator:
             self._queue.close()
         self._store.close()
 
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` ran: a worker loop idle on another thread ends its wait when it sees this (``Worker._idle``)
+        rather than at its next look, up to ``IDLE_MAX_WAIT`` later, and lets its ``LISTEN`` session go with it."""
+        return self._closed
+
     def __enter__(self) -> "Orchestrator":
         return self
 

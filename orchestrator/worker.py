@@ -375,7 +375,7 @@ class Worker:
         take_turns = not self.claimer.left_for_others
         try:
             self.stop_request.in_wait = True
-            while not self.stopping:
+            while not self.stopping and not self.orch.closed:  # closed: the next pass raises ``STORE_CLOSED``
                 left = max(0.0, end - time.monotonic())
                 if self.queue.wait(min(left, STOP_CHECK_SECONDS), take_turns) or left <= STOP_CHECK_SECONDS:
                     return

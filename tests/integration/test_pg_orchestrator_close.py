@@ -115,6 +115,34 @@ def test_close_ends_every_session_and_the_deadline_watchdog_at_once(named, base:
     orch.close()  # again: nothing left to close, no error
 
 
+def test_a_worker_loop_idle_on_another_thread_ends_its_wait_and_its_listen_session_soon_after_close(
+        named, base: Path, keyring: Keyring) -> None:
+    """Closing under a running loop is the caller's mistake (README: close once the loops returned), but it must not
+    hold a session for the loop's whole idle wait (``IDLE_MAX_WAIT``, 30 s: 28.6 s measured before 2026-12-07)."""
+    orch = _orchestrator(named, base, keyring)
+    worker = orch.worker(worker_id="w1")
+    raised: list[BaseException] = []
+
+    def loop() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:  # noqa: BLE001 - what the loop ended with is the test's to check
+            raised.append(exc)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    wait_until(lambda: named.sessions() >= 2, PROMPTLY, "the loop's LISTEN session")  # the pool's and the loop's
+    orch.close()
+    thread.join(PROMPTLY)
+    try:
+        assert not thread.is_alive(), "the idle loop went on waiting after close()"
+        assert [getattr(exc, "code", exc) for exc in raised] == ["STORE_CLOSED"]
+        _no_session_left(named, "a loop whose orchestrator was closed")
+    finally:
+        worker.stop()
+        thread.join(60)
+
+
 def test_a_with_block_closes_the_orchestrator_even_when_its_body_raises(named, base: Path, keyring: Keyring) -> None:
     with pytest.raises(RuntimeError, match="the caller's own"):
         with _orchestrator(named, base, keyring) as orch:
