@@ -10,7 +10,10 @@ this process, and its ``run_once()``. Reports each process's wall time (``once_s
 imports on the machine measured) and each ``run_once`` (``pass_s``), and their medians. Until 2026-12-07
 (twenty-eighth session) the worker read every one of those jobs to learn that it could not check it; it now reads a
 page of them, learns the key, and its next page leaves every row of that key out (migration 0008,
-``orch_ready.signer``). The project's rows are deleted afterwards. ``--url`` (or ``ORCH_BENCH_PG_URL``) picks the database, migrated here.
+``orch_ready.signer``). ``--queued-again``: the jobs ahead are the worker's own, submitted under its key, each claimed
+and handed back (``job_released``) by the other machine, so their first line is under a key it trusts and their
+later ones are not; until the twenty-ninth session their rows named the first line's key only, and the worker read
+each (migration 0009, ``orch_ready.signers``). The project's rows are deleted afterwards. ``--url`` (or ``ORCH_BENCH_PG_URL``) picks the database, migrated here.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from bench.postgres import DEFAULT_URL, drop_project  # noqa: E402
 DONE = ["sh", "-c", 'printf \'{"status": "done", "summary": "ok"}\' > "$ORCH_TERMINAL_FILE"']  # the job behind them
 
 
-def measure(url: str, untrusted: int, repeat: int, folder: Path) -> dict[str, Any]:
+def measure(url: str, untrusted: int, repeat: int, folder: Path, queued_again: bool = False) -> dict[str, Any]:
     """Submit the jobs, then time ``repeat`` runs of ``worker --once`` (seconds, each)."""
     from orchestrator import Orchestrator
     from orchestrator.signing import Keyring, new_seed
@@ -48,15 +51,18 @@ def measure(url: str, untrusted: int, repeat: int, folder: Path) -> dict[str, An
                          store=PostgresStore(url, project))
     mine = None
     try:
-        for i in range(untrusted):
-            other.submit("command", {"argv": ["true", str(i)]})
         os.environ.update({k: env[k] for k in ("ORCH_SIGNING_KEY", "ORCH_KEYRING_DIR")})
         mine = Orchestrator(base_path=folder, project_id=project, store=PostgresStore(url, project))
+        if queued_again:
+            _submit_and_hand_back(mine, other, untrusted)
+        else:
+            for i in range(untrusted):
+                other.submit("command", {"argv": ["true", str(i)]})
         once, passes = [], []
         for _ in range(repeat):
             once.append(_run_one_behind(mine, env))
             passes.append(_pass_to_one_behind(mine, url, project, folder))
-        return {"untrusted": untrusted, "once_s": [round(s, 3) for s in once],
+        return {"untrusted": untrusted, "queued_again": queued_again, "once_s": [round(s, 3) for s in once],
                 "once_median_s": round(statistics.median(once), 3), "pass_s": [round(s, 3) for s in passes],
                 "pass_median_s": round(statistics.median(passes), 3)}
     finally:
@@ -64,6 +70,19 @@ def measure(url: str, untrusted: int, repeat: int, folder: Path) -> dict[str, An
             if orch is not None:
                 orch.close()
         drop_project(url, project)
+
+
+def _submit_and_hand_back(mine: Any, other: Any, count: int) -> None:
+    """``count`` jobs submitted under the worker's key, each claimed and released by the other machine (which trusts
+    that key): queued again, their later lines under a key the worker does not trust."""
+    mine.keyring.ensure_signer()
+    other.keyring.trusted.update(mine.keyring.trusted)
+    for i in range(count):
+        job = mine.submit("command", {"argv": ["true", str(i)]})
+        view = other.load(job)
+        other.append(view, job, [("job_claimed", {"worker_id": "other", "epoch": 1, "attempt": 1,
+                                                  "lease_expires_at": "2100-01-01T00:00:00Z"}),
+                                 ("job_released", {"worker_id": "other"})], run_id="run-bench")
 
 
 def _run_one_behind(mine: Any, env: dict[str, str]) -> float:
@@ -107,13 +126,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--untrusted", type=positive_int, nargs="+", default=[4000, 10_000],
                    help="jobs signed by a key the worker does not trust, queued ahead (default 4000 10000)")
     p.add_argument("--repeat", type=positive_int, default=5, help="worker --once runs per count (default 5)")
+    p.add_argument("--queued-again", action="store_true",
+                   help="the jobs ahead submitted under the worker's key, handed back by the other machine")
     args = p.parse_args(argv)
     logging.getLogger("orchestrator").setLevel(logging.ERROR)  # the in-process worker's warning of the key, each run
     ensure_database(args.url)
     migrate(args.url)
     for untrusted in args.untrusted:
         with tempfile.TemporaryDirectory(prefix="orch-bench-untrusted-") as folder:
-            print(json.dumps(measure(args.url, untrusted, args.repeat, Path(folder))), flush=True)
+            print(json.dumps(measure(args.url, untrusted, args.repeat, Path(folder), args.queued_again)), flush=True)
 
 
 if __name__ == "__main__":

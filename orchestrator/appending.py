@@ -60,10 +60,14 @@ def append_lines(orch: Orchestrator, view: JobView | None, job_id: str, new: Seq
 
     if old is None:
         orch.queue.built_with_first_job(orch.store)
-    # the key of the job's first line, for an index that keeps it (PostgreSQL's rows)
-    signer = None if not orch.queue.keeps_signers else (
-        view.signer if view is not None and head.seq else line_key_id(lines[0]))
-    index_statements = orch.queue.before_append(job_id, old, state, signer)  # None unless the index is in the store
+    # the key of the job's first line, and every key of its lines (these new ones' too), for an index that keeps them
+    # (PostgreSQL's rows)
+    signer, signers = None, ()
+    if orch.queue.keeps_signers:
+        before = view if view is not None and head.seq else None
+        signer = before.signer if before is not None else line_key_id(lines[0])
+        signers = tuple(dict.fromkeys(kid for kid in (*(before.signers if before else ()), line_key_id(lines[0])) if kid))
+    index_statements = orch.queue.before_append(job_id, old, state, signer, signers)  # None unless the index is in the store
 
     def with_events(new_head: Head) -> dict[tuple[str, str], bytes | None]:
         return {(HEADS_AREA, job_id): head_record(job_id, new_head), **(aux or {})}

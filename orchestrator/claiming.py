@@ -195,7 +195,7 @@ class Claimer:
         looping worker's later passes reserved past at most ``SKIPPED_MAX`` of them. A claim that finds its job in
         the first page costs one statement, as before."""
         kinds = self.settings.kinds
-        listed = self.queue.candidates(now, skip=skip, kinds=kinds)
+        listed = self.queue.candidates(now, skip=skip, kinds=kinds, left_keys=self.untrusted.keys_to_leave_out())
         if self.queue.lists_every_due_entry:
             yield from listed
             return

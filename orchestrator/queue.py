@@ -75,10 +75,20 @@ class ReadyEntry:
     # that does not trust that key leaves the row out of its next pages, ``UntrustedJobs``); not part of the entry's
     # identity or order, and not in a file entry's name (a file index's entries carry None)
     signer: str | None = field(default=None, compare=False)
+    # every key that signed a line of the job when the writer wrote the entry, the first line's first (PostgreSQL keeps
+    # them too, migration 0009: a worker that does not trust one leaves the row out, whichever line it signed); as
+    # ``signer``, not part of the entry's identity or order, and none in a file entry
+    signers: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def priority(self) -> int:
         return -self.neg_priority
+
+    @property
+    def keys(self) -> frozenset[str]:
+        """The keys the entry names as signing its job's lines (``signer``, ``signers``): a worker that does not trust
+        one of them cannot check the job."""
+        return frozenset(self.signers) | ({self.signer} if self.signer is not None else set())
 
     @property
     def runnable_at(self) -> float:
@@ -119,11 +129,12 @@ class ReadyEntry:
 
     @classmethod
     def for_view(cls, view: "JobView") -> "ReadyEntry":
-        """``for_state`` of a verified, queued job's view, naming the key of its first line (``JobView.signer``): an
-        entry put again from a view (a claimer's left-over entry replaced, a recovery's missing one put back) keeps
-        what its row had, so a worker that lacks that key still leaves it out unread (migration 0008)."""
+        """``for_state`` of a verified, queued job's view, naming the key of its first line (``JobView.signer``) and
+        every key of its lines (``JobView.signers``): an entry put again from a view (a claimer's left-over entry
+        replaced, a recovery's missing one put back) keeps what its row had, so a worker that lacks one of those keys
+        still leaves it out unread (migrations 0008 and 0009)."""
         assert view.state is not None
-        return replace(cls.for_state(view.state), signer=view.signer)
+        return replace(cls.for_state(view.state), signer=view.signer, signers=view.signers)
 
 
 def _entry_kind(state: JobState) -> str | None:
@@ -195,12 +206,13 @@ class QueueIndex(ABC):
 
     # -- projection hooks (called by Orchestrator.append) --------------------------------------
     def before_append(self, job_id: str, old: JobState | None, new: JobState,
-                      signer: str | None = None) -> InTransaction | None:
+                      signer: str | None = None, signers: tuple[str, ...] = ()) -> InTransaction | None:
         """Make the entries the new state needs exist before its event is written.
 
         An index kept in the store's database returns its statements instead, for the append to
         run in its own transaction (``EventStore.append(in_transaction=...)``); this one returns None.
-        ``signer``: the key that signed the job's first line (``ReadyEntry.signer``), for an index that keeps it.
+        ``signer``: the key that signed the job's first line (``ReadyEntry.signer``), and ``signers`` every key of its
+        lines (``ReadyEntry.signers``), for an index that keeps them.
         """
         change = IndexChange.of(old, new)
         if change.put_ready is not None:
@@ -268,7 +280,8 @@ class QueueIndex(ABC):
     def ready(self) -> list[ReadyEntry]:
         """Every ready entry, in claim order (due or not)."""
 
-    def candidates(self, now: float, skip: Collection[str] = (), kinds: Collection[str] = ()) -> Iterator[ReadyEntry]:
+    def candidates(self, now: float, skip: Collection[str] = (), kinds: Collection[str] = (),
+                   left_keys: Collection[str] = ()) -> Iterator[ReadyEntry]:
         """The entries a claimer should try at ``now``, in claim order, produced lazily (a claim
         usually stops at the first one; a shared index may reserve that one for this claimer).
         ``skip``: jobs the claimer left at an earlier pass (signed by a key it does not hold,
@@ -277,7 +290,8 @@ class QueueIndex(ABC):
         without a read, and reads the others again (a handler may have been registered since).
         ``kinds``: the only kinds the claimer runs (``WorkerSettings.kinds``; empty: all). An index that
         knows its entries' kinds (PostgreSQL) lists no other; the others list every entry, and the
-        claimer tells the kind from the job it reads."""
+        claimer tells the kind from the job it reads. ``left_keys``: keys the claimer found it does not trust; a
+        shared index whose entries name their keys never reserves one naming any of them."""
         return iter(self.ready())
 
     def next_page(self, now: float, skip: Collection[str] = (), kinds: Collection[str] = (),
@@ -285,7 +299,7 @@ class QueueIndex(ABC):
                   left_keys: Collection[str] = ()) -> list[ReadyEntry]:
         """For an index that lists a page of the due entries (``lists_every_due_entry`` False): the next page, once a
         claimer left every entry of the last one, without entries of ``left_kinds`` (kinds it found no handler for),
-        of the jobs ``left_jobs`` or of jobs whose first line a key of ``left_keys`` signed (left for want of a key:
+        of the jobs ``left_jobs`` or of jobs a line of which a key of ``left_keys`` signed (left for want of a key:
         ``UntrustedJobs``); empty when there is none. An index whose ``candidates`` lists every entry has no next
         page."""
         return []
@@ -412,18 +426,19 @@ class QueueIndex(ABC):
                 self.mark_built()
             self._seen_built = True
 
-    def index_job(self, s: JobState, ok: bool = True, signer: str | None = None) -> bool:
+    def index_job(self, s: JobState, ok: bool = True, signer: str | None = None,
+                  signers: tuple[str, ...] = ()) -> bool:
         """Put the entry a job in state ``s`` needs, whatever the index held; True if it needs one. A job whose run
         ended from outside (``run_left_running``) gets that run's running entry, which stale recovery meets once.
         A job whose history failed verification gets a ready entry: a claimer meets it once, refuses
-        it (audited) and drops the entry. ``signer``: ``JobView.signer`` (``ReadyEntry.signer``)."""
+        it (audited) and drops the entry. ``signer``, ``signers``: ``JobView``'s (``ReadyEntry``'s)."""
         kept = ok and run_left_running(s)
         if kept:
             self.put_running(s.job_id, s.epoch)
         if s.state == QUEUED or not ok:
             entry = ReadyEntry.for_state(s)
             # an unverified history's kind may be forged: offered to every worker (any of them refuses the job)
-            self.put_ready(replace(entry, signer=signer) if ok else replace(entry, kind=None))
+            self.put_ready(replace(entry, signer=signer, signers=signers) if ok else replace(entry, kind=None))
             return True
         if s.state == RUNNING:
             self.put_running(s.job_id, s.epoch)
@@ -441,7 +456,7 @@ class QueueIndex(ABC):
                 log.warning("rebuild: cannot read job %s", job_id, extra={"job_id": job_id})
                 continue
             faults.point("queue.rebuild.each_job")
-            if view.state is not None and self.index_job(view.state, view.ok, view.signer):
+            if view.state is not None and self.index_job(view.state, view.ok, view.signer, view.signers):
                 count += 1
         self.mark_built()
         log.info("ready index rebuilt from events: %d entries", count, extra={"entries": count})

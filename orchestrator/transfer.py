@@ -437,7 +437,7 @@ def _put_entries(orch: Orchestrator, view: JobView | None) -> None:
     of it then claimed or recovered it, so its next chunk was a conflict and the job ran again. A crash before the
     put leaves the job with no entry (no worker runs it): the import run again, as it must be, puts it."""
     if view is not None and view.state is not None:
-        orch.queue.index_job(view.state, view.ok, view.signer)
+        orch.queue.index_job(view.state, view.ok, view.signer, view.signers)
 
 
 def _write_stream(orch: Orchestrator, verified: VerifiedStream, head: bytes | None) -> int:

@@ -14,7 +14,8 @@ entry on later passes without reading the job: an entry names one stretch of a j
 entry is moved or dropped by every event of a queued job, a running entry ``(job, epoch)`` by every
 event of a running one), and a line under an unknown key stays in an append-only history, so the
 job could not be checked here anyway. It remembers the keys too: a PostgreSQL ready row names the key
-that signed its job's first line (``ReadyEntry.signer``, migration 0008), so a row of a key found
+that signed its job's first line and every key of its lines (``ReadyEntry.keys``, migrations 0008 and 0009: a job
+submitted on a machine it trusts and queued again by one it does not), so a row naming a key found
 missing is passed over unread wherever it is met, and a claim pass's next pages leave every such row
 out (``QueueIndex.next_page``): a worker reads a page of a key's jobs, not each of them (until
 2026-12-07, twenty-eighth session: ``worker --once`` read 4,000 to reach the job behind them). A file
@@ -46,7 +47,7 @@ SKIPPED_MAX = 256  # of the entries, the jobs (the latest met) a shared index is
 
 class UntrustedJobs:
     """The jobs one worker left because keys it does not hold signed them, by the index entry it met them at, and
-    those keys (a PostgreSQL row names the key of its job's first line)."""
+    those keys (a PostgreSQL row names the keys of its job's lines)."""
 
     def __init__(self, keyring: Keyring, notify: Notify | None = None) -> None:
         self.keyring = keyring
@@ -63,7 +64,7 @@ class UntrustedJobs:
 
     def passes_over(self, mark: Hashable, job_id: str) -> bool:
         """True if this worker left the job at index entry ``mark`` (a ``ReadyEntry``, or ``running_mark``), or the
-        entry names a key it found missing (``ReadyEntry.signer``), under the keys it trusts now: it is passed over
+        entry names a key it found missing (``ReadyEntry.keys``), under the keys it trusts now: it is passed over
         without a read, and remembered as left at ``mark``. A ready entry counts in ``queued``."""
         if not self._left:  # the usual case: nothing left, nothing to compare
             return False
@@ -76,9 +77,8 @@ class UntrustedJobs:
         return True
 
     def _signed_by_a_missing_key(self, mark: Hashable) -> frozenset[str]:
-        """The key an entry names (PostgreSQL's rows), if it is one found missing; else none."""
-        signer = mark.signer if isinstance(mark, ReadyEntry) else None
-        return frozenset((signer,)) if signer is not None and signer in self._keys else frozenset()
+        """The keys an entry names (PostgreSQL's rows: ``ReadyEntry.keys``) that were found missing; else none."""
+        return frozenset(k for k in mark.keys if k in self._keys) if isinstance(mark, ReadyEntry) else frozenset()
 
     def leave(self, mark: Hashable, job_id: str, kids: frozenset[str]) -> None:
         """Remember that the job at index entry ``mark`` was left for want of keys ``kids`` (read under the keys
@@ -121,11 +121,11 @@ class UntrustedJobs:
         if not self._left:
             return []
         self._check_trust()
-        return [mark.job_id for mark in self._left if isinstance(mark, ReadyEntry) and mark.signer not in self._keys]
+        return [mark.job_id for mark in self._left if isinstance(mark, ReadyEntry) and self._keys.keys().isdisjoint(mark.keys)]
 
     def keys_to_leave_out(self) -> list[str]:
         """The keys found missing, for a shared index's next pages to leave out every row they signed
-        (``QueueIndex.next_page``: PostgreSQL's rows name the key of their job's first line)."""
+        (``QueueIndex.next_page``: PostgreSQL's rows name the keys of their job's lines)."""
         if not self._left:
             return []
         self._check_trust()

@@ -44,6 +44,16 @@ class JobView:
         lines = self.stream.lines
         return line_key_id(lines[0].raw) if self.ok and lines and lines[0].seq == 1 else None
 
+    @property
+    def signers(self) -> tuple[str, ...]:
+        """Every key that signed a line of the view, each once, in the order met (the first line's first), if the view
+        checked them: what its PostgreSQL ready row names beside ``signer`` (migration 0009), so that a worker that
+        does not trust one of them leaves the row out unread, whichever line that key signed. A view of a later part
+        of a job names the keys of that part: a row names no key its job's history does not hold."""
+        if not self.ok:
+            return ()
+        return tuple(dict.fromkeys(kid for kid in map(line_key_id, (line.raw for line in self.stream.lines)) if kid))
+
     def missing_keys(self) -> frozenset[str]:
         """The ids of the keys that signed lines (or the head record) the keyring could not check, when those are the
         job's only problems: nothing this reader can see is wrong with the job, and a reader that holds the keys can

@@ -64,36 +64,38 @@ LISTEN_FALLBACK_SECONDS = 10.0  # an idle wait never lasts longer, even if a NOT
 # and 5 read in the statement's snapshot,
 # in which the reserved row's job holds at least the event that wrote the row (a row commits with its event); a
 # scalar subquery names the job, so each is a primary-key look-up, and nothing when no row was reserved. Each row
-# listed comes with its kind and the key that signed its job's first line (migrations 0004 and 0008): a worker passes
-# over, unread, a row of a kind it does not run or of a key it found it does not trust (``UntrustedJobs``).
+# listed comes with its kind, the key that signed its job's first line and every key of its lines (migrations 0004,
+# 0008 and 0009): a worker passes over, unread, a row of a kind it does not run or naming a key it found it does not
+# trust (``UntrustedJobs``).
 _CANDIDATES = """
 WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)),
 pick AS (SELECT job_id, priority, runnable_at_us FROM orch_ready
          WHERE project = %(p)s AND (at_once OR runnable_at_us <= %(now)s) AND reserved_until_us <= %(now)s
-         AND job_id <> ALL(%(skip)s::text[]) AND {mine}{page}
+         AND job_id <> ALL(%(skip)s::text[]) AND {no_left_key} AND {mine}{page}
          ORDER BY priority DESC, runnable_at_us, job_id LIMIT {reserve} FOR UPDATE SKIP LOCKED),
 reserved AS (UPDATE orch_ready r SET reserved_by = %(by)s, reserved_until_us = %(until)s FROM pick, async_commit
              WHERE r.project = %(p)s AND r.job_id = pick.job_id AND r.priority = pick.priority
              AND r.runnable_at_us = pick.runnable_at_us
-             RETURNING r.priority, r.runnable_at_us, r.job_id, r.kind, r.signer, r.at_once)
-SELECT 0 AS part, priority, runnable_at_us AS at, job_id, kind, signer, at_once, NULL::bytea AS line, 0 AS length
+             RETURNING r.priority, r.runnable_at_us, r.job_id, r.kind, r.signer, r.signers, r.at_once)
+SELECT 0 AS part, priority, runnable_at_us AS at, job_id, kind, signer, signers, at_once, NULL::bytea AS line,
+       0 AS length
 FROM reserved
-UNION ALL (SELECT 1, priority, runnable_at_us, job_id, kind, signer, at_once, NULL, 0 FROM orch_ready
+UNION ALL (SELECT 1, priority, runnable_at_us, job_id, kind, signer, signers, at_once, NULL, 0 FROM orch_ready
            WHERE project = %(p)s AND (at_once OR runnable_at_us <= %(now)s) AND reserved_until_us <= %(now)s AND {mine}{page}
            ORDER BY priority DESC, runnable_at_us, job_id LIMIT %(n)s){hints}
-UNION ALL (SELECT 4, 0, 0, key, NULL, NULL, false, data, 0 FROM orch_aux
+UNION ALL (SELECT 4, 0, 0, key, NULL, NULL, NULL, false, data, 0 FROM orch_aux
            WHERE project = %(p)s AND area = %(area)s AND key = (SELECT job_id FROM reserved))
-UNION ALL (SELECT 5, 0, seq, stream, NULL, NULL, false, CASE WHEN octet_length(line) <= %(cap)s THEN line END,
+UNION ALL (SELECT 5, 0, seq, stream, NULL, NULL, NULL, false, CASE WHEN octet_length(line) <= %(cap)s THEN line END,
                   octet_length(line)
            FROM orch_events WHERE project = %(p)s AND stream = (SELECT job_id FROM reserved)
            ORDER BY seq LIMIT %(lines)s)
 ORDER BY part, priority DESC, at, job_id
 """
 _HINTS = """
-UNION ALL (SELECT 2, priority, runnable_at_us, job_id, kind, signer, false, NULL, 0 FROM orch_ready
+UNION ALL (SELECT 2, priority, runnable_at_us, job_id, kind, signer, signers, false, NULL, 0 FROM orch_ready
            WHERE project = %(p)s AND NOT at_once AND runnable_at_us > %(now)s AND {mine}
            ORDER BY runnable_at_us LIMIT 1)
-UNION ALL (SELECT 3, priority, reserved_until_us, job_id, kind, signer, false, NULL, 0 FROM orch_ready
+UNION ALL (SELECT 3, priority, reserved_until_us, job_id, kind, signer, signers, false, NULL, 0 FROM orch_ready
            WHERE project = %(p)s AND (at_once OR runnable_at_us <= %(now)s) AND reserved_until_us > %(now)s AND {mine}
            AND reserved_until_us > 0 AND job_id <> ALL(%(skip)s::text[])
            ORDER BY reserved_until_us LIMIT 1)"""
@@ -102,10 +104,12 @@ UNION ALL (SELECT 3, priority, reserved_until_us, job_id, kind, signer, false, N
 # one row comparison can): the rest of that row's priority (``priority = $pr AND (time, id) > ($at, $id)``), then,
 # once that page is not full, the lower priorities (``priority < $pr``). Rows of the kinds the pass found it has no
 # handler for are left out (a row from before 0004 has no kind: kept), and those its worker left for want of a key:
-# the rows a key it does not trust signed (a row from before 0008 names none: kept), and the jobs it remembers leaving
-# (``UntrustedJobs``); no hints (parts 2 and 3): the first page gave them
+# the rows naming a key it does not trust (``_NO_LEFT_KEY``), and the jobs it remembers leaving (``UntrustedJobs``); no
+# hints (parts 2 and 3): the first page gave them. A row's keys: every key of its job's lines (``signers``, 0009), or
+# for a row from before 0009 the first line's (``signer``, 0008); a row from before both names none: kept
+_NO_LEFT_KEY = "NOT (coalesce(signers, ARRAY[signer]) && %(left_keys)s::text[])"
 _NOT_LEFT = ("\n           AND (kind IS NULL OR kind <> ALL(%(left_kinds)s::text[])) "
-             "AND (signer IS NULL OR signer <> ALL(%(left_keys)s::text[])) AND job_id <> ALL(%(left_jobs)s::text[])")
+             f"AND {_NO_LEFT_KEY} AND job_id <> ALL(%(left_jobs)s::text[])")
 _SAME_PRIORITY = _NOT_LEFT + " AND priority = %(after_pr)s AND (runnable_at_us, job_id) > (%(after_at)s, %(after_job)s)"
 _LOWER_PRIORITY = _NOT_LEFT + " AND priority < %(after_pr)s"
 # a worker of some kinds only (``WorkerSettings.kinds``): rows of those kinds, and rows from before 0004 (no kind)
@@ -114,7 +118,7 @@ _MINE_ANY, _MINE_KINDS = "true", "(kind IS NULL OR kind = ANY(%(kinds)s::text[])
 
 def _claim_statement(mine: str, page: str) -> str:
     return _CANDIDATES.format(mine=mine, page=page, hints="" if page else _HINTS.format(mine=mine),
-                              reserve=0 if page else 1)  # a next page reserves none (``next_page``)
+                              no_left_key=_NO_LEFT_KEY, reserve=0 if page else 1)  # a next page reserves none (``next_page``)
 
 
 _CANDIDATES_ANY, _CANDIDATES_KINDS = _claim_statement(_MINE_ANY, ""), _claim_statement(_MINE_KINDS, "")
@@ -138,6 +142,7 @@ UNION
 SELECT r.job_id FROM unnest(%(running)s::text[], %(epoch)s::integer[]) AS w(job_id, epoch)
 JOIN orch_running r ON r.project = %(p)s AND r.job_id = w.job_id AND r.epoch IN (w.epoch, 0)
 """
+_READY_COLUMNS = "project, job_id, priority, runnable_at_us, kind, at_once, signer, signers"
 _PUT_RUNNING = "INSERT INTO orch_running (project, job_id, epoch) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
 
 
@@ -164,7 +169,7 @@ class PgQueueIndex(QueueIndex):
     """The project's ready and running jobs in ``orch_ready`` / ``orch_running``."""
 
     lists_every_due_entry = False  # a page is the reserved row and ``CANDIDATES`` more (``next_page``)
-    keeps_signers = True  # ``orch_ready.signer`` (migration 0008)
+    keeps_signers = True  # ``orch_ready.signer`` and ``signers`` (migrations 0008 and 0009)
 
     def __init__(self, store: PostgresStore) -> None:
         self.store = store
@@ -212,10 +217,11 @@ class PgQueueIndex(QueueIndex):
 
     # -- projection: written inside the event's transaction --------------------------------------
     def before_append(self, job_id: str, old: JobState | None, new: JobState,
-                      signer: str | None = None) -> InTransaction:
+                      signer: str | None = None, signers: tuple[str, ...] = ()) -> InTransaction:
         """The whole index change (``IndexChange``), as statements for the event's own statement: each joins
         ``up``, the head row the append moves (``InTransaction``), so a refused append writes none of them. A ready
-        row names ``signer``, the key of the job's first line (migration 0008)."""
+        row names ``signer``, the key of the job's first line (migration 0008), and ``signers``, every key of its lines
+        (0009)."""
         p, change = self.project, IndexChange.of(old, new)
         writes: list[tuple[str, tuple[Any, ...]]] = []
         selects: list[tuple[str, tuple[Any, ...]]] = []
@@ -227,9 +233,9 @@ class PgQueueIndex(QueueIndex):
             writes.append(("DELETE FROM orch_ready USING up WHERE project = %s AND job_id = %s "
                            "AND (priority, runnable_at_us) IS DISTINCT FROM (%s::integer, %s::bigint)", (p, job_id, *keep)))
         if e is not None:
-            writes.append(("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us, kind, at_once, signer) "
-                           "SELECT %s, %s, %s, %s, %s, %s, %s FROM up ON CONFLICT DO NOTHING",
-                           (p, job_id, e.priority, e.runnable_at_us, e.kind, e.at_once, signer)))
+            writes.append((f"INSERT INTO orch_ready ({_READY_COLUMNS}) SELECT %s, %s, %s, %s, %s, %s, %s, %s FROM up "
+                           "ON CONFLICT DO NOTHING",
+                           (p, job_id, e.priority, e.runnable_at_us, e.kind, e.at_once, signer, list(signers) or None)))
             # delivered at commit, only if it commits: a woken worker always finds the event
             selects.append(("pg_notify(%s, %s)", (self.channel, job_id)))
         if change.put_running:
@@ -257,10 +263,10 @@ class PgQueueIndex(QueueIndex):
         return self.store._run(run, write=write)
 
     def put_ready(self, entry: ReadyEntry) -> None:
-        self._sql("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us, kind, at_once, signer) "
-                  "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        self._sql(f"INSERT INTO orch_ready ({_READY_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                  "ON CONFLICT DO NOTHING",
                   (self.project, entry.job_id, entry.priority, entry.runnable_at_us, entry.kind, entry.at_once,
-                   entry.signer), write=True)
+                   entry.signer, list(entry.signers) or None), write=True)
 
     def drop_ready(self, entry: ReadyEntry) -> None:
         self._sql("DELETE FROM orch_ready WHERE project = %s AND job_id = %s AND priority = %s AND runnable_at_us = %s",
@@ -271,12 +277,14 @@ class PgQueueIndex(QueueIndex):
         through ``candidates``), its claim order mixes directions over three columns (the store's chunks page
         on one key), and a job's row moves when it is retried, so a listing in chunks could show it twice or
         miss it. About 1.7-2.0 s per million queued jobs here (docs/decisions.md, 2026-12-01)."""
-        rows = self._sql("SELECT priority, runnable_at_us, job_id, kind, at_once, signer FROM orch_ready "
+        rows = self._sql("SELECT priority, runnable_at_us, job_id, kind, at_once, signer, signers FROM orch_ready "
                          "WHERE project = %s ORDER BY priority DESC, runnable_at_us, job_id", (self.project,),
                          write=False, fetch=True)
-        return [ReadyEntry(-pr, at, job, kind, at_once, signer) for pr, at, job, kind, at_once, signer in rows]
+        return [ReadyEntry(-pr, at, job, kind, at_once, signer, tuple(signers or ()))
+                for pr, at, job, kind, at_once, signer, signers in rows]
 
-    def candidates(self, now: float, skip: Collection[str] = (), kinds: Collection[str] = ()) -> list[ReadyEntry]:
+    def candidates(self, now: float, skip: Collection[str] = (), kinds: Collection[str] = (),
+                   left_keys: Collection[str] = ()) -> list[ReadyEntry]:
         """Reserve the first due job (SKIP LOCKED) and read it, then list a few more due ones, then hints for later.
 
         The result, in claim order: the reserved entry; up to ``CANDIDATES`` other due,
@@ -289,13 +297,16 @@ class PgQueueIndex(QueueIndex):
         waiting, and the rows after it from this one. Nor is its reservation listed to be looked at
         again: this worker left it (with more than ``SKIPPED_MAX`` left, a pass that reserved one of
         the others again woke it for the next such pass). With ``kinds``, only rows of those kinds
-        (and rows written before migration 0004, which have none) are reserved or listed.
+        (and rows written before migration 0004, which have none) are reserved or listed. Nor is a row naming a key
+        of ``left_keys`` (keys the claimer found it does not trust) ever the reserved one: passed over unread, it is not
+        released either, and until the twenty-ninth session of 2026-12-07 each pass reserved one, held 2 s from the
+        workers that trust the key; the job behind such rows is the one reserved, and read, in this statement.
 
         The same statement reads the reserved job (``reserved_read``): the claim that follows needs no read
         of its own, one round trip instead of two. When it listed a full page of due rows, a claimer that leaves
         them all asks for the next (``next_page``).
         """
-        return self._page(now, skip, kinds)
+        return self._page(now, skip, kinds, left=LeftOut(keys=left_keys))
 
     def next_page(self, now: float, skip: Collection[str] = (), kinds: Collection[str] = (),
                   left_kinds: Collection[str] = (), left_jobs: Collection[str] = (),
@@ -328,13 +339,13 @@ class PgQueueIndex(QueueIndex):
         until = now_us + int(RESERVATION_SECONDS * 1e6)
         size, cap = _line_bounds(None)  # the first chunk of a job's read (``PostgresStore.read_with_aux``)
         params = {"p": self.project, "now": now_us, "by": self.reserver, "until": until,  # the reservation
-                  "n": CANDIDATES + 1, "skip": list(skip), "kinds": list(kinds),
+                  "n": CANDIDATES + 1, "skip": list(skip), "kinds": list(kinds), "left_keys": list(left.keys),
                   "area": HEADS_AREA, "cap": cap, "lines": size}
         if after is None:
             sql = _CANDIDATES_KINDS if kinds else _CANDIDATES_ANY
         else:
             sql = _NEXT_PAGES[after[0], bool(kinds)]
-            params.update(left_kinds=left.row_kinds(), left_jobs=list(left.jobs), left_keys=list(left.keys),
+            params.update(left_kinds=left.row_kinds(), left_jobs=list(left.jobs),
                           after_pr=after[1], after_at=after[2], after_job=after[3])
         self._reserved_job = None
         self._threads.page_end = None
@@ -344,7 +355,7 @@ class PgQueueIndex(QueueIndex):
         record, chunk = None, []
         last = None  # the last row of part 1, the page of due rows, and how many it held
         listed = 0
-        for part, pr, at, job, kind, signer, at_once, line, length in rows:
+        for part, pr, at, job, kind, signer, signers, at_once, line, length in rows:
             if part == 4:
                 record = bytes(line)
             elif part == 5:
@@ -355,7 +366,7 @@ class PgQueueIndex(QueueIndex):
                 if job not in seen:  # the reserved row first; it is in the statement's snapshot twice
                     seen.add(job)
                     # (a lapsing reservation's entry, part 3, has its time)
-                    out.append(ReadyEntry(-pr, at, job, kind, at_once, signer))
+                    out.append(ReadyEntry(-pr, at, job, kind, at_once, signer, tuple(signers or ())))
                     if part == 0:
                         self._reserved = (out[-1], params["by"], until)
         if self._reserved is not None:

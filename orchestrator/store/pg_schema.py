@@ -112,7 +112,7 @@ SCHEMA_COLUMNS = {
     "orch_events": ("project", "stream", "seq", "line"),
     "orch_aux": ("project", "area", "key", "data"),
     "orch_ready": ("project", "job_id", "priority", "runnable_at_us", "reserved_by", "reserved_until_us", "kind",
-                   "at_once", "signer"),
+                   "at_once", "signer", "signers"),
     "orch_running": ("project", "job_id", "epoch"),
 }
 

@@ -181,7 +181,8 @@ def test_the_sql_that_takes_0007_back_in_postgres_md_leaves_the_schema_of_versio
     """Code older than 2026-12-07 refuses a database migrated to 0007 (``SCHEMA_TOO_NEW``): a rollback of the code
     takes the schema back first, with the SQL docs/postgres.md gives (``Due at once, or at its time``). It leaves
     the schema version 6 made, each row due at its time (as older code reads it), and ``db migrate`` applies 0007
-    again. Migration 0008 is taken back first, with its own SQL (``Rows left out by the key that signed them``)."""
+    again. Migrations 0009 and 0008 are taken back first, with their own SQL (``Rows left out by the key that signed
+    them``)."""
     from orchestrator.queue import ReadyEntry
 
     apply_up_to(scratch_db, 6)
@@ -190,6 +191,7 @@ def test_the_sql_that_takes_0007_back_in_postgres_md_leaves_the_schema_of_versio
         version_6 = conn.execute(SCHEMA).fetchall()
         migrate(scratch_db)
         put_ready_row(scratch_db, ReadyEntry(0, 4_000_000, "J1", "k", at_once=True))
+        conn.execute(rollback_sql(9))
         conn.execute(rollback_sql(8))
         conn.execute(rollback_sql(7))
         assert current_version(conn) == 6 and conn.execute(SCHEMA).fetchall() == version_6
@@ -237,7 +239,7 @@ def test_the_sql_that_takes_0008_back_in_postgres_md_leaves_the_schema_of_versio
         scratch_db: str) -> None:
     """Code older than the twenty-eighth session of 2026-12-07 refuses a database migrated to 0008 (``SCHEMA_TOO_NEW``):
     a rollback of the code takes the schema back first, with the SQL docs/postgres.md gives ("Rows left out by the
-    key that signed them"). Nothing but the column goes, and ``db migrate`` applies 0008 again."""
+    key that signed them"; 0009's first). Nothing but the column goes, and ``db migrate`` applies 0008 again."""
     from orchestrator.queue import ReadyEntry
 
     apply_up_to(scratch_db, 7)
@@ -246,10 +248,65 @@ def test_the_sql_that_takes_0008_back_in_postgres_md_leaves_the_schema_of_versio
         version_7 = conn.execute(SCHEMA).fetchall()
         migrate(scratch_db)
         put_ready_row(scratch_db, ReadyEntry(0, 4_000_000, "J1", "k", at_once=True, signer=MINE_KEY))
+        conn.execute(rollback_sql(9))
         conn.execute(rollback_sql(8))
         assert current_version(conn) == 7 and conn.execute(SCHEMA).fetchall() == version_7
         assert conn.execute("SELECT job_id, kind, at_once FROM orch_ready").fetchall() == [("J1", "k", True)]
-        assert migrate(scratch_db)["applied"] == ["0008_ready_signers"]
+        assert migrate(scratch_db)["applied"] == ["0008_ready_signers", "0009_ready_signer_sets"]
+    finally:
+        conn.close()
+
+
+def test_ready_rows_written_before_0009_are_left_out_by_the_key_of_their_first_line_alone(scratch_db: str) -> None:
+    """Migration 0009 gives a ready row every key of its job's lines (``signers``), so that a next page leaves out the
+    rows of a job submitted under a key its worker trusts and queued again under one it does not. A row from before
+    it has its first line's key alone (``signer``, 0008): left out by that key, as before, and by no other."""
+    from orchestrator.queue import ReadyEntry
+    from orchestrator.store.pg_queue import CANDIDATES, PgQueueIndex
+    from orchestrator.store.postgres import PostgresStore
+
+    apply_up_to(scratch_db, 8)
+    conn = connect(scratch_db, autocommit=True)
+    conn.execute("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us, kind, at_once) "
+                 "SELECT 'p', 'FIRST' || g, 1, g, 'k', true FROM generate_series(1, %s) g", (CANDIDATES + 1,))
+    conn.execute("INSERT INTO orch_ready (project, job_id, priority, runnable_at_us, kind, at_once, signer) VALUES "
+                 "('p', 'OLD_THEIRS', 0, 1, 'k', true, %s), ('p', 'OLD_MINE', 0, 2, 'k', true, %s)",
+                 (THEIR_KEY, MINE_KEY))
+    conn.close()
+    assert migrate(scratch_db)["applied"] == ["0009_ready_signer_sets"]
+    store = PostgresStore(scratch_db, "p")
+    try:
+        index = PgQueueIndex(store)
+        index.put_ready(ReadyEntry(0, 3, "MINE_THEN_THEIRS", "k", at_once=True, signer=MINE_KEY,
+                                   signers=(MINE_KEY, THEIR_KEY)))
+        index.put_ready(ReadyEntry(0, 4, "MINE", "k", at_once=True, signer=MINE_KEY, signers=(MINE_KEY,)))
+        assert [(e.job_id, e.signers) for e in index.ready()][-4:] == [
+            ("OLD_THEIRS", ()), ("OLD_MINE", ()), ("MINE_THEN_THEIRS", (MINE_KEY, THEIR_KEY)), ("MINE", (MINE_KEY,))]
+        assert len(index.candidates(10.0)) == CANDIDATES + 1  # a full page: the rows of priority 1
+        assert [e.job_id for e in index.next_page(10.0, left_keys=[THEIR_KEY])] == ["OLD_MINE", "MINE"]
+    finally:
+        store.close()
+
+
+def test_the_sql_that_takes_0009_back_in_postgres_md_leaves_the_schema_of_version_8_and_every_row(
+        scratch_db: str) -> None:
+    """Code older than the twenty-ninth session of 2026-12-07 refuses a database migrated to 0009 (``SCHEMA_TOO_NEW``):
+    a rollback of the code takes the schema back first, with the SQL docs/postgres.md gives ("Rows left out by the
+    key that signed them"). Nothing but the column goes, and ``db migrate`` applies 0009 again."""
+    from orchestrator.queue import ReadyEntry
+
+    apply_up_to(scratch_db, 8)
+    conn = connect(scratch_db, autocommit=True)
+    try:
+        version_8 = conn.execute(SCHEMA).fetchall()
+        migrate(scratch_db)
+        put_ready_row(scratch_db, ReadyEntry(0, 4_000_000, "J1", "k", at_once=True, signer=MINE_KEY,
+                                             signers=(MINE_KEY, THEIR_KEY)))
+        conn.execute(rollback_sql(9))
+        assert current_version(conn) == 8 and conn.execute(SCHEMA).fetchall() == version_8
+        assert conn.execute("SELECT job_id, kind, at_once, signer FROM orch_ready").fetchall() == [
+            ("J1", "k", True, MINE_KEY)]
+        assert migrate(scratch_db)["applied"] == ["0009_ready_signer_sets"]
     finally:
         conn.close()
 
@@ -367,7 +424,8 @@ def test_the_claim_statements_lookups_out_of_claim_order_use_their_indexes(scrat
     of the project before migration 0005 (~18 ms a claim with 100,000 queued jobs, ``bench/pg_candidates.py``).
     Since 0007 a row due at once is due whatever its time (``at_once``), and part 2 looks only at the rows that wait
     for theirs (retries), in an index of those rows alone; the claim order's index still serves parts 0 and 1. So
-    too in the generic plan a prepared statement may be given (psycopg prepares a statement run five times)."""
+    too in the generic plan a prepared statement may be given (psycopg prepares a statement run five times), and
+    with keys left out of the pick (``left_keys``, since the twenty-ninth session: a filter on the rows it reads)."""
     import re
 
     from orchestrator.store.pg_queue import _CANDIDATES_ANY, _CANDIDATES_KINDS, _NEXT_PAGES
@@ -380,16 +438,17 @@ def test_the_claim_statements_lookups_out_of_claim_order_use_their_indexes(scrat
                      "CASE WHEN g % 100 = 1 THEN 60000 ELSE 0 END, g % 50 <> 0 FROM generate_series(1, 50000) g")
         conn.execute("ANALYZE orch_ready")
         params = {"p": "p", "now": 50_000, "by": "me", "until": 52_000, "n": 9, "skip": [], "kinds": ["k"],
-                  "area": "heads", "cap": 32768, "lines": 256}
+                  "area": "heads", "cap": 32768, "lines": 256, "left_keys": ["k-00000000000000a1"]}
         order = list(params)
-        types = ("text", "bigint", "text", "bigint", "int", "text[]", "text[]", "text", "int", "int")
+        types = ("text", "bigint", "text", "bigint", "int", "text[]", "text[]", "text", "int", "int", "text[]")
         conn.execute("SET plan_cache_mode = force_generic_plan")
         for i, sql in enumerate((_CANDIDATES_ANY, _CANDIDATES_KINDS)):
             custom = "\n".join(row[0] for row in conn.execute("EXPLAIN " + sql, params).fetchall())  # not run
             numbered = re.sub(r"%\((\w+)\)s", lambda m: f"${order.index(m.group(1)) + 1}", sql)
             conn.execute(f"PREPARE claim{i} ({', '.join(types)}) AS {numbered}")
             generic = "\n".join(row[0] for row in conn.execute(
-                f"EXPLAIN EXECUTE claim{i} ('p', 50000, 'me', 52000, 9, '{{}}', '{{k}}', 'heads', 32768, 256)"
+                f"EXPLAIN EXECUTE claim{i} ('p', 50000, 'me', 52000, 9, '{{}}', '{{k}}', 'heads', 32768, 256, "
+                "'{k-00000000000000a1}')"
             ).fetchall())
             for plan in (custom, generic):
                 assert "orch_ready_delayed" in plan and "orch_ready_reserved" in plan, plan
@@ -400,7 +459,7 @@ def test_the_claim_statements_lookups_out_of_claim_order_use_their_indexes(scrat
         # a pass's next page (since 2026-12-07): the claim order's index, its scan bounded by the last row listed, in
         # the plan a statement gets (custom plans; a forced generic one reads the rest of that priority's rows)
         conn.execute("SET plan_cache_mode = auto")
-        page = {**params, "left_kinds": ["x"], "left_jobs": ["J7", "J8"], "left_keys": ["k-00000000000000a1"],
+        page = {**params, "left_kinds": ["x"], "left_jobs": ["J7", "J8"],
                 "after_pr": 3, "after_at": 25004, "after_job": "J25004"}
         for (step, _), sql in _NEXT_PAGES.items():
             plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + sql, page).fetchall())
@@ -919,7 +978,8 @@ def test_a_schema_taken_back_behind_while_a_store_runs_says_to_migrate_and_the_s
     try:
         index = PgQueueIndex(store)
         index.put_ready(ReadyEntry(0, 1, "J1", "k"))  # the store checked the schema: up to date
-        _on(scratch_db, "ALTER TABLE orch_ready DROP COLUMN signer",  # (0008)
+        _on(scratch_db, "ALTER TABLE orch_ready DROP COLUMN signers",  # (0009)
+            "ALTER TABLE orch_ready DROP COLUMN signer",  # (0008)
             "ALTER TABLE orch_ready DROP COLUMN at_once",  # (0007, and its index)
             "DROP INDEX orch_ready_reserved", "ALTER TABLE orch_ready DROP COLUMN kind",
             "DROP FUNCTION orch_count_event_edits CASCADE", "ALTER TABLE orch_streams DROP COLUMN edits",  # (0006)

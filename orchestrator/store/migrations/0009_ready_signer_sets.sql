@@ -1,0 +1,11 @@
+-- 0009: a ready row names every key that signed a line of its job (`signers`, the first line's first), beside the
+-- first line's alone (`signer`, 0008), so that a worker that found it does not trust a key leaves out the rows of the
+-- jobs that key signed a later line of too: a job submitted on a machine this worker trusts and queued again by
+-- another's (a retry, a stale recovery, a resume) named a key it trusts, and was read, by `worker --once`, each such
+-- job once, and by a looping worker past `untrusted.LEFT_KEPT` at each pass (docs/decisions.md).
+--
+-- Written with the event that queues the job, by the writer, which checked every line it read (a hint, as the kind
+-- is: a claim still reads and checks the job it tries). NULL: a row from before this migration, or written by a
+-- release that does not name the column; such a row is left out by its `signer` alone, as before. A column added
+-- without a default rewrites no row.
+ALTER TABLE orch_ready ADD COLUMN signers text[];
