@@ -314,8 +314,8 @@ class PgQueueIndex(QueueIndex):
         """The due entries after the last page this thread's ``candidates`` or ``next_page`` listed, if that page was
         full (else none, and no round trip; empty only when there is no more), as ``candidates`` lists them, but for
         rows of ``left_kinds`` (the kinds the claimer's pass found it has no handler for: none of their rows is read
-        again in this pass), rows whose ``signer`` is one of ``left_keys`` and rows of ``left_jobs`` (the keys the
-        claimer found it does not trust, and the other jobs it remembers leaving for want of a key:
+        again in this pass), rows naming a key of ``left_keys`` (``signers``; ``signer`` for a row from before 0009)
+        and rows of ``left_jobs`` (the keys the claimer found it does not trust, and the other jobs it remembers leaving for want of a key:
         ``UntrustedJobs``; until 2026-12-07, twenty-eighth session, each job of such a key was read once by every
         ``worker --once``, and more than ``LEFT_KEPT`` of them at each pass), without the hints of the first page,
         and reserving none: a pass that left a page whole goes on to the next,
