@@ -12,8 +12,9 @@ imports on the machine measured) and each ``run_once`` (``pass_s``), and their m
 page of them, learns the key, and its next page leaves every row of that key out (migration 0008,
 ``orch_ready.signer``). ``--queued-again``: the jobs ahead are the worker's own, submitted under its key, each claimed
 and handed back (``job_released``) by the other machine, so their first line is under a key it trusts and their
-later ones are not; until the twenty-ninth session their rows named the first line's key only, and the worker read
-each (migration 0009, ``orch_ready.signers``). The project's rows are deleted afterwards. ``--url`` (or ``ORCH_BENCH_PG_URL``) picks the database, migrated here.
+later ones are not; until branch fix-pgkeys (2026-12-07) their rows named the first line's key only, and the worker
+read each (migration 0009, ``orch_ready.signers``). The project's rows are deleted afterwards. ``--url`` (or
+``ORCH_BENCH_PG_URL``) picks the database, migrated here.
 """
 from __future__ import annotations
 

@@ -66,8 +66,10 @@ def append_lines(orch: Orchestrator, view: JobView | None, job_id: str, new: Seq
     if orch.queue.keeps_signers:
         before = view if view is not None and head.seq else None
         signer = before.signer if before is not None else line_key_id(lines[0])
-        signers = tuple(dict.fromkeys(kid for kid in (*(before.signers if before else ()), line_key_id(lines[0])) if kid))
-    index_statements = orch.queue.before_append(job_id, old, state, signer, signers)  # None unless the index is in the store
+        kids = (*(before.signers if before is not None else ()), line_key_id(lines[0]))
+        signers = tuple(dict.fromkeys(kid for kid in kids if kid))
+    # None unless the index is in the store
+    index_statements = orch.queue.before_append(job_id, old, state, signer, signers)
 
     def with_events(new_head: Head) -> dict[tuple[str, str], bytes | None]:
         return {(HEADS_AREA, job_id): head_record(job_id, new_head), **(aux or {})}

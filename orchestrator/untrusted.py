@@ -121,7 +121,8 @@ class UntrustedJobs:
         if not self._left:
             return []
         self._check_trust()
-        return [mark.job_id for mark in self._left if isinstance(mark, ReadyEntry) and self._keys.keys().isdisjoint(mark.keys)]
+        return [mark.job_id for mark in self._left
+                if isinstance(mark, ReadyEntry) and self._keys.keys().isdisjoint(mark.keys)]
 
     def keys_to_leave_out(self) -> list[str]:
         """The keys found missing, for a shared index's next pages to leave out every row they signed

@@ -107,7 +107,8 @@ class FileQueueIndex(QueueIndex):
     def candidates(self, now: float, skip: Collection[str] = (), kinds: Collection[str] = (),
                    left_keys: Collection[str] = ()) -> Iterator[ReadyEntry]:
         """Claim order, from a sorted listing of ``ready/`` that successive claims share (nothing is reserved,
-        so ``skip`` changes nothing; an entry's name holds no kind nor key, so ``kinds`` and ``left_keys`` do not either).
+        so ``skip`` changes nothing; an entry's name holds no kind nor key, so ``kinds`` and ``left_keys`` do not
+        either).
 
         Listing a backlog of thousands of entries costs ~0.3 ms, as much as the rest of a claim, so a
         worker draining a backlog walks one listing: each claim goes on where the last one stopped,

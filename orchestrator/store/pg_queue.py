@@ -118,7 +118,8 @@ _MINE_ANY, _MINE_KINDS = "true", "(kind IS NULL OR kind = ANY(%(kinds)s::text[])
 
 def _claim_statement(mine: str, page: str) -> str:
     return _CANDIDATES.format(mine=mine, page=page, hints="" if page else _HINTS.format(mine=mine),
-                              no_left_key=_NO_LEFT_KEY, reserve=0 if page else 1)  # a next page reserves none (``next_page``)
+                              no_left_key=_NO_LEFT_KEY,
+                              reserve=0 if page else 1)  # a next page reserves none (``next_page``)
 
 
 _CANDIDATES_ANY, _CANDIDATES_KINDS = _claim_statement(_MINE_ANY, ""), _claim_statement(_MINE_KINDS, "")
@@ -299,7 +300,7 @@ class PgQueueIndex(QueueIndex):
         the others again woke it for the next such pass). With ``kinds``, only rows of those kinds
         (and rows written before migration 0004, which have none) are reserved or listed. Nor is a row naming a key
         of ``left_keys`` (keys the claimer found it does not trust) ever the reserved one: passed over unread, it is not
-        released either, and until the twenty-ninth session of 2026-12-07 each pass reserved one, held 2 s from the
+        released either, and until branch fix-pgkeys of 2026-12-07 each pass reserved one, held 2 s from the
         workers that trust the key; the job behind such rows is the one reserved, and read, in this statement.
 
         The same statement reads the reserved job (``reserved_read``): the claim that follows needs no read
@@ -315,10 +316,10 @@ class PgQueueIndex(QueueIndex):
         full (else none, and no round trip; empty only when there is no more), as ``candidates`` lists them, but for
         rows of ``left_kinds`` (the kinds the claimer's pass found it has no handler for: none of their rows is read
         again in this pass), rows naming a key of ``left_keys`` (``signers``; ``signer`` for a row from before 0009)
-        and rows of ``left_jobs`` (the keys the claimer found it does not trust, and the other jobs it remembers leaving for want of a key:
-        ``UntrustedJobs``; until 2026-12-07, twenty-eighth session, each job of such a key was read once by every
-        ``worker --once``, and more than ``LEFT_KEPT`` of them at each pass), without the hints of the first page,
-        and reserving none: a pass that left a page whole goes on to the next,
+        and rows of ``left_jobs`` (the keys the claimer found it does not trust, and the other jobs it remembers
+        leaving for want of a key: ``UntrustedJobs``; until 2026-12-07, twenty-eighth session, each job of such a key
+        was read once by every ``worker --once``, and more than ``LEFT_KEPT`` of them at each pass), without the hints
+        of the first page, and reserving none: a pass that left a page whole goes on to the next,
         so it reaches every due job this worker can run, as on files (until 2026-12-07 a job behind more than 9 it
         could not run was left to later passes, which reserve past at most ``SKIPPED_MAX`` left). Reserving a row
         of each page (as until the review of 2026-12-07) and listing the jobs left for a key made an idle worker
