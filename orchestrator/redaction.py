@@ -14,11 +14,12 @@ from typing import Callable, Sequence
 from orchestrator.secret_patterns import (ANY_LITERAL, ARGV_WORDS, AS_IS_WORDS, AUTH, AUTH_WORDS, AWS_KEY_ID,
                                          AWS_KEY_ID_STARTS, AWS_SECRET, AWS_SECRET_TOKEN_REST, BASIC, BEARER,
                                          CASE_FOLDED_TO_ASCII, CLI, CLI_USER, CLI_USER_WORDS, HEADER, HEADER_WORDS,
-                                         KEY_WORDS, KV, LINE_END, LOOKED_FOR, MYSQL, NETRC, NETRC_WORDS, PASS_FLAG,
-                                         PASS_FLAG_WORDS, PRIVATE_KEY, PRIVATE_KEY_END, PUTTY, REDACTED,
-                                         SECRET_KEY_WORDS, SHAPE_STARTS, SHAPES, SHORT_KV, SHORT_WORDS, SSHPASS,
-                                         URL_CREDS, ValuesBelow, a_count, a_number, a_pass_source, aws_secret,
-                                         not_auth_credentials, not_user_and_password, os_error, value_span)
+                                         KEY_WORDS, KV, LINE_END, LOOKED_FOR, MYSQL, NETRC, NETRC_WORDS, PAIR_LIST,
+                                         PAIR_OBJECT, PASS_FLAG, PASS_FLAG_WORDS, PRIVATE_KEY, PRIVATE_KEY_END, PUTTY,
+                                         REDACTED, SECRET_KEY_WORDS, SHAPE_STARTS, SHAPES, SHORT_KV, SHORT_WORDS,
+                                         SSHPASS, URL_CREDS, ValuesBelow, a_count, a_number, a_pass_source, aws_secret,
+                                         not_a_secret_pair, not_a_secret_pair_of_a_list, not_auth_credentials,
+                                         not_user_and_password, os_error, value_span)
 
 __all__ = ["sanitize_text", "may_hold_secret"]
 
@@ -205,18 +206,23 @@ def sanitize_text(text: str) -> str:
         text, lowered = _spliced_both(text, lowered, _aws_secret_spans(text))
     if "://" in text and "@" in text:
         text, lowered = _redact_both(URL_CREDS, text, lowered, None, None)
-    keyed = _holds(lowered, KEY_WORDS, held)
+    keyed, headers = _holds(lowered, KEY_WORDS, held), _holds(lowered, HEADER_WORDS, held)
+    short = _scanned(lowered, SHORT_WORDS, held)
+    auth = _scanned(lowered, AUTH_WORDS if held is None else ("auth",), held)
+    named = keyed or headers or short or auth  # a name/value pair's name may be a secret's
     for rx, wanted, keep, blocks in (
-            (HEADER, _holds(lowered, HEADER_WORDS, held), None, None),
+            (HEADER, headers, None, None),
             (BEARER, _holds(lowered, ("bearer",), held), None, None),  # before a key's value: ``token: Bearer x``
             (BASIC, _scanned(lowered, ("basic",), held), not_user_and_password, None),
             (CLI, keyed, None, None),
             (KV, keyed, os_error, ValuesBelow),
-            (SHORT_KV, _scanned(lowered, SHORT_WORDS, held), a_count, None),
+            (SHORT_KV, short, a_count, None),
             (NETRC, keyed and _holds(lowered, NETRC_WORDS, held), None, None),
             (CLI_USER, _holds(lowered, CLI_USER_WORDS, held), a_number, None),
             (PASS_FLAG, _holds(lowered, PASS_FLAG_WORDS, held), a_pass_source, None),
-            (AUTH, _scanned(lowered, AUTH_WORDS if held is None else ("auth",), held), not_auth_credentials, None)):
+            (AUTH, auth, not_auth_credentials, None),
+            (PAIR_OBJECT, named and "value" in lowered, not_a_secret_pair, None),
+            (PAIR_LIST, named, not_a_secret_pair_of_a_list, None)):
         if wanted:
             text, lowered = _redact_both(rx, text, lowered, keep, blocks)
     words = AS_IS_WORDS if held is None else [word for word in AS_IS_WORDS if word in held]

@@ -9,9 +9,9 @@ from typing import Any, Callable, Iterable, NamedTuple
 
 from orchestrator.redaction import may_hold_secret, sanitize_text
 from orchestrator.secret_patterns import (ANY_LITERAL, AUTH_KEY, AWS_KEY_ID, AWS_SECRET, AWS_SECRET_TOKEN_REST,
-                                         MYSQL_CLIENT, PASS_FLAG_NAME, REDACTED, SECRET_FLAG, SENSITIVE_KEY, SHORT_KEY,
-                                         USER_FLAGS, auth_methods, aws_secret, holds_aws_key_id_start, is_count,
-                                         is_user_and_password, pass_flag_value)
+                                         MYSQL_CLIENT, PASS_FLAG_NAME, REDACTED, SECRET_FLAG, SENSITIVE_KEY, USER_FLAGS,
+                                         auth_methods, aws_secret, holds_aws_key_id_start, pass_flag_value,
+                                         secret_under_a_short_key)
 
 __all__ = ["sanitize_obj", "json_source_text", "renamed_keys"]
 
@@ -92,11 +92,7 @@ def _secret_under(name: Any, value: Any) -> bool:
 
 
 def _secret_under_a_short_key(name: str, value: Any) -> bool:
-    if not isinstance(value, str) or value == "":
-        return False
-    if name[-1:] in "hH":
-        return AUTH_KEY.search(name) is not None and is_user_and_password(value)
-    return SHORT_KEY.search(name) is not None and not is_count(value)
+    return isinstance(value, str) and value != "" and secret_under_a_short_key(name, value)
 
 
 def _a_user_and_a_password(name: Any, items: list[Any] | tuple[Any, ...]) -> bool:

@@ -159,6 +159,20 @@ AUTH = re.compile(
 )
 AUTH_WORDS = tuple("auth" + after for after in ("=", ":", '"', "'", "\\", " ", "\t"))  # what its matches hold
 AUTH_KEY = re.compile(r"(?<![a-z0-9])auth\Z", re.I)  # an object's key ``auth``: its value, a user and password
+# A name/value pair written as JSON (or ``repr``) text, on one line or indented over several, whose value is secret
+# under its name as in a structure (``not_a_secret_pair``): an object whose ``name`` or ``key`` comes before its
+# ``value`` (``{"name": "DB_PASSWORD", "value": "x"}``, Kubernetes' env; ``{"Key": "api_key", "Value": "x"}``,
+# sorted keys), and a pair of a list of pairs (``[["DB_PASSWORD", "x"]]``, ``dict_items([('api_key', 'x')])``): a list
+# of two strings after a list's ``[`` or after another pair's ``],`` (``["password", "reset"]`` alone is words;
+# ``not_a_secret_pair_of_a_list`` looks for the pair's end: a lookahead here would walk back over a value with none).
+# The name is quoted text without a quote or a backslash in it, the value a quoted string. Linear: a match begins only
+# at a quote (a bracket), each name and value runs to the next quote, and no two looks share a value's quote.
+_PAIR_NAME = r"""(?P<k>\\?["'])(?P<nm>[^"'\\\r\n]+)(?P=k)"""
+PAIR_OBJECT = re.compile(
+    rf"""(?P<o>\\?["'])(?:name|key)(?P=o)\s*:\s*{_PAIR_NAME}\s*,\s*(?P=o)value(?P=o)\s*:\s*{_QUOTED}"""
+)
+PAIR_LIST = re.compile(rf"""(?:\[|[\])]\s*,)\s*[\[(]\s*{_PAIR_NAME}\s*,\s*{_QUOTED}""")
+_PAIR_LIST_END = re.compile(r"\s*[\])]")  # after the value's quote: the pair's end
 # In an argument list (``["curl", "-u", "bob:pw"]``): a flag naming a secret, as ``CLI``'s (lowered, whole), the
 # flags of ``PASS_FLAG``, and the flags of ``CLI_USER`` (as they are: ``-U`` is curl's proxy user, ``-u`` its user)
 SECRET_FLAG = re.compile(rf"--?(?:[a-z0-9]+[-_])*(?:{_KEYS})")
@@ -346,6 +360,29 @@ def not_auth_credentials(text: str, m: re.Match[str]) -> bool:
         return True
     user = text[start + 1:m.end("t")].strip().rstrip(",").strip().strip("\\\"'")
     return auth_methods(user, _value(text, m))
+
+
+def secret_under_a_short_key(name: str, value: str) -> bool:
+    """Whether the text ``value``, not empty, stored under ``name`` is secret under ``pass`` or ``pw`` (``SHORT_KEY``):
+    no count (``{"pass": "12"}`` is a test result); under ``auth`` (``AUTH_KEY``): a user and a password."""
+    if name[-1:] in "hH":
+        return AUTH_KEY.search(name) is not None and is_user_and_password(value)
+    return SHORT_KEY.search(name) is not None and not is_count(value)
+
+
+def not_a_secret_pair(text: str, m: re.Match[str]) -> bool:
+    """``PAIR_OBJECT``'s and ``PAIR_LIST``'s keep: the pair's value is no secret under its name, as a structure's
+    (``redaction_objects._secret_under``: a secret's key ending the name, ``pass`` and ``auth`` by their rules)."""
+    name, value = text[m.start("nm"):m.end("nm")], text[m.start("v"):m.end("v")]
+    return SENSITIVE_KEY.search(name) is None and not (name[-1:] in "sSwWhH" and secret_under_a_short_key(name, value))
+
+
+def not_a_secret_pair_of_a_list(text: str, m: re.Match[str]) -> bool:
+    """``PAIR_LIST``'s keep: the list goes on past its two strings (or its value's quote is not closed), or
+    ``not_a_secret_pair``."""
+    end, quote = m.end("v"), m.group("q")
+    return not text.startswith(quote, end) or _PAIR_LIST_END.match(text, end + len(quote)) is None \
+        or not_a_secret_pair(text, m)
 
 
 def a_pass_source(text: str, m: re.Match[str]) -> bool:

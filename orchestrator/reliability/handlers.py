@@ -67,6 +67,8 @@ SECRETS = {
     "gitlab": "glpat-LEAK44abcdefghijklmn",
     "npm": "npm_LEAK45" + "a" * 30,
     "sendgrid": "SG.LEAK46abcdefghijkl.mnopqrstuvwxyzABCD",
+    "name_value_text": '{"name": "DB_PASSWORD", "value": "LEAK62nt"}',
+    "pairs_text": '[["HOME", "/root"], ["API_KEY", "LEAK63pt"]]',
     "pem": "-----BEGIN OPENSSH PRIVATE KEY-----\nLEAK47pk\n-----END OPENSSH PRIVATE KEY-----",
     "openpgp": "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nLEAK48pg\n-----END PGP PRIVATE KEY BLOCK-----",
     "putty": "Private-Lines: 1\nLEAK49pt\nPrivate-MAC: 0a1b2c3d",

@@ -380,6 +380,39 @@ def test_the_value_of_a_pair_named_as_a_secret_in_a_list_of_pairs_is_redacted(ob
     assert sanitize_obj(obj) == shown
 
 
+K8S_ENV = json.dumps({"env": [{"name": "HOME", "value": "/root"}, {"name": "DB_PASSWORD", "value": "hunter2"}]},
+                     indent=2)
+ENV_PAIRS = json.dumps([["HOME", "/root"], ["DB_PASSWORD", "hunter2"]], indent=2)
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ('{"name": "DB_PASSWORD", "value": "hunter2"}', f'{{"name": "DB_PASSWORD", "value": "{R}"}}'),  # Kubernetes' env
+    ('{"name": "auth", "value": "bob:x"}', f'{{"name": "auth", "value": "{R}"}}'),
+    ('{"Key": "api_key", "Value": "x"}', f'{{"Key": "api_key", "Value": "{R}"}}'),  # AWS's tags, SSM's parameters
+    ("{'name': 'smtp_pass', 'value': 'x'}", f"{{'name': 'smtp_pass', 'value': '{R}'}}"),  # Python's repr
+    ('{\\"name\\": \\"token\\", \\"value\\": \\"x\\"}',  # in JSON
+     f'{{\\"name\\": \\"token\\", \\"value\\": \\"{R}\\"}}'),
+    (K8S_ENV, K8S_ENV.replace('"hunter2"', f'"{R}"')),  # indented over several lines
+    ('[["DB_PASSWORD", "hunter2"]]', f'[["DB_PASSWORD", "{R}"]]'),
+    ('[["HOME", "/root"], ["DB_PASSWORD", "hunter2"]]', f'[["HOME", "/root"], ["DB_PASSWORD", "{R}"]]'),
+    (ENV_PAIRS, ENV_PAIRS.replace('"hunter2"', f'"{R}"')),
+    ("dict_items([('api_key', 'x'), ('pass', 'y')])", f"dict_items([('api_key', '{R}'), ('pass', '{R}')])"),
+])
+def test_a_name_value_pair_named_as_a_secret_in_json_text_has_its_value_redacted(text: str, shown: str) -> None:
+    """As in a structure (``sanitize_obj``), where the same pairs are redacted: a job's log prints them as text."""
+    redacts(text, shown)
+
+
+@pytest.mark.parametrize("text", [
+    '{"name": "token_count", "value": "3"}', '{"name": "pass", "value": "12"}', '{"name": "auth", "value": "none"}',
+    '{"name": "HOME", "value": "/root"}', '{"name": "DB_PASSWORD", "value": ""}',
+    '["password", "reset"]', '{"words": ["DB_PASSWORD", "hunter2"]}', 'print(x, ["password", "hunter2"])',
+    '[["pass", "12"], ["fail", "0"]]', '{"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db"}}}',
+])
+def test_a_name_value_pair_in_text_not_named_as_a_secret_or_no_pair_is_kept(text: str) -> None:
+    assert sanitize_text(text) == text
+
+
 @pytest.mark.parametrize(("argv", "shown"), [
     (["mysql", "--password", "hunter2", "app"], ["mysql", "--password", R, "app"]),
     (["deploy", "--db-token", "two words"], ["deploy", "--db-token", R]),
@@ -480,6 +513,14 @@ def test_property_each_pair_of_a_list_of_pairs_is_walked_as_a_list_of_its_own_un
     pytest.param("auth: [\n  'a',\n  '" * 320_000, id="auth-lists-on-lines"),
     pytest.param("auth=['a', 'b'" + " " * 5_000_000, id="auth-list-unclosed"),
     pytest.param("auth=['a', 'b' " * 330_000, id="auth-lists-unclosed"),
+    pytest.param('{"name": "password", "value": "x"}, ' * 140_000, id="name-value-objects"),
+    pytest.param('"name": "password",' + " " * 5_000_000, id="name-value-blanks"),
+    pytest.param('"name": "' + "a" * 5_000_000, id="name-value-long-name"),
+    pytest.param('{"name": "password", "value": ' * 170_000, id="name-value-no-values"),
+    pytest.param('[["password", "' + "a" * 5_000_000, id="pair-unclosed"),
+    pytest.param('[["password", "a' * 340_000, id="pairs-unclosed"),
+    pytest.param('[["password", "x"], ' * 250_000, id="pairs"),
+    pytest.param("[" * 5_000_000, id="brackets"), pytest.param("], " * 1_700_000, id="pairs-ends"),
 ])
 def test_five_megabytes_of_these_forms_are_sanitized_in_linear_time(big: str) -> None:
     assert len(big) >= 4_800_000
