@@ -76,7 +76,8 @@ def _passwords(url: str) -> tuple[list[str], list[str], list[str]]:
     name (``orch:S3c/retPW@host``: port ``S3c``, which a message refusing that port would show).
 
     Second, the pieces of a password that libpq shows apart from it, removed only where no letter or digit touches
-    it (``redacted``), so that a short one hides no part of a word: with an unencoded ``@``
+    it (``redacted``), so that a short one hides no part of a word (and one shorter than ``MIN_SECRET_LENGTH`` only
+    where a value stands, as a short password: ``a`` of ``pw@a@db`` took every word "a" until redact5): with an unencoded ``@``
     (``orch:S3cr3t@2024xyz@db``) libpq takes the password to the first ``@`` and the rest as part of the host, and its
     message names the host (``failed to resolve host '2024xyz@db'``); with an unencoded ``&`` in a ``password=``
     parameter (``?password=Ab9&Zq7Leak``) what follows is a parameter with no ``=``, which its message names
@@ -117,6 +118,11 @@ def _forms(texts: list[str]) -> list[str]:
 # value "at" for connection option "port"``), after a parameter's ``=`` where no letter or digit follows it
 # (``?password=at``, ``port=at&``, ``port=at, or``).
 _AS_A_VALUE = r"""(?<=:)(?:{0})(?=@)|(?<=")(?:{0})(?=")|(?<=')(?:{0})(?=')|(?<==)(?:{0})(?![0-9A-Za-z])"""
+# A piece of a password where no letter or digit touches it; a short one (``a`` of ``pw@a@db``, which may be a word of
+# the message) only where a value stands, or before the ``@`` of the host libpq names (``failed to resolve host
+# 'a@db'``).
+_ALONE = r"(?<![0-9A-Za-z])(?:{0})(?![0-9A-Za-z])"
+_PIECE_AS_A_VALUE = _AS_A_VALUE + r"|(?<![0-9A-Za-z])(?:{0})(?=@)"
 
 
 def redacted(text: str, url: str) -> str:
@@ -128,7 +134,8 @@ def redacted(text: str, url: str) -> str:
     for password in short:
         text = re.sub(_AS_A_VALUE.format(re.escape(password)), REDACTED, text)
     for piece in pieces:  # where no letter or digit touches it: a word that holds it is no part of the password
-        text = re.sub(rf"(?<![0-9A-Za-z]){re.escape(piece)}(?![0-9A-Za-z])", REDACTED, text)
+        pattern = _PIECE_AS_A_VALUE if len(piece) < MIN_SECRET_LENGTH else _ALONE
+        text = re.sub(pattern.format(re.escape(piece)), REDACTED, text)
     return sanitize_text(text)
 
 

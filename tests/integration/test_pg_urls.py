@@ -330,15 +330,23 @@ def test_no_part_of_a_password_libpq_splits_off_reaches_the_output(url: str, lea
         assert secret not in result.output
 
 
-def test_a_split_off_piece_of_a_password_is_removed_only_where_no_letter_or_digit_touches_it() -> None:
+def test_a_short_split_off_piece_of_a_password_is_removed_only_where_a_value_stands() -> None:
     """A piece may be short enough to be in ordinary words (``a`` of ``pw@a@db``): a word that holds it keeps it
-    (``cannot``, ``okay``); the piece itself goes wherever it stands alone."""
+    (``cannot``, ``okay``), and so does the word itself (``a host``, ``ok.``: until redact5 each "a" of the message
+    went); the piece goes where libpq names it: before the host's ``@``, in quotes."""
     from orchestrator.store.pg_connection import redacted
 
     url = "postgresql://orch:pw@a@db/jobs?password=x&ok&sslmode=bogus"
-    text = "a host 'a@db' cannot be reached; a parameter \"ok\" is bad, as okay says; sslmode=bogus"
-    assert redacted(text, url) == ("[REDACTED] host '[REDACTED]@db' cannot be reached; [REDACTED] parameter "
-                                   "\"[REDACTED]\" is bad, as okay says; sslmode=bogus")
+    text = "a host 'a@db' cannot be reached; a parameter \"ok\" is bad, as okay says; ok. sslmode=bogus"
+    assert redacted(text, url) == ("a host '[REDACTED]@db' cannot be reached; a parameter \"[REDACTED]\" is bad, "
+                                   "as okay says; ok. sslmode=bogus")
+
+
+def test_a_long_split_off_piece_of_a_password_is_removed_wherever_it_stands_alone() -> None:
+    from orchestrator.store.pg_connection import redacted
+
+    url = "postgresql://orch:pw@2024xyzab@db/jobs"
+    assert redacted("host 2024xyzab, or 2024xyzabc", url) == "host [REDACTED], or 2024xyzabc"
 
 
 @pytest.mark.parametrize("password", ["p", "st", "ost"])
