@@ -397,6 +397,7 @@ ENV_PAIRS = json.dumps([["HOME", "/root"], ["DB_PASSWORD", "hunter2"]], indent=2
     ('[["HOME", "/root"], ["DB_PASSWORD", "hunter2"]]', f'[["HOME", "/root"], ["DB_PASSWORD", "{R}"]]'),
     (ENV_PAIRS, ENV_PAIRS.replace('"hunter2"', f'"{R}"')),
     ("dict_items([('api_key', 'x'), ('pass', 'y')])", f"dict_items([('api_key', '{R}'), ('pass', '{R}')])"),
+    ("." * 2000 + '[["pass", "x"], ["auth", "bob:x"]]', "." * 2000 + f'[["pass", "{R}"], ["auth", "{R}"]]'),  # long
 ])
 def test_a_name_value_pair_named_as_a_secret_in_json_text_has_its_value_redacted(text: str, shown: str) -> None:
     """As in a structure (``sanitize_obj``), where the same pairs are redacted: a job's log prints them as text."""
