@@ -416,10 +416,11 @@ def _own_job_folder(folder: str, st: os.stat_result | None = None) -> None:
     (``WorkerFolders.artifacts_dir(trusted=True)``), whatever the handler (a Python handler makes its folder in its
     own process); before stale recovery walks it (its owner would choose what the dead run "left", and recovery
     renames files there; a copy of ``artifacts_from`` checks its sources by ``trusted_source``). A folder others may
-    use that this user may change is made 0700 here (``_made_private``), its owner's bits given back when a run took
-    them (a ``chmod 077``: said as a warning). ``StorageError`` (exit 10): the store's fault, fixed by its
-    owner, as ``runs/``. ``st``: the folder's ``lstat``, read already (else read here); a folder not there yet is the
-    run's to make."""
+    use that this user may change is made 0700 here (``_made_private``), and so is one missing its owner's own bits
+    (a run's ``chmod 077``, ``0600`` or ``0400``: said as a warning), which no run could enter: a failed ``chdir``
+    there is the store's fault (``made_by_worker``), and until 2026-12-07 every worker that claimed the job exited
+    10. ``StorageError`` (exit 10): the store's fault, fixed by its owner, as ``runs/``. ``st``: the folder's
+    ``lstat``, read already (else read here); a folder not there yet is the run's to make."""
     try:
         st = st if st is not None else folder_status(folder)
     except OSError:  # met where the run makes it
@@ -429,12 +430,12 @@ def _own_job_folder(folder: str, st: os.stat_result | None = None) -> None:
     _refuse_another_owner(folder, st, TAKES_ARTIFACTS, f"check what it holds, then, as root: chown -R "
                                                        f"{os.geteuid()} {folder}")
     mode = stat.S_IMODE(st.st_mode)
-    if not mode & ~PRIVATE_FOLDER:
+    if mode == PRIVATE_FOLDER:
         return
     now = _made_private(folder)
     if stat.S_IMODE(now.st_mode) & ~PRIVATE_FOLDER:
         raise _mode_kept(folder, now, "used", TAKES_ARTIFACTS, "chmod 700")
-    if mode & stat.S_IRWXU != stat.S_IRWXU:
+    if mode & stat.S_IRWXU != stat.S_IRWXU and stat.S_IMODE(now.st_mode) == PRIVATE_FOLDER:
         log.warning("%s was not its owner's to use in full (mode %o, a run's chmod): made its owner's alone (700) "
                     "before its job runs", folder, mode, extra={"path": folder})
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import stat
@@ -272,6 +273,26 @@ def test_a_job_folder_others_may_use_whose_mode_this_user_cannot_change_is_refus
                                            f"chmod 700 {folder}$"):
         worker.run_once()
     assert orch.status(job).state == "queued" and os.listdir(folder) == []
+
+
+def test_a_job_folder_missing_its_owners_bits_whose_mode_this_user_cannot_change_is_never_said_made_700(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Root's job folder left 0600 under a worker that is not root (made so, as above): the worker cannot give it
+    its owner's bits, so it does not say it did; the run meets the folder as it is."""
+    job = orch.submit("command", RAN["command"])
+    worker = make_worker(orch)
+    folder = orch.store.root / "artifacts" / job
+    folder.mkdir()
+    os.chmod(folder, 0o600)
+
+    def refused(folder_or_fd: "int | str", mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr("orchestrator.worker_folders.set_folder_mode", refused)
+    caplog.set_level(logging.WARNING)
+    worker.run_once()
+    assert stat.S_IMODE(os.lstat(folder).st_mode) == 0o600
+    assert "was not its owner's to use in full" not in caplog.text
 
 
 def folder_of_a_finished_job(orch: Orchestrator, mode: int, owner: int | None = None) -> tuple[str, Path]:
@@ -666,9 +687,10 @@ def test_verify_warns_of_a_project_folder_below_a_folder_others_may_write(tmp_pa
     assert f"run: chmod go-w {above}" in warning.message and stat.S_IMODE(os.stat(above).st_mode) == 0o777
 
 
-# a run that takes its own folder from its owner: the first run leaves it mode 077 and fails, the retry finds "ran"
-CHMOD_077_THEN_DONE = ('if [ -e ran ]; then ' + DONE + '; else touch ran; chmod 077 "$ORCH_ARTIFACTS_DIR"; exit 3; '
-                       'fi')
+def chmod_then_done(mode: str) -> str:
+    """A run that takes its own folder's bits from its owner: the first run leaves it ``mode`` and fails, the retry
+    finds "ran"."""
+    return f'if [ -e ran ]; then {DONE}; else touch ran; chmod {mode} "$ORCH_ARTIFACTS_DIR"; exit 3; fi'
 
 
 def as_user(uid: int, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -690,26 +712,30 @@ def reachable_by_another_user() -> Iterator[Path]:
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
                     reason="a worker that is not root: only root can start one here (setpriv)")
-def test_a_worker_that_is_not_root_gives_a_job_back_the_folder_its_run_made_mode_077_and_runs_it(
-        reachable_by_another_user: Path) -> None:
-    """A run's ``chmod 077`` of its own folder (its owner nothing, others everything): the worker, not root, could not
-    open the folder to take the others' bits (``restrict`` opens it to ``fchmod`` it), so it handed the job back and
-    exited 10, and so did every worker that claimed it, until the fix. Now the folder is 0700 again, said once as a
-    warning, and the retry runs."""
+@pytest.mark.parametrize("mode", ["077", "0600", "0400"])
+def test_a_worker_that_is_not_root_gives_a_job_back_the_folder_its_run_took_its_owners_bits_from_and_runs_it(
+        reachable_by_another_user: Path, mode: str) -> None:
+    """A run's ``chmod`` of its own folder that leaves its owner without all of its bits: 077 (its owner nothing,
+    others everything), 0600 or 0400 (nobody may enter it). The worker, not root, could not open a 077 folder to take
+    the others' bits (``restrict`` opens it to ``fchmod`` it), and left a 0600 or 0400 one as it was (no bits for
+    others), so its run could not enter it: either way it handed the job back and exited 10, and so did every worker
+    that claimed it, until the fixes (077 first, then 0600). Now the folder is 0700 again, said once as a warning,
+    and the retry runs."""
     top = reachable_by_another_user
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     env.update(BASE_PATH=str(top), PROJECT_ID="proj", ORCH_SIGNING_KEY=new_seed(), ORCH_KEYRING_DIR=str(top / "keys"),
                ORCH_RETRY_BASE_SECONDS="0.01", PYTHONPATH=str(REPO))
     submitted = as_user(OTHER_UID, "submit", "--kind", "command", "--input",
-                        json.dumps({"argv": ["sh", "-c", CHMOD_077_THEN_DONE]}), env=env)
+                        json.dumps({"argv": ["sh", "-c", chmod_then_done(mode)]}), env=env)
     assert submitted.returncode == 0, submitted.stderr
     job = submitted.stdout.strip()
     folder = top / "proj" / ".orchestrator" / "artifacts" / job
     first = as_user(OTHER_UID, "worker", "--once", env=env)
-    assert first.returncode == 0 and stat.S_IMODE(os.lstat(folder).st_mode) == 0o077, first.stderr
+    assert first.returncode == 0 and stat.S_IMODE(os.lstat(folder).st_mode) == int(mode, 8), first.stderr
     time.sleep(0.1)  # the retry's backoff
     second = as_user(OTHER_UID, "worker", "--once", "--json", env=env)
     assert second.returncode == 0, second.stdout + second.stderr  # before the fix: 10, STORAGE_ERROR, handed back
     assert json.loads(second.stdout.splitlines()[-1])["state"] == "succeeded"
     assert stat.S_IMODE(os.lstat(folder).st_mode) == 0o700 and (folder / "ran").is_file()
-    assert f"{folder} was not its owner's to use in full (mode 77, a run's chmod)" in second.stderr
+    assert (f"{folder} was not its owner's to use in full (mode {int(mode, 8):o}, a run's chmod)"
+            in second.stderr)
