@@ -178,6 +178,7 @@ class EventStore(ABC):
                 raise entry_not_written(exc) from None
             try:
                 with bounded_waits(None):  # the events are durable: their entry is written, not passed over
+                    # (waited for without bound; said after LOCK_WAIT_SECONDS within a ``said_waits``)
                     self.append(AUDIT_STREAM, entry, aux=entry_aux)
             except AuxNotWrittenError as exc:
                 missed.append(exc)

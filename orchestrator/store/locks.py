@@ -93,7 +93,9 @@ def _locked_now(fd: int, op: int) -> bool:
 LOCK_WAIT_SECONDS = 1.0
 LOCK_PAUSE_FIRST = 50e-6  # the bounded wait's first sleep between tries, doubled at each one up to LOCK_PAUSE_MAX:
 LOCK_PAUSE_MAX = 0.005  # a lock released within ~1 ms after the spin is seen within ~0.4 ms, by sleeps under 1 ms
-_waits = threading.local()  # ``bound``: this thread's ``bounded_waits`` (None: ``lock_soon`` sleeps in ``flock``)
+# ``bound``: this thread's ``bounded_waits`` or ``said_waits`` (None: ``lock_soon`` sleeps in ``flock``); ``said``: the
+# ``said_waits`` in force, which a ``bounded_waits(None)`` nested in it keeps
+_waits = threading.local()
 
 
 class bounded_waits:  # noqa: N801 - used as a function: ``with bounded_waits(stop):``
@@ -103,7 +105,7 @@ class bounded_waits:  # noqa: N801 - used as a function: ``with bounded_waits(st
     would not end it). For a worker's stale recovery and claim, which pass over a job whose lock is held and try it
     again at a later pass, its heartbeat, which fails and is tried again soon, and ``status``, which reads around a
     held record: one process paused while it holds a job's lock must not stall every worker, nor ``status``.
-    ``stop=None``: waits without bound again (nested)."""
+    ``stop=None``: waits without bound again (nested), said as the ``said_waits`` around it says them, if one is."""
 
     __slots__ = ("stop", "seconds", "_saved")
 
@@ -112,7 +114,7 @@ class bounded_waits:  # noqa: N801 - used as a function: ``with bounded_waits(st
 
     def __enter__(self) -> None:
         self._saved = getattr(_waits, "bound", None)
-        _waits.bound = self if self.stop is not None else None
+        _waits.bound = self if self.stop is not None else getattr(_waits, "said", None)
 
     def __exit__(self, *exc: object) -> None:
         _waits.bound = self._saved
@@ -138,7 +140,9 @@ class said_waits:  # noqa: N801 - used as a function: ``with said_waits(say):``
     ``LOCK_WAIT_SECONDS`` call ``say(what)`` (the lock's file) once each, then go on without bound: for ``verify`` and
     control actions, which must not act without the lock (Ctrl-C ends them), so that a process paused while it holds
     one (Ctrl-Z, SIGSTOP, a frozen VM) shows instead of a silent wait. A ``bounded_waits`` nested in it rules its own
-    block."""
+    block, but one that lifts a bound (``stop=None``: the audit entry that an audited append writes once its events
+    are durable, ``EventStore.append_audited``) leaves this one in force (``_waits.said``), so that no wait without
+    bound inside it is a silent one."""
 
     __slots__ = ("say", "_saved")
 
@@ -146,11 +150,11 @@ class said_waits:  # noqa: N801 - used as a function: ``with said_waits(say):``
         self.say = say
 
     def __enter__(self) -> None:
-        self._saved = getattr(_waits, "bound", None)
-        _waits.bound = self
+        self._saved = getattr(_waits, "bound", None), getattr(_waits, "said", None)
+        _waits.bound = _waits.said = self
 
     def __exit__(self, *exc: object) -> None:
-        _waits.bound = self._saved
+        _waits.bound, _waits.said = self._saved
 
     def wait(self, fd: int, what: str, op: int) -> None:
         try:

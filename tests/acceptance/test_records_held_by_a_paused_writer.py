@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -170,3 +171,41 @@ def test_a_worker_reading_ahead_a_job_whose_head_record_a_paused_writer_holds_fi
             stop(worker)
     assert code == 0, err
     assert [orch.status(j).state for j in (first, job, last)] == ["succeeded", "queued", "succeeded"]
+
+
+
+def test_a_control_action_whose_audit_log_a_paused_writer_takes_after_its_event_says_why_it_waits_for_its_entry(
+        orch, caplog: pytest.LogCaptureFixture) -> None:
+    """A control action looks at the audit log under its lock before it writes anything (``require_writable``: a
+    paused holder there is said as any other), but its entry, once its event is durable, is written whatever it waits
+    for (``EventStore.append_audited``): a writer paused on the log in between was waited for without a word, that
+    wait nested in the action's, until 2026-12-07 (fix-heldaudit). The stand-in takes the log's lock right after
+    the event's append, as such a writer would; the action runs as ``control`` runs it (``waiting_said``)."""
+    from orchestrator.held_records import waiting_said
+
+    orch.cancel(orch.submit("t.echo", "first"), "the log's first entry")
+    job = orch.submit("t.echo", "held")
+    log = orch.settings.state_dir / "audit" / "audit_events.jsonl"
+    holder, append, done = contextlib.ExitStack(), orch.store.append, []
+
+    def append_then_pause_a_writer_on_the_log(stream: str, *args, **kwargs):
+        head = append(stream, *args, **kwargs)
+        if stream == job:
+            holder.enter_context(held_by_a_paused_writer(log))
+        return head
+
+    def cancel() -> None:
+        with waiting_said():
+            done.append(orch.cancel(job, "not needed"))
+
+    orch.store.append = append_then_pause_a_writer_on_the_log
+    acting = threading.Thread(target=cancel, daemon=True)
+    with holder:
+        acting.start()
+        wait_until(lambda: "LOCK_HELD" in caplog.text, timeout=15, what="the waiting action to say why")
+        assert acting.is_alive() and orch.status(job).state == "cancelled"  # its event durable, its entry waiting
+        assert job not in log.read_text().splitlines()[-1]
+    acting.join(timeout=15)
+    assert done and done[0].applied, caplog.text
+    assert log.name in caplog.text and "fuser -v" in caplog.text
+    assert job in log.read_text().splitlines()[-1]  # the cancel's entry, written once the log was let go
