@@ -15,11 +15,12 @@ from orchestrator.secret_patterns import (ANY_LITERAL, ARGV_WORDS, AS_IS_WORDS, 
                                          AWS_KEY_ID_STARTS, AWS_SECRET, AWS_SECRET_TOKEN_REST, BASIC, BEARER,
                                          CASE_FOLDED_TO_ASCII, CLI, CLI_USER, CLI_USER_WORDS, HEADER, HEADER_WORDS,
                                          KEY_WORDS, KV, LINE_END, LOOKED_FOR, MYSQL, NETRC, NETRC_WORDS, PAIR_LIST,
-                                         PAIR_OBJECT, PASS_FLAG, PASS_FLAG_WORDS, PRIVATE_KEY, PRIVATE_KEY_END, PUTTY,
+                                         PAIR_OBJECT, PAIR_YAML, PASS_FLAG, PASS_FLAG_WORDS, PRIVATE_KEY, PRIVATE_KEY_END, PUTTY,
                                          REDACTED, SECRET_KEY_WORDS, SHAPE_STARTS, SHAPES, SHORT_KV, SHORT_WORDS,
-                                         SSHPASS, URL_CREDS, ValuesBelow, a_count, a_number, a_pass_source, aws_secret,
-                                         not_a_secret_pair, not_a_secret_pair_of_a_list, not_auth_credentials,
-                                         not_user_and_password, os_error, value_span)
+                                         SSHPASS, URL_CREDS, YAML_SHORT_NAME_ENDS, ValuesBelow, a_count, a_number,
+                                         a_pass_source, aws_secret, not_a_secret_pair, not_a_secret_pair_of_a_list,
+                                         not_a_secret_yaml_pair, not_auth_credentials, not_user_and_password,
+                                         os_error, value_span)
 
 __all__ = ["sanitize_text", "may_hold_secret"]
 
@@ -212,6 +213,9 @@ def sanitize_text(text: str) -> str:
     # a name/value pair's name may be a secret's: looked for (``_scanned`` only says a long text may hold a word, and
     # ``PAIR_LIST``'s scan, with no literal to begin with, costs ~0.1 ms a kB)
     named = keyed or headers or (short or auth) and _holds_a_quoted_short_name(lowered)
+    # a YAML pair's plain name ending in ``pass``, ``pw`` or ``auth`` holds neither a key word nor such a quote
+    named_in_yaml = "value:" in lowered and (keyed or headers or _any_in(lowered, YAML_SHORT_NAME_ENDS)
+                                             or _holds_a_quoted_short_name(lowered))
     for rx, wanted, keep, blocks in (
             (HEADER, headers, None, None),
             (BEARER, _holds(lowered, ("bearer",), held), None, None),  # before a key's value: ``token: Bearer x``
@@ -224,7 +228,8 @@ def sanitize_text(text: str) -> str:
             (PASS_FLAG, _holds(lowered, PASS_FLAG_WORDS, held), a_pass_source, None),
             (AUTH, auth, not_auth_credentials, None),
             (PAIR_OBJECT, named and "value" in lowered, not_a_secret_pair, None),
-            (PAIR_LIST, named, not_a_secret_pair_of_a_list, None)):
+            (PAIR_LIST, named, not_a_secret_pair_of_a_list, None),
+            (PAIR_YAML, named_in_yaml, not_a_secret_yaml_pair, None)):
         if wanted:
             text, lowered = _redact_both(rx, text, lowered, keep, blocks)
     words = AS_IS_WORDS if held is None else [word for word in AS_IS_WORDS if word in held]

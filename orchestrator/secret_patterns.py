@@ -173,6 +173,20 @@ PAIR_OBJECT = re.compile(
 )
 PAIR_LIST = re.compile(rf"""(?:\[|[\])]\s*,)\s*[\[(]\s*{_PAIR_NAME}\s*,\s*{_QUOTED}""")
 _PAIR_LIST_END = re.compile(r"\s*[\])]")  # after the value's quote: the pair's end
+# The same pair as YAML (``kubectl get pod -o yaml``'s env): ``- name: DB_PASSWORD`` and, on the next line at the same
+# indentation as ``name:`` (``not_a_secret_yaml_pair`` looks back for it), ``value: x``, ``value: "x"`` or
+# ``value: 'x'``. The name is plain or quoted, without a blank, quote or backslash in it; a quoted value runs to the
+# last such quote ending its line (YAML's ``''``, ``\"`` inside), a plain one or one whose quote is not closed there
+# to the line's last non-blank. Linear: a match begins at ``name:``, only the last one of its line can match (its line
+# must end after the name), and the value's line is read once more at most (back to its closing quote).
+PAIR_YAML = re.compile(
+    r"""name:[ \t]+(?P<k>["']?)(?P<nm>[^\s"'\\]+)(?P=k)[ \t]*(?:\r\n?|\n)(?P<i>[ ]*)value:[ \t]+"""
+    r"""(?:(?P<q>["'])(?P<v>[^\r\n]*)(?P=q)[ \t]*(?=[\r\n]|\Z)|(?P<u>\S(?:[^\r\n]*\S)?))"""
+)
+_YAML_KEY_LINE_START = re.compile(r"[ ]*(?:-[ ]+)?")  # before a key at the start of a YAML line: its indentation
+# What a text holding a YAML pair whose plain name ends in ``pass``, ``pw`` or ``auth`` holds (``secret_under_a_short_key``):
+# the name and its line's end. The other names hold a key word.
+YAML_SHORT_NAME_ENDS = tuple(name + end for name in ("pass", "pw", "auth") for end in ("\n", "\r"))
 # In an argument list (``["curl", "-u", "bob:pw"]``): a flag naming a secret, as ``CLI``'s (lowered, whole), the
 # flags of ``PASS_FLAG``, and the flags of ``CLI_USER`` (as they are: ``-U`` is curl's proxy user, ``-u`` its user)
 SECRET_FLAG = re.compile(rf"--?(?:[a-z0-9]+[-_])*(?:{_KEYS})")
@@ -274,7 +288,7 @@ def _one_of(literals: set[str]) -> str:
 # holds none is returned as it is after one search, where looking for each literal in turn costs two to three times
 # that.
 ANY_LITERAL = re.compile(_one_of({literal.lower() for literal in
-                                  LOOKED_FOR + SHAPE_STARTS + ("-----begin", "-----end", "://")}))
+                                  LOOKED_FOR + SHAPE_STARTS + YAML_SHORT_NAME_ENDS + ("-----begin", "-----end", "://")}))
 
 # The C library's error messages (``strerror``). A program's diagnostic ``<name>: <message>`` whose name ends in a
 # key word (``passwd: File exists``, ``cat: /run/secrets/api_token: No such file or directory``) is no secret
@@ -373,7 +387,7 @@ def secret_under_a_short_key(name: str, value: str) -> bool:
 def not_a_secret_pair(text: str, m: re.Match[str]) -> bool:
     """``PAIR_OBJECT``'s and ``PAIR_LIST``'s keep: the pair's value is no secret under its name, as a structure's
     (``redaction_objects._secret_under``: a secret's key ending the name, ``pass`` and ``auth`` by their rules)."""
-    name, value = text[m.start("nm"):m.end("nm")], text[m.start("v"):m.end("v")]
+    name, value = text[m.start("nm"):m.end("nm")], _value(text, m)
     return SENSITIVE_KEY.search(name) is None and not (name[-1:] in "sSwWhH" and secret_under_a_short_key(name, value))
 
 
@@ -382,6 +396,17 @@ def not_a_secret_pair_of_a_list(text: str, m: re.Match[str]) -> bool:
     ``not_a_secret_pair``."""
     end, quote = m.end("v"), m.group("q")
     return not text.startswith(quote, end) or _PAIR_LIST_END.match(text, end + len(quote)) is None \
+        or not_a_secret_pair(text, m)
+
+
+def not_a_secret_yaml_pair(text: str, m: re.Match[str]) -> bool:
+    """``PAIR_YAML``'s keep: ``name:`` does not begin its line after an indentation as long as ``value:``'s (a list
+    item's ``- `` counting as such), the value is empty (``value: ""``), or ``not_a_secret_pair``."""
+    indent = m.end("i") - m.start("i")
+    line_start = m.start() - indent
+    start, end = value_span(m)
+    return line_start < 0 or line_start > 0 and text[line_start - 1] not in "\r\n" \
+        or _YAML_KEY_LINE_START.fullmatch(text, line_start, m.start()) is None or start == end \
         or not_a_secret_pair(text, m)
 
 

@@ -414,6 +414,45 @@ def test_a_name_value_pair_in_text_not_named_as_a_secret_or_no_pair_is_kept(text
     assert sanitize_text(text) == text
 
 
+K8S_POD_YAML = """spec:
+  containers:
+  - env:
+    - name: HOME
+      value: /root
+    - name: DB_PASSWORD
+      value: hunter2
+    image: app:1
+"""
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("- name: DB_PASSWORD\n  value: hunter2", f"- name: DB_PASSWORD\n  value: {R}"),  # kubectl get pod -o yaml
+    ('- name: DB_PASSWORD\n  value: "hunter2"', f'- name: DB_PASSWORD\n  value: "{R}"'),
+    ("- name: API_TOKEN\n  value: 'it''s x'\n", f"- name: API_TOKEN\n  value: '{R}'\n"),  # YAML's '' inside
+    (K8S_POD_YAML, K8S_POD_YAML.replace("hunter2", R)),  # the indented block under ``env:``
+    ('env:\r\n- name: "db_pass"\r\n  value: two words  \r\n', f'env:\r\n- name: "db_pass"\r\n  value: {R}  \r\n'),
+    ("name: pw\nvalue: hunter2", f"name: pw\nvalue: {R}"),  # a mapping's keys, no list item
+    ("- name: auth\n  value: bob:x", f"- name: auth\n  value: {R}"),
+    ('- name: DB_PASSWORD\n  value: "not closed', f"- name: DB_PASSWORD\n  value: {R}"),
+    ("." * 2000 + "\n- name: smtp_pw\n  value: x", "." * 2000 + f"\n- name: smtp_pw\n  value: {R}"),  # long
+])
+def test_a_name_value_pair_named_as_a_secret_in_yaml_has_its_value_redacted(text: str, shown: str) -> None:
+    """The same pair as the JSON text's above (its name judged alike), as Kubernetes' YAML prints an env list."""
+    redacts(text, shown)
+
+
+@pytest.mark.parametrize("text", [
+    "- name: HOME\n  value: /root", "- name: token_count\n  value: 3", "- name: pass\n  value: '12'",
+    "- name: auth\n  value: none", '- name: DB_PASSWORD\n  value: ""',
+    "- name: DB_PASSWORD\n  valueFrom:\n    secretKeyRef:\n      name: db",
+    "- name: DB_PASSWORD\n    value: hunter2",  # ``value:`` indented more: another mapping's
+    "- name: DB_PASSWORD\nvalue: hunter2",  # indented less
+    "hostname: DB_PASSWORD\nvalue: x", "x - name: DB_PASSWORD\n      value: y",  # ``name:`` not beginning its line
+])
+def test_a_name_value_pair_in_yaml_not_named_as_a_secret_or_not_aligned_is_kept(text: str) -> None:
+    assert sanitize_text(text) == text
+
+
 @pytest.mark.parametrize(("argv", "shown"), [
     (["mysql", "--password", "hunter2", "app"], ["mysql", "--password", R, "app"]),
     (["deploy", "--db-token", "two words"], ["deploy", "--db-token", R]),
@@ -522,6 +561,12 @@ def test_property_each_pair_of_a_list_of_pairs_is_walked_as_a_list_of_its_own_un
     pytest.param('[["password", "a' * 340_000, id="pairs-unclosed"),
     pytest.param('[["password", "x"], ' * 250_000, id="pairs"),
     pytest.param("[" * 5_000_000, id="brackets"), pytest.param("], " * 1_700_000, id="pairs-ends"),
+    pytest.param("- name: password\n  value: x\n" * 175_000, id="yaml-pairs"),
+    pytest.param("name: " * 840_000 + "password\nvalue: x", id="yaml-names-on-one-line"),
+    pytest.param("- name: password\n" * 290_000, id="yaml-names-without-values"),
+    pytest.param("name: password\n" + " " * 5_000_000 + "value: x", id="yaml-long-indent"),
+    pytest.param("name: password\nvalue: \"" + "a" * 5_000_000, id="yaml-value-unclosed"),
+    pytest.param("name: password\nvalue: '" + "a' " * 1_700_000, id="yaml-value-quotes"),
 ])
 def test_five_megabytes_of_these_forms_are_sanitized_in_linear_time(big: str) -> None:
     assert len(big) >= 4_800_000
