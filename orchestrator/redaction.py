@@ -15,12 +15,12 @@ from orchestrator.secret_patterns import (ANY_LITERAL, ARGV_WORDS, AS_IS_WORDS, 
                                          AWS_KEY_ID_STARTS, AWS_SECRET, AWS_SECRET_TOKEN_REST, BASIC, BEARER,
                                          CASE_FOLDED_TO_ASCII, CLI, CLI_USER, CLI_USER_WORDS, HEADER, HEADER_WORDS,
                                          KEY_WORDS, KV, LINE_END, LOOKED_FOR, MYSQL, NETRC, NETRC_WORDS, PAIR_LIST,
-                                         PAIR_OBJECT, PAIR_YAML, PASS_FLAG, PASS_FLAG_WORDS, PRIVATE_KEY, PRIVATE_KEY_END, PUTTY,
-                                         REDACTED, SECRET_KEY_WORDS, SHAPE_STARTS, SHAPES, SHORT_KV, SHORT_WORDS,
-                                         SSHPASS, URL_CREDS, YAML_SHORT_NAME_ENDS, ValuesBelow, a_count, a_number,
-                                         a_pass_source, aws_secret, not_a_secret_pair, not_a_secret_pair_of_a_list,
-                                         not_a_secret_yaml_pair, not_auth_credentials, not_user_and_password,
-                                         os_error, value_span)
+                                         PAIR_OBJECT, PAIR_YAML, PASS_FLAG, PASS_FLAG_WORDS, PRIVATE_KEY,
+                                         PRIVATE_KEY_END, PUTTY, REDACTED, SECRET_KEY_WORDS, SHAPE_STARTS, SHAPES,
+                                         SHORT_KV, SHORT_WORDS, SSHPASS, URL_CREDS, YAML_SHORT_NAME_ENDS,
+                                         ValuesBelow, YamlPairBlocks, a_count, a_number, a_pass_source, aws_secret,
+                                         not_a_secret_pair, not_a_secret_pair_of_a_list, not_a_secret_yaml_pair,
+                                         not_auth_credentials, not_user_and_password, os_error, value_span)
 
 __all__ = ["sanitize_text", "may_hold_secret"]
 
@@ -229,7 +229,7 @@ def sanitize_text(text: str) -> str:
             (AUTH, auth, not_auth_credentials, None),
             (PAIR_OBJECT, named and "value" in lowered, not_a_secret_pair, None),
             (PAIR_LIST, named, not_a_secret_pair_of_a_list, None),
-            (PAIR_YAML, named_in_yaml, not_a_secret_yaml_pair, None)):
+            (PAIR_YAML, named_in_yaml, not_a_secret_yaml_pair, YamlPairBlocks)):
         if wanted:
             text, lowered = _redact_both(rx, text, lowered, keep, blocks)
     words = AS_IS_WORDS if held is None else [word for word in AS_IS_WORDS if word in held]

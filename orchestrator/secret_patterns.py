@@ -177,15 +177,16 @@ _PAIR_LIST_END = re.compile(r"\s*[\])]")  # after the value's quote: the pair's 
 # indentation as ``name:`` (``not_a_secret_yaml_pair`` looks back for it), ``value: x``, ``value: "x"`` or
 # ``value: 'x'``. The name is plain or quoted, without a blank, quote or backslash in it; a quoted value runs to the
 # last such quote ending its line (YAML's ``''``, ``\"`` inside), a plain one or one whose quote is not closed there
-# to the line's last non-blank. Linear: a match begins at ``name:``, only the last one of its line can match (its line
-# must end after the name), and the value's line is read once more at most (back to its closing quote).
+# to the line's last non-blank; after a block indicator (``value: |``), the block under it (``YamlPairBlocks``).
+# Linear: a match begins at ``name:``, only the last one of its line can match (its line must end after the name),
+# and the value's line is read once more at most (back to its closing quote).
 PAIR_YAML = re.compile(
     r"""name:[ \t]+(?P<k>["']?)(?P<nm>[^\s"'\\]+)(?P=k)[ \t]*(?:\r\n?|\n)(?P<i>[ ]*)value:[ \t]+"""
     r"""(?:(?P<q>["'])(?P<v>[^\r\n]*)(?P=q)[ \t]*(?=[\r\n]|\Z)|(?P<u>\S(?:[^\r\n]*\S)?))"""
 )
 _YAML_KEY_LINE_START = re.compile(r"[ ]*(?:-[ ]+)?")  # before a key at the start of a YAML line: its indentation
-# What a text holding a YAML pair whose plain name ends in ``pass``, ``pw`` or ``auth`` holds (``secret_under_a_short_key``):
-# the name and its line's end. The other names hold a key word.
+# What a text holding a YAML pair whose plain name ends in ``pass``, ``pw`` or ``auth`` holds
+# (``secret_under_a_short_key``): the name and its line's end. The other names hold a key word.
 YAML_SHORT_NAME_ENDS = tuple(name + end for name in ("pass", "pw", "auth") for end in ("\n", "\r"))
 # In an argument list (``["curl", "-u", "bob:pw"]``): a flag naming a secret, as ``CLI``'s (lowered, whole), the
 # flags of ``PASS_FLAG``, and the flags of ``CLI_USER`` (as they are: ``-U`` is curl's proxy user, ``-u`` its user)
@@ -288,7 +289,8 @@ def _one_of(literals: set[str]) -> str:
 # holds none is returned as it is after one search, where looking for each literal in turn costs two to three times
 # that.
 ANY_LITERAL = re.compile(_one_of({literal.lower() for literal in
-                                  LOOKED_FOR + SHAPE_STARTS + YAML_SHORT_NAME_ENDS + ("-----begin", "-----end", "://")}))
+                                  LOOKED_FOR + SHAPE_STARTS + YAML_SHORT_NAME_ENDS
+                                  + ("-----begin", "-----end", "://")}))
 
 # The C library's error messages (``strerror``). A program's diagnostic ``<name>: <message>`` whose name ends in a
 # key word (``passwd: File exists``, ``cat: /run/secrets/api_token: No such file or directory``) is no secret
@@ -556,6 +558,17 @@ class ValuesBelow:
                 break
             pos = brk.end()
         return first, last
+
+
+class YamlPairBlocks(ValuesBelow):
+    """What ``PAIR_YAML`` redacts of a value: after a block indicator (``value: |``), the block under it as
+    ``ValuesBelow`` takes it (the lines indented more than ``name:``'s line); any other value as it is (YAML's, so no
+    JSON-escaped line breaks)."""
+
+    def __call__(self, m: re.Match[str], start: int, end: int) -> tuple[int, int] | None:
+        if m.start("u") < 0 or _BLOCK_INDICATOR.fullmatch(self.text, start, end) is None:
+            return start, end
+        return super().__call__(m, start, end)
 
 
 def _one_word(word: str) -> bool:

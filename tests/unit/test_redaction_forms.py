@@ -434,6 +434,8 @@ K8S_POD_YAML = """spec:
     ("name: pw\nvalue: hunter2", f"name: pw\nvalue: {R}"),  # a mapping's keys, no list item
     ("- name: auth\n  value: bob:x", f"- name: auth\n  value: {R}"),
     ('- name: DB_PASSWORD\n  value: "not closed', f"- name: DB_PASSWORD\n  value: {R}"),
+    ("- name: TLS_PRIVATE_KEY\n  value: |\n    line1\n    line2\n- name: HOME\n  value: /root",  # a block
+     f"- name: TLS_PRIVATE_KEY\n  value: |\n    {R}\n- name: HOME\n  value: /root"),
     ("." * 2000 + "\n- name: smtp_pw\n  value: x", "." * 2000 + f"\n- name: smtp_pw\n  value: {R}"),  # long
 ])
 def test_a_name_value_pair_named_as_a_secret_in_yaml_has_its_value_redacted(text: str, shown: str) -> None:
@@ -448,6 +450,7 @@ def test_a_name_value_pair_named_as_a_secret_in_yaml_has_its_value_redacted(text
     "- name: DB_PASSWORD\n    value: hunter2",  # ``value:`` indented more: another mapping's
     "- name: DB_PASSWORD\nvalue: hunter2",  # indented less
     "hostname: DB_PASSWORD\nvalue: x", "x - name: DB_PASSWORD\n      value: y",  # ``name:`` not beginning its line
+    "- name: DB_PASSWORD\n  value: |\n- name: HOME",  # a block indicator with no block under it
 ])
 def test_a_name_value_pair_in_yaml_not_named_as_a_secret_or_not_aligned_is_kept(text: str) -> None:
     assert sanitize_text(text) == text
