@@ -12,15 +12,16 @@ import string
 from typing import Callable, Sequence
 
 from orchestrator.secret_patterns import (ANY_LITERAL, ARGV_WORDS, AS_IS_WORDS, AUTH, AUTH_WORDS, AWS_KEY_ID,
-                                         AWS_KEY_ID_STARTS, AWS_SECRET, AWS_SECRET_TOKEN_REST, BASIC, BEARER,
-                                         CASE_FOLDED_TO_ASCII, CLI, CLI_USER, CLI_USER_WORDS, HEADER, HEADER_WORDS,
-                                         KEY_WORDS, KV, LINE_END, LOOKED_FOR, MYSQL, NETRC, NETRC_WORDS, PAIR_LIST,
-                                         PAIR_OBJECT, PAIR_YAML, PASS_FLAG, PASS_FLAG_WORDS, PRIVATE_KEY,
-                                         PRIVATE_KEY_END, PUTTY, REDACTED, SECRET_KEY_WORDS, SHAPE_STARTS, SHAPES,
-                                         SHORT_KV, SHORT_WORDS, SSHPASS, URL_CREDS, YAML_SHORT_NAME_ENDS,
-                                         ValuesBelow, YamlPairBlocks, a_count, a_number, a_pass_source, aws_secret,
-                                         not_a_secret_pair, not_a_secret_pair_of_a_list, not_a_secret_yaml_pair,
-                                         not_auth_credentials, not_user_and_password, os_error, value_span)
+                                          AWS_KEY_ID_STARTS, AWS_SECRET, AWS_SECRET_TOKEN_REST, BASIC, BEARER,
+                                          CASE_FOLDED_TO_ASCII, CLI, CLI_USER, CLI_USER_WORDS, HEADER, HEADER_WORDS,
+                                          KEY_WORDS, KV, LINE_END, LOOKED_FOR, MYSQL, NETRC, NETRC_WORDS, PAIR_LIST,
+                                          PAIR_OBJECT, PAIR_YAML, PASS_FLAG, PASS_FLAG_WORDS, PRIVATE_KEY,
+                                          PRIVATE_KEY_END, PUTTY, REDACTED, SECRET_KEY_WORDS, SHAPE_STARTS, SHAPES,
+                                          SHORT_KV, SHORT_WORDS, SSHPASS, URL_CREDS, YAML_SHORT_NAME_ENDS, a_count,
+                                          a_number, a_pass_source, aws_secret, not_a_secret_pair,
+                                          not_a_secret_pair_of_a_list, not_a_secret_yaml_pair, not_auth_credentials,
+                                          not_user_and_password, os_error, value_span)
+from orchestrator.values_below import ValuesBelow, YamlPairBlocks
 
 __all__ = ["sanitize_text", "may_hold_secret"]
 
