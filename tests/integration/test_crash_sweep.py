@@ -101,11 +101,11 @@ def _drop_ready_before_the_event(monkeypatch: pytest.MonkeyPatch) -> None:
 
     real = queue.QueueIndex.before_append
 
-    def dropping_early(self: queue.QueueIndex, job_id: str, old: Any, new: Any, signer: str | None = None) -> Any:
+    def dropping_early(self: queue.QueueIndex, job_id: str, old: Any, new: Any, *keys: Any) -> Any:
         change = queue.IndexChange.of(old, new)
         if change.drop_ready is not None:
             self.drop_ready(change.drop_ready)
-        return real(self, job_id, old, new, signer)
+        return real(self, job_id, old, new, *keys)  # the signer and signers, as the append gives them
 
     monkeypatch.setattr(queue.QueueIndex, "before_append", dropping_early)
 

@@ -21,6 +21,7 @@ from helpers import alive, wait_until
 from orchestrator import Orchestrator
 from orchestrator import heartbeat as heartbeat_mod
 from orchestrator import supervisor as supervisor_mod
+from orchestrator.leftovers import Killed
 from orchestrator import worker as worker_mod
 from orchestrator import worker_stop as worker_stop_mod
 from orchestrator.clock import from_iso
@@ -77,7 +78,8 @@ def virtual(base, keyring, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         real_write(store, lease)
 
     monkeypatch.setattr(heartbeat_mod, "write_lease", write_lease)
-    monkeypatch.setattr(supervisor_mod, "kill_run", lambda child, run_id: env.kills.append(vt.wall - T0))
+    monkeypatch.setattr(supervisor_mod, "kill_run",  # nothing killed (a stand-in), as kill_run says it
+                        lambda child, run_id: (env.kills.append(vt.wall - T0), Killed.of([]))[1])
     real_bound = orch.store.calls_end_by
     monkeypatch.setattr(orch.store, "calls_end_by", lambda at: (env.bounds.append(at), real_bound(at))[1])
     return env
@@ -164,7 +166,7 @@ def _record_kills(monkeypatch: pytest.MonkeyPatch, orch: Orchestrator) -> list[f
     kills: list[float] = []
     real = supervisor_mod.kill_run
     monkeypatch.setattr(supervisor_mod, "kill_run",
-                        lambda child, run_id: (kills.append(orch.clock()), real(child, run_id)))
+                        lambda child, run_id: (kills.append(orch.clock()), real(child, run_id))[1])
     return kills
 
 

@@ -484,7 +484,7 @@ def test_a_worker_enforces_the_job_timeout_while_the_server_stalls_and_records_t
 
     kill = orchestrator.supervisor.kill_run
     monkeypatch.setattr(orchestrator.supervisor, "kill_run",
-                        lambda child, run_id: (killed.append(time.monotonic()), kill(child, run_id)))
+                        lambda child, run_id: (killed.append(time.monotonic()), kill(child, run_id))[1])
     claim = worker.claim()
     assert claim is not None
     start = time.monotonic()
@@ -529,10 +529,11 @@ def test_a_run_whose_server_goes_away_is_stopped_before_its_lease_expires_and_re
         named_store.cut()
         monkeypatch.setattr(pg_sessions, "connect", connect)  # where the store's sessions look it up
 
-    def kill_run(child: Any, run_id: str) -> None:
+    def kill_run(child: Any, run_id: str) -> Any:
         kills.append(orch.clock())
-        real_kill(child, run_id)
+        killed = real_kill(child, run_id)
         threading.Timer(1.0, back.set).start()
+        return killed
 
     def write_lease(store: Any, lease: Any) -> None:
         real_write(store, lease)
