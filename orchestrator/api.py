@@ -29,8 +29,7 @@ from orchestrator.signing import Keyring
 from orchestrator.leases import lease_expiry
 from orchestrator.state import RUNNING, Event, JobState, apply
 from orchestrator.store.base import HEADS_AREA, EventStore, StoredLine
-# ``key_job_id``, ``new_job_id`` and ``context_digest`` are ``submitted``'s; imported here too, as before api.py's split
-from orchestrator.submitted import context_digest, context_matches, key_job_id, new_job_id
+from orchestrator.submitted import context_matches
 from orchestrator.views import JobStatus, JobView, Submission
 
 if TYPE_CHECKING:
@@ -39,8 +38,6 @@ if TYPE_CHECKING:
     from orchestrator.metrics import Metrics, Thresholds
     from orchestrator.queue import QueueIndex
     from orchestrator.worker import Worker
-
-__all__ = ["Orchestrator", "context_digest", "key_job_id", "new_job_id"]
 
 
 class Orchestrator:
@@ -240,9 +237,8 @@ class Orchestrator:
         view = self.load(job_id, around_a_held_record=True)
         st = JobStatus.from_view(view)
         if view.state is not None and view.state.state == RUNNING:  # show the lease as renewed by heartbeats
-            held: list[bool] = []
-            expiry = self._renewed_lease(view.state, self.clock(), held)
-            st = replace(st, lease_record_held=bool(held))
+            expiry, held = self._renewed_lease(view.state, self.clock())
+            st = replace(st, lease_record_held=held)
             try:
                 st = replace(st, lease_expires_at=clock.to_iso(expiry) if expiry else None)
             except (ValueError, OverflowError, OSError):  # beyond what a date can show: keep the claim's
@@ -260,17 +256,13 @@ class Orchestrator:
         s = view.state
         if s is None or s.state != RUNNING:
             return None
-        return self._renewed_lease(s, self.clock() if now is None else now)
+        return self._renewed_lease(s, self.clock() if now is None else now)[0]
 
-    def _renewed_lease(self, s: JobState, now: float, held: list[bool] | None = None) -> float | None:
-        """``leases.lease_expiry`` for a reader (``status``, ``metrics``): a lease record whose lock a paused writer
-        holds on is read around, the claim's lease shown (``held_records``), and ``held`` given True if it is."""
-        def claims() -> float | None:
-            if held is not None:
-                held.append(True)
-            return s.lease_expires_at
-        return read_around_a_held_record(s.job_id, lambda: lease_expiry(self.store, s, now), claims,
-                                         WITHOUT_LEASE_RECORD)
+    def _renewed_lease(self, s: JobState, now: float) -> tuple[float | None, bool]:
+        """``leases.lease_expiry`` for a reader (``status``, ``metrics``), and whether its record was held: a lease
+        record whose lock a paused writer holds on is read around, the claim's lease shown (``held_records``)."""
+        return read_around_a_held_record(s.job_id, lambda: (lease_expiry(self.store, s, now), False),
+                                         lambda: (s.lease_expires_at, True), WITHOUT_LEASE_RECORD)
 
     def job_ids(self) -> Iterator[str]:
         return self.store.job_ids()

@@ -8,6 +8,7 @@ events' data is checked by their models (``events.validate_data``).
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,21 +46,15 @@ def checked_append(view: Any, new: Any, *, run_id: Any, actor: Any, audit: Any, 
     return None if actor is None else stored_actor(actor), audit
 
 
-# the last actor ``stored_actor`` was given, and as it is stored: a worker's is the same on every append it makes
-_last_actor: tuple[str, str] = ("", "")
+# an actor's stored form by its text: a worker's is the same on every append it makes (its redaction, repeated, was
+# most of these checks' cost); a few kept, for a program with several workers of its own
+_stored_text = functools.lru_cache(maxsize=16)(an_actor)
 
 
 def stored_actor(actor: Any) -> str:
-    """``limits.an_actor(actor)``, whose redaction a worker's claims and outcomes would repeat for the same text."""
-    global _last_actor
-    last = _last_actor
-    if type(actor) is not str:
-        return an_actor(actor)  # refused, or a text of another type: never kept
-    if actor == last[0] and actor:
-        return last[1]
-    stored = an_actor(actor)
-    _last_actor = (actor, stored)
-    return stored
+    """``limits.an_actor(actor)``, kept for a text given before (``_stored_text``). Only an exact ``str`` is looked
+    up: a subclass may compare equal to a text it is not."""
+    return _stored_text(actor) if type(actor) is str else an_actor(actor)
 
 
 def check_events(new: Any) -> None:

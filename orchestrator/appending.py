@@ -21,7 +21,7 @@ from orchestrator.history import head_record, seal
 from orchestrator.limits import a_time
 from orchestrator.notices import log_warning
 from orchestrator.signing import line_key_id
-from orchestrator.state import Event, JobState, apply
+from orchestrator.state import QUEUED, Event, JobState, apply
 from orchestrator.store.base import HEADS_AREA, Head
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,10 @@ def append_lines(orch: Orchestrator, view: JobView | None, job_id: str, new: Seq
     if old is None:
         orch.queue.built_with_first_job(orch.store)
     # the key of the job's first line, and every key of its lines (these new ones' too), for an index that keeps them
-    # (PostgreSQL's rows)
+    # (PostgreSQL's rows), which writes them with a ready row: only for a job left queued (not at a claim or an outcome,
+    # where reading every line's key would be work for nothing)
     signer, signers = None, ()
-    if orch.queue.keeps_signers:
+    if orch.queue.keeps_signers and state.state == QUEUED:
         before = view if view is not None and head.seq else None
         signer = before.signer if before is not None else line_key_id(lines[0])
         kids = (*(before.signers if before is not None else ()), line_key_id(lines[0]))

@@ -72,11 +72,11 @@ class CopyFailed(Exception):
     the store's fault (a target the file system refused, or the job's own folder), else the job's. Not an
     ``OSError``, so that no caller takes it for a failure to start the handler."""
 
-    def __init__(self, error: OSError, *, store: bool) -> None:
+    def __init__(self, error: OSError, *, store: bool, refused: StorageError | None = None) -> None:
         super().__init__(str(error))
         self.error = error
         self.store = store
-        self.refused: StorageError | None = None  # ``untrusted_source``'s: said as it is, not as the ``OSError``
+        self.refused = refused  # ``untrusted_source``'s: said as it is, not as the ``OSError``
 
     def store_error(self) -> StorageError:
         """The ``StorageError`` a copy failed for the store's fault is handed back with (``Worker._copy_failed``)."""
@@ -86,9 +86,8 @@ class CopyFailed(Exception):
 def untrusted_source(refused: StorageError) -> CopyFailed:
     """The store's failure of a source folder another user could change (``worker_folders.trusted_source``): the
     job is handed back and the worker stops, as for its own folder; nothing is copied."""
-    failed = CopyFailed(PermissionError(errno.EPERM, refused.message, refused.details.get("path")), store=True)
-    failed.refused = refused
-    return failed
+    return CopyFailed(PermissionError(errno.EPERM, refused.message, refused.details.get("path")), store=True,
+                      refused=refused)
 
 
 def _failed(error: OSError, *, writing: bool) -> CopyFailed:

@@ -9,7 +9,6 @@ until a name of it is used, ``orchestrator/__init__.py``).
 """
 from __future__ import annotations
 
-import json
 import sys
 from typing import Callable
 
@@ -52,6 +51,8 @@ def run_tool(main: Callable[[], int | None]) -> int | None:
     except Interrupted as stop:
         message = f"{stop.message} before the run finished; nothing more was measured"
         print(f"error[INTERRUPTED]: {message}", file=sys.stderr)
+        import json  # here, not at the top: every command imports this module before its stop handling
+
         from orchestrator.json_usage import json_asked
 
         if json_asked(sys.argv[1:]):

@@ -30,6 +30,7 @@ elsewhere nothing here does anything. Limits: docs/worker.md.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import struct
@@ -39,6 +40,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple
 
 from orchestrator.descriptors import readable
+from orchestrator.notices import log_warning
 
 if TYPE_CHECKING:  # runner imports this module
     from orchestrator.runner import Child
@@ -90,6 +92,16 @@ def killed_warning(killed: Killed, job_id: str, run_id: str, when: str) -> dict[
     return {"code": RUN_PROCESSES_KILLED,
             "message": f"killed {killed.total} process(es) left running by run {run_id} of job {job_id} {when} "
                        f"(pid {named}{more}): what a run starts ends with the run (docs/worker.md)"}
+
+
+def logged_killed(log: logging.Logger, killed: Killed, job_id: str, run_id: str, when: str) -> dict[str, str] | None:
+    """``killed_warning``, logged on ``log`` too, for a run of which something was killed; None if nothing was: the
+    one way a worker (``outcome.noting_killed``) and stale recovery (``recovery.kill_left_processes``) say it."""
+    if not killed.total:
+        return None
+    warning = killed_warning(killed, job_id, run_id, when)
+    log_warning(log, warning, job_id=job_id, run_id=run_id, pids=killed.pids)
+    return warning
 
 
 _KILLED_HEAD = struct.Struct(">II")  # how many were killed, how many pids follow (4 bytes each)

@@ -22,8 +22,7 @@ from orchestrator.errors import (AuditEntryNotWrittenError, ConcurrencyError, In
                                  StorageUnavailableError)
 from orchestrator.limits import LATEST_TIME
 from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease, drop_lease_aux
-from orchestrator.leftovers import Killed, end_exited_run, killed_warning
-from orchestrator.notices import log_warning
+from orchestrator.leftovers import Killed, end_exited_run, logged_killed
 from orchestrator.payload import (DONE, FAILED, JSON_WHITESPACE, NEEDS_AUDIT, NO_TERMINAL_SIGNAL_EXIT,
                                   NO_TERMINAL_SIGNAL_STALE, Payload, parse_payload)
 from orchestrator.run_folder import sanitized_tail
@@ -91,11 +90,8 @@ class RunResult:
 def noting_killed(claim: Claim, killed: Killed, when: str) -> Claim:
     """``claim`` with the ``RUN_PROCESSES_KILLED`` warning of what was killed of its run ``when`` (logged too), if
     anything was: reported with its result, whatever it ends as."""
-    if not killed.total:
-        return claim
-    warning = killed_warning(killed, claim.job_id, claim.run_id, when)
-    log_warning(log, warning, job_id=claim.job_id, run_id=claim.run_id, pids=killed.pids)
-    return claim.noting(warning)
+    warning = logged_killed(log, killed, claim.job_id, claim.run_id, when)
+    return claim if warning is None else claim.noting(warning)
 
 
 def ended(code: int | None) -> str:

@@ -28,11 +28,11 @@ from orchestrator.errors import (ConcurrencyError, InvalidIdError, JobNotFoundEr
                                  SigningKeyError, StorageError)
 from orchestrator.handler_host import sweep_dead_host_folders
 from orchestrator.leases import LEASES_AREA, drop_lease_aux, lease_expiry
-from orchestrator.leftovers import Killed, kill_run_processes, killed_warning
+from orchestrator.leftovers import Killed, kill_run_processes, logged_killed
 from orchestrator.limits import LATEST_TIME
 from orchestrator.notices import Notify, log_warning, tell
 from orchestrator.payload import NO_TERMINAL_SIGNAL_STALE
-from orchestrator.queue import QueueIndex, ReadyEntry
+from orchestrator.queue import QueueIndex, ReadyEntry, run_left_running
 from orchestrator.run_folder import RUN_PREFIX, remove_run_folder
 from orchestrator.security import sanitize_text
 from orchestrator.state import CANCELLED, QUEUED, RUNNING, WAITING_HUMAN, JobState, replay
@@ -324,21 +324,15 @@ def kill_left_processes(run: JobState, when: str) -> dict[str, str] | None:
     ``named``: a Python handler's process too), and log it; the ``RUN_PROCESSES_KILLED`` warning, or None if nothing
     was. ``when`` says why the run is over, in the warning."""
     assert run.run_id is not None
-    killed = kill_run_processes(run.run_id, named=True)
-    if not killed:
-        return None
-    warning = killed_warning(Killed.of(killed), run.job_id, run.run_id, when)
-    log_warning(log, warning, job_id=run.job_id, run_id=run.run_id, pids=killed)
-    return warning
+    return logged_killed(log, Killed.of(kill_run_processes(run.run_id, named=True)), run.job_id, run.run_id, when)
 
 
 def cancelled_run(view: JobView) -> JobState | None:
     """The run a cancel ended, as the cancel found it (running, with its claim's lease), when the job's last event is
     the cancel of a running job; None otherwise. The cancelled state keeps the run's id and epoch, not its lease."""
-    events = view.events
-    if not events or events[-1].type != "job_cancelled":
-        return None
-    before = replay(events[:-1])
+    if view.state is None or view.state.state != CANCELLED or not run_left_running(view.state):
+        return None  # told by the state's history, without the replay below: a job cancelled while queued
+    before = replay(view.events[:-1])
     return before if before is not None and before.state == RUNNING else None
 
 

@@ -214,9 +214,9 @@ def sanitize_text(text: str) -> str:
     # a name/value pair's name may be a secret's: looked for (``_scanned`` only says a long text may hold a word, and
     # ``PAIR_LIST``'s scan, with no literal to begin with, costs ~0.1 ms a kB)
     named = keyed or headers or (short or auth) and _holds_a_quoted_short_name(lowered)
-    # a YAML pair's plain name ending in ``pass``, ``pw`` or ``auth`` holds neither a key word nor such a quote
-    named_in_yaml = "value:" in lowered and (keyed or headers or _any_in(lowered, YAML_SHORT_NAME_ENDS)
-                                             or _holds_a_quoted_short_name(lowered))
+    # a YAML pair's plain name ending in ``pass``, ``pw`` or ``auth`` holds neither a key word nor such a quote (a
+    # quoted one holds ``pass"``, ``pw'``, ``auth\\``...: a literal of ``short`` or ``auth``, so ``named`` looked already)
+    named_in_yaml = "value:" in lowered and (named or _any_in(lowered, YAML_SHORT_NAME_ENDS))
     for rx, wanted, keep, blocks in (
             (HEADER, headers, None, None),
             (BEARER, _holds(lowered, ("bearer",), held), None, None),  # before a key's value: ``token: Bearer x``

@@ -160,8 +160,8 @@ def _sanitized(obj: Any, beside: _Beside = _EVERY_FORM) -> Any:
                 or key[-1:] in "sSwWhH" and _secret_under_a_short_key(key, value))  # ``_secret_under``, inlined
             if secret:
                 out[stored] = REDACTED
-            elif isinstance(value, (list, tuple)) and _a_user_and_a_password(key, value):
-                out[stored] = _password_hidden(key, value)
+            elif (hidden := _password_hidden(key, value)) is not None:
+                out[stored] = hidden
             else:
                 out[stored] = _sanitized(value, beside)
         return out
@@ -206,8 +206,8 @@ def _sanitized_items(items: list[Any] | tuple[Any, ...], beside: _Beside) -> lis
                 secret, shown_name = _secret_under(name, value), sanitize_text(name)
             if secret:
                 pair = (shown_name, REDACTED)
-            elif isinstance(value, (list, tuple)) and _a_user_and_a_password(name, value):
-                pair = (shown_name, _password_hidden(name, value))  # ``[["auth", ["bob", "x"]]]``: requests' kwargs
+            elif (hidden := _password_hidden(name, value)) is not None:
+                pair = (shown_name, hidden)  # ``[["auth", ["bob", "x"]]]``: requests' kwargs
             elif _plain_pair(name, value, beside):  # walked here: ``_sanitized`` of the pair would give the same
                 pair = (shown_name, _sanitized(value, beside))
             else:

@@ -99,18 +99,27 @@ def restrict(folder: "Path | str", allowed: int, follow: bool = False) -> int | 
 def set_folder_mode(folder: "Path | str", mode: int) -> None:
     """Set the mode of the real folder ``folder`` to ``mode``, never through a link, even when its owner may not open
     it (a run's ``chmod 077`` of its own folder): ``restrict`` opens a folder to ``fchmod`` it, which needs the
-    owner's read bit. Through an ``O_PATH`` handle, which needs none (a link in the folder's place is refused as it
-    is opened: ``O_NOFOLLOW`` with ``O_DIRECTORY``), and its ``/proc/self/fd`` name, which is that very folder;
-    ``chmod`` of that name is what the C library's own no-follow ``chmod`` does. Without ``O_PATH`` (not Linux) the
-    folder is opened as ``restrict`` opens it. ``OSError`` when it cannot be: another user's folder
-    (``PermissionError``), no ``/proc``."""
+    owner's read bit. So it is opened as ``restrict`` opens it (a link in the folder's place refused: ``O_NOFOLLOW``
+    with ``O_DIRECTORY``), and only where its owner may not read it, through an ``O_PATH`` handle, which needs no
+    bit, and its ``/proc/self/fd`` name, which is that very folder (``chmod`` of that name is what the C library's own
+    no-follow ``chmod`` does): a system without ``/proc`` (a chroot) needs it for such a folder alone. ``OSError``
+    when it cannot be: another user's folder (``PermissionError``), no ``O_PATH`` or no ``/proc`` for one its owner
+    may not read."""
+    flags = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     path_flag = getattr(os, "O_PATH", 0)
-    fd = os.open(folder, (path_flag or os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        if path_flag:
+        fd = os.open(folder, os.O_RDONLY | flags)
+    except PermissionError:
+        if not path_flag:
+            raise
+        fd = os.open(folder, path_flag | flags)
+        try:
             os.chmod(f"/proc/self/fd/{fd}", mode)
-        else:
-            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        return
+    try:
+        os.fchmod(fd, mode)
     finally:
         os.close(fd)
 

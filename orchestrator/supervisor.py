@@ -63,7 +63,6 @@ class RunSupervisor:
     def stopping(self) -> bool:
         return self.stop_request.stopping
 
-
     def run(self, claim: Claim, record: OutcomeRecorder, handler_host: Callable[[], HandlerHost | None], *,
             look_ahead: bool) -> RunResult:
         """Run ``claim`` to its outcome, recorded by ``record``; ``handler_host``: the reused handler process, or None

@@ -462,9 +462,8 @@ def trusted_source(folder: str) -> None:
     if not stat.S_IMODE(st.st_mode) & ~PRIVATE_FOLDER:
         return
     try:
-        restrict(folder, PRIVATE_FOLDER, follow=True)
-        now = os.stat(folder)
-    except OSError:
+        now = _restricted(folder, PRIVATE_FOLDER, follow=True)
+    except StorageError:  # a folder that went, or cannot be read: the copy's to meet
         return
     if others_may_write(now):
         raise _mode_kept(folder, now, "written", TAKES_SOURCE, "chmod go-w", refused=NOT_COPIED)

@@ -261,16 +261,20 @@ def _ran_nothing(out: Output, worker_id: str, recovered: list[dict[str, Any]], *
 
 def _leased(orch: Any) -> list[dict[str, Any]]:
     """The jobs running under a lease not yet expired (a live worker's, or a dead one's), by expiry; a job that cannot
-    be read is left out (``verify``'s business)."""
-    leased = []
+    be read is left out (``verify``'s business), and so is one whose lease expired (stale recovery passed it over: a
+    record held, a key not trusted, a history that fails verification)."""
+    from orchestrator import clock
+
+    now = orch.clock()
+    found = []
     for job_id in orch.queue.running():
         try:
-            st = orch.status(job_id)
+            expiry = orch.lease_expiry(job_id, now)
         except OrchestratorError:
             continue
-        if st.state == "running" and st.lease_expires_at:
-            leased.append({"job_id": job_id, "lease_expires_at": st.lease_expires_at})
-    return sorted(leased, key=lambda j: (j["lease_expires_at"], j["job_id"]))
+        if expiry is not None and expiry > now:
+            found.append((expiry, job_id))
+    return [{"job_id": job_id, "lease_expires_at": clock.to_iso(expiry)} for expiry, job_id in sorted(found)]
 
 
 def _stopped(out: Output, worker_id: str, done: int, jobs: int, left: HandlerNotFoundError | None,

@@ -77,7 +77,7 @@ def _passwords(url: str) -> tuple[list[str], list[str], list[str]]:
 
     Second, the pieces of a password that libpq shows apart from it, removed only where no letter or digit touches
     it (``redacted``), so that a short one hides no part of a word (and one shorter than ``MIN_SECRET_LENGTH`` only
-    where a value stands, as a short password: ``a`` of ``pw@a@db`` took every word "a" until redact5): with an unencoded ``@``
+    where a value stands, as a short password: ``a`` of ``pw@a@db`` took every word "a" until the twenty-ninth session): with an unencoded ``@``
     (``orch:S3cr3t@2024xyz@db``) libpq takes the password to the first ``@`` and the rest as part of the host, and its
     message names the host (``failed to resolve host '2024xyz@db'``); with an unencoded ``&`` in a ``password=``
     parameter (``?password=Ab9&Zq7Leak``) what follows is a parameter with no ``=``, which its message names
@@ -85,7 +85,7 @@ def _passwords(url: str) -> tuple[list[str], list[str], list[str]]:
 
     Third, a password shorter than ``MIN_SECRET_LENGTH``, removed only where a value stands (``_AS_A_VALUE``): such a
     password may be a word of the message (``at``, ``port``), whose gap spells it (``https://u:p@host`` lost every
-    "p" of its message until 2026-12-07; ``connection to server [REDACTED] "127.0.0.1"`` until redact4)."""
+    "p" of its message until 2026-12-07; ``connection to server [REDACTED] "127.0.0.1"`` until the twenty-ninth session)."""
     rest = url.partition("://")[2]
     userinfo = rest.partition("@")[0] if "@" in rest else ""
     found = [userinfo, rest.rpartition("@")[0]]

@@ -300,7 +300,7 @@ class PgQueueIndex(QueueIndex):
         the others again woke it for the next such pass). With ``kinds``, only rows of those kinds
         (and rows written before migration 0004, which have none) are reserved or listed. Nor is a row naming a key
         of ``left_keys`` (keys the claimer found it does not trust) ever the reserved one: passed over unread, it is not
-        released either, and until branch fix-pgkeys of 2026-12-07 each pass reserved one, held 2 s from the
+        released either, and until the twenty-ninth session of 2026-12-07 each pass reserved one, held 2 s from the
         workers that trust the key; the job behind such rows is the one reserved, and read, in this statement.
 
         The same statement reads the reserved job (``reserved_read``): the claim that follows needs no read

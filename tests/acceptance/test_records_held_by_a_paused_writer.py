@@ -179,7 +179,7 @@ def test_a_control_action_whose_audit_log_a_paused_writer_takes_after_its_event_
     """A control action looks at the audit log under its lock before it writes anything (``require_writable``: a
     paused holder there is said as any other), but its entry, once its event is durable, is written whatever it waits
     for (``EventStore.append_audited``): a writer paused on the log in between was waited for without a word, that
-    wait nested in the action's, until 2026-12-07 (fix-heldaudit). The stand-in takes the log's lock right after
+    wait nested in the action's, until 2026-12-07 (twenty-ninth session). The stand-in takes the log's lock right after
     the event's append, as such a writer would; the action runs as ``control`` runs it (``waiting_said``)."""
     from orchestrator.held_records import waiting_said
 

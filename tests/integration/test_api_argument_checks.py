@@ -175,8 +175,8 @@ def test_an_actor_given_to_append_is_stored_sanitized_in_the_event_its_entry_and
 
 
 def test_each_actor_given_to_append_is_checked_and_stored_as_its_own_whatever_came_before(orch: Orchestrator) -> None:
-    """``append_checks.stored_actor`` keeps the last actor's stored form (a worker's is the same on every append): an
-    actor other than the last, or one no longer valid, is never given it."""
+    """``append_checks.stored_actor`` keeps the stored form of the actors given before (a worker's is the same on every
+    append): an actor other than the one a form was kept for, or one not valid, is never given it."""
     equal_to_all = type("Text", (str,), {"__eq__": lambda *_: True, "__hash__": str.__hash__})
     actors = ["password=hunter2", "password=hunter2", "worker:w1", "password=hunter2", equal_to_all("ops")]
     jobs = [orch.submit("t.echo", i) for i in range(len(actors))]

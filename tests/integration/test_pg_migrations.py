@@ -290,7 +290,7 @@ def test_ready_rows_written_before_0009_are_left_out_by_the_key_of_their_first_l
 
 def test_the_sql_that_takes_0009_back_in_postgres_md_leaves_the_schema_of_version_8_and_every_row(
         scratch_db: str) -> None:
-    """Code older than branch fix-pgkeys of 2026-12-07 refuses a database migrated to 0009 (``SCHEMA_TOO_NEW``):
+    """Code older than the twenty-ninth session of 2026-12-07 refuses a database migrated to 0009 (``SCHEMA_TOO_NEW``):
     a rollback of the code takes the schema back first, with the SQL docs/postgres.md gives ("Rows left out by the
     key that signed them"). Nothing but the column goes, and ``db migrate`` applies 0009 again."""
     from orchestrator.queue import ReadyEntry
@@ -425,7 +425,7 @@ def test_the_claim_statements_lookups_out_of_claim_order_use_their_indexes(scrat
     Since 0007 a row due at once is due whatever its time (``at_once``), and part 2 looks only at the rows that wait
     for theirs (retries), in an index of those rows alone; the claim order's index still serves parts 0 and 1. So
     too in the generic plan a prepared statement may be given (psycopg prepares a statement run five times), and
-    with keys left out of the pick (``left_keys``, since branch fix-pgkeys: a filter on the rows it reads)."""
+    with keys left out of the pick (``left_keys``, since the twenty-ninth session: a filter on the rows it reads)."""
     import re
 
     from orchestrator.store.pg_queue import _CANDIDATES_ANY, _CANDIDATES_KINDS, _NEXT_PAGES

@@ -332,7 +332,7 @@ def test_no_part_of_a_password_libpq_splits_off_reaches_the_output(url: str, lea
 
 def test_a_short_split_off_piece_of_a_password_is_removed_only_where_a_value_stands() -> None:
     """A piece may be short enough to be in ordinary words (``a`` of ``pw@a@db``): a word that holds it keeps it
-    (``cannot``, ``okay``), and so does the word itself (``a host``, ``ok.``: until redact5 each "a" of the message
+    (``cannot``, ``okay``), and so does the word itself (``a host``, ``ok.``: until the twenty-ninth session each "a" of the message
     went); the piece goes where libpq names it: before the host's ``@``, in quotes."""
     from orchestrator.store.pg_connection import redacted
 

@@ -327,7 +327,7 @@ def test_a_looping_workers_later_passes_on_postgres_neither_list_nor_reserve_the
         rows = m.a.store._run(lambda conn: conn.execute(
             "SELECT count(*) FROM orch_ready WHERE project = %s AND reserved_until_us > %s",
             (m.a.project_id, int((t + 0.5) * 1e6))).fetchone()[0], write=False)
-        assert rows == 0, "a next page reserves no row, nor the first page one of the key (fix-pgkeys)"
+        assert rows == 0, "a next page reserves no row, nor the first page one of the key (twenty-ninth session)"
         job = m.a.submit("t.echo", {"message": "behind them"})
         claim = w.claim(now=t + 1)
         assert claim is not None and claim.job_id == job
@@ -424,7 +424,7 @@ def test_a_looping_worker_on_postgres_reads_none_of_a_keys_jobs_again_however_ma
 @pytest.mark.postgres
 def test_a_job_submitted_under_a_trusted_key_and_queued_again_under_another_is_left_out_by_that_key_on_postgres(
         tmp_path: Path, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Noted by the twenty-ninth session, reproduced on fix-pgkeys: a row named only its first line's key, so a job
+    """Noted by the twenty-ninth session, reproduced there: a row named only its first line's key, so a job
     submitted on A and queued again by B (here B's stale recovery) named a key A trusts, and A's ``worker --once`` read
     each of them to reach the job behind them (28 of 28 here, 10,000 in ``bench/pg_untrusted.py --queued-again``), a
     looping worker those past ``LEFT_KEPT`` at each pass. The row names every key of its job's lines (``signers``,
@@ -456,7 +456,7 @@ def test_a_job_submitted_under_a_trusted_key_and_queued_again_under_another_is_l
 @pytest.mark.postgres
 def test_a_worker_that_found_it_does_not_trust_a_key_reserves_no_row_naming_it_on_postgres(
         tmp_path: Path, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Noted by the twenty-ninth session, reproduced on fix-pgkeys: since the twenty-eighth a row naming a key found
+    """Noted by the twenty-ninth session, reproduced there: since the twenty-eighth a row naming a key found
     missing is passed over unread, and so no longer released, yet the first page's pick still reserved one at each
     pass (the first not among the ``SKIPPED_MAX`` left last): held 2 s from the workers that trust the key, one more
     row written a pass. The pick leaves those rows out too; the job behind them is reserved, and read, by the first
