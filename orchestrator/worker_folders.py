@@ -38,6 +38,9 @@ NOT_COPIED = "nothing of it is copied"
 # ``O_TMPFILE`` refused by a file system without it (an old kernel, which reads it as ``O_DIRECTORY``: ``EISDIR``)
 TMPFILE_UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.EISDIR})
 PROBE_PREFIX = ".probe-"  # artifacts/.probe-<pid>-<8 hex>: a worker's probe (``WorkerFolders.probe``), never a job's
+# why a worker that is not root runs no job in a job's folder root owns (``_own_job_folder``, ``loose_job_folders``)
+ROOTS_FOLDER = ("may neither make a folder of root's its own (700) nor use one but as other users may (something run "
+                "as root made it: a worker, a copy, a restore)")
 JOB_FOLDERS_NAMED = 10  # job folders ``verify`` names one by one (``loose_job_folders``); more are counted in one line
 
 log = logging.getLogger(__name__)
@@ -116,7 +119,8 @@ def store_user(folders: tuple[str, str, str, str]) -> int:
 def loose_job_folders(artifacts: str, uid: int | None = None) -> list[tuple[str, str]]:
     """(folder, what is wrong and what to do) for each job's folder in ``artifacts`` (a link in it followed, as a run
     follows it) that another user than ``uid`` (this one) or root owns, which a worker run by that user refuses to
-    run the job in, or to copy for ``artifacts_from`` (``_own_job_folder``, ``trusted_source``), or that others may
+    run the job in, or to copy for ``artifacts_from`` (``_own_job_folder``, ``trusted_source``), or that root owns
+    when that user is not root, whatever its mode (the worker refuses to run the job in it), or that others may
     write, whose files (what a human checks, what later jobs copy) they could have changed: a worker makes it its
     owner's alone only when the job next runs or is copied. The first ``JOB_FOLDERS_NAMED`` are named, the rest
     counted in one line: a store made under a umask of 000 has thousands (runbook H). A folder others may only read
@@ -141,6 +145,10 @@ def loose_job_folders(artifacts: str, uid: int | None = None) -> list[tuple[str,
             why = (f"{owned_by_another(entry.path, st, TAKES_ARTIFACTS, uid)}: a worker run by {named_user(uid)} "
                    f"refuses to run the job, or to copy its folder for artifacts_from (STORAGE_ERROR, exit 10, the "
                    f"job handed back); check what it holds, then, as root: chown -R {uid} {entry.path}")
+        elif st.st_uid != uid:  # root's, the store's user not root
+            why = (f"{owned_by_root(entry.path, st, uid)}: a worker run by {named_user(uid)} refuses to run the job "
+                   f"in it (STORAGE_ERROR, exit 10, the job handed back): a worker that is not root {ROOTS_FOLDER}; "
+                   f"check what it holds, then, as root: chown -R {uid} {entry.path}")
         elif others_may_write(st):
             why = (f"{written_by_others(entry.path, st, 'written', TAKES_ARTIFACTS)}: a worker makes it its owner's "
                    f"alone only when the job next runs or is copied; check what it holds, then, as its owner (uid "
@@ -411,8 +419,10 @@ def _own_job_folder(folder: str, st: os.stat_result | None = None) -> None:
     """Refuse to use a job's folder (``artifacts/<job_id>``, there already) when another user owns it, who may
     ``chmod`` it back whatever its mode and put files among the job's artifacts, or links its run would write
     through (made by another user's worker, or in an ``artifacts/`` others could write before 2026-12-07), or when
-    others may use it and this user cannot make it owner-only (root's, under a worker that is not root):
-    ``restrict`` leaves such a folder as it is, and until 2026-12-07 the job ran in it. Checked before each run
+    root owns it and this user is not root, whatever its mode (``ROOTS_FOLDER``; until 2026-12-07, later still, one
+    of 700 stopped the worker with a plain "permission denied" at the run's ``chdir``, one of 755 with the advice to
+    ``chmod 700`` it as root, after which it was no more usable: now the error names root, the mode and the
+    ``chown -R`` to run). Checked before each run
     (``WorkerFolders.artifacts_dir(trusted=True)``), whatever the handler (a Python handler makes its folder in its
     own process); before stale recovery walks it (its owner would choose what the dead run "left", and recovery
     renames files there; a copy of ``artifacts_from`` checks its sources by ``trusted_source``). A folder others may
@@ -429,6 +439,9 @@ def _own_job_folder(folder: str, st: os.stat_result | None = None) -> None:
         return  # missing, or a file or a link: the run's ``make_private_folder`` or ``artifacts_dir`` refuses it
     _refuse_another_owner(folder, st, TAKES_ARTIFACTS, f"check what it holds, then, as root: chown -R "
                                                        f"{os.geteuid()} {folder}")
+    if st.st_uid != os.geteuid():  # root's, under a worker that is not root
+        raise StorageError(f"{owned_by_root(folder, st)}: a worker that is not root {ROOTS_FOLDER}: no job is run in "
+                           f"it; check what it holds, then, as root: chown -R {os.geteuid()} {folder}", path=folder)
     mode = stat.S_IMODE(st.st_mode)
     if mode == PRIVATE_FOLDER:
         return
@@ -499,6 +512,13 @@ def owned_by_another(folder: str, st: os.stat_result, harm: str, uid: int | None
             f"root, who may change it whatever its mode and {harm}")
 
 
+def owned_by_root(folder: str, st: os.stat_result, uid: int | None = None) -> str:
+    """Whose a job's folder (of status ``st``) that root owns is, said to a worker run by another user (``uid``: that
+    one), which may not run a job in it (``ROOTS_FOLDER``)."""
+    return (f"{folder} is owned by root (mode {stat.S_IMODE(st.st_mode):03o}), not by "
+            f"{named_user(os.geteuid() if uid is None else uid)}")
+
+
 def _restricted(folder: str, allowed: int, follow: bool = False) -> os.stat_result:
     """``folder`` after ``restrict`` took every bit not in ``allowed`` it could, read again: ``restrict`` leaves
     another's folder as it is."""
@@ -511,8 +531,8 @@ def _restricted(folder: str, allowed: int, follow: bool = False) -> os.stat_resu
 
 def _made_private(folder: str) -> os.stat_result:
     """``folder`` made owner-only (0700, as the worker makes a job's folder: its owner's bits given back too), never
-    through a link, then read again; another user's (root's, under a worker that is not root) is left as it is, for
-    the caller to refuse. Even one its owner may not open: a run's ``chmod 077`` of its own folder stopped every
+    through a link, then read again; one whose mode this user may not change is left as it is, for the caller to
+    refuse. Even one its owner may not open: a run's ``chmod 077`` of its own folder stopped every
     worker that is not root (exit 10), one after another, until 2026-12-07 (``run_folder.set_folder_mode``)."""
     try:
         with contextlib.suppress(PermissionError):  # not ours
