@@ -74,17 +74,14 @@ def loose_folders(state_dir: Path) -> list[tuple[str, str]]:
     process missed a folder made loose since the first."""
     found = []
     project, *_ = folders = trusted_folders(state_dir)
-    uid = store_user(folders)
+    statuses = [_looked_at(folder, follow=i == 0) for i, folder in enumerate(folders)]  # each read once
+    uid = store_user(statuses[0], statuses[1])
     forget_checked_folders()
     try:
         check_folders_above(Path(project), "project folder", uid)
     except SigningKeyError as exc:
         found.append((project, exc.message))
-    for i, folder in enumerate(folders):
-        try:
-            st = folder_status(folder, follow=i == 0)
-        except OSError:
-            continue
+    for folder, st in zip(folders, statuses):
         if st is None:
             continue
         if not user_or_root(st, uid):
@@ -99,21 +96,25 @@ def loose_folders(state_dir: Path) -> list[tuple[str, str]]:
     return found + loose_job_folders(folders[3], uid)
 
 
-def store_user(folders: tuple[str, str, str, str]) -> int:
-    """The user whose worker ``verify`` judges the store's ``trusted_folders`` for: this user when it owns the project
-    folder or ``.orchestrator`` (it runs the workers, or could), else the owner of ``.orchestrator`` (an auditor's
-    or root's ``verify``: judged for themselves, every folder was "another user's"). A store
-    whose ``.orchestrator`` another user put in place is still told: the project folder is then not its owner's."""
-    owners = []
-    for i, folder in enumerate(folders[:2]):
-        try:
-            st = folder_status(folder, follow=i == 0)
-        except OSError:
-            st = None
-        owners.append(None if st is None else st.st_uid)
-    if os.geteuid() in owners or owners[1] is None:
+def _looked_at(folder: str, follow: bool) -> os.stat_result | None:
+    """``folder_status``, None also when the folder cannot be looked at (``verify`` passes it: the worker names it)."""
+    try:
+        return folder_status(folder, follow)
+    except OSError:
+        return None
+
+
+def store_user(project: os.stat_result | None, state: os.stat_result | None) -> int:
+    """The user whose worker ``verify`` judges the store's ``trusted_folders`` for, from the status of the project
+    folder and of ``.orchestrator`` (None: not there, or not to be looked at), read once with the others
+    (``loose_folders``; until 2026-12-07 these two were read here, then again to be judged): this user when it owns
+    either (it runs the workers, or could), else the owner of ``.orchestrator`` (an auditor's or root's ``verify``:
+    judged for themselves, every folder was "another user's"). A store whose ``.orchestrator`` another user put in
+    place is still told: the project folder is then not its owner's."""
+    owners = [None if st is None else st.st_uid for st in (project, state)]
+    if os.geteuid() in owners or state is None:
         return os.geteuid()
-    return owners[1]
+    return state.st_uid
 
 
 def loose_job_folders(artifacts: str, uid: int | None = None) -> list[tuple[str, str]]:
