@@ -13,10 +13,12 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from orchestrator.key_paths import others_may_write, user_or_root
 from orchestrator.security import cut_read_size, sanitized_cut
 from orchestrator.store.files import NotRegularFileError, mkdir_with_parents, open_regular
 
 PRIVATE_FOLDER, PRIVATE_FILE = 0o700, 0o600  # a run's folder and its files, a job's artifact folder: the worker's alone
+_FOLDER_NO_LINK = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # a folder opened, never through a link in its place
 RUN_PREFIX = "run-"  # runs/run-<16 hex>: one run's folder (runs/host-*: a worker's handler process)
 # what a disk says when it refuses a write whatever is written: no room, over this user's quota (a full disk for its
 # user, which ``statvfs`` does not show), read-only (each < 256: one byte). The host's fault, never a job's: the one
@@ -100,28 +102,65 @@ def set_folder_mode(folder: "Path | str", mode: int) -> None:
     """Set the mode of the real folder ``folder`` to ``mode``, never through a link, even when its owner may not open
     it (a run's ``chmod 077`` of its own folder): ``restrict`` opens a folder to ``fchmod`` it, which needs the
     owner's read bit. So it is opened as ``restrict`` opens it (a link in the folder's place refused: ``O_NOFOLLOW``
-    with ``O_DIRECTORY``), and only where its owner may not read it, through an ``O_PATH`` handle, which needs no
-    bit, and its ``/proc/self/fd`` name, which is that very folder (``chmod`` of that name is what the C library's own
-    no-follow ``chmod`` does): a system without ``/proc`` (a chroot) needs it for such a folder alone. ``OSError``
-    when it cannot be: another user's folder (``PermissionError``), no ``O_PATH`` or no ``/proc`` for one its owner
-    may not read."""
-    flags = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    path_flag = getattr(os, "O_PATH", 0)
+    with ``O_DIRECTORY``), and only where its owner may not read it, changed by ``_set_unreadable_folder_mode``.
+    ``OSError`` when it cannot be: another user's folder (``PermissionError``), a link or a file in its place."""
     try:
-        fd = os.open(folder, os.O_RDONLY | flags)
+        fd = os.open(folder, os.O_RDONLY | _FOLDER_NO_LINK)
     except PermissionError:
-        if not path_flag:
-            raise
-        fd = os.open(folder, path_flag | flags)
-        try:
-            os.chmod(f"/proc/self/fd/{fd}", mode)
-        finally:
-            os.close(fd)
+        _set_unreadable_folder_mode(Path(folder), mode)
         return
     try:
         os.fchmod(fd, mode)
     finally:
         os.close(fd)
+
+
+def _set_unreadable_folder_mode(folder: Path, mode: int) -> None:
+    """``set_folder_mode`` of a folder its owner may not read: through an ``O_PATH`` handle, which needs no bit, and
+    its ``/proc/self/fd`` name, which is that very folder (``chmod`` of that name is what the C library's own
+    no-follow ``chmod`` does); where there is no ``O_PATH``, or no ``/proc`` (a chroot, a container without it: until
+    2026-12-07 such a folder stopped a worker that is not root, exit 10, ``/proc/self/fd/3: No such file or
+    directory``), by its name in its parent folder (``_set_mode_by_name``)."""
+    path_flag = getattr(os, "O_PATH", 0)
+    if path_flag:
+        fd = os.open(folder, path_flag | _FOLDER_NO_LINK)
+        try:
+            os.chmod(f"/proc/self/fd/{fd}", mode)
+            return
+        except FileNotFoundError:  # no /proc: the descriptor is open, so its name there is missing only so
+            pass
+        finally:
+            os.close(fd)
+    _set_mode_by_name(folder, mode)
+
+
+def _set_mode_by_name(folder: Path, mode: int) -> None:
+    """Set the mode of ``folder`` by its name in its parent folder, opened once: ``os.stat(name, dir_fd=parent,
+    follow_symlinks=False)`` confirms a folder of this user's there (a link: ``ELOOP``; a file: ``NotADirectoryError``;
+    another's: ``PermissionError``), then ``os.chmod(name, dir_fd=parent)`` sets its mode. That ``chmod`` follows a
+    link (the no-follow one, ``fchmodat(AT_SYMLINK_NOFOLLOW)``, is done by the C library through ``/proc`` itself,
+    but with ``fchmodat2``: Linux 6.6 and glibc 2.39, not what a worker can count on), so the name must not be
+    swapped for a link between the two: only who may write in the parent may do that, and the parent is checked to
+    be this user's or root's, written by no one else (as the worker keeps ``artifacts/``, a job's folder's parent:
+    ``WorkerFolders._trust``), else ``PermissionError`` and nothing is changed. Whoever may swap it so is then this
+    user or root, who could ``chmod`` whatever the link leads to themselves: no other user can have this one change
+    a file of their choosing. Needs neither ``O_PATH`` nor ``/proc``."""
+    parent = os.open(folder.parent, os.O_RDONLY | _FOLDER_NO_LINK)
+    try:
+        held = os.fstat(parent)
+        if not user_or_root(held) or others_may_write(held):
+            raise PermissionError(errno.EPERM, "its parent folder is not this user's or root's alone, so its mode is "
+                                               "not set by name", str(folder))
+        st = os.stat(folder.name, dir_fd=parent, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(folder))
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+        if st.st_uid != os.geteuid():
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(folder))
+        os.chmod(folder.name, mode, dir_fd=parent)
+    finally:
+        os.close(parent)
 
 
 def write_private(path: Path, data: bytes) -> None:

@@ -40,3 +40,65 @@ def test_a_file_in_the_folders_place_is_refused(tmp_path: Path) -> None:
     with pytest.raises(NotADirectoryError):
         set_folder_mode(tmp_path / "job", 0o700)
     assert mode_of(tmp_path / "job") == 0o644
+
+
+@pytest.fixture
+def unreadable_without_proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``tmp_path/job``, a folder of mode 077 that this user may not open for reading (a worker that is not root:
+    here, as root may, the open is refused so), on a system without ``/proc`` (a chroot, a container without it:
+    ``/proc/self/fd/N`` is no such file)."""
+    folder = tmp_path / "job"
+    folder.mkdir()
+    os.chmod(folder, 0o077)
+    real_open, real_chmod = os.open, os.chmod
+
+    def open_(path, flags, *args, **kw):
+        if os.fspath(path) == str(folder) and not flags & getattr(os, "O_PATH", 0):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kw)
+
+    def chmod(path, mode, *args, **kw):
+        if str(path).startswith("/proc/self/fd/"):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_chmod(path, mode, *args, **kw)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "chmod", chmod)
+    return folder
+
+
+def test_without_proc_a_folder_its_owner_may_not_open_is_made_owner_only_by_its_name_in_its_parent(
+        unreadable_without_proc: Path) -> None:
+    """Until the fix: ``FileNotFoundError: /proc/self/fd/3``, and a worker that is not root stopped, exit 10."""
+    set_folder_mode(unreadable_without_proc, 0o700)
+    assert mode_of(unreadable_without_proc) == 0o700
+
+
+@pytest.mark.parametrize("o_path", [True, False], ids=["O_PATH", "no O_PATH"])
+def test_without_proc_a_folder_whose_parent_others_may_write_is_left_as_it_is(
+        unreadable_without_proc: Path, monkeypatch: pytest.MonkeyPatch, o_path: bool) -> None:
+    """Another user who may write in the parent could put a link in the folder's place between the look at it and
+    the ``chmod`` by name, which follows it: not done, ``PermissionError`` (the worker refuses the folder, naming the
+    ``chmod`` its owner must run)."""
+    if not o_path:
+        monkeypatch.delattr(os, "O_PATH", raising=False)
+    os.chmod(unreadable_without_proc.parent, 0o777)
+    with pytest.raises(PermissionError, match="its parent folder is not this user's or root's alone"):
+        set_folder_mode(unreadable_without_proc, 0o700)
+    assert mode_of(unreadable_without_proc) == 0o077
+
+
+@pytest.mark.parametrize("target", ["folder", "missing"])
+def test_without_proc_or_o_path_a_link_in_the_folders_place_is_refused_and_what_it_leads_to_left_as_it_is(
+        unreadable_without_proc: Path, monkeypatch: pytest.MonkeyPatch, target: str) -> None:
+    """With neither, the folder is looked at by name only (``os.stat(..., follow_symlinks=False)``) before its
+    ``chmod`` by name."""
+    monkeypatch.delattr(os, "O_PATH", raising=False)
+    elsewhere = unreadable_without_proc.parent / "elsewhere"
+    if target == "folder":
+        elsewhere.mkdir(mode=0o755)
+    unreadable_without_proc.rmdir()
+    unreadable_without_proc.symlink_to(elsewhere)
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        set_folder_mode(unreadable_without_proc, 0o700)
+    assert target == "missing" or mode_of(elsewhere) == 0o755
