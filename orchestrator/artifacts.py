@@ -8,19 +8,23 @@ its run is over, and the folder is the job's own, inside the store.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
+import stat
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from orchestrator.limits import is_unicode
-from orchestrator.errors import PathEscapeError
 from orchestrator.run_folder import PRIVATE_FOLDER
-from orchestrator.security import safe_join, sanitize_text
+from orchestrator.security import sanitize_text
 
 log = logging.getLogger(__name__)
 
 MAX_TAKEN = 1000  # names tried (``2-token=[REDACTED]``, ``3-...``) before a file is left where it is
+_FOLDER_NO_LINK = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # a folder below the job's, no link
 
 
 def recorded_names(folder: Path, paths: Iterable[str]) -> list[str]:
@@ -30,23 +34,87 @@ def recorded_names(folder: Path, paths: Iterable[str]) -> list[str]:
     prefix on its last part (``3-``, ...). Then a folder such a file was in that is still there (it holds
     another file) is moved to its sanitized name too (``_move_secret_folders``). A name whose bytes are not
     UTF-8 is recorded, and the file moved, with U+FFFD for each such byte (``_unicode``). A name that needs no
-    change costs what recording it always did: one ``sanitize_text`` (and one ``encode``)."""
+    change costs what recording it always did: one ``sanitize_text`` (and one ``encode``).
+
+    The moves go by the descriptor of ``folder``, opened once at the first (``_JobFolder``), folder by folder below
+    it, never through a link: ``paths`` were listed (stale recovery's walk) or named (a payload) before, and a folder
+    on the way swapped for a link since (by a process of the run still alive, or one that kept a folder below open)
+    is not followed (until 2026-12-07, later still, the moves went by path, and the file a link led to, outside the
+    store, was moved into the job's folder). ``folder`` itself is the job's, checked before the run or the walk."""
     moved: dict[str, str] = {}  # a path named twice is moved once
     tried: dict[str, int] = {}  # ``_move``'s
     names = []
-    for path in paths:
-        name = sanitize_text(_unicode(path))
-        if name != path:
-            if path not in moved:
-                moved[path] = _move(folder, path, name, tried)
-            name = moved[path]
-        names.append(name)
-    if moved:
-        _move_secret_folders(folder, moved, tried)
+    with _JobFolder(folder) as job:
+        for path in paths:
+            name = sanitize_text(_unicode(path))
+            if name != path:
+                if path not in moved:
+                    moved[path] = _move(job, path, name, tried)
+                name = moved[path]
+            names.append(name)
+        if moved:
+            _move_secret_folders(job, moved, tried)
     return names
 
 
-def _move_secret_folders(folder: Path, sources: Iterable[str], tried: dict[str, int]) -> None:
+class _JobFolder:
+    """The job's folder, opened at the first move (a name that needs none costs no ``open``) and closed at the end;
+    ``fd`` raises the ``OSError`` of an open that failed (each move then says so, and nothing is moved)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:  # the job's folder as checked: a link to one inside the store followed (``artifacts_dir``)
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return self._fd
+
+    def __enter__(self) -> "_JobFolder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+    def open_parent(self, path: str, make: bool = False) -> tuple[int, str]:
+        """The descriptor of the folder ``path`` (relative to the job's folder) is in, and its last name: each folder
+        on the way opened by the one above it with ``O_NOFOLLOW`` (a link there: ``ELOOP``; a file: ``ENOTDIR``);
+        ``make``: one missing is made first (0700, the run's own, as ``os.makedirs`` made it). ``release`` it."""
+        *folders, last = parts = [part for part in path.split("/") if part not in ("", ".")] or ["."]
+        if ".." in parts:  # never a listed or checked name's (``validate_artifact_path``): never out of the folder
+            raise PermissionError(errno.EPERM, "a '..' in it leads out of the job's folder", path)
+        fd = self.fd
+        try:
+            for name in folders:
+                if make:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(name, PRIVATE_FOLDER, dir_fd=fd)
+                below = os.open(name, _FOLDER_NO_LINK, dir_fd=fd)
+                self.release(fd)
+                fd = below
+        except BaseException:
+            self.release(fd)
+            raise
+        return fd, last
+
+    def release(self, fd: int) -> None:
+        """Close a descriptor ``open_parent`` gave, unless it is the job's folder's own."""
+        if fd != self._fd:
+            os.close(fd)
+
+    @contextmanager
+    def parent(self, path: str) -> Iterator[tuple[int, str]]:
+        """``open_parent``, released at the end of the block."""
+        fd, last = self.open_parent(path)
+        try:
+            yield fd, last
+        finally:
+            self.release(fd)
+
+
+def _move_secret_folders(job: _JobFolder, sources: Iterable[str], tried: dict[str, int]) -> None:
     """Move each folder one of ``sources`` (moved to their sanitized names) was in that is still there and whose
     path sanitizing changes (``password=x/`` of ``password=x/report.md``, holding another file) to its sanitized
     name, as a file is: the file's move took the secret out of its own name only, not out of the folder's on
@@ -58,8 +126,8 @@ def _move_secret_folders(folder: Path, sources: Iterable[str], tried: dict[str, 
         now = f"{where.get(head, head)}/{last}" if head else last
         name = sanitize_text(now)
         if name != now:
-            moved_to = _move(folder, now, name, tried)
-            now = now if os.path.lexists(folder / now) else moved_to  # not moved: still there
+            moved_to = _move(job, now, name, tried)
+            now = now if _still_there(job, now) else moved_to  # not moved: still there
         where[path] = now
 
 
@@ -74,68 +142,105 @@ def _unicode(path: str) -> str:
         return path.encode("utf-8", "replace").decode()
 
 
-def _move(folder: Path, source: str, target: str, tried: dict[str, int]) -> str:
+def _move(job: _JobFolder, source: str, target: str, tried: dict[str, int]) -> str:
     """Move ``source`` to ``target``, or to ``2-target``, ... when that is taken; the name it has now
     (``target`` when there is nothing to move, or it cannot be moved: the record stays sanitized). ``tried``: the
     number each name was last given or found taken at: the next file moved to that name tries from there (a name
     taken stays taken while the run's names are recorded), so 1,000 files of one name cost 1,000 tries, not
-    500,000 (6 s: recording one payload's artifacts, the lease unrenewed)."""
-    if not os.path.lexists(folder / source):  # named in the payload but never written, or gone since
-        return target
-    head, _, last = target.rpartition("/")
-    if head and not _stays_inside(folder, head):  # a link the run left where the recorded folder would be
-        head, last = "", target.replace("/", "_")  # kept in the job's folder, one name: ``[REDACTED]_report.md``
+    500,000 (6 s: recording one payload's artifacts, the lease unrenewed). Both ends by descriptor (``parent``): a
+    link on the way to ``source`` is not followed (nothing moved, said); one where the recorded folder would be keeps
+    the file in the job's folder under one name (``[REDACTED]_report.md``), as does a file there."""
     why = "every name is taken"
-    first = f"{head}/{last}" if head else last
-    for n in range(tried.get(first, 1), MAX_TAKEN + 1):
-        tried[first] = n
-        taken = last if n == 1 else f"{n}-{last}"
-        candidate = f"{head}/{taken}" if head else taken
-        if os.path.lexists(folder / candidate) or sanitize_text(candidate) != candidate:
-            continue
-        try:
-            if head:
-                os.makedirs(folder / head, PRIVATE_FOLDER, exist_ok=True)  # the run's own, inside the job's
-            _rename_no_replace(folder / source, folder / candidate)
-        except FileExistsError:  # taken since the check (another process moving a file to that name)
-            continue
-        except OSError as exc:
-            why = exc.strerror or str(exc)
-            break
-        _remove_emptied(folder, os.path.dirname(source))
-        return candidate
-    log.warning("could not move the artifact %s of %s to the name its event records: %s", target, folder, why,
-                extra={"folder": str(folder), "artifact": target})
+    try:
+        with job.parent(source) as (from_fd, from_name):
+            try:
+                os.stat(from_name, dir_fd=from_fd, follow_symlinks=False)
+            except FileNotFoundError:  # named in the payload but never written, or gone since
+                return target
+            to_fd, head, last = _target_folder(job, target)
+            try:
+                first = f"{head}/{last}" if head else last
+                for n in range(tried.get(first, 1), MAX_TAKEN + 1):
+                    tried[first] = n
+                    taken = last if n == 1 else f"{n}-{last}"
+                    candidate = f"{head}/{taken}" if head else taken
+                    if _taken(to_fd, taken) or sanitize_text(candidate) != candidate:
+                        continue
+                    try:
+                        _rename_no_replace(from_fd, from_name, to_fd, taken)
+                    except FileExistsError:  # taken since the check (another process moving a file to that name)
+                        continue
+                    _remove_emptied(job, os.path.dirname(source))
+                    return candidate
+            finally:
+                job.release(to_fd)
+    except FileNotFoundError:  # a folder on the way to it gone: nothing to move
+        return target
+    except OSError as exc:  # a link or a file on the way to it (``ELOOP``, ``ENOTDIR``), a permission, the disk
+        why = exc.strerror or str(exc)
+    log.warning("could not move the artifact %s of %s to the name its event records: %s", target, job.path, why,
+                extra={"folder": str(job.path), "artifact": target})
     return target
 
 
-def _stays_inside(folder: Path, sub: str) -> bool:
-    """Whether ``folder/sub`` (made or not) is inside ``folder`` once every link on the way is followed."""
+def _target_folder(job: _JobFolder, target: str) -> tuple[int, str, str]:
+    """The descriptor of the folder ``target`` goes into (made as needed, the run's own; ``job.release`` it), that
+    folder's path and the last name; where a link or a file stands in the way (a link the run left where the
+    recorded folder would be), the job's folder itself and ``target`` as one name (``[REDACTED]/report.md`` ->
+    ``[REDACTED]_report.md``)."""
+    head, _, last = target.rpartition("/")
+    if head:
+        try:
+            fd, name = job.open_parent(target, make=True)
+            return fd, head, name
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+    return job.fd, "", target.replace("/", "_")
+
+
+def _taken(fd: int, name: str) -> bool:
+    """Whether ``name`` is there in the folder ``fd`` (a link counted as itself)."""
     try:
-        safe_join(folder, sub)
-    except PathEscapeError:
+        os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
         return False
     return True
 
 
-def _rename_no_replace(source: Path, target: Path) -> None:
+def _still_there(job: _JobFolder, path: str) -> bool:
+    """Whether ``path`` is in the job's folder still (never through a link: one on the way, and it was not moved)."""
+    try:
+        with job.parent(path) as (fd, name):
+            return _taken(fd, name)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
+def _rename_no_replace(from_fd: int, source: str, to_fd: int, target: str) -> None:
     """``os.rename`` that never replaces a file at ``target`` (``FileExistsError``): a file is linked to its
     new name, then unlinked from the old one. A folder is renamed (a rename onto a folder that holds files
-    fails; onto an empty one, nothing is lost)."""
-    if os.path.isdir(source) and not os.path.islink(source):
-        if os.path.lexists(target) and not os.path.isdir(target):
-            raise FileExistsError(17, "File exists", str(target))
-        os.rename(source, target)
+    fails; onto an empty one, nothing is lost). Both names in their folders' descriptors, neither followed."""
+    if stat.S_ISDIR(os.stat(source, dir_fd=from_fd, follow_symlinks=False).st_mode):
+        try:
+            if not stat.S_ISDIR(os.stat(target, dir_fd=to_fd, follow_symlinks=False).st_mode):
+                raise FileExistsError(errno.EEXIST, "File exists", target)
+        except FileNotFoundError:
+            pass
+        os.rename(source, target, src_dir_fd=from_fd, dst_dir_fd=to_fd)
         return
-    os.link(source, target, follow_symlinks=False)
-    os.unlink(source)
+    os.link(source, target, src_dir_fd=from_fd, dst_dir_fd=to_fd, follow_symlinks=False)
+    os.unlink(source, dir_fd=from_fd)
 
 
-def _remove_emptied(folder: Path, parent: str) -> None:
+def _remove_emptied(job: _JobFolder, parent: str) -> None:
     """Remove the folders a move left empty (``password=x/`` once its one file moved): their names hold the secret."""
     while parent:
         try:
-            os.rmdir(folder / parent)
+            with job.parent(parent) as (fd, name):
+                os.rmdir(name, dir_fd=fd)
         except OSError:  # not empty: another file is still there
             return
         parent = os.path.dirname(parent)

@@ -1,6 +1,7 @@
 """Moving an artifact to its recorded (sanitized) name never replaces a file already there."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -11,9 +12,9 @@ def test_a_name_taken_between_the_check_and_the_move_is_passed_over_not_overwrit
                                                                                    monkeypatch) -> None:
     (tmp_path / "token=abc.txt").write_text("mine")
     (tmp_path / "token=[REDACTED]").write_text("another process moved its file here first")
-    real = artifacts.os.path.lexists
-    monkeypatch.setattr(artifacts.os.path, "lexists",  # the check ran before the other process's move
-                        lambda p: False if str(p).endswith("/token=[REDACTED]") else real(p))
+    real = artifacts._taken
+    monkeypatch.setattr(artifacts, "_taken",  # the check ran before the other process's move
+                        lambda fd, name: False if name == "token=[REDACTED]" else real(fd, name))
     assert artifacts.recorded_names(tmp_path, ["token=abc.txt"]) == ["2-token=[REDACTED]"]
     assert (tmp_path / "token=[REDACTED]").read_text() == "another process moved its file here first"
     assert (tmp_path / "2-token=[REDACTED]").read_text() == "mine" and not (tmp_path / "token=abc.txt").exists()
@@ -63,3 +64,33 @@ def test_a_thousand_artifacts_of_one_sanitized_name_are_moved_in_linear_time(tmp
     assert time.perf_counter() - start < 1.0
     assert names == ["password=[REDACTED]", *(f"{n}-password=[REDACTED]" for n in range(2, 1001))]
     assert [(tmp_path / name).read_text() for name in names] == paths
+
+
+def test_a_file_below_a_folder_swapped_for_a_link_since_it_was_listed_is_never_moved(tmp_path: Path) -> None:
+    """Stale recovery lists what a dead run left (``sub/token=abc.txt``), then moves each file whose name holds a
+    secret: a folder on the way swapped for a link in between (by a process that still had its parent open) is not
+    followed. Until the fix the file the link led to was moved into the job's folder (``sub_token=[REDACTED]``),
+    gone from its own folder."""
+    folder, elsewhere = tmp_path / "job", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "token=abc.txt").write_text("this user's own, elsewhere")
+    (folder / "sub").symlink_to(elsewhere)  # a folder when it was listed
+    assert artifacts.recorded_names(folder, ["sub/token=abc.txt"]) == ["sub/token=[REDACTED]"]
+    assert os.listdir(elsewhere) == ["token=abc.txt"] and os.listdir(folder) == ["sub"]
+    assert (elsewhere / "token=abc.txt").read_text() == "this user's own, elsewhere"
+
+
+def test_a_folder_below_a_folder_swapped_for_a_link_since_it_was_listed_is_never_moved(tmp_path: Path) -> None:
+    """``password=pw1/`` of ``sub/password=pw1/report.md``, moved to its sanitized name as a file is: not through
+    ``sub`` made a link since."""
+    folder, elsewhere = tmp_path / "job", tmp_path / "elsewhere"
+    (folder / "sub").mkdir(parents=True)
+    (elsewhere / "password=pw1").mkdir(parents=True)
+    (elsewhere / "password=pw1" / "report.md").write_text("elsewhere's")
+    (elsewhere / "password=pw1" / "other.md").write_text("elsewhere's")
+    (folder / "sub").rmdir()
+    (folder / "sub").symlink_to(elsewhere)
+    assert artifacts.recorded_names(folder, ["sub/password=pw1/report.md"]) == ["sub/password=[REDACTED]"]
+    assert sorted(os.listdir(elsewhere / "password=pw1")) == ["other.md", "report.md"]
+    assert os.listdir(elsewhere) == ["password=pw1"] and os.listdir(folder) == ["sub"]
