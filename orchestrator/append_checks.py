@@ -72,10 +72,13 @@ def checked_audit(audit: Any) -> tuple[str, str]:
     """``audit``: an ``(action, note)`` pair; the action a name (it is shown and filtered on as it is), the note text
     (redacted when the entry is made). Returns the pair as it was checked, unpacked once (``tuple``: a tuple as it
     is): a list subclass whose indexing and iteration disagree had one pair checked and another written until
-    2026-12-07 (its items typed by index, then unpacked by iterating, and the entry made by index)."""
+    2026-12-07 (its items typed by index, then unpacked by iterating, and the entry made by index). Each item an
+    exact ``str``: a subclass answers the checks and the redaction by its own methods (``isidentifier``, ``lower``),
+    so a note it says holds no secret, or an action it says is a name, was written as its text is."""
     pair = tuple(audit) if isinstance(audit, (list, tuple)) else ()
-    if not (len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], str)):
-        raise InvalidInputError(f"audit must be None or an (action, note) pair of texts, not {shown(audit)}")
+    if not (len(pair) == 2 and type(pair[0]) is str and type(pair[1]) is str):
+        raise InvalidInputError(f"audit must be None or an (action, note) pair of texts (str, not a subclass), "
+                                f"not {shown(audit)}")
     action, note = pair
     if not (action.isascii() and action.isidentifier() and len(action) <= MAX_ACTION_CHARS):
         raise InvalidInputError(f"audit's action must be a name of 1 to {MAX_ACTION_CHARS} ASCII letters, digits and "

@@ -83,6 +83,11 @@ class Disagreeing(list):
     def __iter__(self):
         return iter(self.iterated)
 
+
+# a text that answers the checks and the redaction by its own methods: a name, ASCII, nothing to redact
+Lying = type("Lying", (str,), {"isidentifier": lambda _: True, "isascii": lambda _: True, "lower": lambda _: "x",
+                               "translate": lambda *_: "x"})
+
 REFUSED_APPENDS: dict[str, dict[str, Any]] = {
     # aux: (area, key) -> bytes or None (files wrote the event, then raised TypeError or ValueError)
     "aux text": {"aux": {("leases", "k1"): "text"}},
@@ -114,6 +119,11 @@ REFUSED_APPENDS: dict[str, dict[str, Any]] = {
     "audit action no name": {"audit": ("password=hunter2", "n")},
     "audit note a lone surrogate": {"audit": ("cancel", "\udcff")},
     "audit a list iterating to a note not text": {"audit": Disagreeing(("cancel", "stop"), ("cancel", 5))},
+    # a str subclass: the checks and the redaction asked its own methods, and it was written as its text is
+    "audit action a str subclass saying it is a name": {"audit": (Lying("password=hunter2"), "n")},
+    "audit note a str subclass saying it holds no secret": {"audit": ("cancel", Lying("password=hunter2"))},
+    "audit note a str subclass saying it is ASCII": {"audit": ("cancel", Lying("\udcff"))},  # UnicodeEncodeError
+    "audit a plain str subclass": {"audit": ("cancel", type("Text", (str,), {})("stop"))},
     # new: (type, data) pairs
     "new one type": {"new": "job_cancelled"},  # ValueError unpack
     "new a triple": {"new": [("job_cancelled", {}, 1)]},
@@ -161,6 +171,16 @@ def test_an_audit_pair_is_unpacked_once_and_its_entry_holds_what_was_checked(orc
     orch.append(orch.load(job), job, CANCEL, audit=Disagreeing(("password=hunter2", "\udcff"), ("cancel", "stop")))
     entry = json.loads(orch.store.read(AUDIT_STREAM)[-1].raw)
     assert (entry["job_id"], entry["data"]["action"], entry["data"]["note"]) == (job, "cancel", "stop")
+
+
+def test_a_control_action_given_its_texts_as_a_str_subclass_writes_its_entry_as_with_a_str(orch: Orchestrator) -> None:
+    """The control actions write their texts made anew (canonical and redacted), so the audit pair they give
+    ``append`` holds exact ``str`` whatever the caller passed: refusing a subclass there refuses no action."""
+    text = type("Text", (str,), {})
+    job = orch.submit("t.echo", 1, audit=True)
+    assert orch.cancel(job, text("stop password=hunter2")).applied and orch.status(job).state == "cancelled"
+    entry = json.loads(orch.store.read(AUDIT_STREAM)[-1].raw)
+    assert (entry["data"]["action"], entry["data"]["note"]) == ("cancel", "stop password=[REDACTED]")
 
 
 def test_an_actor_given_to_append_is_stored_sanitized_in_the_event_its_entry_and_the_timeline(
