@@ -14,6 +14,9 @@ import worker_handlers  # noqa: F401  (registers t.* handlers)
 from backends import BACKENDS, orchestrator_on
 from orchestrator import Orchestrator, OrchestratorError, handler
 from orchestrator.errors import ConfigError, InvalidInputError
+from orchestrator.clock import to_iso
+from orchestrator.heartbeat import Heartbeat
+from orchestrator.leases import HeldLease, lease_expiry, read_lease
 from orchestrator.limits import LATEST_TIME
 from orchestrator.signing import Keyring
 from orchestrator.store.base import AUDIT_STREAM, HEADS_AREA
@@ -67,6 +70,42 @@ def test_a_now_whose_retry_is_past_the_year_9999_is_refused_before_any_recovery(
         worker(orch).recover_stale(LATEST_TIME)
     assert orch.status(job).state == "running"
     assert worker(orch).recover_stale() == [job] and orch.status(job).state == "queued"
+
+
+def test_a_claim_and_a_heartbeat_with_the_clock_within_a_lease_of_the_year_9999_end_the_lease_at_its_last_second(
+        orch: Orchestrator) -> None:
+    """The clock's own time (a ``now`` given is refused, above; the clock's is not checked) half a lease before
+    9999-12-31T23:59:59Z: the claim raised ``ValueError: year 10000 is out of range`` writing the lease's end (on
+    PostgreSQL after reserving the job's ready row), and so did a heartbeat writing its lease record. The lease now
+    ends at the latest time an event can hold, as a stale recovery's retry does, and reads back as written."""
+    job = orch.submit("t.echo", 1)
+    late = LATEST_TIME - LEASE / 2
+    orch.clock = lambda: late
+    claim = worker(orch).claim()
+    assert claim is not None and claim.job_id == job
+    assert orch.status(job).lease_expires_at == to_iso(LATEST_TIME) == "9999-12-31T23:59:59.000000Z"
+    beat = Heartbeat(orch, worker_id="w1", lease_seconds=LEASE, held=HeldLease(LEASE, LATEST_TIME))
+    assert beat.renew(claim) == "renewed" and beat.held.expires_at == LATEST_TIME
+    lease = read_lease(orch.store, job, claim.epoch)
+    assert lease is not None and (lease.expires_at, lease.renewed_at) == (LATEST_TIME, late)
+    assert lease_expiry(orch.store, orch.load(job).state, late) == LATEST_TIME
+
+
+@pytest.mark.parametrize("call", ["run_once", "run"])
+def test_a_worker_whose_clock_is_within_a_lease_of_the_year_9999_runs_its_jobs(orch: Orchestrator, call: str) -> None:
+    """A pass reads the clock and gives its time to ``recover_stale`` and ``claim``, which refused it as a ``now``
+    given without room for a lease (``INVALID_INPUT`` at every pass, no job run): the clock's own time is not
+    refused, a given one still is (above)."""
+    jobs = [orch.submit("t.echo", i) for i in range(2)]
+    late = LATEST_TIME - LEASE / 2
+    orch.clock = lambda: late
+    w = worker(orch)
+    done = [w.run_once(), w.run_once()] if call == "run_once" else w.run(idle_exit=True)
+    assert done == 2 or [r.outcome for r in done] == ["succeeded"] * 2
+    assert [orch.status(job).state for job in jobs] == ["succeeded"] * 2
+    for given in (late - 1, LATEST_TIME):  # not the time its pass read from the clock
+        with pytest.raises(InvalidInputError, match="now must leave room"):
+            getattr(w, call if call == "run_once" else "claim")(given)
 
 
 # -- 2. and 3. what orch.append is given ---------------------------------------------------------------------------
