@@ -42,19 +42,28 @@ def tool_started() -> None:
 
 def run_tool(main: Callable[[], int | None]) -> int | None:
     """A tool's ``main()`` with the stop signals handled (after ``tool_started``): the first one raises where the run
-    is, its ``finally`` and ``with`` blocks run (a temporary folder removed), and it ends with one line on stderr,
-    ``error[INTERRUPTED]``, and exit 128 + the signal (130, 143), no traceback. With ``--json``, stdout also holds
-    the command line's ``INTERRUPTED`` object, as ``bench_terminal_latency``'s: a caller parsing it finds one."""
+    is, its ``finally`` and ``with`` blocks run (a temporary folder removed), and it ends with exit 128 + the signal
+    (130, 143), no traceback, saying so as a command does: with ``--json`` the ``INTERRUPTED`` object alone on stdout,
+    else one line on stderr, ``error[INTERRUPTED]``. A stop that came once the tool had printed its result
+    (``json_usage.print_result``) leaves that result stdout's one object and is said on stderr (the object, with
+    ``--json``), as a command whose stdout carries data (``export -o -``) says its errors."""
+    from orchestrator.json_usage import RESULT  # the tool's own import: nothing more to load
+
+    RESULT.printed = False
     try:
         with COMMAND_STOP.handled():
             return main()
     except Interrupted as stop:
-        message = f"{stop.message} before the run finished; nothing more was measured"
-        print(f"error[INTERRUPTED]: {message}", file=sys.stderr)
         import json  # here, not at the top: every command imports this module before its stop handling
 
         from orchestrator.json_usage import json_asked
 
+        printed = RESULT.printed
+        message = stop.message + (" after the run finished and printed its result" if printed
+                                  else " before the run finished; nothing more was measured")
         if json_asked(sys.argv[1:]):
-            print(json.dumps(CommandInterrupted(message, stop.signum).to_dict()), flush=True)
+            print(json.dumps(CommandInterrupted(message, stop.signum).to_dict()),
+                  file=sys.stderr if printed else sys.stdout, flush=True)
+        else:
+            print(f"error[INTERRUPTED]: {message}", file=sys.stderr)
         return stop.exit_code

@@ -2,7 +2,8 @@
 ``scripts/reliability_report.py``): a usage error given with ``--json`` is what every command prints then, one
 ``{"error": "USAGE_ERROR", "message": ...}`` object on stdout, exit 2 (README, "Commands"), not argparse's text on
 stderr. Without ``--json``, argparse's usage and message on stderr as before, exit 2 either way. A stop (``entry.run_tool``) asks
-``json_asked`` too.
+``json_asked`` too, and ``RESULT.printed``: a tool prints its result with ``print_result``, so that a stop after it
+is not a second object on stdout.
 
 Not for the benchmarks whose ``--json FILE`` names a file to write (``bench.cli_args.add_scratch_and_json``).
 """
@@ -13,6 +14,7 @@ import json
 import sys
 from typing import Any, NoReturn, Sequence
 
+from orchestrator.command_stop import COMMAND_STOP
 from orchestrator.errors import UsageError
 from orchestrator.security import sanitize_text
 
@@ -22,6 +24,24 @@ def json_asked(args: Sequence[str]) -> bool:
     (``entry.run_tool``), are then one JSON object on stdout, as a command's."""
     given = list(args)
     return "--json" in (given[:given.index("--")] if "--" in given else given)
+
+
+class Result:
+    """Whether the tool printed its result (``print_result``): its stdout's one object under ``--json``."""
+
+    printed = False
+
+
+RESULT = Result()
+
+
+def print_result(text: str) -> None:
+    """A tool's result (its JSON object, or its table), printed whole: a stop during the print is raised once it is
+    printed (``COMMAND_STOP.deferred``), and ``entry.run_tool`` then says the stop on stderr, as a command whose
+    stdout carries data says its errors, not as a second object after the result (or in the middle of it)."""
+    with COMMAND_STOP.deferred():
+        print(text, flush=True)
+        RESULT.printed = True
 
 
 class ArgumentParser(argparse.ArgumentParser):

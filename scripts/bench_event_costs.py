@@ -24,7 +24,7 @@ if __name__ == "__main__":
 from bench.cli_args import positive_int  # noqa: E402
 from orchestrator import Orchestrator  # noqa: E402
 from orchestrator.history import verify_stream  # noqa: E402
-from orchestrator.json_usage import ArgumentParser  # noqa: E402
+from orchestrator.json_usage import ArgumentParser, print_result  # noqa: E402
 from orchestrator.signing import Keyring, canonical  # noqa: E402
 
 
@@ -92,11 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         "durable_append_us": round(append_us, 1),
         "line_bytes": len(line),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:<22} {v}")
+    print_result(json.dumps(result) if args.json else "\n".join(f"{k:<22} {v}" for k, v in result.items()))
     return 0
 
 

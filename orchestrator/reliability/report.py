@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.json_usage import ArgumentParser
+from orchestrator.json_usage import ArgumentParser, print_result
 from orchestrator.reliability import badinput, concurrency, crash, crash_cli, disk, double_crash, tamper, torn
 from orchestrator.reliability.common import progress
 
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                          crash_mode=args.crash)
     met = all(ok for *_, ok in rows(result))
     result["all_met"] = met
-    print(json.dumps(result, indent=1, default=str) if args.json else table(result))
+    print_result(json.dumps(result, indent=1, default=str) if args.json else table(result))
     return 0 if met else 1
 
 
