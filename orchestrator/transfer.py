@@ -243,10 +243,19 @@ def _refuse_long_lines(stream: str, lines: list[StoredLine]) -> None:
                                     f"bundle line may be ({MAX_BUNDLE_LINE_BYTES}, what import reads of one)")
 
 
-def _records(inp: IO[bytes], imported: dict[str, int], conflicts: list[Any]) -> Iterator[tuple[int, bytes]]:
+class _CutShort(Exception):
+    """The bundle ends before its end record, ``where`` it ends: ``import_project`` says so with what it imported
+    (``_cut_short``), which only it knows."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(where)
+        self.where = where
+
+
+def _records(inp: IO[bytes]) -> Iterator[tuple[int, bytes]]:
     """(bundle line number, line without its newline). A line longer than ``MAX_BUNDLE_LINE_BYTES`` is refused having
-    read that much of it, never the rest (a corrupt or hostile bundle, ``/dev/zero`` given by mistake). ``imported``
-    and ``conflicts``: the import's so far, for a line cut short (``_cut_short``)."""
+    read that much of it, never the rest (a corrupt or hostile bundle, ``/dev/zero`` given by mistake); a last line
+    without its newline is ``_CutShort``."""
     n = 0
     while raw := inp.readline(MAX_BUNDLE_LINE_BYTES + 1):
         n += 1
@@ -254,7 +263,7 @@ def _records(inp: IO[bytes], imported: dict[str, int], conflicts: list[Any]) -> 
             if len(raw) > MAX_BUNDLE_LINE_BYTES:
                 raise _malformed(n, f"the line is longer than {MAX_BUNDLE_LINE_BYTES} bytes, more than any line an "
                                     "export writes")
-            raise _cut_short(f"it ends in the middle of its line {n}", imported, conflicts)
+            raise _CutShort(f"it ends in the middle of its line {n}")
         yield n, raw[:-1]
 
 
@@ -323,7 +332,15 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
     """Write a bundle's streams into ``orch``'s store, verifying each (and its head record) before writing it."""
     imported = {"streams": 0, "events": 0}  # of the streams read: those written or found already there
     conflicts: list[dict[str, Any]] = []  # the streams holding another history here, left as they are
-    records = _records(inp, imported, conflicts)
+    try:
+        return _import(orch, _records(inp), imported, conflicts, progress)
+    except _CutShort as cut:
+        raise _cut_short(cut.where, imported, conflicts) from None
+
+
+def _import(orch: Orchestrator, records: Iterator[tuple[int, bytes]], imported: dict[str, int],
+            conflicts: list[dict[str, Any]], progress: Progress | None) -> dict[str, Any]:
+    """``import_project``'s reading and writing, counting in ``imported`` and ``conflicts`` as it goes."""
     n, raw = next(records, (1, b""))
     first = _json(n, raw, "a bundle header")
     fmt = first.get("format")
@@ -359,7 +376,7 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
         for i in range(1, count + 1):
             n, line = next(records, (n, None))
             if line is None:
-                raise _cut_short(f"it ends inside stream {stream}, at its line {n}", imported, conflicts)
+                raise _CutShort(f"it ends inside stream {stream}, at its line {n}")
             lines.append(StoredLine(i, line))
         verified = verify_stream(stream, lines, orch.keyring)
         problems = _problems(orch, stream, lines, head, verified)
@@ -384,7 +401,7 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
         events += count
         if progress and streams % PROGRESS_EVERY == 0:
             progress(f"imported {streams} streams, {events} events...")
-    raise _cut_short(f"it ends at its line {n}", imported, conflicts)
+    raise _CutShort(f"it ends at its line {n}")
 
 
 def _stopped(exc: StorageError, stream: str, imported: dict[str, int]) -> StorageError:
