@@ -24,10 +24,13 @@ Status per line: ``ok``; for a job event, the verification problem of that line,
 ``AUDIT_ENTRY_MISSING`` for an audited event without entry (a warning, as in ``verify``: the event
 is the truth, and the entry is written by the next command that may sign); for an audit entry, its
 own signature/chain problem (checked against the line before it) or ``AUDIT_EVENT_MISSING`` when
-the job event it names is not in the job's history (a cut or rolled back file).
+the job event it names is not in the job's history (a cut or rolled back file), or ``IMPORT_INCOMPLETE`` then while
+an import into the project has not completed (``transfer.import_begun``: it writes the audit log before the jobs), a
+warning.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
     from orchestrator.views import JobView
 
 AUDIT_EVENT_MISSING = "AUDIT_EVENT_MISSING"
+IMPORT_INCOMPLETE = "IMPORT_INCOMPLETE"  # an entry whose event an import has not written yet: a warning
 AFTER_DAMAGE = "AFTER_DAMAGE"
 # what ``action=`` filters on: an audit action or an event type (any other name would silently match nothing)
 FILTERS = tuple(sorted(audit.ACTIONS)) + tuple(sorted(set(TRANSITIONS) - audit.ACTIONS))
@@ -122,10 +126,12 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
     # the job's read holds, unless its file was cut back (until 2026-12-07 the job was read first, and an action
     # between the two reads was AUDIT_EVENT_MISSING, exit 7, on a healthy job)
     log = _read_log(orch, job_id)
+    # when an import that has not completed began, read once an entry names an event the job lacks (rare)
+    import_began = functools.cache(lambda: _import_began(orch))
     try:
         view = orch.load(job_id, every_signature=True)  # it says "every line verified": each signature checked
-    except JobNotFoundError:
-        view = _gone(orch, job_id, log.entries)  # its files deleted, and the audit log says what happened to it
+    except JobNotFoundError:  # its files deleted, and the audit log says what happened to it; or not imported yet
+        view = _gone(orch, job_id, log.entries, importing=bool(log.entries) and import_began() is not None)
     hashes = [line_hash(s.raw) for s in view.stream.lines]
     known = set(hashes)
     _read_entries_since(orch, log, view, known)
@@ -157,8 +163,8 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
                                 prev_line=log.lines[seq - 2].raw if seq > 1 else None)
         eh = (rec.get("data") or {}).get("event_hash")
         names_event = isinstance(eh, str) and eh in known
-        status = (checked.problems[0].code if checked.problems
-                  else AUDIT_EVENT_MISSING if eh and not names_event else "ok")
+        status = (checked.problems[0].code if checked.problems else "ok" if names_event or not eh
+                  else AUDIT_EVENT_MISSING if import_began() is None else IMPORT_INCOMPLETE)
         line = Line(str(rec.get("ts", "")), "audit", seq, str(rec.get("data", {}).get("action", "?")),
                     str(rec.get("actor", "")), rec.get("run_id"), _detail(rec), status)
         if names_event:
@@ -194,24 +200,51 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
                             f"{cause}; {why} `orchestrator audit heal --job-id {job_id}` where the project's signing "
                             "key is"}
                 ] if unaudited else []
+    ahead = [ln.seq for ln in out if ln.status == IMPORT_INCOMPLETE]
+    if ahead:
+        warnings.append(_import_warning(orch, job_id, ahead, import_began()))
     return {"job_id": job_id, "run_id": run_id, "lines": [ln.to_dict() for ln in out],
-            "ok": all(ln.status in ("ok", AUDIT_ENTRY_MISSING) for ln in out) and view.ok and not log.problem,
+            "ok": all(ln.status in ("ok", AUDIT_ENTRY_MISSING, IMPORT_INCOMPLETE) for ln in out) and view.ok
+                  and not log.problem,
             "problems": [p.to_dict() for p in [*view.problems, *filter(None, [log.problem])]], "warnings": warnings}
 
 
-def _gone(orch: "Orchestrator", job_id: str, entries: list[tuple[int, dict[str, Any]]]) -> "JobView":
+def _gone(orch: "Orchestrator", job_id: str, entries: list[tuple[int, dict[str, Any]]], *,
+          importing: bool = False) -> "JobView":
     """The job that has neither events nor a head record (both deleted) but ``entries`` in the audit log: a history
     with no line and one problem, ``AUDIT_EVENT_MISSING`` (as ``verify`` reports each of those entries), so that its
-    timeline shows the entries, each ``AUDIT_EVENT_MISSING``, and exits 7. A job the log names nowhere either is
-    ``JOB_NOT_FOUND`` (raised again), as is every job when the log cannot be read (a link, a FIFO: no entries)."""
+    timeline shows the entries, each ``AUDIT_EVENT_MISSING``, and exits 7; ``importing`` (an import into the project
+    has not completed): a history with no line and no problem, its entries each ``IMPORT_INCOMPLETE``. A job the log
+    names nowhere either is ``JOB_NOT_FOUND`` (raised again), as is every job when the log cannot be read (a link, a
+    FIFO: no entries)."""
     from orchestrator.views import JobView
 
     if not entries:
         raise JobNotFoundError(f"no job {job_id!r} in project {orch.project_id!r}", job_id=job_id)
+    if importing:
+        return JobView(job_id, VerifiedStream(job_id, []), None, ())
     message = (f"job {job_id} has no events file and no head record, yet the audit log holds {len(entries)} "
                "entr" + ("y" if len(entries) == 1 else "ies") + " of it: its files were deleted; restore them from "
                "a backup (docs/runbook.md, section E)")
     return JobView(job_id, VerifiedStream(job_id, []), None, (Problem(job_id, 0, AUDIT_EVENT_MISSING, message),))
+
+
+def _import_began(orch: "Orchestrator") -> str | None:
+    """``transfer.import_begun``: imported only when an entry names an event its job lacks."""
+    from orchestrator.transfer import import_begun
+
+    return import_begun(orch)
+
+
+def _import_warning(orch: "Orchestrator", job_id: str, entries: list[int], began: str | None) -> dict[str, Any]:
+    """What the ``IMPORT_INCOMPLETE`` entries of the job shown mean, and what to do."""
+    at = f" at {began}" if began else ""
+    return {"code": IMPORT_INCOMPLETE, "entries": entries,
+            "message": f"audit entr{'y' if len(entries) == 1 else 'ies'} {', '.join(f'#{n}' for n in entries)} name "
+                       f"event(s) of job {job_id} that its history does not hold yet: an import into project "
+                       f"{orch.project_id} began{at} and has not completed (it writes the audit log before the jobs); "
+                       "it is running, or it stopped half way: run it again with the whole bundle, which completes "
+                       "it. Once it has, an entry still naming an event the job lacks is AUDIT_EVENT_MISSING"}
 
 
 @dataclass

@@ -44,6 +44,8 @@ def audit_timeline(orch: Any, out: Output, job_id: str | None, run_id: str | Non
     its entry is waited for, 5 s at most, as verify does). A job whose events file and
     head record were both deleted but which the audit log names shows its entries, each
     AUDIT_EVENT_MISSING (exit 7, as verify); one with neither events nor entries is JOB_NOT_FOUND.
+    While an import into the project has not completed (it writes the audit log before the jobs),
+    an entry whose event it has not written yet is IMPORT_INCOMPLETE, a warning (exit 0).
     """
     from orchestrator.timeline import render, timeline
 

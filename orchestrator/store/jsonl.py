@@ -54,7 +54,8 @@ NAME_RECORD = b"1"
 # The store's own folders under its root ("" is the root, ``.orchestrator``): checked once when the
 # store is opened (``check_folders``). A new area of ``put_aux`` belongs here too (a test walks a store).
 LOCKS_DIR = "locks"  # ``exclusive``'s lock files: made when the first lock is taken, or by ``prepare_locks``
-STORE_FOLDERS = ("", "queue", "queue/jobs", "audit", LOCKS_DIR, *sorted(SLOT_AREAS | NAME_AREAS), "projections")
+STORE_FOLDERS = ("", "queue", "queue/jobs", "audit", LOCKS_DIR, *sorted(SLOT_AREAS | NAME_AREAS), "projections",
+                 "imports")  # ``transfer.IMPORTS_AREA``
 # Folders of derived data only: a file in their place is left to the code that uses them (``metrics``
 # writes around a blocked cache, with a warning); a link is refused like any other.
 DERIVED_FOLDERS = frozenset({"projections"})
