@@ -3,7 +3,7 @@
 ``verify`` and a cold jobs cache (``metrics``, ``status --all --state/--kind``) read and verify every job; on a large
 project that is minutes of one core while the others idle. ``in_chunks`` hands chunks of the work to a pool of
 forked processes (each a copy of the caller, with its keyring and store: a PostgreSQL store opens connections of
-its own in a child, ``PostgresStore._after_fork_in_child``) and yields their results in order, so the caller
+its own in a child, ``PgSessions._after_fork_in_child``) and yields their results in order, so the caller
 builds the same result as from one process. Below ``PARALLEL_FROM`` jobs the pool's start (~10 ms) is not worth
 it. Children only read; whatever is written (healed audit entries, the cache) is written by the caller.
 """

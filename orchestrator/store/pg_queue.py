@@ -257,7 +257,7 @@ class PgQueueIndex(QueueIndex):
     def _sql(self, sql: str, params: Any, *, write: bool, fetch: bool = False) -> Any:
         """One autocommit statement through the store's connections (and its error mapping), its rows if
         ``fetch``. ``write`` is the caller's to say, whether or not rows come back (a reservation, a
-        ``RETURNING``): a connection lost in a write may have committed it (``PostgresStore._run``)."""
+        ``RETURNING``): a connection lost in a write may have committed it (``PgSessions._run``)."""
         def run(conn: Any) -> Any:
             cur = conn.execute(sql, params)
             return cur.fetchall() if fetch else None
@@ -504,7 +504,7 @@ class PgQueueIndex(QueueIndex):
 
     def forget_listeners(self) -> list[Any]:
         """Every thread's ``LISTEN`` connection, no longer used nor closed by this index: the store's fork hook hands
-        a forked child's copies to the store, which keeps them unused (``PostgresStore._after_fork_in_child``). The
+        a forked child's copies to the store, which keeps them unused (``PgSessions._after_fork_in_child``). The
         per-thread state and its lock start anew (another thread may have held the lock at the fork)."""
         listeners, self._listeners = list(self._listeners), set()
         self._threads, self._listeners_lock = threading.local(), threading.Lock()
