@@ -6,7 +6,9 @@ so the copy calls ``between()`` before each file and after each chunk of one, wh
 Only regular files are copied: a link to ``/dev/zero`` would be copied for ever, a FIFO block the worker. The
 source is walked whole first, nothing written (``artifacts_source``): a loop of links or what is not a regular file
 is bad input, an entry another user owns (a link planted while the folder was open) the store's fault, and a copy
-the file system has no room for is refused before it fills it. A file's holes are copied as holes
+the file system has no room for is refused before it fills it; the copy then opens each source entry as the walk
+did (``artifacts_source.open_entry``: relative to its folder's descriptor, never through a link another user could
+have put there), and copies what it opened and checked. A file's holes are copied as holes
 (``SEEK_DATA``/``SEEK_HOLE``): a sparse file's copy takes no more room than the file.
 
 The target side, ``inputs/<job_id>`` in the job's own folder, is written by the job's handler (untrusted code)
@@ -38,12 +40,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from orchestrator import faults
-from orchestrator.artifacts_source import (TARGET_FOLDER, Ancestors, Need, Reached, entered, leads_nowhere, measure,
-                                          not_regular, refusal)
+from orchestrator.artifacts_source import (TARGET_FOLDER, Ancestors, Need, Reached, descriptor, entered, leads_nowhere,
+                                          measure, not_regular, open_entry, open_source, refusal)
 from orchestrator.errors import InvalidIdError, InvalidInputError, StorageError
 from orchestrator.run_folder import DISK_REFUSALS, make_private_folder
 from orchestrator.security import validate_id
-from orchestrator.store.files import NotRegularFileError, linked_folder_error, open_regular, path_error
+from orchestrator.store.files import linked_folder_error, path_error
 from orchestrator.worker_folders import WorkerFolders, trusted_source
 
 if TYPE_CHECKING:
@@ -169,12 +171,18 @@ def import_artifacts(job_id: str, names: list[str], folders: WorkerFolders, targ
         return
     token = _REMOVED_LINKS.set(removed)
     try:
-        with _descriptor(_job_folder(target)) as job_folder:
+        with descriptor(_job_folder(target)) as job_folder:
             _check_room(job_folder, target, sources, between)
             inputs = os.path.join(target, INPUTS_DIR)
             for other, src in sources:
-                with _descriptor(_target_folder(job_folder, INPUTS_DIR, inputs, copied=False)) as inputs_fd:
-                    _copy_tree(str(src), inputs_fd, other, os.path.join(inputs, other), src, other, between, {}, {})
+                with descriptor(_target_folder(job_folder, INPUTS_DIR, inputs, copied=False)) as inputs_fd:
+                    try:
+                        fd, st, linked = open_source(src, other)
+                    except (StorageError, OSError) as exc:
+                        raise _source_failed(exc, str(src), src, other) from None
+                    with descriptor(fd):
+                        _copy_tree((fd, st, str(src)), inputs_fd, other, os.path.join(inputs, other), src, other,
+                                   between, ({}, {}), not linked)
     finally:
         _REMOVED_LINKS.reset(token)
 
@@ -216,7 +224,7 @@ def _earlier_copy(job_folder: int, other: str) -> int | None:
         inputs = os.open(INPUTS_DIR, TARGET_FOLDER, dir_fd=job_folder)
     except OSError:
         return None
-    with _descriptor(inputs):
+    with descriptor(inputs):
         try:
             return os.open(other, TARGET_FOLDER, dir_fd=inputs)
         except OSError:
@@ -275,14 +283,6 @@ def copy_under_lease(claim: Claim, names: list[str], heart: Heartbeat, folders: 
     return how, claim.noting(links_removed_warning(removed, target)) if removed else claim
 
 
-@contextlib.contextmanager
-def _descriptor(fd: int) -> Iterator[int]:
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
 def _job_folder(target: Path) -> int:
     """The job's own folder, made if missing and opened as a folder, never through a link: the worker's (as
     ``runs/``, ``WorkerFolders.made_by_worker``), so one that cannot be made or opened is the store's fault; a link
@@ -296,29 +296,54 @@ def _job_folder(target: Path) -> int:
         raise CopyFailed(exc, store=True) from None
 
 
-def _copy_tree(src: str, parent: int, name: str, dst: str, root: Path, other: str,
-               between: Callable[[], None], ancestors: Ancestors, reached: Reached) -> None:
+def _copy_tree(src: tuple[int, os.stat_result, str], parent: int, name: str, dst: str, root: Path, other: str,
+               between: Callable[[], None], seen: tuple[Ancestors, Reached], own: bool) -> None:
     """``shutil.copytree(src, dst, dirs_exist_ok=True)`` with ``_copy_file`` (links followed on the source side, as
-    it did), into the folder ``name`` of the descriptor ``parent`` (``dst`` is its path, for messages), except that
-    it never writes through a link on the target side (``_target_folder``, ``_new_file``), never follows a loop of
-    links on the source side, nor a folder more paths of links lead to than ``MAX_PATHS_TO_A_FOLDER`` (``entered``:
-    ``measure`` found any before the copy; this one is for a folder changed since), and it stops at the first failure and says which side failed (``CopyFailed``): ``copytree`` went on
-    past one, and raised them all at the end as one ``shutil.Error``, errors and paths turned into text."""
+    it did), from the source folder ``src`` (its descriptor, status and path, for messages) into the folder ``name``
+    of the descriptor ``parent`` (``dst`` is its path, for messages), except that it never writes through a link on
+    the target side (``_target_folder``, ``_new_file``), opens each source entry never through a link another user
+    could have put there and copies what it checked (``artifacts_source.open_entry``: ``own``, an entry of the other
+    job's own folder, reached through no link), never follows a loop of links on the source side, nor a folder more
+    paths of links lead to than ``MAX_PATHS_TO_A_FOLDER`` (``entered``: ``measure`` found any before the copy; this
+    one is for a folder changed since), and it stops at the first failure and says which side failed
+    (``CopyFailed``): ``copytree`` went on past one, and raised them all at the end as one ``shutil.Error``, errors
+    and paths turned into text."""
+    fd, st, path = src
+    ancestors, reached = seen
+    ancestors = entered(path, st, ancestors, reached, root, other)
     try:
-        st = os.stat(src)
-        ancestors = entered(src, st, ancestors, reached, root, other)
-        with os.scandir(src) as listing:
-            entries = [(entry.name, entry.is_dir()) for entry in listing]  # is_dir follows a link, as copytree
+        with os.scandir(fd) as listing:  # a file, a folder or a link: opened; anything else refused unopened
+            entries = [(entry.name, entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False)
+                        or entry.is_symlink()) for entry in listing]
     except OSError as exc:
-        raise _failed(exc, writing=False) from None
-    with _descriptor(_target_folder(parent, name, dst, copied=True)) as folder:
-        for entry, is_dir in entries:
-            s, d = os.path.join(src, entry), os.path.join(dst, entry)
-            if is_dir:
-                _copy_tree(s, folder, entry, d, root, other, between, ancestors, reached)
-            else:
-                _copy_file(s, folder, entry, d, root, other, between)
+        raise _failed(_at(exc, path), writing=False) from None
+    with descriptor(_target_folder(parent, name, dst, copied=True)) as folder:
+        for entry, opened in entries:
+            s, d = os.path.join(path, entry), os.path.join(dst, entry)
+            if not opened:
+                raise not_regular(s, root, other)
+            try:
+                entry_fd, entry_st, linked = open_entry(fd, entry, s, root, other, own=own)
+            except (StorageError, OSError) as exc:
+                raise _source_failed(exc, s, root, other) from None
+            with descriptor(entry_fd):
+                if stat.S_ISDIR(entry_st.st_mode):
+                    _copy_tree((entry_fd, entry_st, s), folder, entry, d, root, other, between, (ancestors, reached),
+                               own and not linked)
+                elif stat.S_ISREG(entry_st.st_mode):
+                    _copy_file((entry_fd, entry_st, s), folder, entry, d, between)
+                else:
+                    raise not_regular(s, root, other)
         _set_status(folder, st, dst)  # last, as copytree: a read-only folder is filled first
+
+
+def _source_failed(exc: StorageError | OSError, path: str, root: Path, other: str) -> Exception:
+    """A failure to open the source entry ``path`` (``open_source``, ``open_entry``) as the copy says it: an entry
+    another user owns as a source folder of theirs (``untrusted_source``), a link to nothing as bad input
+    (``leads_nowhere``), any other ``OSError`` the source's (``_failed``)."""
+    if isinstance(exc, StorageError):
+        return untrusted_source(exc)
+    return leads_nowhere(path, exc, root, other) or _failed(exc, writing=False)
 
 
 def _target_folder(parent: int, name: str, path: str, *, copied: bool) -> int:
@@ -425,27 +450,22 @@ def _at(exc: OSError, path: str) -> OSError:
     return OSError(exc.errno, exc.strerror, path)
 
 
-def _copy_file(src: str, parent: int, name: str, dst: str, root: Path, other: str,
+def _copy_file(src: tuple[int, os.stat_result, str], parent: int, name: str, dst: str,
                between: Callable[[], None]) -> None:
-    """``shutil.copy2`` of one regular file (a link followed, as ``copytree`` always did) to a new file ``name`` of
-    ``parent`` (``_new_file``), in chunks. A copy that fails removes what it wrote of the file: half a file is no
-    copy, and on a full disk the space it took is given back (the files copied before it stay)."""
+    """``shutil.copy2`` of one regular file, ``src`` (its descriptor, opened by ``open_entry``, its status and path),
+    to a new file ``name`` of ``parent`` (``_new_file``), in chunks. A copy that fails removes what it wrote of the
+    file: half a file is no copy, and on a full disk the space it took is given back (the files copied before it
+    stay)."""
+    fd, st, path = src
     between()
-    try:
-        fd, st = open_regular(src, follow=True)
-    except NotRegularFileError:  # measure found any before the copy: this is for a file changed since
-        raise not_regular(src, root, other) from None
-    except OSError as exc:  # a link to nothing: the same (measure)
-        raise leads_nowhere(src, exc, root, other) or _failed(exc, writing=False) from None
-    with _descriptor(fd):
-        with _descriptor(_new_file(parent, name, dst)) as out:
-            try:
-                _copy_chunks(fd, out, between, src, dst)
-                _set_status(out, st, dst)
-            except CopyFailed:
-                with contextlib.suppress(OSError):
-                    os.unlink(name, dir_fd=parent)
-                raise
+    with descriptor(_new_file(parent, name, dst)) as out:
+        try:
+            _copy_chunks(fd, out, between, path, dst)
+            _set_status(out, st, dst)
+        except CopyFailed:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=parent)
+            raise
 
 
 def _copy_chunks(src: int, dst: int, between: Callable[[], None], src_name: str, dst_name: str) -> None:

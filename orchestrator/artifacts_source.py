@@ -8,23 +8,30 @@ that claimed the job stopped, for ever. Walking every folder the copy will, befo
 loop of links (a folder met again on its own path, by ``(st_dev, st_ino)``: ``entered``), a folder reached through
 more paths of links than ``MAX_PATHS_TO_A_FOLDER`` (two links to the next folder at each of 30 levels are no loop,
 but 2**30 paths, each a copy), a link to nothing (``leads_nowhere``) and anything that is not a regular file or a
-folder: the job's bad input, nothing copied. Each entry (a link itself, not what it leads to) and each folder walked
-(one reached through a link too) must be this user's or root's (``planted``): the source folder is made 0700 before
-the walk (``worker_folders.trusted_source``), but what another user put there while it was open to others stays,
-and a link of theirs would have this user's own files (a key, a token) copied. It also adds up the room the copy
-takes (the blocks each file has: its holes are copied as holes), less what an earlier copy it replaces gives back,
-for ``refusal`` to weigh against the file system of the job's folder.
+folder: the job's bad input, nothing copied. Each entry (a link itself, not what it leads to), each folder walked
+and each file copied (one reached through a link too), and each link and folder on a link's way, must be this user's
+or root's (``planted``): the source folder is made 0700 before the walk (``worker_folders.trusted_source``), but
+what another user put there while it was open to others stays, and a link of theirs would have this user's own
+files (a key, a token) copied. Another user who still holds a folder below open may put one there after the walk,
+so the walk and the copy both open each entry relative to its folder's descriptor, never through a link, and check
+what they opened (``open_entry``): what is copied is what was checked. An entry of the other job's own folder that
+its owner may not read (a run's ``chmod 000``) is given its owner's bits first. The walk also adds up the room the
+copy takes (the blocks each file has: its holes are copied as holes), less what an earlier copy it replaces gives
+back, for ``refusal`` to weigh against the file system of the job's folder.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import os
 import stat
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from orchestrator.errors import InvalidInputError, StorageError
 from orchestrator.key_paths import named_user, user_or_root
+from orchestrator.run_folder import owner_bits_back
 from orchestrator.security import shown as quoted
 from orchestrator.security import shown_bytes
 
@@ -36,6 +43,13 @@ SPARE_FRACTION = 64
 # a folder of the target side, which the job's runs write: opened never through a link (nor waiting on a FIFO in a
 # folder's place: O_NONBLOCK, no effect on a folder)
 TARGET_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# an entry of the source opened to be read (a folder listed, a file copied): never through a link (``ELOOP``: a link
+# is followed part by part, ``open_entry``), never waiting on a FIFO, never taking a terminal as the worker's own
+SOURCE_ENTRY = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_PATH_ONLY = getattr(os, "O_PATH", 0)  # a descriptor that names an entry (a link itself) and reads nothing of it
+# a folder on the way a link leads, only to look names up in (``O_PATH``: its search bit is all it needs)
+_ON_THE_WAY = (_PATH_ONLY or os.O_RDONLY | os.O_NONBLOCK) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+MAX_LINKS = 40  # links followed to reach one entry: the kernel's own limit (``ELOOP`` past it)
 
 # A folder several links lead to is copied at each, as ``copytree`` (and ``cp -rL``) did: a venv's ``lib64 -> lib``,
 # a ``latest`` beside the run it names. Past this many paths to one folder the source is refused: each folder is then
@@ -44,6 +58,8 @@ MAX_PATHS_TO_A_FOLDER = 1000
 
 Ancestors = dict[tuple[int, int], str]  # (st_dev, st_ino) of each folder on the path walked -> its name, shown
 Reached = dict[tuple[int, int], tuple[int, str]]  # (st_dev, st_ino) of each folder walked -> (paths to it, the first)
+
+log = logging.getLogger(__name__)
 
 
 class Need:
@@ -115,55 +131,241 @@ def entered(path: str, st: os.stat_result, ancestors: Ancestors, reached: Reache
     return {**ancestors, key: name}
 
 
+def open_source(root: Path, other: str) -> tuple[int, os.stat_result, bool]:
+    """Job ``other``'s folder ``root`` (``artifacts/<other>``), opened as an entry of ``artifacts/`` (``open_entry``:
+    a link there, which a run may make, followed part by part): its descriptor, its status and whether a link led to
+    it. Anything but a folder is ``NotADirectoryError``."""
+    parent = os.open(root.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the store's own (checked)
+    try:
+        fd, st, linked = open_entry(parent, root.name, str(root), root, other, own=True)
+    finally:
+        os.close(parent)
+    if not stat.S_ISDIR(st.st_mode):
+        os.close(fd)
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(root))
+    return fd, st, linked
+
+
+def open_entry(folder: int, name: str, path: str, root: Path, other: str, *,
+               own: bool) -> tuple[int, os.stat_result, bool]:
+    """The entry ``name`` of the source folder ``folder`` (a descriptor; ``path`` names it in messages), opened to be
+    read, its status (``fstat``) and whether a link led to it. Opened never through a link (``O_NOFOLLOW``): a link
+    is followed part by part (``_Links``), so that each link followed, each folder passed on its way and what is
+    opened are each the very one checked to be this user's or root's (``planted``); checked by name, then opened,
+    another user who still held a folder below open (from before ``trusted_source``'s ``chmod``) could put a link in
+    between. What a link leads to that is neither a regular file nor a folder is ``not_regular`` unopened (a device).
+    ``own``: an entry of the other job's own folder, no link on its way, that its owner may not open (a run's ``chmod
+    000``) is given the owner's bits it needs (``run_folder.owner_bits_back``), said in a warning; one it cannot give
+    them is ``PermissionError`` naming the job and what to run. Any other ``OSError`` names ``path``."""
+    links: _Links | None = None
+    at, last, given_back = folder, name, False
+    try:
+        while True:
+            try:
+                if links is not None:  # what a link leads to: looked at before it is opened
+                    _look(at, last, path, root, other)
+                fd = os.open(last, SOURCE_ENTRY, dir_fd=at)
+                break
+            except PermissionError as exc:
+                if not own or links is not None or given_back:
+                    raise _named(exc, path) from None
+                given_back = _given_back(at, last, path, other, exc)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:  # a link (O_NOFOLLOW): followed part by part
+                    raise _named(exc, path) from None
+                links = links or _Links(path, other)
+                try:
+                    at, last = links.followed(at, last)
+                except OSError as again:
+                    raise _named(again, path) from None
+    finally:
+        if links is not None:
+            links.held.close()  # the folders on the way: the entry is open
+    try:
+        st = os.fstat(fd)
+        if not user_or_root(st):
+            raise planted(path, st, other)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st, links is not None
+
+
+def _look(folder: int, name: str, path: str, root: Path, other: str) -> None:
+    """What a link leads to, ``name`` in ``folder``, refused before it is opened when it is another user's or
+    neither a regular file, a folder nor another link (followed next)."""
+    st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    if stat.S_ISLNK(st.st_mode):
+        return
+    if not user_or_root(st):
+        raise planted(path, st, other)
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise not_regular(path, root, other)
+
+
+def _given_back(folder: int, name: str, path: str, other: str, refused: PermissionError) -> bool:
+    """The entry ``name`` of ``folder`` given its owner's bits (``owner_bits_back``), said; else ``refused`` said
+    again, naming the job whose run left it so and the ``chmod`` its owner may run."""
+    before = owner_bits_back(folder, name)
+    if before is None:
+        if not _lacks_owner_bits(folder, name):  # refused for another reason (a mount's, a security module's)
+            raise _named(refused, path)
+        raise PermissionError(refused.errno, f"{refused.strerror}, and this user cannot give it its owner's bits "
+                                             f"back (another user's, or no /proc here): a run of job {other} may "
+                                             f"have left it so; as its owner, run: chmod -R u+rwX {path}", path)
+    log.warning("%s was not its owner's to read (mode %o, a run's chmod): its owner's bits given back before it is "
+                "copied", path, stat.S_IMODE(before.st_mode), extra={"path": path, "job_id": other})
+    return True
+
+
+def _lacks_owner_bits(folder: int, name: str) -> bool:
+    """Whether the entry ``name`` of ``folder`` lacks an owner's bit ``owner_bits_back`` would give it."""
+    try:
+        mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
+    except OSError:
+        return False
+    bits = stat.S_IRWXU if stat.S_ISDIR(mode) else stat.S_IRUSR
+    return mode & bits != bits
+
+
+def _named(exc: OSError, path: str) -> OSError:
+    """``exc`` naming ``path``: a call relative to a folder's descriptor names the entry alone, or nothing."""
+    return type(exc)(exc.errno, exc.strerror, path)
+
+
+class _Links:
+    """The links met on the way to one entry of a source (``path``, for messages, of job ``other``), followed one
+    part at a time: each link read through a descriptor of itself (``O_PATH``, where there is one) once its owner is
+    checked, each folder on the way opened never through a link and checked, and held open (``held``) until the
+    entry is. More than ``MAX_LINKS`` links is ``ELOOP``, as the kernel's own limit."""
+
+    __slots__ = ("count", "held", "other", "path")
+
+    def __init__(self, path: str, other: str) -> None:
+        self.path, self.other, self.held, self.count = path, other, contextlib.ExitStack(), 0
+
+    def followed(self, folder: int | None, name: str) -> tuple[int | None, str]:
+        """Where the link ``name`` of ``folder`` leads: the folder its last part is in (opened) and that part;
+        ``(folder, name)`` itself when it is no link (any more)."""
+        self.count += 1
+        if self.count > MAX_LINKS:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), self.path)
+        target = self._target(folder, name)
+        if target is None:
+            return folder, name
+        parts = target.split("/")
+        if target.startswith("/"):
+            folder = self._folder(None, "/")
+        for part in parts[:-1]:
+            if part not in ("", "."):
+                folder = self._folder(folder, part)
+        return folder, parts[-1] or "."
+
+    def _target(self, folder: int | None, name: str) -> str | None:
+        """What the link ``name`` of ``folder`` holds, once its owner is checked; None when it is no link."""
+        if _PATH_ONLY:  # the link itself, then read: the one checked (a link's text never changes)
+            fd = os.open(name, _PATH_ONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+            try:
+                st = os.fstat(fd)
+                self._check(st)
+                return os.readlink("", dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None
+            finally:
+                os.close(fd)
+        st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+        self._check(st)
+        return os.readlink(name, dir_fd=folder) if stat.S_ISLNK(st.st_mode) else None
+
+    def _folder(self, folder: int | None, name: str) -> int:
+        """The folder ``name`` of ``folder``, a part of a link's way: opened never through a link (one there followed
+        first), checked, held."""
+        while True:
+            try:
+                fd = os.open(name, _ON_THE_WAY, dir_fd=folder)
+                break
+            except NotADirectoryError:  # a file, or a link (what O_DIRECTORY with O_NOFOLLOW says of one)
+                at, last = self.followed(folder, name)
+                if (at, last) == (folder, name):
+                    raise
+                folder, name = at, last
+        self.held.callback(os.close, fd)
+        self._check(os.fstat(fd))
+        return fd
+
+    def _check(self, st: os.stat_result) -> None:
+        if not user_or_root(st):
+            raise planted(self.path, st, self.other)
+
+
 def measure(root: Path, earlier: int | None, other: str, between: Callable[[], None], need: Need) -> None:
     """Add to ``need`` what copying job ``other``'s folder ``root`` takes where ``earlier`` (a descriptor of the
     earlier copy, None where there is none) is; ``between`` is called before each entry. A loop of links or an entry
     that is neither a regular file nor a folder is ``InvalidInputError``; an entry another user owns ``StorageError``
-    (``planted``); a source that cannot be read is its ``OSError``. Nothing is written; the earlier copy is only
+    (``planted``); a source that cannot be read is its ``OSError``. Walked as the copy walks it (``open_entry``).
+    Nothing is written but the owner's bits a run took from an entry of its own folder; the earlier copy is only
     looked at, never through a link (a link a run left there gives back nothing, wherever it leads)."""
-    st = os.stat(root)
-    if earlier is None:
-        _add(need, st)
-    _measure(str(root), st, earlier, root, other, ({}, {}), between, need)
+    fd, st, linked = open_source(root, other)
+    with descriptor(fd):
+        if earlier is None:
+            _add(need, st)
+        _measure(fd, st, str(root), earlier, root, other, ({}, {}), between, need, not linked)
 
 
-def _measure(path: str, st: os.stat_result, earlier: int | None, root: Path, other: str,
-             seen: tuple[Ancestors, Reached], between: Callable[[], None], need: Need) -> None:
+def _measure(folder: int, st: os.stat_result, path: str, earlier: int | None, root: Path, other: str,
+             seen: tuple[Ancestors, Reached], between: Callable[[], None], need: Need, own: bool) -> None:
     ancestors, reached = seen
     ancestors = entered(path, st, ancestors, reached, root, other)
-    if not user_or_root(st):  # a folder a link leads to: its own entries are another user's to change
-        raise planted(path, st, other)
-    with os.scandir(path) as listing:
-        items = list(listing)
+    try:
+        with os.scandir(folder) as listing:
+            items = list(listing)
+    except OSError as exc:
+        raise _named(exc, path) from None
     for item in items:
         between()
-        name, entry = item.name, item.path
-        own = item.stat(follow_symlinks=False)  # the entry itself (a link's own owner): one lstat
-        if not user_or_root(own):
-            raise planted(entry, own, other)
-        try:
-            entry_st = item.stat()  # links followed, as the copy follows them; no second call for the rest
-        except OSError as exc:
-            nowhere = leads_nowhere(entry, exc, root, other)
-            if nowhere is None:
-                raise
-            raise nowhere from None
-        if stat.S_ISDIR(entry_st.st_mode):
-            folder = _earlier_folder(earlier, name)
-            if folder is None:
-                _add(need, entry_st)
-            try:
-                _measure(entry, entry_st, folder, root, other, (ancestors, reached), between, need)
-            finally:
-                if folder is not None:
-                    os.close(folder)
-        elif stat.S_ISREG(entry_st.st_mode):
-            replaced = _earlier_file(earlier, name)
-            _add(need, entry_st, entry=replaced is None)
-            if replaced is not None:
-                need.freed += replaced
-        else:
+        name, entry = item.name, os.path.join(path, item.name)
+        found = item.stat(follow_symlinks=False)  # the entry itself (a link's own owner): one fstatat
+        if not user_or_root(found):
+            raise planted(entry, found, other)
+        if stat.S_ISREG(found.st_mode):
+            _add_file(need, found, earlier, name)
+            continue
+        if not (stat.S_ISDIR(found.st_mode) or stat.S_ISLNK(found.st_mode)):
             raise not_regular(entry, root, other)
+        try:
+            fd, entry_st, linked = open_entry(folder, name, entry, root, other, own=own)
+        except OSError as exc:
+            raise leads_nowhere(entry, exc, root, other) or exc from None
+        with descriptor(fd):
+            if stat.S_ISDIR(entry_st.st_mode):
+                below = _earlier_folder(earlier, name)
+                if below is None:
+                    _add(need, entry_st)
+                try:
+                    _measure(fd, entry_st, entry, below, root, other, (ancestors, reached), between, need,
+                             own and not linked)
+                finally:
+                    if below is not None:
+                        os.close(below)
+            elif stat.S_ISREG(entry_st.st_mode):
+                _add_file(need, entry_st, earlier, name)
+            else:
+                raise not_regular(entry, root, other)
+
+
+@contextlib.contextmanager
+def descriptor(fd: int) -> Iterator[int]:
+    """``fd``, closed at the end of the block."""
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _add_file(need: Need, st: os.stat_result, earlier: int | None, name: str) -> None:
+    """A regular file of status ``st`` copied to ``name`` of the earlier copy ``earlier``, whose file it replaces."""
+    replaced = _earlier_file(earlier, name)
+    _add(need, st, entry=replaced is None)
+    if replaced is not None:
+        need.freed += replaced
 
 
 def _earlier_folder(parent: int | None, name: str) -> int | None:

@@ -227,3 +227,32 @@ def sanitized_tail(path: Path, limit: int = 4000) -> str:
     finally:
         os.close(fd)
     return sanitized_cut(data, limit, tail=True)
+
+
+def owner_bits_back(folder: int, name: str) -> os.stat_result | None:
+    """Give the entry ``name`` of the folder ``folder`` (a descriptor) the owner's bits its owner needs to read it,
+    when it is this user's own folder (read, write and search: to list, fill and empty it) or regular file (read),
+    never through a link: a run's ``chmod 000`` inside its job's folder left them out, and the worker may not open it
+    to ``fchmod`` it. So, as ``set_folder_mode``, through an ``O_PATH`` descriptor of it (which needs no bit of it,
+    and names a link itself, never what it leads to) and its ``/proc/self/fd`` name, after the ``fstat`` of that very
+    entry checked its owner and type. Returns its status as it was when its mode was changed; None when nothing was
+    (a link, another user's entry, one with those bits, no ``O_PATH`` or no ``/proc``, gone meanwhile)."""
+    path_flag = getattr(os, "O_PATH", 0)
+    if not path_flag:
+        return None
+    try:
+        fd = os.open(name, path_flag | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        bits = stat.S_IRWXU if stat.S_ISDIR(st.st_mode) else stat.S_IRUSR
+        if (st.st_uid != os.geteuid() or not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode))
+                or st.st_mode & bits == bits):
+            return None
+        os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode) | bits)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return st

@@ -463,8 +463,8 @@ def trusted_source(folder: str) -> None:
     open is refused entry by entry as the copy walks it: ``artifacts_source.planted``); said when others could write
     it, refused when they still may and this user cannot change it (one they may only read, root's under a worker
     that is not root, is copied as it is). ``StorageError`` (exit 10), the store's fault as the job's own folder is:
-    the job is handed back. A folder its owner cannot even open (a run's ``chmod``) is the copy's to fail on, the
-    job's."""
+    the job is handed back. A folder its owner cannot even open (a run's ``chmod``) is the copy's to give its owner's
+    bits back (``artifacts_source.open_entry``)."""
     try:
         st = folder_status(folder, follow=True)  # the folder the copy reads: a link there (inside the store) followed
     except OSError:  # met by the copy, which says whose it is

@@ -36,6 +36,39 @@ def run_module(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
                           timeout=60, cwd=str(REPO))
 
 
+def as_user(uid: int, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``python3 -m orchestrator ARGS`` run by ``uid`` (``setpriv``, root's tests only), as a worker that is not root
+    runs."""
+    return subprocess.run(["setpriv", "--reuid", str(uid), "--regid", str(uid), "--clear-groups", sys.executable,
+                           "-m", "orchestrator", *args], env=env, capture_output=True, text=True, timeout=60,
+                          cwd=str(REPO))
+
+
+def in_a_child_as(uid: int, run: Callable[[], object]) -> str:
+    """``run()`` in a forked child as ``uid`` (root's tests only; no ``exec``: the interpreter may lie where that user
+    cannot read): what it raised, as ``Type: message``, or "" when it returned."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            run()
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, whatever it is
+            os.write(write, f"{type(exc).__name__}: {exc}".encode())
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as reader:
+        error = reader.read().decode()
+    os.waitpid(pid, 0)
+    return error
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = WAIT, what: str = "condition") -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

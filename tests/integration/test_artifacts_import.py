@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 
 import pytest
 
+from helpers import in_a_child_as
 from orchestrator import artifacts_import, faults
 from orchestrator.artifacts_import import CopyFailed, import_artifacts
 from orchestrator.errors import InvalidInputError, PathEscapeError
@@ -143,26 +144,8 @@ def _copy_as_a_worker_that_is_not_root(state: Path) -> None:
     for folder, subfolders, files in os.walk(state):
         for name in [folder, *(os.path.join(folder, n) for n in subfolders + files)]:
             os.chown(name, OTHER_USER, OTHER_USER)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 0
-        try:
-            os.close(read)
-            os.setgroups([])
-            os.setgid(OTHER_USER)
-            os.setuid(OTHER_USER)
-            _copy(state)
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent, whatever it is
-            os.write(write, f"{type(exc).__name__}: {exc}".encode())
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write)
-    with os.fdopen(read, "rb") as reader:
-        error = reader.read().decode()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, error
+    error = in_a_child_as(OTHER_USER, lambda: _copy(state))
+    assert error == "", error
 
 
 def _rewrite(path: Path, text: str) -> None:

@@ -12,7 +12,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Iterator
 import pytest
 
 from conftest import REPO
-from helpers import events, make_worker
+from helpers import as_user, events, make_worker
 from orchestrator import Orchestrator, key_paths
 from orchestrator.artifacts_source import Need, measure
 from orchestrator.errors import StorageError
@@ -691,13 +690,6 @@ def chmod_then_done(mode: str) -> str:
     """A run that takes its own folder's bits from its owner: the first run leaves it ``mode`` and fails, the retry
     finds "ran"."""
     return f'if [ -e ran ]; then {DONE}; else touch ran; chmod {mode} "$ORCH_ARTIFACTS_DIR"; exit 3; fi'
-
-
-def as_user(uid: int, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """``python3 -m orchestrator ARGS`` run by ``uid`` (``setpriv``), as a worker that is not root runs."""
-    return subprocess.run(["setpriv", "--reuid", str(uid), "--regid", str(uid), "--clear-groups", sys.executable,
-                           "-m", "orchestrator", *args], env=env, capture_output=True, text=True, timeout=60,
-                          cwd=str(REPO))
 
 
 @pytest.fixture

@@ -1706,20 +1706,14 @@ def test_an_artifacts_from_source_that_cannot_be_read_fails_the_run_and_the_work
     first = _a_job_with_files(orch, 3)
     job = orch.submit("t.echo", {"artifacts_from": [first]}, max_attempts=3)
     source = orch.settings.state_dir / "artifacts" / first
-    denied = str(source if where == "folder" else source / "f01.txt")
-    scandir, open_ = os.scandir, os.open
+    denied = source if where == "folder" else source / "f01.txt"
+    open_ = os.open
 
-    def scan(path=".", *args):
-        if str(path) == denied:
-            raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return scandir(path, *args)
-
-    def opening(path, *args, **kw):
-        if str(path) == denied:
-            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+    def opening(path, *args, **kw):  # the copy opens each entry relative to its folder's descriptor
+        if kw.get("dir_fd") is not None and path == denied.name:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
         return open_(path, *args, **kw)
 
-    monkeypatch.setattr(os, "scandir", scan)
     monkeypatch.setattr(os, "open", opening)
     other = orch.submit("t.echo", 2)
     w = make_worker(orch, artifacts_import=True)
