@@ -256,3 +256,83 @@ def owner_bits_back(folder: int, name: str) -> os.stat_result | None:
     finally:
         os.close(fd)
     return st
+
+
+def folders_given_back(folder: Path, skip: set[str]) -> list[str]:
+    """After a run: each folder below the job's folder ``folder`` that its owner may not use in full (a run's ``chmod
+    000`` or ``chmod 500`` of a folder it made), given its owner's bits back, this user's own only and never through
+    a link (opened with ``O_NOFOLLOW``, changed by ``fchmod``, or by ``owner_bits_back`` when it cannot be opened);
+    so that a copy of it for ``artifacts_from``, by hand (``cp -r``, to another machine) or its owner's ``rm -r``
+    can read and empty it. Returns the paths given back, relative to ``folder``. ``skip``: relative folders not
+    walked (the copies of ``artifacts_from``, whose next copy gives its own folders their bits). The job's folder
+    itself is left to the check before its next run (``worker_folders._own_job_folder``). Root walks nothing: it uses
+    them whatever their mode. Files are not looked at: one ``scandir`` a folder, an ``open`` and ``fstat`` a folder
+    below. Walked with a stack of descriptors, not by recursion: a run's folders nested deeper than Python's
+    recursion limit stop the walk where no descriptor is left (``EMFILE``), never the worker."""
+    if os.geteuid() == 0:
+        return []
+    try:
+        top = os.open(folder, _BELOW)
+    except OSError:  # none made (a Python handler's is made on demand), or the folder itself: see above
+        return []
+    given: list[str] = []
+    stack = [(top, "", iter(_folders_in(top)))]
+    try:
+        while stack:
+            fd, above, names = stack[-1]
+            name = next(names, None)
+            if name is None:
+                os.close(fd)
+                stack.pop()
+                continue
+            path = above + name
+            if path in skip:
+                continue
+            below = _opened_with_owner_bits(fd, name, path, given)
+            if below is not None:
+                stack.append((below, path + "/", iter(_folders_in(below))))
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+    return given
+
+
+_BELOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a folder below, never a link
+
+
+def _folders_in(fd: int) -> list[str]:
+    """The names of the folders in the folder ``fd`` (not links to one: the listing's own type)."""
+    try:
+        with os.scandir(fd) as listing:
+            return [entry.name for entry in listing if entry.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _opened_with_owner_bits(fd: int, name: str, path: str, given: list[str]) -> int | None:
+    """The folder ``name`` of ``fd``, opened never through a link once it has its owner's bits (``path`` appended to
+    ``given`` when it had to be given them); None when it is another user's (neither changed nor walked) or cannot be
+    opened (a link, gone meanwhile, no descriptor left)."""
+    try:
+        below = os.open(name, _BELOW, dir_fd=fd)
+    except PermissionError:  # its owner may not read it: given its bits through an O_PATH descriptor
+        if owner_bits_back(fd, name) is None:
+            return None
+        given.append(path)
+        try:
+            below = os.open(name, _BELOW, dir_fd=fd)
+        except OSError:
+            return None
+    except OSError:
+        return None
+    try:
+        st = os.fstat(below)
+        if st.st_uid == os.geteuid():
+            if st.st_mode & stat.S_IRWXU != stat.S_IRWXU:
+                os.fchmod(below, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+                given.append(path)
+            return below
+    except OSError:
+        pass
+    os.close(below)
+    return None

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from orchestrator import faults
-from orchestrator.artifacts_import import CopyFailed, HeartbeatFailed, artifacts_from, copy_under_lease
+from orchestrator.artifacts_import import (CopyFailed, HeartbeatFailed, artifacts_from, copy_under_lease,
+                                          imported_folders)
 from orchestrator.errors import InvalidInputError, PathEscapeError, StorageError
 from orchestrator.handlers import RunPaths, resolve
 from orchestrator.handlers.command import CommandNotFound
@@ -27,6 +28,7 @@ from orchestrator.leftovers import LEFTOVERS_END_SECONDS, kill_run
 from orchestrator.outcome import Claim, OutcomeRecorder, RunResult, noting_killed
 from orchestrator.output_cap import OUTPUT_TOO_LARGE, OutputCap
 from orchestrator.payload import HANDLER_START_FAILED, NO_TERMINAL_SIGNAL_TIMEOUT
+from orchestrator.run_folder import folders_given_back
 from orchestrator.runner import Child
 from orchestrator.store.files import path_error
 from orchestrator.store.locks import LOCK_WAIT_SECONDS, bounded_waits
@@ -110,6 +112,7 @@ class RunSupervisor:
                  extra={"job_id": s.job_id, "run_id": claim.run_id, "pid": child.pid})
         cap = OutputCap(child.output, self.settings.output_max_bytes, time.monotonic(), extra={
             "what": f"job {s.job_id} run {claim.run_id}", "job_id": s.job_id, "run_id": claim.run_id})
+        how = None
         try:
             try:
                 how, code, claim = self.supervise(claim, child, held, cap, look_ahead=look_ahead)
@@ -136,6 +139,8 @@ class RunSupervisor:
             return record.record_exit(claim, code, child, self.folders, stopped=self._stopped_with_its_run)
         finally:
             child.finish(paths)
+            if how is not None and how not in ("lost", "unrenewed"):  # another worker may run the job there now
+                _give_back_owner_bits(paths.artifacts_dir, s.job_id, s.input)
 
     def _copy_failed(self, claim: Claim, record: OutcomeRecorder, paths: RunPaths, failed: CopyFailed) -> RunResult:
         """A copy of ``artifacts_from`` that failed: the store's fault (a full disk, the job's own folder that cannot
@@ -239,6 +244,17 @@ class RunSupervisor:
         if not names:
             return None, claim
         return copy_under_lease(claim, names, self._heartbeat(held), self.folders, target, lambda: self.stopping)
+
+
+def _give_back_owner_bits(folder: Path, job_id: str, job_input: object) -> None:
+    """The folders below the job's ``folder`` its run left without its owner's bits given them back
+    (``run_folder.folders_given_back``; not the copies of ``artifacts_from``), said in a warning."""
+    given = folders_given_back(folder, imported_folders(job_id, job_input))
+    if given:
+        shown = ", ".join(given[:5]) + (", ..." if len(given) > 5 else "")
+        log.warning("job %s: its run left %d folder(s) in its folder that its owner could not use in full (a chmod): "
+                    "given their owner's bits back, so that a copy for artifacts_from, one by hand and its removal can "
+                    "read them: %s", job_id, len(given), shown, extra={"job_id": job_id, "path": str(folder)})
 
 
 def _killed(child: Child, claim: Claim, how: str, when: str) -> tuple[str, None, Claim]:

@@ -7,20 +7,24 @@ never copied, whatever leads to it. A folder or file a run left without its owne
 copy's source, the run's own folder after it ends), never through a link, this user's own only."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from helpers import events, in_a_child_as, make_worker
+from helpers import as_user, events, in_a_child_as, make_worker
 from orchestrator import Orchestrator, artifacts_import
 from orchestrator.artifacts_import import CopyFailed, import_artifacts
 from orchestrator.errors import StorageError
+from orchestrator.run_folder import folders_given_back
+from orchestrator.signing import new_seed
 from orchestrator.worker_folders import WorkerFolders
 
 PLANTER_UID = 2001  # a real second user (``setpriv``), who plants a link from inside a folder it holds open
@@ -247,3 +251,103 @@ def test_bits_are_never_given_back_through_a_link_nor_to_another_users_entry(sta
     error = in_a_child_as(NOT_ROOT, lambda: _copy(state_of_a_user))
     assert error == f"CopyFailed: [Errno 13] Permission denied: '{src}/away'", error
     assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o000
+
+
+@as_root
+def test_a_runs_folders_are_given_their_owners_bits_back_never_through_a_link_nor_another_users(
+        state_of_a_user: Path) -> None:
+    """``folders_given_back`` after a run, as a worker that is not root: ``out`` (000) and ``out/logs`` (500) get
+    ``u+rwx``; a link to a 000 folder elsewhere, root's folder, and the copy of another job's folder
+    (``inputs/A``, its next copy's to mend) keep their modes."""
+    job = state_of_a_user / "job"
+    for sub in ("out/logs", "theirs", "inputs/A/sub"):
+        (job / sub).mkdir(parents=True)
+    elsewhere = state_of_a_user / "elsewhere"
+    elsewhere.mkdir()
+    (job / "away").symlink_to(elsewhere)
+    _owned_by(state_of_a_user, NOT_ROOT)
+    os.lchown(job / "theirs", 0, 0)
+    for path, mode in ((job / "out" / "logs", 0o500), (job / "out", 0o000), (elsewhere, 0o000),
+                       (job / "theirs", 0o000), (job / "inputs" / "A" / "sub", 0o000)):
+        path.chmod(mode)
+
+    def given_back() -> None:
+        given = folders_given_back(job, {"inputs/A"})
+        assert sorted(given) == ["out", "out/logs"], given
+
+    error = in_a_child_as(NOT_ROOT, given_back)
+    assert error == ""  # before the fix: no such function; the folders kept 000 and 500
+    modes = {p: stat.S_IMODE(os.lstat(job / p).st_mode) for p in ("out", "out/logs", "theirs", "inputs/A/sub")}
+    assert modes == {"out": 0o700, "out/logs": 0o700, "theirs": 0o000, "inputs/A/sub": 0o000}
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o000
+
+
+@pytest.fixture
+def reachable_by_not_root() -> Iterator[Path]:
+    """A folder under ``/tmp`` that ``NOT_ROOT`` owns (pytest's ``tmp_path`` is root's alone)."""
+    top = Path(tempfile.mkdtemp(prefix="orch-not-root-"))
+    os.chmod(top, 0o755)
+    os.chown(top, NOT_ROOT, NOT_ROOT)
+    yield top
+    for folder, _, _ in os.walk(top):
+        os.chmod(folder, 0o700)
+    shutil.rmtree(top)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="a worker that is not root: only root can start one here (setpriv)")
+def test_a_worker_that_is_not_root_gives_back_the_owners_bits_a_run_took_from_folders_it_made_so_a_copy_reads_them(
+        reachable_by_not_root: Path) -> None:
+    """A command makes ``out/logs`` and runs ``chmod 000`` on both: until the fix they stayed so after the run, and
+    its owner's ``rm -r``, ``cp -r`` and a later job's copy of the folder could not read them. Now the worker gives
+    them back their owner's bits when the run ends, said in a warning; the job that copies the folder succeeds."""
+    top = reachable_by_not_root
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env.update(BASE_PATH=str(top), PROJECT_ID="proj", ORCH_SIGNING_KEY=new_seed(), ORCH_KEYRING_DIR=str(top / "keys"),
+               ORCH_RETRY_BASE_SECONDS="0.01", ORCH_ARTIFACTS_IMPORT="1")
+    chmods = f'mkdir -p out/logs && echo log > out/logs/run.log && chmod 000 out/logs out && {DONE}'
+    submitted = as_user(NOT_ROOT, "submit", "--kind", "command", "--input", json.dumps({"argv": ["sh", "-c", chmods]}),
+                        env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    first = submitted.stdout.strip()
+    folder = top / "proj" / ".orchestrator" / "artifacts" / first
+    ran = as_user(NOT_ROOT, "worker", "--once", env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert {p: stat.S_IMODE((folder / p).stat().st_mode) for p in ("out", "out/logs")} == {
+        "out": 0o700, "out/logs": 0o700}  # before the fix: 0 and 0
+    assert f"job {first}: its run left 2 folder(s) in its folder that its owner could not use in full" in ran.stderr
+    copying = as_user(NOT_ROOT, "submit", "--kind", "command", "--input", json.dumps(
+        {"argv": ["sh", "-c", f"cat inputs/{first}/out/logs/run.log > got && {DONE}"], "artifacts_from": [first]}),
+        env=env)
+    assert copying.returncode == 0, copying.stderr
+    time.sleep(0.05)
+    second = as_user(NOT_ROOT, "worker", "--once", "--json", env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert json.loads(second.stdout.splitlines()[-1])["state"] == "succeeded"
+    assert (top / "proj" / ".orchestrator" / "artifacts" / copying.stdout.strip() / "got").read_text() == "log\n"
+
+
+@as_root
+def test_a_runs_folders_nested_past_pythons_recursion_limit_end_the_walk_never_the_worker(
+        state_of_a_user: Path) -> None:
+    """1,500 folders, one in another: walked by recursion, the walk after the run raised ``RecursionError`` out of
+    the worker's loop; with a stack of descriptors it stops where none is left, what it reached given back."""
+    job = state_of_a_user / "job"
+    job.mkdir()
+    _owned_by(state_of_a_user, NOT_ROOT)
+
+    def nested_then_given_back() -> None:
+        fd = os.open(job, os.O_RDONLY)
+        for _ in range(1500):
+            os.mkdir("a", dir_fd=fd)
+            below = os.open("a", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        os.close(fd)
+        (job / "a").chmod(0o500)
+        assert folders_given_back(job, set())[:1] == ["a"]
+
+    try:
+        assert in_a_child_as(NOT_ROOT, nested_then_given_back) == ""
+    finally:
+        subprocess.run(["rm", "-rf", str(job)], check=True)
