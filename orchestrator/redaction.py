@@ -11,16 +11,17 @@ import re
 import string
 from typing import Callable, Sequence
 
+from orchestrator.pair_values import ListPairValues, PairValues, PairValuesFirst
 from orchestrator.secret_patterns import (ANY_LITERAL, ARGV_WORDS, AS_IS_WORDS, AUTH, AUTH_WORDS, AWS_KEY_ID,
                                           AWS_KEY_ID_STARTS, AWS_SECRET, AWS_SECRET_TOKEN_REST, BASIC, BEARER,
                                           CASE_FOLDED_TO_ASCII, CLI, CLI_USER, CLI_USER_WORDS, HEADER, HEADER_WORDS,
                                           KEY_WORDS, KV, LINE_END, LOOKED_FOR, MYSQL, NETRC, NETRC_WORDS, PAIR_LIST,
-                                          PAIR_OBJECT, PAIR_YAML, PASS_FLAG, PASS_FLAG_WORDS, PRIVATE_KEY,
-                                          PRIVATE_KEY_END, PUTTY, REDACTED, SECRET_KEY_WORDS, SHAPE_STARTS, SHAPES,
-                                          SHORT_KV, SHORT_WORDS, SSHPASS, URL_CREDS, YAML_SHORT_NAME_ENDS, a_count,
-                                          a_number, a_pass_source, aws_secret, not_a_secret_pair,
-                                          not_a_secret_pair_of_a_list, not_a_secret_yaml_pair, not_auth_credentials,
-                                          not_user_and_password, os_error, value_span)
+                                          PAIR_OBJECT, PAIR_VALUE_FIRST, PAIR_YAML, PASS_FLAG, PASS_FLAG_WORDS,
+                                          PRIVATE_KEY, PRIVATE_KEY_END, PUTTY, REDACTED, SECRET_KEY_WORDS,
+                                          SHAPE_STARTS, SHAPES, SHORT_KV, SHORT_WORDS, SSHPASS, URL_CREDS,
+                                          YAML_SHORT_NAME_ENDS, a_count, a_number, a_pass_source, aws_secret,
+                                          not_a_secret_yaml_pair, not_auth_credentials, not_user_and_password,
+                                          os_error, value_span)
 from orchestrator.values_below import ValuesBelow, YamlPairBlocks
 
 __all__ = ["sanitize_text", "may_hold_secret"]
@@ -76,6 +77,9 @@ def _ascii_lowered(text: str) -> str:
 
 
 _REDACTED_LOWERED = _ascii_lowered(REDACTED)
+# what a pattern's values may need read past its match (``ValuesBelow``, ``PairValues``...), made for a text: the span
+# to redact for a match's value, or None
+_Blocks = Callable[[str], Callable[[re.Match[str], int, int], "tuple[int, int] | None"]]
 
 
 def _redact_values(rx: re.Pattern[str], text: str) -> str:
@@ -86,7 +90,7 @@ def _redact_values(rx: re.Pattern[str], text: str) -> str:
 
 
 def _redact_both(rx: re.Pattern[str], text: str, lowered: str, keep: Callable[[str, re.Match[str]], bool] | None,
-                 blocks: type[ValuesBelow] | None) -> tuple[str, str]:
+                 blocks: _Blocks | None) -> tuple[str, str]:
     """``_redact_values`` of ``text`` and of its ASCII-lowered copy alike: the copy is made once for a text, not
     again after each pattern that redacted something (a 1 MB text costs ~1 ms a copy)."""
     return _spliced_both(text, lowered, _value_spans(rx, text, lowered, keep, blocks))
@@ -100,10 +104,11 @@ def _spliced_both(text: str, lowered: str, spans: list[tuple[int, int]]) -> tupl
 
 
 def _value_spans(rx: re.Pattern[str], text: str, lowered: str, keep: Callable[[str, re.Match[str]], bool] | None,
-                 blocks: type[ValuesBelow] | None) -> list[tuple[int, int]]:
+                 blocks: _Blocks | None) -> list[tuple[int, int]]:
     """Where each match's value is, in order, none overlapping: its key, separator, quote and scheme are kept (the
-    whole match, where ``keep(text, match)`` says so). ``blocks``: a value may be a YAML block indicator, whose
-    block is redacted (a match inside it is then passed over).
+    whole match, where ``keep(text, match)`` says so). ``blocks``: what reads on past a match for the span of its
+    value (``ValuesBelow``: a YAML block indicator's block; ``PairValues``: a list or an object), or None to keep it
+    (a match inside a span redacted is then passed over).
 
     Matching runs on ``lowered``, an ASCII-lowered copy (same length, same offsets), so key names are
     case-insensitive; ``keep`` looks at the original."""
@@ -217,6 +222,7 @@ def sanitize_text(text: str) -> str:
     # a YAML pair's plain name ending in ``pass``, ``pw`` or ``auth`` holds neither a key word nor such a quote (a
     # quoted one holds ``pass"``, ``pw'``, ``auth\\``...: a literal of ``short`` or ``auth``, so ``named`` looked already)
     named_in_yaml = "value:" in lowered and (named or _any_in(lowered, YAML_SHORT_NAME_ENDS))
+    named_object = named and "value" in lowered
     for rx, wanted, keep, blocks in (
             (HEADER, headers, None, None),
             (BEARER, _holds(lowered, ("bearer",), held), None, None),  # before a key's value: ``token: Bearer x``
@@ -228,8 +234,9 @@ def sanitize_text(text: str) -> str:
             (CLI_USER, _holds(lowered, CLI_USER_WORDS, held), a_number, None),
             (PASS_FLAG, _holds(lowered, PASS_FLAG_WORDS, held), a_pass_source, None),
             (AUTH, auth, not_auth_credentials, None),
-            (PAIR_OBJECT, named and "value" in lowered, not_a_secret_pair, None),
-            (PAIR_LIST, named, not_a_secret_pair_of_a_list, None),
+            (PAIR_OBJECT, named_object, None, PairValues),
+            (PAIR_VALUE_FIRST, named_object, None, PairValuesFirst),
+            (PAIR_LIST, named, None, ListPairValues),
             (PAIR_YAML, named_in_yaml, not_a_secret_yaml_pair, YamlPairBlocks)):
         if wanted:
             text, lowered = _redact_both(rx, text, lowered, keep, blocks)

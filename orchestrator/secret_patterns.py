@@ -159,19 +159,36 @@ AUTH = re.compile(
 AUTH_WORDS = tuple("auth" + after for after in ("=", ":", '"', "'", "\\", " ", "\t"))  # what its matches hold
 AUTH_KEY = re.compile(r"(?<![a-z0-9])auth\Z", re.I)  # an object's key ``auth``: its value, a user and password
 # A name/value pair written as JSON (or ``repr``) text, on one line or indented over several, whose value is secret
-# under its name as in a structure (``not_a_secret_pair``): an object whose ``name`` or ``key`` comes before its
-# ``value`` (``{"name": "DB_PASSWORD", "value": "x"}``, Kubernetes' env; ``{"Key": "api_key", "Value": "x"}``,
-# sorted keys), and a pair of a list of pairs (``[["DB_PASSWORD", "x"]]``, ``dict_items([('api_key', 'x')])``): a list
-# of two strings after a list's ``[`` or after another pair's ``],`` (``["password", "reset"]`` alone is words;
-# ``not_a_secret_pair_of_a_list`` looks for the pair's end: a lookahead here would walk back over a value with none).
-# The name is quoted text without a quote or a backslash in it, the value a quoted string. Linear: a match begins only
-# at a quote (a bracket), each name and value runs to the next quote, and no two looks share a value's quote.
+# under its name as in a structure (``pair_values.PairValues`` judges it): an object whose ``name`` or ``key`` comes
+# before its ``value`` (``{"name": "DB_PASSWORD", "value": "x"}``, Kubernetes' env; ``{"Key": "api_key", "Value":
+# "x"}``, sorted keys), with other fields between them or not (``pair_field``: SSM's ``"Type": "SecureString"``), or
+# after it (``PAIR_VALUE_FIRST``: its name is read after the value, ``pair_values.PairValuesFirst``); and a pair of a
+# list of pairs (``[["DB_PASSWORD", "x"]]``, ``dict_items([('api_key', 'x')])``): a list of two items after a list's
+# ``[`` or after another pair's ``],`` (``["password", "reset"]`` alone is words; its keep looks for the pair's end: a
+# lookahead here would walk back over a value with none). The name is quoted text without a quote or a backslash in
+# it; the value a quoted string, or a list or an object (``u``, empty, before its opening bracket: ``PairValues``
+# finds its end, and a pair inside it is looked for as any other). Linear: a match begins only at a quote (a
+# bracket), each name and value runs to the next quote, a field holds no quote but its own and no key of the pair's,
+# and no two looks share a value's quote.
 _PAIR_NAME = r"""(?P<k>\\?["'])(?P<nm>[^"'\\\r\n]+)(?P=k)"""
+_PAIR_VALUE = rf"""(?:{_QUOTED}|(?P<u>(?=[\[{{])))"""
+
+
+def pair_field(quote: str) -> str:
+    """A field between a pair's name and its value, after a ``,``, in the pair's ``quote`` (a regex): a key that is
+    none of the pair's (``name``, ``key``, ``value``), and a scalar: a string without a quote or a backslash, a
+    number, ``true``, ``false``, ``null`` (lowered)."""
+    return (rf"""\s*,\s*{quote}(?!(?:name|key|value){quote})[^"'\\\r\n]+{quote}\s*:\s*"""
+            rf"""(?:{quote}[^"'\\\r\n]*{quote}|[a-z0-9.+-]+)""")
+
+
 PAIR_OBJECT = re.compile(
-    rf"""(?P<o>\\?["'])(?:name|key)(?P=o)\s*:\s*{_PAIR_NAME}\s*,\s*(?P=o)value(?P=o)\s*:\s*{_QUOTED}"""
+    rf"""(?P<o>\\?["'])(?:name|key)(?P=o)\s*:\s*{_PAIR_NAME}(?:{pair_field("(?P=o)")})*"""
+    rf"""\s*,\s*(?P=o)value(?P=o)\s*:\s*{_PAIR_VALUE}"""
 )
-PAIR_LIST = re.compile(rf"""(?:\[|[\])]\s*,)\s*[\[(]\s*{_PAIR_NAME}\s*,\s*{_QUOTED}""")
-_PAIR_LIST_END = re.compile(r"\s*[\])]")  # after the value's quote: the pair's end
+PAIR_VALUE_FIRST = re.compile(rf"""(?P<o>\\?["'])value(?P=o)\s*:\s*{_PAIR_VALUE}""")
+PAIR_LIST = re.compile(rf"""(?:\[|[\])]\s*,)\s*[\[(]\s*{_PAIR_NAME}\s*,\s*{_PAIR_VALUE}""")
+PAIR_LIST_END = re.compile(r"\s*[\])]")  # after the value: the pair's end
 # The same pair as YAML (``kubectl get pod -o yaml``'s env): ``- name: DB_PASSWORD`` and, on the next line at the same
 # indentation as ``name:`` (``not_a_secret_yaml_pair`` looks back for it), ``value: x``, ``value: "x"`` or
 # ``value: 'x'``. The name is plain or quoted, without a blank, quote or backslash in it; a quoted value runs to the
@@ -385,18 +402,22 @@ def secret_under_a_short_key(name: str, value: str) -> bool:
     return SHORT_KEY.search(name) is not None and not is_count(value)
 
 
-def not_a_secret_pair(text: str, m: re.Match[str]) -> bool:
-    """``PAIR_OBJECT``'s and ``PAIR_LIST``'s keep: the pair's value is no secret under its name, as a structure's
+def secret_pair(name: str, value: str) -> bool:
+    """Whether the text ``value`` of a name/value pair is secret under its ``name``, as a structure's
     (``redaction_objects._secret_under``: a secret's key ending the name, ``pass`` and ``auth`` by their rules)."""
-    name, value = text[m.start("nm"):m.end("nm")], _value(text, m)
-    return SENSITIVE_KEY.search(name) is None and not (name[-1:] in "sSwWhH" and secret_under_a_short_key(name, value))
+    return SENSITIVE_KEY.search(name) is not None or name[-1:] in "sSwWhH" and secret_under_a_short_key(name, value)
+
+
+def not_a_secret_pair(text: str, m: re.Match[str]) -> bool:
+    """``PAIR_OBJECT``'s and ``PAIR_YAML``'s keep: the pair's value is no secret under its name (``secret_pair``)."""
+    return not secret_pair(text[m.start("nm"):m.end("nm")], _value(text, m))
 
 
 def not_a_secret_pair_of_a_list(text: str, m: re.Match[str]) -> bool:
-    """``PAIR_LIST``'s keep: the list goes on past its two strings (or its value's quote is not closed), or
-    ``not_a_secret_pair``."""
+    """``PAIR_LIST``'s keep of a quoted value: the list goes on past its two strings (or its value's quote is not
+    closed), or ``not_a_secret_pair``."""
     end, quote = m.end("v"), m.group("q")
-    return not text.startswith(quote, end) or _PAIR_LIST_END.match(text, end + len(quote)) is None \
+    return not text.startswith(quote, end) or PAIR_LIST_END.match(text, end + len(quote)) is None \
         or not_a_secret_pair(text, m)
 
 

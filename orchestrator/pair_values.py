@@ -1,0 +1,148 @@
+"""What a name/value pair written as JSON (or ``repr``) text redacts of its value (``secret_patterns.PAIR_OBJECT``,
+``PAIR_VALUE_FIRST``, ``PAIR_LIST``): a quoted value as its keep judges it; a list or an object, whose match ends
+before its opening bracket, to its closing bracket (``PairValues``); an object's value whose name comes after it
+(``PairValuesFirst``). Apart from ``secret_patterns`` (the patterns themselves): what runs after a match, reading on
+past it, in linear time as they do.
+"""
+from __future__ import annotations
+
+import functools
+import re
+
+from orchestrator.secret_patterns import (AUTH_KEY, PAIR_LIST_END, SENSITIVE_KEY, auth_methods, not_a_secret_pair,
+                                          not_a_secret_pair_of_a_list, pair_field, secret_pair)
+
+__all__ = ["PairValues", "PairValuesFirst", "ListPairValues"]
+
+
+def _string(quote: str) -> str:
+    """A string in ``quote`` (a regex), its escapes skipped; one not closed on its line ends there."""
+    return rf"(?:{quote}(?:(?!{quote})(?:\\.|[^\\\r\n]))*(?:{quote})?)"
+
+
+# What a list's or an object's text holds between two brackets: strings taken whole (a bracket in one is no bracket),
+# in the quotes of the pair (``"`` or ``'``, or JSON-escaped: ``\"``, ``\'``), and anything else but a bracket.
+# Each of its pieces begins with a character the others do not (a string's backslash is tried first), and every
+# string is taken once it begins: one pass, nothing looked at again.
+_PLAIN_STRINGS = _string('"') + "|" + _string("'")
+_ESCAPED_STRINGS = _string(r'\\"') + "|" + _string(r"\\'")
+_BETWEEN_BRACKETS = {
+    False: re.compile(rf"""(?:[^\[\]{{}}"'\\]|{_PLAIN_STRINGS}|\\.)*""", re.DOTALL),
+    True: re.compile(rf"""(?:[^\[\]{{}}\\]|{_ESCAPED_STRINGS}|\\.)*""", re.DOTALL),
+}
+_OPENING, _CLOSING = {"]": "[", "}": "{"}, {"[": "]", "{": "}"}
+# Under ``auth``, a list of a user and a password (as ``redaction_objects._a_user_and_a_password`` takes it: two
+# strings, the second not empty)
+_USER_AND_PASSWORD = re.compile(
+    r"""\[\s*(?P<uq>\\?["'])(?P<user>(?:(?!(?P=uq))(?:\\.|[^\\\r\n]))*)(?P=uq)\s*,"""
+    r"""\s*(?P<pq>\\?["'])(?P<pw>(?:(?!(?P=pq))(?:\\.|[^\\\r\n]))+)(?P=pq)\s*\]""")
+
+
+def _closing(text: str, at: int, escaped: bool) -> tuple[int, bool]:
+    """Where the list or object opening at ``at`` ends, past its closing bracket, and True; or where the look
+    stopped (the text's end, a closing bracket of another kind) and False. ``escaped``: in JSON-escaped text.
+    A step a bracket; the text between two brackets is read by one match (``_BETWEEN_BRACKETS``)."""
+    between = _BETWEEN_BRACKETS[escaped]
+    opened: list[str] = []  # the brackets not closed yet, the innermost last
+    pos, length = at, len(text)
+    while pos < length:
+        char = text[pos]
+        if char == "[" or char == "{":
+            opened.append(char)
+        elif char == "]" or char == "}":
+            if opened.pop() != _OPENING[char]:
+                return pos, False
+            if not opened:
+                return pos + 1, True
+        else:
+            after = between.match(text, pos).end()
+            pos = after if after > pos else pos + 1  # (a backslash ending the text)
+            continue
+        pos += 1
+    return pos, False
+
+
+@functools.lru_cache(maxsize=4)
+def _name_after(quote: str) -> re.Pattern[str]:
+    """The rest of an object after its value, in ``quote``: fields (``pair_field``), then its ``name`` or ``key``
+    (any case: it reads the text as it is)."""
+    q = re.escape(quote)
+    return re.compile(rf"""(?:{pair_field(q)})*\s*,\s*{q}(?:name|key){q}\s*:\s*"""
+                      r"""(?P<k>\\?["'])(?P<nm>[^"'\\\r\n]+)(?P=k)""", re.IGNORECASE | re.ASCII)
+
+
+class PairValues:
+    """What ``PAIR_OBJECT`` redacts of a pair's value: a quoted one as it is, unless ``not_a_secret_pair`` keeps it;
+    a list or an object (its ``u``, empty before the opening bracket) under a secret's key (``SENSITIVE_KEY``: as a
+    structure's ``_secret_under``, anything) whole, from its opening bracket to its closing one (``_closing``), or, not
+    closed (a cut text), to where the look stopped; under ``auth``, the password of a list of a user and a password
+    (``_USER_AND_PASSWORD``, not two method names). Under any other name it is kept (``pass``'s list is a test's),
+    and not looked at. Linear: what a look goes through is redacted, and no match inside it is looked at."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __call__(self, m: re.Match[str], start: int, end: int) -> tuple[int, int] | None:
+        if m.start("u") < 0:
+            return None if not_a_secret_pair(self.text, m) else (start, end)
+        return self._judged(self.text[m.start("nm"):m.end("nm")], start, m.group("o"))
+
+    def _judged(self, name: str, at: int, quote: str, then: re.Pattern[str] | None = None,
+                closing: int | None = None) -> tuple[int, int] | None:
+        """The span to redact of the list or object opening at ``at`` under ``name``, in the pair's ``quote``
+        (``then``: what must follow a user and a password; ``closing``: where it ends, when looked for)."""
+        if SENSITIVE_KEY.search(name) is not None:
+            return at, closing or _closing(self.text, at, quote[0] == "\\")[0]
+        if AUTH_KEY.search(name) is None:
+            return None
+        pair = _USER_AND_PASSWORD.match(self.text, at)
+        if pair is None or auth_methods(pair.group("user"), pair.group("pw")) \
+                or then is not None and then.match(self.text, pair.end()) is None:
+            return None
+        return pair.span("pw")
+
+
+class ListPairValues(PairValues):
+    """What ``PAIR_LIST`` redacts of a pair's value: a quoted one as it is, unless ``not_a_secret_pair_of_a_list``
+    keeps it; a list or an object as ``PairValues`` takes it (a user and a password where the pair ends after them)."""
+
+    def __call__(self, m: re.Match[str], start: int, end: int) -> tuple[int, int] | None:
+        if m.start("u") < 0:
+            return None if not_a_secret_pair_of_a_list(self.text, m) else (start, end)
+        return self._judged(self.text[m.start("nm"):m.end("nm")], start, m.group("k"), then=PAIR_LIST_END)
+
+
+class PairValuesFirst(PairValues):
+    """What ``PAIR_VALUE_FIRST`` redacts of an object's value whose name comes after it (``{"value": "x", "name":
+    "DB_PASSWORD"}``), fields between them or not: the name is read after the value, closed (its quote; a list's or
+    an object's closing bracket, when it holds no other: ``_flat_end``), and judged as ``PairValues`` judges it.
+    Linear: what is read after a value is fields holding no quote but their own and no pair's key, which no other
+    match begins in; what a look at a list went through is not looked at again."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.looked = 0  # how far the looks at lists went
+
+    def __call__(self, m: re.Match[str], start: int, end: int) -> tuple[int, int] | None:
+        text, quote = self.text, m.group("o")
+        if m.start("u") >= 0:
+            value_end = self._flat_end(start, quote[0] == "\\")
+        elif text.startswith(m.group("q"), end):
+            value_end = end + len(m.group("q"))
+        else:
+            value_end = None
+        after = None if value_end is None else _name_after(quote).match(text, value_end)
+        if after is None:
+            return None
+        if m.start("u") >= 0:
+            return self._judged(after.group("nm"), start, quote, closing=value_end)
+        return (start, end) if secret_pair(after.group("nm"), text[start:end]) else None
+
+    def _flat_end(self, at: int, escaped: bool) -> int | None:
+        """Past the closing bracket of the list or object opening at ``at``, when it holds no other bracket (but in its
+        strings); else None, as for a bracket inside text a look went through (in one of its strings)."""
+        if at < self.looked:
+            return None
+        text = self.text
+        stop = self.looked = _BETWEEN_BRACKETS[escaped].match(text, at + 1).end()
+        return stop + 1 if stop < len(text) and text[stop] == _CLOSING[text[at]] else None
