@@ -24,7 +24,7 @@ from orchestrator.secret_patterns import (ANY_LITERAL, ARGV_WORDS, AS_IS_WORDS, 
                                           os_error, value_span)
 from orchestrator.values_below import ValuesBelow, YamlPairBlocks
 
-__all__ = ["sanitize_text", "may_hold_secret"]
+__all__ = ["sanitize_text", "may_hold_secret", "aws_secrets_beside_an_id_redacted"]
 
 # Looking for a literal of several characters costs ~0.7 ms a MB (CPython's search), for one character ~0.05 ms
 # (``memchr``): in a text this long or longer a literal is looked for only where each of its characters is there
@@ -264,11 +264,11 @@ def _holds_a_quoted_short_name(lowered: str) -> bool:
 
 
 def _aws_secret_spans(text: str) -> list[tuple[int, int]]:
-    """Where each AWS secret access key (``AWS_SECRET``, both cases: ``aws_secret``) is on a line holding an AWS access
-    key id (``AWS_KEY_ID``, which ``SHAPES`` redacts last): a secret key has no shape of its own, but beside its id
-    (the console's ``credentials.csv``, a log line printing both) 40 such characters are one; with the rest of its
-    token (``AWS_SECRET_TOKEN_REST``: a keyed rule meeting ``[REDACTED]`` ends the value there). Linear: each line is
-    looked at once, however many ids it holds, and a secret key is looked for again past the rest of the token."""
+    """Where each AWS secret access key and session token (``AWS_SECRET``, both cases: ``aws_secret``) is on a line
+    holding an AWS access key id (``AWS_KEY_ID``, which ``SHAPES`` redacts last): neither has a shape of its own, but
+    beside its id (the console's ``credentials.csv``, ``aws sts ... --output text``, a log line printing them) 40 such
+    characters are a key, 100 or more a token; with the rest of its token (``AWS_SECRET_TOKEN_REST``: a keyed rule
+    meeting ``[REDACTED]`` ends the value there). Linear: each line is looked at once, however many ids it holds."""
     spans: list[tuple[int, int]] = []
     pos = 0
     for key_id in AWS_KEY_ID.finditer(text):
@@ -277,15 +277,34 @@ def _aws_secret_spans(text: str) -> list[tuple[int, int]]:
         line_start = max(pos, text.rfind("\n", pos, key_id.start()) + 1, text.rfind("\r", pos, key_id.start()) + 1)
         brk = LINE_END.search(text, key_id.end())
         pos = brk.start() if brk else len(text)
-        secret = AWS_SECRET.search(text, line_start, pos)
-        while secret is not None:
-            end = secret.end()
-            if aws_secret(secret.group()):
-                rest = AWS_SECRET_TOKEN_REST.match(text, end, pos)
-                end = rest.end() if rest else end
-                spans.append((secret.start(), end))
-            secret = AWS_SECRET.search(text, end, pos)
+        spans += _aws_secrets_between(text, line_start, pos)
     return spans
+
+
+def _aws_secrets_between(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """Where each AWS secret (``_aws_secret_spans``) is in ``text[start:end]``, the rest of its token with it; one is
+    looked for again past that rest."""
+    spans = []
+    secret = AWS_SECRET.search(text, start, end)
+    while secret is not None:
+        at = secret.end()
+        if aws_secret(secret.group()):
+            rest = AWS_SECRET_TOKEN_REST.match(text, at, end)
+            at = rest.end() if rest else at
+            spans.append((secret.start(), at))
+        secret = AWS_SECRET.search(text, at, end)
+    return spans
+
+
+def aws_secrets_beside_an_id_redacted(text: str) -> str:
+    """``text``, a structure's string beside an AWS access key id (in its object or list), with each AWS secret access
+    key and session token in it redacted, as on the id's own line of text (``_aws_secret_spans``), when it is one
+    line (``"note": "secret is <key> keep safe"``); ``text`` itself when it holds a line break (a whole log, whose
+    lines are looked at for their own ids) or no secret."""
+    if "\n" in text or "\r" in text:
+        return text
+    spans = _aws_secrets_between(text, 0, len(text))
+    return _spliced(text, spans, REDACTED) if spans else text
 
 
 def _holds(text: str, literals: tuple[str, ...], held: frozenset[str] | None) -> bool:

@@ -7,7 +7,7 @@ import codecs
 import json
 from typing import Any, Callable, Iterable, NamedTuple
 
-from orchestrator.redaction import may_hold_secret, sanitize_text
+from orchestrator.redaction import aws_secrets_beside_an_id_redacted, may_hold_secret, sanitize_text
 from orchestrator.secret_patterns import (ANY_LITERAL, AUTH_KEY, AWS_KEY_ID, AWS_SECRET, AWS_SECRET_TOKEN_REST,
                                          MYSQL_CLIENT, PASS_FLAG_NAME, REDACTED, SECRET_FLAG, SENSITIVE_KEY, USER_FLAGS,
                                          auth_methods, aws_secret, holds_aws_key_id_start, pass_flag_value,
@@ -162,6 +162,8 @@ def _sanitized(obj: Any, beside: _Beside = _EVERY_FORM) -> Any:
                 out[stored] = REDACTED
             elif (hidden := _password_hidden(key, value)) is not None:
                 out[stored] = hidden
+            elif aws and isinstance(value, str):  # a note beside the id: ``"secret is <key> keep safe"``
+                out[stored] = sanitize_text(aws_secrets_beside_an_id_redacted(value))
             else:
                 out[stored] = _sanitized(value, beside)
         return out
@@ -173,7 +175,8 @@ def _sanitized(obj: Any, beside: _Beside = _EVERY_FORM) -> Any:
 
 def _sanitized_items(items: list[Any] | tuple[Any, ...], beside: _Beside) -> list[Any]:
     """The items of a list sanitized, each with what the items beside it say of it: the value after a flag naming a
-    secret in an argument list (``_hidden_arguments``); an AWS secret access key beside its key id; in a list of
+    secret in an argument list (``_hidden_arguments``); an AWS secret access key or session token beside its key
+    id (``_an_aws_secret``, ``aws_secrets_beside_an_id_redacted``); in a list of
     pairs (every item a list of two whose first is text: ``[["HOME", "/root"], ["DB_PASSWORD", "x"]]``, an env's
     ``items()``), the value of a pair named as a secret, as in a name/value object. One list of two strings is not
     taken for a pair: ``["password", "reset"]`` is as likely a list of words."""
@@ -190,7 +193,11 @@ def _sanitized_items(items: list[Any] | tuple[Any, ...], beside: _Beside) -> lis
         return [_sanitized(item, beside) for item in items]
     shown = _hidden_arguments(items) if flags else {}
     if aws and _beside_an_aws_key_id(items):
-        shown.update((i, REDACTED) for i, item in enumerate(items) if _an_aws_secret(item))
+        for i, item in enumerate(items):
+            if _an_aws_secret(item):
+                shown[i] = REDACTED
+            elif isinstance(item, str) and i not in shown:
+                shown[i] = sanitize_text(aws_secrets_beside_an_id_redacted(item))
     out = []
     for i, item in enumerate(items):
         if i in shown:
@@ -272,14 +279,15 @@ def _beside_an_aws_key_id(values: Iterable[Any]) -> bool:
 
 
 def _an_aws_secret(value: Any) -> bool:
-    """Whether ``value`` is, whole, what an AWS secret access key looks like (``AWS_SECRET``, ``aws_secret``), alone
-    or with the rest of its token (``AWS_SECRET_TOKEN_REST``: ``<key>-tail``, ``<key>%2F...``), as text's look takes
-    it. A string of several words is no such value: it is looked at as text, where an id on its line tells a key."""
+    """Whether ``value`` is, whole, what an AWS secret access key or session token looks like (``AWS_SECRET``,
+    ``aws_secret``), alone or with the rest of its token (``AWS_SECRET_TOKEN_REST``: ``<key>-tail``, ``<key>%2F...``),
+    as text's look takes it. In a string of several words, one is redacted where that string is one line, as on the
+    id's line of text (``aws_secrets_beside_an_id_redacted``)."""
     if not isinstance(value, str) or len(value) < 40:
         return False
     key = AWS_SECRET.match(value)
     return key is not None and aws_secret(key.group()) \
-        and (len(value) == 40 or AWS_SECRET_TOKEN_REST.fullmatch(value, 40) is not None)
+        and (key.end() == len(value) or AWS_SECRET_TOKEN_REST.fullmatch(value, key.end()) is not None)
 
 
 _encode_json = json.JSONEncoder(ensure_ascii=False).encode  # stateless between calls: shared by threads

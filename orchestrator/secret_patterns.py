@@ -222,9 +222,11 @@ MYSQL = re.compile(
 # after "Basic" does ("Basic setup", ``Basic realm="x"``; ``not_user_and_password`` keeps the others). Begins with its
 # literal, as ``SHORT_KV``.
 BASIC = re.compile(r"basic(?<![a-z0-9_-]basic)[ \t]+(?P<v>[a-z0-9+/]{4,}={0,2})(?![a-z0-9+/=_.-])")
-# An AWS access key id (one of ``SHAPES``) and the secret access key that goes with it: 40 of base64's characters but
-# ``=``, both cases among them (``aws_secret``; a hex hash has one). Without a name it is told from other data only
-# beside its id: on the id's line of text (``redaction``), in the id's object or list (``redaction_objects``).
+# An AWS access key id (one of ``SHAPES``) and the secrets that go with it: the secret access key, 40 of base64's
+# characters but ``=``, and a session token (STS's ``SessionToken``, ``IQoJb3JpZ2luX2Vj...``: several hundred of them,
+# ``=`` padding after), 100 or more; both cases among them (``aws_secret``; a hex hash has one). Without a name they
+# are told from other data only beside their id: on the id's line of text (``redaction``), in the id's object or list
+# (``redaction_objects``).
 AWS_KEY_ID_STARTS = ("AKIA", "ASIA")
 _AKIA, _ASIA = AWS_KEY_ID_STARTS
 _AWS_KEY_ID = rf"(?:{_AKIA}|{_ASIA})[0-9A-Z]{{16}}"
@@ -232,7 +234,7 @@ _AWS_KEY_ID = rf"(?:{_AKIA}|{_ASIA})[0-9A-Z]{{16}}"
 # redaction idempotent).
 _RUN_START, _RUN_END = r"(?<![A-Za-z0-9_-])", r"(?![A-Za-z0-9_-])"
 AWS_KEY_ID = re.compile(_RUN_START + _AWS_KEY_ID + _RUN_END)
-AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+])(?:[A-Za-z0-9/+]{40}|[A-Za-z0-9/+]{100,}={0,2})(?![A-Za-z0-9/+=])")
 # What may go on after a secret key in the same token, redacted with it (``password=<key>-tail``, ``<key>%2F...``): a
 # ``-``, ``_``, ``.``, ``~`` or ``%``, then more of a token's characters; a blank, a quote, a ``,`` or a backslash
 # (JSON's ``\n``) ends it
