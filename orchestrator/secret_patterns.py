@@ -144,7 +144,9 @@ _PASS_SOURCE = re.compile(r"(?:env|file|fd):\S+|stdin|[0-9]+", re.I)
 # other value is a setting (``auth=none``, ``auth: ldap``, ``auth=host:389``, ``auth=(user, password)``): kept
 # (``not_auth_credentials``). Begins with its literal, as ``SHORT_KV``.
 _AUTH_USER = r"""(?:\\?["'][^"'\r\n]*["']|[a-z_][a-z0-9_.]*)"""  # a quoted user (JSON-escaped too), or a name
-_AUTH_TUPLE = rf"""(?P<t>(?:[a-z0-9_.]*auth)?\([ \t]*{_AUTH_USER}[ \t]*,[ \t]*|\[\s*{_AUTH_USER}\s*,\s*)"""
+# the same in a list, the user's text kept (``lq`` in its quotes, ``ln`` a name): ``not_auth_credentials`` reads it
+_AUTH_LIST_USER = r"""(?:\\?["'](?P<lq>[^"'\r\n]*?)\\?["']|(?P<ln>[a-z_][a-z0-9_.]*))"""
+_AUTH_TUPLE = rf"""(?P<t>(?:[a-z0-9_.]*auth)?\([ \t]*{_AUTH_USER}[ \t]*,[ \t]*|\[\s*{_AUTH_LIST_USER}\s*,\s*)"""
 _AUTH_LIST_END = re.compile(r"\s*\]")
 # Two of these in a list under ``auth`` are a list of methods (``["basic", "digest"]``, SSH's ``["password",
 # "publickey"]``), not a user and a password
@@ -392,8 +394,8 @@ def not_auth_credentials(text: str, m: re.Match[str]) -> bool:
     after = m.end("v") + len(m.group("q"))
     if not text.startswith(m.group("q"), m.end("v")) or _AUTH_LIST_END.match(text, after) is None:
         return True
-    user = text[start + 1:m.end("t")].strip().rstrip(",").strip().strip("\\\"'")
-    return auth_methods(user, _value(text, m))
+    user = m.span("lq") if m.start("lq") >= 0 else m.span("ln")
+    return auth_methods(text[user[0]:user[1]], _value(text, m))
 
 
 def secret_under_a_short_key(name: str, value: str) -> bool:

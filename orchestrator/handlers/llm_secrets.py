@@ -102,11 +102,12 @@ class Secrets:
                                          if any(char in form for form in forms)}))
         self._base64_forms = sorted({form for form, cut in wrapped if cut}, key=len)
         self._percent_escapes = _percent_escapes({char for form in forms for char in form})
+        shortest_starts = [(value, _shortest_start(value)) for value in self.values]
         # the parts are looked for lower-cased, in the text lower-cased (``_without_parts``): in any case
-        self._starts = [(value.lower(), _shortest_start(value)) for value in self.values]
+        self._starts = [(value.lower(), shortest) for value, shortest in shortest_starts]
         # a value longer than its shortest start is replaced whole, as sent, upper- or lower-cased, by the search for
         # its starts: three replaces less
-        found_by_starts = {form for value in self.values if _shortest_start(value) < len(value)
+        found_by_starts = {form for value, shortest in shortest_starts if shortest < len(value)
                            for form in (value, value.upper(), value.lower())}
         self._plain_forms = sorted({form for form, cut in wrapped if not cut} - found_by_starts, key=len, reverse=True)
 
