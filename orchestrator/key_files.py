@@ -24,6 +24,7 @@ from typing import Any, Iterator, Mapping
 
 from nacl.signing import SigningKey
 
+from orchestrator import faults
 from orchestrator.errors import InvalidInputError, SigningKeyError
 from orchestrator.key_paths import (MAKES_KEYS_TRUSTED, check_folders_above, forget_checked_folders, home_folder,
                                     owned_by_user, owner_writes)
@@ -277,9 +278,12 @@ def _write_whole(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.fchmod(fd, mode)  # only its owner writes it (and reads a private key), whatever the umask (``owner_writes``)
         with os.fdopen(fd, "wb") as fh:
             fd = -1
+            # killed in the middle of the write: part of the bytes in the temporary file, never at ``path``
+            faults.point("key_file.mid_write", lambda: os.write(fh.fileno(), data[: max(1, len(data) // 2)]))
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        faults.point("key_file.before_rename")
         os.replace(tmp, path)
     except BaseException:
         if fd >= 0:
@@ -287,6 +291,7 @@ def _write_whole(path: Path, data: bytes, mode: int = 0o644) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    faults.point("key_file.after_rename")
     fsync_dir(path.parent)
 
 

@@ -149,6 +149,7 @@ def export_project(orch: Orchestrator, out: IO[bytes], *, allow_damaged: bool = 
         out.write(b"".join(s.raw + b"\n" for s in lines))
         streams += 1
         events += len(lines)
+        faults.point("export.after_stream")  # part of the bundle written (``export -o FILE``: to its temporary file)
         if progress and streams % PROGRESS_EVERY == 0:
             progress(f"exported {streams} streams, {events} events...")
 
