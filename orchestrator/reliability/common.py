@@ -36,11 +36,16 @@ class Project:
 
     base: Path
     seed: str = field(default_factory=new_seed)
+    keyring_signs: bool = False  # the keyring folder's active key signs (no ORCH_SIGNING_KEY): ``keys rotate`` swept
 
     @property
     def env(self) -> dict[str, str]:
-        return {"BASE_PATH": str(self.base), "PROJECT_ID": PROJECT, "ORCH_SIGNING_KEY": self.seed,
-                "ORCH_KEYRING_DIR": str(self.base.parent / "keyring")}
+        env = {"BASE_PATH": str(self.base), "PROJECT_ID": PROJECT, "ORCH_KEYRING_DIR": str(self.keyring_folder)}
+        return env if self.keyring_signs else {**env, "ORCH_SIGNING_KEY": self.seed}
+
+    @property
+    def keyring_folder(self) -> Path:
+        return self.base.parent / "keyring"
 
     def keyring(self) -> Keyring:
         return load_keyring(self.env, announce=False)
@@ -66,10 +71,10 @@ class Project:
         return env
 
 
-def new_project(root: Path, name: str) -> Project:
+def new_project(root: Path, name: str, *, keyring_signs: bool = False) -> Project:
     base = root / name / "base"
     base.mkdir(parents=True)
-    return Project(base)
+    return Project(base, keyring_signs=keyring_signs)
 
 
 @dataclass

@@ -18,9 +18,9 @@ from orchestrator.json_usage import ArgumentParser, print_result
 from orchestrator.reliability import badinput, concurrency, crash, crash_cli, disk, double_crash, tamper, torn
 from orchestrator.reliability.common import progress
 
-# the crash sweeps kill once per seed at a sampled pass of each point (quick: 21 kills, and the command line's 33 at
+# the crash sweeps kill once per seed at a sampled pass of each point (quick: 21 kills, and the command line's 36 at
 # crash_cli.QUICK_POINTS), or at every pass of every point (long: 263 kills, 2 to 4 min on 2 shared cores, and the
-# command line's 207); a workload crash then its recovery's: 8 sampled pairs, or every pair of points (long: 244)
+# command line's 224); a workload crash then its recovery's: 8 sampled pairs, or every pair of points (long: 244)
 QUICK = {"crash_seeds": 1, "crash_mode": crash.SAMPLED, "cli_points": crash_cli.QUICK_POINTS, "double_pairs": 8,
          "torn_step": 7, "flips": 500, "per_kind": 20, "storm": (4, 150, 0.5), "zombie_rounds": 1, "clock_seeds": 3,
          "line_samples": 300}
@@ -35,15 +35,16 @@ PARTS = ("crash", "crash_cli", "double_crash", "torn", "tamper", "storm", "zombi
 
 
 def run_all(root: Path, quick: bool = True, only: set[str] | None = None,
-            crash_mode: str | None = None) -> dict[str, Any]:
+            crash_mode: str | None = None, pg_url: str | None = None) -> dict[str, Any]:
     """Run the ``PARTS``, or ``only`` those (a name that is none of them would run nothing, and report every figure
-    met: ``main`` refuses it); ``crash_mode`` (one of ``crash.MODES``) None takes the size's (``QUICK``/``LONG``)."""
+    met: ``main`` refuses it); ``crash_mode`` (one of ``crash.MODES``) None takes the size's (``QUICK``/``LONG``);
+    ``pg_url``: a PostgreSQL server on which the command-line sweep also kills ``db migrate`` (none: not swept)."""
     size = QUICK if quick else LONG
     mode = crash_mode or size["crash_mode"]
     workers, jobs, kill_every = size["storm"]
     parts: dict[str, Callable[[], Any]] = {
         "crash": lambda: crash.sweep(root / "crash", mode=mode, seeds=size["crash_seeds"]),
-        "crash_cli": lambda: crash_cli.sweep(root / "crash_cli", mode=mode, points=size["cli_points"]),
+        "crash_cli": lambda: crash_cli.sweep(root / "crash_cli", mode=mode, points=size["cli_points"], pg_url=pg_url),
         "double_crash": lambda: double_crash.sweep(root / "double_crash", pairs=size["double_pairs"]),
         "torn": lambda: torn.campaign(root / "torn", step=size["torn_step"]),
         "tamper": lambda: tamper.campaign(root / "tamper", flips=size["flips"], per_kind=size["per_kind"]),
@@ -235,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crash", choices=crash.MODES, default=None,
                         help="where the crash parts (crash, crash_cli) kill: at one sampled pass of each point per "
                              "seed (the default with --quick) or at every pass of every point (the default without it)")
+    parser.add_argument("--pg-url", metavar="URL", default=None,
+                        help="a PostgreSQL server (postgresql://...) on which the crash_cli part also kills `db "
+                             "migrate`, in a database of its own made and dropped there (without it, not swept)")
     parser.add_argument("--keep", metavar="DIR", default=None, help="work in DIR and keep it (default: a temp dir)")
     args = parser.parse_args(argv)
     import logging
@@ -244,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.keep) if args.keep else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         result = run_all(root, quick=args.quick, only=set(args.only) if args.only else None,
-                         crash_mode=args.crash)
+                         crash_mode=args.crash, pg_url=args.pg_url)
     met = all(ok for *_, ok in rows(result))
     result["all_met"] = met
     print_result(json.dumps(result, indent=1, default=str) if args.json else table(result))

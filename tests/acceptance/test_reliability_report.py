@@ -88,6 +88,18 @@ def test_the_crash_option_chooses_the_sweeps_mode_whatever_the_size(monkeypatch:
     assert modes == ["sampled", "every-pass", "every-pass", "sampled"]  # as the command line spells them
 
 
+def test_the_pg_url_option_has_the_command_line_sweep_kill_db_migrate_on_that_server(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.reliability import crash_cli, report
+
+    urls: list[str | None] = []
+    monkeypatch.setattr(crash_cli, "sweep", lambda root, mode, points, pg_url: urls.append(pg_url) or {})
+    monkeypatch.setattr(report, "rows", lambda result: [])
+    for argv in ([], ["--pg-url", "postgresql://db.example/orch"]):
+        report.main(["--quick", *argv, "--only", "crash_cli"])
+    assert urls == [None, "postgresql://db.example/orch"]
+
+
 def test_the_fsync_row_says_why_it_failed_when_its_two_figures_are_as_promised() -> None:
     from orchestrator.reliability.report import rows
 
