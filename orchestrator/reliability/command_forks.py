@@ -34,13 +34,20 @@ PROG_NAME = "python3 -m orchestrator"
 class CommandForks:
     """The sweep's side: a server started once, each command forked by it in turn (one at a time)."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *, wait: bool = True) -> None:
+        """Start the server; with ``wait`` False, return before its imports are done (``ready``): servers started
+        together import at once (the kill storm's, one a worker)."""
         self._server = subprocess.Popen([sys.executable, "-m", __name__], env=env, stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0)
-        self._ready = self._line(60.0)  # the server's imports done
-        if self._ready != "ready":
+        if wait:
+            self.ready()
+
+    def ready(self) -> None:
+        """Wait until the server's imports are done (once)."""
+        answer = self._line(60.0)
+        if answer != "ready":
             self.close()
-            raise RuntimeError(f"the command server did not start: {self._ready!r}")
+            raise RuntimeError(f"the command server did not start: {answer!r}")
 
     def start(self, argv: list[str], env: dict[str, str], output: Path, counts: Path | None = None) -> int:
         """Fork ``python -m orchestrator ARGV`` with ``env``, its stdout and stderr into ``output``: its pid. With

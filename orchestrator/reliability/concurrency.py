@@ -1,9 +1,9 @@
 """Concurrency and zombies: killed workers, a stopped-then-continued worker, and clock jumps.
 
-* ``storm``: N real worker processes on M jobs; every ``kill_every`` seconds one of them is
-  SIGKILLed (mid-job or not) and restarted. Lost = jobs not final at the end; duplicated =
-  a job reaching a final state twice or a run recording two outcomes. Re-runs (a job claimed
-  again after its worker died) are expected: execution is at least once.
+* ``storm``: N real worker processes on M jobs (each forked by a process that imported the command line once,
+  ``command_forks.py``); every ``kill_every`` seconds one of them is SIGKILLed (mid-job or not) and restarted.
+  Lost = jobs not final at the end; duplicated = a job reaching a final state twice or a run recording two
+  outcomes. Re-runs (a job claimed again after its worker died) are expected: execution is at least once.
 * ``zombie``: a worker is SIGSTOPped past its lease, another takes the job over and finishes
   it, then the first is continued: any event it writes after that is a late write accepted, and ``verify``
   must still pass on the project.
@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -25,6 +26,7 @@ from orchestrator.api import Orchestrator
 from orchestrator.integrity import verify_project
 from orchestrator.outcome import Claim
 from orchestrator.reliability import handlers  # noqa: F401 - registers rel.* handlers
+from orchestrator.reliability.command_forks import CommandForks
 from orchestrator.reliability.common import (FINAL_STATES, OUTCOME_TYPES, Project, finished_twice, new_project,
                                              progress)
 from orchestrator.worker import Worker, WorkerSettings
@@ -39,6 +41,9 @@ def late_writes(orch: Orchestrator, job_id: str) -> int:
         elif rec["type"] in OUTCOME_TYPES and rec.get("run_id") != current:
             late += 1
     return late
+
+
+DEVNULL = Path(os.devnull)  # where a storm's workers print
 
 
 def _worker_env(project: Project, lease: float) -> dict[str, str]:
@@ -63,37 +68,52 @@ def _outcome(orch: Orchestrator, job_ids: list[str]) -> dict[str, Any]:
 
 def storm(root: Path, workers: int = 4, jobs: int = 150, kill_every: float = 1.0, lease: float = 1.0,
           timeout: float = 120.0, seed: int = 1, job_seconds: float = 0.01) -> dict[str, Any]:
+    """``workers`` looping ``orchestrator worker`` processes on ``jobs`` jobs; every ``kill_every`` seconds one of them,
+    picked by ``seed``, is SIGKILLed and another started in its place. Each is forked by a server of its own that
+    imported the command line once (``command_forks.py``, as the command-line sweep's commands): a worker started
+    by ``python -m orchestrator`` spent its first ~0.2 s of CPU importing, and at a load of 12 on 2 cores a kill every
+    0.5 s then came before most workers had claimed anything (the quick run of 2026-12-07, 14:15: 1,200 kills in
+    600 s, 80 of 150 jobs never run)."""
     project = new_project(root, f"storm-{workers}x{jobs}")
     orch = project.orch()
     job_ids = [orch.submit("rel.echo", {"i": i, "sleep": job_seconds}, max_attempts=1000) for i in range(jobs)]
     env = _worker_env(project, lease)
     rng = random.Random(seed)
-    procs = [_start(env, "--worker-id", f"w{i}") for i in range(workers)]
     kills = 0
-    start = time.monotonic()
-    next_kill = start + kill_every
-    try:
-        while time.monotonic() - start < timeout:
-            time.sleep(0.1)
-            if time.monotonic() >= next_kill:
-                i = rng.randrange(workers)
-                procs[i].kill()
-                procs[i].wait()
-                kills += 1
-                procs[i] = _start(env, "--worker-id", f"w{i}-{kills}")
-                next_kill += kill_every
-            if int((time.monotonic() - start) * 10) % 10 == 0:
-                done = sum(orch.status(j).state in FINAL_STATES for j in job_ids)
-                if done == jobs:
-                    break
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+    with contextlib.ExitStack() as servers_open:
+        servers = [servers_open.enter_context(CommandForks(env, wait=False)) for _ in range(workers)]
+        for server in servers:
+            server.ready()
+        pids = [server.start(["worker", "--worker-id", f"w{i}"], env, DEVNULL) for i, server in enumerate(servers)]
+        start = time.monotonic()
+        next_kill = start + kill_every
+        try:
+            while time.monotonic() - start < timeout:
+                time.sleep(0.1)
+                if time.monotonic() >= next_kill:
+                    i = rng.randrange(workers)
+                    _kill(servers[i], pids[i])
+                    kills += 1
+                    pids[i] = servers[i].start(["worker", "--worker-id", f"w{i}-{kills}"], env, DEVNULL)
+                    next_kill += kill_every
+                if int((time.monotonic() - start) * 10) % 10 == 0:
+                    done = sum(orch.status(j).state in FINAL_STATES for j in job_ids)
+                    if done == jobs:
+                        break
+        finally:
+            for server, pid in zip(servers, pids):
+                _kill(server, pid)
     out = {"workers": workers, "kills": kills, "seconds": round(time.monotonic() - start, 1), **_outcome(orch, job_ids)}
     progress(f"storm {workers} workers x {jobs} jobs: {kills} kills, lost {out['lost']}, "
              f"twice {out['finished_twice']}, re-runs {out['reruns']}")
     return out
+
+
+def _kill(server: CommandForks, pid: int) -> None:
+    """SIGKILL the worker ``server`` forked (nothing if it ended by itself) and wait for its end."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    server.wait(pid, 60.0)
 
 
 def _wait(predicate: Any, timeout: float = 30.0) -> bool:
