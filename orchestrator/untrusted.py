@@ -15,7 +15,8 @@ entry is moved or dropped by every event of a queued job, a running entry ``(job
 event of a running one), and a line under an unknown key stays in an append-only history, so the
 job could not be checked here anyway. It remembers the keys too: a PostgreSQL ready row names the key
 that signed its job's first line and every key of its lines (``ReadyEntry.keys``, migrations 0008 and 0009: a job
-submitted on a machine it trusts and queued again by one it does not), so a row naming a key found
+submitted on a machine it trusts and queued again by one it does not; a row from before 0009 gets them from the
+first worker that reads its job and cannot check it: ``QueueIndex.name_keys``), so a row naming a key found
 missing is passed over unread wherever it is met, and a claim pass's next pages leave every such row
 out (``QueueIndex.next_page``): a worker reads a page of a key's jobs, not each of them (until
 2026-12-07, twenty-eighth session: ``worker --once`` read 4,000 to reach the job behind them). A file

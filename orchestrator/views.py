@@ -50,8 +50,12 @@ class JobView:
         checked them: what its PostgreSQL ready row names beside ``signer`` (migration 0009), so that a worker that
         does not trust one of them leaves the row out unread, whichever line that key signed. A view of a later part
         of a job names the keys of that part: a row names no key its job's history does not hold."""
-        if not self.ok:
-            return ()
+        return self.line_keys() if self.ok else ()
+
+    def line_keys(self) -> tuple[str, ...]:
+        """Every key a line of the view names, each once, in the order met, checked or not: ``signers`` of a view that
+        checked them; of one whose only problems are keys it lacks (``missing_keys``), those keys among the others, as
+        a claimer writes them into a row that names none (``QueueIndex.name_keys``)."""
         return tuple(dict.fromkeys(kid for kid in map(line_key_id, (line.raw for line in self.stream.lines)) if kid))
 
     def missing_keys(self) -> frozenset[str]:

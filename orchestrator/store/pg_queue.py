@@ -133,6 +133,12 @@ WITH freed AS (UPDATE orch_ready SET reserved_until_us = 0
                AND reserved_by = %(by)s AND reserved_until_us = %(until)s RETURNING job_id)
 SELECT pg_notify(%(channel)s, job_id) FROM freed
 """
+# the keys of a job's lines, written into its row that names none (``name_keys``): a hint, committed without the WAL wait
+_NAME_KEYS = """
+WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true))
+UPDATE orch_ready SET signers = %(keys)s::text[] FROM async_commit
+WHERE project = %(p)s AND job_id = %(job)s AND priority = %(pr)s AND runnable_at_us = %(at)s AND signers IS NULL
+"""
 
 
 # the jobs of a list whose ready row (priority and time), or running row (epoch, or 0), is there (``holding``)
@@ -400,6 +406,18 @@ class PgQueueIndex(QueueIndex):
         self._reserved = None
         self._sql(_RELEASE, {"p": self.project, "job": entry.job_id, "pr": entry.priority, "at": entry.runnable_at_us,
                              "by": by, "until": until, "channel": self.channel}, write=True, fetch=True)
+
+    def name_keys(self, entry: ReadyEntry, keys: tuple[str, ...]) -> None:
+        """Write ``keys`` into the row of ``entry`` if it names none (``signers`` NULL: a row from before 0009, or
+        written by a release that does not name the column): from then on the row is left out by those keys, as one
+        written since (``_NO_LEFT_KEY``, ``UntrustedJobs``); until 2026-12-07 (the review of the 0009 work) it was
+        left out by its own entry alone, read again by every new worker and past ``LEFT_KEPT``, until its job ran. A
+        hint, as the writer's (its commit does not wait for the WAL flush): a crash forgets it, and the job is read
+        again; the row of another time, or named since, is left as it is."""
+        if entry.signers or not keys:
+            return
+        self._sql(_NAME_KEYS, {"p": self.project, "job": entry.job_id, "pr": entry.priority,
+                               "at": entry.runnable_at_us, "keys": list(keys)}, write=True)
 
     # Rows are per (job, epoch) (migration 0003): stale recovery, which drops outside the event's
     # transaction, removes only the epoch it listed, never the row of a claim committed since.

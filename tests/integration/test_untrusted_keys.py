@@ -454,6 +454,42 @@ def test_a_job_submitted_under_a_trusted_key_and_queued_again_under_another_is_l
 
 
 @pytest.mark.postgres
+def test_a_row_from_before_0009_of_a_job_queued_again_under_another_key_names_that_key_once_a_worker_read_it(
+        tmp_path: Path, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Noted by the review of the 0009 work: a row written before 0009 names no ``signers`` (NULL), so a job
+    submitted on A and queued again by B stayed behind A's key alone until it ran: every ``worker --once`` of A read
+    each such job, and a looping worker those past ``LEFT_KEPT`` at each pass. The worker that reads such a job and
+    finds it cannot check it writes the keys of its lines into the row (once: a hint, as the writer's), so it is
+    then left out by the key, as a row written since 0009 is."""
+    from orchestrator import untrusted
+    from orchestrator.store.pg_queue import CANDIDATES
+
+    monkeypatch.setattr(untrusted, "LEFT_KEPT", 2)  # as if it had met more than 8,192 such jobs
+    many = 3 * (CANDIDATES + 1)
+    with pg_machines(tmp_path, base) as m:
+        jobs = [m.a.submit("t.echo", {"n": i}) for i in range(many)]
+        t = m.a.clock() - 100  # so that the job submitted last is behind them
+        dead = make_worker(m.b, "b-dead", lease_seconds=30)
+        for _ in jobs:
+            assert dead.claim(now=t) is not None
+        assert sorted(make_worker(m.b, "b-rescuer").recover_stale(now=t + 31)) == sorted(jobs)
+        m.a.store._run(lambda conn: conn.execute("UPDATE orch_ready SET signers = NULL WHERE project = %s",
+                                                 (m.a.project_id,)), write=True)  # as written before 0009
+        assert {e.signers for e in m.a.queue.ready()} == {()}
+        job = m.a.submit("t.echo", {"message": "behind them"})
+        reads = reads_of(m.a, monkeypatch)
+        first = make_worker(m.a, "a-first")
+        claim = first.claim()
+        assert claim is not None and claim.job_id == job
+        assert sorted(reads[:-1]) == sorted(jobs), "each row naming no key read once, to learn its keys"
+        assert {e.signers for e in m.a.queue.ready()} == {(m.ring_a.signer_id, m.b_kid)}
+        reads.clear()
+        assert first.claim() is None and reads == [], f"{len(reads)} jobs read again by the same worker"
+        assert make_worker(m.a, "a-next").claim() is None  # a `worker --once` after it: a page, not each job
+        assert len(reads) <= CANDIDATES + 1, f"{len(reads)} jobs read by the next worker"
+
+
+@pytest.mark.postgres
 def test_a_worker_that_found_it_does_not_trust_a_key_reserves_no_row_naming_it_on_postgres(
         tmp_path: Path, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Noted by the twenty-ninth session, reproduced there: since the twenty-eighth a row naming a key found
