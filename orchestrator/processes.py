@@ -2,8 +2,9 @@
 
 ``verify`` and a cold jobs cache (``metrics``, ``status --all --state/--kind``) read and verify every job; on a large
 project that is minutes of one core while the others idle. ``in_chunks`` hands chunks of the work to a pool of
-forked processes (each a copy of the caller, with its keyring and store: a PostgreSQL store opens connections of
-its own in a child, ``PgSessions._after_fork_in_child``) and yields their results in order, so the caller
+forked processes, whatever the default start method (each a copy of the caller, with its keyring and store: a
+PostgreSQL store opens connections of its own in a child, ``PgSessions._after_fork_in_child``; and its thread's
+rule for a held lock, ``LOCK_HELD``) and yields their results in order, so the caller
 builds the same result as from one process. Below ``PARALLEL_FROM`` jobs the pool's start (~10 ms) is not worth
 it. Children only read; whatever is written (healed audit entries, the cache) is written by the caller.
 """
@@ -57,6 +58,7 @@ def _leave_interrupts_to_the_caller() -> None:
 
 
 def _run_in_child(chunk: Any) -> Any:
+    """In a child: ``work(orch, chunk)``, the two as the fork copied them (``in_chunks``)."""
     orch, work = _forked[0]
     return work(orch, chunk)
 
@@ -84,7 +86,18 @@ def in_chunks(orch: Any, work: Callable[[Any, Any], R], chunks: Sequence[Any], j
     """``work(orch, chunk)`` for each chunk, results in the chunks' order: here when ``jobs`` (how many the chunks
     hold) is under ``PARALLEL_FROM``, when ``processes`` is 1, there is one chunk or forking is not safe
     (``may_fork``); else in a pool of ``processes`` forked processes (default ``usable_cpus()``). An error raised by
-    ``work`` in a child is raised here."""
+    ``work`` in a child is raised here.
+
+    Forked, whatever the program's default start method (``multiprocessing.set_start_method``: ``spawn``, or
+    ``forkserver``, Python 3.14's default on Linux): a child takes what it needs as the fork's copy of the caller,
+    never pickled, and a spawned process would have none of it. That is ``orch`` and ``work`` (``_forked``: an
+    ``Orchestrator`` holds a store's connections, locks and a keyring, which no pickle carries), and the calling
+    thread's rule for a lock another process holds (``locks.said_waits``, which ``verify`` enters: a child that meets
+    a record a paused writer holds says ``LOCK_HELD`` and waits, as the caller would; ``bounded_waits``, a worker's),
+    copied because the pool's processes are forked by the calling thread, as ``ProcessPoolExecutor`` does for its
+    ``fork`` context (at the first ``submit``). Tested with ``spawn`` and ``forkserver`` set as the default
+    (``test_verify_in_processes``): a pool started the default way failed each chunk (``IndexError`` in
+    ``_run_in_child``) and said nothing."""
     processes = usable_cpus() if processes is None else processes
     if jobs < PARALLEL_FROM or processes <= 1 or len(chunks) <= 1 or not may_fork():
         for chunk in chunks:

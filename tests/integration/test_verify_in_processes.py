@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import sys
 from pathlib import Path
 
 import pytest
@@ -294,3 +295,57 @@ def test_a_job_without_its_index_entry_is_warned_of_by_the_checking_processes_to
     in_processes = verify_project(orch, processes=2)
     assert [(w.code, w.stream) for w in alone.warnings] == [("INDEX_ENTRY_MISSING", jobs[3])]
     assert in_processes.to_dict() == alone.to_dict()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+@pytest.mark.parametrize("default", ["spawn", "forkserver"])
+def test_the_checking_processes_say_why_they_wait_for_a_record_a_paused_writer_holds_whatever_the_default_start_method(
+        cli_env: dict[str, str], base: Path, tmp_path: Path, monkeypatch, default: str) -> None:
+    """``verify --processes N`` waits for a record a paused writer holds, saying so (``LOCK_HELD``), in the process
+    that meets it: a child. A child is a fork of the caller whatever the program's default start method (``spawn``,
+    Python 3.14's ``forkserver``): the caller's orchestrator, its work and its thread's rule for such waits
+    (``waiting_said``) reach a child only as the fork's copy (``processes.in_chunks``). A pool started the default
+    way had children with none of them."""
+    import subprocess
+
+    from helpers import REPO, wait_until
+
+    monkeypatch.setenv("ORCH_SIGNING_KEY", cli_env["ORCH_SIGNING_KEY"])
+    orch = Orchestrator(base_path=base, project_id="proj")
+    jobs = [orch.submit("t.echo", i) for i in range(6)]
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    script = (f"import multiprocessing, os, sys\nmultiprocessing.set_start_method({default!r}, force=True)\n"
+              "from orchestrator import integrity, processes\n"
+              "processes.PARALLEL_FROM, processes.CHUNK = 1, 2\n"
+              "real = integrity._check_chunk\n"
+              f"def noting(orch, chunk): open(os.path.join({str(pids)!r}, str(os.getpid())), 'w').close(); "
+              "return real(orch, chunk)\n"
+              "integrity._check_chunk = noting\n"
+              "from orchestrator.cli import main\nmain(['verify', '--processes', '2'])\n")
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, signal, sys\n"
+                               "fd = os.open(sys.argv[1], os.O_RDWR)\nfcntl.flock(fd, fcntl.LOCK_EX)\n"
+                               "os.kill(os.getpid(), signal.SIGSTOP)\n",
+                               str(orch.settings.state_dir / "heads" / jobs[4])])
+    said = tmp_path / "stderr"
+    try:
+        wait_until(lambda: Path(f"/proc/{holder.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T",
+                   what="the stand-in writer to stop with the record's lock held")
+        with said.open("w") as err:
+            verifying = subprocess.Popen([sys.executable, "-c", script], env=cli_env, cwd=str(REPO),
+                                         stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            wait_until(lambda: "LOCK_HELD" in said.read_text() or verifying.poll() is not None, timeout=30,
+                       what="the checking process to say why it waits")
+            assert verifying.poll() is None and "LOCK_HELD" in said.read_text(), said.read_text()
+        except BaseException:
+            verifying.kill()
+            verifying.communicate()
+            raise
+    finally:
+        holder.kill()
+        holder.wait()
+    out, _ = verifying.communicate(timeout=30)
+    assert verifying.returncode == 0 and out.startswith("OK: 6 stream(s)"), (out, said.read_text())
+    assert f"heads/{jobs[4]}" in said.read_text() and "fuser -v" in said.read_text()
+    assert {p.name for p in pids.iterdir()} - {str(verifying.pid)}, "checked by forked processes"
