@@ -86,11 +86,11 @@ def killed_warning(killed: Killed, job_id: str, run_id: str, when: str) -> dict[
     """The ``{code, message}`` reported with a run's result, or with its stale recovery, when processes the run left
     running were killed by pid (``end_exited_run``, ``kill_run_processes``, a Python handler's ``end_leftovers``):
     whoever meant a handler to leave a daemon behind learns why it is gone, and from the result, not only from the
-    worker's log."""
-    named = ", ".join(str(pid) for pid in killed.pids[:PIDS_NAMED])
+    worker's log. ``job_id`` empty: only the run's folder named the run (``recovery.sweep_left_over_runs``)."""
+    named, of_job = ", ".join(str(pid) for pid in killed.pids[:PIDS_NAMED]), f" of job {job_id}" if job_id else ""
     more = f" and {killed.total - PIDS_NAMED} more" if killed.total > PIDS_NAMED else ""
     return {"code": RUN_PROCESSES_KILLED,
-            "message": f"killed {killed.total} process(es) left running by run {run_id} of job {job_id} {when} "
+            "message": f"killed {killed.total} process(es) left running by run {run_id}{of_job} {when} "
                        f"(pid {named}{more}): what a run starts ends with the run (docs/worker.md)"}
 
 

@@ -33,7 +33,7 @@ from orchestrator.limits import LATEST_TIME
 from orchestrator.notices import Notify, log_warning, tell
 from orchestrator.payload import NO_TERMINAL_SIGNAL_STALE
 from orchestrator.queue import QueueIndex, ReadyEntry, run_left_running
-from orchestrator.run_folder import RUN_PREFIX, remove_run_folder
+from orchestrator.run_folder import RUN_PREFIX, output_held, remove_run_folder
 from orchestrator.security import sanitize_text
 from orchestrator.state import CANCELLED, QUEUED, RUNNING, WAITING_HUMAN, JobState, replay
 from orchestrator.untrusted import UntrustedJobs, running_mark
@@ -414,14 +414,22 @@ def sweep_left_over_runs(orch: Orchestrator, queue: QueueIndex, runs_root: Path)
     here whose run is live is seen as running. A run the events say is over but whose handler
     still runs (a worker paused past its lease, a cancel not yet noticed) holds its output's
     lock, and its folder stays (``remove_run_folder``). So the running jobs are read here again
-    rather than taken from this pass's recovery, which read them before the listing."""
+    rather than taken from this pass's recovery, which read them before the listing.
+
+    What a run that is over left running on this machine is killed first (``kill_run_processes``: a process of its
+    ``ORCH_RUN_ID``, and, while a process of the run still holds its output, one named after it: ``named``), unless
+    its job still holds a running entry, which a recovery meets and ends (a cancelled run whose lease may hold: its
+    worker, alive, ends it). On PostgreSQL the recovery of a dead run is made by the first worker of any machine, and
+    kills only on its own: until 2026-12-07 (pg3) what the run left on its machine ran on for good, unless a worker
+    there met the entry first. Its folder, on this machine's disk, names the run: a worker there kills them at its
+    first sweep (as it starts) or within ``SWEEP_EVERY``: one read of ``/proc`` per such folder while it is there."""
     try:
         names = [n for n in os.listdir(runs_root) if n.startswith(RUN_PREFIX)]
     except OSError:
         return []
     if not names:
         return []
-    live = set()
+    live, ending = set(), set()
     for job_id, _epoch in queue.running_entries():
         try:
             s = orch.load(job_id).state
@@ -429,6 +437,13 @@ def sweep_left_over_runs(orch: Orchestrator, queue: QueueIndex, runs_root: Path)
             continue
         if s is not None and s.state == RUNNING:  # even unverified: its run may be live
             live.add(s.run_id)
+        elif s is not None and s.run_id is not None:  # its entry kept: a recovery still ends that run
+            ending.add(s.run_id)
+    for name in names:
+        if name not in live and name not in ending:
+            logged_killed(log, Killed.of(kill_run_processes(name, named=output_held(runs_root / name))), "", name,
+                          "after the run was over (its worker gone, its job recovered or cancelled by a worker of "
+                          "another machine), found by this machine's sweep of run folders")
     removed = [n for n in names if n not in live and remove_run_folder(runs_root / n)]
     if removed:
         log.info("removed %d run folder(s) of runs that are over", len(removed), extra={"folders": removed})

@@ -200,6 +200,23 @@ def remove_run_folder(folder: Path) -> bool:
             os.close(fd)
 
 
+def output_held(folder: Path) -> bool:
+    """Whether a process of the run of ``folder`` (``runs/run-*``) still holds its output's lock (``open_output``): its
+    handler, or what a command started that kept its output, alive whatever the job's events say. Never through a
+    link; False for a folder gone, or whose output is missing or cannot be opened."""
+    try:
+        fd = os.open(folder / "output.log", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def sanitized_tail(path: Path, limit: int = 4000) -> str:
     """The last ``limit`` characters of a run's output, sanitized ("..." first when cut): its last
     ``cut_read_size(limit)`` bytes, cut by ``security.sanitized_cut``, which sanitizes all it looks at before it

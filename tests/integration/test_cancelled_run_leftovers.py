@@ -155,3 +155,80 @@ def test_a_stale_recovery_drops_the_running_entry_after_its_kill_and_leaves_the_
     assert [e.job_id for e in orch.queue.ready()] == [job]
     retry = rescuer.claim(now=t + LEASE + 100)
     assert retry is not None and retry.job_id == job and retry.epoch > claim.epoch
+
+
+NAMED_AND_BLOCK = ("import sys, time\nfrom orchestrator.leftovers import set_run_environment\n"
+                   "from orchestrator.runner import load_libc\n"
+                   "set_run_environment({'run_id': sys.argv[1]}, load_libc())\nprint('named', flush=True)\n"
+                   "time.sleep(313)\n")
+
+
+@pytest.fixture
+def run_folder_held_by(request: pytest.FixtureRequest):
+    """``run_folder_held_by(worker, run_id)``: the run's folder on the worker's machine, its output held by a process
+    named after the run (as a Python handler's forks are: no ``ORCH_RUN_ID`` in ``/proc``), as its worker, killed,
+    left them; killed after the test if it is."""
+    from helpers import REPO, wait_until
+    from orchestrator.run_folder import make_private_folder, open_output
+
+    procs: list[subprocess.Popen] = []
+
+    def start(worker: Worker, run_id: str) -> subprocess.Popen:
+        folder = worker.folders.runs_root / run_id
+        make_private_folder(folder)
+        output = open_output(folder / "output.log")
+        try:
+            procs.append(subprocess.Popen([sys.executable, "-c", NAMED_AND_BLOCK, run_id], stdout=output,
+                                          stderr=output, env={**os.environ, "PYTHONPATH": str(REPO)}))
+        finally:
+            os.close(output)
+        wait_until(lambda: (folder / "output.log").read_text() == "named\n", what="the process to take the name")
+        return procs[-1]
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_what_a_dead_run_left_on_this_machine_is_killed_by_a_worker_starting_here_after_another_machine_recovered_it(
+        orch, left_by, run_folder_held_by, monkeypatch, caplog) -> None:
+    """On PostgreSQL the first worker of any machine recovers a dead run, and kills what the run left on its own
+    machine only: until 2026-12-07 (pg3) what it left on its own ran on for good, unless a worker of that machine met
+    the job's running entry first. The run's folder, left on its machine's disk, names it: a worker starting there
+    (or its sweep, once a minute) kills them, by the run's variable and, while one holds the run's output, by its
+    name. The other machine is played by a recovery whose search of this machine's processes finds none."""
+    from orchestrator import recovery
+
+    job = orch.submit("t.echo", 1)
+    t = orch.clock()
+    dead = make_worker(orch, "dead")
+    claim = dead.claim(now=t)
+    assert claim is not None
+    marked, named = left_by(claim.run_id), run_folder_held_by(dead, claim.run_id)
+    with monkeypatch.context() as elsewhere:
+        elsewhere.setattr(recovery, "kill_run_processes", lambda *args, **kwargs: [])
+        assert make_worker(orch, "other-machine").recover_stale(now=t + LEASE + 1) == [job]
+    assert running_jobs(orch) == [] and marked.poll() is None and named.poll() is None
+    with caplog.at_level(logging.WARNING, logger="orchestrator.recovery"):
+        make_worker(orch, "starting-here").recover_stale(now=t + LEASE + 2)  # its first sweep
+    assert marked.wait(5) == -9 and named.wait(5) == -9
+    assert not (dead.folders.runs_root / claim.run_id).exists()
+    [said] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("RUN_PROCESSES_KILLED")]
+    assert f"killed 2 process(es) left running by run {claim.run_id} after" in said, said
+    assert str(marked.pid) in said and str(named.pid) in said
+
+
+def test_a_workers_sweep_leaves_what_a_cancelled_run_left_while_a_recovery_is_still_to_meet_it(
+        orch, left_by, run_folder_held_by) -> None:
+    """A cancelled run keeps its running entry until its lease expired: its worker, alive, ends it and says what it
+    killed (``end_cancelled_run``). The sweep of run folders leaves such a run to that recovery."""
+    job = orch.submit("t.echo", 1)
+    t = orch.clock()
+    slow = make_worker(orch, "slow")
+    claim = slow.claim(now=t)
+    assert claim is not None
+    marked, named = left_by(claim.run_id), run_folder_held_by(slow, claim.run_id)
+    assert orch.cancel(job, "not needed").applied
+    assert make_worker(orch, "starting-here").recover_stale(now=t + 1) == []  # its first sweep; the lease holds
+    assert marked.poll() is None and named.poll() is None and running_jobs(orch) == [job]
