@@ -306,7 +306,7 @@ class Claimer:
             if missing:  # nothing else wrong: a worker that trusts those keys can check it, and runs it
                 self.untrusted.leave(entry, view.job_id, missing)
                 self.left_for_others = True
-                self.queue.name_keys(entry, view.line_keys())  # a row from before 0009 then left out by them
+                self.queue.name_keys(entry, view)  # a row from before 0009 then left out by them
                 self.queue.release(entry)
                 return None
             self._refuse(view, entry, now)
@@ -440,7 +440,7 @@ class Claimer:
         s = view.state
         if missing:
             self.untrusted.leave(entry, entry.job_id, missing)
-            self.queue.name_keys(entry, view.line_keys())
+            self.queue.name_keys(entry, view)
         elif view.ok and s is not None and s.state == QUEUED and (not self._kinds or s.kind in self._kinds):
             left = self._unhandled_kind(s.kind, s.job_id)
             if left is not None:

@@ -323,11 +323,12 @@ class QueueIndex(ABC):
         a shared index that reserved it for this claimer lets it go at once and wakes the others, rather
         than have them wait out the reservation. Nothing to do for an index that reserves nothing."""
 
-    def name_keys(self, entry: ReadyEntry, keys: tuple[str, ...]) -> None:
-        """The claimer read the job of ``entry``, which names no key of its lines (``ReadyEntry.signers`` empty), and
-        left it for want of one: an index that keeps the keys (``keeps_signers``) writes ``keys``, every key of the
-        job's lines, into the entry, as the event that queued it does since they are kept, so that every claimer that
-        found one of them missing leaves it out unread from then on. Nothing to do for an index that keeps none."""
+    def name_keys(self, entry: ReadyEntry, view: JobView) -> None:
+        """The claimer read the job of ``entry`` (``view``) and left it for want of a key: an index that keeps the keys
+        (``keeps_signers``) writes every key of the job's lines (``JobView.line_keys``, read only then) into an entry
+        that names none (``ReadyEntry.signers`` empty), as the event that queued it does since they are kept, so that
+        every claimer that found one of them missing leaves it out unread from then on. Nothing to do for an index
+        that keeps none (nor are the lines' keys read)."""
 
     # Running entries are kept per (job, epoch): the worker that hands a job back to the queue drops
     # the entry of *its* epoch, never the one the next claimer (epoch + 1) put before its claim.

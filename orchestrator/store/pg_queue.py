@@ -30,7 +30,7 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Collection, NamedTuple
+from typing import TYPE_CHECKING, Any, Collection, NamedTuple
 
 from orchestrator import faults
 from orchestrator.errors import StorageError
@@ -40,6 +40,9 @@ from orchestrator.state import QUEUED, RUNNING, JobState
 from orchestrator.store.base import HEADS_AREA, InTransaction, StoredLine
 from orchestrator.store.pg_connection import _driver, connect
 from orchestrator.store.postgres import PostgresStore, _line_bounds
+
+if TYPE_CHECKING:
+    from orchestrator.views import JobView
 
 log = logging.getLogger(__name__)
 
@@ -407,14 +410,18 @@ class PgQueueIndex(QueueIndex):
         self._sql(_RELEASE, {"p": self.project, "job": entry.job_id, "pr": entry.priority, "at": entry.runnable_at_us,
                              "by": by, "until": until, "channel": self.channel}, write=True, fetch=True)
 
-    def name_keys(self, entry: ReadyEntry, keys: tuple[str, ...]) -> None:
-        """Write ``keys`` into the row of ``entry`` if it names none (``signers`` NULL: a row from before 0009, or
+    def name_keys(self, entry: ReadyEntry, view: JobView) -> None:
+        """Write the keys of the lines of ``view`` into the row of ``entry`` if it names none (``signers`` NULL: a row from before 0009, or
         written by a release that does not name the column): from then on the row is left out by those keys, as one
         written since (``_NO_LEFT_KEY``, ``UntrustedJobs``); until 2026-12-07 (the review of the 0009 work) it was
         left out by its own entry alone, read again by every new worker and past ``LEFT_KEPT``, until its job ran. A
         hint, as the writer's (its commit does not wait for the WAL flush): a crash forgets it, and the job is read
-        again; the row of another time, or named since, is left as it is."""
-        if entry.signers or not keys:
+        again; the row of another time, or named since, is left as it is. A row that names its keys (every row
+        written since 0009) costs no read of them."""
+        if entry.signers:
+            return
+        keys = view.line_keys()
+        if not keys:
             return
         self._sql(_NAME_KEYS, {"p": self.project, "job": entry.job_id, "pr": entry.priority,
                                "at": entry.runnable_at_us, "keys": list(keys)}, write=True)
