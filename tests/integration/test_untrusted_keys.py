@@ -421,6 +421,18 @@ def test_a_looping_worker_on_postgres_reads_none_of_a_keys_jobs_again_however_ma
         assert claim is not None and claim.job_id == jobs[0]
 
 
+def queued_again_by_b(m: Machines, many: int) -> list[str]:
+    """``many`` jobs submitted on A and queued again by B (its stale recovery of its dead worker's claims): their lines
+    are signed by both keys. Shared by the tests of the rows naming both (migration 0009) and of those from before."""
+    jobs = [m.a.submit("t.echo", {"n": i}) for i in range(many)]
+    t = m.a.clock() - 100  # so that a job submitted next is behind them
+    dead = make_worker(m.b, "b-dead", lease_seconds=30)
+    for _ in jobs:
+        assert dead.claim(now=t) is not None
+    assert sorted(make_worker(m.b, "b-rescuer").recover_stale(now=t + 31)) == sorted(jobs)
+    return jobs
+
+
 @pytest.mark.postgres
 def test_a_job_submitted_under_a_trusted_key_and_queued_again_under_another_is_left_out_by_that_key_on_postgres(
         tmp_path: Path, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -435,12 +447,7 @@ def test_a_job_submitted_under_a_trusted_key_and_queued_again_under_another_is_l
     monkeypatch.setattr(untrusted, "LEFT_KEPT", 2)  # as if it had met more than 8,192 such jobs
     many = 3 * (CANDIDATES + 1)
     with pg_machines(tmp_path, base) as m:
-        jobs = [m.a.submit("t.echo", {"n": i}) for i in range(many)]
-        t = m.a.clock() - 100  # so that the job submitted last is behind them
-        dead = make_worker(m.b, "b-dead", lease_seconds=30)
-        for _ in jobs:
-            assert dead.claim(now=t) is not None
-        assert sorted(make_worker(m.b, "b-rescuer").recover_stale(now=t + 31)) == sorted(jobs)
+        queued_again_by_b(m, many)
         assert {e.signers for e in m.a.queue.ready()} == {(m.ring_a.signer_id, m.b_kid)}
         job = m.a.submit("t.echo", {"message": "behind them"})
         w = make_worker(m.a, "a")
@@ -467,12 +474,7 @@ def test_a_row_from_before_0009_of_a_job_queued_again_under_another_key_names_th
     monkeypatch.setattr(untrusted, "LEFT_KEPT", 2)  # as if it had met more than 8,192 such jobs
     many = 3 * (CANDIDATES + 1)
     with pg_machines(tmp_path, base) as m:
-        jobs = [m.a.submit("t.echo", {"n": i}) for i in range(many)]
-        t = m.a.clock() - 100  # so that the job submitted last is behind them
-        dead = make_worker(m.b, "b-dead", lease_seconds=30)
-        for _ in jobs:
-            assert dead.claim(now=t) is not None
-        assert sorted(make_worker(m.b, "b-rescuer").recover_stale(now=t + 31)) == sorted(jobs)
+        jobs = queued_again_by_b(m, many)
         m.a.store._run(lambda conn: conn.execute("UPDATE orch_ready SET signers = NULL WHERE project = %s",
                                                  (m.a.project_id,)), write=True)  # as written before 0009
         assert {e.signers for e in m.a.queue.ready()} == {()}
