@@ -25,7 +25,8 @@ from orchestrator.errors import (ConcurrencyError, HandlerNotFoundError, Invalid
                                  KeyNotTrustedError, LockHeldError, OrchestratorError)
 from orchestrator.handlers import lookup, registry_generation
 from orchestrator.history import submitted_kind
-from orchestrator.limits import LATEST_TIME, a_time, keep_latest
+from orchestrator.leases import lease_end
+from orchestrator.limits import a_time, keep_latest
 from orchestrator.notices import Notify, tell
 from orchestrator.outcome import Claim
 from orchestrator.queue import ReadyEntry
@@ -335,9 +336,8 @@ class Claimer:
             self._leave(entry, s.job_id, for_good=False)
             return None
         run_id, epoch = new_run_id(), s.epoch + 1
-        # the lease ends at the latest time a line holds, as a retry (the clock's own time is not checked)
         data = {"worker_id": self.worker_id, "epoch": epoch, "attempt": s.attempt + 1,
-                "lease_expires_at": clock_mod.to_iso(min(now + self.settings.lease_seconds, LATEST_TIME))}
+                "lease_expires_at": clock_mod.to_iso(lease_end(now, self.settings.lease_seconds))}
         # the claim event carries the first lease expiry: a run shorter than a heartbeat writes no lease record
         self.check_room()
         faults.point("worker.before_claim")

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator import clock as clock_mod
 from orchestrator.errors import LockHeldError, StorageError, StorageUnavailableError
-from orchestrator.leases import HeldLease, Lease, write_lease
-from orchestrator.limits import LATEST_TIME
+from orchestrator.leases import HeldLease, Lease, lease_end, write_lease
 from orchestrator.security import one_line
 from orchestrator.store.locks import LOCK_WAIT_SECONDS, bounded_waits
 
@@ -83,7 +82,7 @@ class Heartbeat:
                 if store.read(claim.job_id, from_seq=claim.view.head.seq + 1):
                     return "lost"
                 now = self.orch.clock()
-                expires = min(now + self.lease_seconds, LATEST_TIME)  # as the claim's (``claiming``)
+                expires = lease_end(now, self.lease_seconds)
                 write_lease(store, Lease(claim.job_id, claim.run_id, claim.epoch, self.worker_id, os.getpid(),
                                          expires, now))
         except (StorageError, LockHeldError) as exc:  # StorageUnavailableError too

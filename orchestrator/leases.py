@@ -34,6 +34,7 @@ from typing import Any
 from orchestrator import clock, faults
 from orchestrator.config import MAX_LEASE_SECONDS
 from orchestrator.errors import PathEscapeError
+from orchestrator.limits import LATEST_TIME
 from orchestrator.signing import parse_line
 from orchestrator.state import JobState
 from orchestrator.store.base import EventStore
@@ -64,6 +65,14 @@ class Lease:
         data: dict[str, Any] = asdict(self)
         data["expires_at_iso"] = clock.to_iso(self.expires_at)
         return json.dumps(data, sort_keys=True).encode()
+
+
+def lease_end(now: float, lease_seconds: float) -> float:
+    """The end of a lease taken (the claim's) or renewed (a heartbeat's) at ``now``: ``LATEST_TIME`` at the latest, as a
+    retry's time is. The clock's own time is not checked for room (``WorkerSettings.checked_now``): within a lease of
+    9999-12-31T23:59:59Z the end raised ``ValueError: year 10000`` until 2026-12-07; it is shorter there, which only
+    makes recovery earlier."""
+    return min(now + lease_seconds, LATEST_TIME)
 
 
 def _key(job_id: str, epoch: int) -> str:
