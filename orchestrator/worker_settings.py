@@ -77,8 +77,9 @@ class WorkerSettings:
     def checked_now(self, now: float | None) -> float | None:
         """The ``now`` given to a worker's ``run_once``, ``claim`` or ``recover_stale``: a time (``limits.a_time``) that
         leaves room for the latest time such a call writes ahead of it, a lease's end (a claim) and a retry's (a
-        recovery), refused before anything is reserved or written. None, the clock's time, is not checked (its
-        message not made: a worker's every pass asks)."""
+        recovery), refused before anything is reserved or written. None is not checked (a call that reads the clock
+        itself); nor is the clock's time a pass read and hands on (``Worker._checked_now``: its writes ahead are
+        capped at ``LATEST_TIME``, ``leases.lease_end``)."""
         if now is None:
             return None
         lease, retry = self.lease_seconds, self.retry_max_seconds
