@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator.descriptors import readable
 from orchestrator.handler_result import handler_payload
-from orchestrator.leftovers import KILLED_MAX_BYTES, decode_killed, encode_killed, end_leftovers, set_run_environment
+from orchestrator.killed import KILLED_MAX_BYTES, decode_killed, encode_killed
+from orchestrator.leftovers import end_leftovers, set_run_environment
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
 from orchestrator.run_folder import make_private_folder
 from orchestrator.runner import (HANDLER_PIPE_ENDS, STANDARD_FDS, UNREAPED, Child, forked_handler,

@@ -22,7 +22,8 @@ from orchestrator.errors import (AuditEntryNotWrittenError, ConcurrencyError, In
                                  StorageUnavailableError)
 from orchestrator.limits import LATEST_TIME
 from orchestrator.leases import LEASE_NOT_RENEWED, HeldLease, drop_lease_aux
-from orchestrator.leftovers import Killed, end_exited_run, logged_killed
+from orchestrator.killed import Killed, logged_killed
+from orchestrator.leftovers import end_exited_run
 from orchestrator.payload import (DONE, FAILED, JSON_WHITESPACE, NEEDS_AUDIT, NO_TERMINAL_SIGNAL_EXIT,
                                   NO_TERMINAL_SIGNAL_STALE, Payload, parse_payload)
 from orchestrator.run_folder import sanitized_tail

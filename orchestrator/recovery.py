@@ -28,7 +28,8 @@ from orchestrator.errors import (ConcurrencyError, InvalidIdError, JobNotFoundEr
                                  SigningKeyError, StorageError)
 from orchestrator.handler_host import sweep_dead_host_folders
 from orchestrator.leases import LEASES_AREA, drop_lease_aux, lease_expiry
-from orchestrator.leftovers import Killed, kill_run_processes, logged_killed
+from orchestrator.killed import Killed, logged_killed
+from orchestrator.leftovers import kill_run_processes
 from orchestrator.limits import LATEST_TIME
 from orchestrator.notices import Notify, log_warning, tell
 from orchestrator.payload import NO_TERMINAL_SIGNAL_STALE

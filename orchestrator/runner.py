@@ -30,9 +30,9 @@ from orchestrator.descriptors import readable
 from orchestrator.errors import MalformedPayloadError
 from orchestrator.forked_logging import fresh_streams, standard_streams
 from orchestrator.handler_env import strip_private_environment
-from orchestrator.leftovers import (KILLED_MAX_BYTES, LEFTOVER_GRACE_SECONDS, NONE_KILLED, Killed, become_subreaper,
-                                    decode_killed, encode_killed, end_leftovers, group_members, nothing_adopted,
-                                    set_run_environment, started_child, wait_group_empty)
+from orchestrator.killed import KILLED_MAX_BYTES, NONE_KILLED, Killed, decode_killed, encode_killed
+from orchestrator.leftovers import (LEFTOVER_GRACE_SECONDS, become_subreaper, end_leftovers, group_members,
+                                    nothing_adopted, set_run_environment, started_child, wait_group_empty)
 from orchestrator.leftovers import adopt_orphans as _adopt_orphans
 from orchestrator.handler_result import handler_payload, leave_if_forked
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large

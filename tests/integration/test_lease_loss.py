@@ -21,7 +21,7 @@ from helpers import alive, wait_until
 from orchestrator import Orchestrator
 from orchestrator import heartbeat as heartbeat_mod
 from orchestrator import supervisor as supervisor_mod
-from orchestrator.leftovers import Killed
+from orchestrator.killed import Killed
 from orchestrator import worker as worker_mod
 from orchestrator import worker_stop as worker_stop_mod
 from orchestrator.clock import from_iso

@@ -1,11 +1,11 @@
-"""What a Python handler's process killed of what its run left, as it tells the worker (``leftovers.encode_killed``),
+"""What a Python handler's process killed of what its run left, as it tells the worker (``killed.encode_killed``),
 and the warning the run's result carries (``killed_warning``): how many, and at most ten pids named."""
 from __future__ import annotations
 
 import select
 
-from orchestrator.leftovers import (KILLED_MAX_BYTES, NONE_KILLED, PIDS_NAMED, Killed, decode_killed, encode_killed,
-                                    killed_warning)
+from orchestrator.killed import (KILLED_MAX_BYTES, NONE_KILLED, PIDS_NAMED, Killed, decode_killed, encode_killed,
+                                 killed_warning)
 
 
 def test_what_was_killed_goes_to_the_worker_as_the_count_and_the_first_ten_pids() -> None:
