@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from orchestrator.limits import is_unicode
-from orchestrator.run_folder import PRIVATE_FOLDER
+from orchestrator.run_folder import FOLDER_NO_LINK, PRIVATE_FOLDER
 from orchestrator.security import sanitize_text
 
 log = logging.getLogger(__name__)
 
 MAX_TAKEN = 1000  # names tried (``2-token=[REDACTED]``, ``3-...``) before a file is left where it is
-_FOLDER_NO_LINK = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # a folder below the job's, no link
 
 
 def recorded_names(folder: Path, paths: Iterable[str]) -> list[str]:
@@ -91,7 +90,7 @@ class _JobFolder:
                 if make:
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(name, PRIVATE_FOLDER, dir_fd=fd)
-                below = os.open(name, _FOLDER_NO_LINK, dir_fd=fd)
+                below = os.open(name, FOLDER_NO_LINK, dir_fd=fd)
                 self.release(fd)
                 fd = below
         except BaseException:

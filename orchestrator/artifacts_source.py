@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 
 from orchestrator.errors import InvalidInputError, StorageError
 from orchestrator.key_paths import named_user, user_or_root
-from orchestrator.run_folder import owner_bits_back
+from orchestrator.run_folder import FOLDER_NO_LINK, owner_bits_back, owner_needs
 from orchestrator.security import shown as quoted
 from orchestrator.security import shown_bytes
 
@@ -40,15 +40,13 @@ from orchestrator.security import shown_bytes
 # blocks for the files it makes), or it could pass this check and still fill the disk: the store's fault again
 SPARE_BYTES = 1 << 20
 SPARE_FRACTION = 64
-# a folder of the target side, which the job's runs write: opened never through a link (nor waiting on a FIFO in a
-# folder's place: O_NONBLOCK, no effect on a folder)
-TARGET_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+TARGET_FOLDER = FOLDER_NO_LINK  # a folder of the target side, which the job's runs write
 # an entry of the source opened to be read (a folder listed, a file copied): never through a link (``ELOOP``: a link
 # is followed part by part, ``open_entry``), never waiting on a FIFO, never taking a terminal as the worker's own
 SOURCE_ENTRY = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _PATH_ONLY = getattr(os, "O_PATH", 0)  # a descriptor that names an entry (a link itself) and reads nothing of it
 # a folder on the way a link leads, only to look names up in (``O_PATH``: its search bit is all it needs)
-_ON_THE_WAY = (_PATH_ONLY or os.O_RDONLY | os.O_NONBLOCK) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ON_THE_WAY = _PATH_ONLY | FOLDER_NO_LINK
 MAX_LINKS = 40  # links followed to reach one entry: the kernel's own limit (``ELOOP`` past it)
 
 # A folder several links lead to is copied at each, as ``copytree`` (and ``cp -rL``) did: a venv's ``lib64 -> lib``,
@@ -224,8 +222,7 @@ def _lacks_owner_bits(folder: int, name: str) -> bool:
         mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
     except OSError:
         return False
-    bits = stat.S_IRWXU if stat.S_ISDIR(mode) else stat.S_IRUSR
-    return mode & bits != bits
+    return mode & owner_needs(mode) != owner_needs(mode)
 
 
 def _named(exc: OSError, path: str) -> OSError:

@@ -18,7 +18,9 @@ from orchestrator.security import cut_read_size, sanitized_cut
 from orchestrator.store.files import NotRegularFileError, mkdir_with_parents, open_regular
 
 PRIVATE_FOLDER, PRIVATE_FILE = 0o700, 0o600  # a run's folder and its files, a job's artifact folder: the worker's alone
-_FOLDER_NO_LINK = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # a folder opened, never through a link in its place
+# a folder opened, never through a link in its place (``ELOOP``), nor waiting on a FIFO there (``O_NONBLOCK``: no effect
+# on a folder); with ``O_PATH`` (which ignores the other bits) one its owner may not read: the one way of each module
+FOLDER_NO_LINK = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 RUN_PREFIX = "run-"  # runs/run-<16 hex>: one run's folder (runs/host-*: a worker's handler process)
 # what a disk says when it refuses a write whatever is written: no room, over this user's quota (a full disk for its
 # user, which ``statvfs`` does not show), read-only (each < 256: one byte). The host's fault, never a job's: the one
@@ -105,7 +107,7 @@ def set_folder_mode(folder: "Path | str", mode: int) -> None:
     with ``O_DIRECTORY``), and only where its owner may not read it, changed by ``_set_unreadable_folder_mode``.
     ``OSError`` when it cannot be: another user's folder (``PermissionError``), a link or a file in its place."""
     try:
-        fd = os.open(folder, os.O_RDONLY | _FOLDER_NO_LINK)
+        fd = os.open(folder, FOLDER_NO_LINK)
     except PermissionError:
         _set_unreadable_folder_mode(Path(folder), mode)
         return
@@ -123,7 +125,7 @@ def _set_unreadable_folder_mode(folder: Path, mode: int) -> None:
     directory``), by its name in its parent folder (``_set_mode_by_name``)."""
     path_flag = getattr(os, "O_PATH", 0)
     if path_flag:
-        fd = os.open(folder, path_flag | _FOLDER_NO_LINK)
+        fd = os.open(folder, path_flag | FOLDER_NO_LINK)
         try:
             os.chmod(f"/proc/self/fd/{fd}", mode)
             return
@@ -145,7 +147,7 @@ def _set_mode_by_name(folder: Path, mode: int) -> None:
     ``WorkerFolders._trust``), else ``PermissionError`` and nothing is changed. Whoever may swap it so is then this
     user or root, who could ``chmod`` whatever the link leads to themselves: no other user can have this one change
     a file of their choosing. Needs neither ``O_PATH`` nor ``/proc``."""
-    parent = os.open(folder.parent, os.O_RDONLY | _FOLDER_NO_LINK)
+    parent = os.open(folder.parent, FOLDER_NO_LINK)
     try:
         held = os.fstat(parent)
         if not user_or_root(held) or others_may_write(held):
@@ -263,7 +265,7 @@ def owner_bits_back(folder: int, name: str) -> os.stat_result | None:
         return None
     try:
         st = os.fstat(fd)
-        bits = stat.S_IRWXU if stat.S_ISDIR(st.st_mode) else stat.S_IRUSR
+        bits = owner_needs(st.st_mode)
         if (st.st_uid != os.geteuid() or not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode))
                 or st.st_mode & bits == bits):
             return None
@@ -273,6 +275,12 @@ def owner_bits_back(folder: int, name: str) -> os.stat_result | None:
     finally:
         os.close(fd)
     return st
+
+
+def owner_needs(mode: int) -> int:
+    """The owner's bits an entry of ``mode`` needs for its owner to read it (``owner_bits_back``): read, write and
+    search a folder (to list, fill and empty it), read a file."""
+    return stat.S_IRWXU if stat.S_ISDIR(mode) else stat.S_IRUSR
 
 
 def folders_given_back(folder: Path, skip: set[str]) -> list[str]:
@@ -289,7 +297,7 @@ def folders_given_back(folder: Path, skip: set[str]) -> list[str]:
     if os.geteuid() == 0:
         return []
     try:
-        top = os.open(folder, _BELOW)
+        top = os.open(folder, FOLDER_NO_LINK)
     except OSError:  # none made (a Python handler's is made on demand), or the folder itself: see above
         return []
     given: list[str] = []
@@ -314,9 +322,6 @@ def folders_given_back(folder: Path, skip: set[str]) -> list[str]:
     return given
 
 
-_BELOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a folder below, never a link
-
-
 def _folders_in(fd: int) -> list[str]:
     """The names of the folders in the folder ``fd`` (not links to one: the listing's own type)."""
     try:
@@ -331,13 +336,13 @@ def _opened_with_owner_bits(fd: int, name: str, path: str, given: list[str]) -> 
     ``given`` when it had to be given them); None when it is another user's (neither changed nor walked) or cannot be
     opened (a link, gone meanwhile, no descriptor left)."""
     try:
-        below = os.open(name, _BELOW, dir_fd=fd)
+        below = os.open(name, FOLDER_NO_LINK, dir_fd=fd)
     except PermissionError:  # its owner may not read it: given its bits through an O_PATH descriptor
         if owner_bits_back(fd, name) is None:
             return None
         given.append(path)
         try:
-            below = os.open(name, _BELOW, dir_fd=fd)
+            below = os.open(name, FOLDER_NO_LINK, dir_fd=fd)
         except OSError:
             return None
     except OSError:
