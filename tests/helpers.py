@@ -6,9 +6,11 @@ import json
 import os
 import random
 import resource
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -42,6 +44,33 @@ def as_user(uid: int, *args: str, env: dict[str, str]) -> subprocess.CompletedPr
     return subprocess.run(["setpriv", "--reuid", str(uid), "--regid", str(uid), "--clear-groups", sys.executable,
                            "-m", "orchestrator", *args], env=env, capture_output=True, text=True, timeout=60,
                           cwd=str(REPO))
+
+
+@contextlib.contextmanager
+def folder_of(uid: int | None, prefix: str) -> Iterator[Path]:
+    """A new folder under ``/tmp`` (pytest's ``tmp_path`` is root's alone), 0755 and ``uid``'s (root's tests only;
+    None: as made, for a test that gives it away itself), removed afterwards whatever modes a run left in it."""
+    top = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        if uid is not None:
+            os.chmod(top, 0o755)
+            os.chown(top, uid, uid)
+        yield top
+    finally:
+        for folder, _, _ in os.walk(top):
+            os.chmod(folder, 0o700)
+        shutil.rmtree(top)
+
+
+def store_env_in(top: Path, **settings: str) -> dict[str, str]:
+    """The environment of a store in ``top`` (project ``proj``, a new signing key, its keyring in ``top/keys``) for
+    a command run by another user (``as_user``), with ``settings``."""
+    from orchestrator.signing import new_seed
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env.update(BASE_PATH=str(top), PROJECT_ID="proj", ORCH_SIGNING_KEY=new_seed(), ORCH_KEYRING_DIR=str(top / "keys"),
+               PYTHONPATH=str(REPO), **settings)
+    return env
 
 
 def in_a_child_as(uid: int, run: Callable[[], object]) -> str:

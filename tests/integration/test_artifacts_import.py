@@ -7,15 +7,13 @@ import contextlib
 import errno
 import logging
 import os
-import shutil
 import stat
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
-from helpers import in_a_child_as
+from helpers import folder_of, in_a_child_as
 from orchestrator import artifacts_import, faults
 from orchestrator.artifacts_import import CopyFailed, import_artifacts
 from orchestrator.errors import InvalidInputError, PathEscapeError
@@ -126,13 +124,8 @@ def test_a_file_or_folder_a_run_left_where_the_copy_needs_the_other_is_the_jobs_
 @pytest.fixture
 def state_of_a_user() -> Iterator[Path]:
     """A state folder a worker that is not root can own: ``tmp_path`` lies in a folder only its owner may enter."""
-    state = Path(tempfile.mkdtemp(prefix="copy-guard-"))
-    try:
+    with folder_of(None, "copy-guard-") as state:
         yield state
-    finally:
-        for folder, _, _ in os.walk(state):
-            os.chmod(folder, 0o700)
-        shutil.rmtree(state)
 
 
 def _copy_as_a_worker_that_is_not_root(state: Path) -> None:

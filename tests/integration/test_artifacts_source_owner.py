@@ -12,19 +12,17 @@ import os
 import shutil
 import stat
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from helpers import as_user, events, in_a_child_as, make_worker
+from helpers import as_user, events, folder_of, in_a_child_as, make_worker, store_env_in
 from orchestrator import Orchestrator, artifacts_import
 from orchestrator.artifacts_import import CopyFailed, import_artifacts
 from orchestrator.errors import StorageError
 from orchestrator.run_folder import folders_given_back
-from orchestrator.signing import new_seed
 from orchestrator.worker_folders import WorkerFolders
 
 PLANTER_UID = 2001  # a real second user (``setpriv``), who plants a link from inside a folder it holds open
@@ -182,13 +180,8 @@ def test_a_file_another_user_owns_reached_through_a_link_is_refused_by_the_copy_
 @pytest.fixture
 def state_of_a_user() -> Iterator[Path]:
     """A state folder ``NOT_ROOT`` owns, outside pytest's root-only ``tmp_path``."""
-    state = Path(tempfile.mkdtemp(prefix="copy-owner-"))
-    try:
+    with folder_of(None, "copy-owner-") as state:
         yield state
-    finally:
-        for folder, _, _ in os.walk(state):
-            os.chmod(folder, 0o700)
-        shutil.rmtree(state)
 
 
 def _owned_by(state: Path, uid: int) -> None:
@@ -285,13 +278,8 @@ def test_a_runs_folders_are_given_their_owners_bits_back_never_through_a_link_no
 @pytest.fixture
 def reachable_by_not_root() -> Iterator[Path]:
     """A folder under ``/tmp`` that ``NOT_ROOT`` owns (pytest's ``tmp_path`` is root's alone)."""
-    top = Path(tempfile.mkdtemp(prefix="orch-not-root-"))
-    os.chmod(top, 0o755)
-    os.chown(top, NOT_ROOT, NOT_ROOT)
-    yield top
-    for folder, _, _ in os.walk(top):
-        os.chmod(folder, 0o700)
-    shutil.rmtree(top)
+    with folder_of(NOT_ROOT, "orch-not-root-") as top:
+        yield top
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
@@ -302,9 +290,7 @@ def test_a_worker_that_is_not_root_gives_back_the_owners_bits_a_run_took_from_fo
     its owner's ``rm -r``, ``cp -r`` and a later job's copy of the folder could not read them. Now the worker gives
     them back their owner's bits when the run ends, said in a warning; the job that copies the folder succeeds."""
     top = reachable_by_not_root
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
-    env.update(BASE_PATH=str(top), PROJECT_ID="proj", ORCH_SIGNING_KEY=new_seed(), ORCH_KEYRING_DIR=str(top / "keys"),
-               ORCH_RETRY_BASE_SECONDS="0.01", ORCH_ARTIFACTS_IMPORT="1")
+    env = store_env_in(top, ORCH_RETRY_BASE_SECONDS="0.01", ORCH_ARTIFACTS_IMPORT="1")
     chmods = f'mkdir -p out/logs && echo log > out/logs/run.log && chmod 000 out/logs out && {DONE}'
     submitted = as_user(NOT_ROOT, "submit", "--kind", "command", "--input", json.dumps({"argv": ["sh", "-c", chmods]}),
                         env=env)

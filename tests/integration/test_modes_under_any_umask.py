@@ -12,15 +12,13 @@ import os
 import shutil
 import stat
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from conftest import REPO
-from helpers import as_user, events, make_worker
+from helpers import as_user, events, folder_of, make_worker, store_env_in
 from orchestrator import Orchestrator, key_paths
 from orchestrator.artifacts_source import Need, measure
 from orchestrator.errors import StorageError
@@ -31,7 +29,6 @@ import orchestrator.reliability.handlers  # noqa: F401 - registers rel.echo
 import worker_handlers  # noqa: F401 - registers t.artifact_by_key
 from orchestrator.recovery import SWEEP_EVERY
 from orchestrator.run_folder import write_bytes_atomic
-from orchestrator.signing import new_seed
 from orchestrator.transfer import export_project
 from orchestrator.worker_folders import WorkerFolders
 
@@ -695,11 +692,8 @@ def chmod_then_done(mode: str) -> str:
 @pytest.fixture
 def reachable_by_another_user() -> Iterator[Path]:
     """A folder that ``OTHER_UID`` owns, under ``/tmp`` (pytest's ``tmp_path`` is root's alone)."""
-    top = Path(tempfile.mkdtemp(prefix="orch-other-user-"))
-    os.chmod(top, 0o755)
-    os.chown(top, OTHER_UID, OTHER_UID)
-    yield top
-    shutil.rmtree(top)
+    with folder_of(OTHER_UID, "orch-other-user-") as top:
+        yield top
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
@@ -714,9 +708,7 @@ def test_a_worker_that_is_not_root_gives_a_job_back_the_folder_its_run_took_its_
     that claimed it, until the fixes (077 first, then 0600). Now the folder is 0700 again, said once as a warning,
     and the retry runs."""
     top = reachable_by_another_user
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
-    env.update(BASE_PATH=str(top), PROJECT_ID="proj", ORCH_SIGNING_KEY=new_seed(), ORCH_KEYRING_DIR=str(top / "keys"),
-               ORCH_RETRY_BASE_SECONDS="0.01", PYTHONPATH=str(REPO))
+    env = store_env_in(top, ORCH_RETRY_BASE_SECONDS="0.01")
     submitted = as_user(OTHER_UID, "submit", "--kind", "command", "--input",
                         json.dumps({"argv": ["sh", "-c", chmod_then_done(mode)]}), env=env)
     assert submitted.returncode == 0, submitted.stderr

@@ -11,14 +11,13 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from conftest import REPO
-from orchestrator.signing import new_seed
+from helpers import as_user, folder_of, store_env_in
 
 STORE_USER = 12345  # no user of the test machine: the tests run as root, who may chown to it and setpriv as it
 DONE = 'printf \'{"status":"done","summary":"ok"}\' > "$ORCH_TERMINAL_FILE"'
@@ -29,22 +28,14 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is 
 
 def as_store_user(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     """``python -m orchestrator ARGS`` run by ``STORE_USER`` (``setpriv``), as a worker that is not root runs."""
-    return subprocess.run(["setpriv", "--reuid", str(STORE_USER), "--regid", str(STORE_USER), "--clear-groups",
-                           sys.executable, "-m", "orchestrator", *args], env=env, capture_output=True, text=True,
-                          timeout=60, cwd=str(REPO))
+    return as_user(STORE_USER, *args, env=env)
 
 
 @pytest.fixture
 def store_env() -> Iterator[dict[str, str]]:
     """The environment of a store ``STORE_USER`` owns, under ``/tmp`` (pytest's ``tmp_path`` is root's alone)."""
-    top = Path(tempfile.mkdtemp(prefix="orch-roots-folder-"))
-    os.chmod(top, 0o755)
-    os.chown(top, STORE_USER, STORE_USER)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
-    env.update(BASE_PATH=str(top), PROJECT_ID="proj", ORCH_SIGNING_KEY=new_seed(), ORCH_KEYRING_DIR=str(top / "keys"),
-               PYTHONPATH=str(REPO))
-    yield env
-    shutil.rmtree(top)
+    with folder_of(STORE_USER, "orch-roots-folder-") as top:
+        yield store_env_in(top)
 
 
 def job_with_roots_folder(env: dict[str, str], mode: int) -> tuple[str, Path]:

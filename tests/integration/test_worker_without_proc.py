@@ -10,7 +10,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -18,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from conftest import REPO
-from orchestrator.signing import new_seed
+from helpers import folder_of, store_env_in
 
 STORE_USER = 12345  # no user of the test machine: the test runs as root, who may chown to it and setpriv as it
 DONE = 'printf \'{"status":"done","summary":"ok"}\' > "$ORCH_TERMINAL_FILE"'
@@ -29,14 +28,8 @@ CHMOD_077_THEN_DONE = f'if [ -e ran ]; then {DONE}; else touch ran; chmod 077 "$
 @pytest.fixture
 def store_env() -> Iterator[dict[str, str]]:
     """The environment of a store ``STORE_USER`` owns, under ``/tmp`` (pytest's ``tmp_path`` is root's alone)."""
-    top = Path(tempfile.mkdtemp(prefix="orch-no-proc-"))
-    os.chmod(top, 0o755)
-    os.chown(top, STORE_USER, STORE_USER)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
-    env.update(BASE_PATH=str(top), PROJECT_ID="proj", ORCH_SIGNING_KEY=new_seed(), ORCH_KEYRING_DIR=str(top / "keys"),
-               ORCH_RETRY_BASE_SECONDS="0.01", PYTHONPATH=str(REPO))
-    yield env
-    shutil.rmtree(top)
+    with folder_of(STORE_USER, "orch-no-proc-") as top:
+        yield store_env_in(top, ORCH_RETRY_BASE_SECONDS="0.01")
 
 
 def as_store_user(*args: str, env: dict[str, str], without_proc: bool = False) -> subprocess.CompletedProcess:
