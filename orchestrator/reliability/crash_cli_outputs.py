@@ -22,8 +22,8 @@ from typing import Any
 
 from orchestrator.api import Orchestrator
 from orchestrator.head_records import head_key
-from orchestrator.key_files import ACTIVE_FILE, PRIVATE_SUFFIX, PUBLIC_SUFFIX, REVOKED_FILE, load_keyring, revoke
-from orchestrator.key_files import write_keypair
+from orchestrator.key_files import (ACTIVE_FILE, PRIVATE_SUFFIX, PUBLIC_SUFFIX, REVOKED_FILE, load_keyring, revoke,
+                                    write_keypair)
 from orchestrator.output_file import OutputFile
 from orchestrator.reliability import crash
 from orchestrator.reliability.common import PROJECT, Project
@@ -59,12 +59,13 @@ def bundle_problem(path: Path, orch: Orchestrator, earlier: bytes | None) -> str
     carried = _carried(data)
     if isinstance(carried, str):
         return f"{path.name} is no whole bundle: {carried}"
-    expected = [s for s in [AUDIT_STREAM, *sorted(orch.store.job_ids())] if orch.store.read(s)]  # no empty log
+    held = {s: [x.raw for x in orch.store.read(s)] for s in [AUDIT_STREAM, *sorted(orch.store.job_ids())]}
+    expected = [s for s, lines in held.items() if lines]  # no empty log
     if list(carried) != expected:
         return f"{path.name} carries the streams {list(carried)}, not {expected}"
     for stream, (lines, head) in carried.items():
         stored = orch.store.get_aux(*head_key(stream)) or None
-        if lines != [s.raw for s in orch.store.read(stream)] or head != stored:
+        if lines != held[stream] or head != stored:
             return f"{path.name} carries stream {stream} unlike the store's"
     return ""
 
