@@ -368,23 +368,24 @@ def _one_kill(forks: CommandForks, setup: _SetUp, command: str, point: str, nth:
     killed = code == -signal.SIGKILL
     error = "" if killed or code == 0 else f"exit {code}: {err}"
     if COMMANDS[command].writes == "schema":  # no project to recover: the database migrated, then a job run on it
-        run: dict[str, Any] = {"crashed": killed, "child_error": error, **_NOTHING_RECOVERED,
-                               **_run_again(forks, setup, None, command)}
-        run["ok"] = killed and not error
+        run = _unrecovered(killed, error, ok=killed and not error, **_run_again(forks, setup, None, command))
     else:
         again = (lambda orch: _run_again(forks, setup, orch, command)) if COMMANDS[command].done else None
         try:
             run = crash.checked(setup.project, killed=killed, error=error, streams_per_crash=streams_per_crash,
                                 before_recovery=again)
         except Exception as exc:  # noqa: BLE001 - a project the kill left that cannot be opened (its keyring): failed
-            run = {"crashed": killed, "child_error": error, **_NOTHING_RECOVERED, "ok": False,
-                   "recovery_error": f"the project did not open: {type(exc).__name__}: {exc}"}
+            run = _unrecovered(killed, error, ok=False,
+                               recovery_error=f"the project did not open: {type(exc).__name__}: {exc}")
     run.update(command=command, point=point, nth=nth, ok=run["ok"] and run.get("again_ok", True))
     return run
 
 
-# the figures of a run that recovered no project (``db migrate``'s, or one that did not open: its failure said)
-_NOTHING_RECOVERED = {"acked_lost": 0, "jobs_lost": 0, "finished_twice": 0, "verify_problems": 0}
+def _unrecovered(killed: bool, error: str, **found: Any) -> dict[str, Any]:
+    """The figures of a run that recovered no project (``db migrate``'s, or one that did not open: ``found`` says
+    its failure), with what else was ``found``."""
+    return {"crashed": killed, "child_error": error, "acked_lost": 0, "jobs_lost": 0, "finished_twice": 0,
+            "verify_problems": 0, **found}
 
 
 def _streams_written(command: str, setup: _SetUp) -> int:
