@@ -47,7 +47,7 @@ def run_tool(main: Callable[[], int | None]) -> int | None:
     else one line on stderr, ``error[INTERRUPTED]``. A stop that came once the tool had printed its result
     (``json_usage.print_result``) leaves that result stdout's one object and is said on stderr (the object, with
     ``--json``), as a command whose stdout carries data (``export -o -``) says its errors."""
-    from orchestrator.json_usage import RESULT  # the tool's own import: nothing more to load
+    from orchestrator.json_usage import RESULT, json_asked  # the tool's own import: nothing more to load
 
     RESULT.printed = False
     try:
@@ -55,8 +55,6 @@ def run_tool(main: Callable[[], int | None]) -> int | None:
             return main()
     except Interrupted as stop:
         import json  # here, not at the top: every command imports this module before its stop handling
-
-        from orchestrator.json_usage import json_asked
 
         printed = RESULT.printed
         message = stop.message + (" after the run finished and printed its result" if printed
