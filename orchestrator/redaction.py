@@ -16,12 +16,12 @@ from orchestrator.secret_patterns import (ANY_LITERAL, ARGV_WORDS, AS_IS_WORDS, 
                                           AWS_KEY_ID_STARTS, AWS_SECRET, AWS_SECRET_TOKEN_REST, BASIC, BEARER,
                                           CASE_FOLDED_TO_ASCII, CLI, CLI_USER, CLI_USER_WORDS, HEADER, HEADER_WORDS,
                                           KEY_WORDS, KV, LINE_END, LOOKED_FOR, MYSQL, NETRC, NETRC_WORDS, PAIR_LIST,
-                                          PAIR_OBJECT, PAIR_VALUE_FIRST, PAIR_YAML, PASS_FLAG, PASS_FLAG_WORDS,
-                                          PRIVATE_KEY, PRIVATE_KEY_END, PUTTY, REDACTED, SECRET_KEY_WORDS,
-                                          SHAPE_STARTS, SHAPES, SHORT_KV, SHORT_WORDS, SSHPASS, URL_CREDS,
-                                          YAML_SHORT_NAME_ENDS, a_count, a_number, a_pass_source, aws_secret,
-                                          not_a_secret_yaml_pair, not_auth_credentials, not_user_and_password,
-                                          os_error, value_span)
+                                          PAIR_OBJECT, PAIR_VALUE_FIRST, PAIR_VALUE_KEY, PAIR_YAML, PASS_FLAG,
+                                          PASS_FLAG_WORDS, PRIVATE_KEY, PRIVATE_KEY_END, PUTTY, REDACTED,
+                                          SECRET_KEY_WORDS, SHAPE_STARTS, SHAPES, SHORT_KV, SHORT_WORDS, SSHPASS,
+                                          URL_CREDS, YAML_SHORT_NAME_ENDS, a_count, a_number, a_pass_source, aws_secret,
+                                          not_a_secret_yaml_pair, not_auth_credentials, not_user_and_password, os_error,
+                                          value_span)
 from orchestrator.values_below import ValuesBelow, YamlPairBlocks
 
 __all__ = ["sanitize_text", "may_hold_secret", "aws_secrets_beside_an_id_redacted"]
@@ -222,7 +222,7 @@ def sanitize_text(text: str) -> str:
     # a YAML pair's plain name ending in ``pass``, ``pw`` or ``auth`` holds neither a key word nor such a quote (a
     # quoted one holds ``pass"``, ``pw'``, ``auth\\``...: a literal of ``short`` or ``auth``, so ``named`` looked already)
     named_in_yaml = "value:" in lowered and (named or _any_in(lowered, YAML_SHORT_NAME_ENDS))
-    named_object = named and "value" in lowered
+    named_object = named and "value" in lowered and PAIR_VALUE_KEY.search(lowered) is not None
     for rx, wanted, keep, blocks in (
             (HEADER, headers, None, None),
             (BEARER, _holds(lowered, ("bearer",), held), None, None),  # before a key's value: ``token: Bearer x``
