@@ -8,10 +8,9 @@ import json
 from typing import Any, Callable, Iterable, NamedTuple
 
 from orchestrator.redaction import aws_secrets_beside_an_id_redacted, may_hold_secret, sanitize_text
-from orchestrator.secret_patterns import (ANY_LITERAL, AUTH_KEY, AWS_KEY_ID, AWS_SECRET, AWS_SECRET_TOKEN_REST,
-                                         MYSQL_CLIENT, PASS_FLAG_NAME, REDACTED, SECRET_FLAG, SENSITIVE_KEY, USER_FLAGS,
-                                         auth_methods, aws_secret, holds_aws_key_id_start, pass_flag_value,
-                                         secret_under_a_short_key)
+from orchestrator.secret_patterns import (ANY_LITERAL, AUTH_KEY, AWS_KEY_ID, MYSQL_CLIENT, PASS_FLAG_NAME, REDACTED,
+                                         SECRET_FLAG, SENSITIVE_KEY, USER_FLAGS, auth_methods, holds_aws_key_id_start,
+                                         pass_flag_value, secret_under_a_short_key)
 
 __all__ = ["sanitize_obj", "json_source_text", "renamed_keys"]
 
@@ -155,14 +154,14 @@ def _sanitized(obj: Any, beside: _Beside = _EVERY_FORM) -> Any:
             if paired is not None and key == paired[0]:
                 out[stored] = paired[1]
                 continue
-            secret = aws and _an_aws_secret(value) or isinstance(key, str) and (
+            secret = isinstance(key, str) and (
                 SENSITIVE_KEY.search(key) is not None and _holds_something(value)
                 or key[-1:] in "sSwWhH" and _secret_under_a_short_key(key, value))  # ``_secret_under``, inlined
             if secret:
                 out[stored] = REDACTED
             elif (hidden := _password_hidden(key, value)) is not None:
                 out[stored] = hidden
-            elif aws and isinstance(value, str):  # a note beside the id: ``"secret is <key> keep safe"``
+            elif aws and isinstance(value, str):  # the key, or a note holding it: ``"secret is <key> keep safe"``
                 out[stored] = sanitize_text(aws_secrets_beside_an_id_redacted(value))
             else:
                 out[stored] = _sanitized(value, beside)
@@ -176,7 +175,7 @@ def _sanitized(obj: Any, beside: _Beside = _EVERY_FORM) -> Any:
 def _sanitized_items(items: list[Any] | tuple[Any, ...], beside: _Beside) -> list[Any]:
     """The items of a list sanitized, each with what the items beside it say of it: the value after a flag naming a
     secret in an argument list (``_hidden_arguments``); an AWS secret access key or session token beside its key
-    id (``_an_aws_secret``, ``aws_secrets_beside_an_id_redacted``); in a list of
+    id, whole or in a string of one line (``aws_secrets_beside_an_id_redacted``); in a list of
     pairs (every item a list of two whose first is text: ``[["HOME", "/root"], ["DB_PASSWORD", "x"]]``, an env's
     ``items()``), the value of a pair named as a secret, as in a name/value object. One list of two strings is not
     taken for a pair: ``["password", "reset"]`` is as likely a list of words."""
@@ -194,9 +193,7 @@ def _sanitized_items(items: list[Any] | tuple[Any, ...], beside: _Beside) -> lis
     shown = _hidden_arguments(items) if flags else {}
     if aws and _beside_an_aws_key_id(items):
         for i, item in enumerate(items):
-            if _an_aws_secret(item):
-                shown[i] = REDACTED
-            elif isinstance(item, str) and i not in shown:
+            if isinstance(item, str) and i not in shown:  # (a flag's hidden argument shows no more of a secret)
                 shown[i] = sanitize_text(aws_secrets_beside_an_id_redacted(item))
     out = []
     for i, item in enumerate(items):
@@ -276,18 +273,6 @@ def _beside_an_aws_key_id(values: Iterable[Any]) -> bool:
         if isinstance(value, str) and holds_aws_key_id_start(value) and AWS_KEY_ID.search(value) is not None:
             return True
     return False
-
-
-def _an_aws_secret(value: Any) -> bool:
-    """Whether ``value`` is, whole, what an AWS secret access key or session token looks like (``AWS_SECRET``,
-    ``aws_secret``), alone or with the rest of its token (``AWS_SECRET_TOKEN_REST``: ``<key>-tail``, ``<key>%2F...``),
-    as text's look takes it. In a string of several words, one is redacted where that string is one line, as on the
-    id's line of text (``aws_secrets_beside_an_id_redacted``)."""
-    if not isinstance(value, str) or len(value) < 40:
-        return False
-    key = AWS_SECRET.match(value)
-    return key is not None and aws_secret(key.group()) \
-        and (key.end() == len(value) or AWS_SECRET_TOKEN_REST.fullmatch(value, key.end()) is not None)
 
 
 _encode_json = json.JSONEncoder(ensure_ascii=False).encode  # stateless between calls: shared by threads
