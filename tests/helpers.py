@@ -300,3 +300,11 @@ def cpu_timed(work: Callable[[], T]) -> tuple[float, T]:
     start = time.process_time()
     result = work()
     return time.process_time() - start, result
+
+
+def redacts(text: str, shown: str) -> None:
+    """``sanitize_text`` shows ``text`` as ``shown``, and leaves ``shown`` as it is (idempotent)."""
+    from orchestrator.security import sanitize_text
+
+    assert sanitize_text(text) == shown
+    assert sanitize_text(shown) == shown

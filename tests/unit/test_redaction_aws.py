@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import cpu_timed
+from helpers import cpu_timed, redacts
 
 from orchestrator.security import REDACTED, sanitize_obj, sanitize_text
 
@@ -22,11 +22,6 @@ DOCUMENTED_TOKEN = ("AQoEXAMPLEH4aoAH0gNCAPyJxz4BlCFFxWNE1OPTgk5TthT+FvwqnKwRcOI
                     "jrBs2+cTQtpZ3CYWFXG8C5zqx37wnOE49mRl/+OtkIKGO7fAE")
 SHA512 = "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce47d0d13c5d85f2b0ff8318d2877eec2f63b931bd4" \
          "7417a81a538327af927da3e"  # 128 of one case: a hash, no token
-
-
-def redacts(text: str, shown: str) -> None:
-    assert sanitize_text(text) == shown
-    assert sanitize_text(shown) == shown  # idempotent
 
 
 @pytest.mark.parametrize(("text", "shown"), [

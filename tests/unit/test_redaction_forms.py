@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from helpers import cpu_timed
+from helpers import cpu_timed, redacts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,11 +19,6 @@ R = REDACTED
 AWS_ID = "AKIAIOSFODNN7EXAMPLE"
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # AWS's documented example: 40 of [A-Za-z0-9/+]
 SHA1 = "0123456789abcdef0123456789abcdef01234567"  # 40 characters too: a commit, no secret
-
-
-def redacts(text: str, shown: str) -> None:
-    assert sanitize_text(text) == shown
-    assert sanitize_text(shown) == shown  # idempotent
 
 
 # --------------------------------------------------------------------------- a value on the lines under its key

@@ -8,16 +8,11 @@ import json
 
 import pytest
 
-from helpers import cpu_timed
+from helpers import cpu_timed, redacts
 
 from orchestrator.security import REDACTED, sanitize_obj, sanitize_text
 
 R = REDACTED
-
-
-def redacts(text: str, shown: str) -> None:
-    assert sanitize_text(text) == shown
-    assert sanitize_text(shown) == shown  # idempotent
 
 
 # ``aws ssm get-parameter --with-decryption``: the parameter's name, then its type, then its value
