@@ -264,9 +264,10 @@ _QUOTED_SHORT_NAME_ENDS = tuple(
 
 def _holds_a_quoted_short_name(lowered: str) -> bool:
     """Whether ``lowered`` may hold a name/value pair whose quoted name ends in ``pass``, ``pw`` or ``auth``: it holds
-    what every pair is written with (a list's ``[``, a tuple's ``)``, the ``value`` of an object or of YAML), each
-    looked for as one character is (``memchr``) but ``value``, and such a name's end (``_QUOTED_SHORT_NAME_ENDS``)."""
-    if "[" not in lowered and ")" not in lowered and "value" not in lowered:
+    what every pair is written with (what a list or a tuple opens with, ``PAIR_LIST``'s ``[`` or ``(``, the ``value``
+    of an object or of YAML), each looked for as one character is (``memchr``) but ``value``, and such a name's end
+    (``_QUOTED_SHORT_NAME_ENDS``)."""
+    if "[" not in lowered and "(" not in lowered and "value" not in lowered:
         return False
     return any(quote in lowered and rx.search(lowered) is not None for quote, rx in _QUOTED_SHORT_NAME_ENDS)
 

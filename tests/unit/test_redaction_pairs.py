@@ -89,6 +89,12 @@ def test_such_a_pair_not_named_as_a_secret_or_no_pair_is_kept(text: str) -> None
     assert sanitize_text(text) == text
 
 
+def test_a_pair_of_a_short_name_opened_by_a_parenthesis_in_a_text_holding_no_other_bracket_is_redacted() -> None:
+    """The gate for a short name's pairs asks for what a pair opens with (a list's ``[``, a tuple's ``(``): it asked
+    for ``)`` from 2026-12-07 (redact6) to the review, and this text, redacted before, kept its password."""
+    assert sanitize_text('"a"], ("db_pw", "hunter2"]') == '"a"], ("db_pw", "[REDACTED]"]'
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("big", [
     pytest.param('{"value": "password", ' * 220_000, id="values-without-names"),
