@@ -69,7 +69,7 @@ class Lease:
 
 def lease_end(now: float, lease_seconds: float) -> float:
     """The end of a lease taken (the claim's) or renewed (a heartbeat's) at ``now``: ``LATEST_TIME`` at the latest, as a
-    retry's time is. The clock's own time is not checked for room (``WorkerSettings.checked_now``): within a lease of
+    retry's time is, so any ``now`` a worker takes (``limits.a_time``) can be written: within a lease of
     9999-12-31T23:59:59Z the end raised ``ValueError: year 10000`` until 2026-12-07; it is shorter there, which only
     makes recovery earlier."""
     return min(now + lease_seconds, LATEST_TIME)

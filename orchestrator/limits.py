@@ -45,7 +45,7 @@ KIND_RULE = (f"1 to {MAX_KIND_LENGTH} characters of valid Unicode on one line (n
 # The longest duration any option takes (a job's timeout, the worker's lease, stop grace and retry delays): a
 # year. Finite, so it can be signed (canonical JSON has no Infinity), and far inside the limits a duration
 # meets in the code: ``now + lease`` or ``now + retry delay`` is written as an ISO timestamp (year <= 9999,
-# ~2.5e11 s away) and waits are capped by ``threading.TIMEOUT_MAX`` (~292 years).
+# ~2.5e11 s away; put at ``LATEST_TIME`` at the latest where it is written) and waits are capped by ``threading.TIMEOUT_MAX`` (~292 years).
 MAX_DURATION_SECONDS = 366 * 24 * 3600.0
 # A ``now`` the Python API takes (``a_time``): seconds since 1970-01-01T00:00:00Z (a negative time would make no
 # ready-index name) up to 9999-12-31T23:59:59Z, the last second ``clock.to_iso`` writes (a deadline a run adds past it
@@ -130,16 +130,6 @@ def a_time(value: Any, name: str = "now") -> Any:
         return value
     raise InvalidInputError(f"{name} must be None or a time in seconds since 1970-01-01T00:00:00Z (a finite number "
                             f"from 0 to {LATEST_TIME:.0f}: 9999-12-31T23:59:59Z), not {shown(value)}")
-
-
-def a_time_with_room(value: Any, room: float, what: str, name: str = "now") -> Any:
-    """``a_time``, and ``room`` seconds after ``value`` still a time an event can hold: a call that writes a time that
-    far ahead of its ``now`` (``what``: a claim's lease end, a recovery's retry) is refused before it does anything,
-    not halfway (``ValueError: year 10000 is out of range``, a PostgreSQL claim then reserved until that year)."""
-    if a_time(value, name) is None or value + room <= LATEST_TIME:
-        return value
-    raise InvalidInputError(f"{name} must leave room before 9999-12-31T23:59:59Z, the last time an event can hold, for "
-                            f"{what}: at most {LATEST_TIME - room:.0f}, not {shown(value)}")
 
 
 def whole_number(value: Any, name: str, least: int = 1, most: int | None = None, *, or_none: bool = False) -> Any:

@@ -41,7 +41,7 @@ from orchestrator.errors import (HandlerNotFoundError, InvalidInputError, KeyNot
 from orchestrator.handler_env import withhold
 from orchestrator.handler_host import HandlerHost
 from orchestrator.handlers import call_python_handler, import_modules, registry_generation
-from orchestrator.limits import callable_or_none, true_or_false, whole_number
+from orchestrator.limits import a_time, callable_or_none, true_or_false, whole_number
 from orchestrator.notices import Notify
 from orchestrator.outcome import STORE_RETRY_FIRST_SECONDS, STORE_RETRY_MAX_SECONDS, Claim, OutcomeRecorder, RunResult
 from orchestrator.recovery import SWEEP_EVERY, StaleWatch, recover_expired, reload_keys, sweep_leftovers
@@ -93,7 +93,6 @@ class Worker:
             withhold(orch.store.credential_env)
         self._next_sweep = 0.0  # time.monotonic() of the next sweep of leftovers (the first recovery does one)
         self._reached = False  # run_once reached the store once: losing it from then on is waited out (a while)
-        self._clock_read: float | None = None  # the clock's time a pass gave recover_stale and claim (``_read_clock``)
         # the stale jobs recovered by the last run_once before its claim (or the loop's last pass), one record each
         # (``recovery.recover``): what ``worker --once`` shows, which its result alone would not
         self.recovered: list[dict[str, Any]] = []
@@ -115,7 +114,7 @@ class Worker:
         killed workers left behind (``recovery.sweep_leftovers``) and read the keyring folders again
         (``Keyring.reload``): a worker whose key was revoked since it started then refuses to write
         (SIGNING_KEY_ERROR)."""
-        now = self.orch.clock() if self._checked_now(now) is None else now
+        now = self.orch.clock() if a_time(now) is None else now
         with bounded_waits(lambda: self.stopping):  # a job whose lock stays held is passed over (LockHeldError)
             recovered = recover_expired(self.orch, self.queue, now, actor=self.actor, backoff=self.backoff,
                                         folders=self.folders, untrusted=self.untrusted, watch=self.stale_watch,
@@ -132,22 +131,9 @@ class Worker:
     def claim(self, now: float | None = None) -> Claim | None:
         """Claim the first runnable job (priority, then FIFO); None if there is none (``Claimer.claim``). A job whose
         lock another process holds past ``LOCK_WAIT_SECONDS`` is passed over for this pass (``bounded_waits``)."""
-        self._checked_now(now)
+        a_time(now)
         with bounded_waits(lambda: self.stopping):
             return self.claimer.claim(now)
-
-    def _read_clock(self) -> float:
-        """The clock's time, read by a pass (``run``, ``run_once``) for its ``recover_stale`` and ``claim``, which
-        take it unchecked (``_checked_now``)."""
-        self._clock_read = self.orch.clock()
-        return self._clock_read
-
-    def _checked_now(self, now: float | None) -> float | None:
-        """``WorkerSettings.checked_now``, except for the time the pass read from the clock (``_read_clock``): a
-        ``now`` given without room for a lease and a retry is refused, the clock's own time never is (within that
-        room of 9999-12-31T23:59:59Z every pass was ``INVALID_INPUT`` until 2026-12-07); the lease's end and the
-        retry written ahead of it are put at ``LATEST_TIME`` at the latest."""
-        return now if now is not None and now == self._clock_read else self.settings.checked_now(now)
 
     @property
     def next_due(self) -> float | None:
@@ -179,8 +165,9 @@ class Worker:
         The run itself is never tried again: its heartbeat and outcome wait for the store on their own.
         A worker asked to stop (``stop``, a signal) does nothing: no recovery, no claim (``run`` neither).
         The jobs its recovery recovered are in ``recovered`` afterwards (also when it raised). ``now``: a time in
-        seconds since 1970 (``WorkerSettings.checked_now``), else ``INVALID_INPUT`` and nothing done."""
-        self.settings.checked_now(now)
+        seconds since 1970 (``limits.a_time``), else ``INVALID_INPUT`` and nothing done; what it writes ahead of it
+        (a lease's end, a retry) is put at ``LATEST_TIME`` at the latest."""
+        a_time(now)
         self.recovered = []
         if self.stopping:  # a claim would only be handed back: two events, and the job's attempt count, for nothing
             return None
@@ -196,12 +183,12 @@ class Worker:
                     if wait and not self._reached:  # a store that cannot be reached now is a setting to fix:
                         self.orch.store.has_jobs()  # raised at once (one call)
                         self._reached = True
-                    at = self._read_clock() if now is None else now  # PostgreSQL's first read may be a call
+                    at = self.orch.clock() if now is None else now  # PostgreSQL's first read may be a call
                     self.recover_stale(at)
                     if self.stopping:  # asked during the recovery: nothing is claimed
                         return None
                     if now is None:  # a recovery may take a while (many stale jobs): the lease starts at the claim
-                        at = self._read_clock()
+                        at = self.orch.clock()
                     claim = self.claim(at)
             except StorageUnavailableError as exc:
                 if not wait or not self._reached:
@@ -341,7 +328,7 @@ class Worker:
         try:
             while not self.stopping and (max_jobs is None or done < max_jobs):
                 try:
-                    recovered_at = self._read_clock()
+                    recovered_at = self.orch.clock()
                     self.recovered = []  # this pass's only: a looping worker tells each as it is written
                     try:
                         self.recover_stale(recovered_at)  # reads nothing at most passes (``StaleWatch``)
@@ -352,7 +339,7 @@ class Worker:
                         break
                     # read again: a recovery may take a while (many stale jobs, each append fsynced, each run's
                     # processes killed and waited for), and the claim's lease starts when it is written
-                    now = self._read_clock()
+                    now = self.orch.clock()
                     claim = self.claim(now)
                     pause = STORE_RETRY_FIRST_SECONDS
                     if claim is not None:

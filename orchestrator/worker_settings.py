@@ -11,8 +11,7 @@ from orchestrator.config import (DEFAULT_HANDLER_MAX_RUNS, DEFAULT_HANDLER_PROCE
                                  DEFAULT_STOP_GRACE_SECONDS, DEFAULT_STORE_WAIT_SECONDS, HANDLER_PROCESS_MODES,
                                  MAX_LEASE_SECONDS, MIN_LEASE_SECONDS, MIN_OUTPUT_MAX_BYTES)
 from orchestrator.errors import InvalidInputError
-from orchestrator.limits import (MAX_DURATION_SECONDS, a_time_with_room, is_number, require_kinds, true_or_false,
-                                 whole_number)
+from orchestrator.limits import MAX_DURATION_SECONDS, is_number, require_kinds, true_or_false, whole_number
 from orchestrator.output_cap import is_output_bound
 from orchestrator.security import shown
 
@@ -73,18 +72,6 @@ class WorkerSettings:
         2^(failures-1), at most ``retry_max_seconds``. A count that is no whole number from 0 is ``INVALID_INPUT``."""
         doublings = min(max(0, whole_number(failures, "failures", 0) - 1), MAX_DOUBLINGS)
         return min(self.retry_max_seconds, self.retry_base_seconds * 2.0 ** doublings)  # too large a product: inf
-
-    def checked_now(self, now: float | None) -> float | None:
-        """The ``now`` given to a worker's ``run_once``, ``claim`` or ``recover_stale``: a time (``limits.a_time``) that
-        leaves room for the latest time such a call writes ahead of it, a lease's end (a claim) and a retry's (a
-        recovery), refused before anything is reserved or written. None is not checked (a call that reads the clock
-        itself); nor is the clock's time a pass read and hands on (``Worker._checked_now``: its writes ahead are
-        capped at ``LATEST_TIME``, ``leases.lease_end``)."""
-        if now is None:
-            return None
-        lease, retry = self.lease_seconds, self.retry_max_seconds
-        return a_time_with_room(now, max(lease, retry), f"a lease's end ({lease:g} s later) and a retry's (up to "
-                                f"{retry:g} s later)")
 
 
 def default_worker_id() -> str:

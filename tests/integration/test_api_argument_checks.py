@@ -41,35 +41,65 @@ def written(orch: Orchestrator, job_id: str) -> tuple[list[bytes], int]:
     return [line.raw for line in orch.store.read(job_id)], len(orch.store.read(AUDIT_STREAM))
 
 
-# -- 1. a now that leaves no room for what a worker writes ahead of it ----------------------------------------------
+# -- 1. a now near the last second an event can hold, and one that is no time ---------------------------------------
+BAD_NOWS = [float("nan"), float("inf"), -float("inf"), -1, LATEST_TIME + 1, True, "1"]
+
+
 @pytest.mark.parametrize("call", ["run_once", "claim"])
-def test_a_now_whose_lease_end_is_past_the_year_9999_is_invalid_input_and_the_job_stays_claimable(
+def test_a_now_within_a_lease_of_the_year_9999_claims_the_job_with_its_lease_ending_at_the_last_second(
         orch: Orchestrator, call: str) -> None:
     """``run_once(now=253402300799)`` raised ``ValueError: year 10000 is out of range`` writing the lease's end, after
-    the claim had reserved the job: on PostgreSQL its ready row stayed reserved until the year 10000, the job queued
-    for ever for every worker."""
-    job = orch.submit("t.echo", 1)
+    the claim had reserved the job (on PostgreSQL its ready row stayed reserved until the year 10000); then, until
+    2026-12-07 (fix-small4), it was ``INVALID_INPUT`` for want of room, except for a ``now`` equal to the time the
+    worker last read from its clock, which was not checked at all. A lease's end is put at the last second instead,
+    whatever the ``now``, as a retry's is: any time is taken, as by every other call."""
+    jobs = [orch.submit("t.echo", i) for i in range(2)]
     w = worker(orch)
-    for now in (LATEST_TIME, LATEST_TIME - LEASE + 1):
-        with pytest.raises(InvalidInputError, match="now must leave room"):
-            getattr(w, call)(now)
-    assert orch.status(job).state == "queued" and orch.status(job).events == 1
-    assert worker(orch, "w2").run_once().job_id == job and orch.status(job).state == "succeeded"
+    for job, now in zip(jobs, (LATEST_TIME, LATEST_TIME - LEASE + 1)):
+        done = getattr(w, call)(now)
+        assert done.job_id == job
+        claimed = [e["data"] for e in map(json.loads, written(orch, job)[0]) if e["type"] == "job_claimed"]
+        assert [c["lease_expires_at"] for c in claimed] == [to_iso(LATEST_TIME)] == ["9999-12-31T23:59:59.000000Z"]
+        assert orch.status(job).state == ("succeeded" if call == "run_once" else "running")
 
 
-def test_a_now_that_leaves_room_for_the_lease_and_a_retry_is_taken(orch: Orchestrator) -> None:
-    job = orch.submit("t.echo", 1)
-    claim = worker(orch).claim(LATEST_TIME - max(LEASE, RETRY_MAX))
-    assert claim.job_id == job and orch.status(job).lease_expires_at.startswith("9999-12-31T23:")
-
-
-def test_a_now_whose_retry_is_past_the_year_9999_is_refused_before_any_recovery(orch: Orchestrator) -> None:
-    """``recover_stale(253402300799)`` raised ``ValueError`` writing the retry time of the first job it recovered."""
+def test_a_recovery_at_the_last_second_puts_the_retry_there(orch: Orchestrator) -> None:
+    """``recover_stale(253402300799)`` raised ``ValueError`` writing the retry time of the first job it recovered, then
+    was refused for want of room (until 2026-12-07, fix-small4): the retry is put at the last second."""
     job = js.running(orch, lease="2000-01-01T00:00:00.000000Z")
-    with pytest.raises(InvalidInputError, match="now must leave room"):
-        worker(orch).recover_stale(LATEST_TIME)
-    assert orch.status(job).state == "running"
-    assert worker(orch).recover_stale() == [job] and orch.status(job).state == "queued"
+    assert worker(orch).recover_stale(LATEST_TIME) == [job]
+    assert orch.status(job).state == "queued" and orch.load(job).state.retry_at == LATEST_TIME
+
+
+@pytest.mark.parametrize("call", ["run_once", "claim", "recover_stale"])
+@pytest.mark.parametrize("now", BAD_NOWS, ids=repr)
+def test_a_now_that_is_no_time_is_invalid_input_and_nothing_is_written(
+        orch: Orchestrator, call: str, now: Any) -> None:
+    queued, stale = orch.submit("t.echo", 1), js.running(orch, lease="2000-01-01T00:00:00.000000Z")
+    before = written(orch, queued), written(orch, stale)
+    w = worker(orch)
+    with pytest.raises(InvalidInputError, match="now must be None or a time"):
+        getattr(w, call)(now)
+    assert (written(orch, queued), written(orch, stale)) == before
+    assert [orch.status(j).state for j in (queued, stale)] == ["queued", "running"]
+
+
+def test_a_now_equal_to_the_time_the_last_pass_read_is_checked_as_any_other(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Until 2026-12-07 (fix-small4) a ``now`` equal to the time the worker's last pass read from its clock was not
+    checked at all: after a clock that gave a time past 9999-12-31T23:59:59Z, ``claim`` of that time went on to
+    reserve and claim. Every ``now`` is checked now, by no state of the worker."""
+    orch.submit("t.echo", 1)
+    w, bad = worker(orch), LATEST_TIME + 1
+    monkeypatch.setattr(orch, "clock", lambda: bad)
+    with pytest.raises(InvalidInputError):
+        w.run_once()
+    monkeypatch.undo()
+    reached: list[float] = []
+    monkeypatch.setattr(w.claimer, "claim", reached.append)
+    with pytest.raises(InvalidInputError, match="now must be None or a time"):
+        w.claim(bad)
+    assert reached == []
 
 
 def test_a_claim_and_a_heartbeat_with_the_clock_within_a_lease_of_the_year_9999_end_the_lease_at_its_last_second(
@@ -94,8 +124,8 @@ def test_a_claim_and_a_heartbeat_with_the_clock_within_a_lease_of_the_year_9999_
 @pytest.mark.parametrize("call", ["run_once", "run"])
 def test_a_worker_whose_clock_is_within_a_lease_of_the_year_9999_runs_its_jobs(orch: Orchestrator, call: str) -> None:
     """A pass reads the clock and gives its time to ``recover_stale`` and ``claim``, which refused it as a ``now``
-    given without room for a lease (``INVALID_INPUT`` at every pass, no job run): the clock's own time is not
-    refused, a given one still is (above)."""
+    given without room for a lease (``INVALID_INPUT`` at every pass, no job run): neither the clock's time nor a given
+    one needs room now (above)."""
     jobs = [orch.submit("t.echo", i) for i in range(2)]
     late = LATEST_TIME - LEASE / 2
     orch.clock = lambda: late
@@ -103,9 +133,6 @@ def test_a_worker_whose_clock_is_within_a_lease_of_the_year_9999_runs_its_jobs(o
     done = [w.run_once(), w.run_once()] if call == "run_once" else w.run(idle_exit=True)
     assert done == 2 or [r.outcome for r in done] == ["succeeded"] * 2
     assert [orch.status(job).state for job in jobs] == ["succeeded"] * 2
-    for given in (late - 1, LATEST_TIME):  # not the time its pass read from the clock
-        with pytest.raises(InvalidInputError, match="now must leave room"):
-            getattr(w, call if call == "run_once" else "claim")(given)
 
 
 # -- 2. and 3. what orch.append is given ---------------------------------------------------------------------------

@@ -1101,7 +1101,7 @@ def test_an_expired_lease_is_recovered_to_queued_with_evidence(orch) -> None:
 
 
 def test_a_recovery_whose_backoff_reaches_past_the_latest_time_a_line_holds_waits_until_that_time(orch) -> None:
-    """The clock's own time (not a ``now`` given, which ``checked_now`` refuses) a minute from 9999-12-31T23:59:59Z:
+    """The clock's own time a minute from 9999-12-31T23:59:59Z:
     the recovered job's retry is put at the latest time an event can hold, as a run's retry is, not a ``ValueError``
     at every pass that leaves the job running for good."""
     from orchestrator.limits import LATEST_TIME
