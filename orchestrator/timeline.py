@@ -26,11 +26,11 @@ is the truth, and the entry is written by the next command that may sign); for a
 own signature/chain problem (checked against the line before it) or ``AUDIT_EVENT_MISSING`` when
 the job event it names is not in the job's history (a cut or rolled back file), or ``IMPORT_INCOMPLETE`` then while
 an import into the project has not completed (``transfer.import_begun``: it writes the audit log before the jobs), a
-warning.
+warning; its record is read after the job, and the job once more when there is none (``_read_job``: an import that
+completed meanwhile wrote the event).
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -126,13 +126,7 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
     # the job's read holds, unless its file was cut back (until 2026-12-07 the job was read first, and an action
     # between the two reads was AUDIT_EVENT_MISSING, exit 7, on a healthy job)
     log = _read_log(orch, job_id)
-    # when an import that has not completed began, read once an entry names an event the job lacks (rare)
-    import_began = functools.cache(lambda: _import_began(orch))
-    try:
-        view = orch.load(job_id, every_signature=True)  # it says "every line verified": each signature checked
-    except JobNotFoundError:  # its files deleted, and the audit log says what happened to it; or not imported yet
-        view = _gone(orch, job_id, log.entries, importing=bool(log.entries) and import_began() is not None)
-    hashes = [line_hash(s.raw) for s in view.stream.lines]
+    view, hashes, import_began = _read_job(orch, job_id, log)
     known = set(hashes)
     _read_entries_since(orch, log, view, known)
     not_healed: list[str] = []  # why the missing entries were not written here (a full disk)
@@ -164,7 +158,7 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
         eh = (rec.get("data") or {}).get("event_hash")
         names_event = isinstance(eh, str) and eh in known
         status = (checked.problems[0].code if checked.problems else "ok" if names_event or not eh
-                  else AUDIT_EVENT_MISSING if import_began() is None else IMPORT_INCOMPLETE)
+                  else AUDIT_EVENT_MISSING if import_began is None else IMPORT_INCOMPLETE)
         line = Line(str(rec.get("ts", "")), "audit", seq, str(rec.get("data", {}).get("action", "?")),
                     str(rec.get("actor", "")), rec.get("run_id"), _detail(rec), status)
         if names_event:
@@ -202,11 +196,38 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
                 ] if unaudited else []
     ahead = [ln.seq for ln in out if ln.status == IMPORT_INCOMPLETE]
     if ahead:
-        warnings.append(_import_warning(orch, job_id, ahead, import_began()))
+        warnings.append(_import_warning(orch, job_id, ahead, import_began))
     return {"job_id": job_id, "run_id": run_id, "lines": [ln.to_dict() for ln in out],
             "ok": all(ln.status in ("ok", AUDIT_ENTRY_MISSING, IMPORT_INCOMPLETE) for ln in out) and view.ok
                   and not log.problem,
             "problems": [p.to_dict() for p in [*view.problems, *filter(None, [log.problem])]], "warnings": warnings}
+
+
+def _read_job(orch: "Orchestrator", job_id: str, log: "_LogRead") -> tuple["JobView", list[str], str | None]:
+    """The job read after the audit log (``log``), the hashes of its lines, and when an import into the project that
+    has not completed began (None: there is none), read only when an entry of ``log`` names an event the job's read
+    lacks (rare). Free of races with an import: it puts its record (``transfer.import_begun``) before its first
+    write and removes it only once every stream of its bundle is in, so an entry the log's read held, naming an event
+    the job's read lacked, with no record found after that, was written by no import, or by one that completed
+    since the job's read: the job, read once more, then holds that event; one it still lacks is missing (until
+    2026-12-07 an import completing between the job's read and the record's made a healthy job
+    ``AUDIT_EVENT_MISSING``, exit 7)."""
+    began: str | None = None
+    for last in (False, True):
+        try:
+            view = orch.load(job_id, every_signature=True)  # it says "every line verified": each signature checked
+        except JobNotFoundError:  # its files deleted, and the audit log says what happened to it; or not imported yet
+            view = None
+        hashes = [line_hash(s.raw) for s in view.stream.lines] if view is not None else []
+        if not log.entries or (view is not None and log.named <= set(hashes)):  # a job not found: its entries
+            break  # may all name no event (a released run), and an import may not have written it yet
+        if not last:
+            began = _import_began(orch)
+            if began is not None:  # the import's doing, whatever the job holds
+                break
+    if view is None:
+        view = _gone(orch, job_id, log.entries, importing=began is not None)
+    return view, hashes, began
 
 
 def _gone(orch: "Orchestrator", job_id: str, entries: list[tuple[int, dict[str, Any]]], *,

@@ -13,7 +13,7 @@ import pytest
 import worker_handlers  # noqa: F401  (registers t.* handlers)
 from backends import BACKENDS, FileHistory, PgHistory, orchestrator_on
 from helpers import run_script
-from orchestrator import Orchestrator, faults, transfer
+from orchestrator import Orchestrator, faults, timeline, transfer
 from orchestrator.errors import ImportConflictError, IntegrityError, InvalidInputError, JobNotFoundError
 from orchestrator.signing import Keyring
 from orchestrator.timeline import AUDIT_EVENT_MISSING, IMPORT_INCOMPLETE
@@ -128,3 +128,41 @@ def test_an_import_that_writes_nothing_leaves_no_record_of_itself(dest: Orchestr
     with pytest.raises(ImportConflictError):
         import_project(dest, io.BytesIO(bundle))
     assert dest.store.aux_keys(IMPORTS_AREA) == [] and statuses(dest, ours)[0] is True
+
+
+@pytest.mark.parametrize("written", [4, 5], ids=["job-not-written", "job-half-written"])
+def test_an_import_completing_between_the_jobs_read_and_its_records_read_leaves_a_healthy_job_ok(
+        dest: Orchestrator, base: Path, keyring: Keyring, monkeypatch: pytest.MonkeyPatch, written: int) -> None:
+    """The timeline reads the audit log, the job, then (an entry naming an event the job lacks) the import's record.
+    An import completing between the last two: its entry's event is in now, and its record gone. Until 2026-12-07
+    (fix-small4) that healthy job was ``AUDIT_EVENT_MISSING`` (exit 7); the job is read once more when there is no
+    record, and shown whole."""
+    source = Orchestrator(base_path=base / "src", project_id=dest.project_id, keyring=keyring)
+    (_, second), bundle = cancelled_jobs(source, 2)
+    monkeypatch.setattr(transfer, "CHUNK", 1)
+    calls = []
+
+    def stop_after(count: int) -> None:  # the import stops after its ``count``th line: the second job not whole
+        calls.append(1)
+        if len(calls) == count:
+            raise RuntimeError("stopped")
+        faults.arm("import.after_chunk", lambda: stop_after(count))
+
+    faults.arm("import.after_chunk", lambda: stop_after(written))
+    try:
+        with pytest.raises(RuntimeError, match="stopped"):
+            import_project(dest, io.BytesIO(bundle))
+    finally:
+        faults.disarm_all()
+    half = [("event", "ok")] if written == 5 else []  # its submit, or nothing of it
+    assert statuses(dest, second) == (True, [*half, ("audit", IMPORT_INCOMPLETE)], [IMPORT_INCOMPLETE])
+    began = timeline._import_began
+
+    def completed_first(orch: Orchestrator) -> str | None:  # the import completes just before its record is read
+        import_project(dest, io.BytesIO(bundle))
+        monkeypatch.setattr(timeline, "_import_began", began)
+        return began(orch)
+
+    monkeypatch.setattr(timeline, "_import_began", completed_first)
+    assert statuses(dest, second) == (True, [("event", "ok"), ("event", "ok"), ("audit", "ok")], [])
+    assert timeline._import_began is began and dest.store.aux_keys(IMPORTS_AREA) == []  # the import did complete
