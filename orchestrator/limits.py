@@ -307,11 +307,15 @@ MAX_ACTOR_CHARS = 200  # Orchestrator(actor=...), as given
 
 
 def an_actor(actor: object) -> str:
-    """Who acts, as given to ``Orchestrator(actor=...)``: text, stored sanitized in every event and entry."""
-    if not isinstance(actor, str) or not actor.strip() or not is_unicode(actor) or len(actor) > MAX_ACTOR_CHARS:
+    """Who acts, as given to ``Orchestrator(actor=...)``: text, stored sanitized in every event and entry. A ``str``
+    subclass is taken as the text it holds, an exact ``str`` made by ``str``'s own method: its own ``strip``,
+    ``__str__`` or ``__len__`` may say anything (until 2026-12-07 its ``strip`` gave the stored actor: unsanitized,
+    or no text at all)."""
+    text = str.__str__(actor) if isinstance(actor, str) else None
+    if text is None or not text.strip() or not is_unicode(text) or len(text) > MAX_ACTOR_CHARS:
         raise InvalidInputError(f"actor must be a name of 1 to {MAX_ACTOR_CHARS} characters of valid Unicode, "
                                 f"not {shown(actor)}")
-    return sanitize_text(actor.strip())
+    return sanitize_text(text.strip())
 
 
 def a_set_of_names(values: Iterable[str] | None, what: str, known: Sequence[str] | None = None) -> set[str]:

@@ -277,6 +277,29 @@ def test_each_actor_given_to_append_is_checked_and_stored_as_its_own_whatever_ca
     assert orch.status(job).state == "queued"
 
 
+# a text whose own methods say something else than it holds: a secret that says it holds none (``Lying``), or no text
+Saying = type("Saying", (str,), {"strip": lambda _: Lying("password=hunter2"), "__str__": lambda _: "password=hunter2",
+                                 "__len__": lambda _: 1})
+NoText = type("NoText", (str,), {"strip": lambda _: 5, "__str__": lambda _: "x"})
+
+
+def test_an_actor_given_as_a_str_subclass_is_stored_as_the_exact_text_it_holds_sanitized(
+        orch: Orchestrator, base: Path, keyring: Keyring) -> None:
+    """``limits.an_actor`` stripped an actor by its own ``strip``: a subclass's gave the stored actor, whatever it was:
+    here ``password=hunter2`` unredacted (signed into the event and its entry), or ``"5"``. Until 2026-12-07
+    (fix-small4); the text it holds is taken now, by ``str``'s own methods, as an exact ``str``."""
+    job = orch.submit("t.echo", 1, audit=True)
+    orch.append(orch.load(job), job, CANCEL, actor=Saying(" ops token=abc123 "), audit=("cancel", "stop"))
+    event = json.loads(orch.store.read(job)[-1].raw)
+    entry = json.loads(orch.store.read(AUDIT_STREAM)[-1].raw)
+    assert event["actor"] == entry["actor"] == "ops token=[REDACTED]"
+    made = Orchestrator(base_path=base, project_id="p2", keyring=keyring, actor=NoText(" ops "))
+    assert type(made.actor) is str and made.actor == "ops"
+    for refused in (Saying(" "), Saying("a" * 201)):  # its strip and len say a name of 1 character
+        with pytest.raises(InvalidInputError, match="actor must be"):
+            orch.append(orch.load(job), job, CANCEL, actor=refused)
+
+
 # -- 4. a kind holding a control character ------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["a\x00b", "a\nb", "\x1b[31mred", "a\u2028b"])
 def test_a_kind_holding_a_control_character_is_invalid_input_on_every_store(orch: Orchestrator, kind: str) -> None:
