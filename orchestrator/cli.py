@@ -32,6 +32,7 @@ from orchestrator.clock import from_iso
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY
 from orchestrator.errors import CommandInterrupted, Interrupted, InvalidInputError
 from orchestrator.json_text import input_value
+from orchestrator.json_usage import RESULT
 from orchestrator.limits import MAX_ATTEMPTS_LIMIT, MAX_INPUT_BYTES, MAX_PROCESSES, PRIORITY_LIMIT, read_at_most
 from orchestrator.security import one_line, safe_line, sanitized_cut
 from orchestrator.stdout import written_whole
@@ -308,6 +309,7 @@ def _run(command: click.Command | str, args: list[str], prog_name: str | None) -
     (``> file`` on a full disk) is ``STORAGE_ERROR`` (exit 10) on stderr (as JSON with ``--json``), saying to check
     what the command did, or that nothing was done when it was its help, its version or a usage error that could not
     be printed."""
+    RESULT.printed = False
     with written_whole(report=Output(wants_json(args), data_on_stdout=True).error):
         try:
             with COMMAND_STOP.handled():  # raises as it begins a stop held since the start (``entry``)
@@ -321,7 +323,9 @@ def _run(command: click.Command | str, args: list[str], prog_name: str | None) -
 def _interrupted(command: click.Command | str, args: list[str], signum: int) -> None:
     """Report a stop signal that ``_run`` met: ``INTERRUPTED`` (exit 128 + the signal), or, for a command that stops on
     it in its own way (``stopped_before_start``: the worker), what it says of a stop that came before its own
-    handling began, wherever that was (the command line read, the store opened, a handler module imported)."""
+    handling began, wherever that was (the command line read, the store opened, a handler module imported). A stop
+    after the command printed its result (``json_usage.RESULT``) is said on stderr, as ``entry.run_tool`` says a
+    tool's: stdout keeps that result, its one object under ``--json``."""
     named: click.Command | None = None
     with contextlib.suppress(Exception):  # the look-up imports the command modules, which the signal may have cut
         _register_commands()  # short: those are imported again, whole
@@ -329,15 +333,18 @@ def _interrupted(command: click.Command | str, args: list[str], signum: int) -> 
     own = getattr(named, "stopped_before_start", None)
     if own is not None:
         sys.exit(own(args))
-    stop = CommandInterrupted(interrupted_message(signum), signum)
-    Output(wants_json(args), data_on_stdout=named is not None and data_on_stdout(named, args)).error(stop)
+    printed = RESULT.printed
+    stop = CommandInterrupted(interrupted_message(signum, printed=printed), signum)
+    Output(wants_json(args), data_on_stdout=printed or (named is not None and data_on_stdout(named, args))).error(stop)
     sys.exit(stop.exit_code)
 
 
-def interrupted_message(signum: int) -> str:
+def interrupted_message(signum: int, *, printed: bool = False) -> str:
     """What a command stopped by Ctrl-C or SIGTERM says, outside a command's own handling (the worker and the
-    benchmark stop on them in their own way)."""
+    benchmark stop on them in their own way); ``printed``: once it had printed its result."""
     name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
+    if printed:
+        return f"interrupted by {name} after the command printed its result"
     return f"interrupted by {name} before the command finished: check what it did (status, verify) before running it again"
 
 

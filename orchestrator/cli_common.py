@@ -16,6 +16,7 @@ import click
 from orchestrator.cli_values import store_option
 from orchestrator.config import DEFAULT_BASE_PATH, DEFAULT_PROJECT_ID
 from orchestrator.errors import OrchestratorError
+from orchestrator.json_usage import printing_result
 from orchestrator.security import safe_line, sanitize_obj, sanitize_text, shown
 from orchestrator.stdout import outcome
 
@@ -43,16 +44,20 @@ class Output:
         self.data_on_stdout = data_on_stdout
 
     def emit(self, data: Any, text: str | Callable[[], str]) -> None:
-        if self.as_json:
-            self._json(data)
-        else:
-            echo(sanitize_text(text() if callable(text) else text), err=self.data_on_stdout)
+        """The command's result, printed whole: a stop after it is said on stderr (``json_usage.printing_result``)."""
+        with printing_result():
+            if self.as_json:
+                self._json(data)
+            else:
+                echo(sanitize_text(text() if callable(text) else text), err=self.data_on_stdout)
 
     def error(self, exc: OrchestratorError) -> None:
-        if self.as_json:
-            self._json(exc.to_dict())
-        else:
-            echo(sanitize_text(f"error[{exc.code}]: {exc.message}"), err=True)
+        """The command's error, its result (``emit``)."""
+        with printing_result():
+            if self.as_json:
+                self._json(exc.to_dict())
+            else:
+                echo(sanitize_text(f"error[{exc.code}]: {exc.message}"), err=True)
 
     def _json(self, data: Any) -> None:
         text = json.dumps(data, ensure_ascii=False, default=str)

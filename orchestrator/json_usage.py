@@ -2,17 +2,18 @@
 ``scripts/reliability_report.py``): a usage error given with ``--json`` is what every command prints then, one
 ``{"error": "USAGE_ERROR", "message": ...}`` object on stdout, exit 2 (README, "Commands"), not argparse's text on
 stderr. Without ``--json``, argparse's usage and message on stderr as before, exit 2 either way. A stop (``entry.run_tool``) asks
-``json_asked`` too, and ``RESULT.printed``: a tool prints its result with ``print_result``, so that a stop after it
-is not a second object on stdout.
+``json_asked`` too, and ``RESULT.printed``: a tool prints its result with ``print_result``, a command with
+``cli_common.Output`` (both through ``printing_result``), so that a stop after it is not a second object on stdout.
 
 Not for the benchmarks whose ``--json FILE`` names a file to write (``bench.cli_args.add_scratch_and_json``).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from typing import Any, NoReturn, Sequence
+from typing import Any, Iterator, NoReturn, Sequence
 
 from orchestrator.command_stop import COMMAND_STOP
 from orchestrator.errors import UsageError
@@ -27,7 +28,8 @@ def json_asked(args: Sequence[str]) -> bool:
 
 
 class Result:
-    """Whether the tool printed its result (``print_result``): its stdout's one object under ``--json``."""
+    """Whether the tool or the command printed its result (``printing_result``): its stdout's one object under
+    ``--json``. Set False as each begins (``entry.run_tool``, ``cli._run``)."""
 
     printed = False
 
@@ -35,13 +37,22 @@ class Result:
 RESULT = Result()
 
 
-def print_result(text: str) -> None:
-    """A tool's result (its JSON object, or its table), printed whole: a stop during the print is raised once it is
-    printed (``COMMAND_STOP.deferred``), and ``entry.run_tool`` then says the stop on stderr, as a command whose
-    stdout carries data says its errors, not as a second object after the result (or in the middle of it)."""
+@contextlib.contextmanager
+def printing_result() -> Iterator[None]:
+    """A result being printed (a tool's, ``print_result``; a command's, ``cli_common.Output``), whole: a stop during
+    the print is raised once it is printed (``COMMAND_STOP.deferred``), and then said on stderr (``entry.run_tool``,
+    ``cli._interrupted``), as a command whose stdout carries data says its errors, not as a second object after the
+    result (or in the middle of it). The one rule for both (until 2026-12-07, fix-small4, a command said such a stop
+    as a second object on stdout)."""
     with COMMAND_STOP.deferred():
-        print(text, flush=True)
+        yield
         RESULT.printed = True
+
+
+def print_result(text: str) -> None:
+    """A tool's result (its JSON object, or its table), printed whole (``printing_result``)."""
+    with printing_result():
+        print(text, flush=True)
 
 
 class ArgumentParser(argparse.ArgumentParser):

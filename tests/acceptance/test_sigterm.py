@@ -391,3 +391,39 @@ def test_a_second_sigterm_while_a_stopped_benchmark_says_so_is_ignored(cli_env: 
     assert proc.returncode == 143, (out, err)
     assert err.strip() == ("interrupted by SIGTERM: the benchmark's worker process was stopped, the scratch project "
                            "and the folders made for it removed; no results were written"), err
+
+
+# ``python -c`` running a command whose output path sends the process SIGTERM once it has written the command's result
+# (``cli_common.echo``, where ``Output`` prints): the stop comes right after the result, the command's work done
+SIGNALLED_AFTER_PRINTING = """
+import os, signal, sys
+from orchestrator import cli, cli_common
+real = cli_common.echo
+def echo(message, **kwargs):
+    real(message, **kwargs)
+    if not kwargs.get("err"):
+        os.kill(os.getpid(), signal.SIGTERM)
+cli_common.echo = echo
+cli.run_script(sys.argv[1], sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "text"])
+def test_a_command_stopped_right_after_it_printed_its_result_keeps_that_one_result_on_stdout(
+        cli_env: dict[str, str], base: Path, as_json: bool) -> None:
+    """A stop that came after the command printed its result: stdout keeps that result alone (its one JSON object under
+    ``--json``), the stop said on stderr (the ``INTERRUPTED`` object with ``--json``), exit 143, as a tool says it
+    (``entry.run_tool``). Until 2026-12-07 (fix-small4) a second object, ``INTERRUPTED``, followed the result on
+    stdout."""
+    Orchestrator(base_path=base, project_id="proj").submit("echo", {"text": "hi"})
+    proc = subprocess.run([sys.executable, "-c", SIGNALLED_AFTER_PRINTING, "status", "--all",
+                           *(["--json"] * as_json)],
+                          env=cli_env, cwd=str(REPO), text=True, capture_output=True, timeout=60)
+    assert proc.returncode == 143, (proc.stdout, proc.stderr)
+    said = "interrupted by SIGTERM after the command printed its result"
+    if as_json:
+        assert json.loads(proc.stdout)["count"] == 1, proc.stdout  # one object: a second would not parse
+        assert json.loads(proc.stderr) == {"error": "INTERRUPTED", "message": said, "signal": "SIGTERM"}, proc.stderr
+    else:
+        assert "queued" in proc.stdout and "INTERRUPTED" not in proc.stdout, proc.stdout
+        assert proc.stderr.strip() == f"error[INTERRUPTED]: {said}", proc.stderr
