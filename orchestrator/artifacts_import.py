@@ -43,7 +43,7 @@ from orchestrator import faults
 from orchestrator.artifacts_source import (TARGET_FOLDER, Ancestors, Need, Reached, descriptor, entered, leads_nowhere,
                                           measure, not_regular, open_entry, open_source, refusal)
 from orchestrator.errors import InvalidIdError, InvalidInputError, StorageError
-from orchestrator.run_folder import DISK_REFUSALS, make_private_folder
+from orchestrator.run_folder import DISK_REFUSALS, make_private_folder, owner_bits_back
 from orchestrator.security import validate_id
 from orchestrator.store.files import linked_folder_error, path_error
 from orchestrator.worker_folders import WorkerFolders, trusted_source
@@ -376,17 +376,15 @@ def _target_folder(parent: int, name: str, path: str, *, copied: bool) -> int:
 
 def _opened_after_chmod(parent: int, name: str) -> int | None:
     """The folder ``name`` of ``parent``, which its owner may not open (a run's ``chmod 000`` of its copy, or of
-    ``inputs``), opened once given the owner's read, write and search bits; None when it is not a folder, or that
-    cannot be done. The ``chmod`` is by name (a folder cannot be opened to ``fchmod`` it), and never through a link:
-    ``fchmodat(AT_SYMLINK_NOFOLLOW)``, which glibc (2.32 on) does through an ``O_PATH`` descriptor and refuses for a
-    link; Python raises ``ValueError`` (or ``NotImplementedError``) where it cannot. Root never gets here."""
+    ``inputs``), opened once given the owner's read, write and search bits (``run_folder.owner_bits_back``: never
+    through a link, checked on that very entry, by name where there is no ``/proc``); None when it is not a folder of
+    this user's, or that cannot be done. Root never gets here."""
+    given = owner_bits_back(parent, name)
+    if given is None or not stat.S_ISDIR(given.st_mode):
+        return None
     try:
-        mode = os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
-        if not stat.S_ISDIR(mode):
-            return None
-        os.chmod(name, stat.S_IMODE(mode) | stat.S_IRWXU, dir_fd=parent, follow_symlinks=False)
         return os.open(name, TARGET_FOLDER, dir_fd=parent)
-    except (OSError, ValueError, NotImplementedError):
+    except OSError:
         return None
 
 

@@ -209,8 +209,9 @@ def _given_back(folder: int, name: str, path: str, other: str, refused: Permissi
         if not _lacks_owner_bits(folder, name):  # refused for another reason (a mount's, a security module's)
             raise _named(refused, path)
         raise PermissionError(refused.errno, f"{refused.strerror}, and this user cannot give it its owner's bits "
-                                             f"back (another user's, or no /proc here): a run of job {other} may "
-                                             f"have left it so; as its owner, run: chmod -R u+rwX {path}", path)
+                                             f"back (another user's; without /proc, one in a folder others may "
+                                             f"write): a run of job {other} may have left it so; as its owner, run: "
+                                             f"chmod -R u+rwX {path}", path)
     log.warning("%s was not its owner's to read (mode %o, a run's chmod): its owner's bits given back before it is "
                 "copied", path, stat.S_IMODE(before.st_mode), extra={"path": path, "job_id": other})
     return True

@@ -11,7 +11,7 @@ import os
 import shutil
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from orchestrator.key_paths import others_may_write, user_or_root
 from orchestrator.security import cut_read_size, sanitized_cut
@@ -104,8 +104,9 @@ def set_folder_mode(folder: "Path | str", mode: int) -> None:
     """Set the mode of the real folder ``folder`` to ``mode``, never through a link, even when its owner may not open
     it (a run's ``chmod 077`` of its own folder): ``restrict`` opens a folder to ``fchmod`` it, which needs the
     owner's read bit. So it is opened as ``restrict`` opens it (a link in the folder's place refused: ``O_NOFOLLOW``
-    with ``O_DIRECTORY``), and only where its owner may not read it, changed by ``_set_unreadable_folder_mode``.
-    ``OSError`` when it cannot be: another user's folder (``PermissionError``), a link or a file in its place."""
+    with ``O_DIRECTORY``), and only where its owner may not read it, changed as an entry of its parent folder
+    (``chmod_entry``). ``OSError`` when it cannot be: another user's folder (``PermissionError``), a link (``ELOOP``)
+    or a file (``NotADirectoryError``) in its place."""
     try:
         fd = os.open(folder, FOLDER_NO_LINK)
     except PermissionError:
@@ -118,51 +119,91 @@ def set_folder_mode(folder: "Path | str", mode: int) -> None:
 
 
 def _set_unreadable_folder_mode(folder: Path, mode: int) -> None:
-    """``set_folder_mode`` of a folder its owner may not read: through an ``O_PATH`` handle, which needs no bit, and
-    its ``/proc/self/fd`` name, which is that very folder (``chmod`` of that name is what the C library's own
-    no-follow ``chmod`` does); where there is no ``O_PATH``, or no ``/proc`` (a chroot, a container without it: until
-    2026-12-07 such a folder stopped a worker that is not root, exit 10, ``/proc/self/fd/3: No such file or
-    directory``), by its name in its parent folder (``_set_mode_by_name``)."""
-    path_flag = getattr(os, "O_PATH", 0)
-    if path_flag:
-        fd = os.open(folder, path_flag | FOLDER_NO_LINK)
-        try:
-            os.chmod(f"/proc/self/fd/{fd}", mode)
-            return
-        except FileNotFoundError:  # no /proc: the descriptor is open, so its name there is missing only so
-            pass
-        finally:
-            os.close(fd)
-    _set_mode_by_name(folder, mode)
-
-
-def _set_mode_by_name(folder: Path, mode: int) -> None:
-    """Set the mode of ``folder`` by its name in its parent folder, opened once: ``os.stat(name, dir_fd=parent,
-    follow_symlinks=False)`` confirms a folder of this user's there (a link: ``ELOOP``; a file: ``NotADirectoryError``;
-    another's: ``PermissionError``), then ``os.chmod(name, dir_fd=parent)`` sets its mode. That ``chmod`` follows a
-    link (the no-follow one, ``fchmodat(AT_SYMLINK_NOFOLLOW)``, is done by the C library through ``/proc`` itself,
-    but with ``fchmodat2``: Linux 6.6 and glibc 2.39, not what a worker can count on), so the name must not be
-    swapped for a link between the two: only who may write in the parent may do that, and the parent is checked to
-    be this user's or root's, written by no one else (as the worker keeps ``artifacts/``, a job's folder's parent:
-    ``WorkerFolders._trust``), else ``PermissionError`` and nothing is changed. Whoever may swap it so is then this
-    user or root, who could ``chmod`` whatever the link leads to themselves: no other user can have this one change
-    a file of their choosing. Needs neither ``O_PATH`` nor ``/proc``."""
-    parent = os.open(folder.parent, FOLDER_NO_LINK)
-    try:
-        held = os.fstat(parent)
-        if not user_or_root(held) or others_may_write(held):
-            raise PermissionError(errno.EPERM, "its parent folder is not this user's or root's alone, so its mode is "
-                                               "not set by name", str(folder))
-        st = os.stat(folder.name, dir_fd=parent, follow_symlinks=False)
+    """``set_folder_mode`` of a folder its owner may not read: as an entry of its parent (``chmod_entry``), once its
+    status shows a folder of this user's (a link: ``ELOOP``; a file: ``NotADirectoryError``; another's:
+    ``PermissionError``)."""
+    def of_ours(st: os.stat_result) -> int:
         if stat.S_ISLNK(st.st_mode):
             raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(folder))
         if not stat.S_ISDIR(st.st_mode):
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
         if st.st_uid != os.geteuid():
             raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(folder))
-        os.chmod(folder.name, mode, dir_fd=parent)
+        return mode
+
+    parent = os.open(folder.parent, FOLDER_NO_LINK)
+    try:
+        chmod_entry(parent, folder.name, of_ours, str(folder))
     finally:
         os.close(parent)
+
+
+_PATH_ONLY = getattr(os, "O_PATH", 0)  # a descriptor that names an entry (a link itself) and needs no bit of it
+PROC_FDS = "/proc/self/fd"  # where a descriptor has a name: missing in a chroot or a container without /proc
+
+
+def chmod_entry(parent: int, name: str, new_mode: Callable[[os.stat_result], int | None],
+                path: str) -> os.stat_result | None:
+    """Set the mode of the entry ``name`` of the folder ``parent`` (a descriptor; ``path`` names it in errors) to
+    ``new_mode(st)`` of its status ``st`` (a link's own: ``new_mode`` refuses what is not to be changed, by raising,
+    or passes it over by returning None), never through a link, even when its owner may not open
+    it: the one way both ``set_folder_mode`` and ``owner_bits_back`` do it. Returns ``st`` when the mode was set,
+    None when it was not.
+
+    Where there is ``O_PATH``, by descriptor: the entry opened so (no bit of it needed; a link opened is the link
+    itself), its ``fstat`` given to ``new_mode``, and its ``/proc/self/fd`` name changed, which is that very entry
+    (what the C library's own no-follow ``chmod`` does). Where there is no ``O_PATH`` or no ``/proc`` (a chroot, a
+    container without it), by name (``_chmod_by_name``)."""
+    if _PATH_ONLY:
+        fd = os.open(name, _PATH_ONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            st = os.fstat(fd)
+            mode = new_mode(st)
+            if mode is None:
+                return None
+            try:
+                os.chmod(f"{PROC_FDS}/{fd}", mode)
+                return st
+            except FileNotFoundError:  # no /proc: the descriptor is open, so its name there is missing only so
+                pass
+        finally:
+            os.close(fd)
+    return _chmod_by_name(parent, name, new_mode, path)
+
+
+def _chmod_by_name(parent: int, name: str, new_mode: Callable[[os.stat_result], int | None],
+                   path: str) -> os.stat_result | None:
+    """``chmod_entry`` by name, without ``O_PATH`` or ``/proc``: the entry looked at in ``parent`` without following
+    a link (``fstatat(AT_SYMLINK_NOFOLLOW)``), its status given to ``new_mode``, its mode set by name, then looked at
+    again: another entry there since (another ``st_dev``/``st_ino``, a link) is ``PermissionError``. The ``chmod``
+    is ``fchmodat(AT_SYMLINK_NOFOLLOW)`` where the C library does it without ``/proc`` (glibc 2.39 with Linux 6.6:
+    ``fchmodat2``), else a plain ``chmod`` of the name, which follows a link. Done only when ``parent`` is this
+    user's or root's and written by no one else (as the worker keeps ``artifacts/``, a job's folder's parent:
+    ``WorkerFolders._trust``), else ``PermissionError`` and nothing is changed: then only this user or root could
+    swap the name between the look and the ``chmod``, and either could ``chmod`` what it leads to themselves.
+
+    What this cannot close: with a plain ``chmod``, a swap made in that window (by this user or root) has the mode set
+    on what the name then leads to before the second look sees it, which refuses, too late to undo it; a swap put
+    back before the second look is not seen at all. By descriptor (``chmod_entry``) there is no such window."""
+    held = os.fstat(parent)
+    if not user_or_root(held) or others_may_write(held):
+        raise PermissionError(errno.EPERM, "its parent folder is not this user's or root's alone, so its mode is not "
+                                           "set by name", path)
+    st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    mode = new_mode(st)
+    if mode is None:
+        return None
+    if stat.S_ISLNK(st.st_mode):  # never followed, whatever ``new_mode`` said
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+    try:
+        os.chmod(name, mode, dir_fd=parent, follow_symlinks=False)
+    except (NotImplementedError, ValueError):  # no fchmodat2 (Python says so of a dir_fd with ValueError)
+        os.chmod(name, mode, dir_fd=parent)
+    after = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    if (after.st_dev, after.st_ino) != (st.st_dev, st.st_ino):
+        raise PermissionError(errno.EPERM, "another entry took its name between its look and its chmod by name (that "
+                                           "chmod may have changed what is there now)", path)
+    return st
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -252,29 +293,21 @@ def owner_bits_back(folder: int, name: str) -> os.stat_result | None:
     """Give the entry ``name`` of the folder ``folder`` (a descriptor) the owner's bits its owner needs to read it,
     when it is this user's own folder (read, write and search: to list, fill and empty it) or regular file (read),
     never through a link: a run's ``chmod 000`` inside its job's folder left them out, and the worker may not open it
-    to ``fchmod`` it. So, as ``set_folder_mode``, through an ``O_PATH`` descriptor of it (which needs no bit of it,
-    and names a link itself, never what it leads to) and its ``/proc/self/fd`` name, after the ``fstat`` of that very
-    entry checked its owner and type. Returns its status as it was when its mode was changed; None when nothing was
-    (a link, another user's entry, one with those bits, no ``O_PATH`` or no ``/proc``, gone meanwhile)."""
-    path_flag = getattr(os, "O_PATH", 0)
-    if not path_flag:
-        return None
-    try:
-        fd = os.open(name, path_flag | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
+    to ``fchmod`` it. So, as ``set_folder_mode``, by ``chmod_entry``: checked on that very entry where there is
+    ``/proc``, by name where there is none. Returns its status as it was when its mode was changed; None when nothing
+    was (a link, another user's entry, one with those bits, a parent others may write without ``/proc``, gone or
+    swapped meanwhile)."""
+    def needed(st: os.stat_result) -> int | None:
         bits = owner_needs(st.st_mode)
         if (st.st_uid != os.geteuid() or not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode))
                 or st.st_mode & bits == bits):
             return None
-        os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode) | bits)
+        return stat.S_IMODE(st.st_mode) | bits
+
+    try:
+        return chmod_entry(folder, name, needed, name)
     except OSError:
         return None
-    finally:
-        os.close(fd)
-    return st
 
 
 def owner_needs(mode: int) -> int:

@@ -225,8 +225,8 @@ def test_a_source_folder_without_its_owners_bits_that_is_not_this_users_fails_na
     (src / "sub").chmod(0o000)
     error = in_a_child_as(NOT_ROOT, lambda: _copy(state_of_a_user))
     assert error.startswith("CopyFailed: [Errno 13] Permission denied, and this user cannot give it its owner's "
-                            "bits back (another user's, or no /proc here): a run of job A may have left it so; as its "
-                            f"owner, run: chmod -R u+rwX {src}/sub: '{src}/sub'"), error
+                            "bits back (another user's; without /proc, one in a folder others may write): a run of job "
+                            f"A may have left it so; as its owner, run: chmod -R u+rwX {src}/sub: '{src}/sub'"), error
     assert stat.S_IMODE((src / "sub").stat().st_mode) == 0o000
 
 

@@ -1,4 +1,6 @@
-"""``run_folder.set_folder_mode``: a folder's mode set without opening it for reading, never through a link."""
+"""``run_folder.set_folder_mode`` and ``owner_bits_back``: a mode set without opening the entry for reading, never
+through a link, one way for both (``chmod_entry``: by descriptor where there is ``/proc``, by name where there is
+none)."""
 from __future__ import annotations
 
 import os
@@ -7,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.run_folder import set_folder_mode
+from orchestrator.run_folder import owner_bits_back, set_folder_mode
 
 
 def mode_of(path: Path) -> int:
@@ -60,6 +62,8 @@ def unreadable_without_proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     def chmod(path, mode, *args, **kw):
         if str(path).startswith("/proc/self/fd/"):
             raise FileNotFoundError(2, "No such file or directory", str(path))
+        if kw.get("follow_symlinks") is False and kw.get("dir_fd") is not None:  # glibc before 2.39 does it by /proc
+            raise ValueError("chmod: cannot use dir_fd and follow_symlinks together on this platform")
         return real_chmod(path, mode, *args, **kw)
 
     monkeypatch.setattr(os, "open", open_)
@@ -102,3 +106,68 @@ def test_without_proc_or_o_path_a_link_in_the_folders_place_is_refused_and_what_
     with pytest.raises(OSError, match="Too many levels of symbolic links"):
         set_folder_mode(unreadable_without_proc, 0o700)
     assert target == "missing" or mode_of(elsewhere) == 0o755
+
+
+def test_without_proc_an_entry_a_run_left_without_its_owners_bits_is_given_them_back_by_its_name(
+        unreadable_without_proc: Path) -> None:
+    """``owner_bits_back`` (the copy of ``artifacts_from``, the walk after a run) goes the way ``set_folder_mode``
+    goes: until 2026-12-07 it needed ``/proc``, and gave nothing back without it."""
+    inner = unreadable_without_proc.parent / "made_by_a_run"
+    inner.mkdir()
+    inner.chmod(0o000)
+    (inner.parent / "file").write_text("x")
+    (inner.parent / "file").chmod(0o000)
+    parent = os.open(inner.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert owner_bits_back(parent, "made_by_a_run") is not None
+        assert owner_bits_back(parent, "file") is not None
+    finally:
+        os.close(parent)
+    assert mode_of(inner) == 0o700 and mode_of(inner.parent / "file") == 0o400
+
+
+def swap_before_chmod_by_name(monkeypatch: pytest.MonkeyPatch, folder: Path, into: str) -> Path:
+    """Make ``folder``'s name lead elsewhere just before its ``chmod`` by name (``into``: another folder, renamed into
+    its place, or a link to one): what this user or root could do in that window. Returns the other folder."""
+    other = folder.parent / "other"
+    other.mkdir()
+    other.chmod(0o755)
+    chmod = os.chmod
+
+    def swapping(path, mode, *args, **kw):
+        if kw.get("dir_fd") is not None and kw.get("follow_symlinks", True) and path == folder.name:
+            folder.rename(folder.parent / "moved")
+            if into == "folder":
+                other.rename(folder)
+            else:
+                folder.symlink_to(other)
+        return chmod(path, mode, *args, **kw)
+
+    monkeypatch.setattr(os, "chmod", swapping)
+    return folder if into == "folder" else other
+
+
+@pytest.mark.parametrize("into", ["folder", "link"])
+def test_without_proc_a_name_swapped_between_its_look_and_its_chmod_is_refused(
+        unreadable_without_proc: Path, monkeypatch: pytest.MonkeyPatch, into: str) -> None:
+    """By name, the entry is looked at again after its ``chmod``: another inode there (a folder renamed into its
+    place, a link) is ``PermissionError``. Until 2026-12-07 it was not looked at again, and the mode set on whatever
+    the name led to by then was taken as done. (The ``chmod`` has changed what is there now: only this user or root
+    may write the parent, ``chmod_entry`` says what this cannot close.)"""
+    swap_before_chmod_by_name(monkeypatch, unreadable_without_proc, into)
+    with pytest.raises(PermissionError, match="another entry took its name between its look and its chmod"):
+        set_folder_mode(unreadable_without_proc, 0o700)
+
+
+def test_without_proc_owner_bits_back_of_a_name_swapped_between_its_look_and_its_chmod_is_refused(
+        unreadable_without_proc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inner = unreadable_without_proc.parent / "made_by_a_run"
+    inner.mkdir()
+    inner.chmod(0o000)
+    swap_before_chmod_by_name(monkeypatch, inner, "folder")
+    parent = os.open(inner.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert owner_bits_back(parent, "made_by_a_run") is None
+    finally:
+        os.close(parent)
+    assert mode_of(inner.parent / "moved") == 0o000
