@@ -11,6 +11,7 @@ See ``docs/worker.md`` (Stale recovery).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -34,7 +35,7 @@ from orchestrator.limits import LATEST_TIME
 from orchestrator.notices import Notify, log_warning, tell
 from orchestrator.payload import NO_TERMINAL_SIGNAL_STALE
 from orchestrator.queue import QueueIndex, ReadyEntry, run_left_running
-from orchestrator.run_folder import RUN_PREFIX, output_held, remove_run_folder
+from orchestrator.run_folder import FOLDER_NO_LINK, RUN_PREFIX, output_held, remove_run_folder
 from orchestrator.security import sanitize_text
 from orchestrator.state import CANCELLED, QUEUED, RUNNING, WAITING_HUMAN, JobState, replay
 from orchestrator.untrusted import UntrustedJobs, running_mark
@@ -371,19 +372,65 @@ def run_artifacts(s: JobState, root: Path, ahead: float = 0.0) -> list[str]:
     its source's times, or has the run's own when the worker died in the middle of a file."""
     claimed = [ts for etype, ts in s.history if etype == "job_claimed"]
     since = clock_mod.from_iso(claimed[-1]) + ahead if claimed else 0.0
-    copied = {os.path.join(root, folder) for folder in imported_folders(s.job_id, s.input)}
-    found = []
-    for dirpath, dirs, files in os.walk(root):
-        if copied:
-            dirs[:] = [name for name in dirs if os.path.join(dirpath, name) not in copied]
-        for name in files:
-            path = Path(dirpath, name)
-            try:
-                if path.stat().st_mtime >= since - 1.0:  # mtime granularity
-                    found.append(path.relative_to(root).as_posix())
-            except OSError:
-                continue
+    found = [path for path, mtime in files_below(root, imported_folders(s.job_id, s.input))
+             if mtime >= since - 1.0]  # mtime granularity
     return sorted(recorded_names(root, sorted(found)))[:100]  # moved once the walk is over
+
+
+def files_below(root: Path, skip: set[str]) -> list[tuple[str, float]]:
+    """(path relative to ``root``, modification time) of each file below the folder ``root`` (a link to a file among
+    them, timed by what it leads to, as listed before), but for the folders ``skip`` (relative paths). Walked by
+    descriptor: each folder opened from the one above it, never through a link (``FOLDER_NO_LINK``), so a folder that
+    a process of the dead run (alive until the recovery's kill) swaps for a link between its listing and its
+    entering is not entered: walked by path (``os.walk``) until 2026-12-07, the folder the link led to was listed,
+    outside the job's. With a stack of descriptors, not by recursion (as ``run_folder.folders_given_back``). ``root``
+    itself may be a link (inside the store: ``WorkerFolders.artifacts_dir`` checked it)."""
+    try:
+        top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # none made, or gone
+        return []
+    found: list[tuple[str, float]] = []
+    stack = [(top, "", iter(_listed(top)))]
+    try:
+        while stack:
+            fd, above, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                os.close(fd)
+                stack.pop()
+                continue
+            name, is_folder = entry
+            path = above + name
+            if not is_folder:
+                with contextlib.suppress(OSError):  # gone meanwhile, a link to nothing
+                    found.append((path, os.stat(name, dir_fd=fd).st_mtime))
+            elif path not in skip:
+                try:
+                    below = os.open(name, FOLDER_NO_LINK, dir_fd=fd)
+                except OSError:  # a link (ELOOP), one to a folder listed so too, gone, not to be read
+                    continue
+                stack.append((below, path + "/", iter(_listed(below))))
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+    return found
+
+
+def _listed(fd: int) -> list[tuple[str, bool]]:
+    """(name, whether it is a folder or a link to one) of each entry of the folder ``fd``, as ``os.walk`` told its
+    folders from its files; nothing when it cannot be listed."""
+    listed = []
+    try:
+        with os.scandir(fd) as listing:
+            for entry in listing:
+                try:
+                    is_folder = entry.is_dir()
+                except OSError:
+                    is_folder = False
+                listed.append((entry.name, is_folder))
+    except OSError:
+        return []
+    return listed
 
 
 def sweep_leftovers(orch: Orchestrator, queue: QueueIndex, folders: WorkerFolders, look_again: bool = True) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from helpers import events, make_worker
 from orchestrator import Orchestrator, recovery
+from orchestrator.state import Event, replay
 
 
 def test_a_folder_swapped_for_a_link_after_the_walk_is_not_followed_by_the_moves(
@@ -43,3 +44,62 @@ def test_a_folder_swapped_for_a_link_after_the_walk_is_not_followed_by_the_moves
     assert (elsewhere / "token=abc.txt").read_text() == "this user's own, outside the store"
     assert os.listdir(folder) == ["sub"] and os.path.islink(folder / "sub")
     assert "could not move the artifact sub/token=[REDACTED]" in caplog.text
+
+
+class _Listing:
+    """What ``os.scandir`` returns, from entries read already (so that a swap can follow the listing)."""
+
+    def __init__(self, entries: list[os.DirEntry]) -> None:
+        self._entries = iter(entries)
+
+    def __iter__(self) -> "_Listing":
+        return self
+
+    def __next__(self) -> os.DirEntry:
+        return next(self._entries)
+
+    def __enter__(self) -> "_Listing":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("when", ["after its listing", "as it is entered"])
+def test_a_folder_swapped_for_a_link_during_the_walk_is_not_entered(
+        orch: Orchestrator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    """Stale recovery walks the dead run's folder before it ends what that run left running, which may swap a folder
+    for a link meanwhile: right after the folder above was listed, or as the walk goes into it (``os.walk`` looked
+    for a link by path, then listed the path, following the link put there in between). Nothing outside the job's
+    folder is listed: before the fix, ``sub/token=[REDACTED]`` was, from the folder the link led to."""
+    job = orch.submit("command", {"argv": ["true"]})
+    t = orch.clock()
+    assert make_worker(orch, worker_id="dead", lease_seconds=5).claim(now=t).job_id == job  # ... and its worker dies
+    folder = orch.store.root / "artifacts" / job
+    (folder / "sub").mkdir(parents=True, mode=0o700)
+    (folder / "kept.txt").write_text("the dead run's")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "token=abc.txt").write_text("this user's own, outside the store")
+    real_scandir, calls = os.scandir, []
+
+    def swap() -> None:
+        (folder / "sub").rmdir()
+        (folder / "sub").symlink_to(elsewhere)
+
+    def scandir(target: object = ".") -> object:
+        calls.append(target)
+        if when == "as it is entered" and len(calls) == 2:
+            swap()
+        listing = _Listing(list(real_scandir(target)))
+        if when == "after its listing" and len(calls) == 1:
+            swap()
+        return listing
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    state = replay(Event.from_record(record) for record in events(orch, job))
+    assert recovery.run_artifacts(state, folder) == ["kept.txt"]
+    assert os.listdir(elsewhere) == ["token=abc.txt"]
