@@ -54,6 +54,11 @@ MAX_LINKS = 40  # links followed to reach one entry: the kernel's own limit (``E
 # walked at most this many times, so a walk (and a copy) takes at most this many times what the source holds on disk
 MAX_PATHS_TO_A_FOLDER = 1000
 
+# Folders one in another that a copy walks, the source's own folder first: each level holds a descriptor of its source
+# folder and one of its target's (or the earlier copy's), and a frame of the walk, so a tree of 5,000 raised
+# ``RecursionError`` (and past ~500, ``EMFILE`` under the usual limit of 1,024 descriptors); deeper is refused
+MAX_FOLDER_DEPTH = 256
+
 Ancestors = dict[tuple[int, int], str]  # (st_dev, st_ino) of each folder on the path walked -> its name, shown
 Reached = dict[tuple[int, int], tuple[int, str]]  # (st_dev, st_ino) of each folder walked -> (paths to it, the first)
 
@@ -115,8 +120,14 @@ def entered(path: str, st: os.stat_result, ancestors: Ancestors, reached: Reache
     ``reached`` (the whole walk's). One already on the path walked is a loop of links, copied for ever (40 levels,
     until ``ELOOP``): ``InvalidInputError`` naming the path that leads back and the folder it leads to. A folder two
     links lead to, side by side, is no loop: it is copied at each, as ``copytree`` did, up to
-    ``MAX_PATHS_TO_A_FOLDER`` paths to it; one more is ``InvalidInputError`` too, naming the path and the folder."""
+    ``MAX_PATHS_TO_A_FOLDER`` paths to it; one more is ``InvalidInputError`` too, naming the path and the folder; so
+    is a folder below ``MAX_FOLDER_DEPTH`` others (the walk and the copy go one level a call, a descriptor or two
+    held at each)."""
     key, name = (st.st_dev, st.st_ino), shown(path, root, other)
+    if len(ancestors) == MAX_FOLDER_DEPTH:
+        raise InvalidInputError(f"input artifacts_from: {name} lies {MAX_FOLDER_DEPTH} folders below {other}, deeper "
+                                f"than a copy goes ({MAX_FOLDER_DEPTH} folders, one in another): nothing of {other} "
+                                "copied")
     if key in ancestors:
         raise InvalidInputError(f"input artifacts_from: {name} leads back to {ancestors[key]}, a folder that holds it: "
                                 "a loop of symbolic links, never copied")

@@ -8,6 +8,7 @@ import errno
 import logging
 import os
 import stat
+import subprocess
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -16,6 +17,7 @@ import pytest
 from helpers import folder_of, in_a_child_as
 from orchestrator import artifacts_import, faults
 from orchestrator.artifacts_import import CopyFailed, import_artifacts
+from orchestrator.artifacts_source import MAX_FOLDER_DEPTH
 from orchestrator.errors import InvalidInputError, PathEscapeError
 from orchestrator.worker_folders import WorkerFolders
 
@@ -441,6 +443,49 @@ def test_a_link_loop_in_the_source_is_bad_input_naming_the_link_before_anything_
     with pytest.raises(InvalidInputError, match=f"^input artifacts_from: A/{link} leads back to "):
         _copy(tmp_path)
     assert _copied(tmp_path) == []
+
+
+@pytest.fixture
+def deep(tmp_path: Path) -> Iterator[Path]:
+    """``tmp_path``, whose deep folders are removed afterwards by ``rm -rf``: pytest's removal (``shutil.rmtree``, by
+    recursion) cannot, and leaves them for every later session to fail on."""
+    yield tmp_path
+    subprocess.run(["rm", "-rf", str(tmp_path / "artifacts")], check=True)
+
+
+def _nested(top: Path, depth: int) -> None:
+    """``depth`` folders ``a``, one in another, in ``top`` (made by descriptor: the path grows past ``PATH_MAX``)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        os.mkdir("a", dir_fd=fd)
+        below = os.open("a", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = below
+    os.close(fd)
+
+
+@pytest.mark.parametrize("walk", ["the walk", "the copy"])
+def test_a_source_nested_deeper_than_a_copy_goes_is_bad_input_before_anything_is_copied(
+        deep: Path, monkeypatch: pytest.MonkeyPatch, walk: str) -> None:
+    """5,000 folders one in another: the walk (``measure``) and the copy, one level a call, raised
+    ``RecursionError`` out of the worker's loop until 2026-12-07; now a clear refusal, as for a loop of links."""
+    tmp_path = deep
+    src = _source(tmp_path)
+    (src / "f.txt").write_text("f")
+    _nested(src, 5000)
+    if walk == "the copy":  # the source changed between the walk and the copy
+        monkeypatch.setattr(artifacts_import, "measure", lambda *args: None)
+    with pytest.raises(InvalidInputError, match=f"^input artifacts_from: A/(a/){{255}}a lies {MAX_FOLDER_DEPTH} "
+                                                f"folders below A, deeper than a copy goes"):
+        _copy(tmp_path)
+    if walk == "the walk":
+        assert _copied(tmp_path) == []
+
+
+def test_a_source_as_deep_as_a_copy_goes_is_copied(tmp_path: Path) -> None:
+    _nested(_source(tmp_path), MAX_FOLDER_DEPTH - 1)
+    copy = _copy(tmp_path)
+    assert (copy / "/".join(["a"] * (MAX_FOLDER_DEPTH - 1))).is_dir()
 
 
 def test_a_loop_made_after_the_walk_before_the_copy_is_caught_by_the_copy_too(
