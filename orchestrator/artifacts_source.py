@@ -88,15 +88,29 @@ def not_regular(path: str, root: Path, other: str) -> InvalidInputError:
                              "FIFO or a socket, perhaps through a link): nothing of it is copied")
 
 
-def planted(path: str, st: os.stat_result, other: str) -> StorageError:
+def planted(path: str, st: os.stat_result, other: str, reached: str | None = None) -> StorageError:
     """The refusal of an entry at ``path`` (its status ``st``, a link's own) of job ``other``'s folder owned by another
     user than this one or root, as of a source folder another user owns (``worker_folders.trusted_source``): the
-    store's fault, the job handed back (``artifacts_import.untrusted_source``), nothing copied."""
-    return StorageError(f"{path} is owned by uid {st.st_uid}, neither {named_user(os.geteuid())} nor root, who may "
-                        "have put it there while its folder was open to others: a link to this user's own files (a "
-                        f"key, a token) would have them copied where the job's handler reads them: nothing of {other} "
-                        f"is copied; check what it is (a link: where it leads), then remove it or, as root: "
-                        f"chown -hR {os.geteuid()} {path}", path=path)
+    store's fault, the job handed back (``artifacts_import.untrusted_source``), nothing copied. ``reached``: what
+    ``st`` is the status of when a link at ``path`` led there (a file, a folder, a link on its way), named first:
+    until 2026-12-07 the message said the link was that user's."""
+    who = (f"{path} is owned by uid {st.st_uid}" if reached is None else
+           f"{reached}, reached through the symbolic link {path}, is owned by uid {st.st_uid}")
+    return StorageError(f"{who}, neither {named_user(os.geteuid())} nor root, who may have put it there while its "
+                        "folder was open to others: a link to this user's own files (a key, a token) would have them "
+                        f"copied where the job's handler reads them: nothing of {other} is copied; check what it is "
+                        f"(a link: where it leads), then remove it or, as root: chown -hR {os.geteuid()} "
+                        f"{reached or path}", path=path)
+
+
+def _where(fd: int, name: str | None = None) -> str:
+    """The path of the entry ``name`` of the folder ``fd`` (the descriptor's own entry: None), for a message: its
+    ``/proc/self/fd`` name, or "what it leads to" without ``/proc``."""
+    try:
+        at = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "what it leads to"
+    return at if name is None else os.path.join(at, name)
 
 
 def leads_nowhere(path: str, error: OSError, root: Path, other: str) -> InvalidInputError | None:
@@ -193,7 +207,7 @@ def open_entry(folder: int, name: str, path: str, root: Path, other: str, *,
     try:
         st = os.fstat(fd)
         if not user_or_root(st):
-            raise planted(path, st, other)
+            raise planted(path, st, other, None if links is None else _where(fd))
     except BaseException:
         os.close(fd)
         raise
@@ -207,7 +221,7 @@ def _look(folder: int, name: str, path: str, root: Path, other: str) -> None:
     if stat.S_ISLNK(st.st_mode):
         return
     if not user_or_root(st):
-        raise planted(path, st, other)
+        raise planted(path, st, other, _where(folder, name))
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
         raise not_regular(path, root, other)
 
@@ -276,12 +290,12 @@ class _Links:
             fd = os.open(name, _PATH_ONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
             try:
                 st = os.fstat(fd)
-                self._check(st)
+                self._check(st, None if self.count == 1 else _where(fd))  # the first: the entry itself
                 return os.readlink("", dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None
             finally:
                 os.close(fd)
         st = os.stat(name, dir_fd=folder, follow_symlinks=False)
-        self._check(st)
+        self._check(st, None if self.count == 1 else _where(folder, name))
         return os.readlink(name, dir_fd=folder) if stat.S_ISLNK(st.st_mode) else None
 
     def _folder(self, folder: int | None, name: str) -> int:
@@ -297,12 +311,13 @@ class _Links:
                     raise
                 folder, name = at, last
         self.held.callback(os.close, fd)
-        self._check(os.fstat(fd))
+        self._check(os.fstat(fd), _where(fd))
         return fd
 
-    def _check(self, st: os.stat_result) -> None:
+    def _check(self, st: os.stat_result, reached: str | None) -> None:
+        """Refuse a link or folder of another user's met on the way (``reached``: its path; None for the entry)."""
         if not user_or_root(st):
-            raise planted(self.path, st, self.other)
+            raise planted(self.path, st, self.other, reached)
 
 
 def measure(root: Path, earlier: int | None, other: str, between: Callable[[], None], need: Need) -> None:

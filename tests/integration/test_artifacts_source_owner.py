@@ -112,7 +112,8 @@ def test_a_link_of_this_users_is_followed_part_by_part_so_another_users_link_on_
     with pytest.raises(CopyFailed) as failed:
         _copy(tmp_path)
     assert failed.value.store and failed.value.refused is not None
-    assert failed.value.refused.message.startswith(f"{src}/report.txt is owned by uid {PLANTER_UID}, neither")
+    assert failed.value.refused.message.startswith(f"{shared}/report.txt, reached through the symbolic link "
+                                                   f"{src}/report.txt, is owned by uid {PLANTER_UID}, neither")
     assert "this user's own" not in _copied_files(tmp_path).values()  # before the fix: inputs/A/report.txt
 
 
@@ -155,8 +156,10 @@ def test_a_file_another_user_owns_reached_through_a_link_of_this_users_is_never_
     any entry another user owns (until the fix it was copied: only folders a link led to were checked)."""
     source, folder = _source_with_a_link_to_their_file(orch)
     job = orch.submit("command", {"argv": ["sh", "-c", DONE], "artifacts_from": [source]})
-    with pytest.raises(StorageError, match=f"^{folder}/theirs is owned by uid {OTHER_UID}, neither this user .* nor "
-                                           f"root, .*: nothing of {source} is copied; ") as refused:
+    with pytest.raises(StorageError, match=f"^{orch.store.root.parent}/theirs.txt, reached through the symbolic link "
+                                           f"{folder}/theirs, is owned by uid {OTHER_UID}, neither this user .* nor "
+                                           f"root, .*: nothing of {source} is copied; .*chown -hR 0 "
+                                           f"{orch.store.root.parent}/theirs.txt$") as refused:
         make_worker(orch, artifacts_import=True).run_once()
     assert refused.value.exit_code == 10
     assert [e["type"] for e in events(orch, job)][-1] == "job_released" and orch.status(job).state == "queued"
@@ -173,7 +176,8 @@ def test_a_file_another_user_owns_reached_through_a_link_is_refused_by_the_copy_
         import_artifacts("B", [source], WorkerFolders(orch.store.root), orch.store.root / "artifacts" / "B",
                          lambda: None)
     assert failed.value.store and failed.value.refused is not None
-    assert failed.value.refused.message.startswith(f"{folder}/theirs is owned by uid {OTHER_UID}")
+    assert failed.value.refused.message.startswith(f"{orch.store.root.parent}/theirs.txt, reached through the "
+                                                   f"symbolic link {folder}/theirs, is owned by uid {OTHER_UID}")
 
 
 # -- owner's bits a run took ------------------------------------------------------------------------------------------
