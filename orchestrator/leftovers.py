@@ -110,7 +110,7 @@ def started_child(pid: int) -> None:
     """Called by whatever starts a child of this process (``runner``): it is not a run's leftover. Held with
     its start time, so a pid that a leftover is given later is not taken for it."""
     if _adopting:
-        started = _start_time(pid)
+        started = start_time(pid)
         if started is not None:
             _own_children[pid] = started
 
@@ -148,8 +148,9 @@ def _stat_fields(pid: int | str) -> list[bytes] | None:
         return None
 
 
-def _start_time(pid: int) -> bytes | None:
-    """When the process started (clock ticks since boot), which a pid given to another process changes."""
+def start_time(pid: int) -> bytes | None:
+    """When the process started (clock ticks since boot), which a pid given to another process changes (also what
+    an import's record names its process by, ``import_record``)."""
     fields = _stat_fields(pid)
     return fields[19] if fields and len(fields) > 19 else None
 
@@ -165,7 +166,7 @@ def _adopted() -> list[int]:
     for pid in [pid for pid in _own_children if pid not in children]:
         del _own_children[pid]  # reaped: its pid may be given to another process
     own_group = os.getpgrp()
-    return [pid for pid in children if (pid not in _own_children or _own_children[pid] != _start_time(pid))
+    return [pid for pid in children if (pid not in _own_children or _own_children[pid] != start_time(pid))
             and _group_of(pid) != own_group]
 
 

@@ -25,9 +25,10 @@ Status per line: ``ok``; for a job event, the verification problem of that line,
 is the truth, and the entry is written by the next command that may sign); for an audit entry, its
 own signature/chain problem (checked against the line before it) or ``AUDIT_EVENT_MISSING`` when
 the job event it names is not in the job's history (a cut or rolled back file), or ``IMPORT_INCOMPLETE`` then while
-an import into the project has not completed (``transfer.import_begun``: it writes the audit log before the jobs), a
-warning; its record is read after the job, and the job once more when there is none (``_read_job``: an import that
-completed meanwhile wrote the event).
+an import into the project has not completed (``import_record.import_begun``: it writes the audit log before the
+jobs; one whose process is gone is abandoned, named by an ``IMPORT_ABANDONED`` warning beside those entries), a
+warning; its record is read after the job, and the job once more when there is none (``_read_job``: an import
+that completed meanwhile wrote the event).
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from orchestrator.audit import AUDIT_ENTRY_MISSING
 from orchestrator.clock import ISO_FORMS, from_iso
 from orchestrator.errors import InvalidInputError, JobNotFoundError, PathEscapeError, RunNotFoundError, UnusableFileError
 from orchestrator.history import Problem, VerifiedStream, check_head_record, verify_stream
+from orchestrator.import_record import IMPORT_INCOMPLETE  # an entry an import under way has not written yet
 from orchestrator.security import safe_line, shown, validate_id
 from orchestrator.signing import line_hash, parse_line
 from orchestrator.state import TRANSITIONS
@@ -46,10 +48,10 @@ from orchestrator.store.base import AUDIT_STREAM
 
 if TYPE_CHECKING:
     from orchestrator.api import Orchestrator
+    from orchestrator.import_record import UnderWay
     from orchestrator.views import JobView
 
 AUDIT_EVENT_MISSING = "AUDIT_EVENT_MISSING"
-IMPORT_INCOMPLETE = "IMPORT_INCOMPLETE"  # an entry whose event an import has not written yet: a warning
 AFTER_DAMAGE = "AFTER_DAMAGE"
 # what ``action=`` filters on: an audit action or an event type (any other name would silently match nothing)
 FILTERS = tuple(sorted(audit.ACTIONS)) + tuple(sorted(set(TRANSITIONS) - audit.ACTIONS))
@@ -197,13 +199,16 @@ def timeline(orch: "Orchestrator", *, job_id: str | None = None, run_id: str | N
     ahead = [ln.seq for ln in out if ln.status == IMPORT_INCOMPLETE]
     if ahead:
         warnings.append(_import_warning(orch, job_id, ahead, import_began))
+    if any(ln.status == AUDIT_EVENT_MISSING for ln in out):  # an abandoned import's record is named, never silent
+        warnings.extend(_abandoned_imports(orch))
     return {"job_id": job_id, "run_id": run_id, "lines": [ln.to_dict() for ln in out],
             "ok": all(ln.status in ("ok", AUDIT_ENTRY_MISSING, IMPORT_INCOMPLETE) for ln in out) and view.ok
                   and not log.problem,
             "problems": [p.to_dict() for p in [*view.problems, *filter(None, [log.problem])]], "warnings": warnings}
 
 
-def _read_job(orch: "Orchestrator", job_id: str, log: "_LogRead") -> tuple["JobView", list[str], str | None]:
+def _read_job(orch: "Orchestrator", job_id: str, log: "_LogRead"
+              ) -> tuple["JobView", list[str], "UnderWay | None"]:
     """The job read after the audit log (``log``), the hashes of its lines, and when an import into the project that
     has not completed began (None: there is none), read only when an entry of ``log`` names an event the job's read
     lacks (rare). Free of races with an import: it puts its record (``transfer.import_begun``) before its first
@@ -212,7 +217,7 @@ def _read_job(orch: "Orchestrator", job_id: str, log: "_LogRead") -> tuple["JobV
     since the job's read: the job, read once more, then holds that event; one it still lacks is missing (until
     2026-12-07 an import completing between the job's read and the record's made a healthy job
     ``AUDIT_EVENT_MISSING``, exit 7)."""
-    began: str | None = None
+    began: "UnderWay | None" = None
     for last in (False, True):
         try:
             view = orch.load(job_id, every_signature=True)  # it says "every line verified": each signature checked
@@ -250,22 +255,29 @@ def _gone(orch: "Orchestrator", job_id: str, entries: list[tuple[int, dict[str, 
     return JobView(job_id, VerifiedStream(job_id, []), None, (Problem(job_id, 0, AUDIT_EVENT_MISSING, message),))
 
 
-def _import_began(orch: "Orchestrator") -> str | None:
-    """``transfer.import_begun``: imported only when an entry names an event its job lacks."""
-    from orchestrator.transfer import import_begun
+def _import_began(orch: "Orchestrator") -> "UnderWay | None":
+    """``import_record.import_begun`` (an abandoned import's record is none): imported only when an entry names an
+    event its job lacks."""
+    from orchestrator.import_record import import_begun
 
     return import_begun(orch)
 
 
-def _import_warning(orch: "Orchestrator", job_id: str, entries: list[int], began: str | None) -> dict[str, Any]:
-    """What the ``IMPORT_INCOMPLETE`` entries of the job shown mean, and what to do."""
-    at = f" at {began}" if began else ""
+def _import_warning(orch: "Orchestrator", job_id: str, entries: list[int], began: "UnderWay | None"
+                    ) -> dict[str, Any]:
+    """What the ``IMPORT_INCOMPLETE`` entries of the job shown mean, and what to do (``UnderWay.explained``)."""
+    under_way = began.explained(orch) if began else "an import into the project has not completed"
     return {"code": IMPORT_INCOMPLETE, "entries": entries,
             "message": f"audit entr{'y' if len(entries) == 1 else 'ies'} {', '.join(f'#{n}' for n in entries)} name "
-                       f"event(s) of job {job_id} that its history does not hold yet: an import into project "
-                       f"{orch.project_id} began{at} and has not completed (it writes the audit log before the jobs); "
-                       "it is running, or it stopped half way: run it again with the whole bundle, which completes "
-                       "it. Once it has, an entry still naming an event the job lacks is AUDIT_EVENT_MISSING"}
+                       f"event(s) of job {job_id} that its history does not hold yet: {under_way}"}
+
+
+def _abandoned_imports(orch: "Orchestrator") -> list[dict[str, Any]]:
+    """A warning naming each abandoned import's record (``import_record.abandoned``): shown with the
+    ``AUDIT_EVENT_MISSING`` entries it may explain."""
+    from orchestrator.import_record import IMPORT_ABANDONED, abandoned
+
+    return [{"code": IMPORT_ABANDONED, "record": r.key, "message": text} for r, text in abandoned(orch)]
 
 
 @dataclass

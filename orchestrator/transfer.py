@@ -34,8 +34,8 @@ record is written under its append lock, never over a newer one (``head_records.
 before any job lands: a command run on the half-imported project that heals a job's audit entries (``metrics``, a control
 action, ``audit heal``) finds them there, or writes entries *after* the bundle's, which a
 second run accepts (docs/decisions.md, 2026-12-01). Until an import has read its bundle's end record, a record of it
-(``IMPORTS_AREA``) tells ``audit-timeline`` that an entry naming an event its job lacks is the import's doing, not
-damage. Bundles of format v1 (the audit log last, with no head record) are still imported.
+(``IMPORTS_AREA``, naming the process that holds it) tells ``audit-timeline`` and ``verify`` that an entry naming an
+event its job lacks is the import's doing, not damage, unless that process is gone (``import_record``). Bundles of format v1 (the audit log last, with no head record) are still imported.
 
 A job's queue entries are put only once all of its lines are in (``_put_entries``): between two chunks it reads as
 what its first lines made it (queued, running), and no worker may claim or recover it then, or its next chunk is a
@@ -59,6 +59,10 @@ from orchestrator.errors import (ConcurrencyError, ImportConflictError, Integrit
                                  without_nothing_written)
 from orchestrator.head_records import head_key, put_head_record
 from orchestrator.history import TRUNCATED, Problem, VerifiedStream, check_head_record, verify_stream
+# An import's record, from before its first write until it reads its bundle's end record: an audit entry whose event
+# is not in its job yet is then that import's doing (the audit log comes first), not damage, while the process that
+# holds it may still complete it (``import_record``)
+from orchestrator.import_record import IMPORTS_AREA, held_record, stopped
 from orchestrator.limits import MAX_BUNDLE_LINE_BYTES
 from orchestrator.security import is_id, shown, validate_id
 from orchestrator.signing import UNKNOWN_KEY, is_key_id
@@ -74,10 +78,6 @@ CHUNK = 1000
 CARRIED_EMPTY = ("the bundle carries no line of it: the export found its file emptied, deleted, or not one it could "
                  "read (a symbolic link, a FIFO), and carried it as damage")
 PROGRESS_EVERY = 1000  # streams
-# An import's marker, from before its first write until it reads its bundle's end record: an audit entry whose event
-# is not in its job yet is then that import's doing (the audit log comes first), not damage (``timeline``). Keyed by
-# the bundle's header, so that the run again that completes an import stopped half way removes what that one left.
-IMPORTS_AREA = "imports"
 CONFLICTS_NAMED, CONFLICTS_LISTED = 5, 100  # streams holding another history: in the message, in its details
 
 Progress = Callable[[str], None]
@@ -339,15 +339,22 @@ def import_project(orch: Orchestrator, inp: IO[bytes], *, progress: Progress | N
     """Write a bundle's streams into ``orch``'s store, verifying each (and its head record) before writing it."""
     imported = {"streams": 0, "events": 0}  # of the streams read: those written or found already there
     conflicts: list[dict[str, Any]] = []  # the streams holding another history here, left as they are
+    held: list[str] = []  # the key of the import's record while it is there (``import_record``)
     try:
-        return _import(orch, _records(inp), imported, conflicts, progress)
+        return _import(orch, _records(inp), imported, conflicts, progress, inp, held)
     except _CutShort as cut:
         raise _cut_short(cut.where, imported, conflicts) from None
+    finally:
+        if held:  # stopped half way, by an error or a stop: the record says so, its process no longer holding it
+            stopped(orch, held[0])
 
 
 def _import(orch: Orchestrator, records: Iterator[tuple[int, bytes]], imported: dict[str, int],
-            conflicts: list[dict[str, Any]], progress: Progress | None) -> dict[str, Any]:
-    """``import_project``'s reading and writing, counting in ``imported`` and ``conflicts`` as it goes."""
+            conflicts: list[dict[str, Any]], progress: Progress | None, source: IO[bytes], held: list[str]
+            ) -> dict[str, Any]:
+    """``import_project``'s reading and writing, counting in ``imported`` and ``conflicts`` as it goes; ``source``,
+    the bundle read, is named in the import's record (its path, when it has one), whose key is in ``held`` while it is
+    there."""
     n, raw = next(records, (1, b""))
     first = _json(n, raw, "a bundle header")
     fmt = first.get("format")
@@ -358,7 +365,7 @@ def _import(orch: Orchestrator, records: Iterator[tuple[int, bytes]], imported: 
         # Idempotency keys map to job ids through the project id: a renamed project would break them.
         hint = f"; import it with --project-id {project}" if isinstance(project, str) and is_id(project) else ""
         raise InvalidInputError(f"the bundle holds project {shown(project)}, not {orch.project_id!r}{hint}")
-    marker, marked = hashlib.sha256(raw).hexdigest()[:32], False  # the import's record, put before its first write
+    marker = hashlib.sha256(raw).hexdigest()[:32]  # the import's record's key, put before its first write
     streams = events = written = 0
     audit_head: bool | None = None  # whether the audit log came with its head record (None: no audit log)
     for n, raw in records:
@@ -370,8 +377,9 @@ def _import(orch: Orchestrator, records: Iterator[tuple[int, bytes]], imported: 
             if said != (streams, events):
                 raise IntegrityError(f"the bundle's end record (line {n}) says {said[0]} streams and {said[1]} "
                                      f"events, it held {streams} and {events}")
-            if marked:  # every stream of it is in, or holds another history here
+            if held:  # every stream of it is in, or holds another history here
                 orch.store.delete_aux(IMPORTS_AREA, marker)
+                held.clear()
             extra = next(records, None)
             if extra is not None:  # two bundles joined, or a file appended to: never pass over it unread
                 left = f", {len(conflicts)} holding another history here left as they are" if conflicts else ""
@@ -395,9 +403,9 @@ def _import(orch: Orchestrator, records: Iterator[tuple[int, bytes]], imported: 
         if problems:
             raise _refuse("import", problems)
         try:
-            if not marked:  # a bundle refused before its first write writes nothing, this record neither
-                orch.store.put_aux(IMPORTS_AREA, marker, json.dumps({"began_at": clock.to_iso(orch.clock())}).encode())
-                marked = True
+            if not held:  # a bundle refused before its first write writes nothing, this record neither
+                orch.store.put_aux(IMPORTS_AREA, marker, held_record(orch, first, source))
+                held.append(marker)
             written += _write_stream(orch, verified, head)
         except StorageError as exc:
             raise _stopped(exc, stream, imported) from None
@@ -406,6 +414,7 @@ def _import(orch: Orchestrator, records: Iterator[tuple[int, bytes]], imported: 
             if stream == AUDIT_STREAM:  # the jobs' audit entries would not be there: see the module's docstring
                 if not imported["streams"]:  # nothing of the bundle written (v2: the log first): no import half done
                     orch.store.delete_aux(IMPORTS_AREA, marker)
+                    held.clear()
                 raise _conflicts(orch, conflicts, {**imported, "written": written}) from None
         else:
             imported["streams"] += 1
@@ -417,23 +426,6 @@ def _import(orch: Orchestrator, records: Iterator[tuple[int, bytes]], imported: 
         if progress and streams % PROGRESS_EVERY == 0:
             progress(f"imported {streams} streams, {events} events...")
     raise _CutShort(f"it ends at its line {n}")
-
-
-def import_begun(orch: Orchestrator) -> str | None:
-    """When the earliest import into the project began that has not read its bundle's end record (``IMPORTS_AREA``):
-    one running, or stopped half way (run again, it completes it); ``""`` if its time cannot be read, None if
-    there is none."""
-    began = []
-    for key in orch.store.aux_keys(IMPORTS_AREA):
-        raw = orch.store.get_aux(IMPORTS_AREA, key)
-        if raw is None:  # removed since it was listed: that import has read its end record
-            continue
-        try:
-            at = json.loads(raw).get("began_at")
-        except (ValueError, AttributeError, RecursionError):
-            at = None
-        began.append(at if isinstance(at, str) else "")
-    return min(began) if began else None
 
 
 def _stopped(exc: StorageError, stream: str, imported: dict[str, int]) -> StorageError:
