@@ -257,6 +257,7 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
         claims, seen = _audit_claims(orch, job_id)
     except (PathEscapeError, UnusableFileError) as exc:
         claims, audit_link = {}, Problem.unusable(AUDIT_STREAM, exc)
+    named = dict(claims)  # what each entry names, for the entries found naming an event its job lacks (``_imports``)
     # the index of streams (PostgreSQL's orch_streams), compared with what each job holds (and its rows naming streams
     # that hold nothing, over the whole project only)
     index = orch.store.indexed_heads(job_id)
@@ -311,7 +312,57 @@ def verify_project(orch: Orchestrator, job_id: str | None = None, *,
         report.warnings = [w for w in report.warnings if w.code != AUDIT_ENTRY_MISSING]
     else:
         report.warnings = _still_missing(orch, report.warnings, seen)
+    _imports(orch, report, named)
     return report
+
+
+def _imports(orch: Orchestrator, report: VerifyReport, named: dict[str, list[tuple[int, str]]]) -> None:
+    """The ``AUDIT_EVENT_MISSING`` of ``report`` judged as ``audit-timeline`` judges them: an import writes the audit
+    log before the jobs, and puts its record (``import_record``) before its first write, so while a record of an
+    import not abandoned is there, such an entry is that import's doing (``IMPORT_INCOMPLETE``, a warning). With none,
+    each job named is read once more: an import that wrote the entry has completed since the job's read (it removes
+    its record only after its bundle's end), and its events are there now; the rest stay ``AUDIT_EVENT_MISSING``,
+    beside an ``IMPORT_ABANDONED`` warning naming each abandoned record. The records are read only when such an entry
+    was found (one listing), never on a healthy project. ``named``: job id -> [(audit seq, event hash)] of the
+    entries read; until 2026-12-07 (import2) every such entry was ``AUDIT_EVENT_MISSING``, exit 7, import or not."""
+    if not any(p.code == AUDIT_EVENT_MISSING for p in report.problems):  # a healthy project: nothing read
+        return
+    entry = {seq: (jid, eh) for jid, claims in named.items() for seq, eh in claims}
+    missing = [p for p in report.problems
+               if p.code == AUDIT_EVENT_MISSING and p.stream == AUDIT_STREAM and p.line in entry]
+    if not missing:
+        return
+    from orchestrator.import_record import IMPORT_ABANDONED, IMPORT_INCOMPLETE, abandoned, import_begun, location
+
+    under_way = import_begun(orch)
+    if under_way is not None:
+        taken = missing
+        report.warnings.extend(Problem(AUDIT_STREAM, p.line, IMPORT_INCOMPLETE,
+                                       f"names event {entry[p.line][1][:16]}... of job {entry[p.line][0]}, which its "
+                                       "history does not hold yet: the import under way writes it (below)")
+                               for p in missing)
+        report.warnings.append(Problem(location(orch, under_way.records[0].key), 0, IMPORT_INCOMPLETE,
+                                       under_way.explained(orch)))
+    else:
+        held: dict[str, set[str]] = {}  # each job named, read again
+        for p in missing:
+            jid = entry[p.line][0]
+            if jid not in held:
+                held[jid] = _events_now(orch, jid)
+        taken = [p for p in missing if entry[p.line][1] in held[entry[p.line][0]]]
+        if len(taken) < len(missing):
+            report.warnings.extend(Problem(location(orch, r.key), 0, IMPORT_ABANDONED, text)
+                                   for r, text in abandoned(orch))
+    gone = set(map(id, taken))
+    report.problems = [p for p in report.problems if id(p) not in gone]
+
+
+def _events_now(orch: Orchestrator, job_id: str) -> set[str]:
+    """The hashes of the events ``job_id`` holds now (none when it cannot be read: what was found stands)."""
+    try:
+        return {line_hash(s.raw) for s in orch.store.read(job_id)}
+    except OrchestratorError:
+        return set()
 
 
 def _holds_events(orch: Orchestrator, stream: str) -> bool:
