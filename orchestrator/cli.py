@@ -243,7 +243,9 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
     or changes: the project folder, .orchestrator, runs/ or artifacts/ that another user owns or
     others may write, or a folder above the project folder so, or a job's folder so
     (STORE_FOLDER_LOOSE); run by a user who owns neither the project folder nor .orchestrator,
-    for the owner of .orchestrator.
+    for the owner of .orchestrator. An audit entry whose event an import under way has not
+    written yet is IMPORT_INCOMPLETE, a warning (exit 0); once that import stopped or its process
+    is gone, AUDIT_EVENT_MISSING (exit 7), with an IMPORT_ABANDONED warning naming its record.
     """
     from orchestrator.held_records import waiting_said
     from orchestrator.integrity import export_anchor, require_anchor_key

@@ -44,8 +44,10 @@ def audit_timeline(orch: Any, out: Output, job_id: str | None, run_id: str | Non
     its entry is waited for, 5 s at most, as verify does). A job whose events file and
     head record were both deleted but which the audit log names shows its entries, each
     AUDIT_EVENT_MISSING (exit 7, as verify); one with neither events nor entries is JOB_NOT_FOUND.
-    While an import into the project has not completed (it writes the audit log before the jobs),
-    an entry whose event it has not written yet is IMPORT_INCOMPLETE, a warning (exit 0).
+    While an import into the project is under way (it writes the audit log before the jobs), an
+    entry whose event it has not written yet is IMPORT_INCOMPLETE, a warning (exit 0), as in
+    verify; once the import stopped or its process is gone, AUDIT_EVENT_MISSING again, with an
+    IMPORT_ABANDONED warning naming its record: run it again, or remove the record.
     """
     from orchestrator.timeline import render, timeline
 
