@@ -8,9 +8,12 @@
 The README's "Python API" section lists every method, what it returns and what it raises; the
 errors are in ``orchestrator.errors``, all ``OrchestratorError`` with a ``code`` and an ``exit_code``.
 """
-from orchestrator import start_folder
+import sys
 
-start_folder.leave_out_if_shared()  # first: ``python3 -m`` put the current folder first on the path (start_folder.py)
+if sys.argv[:1] == ["-m"]:  # first: ``python3 -m`` put the current folder first on the path (start_folder.py); only
+    from orchestrator import start_folder  # then imported (a script's cold start, or a program's import, has no use)
+
+    start_folder.leave_out_if_shared()
 
 from typing import TYPE_CHECKING, Any  # noqa: E402 - after the path is safe
 

@@ -26,7 +26,6 @@ from orchestrator.key_files import load_keyring
 from orchestrator.limits import a_process_count, a_time, an_actor, callable_or_none, instance_or_none, true_or_false
 from orchestrator.security import validate_id
 from orchestrator.signing import Keyring
-from orchestrator.leases import lease_expiry
 from orchestrator.state import RUNNING, Event, JobState, apply
 from orchestrator.store.base import HEADS_AREA, EventStore, StoredLine
 from orchestrator.submitted import context_matches
@@ -261,6 +260,8 @@ class Orchestrator:
     def _renewed_lease(self, s: JobState, now: float) -> tuple[float | None, bool]:
         """``leases.lease_expiry`` for a reader (``status``, ``metrics``), and whether its record was held: a lease
         record whose lock a paused writer holds on is read around, the claim's lease shown (``held_records``)."""
+        from orchestrator.leases import lease_expiry  # here: only a running job's has a lease (``status``' cold start)
+
         return read_around_a_held_record(s.job_id, lambda: (lease_expiry(self.store, s, now), False),
                                          lambda: (s.lease_expires_at, True), WITHOUT_LEASE_RECORD)
 

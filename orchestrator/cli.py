@@ -31,7 +31,6 @@ from orchestrator.command_stop import COMMAND_STOP
 from orchestrator.clock import from_iso
 from orchestrator.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY
 from orchestrator.errors import CommandInterrupted, Interrupted, InvalidInputError
-from orchestrator.json_text import input_value
 from orchestrator.json_usage import RESULT
 from orchestrator.limits import MAX_ATTEMPTS_LIMIT, MAX_INPUT_BYTES, MAX_PROCESSES, PRIORITY_LIMIT, read_at_most
 from orchestrator.security import one_line, safe_line, sanitized_cut
@@ -105,6 +104,8 @@ def submit(orch: Any, out: Output, kind: str, input_json: str | None, input_file
     if input_file is not None and raw is None:  # the rest is never read: a pipe or a device may not end
         raise InvalidInputError(f"{given} holds more than {MAX_INPUT_BYTES} bytes, the most a job's input may be "
                                 "(as compact JSON); pass large data as a file path or an artifact")
+    from orchestrator.json_text import input_value  # here: only ``submit`` reads JSON text (``status``' cold start)
+
     # bytes either way (an argument as the program was given it): one rule for both, ``json_text.input_text``
     value = None if raw is None else input_value(raw if input_file is not None else os.fsencode(raw), given)
     sub = orch.submit_job(kind, value, audit=audit, key=key, max_attempts=max_attempts, timeout=timeout,

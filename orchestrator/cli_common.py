@@ -17,7 +17,7 @@ from orchestrator.cli_values import store_option
 from orchestrator.config import DEFAULT_BASE_PATH, DEFAULT_PROJECT_ID
 from orchestrator.errors import OrchestratorError
 from orchestrator.json_usage import printing_result
-from orchestrator.security import safe_line, sanitize_obj, sanitize_text, shown
+from orchestrator.security import safe_line, sanitize_text, shown
 from orchestrator.stdout import outcome
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -66,6 +66,8 @@ class Output:
             # A value redacted in the serialized text can run past its string's closing quote (`token='abc`, a
             # private key's BEGIN line: to the end of the text) and cut the object short. Redact value by value
             # then (slower, and only when there is something new to redact: stored texts are redacted already).
+            from orchestrator.redaction_objects import sanitize_obj  # here: only then (a command's cold start)
+
             clean = json.dumps(sanitize_obj(json.loads(text)), ensure_ascii=False)
         echo(clean, err=self.data_on_stdout)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import select
 import stat
 from collections import OrderedDict
 from itertools import compress
@@ -247,6 +246,8 @@ def _readable_soon(fd: int) -> bool:
     """Whether ``fd`` has bytes or its end within ``READ_WAIT_SLICE``: ``select``, as macOS's ``poll`` supports no
     device (a terminal); ``descriptors.readable`` (``poll``) for a descriptor numbered past what ``select`` takes
     (1023: ``ValueError``), as an anchor's pipe of ``Orchestrator.verify(against=)`` in a service may be."""
+    import select  # here: only a read of a file or a pipe waits (``status``' cold start)
+
     try:
         return bool(select.select([fd], [], [], READ_WAIT_SLICE)[0])
     except ValueError:  # numbered FD_SETSIZE or more

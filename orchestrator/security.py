@@ -11,16 +11,34 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator.errors import InvalidIdError, PathEscapeError
 from orchestrator.redaction import sanitize_text
-from orchestrator.redaction_objects import json_source_text, renamed_keys, sanitize_obj
 from orchestrator.secret_patterns import LINE_END, NETRC_NAMED_FIELDS, REDACTED, SPACE
+
+if TYPE_CHECKING:  # what a type checker reads; at run time imported on first use (``__getattr__``)
+    from orchestrator.redaction_objects import json_source_text, renamed_keys, sanitize_obj
 
 __all__ = ["REDACTED", "CUT_MARGIN", "cut_read_size", "sanitize_text", "sanitized_cut", "sanitize_obj", "renamed_keys",
            "one_line", "json_source_text", "safe_line", "shown", "shown_bytes", "validate_id", "safe_join",
            "validate_artifact_path"]
+
+# ``redaction_objects``' names, imported on first use (``__getattr__``): a command prints its output through
+# ``sanitize_text`` alone, and a structure only when that redacted something (``cli_common.Output``), so a ``status``
+# read does not import them (cold start)
+_FROM_REDACTION_OBJECTS = frozenset({"json_source_text", "renamed_keys", "sanitize_obj"})
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _FROM_REDACTION_OBJECTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from orchestrator import redaction_objects
+
+    value = getattr(redaction_objects, name)
+    globals()[name] = value  # looked up here only once
+    return value
+
 
 # Read (or kept) beyond a cut, so that a secret the cut goes through is seen whole by ``sanitize_text`` (or
 # falls in what is dropped), not left as an unrecognisable half.
