@@ -1,18 +1,24 @@
 """What a name/value pair written as JSON (or ``repr``) text redacts of its value (``secret_patterns.PAIR_OBJECT``,
 ``PAIR_VALUE_FIRST``, ``PAIR_LIST``): a quoted value as its keep judges it; a list or an object, whose match ends
 before its opening bracket, to its closing bracket (``PairValues``); an object's value whose name comes after it
-(``PairValuesFirst``). Apart from ``secret_patterns`` (the patterns themselves): what runs after a match, reading on
-past it, in linear time as they do.
+(``PairValuesFirst``); and a key word's value that is a list or an object (``KV``'s: ``KeyedValues``), read alike.
+Apart from ``secret_patterns`` (the patterns themselves): what runs after a match, reading on past it, in linear time
+as they do.
 """
 from __future__ import annotations
 
 import functools
 import re
+from typing import Union
 
 from orchestrator.secret_patterns import (AUTH_KEY, PAIR_LIST_END, SENSITIVE_KEY, auth_methods, not_a_secret_pair,
                                           not_a_secret_pair_of_a_list, pair_field, secret_pair)
+from orchestrator.values_below import ValuesBelow
 
-__all__ = ["PairValues", "PairValuesFirst", "ListPairValues"]
+__all__ = ["PairValues", "PairValuesFirst", "ListPairValues", "KeyedValues"]
+
+# A span to redact, and the quote the marker is written in there ("" for none)
+Span = Union["tuple[int, int]", "tuple[int, int, str]"]
 
 
 def _string(quote: str) -> str:
@@ -62,6 +68,19 @@ def _closing(text: str, at: int, escaped: bool) -> tuple[int, bool]:
     return pos, False
 
 
+def whole_value(text: str, at: int, quote: str, closing: int | None = None) -> tuple[int, int, str] | None:
+    """The list or object opening at ``at`` redacted whole (to its closing bracket, ``closing`` when looked for: a
+    structure redacts whatever is under a secret's key), the marker written in ``quote``, its key's quote (in JSON,
+    ``"[REDACTED]"``: the text stays JSON, as ``json.dumps(sanitize_obj(...))`` writes it; none after a bare key); None
+    for an empty one (``[]``, ``{}``: a structure keeps a value that holds nothing)."""
+    closed = True
+    if closing is None:
+        closing, closed = _closing(text, at, quote[:1] == "\\")
+    if closed and text[at + 1:closing - 1].strip() == "":
+        return None
+    return at, closing, quote
+
+
 @functools.lru_cache(maxsize=4)
 def _name_after(quote: str) -> re.Pattern[str]:
     """The rest of an object after its value, in ``quote``: fields (``pair_field``), then its ``name`` or ``key``
@@ -82,17 +101,17 @@ class PairValues:
     def __init__(self, text: str) -> None:
         self.text = text
 
-    def __call__(self, m: re.Match[str], start: int, end: int) -> tuple[int, int] | None:
+    def __call__(self, m: re.Match[str], start: int, end: int) -> Span | None:
         if m.start("u") < 0:
             return None if not_a_secret_pair(self.text, m) else (start, end)
         return self._judged(self.text[m.start("nm"):m.end("nm")], start, m.group("o"))
 
     def _judged(self, name: str, at: int, quote: str, then: re.Pattern[str] | None = None,
-                closing: int | None = None) -> tuple[int, int] | None:
+                closing: int | None = None) -> Span | None:
         """The span to redact of the list or object opening at ``at`` under ``name``, in the pair's ``quote``
         (``then``: what must follow a user and a password; ``closing``: where it ends, when looked for)."""
         if SENSITIVE_KEY.search(name) is not None:
-            return at, closing or _closing(self.text, at, quote[0] == "\\")[0]
+            return whole_value(self.text, at, quote, closing)
         if AUTH_KEY.search(name) is None:
             return None
         pair = _USER_AND_PASSWORD.match(self.text, at)
@@ -106,7 +125,7 @@ class ListPairValues(PairValues):
     """What ``PAIR_LIST`` redacts of a pair's value: a quoted one as it is, unless ``not_a_secret_pair_of_a_list``
     keeps it; a list or an object as ``PairValues`` takes it (a user and a password where the pair ends after them)."""
 
-    def __call__(self, m: re.Match[str], start: int, end: int) -> tuple[int, int] | None:
+    def __call__(self, m: re.Match[str], start: int, end: int) -> Span | None:
         if m.start("u") < 0:
             return None if not_a_secret_pair_of_a_list(self.text, m) else (start, end)
         return self._judged(self.text[m.start("nm"):m.end("nm")], start, m.group("k"), then=PAIR_LIST_END)
@@ -123,7 +142,7 @@ class PairValuesFirst(PairValues):
         super().__init__(text)
         self.looked = 0  # how far the looks at lists went
 
-    def __call__(self, m: re.Match[str], start: int, end: int) -> tuple[int, int] | None:
+    def __call__(self, m: re.Match[str], start: int, end: int) -> Span | None:
         text, quote = self.text, m.group("o")
         if m.start("u") >= 0:
             value_end = self._flat_end(start, quote[0] == "\\")
@@ -146,3 +165,21 @@ class PairValuesFirst(PairValues):
         text = self.text
         stop = self.looked = _BETWEEN_BRACKETS[escaped].match(text, at + 1).end()
         return stop + 1 if stop < len(text) and text[stop] == _CLOSING[text[at]] else None
+
+
+# The quote a key ends with, JSON-escaped or not: what a ``KV`` match holds between its key word and separator
+_KEY_QUOTE = re.compile(r"""\\?["']""")
+
+
+class KeyedValues(ValuesBelow):
+    """What ``KV`` redacts of a key word's value: a list or an object (its ``b``, empty before the opening bracket)
+    whole (``whole_value``, as ``PairValues`` takes a pair's: ``{"api_keys": ["k1", "k2"]}`` shows ``{"api_keys":
+    "[REDACTED]"}``), the marker in the key's quote; any other value as ``ValuesBelow`` takes it. Linear: what the look
+    went through is redacted, and no match inside it is looked at."""
+
+    def __call__(self, m: re.Match[str], start: int, end: int) -> Span | None:
+        at = m.start("b")
+        if at < 0:
+            return super().__call__(m, start, end)
+        quote = _KEY_QUOTE.search(self.text, m.start(), at)
+        return whole_value(self.text, at, quote.group() if quote else "")

@@ -11,7 +11,7 @@ import re
 import string
 from typing import Callable, Sequence
 
-from orchestrator.pair_values import ListPairValues, PairValues, PairValuesFirst
+from orchestrator.pair_values import KeyedValues, ListPairValues, PairValues, PairValuesFirst, Span
 from orchestrator.secret_patterns import (ANY_LITERAL, ARGV_WORDS, AS_IS_WORDS, AUTH, AUTH_WORDS, AWS_KEY_ID,
                                           AWS_KEY_ID_STARTS, AWS_SECRET, AWS_SECRET_TOKEN_REST, BASIC, BEARER,
                                           CASE_FOLDED_TO_ASCII, CLI, CLI_USER, CLI_USER_WORDS, HEADER, HEADER_WORDS,
@@ -22,7 +22,7 @@ from orchestrator.secret_patterns import (ANY_LITERAL, ARGV_WORDS, AS_IS_WORDS, 
                                           URL_CREDS, YAML_SHORT_NAME_ENDS, a_count, a_number, a_pass_source, aws_secret,
                                           not_a_secret_yaml_pair, not_auth_credentials, not_user_and_password, os_error,
                                           value_span)
-from orchestrator.values_below import ValuesBelow, YamlPairBlocks
+from orchestrator.values_below import YamlPairBlocks
 
 __all__ = ["sanitize_text", "may_hold_secret", "aws_secrets_beside_an_id_redacted"]
 
@@ -79,7 +79,7 @@ def _ascii_lowered(text: str) -> str:
 _REDACTED_LOWERED = _ascii_lowered(REDACTED)
 # what a pattern's values may need read past its match (``ValuesBelow``, ``PairValues``...), made for a text: the span
 # to redact for a match's value, or None
-_Blocks = Callable[[str], Callable[[re.Match[str], int, int], "tuple[int, int] | None"]]
+_Blocks = Callable[[str], Callable[[re.Match[str], int, int], "Span | None"]]
 
 
 def _redact_values(rx: re.Pattern[str], text: str) -> str:
@@ -96,7 +96,7 @@ def _redact_both(rx: re.Pattern[str], text: str, lowered: str, keep: Callable[[s
     return _spliced_both(text, lowered, _value_spans(rx, text, lowered, keep, blocks))
 
 
-def _spliced_both(text: str, lowered: str, spans: list[tuple[int, int]]) -> tuple[str, str]:
+def _spliced_both(text: str, lowered: str, spans: Sequence[Span]) -> tuple[str, str]:
     """``text`` and its ASCII-lowered copy with each of ``spans`` redacted; both as they are when there is none."""
     if not spans:
         return text, lowered
@@ -104,15 +104,16 @@ def _spliced_both(text: str, lowered: str, spans: list[tuple[int, int]]) -> tupl
 
 
 def _value_spans(rx: re.Pattern[str], text: str, lowered: str, keep: Callable[[str, re.Match[str]], bool] | None,
-                 blocks: _Blocks | None) -> list[tuple[int, int]]:
+                 blocks: _Blocks | None) -> list[Span]:
     """Where each match's value is, in order, none overlapping: its key, separator, quote and scheme are kept (the
     whole match, where ``keep(text, match)`` says so). ``blocks``: what reads on past a match for the span of its
     value (``ValuesBelow``: a YAML block indicator's block; ``PairValues``: a list or an object), or None to keep it
     (a match inside a span redacted is then passed over).
 
     Matching runs on ``lowered``, an ASCII-lowered copy (same length, same offsets), so key names are
-    case-insensitive; ``keep`` looks at the original."""
-    spans: list[tuple[int, int]] = []
+    case-insensitive; ``keep`` looks at the original. A span may name the quote its marker is written in
+    (``pair_values.whole_value``)."""
+    spans: list[Span] = []
     pos = 0
     block = blocks(text) if blocks is not None else None
     for m in rx.finditer(lowered):
@@ -123,19 +124,22 @@ def _value_spans(rx: re.Pattern[str], text: str, lowered: str, keep: Callable[[s
             span = block(m, start, end)
             if span is None:
                 continue
-            start, end = span
-        spans.append((start, end))
+            start, end = span[0], span[1]
+        else:
+            span = (start, end)
+        spans.append(span)
         pos = end
     return spans
 
 
-def _spliced(text: str, spans: list[tuple[int, int]], marker: str) -> str:
-    """``text`` with each of ``spans`` replaced by ``marker``."""
+def _spliced(text: str, spans: Sequence[Span], marker: str) -> str:
+    """``text`` with each of ``spans`` replaced by ``marker``, in the quotes a span names (``"[REDACTED]"``)."""
     out: list[str] = []
     pos = 0
-    for start, end in spans:
-        out += (text[pos:start], marker)
-        pos = end
+    for span in spans:
+        quote = span[2] if len(span) > 2 else ""  # type: ignore[misc]
+        out += (text[pos:span[0]], f"{quote}{marker}{quote}" if quote else marker)
+        pos = span[1]
     out.append(text[pos:])
     return "".join(out)
 
@@ -228,7 +232,7 @@ def sanitize_text(text: str) -> str:
             (BEARER, _holds(lowered, ("bearer",), held), None, None),  # before a key's value: ``token: Bearer x``
             (BASIC, _scanned(lowered, ("basic",), held), not_user_and_password, None),
             (CLI, keyed, None, None),
-            (KV, keyed, os_error, ValuesBelow),
+            (KV, keyed, os_error, KeyedValues),
             (SHORT_KV, short, a_count, None),
             (NETRC, keyed and _holds(lowered, NETRC_WORDS, held), None, None),
             (CLI_USER, _holds(lowered, CLI_USER_WORDS, held), a_number, None),

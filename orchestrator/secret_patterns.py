@@ -56,6 +56,7 @@ def _unquoted(stop: str, marker: str = REDACTED.lower()) -> str:
 
 _TO_EOL, _TO_SPACE, _TO_AMP = _unquoted(r"\r\n\"'"), _unquoted(r"\s\"'"), _unquoted(r"\s\"'&")
 _TO_SPACE_AS_IS = _unquoted(r"\s\"'", REDACTED)
+_NOT_REDACTED = rf"(?!{re.escape(REDACTED.lower())})"  # (lowered) a bracket that opens no list: the marker
 
 
 # A private key: PEM (``-----BEGIN RSA PRIVATE KEY-----``), OpenPGP's armor (``-----BEGIN PGP PRIVATE KEY
@@ -86,8 +87,12 @@ HEADER = re.compile(
 CLI = re.compile(
     rf"""-(?<![\w-]-)-?(?:[a-z0-9]+[-_])*(?:{_KEYS})[ \t]+(?![:=])(?:{_QUOTED}|(?P<u>{_TO_SPACE}))"""
 )
-# ``n``: nothing after the separator on the key's line, whose value may be on the lines under it (``ValuesBelow``).
-KV = re.compile(rf"""(?:{_KEYS}){_SEP}(?:{_QUOTED}|(?P<u>{_TO_AMP})|(?P<n>(?=[\r\n])))""")
+# ``n``: nothing after the separator on the key's line, whose value may be on the lines under it (``ValuesBelow``);
+# ``b``: empty, before a list's or an object's opening bracket (``pair_values.KeyedValues`` reads it to its closing
+# one), but for ``[REDACTED]``, a value redacted before (a bare value, ``u``).
+KV = re.compile(
+    rf"""(?:{_KEYS}){_SEP}(?:{_QUOTED}|(?P<b>(?=[\[{{]){_NOT_REDACTED})|(?P<u>{_TO_AMP})|(?P<n>(?=[\r\n])))"""
+)
 # ``pass`` and ``pw`` alone (not ending a longer word: ``bypass``, ``npw``; after a ``_`` or ``-``: ``smtp_pw``) are a
 # secret's key only in an assignment (``pass=x``, ``pw => 'x'``, a query's ``&pass=x``) or as a quoted key
 # (``"pass": "x"``): after a bare ``:`` they are a label (``PASS: test_x``, ``--- PASS: TestX``). A value that is a
@@ -173,7 +178,7 @@ AUTH_KEY = re.compile(r"(?<![a-z0-9])auth\Z", re.I)  # an object's key ``auth``:
 # bracket), each name and value runs to the next quote, a field holds no quote but its own and no key of the pair's,
 # and no two looks share a value's quote.
 _PAIR_NAME = r"""(?P<k>\\?["'])(?P<nm>[^"'\\\r\n]+)(?P=k)"""
-_PAIR_VALUE = rf"""(?:{_QUOTED}|(?P<u>(?=[\[{{])))"""
+_PAIR_VALUE = rf"""(?:{_QUOTED}|(?P<u>(?=[\[{{]){_NOT_REDACTED}))"""
 
 
 def pair_field(quote: str) -> str:

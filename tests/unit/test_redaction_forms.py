@@ -60,6 +60,30 @@ def test_an_empty_value_ending_its_line_takes_nothing_from_the_next_line_that_is
     assert sanitize_text(text) == text
 
 
+# ------------------------------------------------------------------- a key word's value that is a list or an object
+
+CREDENTIALS = {"Credentials": {"AccessKeyId": AWS_ID, "SecretAccessKey": AWS_SECRET, "Expiration": "2026-12-07"}}
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ('{"api_keys": ["k1", "k2"]}', f'{{"api_keys": "{R}"}}'),  # JSON stays JSON, as json.dumps(sanitize_obj(...))
+    (json.dumps(CREDENTIALS), json.dumps({"Credentials": R})),  # ``aws sts assume-role``: the object whole
+    (json.dumps(CREDENTIALS, indent=4), json.dumps({"Credentials": R}, indent=4)),
+    ('{"secret": [1, {"a": "]}"}], "n": 2}', f'{{"secret": "{R}", "n": 2}}'),  # numbers; a bracket in a string
+    ("{'api_keys': ['k1', 'k2']}", f"{{'api_keys': '{R}'}}"),  # repr: in its quotes
+    ('{\\"api_keys\\": [\\"k1\\", \\"k]\\"]}', f'{{\\"api_keys\\": \\"{R}\\"}}'),  # JSON-escaped
+    ('api_keys=["k1", "k2"] next', f"api_keys={R} next"),  # a bare key: the marker as a bare value
+    ("password: [a, b]\nuser: bob", f"password: {R}\nuser: bob"),  # YAML's flow sequence
+    ('{"api_keys": ["k1", "k2"', f'{{"api_keys": "{R}"'),  # a text cut inside it: to its end
+    ('{"api_keys": [], "token": {}}', '{"api_keys": [], "token": {}}'),  # empty: kept, as a structure keeps it
+    ('tokens=["abc123", "def456"]', 'tokens=["abc123", "def456"]'),  # ``tokens`` (``max_tokens``) is no key word
+])
+def test_a_key_words_value_that_is_a_list_or_an_object_is_redacted_whole(text: str, shown: str) -> None:
+    """``KV``'s bare value was the ``[`` or ``{`` alone: ``{"api_keys": [REDACTED]"k1", "k2"]}`` kept the values and
+    broke the brackets."""
+    redacts(text, shown)
+
+
 @pytest.mark.parametrize(("text", "shown"), [
     (r'{"config": "db:\n  password:\n    hunter2\n    more\n  user: bob"}',
      rf'{{"config": "db:\n  password:\n    {R}\n  user: bob"}}'),  # a YAML document in a JSON string
@@ -559,6 +583,16 @@ def test_property_each_pair_of_a_list_of_pairs_is_walked_as_a_list_of_its_own_un
     pytest.param('[["password", "a' * 340_000, id="pairs-unclosed"),
     pytest.param('[["password", "x"], ' * 250_000, id="pairs"),
     pytest.param("[" * 5_000_000, id="brackets"), pytest.param("], " * 1_700_000, id="pairs-ends"),
+    pytest.param('{"password": [' * 370_000, id="keyed-lists-unclosed"),
+    pytest.param('{"password": ["' * 340_000, id="keyed-lists-unclosed-in-strings"),
+    pytest.param('{"password": []}, ' * 270_000, id="keyed-empty-lists"),
+    pytest.param('{"password": ["a"]}, ' * 230_000, id="keyed-lists"),
+    pytest.param("password=[" + "[" * 5_000_000, id="keyed-deep-list"),
+    pytest.param("password=[" + "]" * 5_000_000, id="keyed-closings"),
+    pytest.param("password=[" + " " * 5_000_000, id="keyed-list-blanks"),
+    pytest.param('{"password": [' + '"\\"' * 1_700_000, id="keyed-escaped-quotes"),
+    pytest.param('{\\"password\\": [\\"' * 280_000, id="keyed-escaped-lists-unclosed"),
+    pytest.param("password" + " " * 5_000_000 + "= [", id="keyed-long-separator"),
     pytest.param("- name: password\n  value: x\n" * 175_000, id="yaml-pairs"),
     pytest.param("name: " * 840_000 + "password\nvalue: x", id="yaml-names-on-one-line"),
     pytest.param("- name: password\n" * 290_000, id="yaml-names-without-values"),

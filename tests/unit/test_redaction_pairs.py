@@ -43,20 +43,23 @@ def test_a_name_value_pair_in_text_whose_value_comes_first_or_has_fields_between
 
 
 @pytest.mark.parametrize(("text", "shown"), [
-    ('{"name": "api_key", "value": ["a", "b"]}', f'{{"name": "api_key", "value": {R}}}'),
-    ('{"name": "DB_PASSWORD", "value": {"user": "u", "pw": "p"}}', f'{{"name": "DB_PASSWORD", "value": {R}}}'),
+    ('{"name": "api_key", "value": ["a", "b"]}', f'{{"name": "api_key", "value": "{R}"}}'),  # JSON stays JSON
+    ('{"name": "DB_PASSWORD", "value": {"user": "u", "pw": "p"}}', f'{{"name": "DB_PASSWORD", "value": "{R}"}}'),
     ('{"name": "token", "value": [["a", "b]"], {"c": "d}"}]}, {"name": "HOME", "value": "/root"}',  # nested
-     f'{{"name": "token", "value": {R}}}, {{"name": "HOME", "value": "/root"}}'),
-    ('{"value": ["a", "b"], "name": "api_key"}', f'{{"value": {R}, "name": "api_key"}}'),
-    ('[["HOME", "/root"], ["api_key", ["a", "b"]]]', f'[["HOME", "/root"], ["api_key", {R}]]'),
-    ('{\\"name\\": \\"token\\", \\"value\\": [\\"a]\\", \\"b\\"]}', f'{{\\"name\\": \\"token\\", \\"value\\": {R}}}'),
+     f'{{"name": "token", "value": "{R}"}}, {{"name": "HOME", "value": "/root"}}'),
+    ('{"value": ["a", "b"], "name": "api_key"}', f'{{"value": "{R}", "name": "api_key"}}'),
+    ('[["HOME", "/root"], ["api_key", ["a", "b"]]]', f'[["HOME", "/root"], ["api_key", "{R}"]]'),
+    ('{\\"name\\": \\"token\\", \\"value\\": [\\"a]\\", \\"b\\"]}',
+     f'{{\\"name\\": \\"token\\", \\"value\\": \\"{R}\\"}}'),
     (json.dumps({"env": [{"name": "API_KEYS", "value": ["k1", "k2"]}]}, indent=2),
-     json.dumps({"env": [{"name": "API_KEYS", "value": "@"}]}, indent=2).replace('"@"', R)),
-    ('{"name": "api_key", "value": ["a", "b"', f'{{"name": "api_key", "value": {R}'),  # a text cut inside it
+     json.dumps({"env": [{"name": "API_KEYS", "value": R}]}, indent=2)),  # as json.dumps(sanitize_obj(...))
+    ("{'name': 'api_key', 'value': ['a']}", f"{{'name': 'api_key', 'value': '{R}'}}"),  # repr: in its quotes
+    ('{"name": "api_key", "value": []}', '{"name": "api_key", "value": []}'),  # empty: kept, as a structure keeps it
+    ('{"name": "api_key", "value": ["a", "b"', f'{{"name": "api_key", "value": "{R}"'),  # a text cut inside it
     ('{"name": "auth", "value": ["bob", "x"]}', f'{{"name": "auth", "value": ["bob", "{R}"]}}'),  # its password
     ('[["auth", ["bob", "x"]]]', f'[["auth", ["bob", "{R}"]]]'),
     ('[["HOME", [["password", "x"]]]]', f'[["HOME", [["password", "{R}"]]]]'),  # a pair inside a kept value
-    ('[["password", ["a"], "c"]]', f'[["password", {R}, "c"]]'),  # a list after a secret's name: its value
+    ('[["password", ["a"], "c"]]', f'[["password", "{R}", "c"]]'),  # a list after a secret's name: its value
 ])
 def test_a_name_value_pairs_value_that_is_a_list_or_an_object_in_text_is_redacted(text: str, shown: str) -> None:
     """As a structure redacts anything under a secret's name (``{"name": "api_key", "value": ["a", "b"]}`` to
@@ -67,10 +70,13 @@ def test_a_name_value_pairs_value_that_is_a_list_or_an_object_in_text_is_redacte
 @pytest.mark.parametrize("obj", [
     {"name": "api_key", "value": ["a", "s3cr3t"]}, {"value": "s3cr3t", "name": "DB_PASSWORD"},
     {"name": "DB_PASSWORD", "type": "x", "value": "s3cr3t"}, {"name": "auth", "value": ["bob", "s3cr3t"]},
+    {"api_keys": ["a", "s3cr3t"]}, {"Credentials": {"AccessKeyId": "x", "SecretAccessKey": "s3cr3t"}, "n": []},
 ])
 def test_the_same_pairs_in_a_structure_are_redacted_and_as_text_alike(obj: dict) -> None:
-    """The rule the text's pairs follow, a structure's: no secret is left in its text either way."""
+    """The rule the text's pairs follow, a structure's: no secret is left in its text either way, and the text
+    redacted is the structure redacted, written as JSON."""
     assert "s3cr3t" not in json.dumps(sanitize_obj(obj))
+    assert sanitize_text(json.dumps(obj)) == json.dumps(sanitize_obj(obj))
     assert "s3cr3t" not in sanitize_text(json.dumps(obj)) and "s3cr3t" not in sanitize_text(json.dumps(obj, indent=2))
 
 

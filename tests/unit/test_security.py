@@ -367,7 +367,7 @@ def test_property_a_text_whose_every_secret_is_already_redacted_is_left_as_it_is
 def _every_pattern(text: str) -> str:
     """``sanitize_text`` as it was before it skipped the patterns a text cannot match: each one, always."""
     from orchestrator import secret_patterns as p
-    from orchestrator.values_below import ValuesBelow
+    from orchestrator.pair_values import KeyedValues
     from orchestrator import redaction as s
 
     # the reference the skipping must equal, in sanitize_text's order
@@ -376,7 +376,7 @@ def _every_pattern(text: str) -> str:
     text = s._spliced(text, s._aws_secret_spans(text), REDACTED)  # noqa: SLF001
     for rx, keep, blocks in ((p.URL_CREDS, None, None), (p.HEADER, None, None), (p.BEARER, None, None),
                              (p.BASIC, p.not_user_and_password, None), (p.CLI, None, None),
-                             (p.KV, p.os_error, ValuesBelow), (p.SHORT_KV, p.a_count, None), (p.NETRC, None, None),
+                             (p.KV, p.os_error, KeyedValues), (p.SHORT_KV, p.a_count, None), (p.NETRC, None, None),
                              (p.CLI_USER, p.a_number, None), (p.PASS_FLAG, p.a_pass_source, None),
                              (p.AUTH, p.not_auth_credentials, None)):
         spans = s._value_spans(rx, text, s._ascii_lowered(text), keep, blocks)  # noqa: SLF001 - lowered afresh
