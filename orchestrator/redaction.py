@@ -19,9 +19,9 @@ from orchestrator.secret_patterns import (ANY_LITERAL, ARGV_WORDS, AS_IS_WORDS, 
                                           PAIR_OBJECT, PAIR_VALUE_FIRST, PAIR_VALUE_KEY, PAIR_YAML, PASS_FLAG,
                                           PASS_FLAG_WORDS, PRIVATE_KEY, PRIVATE_KEY_END, PUTTY, REDACTED,
                                           SECRET_KEY_WORDS, SHAPE_STARTS, SHAPES, SHORT_KV, SHORT_WORDS, SSHPASS,
-                                          URL_CREDS, YAML_SHORT_NAME_ENDS, a_count, a_number, a_pass_source, aws_secret,
-                                          not_a_secret_yaml_pair, not_auth_credentials, not_user_and_password, os_error,
-                                          value_span)
+                                          TABLE_ROW, URL_CREDS, YAML_SHORT_NAME_ENDS, a_count, a_number, a_pass_source,
+                                          aws_secret, not_a_secret_yaml_pair, not_auth_credentials,
+                                          not_user_and_password, os_error, value_span)
 from orchestrator.values_below import YamlPairBlocks
 
 __all__ = ["sanitize_text", "may_hold_secret", "aws_secrets_beside_an_id_redacted"]
@@ -233,6 +233,7 @@ def sanitize_text(text: str) -> str:
             (BASIC, _scanned(lowered, ("basic",), held), not_user_and_password, None),
             (CLI, keyed, None, None),
             (KV, keyed, os_error, KeyedValues),
+            (TABLE_ROW, keyed and "|" in lowered, None, None),
             (SHORT_KV, short, a_count, None),
             (NETRC, keyed and _holds(lowered, NETRC_WORDS, held), None, None),
             (CLI_USER, _holds(lowered, CLI_USER_WORDS, held), a_number, None),

@@ -93,6 +93,16 @@ CLI = re.compile(
 KV = re.compile(
     rf"""(?:{_KEYS}){_SEP}(?:{_QUOTED}|(?P<b>(?=[\[{{]){_NOT_REDACTED})|(?P<u>{_TO_AMP})|(?P<n>(?=[\r\n])))"""
 )
+# A table's row whose first cell ends in a key word, the value in the cell after it: ``aws sts get-session-token
+# --output table`` (``assume-role``, ``iam create-access-key``) where a token is wider than the terminal (a log's 80
+# columns) turns its sections vertical, a row a field: ``||  SecretAccessKey|  <key>  ||``, ``||  SessionToken   |
+# <token>  ||``, its access key id on another row (``AWS_SECRET`` looks only on the id's line); a Markdown table's
+# ``| db_password | x |``. The value is the cell's text, the blanks around it kept. The row begins its line with its
+# ``|`` (awscli's nested sections with more). Linear: a match begins only at a line's first ``|``, and reads its two
+# cells once (the first for a key word at each of its characters: a look of a few characters).
+TABLE_ROW = re.compile(
+    rf"""(?<![^\r\n])\|+[ \t]*[^|\r\n]*?(?:{_KEYS})[ \t]*\|[ \t]*(?P<v>[^|\s](?:[^|\r\n]*[^|\s])?)"""
+)
 # ``pass`` and ``pw`` alone (not ending a longer word: ``bypass``, ``npw``; after a ``_`` or ``-``: ``smtp_pw``) are a
 # secret's key only in an assignment (``pass=x``, ``pw => 'x'``, a query's ``&pass=x``) or as a quoted key
 # (``"pass": "x"``): after a bare ``:`` they are a label (``PASS: test_x``, ``--- PASS: TestX``). A value that is a

@@ -24,6 +24,27 @@ SHA512 = "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce47d0d1
          "7417a81a538327af927da3e"  # 128 of one case: a hash, no token
 
 
+def _centred(text: str, width: int) -> str:
+    """``text`` centred between two ``|`` in ``width`` columns, as awscli's table puts a title."""
+    return ("|" + " " * (width // 2 - len(text) // 2 - 1) + text).ljust(width - 1) + "|"
+
+
+def sts_table(fields: list[tuple[str, str]]) -> str:
+    """``aws sts get-session-token --output table``'s ``Credentials`` as awscli (1.46) writes them where the token is
+    wider than the terminal (80 columns when it writes to a log): the section turned vertical, a row a field, its
+    name and its value between ``|``; the access key id on a row of its own (checked equal to awscli's output)."""
+    width = max(len(value) for _name, value in fields) + 27  # the longest value, the columns' padding, the borders
+    border = "|+" + "-" * 17 + "+" + "-" * (width - 22) + "+|"
+    rows = [f"||  {name:<15}|  {value:<{width - 24}}||" for name, value in fields]
+    return "\n".join(["-" * width, _centred("GetSessionToken", width), "+" + "-" * (width - 2) + "+",
+                      "|" + _centred("Credentials", width - 2) + "|", border, *rows, border, ""])
+
+
+STS_FIELDS = [("AccessKeyId", SESSION_KEY_ID), ("Expiration", "2026-12-07T22:00:00+00:00"),
+              ("SecretAccessKey", SECRET), ("SessionToken", TOKEN)]
+
+
+
 @pytest.mark.parametrize(("text", "shown"), [
     (f"CREDENTIALS\t{SESSION_KEY_ID}\t2026-12-07T22:00:00+00:00\t{SECRET}\t{TOKEN}",  # aws sts ... --output text
      f"CREDENTIALS\t{R}\t2026-12-07T22:00:00+00:00\t{R}\t{R}"),
@@ -42,6 +63,10 @@ def test_an_aws_session_token_on_the_line_of_its_key_id_is_redacted(text: str, s
      f"[default]\naws_access_key_id = {R}\naws_session_token = {R}\n"),
     (f'{{"AccessKeyId": "{SESSION_KEY_ID}", "SessionToken": "{TOKEN}"}}',
      f'{{"AccessKeyId": "{R}", "SessionToken": "{R}"}}'),
+    (sts_table(STS_FIELDS),  # ``--output table``: each secret on its name's row, the id on another
+     sts_table(STS_FIELDS).replace(SESSION_KEY_ID, R).replace(SECRET, R).replace(TOKEN, R)),
+    ("| name | db_password | hunter2 |\n", "| name | db_password | hunter2 |\n"),  # not the row's first cell
+    ("| db_password | hunter2 |\n|---|---|\n", f"| db_password | {R} |\n|---|---|\n"),  # a Markdown table's
 ])
 def test_an_aws_session_token_under_its_name_is_redacted(text: str, shown: str) -> None:
     redacts(text, shown)

@@ -185,6 +185,9 @@ def test_url_password_containing_at_sign_is_redacted_whole() -> None:
         "see https://example.com:8443/path?email=a@b.com",
         "job-42 finished in 3.2s (exit 0)",
         "ünïcödé ✓ 日本語",
+        "| token_count | 3 |",  # a table's row: its first cell ends in no key word
+        'grep -E "password|token" app.log',  # no row: the line does not begin with its "|"
+        "|  SessionToken   |   |",  # an empty cell
     ],
 )
 def test_ordinary_text_is_untouched(text: str) -> None:
@@ -376,7 +379,8 @@ def _every_pattern(text: str) -> str:
     text = s._spliced(text, s._aws_secret_spans(text), REDACTED)  # noqa: SLF001
     for rx, keep, blocks in ((p.URL_CREDS, None, None), (p.HEADER, None, None), (p.BEARER, None, None),
                              (p.BASIC, p.not_user_and_password, None), (p.CLI, None, None),
-                             (p.KV, p.os_error, KeyedValues), (p.SHORT_KV, p.a_count, None), (p.NETRC, None, None),
+                             (p.KV, p.os_error, KeyedValues), (p.TABLE_ROW, None, None),
+                             (p.SHORT_KV, p.a_count, None), (p.NETRC, None, None),
                              (p.CLI_USER, p.a_number, None), (p.PASS_FLAG, p.a_pass_source, None),
                              (p.AUTH, p.not_auth_credentials, None)):
         spans = s._value_spans(rx, text, s._ascii_lowered(text), keep, blocks)  # noqa: SLF001 - lowered afresh
@@ -398,7 +402,7 @@ TRIGGERS = FRAGMENTS + ["PassPhrase", "PWD", "Private-Key", "privatekey", "Sessi
                         "Password:\n", ": \n  ", "=\n    ", "\n- ", "\r", "AKIA" + "A1" * 8,
                         "wJalrXUtnFEMI/K7MDENG/bPx", "RfiCYEXAMPLEKEY", "--password", "-u", "bob:pw", "sshpass",
                         "-phunter2", "--pass ", "-passin ", "pass:", "env:", "1 ", "auth=", "_AUTH: ", "--auth ",
-                        '"auth": "', "Ym9iOng="]
+                        '"auth": "', "Ym9iOng=", "||  SessionToken |  ", "| a "]
 
 
 # one secret for each way a key word is spelled and each shape the patterns know (the CANARIES have more)
