@@ -108,7 +108,7 @@ def _an_encoding(value: Any) -> bool:
     """Whether ``value`` names a text encoding Python knows (``"latin1"``, ``"utf-8"``)."""
     try:
         return isinstance(value, str) and codecs.lookup(value) is not None
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a name holding a NUL ("embedded null character")
         return False
 
 

@@ -255,7 +255,8 @@ AUTH_METHOD_LISTS = [{"auth": ["basic", "digest"]}, {"auth": ["password", "publi
                      {"auth": ["bob", "x", "y"]}, {"auth": ["bob"]}, {"auth": ["bob", ""]}, {"auth": ["bob", 12]},
                      {"auth": [["bob", "x"]]}, {"author": ["bob", "x"]}, {"oauth": ["bob", "x"]},
                      {"auth": ["basic", "digest", "utf-8"]}, {"auth": ["bob", "x", "latin2x"]},
-                     {"name": "auth", "value": ["basic", "digest"]}, [["auth", ["bob"]]]]
+                     {"name": "auth", "value": ["basic", "digest"]}, [["auth", ["bob"]]],
+                     {"auth": ["bob", "x", "\x00"]}]  # no encoding's name: ``codecs.lookup`` raised ValueError
 
 
 @pytest.mark.parametrize("obj", AUTH_METHOD_LISTS)
