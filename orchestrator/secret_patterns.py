@@ -291,8 +291,9 @@ SECRET_KEY_WORDS = KEY_WORDS + HEADER_WORDS  # what ``SENSITIVE_KEY`` (lowered) 
 # What each match of ``NETRC`` holds besides "password", of ``CLI_USER`` (lowered), of ``SSHPASS`` and ``MYSQL``
 NETRC_WORDS, CLI_USER_WORDS, AS_IS_WORDS = ("machine", "default"), ("-u ", "-user"), ("sshpass", "mysql")
 # the literals, besides the shapes' starts, that ``redaction.may_hold_secret`` looks for in any case
+# (a YAML pair's short name at its line's end too: ``- name: smtp_pw`` then ``value: x``, which holds no other)
 LOOKED_FOR = (SECRET_KEY_WORDS + SHORT_WORDS + ("bearer", "basic") + CLI_USER_WORDS + AS_IS_WORDS + PASS_FLAG_WORDS
-              + AUTH_WORDS)
+              + AUTH_WORDS + YAML_SHORT_NAME_ENDS)
 # What an argument list's user flag (``["curl", "-u", "bob:pw"]``) holds as JSON text, where ``CLI_USER_WORDS``' blank
 # after ``-u`` is a quote: a structure's look (``may_hold_secret``) looks for it too.
 ARGV_WORDS = ('-u"',)
@@ -327,7 +328,7 @@ def _one_of(literals: set[str]) -> str:
 # holds none is returned as it is after one search, where looking for each literal in turn costs two to three times
 # that.
 ANY_LITERAL = re.compile(_one_of({literal.lower() for literal in
-                                  LOOKED_FOR + SHAPE_STARTS + YAML_SHORT_NAME_ENDS
+                                  LOOKED_FOR + SHAPE_STARTS
                                   + ("-----begin", "-----end", "://")}))
 
 # The C library's error messages (``strerror``). A program's diagnostic ``<name>: <message>`` whose name ends in a

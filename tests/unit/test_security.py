@@ -370,7 +370,8 @@ def test_property_a_text_whose_every_secret_is_already_redacted_is_left_as_it_is
 def _every_pattern(text: str) -> str:
     """``sanitize_text`` as it was before it skipped the patterns a text cannot match: each one, always."""
     from orchestrator import secret_patterns as p
-    from orchestrator.pair_values import KeyedValues
+    from orchestrator.pair_values import KeyedValues, ListPairValues, PairValues, PairValuesFirst
+    from orchestrator.values_below import YamlPairBlocks
     from orchestrator import redaction as s
 
     # the reference the skipping must equal, in sanitize_text's order
@@ -382,7 +383,9 @@ def _every_pattern(text: str) -> str:
                              (p.KV, p.os_error, KeyedValues), (p.TABLE_ROW, None, None),
                              (p.SHORT_KV, p.a_count, None), (p.NETRC, None, None),
                              (p.CLI_USER, p.a_number, None), (p.PASS_FLAG, p.a_pass_source, None),
-                             (p.AUTH, p.not_auth_credentials, None)):
+                             (p.AUTH, p.not_auth_credentials, None), (p.PAIR_OBJECT, None, PairValues),
+                             (p.PAIR_VALUE_FIRST, None, PairValuesFirst), (p.PAIR_LIST, None, ListPairValues),
+                             (p.PAIR_YAML, p.not_a_secret_yaml_pair, YamlPairBlocks)):
         spans = s._value_spans(rx, text, s._ascii_lowered(text), keep, blocks)  # noqa: SLF001 - lowered afresh
         text = s._spliced(text, spans, REDACTED)  # noqa: SLF001
     for rx in (p.SSHPASS, p.MYSQL):  # these read the text as it is
@@ -402,7 +405,11 @@ TRIGGERS = FRAGMENTS + ["PassPhrase", "PWD", "Private-Key", "privatekey", "Sessi
                         "Password:\n", ": \n  ", "=\n    ", "\n- ", "\r", "AKIA" + "A1" * 8,
                         "wJalrXUtnFEMI/K7MDENG/bPx", "RfiCYEXAMPLEKEY", "--password", "-u", "bob:pw", "sshpass",
                         "-phunter2", "--pass ", "-passin ", "pass:", "env:", "1 ", "auth=", "_AUTH: ", "--auth ",
-                        '"auth": "', "Ym9iOng=", "||  SessionToken |  ", "| a "]
+                        '"auth": "', "Ym9iOng=", "||  SessionToken |  ", "| a ",
+                        # the pairs' pieces (name/value objects, lists of pairs, YAML's env)
+                        '{"name": "', '", "value": ', '{"value": ', ', "name": "', '"Key": "', "'value': ", '[["',
+                        '", "', '"], ["', '("', '["', '"]', "]", "}", '"x"', '"', "'", '\\"', "- name: ", "value: ", "\n  ",
+                        "value: |", "smtp_pw", "db_pass", "auth", "bob:x", "HOME", '"type": "t", ']
 
 
 # one secret for each way a key word is spelled and each shape the patterns know (the CANARIES have more)
@@ -422,13 +429,18 @@ EVERY_SPELLING = [
     "--user=u:s1", "sshpass -ps1", "mysql -ps1", "machine h login u password s1",
     "pass=s1", "pw = s1", '"pass": "s1"', "'pw' => 's1'", "Basic czE6czE=", "password:\n  s1", "Password:\ns1",
     "secret =\n    s1\n    s1", "AKIA" + "S" * 16 + " s1" + "A" * 38,
+    '{"api_keys": ["s1"]}', "secret = {'a': 's1'}", "||  SessionToken   |  s1  ||",
+    '{"name": "DB_PASSWORD", "value": "s1"}', '{"Key": "token", "Type": "t", "Value": ["s1"]}',
+    '{"value": "s1", "name": "api_key"}', '[["HOME", "/"], ["token", "s1"]]', "dict_items([('db_pw', 's1')])",
+    '"a"], ("db_pw", "s1"]', '{"name": "auth", "value": ["u", "s1"]}', "- name: smtp_pw\n  value: s1",
+    "- name: TOKEN\n  value: |\n    s1",
 ]
 
 
 def _pad(secret: str) -> str:
-    """What to put between ``secret`` and other text: a line break for a value under its key, whose key must begin
-    its line (``x password:`` is no key's line), else a blank."""
-    return "\n" if ":\n" in secret or "=\n" in secret else " "
+    """What to put between ``secret`` and other text: a line break for a value under its key, a YAML pair and a
+    table's row, which must begin their line (``x password:`` is no key's line), else a blank."""
+    return "\n" if ":\n" in secret or "=\n" in secret or secret.startswith(("- name:", "|")) else " "
 
 
 @pytest.mark.parametrize("secret", EVERY_SPELLING)
