@@ -108,27 +108,31 @@ def _value_spans(rx: re.Pattern[str], text: str, lowered: str, keep: Callable[[s
     """Where each match's value is, in order, none overlapping: its key, separator, quote and scheme are kept (the
     whole match, where ``keep(text, match)`` says so). ``blocks``: what reads on past a match for the span of its
     value (``ValuesBelow``: a YAML block indicator's block; ``PairValues``: a list or an object), or None to keep it
-    (a match inside a span redacted is then passed over).
+    (a match inside a span redacted is then passed over). A quoted value such a reader keeps is looked into, once:
+    the JSON of a pair quoted in another's value (``{"name": "msg", "value": "{\\"name\\": \\"token\\", ...}"}``);
+    one kept inside it is not (its text is read twice at most).
 
     Matching runs on ``lowered``, an ASCII-lowered copy (same length, same offsets), so key names are
     case-insensitive; ``keep`` looks at the original. A span may name the quote its marker is written in
     (``pair_values.whole_value``)."""
     spans: list[Span] = []
     pos = 0
+    inside = -1  # the end of the kept value looked into, which no value kept inside it is (one level: linear)
     block = blocks(text) if blocks is not None else None
-    for m in rx.finditer(lowered):
-        if m.start() < pos or keep is not None and keep(text, m):
-            continue
-        start, end = value_span(m)
-        if block is not None:
-            span = block(m, start, end)
-            if span is None:
-                continue
-            start, end = span[0], span[1]
-        else:
-            span = (start, end)
-        spans.append(span)
-        pos = end
+    m = rx.search(lowered)
+    while m is not None:
+        at = m.end()
+        if m.start() >= pos and (keep is None or not keep(text, m)):
+            start, end = value_span(m)
+            span: Span | None = (start, end)
+            if block is not None:
+                span = block(m, start, end)
+                if span is None and m.start("v") >= 0 and start >= inside:  # a pair in it: '"value": "{\"name\": ...'
+                    at, inside = start, end
+            if span is not None:
+                spans.append(span)
+                pos = span[1]
+        m = rx.search(lowered, at)
     return spans
 
 

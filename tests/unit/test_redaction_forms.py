@@ -418,6 +418,11 @@ ENV_PAIRS = json.dumps([["HOME", "/root"], ["DB_PASSWORD", "hunter2"]], indent=2
     (ENV_PAIRS, ENV_PAIRS.replace('"hunter2"', f'"{R}"')),
     ("dict_items([('api_key', 'x'), ('pass', 'y')])", f"dict_items([('api_key', '{R}'), ('pass', '{R}')])"),
     ("." * 2000 + '[["pass", "x"], ["auth", "bob:x"]]', "." * 2000 + f'[["pass", "{R}"], ["auth", "{R}"]]'),  # long
+    (json.dumps({"name": "msg", "value": json.dumps({"name": "token", "value": "x"})}),  # in another's kept value
+     json.dumps({"name": "msg", "value": json.dumps({"name": "token", "value": R})})),
+    ("{\"name\": \"msg\", \"value\": \"{'value': 'x', 'name': 'db_pw'}\"}",
+     f"{{\"name\": \"msg\", \"value\": \"{{'value': '{R}', 'name': 'db_pw'}}\"}}"),
+    ('[["msg", "[[\'api_key\', \'x\']]"]]', f'[["msg", "[[\'api_key\', \'{R}\']]"]]'),
 ])
 def test_a_name_value_pair_named_as_a_secret_in_json_text_has_its_value_redacted(text: str, shown: str) -> None:
     """As in a structure (``sanitize_obj``), where the same pairs are redacted: a job's log prints them as text."""

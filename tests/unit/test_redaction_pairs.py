@@ -119,6 +119,12 @@ def test_a_pair_of_a_short_name_opened_by_a_parenthesis_in_a_text_holding_no_oth
     pytest.param('{"name": "password", "value": [' + '"\\"' * 1_700_000, id="escaped-quotes-in-a-list"),
     pytest.param('{"name": "password", "value": [' + '[' * 5_000_000, id="deep-list"),
     pytest.param('{"name": "password", "value": [' + ']' * 5_000_000, id="closings"),
+    pytest.param('token {"name": "a", "value": "x"}, ' * 180_000, id="kept-values"),
+    pytest.param('token {"name": "a", "value": "' + "{'name': 'a', 'value': '" * 210_000,
+                 id="kept-values-in-a-kept-value"),
+    pytest.param('token "name": "a", "value": "' + ("'name': 'a', 'value': '" + '\\"name\\": \\"a\\", \\"value\\": \\"')
+                 * 100_000, id="kept-values-of-each-quote-nested"),
+    pytest.param('token ' + '[["a", "' * 600_000, id="kept-pairs-in-kept-pairs"),
 ])
 def test_five_megabytes_of_these_pairs_are_sanitized_in_linear_time(big: str) -> None:
     assert len(big) >= 4_800_000
