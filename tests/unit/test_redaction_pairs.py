@@ -120,7 +120,7 @@ def test_a_pair_of_a_short_name_opened_by_a_parenthesis_in_a_text_holding_no_oth
     pytest.param('{"name": "password", "value": [' + '[' * 5_000_000, id="deep-list"),
     pytest.param('{"name": "password", "value": [' + ']' * 5_000_000, id="closings"),
     pytest.param('token {"name": "a", "value": "x"}, ' * 180_000, id="kept-values"),
-    pytest.param('token {"name": "a", "value": "' + "{'name': 'a', 'value': '" * 210_000,
+    pytest.param('token {"name": "a", "value": "' + ("{'name': 'a', 'value': '" + "x" * 40 + "'} ") * 74_000,
                  id="kept-values-in-a-kept-value"),
     pytest.param('token "name": "a", "value": "' + ("'name': 'a', 'value': '" + '\\"name\\": \\"a\\", \\"value\\": \\"')
                  * 100_000, id="kept-values-of-each-quote-nested"),
