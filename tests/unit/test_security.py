@@ -408,7 +408,8 @@ TRIGGERS = FRAGMENTS + ["PassPhrase", "PWD", "Private-Key", "privatekey", "Sessi
                         '"auth": "', "Ym9iOng=", "||  SessionToken |  ", "| a ",
                         # the pairs' pieces (name/value objects, lists of pairs, YAML's env)
                         '{"name": "', '", "value": ', '{"value": ', ', "name": "', '"Key": "', "'value': ", '[["',
-                        '", "', '"], ["', '("', '["', '"]', "]", "}", '"x"', '"', "'", '\\"', "- name: ", "value: ", "\n  ",
+                        '", "', '"], ["', '("', '["', '"]', "]", "}", '"x"', '"', "'", '\\"', "- name: ", "value: ",
+                        "\n  ",
                         "value: |", "smtp_pw", "db_pass", "auth", "bob:x", "HOME", '"type": "t", ']
 
 
