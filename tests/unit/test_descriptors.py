@@ -128,3 +128,31 @@ def test_read_at_most_reads_a_pipe_numbered_above_1023(high_pipe) -> None:
     with open(r, "rb", closefd=False) as source:
         assert read_at_most(source, 100) == b'{"a": 1}'
         assert read_at_most(source, 100) == b""  # at its end: nothing more, no wait
+
+
+@pytest.mark.parametrize("limit", [3 * 1024 * 1024 + 5, 3 * 1024 * 1024 + 4, 100_000])
+def test_read_at_most_reads_a_pipe_larger_than_one_read_whole_and_never_past_limit_plus_one(limit: int) -> None:
+    """A pipe holding many reads' worth (``READ_PART_BYTES`` at a time): all of it when it fits ``limit``, else None
+    having read ``limit + 1`` bytes and not one more (the rest is still in the pipe)."""
+    import threading
+
+    from orchestrator.limits import READ_PART_BYTES, read_at_most
+
+    sent = bytes(range(256)) * (3 * 4096) + b"tail"  # 3 MiB + 4: some 48 reads of a pipe
+    assert len(sent) > 40 * READ_PART_BYTES
+    r, w = os.pipe()
+
+    def writer() -> None:
+        with open(w, "wb") as sink:
+            sink.write(sent)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    with open(r, "rb") as source:
+        got = read_at_most(source, limit)
+        if limit >= len(sent):
+            assert got == sent
+        else:
+            assert got is None
+            assert source.read() == sent[limit + 1:]  # what it left unread
+    thread.join(10)
