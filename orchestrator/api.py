@@ -10,6 +10,9 @@ method is a few lines over the module that does its work, each imported when fir
 from __future__ import annotations
 
 import os
+import threading
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -37,6 +40,9 @@ if TYPE_CHECKING:
     from orchestrator.metrics import Metrics, Thresholds
     from orchestrator.queue import QueueIndex
     from orchestrator.worker import Worker
+
+# How long ``close()`` waits for the passes of workers on other threads to end: their running jobs handed back
+CLOSE_WAIT_SECONDS = 10.0
 
 
 class Orchestrator:
@@ -72,7 +78,11 @@ class Orchestrator:
 
             store = JsonlStore(self.settings.state_dir)
         self._store = store
-        self._closed = False
+        self._closing = False  # ``close`` was called: no new worker pass, a running one hands its job back
+        self._closed = False  # the store is closed: every call is refused
+        self._close_lock = threading.Lock()
+        self._passes: Counter[int] = Counter()  # thread id -> the worker passes it is in (``worker_pass``)
+        self._passes_changed = threading.Condition()
         self.clock: Callable[[], float] = clock if clock is not None else store.shared_clock or local_now
         self.actor = an_actor(actor) if actor is not None else default_actor()
         self._queue: QueueIndex | None = None
@@ -92,17 +102,50 @@ class Orchestrator:
         """End the store's connections now (PostgreSQL: its pool, this thread's ``LISTEN`` connection, the deadline's
         thread), rather than when it is dropped (its last reference gone; in a reference cycle, the garbage
         collector's next pass): a program making one per request would otherwise hold sessions it no longer uses.
-        Closing again does nothing. Close it once its workers' loops have returned."""
-        self._closed = True
-        if self._queue is not None:
-            self._queue.close()
-        self._store.close()
+        Closing again does nothing. Close it once its workers' loops have returned.
+
+        A worker on another thread that is running a job meanwhile hands it back at once (its handler killed,
+        ``job_released`` with ``WORKER_STOPPED``, as a stop past its grace period does, ``docs/worker.md``): ``close``
+        waits for that, ``CLOSE_WAIT_SECONDS`` at most, then closes the store. Until 2026-12-07 the job stayed
+        ``running`` until its lease expired. A worker pass that begins once ``close`` was called raises
+        ``StoreClosedError``."""
+        with self._close_lock:
+            if self._closed:
+                return
+            me = threading.get_ident()
+            with self._passes_changed:
+                self._closing = True
+                self._passes_changed.wait_for(lambda: not set(self._passes) - {me}, CLOSE_WAIT_SECONDS)
+            self._closed = True
+            if self._queue is not None:
+                self._queue.close()
+            self._store.close()
 
     @property
     def closed(self) -> bool:
-        """Whether ``close`` ran: a worker loop idle on another thread ends its wait when it sees this (``Worker._idle``)
-        rather than at its next look, up to ``IDLE_MAX_WAIT`` later, and lets its ``LISTEN`` session go with it."""
-        return self._closed
+        """Whether ``close`` was called (it may still wait for a worker's running job to be handed back): a worker loop
+        idle on another thread ends its wait when it sees this (``Worker._idle``) rather than at its next look, up to
+        ``IDLE_MAX_WAIT`` later, and lets its ``LISTEN`` session go with it; a running one hands its job back."""
+        return self._closing
+
+    @contextmanager
+    def worker_pass(self) -> Iterator[None]:
+        """Around a worker's pass (its stale recovery, claim and run, to the outcome recorded; ``Worker.run_once``,
+        ``run``, ``execute``): ``close`` called from another thread meanwhile waits for it to end. Refused
+        (``StoreClosedError``) once ``close`` was called."""
+        me = threading.get_ident()
+        with self._passes_changed:
+            if self._closing:
+                raise StoreClosedError()
+            self._passes[me] += 1
+        try:
+            yield
+        finally:
+            with self._passes_changed:
+                self._passes[me] -= 1
+                if not self._passes[me]:
+                    del self._passes[me]
+                self._passes_changed.notify_all()
 
     def __enter__(self) -> "Orchestrator":
         return self

@@ -229,9 +229,9 @@ class OutcomeRecorder:
     def cut_short(self, how: str, claim: Claim, held: HeldLease, output: Path, *, started: bool = True) -> RunResult:
         """The outcome of a run the worker cut short, while it ran or before its handler ``started`` (while its
         ``artifacts_from`` were copied): ``lost`` (taken over or cancelled: nothing written), ``unrenewed``,
-        ``stopped`` or ``hurried`` (killed after the grace period, or at once on a second stop signal: handed back;
-        before the start, not counted among the job's stops in a row: its run did not stop this worker, no run of it
-        having begun)."""
+        ``stopped``, ``hurried`` or ``closed`` (killed after the grace period, or at once on a second stop signal or
+        as its ``Orchestrator`` was closed: handed back; before the start, not counted among the job's stops in a row:
+        its run did not stop this worker, no run of it having begun)."""
         if how == "lost":
             state = self.state_of(claim.job_id)
             return lost(claim, lost_to(claim, state), state)
@@ -243,6 +243,8 @@ class OutcomeRecorder:
         if not started:
             return self.hand_back(claim, WORKER_STOPPED_BEFORE_START, "a stop was requested before its handler started")
         grace = self.stop_grace_seconds
+        if how == "closed":
+            return self.release(claim, output, "the run was killed at once: its Orchestrator was closed (close())")
         return self.release(claim, output, f"the run was killed at once on a second stop signal, before the end of "
                                            f"its {grace:g}s grace period" if how == "hurried" else
                             f"the run was killed after the {grace:g}s grace period")

@@ -63,7 +63,8 @@ class RunSupervisor:
 
     @property
     def stopping(self) -> bool:
-        return self.stop_request.stopping
+        """Asked to stop, or its ``Orchestrator`` closed (``close`` waits for the job to be handed back)."""
+        return self.stop_request.stopping or self.orch.closed
 
     def run(self, claim: Claim, record: OutcomeRecorder, handler_host: Callable[[], HandlerHost | None], *,
             look_ahead: bool) -> RunResult:
@@ -125,7 +126,7 @@ class RunSupervisor:
             dropped = cap.warning()
             if dropped is not None:  # reported with the run, whatever it ended as (also logged when it happened)
                 claim = claim.noting(dropped)
-            if how in ("lost", "unrenewed", "stopped", "hurried"):
+            if how in ("lost", "unrenewed", "stopped", "hurried", "closed"):
                 return record.cut_short(how, claim, held, child.output)
             if how == "timeout":
                 return record.fail(claim, NO_TERMINAL_SIGNAL_TIMEOUT, f"killed after its timeout of {s.timeout:g}s",
@@ -185,14 +186,17 @@ class RunSupervisor:
         ending = False  # the deadline was moved: the handler had ended by its timeout, its leftovers were being ended
         stop_deadline: float | None = None
         hurried = False  # a second stop signal ended the grace period
+        closing = False  # its ``Orchestrator`` was closed (``Orchestrator.close`` waits for the job's hand-back)
         while True:
             stop_at = self.stop_request.at
             if stop_at is not None and stop_deadline is None:  # the grace counts from the stop request, which may
                 stop_deadline = stop_at + self.settings.stop_grace_seconds  # have come while the handler started
             if self.stop_request.hurried and stop_deadline is not None and not hurried:  # do not wait any longer
                 stop_deadline, hurried = min(stop_deadline, time.monotonic()), True
+            if self.orch.closed and not closing:  # no grace: the store closes once the job is handed back
+                stop_deadline, closing = time.monotonic(), True
             limits = [heart.next_at] + [t for t in (deadline, stop_deadline) if t is not None]
-            if stop_deadline is None:  # a stop asked from another thread starts the grace period at once
+            if not closing:  # a stop asked, or a close, from another thread is seen this soon
                 limits.append(time.monotonic() + STOP_CHECK_SECONDS)
             if held.failing_since is not None:  # wake up in time to stop the run
                 limits.append(time.monotonic() + held.stop_at - self.orch.clock())
@@ -213,7 +217,8 @@ class RunSupervisor:
             if deadline is not None and now_m >= deadline:
                 return _killed(child, claim, "timeout", "at its timeout")
             if stop_deadline is not None and now_m >= stop_deadline:
-                return _killed(child, claim, "hurried" if hurried else "stopped", "when its worker stopped")
+                how = "closed" if closing else "hurried" if hurried else "stopped"
+                return _killed(child, claim, how, "when its worker stopped")
             if heart.past_margin():
                 return _killed(child, claim, "unrenewed", "when its lease could not be renewed")
             if cap.next_check is not None and now_m >= cap.next_check and not cap.check(now_m):

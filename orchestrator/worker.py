@@ -37,7 +37,7 @@ from orchestrator.claim_checks import StartedRuns, no_longer_held, started_alrea
 from orchestrator.claiming import Claimer, Unhandled
 from orchestrator.config import llm_timeout
 from orchestrator.errors import (HandlerNotFoundError, InvalidInputError, KeyNotTrustedError, StatementCancelledError,
-                                 StorageUnavailableError, TransactionConflictError)
+                                 StorageUnavailableError, StoreClosedError, TransactionConflictError)
 from orchestrator.handler_env import withhold
 from orchestrator.handler_host import HandlerHost
 from orchestrator.handlers import call_python_handler, import_modules, registry_generation
@@ -171,8 +171,9 @@ class Worker:
         self.recovered = []
         if self.stopping:  # a claim would only be handed back: two events, and the job's attempt count, for nothing
             return None
-        claim = self._recover_and_claim(now)
-        return self._run_claim(claim, look_ahead=look_ahead) if claim else None
+        with self.orch.worker_pass():  # ``Orchestrator.close`` meanwhile waits for it, its job handed back
+            claim = self._recover_and_claim(now)
+            return self._run_claim(claim, look_ahead=look_ahead) if claim else None
 
     def _recover_and_claim(self, now: float | None) -> Claim | None:
         wait = self.settings.store_wait_seconds
@@ -187,6 +188,8 @@ class Worker:
                     self.recover_stale(at)
                     if self.stopping:  # asked during the recovery: nothing is claimed
                         return None
+                    if self.orch.closed:  # closed during the recovery: nor here (its store closes after this pass)
+                        raise StoreClosedError()
                     if now is None:  # a recovery may take a while (many stale jobs): the lease starts at the claim
                         at = self.orch.clock()
                     claim = self.claim(at)
@@ -227,8 +230,9 @@ class Worker:
                                     "nothing was run")
         if not self.started_runs.start(claim):
             return started_already(claim)
-        gone = no_longer_held(self.orch, self.worker_id, claim)
-        result = gone if gone is not None else self._run_claim(claim, look_ahead=look_ahead)
+        with self.orch.worker_pass():
+            gone = no_longer_held(self.orch, self.worker_id, claim)
+            result = gone if gone is not None else self._run_claim(claim, look_ahead=look_ahead)
         self.started_runs.ended(claim)
         return result
 
@@ -328,24 +332,29 @@ class Worker:
         try:
             while not self.stopping and (max_jobs is None or done < max_jobs):
                 try:
-                    recovered_at = self.orch.clock()
-                    self.recovered = []  # this pass's only: a looping worker tells each as it is written
-                    try:
-                        self.recover_stale(recovered_at)  # reads nothing at most passes (``StaleWatch``)
-                    finally:
-                        if self.recovered and on_recovered:
-                            on_recovered(list(self.recovered))
-                    if self.stopping:  # asked during the recovery: nothing is claimed
-                        break
-                    # read again: a recovery may take a while (many stale jobs, each append fsynced, each run's
-                    # processes killed and waited for), and the claim's lease starts when it is written
-                    now = self.orch.clock()
-                    claim = self.claim(now)
-                    pause = STORE_RETRY_FIRST_SECONDS
-                    if claim is not None:
-                        self.queue.hand_over_watch()  # another idle worker watches for the next job meanwhile
-                        # the last run of ``max_jobs`` has no next claim to read ahead for
-                        result = self._run_claim(claim, look_ahead=max_jobs is None or done + 1 < max_jobs)
+                    with self.orch.worker_pass():  # ``Orchestrator.close`` meanwhile waits for it, its job handed back
+                        recovered_at = self.orch.clock()
+                        self.recovered = []  # this pass's only: a looping worker tells each as it is written
+                        try:
+                            self.recover_stale(recovered_at)  # reads nothing at most passes (``StaleWatch``)
+                        finally:
+                            if self.recovered and on_recovered:
+                                on_recovered(list(self.recovered))
+                        if self.stopping:  # asked during the recovery: nothing is claimed
+                            break
+                        if self.orch.closed:  # closed during the recovery: nor here (the store closes after the pass)
+                            raise StoreClosedError()
+                        # read again: a recovery may take a while (many stale jobs, each append fsynced, each run's
+                        # processes killed and waited for), and the claim's lease starts when it is written
+                        now = self.orch.clock()
+                        claim = self.claim(now)
+                        pause = STORE_RETRY_FIRST_SECONDS
+                        result = None
+                        if claim is not None:
+                            self.queue.hand_over_watch()  # another idle worker watches for the next job meanwhile
+                            # the last run of ``max_jobs`` has no next claim to read ahead for
+                            result = self._run_claim(claim, look_ahead=max_jobs is None or done + 1 < max_jobs)
+                    if result is not None:
                         done += 1
                         if on_result:
                             on_result(result)

@@ -5,10 +5,13 @@ The README says an ``Orchestrator`` may be shared between threads; these tests h
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
 from orchestrator.worker import Worker, WorkerSettings
@@ -117,6 +120,60 @@ def test_stop_from_another_thread_gives_a_running_job_its_grace_period_and_hands
     assert time.monotonic() - asked < 3.0  # the grace period (0.5 s), not the next heartbeat (10 s) plus it
     assert [r.outcome for r in results] == ["released"]
     assert orch.status(job).state == "queued"
+
+
+@pytest.mark.parametrize("how", ["run", "run_once"])
+def test_close_under_a_running_job_hands_it_back_before_it_returns(orch, tmp_path, how: str) -> None:
+    """``Orchestrator.close()`` while a worker on another thread runs a job: the job is handed back (``job_released``,
+    ``WORKER_STOPPED``, its handler killed at once, no grace period) before ``close`` returns, and the worker's next
+    pass is refused (``STORE_CLOSED``). Until 2026-12-07 the job stayed ``running`` until its lease expired."""
+    from orchestrator import Orchestrator
+    from orchestrator.handlers import register
+
+    started = tmp_path / "started"
+
+    def slow(ctx) -> None:
+        started.touch()
+        time.sleep(60)
+
+    register("t.started_then_sleeps", slow)
+    job = orch.submit("t.started_then_sleeps")
+    worker = Worker(orch, WorkerSettings(worker_id="w1", stop_grace_seconds=30.0))
+    ended: list = []
+
+    def loop() -> None:
+        try:
+            ended.append(worker.run() if how == "run" else worker.run_once())
+        except BaseException as exc:  # noqa: BLE001 - what the loop ended with is the test's to check
+            ended.append(exc)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not started.exists() and time.monotonic() < deadline:  # its handler runs
+            time.sleep(0.02)
+        assert orch.status(job).state == "running"
+        asked = time.monotonic()
+        orch.close()
+        took = time.monotonic() - asked
+        again = Orchestrator(base_path=orch.settings.base_path, project_id=orch.project_id, keyring=orch.keyring)
+        last = json.loads(again.store.read(job)[-1].raw)
+        assert again.status(job).state == "queued"  # before the fix: running
+        assert (last["type"], last["data"]["error_code"]) == ("job_released", "WORKER_STOPPED")
+        assert "its Orchestrator was closed" in last["data"]["error"]
+        again.close()
+        assert took < 8.0  # the handler killed at once, not after its 30 s grace (nor its lease)
+        thread.join(20)
+        assert not thread.is_alive()
+        if how == "run":  # its next pass is refused
+            assert [getattr(e, "code", e) for e in ended] == ["STORE_CLOSED"]
+        else:
+            assert [(r.job_id, r.outcome) for r in ended] == [(job, "released")]
+    finally:
+        worker.stop()
+        thread.join(20)
+        worker.close()
 
 
 def test_a_worker_loop_that_ends_closes_only_its_own_wait_never_another_threads(orch) -> None:
