@@ -25,15 +25,15 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from orchestrator import pipe_ends
 from orchestrator.descriptors import readable
 from orchestrator.handler_result import handler_payload
 from orchestrator.killed import KILLED_MAX_BYTES, decode_killed, encode_killed
 from orchestrator.leftovers import end_leftovers, set_run_environment
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
 from orchestrator.run_folder import make_private_folder
-from orchestrator.runner import (HANDLER_PIPE_ENDS, STANDARD_FDS, UNREAPED, Child, forked_handler,
-                                 give_standard_streams, handler_main, in_handler_fork, load_libc, reap_exited, spawning,
-                                 stop_deferred)
+from orchestrator.runner import (STANDARD_FDS, UNREAPED, Child, forked_handler, give_standard_streams, handler_main,
+                                 in_handler_fork, load_libc, reap_exited, stop_deferred)
 from orchestrator.store.files import STRAY_AGE, named_pid, open_regular, pid_alive
 
 if TYPE_CHECKING:  # handlers imports this module
@@ -336,30 +336,34 @@ class HandlerHost:
     def _spawn(self) -> None:
         """Fork a new host; ``run`` called ``close`` just before, which released the folder of the last one."""
         generation = self.generation()
-        self._alive = claim_host_folder(self.folder)
-        with forked_handler(2) as (pid, (req_r, req_w, resp_r, resp_w)):  # no other handler fork keeps their ends
+        with pipe_ends.guarded():  # the folder's lock is the host's once a fork can see it (``_leave_to_parent``)
+            self._alive = claim_host_folder(self.folder)
+        with forked_handler(2) as (pid, (req_r, req_w, resp_r, resp_w)):  # no other fork keeps their ends
             if pid == 0:  # pragma: no cover - runs in the host, covered by the worker tests
                 handler_main(self.output, (req_w, resp_r), lambda: _host_main(self.call, req_r, resp_w, self.output))
-            os.close(req_r)
-            os.close(resp_w)
-            HANDLER_PIPE_ENDS.update((req_w, resp_r))  # closed in every other handler process forked here
+            pipe_ends.close(req_r)
+            pipe_ends.close(resp_w)
         self.pid, self.runs, self._req_w, self._resp_r = pid, 0, req_w, resp_r
         self._forked_at_generation = generation
         if hasattr(os, "pidfd_open"):
             try:  # a child not reaped yet, so the pid is still its own even if it died already
-                self._pidfd = os.pidfd_open(pid)
+                self._pidfd = pipe_ends.listed(lambda: os.pidfd_open(pid))
             except OSError:
                 self._pidfd = None
 
     def _close_fds(self) -> None:
-        with spawning():  # not forked meanwhile: a fork between the two steps would keep the end
-            for fd in (self._req_w, self._resp_r):
-                if fd is not None:
-                    HANDLER_PIPE_ENDS.discard(fd)  # before the number can be given to another descriptor
-                    os.close(fd)
-            if self._pidfd is not None:
-                os.close(self._pidfd)
-            self._req_w = self._resp_r = self._pidfd = None
+        """Close this process's ends of the host's pipes and its pidfd (``pipe_ends.close``: in a forked child's copy,
+        none, the fork closed them, and their numbers may be another descriptor's since)."""
+        for fd in (self._req_w, self._resp_r, self._pidfd):
+            if fd is not None:
+                pipe_ends.close(fd)
+        self._req_w = self._resp_r = self._pidfd = None
+
+    def _let_go_of_the_folder_lock(self) -> None:
+        with pipe_ends.guarded():  # a fork between the close and the forgetting would close the number again
+            if self._alive is not None:
+                os.close(self._alive)
+                self._alive = None
 
     def lost(self, pid: int) -> None:
         """The host ``pid`` died or was killed, and was reaped by the caller: the next run forks a new one."""
@@ -380,9 +384,8 @@ class HandlerHost:
         if not self.inherited:
             return
         self._close_fds()
-        if self._alive is not None:
-            os.close(self._alive)  # a copy: the parent's lock stays held
-        self.pid, self._alive, self.runs = None, None, 0
+        self._let_go_of_the_folder_lock()  # a copy: the parent's lock stays held
+        self.pid, self.runs = None, 0
         self.owner = os.getpid()
         self.folder = new_host_folder(self.runs_dir)
         self.output = self.folder / "output.log"
@@ -400,9 +403,7 @@ class HandlerHost:
         """Let the host exit (it reads the end of its pipe) and remove its folder."""
         self.discard()
         shutil.rmtree(self.folder, ignore_errors=True)
-        if self._alive is not None:
-            os.close(self._alive)
-            self._alive = None
+        self._let_go_of_the_folder_lock()
 
     def clear_output(self) -> None:
         """Empty the output file once the run's tail was taken, as a per-run child's folder is removed:
@@ -421,19 +422,14 @@ _HOSTS: "weakref.WeakSet[HandlerHost]" = weakref.WeakSet()  # this process's hos
 
 
 def _let_the_parents_hosts_go() -> None:
-    """After any fork of this process but a handler process's (``handler_main`` closes the pipe ends there, and the
-    host's folder lock must stay held), the child lets its copies of the hosts go (``HandlerHost._leave_to_parent``),
-    and the pipe ends of a host being started in another thread of the parent (registered, not yet the host's). A
-    handler process keeps none of its worker's hosts as its own."""
+    """After any fork of this process but a handler process's (whose host's folder lock must stay held), the child lets
+    its copies of the hosts go (``HandlerHost._leave_to_parent``; their pipe ends the fork closed already,
+    ``pipe_ends``). A handler process keeps none of its worker's hosts as its own."""
     if in_handler_fork():
         _HOSTS.clear()
         return
     for host in list(_HOSTS):
         host._leave_to_parent()  # noqa: SLF001
-    for fd in list(HANDLER_PIPE_ENDS):
-        HANDLER_PIPE_ENDS.discard(fd)
-        with suppress(OSError):
-            os.close(fd)
 
 
 os.register_at_fork(after_in_child=_let_the_parents_hosts_go)

@@ -24,8 +24,9 @@ import traceback
 import warnings
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from orchestrator import pipe_ends
 from orchestrator.descriptors import readable
 from orchestrator.errors import MalformedPayloadError
 from orchestrator.forked_logging import fresh_streams, standard_streams
@@ -324,7 +325,7 @@ class ForkChild(Child):
             os.close(self._pidfd)
             self._pidfd = None
         if self._done_fd is not None:
-            os.close(self._done_fd)
+            pipe_ends.close(self._done_fd)
             self._done_fd = None
 
     def _announced(self) -> bool | None:
@@ -344,7 +345,7 @@ class ForkChild(Child):
             data = data[2:]
             if not data:
                 return None
-        os.close(self._done_fd)
+        pipe_ends.close(self._done_fd)
         self._done_fd = None
         if not data.startswith(EXIT_CODE):
             return False
@@ -464,58 +465,27 @@ def in_handler_fork() -> bool:
     return getattr(_handler_fork, "now", False)
 
 
-# The worker's ends of the pipes to its reused handler processes (``HandlerHost``), of every worker of this
-# process: each handler process forked here closes them (``handler_main``). A fork keeps every descriptor, so
-# without this one worker's handler process held another's request pipe open, and that one never saw the end
-# of its requests when its worker closed it (it lived on until the other exited).
-HANDLER_PIPE_ENDS: set[int] = set()
-# Held while a handler process's pipes exist in this process with ends it must not keep: from their creation
-# until the child's ends are closed here and the worker's registered (``HANDLER_PIPE_ENDS``), and while a
-# worker's ends are closed. A handler fork in another thread (two workers of one process) takes it too, so it
-# never keeps another run's pipe ends: a child end kept elsewhere hides the death of the process it belongs to
-# (no end of file on its pipe, until the run's timeout, or never). A child forked while it is held gets a new one.
-# Reentrant: a dropped worker's finalizer closes its handler process under it (``HandlerHost.close``), and the garbage
-# collector may run that finalizer in the very thread that holds it, in the middle of a fork, or in the forked child
-# before the new lock is made; a plain lock hung the thread (and the test suite with it) there.
-_spawn_lock = threading.RLock()
-
-
-def spawning() -> ContextManager[bool]:
-    """The lock around a handler process's pipes and fork (see ``_spawn_lock``)."""
-    return _spawn_lock
-
-
 @contextmanager
 def forked_handler(pipes: int) -> Iterator[tuple[int, list[int]]]:
-    """Make ``pipes`` pipes and fork a handler process (``fork_handler``) under ``spawning()``, held for the block:
-    yields the pid (0 in the child) and the pipes' descriptors (read end, write end, each pipe in turn). The
-    parent closes the child's ends (and registers its own, for a reused host) inside the block. A refused fork
-    (EAGAIN at a process limit, EMFILE) keeps no pipe."""
-    with spawning():
-        fds: list[int] = []
-        try:
-            for _ in range(pipes):
-                fds += os.pipe()
+    """Make ``pipes`` pipes, listed (``pipe_ends.make``: no other fork keeps their ends), and fork a handler process
+    (``fork_handler``) that keeps them all: yields the pid (0 in the child) and the pipes' descriptors (read end, write
+    end, each pipe in turn). The parent closes the child's ends inside the block (``pipe_ends.close``), the child the
+    parent's (``handler_main``). A refused fork (EAGAIN at a process limit, EMFILE) keeps no pipe."""
+    fds = pipe_ends.make(pipes)
+    try:
+        with pipe_ends.keeping(fds):
             pid = fork_handler()
-        except BaseException:
-            for fd in fds:
-                os.close(fd)
-            raise
-        yield pid, fds
-
-
-def _new_spawn_lock() -> None:
-    global _spawn_lock
-    _spawn_lock = threading.RLock()
-
-
-os.register_at_fork(after_in_child=_new_spawn_lock)
+    except BaseException:
+        for fd in fds:
+            pipe_ends.close(fd)
+        raise
+    yield pid, fds
 
 
 def handler_main(output: Path, close: tuple[int, ...], body: Callable[[], bytes | None],
                  announce: int | None = None) -> None:
-    """What a freshly forked handler process runs: close the worker's ends of the pipes (its own, ``close``, and
-    those of the worker's other handler processes, ``HANDLER_PIPE_ENDS``), become a handler process, run
+    """What a freshly forked handler process runs: close the worker's ends of its pipes, ``close`` (the fork closed
+    those of the worker's other handler processes, ``pipe_ends``), become a handler process, run
     ``body``, then exit 0 (1 if it raised; the traceback goes to ``output``), first writing the exit code on
     ``announce`` if given, followed by what ``body`` returned, or, if it did not return (``sys.exit`` in a handler),
     by what was killed of the run's leftovers on the way out (``encode_killed``). Never returns."""
@@ -523,10 +493,6 @@ def handler_main(output: Path, close: tuple[int, ...], body: Callable[[], bytes 
     try:
         for fd in close:
             os.close(fd)
-        for fd in HANDLER_PIPE_ENDS.difference(close):
-            with suppress(OSError):
-                os.close(fd)
-        HANDLER_PIPE_ENDS.clear()
         _become_handler_process(output)
         said = body() or b""
         code = 0
@@ -566,7 +532,7 @@ def fork_call(fn: Callable[[], Any], *, terminal_file: Path, output: Path,
     """Run ``fn()`` in a child forked for this run alone; its payload (``handler_payload``) becomes the
     terminal file. Used with ``handler_process="per-run"``; the default reuses one ``HandlerHost``.
     ``context``: the run's, whose ids go in the child's environment and name (``set_run_environment``)."""
-    with forked_handler(1) as (pid, (done_r, done_w)):  # no other handler fork keeps ``done_w`` (its end of file)
+    with forked_handler(1) as (pid, (done_r, done_w)):  # no other fork keeps ``done_w`` (its end of file)
         if pid == 0:  # pragma: no cover - runs in the child, covered by the worker tests
             def body() -> bytes:
                 set_run_environment(context or {}, load_libc())
@@ -582,7 +548,7 @@ def fork_call(fn: Callable[[], Any], *, terminal_file: Path, output: Path,
                 return encode_killed(killed)  # told to the worker with the exit code
 
             handler_main(output, (done_r,), body, done_w)
-        os.close(done_w)
+        pipe_ends.close(done_w)
     child = ForkChild(pid, done_r)
     child.terminal_file, child.output = terminal_file, output
     return child

@@ -722,9 +722,9 @@ def test_a_request_with_the_input_already_encoded_is_the_request_encoded_whole()
 
 def test_a_handler_process_let_go_of_while_its_thread_forks_another_does_not_hang(tmp_path) -> None:
     """A worker dropped without closing ends its handler process from a finalizer (``HandlerHost.close``), which the
-    garbage collector may run while the same thread holds the lock around a handler process's fork (in a forked
-    child it runs, among the fork's handlers, with that lock still held): seen as a hung test suite, a handler process
-    stuck at birth. The lock must let its own thread in again."""
+    garbage collector may run while the same thread holds the lock around handler processes' pipe ends, which every
+    fork takes (``pipe_ends``; in a forked child it runs, among the fork's handlers, with that lock still held): seen
+    as a hung test suite, a handler process stuck at birth. The lock must let its own thread in again."""
     import subprocess
     import sys
     from pathlib import Path
@@ -733,12 +733,12 @@ def test_a_handler_process_let_go_of_while_its_thread_forks_another_does_not_han
         "import gc, sys, weakref\n"
         "from pathlib import Path\n"
         "from orchestrator.handler_host import HandlerHost\n"
-        "from orchestrator.runner import spawning\n"
+        "from orchestrator.pipe_ends import guarded\n"
         "class Dropped: pass\n"
         "owner = Dropped(); owner.cycle = owner  # collected only by the garbage collector, as a worker may be\n"
         "host = HandlerHost(Path(sys.argv[1]), lambda kind, ctx: None, max_runs=1, generation=lambda: 0)\n"
         "weakref.finalize(owner, host.close)\n"
-        "with spawning():\n"
+        "with guarded():\n"
         "    del owner\n"
         "    gc.collect()\n"
         "print('done')\n")
