@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import replace
@@ -43,6 +44,15 @@ if TYPE_CHECKING:
 
 # How long ``close()`` waits for the passes of workers on other threads to end: their running jobs handed back
 CLOSE_WAIT_SECONDS = 10.0
+_OPEN: "weakref.WeakSet[Orchestrator]" = weakref.WeakSet()  # this process's, for ``_after_fork_in_child``
+
+
+def _after_fork_in_child() -> None:
+    for orch in list(_OPEN):
+        orch._fresh_pass_count()  # noqa: SLF001
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Orchestrator:
@@ -80,9 +90,8 @@ class Orchestrator:
         self._store = store
         self._closing = False  # ``close`` was called: no new worker pass, a running one hands its job back
         self._closed = False  # the store is closed: every call is refused
-        self._close_lock = threading.Lock()
-        self._passes: Counter[int] = Counter()  # thread id -> the worker passes it is in (``worker_pass``)
-        self._passes_changed = threading.Condition()
+        self._fresh_pass_count()
+        _OPEN.add(self)
         self.clock: Callable[[], float] = clock if clock is not None else store.shared_clock or local_now
         self.actor = an_actor(actor) if actor is not None else default_actor()
         self._queue: QueueIndex | None = None
@@ -127,6 +136,13 @@ class Orchestrator:
         idle on another thread ends its wait when it sees this (``Worker._idle``) rather than at its next look, up to
         ``IDLE_MAX_WAIT`` later, and lets its ``LISTEN`` session go with it; a running one hands its job back."""
         return self._closing
+
+    def _fresh_pass_count(self) -> None:
+        """No worker pass in progress, and locks no thread holds: at the start, and in a forked child (its parent's
+        threads, and their passes, are not there; a lock one of them held would stay held, ``_after_fork_in_child``)."""
+        self._close_lock = threading.Lock()
+        self._passes: Counter[int] = Counter()  # thread id -> the worker passes it is in (``worker_pass``)
+        self._passes_changed = threading.Condition()
 
     @contextmanager
     def worker_pass(self) -> Iterator[None]:

@@ -176,6 +176,33 @@ def test_close_under_a_running_job_hands_it_back_before_it_returns(orch, tmp_pat
         worker.close()
 
 
+def test_close_in_a_forked_child_never_waits_for_a_pass_of_its_parents_threads(orch) -> None:
+    """A pass another thread of the parent was in at the fork is not in the child (that thread is not): the child's
+    ``close()`` returns at once, not ``CLOSE_WAIT_SECONDS`` later."""
+    inside, leave = threading.Event(), threading.Event()
+
+    def in_a_pass() -> None:
+        with orch.worker_pass():
+            inside.set()
+            leave.wait(20)
+
+    other = threading.Thread(target=in_a_pass)
+    other.start()
+    try:
+        assert inside.wait(10)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            started = time.monotonic()
+            try:
+                orch.close()
+            finally:
+                os._exit(0 if time.monotonic() - started < 5.0 else 1)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0  # before the fix: 1 (10 s)
+    finally:
+        leave.set()
+        other.join(10)
+
+
 def test_a_worker_loop_that_ends_closes_only_its_own_wait_never_another_threads(orch) -> None:
     """Workers of one Orchestrator share its queue index. One whose loop ended (``run`` closes the index's watch)
     closed the watch another thread was waiting on: that one's next wait failed on the closed descriptor (a worker
