@@ -218,7 +218,8 @@ class RunSupervisor:
                 return _killed(child, claim, "timeout", "at its timeout")
             if stop_deadline is not None and now_m >= stop_deadline:
                 how = "closed" if closing else "hurried" if hurried else "stopped"
-                return _killed(child, claim, how, "when its worker stopped")
+                return _killed(child, claim, how, "when its Orchestrator was closed" if closing else
+                               "when its worker stopped")
             if heart.past_margin():
                 return _killed(child, claim, "unrenewed", "when its lease could not be renewed")
             if cap.next_check is not None and now_m >= cap.next_check and not cap.check(now_m):
