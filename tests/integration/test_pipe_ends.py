@@ -12,12 +12,14 @@ import signal
 import threading
 import time
 
+import pytest
+
 import worker_handlers  # noqa: F401  (registers t.* handlers)
 from orchestrator.worker import Worker, WorkerSettings
 
 
-def make_worker(orch) -> Worker:
-    return Worker(orch, WorkerSettings(worker_id="w1", retry_base_seconds=0.0))
+def make_worker(orch, mode: str = "reused") -> Worker:
+    return Worker(orch, WorkerSettings(worker_id="w1", retry_base_seconds=0.0, handler_process=mode))
 
 
 def host_pid(orch, worker: Worker) -> int:
@@ -77,10 +79,12 @@ class ForkingThread(threading.Thread):
         os.close(self.said_w)
 
 
-def test_a_fork_by_another_thread_while_a_handler_process_starts_keeps_none_of_its_pipe_ends(orch, monkeypatch) -> None:
+@pytest.mark.parametrize("mode", ["reused", "per-run"])
+def test_a_fork_by_another_thread_while_a_handler_process_starts_keeps_none_of_its_pipe_ends(
+        orch, monkeypatch, mode: str) -> None:
     """Its pipes made, the handler process not yet forked (its ends not yet listed, before the fix): a plain fork by
-    another thread kept all four ends, so the handler process never saw the end of its requests when its worker
-    closed (it lived as long as that fork's child did)."""
+    another thread kept all four ends of a reused one's, so it never saw the end of its requests when its worker
+    closed (it lived as long as that fork's child did); and the end a per-run child writes its end on."""
     worker_thread, ours = threading.get_ident(), set()
     other = ForkingThread()
     real_pipe = os.pipe
@@ -96,13 +100,13 @@ def test_a_fork_by_another_thread_while_a_handler_process_starts_keeps_none_of_i
 
     other.start()
     monkeypatch.setattr(os, "pipe", pipe_then_let_the_other_thread_fork)
-    w = make_worker(orch)
+    w = make_worker(orch, mode)
     try:
         host = host_pid(orch, w)  # starts its handler process in this thread
         monkeypatch.undo()
         assert other.said() == b"1"  # the child is past its fork's hooks
         assert other.pid is not None and alive(other.pid)
-        assert not {f"pipe:[{ino}]" for ino in ours} & held_pipes(other.pid)  # before the fix: all four ends
+        assert not {f"pipe:[{ino}]" for ino in ours} & held_pipes(other.pid)  # before the fix: all the ends
         w.close()
         deadline = time.monotonic() + 5
         while alive(host) and time.monotonic() < deadline:
