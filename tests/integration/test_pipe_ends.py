@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 
 import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
+from orchestrator.runner import load_libc
 from orchestrator.worker import Worker, WorkerSettings
 
 
@@ -34,6 +36,13 @@ def alive(pid: int) -> bool:
             return fh.read().split()[2] != "Z"  # a zombie (exited, not yet reaped) counts as gone
     except OSError:
         return False
+
+
+def a_handler_process_pipe() -> bool:
+    """Whether the ``os.pipe()`` calling this is one made for a handler process (``pipe_ends.make``; before the fix,
+    ``runner.forked_handler``), not another's of the worker's thread (``subprocess``'s, ``find_library`` running
+    ``ldconfig`` as libc is first loaded)."""
+    return sys._getframe(2).f_code.co_name in ("make", "forked_handler")
 
 
 def held_pipes(pid: int) -> set[str]:
@@ -85,13 +94,15 @@ def test_a_fork_by_another_thread_while_a_handler_process_starts_keeps_none_of_i
     """Its pipes made, the handler process not yet forked (its ends not yet listed, before the fix): a plain fork by
     another thread kept all four ends of a reused one's, so it never saw the end of its requests when its worker
     closed (it lived as long as that fork's child did); and the end a per-run child writes its end on."""
+    load_libc()  # first loaded by the handler fork, through a ``subprocess`` (``ldconfig``) whose own pipe a fork
+    # by another thread keeps (its ``Popen`` then waits as long as that fork's child lives): not this test's matter
     worker_thread, ours = threading.get_ident(), set()
     other = ForkingThread()
     real_pipe = os.pipe
 
     def pipe_then_let_the_other_thread_fork() -> tuple[int, int]:
         fds = real_pipe()
-        if threading.get_ident() == worker_thread:
+        if threading.get_ident() == worker_thread and a_handler_process_pipe():
             ours.add(os.fstat(fds[0]).st_ino)
             if len(ours) == 1:
                 other.go.set()
@@ -123,6 +134,7 @@ def test_a_fork_by_another_thread_while_a_handler_process_is_closed_never_closes
     """``HandlerHost.close`` closed its request pipe's end, then forgot its number: a fork in between, by another
     thread, had the child let the host's copy go (``_leave_to_parent``) and close that number again, which another
     thread may have given to a descriptor of its own meanwhile (here: ``/dev/null``, put there by ``dup2``)."""
+    load_libc()  # as above
     worker_thread, ends = threading.get_ident(), []
     devnull = os.open(os.devnull, os.O_RDONLY)
     given: list[int] = []
@@ -143,7 +155,7 @@ def test_a_fork_by_another_thread_while_a_handler_process_is_closed_never_closes
 
     def noted_pipe() -> tuple[int, int]:
         fds = real_pipe()
-        if threading.get_ident() == worker_thread and not ends:
+        if threading.get_ident() == worker_thread and a_handler_process_pipe() and not ends:
             ends.extend(fds)  # the host's request pipe: read end, write end (the worker's)
         return fds
 
