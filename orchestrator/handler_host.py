@@ -30,10 +30,11 @@ from orchestrator.descriptors import readable
 from orchestrator.handler_result import handler_payload
 from orchestrator.killed import KILLED_MAX_BYTES, decode_killed, encode_killed
 from orchestrator.leftovers import end_leftovers, set_run_environment
+from orchestrator.libc import load_libc
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
 from orchestrator.run_folder import make_private_folder
 from orchestrator.runner import (STANDARD_FDS, UNREAPED, Child, forked_handler, give_standard_streams, handler_main,
-                                 in_handler_fork, load_libc, reap_exited, stop_deferred)
+                                 in_handler_fork, reap_exited, stop_deferred)
 from orchestrator.store.files import STRAY_AGE, named_pid, open_regular, pid_alive
 
 if TYPE_CHECKING:  # handlers imports this module

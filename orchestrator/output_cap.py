@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import MIN_OUTPUT_MAX_BYTES
-from orchestrator.runner import load_libc
+from orchestrator.libc import load_libc
 from orchestrator.store.files import NotRegularFileError, open_regular
 
 log = logging.getLogger(__name__)

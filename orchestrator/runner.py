@@ -11,8 +11,6 @@ found by stale recovery (``orchestrator/leftovers.py``).
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import signal
@@ -37,6 +35,7 @@ from orchestrator.leftovers import (LEFTOVER_GRACE_SECONDS, become_subreaper, en
 from orchestrator.leftovers import adopt_orphans as _adopt_orphans
 from orchestrator.handler_result import handler_payload, leave_if_forked
 from orchestrator.payload import MAX_PAYLOAD_BYTES, too_large
+from orchestrator.libc import load_libc
 from orchestrator.process_title import arguments_area, name_handler_process
 from orchestrator.run_folder import DISK_REFUSALS, open_output, write_bytes_atomic
 from orchestrator.store.files import NotRegularFileError, open_regular
@@ -45,18 +44,6 @@ if TYPE_CHECKING:  # handlers imports this module
     from orchestrator.handlers import RunPaths
 
 PR_SET_PDEATHSIG = 1
-_libc: Any = None
-
-
-def load_libc() -> Any:
-    """libc, loaded once in the worker: ``find_library`` runs ``ldconfig`` (~2 ms), too slow for every child."""
-    global _libc
-    if _libc is None and sys.platform.startswith("linux"):
-        try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        except OSError:
-            _libc = False
-    return _libc
 
 
 def _prctl(option: int, value: int) -> None:

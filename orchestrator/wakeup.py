@@ -12,7 +12,6 @@ the others wait until it stops, or a job comes while it runs one (``TurnBell``).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import logging
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from orchestrator.descriptors import readable
 from orchestrator.errors import ConfigError
+from orchestrator.libc import load_libc
 from orchestrator.security import shown
 from orchestrator.store.files import open_creating
 from orchestrator.store.locks import close_lock_descriptor, open_lock_descriptor
@@ -97,7 +97,9 @@ class PollingWatcher(Watcher):
 
 class InotifyWatcher(Watcher):
     def __init__(self, path: Path) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = load_libc()
+        if not libc:
+            raise OSError(errno.ENOSYS, "no C library to call inotify_init1 in")
         fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")

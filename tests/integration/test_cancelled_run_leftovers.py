@@ -158,7 +158,7 @@ def test_a_stale_recovery_drops_the_running_entry_after_its_kill_and_leaves_the_
 
 
 NAMED_AND_BLOCK = ("import sys, time\nfrom orchestrator.leftovers import set_run_environment\n"
-                   "from orchestrator.runner import load_libc\n"
+                   "from orchestrator.libc import load_libc\n"
                    "set_run_environment({'run_id': sys.argv[1]}, load_libc())\nprint('named', flush=True)\n"
                    "time.sleep(313)\n")
 

@@ -16,7 +16,7 @@ import time
 import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
-from orchestrator.runner import load_libc
+from orchestrator.libc import load_libc
 from orchestrator.worker import Worker, WorkerSettings
 
 
@@ -94,8 +94,8 @@ def test_a_fork_by_another_thread_while_a_handler_process_starts_keeps_none_of_i
     """Its pipes made, the handler process not yet forked (its ends not yet listed, before the fix): a plain fork by
     another thread kept all four ends of a reused one's, so it never saw the end of its requests when its worker
     closed (it lived as long as that fork's child did); and the end a per-run child writes its end on."""
-    load_libc()  # first loaded by the handler fork, through a ``subprocess`` (``ldconfig``) whose own pipe a fork
-    # by another thread keeps (its ``Popen`` then waits as long as that fork's child lives): not this test's matter
+    load_libc()  # loaded before the window is widened (it once ran ``ldconfig`` through ``subprocess``, whose own
+    # pipe a fork by another thread kept: ``orchestrator.libc``), so the hooks see only the handler process's pipes
     worker_thread, ours = threading.get_ident(), set()
     other = ForkingThread()
     real_pipe = os.pipe

@@ -671,7 +671,7 @@ def test_stale_recovery_kills_only_the_processes_of_the_run_it_recovers(tmp_path
 NAMED_AND_BLOCK = """
 import sys, time
 from orchestrator.leftovers import set_run_environment
-from orchestrator.runner import load_libc
+from orchestrator.libc import load_libc
 set_run_environment({"job_id": "j", "run_id": sys.argv[1]}, load_libc())  # as a Python handler's process does
 print("named", flush=True)
 time.sleep(313)
@@ -755,9 +755,7 @@ def test_a_run_the_worker_can_no_longer_watch_is_killed_before_the_error_stops_t
         value = {"started": str(started), "release": str(tmp_path / "never"), "max_wait": 60}
 
     def linked(*_a, **_k) -> None:
-        deadline = time.monotonic() + 10
-        while not started.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        pid_written(started, 10)
         raise PathEscapeError("leases/x is a symbolic link")
 
     monkeypatch.setattr(heartbeat_mod, "write_lease", linked)
@@ -765,7 +763,7 @@ def test_a_run_the_worker_can_no_longer_watch_is_killed_before_the_error_stops_t
     worker = make_worker(orch, handler_process=mode, lease_seconds=0.3)
     with pytest.raises(PathEscapeError):
         worker.run_once()
-    pid = json.loads(started.read_text())["pid"]
+    pid = pid_written(started, 10)
     assert not alive(pid)  # before the fix: still running, its run over for the worker
     worker.close()
 
@@ -872,6 +870,19 @@ def test_a_handler_that_raises_after_making_its_stderr_unusable_is_a_handler_err
     worker.close()
 
 
+def pid_written(started: Path, seconds: float) -> int:
+    """The pid a run wrote in ``started``, once it is there whole (a shell's ``> file`` makes the file before its
+    ``echo`` writes: read at once, it was empty, a JSONDecodeError under load)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return json.loads(started.read_text())["pid"]
+        except (FileNotFoundError, ValueError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 # -- a cancel while the job runs ------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["t.wait", "command"])
 def test_a_cancelled_running_job_is_stopped_by_its_worker_and_stays_cancelled(orch, tmp_path: Path, kind) -> None:
@@ -890,10 +901,7 @@ def test_a_cancelled_running_job_is_stopped_by_its_worker_and_stays_cancelled(or
     runner = threading.Thread(target=lambda: results.append(worker.run_once()))
     t0 = time.monotonic()
     runner.start()
-    deadline = time.monotonic() + 20
-    while not started.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    pid = json.loads(started.read_text())["pid"]
+    pid = pid_written(started, 20)
     assert orch.cancel(job_id, "not needed any more").applied
     runner.join(timeout=20)
     worker.close()
