@@ -242,7 +242,8 @@ def verify(orch: Any, out: Output, job_id: str | None, export_head: str | None, 
     or emptied). Names the file and line of each problem; exits 7 on any integrity problem.
     Warns (exit 0), over the whole project, of a store folder a worker run by this user refuses
     or changes: the project folder, .orchestrator, runs/ or artifacts/ that another user owns or
-    others may write, or a folder above the project folder so, or a job's folder so
+    others may write (or root owns and this user may not write), or a folder above the project
+    folder so, or a job's folder so
     (STORE_FOLDER_LOOSE); run by a user who owns neither the project folder nor .orchestrator,
     for the owner of .orchestrator. An audit entry whose event an import under way has not
     written yet is IMPORT_INCOMPLETE, a warning (exit 0); once that import stopped or its process

@@ -122,6 +122,34 @@ def _user_private_group(gid: int, uid: int) -> bool:
 _PRIVATE_GROUPS: dict[tuple[int, int], bool] = {}
 
 
+def may_write(folder: str, st: os.stat_result, uid: int | None = None) -> bool:
+    """Whether the user ``uid`` (this one when None) may make and remove entries in the folder ``folder`` (of status
+    ``st``): write and search it. This user's asked of the kernel (``os.access``, effective ids: its groups, an ACL,
+    a capability); another's read from the mode, its owner and the groups the user database gives ``uid`` (``verify``
+    judging for the store's user: an ACL is not seen, and a user the database does not know has no group)."""
+    if uid is None or uid == os.geteuid():
+        return os.access(folder, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids)
+    if uid == 0:
+        return True
+    if uid == st.st_uid:
+        bits = stat.S_IWUSR | stat.S_IXUSR
+    elif st.st_gid in _groups_of(uid):
+        bits = stat.S_IWGRP | stat.S_IXGRP
+    else:
+        bits = stat.S_IWOTH | stat.S_IXOTH
+    return st.st_mode & bits == bits
+
+
+def _groups_of(uid: int) -> set[int]:
+    import pwd
+
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:  # a user the database does not know
+        return set()
+    return set(os.getgrouplist(user.pw_name, user.pw_gid))
+
+
 def _only_member(gid: int, uid: int) -> bool:
     import grp
     import pwd

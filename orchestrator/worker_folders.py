@@ -19,8 +19,8 @@ from pathlib import Path
 from orchestrator import faults
 from orchestrator.artifacts_source import SPARE_BYTES, free_bytes
 from orchestrator.errors import SigningKeyError, StorageError
-from orchestrator.key_paths import (check_folders_above, forget_checked_folders, named_user, others_may_write,
-                                    user_or_root)
+from orchestrator.key_paths import (check_folders_above, forget_checked_folders, may_write, named_user,
+                                    others_may_write, user_or_root)
 from orchestrator.run_folder import (DISK_REFUSALS, PRIVATE_FILE, PRIVATE_FOLDER, RUN_PREFIX, restrict,
                                      set_folder_mode)
 from orchestrator.security import safe_join, shown_bytes, validate_id
@@ -41,6 +41,8 @@ PROBE_PREFIX = ".probe-"  # artifacts/.probe-<pid>-<8 hex>: a worker's probe (``
 # why a worker that is not root runs no job in a job's folder root owns (``_own_job_folder``, ``loose_job_folders``)
 ROOTS_FOLDER = ("may neither make a folder of root's its own (700) nor use one but as other users may (something run "
                 "as root made it: a worker, a copy, a restore)")
+# why a worker that is not root refuses ``.orchestrator``, ``runs/`` or ``artifacts/`` of root's it cannot write
+ROOTS_STORE_FOLDER = "who may not write in it, as a worker must (the store's files, its runs, its jobs' folders)"
 JOB_FOLDERS_NAMED = 10  # job folders ``verify`` names one by one (``loose_job_folders``); more are counted in one line
 
 log = logging.getLogger(__name__)
@@ -66,12 +68,13 @@ def folder_status(folder: str, follow: bool = False) -> os.stat_result | None:
 
 def loose_folders(state_dir: Path) -> list[tuple[str, str]]:
     """(folder, what is wrong and what to do) for each of the ``trusted_folders`` that a worker of the store's user
-    (``store_user``) would refuse, or change as it starts (``WorkerFolders._trust``), for a project folder below a
-    folder it would refuse (``_trust_folders_above``), and for the job folders it would refuse to run or copy, or
-    others may write (``loose_job_folders``): what ``verify`` warns of. Nothing is changed; a folder not there, or
-    that cannot be looked at, is passed (the worker's own checks name it). The folders above are looked at afresh
-    (``key_paths.forget_checked_folders``): a process remembers those it found safe, and a second ``verify`` in one
-    process missed a folder made loose since the first."""
+    (``store_user``) would refuse (root's, not for that user to write, too), or change as it starts
+    (``WorkerFolders._trust``), for a project folder below a folder it would refuse (``_trust_folders_above``), and
+    for the job folders it would refuse to run or copy, or others may write (``loose_job_folders``): what
+    ``verify`` warns of. Nothing is changed; a folder not there, or that cannot be looked at, is passed (the
+    worker's own checks name it). The folders above are looked at afresh (``key_paths.forget_checked_folders``): a
+    process remembers those it found safe, and a second ``verify`` in one process missed a folder made loose since
+    the first."""
     found = []
     project, *_ = folders = trusted_folders(state_dir)
     statuses = [_looked_at(folder, follow=i == 0) for i, folder in enumerate(folders)]  # each read once
@@ -84,6 +87,7 @@ def loose_folders(state_dir: Path) -> list[tuple[str, str]]:
     for folder, st in zip(folders, statuses):
         if st is None:
             continue
+        written = folder != project  # a worker writes nothing in the project folder: root may keep it
         if not user_or_root(st, uid):
             found.append((folder, f"{owned_by_another(folder, st, TAKES_RUNS, uid)}: a worker run by "
                                   f"{named_user(uid)} refuses to run jobs (STORAGE_ERROR, exit 10); check what it "
@@ -93,6 +97,10 @@ def loose_folders(state_dir: Path) -> list[tuple[str, str]]:
                                   f"write bits off as it starts, or refuses to run jobs (STORAGE_ERROR, exit 10) when "
                                   f"it cannot; check what the store holds (verify --against an anchor), then, as its "
                                   f"owner (uid {st.st_uid}) run: chmod go-w {folder}"))
+        elif written and st.st_uid != uid and not may_write(folder, st, uid):  # root's, the store's user not root
+            found.append((folder, f"{owned_by_root(folder, st, uid)}, {ROOTS_STORE_FOLDER}: a worker run by "
+                                  f"{named_user(uid)} refuses to run jobs (STORAGE_ERROR, exit 10); check what it "
+                                  f"holds, then, as root: chown -R {uid} {folder}, or run the worker as root"))
     return found + loose_job_folders(folders[3], uid)
 
 
@@ -226,18 +234,21 @@ class WorkerFolders:
         in that order (``_trust_folders_above``, ``_trust``)."""
         project, state, _, _ = trusted_folders(self.state_dir)
         _trust_folders_above(project)
-        self._trust(project, follow=True)
+        self._trust(project, follow=True, written=False)
         self._trust(state)
 
     @staticmethod
-    def _trust(folder: str, follow: bool = False) -> None:
+    def _trust(folder: str, follow: bool = False, written: bool = True) -> None:
         """Refuse to run jobs in the project folder (``follow``: it may be a link), the state folder, ``runs/`` or
         ``artifacts/`` when another user could change it: whoever may write in one can rename a run's folder, or a
         job's, or the whole ``.orchestrator``, away and put their own in its place (the outcome the worker then
         signs). Owned by neither this user nor root, its owner may ``chmod`` it back whatever its mode: refused.
         Writable by others (a release before 2026-12-07 made these 0777 under a umask of 000): made writable by its
         owner alone, said once as a warning; refused when this user cannot (``restrict`` leaves another's folder as
-        it is). "Others" is the key files' rule (``key_paths``): a user private group counts as the owner. A folder
+        it is). "Others" is the key files' rule (``key_paths``): a user private group counts as the owner. Root's,
+        when this user is not root and may not write it (``written``: all but the project folder, in which a worker
+        writes nothing): refused, naming root, the mode and the ``chown -R`` (until 2026-12-07, folders4, a plain
+        "permission denied" at the first write); one it may write (a group of root's it is in, an ACL) is used. A folder
         not there yet is the worker's to make. ``StorageError`` (exit 10): a path of the store is not what it must
         be, as one the worker cannot write, fixed the same way, by the store's owner; not ``PATH_ESCAPE``, which
         is a link. Nothing else of the store is changed (``chmod -R go-w``: docs/runbook.md, section H)."""
@@ -249,6 +260,10 @@ class WorkerFolders:
             return  # not there yet, a file or a link: ``make_folder``'s or ``check_folders``' error
         _refuse_another_owner(folder, st, TAKES_RUNS, f"check what it holds (verify), then, as root: chown "
                                                       f"{os.geteuid()} {folder}")
+        if written and st.st_uid != os.geteuid() and not may_write(folder, st):  # root's, this user not root
+            raise StorageError(f"{owned_by_root(folder, st)}, {ROOTS_STORE_FOLDER}: no job is run; check what it "
+                               f"holds (verify), then, as root: chown -R {os.geteuid()} {folder}, or run the worker "
+                               f"as root", path=folder)
         if not others_may_write(st):
             return
         now = _restricted(folder, ~STORE_WRITE_FOR_OTHERS & 0o7777, follow)
@@ -514,8 +529,8 @@ def owned_by_another(folder: str, st: os.stat_result, harm: str, uid: int | None
 
 
 def owned_by_root(folder: str, st: os.stat_result, uid: int | None = None) -> str:
-    """Whose a job's folder (of status ``st``) that root owns is, said to a worker run by another user (``uid``: that
-    one), which may not run a job in it (``ROOTS_FOLDER``)."""
+    """Whose a job's folder or store folder (of status ``st``) that root owns is, said to a worker run by another user
+    (``uid``: that one), which may not run a job in it (``ROOTS_FOLDER``, ``ROOTS_STORE_FOLDER``)."""
     return (f"{folder} is owned by root (mode {stat.S_IMODE(st.st_mode):03o}), not by "
             f"{named_user(os.geteuid() if uid is None else uid)}")
 

@@ -499,9 +499,9 @@ def test_a_worker_looks_at_its_folders_as_it_starts_and_again_a_minute_later_not
     looked: list[str] = []
     trust = WorkerFolders._trust
 
-    def counted(folder: str, follow: bool = False) -> None:
+    def counted(folder: str, follow: bool = False, written: bool = True) -> None:
         looked.append(folder)
-        trust(folder, follow)
+        trust(folder, follow, written)
 
     monkeypatch.setattr(WorkerFolders, "_trust", staticmethod(counted))
     left = orch.store.root / "runs" / "run-0123456789abcdef"  # a run a killed worker left

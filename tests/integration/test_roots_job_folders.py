@@ -89,3 +89,68 @@ def test_verify_warns_of_a_job_folder_root_owns_which_the_stores_worker_would_re
                                       f"it"), warnings[0]
         assert warnings[0].endswith(f"as root: chown -R {STORE_USER} {folder}"), warnings[0]
     assert os.stat(folder).st_uid == 0 and stat.S_IMODE(os.stat(folder).st_mode) == mode  # nothing changed
+
+
+def store_with_roots_folder(env: dict[str, str], which: str, mode: int) -> Path:
+    """The store's folder ``which`` (".orchestrator", "runs", "artifacts" or "project"), made root's of ``mode`` (as
+    something run as root leaves it), with a job queued; the other folders are the store's user's."""
+    submitted = as_store_user("submit", "--kind", "command", "--input", json.dumps({"argv": ["sh", "-c", DONE]}),
+                              env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    project = Path(env["BASE_PATH"]) / "proj"
+    for name in ("runs", "artifacts"):
+        (project / ".orchestrator" / name).mkdir(exist_ok=True)
+        os.chown(project / ".orchestrator" / name, STORE_USER, STORE_USER)
+    state = project / ".orchestrator"
+    folder = {"project": project, ".orchestrator": state}.get(which, state / which)
+    os.chown(folder, 0, 0)
+    os.chmod(folder, mode)
+    return folder
+
+
+@pytest.mark.parametrize("which", [".orchestrator", "runs", "artifacts"])
+def test_a_worker_that_is_not_root_refuses_to_start_in_a_store_folder_root_owns_naming_the_chown_to_run_as_root(
+        store_env: dict[str, str], which: str, tmp_path: Path) -> None:
+    """Before the fix: ``<folder or a folder in it>: permission denied; run the command as the store's owner, or fix
+    the owner and mode`` (whose folder, and what to run, unsaid), and ``verify`` said nothing."""
+    folder = store_with_roots_folder(store_env, which, 0o755)
+    ran = as_store_user("worker", "--once", env=store_env)
+    assert ran.returncode == 10, ran.stdout + ran.stderr
+    assert ran.stderr.startswith(f"error[STORAGE_ERROR]: {folder} is owned by root (mode 755), not by this user (uid "
+                                 f"{STORE_USER}), who may not write in it"), ran.stderr
+    assert ran.stderr.rstrip().endswith(f"no job is run; check what it holds (verify), then, as root: chown -R "
+                                        f"{STORE_USER} {folder}, or run the worker as root"), ran.stderr
+    by_root = subprocess.run([sys.executable, "-m", "orchestrator", "verify"], capture_output=True, text=True,
+                             timeout=60, cwd=str(REPO), env={**store_env, "ORCH_KEYRING_DIR": str(tmp_path / "keys")})
+    verifies = [(as_store_user("verify", env=store_env), f"this user (uid {STORE_USER})")]
+    if which != ".orchestrator":  # root's verify judges a store whose .orchestrator root owns for root (store_user)
+        verifies.append((by_root, f"uid {STORE_USER}"))
+    for shown, user in verifies:
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        warnings = [line for line in shown.stdout.splitlines() if line.startswith("warning: ")]
+        assert warnings == [f"warning: {folder}:0: STORE_FOLDER_LOOSE: {folder} is owned by root (mode 755), not by "
+                            f"{user}, who may not write in it, as a worker must (the store's files, its runs, its "
+                            f"jobs' folders): a worker run by {user} refuses to run jobs (STORAGE_ERROR, exit 10); "
+                            f"check what it holds, then, as root: chown -R {STORE_USER} {folder}, or run the worker as "
+                            f"root"], shown.stdout
+    assert os.stat(folder).st_uid == 0 and stat.S_IMODE(os.stat(folder).st_mode) == 0o755  # left as it is
+
+
+def test_a_project_folder_root_owns_or_a_store_folder_of_roots_its_user_may_write_is_no_error(
+        store_env: dict[str, str]) -> None:
+    """A worker writes nothing in the project folder (root may keep it, ``.orchestrator`` being the user's); a folder
+    of root's that the worker's user may write (here through root's group, which it is in) is used as it is."""
+    folder = store_with_roots_folder(store_env, "project", 0o755)
+    ran = as_store_user("worker", "--once", env=store_env)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "warning: " not in as_store_user("verify", env=store_env).stdout
+    os.chown(folder, STORE_USER, STORE_USER)
+    runs = store_with_roots_folder(store_env, "runs", 0o775)  # root:root, group-writable: root's group is root's own
+    in_roots_group = ["setpriv", "--reuid", str(STORE_USER), "--regid", str(STORE_USER), "--groups", "0",
+                      sys.executable, "-m", "orchestrator"]
+    for args in (["worker", "--once"], ["verify"]):
+        shown = subprocess.run([*in_roots_group, *args], env=store_env, capture_output=True, text=True, timeout=60,
+                               cwd=str(REPO))
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        assert "warning: " not in shown.stdout and "error" not in shown.stderr, shown.stdout + shown.stderr
+    assert os.stat(runs).st_uid == 0
