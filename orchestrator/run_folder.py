@@ -324,9 +324,13 @@ def folders_given_back(folder: Path, skip: set[str]) -> list[str]:
     can read and empty it. Returns the paths given back, relative to ``folder``. ``skip``: relative folders not
     walked (the copies of ``artifacts_from``, whose next copy gives its own folders their bits). The job's folder
     itself is left to the check before its next run (``worker_folders._own_job_folder``). Root walks nothing: it uses
-    them whatever their mode. Files are not looked at: one ``scandir`` a folder, an ``open`` and ``fstat`` a folder
-    below. Walked with a stack of descriptors, not by recursion: a run's folders nested deeper than Python's
-    recursion limit stop the walk where no descriptor is left (``EMFILE``), never the worker."""
+    them whatever their mode. Walked with a stack of descriptors, not by recursion: a run's folders nested deeper
+    than Python's recursion limit stop the walk where no descriptor is left (``EMFILE``), never the worker.
+
+    Files are not looked at, and, where a folder's link count tells how many folders it holds
+    (``subfolders_counted``), a folder is listed only until they are all found: one that holds none is not listed
+    at all, nor opened when it is this user's with its owner's bits (its status is the listing's ``fstatat``). Its
+    files were most of the walk's cost: 0.7-3.4 ms for 1,000 entries before 2026-12-07 (folders4)."""
     if os.geteuid() == 0:
         return []
     try:
@@ -334,40 +338,102 @@ def folders_given_back(folder: Path, skip: set[str]) -> list[str]:
     except OSError:  # none made (a Python handler's is made on demand), or the folder itself: see above
         return []
     given: list[str] = []
-    stack = [(top, "", iter(_folders_in(top)))]
+    try:
+        stack = [(top, "", iter(_folders_in(top, os.fstat(top))))]
+    except OSError:
+        os.close(top)
+        return []
     try:
         while stack:
-            fd, above, names = stack[-1]
-            name = next(names, None)
-            if name is None:
+            fd, above, found = stack[-1]
+            name, st = next(found, (None, None))
+            if name is None or st is None:
                 os.close(fd)
                 stack.pop()
                 continue
             path = above + name
-            if path in skip:
+            if path in skip or st.st_uid != os.geteuid():  # another user's: neither changed nor walked
                 continue
-            below = _opened_with_owner_bits(fd, name, path, given)
-            if below is not None:
-                stack.append((below, path + "/", iter(_folders_in(below))))
+            if st.st_mode & stat.S_IRWXU == stat.S_IRWXU and _holds_no_folder(st):
+                continue  # nothing to give back, nothing below to walk: not even opened
+            opened = _opened_with_owner_bits(fd, name, path, given)
+            if opened is not None:
+                stack.append((opened[0], path + "/", iter(_folders_in(*opened))))
     finally:
         for fd, _, _ in stack:
             os.close(fd)
     return given
 
 
-def _folders_in(fd: int) -> list[str]:
-    """The names of the folders in the folder ``fd`` (not links to one: the listing's own type)."""
+def _folders_in(fd: int, st: os.stat_result) -> list[tuple[str, os.stat_result]]:
+    """The folders in the folder ``fd`` of status ``st`` (not links to one: the listing's own type), each with its
+    status (``fstatat``, never through a link); the listing stops once as many were found as its link count says it
+    holds (``subfolders_counted``)."""
+    wanted = _folders_held(st)
+    found: list[tuple[str, os.stat_result]] = []
+    if wanted == 0:
+        return found
     try:
         with os.scandir(fd) as listing:
-            return [entry.name for entry in listing if entry.is_dir(follow_symlinks=False)]
+            for entry in listing:
+                if entry.is_dir(follow_symlinks=False):
+                    with contextlib.suppress(OSError):  # gone meanwhile
+                        found.append((entry.name, entry.stat(follow_symlinks=False)))
+                    if len(found) == wanted:
+                        break
     except OSError:
-        return []
+        pass
+    return found
 
 
-def _opened_with_owner_bits(fd: int, name: str, path: str, given: list[str]) -> int | None:
+def _holds_no_folder(st: os.stat_result) -> bool:
+    return _folders_held(st) == 0
+
+
+def _folders_held(st: os.stat_result) -> int | None:
+    """How many folders a folder of status ``st`` holds, from its link count (its own ``.`` and its name above, and
+    each folder's ``..``), where its file system counts them so (``subfolders_counted``); None when unknown (another
+    file system, or ext4's 1 past 65,000 folders)."""
+    if st.st_nlink < 2 or not subfolders_counted(st.st_dev):
+        return None
+    return st.st_nlink - 2
+
+
+# file systems whose folder's link count is 2 plus the folders in it, always (gnulib's ``fts`` leaves out of this
+# "leaf optimization" only those that do not: NFS, CIFS, AFS, /proc, and any it cannot name)
+COUNTS_SUBFOLDERS = frozenset({"ext2", "ext3", "ext4", "xfs", "tmpfs"})
+_SUBFOLDERS_COUNTED: dict[int, bool] = {}  # by device, once a process
+
+
+def subfolders_counted(dev: int) -> bool:
+    """Whether a folder's link count on the device ``dev`` tells how many folders it holds (``COUNTS_SUBFOLDERS``):
+    the type of its mount, read once a process from ``/proc/self/mountinfo``. False where it is not found there (no
+    ``/proc``, a btrfs subvolume's own device) and for any other type (btrfs says 1, overlayfs 1 for a merged
+    folder, NFS what its server says): such folders are listed in full, as before."""
+    counted = _SUBFOLDERS_COUNTED.get(dev)
+    if counted is None:
+        counted = _SUBFOLDERS_COUNTED[dev] = _mount_type(dev) in COUNTS_SUBFOLDERS
+    return counted
+
+
+def _mount_type(dev: int) -> str | None:
+    wanted = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            for line in mounts:
+                fields = line.split(" - ", 1)
+                if len(fields) == 2 and fields[0].split()[2:3] == [wanted]:
+                    return fields[1].split()[0]
+    except OSError:
+        pass
+    return None
+
+
+def _opened_with_owner_bits(fd: int, name: str, path: str,
+                            given: list[str]) -> tuple[int, os.stat_result] | None:
     """The folder ``name`` of ``fd``, opened never through a link once it has its owner's bits (``path`` appended to
-    ``given`` when it had to be given them); None when it is another user's (neither changed nor walked) or cannot be
-    opened (a link, gone meanwhile, no descriptor left)."""
+    ``given`` when it had to be given them), with its status; None when it is another user's (neither changed nor
+    walked) or cannot be opened (a link, gone meanwhile, no descriptor left)."""
     try:
         below = os.open(name, FOLDER_NO_LINK, dir_fd=fd)
     except PermissionError:  # its owner may not read it: given its bits through an O_PATH descriptor
@@ -386,7 +452,7 @@ def _opened_with_owner_bits(fd: int, name: str, path: str, given: list[str]) -> 
             if st.st_mode & stat.S_IRWXU != stat.S_IRWXU:
                 os.fchmod(below, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
                 given.append(path)
-            return below
+            return below, st
     except OSError:
         pass
     os.close(below)

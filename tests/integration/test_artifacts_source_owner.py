@@ -341,3 +341,42 @@ def test_a_runs_folders_nested_past_pythons_recursion_limit_end_the_walk_never_t
         assert in_a_child_as(NOT_ROOT, nested_then_given_back) == ""
     finally:
         subprocess.run(["rm", "-rf", str(job)], check=True)
+
+
+@as_root
+@pytest.mark.parametrize("counted", [True, False], ids=["link-count-read", "listed-in-full"])
+def test_a_folder_deep_below_whose_bits_a_run_took_is_given_them_back_among_many_files_and_folders(
+        state_of_a_user: Path, counted: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Folders that hold none are not opened, and a folder is listed only until its link count's folders are found
+    (ext4, tmpfs: ``subfolders_counted``; else listed in full): still every folder a run took bits from is found, five
+    levels down among files and folders of their owner's that hold none (its bits all there), beside root's."""
+    import orchestrator.run_folder as run_folder
+
+    monkeypatch.setattr(run_folder, "_SUBFOLDERS_COUNTED", {})
+    if not counted:  # as on btrfs, whose folders' link count is 1
+        monkeypatch.setattr(run_folder, "_mount_type", lambda dev: "btrfs")
+    job = state_of_a_user / "job"
+    deep = job / "a" / "b" / "c" / "d" / "e"
+    deep.mkdir(parents=True)
+    for level in (*deep.parents[:5], deep):
+        for n in range(20):
+            (level / f"file{n}").write_text("x")
+            if level in (job, deep):  # a, b, c and d: only the way down (and leaf3, theirs)
+                (level / f"leaf{n}").mkdir()
+    (job / "a" / "b" / "theirs").mkdir()
+    (job / "a" / "b" / "c" / "leaf3").mkdir()
+    _owned_by(state_of_a_user, NOT_ROOT)
+    os.lchown(job / "a" / "b" / "theirs", 0, 0)
+    for path, mode in ((deep / "leaf7", 0o000), (deep, 0o500), (job / "a" / "b" / "c" / "leaf3", 0o300),
+                       (job / "a" / "b" / "theirs", 0o000)):
+        path.chmod(mode)
+
+    def given_back() -> None:
+        assert run_folder.subfolders_counted(os.stat(job).st_dev) is counted
+        given = folders_given_back(job, set())
+        assert sorted(given) == ["a/b/c/d/e", "a/b/c/d/e/leaf7", "a/b/c/leaf3"], given
+
+    assert in_a_child_as(NOT_ROOT, given_back) == ""
+    modes = {p: stat.S_IMODE(os.lstat(job / p).st_mode) for p in ("a/b/c/d/e", "a/b/c/d/e/leaf7", "a/b/c/leaf3",
+                                                                    "a/b/theirs")}
+    assert modes == {"a/b/c/d/e": 0o700, "a/b/c/d/e/leaf7": 0o700, "a/b/c/leaf3": 0o700, "a/b/theirs": 0o000}
