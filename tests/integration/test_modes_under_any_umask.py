@@ -388,7 +388,8 @@ def test_a_folder_another_user_owns_reached_through_a_link_of_this_users_is_neve
     os.chown(theirs, OTHER_UID, OTHER_UID)
     source.mkdir()
     (source / "shared").symlink_to(theirs)
-    with pytest.raises(StorageError, match=f"^{source}/shared is owned by uid {OTHER_UID}, neither this user"):
+    with pytest.raises(StorageError, match=f"^{theirs}, reached through the symbolic link {source}/shared, is owned by "
+                                           f"uid {OTHER_UID}, neither this user"):
         measure(source, None, "earlier-job", lambda: None, Need())
 
 
