@@ -9,12 +9,15 @@ method is a few lines over the module that does its work, each imported when fir
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import os
 import threading
 import weakref
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import replace
+from types import ModuleType
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -53,6 +56,14 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@functools.cache
+def _on_first_use(module: str) -> ModuleType:
+    """``module``, imported when first asked for (the module docstring), then looked up here: for the methods run
+    several times per job (``append``, ``submit_job``), where an ``import`` statement run at each call cost ~8,000
+    instructions (~460 this way; 2026-12-07, callgrind), a worker's run holding two appends."""
+    return importlib.import_module(module)
 
 
 class Orchestrator:
@@ -365,10 +376,8 @@ class Orchestrator:
         the view returned holds the warning (``HEAD_RECORD_NOT_WRITTEN``), which is also logged. So is an event
         after which the queue index could not be brought up to date (``INDEX_NOT_UPDATED``: the index is a cache).
         """
-        from orchestrator.appending import append_lines
-
-        lines, state, warnings = append_lines(self, view, job_id, new, run_id=run_id, actor=actor, now=now,
-                                              audit=audit, fence=fence, aux=aux)
+        lines, state, warnings = _on_first_use("orchestrator.appending").append_lines(
+            self, view, job_id, new, run_id=run_id, actor=actor, now=now, audit=audit, fence=fence, aux=aux)
         stream = (view.stream if view else VerifiedStream(job_id, [])).followed_by(lines)  # parsed when asked for
         return JobView(job_id, stream, state, (), warnings)
 
@@ -376,10 +385,9 @@ class Orchestrator:
                    max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout: float | None = None, priority: int = DEFAULT_PRIORITY,
                    actor: str | None = None) -> Submission:
         """Submit a job; with an idempotency ``key``, the same key returns the same job (``submitting``)."""
-        from orchestrator.submitting import submit_job
-
-        return submit_job(self, kind, input, audit=audit, key=key, max_attempts=max_attempts, timeout=timeout,
-                          priority=priority, actor=actor)
+        return _on_first_use("orchestrator.submitting").submit_job(
+            self, kind, input, audit=audit, key=key, max_attempts=max_attempts, timeout=timeout, priority=priority,
+            actor=actor)
 
     def submit(self, kind: str, input: Any = None, **options: Any) -> str:
         """Submit a job and return its id (see ``submit_job`` for the options)."""

@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from orchestrator import audit as audit_log
 from orchestrator import clock, faults
 from orchestrator.append_checks import checked_append
 from orchestrator.errors import (AuditEntryNotWrittenError, AuxNotWrittenError, ConcurrencyError,
                                  ContextSignatureInvalid, OrchestratorError, PathEscapeError, StorageError,
                                  without_nothing_written)
+from orchestrator.events import validate_data
 from orchestrator.history import head_record, seal
 from orchestrator.limits import a_time
 from orchestrator.notices import log_warning
@@ -39,8 +41,6 @@ def append_lines(orch: Orchestrator, view: JobView | None, job_id: str, new: Seq
     """``Orchestrator.append`` up to its view: the lines written, the state they lead to and the warnings (each
     logged). A caller that needs no view (``submit_job``) does not have the lines parsed back for one (~16 ms for a
     line holding a 1 MiB input)."""
-    from orchestrator.events import validate_data
-
     actor, audit = checked_append(view, new, run_id=run_id, actor=actor, audit=audit, fence=fence, aux=aux)
     actor = actor or orch.actor
     if view is not None and not view.ok:
@@ -56,8 +56,6 @@ def append_lines(orch: Orchestrator, view: JobView | None, job_id: str, new: Seq
         records.append(rec)
     lines = seal(orch.keyring, job_id, head, records)
     old = view.state if view else None
-    from orchestrator import audit as audit_log
-
     if old is None:
         orch.queue.built_with_first_job(orch.store)
     # the key of the job's first line, and every key of its lines (these new ones' too), for an index that keeps them
