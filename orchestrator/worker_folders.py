@@ -184,6 +184,7 @@ class WorkerFolders:
         self._runs_root: Path | None = None
         self._artifacts_root: str | None = None  # ``artifacts_dir``: the folder's path,
         self._artifacts_root_id: tuple[int, int] | None = None  # ...and the (device, inode) last checked in full
+        self._job_folder: Path | None = None  # the last ``artifacts_dir`` returned as its path is (``_job_path``)
 
     def probe(self) -> None:
         """Make ``runs/`` and ``artifacts/`` if missing, then make and remove a folder in each, as every run does
@@ -333,7 +334,7 @@ class WorkerFolders:
         try:
             st: os.stat_result | None = os.lstat(root)
         except FileNotFoundError:
-            return Path(path)  # no folder yet: the handler makes real ones, inside the store
+            return self._job_path(path)  # no folder yet: the handler makes real ones, inside the store
         except OSError:
             st = None
         if st is not None and stat.S_ISLNK(st.st_mode):
@@ -343,19 +344,28 @@ class WorkerFolders:
             try:
                 job_st: os.stat_result | None = os.lstat(path)
             except FileNotFoundError:
-                return Path(path)
+                return self._job_path(path)
             except OSError:
                 job_st = None
             if job_st is not None and not stat.S_ISLNK(job_st.st_mode):
                 if trusted:
                     _own_job_folder(path, job_st)
-                return Path(path)
+                return self._job_path(path)
         checked = safe_join(self.state_dir, ARTIFACTS_DIR, job_id)  # PathEscapeError if out
         if real_dir:
             self._artifacts_root_id = (st.st_dev, st.st_ino)  # type: ignore[union-attr]
         if trusted:  # the folder a link inside the store leads to (a run may make one: ``$ORCH_ARTIFACTS_DIR/..``)
             _own_job_folder(os.path.realpath(checked))
         return checked
+
+    def _job_path(self, path: str) -> Path:
+        """``Path(path)``, the last one made kept: a run asks ``artifacts_dir`` for its job's folder as it starts and
+        again as it ends, and so does the job's next run (a ``Path`` made from a string costs ~21,000 instructions,
+        callgrind). Only the name is kept, the same for the same path: what it leads to is checked at every call."""
+        kept = self._job_folder
+        if kept is None or str(kept) != path:
+            kept = self._job_folder = Path(path)
+        return kept
 
     @property
     def runs_root(self) -> Path:
