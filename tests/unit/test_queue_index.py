@@ -278,3 +278,12 @@ def test_a_waiting_file_index_wakes_for_new_entries_after_its_folder_was_removed
     assert waiter.wait(1.0) is True
     assert waiter.wait(0.05) is False
     waiter.close()
+
+
+def test_an_entry_carries_the_jobs_kind_only_when_it_can_be_a_kind_today_however_often_it_is_asked() -> None:
+    """A kind with a control character (a history from before 2026-12-07) gives an entry with no kind; the answer is
+    kept per kind (``_can_be_a_kind``), so each is asked twice, in turn with the others."""
+    kinds = ["t.echo", "nul\x00kind", "mod:func", "new\nline", "", "x" * 1000]
+    for _ in range(2):
+        assert [ReadyEntry.for_state(replace(job("A"), kind=k)).kind for k in kinds] == [
+            "t.echo", None, "mod:func", None, None, None]
