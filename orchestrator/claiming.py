@@ -321,7 +321,8 @@ class Claimer:
             self.queue.drop_ready(entry)
             return None
         # compared by what names an entry (``ReadyEntry``'s order and identity): the keys of its lines, which only a
-        # replacement needs (an index that keeps them: PostgreSQL), are read only then (~50,000 instructions a claim)
+        # replacement needs (an index that keeps them: PostgreSQL), are read only then (60,000-92,000 instructions a
+        # claim in W3, ``bench.step_cost``)
         expected = ReadyEntry.for_state(s)
         if expected != entry:  # a left-over entry (a crash): the right one put in its place, the job tried there
             expected = ReadyEntry.for_view(view)
