@@ -17,8 +17,8 @@ import weakref
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import replace
-from types import ModuleType
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from orchestrator import clock
