@@ -7,10 +7,11 @@ import codecs
 import json
 from typing import Any, Callable, Iterable, NamedTuple
 
-from orchestrator.redaction import aws_secrets_beside_an_id_redacted, may_hold_secret, sanitize_text
-from orchestrator.secret_patterns import (ANY_LITERAL, AUTH_KEY, AWS_KEY_ID, MYSQL_CLIENT, PASS_FLAG_NAME, REDACTED,
-                                         SECRET_FLAG, SENSITIVE_KEY, USER_FLAGS, auth_methods, holds_aws_key_id_start,
-                                         pass_flag_value, secret_under_a_short_key)
+from orchestrator.redaction import may_hold_secret, sanitize_text
+from orchestrator.redaction_rules import aws_secrets_beside_an_id_redacted
+from orchestrator.secret_literals import ANY_LITERAL, REDACTED, holds_aws_key_id_start
+from orchestrator.secret_patterns import (AUTH_KEY, AWS_KEY_ID, MYSQL_CLIENT, PASS_FLAG_NAME, SECRET_FLAG, SENSITIVE_KEY,
+                                         USER_FLAGS, auth_methods, pass_flag_value, secret_under_a_short_key)
 
 __all__ = ["sanitize_obj", "json_source_text", "renamed_keys"]
 

@@ -1,6 +1,8 @@
 """What a secret looks like to ``redaction.sanitize_text`` and ``redaction_objects.sanitize_obj``: the key names
-whose value is secret, the separators and values after them, the forms and shapes recognised without a key, and the
-literals each pattern's match holds (what ``sanitize_text`` looks for before it runs a pattern).
+whose value is secret, the separators and values after them, the forms and shapes recognised without a key. The
+literals each pattern's match holds (what ``sanitize_text`` looks for before it runs a pattern) are in
+``orchestrator/secret_literals.py``: this module is imported by the first text holding one (a command's start pays for
+its patterns only then).
 
 Every regex here is written to run in linear time: each repeated piece has disjoint alternatives, and patterns that
 must scan a run of characters before failing only start at the beginning of such a run (a negative lookbehind), so a
@@ -16,10 +18,7 @@ import errno
 import os
 import re
 
-REDACTED = "[REDACTED]"
-# A secret looked for by its own value (the llm handler's key, a store URL's password) shorter than this cannot be told
-# from text: "x", "EMPTY", "pw" are also parts of words, which replacing it everywhere would cut up.
-MIN_SECRET_LENGTH = 8
+from orchestrator.secret_literals import AWS_KEY_ID_STARTS, LINE_END, NETRC_NAMED_FIELDS, REDACTED
 
 # Key names whose value is secret, in lower case. They also match as the END of a longer
 # name (``db_password``, ``GITHUB_TOKEN``, ``x-api-key``): such names are secret too. ``pass`` only after a ``_``
@@ -71,9 +70,6 @@ PRIVATE_KEY = re.compile(
 # The END line of a key whose BEGIN line is not in the text (a tail cut through it: PuTTY's MAC line for its
 # ``Private-Lines``), and the body lines of the key left before it (``_redact_headless_keys``).
 PRIVATE_KEY_END = re.compile(rf"-----END{_PEM_LABEL}|{_PUTTY_MAC}")
-PUTTY = "Private-"  # what each of PuTTY's two lines above begins with
-LINE_END = re.compile(r"\r\n?|\n")  # CRLF, LF, or CR alone (old Mac)
-SPACE = re.compile(r"\s")
 # ``scheme://user:pass@host``; the password runs to the last ``@`` of the authority. A user without a password is
 # redacted when it looks like a token (``https://<token>@github.com``): 20 or more of ``[a-z0-9_-]``, a digit among
 # them (``git@``, ``deploy-user@`` are user names).
@@ -115,8 +111,6 @@ SHORT_KV = re.compile(
 )
 # an object's key ``pass`` or ``pw``, ending it (``"smtp_pw"``): its value is secret when it is text and no count
 SHORT_KEY = re.compile(r"(?<![a-z0-9])(?:pass|pw)\Z", re.I)
-# what each match of ``SHORT_KV`` (lowered) holds: the name, then a quote, an ``=`` or a blank and ``=``
-SHORT_WORDS = tuple(name + after for name in ("pass", "pw") for after in ("=", " =", '"', "'", "\\"))
 _COUNT = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?%?|true|false)[,;)\]}]*")  # and the JSON or code punctuation after it
 # ``Bearer <token>`` with no header name before it (a curl ``-H`` argument, a header given as a pair, a message):
 # a token of 8 or more of RFC 6750's characters with a digit among them, or of 32 or more ("Bearer tokens are",
@@ -131,7 +125,6 @@ BEARER = re.compile(
 # password is"). Linear: an entry starts only at a word's start (after a blank or a quote, which no value before
 # ``password`` holds), and such a value is never ``machine`` or ``default``, so no look starts inside another's.
 _NETRC_VALUE = r"""(?!(?:machine|default)(?![^\s"']))[^\s"']+"""
-NETRC_NAMED_FIELDS = "login|account|port"  # the fields of an entry but its ``password``: an alternation
 _NETRC_FIELD = rf"\s+(?:{NETRC_NAMED_FIELDS})\s+{_NETRC_VALUE}"
 NETRC = re.compile(
     rf"""(?<![^\s"'])(?:machine\s+{_NETRC_VALUE}(?:{_NETRC_FIELD})*|default(?:{_NETRC_FIELD})+)"""
@@ -149,7 +142,6 @@ CLI_USER = re.compile(
 # ``fd:3``, ``stdin``): ``a_pass_source``. ``--pass=x`` is ``SHORT_KV``'s.
 _PASS_FLAG_NAME = r"-(?<![\w-]-)-?(?:[a-z0-9]+[-_])*pass(?:in|out)?"
 PASS_FLAG = re.compile(rf"""{_PASS_FLAG_NAME}[ \t]+(?![:=])(?:pass:)?(?:{_QUOTED}|(?P<u>{_TO_SPACE}))""")
-PASS_FLAG_WORDS = ("-pass",)  # what each match of ``PASS_FLAG`` holds
 _PASS_SOURCE = re.compile(r"(?:env|file|fd):\S+|stdin|[0-9]+", re.I)
 # ``auth`` (alone or ending a name after a ``_``, ``-`` or ``.``: npm's ``_auth``, ``proxy_auth``; and httpie's
 # ``--auth`` flag) before a user and a password: ``user:password``, or its base64 (Docker's ``config.json``, npm's
@@ -173,7 +165,6 @@ AUTH_METHODS = frozenset({
 AUTH = re.compile(
     rf"""auth(?<![a-z0-9]auth)(?:{_SEP}|(?<=-auth)(?<!\w-auth)[ \t]+){_AUTH_TUPLE}?(?:{_QUOTED}|(?P<u>{_TO_AMP}))"""
 )
-AUTH_WORDS = tuple("auth" + after for after in ("=", ":", '"', "'", "\\", " ", "\t"))  # what its matches hold
 AUTH_KEY = re.compile(r"(?<![a-z0-9])auth\Z", re.I)  # an object's key ``auth``: its value, a user and password
 # A name/value pair written as JSON (or ``repr``) text, on one line or indented over several, whose value is secret
 # under its name as in a structure (``pair_values.PairValues`` judges it): an object whose ``name`` or ``key`` comes
@@ -221,9 +212,6 @@ PAIR_YAML = re.compile(
     r"""(?:(?P<q>["'])(?P<v>[^\r\n]*)(?P=q)[ \t]*(?=[\r\n]|\Z)|(?P<u>\S(?:[^\r\n]*\S)?))"""
 )
 _YAML_KEY_LINE_START = re.compile(r"[ ]*(?:-[ ]+)?")  # before a key at the start of a YAML line: its indentation
-# What a text holding a YAML pair whose plain name ends in ``pass``, ``pw`` or ``auth`` holds
-# (``secret_under_a_short_key``): the name and its line's end. The other names hold a key word.
-YAML_SHORT_NAME_ENDS = tuple(name + end for name in ("pass", "pw", "auth") for end in ("\n", "\r"))
 # In an argument list (``["curl", "-u", "bob:pw"]``): a flag naming a secret, as ``CLI``'s (lowered, whole), the
 # flags of ``PASS_FLAG``, and the flags of ``CLI_USER`` (as they are: ``-U`` is curl's proxy user, ``-u`` its user)
 SECRET_FLAG = re.compile(rf"--?(?:[a-z0-9]+[-_])*(?:{_KEYS})")
@@ -247,7 +235,6 @@ BASIC = re.compile(r"basic(?<![a-z0-9_-]basic)[ \t]+(?P<v>[a-z0-9+/]{4,}={0,2})(
 # ``=`` padding after), 100 or more; both cases among them (``aws_secret``; a hex hash has one). Without a name they
 # are told from other data only beside their id: on the id's line of text (``redaction``), in the id's object or list
 # (``redaction_objects``).
-AWS_KEY_ID_STARTS = ("AKIA", "ASIA")
 _AKIA, _ASIA = AWS_KEY_ID_STARTS
 _AWS_KEY_ID = rf"(?:{_AKIA}|{_ASIA})[0-9A-Z]{{16}}"
 # A shape starts and ends at the edge of a run of token characters, so a match never splits a run (this keeps
@@ -259,11 +246,6 @@ AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+])(?:[A-Za-z0-9/+]{40}|[A-Za-z0-9/+]{1
 # ``-``, ``_``, ``.``, ``~`` or ``%``, then more of a token's characters; a blank, a quote, a ``,`` or a backslash
 # (JSON's ``\n``) ends it
 AWS_SECRET_TOKEN_REST = re.compile(r"[-_.~%][A-Za-z0-9/+=_.~%-]*")
-
-
-def holds_aws_key_id_start(text: str) -> bool:
-    """Whether ``text`` holds what an AWS access key id begins with: only such a text is searched for one."""
-    return _AKIA in text or _ASIA in text
 
 
 # Well-known credential shapes, recognised without any key name.
@@ -281,55 +263,10 @@ SHAPES = re.compile(
     r"|SG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}"  # SendGrid
     rf"){_RUN_END}"
 )
-# What each match of ``_KEYS`` (lowered) holds, and what each of ``SHAPES`` begins with: a text holding none of them
-# matches neither. Whole enough that prose seldom holds one ("passed", "rapid" and "session" do not).
-KEY_WORDS = ("passw", "passp", "_pass", "pwd", "private", "token", "apikey", "api_key", "api-key", "secret",
-             "sessionid", "session_id", "session-id", "credential", "accesskey", "access_key", "access-key",
-             "accountkey", "account_key", "account-key")
-HEADER_WORDS = ("authorization", "cookie")  # ``_HEADER_KEYS``'s
-SECRET_KEY_WORDS = KEY_WORDS + HEADER_WORDS  # what ``SENSITIVE_KEY`` (lowered) holds: ``redaction.may_hold_secret``
-# What each match of ``NETRC`` holds besides "password", of ``CLI_USER`` (lowered), of ``SSHPASS`` and ``MYSQL``
-NETRC_WORDS, CLI_USER_WORDS, AS_IS_WORDS = ("machine", "default"), ("-u ", "-user"), ("sshpass", "mysql")
-# the literals, besides the shapes' starts, that ``redaction.may_hold_secret`` looks for in any case
-# (a YAML pair's short name at its line's end too: ``- name: smtp_pw`` then ``value: x``, which holds no other)
-LOOKED_FOR = (SECRET_KEY_WORDS + SHORT_WORDS + ("bearer", "basic") + CLI_USER_WORDS + AS_IS_WORDS + PASS_FLAG_WORDS
-              + AUTH_WORDS + YAML_SHORT_NAME_ENDS)
-# What an argument list's user flag (``["curl", "-u", "bob:pw"]``) holds as JSON text, where ``CLI_USER_WORDS``' blank
-# after ``-u`` is a quote: a structure's look (``may_hold_secret``) looks for it too.
-ARGV_WORDS = ('-u"',)
-# The characters ``re.IGNORECASE`` takes for an ASCII letter ('İ' and 'ı' for i, 'ſ' for s, the Kelvin sign for k):
-# ``SENSITIVE_KEY`` finds "paſſword" a secret's key, whose lowered text holds no key word.
-CASE_FOLDED_TO_ASCII = "\u0130\u0131\u017f\u212a"
-SHAPE_STARTS = ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", *AWS_KEY_ID_STARTS, "xox", "AIza", "eyJ",
-                "sk_live_", "sk_test_", "rk_live_", "rk_test_", "glpat-", "npm_", "SG.")
-# What every key of a vendor's kind begins with, so no secret: a vendor's documentation prints it. The llm handler
-# counts a start of its key as one only past it (``llm_secrets._shortest_start``: ``sk-ant-api03`` is no part of
-# anyone's key). The shapes' starts and the longer ones of the vendors an OpenAI-compatible endpoint may be; a
-# vendor not named here has none: its key's every start is secret.
-PUBLIC_KEY_PREFIXES = (*SHAPE_STARTS, "sk-ant-api03-", "sk-ant-admin01-", "sk-ant-oat01-", "sk-proj-", "sk-svcacct-",
-                       "sk-admin-", "sk-None-", "sk-or-v1-", "gsk_", "xai-", "pplx-", "hf_", "r8_", "fw_", "xoxb-",
-                       "xoxp-", "xoxa-", "xoxr-", "xoxs-", "xoxe-")
 # A key of an object whose value is secret: a key word (``_KEYS``, its suffixes included, or a header's name) that
 # ends the name, but for blanks and punctuation after it (``"password "``, ``"Password:"``, ``"db_password\n"``).
 SENSITIVE_KEY = re.compile(rf"(?:{_KEYS}|{_HEADER_KEYS})[\W_]*\Z", re.I)
 
-
-def _one_of(literals: set[str]) -> str:
-    """A regex matching any of ``literals``, written as a tree of their shared beginnings (``p(?:ass(?:p|w)|wd)``):
-    where a literal's first characters are not there, it fails at once, not once for each literal."""
-    firsts = sorted({literal[0] for literal in literals if literal})
-    branches = [re.escape(first) + _one_of({literal[1:] for literal in literals if literal[:1] == first})
-                for first in firsts]
-    body = branches[0] if len(branches) == 1 else f"(?:{'|'.join(branches)})" if branches else ""
-    return f"(?:{body})?" if "" in literals and branches else body
-
-
-# Every literal a redaction starts from, lowered (``SHAPE_STARTS`` too: a superset): a short text whose lowered copy
-# holds none is returned as it is after one search, where looking for each literal in turn costs two to three times
-# that.
-ANY_LITERAL = re.compile(_one_of({literal.lower() for literal in
-                                  LOOKED_FOR + SHAPE_STARTS
-                                  + ("-----begin", "-----end", "://")}))
 
 # The C library's error messages (``strerror``). A program's diagnostic ``<name>: <message>`` whose name ends in a
 # key word (``passwd: File exists``, ``cat: /run/secrets/api_token: No such file or directory``) is no secret

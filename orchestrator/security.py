@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator.errors import InvalidIdError, PathEscapeError
 from orchestrator.redaction import sanitize_text
-from orchestrator.secret_patterns import LINE_END, NETRC_NAMED_FIELDS, REDACTED, SPACE
+from orchestrator.secret_literals import LINE_END, NETRC_NAMED_FIELDS, REDACTED, SPACE
 
 if TYPE_CHECKING:  # what a type checker reads; at run time imported on first use (``__getattr__``)
     from orchestrator.redaction_objects import json_source_text, renamed_keys, sanitize_obj

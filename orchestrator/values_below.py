@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import re
 
-from orchestrator.secret_patterns import LINE_END, REDACTED, SPACE
+from orchestrator.secret_literals import LINE_END, REDACTED, SPACE
 
 
 _BLOCK_INDICATOR = re.compile(r"[|>](?:[-+]?[1-9]?|[1-9][-+])")  # YAML's literal or folded block: |, >-, |2+, ...

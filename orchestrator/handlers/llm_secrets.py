@@ -15,7 +15,7 @@ import functools
 import re
 from typing import Any
 
-from orchestrator.secret_patterns import MIN_SECRET_LENGTH, PUBLIC_KEY_PREFIXES
+from orchestrator.secret_literals import MIN_SECRET_LENGTH, PUBLIC_KEY_PREFIXES
 from orchestrator.security import REDACTED, renamed_keys, sanitized_cut
 
 

@@ -19,7 +19,7 @@ from urllib.parse import unquote
 from orchestrator.descriptors import readable
 from orchestrator.errors import (ConfigError, OrchestratorError, StatementCancelledError, StorageError,
                                  StorageUnavailableError, TransactionConflictError)
-from orchestrator.secret_patterns import MIN_SECRET_LENGTH
+from orchestrator.secret_literals import MIN_SECRET_LENGTH
 from orchestrator.security import REDACTED, sanitize_text
 from orchestrator.store.pg_deadline import Deadline, outcome
 

@@ -13,6 +13,9 @@ from helpers import REPO
 
 NOT_IMPORTED_BY_STATUS = {
     "orchestrator.redaction_objects": "a structure is sanitized only when its JSON text had something redacted",
+    **dict.fromkeys(("orchestrator.redaction_rules", "orchestrator.secret_patterns", "orchestrator.pair_values",
+                     "orchestrator.values_below"),
+                    "a redaction's patterns: the output holds none of the literals one starts from (secret_literals)"),
     "orchestrator.json_text": "JSON text given on the command line: submit's",
     "orchestrator.leases": "a lease: a running job's",
     "orchestrator.start_folder": "only python3 -m puts the start folder on the path",
@@ -45,4 +48,5 @@ def test_status_of_a_job_imports_none_of_what_only_other_commands_need(
     assert proc.returncode == (0 if known else 4), proc.stderr[-2000:]
     assert ("queued" if known else "JOB_NOT_FOUND") in proc.stdout + proc.stderr
     assert "orchestrator.api" in modules and "orchestrator.redaction" in modules  # read, and its output sanitized
+    assert "orchestrator.secret_literals" in modules  # what the output was looked at for
     assert {name: why for name, why in NOT_IMPORTED_BY_STATUS.items() if name in modules} == {}
