@@ -129,13 +129,15 @@ class Orchestrator:
         waits for that, ``CLOSE_WAIT_SECONDS`` at most, then closes the store. Until 2026-12-07 the job stayed
         ``running`` until its lease expired. A worker pass that begins once ``close`` was called raises
         ``StoreClosedError``."""
-        with self._close_lock:
+        with self._close_lock:  # reentrant: a signal handler's ``close()`` may interrupt this thread's wait below
             if self._closed:
                 return
             me = threading.get_ident()
             with self._passes_changed:
                 self._closing = True
                 self._passes_changed.wait_for(lambda: not set(self._passes) - {me}, CLOSE_WAIT_SECONDS)
+            if self._closed:  # by such a handler's ``close()``, meanwhile: nothing is closed twice
+                return
             self._closed = True
             if self._queue is not None:
                 self._queue.close()
@@ -151,7 +153,9 @@ class Orchestrator:
     def _fresh_pass_count(self) -> None:
         """No worker pass in progress, and locks no thread holds: at the start, and in a forked child (its parent's
         threads, and their passes, are not there; a lock one of them held would stay held, ``_after_fork_in_child``)."""
-        self._close_lock = threading.Lock()
+        # Reentrant: a signal handler calling ``close()`` (a program's SIGTERM handler) while ``close`` waits in this
+        # thread waited for good on a plain lock, held by the ``close`` it interrupted (until fix-reva)
+        self._close_lock = threading.RLock()
         self._passes: Counter[int] = Counter()  # thread id -> the worker passes it is in (``worker_pass``)
         self._passes_changed = threading.Condition()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
+from orchestrator.errors import StoreClosedError
 from orchestrator.worker import Worker, WorkerSettings
 
 
@@ -201,6 +203,54 @@ def test_close_in_a_forked_child_never_waits_for_a_pass_of_its_parents_threads(o
     finally:
         leave.set()
         other.join(10)
+
+
+def test_close_from_a_signal_handler_while_this_threads_close_waits_closes_and_returns(orch) -> None:
+    """A signal handler that calls ``close()`` (a program's SIGTERM handler) while ``close()`` in the same thread waits
+    for another thread's pass: until fix-reva it waited for good on the close's own lock (not reentrant), held by the
+    ``close`` it interrupted. It closes the store, and the ``close`` it interrupted returns, closing nothing twice."""
+    inside, leave, closed_in_handler = threading.Event(), threading.Event(), []
+
+    def in_a_pass() -> None:
+        with orch.worker_pass():
+            inside.set()
+            leave.wait(20)
+
+    def close_in_handler(*_: object) -> None:
+        orch.close()
+        closed_in_handler.append(True)
+
+    def too_long(*_: object) -> None:
+        raise TimeoutError("close() in a signal handler hung")
+
+    store_closes: list[None] = []
+    real_close = orch._store.close
+    orch._store.close = lambda: (store_closes.append(None), real_close())[1]
+    other = threading.Thread(target=in_a_pass)
+    other.start()
+    old_usr1 = signal.signal(signal.SIGUSR1, close_in_handler)
+    old_alrm = signal.signal(signal.SIGALRM, too_long)
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1))
+    ends = threading.Timer(0.6, leave.set)  # the pass ends while the handler's close waits for it
+    try:
+        assert inside.wait(10)
+        timer.start()
+        ends.start()
+        signal.alarm(5)
+        orch.close()  # waits for the other thread's pass; the handler's close comes meanwhile
+        signal.alarm(0)
+        assert closed_in_handler == [True]
+        assert len(store_closes) == 1
+        with pytest.raises(StoreClosedError):
+            orch.store
+    finally:
+        signal.alarm(0)
+        timer.cancel()
+        ends.cancel()
+        leave.set()
+        other.join(10)
+        signal.signal(signal.SIGUSR1, old_usr1)
+        signal.signal(signal.SIGALRM, old_alrm)
 
 
 def test_a_worker_loop_that_ends_closes_only_its_own_wait_never_another_threads(orch) -> None:
