@@ -16,11 +16,12 @@ _libc: Any = None
 def load_libc() -> Any:
     """The C library on Linux (loaded once), else False: where there is none to call, a caller does without."""
     global _libc
-    if _libc is None:
-        _libc = False
+    if _libc is None:  # set once, whole: a thread asking while another loads it loads it too (the same library)
+        loaded: Any = False
         if sys.platform.startswith("linux"):
             try:
-                _libc = ctypes.CDLL(None, use_errno=True)
+                loaded = ctypes.CDLL(None, use_errno=True)
             except OSError:
                 pass
+        _libc = loaded  # until fix-reva False was put here first: a thread asking meanwhile was told there was none
     return _libc
