@@ -11,6 +11,7 @@ from orchestrator.cli import cli
 from orchestrator.cli_common import (CONTEXT, EXIT_INTEGRITY, JobIdOptionCommand, Output, echo, note_missing_store,
                                      project_command)
 from orchestrator.cli_values import FiniteFloatRange, IsoTime, WholeRange, seconds
+from orchestrator.json_usage import printing_result
 from orchestrator.limits import MAX_PROCESSES
 from orchestrator.state import TRANSITIONS
 from orchestrator.timeline import FILTERS
@@ -111,7 +112,8 @@ def metrics(orch: Any, out: Output, fmt: str, rebuild: bool, fail_on: str | None
     # the figures and the verdict in one object: a JSON reader parses stdout once, whatever the exit code
     data = {**figures.to_dict(), **(error.to_dict() if error else {})}  # its warnings also on stderr (logged)
     if fmt == "prometheus" and not out.as_json:
-        echo(m.prometheus(figures), nl=False)
+        with printing_result():  # its result, as ``Output`` prints one: a stop after it is said so, on stderr
+            echo(m.prometheus(figures), nl=False)
     elif fmt == "json" or out.as_json:
         Output(True).emit(data, "")
     else:

@@ -427,3 +427,25 @@ def test_a_command_stopped_right_after_it_printed_its_result_keeps_that_one_resu
     else:
         assert "queued" in proc.stdout and "INTERRUPTED" not in proc.stdout, proc.stdout
         assert proc.stderr.strip() == f"error[INTERRUPTED]: {said}", proc.stderr
+
+
+# the same, the output path being click's ``echo`` itself: ``metrics --format prometheus`` prints its text with
+# ``cli_common.echo`` as imported by its module, not through ``Output``
+SIGNALLED_AFTER_ECHO = (SIGNALLED_AFTER_PRINTING
+                        .replace("from orchestrator import cli, cli_common",
+                                 "import click\nfrom orchestrator import cli")
+                        .replace("real = cli_common.echo", "real = click.echo")
+                        .replace("cli_common.echo = echo", "click.echo = echo"))
+
+
+def test_metrics_in_prometheus_form_stopped_right_after_it_printed_its_result_says_so(
+        cli_env: dict[str, str], base: Path) -> None:
+    """``metrics --format prometheus`` printed its text outside ``json_usage.printing_result`` until 2026-12-07
+    (revb): a stop after it said "before the command finished: check what it did", and one during it cut it."""
+    Orchestrator(base_path=base, project_id="proj").submit("echo", {"text": "hi"})
+    proc = subprocess.run([sys.executable, "-c", SIGNALLED_AFTER_ECHO, "metrics", "--format", "prometheus"],
+                          env=cli_env, cwd=str(REPO), text=True, capture_output=True, timeout=60)
+    assert proc.returncode == 143, (proc.stdout, proc.stderr)
+    assert "orchestrator_" in proc.stdout, proc.stdout
+    assert proc.stderr.strip().splitlines()[-1] == ("error[INTERRUPTED]: interrupted by SIGTERM after the command "
+                                                    "printed its result"), proc.stderr
