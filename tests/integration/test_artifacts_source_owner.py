@@ -355,6 +355,8 @@ def test_a_folder_deep_below_whose_bits_a_run_took_is_given_them_back_among_many
     monkeypatch.setattr(run_folder, "_SUBFOLDERS_COUNTED", {})
     if not counted:  # as on btrfs, whose folders' link count is 1
         monkeypatch.setattr(run_folder, "_mount_type", lambda dev: "btrfs")
+    elif not run_folder.subfolders_counted(os.stat(state_of_a_user).st_dev):  # a CI container's overlayfs /tmp
+        pytest.skip(f"{state_of_a_user} is on a file system whose link counts are not read (subfolders_counted)")
     job = state_of_a_user / "job"
     deep = job / "a" / "b" / "c" / "d" / "e"
     deep.mkdir(parents=True)
