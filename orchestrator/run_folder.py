@@ -177,7 +177,9 @@ def _chmod_by_name(parent: int, name: str, new_mode: Callable[[os.stat_result], 
     a link (``fstatat(AT_SYMLINK_NOFOLLOW)``), its status given to ``new_mode``, its mode set by name, then looked at
     again: another entry there since (another ``st_dev``/``st_ino``, a link) is ``PermissionError``. The ``chmod``
     is ``fchmodat(AT_SYMLINK_NOFOLLOW)`` where the C library does it without ``/proc`` (glibc 2.39 with Linux 6.6:
-    ``fchmodat2``), else a plain ``chmod`` of the name, which follows a link. Done only when ``parent`` is this
+    ``fchmodat2``), else a plain ``chmod`` of the name, which follows a link: not when that no-follow ``chmod`` has
+    worked in this process, nor when the entry is another now (its refusal of a link is the ``EOPNOTSUPP`` of a C
+    library that cannot; until 2026-12-07 a link swapped in was then followed). Done only when ``parent`` is this
     user's or root's and written by no one else (as the worker keeps ``artifacts/``, a job's folder's parent:
     ``WorkerFolders._trust``), else ``PermissionError`` and nothing is changed: then only this user or root could
     swap the name between the look and the ``chmod``, and either could ``chmod`` what it leads to themselves.
@@ -197,13 +199,30 @@ def _chmod_by_name(parent: int, name: str, new_mode: Callable[[os.stat_result], 
         raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
     try:
         os.chmod(name, mode, dir_fd=parent, follow_symlinks=False)
-    except (NotImplementedError, ValueError):  # no fchmodat2 (Python says so of a dir_fd with ValueError)
+        _NO_FOLLOW_CHMOD_WORKS[0] = True
+    except (NotImplementedError, ValueError):  # EOPNOTSUPP (Python says so of a dir_fd with ValueError): no chmod
+        # that does not follow a link here, or a link in the entry's place now, which fchmodat2 (and glibc's way by
+        # /proc) refuses with the same error: so a plain chmod, which follows, only when nothing says it is the latter
+        if _NO_FOLLOW_CHMOD_WORKS[0] or _swapped(parent, name, st):
+            raise _swap_refused(path) from None
         os.chmod(name, mode, dir_fd=parent)
-    after = os.stat(name, dir_fd=parent, follow_symlinks=False)
-    if (after.st_dev, after.st_ino) != (st.st_dev, st.st_ino):
-        raise PermissionError(errno.EPERM, "another entry took its name between its look and its chmod by name (that "
-                                           "chmod may have changed what is there now)", path)
+    if _swapped(parent, name, st):
+        raise _swap_refused(path, "(that chmod may have changed what is there now)")
     return st
+
+
+_NO_FOLLOW_CHMOD_WORKS = [False]  # a chmod by name that does not follow a link has worked in this process
+
+
+def _swapped(parent: int, name: str, st: os.stat_result) -> bool:
+    """Whether the entry ``name`` of ``parent`` is another than the one of status ``st`` (a link in its place)."""
+    after = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    return (after.st_dev, after.st_ino) != (st.st_dev, st.st_ino)
+
+
+def _swap_refused(path: str, more: str = "") -> PermissionError:
+    return PermissionError(errno.EPERM, "another entry took its name between its look and its chmod by name"
+                           + (f" {more}" if more else ""), path)
 
 
 def write_private(path: Path, data: bytes) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator import run_folder
 from orchestrator.run_folder import owner_bits_back, set_folder_mode
 
 
@@ -68,6 +69,7 @@ def unreadable_without_proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(os, "open", open_)
     monkeypatch.setattr(os, "chmod", chmod)
+    monkeypatch.setattr(run_folder, "_NO_FOLLOW_CHMOD_WORKS", [False])  # as in a process that never saw it work
     return folder
 
 
@@ -171,3 +173,39 @@ def test_without_proc_owner_bits_back_of_a_name_swapped_between_its_look_and_its
     finally:
         os.close(parent)
     assert mode_of(inner.parent / "moved") == 0o000
+
+
+def test_without_proc_a_link_swapped_in_before_a_no_follow_chmod_is_never_followed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the C library changes a mode by name without following a link (glibc 2.39 with Linux 6.6: ``fchmodat2``)
+    but there is no ``/proc``, a link swapped in just before that ``chmod`` is refused by it (``EOPNOTSUPP``, which
+    Python raises as ``ValueError`` with a ``dir_fd``, as where it cannot be done at all). Until 2026-12-07 that
+    refusal was taken for a C library that cannot, and a plain ``chmod`` followed the link: what it led to was given
+    the mode."""
+    folder = tmp_path / "job"
+    folder.mkdir()
+    os.chmod(folder, 0o077)
+    other = tmp_path / "other"
+    other.mkdir()
+    other.chmod(0o755)
+    real_open, real_chmod = os.open, os.chmod
+
+    def open_(path, flags, *args, **kw):
+        if os.fspath(path) == str(folder) and not flags & getattr(os, "O_PATH", 0):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kw)
+
+    def chmod(path, mode, *args, **kw):
+        if str(path).startswith("/proc/self/fd/"):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        if kw.get("follow_symlinks") is False and path == folder.name and not folder.is_symlink():
+            folder.rename(tmp_path / "moved")
+            folder.symlink_to(other)
+        return real_chmod(path, mode, *args, **kw)  # glibc's by /proc (here) or fchmodat2: a link refused
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "chmod", chmod)
+    monkeypatch.setattr(run_folder, "_NO_FOLLOW_CHMOD_WORKS", [False])  # its first chmod by name
+    with pytest.raises(OSError):
+        set_folder_mode(folder, 0o700)
+    assert mode_of(other) == 0o755
