@@ -11,8 +11,8 @@ import functools
 import re
 from typing import Union
 
-from orchestrator.secret_patterns import (AUTH_KEY, PAIR_LIST_END, SENSITIVE_KEY, auth_methods, not_a_secret_pair,
-                                          not_a_secret_pair_of_a_list, pair_field, secret_pair)
+from orchestrator.secret_patterns import (AUTH_KEY, PAIR_LIST_END, QUOTED_CHAR, SENSITIVE_KEY, auth_methods,
+                                          not_a_secret_pair, not_a_secret_pair_of_a_list, pair_field, secret_pair)
 from orchestrator.values_below import ValuesBelow
 
 __all__ = ["PairValues", "PairValuesFirst", "ListPairValues", "KeyedValues"]
@@ -23,7 +23,7 @@ Span = Union["tuple[int, int]", "tuple[int, int, str]"]
 
 def _string(quote: str) -> str:
     """A string in ``quote`` (a regex), its escapes skipped; one not closed on its line ends there."""
-    return rf"(?:{quote}(?:(?!{quote})(?:\\.|[^\\\r\n]))*(?:{quote})?)"
+    return rf"(?:{quote}(?:(?!{quote}){QUOTED_CHAR})*(?:{quote})?)"
 
 
 # What a list's or an object's text holds between two brackets: strings taken whole (a bracket in one is no bracket),
@@ -40,8 +40,8 @@ _OPENING, _CLOSING = {"]": "[", "}": "{"}, {"[": "]", "{": "}"}
 # Under ``auth``, a list of a user and a password (as ``redaction_objects._a_user_and_a_password`` takes it: two
 # strings, the second not empty)
 _USER_AND_PASSWORD = re.compile(
-    r"""\[\s*(?P<uq>\\?["'])(?P<user>(?:(?!(?P=uq))(?:\\.|[^\\\r\n]))*)(?P=uq)\s*,"""
-    r"""\s*(?P<pq>\\?["'])(?P<pw>(?:(?!(?P=pq))(?:\\.|[^\\\r\n]))+)(?P=pq)\s*\]""")
+    rf"""\[\s*(?P<uq>\\?["'])(?P<user>(?:(?!(?P=uq)){QUOTED_CHAR})*)(?P=uq)\s*,"""
+    rf"""\s*(?P<pq>\\?["'])(?P<pw>(?:(?!(?P=pq)){QUOTED_CHAR})+)(?P=pq)\s*\]""")
 
 
 def _closing(text: str, at: int, escaped: bool) -> tuple[int, bool]:

@@ -37,8 +37,13 @@ _HEADER_KEYS = r"authorization|cookie"  # also proxy-authorization, set-cookie
 # Separator between a key and its value: ``k=v``, ``k: v``, ``"k": "v"``, ``\"k\": \"v\"``; and other languages'
 # ``k => v`` (Ruby's hashes, PHP, Perl), ``k := v`` (Go), ``k == v`` (a comparison with the secret).
 _SEP = r"""(?:\\?["'])?[ \t]*(?:=[>=]?|:=?)[ \t]*"""
+# A character of a quoted value, an escape (``\"``, ``\\``) taken whole; in JSON-escaped text (a value in ``\"``) an
+# escape inside the value is written ``\\`` and the character it escapes, itself escaped when it is a quote or a
+# backslash: ``\\\"`` is a quote in the value, not ``\\`` then the value's end (``{\"password\": \"a\\\"x\"}``
+# kept ``x``). One way to read any run of backslashes (each piece's first two characters tell it): no backtracking.
+QUOTED_CHAR = r"""(?:\\\\(?:\\[^\r\n]|[^\\"'\r\n]|(?=["'\r\n]|\\?\Z|\\[\r\n]))|\\[^\\\r\n]|[^\\\r\n])"""
 # A quoted value (the quote may be JSON-escaped); escapes are skipped so ``\"`` stays inside.
-_QUOTED = r"""(?P<q>\\?["'])(?P<v>(?:(?!(?P=q))(?:\\.|[^\\\r\n]))+)"""
+_QUOTED = rf"""(?P<q>\\?["'])(?P<v>(?:(?!(?P=q)){QUOTED_CHAR})+)"""
 
 
 def _unquoted(stop: str, marker: str = REDACTED.lower()) -> str:
@@ -76,7 +81,7 @@ PRIVATE_KEY_END = re.compile(rf"-----END{_PEM_LABEL}|{_PUTTY_MAC}")
 URL_CREDS = re.compile(r"""://(?:[^\s:/?#@"'<>]*:(?P<v>[^\s/?#"'<>]+)|(?P<u>(?=[a-z_-]*[0-9])[a-z0-9_-]{20,}))@""")
 HEADER = re.compile(
     rf"(?:{_HEADER_KEYS}){_SEP}(?P<q>\\?[\"'])?(?:(?:bearer|basic|digest|token|negotiate|ntlm)[ \t]+)?"
-    rf"""(?P<v>(?(q)(?:(?!(?P=q))(?:\\.|[^\\\r\n]))+|{_TO_EOL}))"""
+    rf"""(?P<v>(?(q)(?:(?!(?P=q)){QUOTED_CHAR})+|{_TO_EOL}))"""
 )
 # ``--password x``, ``--db-token 'x'``: the flag must start a word. ``--password = x`` is ``KV``'s: an ``=`` or
 # ``:`` taken for the value left the value after it.

@@ -84,6 +84,31 @@ def test_a_key_words_value_that_is_a_list_or_an_object_is_redacted_whole(text: s
     redacts(text, shown)
 
 
+def _in_a_json_string(obj: Any) -> str:
+    """``obj`` as JSON, written as a JSON string's value (a handler's log line holding a JSON document)."""
+    return json.dumps({"msg": json.dumps(obj)})
+
+
+@pytest.mark.parametrize("obj", [
+    {"password": 'ab"hunter2'},  # a quote in the value: ``\\\"`` in the text
+    {"password": 'ab\\"hunter2'},  # a backslash and a quote
+    {"Authorization": 'Bearer ab"hunter2'},
+    {"api_keys": ['k"]', "hunter2"]},  # a quote and a bracket in a string of the list
+    {"name": "api_key", "value": ['k"]', "hunter2"]},
+    {"value": 'ab"hunter2', "name": "api_key"},
+    [["api_key", 'ab"hunter2']],
+    {"auth": ["bob", 'ab"hunter2']},
+])
+def test_a_quote_escaped_in_json_escaped_text_does_not_end_a_value(obj: Any) -> None:
+    """In JSON written as a JSON string, a quote inside a value is ``\\\"``: its ``\\`` was read as an escape of its
+    own and the ``\"`` after it as the value's end, so the rest of the value was kept."""
+    text = _in_a_json_string(obj)
+    shown = sanitize_text(text)
+    assert "hunter2" in text and "hunter2" not in shown
+    inner = json.loads(shown)["msg"]  # JSON in JSON still
+    assert R in inner and json.loads(inner) is not None
+
+
 @pytest.mark.parametrize(("text", "shown"), [
     (r'{"config": "db:\n  password:\n    hunter2\n    more\n  user: bob"}',
      rf'{{"config": "db:\n  password:\n    {R}\n  user: bob"}}'),  # a YAML document in a JSON string
