@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 # Keyed by a digest of the bundle's header, so that the run again that completes an import stopped half way
 # replaces (then removes) what that one left
 IMPORTS_AREA = "imports"
+# ``EventStore.exclusive``, held over every write of a record: a ``stopped`` reads then writes, and what another
+# process puts or removes in between would be lost. One for the area, not one a key: a lock file a bundle would be
+# left in ``locks/`` for each, and a record's writes are short and rare
+IMPORTS_LOCK = "imports"
 IMPORT_INCOMPLETE = "IMPORT_INCOMPLETE"  # an entry whose event an import under way has not written yet: a warning
 IMPORT_ABANDONED = "IMPORT_ABANDONED"  # an import's record whose process is gone from this host: a warning
 # what a record says of its import (``ImportRecord.verdict``)
@@ -76,6 +80,19 @@ def held_record(orch: "Orchestrator", header: dict[str, Any], source: object) ->
                        "started": _start_time(os.getpid()), "boot": boot, "pid_ns": pid_ns, "bundle": path,
                        "exported_at": sanitize_text(exported[:40]) if isinstance(exported, str) else None},
                       sort_keys=True).encode()
+
+
+def hold(orch: "Orchestrator", key: str, record: bytes) -> None:
+    """Put ``record`` (``held_record``) as the record of ``key``, before the import's first write. Two imports of one
+    bundle share one record (the same key): the last to put it holds it."""
+    with orch.store.exclusive(IMPORTS_LOCK):
+        orch.store.put_aux(IMPORTS_AREA, key, record)
+
+
+def release(orch: "Orchestrator", key: str) -> None:
+    """Remove the record of ``key``: its import has read its bundle's end record (or wrote nothing)."""
+    with orch.store.exclusive(IMPORTS_LOCK):
+        orch.store.delete_aux(IMPORTS_AREA, key)
 
 
 @dataclass(frozen=True)
@@ -147,14 +164,17 @@ def stopped(orch: "Orchestrator", key: str) -> None:
     """The record of ``key``, which this process put, said stopped (its import left by an error or a stop, half way):
     no longer held by a process that lives on (a program that called ``import_project`` and goes on), so judged
     abandoned at once. Left as it is when another process has put it since (the same bundle imported beside), or
-    when it cannot be written (a store in error): its process's end then says the same, on this host."""
+    when it cannot be written (a store in error): its process's end then says the same, on this host. Read and
+    written under the records' lock, so that no record put (``hold``) or removed (``release``) in between is
+    overwritten: another import's, then judged abandoned while it runs, or one that completed, back again."""
     try:
-        raw = orch.store.get_aux(IMPORTS_AREA, key)
-        data = json.loads(raw) if raw else None
-        if not isinstance(data, dict) or (data.get("host"), data.get("pid")) != (_here()[0], os.getpid()):
-            return
-        data["stopped_at"] = clock.to_iso(orch.clock())
-        orch.store.put_aux(IMPORTS_AREA, key, json.dumps(data, sort_keys=True).encode())
+        with orch.store.exclusive(IMPORTS_LOCK):
+            raw = orch.store.get_aux(IMPORTS_AREA, key)
+            data = json.loads(raw) if raw else None
+            if not isinstance(data, dict) or (data.get("host"), data.get("pid")) != (_here()[0], os.getpid()):
+                return
+            data["stopped_at"] = clock.to_iso(orch.clock())
+            orch.store.put_aux(IMPORTS_AREA, key, json.dumps(data, sort_keys=True).encode())
     except (OrchestratorError, OSError, ValueError, RecursionError):
         return
 

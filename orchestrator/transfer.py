@@ -62,7 +62,7 @@ from orchestrator.history import TRUNCATED, Problem, VerifiedStream, check_head_
 # An import's record, from before its first write until it reads its bundle's end record: an audit entry whose event
 # is not in its job yet is then that import's doing (the audit log comes first), not damage, while the process that
 # holds it may still complete it (``import_record``)
-from orchestrator.import_record import IMPORTS_AREA, held_record, stopped
+from orchestrator.import_record import held_record, hold, release, stopped
 from orchestrator.limits import MAX_BUNDLE_LINE_BYTES
 from orchestrator.security import is_id, shown, validate_id
 from orchestrator.signing import UNKNOWN_KEY, is_key_id
@@ -378,7 +378,7 @@ def _import(orch: Orchestrator, records: Iterator[tuple[int, bytes]], imported: 
                 raise IntegrityError(f"the bundle's end record (line {n}) says {said[0]} streams and {said[1]} "
                                      f"events, it held {streams} and {events}")
             if held:  # every stream of it is in, or holds another history here
-                orch.store.delete_aux(IMPORTS_AREA, marker)
+                release(orch, marker)
                 held.clear()
             extra = next(records, None)
             if extra is not None:  # two bundles joined, or a file appended to: never pass over it unread
@@ -404,7 +404,7 @@ def _import(orch: Orchestrator, records: Iterator[tuple[int, bytes]], imported: 
             raise _refuse("import", problems)
         try:
             if not held:  # a bundle refused before its first write writes nothing, this record neither
-                orch.store.put_aux(IMPORTS_AREA, marker, held_record(orch, first, source))
+                hold(orch, marker, held_record(orch, first, source))
                 held.append(marker)
             written += _write_stream(orch, verified, head)
         except StorageError as exc:
@@ -413,7 +413,7 @@ def _import(orch: Orchestrator, records: Iterator[tuple[int, bytes]], imported: 
             conflicts.append(exc.details)
             if stream == AUDIT_STREAM:  # the jobs' audit entries would not be there: see the module's docstring
                 if not imported["streams"]:  # nothing of the bundle written (v2: the log first): no import half done
-                    orch.store.delete_aux(IMPORTS_AREA, marker)
+                    release(orch, marker)
                     held.clear()
                 raise _conflicts(orch, conflicts, {**imported, "written": written}) from None
         else:

@@ -18,8 +18,8 @@ from orchestrator import Orchestrator, faults, timeline, transfer
 from orchestrator.errors import ImportConflictError, IntegrityError, InvalidInputError, JobNotFoundError
 from orchestrator.signing import Keyring
 from orchestrator.timeline import AUDIT_EVENT_MISSING, IMPORT_INCOMPLETE
-from orchestrator.import_record import IMPORT_ABANDONED
-from orchestrator.transfer import IMPORTS_AREA, export_project, import_project
+from orchestrator.import_record import IMPORT_ABANDONED, IMPORTS_AREA
+from orchestrator.transfer import export_project, import_project
 
 
 @pytest.fixture(params=BACKENDS)
