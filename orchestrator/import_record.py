@@ -8,13 +8,15 @@ pid and the process's start time, with the boot and the pid namespace in which t
 whose import stopped (an error or a stop: its process says so as it leaves, ``stopped``), or whose process is gone
 from this host (killed, a crash, the host restarted), is *abandoned*: it no longer makes such an entry the import's
 doing (``AUDIT_EVENT_MISSING`` again), and is named (``IMPORT_ABANDONED``, a warning) wherever that is said, so that
-a cut job is never hidden for good behind an import nobody completes. A record of another host, or of another pid
-namespace of this one, cannot be judged here: still under way, its host named. A record written before (``began_at``
-only) is under way, as it was.
+a cut job is never hidden for good behind an import nobody completes. A record of another host, of another machine
+of this host name (its machine id, since import3), or of another pid namespace of this one, cannot be judged here:
+still under way, its host named. A record written before (``began_at`` only) is under way, as it was.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import json
 import os
 from dataclasses import dataclass
@@ -40,14 +42,18 @@ IMPORT_ABANDONED = "IMPORT_ABANDONED"  # an import's record whose process is gon
 # what a record says of its import (``ImportRecord.verdict``)
 RUNNING = "running"  # its process is alive on this host (or this host cannot tell)
 ABANDONED = "abandoned"  # its process is gone from this host, or this host restarted since
-ELSEWHERE = "elsewhere"  # another host, or another pid namespace of this one: not judged here
+ELSEWHERE = "elsewhere"  # another host or machine, or another pid namespace of this one: not judged here
 UNNAMED = "unnamed"  # written before 2026-12-07: no process named, under way as it was
 
 
+# The files a machine's id is read from (machine-id(5)): the first readable one
+MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+
+
 @functools.cache
-def _here() -> tuple[str, str | None, str | None]:
-    """This host's name (``socket.gethostname()``, as a worker id says it), its boot id, and this process's pid
-    namespace (None where the system does not say: not Linux)."""
+def _here() -> tuple[str, str | None, str | None, str | None]:
+    """This host's name (``socket.gethostname()``, as a worker id says it), its machine (``_machine``), its boot id,
+    and this process's pid namespace (None where the system does not say: not Linux)."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as fh:
             boot: str | None = fh.read().strip() or None
@@ -57,7 +63,22 @@ def _here() -> tuple[str, str | None, str | None]:
         pid_ns: str | None = os.readlink("/proc/self/ns/pid")
     except OSError:
         pid_ns = None
-    return os.uname().nodename, boot, pid_ns
+    return os.uname().nodename, _machine(), boot, pid_ns
+
+
+def _machine() -> str | None:
+    """What tells this machine from another of the same host name (a cloned VM, a replica given a fixed hostname),
+    which a restart keeps: a digest of its machine id, keyed by it as machine-id(5) asks (the id itself is not to be
+    shown); None when no machine id can be read."""
+    for path in MACHINE_ID_FILES:
+        try:
+            with open(path, "rb") as fh:
+                machine_id = fh.read().strip()
+        except OSError:
+            continue
+        if machine_id and machine_id != b"uninitialized":  # early in a first boot (systemd)
+            return hmac.new(machine_id, b"jsonl-orchestrator import record", hashlib.sha256).hexdigest()[:32]
+    return None
 
 
 def _start_time(pid: int) -> str | None:
@@ -71,13 +92,14 @@ def _start_time(pid: int) -> str | None:
 def held_record(orch: "Orchestrator", header: dict[str, Any], source: object) -> bytes:
     """The record of an import by this process of the bundle whose header is ``header``, read from ``source`` (its
     file's path, when it has one, is kept to name the bundle)."""
-    host, boot, pid_ns = _here()
+    host, machine, boot, pid_ns = _here()
     name = getattr(source, "name", None)
     path = (sanitize_text(os.path.abspath(name)) if isinstance(name, str) and name and not name.startswith("<")
             else None)
     exported = header.get("created_at")
     return json.dumps({"began_at": clock.to_iso(orch.clock()), "host": host, "pid": os.getpid(),
-                       "started": _start_time(os.getpid()), "boot": boot, "pid_ns": pid_ns, "bundle": path,
+                       "started": _start_time(os.getpid()), "machine": machine, "boot": boot, "pid_ns": pid_ns,
+                       "bundle": path,
                        "exported_at": sanitize_text(exported[:40]) if isinstance(exported, str) else None},
                       sort_keys=True).encode()
 
@@ -143,9 +165,11 @@ def _verdict(host: str, pid: int, data: dict[str, Any]) -> tuple[str, str]:
     for one abandoned, why."""
     if isinstance(data.get("stopped_at"), str):  # its process said so (``stopped``): wherever it ran
         return ABANDONED, f"it stopped at {data['stopped_at']} (an error, or a stop) and was not run again since"
-    here, boot, pid_ns = _here()
+    here, machine, boot, pid_ns = _here()
     if host != here:
         return ELSEWHERE, ""
+    if machine and _field(data, "machine") not in (None, machine):  # another machine of this host name: its boot id
+        return ELSEWHERE, ""  # says nothing of this one's (a record of before 2026-12-07, import3, names none)
     if boot and _field(data, "boot") not in (None, boot):  # this host restarted: every process of before is gone
         return ABANDONED, "this host restarted since, and the import was not run again"
     if pid_ns and _field(data, "pid_ns") not in (None, pid_ns):  # another container of this host: its pids, not ours

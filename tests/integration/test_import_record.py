@@ -15,7 +15,7 @@ import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
 from backends import BACKENDS, orchestrator_on
-from orchestrator import Orchestrator
+from orchestrator import Orchestrator, import_record
 from orchestrator.errors import IntegrityError
 from orchestrator.import_record import IMPORT_ABANDONED, IMPORT_INCOMPLETE, IMPORTS_AREA
 from orchestrator.integrity import AUDIT_EVENT_MISSING
@@ -98,13 +98,45 @@ def test_a_record_whose_pid_another_process_has_now_is_abandoned(
                                   (False, [AUDIT_EVENT_MISSING], [IMPORT_ABANDONED]))
 
 
-def test_a_record_of_a_boot_of_this_host_before_its_restart_is_abandoned(
-        dest: Orchestrator, half_imported: tuple[str, str]) -> None:
+@pytest.fixture
+def machine(monkeypatch: pytest.MonkeyPatch) -> str:
+    """This machine's digest of its machine id, as a record names it: one, also where no machine id can be read."""
+    host, _, boot, pid_ns = import_record._here()
+    monkeypatch.setattr(import_record, "_here", lambda: (host, "this-machine", boot, pid_ns))
+    return "this-machine"
+
+
+@pytest.mark.parametrize("said", ["the same machine", "no machine (a record of before import3)"])
+def test_a_record_of_a_boot_of_this_machine_before_its_restart_is_abandoned(
+        dest: Orchestrator, half_imported: tuple[str, str], machine: str, said: str) -> None:
     job, key = half_imported
-    held_by(dest, key, pid=os.getpid(), started=(start_time(os.getpid()) or b"").decode(), boot="an-earlier-boot")
+    held_by(dest, key, pid=os.getpid(), started=(start_time(os.getpid()) or b"").decode(), boot="an-earlier-boot",
+            machine=machine if said == "the same machine" else None)
     timeline, _ = judged(dest, job)
     assert timeline == (False, [AUDIT_EVENT_MISSING], [IMPORT_ABANDONED])
     assert "this host restarted since" in dest.timeline(job)["warnings"][0]["message"]
+
+
+def test_a_record_of_another_machine_of_this_host_name_cannot_be_judged_here(
+        dest: Orchestrator, half_imported: tuple[str, str], machine: str) -> None:
+    """A cloned VM, or a replica given a fixed host name, on one PostgreSQL store: its boot is not this one's, and
+    tells nothing of a restart here."""
+    job, key = half_imported
+    held_by(dest, key, pid=a_dead_pid(), boot="another-boot", machine="another-machine")
+    timeline, verify = judged(dest, job)
+    assert (timeline, verify) == ((True, [IMPORT_INCOMPLETE], [IMPORT_INCOMPLETE]), (True, [], [IMPORT_INCOMPLETE]))
+    message = dest.timeline(job)["warnings"][0]["message"]
+    assert f"on host {os.uname().nodename}, which cannot be judged from here" in message, message
+
+
+def test_a_record_names_its_machine_by_a_digest_of_its_machine_id_not_the_id(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "machine-id").write_text("3d1219c7c4c5404aaa1f6d2a48adfda4\n")
+    monkeypatch.setattr(import_record, "MACHINE_ID_FILES", (str(tmp_path / "none"), str(tmp_path / "machine-id")))
+    named = import_record._machine()
+    assert named and len(named) == 32 and "3d1219c7" not in named
+    (tmp_path / "machine-id").unlink()
+    assert import_record._machine() is None  # unreadable: judged as a record of before import3
 
 
 def test_a_record_of_another_pid_namespace_of_this_host_cannot_be_judged_here(
@@ -161,6 +193,7 @@ def test_an_import_stopped_by_an_error_says_so_in_its_record(
     assert (record["host"], record["pid"], record["bundle"]) == (os.uname().nodename, os.getpid(),
                                                                  str(base / "bundle.jsonl"))
     assert record["started"] == (start_time(os.getpid()) or b"").decode() and record["stopped_at"], record
+    assert record["machine"] == import_record._here()[1], record
     timeline, _ = judged(dest, job)
     assert timeline == (False, [AUDIT_EVENT_MISSING], [IMPORT_ABANDONED])
     assert "it stopped at" in dest.timeline(job)["warnings"][0]["message"]
