@@ -174,10 +174,14 @@ def _verdict(host: str, pid: int, data: dict[str, Any]) -> tuple[str, str]:
         return ABANDONED, "this host restarted since, and the import was not run again"
     if pid_ns and _field(data, "pid_ns") not in (None, pid_ns):  # another container of this host: its pids, not ours
         return ELSEWHERE, ""
+    from orchestrator.leftovers import _stat_fields  # here: that module loads ctypes, which a verify rarely needs
     from orchestrator.store.files import pid_alive
 
     gone = "its process is gone (killed, or crashed) and the import was not run again"
     if not pid_alive(pid):
+        return ABANDONED, gone
+    fields = _stat_fields(pid)  # None where there is no /proc: the pid alone says it
+    if fields and fields[0] in (b"Z", b"X"):  # exited, not reaped yet by its parent: its pid is still taken
         return ABANDONED, gone
     started = _field(data, "started")
     now = _start_time(pid) if started else None

@@ -106,6 +106,25 @@ def machine(monkeypatch: pytest.MonkeyPatch) -> str:
     return "this-machine"
 
 
+def test_a_record_whose_process_exited_and_is_not_reaped_yet_is_abandoned(
+        dest: Orchestrator, half_imported: tuple[str, str]) -> None:
+    """A zombie: its pid is still taken (``kill(pid, 0)`` succeeds) and its start time is the record's."""
+    job, key = half_imported
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    try:
+        os.waitid(os.P_PID, child, os.WEXITED | os.WNOWAIT)  # it has exited: left unreaped
+        held_by(dest, key, pid=child, started=(start_time(child) or b"").decode())
+        timeline, verify = judged(dest, job)
+        message = dest.timeline(job)["warnings"][0]["message"]
+    finally:
+        os.waitpid(child, 0)
+    assert timeline == (False, [AUDIT_EVENT_MISSING], [IMPORT_ABANDONED])
+    assert verify == (False, [AUDIT_EVENT_MISSING], [IMPORT_ABANDONED])
+    assert "its process is gone" in message, message
+
+
 @pytest.mark.parametrize("said", ["the same machine", "no machine (a record of before import3)"])
 def test_a_record_of_a_boot_of_this_machine_before_its_restart_is_abandoned(
         dest: Orchestrator, half_imported: tuple[str, str], machine: str, said: str) -> None:
