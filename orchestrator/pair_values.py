@@ -29,33 +29,41 @@ def _string(quote: str) -> str:
 # What a list's or an object's text holds between two brackets: strings taken whole (a bracket in one is no bracket),
 # in the quotes of the pair (``"`` or ``'``, or JSON-escaped: ``\"``, ``\'``), and anything else but a bracket.
 # Each of its pieces begins with a character the others do not (a string's backslash is tried first), and every
-# string is taken once it begins: one pass, nothing looked at again.
+# string is taken once it begins: one pass, nothing looked at again. Keyed by (JSON-escaped, the value is a tuple):
+# a ``(`` and a ``)`` are brackets only in a value that opens with one (a tuple, a shell array), text elsewhere (a
+# list's ``[a), b]`` is read to its ``]``, as before tuples were read).
 _PLAIN_STRINGS = _string('"') + "|" + _string("'")
 _ESCAPED_STRINGS = _string(r'\\"') + "|" + _string(r"\\'")
 _BETWEEN_BRACKETS = {
-    False: re.compile(rf"""(?:[^\[\]{{}}"'\\]|{_PLAIN_STRINGS}|\\.)*""", re.DOTALL),
-    True: re.compile(rf"""(?:[^\[\]{{}}\\]|{_ESCAPED_STRINGS}|\\.)*""", re.DOTALL),
+    (False, False): re.compile(rf"""(?:[^\[\]{{}}"'\\]|{_PLAIN_STRINGS}|\\.)*""", re.DOTALL),
+    (True, False): re.compile(rf"""(?:[^\[\]{{}}\\]|{_ESCAPED_STRINGS}|\\.)*""", re.DOTALL),
+    (False, True): re.compile(rf"""(?:[^\[\]{{}}()"'\\]|{_PLAIN_STRINGS}|\\.)*""", re.DOTALL),
+    (True, True): re.compile(rf"""(?:[^\[\]{{}}()\\]|{_ESCAPED_STRINGS}|\\.)*""", re.DOTALL),
 }
-_OPENING, _CLOSING = {"]": "[", "}": "{"}, {"[": "]", "{": "}"}
-# Under ``auth``, a list of a user and a password (as ``redaction_objects._a_user_and_a_password`` takes it: two
-# strings, the second not empty)
+_OPENING, _CLOSING = {"]": "[", "}": "{", ")": "("}, {"[": "]", "{": "}", "(": ")"}
+# Under ``auth``, a list or a tuple of a user and a password (as ``redaction_objects._a_user_and_a_password`` takes
+# it: two strings, the second not empty)
 _USER_AND_PASSWORD = re.compile(
-    rf"""\[\s*(?P<uq>\\?["'])(?P<user>(?:(?!(?P=uq)){QUOTED_CHAR})*)(?P=uq)\s*,"""
-    rf"""\s*(?P<pq>\\?["'])(?P<pw>(?:(?!(?P=pq)){QUOTED_CHAR})+)(?P=pq)\s*\]""")
+    rf"""[\[(]\s*(?P<uq>\\?["'])(?P<user>(?:(?!(?P=uq)){QUOTED_CHAR})*)(?P=uq)\s*,"""
+    rf"""\s*(?P<pq>\\?["'])(?P<pw>(?:(?!(?P=pq)){QUOTED_CHAR})+)(?P=pq)\s*[\])]"""
+)
 
 
 def _closing(text: str, at: int, escaped: bool) -> tuple[int, bool]:
-    """Where the list or object opening at ``at`` ends, past its closing bracket, and True; or where the look
+    """Where the list, object or tuple opening at ``at`` ends, past its closing bracket, and True; or where the look
     stopped (the text's end, a closing bracket of another kind) and False. ``escaped``: in JSON-escaped text.
-    A step a bracket; the text between two brackets is read by one match (``_BETWEEN_BRACKETS``)."""
-    between = _BETWEEN_BRACKETS[escaped]
+    A step a bracket; the text between two brackets is read by one match (``_BETWEEN_BRACKETS``: a ``(`` and a ``)``
+    are brackets in a tuple only)."""
+    a_tuple = text[at] == "("
+    between = _BETWEEN_BRACKETS[escaped, a_tuple]
+    openings, closings = ("[{(", "]})") if a_tuple else ("[{", "]}")
     opened: list[str] = []  # the brackets not closed yet, the innermost last
     pos, length = at, len(text)
     while pos < length:
         char = text[pos]
-        if char == "[" or char == "{":
+        if char in openings:
             opened.append(char)
-        elif char == "]" or char == "}":
+        elif char in closings:
             if opened.pop() != _OPENING[char]:
                 return pos, False
             if not opened:
@@ -163,7 +171,7 @@ class PairValuesFirst(PairValues):
         if at < self.looked:
             return None
         text = self.text
-        stop = self.looked = _BETWEEN_BRACKETS[escaped].match(text, at + 1).end()
+        stop = self.looked = _BETWEEN_BRACKETS[escaped, text[at] == "("].match(text, at + 1).end()
         return stop + 1 if stop < len(text) and text[stop] == _CLOSING[text[at]] else None
 
 
@@ -172,10 +180,11 @@ _KEY_QUOTE = re.compile(r"""\\?["']""")
 
 
 class KeyedValues(ValuesBelow):
-    """What ``KV`` redacts of a key word's value: a list or an object (its ``b``, empty before the opening bracket)
-    whole (``whole_value``, as ``PairValues`` takes a pair's: ``{"api_keys": ["k1", "k2"]}`` shows ``{"api_keys":
-    "[REDACTED]"}``), the marker in the key's quote; any other value as ``ValuesBelow`` takes it. Linear: what the look
-    went through is redacted, and no match inside it is looked at."""
+    """What ``KV`` redacts of a key word's value: a list, an object or a tuple (its ``b``, empty before the opening
+    bracket) whole (``whole_value``, as ``PairValues`` takes a pair's: ``{"api_keys": ["k1", "k2"]}`` shows
+    ``{"api_keys": "[REDACTED]"}``, ``API_KEYS=("k1" "k2")`` ``API_KEYS=[REDACTED]``), the marker in the key's quote;
+    any other value as ``ValuesBelow`` takes it. Linear: what the look went through is redacted, and no match inside it
+    is looked at."""
 
     def __call__(self, m: re.Match[str], start: int, end: int) -> Span | None:
         at = m.start("b")

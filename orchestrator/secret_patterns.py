@@ -37,6 +37,9 @@ _HEADER_KEYS = r"authorization|cookie"  # also proxy-authorization, set-cookie
 # Separator between a key and its value: ``k=v``, ``k: v``, ``"k": "v"``, ``\"k\": \"v\"``; and other languages'
 # ``k => v`` (Ruby's hashes, PHP, Perl), ``k := v`` (Go), ``k == v`` (a comparison with the secret).
 _SEP = r"""(?:\\?["'])?[ \t]*(?:=[>=]?|:=?)[ \t]*"""
+# ``KV``'s, telling a quoted key (``kq``) from a bare one and an ``=`` (``eq``: ``=``, ``=>``, ``==``, ``:=``) from a
+# ``:``: what a value opening with ``(`` needs to be read as a tuple or an array (``b``)
+_KV_SEP = r"""(?P<kq>\\?["'])?[ \t]*(?:(?P<eq>=[>=]?|:=)|:)[ \t]*"""
 # A character of a quoted value, an escape (``\"``, ``\\``) taken whole; in JSON-escaped text (a value in ``\"``) an
 # escape inside the value is written ``\\`` and the character it escapes, itself escaped when it is a quote or a
 # backslash: ``\\\"`` is a quote in the value, not ``\\`` then the value's end (``{\"password\": \"a\\\"x\"}``
@@ -90,9 +93,14 @@ CLI = re.compile(
 )
 # ``n``: nothing after the separator on the key's line, whose value may be on the lines under it (``ValuesBelow``);
 # ``b``: empty, before a list's or an object's opening bracket (``pair_values.KeyedValues`` reads it to its closing
-# one), but for ``[REDACTED]``, a value redacted before (a bare value, ``u``).
+# one), but for ``[REDACTED]``, a value redacted before (a bare value, ``u``); or before a ``(`` after an ``=`` or a
+# quoted key's separator: a tuple (``{'api_key': ('k1', 'k2')}``, ``api_key=('k1', 'k2')``) or a shell array
+# (``API_KEYS=("k1" "k2")``). After a bare key's ``:`` a ``(`` is prose's (``password: (see below)``, a label's
+# aside): the bare value it begins, as before (a look to its ``)`` could take a line of prose, or with no ``)``, the
+# text's rest).
 KV = re.compile(
-    rf"""(?:{_KEYS}){_SEP}(?:{_QUOTED}|(?P<b>(?=[\[{{]){_NOT_REDACTED})|(?P<u>{_TO_AMP})|(?P<n>(?=[\r\n])))"""
+    rf"""(?:{_KEYS}){_KV_SEP}(?:{_QUOTED}|(?P<b>(?=[\[{{]){_NOT_REDACTED}|(?=\()(?(kq)|(?(eq)|(?!))))"""
+    rf"""|(?P<u>{_TO_AMP})|(?P<n>(?=[\r\n])))"""
 )
 # A table's row whose first cell ends in a key word, the value in the cell after it: ``aws sts get-session-token
 # --output table`` (``assume-role``, ``iam create-access-key``) where a token is wider than the terminal (a log's 80
@@ -179,12 +187,12 @@ AUTH_KEY = re.compile(r"(?<![a-z0-9])auth\Z", re.I)  # an object's key ``auth``:
 # list of pairs (``[["DB_PASSWORD", "x"]]``, ``dict_items([('api_key', 'x')])``): a list of two items after a list's
 # ``[`` or after another pair's ``],`` (``["password", "reset"]`` alone is words; its keep looks for the pair's end: a
 # lookahead here would walk back over a value with none). The name is quoted text without a quote or a backslash in
-# it; the value a quoted string, or a list or an object (``u``, empty, before its opening bracket: ``PairValues``
-# finds its end, and a pair inside it is looked for as any other). Linear: a match begins only at a quote (a
-# bracket), each name and value runs to the next quote, a field holds no quote but its own and no key of the pair's,
-# and no two looks share a value's quote.
+# it; the value a quoted string, or a list, an object or a tuple (``u``, empty, before its opening bracket:
+# ``PairValues`` finds its end, and a pair inside it is looked for as any other). Linear: a match begins only at a
+# quote (a bracket), each name and value runs to the next quote, a field holds no quote but its own and no key of the
+# pair's, and no two looks share a value's quote.
 _PAIR_NAME = r"""(?P<k>\\?["'])(?P<nm>[^"'\\\r\n]+)(?P=k)"""
-_PAIR_VALUE = rf"""(?:{_QUOTED}|(?P<u>(?=[\[{{]){_NOT_REDACTED}))"""
+_PAIR_VALUE = rf"""(?:{_QUOTED}|(?P<u>(?=[\[{{(]){_NOT_REDACTED}))"""
 
 
 def pair_field(quote: str) -> str:

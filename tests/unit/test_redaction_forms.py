@@ -77,11 +77,45 @@ CREDENTIALS = {"Credentials": {"AccessKeyId": AWS_ID, "SecretAccessKey": AWS_SEC
     ('{"api_keys": ["k1", "k2"', f'{{"api_keys": "{R}"'),  # a text cut inside it: to its end
     ('{"api_keys": [], "token": {}}', '{"api_keys": [], "token": {}}'),  # empty: kept, as a structure keeps it
     ('tokens=["abc123", "def456"]', 'tokens=["abc123", "def456"]'),  # ``tokens`` (``max_tokens``) is no key word
+    ("{'api_key': ('k1', 'k2')}", f"{{'api_key': '{R}'}}"),  # a tuple in ``repr``: as repr(sanitize_obj(...))
+    ("{'api_key': ('k1', ['k2', ')'], (('k3',),))}", f"{{'api_key': '{R}'}}"),  # nested; a ``)`` in a string
+    ("api_key=('k1', 'k2'), timeout=3", f"api_key={R}, timeout=3"),  # a keyword argument
+    ("API_KEYS = ('k1', 'k2')", f"API_KEYS = {R}"),  # an assignment
+    ('API_KEYS=( "k1" b )\nNEXT=1', f"API_KEYS={R}\nNEXT=1"),  # a shell array
+    ('API_KEYS=(\n  "k1"\n  "k2"\n)\nNEXT=1', f"API_KEYS={R}\nNEXT=1"),  # over several lines
+    ("{'api_key': (), 'token': ('a',)}", f"{{'api_key': (), 'token': '{R}'}}"),  # empty: kept
+    ("{'api_key': ('k1', 'k2'", f"{{'api_key': '{R}'"),  # a text cut inside it: to its end
+    ("{'api_key': [('k1', 'k2')]}", f"{{'api_key': '{R}'}}"),  # a tuple in a list
+    ("password=[a), b] next", f"password={R} next"),  # a ``)`` in a list is no bracket (but in a tuple)
 ])
-def test_a_key_words_value_that_is_a_list_or_an_object_is_redacted_whole(text: str, shown: str) -> None:
-    """``KV``'s bare value was the ``[`` or ``{`` alone: ``{"api_keys": [REDACTED]"k1", "k2"]}`` kept the values and
-    broke the brackets."""
+def test_a_key_words_value_that_is_a_list_an_object_or_a_tuple_is_redacted_whole(text: str, shown: str) -> None:
+    """``KV``'s bare value was the ``[``, ``{`` or ``(`` alone: ``{"api_keys": [REDACTED]"k1", "k2"]}`` kept the
+    values and broke the brackets."""
     redacts(text, shown)
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("password (see below)", "password (see below)"),  # no separator: prose
+    ("token (optional): the token to use", "token (optional): the token to use"),
+    ("password: (see below), then (step 2) more", f"password: {R} below), then (step 2) more"),  # as before
+    ("token: (optional", f"token: {R}"),
+])
+def test_a_parenthesis_after_a_bare_keys_colon_is_prose_not_a_tuple(text: str, shown: str) -> None:
+    """A ``(`` opens a tuple only after an ``=`` or a quoted key's separator (``repr``'s ``'k': (``, a shell array's
+    ``K=(``): after a bare key's ``:`` it is a label's aside, its bare value redacted as before, no look to a far
+    ``)`` (or, with none, to the text's end)."""
+    redacts(text, shown)
+
+
+@pytest.mark.parametrize("obj", [
+    {"api_key": ("k1", "s3cr3t")}, {"a": 1, "secrets": ("x", ["s3cr3t", ("y",)]), "b": "c"},
+    {"password": (), "token": ("s3cr3t",)}, {"env": [("api_key", ("a", "s3cr3t"))]},
+    {"name": "api_key", "value": ("a", "s3cr3t")}, {"name": "auth", "value": ("bob", "s3cr3t")},
+])
+def test_a_tuple_under_a_secrets_key_is_redacted_in_a_structure_and_in_its_repr_alike(obj: dict) -> None:
+    """As ``sanitize_obj`` redacts a tuple under a secret's key whole, so does the text of its ``repr``."""
+    assert "s3cr3t" not in repr(sanitize_obj(obj))
+    assert sanitize_text(repr(obj)) == repr(sanitize_obj(obj))
 
 
 def _in_a_json_string(obj: Any) -> str:
@@ -624,6 +658,11 @@ def test_property_each_pair_of_a_list_of_pairs_is_walked_as_a_list_of_its_own_un
     pytest.param('{"password": [' + '"\\"' * 1_700_000, id="keyed-escaped-quotes"),
     pytest.param('{\\"password\\": [\\"' * 280_000, id="keyed-escaped-lists-unclosed"),
     pytest.param("password" + " " * 5_000_000 + "= [", id="keyed-long-separator"),
+    pytest.param("{'password': (" * 370_000, id="keyed-tuples-unclosed"),
+    pytest.param("password=(" + "(" * 5_000_000, id="keyed-deep-tuple"),
+    pytest.param("password=(" + ")" * 5_000_000, id="keyed-tuple-closings"),
+    pytest.param("password: (" * 500_000, id="keyed-parentheses-after-colons"),
+    pytest.param("password=[" + "(" * 5_000_000, id="keyed-list-of-parentheses"),
     pytest.param("||  SessionToken   |  x  ||\n" * 180_000, id="table-rows"),
     pytest.param("|" + "password " * 560_000, id="table-first-cell-of-key-words"),
     pytest.param("|password" + " " * 5_000_000 + "x", id="table-key-then-blanks"),

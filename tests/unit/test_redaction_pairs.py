@@ -60,6 +60,11 @@ def test_a_name_value_pair_in_text_whose_value_comes_first_or_has_fields_between
     ('[["auth", ["bob", "x"]]]', f'[["auth", ["bob", "{R}"]]]'),
     ('[["HOME", [["password", "x"]]]]', f'[["HOME", [["password", "{R}"]]]]'),  # a pair inside a kept value
     ('[["password", ["a"], "c"]]', f'[["password", "{R}", "c"]]'),  # a list after a secret's name: its value
+    ("{'name': 'api_key', 'value': ('a', 'b')}", f"{{'name': 'api_key', 'value': '{R}'}}"),  # a tuple
+    ("{'value': ('a', ')'), 'name': 'api_key'}", f"{{'value': '{R}', 'name': 'api_key'}}"),
+    ("dict_items([('HOME', '/root'), ('api_key', ('a', 'b'))])", f"dict_items([('HOME', '/root'), ('api_key', '{R}')])"),
+    ("{'name': 'auth', 'value': ('bob', 'x')}", f"{{'name': 'auth', 'value': ('bob', '{R}')}}"),  # its password
+    ("{'name': 'api_key', 'value': ()}", "{'name': 'api_key', 'value': ()}"),  # empty: kept
 ])
 def test_a_name_value_pairs_value_that_is_a_list_or_an_object_in_text_is_redacted(text: str, shown: str) -> None:
     """As a structure redacts anything under a secret's name (``{"name": "api_key", "value": ["a", "b"]}`` to
