@@ -40,6 +40,11 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def __dir__() -> list[str]:
+    """This module's names with those given on first use (``__getattr__``), as ``__all__`` lists them."""
+    return sorted(set(globals()) | set(__all__))
+
+
 # Read (or kept) beyond a cut, so that a secret the cut goes through is seen whole by ``sanitize_text`` (or
 # falls in what is dropped), not left as an unrecognisable half.
 CUT_MARGIN = 16 * 1024

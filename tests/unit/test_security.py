@@ -90,6 +90,17 @@ def test_redacted_marker_is_the_public_constant() -> None:
     assert sanitize_text("password=x") == "password=[REDACTED]"
 
 
+def test_dir_lists_every_exported_name_before_one_given_on_first_use_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sanitize_obj``, ``renamed_keys`` and ``json_source_text`` are ``redaction_objects``' names, given on first
+    use (PEP 562): ``dir(security)`` left them out until then, though ``__all__`` lists them."""
+    from orchestrator import security
+
+    for name in security._FROM_REDACTION_OBJECTS:  # noqa: SLF001
+        monkeypatch.delitem(vars(security), name, raising=False)  # as in a process that has not used them yet
+    assert set(security.__all__) <= set(dir(security))
+    assert security.sanitize_obj({"token": "x"}) == {"token": REDACTED}
+
+
 def test_key_names_are_case_insensitive() -> None:
     for key in ("password", "Password", "PASSWORD", "pAsSwOrD"):
         assert sanitize_text(f"{key}=hunter2") == f"{key}=[REDACTED]"
