@@ -302,6 +302,49 @@ def cpu_timed(work: Callable[[], T]) -> tuple[float, T]:
     return time.process_time() - start, result
 
 
+# How much longer than a half-size input's a full one's CPU time may be: 2 when linear (less, with a fixed cost), 4
+# when quadratic. CPU time is not load-proof either: on this 2-core host shared with other sessions (caches, memory
+# bandwidth) one 5 MB case's runs went 0.31-0.50 s, its half's 0.15-0.25 s (ratios of single runs up to 3.1). 3.5
+# keeps a margin both ways, and a ratio over it is measured again (the smallest of each, alternated) before it fails:
+# noise passes, a quadratic pass stays at 4 or more in every run.
+LINEAR_RATIO = 3.5
+_MEASURES = 4  # at most, each size
+_TIME_FLOOR = 0.05  # s: below it, a half's CPU time is mostly noise; the ratio is taken of this much instead
+_HANG = 30.0  # s: an input that takes longer is hung, whatever the ratio (the half's bound: half of it)
+
+
+def linear_timed(half: Callable[[], object], full: Callable[[], T]) -> T:
+    """What ``full`` returned, having checked that its CPU time (``cpu_timed``) is at most ``LINEAR_RATIO`` times that
+    of ``half``, the same work on an input half as long (``halved``), and under ``_HANG``: linear time, checked without
+    a fixed bound, which a loaded host overran (a 5 MB case took 3.07 s of a 5 s bound) and a faster one made loose."""
+    half_took = cpu_timed(half)[0]
+    assert half_took < _HANG / 2, f"half the input took {half_took:.1f} s"
+    full_took, result = cpu_timed(full)
+    assert full_took < _HANG, f"the input took {full_took:.1f} s"
+    for _ in range(_MEASURES - 1):
+        if full_took <= LINEAR_RATIO * max(half_took, _TIME_FLOOR):
+            break
+        half_took = min(half_took, cpu_timed(half)[0])  # noise, or not linear: the smallest of each
+        full_took = min(full_took, cpu_timed(full)[0])
+    assert full_took <= LINEAR_RATIO * max(half_took, _TIME_FLOOR), \
+        f"not linear: {full_took:.2f} s, half the input {half_took:.2f} s"
+    return result
+
+
+def halved(text: str) -> str:
+    """``text`` with about half its length taken out of its middle, whole periods of what repeats there: ``head +
+    unit * n + tail`` gives ``head + unit * m + tail`` (a cut of its first half would lose ``tail``, which may be what
+    a case's cost is in: ``"password" + " " * n + "= ["``)."""
+    start, cut = len(text) // 4, len(text) // 2
+    for period in range(1, 2_001):
+        length = cut // period * period
+        window = min(512, length)
+        if text[start:start + window] == text[start + period:start + period + window] \
+                and text[start:start + length] == text[start + period:start + period + length]:
+            return text[:start] + text[start + length:]
+    raise AssertionError("nothing repeats in the middle of the text")
+
+
 def redacts(text: str, shown: str) -> None:
     """``sanitize_text`` shows ``text`` as ``shown``, and leaves ``shown`` as it is (idempotent)."""
     from orchestrator.security import sanitize_text
