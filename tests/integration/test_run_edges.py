@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
-from helpers import alive, events, make_worker
+from helpers import alive, events, make_worker, wait_until
 from orchestrator.handlers import register
 from orchestrator.worker import Worker, WorkerSettings
 
@@ -873,14 +873,13 @@ def test_a_handler_that_raises_after_making_its_stderr_unusable_is_a_handler_err
 def pid_written(started: Path, seconds: float) -> int:
     """The pid a run wrote in ``started``, once it is there whole (a shell's ``> file`` makes the file before its
     ``echo`` writes: read at once, it was empty, a JSONDecodeError under load)."""
-    deadline = time.monotonic() + seconds
-    while True:
+    def written() -> int | None:
         try:
             return json.loads(started.read_text())["pid"]
         except (FileNotFoundError, ValueError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
+            return None
+
+    return wait_until(written, seconds, f"a pid in {started}")  # type: ignore[return-value]
 
 
 # -- a cancel while the job runs ------------------------------------------------------------------------------
