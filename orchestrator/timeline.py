@@ -40,7 +40,7 @@ from orchestrator.audit import AUDIT_ENTRY_MISSING
 from orchestrator.clock import ISO_FORMS, from_iso
 from orchestrator.errors import InvalidInputError, JobNotFoundError, PathEscapeError, RunNotFoundError, UnusableFileError
 from orchestrator.history import Problem, VerifiedStream, check_head_record, verify_stream
-from orchestrator.import_record import IMPORT_INCOMPLETE  # an entry an import under way has not written yet
+from orchestrator.import_record import IMPORT_ABANDONED, IMPORT_INCOMPLETE, abandoned, import_begun
 from orchestrator.security import safe_line, shown, validate_id
 from orchestrator.signing import line_hash, parse_line
 from orchestrator.state import TRANSITIONS
@@ -256,10 +256,8 @@ def _gone(orch: "Orchestrator", job_id: str, entries: list[tuple[int, dict[str, 
 
 
 def _import_began(orch: "Orchestrator") -> "UnderWay | None":
-    """``import_record.import_begun`` (an abandoned import's record is none): imported only when an entry names an
-    event its job lacks."""
-    from orchestrator.import_record import import_begun
-
+    """``import_record.import_begun`` (an abandoned import's record is none): read only when an entry names an event
+    its job lacks (``_read_job``); a name of its own, which a test replaces to complete an import in between."""
     return import_begun(orch)
 
 
@@ -275,8 +273,6 @@ def _import_warning(orch: "Orchestrator", job_id: str, entries: list[int], began
 def _abandoned_imports(orch: "Orchestrator") -> list[dict[str, Any]]:
     """A warning naming each abandoned import's record (``import_record.abandoned``): shown with the
     ``AUDIT_EVENT_MISSING`` entries it may explain."""
-    from orchestrator.import_record import IMPORT_ABANDONED, abandoned
-
     return [{"code": IMPORT_ABANDONED, "record": r.key, "message": text} for r, text in abandoned(orch)]
 
 
