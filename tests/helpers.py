@@ -235,6 +235,25 @@ def taken_over_while_it_runs(worker: Any, claim: Any, takeover: Callable[[], Non
         faults.disarm_all()
 
 
+def imported_with_each_chunk(orch: Any, bundle: bytes, meanwhile: Callable[[], object]) -> Any:
+    """``import_project(orch, bundle)``, with ``meanwhile`` run after each chunk it writes (``import.after_chunk``,
+    armed again each time: ``transfer.CHUNK`` patched to 1, after each line); what ``meanwhile`` raises stops it."""
+    import io
+
+    from orchestrator import faults
+    from orchestrator.transfer import import_project
+
+    def each_chunk() -> None:
+        meanwhile()
+        faults.arm("import.after_chunk", each_chunk)
+
+    faults.arm("import.after_chunk", each_chunk)
+    try:
+        return import_project(orch, io.BytesIO(bundle))
+    finally:
+        faults.disarm_all()
+
+
 def after_first_call(monkeypatch: pytest.MonkeyPatch, obj: Any, name: str, meanwhile: Callable[[], object],
                      when: Callable[..., bool] = lambda *args, **kwargs: True) -> None:
     """``obj.name``, whose first call (of those ``when`` accepts, given its arguments) then runs ``meanwhile``:

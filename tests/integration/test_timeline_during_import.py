@@ -13,7 +13,7 @@ import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
 from backends import BACKENDS, FileHistory, PgHistory, orchestrator_on
-from helpers import run_script
+from helpers import imported_with_each_chunk, run_script
 from orchestrator import Orchestrator, faults, timeline, transfer
 from orchestrator.errors import ImportConflictError, IntegrityError, InvalidInputError, JobNotFoundError
 from orchestrator.signing import Keyring
@@ -61,13 +61,8 @@ def test_a_job_an_import_under_way_has_not_written_yet_or_not_whole_is_a_warning
 
     def read_timelines() -> None:  # after each line the import writes
         seen.append((statuses(dest, first), statuses(dest, second)))
-        faults.arm("import.after_chunk", read_timelines)
 
-    faults.arm("import.after_chunk", read_timelines)
-    try:
-        import_project(dest, io.BytesIO(bundle))
-    finally:
-        faults.disarm_all()
+    imported_with_each_chunk(dest, bundle, read_timelines)
     ahead = (True, [("audit", IMPORT_INCOMPLETE)], [IMPORT_INCOMPLETE])  # the cancel's entry, its job not written
     submitted = (True, [("event", "ok"), ("audit", IMPORT_INCOMPLETE)], [IMPORT_INCOMPLETE])  # its submit only
     whole = (True, [("event", "ok"), ("event", "ok"), ("audit", "ok")], [])
@@ -153,20 +148,15 @@ def test_an_import_completing_between_the_jobs_read_and_its_records_read_leaves_
     monkeypatch.setattr(transfer, "CHUNK", 1)
     calls = []
 
-    def stop_after(count: int) -> None:  # the import stops after its ``count``th line: the second job not whole
+    def stop_after_written() -> None:  # the import stops after its ``written``th line: the second job not whole
         calls.append(1)
-        if len(calls) == count:
+        if len(calls) == written:
             raise RuntimeError("stopped")
-        faults.arm("import.after_chunk", lambda: stop_after(count))
 
-    faults.arm("import.after_chunk", lambda: stop_after(written))
     # an import under way: its record names this process, alive, and does not say it stopped (``import_record``)
     monkeypatch.setattr(transfer, "stopped", lambda orch, key: None)
-    try:
-        with pytest.raises(RuntimeError, match="stopped"):
-            import_project(dest, io.BytesIO(bundle))
-    finally:
-        faults.disarm_all()
+    with pytest.raises(RuntimeError, match="stopped"):
+        imported_with_each_chunk(dest, bundle, stop_after_written)
     half = [("event", "ok")] if written == 5 else []  # its submit, or nothing of it
     assert statuses(dest, second) == (True, [*half, ("audit", IMPORT_INCOMPLETE)], [IMPORT_INCOMPLETE])
     began = timeline._import_began

@@ -12,7 +12,7 @@ import pytest
 
 import worker_handlers  # noqa: F401  (registers t.* handlers)
 from backends import BACKENDS, orchestrator_on
-from helpers import run_script
+from helpers import imported_with_each_chunk, run_script
 from orchestrator import Orchestrator, faults, import_record, transfer
 from orchestrator.errors import IntegrityError
 from orchestrator.import_record import IMPORT_ABANDONED, IMPORT_INCOMPLETE, IMPORTS_AREA
@@ -51,13 +51,8 @@ def test_verify_while_an_import_runs_says_the_entries_it_has_not_written_yet_are
     def verify_now() -> None:
         report = dest.verify()
         seen.append((report.ok, codes(report.problems), [w.code for w in report.warnings]))
-        faults.arm("import.after_chunk", verify_now)
 
-    faults.arm("import.after_chunk", verify_now)
-    try:
-        import_project(dest, io.BytesIO(bundle))
-    finally:
-        faults.disarm_all()
+    imported_with_each_chunk(dest, bundle, verify_now)
     # the audit log's two entries (each naming a cancel), then each job's two events
     assert [ok for ok, _, _ in seen] == [True] * 6 and not any(problems for _, problems, _ in seen), seen
     incomplete = [warned.count(IMPORT_INCOMPLETE) for _, _, warned in seen]
