@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -45,14 +46,10 @@ def test_a_file_in_the_folders_place_is_refused(tmp_path: Path) -> None:
     assert mode_of(tmp_path / "job") == 0o644
 
 
-@pytest.fixture
-def unreadable_without_proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """``tmp_path/job``, a folder of mode 077 that this user may not open for reading (a worker that is not root:
-    here, as root may, the open is refused so), on a system without ``/proc`` (a chroot, a container without it:
-    ``/proc/self/fd/N`` is no such file)."""
-    folder = tmp_path / "job"
-    folder.mkdir()
-    os.chmod(folder, 0o077)
+def without_proc(monkeypatch: pytest.MonkeyPatch, folder: Path, no_follow: Callable[[str, dict], None]) -> None:
+    """A system without ``/proc`` (``/proc/self/fd/N`` is no such file) where ``folder`` may not be opened for reading
+    (O_PATH aside), in a process that never saw a ``chmod`` by name without following a link work; ``no_follow(path,
+    kwargs)`` is run before each such ``chmod`` (``follow_symlinks=False``)."""
     real_open, real_chmod = os.open, os.chmod
 
     def open_(path, flags, *args, **kw):
@@ -63,13 +60,29 @@ def unreadable_without_proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     def chmod(path, mode, *args, **kw):
         if str(path).startswith("/proc/self/fd/"):
             raise FileNotFoundError(2, "No such file or directory", str(path))
-        if kw.get("follow_symlinks") is False and kw.get("dir_fd") is not None:  # glibc before 2.39 does it by /proc
-            raise ValueError("chmod: cannot use dir_fd and follow_symlinks together on this platform")
+        if kw.get("follow_symlinks") is False:
+            no_follow(path, kw)
         return real_chmod(path, mode, *args, **kw)
 
     monkeypatch.setattr(os, "open", open_)
     monkeypatch.setattr(os, "chmod", chmod)
-    monkeypatch.setattr(run_folder, "_NO_FOLLOW_CHMOD_WORKS", [False])  # as in a process that never saw it work
+    monkeypatch.setattr(run_folder, "_NO_FOLLOW_CHMOD_WORKS", [False])
+
+
+@pytest.fixture
+def unreadable_without_proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``tmp_path/job``, a folder of mode 077 that this user may not open for reading (a worker that is not root:
+    here, as root may, the open is refused so), on a system without ``/proc`` (a chroot, a container without it:
+    ``/proc/self/fd/N`` is no such file)."""
+    folder = tmp_path / "job"
+    folder.mkdir()
+    os.chmod(folder, 0o077)
+
+    def no_follow(path, kw) -> None:
+        if kw.get("dir_fd") is not None:  # glibc before 2.39 does it by /proc
+            raise ValueError("chmod: cannot use dir_fd and follow_symlinks together on this platform")
+
+    without_proc(monkeypatch, folder, no_follow)
     return folder
 
 
@@ -188,24 +201,13 @@ def test_without_proc_a_link_swapped_in_before_a_no_follow_chmod_is_never_follow
     other = tmp_path / "other"
     other.mkdir()
     other.chmod(0o755)
-    real_open, real_chmod = os.open, os.chmod
 
-    def open_(path, flags, *args, **kw):
-        if os.fspath(path) == str(folder) and not flags & getattr(os, "O_PATH", 0):
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, flags, *args, **kw)
-
-    def chmod(path, mode, *args, **kw):
-        if str(path).startswith("/proc/self/fd/"):
-            raise FileNotFoundError(2, "No such file or directory", str(path))
-        if kw.get("follow_symlinks") is False and path == folder.name and not folder.is_symlink():
+    def link_swapped_in(path, kw) -> None:  # then glibc's by /proc (here) or fchmodat2: a link refused
+        if path == folder.name and not folder.is_symlink():
             folder.rename(tmp_path / "moved")
             folder.symlink_to(other)
-        return real_chmod(path, mode, *args, **kw)  # glibc's by /proc (here) or fchmodat2: a link refused
 
-    monkeypatch.setattr(os, "open", open_)
-    monkeypatch.setattr(os, "chmod", chmod)
-    monkeypatch.setattr(run_folder, "_NO_FOLLOW_CHMOD_WORKS", [False])  # its first chmod by name
+    without_proc(monkeypatch, folder, link_swapped_in)  # its first chmod by name
     with pytest.raises(OSError):
         set_folder_mode(folder, 0o700)
     assert mode_of(other) == 0o755
