@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from conftest import REPO
-from helpers import as_user, folder_of, store_env_in
+from helpers import as_user, folder_of, run_module, store_env_in
 
 STORE_USER = 12345  # no user of the test machine: the tests run as root, who may chown to it and setpriv as it
 DONE = 'printf \'{"status":"done","summary":"ok"}\' > "$ORCH_TERMINAL_FILE"'
@@ -77,8 +77,7 @@ def test_verify_warns_of_a_job_folder_root_owns_which_the_stores_worker_would_re
     """Run by the store's user and by root (an auditor, judging for the owner of ``.orchestrator``): before the fix
     neither said anything, root being trusted as an owner like this user."""
     job, folder = job_with_roots_folder(store_env, mode)
-    by_root = subprocess.run([sys.executable, "-m", "orchestrator", "verify"], capture_output=True, text=True,
-                             timeout=60, cwd=str(REPO), env={**store_env, "ORCH_KEYRING_DIR": str(tmp_path / "keys")})
+    by_root = run_module("verify", env={**store_env, "ORCH_KEYRING_DIR": str(tmp_path / "keys")})
     for shown, user in ((as_store_user("verify", env=store_env), f"this user (uid {STORE_USER})"),
                         (by_root, f"uid {STORE_USER}")):
         assert shown.returncode == 0, shown.stdout + shown.stderr
@@ -120,8 +119,7 @@ def test_a_worker_that_is_not_root_refuses_to_start_in_a_store_folder_root_owns_
                                  f"{STORE_USER}), who may not write in it"), ran.stderr
     assert ran.stderr.rstrip().endswith(f"no job is run; check what it holds (verify), then, as root: chown -R "
                                         f"{STORE_USER} {folder}, or run the worker as root"), ran.stderr
-    by_root = subprocess.run([sys.executable, "-m", "orchestrator", "verify"], capture_output=True, text=True,
-                             timeout=60, cwd=str(REPO), env={**store_env, "ORCH_KEYRING_DIR": str(tmp_path / "keys")})
+    by_root = run_module("verify", env={**store_env, "ORCH_KEYRING_DIR": str(tmp_path / "keys")})
     verifies = [(as_store_user("verify", env=store_env), f"this user (uid {STORE_USER})")]
     if which != ".orchestrator":  # root's verify judges a store whose .orchestrator root owns for root (store_user)
         verifies.append((by_root, f"uid {STORE_USER}"))
