@@ -237,7 +237,7 @@ def taken_over_while_it_runs(worker: Any, claim: Any, takeover: Callable[[], Non
 
 def imported_with_each_chunk(orch: Any, bundle: bytes, meanwhile: Callable[[], object]) -> Any:
     """``import_project(orch, bundle)``, with ``meanwhile`` run after each chunk it writes (``import.after_chunk``,
-    armed again each time: ``transfer.CHUNK`` patched to 1, after each line); what ``meanwhile`` raises stops it."""
+    armed again each time; after each line with ``transfer.CHUNK`` patched to 1); what ``meanwhile`` raises stops it."""
     import io
 
     from orchestrator import faults
