@@ -261,7 +261,8 @@ def import_begun(orch: "Orchestrator") -> UnderWay | None:
 
 
 def location(orch: "Orchestrator", key: str) -> str:
-    """The record of ``key`` as ``verify`` names where a warning is: its file's path on files, else ``imports/<key>``."""
+    """The record of ``key`` as ``verify`` names where a warning is: its file's path on files, else
+    ``imports/<key>``."""
     root = getattr(orch.store, "root", None)
     return str(root / IMPORTS_AREA / key) if isinstance(root, Path) else f"{IMPORTS_AREA}/{key}"
 
@@ -278,8 +279,8 @@ def abandoned(orch: "Orchestrator") -> list[tuple[ImportRecord, str]]:
     """Each abandoned import's record, with what it means: said wherever an entry names an event its job lacks, so
     that such a record is never what silently makes damage look like an import's doing, nor silently left."""
     return [(r, f"an import into project {orch.project_id} of {r.bundle_named()}, begun at {r.began_at or '?'} by "
-                f"{r.holder()}, was abandoned: {r.why}, so its record ({place(orch, r.key)}) no longer makes an audit entry naming "
-                "an event its job lacks the import's doing: such an entry is AUDIT_EVENT_MISSING, which the import "
-                "may have left. Run the import again with the whole bundle (it completes it and removes the record); "
-                "once it is given up, remove the record")
+                f"{r.holder()}, was abandoned: {r.why}, so its record ({place(orch, r.key)}) no longer makes an audit "
+                "entry naming an event its job lacks the import's doing: such an entry is AUDIT_EVENT_MISSING, which "
+                "the import may have left. Run the import again with the whole bundle (it completes it and removes "
+                "the record); once it is given up, remove the record")
             for r in import_records(orch) if r.verdict == ABANDONED]

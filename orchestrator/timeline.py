@@ -211,7 +211,7 @@ def _read_job(orch: "Orchestrator", job_id: str, log: "_LogRead"
               ) -> tuple["JobView", list[str], "UnderWay | None"]:
     """The job read after the audit log (``log``), the hashes of its lines, and when an import into the project that
     has not completed began (None: there is none), read only when an entry of ``log`` names an event the job's read
-    lacks (rare). Free of races with an import: it puts its record (``transfer.import_begun``) before its first
+    lacks (rare). Free of races with an import: it puts its record (``import_record.hold``) before its first
     write and removes it only once every stream of its bundle is in, so an entry the log's read held, naming an event
     the job's read lacked, with no record found after that, was written by no import, or by one that completed
     since the job's read: the job, read once more, then holds that event; one it still lacks is missing (until

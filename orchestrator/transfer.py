@@ -35,7 +35,8 @@ before any job lands: a command run on the half-imported project that heals a jo
 action, ``audit heal``) finds them there, or writes entries *after* the bundle's, which a
 second run accepts (docs/decisions.md, 2026-12-01). Until an import has read its bundle's end record, a record of it
 (``IMPORTS_AREA``, naming the process that holds it) tells ``audit-timeline`` and ``verify`` that an entry naming an
-event its job lacks is the import's doing, not damage, unless that process is gone (``import_record``). Bundles of format v1 (the audit log last, with no head record) are still imported.
+event its job lacks is the import's doing, not damage, unless that process is gone (``import_record``). Bundles of
+format v1 (the audit log last, with no head record) are still imported.
 
 A job's queue entries are put only once all of its lines are in (``_put_entries``): between two chunks it reads as
 what its first lines made it (queued, running), and no worker may claim or recover it then, or its next chunk is a
