@@ -184,7 +184,8 @@ def _verdict(host: str, pid: int, data: dict[str, Any]) -> tuple[str, str]:
     if fields and fields[0] in (b"Z", b"X"):  # exited, not reaped yet by its parent: its pid is still taken
         return ABANDONED, gone
     started = _field(data, "started")
-    now = _start_time(pid) if started else None
+    # its start time, from the same read (``leftovers.start_time``'s field)
+    now = fields[19].decode("ascii", "replace") if started and fields and len(fields) > 19 else None
     return (ABANDONED, gone) if started and now is not None and now != started else (RUNNING, "")
 
 
