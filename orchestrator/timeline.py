@@ -217,19 +217,20 @@ def _read_job(orch: "Orchestrator", job_id: str, log: "_LogRead"
     since the job's read: the job, read once more, then holds that event; one it still lacks is missing (until
     2026-12-07 an import completing between the job's read and the record's made a healthy job
     ``AUDIT_EVENT_MISSING``, exit 7)."""
-    began: "UnderWay | None" = None
-    for last in (False, True):
+    def read() -> tuple["JobView | None", list[str]]:
         try:
             view = orch.load(job_id, every_signature=True)  # it says "every line verified": each signature checked
         except JobNotFoundError:  # its files deleted, and the audit log says what happened to it; or not imported yet
-            view = None
-        hashes = [line_hash(s.raw) for s in view.stream.lines] if view is not None else []
-        if not log.entries or (view is not None and log.named <= set(hashes)):  # a job not found: its entries
-            break  # may all name no event (a released run), and an import may not have written it yet
-        if not last:
-            began = _import_began(orch)
-            if began is not None:  # the import's doing, whatever the job holds
-                break
+            return None, []
+        return view, [line_hash(s.raw) for s in view.stream.lines]
+
+    view, hashes = read()
+    began: "UnderWay | None" = None
+    # a job not found: its entries may all name no event (a released run), and an import may not have written it yet
+    if log.entries and (view is None or not log.named <= set(hashes)):
+        began = _import_began(orch)
+        if began is None:  # no import under way, or one completed since the read: its events are there now
+            view, hashes = read()
     if view is None:
         view = _gone(orch, job_id, log.entries, importing=began is not None)
     return view, hashes, began
