@@ -35,7 +35,7 @@ from orchestrator.limits import LATEST_TIME
 from orchestrator.notices import Notify, log_warning, tell
 from orchestrator.payload import NO_TERMINAL_SIGNAL_STALE
 from orchestrator.queue import QueueIndex, ReadyEntry, run_left_running
-from orchestrator.run_folder import FOLDER_NO_LINK, RUN_PREFIX, output_held, remove_run_folder
+from orchestrator.run_folder import FOLDER_NO_LINK, RUN_PREFIX, output_held, remove_run_folder, walk_folders
 from orchestrator.security import sanitize_text
 from orchestrator.state import CANCELLED, QUEUED, RUNNING, WAITING_HUMAN, JobState, replay
 from orchestrator.untrusted import UntrustedJobs, running_mark
@@ -383,36 +383,27 @@ def files_below(root: Path, skip: set[str]) -> list[tuple[str, float]]:
     descriptor: each folder opened from the one above it, never through a link (``FOLDER_NO_LINK``), so a folder that
     a process of the dead run (alive until the recovery's kill) swaps for a link between its listing and its
     entering is not entered: walked by path (``os.walk``) until 2026-12-07, the folder the link led to was listed,
-    outside the job's. With a stack of descriptors, not by recursion (as ``run_folder.folders_given_back``). ``root``
+    outside the job's. Walked by ``run_folder.walk_folders``, as ``run_folder.folders_given_back`` is. ``root``
     itself may be a link (inside the store: ``WorkerFolders.artifacts_dir`` checked it)."""
     try:
         top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:  # none made, or gone
         return []
     found: list[tuple[str, float]] = []
-    stack = [(top, "", iter(_listed(top)))]
-    try:
-        while stack:
-            fd, above, entries = stack[-1]
-            entry = next(entries, None)
-            if entry is None:
-                os.close(fd)
-                stack.pop()
-                continue
-            name, is_folder = entry
-            path = above + name
-            if not is_folder:
-                with contextlib.suppress(OSError):  # gone meanwhile, a link to nothing
-                    found.append((path, os.stat(name, dir_fd=fd).st_mtime))
-            elif path not in skip:
-                try:
-                    below = os.open(name, FOLDER_NO_LINK, dir_fd=fd)
-                except OSError:  # a link (ELOOP), one to a folder listed so too, gone, not to be read
-                    continue
-                stack.append((below, path + "/", iter(_listed(below))))
-    finally:
-        for fd, _, _ in stack:
-            os.close(fd)
+
+    def enter(fd: int, name: str, path: str, is_folder: bool) -> tuple[int, list[tuple[str, bool]]] | None:
+        if not is_folder:
+            with contextlib.suppress(OSError):  # gone meanwhile, a link to nothing
+                found.append((path, os.stat(name, dir_fd=fd).st_mtime))
+        elif path not in skip:
+            try:
+                below = os.open(name, FOLDER_NO_LINK, dir_fd=fd)
+            except OSError:  # a link (ELOOP), one to a folder listed so too, gone, not to be read
+                return None
+            return below, _listed(below)
+        return None
+
+    walk_folders(top, _listed(top), enter)
     return found
 
 

@@ -11,12 +11,13 @@ import os
 import shutil
 import stat
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from orchestrator.key_paths import others_may_write, user_or_root
 from orchestrator.security import cut_read_size, sanitized_cut
 from orchestrator.store.files import NotRegularFileError, mkdir_with_parents, open_regular
 
+T = TypeVar("T")
 PRIVATE_FOLDER, PRIVATE_FILE = 0o700, 0o600  # a run's folder and its files, a job's artifact folder: the worker's alone
 # a folder opened, never through a link in its place (``ELOOP``), nor waiting on a FIFO there (``O_NONBLOCK``: no effect
 # on a folder); with ``O_PATH`` (which ignores the other bits) one its owner may not read: the one way of each module
@@ -343,8 +344,7 @@ def folders_given_back(folder: Path, skip: set[str]) -> list[str]:
     can read and empty it. Returns the paths given back, relative to ``folder``. ``skip``: relative folders not
     walked (the copies of ``artifacts_from``, whose next copy gives its own folders their bits). The job's folder
     itself is left to the check before its next run (``worker_folders._own_job_folder``). Root walks nothing: it uses
-    them whatever their mode. Walked with a stack of descriptors, not by recursion: a run's folders nested deeper
-    than Python's recursion limit stop the walk where no descriptor is left (``EMFILE``), never the worker.
+    them whatever their mode. Walked by ``walk_folders``: a stack of descriptors, not recursion.
 
     Files are not looked at, and, where a folder's link count tells how many folders it holds
     (``subfolders_counted``), a folder is listed only until they are all found: one that holds none is not listed
@@ -358,30 +358,52 @@ def folders_given_back(folder: Path, skip: set[str]) -> list[str]:
         return []
     given: list[str] = []
     try:
-        stack = [(top, "", iter(_folders_in(top, os.fstat(top))))]
+        listed = _folders_in(top, os.fstat(top))
     except OSError:
         os.close(top)
         return []
+
+    def enter(fd: int, name: str, path: str, st: os.stat_result) -> tuple[int, Listing[os.stat_result]] | None:
+        if path in skip or st.st_uid != os.geteuid():  # another user's: neither changed nor walked
+            return None
+        if st.st_mode & stat.S_IRWXU == stat.S_IRWXU and _holds_no_folder(st):
+            return None  # nothing to give back, nothing below to walk: not even opened
+        opened = _opened_with_owner_bits(fd, name, path, given)
+        return None if opened is None else (opened[0], _folders_in(*opened))
+
+    walk_folders(top, listed, enter)
+    return given
+
+
+Listing = list[tuple[str, T]]  # a folder's entries a walk looks at: (name, what its lister says of it)
+
+
+def walk_folders(top: int, listed: Listing[T],
+                 enter: Callable[[int, str, str, T], tuple[int, Listing[T]] | None]) -> None:
+    """Walk below the folder ``top`` (a descriptor, of entries ``listed``) by descriptor, each folder opened from the
+    one above it: ``enter(fd, name, path, what)`` is called for each entry of each folder walked (``fd`` that
+    folder, ``path`` the entry's relative to ``top``) and returns the entry opened as a folder to walk, with its
+    entries, or None. With a stack of descriptors, not by recursion: folders nested deeper than Python's recursion
+    limit stop the walk where no descriptor is left (``EMFILE``), never the worker. Every descriptor, ``top`` too,
+    is closed when the walk ends, whatever ends it. The one walk of ``folders_given_back`` and
+    ``recovery.files_below``."""
+    stack = [(top, "", iter(listed))]
     try:
         while stack:
-            fd, above, found = stack[-1]
-            name, st = next(found, (None, None))
-            if name is None or st is None:
+            fd, above, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
                 os.close(fd)
                 stack.pop()
                 continue
+            name, what = entry
             path = above + name
-            if path in skip or st.st_uid != os.geteuid():  # another user's: neither changed nor walked
-                continue
-            if st.st_mode & stat.S_IRWXU == stat.S_IRWXU and _holds_no_folder(st):
-                continue  # nothing to give back, nothing below to walk: not even opened
-            opened = _opened_with_owner_bits(fd, name, path, given)
-            if opened is not None:
-                stack.append((opened[0], path + "/", iter(_folders_in(*opened))))
+            below = enter(fd, name, path, what)
+            if below is not None:
+                stack.append((below[0], path + "/", iter(below[1])))
     finally:
         for fd, _, _ in stack:
             os.close(fd)
-    return given
 
 
 def _folders_in(fd: int, st: os.stat_result) -> list[tuple[str, os.stat_result]]:
