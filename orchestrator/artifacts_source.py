@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 
 from orchestrator.errors import InvalidInputError, StorageError
 from orchestrator.key_paths import named_user, user_or_root
-from orchestrator.run_folder import FOLDER_NO_LINK, owner_bits_back, owner_needs
+from orchestrator.run_folder import FOLDER_NO_LINK, PATH_ONLY, PROC_FDS, owner_bits_back, owner_needs
 from orchestrator.security import shown as quoted
 from orchestrator.security import shown_bytes
 
@@ -44,9 +44,8 @@ TARGET_FOLDER = FOLDER_NO_LINK  # a folder of the target side, which the job's r
 # an entry of the source opened to be read (a folder listed, a file copied): never through a link (``ELOOP``: a link
 # is followed part by part, ``open_entry``), never waiting on a FIFO, never taking a terminal as the worker's own
 SOURCE_ENTRY = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-_PATH_ONLY = getattr(os, "O_PATH", 0)  # a descriptor that names an entry (a link itself) and reads nothing of it
 # a folder on the way a link leads, only to look names up in (``O_PATH``: its search bit is all it needs)
-_ON_THE_WAY = _PATH_ONLY | FOLDER_NO_LINK
+_ON_THE_WAY = PATH_ONLY | FOLDER_NO_LINK
 MAX_LINKS = 40  # links followed to reach one entry: the kernel's own limit (``ELOOP`` past it)
 
 # A folder several links lead to is copied at each, as ``copytree`` (and ``cp -rL``) did: a venv's ``lib64 -> lib``,
@@ -107,7 +106,7 @@ def _where(fd: int, name: str | None = None) -> str:
     """The path of the entry ``name`` of the folder ``fd`` (the descriptor's own entry: None), for a message: its
     ``/proc/self/fd`` name, or "what it leads to" without ``/proc``."""
     try:
-        at = os.readlink(f"/proc/self/fd/{fd}")
+        at = os.readlink(f"{PROC_FDS}/{fd}")
     except OSError:
         return "what it leads to"
     return at if name is None else os.path.join(at, name)
@@ -286,8 +285,8 @@ class _Links:
 
     def _target(self, folder: int | None, name: str) -> str | None:
         """What the link ``name`` of ``folder`` holds, once its owner is checked; None when it is no link."""
-        if _PATH_ONLY:  # the link itself, then read: the one checked (a link's text never changes)
-            fd = os.open(name, _PATH_ONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+        if PATH_ONLY:  # the link itself, then read: the one checked (a link's text never changes)
+            fd = os.open(name, PATH_ONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
             try:
                 st = os.fstat(fd)
                 self._check(st, None if self.count == 1 else _where(fd))  # the first: the entry itself

@@ -139,7 +139,7 @@ def _set_unreadable_folder_mode(folder: Path, mode: int) -> None:
         os.close(parent)
 
 
-_PATH_ONLY = getattr(os, "O_PATH", 0)  # a descriptor that names an entry (a link itself) and needs no bit of it
+PATH_ONLY = getattr(os, "O_PATH", 0)  # a descriptor that names an entry (a link itself) and needs no bit of it
 PROC_FDS = "/proc/self/fd"  # where a descriptor has a name: missing in a chroot or a container without /proc
 
 
@@ -155,8 +155,8 @@ def chmod_entry(parent: int, name: str, new_mode: Callable[[os.stat_result], int
     itself), its ``fstat`` given to ``new_mode``, and its ``/proc/self/fd`` name changed, which is that very entry
     (what the C library's own no-follow ``chmod`` does). Where there is no ``O_PATH`` or no ``/proc`` (a chroot, a
     container without it), by name (``_chmod_by_name``)."""
-    if _PATH_ONLY:
-        fd = os.open(name, _PATH_ONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    if PATH_ONLY:
+        fd = os.open(name, PATH_ONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
         try:
             st = os.fstat(fd)
             mode = new_mode(st)
