@@ -373,7 +373,7 @@ class ForkChild(Child):
 
 def spawn_command(argv: list[str], *, cwd: Path, env: dict[str, str], output: Path, terminal_file: Path) -> Child:
     """Start ``argv`` (no shell) in a new session, stdout and stderr into ``output``."""
-    load_libc()  # in the worker, so the child's preexec_fn does not search for libc
+    load_libc()  # in the worker, so the child's preexec_fn does not load it (a dlopen between fork and exec)
     fd = open_output(output)
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
