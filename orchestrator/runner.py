@@ -47,9 +47,8 @@ PR_SET_PDEATHSIG = 1
 
 
 def _prctl(option: int, value: int) -> None:
-    """Linux only: ``prctl(option, value)`` for this process (or thread); elsewhere, or without libc, nothing."""
-    if not sys.platform.startswith("linux"):
-        return
+    """Linux only: ``prctl(option, value)`` for this process (or thread); elsewhere, or without libc, nothing
+    (``load_libc`` is False there)."""
     try:
         libc = load_libc()
         if libc:
