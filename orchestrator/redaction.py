@@ -4,13 +4,14 @@ persisted or shown, and the look that tells a text it cannot hold a secret (``ma
 Here, the look at a text for the literals a redaction starts from (``orchestrator/secret_literals.py``), which most
 texts (a summary, a path, a ``status`` output) hold none of; past it, when each pattern runs and what it replaces is in
 ``orchestrator/redaction_rules.py``, and what a secret looks like in ``orchestrator/secret_patterns.py``. Both are
-imported by the first text holding a literal (``_rules``): their patterns cost a command's start ~90 M instructions
-(~15 ms) it seldom needs. Every regex runs in linear time, and so does every loop here: a 5 MB line costs one pass.
+imported by the first text holding a literal (``_rules_imported``): their patterns cost a command's start ~90 M
+instructions (~15 ms) it seldom needs. Every regex runs in linear time, and so does every loop here: a 5 MB line costs
+one pass.
 """
 from __future__ import annotations
 
 import string
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from orchestrator.secret_literals import (ANY_LITERAL, ARGV_WORDS, AS_IS_WORDS, AUTH_WORDS, CASE_FOLDED_TO_ASCII,
                                           CLI_USER_WORDS, LOOKED_FOR, NETRC_WORDS, PASS_FLAG_WORDS, PUTTY,
@@ -67,7 +68,6 @@ def _ascii_lowered(text: str) -> str:
     return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
 
 
-
 def sanitize_text(text: str) -> str:
     """Return ``text`` with secret values replaced by ``[REDACTED]``, key names kept.
 
@@ -101,16 +101,6 @@ def _rules_imported() -> Callable[[str, str, frozenset[str] | None], str]:
 
     _redacted = redacted
     return redacted
-
-
-def __getattr__(name: str) -> Any:
-    """``redaction_rules``' names (the rules' helpers: ``_value_spans``, ``_spliced``...) as this module's, imported on
-    first use (PEP 562, as ``security`` gives ``sanitize_obj``)."""
-    if name.startswith("__"):  # what the import machinery and tools look for: none of the rules'
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from orchestrator import redaction_rules
-
-    return getattr(redaction_rules, name)
 
 
 # A literal's stem, which several literals share: in a long text, each literal whose characters are all there (in

@@ -1,7 +1,7 @@
 """What ``redaction.sanitize_text`` runs on a text holding a literal a redaction starts from: when each pattern runs and
 what it replaces. What a secret looks like (the patterns) is in ``orchestrator/secret_patterns.py``.
 
-Imported by the first such text (``redaction._rules``), not at a command's start: with the patterns it costs ~90 M
+Imported by the first such text (``redaction._rules_imported``), not at a command's start: with the patterns it costs ~90 M
 instructions, and most texts (a ``status`` output, a summary) hold no literal. Every regex runs in linear time (see
 ``secret_patterns``), and so does every loop here: a 5 MB line costs one pass.
 """
@@ -193,7 +193,6 @@ def redacted(text: str, lowered: str, held: frozenset[str] | None) -> str:
     if aws_key_ids or _holds(text, _OTHER_SHAPE_STARTS, held):  # (each start searched for once: ~0.7 ms a MB)
         text = SHAPES.sub(REDACTED, text)
     return text
-
 
 
 # The end of a quoted name ending in ``pass``, ``pw`` or ``auth`` (``secret_under_a_short_key``), JSON-escaped too: each

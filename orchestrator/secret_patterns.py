@@ -117,7 +117,7 @@ TABLE_ROW = re.compile(
 # (``"pass": "x"``): after a bare ``:`` they are a label (``PASS: test_x``, ``--- PASS: TestX``). A value that is a
 # number or true/false is a test result kept by ``a_count`` (``pass=12 fail=0``, ``"pass": 3,``). Written to begin
 # with a literal (the word's start checked after the name), which sre scans for about as fast as ``in`` searches: in
-# a long text the pattern is its own search for ``SHORT_WORDS`` (``redaction._scanned``), which would cost five.
+# a long text the pattern is its own search for ``SHORT_WORDS`` (``redaction_rules._scanned``), which would cost five.
 SHORT_KV = re.compile(
     rf"""p(?:ass(?<![a-z0-9]pass)|w(?<![a-z0-9]pw))(?:\\?["'][ \t]*(?:=[>=]?|:=?)|[ ]?=[>=]?)[ \t]*"""
     rf"""(?:{_QUOTED}|(?P<u>{_TO_AMP}))"""

@@ -383,7 +383,7 @@ def _every_pattern(text: str) -> str:
     from orchestrator import secret_patterns as p
     from orchestrator.pair_values import KeyedValues, ListPairValues, PairValues, PairValuesFirst
     from orchestrator.values_below import YamlPairBlocks
-    from orchestrator import redaction as s
+    from orchestrator import redaction_rules as s
 
     # the reference the skipping must equal, in sanitize_text's order
     text = s._redact_headless_keys(p.PRIVATE_KEY.sub(REDACTED, text))  # noqa: SLF001
