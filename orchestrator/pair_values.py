@@ -11,8 +11,9 @@ import functools
 import re
 from typing import Union
 
-from orchestrator.secret_patterns import (AUTH_KEY, PAIR_LIST_END, QUOTED_CHAR, SENSITIVE_KEY, auth_methods,
-                                          not_a_secret_pair, not_a_secret_pair_of_a_list, pair_field, secret_pair)
+from orchestrator.secret_patterns import (AUTH_KEY, PAIR_LIST_END, PAIR_NAME, QUOTED_CHAR, SENSITIVE_KEY,
+                                          auth_methods, not_a_secret_pair, not_a_secret_pair_of_a_list, pair_field,
+                                          secret_pair)
 from orchestrator.values_below import ValuesBelow
 
 __all__ = ["PairValues", "PairValuesFirst", "ListPairValues", "KeyedValues"]
@@ -94,8 +95,8 @@ def _name_after(quote: str) -> re.Pattern[str]:
     """The rest of an object after its value, in ``quote``: fields (``pair_field``), then its ``name`` or ``key``
     (any case: it reads the text as it is)."""
     q = re.escape(quote)
-    return re.compile(rf"""(?:{pair_field(q)})*\s*,\s*{q}(?:name|key){q}\s*:\s*"""
-                      r"""(?P<k>\\?["'])(?P<nm>[^"'\\\r\n]+)(?P=k)""", re.IGNORECASE | re.ASCII)
+    return re.compile(rf"""(?:{pair_field(q)})*\s*,\s*{q}(?:name|key){q}\s*:\s*{PAIR_NAME}""",
+                      re.IGNORECASE | re.ASCII)
 
 
 class PairValues:

@@ -191,7 +191,7 @@ AUTH_KEY = re.compile(r"(?<![a-z0-9])auth\Z", re.I)  # an object's key ``auth``:
 # ``PairValues`` finds its end, and a pair inside it is looked for as any other). Linear: a match begins only at a
 # quote (a bracket), each name and value runs to the next quote, a field holds no quote but its own and no key of the
 # pair's, and no two looks share a value's quote.
-_PAIR_NAME = r"""(?P<k>\\?["'])(?P<nm>[^"'\\\r\n]+)(?P=k)"""
+PAIR_NAME = r"""(?P<k>\\?["'])(?P<nm>[^"'\\\r\n]+)(?P=k)"""
 _PAIR_VALUE = rf"""(?:{_QUOTED}|(?P<u>(?=[\[{{(]){_NOT_REDACTED}))"""
 
 
@@ -204,14 +204,14 @@ def pair_field(quote: str) -> str:
 
 
 PAIR_OBJECT = re.compile(
-    rf"""(?P<o>\\?["'])(?:name|key)(?P=o)\s*:\s*{_PAIR_NAME}(?:{pair_field("(?P=o)")})*"""
+    rf"""(?P<o>\\?["'])(?:name|key)(?P=o)\s*:\s*{PAIR_NAME}(?:{pair_field("(?P=o)")})*"""
     rf"""\s*,\s*(?P=o)value(?P=o)\s*:\s*{_PAIR_VALUE}"""
 )
 PAIR_VALUE_FIRST = re.compile(rf"""(?P<o>\\?["'])value(?P=o)\s*:\s*{_PAIR_VALUE}""")
 # what each match of ``PAIR_OBJECT`` and ``PAIR_VALUE_FIRST`` holds, lowered: its ``value`` key and the quote after it
 # (their scans, with no literal to begin with, cost ~0.05 ms a kB each; "value" in prose is no key)
 PAIR_VALUE_KEY = re.compile(r"""value["'\\]""")
-PAIR_LIST = re.compile(rf"""(?:\[|[\])]\s*,)\s*[\[(]\s*{_PAIR_NAME}\s*,\s*{_PAIR_VALUE}""")
+PAIR_LIST = re.compile(rf"""(?:\[|[\])]\s*,)\s*[\[(]\s*{PAIR_NAME}\s*,\s*{_PAIR_VALUE}""")
 PAIR_LIST_END = re.compile(r"\s*[\])]")  # after the value: the pair's end
 # The same pair as YAML (``kubectl get pod -o yaml``'s env): ``- name: DB_PASSWORD`` and, on the next line at the same
 # indentation as ``name:`` (``not_a_secret_yaml_pair`` looks back for it), ``value: x``, ``value: "x"`` or
